@@ -1,0 +1,270 @@
+"""The one boundary between NumPy and CuPy.
+
+Every other module asks this one which array library an array belongs to, moves arrays
+between devices through it, and reads values back to the host through it, so that
+(1) cupy is imported in one place, lazily, and only when present, and (2) host
+readbacks can be counted: a device-resident training step must make none.
+
+Devices: ``'cpu'`` (NumPy, the reference), ``'cuda'`` / ``'cuda:N'`` (CuPy),
+``'sim'`` (NumPy arrays, but every op runs the CUDA kernels through the host
+simulator), ``'auto'`` (a usable GPU, else the CPU).
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+_KINDS = ("cpu", "cuda", "sim")
+
+
+# ----------------------------------------------------------------------------- cupy, lazily
+@functools.lru_cache(maxsize=None)
+def _import_cupy():
+    try:
+        import cupy  # noqa: F401  (the only cupy import in the package)
+    except Exception as exc:  # ImportError, or a broken CUDA install raising at import
+        return None, f"cupy is not importable ({type(exc).__name__}: {exc})"
+    return cupy, None
+
+
+def cupy_module():
+    """The cupy module, or None when it is not installed or not importable."""
+    return _import_cupy()[0]
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_probe():
+    cp, why = _import_cupy()
+    if cp is None:
+        return False, why + "; install gpuconv[cuda12] or gpuconv[cuda13]"
+    try:
+        n = cp.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # no driver, driver too old, no device
+        return False, f"cupy {cp.__version__} is installed but CUDA is unusable ({type(exc).__name__}: {exc})"
+    if n < 1:
+        return False, f"cupy {cp.__version__} is installed but no CUDA device is visible"
+    return True, f"{n} CUDA device(s) visible to cupy {cp.__version__}"
+
+
+def cuda_available() -> bool:
+    """True when cupy imports and at least one CUDA device answers; never raises."""
+    return _cuda_probe()[0]
+
+
+def cuda_status() -> str:
+    """One line saying whether CUDA works and, if not, why."""
+    return _cuda_probe()[1]
+
+
+def is_cupy_array(x) -> bool:
+    cp = cupy_module()
+    return cp is not None and isinstance(x, cp.ndarray)
+
+
+# ----------------------------------------------------------------------------- devices
+@dataclass(frozen=True)
+class Device:
+    """A place arrays live and ops run: ``Device('cpu')``, ``Device('cuda:1')``, ``Device('sim')``."""
+
+    kind: str
+    index: int = 0
+
+    def __init__(self, spec="cpu", index: int | None = None):
+        if isinstance(spec, Device):
+            kind, idx = spec.kind, spec.index
+        elif isinstance(spec, str):
+            text = spec.strip().lower()
+            if text == "auto":
+                text = "cuda" if cuda_available() else "cpu"
+            kind, _, num = text.partition(":")
+            if kind not in _KINDS:
+                raise ValueError(
+                    f"device {spec!r} is not understood: use 'cpu', 'cuda', 'cuda:N', 'sim' or 'auto'")
+            if num and kind != "cuda":
+                raise ValueError(f"device {spec!r}: only 'cuda' takes an index, as in 'cuda:1'")
+            try:
+                idx = int(num) if num else 0
+            except ValueError:
+                raise ValueError(f"device {spec!r}: the index after ':' must be an integer, as in 'cuda:0'") from None
+        else:
+            raise TypeError(f"device must be a str or Device, got {type(spec).__name__}")
+        if index is not None:
+            idx = int(index)
+        if idx < 0:
+            raise ValueError(f"device {spec!r}: the index must be >= 0")
+        object.__setattr__(self, "kind", kind)
+        object.__setattr__(self, "index", idx)
+
+    @property
+    def xp(self):
+        """The array module for this device: numpy for 'cpu' and 'sim', cupy for 'cuda'."""
+        if self.kind == "cuda":
+            return require_cupy()
+        return np
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.kind == "cuda"
+
+    def __str__(self):
+        return f"cuda:{self.index}" if self.kind == "cuda" else self.kind
+
+    def __repr__(self):
+        return f"Device('{self}')"
+
+
+def require_cupy():
+    """cupy, with CUDA usable; else a RuntimeError that says why and what to do."""
+    if not cuda_available():
+        raise RuntimeError(f"a CUDA device was asked for but {cuda_status()}. "
+                           "Use device='cpu' (NumPy) or device='sim' (kernels on the host simulator).")
+    return cupy_module()
+
+
+def _device_from_env() -> Device:
+    spec = os.environ.get("GPUCONV_DEVICE", "cpu")
+    try:
+        return Device(spec)
+    except ValueError as exc:
+        raise ValueError(f"environment variable GPUCONV_DEVICE: {exc}") from None
+
+
+_default_device: contextvars.ContextVar[Device | None] = contextvars.ContextVar("gpuconv_default_device",
+                                                                                 default=None)
+
+
+def get_default_device() -> Device:
+    """The device new parameters and data go to, and whether NumPy arrays run on the simulator.
+
+    Starts as ``$GPUCONV_DEVICE`` (default ``'cpu'``)."""
+    dev = _default_device.get()
+    if dev is None:
+        dev = _device_from_env()
+        _default_device.set(dev)
+    return dev
+
+
+def set_default_device(device) -> Device:
+    dev = Device(device)
+    if dev.is_cuda:
+        require_cupy()
+    _default_device.set(dev)
+    return dev
+
+
+@contextlib.contextmanager
+def default_device(device):
+    """``with default_device('sim'): ...`` runs the block with another default device."""
+    dev = Device(device)
+    if dev.is_cuda:
+        require_cupy()
+    token = _default_device.set(dev)
+    try:
+        yield dev
+    finally:
+        _default_device.reset(token)
+
+
+# ----------------------------------------------------------------------------- arrays
+def get_array_module(*arrays):
+    """numpy or cupy, from the arrays given (None and Python scalars are ignored).
+
+    Mixing NumPy and CuPy arrays in one call is a TypeError naming both."""
+    first_np = first_cp = None
+    for i, a in enumerate(arrays):
+        if a is None or isinstance(a, (int, float, bool, np.generic)):
+            continue
+        if is_cupy_array(a):
+            first_cp = first_cp if first_cp is not None else i
+        elif isinstance(a, np.ndarray):
+            first_np = first_np if first_np is not None else i
+    if first_cp is not None and first_np is not None:
+        raise TypeError(
+            f"argument {first_np} is a numpy.ndarray (host) and argument {first_cp} is a cupy.ndarray "
+            "(GPU): put both on one device first, e.g. gpuconv.to_device(x, 'cuda') or gpuconv.asnumpy(x)")
+    return cupy_module() if first_cp is not None else np
+
+
+def device_of(x) -> Device:
+    """Where an array lives: Device('cuda:N') for CuPy arrays, Device('cpu') for NumPy ones."""
+    if is_cupy_array(x):
+        return Device("cuda", x.device.id)
+    return Device("cpu")
+
+
+def kernel_target(*arrays) -> str | None:
+    """How an op on these arrays runs: 'cuda' (CuPy kernels), 'sim' (the kernels on the host
+    simulator: NumPy arrays while the default device is 'sim') or None (the NumPy reference)."""
+    xp = get_array_module(*arrays)
+    if xp is not np:
+        return "cuda"
+    return "sim" if get_default_device().kind == "sim" else None
+
+
+# ----------------------------------------------------------------------------- transfers
+@dataclass
+class TransferStats:
+    """Counts of copies across the host/device boundary made through this module."""
+
+    device_to_host: int = 0
+    host_to_device: int = 0
+
+    def reset(self):
+        self.device_to_host = self.host_to_device = 0
+
+
+transfers = TransferStats()
+
+
+def _counts_as_device(x) -> bool:
+    # On 'sim', NumPy arrays stand for device arrays: reading one back is what a GPU run would
+    # pay for, so it is counted too; that lets a CPU-only test prove a step never reads back.
+    return is_cupy_array(x) or get_default_device().kind == "sim"
+
+
+def to_device(x, device=None):
+    """``x`` (array, list or scalar) as an array on ``device`` (default: the default device)."""
+    dev = Device(device) if device is not None else get_default_device()
+    if dev.is_cuda:
+        cp = require_cupy()
+        if is_cupy_array(x) and x.device.id == dev.index:
+            return x
+        with cp.cuda.Device(dev.index):
+            if not is_cupy_array(x):
+                transfers.host_to_device += 1
+            return cp.asarray(x)
+    if is_cupy_array(x):
+        transfers.device_to_host += 1
+        return x.get()
+    return np.asarray(x)
+
+
+def asnumpy(x):
+    """A NumPy copy/view of ``x`` on the host; counted as a readback when ``x`` is a device array."""
+    if x is None:
+        return None
+    if _counts_as_device(x) and not isinstance(x, (int, float)):
+        transfers.device_to_host += 1
+    if is_cupy_array(x):
+        return x.get()
+    return np.asarray(x)
+
+
+def item(x) -> float:
+    """A Python float from a 0-d (or 1-element) array: a host readback, counted as one."""
+    if isinstance(x, (int, float)):
+        return float(x)
+    return float(asnumpy(x).reshape(-1)[0])
+
+
+def synchronize(x=None):
+    """Wait for the GPU (a no-op for NumPy)."""
+    if x is None or is_cupy_array(x):
+        cp = cupy_module()
+        if cp is not None and cuda_available():
+            cp.cuda.Stream.null.synchronize()
