@@ -1,0 +1,126 @@
+"""Augmentation and normalization, vectorized over the batch, for NumPy or CuPy arrays.
+
+Each function works with the array module of its input (``get_array_module``), so the same
+code runs on the host and on the GPU. Random draws come from ``rng``: a NumPy or CuPy
+``Generator``, an int seed, or None (fresh entropy). The drawing and the deterministic
+transform are separate functions (``crop_flip``) so a loader can draw a whole epoch's
+offsets at once and apply them batch by batch.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend import device_of, get_array_module, is_cupy_array, to_device
+
+# Per-channel (R, G, B) mean and standard deviation of the 50,000 CIFAR-10 training images,
+# on the 0-255 pixel scale: the std is over all pixels of a channel (not an average of
+# per-image stds, which gives the often-seen but smaller 0.2023/0.1994/0.2010 * 255).
+CIFAR10_MEAN = (125.306918046875, 122.950394140625, 113.86538318359375)
+CIFAR10_STD = (62.993219278136884, 62.08870764001421, 66.70489964063091)
+
+
+def as_generator(rng, xp):
+    """A Generator of ``xp``'s library from None, an int seed or a Generator."""
+    if rng is None or isinstance(rng, (int, np.integer)):
+        return xp.random.default_rng(None if rng is None else int(rng))
+    if not hasattr(rng, "integers"):
+        raise TypeError(f"rng must be None, an int seed or a numpy/cupy random Generator, got "
+                        f"{type(rng).__name__}; e.g. rng=np.random.default_rng(0)")
+    return rng
+
+
+def _draw(rng, xp, like, low, high, n):
+    """n integers in [low, high) on the device of ``like`` (a NumPy Generator with CuPy
+    images draws on the host and uploads the n values: a host-to-device copy, never a read)."""
+    v = rng.integers(low, high, size=n)
+    if is_cupy_array(like) and not is_cupy_array(v):
+        v = to_device(v, device_of(like))
+    return v.astype(xp.int64, copy=False)
+
+
+def _check_images(images, name="images"):
+    if not hasattr(images, "ndim") or images.ndim != 4:
+        raise ValueError(f"{name} must be a batch of shape (N, C, H, W), got shape "
+                         f"{getattr(images, 'shape', type(images).__name__)}; add a batch axis with x[None]")
+
+
+def _check_padding(padding):
+    if isinstance(padding, bool) or not isinstance(padding, (int, np.integer)) or padding < 0:
+        raise ValueError(f"padding={padding!r} must be an integer >= 0 (pixels of zeros on each side), e.g. 4")
+    return int(padding)
+
+
+def crop_flip(images, offsets_y=None, offsets_x=None, flip=None, padding=4):
+    """Crop each image n at (offsets_y[n], offsets_x[n]) of its zero-padded copy and mirror it
+    left-right where ``flip[n]``: one gather for the whole batch. Offsets lie in
+    [0, 2 * padding]; None skips the crop (or the flip)."""
+    _check_images(images)
+    xp = get_array_module(images)
+    n, c, h, w = images.shape
+    # Offset values are not range-checked: that would read device memory back per batch.
+    for name, v in (("offsets_y", offsets_y), ("offsets_x", offsets_x), ("flip", flip)):
+        if v is not None and tuple(v.shape) not in ((n,), (n, 1)):
+            raise ValueError(f"{name} must hold one value per image, shape ({n},), got {tuple(v.shape)}")
+    if (offsets_y is None) != (offsets_x is None):
+        raise ValueError("crop_flip: give both offsets_y and offsets_x, or neither")
+    src, rows, cols = images, xp.arange(h)[None, :], xp.arange(w)[None, :]
+    if offsets_y is not None:
+        p = _check_padding(padding)
+        src = xp.pad(images, ((0, 0), (0, 0), (p, p), (p, p)))
+        rows = rows + offsets_y.reshape(n, 1)
+        cols = cols + offsets_x.reshape(n, 1)
+    if flip is not None:
+        # Mirroring the output columns of a crop = reading the window right to left.
+        cols = xp.where(flip.reshape(n, 1), cols[:, ::-1], cols)
+    if offsets_y is None and flip is None:
+        return images.copy()
+    rows = xp.broadcast_to(rows, (n, h))
+    cols = xp.broadcast_to(cols, (n, w))
+    return src[xp.arange(n)[:, None, None, None], xp.arange(c)[None, :, None, None],
+               rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def random_crop(images, padding=4, rng=None):
+    """Random (H, W) crops of the batch zero-padded by ``padding`` on each side (as in the
+    ResNet CIFAR recipe); one offset pair per image, uniform over the 2*padding+1 positions."""
+    _check_images(images)
+    p = _check_padding(padding)
+    xp = get_array_module(images)
+    rng = as_generator(rng, xp)
+    n = images.shape[0]
+    oy = _draw(rng, xp, images, 0, 2 * p + 1, n)
+    ox = _draw(rng, xp, images, 0, 2 * p + 1, n)
+    return crop_flip(images, oy, ox, None, p)
+
+
+def random_flip(images, rng=None):
+    """Each image mirrored left-right with probability 1/2."""
+    _check_images(images)
+    xp = get_array_module(images)
+    flip = _draw(as_generator(rng, xp), xp, images, 0, 2, images.shape[0]).astype(bool)
+    return crop_flip(images, None, None, flip)
+
+
+def normalize(images, mean=CIFAR10_MEAN, std=CIFAR10_STD, dtype=np.float32):
+    """(images - mean) / std per channel, as ``dtype`` (float32 or float64), NCHW.
+
+    ``images`` must be uint8 because ``mean``/``std`` are on the 0-255 scale: a float batch
+    already in [0, 1] would be silently wrong."""
+    _check_images(images)
+    xp = get_array_module(images)
+    if images.dtype != np.uint8:
+        raise TypeError(f"images must be uint8 (0-255 pixels; mean/std are on that scale), got "
+                        f"{images.dtype}; pass the raw images, or images.astype(np.uint8) if they hold 0-255 values")
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise TypeError(f"dtype={dtype} must be float32 or float64")
+    c = images.shape[1]
+    mean = xp.asarray(mean, dtype=dtype).reshape(-1)
+    std = xp.asarray(std, dtype=dtype).reshape(-1)
+    if mean.shape != (c,) or std.shape != (c,):
+        raise ValueError(f"mean and std need one value per channel ({c}), got {mean.shape[0]} and "
+                         f"{std.shape[0]}")
+    out = images.astype(dtype)
+    out -= mean.reshape(1, c, 1, 1)
+    out /= std.reshape(1, c, 1, 1)
+    return out

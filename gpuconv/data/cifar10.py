@@ -1,0 +1,198 @@
+"""Finding and loading CIFAR-10: ``load_cifar10(root=None, download=True)``.
+
+Where the data is looked for, in order: ``root`` (the ``--data`` argument), ``$GPUCONV_DATA``,
+``~/.cache/gpuconv``. Each place may be a batches directory itself, a directory holding
+``cifar-10-batches-py/``, ``cifar-10-batches-bin/`` or ``cifar-10-python.tar.gz``, or the
+tarball's own path. When none holds the data and ``download`` is true, the official tarball
+is fetched into ``$GPUCONV_DATA`` (when set) or ``~/.cache/gpuconv`` and read from there.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import formats
+from .download import CIFAR10_MD5, CIFAR10_URL, TARBALL_NAME, download_cifar10
+from .errors import DataNotFoundError
+
+_SUBDIRS = ("cifar-10-batches-py", "cifar-10-batches-bin")
+_TARBALLS = (TARBALL_NAME, "cifar-10-binary.tar.gz")
+
+
+@dataclass(eq=False)
+class Split:
+    """Images uint8 (N, 3, 32, 32) and labels int64 (N,); ``batch_sizes`` are the lengths of
+    the files they came from, in order (so ``train_val_split(val_batch=5)`` can hold one out)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    batch_sizes: tuple = field(default=None)
+
+    def __post_init__(self):
+        if not isinstance(self.images, np.ndarray) or self.images.dtype != np.uint8 or self.images.ndim != 4:
+            raise TypeError("Split.images must be a uint8 NumPy array (N, C, H, W), got "
+                            f"{getattr(self.images, 'dtype', type(self.images).__name__)} "
+                            f"{getattr(self.images, 'shape', '')}")
+        self.labels = np.asarray(self.labels)
+        if self.labels.ndim != 1 or self.labels.dtype.kind not in "iu" or len(self.labels) != len(self.images):
+            raise ValueError(f"Split.labels must be integers of shape ({len(self.images)},), got "
+                             f"{self.labels.dtype} {self.labels.shape}")
+        self.labels = self.labels.astype(np.int64, copy=False)
+        self.batch_sizes = (len(self.images),) if self.batch_sizes is None else tuple(map(int, self.batch_sizes))
+        if sum(self.batch_sizes) != len(self.images):
+            raise ValueError(f"Split.batch_sizes {self.batch_sizes} sum to {sum(self.batch_sizes)}, "
+                             f"not the {len(self.images)} images")
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __repr__(self):
+        return f"Split(images={self.images.shape}, labels={self.labels.shape}, batch_sizes={self.batch_sizes})"
+
+
+@dataclass(eq=False)
+class CIFAR10:
+    """A loaded CIFAR-10: ``test`` is None when the source has no test batch."""
+
+    train: Split
+    test: Split | None
+    classes: list
+    root: pathlib.Path
+    format: str = "py"
+
+
+def default_cache_dir() -> pathlib.Path:
+    return pathlib.Path.home() / ".cache" / "gpuconv"
+
+
+def _search_places(root) -> list[tuple[str, pathlib.Path]]:
+    # An explicit root is the only place looked at: a typo in --data must fail, not quietly
+    # train on whatever the cache holds.
+    if root is not None:
+        return [("root argument (--data)", pathlib.Path(root).expanduser())]
+    places = []
+    if os.environ.get("GPUCONV_DATA"):
+        places.append(("$GPUCONV_DATA", pathlib.Path(os.environ["GPUCONV_DATA"]).expanduser()))
+    places.append(("cache", default_cache_dir()))
+    return places
+
+
+def _locate(p: pathlib.Path) -> pathlib.Path | None:
+    """The data source at ``p`` (a batches directory or a tarball), or None."""
+    if p.is_file():
+        # A batch file itself (root=.../data_batch_1) stands for its directory; any other file
+        # is taken for a tarball (and reported as unreadable if it is not one).
+        names = formats.TRAIN_BATCHES + (formats.TEST_BATCH,)
+        return p.parent if p.name in names or p.name in {n + ".bin" for n in names} else p
+    if not p.is_dir():
+        return None
+    for d in (p,) + tuple(p / s for s in _SUBDIRS):
+        if d.is_dir() and formats.detect_format({c.name for c in d.iterdir()}):
+            return d
+    for t in _TARBALLS:
+        if (p / t).is_file():
+            return p / t
+    return None
+
+
+def find_data_dir(root=None) -> pathlib.Path:
+    """The first CIFAR-10 source in: ``root``, ``$GPUCONV_DATA``, ``~/.cache/gpuconv``.
+
+    Returns a batches directory or a tarball path; raises DataNotFoundError naming every
+    place searched when none holds the data."""
+    places = _search_places(root)
+    for label, p in places:
+        found = _locate(p)
+        if found is not None:
+            return found
+    if root is not None:
+        why = "holds no CIFAR-10 data" if places[0][1].exists() else "does not exist"
+        raise DataNotFoundError(
+            f"--data {root} {why} (looked for cifar-10-batches-py/, cifar-10-batches-bin/ or {TARBALL_NAME} "
+            f"in it). Fix: point --data at the directory holding them, or leave --data out to use "
+            f"$GPUCONV_DATA or {default_cache_dir()} (downloading {CIFAR10_URL} there when absent)")
+    searched = "; ".join(f"{label}: {p}" for label, p in places)
+    raise DataNotFoundError(
+        f"no CIFAR-10 data found (searched {searched}; each may hold cifar-10-batches-py/, "
+        f"cifar-10-batches-bin/ or {TARBALL_NAME}). Fix: pass download=True to fetch it, or download "
+        f"{CIFAR10_URL} by hand into {places[-1][1]}, or pass --data DIR / set GPUCONV_DATA=DIR")
+
+
+def read_cifar10(source) -> CIFAR10:
+    """Load a source found by find_data_dir: a batches directory or a tarball."""
+    source = pathlib.Path(source)
+    files = formats.TarFiles(source) if source.is_file() else formats.DirFiles(source)
+    try:
+        fmt = formats.detect_format(files.names())
+        if fmt is None:
+            raise DataNotFoundError(
+                f"{source}: holds no CIFAR-10 batches (data_batch_1..5 [.bin], test_batch [.bin]). "
+                f"Point --data at the extracted cifar-10-batches-py directory or the {TARBALL_NAME} "
+                "tarball")
+        train_parts, test_part, classes = formats.read_batches(files, fmt)
+    finally:
+        if isinstance(files, formats.TarFiles):
+            files.close()
+    train = Split(np.concatenate([im for im, _ in train_parts]), np.concatenate([lb for _, lb in train_parts]),
+                  batch_sizes=[len(lb) for _, lb in train_parts])
+    test = Split(*test_part) if test_part is not None else None
+    if test is None:
+        warnings.warn(f"{source}: no test batch; training works, and validation must be split from the "
+                      "training set (gpuconv.data.train_val_split)", UserWarning, stacklevel=3)
+    if classes is None:
+        meta = "batches.meta" if fmt == "py" else "batches.meta.txt"
+        warnings.warn(f"{source}: no {meta}; using the standard CIFAR-10 class names", UserWarning, stacklevel=3)
+        classes = list(formats.DEFAULT_CLASSES)
+    return CIFAR10(train=train, test=test, classes=classes, root=source, format=fmt)
+
+
+def load_cifar10(root=None, download=True, *, url=CIFAR10_URL, md5=CIFAR10_MD5, progress=True) -> CIFAR10:
+    """Find CIFAR-10 (see the module docstring), downloading it when absent and allowed.
+
+    ``url`` and ``md5`` name the tarball to fetch (tests point them at a local one)."""
+    try:
+        source = find_data_dir(root)
+    except DataNotFoundError:
+        if not download or root is not None:
+            raise
+        env = os.environ.get("GPUCONV_DATA")
+        dest = pathlib.Path(env).expanduser() if env else default_cache_dir()
+        source = download_cifar10(dest, url=url, md5=md5, progress=progress)
+    return read_cifar10(source)
+
+
+def train_val_split(split: Split, val_fraction: float | None = None, val_batch: int | None = None,
+                    seed: int = 0) -> tuple[Split, Split]:
+    """(train, val) from one Split: hold out the file ``data_batch_{val_batch}`` (1-based), or a
+    seeded random ``val_fraction`` of the images (both parts keep the original order)."""
+    if (val_fraction is None) == (val_batch is None):
+        raise ValueError("train_val_split: give exactly one of val_fraction (e.g. 0.1) or val_batch "
+                         f"(e.g. 5), got val_fraction={val_fraction!r}, val_batch={val_batch!r}")
+    n = len(split)
+    if val_batch is not None:
+        nb = len(split.batch_sizes)
+        if isinstance(val_batch, bool) or not isinstance(val_batch, (int, np.integer)) or not 1 <= val_batch <= nb \
+                or nb < 2:
+            raise ValueError(f"train_val_split: val_batch={val_batch!r} must be an integer in 1..{nb} "
+                             f"(this split came from {nb} file(s): {split.batch_sizes}); use val_fraction "
+                             "for a split that came from a single file")
+        start = sum(split.batch_sizes[:val_batch - 1])
+        val_idx = np.arange(start, start + split.batch_sizes[val_batch - 1])
+        rest = [s for i, s in enumerate(split.batch_sizes) if i != val_batch - 1]
+        train_idx = np.setdiff1d(np.arange(n), val_idx, assume_unique=True)
+        return (Split(split.images[train_idx], split.labels[train_idx], rest),
+                Split(split.images[val_idx], split.labels[val_idx]))
+    if not isinstance(val_fraction, (float, int)) or not 0 < val_fraction < 1:
+        raise ValueError(f"train_val_split: val_fraction={val_fraction!r} must be a number strictly "
+                         "between 0 and 1, e.g. 0.1")
+    n_val = min(max(int(round(n * val_fraction)), 1), n - 1)
+    if n < 2:
+        raise ValueError(f"train_val_split: the split has {n} image(s); at least 2 are needed")
+    perm = np.random.default_rng(seed).permutation(n)
+    val_idx, train_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+    return (Split(split.images[train_idx], split.labels[train_idx]),
+            Split(split.images[val_idx], split.labels[val_idx]))

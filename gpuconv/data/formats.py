@@ -1,0 +1,193 @@
+"""Reading the two CIFAR-10 file formats from a directory or straight from a tarball.
+
+- The Python release (``cifar-10-batches-py/``): pickled dicts, ``b'data'`` a uint8 array
+  (N, 3072) of channel-major 32x32 RGB rows, ``b'labels'`` a list of N ints,
+  ``batches.meta`` holding ``b'label_names'``.
+- The binary release (``cifar-10-batches-bin/``): records of 3073 bytes, one label byte then
+  3072 pixel bytes in the same order; ``batches.meta.txt`` holds one class name per line.
+
+A batch's length is read from its arrays (or file size), never from the meta file's
+``num_cases_per_batch``, which describes the full release, not a subset.
+
+The tarball is read member by member with ``tarfile`` instead of being extracted: nothing
+is written next to it, there is no half-extracted state to detect, and member paths are
+never used as file system paths (no path-traversal exposure). Decompressing the 163 MB
+tarball costs a few seconds per load, small next to a training run.
+"""
+from __future__ import annotations
+
+import pathlib
+import tarfile
+import zlib
+
+import numpy as np
+
+from .errors import CorruptDataError, DataNotFoundError
+from .safe_pickle import load_pickle
+
+NUM_CLASSES = 10
+IMAGE_SHAPE = (3, 32, 32)
+PIXELS = 3 * 32 * 32
+RECORD_BYTES = 1 + PIXELS
+TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_BATCH = "test_batch"
+DEFAULT_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
+                   "dog", "frog", "horse", "ship", "truck"]
+_REFETCH = ("download or extract the CIFAR-10 release again "
+            "(https://www.cs.toronto.edu/~kriz/cifar.html)")
+
+
+class DirFiles:
+    """The files of an extracted batches directory, by base name."""
+
+    def __init__(self, path: pathlib.Path):
+        self.path = pathlib.Path(path)
+
+    def names(self) -> set[str]:
+        return {p.name for p in self.path.iterdir() if p.is_file()}
+
+    def where(self, name: str) -> str:
+        return str(self.path / name)
+
+    def read(self, name: str) -> bytes:
+        try:
+            return (self.path / name).read_bytes()
+        except OSError as exc:
+            raise DataNotFoundError(f"{self.where(name)}: cannot be read ({exc}); check its "
+                                    f"permissions or {_REFETCH}") from exc
+
+
+class TarFiles:
+    """The regular-file members of a tarball, by base name (any top folder)."""
+
+    def __init__(self, path: pathlib.Path):
+        self.path = pathlib.Path(path)
+        try:
+            self._tar = tarfile.open(self.path, "r:*")
+            self._members = {}
+            for m in self._tar.getmembers():  # reads the whole index: a truncated file fails here
+                if m.isfile():
+                    self._members.setdefault(pathlib.PurePosixPath(m.name).name, m)
+        except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+            raise CorruptDataError(
+                f"{self.path}: not a readable tarball ({type(exc).__name__}: {exc}); it is probably "
+                f"truncated or corrupt. Delete it and {_REFETCH}") from exc
+
+    def names(self) -> set[str]:
+        return set(self._members)
+
+    def where(self, name: str) -> str:
+        return f"{self.path}:{self._members[name].name}" if name in self._members else f"{self.path}:{name}"
+
+    def read(self, name: str) -> bytes:
+        try:
+            return self._tar.extractfile(self._members[name]).read()
+        except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+            raise CorruptDataError(f"{self.where(name)}: cannot be read from the tarball "
+                                   f"({type(exc).__name__}: {exc}). Delete it and {_REFETCH}") from exc
+
+    def close(self):
+        self._tar.close()
+
+
+def detect_format(names: set[str]) -> str | None:
+    """'py', 'bin' or None, from the file names present."""
+    if any(n in names for n in TRAIN_BATCHES + (TEST_BATCH,)):
+        return "py"
+    if any(n + ".bin" in names for n in TRAIN_BATCHES + (TEST_BATCH,)):
+        return "bin"
+    return None
+
+
+def _check_labels(labels: np.ndarray, where: str) -> np.ndarray:
+    if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+        bad = labels[(labels < 0) | (labels >= NUM_CLASSES)][0]
+        raise CorruptDataError(f"{where}: holds label {int(bad)}, outside 0..{NUM_CLASSES - 1}; it is "
+                               f"not a CIFAR-10 batch (CIFAR-100?) or it is corrupt. {_REFETCH.capitalize()}")
+    return labels
+
+
+def _get(d: dict, key: str):
+    # Python 2 pickles give bytes keys; a batch re-pickled on Python 3 may give str keys.
+    return d[key.encode()] if key.encode() in d else d.get(key)
+
+
+def parse_python_batch(data: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 (N, 3, 32, 32), labels int64 (N,)) from a pickled batch's bytes."""
+    d = load_pickle(data, where)
+    if not isinstance(d, dict):
+        raise CorruptDataError(f"{where}: holds a {type(d).__name__}, not the dict of a CIFAR-10 batch. "
+                               f"{_REFETCH.capitalize()}")
+    images, labels = _get(d, "data"), _get(d, "labels")
+    if images is None or labels is None:
+        keys = sorted(k.decode() if isinstance(k, bytes) else str(k) for k in d)
+        hint = " (fine_labels: this is CIFAR-100)" if "fine_labels" in keys else ""
+        raise CorruptDataError(f"{where}: has keys {keys}{hint}; a CIFAR-10 batch has 'data' and "
+                               f"'labels'. {_REFETCH.capitalize()}")
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim not in (2, 4) \
+            or images.size != images.shape[0] * PIXELS:
+        desc = (f"{images.dtype} array of shape {images.shape}" if isinstance(images, np.ndarray)
+                else type(images).__name__)
+        raise CorruptDataError(f"{where}: 'data' is a {desc}; a CIFAR-10 batch holds a uint8 array of "
+                               f"shape (N, 3072). {_REFETCH.capitalize()}")
+    try:
+        labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    except (TypeError, ValueError) as exc:
+        raise CorruptDataError(f"{where}: 'labels' is not a list of integers ({exc}). "
+                               f"{_REFETCH.capitalize()}") from exc
+    if labels.shape[0] != images.shape[0]:
+        raise CorruptDataError(f"{where}: {images.shape[0]} images but {labels.shape[0]} labels; the "
+                               f"file is corrupt. {_REFETCH.capitalize()}")
+    return np.ascontiguousarray(images.reshape((-1,) + IMAGE_SHAPE)), _check_labels(labels, where)
+
+
+def parse_binary_batch(data: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """(images, labels) from a binary batch: N records of 1 label byte + 3072 pixel bytes."""
+    if len(data) == 0 or len(data) % RECORD_BYTES:
+        raise CorruptDataError(
+            f"{where}: {len(data)} bytes is not a whole number of {RECORD_BYTES}-byte records "
+            f"({len(data) // RECORD_BYTES} full + {len(data) % RECORD_BYTES} bytes); the file is "
+            f"truncated or corrupt. Delete it and {_REFETCH}")
+    records = np.frombuffer(data, dtype=np.uint8).reshape(-1, RECORD_BYTES)
+    labels = _check_labels(records[:, 0].astype(np.int64), where)
+    return records[:, 1:].reshape((-1,) + IMAGE_SHAPE).copy(), labels
+
+
+def read_classes(files, fmt: str) -> list[str] | None:
+    """Class names from batches.meta / batches.meta.txt, or None when the file is absent."""
+    if fmt == "py":
+        if "batches.meta" not in files.names():
+            return None
+        where = files.where("batches.meta")
+        meta = load_pickle(files.read("batches.meta"), where)
+        names = _get(meta, "label_names") if isinstance(meta, dict) else None
+        if not isinstance(names, list):
+            raise CorruptDataError(f"{where}: has no 'label_names' list. {_REFETCH.capitalize()}")
+        names = [n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n) for n in names]
+    else:
+        if "batches.meta.txt" not in files.names():
+            return None
+        where = files.where("batches.meta.txt")
+        names = [line.strip() for line in files.read("batches.meta.txt").decode("utf-8", "replace")
+                 .splitlines() if line.strip()]
+    if len(names) != NUM_CLASSES:
+        raise CorruptDataError(f"{where}: lists {len(names)} class names, CIFAR-10 has "
+                               f"{NUM_CLASSES}. {_REFETCH.capitalize()}")
+    return names
+
+
+def read_batches(files, fmt: str):
+    """(train parts [(images, labels), ...], test part or None, class names or None)."""
+    suffix = ".bin" if fmt == "bin" else ""
+    parse = parse_binary_batch if fmt == "bin" else parse_python_batch
+    names = files.names()
+    missing = [n + suffix for n in TRAIN_BATCHES if n + suffix not in names]
+    if missing:
+        raise DataNotFoundError(
+            f"{files.path}: {', '.join(missing)} missing (found "
+            f"{sorted(n for n in names if n.startswith(('data_batch', 'test_batch')))}); the copy is "
+            f"incomplete. {_REFETCH.capitalize()}")
+    train = [parse(files.read(n + suffix), files.where(n + suffix)) for n in TRAIN_BATCHES]
+    test_name = TEST_BATCH + suffix
+    test = parse(files.read(test_name), files.where(test_name)) if test_name in names else None
+    return train, test, read_classes(files, fmt)

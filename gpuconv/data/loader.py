@@ -1,0 +1,147 @@
+"""DeviceLoader: the data set on the device as uint8, batches made there.
+
+The images are uploaded once. Each batch is then a gather by a permutation index, an
+optional random crop + flip (one gather), and a normalization to float, all with the
+device's array module: no per-batch host work and no device-to-host copy, so a training
+step on the GPU never waits on the loader.
+
+Epoch ``e``'s order and augmentation are a pure function of ``(seed, e)``: both are drawn at
+the start of the epoch from generators seeded by ``SeedSequence([seed, e])``, so a resumed
+run (``set_epoch(e, start_batch=k)``) sees exactly the batches an uninterrupted one would.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..backend import Device, get_array_module, get_default_device, is_cupy_array, to_device
+from .augment import CIFAR10_MEAN, CIFAR10_STD, crop_flip, normalize
+
+
+def _check_int(name, value, low, fix):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{name}={value!r} must be an integer >= {low}; {fix}")
+    return int(value)
+
+
+def _permutation(rng, n, xp):
+    if hasattr(rng, "permutation"):
+        return rng.permutation(n)
+    # CuPy's Generator has no permutation(); sorting uniform keys gives one (ties among n
+    # float64 keys are vanishingly rare and would only pin two images' relative order).
+    return xp.argsort(rng.random(n))
+
+
+class DeviceLoader:
+    """Iterate ``(x float (B, C, H, W) normalized, y int64 (B,))`` batches on ``device``.
+
+    ``images`` uint8 (N, C, H, W) and ``labels`` integers (N,), NumPy or CuPy; ``device``
+    None means the default device. ``augment`` applies a random crop (zero padding
+    ``padding``) and a horizontal flip per image. Each ``iter()`` runs the loader's current
+    epoch and then advances it; ``set_epoch`` picks the epoch (and first batch) explicitly.
+    """
+
+    def __init__(self, images, labels, batch_size, shuffle=True, augment=False, drop_last=False, seed=0,
+                 device=None, *, padding=4, mean=CIFAR10_MEAN, std=CIFAR10_STD, dtype=np.float32):
+        if not (isinstance(images, np.ndarray) or is_cupy_array(images)) or images.dtype != np.uint8 \
+                or images.ndim != 4:
+            raise TypeError(
+                "images must be a uint8 array of shape (N, C, H, W) (the raw 0-255 pixels; the loader "
+                f"normalizes), got {getattr(images, 'dtype', type(images).__name__)} "
+                f"{getattr(images, 'shape', '')}; e.g. cifar.train.images")
+        n = images.shape[0]
+        if n == 0:
+            raise ValueError("images is empty (0 images); a loader needs at least one image")
+        get_array_module(images, labels if hasattr(labels, "shape") else None)
+        if not hasattr(labels, "shape"):
+            labels = np.asarray(labels)
+        if labels.ndim != 1 or labels.shape[0] != n or labels.dtype.kind not in "iu":
+            raise ValueError(f"labels must be integers of shape ({n},) (one per image), got "
+                             f"{labels.dtype} {tuple(labels.shape)}")
+        if isinstance(labels, np.ndarray) and labels.min() < 0:
+            raise ValueError(f"labels must be >= 0 (class indices), got minimum {labels.min()}")
+        self.batch_size = _check_int("batch_size", batch_size, 1, "e.g. batch_size=512")
+        if drop_last and self.batch_size > n:
+            raise ValueError(f"batch_size={batch_size} with drop_last=True and only {n} images would yield "
+                             f"no batch; use batch_size <= {n} or drop_last=False")
+        self.seed = _check_int("seed", seed, 0, "e.g. seed=0")
+        self.padding = _check_int("padding", padding, 0, "e.g. padding=4")
+        self.shuffle, self.augment, self.drop_last = bool(shuffle), bool(augment), bool(drop_last)
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise TypeError(f"dtype={self.dtype} must be float32 or float64")
+        c = images.shape[1]
+        if np.size(mean) != c or np.size(std) != c:
+            raise ValueError(f"mean and std need one value per channel ({c}), got {np.size(mean)} and "
+                             f"{np.size(std)}")
+        self.device = Device(device) if device is not None else get_default_device()
+        self.xp = self.device.xp
+        # The only uploads: the data set (uint8, once) and the normalization constants.
+        self.images = to_device(images, self.device)
+        self.labels = to_device(labels.astype(np.int64, copy=False), self.device)
+        self._mean = to_device(np.asarray(mean, dtype=self.dtype), self.device)
+        self._std = to_device(np.asarray(std, dtype=self.dtype), self.device)
+        self.num_samples = n
+        self.epoch = 0
+        self.start_batch = 0
+
+    @classmethod
+    def from_split(cls, split, batch_size, **kwargs):
+        """A loader over a ``gpuconv.data.Split`` (``cifar.train``, ``cifar.test``)."""
+        return cls(split.images, split.labels, batch_size, **kwargs)
+
+    def __len__(self):
+        if self.drop_last:
+            return self.num_samples // self.batch_size
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def set_epoch(self, epoch, start_batch=0):
+        """Make the next iteration run epoch ``epoch`` from batch ``start_batch`` (to resume)."""
+        self.epoch = _check_int("epoch", epoch, 0, "epochs count from 0")
+        self.start_batch = _check_int("start_batch", start_batch, 0, "batches count from 0")
+        if self.start_batch > len(self):
+            raise ValueError(f"start_batch={start_batch} is past the {len(self)} batches of an epoch")
+
+    def state_dict(self) -> dict:
+        """Where the loader stands: the next iteration runs ``epoch`` from ``start_batch``."""
+        return {"seed": self.seed, "epoch": self.epoch, "start_batch": self.start_batch}
+
+    def load_state_dict(self, state: dict):
+        self.seed = _check_int("state['seed']", state["seed"], 0, "use a state from state_dict()")
+        self.set_epoch(state["epoch"], state.get("start_batch", 0))
+
+    def epoch_plan(self, epoch):
+        """(order, offsets_y, offsets_x, flip) for ``epoch``, on the device; ``order`` is None
+        without shuffling and the rest None without augmentation."""
+        xp, n = self.xp, self.num_samples
+        seeds = np.random.SeedSequence([self.seed, int(epoch)]).generate_state(2, np.uint64)
+        order = _permutation(xp.random.default_rng(int(seeds[0])), n, xp) if self.shuffle else None
+        if not self.augment:
+            return order, None, None, None
+        rng = xp.random.default_rng(int(seeds[1]))
+        span = 2 * self.padding + 1
+        oy = rng.integers(0, span, size=n)
+        ox = rng.integers(0, span, size=n)
+        flip = rng.integers(0, 2, size=n).astype(bool)
+        return order, oy, ox, flip
+
+    def __iter__(self):
+        epoch, start = self.epoch, self.start_batch
+        self.epoch, self.start_batch = epoch + 1, 0  # the next iter() runs the next epoch
+        return self._batches(epoch, start)
+
+    def _batches(self, epoch, start):
+        order, oy, ox, flip = self.epoch_plan(epoch)
+        n, bs = self.num_samples, self.batch_size
+        for i in range(start, len(self)):
+            lo, hi = i * bs, min((i + 1) * bs, n)
+            idx = order[lo:hi] if order is not None else slice(lo, hi)
+            xb = self.images[idx]
+            if self.augment:
+                xb = crop_flip(xb, oy[lo:hi], ox[lo:hi], flip[lo:hi], self.padding)
+            yield normalize(xb, self._mean, self._std, self.dtype), self.labels[idx]
+
+    def __repr__(self):
+        return (f"DeviceLoader({self.num_samples} images, batch_size={self.batch_size}, shuffle={self.shuffle}, "
+                f"augment={self.augment}, drop_last={self.drop_last}, seed={self.seed}, device='{self.device}')")

@@ -1,0 +1,415 @@
+"""CIFAR-10 reading, locating, downloading and splitting (gpuconv.data).
+
+Real images come from the subset (``subset_dir``); tarballs and binary-format copies are
+built from it under tmp_path. Small synthetic batches in the official pickle layout cover
+the error paths and the download, where a 15 MB file would only slow the suite down.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import os
+import pickle
+import tarfile
+import threading
+import warnings
+
+import numpy as np
+import pytest
+
+from gpuconv import data as D
+from gpuconv.data import formats
+
+TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
+
+
+# ----------------------------------------------------------------------------- helpers
+def write_batch(path, images, labels, protocol=2, **extra):
+    d = {b"batch_label": b"synthetic", b"labels": [int(v) for v in labels],
+         b"data": np.asarray(images, dtype=np.uint8).reshape(len(images), -1)}
+    d.update(extra)
+    path.write_bytes(pickle.dumps(d, protocol=protocol))
+
+
+def write_meta(path, names=formats.DEFAULT_CLASSES):
+    path.write_bytes(pickle.dumps({b"num_cases_per_batch": 10000, b"num_vis": 3072,
+                                   b"label_names": [n.encode() for n in names]}, protocol=2))
+
+
+def tiny_dir(root, per_batch=4, test=True, seed=0):
+    """A cifar-10-batches-py directory of random images: 5 training batches (+ test_batch)."""
+    d = root / "cifar-10-batches-py"
+    d.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for name in TRAIN + (["test_batch"] if test else []):
+        write_batch(d / name, rng.integers(0, 256, (per_batch, 3, 32, 32)), rng.integers(0, 10, per_batch))
+    write_meta(d / "batches.meta")
+    return d
+
+
+def make_tarball(batches_dir, path, top="cifar-10-batches-py"):
+    with tarfile.open(path, "w:gz", compresslevel=1) as tar:
+        for f in sorted(batches_dir.iterdir()):
+            tar.add(f, arcname=f"{top}/{f.name}")
+    return path
+
+
+def make_binary_dir(cifar, root, test=None):
+    """The binary release's layout (3073-byte records) holding the arrays of ``cifar``."""
+    d = root / "cifar-10-batches-bin"
+    d.mkdir(parents=True)
+    start = 0
+    parts = [(f"{n}.bin", slice(start := sum(cifar.train.batch_sizes[:i]), start + s))
+             for i, (n, s) in enumerate(zip(TRAIN, cifar.train.batch_sizes))]
+    for name, sl in parts:
+        rec = np.concatenate([cifar.train.labels[sl, None].astype(np.uint8),
+                              cifar.train.images[sl].reshape(-1, 3072)], axis=1)
+        (d / name).write_bytes(rec.tobytes())
+    if test is not None:
+        rec = np.concatenate([test.labels[:, None].astype(np.uint8), test.images.reshape(-1, 3072)], axis=1)
+        (d / "test_batch.bin").write_bytes(rec.tobytes())
+    (d / "batches.meta.txt").write_text("\n".join(cifar.classes) + "\n\n")
+    return d
+
+
+def load_quiet(*args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return D.load_cifar10(*args, **kwargs)
+
+
+def assert_same(a, b):
+    np.testing.assert_array_equal(a.train.images, b.train.images)
+    np.testing.assert_array_equal(a.train.labels, b.train.labels)
+    assert a.train.batch_sizes == b.train.batch_sizes and a.classes == b.classes
+
+
+@pytest.fixture
+def isolated(tmp_path, monkeypatch):
+    """No $GPUCONV_DATA and an empty home, so only what a test sets up can be found."""
+    monkeypatch.delenv("GPUCONV_DATA", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def _memo():
+    return {}
+
+
+@pytest.fixture
+def subset(subset_dir, _memo):
+    if "subset" not in _memo:
+        _memo["subset"] = load_quiet(subset_dir, download=False)
+    return _memo["subset"]
+
+
+# ----------------------------------------------------------------------------- the real subset
+def test_subset_loads_with_shapes_labels_and_balance(subset_dir, isolated):
+    with pytest.warns(UserWarning, match="no test batch.*validation must be split"):
+        c = D.load_cifar10(subset_dir, download=False)
+    assert c.train.images.shape == (5170, 3, 32, 32) and c.train.images.dtype == np.uint8
+    assert c.train.labels.shape == (5170,) and c.train.labels.dtype == np.int64
+    assert c.test is None and c.format == "py" and c.root == subset_dir
+    assert c.classes[0] == "airplane" and c.classes[9] == "truck" and len(c.classes) == 10
+    counts = np.bincount(c.train.labels, minlength=10)
+    assert counts.sum() == 5170 and len(counts) == 10 and counts.min() >= 450 and counts.max() <= 600
+    # batches.meta says 10000 per batch; the lengths come from the arrays instead.
+    assert c.train.batch_sizes == (1102, 1017, 1017, 1017, 1017)
+    assert c.train.images.std() > 40  # real pictures, not zeros
+
+
+def test_root_may_be_the_parent_or_the_batches_dir(subset_dir, subset, isolated):
+    assert_same(load_quiet(subset_dir.parent, download=False), subset)
+    assert D.find_data_dir(subset_dir.parent) == subset_dir
+    assert D.find_data_dir(str(subset_dir)) == subset_dir
+    assert D.find_data_dir(subset_dir / "data_batch_1") == subset_dir
+
+
+def test_tarball_loads_identically(subset_dir, subset, isolated):
+    tar = make_tarball(subset_dir, isolated / "cifar-10-python.tar.gz")
+    assert D.find_data_dir(isolated) == tar
+    assert_same(load_quiet(isolated, download=False), subset)
+    c = load_quiet(tar, download=False)
+    assert_same(c, subset)
+    assert c.root == tar and not (isolated / "cifar-10-batches-py").exists()  # read, not extracted
+
+
+def test_binary_release_loads_identically(subset, isolated):
+    test = D.Split(subset.train.images[:100], subset.train.labels[:100])
+    d = make_binary_dir(subset, isolated / "bin", test=test)
+    for root in (d, d.parent):
+        c = D.load_cifar10(root, download=False)  # has a test batch: no warning expected
+        assert c.format == "bin"
+        assert_same(c, subset)
+        np.testing.assert_array_equal(c.test.images, test.images)
+        np.testing.assert_array_equal(c.test.labels, test.labels)
+
+
+def test_python_dir_with_test_batch(subset_dir, subset, isolated):
+    d = isolated / "cifar-10-batches-py"
+    d.mkdir()
+    for f in subset_dir.iterdir():
+        (d / f.name).symlink_to(f)
+    (d / "test_batch").symlink_to(subset_dir / "data_batch_5")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a complete directory loads without any warning
+        c = D.load_cifar10(isolated, download=False)
+    np.testing.assert_array_equal(c.test.images, subset.train.images[-1017:])
+    np.testing.assert_array_equal(c.test.labels, subset.train.labels[-1017:])
+
+
+# ----------------------------------------------------------------------------- where data is found
+def test_search_order_root_then_env_then_cache(isolated, monkeypatch):
+    a, b, home = isolated / "a", isolated / "b", isolated / "home"
+    da, db = tiny_dir(a, seed=1), tiny_dir(b, seed=2)
+    dc = tiny_dir(home / ".cache" / "gpuconv", seed=3)
+    monkeypatch.setenv("GPUCONV_DATA", str(b))
+    assert D.find_data_dir(a) == da
+    assert D.find_data_dir() == db
+    monkeypatch.delenv("GPUCONV_DATA")
+    assert D.find_data_dir() == dc
+    np.testing.assert_array_equal(D.load_cifar10(download=False).train.images,
+                                  D.read_cifar10(dc).train.images)
+
+
+def test_explicit_root_without_data_fails_instead_of_falling_back(isolated, monkeypatch):
+    tiny_dir(isolated / "env")
+    (isolated / "empty").mkdir()
+    monkeypatch.setenv("GPUCONV_DATA", str(isolated / "env"))
+    with pytest.raises(D.DataNotFoundError, match="holds no CIFAR-10 data.*point --data"):
+        D.find_data_dir(isolated / "empty")
+    with pytest.raises(D.DataNotFoundError, match="typo does not exist"):
+        D.load_cifar10(isolated / "typo", download=True)
+
+
+def test_nothing_found_names_every_place_and_the_fix(isolated):
+    (isolated / "empty").mkdir()
+    with pytest.raises(D.DataNotFoundError) as err:
+        D.load_cifar10(isolated / "empty", download=False)
+    msg = str(err.value)
+    assert str(isolated / "empty") in msg and str(isolated / "home" / ".cache" / "gpuconv") in msg
+    assert "--data" in msg and D.CIFAR10_URL in msg and "GPUCONV_DATA" in msg
+    with pytest.raises(D.DataNotFoundError) as err:
+        D.load_cifar10(download=False)
+    msg = str(err.value)
+    assert str(isolated / "home" / ".cache" / "gpuconv") in msg and D.CIFAR10_URL in msg
+    assert isinstance(err.value, FileNotFoundError)
+
+
+# ----------------------------------------------------------------------------- damaged files
+def test_truncated_batch_names_the_file(subset_dir, isolated):
+    d = isolated / "cifar-10-batches-py"
+    d.mkdir()
+    for f in subset_dir.iterdir():
+        (d / f.name).symlink_to(f)
+    (d / "data_batch_2").unlink()
+    (d / "data_batch_2").write_bytes((subset_dir / "data_batch_2").read_bytes()[:100_000])
+    with pytest.raises(D.CorruptDataError, match=r"data_batch_2: the file is truncated.*download"):
+        load_quiet(d, download=False)
+
+
+@pytest.mark.parametrize("case, match", [
+    ("garbage", "data_batch_3: the file is corrupt"),
+    ("cifar100", "data_batch_3: has keys .*fine_labels: this is CIFAR-100"),
+    ("label_range", "data_batch_3: holds label 12, outside 0..9"),
+    ("length", "data_batch_3: 4 images but 3 labels"),
+    ("float_data", "data_batch_3: 'data' is a float64 array"),
+    ("not_dict", "data_batch_3: holds a list"),
+    ("missing", "data_batch_3 missing"),
+])
+def test_damaged_batches(isolated, case, match):
+    d = tiny_dir(isolated)
+    p, imgs = d / "data_batch_3", np.zeros((4, 3072), np.uint8)
+    if case == "garbage":
+        p.write_bytes(b"this is not a pickle at all\n" * 10)
+    elif case == "cifar100":
+        p.write_bytes(pickle.dumps({b"data": imgs, b"fine_labels": [0] * 4}, protocol=2))
+    elif case == "label_range":
+        write_batch(p, imgs, [0, 1, 12, 3])
+    elif case == "length":
+        write_batch(p, imgs, [0, 1, 2])
+    elif case == "float_data":
+        p.write_bytes(pickle.dumps({b"data": imgs.astype(float), b"labels": [0] * 4}, protocol=2))
+    elif case == "not_dict":
+        p.write_bytes(pickle.dumps([imgs], protocol=2))
+    else:
+        p.unlink()
+    err = D.DataNotFoundError if case == "missing" else D.CorruptDataError
+    with pytest.raises(err, match=match):
+        D.load_cifar10(d, download=False)
+
+
+def test_truncated_binary_batch(subset, isolated):
+    d = make_binary_dir(subset, isolated)
+    raw = (d / "data_batch_4.bin").read_bytes()
+    (d / "data_batch_4.bin").write_bytes(raw[:-1000])
+    with pytest.raises(D.CorruptDataError, match=r"data_batch_4\.bin: .*3073-byte records.*truncated"):
+        load_quiet(d, download=False)
+
+
+def test_truncated_and_empty_tarballs(subset_dir, isolated):
+    tar = make_tarball(subset_dir, isolated / "full.tar.gz")
+    cut = isolated / "cut" / "cifar-10-python.tar.gz"
+    cut.parent.mkdir()
+    cut.write_bytes(tar.read_bytes()[: tar.stat().st_size // 2])
+    with pytest.raises(D.CorruptDataError, match=f"{cut}.*truncated or corrupt"):
+        load_quiet(cut.parent, download=False)
+    empty = isolated / "other.tar.gz"
+    with tarfile.open(empty, "w:gz") as t:
+        t.add(subset_dir / "batches.meta", arcname="x/batches.meta")
+    with pytest.raises(D.DataNotFoundError, match="holds no CIFAR-10 batches"):
+        D.load_cifar10(empty, download=False)
+
+
+def test_meta_problems(isolated):
+    d = tiny_dir(isolated)
+    write_meta(d / "batches.meta", names=["a"] * 9)
+    with pytest.raises(D.CorruptDataError, match="batches.meta: lists 9 class names"):
+        D.load_cifar10(d, download=False)
+    (d / "batches.meta").unlink()
+    with pytest.warns(UserWarning, match="no batches.meta; using the standard"):
+        assert D.load_cifar10(d, download=False).classes == formats.DEFAULT_CLASSES
+
+
+# ----------------------------------------------------------------------------- restricted unpickler
+class _Evil:
+    def __init__(self, func, arg):
+        self.func, self.arg = func, arg
+
+    def __reduce__(self):
+        return self.func, (self.arg,)
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 4])
+@pytest.mark.parametrize("target", ["system", "eval"])
+def test_crafted_pickle_is_refused_not_run(isolated, protocol, target):
+    marker = isolated / "pwned"
+    func, arg = (os.system, f"touch {marker}") if target == "system" else (eval, f"open({str(marker)!r}, 'w')")
+    payload = pickle.dumps({b"data": _Evil(func, arg), b"labels": []}, protocol=protocol)
+    with pytest.raises(D.UnsafePickleError, match="not a CIFAR-10 batch and may be malicious"):
+        D.load_pickle(payload, "evil.pkl")
+    d = tiny_dir(isolated / "data")
+    (d / "data_batch_1").write_bytes(payload)
+    asks = r"data_batch_1: the pickle asks for (posix|os|builtins|__builtin__)\."
+    with pytest.raises(pickle.UnpicklingError, match=asks):
+        D.load_cifar10(d, download=False)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 5])
+def test_restricted_unpickler_reads_repickled_batches(protocol):
+    images = np.arange(2 * 3072, dtype=np.uint8).reshape(2, 3072)
+    d = D.load_pickle(pickle.dumps({"data": images, "labels": np.array([3, 4])}, protocol=protocol), "x")
+    np.testing.assert_array_equal(d["data"], images)
+    np.testing.assert_array_equal(d["labels"], [3, 4])
+
+
+# ----------------------------------------------------------------------------- download
+def _tiny_tarball(root):
+    src = tiny_dir(root / "src")
+    tar = make_tarball(src, root / "served.tar.gz")
+    return tar, hashlib.md5(tar.read_bytes()).hexdigest()
+
+
+def test_download_unreachable_url(isolated):
+    dest = isolated / "dest"
+    url = "http://127.0.0.1:9/cifar-10-python.tar.gz"
+    with pytest.raises(D.DownloadError) as err:
+        D.download_cifar10(dest, url=url, progress=False, timeout=5)
+    msg = str(err.value)
+    assert url in msg and "failed" in msg and str(dest / "cifar-10-python.tar.gz") in msg and "--data" in msg
+    assert list(dest.iterdir()) == []  # no partial file left
+
+
+def test_download_bad_md5_is_discarded(isolated):
+    tar, digest = _tiny_tarball(isolated)
+    dest = isolated / "dest"
+    with pytest.raises(D.DownloadError, match=f"MD5 {digest}, not the expected {D.CIFAR10_MD5}") as err:
+        D.download_cifar10(dest, url=tar.as_uri(), progress=False)
+    assert tar.as_uri() in str(err.value) and "by hand" in str(err.value)
+    assert list(dest.iterdir()) == []
+
+
+def test_download_success_from_file_url(isolated):
+    tar, digest = _tiny_tarball(isolated)
+    got = D.download_cifar10(isolated / "dest", url=tar.as_uri(), md5=digest, progress=True)
+    assert got == isolated / "dest" / "cifar-10-python.tar.gz" and got.read_bytes() == tar.read_bytes()
+    # Already there with the right MD5: reused without touching the (now unreachable) URL.
+    assert D.download_cifar10(isolated / "dest", url="http://127.0.0.1:9/x", md5=digest) == got
+
+
+@pytest.fixture
+def http_server(isolated):
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(isolated))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_load_downloads_into_gpuconv_data_over_http(isolated, http_server, monkeypatch):
+    tar, digest = _tiny_tarball(isolated)
+    target = isolated / "store"
+    monkeypatch.setenv("GPUCONV_DATA", str(target))
+    with pytest.raises(D.DownloadError, match="HTTP 404"):
+        D.load_cifar10(url=f"{http_server}/missing.tar.gz", md5=digest, progress=False)
+    c = D.load_cifar10(url=f"{http_server}/{tar.name}", md5=digest, progress=False)
+    assert c.root == target / "cifar-10-python.tar.gz" and len(c.train) == 20 and len(c.test) == 4
+    np.testing.assert_array_equal(c.train.images, D.read_cifar10(isolated / "src" / "cifar-10-batches-py").train.images)
+    assert D.load_cifar10(url="http://127.0.0.1:9/", md5=digest).root == c.root  # found: no download
+
+
+def test_load_downloads_into_the_cache_by_default(isolated):
+    tar, digest = _tiny_tarball(isolated)
+    c = D.load_cifar10(url=tar.as_uri(), md5=digest, progress=False)
+    assert c.root == isolated / "home" / ".cache" / "gpuconv" / "cifar-10-python.tar.gz"
+
+
+# ----------------------------------------------------------------------------- splits
+def test_train_val_split_by_batch(subset):
+    train, val = D.train_val_split(subset.train, val_batch=5)
+    assert len(val) == 1017 and len(train) == 4153 and train.batch_sizes == (1102, 1017, 1017, 1017)
+    np.testing.assert_array_equal(val.images, subset.train.images[-1017:])
+    np.testing.assert_array_equal(train.labels, subset.train.labels[:-1017])
+    _, val1 = D.train_val_split(subset.train, val_batch=1)
+    np.testing.assert_array_equal(val1.labels, subset.train.labels[:1102])
+
+
+def test_train_val_split_by_fraction(subset):
+    s = subset.train
+    train, val = D.train_val_split(s, val_fraction=0.1, seed=3)
+    assert len(val) == 517 and len(train) == 4653
+    rows = lambda split: {r.tobytes() for r in split.images.reshape(len(split), -1)}  # noqa: E731
+    assert rows(train).isdisjoint(rows(val)) and rows(train) | rows(val) == rows(s)
+    again = D.train_val_split(s, val_fraction=0.1, seed=3)[1]
+    other = D.train_val_split(s, val_fraction=0.1, seed=4)[1]
+    np.testing.assert_array_equal(again.images, val.images)
+    assert not np.array_equal(other.labels, val.labels)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({}, "exactly one of"), ({"val_fraction": 0.1, "val_batch": 5}, "exactly one of"),
+    ({"val_fraction": 1.5}, "strictly between 0 and 1"), ({"val_fraction": 0}, "strictly between"),
+    ({"val_batch": 6}, r"integer in 1\.\.5"), ({"val_batch": True}, r"integer in 1\.\.5"),
+])
+def test_train_val_split_errors(subset, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        D.train_val_split(subset.train, **kwargs)
+
+
+def test_split_validation():
+    with pytest.raises(TypeError, match="uint8"):
+        D.Split(np.zeros((2, 3, 32, 32), np.float32), np.zeros(2, np.int64))
+    with pytest.raises(ValueError, match=r"shape \(2,\)"):
+        D.Split(np.zeros((2, 3, 32, 32), np.uint8), np.zeros(3, np.int64))
+    with pytest.raises(ValueError, match="sum to 3"):
+        D.Split(np.zeros((2, 3, 32, 32), np.uint8), np.zeros(2, np.int64), batch_sizes=(1, 2))
+    single = D.Split(np.zeros((2, 3, 32, 32), np.uint8), np.zeros(2, np.int32))
+    assert single.labels.dtype == np.int64 and single.batch_sizes == (2,) and len(single) == 2
+    with pytest.raises(ValueError, match="single file"):
+        D.train_val_split(single, val_batch=1)
