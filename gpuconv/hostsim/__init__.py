@@ -1,0 +1,80 @@
+"""The host simulator: CUDA C kernels compiled with g++ and run on the CPU, called the way a
+CuPy RawKernel is called.
+
+    mod = hostsim.compile(source, name="conv2d")        # cached by source hash
+    fn = mod.get_function("conv2d_forward_v1")
+    fn(grid, block, (x, w, y, np.int32(n)), shared_mem=0, reverse=False)
+
+Design (GUIDE.md section 4):
+- g++ builds the translation unit as C++17 with ``cuda_sim.h`` force-included; that header maps
+  ``__global__``/``__device__``/``__shared__``/``threadIdx``... onto plain C++. Python finds the
+  ``extern "C" __global__`` kernels and appends an entry point per kernel that unpacks a
+  ``void*`` argument array, and one that reports the parameter types as the compiler resolved
+  them (so the argument checks see through typedefs such as ``real_t``).
+- Blocks run one after another. Each thread of a block is a fiber with its own mmap'd stack
+  and a guard page; a fiber runs until ``__syncthreads``, a warp collective or its end, so a
+  kernel without barriers costs two switches (~5 ns each on x86-64) per thread.
+- ``__syncthreads`` is a counting barrier. When no thread can run, either all wait at the same
+  barrier (released), or some returned or wait elsewhere: ``BarrierDivergence`` naming the
+  block, the threads and the line -- never a hang.
+- ``__shared__`` is static storage in the ``gpuconv_shared`` section, filled with 0xFF (NaN for
+  floats, -1 for ints) before each block, as is the dynamic shared buffer; a read that a
+  missing barrier leaves unordered sees poison. ``reverse=True`` (or
+  ``GPUCONV_SIM_SCHEDULE=reverse``) runs the threads last-first, exposing the other half of
+  such races.
+- Warp shuffles/ballots park each lane's value in an exchange slot; the lanes of the mask are
+  released together. Atomics are plain read-modify-writes (fibers never preempt).
+- Arguments are checked against the kernel's signature with CuPy's conversion rules: arrays
+  must be C-contiguous NumPy arrays of the pointee's dtype; scalars NumPy scalars of the exact
+  type, Python int only for 64-bit integers, Python float only for double (CuPy passes Python
+  scalars as int64/float64 whatever the kernel declares).
+- ``compile(..., sanitize=True)`` builds with ASan/UBSan and fiber-switch annotations; such a
+  module loads only in a process started by ``run_sanitized`` (libasan preloaded), which
+  reports an out-of-bounds access with the kernel, block and thread named.
+
+Environment: GPUCONV_SIM_CACHE (build cache, default ~/.cache/gpuconv/hostsim), GPUCONV_SIM_CXX
+(compiler, default g++), GPUCONV_SIM_STACK (fiber stack, default 64k), GPUCONV_SIM_SCHEDULE
+(forward|reverse), GPUCONV_SIM_SANITIZE=1 (every compile sanitized; set by run_sanitized).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+
+from . import _build, _source
+from ._build import cache_dir, stats
+from ._errors import BarrierDivergence, CompileError, SimulatorError
+from ._launch import MAX_DYNAMIC_SHARED, ArgType, SimKernel, SimModule
+from ._sanitize import SanitizedResult, asan_loaded, run_sanitized, sanitizer_env
+
+__all__ = ["compile", "SimModule", "SimKernel", "ArgType", "CompileError", "BarrierDivergence",
+           "SimulatorError", "run_sanitized", "SanitizedResult", "sanitizer_env", "cache_dir", "stats",
+           "parse_kernels", "MAX_DYNAMIC_SHARED"]
+
+parse_kernels = _source.parse_kernels
+_modules: dict[str, SimModule] = {}
+_modules_lock = threading.Lock()
+
+
+def compile(source: str, name: str = "module", sanitize: bool | None = None, options=()) -> SimModule:  # noqa: A001
+    """Builds `source` (a whole translation unit) for the host simulator, or reuses the cached
+    build of the same source, options, header and compiler. `sanitize` None follows
+    $GPUCONV_SIM_SANITIZE."""
+    if not isinstance(source, str):
+        raise TypeError(f"source must be the kernel text as a str, got {type(source).__name__}")
+    if sanitize is None:
+        sanitize = os.environ.get("GPUCONV_SIM_SANITIZE", "0") not in ("", "0")
+    if sanitize and not asan_loaded():
+        raise SimulatorError(
+            "a sanitized module (sanitize=True) loads only in a process whose first library is ASan's runtime; "
+            "run the code through hostsim.run_sanitized(code), which starts python with LD_PRELOAD=libasan")
+    kernels = _source.parse_kernels(source)
+    text = _source.rewrite(source) + _source.glue(kernels)
+    key = hashlib.sha256(repr((text, tuple(options), bool(sanitize))).encode()).hexdigest()
+    with _modules_lock:
+        mod = _modules.get(key)
+        if mod is None:
+            path, cached = _build.build(text, name, bool(sanitize), options)
+            mod = _modules[key] = SimModule(path, name, kernels, bool(sanitize), cached)
+    return mod

@@ -1,0 +1,345 @@
+"""The host simulator: kernels compiled with g++ and run as fibers, barriers, shared-memory
+poison, warp collectives, atomics, argument checks, the build cache and the ASan build."""
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from gpuconv import hostsim
+
+KERNELS = pathlib.Path(__file__).with_name("hostsim_kernels")
+
+
+def load(name: str, real_t: str = "float", **kw):
+    """Builds a fixture the way the kernel registry does: typedef + #line + the file's text."""
+    text = (KERNELS / name).read_text()
+    source = f'typedef {real_t} real_t;\n#line 1 "tests/hostsim_kernels/{name}"\n{text}'
+    return hostsim.compile(source, name=name.split(".")[0], **kw)
+
+
+@pytest.fixture(scope="module")
+def basics():
+    return load("basics.cu")
+
+
+@pytest.fixture(scope="module")
+def basics64():
+    return load("basics.cu", real_t="double")
+
+
+def test_vector_add(basics):
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal(1000).astype(np.float32), rng.standard_normal(1000).astype(np.float32)
+    out = np.zeros_like(a)
+    basics.get_function("vector_add")((8,), (128,), (a, b, out, np.int32(a.size)))
+    np.testing.assert_array_equal(out, a + b)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_tiled_reduction_with_barriers(basics, reverse):
+    x = np.random.default_rng(1).standard_normal(5000).astype(np.float32)
+    partial = np.zeros(20, np.float32)
+    basics.get_function("block_sum")((20,), (256,), (x, partial, np.int32(x.size)), reverse=reverse)
+    np.testing.assert_allclose(partial.sum(), x.astype(np.float64).sum(), rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(partial[0], x[:256].astype(np.float64).sum(), rtol=1e-4, atol=1e-4)
+
+
+def test_float64_build_of_same_source(basics64):
+    x = np.random.default_rng(2).standard_normal(512)
+    partial = np.zeros(2)
+    basics64.get_function("block_sum")((2,), (256,), (x, partial, np.int32(x.size)))
+    np.testing.assert_allclose(partial, [x[:256].sum(), x[256:].sum()], rtol=1e-12)
+
+
+def test_missing_barrier_reads_poison(basics):
+    # Thread 0 runs first and reads tile[128] before thread 128 wrote it: 0xFF poison, a NaN.
+    x = np.ones(256, np.float32)
+    partial = np.zeros(1, np.float32)
+    basics.get_function("block_sum_no_barrier")((1,), (256,), (x, partial, np.int32(256)))
+    assert np.isnan(partial[0])
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_missing_barrier_poison_in_both_schedules(basics, reverse):
+    # Each thread reads both neighbours; whichever runs first sees one of them unwritten.
+    x = np.ones(128, np.float32)
+    y = np.zeros(128, np.float32)
+    basics.get_function("stencil_no_barrier")((1,), (128,), (x, y), reverse=reverse)
+    assert np.isnan(y).sum() == 127
+
+
+def test_divergent_barrier_raises_not_hangs(basics):
+    out = np.zeros(32, np.float32)
+    with pytest.raises(hostsim.BarrierDivergence) as err:
+        basics.get_function("divergent_barrier")((2,), (32,), (out,))
+    msg = str(err.value)
+    assert "block (0,0,0)" in msg and "(0,0,0) (1,0,0)" in msg and "[16 threads]" in msg
+    assert "tests/hostsim_kernels/basics.cu:" in msg and "returned" in msg
+    # the module stays usable after the abandoned launch
+    x, o = np.ones(4, np.float32), np.zeros(4, np.float32)
+    basics.get_function("vector_add")((1,), (4,), (x, x, o, np.int32(4)))
+    np.testing.assert_array_equal(o, 2.0)
+
+
+def test_barriers_at_different_lines_diverge(basics):
+    with pytest.raises(hostsim.BarrierDivergence, match="different __syncthreads"):
+        basics.get_function("two_barrier_sites")((1,), (64,), (np.zeros(64, np.float32),))
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_warp_shuffle_reduction(basics, reverse):
+    x = np.random.default_rng(3).standard_normal(200).astype(np.float32)
+    out = np.zeros(1, np.float32)
+    basics.get_function("warp_sum")((2,), (128,), (x, out, np.int32(x.size)), reverse=reverse)
+    np.testing.assert_allclose(out[0], x.astype(np.float64).sum(), rtol=1e-5, atol=1e-5)
+
+
+def test_shuffle_variants_and_ballot(basics):
+    out = np.zeros((5, 64), np.int32)
+    basics.get_function("shuffle_variants")((1,), (64,), (out,))
+    lane = np.arange(64) % 32
+    np.testing.assert_array_equal(out[0], 5 + (np.arange(64) // 32) * 100)           # idx from lane 5
+    np.testing.assert_array_equal(out[1], np.where(lane >= 3, np.arange(64) - 3, np.arange(64)))  # up 3
+    np.testing.assert_array_equal(out[2], np.where(lane < 29, np.arange(64) + 3, np.arange(64)))  # down 3
+    np.testing.assert_array_equal(out[3], np.arange(64) ^ 1)                           # xor 1
+    np.testing.assert_array_equal(out[4], np.int32(np.uint32(0x55555555).view(np.int32)))  # ballot even lanes
+
+
+def test_atomic_add_histogram(basics):
+    values = np.random.default_rng(4).integers(0, 16, 3000).astype(np.int32)
+    hist = np.zeros(16, np.int32)
+    total = np.zeros(1, np.float64)
+    basics.get_function("histogram")((12,), (256,), (values, hist, total, np.int32(values.size)))
+    np.testing.assert_array_equal(hist, np.bincount(values, minlength=16))
+    assert total[0] == values.sum()
+
+
+def test_dynamic_shared_memory(basics):
+    x = np.arange(96, dtype=np.float32)
+    out = np.zeros_like(x)
+    basics.get_function("reverse_in_block")((3,), (32,), (x, out), shared_mem=32 * 4)
+    np.testing.assert_array_equal(out, x.reshape(3, 32)[:, ::-1].ravel())
+
+
+def test_dynamic_shared_memory_is_poisoned(basics):
+    out = np.zeros(8, np.float32)
+    basics.get_function("read_dynamic_shared")((1,), (8,), (out,), shared_mem=64)
+    assert np.isnan(out).all()
+
+
+def test_3d_grid_and_block(basics):
+    grid, block = (3, 2, 4), (4, 2, 2)
+    n = np.prod(grid) * np.prod(block)
+    out = np.zeros((n, 6), np.int32)
+    basics.get_function("coords")(grid, block, (out,))
+    bz, by, bx, tz, ty, tx = np.meshgrid(*[np.arange(d) for d in (grid[2], grid[1], grid[0], block[2],
+                                                                  block[1], block[0])], indexing="ij")
+    expect = np.stack([tx, ty, tz, bx, by, bz], axis=-1).reshape(-1, 6)
+    np.testing.assert_array_equal(out, expect)
+
+
+def test_vectorized_float4_loads(basics):
+    x = np.arange(64, dtype=np.float32)
+    out = np.zeros(16, np.float32)
+    basics.get_function("sum4")((1,), (16,), (x, out))
+    np.testing.assert_array_equal(out, x.reshape(16, 4).sum(1))
+    with pytest.raises(TypeError, match="16-byte aligned"):
+        basics.get_function("sum4")((1,), (15,), (np.arange(65, dtype=np.float32)[1:], out))
+
+
+@pytest.mark.parametrize("args, match", [
+    ((np.zeros(4), np.zeros(4, np.float32), np.zeros(4, np.float32), np.int32(4)),
+     r"vector_add: argument 0 'a' \(`const float\*`\) expects a float32 array.*got a float64 array"),
+    ((np.zeros(4, np.float32),) * 3 + (4,), r"argument 3 'n'.*Python int 4.*int64.*np\.int32\(4\)"),
+    ((np.zeros(4, np.float32),) * 3 + (np.int64(4),), r"argument 3 'n'.*expects np\.int32, got np\.int64"),
+    ((np.zeros(8, np.float32)[::2],) + (np.zeros(4, np.float32),) * 2 + (np.int32(4),), "not C-contiguous"),
+    ((np.zeros(4, np.float32),) * 2 + (np.int32(4),), "takes 4 arguments, got 3"),
+    ((np.zeros(4, np.float32),) * 2 + (np.float32(1), np.int32(4)), "argument 2 'out'.*expects a NumPy array"),
+])
+def test_argument_type_checks(basics, args, match):
+    with pytest.raises(TypeError, match=match):
+        basics.get_function("vector_add")((1,), (4,), args)
+
+
+def test_launch_configuration_checks(basics):
+    x = np.zeros(4, np.float32)
+    fn = basics.get_function("vector_add")
+    with pytest.raises(ValueError, match="at most 1024"):
+        fn((1,), (64, 32), (x, x, x, np.int32(0)))
+    with pytest.raises(ValueError, match="grid.y=0"):
+        fn((1, 0), (4,), (x, x, x, np.int32(0)))
+    with pytest.raises(AttributeError, match="vector_add"):
+        basics.get_function("no_such_kernel")
+
+
+def test_compile_error_names_file_and_line():
+    source = 'typedef float real_t;\n#line 1 "kernels/broken.cu"\nextern "C" __global__ void k(real_t* y) {\n' \
+             '  y[threadIdx.x] = undefined_name;\n}\n'
+    with pytest.raises(hostsim.CompileError, match=r"kernels/broken\.cu:2:.*undefined_name"):
+        hostsim.compile(source, name="broken")
+
+
+def test_build_cache_hit_without_recompile(tmp_path, monkeypatch):
+    monkeypatch.setenv("GPUCONV_SIM_CACHE", str(tmp_path))
+    source = 'extern "C" __global__ void fill(float* y) { y[threadIdx.x] = 7.0f; }\n// cache test\n'
+    before = dict(hostsim.stats)
+    first = hostsim.compile(source, name="cachetest")
+    assert hostsim.stats["compiles"] == before["compiles"] + 1 and not first.cached
+    assert hostsim.compile(source, name="cachetest") is first  # in-process memo
+    hostsim._modules.clear()  # a new process: only the disk cache remains
+    second = hostsim.compile(source, name="cachetest")
+    assert second.cached and hostsim.stats["compiles"] == before["compiles"] + 1
+    assert len(list(tmp_path.glob("cachetest-*.so"))) == 1
+    y = np.zeros(3, np.float32)
+    second.get_function("fill")(1, 3, (y,))
+    np.testing.assert_array_equal(y, 7.0)
+
+
+def test_sanitized_build_refuses_plain_process():
+    with pytest.raises(hostsim.SimulatorError, match="run_sanitized"):
+        hostsim.compile('extern "C" __global__ void k(float* y) {}', sanitize=True)
+
+
+SANITIZED_SNIPPET = textwrap.dedent("""
+    import numpy as np, pathlib
+    from gpuconv import hostsim
+    text = pathlib.Path({path!r}).read_text()
+    mod = hostsim.compile('typedef float real_t;\\n#line 1 "tests/hostsim_kernels/basics.cu"\\n' + text, "basics")
+    assert mod.sanitize
+    x = np.ones(256, np.float32); out = np.zeros(1, np.float32)
+    mod.get_function("block_sum")((1,), (256,), (x, out, np.int32(256)))   # clean kernel: no report
+    assert out[0] == 256, out
+    print("clean ok", flush=True)
+    y = np.zeros(100, np.float32)
+    mod.get_function("{kernel}")((2,), (64,), (y, np.int32(100)){extra})
+    print("not reached", flush=True)
+""")
+
+
+@pytest.mark.parametrize("kernel, extra, report, where", [
+    ("write_past_end", "", "heap-buffer-overflow", "block (1,0,0) thread (36,0,0)"),
+    ("static_shared_overrun", "", "global-buffer-overflow", "block (0,0,0) thread (63,0,0)"),
+    ("static_index_overrun", "", "index 64 out of bounds for type 'float [64]'", "block (0,0,0) thread (63,0,0)"),
+    ("dynamic_shared_overrun", ", shared_mem=64 * 4", "use-after-poison", "block (0,0,0) thread (63,0,0)"),
+])
+def test_sanitizer_finds_out_of_bounds_with_block_and_thread(kernel, extra, report, where):
+    code = SANITIZED_SNIPPET.format(path=str(KERNELS / "basics.cu"), kernel=kernel, extra=extra)
+    res = hostsim.run_sanitized(code, timeout=300)
+    assert res.returncode != 0, res.stderr[-3000:]
+    assert "clean ok" in res.stdout and "not reached" not in res.stdout
+    assert report in res.stderr, res.stderr[-3000:]
+    assert res.location == f"kernel {kernel}, {where}", res.stderr[-3000:]
+
+
+def test_warp_collective_divergence_raises(basics):
+    with pytest.raises(hostsim.BarrierDivergence,
+                       match=r"warp divergence.*\[16 threads\] wait in a warp collective.*\[16 threads\] wait at __sync"):
+        basics.get_function("warp_divergent")((1,), (32,), (np.zeros(32, np.float32),))
+
+
+def test_shuffle_from_exited_lane_reads_poison(basics):
+    x = np.ones(80, np.float32)
+    out = np.zeros(3, np.float32)
+    basics.get_function("warp_sum_early_exit")((1,), (96,), (x, out, np.int32(80)))
+    np.testing.assert_array_equal(out[:2], 32.0)  # full warps are exact
+    assert np.isnan(out[2])                       # lanes 80..95 exited: lane 64 sums poison
+
+
+def test_half_warp_mask_and_activemask(basics):
+    y = np.zeros(64, np.int32)
+    basics.get_function("half_warp_shuffle")((1,), (64,), (y,))
+    t = np.arange(64)
+    np.testing.assert_array_equal(y, np.where(t % 32 < 16, t ^ 1, t) + 11000)
+
+
+def test_syncthreads_count_and_or(basics):
+    y = np.zeros(100, np.int32)
+    basics.get_function("barrier_reductions")((1,), (100,), (y,))
+    np.testing.assert_array_equal(y, 34 * 1000 + 100 + 10 + 0)
+
+
+def test_trap_names_block_and_thread(basics):
+    with pytest.raises(hostsim.SimulatorError, match=r"traps, block \(1,0,0\) thread \(3,0,0\) called __trap"):
+        basics.get_function("traps")((2,), (8,), (np.zeros(8, np.float32),))
+
+
+def test_template_kernels_with_shared_memory(basics):
+    for dtype, name in ((np.float32, "scale_reverse_f32"), (np.float64, "scale_reverse_f64")):
+        y = np.arange(32, dtype=dtype)
+        basics.get_function(name)((1,), (32,), (y, dtype(2)))
+        np.testing.assert_array_equal(y, 2 * np.arange(32)[::-1])
+
+
+def test_signature_parser_resolves_typedefs(basics):
+    decl = basics.kernels["vector_add"]
+    assert [(p.name, p.declared) for p in decl.params] == [
+        ("a", "const float*"), ("b", "const float*"), ("out", "float*"), ("n", "int")]
+    assert [str(t) for t in basics.get_function("sum4").arg_types] == ["const float4*", "float*"]
+
+
+def test_fiber_stack_overflow_is_named():
+    # A plain subprocess: the guard page faults, the simulator names the thread and the fix.
+    code = textwrap.dedent(f"""
+        import numpy as np, pathlib
+        from gpuconv import hostsim
+        text = pathlib.Path({str(KERNELS / 'basics.cu')!r}).read_text()
+        mod = hostsim.compile('typedef float real_t;\\n' + text, "basics")
+        y = np.zeros(4, np.int32)
+        mod.get_function("stack_hog")((1,), (4,), (y, np.int32(3)))
+        print("shallow ok", y.tolist(), flush=True)
+        mod.get_function("stack_hog")((1,), (4,), (y, np.int32(200)))
+        print("not reached", flush=True)
+    """)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).parents[1])})
+    assert res.returncode != 0 and "shallow ok [6, 6, 6, 6]" in res.stdout and "not reached" not in res.stdout
+    assert "kernel stack_hog, block (0,0,0) thread (0,0,0)" in res.stderr, res.stderr
+    assert "fiber stack overflow" in res.stderr and "GPUCONV_SIM_STACK" in res.stderr
+
+
+def test_warp_mask_without_own_lane_raises(basics):
+    with pytest.raises(hostsim.BarrierDivergence, match=r"lane 1\) calls a warp collective with mask 0x00000001"):
+        basics.get_function("mask_excludes_self")((1,), (32,), (np.zeros(32, np.float32),))
+
+
+def test_compiler_options_reach_the_build(basics):
+    text = (KERNELS / "basics.cu").read_text()
+    mod = hostsim.compile("typedef float real_t;\n" + text, name="basics", options=("-DGPUCONV_TEST_VALUE=42",))
+    assert mod is not basics and mod.path != basics.path
+    y = np.zeros(2, np.int32)
+    mod.get_function("option_value")(1, 2, (y,))
+    np.testing.assert_array_equal(y, 42)
+
+
+def test_fixture_kernels_also_compile_with_nvrtc():
+    # The simulator must not accept CUDA that NVRTC rejects; the fixtures are real CUDA C.
+    nvrtc = pytest.importorskip("cupy_backends.cuda.libs.nvrtc", reason="NVRTC binding not installed")
+    source = "typedef float real_t;\n" + (KERNELS / "basics.cu").read_text()
+    prog = nvrtc.createProgram(source, "basics.cu", [], [])
+    try:
+        nvrtc.compileProgram(prog, ["--gpu-architecture=compute_80"])
+    except nvrtc.NVRTCError as err:  # pragma: no cover - the message is the point
+        pytest.fail(f"NVRTC rejects tests/hostsim_kernels/basics.cu: {err}\n{nvrtc.getProgramLog(prog)}")
+
+
+def test_portable_ucontext_switch_gives_same_results(basics):
+    # Off x86-64 the fibers switch with swapcontext; the same kernels must agree bit for bit.
+    text = (KERNELS / "basics.cu").read_text()
+    mod = hostsim.compile("typedef float real_t;\n" + text, name="basics", options=("-DGPUCONV_SIM_UCONTEXT",))
+    x = np.random.default_rng(5).standard_normal(700).astype(np.float32)
+    for m in (basics, mod):
+        partial, total = np.zeros(3, np.float32), np.zeros(1, np.float32)
+        m.get_function("block_sum")((3,), (256,), (x, partial, np.int32(x.size)))
+        m.get_function("warp_sum")((3,), (256,), (x, total, np.int32(x.size)))
+        if m is basics:
+            expect = partial.copy(), total.copy()
+    np.testing.assert_array_equal(partial, expect[0])
+    np.testing.assert_array_equal(total, expect[1])
+    with pytest.raises(hostsim.BarrierDivergence):
+        mod.get_function("divergent_barrier")((1,), (32,), (np.zeros(32, np.float32),))
