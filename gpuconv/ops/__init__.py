@@ -1,0 +1,36 @@
+"""Functional ops, forward and backward, written once for NumPy and CuPy arrays.
+
+Each ``*_forward`` returns ``(y, cache)`` and each ``*_backward`` takes ``(dy, cache)``; NCHW
+tensors, OIHW weights, float32 by default and float64 for gradient checks. Every op validates
+its arguments, then runs a CUDA kernel launcher when one is registered for the arrays' target
+(see ``gpuconv.ops._dispatch``), else the NumPy/CuPy reference beside it.
+"""
+from ._checks import conv_output_size
+from ._dispatch import get_launcher, register_launcher
+from .batchnorm import BatchNorm2dCache, batchnorm2d_backward, batchnorm2d_forward
+from .conv2d import Conv2dCache, conv2d_backward, conv2d_forward
+from .dropout import DropoutCache, dropout_backward, dropout_forward
+from .linear import LinearCache, linear_backward, linear_forward
+from .loss import softmax_cross_entropy
+from .pool2d import (AvgPool2dCache, MaxPool2dCache, avg_pool2d_backward, avg_pool2d_forward,
+                     max_pool2d_backward, max_pool2d_forward)
+from .relu import ReluCache, relu_backward, relu_forward
+
+__all__ = [
+    "conv2d_forward", "conv2d_backward",
+    "max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward",
+    "relu_forward", "relu_backward",
+    "linear_forward", "linear_backward",
+    "softmax_cross_entropy",
+    "batchnorm2d_forward", "batchnorm2d_backward",
+    "dropout_forward", "dropout_backward",
+    "Conv2dCache", "MaxPool2dCache", "AvgPool2dCache", "ReluCache", "LinearCache", "BatchNorm2dCache",
+    "DropoutCache",
+    "conv_output_size", "register_launcher", "get_launcher",
+]
+
+# The CUDA kernel launchers for the 'cuda' and 'sim' targets (issue 3); last, as they import the ops above.
+from . import _launch  # noqa: E402,F401
+
+# Last: the CUDA launchers register themselves with _dispatch (needs the op modules above).
+from . import _launch  # noqa: E402,F401

@@ -1,0 +1,91 @@
+"""Argument checks shared by the ops: every bad input is rejected before any work is done.
+
+Each error names the argument, the value it got, the rule it broke and how to fix it.
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def check_array(name, a):
+    """``a`` must be a NumPy or CuPy array (anything with a dtype, a shape and ``ndim``)."""
+    if not (hasattr(a, "dtype") and hasattr(a, "shape") and hasattr(a, "ndim")) or isinstance(a, np.generic):
+        raise TypeError(f"{name} must be a numpy or cupy array, got {type(a).__name__}: "
+                        f"wrap it first, e.g. {name} = np.asarray({name}, dtype=np.float32)")
+    return a
+
+
+def check_float(name, a):
+    """``a`` must be a float32 or float64 array (float32 is the default, float64 for gradient checks)."""
+    check_array(name, a)
+    if a.dtype not in _FLOATS:
+        raise TypeError(f"{name} has dtype {a.dtype}, but ops take float32 (default) or float64 arrays: "
+                        f"convert it with {name}.astype(np.float32)")
+    return a
+
+
+def check_same_dtype(ref_name, ref, **others):
+    """All of ``others`` (None skipped) share ``ref``'s dtype: a kernel runs in one element type."""
+    for name, a in others.items():
+        if a is None:
+            continue
+        check_float(name, a)
+        if a.dtype != ref.dtype:
+            raise TypeError(f"{name} has dtype {a.dtype} but {ref_name} has dtype {ref.dtype}: an op runs in "
+                            f"one precision, so cast one of them, e.g. {name}.astype({ref_name}.dtype)")
+
+
+def check_rank(name, a, ndim, layout=None):
+    """``a.ndim == ndim``; ``layout`` (e.g. 'NCHW') makes the message say what each axis means."""
+    if a.ndim != ndim:
+        what = f" ({layout})" if layout else ""
+        raise ValueError(f"{name} must have {ndim} dimensions{what}, got shape {tuple(a.shape)} "
+                         f"with {a.ndim}: reshape it, e.g. x[None] adds a leading batch axis")
+    return a
+
+
+def check_shape(name, a, shape, why):
+    if tuple(a.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)} ({why}), got {tuple(a.shape)}")
+    return a
+
+
+def pair(name, v, minimum=0):
+    """An int or an (h, w) pair of ints, each >= ``minimum``, as a tuple ``(h, w)``."""
+    if isinstance(v, (numbers.Integral,)) and not isinstance(v, bool):
+        hw = (int(v), int(v))
+    elif (isinstance(v, (tuple, list)) and len(v) == 2
+          and all(isinstance(e, numbers.Integral) and not isinstance(e, bool) for e in v)):
+        hw = (int(v[0]), int(v[1]))
+    else:
+        raise TypeError(f"{name} must be an int or an (h, w) pair of ints, got {v!r}")
+    if min(hw) < minimum:
+        raise ValueError(f"{name} must be >= {minimum} in both directions, got {v!r}")
+    return hw
+
+
+def conv_output_size(in_size, filt, stride, pad, axis_name="width"):
+    """``(W - F + 2P)/S + 1``, which must be a whole number >= 1 (CS231n's rule: no silent cropping)."""
+    span = in_size - filt + 2 * pad
+    formula = (f"(W - F + 2P)/S + 1 = ({in_size} - {filt} + 2*{pad})/{stride} + 1")
+    if span < 0:
+        raise ValueError(
+            f"the filter does not fit along the {axis_name}: input size W={in_size}, filter F={filt}, "
+            f"stride S={stride}, padding P={pad} give {formula} = {span / stride + 1:g} < 1; "
+            f"use a smaller filter or more padding")
+    if span % stride:
+        raise ValueError(
+            f"the sizes do not fit along the {axis_name}: input size W={in_size}, filter F={filt}, "
+            f"stride S={stride}, padding P={pad} give {formula} = {span / stride + 1:g}, not an integer; "
+            f"change the padding or stride so that W - F + 2P is divisible by S")
+    return span // stride + 1
+
+
+def output_hw(x_shape, filt_hw, stride, padding):
+    """(OH, OW) for an NCHW input, checked along both axes."""
+    return (conv_output_size(x_shape[2], filt_hw[0], stride[0], padding[0], "height"),
+            conv_output_size(x_shape[3], filt_hw[1], stride[1], padding[1], "width"))

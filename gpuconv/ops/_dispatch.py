@@ -1,0 +1,60 @@
+"""Where the CUDA kernels plug into the ops, without touching the op logic.
+
+Every public op validates its arguments, asks ``backend.kernel_target(...)`` where it runs,
+and then calls :func:`call`: a launcher registered for ``(op_name, target)`` runs the op with
+the kernels, otherwise the NumPy/CuPy reference does. A launcher takes exactly the arguments
+the op's ``_<op>_reference`` takes (already validated and normalized: strides and paddings as
+``(h, w)`` pairs) plus the keyword ``target`` ('cuda' or 'sim'), and returns exactly what the
+reference returns, caches included, so a forward on one path and a backward on the other
+stay compatible. A launcher may return ``NotImplemented`` to decline a case it does not
+cover (a dtype, an odd shape); the reference then runs.
+
+    from gpuconv.ops._dispatch import register_launcher
+
+    @register_launcher("relu_forward")
+    def relu_forward_kernel(x, *, target):
+        ...
+"""
+from __future__ import annotations
+
+_TARGETS = ("cuda", "sim")
+_LAUNCHERS: dict[tuple[str, str], object] = {}
+
+
+def register_launcher(op_name, targets=_TARGETS):
+    """Decorator: ``fn`` runs ``op_name`` (e.g. 'conv2d_forward') on the given kernel targets."""
+    targets = (targets,) if isinstance(targets, str) else tuple(targets)
+    for t in targets:
+        if t not in _TARGETS:
+            raise ValueError(f"targets: {t!r} is not a kernel target; use 'cuda' and/or 'sim'")
+
+    def decorate(fn):
+        for t in targets:
+            _LAUNCHERS[(op_name, t)] = fn
+        return fn
+
+    return decorate
+
+
+def unregister_launcher(op_name, targets=_TARGETS):
+    """Remove launchers (tests use this to compare both paths)."""
+    targets = (targets,) if isinstance(targets, str) else tuple(targets)
+    for t in targets:
+        _LAUNCHERS.pop((op_name, t), None)
+
+
+def get_launcher(op_name, target):
+    """The launcher for ``op_name`` on ``target``, or None (no target, or nothing registered)."""
+    if target is None:
+        return None
+    return _LAUNCHERS.get((op_name, target))
+
+
+def call(op_name, target, reference, *args):
+    """Run ``op_name``: its launcher when one is registered for ``target``, else ``reference``."""
+    launcher = get_launcher(op_name, target)
+    if launcher is not None:
+        out = launcher(*args, target=target)
+        if out is not NotImplemented:
+            return out
+    return reference(*args)

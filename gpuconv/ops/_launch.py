@@ -1,0 +1,6 @@
+"""Registers the CUDA kernel launchers of every op (imported at the end of gpuconv.ops).
+
+Each ``_launch_<op>.py`` sits beside ``<op>.py`` and registers, through
+:func:`gpuconv.ops._dispatch.register_launcher`, the kernels for the 'cuda' and 'sim' targets.
+"""
+from . import _launch_conv2d, _launch_pool2d, _launch_relu  # noqa: F401  (registration side effects)

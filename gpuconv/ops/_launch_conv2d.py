@@ -1,0 +1,155 @@
+"""Kernel launchers for ``conv2d_forward`` / ``conv2d_backward`` (kernels/conv2d.cu).
+
+Registered with :mod:`gpuconv.ops._dispatch` for the 'cuda' and 'sim' targets: they take the
+arguments of the NumPy reference beside them in ``conv2d.py`` and return the same values and
+the same ``Conv2dCache``. Arrays stay where they are (NumPy on 'sim', CuPy on 'cuda'); scalars
+go as np.int32 / np.int64 exactly as the kernel signatures declare them (the simulator checks).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import kernels
+from ..backend import get_array_module
+from ._checks import output_hw
+from ._dispatch import register_launcher
+from .conv2d import Conv2dCache
+
+TILE = 64            # CONV_BM = CONV_BN in conv2d.cu
+TILE_K = 8           # CONV_BK
+GEMM_THREADS = 64    # CONV_THREADS
+BLOCK = 256          # GPUCONV_BLOCK
+# Backward-weight split-K: each split reduces at least this many of the N*OH*OW positions, so a
+# split's partial sum is worth its workspace slice and the extra pass stays a small fraction.
+MIN_SPLIT_CHUNK = 256
+_INT_MAX = 2**31 - 1
+
+
+def _dims(x_shape, w_shape, stride, padding):
+    n, c, h, w = x_shape
+    k, _, fh, fw = w_shape
+    oh, ow = output_hw(x_shape, (fh, fw), stride, padding)
+    return n, c, h, w, k, fh, fw, oh, ow
+
+
+def _i32(*values):
+    return tuple(np.int32(v) for v in values)
+
+
+def _fits_int(*sizes):
+    """The tiled kernels index GEMM rows/columns with int: every size must stay below 2^31."""
+    return all(s <= _INT_MAX - TILE for s in sizes)
+
+
+def _gemm_geometry(rows, cols, splits=1):
+    """(grid, block) of the tiled kernels: one 64x64 output tile per block, splits along z."""
+    return (-(-rows // TILE), -(-cols // TILE), splits), (GEMM_THREADS, 1, 1)
+
+
+def weight_splits(l_total, tiles, target, device=None):
+    """(splits, chunk) for the backward-weight reduction over ``l_total`` = N*OH*OW positions.
+
+    Enough splits to give every SM two blocks when the K x C*FH*FW tile grid alone is too small
+    (late CIFAR layers: 8x8 images, few tiles, long reductions), each at least MIN_SPLIT_CHUNK."""
+    want = -(-2 * kernels.sm_count(target, device) // max(1, tiles))
+    most = max(1, l_total // MIN_SPLIT_CHUNK)
+    splits = max(1, min(want, most))
+    chunk = -(-l_total // splits)
+    chunk = -(-chunk // TILE_K) * TILE_K  # whole shared-memory rounds per split
+    return -(-l_total // chunk), chunk
+
+
+@register_launcher("conv2d_forward")
+def conv2d_forward_kernel(x, w, b, stride, padding, *, target, relu=False):
+    xp = get_array_module(x, w, b)
+    x, w = xp.ascontiguousarray(x), xp.ascontiguousarray(w)
+    b = None if b is None else xp.ascontiguousarray(b)
+    n, c, h, wd, k, fh, fw, oh, ow = _dims(x.shape, w.shape, stride, padding)
+    y = xp.empty((n, k, oh, ow), dtype=x.dtype)
+    if y.size:
+        dims = _i32(n, c, h, wd, k, fh, fw, oh, ow, *stride, *padding, b is not None, relu)
+        args = (x, w, w if b is None else b, y) + dims  # w stands in for a missing bias (never read)
+        if kernels.variant("conv2d_forward") == "v2" and _fits_int(n * oh * ow, c * fh * fw):
+            grid, block = _gemm_geometry(n * oh * ow, k)
+            kernels.launch("conv2d", "conv2d_forward_v2", x.dtype, target, grid, block, args)
+        else:
+            grid, block = kernels.grid_1d(y.size, BLOCK, target, kernels.array_device([x]))
+            kernels.launch("conv2d", "conv2d_forward_v1", x.dtype, target, grid, block, args)
+    return y, Conv2dCache(x, w, b is not None, stride, padding)
+
+
+@register_launcher("conv2d_backward")
+def conv2d_backward_kernel(dy, cache, *, target):
+    x, w, has_bias, stride, padding = cache
+    dx = conv2d_backward_data_kernel(dy, w, x.shape, stride, padding, target=target)
+    dw = conv2d_backward_weight_kernel(dy, x, w.shape, stride, padding, target=target)
+    db = conv2d_backward_bias_kernel(dy, target=target) if has_bias else None
+    return dx, dw, db
+
+
+def conv2d_backward_data_kernel(dy, w, x_shape, stride, padding, *, target):
+    """dx of shape ``x_shape`` from ``dy`` and the filters ``w``."""
+    xp = get_array_module(dy, w)
+    dy, w = xp.ascontiguousarray(dy), xp.ascontiguousarray(w)
+    n, c, h, wd, k, fh, fw, oh, ow = _dims(x_shape, w.shape, stride, padding)
+    dx = xp.empty(tuple(x_shape), dtype=dy.dtype)
+    if not dx.size:
+        return dx
+    if dy.size == 0:  # K = 0 filters: nothing flows back
+        dx[...] = 0
+        return dx
+    args = (dy, w, dx) + _i32(n, c, h, wd, k, fh, fw, oh, ow, *stride, *padding)
+    if kernels.variant("conv2d_backward_data") == "v2" and _fits_int(n * h * wd, k * fh * fw):
+        grid, block = _gemm_geometry(n * h * wd, c)
+        kernels.launch("conv2d", "conv2d_backward_data_v2", dy.dtype, target, grid, block, args)
+    else:
+        grid, block = kernels.grid_1d(dx.size, BLOCK, target, kernels.array_device([dy]))
+        kernels.launch("conv2d", "conv2d_backward_data_v1", dy.dtype, target, grid, block, args)
+    return dx
+
+
+def conv2d_backward_weight_kernel(dy, x, w_shape, stride, padding, *, target):
+    """dw of shape ``w_shape`` from ``dy`` and the forward input ``x``."""
+    xp = get_array_module(dy, x)
+    dy, x = xp.ascontiguousarray(dy), xp.ascontiguousarray(x)
+    n, c, h, wd, k, fh, fw, oh, ow = _dims(x.shape, w_shape, stride, padding)
+    dw = xp.empty(tuple(w_shape), dtype=dy.dtype)
+    if not dw.size:
+        return dw
+    if dy.size == 0:  # an empty batch: the gradient is an empty sum
+        dw[...] = 0
+        return dw
+    dims = _i32(n, c, h, wd, k, fh, fw, oh, ow, *stride, *padding)
+    rows, l_total = c * fh * fw, n * oh * ow
+    device = kernels.array_device([dy])
+    # v2 keeps per-image offsets (C*H*W) in int and packs (fh, fw) into one int.
+    if (kernels.variant("conv2d_backward_weight") == "v2" and _fits_int(rows, l_total, c * h * wd)
+            and max(fh, fw) < 2**15):
+        tiles = -(-rows // TILE) * -(-k // TILE)
+        splits, chunk = weight_splits(l_total, tiles, target, device)
+        ws = dw if splits == 1 else xp.empty((splits, k, rows), dtype=dy.dtype)
+        grid, block = _gemm_geometry(rows, k, splits)
+        kernels.launch("conv2d", "conv2d_backward_weight_v2", dy.dtype, target, grid, block,
+                       (dy, x, ws) + dims + (np.int32(chunk),))
+        if splits > 1:
+            grid, block = kernels.grid_1d(dw.size, BLOCK, target, device)
+            kernels.launch("conv2d", "conv2d_reduce_splits", dy.dtype, target, grid, block,
+                           (ws, dw, np.int32(splits), np.int64(dw.size)))
+    else:
+        grid, block = kernels.grid_1d(dw.size, BLOCK, target, device)
+        kernels.launch("conv2d", "conv2d_backward_weight_v1", dy.dtype, target, grid, block, (dy, x, dw) + dims)
+    return dw
+
+
+def conv2d_backward_bias_kernel(dy, *, target):
+    """db[k] = sum of dy over n, oh, ow: one block per channel."""
+    xp = get_array_module(dy)
+    dy = xp.ascontiguousarray(dy)
+    n, k, oh, ow = dy.shape
+    db = xp.empty((k,), dtype=dy.dtype)
+    if dy.size:
+        kernels.launch("conv2d", "conv2d_backward_bias", dy.dtype, target, (k, 1, 1), (BLOCK, 1, 1),
+                       (dy, db) + _i32(n, k, oh * ow))
+    else:
+        db[...] = 0
+    return db

@@ -1,0 +1,79 @@
+"""Kernel launchers for max/avg pooling (kernels/pool2d.cu), registered for 'cuda' and 'sim'.
+
+Same arguments, results and caches as the NumPy references in ``pool2d.py``: the max-pool
+switches are int32 window-local taps ``fh * KW + fw`` of the output's shape, so a forward on
+one path and a backward on the other agree. Pooling here has no padding (the ops take none);
+the kernels accept one, passed as 0.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import kernels
+from ..backend import get_array_module
+from ._checks import output_hw
+from ._dispatch import register_launcher
+from .pool2d import AvgPool2dCache, MaxPool2dCache
+
+BLOCK = 256  # GPUCONV_BLOCK in common.cuh
+
+
+def _geometry(elements, target, like):
+    """One thread per element (outputs forward, inputs backward), grid-stride beyond the cap."""
+    return kernels.grid_1d(elements, BLOCK, target, kernels.array_device([like]))
+
+
+def _dims(x_shape, kernel_size, stride):
+    n, c, h, w = x_shape
+    oh, ow = output_hw(x_shape, kernel_size, stride, (0, 0))
+    return (n, c, oh, ow), tuple(np.int32(v) for v in (n * c, h, w, oh, ow, *kernel_size, *stride, 0, 0))
+
+
+@register_launcher("max_pool2d_forward")
+def max_pool2d_forward_kernel(x, kernel_size, stride, *, target):
+    xp = get_array_module(x)
+    x = xp.ascontiguousarray(x)
+    out_shape, dims = _dims(x.shape, kernel_size, stride)
+    y = xp.empty(out_shape, dtype=x.dtype)
+    argmax = xp.empty(out_shape, dtype=np.int32)
+    if y.size:
+        grid, block = _geometry(y.size, target, x)
+        kernels.launch("pool2d", "max_pool2d_forward", x.dtype, target, grid, block, (x, y, argmax) + dims)
+    return y, MaxPool2dCache(tuple(x.shape), kernel_size, stride, argmax)
+
+
+@register_launcher("max_pool2d_backward")
+def max_pool2d_backward_kernel(dy, cache, *, target):
+    xp = get_array_module(dy, cache.argmax)
+    dy = xp.ascontiguousarray(dy)
+    argmax = xp.ascontiguousarray(cache.argmax, dtype=np.int32)
+    _, dims = _dims(cache.x_shape, cache.kernel_size, cache.stride)
+    dx = xp.empty(cache.x_shape, dtype=dy.dtype)
+    if dx.size:
+        grid, block = _geometry(dx.size, target, dy)
+        kernels.launch("pool2d", "max_pool2d_backward", dy.dtype, target, grid, block, (dy, argmax, dx) + dims)
+    return dx
+
+
+@register_launcher("avg_pool2d_forward")
+def avg_pool2d_forward_kernel(x, kernel_size, stride, *, target):
+    xp = get_array_module(x)
+    x = xp.ascontiguousarray(x)
+    out_shape, dims = _dims(x.shape, kernel_size, stride)
+    y = xp.empty(out_shape, dtype=x.dtype)
+    if y.size:
+        grid, block = _geometry(y.size, target, x)
+        kernels.launch("pool2d", "avg_pool2d_forward", x.dtype, target, grid, block, (x, y) + dims)
+    return y, AvgPool2dCache(tuple(x.shape), kernel_size, stride)
+
+
+@register_launcher("avg_pool2d_backward")
+def avg_pool2d_backward_kernel(dy, cache, *, target):
+    xp = get_array_module(dy)
+    dy = xp.ascontiguousarray(dy)
+    _, dims = _dims(cache.x_shape, cache.kernel_size, cache.stride)
+    dx = xp.empty(cache.x_shape, dtype=dy.dtype)
+    if dx.size:
+        grid, block = _geometry(dx.size, target, dy)
+        kernels.launch("pool2d", "avg_pool2d_backward", dy.dtype, target, grid, block, (dy, dx) + dims)
+    return dx

@@ -1,0 +1,107 @@
+"""Batch normalization over the (N, H, W) axes of an NCHW tensor, with PyTorch's semantics.
+
+Training normalizes with the batch mean and the *biased* variance, and updates the running
+statistics in place with the *unbiased* variance (``n / (n - 1)``), exactly as
+``torch.nn.BatchNorm2d``: ``running = (1 - momentum) * running + momentum * batch_stat``.
+Evaluation normalizes with the running statistics and leaves them alone.
+
+Cache (shared with the kernel launchers, see ``_dispatch``):
+``BatchNorm2dCache(xhat, gamma, inv_std, training)``: the normalized input, the scale, and
+``1 / sqrt(var + eps)`` per channel (of the batch in training, of the running variance in eval).
+"""
+from __future__ import annotations
+
+from collections import namedtuple
+import numbers
+
+from .. import backend
+from ..backend import get_array_module
+from . import _dispatch
+from ._checks import check_float, check_rank, check_same_dtype, check_shape
+
+BatchNorm2dCache = namedtuple("BatchNorm2dCache", "xhat gamma inv_std training")
+
+
+def batchnorm2d_forward(x, gamma, beta, running_mean, running_var, training=True, momentum=0.1, eps=1e-5):
+    """``y, cache`` with ``y = gamma * (x - mean) / sqrt(var + eps) + beta`` per channel.
+
+    ``running_mean``/``running_var`` (C,) are updated in place when ``training``; they may be
+    None in training (no running statistics kept) but are required in eval mode."""
+    check_float("x", x)
+    check_rank("x", x, 4, "N, C, H, W")
+    c = x.shape[1]
+    for name, a in (("gamma", gamma), ("beta", beta), ("running_mean", running_mean), ("running_var", running_var)):
+        if a is not None:
+            check_float(name, a)
+            check_shape(name, a, (c,), f"one value per channel of x {tuple(x.shape)}")
+    check_same_dtype("x", x, gamma=gamma, beta=beta, running_mean=running_mean, running_var=running_var)
+    if gamma is None or beta is None:
+        raise ValueError("gamma and beta are required: pass xp.ones(C) and xp.zeros(C) for a plain normalization")
+    if not training and (running_mean is None or running_var is None):
+        raise ValueError("eval mode (training=False) normalizes with running_mean and running_var, but one is "
+                         "None: pass the running statistics, or use training=True")
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var go together: pass both or neither")
+    if not (isinstance(momentum, numbers.Real) and 0.0 <= momentum <= 1.0):
+        raise ValueError(f"momentum must be a number in [0, 1] (weight of the new batch statistic), got {momentum!r}")
+    if not (isinstance(eps, numbers.Real) and eps > 0):
+        raise ValueError(f"eps must be a positive number added to the variance, got {eps!r}; 1e-5 is the default")
+    count = x.shape[0] * x.shape[2] * x.shape[3]
+    if training and count < 2:
+        raise ValueError(f"training batch norm needs more than 1 value per channel to estimate a variance, got "
+                         f"x of shape {tuple(x.shape)} (N*H*W = {count}); use a larger batch or training=False")
+    target = backend.kernel_target(x, gamma, beta, running_mean, running_var)
+    return _dispatch.call("batchnorm2d_forward", target, _batchnorm2d_forward_reference,
+                          x, gamma, beta, running_mean, running_var, bool(training), float(momentum), float(eps))
+
+
+def batchnorm2d_backward(dy, cache):
+    """``dx, dgamma, dbeta``."""
+    check_float("dy", dy)
+    if tuple(dy.shape) != tuple(cache.xhat.shape):
+        raise ValueError(f"dy must have the forward output's shape {tuple(cache.xhat.shape)}, got {tuple(dy.shape)}")
+    check_same_dtype("x", cache.xhat, dy=dy)
+    target = backend.kernel_target(dy, cache.xhat)
+    return _dispatch.call("batchnorm2d_backward", target, _batchnorm2d_backward_reference, dy, cache)
+
+
+def _per_channel(v):
+    return v.reshape(1, -1, 1, 1)
+
+
+def _batchnorm2d_forward_reference(x, gamma, beta, running_mean, running_var, training, momentum, eps):
+    xp = get_array_module(x, gamma, beta, running_mean, running_var)
+    dt = x.dtype.type
+    if training:
+        mean = x.mean(axis=(0, 2, 3))
+        centered = x - _per_channel(mean)
+        var = (centered * centered).mean(axis=(0, 2, 3))
+        if running_mean is not None:
+            count = x.shape[0] * x.shape[2] * x.shape[3]
+            # In place, so a layer's buffers (and a caller's references to them) see the update.
+            running_mean *= dt(1.0 - momentum)
+            running_mean += dt(momentum) * mean
+            running_var *= dt(1.0 - momentum)
+            running_var += dt(momentum * count / (count - 1)) * var
+    else:
+        centered = x - _per_channel(running_mean)
+        var = running_var
+    inv_std = dt(1.0) / xp.sqrt(var + dt(eps))
+    xhat = centered * _per_channel(inv_std)
+    y = xhat * _per_channel(gamma) + _per_channel(beta)
+    return y, BatchNorm2dCache(xhat, gamma, inv_std, training)
+
+
+def _batchnorm2d_backward_reference(dy, cache):
+    xhat, gamma, inv_std, training = cache
+    dbeta = dy.sum(axis=(0, 2, 3))
+    dgamma = (dy * xhat).sum(axis=(0, 2, 3))
+    scale = _per_channel(gamma * inv_std)
+    if not training:
+        return dy * scale, dgamma, dbeta
+    # The batch mean and variance depend on every input: d/dx of the normalization subtracts the
+    # mean of dy and the projection of dy on xhat (the standard simplified form).
+    count = xhat.shape[0] * xhat.shape[2] * xhat.shape[3]
+    dt = dy.dtype.type
+    dx = scale * (dy - _per_channel(dbeta * dt(1.0 / count)) - xhat * _per_channel(dgamma * dt(1.0 / count)))
+    return dx, dgamma, dbeta

@@ -1,0 +1,71 @@
+"""Fully connected layer: ``y = x_flat @ w.T + b`` with ``w`` as (out_features, in_features).
+
+``x`` of any shape (N, ...) is flattened to (N, in_features), as the CS231n affine layer and a
+PyTorch ``Flatten`` + ``Linear`` do; ``dx`` comes back in ``x``'s original shape.
+
+Cache (shared with the kernel launchers, see ``_dispatch``): ``LinearCache(x, w, has_bias)``.
+"""
+from __future__ import annotations
+
+from collections import namedtuple
+
+from .. import backend
+from ..backend import get_array_module
+from . import _dispatch
+from ._checks import check_float, check_rank, check_same_dtype
+
+LinearCache = namedtuple("LinearCache", "x w has_bias")
+
+
+def linear_forward(x, w, b=None):
+    """``y, cache``: ``y`` of shape (N, out_features)."""
+    check_float("x", x)
+    check_float("w", w)
+    check_rank("w", w, 2, "out_features, in_features")
+    check_same_dtype("x", x, w=w, b=b)
+    if x.ndim < 2:
+        raise ValueError(f"x must have shape (N, ...) with a batch axis and at least one feature axis, got "
+                         f"shape {tuple(x.shape)}: add the batch axis, e.g. x.reshape(1, -1)")
+    features = 1
+    for d in x.shape[1:]:
+        features *= d
+    if features != w.shape[1]:
+        raise ValueError(f"feature mismatch: x of shape {tuple(x.shape)} flattens to {features} features per "
+                         f"sample but w of shape {tuple(w.shape)} (out_features, in_features) expects "
+                         f"in_features={w.shape[1]}; make w.shape[1] equal prod(x.shape[1:])")
+    if b is not None and tuple(b.shape) != (w.shape[0],):
+        raise ValueError(f"b must have shape ({w.shape[0]},), one bias per output feature of w "
+                         f"{tuple(w.shape)}, got {tuple(b.shape)}")
+    target = backend.kernel_target(x, w, b)
+    return _dispatch.call("linear_forward", target, _linear_forward_reference, x, w, b)
+
+
+def linear_backward(dy, cache):
+    """``dx, dw, db``; ``dx`` has ``x``'s shape, ``db`` is None when the forward had no bias."""
+    check_float("dy", dy)
+    check_rank("dy", dy, 2, "N, out_features")
+    x, w = cache.x, cache.w
+    expected = (x.shape[0], w.shape[0])
+    if tuple(dy.shape) != expected:
+        raise ValueError(f"dy must have the forward output's shape {expected}, got {tuple(dy.shape)}")
+    check_same_dtype("x", x, dy=dy)
+    target = backend.kernel_target(dy, x, w)
+    return _dispatch.call("linear_backward", target, _linear_backward_reference, dy, cache)
+
+
+def _linear_forward_reference(x, w, b):
+    xp = get_array_module(x, w, b)
+    y = xp.matmul(x.reshape(x.shape[0], -1), w.T)
+    if b is not None:
+        y += b
+    return y, LinearCache(x, w, b is not None)
+
+
+def _linear_backward_reference(dy, cache):
+    x, w, has_bias = cache
+    xp = get_array_module(dy, x, w)
+    x2 = x.reshape(x.shape[0], -1)
+    dx = xp.matmul(dy, w).reshape(x.shape)
+    dw = xp.matmul(dy.T, x2)
+    db = dy.sum(axis=0) if has_bias else None
+    return dx, dw, db

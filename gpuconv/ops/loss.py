@@ -1,0 +1,77 @@
+"""Softmax cross-entropy on logits, averaged over the batch, with optional label smoothing.
+
+Numerically stable: the row maximum is subtracted before ``exp`` and the loss is computed as
+``logsumexp - logit``, so logits of 1e4 neither overflow nor lose the small terms.
+
+The loss is returned as a 0-d array on the logits' device, never as a Python float, so a
+training step makes no host round trip. Label range checks follow the same rule: on the host
+(NumPy) an out-of-range label is a ValueError; on a GPU, checking it would read back, so the
+loss becomes NaN instead (which the trainer's NaN check reports with the step).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import backend
+from ..backend import get_array_module, is_cupy_array
+from . import _dispatch
+from ._checks import check_array, check_float, check_rank
+
+
+def softmax_cross_entropy(logits, labels, label_smoothing=0.0):
+    """``loss, dlogits`` for ``logits`` (N, C) and integer ``labels`` (N,) in 0..C-1.
+
+    With smoothing ``e`` the target is ``(1 - e) * one_hot + e / C`` (PyTorch's definition).
+    ``dlogits = (softmax - target) / N``."""
+    check_float("logits", logits)
+    check_rank("logits", logits, 2, "N, C: batch, classes")
+    check_array("labels", labels)
+    xp = get_array_module(logits, labels)
+    n, c = logits.shape
+    if labels.dtype.kind not in "iu":
+        raise TypeError(f"labels has dtype {labels.dtype}, but class labels must be integers in 0..{c - 1}: "
+                        f"convert them with labels.astype(np.int64)")
+    if tuple(labels.shape) != (n,):
+        raise ValueError(f"labels must have shape ({n},), one class index per row of logits {tuple(logits.shape)}, "
+                         f"got {tuple(labels.shape)}")
+    if not (isinstance(label_smoothing, (int, float, np.floating)) and 0.0 <= float(label_smoothing) <= 1.0):
+        raise ValueError(f"label_smoothing must be a number in [0, 1], got {label_smoothing!r}; 0 disables it, "
+                         f"0.1 is a common choice")
+    if n == 0:
+        raise ValueError("logits has no rows (N = 0): the mean loss over an empty batch is undefined")
+    if not is_cupy_array(labels) and labels.size:
+        lo, hi = int(labels.min()), int(labels.max())
+        if lo < 0 or hi >= c:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"labels must be class indices in 0..{c - 1} (logits have C={c} columns), "
+                             f"found {bad}; check the labels or the number of classes")
+    target = backend.kernel_target(logits, labels)
+    return _dispatch.call("softmax_cross_entropy", target, _softmax_cross_entropy_reference,
+                          logits, labels, float(label_smoothing))
+
+
+def _softmax_cross_entropy_reference(logits, labels, eps):
+    xp = get_array_module(logits, labels)
+    n, c = logits.shape
+    dt = logits.dtype.type
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = xp.exp(shifted)
+    sums = exp.sum(axis=1, keepdims=True)
+    log_probs = shifted - xp.log(sums)
+    probs = exp / sums
+    valid = (labels >= 0) & (labels < c)
+    idx = xp.where(valid, labels, 0).astype(xp.int64)
+    picked = xp.take_along_axis(log_probs, idx[:, None], axis=1)[:, 0]
+    per_row = -(1.0 - eps) * picked
+    if eps:
+        per_row = per_row - (eps / c) * log_probs.sum(axis=1)
+    per_row = xp.where(valid, per_row, dt(np.nan))
+    # xp.asarray keeps a 0-d array (NumPy's sum would give a scalar); on CuPy it stays on the GPU.
+    loss = xp.asarray(per_row.sum() / dt(n), dtype=logits.dtype)
+
+    dlogits = probs
+    if eps:
+        dlogits = dlogits - dt(eps / c)
+    dlogits[xp.arange(n), idx] -= dt(1.0 - eps)
+    dlogits *= dt(1.0 / n)
+    return loss, dlogits

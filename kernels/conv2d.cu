@@ -1,0 +1,530 @@
+// conv2d.cu: 2-D convolution (cross-correlation, as PyTorch) over NCHW input and OIHW filters.
+//
+//   y[n,k,oh,ow] = b[k] + sum_{c,fh,fw} x[n,c,oh*sh-ph+fh,ow*sw-pw+fw] * w[k,c,fh,fw]
+//
+// Kernels (all extern "C", real_t = float or double):
+//   conv2d_forward_v1          one thread per output element; grid-stride 1-D grid of
+//                              GPUCONV_BLOCK threads. The readable spec on the device.
+//   conv2d_forward_v2          implicit GEMM  Y[m, k] = P[m, r] W^T[r, k]  with m = (n, oh, ow),
+//                              r = (c, fh, fw): 64x64 output tiles, the patch matrix P and the
+//                              filters staged through shared memory 8 reduction steps at a time
+//                              (never materialized: each tile is gathered from x), 8x8 outputs
+//                              per thread in registers, the next tile prefetched into registers
+//                              while the current one is multiplied. Bias and ReLU (flags) fused
+//                              in the epilogue. Block = CONV_THREADS (64) threads,
+//                              grid = (ceil(M/64), ceil(K/64)).
+//   conv2d_backward_data_v1    one thread per input element, gathering every (oh, ow, k) whose
+//                              window covers it (stride/padding handled by divisibility tests).
+//   conv2d_backward_data_v2    implicit GEMM  dX[m, c] = G[m, l] W'[l, c]  with m = (n, ih, iw),
+//                              l = (k, fh, fw), G[m, l] = dy[n, k, (ih+ph-fh)/sh, (iw+pw-fw)/sw]
+//                              where that division is exact and in range, else 0. Same tiling
+//                              as the forward; grid = (ceil(N*H*W/64), ceil(C/64)).
+//   conv2d_backward_weight_v1  one thread per filter element, reducing over n, oh, ow.
+//   conv2d_backward_weight_v2  implicit GEMM  dW^T[r, k] = P^T[r, l] dY[l, k], l = (n, oh, ow):
+//                              the long reduction (N*OH*OW) is split over gridDim.z blocks, each
+//                              writing its partial sum to its own slice of a workspace;
+//                              conv2d_reduce_splits then adds the slices in a fixed order, so
+//                              the result is deterministic (no float atomics).
+//                              grid = (ceil(C*FH*FW/64), ceil(K/64), splits).
+//   conv2d_reduce_splits       dw[e] = sum_z ws[z*count + e]; 1-D grid-stride.
+//   conv2d_backward_bias       db[k] = sum_{n,oh,ow} dy[n,k,oh,ow]; one block of GPUCONV_BLOCK
+//                              threads per k, tree reduction in shared memory (deterministic).
+//
+// GEMM row/column indices are int (the launchers check M, N, L < 2^31 and fall back to v1, whose
+// indices are 64-bit, beyond); element offsets into x, y, dy, dx are index_t (64-bit).
+// Registers on sm_90 (ptxas, float32, see tests/test_nvrtc.py): forward 168, backward-data 167,
+// backward-weight 204, no spills; 4352 B of shared memory per block.
+
+#define CONV_BM 64        // output-tile rows (the contiguous output dimension: m, or r for dW)
+#define CONV_BN 64        // output-tile columns
+#define CONV_BK 8         // reduction steps staged per shared-memory round
+#define CONV_TM 8         // rows per thread
+#define CONV_TN 8         // columns per thread
+#define CONV_THREADS 64   // (BM/TM) * (BN/TN)
+// Row padding of the shared tiles: with 68 floats per row the column-major stores of the
+// "l-fast" loaders (8 threads down a column, 4 columns per warp) hit 32 distinct banks.
+#define CONV_SROW (CONV_BM + 4)
+
+// ------------------------------------------------------------------------------------------
+// The GEMM main loop shared by the three tiled kernels.
+//
+// acc[i][j] += sum_l A(row0 + tx + 8i, l) * B(l, col0 + ty + 8j) for l in [lbegin, lend).
+// A loader stages its tile into As[l - l0][row], B into Bs[l - l0][col]; each loader owns its
+// thread-to-element mapping (chosen so that its global loads are coalesced) and prefetches
+// the next tile into registers (load) before it is written to shared memory (store).
+// Rows are strided by 8 across threads (tx + 8i) so that the epilogue's stores of one warp
+// land on consecutive addresses of the contiguous output dimension.
+template <class LoaderA, class LoaderB>
+__device__ void conv_gemm_mainloop(LoaderA& la, LoaderB& lb, int lbegin, int lend,
+                                   real_t (*As)[CONV_SROW], real_t (*Bs)[CONV_SROW],
+                                   real_t acc[CONV_TM][CONV_TN]) {
+    const int tx = threadIdx.x % (CONV_BM / CONV_TM);
+    const int ty = threadIdx.x / (CONV_BM / CONV_TM);
+    la.load(lbegin, lend);
+    lb.load(lbegin, lend);
+    // Every thread runs the same number of rounds, so the barriers are never divergent.
+    for (int l0 = lbegin; l0 < lend; l0 += CONV_BK) {
+        la.store(As);
+        lb.store(Bs);
+        __syncthreads();
+        if (l0 + CONV_BK < lend) {  // prefetch: the global loads overlap the FMAs below
+            la.load(l0 + CONV_BK, lend);
+            lb.load(l0 + CONV_BK, lend);
+        }
+#pragma unroll
+        for (int kk = 0; kk < CONV_BK; ++kk) {
+            real_t a[CONV_TM], b[CONV_TN];
+#pragma unroll
+            for (int i = 0; i < CONV_TM; ++i) a[i] = As[kk][tx + 8 * i];
+#pragma unroll
+            for (int j = 0; j < CONV_TN; ++j) b[j] = Bs[kk][ty + 8 * j];
+#pragma unroll
+            for (int i = 0; i < CONV_TM; ++i)
+#pragma unroll
+                for (int j = 0; j < CONV_TN; ++j) acc[i][j] += a[i] * b[j];
+        }
+        __syncthreads();  // the tile is fully read before the next round overwrites it
+    }
+}
+
+// "m-fast" loaders: thread t owns tile row t (of 64) for all 8 reduction steps, so one warp
+// reads 32 consecutive output positions (consecutive iw for stride 1): coalesced, and the
+// row decode (n, oh, ow) happens once per thread.
+
+// Patch matrix of the forward pass: P[m, r] = x[n, c, oh*sh-ph+fh, ow*sw-pw+fw] (0 if padded).
+struct PatchRowLoader {
+    const real_t* img;  // x + n*C*H*W
+    int valid, ih0, iw0, H, W, FH, FW;
+    real_t reg[CONV_BK];
+    __device__ PatchRowLoader(const real_t* x, int m, int M, int C, int H_, int W_, int FH_, int FW_,
+                              int OH, int OW, int sh, int sw, int ph, int pw)
+        : H(H_), W(W_), FH(FH_), FW(FW_) {
+        valid = m < M;
+        int mm = valid ? m : 0;
+        int n = mm / (OH * OW), p = mm - n * (OH * OW);
+        int oh = p / OW, ow = p - oh * OW;
+        img = x + (index_t)n * C * H * W;
+        ih0 = oh * sh - ph;
+        iw0 = ow * sw - pw;
+    }
+    __device__ void load(int l0, int lend) {
+        // Decode r = (c, fh, fw) once per round and step it: integer division by a runtime
+        // value costs ~20 instructions, 16 of them per round would rival the 512 FMAs.
+        int c = l0 / (FH * FW), f = l0 - c * (FH * FW);
+        int fh = f / FW, fw = f - fh * FW;
+#pragma unroll
+        for (int q = 0; q < CONV_BK; ++q) {
+            real_t v = 0;
+            int ih = ih0 + fh, iw = iw0 + fw;
+            if (valid && l0 + q < lend && ih >= 0 && ih < H && iw >= 0 && iw < W)
+                v = img[((index_t)c * H + ih) * W + iw];
+            reg[q] = v;
+            if (++fw == FW) {
+                fw = 0;
+                if (++fh == FH) {
+                    fh = 0;
+                    ++c;
+                }
+            }
+        }
+    }
+    __device__ void store(real_t (*S)[CONV_SROW]) {
+#pragma unroll
+        for (int q = 0; q < CONV_BK; ++q) S[q][threadIdx.x] = reg[q];
+    }
+};
+
+// Output-gradient gather of the backward-data pass: G[m, l] with m = (n, ih, iw), l = (k, fh, fw)
+// is dy[n, k, oh, ow] when ih + ph - fh = oh*sh and iw + pw - fw = ow*sw exactly, else 0.
+// The quotients and remainders by the strides are stepped along with (fh, fw) instead of
+// divided afresh per element (4 divisions per round instead of ~80 at stride 2).
+struct GradGatherRowLoader {
+    const real_t* img;  // dy + n*K*OH*OW
+    int valid, ihp, iwp, FH, FW, OH, OW, sh, sw;
+    real_t reg[CONV_BK];
+    __device__ GradGatherRowLoader(const real_t* dy, int m, int M, int H, int W, int K, int FH_, int FW_,
+                                   int OH_, int OW_, int sh_, int sw_, int ph, int pw)
+        : FH(FH_), FW(FW_), OH(OH_), OW(OW_), sh(sh_), sw(sw_) {
+        valid = m < M;
+        int mm = valid ? m : 0;
+        int n = mm / (H * W), p = mm - n * (H * W);
+        int ih = p / W, iw = p - ih * W;
+        img = dy + (index_t)n * K * OH * OW;
+        ihp = ih + ph;
+        iwp = iw + pw;
+    }
+    __device__ void load(int l0, int lend) {
+        int k = l0 / (FH * FW), f = l0 - k * (FH * FW);
+        int fh = f / FW, fw = f - fh * FW;
+        // oh = (ihp - fh) / sh exactly when ohr == 0; floor division keeps ohr in [0, sh).
+        int ohq = floor_div(ihp - fh, sh), ohr = ihp - fh - ohq * sh;
+        int owq = floor_div(iwp - fw, sw), owr = iwp - fw - owq * sw;
+        const int owq0 = iwp / sw, owr0 = iwp - owq0 * sw;  // fw = 0 (iwp >= 0)
+#pragma unroll
+        for (int q = 0; q < CONV_BK; ++q) {
+            real_t v = 0;
+            if (valid && l0 + q < lend && ohr == 0 && owr == 0 && ohq >= 0 && ohq < OH && owq >= 0 && owq < OW)
+                v = img[((index_t)k * OH + ohq) * OW + owq];
+            reg[q] = v;
+            if (++fw == FW) {  // iw + pw - fw restarts at iwp
+                fw = 0;
+                owq = owq0;
+                owr = owr0;
+                if (++fh == FH) {  // next filter: ih + ph - fh restarts at ihp
+                    fh = 0;
+                    ++k;
+                    ohq = ihp / sh;
+                    ohr = ihp - ohq * sh;
+                } else if (--ohr < 0) {
+                    ohr += sh;
+                    --ohq;
+                }
+            } else if (--owr < 0) {
+                owr += sw;
+                --owq;
+            }
+        }
+    }
+    __device__ void store(real_t (*S)[CONV_SROW]) {
+#pragma unroll
+        for (int q = 0; q < CONV_BK; ++q) S[q][threadIdx.x] = reg[q];
+    }
+};
+
+// "l-fast" loaders: thread t reads reduction step kk = t % 8 of tile columns t/8 + 8q, so 8
+// neighbouring threads read 8 consecutive reduction indices (contiguous in memory for each of
+// these operands), and the reduction index is decoded once per round, not per element.
+
+// Forward filters as W^T[r, k] = w[k, r] (w is K x C*FH*FW, row-major).
+struct FilterColLoader {
+    const real_t* w;
+    int col0, ncols, R;
+    real_t reg[CONV_TN];
+    __device__ FilterColLoader(const real_t* w_, int col0_, int ncols_, int R_) : w(w_), col0(col0_), ncols(ncols_), R(R_) {}
+    __device__ void load(int l0, int lend) {
+        int r = l0 + (int)threadIdx.x % CONV_BK;
+#pragma unroll
+        for (int q = 0; q < CONV_TN; ++q) {
+            int k = col0 + (int)threadIdx.x / CONV_BK + 8 * q;
+            reg[q] = (r < lend && k < ncols) ? w[(index_t)k * R + r] : (real_t)0;
+        }
+    }
+    __device__ void store(real_t (*S)[CONV_SROW]) {
+#pragma unroll
+        for (int q = 0; q < CONV_TN; ++q) S[threadIdx.x % CONV_BK][threadIdx.x / CONV_BK + 8 * q] = reg[q];
+    }
+};
+
+// Backward-data filters as W'[l, c] = w[k, c, fh, fw] with l = (k, fh, fw).
+struct FilterBwdColLoader {
+    const real_t* w;
+    int col0, C, FHW;
+    real_t reg[CONV_TN];
+    __device__ FilterBwdColLoader(const real_t* w_, int col0_, int C_, int FHW_) : w(w_), col0(col0_), C(C_), FHW(FHW_) {}
+    __device__ void load(int l0, int lend) {
+        int l = l0 + (int)threadIdx.x % CONV_BK;
+        int k = l / FHW, f = l - k * FHW;
+        const real_t* base = w + (index_t)k * C * FHW + f;
+#pragma unroll
+        for (int q = 0; q < CONV_TN; ++q) {
+            int c = col0 + (int)threadIdx.x / CONV_BK + 8 * q;
+            reg[q] = (l < lend && c < C) ? base[(index_t)c * FHW] : (real_t)0;
+        }
+    }
+    __device__ void store(real_t (*S)[CONV_SROW]) {
+#pragma unroll
+        for (int q = 0; q < CONV_TN; ++q) S[threadIdx.x % CONV_BK][threadIdx.x / CONV_BK + 8 * q] = reg[q];
+    }
+};
+
+// Backward-weight patches as P^T staged [l][r]: l = (n, oh, ow) is the reduction, r = (c, fh, fw).
+// A thread's 8 rows r never change, so their decode is done once, in the constructor.
+struct PatchColLoader {
+    const real_t* x;
+    int CHW, H, W, OH, OW, sh, sw, ph, pw;
+    int off[CONV_TM];  // c*H*W + fh*W + fw of each row; -1 for rows past C*FH*FW
+    int tap[CONV_TM];  // fh << 16 | fw (the launcher keeps filters under 65536 wide)
+    real_t reg[CONV_TM];
+    __device__ PatchColLoader(const real_t* x_, int row0, int C, int H_, int W_, int FH, int FW,
+                              int OH_, int OW_, int sh_, int sw_, int ph_, int pw_)
+        : x(x_), CHW(C * H_ * W_), H(H_), W(W_), OH(OH_), OW(OW_), sh(sh_), sw(sw_), ph(ph_), pw(pw_) {
+#pragma unroll
+        for (int q = 0; q < CONV_TM; ++q) {
+            int r = row0 + (int)threadIdx.x / CONV_BK + 8 * q;
+            int c = r / (FH * FW), f = r - c * (FH * FW);
+            int fh = f / FW, fw = f - fh * FW;
+            off[q] = r < C * FH * FW ? (c * H + fh) * W + fw : -1;
+            tap[q] = (fh << 16) | fw;
+        }
+    }
+    __device__ void load(int l0, int lend) {
+        int l = l0 + (int)threadIdx.x % CONV_BK;
+        int n = l / (OH * OW), p = l - n * (OH * OW);
+        int oh = p / OW, ow = p - oh * OW;
+        int ih0 = oh * sh - ph, iw0 = ow * sw - pw;
+        const index_t base = (index_t)n * CHW + ih0 * W + iw0;
+#pragma unroll
+        for (int q = 0; q < CONV_TM; ++q) {
+            int ih = ih0 + (tap[q] >> 16), iw = iw0 + (tap[q] & 0xffff);
+            reg[q] = (l < lend && off[q] >= 0 && ih >= 0 && ih < H && iw >= 0 && iw < W) ? x[base + off[q]]
+                                                                                         : (real_t)0;
+        }
+    }
+    __device__ void store(real_t (*S)[CONV_SROW]) {
+#pragma unroll
+        for (int q = 0; q < CONV_TM; ++q) S[threadIdx.x % CONV_BK][threadIdx.x / CONV_BK + 8 * q] = reg[q];
+    }
+};
+
+// Backward-weight output gradients staged [l][k] = dy[n, k, oh, ow], l = (n, oh, ow).
+struct GradColLoader {
+    const real_t* dy;
+    int col0, K, OHW;
+    real_t reg[CONV_TN];
+    __device__ GradColLoader(const real_t* dy_, int col0_, int K_, int OHW_) : dy(dy_), col0(col0_), K(K_), OHW(OHW_) {}
+    __device__ void load(int l0, int lend) {
+        int l = l0 + (int)threadIdx.x % CONV_BK;
+        int n = l / OHW, p = l - n * OHW;
+#pragma unroll
+        for (int q = 0; q < CONV_TN; ++q) {
+            int k = col0 + (int)threadIdx.x / CONV_BK + 8 * q;
+            reg[q] = (l < lend && k < K) ? dy[((index_t)n * K + k) * OHW + p] : (real_t)0;
+        }
+    }
+    __device__ void store(real_t (*S)[CONV_SROW]) {
+#pragma unroll
+        for (int q = 0; q < CONV_TN; ++q) S[threadIdx.x % CONV_BK][threadIdx.x / CONV_BK + 8 * q] = reg[q];
+    }
+};
+
+__device__ inline void conv_zero(real_t acc[CONV_TM][CONV_TN]) {
+#pragma unroll
+    for (int i = 0; i < CONV_TM; ++i)
+#pragma unroll
+        for (int j = 0; j < CONV_TN; ++j) acc[i][j] = 0;
+}
+
+// ReLU with NumPy's maximum(v, 0) semantics: NaN propagates, -0.0 becomes +0.0.
+__device__ inline real_t relu_value(real_t v) { return (v > 0 || v != v) ? v : (real_t)0; }
+
+// ------------------------------------------------------------------------------------------
+// Forward
+extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
+conv2d_forward_v1(const real_t* x, const real_t* w, const real_t* b, real_t* y,
+                  int N, int C, int H, int W, int K, int FH, int FW, int OH, int OW,
+                  int sh, int sw, int ph, int pw, int has_bias, int relu) {
+    const index_t total = (index_t)N * K * OH * OW;
+    for (index_t i = global_thread_index(); i < total; i += global_thread_count()) {
+        int ow = (int)(i % OW);
+        index_t t = i / OW;
+        int oh = (int)(t % OH);
+        t /= OH;
+        int k = (int)(t % K);
+        int n = (int)(t / K);
+        real_t acc = 0;
+        for (int c = 0; c < C; ++c) {
+            const real_t* xc = x + ((index_t)n * C + c) * H * W;
+            const real_t* wc = w + ((index_t)k * C + c) * FH * FW;
+            for (int fh = 0; fh < FH; ++fh) {
+                int ih = oh * sh - ph + fh;
+                if (ih < 0 || ih >= H) continue;
+                for (int fw = 0; fw < FW; ++fw) {
+                    int iw = ow * sw - pw + fw;
+                    if (iw < 0 || iw >= W) continue;
+                    acc += xc[(index_t)ih * W + iw] * wc[fh * FW + fw];
+                }
+            }
+        }
+        if (has_bias) acc += b[k];
+        y[i] = relu ? relu_value(acc) : acc;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(CONV_THREADS)
+conv2d_forward_v2(const real_t* x, const real_t* w, const real_t* b, real_t* y,
+                  int N, int C, int H, int W, int K, int FH, int FW, int OH, int OW,
+                  int sh, int sw, int ph, int pw, int has_bias, int relu) {
+    __shared__ real_t As[CONV_BK][CONV_SROW];
+    __shared__ real_t Bs[CONV_BK][CONV_SROW];
+    const int M = N * OH * OW, R = C * FH * FW;
+    const int row0 = blockIdx.x * CONV_BM, col0 = blockIdx.y * CONV_BN;
+    PatchRowLoader la(x, row0 + threadIdx.x, M, C, H, W, FH, FW, OH, OW, sh, sw, ph, pw);
+    FilterColLoader lb(w, col0, K, R);
+    real_t acc[CONV_TM][CONV_TN];
+    conv_zero(acc);
+    conv_gemm_mainloop(la, lb, 0, R, As, Bs, acc);
+
+    const int tx = threadIdx.x % 8, ty = threadIdx.x / 8;
+    const int OHW = OH * OW;
+#pragma unroll
+    for (int i = 0; i < CONV_TM; ++i) {
+        int m = row0 + tx + 8 * i;
+        if (m >= M) continue;
+        int n = m / OHW, p = m - n * OHW;
+        real_t* yn = y + (index_t)n * K * OHW + p;
+#pragma unroll
+        for (int j = 0; j < CONV_TN; ++j) {
+            int k = col0 + ty + 8 * j;
+            if (k >= K) continue;
+            real_t v = acc[i][j];
+            if (has_bias) v += b[k];
+            yn[(index_t)k * OHW] = relu ? relu_value(v) : v;
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Backward data
+extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
+conv2d_backward_data_v1(const real_t* dy, const real_t* w, real_t* dx,
+                        int N, int C, int H, int W, int K, int FH, int FW, int OH, int OW,
+                        int sh, int sw, int ph, int pw) {
+    const index_t total = (index_t)N * C * H * W;
+    for (index_t i = global_thread_index(); i < total; i += global_thread_count()) {
+        int iw = (int)(i % W);
+        index_t t = i / W;
+        int ih = (int)(t % H);
+        t /= H;
+        int c = (int)(t % C);
+        int n = (int)(t / C);
+        real_t acc = 0;
+        for (int fh = 0; fh < FH; ++fh) {
+            int ohs = ih + ph - fh;
+            if (ohs < 0 || ohs % sh != 0 || ohs / sh >= OH) continue;
+            int oh = ohs / sh;
+            for (int fw = 0; fw < FW; ++fw) {
+                int ows = iw + pw - fw;
+                if (ows < 0 || ows % sw != 0 || ows / sw >= OW) continue;
+                int ow = ows / sw;
+                for (int k = 0; k < K; ++k)
+                    acc += dy[(((index_t)n * K + k) * OH + oh) * OW + ow] *
+                           w[(((index_t)k * C + c) * FH + fh) * FW + fw];
+            }
+        }
+        dx[i] = acc;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(CONV_THREADS)
+conv2d_backward_data_v2(const real_t* dy, const real_t* w, real_t* dx,
+                        int N, int C, int H, int W, int K, int FH, int FW, int OH, int OW,
+                        int sh, int sw, int ph, int pw) {
+    __shared__ real_t As[CONV_BK][CONV_SROW];
+    __shared__ real_t Bs[CONV_BK][CONV_SROW];
+    const int M = N * H * W, L = K * FH * FW;
+    const int row0 = blockIdx.x * CONV_BM, col0 = blockIdx.y * CONV_BN;
+    GradGatherRowLoader la(dy, row0 + threadIdx.x, M, H, W, K, FH, FW, OH, OW, sh, sw, ph, pw);
+    FilterBwdColLoader lb(w, col0, C, FH * FW);
+    real_t acc[CONV_TM][CONV_TN];
+    conv_zero(acc);
+    conv_gemm_mainloop(la, lb, 0, L, As, Bs, acc);
+
+    const int tx = threadIdx.x % 8, ty = threadIdx.x / 8;
+    const int HW = H * W;
+#pragma unroll
+    for (int i = 0; i < CONV_TM; ++i) {
+        int m = row0 + tx + 8 * i;
+        if (m >= M) continue;
+        int n = m / HW, p = m - n * HW;
+        real_t* dxn = dx + (index_t)n * C * HW + p;
+#pragma unroll
+        for (int j = 0; j < CONV_TN; ++j) {
+            int c = col0 + ty + 8 * j;
+            if (c < C) dxn[(index_t)c * HW] = acc[i][j];
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Backward weight
+extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
+conv2d_backward_weight_v1(const real_t* dy, const real_t* x, real_t* dw,
+                          int N, int C, int H, int W, int K, int FH, int FW, int OH, int OW,
+                          int sh, int sw, int ph, int pw) {
+    const index_t total = (index_t)K * C * FH * FW;
+    for (index_t i = global_thread_index(); i < total; i += global_thread_count()) {
+        int fw = (int)(i % FW);
+        index_t t = i / FW;
+        int fh = (int)(t % FH);
+        t /= FH;
+        int c = (int)(t % C);
+        int k = (int)(t / C);
+        real_t acc = 0;
+        for (int n = 0; n < N; ++n) {
+            const real_t* xc = x + ((index_t)n * C + c) * H * W;
+            const real_t* dyk = dy + ((index_t)n * K + k) * OH * OW;
+            for (int oh = 0; oh < OH; ++oh) {
+                int ih = oh * sh - ph + fh;
+                if (ih < 0 || ih >= H) continue;
+                for (int ow = 0; ow < OW; ++ow) {
+                    int iw = ow * sw - pw + fw;
+                    if (iw < 0 || iw >= W) continue;
+                    acc += dyk[oh * OW + ow] * xc[(index_t)ih * W + iw];
+                }
+            }
+        }
+        dw[i] = acc;
+    }
+}
+
+// Split z reduces l in [z*chunk, min((z+1)*chunk, N*OH*OW)) and writes ws[z*K*R + k*R + r];
+// with one split the launcher passes dw itself as ws.
+extern "C" __global__ void __launch_bounds__(CONV_THREADS)
+conv2d_backward_weight_v2(const real_t* dy, const real_t* x, real_t* ws,
+                          int N, int C, int H, int W, int K, int FH, int FW, int OH, int OW,
+                          int sh, int sw, int ph, int pw, int chunk) {
+    __shared__ real_t As[CONV_BK][CONV_SROW];
+    __shared__ real_t Bs[CONV_BK][CONV_SROW];
+    const int R = C * FH * FW, L = N * OH * OW;
+    const int row0 = blockIdx.x * CONV_BM, col0 = blockIdx.y * CONV_BN;
+    const int lbegin = blockIdx.z * chunk;
+    const int lend = imin(L, lbegin + chunk);
+    PatchColLoader la(x, row0, C, H, W, FH, FW, OH, OW, sh, sw, ph, pw);
+    GradColLoader lb(dy, col0, K, OH * OW);
+    real_t acc[CONV_TM][CONV_TN];
+    conv_zero(acc);
+    conv_gemm_mainloop(la, lb, lbegin, lend, As, Bs, acc);
+
+    const int tx = threadIdx.x % 8, ty = threadIdx.x / 8;
+    real_t* out = ws + (index_t)blockIdx.z * K * R;
+#pragma unroll
+    for (int i = 0; i < CONV_TM; ++i) {
+        int r = row0 + tx + 8 * i;
+        if (r >= R) continue;
+#pragma unroll
+        for (int j = 0; j < CONV_TN; ++j) {
+            int k = col0 + ty + 8 * j;
+            if (k < K) out[(index_t)k * R + r] = acc[i][j];
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
+conv2d_reduce_splits(const real_t* ws, real_t* dw, int splits, long long count) {
+    for (index_t e = global_thread_index(); e < count; e += global_thread_count()) {
+        real_t s = 0;
+        for (int z = 0; z < splits; ++z) s += ws[(index_t)z * count + e];
+        dw[e] = s;
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Bias gradient: one block per output channel. Launch with exactly GPUCONV_BLOCK threads.
+extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
+conv2d_backward_bias(const real_t* dy, real_t* db, int N, int K, int OHW) {
+    __shared__ real_t partial[GPUCONV_BLOCK];
+    const int k = blockIdx.x;
+    real_t s = 0;
+    const index_t per_channel = (index_t)N * OHW;
+    for (index_t e = threadIdx.x; e < per_channel; e += GPUCONV_BLOCK) {
+        index_t n = e / OHW, p = e - n * OHW;
+        s += dy[(n * K + k) * OHW + p];
+    }
+    partial[threadIdx.x] = s;
+    __syncthreads();
+    for (int half = GPUCONV_BLOCK / 2; half > 0; half >>= 1) {
+        if ((int)threadIdx.x < half) partial[threadIdx.x] += partial[threadIdx.x + half];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) db[k] = partial[0];
+}

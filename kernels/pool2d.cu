@@ -1,0 +1,131 @@
+// pool2d.cu: max and average pooling over NCHW input, each (n, c) plane independently.
+//
+// Windows are kh x kw with stride sh, sw and zero-or-more padding ph, pw (padded cells never win
+// a max and count in an average's divisor, as PyTorch's count_include_pad=True). The planes are
+// flattened: NC = N*C, plane offset = (n*C + c) * H * W, in 64 bits.
+//
+// Kernels (extern "C", real_t = float or double; 1-D grid-stride grids of GPUCONV_BLOCK threads):
+//   max_pool2d_forward    one thread per output: y = max over the window and the "switch"
+//                         argmax = fh*kw + fw, the window-local tap of the maximum (int32, the
+//                         layout of gpuconv.ops.MaxPool2dCache): the first maximum in row-major
+//                         tap order wins ties. A NaN makes the output NaN (np.maximum) and
+//                         freezes the switch at the largest tap before it: the reference's rule.
+//   max_pool2d_backward   one thread per INPUT element: gathers dy of every output whose window
+//                         covers it and whose switch points at it. Correct for overlapping
+//                         windows and deterministic (no atomics).
+//   avg_pool2d_forward    one thread per output: window sum * (1/(kh*kw)).
+//   avg_pool2d_backward   one thread per input element: sum of dy * (1/(kh*kw)) over the windows
+//                         covering it (gather, deterministic).
+//
+// Sums run in the reference's order (taps in row-major order, i.e. covering outputs from the
+// last to the first), and the divisor is applied as the same rounded reciprocal, so results
+// are bit-identical to gpuconv.ops' NumPy reference, not merely close.
+
+// The outputs whose windows cover input row ih: oh*sh - ph <= ih <= oh*sh - ph + kh - 1.
+__device__ inline void covering_range(int i, int k, int s, int p, int O, int* lo, int* hi) {
+    *lo = imax(0, ceil_div(i + p - k + 1, s));
+    *hi = imin(O - 1, floor_div(i + p, s));
+}
+
+extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
+max_pool2d_forward(const real_t* x, real_t* y, int* argmax, int NC, int H, int W, int OH, int OW,
+                   int kh, int kw, int sh, int sw, int ph, int pw) {
+    const index_t total = (index_t)NC * OH * OW;
+    for (index_t i = global_thread_index(); i < total; i += global_thread_count()) {
+        int ow = (int)(i % OW);
+        index_t t = i / OW;
+        int oh = (int)(t % OH);
+        index_t plane = t / OH;
+        const real_t* xp = x + plane * H * W;
+        real_t best = 0;
+        int best_at = -1;
+        for (int fh = 0; fh < kh; ++fh) {
+            int ih = oh * sh - ph + fh;
+            if (ih < 0 || ih >= H) continue;
+            for (int fw = 0; fw < kw; ++fw) {
+                int iw = ow * sw - pw + fw;
+                if (iw < 0 || iw >= W) continue;
+                real_t v = xp[ih * W + iw];
+                if (best_at < 0) {
+                    best = v;
+                    best_at = fh * kw + fw;
+                } else {
+                    // Strict > keeps the first of equal maxima and is false against a NaN.
+                    if (v > best) best_at = fh * kw + fw;
+                    if (v > best || v != v) best = v;  // np.maximum: a NaN on either side stays
+                }
+            }
+        }
+        y[i] = best;
+        argmax[i] = best_at;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
+max_pool2d_backward(const real_t* dy, const int* argmax, real_t* dx, int NC, int H, int W,
+                    int OH, int OW, int kh, int kw, int sh, int sw, int ph, int pw) {
+    const index_t total = (index_t)NC * H * W;
+    for (index_t i = global_thread_index(); i < total; i += global_thread_count()) {
+        int iw = (int)(i % W);
+        index_t t = i / W;
+        int ih = (int)(t % H);
+        index_t plane = t / H;
+        const index_t obase = plane * OH * OW;
+        int oh_lo, oh_hi, ow_lo, ow_hi;
+        covering_range(ih, kh, sh, ph, OH, &oh_lo, &oh_hi);
+        covering_range(iw, kw, sw, pw, OW, &ow_lo, &ow_hi);
+        real_t acc = 0;
+        for (int oh = oh_hi; oh >= oh_lo; --oh)
+            for (int ow = ow_hi; ow >= ow_lo; --ow) {
+                index_t o = obase + oh * OW + ow;
+                int tap = (ih + ph - oh * sh) * kw + (iw + pw - ow * sw);
+                if (argmax[o] == tap) acc += dy[o];
+            }
+        dx[i] = acc;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
+avg_pool2d_forward(const real_t* x, real_t* y, int NC, int H, int W, int OH, int OW,
+                   int kh, int kw, int sh, int sw, int ph, int pw) {
+    const index_t total = (index_t)NC * OH * OW;
+    const real_t inv = (real_t)(1.0 / (double)(kh * kw));
+    for (index_t i = global_thread_index(); i < total; i += global_thread_count()) {
+        int ow = (int)(i % OW);
+        index_t t = i / OW;
+        int oh = (int)(t % OH);
+        index_t plane = t / OH;
+        const real_t* xp = x + plane * H * W;
+        real_t s = 0;
+        for (int fh = 0; fh < kh; ++fh) {
+            int ih = oh * sh - ph + fh;
+            if (ih < 0 || ih >= H) continue;
+            for (int fw = 0; fw < kw; ++fw) {
+                int iw = ow * sw - pw + fw;
+                if (iw >= 0 && iw < W) s += xp[ih * W + iw];
+            }
+        }
+        y[i] = s * inv;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
+avg_pool2d_backward(const real_t* dy, real_t* dx, int NC, int H, int W, int OH, int OW,
+                    int kh, int kw, int sh, int sw, int ph, int pw) {
+    const index_t total = (index_t)NC * H * W;
+    const real_t inv = (real_t)(1.0 / (double)(kh * kw));
+    for (index_t i = global_thread_index(); i < total; i += global_thread_count()) {
+        int iw = (int)(i % W);
+        index_t t = i / W;
+        int ih = (int)(t % H);
+        index_t plane = t / H;
+        const real_t* dyp = dy + plane * OH * OW;
+        int oh_lo, oh_hi, ow_lo, ow_hi;
+        covering_range(ih, kh, sh, ph, OH, &oh_lo, &oh_hi);
+        covering_range(iw, kw, sw, pw, OW, &ow_lo, &ow_hi);
+        real_t s = 0;
+        for (int oh = oh_hi; oh >= oh_lo; --oh)
+            for (int ow = ow_hi; ow >= ow_lo; --ow) s += dyp[oh * OW + ow] * inv;
+        dx[i] = s;
+    }
+}

@@ -1,0 +1,221 @@
+"""The NumPy/CuPy boundary: device parsing, array modules, CUDA detection, defaults, transfers."""
+from __future__ import annotations
+
+import contextvars
+import dataclasses
+
+import numpy as np
+import pytest
+
+import gpuconv
+from gpuconv import backend as B
+
+NO_GPU = pytest.mark.skipif(B.cuda_available(), reason="checks the behaviour without a usable GPU")
+
+
+def fresh(fn, *args):
+    """Run ``fn`` in an empty context: the default device is unset there, as in a new process."""
+    return contextvars.Context().run(fn, *args)
+
+
+# ---------------------------------------------------------------- Device
+@pytest.mark.parametrize("spec, kind, index, text", [
+    ("cpu", "cpu", 0, "cpu"), (" CPU ", "cpu", 0, "cpu"), ("sim", "sim", 0, "sim"),
+    ("cuda", "cuda", 0, "cuda:0"), ("cuda:3", "cuda", 3, "cuda:3"), ("CUDA:1", "cuda", 1, "cuda:1"),
+])
+def test_device_parsing(spec, kind, index, text):
+    d = B.Device(spec)
+    assert (d.kind, d.index, str(d)) == (kind, index, text)
+    assert repr(d) == f"Device('{text}')"
+    assert B.Device(d) == d and hash(B.Device(d)) == hash(d)
+
+
+def test_device_index_argument_and_immutability():
+    assert B.Device("cuda", index=2) == B.Device("cuda:2")
+    assert B.Device("cuda:0") == B.Device("cuda")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        B.Device("cpu").kind = "cuda"
+
+
+@pytest.mark.parametrize("spec, exc, match", [
+    ("tpu", ValueError, r"device 'tpu' is not understood: use 'cpu', 'cuda', 'cuda:N', 'sim' or 'auto'"),
+    ("cpu:1", ValueError, r"only 'cuda' takes an index, as in 'cuda:1'"),
+    ("cuda:x", ValueError, r"the index after ':' must be an integer"),
+    ("cuda:-1", ValueError, r"the index must be >= 0"),
+    (3, TypeError, r"device must be a str or Device, got int"),
+])
+def test_device_errors(spec, exc, match):
+    with pytest.raises(exc, match=match):
+        B.Device(spec)
+
+
+def test_auto_picks_gpu_only_when_usable():
+    assert B.Device("auto").kind == ("cuda" if B.cuda_available() else "cpu")
+
+
+def test_xp_per_device():
+    assert B.Device("cpu").xp is np and B.Device("sim").xp is np
+    assert B.Device("cuda").is_cuda and not B.Device("sim").is_cuda
+
+
+@NO_GPU
+def test_cuda_device_without_gpu_says_why_and_what_to_do():
+    with pytest.raises(RuntimeError, match=r"a CUDA device was asked for but .*device='cpu'.*device='sim'"):
+        B.Device("cuda").xp
+    with pytest.raises(RuntimeError, match=r"device='cpu'"):
+        B.set_default_device("cuda")
+    with pytest.raises(RuntimeError, match=r"device='cpu'"):
+        with B.default_device("cuda"):
+            pass  # pragma: no cover
+
+
+# ---------------------------------------------------------------- CUDA detection
+def test_cuda_available_is_a_bool_and_status_explains():
+    ok = B.cuda_available()
+    assert ok is True or ok is False
+    status = B.cuda_status()
+    assert isinstance(status, str) and status
+    if not ok:
+        assert "cupy" in status
+
+
+class _BrokenRuntime:
+    @staticmethod
+    def getDeviceCount():
+        raise RuntimeError("cudaErrorInsufficientDriver")
+
+
+class _FakeCupy:
+    __version__ = "0.0-fake"
+
+    class cuda:  # noqa: N801  (mirrors cupy.cuda)
+        runtime = _BrokenRuntime
+
+
+def test_probe_turns_driver_errors_into_false(monkeypatch):
+    monkeypatch.setattr(B, "_import_cupy", lambda: (_FakeCupy, None))
+    ok, why = B._cuda_probe.__wrapped__()
+    assert ok is False and "CUDA is unusable" in why and "cudaErrorInsufficientDriver" in why
+
+
+def test_probe_without_cupy(monkeypatch):
+    monkeypatch.setattr(B, "_import_cupy", lambda: (None, "cupy is not importable (ImportError: x)"))
+    ok, why = B._cuda_probe.__wrapped__()
+    assert ok is False and "install gpuconv[cuda12] or gpuconv[cuda13]" in why
+
+
+# ---------------------------------------------------------------- get_array_module
+def test_get_array_module_numpy_and_ignored_arguments():
+    assert B.get_array_module(np.ones(2), None, 3, 2.5, np.float32(1)) is np
+    assert B.get_array_module() is np
+
+
+class _FakeCupyArray:
+    pass
+
+
+def test_mixing_numpy_and_cupy_is_a_type_error(monkeypatch):
+    monkeypatch.setattr(B, "is_cupy_array", lambda a: isinstance(a, _FakeCupyArray))
+    with pytest.raises(TypeError, match=r"argument 0 is a numpy.ndarray \(host\) and argument 2 is a cupy.ndarray "
+                                        r"\(GPU\): put both on one device first"):
+        B.get_array_module(np.ones(1), None, _FakeCupyArray())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not B.cuda_available(), reason=f"no GPU: {B.cuda_status()}")
+def test_mixing_real_arrays_on_gpu():
+    cp = B.cupy_module()
+    with pytest.raises(TypeError, match="numpy.ndarray"):
+        B.get_array_module(cp.ones(1), np.ones(1))
+    assert B.get_array_module(cp.ones(1)) is cp
+
+
+# ---------------------------------------------------------------- default device
+def test_default_device_context_nests_and_restores():
+    before = B.get_default_device()
+    with gpuconv.default_device("sim") as d:
+        assert d == B.Device("sim") and B.get_default_device() == d
+        with gpuconv.default_device("cpu"):
+            assert B.get_default_device().kind == "cpu"
+        assert B.get_default_device().kind == "sim"
+    assert B.get_default_device() == before
+
+
+def test_default_device_restored_after_an_exception():
+    before = B.get_default_device()
+    with pytest.raises(KeyError):
+        with gpuconv.default_device("sim"):
+            raise KeyError("boom")
+    assert B.get_default_device() == before
+
+
+@pytest.mark.parametrize("env, kind", [(None, "cpu"), ("sim", "sim"), ("cpu", "cpu")])
+def test_default_device_from_environment(monkeypatch, env, kind):
+    if env is None:
+        monkeypatch.delenv("GPUCONV_DEVICE", raising=False)
+    else:
+        monkeypatch.setenv("GPUCONV_DEVICE", env)
+    assert fresh(B.get_default_device).kind == kind
+
+
+def test_bad_environment_variable_is_named(monkeypatch):
+    monkeypatch.setenv("GPUCONV_DEVICE", "gpu0")
+    with pytest.raises(ValueError, match=r"environment variable GPUCONV_DEVICE: device 'gpu0' is not understood"):
+        fresh(B.get_default_device)
+
+
+def test_set_default_device_in_its_own_context():
+    def body():
+        B.set_default_device("sim")
+        return B.get_default_device()
+    assert fresh(body) == B.Device("sim")
+
+
+def test_kernel_target_follows_default_device():
+    x = np.ones(3)
+    with gpuconv.default_device("cpu"):
+        assert B.kernel_target(x) is None
+    with gpuconv.default_device("sim"):
+        assert B.kernel_target(x, None) == "sim"
+
+
+# ---------------------------------------------------------------- transfers
+def test_readbacks_are_counted_on_sim_only():
+    x = np.arange(4.0)
+    with gpuconv.default_device("cpu"):
+        B.transfers.reset()
+        B.asnumpy(x)
+        assert B.item(x[1:2]) == 1.0
+        assert (B.transfers.device_to_host, B.transfers.host_to_device) == (0, 0)
+    with gpuconv.default_device("sim"):
+        B.transfers.reset()
+        assert B.asnumpy(x) is not None
+        assert B.item(np.array(2.5)) == 2.5
+        assert B.transfers.device_to_host == 2
+        assert B.asnumpy(None) is None and B.item(3) == 3.0  # nothing to read back
+        assert B.transfers.device_to_host == 2
+        B.transfers.reset()
+        assert B.transfers.device_to_host == 0
+
+
+def test_to_device_on_host_and_device_of():
+    with gpuconv.default_device("cpu"):
+        B.transfers.reset()
+        a = B.to_device([1.0, 2.0])
+        assert isinstance(a, np.ndarray) and a.tolist() == [1.0, 2.0]
+        assert B.to_device(a, "sim") is a
+        assert B.transfers.host_to_device == 0
+    assert B.device_of(np.ones(1)) == B.Device("cpu")
+    B.synchronize()  # a no-op without a GPU; must not raise
+    B.synchronize(np.ones(1))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not B.cuda_available(), reason=f"no GPU: {B.cuda_status()}")
+def test_round_trip_to_gpu_is_counted():
+    B.transfers.reset()
+    g = B.to_device(np.arange(3.0), "cuda")
+    assert B.is_cupy_array(g) and B.device_of(g).is_cuda
+    assert B.transfers.host_to_device == 1
+    assert B.asnumpy(g).tolist() == [0.0, 1.0, 2.0]
+    assert B.transfers.device_to_host == 1

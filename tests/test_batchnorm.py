@@ -1,0 +1,115 @@
+"""batchnorm2d with PyTorch's semantics: batch stats, in-place running stats, eval mode, gradients."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gpuconv.gradcheck import numerical_gradient_array, relative_error
+from gpuconv.ops import batchnorm as bn_mod
+from gpuconv.ops import batchnorm2d_backward, batchnorm2d_forward
+
+
+def test_hand_values_and_running_update(backend):
+    x = np.array([1.0, 2.0, 3.0, 4.0]).reshape(4, 1, 1, 1)  # mean 2.5, biased var 1.25, unbiased 5/3
+    rm, rv = backend.asarray(np.zeros(1)), backend.asarray(np.ones(1))
+    rm_ref, rv_ref = rm, rv
+    y, _ = batchnorm2d_forward(backend.asarray(x), backend.asarray(np.array([2.0])),
+                               backend.asarray(np.array([0.5])), rm, rv, momentum=0.1, eps=1e-5)
+    np.testing.assert_allclose(backend.asnumpy(y).ravel(), 2 * (x.ravel() - 2.5) / np.sqrt(1.25 + 1e-5) + 0.5,
+                               rtol=1e-12)
+    assert rm is rm_ref and rv is rv_ref  # updated in place, not rebound
+    np.testing.assert_allclose(backend.asnumpy(rm), [0.25], rtol=1e-12)
+    np.testing.assert_allclose(backend.asnumpy(rv), [0.9 + 0.1 * 5 / 3], rtol=1e-12)
+
+
+def test_training_normalizes_per_channel_float32(backend):
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((8, 3, 5, 5)) * [[[[3.0]], [[0.5]], [[10.0]]]] + 7).astype(np.float32)
+    gamma = np.array([1.0, 2.0, 0.5], np.float32)
+    beta = np.array([0.0, -1.0, 3.0], np.float32)
+    rm, rv = np.zeros(3, np.float32), np.ones(3, np.float32)
+    args = [backend.asarray(a) for a in (x, gamma, beta, rm, rv)]
+    y, _ = batchnorm2d_forward(*args)
+    y = backend.asnumpy(y)
+    assert y.dtype == np.float32
+    x64 = x.astype(np.float64)
+    mean, var = x64.mean((0, 2, 3)), x64.var((0, 2, 3))
+    ref = (x64 - mean[:, None, None]) / np.sqrt(var[:, None, None] + 1e-5) * gamma[:, None, None] + beta[:, None, None]
+    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(backend.asnumpy(args[3]), 0.1 * mean, rtol=1e-5)
+    np.testing.assert_allclose(backend.asnumpy(args[4]), 0.9 + 0.1 * x64.var((0, 2, 3), ddof=1), rtol=1e-5)
+
+
+def test_eval_uses_running_stats_and_leaves_them(backend):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 2, 3, 3))
+    rm, rv = np.array([0.5, -1.0]), np.array([2.0, 0.25])
+    g, b = np.array([1.5, 1.0]), np.array([0.0, 0.1])
+    args = [backend.asarray(a.copy()) for a in (x, g, b, rm, rv)]
+    y, cache = batchnorm2d_forward(*args, training=False)
+    ref = (x - rm[:, None, None]) / np.sqrt(rv[:, None, None] + 1e-5) * g[:, None, None] + b[:, None, None]
+    np.testing.assert_allclose(backend.asnumpy(y), ref, rtol=1e-12)
+    np.testing.assert_array_equal(backend.asnumpy(args[3]), rm)
+    np.testing.assert_array_equal(backend.asnumpy(args[4]), rv)
+    dx, _, _ = batchnorm2d_backward(backend.asarray(np.ones_like(x)), cache)
+    np.testing.assert_allclose(backend.asnumpy(dx), np.broadcast_to((g / np.sqrt(rv + 1e-5))[:, None, None], x.shape),
+                               rtol=1e-12)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_gradients_float64(backend, training):
+    rng = np.random.default_rng(2)
+    xp = backend.xp
+    x = backend.asarray(rng.standard_normal((3, 2, 4, 3)) * 2 + 1)
+    gamma = backend.asarray(rng.standard_normal(2))
+    beta = backend.asarray(rng.standard_normal(2))
+    rm0, rv0 = backend.asarray(rng.standard_normal(2)), backend.asarray(rng.random(2) + 0.5)
+
+    def f(a, g, b):  # fresh running stats per call: the forward updates them in place
+        return batchnorm2d_forward(a, g, b, xp.array(rm0), xp.array(rv0), training=training)[0]
+
+    y = f(x, gamma, beta)
+    _, cache = batchnorm2d_forward(x, gamma, beta, xp.array(rm0), xp.array(rv0), training=training)
+    dy = backend.asarray(rng.standard_normal(y.shape))
+    dx, dgamma, dbeta = batchnorm2d_backward(dy, cache)
+    assert relative_error(dx, numerical_gradient_array(lambda a: f(a, gamma, beta), x, dy)) < 1e-6
+    assert relative_error(dgamma, numerical_gradient_array(lambda a: f(x, a, beta), gamma, dy)) < 1e-6
+    assert relative_error(dbeta, numerical_gradient_array(lambda a: f(x, gamma, a), beta, dy)) < 1e-6
+
+
+def test_training_without_running_stats(backend):
+    x = backend.asarray(np.arange(8.0).reshape(2, 1, 2, 2))
+    y, _ = batchnorm2d_forward(x, backend.asarray(np.ones(1)), backend.asarray(np.zeros(1)), None, None)
+    assert abs(float(backend.asnumpy(y).mean())) < 1e-12
+
+
+def _args(backend, **over):
+    a = dict(x=np.ones((2, 3, 2, 2), np.float32), gamma=np.ones(3, np.float32), beta=np.zeros(3, np.float32),
+             running_mean=np.zeros(3, np.float32), running_var=np.ones(3, np.float32))
+    a.update(over)
+    return {k: backend.asarray(v) if isinstance(v, np.ndarray) else v for k, v in a.items()}
+
+
+@pytest.mark.parametrize("over, exc, match", [
+    (dict(x=np.ones((2, 3, 2, 2), np.int16)), TypeError, r"x has dtype int16.*astype\(np.float32\)"),
+    (dict(x=np.ones((2, 3, 4), np.float32)), ValueError, r"x must have 4 dimensions"),
+    (dict(gamma=np.ones(2, np.float32)), ValueError, r"gamma must have shape \(3,\).*got \(2,\)"),
+    (dict(running_var=np.ones(4, np.float32)), ValueError, r"running_var must have shape \(3,\)"),
+    (dict(beta=np.zeros(3)), TypeError, r"beta has dtype float64 but x has dtype float32"),
+    (dict(running_var=None, training=False), ValueError, r"eval mode.*running_mean and running_var"),
+    (dict(running_var=None), ValueError, r"pass both or neither"),
+    (dict(gamma=None), ValueError, r"gamma and beta are required"),
+    (dict(momentum=1.5), ValueError, r"momentum must be a number in \[0, 1\].*1\.5"),
+    (dict(eps=0.0), ValueError, r"eps must be a positive number"),
+    (dict(x=np.ones((1, 3, 1, 1), np.float32)), ValueError, r"more than 1 value per channel.*N\*H\*W = 1"),
+])
+def test_errors_before_work(backend, monkeypatch, over, exc, match):
+    monkeypatch.setattr(bn_mod, "_batchnorm2d_forward_reference", lambda *a: pytest.fail("ran before checks"))
+    with pytest.raises(exc, match=match):
+        batchnorm2d_forward(**_args(backend, **over))
+
+
+def test_backward_rejects_wrong_dy(backend):
+    _, cache = batchnorm2d_forward(**_args(backend))
+    with pytest.raises(ValueError, match=r"dy must have the forward output's shape \(2, 3, 2, 2\)"):
+        batchnorm2d_backward(backend.asarray(np.ones((2, 3, 2), np.float32)), cache)

@@ -1,0 +1,274 @@
+"""conv2d: hand-computed cases (CS231n), a direct-loop reference, gradients, properties, errors.
+
+Each test body runs on every backend (numpy reference, the simulator, a GPU when present)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gpuconv.gradcheck import numerical_gradient_array, relative_error
+from gpuconv.ops import _dispatch, conv2d as conv_mod
+from gpuconv.ops import conv2d_backward, conv2d_forward, conv_output_size
+
+HYPO = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def direct_conv(x, w, b, stride, pad):
+    """The definition, one output pixel at a time, in float64."""
+    (sh, sw), (ph, pw) = stride, pad
+    x = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    n, c, h, wd = x.shape
+    k, _, fh, fw = w.shape
+    oh, ow = (h - fh) // sh + 1, (wd - fw) // sw + 1
+    y = np.zeros((n, k, oh, ow))
+    for i in range(oh):
+        for j in range(ow):
+            patch = x[:, :, i * sh:i * sh + fh, j * sw:j * sw + fw]
+            y[:, :, i, j] = np.tensordot(patch, w.astype(np.float64), axes=([1, 2, 3], [1, 2, 3]))
+    return y if b is None else y + b[None, :, None, None]
+
+
+# ---------------------------------------------------------------- hand-computed (CS231n notes)
+@pytest.mark.parametrize("stride, out", [(1, 5), (2, 3)])
+def test_cs231n_7x7_input_3x3_filter(backend, stride, out):
+    x = backend.asarray(np.ones((1, 1, 7, 7), np.float32))
+    w = backend.asarray(np.ones((1, 1, 3, 3), np.float32))
+    y, _ = conv2d_forward(x, w, stride=stride)
+    assert y.shape == (1, 1, out, out)
+    np.testing.assert_array_equal(backend.asnumpy(y), np.full((1, 1, out, out), 9.0, np.float32))
+
+
+def test_cs231n_7x7_stride3_does_not_fit(backend):
+    x = backend.asarray(np.ones((1, 1, 7, 7), np.float32))
+    w = backend.asarray(np.ones((1, 1, 3, 3), np.float32))
+    with pytest.raises(ValueError, match=r"W=7.*F=3.*S=3.*P=0.*\(W - F \+ 2P\)/S \+ 1.*not an integer"):
+        conv2d_forward(x, w, stride=3)
+
+
+def test_alexnet_first_layer_227_to_55(backend):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 3, 227, 227)).astype(np.float32)
+    w = rng.standard_normal((2, 3, 11, 11)).astype(np.float32)
+    b = rng.standard_normal(2).astype(np.float32)
+    y, _ = conv2d_forward(backend.asarray(x), backend.asarray(w), backend.asarray(b), stride=4, padding=0)
+    assert y.shape == (1, 2, 55, 55)
+    ref = direct_conv(x, w, b, (4, 4), (0, 0))
+    np.testing.assert_allclose(backend.asnumpy(y), ref, rtol=1e-4, atol=1e-6 * 3 * 11 * 11)
+
+
+def test_hand_worked_numbers(backend):
+    x = np.array([[1, 2, 0], [0, 1, 3], [2, 1, 0]], np.float64)[None, None]
+    w = np.array([[1, -1], [2, 0]], np.float64)[None, None]
+    b = np.array([0.5])
+    y, cache = conv2d_forward(backend.asarray(x), backend.asarray(w), backend.asarray(b))
+    np.testing.assert_array_equal(backend.asnumpy(y)[0, 0], [[-0.5, 4.5], [3.5, 0.5]])
+    dx, dw, db = conv2d_backward(backend.asarray(np.ones((1, 1, 2, 2))), cache)
+    np.testing.assert_array_equal(backend.asnumpy(dx)[0, 0], [[1, 0, -1], [3, 2, -1], [2, 2, 0]])
+    np.testing.assert_array_equal(backend.asnumpy(dw)[0, 0], [[4, 6], [4, 5]])
+    np.testing.assert_array_equal(backend.asnumpy(db), [4.0])
+    # With padding 1 the corner window sees only x[0, 0], under w[1, 1] = 0.
+    y, _ = conv2d_forward(backend.asarray(x), backend.asarray(w), padding=1)
+    assert y.shape == (1, 1, 4, 4)
+    assert backend.asnumpy(y)[0, 0, 0, 0] == 0.0 and backend.asnumpy(y)[0, 0, 3, 3] == 0.0
+
+
+# ---------------------------------------------------------------- against the direct reference
+CASES = [  # (N, C, H, W), (K, FH, FW), stride, padding
+    ((2, 3, 8, 8), (4, 3, 3), 1, 1),
+    ((2, 3, 9, 7), (5, 3, 3), 2, 1),
+    ((1, 4, 6, 6), (3, 1, 1), 1, 0),
+    ((2, 2, 10, 9), (3, 4, 3), (2, 3), (1, 0)),
+    ((3, 5, 5, 5), (2, 5, 5), 1, 2),
+]
+
+
+@pytest.mark.parametrize("xs, ws, stride, padding", CASES)
+def test_forward_float32_matches_float64_direct(backend, xs, ws, stride, padding):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(xs).astype(np.float32)
+    w = rng.standard_normal((ws[0], xs[1]) + ws[1:]).astype(np.float32)
+    b = rng.standard_normal(ws[0]).astype(np.float32)
+    y, _ = conv2d_forward(backend.asarray(x), backend.asarray(w), backend.asarray(b), stride, padding)
+    assert y.dtype == np.float32
+    sp = lambda v: (v, v) if isinstance(v, int) else v  # noqa: E731
+    reduction = xs[1] * ws[1] * ws[2]
+    np.testing.assert_allclose(backend.asnumpy(y), direct_conv(x, w, b, sp(stride), sp(padding)),
+                               rtol=1e-4, atol=1e-6 * reduction)
+
+
+@pytest.mark.parametrize("xs, ws, stride, padding", CASES[:4])
+def test_gradients_float64(backend, xs, ws, stride, padding):
+    rng = np.random.default_rng(2)
+    x = backend.asarray(rng.standard_normal(xs))
+    w = backend.asarray(rng.standard_normal((ws[0], xs[1]) + ws[1:]))
+    b = backend.asarray(rng.standard_normal(ws[0]))
+    y, cache = conv2d_forward(x, w, b, stride, padding)
+    dy = backend.asarray(rng.standard_normal(y.shape))
+    dx, dw, db = conv2d_backward(dy, cache)
+    assert dx.shape == x.shape and dw.shape == w.shape and db.shape == b.shape
+    num_dx = numerical_gradient_array(lambda a: conv2d_forward(a, w, b, stride, padding)[0], x, dy)
+    num_dw = numerical_gradient_array(lambda a: conv2d_forward(x, a, b, stride, padding)[0], w, dy)
+    num_db = numerical_gradient_array(lambda a: conv2d_forward(x, w, a, stride, padding)[0], b, dy)
+    assert relative_error(dx, num_dx) < 1e-6
+    assert relative_error(dw, num_dw) < 1e-6
+    assert relative_error(db, num_db) < 1e-6
+
+
+def test_no_bias_gives_db_none(backend):
+    rng = np.random.default_rng(3)
+    x = backend.asarray(rng.standard_normal((2, 2, 5, 5)).astype(np.float32))
+    w = backend.asarray(rng.standard_normal((3, 2, 3, 3)).astype(np.float32))
+    y, cache = conv2d_forward(x, w, padding=1)
+    dx, dw, db = conv2d_backward(backend.asarray(np.ones(y.shape, np.float32)), cache)
+    assert db is None and dx.dtype == np.float32 and dw.dtype == np.float32
+
+
+def test_large_batch_is_chunked_consistently(backend, monkeypatch):
+    """A tiny column budget forces one sample per chunk; results must not change."""
+    rng = np.random.default_rng(4)
+    x = backend.asarray(rng.standard_normal((5, 3, 6, 6)))
+    w = backend.asarray(rng.standard_normal((4, 3, 3, 3)))
+    y, cache = conv2d_forward(x, w, stride=1, padding=1)
+    dy = backend.asarray(rng.standard_normal(y.shape))
+    full = conv2d_backward(dy, cache)
+    monkeypatch.setattr(conv_mod, "_COL_BYTES", 1)
+    y2, cache2 = conv2d_forward(x, w, stride=1, padding=1)
+    np.testing.assert_allclose(backend.asnumpy(y2), backend.asnumpy(y), rtol=1e-12, atol=1e-12)
+    for a, b in zip(conv2d_backward(dy, cache2)[:2], full[:2]):
+        np.testing.assert_allclose(backend.asnumpy(a), backend.asnumpy(b), rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------- properties
+geometry = st.tuples(st.integers(1, 9), st.integers(1, 9), st.integers(1, 4), st.integers(1, 4),
+                     st.integers(1, 3), st.integers(1, 3), st.integers(0, 2), st.integers(0, 2))
+
+
+@HYPO
+@given(g=geometry)
+def test_output_size_rule(backend, g):
+    h, wd, fh, fw, sh, sw, ph, pw = g
+    x = backend.asarray(np.zeros((1, 1, h, wd), np.float32))
+    w = backend.asarray(np.zeros((1, 1, fh, fw), np.float32))
+    fits = all(span >= 0 and span % s == 0 for span, s in ((h - fh + 2 * ph, sh), (wd - fw + 2 * pw, sw)))
+    if not fits:
+        with pytest.raises(ValueError, match=r"\(W - F \+ 2P\)/S \+ 1"):
+            conv2d_forward(x, w, stride=(sh, sw), padding=(ph, pw))
+        return
+    y, _ = conv2d_forward(x, w, stride=(sh, sw), padding=(ph, pw))
+    assert y.shape == (1, 1, (h - fh + 2 * ph) // sh + 1, (wd - fw + 2 * pw) // sw + 1)
+    assert conv_output_size(h, fh, sh, ph) == y.shape[2]
+
+
+def _fitting(g):
+    h, wd, fh, fw, sh, sw, ph, pw = g
+    # Grow the input until it fits, so every example is a valid convolution.
+    h = max(h, fh) + (-(max(h, fh) - fh + 2 * ph)) % sh
+    wd = max(wd, fw) + (-(max(wd, fw) - fw + 2 * pw)) % sw
+    return h, wd, fh, fw, (sh, sw), (ph, pw)
+
+
+@HYPO
+@given(g=geometry, c=st.integers(1, 3), k=st.integers(1, 3), seed=st.integers(0, 2**16))
+def test_linearity_and_adjoint_identity(backend, g, c, k, seed):
+    h, wd, fh, fw, stride, pad = _fitting(g)
+    rng = np.random.default_rng(seed)
+    x1, x2 = (backend.asarray(rng.standard_normal((2, c, h, wd))) for _ in range(2))
+    w = backend.asarray(rng.standard_normal((k, c, fh, fw)))
+    y1, cache = conv2d_forward(x1, w, None, stride, pad)
+    y2, _ = conv2d_forward(x2, w, None, stride, pad)
+    y12, _ = conv2d_forward(3.0 * x1 - x2, w, None, stride, pad)
+    np.testing.assert_allclose(backend.asnumpy(y12), backend.asnumpy(3.0 * y1 - y2), rtol=1e-10, atol=1e-10)
+    g_ = backend.asarray(rng.standard_normal(y1.shape))
+    dx, dw, _ = conv2d_backward(g_, cache)
+    lhs = float((y1 * g_).sum())
+    assert lhs == pytest.approx(float((x1 * dx).sum()), rel=1e-9, abs=1e-9)
+    assert lhs == pytest.approx(float((w * dw).sum()), rel=1e-9, abs=1e-9)
+
+
+# ---------------------------------------------------------------- kernel hook
+def test_registered_launcher_runs_on_its_target_only(backend, monkeypatch):
+    calls = []
+
+    def launcher(x, w, b, stride, padding, *, target):
+        calls.append(target)
+        return NotImplemented if stride == (2, 2) else ("kernel", target)
+
+    monkeypatch.setitem(_dispatch._LAUNCHERS, ("conv2d_forward", "sim"), launcher)
+    x = backend.asarray(np.ones((1, 1, 5, 5), np.float32))
+    w = backend.asarray(np.ones((1, 1, 3, 3), np.float32))
+    out = conv2d_forward(x, w)
+    if backend.name == "sim":
+        assert out == ("kernel", "sim") and calls == ["sim"]
+        y, _ = conv2d_forward(x, w, stride=2)  # declined: the reference runs
+        np.testing.assert_array_equal(backend.asnumpy(y), np.full((1, 1, 2, 2), 9.0))
+    else:
+        assert calls == [] and out[0].shape == (1, 1, 3, 3)
+
+
+def test_dispatch_registry_api(monkeypatch):
+    monkeypatch.setattr(_dispatch, "_LAUNCHERS", {})
+    assert _dispatch.get_launcher("conv2d_forward", None) is None
+    assert _dispatch.get_launcher("conv2d_forward", "sim") is None
+
+    @_dispatch.register_launcher("conv2d_forward", targets="sim")
+    def fn(*a, target):
+        return target
+
+    assert _dispatch.get_launcher("conv2d_forward", "sim") is fn
+    assert _dispatch.get_launcher("conv2d_forward", "cuda") is None
+    assert _dispatch.call("conv2d_forward", "sim", lambda: "reference") == "sim"
+    assert _dispatch.call("conv2d_forward", None, lambda: "reference") == "reference"
+    with pytest.raises(ValueError, match=r"targets: 'gpu' is not a kernel target; use 'cuda' and/or 'sim'"):
+        _dispatch.register_launcher("conv2d_forward", targets=("gpu",))
+
+
+# ---------------------------------------------------------------- errors, raised before any work
+@pytest.fixture
+def no_work(monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("the reference ran before the arguments were checked")
+    monkeypatch.setattr(conv_mod, "_conv2d_forward_reference", boom)
+
+
+ERRORS = [
+    (dict(x=np.ones((1, 1, 5, 5), np.int32)), TypeError, r"x has dtype int32.*astype\(np.float32\)"),
+    (dict(w=np.ones((1, 1, 3, 3), np.float16)), TypeError, r"w has dtype float16"),
+    (dict(w=np.ones((1, 1, 3, 3), np.float64)), TypeError, r"w has dtype float64 but x has dtype float32"),
+    (dict(x=np.ones((1, 5, 5), np.float32)), ValueError, r"x must have 4 dimensions.*\(1, 5, 5\)"),
+    (dict(w=np.ones((1, 3, 3), np.float32)), ValueError, r"w must have 4 dimensions"),
+    (dict(w=np.ones((1, 2, 3, 3), np.float32)), ValueError, r"channel mismatch: x has C=1.*w expects C=2"),
+    (dict(b=np.ones(2, np.float32)), ValueError, r"b must have shape \(1,\).*got \(2,\)"),
+    (dict(stride=0), ValueError, r"stride must be >= 1"),
+    (dict(stride=1.5), TypeError, r"stride must be an int or an \(h, w\) pair"),
+    (dict(padding=-1), ValueError, r"padding must be >= 0"),
+    (dict(padding=(1, 2, 3)), TypeError, r"padding must be an int or an \(h, w\) pair"),
+    (dict(w=np.ones((1, 1, 7, 3), np.float32)), ValueError, r"height: input size W=5, filter F=7.*< 1"),
+    (dict(x=np.ones((1, 1, 5, 6), np.float32), stride=(1, 2)), ValueError,
+     r"width: input size W=6, filter F=3, stride S=2, padding P=0 give \(W - F \+ 2P\)/S \+ 1 = "
+     r"\(6 - 3 \+ 2\*0\)/2 \+ 1 = 2.5, not an integer"),
+    (dict(x=[[1.0]]), TypeError, r"x must be a numpy or cupy array, got list"),
+]
+
+
+@pytest.mark.parametrize("override, exc, match", ERRORS)
+def test_bad_arguments_rejected_before_work(backend, no_work, override, exc, match):
+    args = dict(x=np.ones((1, 1, 5, 5), np.float32), w=np.ones((1, 1, 3, 3), np.float32), b=None,
+                stride=1, padding=0)
+    args.update(override)
+    for name in ("x", "w", "b"):
+        if isinstance(args[name], np.ndarray):
+            args[name] = backend.asarray(args[name])
+    with pytest.raises(exc, match=match):
+        conv2d_forward(**args)
+
+
+def test_backward_rejects_wrong_dy(backend):
+    x = backend.asarray(np.ones((1, 1, 5, 5), np.float32))
+    w = backend.asarray(np.ones((1, 1, 3, 3), np.float32))
+    _, cache = conv2d_forward(x, w)
+    with pytest.raises(ValueError, match=r"dy must have the forward output's shape \(1, 1, 3, 3\)"):
+        conv2d_backward(backend.asarray(np.ones((1, 1, 4, 4), np.float32)), cache)
+    with pytest.raises(TypeError, match=r"dy has dtype float64 but x has dtype float32"):
+        conv2d_backward(backend.asarray(np.ones((1, 1, 3, 3))), cache)

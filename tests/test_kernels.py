@@ -1,0 +1,519 @@
+"""The CUDA kernels themselves, run on the host simulator ('sim') against float64 NumPy references.
+
+Every kernel and every variant, over shapes chosen to hit the edges of the 64x64 GEMM tiles and
+of the stride/padding arithmetic; hypothesis fuzzing; the adjoint identity; bit-exact pooling and
+ReLU; float64 gradient checks with the kernels in the loop; both simulator schedule orders. The
+same bodies run on a GPU (marked ``gpu``) when one answers. Shapes stay tiny: the simulator
+switches fibers at about a microsecond each.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+import gpuconv
+from gpuconv import backend as B
+from gpuconv import kernels
+from gpuconv.gradcheck import numerical_gradient_array, relative_error
+from gpuconv.ops import _dispatch
+from gpuconv.ops import _launch_conv2d as LC
+from gpuconv.ops import _launch_pool2d as LP
+from gpuconv.ops import _launch_relu as LR
+from gpuconv.ops import pool2d as pool_ref
+from gpuconv.ops import relu as relu_ref
+
+TARGETS = ["sim", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not B.cuda_available(), reason=f"no GPU: {B.cuda_status()}")])]
+HYPO = settings(max_examples=15, deadline=None)
+
+
+def to(target, a):
+    return B.cupy_module().asarray(a) if target == "cuda" else a
+
+
+def host(a):
+    return a.get() if B.is_cupy_array(a) else np.asarray(a)
+
+
+# ----------------------------------------------------------------------------- float64 references
+def out_size(i, f, s, p):
+    assert (i + 2 * p - f) % s == 0, "test case does not satisfy (W - F + 2P)/S integral"
+    return (i + 2 * p - f) // s + 1
+
+
+def ref_conv(x, w, b, stride, pad):
+    (sh, sw), (ph, pw) = stride, pad
+    xpad = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    k, _, fh, fw = w.shape
+    oh, ow = out_size(x.shape[2], fh, sh, ph), out_size(x.shape[3], fw, sw, pw)
+    y = np.zeros((x.shape[0], k, oh, ow))
+    for i in range(fh):
+        for j in range(fw):
+            y += np.einsum("nchw,kc->nkhw", xpad[:, :, i:i + sh * oh:sh, j:j + sw * ow:sw], w[:, :, i, j])
+    return y if b is None else y + b[None, :, None, None]
+
+
+def ref_conv_backward(dy, x, w, stride, pad):
+    (sh, sw), (ph, pw) = stride, pad
+    dy = dy.astype(np.float64)
+    xpad = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    dxpad = np.zeros_like(xpad)
+    dw = np.zeros(w.shape)
+    _, _, oh, ow = dy.shape
+    for i in range(w.shape[2]):
+        for j in range(w.shape[3]):
+            sl = (slice(None), slice(None), slice(i, i + sh * oh, sh), slice(j, j + sw * ow, sw))
+            dxpad[sl] += np.einsum("nkhw,kc->nchw", dy, w[:, :, i, j])
+            dw[:, :, i, j] = np.einsum("nkhw,nchw->kc", dy, xpad[sl])
+    dx = dxpad[:, :, ph:ph + x.shape[2], pw:pw + x.shape[3]]
+    return dx, dw, dy.sum(axis=(0, 2, 3))
+
+
+def conv_tol(c, fh, fw, dtype):
+    """float32 against float64: rtol 1e-4, atol growing with the reduction length."""
+    return (1e-4, 2e-6 * c * fh * fw) if dtype == np.float32 else (1e-12, 1e-12 * c * fh * fw)
+
+
+# (N, C, H, W), (K, FH, FW), stride, padding
+CONV_CASES = [
+    ((2, 3, 5, 5), (4, 1, 1), 1, 0),              # 1x1
+    ((1, 3, 7, 6), (5, 3, 3), 1, 1),              # 3x3, non-square, batch 1
+    ((2, 2, 9, 11), (3, 5, 5), 2, 2),             # 5x5 stride 2
+    ((1, 2, 9, 9), (2, 7, 7), 1, 3),              # 7x7 padding 3
+    ((1, 3, 23, 23), (2, 11, 11), 4, 0),          # 11x11 stride 4 (AlexNet's first layer, shrunk)
+    ((1, 2, 10, 8), (3, 3, 2), 3, (1, 0)),        # stride 3, non-square filter and padding
+    ((1, 5, 6, 13), (65, 3, 3), 1, 1),            # M = 78 and K = 65 straddle the 64-wide tiles
+    ((3, 7, 4, 4), (9, 2, 2), 2, 0),              # C*FH*FW = 28: partial 8-deep reduction round
+    ((2, 4, 9, 5), (3, 3, 3), (2, 1), (0, 1)),    # different strides/paddings per axis
+    ((1, 2, 6, 6), (3, 3, 3), 1, 3),              # padding 3 > F-1: border windows see only zeros
+    ((1, 1, 3, 3), (1, 3, 3), 1, 0),              # a single output
+    ((1, 2, 8, 8), (64, 3, 3), 1, 1),             # M = N*H*W = K = 64: exactly one full tile
+    ((2, 8, 5, 5), (3, 3, 3), 1, 1),              # C*FH*FW = 72: two row tiles of backward-weight
+]
+CONV_IDS = [f"x{'x'.join(map(str, c[0]))}-w{'x'.join(map(str, c[1]))}-s{c[2]}-p{c[3]}" for c in CONV_CASES]
+
+
+def pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def make_conv(case, dtype=np.float32, seed=0):
+    xs, (k, fh, fw), stride, pad = case
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(xs).astype(dtype)
+    w = rng.standard_normal((k, xs[1], fh, fw)).astype(dtype)
+    b = rng.standard_normal(k).astype(dtype)
+    return x, w, b, pair(stride), pair(pad)
+
+
+# ----------------------------------------------------------------------------- convolution
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("variant", ["v1", "v2"])
+@pytest.mark.parametrize("case", CONV_CASES, ids=CONV_IDS)
+def test_conv2d_forward_and_backward(case, variant, target):
+    x, w, b, stride, pad = make_conv(case)
+    with kernels.use_variant(conv2d_forward=variant, conv2d_backward_data=variant,
+                             conv2d_backward_weight=variant):
+        y, cache = LC.conv2d_forward_kernel(to(target, x), to(target, w), to(target, b), stride, pad, target=target)
+        assert type(y) is type(to(target, x)) and y.dtype == np.float32
+        rtol, atol = conv_tol(x.shape[1], w.shape[2], w.shape[3], np.float32)
+        np.testing.assert_allclose(host(y), ref_conv(x, w, b, stride, pad), rtol=rtol, atol=atol)
+        dy = np.random.default_rng(1).standard_normal(y.shape).astype(np.float32)
+        dx, dw, db = LC.conv2d_backward_kernel(to(target, dy), cache, target=target)
+    rdx, rdw, rdb = ref_conv_backward(dy, x, w, stride, pad)
+    np.testing.assert_allclose(host(dx), rdx, rtol=1e-4, atol=2e-6 * w.shape[0] * w.shape[2] * w.shape[3])
+    np.testing.assert_allclose(host(dw), rdw, rtol=1e-4, atol=2e-6 * dy[:, 0].size)
+    np.testing.assert_allclose(host(db), rdb, rtol=1e-4, atol=2e-6 * dy[:, 0].size)
+
+
+@pytest.mark.parametrize("variant", ["v1", "v2"])
+def test_conv2d_forward_no_bias_and_fused_relu(variant):
+    x, w, b, stride, pad = make_conv(CONV_CASES[6])
+    with kernels.use_variant(conv2d_forward=variant):
+        y0, cache = LC.conv2d_forward_kernel(x, w, None, stride, pad, target="sim")
+        y1, _ = LC.conv2d_forward_kernel(x, w, b, stride, pad, target="sim", relu=True)
+    assert cache.has_bias is False
+    np.testing.assert_allclose(y0, ref_conv(x, w, None, stride, pad), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(y1, np.maximum(ref_conv(x, w, b, stride, pad), 0), rtol=1e-4, atol=1e-4)
+    assert (y1 >= 0).all() and (y1 == 0).any()
+
+
+def test_conv2d_tiled_kernels_agree_in_both_schedule_orders():
+    """Reversed thread order must give the same bits: the tiles are ordered by barriers, not luck."""
+    x, w, b, stride, pad = make_conv(CONV_CASES[6])
+    dy = np.random.default_rng(2).standard_normal((1, 65, 6, 13)).astype(np.float32)
+    outs = []
+    for order in ("forward", "reverse"):
+        with kernels.sim_schedule(order):
+            y, cache = LC.conv2d_forward_kernel(x, w, b, stride, pad, target="sim")
+            outs.append((y,) + LC.conv2d_backward_kernel(dy, cache, target="sim"))
+    for a, r in zip(*outs):
+        np.testing.assert_array_equal(a, r)
+
+
+def test_conv2d_backward_weight_split_reduction(monkeypatch):
+    """Several z-splits plus the ordered second pass equal the one-split result (and the reference)."""
+    x, w, b, stride, pad = make_conv(CONV_CASES[6])
+    dy = np.random.default_rng(3).standard_normal((1, 65, 6, 13)).astype(np.float32)
+    _, cache = LC.conv2d_forward_kernel(x, w, b, stride, pad, target="sim")
+    monkeypatch.setattr(LC, "MIN_SPLIT_CHUNK", 8)
+    splits, chunk = LC.weight_splits(78, 2, "sim")
+    assert splits > 1 and chunk % LC.TILE_K == 0 and (splits - 1) * chunk < 78 <= splits * chunk
+    for order in ("forward", "reverse"):
+        with kernels.sim_schedule(order):
+            _, dw, _ = LC.conv2d_backward_kernel(dy, cache, target="sim")
+        np.testing.assert_allclose(dw, ref_conv_backward(dy, x, w, stride, pad)[1], rtol=1e-4, atol=2e-4)
+
+
+@pytest.mark.parametrize("variant", ["v1", "v2"])
+@pytest.mark.parametrize("case", [CONV_CASES[2], CONV_CASES[5], CONV_CASES[8]], ids=["s2", "s3", "s21"])
+def test_conv2d_adjoint_identity(case, variant):
+    """<conv(x, w), g> = <x, dX(g)> = <w, dW(g)> in float64: backward is the true transpose."""
+    x, w, _, stride, pad = make_conv(case, np.float64, seed=4)
+    with kernels.use_variant(conv2d_forward=variant, conv2d_backward_data=variant,
+                             conv2d_backward_weight=variant):
+        y, cache = LC.conv2d_forward_kernel(x, w, None, stride, pad, target="sim")
+        g = np.random.default_rng(5).standard_normal(y.shape)
+        dx, dw, db = LC.conv2d_backward_kernel(g, cache, target="sim")
+    assert db is None
+    lhs = float(np.vdot(y, g))
+    assert abs(lhs - float(np.vdot(x, dx))) <= 1e-10 * max(1.0, abs(lhs))
+    assert abs(lhs - float(np.vdot(w, dw))) <= 1e-10 * max(1.0, abs(lhs))
+
+
+def test_conv2d_gradients_float64_through_the_simulator():
+    x, w, b, stride, pad = make_conv(((1, 2, 5, 4), (3, 3, 2), (2, 1), 1), np.float64, seed=6)
+
+    def fwd(x_=None, w_=None, b_=None):
+        return LC.conv2d_forward_kernel(x if x_ is None else x_, w if w_ is None else w_,
+                                        b if b_ is None else b_, stride, pad, target="sim")[0]
+
+    y, cache = LC.conv2d_forward_kernel(x, w, b, stride, pad, target="sim")
+    dy = np.random.default_rng(7).standard_normal(y.shape)
+    dx, dw, db = LC.conv2d_backward_kernel(dy, cache, target="sim")
+    assert relative_error(dx, numerical_gradient_array(lambda a: fwd(x_=a), x.copy(), dy)) < 1e-7
+    assert relative_error(dw, numerical_gradient_array(lambda a: fwd(w_=a), w.copy(), dy)) < 1e-7
+    assert relative_error(db, numerical_gradient_array(lambda a: fwd(b_=a), b.copy(), dy)) < 1e-7
+
+
+@HYPO
+@given(n=st.integers(1, 2), c=st.integers(1, 4), k=st.integers(1, 5), fh=st.integers(1, 4), fw=st.integers(1, 4),
+       sh=st.integers(1, 3), sw=st.integers(1, 3), ph=st.integers(0, 3), pw=st.integers(0, 3),
+       oh=st.integers(1, 5), ow=st.integers(1, 5), variant=st.sampled_from(["v1", "v2"]), seed=st.integers(0, 99))
+def test_conv2d_fuzz_against_numpy(n, c, k, fh, fw, sh, sw, ph, pw, oh, ow, variant, seed):
+    h, wd = (oh - 1) * sh + fh - 2 * ph, (ow - 1) * sw + fw - 2 * pw  # sizes that fit exactly
+    assume(h >= 1 and wd >= 1)
+    x, w, b, stride, pad = make_conv(((n, c, h, wd), (k, fh, fw), (sh, sw), (ph, pw)), seed=seed)
+    with kernels.use_variant(conv2d_forward=variant, conv2d_backward_data=variant,
+                             conv2d_backward_weight=variant):
+        y, cache = LC.conv2d_forward_kernel(x, w, b, stride, pad, target="sim")
+        dy = np.random.default_rng(seed + 1).standard_normal(y.shape).astype(np.float32)
+        dx, dw, db = LC.conv2d_backward_kernel(dy, cache, target="sim")
+    refs = (ref_conv(x, w, b, stride, pad),) + ref_conv_backward(dy, x, w, stride, pad)
+    for got, ref in zip((y, dx, dw, db), refs):
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- pooling
+POOL_CASES = [((2, 3, 7, 7), (3, 3), (2, 2)),   # overlapping windows
+              ((1, 2, 9, 9), (3, 3), (3, 3)),
+              ((2, 1, 6, 6), (2, 2), (1, 1)),   # overlap 1
+              ((1, 2, 5, 9), (2, 3), (1, 2)),   # non-square everything
+              ((1, 1, 4, 4), (4, 4), (4, 4))]   # global pooling
+
+
+def _max_reference(x, ks, st_):
+    return pool_ref._max_pool2d_forward_reference(x, ks, st_)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("case", POOL_CASES, ids=lambda c: str(c))
+def test_max_pool2d_bit_exact(case, target):
+    shape, ks, st_ = case
+    rng = np.random.default_rng(8)
+    x = np.round(rng.standard_normal(shape) * 2).astype(np.float32)  # few distinct values: ties
+    x.reshape(-1)[rng.integers(0, x.size, 2)] = np.nan                # NaN must propagate
+    y, cache = LP.max_pool2d_forward_kernel(to(target, x), ks, st_, target=target)
+    ry, rcache = _max_reference(x, ks, st_)
+    np.testing.assert_array_equal(host(y), ry)
+    np.testing.assert_array_equal(host(cache.argmax), rcache.argmax)
+    assert cache.argmax.dtype == np.int32 and cache.x_shape == shape
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx = LP.max_pool2d_backward_kernel(to(target, dy), cache, target=target)
+    np.testing.assert_array_equal(host(dx), pool_ref._max_pool2d_backward_reference(dy, rcache))
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("case", POOL_CASES, ids=lambda c: str(c))
+def test_avg_pool2d(case, target):
+    shape, ks, st_ = case
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal(shape).astype(np.float32)
+    y, cache = LP.avg_pool2d_forward_kernel(to(target, x), ks, st_, target=target)
+    ry, rcache = pool_ref._avg_pool2d_forward_reference(x, ks, st_)
+    np.testing.assert_allclose(host(y), ry, rtol=1e-6, atol=1e-7)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx = LP.avg_pool2d_backward_kernel(to(target, dy), cache, target=target)
+    np.testing.assert_allclose(host(dx), pool_ref._avg_pool2d_backward_reference(dy, rcache), rtol=1e-6, atol=1e-7)
+    if st_ == ks:  # non-overlapping windows tile the input: the gradient mass is conserved
+        np.testing.assert_allclose(host(dx).sum(), dy.sum(), rtol=1e-5, atol=1e-6)
+
+
+def test_pool_gradients_float64_through_the_simulator():
+    rng = np.random.default_rng(10)
+    x = rng.permutation(2 * 7 * 7).reshape(1, 2, 7, 7) * 0.1 + 0.01  # distinct: no ties at the kink
+    for fwd, bwd in ((LP.max_pool2d_forward_kernel, LP.max_pool2d_backward_kernel),
+                     (LP.avg_pool2d_forward_kernel, LP.avg_pool2d_backward_kernel)):
+        y, cache = fwd(x, (3, 3), (2, 2), target="sim")
+        dy = rng.standard_normal(y.shape)
+        num = numerical_gradient_array(lambda a: fwd(a, (3, 3), (2, 2), target="sim")[0], x.copy(), dy)
+        assert relative_error(bwd(dy, cache, target="sim"), num) < 1e-8
+
+
+@HYPO
+@given(n=st.integers(1, 2), c=st.integers(1, 3), kh=st.integers(1, 3), kw=st.integers(1, 3),
+       sh=st.integers(1, 3), sw=st.integers(1, 3), oh=st.integers(1, 4), ow=st.integers(1, 4), seed=st.integers(0, 99))
+def test_pool2d_fuzz_against_numpy(n, c, kh, kw, sh, sw, oh, ow, seed):
+    shape = (n, c, (oh - 1) * sh + kh, (ow - 1) * sw + kw)
+    x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+    y, cache = LP.max_pool2d_forward_kernel(x, (kh, kw), (sh, sw), target="sim")
+    ry, rcache = _max_reference(x, (kh, kw), (sh, sw))
+    np.testing.assert_array_equal(y, ry)
+    np.testing.assert_array_equal(cache.argmax, rcache.argmax)
+    dy = np.random.default_rng(seed + 1).standard_normal(y.shape).astype(np.float32)
+    dx = LP.max_pool2d_backward_kernel(dy, cache, target="sim")
+    np.testing.assert_array_equal(dx, pool_ref._max_pool2d_backward_reference(dy, rcache))
+    np.testing.assert_allclose(dx.sum(), dy.sum(), rtol=1e-5, atol=1e-5)  # every dy lands exactly once
+    ya, acache = LP.avg_pool2d_forward_kernel(x, (kh, kw), (sh, sw), target="sim")
+    np.testing.assert_allclose(ya, pool_ref._avg_pool2d_forward_reference(x, (kh, kw), (sh, sw))[0], rtol=1e-6, atol=1e-7)
+    dxa = LP.avg_pool2d_backward_kernel(dy, acache, target="sim")
+    np.testing.assert_allclose(dxa, pool_ref._avg_pool2d_backward_reference(dy, acache), rtol=1e-6, atol=1e-7)
+
+
+def _padded_pool_reference(x, ks, st_, pad):
+    """float64 max (with window-local argmax) and average (count_include_pad) over a padded input."""
+    (kh, kw), (sh, sw), (ph, pw) = ks, st_, pad
+    xm = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=-np.inf)
+    xa = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    oh, ow = (xm.shape[2] - kh) // sh + 1, (xm.shape[3] - kw) // sw + 1
+    taps = [(i, j) for i in range(kh) for j in range(kw)]
+    win = lambda a: np.stack([a[:, :, i:i + sh * oh:sh, j:j + sw * ow:sw] for i, j in taps], -1)  # noqa: E731
+    return win(xm).max(-1), win(xm).argmax(-1), win(xa).mean(-1), taps, (oh, ow)
+
+
+def test_pool_kernels_with_padding():
+    """The kernels take a padding (the ops pass 0): padded cells never win a max, count in an average."""
+    rng = np.random.default_rng(15)
+    x = rng.standard_normal((2, 2, 5, 6))
+    ks, st_, pad = (3, 2), (2, 2), (1, 1)
+    ymax, amax, yavg, taps, (oh, ow) = _padded_pool_reference(x, ks, st_, pad)
+    dims = tuple(np.int32(v) for v in (4, 5, 6, oh, ow, *ks, *st_, *pad))
+    y, arg, ya = np.empty((2, 2, oh, ow)), np.empty((2, 2, oh, ow), np.int32), np.empty((2, 2, oh, ow))
+    grid, block = kernels.grid_1d(y.size)
+    kernels.launch("pool2d", "max_pool2d_forward", np.float64, "sim", grid, block, (x, y, arg) + dims)
+    kernels.launch("pool2d", "avg_pool2d_forward", np.float64, "sim", grid, block, (x, ya) + dims)
+    np.testing.assert_array_equal(y, ymax)
+    np.testing.assert_array_equal(arg, amax)
+    np.testing.assert_allclose(ya, yavg, rtol=1e-14)
+    dy = rng.standard_normal(y.shape)
+    dmax, davg = np.zeros((2, 2, 7, 8)), np.zeros((2, 2, 7, 8))  # gradients on the padded grid, then cropped
+    for t, (i, j) in enumerate(taps):
+        sl = (slice(None), slice(None), slice(i, i + 2 * oh, 2), slice(j, j + 2 * ow, 2))
+        dmax[sl] += np.where(amax == t, dy, 0)
+        davg[sl] += dy / 6
+    dx, dxa = np.empty_like(x), np.empty_like(x)
+    grid, block = kernels.grid_1d(x.size)
+    kernels.launch("pool2d", "max_pool2d_backward", np.float64, "sim", grid, block, (dy, arg, dx) + dims)
+    kernels.launch("pool2d", "avg_pool2d_backward", np.float64, "sim", grid, block, (dy, dxa) + dims)
+    np.testing.assert_allclose(dx, dmax[:, :, 1:-1, 1:-1], rtol=1e-14)
+    np.testing.assert_allclose(dxa, davg[:, :, 1:-1, 1:-1], rtol=1e-14, atol=1e-15)
+
+
+# ----------------------------------------------------------------------------- ReLU
+SPECIAL = np.array([np.nan, -0.0, 0.0, np.inf, -np.inf, 1e-45, -1e-45, 3.0, -3.0], np.float32)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("variant", ["v1", "v2"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [1, 3, 4, 9, 37, 1030])
+def test_relu_bit_exact(n, dtype, variant, target):
+    rng = np.random.default_rng(n)
+    x = np.resize(np.concatenate([SPECIAL, rng.standard_normal(n)]).astype(dtype), n)
+    rng.shuffle(x)
+    dy = rng.standard_normal(n).astype(dtype)
+    with kernels.use_variant(relu_forward=variant, relu_backward=variant):
+        y, cache = LR.relu_forward_kernel(to(target, x), target=target)
+        dx = LR.relu_backward_kernel(to(target, dy), cache, target=target)
+    ry, rcache = relu_ref._relu_forward_reference(x)
+    np.testing.assert_array_equal(host(y), ry)
+    assert not np.signbit(host(y)[x == 0]).any()
+    np.testing.assert_array_equal(host(dx), relu_ref._relu_backward_reference(dy, rcache))
+
+
+def test_relu_misaligned_views_fall_back_to_v1(monkeypatch):
+    base = np.random.default_rng(11).standard_normal(41).astype(np.float32)
+    x = base[1:].reshape(4, 10)  # 4-byte offset: not 16-byte aligned
+    assert LR._pick("relu_forward", (x,)) == "v1"
+    launched = []
+    real = kernels.launch
+    monkeypatch.setattr(kernels, "launch", lambda *a, **k: (launched.append(a[1]), real(*a, **k))[1])
+    y, _ = LR.relu_forward_kernel(x, target="sim")
+    assert launched == ["relu_forward_v1"]
+    np.testing.assert_array_equal(y, np.maximum(x, 0))
+
+
+@pytest.mark.parametrize("relu", [0, 1])
+def test_bias_relu_forward_kernel(relu):
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
+    b = rng.standard_normal(3).astype(np.float32)
+    y = np.empty_like(x)
+    grid, block = kernels.grid_1d(x.size)
+    kernels.launch("relu", "bias_relu_forward", np.float32, "sim", grid, block,
+                   (x, b, y, np.int64(x.size), np.int32(3), np.int32(20), np.int32(relu)))
+    ref = x + b[None, :, None, None]
+    np.testing.assert_array_equal(y, np.maximum(ref, np.float32(0)) if relu else ref)
+
+
+@HYPO
+@given(n=st.integers(1, 3), c=st.integers(1, 5), hw=st.integers(1, 40), seed=st.integers(0, 99),
+       variant=st.sampled_from(["v1", "v2"]), offset=st.integers(0, 3))
+def test_relu_fuzz_against_numpy(n, c, hw, seed, variant, offset):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(n * c * hw + offset).astype(np.float32)[offset:].reshape(n, c, hw)  # any alignment
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    with kernels.use_variant(relu_forward=variant, relu_backward=variant):
+        y, cache = LR.relu_forward_kernel(x, target="sim")
+        dx = LR.relu_backward_kernel(dy, cache, target="sim")
+    np.testing.assert_array_equal(y, np.maximum(x, np.float32(0)))
+    np.testing.assert_array_equal(dx, np.where(x > 0, dy, np.float32(0)))
+    b = rng.standard_normal(c).astype(np.float32)
+    yb = np.empty_like(x)
+    grid, block = kernels.grid_1d(x.size)
+    kernels.launch("relu", "bias_relu_forward", np.float32, "sim", grid, block,
+                   (np.ascontiguousarray(x), b, yb, np.int64(x.size), np.int32(c), np.int32(hw), np.int32(1)))
+    np.testing.assert_array_equal(yb, np.maximum(x + b[None, :, None], np.float32(0)))
+
+
+def test_relu_gradient_float64_through_the_simulator():
+    x = np.random.default_rng(13).permutation(30).reshape(2, 15) * 0.1 - 1.45  # no zero: away from the kink
+    y, cache = LR.relu_forward_kernel(x, target="sim")
+    dy = np.random.default_rng(14).standard_normal(x.shape)
+    num = numerical_gradient_array(lambda a: LR.relu_forward_kernel(a, target="sim")[0], x.copy(), dy)
+    assert relative_error(LR.relu_backward_kernel(dy, cache, target="sim"), num) < 1e-8
+
+
+# ----------------------------------------------------------------------------- integration, registry
+def test_ops_run_the_kernels_under_the_sim_device(monkeypatch):
+    from gpuconv import ops
+    launched = []
+    real = kernels.launch
+    monkeypatch.setattr(kernels, "launch", lambda *a, **k: (launched.append(a[1]), real(*a, **k))[1])
+    x, w, b, stride, pad = make_conv(CONV_CASES[1])
+    with gpuconv.default_device("sim"):
+        y, cache = ops.conv2d_forward(x, w, b, stride=1, padding=1)
+        dx, dw, db = ops.conv2d_backward(np.ones_like(y), cache)
+        r, rc = ops.relu_forward(y)
+        p, pc = ops.max_pool2d_forward(x[:, :, :6], 2)
+    assert set(launched) >= {"conv2d_forward_v2", "conv2d_backward_data_v2", "conv2d_backward_weight_v2",
+                             "conv2d_backward_bias", "relu_forward_v2", "max_pool2d_forward"}
+    launched.clear()
+    ops.conv2d_forward(x, w, b, stride=1, padding=1)  # default device 'cpu': the NumPy reference
+    assert launched == []
+    for op in ("conv2d_forward", "conv2d_backward", "max_pool2d_forward", "max_pool2d_backward",
+               "avg_pool2d_forward", "avg_pool2d_backward", "relu_forward", "relu_backward"):
+        assert _dispatch.get_launcher(op, "sim") is not None and _dispatch.get_launcher(op, "cuda") is not None
+
+
+def test_variant_selection_and_errors(monkeypatch):
+    assert kernels.variant("conv2d_forward") == "v2"
+    with kernels.use_variant(conv2d_forward="v1"):
+        assert kernels.variant("conv2d_forward") == "v1"
+    assert kernels.variant("conv2d_forward") == "v2"
+    with pytest.raises(ValueError, match=r"conv2d_forward has variants v1, v2, not 'v9'"):
+        kernels.set_variant("conv2d_forward", "v9")
+    with pytest.raises(ValueError, match=r"kernel family 'conv3d' has no variants"):
+        kernels.variant("conv3d")
+    monkeypatch.setenv("GPUCONV_KERNEL_VARIANTS", "relu_forward=v1, conv2d_forward=v1")
+    assert kernels._env_variants() == {"relu_forward": "v1", "conv2d_forward": "v1"}
+    monkeypatch.setenv("GPUCONV_KERNEL_VARIANTS", "relu_forward")
+    with pytest.raises(ValueError, match="must read family=variant"):
+        kernels._env_variants()
+
+
+def test_registry_sources_and_memoization():
+    src = kernels.build_source("pool2d", np.float64)
+    assert src.startswith("typedef double real_t;\n")
+    assert '#line 1 "kernels/common.cuh"' in src and '#line 1 "kernels/pool2d.cu"' in src
+    assert "#include" not in src.replace("no #include", "")
+    assert (kernels.kernel_dir() / "conv2d.cu").is_file()
+    assert kernels.get_module("relu", np.float32, "sim") is kernels.get_module("relu", np.float32, "sim")
+    assert kernels.get_module("relu", np.float64, "sim") is not kernels.get_module("relu", np.float32, "sim")
+    with pytest.raises(TypeError, match=r"float16.*astype\(np.float32\)"):
+        kernels.build_source("relu", np.float16)
+    with pytest.raises(ValueError, match="kernel target 'gpu'"):
+        kernels.get_module("relu", np.float32, "gpu")
+    with pytest.raises(FileNotFoundError, match="the kernel files are conv2d, pool2d, relu"):
+        kernels.build_source("conv3d")
+
+
+def test_sim_compile_error_names_file_and_line(tmp_path, monkeypatch):
+    src = kernels.kernel_dir()
+    (tmp_path / "common.cuh").write_text((src / "common.cuh").read_text())
+    (tmp_path / "broken_sim.cu").write_text('extern "C" __global__ void k(real_t* y) {\n'
+                                            "    y[0] = undefined_name;\n}\n")
+    monkeypatch.setenv("GPUCONV_KERNELS_DIR", str(tmp_path))
+    with pytest.raises(kernels.KernelCompileError, match=r"kernels/broken_sim\.cu:2.*undefined_name"):
+        kernels.get_function("broken_sim", "k", np.float32, "sim")((1, 1, 1), (1, 1, 1), (np.zeros(1, np.float32),))
+
+
+@pytest.mark.parametrize("device", ["sim", pytest.param("cuda", marks=TARGETS[1].marks)])
+def test_training_steps_on_the_kernels_match_numpy(device):
+    """A few SGD steps of the seed net with every conv/ReLU/pool on the kernels: the same losses."""
+    from gpuconv import models, ops, optim
+    rng = np.random.default_rng(16)
+    x = rng.standard_normal((4, 3, 32, 32)).astype(np.float32)
+    labels = rng.integers(0, 10, 4)
+    losses = {}
+    for dev in ("cpu", device):
+        with gpuconv.default_device(dev):
+            model = models.seed_net(seed=0)
+            opt = optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+            xd, yd = gpuconv.to_device(x), gpuconv.to_device(labels)
+            losses[dev] = []
+            for _ in range(3):
+                loss, dlogits = ops.softmax_cross_entropy(model(xd), yd)
+                model.zero_grad()
+                model.backward(dlogits)
+                opt.step()
+                losses[dev].append(gpuconv.item(loss))
+    assert losses["cpu"][-1] < losses["cpu"][0]
+    np.testing.assert_allclose(losses[device], losses["cpu"], rtol=1e-4)
+
+
+# ----------------------------------------------------------------------------- the benchmark's validation
+def _bench():
+    import importlib.util
+    import pathlib
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "bench_conv2d.py"
+    spec = importlib.util.spec_from_file_location("bench_conv2d", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_benchmark_validation_runs_on_the_simulator(monkeypatch, capsys):
+    bench = _bench()
+    assert bench.validate(bench.TINY_LAYERS[:2], 2, "sim") == []
+    assert bench.main(["--validate-only", "--target", "sim"]) == 0
+    # The validation can fail: a reference off by one is reported per layer, direction and variant.
+    real = bench.reference
+    monkeypatch.setattr(bench, "reference", lambda *a: real(*a) + 1.0)
+    failures = bench.validate(bench.TINY_LAYERS[:1], 2, "sim")
+    assert len(failures) == 6 and "3->4 at 8x8 forward v1" in failures[0]
+    if not B.cuda_available():
+        assert bench.main([]) == 2
+        assert "no usable GPU" in capsys.readouterr().err

@@ -1,0 +1,79 @@
+"""Linear (affine) layer: flattening, values, gradients for x, w, b, errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gpuconv.gradcheck import numerical_gradient_array, relative_error
+from gpuconv.ops import linear as linear_mod
+from gpuconv.ops import linear_backward, linear_forward
+
+
+def test_hand_values(backend):
+    x = np.array([[1.0, 2.0], [3.0, -1.0]], np.float32)
+    w = np.array([[1.0, 0.0], [2.0, 1.0], [0.0, -1.0]], np.float32)
+    b = np.array([0.5, 0.0, 1.0], np.float32)
+    y, cache = linear_forward(backend.asarray(x), backend.asarray(w), backend.asarray(b))
+    np.testing.assert_array_equal(backend.asnumpy(y), [[1.5, 4, -1], [3.5, 5, 2]])
+    dx, dw, db = linear_backward(backend.asarray(np.ones((2, 3), np.float32)), cache)
+    np.testing.assert_array_equal(backend.asnumpy(dx), [[3, 0], [3, 0]])
+    np.testing.assert_array_equal(backend.asnumpy(dw), [[4, 1]] * 3)
+    np.testing.assert_array_equal(backend.asnumpy(db), [2, 2, 2])
+
+
+def test_flattens_nchw_and_matches_float64(backend):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 3, 5, 5))
+    w = rng.standard_normal((7, 75))
+    b = rng.standard_normal(7)
+    ref = x.reshape(4, -1) @ w.T + b
+    y, cache = linear_forward(*(backend.asarray(a.astype(np.float32)) for a in (x, w, b)))
+    assert y.shape == (4, 7) and y.dtype == np.float32
+    np.testing.assert_allclose(backend.asnumpy(y), ref, rtol=1e-4, atol=1e-6 * 75)
+    dx, dw, db = linear_backward(backend.asarray(np.ones((4, 7), np.float32)), cache)
+    assert dx.shape == x.shape and dw.shape == w.shape and db.shape == b.shape
+
+
+@pytest.mark.parametrize("shape", [(3, 6), (2, 2, 3, 2)])
+def test_gradients_float64(backend, shape):
+    rng = np.random.default_rng(1)
+    x = backend.asarray(rng.standard_normal(shape))
+    feats = int(np.prod(shape[1:]))
+    w = backend.asarray(rng.standard_normal((4, feats)))
+    b = backend.asarray(rng.standard_normal(4))
+    y, cache = linear_forward(x, w, b)
+    dy = backend.asarray(rng.standard_normal(y.shape))
+    dx, dw, db = linear_backward(dy, cache)
+    assert relative_error(dx, numerical_gradient_array(lambda a: linear_forward(a, w, b)[0], x, dy)) < 1e-6
+    assert relative_error(dw, numerical_gradient_array(lambda a: linear_forward(x, a, b)[0], w, dy)) < 1e-6
+    assert relative_error(db, numerical_gradient_array(lambda a: linear_forward(x, w, a)[0], b, dy)) < 1e-6
+
+
+def test_without_bias(backend):
+    x = backend.asarray(np.ones((2, 3)))
+    w = backend.asarray(np.ones((4, 3)))
+    y, cache = linear_forward(x, w, None)
+    np.testing.assert_array_equal(backend.asnumpy(y), np.full((2, 4), 3.0))
+    assert linear_backward(backend.asarray(np.ones((2, 4))), cache)[2] is None
+
+
+@pytest.mark.parametrize("x, w, b, exc, match", [
+    (np.ones((2, 3), np.int32), np.ones((4, 3), np.float32), None, TypeError, r"x has dtype int32.*astype"),
+    (np.ones((2, 3), np.float32), np.ones((4, 3)), None, TypeError, r"w has dtype float64 but x has dtype float32"),
+    (np.ones(3, np.float32), np.ones((4, 3), np.float32), None, ValueError, r"x must have shape \(N, \.\.\.\)"),
+    (np.ones((2, 3), np.float32), np.ones(3, np.float32), None, ValueError, r"w must have 2 dimensions"),
+    (np.ones((2, 2, 2), np.float32), np.ones((4, 3), np.float32), None, ValueError,
+     r"x of shape \(2, 2, 2\) flattens to 4 features.*in_features=3"),
+    (np.ones((2, 3), np.float32), np.ones((4, 3), np.float32), np.ones(3, np.float32), ValueError,
+     r"b must have shape \(4,\).*got \(3,\)"),
+])
+def test_errors_before_work(backend, monkeypatch, x, w, b, exc, match):
+    monkeypatch.setattr(linear_mod, "_linear_forward_reference", lambda *a: pytest.fail("ran before checks"))
+    with pytest.raises(exc, match=match):
+        linear_forward(backend.asarray(x), backend.asarray(w), backend.asarray(b))
+
+
+def test_backward_rejects_wrong_dy(backend):
+    _, cache = linear_forward(backend.asarray(np.ones((2, 3))), backend.asarray(np.ones((4, 3))), None)
+    with pytest.raises(ValueError, match=r"dy must have the forward output's shape \(2, 4\)"):
+        linear_backward(backend.asarray(np.ones((2, 3))), cache)

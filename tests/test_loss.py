@@ -1,0 +1,85 @@
+"""softmax_cross_entropy: values, stability, smoothing, gradients, a 0-d device result, errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gpuconv import backend as B
+from gpuconv.gradcheck import numerical_gradient_array, relative_error
+from gpuconv.ops import softmax_cross_entropy
+
+
+def reference(logits, labels, eps):
+    """Loss with an explicit target distribution, in float64."""
+    z = logits.astype(np.float64)
+    logp = z - z.max(1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+    n, c = z.shape
+    q = np.full((n, c), eps / c)
+    q[np.arange(n), labels] += 1 - eps
+    return -(q * logp).sum() / n, (np.exp(logp) - q) / n
+
+
+def test_uniform_logits(backend):
+    labels = np.array([0, 3])
+    loss, d = softmax_cross_entropy(backend.asarray(np.zeros((2, 4), np.float32)), backend.asarray(labels))
+    assert float(backend.asnumpy(loss)) == pytest.approx(np.log(4), rel=1e-6)
+    expected = np.full((2, 4), 0.25 / 2, np.float32)
+    expected[[0, 1], labels] -= 0.5
+    np.testing.assert_allclose(backend.asnumpy(d), expected, rtol=1e-6)
+
+
+def test_loss_is_0d_array_on_device_without_readback(backend):
+    logits = backend.asarray(np.random.default_rng(0).standard_normal((5, 3)).astype(np.float32))
+    labels = backend.asarray(np.array([0, 1, 2, 1, 0]))
+    B.transfers.reset()
+    loss, d = softmax_cross_entropy(logits, labels)
+    assert B.transfers.device_to_host == 0
+    assert isinstance(loss, backend.xp.ndarray) and loss.shape == () and loss.dtype == np.float32
+    assert d.dtype == np.float32 and d.shape == (5, 3)
+
+
+def test_numerically_stable_for_huge_logits(backend):
+    logits = np.array([[1000.0, 0.0], [-1000.0, 0.0], [3e4, 3e4]], np.float32)
+    loss, d = softmax_cross_entropy(backend.asarray(logits), backend.asarray(np.array([0, 0, 1])))
+    assert float(backend.asnumpy(loss)) == pytest.approx((0.0 + 1000.0 + np.log(2)) / 3, rel=1e-5)
+    assert np.isfinite(backend.asnumpy(d)).all()
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1, 1.0])
+def test_float32_against_float64_reference(backend, eps):
+    rng = np.random.default_rng(1)
+    logits = (rng.standard_normal((16, 10)) * 5).astype(np.float32)
+    labels = rng.integers(0, 10, 16)
+    loss, d = softmax_cross_entropy(backend.asarray(logits), backend.asarray(labels), label_smoothing=eps)
+    ref_loss, ref_d = reference(logits, labels, eps)
+    assert float(backend.asnumpy(loss)) == pytest.approx(ref_loss, rel=1e-5)
+    np.testing.assert_allclose(backend.asnumpy(d), ref_d, rtol=1e-4, atol=1e-7)
+    assert abs(float(backend.asnumpy(d).sum())) < 1e-6  # each row of softmax - target sums to 0
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.2])
+def test_gradient_float64(backend, eps):
+    rng = np.random.default_rng(2)
+    logits = backend.asarray(rng.standard_normal((4, 5)))
+    labels = backend.asarray(rng.integers(0, 5, 4))
+    _, d = softmax_cross_entropy(logits, labels, eps)
+    num = numerical_gradient_array(lambda a: softmax_cross_entropy(a, labels, eps)[0], logits)
+    assert relative_error(d, num) < 1e-6
+
+
+@pytest.mark.parametrize("logits, labels, kw, exc, match", [
+    (np.zeros((2, 3), np.int32), np.array([0, 1]), {}, TypeError, r"logits has dtype int32.*astype"),
+    (np.zeros(3, np.float32), np.array([0]), {}, ValueError, r"logits must have 2 dimensions"),
+    (np.zeros((2, 3), np.float32), np.array([0.0, 1.0]), {}, TypeError,
+     r"labels has dtype float64.*integers in 0\.\.2.*astype\(np.int64\)"),
+    (np.zeros((2, 3), np.float32), np.array([0, 1, 2]), {}, ValueError, r"labels must have shape \(2,\)"),
+    (np.zeros((2, 3), np.float32), np.array([0, 3]), {}, ValueError, r"class indices in 0\.\.2.*found 3"),
+    (np.zeros((2, 3), np.float32), np.array([-1, 0]), {}, ValueError, r"class indices in 0\.\.2.*found -1"),
+    (np.zeros((2, 3), np.float32), np.array([0, 1]), dict(label_smoothing=1.5), ValueError,
+     r"label_smoothing must be a number in \[0, 1\], got 1\.5"),
+    (np.zeros((0, 3), np.float32), np.zeros(0, np.int64), {}, ValueError, r"N = 0"),
+])
+def test_errors(backend, logits, labels, kw, exc, match):
+    with pytest.raises(exc, match=match):
+        softmax_cross_entropy(backend.asarray(logits), backend.asarray(labels), **kw)

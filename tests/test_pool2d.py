@@ -1,0 +1,164 @@
+"""Max and average pooling: hand cases, overlapping windows, gradients, properties, errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gpuconv.gradcheck import numerical_gradient_array, relative_error
+from gpuconv.ops import avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward, max_pool2d_forward
+from gpuconv.ops import pool2d as pool_mod
+
+HYPO = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+OPS = {"max": (max_pool2d_forward, max_pool2d_backward), "avg": (avg_pool2d_forward, avg_pool2d_backward)}
+
+CS231N_X = np.array([[1, 1, 2, 4], [5, 6, 7, 8], [3, 2, 1, 0], [1, 2, 3, 4]], np.float32)[None, None]
+
+
+def direct_pool(x, k, s, kind):
+    """Forward and a backward for dy = ``g``, one window at a time (first maximum wins)."""
+    n, c, h, w = x.shape
+    oh, ow = (h - k) // s + 1, (w - k) // s + 1
+    y = np.zeros((n, c, oh, ow))
+    route = np.zeros((n, c, oh, ow, h, w))  # d y[..., i, j] / d x
+    for i in range(oh):
+        for j in range(ow):
+            win = x[:, :, i * s:i * s + k, j * s:j * s + k].reshape(n, c, -1)
+            if kind == "max":
+                y[:, :, i, j] = win.max(-1)
+                a = win.argmax(-1)
+                for nn in range(n):
+                    for cc in range(c):
+                        route[nn, cc, i, j, i * s + a[nn, cc] // k, j * s + a[nn, cc] % k] = 1
+            else:
+                y[:, :, i, j] = win.mean(-1)
+                route[:, :, i, j, i * s:i * s + k, j * s:j * s + k] = 1.0 / (k * k)
+    return y, route
+
+
+def test_cs231n_max_pool_example(backend):
+    y, cache = max_pool2d_forward(backend.asarray(CS231N_X), 2)
+    np.testing.assert_array_equal(backend.asnumpy(y)[0, 0], [[6, 8], [3, 4]])
+    assert cache.argmax.dtype == np.int32
+    np.testing.assert_array_equal(backend.asnumpy(cache.argmax)[0, 0], [[3, 3], [0, 3]])
+    dx = max_pool2d_backward(backend.asarray(np.array([[[[1, 2], [3, 4]]]], np.float32)), cache)
+    np.testing.assert_array_equal(backend.asnumpy(dx)[0, 0],
+                                  [[0, 0, 0, 0], [0, 1, 0, 2], [3, 0, 0, 0], [0, 0, 0, 4]])
+
+
+def test_avg_pool_example(backend):
+    y, cache = avg_pool2d_forward(backend.asarray(CS231N_X), 2)
+    np.testing.assert_array_equal(backend.asnumpy(y)[0, 0], [[3.25, 5.25], [2, 2]])
+    dx = avg_pool2d_backward(backend.asarray(np.array([[[[4, 8], [0, -4]]]], np.float32)), cache)
+    np.testing.assert_array_equal(backend.asnumpy(dx)[0, 0],
+                                  [[1, 1, 2, 2], [1, 1, 2, 2], [0, 0, -1, -1], [0, 0, -1, -1]])
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+@pytest.mark.parametrize("shape, k, s", [((2, 3, 7, 7), 3, 2), ((1, 2, 9, 9), 3, 3), ((2, 1, 6, 6), 2, 1)])
+def test_matches_direct_reference_incl_overlapping(backend, kind, shape, k, s):
+    fwd, bwd = OPS[kind]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape)
+    g = rng.standard_normal((shape[0], shape[1], (shape[2] - k) // s + 1, (shape[3] - k) // s + 1))
+    y_ref, route = direct_pool(x, k, s, kind)
+    dx_ref = np.einsum("ncij,ncijhw->nchw", g, route)
+    y, cache = fwd(backend.asarray(x), k, s)
+    dx = bwd(backend.asarray(g), cache)
+    np.testing.assert_allclose(backend.asnumpy(y), y_ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(backend.asnumpy(dx), dx_ref, rtol=1e-12, atol=1e-12)
+    # float32 against the float64 reference: max is exact, the mean within rounding.
+    y32, _ = fwd(backend.asarray(x.astype(np.float32)), k, s)
+    assert y32.dtype == np.float32
+    np.testing.assert_allclose(backend.asnumpy(y32), y_ref, rtol=1e-4, atol=1e-6 * k * k)
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+@pytest.mark.parametrize("hw, k, s", [((6, 6), 2, 2), ((7, 7), 3, 2), ((6, 7), (2, 3), (1, 2))])
+def test_gradients_float64(backend, kind, hw, k, s):
+    fwd, bwd = OPS[kind]
+    rng = np.random.default_rng(1)
+    # A permutation of spread-out values: no ties, so max pooling is differentiable everywhere.
+    x = backend.asarray(rng.permutation(4 * hw[0] * hw[1]).reshape((2, 2) + hw) * 0.1)
+    y, cache = fwd(x, k, s)
+    dy = backend.asarray(rng.standard_normal(y.shape))
+    num = numerical_gradient_array(lambda a: fwd(a, k, s)[0], x, dy)
+    assert relative_error(bwd(dy, cache), num) < 1e-6
+
+
+def test_max_pool_propagates_nan(backend):
+    x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    x[0, 0, 0, 1] = np.nan
+    y, _ = max_pool2d_forward(backend.asarray(x), 2)
+    y = backend.asnumpy(y)[0, 0]
+    assert np.isnan(y[0, 0]) and not np.isnan(y[1:, :]).any() and y[0, 1] == 7
+
+
+# ---------------------------------------------------------------- properties
+@HYPO
+@given(h=st.integers(1, 10), w=st.integers(1, 10), kh=st.integers(1, 4), kw=st.integers(1, 4),
+       sh=st.integers(1, 3), sw=st.integers(1, 3), kind=st.sampled_from(["max", "avg"]))
+def test_output_size_rule(backend, h, w, kh, kw, sh, sw, kind):
+    x = backend.asarray(np.zeros((1, 2, h, w), np.float32))
+    fits = h >= kh and w >= kw and (h - kh) % sh == 0 and (w - kw) % sw == 0
+    if not fits:
+        with pytest.raises(ValueError, match=r"\(W - F \+ 2P\)/S \+ 1"):
+            OPS[kind][0](x, (kh, kw), (sh, sw))
+        return
+    y, _ = OPS[kind][0](x, (kh, kw), (sh, sw))
+    assert y.shape == (1, 2, (h - kh) // sh + 1, (w - kw) // sw + 1)
+
+
+@HYPO
+@given(n=st.integers(1, 3), c=st.integers(1, 3), oh=st.integers(1, 4), ow=st.integers(1, 4),
+       kh=st.integers(1, 3), kw=st.integers(1, 3), seed=st.integers(0, 2**16))
+def test_non_overlapping_pools_conserve_gradient_and_are_exact(backend, n, c, oh, ow, kh, kw, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, oh * kh, ow * kw)).astype(np.float32)
+    dy = rng.integers(-8, 9, (n, c, oh, ow)).astype(np.float32)  # small integers: sums are exact
+    y, cache = max_pool2d_forward(backend.asarray(x), (kh, kw))
+    windows = x.reshape(n, c, oh, kh, ow, kw).transpose(0, 1, 2, 4, 3, 5).reshape(n, c, oh, ow, -1)
+    np.testing.assert_array_equal(backend.asnumpy(y), windows.max(-1))  # bit-exact
+    dx = backend.asnumpy(max_pool2d_backward(backend.asarray(dy), cache))
+    assert dx.sum() == dy.sum()
+    assert np.count_nonzero(dx) == np.count_nonzero(dy)
+    ya, cache_a = avg_pool2d_forward(backend.asarray(x.astype(np.float64)), (kh, kw))
+    np.testing.assert_allclose(backend.asnumpy(ya), windows.astype(np.float64).mean(-1), rtol=1e-12, atol=1e-12)
+    dxa = backend.asnumpy(avg_pool2d_backward(backend.asarray(dy.astype(np.float64)), cache_a))
+    assert dxa.sum() == pytest.approx(float(dy.sum()), abs=1e-9)
+
+
+# ---------------------------------------------------------------- errors
+@pytest.fixture
+def no_work(monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("the reference ran before the arguments were checked")
+    monkeypatch.setattr(pool_mod, "_max_pool2d_forward_reference", boom)
+    monkeypatch.setattr(pool_mod, "_avg_pool2d_forward_reference", boom)
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+@pytest.mark.parametrize("x, kwargs, exc, match", [
+    (np.ones((1, 1, 4, 4), np.int64), {}, TypeError, r"x has dtype int64.*astype\(np.float32\)"),
+    (np.ones((1, 4, 4), np.float32), {}, ValueError, r"x must have 4 dimensions"),
+    (np.ones((1, 1, 4, 4), np.float32), dict(kernel_size=0), ValueError, r"kernel_size must be >= 1"),
+    (np.ones((1, 1, 4, 4), np.float32), dict(kernel_size=2, stride=(1, 0)), ValueError, r"stride must be >= 1"),
+    (np.ones((1, 1, 8, 8), np.float32), dict(kernel_size=3, stride=2), ValueError,
+     r"input size W=8, filter F=3, stride S=2, padding P=0.*= 3.5, not an integer"),
+    (np.ones((1, 1, 4, 4), np.float32), dict(kernel_size=5), ValueError, r"filter F=5.*< 1"),
+    (np.ones((1, 1, 4, 4), np.float32), dict(kernel_size="2"), TypeError, r"kernel_size must be an int"),
+])
+def test_bad_arguments(backend, no_work, kind, x, kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        OPS[kind][0](backend.asarray(x), **kwargs)
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_backward_rejects_wrong_dy(backend, kind):
+    fwd, bwd = OPS[kind]
+    _, cache = fwd(backend.asarray(np.ones((1, 1, 4, 4), np.float32)), 2)
+    with pytest.raises(ValueError, match=r"dy must have the forward output's shape \(1, 1, 2, 2\)"):
+        bwd(backend.asarray(np.ones((1, 1, 3, 3), np.float32)), cache)
+    with pytest.raises(TypeError, match=r"dy has dtype int32"):
+        bwd(backend.asarray(np.ones((1, 1, 2, 2), np.int32)), cache)

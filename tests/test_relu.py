@@ -1,0 +1,55 @@
+"""ReLU: exact values, the gradient mask (0 at the kink), gradients, errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from gpuconv.gradcheck import numerical_gradient_array, relative_error
+from gpuconv.ops import relu_backward, relu_forward
+
+HYPO = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def test_hand_values(backend):
+    x = np.array([[-2.0, -0.0, 0.0, 0.5, 3.0]], np.float32)
+    y, cache = relu_forward(backend.asarray(x))
+    np.testing.assert_array_equal(backend.asnumpy(y), [[0, 0, 0, 0.5, 3]])
+    dx = relu_backward(backend.asarray(np.array([[1, 2, 3, 4, 5]], np.float32)), cache)
+    np.testing.assert_array_equal(backend.asnumpy(dx), [[0, 0, 0, 4, 5]])  # 0 at the kink, as PyTorch
+
+
+@HYPO
+@given(x=hnp.arrays(np.float32, hnp.array_shapes(min_dims=1, max_dims=4, max_side=5),
+                    elements=st.floats(-1e6, 1e6, width=32)))
+def test_bit_exact_against_numpy(backend, x):
+    y, cache = relu_forward(backend.asarray(x))
+    assert y.dtype == np.float32 and y.shape == x.shape
+    np.testing.assert_array_equal(backend.asnumpy(y), np.maximum(x, 0))
+    dy = np.ones_like(x)
+    np.testing.assert_array_equal(backend.asnumpy(relu_backward(backend.asarray(dy), cache)), (x > 0).astype(np.float32))
+
+
+def test_gradient_float64(backend):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 4, 5))
+    x[np.abs(x) < 1e-3] = 0.5  # keep away from the kink, where central differences straddle it
+    x = backend.asarray(x)
+    y, cache = relu_forward(x)
+    dy = backend.asarray(rng.standard_normal(y.shape))
+    num = numerical_gradient_array(lambda a: relu_forward(a)[0], x, dy)
+    assert relative_error(relu_backward(dy, cache), num) < 1e-6
+
+
+def test_errors(backend):
+    with pytest.raises(TypeError, match=r"x has dtype int64.*astype\(np.float32\)"):
+        relu_forward(backend.asarray(np.arange(3)))
+    with pytest.raises(TypeError, match=r"x must be a numpy or cupy array, got list"):
+        relu_forward([1.0, -1.0])
+    _, cache = relu_forward(backend.asarray(np.ones((2, 3), np.float32)))
+    with pytest.raises(ValueError, match=r"dy must have the forward input's shape \(2, 3\)"):
+        relu_backward(backend.asarray(np.ones((3, 2), np.float32)), cache)
+    with pytest.raises(TypeError, match=r"dy has dtype float64 but x has dtype float32"):
+        relu_backward(backend.asarray(np.ones((2, 3))), cache)
