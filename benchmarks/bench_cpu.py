@@ -1,0 +1,424 @@
+"""CPU benchmark of the NumPy path: validate, then time; PyTorch CPU beside it when installed.
+
+Cases (batch ``--batch``, CIFAR-10 sizes, float32):
+  conv2d forward + backward (dx, dw, db) at the convolutions of seed_net, three_layer_convnet
+      and ResNet-9 (fast_net at width 64);
+  max pooling forward + backward (2x2 and the overlapping 3x3 stride 2);
+  one full training step (forward, softmax cross-entropy, backward, SGD with Nesterov momentum)
+      of three_layer_convnet and a narrow fast_net (``--width``).
+
+Every case is checked before it is timed: against PyTorch when ``import torch`` works (the same
+weights copied in), else against an independent float64 NumPy reference (convolution and
+pooling written out tap by tap here; the models run again in float64). Times are the median of
+``--repeats`` runs after ``--warmup`` runs. GFLOP/s counts 2 flops per multiply-add (a conv
+forward+backward is 3 GEMMs of the forward's size); pooling rates count window comparisons.
+The ratio is gpuconv time / PyTorch time (below 1: gpuconv is faster). The issue's target: within
+2x of PyTorch on conv2d forward+backward.
+
+    python benchmarks/bench_cpu.py                 # the table
+    python benchmarks/bench_cpu.py --quick         # small batch, fewer cases (a smoke run)
+    python benchmarks/bench_cpu.py --json out.json # also the results as JSON ('-' for stdout)
+    python benchmarks/bench_cpu.py --threads 1     # one BLAS/torch thread (stable on a busy machine)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+
+
+def _threads_from_argv(argv):
+    for i, a in enumerate(argv):
+        if a == "--threads" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--threads="):
+            return a.split("=", 1)[1]
+    return None
+
+
+# BLAS reads its thread count when it loads, so --threads must act before numpy is imported.
+# One thread each is the fair setting on a shared machine: a multithreaded OpenBLAS on
+# oversubscribed cores spins and can run 10x slower than one thread.
+_THREADS = _threads_from_argv(sys.argv[1:]) if __name__ == "__main__" else None
+if _THREADS is not None:
+    for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[_var] = _THREADS
+
+import numpy as np  # noqa: E402
+
+import gpuconv  # noqa: E402
+from gpuconv import layers as L  # noqa: E402
+from gpuconv import models, ops  # noqa: E402
+from gpuconv.optim import SGD  # noqa: E402
+
+# (name, in channels, out channels, image size, filter, padding)
+CONV_CASES = [
+    ("seed_net conv 3->12 3x3", 3, 12, 32, 3, 1),
+    ("three_layer conv 3->32 7x7", 3, 32, 32, 7, 3),
+    ("resnet9 prep 3->64 3x3", 3, 64, 32, 3, 1),
+    ("resnet9 layer1 64->128 3x3", 64, 128, 32, 3, 1),
+    ("resnet9 res1 128->128 3x3", 128, 128, 16, 3, 1),
+    ("resnet9 layer2 128->256 3x3", 128, 256, 16, 3, 1),
+    ("resnet9 layer3 256->512 3x3", 256, 512, 8, 3, 1),
+    ("resnet9 res3 512->512 3x3", 512, 512, 4, 3, 1),
+]
+# (name, channels, image size, kernel, stride)
+POOL_CASES = [
+    ("maxpool 2x2 128ch @32", 128, 32, 2, 2),
+    ("maxpool 3x3 s2 64ch @33", 64, 33, 3, 2),
+]
+QUICK_CONV = {"three_layer conv 3->32 7x7", "resnet9 res1 128->128 3x3"}
+QUICK_POOL = {"maxpool 2x2 128ch @32"}
+
+
+# ----------------------------------------------------------------------------- timing
+def median_time(fn, warmup, repeats):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def rel_err(got, want):
+    """max |got - want| / max |want|: an error relative to the array's scale, not per element."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    return float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-30))
+
+
+# ----------------------------------------------------------------------------- float64 references
+def conv_reference(x, w, b, pad, dy):
+    """Direct convolution, one tensordot per filter tap, in float64: y, dx, dw, db."""
+    x, w, b, dy = (a.astype(np.float64) for a in (x, w, b, dy))
+    n, c, h, wd = x.shape
+    k, _, fh, fw = w.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    oh, ow = h + 2 * pad - fh + 1, wd + 2 * pad - fw + 1
+    y = np.zeros((n, k, oh, ow))
+    dxp = np.zeros_like(xp)
+    dw = np.zeros_like(w)
+    for i in range(fh):
+        for j in range(fw):
+            patch = xp[:, :, i:i + oh, j:j + ow]
+            y += np.einsum("kc,nchw->nkhw", w[:, :, i, j], patch, optimize=True)
+            dw[:, :, i, j] = np.einsum("nkhw,nchw->kc", dy, patch, optimize=True)
+            dxp[:, :, i:i + oh, j:j + ow] += np.einsum("kc,nkhw->nchw", w[:, :, i, j], dy, optimize=True)
+    y += b[None, :, None, None]
+    return y, dxp[:, :, pad:pad + h, pad:pad + wd], dw, dy.sum(axis=(0, 2, 3))
+
+
+def max_pool_reference(x, k, s, dy):
+    """Max pooling by explicit window loops over the (few) output positions' taps, float64."""
+    n, c, h, w = x.shape
+    oh, ow = (h - k) // s + 1, (w - k) // s + 1
+    win = np.stack([x[:, :, i:i + s * oh:s, j:j + s * ow:s] for i in range(k) for j in range(k)])
+    y = win.max(axis=0)
+    first = np.argmax(win == y, axis=0)  # the first tap attaining the max (ties: row-major first)
+    dx = np.zeros_like(x, dtype=np.float64)
+    for t in range(k * k):
+        i, j = divmod(t, k)
+        dx[:, :, i:i + s * oh:s, j:j + s * ow:s] += np.where(first == t, dy, 0.0)
+    return y, dx
+
+
+# ----------------------------------------------------------------------------- torch mirror
+def load_torch(enabled, threads=None):
+    if not enabled:
+        return None
+    try:
+        import torch
+    except Exception:  # not installed, or a broken install: the NumPy-only run still stands
+        return None
+    if threads:
+        torch.set_num_threads(threads)
+    return torch
+
+
+def torch_mirror(torch, layer):
+    """A torch.nn module with the same structure and the same weights as a gpuconv layer."""
+    nn = torch.nn
+
+    def t(a):
+        return torch.from_numpy(np.array(gpuconv.asnumpy(a), dtype=np.float32))
+
+    class Residual(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return x + self.inner(x)
+
+    class Scale(nn.Module):
+        def __init__(self, factor):
+            super().__init__()
+            self.factor = factor
+
+        def forward(self, x):
+            return x * self.factor
+
+    if isinstance(layer, L.Sequential):
+        from collections import OrderedDict
+        return nn.Sequential(OrderedDict((name, torch_mirror(torch, child)) for name, child in layer.named_children()))
+    if isinstance(layer, L.Residual):
+        return Residual(torch_mirror(torch, layer.inner))
+    if isinstance(layer, L.Scale):
+        return Scale(layer.factor)
+    if isinstance(layer, L.ReLU):
+        return nn.ReLU()
+    if isinstance(layer, L.Flatten):
+        return nn.Flatten()
+    if isinstance(layer, L.AvgPool2d):
+        return nn.AvgPool2d(layer.kernel_size, layer.stride)
+    if isinstance(layer, L.MaxPool2d):
+        return nn.MaxPool2d(layer.kernel_size, layer.stride)
+    if isinstance(layer, L.Conv2d):
+        m = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
+                      bias=layer.bias is not None)
+    elif isinstance(layer, L.Linear):
+        m = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
+    elif isinstance(layer, L.BatchNorm2d):
+        m = nn.BatchNorm2d(layer.num_features, eps=layer.eps, momentum=layer.momentum)
+        m.running_mean.copy_(t(layer.running_mean))
+        m.running_var.copy_(t(layer.running_var))
+    else:
+        raise TypeError(f"no torch counterpart for {type(layer).__name__}")
+    with torch.no_grad():
+        m.weight.copy_(t(layer.weight.data))
+        if layer.bias is not None:
+            m.bias.copy_(t(layer.bias.data))
+    return m
+
+
+# ----------------------------------------------------------------------------- cases
+def conv_case(name, c, k, hw, f, pad, args, torch):
+    rng = np.random.default_rng(0)
+    n = args.batch
+    x = rng.standard_normal((n, c, hw, hw)).astype(np.float32)
+    bound = 1 / np.sqrt(c * f * f)
+    w = rng.uniform(-bound, bound, (k, c, f, f)).astype(np.float32)
+    b = rng.uniform(-bound, bound, k).astype(np.float32)
+    dy = rng.standard_normal((n, k, hw + 2 * pad - f + 1, hw + 2 * pad - f + 1)).astype(np.float32)
+
+    def ours():
+        y, cache = ops.conv2d_forward(x, w, b, stride=1, padding=pad)
+        return (y,) + tuple(ops.conv2d_backward(dy, cache))
+
+    got = ours()
+    if torch is not None:
+        xt, wt, bt = (torch.from_numpy(a).requires_grad_() for a in (x, w, b))
+        yt = torch.nn.functional.conv2d(xt, wt, bt, padding=pad)
+        yt.backward(torch.from_numpy(dy))
+        want, check = (yt.detach().numpy(), xt.grad.numpy(), wt.grad.numpy(), bt.grad.numpy()), "torch"
+    else:
+        want, check = conv_reference(x, w, b, pad, dy), "float64"
+    err = max(rel_err(g, r) for g, r in zip(got, want))
+    flops = 3 * 2.0 * n * k * c * f * f * dy.shape[2] * dy.shape[3]
+    row = {"case": name, "kind": "conv2d fwd+bwd", "shape": f"{n}x{c}x{hw}x{hw} * {k}x{c}x{f}x{f}",
+           "flops": flops, "check": check, "max_rel_err": err, "ok": err < 1e-4}
+    row["gpuconv_s"] = median_time(ours, args.warmup, args.repeats)
+    if torch is not None:
+        def theirs():
+            xt.grad = wt.grad = bt.grad = None
+            torch.nn.functional.conv2d(xt, wt, bt, padding=pad).backward(torch.from_numpy(dy))
+        row["torch_s"] = median_time(theirs, args.warmup, args.repeats)
+    return row
+
+
+def pool_case(name, c, hw, k, s, args, torch):
+    rng = np.random.default_rng(1)
+    n = args.batch
+    x = rng.standard_normal((n, c, hw, hw)).astype(np.float32)
+    o = (hw - k) // s + 1
+    dy = rng.standard_normal((n, c, o, o)).astype(np.float32)
+
+    def ours():
+        y, cache = ops.max_pool2d_forward(x, kernel_size=k, stride=s)
+        return y, ops.max_pool2d_backward(dy, cache)
+
+    got = ours()
+    if torch is not None:
+        xt = torch.from_numpy(x).requires_grad_()
+        yt = torch.nn.functional.max_pool2d(xt, k, s)
+        yt.backward(torch.from_numpy(dy))
+        want, check = (yt.detach().numpy(), xt.grad.numpy()), "torch"
+    else:
+        want, check = max_pool_reference(x, k, s, dy), "float64"
+    err = max(rel_err(g, r) for g, r in zip(got, want))
+    row = {"case": name, "kind": "max_pool2d fwd+bwd", "shape": f"{n}x{c}x{hw}x{hw} k{k} s{s}",
+           "flops": float(n * c * o * o * k * k), "check": check, "max_rel_err": err, "ok": err < 1e-6}
+    row["gpuconv_s"] = median_time(ours, args.warmup, args.repeats)
+    if torch is not None:
+        def theirs():
+            xt.grad = None
+            torch.nn.functional.max_pool2d(xt, k, s).backward(torch.from_numpy(dy))
+        row["torch_s"] = median_time(theirs, args.warmup, args.repeats)
+    return row
+
+
+def forward_flops(layer, x):
+    """(y, multiply-add flops of the convolutions and linear layers) for one forward."""
+    if isinstance(layer, L.Sequential):
+        total = 0.0
+        for child in layer:
+            x, f = forward_flops(child, x)
+            total += f
+        return x, total
+    if isinstance(layer, L.Residual):
+        y, f = forward_flops(layer.inner, x)
+        return x + y, f
+    y = layer(x)
+    if isinstance(layer, L.Conv2d):
+        kh, kw = layer.kernel_size
+        return y, 2.0 * y.size * layer.in_channels * kh * kw
+    if isinstance(layer, L.Linear):
+        return y, 2.0 * y.size * layer.in_features
+    return y, 0.0
+
+
+def train_case(name, make_model, args, torch):
+    rng = np.random.default_rng(2)
+    n = args.batch
+    x = rng.standard_normal((n, 3, 32, 32)).astype(np.float32)
+    labels = rng.integers(0, 10, n)
+    model = make_model()
+    opt = SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
+
+    def forward_backward(m):
+        m.zero_grad()
+        loss, dlogits = ops.softmax_cross_entropy(m(x), labels)
+        m.backward(dlogits)
+        return loss
+
+    if torch is not None:
+        tm = torch_mirror(torch, model)
+        xt, yt = torch.from_numpy(x), torch.from_numpy(labels)
+        tloss = torch.nn.functional.cross_entropy(tm(xt), yt)
+        tloss.backward()
+        loss = forward_backward(model)
+        tgrads = dict(tm.named_parameters())
+        err = rel_err(loss, tloss.item())
+        for pname, p in model.named_parameters():
+            err = max(err, rel_err(p.grad, tgrads[pname].grad.numpy()))
+        check, tol = "torch", 1e-3  # gradients of a deep float32 net through batch norm
+    else:
+        ref = make_model().astype(np.float64)
+        ref.load_state_dict(model.state_dict())
+        loss = forward_backward(model)
+        ref_loss, dref = ops.softmax_cross_entropy(ref(x.astype(np.float64)), labels)
+        ref.backward(dref)
+        refgrads = dict(ref.named_parameters())
+        err = rel_err(loss, ref_loss)
+        for pname, p in model.named_parameters():
+            err = max(err, rel_err(p.grad, refgrads[pname].grad))
+        check, tol = "float64", 1e-3
+    _, fwd = forward_flops(make_model(), x)
+
+    def ours():
+        forward_backward(model)
+        opt.step()
+
+    row = {"case": name, "kind": "train step", "shape": f"batch {n}", "flops": 3 * fwd, "check": check,
+           "max_rel_err": err, "ok": err < tol}
+    row["gpuconv_s"] = median_time(ours, args.warmup, args.repeats)
+    if torch is not None:
+        topt = torch.optim.SGD(tm.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
+
+        def theirs():
+            topt.zero_grad()
+            torch.nn.functional.cross_entropy(tm(xt), yt).backward()
+            topt.step()
+        row["torch_s"] = median_time(theirs, args.warmup, args.repeats)
+    return row
+
+
+# ----------------------------------------------------------------------------- report
+def print_table(rows, header):
+    print(header)
+    cols = ["case", "shape", "check", "err", "gpuconv ms", "GFLOP/s", "torch ms", "GFLOP/s", "ratio"]
+    lines = []
+    for r in rows:
+        t_ours, t_torch = r["gpuconv_s"], r.get("torch_s")
+        lines.append([r["case"], r["shape"], r["check"] + ("" if r["ok"] else " FAIL"), f"{r['max_rel_err']:.1e}",
+                      f"{1e3 * t_ours:.2f}", f"{r['flops'] / t_ours / 1e9:.2f}",
+                      "-" if t_torch is None else f"{1e3 * t_torch:.2f}",
+                      "-" if t_torch is None else f"{r['flops'] / t_torch / 1e9:.2f}",
+                      "-" if t_torch is None else f"{t_ours / t_torch:.2f}x"])
+    widths = [max(len(c), *(len(line[i]) for line in lines)) for i, c in enumerate(cols)]
+    fmt = "  ".join(f"{{:{'<' if i < 3 else '>'}{w}}}" for i, w in enumerate(widths))
+    print(fmt.format(*cols))
+    print("  ".join("-" * w for w in widths))
+    for line in lines:
+        print(fmt.format(*line))
+    print("ratio = gpuconv time / PyTorch time; pooling 'GFLOP/s' counts window comparisons")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--batch", type=int, default=32, help="batch size of every case (default 32)")
+    p.add_argument("--width", type=int, default=16, help="fast_net width for the training step (default 16)")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per case; the median is reported")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs before timing")
+    p.add_argument("--quick", action="store_true", help="batch 8, a subset of the cases, 3 repeats")
+    p.add_argument("--no-torch", action="store_true", help="skip PyTorch even when it is installed")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads for BLAS (OpenBLAS/MKL/OpenMP) and torch; default: their own defaults")
+    p.add_argument("--only", choices=["conv", "pool", "train"], action="append",
+                   help="run only these groups (repeatable)")
+    p.add_argument("--json", metavar="PATH", nargs="?", const="-",
+                   help="also write the results as JSON to PATH ('-' or no value: stdout)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.batch, args.repeats = min(args.batch, 8), min(args.repeats, 3)
+    if args.batch < 2:
+        p.error("--batch must be >= 2 (batch norm needs two samples)")
+    groups = set(args.only or ["conv", "pool", "train"])
+    if args.threads is not None and args.threads < 1:
+        p.error("--threads must be >= 1")
+    if args.threads is not None and os.environ.get("OPENBLAS_NUM_THREADS") != str(args.threads):
+        print("note: --threads sets the BLAS thread count only when this file runs as a script", file=sys.stderr)
+    torch = load_torch(not args.no_torch, args.threads)
+
+    with gpuconv.default_device("cpu"):
+        rows = []
+        if "conv" in groups:
+            rows += [conv_case(*c, args=args, torch=torch) for c in CONV_CASES if not args.quick or c[0] in QUICK_CONV]
+        if "pool" in groups:
+            rows += [pool_case(*c, args=args, torch=torch) for c in POOL_CASES if not args.quick or c[0] in QUICK_POOL]
+        if "train" in groups:
+            rows.append(train_case("three_layer_convnet", models.three_layer_convnet, args, torch))
+            rows.append(train_case(f"fast_net width {args.width}", lambda: models.fast_net(width=args.width),
+                                   args, torch))
+
+    env = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "python": platform.python_version(),
+           "numpy": np.__version__, "gpuconv": gpuconv.__version__, "cpu": platform.processor() or platform.machine(),
+           "cpu_count": os.cpu_count(), "threads": args.threads, "torch": None if torch is None else torch.__version__,
+           "torch_threads": None if torch is None else torch.get_num_threads(), "batch": args.batch,
+           "repeats": args.repeats, "warmup": args.warmup}
+    header = (f"gpuconv {env['gpuconv']} NumPy path on {env['cpu_count']} CPU(s), numpy {env['numpy']}, "
+              f"torch {env['torch'] or 'not installed'}; threads {args.threads or 'default'}; batch {args.batch}, "
+              f"median of {args.repeats}")
+    if args.json == "-":
+        print(json.dumps({"env": env, "results": rows}, indent=1))
+    else:
+        print_table(rows, header)
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump({"env": env, "results": rows}, fh, indent=1)
+    failed = [r["case"] for r in rows if not r["ok"]]
+    if failed:
+        print(f"validation FAILED for: {', '.join(failed)} (times of those rows are not meaningful)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

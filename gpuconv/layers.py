@@ -1,0 +1,636 @@
+"""Layers: parameters plus a one-line call into ``gpuconv.ops``.
+
+Each layer keeps the cache its op's forward returns and hands it to the op's backward; the
+math lives in the ops, never here. ``backward(dy)`` returns ``dx`` and accumulates parameter
+gradients into ``Parameter.grad`` (set on the first backward, added afterwards, cleared by
+``zero_grad()``), so a layer used twice per step or a gradient summed over micro-batches works.
+
+Caches are kept only in training mode and are dropped by ``backward``: an evaluation pass
+holds no activations, and a backward with no forward in front of it is a RuntimeError
+instead of a silent gradient of stale data. One layer instance used at two places of one
+network would overwrite its own cache: build two layers instead.
+
+Parameters start on the default device (``gpuconv.get_default_device()``; 'cpu' and 'sim'
+give NumPy arrays, 'cuda' CuPy ones) in float32, initialized as PyTorch does
+(``kaiming_uniform_(a=sqrt(5))`` for weights, U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for biases)
+from a seeded NumPy generator, so a seed gives the same network on every device.
+
+Beyond the PyTorch-like API: ``Layer.astype(dtype)`` converts parameters, gradients and
+buffers (float64 copies for gradient checks), and ``Scale(factor)`` multiplies by a constant
+(the output scaling of fast ResNet-style nets).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import NamedTuple
+
+import numpy as np
+
+from . import ops
+from .backend import Device, asnumpy, device_of, get_array_module, get_default_device, is_cupy_array, to_device
+
+__all__ = ["Parameter", "Layer", "Conv2d", "MaxPool2d", "AvgPool2d", "ReLU", "Flatten", "Linear",
+           "BatchNorm2d", "Dropout", "Scale", "Sequential", "Residual", "LoadResult", "StateDictKeyError"]
+
+
+# ----------------------------------------------------------------------------- argument checks
+def _int(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _pair(name, value, minimum):
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"{name} must be an int or an (h, w) pair, got {value!r} of length {len(value)}")
+        return (_int(f"{name}[0]", value[0], minimum), _int(f"{name}[1]", value[1], minimum))
+    v = _int(name, value, minimum)
+    return (v, v)
+
+
+def _kaiming_uniform(rng, shape, fan_in):
+    # PyTorch's default for Conv2d/Linear: kaiming_uniform_(a=sqrt(5)), i.e. gain sqrt(2/(1+a^2))
+    # and bound gain*sqrt(3/fan_in), which works out to 1/sqrt(fan_in).
+    a = math.sqrt(5.0)
+    bound = math.sqrt(2.0 / (1.0 + a * a)) * math.sqrt(3.0 / fan_in)
+    return rng.uniform(-bound, bound, size=shape).astype(np.float32)
+
+
+def _bias_uniform(rng, n, fan_in):
+    bound = 1.0 / math.sqrt(fan_in)
+    return rng.uniform(-bound, bound, size=(n,)).astype(np.float32)
+
+
+def _on_default_device(host_array):
+    return to_device(host_array, get_default_device())
+
+
+def _join(prefix, name):
+    return f"{prefix}.{name}" if prefix else name
+
+
+# ----------------------------------------------------------------------------- parameters
+class Parameter:
+    """A trainable array: ``.data``, its gradient ``.grad`` (None until a backward) and ``.name``."""
+
+    __slots__ = ("data", "grad", "name")
+
+    def __init__(self, data, name="param"):
+        self.data = data
+        self.grad = None
+        self.name = name
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    @property
+    def size(self):
+        return self.data.size
+
+    def accumulate(self, grad):
+        """Set ``.grad`` on the first call, add in place afterwards (until ``zero_grad``)."""
+        if grad.shape != self.data.shape:
+            raise ValueError(f"gradient for parameter {self.name!r} has shape {grad.shape}, "
+                             f"the parameter has {self.data.shape}: the op's backward and the layer disagree")
+        if self.grad is None:
+            self.grad = grad
+        else:
+            self.grad += grad
+
+    def __repr__(self):
+        return f"Parameter({self.name!r}, shape={tuple(self.shape)}, dtype={self.dtype}, device={device_of(self.data)})"
+
+
+class LoadResult(NamedTuple):
+    missing_keys: list
+    unexpected_keys: list
+
+
+class StateDictKeyError(KeyError):
+    """Missing or unexpected keys in ``load_state_dict(strict=True)``."""
+
+    def __str__(self):  # KeyError would print the message as a quoted repr
+        return str(self.args[0])
+
+
+# ----------------------------------------------------------------------------- the base class
+class Layer:
+    """Base class: ``forward``/``backward``, parameters, buffers, modes, devices, state dicts.
+
+    Subclasses list their parameter attributes in ``_param_names`` (each a Parameter or None),
+    their buffers (arrays that are state but not trained, like running statistics) in
+    ``_buffer_names`` and their sub-layers through ``named_children()``."""
+
+    _param_names: tuple = ()
+    _buffer_names: tuple = ()
+
+    def __init__(self):
+        self.training = True
+        self._cache = None
+
+    # --- computation
+    def forward(self, x):
+        raise NotImplementedError(f"{type(self).__name__} does not define forward(x)")
+
+    def backward(self, dy):
+        raise NotImplementedError(f"{type(self).__name__} does not define backward(dy)")
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    def _keep(self, cache):
+        self._cache = cache if self.training else None
+
+    def _take_cache(self):
+        cache = self._cache
+        if cache is None:
+            raise RuntimeError(
+                f"{type(self).__name__}.backward() was called without a cached forward pass: call forward(x) "
+                "in training mode (layer.train()) right before backward(dy); caches are not kept in eval "
+                "mode and are released by each backward")
+        self._cache = None
+        return cache
+
+    # --- structure
+    def named_children(self):
+        return []
+
+    def children(self):
+        return [child for _, child in self.named_children()]
+
+    def named_modules(self, prefix=""):
+        """[(dotted name, layer)] for this layer and every sub-layer, each layer once."""
+        out, seen = [], set()
+
+        def visit(name, layer):
+            if id(layer) in seen:
+                return
+            seen.add(id(layer))
+            out.append((name, layer))
+            for child_name, child in layer.named_children():
+                visit(_join(name, child_name), child)
+
+        visit(prefix, self)
+        return out
+
+    def modules(self):
+        return [m for _, m in self.named_modules()]
+
+    def _own_parameters(self):
+        return [(n, getattr(self, n)) for n in self._param_names if getattr(self, n) is not None]
+
+    def named_parameters(self):
+        """[(dotted name, Parameter)], e.g. ``('0.weight', p)``; a shared Parameter appears once."""
+        out, seen = [], set()
+        for mname, m in self.named_modules():
+            for pname, p in m._own_parameters():
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    out.append((_join(mname, pname), p))
+        return out
+
+    def parameters(self):
+        return [p for _, p in self.named_parameters()]
+
+    def named_buffers(self):
+        """[(dotted name, array)] of the non-trained state, e.g. ``('1.running_mean', a)``."""
+        return [(_join(mname, b), getattr(m, b)) for mname, m in self.named_modules() for b in m._buffer_names]
+
+    def zero_grad(self):
+        """Forget accumulated gradients (``.grad = None``): the next backward sets them afresh."""
+        for p in self.parameters():
+            p.grad = None
+
+    # --- modes
+    def train(self, mode=True):
+        for m in self.modules():
+            m.training = bool(mode)
+            if not mode:
+                m._cache = None
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    # --- devices and dtypes
+    def _convert(self, fn):
+        for m in self.modules():
+            for _, p in m._own_parameters():
+                p.data = fn(p.data)
+                if p.grad is not None:
+                    p.grad = fn(p.grad)
+            for b in m._buffer_names:
+                setattr(m, b, fn(getattr(m, b)))
+            m._cache = None  # a cache holds arrays of the old device or dtype
+        return self
+
+    def to(self, device):
+        """Move parameters, their gradients and buffers to ``device`` ('cpu', 'cuda:N', 'sim')."""
+        dev = Device(device)
+        return self._convert(lambda a: to_device(a, dev))
+
+    def astype(self, dtype):
+        """Convert parameters, gradients and buffers to float32 or float64 (new arrays)."""
+        dt = np.dtype(dtype)
+        if dt not in (np.float32, np.float64):
+            raise TypeError(f"astype(dtype={dtype!r}): layers hold float32 or float64 arrays; "
+                            "use np.float32 (training) or np.float64 (gradient checks)")
+        return self._convert(lambda a: a.astype(dt))
+
+    # --- state
+    def _state_slots(self):
+        """{dotted name: (current array, setter)} over parameters, then buffers, per module."""
+        slots = {}
+        seen = set()
+        for mname, m in self.named_modules():
+            for pname, p in m._own_parameters():
+                if id(p) in seen:
+                    continue
+                seen.add(id(p))
+                slots[_join(mname, pname)] = (p.data, lambda v, p=p: setattr(p, "data", v))
+            for b in m._buffer_names:
+                slots[_join(mname, b)] = (getattr(m, b), lambda v, m=m, b=b: setattr(m, b, v))
+        return slots
+
+    def state_dict(self):
+        """{dotted name: host NumPy copy} of every parameter and buffer (loadable on any device)."""
+        out = {}
+        for name, (arr, _) in self._state_slots().items():
+            host = asnumpy(arr)
+            out[name] = host if is_cupy_array(arr) else np.array(host, copy=True)
+        return out
+
+    def load_state_dict(self, state, strict=True):
+        """Copy arrays from ``state`` (NumPy or CuPy, any device) into this layer's own devices and dtypes.
+
+        With ``strict`` every key must match both ways; shapes must always match. Nothing is
+        changed unless every check passes. Returns ``LoadResult(missing_keys, unexpected_keys)``."""
+        if not isinstance(state, Mapping):
+            raise TypeError(f"load_state_dict: state must be a mapping of names to arrays (as returned by "
+                            f"state_dict()), got {type(state).__name__}")
+        slots = self._state_slots()
+        missing = [k for k in slots if k not in state]
+        unexpected = [k for k in state if k not in slots]
+        if strict and (missing or unexpected):
+            parts = []
+            if missing:
+                parts.append(f"missing key(s) {missing}")
+            if unexpected:
+                parts.append(f"unexpected key(s) {unexpected}")
+            raise StateDictKeyError(
+                f"load_state_dict(strict=True): {' and '.join(parts)}. The state dict comes from a different "
+                f"architecture (or is partial); build the same model, or pass strict=False to load the keys that match")
+        loads = []
+        for name, (current, setter) in slots.items():
+            if name not in state:
+                continue
+            value = state[name]
+            if not is_cupy_array(value):
+                value = np.asarray(value)
+            if not np.issubdtype(value.dtype, np.number):
+                raise TypeError(f"load_state_dict: {name!r} has dtype {value.dtype}, expected a numeric array")
+            if tuple(value.shape) != tuple(current.shape):
+                raise ValueError(
+                    f"load_state_dict: {name!r} has shape {tuple(value.shape)} in the state dict but "
+                    f"{tuple(current.shape)} in the model: it was saved from a model of another size "
+                    "(width, filters, classes); build the model with the same arguments")
+            loads.append((setter, value, current))
+        for setter, value, current in loads:
+            if get_array_module(current) is np:
+                setter(np.array(asnumpy(value), dtype=current.dtype, copy=True))
+            else:
+                setter(to_device(value, device_of(current)).astype(current.dtype))
+        for m in self.modules():
+            m._cache = None
+        return LoadResult(missing, unexpected)
+
+    # --- printing
+    def extra_repr(self):
+        return ""
+
+    def __repr__(self):
+        children = self.named_children()
+        if not children:
+            return f"{type(self).__name__}({self.extra_repr()})"
+        lines = [f"  ({name}): " + repr(child).replace("\n", "\n  ") for name, child in children]
+        return f"{type(self).__name__}(\n" + "\n".join(lines) + "\n)"
+
+
+# ----------------------------------------------------------------------------- layers with parameters
+class Conv2d(Layer):
+    """2-D convolution over NCHW input with OIHW weights (``gpuconv.ops.conv2d_forward``)."""
+
+    _param_names = ("weight", "bias")
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True, seed=None):
+        super().__init__()
+        self.in_channels = _int("in_channels", in_channels, 1)
+        self.out_channels = _int("out_channels", out_channels, 1)
+        self.kernel_size = _pair("kernel_size", kernel_size, 1)
+        self.stride = _pair("stride", stride, 1)
+        self.padding = _pair("padding", padding, 0)
+        fan_in = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
+        rng = np.random.default_rng(seed)
+        w = _kaiming_uniform(rng, (self.out_channels, self.in_channels) + self.kernel_size, fan_in)
+        self.weight = Parameter(_on_default_device(w), "weight")
+        self.bias = Parameter(_on_default_device(_bias_uniform(rng, self.out_channels, fan_in)), "bias") if bias else None
+
+    def forward(self, x):
+        y, cache = ops.conv2d_forward(x, self.weight.data, None if self.bias is None else self.bias.data,
+                                      stride=self.stride, padding=self.padding)
+        self._keep(cache)
+        return y
+
+    def backward(self, dy):
+        dx, dw, db = ops.conv2d_backward(dy, self._take_cache())
+        self.weight.accumulate(dw)
+        if self.bias is not None:
+            self.bias.accumulate(db)
+        return dx
+
+    def extra_repr(self):
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, bias={self.bias is not None}")
+
+
+class Linear(Layer):
+    """Fully connected layer ``y = x.reshape(N, -1) @ W.T + b`` with W as (out_features, in_features)."""
+
+    _param_names = ("weight", "bias")
+
+    def __init__(self, in_features, out_features, bias=True, seed=None):
+        super().__init__()
+        self.in_features = _int("in_features", in_features, 1)
+        self.out_features = _int("out_features", out_features, 1)
+        rng = np.random.default_rng(seed)
+        w = _kaiming_uniform(rng, (self.out_features, self.in_features), self.in_features)
+        self.weight = Parameter(_on_default_device(w), "weight")
+        self.bias = (Parameter(_on_default_device(_bias_uniform(rng, self.out_features, self.in_features)), "bias")
+                     if bias else None)
+
+    def forward(self, x):
+        y, cache = ops.linear_forward(x, self.weight.data, None if self.bias is None else self.bias.data)
+        self._keep(cache)
+        return y
+
+    def backward(self, dy):
+        dx, dw, db = ops.linear_backward(dy, self._take_cache())
+        self.weight.accumulate(dw)
+        if self.bias is not None:
+            self.bias.accumulate(db)
+        return dx
+
+    def extra_repr(self):
+        return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"
+
+
+class BatchNorm2d(Layer):
+    """Batch normalization over (N, H, W) per channel; running statistics are buffers.
+
+    Training mode normalizes with the batch statistics and updates ``running_mean`` /
+    ``running_var`` in place (PyTorch's rule: unbiased variance, ``momentum`` weight on the new
+    value); eval mode normalizes with the running statistics."""
+
+    _param_names = ("weight", "bias")
+    _buffer_names = ("running_mean", "running_var")
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1):
+        super().__init__()
+        self.num_features = _int("num_features", num_features, 1)
+        if not eps > 0:
+            raise ValueError(f"eps must be > 0 (it keeps 1/sqrt(var + eps) finite), got {eps!r}")
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"momentum must be in [0, 1] (the weight of the new batch statistic), got {momentum!r}")
+        self.eps, self.momentum = float(eps), float(momentum)
+        n = self.num_features
+        self.weight = Parameter(_on_default_device(np.ones(n, np.float32)), "weight")
+        self.bias = Parameter(_on_default_device(np.zeros(n, np.float32)), "bias")
+        self.running_mean = _on_default_device(np.zeros(n, np.float32))
+        self.running_var = _on_default_device(np.ones(n, np.float32))
+
+    def forward(self, x):
+        y, cache = ops.batchnorm2d_forward(x, self.weight.data, self.bias.data, self.running_mean, self.running_var,
+                                           training=self.training, momentum=self.momentum, eps=self.eps)
+        self._keep(cache)
+        return y
+
+    def backward(self, dy):
+        dx, dgamma, dbeta = ops.batchnorm2d_backward(dy, self._take_cache())
+        self.weight.accumulate(dgamma)
+        self.bias.accumulate(dbeta)
+        return dx
+
+    def extra_repr(self):
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+
+
+# ----------------------------------------------------------------------------- parameter-free layers
+class MaxPool2d(Layer):
+    """Max pooling; ``stride`` defaults to ``kernel_size``. Gradients go to the argmax of each window."""
+
+    def __init__(self, kernel_size, stride=None):
+        super().__init__()
+        _pair("kernel_size", kernel_size, 1)
+        if stride is not None:
+            _pair("stride", stride, 1)
+        self.kernel_size, self.stride = kernel_size, stride
+
+    def forward(self, x):
+        y, cache = ops.max_pool2d_forward(x, kernel_size=self.kernel_size, stride=self.stride)
+        self._keep(cache)
+        return y
+
+    def backward(self, dy):
+        return ops.max_pool2d_backward(dy, self._take_cache())
+
+    def extra_repr(self):
+        return f"kernel_size={self.kernel_size}, stride={self.stride}"
+
+
+class AvgPool2d(MaxPool2d):
+    """Average pooling; ``stride`` defaults to ``kernel_size``."""
+
+    def forward(self, x):
+        y, cache = ops.avg_pool2d_forward(x, kernel_size=self.kernel_size, stride=self.stride)
+        self._keep(cache)
+        return y
+
+    def backward(self, dy):
+        return ops.avg_pool2d_backward(dy, self._take_cache())
+
+
+class ReLU(Layer):
+    def forward(self, x):
+        y, cache = ops.relu_forward(x)
+        self._keep(cache)
+        return y
+
+    def backward(self, dy):
+        return ops.relu_backward(dy, self._take_cache())
+
+
+class Flatten(Layer):
+    """(N, C, H, W) -> (N, C*H*W); a view, no copy."""
+
+    def forward(self, x):
+        if x.ndim < 1:
+            raise ValueError("Flatten: x must have a batch axis (N, ...), got a 0-d array")
+        self._keep(x.shape)
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, dy):
+        return dy.reshape(self._take_cache())
+
+
+class Scale(Layer):
+    """``y = factor * x``: the fixed output scaling of fast ResNet-style nets (0.125 in ResNet-9).
+
+    Scaling logits down keeps the softmax from saturating early; no op exists for it because
+    it is a single elementwise multiply on whatever array module ``x`` belongs to."""
+
+    def __init__(self, factor):
+        super().__init__()
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor):
+            raise ValueError(f"Scale(factor={factor!r}): factor must be a finite Python number")
+        self.factor = float(factor)
+
+    def forward(self, x):
+        self._keep(True)
+        return x * self.factor  # a Python float keeps x's dtype (NumPy and CuPy weak scalars)
+
+    def backward(self, dy):
+        self._take_cache()
+        return dy * self.factor
+
+    def extra_repr(self):
+        return f"{self.factor}"
+
+
+class Dropout(Layer):
+    """Inverted dropout: in training, zero each value with probability ``p`` and scale the rest
+    by 1/(1-p); identity in eval mode. ``seed`` (an int) makes the masks reproducible; the
+    generator lives on the input's array module (numpy or cupy), one per module."""
+
+    def __init__(self, p=0.5, seed=None):
+        super().__init__()
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
+            raise ValueError(f"Dropout(p={p!r}): p is the DROP probability and must be in [0, 1) "
+                             "(p=1 would leave nothing to rescale); use p=0.5 for the usual rate")
+        if seed is not None:
+            _int("seed", seed, 0)
+        self.p, self.seed = float(p), seed
+        self._rngs = {}
+
+    def _rng(self, xp):
+        if xp.__name__ not in self._rngs:
+            self._rngs[xp.__name__] = xp.random.default_rng(self.seed)
+        return self._rngs[xp.__name__]
+
+    def forward(self, x):
+        rng = self._rng(get_array_module(x)) if self.training else None
+        y, cache = ops.dropout_forward(x, p=self.p, training=self.training, rng=rng)
+        self._keep(cache)
+        return y
+
+    def backward(self, dy):
+        return ops.dropout_backward(dy, self._take_cache())
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+
+# ----------------------------------------------------------------------------- containers
+class Sequential(Layer):
+    """Layers applied in order; backward runs them in reverse.
+
+    ``Sequential(l0, l1, ...)`` names its children '0', '1', ...; ``Sequential({'conv': l0,
+    'bn': l1})`` (any mapping with str keys) uses the given names. Indexable by position,
+    slice or name; ``len()`` and iteration give the layers. Parameters get their full dotted
+    names (``Parameter.name``) from the outermost container built."""
+
+    def __init__(self, *layers):
+        super().__init__()
+        if len(layers) == 1 and isinstance(layers[0], Mapping):
+            items = list(layers[0].items())
+        else:
+            items = [(str(i), layer) for i, layer in enumerate(layers)]
+        for name, layer in items:
+            if not isinstance(name, str) or not name or "." in name:
+                raise ValueError(f"Sequential: child name {name!r} must be a non-empty str without '.'")
+            if not isinstance(layer, Layer):
+                raise TypeError(f"Sequential: child {name!r} is a {type(layer).__name__}, not a gpuconv Layer; "
+                                "wrap it in a Layer subclass with forward and backward")
+        self._layers = dict(items)
+        _name_parameters(self)
+
+    def named_children(self):
+        return list(self._layers.items())
+
+    def __len__(self):
+        return len(self._layers)
+
+    def __iter__(self):
+        return iter(self._layers.values())
+
+    def __getitem__(self, index):
+        if isinstance(index, str):
+            return self._layers[index]
+        items = list(self._layers.items())
+        if isinstance(index, slice):
+            sub = Sequential.__new__(Sequential)  # no renaming: a view of the same layers
+            Layer.__init__(sub)
+            sub._layers = dict(items[index])
+            sub.training = self.training
+            return sub
+        return items[index][1]
+
+    def forward(self, x):
+        for layer in self._layers.values():
+            x = layer(x)
+        return x
+
+    def backward(self, dy):
+        for layer in reversed(list(self._layers.values())):
+            dy = layer.backward(dy)
+        return dy
+
+
+class Residual(Layer):
+    """``y = x + inner(x)``; backward ``dx = dy + inner.backward(dy)``. ``inner`` must keep the shape."""
+
+    def __init__(self, inner):
+        super().__init__()
+        if not isinstance(inner, Layer):
+            raise TypeError(f"Residual(inner): inner must be a gpuconv Layer, got {type(inner).__name__}")
+        self.inner = inner
+        _name_parameters(self)
+
+    def named_children(self):
+        return [("inner", self.inner)]
+
+    def forward(self, x):
+        y = self.inner(x)
+        if y.shape != x.shape:
+            raise ValueError(
+                f"Residual: the inner block maps shape {tuple(x.shape)} to {tuple(y.shape)}, but y = x + inner(x) "
+                "needs equal shapes: keep the channel count and use stride 1 with padding (k - 1) // 2")
+        self._keep(True)
+        return x + y  # a new array: inner's output may sit in a cache of its last layer
+
+    def backward(self, dy):
+        self._take_cache()
+        return dy + self.inner.backward(dy)
+
+
+def _name_parameters(container):
+    for name, p in container.named_parameters():
+        p.name = name

@@ -1,0 +1,3 @@
+"""``gpuconv.nn``: the layers under the name PyTorch users reach for (``from gpuconv import nn``)."""
+from .layers import *  # noqa: F401,F403
+from .layers import __all__  # noqa: F401

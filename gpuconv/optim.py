@@ -1,0 +1,367 @@
+"""Optimizers (SGD, Adam, AdamW) and per-step learning-rate schedules.
+
+Updates follow PyTorch's formulas and run in place on the parameters' own device with the
+array module of each parameter: the learning rate and other hyperparameters are Python
+floats, so a step launches elementwise kernels and never reads a value back to the host.
+Parameters whose ``.grad`` is None are skipped (as in PyTorch).
+
+``state_dict()`` returns a flat dict of host NumPy arrays and Python scalars (it fits
+``np.savez`` and loads with ``allow_pickle=False``); ``load_state_dict`` puts the state back
+on each parameter's device, so saving and restoring in the middle of training continues
+bit for bit. Per-parameter keys are ``state.<index>.<name>`` with the parameter's position
+in the list given to the optimizer.
+
+Schedules step once per iteration (after ``optimizer.step()``), set ``optimizer.lr`` from a
+closed form of ``last_step`` and save/restore that position.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .backend import asnumpy, device_of, get_array_module, is_cupy_array, to_device
+from .layers import Parameter
+
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "LRSchedule", "StepLR", "CosineLR", "OneCycleLR"]
+
+
+def _nonneg(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) \
+            or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def _host_copy(a):
+    host = asnumpy(a)
+    return host if is_cupy_array(a) else np.array(host, copy=True)
+
+
+def _like_param(value, p):
+    """``value`` (host or device array) as a fresh array with the parameter's device and dtype."""
+    if get_array_module(p.data) is np:
+        return np.array(asnumpy(value), dtype=p.data.dtype, copy=True)
+    return to_device(value, device_of(p.data)).astype(p.data.dtype)
+
+
+def _scalar(value):
+    # np.savez turns scalars into 0-d arrays; accept either.
+    return np.asarray(value).reshape(-1)[0].item() if isinstance(value, np.ndarray) else value
+
+
+# ----------------------------------------------------------------------------- optimizers
+class Optimizer:
+    """Base class: holds the parameter list, ``lr``, per-parameter state and the state dict logic.
+
+    Subclasses name their hyperparameters in ``_hyper`` and their per-parameter arrays in
+    ``_slots`` (plus an integer ``step`` count where the update needs it)."""
+
+    _hyper: tuple = ()
+    _slots: tuple = ()
+    _counts_steps = False
+
+    def __init__(self, params, lr):
+        params = list(params)
+        if not params:
+            raise ValueError(f"{type(self).__name__}: the parameter list is empty; pass model.parameters()")
+        for i, p in enumerate(params):
+            if not isinstance(p, Parameter):
+                raise TypeError(f"{type(self).__name__}: params[{i}] is a {type(p).__name__}, not a "
+                                "gpuconv Parameter; pass model.parameters()")
+        if len({id(p) for p in params}) != len(params):
+            raise ValueError(f"{type(self).__name__}: a parameter appears twice in the list; each would be "
+                             "updated twice per step")
+        self.params = params
+        self.lr = lr
+        self.state = [dict() for _ in params]  # per parameter: slot name -> array, 'step' -> int
+
+    @property
+    def lr(self):
+        return self._lr
+
+    @lr.setter
+    def lr(self, value):
+        self._lr = _nonneg("lr", value)
+
+    def zero_grad(self):
+        for p in self.params:
+            p.grad = None
+
+    def step(self):
+        for p, state in zip(self.params, self.state):
+            if p.grad is not None:
+                self._update(p, state)
+
+    def _update(self, p, state):
+        raise NotImplementedError
+
+    def state_dict(self):
+        out = {"optimizer": type(self).__name__, "num_params": len(self.params), "lr": self.lr}
+        for name in self._hyper:
+            out[name] = getattr(self, name)
+        for i, state in enumerate(self.state):
+            for key, value in state.items():
+                out[f"state.{i}.{key}"] = value if key == "step" else _host_copy(value)
+        return out
+
+    def load_state_dict(self, d):
+        kind = str(_scalar(d.get("optimizer", "")))
+        if kind != type(self).__name__:
+            raise ValueError(f"{type(self).__name__}.load_state_dict: the state dict was saved by optimizer "
+                             f"{kind!r}; build a {kind} to load it")
+        n = int(_scalar(d["num_params"]))
+        if n != len(self.params):
+            raise ValueError(f"{type(self).__name__}.load_state_dict: the state dict holds {n} parameters, this "
+                             f"optimizer {len(self.params)}: build it over the same model's parameters()")
+        states = [dict() for _ in self.params]
+        for key, value in d.items():
+            if not key.startswith("state."):
+                continue
+            _, idx, name = key.split(".", 2)
+            i, p = int(idx), self.params[int(idx)]
+            if name == "step":
+                states[i][name] = int(_scalar(value))
+                continue
+            if name not in self._slots:
+                raise ValueError(f"{type(self).__name__}.load_state_dict: unknown state entry {key!r}")
+            if tuple(np.shape(value)) != tuple(p.shape):
+                raise ValueError(f"{type(self).__name__}.load_state_dict: {key!r} has shape {tuple(np.shape(value))}, "
+                                 f"parameter {i} ({p.name!r}) has {tuple(p.shape)}: the model differs")
+            states[i][name] = _like_param(value, p)
+        self.lr = float(_scalar(d["lr"]))
+        for name in self._hyper:
+            value = _scalar(d[name])
+            setattr(self, name, type(getattr(self, name))(value))
+        self.state = states
+
+    def __repr__(self):
+        hyper = ", ".join(f"{n}={getattr(self, n)}" for n in self._hyper)
+        return f"{type(self).__name__}({len(self.params)} params, lr={self.lr}, {hyper})"
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent, PyTorch's formulation (dampening 0).
+
+    ``g = grad + weight_decay * p``; with momentum ``b = momentum * b + g`` (``b = g`` on the
+    first step), then ``g = g + momentum * b`` (Nesterov) or ``g = b``; ``p -= lr * g``."""
+
+    _hyper = ("momentum", "nesterov", "weight_decay")
+    _slots = ("momentum_buffer",)
+
+    def __init__(self, params, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
+        super().__init__(params, lr)
+        self.momentum = _nonneg("momentum", momentum)
+        self.weight_decay = _nonneg("weight_decay", weight_decay)
+        self.nesterov = bool(nesterov)
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("SGD(nesterov=True) needs momentum > 0 (Nesterov is a momentum method); "
+                             "pass momentum=0.9, say")
+
+    def _update(self, p, state):
+        g = p.grad
+        if self.weight_decay:
+            g = g + self.weight_decay * p.data
+        if self.momentum:
+            buf = state.get("momentum_buffer")
+            if buf is None:
+                buf = state["momentum_buffer"] = g.copy()
+            else:
+                buf *= self.momentum
+                buf += g
+            g = g + self.momentum * buf if self.nesterov else buf
+        p.data -= self.lr * g
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba) as in PyTorch, with L2 ``weight_decay`` added to the gradient.
+
+    ``m = b1 m + (1-b1) g``, ``v = b2 v + (1-b2) g^2``,
+    ``p -= lr / (1-b1^t) * m / (sqrt(v) / sqrt(1-b2^t) + eps)``."""
+
+    _hyper = ("beta1", "beta2", "eps", "weight_decay")
+    _slots = ("exp_avg", "exp_avg_sq")
+    _decoupled = False
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        super().__init__(params, lr)
+        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
+        self.beta1, self.beta2 = float(betas[0]), float(betas[1])
+        self.eps = _nonneg("eps", eps)
+        self.weight_decay = _nonneg("weight_decay", weight_decay)
+
+    @property
+    def betas(self):
+        return (self.beta1, self.beta2)
+
+    def _update(self, p, state):
+        xp = get_array_module(p.data)
+        g = p.grad
+        if self.weight_decay:
+            if self._decoupled:
+                p.data *= 1.0 - self.lr * self.weight_decay
+            else:
+                g = g + self.weight_decay * p.data
+        if "exp_avg" not in state:
+            state["exp_avg"] = xp.zeros_like(p.data)
+            state["exp_avg_sq"] = xp.zeros_like(p.data)
+            state["step"] = 0
+        state["step"] += 1
+        t, m, v = state["step"], state["exp_avg"], state["exp_avg_sq"]
+        m *= self.beta1
+        m += (1.0 - self.beta1) * g
+        v *= self.beta2
+        v += (1.0 - self.beta2) * (g * g)
+        denom = xp.sqrt(v)
+        denom /= math.sqrt(1.0 - self.beta2 ** t)
+        denom += self.eps
+        p.data -= (self.lr / (1.0 - self.beta1 ** t)) * (m / denom)
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter): ``p *= 1 - lr * weight_decay``
+    before the Adam step, instead of adding ``weight_decay * p`` to the gradient."""
+
+    _decoupled = True
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
+        super().__init__(params, lr, betas, eps, weight_decay)
+
+
+# ----------------------------------------------------------------------------- schedules
+class LRSchedule:
+    """Base class: ``lr_at(step)`` is the closed form; ``step()`` advances ``last_step`` and sets
+    ``optimizer.lr``. Construction sets the step-0 value, as PyTorch's schedulers do."""
+
+    _hyper: tuple = ()
+
+    def __init__(self, optimizer):
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"{type(self).__name__}: optimizer must be a gpuconv.optim optimizer, "
+                            f"got {type(optimizer).__name__}")
+        self.optimizer = optimizer
+        self.base_lr = optimizer.lr
+        self.last_step = 0
+        optimizer.lr = self.lr_at(0)
+
+    def lr_at(self, step):
+        raise NotImplementedError
+
+    def step(self):
+        self.last_step += 1
+        self.optimizer.lr = self.lr_at(self.last_step)
+
+    def get_last_lr(self):
+        return self.optimizer.lr
+
+    def state_dict(self):
+        out = {"schedule": type(self).__name__, "last_step": self.last_step, "base_lr": self.base_lr}
+        out.update({n: getattr(self, n) for n in self._hyper})
+        return out
+
+    def load_state_dict(self, d):
+        kind = str(_scalar(d.get("schedule", "")))
+        if kind != type(self).__name__:
+            raise ValueError(f"{type(self).__name__}.load_state_dict: the state dict was saved by schedule "
+                             f"{kind!r}; build a {kind} to load it")
+        for name in self._hyper:
+            setattr(self, name, type(getattr(self, name))(_scalar(d[name])))
+        self.base_lr = float(_scalar(d["base_lr"]))
+        self.last_step = int(_scalar(d["last_step"]))
+        self.optimizer.lr = self.lr_at(self.last_step)
+
+
+def _positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+class StepLR(LRSchedule):
+    """``lr = base_lr * gamma ** (step // step_size)``."""
+
+    _hyper = ("step_size", "gamma")
+
+    def __init__(self, optimizer, step_size, gamma=0.1):
+        self.step_size = _positive_int("step_size", step_size)
+        self.gamma = _nonneg("gamma", gamma)
+        super().__init__(optimizer)
+
+    def lr_at(self, step):
+        return self.base_lr * self.gamma ** (step // self.step_size)
+
+
+class CosineLR(LRSchedule):
+    """Linear warm-up, then cosine decay from ``base_lr`` to ``min_lr``.
+
+    For ``step < warmup_steps``: ``lr = base_lr * (step + 1) / warmup_steps`` (the first update
+    already moves; the last warm-up step reaches ``base_lr``). Then with
+    ``t = min(1, (step - warmup_steps) / (total_steps - warmup_steps))``:
+    ``lr = min_lr + (base_lr - min_lr) * (1 + cos(pi t)) / 2``; ``min_lr`` from ``total_steps`` on."""
+
+    _hyper = ("total_steps", "min_lr", "warmup_steps")
+
+    def __init__(self, optimizer, total_steps, min_lr=0.0, warmup_steps=0):
+        self.total_steps = _positive_int("total_steps", total_steps)
+        self.min_lr = _nonneg("min_lr", min_lr)
+        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, (int, np.integer)) \
+                or not 0 <= warmup_steps < self.total_steps:
+            raise ValueError(f"warmup_steps must be an integer in [0, total_steps={self.total_steps}), "
+                             f"got {warmup_steps!r}")
+        self.warmup_steps = int(warmup_steps)
+        super().__init__(optimizer)
+
+    def lr_at(self, step):
+        if step < self.warmup_steps:
+            return self.base_lr * (step + 1) / self.warmup_steps
+        t = min(1.0, (step - self.warmup_steps) / (self.total_steps - self.warmup_steps))
+        return self.min_lr + (self.base_lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+class OneCycleLR(LRSchedule):
+    """The one-cycle policy of PyTorch's ``OneCycleLR`` (two phases, ``three_phase=False``).
+
+    ``initial_lr = max_lr / div_factor`` rises to ``max_lr`` over the first
+    ``pct_start * total_steps - 1`` steps, then falls to ``initial_lr / final_div_factor`` at
+    step ``total_steps - 1``. ``anneal_strategy`` 'cos' (PyTorch's default) interpolates with
+    ``end + (start - end) * (1 + cos(pi t)) / 2``, 'linear' with ``start + (end - start) t``.
+    The optimizer's own lr is ignored. Unlike PyTorch, momentum is not cycled (as with
+    ``cycle_momentum=False``), and the step after the last (``total_steps``) keeps the final lr
+    where PyTorch extrapolates. Stepping past ``total_steps`` is an error, as in PyTorch."""
+
+    _hyper = ("max_lr", "total_steps", "pct_start", "div_factor", "final_div_factor", "anneal_strategy")
+
+    def __init__(self, optimizer, max_lr, total_steps, pct_start=0.25, div_factor=25.0, final_div_factor=1e4,
+                 anneal_strategy="cos"):
+        self.max_lr = _nonneg("max_lr", max_lr)
+        self.total_steps = _positive_int("total_steps", total_steps)
+        if not 0.0 < pct_start < 1.0:
+            raise ValueError(f"pct_start must be in (0, 1) (the fraction of steps spent rising), got {pct_start!r}")
+        self.pct_start = float(pct_start)
+        if not div_factor > 0 or not final_div_factor > 0:
+            raise ValueError(f"div_factor and final_div_factor must be > 0, got {div_factor!r} and {final_div_factor!r}")
+        self.div_factor, self.final_div_factor = float(div_factor), float(final_div_factor)
+        if anneal_strategy not in ("cos", "linear"):
+            raise ValueError(f"anneal_strategy must be 'cos' or 'linear', got {anneal_strategy!r}")
+        self.anneal_strategy = str(anneal_strategy)
+        super().__init__(optimizer)
+
+    def _anneal(self, start, end, t):
+        if self.anneal_strategy == "cos":
+            return end + (start - end) / 2.0 * (math.cos(math.pi * t) + 1.0)
+        return (end - start) * t + start
+
+    def lr_at(self, step):
+        if step > self.total_steps:
+            raise ValueError(f"OneCycleLR was stepped to step {step}, past total_steps={self.total_steps}: "
+                             "set total_steps to epochs * steps_per_epoch of the run")
+        initial = self.max_lr / self.div_factor
+        final = initial / self.final_div_factor
+        peak_step = self.pct_start * self.total_steps - 1.0
+        if step <= peak_step:  # peak_step > 0 here unless pct_start * total_steps <= 1
+            return self._anneal(initial, self.max_lr, step / peak_step if peak_step > 0 else 1.0)
+        # t is clamped at 1: PyTorch extrapolates at step == total_steps (an lr no update uses),
+        # which goes negative with 'linear'.
+        t = min(1.0, (step - peak_step) / (self.total_steps - 1.0 - peak_step))
+        return self._anneal(self.max_lr, final, t)

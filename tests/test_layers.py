@@ -1,0 +1,393 @@
+"""Layers: gradients against central differences in float64, composition, modes, devices, state."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import gpuconv
+from gpuconv import backend as B
+from gpuconv.gradcheck import numerical_gradient_array, relative_error
+from gpuconv.layers import (AvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten, Layer, Linear, MaxPool2d, Parameter,
+                            ReLU, Residual, Scale, Sequential, StateDictKeyError)
+
+TOL = 1e-6
+
+
+# ----------------------------------------------------------------------------- gradient checks
+def _away_from_zero(rng, shape, margin=0.05):
+    """Values with |v| >= margin: central differences never straddle a ReLU kink."""
+    v = rng.uniform(margin, 1.0, size=shape)
+    return v * rng.choice([-1.0, 1.0], size=shape)
+
+
+def _distinct(rng, shape):
+    """Values 0.01 apart in random order: no ties or near-ties inside a max-pool window."""
+    n = int(np.prod(shape))
+    return (rng.permutation(n).reshape(shape) - n / 2) * 0.01
+
+
+def check_layer_gradients(layer, x_host, backend, seed=0, make=None):
+    """Analytic dx and parameter gradients of ``layer`` vs central differences, in float64.
+
+    ``make`` (optional) builds a fresh layer for every evaluation (Dropout: the same seed gives
+    the same mask)."""
+    layer.astype(np.float64)
+    x = backend.asarray(np.ascontiguousarray(x_host, dtype=np.float64))
+    fresh = (lambda: make().to(backend.device).astype(np.float64)) if make else (lambda: layer)
+
+    y = layer(x)
+    dy = backend.asarray(np.random.default_rng(seed).standard_normal(y.shape))
+    layer.zero_grad()
+    dx = layer.backward(dy)
+    assert dx.shape == x.shape and dx.dtype == np.float64
+    assert B.get_array_module(dx) is backend.xp
+
+    # .copy(): a layer may return a view of its input (Flatten), which the perturbation would move
+    num_dx = numerical_gradient_array(lambda a: fresh().forward(a).copy(), x, dy)
+    err = relative_error(backend.asnumpy(dx), backend.asnumpy(num_dx))
+    assert err < TOL, f"dx relative error {err:.2e}"
+    for name, p in layer.named_parameters():
+        assert p.grad is not None and p.grad.shape == p.shape, name
+        num = numerical_gradient_array(lambda _: layer.forward(x), p.data, dy)
+        err = relative_error(backend.asnumpy(p.grad), backend.asnumpy(num))
+        assert err < TOL, f"{name}: relative error {err:.2e}"
+    return dx
+
+
+# Shapes stay tiny: on 'sim' every numerical-gradient evaluation is a kernel launch on the simulator.
+@pytest.mark.parametrize("kernel_size,stride,padding,bias", [(3, 1, 0, True), (3, 1, 1, False), (2, 2, 1, True),
+                                                             ((2, 3), (2, 1), (0, 1), True)])
+def test_conv2d_gradients(backend, kernel_size, stride, padding, bias):
+    rng = np.random.default_rng(0)
+    layer = Conv2d(2, 3, kernel_size, stride=stride, padding=padding, bias=bias, seed=1)
+    assert (layer.bias is not None) == bias
+    check_layer_gradients(layer, rng.standard_normal((2, 2, 4, 4)), backend)
+
+
+def test_linear_gradients_flatten_trailing_axes(backend):
+    rng = np.random.default_rng(1)
+    layer = Linear(2 * 3 * 2, 4, seed=2)
+    dx = check_layer_gradients(layer, rng.standard_normal((3, 2, 3, 2)), backend)
+    assert dx.shape == (3, 2, 3, 2)
+    check_layer_gradients(Linear(5, 2, bias=False, seed=3), rng.standard_normal((4, 5)), backend)
+
+
+def test_batchnorm2d_gradients_training_mode(backend):
+    rng = np.random.default_rng(2)
+    layer = BatchNorm2d(3)
+    layer.weight.data = backend.asarray(rng.uniform(0.5, 1.5, 3).astype(np.float32))
+    layer.bias.data = backend.asarray(rng.standard_normal(3).astype(np.float32))
+    check_layer_gradients(layer, rng.standard_normal((2, 3, 3, 4)) * 2 + 1, backend)
+
+
+POOLS = [(2, None, (6, 4)), (3, 2, (7, 5)), ((2, 3), (1, 2), (6, 7))]
+
+
+@pytest.mark.parametrize("kernel_size,stride,hw", POOLS)
+def test_max_pool2d_gradients(backend, kernel_size, stride, hw):
+    rng = np.random.default_rng(3)
+    check_layer_gradients(MaxPool2d(kernel_size, stride), _distinct(rng, (2, 2) + hw), backend)
+
+
+@pytest.mark.parametrize("kernel_size,stride,hw", POOLS)
+def test_avg_pool2d_gradients(backend, kernel_size, stride, hw):
+    rng = np.random.default_rng(4)
+    check_layer_gradients(AvgPool2d(kernel_size, stride), rng.standard_normal((2, 2) + hw), backend)
+
+
+def test_relu_flatten_scale_gradients(backend):
+    rng = np.random.default_rng(5)
+    check_layer_gradients(ReLU(), _away_from_zero(rng, (2, 3, 4, 4)), backend)
+    dx = check_layer_gradients(Flatten(), rng.standard_normal((2, 3, 2, 2)), backend)
+    assert dx.shape == (2, 3, 2, 2)
+    check_layer_gradients(Scale(0.125), rng.standard_normal((3, 5)), backend)
+
+
+def test_dropout_gradients_with_a_fixed_mask(backend):
+    rng = np.random.default_rng(6)
+    dx = check_layer_gradients(Dropout(0.3, seed=11), rng.standard_normal((4, 3, 5)), backend,
+                               make=lambda: Dropout(0.3, seed=11))
+    dx = backend.asnumpy(dx)
+    assert 0 < np.mean(dx == 0) < 1  # some dropped, some kept
+
+
+def test_sequential_gradients(backend):
+    rng = np.random.default_rng(7)
+    # bias=False before BatchNorm: BN removes a bias exactly, so its true gradient is 0 and the
+    # numerical one pure rounding noise, which no relative error can compare
+    net = Sequential(Conv2d(2, 2, 3, padding=1, bias=False, seed=1), BatchNorm2d(2), ReLU(), MaxPool2d(2),
+                     Flatten(), Linear(2 * 2 * 2, 3, seed=2), ReLU(), Linear(3, 2, seed=3))
+    check_layer_gradients(net, rng.standard_normal((2, 2, 4, 4)), backend)
+
+
+def test_residual_gradients(backend):
+    rng = np.random.default_rng(8)
+    block = Residual(Sequential(Conv2d(2, 2, 3, padding=1, bias=False, seed=1), BatchNorm2d(2), ReLU(),
+                                Conv2d(2, 2, 3, padding=1, seed=2)))
+    check_layer_gradients(block, rng.standard_normal((2, 2, 3, 3)), backend)
+
+
+def test_gradients_accumulate_until_zero_grad(backend):
+    rng = np.random.default_rng(9)
+    layer = Linear(4, 3, seed=0)
+    x = backend.asarray(rng.standard_normal((2, 4)).astype(np.float32))
+    dy = backend.asarray(rng.standard_normal((2, 3)).astype(np.float32))
+    layer(x)
+    layer.backward(dy)
+    once = backend.asnumpy(layer.weight.grad).copy()
+    layer(x)
+    layer.backward(dy)
+    np.testing.assert_allclose(backend.asnumpy(layer.weight.grad), 2 * once, rtol=1e-6)
+    layer.zero_grad()
+    assert layer.weight.grad is None and layer.bias.grad is None
+
+
+# ----------------------------------------------------------------------------- caches
+@pytest.mark.parametrize("make", [lambda: Conv2d(2, 2, 3), lambda: Linear(4, 2), lambda: ReLU(), lambda: Flatten(),
+                                  lambda: MaxPool2d(2), lambda: AvgPool2d(2), lambda: BatchNorm2d(2),
+                                  lambda: Dropout(0.5, seed=0), lambda: Scale(2.0),
+                                  lambda: Sequential(ReLU(), Flatten()), lambda: Residual(ReLU())])
+def test_backward_without_forward_is_a_clear_error(make):
+    layer = make()
+    x = np.random.default_rng(0).standard_normal((2, 2, 4, 4) if not isinstance(layer, Linear) else (2, 4))
+    x = x.astype(np.float32)
+    with pytest.raises(RuntimeError, match="without a cached forward"):
+        layer.backward(np.ones((2, 2), np.float32))
+    y = layer(x)
+    layer.backward(np.ones_like(y))
+    with pytest.raises(RuntimeError, match="without a cached forward"):  # released by the first backward
+        layer.backward(np.ones_like(y))
+    layer.eval()
+    y = layer(x)
+    with pytest.raises(RuntimeError, match="eval"):  # eval mode keeps no activations
+        layer.backward(np.ones_like(y))
+
+
+# ----------------------------------------------------------------------------- initialization
+@pytest.mark.parametrize("make,fan_in", [(lambda s: Conv2d(3, 16, 5, seed=s), 75), (lambda s: Conv2d(8, 4, (3, 1), seed=s), 24),
+                                         (lambda s: Linear(50, 40, seed=s), 50)])
+def test_initialization_is_pytorch_kaiming_uniform(backend, make, fan_in):
+    layer = make(0)
+    a = math.sqrt(5)
+    bound = math.sqrt(2 / (1 + a * a)) * math.sqrt(3 / fan_in)  # torch.nn.init.kaiming_uniform_(a=sqrt(5))
+    assert bound == pytest.approx(1 / math.sqrt(fan_in))
+    w, b = backend.asnumpy(layer.weight.data), backend.asnumpy(layer.bias.data)
+    assert w.dtype == np.float32 and b.dtype == np.float32
+    assert B.get_array_module(layer.weight.data) is backend.xp
+    assert np.abs(w).max() <= bound and np.abs(w).max() > 0.9 * bound
+    assert np.abs(b).max() <= 1 / math.sqrt(fan_in)
+    assert abs(w.std() - bound / math.sqrt(3)) < 0.15 * bound / math.sqrt(3)  # std of U(-b, b)
+    assert abs(w.mean()) < 0.2 * bound
+    np.testing.assert_array_equal(backend.asnumpy(make(0).weight.data), w)  # seeded
+    assert not np.array_equal(backend.asnumpy(make(1).weight.data), w)
+
+
+def test_batchnorm_init_and_buffers():
+    bn = BatchNorm2d(4)
+    np.testing.assert_array_equal(bn.weight.data, np.ones(4, np.float32))
+    np.testing.assert_array_equal(bn.bias.data, np.zeros(4, np.float32))
+    assert [n for n, _ in bn.named_buffers()] == ["running_mean", "running_var"]
+    np.testing.assert_array_equal(bn.running_var, np.ones(4, np.float32))
+
+
+@pytest.mark.parametrize("call,exc,match", [
+    (lambda: Conv2d(0, 3, 3), ValueError, "in_channels must be >= 1"),
+    (lambda: Conv2d(3, 3, (3,)), ValueError, "kernel_size"),
+    (lambda: Conv2d(3, 3, 3, stride=0), ValueError, "stride must be >= 1"),
+    (lambda: Conv2d(3, 3, 3, padding=-1), ValueError, "padding must be >= 0"),
+    (lambda: Conv2d(3.0, 3, 3), TypeError, "in_channels must be an int"),
+    (lambda: Linear(4, 0), ValueError, "out_features"),
+    (lambda: Dropout(1.0), ValueError, "DROP probability"),
+    (lambda: BatchNorm2d(3, eps=0), ValueError, "eps"),
+    (lambda: MaxPool2d(0), ValueError, "kernel_size"),
+    (lambda: Scale(float("inf")), ValueError, "finite"),
+    (lambda: Sequential(ReLU(), lambda x: x), TypeError, "not a gpuconv Layer"),
+    (lambda: Residual(np.zeros(3)), TypeError, "must be a gpuconv Layer"),
+])
+def test_constructor_errors(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_wrong_input_gets_the_ops_error(backend):
+    x = backend.asarray(np.zeros((2, 4, 8, 8), np.float32))
+    with pytest.raises(ValueError, match="channel mismatch"):
+        Conv2d(3, 8, 3)(x)
+    with pytest.raises(ValueError, match="feature mismatch"):
+        Linear(10, 2)(x)
+    with pytest.raises(ValueError, match="needs equal shapes"):
+        Residual(Conv2d(4, 8, 3, padding=1))(x)
+
+
+# ----------------------------------------------------------------------------- structure
+def test_names_of_parameters_and_buffers():
+    net = Sequential(Conv2d(3, 4, 3), ReLU(), BatchNorm2d(4),
+                     Residual(Sequential({"conv": Conv2d(4, 4, 3, padding=1, bias=False), "bn": BatchNorm2d(4)})))
+    names = [n for n, _ in net.named_parameters()]
+    assert names == ["0.weight", "0.bias", "2.weight", "2.bias", "3.inner.conv.weight", "3.inner.bn.weight",
+                     "3.inner.bn.bias"]
+    assert [p.name for p in net.parameters()] == names
+    assert [n for n, _ in net.named_buffers()] == ["2.running_mean", "2.running_var", "3.inner.bn.running_mean",
+                                                    "3.inner.bn.running_var"]
+    assert len(net.modules()) == 8 and net.children()[1] is net[1]
+    assert len(net) == 4 and isinstance(net[-1], Residual) and net[3].inner["bn"] is net[3].inner[1]
+    assert list(net)[0] is net[0]
+    head = net[:2]
+    assert len(head) == 2 and head[0] is net[0] and net.parameters()[0].name == "0.weight"
+    assert "Conv2d(3, 4, kernel_size=(3, 3)" in repr(net)
+
+
+def test_shared_layer_parameters_are_listed_once():
+    shared = Linear(3, 3)
+    net = Sequential(shared, ReLU(), Sequential(shared))
+    assert len(net.parameters()) == 2 and len(net.state_dict()) == 2
+
+
+def test_train_eval_recursive():
+    net = Sequential(Conv2d(1, 1, 1), Residual(Sequential(Dropout(0.5), BatchNorm2d(1))))
+    assert all(m.training for m in net.modules())
+    assert net.eval() is net and not any(m.training for m in net.modules())
+    net.train()
+    assert all(m.training for m in net.modules())
+
+
+def test_dropout_train_and_eval(backend):
+    x = backend.asarray(np.ones((200, 50), np.float32))
+    d = Dropout(0.25, seed=3)
+    y = backend.asnumpy(d(x))
+    assert 0.2 < np.mean(y == 0) < 0.3
+    np.testing.assert_allclose(y[y != 0], 1 / 0.75, rtol=1e-6)
+    np.testing.assert_array_equal(backend.asnumpy(Dropout(0.25, seed=3)(x)), y)  # seeded
+    assert not np.array_equal(backend.asnumpy(d(x)), y)  # the next call draws a new mask
+    d.eval()
+    np.testing.assert_array_equal(backend.asnumpy(d(x)), backend.asnumpy(x))
+
+
+def test_batchnorm_train_updates_running_stats_and_eval_uses_them(backend):
+    rng = np.random.default_rng(10)
+    xh = (rng.standard_normal((4, 2, 3, 3)) * [[[[2.0]], [[0.5]]]] + [[[[1.0]], [[-3.0]]]]).astype(np.float32)
+    x = backend.asarray(xh)
+    bn = BatchNorm2d(2, momentum=0.1)
+    y = backend.asnumpy(bn(x))
+    mean, var_unbiased = xh.mean(axis=(0, 2, 3)), xh.var(axis=(0, 2, 3), ddof=1)
+    np.testing.assert_allclose(backend.asnumpy(bn.running_mean), 0.1 * mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(backend.asnumpy(bn.running_var), 0.9 + 0.1 * var_unbiased, rtol=1e-5)
+    np.testing.assert_allclose(y.mean(axis=(0, 2, 3)), 0, atol=1e-5)  # batch statistics in training
+    bn.eval()
+    rm, rv = backend.asnumpy(bn.running_mean).copy(), backend.asnumpy(bn.running_var).copy()
+    y_eval = backend.asnumpy(bn(x))
+    expect = (xh - rm[None, :, None, None]) / np.sqrt(rv[None, :, None, None] + 1e-5)
+    np.testing.assert_allclose(y_eval, expect, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(backend.asnumpy(bn.running_mean), rm)  # eval leaves them alone
+
+
+# ----------------------------------------------------------------------------- devices, dtypes, state
+def _small_net(seed=0):
+    return Sequential(Conv2d(3, 4, 3, padding=1, seed=seed), BatchNorm2d(4), ReLU(), MaxPool2d(2), Flatten(),
+                      Linear(4 * 2 * 2, 3, seed=seed + 1))
+
+
+def test_to_device_moves_params_grads_buffers(backend):
+    with gpuconv.default_device("cpu"):
+        net = _small_net()
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 4)).astype(np.float32)
+    ref = net(x)
+    net.backward(np.ones_like(ref))
+    state = net.state_dict()
+    assert net.to(backend.device) is net
+    for _, p in net.named_parameters():
+        assert B.get_array_module(p.data) is backend.xp and B.get_array_module(p.grad) is backend.xp
+    for _, b in net.named_buffers():
+        assert B.get_array_module(b) is backend.xp
+    net.eval()
+    y = net(backend.asarray(x))
+    for k, v in net.state_dict().items():
+        np.testing.assert_array_equal(v, state[k])
+    net.to("cpu")
+    assert all(isinstance(p.data, np.ndarray) for p in net.parameters())
+    np.testing.assert_allclose(backend.asnumpy(y), net(x), rtol=1e-5, atol=1e-6)
+
+
+def test_astype_converts_everything():
+    net = _small_net()
+    x = np.ones((2, 3, 4, 4), np.float32)
+    net.backward(np.ones_like(net(x)))
+    net.astype(np.float64)
+    assert all(p.data.dtype == np.float64 and p.grad.dtype == np.float64 for p in net.parameters())
+    assert all(b.dtype == np.float64 for _, b in net.named_buffers())
+    assert net(x.astype(np.float64)).dtype == np.float64
+    with pytest.raises(TypeError, match="float32 or float64"):
+        net.astype(np.int32)
+
+
+def test_state_dict_round_trip(backend):
+    a, b = _small_net(seed=0), _small_net(seed=5)
+    x = backend.asarray(np.random.default_rng(1).standard_normal((2, 3, 4, 4)).astype(np.float32))
+    a(x)  # moves the running statistics away from their initial values
+    state = a.state_dict()
+    assert set(state) == {"0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean", "1.running_var",
+                          "5.weight", "5.bias"}
+    assert all(type(v) is np.ndarray for v in state.values())
+    state["0.weight"][...] = 0  # a copy: editing it leaves the model alone
+    assert np.abs(backend.asnumpy(a[0].weight.data)).max() > 0
+    state = a.state_dict()
+    result = b.load_state_dict(state)
+    assert result.missing_keys == [] and result.unexpected_keys == []
+    a.eval(), b.eval()
+    np.testing.assert_array_equal(backend.asnumpy(a(x)), backend.asnumpy(b(x)))
+    state["0.weight"][...] = 7  # the loaded arrays are copies as well
+    assert backend.asnumpy(b[0].weight.data).max() < 7
+    # across devices: a host-side model loads the backend model's dict and vice versa
+    with gpuconv.default_device("cpu"):
+        c = _small_net(seed=9)
+    c.load_state_dict(a.state_dict())
+    c.eval()
+    np.testing.assert_allclose(c(backend.asnumpy(x)), backend.asnumpy(a(x)), rtol=1e-5, atol=1e-6)
+    # a float64 dict into a float32 model is cast to the model's dtype
+    b.load_state_dict({k: v.astype(np.float64) for k, v in state.items()})
+    assert b[0].weight.data.dtype == np.float32
+
+
+def test_load_state_dict_errors_leave_the_model_unchanged():
+    net = _small_net()
+    before = net.state_dict()
+    state = net.state_dict()
+    del state["1.running_var"]
+    state["extra.weight"] = np.zeros(3)
+    with pytest.raises(StateDictKeyError, match=r"missing key\(s\) \['1.running_var'\].*unexpected key\(s\) "
+                                                 r"\['extra.weight'\].*strict=False") as info:
+        net.load_state_dict(state)
+    assert isinstance(info.value, KeyError)
+    bad = _small_net(seed=3).state_dict()
+    bad["5.weight"] = np.zeros((3, 99), np.float32)
+    with pytest.raises(ValueError, match=r"'5.weight' has shape \(3, 99\) in the state dict but \(3, 16\)"):
+        net.load_state_dict(bad)
+    for k, v in net.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])  # nothing half-loaded
+    other = _small_net(seed=3).state_dict()
+    del other["1.running_var"]
+    other["extra.weight"] = np.zeros(3)
+    result = net.load_state_dict(other, strict=False)
+    assert result.missing_keys == ["1.running_var"] and result.unexpected_keys == ["extra.weight"]
+    np.testing.assert_array_equal(net.state_dict()["0.weight"], other["0.weight"])
+    with pytest.raises(TypeError, match="mapping"):
+        net.load_state_dict([1, 2])
+
+
+def test_custom_layer_plugs_in():
+    class Double(Layer):
+        def forward(self, x):
+            self._keep(True)
+            return 2 * x
+
+        def backward(self, dy):
+            self._take_cache()
+            return 2 * dy
+
+    net = Sequential(Double(), Linear(3, 2))
+    y = net(np.ones((1, 3), np.float32))
+    dx = net.backward(np.ones_like(y))
+    np.testing.assert_allclose(dx, 2 * net[1].weight.data.sum(axis=0, keepdims=True), rtol=1e-6)
+    assert isinstance(net[1].weight, Parameter) and net[1].weight.name == "1.weight"

@@ -1,0 +1,172 @@
+"""Reference models: shapes, parameter counts, end-to-end gradients, seeding, overfitting."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gpuconv import backend as B
+from gpuconv import models, ops
+from gpuconv.gradcheck import relative_error
+from gpuconv.layers import BatchNorm2d, Residual, Scale, Sequential
+from gpuconv.optim import SGD
+
+MODELS = {
+    "seed": lambda **kw: models.seed_net(**kw),
+    "three_layer": lambda **kw: models.three_layer_convnet(num_filters=4, hidden_dim=10, **kw),
+    "fast": lambda **kw: models.fast_net(width=2, **kw),
+}
+
+
+def _images(n, seed=0, hw=32):
+    return np.random.default_rng(seed).standard_normal((n, 3, hw, hw)).astype(np.float32)
+
+
+def test_parameter_counts_match_the_architectures():
+    count = lambda m: sum(p.size for p in m.parameters())  # noqa: E731
+    assert count(models.seed_net()) == (12 * 3 * 9 + 12) + (12 * 16 * 16 * 10 + 10)
+    assert count(models.three_layer_convnet()) == (32 * 3 * 49 + 32) + (32 * 16 * 16 * 100 + 100) + (100 * 10 + 10)
+    w = 64  # ResNet-9: bias-free 3x3 convs, BN (2 params per channel), bias-free classifier
+    convs = 3 * w + w * 2 * w + 2 * (2 * w) ** 2 + 2 * w * 4 * w + 4 * w * 8 * w + 2 * (8 * w) ** 2
+    bn_channels = w + 2 * w + 2 * 2 * w + 4 * w + 8 * w + 2 * 8 * w
+    assert count(models.fast_net()) == 9 * convs + 2 * bn_channels + 8 * w * 10 == 6_573_120
+
+
+def test_fast_net_structure():
+    net = models.fast_net(width=8)
+    assert list(net._layers) == ["prep", "layer1", "layer1_res", "layer2", "layer3", "layer3_res", "pool", "flatten",
+                                 "fc", "scale"]
+    assert isinstance(net["layer1_res"], Residual) and isinstance(net["scale"], Scale)
+    assert net["scale"].factor == 0.125 and net["fc"].bias is None
+    assert sum(isinstance(m, BatchNorm2d) for m in net.modules()) == 8
+    assert "scale" not in models.fast_net(width=8, output_scale=None)._layers
+    assert "layer3_res.inner.1.bn.running_var" in dict(net.named_buffers())
+    with pytest.raises(ValueError, match="width must be a positive int"):
+        models.fast_net(width=0)
+
+
+@pytest.mark.parametrize("name", ["seed", "three_layer", "fast"])
+def test_forward_backward_shapes_and_gradients(backend, name):
+    net = MODELS[name]()
+    x = backend.asarray(_images(4))
+    labels = backend.asarray(np.array([0, 3, 9, 3]))
+    logits = net(x)
+    assert logits.shape == (4, 10) and logits.dtype == np.float32
+    assert B.get_array_module(logits) is backend.xp
+    loss, dlogits = ops.softmax_cross_entropy(logits, labels)
+    dx = net.backward(dlogits)
+    assert dx.shape == x.shape
+    for pname, p in net.named_parameters():
+        g = backend.asnumpy(p.grad)
+        assert g.shape == p.shape and np.all(np.isfinite(g)), pname
+        assert np.abs(g).max() > 0, f"{pname} got no gradient"
+
+
+@pytest.mark.parametrize("name", ["seed", "three_layer", "fast"])
+def test_end_to_end_directional_derivative_float64(name):
+    """<grad, v> from backward against (L(p + hv) - L(p - hv)) / 2h along a random direction over
+    every parameter and the input at once: the whole chain, residuals and batch norm included."""
+    # Small inputs and a small step h: with thousands of ReLU and max-pool inputs, a perturbation
+    # of 1e-5 along a random direction would push a few across a kink; float64 keeps the
+    # rounding error of h = 1e-6 near 1e-10.
+    hw = 32 if name == "fast" else 8
+    net = MODELS[name](input_dim=(3, hw, hw)) if name != "fast" else MODELS[name]()
+    net.astype(np.float64)
+    rng = np.random.default_rng(3)
+    x = _images(3, seed=1, hw=hw).astype(np.float64)
+    labels = np.array([1, 7, 4])
+    params = net.parameters()
+    dirs = [rng.standard_normal(p.shape) for p in params]
+    dir_x = rng.standard_normal(x.shape)
+
+    def loss_at(t):
+        saved = [p.data.copy() for p in params]
+        for p, d in zip(params, dirs):
+            p.data += t * d
+        loss, _ = ops.softmax_cross_entropy(net(x + t * dir_x), labels)
+        for p, s in zip(params, saved):
+            p.data = s
+        return float(loss)
+
+    net.zero_grad()
+    loss, dlogits = ops.softmax_cross_entropy(net(x), labels)
+    dx = net.backward(dlogits)
+    analytic = float(np.sum(dx * dir_x)) + sum(float(np.sum(p.grad * d)) for p, d in zip(params, dirs))
+    h = 1e-6
+    numeric = (loss_at(h) - loss_at(-h)) / (2 * h)
+    err = relative_error(np.array(analytic), np.array(numeric))
+    assert err < 1e-6
+
+
+@pytest.mark.parametrize("name", ["seed", "three_layer", "fast"])
+def test_seeding(name):
+    a, b, c = MODELS[name](seed=0), MODELS[name](seed=0), MODELS[name](seed=1)
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(np.array_equal(sa[k], sb[k]) for k in sa)
+    weights = [k for k in sa if k.endswith("weight") and "bn" not in k]
+    assert all(not np.array_equal(sa[k], sc[k]) for k in weights)
+    assert len({sa[k].tobytes() for k in weights}) == len(weights)  # layers get distinct seeds
+
+
+def test_small_inputs_and_bad_arguments():
+    assert models.seed_net(num_classes=5, input_dim=(1, 8, 8))(np.zeros((2, 1, 8, 8), np.float32)).shape == (2, 5)
+    net = models.three_layer_convnet(num_filters=3, filter_size=3, hidden_dim=7, input_dim=(3, 6, 6))
+    assert net(np.zeros((2, 3, 6, 6), np.float32)).shape == (2, 10)
+    with pytest.raises(ValueError, match="odd"):
+        models.three_layer_convnet(filter_size=4)
+    with pytest.raises(ValueError, match="even"):
+        models.seed_net(input_dim=(3, 7, 7))
+
+
+def test_fast_net_eval_mode_is_deterministic_and_keeps_running_stats():
+    net = models.fast_net(width=4)
+    x = _images(4, seed=2)
+    net(x)  # one training step's forward moves the running statistics
+    net.eval()
+    before = {k: v.copy() for k, v in net.named_buffers()}
+    y1, y2 = net(x), net(x)
+    np.testing.assert_array_equal(y1, y2)
+    assert all(np.array_equal(v, before[k]) for k, v in net.named_buffers())
+    net.train()
+    assert not np.allclose(net(x), y1)  # batch statistics differ from the running ones
+
+
+@pytest.mark.parametrize("name,steps,lr", [("seed", 40, 0.05), ("three_layer", 40, 0.05)])
+def test_overfits_twenty_images(name, steps, lr):
+    x = _images(20, seed=5, hw=32 if name == "seed" else 16)
+    labels = np.random.default_rng(6).integers(0, 10, 20)
+    net = (models.seed_net() if name == "seed" else
+           models.three_layer_convnet(num_filters=8, hidden_dim=50, input_dim=(3, 16, 16)))
+    opt = SGD(net.parameters(), lr=lr, momentum=0.9)
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss, dlogits = ops.softmax_cross_entropy(net(x), labels)
+        net.backward(dlogits)
+        opt.step()
+        losses.append(float(loss))
+    assert losses[0] > 1.5
+    assert losses[-1] < 0.05, losses[-5:]
+    assert np.mean(np.argmax(net(x), axis=1) == labels) == 1.0
+
+
+def test_residual_stack_of_models_is_sequential():
+    assert all(isinstance(MODELS[n](), Sequential) for n in MODELS)
+
+
+def test_training_step_makes_no_host_readback():
+    """On 'sim', NumPy arrays stand for device arrays and every readback through the backend is
+    counted: forward, loss, backward and the optimizer step must make none."""
+    import gpuconv
+
+    with gpuconv.default_device("sim"):
+        net = models.seed_net(input_dim=(3, 8, 8))
+        opt = SGD(net.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
+        x, labels = _images(2, hw=8), np.array([1, 2])
+        B.transfers.reset()
+        for _ in range(2):
+            opt.zero_grad()
+            loss, dlogits = ops.softmax_cross_entropy(net(x), labels)
+            net.backward(dlogits)
+            opt.step()
+        assert B.transfers.device_to_host == 0 and B.transfers.host_to_device == 0
+        assert B.get_array_module(loss) is np and loss.ndim == 0

@@ -1,0 +1,333 @@
+"""Optimizers and schedules: hand-computed steps, PyTorch's formulas, state save/restore, no readbacks."""
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import pytest
+
+import gpuconv
+from gpuconv import backend as B
+from gpuconv.layers import Parameter
+from gpuconv.optim import SGD, Adam, AdamW, CosineLR, OneCycleLR, StepLR
+
+
+def _param(backend, values, dtype=np.float64):
+    return Parameter(backend.asarray(np.array(values, dtype=dtype)), "p")  # a copy: steps are in place
+
+
+def _quadratic_steps(opt, p, backend, n):
+    """Minimize f(p) = |p|^2 / 2 (grad = p) for n steps; return the trajectory on the host."""
+    out = []
+    for _ in range(n):
+        p.grad = p.data.copy()
+        opt.step()
+        out.append(backend.asnumpy(p.data).copy())
+    return out
+
+
+# ----------------------------------------------------------------------------- SGD
+def test_sgd_plain_and_weight_decay(backend):
+    p = _param(backend, [1.0, -2.0])
+    opt = SGD([p], lr=0.1)
+    p.grad = backend.asarray(np.array([0.5, 0.25]))
+    opt.step()
+    np.testing.assert_allclose(backend.asnumpy(p.data), [1.0 - 0.05, -2.0 - 0.025], rtol=0, atol=1e-15)
+
+    q = _param(backend, [1.0, -2.0])
+    opt = SGD([q], lr=0.1, weight_decay=0.1)
+    q.grad = backend.asarray(np.array([0.5, 0.25]))
+    opt.step()
+    # g = grad + wd * p = [0.6, 0.05]
+    np.testing.assert_allclose(backend.asnumpy(q.data), [1.0 - 0.06, -2.0 - 0.005], rtol=0, atol=1e-15)
+
+
+def test_sgd_momentum_matches_hand_computation(backend):
+    # grad = p, lr 0.1, momentum 0.9: b1 = 1 -> p = 0.9; b2 = 0.9*1 + 0.9 = 1.8 -> p = 0.72
+    p = _param(backend, [1.0])
+    traj = _quadratic_steps(SGD([p], lr=0.1, momentum=0.9), p, backend, 2)
+    np.testing.assert_allclose(np.concatenate(traj), [0.9, 0.72], rtol=1e-14)
+
+
+def test_sgd_nesterov_matches_pytorch_formulation(backend):
+    # PyTorch: b = momentum*b + g (b = g first); g <- g + momentum*b.
+    # step 1: b = 1, g' = 1.9 -> p = 0.81; step 2: g = 0.81, b = 1.71, g' = 2.349 -> p = 0.5751
+    p = _param(backend, [1.0])
+    traj = _quadratic_steps(SGD([p], lr=0.1, momentum=0.9, nesterov=True), p, backend, 2)
+    np.testing.assert_allclose(np.concatenate(traj), [0.81, 0.5751], rtol=1e-14)
+
+
+def test_sgd_rejects_bad_arguments():
+    p = Parameter(np.zeros(2), "p")
+    with pytest.raises(ValueError, match="momentum > 0"):
+        SGD([p], lr=0.1, nesterov=True)
+    with pytest.raises(ValueError, match="lr must be"):
+        SGD([p], lr=-1.0)
+    with pytest.raises(ValueError, match="empty"):
+        SGD([], lr=0.1)
+    with pytest.raises(TypeError, match="not a gpuconv Parameter"):
+        SGD([np.zeros(2)], lr=0.1)
+    with pytest.raises(ValueError, match="twice"):
+        SGD([p, p], lr=0.1)
+    opt = SGD([p], lr=0.1)
+    with pytest.raises(ValueError, match="lr must be"):
+        opt.lr = float("nan")
+
+
+# ----------------------------------------------------------------------------- Adam / AdamW
+def _adam_reference(p0, grads, lr, b1, b2, eps, wd, decoupled):
+    p, m, v = p0.copy(), np.zeros_like(p0), np.zeros_like(p0)
+    for t, g in enumerate(grads, start=1):
+        if decoupled:
+            p = p * (1 - lr * wd)
+        else:
+            g = g + wd * p
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        mhat, vhat = m / (1 - b1 ** t), v / (1 - b2 ** t)
+        p = p - lr * mhat / (np.sqrt(vhat) + eps)
+    return p
+
+
+@pytest.mark.parametrize("cls,wd", [(Adam, 0.0), (Adam, 0.1), (AdamW, 0.1)])
+def test_adam_first_step_is_lr_times_sign(backend, cls, wd):
+    g = np.array([3.0, -1e-3, 0.5])
+    p = _param(backend, [1.0, 2.0, -3.0])
+    opt = cls([p], lr=0.01, weight_decay=wd)
+    p.grad = backend.asarray(g)
+    opt.step()
+    p0 = np.array([1.0, 2.0, -3.0])
+    if cls is AdamW:  # decoupled: shrink, then a pure Adam step of size lr
+        expect = p0 * (1 - 0.01 * wd) - 0.01 * g / (np.abs(g) + 1e-8)
+    else:
+        ge = g + wd * p0
+        expect = p0 - 0.01 * ge / (np.abs(ge) + 1e-8)
+    np.testing.assert_allclose(backend.asnumpy(p.data), expect, rtol=1e-13)
+
+
+@pytest.mark.parametrize("cls,wd", [(Adam, 0.05), (AdamW, 0.05)])
+def test_adam_several_steps_match_textbook_formula(backend, cls, wd):
+    rng = np.random.default_rng(0)
+    p0 = rng.standard_normal(7)
+    grads = [rng.standard_normal(7) for _ in range(6)]
+    p = _param(backend, p0)
+    opt = cls([p], lr=0.03, betas=(0.8, 0.95), eps=1e-6, weight_decay=wd)
+    for g in grads:
+        p.grad = backend.asarray(g)
+        opt.step()
+    expect = _adam_reference(p0, grads, 0.03, 0.8, 0.95, 1e-6, wd, decoupled=cls is AdamW)
+    np.testing.assert_allclose(backend.asnumpy(p.data), expect, rtol=1e-12)
+
+
+def test_adamw_default_weight_decay_and_bad_betas():
+    p = Parameter(np.zeros(2), "p")
+    assert AdamW([p]).weight_decay == 1e-2
+    assert Adam([p]).weight_decay == 0.0
+    with pytest.raises(ValueError, match="betas"):
+        Adam([p], betas=(0.9, 1.0))
+
+
+# ----------------------------------------------------------------------------- common behaviour
+@pytest.mark.parametrize("make", [lambda ps: SGD(ps, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3),
+                                  lambda ps: Adam(ps, lr=1e-2, weight_decay=1e-3),
+                                  lambda ps: AdamW(ps, lr=1e-2)])
+def test_step_keeps_dtype_device_and_identity_and_skips_missing_grads(backend, make):
+    a = Parameter(backend.asarray(np.ones((3, 2), np.float32)), "a")
+    b = Parameter(backend.asarray(np.ones(4, np.float32)), "b")
+    opt = make([a, b])
+    data_a = a.data
+    a.grad = backend.asarray(np.full((3, 2), 0.5, np.float32))
+    grad_before = backend.asnumpy(a.grad).copy()
+    opt.step()
+    assert a.data is data_a, "the update must be in place"
+    assert a.data.dtype == np.float32 and B.device_of(a.data) == B.device_of(data_a)
+    assert not np.allclose(backend.asnumpy(a.data), 1.0)
+    np.testing.assert_array_equal(backend.asnumpy(a.grad), grad_before)  # grads are not modified
+    np.testing.assert_array_equal(backend.asnumpy(b.data), np.ones(4, np.float32))  # no grad: untouched
+    opt.zero_grad()
+    assert a.grad is None and b.grad is None
+
+
+def test_step_makes_no_host_readback():
+    # On 'sim', NumPy arrays stand for device arrays and every readback through the backend counts.
+    with gpuconv.default_device("sim"):
+        ps = [Parameter(np.ones((5, 5), np.float32), "w"), Parameter(np.ones(5, np.float32), "b")]
+        opts = [SGD(ps, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4), Adam(ps), AdamW(ps)]
+        sched = OneCycleLR(opts[0], max_lr=0.2, total_steps=10)
+        B.transfers.reset()
+        for opt in opts:
+            for _ in range(3):
+                for p in ps:
+                    p.grad = np.full(p.shape, 0.1, np.float32)
+                opt.step()
+                sched.step()
+        assert B.transfers.device_to_host == 0 and B.transfers.host_to_device == 0
+
+
+# ----------------------------------------------------------------------------- save / restore
+def _grad_fn(p):
+    # a deterministic, parameter-dependent gradient so a wrong restored state changes the path
+    return np.sin(3.0 * p) + 0.1 * p
+
+
+def _run(opt, sched, ps, backend, steps):
+    for _ in range(steps):
+        for p in ps:
+            p.grad = backend.asarray(_grad_fn(backend.asnumpy(p.data)))
+        opt.step()
+        sched.step()
+
+
+def _roundtrip_npz(d):
+    """Through np.savez and np.load(allow_pickle=False), as a checkpoint would go."""
+    buf = io.BytesIO()
+    np.savez(buf, **d)
+    buf.seek(0)
+    with np.load(buf, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+@pytest.mark.parametrize("name", ["sgd", "nesterov", "adam", "adamw"])
+@pytest.mark.parametrize("via_npz", [False, True])
+def test_save_restore_mid_training_continues_bit_identically(backend, name, via_npz):
+    def make(ps):
+        opt = {"sgd": lambda: SGD(ps, lr=0.1, momentum=0.9, weight_decay=5e-4),
+               "nesterov": lambda: SGD(ps, lr=0.1, momentum=0.9, nesterov=True),
+               "adam": lambda: Adam(ps, lr=1e-2, weight_decay=1e-4),
+               "adamw": lambda: AdamW(ps, lr=1e-2)}[name]()
+        return opt, OneCycleLR(opt, max_lr=0.05, total_steps=20, anneal_strategy="linear")
+
+    rng = np.random.default_rng(1)
+    init = [rng.standard_normal((4, 3)).astype(np.float32), rng.standard_normal(3).astype(np.float32)]
+    ps = [Parameter(backend.asarray(a.copy()), f"p{i}") for i, a in enumerate(init)]
+    opt, sched = make(ps)
+    _run(opt, sched, ps, backend, 6)
+    saved_params = [backend.asnumpy(p.data).copy() for p in ps]
+    opt_state, sched_state = opt.state_dict(), sched.state_dict()
+    for key, value in opt_state.items():
+        assert isinstance(value, (np.ndarray, int, float, str, bool)), (key, type(value))
+        assert not B.is_cupy_array(value)
+    if via_npz:
+        opt_state, sched_state = _roundtrip_npz(opt_state), _roundtrip_npz(sched_state)
+    _run(opt, sched, ps, backend, 7)
+    reference = [backend.asnumpy(p.data).copy() for p in ps]
+
+    ps2 = [Parameter(backend.asarray(a.copy()), f"p{i}") for i, a in enumerate(saved_params)]
+    opt2, sched2 = make(ps2)
+    opt2.load_state_dict(opt_state)
+    sched2.load_state_dict(sched_state)
+    assert sched2.last_step == 6 and opt2.lr == sched2.lr_at(6)
+    for state in opt2.state:
+        for value in state.values():
+            if not isinstance(value, int):
+                assert B.device_of(value) == B.device_of(ps2[0].data)
+    _run(opt2, sched2, ps2, backend, 7)
+    for got, want in zip(ps2, reference):
+        np.testing.assert_array_equal(backend.asnumpy(got.data), want)
+    assert sched2.last_step == sched.last_step == 13
+    assert opt2.lr == opt.lr
+
+
+def test_restored_state_is_a_copy():
+    p = Parameter(np.ones(3), "p")
+    opt = SGD([p], lr=0.1, momentum=0.9)
+    p.grad = np.ones(3)
+    opt.step()
+    d = opt.state_dict()
+    d["state.0.momentum_buffer"][:] = 123.0  # mutating the dict must not reach the optimizer
+    assert opt.state[0]["momentum_buffer"][0] == 1.0
+    opt2 = SGD([p], lr=0.1, momentum=0.9)
+    opt2.load_state_dict(d)
+    d["state.0.momentum_buffer"][:] = 7.0
+    assert opt2.state[0]["momentum_buffer"][0] == 123.0
+
+
+def test_load_state_dict_errors():
+    p, q = Parameter(np.ones(3), "p"), Parameter(np.ones(2), "q")
+    opt = SGD([p], lr=0.1, momentum=0.9)
+    p.grad = np.ones(3)
+    opt.step()
+    d = opt.state_dict()
+    with pytest.raises(ValueError, match="saved by optimizer 'SGD'"):
+        Adam([p]).load_state_dict(d)
+    with pytest.raises(ValueError, match="holds 1 parameters"):
+        SGD([p, q], lr=0.1, momentum=0.9).load_state_dict(d)
+    with pytest.raises(ValueError, match="shape"):
+        SGD([q], lr=0.1, momentum=0.9).load_state_dict(d)
+    sched_state = StepLR(SGD([p], lr=0.1), step_size=2).state_dict()
+    with pytest.raises(ValueError, match="saved by schedule 'StepLR'"):
+        CosineLR(SGD([p], lr=0.1), total_steps=5).load_state_dict(sched_state)
+
+
+# ----------------------------------------------------------------------------- schedules
+def _lrs(sched, n):
+    out = [sched.optimizer.lr]
+    for _ in range(n):
+        sched.step()
+        out.append(sched.optimizer.lr)
+    return out
+
+
+def _opt(lr=1.0):
+    return SGD([Parameter(np.zeros(1), "p")], lr=lr)
+
+
+def test_step_lr_values():
+    lrs = _lrs(StepLR(_opt(0.1), step_size=3, gamma=0.5), 9)
+    expect = [0.1 * 0.5 ** (s // 3) for s in range(10)]
+    np.testing.assert_allclose(lrs, expect, rtol=1e-15)
+    assert lrs[2] == 0.1 and lrs[3] == 0.05 and lrs[9] == 0.0125
+
+
+def test_cosine_lr_values_with_warmup():
+    sched = CosineLR(_opt(1.0), total_steps=10, min_lr=0.1, warmup_steps=2)
+    lrs = _lrs(sched, 13)
+    assert lrs[0] == pytest.approx(0.5) and lrs[1] == pytest.approx(1.0)  # warm-up (step + 1) / warmup
+    assert lrs[2] == pytest.approx(1.0)  # cosine starts at base_lr
+    assert lrs[6] == pytest.approx(0.1 + 0.9 * 0.5)  # t = 4/8 -> halfway
+    assert lrs[4] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 4)))
+    assert lrs[10] == pytest.approx(0.1) and lrs[13] == pytest.approx(0.1)  # held at min_lr
+    assert all(a >= b for a, b in zip(lrs[2:], lrs[3:]))
+    with pytest.raises(ValueError, match="warmup_steps"):
+        CosineLR(_opt(), total_steps=5, warmup_steps=5)
+
+
+def test_cosine_lr_without_warmup_matches_closed_form():
+    lrs = _lrs(CosineLR(_opt(0.4), total_steps=20), 20)
+    expect = [0.4 * 0.5 * (1 + math.cos(math.pi * s / 20)) for s in range(21)]
+    np.testing.assert_allclose(lrs, expect, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("strategy", ["cos", "linear"])
+def test_one_cycle_values_match_pytorch_closed_form(strategy):
+    total, max_lr, pct, div, final_div = 100, 1.0, 0.25, 25.0, 1e4
+    sched = OneCycleLR(_opt(123.0), max_lr=max_lr, total_steps=total, pct_start=pct, div_factor=div,
+                       final_div_factor=final_div, anneal_strategy=strategy)
+    lrs = _lrs(sched, total)
+    initial, final, peak = max_lr / div, max_lr / div / final_div, pct * total - 1
+
+    def anneal(a, b, t):
+        return b + (a - b) / 2 * (math.cos(math.pi * t) + 1) if strategy == "cos" else a + (b - a) * t
+
+    expect = [anneal(initial, max_lr, s / peak) if s <= peak else
+              anneal(max_lr, final, min(1.0, (s - peak) / (total - 1 - peak))) for s in range(total + 1)]
+    np.testing.assert_allclose(lrs, expect, rtol=1e-12)
+    assert lrs[0] == pytest.approx(0.04)  # the optimizer's own lr is replaced
+    assert lrs[24] == pytest.approx(1.0) and max(lrs) == pytest.approx(1.0)
+    assert lrs[99] == pytest.approx(4e-6)
+    assert lrs[12] == pytest.approx(0.52)  # halfway up: equal for both strategies
+    if strategy == "cos":
+        assert lrs[6] == pytest.approx(1.0 - 0.48 * (1 + math.cos(math.pi / 4)))
+    with pytest.raises(ValueError, match="past total_steps=100"):
+        sched.step()
+
+
+def test_schedule_state_dict_roundtrip():
+    a = OneCycleLR(_opt(), max_lr=0.3, total_steps=50)
+    _lrs(a, 17)
+    d = _roundtrip_npz(a.state_dict())
+    b = OneCycleLR(_opt(), max_lr=0.3, total_steps=50)
+    b.load_state_dict(d)
+    assert b.last_step == 17 and b.optimizer.lr == a.optimizer.lr
+    assert _lrs(a, 10) == _lrs(b, 10)
