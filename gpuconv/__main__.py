@@ -1,0 +1,4 @@
+"""``python -m gpuconv`` runs the ``gpuconv`` command (see gpuconv.cli)."""
+from .cli import main
+
+raise SystemExit(main())

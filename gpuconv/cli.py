@@ -1,0 +1,445 @@
+"""The ``gpuconv`` command: ``train``, ``evaluate``, ``info``, ``bench``.
+
+    gpuconv train --data DIR                      # three_layer_convnet, a few minutes on a CPU
+    gpuconv train --model fast --device cuda --data DIR --out runs/fast
+    gpuconv evaluate --checkpoint runs/fast/checkpoint.npz --data DIR --json
+    gpuconv info
+
+Hyperparameters per model live in ``MODEL_DEFAULTS``; a flag overrides one. ``train --resume``
+reads the run's settings back from its checkpoint, so ``gpuconv train --out DIR --resume`` is
+enough to continue an interrupted run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import runpy
+import shutil
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+# name -> (constructor in gpuconv.models, its extra keyword arguments).
+MODELS = {"seed": ("seed_net", {}), "three_layer": ("three_layer_convnet", {}), "fast": ("fast_net", {})}
+
+# Per-model training recipes. All use SGD with Nesterov momentum and a per-step schedule.
+#  - seed / three_layer: small nets without batch norm; OneCycle up to lr 0.02 trains them in
+#    a handful of epochs on the 5k-image subset (0.05 measured to stall seed_net on small runs).
+#  - fast: the ResNet-9 recipe of "How to train your ResNet" (batch 512, peak lr 0.4, weight
+#    decay 5e-4, label smoothing 0.2, crop+flip), written for a mean (not summed) batch loss.
+MODEL_DEFAULTS = {
+    "seed": dict(epochs=8, batch_size=64, lr=0.02, weight_decay=5e-4, momentum=0.9, schedule="onecycle",
+                 label_smoothing=0.0, augment=False),
+    "three_layer": dict(epochs=8, batch_size=64, lr=0.02, weight_decay=5e-4, momentum=0.9, schedule="onecycle",
+                        label_smoothing=0.0, augment=False),
+    "fast": dict(epochs=16, batch_size=512, lr=0.4, weight_decay=5e-4, momentum=0.9, schedule="onecycle",
+                 label_smoothing=0.2, augment=True, width=64),
+}
+# Settings a resumed run takes from its checkpoint unless given again on the command line.
+RESUMABLE = ("model", "epochs", "batch_size", "lr", "weight_decay", "momentum", "schedule", "label_smoothing",
+             "augment", "width", "seed", "limit", "val_split")
+
+
+def _say(*parts):
+    print(*parts, file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- argument parsing
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be an integer >= 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gpuconv", description="Convolutional networks on NumPy and CuPy.")
+    sub = p.add_subparsers(dest="command", metavar="{train,evaluate,info,bench}")
+    sub.required = True
+
+    t = sub.add_parser("train", help="train a model on CIFAR-10",
+                       description="Train on CIFAR-10; writes OUT/checkpoint.npz (latest) and OUT/metrics.jsonl.")
+    t.add_argument("--model", choices=sorted(MODELS), default=None, help="network (default three_layer)")
+    t.add_argument("--epochs", type=_positive_int, default=None)
+    t.add_argument("--batch-size", type=_positive_int, default=None)
+    t.add_argument("--lr", type=float, default=None, help="peak learning rate of the schedule")
+    t.add_argument("--weight-decay", type=float, default=None)
+    t.add_argument("--momentum", type=float, default=None)
+    t.add_argument("--schedule", choices=("onecycle", "cosine", "constant"), default=None)
+    t.add_argument("--label-smoothing", type=float, default=None)
+    t.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="random crop (pad 4) + horizontal flip on the device")
+    t.add_argument("--width", type=_positive_int, default=None, help="channel width of fast_net (default 64)")
+    t.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | sim | auto (default: auto = a GPU if usable)")
+    t.add_argument("--data", default=None, help="CIFAR-10 directory or tarball (else $GPUCONV_DATA, "
+                   "~/.cache/gpuconv, or download)")
+    t.add_argument("--out", default="runs/latest", help="output directory (default runs/latest)")
+    t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
+    t.add_argument("--seed", type=int, default=None, help="seed for init, shuffling, augmentation (default 0)")
+    t.add_argument("--limit", type=_positive_int, default=None, help="use only N training images (quick runs)")
+    t.add_argument("--val-split", default=None,
+                   help="validation data: 'auto' (test_batch, else hold out data_batch_5, else 10%%), "
+                        "'test', 'batchK' (hold out data_batch_K), a fraction like 0.1, or 'none'")
+    t.add_argument("--log-every", type=_positive_int, default=50, help="steps between loss readbacks")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar (one line per epoch)")
+
+    e = sub.add_parser("evaluate", help="evaluate a checkpoint on test_batch (or the held-out split)")
+    e.add_argument("--checkpoint", required=True, help="a checkpoint.npz written by `gpuconv train`")
+    e.add_argument("--data", default=None)
+    e.add_argument("--device", default="auto")
+    e.add_argument("--batch-size", type=_positive_int, default=500)
+    e.add_argument("--tta", action="store_true", help="average with horizontally flipped images")
+    e.add_argument("--json", action="store_true", help="print one JSON object (accuracy in [0, 1])")
+
+    sub.add_parser("info", help="versions, devices, CUDA and GPU telemetry")
+
+    b = sub.add_parser("bench", help="run a benchmark script of a source checkout (benchmarks/)")
+    b.add_argument("name", nargs="?", default=None, help="bench_<name>.py (default: cpu, or conv2d on a GPU)")
+    b.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the script")
+    return p
+
+
+# ----------------------------------------------------------------------------- data splits
+def parse_val_split(text):
+    """'auto' | 'test' | 'none' | ('batch', k) | ('fraction', f)."""
+    text = (text or "auto").strip().lower()
+    if text in ("auto", "test", "none"):
+        return text
+    if text.startswith("batch") and text[5:].isdigit():
+        return ("batch", int(text[5:]))
+    try:
+        frac = float(text)
+    except ValueError:
+        frac = None
+    if frac is not None and 0 < frac < 1:
+        return ("fraction", frac)
+    raise ValueError(f"--val-split {text!r} is not understood: use auto, test, none, batch5 (hold out "
+                     "data_batch_5) or a fraction strictly between 0 and 1 such as 0.1")
+
+
+def resolve_split(cifar, spec, seed=0):
+    """(train Split, val Split or None, description, recorded spec) for a --val-split value."""
+    from .data import train_val_split
+    spec = parse_val_split(spec) if isinstance(spec, str) or spec is None else spec
+    if isinstance(spec, list):
+        spec = tuple(spec)
+    if spec == "auto":
+        if cifar.test is not None:
+            spec = "test"
+        elif len(cifar.train.batch_sizes) >= 5:
+            spec = ("batch", 5)
+        else:
+            spec = ("fraction", 0.1)
+    if spec == "none":
+        return cifar.train, None, "no validation split", "none"
+    if spec == "test":
+        if cifar.test is None:
+            raise ValueError(f"--val-split test: {cifar.root} has no test_batch; use --val-split auto, batch5 "
+                             "or a fraction like 0.1")
+        return cifar.train, cifar.test, f"test_batch ({len(cifar.test)} images)", "test"
+    kind, value = spec
+    if kind == "batch":
+        train, val = train_val_split(cifar.train, val_batch=value)
+        return train, val, f"data_batch_{value} held out of training ({len(val)} images)", ["batch", value]
+    train, val = train_val_split(cifar.train, val_fraction=value, seed=seed)
+    return train, val, f"a seeded {value:g} of the training images held out ({len(val)} images)", ["fraction", value]
+
+
+def _limit(split, n, seed):
+    """A seeded random subset of n images (kept in file order), so classes stay balanced."""
+    from .data import Split
+    if n is None or n >= len(split):
+        return split
+    idx = np.sort(np.random.default_rng(seed).permutation(len(split))[:n])
+    return Split(split.images[idx], split.labels[idx])
+
+
+def _load_data(data, quiet_no_test=True):
+    from .data import load_cifar10
+    with warnings.catch_warnings():
+        if quiet_no_test:  # we say what we do about a missing test batch ourselves
+            warnings.filterwarnings("ignore", message=".*no test batch.*")
+        return load_cifar10(data)
+
+
+# ----------------------------------------------------------------------------- models
+def build_model(name, seed=0, width=None):
+    """(model, config) where config is JSON and rebuilds the model (see ``model_from_config``)."""
+    if name not in MODELS:
+        raise ValueError(f"model {name!r} is not known: use one of {', '.join(sorted(MODELS))}")
+    fn_name, kwargs = MODELS[name]
+    kwargs = dict(kwargs, seed=int(seed))
+    if name == "fast":
+        kwargs["width"] = int(width or MODEL_DEFAULTS["fast"]["width"])
+    config = {"model": name, "constructor": fn_name, "kwargs": kwargs}
+    return model_from_config(config), config
+
+
+def model_from_config(config):
+    from . import models
+    fn = getattr(models, config["constructor"])
+    return fn(**config["kwargs"])
+
+
+def _schedule(name, optimizer, lr, total_steps):
+    from .optim import CosineLR, OneCycleLR
+    if name == "onecycle":
+        return OneCycleLR(optimizer, max_lr=lr, total_steps=total_steps)
+    if name == "cosine":
+        return CosineLR(optimizer, total_steps=total_steps, warmup_steps=max(1, total_steps // 20))
+    return None
+
+
+# ----------------------------------------------------------------------------- train
+def _settings(args):
+    """The run's settings: flags given > the checkpoint's (with --resume) > the model's defaults."""
+    given = {k: getattr(args, k) for k in RESUMABLE if getattr(args, k, None) is not None}
+    stored = {}
+    ckpt_path = Path(args.out) / "checkpoint.npz"
+    if args.resume and ckpt_path.exists():
+        from .checkpoint import load_checkpoint, read_config
+        stored = read_config(load_checkpoint(ckpt_path)).get("train_args", {})
+    model = given.get("model") or stored.get("model") or "three_layer"
+    if stored:
+        _check_resume_flags(given, stored, ckpt_path)
+    s = dict(MODEL_DEFAULTS[model], seed=0, limit=None, val_split="auto", model=model)
+    s.update({k: v for k, v in stored.items() if k in RESUMABLE})
+    s.update(given)
+    return s
+
+
+def _check_resume_flags(given, stored, ckpt_path):
+    """A resumed run continues the saved one: its data, model and schedule cannot change midway
+    (the optimizer and schedule state in the checkpoint would silently override new values)."""
+    for key, value in given.items():
+        old = stored.get(key)
+        if key == "val_split":
+            value = parse_val_split(value)
+            old = tuple(old) if isinstance(old, list) else old
+            if value == "auto":
+                continue
+        if key == "epochs" and stored.get("schedule") == "constant":
+            continue  # a constant learning rate can run for more epochs
+        if old is not None and value != old:
+            flag = "--" + key.replace("_", "-")
+            why = (" (its learning-rate schedule was laid out for that many epochs)" if key == "epochs" else "")
+            raise ValueError(f"--resume: {ckpt_path} holds a run with {flag} {old}{why}, but {flag} {value} was "
+                             f"given; drop {flag} to continue that run, or train into a new --out")
+
+
+def cmd_train(args) -> int:
+    from . import backend
+    from .data import DeviceLoader
+    from .optim import SGD
+    from .trainer import Trainer, TrainingDiverged, TrainingInterrupted, GPUOutOfMemory
+
+    s = _settings(args)
+    device = backend.Device(args.device)
+    if device.is_cuda:
+        backend.require_cupy()
+    if not args.resume and (Path(args.out) / "checkpoint.npz").exists():
+        _say(f"note: {args.out} holds an earlier run; this new run replaces its checkpoint and metrics "
+             "(use --resume to continue it instead)")
+    cifar = _load_data(args.data)
+    train, val, val_desc, val_spec = resolve_split(cifar, s["val_split"], seed=s["seed"])
+    s["val_split"] = val_spec
+    if cifar.test is None and val is not None:
+        _say(f"{cifar.root} has no test_batch: validating on {val_desc}")
+    train = _limit(train, s["limit"], s["seed"])
+    if s["model"] == "fast" and s["batch_size"] > len(train) // 8:
+        _say(f"note: batch size {s['batch_size']} gives only {math.ceil(len(train) / s['batch_size'])} steps per "
+             f"epoch on {len(train)} images; --batch-size 128 suits a small subset better")
+    _say(f"training {s['model']} on {device} ({len(train)} images, {s['epochs']} epochs, batch {s['batch_size']}, "
+         f"lr {s['lr']}, {s['schedule']}); validation: {val_desc}; output: {args.out}")
+
+    with backend.default_device(device):
+        model, config = build_model(s["model"], seed=s["seed"], width=s.get("width"))
+        config["train_args"] = s
+        config["classes"] = list(cifar.classes)
+        train_loader = DeviceLoader(train.images, train.labels, s["batch_size"], shuffle=True,
+                                    augment=s["augment"], seed=s["seed"], device=device)
+        val_loader = (DeviceLoader(val.images, val.labels, 500, shuffle=False, augment=False, device=device)
+                      if val is not None else None)
+        opt = SGD(model.parameters(), lr=s["lr"], momentum=s["momentum"], nesterov=s["momentum"] > 0,
+                  weight_decay=s["weight_decay"])
+        sched = _schedule(s["schedule"], opt, s["lr"], s["epochs"] * len(train_loader))
+        trainer = Trainer(model, opt, sched, out_dir=args.out, label_smoothing=s["label_smoothing"],
+                          log_every=args.log_every, seed=s["seed"], progress="epoch" if args.no_progress else True, config=config)
+        resume_cmd = f"gpuconv train --out {args.out} --resume" + (f" --data {args.data}" if args.data else "")
+        try:
+            trainer.fit(train_loader, s["epochs"], val=val_loader, resume=args.resume)
+        except TrainingInterrupted as exc:
+            _say(f"\n{exc.message.split(';')[0]}; checkpoint saved to {exc.checkpoint}.\nResume with: {resume_cmd}")
+            return 130
+        except (TrainingDiverged, GPUOutOfMemory) as exc:
+            _say(f"error: {exc}")
+            return 1
+        if val_loader is not None:
+            result = trainer.evaluate(val_loader)
+            _say(f"final validation accuracy ({val_desc}): {result['accuracy']:.4f}  loss {result['loss']:.4f}")
+            print(f"accuracy {result['accuracy']:.4f}")
+        elif trainer.history:
+            print(f"train accuracy {trainer.history[-1]['train_acc']:.4f}")
+        _say(f"checkpoint: {trainer.checkpoint_path}; metrics: {trainer.metrics_path}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- evaluate
+def cmd_evaluate(args) -> int:
+    from . import backend
+    from .checkpoint import load_checkpoint, read_config, section
+    from .data import DeviceLoader
+    from .trainer import evaluate
+
+    arrays = load_checkpoint(args.checkpoint)
+    config = read_config(arrays)
+    if "constructor" not in config:
+        raise ValueError(f"{args.checkpoint} has no model config (meta/config): it was not written by "
+                         "`gpuconv train`; rebuild the model in Python and call Trainer.evaluate")
+    device = backend.Device(args.device)
+    cifar = _load_data(args.data)
+    if cifar.test is not None:
+        images, labels, split_desc = cifar.test.images, cifar.test.labels, f"test_batch ({len(cifar.test)} images)"
+    else:
+        spec = config.get("train_args", {}).get("val_split", "auto")
+        if spec in ("none", "test"):
+            spec = "auto"
+        _, val, split_desc, _ = resolve_split(cifar, spec, seed=config.get("train_args", {}).get("seed", 0))
+        images, labels = val.images, val.labels
+        _say(f"{cifar.root} has no test_batch: evaluating on {split_desc}, as held out in training")
+    with backend.default_device(device):
+        model = model_from_config(config)
+        model.load_state_dict(section(arrays, "model"))
+        loader = DeviceLoader(images, labels, args.batch_size, shuffle=False, augment=False, device=device)
+        result = evaluate(model, loader, tta=args.tta)
+    classes = config.get("classes") or list(cifar.classes)
+    per_class = {c: (None if math.isnan(a) else a) for c, a in zip(classes, result["per_class"])}
+    if args.json:
+        print(json.dumps({"accuracy": result["accuracy"], "loss": result["loss"], "n": result["n"],
+                          "split": split_desc, "model": config["model"], "epoch": int(arrays["meta/epoch"]),
+                          "checkpoint": str(args.checkpoint), "classes": classes, "per_class": per_class,
+                          "confusion": result["confusion"].tolist()}))
+        return 0
+    print(f"{config['model']} after {int(arrays['meta/epoch'])} epoch(s), on {split_desc}")
+    print(f"accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}  ({result['n']} images)")
+    print("per class: " + ", ".join(f"{c} {'-' if a is None else f'{a:.3f}'}" for c, a in per_class.items()))
+    width = max(len(c) for c in classes)
+    print("confusion (rows: true, columns: predicted):")
+    print(" " * (width + 1) + " ".join(f"{c[:5]:>5}" for c in classes))
+    for c, row in zip(classes, result["confusion"]):
+        print(f"{c:>{width}} " + " ".join(f"{v:5d}" for v in row))
+    return 0
+
+
+# ----------------------------------------------------------------------------- info
+def _version(dist):
+    from importlib import metadata
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def info_lines() -> list[str]:
+    import gpuconv
+    from . import backend
+    from .monitor import format_snapshot, query_all
+    lines = [f"gpuconv {gpuconv.__version__} ({Path(gpuconv.__file__).parent})",
+             f"python {platform.python_version()} ({sys.executable}) on {platform.platform()}",
+             f"numpy {np.__version__}"]
+    cp = backend.cupy_module()
+    if cp is not None:
+        lines.append(f"cupy {cp.__version__}")
+    else:
+        lines.append(f"cupy: not available ({backend._import_cupy()[1]})")
+    for dist in ("tqdm", "nvidia-ml-py"):
+        lines.append(f"{dist} {_version(dist) or 'not installed'}")
+    lines.append(f"CUDA: {'works' if backend.cuda_available() else 'not usable'} - {backend.cuda_status()}")
+    if backend.cuda_available():
+        for i in range(cp.cuda.runtime.getDeviceCount()):
+            props = cp.cuda.runtime.getDeviceProperties(i)
+            name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+            lines.append(f"  cuda:{i} {name}, {props['totalGlobalMem'] / 2**30:.1f} GiB, "
+                         f"compute {props['major']}.{props['minor']}")
+    gxx = shutil.which("g++")
+    lines.append(f"sim (CUDA kernels on the host simulator): {'g++ at ' + gxx if gxx else 'needs g++, not found'}")
+    lines.append(f"devices: cpu, sim{', cuda' if backend.cuda_available() else ''}; default "
+                 f"{backend.get_default_device()} (GPUCONV_DEVICE={os.environ.get('GPUCONV_DEVICE', 'unset')}); "
+                 f"'auto' means {backend.Device('auto')}")
+    gpus, why = query_all()
+    if gpus:
+        lines += [f"  NVML gpu {g['index']}: {format_snapshot(g)}" for g in gpus]
+    else:
+        lines.append(f"telemetry: {why}")
+    try:
+        from .data import find_data_dir
+        lines.append(f"CIFAR-10 data: {find_data_dir()}")
+    except Exception as exc:
+        lines.append(f"CIFAR-10 data: none found yet ({type(exc).__name__}); `gpuconv train` downloads it, or "
+                     "pass --data DIR / set GPUCONV_DATA")
+    return lines
+
+
+def cmd_info(args) -> int:
+    print("\n".join(info_lines()))
+    return 0
+
+
+# ----------------------------------------------------------------------------- bench
+def benchmarks_dir() -> Path | None:
+    here = Path(__file__).resolve().parent.parent / "benchmarks"
+    return here if here.is_dir() else None
+
+
+def cmd_bench(args) -> int:
+    from . import backend
+    bdir = benchmarks_dir()
+    available = sorted(p.stem[len("bench_"):] for p in bdir.glob("bench_*.py")) if bdir else []
+    if not available:
+        _say("gpuconv bench runs the scripts in benchmarks/ of a source checkout, and none was found next to "
+             f"the installed package ({Path(__file__).resolve().parent}). Clone the repository and run "
+             "`gpuconv bench` (or `python benchmarks/bench_cpu.py`) from there.")
+        return 2
+    name = args.name or ("conv2d" if backend.cuda_available() and "conv2d" in available else "cpu")
+    name = name[len("bench_"):] if name.startswith("bench_") else name.removesuffix(".py")
+    if name not in available:
+        _say(f"no benchmark {name!r} in {bdir}; available: {', '.join(available)}")
+        return 2
+    script = bdir / f"bench_{name}.py"
+    old_argv = sys.argv
+    sys.argv = [str(script), *[a for a in args.args if a != "--"]]
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        sys.argv = old_argv
+    return 0
+
+
+# ----------------------------------------------------------------------------- entry point
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "info": cmd_info, "bench": cmd_bench}
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:  # outside the trainer's own handling (e.g. while loading data)
+        _say("interrupted")
+        return 130
+    except (ValueError, TypeError, FileNotFoundError, RuntimeError, MemoryError) as exc:
+        if os.environ.get("GPUCONV_DEBUG"):
+            raise  # the full traceback, for bug reports
+        _say(f"gpuconv {args.command}: error: {exc} (set GPUCONV_DEBUG=1 for a traceback)")
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,533 @@
+"""Training and evaluation: a device-resident step, checkpoints, resume, Ctrl-C, telemetry.
+
+The step (:meth:`Trainer.train_step`) launches work only: forward, loss, backward, optimizer
+and schedule steps, and two writes into a small device buffer (this step's mean loss and
+correct count). Nothing is read back to the host there. Once per ``log_every`` steps, and at
+the end of an epoch, the buffer comes back in ONE readback (:meth:`Trainer._flush`): that
+updates the progress bar (loss, accuracy, images/s), appends a line to ``metrics.jsonl``,
+and is where a NaN/Inf loss is found and named by step. Checkpoints are written only after a
+flush found every loss finite, so the checkpoint on disk is always a good one.
+
+Resume is bit-identical: a checkpoint holds parameters, buffers, optimizer and schedule
+state, the epoch, the step within it, the loader's state as it was when that epoch began and
+every ``numpy.random.Generator`` the model and loader hold. Resuming mid-epoch replays the
+loader up to the saved batch (same shuffle, same augmentation draws) without training on it.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import backend
+from . import checkpoint as ckpt
+from .monitor import GPUMonitor, format_snapshot, metrics_fields
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss became NaN or Inf; ``step`` is the first bad step, the checkpoint on disk is the last good one."""
+
+    def __init__(self, message, step=None, checkpoint=None):
+        super().__init__(message)
+        self.step, self.checkpoint = step, checkpoint
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C: the current step finished and (with an ``out_dir``) a checkpoint was saved."""
+
+    def __init__(self, message, checkpoint=None, epoch=None, step=None):
+        super().__init__(message)
+        self.message, self.checkpoint, self.epoch, self.step = message, checkpoint, epoch, step
+
+    def __str__(self):
+        return self.message
+
+
+class GPUOutOfMemory(MemoryError):
+    """Out of (GPU) memory, with the batch size, what the pool holds, and what to try."""
+
+
+def _gib(nbytes) -> str:
+    return f"{nbytes / float(1 << 30):.2f} GiB"
+
+
+def oom_message(exc, batch_size=None, pool=None, checkpoint=None, where="training step") -> str:
+    """The message for an out-of-memory error; ``pool`` is a CuPy memory pool (or look-alike)."""
+    gpu = type(exc).__name__ == "OutOfMemoryError"
+    lines = [f"out of {'GPU' if gpu else 'host'} memory in the {where}"
+             + (f" with batch size {batch_size}" if batch_size else "") + f": {exc}"]
+    if gpu and pool is None:
+        cp = backend.cupy_module()
+        pool = cp.get_default_memory_pool() if cp is not None else None
+    if pool is not None:
+        try:
+            lines.append(f"the CuPy memory pool holds {_gib(pool.total_bytes())}, "
+                         f"{_gib(pool.used_bytes())} of it in use by live arrays")
+        except Exception:
+            pass
+    fix = "try a smaller batch"
+    if batch_size and batch_size > 1:
+        fix = f"try --batch-size {max(1, batch_size // 2)} (half of {batch_size})"
+    lines.append(fix + ", a narrower model (--width for fast_net), or close other processes using "
+                 + ("the GPU (see nvidia-smi)" if gpu else "memory"))
+    if checkpoint is not None and Path(checkpoint).exists():
+        lines.append(f"training state is not lost: the last checkpoint stands at {checkpoint}; "
+                     "continue from it with --resume")
+    return "; ".join(lines)
+
+
+def _is_oom(exc) -> bool:
+    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+
+
+def _generators(obj, prefix):
+    """(name, Generator) for every NumPy Generator held in ``obj``'s attributes, directly or in a
+    dict attribute (Dropout keeps one per array module in ``_rngs``)."""
+    found = []
+    for attr, value in sorted(vars(obj).items()) if hasattr(obj, "__dict__") else []:
+        if isinstance(value, np.random.Generator):
+            found.append((f"{prefix}.{attr}", value))
+        elif isinstance(value, dict):
+            found += [(f"{prefix}.{attr}.{k}", v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))
+                      if isinstance(v, np.random.Generator)]
+    return found
+
+
+class Trainer:
+    """Fits a model with an optimizer (and optionally a per-step schedule).
+
+    ``progress``: True (a bar per epoch and a summary line after it), ``'epoch'`` (the summary
+    lines only, for logs), False (quiet). ``out_dir`` receives ``checkpoint.npz`` (the latest)
+    and ``metrics.jsonl``; without it
+    nothing is written. ``checkpoint_every`` is ``'epoch'``, a number of steps, or None (save
+    only on Ctrl-C). ``config`` (JSON-able) is stored in the checkpoint as ``meta/config`` so
+    a tool can rebuild the model. ``monitor``: 'auto' samples GPU telemetry when the model is
+    on CUDA; True/False force it; a :class:`GPUMonitor` is used as given. ``seed`` seeds the
+    trainer's own generator ``self.rng`` (saved and restored with the checkpoint, for code that
+    extends the trainer); the model and the loader take their own seeds, so runs repeat exactly.
+    """
+
+    def __init__(self, model, optimizer, scheduler=None, out_dir=None, label_smoothing=0.0, log_every=50,
+                 seed=0, progress=True, checkpoint_every="epoch", config=None, monitor="auto"):
+        if not (isinstance(log_every, int) and log_every >= 1):
+            raise ValueError(f"log_every={log_every!r}: must be an int >= 1 (steps between readbacks), e.g. 50")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing={label_smoothing!r}: must be in [0, 1), e.g. 0.1")
+        if not (checkpoint_every in ("epoch", None) or (isinstance(checkpoint_every, int) and checkpoint_every > 0)):
+            raise ValueError(f"checkpoint_every={checkpoint_every!r}: use 'epoch', a positive number of steps, "
+                             "or None (save only on Ctrl-C)")
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.label_smoothing = float(label_smoothing)
+        self.log_every, self.progress = log_every, progress
+        self.checkpoint_every, self.config = checkpoint_every, config
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)  # the trainer's own stream, saved with the rest
+        self.monitor_mode, self.monitor = monitor, None
+        self.epoch = 0          # completed epochs
+        self.epoch_step = 0     # batches done in the current, incomplete epoch
+        self.step = 0           # optimizer steps in total
+        self.elapsed = 0.0      # seconds of fit() across resumes
+        self.history: list[dict] = []
+        self._buf = None
+        self._stop_requested = False
+        self._loader_state = None
+
+    # ------------------------------------------------------------------ paths
+    @property
+    def checkpoint_path(self):
+        return self.out_dir / ckpt.CHECKPOINT_NAME if self.out_dir is not None else None
+
+    @property
+    def metrics_path(self):
+        return self.out_dir / "metrics.jsonl" if self.out_dir is not None else None
+
+    # ------------------------------------------------------------------ the step
+    def _xp(self):
+        params = self.model.parameters()
+        return backend.get_array_module(params[0].data) if params else np
+
+    def train_step(self, x, y):
+        """One optimizer step on a batch already on the device. Reads nothing back.
+
+        The batch's mean loss and correct count go into row ``self._pending`` of the interval
+        buffer, to be read back by the next flush."""
+        from .ops import softmax_cross_entropy
+        xp = backend.get_array_module(x, y)
+        if self._buf is None or backend.get_array_module(self._buf) is not xp:
+            self._buf = xp.zeros((self.log_every, 2), dtype=np.float64)
+            self._pending, self._pending_n = 0, []
+        if self._pending >= self.log_every:
+            raise RuntimeError(f"{self._pending} steps are waiting for a readback: call Trainer._flush() "
+                               f"at least every log_every={self.log_every} steps")
+        self.optimizer.zero_grad()
+        logits = self.model(x)
+        loss, dlogits = softmax_cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+        self.model.backward(dlogits)
+        self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self._buf[self._pending, 0] = loss
+        self._buf[self._pending, 1] = (xp.argmax(logits, axis=1) == y).sum()
+        self._pending += 1
+        self._pending_n.append(int(x.shape[0]))  # shapes are host metadata: no sync
+        self.step += 1
+
+    def _flush(self):
+        """Read the pending steps' losses back (one transfer); raise on NaN/Inf; return stats."""
+        k = getattr(self, "_pending", 0)
+        if k == 0:
+            return None
+        vals = backend.asnumpy(self._buf[:k])
+        counts = np.asarray(self._pending_n, dtype=np.float64)
+        first_step = self.step - k + 1
+        self._pending, self._pending_n = 0, []
+        bad = np.flatnonzero(~np.isfinite(vals[:, 0]))
+        if bad.size:
+            step = first_step + int(bad[0])
+            batch = self.epoch_step - k + int(bad[0]) + 1
+            where = (f"the last good checkpoint is kept at {self.checkpoint_path}" if self.checkpoint_path
+                     and self.checkpoint_path.exists() else "no checkpoint had been written yet")
+            raise TrainingDiverged(
+                f"the training loss became {vals[bad[0], 0]} at step {step} (epoch {self.epoch + 1}, batch "
+                f"{batch}), found at the readback of steps {first_step}-{self.step} (log_every="
+                f"{self.log_every}); {where}. Lower the learning rate (--lr), or check the inputs for "
+                f"NaN/Inf", step=step, checkpoint=self.checkpoint_path if where.startswith("the last") else None)
+        n = counts.sum()
+        return {"loss": float((vals[:, 0] * counts).sum() / n), "correct": float(vals[:, 1].sum()),
+                "n": float(n), "steps": k}
+
+    # ------------------------------------------------------------------ checkpoints
+    def _rng_owners(self, loader=None, create=False):
+        owners = [("trainer.rng", self.rng)]
+        named = self.model.named_modules() if hasattr(self.model, "named_modules") else [("", self.model)]
+        for name, m in named:
+            if create and callable(getattr(m, "_rng", None)):
+                m._rng(self._xp())  # layers create generators lazily; a resumed one must exist to be restored
+            owners += _generators(m, f"model.{name}" if name else "model")
+        if loader is not None:
+            owners += _generators(loader, "loader")
+        return owners
+
+    def _capture_loader(self, loader):
+        """The loader's state (and RNG states) now, before it starts an epoch."""
+        state = {}
+        if hasattr(loader, "state_dict"):
+            state.update(ckpt.flatten_tree("loader", loader.state_dict()))
+        for name, gen in _generators(loader, "loader"):
+            state[f"rng/{name}"] = ckpt.rng_state(gen)
+        return state
+
+    def state_arrays(self) -> dict:
+        """Everything a checkpoint holds, as flat host arrays."""
+        arrays = {f"model/{k}": np.asarray(v) for k, v in self.model.state_dict().items()}
+        arrays.update(ckpt.flatten_tree("optim", self.optimizer.state_dict()))
+        if self.scheduler is not None:
+            arrays.update(ckpt.flatten_tree("sched", self.scheduler.state_dict()))
+        for name, gen in self._rng_owners():
+            arrays[f"rng/{name}"] = ckpt.rng_state(gen)
+        arrays.update(self._loader_state or {})
+        arrays.update({"meta/format": np.asarray(ckpt.FORMAT, np.int64),
+                       "meta/epoch": np.asarray(self.epoch, np.int64),
+                       "meta/epoch_step": np.asarray(self.epoch_step, np.int64),
+                       "meta/step": np.asarray(self.step, np.int64),
+                       "meta/elapsed": np.asarray(self.elapsed, np.float64),
+                       "meta/lr": np.asarray(float(self.optimizer.lr), np.float64),
+                       "meta/config": ckpt.pack_json(self.config or {})})
+        return arrays
+
+    def save_checkpoint(self, path=None):
+        path = Path(path) if path is not None else self.checkpoint_path
+        if path is None:
+            raise ValueError("save_checkpoint() needs a path, or out_dir= when the Trainer is built")
+        return ckpt.save_checkpoint(path, self.state_arrays())
+
+    def load_checkpoint(self, path=None, loader=None):
+        """Restore model, optimizer, schedule, counters and RNGs from a checkpoint."""
+        path = Path(path) if path is not None else self.checkpoint_path
+        arrays = ckpt.load_checkpoint(path)
+        self.model.load_state_dict(ckpt.section(arrays, "model"))
+        self.optimizer.load_state_dict(ckpt.unflatten_tree("optim", arrays))
+        if self.scheduler is not None:
+            if "sched/__tree__" not in arrays:
+                raise ValueError(f"checkpoint {path} has no schedule state but this Trainer has a scheduler: "
+                                 "resume with the same setup as the run that wrote it")
+            self.scheduler.load_state_dict(ckpt.unflatten_tree("sched", arrays))
+        self.optimizer.lr = float(arrays["meta/lr"])  # the lr the next step uses, whatever the schedule does
+        for name, gen in self._rng_owners(loader, create=True):
+            if f"rng/{name}" in arrays:
+                ckpt.set_rng_state(gen, arrays[f"rng/{name}"])
+        if loader is not None and hasattr(loader, "load_state_dict") and "loader/__tree__" in arrays:
+            loader.load_state_dict(ckpt.unflatten_tree("loader", arrays))
+        self._loader_state = {k: v for k, v in arrays.items()
+                              if k.startswith("loader/") or k.startswith("rng/loader.")}
+        self.epoch, self.epoch_step = int(arrays["meta/epoch"]), int(arrays["meta/epoch_step"])
+        self.step, self.elapsed = int(arrays["meta/step"]), float(arrays["meta/elapsed"])
+        self.config = ckpt.read_config(arrays) or self.config
+        return arrays
+
+    # ------------------------------------------------------------------ metrics history
+    def _write_metrics(self, record):
+        if self.metrics_path is None:
+            return
+        self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(record, allow_nan=True) + "\n")
+
+    def _trim_metrics(self):
+        """Drop lines written after the checkpoint we resume from (a crash left them behind)."""
+        if self.metrics_path is None or not self.metrics_path.exists():
+            return
+        kept = []
+        for line in self.metrics_path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut off by a crash
+            if rec.get("step", 0) <= self.step:
+                kept.append(rec)
+        tmp = self.metrics_path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        os.replace(tmp, self.metrics_path)
+        self.history = [r for r in kept if r.get("kind") == "epoch"]
+
+    def _telemetry(self):
+        fields = metrics_fields(self.monitor.snapshot()) if self.monitor is not None else {}
+        cp = backend.cupy_module()
+        if cp is not None and self._xp() is cp:
+            # Pool size per interval: it should stop growing after the first steps.
+            fields["pool_total_gib"] = round(cp.get_default_memory_pool().total_bytes() / float(1 << 30), 4)
+        return fields
+
+    def _start_monitor(self):
+        if isinstance(self.monitor_mode, GPUMonitor):
+            self.monitor = self.monitor_mode.start()
+            return
+        on_cuda = self._xp() is not np
+        if self.monitor_mode is True or (self.monitor_mode == "auto" and on_cuda):
+            index, bus = 0, None
+            if on_cuda:
+                index = backend.device_of(self.model.parameters()[0].data).index
+                try:
+                    bus = backend.cupy_module().cuda.Device(index).pci_bus_id
+                except Exception:
+                    bus = None
+            self.monitor = GPUMonitor(index=index, interval=1.0, pci_bus_id=bus).start()
+            if not self.monitor.available:
+                self.monitor = None
+
+    # ------------------------------------------------------------------ Ctrl-C
+    def _on_sigint(self, signum, frame):
+        if self._stop_requested:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without saving
+        self._stop_requested = True
+        sys.stderr.write("\nCtrl-C: finishing the current step, then saving a checkpoint "
+                         "(press Ctrl-C again to stop at once without saving)\n")
+
+    def _interrupt(self):
+        saved = self.save_checkpoint() if self.out_dir is not None else None
+        where = (f"checkpoint saved to {saved}; resume with `gpuconv train ... --out {self.out_dir} --resume` "
+                 "or Trainer.fit(..., resume=True)" if saved else "no out_dir was given, so nothing was saved")
+        raise TrainingInterrupted(f"training interrupted at epoch {self.epoch + 1}, batch {self.epoch_step} "
+                                  f"(step {self.step}); {where}", checkpoint=saved, epoch=self.epoch,
+                                  step=self.step)
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, train_loader, epochs, val=None, resume=False):
+        """Train until ``epochs`` epochs are complete; returns the per-epoch history (list of dicts).
+
+        ``resume=True`` continues from ``out_dir/checkpoint.npz`` when it exists (else starts
+        fresh and says so). Raises :class:`TrainingDiverged` on a NaN/Inf loss,
+        :class:`TrainingInterrupted` after Ctrl-C (checkpoint saved), :class:`GPUOutOfMemory`."""
+        if not (isinstance(epochs, int) and epochs >= 1):
+            raise ValueError(f"epochs={epochs!r}: must be an int >= 1")
+        if resume:
+            if self.out_dir is None:
+                raise ValueError("resume=True needs out_dir=, the directory holding checkpoint.npz")
+            if self.checkpoint_path.exists():
+                self.load_checkpoint(loader=train_loader)
+                self._trim_metrics()
+                self._say(f"resuming from {self.checkpoint_path}: {self.epoch} epoch(s) and "
+                          f"{self.epoch_step} batch(es) done, step {self.step}")
+            else:
+                self._say(f"no checkpoint at {self.checkpoint_path}: starting from scratch")
+        elif self.metrics_path is not None and self.metrics_path.exists() and self.step == 0:
+            self.metrics_path.unlink()  # a fresh run starts a fresh history
+        if self.epoch >= epochs:
+            self._say(f"nothing to do: {self.epoch} epoch(s) already done (epochs={epochs})")
+            return self.history
+        handler_set = threading.current_thread() is threading.main_thread()
+        old_handler = signal.signal(signal.SIGINT, self._on_sigint) if handler_set else None
+        self._stop_requested = False
+        self._start_monitor()
+        self._t0 = time.perf_counter() - self.elapsed
+        try:
+            while self.epoch < epochs:
+                self._run_epoch(train_loader, epochs)
+                n = self._ep["n"]  # 0 only when a resume found the epoch's batches all done
+                record = {"kind": "epoch", "epoch": self.epoch + 1, "step": self.step,
+                          "train_loss": self._ep["loss"] / n if n else None,
+                          "train_acc": self._ep["correct"] / n if n else None,
+                          "lr": float(self.optimizer.lr), "images_per_s": n / max(self._ep["t"], 1e-9)}
+                if val is not None:
+                    ev = self.evaluate(val)
+                    record.update(val_loss=ev["loss"], val_acc=ev["accuracy"])
+                self.epoch, self.epoch_step = self.epoch + 1, 0
+                self.elapsed = time.perf_counter() - self._t0
+                record.update(elapsed_s=round(self.elapsed, 3), **self._telemetry())
+                self._report_epoch(record)
+                self._loader_state = self._capture_loader(train_loader)  # = its state when the next epoch begins
+                if self.out_dir is not None and self.checkpoint_every is not None:
+                    self.save_checkpoint()
+                if self._stop_requested:
+                    self._interrupt()
+        except Exception as exc:
+            if _is_oom(exc):
+                bs = getattr(train_loader, "batch_size", None)
+                raise GPUOutOfMemory(oom_message(exc, bs, checkpoint=self.checkpoint_path)) from exc
+            raise
+        finally:
+            if handler_set:
+                signal.signal(signal.SIGINT, old_handler)
+            if self.monitor is not None and not isinstance(self.monitor_mode, GPUMonitor):
+                self.monitor.stop()
+            self.monitor = None
+        return self.history
+
+    def _run_epoch(self, loader, epochs):
+        skip, replay = self.epoch_step, self.epoch_step
+        if skip == 0 or self._loader_state is None:
+            if hasattr(loader, "set_epoch"):
+                loader.set_epoch(self.epoch)
+            # Saved with any mid-epoch checkpoint: a resume restores it, then skips `skip` batches.
+            self._loader_state = self._capture_loader(loader)
+        if skip and hasattr(loader, "set_epoch"):
+            try:
+                loader.set_epoch(self.epoch, start_batch=skip)  # DeviceLoader starts mid-epoch directly
+                replay = 0
+            except TypeError:
+                loader.set_epoch(self.epoch)  # a loader without start_batch: replay the skipped batches
+        self._ep = {"loss": 0.0, "correct": 0.0, "n": 0.0, "t": 0.0}
+        total = len(loader) if hasattr(loader, "__len__") else None
+        bar = self._bar(total, skip, epochs)
+        t_last = time.perf_counter()
+        try:
+            for b, (x, y) in enumerate(loader, start=skip - replay):
+                if b < skip:
+                    continue  # replaying a resumed epoch: same shuffle and augmentation draws, no training
+                self.train_step(x, y)
+                self.epoch_step = b + 1
+                if bar is not None:
+                    bar.update(1)
+                due = self._pending >= self.log_every
+                save_due = (isinstance(self.checkpoint_every, int) and self.out_dir is not None
+                            and self.step % self.checkpoint_every == 0)
+                if due or save_due or self._stop_requested:
+                    t_last = self._log_interval(bar, t_last)
+                if save_due:
+                    self.save_checkpoint()
+                if self._stop_requested:
+                    self._interrupt()
+            self._log_interval(bar, t_last)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _log_interval(self, bar, t_last):
+        stats = self._flush()
+        now = time.perf_counter()
+        if stats is None:
+            return t_last
+        dt = now - t_last
+        for key in ("loss", "correct", "n"):
+            self._ep[key] += stats[key] * (1 if key != "loss" else stats["n"])
+        self._ep["t"] += dt
+        rec = {"kind": "interval", "epoch": self.epoch + 1, "step": self.step, "train_loss": stats["loss"],
+               "train_acc": stats["correct"] / stats["n"], "lr": float(self.optimizer.lr),
+               "images_per_s": stats["n"] / max(dt, 1e-9),
+               "elapsed_s": round(now - self._t0, 3), **self._telemetry()}
+        self._write_metrics(rec)
+        if bar is not None:
+            post = {"loss": f"{rec['train_loss']:.3f}", "acc": f"{rec['train_acc']:.3f}",
+                    "img/s": f"{rec['images_per_s']:.0f}"}
+            if self.monitor is not None:
+                post["gpu"] = format_snapshot(self.monitor.snapshot())
+            bar.set_postfix(post, refresh=False)
+        return now
+
+    def _bar(self, total, initial, epochs):
+        if not self.progress or self.progress == "epoch":
+            return None
+        from tqdm.auto import tqdm
+        return tqdm(total=total, initial=initial, desc=f"epoch {self.epoch + 1}/{epochs}", unit="batch",
+                    dynamic_ncols=True, leave=True, file=sys.stderr)
+
+    def _say(self, text):
+        # Rare, one-time notes (resuming, nothing to do): printed even without a progress bar.
+        print(text, file=sys.stderr, flush=True)
+
+    def _report_epoch(self, record):
+        self.history.append(record)
+        self._write_metrics(record)
+        if self.progress:
+            text = f"epoch {record['epoch']}:"
+            if record["train_loss"] is not None:
+                text += f" train loss {record['train_loss']:.4f} acc {record['train_acc']:.4f}"
+            if "val_acc" in record:
+                text += f" | val loss {record['val_loss']:.4f} acc {record['val_acc']:.4f}"
+            text += f" | {record['images_per_s']:.0f} img/s | {record['elapsed_s']:.1f}s"
+            print(text, file=sys.stderr)
+
+    # ------------------------------------------------------------------ evaluate
+    def evaluate(self, loader, tta=False):
+        """Loss, accuracy, per-class accuracy and confusion matrix (rows: true class, cols: predicted).
+
+        Sums stay on the device; one readback at the end. ``tta=True`` averages the logits of
+        each image and its horizontal mirror."""
+        return evaluate(self.model, loader, tta=tta)
+
+
+def evaluate(model, loader, tta=False):
+    """Evaluate ``model`` on ``loader`` (see :meth:`Trainer.evaluate`)."""
+    from .ops import softmax_cross_entropy
+    was_training = getattr(model, "training", True)
+    model.eval()
+    loss_sum = conf = None
+    classes = n = 0
+    try:
+        for x, y in loader:
+            xp = backend.get_array_module(x, y)
+            logits = model(x)
+            if tta:
+                logits = (logits + model(xp.ascontiguousarray(x[..., ::-1]))) * 0.5
+            loss, _ = softmax_cross_entropy(logits, y)
+            if conf is None:
+                classes = int(logits.shape[1])
+                loss_sum = xp.zeros((), dtype=np.float64)
+                conf = xp.zeros(classes * classes, dtype=np.int64)
+            loss_sum += loss * x.shape[0]
+            conf += xp.bincount(y.astype(np.int64) * classes + xp.argmax(logits, axis=1),
+                                minlength=classes * classes)
+            n += int(x.shape[0])
+    except Exception as exc:
+        if _is_oom(exc):
+            raise GPUOutOfMemory(oom_message(exc, getattr(loader, "batch_size", None), where="evaluation")) from exc
+        raise
+    finally:
+        model.train(was_training)
+    if conf is None:
+        raise ValueError("evaluate(): the loader yielded no batches; give it at least one image")
+    xp = backend.get_array_module(conf)
+    host = backend.asnumpy(xp.concatenate([loss_sum.reshape(1), conf.astype(np.float64)]))  # one readback
+    confusion = host[1:].round().astype(np.int64).reshape(classes, classes)
+    support = confusion.sum(axis=1)
+    per_class = [float(confusion[i, i] / support[i]) if support[i] else math.nan for i in range(classes)]
+    return {"loss": float(host[0] / n), "accuracy": float(np.trace(confusion) / n), "per_class": per_class,
+            "confusion": confusion, "n": n}

@@ -1,0 +1,212 @@
+"""The gpuconv command end to end on the real subset: train, evaluate --json, resume, Ctrl-C, info, bench."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from gpuconv import checkpoint as ckpt
+from gpuconv import cli
+
+from conftest import REPO, SUBSET
+
+
+def run(argv, capsys):
+    rc = cli.main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One quick CLI training run shared by the tests below (seed_net, 1000 images, 3 epochs)."""
+    if not (SUBSET / "data_batch_1").exists():
+        pytest.fail(f"the CIFAR-10 subset is missing at {SUBSET}; set GPUCONV_TEST_DATA")
+    out = tmp_path_factory.mktemp("run")
+    rc = cli.main(["train", "--model", "seed", "--epochs", "3", "--limit", "1000", "--data", str(SUBSET),
+                   "--out", str(out), "--no-progress", "--log-every", "4"])
+    assert rc == 0
+    return out
+
+
+def test_train_writes_checkpoint_and_metrics(trained):
+    arrays = ckpt.load_checkpoint(trained / "checkpoint.npz")  # allow_pickle=False inside
+    config = ckpt.read_config(arrays)
+    assert config["model"] == "seed" and config["constructor"] == "seed_net" and config["kwargs"] == {"seed": 0}
+    assert config["train_args"]["limit"] == 1000 and config["train_args"]["val_split"] == ["batch", 5]
+    assert len(config["classes"]) == 10
+    assert int(arrays["meta/epoch"]) == 3 and int(arrays["meta/step"]) == 3 * 16  # 1000 / 64 -> 16 batches
+    lines = [json.loads(x) for x in (trained / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in lines if r["kind"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [1, 2, 3]
+    assert all(0 <= r["val_acc"] <= 1 for r in epochs)
+
+
+def test_train_prints_accuracy_and_says_how_it_validates(tmp_path, capsys):
+    rc, out, err = run(["train", "--model", "seed", "--epochs", "1", "--limit", "300", "--data", SUBSET,
+                        "--out", tmp_path, "--no-progress"], capsys)
+    assert rc == 0
+    assert "no test_batch" in err and "data_batch_5 held out" in err
+    assert "epoch 1: train loss" in err and "epoch 1/1" not in err  # --no-progress: summary lines, no bar
+    acc = float(out.split("accuracy")[-1])
+    assert 0.0 <= acc <= 1.0
+
+
+def test_evaluate_json_on_the_held_out_batch(trained, capsys):
+    rc, out, err = run(["evaluate", "--checkpoint", trained / "checkpoint.npz", "--data", SUBSET, "--json",
+                        "--device", "cpu"], capsys)
+    assert rc == 0
+    result = json.loads(out)
+    assert 0.0 <= result["accuracy"] <= 1.0
+    assert result["accuracy"] > 0.3  # seed_net after 3 epochs on 1000 images (~0.4); chance is 0.1
+    assert result["n"] == 1017 and "data_batch_5" in result["split"]
+    conf = np.array(result["confusion"])
+    assert conf.shape == (10, 10) and conf.sum() == 1017
+    assert result["accuracy"] == pytest.approx(np.trace(conf) / 1017)
+    assert list(result["per_class"]) == result["classes"] and "airplane" in result["classes"]
+    assert "no test_batch" in err
+    # The last validation of training saw the same images with the same weights.
+    last = [json.loads(x) for x in (trained / "metrics.jsonl").read_text().splitlines()][-1]
+    assert last["val_acc"] == pytest.approx(result["accuracy"])
+
+
+def test_evaluate_prints_a_table(trained, capsys):
+    rc, out, _ = run(["evaluate", "--checkpoint", trained / "checkpoint.npz", "--data", SUBSET], capsys)
+    assert rc == 0
+    assert "accuracy" in out and "per class" in out and "confusion" in out
+    assert sum(1 for line in out.splitlines() if line.strip().startswith("airplane")) == 1
+
+
+def test_resume_reads_settings_from_the_checkpoint(trained, tmp_path, capsys):
+    import shutil
+    run_dir = tmp_path / "again"
+    shutil.copytree(trained, run_dir)
+    rc, out, err = run(["train", "--out", run_dir, "--resume", "--data", SUBSET], capsys)
+    assert rc == 0, err
+    assert "training seed" in err and "1000 images" in err and "3 epochs" in err  # the stored settings
+    assert "nothing to do: 3 epoch(s) already done" in err
+    rc, _, err = run(["train", "--out", run_dir, "--resume", "--model", "fast", "--data", SUBSET], capsys)
+    assert rc == 1 and "--model seed" in err and "--model fast" in err and "new --out" in err
+    rc, _, err = run(["train", "--out", run_dir, "--resume", "--epochs", "5", "--data", SUBSET], capsys)
+    assert rc == 1 and "--epochs 3" in err and "schedule" in err
+
+
+def test_fast_net_with_label_smoothing_and_augmentation(tmp_path, capsys):
+    rc, out, err = run(["train", "--model", "fast", "--width", "4", "--epochs", "1", "--limit", "64",
+                        "--batch-size", "32", "--data", SUBSET, "--out", tmp_path, "--no-progress",
+                        "--val-split", "0.05"], capsys)
+    assert rc == 0, err
+    config = ckpt.read_config(ckpt.load_checkpoint(tmp_path))
+    assert config["kwargs"] == {"seed": 0, "width": 4}
+    assert config["train_args"]["label_smoothing"] == 0.2 and config["train_args"]["augment"] is True
+    assert "a seeded 0.05 of the training images" in err
+
+
+def test_default_settings_are_a_sensible_main_job():
+    args = cli.build_parser().parse_args(["train"])
+    s = cli._settings(args)
+    assert s["model"] == "three_layer" and s["epochs"] >= 5 and s["schedule"] == "onecycle"
+    assert args.device == "auto" and s["momentum"] == 0.9
+    fast = cli._settings(cli.build_parser().parse_args(["train", "--model", "fast", "--lr", "0.1"]))
+    assert fast["lr"] == 0.1 and fast["label_smoothing"] > 0 and fast["augment"] and fast["batch_size"] == 512
+
+
+def test_bad_values_get_clear_errors(tmp_path, capsys):
+    with pytest.raises(ValueError, match="--val-split"):
+        cli.parse_val_split("half")
+    assert cli.parse_val_split("batch3") == ("batch", 3) and cli.parse_val_split("0.2") == ("fraction", 0.2)
+    rc, _, err = run(["train", "--device", "tpu", "--data", SUBSET, "--out", tmp_path], capsys)
+    assert rc == 1 and "device 'tpu'" in err
+    from gpuconv import backend
+    if not backend.cuda_available():
+        rc, _, err = run(["train", "--device", "cuda", "--data", SUBSET, "--out", tmp_path], capsys)
+        assert rc == 1 and "CUDA" in err and "device='cpu'" in err
+    rc, _, err = run(["train", "--val-split", "test", "--data", SUBSET, "--out", tmp_path, "--limit", "10"], capsys)
+    assert rc == 1 and "no test_batch" in err
+    rc, _, err = run(["evaluate", "--checkpoint", tmp_path / "nope.npz", "--data", SUBSET], capsys)
+    assert rc == 1 and "does not exist" in err
+    bare = ckpt.save_checkpoint(tmp_path / "bare.npz", {"meta/format": np.asarray(1), "meta/epoch": np.asarray(0)})
+    rc, _, err = run(["evaluate", "--checkpoint", bare, "--data", SUBSET], capsys)
+    assert rc == 1 and "no model config" in err
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--epochs", "0"])
+
+
+def test_info_reports_versions_cuda_and_telemetry(capsys):
+    rc, out, _ = run(["info"], capsys)
+    assert rc == 0
+    assert "gpuconv 0.1.0" in out and f"numpy {np.__version__}" in out and "python " in out
+    assert "cupy" in out and "CUDA:" in out
+    from gpuconv import backend
+    if not backend.cuda_available():
+        assert "not usable" in out and backend.cuda_status() in out
+        assert "no NVIDIA GPU" in out
+    assert "'auto' means" in out
+
+
+def test_python_dash_m_gpuconv_runs():
+    proc = subprocess.run([sys.executable, "-m", "gpuconv", "info"], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "gpuconv" in proc.stdout and "CUDA" in proc.stdout
+
+
+def test_bench_dispatches_to_a_checkout_script(tmp_path, monkeypatch, capsys):
+    bench = tmp_path / "benchmarks"
+    bench.mkdir()
+    (bench / "bench_cpu.py").write_text(
+        "import sys, pathlib\npathlib.Path(sys.argv[0]).with_name('argv.json').write_text("
+        "__import__('json').dumps(sys.argv[1:]))\nraise SystemExit(3 if '--fail' in sys.argv else 0)\n")
+    monkeypatch.setattr(cli, "benchmarks_dir", lambda: bench)
+    rc, _, _ = run(["bench", "cpu", "--quick", "--json"], capsys)
+    assert rc == 0 and json.loads((bench / "argv.json").read_text()) == ["--quick", "--json"]
+    rc, _, _ = run(["bench", "cpu", "--fail"], capsys)  # the script's exit status comes back
+    assert rc == 3
+    from gpuconv import backend
+    if not backend.cuda_available():
+        rc, _, _ = run(["bench"], capsys)  # the default without a GPU: bench_cpu, no arguments
+        assert rc == 0 and json.loads((bench / "argv.json").read_text()) == []
+    rc, _, err = run(["bench", "nope"], capsys)
+    assert rc == 2 and "available: cpu" in err
+    monkeypatch.setattr(cli, "benchmarks_dir", lambda: None)
+    rc, _, err = run(["bench"], capsys)
+    assert rc == 2 and "source checkout" in err
+
+
+def test_ctrl_c_during_training_saves_a_checkpoint_that_resumes(tmp_path, capsys):
+    out = tmp_path / "run"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "gpuconv", "train", "--model", "seed", "--epochs", "3", "--limit", "1500",
+           "--batch-size", "16", "--log-every", "5", "--device", "cpu", "--data", str(SUBSET), "--out", str(out),
+           "--no-progress"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 90
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and metrics.read_text().count("\n") >= 2:  # training is under way
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert "interrupted at epoch" in stderr and f"gpuconv train --out {out} --resume" in stderr
+    with np.load(out / "checkpoint.npz", allow_pickle=False) as z:
+        step, epoch = int(z["meta/step"]), int(z["meta/epoch"])
+    assert step > 0
+    assert epoch < 3 and step < 3 * 94  # 1500 images / 16 -> 94 batches per epoch
+    # Resume (in this process, to keep the test short): the stored settings finish the run.
+    rc, _, err = run(["train", "--out", out, "--resume", "--data", SUBSET, "--no-progress"], capsys)
+    assert rc == 0, err
+    assert f"step {step}" in err
+    arrays = ckpt.load_checkpoint(out)
+    assert int(arrays["meta/epoch"]) == 3 and int(arrays["meta/step"]) == 3 * 94
+    steps = [json.loads(x)["step"] for x in metrics.read_text().splitlines()]
+    assert steps == sorted(steps)  # one history, no step written twice

@@ -1,0 +1,364 @@
+"""The trainer on real CIFAR-10 images: learning, no readbacks per step, NaN/OOM handling,
+bit-identical resume (at an epoch boundary and after Ctrl-C mid-epoch), metrics history."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import warnings
+
+import numpy as np
+import pytest
+
+import gpuconv
+from gpuconv import backend
+from gpuconv import checkpoint as ckpt
+from gpuconv.data import DeviceLoader, load_cifar10, train_val_split
+from gpuconv.layers import BatchNorm2d, Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, Sequential
+from gpuconv.models import three_layer_convnet
+from gpuconv.optim import SGD, OneCycleLR
+from gpuconv.trainer import (GPUOutOfMemory, Trainer, TrainingDiverged, TrainingInterrupted, evaluate,
+                             oom_message)
+
+
+@pytest.fixture(scope="module")
+def cifar(request):
+    from conftest import SUBSET
+    if not (SUBSET / "data_batch_1").exists():
+        pytest.fail(f"the CIFAR-10 subset is missing at {SUBSET}; set GPUCONV_TEST_DATA")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the subset has no test_batch, which load_cifar10 warns about
+        data = load_cifar10(SUBSET, download=False)
+    return train_val_split(data.train, val_batch=5)  # batches 1-4 train, data_batch_5 held out
+
+
+def small_net(seed=0):
+    """Conv-BN-ReLU-pool-dropout-linear: parameters, buffers and a dropout RNG, all to be resumed."""
+    return Sequential(Conv2d(3, 8, 3, padding=1, seed=seed), BatchNorm2d(8), ReLU(), MaxPool2d(4),
+                      Dropout(0.25, seed=seed + 1), Flatten(), Linear(8 * 8 * 8, 10, seed=seed + 2))
+
+
+def build(images, labels, out_dir, epochs, log_every=3, checkpoint_every="epoch"):
+    """A fresh model/optimizer/schedule/loader/trainer, as a new process would build them."""
+    model = small_net()
+    loader = DeviceLoader(images, labels, 32, shuffle=True, augment=True, seed=7)
+    opt = SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    sched = OneCycleLR(opt, max_lr=0.05, total_steps=epochs * len(loader))
+    trainer = Trainer(model, opt, sched, out_dir=out_dir, log_every=log_every, progress=False,
+                      checkpoint_every=checkpoint_every)
+    return trainer, loader
+
+
+def assert_same_state(a: Trainer, b: Trainer):
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert np.array_equal(sa[k], sb[k]), f"{k} differs"
+    oa, ob = a.optimizer.state_dict(), b.optimizer.state_dict()
+    assert oa.keys() == ob.keys()
+    for k in oa:
+        assert np.array_equal(np.asarray(oa[k]), np.asarray(ob[k])), f"optimizer {k} differs"
+    assert a.optimizer.lr == b.optimizer.lr and a.step == b.step and a.epoch == b.epoch
+
+
+# ----------------------------------------------------------------------------- learning
+def test_three_layer_convnet_learns_on_real_images(cifar, tmp_path, capsys):
+    train, val = cifar
+    n = 2000  # calibrated: ~12 s on 2 shared cores, ~39% held-out accuracy after 2 epochs
+    model = three_layer_convnet(seed=0)
+    loader = DeviceLoader(train.images[:n], train.labels[:n], 64, shuffle=True, seed=0)
+    val_loader = DeviceLoader(val.images, val.labels, 500, shuffle=False)
+    opt = SGD(model.parameters(), lr=0.02, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    sched = OneCycleLR(opt, max_lr=0.02, total_steps=2 * len(loader))
+    trainer = Trainer(model, opt, sched, out_dir=tmp_path, log_every=8, progress=True)
+    history = trainer.fit(loader, 2, val=val_loader)
+
+    assert [r["epoch"] for r in history] == [1, 2]
+    assert history[1]["train_loss"] < history[0]["train_loss"] < math.log(10)
+    result = trainer.evaluate(val_loader)
+    assert result["accuracy"] > 0.30, result["accuracy"]  # chance is 0.10
+    assert result["accuracy"] == pytest.approx(history[-1]["val_acc"])
+
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    intervals = [r for r in lines if r["kind"] == "interval"]
+    assert len(intervals) == 2 * math.ceil(len(loader) / 8)
+    assert intervals[-1]["train_loss"] < intervals[0]["train_loss"] - 0.2
+    for key in ("epoch", "step", "train_loss", "train_acc", "lr", "images_per_s", "elapsed_s"):
+        assert key in intervals[0]
+    epochs = [r for r in lines if r["kind"] == "epoch"]
+    assert [r["val_acc"] for r in epochs] == [r["val_acc"] for r in history]
+    assert epochs[-1]["step"] == 2 * len(loader) and epochs[-1]["elapsed_s"] > 0
+    err = capsys.readouterr().err
+    assert "epoch 2/2" in err and "img/s" in err and "val loss" in err  # progress bar and epoch lines
+
+    saved = ckpt.load_checkpoint(tmp_path / "checkpoint.npz")
+    assert int(saved["meta/epoch"]) == 2 and int(saved["meta/step"]) == 2 * len(loader)
+
+
+def test_evaluate_matches_a_numpy_recount(cifar):
+    train, val = cifar
+    model = small_net()
+    loader = DeviceLoader(val.images[:300], val.labels[:300], 128, shuffle=False)
+    result = evaluate(model, loader)
+    model.eval()
+    x = np.concatenate([xb for xb, _ in loader])
+    pred = model(x).argmax(axis=1)
+    y = val.labels[:300]
+    expected = np.zeros((10, 10), np.int64)
+    np.add.at(expected, (y, pred), 1)
+    np.testing.assert_array_equal(result["confusion"], expected)
+    assert result["accuracy"] == pytest.approx((pred == y).mean())
+    assert result["n"] == 300 and len(result["per_class"]) == 10
+    for c in range(10):
+        if expected[c].sum():
+            assert result["per_class"][c] == pytest.approx(expected[c, c] / expected[c].sum())
+    assert model.training is False  # evaluate restored the mode it found
+    model.train()
+    evaluate(model, loader, tta=True)
+    assert model.training is True
+
+
+# ----------------------------------------------------------------------------- device residency
+def _tiny_sim_setup(log_every):
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, (40, 3, 8, 8), dtype=np.uint8)
+    labels = rng.integers(0, 10, 40)
+    model = Sequential(Conv2d(3, 4, 3, padding=1, seed=0), ReLU(), MaxPool2d(2), Flatten(), Linear(64, 10, seed=1))
+    loader = DeviceLoader(imgs, labels, 5, seed=0)
+    opt = SGD(model.parameters(), lr=0.05, momentum=0.9)
+    sched = OneCycleLR(opt, max_lr=0.05, total_steps=100)
+    return Trainer(model, opt, sched, log_every=log_every, progress=False), loader
+
+
+def test_a_training_step_reads_nothing_back_on_sim(monkeypatch):
+    from gpuconv.ops import _dispatch
+    kernels_run = []
+    real_call = _dispatch.call
+
+    def spy(op_name, target, reference, *args):
+        if _dispatch.get_launcher(op_name, target) is not None:
+            kernels_run.append(op_name)
+        return real_call(op_name, target, reference, *args)
+
+    monkeypatch.setattr(_dispatch, "call", spy)
+    with gpuconv.default_device("sim"):
+        trainer, loader = _tiny_sim_setup(log_every=100)
+        batches = list(loader)
+        backend.transfers.reset()
+        for x, y in batches:  # 8 steps, fewer than log_every: no readback is due
+            trainer.train_step(x, y)
+        assert backend.transfers.device_to_host == 0
+        assert {"conv2d_forward", "conv2d_backward"} <= set(kernels_run)  # the CUDA kernels ran, simulated
+        stats = trainer._flush()
+        assert backend.transfers.device_to_host == 1  # the whole interval comes back at once
+        assert stats["steps"] == 8 and stats["n"] == 40 and 0 <= stats["correct"] <= 40
+        assert np.isfinite(stats["loss"])
+
+
+def test_fit_reads_back_once_per_log_interval_on_sim():
+    with gpuconv.default_device("sim"):
+        trainer, loader = _tiny_sim_setup(log_every=3)
+        backend.transfers.reset()
+        trainer.fit(loader, 2)  # 8 steps per epoch: readbacks after steps 3, 6 and at the epoch end
+        assert backend.transfers.device_to_host == 2 * 3
+        assert trainer.step == 16
+
+
+# ----------------------------------------------------------------------------- NaN, OOM
+class ListLoader:
+    """Fixed batches; in epoch ``bad_epoch`` batch ``bad_batch`` carries a NaN pixel."""
+
+    def __init__(self, batches, bad_epoch, bad_batch):
+        self.batches, self.bad_epoch, self.bad_batch, self.epoch = batches, bad_epoch, bad_batch, 0
+        self.batch_size = len(batches[0][1])
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __iter__(self):
+        for i, (x, y) in enumerate(self.batches):
+            if (self.epoch, i) == (self.bad_epoch, self.bad_batch):
+                x = x.copy()
+                x[0, 0, 0, 0] = np.nan
+            yield x, y
+
+
+def test_nan_loss_names_the_step_and_keeps_the_last_good_checkpoint(cifar, tmp_path):
+    train, _ = cifar
+    loader = DeviceLoader(train.images[:320], train.labels[:320], 32, shuffle=False)
+    # 10 batches per epoch, readbacks after 4, 8 and 10 steps of each epoch: the NaN at batch 6
+    # of epoch 2 (global step 16) is seen at the readback covering steps 15-18.
+    bad = ListLoader(list(loader), bad_epoch=1, bad_batch=5)
+    model = small_net()
+    opt = SGD(model.parameters(), lr=0.01, momentum=0.9)
+    trainer = Trainer(model, opt, out_dir=tmp_path, log_every=4, progress=False)
+    with pytest.raises(TrainingDiverged) as info:
+        trainer.fit(bad, 3)
+    msg = str(info.value)
+    assert info.value.step == 16
+    assert "step 16" in msg and "epoch 2, batch 6" in msg and "steps 15-18" in msg and "--lr" in msg
+    assert "last good checkpoint" in msg
+    saved = ckpt.load_checkpoint(tmp_path / "checkpoint.npz")
+    assert int(saved["meta/epoch"]) == 1 and int(saved["meta/step"]) == 10  # epoch 1's, untouched
+    assert all(np.isfinite(v).all() for k, v in saved.items() if k.startswith("model/"))
+
+
+class FakeOOM(MemoryError):
+    pass
+
+
+FakeOOM.__name__ = "OutOfMemoryError"  # what cupy.cuda.memory.OutOfMemoryError is called
+
+
+class FakePool:
+    def total_bytes(self):
+        return 6 * 2**30
+
+    def used_bytes(self):
+        return 5 * 2**30
+
+
+def test_oom_message_names_batch_pool_and_fix(tmp_path):
+    (tmp_path / "checkpoint.npz").write_bytes(b"x")
+    msg = oom_message(FakeOOM("Out of memory allocating 1,073,741,824 bytes"), batch_size=512, pool=FakePool(),
+                      checkpoint=tmp_path / "checkpoint.npz")
+    assert "out of GPU memory" in msg and "batch size 512" in msg and "1,073,741,824" in msg
+    assert "6.00 GiB" in msg and "5.00 GiB" in msg
+    assert "--batch-size 256" in msg and "--resume" in msg and str(tmp_path) in msg
+    host = oom_message(MemoryError("Unable to allocate 8 GiB"), batch_size=1)
+    assert "out of host memory" in host and "smaller batch" in host
+
+
+def test_out_of_memory_in_fit_keeps_the_checkpoint(cifar, tmp_path):
+    train, _ = cifar
+    model = small_net()
+    loader = DeviceLoader(train.images[:64], train.labels[:64], 32, shuffle=False)
+    trainer = Trainer(model, SGD(model.parameters(), lr=0.01), out_dir=tmp_path, progress=False)
+    trainer.fit(loader, 1)
+    real_forward = model.forward
+    model.forward = lambda x: (_ for _ in ()).throw(FakeOOM("out of memory"))
+    with pytest.raises(GPUOutOfMemory, match="batch size 32") as info:
+        trainer.fit(loader, 2, resume=True)
+    assert "--batch-size 16" in str(info.value) and "last checkpoint stands" in str(info.value)
+    model.forward = real_forward
+    assert int(ckpt.load_checkpoint(tmp_path)["meta/epoch"]) == 1
+
+
+# ----------------------------------------------------------------------------- resume
+def test_resume_after_an_epoch_is_bit_identical(cifar, tmp_path):
+    train, _ = cifar
+    images, labels = train.images[:192], train.labels[:192]
+    full, loader = build(images, labels, tmp_path / "full", epochs=3)
+    full.fit(loader, 3)
+
+    first, loader1 = build(images, labels, tmp_path / "split", epochs=3)
+    first.fit(loader1, 1)  # "interrupted" after epoch 1: the process ends here
+    saved = np.load(tmp_path / "split" / "checkpoint.npz", allow_pickle=False)
+    assert int(saved["meta/epoch"]) == 1 and int(saved["meta/epoch_step"]) == 0
+    assert any(k.startswith("rng/model.") and "_rngs" in k for k in saved.files)  # the dropout stream
+    assert "loader/__tree__" in saved.files and "sched/__tree__" in saved.files
+
+    second, loader2 = build(images, labels, tmp_path / "split", epochs=3)  # a new process
+    second.fit(loader2, 3, resume=True)
+    assert_same_state(full, second)
+    # The history reads as one run.
+    lines = [json.loads(x) for x in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines if r["kind"] == "epoch"] == [1, 2, 3]
+    assert [r["epoch"] for r in second.history] == [1, 2, 3]
+
+
+class SigintAt(DeviceLoader):
+    """A DeviceLoader that sends this process SIGINT (as Ctrl-C does) when it yields a given batch."""
+
+    kill_at = None  # (epoch, batch)
+
+    def _batches(self, epoch, start):
+        for i, batch in enumerate(super()._batches(epoch, start), start=start):
+            if (epoch, i) == self.kill_at:
+                os.kill(os.getpid(), signal.SIGINT)
+            yield batch
+
+
+def test_ctrl_c_mid_epoch_saves_and_resumes_bit_identically(cifar, tmp_path):
+    train, _ = cifar
+    images, labels = train.images[:192], train.labels[:192]  # 6 batches of 32 per epoch
+    full, loader = build(images, labels, tmp_path / "full", epochs=2)
+    full.fit(loader, 2)
+
+    first, _ = build(images, labels, tmp_path / "cut", epochs=2)
+    killer = SigintAt(images, labels, 32, shuffle=True, augment=True, seed=7)
+    killer.kill_at = (1, 2)
+    old = signal.getsignal(signal.SIGINT)
+    with pytest.raises(TrainingInterrupted) as info:
+        first.fit(killer, 2)
+    assert signal.getsignal(signal.SIGINT) is old  # the handler is put back
+    assert "resume" in str(info.value) and info.value.checkpoint == tmp_path / "cut" / "checkpoint.npz"
+    saved = ckpt.load_checkpoint(info.value.checkpoint)
+    # The step in flight when Ctrl-C came (epoch 2, batch 3) finished, then the checkpoint was written.
+    assert int(saved["meta/epoch"]) == 1 and int(saved["meta/epoch_step"]) == 3 and int(saved["meta/step"]) == 9
+
+    second, loader2 = build(images, labels, tmp_path / "cut", epochs=2)
+    second.fit(loader2, 2, resume=True)
+    assert_same_state(full, second)
+
+
+def test_step_checkpoints_and_resume_without_a_checkpoint(cifar, tmp_path, capsys):
+    train, _ = cifar
+    trainer, loader = build(train.images[:96], train.labels[:96], tmp_path, epochs=1, checkpoint_every=2)
+    trainer.fit(loader, 1, resume=True)  # nothing to resume: starts fresh and says so
+    assert "starting from scratch" in capsys.readouterr().err
+    assert int(ckpt.load_checkpoint(tmp_path)["meta/step"]) == 3
+    again, loader = build(train.images[:96], train.labels[:96], tmp_path, epochs=1)
+    assert again.fit(loader, 1, resume=True) == again.history
+    assert "nothing to do" in capsys.readouterr().err
+
+
+def test_bad_arguments_are_named():
+    model = small_net()
+    opt = SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="log_every"):
+        Trainer(model, opt, log_every=0)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        Trainer(model, opt, label_smoothing=1.0)
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        Trainer(model, opt, checkpoint_every="sometimes")
+    with pytest.raises(ValueError, match="out_dir"):
+        Trainer(model, opt).fit([], 1, resume=True)
+    with pytest.raises(ValueError, match="epochs"):
+        Trainer(model, opt).fit([], 0)
+
+
+# ----------------------------------------------------------------------------- on a GPU (skipped without one)
+@pytest.mark.gpu
+@pytest.mark.skipif(not backend.cuda_available(), reason=f"no GPU: {backend.cuda_status()}")
+def test_gpu_epoch_is_device_resident_and_the_pool_stops_growing(cifar, tmp_path):
+    cp = backend.cupy_module()
+    train, val = cifar
+    with gpuconv.default_device("cuda"):
+        model = three_layer_convnet(seed=0)
+        loader = DeviceLoader(train.images, train.labels, 128, shuffle=True, augment=True, seed=0)
+        opt = SGD(model.parameters(), lr=0.02, momentum=0.9, nesterov=True, weight_decay=5e-4)
+        sched = OneCycleLR(opt, max_lr=0.02, total_steps=2 * len(loader))
+        trainer = Trainer(model, opt, sched, out_dir=tmp_path, log_every=1000, progress=False)
+        pool = cp.get_default_memory_pool()
+        batches = list(loader)[:-1]  # equal-sized batches: allocation shapes repeat
+        backend.transfers.reset()
+        sizes = []
+        for x, y in batches:
+            trainer.train_step(x, y)
+            sizes.append(pool.total_bytes())
+        assert backend.transfers.device_to_host == 0
+        assert sizes[-1] == sizes[4], f"pool grew after step 5: {sizes[4]} -> {sizes[-1]} bytes"
+        assert np.isfinite(trainer._flush()["loss"])
+        model = three_layer_convnet(seed=0)  # a fresh run for fit()
+        opt = SGD(model.parameters(), lr=0.02, momentum=0.9, nesterov=True, weight_decay=5e-4)
+        sched = OneCycleLR(opt, max_lr=0.02, total_steps=2 * len(loader))
+        trainer = Trainer(model, opt, sched, out_dir=tmp_path, log_every=10, progress=False)
+        history = trainer.fit(loader, 2, val=DeviceLoader(val.images, val.labels, 500, shuffle=False))
+        assert history[-1]["val_acc"] > 0.3
+        lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+        assert "pool_total_gib" in lines[-1]
