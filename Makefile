@@ -1,0 +1,28 @@
+# The two quickstart commands (README) and what they need. Both build .venv on first use.
+#   make train [DATA=path/to/cifar-10-batches-py or its parent] [ARGS="--epochs 5 ..."]
+#   make test
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# nvrtc: cupy + the NVRTC wheel, so every kernel is compile-checked even without a GPU.
+# On a GPU machine with a CUDA 12 driver use EXTRAS=dev,cuda12.
+EXTRAS ?= dev,nvrtc
+
+.PHONY: install train test clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
+	touch $@
+
+install: $(VENV)/.installed
+
+train: $(VENV)/.installed
+	$(VENV)/bin/gpuconv train $(if $(DATA),--data $(DATA)) $(ARGS)
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q $(ARGS)
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info

@@ -1,0 +1,41 @@
+"""The wheel carries the kernels: build it, install it away from the checkout, and compile and
+run one kernel from the installed copy on the host simulator."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from conftest import REPO
+
+
+@pytest.mark.slow
+def test_installed_wheel_finds_and_runs_its_kernels(tmp_path):
+    wheels = tmp_path / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(wheels), str(REPO)], check=True)
+    (wheel,) = wheels.glob("gpuconv-*.whl")
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site),
+                    str(wheel)], check=True)
+    assert (site / "gpuconv" / "kernels_src" / "conv2d.cu").is_file()
+
+    script = textwrap.dedent("""
+        import numpy as np, gpuconv, gpuconv.kernels as K
+        from gpuconv import ops
+        assert gpuconv.__file__.startswith(SITE), gpuconv.__file__
+        assert str(K.kernel_dir()).startswith(SITE), K.kernel_dir()
+        x = np.random.default_rng(0).standard_normal((1, 2, 5, 5)).astype(np.float32)
+        with gpuconv.default_device('sim'):
+            y, _ = ops.relu_forward(x)
+        assert np.array_equal(y, np.maximum(x, 0))
+        print('ok', K.kernel_dir())
+    """).replace("SITE", repr(str(site)))
+    env = dict(os.environ, PYTHONPATH=str(site), GPUCONV_SIM_CACHE=str(tmp_path / "simcache"))
+    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("ok")
