@@ -1,0 +1,29 @@
+"""The README's API tour is code a new user pastes first: it must run as written."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def test_readme_python_blocks_run():
+    text = (REPO / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert blocks, "README.md has no python example"
+    for code in blocks:
+        out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                             timeout=300)
+        assert out.returncode == 0, out.stderr
+        assert "(W - F + 2P)/S + 1" in out.stdout
+
+
+def test_readme_quickstart_is_two_make_commands_that_exist():
+    text = (REPO / "README.md").read_text()
+    quick = text.split("## Quickstart", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    commands = [line.split("#")[0].strip() for line in quick.strip().splitlines()]
+    assert [c.split()[:2] for c in commands] == [["make", "train"], ["make", "test"]]
+    makefile = (REPO / "Makefile").read_text()
+    assert re.search(r"^train:", makefile, re.M) and re.search(r"^test:", makefile, re.M)
+    assert "make test" in (REPO / ".ci" / "run").read_text()
