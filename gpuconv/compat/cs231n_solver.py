@@ -1,0 +1,277 @@
+"""CS231n's update rules (``optim.py``), ``ThreeLayerConvNet`` (``classifiers/cnn.py``) and ``Solver``.
+
+Same signatures, defaults, dicts and histories as the assignment. Arrays stay on their device:
+a model built with ``device='cuda'`` keeps its params as CuPy arrays, the Solver uploads the
+data set to that device once, when it is constructed, and a training step then makes no host
+transfer (the losses are read back in one batch at each print and at each epoch's end).
+
+The update rules are written out here, not taken from :mod:`gpuconv.optim`, on purpose: CS231n's
+momentum keeps ``v = mu*v - lr*dw`` (the velocity already carries the learning rate, so an
+``lr_decay`` acts on new steps only) where PyTorch's SGD keeps ``v = mu*v + dw``, and CS231n's
+RMSProp has no counterpart there. Each rule is the assignment's formula, three lines of xp.
+"""
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+
+from ..backend import Device, device_of, get_array_module, get_default_device, is_cupy_array, to_device
+from .cs231n_layers import (affine_backward, affine_forward, affine_relu_backward, affine_relu_forward,
+                            conv_relu_pool_backward, conv_relu_pool_forward, softmax_loss)
+
+
+# ----------------------------------------------------------------------------- update rules
+def sgd(w, dw, config=None):
+    """Vanilla SGD, in place. config: learning_rate (1e-2)."""
+    config = {} if config is None else config
+    config.setdefault("learning_rate", 1e-2)
+    w -= config["learning_rate"] * dw
+    return w, config
+
+
+def sgd_momentum(w, dw, config=None):
+    """SGD with momentum. config: learning_rate (1e-2), momentum (0.9), velocity (zeros)."""
+    config = {} if config is None else config
+    config.setdefault("learning_rate", 1e-2)
+    config.setdefault("momentum", 0.9)
+    v = config.get("velocity")
+    v = get_array_module(w).zeros_like(w) if v is None else v
+    v = config["momentum"] * v - config["learning_rate"] * dw
+    config["velocity"] = v
+    return w + v, config
+
+
+def rmsprop(w, dw, config=None):
+    """RMSProp. config: learning_rate (1e-2), decay_rate (0.99), epsilon (1e-8), cache (zeros)."""
+    config = {} if config is None else config
+    config.setdefault("learning_rate", 1e-2)
+    config.setdefault("decay_rate", 0.99)
+    config.setdefault("epsilon", 1e-8)
+    xp = get_array_module(w, dw)
+    cache = config.get("cache")
+    cache = xp.zeros_like(w) if cache is None else cache
+    cache = config["decay_rate"] * cache + (1 - config["decay_rate"]) * dw * dw
+    config["cache"] = cache
+    return w - config["learning_rate"] * dw / (xp.sqrt(cache) + config["epsilon"]), config
+
+
+def adam(w, dw, config=None):
+    """Adam with bias correction. config: learning_rate (1e-3), beta1 (0.9), beta2 (0.999),
+    epsilon (1e-8), m, v (zeros), t (0; incremented before use, as the assignment's notes say)."""
+    config = {} if config is None else config
+    config.setdefault("learning_rate", 1e-3)
+    config.setdefault("beta1", 0.9)
+    config.setdefault("beta2", 0.999)
+    config.setdefault("epsilon", 1e-8)
+    config.setdefault("t", 0)
+    xp = get_array_module(w, dw)
+    m = config.get("m")
+    v = config.get("v")
+    m = xp.zeros_like(w) if m is None else m
+    v = xp.zeros_like(w) if v is None else v
+    b1, b2 = config["beta1"], config["beta2"]
+    config["t"] += 1
+    m = b1 * m + (1 - b1) * dw
+    v = b2 * v + (1 - b2) * (dw * dw)
+    m_hat = m / (1 - b1 ** config["t"])
+    v_hat = v / (1 - b2 ** config["t"])
+    config["m"], config["v"] = m, v
+    return w - config["learning_rate"] * m_hat / (xp.sqrt(v_hat) + config["epsilon"]), config
+
+
+UPDATE_RULES = {"sgd": sgd, "sgd_momentum": sgd_momentum, "rmsprop": rmsprop, "adam": adam}
+
+
+# ----------------------------------------------------------------------------- the model
+class ThreeLayerConvNet:
+    """conv - relu - 2x2 max pool - affine - relu - affine - softmax, on (N, C, H, W) inputs.
+
+    Weights are drawn from ``np.random.randn`` (so ``np.random.seed`` reproduces the assignment's
+    numbers) and scaled by ``weight_scale``; biases are zero. ``device`` (an addition: default the
+    gpuconv default device, normally 'cpu') is where the params live: 'cuda' makes them CuPy
+    arrays, and ``loss`` then expects CuPy inputs."""
+
+    def __init__(self, input_dim=(3, 32, 32), num_filters=32, filter_size=7, hidden_dim=100,
+                 num_classes=10, weight_scale=1e-3, reg=0.0, dtype=np.float32, *, device=None):
+        if filter_size % 2 != 1:
+            raise ValueError(f"filter_size must be odd so that padding (filter_size - 1) // 2 keeps the "
+                             f"spatial size, got {filter_size}")
+        c, h, w = input_dim
+        self.reg = reg
+        self.dtype = dtype
+        self.device = Device(device) if device is not None else get_default_device()
+        shapes = {"W1": (num_filters, c, filter_size, filter_size), "W2": (num_filters * (h // 2) * (w // 2),
+                  hidden_dim), "W3": (hidden_dim, num_classes)}
+        self.params = {}
+        for i, (name, shape) in enumerate(shapes.items(), start=1):
+            self.params[name] = weight_scale * np.random.randn(*shape)
+            self.params[f"b{i}"] = np.zeros(shape[0] if i == 1 else shape[1])
+        upload = str(self.device) if self.device.is_cuda else "cpu"
+        for k, v in self.params.items():
+            self.params[k] = to_device(v.astype(dtype), upload)
+
+    def loss(self, X, y=None):
+        """Scores (N, num_classes) when ``y`` is None, else ``(loss, grads)`` with grads keyed as params."""
+        p = self.params
+        conv_param = {"stride": 1, "pad": (p["W1"].shape[2] - 1) // 2}
+        pool_param = {"pool_height": 2, "pool_width": 2, "stride": 2}
+        X = X.astype(self.dtype, copy=False)
+        h1, cache1 = conv_relu_pool_forward(X, p["W1"], p["b1"], conv_param, pool_param)
+        h2, cache2 = affine_relu_forward(h1, p["W2"], p["b2"])
+        scores, cache3 = affine_forward(h2, p["W3"], p["b3"])
+        if y is None:
+            return scores
+        loss, dscores = softmax_loss(scores, y)
+        grads = {}
+        dh2, grads["W3"], grads["b3"] = affine_backward(dscores, cache3)
+        dh1, grads["W2"], grads["b2"] = affine_relu_backward(dh2, cache2)
+        _, grads["W1"], grads["b1"] = conv_relu_pool_backward(dh1, cache1)
+        if self.reg:
+            for name in ("W1", "W2", "W3"):
+                loss = loss + 0.5 * self.reg * (p[name] * p[name]).sum()
+                grads[name] = grads[name] + self.reg * p[name]
+        return _host_float(loss), grads
+
+
+def _host_float(v):
+    return v if is_cupy_array(v) else float(v)
+
+
+# ----------------------------------------------------------------------------- the solver
+class Solver:
+    """Minibatch training of a CS231n-style model (``model.params`` dict, ``model.loss(X, y)``).
+
+    ``data`` holds ``X_train``, ``y_train``, ``X_val``, ``y_val``. ``update_rule`` is a name from
+    ``sgd``, ``sgd_momentum``, ``rmsprop``, ``adam`` (or a callable with their signature);
+    ``optim_config`` is copied per parameter; ``lr_decay`` multiplies each learning rate after
+    every epoch. After ``train()``: ``loss_history`` (floats), ``train_acc_history``,
+    ``val_acc_history``, ``best_val_acc``, ``best_params``, and ``model.params`` set to the best
+    params (kept as they are if validation accuracy never rose above 0).
+
+    Data on the host while the model's params are CuPy arrays are uploaded once, here; data on
+    the GPU for a host model are refused (that would be a hidden copy back)."""
+
+    def __init__(self, model, data, update_rule="sgd", optim_config=None, lr_decay=1.0, batch_size=100,
+                 num_epochs=10, num_train_samples=1000, num_val_samples=None, checkpoint_name=None,
+                 print_every=10, verbose=True):
+        self.model = model
+        missing = [k for k in ("X_train", "y_train", "X_val", "y_val") if k not in data]
+        if missing:
+            raise KeyError(f"data is missing {missing}: pass a dict with X_train, y_train, X_val and y_val")
+        on_gpu = any(is_cupy_array(v) for v in model.params.values())
+        for key in ("X_train", "y_train", "X_val", "y_val"):
+            arr = data[key]
+            if on_gpu and not is_cupy_array(arr):
+                arr = to_device(arr, device_of(next(iter(model.params.values()))))
+            elif not on_gpu and is_cupy_array(arr):
+                raise TypeError(f"data[{key!r}] is a cupy array but the model's params are numpy arrays: build "
+                                f"the model on the GPU (device='cuda') or pass data[{key!r}].get()")
+            setattr(self, key, arr)
+        if isinstance(update_rule, str):
+            if update_rule not in UPDATE_RULES:
+                raise ValueError(f"update_rule {update_rule!r} is unknown: use one of {sorted(UPDATE_RULES)} "
+                                 "or a callable rule(w, dw, config) -> (next_w, config)")
+            update_rule = UPDATE_RULES[update_rule]
+        self.update_rule = update_rule
+        self.optim_config = dict(optim_config or {})
+        self.lr_decay = lr_decay
+        self.batch_size = batch_size
+        self.num_epochs = num_epochs
+        self.num_train_samples = num_train_samples
+        self.num_val_samples = num_val_samples
+        self.checkpoint_name = checkpoint_name
+        self.print_every = print_every
+        self.verbose = verbose
+        self._reset()
+
+    def _reset(self):
+        self.epoch = 0
+        self.best_val_acc = 0
+        self.best_params = {}
+        self.loss_history = []
+        self.train_acc_history = []
+        self.val_acc_history = []
+        self._pending_losses = []
+        self.optim_configs = {p: dict(self.optim_config) for p in self.model.params}
+
+    def _step(self):
+        xp = get_array_module(self.X_train)
+        mask = xp.random.choice(self.X_train.shape[0], self.batch_size)
+        loss, grads = self.model.loss(self.X_train[mask], self.y_train[mask])
+        self._record_loss(loss)
+        for p, w in self.model.params.items():
+            next_w, next_config = self.update_rule(w, grads[p], self.optim_configs[p])
+            self.model.params[p] = next_w
+            self.optim_configs[p] = next_config
+
+    def _record_loss(self, loss):
+        if is_cupy_array(loss):
+            self._pending_losses.append(loss)
+        else:
+            self.loss_history.append(float(loss))
+
+    def _flush_losses(self):
+        # One device-to-host copy for all losses since the last flush, not one per step.
+        if self._pending_losses:
+            xp = get_array_module(self._pending_losses[0])
+            self.loss_history.extend(float(v) for v in xp.stack(self._pending_losses).get())
+            self._pending_losses = []
+
+    def _save_checkpoint(self):
+        if self.checkpoint_name is None:
+            return
+        checkpoint = {"model": self.model, "update_rule": self.update_rule, "lr_decay": self.lr_decay,
+                      "optim_config": self.optim_config, "batch_size": self.batch_size,
+                      "num_train_samples": self.num_train_samples, "num_val_samples": self.num_val_samples,
+                      "epoch": self.epoch, "loss_history": self.loss_history,
+                      "train_acc_history": self.train_acc_history, "val_acc_history": self.val_acc_history}
+        filename = f"{self.checkpoint_name}_epoch_{self.epoch}.pkl"
+        if self.verbose:
+            print(f'Saving checkpoint to "{filename}"')
+        with open(filename, "wb") as f:
+            pickle.dump(checkpoint, f)
+
+    def check_accuracy(self, X, y, num_samples=None, batch_size=100):
+        """Accuracy (a float) of the model on X, y, on a random subset of ``num_samples`` if given."""
+        xp = get_array_module(X, y)
+        n = X.shape[0]
+        if num_samples is not None and n > num_samples:
+            mask = xp.random.choice(n, num_samples)
+            n, X, y = num_samples, X[mask], y[mask]
+        if n == 0:
+            raise ValueError("check_accuracy got 0 examples: pass a non-empty X (e.g. a validation split)")
+        y_pred = [xp.argmax(self.model.loss(X[i:i + batch_size]), axis=1) for i in range(0, n, batch_size)]
+        return float((xp.concatenate(y_pred) == y).mean())
+
+    def train(self):
+        """Run ``num_epochs`` epochs of ``max(N // batch_size, 1)`` steps each."""
+        num_train = self.X_train.shape[0]
+        iterations_per_epoch = max(num_train // self.batch_size, 1)
+        num_iterations = self.num_epochs * iterations_per_epoch
+        for t in range(num_iterations):
+            self._step()
+            if self.verbose and t % self.print_every == 0:
+                self._flush_losses()
+                print(f"(Iteration {t + 1} / {num_iterations}) loss: {self.loss_history[-1]:f}")
+            epoch_end = (t + 1) % iterations_per_epoch == 0
+            if epoch_end:
+                self.epoch += 1
+                for config in self.optim_configs.values():
+                    config["learning_rate"] *= self.lr_decay
+            if t == 0 or t == num_iterations - 1 or epoch_end:
+                self._flush_losses()
+                train_acc = self.check_accuracy(self.X_train, self.y_train, num_samples=self.num_train_samples)
+                val_acc = self.check_accuracy(self.X_val, self.y_val, num_samples=self.num_val_samples)
+                self.train_acc_history.append(train_acc)
+                self.val_acc_history.append(val_acc)
+                self._save_checkpoint()
+                if self.verbose:
+                    print(f"(Epoch {self.epoch} / {self.num_epochs}) train acc: {train_acc:f}; "
+                          f"val_acc: {val_acc:f}")
+                if val_acc > self.best_val_acc:
+                    self.best_val_acc = val_acc
+                    self.best_params = {k: v.copy() for k, v in self.model.params.items()}
+        self._flush_losses()
+        if self.best_params:
+            self.model.params = self.best_params

@@ -1,0 +1,419 @@
+"""gpuconv.compat.cs231n: the CS231n assignment API, checked against gpuconv.ops (it must be the
+same arithmetic), against numerical gradients, against the assignment's conventions (caches,
+parameter dicts, momentum and keep-probability semantics), and end to end: the Solver overfits
+100 real CIFAR-10 images with the ThreeLayerConvNet, as the assignment's notebook expects."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from gpuconv import ops
+from gpuconv.compat import cs231n as C
+
+RNG = np.random.default_rng(0)
+
+
+def randn(*shape):
+    return RNG.standard_normal(shape)
+
+
+def rel_error(a, b):
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(np.max(np.abs(a - b) / np.maximum(1e-8, np.abs(a) + np.abs(b))))
+
+
+def away_from_zero(*shape, gap=0.05):
+    """Values with |v| >= gap: no ReLU kink or max-pool tie within a finite-difference step."""
+    v = randn(*shape)
+    return np.where(v >= 0, v + gap, v - gap)
+
+
+def distinct(*shape):
+    """A random permutation of well-separated values: max pooling has no near-ties."""
+    return (RNG.permutation(int(np.prod(shape))) * 0.1 - 1.0).reshape(shape) + 0.01 * randn(*shape)
+
+
+def test_star_import_gives_the_assignment_names():
+    namespace = {}
+    exec("from gpuconv.compat.cs231n import *", namespace)
+    expected = {"affine_forward", "conv_forward_fast", "max_pool_backward_fast", "spatial_batchnorm_backward",
+                "conv_relu_pool_backward", "sgd_momentum", "adam", "eval_numerical_gradient_array",
+                "ThreeLayerConvNet", "Solver", "load_CIFAR10", "svm_loss", "dropout_backward"}
+    assert expected <= set(namespace) and all(callable(namespace[n]) for n in C.__all__)
+
+
+# ----------------------------------------------------------------------------- same arithmetic as ops
+def test_every_forward_is_the_gpuconv_op(backend):
+    xp = backend.xp
+    x = backend.asarray(randn(2, 3, 6, 6).astype(np.float32))
+    w = backend.asarray(randn(4, 3, 3, 3).astype(np.float32))
+    b = backend.asarray(randn(4).astype(np.float32))
+    out, _ = C.conv_forward_fast(x, w, b, {"stride": 1, "pad": 1})
+    ref, _ = ops.conv2d_forward(x, w, b, stride=1, padding=1)
+    assert isinstance(out, xp.ndarray) and backend.asnumpy(out).tobytes() == backend.asnumpy(ref).tobytes()
+
+    out, _ = C.max_pool_forward_fast(x, {"pool_height": 2, "pool_width": 4, "stride": 2})
+    ref, _ = ops.max_pool2d_forward(x, kernel_size=(2, 4), stride=2)
+    assert out.shape == (2, 3, 3, 2) and backend.asnumpy(out).tobytes() == backend.asnumpy(ref).tobytes()
+
+    wa = backend.asarray(randn(108, 5).astype(np.float32))           # CS231n layout (D, M)
+    ba = backend.asarray(randn(5).astype(np.float32))
+    out, cache = C.affine_forward(x, wa, ba)
+    ref, ref_cache = ops.linear_forward(x, wa.T, ba)
+    assert out.shape == (2, 5) and backend.asnumpy(out).tobytes() == backend.asnumpy(ref).tobytes()
+    dout = backend.asarray(randn(2, 5).astype(np.float32))
+    dx, dw, db = C.affine_backward(dout, cache)
+    rdx, rdw, rdb = ops.linear_backward(dout, ref_cache)
+    assert dw.shape == (108, 5) and dx.shape == x.shape and db.shape == (5,)
+    np.testing.assert_array_equal(backend.asnumpy(dw), backend.asnumpy(rdw).T)
+    np.testing.assert_array_equal(backend.asnumpy(dx), backend.asnumpy(rdx))
+
+    scores = backend.asarray(randn(6, 10).astype(np.float32))
+    y = backend.asarray(np.array([0, 3, 9, 2, 2, 5]))
+    loss, dscores = C.softmax_loss(scores, y)
+    rloss, rd = ops.softmax_cross_entropy(scores, y)
+    assert float(loss) == float(rloss)
+    np.testing.assert_array_equal(backend.asnumpy(dscores), backend.asnumpy(rd))
+    # A float on the host, as the assignment returns; a 0-d device array on a GPU (no sync).
+    assert isinstance(loss, float) if xp is np else (isinstance(loss, xp.ndarray) and loss.ndim == 0)
+
+
+def test_layers_stay_on_the_device_and_read_nothing_back(backend):
+    """Device follows the arrays; no layer function copies to the host (counted on 'sim' and 'cupy')."""
+    from gpuconv import backend as B
+
+    xp = backend.xp
+    x = backend.asarray(randn(2, 3, 8, 8).astype(np.float32))
+    w = backend.asarray(randn(4, 3, 3, 3).astype(np.float32))
+    b = backend.asarray(randn(4).astype(np.float32))
+    wa = backend.asarray(randn(64, 5).astype(np.float32))
+    ba = backend.asarray(randn(5).astype(np.float32))
+    gamma, beta = backend.asarray(np.ones(4, np.float32)), backend.asarray(np.zeros(4, np.float32))
+    B.transfers.reset()
+    h, c1 = C.conv_relu_pool_forward(x, w, b, {"stride": 1, "pad": 1},
+                                     {"pool_height": 2, "pool_width": 2, "stride": 2})
+    bn_param = {"mode": "train"}
+    h, c2 = C.spatial_batchnorm_forward(h, gamma, beta, bn_param)
+    h, c3 = C.dropout_forward(h, {"mode": "train", "p": 0.5, "seed": 0})
+    out, c4 = C.affine_relu_forward(h, wa, ba)
+    dh, dwa, dba = C.affine_relu_backward(xp.ones_like(out), c4)
+    dh = C.dropout_backward(dh, c3)
+    dh, dgamma, dbeta = C.spatial_batchnorm_backward(dh, c2)
+    dx, dw, db = C.conv_relu_pool_backward(dh, c1)
+    for a in (out, dx, dw, db, dwa, dba, dgamma, dbeta, bn_param["running_mean"], bn_param["running_var"]):
+        assert isinstance(a, xp.ndarray)
+    assert dx.shape == x.shape and dw.shape == w.shape and dwa.shape == (64, 5)
+    assert B.transfers.device_to_host == 0 and B.transfers.host_to_device == 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("gpuconv").cuda_available(), reason="no GPU")
+def test_solver_trains_on_the_gpu_without_per_step_readbacks():
+    from gpuconv import backend as B
+
+    cp = B.cupy_module()
+    np.random.seed(0)
+    model = C.ThreeLayerConvNet(input_dim=(3, 8, 8), num_filters=4, filter_size=3, hidden_dim=16, device="cuda")
+    assert all(isinstance(v, cp.ndarray) for v in model.params.values())
+    X, y = randn(40, 3, 8, 8), RNG.integers(0, 10, 40)
+    solver = C.Solver(model, {"X_train": X, "y_train": y, "X_val": X[:10], "y_val": y[:10]}, update_rule="adam",
+                      optim_config={"learning_rate": 1e-2}, batch_size=10, num_epochs=3, verbose=False)
+    assert isinstance(solver.X_train, cp.ndarray)
+    loss, _ = model.loss(solver.X_train[:10], solver.y_train[:10])
+    assert isinstance(loss, cp.ndarray) and loss.ndim == 0       # no sync inside the step
+    solver.train()
+    assert len(solver.loss_history) == 12 and all(isinstance(v, float) for v in solver.loss_history)
+    assert all(isinstance(v, cp.ndarray) for v in model.params.values())
+
+
+def test_conv_follows_the_assignment_definition():
+    """Zero padding on every side, cross-correlation, w as (F, C, HH, WW), output size (H+2P-HH)/S+1."""
+    x, w, b = randn(2, 3, 5, 5), randn(4, 3, 3, 3), randn(4)
+    out, _ = C.conv_forward_naive(x, w, b, {"stride": 2, "pad": 1})
+    xpad = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    expected = np.empty((2, 4, 3, 3))
+    for n in range(2):
+        for f in range(4):
+            for i in range(3):
+                for j in range(3):
+                    expected[n, f, i, j] = np.sum(xpad[n, :, 2 * i:2 * i + 3, 2 * j:2 * j + 3] * w[f]) + b[f]
+    assert rel_error(out, expected) < 1e-12
+
+
+def test_losses_at_chance_and_svm_against_its_definition():
+    x, y = 0.001 * randn(200, 10), RNG.integers(0, 10, 200)
+    loss, _ = C.softmax_loss(x, y)
+    assert abs(loss - np.log(10)) < 0.01                  # the assignment's sanity check: ~2.3
+    loss, dx = C.svm_loss(x, y)
+    assert abs(loss - 9.0) < 0.05                          # margin 1 on each of 9 wrong classes
+    x = randn(5, 4)
+    y = np.array([0, 1, 2, 3, 1])
+    margins = np.maximum(0, x - x[np.arange(5), y][:, None] + 1)
+    margins[np.arange(5), y] = 0
+    assert C.svm_loss(x, y)[0] == pytest.approx(margins.sum() / 5, rel=1e-12)
+
+
+# ----------------------------------------------------------------------------- numerical gradients
+def _check_backward(forward, backward, inputs, tol=1e-7):
+    out, cache = forward(*inputs)
+    dout = randn(*out.shape)
+    grads = backward(dout, cache)
+    grads = grads if isinstance(grads, tuple) else (grads,)
+    for i, (a, g) in enumerate(zip(inputs, grads)):
+        if not isinstance(a, np.ndarray):
+            continue
+        num = C.eval_numerical_gradient_array(lambda v, i=i: forward(*inputs[:i], v, *inputs[i + 1:])[0],
+                                              a, dout)
+        assert rel_error(num, g) < tol, f"input {i}: relative error {rel_error(num, g):.2e}"
+
+
+@pytest.mark.parametrize("name, inputs", [
+    ("affine", lambda: (randn(4, 2, 3), randn(6, 5), randn(5))),
+    ("relu", lambda: (away_from_zero(3, 7),)),
+    ("conv", lambda: (randn(2, 3, 7, 7), randn(2, 3, 3, 3), randn(2), {"stride": 2, "pad": 1})),
+    ("max_pool", lambda: (distinct(2, 2, 4, 7), {"pool_height": 2, "pool_width": 3, "stride": 2})),
+    ("conv_relu", lambda: (randn(1, 2, 5, 5), randn(3, 2, 3, 3), randn(3), {"stride": 1, "pad": 1})),
+    ("conv_relu_pool", lambda: (randn(1, 2, 4, 4), randn(2, 2, 3, 3), randn(2), {"stride": 1, "pad": 1},
+                                {"pool_height": 2, "pool_width": 2, "stride": 2})),
+    ("affine_relu", lambda: (randn(3, 4), randn(4, 5), randn(5))),
+])
+def test_layer_gradients(name, inputs):
+    suffix = "_naive" if name in ("conv", "max_pool") else ""
+    fwd = getattr(C, f"{name}_forward{suffix}")
+    bwd = getattr(C, f"{name}_backward{suffix}")
+    _check_backward(fwd, bwd, inputs())
+
+
+@pytest.mark.parametrize("spatial", [False, True])
+def test_batchnorm_gradients(spatial):
+    shape = (4, 3, 2, 2) if spatial else (6, 4)
+    d = shape[1]
+    fwd = C.spatial_batchnorm_forward if spatial else C.batchnorm_forward
+    bwd = C.spatial_batchnorm_backward if spatial else C.batchnorm_backward
+    _check_backward(lambda x, g, b: fwd(x, g, b, {"mode": "train"}), bwd,
+                    (3 * randn(*shape) + 1, randn(d), randn(d)), tol=1e-6)
+
+
+def test_dropout_gradient_with_a_seed():
+    param = {"mode": "train", "p": 0.6, "seed": 123}
+    _check_backward(lambda x: C.dropout_forward(x, param), C.dropout_backward, (randn(10, 10),))
+
+
+def test_loss_gradients():
+    x, y = randn(8, 5), RNG.integers(0, 5, 8)
+    for loss_fn in (C.softmax_loss, C.svm_loss):
+        num = C.eval_numerical_gradient(lambda v: loss_fn(v, y)[0], x, verbose=False)
+        assert rel_error(num, loss_fn(x, y)[1]) < 1e-7
+
+
+def test_three_layer_convnet_gradients_and_regularization():
+    np.random.seed(0)
+    model = C.ThreeLayerConvNet(input_dim=(3, 8, 8), num_filters=3, filter_size=3, hidden_dim=7,
+                                weight_scale=1e-2, dtype=np.float64, reg=0.5)
+    assert {k: v.shape for k, v in model.params.items()} == {
+        "W1": (3, 3, 3, 3), "b1": (3,), "W2": (48, 7), "b2": (7,), "W3": (7, 10), "b3": (10,)}
+    X, y = np.random.default_rng(1).standard_normal((2, 3, 8, 8)), np.array([1, 4])
+    loss, grads = model.loss(X, y)
+    assert isinstance(loss, float) and model.loss(X).shape == (2, 10)
+    for name, p in model.params.items():
+        num = C.eval_numerical_gradient(lambda _: model.loss(X, y)[0], p, verbose=False, h=1e-6)
+        # Scaled by the gradient's largest entry: single tiny entries near a ReLU kink would
+        # dominate an elementwise ratio (the assignment itself accepts 1e-2 here).
+        err = np.abs(num - grads[name]).max() / np.abs(grads[name]).max()
+        assert err < 1e-6, (name, err)
+    model.reg = 0.0
+    assert model.loss(X, y)[0] < loss                      # the L2 term counted
+
+
+# ----------------------------------------------------------------------------- conventions
+def test_caches_hold_what_the_assignment_caches_hold():
+    x, w, b = randn(2, 3, 4, 4), randn(2, 3, 3, 3), randn(2)
+    conv_param, pool_param = {"stride": 1, "pad": 1}, {"pool_height": 2, "pool_width": 2, "stride": 2}
+    _, cache = C.conv_forward_naive(x, w, b, conv_param)
+    assert cache[0] is x and cache[1] is w and cache[2] is b and cache[3] is conv_param
+    _, cache = C.max_pool_forward_naive(x, pool_param)
+    assert cache[0] is x and cache[1] is pool_param
+    _, cache = C.relu_forward(x)
+    assert cache is x
+    wa = randn(48, 3)
+    _, cache = C.affine_forward(x, wa, b[:1].repeat(3))
+    assert cache[0] is x and cache[1] is wa and len(cache) == 3
+    _, (conv_cache, relu_cache, pool_cache) = C.conv_relu_pool_forward(x, w, b, conv_param, pool_param)
+    assert conv_cache[3] is conv_param and relu_cache.shape == (2, 2, 4, 4) and pool_cache[1] is pool_param
+
+
+def test_backward_accepts_hand_built_caches():
+    """Code that builds ``(x, w, b)`` itself (as the assignment's caches are) gets the same gradients."""
+    x, w, b = randn(2, 3, 5, 5), randn(2, 3, 3, 3), randn(2)
+    conv_param = {"stride": 2, "pad": 1}
+    out, cache = C.conv_forward_naive(x, w, b, conv_param)
+    dout = randn(*out.shape)
+    for got, want in zip(C.conv_backward_naive(dout, (x, w, b, conv_param)), C.conv_backward_naive(dout, cache)):
+        np.testing.assert_array_equal(got, want)
+    wa, ba = randn(75, 4), randn(4)
+    out, cache = C.affine_forward(x, wa, ba)
+    dout = randn(*out.shape)
+    for got, want in zip(C.affine_backward(dout, (x, wa, ba)), C.affine_backward(dout, cache)):
+        np.testing.assert_array_equal(got, want)
+    pool_param = {"pool_height": 2, "pool_width": 2, "stride": 1}
+    out, cache = C.max_pool_forward_naive(x, pool_param)
+    dout = randn(*out.shape)
+    np.testing.assert_array_equal(C.max_pool_backward_naive(dout, (x, pool_param)),
+                                  C.max_pool_backward_naive(dout, cache))
+
+
+@pytest.mark.parametrize("spatial", [False, True])
+def test_batchnorm_running_stats_follow_cs231n_momentum(spatial):
+    """running = momentum * running + (1 - momentum) * batch stat, with the BIASED variance."""
+    x = 2 * randn(16, 3, 2, 2) + 5 if spatial else 2 * randn(16, 3) + 5
+    axes = (0, 2, 3) if spatial else 0
+    fwd = C.spatial_batchnorm_forward if spatial else C.batchnorm_forward
+    gamma, beta = np.ones(3), np.zeros(3)
+    bn_param = {"mode": "train", "momentum": 0.8}
+    out, _ = fwd(x, gamma, beta, bn_param)
+    assert rel_error(bn_param["running_mean"], 0.2 * x.mean(axis=axes)) < 1e-12
+    assert rel_error(bn_param["running_var"], 0.2 * x.var(axis=axes)) < 1e-12
+    assert np.abs(out.mean(axis=axes)).max() < 1e-12 and np.abs(out.std(axis=axes) - 1).max() < 1e-4
+    mean1, var1 = bn_param["running_mean"], bn_param["running_var"]
+    x2 = randn(*x.shape)
+    fwd(x2, gamma, beta, bn_param)
+    assert rel_error(bn_param["running_mean"], 0.8 * mean1 + 0.2 * x2.mean(axis=axes)) < 1e-12
+    assert rel_error(bn_param["running_var"], 0.8 * var1 + 0.2 * x2.var(axis=axes)) < 1e-12
+    # Test mode normalizes with the running statistics and leaves them alone.
+    bn_param["mode"] = "test"
+    before = bn_param["running_mean"].copy()
+    out, _ = fwd(x, 3 * gamma, beta + 1, bn_param)
+    shape = (1, 3, 1, 1) if spatial else (1, 3)
+    expected = 3 * (x - before.reshape(shape)) / np.sqrt(bn_param["running_var"].reshape(shape) + 1e-5) + 1
+    assert rel_error(out, expected) < 1e-12 and np.array_equal(bn_param["running_mean"], before)
+
+
+def test_dropout_p_is_the_keep_probability():
+    x = randn(500, 400) + 10
+    out, (param, mask) = C.dropout_forward(x, {"mode": "train", "p": 0.3})
+    kept = out != 0
+    assert abs(kept.mean() - 0.3) < 0.01                  # 30% kept, not 30% dropped
+    np.testing.assert_allclose(out[kept], x[kept] / 0.3, rtol=1e-12)
+    np.testing.assert_array_equal(out, x * mask)
+    same = {"mode": "train", "p": 0.5, "seed": 7}
+    np.testing.assert_array_equal(C.dropout_forward(x, same)[0], C.dropout_forward(x, same)[0])
+    out, cache = C.dropout_forward(x, {"mode": "test", "p": 0.3})
+    assert out is x and C.dropout_backward(x, cache) is x
+
+
+def test_update_rules_match_the_assignment_formulas_and_defaults():
+    w, dw = np.linspace(-0.4, 0.6, 20).reshape(4, 5), np.linspace(-0.6, 0.4, 20).reshape(4, 5)
+    v = np.linspace(0.6, 0.9, 20).reshape(4, 5)
+    next_w, config = C.sgd_momentum(w, dw, {"learning_rate": 1e-3, "velocity": v})
+    np.testing.assert_allclose(config["velocity"], 0.9 * v - 1e-3 * dw, rtol=1e-15)
+    np.testing.assert_allclose(next_w, w + 0.9 * v - 1e-3 * dw, rtol=1e-15)
+
+    cache = np.linspace(0.6, 0.9, 20).reshape(4, 5)
+    next_w, config = C.rmsprop(w, dw, {"learning_rate": 1e-2, "cache": cache})
+    new_cache = 0.99 * cache + 0.01 * dw ** 2
+    np.testing.assert_allclose(next_w, w - 1e-2 * dw / (np.sqrt(new_cache) + 1e-8), rtol=1e-14)
+
+    m, vv = np.linspace(0.6, 0.9, 20).reshape(4, 5), np.linspace(0.7, 0.5, 20).reshape(4, 5)
+    next_w, config = C.adam(w, dw, {"learning_rate": 1e-2, "m": m, "v": vv, "t": 5})
+    m2, v2 = 0.9 * m + 0.1 * dw, 0.999 * vv + 0.001 * dw ** 2
+    expected = w - 1e-2 * (m2 / (1 - 0.9 ** 6)) / (np.sqrt(v2 / (1 - 0.999 ** 6)) + 1e-8)
+    np.testing.assert_allclose(next_w, expected, rtol=1e-14)
+    assert config["t"] == 6
+
+    w_copy = w.copy()
+    out, config = C.sgd(w_copy, dw)
+    assert out is w_copy and config == {"learning_rate": 1e-2}   # in place, as the assignment's sgd
+    assert C.sgd_momentum(w, dw)[1]["momentum"] == 0.9
+    assert {k: C.adam(w, dw)[1][k] for k in ("learning_rate", "beta1", "beta2", "epsilon")} == {
+        "learning_rate": 1e-3, "beta1": 0.9, "beta2": 0.999, "epsilon": 1e-8}
+    assert C.rmsprop(w, dw)[1]["decay_rate"] == 0.99
+
+
+def test_numerical_gradient_helpers(capsys):
+    x = randn(2, 3)
+    grad = C.eval_numerical_gradient(lambda v: float(np.sum(v ** 3)), x)
+    assert rel_error(grad, 3 * x ** 2) < 1e-8
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 6 and printed[0].startswith("(0, 0)")
+    df = randn(2, 3)
+    # f returning x itself: each output must be copied before x moves again.
+    assert rel_error(C.eval_numerical_gradient_array(lambda v: v, x, df), df) < 1e-9
+
+
+# ----------------------------------------------------------------------------- data and training
+def test_load_cifar10_is_channels_last_float(subset_dir):
+    from gpuconv.data import load_cifar10
+
+    with pytest.warns(UserWarning, match="no test_batch"):
+        Xtr, Ytr, Xte, Yte = C.load_CIFAR10(subset_dir)
+    assert Xtr.shape == (5170, 32, 32, 3) and Xtr.dtype == np.float64 and Xtr.flags.c_contiguous
+    assert Ytr.shape == (5170,) and Ytr.dtype == np.int64
+    assert Xte.shape == (0, 32, 32, 3) and Yte.shape == (0,)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = load_cifar10(subset_dir, download=False).train
+    np.testing.assert_array_equal(Xtr[:7], ref.images[:7].transpose(0, 2, 3, 1))
+    np.testing.assert_array_equal(Ytr, ref.labels)
+
+
+def test_load_cifar10_reads_the_given_directory_or_fails(tmp_path, monkeypatch, subset_dir):
+    """The assignment reads ROOT or fails; gpuconv's fallbacks ($GPUCONV_DATA, the cache) stay out."""
+    monkeypatch.setenv("GPUCONV_DATA", str(subset_dir))
+    for root in (tmp_path / "nowhere", tmp_path):
+        with pytest.raises(FileNotFoundError, match="holds no CIFAR-10 batches"):
+            C.load_CIFAR10(root)
+
+
+def test_solver_overfits_100_real_images(subset_dir):
+    """The assignment's check: 100 training images, 15 epochs of Adam, training accuracy > 90%."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        Xtr, Ytr, _, _ = C.load_CIFAR10(subset_dir)
+    X = (Xtr[:1100] - Xtr[:1100].mean(axis=0)).transpose(0, 3, 1, 2).copy()
+    data = {"X_train": X[:100], "y_train": Ytr[:100], "X_val": X[1000:1050], "y_val": Ytr[1000:1050]}
+    np.random.seed(231)
+    model = C.ThreeLayerConvNet(weight_scale=1e-2)
+    solver = C.Solver(model, data, num_epochs=15, batch_size=50, update_rule="adam",
+                      optim_config={"learning_rate": 1e-3}, verbose=False)
+    solver.train()
+    assert len(solver.loss_history) == 30 and all(isinstance(v, float) for v in solver.loss_history)
+    assert len(solver.train_acc_history) == len(solver.val_acc_history) == 16
+    assert solver.train_acc_history[-1] > 0.9, solver.train_acc_history
+    assert np.mean(solver.loss_history[-4:]) < 0.5 * np.mean(solver.loss_history[:4])
+    assert set(solver.best_params) == set(model.params) and model.params is solver.best_params
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_bad_inputs_raise_the_ops_errors():
+    x, w, b = randn(1, 3, 7, 7), randn(2, 3, 3, 3), randn(2)
+    with pytest.raises(ValueError, match=r"\(W - F \+ 2P\)/S \+ 1"):
+        C.conv_forward_naive(x, w, b, {"stride": 3, "pad": 0})     # (7 - 3)/3 + 1 is not whole
+    with pytest.raises(TypeError, match="astype"):
+        C.relu_forward(np.arange(6).reshape(2, 3))
+    with pytest.raises(TypeError, match="dtype"):
+        C.conv_forward_naive(x.astype(np.float32), w, b, {"stride": 1, "pad": 1})
+    with pytest.raises(KeyError, match="'pad'"):
+        C.conv_forward_naive(x, w, b, {"stride": 1})
+    with pytest.raises(KeyError, match="pool_width"):
+        C.max_pool_forward_naive(x, {"pool_height": 2, "stride": 2})
+    with pytest.raises(ValueError, match=r"\(D, M\)"):
+        C.affine_forward(x, randn(100, 4), randn(4))
+    with pytest.raises(ValueError, match="keep probability"):
+        C.dropout_forward(x, {"mode": "train", "p": 0.0})
+    with pytest.raises(ValueError, match="'train' or 'test'"):
+        C.batchnorm_forward(randn(4, 3), np.ones(3), np.zeros(3), {"mode": "eval"})
+    with pytest.raises(TypeError, match="cache returned by batchnorm_forward"):
+        C.batchnorm_backward(randn(4, 3), (randn(4, 3), np.ones(3), np.zeros(3)))
+    with pytest.raises(ValueError, match="labels"):
+        C.softmax_loss(randn(3, 4), np.array([0, 1, 4]))
+    with pytest.raises(ValueError, match="labels must lie"):
+        C.svm_loss(randn(3, 4), np.array([0, 1, 4]))
+    model = C.ThreeLayerConvNet(input_dim=(3, 8, 8), num_filters=2, filter_size=3, hidden_dim=4)
+    data = {"X_train": randn(4, 3, 8, 8), "y_train": np.zeros(4, int), "X_val": randn(2, 3, 8, 8),
+            "y_val": np.zeros(2, int)}
+    with pytest.raises(ValueError, match="update_rule 'adagrad'"):
+        C.Solver(model, data, update_rule="adagrad")
+    with pytest.raises(KeyError, match="X_val"):
+        C.Solver(model, {k: v for k, v in data.items() if k != "X_val"})

@@ -1,0 +1,104 @@
+"""The notebooks run top to bottom, with the small settings, and draw their figures.
+
+Each notebook is executed with nbclient in a fresh ``python3`` kernel (jupyter_client starts it
+with this interpreter), from ``notebooks/`` as the working directory. Figures, training runs and
+benchmark records are redirected into the test's temporary directory through the notebooks'
+environment variables (``GPUCONV_NB_FIGURES``, ``GPUCONV_NB_RUNS``, ``GPUCONV_BENCH_RESULTS``), so
+a test run never rewrites files in the checkout. ``GPUCONV_NB_FULL`` is cleared: CI runs the
+small versions (about a minute or two for all four on a CPU).
+"""
+from __future__ import annotations
+
+import json
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from conftest import REPO
+
+NB_DIR = REPO / "notebooks"
+FIGURES = {
+    "01_quickstart.ipynb": ["01_output_size.png", "01_conv_relu_pool.png"],
+    "02_train_cifar10.ipynb": ["02_curves.png", "02_confusion.png", "02_predictions.png"],
+    "03_inside_the_convnet.ipynb": ["03_filters.png", "03_activations.png", "03_top5.png"],
+    "04_kernels.ipynb": ["04_im2col_memory.png", "04_variants.png"],
+}
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _bench_record(layer_rows):
+    rows = []
+    for layer in layer_rows:
+        for direction in ("forward", "backward_data", "backward_weight"):
+            for variant, tflops in (("v1", 1.5), ("v2", 9.0)):
+                rows.append({"layer": layer, "batch": 512, "direction": direction, "variant": variant, "ms": 1.0,
+                             "tflops": tflops, "torch_ms": 0.8, "torch_tflops": 12.0, "speed_vs_torch": 0.8})
+    return {"benchmark": "conv2d", "environment": {"device": "Test GPU"}, "results": rows}
+
+
+def _run(name, tmp_path, monkeypatch, bench_records=None, data=None):
+    nb = nbformat.read(NB_DIR / name, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, (
+                f"{name} is stored with outputs: clear them before committing (outputs belong to a run)")
+    figures = tmp_path / "figures"
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    for i, record in enumerate(bench_records or []):
+        (bench / f"conv2d-test-gpu-2026-01-0{i + 1}.json").write_text(json.dumps(record))
+    monkeypatch.delenv("GPUCONV_NB_FULL", raising=False)
+    monkeypatch.delenv("GPUCONV_DEVICE", raising=False)
+    if data is not None:
+        monkeypatch.setenv("GPUCONV_DATA", str(data))   # the test data set, wherever conftest found it
+    monkeypatch.setenv("GPUCONV_NB_FIGURES", str(figures))
+    monkeypatch.setenv("GPUCONV_NB_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("GPUCONV_BENCH_RESULTS", str(bench))
+    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    client = NotebookClient(nb, timeout=600, kernel_name="python3",
+                            resources={"metadata": {"path": str(NB_DIR)}})
+    client.execute()  # raises CellExecutionError (with the cell and traceback) on any error
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert not errors, errors
+    return nb, figures
+
+
+def _assert_figures(nb, figures, names):
+    for fname in names:
+        path = figures / fname
+        assert path.is_file(), f"{fname} was not saved into {figures}"
+        data = path.read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 5000, f"{fname} is not a real PNG figure"
+    inline = sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert inline >= len(names), f"only {inline} figures were shown inline, {len(names)} expected"
+
+
+def _text(nb):
+    return "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+
+
+@pytest.mark.parametrize("name", ["01_quickstart.ipynb", "02_train_cifar10.ipynb", "03_inside_the_convnet.ipynb"])
+def test_notebook_runs_and_draws(name, tmp_path, monkeypatch, subset_dir):
+    nb, figures = _run(name, tmp_path, monkeypatch, data=subset_dir)
+    _assert_figures(nb, figures, FIGURES[name])
+    if name == "02_train_cifar10.ipynb":
+        text = _text(nb)
+        assert "epoch 1:" in text and "final validation accuracy" in text
+        assert (tmp_path / "runs" / "02_train_cifar10" / "metrics.jsonl").is_file()
+
+
+def test_kernels_notebook_without_benchmark_records(tmp_path, monkeypatch):
+    nb, figures = _run("04_kernels.ipynb", tmp_path, monkeypatch)
+    _assert_figures(nb, figures, FIGURES["04_kernels.ipynb"])
+    text = _text(nb)
+    assert "no conv2d benchmark recorded yet" in text
+    assert "max rel. error vs float64 NumPy" in text
+    assert not (figures / "04_benchmark.png").exists()
+
+
+def test_kernels_notebook_plots_benchmark_records(tmp_path, monkeypatch):
+    record = _bench_record(["3->64 @32x32", "64->128 @32x32"])
+    nb, figures = _run("04_kernels.ipynb", tmp_path, monkeypatch, bench_records=[record])
+    _assert_figures(nb, figures, FIGURES["04_kernels.ipynb"] + ["04_benchmark.png"])
+    assert "v2 at 0.80x cuDNN's speed" in _text(nb)
