@@ -19,16 +19,14 @@ import argparse
 import datetime
 import json
 import pathlib
-import platform
-import re
-import subprocess
 import sys
 
 import numpy as np
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))  # benchmarks/common.py
 
-import gpuconv  # noqa: E402
+import common  # noqa: E402  (puts the checkout on sys.path too)
+from common import cuda_time, environment, torch_module  # noqa: E402,F401  (shared; re-exported)
 from gpuconv import backend as B  # noqa: E402
 from gpuconv import kernels  # noqa: E402
 from gpuconv.ops import _launch_conv2d as LC  # noqa: E402
@@ -41,7 +39,7 @@ DIRECTIONS = {"forward": "conv2d_forward", "backward_data": "conv2d_backward_dat
               "backward_weight": "conv2d_backward_weight"}
 VARIANTS = ("v1", "v2")
 STRIDE, PAD, FILT = (1, 1), (1, 1), 3
-RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+RESULTS = common.RESULTS
 
 
 def flops(n, c, k, h):
@@ -96,32 +94,6 @@ def validate(layers, batch, target, variants=VARIANTS):
     return failures
 
 
-def cuda_time(fn, warmup, repeat):
-    cp = B.cupy_module()
-    for _ in range(warmup):
-        fn()
-    start, stop = cp.cuda.Event(), cp.cuda.Event()
-    start.record()
-    for _ in range(repeat):
-        fn()
-    stop.record()
-    stop.synchronize()
-    return cp.cuda.get_elapsed_time(start, stop) / repeat
-
-
-def torch_module():
-    try:
-        import torch
-    except Exception:
-        return None
-    if not torch.cuda.is_available():
-        return None
-    torch.backends.cudnn.allow_tf32 = False  # fp32 against fp32: TF32 would change the arithmetic
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.benchmark = True
-    return torch
-
-
 def torch_calls(torch, x, w, b, dy):
     tx, tw, tb, tdy = (torch.from_dlpack(a) for a in (x, w, b, dy))
     F, grad = torch.nn.functional, torch.nn.grad
@@ -130,11 +102,12 @@ def torch_calls(torch, x, w, b, dy):
             "backward_weight": lambda: grad.conv2d_weight(tx, tw.shape, tdy, stride=STRIDE, padding=PAD)}
 
 
-def benchmark(batch, warmup, repeat, use_torch=True):
+def benchmark(batch, warmup, repeat, use_torch=True, layers=CIFAR_LAYERS, variants=VARIANTS):
+    """Rows of (layer, direction, variant) timings on the GPU, with cuDNN's beside each."""
     cp = B.cupy_module()
     torch = torch_module() if use_torch else None
     rows = []
-    for c, k, h in CIFAR_LAYERS:
+    for c, k, h in layers:
         x, w, b, dy = (cp.asarray(a) for a in make_layer(batch, c, k, h))
         tcalls = torch_calls(torch, x, w, b, dy) if torch else {}
         for direction, family in DIRECTIONS.items():
@@ -143,7 +116,7 @@ def benchmark(batch, warmup, repeat, use_torch=True):
             if torch:
                 with torch.no_grad():
                     t_ms = cuda_time(tcalls[direction], warmup, repeat)  # torch shares CuPy's null stream
-            for var in VARIANTS:
+            for var in variants:
                 with kernels.use_variant(**{family: var}):
                     ms = cuda_time(lambda: run_direction(direction, x, w, b, dy, "cuda"), warmup, repeat)
                 rows.append({"layer": f"{c}->{k} @{h}x{h}", "batch": batch, "direction": direction, "variant": var,
@@ -151,25 +124,6 @@ def benchmark(batch, warmup, repeat, use_torch=True):
                              "torch_tflops": gflop / t_ms if t_ms else None,
                              "speed_vs_torch": t_ms / ms if t_ms else None})
     return rows
-
-
-def environment():
-    cp = B.cupy_module()
-    dev = cp.cuda.Device()
-    props = cp.cuda.runtime.getDeviceProperties(dev.id)
-    torch = torch_module()
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=pathlib.Path(__file__).parent).stdout.strip() or None
-    except OSError:
-        commit = None
-    return {"device": props["name"].decode() if isinstance(props["name"], bytes) else props["name"],
-            "sms": kernels.sm_count("cuda", dev.id), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-            "gpuconv": gpuconv.__version__, "git_commit": commit, "cupy": cp.__version__,
-            "cuda_runtime": cp.cuda.runtime.runtimeGetVersion(), "cuda_driver": cp.cuda.runtime.driverGetVersion(),
-            "torch": getattr(torch, "__version__", None),
-            "cudnn": torch.backends.cudnn.version() if torch else None,
-            "python": platform.python_version(), "numpy": np.__version__}
 
 
 def print_table(rows):
@@ -222,11 +176,9 @@ def main(argv=None):
         print(f"{record['environment']['device']}, batch {args.batch}, 3x3 pad 1, fp32 (TF32 off)")
         print_table(rows)
     if not args.no_save:
-        RESULTS.mkdir(exist_ok=True)
-        slug = re.sub(r"[^A-Za-z0-9]+", "-", record["environment"]["device"]).strip("-").lower()
-        out = RESULTS / f"conv2d-{slug}-{datetime.date.today().isoformat()}.json"
-        out.write_text(json.dumps(record, indent=2) + "\n")
-        print(f"wrote {out}", file=sys.stderr)
+        # conv2d-<gpu>-<date>.json: the name notebooks/04_kernels.ipynb looks for.
+        name = f"conv2d-{common.slug(record['environment']['device'])}-{datetime.date.today().isoformat()}.json"
+        print(f"wrote {common.save_record(record, 'conv2d', filename=name)}", file=sys.stderr)
     return 0
 
 

@@ -48,7 +48,7 @@ import threading
 
 import numpy as np
 
-KERNEL_FILES = ("conv2d", "pool2d", "relu")
+KERNEL_FILES = ("conv2d", "pool2d", "relu", "augment")
 COMMON = "common.cuh"
 NVRTC_OPTIONS = ("-std=c++14",)
 

@@ -83,3 +83,14 @@ def test_gradient_float64(backend, eps):
 def test_errors(backend, logits, labels, kw, exc, match):
     with pytest.raises(exc, match=match):
         softmax_cross_entropy(backend.asarray(logits), backend.asarray(labels), **kw)
+
+
+def test_unchecked_out_of_range_label_gives_nan_not_garbage(backend):
+    """On a GPU the range check would cost a readback, so the computation itself turns a bad label
+    into a NaN loss (caught by the trainer's NaN check) instead of reading another row's logit."""
+    from gpuconv.ops.loss import _softmax_cross_entropy_reference
+    logits = backend.asarray(np.zeros((3, 4), np.float32))
+    loss, d = _softmax_cross_entropy_reference(logits, backend.asarray(np.array([0, 7, 1])), 0.0)
+    assert np.isnan(float(backend.asnumpy(loss)))
+    good, _ = _softmax_cross_entropy_reference(logits, backend.asarray(np.array([0, 3, 1])), 0.0)
+    assert float(backend.asnumpy(good)) == pytest.approx(np.log(4), rel=1e-6)

@@ -26,6 +26,7 @@ ENTRIES = {
                "conv2d_backward_weight_v1", "conv2d_backward_weight_v2", "conv2d_reduce_splits",
                "conv2d_backward_bias"],
     "pool2d": ["max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward"],
+    "augment": ["augment_batch"],
     "relu": ["relu_forward_v1", "relu_forward_v2", "relu_backward_v1", "relu_backward_v2", "bias_relu_forward"],
 }
 TUNED = ["conv2d_forward_v2", "conv2d_backward_data_v2", "conv2d_backward_weight_v2"]

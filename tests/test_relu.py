@@ -29,7 +29,8 @@ def test_bit_exact_against_numpy(backend, x):
     assert y.dtype == np.float32 and y.shape == x.shape
     np.testing.assert_array_equal(backend.asnumpy(y), np.maximum(x, 0))
     dy = np.ones_like(x)
-    np.testing.assert_array_equal(backend.asnumpy(relu_backward(backend.asarray(dy), cache)), (x > 0).astype(np.float32))
+    dx = relu_backward(backend.asarray(dy), cache)
+    np.testing.assert_array_equal(backend.asnumpy(dx), (x > 0).astype(np.float32))
 
 
 def test_gradient_float64(backend):

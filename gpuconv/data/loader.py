@@ -1,9 +1,11 @@
 """DeviceLoader: the data set on the device as uint8, batches made there.
 
 The images are uploaded once. Each batch is then a gather by a permutation index, an
-optional random crop + flip (one gather), and a normalization to float, all with the
-device's array module: no per-batch host work and no device-to-host copy, so a training
-step on the GPU never waits on the loader.
+optional random crop + flip, and a normalization to float, all on the device: no per-batch
+host work and no device-to-host copy, so a training step on the GPU never waits on the loader.
+Where the arrays have a kernel target ('cuda', or 'sim' while it is the default device) that is
+one fused kernel (kernels/augment.cu) instead of four array-module passes; both paths take the
+same random draws and give bit-identical batches (``fused=False`` forces the array path).
 
 Epoch ``e``'s order and augmentation are a pure function of ``(seed, e)``: both are drawn at
 the start of the epoch from generators seeded by ``SeedSequence([seed, e])``, so a resumed
@@ -16,6 +18,8 @@ import math
 import numpy as np
 
 from ..backend import Device, get_array_module, get_default_device, is_cupy_array, to_device
+from ..backend import kernel_target as _kernel_target
+from ._launch_augment import augment_batch_kernel
 from .augment import CIFAR10_MEAN, CIFAR10_STD, crop_flip, normalize
 
 
@@ -40,10 +44,12 @@ class DeviceLoader:
     None means the default device. ``augment`` applies a random crop (zero padding
     ``padding``) and a horizontal flip per image. Each ``iter()`` runs the loader's current
     epoch and then advances it; ``set_epoch`` picks the epoch (and first batch) explicitly.
+    ``fused``: None runs the fused kernel where the arrays have a kernel target, False never,
+    True always (an error where there is no target).
     """
 
     def __init__(self, images, labels, batch_size, shuffle=True, augment=False, drop_last=False, seed=0,
-                 device=None, *, padding=4, mean=CIFAR10_MEAN, std=CIFAR10_STD, dtype=np.float32):
+                 device=None, *, padding=4, mean=CIFAR10_MEAN, std=CIFAR10_STD, dtype=np.float32, fused=None):
         if not (isinstance(images, np.ndarray) or is_cupy_array(images)) or images.dtype != np.uint8 \
                 or images.ndim != 4:
             raise TypeError(
@@ -68,6 +74,9 @@ class DeviceLoader:
         self.seed = _check_int("seed", seed, 0, "e.g. seed=0")
         self.padding = _check_int("padding", padding, 0, "e.g. padding=4")
         self.shuffle, self.augment, self.drop_last = bool(shuffle), bool(augment), bool(drop_last)
+        if fused not in (None, True, False):
+            raise ValueError(f"fused={fused!r} must be None (the kernel where there is a target), True or False")
+        self.fused = fused
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
             raise TypeError(f"dtype={self.dtype} must be float32 or float64")
@@ -126,14 +135,36 @@ class DeviceLoader:
         flip = rng.integers(0, 2, size=n).astype(bool)
         return order, oy, ox, flip
 
+    def kernel_target(self):
+        """'cuda' or 'sim' when batches come from the fused kernel, None for the array path."""
+        if self.fused is False:
+            return None
+        target = _kernel_target(self.images)
+        if self.fused and target is None:
+            raise RuntimeError(f"fused=True but the images are NumPy arrays and the default device is "
+                               f"'{get_default_device()}': the fused kernel runs on 'cuda' or 'sim'. Use "
+                               "device='cuda', run under gpuconv.default_device('sim'), or fused=None")
+        return target
+
     def __iter__(self):
         epoch, start = self.epoch, self.start_batch
         self.epoch, self.start_batch = epoch + 1, 0  # the next iter() runs the next epoch
         return self._batches(epoch, start)
 
     def _batches(self, epoch, start):
+        target = self.kernel_target()
         order, oy, ox, flip = self.epoch_plan(epoch)
         n, bs = self.num_samples, self.batch_size
+        if target is not None:
+            if order is None:  # the kernel gathers by index: the identity, once per epoch
+                order = self.xp.arange(n, dtype=np.int64)
+            for i in range(start, len(self)):
+                lo, hi = i * bs, min((i + 1) * bs, n)
+                idx = order[lo:hi]
+                crop = (oy[lo:hi], ox[lo:hi], flip[lo:hi]) if self.augment else (None, None, None)
+                yield augment_batch_kernel(self.images, idx, *crop, self._mean, self._std, self.padding,
+                                           self.dtype, target=target), self.labels[idx]
+            return
         for i in range(start, len(self)):
             lo, hi = i * bs, min((i + 1) * bs, n)
             idx = order[lo:hi] if order is not None else slice(lo, hi)

@@ -31,6 +31,3 @@ __all__ = [
 
 # The CUDA kernel launchers for the 'cuda' and 'sim' targets (issue 3); last, as they import the ops above.
 from . import _launch  # noqa: E402,F401
-
-# Last: the CUDA launchers register themselves with _dispatch (needs the op modules above).
-from . import _launch  # noqa: E402,F401

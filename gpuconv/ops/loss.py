@@ -26,7 +26,7 @@ def softmax_cross_entropy(logits, labels, label_smoothing=0.0):
     check_float("logits", logits)
     check_rank("logits", logits, 2, "N, C: batch, classes")
     check_array("labels", labels)
-    xp = get_array_module(logits, labels)
+    get_array_module(logits, labels)  # a TypeError when one is on the GPU and the other is not
     n, c = logits.shape
     if labels.dtype.kind not in "iu":
         raise TypeError(f"labels has dtype {labels.dtype}, but class labels must be integers in 0..{c - 1}: "
@@ -34,7 +34,8 @@ def softmax_cross_entropy(logits, labels, label_smoothing=0.0):
     if tuple(labels.shape) != (n,):
         raise ValueError(f"labels must have shape ({n},), one class index per row of logits {tuple(logits.shape)}, "
                          f"got {tuple(labels.shape)}")
-    if not (isinstance(label_smoothing, (int, float, np.floating)) and 0.0 <= float(label_smoothing) <= 1.0):
+    if isinstance(label_smoothing, bool) or not (
+            isinstance(label_smoothing, (int, float, np.floating)) and 0.0 <= float(label_smoothing) <= 1.0):
         raise ValueError(f"label_smoothing must be a number in [0, 1], got {label_smoothing!r}; 0 disables it, "
                          f"0.1 is a common choice")
     if n == 0:

@@ -20,7 +20,7 @@ import numpy as np
 from .. import backend
 from ..backend import get_array_module
 from . import _dispatch
-from ._checks import check_float, check_rank, check_same_dtype, output_hw, pair
+from ._checks import check_float, check_rank, output_hw, pair
 
 MaxPool2dCache = namedtuple("MaxPool2dCache", "x_shape kernel_size stride argmax")
 AvgPool2dCache = namedtuple("AvgPool2dCache", "x_shape kernel_size stride")

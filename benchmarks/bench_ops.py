@@ -1,0 +1,255 @@
+"""Per-op benchmark at the layer sizes of fast_net: pooling and ReLU as achieved GB/s against a
+device-to-device copy of the same bytes, and conv2d forward / backward-data / backward-weight per
+layer against cuDNN.
+
+    python benchmarks/bench_ops.py                    # GPU: fast_net (width 64), batch 512
+    python benchmarks/bench_ops.py --json --save      # the record on stdout and under results/
+    python benchmarks/bench_ops.py --device sim --tiny   # no GPU: validation on the host simulator
+
+Shapes come from walking ``gpuconv.models.fast_net(width)``: every distinct ReLU input, max-pool
+input (2x2 and the final 4x4) and 3x3 convolution. Validation first: ReLU and max pooling
+forward and backward must equal the NumPy reference bit for bit (on 4-image slices of each
+shape), and the convolutions pass ``bench_conv2d.validate`` (float64 reference, every variant).
+Then CUDA events time each op after warm-up. Bytes counted are the ideal traffic: ReLU forward
+reads x and writes y, backward reads dy and x and writes dx; max pooling forward reads x and
+writes y and the int32 switches, backward reads dy and the switches and writes dx. The copy
+baseline is ``cudaMemcpyAsync`` device-to-device moving the same bytes (half read, half written);
+the issue's target is >= 80% of it. Convolutions report TFLOP/s (2*N*K*C*9*H*W per direction,
+fp32, TF32 off on both sides) and the speed ratio to cuDNN, per direction and per layer
+(forward + both backwards; target >= 0.8x).
+"""
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+import bench_conv2d  # noqa: E402
+import common  # noqa: E402
+from gpuconv import kernels, models  # noqa: E402
+from gpuconv import layers as L  # noqa: E402
+from gpuconv.ops import _launch_pool2d as LP  # noqa: E402
+from gpuconv.ops import _launch_relu as LR  # noqa: E402
+from gpuconv.ops import pool2d as P  # noqa: E402
+from gpuconv.ops import relu as R  # noqa: E402
+
+NAME = "bench_ops"
+FULL = {"width": 64, "batch": 512}
+TINY = {"width": 1, "batch": 2}
+CHECK_BATCH = 4  # images per validation slice (full channel and spatial sizes)
+
+
+# ----------------------------------------------------------------------------- shapes
+def fast_net_shapes(width):
+    """Distinct per-image shapes of fast_net's ops: relu [(C, H, W)], pool [((C, H, W), k)],
+    conv [(C_in, C_out, H)] (all convs are 3x3, stride 1, padding 1)."""
+    relu, pool, conv = [], [], []
+
+    def walk(layer, shape):
+        if isinstance(layer, L.Sequential):
+            for child in layer.children():
+                shape = walk(child, shape)
+            return shape
+        if isinstance(layer, L.Residual):
+            walk(layer.inner, shape)
+            return shape
+        c, h, w = shape
+        if isinstance(layer, L.Conv2d):
+            if (layer.kernel_size, layer.stride, layer.padding) != ((3, 3), (1, 1), (1, 1)):
+                raise ValueError(f"fast_net has a conv other than 3x3/1/1: {layer}")
+            conv.append((c, layer.out_channels, h))
+            return (layer.out_channels, h, w)
+        if isinstance(layer, L.MaxPool2d):
+            ks = layer.kernel_size if isinstance(layer.kernel_size, tuple) else (layer.kernel_size,) * 2
+            if ks[0] != ks[1] or layer.stride not in (None, ks[0], ks):
+                raise ValueError(f"fast_net has a pooling other than k x k, stride k: {layer}")
+            k = int(ks[0])
+            pool.append((shape, k))
+            return (c, h // k, w // k)
+        if isinstance(layer, L.ReLU):
+            relu.append(shape)
+        return shape  # batch norm, flatten, linear, scale: not benchmarked here
+
+    walk(models.fast_net(width=width), (3, 32, 32))
+    uniq = lambda xs: list(dict.fromkeys(xs))  # noqa: E731  (order kept)
+    return uniq(relu), uniq(pool), uniq(conv)
+
+
+def relu_bytes(shape, direction):
+    return (2 if direction == "forward" else 3) * int(np.prod(shape)) * 4
+
+
+def pool_bytes(shape, k, direction):
+    n, c, h, w = shape
+    return (n * c * h * w + 2 * n * c * (h // k) * (w // k)) * 4  # the same traffic both ways
+
+
+# ----------------------------------------------------------------------------- validation
+def validate(args, relu_shapes, pool_shapes, conv_layers, checks):
+    target = args.device
+    rng = np.random.default_rng(0)
+    batch = CHECK_BATCH if not args.tiny else TINY["batch"]
+    for shape in relu_shapes:
+        x = rng.standard_normal((batch, *shape)).astype(np.float32)
+        dy = rng.standard_normal(x.shape).astype(np.float32)
+        y, cache = LR.relu_forward_kernel(common.to_dev(x, args), target=target)
+        ry, rcache = R._relu_forward_reference(x)
+        checks.exact(f"relu forward {shape}", y, ry)
+        dx = LR.relu_backward_kernel(common.to_dev(dy, args), cache, target=target)
+        checks.exact(f"relu backward {shape}", dx, R._relu_backward_reference(dy, rcache))
+    for shape, k in pool_shapes:
+        x = rng.standard_normal((batch, *shape)).astype(np.float32)
+        y, cache = LP.max_pool2d_forward_kernel(common.to_dev(x, args), (k, k), (k, k), target=target)
+        ry, rcache = P._max_pool2d_forward_reference(x, (k, k), (k, k))
+        checks.exact(f"max_pool{k} forward {shape}", y, ry)
+        checks.exact(f"max_pool{k} switches {shape}", cache.argmax, rcache.argmax)
+        dy = rng.standard_normal(ry.shape).astype(np.float32)
+        dx = LP.max_pool2d_backward_kernel(common.to_dev(dy, args), cache, target=target)
+        checks.exact(f"max_pool{k} backward {shape}", dx, P._max_pool2d_backward_reference(dy, rcache))
+    failures = bench_conv2d.validate(conv_layers, batch, target)
+    checks.add(f"conv2d every variant and direction on {len(conv_layers)} layers (bench_conv2d.validate)",
+               not failures, detail="; ".join(failures) or None)
+
+
+# ----------------------------------------------------------------------------- timing
+def copy_gbs(nbytes, args):
+    """GB/s of a device-to-device copy moving ``nbytes`` (nbytes/2 read + nbytes/2 written)."""
+    xp = common.xp_of(args)
+    half = max(1, nbytes // 2)
+    src, dst = xp.empty(half, dtype=np.uint8), xp.empty(half, dtype=np.uint8)
+    if args.device == "cuda":
+        copy = lambda: dst.data.copy_from_device_async(src.data, half)  # noqa: E731
+    else:
+        copy = lambda: np.copyto(dst, src)  # noqa: E731
+    ms = common.timed(copy, args)
+    return 2 * half / ms / 1e6 if ms else None
+
+
+def memory_rows(args, relu_shapes, pool_shapes, batch, torch):
+    rng = np.random.default_rng(1)
+    rows = []
+    target = args.device
+    for shape in relu_shapes:
+        x = common.to_dev(rng.standard_normal((batch, *shape)).astype(np.float32), args)
+        dy = common.to_dev(rng.standard_normal((batch, *shape)).astype(np.float32), args)
+        _, cache = LR.relu_forward_kernel(x, target=target)
+        calls = {"forward": lambda: LR.relu_forward_kernel(x, target=target),
+                 "backward": lambda: LR.relu_backward_kernel(dy, cache, target=target)}
+        tcalls = {}
+        if torch is not None:
+            tx, tdy = torch.from_dlpack(x), torch.from_dlpack(dy)
+            tcalls = {"forward": lambda: torch.relu(tx),
+                      "backward": lambda: torch.ops.aten.threshold_backward(tdy, tx, 0)}
+        for direction, fn in calls.items():
+            rows.append(_memory_row(f"relu {direction}", (batch, *shape), relu_bytes((batch, *shape), direction),
+                                    fn, tcalls.get(direction), args))
+    for shape, k in pool_shapes:
+        full = (batch, *shape)
+        x = common.to_dev(rng.standard_normal(full).astype(np.float32), args)
+        y, cache = LP.max_pool2d_forward_kernel(x, (k, k), (k, k), target=target)
+        dy = common.xp_of(args).ones_like(y)
+        calls = {"forward": lambda: LP.max_pool2d_forward_kernel(x, (k, k), (k, k), target=target),
+                 "backward": lambda: LP.max_pool2d_backward_kernel(dy, cache, target=target)}
+        tcalls = {}
+        if torch is not None:
+            tx, tdy = torch.from_dlpack(x), torch.from_dlpack(dy)
+            _, tidx = torch.nn.functional.max_pool2d(tx, k, k, return_indices=True)
+            tcalls = {"forward": lambda: torch.nn.functional.max_pool2d(tx, k, k, return_indices=True),
+                      "backward": lambda: torch.ops.aten.max_pool2d_with_indices_backward(
+                          tdy, tx, [k, k], [k, k], [0, 0], [1, 1], False, tidx)}
+        for direction, fn in calls.items():
+            rows.append(_memory_row(f"max_pool{k} {direction}", full, pool_bytes(full, k, direction), fn,
+                                    tcalls.get(direction), args))
+    return rows
+
+
+def _memory_row(op, shape, nbytes, fn, tfn, args):
+    ms = common.timed(fn, args)
+    t_ms = common.timed(tfn, args) if tfn is not None else None
+    gbs = nbytes / ms / 1e6 if ms else None
+    cgbs = copy_gbs(nbytes, args)
+    return {"op": op, "shape": "x".join(map(str, shape)), "bytes": nbytes, "ms": ms, "gbs": gbs, "copy_gbs": cgbs,
+            "vs_copy": common.ratio(gbs, cgbs), "torch_ms": t_ms, "speed_vs_torch": common.ratio(t_ms, ms),
+            "target_vs_copy": 0.8}
+
+
+def conv_rows(args, conv_layers, batch, torch):
+    if args.device != "cuda":
+        return []  # bench_conv2d.benchmark times on the GPU only; the simulator validated above
+    defaults = tuple(kernels.variant(f) for f in bench_conv2d.DIRECTIONS.values())
+    rows = bench_conv2d.benchmark(batch, args.warmup, args.repeat, use_torch=torch is not None,
+                                  layers=conv_layers, variants=tuple(dict.fromkeys(defaults)))
+    for r in rows:
+        r["op"] = f"conv2d {r['direction']}"
+    return rows
+
+
+def conv_layer_summary(rows):
+    """Per layer: forward + backward-data + backward-weight of the production variants vs cuDNN."""
+    out = {}
+    for r in rows:
+        if r["variant"] != kernels.variant(bench_conv2d.DIRECTIONS[r["direction"]]):
+            continue
+        s = out.setdefault(r["layer"], {"layer": r["layer"], "ms": 0.0, "torch_ms": 0.0})
+        s["ms"] += r["ms"]
+        s["torch_ms"] = s["torch_ms"] + r["torch_ms"] if r["torch_ms"] is not None and s["torch_ms"] is not None \
+            else None
+    for s in out.values():
+        s["speed_vs_torch"] = common.ratio(s["torch_ms"], s["ms"])
+        s["meets_0.8x"] = None if s["speed_vs_torch"] is None else s["speed_vs_torch"] >= 0.8
+    return list(out.values())
+
+
+def table(rec):
+    env = rec["environment"]
+    print(f"{env['device']}  fast_net width {rec['width']}, batch {rec['batch']}, fp32 (TF32 off)")
+    common.print_table(rec["results"]["memory"], [
+        ("op", "op", ""), ("shape", "shape", ""), ("ms", "ms", ".4f"), ("gbs", "GB/s", ".0f"),
+        ("copy_gbs", "copy GB/s", ".0f"), ("vs_copy", "vs copy", ".2f"), ("torch_ms", "torch ms", ".4f"),
+        ("speed_vs_torch", "vs torch", ".2f")])
+    if rec["results"]["conv2d"]:
+        print()
+        common.print_table(rec["results"]["conv2d"], [
+            ("layer", "conv layer", ""), ("direction", "direction", ""), ("variant", "var", ""), ("ms", "ms", ".3f"),
+            ("tflops", "TFLOP/s", ".2f"), ("torch_ms", "cuDNN ms", ".3f"), ("torch_tflops", "TFLOP/s", ".2f"),
+            ("speed_vs_torch", "vs cuDNN", ".2f")])
+        print()
+        common.print_table(rec["results"]["conv2d_layers"], [
+            ("layer", "conv layer (fwd+bwd)", ""), ("ms", "ms", ".3f"), ("torch_ms", "cuDNN ms", ".3f"),
+            ("speed_vs_torch", "vs cuDNN", ".2f"), ("meets_0.8x", ">=0.8x", "")])
+
+
+def main(argv=None):
+    p = common.add_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]), warmup=3, repeat=20)
+    p.add_argument("--batch", type=int, default=None, help="images per batch (default 512; --tiny: 2)")
+    p.add_argument("--width", type=int, default=None, help="fast_net width (default 64; --tiny: 1)")
+    p.add_argument("--skip-conv", action="store_true", help="pooling and ReLU only")
+    args = common.parse(p, argv)
+    rc = common.require_device(NAME, args)
+    if rc is not None:
+        return rc
+    sizes = TINY if args.tiny else FULL
+    batch, width = args.batch or sizes["batch"], args.width or sizes["width"]
+    relu_shapes, pool_shapes, conv_layers = fast_net_shapes(width)
+    if args.skip_conv:
+        conv_layers = []
+    checks = common.Checks()
+    with common.device_context(args):
+        validate(args, relu_shapes, pool_shapes, conv_layers, checks)
+        if not checks.passed:
+            return common.failed_validation(NAME, checks, args)
+        torch = common.torch_module(args)
+        memory = memory_rows(args, relu_shapes, pool_shapes, batch, torch)
+        conv = conv_rows(args, conv_layers, batch, torch)
+    results = {"memory": memory, "conv2d": conv, "conv2d_layers": conv_layer_summary(conv)}
+    rec = common.record(NAME, args, checks, results, width=width, batch=batch,
+                        targets={"pool_relu_vs_copy": 0.8, "conv2d_fwd_bwd_vs_cudnn": 0.8})
+    return common.finish(rec, args, table)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

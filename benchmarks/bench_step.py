@@ -1,0 +1,215 @@
+"""Training-step benchmark: images/s of one full step (forward, softmax cross-entropy, backward,
+SGD with Nesterov momentum and weight decay) of fast_net and three_layer_convnet, gpuconv against
+the identical PyTorch network and optimizer (eager), same batch size, fp32 with TF32 off.
+
+    python benchmarks/bench_step.py                   # GPU: batch 512, 10 warm-up + 40 timed steps
+    python benchmarks/bench_step.py --json --save
+    python benchmarks/bench_step.py --device sim --tiny  # no GPU: validation on the host simulator
+
+Validation first: one step from the same weights against a float64 NumPy copy of the model
+(loss and every gradient within 1e-3 relative, every parameter after the SGD update within 1e-5)
+and, when torch runs, against the PyTorch mirror (loss and gradients within 1e-3: float32 through
+batch norm). Then ``--warmup + --repeat`` steps run on fresh weights; the last ``--repeat`` are
+timed between CUDA events. Along the way two device-residency checks, both required to pass:
+``gpuconv.backend.transfers`` stays at zero host transfers in either direction during the steps,
+and CuPy's memory pool does not grow between step 3 and the last step (``used_bytes`` and
+``total_bytes``: buffers are reused, not reallocated). The issue's target: fast_net >= 1.0x PyTorch.
+"""
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+import gpuconv  # noqa: E402
+from gpuconv import backend as B  # noqa: E402
+from gpuconv import models, ops  # noqa: E402
+from gpuconv.optim import SGD  # noqa: E402
+
+NAME = "bench_step"
+HYPER = {"lr": 0.01, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4}
+# name -> (factory, input (C, H, W)), full size and --tiny
+MODELS = {
+    "fast_net": ((lambda: models.fast_net(width=64), (3, 32, 32)),
+                 (lambda: models.fast_net(width=2), (3, 32, 32))),
+    "three_layer_convnet": ((lambda: models.three_layer_convnet(), (3, 32, 32)),
+                            (lambda: models.three_layer_convnet(num_filters=4, hidden_dim=8, input_dim=(3, 16, 16)),
+                             (3, 16, 16))),
+}
+POOL_CHECK_STEP = 3
+
+
+def batch_data(shape, batch, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((batch, *shape)).astype(np.float32), rng.integers(0, 10, batch).astype(np.int64)
+
+
+def make_step(model, opt, x, y):
+    """One training step; returns the loss (a 0-d device array: nothing is read back)."""
+    def step():
+        opt.zero_grad()
+        loss, dlogits = ops.softmax_cross_entropy(model(x), y)
+        model.backward(dlogits)
+        opt.step()
+        return loss
+    return step
+
+
+def torch_mirror(torch, model, device="cuda"):
+    """The identical torch.nn network with the same weights on ``device`` (bench_cpu builds it)."""
+    from bench_cpu import torch_mirror as mirror  # noqa: PLC0415  (only with torch present)
+    return mirror(torch, model).to(device)
+
+
+def validate_step(name, factory, x, y, args, checks, torch=None):
+    """One step on the benchmark's device against float64 NumPy and, with ``torch``, the torch
+    mirror (on the GPU; on the simulator a CPU torch, as a second reference)."""
+    model = factory()
+    with gpuconv.default_device("cpu"):
+        ref = factory().astype(np.float64)
+    ref.load_state_dict(model.state_dict())
+    tdev = "cuda" if args.device == "cuda" else "cpu"
+    tm = torch_mirror(torch, model, tdev) if torch is not None else None
+    xd, yd = common.to_dev(x, args), common.to_dev(y, args)
+    opt = SGD(model.parameters(), **HYPER)
+    ref_opt = SGD(ref.parameters(), **HYPER)
+    loss = make_step(model, opt, xd, yd)()
+    with gpuconv.default_device("cpu"):  # the NumPy reference path, never the kernels (even on 'sim')
+        ref_loss, dref = ops.softmax_cross_entropy(ref(x.astype(np.float64)), y)
+        ref.backward(dref)
+        ref_opt.step()
+    checks.close(f"{name} loss vs float64 NumPy", loss, ref_loss, 1e-3)
+    ref_grads = dict(ref.named_parameters())
+    worst = max(((common.rel_err(p.grad, ref_grads[n].grad), n) for n, p in model.named_parameters()))
+    checks.add(f"{name} gradients vs float64 NumPy (worst: {worst[1]})", worst[0] <= 1e-3, worst[0], 1e-3)
+    ref_params = dict(ref.named_parameters())
+    worst = max(((common.rel_err(p.data, ref_params[n].data), n) for n, p in model.named_parameters()))
+    checks.add(f"{name} parameters after the SGD step (worst: {worst[1]})", worst[0] <= 1e-5, worst[0], 1e-5)
+    if tm is not None:
+        tx, ty = torch.from_numpy(x).to(tdev), torch.from_numpy(y).to(tdev)
+        tloss = torch.nn.functional.cross_entropy(tm(tx), ty)
+        tloss.backward()
+        checks.close(f"{name} loss vs PyTorch", loss, tloss.item(), 1e-3)
+        tgrads = {n: p.grad for n, p in tm.named_parameters()}
+        missing = sorted(set(dict(model.named_parameters())) - set(tgrads))
+        if missing:
+            checks.add(f"{name} parameter names match the torch mirror", False, detail=f"missing {missing}")
+        else:
+            worst = max((common.rel_err(p.grad, tgrads[n].detach().cpu().numpy()), n)
+                        for n, p in model.named_parameters())
+            checks.add(f"{name} gradients vs PyTorch (worst: {worst[1]})", worst[0] <= 1e-3, worst[0], 1e-3)
+
+
+def pool_usage(args):
+    if args.device != "cuda":
+        return None
+    pool = B.cupy_module().get_default_memory_pool()
+    return {"used_bytes": int(pool.used_bytes()), "total_bytes": int(pool.total_bytes())}
+
+
+def run_gpuconv(factory, x, y, args):
+    """Warm-up + timed steps on fresh weights; the residency checks along the way."""
+    model = factory()
+    xd, yd = common.to_dev(x, args), common.to_dev(y, args)
+    step = make_step(model, SGD(model.parameters(), **HYPER), xd, yd)
+    total = args.warmup + args.repeat
+    B.transfers.reset()
+    at_check = None
+    for i in range(1, args.warmup + 1):
+        loss = step()
+        if i == POOL_CHECK_STEP:
+            at_check = pool_usage(args)
+    with common.EventTimer(args) as t:
+        for i in range(args.warmup + 1, total + 1):
+            loss = step()
+            if i == POOL_CHECK_STEP:
+                at_check = pool_usage(args)
+    transfers = {"device_to_host": B.transfers.device_to_host, "host_to_device": B.transfers.host_to_device}
+    at_end = pool_usage(args)
+    final_loss = gpuconv.item(loss)  # the one readback, after the counted steps
+    stable = None
+    if at_check is not None and at_end is not None:
+        stable = at_end["used_bytes"] <= at_check["used_bytes"] and at_end["total_bytes"] <= at_check["total_bytes"]
+    return {"ms": t.ms / args.repeat if t.ms is not None else None, "steps": total, "transfers": transfers,
+            "pool_at_step3": at_check, "pool_at_end": at_end, "pool_stable": stable, "final_loss": final_loss}
+
+
+def run_torch(torch, factory, x, y, args):
+    tm = torch_mirror(torch, factory())
+    tx, ty = torch.from_numpy(x).cuda(), torch.from_numpy(y).cuda()
+    topt = torch.optim.SGD(tm.parameters(), lr=HYPER["lr"], momentum=HYPER["momentum"], nesterov=HYPER["nesterov"],
+                           weight_decay=HYPER["weight_decay"])
+
+    def step():
+        topt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(tm(tx), ty).backward()
+        topt.step()
+    return common.cuda_time(step, args.warmup, args.repeat)
+
+
+def table(rec):
+    env = rec["environment"]
+    print(f"{env['device']}  training step, fp32 (TF32 off), SGD nesterov momentum 0.9, weight decay 5e-4")
+    common.print_table(rec["results"], [
+        ("model", "model", ""), ("batch", "batch", "d"), ("ms", "ms/step", ".2f"), ("images_per_s", "img/s", ".0f"),
+        ("torch_ms", "torch ms", ".2f"), ("torch_images_per_s", "torch img/s", ".0f"),
+        ("speed_vs_torch", "vs torch", ".2f"), ("pool_stable", "pool stable", ""),
+        ("host_transfers", "transfers", "d")])
+
+
+def main(argv=None):
+    p = common.add_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]), warmup=10, repeat=40)
+    p.add_argument("--batch", type=int, default=None, help="images per step (default 512; --tiny: 4)")
+    p.add_argument("--models", nargs="+", choices=sorted(MODELS), default=sorted(MODELS))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--tiny" in argv and not any(a.startswith(("--warmup", "--repeat")) for a in argv):
+        argv += ["--warmup", "3", "--repeat", "2"]  # 5 steps: the pool check at step 3, then 2 more
+    args = common.parse(p, argv)
+    rc = common.require_device(NAME, args)
+    if rc is not None:
+        return rc
+    batch = args.batch or (4 if args.tiny else 512)
+    checks = common.Checks()
+    rows = []
+    with common.device_context(args):
+        torch = common.torch_module(args)
+        vtorch = common.torch_module(args, cpu_ok=True)
+        for name in args.models:
+            factory, shape = MODELS[name][1 if args.tiny else 0]
+            x, y = batch_data(shape, batch if args.device == "sim" else min(batch, 16), seed=1)
+            validate_step(name, factory, x, y, args, checks, vtorch)
+        if not checks.passed:
+            return common.failed_validation(NAME, checks, args)
+        for name in args.models:
+            factory, shape = MODELS[name][1 if args.tiny else 0]
+            x, y = batch_data(shape, batch, seed=2)
+            res = run_gpuconv(factory, x, y, args)
+            t_ms = run_torch(torch, factory, x, y, args) if torch is not None else None
+            host_transfers = res["transfers"]["device_to_host"] + res["transfers"]["host_to_device"]
+            checks.add(f"{name}: no host transfer during {res['steps']} steps", host_transfers == 0,
+                       float(host_transfers), 0.0, detail=str(res["transfers"]))
+            if res["pool_stable"] is not None:
+                checks.add(f"{name}: memory pool does not grow from step {POOL_CHECK_STEP} to step {res['steps']}",
+                           res["pool_stable"], detail=f"{res['pool_at_step3']} -> {res['pool_at_end']}")
+            checks.add(f"{name}: loss finite after {res['steps']} steps", np.isfinite(res["final_loss"]),
+                       detail=f"loss {res['final_loss']}")
+            rows.append({"model": name, "batch": batch, **res, "host_transfers": host_transfers,
+                         "images_per_s": batch * 1000 / res["ms"] if res["ms"] else None, "torch_ms": t_ms,
+                         "torch_images_per_s": batch * 1000 / t_ms if t_ms else None,
+                         "speed_vs_torch": common.ratio(t_ms, res["ms"]),
+                         "target_vs_torch": 1.0 if name == "fast_net" else None})
+    rec = common.record(NAME, args, checks, rows, hyperparameters=HYPER, pool_check_step=POOL_CHECK_STEP)
+    rc = common.finish(rec, args, table)
+    if not checks.passed:  # a residency check failed: the record stands, the exit status says so
+        print(f"{NAME}: " + "; ".join(checks.failures()), file=sys.stderr)
+        return 1
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,330 @@
+"""What every benchmark script shares: the command line, the no-GPU exit, CUDA-event timing, the
+PyTorch reference setup, validation bookkeeping, the table, and the results record.
+
+A benchmark script does, in order:
+
+    args = common.parse(parser)                # --device cuda|sim, --tiny, --json, --save, ...
+    if (rc := common.require_device(NAME, args)) is not None: return rc   # 2: cuda asked, none here
+    checks = common.Checks(); checks.close("relu fwd", got, want, rtol=0)  # validate first
+    if not checks.passed: ... return 1         # nothing is timed after a failed validation
+    ms = common.timed(fn, args)                # CUDA events after warm-up; None on the simulator
+    record = common.record(NAME, args, checks, rows, ...); return common.finish(record, args, table)
+
+On ``--device sim`` (which needs ``--tiny``) every step runs on the host simulator at tiny sizes:
+the validation is real, the timing code paths run, and no time is reported (``timed`` returns
+None): the simulator is not a timing device. Records go to
+``benchmarks/results/<date>-<device>-<name>.json`` (``$GPUCONV_BENCH_RESULTS`` overrides the
+directory) with the device, the date and the versions of everything involved.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import platform
+import re
+import subprocess
+import sys
+
+HERE = pathlib.Path(__file__).resolve().parent
+REPO = HERE.parent
+if str(REPO) not in sys.path:  # scripts run from anywhere import the checkout's gpuconv
+    sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+
+import gpuconv  # noqa: E402
+from gpuconv import backend as B  # noqa: E402
+from gpuconv import kernels  # noqa: E402
+
+RESULTS = HERE / "results"
+NO_GPU_EXIT = 2
+
+
+# ----------------------------------------------------------------------------- command line
+def add_arguments(p: argparse.ArgumentParser, warmup=3, repeat=20):
+    p.add_argument("--device", choices=("cuda", "sim"), default="cuda",
+                   help="cuda: validate and time on the GPU; sim: validate on the host simulator (needs --tiny)")
+    p.add_argument("--tiny", action="store_true", help="tiny sizes and few steps: a validation run, no timing claims")
+    p.add_argument("--warmup", type=int, default=warmup, help="untimed runs before timing")
+    p.add_argument("--repeat", type=int, default=repeat, help="timed runs (averaged between two CUDA events)")
+    p.add_argument("--json", action="store_true", help="print the record as one JSON document instead of the table")
+    p.add_argument("--save", action="store_true", help=f"write the record under {RESULTS} (or $GPUCONV_BENCH_RESULTS)")
+    p.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
+    return p
+
+
+def parse(p: argparse.ArgumentParser, argv=None):
+    args = p.parse_args(argv)
+    if args.device == "sim" and not args.tiny:
+        p.error("--device sim runs kernels on the host simulator, about a microsecond per thread switch: "
+                "it only validates, at tiny sizes. Add --tiny")
+    if args.warmup < 0 or args.repeat < 1:
+        p.error(f"--warmup {args.warmup} / --repeat {args.repeat}: need warmup >= 0 and repeat >= 1")
+    return args
+
+
+def require_device(name: str, args, sim_args="--device sim --tiny") -> int | None:
+    """None when ``args.device`` can run here; else prints why (naming the simulator command) and
+    returns the exit status 2."""
+    if args.device == "cuda" and not B.cuda_available():
+        print(f"{name}: no usable GPU ({B.cuda_status()}). This script runs CUDA kernels and needs a "
+              f"CUDA device. Without one, check its validation on the host simulator with:\n"
+              f"    python benchmarks/{name}.py {sim_args}", file=sys.stderr)
+        return NO_GPU_EXIT
+    return None
+
+
+def device_context(args):
+    """The default-device context the benchmark body runs in ('sim' makes ops run the kernels)."""
+    return gpuconv.default_device(args.device)
+
+
+def xp_of(args):
+    return B.cupy_module() if args.device == "cuda" else np
+
+
+def to_dev(a, args):
+    """A host array onto the benchmark's device (setup only: counted as an upload)."""
+    return B.to_device(a, "cuda") if args.device == "cuda" else np.asarray(a)
+
+
+def host(a):
+    return None if a is None else (a.get() if B.is_cupy_array(a) else np.asarray(a))
+
+
+# ----------------------------------------------------------------------------- timing
+def cuda_time(fn, warmup, repeat):
+    """Milliseconds per call of ``fn`` on the current stream: ``warmup`` untimed calls, then
+    ``repeat`` calls between two CUDA events (launch overhead included, as a training loop pays it)."""
+    cp = B.cupy_module()
+    for _ in range(warmup):
+        fn()
+    start, stop = cp.cuda.Event(), cp.cuda.Event()
+    start.record()
+    for _ in range(repeat):
+        fn()
+    stop.record()
+    stop.synchronize()
+    return cp.cuda.get_elapsed_time(start, stop) / repeat
+
+
+def timed(fn, args, warmup=None, repeat=None):
+    """``cuda_time`` on 'cuda'; on 'sim' the same calls run (one warm-up, one repeat) and None comes
+    back: simulator times mean nothing."""
+    warmup = args.warmup if warmup is None else warmup
+    repeat = args.repeat if repeat is None else repeat
+    if args.device == "cuda":
+        return cuda_time(fn, warmup, repeat)
+    for _ in range(min(warmup, 1) + 1):
+        fn()
+    return None
+
+
+class EventTimer:
+    """A stretch of GPU work measured between two CUDA events (``with EventTimer(args) as t: ...``;
+    ``t.ms`` after the block, None on the simulator)."""
+
+    def __init__(self, args):
+        self.cuda = args.device == "cuda"
+        self.ms = None
+
+    def __enter__(self):
+        if self.cuda:
+            cp = B.cupy_module()
+            self._start, self._stop = cp.cuda.Event(), cp.cuda.Event()
+            self._start.record()
+        return self
+
+    def __exit__(self, *exc):
+        if self.cuda and exc[0] is None:
+            self._stop.record()
+            self._stop.synchronize()
+            self.ms = B.cupy_module().cuda.get_elapsed_time(self._start, self._stop)
+        return False
+
+
+def ratio(num, den):
+    return num / den if num is not None and den else None
+
+
+# ----------------------------------------------------------------------------- PyTorch
+def torch_module(args=None, cpu_ok=False):
+    """torch set up for a fair fp32 comparison (TF32 off for convolutions and matmuls, cuDNN
+    autotuning on), or None: not importable, no CUDA in torch, ``--no-torch``, or the simulator.
+    ``cpu_ok``: on the simulator, a CPU torch too (a validation reference, never timed)."""
+    if args is not None and (args.no_torch or (args.device != "cuda" and not cpu_ok)):
+        return None
+    try:
+        import torch
+    except Exception:
+        return None
+    if args is not None and args.device != "cuda":
+        return torch
+    if not torch.cuda.is_available():
+        return None
+    torch.backends.cudnn.allow_tf32 = False  # fp32 against fp32: TF32 would change the arithmetic
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.benchmark = True
+    return torch
+
+
+# ----------------------------------------------------------------------------- validation
+def rel_err(got, want) -> float:
+    """max |got - want| / max |want|: an error relative to the array's scale."""
+    got, want = np.asarray(host(got), np.float64), np.asarray(host(want), np.float64)
+    if got.shape != want.shape:
+        return float("inf")
+    if got.size == 0:
+        return 0.0
+    return float(np.max(np.abs(got - want)) / max(float(np.max(np.abs(want))), 1e-30))
+
+
+class Checks:
+    """Validation results: each check a dict (name, error, tolerance, ok); ``passed`` when all are."""
+
+    def __init__(self):
+        self.items = []
+
+    def add(self, name, ok, error=None, tolerance=None, detail=None):
+        item = {"name": name, "ok": bool(ok), "error": error, "tolerance": tolerance}
+        if detail:
+            item["detail"] = detail
+        self.items.append(item)
+        return bool(ok)
+
+    def exact(self, name, got, want):
+        g, w = host(got), host(want)
+        same = g.shape == w.shape and g.dtype == w.dtype and np.array_equal(g, w, equal_nan=True)
+        return self.add(name, same, 0.0 if same else rel_err(g, w), 0.0,
+                        None if same else f"shape {g.shape} {g.dtype} vs {w.shape} {w.dtype}")
+
+    def close(self, name, got, want, rtol):
+        err = rel_err(got, want)
+        return self.add(name, err <= rtol, err, rtol)
+
+    @property
+    def passed(self):
+        return bool(self.items) and all(i["ok"] for i in self.items)
+
+    def failures(self):
+        return [f"{i['name']}: error {i['error']:.3g} > tolerance {i['tolerance']:.3g}"
+                + (f" ({i['detail']})" if i.get("detail") else "")
+                for i in self.items if not i["ok"]]
+
+    def as_dict(self):
+        return {"passed": self.passed, "checks": self.items}
+
+
+# ----------------------------------------------------------------------------- records
+def _git_commit():
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO,
+                             timeout=10)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment(device="cuda"):
+    """Device name, date and versions (gpuconv, cupy, CUDA runtime and driver, torch, cuDNN)."""
+    torch = torch_module() if device == "cuda" else None
+    cp = B.cupy_module()
+    env = {"device": "host simulator (gpuconv.hostsim)", "device_kind": device, "sms": None,
+           "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+           "gpuconv": gpuconv.__version__, "git_commit": _git_commit(),
+           "cupy": getattr(cp, "__version__", None), "cuda_runtime": None, "cuda_driver": None,
+           "torch": None, "cudnn": None, "python": platform.python_version(), "numpy": np.__version__,
+           "host": platform.node()}
+    if device == "cuda":
+        dev = cp.cuda.Device()
+        props = cp.cuda.runtime.getDeviceProperties(dev.id)
+        name = props["name"]
+        env.update(device=name.decode() if isinstance(name, bytes) else name, sms=kernels.sm_count("cuda", dev.id),
+                   memory_bytes=int(props["totalGlobalMem"]), cuda_runtime=cp.cuda.runtime.runtimeGetVersion(),
+                   cuda_driver=cp.cuda.runtime.driverGetVersion())
+        if torch is not None:
+            env.update(torch=torch.__version__, cudnn=torch.backends.cudnn.version(),
+                       torch_cuda=torch.version.cuda)
+    return env
+
+
+def slug(text):
+    return re.sub(r"[^A-Za-z0-9]+", "-", str(text)).strip("-").lower() or "unknown"
+
+
+def results_dir() -> pathlib.Path:
+    return pathlib.Path(os.environ.get("GPUCONV_BENCH_RESULTS") or RESULTS)
+
+
+def save_record(record, name, filename=None) -> pathlib.Path:
+    """Write ``record`` as ``<date>-<device>-<name>.json`` (or ``filename``) in :func:`results_dir`."""
+    out_dir = results_dir()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    env = record["environment"]
+    if filename is None:
+        filename = f"{env['date'][:10]}-{slug(env['device'])}-{name}.json"
+    path = out_dir / filename
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=2, default=_json_default) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+def record(name, args, checks: Checks, results, **extra):
+    return {"benchmark": name, "environment": environment(args.device), "tiny": bool(args.tiny),
+            "timed": args.device == "cuda", "warmup": args.warmup, "repeat": args.repeat,
+            "validation": checks.as_dict(), "results": results, **extra}
+
+
+def failed_validation(name, checks: Checks, args) -> int:
+    """Report a failed validation (stderr, and the record with --json) and return exit status 1."""
+    print(f"{name}: validation failed; nothing timed:\n  " + "\n  ".join(checks.failures()), file=sys.stderr)
+    if args.json:
+        print(json.dumps(record(name, args, checks, []), indent=2, default=_json_default))
+    return 1
+
+
+def finish(rec, args, table) -> int:
+    """Print the record (``--json``) or ``table(rec)``; write it with ``--save``; exit status 0."""
+    if args.json:
+        print(json.dumps(rec, indent=2, default=_json_default))
+    else:
+        table(rec)
+        if not rec["timed"]:
+            print("(host simulator: validation only; no times are reported)")
+    if args.save:
+        print(f"wrote {save_record(rec, rec['benchmark'])}", file=sys.stderr)
+    return 0
+
+
+# ----------------------------------------------------------------------------- tables
+def fmt(value, spec):
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return value
+    return format(value, spec)
+
+
+def print_table(rows, columns, title=None, file=None):
+    """``columns``: (key, header, format spec) triples; None cells print as '-'."""
+    file = file or sys.stdout
+    if title:
+        print(title, file=file)
+    cells = [[fmt(r.get(k), spec) for k, _, spec in columns] for r in rows]
+    widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, (_, h, _) in enumerate(columns)]
+    print("  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, ((_, h, _), w) in enumerate(zip(columns, widths))),
+          file=file)
+    for c in cells:
+        print("  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(c, widths))), file=file)

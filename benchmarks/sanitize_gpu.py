@@ -1,0 +1,176 @@
+"""Launch every CUDA kernel once on small, edge-reaching shapes and check each result against the
+NumPy reference: the driver that ``compute-sanitizer`` runs (benchmarks/run_gpu.sh).
+
+    compute-sanitizer --tool memcheck --error-exitcode 99 python benchmarks/sanitize_gpu.py
+    python benchmarks/sanitize_gpu.py --device sim     # the same launches on the host simulator
+
+CuPy's memory pool is switched off first (``cupy.cuda.set_allocator(None)``): with the pool, a
+read past the end of one array lands inside a larger pooled block and memcheck cannot see it;
+without it every array is its own cudaMalloc, bounds exact. Shapes reach the guarded edges:
+partial GEMM tiles in both dimensions, a partial reduction round, padding wider than the
+filter, several backward-weight splits, overlapping pooling windows, ReLU lengths with a vector
+tail and a misaligned view, crops falling wholly into the padding. Exit 0 when every kernel ran
+and matched; 1 naming the mismatch or the kernel that did not run.
+"""
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+import gpuconv  # noqa: E402
+from gpuconv import backend as B  # noqa: E402
+from gpuconv import kernels  # noqa: E402
+from gpuconv.data import crop_flip, normalize  # noqa: E402
+from gpuconv.data._launch_augment import augment_batch_kernel  # noqa: E402
+from gpuconv.ops import _launch_conv2d as LC  # noqa: E402
+from gpuconv.ops import _launch_pool2d as LP  # noqa: E402
+from gpuconv.ops import _launch_relu as LR  # noqa: E402
+from gpuconv.ops import conv2d as C  # noqa: E402
+from gpuconv.ops import pool2d as P  # noqa: E402
+
+EXPECTED = {"conv2d_forward_v1", "conv2d_forward_v2", "conv2d_backward_data_v1", "conv2d_backward_data_v2",
+            "conv2d_backward_weight_v1", "conv2d_backward_weight_v2", "conv2d_reduce_splits",
+            "conv2d_backward_bias", "max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward",
+            "avg_pool2d_backward", "relu_forward_v1", "relu_forward_v2", "relu_backward_v1", "relu_backward_v2",
+            "bias_relu_forward", "augment_batch"}
+
+
+class Run:
+    def __init__(self, target):
+        self.target = target
+        self.ran = set()
+        self.failures = []
+        self.dev = (lambda a: B.cupy_module().asarray(a)) if target == "cuda" else np.asarray
+
+    def close(self, what, got, want, tol=2e-4):
+        got = common.host(got)
+        if got.shape != want.shape:
+            self.failures.append(f"{what}: shape {got.shape}, the reference has {want.shape}")
+        elif not np.allclose(got, want, rtol=tol, atol=tol):
+            self.failures.append(f"{what}: max |error| {float(np.abs(got - want).max()):.3g} beyond {tol}")
+
+    def exact(self, what, got, want):
+        if not np.array_equal(common.host(got), want):
+            self.failures.append(f"{what}: differs from the NumPy reference")
+
+
+def conv(run, rng):
+    LC.MIN_SPLIT_CHUNK = 8  # several backward-weight splits even at these sizes
+    for xs, ws, stride, pad in [((1, 5, 6, 13), (65, 5, 3, 3), (1, 1), (1, 1)),
+                                ((2, 3, 7, 9), (4, 3, 5, 3), (2, 3), (3, 0)),
+                                ((1, 2, 3, 3), (1, 2, 3, 3), (1, 1), (0, 0))]:
+        x, w = rng.standard_normal(xs).astype(np.float32), rng.standard_normal(ws).astype(np.float32)
+        b = rng.standard_normal(ws[0]).astype(np.float32)
+        ry, rc = C._conv2d_forward_reference(x, w, b, stride, pad)
+        dy = rng.standard_normal(ry.shape).astype(np.float32)
+        rdx, rdw, rdb = C._conv2d_backward_reference(dy, rc)
+        X, W, Bb, DY = (run.dev(a) for a in (x, w, b, dy))
+        for v in ("v1", "v2"):
+            with kernels.use_variant(conv2d_forward=v, conv2d_backward_data=v, conv2d_backward_weight=v):
+                y, cache = LC.conv2d_forward_kernel(X, W, Bb, stride, pad, target=run.target)
+                yr, _ = LC.conv2d_forward_kernel(X, W, None, stride, pad, target=run.target, relu=True)
+                dx, dw, db = LC.conv2d_backward_kernel(DY, cache, target=run.target)
+            tag = f"conv2d {xs}*{ws} {v}"
+            run.close(f"{tag} forward", y, ry)
+            run.close(f"{tag} forward+relu", yr, np.maximum(ry - b[None, :, None, None], 0))
+            run.close(f"{tag} dx", dx, rdx)
+            run.close(f"{tag} dw", dw, rdw)
+            run.close(f"{tag} db", db, rdb)
+
+
+def pool(run, rng):
+    x = rng.standard_normal((2, 3, 7, 9)).astype(np.float32)
+    X = run.dev(x)
+    for ks, st in [((3, 3), (2, 2)), ((2, 3), (1, 3)), ((7, 9), (1, 1))]:
+        y, c = LP.max_pool2d_forward_kernel(X, ks, st, target=run.target)
+        ry, rc = P._max_pool2d_forward_reference(x, ks, st)
+        run.exact(f"max_pool {ks} {st} forward", y, ry)
+        run.exact(f"max_pool {ks} {st} switches", c.argmax, rc.argmax)
+        dy = rng.standard_normal(ry.shape).astype(np.float32)
+        run.exact(f"max_pool {ks} {st} backward", LP.max_pool2d_backward_kernel(run.dev(dy), c, target=run.target),
+                  P._max_pool2d_backward_reference(dy, rc))
+        y, c = LP.avg_pool2d_forward_kernel(X, ks, st, target=run.target)
+        run.close(f"avg_pool {ks} {st} forward", y, P._avg_pool2d_forward_reference(x, ks, st)[0])
+        run.close(f"avg_pool {ks} {st} backward", LP.avg_pool2d_backward_kernel(run.dev(dy), c, target=run.target),
+                  P._avg_pool2d_backward_reference(dy, c))
+
+
+def relu(run, rng):
+    for dtype in (np.float32, np.float64):
+        for n in (1, 6, 257):
+            base = run.dev(rng.standard_normal(n + 1).astype(dtype))
+            for xv in (base[:n], base[1:]):  # aligned (v2 + tail) and misaligned (v1 fallback)
+                xh = common.host(xv)
+                for v in ("v1", "v2"):
+                    with kernels.use_variant(relu_forward=v, relu_backward=v):
+                        y, c = LR.relu_forward_kernel(xv, target=run.target)
+                        dx = LR.relu_backward_kernel(xv[::-1].copy(), c, target=run.target)
+                    run.exact(f"relu forward n={n} {v}", y, np.maximum(xh, dtype(0)))
+                    run.exact(f"relu backward n={n} {v}", dx, np.where(xh > 0, xh[::-1], dtype(0)))
+    xb = rng.standard_normal((2, 3, 5)).astype(np.float32)
+    bb = rng.standard_normal(3).astype(np.float32)
+    yb = run.dev(np.empty_like(xb))
+    kernels.launch("relu", "bias_relu_forward", np.float32, run.target, (1, 1, 1), (256, 1, 1),
+                   (run.dev(xb), run.dev(bb), yb, np.int64(xb.size), np.int32(3), np.int32(5), np.int32(1)))
+    run.exact("bias_relu_forward", yb, np.maximum(xb + bb[None, :, None], np.float32(0)))
+
+
+def augment(run, rng):
+    for shape, p in [((5, 3, 7, 9), 3), ((2, 1, 1, 1), 4), ((4, 2, 5, 5), 0)]:
+        images = rng.integers(0, 256, shape, dtype=np.uint8)
+        mean = np.arange(1, shape[1] + 1, dtype=np.float32)
+        std = mean + 1
+        idx = rng.integers(0, shape[0], 6)
+        oy, ox = rng.integers(0, 2 * p + 1, 6), rng.integers(0, 2 * p + 1, 6)
+        flip = rng.integers(0, 2, 6).astype(bool)
+        for crop in (True, False):
+            a, b = (oy, ox) if crop else (None, None)
+            got = augment_batch_kernel(run.dev(images), run.dev(idx), None if a is None else run.dev(a),
+                                       None if b is None else run.dev(b), run.dev(flip), run.dev(mean),
+                                       run.dev(std), p, np.float32, target=run.target)
+            run.exact(f"augment_batch {shape} pad {p} crop={crop}", got,
+                      normalize(crop_flip(images[idx], a, b, flip, p), mean, std))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", choices=("cuda", "sim"), default="cuda")
+    args = p.parse_args(argv)
+    args.tiny, args.no_torch = True, True
+    rc = common.require_device("sanitize_gpu", args, sim_args="--device sim")
+    if rc is not None:
+        return rc
+    if args.device == "cuda":
+        B.cupy_module().cuda.set_allocator(None)  # exact allocation bounds for memcheck/initcheck
+    run = Run(args.device)
+    real_launch = kernels.launch
+
+    def counting(op_file, kernel, *a, **k):
+        run.ran.add(kernel)
+        return real_launch(op_file, kernel, *a, **k)
+
+    kernels.launch = counting
+    rng = np.random.default_rng(0)
+    with gpuconv.default_device(args.device):
+        for family in (conv, pool, relu, augment):
+            family(run, rng)
+    B.synchronize()
+    missing = sorted(EXPECTED - run.ran)
+    print("RAN " + ",".join(sorted(run.ran)))
+    if missing:
+        run.failures.append(f"kernels never launched: {', '.join(missing)}")
+    if run.failures:
+        print("sanitize_gpu: FAILED\n  " + "\n  ".join(run.failures), file=sys.stderr)
+        return 1
+    print(f"sanitize_gpu: all {len(run.ran)} kernels ran and matched the NumPy reference on '{args.device}'")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

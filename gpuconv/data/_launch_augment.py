@@ -1,0 +1,63 @@
+"""Launcher of the fused loader kernel (kernels/augment.cu) for the 'cuda' and 'sim' targets.
+
+:func:`augment_batch_kernel` makes one normalized float batch from the uint8 data set in one
+pass: gather by ``index``, random crop of the zero-padded image, horizontal flip, per-channel
+normalization. Its result is bit-identical to the array-module path of
+:class:`gpuconv.data.DeviceLoader` (``images[index]`` -> ``crop_flip`` -> ``normalize``) for the
+same draws; the loader picks it whenever its arrays have a kernel target.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import kernels
+from ..backend import get_array_module
+
+BLOCK = 256  # GPUCONV_BLOCK in common.cuh
+
+
+def _vector(xp, name, v, dtype, b):
+    if tuple(v.shape) not in ((b,), (b, 1)):
+        raise ValueError(f"{name} must hold one value per image of the batch, shape ({b},), got {tuple(v.shape)}")
+    return xp.ascontiguousarray(v.reshape(b), dtype=dtype)
+
+
+def augment_batch_kernel(images, index, offsets_y, offsets_x, flip, mean, std, padding, dtype, *, target):
+    """``normalize(crop_flip(images[index], offsets_y, offsets_x, flip, padding), mean, std, dtype)``
+    as one kernel launch on ``target``.
+
+    ``images`` uint8 (N, C, H, W) C-contiguous; ``index`` integers (B,); ``offsets_y`` and
+    ``offsets_x`` integers (B,) in [0, 2 * padding] or both None (no crop); ``flip`` bools (B,)
+    or None; ``mean``/``std`` (C,) arrays of ``dtype`` on the images' device."""
+    xp = get_array_module(images, index, mean, std)
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise TypeError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+    if target not in ("cuda", "sim"):
+        raise ValueError(f"target={target!r}: the fused augmentation runs on 'cuda' or 'sim'")
+    if (offsets_y is None) != (offsets_x is None):
+        raise ValueError("augment_batch_kernel: give both offsets_y and offsets_x, or neither")
+    dtype = np.dtype(dtype)
+    n, c, h, w = images.shape
+    if c * h * w >= 2**31:
+        raise ValueError(f"images of shape {tuple(images.shape)}: one image has {c * h * w} values, the kernel "
+                         "indexes within an image in 32 bits (< 2**31); use the array path (fused=False)")
+    b = int(index.shape[0])
+    images = xp.ascontiguousarray(images)
+    index = _vector(xp, "index", index, np.int64, b)
+    crop, do_flip = offsets_y is not None, flip is not None
+    # Placeholders for arrays the kernel does not read (crop / flip off): typed pointers still
+    # have to be passed, and the index vector and a one-element bool array serve.
+    oy = _vector(xp, "offsets_y", offsets_y, np.int64, b) if crop else index
+    ox = _vector(xp, "offsets_x", offsets_x, np.int64, b) if crop else index
+    fl = _vector(xp, "flip", flip, np.bool_, b) if do_flip else xp.zeros(1, dtype=np.bool_)
+    mean = xp.ascontiguousarray(mean.reshape(-1), dtype=dtype)
+    std = xp.ascontiguousarray(std.reshape(-1), dtype=dtype)
+    if mean.shape != (c,) or std.shape != (c,):
+        raise ValueError(f"mean and std need one value per channel ({c}), got {mean.shape[0]} and {std.shape[0]}")
+    out = xp.empty((b, c, h, w), dtype=dtype)
+    if out.size:
+        grid, block = kernels.grid_1d(out.size, BLOCK, target, kernels.array_device([images]))
+        args = (images, index, oy, ox, fl, mean, std, out, np.int64(n),
+                *(np.int32(v) for v in (b, c, h, w, padding if crop else 0, crop, do_flip)))
+        kernels.launch("augment", "augment_batch", dtype, target, grid, block, args)
+    return out

@@ -1,0 +1,242 @@
+"""The fused loader kernel (kernels/augment.cu): gather + pad-crop + flip + normalize in one pass.
+
+It must give exactly the batches of the array-module path (``images[idx]`` -> ``crop_flip`` ->
+``normalize``), for the same random draws, on the host simulator; compile with NVRTC for
+compute_80 and compute_90; and stay in bounds under AddressSanitizer/UBSan.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+import textwrap
+
+import numpy as np
+import pytest
+
+import gpuconv
+from gpuconv import backend as B
+from gpuconv import hostsim, kernels
+from gpuconv.data import CIFAR10_MEAN, CIFAR10_STD, DeviceLoader, crop_flip, normalize
+from gpuconv.data._launch_augment import augment_batch_kernel
+
+
+def reference(images, idx, oy, ox, flip, padding, mean, std, dtype):
+    return normalize(crop_flip(images[idx], oy, ox, flip, padding), mean, std, dtype)
+
+
+def draws(rng, n, b, padding, crop=True, do_flip=True):
+    idx = rng.integers(0, n, b)
+    oy = rng.integers(0, 2 * padding + 1, b) if crop else None
+    ox = rng.integers(0, 2 * padding + 1, b) if crop else None
+    flip = rng.integers(0, 2, b).astype(bool) if do_flip else None
+    return idx, oy, ox, flip
+
+
+@pytest.mark.parametrize("shape, padding, crop, do_flip, dtype", [
+    ((9, 3, 8, 8), 4, True, True, np.float32),     # CIFAR's recipe, scaled down
+    ((9, 3, 8, 8), 4, True, True, np.float64),
+    ((7, 1, 5, 9), 2, True, False, np.float32),    # one channel, not square, crop only
+    ((7, 2, 6, 3), 0, False, True, np.float32),    # flip only (odd width: the middle column stays)
+    ((7, 3, 4, 4), 0, False, False, np.float32),   # gather + normalize only
+    ((5, 3, 3, 3), 5, True, True, np.float32),     # padding wider than the image: all-zero crops
+])
+def test_kernel_matches_the_array_path_bit_for_bit(shape, padding, crop, do_flip, dtype):
+    rng = np.random.default_rng(sum(shape) + padding)
+    images = rng.integers(0, 256, shape, dtype=np.uint8)
+    c = shape[1]
+    mean = rng.uniform(50, 200, c).astype(dtype)
+    std = rng.uniform(20, 80, c).astype(dtype)
+    idx, oy, ox, flip = draws(rng, shape[0], 11, padding, crop, do_flip)
+    got = augment_batch_kernel(images, idx, oy, ox, flip, mean, std, padding, dtype, target="sim")
+    want = reference(images, idx, oy, ox, flip, padding, mean, std, dtype)
+    assert got.dtype == np.dtype(dtype) and got.shape == want.shape
+    np.testing.assert_array_equal(got, want)
+
+
+def test_every_crop_offset_and_flip_pattern_is_exact():
+    """All (2p+1)^2 offsets with and without a flip, on one image: no edge case left to chance."""
+    p = 2
+    images = np.random.default_rng(1).integers(0, 256, (1, 3, 6, 5), dtype=np.uint8)
+    oy, ox = (a.ravel() for a in np.meshgrid(np.arange(2 * p + 1), np.arange(2 * p + 1), indexing="ij"))
+    oy, ox = np.concatenate([oy, oy]), np.concatenate([ox, ox])
+    flip = np.repeat([False, True], oy.size // 2)
+    idx = np.zeros(oy.size, np.int64)
+    mean, std = np.asarray(CIFAR10_MEAN, np.float32), np.asarray(CIFAR10_STD, np.float32)
+    got = augment_batch_kernel(images, idx, oy, ox, flip, mean, std, p, np.float32, target="sim")
+    np.testing.assert_array_equal(got, reference(images, idx, oy, ox, flip, p, mean, std, np.float32))
+
+
+def test_an_index_out_of_range_gives_nan_not_a_stray_read():
+    images = np.full((3, 3, 4, 4), 7, np.uint8)
+    mean, std = np.zeros(3, np.float32), np.ones(3, np.float32)
+    out = augment_batch_kernel(images, np.array([0, 3, -1, 2]), None, None, None, mean, std, 0, np.float32,
+                               target="sim")
+    assert np.isnan(out[[1, 2]]).all() and (out[[0, 3]] == 7).all()
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"images": np.zeros((2, 3, 4, 4), np.float32)}, "uint8"),
+    ({"offsets_x": None}, "both offsets_y and offsets_x"),
+    ({"flip": np.zeros(3, bool)}, r"flip must hold one value per image.*\(2,\)"),
+    ({"mean": np.zeros(2, np.float32)}, r"one value per channel \(3\)"),
+    ({"target": "cpu"}, "'cuda' or 'sim'"),
+])
+def test_bad_arguments_are_named(kwargs, match):
+    args = dict(images=np.zeros((2, 3, 4, 4), np.uint8), index=np.array([0, 1]), offsets_y=np.zeros(2, np.int64),
+                offsets_x=np.zeros(2, np.int64), flip=np.zeros(2, bool), mean=np.zeros(3, np.float32),
+                std=np.ones(3, np.float32), padding=1, dtype=np.float32, target="sim")
+    args.update(kwargs)
+    with pytest.raises((TypeError, ValueError), match=match):
+        augment_batch_kernel(**args)
+
+
+# ----------------------------------------------------------------------------- the loader routes it
+@pytest.fixture
+def launches(monkeypatch):
+    ran = []
+    real = kernels.launch
+
+    def counting(op_file, kernel, *a, **k):
+        ran.append(kernel)
+        return real(op_file, kernel, *a, **k)
+
+    monkeypatch.setattr(kernels, "launch", counting)
+    return ran
+
+
+@pytest.mark.parametrize("shuffle, augment", [(True, True), (False, True), (True, False), (False, False)])
+def test_loader_on_sim_uses_the_kernel_and_matches_the_array_path(launches, shuffle, augment):
+    x = np.random.default_rng(3).integers(0, 256, (37, 3, 8, 8), dtype=np.uint8)
+    y = np.arange(37)
+    kw = dict(batch_size=10, shuffle=shuffle, augment=augment, seed=5, padding=3)
+    with gpuconv.default_device("sim"):
+        fused = DeviceLoader(x, y, **kw)
+        array = DeviceLoader(x, y, fused=False, **kw)
+        assert fused.kernel_target() == "sim" and array.kernel_target() is None
+        B.transfers.reset()
+        got = [(a.copy(), b.copy()) for a, b in fused]
+        assert B.transfers.device_to_host == 0 and B.transfers.host_to_device == 0
+        assert launches == ["augment_batch"] * 4
+        want = list(array)
+        assert launches == ["augment_batch"] * 4  # the array path launched nothing
+    for (xa, ya), (xb, yb) in zip(got, want, strict=True):
+        assert xa.dtype == xb.dtype == np.float32
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+
+
+def test_loader_resume_mid_epoch_gives_the_same_fused_batches():
+    x = np.random.default_rng(4).integers(0, 256, (30, 3, 6, 6), dtype=np.uint8)
+    with gpuconv.default_device("sim"):
+        full = list(DeviceLoader(x, np.arange(30), 8, augment=True, seed=1, padding=2))
+        resumed = DeviceLoader(x, np.arange(30), 8, augment=True, seed=1, padding=2)
+        resumed.set_epoch(0, start_batch=2)
+        tail = list(resumed)
+    assert len(tail) == 2
+    for (xa, ya), (xb, yb) in zip(full[2:], tail, strict=True):
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+
+
+def test_loader_float64_fused_batches_are_exact():
+    x = np.random.default_rng(5).integers(0, 256, (12, 3, 5, 5), dtype=np.uint8)
+    with gpuconv.default_device("sim"):
+        got = next(iter(DeviceLoader(x, np.arange(12), 12, augment=True, dtype=np.float64, padding=1)))[0]
+        want = next(iter(DeviceLoader(x, np.arange(12), 12, augment=True, dtype=np.float64, padding=1,
+                                      fused=False)))[0]
+    assert got.dtype == np.float64
+    np.testing.assert_array_equal(got, want)
+
+
+def test_fused_true_without_a_kernel_target_says_how_to_get_one():
+    x = np.zeros((4, 3, 4, 4), np.uint8)
+    with gpuconv.default_device("cpu"):
+        loader = DeviceLoader(x, np.arange(4), 2, fused=True)
+        assert DeviceLoader(x, np.arange(4), 2).kernel_target() is None  # auto: the NumPy path on 'cpu'
+        with pytest.raises(RuntimeError, match="fused=True.*default_device\\('sim'\\)"):
+            next(iter(loader))
+    with pytest.raises(ValueError, match="fused='yes'"):
+        DeviceLoader(x, np.arange(4), 2, fused="yes")
+
+
+# ----------------------------------------------------------------------------- NVRTC and sanitizers
+try:
+    from cupy_backends.cuda.libs import nvrtc  # noqa: F401
+    _NVRTC_WHY = None
+except Exception as exc:
+    _NVRTC_WHY = f"the NVRTC binding is unavailable ({type(exc).__name__}: {exc}); install gpuconv[nvrtc]"
+
+
+@pytest.mark.skipif(_NVRTC_WHY is not None, reason=_NVRTC_WHY or "")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("arch", ["compute_80", "compute_90"])
+def test_compiles_with_nvrtc(arch, dtype):
+    ptx = kernels.nvrtc_check("augment", arch, dtype)
+    assert f".target sm_{arch[-2:]}" in ptx
+    assert set(re.findall(r"\.entry\s+(\w+)", ptx)) == {"augment_batch"}
+    # IEEE division (div.rn), never the approximate one: the bit-identity with the array path needs it.
+    suffix = "f32" if dtype is np.float32 else "f64"
+    assert f"div.rn.{suffix}" in ptx and "div.approx" not in ptx and "div.full" not in ptx
+
+
+SNIPPET = textwrap.dedent("""
+    import numpy as np
+    from gpuconv.data import crop_flip, normalize
+    from gpuconv.data._launch_augment import augment_batch_kernel
+    rng = np.random.default_rng(0)
+    for shape, p in [((5, 3, 7, 9), 3), ((2, 1, 1, 1), 4), ((4, 2, 5, 5), 0)]:
+        images = rng.integers(0, 256, shape, dtype=np.uint8)
+        mean = np.arange(1, shape[1] + 1, dtype=np.float32)
+        std = mean + 1
+        idx = rng.integers(0, shape[0], 6)
+        oy, ox = rng.integers(0, 2 * p + 1, 6), rng.integers(0, 2 * p + 1, 6)
+        flip = rng.integers(0, 2, 6).astype(bool)
+        for crop in (True, False):
+            a, b = (oy, ox) if crop else (None, None)
+            got = augment_batch_kernel(images, idx, a, b, flip, mean, std, p, np.float32, target="sim")
+            want = normalize(crop_flip(images[idx], a, b, flip, p), mean, std)
+            assert np.array_equal(got, want)
+    bad = augment_batch_kernel(images, np.array([9, -4]), None, None, None, mean, std, 0, np.float32, target="sim")
+    assert np.isnan(bad).all()
+    print("SANITIZED OK")
+""")
+
+
+def _sanitizers_available():
+    try:
+        hostsim.sanitizer_env()
+        return shutil.which("g++") is not None
+    except Exception:
+        return False
+
+
+@pytest.mark.skipif(not _sanitizers_available(), reason="g++ or its ASan/UBSan runtimes are not installed")
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward-order", "reverse-order"])
+def test_clean_under_asan_ubsan(reverse):
+    res = hostsim.run_sanitized(SNIPPET, reverse=reverse, timeout=300)
+    assert res.ok, f"sanitized run failed ({res.location or 'no kernel location'}):\n{res.stderr[-4000:]}"
+    assert "SANITIZED OK" in res.stdout
+    assert "runtime error" not in res.stderr and "AddressSanitizer" not in res.stderr
+
+
+# ----------------------------------------------------------------------------- on a GPU
+@pytest.mark.gpu
+@pytest.mark.skipif(not B.cuda_available(), reason=f"no GPU: {B.cuda_status()}")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("shuffle, augment", [(True, True), (False, False)])
+def test_cuda_loader_fused_matches_array_path_and_numpy(dtype, shuffle, augment):
+    x = np.random.default_rng(6).integers(0, 256, (70, 3, 32, 32), dtype=np.uint8)
+    kw = dict(batch_size=32, shuffle=shuffle, augment=augment, seed=3, dtype=dtype, device="cuda")
+    fused = DeviceLoader(x, np.arange(70), **kw)
+    array = DeviceLoader(x, np.arange(70), fused=False, **kw)
+    assert fused.kernel_target() == "cuda"
+    order, oy, ox, flip = (None if a is None else a.get() for a in fused.epoch_plan(0))
+    order = np.arange(70) if order is None else order
+    got = [(a.get(), b.get()) for a, b in fused]
+    for i, ((xa, ya), (xb, yb)) in enumerate(zip(got, ((a.get(), b.get()) for a, b in array), strict=True)):
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+        sl = slice(i * 32, (i + 1) * 32)
+        crop = (oy[sl], ox[sl], flip[sl]) if augment else (None, None, None)
+        want = normalize(crop_flip(x[order[sl]], *crop, padding=4), dtype=dtype)
+        np.testing.assert_array_equal(xa, want)  # the GPU's IEEE division rounds as NumPy's

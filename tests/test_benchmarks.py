@@ -1,0 +1,201 @@
+"""The benchmark scripts on the host simulator: each validates (and can fail to), writes its record
+with the expected fields, and says clearly (exit status 2) when asked for a GPU that is not there.
+
+The GPU numbers themselves come from ``benchmarks/run_gpu.sh`` on a lent GPU; here the same code
+paths run at tiny sizes with ``--device sim --tiny``.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from gpuconv import backend as B
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+BENCH = REPO / "benchmarks"
+SCRIPTS = ["bench_ops", "bench_step", "bench_epoch"]
+no_gpu = pytest.mark.skipif(B.cuda_available(), reason="a GPU is present: the no-GPU message is not shown")
+
+
+def run_script(name, *args, env=None, timeout=120):
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    return subprocess.run([sys.executable, str(BENCH / f"{name}.py"), *args], capture_output=True, text=True,
+                          env=full_env, timeout=timeout, cwd=REPO)
+
+
+def load(name):
+    """A benchmark script as a module (its main() callable in-process)."""
+    sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+ENV_FIELDS = {"device", "device_kind", "date", "gpuconv", "cupy", "cuda_runtime", "cuda_driver", "torch", "cudnn",
+              "python", "numpy"}
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_sim_tiny_run_validates_and_saves_its_record(name, tmp_path):
+    proc = run_script(name, "--device", "sim", "--tiny", "--json", "--save",
+                      env={"GPUCONV_BENCH_RESULTS": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rec = json.loads(proc.stdout)
+    assert rec["benchmark"] == name and rec["tiny"] is True and rec["timed"] is False
+    assert ENV_FIELDS <= set(rec["environment"]) and rec["environment"]["device_kind"] == "sim"
+    assert rec["validation"]["passed"] is True and len(rec["validation"]["checks"]) >= 3
+    assert all(c["ok"] for c in rec["validation"]["checks"])
+    saved = list(tmp_path.glob("*.json"))
+    assert len(saved) == 1 and re.fullmatch(rf"\d{{4}}-\d\d-\d\d-host-simulator-gpuconv-hostsim-{name}\.json",
+                                            saved[0].name)
+    assert json.loads(saved[0].read_text())["validation"] == rec["validation"]
+    results = rec["results"]
+    if name == "bench_ops":
+        ops = {r["op"] for r in results["memory"]}
+        assert {"relu forward", "relu backward", "max_pool2 forward", "max_pool2 backward", "max_pool4 forward"} <= ops
+        assert all({"bytes", "ms", "gbs", "copy_gbs", "vs_copy", "torch_ms"} <= set(r) for r in results["memory"])
+        assert all(r["ms"] is None for r in results["memory"])  # no timing claims on the simulator
+        assert any("conv2d" in c["name"] for c in rec["validation"]["checks"])
+    elif name == "bench_step":
+        assert [r["model"] for r in results] == ["fast_net", "three_layer_convnet"]
+        for r in results:
+            assert r["host_transfers"] == 0 and r["steps"] == 5 and np.isfinite(r["final_loss"])
+            assert {"images_per_s", "torch_images_per_s", "speed_vs_torch", "pool_stable"} <= set(r)
+    else:
+        assert results["batches_per_epoch"] == 3 and results["host_transfers"] == 0
+        assert {"epoch_s", "torch_epoch_s", "speed_vs_torch", "loader_fused_s", "fusion_speedup"} <= set(results)
+        names = " ".join(c["name"] for c in rec["validation"]["checks"])
+        assert "fused batch == NumPy reference pipeline" in names and "fast_net gradients" in names
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_table_output_without_json(name):
+    proc = run_script(name, "--device", "sim", "--tiny")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "host simulator" in proc.stdout and "validation only" in proc.stdout
+
+
+@no_gpu
+@pytest.mark.parametrize("name", SCRIPTS + ["sanitize_gpu"])
+def test_cuda_without_a_gpu_exits_2_naming_the_simulator_command(name):
+    proc = run_script(name)
+    assert proc.returncode == 2
+    assert "no usable GPU" in proc.stderr and f"python benchmarks/{name}.py --device sim" in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_sim_needs_tiny():
+    proc = run_script("bench_ops", "--device", "sim")
+    assert proc.returncode == 2 and "Add --tiny" in proc.stderr
+
+
+# ----------------------------------------------------------------------------- the checks can fail
+def test_ops_validation_failure_stops_before_timing(monkeypatch, capsys):
+    bench = load("bench_ops")
+    real = bench.R._relu_forward_reference
+    monkeypatch.setattr(bench.R, "_relu_forward_reference", lambda x: (real(x)[0] + 1, real(x)[1]))
+    assert bench.main(["--device", "sim", "--tiny", "--skip-conv"]) == 1
+    err = capsys.readouterr().err
+    assert "validation failed; nothing timed" in err and "relu forward (1, 32, 32)" in err
+
+
+def test_step_readback_inside_a_step_fails_the_transfer_check(monkeypatch, capsys):
+    import gpuconv
+    bench = load("bench_step")
+    real = bench.make_step
+
+    def leaky(*a):
+        step = real(*a)
+        return lambda: (gpuconv.item(loss := step()), loss)[1]  # a float(loss) per step: a host sync
+    monkeypatch.setattr(bench, "make_step", leaky)
+    assert bench.main(["--device", "sim", "--tiny", "--json", "--models", "three_layer_convnet"]) == 1
+    out = capsys.readouterr()
+    rec = json.loads(out.out)
+    failed = [c for c in rec["validation"]["checks"] if not c["ok"]]
+    assert len(failed) == 1 and "no host transfer" in failed[0]["name"] and failed[0]["error"] == 5
+    assert "no host transfer" in out.err
+
+
+def test_epoch_validation_catches_a_wrong_fused_batch(monkeypatch, capsys):
+    bench = load("bench_epoch")
+    from gpuconv.data import loader as loader_mod
+    real = loader_mod.augment_batch_kernel
+    monkeypatch.setattr(loader_mod, "augment_batch_kernel", lambda *a, **k: -real(*a, **k))
+    assert bench.main(["--device", "sim", "--tiny"]) == 1
+    err = capsys.readouterr().err
+    assert "fused batch == array path batch" in err and "fused batch == NumPy reference pipeline" in err
+
+
+# ----------------------------------------------------------------------------- GPU driver scripts
+def test_sanitize_driver_launches_every_kernel_in_the_kernel_files():
+    declared = set()
+    for cu in (REPO / "kernels").glob("*.cu"):
+        declared |= set(re.findall(r'extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s+)?(\w+)\s*\(',
+                                   cu.read_text()))
+    sanitize = load("sanitize_gpu")
+    assert declared == sanitize.EXPECTED, f"not in sanitize_gpu.py: {sorted(declared - sanitize.EXPECTED)}"
+    proc = run_script("sanitize_gpu", "--device", "sim")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ran = set(proc.stdout.split("RAN ", 1)[1].split()[0].split(","))
+    assert ran == declared
+
+
+def test_common_table_and_checks(capsys):
+    common = load("common")
+    common.print_table([{"a": "x", "b": 1.23456}, {"a": "longer", "b": None}], [("a", "name", ""), ("b", "val", ".2f")])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == ["name     val", "x       1.23", "longer     -"]
+    checks = common.Checks()
+    assert not checks.passed  # no check at all is not a pass
+    checks.exact("same", np.arange(3), np.arange(3))
+    checks.close("near", np.ones(3) * 1.0001, np.ones(3), 1e-3)
+    assert checks.passed
+    checks.exact("dtype", np.arange(3, dtype=np.int32), np.arange(3))
+    assert not checks.passed and checks.failures()[0].startswith("dtype:")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="bash script")
+def test_run_gpu_script_runs_every_stage_and_fills_out(tmp_path):
+    """Without a GPU every stage fails fast (exit 2 of each script), and the script still reports,
+    keeps going, and hands back what the device tool can fetch (at most 8 files in $OUT)."""
+    out, results = tmp_path / "out", tmp_path / "results"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHON": sys.executable, "SKIP_TESTS": "1", "SKIP_SANITIZER": "1",
+           "OUT": str(out), "GPUCONV_BENCH_RESULTS": str(results)}
+    proc = subprocess.run(["bash", str(BENCH / "run_gpu.sh")], capture_output=True, text=True, env=env, timeout=120,
+                          cwd=REPO)
+    if B.cuda_available():
+        pytest.skip("a GPU is present: this test checks the no-GPU flow")
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    summary = (out / "summary.txt").read_text()
+    for stage in ("bench_ops", "bench_step", "bench_epoch", "bench_conv2d"):
+        assert re.search(rf"FAILED\(rc=2\)\s+{stage}", summary), summary
+    assert "no usable GPU" in summary
+    assert sorted(p.name for p in out.iterdir()) == ["logs.tar.gz", "run_gpu.log", "summary.txt"]
+    assert "python" in (out / "run_gpu.log").read_text()
+    assert len(list((results / "logs").iterdir())) == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not B.cuda_available(), reason=f"no GPU: {B.cuda_status()}")
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_cuda_tiny_run_times_and_keeps_the_step_device_resident(name, tmp_path):
+    proc = run_script(name, "--tiny", "--json", "--no-torch", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rec = json.loads(proc.stdout)
+    assert rec["timed"] is True and rec["validation"]["passed"] and rec["environment"]["cuda_runtime"]
+    if name == "bench_ops":
+        assert all(r["ms"] > 0 and r["gbs"] > 0 and r["copy_gbs"] > 0 for r in rec["results"]["memory"])
+    elif name == "bench_step":
+        for r in rec["results"]:
+            assert r["ms"] > 0 and r["host_transfers"] == 0 and r["pool_stable"] is True
+    else:
+        assert rec["results"]["epoch_s"] > 0 and rec["results"]["host_transfers"] == 0
