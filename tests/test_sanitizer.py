@@ -114,7 +114,6 @@ def test_the_sanitizer_catches_an_out_of_bounds_write():
     code = textwrap.dedent("""
         import numpy as np
         from gpuconv import hostsim
-from test_nvrtc import ENTRIES
         src = 'extern "C" __global__ void past_end(float* y, int n) { y[threadIdx.x] = 1.0f; }'
         y = np.zeros(4, np.float32)
         hostsim.compile(src, "oob").get_function("past_end")((1,), (5,), (y, np.int32(4)))
