@@ -167,8 +167,22 @@ def torch_module(args=None, cpu_ok=False):
         return None
     torch.backends.cudnn.allow_tf32 = False  # fp32 against fp32: TF32 would change the arithmetic
     torch.backends.cuda.matmul.allow_tf32 = False
+    # torch >= 2.9 also has per-backend precision settings (convolutions default to "tf32"); the
+    # legacy flags above map onto them, and naming IEEE explicitly leaves no doubt.
+    for owner in (getattr(torch.backends.cudnn, "conv", None), torch.backends.cuda.matmul):
+        if owner is not None and hasattr(owner, "fp32_precision"):
+            try:
+                owner.fp32_precision = "ieee"
+            except Exception:  # a torch that rejects it: the legacy flags above stand
+                pass
     torch.backends.cudnn.benchmark = True
     return torch
+
+
+def torch_tf32_settings(torch):
+    """What torch will do with fp32 convolutions and matmuls (recorded beside the timings)."""
+    return {"cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32),
+            "matmul_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32)}
 
 
 # ----------------------------------------------------------------------------- validation
@@ -247,7 +261,7 @@ def environment(device="cuda"):
                    cuda_driver=cp.cuda.runtime.driverGetVersion())
         if torch is not None:
             env.update(torch=torch.__version__, cudnn=torch.backends.cudnn.version(),
-                       torch_cuda=torch.version.cuda)
+                       torch_cuda=torch.version.cuda, torch_tf32=torch_tf32_settings(torch))
     return env
 
 

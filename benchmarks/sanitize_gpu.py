@@ -34,8 +34,10 @@ from gpuconv.ops import _launch_relu as LR  # noqa: E402
 from gpuconv.ops import conv2d as C  # noqa: E402
 from gpuconv.ops import pool2d as P  # noqa: E402
 
-EXPECTED = {"conv2d_forward_v1", "conv2d_forward_v2", "conv2d_backward_data_v1", "conv2d_backward_data_v2",
-            "conv2d_backward_weight_v1", "conv2d_backward_weight_v2", "conv2d_reduce_splits",
+EXPECTED = {"conv2d_forward_v1", "conv2d_forward_v2", "conv2d_forward_v3", "conv2d_backward_data_v1",
+            "conv2d_backward_data_v2", "conv2d_backward_data_v3",
+            "conv2d_backward_weight_v1", "conv2d_backward_weight_v2", "conv2d_backward_weight_v3",
+            "conv2d_reduce_splits",
             "conv2d_backward_bias", "max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward",
             "avg_pool2d_backward", "relu_forward_v1", "relu_forward_v2", "relu_backward_v1", "relu_backward_v2",
             "bias_relu_forward", "augment_batch"}
@@ -64,14 +66,16 @@ def conv(run, rng):
     LC.MIN_SPLIT_CHUNK = 8  # several backward-weight splits even at these sizes
     for xs, ws, stride, pad in [((1, 5, 6, 13), (65, 5, 3, 3), (1, 1), (1, 1)),
                                 ((2, 3, 7, 9), (4, 3, 5, 3), (2, 3), (3, 0)),
-                                ((1, 2, 3, 3), (1, 2, 3, 3), (1, 1), (0, 0))]:
+                                ((1, 2, 3, 3), (1, 2, 3, 3), (1, 1), (0, 0)),
+                                ((2, 3, 9, 9), (130, 3, 3, 3), (1, 1), (1, 1)),   # M, K > 128: v3 tile edges
+                                ((1, 16, 5, 5), (130, 16, 3, 3), (1, 1), (1, 1))]:  # C*FH*FW = 144 > 128
         x, w = rng.standard_normal(xs).astype(np.float32), rng.standard_normal(ws).astype(np.float32)
         b = rng.standard_normal(ws[0]).astype(np.float32)
         ry, rc = C._conv2d_forward_reference(x, w, b, stride, pad)
         dy = rng.standard_normal(ry.shape).astype(np.float32)
         rdx, rdw, rdb = C._conv2d_backward_reference(dy, rc)
         X, W, Bb, DY = (run.dev(a) for a in (x, w, b, dy))
-        for v in ("v1", "v2"):
+        for v in ("v1", "v2", "v3"):
             with kernels.use_variant(conv2d_forward=v, conv2d_backward_data=v, conv2d_backward_weight=v):
                 y, cache = LC.conv2d_forward_kernel(X, W, Bb, stride, pad, target=run.target)
                 yr, _ = LC.conv2d_forward_kernel(X, W, None, stride, pad, target=run.target, relu=True)

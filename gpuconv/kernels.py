@@ -28,9 +28,10 @@ directories, and clear it after upgrading CUDA if you suspect stale binaries. ``
 builds the same text with g++ (cached by source hash) and runs it on the CPU.
 
 Variants. Each kernel family keeps its first simple version beside the tuned one
-(``conv2d_forward_v1`` / ``_v2``). The launchers run :func:`variant` of each family: the tuned
-one by default on every target (the simulator runs the production path), overridden by
-:func:`set_variant`, the :func:`use_variant` context manager, or the environment variable
+(``conv2d_forward_v1`` / ``_v2``; ``_v3``, a 128x128-tile candidate for the three conv2d
+directions, is selectable but not yet the default). The launchers run :func:`variant` of each
+family: the tuned one by default on every target (the simulator runs the production path),
+overridden by :func:`set_variant`, the :func:`use_variant` context manager, or the environment variable
 ``GPUCONV_KERNEL_VARIANTS="conv2d_forward=v1,relu_forward=v1"`` (read at import).
 
 Simulator schedule. :func:`sim_schedule` (a context manager) makes simulator launches run the
@@ -52,11 +53,13 @@ KERNEL_FILES = ("conv2d", "pool2d", "relu", "augment")
 COMMON = "common.cuh"
 NVRTC_OPTIONS = ("-std=c++14",)
 
-# family -> (available variants, default). The default is the tuned path on every target.
+# family -> (available variants, default). The default is the tuned path on every target. v3
+# (128x128 tiles, 256 threads) is selectable; it becomes the default only after a GPU
+# measurement (benchmarks/bench_conv2d.py times every variant) shows it faster than v2.
 VARIANTS = {
-    "conv2d_forward": (("v1", "v2"), "v2"),
-    "conv2d_backward_data": (("v1", "v2"), "v2"),
-    "conv2d_backward_weight": (("v1", "v2"), "v2"),
+    "conv2d_forward": (("v1", "v2", "v3"), "v2"),
+    "conv2d_backward_data": (("v1", "v2", "v3"), "v2"),
+    "conv2d_backward_weight": (("v1", "v2", "v3"), "v2"),
     "relu_forward": (("v1", "v2"), "v2"),
     "relu_backward": (("v1", "v2"), "v2"),
 }

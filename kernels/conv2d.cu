@@ -13,12 +13,18 @@
 //                              while the current one is multiplied. Bias and ReLU (flags) fused
 //                              in the epilogue. Block = CONV_THREADS (64) threads,
 //                              grid = (ceil(M/64), ceil(K/64)).
+//   conv2d_forward_v3          the same GEMM with 128x128 tiles, CONV3_THREADS (256) threads of
+//                              8x8 outputs, real4 shared-memory reads, double-buffered tiles
+//                              (one barrier per round); grid = (ceil(M/128), ceil(K/128)).
+//                              Selectable, not the default until timed on a GPU (see the v3
+//                              section at the end of this file).
 //   conv2d_backward_data_v1    one thread per input element, gathering every (oh, ow, k) whose
 //                              window covers it (stride/padding handled by divisibility tests).
 //   conv2d_backward_data_v2    implicit GEMM  dX[m, c] = G[m, l] W'[l, c]  with m = (n, ih, iw),
 //                              l = (k, fh, fw), G[m, l] = dy[n, k, (ih+ph-fh)/sh, (iw+pw-fw)/sw]
 //                              where that division is exact and in range, else 0. Same tiling
 //                              as the forward; grid = (ceil(N*H*W/64), ceil(C/64)).
+//   conv2d_backward_data_v3    the v2 GEMM on the v3 tiling; grid = (ceil(N*H*W/128), ceil(C/128)).
 //   conv2d_backward_weight_v1  one thread per filter element, reducing over n, oh, ow.
 //   conv2d_backward_weight_v2  implicit GEMM  dW^T[r, k] = P^T[r, l] dY[l, k], l = (n, oh, ow):
 //                              the long reduction (N*OH*OW) is split over gridDim.z blocks, each
@@ -26,14 +32,18 @@
 //                              conv2d_reduce_splits then adds the slices in a fixed order, so
 //                              the result is deterministic (no float atomics).
 //                              grid = (ceil(C*FH*FW/64), ceil(K/64), splits).
+//   conv2d_backward_weight_v3  the v2 split-K GEMM on the v3 tiling;
+//                              grid = (ceil(C*FH*FW/128), ceil(K/128), splits).
 //   conv2d_reduce_splits       dw[e] = sum_z ws[z*count + e]; 1-D grid-stride.
 //   conv2d_backward_bias       db[k] = sum_{n,oh,ow} dy[n,k,oh,ow]; one block of GPUCONV_BLOCK
 //                              threads per k, tree reduction in shared memory (deterministic).
 //
 // GEMM row/column indices are int (the launchers check M, N, L < 2^31 and fall back to v1, whose
 // indices are 64-bit, beyond); element offsets into x, y, dy, dx are index_t (64-bit).
-// Registers on sm_90 (ptxas, float32, see tests/test_nvrtc.py): forward 168, backward-data 167,
-// backward-weight 204, no spills; 4352 B of shared memory per block.
+// Registers on sm_90 (ptxas 13, float32, see tests/test_nvrtc.py): v2 forward 168, backward-data
+// 167, backward-weight 204, 4352 B of shared memory per block (at 168 registers the register
+// file holds 12 warps = 6 blocks per SM); v3 forward and backward-data 127 registers, 16896 B
+// (2 blocks = 16 warps per SM), backward-weight 130 (1 block = 8 warps per SM). No spills.
 
 #define CONV_BM 64        // output-tile rows (the contiguous output dimension: m, or r for dW)
 #define CONV_BN 64        // output-tile columns
@@ -527,4 +537,416 @@ conv2d_backward_bias(const real_t* dy, real_t* db, int N, int K, int OHW) {
         __syncthreads();
     }
     if (threadIdx.x == 0) db[k] = partial[0];
+}
+
+// ==========================================================================================
+// v3: 128x128 output tiles, 256 threads, 8x8 outputs per thread, double-buffered shared memory.
+//
+// Why a second tiled variant: v2's 64-thread blocks give each SM few warps to switch between,
+// and its scalar shared-memory reads cost one load per FMA pair column. v3 is the classic
+// high-throughput SGEMM shape: a 128x128 tile amortizes every staged element over 128 FMAs
+// (v2: 64), each thread reads its 8 A and 8 B values per step as four 16-byte vector loads
+// (2 FMAs per loaded scalar become 4), and the two shared buffers let the stores of the next
+// tile go to the idle buffer, so one __syncthreads per round suffices (v2 needs two).
+// Shared memory: 2 buffers x 2 operands x 8 x 132 values (16.9 KB float, 33.8 KB double).
+// It is selectable (kernels.use_variant(conv2d_forward='v3')) and not the default until a GPU
+// measurement says it is faster: benchmarks/bench_conv2d.py times every variant.
+//
+// Thread (tx, ty) = (t % 16, t / 16) owns rows  {tx*4 + i, 64 + tx*4 + i}  and columns
+// {ty*4 + j, 64 + ty*4 + j}, i, j in [0, 4): the rows of one thread are two runs of four, so
+// they come out of shared memory as two real4 loads; a quarter-warp (8 threads) reads 128
+// consecutive bytes (no bank conflict), and the two ty of a warp read the same B words
+// (broadcast).
+
+#define CONV3_BM 128
+#define CONV3_BN 128
+#define CONV3_BK 8
+#define CONV3_THREADS 256
+// Row padding 4 keeps every row 16-byte aligned (real4 reads) and, for the column loaders
+// (two threads per column, four reduction steps each), sends the 32 stores of a warp to 32
+// distinct banks: row lq and row lq + 4 differ by 4 * 132 words = 16 banks.
+#define CONV3_SROW (CONV3_BM + 4)
+
+// Shared tiles are declared as real4 so that they are aligned for the vector reads; the
+// loaders see them as plain real_t rows.
+typedef real_t (*conv3_tile_t)[CONV3_SROW];
+#define CONV3_TILE(arr, buf) ((conv3_tile_t)(arr)[buf])
+
+// acc[4*i2 + i][4*j2 + j] += sum_l A(row0 + 64*i2 + 4*tx + i, l) * B(l, col0 + 64*j2 + 4*ty + j).
+template <class LoaderA, class LoaderB>
+__device__ void conv3_mainloop(LoaderA& la, LoaderB& lb, int lbegin, int lend,
+                               real4 (*As)[CONV3_BK][CONV3_SROW / 4], real4 (*Bs)[CONV3_BK][CONV3_SROW / 4],
+                               real_t acc[8][8]) {
+    const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+    la.load(lbegin, lend);
+    lb.load(lbegin, lend);
+    la.store(CONV3_TILE(As, 0));
+    lb.store(CONV3_TILE(Bs, 0));
+    __syncthreads();
+    int buf = 0;
+    // Every thread runs the same rounds and the "more" test is uniform: no divergent barrier.
+    for (int l0 = lbegin; l0 < lend; l0 += CONV3_BK) {
+        const bool more = l0 + CONV3_BK < lend;
+        if (more) {  // global loads of the next tile in flight while this one is multiplied
+            la.load(l0 + CONV3_BK, lend);
+            lb.load(l0 + CONV3_BK, lend);
+        }
+#pragma unroll
+        for (int kk = 0; kk < CONV3_BK; ++kk) {
+            const real4 a0 = As[buf][kk][tx], a1 = As[buf][kk][16 + tx];  // rows 4tx.., 64+4tx..
+            const real4 b0 = Bs[buf][kk][ty], b1 = Bs[buf][kk][16 + ty];
+            const real_t a[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+            const real_t b[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
+#pragma unroll
+            for (int i = 0; i < 8; ++i)
+#pragma unroll
+                for (int j = 0; j < 8; ++j) acc[i][j] += a[i] * b[j];
+        }
+        if (more) {  // the other buffer was last read before the previous barrier
+            la.store(CONV3_TILE(As, buf ^ 1));
+            lb.store(CONV3_TILE(Bs, buf ^ 1));
+        }
+        __syncthreads();
+        buf ^= 1;
+    }
+}
+
+// Tile row (0..127) of accumulator row i of this thread, and column likewise.
+__device__ inline int conv3_row(int i) { return (i >> 2) * 64 + (int)(threadIdx.x % 16) * 4 + (i & 3); }
+__device__ inline int conv3_col(int j) { return (j >> 2) * 64 + (int)(threadIdx.x / 16) * 4 + (j & 3); }
+
+// Row loaders (A operand, m-fast): thread t owns tile row t % 128 and reduction steps
+// 4 * (t / 128) .. + 3 of each round, so a warp reads 32 consecutive output positions per step.
+
+// Forward patches P[m, r] = x[n, c, oh*sh-ph+fh, ow*sw-pw+fw] (0 in the padding).
+struct PatchRowLoader3 {
+    const real_t* img;
+    int valid, ih0, iw0, H, W, FH, FW, row, lq0;
+    real_t reg[4];
+    __device__ PatchRowLoader3(const real_t* x, int row0, int M, int C, int H_, int W_, int FH_, int FW_,
+                               int OH, int OW, int sh, int sw, int ph, int pw)
+        : H(H_), W(W_), FH(FH_), FW(FW_) {
+        row = (int)threadIdx.x % CONV3_BM;
+        lq0 = 4 * ((int)threadIdx.x / CONV3_BM);
+        const int m = row0 + row;
+        valid = m < M;
+        const int mm = valid ? m : 0;
+        const int n = mm / (OH * OW), p = mm - n * (OH * OW);
+        const int oh = p / OW, ow = p - oh * OW;
+        img = x + (index_t)n * C * H * W;
+        ih0 = oh * sh - ph;
+        iw0 = ow * sw - pw;
+    }
+    __device__ void load(int l0, int lend) {
+        const int l = l0 + lq0;  // decoded once per round, then stepped (divisions are costly)
+        int c = l / (FH * FW), f = l - c * (FH * FW);
+        int fh = f / FW, fw = f - fh * FW;
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+            real_t v = 0;
+            const int ih = ih0 + fh, iw = iw0 + fw;
+            if (valid && l + q < lend && ih >= 0 && ih < H && iw >= 0 && iw < W)
+                v = img[((index_t)c * H + ih) * W + iw];
+            reg[q] = v;
+            if (++fw == FW) {
+                fw = 0;
+                if (++fh == FH) {
+                    fh = 0;
+                    ++c;
+                }
+            }
+        }
+    }
+    __device__ void store(conv3_tile_t S) {
+#pragma unroll
+        for (int q = 0; q < 4; ++q) S[lq0 + q][row] = reg[q];
+    }
+};
+
+// Backward-data gather G[m, l] (m = (n, ih, iw), l = (k, fh, fw)): dy[n, k, oh, ow] where
+// ih + ph - fh = oh*sh and iw + pw - fw = ow*sw exactly, else 0. As GradGatherRowLoader, the
+// quotients and remainders by the strides are stepped with (fh, fw), not divided per element.
+struct GradGatherRowLoader3 {
+    const real_t* img;
+    int valid, ihp, iwp, FH, FW, OH, OW, sh, sw, row, lq0;
+    real_t reg[4];
+    __device__ GradGatherRowLoader3(const real_t* dy, int row0, int M, int H, int W, int K, int FH_, int FW_,
+                                    int OH_, int OW_, int sh_, int sw_, int ph, int pw)
+        : FH(FH_), FW(FW_), OH(OH_), OW(OW_), sh(sh_), sw(sw_) {
+        row = (int)threadIdx.x % CONV3_BM;
+        lq0 = 4 * ((int)threadIdx.x / CONV3_BM);
+        const int m = row0 + row;
+        valid = m < M;
+        const int mm = valid ? m : 0;
+        const int n = mm / (H * W), p = mm - n * (H * W);
+        const int ih = p / W, iw = p - ih * W;
+        img = dy + (index_t)n * K * OH * OW;
+        ihp = ih + ph;
+        iwp = iw + pw;
+    }
+    __device__ void load(int l0, int lend) {
+        const int l = l0 + lq0;
+        int k = l / (FH * FW), f = l - k * (FH * FW);
+        int fh = f / FW, fw = f - fh * FW;
+        int ohq = floor_div(ihp - fh, sh), ohr = ihp - fh - ohq * sh;  // ohr in [0, sh)
+        int owq = floor_div(iwp - fw, sw), owr = iwp - fw - owq * sw;
+        const int owq0 = iwp / sw, owr0 = iwp - owq0 * sw;  // fw = 0 (iwp >= 0)
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+            real_t v = 0;
+            if (valid && l + q < lend && ohr == 0 && owr == 0 && ohq >= 0 && ohq < OH && owq >= 0 && owq < OW)
+                v = img[((index_t)k * OH + ohq) * OW + owq];
+            reg[q] = v;
+            if (++fw == FW) {
+                fw = 0;
+                owq = owq0;
+                owr = owr0;
+                if (++fh == FH) {
+                    fh = 0;
+                    ++k;
+                    ohq = ihp / sh;
+                    ohr = ihp - ohq * sh;
+                } else if (--ohr < 0) {
+                    ohr += sh;
+                    --ohq;
+                }
+            } else if (--owr < 0) {
+                owr += sw;
+                --owq;
+            }
+        }
+    }
+    __device__ void store(conv3_tile_t S) {
+#pragma unroll
+        for (int q = 0; q < 4; ++q) S[lq0 + q][row] = reg[q];
+    }
+};
+
+// Column loaders (B operand, l-fast): thread t owns tile column t / 2 and reduction steps
+// 4 * (t % 2) .. + 3, which are contiguous in memory for the filters: the two threads of a
+// column read one 32-byte sector together.
+
+// Forward filters W^T[r, k] = w[k, r] (w is K x R row-major, R = C*FH*FW).
+struct FilterColLoader3 {
+    const real_t* wk;  // w + k*R of this thread's column (or w when the column is past K)
+    int validk, R, col, lq0;
+    real_t reg[4];
+    __device__ FilterColLoader3(const real_t* w, int col0, int K, int R_) : R(R_) {
+        col = (int)threadIdx.x / 2;
+        lq0 = 4 * ((int)threadIdx.x % 2);
+        validk = col0 + col < K;
+        wk = w + (validk ? (index_t)(col0 + col) * R : 0);
+    }
+    __device__ void load(int l0, int lend) {
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+            const int r = l0 + lq0 + q;
+            reg[q] = (validk && r < lend) ? wk[r] : (real_t)0;
+        }
+    }
+    __device__ void store(conv3_tile_t S) {
+#pragma unroll
+        for (int q = 0; q < 4; ++q) S[lq0 + q][col] = reg[q];
+    }
+};
+
+// Backward-data filters W'[l, c] = w[k, c, fh, fw], l = (k, fh, fw): contiguous in f = (fh, fw).
+struct FilterBwdColLoader3 {
+    const real_t* wc;  // w + c*FHW of this thread's column
+    int validc, C, FHW, col, lq0;
+    real_t reg[4];
+    __device__ FilterBwdColLoader3(const real_t* w, int col0, int C_, int FHW_) : C(C_), FHW(FHW_) {
+        col = (int)threadIdx.x / 2;
+        lq0 = 4 * ((int)threadIdx.x % 2);
+        validc = col0 + col < C;
+        wc = w + (validc ? (index_t)(col0 + col) * FHW : 0);
+    }
+    __device__ void load(int l0, int lend) {
+        const int l = l0 + lq0;
+        int k = l / FHW, f = l - k * FHW;
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+            reg[q] = (validc && l + q < lend) ? wc[(index_t)k * C * FHW + f] : (real_t)0;
+            if (++f == FHW) {
+                f = 0;
+                ++k;
+            }
+        }
+    }
+    __device__ void store(conv3_tile_t S) {
+#pragma unroll
+        for (int q = 0; q < 4; ++q) S[lq0 + q][col] = reg[q];
+    }
+};
+
+__device__ inline void conv3_zero(real_t acc[8][8]) {
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+#pragma unroll
+        for (int j = 0; j < 8; ++j) acc[i][j] = 0;
+}
+
+// Same signature and semantics as conv2d_forward_v1/v2. Block = CONV3_THREADS (256),
+// grid = (ceil(N*OH*OW / 128), ceil(K / 128)).
+extern "C" __global__ void __launch_bounds__(CONV3_THREADS)
+conv2d_forward_v3(const real_t* x, const real_t* w, const real_t* b, real_t* y,
+                  int N, int C, int H, int W, int K, int FH, int FW, int OH, int OW,
+                  int sh, int sw, int ph, int pw, int has_bias, int relu) {
+    __shared__ real4 As[2][CONV3_BK][CONV3_SROW / 4];
+    __shared__ real4 Bs[2][CONV3_BK][CONV3_SROW / 4];
+    const int M = N * OH * OW, R = C * FH * FW;
+    const int row0 = blockIdx.x * CONV3_BM, col0 = blockIdx.y * CONV3_BN;
+    PatchRowLoader3 la(x, row0, M, C, H, W, FH, FW, OH, OW, sh, sw, ph, pw);
+    FilterColLoader3 lb(w, col0, K, R);
+    real_t acc[8][8];
+    conv3_zero(acc);
+    conv3_mainloop(la, lb, 0, R, As, Bs, acc);
+
+    // Epilogue: bias, ReLU, scatter to NCHW. A warp's stores for one (i, j) cover 16 rows
+    // 4 apart; the four i of a thread fill the gaps, and L2 merges the partial sectors.
+    const int OHW = OH * OW;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+        const int m = row0 + conv3_row(i);
+        if (m >= M) continue;
+        const int n = m / OHW, p = m - n * OHW;
+        real_t* yn = y + (index_t)n * K * OHW + p;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            const int k = col0 + conv3_col(j);
+            if (k >= K) continue;
+            real_t v = acc[i][j];
+            if (has_bias) v += b[k];
+            yn[(index_t)k * OHW] = relu ? relu_value(v) : v;
+        }
+    }
+}
+
+// Same signature and semantics as conv2d_backward_data_v1/v2. Block = CONV3_THREADS (256),
+// grid = (ceil(N*H*W / 128), ceil(C / 128)).
+extern "C" __global__ void __launch_bounds__(CONV3_THREADS)
+conv2d_backward_data_v3(const real_t* dy, const real_t* w, real_t* dx,
+                        int N, int C, int H, int W, int K, int FH, int FW, int OH, int OW,
+                        int sh, int sw, int ph, int pw) {
+    __shared__ real4 As[2][CONV3_BK][CONV3_SROW / 4];
+    __shared__ real4 Bs[2][CONV3_BK][CONV3_SROW / 4];
+    const int M = N * H * W, L = K * FH * FW;
+    const int row0 = blockIdx.x * CONV3_BM, col0 = blockIdx.y * CONV3_BN;
+    GradGatherRowLoader3 la(dy, row0, M, H, W, K, FH, FW, OH, OW, sh, sw, ph, pw);
+    FilterBwdColLoader3 lb(w, col0, C, FH * FW);
+    real_t acc[8][8];
+    conv3_zero(acc);
+    conv3_mainloop(la, lb, 0, L, As, Bs, acc);
+
+    const int HW = H * W;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+        const int m = row0 + conv3_row(i);
+        if (m >= M) continue;
+        const int n = m / HW, p = m - n * HW;
+        real_t* dxn = dx + (index_t)n * C * HW + p;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            const int c = col0 + conv3_col(j);
+            if (c < C) dxn[(index_t)c * HW] = acc[i][j];
+        }
+    }
+}
+
+// Backward-weight column loaders (both operands l-fast, as in v2): thread t reads reduction step
+// kk = t % 8 of tile columns t / 8 + 32q, q in [0, 4): 8 neighbouring threads read 8 consecutive
+// l = (n, oh, ow), contiguous in x (stride 1) and in dy, and l is decoded once per round. The
+// stores S[kk][t/8 + 32q] of a warp (kk 0..7, four columns) fall in 32 distinct banks.
+
+// Patches P^T staged [l][r], r = (c, fh, fw): a thread's 4 rows are fixed, decoded once.
+struct PatchColLoader3 {
+    const real_t* x;
+    int CHW, H, W, OH, OW, sh, sw, ph, pw;
+    int off[4];  // c*H*W + fh*W + fw of each row; -1 for rows past C*FH*FW
+    int tap[4];  // fh << 16 | fw (the launcher keeps filters under 32768 wide)
+    real_t reg[4];
+    __device__ PatchColLoader3(const real_t* x_, int row0, int C, int H_, int W_, int FH, int FW,
+                               int OH_, int OW_, int sh_, int sw_, int ph_, int pw_)
+        : x(x_), CHW(C * H_ * W_), H(H_), W(W_), OH(OH_), OW(OW_), sh(sh_), sw(sw_), ph(ph_), pw(pw_) {
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+            const int r = row0 + (int)threadIdx.x / CONV3_BK + 32 * q;
+            const int c = r / (FH * FW), f = r - c * (FH * FW);
+            const int fh = f / FW, fw = f - fh * FW;
+            off[q] = r < C * FH * FW ? (c * H + fh) * W + fw : -1;
+            tap[q] = (fh << 16) | fw;
+        }
+    }
+    __device__ void load(int l0, int lend) {
+        const int l = l0 + (int)threadIdx.x % CONV3_BK;
+        const int n = l / (OH * OW), p = l - n * (OH * OW);
+        const int oh = p / OW, ow = p - oh * OW;
+        const int ih0 = oh * sh - ph, iw0 = ow * sw - pw;
+        const index_t base = (index_t)n * CHW + ih0 * W + iw0;
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+            const int ih = ih0 + (tap[q] >> 16), iw = iw0 + (tap[q] & 0xffff);
+            reg[q] = (l < lend && off[q] >= 0 && ih >= 0 && ih < H && iw >= 0 && iw < W) ? x[base + off[q]]
+                                                                                         : (real_t)0;
+        }
+    }
+    __device__ void store(conv3_tile_t S) {
+#pragma unroll
+        for (int q = 0; q < 4; ++q) S[threadIdx.x % CONV3_BK][threadIdx.x / CONV3_BK + 32 * q] = reg[q];
+    }
+};
+
+// Output gradients staged [l][k] = dy[n, k, oh, ow], l = (n, oh, ow).
+struct GradColLoader3 {
+    const real_t* dy;
+    int col0, K, OHW;
+    real_t reg[4];
+    __device__ GradColLoader3(const real_t* dy_, int col0_, int K_, int OHW_) : dy(dy_), col0(col0_), K(K_), OHW(OHW_) {}
+    __device__ void load(int l0, int lend) {
+        const int l = l0 + (int)threadIdx.x % CONV3_BK;
+        const int n = l / OHW, p = l - n * OHW;
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+            const int k = col0 + (int)threadIdx.x / CONV3_BK + 32 * q;
+            reg[q] = (l < lend && k < K) ? dy[((index_t)n * K + k) * OHW + p] : (real_t)0;
+        }
+    }
+    __device__ void store(conv3_tile_t S) {
+#pragma unroll
+        for (int q = 0; q < 4; ++q) S[threadIdx.x % CONV3_BK][threadIdx.x / CONV3_BK + 32 * q] = reg[q];
+    }
+};
+
+// Same signature and semantics as conv2d_backward_weight_v2 (split z reduces l in
+// [z*chunk, min((z+1)*chunk, N*OH*OW)) into ws[z*K*R + k*R + r]). Block = CONV3_THREADS (256),
+// grid = (ceil(C*FH*FW / 128), ceil(K / 128), splits). ptxas uses 130 registers here, so one
+// block (8 warps) fits per SM; a minimum-blocks hint of 2 would cap it at 128 but spills (16 B in
+// float32, 2 KB in float64): left for the GPU measurement to judge.
+extern "C" __global__ void __launch_bounds__(CONV3_THREADS)
+conv2d_backward_weight_v3(const real_t* dy, const real_t* x, real_t* ws,
+                          int N, int C, int H, int W, int K, int FH, int FW, int OH, int OW,
+                          int sh, int sw, int ph, int pw, int chunk) {
+    __shared__ real4 As[2][CONV3_BK][CONV3_SROW / 4];
+    __shared__ real4 Bs[2][CONV3_BK][CONV3_SROW / 4];
+    const int R = C * FH * FW, L = N * OH * OW;
+    const int row0 = blockIdx.x * CONV3_BM, col0 = blockIdx.y * CONV3_BN;
+    const int lbegin = blockIdx.z * chunk;
+    const int lend = imin(L, lbegin + chunk);
+    PatchColLoader3 la(x, row0, C, H, W, FH, FW, OH, OW, sh, sw, ph, pw);
+    GradColLoader3 lb(dy, col0, K, OH * OW);
+    real_t acc[8][8];
+    conv3_zero(acc);
+    conv3_mainloop(la, lb, lbegin, lend, As, Bs, acc);
+
+    real_t* out = ws + (index_t)blockIdx.z * K * R;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+        const int r = row0 + conv3_row(i);
+        if (r >= R) continue;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            const int k = col0 + conv3_col(j);
+            if (k < K) out[(index_t)k * R + r] = acc[i][j];
+        }
+    }
 }

@@ -19,7 +19,13 @@
 //
 // Sums run in the reference's order (taps in row-major order, i.e. covering outputs from the
 // last to the first), and the divisor is applied as the same rounded reciprocal, so results
-// are bit-identical to gpuconv.ops' NumPy reference, not merely close.
+// are bit-identical to gpuconv.ops' NumPy reference, not merely close. That needs the product
+// dy * (1/(kh*kw)) rounded on its own before it is added (the reference's `share`): NVRTC
+// contracts a*b + c into one FMA by default (--fmad=true), so it goes through mul_rn, whose
+// __fmul_rn/__dmul_rn are never contracted.
+
+__device__ inline float mul_rn(float a, float b) { return __fmul_rn(a, b); }
+__device__ inline double mul_rn(double a, double b) { return __dmul_rn(a, b); }
 
 // The outputs whose windows cover input row ih: oh*sh - ph <= ih <= oh*sh - ph + kh - 1.
 __device__ inline void covering_range(int i, int k, int s, int p, int O, int* lo, int* hi) {
@@ -125,7 +131,7 @@ avg_pool2d_backward(const real_t* dy, real_t* dx, int NC, int H, int W, int OH, 
         covering_range(iw, kw, sw, pw, OW, &ow_lo, &ow_hi);
         real_t s = 0;
         for (int oh = oh_hi; oh >= oh_lo; --oh)
-            for (int ow = ow_hi; ow >= ow_lo; --ow) s += dyp[oh * OW + ow] * inv;
+            for (int ow = ow_hi; ow >= ow_lo; --ow) s += mul_rn(dyp[oh * OW + ow], inv);
         dx[i] = s;
     }
 }

@@ -16,6 +16,8 @@ from hypothesis import strategies as st
 import gpuconv
 from gpuconv import backend as B
 from gpuconv import kernels
+from gpuconv.data import crop_flip, normalize
+from gpuconv.data._launch_augment import augment_batch_kernel
 from gpuconv.gradcheck import numerical_gradient_array, relative_error
 from gpuconv.ops import _dispatch
 from gpuconv.ops import _launch_conv2d as LC
@@ -108,14 +110,22 @@ def make_conv(case, dtype=np.float32, seed=0):
     return x, w, b, pair(stride), pair(pad)
 
 
+CONV_VARIANTS = ["v1", "v2", "v3"]
+
+
+def conv_variants(var):
+    """use_variant(...) keywords running ``var`` in every conv2d family that has it."""
+    return {f: var for f in ("conv2d_forward", "conv2d_backward_data", "conv2d_backward_weight")
+            if var in kernels.VARIANTS[f][0]}
+
+
 # ----------------------------------------------------------------------------- convolution
 @pytest.mark.parametrize("target", TARGETS)
-@pytest.mark.parametrize("variant", ["v1", "v2"])
+@pytest.mark.parametrize("variant", CONV_VARIANTS)
 @pytest.mark.parametrize("case", CONV_CASES, ids=CONV_IDS)
 def test_conv2d_forward_and_backward(case, variant, target):
     x, w, b, stride, pad = make_conv(case)
-    with kernels.use_variant(conv2d_forward=variant, conv2d_backward_data=variant,
-                             conv2d_backward_weight=variant):
+    with kernels.use_variant(**conv_variants(variant)):
         y, cache = LC.conv2d_forward_kernel(to(target, x), to(target, w), to(target, b), stride, pad, target=target)
         assert type(y) is type(to(target, x)) and y.dtype == np.float32
         rtol, atol = conv_tol(x.shape[1], w.shape[2], w.shape[3], np.float32)
@@ -128,7 +138,7 @@ def test_conv2d_forward_and_backward(case, variant, target):
     np.testing.assert_allclose(host(db), rdb, rtol=1e-4, atol=2e-6 * dy[:, 0].size)
 
 
-@pytest.mark.parametrize("variant", ["v1", "v2"])
+@pytest.mark.parametrize("variant", CONV_VARIANTS)
 def test_conv2d_forward_no_bias_and_fused_relu(variant):
     x, w, b, stride, pad = make_conv(CONV_CASES[6])
     with kernels.use_variant(conv2d_forward=variant):
@@ -140,17 +150,45 @@ def test_conv2d_forward_no_bias_and_fused_relu(variant):
     assert (y1 >= 0).all() and (y1 == 0).any()
 
 
-def test_conv2d_tiled_kernels_agree_in_both_schedule_orders():
+@pytest.mark.parametrize("variant", ["v2", "v3"])
+def test_conv2d_tiled_kernels_agree_in_both_schedule_orders(variant):
     """Reversed thread order must give the same bits: the tiles are ordered by barriers, not luck."""
     x, w, b, stride, pad = make_conv(CONV_CASES[6])
     dy = np.random.default_rng(2).standard_normal((1, 65, 6, 13)).astype(np.float32)
     outs = []
     for order in ("forward", "reverse"):
-        with kernels.sim_schedule(order):
+        with kernels.sim_schedule(order), kernels.use_variant(**conv_variants(variant)):
             y, cache = LC.conv2d_forward_kernel(x, w, b, stride, pad, target="sim")
             outs.append((y,) + LC.conv2d_backward_kernel(dy, cache, target="sim"))
     for a, r in zip(*outs):
         np.testing.assert_array_equal(a, r)
+
+
+def test_conv2d_v3_tiles_straddle_128_and_launch_256_threads(monkeypatch):
+    """v3 really runs (no silent fall-back), with its own geometry, on shapes whose GEMM rows
+    (N*OH*OW = 162, N*H*W = 162, C*FH*FW = 144) and columns (K = 130) cross the 128-wide tiles."""
+    launched = []
+    real = kernels.launch
+    monkeypatch.setattr(kernels, "launch", lambda *a, **k: (launched.append((a[1], a[4], a[5])), real(*a, **k))[1])
+    x, w, b, stride, pad = make_conv(((2, 3, 9, 9), (130, 3, 3), 1, 1), seed=11)
+    dy = np.random.default_rng(12).standard_normal((2, 130, 9, 9)).astype(np.float32)
+    with kernels.use_variant(**conv_variants("v3")):
+        y, cache = LC.conv2d_forward_kernel(x, w, b, stride, pad, target="sim")
+        dx = LC.conv2d_backward_data_kernel(dy, w, x.shape, stride, pad, target="sim")
+    assert launched == [("conv2d_forward_v3", (2, 2, 1), (256, 1, 1)),
+                        ("conv2d_backward_data_v3", (2, 1, 1), (256, 1, 1))]
+    np.testing.assert_allclose(y, ref_conv(x, w, b, stride, pad), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dx, ref_conv_backward(dy, x, w, stride, pad)[0], rtol=1e-4, atol=2e-6 * 130 * 9)
+    # Backward-weight: C*FH*FW = 144 rows and K = 130 columns, split along z, then reduced in order.
+    x, w, b, stride, pad = make_conv(((1, 16, 5, 5), (130, 3, 3), 1, 1), seed=13)
+    dy = np.random.default_rng(14).standard_normal((1, 130, 5, 5)).astype(np.float32)
+    monkeypatch.setattr(LC, "MIN_SPLIT_CHUNK", 8)
+    launched.clear()
+    with kernels.use_variant(**conv_variants("v3")):
+        dw = LC.conv2d_backward_weight_kernel(dy, x, w.shape, stride, pad, target="sim")
+    assert [name for name, _, _ in launched] == ["conv2d_backward_weight_v3", "conv2d_reduce_splits"]
+    assert launched[0][1][:2] == (2, 2) and launched[0][1][2] > 1 and launched[0][2] == (256, 1, 1)
+    np.testing.assert_allclose(dw, ref_conv_backward(dy, x, w, stride, pad)[1], rtol=1e-4, atol=1e-4)
 
 
 def test_conv2d_backward_weight_split_reduction(monkeypatch):
@@ -167,13 +205,12 @@ def test_conv2d_backward_weight_split_reduction(monkeypatch):
         np.testing.assert_allclose(dw, ref_conv_backward(dy, x, w, stride, pad)[1], rtol=1e-4, atol=2e-4)
 
 
-@pytest.mark.parametrize("variant", ["v1", "v2"])
+@pytest.mark.parametrize("variant", CONV_VARIANTS)
 @pytest.mark.parametrize("case", [CONV_CASES[2], CONV_CASES[5], CONV_CASES[8]], ids=["s2", "s3", "s21"])
 def test_conv2d_adjoint_identity(case, variant):
     """<conv(x, w), g> = <x, dX(g)> = <w, dW(g)> in float64: backward is the true transpose."""
     x, w, _, stride, pad = make_conv(case, np.float64, seed=4)
-    with kernels.use_variant(conv2d_forward=variant, conv2d_backward_data=variant,
-                             conv2d_backward_weight=variant):
+    with kernels.use_variant(**conv_variants(variant)):
         y, cache = LC.conv2d_forward_kernel(x, w, None, stride, pad, target="sim")
         g = np.random.default_rng(5).standard_normal(y.shape)
         dx, dw, db = LC.conv2d_backward_kernel(g, cache, target="sim")
@@ -201,16 +238,21 @@ def test_conv2d_gradients_float64_through_the_simulator():
 @HYPO
 @given(n=st.integers(1, 2), c=st.integers(1, 4), k=st.integers(1, 5), fh=st.integers(1, 4), fw=st.integers(1, 4),
        sh=st.integers(1, 3), sw=st.integers(1, 3), ph=st.integers(0, 3), pw=st.integers(0, 3),
-       oh=st.integers(1, 5), ow=st.integers(1, 5), variant=st.sampled_from(["v1", "v2"]), seed=st.integers(0, 99))
-def test_conv2d_fuzz_against_numpy(n, c, k, fh, fw, sh, sw, ph, pw, oh, ow, variant, seed):
+       oh=st.integers(1, 5), ow=st.integers(1, 5), variant=st.sampled_from(CONV_VARIANTS),
+       split_chunk=st.sampled_from([8, LC.MIN_SPLIT_CHUNK]), seed=st.integers(0, 99))
+def test_conv2d_fuzz_against_numpy(n, c, k, fh, fw, sh, sw, ph, pw, oh, ow, variant, split_chunk, seed):
     h, wd = (oh - 1) * sh + fh - 2 * ph, (ow - 1) * sw + fw - 2 * pw  # sizes that fit exactly
     assume(h >= 1 and wd >= 1)
     x, w, b, stride, pad = make_conv(((n, c, h, wd), (k, fh, fw), (sh, sw), (ph, pw)), seed=seed)
-    with kernels.use_variant(conv2d_forward=variant, conv2d_backward_data=variant,
-                             conv2d_backward_weight=variant):
-        y, cache = LC.conv2d_forward_kernel(x, w, b, stride, pad, target="sim")
-        dy = np.random.default_rng(seed + 1).standard_normal(y.shape).astype(np.float32)
-        dx, dw, db = LC.conv2d_backward_kernel(dy, cache, target="sim")
+    default_chunk = LC.MIN_SPLIT_CHUNK
+    LC.MIN_SPLIT_CHUNK = split_chunk  # 8: backward-weight splits (and conv2d_reduce_splits) at these sizes
+    try:
+        with kernels.use_variant(**conv_variants(variant)):
+            y, cache = LC.conv2d_forward_kernel(x, w, b, stride, pad, target="sim")
+            dy = np.random.default_rng(seed + 1).standard_normal(y.shape).astype(np.float32)
+            dx, dw, db = LC.conv2d_backward_kernel(dy, cache, target="sim")
+    finally:
+        LC.MIN_SPLIT_CHUNK = default_chunk
     refs = (ref_conv(x, w, b, stride, pad),) + ref_conv_backward(dy, x, w, stride, pad)
     for got, ref in zip((y, dx, dw, db), refs):
         np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
@@ -253,10 +295,11 @@ def test_avg_pool2d(case, target):
     x = rng.standard_normal(shape).astype(np.float32)
     y, cache = LP.avg_pool2d_forward_kernel(to(target, x), ks, st_, target=target)
     ry, rcache = pool_ref._avg_pool2d_forward_reference(x, ks, st_)
-    np.testing.assert_allclose(host(y), ry, rtol=1e-6, atol=1e-7)
+    # Bit-identical: same summation order, same rounded reciprocal, no FMA contraction (mul_rn).
+    np.testing.assert_array_equal(host(y), ry)
     dy = rng.standard_normal(y.shape).astype(np.float32)
     dx = LP.avg_pool2d_backward_kernel(to(target, dy), cache, target=target)
-    np.testing.assert_allclose(host(dx), pool_ref._avg_pool2d_backward_reference(dy, rcache), rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(host(dx), pool_ref._avg_pool2d_backward_reference(dy, rcache))
     if st_ == ks:  # non-overlapping windows tile the input: the gradient mass is conserved
         np.testing.assert_allclose(host(dx).sum(), dy.sum(), rtol=1e-5, atol=1e-6)
 
@@ -433,7 +476,7 @@ def test_variant_selection_and_errors(monkeypatch):
     with kernels.use_variant(conv2d_forward="v1"):
         assert kernels.variant("conv2d_forward") == "v1"
     assert kernels.variant("conv2d_forward") == "v2"
-    with pytest.raises(ValueError, match=r"conv2d_forward has variants v1, v2, not 'v9'"):
+    with pytest.raises(ValueError, match=r"conv2d_forward has variants v1, v2, v3, not 'v9'"):
         kernels.set_variant("conv2d_forward", "v9")
     with pytest.raises(ValueError, match=r"kernel family 'conv3d' has no variants"):
         kernels.variant("conv3d")
@@ -513,7 +556,109 @@ def test_benchmark_validation_runs_on_the_simulator(monkeypatch, capsys):
     real = bench.reference
     monkeypatch.setattr(bench, "reference", lambda *a: real(*a) + 1.0)
     failures = bench.validate(bench.TINY_LAYERS[:1], 2, "sim")
-    assert len(failures) == 6 and "3->4 at 8x8 forward v1" in failures[0]
+    assert len(failures) == 9 and "3->4 at 8x8 forward v1" in failures[0]  # 3 directions x v1-v3
+    assert any("backward_weight v3" in f for f in failures)
     if not B.cuda_available():
         assert bench.main([]) == 2
         assert "no usable GPU" in capsys.readouterr().err
+
+
+def test_benchmark_loop_times_every_variant_and_names_the_fastest(monkeypatch):
+    """The GPU timing loop with CuPy's events faked (no GPU here): every variant of every direction
+    gets a row, v1 is timed over few calls, and ``fastest`` picks per layer and direction."""
+    bench = _bench()
+    calls = []
+
+    class FakeEvent:
+        def record(self):
+            pass
+
+        def synchronize(self):
+            pass
+
+    class FakeCuda:
+        Event = FakeEvent
+
+        @staticmethod
+        def get_elapsed_time(start, stop):
+            return 2.0 * len(calls)  # ms: grows with the work done, enough to rank variants
+
+    class FakeCupy:
+        cuda = FakeCuda
+
+        @staticmethod
+        def asarray(a):
+            return a
+
+    monkeypatch.setattr(bench.B, "cupy_module", lambda: FakeCupy)
+    monkeypatch.setattr(bench.common.B, "cupy_module", lambda: FakeCupy)
+    monkeypatch.setattr(bench, "run_direction",
+                        lambda direction, *a: calls.append((direction, kernels.variant(bench.DIRECTIONS[direction]))))
+    rows = bench.benchmark(2, warmup=2, repeat=5, use_torch=False, layers=[(3, 4, 8)])
+    got = [(r["direction"], r["variant"]) for r in rows]
+    assert got == [(d, v) for d in ("forward", "backward_data", "backward_weight") for v in ("v1", "v2", "v3")]
+    assert calls.count(("forward", "v1")) == 1 + 3 and calls.count(("forward", "v3")) == 2 + 5
+    assert all(r["tflops"] > 0 and r["torch_ms"] is None for r in rows)
+    best = bench.fastest(rows)
+    assert set(best) == set(bench.DIRECTIONS) and best["forward"] == {"3->4 @8x8": "v1"}  # fewest calls: least "time"
+    only = bench.benchmark(2, warmup=0, repeat=1, use_torch=False, layers=[(3, 4, 8)], variants=("v3",))
+    assert [(r["direction"], r["variant"]) for r in only] == [("forward", "v3"), ("backward_data", "v3"),
+                                                              ("backward_weight", "v3")]
+    assert bench.family_variants("conv2d_forward", ("v2", "v9")) == ("v2",)
+
+
+def test_cuda_dispatch_makes_the_arrays_device_current(monkeypatch):
+    """On 'cuda:1' arrays, launchers and references run with device 1 current, so their outputs
+    (CuPy allocates on the current device) land beside the inputs. CuPy faked: no GPU here."""
+    entered = []
+
+    class FakeDevice:
+        def __init__(self, i):
+            self.id = i
+
+        def __enter__(self):
+            entered.append(("enter", self.id))
+
+        def __exit__(self, *exc):
+            entered.append(("exit", self.id))
+
+    class FakeCupy:
+        class cuda:
+            Device = FakeDevice
+
+    class FakeArray:
+        device = FakeDevice(1)
+
+    monkeypatch.setattr(B, "cupy_module", lambda: FakeCupy)
+    monkeypatch.setattr(B, "is_cupy_array", lambda a: isinstance(a, FakeArray))
+    seen = []
+    _dispatch.register_launcher("fake_op", "cuda")(lambda x, *, target: seen.append(list(entered)) or "kernel")
+    try:
+        assert _dispatch.call("fake_op", "cuda", lambda x: "reference", FakeArray()) == "kernel"
+    finally:
+        _dispatch.unregister_launcher("fake_op")
+    assert seen == [[("enter", 1)]] and entered == [("enter", 1), ("exit", 1)]
+    assert _dispatch.call("no_launcher_op", "cuda", lambda x: entered[-1], FakeArray()) == ("enter", 1)
+    entered.clear()
+    assert _dispatch.call("no_launcher_op", None, lambda x: "numpy", np.zeros(1)) == "numpy" and entered == []
+
+
+# ----------------------------------------------------------------------------- the fused loader kernel
+# Here rather than in test_augment_kernel.py, which must import without hypothesis (the GPU image).
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(1, 4), c=st.integers(1, 3), h=st.integers(1, 7), w=st.integers(1, 7), b=st.integers(1, 6),
+       padding=st.integers(0, 4), crop=st.booleans(), do_flip=st.booleans(),
+       dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 999))
+def test_augment_kernel_fuzz_against_the_array_path(n, c, h, w, b, padding, crop, do_flip, dtype, seed):
+    """Hypothesis over shapes, paddings and the crop/flip switches: always bit-identical."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, c, h, w), dtype=np.uint8)
+    mean = rng.uniform(0, 255, c).astype(dtype)
+    std = rng.uniform(1, 90, c).astype(dtype)
+    idx = rng.integers(0, n, b)
+    oy, ox = (rng.integers(0, 2 * padding + 1, b) if crop else None for _ in range(2))
+    flip = rng.integers(0, 2, b).astype(bool) if do_flip else None
+    pad = padding if crop else 0
+    got = augment_batch_kernel(images, idx, oy, ox, flip, mean, std, pad, dtype, target="sim")
+    want = normalize(crop_flip(images[idx], oy, ox, flip, pad), mean, std, dtype)
+    np.testing.assert_array_equal(got, want)

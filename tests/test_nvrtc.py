@@ -22,14 +22,17 @@ needs_nvrtc = pytest.mark.skipif(_NVRTC_WHY is not None, reason=_NVRTC_WHY or ""
 
 # The extern "C" entry points each file must export (the launchers call them by name).
 ENTRIES = {
-    "conv2d": ["conv2d_forward_v1", "conv2d_forward_v2", "conv2d_backward_data_v1", "conv2d_backward_data_v2",
-               "conv2d_backward_weight_v1", "conv2d_backward_weight_v2", "conv2d_reduce_splits",
+    "conv2d": ["conv2d_forward_v1", "conv2d_forward_v2", "conv2d_forward_v3", "conv2d_backward_data_v1",
+               "conv2d_backward_data_v2", "conv2d_backward_data_v3",
+               "conv2d_backward_weight_v1", "conv2d_backward_weight_v2", "conv2d_backward_weight_v3",
+               "conv2d_reduce_splits",
                "conv2d_backward_bias"],
     "pool2d": ["max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward"],
     "augment": ["augment_batch"],
     "relu": ["relu_forward_v1", "relu_forward_v2", "relu_backward_v1", "relu_backward_v2", "bias_relu_forward"],
 }
-TUNED = ["conv2d_forward_v2", "conv2d_backward_data_v2", "conv2d_backward_weight_v2"]
+TUNED = ["conv2d_forward_v2", "conv2d_backward_data_v2", "conv2d_backward_weight_v2",
+         "conv2d_forward_v3", "conv2d_backward_data_v3", "conv2d_backward_weight_v3"]
 
 
 def test_entry_table_covers_every_kernel_file():
@@ -102,3 +105,45 @@ def test_ptxas_resource_usage(tmp_path, dtype, capsys):
         report = reports["conv2d"]
         for name in TUNED:
             assert report[name]["spill"] == 0, f"{name} spills {report[name]['spill']} bytes to local memory"
+
+
+@needs_nvrtc
+def test_cupy_path_compile_error_names_file_and_line(tmp_path, monkeypatch):
+    """The GPU path (kernels._compile_cupy): CuPy's RawModule is faked by one that does what CuPy
+    does, NVRTC on the registry's source with the registry's options, raising CuPy's own
+    CompileException with the program log; the user sees KernelCompileError naming file(line)."""
+    import contextlib
+    import types
+
+    import cupy
+    from cupy_backends.cuda.libs import nvrtc as _nvrtc
+
+    class FakeRawModule:
+        def __init__(self, code, options=()):
+            self.code, self.options = code, options
+
+        def compile(self):
+            prog = _nvrtc.createProgram(self.code, "kern.cu", [], [])
+            try:
+                _nvrtc.compileProgram(prog, ["--gpu-architecture=compute_90", *self.options])
+            except _nvrtc.NVRTCError:
+                raise cupy.cuda.compiler.CompileException(_nvrtc.getProgramLog(prog), self.code, "kern",
+                                                          self.options, "nvrtc") from None
+            finally:
+                _nvrtc.destroyProgram(prog)
+
+    fake = types.SimpleNamespace(RawModule=FakeRawModule, cuda=types.SimpleNamespace(
+        Device=lambda i: contextlib.nullcontext(), compiler=cupy.cuda.compiler))
+    from gpuconv import backend
+    monkeypatch.setattr(backend, "require_cupy", lambda: fake)
+    good = kernels._compile_cupy(kernels.build_source("relu"), "relu", np.dtype(np.float32), 0)
+    assert isinstance(good, FakeRawModule) and good.options == kernels.NVRTC_OPTIONS
+
+    src = kernels.kernel_dir()
+    (tmp_path / "common.cuh").write_text((src / "common.cuh").read_text())
+    (tmp_path / "broken.cu").write_text('extern "C" __global__ void k(real_t* y) {\n    y[0] = undefined_name;\n}\n')
+    monkeypatch.setenv("GPUCONV_KERNELS_DIR", str(tmp_path))
+    with pytest.raises(kernels.KernelCompileError,
+                       match=r'(?s)kernels/broken\.cu \(float\) failed to compile with NVRTC for device 0.*'
+                             r'kernels/broken\.cu\(2\).*undefined_name'):
+        kernels._compile_cupy(kernels.build_source("broken"), "broken", np.dtype(np.float32), 0)

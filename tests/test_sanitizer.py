@@ -38,14 +38,16 @@ SNIPPET = textwrap.dedent("""
 
     for xs, ws, stride, pad in [((1, 5, 6, 13), (65, 5, 3, 3), (1, 1), (1, 1)),
                                 ((2, 3, 7, 9), (4, 3, 5, 3), (2, 3), (3, 0)),
-                                ((1, 2, 3, 3), (1, 2, 3, 3), (1, 1), (0, 0))]:
+                                ((1, 2, 3, 3), (1, 2, 3, 3), (1, 1), (0, 0)),
+                                ((2, 3, 9, 9), (130, 3, 3, 3), (1, 1), (1, 1)),   # M, K > 128: v3 edges
+                                ((1, 16, 5, 5), (130, 16, 3, 3), (1, 1), (1, 1))]:  # C*FH*FW = 144 > 128
         x = rng.standard_normal(xs).astype(np.float32)
         w = rng.standard_normal(ws).astype(np.float32)
         b = rng.standard_normal(ws[0]).astype(np.float32)
         ry, rc = C._conv2d_forward_reference(x, w, b, stride, pad)
         dy = rng.standard_normal(ry.shape).astype(np.float32)
         rdx, rdw, rdb = C._conv2d_backward_reference(dy, rc)
-        for v in ("v1", "v2"):
+        for v in ("v1", "v2", "v3"):
             with kernels.use_variant(conv2d_forward=v, conv2d_backward_data=v, conv2d_backward_weight=v):
                 y, cache = LC.conv2d_forward_kernel(x, w, b, stride, pad, target="sim")
                 yr, _ = LC.conv2d_forward_kernel(x, w, None, stride, pad, target="sim", relu=True)

@@ -14,8 +14,21 @@ cover (a dtype, an odd shape); the reference then runs.
     @register_launcher("relu_forward")
     def relu_forward_kernel(x, *, target):
         ...
+
+Which ops have kernels. conv2d, max/avg pooling and ReLU have launchers (kernels/*.cu), on
+'cuda' and on 'sim'. linear, softmax_cross_entropy, batchnorm2d and dropout have none: on CuPy
+arrays their reference runs with CuPy's own machinery (cuBLAS matmul, elementwise kernels and
+reductions, all on the device, no host copy), and under ``Device('sim')`` their NumPy twin runs
+(the same code with ``xp = numpy``). So on 'sim' every ``kernels/*.cu`` kernel runs on the
+simulator, and the rest of a training step is plain NumPy, exactly as on 'cuda' it is plain CuPy.
+
+Devices. On 'cuda' the launcher or reference runs with the arrays' GPU as CuPy's current device,
+so outputs are allocated where the inputs live (CuPy allocates on the current device, which is
+not switched by ``Device('cuda:1')`` alone).
 """
 from __future__ import annotations
+
+import contextlib
 
 _TARGETS = ("cuda", "sim")
 _LAUNCHERS: dict[tuple[str, str], object] = {}
@@ -51,10 +64,28 @@ def get_launcher(op_name, target):
 
 
 def call(op_name, target, reference, *args):
-    """Run ``op_name``: its launcher when one is registered for ``target``, else ``reference``."""
+    """Run ``op_name``: its launcher when one is registered for ``target``, else ``reference``
+    (on 'cuda', with the arrays' device current)."""
+    if target == "cuda":
+        with _array_device_context(args):
+            return _run(op_name, target, reference, args)
+    return _run(op_name, target, reference, args)
+
+
+def _run(op_name, target, reference, args):
     launcher = get_launcher(op_name, target)
     if launcher is not None:
         out = launcher(*args, target=target)
         if out is not NotImplemented:
             return out
     return reference(*args)
+
+
+def _array_device_context(args):
+    """``cupy.cuda.Device(i)`` of the first CuPy array among ``args`` (a no-op context when the
+    arrays sit on the current device already, the common case: CuPy then skips cudaSetDevice)."""
+    from ..backend import cupy_module, is_cupy_array
+    for a in args:
+        if is_cupy_array(a):
+            return cupy_module().cuda.Device(a.device.id)
+    return contextlib.nullcontext()

@@ -15,9 +15,11 @@ from ._checks import output_hw
 from ._dispatch import register_launcher
 from .conv2d import Conv2dCache
 
-TILE = 64            # CONV_BM = CONV_BN in conv2d.cu
+TILE = 64            # CONV_BM = CONV_BN in conv2d.cu (v2)
 TILE_K = 8           # CONV_BK
 GEMM_THREADS = 64    # CONV_THREADS
+TILE3 = 128          # CONV3_BM = CONV3_BN (v3)
+GEMM3_THREADS = 256  # CONV3_THREADS
 BLOCK = 256          # GPUCONV_BLOCK
 # Backward-weight split-K: each split reduces at least this many of the N*OH*OW positions, so a
 # split's partial sum is worth its workspace slice and the extra pass stays a small fraction.
@@ -37,13 +39,24 @@ def _i32(*values):
 
 
 def _fits_int(*sizes):
-    """The tiled kernels index GEMM rows/columns with int: every size must stay below 2^31."""
-    return all(s <= _INT_MAX - TILE for s in sizes)
+    """The tiled kernels index GEMM rows/columns with int: every size (plus a tile's overhang)
+    must stay below 2^31."""
+    return all(s <= _INT_MAX - TILE3 for s in sizes)
 
 
-def _gemm_geometry(rows, cols, splits=1):
-    """(grid, block) of the tiled kernels: one 64x64 output tile per block, splits along z."""
-    return (-(-rows // TILE), -(-cols // TILE), splits), (GEMM_THREADS, 1, 1)
+def geometry(kernel, target, device=None, *, rows=0, cols=0, splits=1, elements=0):
+    """(grid, block) of every kernel in conv2d.cu, in this one place.
+
+    Tiled kernels (``_v2``: 64x64 tiles of 64 threads; ``_v3``: 128x128 tiles of 256 threads):
+    one block per output tile of the ``rows`` x ``cols`` GEMM, ``splits`` along z.
+    ``conv2d_backward_bias``: one block of exactly BLOCK threads per channel (``cols``).
+    The rest (v1, conv2d_reduce_splits) are grid-stride loops over ``elements``."""
+    if kernel.endswith(("_v2", "_v3")):
+        tile, threads = (TILE3, GEMM3_THREADS) if kernel.endswith("_v3") else (TILE, GEMM_THREADS)
+        return (-(-rows // tile), -(-cols // tile), splits), (threads, 1, 1)
+    if kernel == "conv2d_backward_bias":
+        return (cols, 1, 1), (BLOCK, 1, 1)
+    return kernels.grid_1d(elements, BLOCK, target, device)
 
 
 def weight_splits(l_total, tiles, target, device=None):
@@ -69,12 +82,12 @@ def conv2d_forward_kernel(x, w, b, stride, padding, *, target, relu=False):
     if y.size:
         dims = _i32(n, c, h, wd, k, fh, fw, oh, ow, *stride, *padding, b is not None, relu)
         args = (x, w, w if b is None else b, y) + dims  # w stands in for a missing bias (never read)
-        if kernels.variant("conv2d_forward") == "v2" and _fits_int(n * oh * ow, c * fh * fw):
-            grid, block = _gemm_geometry(n * oh * ow, k)
-            kernels.launch("conv2d", "conv2d_forward_v2", x.dtype, target, grid, block, args)
-        else:
-            grid, block = kernels.grid_1d(y.size, BLOCK, target, kernels.array_device([x]))
-            kernels.launch("conv2d", "conv2d_forward_v1", x.dtype, target, grid, block, args)
+        var = kernels.variant("conv2d_forward")
+        if var == "v1" or not _fits_int(n * oh * ow, c * fh * fw):
+            var = "v1"  # the tiled kernels index GEMM rows in int; v1's indices are 64-bit
+        name = f"conv2d_forward_{var}"
+        grid, block = geometry(name, target, kernels.array_device([x]), rows=n * oh * ow, cols=k, elements=y.size)
+        kernels.launch("conv2d", name, x.dtype, target, grid, block, args)
     return y, Conv2dCache(x, w, b is not None, stride, padding)
 
 
@@ -99,12 +112,12 @@ def conv2d_backward_data_kernel(dy, w, x_shape, stride, padding, *, target):
         dx[...] = 0
         return dx
     args = (dy, w, dx) + _i32(n, c, h, wd, k, fh, fw, oh, ow, *stride, *padding)
-    if kernels.variant("conv2d_backward_data") == "v2" and _fits_int(n * h * wd, k * fh * fw):
-        grid, block = _gemm_geometry(n * h * wd, c)
-        kernels.launch("conv2d", "conv2d_backward_data_v2", dy.dtype, target, grid, block, args)
-    else:
-        grid, block = kernels.grid_1d(dx.size, BLOCK, target, kernels.array_device([dy]))
-        kernels.launch("conv2d", "conv2d_backward_data_v1", dy.dtype, target, grid, block, args)
+    var = kernels.variant("conv2d_backward_data")
+    if var == "v1" or not _fits_int(n * h * wd, k * fh * fw):
+        var = "v1"
+    name = f"conv2d_backward_data_{var}"
+    grid, block = geometry(name, target, kernels.array_device([dy]), rows=n * h * wd, cols=c, elements=dx.size)
+    kernels.launch("conv2d", name, dy.dtype, target, grid, block, args)
     return dx
 
 
@@ -122,21 +135,20 @@ def conv2d_backward_weight_kernel(dy, x, w_shape, stride, padding, *, target):
     dims = _i32(n, c, h, wd, k, fh, fw, oh, ow, *stride, *padding)
     rows, l_total = c * fh * fw, n * oh * ow
     device = kernels.array_device([dy])
-    # v2 keeps per-image offsets (C*H*W) in int and packs (fh, fw) into one int.
-    if (kernels.variant("conv2d_backward_weight") == "v2" and _fits_int(rows, l_total, c * h * wd)
-            and max(fh, fw) < 2**15):
-        tiles = -(-rows // TILE) * -(-k // TILE)
-        splits, chunk = weight_splits(l_total, tiles, target, device)
+    var = kernels.variant("conv2d_backward_weight")
+    # v2/v3 keep per-image offsets (C*H*W) in int and pack (fh, fw) into one int.
+    if var in ("v2", "v3") and _fits_int(rows, l_total, c * h * wd) and max(fh, fw) < 2**15:
+        name, tile = f"conv2d_backward_weight_{var}", TILE3 if var == "v3" else TILE
+        splits, chunk = weight_splits(l_total, -(-rows // tile) * -(-k // tile), target, device)
         ws = dw if splits == 1 else xp.empty((splits, k, rows), dtype=dy.dtype)
-        grid, block = _gemm_geometry(rows, k, splits)
-        kernels.launch("conv2d", "conv2d_backward_weight_v2", dy.dtype, target, grid, block,
-                       (dy, x, ws) + dims + (np.int32(chunk),))
+        grid, block = geometry(name, target, device, rows=rows, cols=k, splits=splits)
+        kernels.launch("conv2d", name, dy.dtype, target, grid, block, (dy, x, ws) + dims + (np.int32(chunk),))
         if splits > 1:
-            grid, block = kernels.grid_1d(dw.size, BLOCK, target, device)
+            grid, block = geometry("conv2d_reduce_splits", target, device, elements=dw.size)
             kernels.launch("conv2d", "conv2d_reduce_splits", dy.dtype, target, grid, block,
                            (ws, dw, np.int32(splits), np.int64(dw.size)))
     else:
-        grid, block = kernels.grid_1d(dw.size, BLOCK, target, device)
+        grid, block = geometry("conv2d_backward_weight_v1", target, device, elements=dw.size)
         kernels.launch("conv2d", "conv2d_backward_weight_v1", dy.dtype, target, grid, block, (dy, x, dw) + dims)
     return dw
 
@@ -148,8 +160,8 @@ def conv2d_backward_bias_kernel(dy, *, target):
     n, k, oh, ow = dy.shape
     db = xp.empty((k,), dtype=dy.dtype)
     if dy.size:
-        kernels.launch("conv2d", "conv2d_backward_bias", dy.dtype, target, (k, 1, 1), (BLOCK, 1, 1),
-                       (dy, db) + _i32(n, k, oh * ow))
+        grid, block = geometry("conv2d_backward_bias", target, cols=k)
+        kernels.launch("conv2d", "conv2d_backward_bias", dy.dtype, target, grid, block, (dy, db) + _i32(n, k, oh * ow))
     else:
         db[...] = 0
     return db
