@@ -145,14 +145,26 @@ def get_default_device() -> Device:
     dev = _default_device.get()
     if dev is None:
         dev = _device_from_env()
+        _make_current(dev)
         _default_device.set(dev)
     return dev
 
 
+def _make_current(dev: Device):
+    """Make ``dev`` CuPy's current GPU (CuPy allocates on its *current* device, so 'cuda:1' must
+    be made current or optimizer state, losses and loader buffers land on GPU 0); returns the
+    previous current device, or None for CPU devices."""
+    if not dev.is_cuda:
+        return None
+    cp = require_cupy()
+    prev = cp.cuda.Device()
+    cp.cuda.Device(dev.index).use()
+    return prev
+
+
 def set_default_device(device) -> Device:
     dev = Device(device)
-    if dev.is_cuda:
-        require_cupy()
+    _make_current(dev)
     _default_device.set(dev)
     return dev
 
@@ -161,13 +173,14 @@ def set_default_device(device) -> Device:
 def default_device(device):
     """``with default_device('sim'): ...`` runs the block with another default device."""
     dev = Device(device)
-    if dev.is_cuda:
-        require_cupy()
+    prev = _make_current(dev)
     token = _default_device.set(dev)
     try:
         yield dev
     finally:
         _default_device.reset(token)
+        if prev is not None:
+            prev.use()
 
 
 # ----------------------------------------------------------------------------- arrays

@@ -219,3 +219,26 @@ def test_round_trip_to_gpu_is_counted():
     assert B.transfers.host_to_device == 1
     assert B.asnumpy(g).tolist() == [0.0, 1.0, 2.0]
     assert B.transfers.device_to_host == 1
+
+
+def test_cuda_default_device_becomes_cupys_current_device_and_is_restored(monkeypatch):
+    """CuPy allocates on its current device: 'cuda:1' as the default must make GPU 1 current
+    (else optimizer state and losses land on GPU 0), and leaving the block restores GPU 0."""
+    import types
+
+    current = {"id": 0}
+
+    class FakeDevice:
+        def __init__(self, index=None):
+            self.id = current["id"] if index is None else index
+
+        def use(self):
+            current["id"] = self.id
+
+    fake = types.SimpleNamespace(cuda=types.SimpleNamespace(Device=FakeDevice))
+    monkeypatch.setattr(B, "require_cupy", lambda: fake)
+    with B.default_device("cuda:1") as dev:
+        assert str(dev) == "cuda:1" and current["id"] == 1
+        with B.default_device("cpu"):
+            assert current["id"] == 1  # a CPU block leaves CuPy's device alone
+    assert current["id"] == 0
