@@ -57,17 +57,26 @@ def _positive_int(text):
     return value
 
 
+def _defaults(key):
+    return ", ".join(f"{name} {d[key]}" for name, d in MODEL_DEFAULTS.items())
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
     p = argparse.ArgumentParser(prog="gpuconv", description="Convolutional networks on NumPy and CuPy.")
+    p.add_argument("--version", action="version", version=f"gpuconv {__version__}")
     sub = p.add_subparsers(dest="command", metavar="{train,evaluate,info,bench}")
     sub.required = True
 
     t = sub.add_parser("train", help="train a model on CIFAR-10",
                        description="Train on CIFAR-10; writes OUT/checkpoint.npz (latest) and OUT/metrics.jsonl.")
     t.add_argument("--model", choices=sorted(MODELS), default=None, help="network (default three_layer)")
-    t.add_argument("--epochs", type=_positive_int, default=None)
-    t.add_argument("--batch-size", type=_positive_int, default=None)
-    t.add_argument("--lr", type=float, default=None, help="peak learning rate of the schedule")
+    t.add_argument("--epochs", type=_positive_int, default=None,
+                   help=f"passes over the training set (default per model: {_defaults('epochs')})")
+    t.add_argument("--batch-size", type=_positive_int, default=None,
+                   help=f"images per step (default per model: {_defaults('batch_size')})")
+    t.add_argument("--lr", type=float, default=None,
+                   help=f"peak learning rate of the schedule (default per model: {_defaults('lr')})")
     t.add_argument("--weight-decay", type=float, default=None)
     t.add_argument("--momentum", type=float, default=None)
     t.add_argument("--schedule", choices=("onecycle", "cosine", "constant"), default=None)
@@ -90,9 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="evaluate a checkpoint on test_batch (or the held-out split)")
     e.add_argument("--checkpoint", required=True, help="a checkpoint.npz written by `gpuconv train`")
-    e.add_argument("--data", default=None)
-    e.add_argument("--device", default="auto")
-    e.add_argument("--batch-size", type=_positive_int, default=500)
+    e.add_argument("--data", default=None, help="CIFAR-10 directory or tarball (else $GPUCONV_DATA, "
+                   "~/.cache/gpuconv, or download); without test_batch, the split held out in training")
+    e.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | sim | auto (default)")
+    e.add_argument("--batch-size", type=_positive_int, default=500, help="images per forward pass (default 500)")
     e.add_argument("--tta", action="store_true", help="average with horizontally flipped images")
     e.add_argument("--json", action="store_true", help="print one JSON object (accuracy in [0, 1])")
 
@@ -242,6 +252,9 @@ def cmd_train(args) -> int:
     device = backend.Device(args.device)
     if device.is_cuda:
         backend.require_cupy()
+    if device.kind == "sim":
+        _say("note: --device sim runs the CUDA kernels on the host simulator, one fiber per GPU thread: tens of "
+             "images/s, meant for checking the kernels (--device cpu trains with NumPy, a hundred times faster)")
     if not args.resume and (Path(args.out) / "checkpoint.npz").exists():
         _say(f"note: {args.out} holds an earlier run; this new run replaces its checkpoint and metrics "
              "(use --resume to continue it instead)")

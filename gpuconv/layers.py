@@ -16,8 +16,10 @@ give NumPy arrays, 'cuda' CuPy ones) in float32, initialized as PyTorch does
 from a seeded NumPy generator, so a seed gives the same network on every device.
 
 Beyond the PyTorch-like API: ``Layer.astype(dtype)`` converts parameters, gradients and
-buffers (float64 copies for gradient checks), and ``Scale(factor)`` multiplies by a constant
-(the output scaling of fast ResNet-style nets).
+buffers (float64 copies for gradient checks), ``Layer.num_parameters()`` counts them, and
+``Scale(factor)`` multiplies by a constant (the output scaling of fast ResNet-style nets).
+An error raised inside a ``Sequential`` or ``Residual`` names the layer it came from by its
+dotted path (``in layer 'layer1.conv' (Conv2d(8, 16, ...))``), with the op's message after it.
 """
 from __future__ import annotations
 
@@ -50,6 +52,21 @@ def _pair(name, value, minimum):
         return (_int(f"{name}[0]", value[0], minimum), _int(f"{name}[1]", value[1], minimum))
     v = _int(name, value, minimum)
     return (v, v)
+
+
+def _padding_mode(padding, kernel_size, stride):
+    """PyTorch's string paddings as numbers: 'valid' is 0, 'same' keeps the spatial size."""
+    if not isinstance(padding, str):
+        return padding
+    if padding == "valid":
+        return 0
+    if padding != "same":
+        raise ValueError(f"padding={padding!r}: use an int, an (h, w) pair, 'valid' or 'same'")
+    if stride != (1, 1) or kernel_size[0] % 2 == 0 or kernel_size[1] % 2 == 0:
+        # An even kernel would need more zeros on one side than the other, which the op does not do.
+        raise ValueError(f"padding='same' needs stride 1 and odd kernel sizes (it pads (k - 1) // 2 on every "
+                         f"side), got kernel_size={kernel_size}, stride={stride}: give the padding as a number")
+    return ((kernel_size[0] - 1) // 2, (kernel_size[1] - 1) // 2)
 
 
 def _kaiming_uniform(rng, shape, fan_in):
@@ -201,6 +218,12 @@ class Layer:
     def parameters(self):
         return [p for _, p in self.named_parameters()]
 
+    def num_parameters(self, trainable_only=True):
+        """The number of scalar parameters (with ``trainable_only=False``, buffers such as running
+        statistics count too): ``sum(p.numel() for p in m.parameters())`` in PyTorch."""
+        n = sum(int(p.size) for p in self.parameters())
+        return n if trainable_only else n + sum(int(b.size) for _, b in self.named_buffers())
+
     def named_buffers(self):
         """[(dotted name, array)] of the non-trained state, e.g. ``('1.running_mean', a)``."""
         return [(_join(mname, b), getattr(m, b)) for mname, m in self.named_modules() for b in m._buffer_names]
@@ -327,7 +350,10 @@ class Layer:
 
 # ----------------------------------------------------------------------------- layers with parameters
 class Conv2d(Layer):
-    """2-D convolution over NCHW input with OIHW weights (``gpuconv.ops.conv2d_forward``)."""
+    """2-D convolution over NCHW input with OIHW weights (``gpuconv.ops.conv2d_forward``).
+
+    ``padding`` is an int, an (h, w) pair, or as in PyTorch ``'valid'`` (0) or ``'same'``
+    (output size = input size: stride 1 and odd kernel sizes, padding (k - 1) // 2)."""
 
     _param_names = ("weight", "bias")
 
@@ -337,7 +363,7 @@ class Conv2d(Layer):
         self.out_channels = _int("out_channels", out_channels, 1)
         self.kernel_size = _pair("kernel_size", kernel_size, 1)
         self.stride = _pair("stride", stride, 1)
-        self.padding = _pair("padding", padding, 0)
+        self.padding = _pair("padding", _padding_mode(padding, self.kernel_size, self.stride), 0)
         fan_in = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
         rng = np.random.default_rng(seed)
         w = _kaiming_uniform(rng, (self.out_channels, self.in_channels) + self.kernel_size, fan_in)
@@ -453,7 +479,8 @@ class MaxPool2d(Layer):
         return ops.max_pool2d_backward(dy, self._take_cache())
 
     def extra_repr(self):
-        return f"kernel_size={self.kernel_size}, stride={self.stride}"
+        # The stride in effect, as PyTorch prints it (None means "the kernel size").
+        return f"kernel_size={self.kernel_size}, stride={self.kernel_size if self.stride is None else self.stride}"
 
 
 class AvgPool2d(MaxPool2d):
@@ -594,8 +621,12 @@ class Sequential(Layer):
         return items[index][1]
 
     def forward(self, x):
-        for layer in self._layers.values():
-            x = layer(x)
+        for name, layer in self._layers.items():
+            try:
+                x = layer(x)
+            except (ValueError, TypeError) as exc:
+                _locate_error(exc, name, layer)
+                raise
         return x
 
     def backward(self, dy):
@@ -618,7 +649,11 @@ class Residual(Layer):
         return [("inner", self.inner)]
 
     def forward(self, x):
-        y = self.inner(x)
+        try:
+            y = self.inner(x)
+        except (ValueError, TypeError) as exc:
+            _locate_error(exc, "inner", self.inner)
+            raise
         if y.shape != x.shape:
             raise ValueError(
                 f"Residual: the inner block maps shape {tuple(x.shape)} to {tuple(y.shape)}, but y = x + inner(x) "
@@ -629,6 +664,32 @@ class Residual(Layer):
     def backward(self, dy):
         self._take_cache()
         return dy + self.inner.backward(dy)
+
+
+def _locate_error(exc, name, layer):
+    """Prefix an error raised inside a container with the dotted path of the layer that raised it.
+
+    An op's message names its own arguments ("x has C=1 channels but w expects C=3"); inside a
+    network the reader also needs to know which layer that was, e.g. ``in layer 'layer1.conv'
+    (Conv2d(8, 16, ...))``. The exception keeps its type and traceback; each enclosing container
+    adds its part of the path as the error travels up."""
+    if len(exc.args) != 1 or not isinstance(exc.args[0], str):
+        return
+    located = getattr(exc, "_gpuconv_layer", None)
+    if located is None:  # the innermost container: remember the message and the failing layer
+        message, leaf, path = exc.args[0], layer, name
+    else:
+        message, leaf, path = located[0], located[1], f"{name}.{located[2]}"
+    exc._gpuconv_layer = (message, leaf, path)
+    head = repr(leaf).split("\n", 1)[0].rstrip("(")
+    hint, params = "", leaf.parameters()
+    if params and "cupy.ndarray" in message and "numpy.ndarray" in message:
+        hint = (f" (the layer's parameters are on {device_of(params[0].data)}: move the model with "
+                "model.to(device) or the input with gpuconv.to_device(x, device))")
+    elif params and "has dtype" in message and "but x has dtype" in message:
+        hint = (f" (the layer's parameters are {params[0].dtype}: pass x.astype(np.{params[0].dtype}), or convert "
+                "the model with model.astype(x.dtype))")
+    exc.args = (f"in layer {path!r} ({head}): {message}{hint}",)
 
 
 def _name_parameters(container):

@@ -127,6 +127,19 @@ def test_write_goes_through_fsync_and_replace(tmp_path, monkeypatch):
     assert calls[:2] == ["fsync", "replace"] and calls[-1] == "fsync"  # file, rename, then the directory
 
 
+@pytest.mark.skipif(not hasattr(os, "fchmod"), reason="POSIX file modes")
+def test_checkpoint_gets_the_mode_of_a_normal_file_not_mkstemps_0600(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = ckpt.save_checkpoint(tmp_path / "checkpoint.npz", _meta())
+        assert path.stat().st_mode & 0o777 == 0o644  # what np.savez(path) would have created
+        path.chmod(0o640)
+        ckpt.save_checkpoint(path, _meta())  # a rewrite keeps the mode the user chose
+        assert path.stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(old)
+
+
 def test_load_errors_say_what_and_what_to_do(tmp_path):
     with pytest.raises(FileNotFoundError, match="gpuconv train --out"):
         ckpt.load_checkpoint(tmp_path / "missing.npz")

@@ -210,3 +210,14 @@ def test_ctrl_c_during_training_saves_a_checkpoint_that_resumes(tmp_path, capsys
     assert int(arrays["meta/epoch"]) == 3 and int(arrays["meta/step"]) == 3 * 94
     steps = [json.loads(x)["step"] for x in metrics.read_text().splitlines()]
     assert steps == sorted(steps)  # one history, no step written twice
+
+
+def test_version_and_help_show_the_per_model_defaults(capsys):
+    import gpuconv
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.strip() == f"gpuconv {gpuconv.__version__}"
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "default per model: seed 8, three_layer 8, fast 16" in text and "fast 512" in text

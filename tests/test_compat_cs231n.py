@@ -366,6 +366,49 @@ def test_load_cifar10_reads_the_given_directory_or_fails(tmp_path, monkeypatch, 
             C.load_CIFAR10(root)
 
 
+def test_get_cifar10_data_is_the_assignment_dict(subset_dir, tmp_path, monkeypatch):
+    with pytest.warns(UserWarning, match="no test_batch"):
+        data = C.get_CIFAR10_data(num_training=300, num_validation=50, num_test=10, cifar10_dir=subset_dir)
+    assert {k: v.shape for k, v in data.items()} == {
+        "X_train": (300, 3, 32, 32), "y_train": (300,), "X_val": (50, 3, 32, 32), "y_val": (50,),
+        "X_test": (0, 3, 32, 32), "y_test": (0,)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        Xtr, Ytr, _, _ = C.load_CIFAR10(subset_dir)
+    mean = Xtr[:300].mean(axis=0)
+    np.testing.assert_allclose(data["X_val"][7], (Xtr[307] - mean).transpose(2, 0, 1))  # val follows train
+    np.testing.assert_array_equal(data["y_val"], Ytr[300:350])
+    assert abs(data["X_train"].mean(axis=0)).max() < 1e-9 and data["X_train"].flags.c_contiguous
+    # Without cifar10_dir it reads where gpuconv looks ($GPUCONV_DATA), never downloading then.
+    monkeypatch.setenv("GPUCONV_DATA", str(subset_dir))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        raw = C.get_CIFAR10_data(num_training=20, num_validation=5, subtract_mean=False)
+        np.testing.assert_array_equal(raw["X_train"], Xtr[:20].transpose(0, 3, 1, 2))
+        with pytest.raises(ValueError, match="num_training=49000 \\+ num_validation=1000 exceeds the 5170 "
+                                             "training images.*num_training=4170"):
+            C.get_CIFAR10_data()
+    with pytest.raises(ValueError, match="num_test must be an integer >= 0"):
+        C.get_CIFAR10_data(num_test=-1, cifar10_dir=tmp_path)
+
+
+def test_fast_layers_strategy_names_are_the_same_op():
+    x, w, b = distinct(2, 3, 8, 8), randn(4, 3, 3, 3), randn(4)
+    conv_param, pool_param = {"stride": 1, "pad": 1}, {"pool_height": 2, "pool_width": 2, "stride": 2}
+    ref, _ = C.conv_forward_fast(x, w, b, conv_param)
+    for fwd, bwd in ((C.conv_forward_im2col, C.conv_backward_im2col),
+                     (C.conv_forward_strides, C.conv_backward_strides)):
+        out, cache = fwd(x, w, b, conv_param)
+        np.testing.assert_array_equal(out, ref)
+        assert [a.shape for a in bwd(np.ones_like(out), cache)] == [x.shape, w.shape, b.shape]
+    ref, _ = C.max_pool_forward_fast(x, pool_param)
+    for fwd, bwd in ((C.max_pool_forward_reshape, C.max_pool_backward_reshape),
+                     (C.max_pool_forward_im2col, C.max_pool_backward_im2col)):
+        out, cache = fwd(x, pool_param)
+        np.testing.assert_array_equal(out, ref)
+        assert bwd(np.ones_like(out), cache).sum() == out.size
+
+
 def test_solver_overfits_100_real_images(subset_dir):
     """The assignment's check: 100 training images, 15 epochs of Adam, training accuracy > 90%."""
     with warnings.catch_warnings():

@@ -391,3 +391,58 @@ def test_custom_layer_plugs_in():
     dx = net.backward(np.ones_like(y))
     np.testing.assert_allclose(dx, 2 * net[1].weight.data.sum(axis=0, keepdims=True), rtol=1e-6)
     assert isinstance(net[1].weight, Parameter) and net[1].weight.name == "1.weight"
+
+
+# ----------------------------------------------------------------------------- errors inside a network
+def test_errors_inside_a_network_name_the_layer_path():
+    net = Sequential({"stem": Sequential({"conv": Conv2d(3, 4, 3, padding=1)}), "flat": Flatten(),
+                      "fc": Linear(4 * 8 * 8, 10)})
+    with pytest.raises(ValueError, match=r"in layer 'stem.conv' \(Conv2d\(3, 4, kernel_size=\(3, 3\).*x has C=1"):
+        net(np.zeros((2, 1, 8, 8), np.float32))
+    with pytest.raises(ValueError, match=r"in layer 'fc' \(Linear\(256, 10, bias=True\)\): feature mismatch"):
+        net(np.zeros((2, 3, 6, 6), np.float32))
+    with pytest.raises(TypeError, match=r"in layer 'stem.conv' .*parameters are float32: pass x.astype\(np.float32\)"):
+        net(np.zeros((2, 3, 8, 8), np.float64))
+    res = Sequential(Residual(Sequential(Conv2d(2, 2, 3, padding=1))))
+    with pytest.raises(ValueError, match=r"in layer '0.inner.0' \(Conv2d\(2, 2"):
+        res(np.zeros((1, 3, 4, 4), np.float32))
+    # A second call raises a fresh error, not one with the path added twice.
+    with pytest.raises(ValueError) as info:
+        res(np.zeros((1, 3, 4, 4), np.float32))
+    assert str(info.value).count("in layer") == 1
+
+
+def test_device_mixing_inside_a_network_says_how_to_move(monkeypatch):
+    # No GPU here: let a marked NumPy subclass pass for a CuPy array at the backend boundary.
+    class FakeCupy(np.ndarray):
+        pass
+
+    monkeypatch.setattr(B, "is_cupy_array", lambda a: isinstance(a, FakeCupy))
+    monkeypatch.setattr(B, "cupy_module", lambda: np)
+    net = Sequential(Conv2d(3, 4, 3))
+    x = np.zeros((1, 3, 5, 5), np.float32).view(FakeCupy)
+    with pytest.raises(TypeError, match=r"in layer '0' .*cupy\.ndarray.*parameters are on cpu: move the model "
+                                        r"with model.to\(device\)"):
+        net(x)
+
+
+def test_num_parameters_and_pytorch_like_repr():
+    net = Sequential(Conv2d(3, 4, 3), BatchNorm2d(4), MaxPool2d(2), Flatten(), Linear(4, 2, bias=False))
+    assert net.num_parameters() == (4 * 3 * 9 + 4) + (4 + 4) + 4 * 2
+    assert net.num_parameters(trainable_only=False) == net.num_parameters() + 8
+    assert repr(net[2]) == "MaxPool2d(kernel_size=2, stride=2)"
+    assert repr(MaxPool2d(3, stride=2)) == "MaxPool2d(kernel_size=3, stride=2)"
+    assert [type(m).__name__ for m in net] == ["Conv2d", "BatchNorm2d", "MaxPool2d", "Flatten", "Linear"]
+
+
+def test_conv_padding_same_and_valid_as_in_pytorch():
+    x = np.zeros((1, 2, 9, 7), np.float32)
+    assert Conv2d(2, 3, (5, 3), padding="same").padding == (2, 1)
+    assert Conv2d(2, 3, (5, 3), padding="same")(x).shape == (1, 3, 9, 7)
+    assert Conv2d(2, 3, 3, padding="valid")(x).shape == (1, 3, 7, 5)
+    with pytest.raises(ValueError, match="padding='same' needs stride 1 and odd kernel sizes"):
+        Conv2d(2, 3, 4, padding="same")
+    with pytest.raises(ValueError, match="padding='same' needs stride 1"):
+        Conv2d(2, 3, 3, stride=2, padding="same")
+    with pytest.raises(ValueError, match="use an int, an \\(h, w\\) pair, 'valid' or 'same'"):
+        Conv2d(2, 3, 3, padding="full")

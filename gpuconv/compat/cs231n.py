@@ -3,7 +3,7 @@
     # from cs231n.layers import *; from cs231n.fast_layers import *; from cs231n.layer_utils import *
     # from cs231n.solver import Solver; from cs231n.classifiers.cnn import ThreeLayerConvNet
     # from cs231n.gradient_check import eval_numerical_gradient, eval_numerical_gradient_array
-    # from cs231n.data_utils import load_CIFAR10; from cs231n.optim import sgd, adam ...
+    # from cs231n.data_utils import load_CIFAR10, get_CIFAR10_data; from cs231n.optim import sgd, adam ...
     from gpuconv.compat.cs231n import *
 
 Same names, arguments, parameter dicts (``conv_param``, ``pool_param``, ``bn_param``,
@@ -21,9 +21,17 @@ Differences worth knowing (all deliberate):
   the model's device.
 - ``load_CIFAR10`` on a directory with no ``test_batch`` (such as the 5,170-image subset used in
   CI) returns empty ``Xte``/``Yte`` and warns, instead of failing.
+- ``get_CIFAR10_data`` takes the data directory as ``cifar10_dir=`` (the assignment hard-codes
+  ``cs231n/datasets/cifar-10-batches-py``); without it, gpuconv's search ($GPUCONV_DATA,
+  ``~/.cache/gpuconv``, else download). Asking for more images than the source holds is an error
+  naming the numbers, where the assignment would return short or empty arrays.
+- float32 and float64 arrays in one call raise a TypeError saying which to cast, where NumPy
+  would quietly compute in float64: each op runs in one precision (the assignment's models cast
+  ``X`` to their ``dtype`` first, and ``ThreeLayerConvNet.loss`` does too).
 """
 from __future__ import annotations
 
+import os
 import pathlib
 import warnings
 
@@ -37,13 +45,18 @@ from .cs231n_layers import (Cache, affine_backward, affine_forward, affine_relu_
                             conv_relu_forward, conv_relu_pool_backward, conv_relu_pool_forward,
                             dropout_backward, dropout_forward, max_pool_backward_fast, max_pool_backward_naive,
                             max_pool_forward_fast, max_pool_forward_naive, relu_backward, relu_forward,
-                            softmax_loss, spatial_batchnorm_backward, spatial_batchnorm_forward, svm_loss)
+                            softmax_loss, spatial_batchnorm_backward, spatial_batchnorm_forward, svm_loss,
+                            conv_backward_im2col, conv_backward_strides, conv_forward_im2col, conv_forward_strides,
+                            max_pool_backward_im2col, max_pool_backward_reshape, max_pool_forward_im2col,
+                            max_pool_forward_reshape)
 from .cs231n_solver import Solver, ThreeLayerConvNet, adam, rmsprop, sgd, sgd_momentum
 
 __all__ = [
     "affine_forward", "affine_backward", "relu_forward", "relu_backward",
     "conv_forward_naive", "conv_backward_naive", "conv_forward_fast", "conv_backward_fast",
     "max_pool_forward_naive", "max_pool_backward_naive", "max_pool_forward_fast", "max_pool_backward_fast",
+    "conv_forward_im2col", "conv_backward_im2col", "conv_forward_strides", "conv_backward_strides",
+    "max_pool_forward_reshape", "max_pool_backward_reshape", "max_pool_forward_im2col", "max_pool_backward_im2col",
     "softmax_loss", "svm_loss",
     "batchnorm_forward", "batchnorm_backward", "batchnorm_backward_alt",
     "spatial_batchnorm_forward", "spatial_batchnorm_backward", "dropout_forward", "dropout_backward",
@@ -51,7 +64,7 @@ __all__ = [
     "conv_relu_pool_forward", "conv_relu_pool_backward",
     "sgd", "sgd_momentum", "rmsprop", "adam",
     "eval_numerical_gradient", "eval_numerical_gradient_array", "rel_error",
-    "ThreeLayerConvNet", "Solver", "load_CIFAR10", "Cache",
+    "ThreeLayerConvNet", "Solver", "load_CIFAR10", "get_CIFAR10_data", "Cache",
 ]
 
 
@@ -124,3 +137,50 @@ def load_CIFAR10(ROOT):  # noqa: N802,N803 (the assignment's names)
 def _channels_last(images):
     # One conversion, C-contiguous (N, H, W, C) float64, as CS231n's astype("float") yields.
     return np.ascontiguousarray(images.transpose(0, 2, 3, 1), dtype=np.float64)
+
+
+def get_CIFAR10_data(num_training=49000, num_validation=1000, num_test=1000, subtract_mean=True, *,  # noqa: N802
+                     cifar10_dir=None):
+    """The assignment's data dict: ``X_train``, ``y_train``, ``X_val``, ``y_val``, ``X_test``,
+    ``y_test``, images as float64 (N, 3, 32, 32) with the training mean image subtracted.
+
+    Validation is the ``num_validation`` training images after the first ``num_training``, as in
+    the assignment. ``cifar10_dir`` (an addition; the assignment hard-codes
+    ``cs231n/datasets/cifar-10-batches-py``) defaults to where gpuconv finds the data:
+    ``$GPUCONV_DATA`` or ``~/.cache/gpuconv`` (downloading it there when absent). A source
+    without ``test_batch`` gives empty test arrays and a warning, as :func:`load_CIFAR10` does."""
+    from ..data import default_cache_dir, download_cifar10, find_data_dir
+
+    for name, value in (("num_training", num_training), ("num_validation", num_validation), ("num_test", num_test)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise ValueError(f"get_CIFAR10_data: {name} must be an integer >= 0, got {value!r}")
+    if cifar10_dir is None:
+        try:
+            cifar10_dir = find_data_dir()
+        except FileNotFoundError:  # fetch the official tarball where gpuconv looks next time
+            env = os.environ.get("GPUCONV_DATA")
+            cifar10_dir = download_cifar10(pathlib.Path(env).expanduser() if env else default_cache_dir())
+        if cifar10_dir.is_file():  # a tarball: load_CIFAR10 takes the directory holding it
+            cifar10_dir = cifar10_dir.parent
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        X_train, y_train, X_test, y_test = load_CIFAR10(cifar10_dir)  # noqa: N806
+    for w in caught:
+        warnings.warn(w.message, w.category, stacklevel=2)
+    if num_training + num_validation > len(X_train):
+        raise ValueError(f"get_CIFAR10_data: num_training={num_training} + num_validation={num_validation} exceeds "
+                         f"the {len(X_train)} training images in {cifar10_dir}; ask for fewer, e.g. "
+                         f"num_training={max(len(X_train) - num_validation, 0)}")
+    val = slice(num_training, num_training + num_validation)
+    X_val, y_val = X_train[val], y_train[val]  # noqa: N806
+    X_train, y_train = X_train[:num_training], y_train[:num_training]  # noqa: N806
+    X_test, y_test = X_test[:num_test], y_test[:num_test]  # noqa: N806
+    if subtract_mean and len(X_train):
+        mean_image = X_train.mean(axis=0)
+        X_train, X_val, X_test = X_train - mean_image, X_val - mean_image, X_test - mean_image  # noqa: N806
+    return {"X_train": _channels_first(X_train), "y_train": y_train, "X_val": _channels_first(X_val),
+            "y_val": y_val, "X_test": _channels_first(X_test), "y_test": y_test}
+
+
+def _channels_first(images):
+    return np.ascontiguousarray(images.transpose(0, 3, 1, 2))

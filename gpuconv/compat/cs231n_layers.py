@@ -143,6 +143,12 @@ def max_pool_backward_naive(dout, cache):
 max_pool_forward_fast = max_pool_forward_naive
 max_pool_backward_fast = max_pool_backward_naive
 
+# fast_layers.py's named strategies behind the _fast functions; the same op here too.
+conv_forward_im2col = conv_forward_strides = conv_forward_naive
+conv_backward_im2col = conv_backward_strides = conv_backward_naive
+max_pool_forward_reshape = max_pool_forward_im2col = max_pool_forward_naive
+max_pool_backward_reshape = max_pool_backward_im2col = max_pool_backward_naive
+
 
 # ----------------------------------------------------------------------------- losses
 def softmax_loss(x, y):

@@ -35,6 +35,7 @@ DEFAULT_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck"]
 _REFETCH = ("download or extract the CIFAR-10 release again "
             "(https://www.cs.toronto.edu/~kriz/cifar.html)")
+_REFETCH_SENTENCE = "D" + _REFETCH[1:]  # not str.capitalize(): that would lower-case "CIFAR-10"
 
 
 class DirFiles:
@@ -103,7 +104,7 @@ def _check_labels(labels: np.ndarray, where: str) -> np.ndarray:
     if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
         bad = labels[(labels < 0) | (labels >= NUM_CLASSES)][0]
         raise CorruptDataError(f"{where}: holds label {int(bad)}, outside 0..{NUM_CLASSES - 1}; it is "
-                               f"not a CIFAR-10 batch (CIFAR-100?) or it is corrupt. {_REFETCH.capitalize()}")
+                               f"not a CIFAR-10 batch (CIFAR-100?) or it is corrupt. {_REFETCH_SENTENCE}")
     return labels
 
 
@@ -117,27 +118,27 @@ def parse_python_batch(data: bytes, where: str) -> tuple[np.ndarray, np.ndarray]
     d = load_pickle(data, where)
     if not isinstance(d, dict):
         raise CorruptDataError(f"{where}: holds a {type(d).__name__}, not the dict of a CIFAR-10 batch. "
-                               f"{_REFETCH.capitalize()}")
+                               f"{_REFETCH_SENTENCE}")
     images, labels = _get(d, "data"), _get(d, "labels")
     if images is None or labels is None:
         keys = sorted(k.decode() if isinstance(k, bytes) else str(k) for k in d)
         hint = " (fine_labels: this is CIFAR-100)" if "fine_labels" in keys else ""
         raise CorruptDataError(f"{where}: has keys {keys}{hint}; a CIFAR-10 batch has 'data' and "
-                               f"'labels'. {_REFETCH.capitalize()}")
+                               f"'labels'. {_REFETCH_SENTENCE}")
     if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim not in (2, 4) \
             or images.size != images.shape[0] * PIXELS:
         desc = (f"{images.dtype} array of shape {images.shape}" if isinstance(images, np.ndarray)
                 else type(images).__name__)
         raise CorruptDataError(f"{where}: 'data' is a {desc}; a CIFAR-10 batch holds a uint8 array of "
-                               f"shape (N, 3072). {_REFETCH.capitalize()}")
+                               f"shape (N, 3072). {_REFETCH_SENTENCE}")
     try:
         labels = np.asarray(labels, dtype=np.int64).reshape(-1)
     except (TypeError, ValueError) as exc:
         raise CorruptDataError(f"{where}: 'labels' is not a list of integers ({exc}). "
-                               f"{_REFETCH.capitalize()}") from exc
+                               f"{_REFETCH_SENTENCE}") from exc
     if labels.shape[0] != images.shape[0]:
         raise CorruptDataError(f"{where}: {images.shape[0]} images but {labels.shape[0]} labels; the "
-                               f"file is corrupt. {_REFETCH.capitalize()}")
+                               f"file is corrupt. {_REFETCH_SENTENCE}")
     return np.ascontiguousarray(images.reshape((-1,) + IMAGE_SHAPE)), _check_labels(labels, where)
 
 
@@ -162,7 +163,7 @@ def read_classes(files, fmt: str) -> list[str] | None:
         meta = load_pickle(files.read("batches.meta"), where)
         names = _get(meta, "label_names") if isinstance(meta, dict) else None
         if not isinstance(names, list):
-            raise CorruptDataError(f"{where}: has no 'label_names' list. {_REFETCH.capitalize()}")
+            raise CorruptDataError(f"{where}: has no 'label_names' list. {_REFETCH_SENTENCE}")
         names = [n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n) for n in names]
     else:
         if "batches.meta.txt" not in files.names():
@@ -172,7 +173,7 @@ def read_classes(files, fmt: str) -> list[str] | None:
                  .splitlines() if line.strip()]
     if len(names) != NUM_CLASSES:
         raise CorruptDataError(f"{where}: lists {len(names)} class names, CIFAR-10 has "
-                               f"{NUM_CLASSES}. {_REFETCH.capitalize()}")
+                               f"{NUM_CLASSES}. {_REFETCH_SENTENCE}")
     return names
 
 
@@ -186,7 +187,7 @@ def read_batches(files, fmt: str):
         raise DataNotFoundError(
             f"{files.path}: {', '.join(missing)} missing (found "
             f"{sorted(n for n in names if n.startswith(('data_batch', 'test_batch')))}); the copy is "
-            f"incomplete. {_REFETCH.capitalize()}")
+            f"incomplete. {_REFETCH_SENTENCE}")
     train = [parse(files.read(n + suffix), files.where(n + suffix)) for n in TRAIN_BATCHES]
     test_name = TEST_BATCH + suffix
     test = parse(files.read(test_name), files.where(test_name)) if test_name in names else None

@@ -81,6 +81,10 @@ class DeviceLoader:
         if self.dtype not in (np.float32, np.float64):
             raise TypeError(f"dtype={self.dtype} must be float32 or float64")
         c = images.shape[1]
+        if np.size(mean) != c and images.shape[3] == np.size(mean):
+            raise ValueError(f"images of shape {tuple(images.shape)} look channels-last (N, H, W, C) but the loader "
+                             "takes channels-first (N, C, H, W) images, as gpuconv.data.load_cifar10 returns them: "
+                             "pass images.transpose(0, 3, 1, 2)")
         if np.size(mean) != c or np.size(std) != c:
             raise ValueError(f"mean and std need one value per channel ({c}), got {np.size(mean)} and "
                              f"{np.size(std)}")
