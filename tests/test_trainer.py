@@ -362,3 +362,32 @@ def test_gpu_epoch_is_device_resident_and_the_pool_stops_growing(cifar, tmp_path
         assert history[-1]["val_acc"] > 0.3
         lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
         assert "pool_total_gib" in lines[-1]
+
+
+def test_training_on_sim_tracks_the_cpu_run_on_real_images(cifar):
+    """The trainer on Device('sim') (every conv/pool/ReLU/augment step through the CUDA kernels on
+    the simulator) follows the NumPy run on real images: same losses step by step, same weights."""
+    train, _ = cifar
+    images, labels = train.images[:96], train.labels[:96]
+
+    def run(device):
+        with gpuconv.default_device(device):
+            model = Sequential(Conv2d(3, 6, 3, padding=1, seed=0), BatchNorm2d(6), ReLU(), MaxPool2d(2),
+                               Conv2d(6, 8, 3, padding=1, seed=1), ReLU(), MaxPool2d(4), Flatten(),
+                               Linear(8 * 4 * 4, 10, seed=2))
+            loader = DeviceLoader(images, labels, 32, shuffle=True, augment=True, seed=3)
+            opt = SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True)
+            trainer = Trainer(model, opt, log_every=1, progress=False)
+            losses = []
+            for _ in range(2):
+                for x, y in loader:
+                    trainer.train_step(x, y)
+                    losses.append(trainer._flush()["loss"])
+            return np.array(losses), model.state_dict()
+
+    cpu_losses, cpu_state = run("cpu")
+    sim_losses, sim_state = run("sim")
+    assert len(cpu_losses) == 6 and cpu_losses[-1] < cpu_losses[0]
+    np.testing.assert_allclose(sim_losses, cpu_losses, rtol=1e-4, atol=1e-5)
+    for k in cpu_state:
+        np.testing.assert_allclose(sim_state[k], cpu_state[k], rtol=1e-3, atol=1e-4, err_msg=k)
