@@ -10,8 +10,9 @@ Cases (batch ``--batch``, CIFAR-10 sizes, float32):
 Every case is checked before it is timed: against PyTorch when ``import torch`` works (the same
 weights copied in), else against an independent float64 NumPy reference (convolution and
 pooling written out tap by tap here; the models run again in float64). Times are the median of
-``--repeats`` runs after ``--warmup`` runs. GFLOP/s counts 2 flops per multiply-add (a conv
-forward+backward is 3 GEMMs of the forward's size); pooling rates count window comparisons.
+``--repeats`` runs after ``--warmup`` runs (the JSON also has the minimum of each). GFLOP/s
+counts 2 flops per multiply-add (a conv forward+backward is 3 GEMMs of the forward's size);
+pooling rates count window comparisons.
 The ratio is gpuconv time / PyTorch time (below 1: gpuconv is faster). The issue's target: within
 2x of PyTorch on conv2d forward+backward.
 
@@ -77,15 +78,26 @@ QUICK_POOL = {"maxpool 2x2 128ch @32"}
 
 
 # ----------------------------------------------------------------------------- timing
-def median_time(fn, warmup, repeats):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def time_row(row, ours, theirs, args):
+    """Median (and minimum) times of ``ours`` and ``theirs`` (None: no torch) into ``row``.
+
+    Each side runs as its own block (warm-up, then the timed repeats), never alternating run by
+    run: both libraries leave their worker threads spinning for a while after a call, and on 2
+    cores that spinning steals the other side's CPU (alternating, PyTorch's three_layer_convnet
+    step measured 53 ms instead of 20)."""
+    for key, fn in (("gpuconv", ours), ("torch", theirs)):
+        if fn is None:
+            continue
+        for _ in range(args.warmup):
+            fn()
+        times = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        row[f"{key}_s"] = statistics.median(times)
+        row[f"{key}_min_s"] = min(times)
+    return row
 
 
 def rel_err(got, want):
@@ -224,13 +236,12 @@ def conv_case(name, c, k, hw, f, pad, args, torch):
     flops = 3 * 2.0 * n * k * c * f * f * dy.shape[2] * dy.shape[3]
     row = {"case": name, "kind": "conv2d fwd+bwd", "shape": f"{n}x{c}x{hw}x{hw} * {k}x{c}x{f}x{f}",
            "flops": flops, "check": check, "max_rel_err": err, "ok": err < 1e-4}
-    row["gpuconv_s"] = median_time(ours, args.warmup, args.repeats)
+    theirs = None
     if torch is not None:
         def theirs():
             xt.grad = wt.grad = bt.grad = None
             torch.nn.functional.conv2d(xt, wt, bt, padding=pad).backward(torch.from_numpy(dy))
-        row["torch_s"] = median_time(theirs, args.warmup, args.repeats)
-    return row
+    return time_row(row, ours, theirs, args)
 
 
 def pool_case(name, c, hw, k, s, args, torch):
@@ -255,13 +266,12 @@ def pool_case(name, c, hw, k, s, args, torch):
     err = max(rel_err(g, r) for g, r in zip(got, want))
     row = {"case": name, "kind": "max_pool2d fwd+bwd", "shape": f"{n}x{c}x{hw}x{hw} k{k} s{s}",
            "flops": float(n * c * o * o * k * k), "check": check, "max_rel_err": err, "ok": err < 1e-6}
-    row["gpuconv_s"] = median_time(ours, args.warmup, args.repeats)
+    theirs = None
     if torch is not None:
         def theirs():
             xt.grad = None
             torch.nn.functional.max_pool2d(xt, k, s).backward(torch.from_numpy(dy))
-        row["torch_s"] = median_time(theirs, args.warmup, args.repeats)
-    return row
+    return time_row(row, ours, theirs, args)
 
 
 def forward_flops(layer, x):
@@ -328,7 +338,7 @@ def train_case(name, make_model, args, torch):
 
     row = {"case": name, "kind": "train step", "shape": f"batch {n}", "flops": 3 * fwd, "check": check,
            "max_rel_err": err, "ok": err < tol}
-    row["gpuconv_s"] = median_time(ours, args.warmup, args.repeats)
+    theirs = None
     if torch is not None:
         topt = torch.optim.SGD(tm.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
 
@@ -336,11 +346,31 @@ def train_case(name, make_model, args, torch):
             topt.zero_grad()
             torch.nn.functional.cross_entropy(tm(xt), yt).backward()
             topt.step()
-        row["torch_s"] = median_time(theirs, args.warmup, args.repeats)
-    return row
+    return time_row(row, ours, theirs, args)
 
 
 # ----------------------------------------------------------------------------- report
+def cpu_model():
+    """The CPU's model name (``lscpu``'s), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def load_average():
+    """1-minute load average, or None where the OS has none: on a shared machine it says how
+    much the times can be trusted (above the core count, other work is competing)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
 def print_table(rows, header):
     print(header)
     cols = ["case", "shape", "check", "err", "gpuconv ms", "GFLOP/s", "torch ms", "GFLOP/s", "ratio"]
@@ -386,6 +416,7 @@ def main(argv=None):
     if args.threads is not None and os.environ.get("OPENBLAS_NUM_THREADS") != str(args.threads):
         print("note: --threads sets the BLAS thread count only when this file runs as a script", file=sys.stderr)
     torch = load_torch(not args.no_torch, args.threads)
+    load_before = load_average()
 
     with gpuconv.default_device("cpu"):
         rows = []
@@ -399,13 +430,14 @@ def main(argv=None):
                                    args, torch))
 
     env = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "python": platform.python_version(),
-           "numpy": np.__version__, "gpuconv": gpuconv.__version__, "cpu": platform.processor() or platform.machine(),
-           "cpu_count": os.cpu_count(), "threads": args.threads, "torch": None if torch is None else torch.__version__,
+           "numpy": np.__version__, "gpuconv": gpuconv.__version__, "cpu": cpu_model(),
+           "cpu_count": os.cpu_count(), "load_average_1min": [load_before, load_average()],
+           "threads": args.threads, "torch": None if torch is None else torch.__version__,
            "torch_threads": None if torch is None else torch.get_num_threads(), "batch": args.batch,
            "repeats": args.repeats, "warmup": args.warmup}
     header = (f"gpuconv {env['gpuconv']} NumPy path on {env['cpu_count']} CPU(s), numpy {env['numpy']}, "
               f"torch {env['torch'] or 'not installed'}; threads {args.threads or 'default'}; batch {args.batch}, "
-              f"median of {args.repeats}")
+              f"median of {args.repeats}; {env['cpu']}; load average {load_before} -> {env['load_average_1min'][1]}")
     if args.json == "-":
         print(json.dumps({"env": env, "results": rows}, indent=1))
     else:

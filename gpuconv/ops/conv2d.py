@@ -2,13 +2,16 @@
 
 The reference path is im2col + BLAS. A strided *view* of the padded input exposes every
 receptive field as ``(N, C, FH, FW, OH, OW)`` without copying; one copy of that view per batch
-chunk gives the column matrix, and one batched GEMM per chunk does the arithmetic. The batch is
-cut into chunks so the column buffer stays near ``_COL_BYTES``: a full CIFAR batch (128 x 64ch x
-3x3 x 32x32) would otherwise need 300 MB, and the chunked loop is also faster because the
+chunk gives the column matrix, laid out (C*FH*FW, chunk*OH*OW) so that each direction is ONE
+GEMM per chunk: the forward ``W2 @ cols``, the weight gradient ``dy @ cols^T`` (or its
+transpose, whichever puts the longer side first), the column gradient ``W2^T @ dy``. The batch
+is cut into chunks so the column buffer stays near ``_COL_BYTES``: a full CIFAR batch (128 x 64ch
+x 3x3 x 32x32) would otherwise need 300 MB, and the chunked loop is also faster because the
 columns are still in cache when the GEMM reads them. Backward recomputes the columns from the
-cached input instead of keeping them (memory over a cheap copy), lays them out as
-(C*FH*FW, chunk*OH*OW) so that dW is one GEMM per chunk, and scatters the column gradient back
-with one strided add per filter tap (FH*FW adds; never a loop over pixels).
+cached input instead of keeping them (memory over a cheap copy). The input gradient is either
+the column gradient scattered back (one strided add per filter tap, never a loop over pixels)
+or, for stride 1 with no more filters than channels, a "full" convolution of dy with the
+flipped filters (im2col of dy and one more GEMM), whichever moves fewer bytes.
 
 Cache (shared with the kernel launchers, see ``_dispatch``):
 ``Conv2dCache(x, w, has_bias, stride, padding)`` with ``stride`` and ``padding`` as (h, w) pairs.
@@ -89,8 +92,8 @@ def _windows(xp, xpad, fh, fw, oh, ow, stride):
     return xp.lib.stride_tricks.as_strided(xpad, shape=shape, strides=strides)
 
 
-def _chunks(n, bytes_per_item):
-    step = max(1, _COL_BYTES // max(1, bytes_per_item))
+def _chunks(n, bytes_per_item, budget=None):
+    step = max(1, (budget or _COL_BYTES) // max(1, bytes_per_item))
     for lo in range(0, n, step):
         yield lo, min(n, lo + step)
 
@@ -100,17 +103,32 @@ def _conv2d_forward_reference(x, w, b, stride, padding):
     n, c = x.shape[:2]
     k, _, fh, fw = w.shape
     oh, ow = output_hw(x.shape, (fh, fw), stride, padding)
-    xpad = _padded(xp, x, padding)
-    win = _windows(xp, xpad, fh, fw, oh, ow, stride)
-    w2 = w.reshape(k, c * fh * fw)
-    y = xp.empty((n, k, oh * ow), dtype=x.dtype)
-    for lo, hi in _chunks(n, c * fh * fw * oh * ow * x.itemsize):
-        cols = win[lo:hi].reshape(hi - lo, c * fh * fw, oh * ow)  # the one copy of im2col
-        xp.matmul(w2, cols, out=y[lo:hi])
-    y = y.reshape(n, k, oh, ow)
-    if b is not None:
-        y += b.reshape(1, k, 1, 1)
-    return y, Conv2dCache(x, w, b is not None, stride, padding)
+    cff, length = c * fh * fw, oh * ow
+    win = _windows(xp, _padded(xp, x, padding), fh, fw, oh, ow, stride)
+    w2 = w.reshape(k, cff)
+    bias = None if b is None else b.reshape(1, k, 1)
+    y = xp.empty((n, k, length), dtype=x.dtype)
+    # One column buffer and one GEMM-output buffer serve every chunk: a fresh multi-MB array per
+    # chunk costs page faults (prep 3->64 forward: 10.2 -> 8.4 ms on one core).
+    step = next(_chunks(n, cff * length * x.itemsize))[1]
+    col_buf = xp.empty(cff * step * length, dtype=x.dtype)
+    out_buf = xp.empty(k * step * length, dtype=x.dtype)
+    for lo, hi in _chunks(n, cff * length * x.itemsize):
+        m = hi - lo
+        # The chunk's columns as ONE (C*FH*FW, m*OH*OW) matrix, so one GEMM covers all m images.
+        # A GEMM per image is slow when OH*OW is small (res3 4x4: 88 vs 62 ms on one core), and
+        # with two BLAS threads on a busy machine every extra call is another chance to wait for
+        # a descheduled thread (per-image calls: 3l 7x7 forward 14 ms median, 108 ms worst of 15;
+        # one call per chunk: 15 and 15). The transpose back to (m, K, OH*OW) is a cheap copy.
+        cols = col_buf[:cff * m * length].reshape(c, fh, fw, m, oh, ow)
+        cols[...] = win[lo:hi].transpose(1, 2, 3, 0, 4, 5)  # the one copy of im2col
+        yk = xp.matmul(w2, cols.reshape(cff, m * length), out=out_buf[:k * m * length].reshape(k, m * length))
+        yk = yk.reshape(k, m, length).transpose(1, 0, 2)
+        if bias is None:
+            y[lo:hi] = yk
+        else:
+            xp.add(yk, bias, out=y[lo:hi])  # the bias rides on the copy
+    return y.reshape(n, k, oh, ow), Conv2dCache(x, w, b is not None, stride, padding)
 
 
 def _conv2d_backward_reference(dy, cache):
@@ -119,26 +137,70 @@ def _conv2d_backward_reference(dy, cache):
     n, c, h, wd = x.shape
     k, _, fh, fw = w.shape
     oh, ow = dy.shape[2:]
-    (sh, sw), (ph, pw) = stride, padding
     cff, length = c * fh * fw, oh * ow
-    xpad = _padded(xp, x, padding)
-    win = _windows(xp, xpad, fh, fw, oh, ow, stride)
+    win = _windows(xp, _padded(xp, x, padding), fh, fw, oh, ow, stride)
     w2 = w.reshape(k, cff)
-    dw2 = xp.zeros((k, cff), dtype=x.dtype)
-    dxpad = xp.zeros_like(xpad)
-    for lo, hi in _chunks(n, cff * length * x.itemsize):
+    # dx as a "full" convolution of dy with the flipped filters (im2col of dy, one GEMM) instead
+    # of the column gradient's scatter-add: it copies K*FH*FW values per output pixel where the
+    # scatter does FH*FW read-modify-write passes over C*OH*OW, so it wins when K <= C
+    # (res1 128->128@16: 73 vs 97 ms on one core) and loses when K > C (layer1 64->128@32: 197
+    # vs 156 ms).
+    # It needs stride 1 and padding <= filter - 1 (the full convolution's padding is F - 1 - P).
+    full = (stride == (1, 1) and padding[0] <= fh - 1 and padding[1] <= fw - 1 and k <= c)
+    dx = xp.empty_like(x)
+    if full:
+        wf = xp.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)).reshape(c, k * fh * fw)
+        per_item = max(cff * length, k * fh * fw * h * wd) * x.itemsize
+    else:
+        per_item = cff * length * x.itemsize
+    # The weight gradient's GEMM runs with the longer of K and C*FH*FW as its row count: with
+    # few filters, (cols @ dy^T)^T is 1.4x faster than dy @ cols^T (32x147 from 64 images: 79
+    # vs 52 GFLOP/s on one core); with few input taps (C*FH*FW < K) the other way round.
+    transposed = cff >= k
+    dw2 = None
+    # Each chunk's weight-gradient GEMM writes a full K x C*FH*FW partial that is then added up:
+    # where that is as large as the columns (res3 512x4608 from 4x4 images), chunks at least twice
+    # the weights' size halve that traffic (res3 backward 85 -> 79 ms, 2 threads).
+    for lo, hi in _chunks(n, per_item, max(_COL_BYTES, 2 * k * cff * x.itemsize)):
         m = hi - lo
-        # Columns as (C*FH*FW, m*OH*OW): the weight gradient becomes ONE GEMM reducing over the
-        # whole chunk, not m small ones (measured 10-20% faster on 16x16 and 8x8 CIFAR layers).
+        # Columns as (C*FH*FW, m*OH*OW): the weight gradient is ONE GEMM reducing over the chunk.
         cols = win[lo:hi].transpose(1, 2, 3, 0, 4, 5).reshape(cff, m * length)
         dy_t = dy[lo:hi].reshape(m, k, length).transpose(1, 0, 2).reshape(k, m * length)
-        dw2 += xp.matmul(dy_t, cols.T)
-        dcols = xp.matmul(w2.T, dy_t).reshape(c, fh, fw, m, oh, ow)
-        # col2im: taps (i, j) are few; within one tap the output positions hit distinct pixels,
-        # so a plain strided += is a correct scatter-add even for overlapping windows.
-        for i in range(fh):
-            for j in range(fw):
-                dxpad[lo:hi, :, i:i + sh * oh:sh, j:j + sw * ow:sw] += dcols[:, i, j].transpose(1, 0, 2, 3)
-    dx = xp.ascontiguousarray(dxpad[:, :, ph:ph + h, pw:pw + wd]) if (ph or pw) else dxpad
+        part = xp.matmul(cols, dy_t.T) if transposed else xp.matmul(dy_t, cols.T)
+        if dw2 is None:
+            dw2 = part
+        else:
+            dw2 += part
+        if full:
+            _dx_full(xp, dy[lo:hi], wf, (fh, fw), padding, dx[lo:hi])
+        else:
+            _dx_scatter(xp, xp.matmul(w2.T, dy_t), (c, fh, fw, m, oh, ow), stride, padding, dx[lo:hi])
     db = dy.sum(axis=(0, 2, 3)) if has_bias else None
-    return dx, dw2.reshape(w.shape), db
+    dw = xp.ascontiguousarray(dw2.T) if transposed else dw2
+    return dx, dw.reshape(w.shape), db
+
+
+def _dx_full(xp, dy, wf, filt, padding, out):
+    """out[n, c] = sum_k dy[n, k] (*) flipped w[k, c], over dy padded by F - 1 - P: the input gradient."""
+    m, k, oh, ow = dy.shape
+    (fh, fw), (h, wd) = filt, out.shape[2:]
+    dwin = _windows(xp, _padded(xp, dy, (fh - 1 - padding[0], fw - 1 - padding[1])), fh, fw, h, wd, (1, 1))
+    dcols = dwin.transpose(1, 2, 3, 0, 4, 5).reshape(k * fh * fw, m * h * wd)
+    out[...] = xp.matmul(wf, dcols).reshape(wf.shape[0], m, h, wd).transpose(1, 0, 2, 3)
+
+
+def _dx_scatter(xp, dcols, shape, stride, padding, out):
+    """col2im: add the column gradient (C*FH*FW, m*OH*OW) back onto the input's pixels, into out."""
+    c, fh, fw, m, oh, ow = shape
+    (sh, sw), (ph, pw) = stride, padding
+    h, wd = out.shape[2:]
+    dcols = dcols.reshape(shape)
+    # The padded gradient is laid out (C, m, H, W) like dcols, so every tap adds matching blocks
+    # (20% faster than adding into (m, C, H, W)); one transposing copy into out at the end.
+    dxpad = xp.zeros((c, m, h + 2 * ph, wd + 2 * pw), dtype=out.dtype)
+    # Taps (i, j) are few; within one tap the output positions hit distinct pixels, so a plain
+    # strided += is a correct scatter-add even for overlapping windows.
+    for i in range(fh):
+        for j in range(fw):
+            dxpad[:, :, i:i + sh * oh:sh, j:j + sw * ow:sw] += dcols[:, i, j]
+    out[...] = dxpad[:, :, ph:ph + h, pw:pw + wd].transpose(1, 0, 2, 3)

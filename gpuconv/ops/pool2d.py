@@ -1,7 +1,9 @@
 """2-D max and average pooling over NCHW tensors (no padding; stride defaults to the kernel size).
 
-Both directions loop over the KH*KW window taps, each step a whole-tensor strided slice: a
-2x2 pool is 4 vectorized passes, never a loop over pixels. Within one tap, distinct output
+Both directions loop over the KH*KW window taps, each step a whole-tensor vectorized pass: a
+2x2 pool is 4 passes, never a loop over pixels. Max pooling first copies each tap's values into
+a contiguous plane, a batch chunk at a time (one transposing copy when the windows tile the
+input), so the comparisons run on contiguous, cached data. Within one tap, distinct output
 positions read distinct input pixels, so the backward's ``dx[tap slice] += ...`` is an exact
 scatter-add even when windows overlap (3x3 stride 2), without ``np.add.at``.
 
@@ -24,6 +26,10 @@ from ._checks import check_float, check_rank, output_hw, pair
 
 MaxPool2dCache = namedtuple("MaxPool2dCache", "x_shape kernel_size stride argmax")
 AvgPool2dCache = namedtuple("AvgPool2dCache", "x_shape kernel_size stride")
+
+# Tap planes per batch chunk: the reference works a chunk at a time so that its contiguous
+# per-tap copies are still in cache when compared (a 2x2 pool of 64x128x32x32: 40 -> ~12 ms).
+_CHUNK_BYTES = 1 << 20
 
 
 def max_pool2d_forward(x, kernel_size=2, stride=None):
@@ -79,27 +85,87 @@ def _taps(kernel_size, stride, out_hw):
             yield i * kw + j, (slice(None), slice(None), slice(i, i + sh * oh, sh), slice(j, j + sw * ow, sw))
 
 
+def _tap_planes(xp, x, kernel_size, stride, out_hw):
+    """(KH*KW, N, C, OH, OW) contiguous: plane t holds, for every window, its tap t's value.
+
+    The strided reads happen once, in a copy; the comparisons then run on contiguous planes,
+    where NumPy's SIMD loops are: a 2x2 pool of 64x32x32x32 goes from 8.8 to 2-3 ms."""
+    (kh, kw), (oh, ow) = kernel_size, out_hw
+    n, c = x.shape[:2]
+    if _tiles(x.shape, kernel_size, stride):
+        # Non-overlapping windows tile the input: one transposing copy of a 6-d view.
+        six = x.reshape(n, c, oh, kh, ow, kw).transpose(3, 5, 0, 1, 2, 4)
+        return xp.ascontiguousarray(six).reshape(kh * kw, n, c, oh, ow)
+    planes = xp.empty((kh * kw, n, c, oh, ow), dtype=x.dtype)
+    for t, sl in _taps(kernel_size, stride, out_hw):
+        planes[t] = x[sl]
+    return planes
+
+
+def _tiles(x_shape, kernel_size, stride):
+    """Windows tile the input exactly (stride == kernel, no leftover rows or columns)."""
+    return (tuple(stride) == tuple(kernel_size) and x_shape[2] % kernel_size[0] == 0
+            and x_shape[3] % kernel_size[1] == 0)
+
+
+def _batch_chunks(n, bytes_per_item):
+    """Slices of the batch whose tap planes stay in cache (``_CHUNK_BYTES`` each)."""
+    step = max(1, _CHUNK_BYTES // max(1, bytes_per_item))
+    for lo in range(0, n, step):
+        yield slice(lo, min(n, lo + step))
+
+
 def _max_pool2d_forward_reference(x, kernel_size, stride):
     xp = get_array_module(x)
     out_hw = output_hw(x.shape, kernel_size, stride, (0, 0))
-    y = argmax = None
-    for t, sl in _taps(kernel_size, stride, out_hw):
-        v = x[sl]
-        if y is None:
-            y = v.copy()
-            argmax = xp.zeros(y.shape, dtype=np.int32)
-            continue
-        # In-place copyto/maximum instead of two xp.where: 45 vs 68 ms on a CIFAR 128x64x32x32 batch.
-        xp.copyto(argmax, np.int32(t), where=v > y)
-        xp.maximum(y, v, out=y)  # NaN-propagating, as PyTorch
+    y = xp.empty(x.shape[:2] + out_hw, dtype=x.dtype)
+    argmax = xp.zeros(y.shape, dtype=np.int32)
+    moved = None
+    per_item = kernel_size[0] * kernel_size[1] * y[0].size * x.itemsize
+    for b in _batch_chunks(x.shape[0], per_item):
+        planes = _tap_planes(xp, x[b], kernel_size, stride, out_hw)
+        yb, ab = y[b], argmax[b]
+        yb[...] = planes[0]
+        if moved is None or moved.shape != yb.shape:
+            moved = xp.empty(yb.shape, dtype=np.int32)
+        for t in range(1, planes.shape[0]):
+            v = planes[t]
+            # The first maximum in tap order wins: only a strictly greater value moves the switch
+            # (and never against a NaN). Taps come in increasing order, so "set to t where v > y"
+            # is max(argmax, t * (v > y)): two SIMD passes, 20x faster than copyto(where=).
+            xp.multiply(v > yb, np.int32(t), out=moved)
+            xp.maximum(ab, moved, out=ab)
+            xp.maximum(yb, v, out=yb)  # NaN-propagating, as PyTorch
     return y, MaxPool2dCache(tuple(x.shape), kernel_size, stride, argmax)
 
 
 def _max_pool2d_backward_reference(dy, cache):
     xp = get_array_module(dy, cache.argmax)
-    dx = xp.zeros(cache.x_shape, dtype=dy.dtype)
-    for t, sl in _taps(cache.kernel_size, cache.stride, dy.shape[2:]):
-        dx[sl] += dy * (cache.argmax == t)  # a multiply by the mask is 1.5x faster than xp.where
+    (kh, kw), taps = cache.kernel_size, cache.kernel_size[0] * cache.kernel_size[1]
+    if not _tiles(cache.x_shape, cache.kernel_size, cache.stride):
+        # Overlapping windows: scatter-add tap by tap (taps in order, as the kernel sums them),
+        # a batch chunk at a time so that dx's chunk stays in cache across the taps.
+        dx = xp.zeros(cache.x_shape, dtype=dy.dtype)
+        for b in _batch_chunks(dy.shape[0], dx[0].size * dx.itemsize):
+            dxb, dyb, ab = dx[b], dy[b], cache.argmax[b]
+            for t, sl in _taps(cache.kernel_size, cache.stride, dy.shape[2:]):
+                dxb[sl] += dyb * (ab == t)  # a multiply by the mask is 1.5x faster than xp.where
+        return dx
+    # Each input pixel is in exactly one window: build the gradient tap-major and contiguous,
+    # then one transposing pass into dx. Adding 0 in that pass keeps the loop form's result bit
+    # for bit: 0 + (-0.0) is +0.0, where a plain copy would leave the -0.0 of dy * False.
+    n, c, oh, ow = dy.shape
+    dx = xp.empty(cache.x_shape, dtype=dy.dtype)
+    planes = None
+    for b in _batch_chunks(n, taps * dy[0].size * dy.itemsize):
+        dyb, ab = dy[b], cache.argmax[b]
+        if planes is None or planes.shape[1] != dyb.shape[0]:
+            planes = xp.empty((taps,) + tuple(dyb.shape), dtype=dy.dtype)
+        for t in range(taps):
+            xp.multiply(dyb, ab == t, out=planes[t])
+        m = dyb.shape[0]
+        xp.add(planes.reshape(kh, kw, m, c, oh, ow), dy.dtype.type(0),
+               out=dx[b].reshape(m, c, oh, kh, ow, kw).transpose(3, 5, 0, 1, 2, 4))
     return dx
 
 
