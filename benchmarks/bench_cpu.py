@@ -305,7 +305,7 @@ def train_case(name, make_model, args, torch):
     def forward_backward(m):
         m.zero_grad()
         loss, dlogits = ops.softmax_cross_entropy(m(x), labels)
-        m.backward(dlogits)
+        m.backward(dlogits, need_dx=False)  # as PyTorch: the input needs no gradient
         return loss
 
     if torch is not None:

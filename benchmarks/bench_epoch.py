@@ -81,7 +81,7 @@ def gpuconv_step(model, opt):
     def step(x, y):
         opt.zero_grad()
         loss, dlogits = ops.softmax_cross_entropy(model(x), y)
-        model.backward(dlogits)
+        model.backward(dlogits, need_dx=False)  # as PyTorch: the input needs no gradient
         opt.step()
         return loss
     return step

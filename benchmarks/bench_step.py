@@ -54,7 +54,7 @@ def make_step(model, opt, x, y):
     def step():
         opt.zero_grad()
         loss, dlogits = ops.softmax_cross_entropy(model(x), y)
-        model.backward(dlogits)
+        model.backward(dlogits, need_dx=False)  # as PyTorch: the input needs no gradient
         opt.step()
         return loss
     return step

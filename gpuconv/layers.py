@@ -23,6 +23,8 @@ dotted path (``in layer 'layer1.conv' (Conv2d(8, 16, ...))``), with the op's mes
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from collections.abc import Mapping
 from typing import NamedTuple
@@ -158,7 +160,11 @@ class Layer:
     def forward(self, x):
         raise NotImplementedError(f"{type(self).__name__} does not define forward(x)")
 
-    def backward(self, dy):
+    def backward(self, dy, need_dx=True):
+        """The input gradient for the output gradient ``dy``, accumulating parameter gradients.
+
+        ``need_dx=False`` says nobody uses the input gradient (the network's input is data): a
+        layer may then skip computing it and return None; parameter gradients are still made."""
         raise NotImplementedError(f"{type(self).__name__} does not define backward(dy)")
 
     def __call__(self, x):
@@ -376,8 +382,8 @@ class Conv2d(Layer):
         self._keep(cache)
         return y
 
-    def backward(self, dy):
-        dx, dw, db = ops.conv2d_backward(dy, self._take_cache())
+    def backward(self, dy, need_dx=True):
+        dx, dw, db = ops.conv2d_backward(dy, self._take_cache(), need_dx=need_dx)
         self.weight.accumulate(dw)
         if self.bias is not None:
             self.bias.accumulate(db)
@@ -408,7 +414,7 @@ class Linear(Layer):
         self._keep(cache)
         return y
 
-    def backward(self, dy):
+    def backward(self, dy, need_dx=True):
         dx, dw, db = ops.linear_backward(dy, self._take_cache())
         self.weight.accumulate(dw)
         if self.bias is not None:
@@ -449,7 +455,7 @@ class BatchNorm2d(Layer):
         self._keep(cache)
         return y
 
-    def backward(self, dy):
+    def backward(self, dy, need_dx=True):
         dx, dgamma, dbeta = ops.batchnorm2d_backward(dy, self._take_cache())
         self.weight.accumulate(dgamma)
         self.bias.accumulate(dbeta)
@@ -475,7 +481,7 @@ class MaxPool2d(Layer):
         self._keep(cache)
         return y
 
-    def backward(self, dy):
+    def backward(self, dy, need_dx=True):
         return ops.max_pool2d_backward(dy, self._take_cache())
 
     def extra_repr(self):
@@ -491,7 +497,7 @@ class AvgPool2d(MaxPool2d):
         self._keep(cache)
         return y
 
-    def backward(self, dy):
+    def backward(self, dy, need_dx=True):
         return ops.avg_pool2d_backward(dy, self._take_cache())
 
 
@@ -501,7 +507,7 @@ class ReLU(Layer):
         self._keep(cache)
         return y
 
-    def backward(self, dy):
+    def backward(self, dy, need_dx=True):
         return ops.relu_backward(dy, self._take_cache())
 
 
@@ -514,7 +520,7 @@ class Flatten(Layer):
         self._keep(x.shape)
         return x.reshape(x.shape[0], -1)
 
-    def backward(self, dy):
+    def backward(self, dy, need_dx=True):
         return dy.reshape(self._take_cache())
 
 
@@ -534,7 +540,7 @@ class Scale(Layer):
         self._keep(True)
         return x * self.factor  # a Python float keeps x's dtype (NumPy and CuPy weak scalars)
 
-    def backward(self, dy):
+    def backward(self, dy, need_dx=True):
         self._take_cache()
         return dy * self.factor
 
@@ -568,7 +574,7 @@ class Dropout(Layer):
         self._keep(cache)
         return y
 
-    def backward(self, dy):
+    def backward(self, dy, need_dx=True):
         return ops.dropout_backward(dy, self._take_cache())
 
     def extra_repr(self):
@@ -629,9 +635,10 @@ class Sequential(Layer):
                 raise
         return x
 
-    def backward(self, dy):
-        for layer in reversed(list(self._layers.values())):
-            dy = layer.backward(dy)
+    def backward(self, dy, need_dx=True):
+        layers = list(self._layers.values())
+        for i in range(len(layers) - 1, -1, -1):
+            dy = call_backward(layers[i], dy, need_dx or i > 0)  # only the first may skip dx
         return dy
 
 
@@ -661,9 +668,24 @@ class Residual(Layer):
         self._keep(True)
         return x + y  # a new array: inner's output may sit in a cache of its last layer
 
-    def backward(self, dy):
+    def backward(self, dy, need_dx=True):
         self._take_cache()
-        return dy + self.inner.backward(dy)
+        dx_inner = call_backward(self.inner, dy, need_dx)
+        return dy + dx_inner if need_dx else None
+
+
+def call_backward(layer, dy, need_dx):
+    """``layer.backward(dy)``, telling it when its input gradient is unused, if it can hear that:
+    a user's layer written as ``backward(self, dy)`` keeps working inside the containers."""
+    if need_dx or not _takes_need_dx(type(layer)):
+        return layer.backward(dy)
+    return layer.backward(dy, need_dx=False)
+
+
+@functools.lru_cache(maxsize=None)
+def _takes_need_dx(cls) -> bool:
+    params = inspect.signature(cls.backward).parameters
+    return "need_dx" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
 def _locate_error(exc, name, layer):

@@ -28,6 +28,7 @@ import numpy as np
 
 from . import backend
 from . import checkpoint as ckpt
+from .layers import call_backward
 from .monitor import GPUMonitor, format_snapshot, metrics_fields
 
 
@@ -170,7 +171,7 @@ class Trainer:
         self.optimizer.zero_grad()
         logits = self.model(x)
         loss, dlogits = softmax_cross_entropy(logits, y, label_smoothing=self.label_smoothing)
-        self.model.backward(dlogits)
+        call_backward(self.model, dlogits, need_dx=False)  # the images need no gradient
         self.optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()

@@ -125,6 +125,23 @@ def test_no_bias_gives_db_none(backend):
     assert db is None and dx.dtype == np.float32 and dw.dtype == np.float32
 
 
+@pytest.mark.parametrize("stride, padding, k", [(1, 1, 3), (2, 0, 5), (1, 0, 6)])
+def test_need_dx_false_skips_dx_and_keeps_dw_db(backend, stride, padding, k):
+    """A first layer's input gradient is never used: skipping it must not change dw and db
+    (both the 'full' stride-1 dx path (K <= C) and the scatter path are covered)."""
+    rng = np.random.default_rng(4)
+    x = backend.asarray(rng.standard_normal((2, 4, 7, 7)).astype(np.float32))
+    w = backend.asarray(rng.standard_normal((k, 4, 3, 3)).astype(np.float32))
+    b = backend.asarray(rng.standard_normal(k).astype(np.float32))
+    y, cache = conv2d_forward(x, w, b, stride=stride, padding=padding)
+    dy = backend.asarray(rng.standard_normal(y.shape).astype(np.float32))
+    dx, dw, db = conv2d_backward(dy, cache)
+    none, dw2, db2 = conv2d_backward(dy, cache, need_dx=False)
+    assert dx is not None and none is None
+    np.testing.assert_array_equal(backend.asnumpy(dw2), backend.asnumpy(dw))
+    np.testing.assert_array_equal(backend.asnumpy(db2), backend.asnumpy(db))
+
+
 def test_large_batch_is_chunked_consistently(backend, monkeypatch):
     """A tiny column budget forces one sample per chunk; results must not change."""
     rng = np.random.default_rng(4)

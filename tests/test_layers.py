@@ -446,3 +446,26 @@ def test_conv_padding_same_and_valid_as_in_pytorch():
         Conv2d(2, 3, 3, stride=2, padding="same")
     with pytest.raises(ValueError, match="use an int, an \\(h, w\\) pair, 'valid' or 'same'"):
         Conv2d(2, 3, 3, padding="full")
+
+
+def test_backward_without_input_gradient_keeps_parameter_gradients(backend):
+    """model.backward(dy, need_dx=False), as the trainer calls it: the first conv skips dx (None
+    comes back, through Sequential and Residual) and every parameter gradient is unchanged."""
+    def net():
+        return Sequential(Conv2d(3, 4, 3, padding=1, seed=0), ReLU(),
+                          Residual(Sequential(Conv2d(4, 4, 3, padding=1, seed=1), ReLU())),
+                          Flatten(), Linear(4 * 5 * 5, 3, seed=2))
+    x = backend.asarray(np.random.default_rng(0).standard_normal((2, 3, 5, 5)).astype(np.float32))
+    grads = []
+    for need_dx in (True, False):
+        with gpuconv.default_device(backend.device):
+            model = net()
+        y = model(x)
+        dx = model.backward(backend.xp.ones_like(y), need_dx=need_dx)
+        assert (dx is None) == (not need_dx)
+        grads.append({n: backend.asnumpy(p.grad) for n, p in model.named_parameters()})
+    for name in grads[0]:
+        np.testing.assert_allclose(grads[1][name], grads[0][name], rtol=1e-6, atol=1e-7, err_msg=name)
+    inner = Residual(Sequential(Conv2d(4, 4, 3, padding=1, seed=1)))
+    inner(backend.asarray(np.ones((1, 4, 3, 3), np.float32)))
+    assert inner.backward(backend.asarray(np.ones((1, 4, 3, 3), np.float32)), need_dx=False) is None

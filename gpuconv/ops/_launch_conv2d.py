@@ -92,9 +92,9 @@ def conv2d_forward_kernel(x, w, b, stride, padding, *, target, relu=False):
 
 
 @register_launcher("conv2d_backward")
-def conv2d_backward_kernel(dy, cache, *, target):
+def conv2d_backward_kernel(dy, cache, need_dx=True, *, target):
     x, w, has_bias, stride, padding = cache
-    dx = conv2d_backward_data_kernel(dy, w, x.shape, stride, padding, target=target)
+    dx = conv2d_backward_data_kernel(dy, w, x.shape, stride, padding, target=target) if need_dx else None
     dw = conv2d_backward_weight_kernel(dy, x, w.shape, stride, padding, target=target)
     db = conv2d_backward_bias_kernel(dy, target=target) if has_bias else None
     return dx, dw, db

@@ -42,8 +42,11 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0):
     return _dispatch.call("conv2d_forward", target, _conv2d_forward_reference, x, w, b, stride, padding)
 
 
-def conv2d_backward(dy, cache):
-    """``dx, dw, db`` for ``conv2d_forward``'s output gradient ``dy``; ``db`` is None without bias."""
+def conv2d_backward(dy, cache, need_dx=True):
+    """``dx, dw, db`` for ``conv2d_forward``'s output gradient ``dy``; ``db`` is None without bias.
+
+    ``need_dx=False`` skips the input gradient (``dx`` is None): a network's first layer sees
+    images, whose gradient nothing uses, and dx is a third of a convolution's backward work."""
     x, w = cache.x, cache.w
     check_float("dy", dy)
     check_rank("dy", dy, 4, "NKHW")
@@ -53,7 +56,7 @@ def conv2d_backward(dy, cache):
         raise ValueError(f"dy must have the forward output's shape {expected}, got {tuple(dy.shape)}")
     check_same_dtype("x", x, dy=dy)
     target = backend.kernel_target(dy, x, w)
-    return _dispatch.call("conv2d_backward", target, _conv2d_backward_reference, dy, cache)
+    return _dispatch.call("conv2d_backward", target, _conv2d_backward_reference, dy, cache, bool(need_dx))
 
 
 def _check_conv_args(x, w, b, stride, padding):
@@ -131,7 +134,7 @@ def _conv2d_forward_reference(x, w, b, stride, padding):
     return y.reshape(n, k, oh, ow), Conv2dCache(x, w, b is not None, stride, padding)
 
 
-def _conv2d_backward_reference(dy, cache):
+def _conv2d_backward_reference(dy, cache, need_dx=True):
     x, w, has_bias, stride, padding = cache
     xp = get_array_module(dy, x, w)
     n, c, h, wd = x.shape
@@ -146,8 +149,8 @@ def _conv2d_backward_reference(dy, cache):
     # (res1 128->128@16: 73 vs 97 ms on one core) and loses when K > C (layer1 64->128@32: 197
     # vs 156 ms).
     # It needs stride 1 and padding <= filter - 1 (the full convolution's padding is F - 1 - P).
-    full = (stride == (1, 1) and padding[0] <= fh - 1 and padding[1] <= fw - 1 and k <= c)
-    dx = xp.empty_like(x)
+    full = need_dx and (stride == (1, 1) and padding[0] <= fh - 1 and padding[1] <= fw - 1 and k <= c)
+    dx = xp.empty_like(x) if need_dx else None
     if full:
         wf = xp.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)).reshape(c, k * fh * fw)
         per_item = max(cff * length, k * fh * fw * h * wd) * x.itemsize
@@ -171,6 +174,8 @@ def _conv2d_backward_reference(dy, cache):
             dw2 = part
         else:
             dw2 += part
+        if not need_dx:
+            continue
         if full:
             _dx_full(xp, dy[lo:hi], wf, (fh, fw), padding, dx[lo:hi])
         else:
