@@ -75,18 +75,6 @@ def run_epoch(loader, step_fn, args):
     return t.ms, batches, loss
 
 
-def gpuconv_step(model, opt):
-    from gpuconv import ops
-
-    def step(x, y):
-        opt.zero_grad()
-        loss, dlogits = ops.softmax_cross_entropy(model(x), y)
-        model.backward(dlogits, need_dx=False)  # as PyTorch: the input needs no gradient
-        opt.step()
-        return loss
-    return step
-
-
 def torch_step(torch, tm):
     topt = torch.optim.SGD(tm.parameters(), **{k: v for k, v in bench_step.HYPER.items()})
 
@@ -142,7 +130,7 @@ def main(argv=None):
             return common.failed_validation(NAME, checks, args)
         loader = loader_for(images, labels, batch, args)  # the one upload of the data set
         model = models.fast_net(width=width)
-        step = gpuconv_step(model, SGD(model.parameters(), **bench_step.HYPER))
+        step = bench_step.make_step(model, SGD(model.parameters(), **bench_step.HYPER))
         warm(loader, step, args.warmup)
         epoch_ms, loss = [], None
         B.transfers.reset()

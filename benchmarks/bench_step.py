@@ -18,6 +18,7 @@ and CuPy's memory pool does not grow between step 3 and the last step (``used_by
 from __future__ import annotations
 
 import argparse
+import functools
 import pathlib
 import sys
 
@@ -49,9 +50,9 @@ def batch_data(shape, batch, seed=0):
     return rng.standard_normal((batch, *shape)).astype(np.float32), rng.integers(0, 10, batch).astype(np.int64)
 
 
-def make_step(model, opt, x, y):
-    """One training step; returns the loss (a 0-d device array: nothing is read back)."""
-    def step():
+def make_step(model, opt):
+    """``step(x, y)``: one training step; returns the loss (a 0-d device array: nothing is read back)."""
+    def step(x, y):
         opt.zero_grad()
         loss, dlogits = ops.softmax_cross_entropy(model(x), y)
         model.backward(dlogits, need_dx=False)  # as PyTorch: the input needs no gradient
@@ -78,7 +79,7 @@ def validate_step(name, factory, x, y, args, checks, torch=None):
     xd, yd = common.to_dev(x, args), common.to_dev(y, args)
     opt = SGD(model.parameters(), **HYPER)
     ref_opt = SGD(ref.parameters(), **HYPER)
-    loss = make_step(model, opt, xd, yd)()
+    loss = make_step(model, opt)(xd, yd)
     with gpuconv.default_device("cpu"):  # the NumPy reference path, never the kernels (even on 'sim')
         ref_loss, dref = ops.softmax_cross_entropy(ref(x.astype(np.float64)), y)
         ref.backward(dref)
@@ -116,7 +117,7 @@ def run_gpuconv(factory, x, y, args):
     """Warm-up + timed steps on fresh weights; the residency checks along the way."""
     model = factory()
     xd, yd = common.to_dev(x, args), common.to_dev(y, args)
-    step = make_step(model, SGD(model.parameters(), **HYPER), xd, yd)
+    step = functools.partial(make_step(model, SGD(model.parameters(), **HYPER)), xd, yd)
     total = args.warmup + args.repeat
     B.transfers.reset()
     at_check = None

@@ -115,7 +115,7 @@ def test_step_readback_inside_a_step_fails_the_transfer_check(monkeypatch, capsy
 
     def leaky(*a):
         step = real(*a)
-        return lambda: (gpuconv.item(loss := step()), loss)[1]  # a float(loss) per step: a host sync
+        return lambda x, y: (gpuconv.item(loss := step(x, y)), loss)[1]  # a float(loss) per step: a host sync
     monkeypatch.setattr(bench, "make_step", leaky)
     assert bench.main(["--device", "sim", "--tiny", "--json", "--models", "three_layer_convnet"]) == 1
     out = capsys.readouterr()

@@ -10,7 +10,6 @@ child with a report naming the kernel, block and thread.
 """
 from __future__ import annotations
 
-import shutil
 import textwrap
 
 import pytest
@@ -83,23 +82,32 @@ SNIPPET = textwrap.dedent("""
     kernels.launch("relu", "bias_relu_forward", np.float32, "sim", (1, 1, 1), (256, 1, 1),
                    (xb, bb, yb, np.int64(xb.size), np.int32(3), np.int32(5), np.int32(1)))
     assert np.array_equal(yb, np.maximum(xb + bb[None, :, None], np.float32(0)))
+    # the fused augmentation kernel
+    from gpuconv.data import crop_flip, normalize
+    from gpuconv.data._launch_augment import augment_batch_kernel
+    for shape, p in [((5, 3, 7, 9), 3), ((2, 1, 1, 1), 4), ((4, 2, 5, 5), 0)]:
+        images = rng.integers(0, 256, shape, dtype=np.uint8)
+        mean = np.arange(1, shape[1] + 1, dtype=np.float32)
+        std = mean + 1
+        idx = rng.integers(0, shape[0], 6)
+        oy, ox = rng.integers(0, 2 * p + 1, 6), rng.integers(0, 2 * p + 1, 6)
+        flip = rng.integers(0, 2, 6).astype(bool)
+        for crop in (True, False):
+            a, b = (oy, ox) if crop else (None, None)
+            got = augment_batch_kernel(images, idx, a, b, flip, mean, std, p, np.float32, target="sim")
+            want = normalize(crop_flip(images[idx], a, b, flip, p), mean, std)
+            assert np.array_equal(got, want)
+    bad = augment_batch_kernel(images, np.array([9, -4]), None, None, None, mean, std, 0, np.float32, target="sim")
+    assert np.isnan(bad).all()
     print("RAN", ",".join(sorted(ran)))
 """)
 
-# Every entry point of every kernel file; augment_batch has its own sanitized run beside its other
-# tests (tests/test_augment_kernel.py), so a new kernel added without a sanitized run fails here.
-EXPECTED = {name for names in ENTRIES.values() for name in names} - {"augment_batch"}
+# Every entry point of every kernel file: a new kernel added without a sanitized run fails here.
+EXPECTED = {name for names in ENTRIES.values() for name in names}
 
 
-def _sanitizers_available():
-    try:
-        hostsim.sanitizer_env()
-        return shutil.which("g++") is not None
-    except Exception:
-        return False
 
-
-@pytest.mark.skipif(not _sanitizers_available(), reason="g++ or its ASan/UBSan runtimes are not installed")
+@pytest.mark.skipif(not hostsim.sanitizers_available(), reason="g++ or its ASan/UBSan runtimes are not installed")
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward-order", "reverse-order"])
 def test_every_kernel_is_clean_under_asan_ubsan(reverse):
     res = hostsim.run_sanitized(SNIPPET, reverse=reverse, timeout=900)
@@ -111,7 +119,7 @@ def test_every_kernel_is_clean_under_asan_ubsan(reverse):
 
 def test_the_sanitizer_catches_an_out_of_bounds_write():
     """The harness can fail: a kernel writing one element past the end is reported, named."""
-    if not _sanitizers_available():
+    if not hostsim.sanitizers_available():
         pytest.skip("g++ or its ASan/UBSan runtimes are not installed")
     code = textwrap.dedent("""
         import numpy as np

@@ -46,10 +46,10 @@ from . import _build, _source
 from ._build import cache_dir, stats
 from ._errors import BarrierDivergence, CompileError, SimulatorError
 from ._launch import MAX_DYNAMIC_SHARED, ArgType, SimKernel, SimModule
-from ._sanitize import SanitizedResult, asan_loaded, run_sanitized, sanitizer_env
+from ._sanitize import SanitizedResult, asan_loaded, run_sanitized, sanitizer_env, sanitizers_available
 
 __all__ = ["compile", "SimModule", "SimKernel", "ArgType", "CompileError", "BarrierDivergence",
-           "SimulatorError", "run_sanitized", "SanitizedResult", "sanitizer_env", "cache_dir", "stats",
+           "SimulatorError", "run_sanitized", "SanitizedResult", "sanitizer_env", "sanitizers_available", "cache_dir", "stats",
            "parse_kernels", "MAX_DYNAMIC_SHARED"]
 
 parse_kernels = _source.parse_kernels

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import pathlib
 import re
 import subprocess
@@ -57,6 +58,15 @@ def sanitizer_env(base: dict | None = None) -> dict:
     env["GPUCONV_SIM_SANITIZE"] = "1"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_PACKAGE_ROOT), env.get("PYTHONPATH", "")]))
     return env
+
+
+def sanitizers_available() -> bool:
+    """True when g++ and its ASan/UBSan runtimes are installed (what run_sanitized needs)."""
+    try:
+        sanitizer_env()
+    except Exception:
+        return False
+    return shutil.which("g++") is not None
 
 
 def run_sanitized(code: str, *, timeout: float = 600, reverse: bool = False, cwd=None) -> SanitizedResult:
