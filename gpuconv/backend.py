@@ -268,6 +268,21 @@ def asnumpy(x):
     return np.asarray(x)
 
 
+def host_copy(x):
+    """A NumPy array owned by the caller: the readback of a device array, a copy of a host one
+    (a state dict must not alias the live parameters it was taken from)."""
+    host = asnumpy(x)
+    return host if is_cupy_array(x) else np.array(host, copy=True)
+
+
+def copy_like(value, like):
+    """``value`` (host or device array) as a fresh array on ``like``'s device with ``like``'s dtype:
+    how saved state goes back into a live parameter, buffer or optimizer slot."""
+    if get_array_module(like) is np:
+        return np.array(asnumpy(value), dtype=like.dtype, copy=True)
+    return to_device(value, device_of(like)).astype(like.dtype)
+
+
 def item(x) -> float:
     """A Python float from a 0-d (or 1-element) array: a host readback, counted as one."""
     if isinstance(x, (int, float)):

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .backend import to_device
+
 FORMAT = 1
 CHECKPOINT_NAME = "checkpoint.npz"
 
@@ -39,12 +41,6 @@ def pack_json(obj) -> np.ndarray:
 
 def unpack_json(arr):
     return json.loads(np.asarray(arr, dtype=np.uint8).tobytes().decode("utf-8"))
-
-
-def _host(a) -> np.ndarray:
-    if hasattr(a, "get") and not isinstance(a, np.ndarray):  # a cupy array in a state dict
-        a = a.get()
-    return np.asarray(a)
 
 
 # ----------------------------------------------------------------------------- nested state
@@ -84,7 +80,7 @@ def flatten_tree(prefix: str, obj) -> dict[str, np.ndarray]:
             arrays[key] = np.asarray(o)
             return {"s": key}
         if isinstance(o, np.ndarray) or hasattr(o, "__array__"):
-            a = _host(o)
+            a = to_device(o, "cpu")  # a CuPy array is read back (a counted readback)
             if a.dtype == object:
                 raise TypeError(f"checkpoint entry {prefix}/{'/'.join(path)} is an object array, which would "
                                 "need pickle: store numbers or strings instead")
@@ -194,7 +190,7 @@ def save_checkpoint(path, arrays: dict) -> Path:
     path = Path(path)
     clean = {}
     for key, value in arrays.items():
-        a = _host(value)
+        a = to_device(value, "cpu")
         if a.dtype == object:
             raise TypeError(f"checkpoint entry {key!r} is an object array: checkpoints never pickle; "
                             "convert it to numbers, or to JSON with gpuconv.checkpoint.pack_json")

@@ -208,11 +208,11 @@ def _schedule(name, optimizer, lr, total_steps):
 # ----------------------------------------------------------------------------- train
 def _settings(args):
     """The run's settings: flags given > the checkpoint's (with --resume) > the model's defaults."""
+    from .checkpoint import CHECKPOINT_NAME, load_checkpoint, read_config
     given = {k: getattr(args, k) for k in RESUMABLE if getattr(args, k, None) is not None}
     stored = {}
-    ckpt_path = Path(args.out) / "checkpoint.npz"
+    ckpt_path = Path(args.out) / CHECKPOINT_NAME
     if args.resume and ckpt_path.exists():
-        from .checkpoint import load_checkpoint, read_config
         stored = read_config(load_checkpoint(ckpt_path)).get("train_args", {})
     model = given.get("model") or stored.get("model") or "three_layer"
     if stored:
@@ -244,6 +244,7 @@ def _check_resume_flags(given, stored, ckpt_path):
 
 def cmd_train(args) -> int:
     from . import backend
+    from .checkpoint import CHECKPOINT_NAME
     from .data import DeviceLoader
     from .optim import SGD
     from .trainer import Trainer, TrainingDiverged, TrainingInterrupted, GPUOutOfMemory
@@ -255,7 +256,7 @@ def cmd_train(args) -> int:
     if device.kind == "sim":
         _say("note: --device sim runs the CUDA kernels on the host simulator, one fiber per GPU thread: tens of "
              "images/s, meant for checking the kernels (--device cpu trains with NumPy, a hundred times faster)")
-    if not args.resume and (Path(args.out) / "checkpoint.npz").exists():
+    if not args.resume and (Path(args.out) / CHECKPOINT_NAME).exists():
         _say(f"note: {args.out} holds an earlier run; this new run replaces its checkpoint and metrics "
              "(use --resume to continue it instead)")
     cifar = _load_data(args.data)

@@ -32,7 +32,8 @@ from typing import NamedTuple
 import numpy as np
 
 from . import ops
-from .backend import Device, asnumpy, device_of, get_array_module, get_default_device, is_cupy_array, to_device
+from .backend import (Device, copy_like, device_of, get_array_module, get_default_device, host_copy, is_cupy_array,
+                      to_device)
 
 __all__ = ["Parameter", "Layer", "Conv2d", "MaxPool2d", "AvgPool2d", "ReLU", "Flatten", "Linear",
            "BatchNorm2d", "Dropout", "Scale", "Sequential", "Residual", "LoadResult", "StateDictKeyError"]
@@ -294,8 +295,7 @@ class Layer:
         """{dotted name: host NumPy copy} of every parameter and buffer (loadable on any device)."""
         out = {}
         for name, (arr, _) in self._state_slots().items():
-            host = asnumpy(arr)
-            out[name] = host if is_cupy_array(arr) else np.array(host, copy=True)
+            out[name] = host_copy(arr)
         return out
 
     def load_state_dict(self, state, strict=True):
@@ -334,10 +334,7 @@ class Layer:
                     "(width, filters, classes); build the model with the same arguments")
             loads.append((setter, value, current))
         for setter, value, current in loads:
-            if get_array_module(current) is np:
-                setter(np.array(asnumpy(value), dtype=current.dtype, copy=True))
-            else:
-                setter(to_device(value, device_of(current)).astype(current.dtype))
+            setter(copy_like(value, current))
         for m in self.modules():
             m._cache = None
         return LoadResult(missing, unexpected)
@@ -466,8 +463,9 @@ class BatchNorm2d(Layer):
 
 
 # ----------------------------------------------------------------------------- parameter-free layers
-class MaxPool2d(Layer):
-    """Max pooling; ``stride`` defaults to ``kernel_size``. Gradients go to the argmax of each window."""
+class _Pool2d(Layer):
+    """What max and average pooling share: the arguments (``stride`` defaults to ``kernel_size``)
+    and the printout. A common base, so that an AvgPool2d is not an ``isinstance`` MaxPool2d."""
 
     def __init__(self, kernel_size, stride=None):
         super().__init__()
@@ -475,6 +473,14 @@ class MaxPool2d(Layer):
         if stride is not None:
             _pair("stride", stride, 1)
         self.kernel_size, self.stride = kernel_size, stride
+
+    def extra_repr(self):
+        # The stride in effect, as PyTorch prints it (None means "the kernel size").
+        return f"kernel_size={self.kernel_size}, stride={self.kernel_size if self.stride is None else self.stride}"
+
+
+class MaxPool2d(_Pool2d):
+    """Max pooling; ``stride`` defaults to ``kernel_size``. Gradients go to the argmax of each window."""
 
     def forward(self, x):
         y, cache = ops.max_pool2d_forward(x, kernel_size=self.kernel_size, stride=self.stride)
@@ -484,12 +490,8 @@ class MaxPool2d(Layer):
     def backward(self, dy, need_dx=True):
         return ops.max_pool2d_backward(dy, self._take_cache())
 
-    def extra_repr(self):
-        # The stride in effect, as PyTorch prints it (None means "the kernel size").
-        return f"kernel_size={self.kernel_size}, stride={self.kernel_size if self.stride is None else self.stride}"
 
-
-class AvgPool2d(MaxPool2d):
+class AvgPool2d(_Pool2d):
     """Average pooling; ``stride`` defaults to ``kernel_size``."""
 
     def forward(self, x):

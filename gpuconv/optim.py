@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 
-from .backend import asnumpy, device_of, get_array_module, is_cupy_array, to_device
+from .backend import copy_like, get_array_module, host_copy
 from .layers import Parameter
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "LRSchedule", "StepLR", "CosineLR", "OneCycleLR"]
@@ -31,18 +31,6 @@ def _nonneg(name, value):
             or not math.isfinite(value) or value < 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     return float(value)
-
-
-def _host_copy(a):
-    host = asnumpy(a)
-    return host if is_cupy_array(a) else np.array(host, copy=True)
-
-
-def _like_param(value, p):
-    """``value`` (host or device array) as a fresh array with the parameter's device and dtype."""
-    if get_array_module(p.data) is np:
-        return np.array(asnumpy(value), dtype=p.data.dtype, copy=True)
-    return to_device(value, device_of(p.data)).astype(p.data.dtype)
 
 
 def _scalar(value):
@@ -102,7 +90,7 @@ class Optimizer:
             out[name] = getattr(self, name)
         for i, state in enumerate(self.state):
             for key, value in state.items():
-                out[f"state.{i}.{key}"] = value if key == "step" else _host_copy(value)
+                out[f"state.{i}.{key}"] = value if key == "step" else host_copy(value)
         return out
 
     def load_state_dict(self, d):
@@ -128,7 +116,7 @@ class Optimizer:
             if tuple(np.shape(value)) != tuple(p.shape):
                 raise ValueError(f"{type(self).__name__}.load_state_dict: {key!r} has shape {tuple(np.shape(value))}, "
                                  f"parameter {i} ({p.name!r}) has {tuple(p.shape)}: the model differs")
-            states[i][name] = _like_param(value, p)
+            states[i][name] = copy_like(value, p.data)
         self.lr = float(_scalar(d["lr"]))
         for name in self._hyper:
             value = _scalar(d[name])

@@ -514,7 +514,7 @@ def evaluate(model, loader, tta=False):
                 loss_sum = xp.zeros((), dtype=np.float64)
                 conf = xp.zeros(classes * classes, dtype=np.int64)
             loss_sum += loss * x.shape[0]
-            conf += xp.bincount(y.astype(np.int64) * classes + xp.argmax(logits, axis=1),
+            conf += xp.bincount(y.astype(np.int64, copy=False) * classes + xp.argmax(logits, axis=1),
                                 minlength=classes * classes)
             n += int(x.shape[0])
     except Exception as exc:

@@ -210,6 +210,20 @@ def test_to_device_on_host_and_device_of():
     B.synchronize(np.ones(1))
 
 
+def test_host_copy_and_copy_like_never_alias():
+    """The state-dict helpers: a saved copy must not change with the live array, and a loaded
+    value takes the live array's dtype as a fresh array."""
+    live = np.arange(3, dtype=np.float32)
+    saved = B.host_copy(live)
+    live += 1
+    assert saved.tolist() == [0.0, 1.0, 2.0] and saved.dtype == np.float32
+    loaded = B.copy_like(saved, np.zeros(3, np.float64))
+    assert loaded.dtype == np.float64 and loaded.tolist() == [0.0, 1.0, 2.0]
+    assert not np.shares_memory(loaded, saved)
+    same = B.copy_like(saved, np.zeros(3, np.float32))
+    assert same.dtype == np.float32 and not np.shares_memory(same, saved)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not B.cuda_available(), reason=f"no GPU: {B.cuda_status()}")
 def test_round_trip_to_gpu_is_counted():

@@ -11,6 +11,7 @@ import pytest
 
 from gpuconv import ops
 from gpuconv.compat import cs231n as C
+from gpuconv.gradcheck import relative_error
 
 RNG = np.random.default_rng(0)
 
@@ -20,8 +21,7 @@ def randn(*shape):
 
 
 def rel_error(a, b):
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    return float(np.max(np.abs(a - b) / np.maximum(1e-8, np.abs(a) + np.abs(b))))
+    return relative_error(a, b, floor=1e-8)
 
 
 def away_from_zero(*shape, gap=0.05):
@@ -126,6 +126,15 @@ def test_solver_trains_on_the_gpu_without_per_step_readbacks():
     solver.train()
     assert len(solver.loss_history) == 12 and all(isinstance(v, float) for v in solver.loss_history)
     assert all(isinstance(v, cp.ndarray) for v in model.params.values())
+
+
+def test_rel_error_is_the_assignments_formula():
+    """max(|x - y| / max(1e-8, |x| + |y|)): 0.2 / 4.2 here; the floor keeps 0 vs 0 at 0, and a
+    float32 input is measured in float64 (no float32 rounding in the yardstick)."""
+    assert C.rel_error(np.array([1.0, 2.0]), np.array([1.0, 2.2])) == pytest.approx(0.2 / 4.2, rel=1e-12)
+    assert C.rel_error(np.zeros(3), np.zeros(3)) == 0.0
+    assert C.rel_error(np.float32([0.0]), np.float32([1e-9])) == pytest.approx(1e-9 / 1e-8, rel=1e-6)
+    assert isinstance(C.rel_error(np.ones(2), np.ones(2)), float)
 
 
 def test_conv_follows_the_assignment_definition():

@@ -433,6 +433,10 @@ def test_num_parameters_and_pytorch_like_repr():
     assert repr(net[2]) == "MaxPool2d(kernel_size=2, stride=2)"
     assert repr(MaxPool2d(3, stride=2)) == "MaxPool2d(kernel_size=3, stride=2)"
     assert [type(m).__name__ for m in net] == ["Conv2d", "BatchNorm2d", "MaxPool2d", "Flatten", "Linear"]
+    # Average pooling shares the arguments, not the type: code dispatching on isinstance(m, MaxPool2d)
+    # (a PyTorch mirror, a FLOP counter) must not take it for max pooling.
+    assert repr(AvgPool2d(2)) == "AvgPool2d(kernel_size=2, stride=2)"
+    assert not isinstance(AvgPool2d(2), MaxPool2d) and not isinstance(MaxPool2d(2), AvgPool2d)
 
 
 def test_conv_padding_same_and_valid_as_in_pytorch():

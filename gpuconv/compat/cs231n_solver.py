@@ -16,9 +16,10 @@ import pickle
 
 import numpy as np
 
+from .. import ops
 from ..backend import Device, device_of, get_array_module, get_default_device, is_cupy_array, to_device
 from .cs231n_layers import (affine_backward, affine_forward, affine_relu_backward, affine_relu_forward,
-                            conv_relu_pool_backward, conv_relu_pool_forward, softmax_loss)
+                            conv_relu_pool_forward, max_pool_backward_fast, relu_backward, softmax_loss)
 
 
 # ----------------------------------------------------------------------------- update rules
@@ -126,7 +127,11 @@ class ThreeLayerConvNet:
         grads = {}
         dh2, grads["W3"], grads["b3"] = affine_backward(dscores, cache3)
         dh1, grads["W2"], grads["b2"] = affine_relu_backward(dh2, cache2)
-        _, grads["W1"], grads["b1"] = conv_relu_pool_backward(dh1, cache1)
+        # conv_relu_pool_backward without the image gradient, which nothing uses: the op skips a
+        # third of the first convolution's backward (3->32 7x7, batch 64: 41 -> 24 ms on one core).
+        conv_cache, relu_cache, pool_cache = cache1
+        da = relu_backward(max_pool_backward_fast(dh1, pool_cache), relu_cache)
+        _, grads["W1"], grads["b1"] = ops.conv2d_backward(da, conv_cache.ops, need_dx=False)
         if self.reg:
             for name in ("W1", "W2", "W3"):
                 loss = loss + 0.5 * self.reg * (p[name] * p[name]).sum()

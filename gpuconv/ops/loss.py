@@ -61,7 +61,7 @@ def _softmax_cross_entropy_reference(logits, labels, eps):
     log_probs = shifted - xp.log(sums)
     probs = exp / sums
     valid = (labels >= 0) & (labels < c)
-    idx = xp.where(valid, labels, 0).astype(xp.int64)
+    idx = xp.where(valid, labels, 0).astype(xp.int64, copy=False)
     picked = xp.take_along_axis(log_probs, idx[:, None], axis=1)[:, 0]
     per_row = -(1.0 - eps) * picked
     if eps:
