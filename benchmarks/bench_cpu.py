@@ -52,7 +52,10 @@ if _THREADS is not None:
 
 import numpy as np  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/common.py
+
 import gpuconv  # noqa: E402
+from common import rel_err  # noqa: E402  (max |got - want| / max |want|)
 from gpuconv import layers as L  # noqa: E402
 from gpuconv import models, ops  # noqa: E402
 from gpuconv.optim import SGD  # noqa: E402
@@ -98,12 +101,6 @@ def time_row(row, ours, theirs, args):
         row[f"{key}_s"] = statistics.median(times)
         row[f"{key}_min_s"] = min(times)
     return row
-
-
-def rel_err(got, want):
-    """max |got - want| / max |want|: an error relative to the array's scale, not per element."""
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    return float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-30))
 
 
 # ----------------------------------------------------------------------------- float64 references

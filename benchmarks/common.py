@@ -224,9 +224,11 @@ class Checks:
         return bool(self.items) and all(i["ok"] for i in self.items)
 
     def failures(self):
-        return [f"{i['name']}: error {i['error']:.3g} > tolerance {i['tolerance']:.3g}"
-                + (f" ({i['detail']})" if i.get("detail") else "")
-                for i in self.items if not i["ok"]]
+        def why(i):
+            # A check added with ok alone (no error, no tolerance) is stated by its name and detail.
+            measured = "" if i["error"] is None else f": error {i['error']:.3g} > tolerance {i['tolerance']:.3g}"
+            return i["name"] + measured + (f" ({i['detail']})" if i.get("detail") else "")
+        return [why(i) for i in self.items if not i["ok"]]
 
     def as_dict(self):
         return {"passed": self.passed, "checks": self.items}

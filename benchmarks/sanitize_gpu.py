@@ -1,5 +1,6 @@
 """Launch every CUDA kernel once on small, edge-reaching shapes and check each result against the
-NumPy reference: the driver that ``compute-sanitizer`` runs (benchmarks/run_gpu.sh).
+NumPy reference: the driver that ``compute-sanitizer`` runs (benchmarks/run_gpu.sh), and that
+tests/test_sanitizer.py runs on the host simulator's AddressSanitizer/UBSan build.
 
     compute-sanitizer --tool memcheck --error-exitcode 99 python benchmarks/sanitize_gpu.py
     python benchmarks/sanitize_gpu.py --device sim     # the same launches on the host simulator
@@ -25,7 +26,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import common  # noqa: E402
 import gpuconv  # noqa: E402
 from gpuconv import backend as B  # noqa: E402
-from gpuconv import kernels  # noqa: E402
+from gpuconv import hostsim, kernels  # noqa: E402
 from gpuconv.data import crop_flip, normalize  # noqa: E402
 from gpuconv.data._launch_augment import augment_batch_kernel  # noqa: E402
 from gpuconv.ops import _launch_conv2d as LC  # noqa: E402
@@ -34,32 +35,29 @@ from gpuconv.ops import _launch_relu as LR  # noqa: E402
 from gpuconv.ops import conv2d as C  # noqa: E402
 from gpuconv.ops import pool2d as P  # noqa: E402
 
-EXPECTED = {"conv2d_forward_v1", "conv2d_forward_v2", "conv2d_forward_v3", "conv2d_backward_data_v1",
-            "conv2d_backward_data_v2", "conv2d_backward_data_v3",
-            "conv2d_backward_weight_v1", "conv2d_backward_weight_v2", "conv2d_backward_weight_v3",
-            "conv2d_reduce_splits",
-            "conv2d_backward_bias", "max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward",
-            "avg_pool2d_backward", "relu_forward_v1", "relu_forward_v2", "relu_backward_v1", "relu_backward_v2",
-            "bias_relu_forward", "augment_batch"}
 
 
-class Run:
+def expected_kernels() -> set[str]:
+    """Every extern "C" kernel of every kernel file: a kernel added without a launch here fails."""
+    return {name for op_file in kernels.KERNEL_FILES
+            for name, decl in hostsim.parse_kernels(kernels.build_source(op_file)).items() if decl.extern_c}
+
+
+EXPECTED = expected_kernels()
+
+
+class Run(common.Checks):
+    """The checks of one run (tolerances relative to the reference's scale), the target, and the
+    kernels launched so far."""
+
     def __init__(self, target):
+        super().__init__()
         self.target = target
         self.ran = set()
-        self.failures = []
         self.dev = (lambda a: B.cupy_module().asarray(a)) if target == "cuda" else np.asarray
 
-    def close(self, what, got, want, tol=2e-4):
-        got = common.host(got)
-        if got.shape != want.shape:
-            self.failures.append(f"{what}: shape {got.shape}, the reference has {want.shape}")
-        elif not np.allclose(got, want, rtol=tol, atol=tol):
-            self.failures.append(f"{what}: max |error| {float(np.abs(got - want).max()):.3g} beyond {tol}")
-
-    def exact(self, what, got, want):
-        if not np.array_equal(common.host(got), want):
-            self.failures.append(f"{what}: differs from the NumPy reference")
+    def close(self, name, got, want, rtol=2e-4):
+        return super().close(name, got, want, rtol)
 
 
 def conv(run, rng):
@@ -140,6 +138,10 @@ def augment(run, rng):
                                        run.dev(std), p, np.float32, target=run.target)
             run.exact(f"augment_batch {shape} pad {p} crop={crop}", got,
                       normalize(crop_flip(images[idx], a, b, flip, p), mean, std))
+    # An index outside [0, N) cannot be checked without a device-to-host copy: the kernel writes NaN.
+    bad = augment_batch_kernel(run.dev(images), run.dev(np.array([9, -4])), None, None, None, run.dev(mean),
+                               run.dev(std), 0, np.float32, target=run.target)
+    run.add("augment_batch: an out-of-range index gives an all-NaN image", np.isnan(common.host(bad)).all())
 
 
 def main(argv=None):
@@ -167,10 +169,9 @@ def main(argv=None):
     B.synchronize()
     missing = sorted(EXPECTED - run.ran)
     print("RAN " + ",".join(sorted(run.ran)))
-    if missing:
-        run.failures.append(f"kernels never launched: {', '.join(missing)}")
-    if run.failures:
-        print("sanitize_gpu: FAILED\n  " + "\n  ".join(run.failures), file=sys.stderr)
+    run.add("every kernel launched", not missing, detail=f"never launched: {', '.join(missing)}" if missing else None)
+    if not run.passed:
+        print("sanitize_gpu: FAILED\n  " + "\n  ".join(run.failures()), file=sys.stderr)
         return 1
     print(f"sanitize_gpu: all {len(run.ran)} kernels ran and matched the NumPy reference on '{args.device}'")
     return 0

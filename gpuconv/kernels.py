@@ -49,7 +49,12 @@ import threading
 
 import numpy as np
 
+from . import backend  # attribute access at call time: tests fake CuPy by patching it
+
 KERNEL_FILES = ("conv2d", "pool2d", "relu", "augment")
+# GPUCONV_BLOCK in common.cuh: the block size of every 1-D grid-stride kernel, which their
+# __launch_bounds__ and conv2d_backward_bias's shared reduction are compiled for.
+BLOCK = 256
 COMMON = "common.cuh"
 NVRTC_OPTIONS = ("-std=c++14",)
 
@@ -99,9 +104,6 @@ def kernel_dir() -> pathlib.Path:
     raise FileNotFoundError(
         f"no CUDA kernel sources: looked in {checkout} (a checkout) and in the package "
         "gpuconv.kernels_src (a wheel). Reinstall gpuconv, or set GPUCONV_KERNELS_DIR to a kernels/ directory")
-
-
-kernels_dir = kernel_dir  # the same, by the directory's own name
 
 
 def _read(name: str) -> str:
@@ -220,7 +222,7 @@ class _SimModuleHandle:
 
     def __init__(self, source: str, name: str):
         self._source, self._name = source, name
-        self._mods = {}  # resolved sanitize flag -> SimModule (hostsim.compile re-parses the text)
+        self._mods = {}  # resolved sanitize flag -> SimModule, kernel errors mapped once
         self._lock = threading.Lock()
 
     def _module(self, sanitize):
@@ -260,8 +262,7 @@ def get_module(op_file: str, dtype=np.float32, target: str = "cuda", device: int
     if target not in ("cuda", "sim"):
         raise ValueError(f"kernel target {target!r}: use 'cuda' (CuPy, a GPU) or 'sim' (the host simulator)")
     if target == "cuda" and device is None:
-        from .backend import require_cupy
-        device = require_cupy().cuda.Device().id
+        device = backend.require_cupy().cuda.Device().id
     key = (op_file, dt, target, device if target == "cuda" else None, os.environ.get("GPUCONV_KERNELS_DIR"))
     with _cache_lock:
         mod = _cache.get(key)
@@ -278,8 +279,7 @@ def get_module(op_file: str, dtype=np.float32, target: str = "cuda", device: int
 
 
 def _compile_cupy(src, op_file, dt, device):
-    from .backend import require_cupy
-    cp = require_cupy()
+    cp = backend.require_cupy()
     with cp.cuda.Device(device):
         mod = cp.RawModule(code=src, options=NVRTC_OPTIONS)
         try:
@@ -342,8 +342,7 @@ NOMINAL_SMS = 132
 
 @functools.lru_cache(maxsize=None)
 def _device_sms(device: int) -> int:
-    from .backend import require_cupy
-    cp = require_cupy()
+    cp = backend.require_cupy()
     return int(cp.cuda.Device(device).attributes["MultiProcessorCount"])
 
 
@@ -354,7 +353,7 @@ def sm_count(target: str, device: int | None = None) -> int:
     return NOMINAL_SMS
 
 
-def grid_1d(n: int, block: int = 256, target: str = "sim", device: int | None = None):
+def grid_1d(n: int, block: int = BLOCK, target: str = "sim", device: int | None = None):
     """(grid, block) for the grid-stride elementwise kernels: one thread per element up to
     32 blocks per SM (beyond that the loop strides; more blocks only add scheduling)."""
     blocks = max(1, min(-(-int(n) // block), 32 * sm_count(target, device)))
@@ -363,20 +362,23 @@ def grid_1d(n: int, block: int = 256, target: str = "sim", device: int | None = 
 
 def array_device(arrays) -> int | None:
     """The CUDA device id of the first CuPy array in ``arrays`` (None when there is none)."""
-    from .backend import is_cupy_array
-    for a in arrays:
-        if is_cupy_array(a):
-            return a.device.id
+    cp = backend.cupy_module()
+    if cp is not None:
+        ndarray = cp.ndarray  # looked up once: this runs on every launch
+        for a in arrays:
+            if isinstance(a, ndarray):
+                return a.device.id
     return None
 
 
-def launch(op_file: str, kernel: str, dtype, target: str, grid, block, args, shared_mem=0):
-    """Run ``kernel`` of ``kernels/<op_file>.cu`` on ``target`` with the arrays' device current."""
-    device = array_device(args) if target == "cuda" else None
+def launch(op_file: str, kernel: str, dtype, target: str, grid, block, args, shared_mem=0, device=None):
+    """Run ``kernel`` of ``kernels/<op_file>.cu`` on ``target``. On 'cuda' it runs on ``device``
+    (default: that of the first CuPy array in ``args``), made current for the launch."""
+    if target != "cuda":
+        get_function(op_file, kernel, dtype, target)(tuple(grid), tuple(block), tuple(args), shared_mem=shared_mem)
+        return
+    if device is None:
+        device = array_device(args)
     fn = get_function(op_file, kernel, dtype, target, device)
-    if target == "cuda":
-        from .backend import cupy_module
-        with cupy_module().cuda.Device(device):
-            fn(tuple(grid), tuple(block), tuple(args), shared_mem=shared_mem)
-    else:
+    with backend.cupy_module().cuda.Device(device):
         fn(tuple(grid), tuple(block), tuple(args), shared_mem=shared_mem)

@@ -19,6 +19,7 @@ typedef long long index_t;
 
 // Threads per block of the elementwise and pooling kernels (a multiple of the 32-lane warp;
 // 256 keeps 8 warps in flight per block, enough to hide global latency on sm_80/sm_90).
+// The launchers size their grids with gpuconv.kernels.BLOCK, the same number (tests check).
 #define GPUCONV_BLOCK 256
 
 __device__ inline int imin(int a, int b) { return a < b ? a : b; }
@@ -36,6 +37,20 @@ __device__ inline index_t global_thread_index() {
 __device__ inline index_t global_thread_count() {
     return (index_t)gridDim.x * blockDim.x;
 }
+
+// Splits the flat index i of a row-major [...][H][W] array into its two fastest coordinates
+// (h, w) and returns the index of the plane above them. The divisions stay 64-bit because i
+// may pass 2^31.
+__device__ inline index_t split_hw(index_t i, int H, int W, int* h, int* w) {
+    *w = (int)(i % W);
+    index_t t = i / W;
+    *h = (int)(t % H);
+    return t / H;
+}
+
+// ReLU with np.maximum(v, 0)'s semantics, which the references use: a NaN propagates (v != v),
+// and -0.0 becomes +0.0 (the comparison is false for it, so the result is the literal 0).
+__device__ inline real_t relu_value(real_t v) { return (v > 0 || v != v) ? v : (real_t)0; }
 
 // Four elements loaded or stored as one 16-byte (float) / 32-byte (double) transaction.
 // The launcher only uses it when the pointers are aligned to sizeof(real4).

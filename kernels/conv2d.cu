@@ -314,8 +314,29 @@ __device__ inline void conv_zero(real_t acc[CONV_TM][CONV_TN]) {
         for (int j = 0; j < CONV_TN; ++j) acc[i][j] = 0;
 }
 
-// ReLU with NumPy's maximum(v, 0) semantics: NaN propagates, -0.0 becomes +0.0.
-__device__ inline real_t relu_value(real_t v) { return (v > 0 || v != v) ? v : (real_t)0; }
+// Epilogue of the forward and backward-data GEMMs: acc[i][j] is the output (m, col), m = (n, p)
+// with p a position in a plane of P elements and col one of `cols` channels, stored to
+// out[n, col, p] after the bias (null: none) and ReLU (forward only). Rows tx + 8i put a
+// warp's stores for one (i, j) on consecutive p.
+__device__ inline void conv_store_nchw(real_t acc[CONV_TM][CONV_TN], real_t* out, int row0, int col0, int M,
+                                       int cols, int P, const real_t* bias, int relu) {
+    const int tx = threadIdx.x % 8, ty = threadIdx.x / 8;
+#pragma unroll
+    for (int i = 0; i < CONV_TM; ++i) {
+        const int m = row0 + tx + 8 * i;
+        if (m >= M) continue;
+        const int n = m / P, p = m - n * P;
+        real_t* on = out + (index_t)n * cols * P + p;
+#pragma unroll
+        for (int j = 0; j < CONV_TN; ++j) {
+            const int c = col0 + ty + 8 * j;
+            if (c >= cols) continue;
+            real_t v = acc[i][j];
+            if (bias) v += bias[c];
+            on[(index_t)c * P] = relu ? relu_value(v) : v;
+        }
+    }
+}
 
 // ------------------------------------------------------------------------------------------
 // Forward
@@ -325,12 +346,9 @@ conv2d_forward_v1(const real_t* x, const real_t* w, const real_t* b, real_t* y,
                   int sh, int sw, int ph, int pw, int has_bias, int relu) {
     const index_t total = (index_t)N * K * OH * OW;
     for (index_t i = global_thread_index(); i < total; i += global_thread_count()) {
-        int ow = (int)(i % OW);
-        index_t t = i / OW;
-        int oh = (int)(t % OH);
-        t /= OH;
-        int k = (int)(t % K);
-        int n = (int)(t / K);
+        int oh, ow;
+        const index_t t = split_hw(i, OH, OW, &oh, &ow);
+        const int k = (int)(t % K), n = (int)(t / K);
         real_t acc = 0;
         for (int c = 0; c < C; ++c) {
             const real_t* xc = x + ((index_t)n * C + c) * H * W;
@@ -363,24 +381,7 @@ conv2d_forward_v2(const real_t* x, const real_t* w, const real_t* b, real_t* y,
     real_t acc[CONV_TM][CONV_TN];
     conv_zero(acc);
     conv_gemm_mainloop(la, lb, 0, R, As, Bs, acc);
-
-    const int tx = threadIdx.x % 8, ty = threadIdx.x / 8;
-    const int OHW = OH * OW;
-#pragma unroll
-    for (int i = 0; i < CONV_TM; ++i) {
-        int m = row0 + tx + 8 * i;
-        if (m >= M) continue;
-        int n = m / OHW, p = m - n * OHW;
-        real_t* yn = y + (index_t)n * K * OHW + p;
-#pragma unroll
-        for (int j = 0; j < CONV_TN; ++j) {
-            int k = col0 + ty + 8 * j;
-            if (k >= K) continue;
-            real_t v = acc[i][j];
-            if (has_bias) v += b[k];
-            yn[(index_t)k * OHW] = relu ? relu_value(v) : v;
-        }
-    }
+    conv_store_nchw(acc, y, row0, col0, M, K, OH * OW, has_bias ? b : nullptr, relu);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -391,12 +392,9 @@ conv2d_backward_data_v1(const real_t* dy, const real_t* w, real_t* dx,
                         int sh, int sw, int ph, int pw) {
     const index_t total = (index_t)N * C * H * W;
     for (index_t i = global_thread_index(); i < total; i += global_thread_count()) {
-        int iw = (int)(i % W);
-        index_t t = i / W;
-        int ih = (int)(t % H);
-        t /= H;
-        int c = (int)(t % C);
-        int n = (int)(t / C);
+        int ih, iw;
+        const index_t t = split_hw(i, H, W, &ih, &iw);
+        const int c = (int)(t % C), n = (int)(t / C);
         real_t acc = 0;
         for (int fh = 0; fh < FH; ++fh) {
             int ohs = ih + ph - fh;
@@ -428,21 +426,7 @@ conv2d_backward_data_v2(const real_t* dy, const real_t* w, real_t* dx,
     real_t acc[CONV_TM][CONV_TN];
     conv_zero(acc);
     conv_gemm_mainloop(la, lb, 0, L, As, Bs, acc);
-
-    const int tx = threadIdx.x % 8, ty = threadIdx.x / 8;
-    const int HW = H * W;
-#pragma unroll
-    for (int i = 0; i < CONV_TM; ++i) {
-        int m = row0 + tx + 8 * i;
-        if (m >= M) continue;
-        int n = m / HW, p = m - n * HW;
-        real_t* dxn = dx + (index_t)n * C * HW + p;
-#pragma unroll
-        for (int j = 0; j < CONV_TN; ++j) {
-            int c = col0 + ty + 8 * j;
-            if (c < C) dxn[(index_t)c * HW] = acc[i][j];
-        }
-    }
+    conv_store_nchw(acc, dx, row0, col0, M, C, H * W, nullptr, 0);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -453,12 +437,9 @@ conv2d_backward_weight_v1(const real_t* dy, const real_t* x, real_t* dw,
                           int sh, int sw, int ph, int pw) {
     const index_t total = (index_t)K * C * FH * FW;
     for (index_t i = global_thread_index(); i < total; i += global_thread_count()) {
-        int fw = (int)(i % FW);
-        index_t t = i / FW;
-        int fh = (int)(t % FH);
-        t /= FH;
-        int c = (int)(t % C);
-        int k = (int)(t / C);
+        int fh, fw;
+        const index_t t = split_hw(i, FH, FW, &fh, &fw);
+        const int c = (int)(t % C), k = (int)(t / C);
         real_t acc = 0;
         for (int n = 0; n < N; ++n) {
             const real_t* xc = x + ((index_t)n * C + c) * H * W;
@@ -614,6 +595,27 @@ __device__ void conv3_mainloop(LoaderA& la, LoaderB& lb, int lbegin, int lend,
 // Tile row (0..127) of accumulator row i of this thread, and column likewise.
 __device__ inline int conv3_row(int i) { return (i >> 2) * 64 + (int)(threadIdx.x % 16) * 4 + (i & 3); }
 __device__ inline int conv3_col(int j) { return (j >> 2) * 64 + (int)(threadIdx.x / 16) * 4 + (j & 3); }
+
+// The v2 epilogue (conv_store_nchw) on the v3 thread mapping. A warp's stores for one (i, j)
+// cover 16 rows 4 apart; the four i of a thread fill the gaps, and L2 merges the partial sectors.
+__device__ inline void conv3_store_nchw(real_t acc[8][8], real_t* out, int row0, int col0, int M, int cols,
+                                        int P, const real_t* bias, int relu) {
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+        const int m = row0 + conv3_row(i);
+        if (m >= M) continue;
+        const int n = m / P, p = m - n * P;
+        real_t* on = out + (index_t)n * cols * P + p;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            const int c = col0 + conv3_col(j);
+            if (c >= cols) continue;
+            real_t v = acc[i][j];
+            if (bias) v += bias[c];
+            on[(index_t)c * P] = relu ? relu_value(v) : v;
+        }
+    }
+}
 
 // Row loaders (A operand, m-fast): thread t owns tile row t % 128 and reduction steps
 // 4 * (t / 128) .. + 3 of each round, so a warp reads 32 consecutive output positions per step.
@@ -779,13 +781,6 @@ struct FilterBwdColLoader3 {
     }
 };
 
-__device__ inline void conv3_zero(real_t acc[8][8]) {
-#pragma unroll
-    for (int i = 0; i < 8; ++i)
-#pragma unroll
-        for (int j = 0; j < 8; ++j) acc[i][j] = 0;
-}
-
 // Same signature and semantics as conv2d_forward_v1/v2. Block = CONV3_THREADS (256),
 // grid = (ceil(N*OH*OW / 128), ceil(K / 128)).
 extern "C" __global__ void __launch_bounds__(CONV3_THREADS)
@@ -799,27 +794,9 @@ conv2d_forward_v3(const real_t* x, const real_t* w, const real_t* b, real_t* y,
     PatchRowLoader3 la(x, row0, M, C, H, W, FH, FW, OH, OW, sh, sw, ph, pw);
     FilterColLoader3 lb(w, col0, K, R);
     real_t acc[8][8];
-    conv3_zero(acc);
+    conv_zero(acc);  // v3 threads also hold 8x8 (CONV_TM x CONV_TN) outputs
     conv3_mainloop(la, lb, 0, R, As, Bs, acc);
-
-    // Epilogue: bias, ReLU, scatter to NCHW. A warp's stores for one (i, j) cover 16 rows
-    // 4 apart; the four i of a thread fill the gaps, and L2 merges the partial sectors.
-    const int OHW = OH * OW;
-#pragma unroll
-    for (int i = 0; i < 8; ++i) {
-        const int m = row0 + conv3_row(i);
-        if (m >= M) continue;
-        const int n = m / OHW, p = m - n * OHW;
-        real_t* yn = y + (index_t)n * K * OHW + p;
-#pragma unroll
-        for (int j = 0; j < 8; ++j) {
-            const int k = col0 + conv3_col(j);
-            if (k >= K) continue;
-            real_t v = acc[i][j];
-            if (has_bias) v += b[k];
-            yn[(index_t)k * OHW] = relu ? relu_value(v) : v;
-        }
-    }
+    conv3_store_nchw(acc, y, row0, col0, M, K, OH * OW, has_bias ? b : nullptr, relu);
 }
 
 // Same signature and semantics as conv2d_backward_data_v1/v2. Block = CONV3_THREADS (256),
@@ -835,22 +812,9 @@ conv2d_backward_data_v3(const real_t* dy, const real_t* w, real_t* dx,
     GradGatherRowLoader3 la(dy, row0, M, H, W, K, FH, FW, OH, OW, sh, sw, ph, pw);
     FilterBwdColLoader3 lb(w, col0, C, FH * FW);
     real_t acc[8][8];
-    conv3_zero(acc);
+    conv_zero(acc);
     conv3_mainloop(la, lb, 0, L, As, Bs, acc);
-
-    const int HW = H * W;
-#pragma unroll
-    for (int i = 0; i < 8; ++i) {
-        const int m = row0 + conv3_row(i);
-        if (m >= M) continue;
-        const int n = m / HW, p = m - n * HW;
-        real_t* dxn = dx + (index_t)n * C * HW + p;
-#pragma unroll
-        for (int j = 0; j < 8; ++j) {
-            const int c = col0 + conv3_col(j);
-            if (c < C) dxn[(index_t)c * HW] = acc[i][j];
-        }
-    }
+    conv3_store_nchw(acc, dx, row0, col0, M, C, H * W, nullptr, 0);
 }
 
 // Backward-weight column loaders (both operands l-fast, as in v2): thread t reads reduction step
@@ -935,7 +899,7 @@ conv2d_backward_weight_v3(const real_t* dy, const real_t* x, real_t* ws,
     PatchColLoader3 la(x, row0, C, H, W, FH, FW, OH, OW, sh, sw, ph, pw);
     GradColLoader3 lb(dy, col0, K, OH * OW);
     real_t acc[8][8];
-    conv3_zero(acc);
+    conv_zero(acc);
     conv3_mainloop(la, lb, lbegin, lend, As, Bs, acc);
 
     real_t* out = ws + (index_t)blockIdx.z * K * R;

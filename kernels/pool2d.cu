@@ -38,10 +38,8 @@ max_pool2d_forward(const real_t* x, real_t* y, int* argmax, int NC, int H, int W
                    int kh, int kw, int sh, int sw, int ph, int pw) {
     const index_t total = (index_t)NC * OH * OW;
     for (index_t i = global_thread_index(); i < total; i += global_thread_count()) {
-        int ow = (int)(i % OW);
-        index_t t = i / OW;
-        int oh = (int)(t % OH);
-        index_t plane = t / OH;
+        int oh, ow;
+        const index_t plane = split_hw(i, OH, OW, &oh, &ow);
         const real_t* xp = x + plane * H * W;
         real_t best = 0;
         int best_at = -1;
@@ -72,10 +70,8 @@ max_pool2d_backward(const real_t* dy, const int* argmax, real_t* dx, int NC, int
                     int OH, int OW, int kh, int kw, int sh, int sw, int ph, int pw) {
     const index_t total = (index_t)NC * H * W;
     for (index_t i = global_thread_index(); i < total; i += global_thread_count()) {
-        int iw = (int)(i % W);
-        index_t t = i / W;
-        int ih = (int)(t % H);
-        index_t plane = t / H;
+        int ih, iw;
+        const index_t plane = split_hw(i, H, W, &ih, &iw);
         const index_t obase = plane * OH * OW;
         int oh_lo, oh_hi, ow_lo, ow_hi;
         covering_range(ih, kh, sh, ph, OH, &oh_lo, &oh_hi);
@@ -97,10 +93,8 @@ avg_pool2d_forward(const real_t* x, real_t* y, int NC, int H, int W, int OH, int
     const index_t total = (index_t)NC * OH * OW;
     const real_t inv = (real_t)(1.0 / (double)(kh * kw));
     for (index_t i = global_thread_index(); i < total; i += global_thread_count()) {
-        int ow = (int)(i % OW);
-        index_t t = i / OW;
-        int oh = (int)(t % OH);
-        index_t plane = t / OH;
+        int oh, ow;
+        const index_t plane = split_hw(i, OH, OW, &oh, &ow);
         const real_t* xp = x + plane * H * W;
         real_t s = 0;
         for (int fh = 0; fh < kh; ++fh) {
@@ -121,10 +115,8 @@ avg_pool2d_backward(const real_t* dy, real_t* dx, int NC, int H, int W, int OH, 
     const index_t total = (index_t)NC * H * W;
     const real_t inv = (real_t)(1.0 / (double)(kh * kw));
     for (index_t i = global_thread_index(); i < total; i += global_thread_count()) {
-        int iw = (int)(i % W);
-        index_t t = i / W;
-        int ih = (int)(t % H);
-        index_t plane = t / H;
+        int ih, iw;
+        const index_t plane = split_hw(i, H, W, &ih, &iw);
         const real_t* dyp = dy + plane * OH * OW;
         int oh_lo, oh_hi, ow_lo, ow_hi;
         covering_range(ih, kh, sh, ph, OH, &oh_lo, &oh_hi);

@@ -14,17 +14,16 @@
 //                                       hw = H*W: the fused bias epilogue for layers that add a
 //                                       per-channel bias after a non-conv op.
 
-__device__ inline real_t relu1(real_t v) { return (v > 0 || v != v) ? v : (real_t)0; }
-__device__ inline real_t relu_grad1(real_t g, real_t a) { return a > 0 ? g : (real_t)0; }
+__device__ inline real_t relu_grad(real_t g, real_t a) { return a > 0 ? g : (real_t)0; }
 
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
 relu_forward_v1(const real_t* x, real_t* y, long long n) {
-    for (index_t i = global_thread_index(); i < n; i += global_thread_count()) y[i] = relu1(x[i]);
+    for (index_t i = global_thread_index(); i < n; i += global_thread_count()) y[i] = relu_value(x[i]);
 }
 
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
 relu_backward_v1(const real_t* dy, const real_t* x, real_t* dx, long long n) {
-    for (index_t i = global_thread_index(); i < n; i += global_thread_count()) dx[i] = relu_grad1(dy[i], x[i]);
+    for (index_t i = global_thread_index(); i < n; i += global_thread_count()) dx[i] = relu_grad(dy[i], x[i]);
 }
 
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
@@ -34,14 +33,14 @@ relu_forward_v2(const real_t* x, real_t* y, long long n) {
     real4* y4 = (real4*)y;
     for (index_t i = global_thread_index(); i < n4; i += global_thread_count()) {
         real4 v = x4[i];
-        v.x = relu1(v.x);
-        v.y = relu1(v.y);
-        v.z = relu1(v.z);
-        v.w = relu1(v.w);
+        v.x = relu_value(v.x);
+        v.y = relu_value(v.y);
+        v.z = relu_value(v.z);
+        v.w = relu_value(v.w);
         y4[i] = v;
     }
     const index_t tail = n4 * 4 + global_thread_index();
-    if (tail < n) y[tail] = relu1(x[tail]);
+    if (tail < n) y[tail] = relu_value(x[tail]);
 }
 
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
@@ -52,20 +51,20 @@ relu_backward_v2(const real_t* dy, const real_t* x, real_t* dx, long long n) {
     real4* d4 = (real4*)dx;
     for (index_t i = global_thread_index(); i < n4; i += global_thread_count()) {
         real4 g = g4[i], a = x4[i], d;
-        d.x = relu_grad1(g.x, a.x);
-        d.y = relu_grad1(g.y, a.y);
-        d.z = relu_grad1(g.z, a.z);
-        d.w = relu_grad1(g.w, a.w);
+        d.x = relu_grad(g.x, a.x);
+        d.y = relu_grad(g.y, a.y);
+        d.z = relu_grad(g.z, a.z);
+        d.w = relu_grad(g.w, a.w);
         d4[i] = d;
     }
     const index_t tail = n4 * 4 + global_thread_index();
-    if (tail < n) dx[tail] = relu_grad1(dy[tail], x[tail]);
+    if (tail < n) dx[tail] = relu_grad(dy[tail], x[tail]);
 }
 
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
 bias_relu_forward(const real_t* x, const real_t* b, real_t* y, long long n, int C, int hw, int relu) {
     for (index_t i = global_thread_index(); i < n; i += global_thread_count()) {
         real_t v = x[i] + b[(i / hw) % C];
-        y[i] = relu ? relu1(v) : v;
+        y[i] = relu ? relu_value(v) : v;
     }
 }

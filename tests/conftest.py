@@ -15,6 +15,7 @@ import pytest
 
 import gpuconv
 from gpuconv import backend as B
+from gpuconv import kernels
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SUBSET = pathlib.Path(os.environ.get(
@@ -59,3 +60,31 @@ def subset_dir():
         pytest.fail(f"the CIFAR-10 subset is missing at {SUBSET}: set GPUCONV_TEST_DATA to its "
                     "cifar-10-batches-py directory")
     return SUBSET
+
+
+class LaunchLog(list):
+    """The names of the kernels launched through ``gpuconv.kernels.launch``, in order;
+    ``detail`` holds (name, grid, block) of each."""
+
+    def __init__(self):
+        super().__init__()
+        self.detail = []
+
+    def clear(self):
+        super().clear()
+        self.detail.clear()
+
+
+@pytest.fixture
+def launches(monkeypatch):
+    """Records every kernel launch of the test (the launches still run)."""
+    log = LaunchLog()
+    real = kernels.launch
+
+    def recording(op_file, kernel, dtype, target, grid, block, *args, **kw):
+        log.append(kernel)
+        log.detail.append((kernel, tuple(grid), tuple(block)))
+        return real(op_file, kernel, dtype, target, grid, block, *args, **kw)
+
+    monkeypatch.setattr(kernels, "launch", recording)
+    return log

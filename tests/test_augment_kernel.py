@@ -1,8 +1,8 @@
 """The fused loader kernel (kernels/augment.cu): gather + pad-crop + flip + normalize in one pass.
 
 It must give exactly the batches of the array-module path (``images[idx]`` -> ``crop_flip`` ->
-``normalize``), for the same random draws, on the host simulator; compile with NVRTC for
-compute_80 and compute_90; and stay in bounds under AddressSanitizer/UBSan.
+``normalize``), for the same random draws, on the host simulator; and compile with NVRTC for
+compute_80 and compute_90. (tests/test_sanitizer.py runs it under AddressSanitizer/UBSan.)
 """
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ import pytest
 
 import gpuconv
 from gpuconv import backend as B
-from gpuconv import hostsim, kernels
+from gpuconv import kernels
 from gpuconv.data import CIFAR10_MEAN, CIFAR10_STD, DeviceLoader, crop_flip, normalize
 from gpuconv.data._launch_augment import augment_batch_kernel
+from test_nvrtc import needs_nvrtc
 
 
 def reference(images, idx, oy, ox, flip, padding, mean, std, dtype):
@@ -89,19 +90,6 @@ def test_bad_arguments_are_named(kwargs, match):
 
 
 # ----------------------------------------------------------------------------- the loader routes it
-@pytest.fixture
-def launches(monkeypatch):
-    ran = []
-    real = kernels.launch
-
-    def counting(op_file, kernel, *a, **k):
-        ran.append(kernel)
-        return real(op_file, kernel, *a, **k)
-
-    monkeypatch.setattr(kernels, "launch", counting)
-    return ran
-
-
 @pytest.mark.parametrize("shuffle, augment", [(True, True), (False, True), (True, False), (False, False)])
 def test_loader_on_sim_uses_the_kernel_and_matches_the_array_path(launches, shuffle, augment):
     x = np.random.default_rng(3).integers(0, 256, (37, 3, 8, 8), dtype=np.uint8)
@@ -157,15 +145,8 @@ def test_fused_true_without_a_kernel_target_says_how_to_get_one():
         DeviceLoader(x, np.arange(4), 2, fused="yes")
 
 
-# ----------------------------------------------------------------------------- NVRTC and sanitizers
-try:
-    from cupy_backends.cuda.libs import nvrtc  # noqa: F401
-    _NVRTC_WHY = None
-except Exception as exc:
-    _NVRTC_WHY = f"the NVRTC binding is unavailable ({type(exc).__name__}: {exc}); install gpuconv[nvrtc]"
-
-
-@pytest.mark.skipif(_NVRTC_WHY is not None, reason=_NVRTC_WHY or "")
+# ----------------------------------------------------------------------------- NVRTC and the GPU
+@needs_nvrtc
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("arch", ["compute_80", "compute_90"])
 def test_compiles_with_nvrtc(arch, dtype):

@@ -120,6 +120,14 @@ def test_atomic_add_histogram(basics):
     assert total[0] == values.sum()
 
 
+def test_static_shared_arrays_live_in_the_poisoned_section(basics, basics64):
+    # Every __shared__ array of the module is in gpuconv_shared (the section filled with poison
+    # before each block): at least the non-template tiles of basics.cu, twice as large in double.
+    floats = 256 + 256 + 128 + 64 + 64
+    assert basics.static_shared_bytes >= 4 * floats + 4 * 16
+    assert basics64.static_shared_bytes - basics.static_shared_bytes >= 4 * floats
+
+
 def test_dynamic_shared_memory(basics):
     x = np.arange(96, dtype=np.float32)
     out = np.zeros_like(x)

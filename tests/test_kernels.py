@@ -8,6 +8,8 @@ switches fibers at about a microsecond each.
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from hypothesis import assume, given, settings
@@ -164,31 +166,41 @@ def test_conv2d_tiled_kernels_agree_in_both_schedule_orders(variant):
         np.testing.assert_array_equal(a, r)
 
 
-def test_conv2d_v3_tiles_straddle_128_and_launch_256_threads(monkeypatch):
+def test_conv2d_v3_tiles_straddle_128_and_launch_256_threads(monkeypatch, launches):
     """v3 really runs (no silent fall-back), with its own geometry, on shapes whose GEMM rows
     (N*OH*OW = 162, N*H*W = 162, C*FH*FW = 144) and columns (K = 130) cross the 128-wide tiles."""
-    launched = []
-    real = kernels.launch
-    monkeypatch.setattr(kernels, "launch", lambda *a, **k: (launched.append((a[1], a[4], a[5])), real(*a, **k))[1])
     x, w, b, stride, pad = make_conv(((2, 3, 9, 9), (130, 3, 3), 1, 1), seed=11)
     dy = np.random.default_rng(12).standard_normal((2, 130, 9, 9)).astype(np.float32)
     with kernels.use_variant(**conv_variants("v3")):
         y, cache = LC.conv2d_forward_kernel(x, w, b, stride, pad, target="sim")
         dx = LC.conv2d_backward_data_kernel(dy, w, x.shape, stride, pad, target="sim")
-    assert launched == [("conv2d_forward_v3", (2, 2, 1), (256, 1, 1)),
-                        ("conv2d_backward_data_v3", (2, 1, 1), (256, 1, 1))]
+    assert launches.detail == [("conv2d_forward_v3", (2, 2, 1), (256, 1, 1)),
+                               ("conv2d_backward_data_v3", (2, 1, 1), (256, 1, 1))]
     np.testing.assert_allclose(y, ref_conv(x, w, b, stride, pad), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(dx, ref_conv_backward(dy, x, w, stride, pad)[0], rtol=1e-4, atol=2e-6 * 130 * 9)
     # Backward-weight: C*FH*FW = 144 rows and K = 130 columns, split along z, then reduced in order.
     x, w, b, stride, pad = make_conv(((1, 16, 5, 5), (130, 3, 3), 1, 1), seed=13)
     dy = np.random.default_rng(14).standard_normal((1, 130, 5, 5)).astype(np.float32)
     monkeypatch.setattr(LC, "MIN_SPLIT_CHUNK", 8)
-    launched.clear()
+    launches.clear()
     with kernels.use_variant(**conv_variants("v3")):
         dw = LC.conv2d_backward_weight_kernel(dy, x, w.shape, stride, pad, target="sim")
-    assert [name for name, _, _ in launched] == ["conv2d_backward_weight_v3", "conv2d_reduce_splits"]
-    assert launched[0][1][:2] == (2, 2) and launched[0][1][2] > 1 and launched[0][2] == (256, 1, 1)
+    assert launches == ["conv2d_backward_weight_v3", "conv2d_reduce_splits"]
+    (_, grid, block), _ = launches.detail
+    assert grid[:2] == (2, 2) and grid[2] > 1 and block == (256, 1, 1)
     np.testing.assert_allclose(dw, ref_conv_backward(dy, x, w, stride, pad)[1], rtol=1e-4, atol=1e-4)
+
+
+def test_launcher_constants_match_the_kernel_defines():
+    """The launchers size grids and blocks from constants that the .cu files #define; a change on
+    one side only launches blocks that __launch_bounds__ (defined away on the simulator) or the
+    v2/v3 thread mappings do not allow, which a GPU refuses or computes wrong."""
+    text = "".join((kernels.kernel_dir() / f).read_text() for f in ("common.cuh", "conv2d.cu"))
+    defines = {name: int(v) for name, v in re.findall(r"^#define (\w+) (\d+)\b", text, re.M)}
+    assert kernels.BLOCK == LC.BLOCK == defines["GPUCONV_BLOCK"]
+    assert LC.TILE == defines["CONV_BM"] == defines["CONV_BN"] and LC.GEMM_THREADS == defines["CONV_THREADS"]
+    assert LC.TILE3 == defines["CONV3_BM"] == defines["CONV3_BN"] and LC.GEMM3_THREADS == defines["CONV3_THREADS"]
+    assert LC.TILE_K == defines["CONV_BK"] == defines["CONV3_BK"]  # weight_splits rounds chunks to it
 
 
 def test_conv2d_backward_weight_split_reduction(monkeypatch):
@@ -396,15 +408,12 @@ def test_relu_bit_exact(n, dtype, variant, target):
     np.testing.assert_array_equal(host(dx), relu_ref._relu_backward_reference(dy, rcache))
 
 
-def test_relu_misaligned_views_fall_back_to_v1(monkeypatch):
+def test_relu_misaligned_views_fall_back_to_v1(launches):
     base = np.random.default_rng(11).standard_normal(41).astype(np.float32)
     x = base[1:].reshape(4, 10)  # 4-byte offset: not 16-byte aligned
     assert LR._pick("relu_forward", (x,)) == "v1"
-    launched = []
-    real = kernels.launch
-    monkeypatch.setattr(kernels, "launch", lambda *a, **k: (launched.append(a[1]), real(*a, **k))[1])
     y, _ = LR.relu_forward_kernel(x, target="sim")
-    assert launched == ["relu_forward_v1"]
+    assert launches == ["relu_forward_v1"]
     np.testing.assert_array_equal(y, np.maximum(x, 0))
 
 
@@ -450,22 +459,19 @@ def test_relu_gradient_float64_through_the_simulator():
 
 
 # ----------------------------------------------------------------------------- integration, registry
-def test_ops_run_the_kernels_under_the_sim_device(monkeypatch):
+def test_ops_run_the_kernels_under_the_sim_device(launches):
     from gpuconv import ops
-    launched = []
-    real = kernels.launch
-    monkeypatch.setattr(kernels, "launch", lambda *a, **k: (launched.append(a[1]), real(*a, **k))[1])
     x, w, b, stride, pad = make_conv(CONV_CASES[1])
     with gpuconv.default_device("sim"):
         y, cache = ops.conv2d_forward(x, w, b, stride=1, padding=1)
         dx, dw, db = ops.conv2d_backward(np.ones_like(y), cache)
         r, rc = ops.relu_forward(y)
         p, pc = ops.max_pool2d_forward(x[:, :, :6], 2)
-    assert set(launched) >= {"conv2d_forward_v2", "conv2d_backward_data_v2", "conv2d_backward_weight_v2",
+    assert set(launches) >= {"conv2d_forward_v2", "conv2d_backward_data_v2", "conv2d_backward_weight_v2",
                              "conv2d_backward_bias", "relu_forward_v2", "max_pool2d_forward"}
-    launched.clear()
+    launches.clear()
     ops.conv2d_forward(x, w, b, stride=1, padding=1)  # default device 'cpu': the NumPy reference
-    assert launched == []
+    assert launches == []
     for op in ("conv2d_forward", "conv2d_backward", "max_pool2d_forward", "max_pool2d_backward",
                "avg_pool2d_forward", "avg_pool2d_backward", "relu_forward", "relu_backward"):
         assert _dispatch.get_launcher(op, "sim") is not None and _dispatch.get_launcher(op, "cuda") is not None
@@ -539,13 +545,8 @@ def test_training_steps_on_the_kernels_match_numpy(device):
 
 # ----------------------------------------------------------------------------- the benchmark's validation
 def _bench():
-    import importlib.util
-    import pathlib
-    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "bench_conv2d.py"
-    spec = importlib.util.spec_from_file_location("bench_conv2d", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from test_benchmarks import load
+    return load("bench_conv2d")
 
 
 def test_benchmark_validation_runs_on_the_simulator(monkeypatch, capsys):
@@ -641,6 +642,44 @@ def test_cuda_dispatch_makes_the_arrays_device_current(monkeypatch):
     assert _dispatch.call("no_launcher_op", "cuda", lambda x: entered[-1], FakeArray()) == ("enter", 1)
     entered.clear()
     assert _dispatch.call("no_launcher_op", None, lambda x: "numpy", np.zeros(1)) == "numpy" and entered == []
+
+
+def test_cuda_launch_runs_on_the_arrays_or_the_given_device(monkeypatch):
+    """kernels.launch on 'cuda' takes the kernel compiled for, and makes current, the device of
+    the first CuPy array, or the one the launcher already knows. CuPy faked: no GPU here."""
+    entered, calls = [], []
+
+    class FakeDevice:
+        def __init__(self, i):
+            self.id = i
+
+        def __enter__(self):
+            entered.append(self.id)
+
+        def __exit__(self, *exc):
+            entered.append(-self.id)
+
+    class FakeArray:
+        device = FakeDevice(2)
+
+    class FakeCupy:
+        ndarray = FakeArray
+
+        class cuda:
+            Device = FakeDevice
+
+    def get_function(op_file, name, dtype, target, device=None):
+        return lambda grid, block, args, shared_mem=0: calls.append((name, device, entered[-1], grid, block))
+
+    monkeypatch.setattr(B, "cupy_module", lambda: FakeCupy)
+    monkeypatch.setattr(kernels, "get_function", get_function)
+    args = (np.int64(3), FakeArray())
+    kernels.launch("relu", "relu_forward_v1", np.float32, "cuda", [4, 1, 1], [256, 1, 1], args)
+    kernels.launch("relu", "relu_forward_v1", np.float32, "cuda", (4, 1, 1), (256, 1, 1), args, device=1)
+    assert calls == [("relu_forward_v1", 2, 2, (4, 1, 1), (256, 1, 1)),   # (kernel, compiled for, current, ...)
+                     ("relu_forward_v1", 1, 1, (4, 1, 1), (256, 1, 1))]
+    assert entered == [2, -2, 1, -1]
+    assert kernels.array_device([np.zeros(1), FakeArray()]) == 2 and kernels.array_device([np.zeros(1)]) is None
 
 
 # ----------------------------------------------------------------------------- the fused loader kernel

@@ -13,8 +13,6 @@ import numpy as np
 from .. import kernels
 from ..backend import get_array_module
 
-BLOCK = 256  # GPUCONV_BLOCK in common.cuh
-
 
 def _vector(xp, name, v, dtype, b):
     if tuple(v.shape) not in ((b,), (b, 1)):
@@ -56,8 +54,9 @@ def augment_batch_kernel(images, index, offsets_y, offsets_x, flip, mean, std, p
         raise ValueError(f"mean and std need one value per channel ({c}), got {mean.shape[0]} and {std.shape[0]}")
     out = xp.empty((b, c, h, w), dtype=dtype)
     if out.size:
-        grid, block = kernels.grid_1d(out.size, BLOCK, target, kernels.array_device([images]))
+        device = kernels.array_device([images])
+        grid, block = kernels.grid_1d(out.size, kernels.BLOCK, target, device)
         args = (images, index, oy, ox, fl, mean, std, out, np.int64(n),
                 *(np.int32(v) for v in (b, c, h, w, padding if crop else 0, crop, do_flip)))
-        kernels.launch("augment", "augment_batch", dtype, target, grid, block, args)
+        kernels.launch("augment", "augment_batch", dtype, target, grid, block, args, device=device)
     return out

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import os
-import shutil
 import pathlib
 import re
 import subprocess
@@ -12,6 +11,7 @@ import sys
 import typing
 
 from ._build import compiler
+from ._errors import CompileError
 
 _PACKAGE_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -61,12 +61,13 @@ def sanitizer_env(base: dict | None = None) -> dict:
 
 
 def sanitizers_available() -> bool:
-    """True when g++ and its ASan/UBSan runtimes are installed (what run_sanitized needs)."""
+    """True when the simulator's compiler (g++, or $GPUCONV_SIM_CXX) and its ASan/UBSan runtimes
+    are installed: what run_sanitized needs."""
     try:
-        sanitizer_env()
-    except Exception:
+        sanitizer_env()  # finds the compiler, then asks it for both runtimes
+    except (OSError, CompileError):
         return False
-    return shutil.which("g++") is not None
+    return True
 
 
 def run_sanitized(code: str, *, timeout: float = 600, reverse: bool = False, cwd=None) -> SanitizedResult:

@@ -20,7 +20,7 @@ TILE_K = 8           # CONV_BK
 GEMM_THREADS = 64    # CONV_THREADS
 TILE3 = 128          # CONV3_BM = CONV3_BN (v3)
 GEMM3_THREADS = 256  # CONV3_THREADS
-BLOCK = 256          # GPUCONV_BLOCK
+BLOCK = kernels.BLOCK  # GPUCONV_BLOCK
 # Backward-weight split-K: each split reduces at least this many of the N*OH*OW positions, so a
 # split's partial sum is worth its workspace slice and the extra pass stays a small fraction.
 MIN_SPLIT_CHUNK = 256
@@ -86,8 +86,9 @@ def conv2d_forward_kernel(x, w, b, stride, padding, *, target, relu=False):
         if var == "v1" or not _fits_int(n * oh * ow, c * fh * fw):
             var = "v1"  # the tiled kernels index GEMM rows in int; v1's indices are 64-bit
         name = f"conv2d_forward_{var}"
-        grid, block = geometry(name, target, kernels.array_device([x]), rows=n * oh * ow, cols=k, elements=y.size)
-        kernels.launch("conv2d", name, x.dtype, target, grid, block, args)
+        device = kernels.array_device([x])
+        grid, block = geometry(name, target, device, rows=n * oh * ow, cols=k, elements=y.size)
+        kernels.launch("conv2d", name, x.dtype, target, grid, block, args, device=device)
     return y, Conv2dCache(x, w, b is not None, stride, padding)
 
 
@@ -116,8 +117,9 @@ def conv2d_backward_data_kernel(dy, w, x_shape, stride, padding, *, target):
     if var == "v1" or not _fits_int(n * h * wd, k * fh * fw):
         var = "v1"
     name = f"conv2d_backward_data_{var}"
-    grid, block = geometry(name, target, kernels.array_device([dy]), rows=n * h * wd, cols=c, elements=dx.size)
-    kernels.launch("conv2d", name, dy.dtype, target, grid, block, args)
+    device = kernels.array_device([dy])
+    grid, block = geometry(name, target, device, rows=n * h * wd, cols=c, elements=dx.size)
+    kernels.launch("conv2d", name, dy.dtype, target, grid, block, args, device=device)
     return dx
 
 
@@ -142,14 +144,16 @@ def conv2d_backward_weight_kernel(dy, x, w_shape, stride, padding, *, target):
         splits, chunk = weight_splits(l_total, -(-rows // tile) * -(-k // tile), target, device)
         ws = dw if splits == 1 else xp.empty((splits, k, rows), dtype=dy.dtype)
         grid, block = geometry(name, target, device, rows=rows, cols=k, splits=splits)
-        kernels.launch("conv2d", name, dy.dtype, target, grid, block, (dy, x, ws) + dims + (np.int32(chunk),))
+        kernels.launch("conv2d", name, dy.dtype, target, grid, block, (dy, x, ws) + dims + (np.int32(chunk),),
+                       device=device)
         if splits > 1:
             grid, block = geometry("conv2d_reduce_splits", target, device, elements=dw.size)
             kernels.launch("conv2d", "conv2d_reduce_splits", dy.dtype, target, grid, block,
-                           (ws, dw, np.int32(splits), np.int64(dw.size)))
+                           (ws, dw, np.int32(splits), np.int64(dw.size)), device=device)
     else:
         grid, block = geometry("conv2d_backward_weight_v1", target, device, elements=dw.size)
-        kernels.launch("conv2d", "conv2d_backward_weight_v1", dy.dtype, target, grid, block, (dy, x, dw) + dims)
+        kernels.launch("conv2d", "conv2d_backward_weight_v1", dy.dtype, target, grid, block, (dy, x, dw) + dims,
+                       device=device)
     return dw
 
 

@@ -15,18 +15,20 @@ from ._checks import output_hw
 from ._dispatch import register_launcher
 from .pool2d import AvgPool2dCache, MaxPool2dCache
 
-BLOCK = 256  # GPUCONV_BLOCK in common.cuh
-
-
-def _geometry(elements, target, like):
-    """One thread per element (outputs forward, inputs backward), grid-stride beyond the cap."""
-    return kernels.grid_1d(elements, BLOCK, target, kernels.array_device([like]))
-
 
 def _dims(x_shape, kernel_size, stride):
     n, c, h, w = x_shape
     oh, ow = output_hw(x_shape, kernel_size, stride, (0, 0))
     return (n, c, oh, ow), tuple(np.int32(v) for v in (n * c, h, w, oh, ow, *kernel_size, *stride, 0, 0))
+
+
+def _run(kernel, elements, target, args):
+    """One thread per element (outputs forward, inputs backward), grid-stride beyond the cap;
+    ``args[0]`` (x or dy) gives the dtype and the device."""
+    if elements:
+        device = kernels.array_device(args[:1])
+        grid, block = kernels.grid_1d(elements, kernels.BLOCK, target, device)
+        kernels.launch("pool2d", kernel, args[0].dtype, target, grid, block, args, device=device)
 
 
 @register_launcher("max_pool2d_forward")
@@ -36,9 +38,7 @@ def max_pool2d_forward_kernel(x, kernel_size, stride, *, target):
     out_shape, dims = _dims(x.shape, kernel_size, stride)
     y = xp.empty(out_shape, dtype=x.dtype)
     argmax = xp.empty(out_shape, dtype=np.int32)
-    if y.size:
-        grid, block = _geometry(y.size, target, x)
-        kernels.launch("pool2d", "max_pool2d_forward", x.dtype, target, grid, block, (x, y, argmax) + dims)
+    _run("max_pool2d_forward", y.size, target, (x, y, argmax) + dims)
     return y, MaxPool2dCache(tuple(x.shape), kernel_size, stride, argmax)
 
 
@@ -49,9 +49,7 @@ def max_pool2d_backward_kernel(dy, cache, *, target):
     argmax = xp.ascontiguousarray(cache.argmax, dtype=np.int32)
     _, dims = _dims(cache.x_shape, cache.kernel_size, cache.stride)
     dx = xp.empty(cache.x_shape, dtype=dy.dtype)
-    if dx.size:
-        grid, block = _geometry(dx.size, target, dy)
-        kernels.launch("pool2d", "max_pool2d_backward", dy.dtype, target, grid, block, (dy, argmax, dx) + dims)
+    _run("max_pool2d_backward", dx.size, target, (dy, argmax, dx) + dims)
     return dx
 
 
@@ -61,9 +59,7 @@ def avg_pool2d_forward_kernel(x, kernel_size, stride, *, target):
     x = xp.ascontiguousarray(x)
     out_shape, dims = _dims(x.shape, kernel_size, stride)
     y = xp.empty(out_shape, dtype=x.dtype)
-    if y.size:
-        grid, block = _geometry(y.size, target, x)
-        kernels.launch("pool2d", "avg_pool2d_forward", x.dtype, target, grid, block, (x, y) + dims)
+    _run("avg_pool2d_forward", y.size, target, (x, y) + dims)
     return y, AvgPool2dCache(tuple(x.shape), kernel_size, stride)
 
 
@@ -73,7 +69,5 @@ def avg_pool2d_backward_kernel(dy, cache, *, target):
     dy = xp.ascontiguousarray(dy)
     _, dims = _dims(cache.x_shape, cache.kernel_size, cache.stride)
     dx = xp.empty(cache.x_shape, dtype=dy.dtype)
-    if dx.size:
-        grid, block = _geometry(dx.size, target, dy)
-        kernels.launch("pool2d", "avg_pool2d_backward", dy.dtype, target, grid, block, (dy, dx) + dims)
+    _run("avg_pool2d_backward", dx.size, target, (dy, dx) + dims)
     return dx

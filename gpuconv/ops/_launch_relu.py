@@ -14,8 +14,6 @@ from ..backend import get_array_module, is_cupy_array
 from ._dispatch import register_launcher
 from .relu import ReluCache
 
-BLOCK = 256  # GPUCONV_BLOCK in common.cuh
-
 
 def _address(a):
     return a.data.ptr if is_cupy_array(a) else a.ctypes.data
@@ -29,10 +27,14 @@ def _pick(family, arrays):
     return var
 
 
-def _geometry(n, variant, target, like):
-    """v1: one thread per element; v2: one thread per 4-element vector (the tail rides along)."""
+def _run(kernel, n, variant, target, args):
+    """v1: one thread per element; v2: one thread per 4-element vector (the tail rides along).
+    ``args[0]`` gives the dtype and the device."""
     per_thread = 4 if variant == "v2" else 1
-    return kernels.grid_1d(max(1, -(-n // per_thread)), BLOCK, target, kernels.array_device([like]))
+    device = kernels.array_device(args[:1])
+    grid, block = kernels.grid_1d(max(1, -(-n // per_thread)), kernels.BLOCK, target, device)
+    kernels.launch("relu", f"{kernel}_{variant}", args[0].dtype, target, grid, block, args + (np.int64(n),),
+                   device=device)
 
 
 @register_launcher("relu_forward")
@@ -41,9 +43,7 @@ def relu_forward_kernel(x, *, target):
     x = xp.ascontiguousarray(x)
     y = xp.empty_like(x)
     if x.size:
-        var = _pick("relu_forward", (x, y))
-        grid, block = _geometry(x.size, var, target, x)
-        kernels.launch("relu", f"relu_forward_{var}", x.dtype, target, grid, block, (x, y, np.int64(x.size)))
+        _run("relu_forward", x.size, _pick("relu_forward", (x, y)), target, (x, y))
     return y, ReluCache(x)
 
 
@@ -53,8 +53,5 @@ def relu_backward_kernel(dy, cache, *, target):
     dy, x = xp.ascontiguousarray(dy), xp.ascontiguousarray(cache.x)
     dx = xp.empty_like(dy)
     if dx.size:
-        var = _pick("relu_backward", (dy, x, dx))
-        grid, block = _geometry(dx.size, var, target, dy)
-        kernels.launch("relu", f"relu_backward_{var}", dy.dtype, target, grid, block,
-                       (dy, x, dx, np.int64(dx.size)))
+        _run("relu_backward", dx.size, _pick("relu_backward", (dy, x, dx)), target, (dy, x, dx))
     return dx
