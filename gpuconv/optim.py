@@ -33,6 +33,14 @@ def _nonneg(name, value):
     return float(value)
 
 
+def _check_saved_by(obj, d, key):
+    """A state dict loads only into the class that saved it (its name is stored under ``key``)."""
+    kind = str(_scalar(d.get(key, "")))
+    if kind != type(obj).__name__:
+        raise ValueError(f"{type(obj).__name__}.load_state_dict: the state dict was saved by {key} "
+                         f"{kind!r}; build a {kind} to load it")
+
+
 def _scalar(value):
     # np.savez turns scalars into 0-d arrays; accept either.
     return np.asarray(value).reshape(-1)[0].item() if isinstance(value, np.ndarray) else value
@@ -94,10 +102,7 @@ class Optimizer:
         return out
 
     def load_state_dict(self, d):
-        kind = str(_scalar(d.get("optimizer", "")))
-        if kind != type(self).__name__:
-            raise ValueError(f"{type(self).__name__}.load_state_dict: the state dict was saved by optimizer "
-                             f"{kind!r}; build a {kind} to load it")
+        _check_saved_by(self, d, "optimizer")
         n = int(_scalar(d["num_params"]))
         if n != len(self.params):
             raise ValueError(f"{type(self).__name__}.load_state_dict: the state dict holds {n} parameters, this "
@@ -249,10 +254,7 @@ class LRSchedule:
         return out
 
     def load_state_dict(self, d):
-        kind = str(_scalar(d.get("schedule", "")))
-        if kind != type(self).__name__:
-            raise ValueError(f"{type(self).__name__}.load_state_dict: the state dict was saved by schedule "
-                             f"{kind!r}; build a {kind} to load it")
+        _check_saved_by(self, d, "schedule")
         for name in self._hyper:
             setattr(self, name, type(getattr(self, name))(_scalar(d[name])))
         self.base_lr = float(_scalar(d["base_lr"]))

@@ -89,3 +89,10 @@ def output_hw(x_shape, filt_hw, stride, padding):
     """(OH, OW) for an NCHW input, checked along both axes."""
     return (conv_output_size(x_shape[2], filt_hw[0], stride[0], padding[0], "height"),
             conv_output_size(x_shape[3], filt_hw[1], stride[1], padding[1], "width"))
+
+
+def check_bias(b, w, per):
+    """``b`` is None or holds one value per row of ``w`` (``per`` names what a row is)."""
+    if b is not None and tuple(b.shape) != (w.shape[0],):
+        raise ValueError(f"b must have shape ({w.shape[0]},), one bias per {per} of w {tuple(w.shape)}, "
+                         f"got {tuple(b.shape)}")

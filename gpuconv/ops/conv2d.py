@@ -23,7 +23,7 @@ from collections import namedtuple
 from .. import backend
 from ..backend import get_array_module
 from . import _dispatch
-from ._checks import check_float, check_rank, check_same_dtype, output_hw, pair
+from ._checks import check_bias, check_float, check_rank, check_same_dtype, output_hw, pair
 
 Conv2dCache = namedtuple("Conv2dCache", "x w has_bias stride padding")
 
@@ -69,9 +69,7 @@ def _check_conv_args(x, w, b, stride, padding):
         raise ValueError(f"channel mismatch: x has C={x.shape[1]} channels (shape {tuple(x.shape)}) but w "
                          f"expects C={w.shape[1]} (shape {tuple(w.shape)}, laid out K, C, FH, FW); "
                          f"make w.shape[1] equal x.shape[1]")
-    if b is not None and tuple(b.shape) != (w.shape[0],):
-        raise ValueError(f"b must have shape ({w.shape[0]},), one bias per filter of w {tuple(w.shape)}, "
-                         f"got {tuple(b.shape)}")
+    check_bias(b, w, "filter")
     stride = pair("stride", stride, minimum=1)
     padding = pair("padding", padding, minimum=0)
     output_hw(x.shape, w.shape[2:], stride, padding)

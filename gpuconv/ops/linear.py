@@ -12,7 +12,7 @@ from collections import namedtuple
 from .. import backend
 from ..backend import get_array_module
 from . import _dispatch
-from ._checks import check_float, check_rank, check_same_dtype
+from ._checks import check_bias, check_float, check_rank, check_same_dtype
 
 LinearCache = namedtuple("LinearCache", "x w has_bias")
 
@@ -33,9 +33,7 @@ def linear_forward(x, w, b=None):
         raise ValueError(f"feature mismatch: x of shape {tuple(x.shape)} flattens to {features} features per "
                          f"sample but w of shape {tuple(w.shape)} (out_features, in_features) expects "
                          f"in_features={w.shape[1]}; make w.shape[1] equal prod(x.shape[1:])")
-    if b is not None and tuple(b.shape) != (w.shape[0],):
-        raise ValueError(f"b must have shape ({w.shape[0]},), one bias per output feature of w "
-                         f"{tuple(w.shape)}, got {tuple(b.shape)}")
+    check_bias(b, w, "output feature")
     target = backend.kernel_target(x, w, b)
     return _dispatch.call("linear_forward", target, _linear_forward_reference, x, w, b)
 
