@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# The one command a session with a lent GPU runs, from the repository root:
+# The two commands a session with a lent GPU runs, from the repository root (two device calls,
+# each within the device tool's 10 minutes a command):
 #
-#     PYTHONPATH=. bash benchmarks/run_gpu.sh
+#     PYTHONPATH=. bash benchmarks/run_gpu.sh                    # tests, sanitizers, benchmarks
+#     STAGES=parity PYTHONPATH=. bash benchmarks/run_gpu.sh      # accuracy parity GPU vs CPU
 #
-# In order, each stage bounded in time so that the whole fits in about 8 minutes of an H100:
+# STAGES picks the stage groups (default "tests sanitizer bench"; "parity"; "all" for every one).
+# In order, each stage bounded in time so that the default groups fit in about 8 minutes of an H100:
 #   1. versions: nvidia-smi, python, numpy, cupy, CUDA runtime/driver, torch, cuDNN, compute-sanitizer
 #   2. the GPU tests:              pytest -m gpu -q
 #   3. compute-sanitizer (when on the PATH or in /usr/local/cuda*/bin): memcheck, racecheck,
@@ -11,6 +14,8 @@
 #      memory pool off so bounds are exact)
 #   4. the benchmarks, each validating first, with --save: bench_ops, bench_step, bench_epoch,
 #      bench_conv2d
+#   5. parity (STAGES=parity): benchmarks/parity.py --save, three_layer_convnet trained for 8 epochs
+#      with seeds 0 and 1 on the GPU and on the CPU on the real subset (about 2-3 minutes)
 # Records land in benchmarks/results/ (<date>-<device>-<name>.json; conv2d-<device>-<date>.json);
 # the logs in benchmarks/results/logs/<stamp>/. With $OUT set (the device tool), $OUT receives the
 # records of this run, the whole log (run_gpu.log), summary.txt and logs.tar.gz (at most 8 files:
@@ -29,6 +34,8 @@ export PYTHONPATH="${PYTHONPATH:-.}"
 if [ -d .gpu-site ]; then export PYTHONPATH=".gpu-site:$PYTHONPATH"; fi
 export PYTHONUNBUFFERED=1
 PY="${PYTHON:-python3}"
+STAGES="${STAGES:-tests sanitizer bench}"
+want() { [ "$STAGES" = all ] || case " $STAGES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 BUDGET="${GPU_RUN_BUDGET_S:-500}"
 RESERVE=0  # seconds kept back for later stages (the benchmarks are the run's main product)
 STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
@@ -101,15 +108,16 @@ if ! "$PY" -c "from gpuconv import backend; raise SystemExit(0 if backend.cuda_a
 fi
 
 # ---------------------------------------------------------------- 2. GPU tests
-RESERVE=350
-if [ "${SKIP_TESTS:-0}" != "1" ]; then
+RESERVE=0
+want bench && RESERVE=350
+if want tests && [ "${SKIP_TESTS:-0}" != "1" ]; then
     stage pytest_gpu 100 "$PY" -m pytest -m gpu -q --maxfail=5 -p no:cacheprovider \
         --continue-on-collection-errors  # without .gpu-site, files importing hypothesis are not collected
 fi
 
 # ---------------------------------------------------------------- 3. compute-sanitizer
 SANITIZER="$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n 1)"
-if [ "${SKIP_SANITIZER:-0}" != "1" ]; then
+if want sanitizer && [ "${SKIP_SANITIZER:-0}" != "1" ]; then
     if [ -n "$SANITIZER" ]; then
         "$SANITIZER" --version 2>&1 | tail -n 1 | tee -a "$LOGS/versions.log"
         stage sanitize_plain 40 "$PY" benchmarks/sanitize_gpu.py  # also fills CuPy's kernel cache
@@ -126,10 +134,17 @@ fi
 
 # ---------------------------------------------------------------- 4. benchmarks
 RESERVE=0
-stage bench_ops 75 "$PY" benchmarks/bench_ops.py --save --warmup 3 --repeat 20
-stage bench_step 75 "$PY" benchmarks/bench_step.py --save --warmup 10 --repeat 40
-stage bench_epoch 110 "$PY" benchmarks/bench_epoch.py --save --warmup 5 --repeat 1
-stage bench_conv2d 90 "$PY" benchmarks/bench_conv2d.py --layers fast_net --warmup 2 --repeat 10  # v1-v3, every fast_net conv
+if want bench; then
+    stage bench_ops 75 "$PY" benchmarks/bench_ops.py --save --warmup 3 --repeat 20
+    stage bench_step 75 "$PY" benchmarks/bench_step.py --save --warmup 10 --repeat 40
+    stage bench_epoch 110 "$PY" benchmarks/bench_epoch.py --save --warmup 5 --repeat 1
+    stage bench_conv2d 90 "$PY" benchmarks/bench_conv2d.py --layers fast_net --warmup 2 --repeat 10  # v1-v3, every fast_net conv
+fi
+
+# ---------------------------------------------------------------- 5. accuracy parity
+if want parity; then
+    stage parity 480 "$PY" benchmarks/parity.py --save
+fi
 
 # ---------------------------------------------------------------- results
 log "done in $((SECONDS - START))s; summary:"

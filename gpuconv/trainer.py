@@ -379,7 +379,7 @@ class Trainer:
                           "lr": float(self.optimizer.lr), "images_per_s": n / max(self._ep["t"], 1e-9)}
                 if val is not None:
                     ev = self.evaluate(val)
-                    record.update(val_loss=ev["loss"], val_acc=ev["accuracy"])
+                    record.update(val_loss=ev["loss"], val_acc=ev["accuracy"], val_n=ev["n"])
                 self.epoch, self.epoch_step = self.epoch + 1, 0
                 self.elapsed = time.perf_counter() - self._t0
                 record.update(elapsed_s=round(self.elapsed, 3), **self._telemetry())

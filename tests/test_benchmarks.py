@@ -199,3 +199,62 @@ def test_cuda_tiny_run_times_and_keeps_the_step_device_resident(name, tmp_path):
             assert r["ms"] > 0 and r["host_transfers"] == 0 and r["pool_stable"] is True
     else:
         assert rec["results"]["epoch_s"] > 0 and rec["results"]["host_transfers"] == 0
+
+
+# ----------------------------------------------------------------------------- accuracy parity
+DATA = REPO.parent / "shared" / "data" / "cifar10-subset"
+
+
+@pytest.mark.skipif(not DATA.exists(), reason=f"the real CIFAR-10 subset is not at {DATA}")
+def test_parity_sim_tiny_trains_both_devices_on_real_images_and_records_the_curves(tmp_path):
+    proc = run_script("parity", "--device", "sim", "--tiny", "--json", "--save", "--data", str(DATA),
+                      env={"GPUCONV_BENCH_RESULTS": str(tmp_path)}, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rec = json.loads(proc.stdout)
+    assert rec["benchmark"] == "parity" and rec["environment"]["device_kind"] == "sim"
+    assert [(r["device"], r["seed"]) for r in rec["runs"]] == [("cpu", 0), ("sim", 0), ("cpu", 1), ("sim", 1)]
+    names = [c["name"] for c in rec["validation"]["checks"]]
+    assert {"seed 0: step 1 loss", "seed 0: epoch losses", "seed 1: held-out accuracy"} <= set(names)
+    assert rec["validation"]["passed"]
+    for run in rec["runs"]:
+        assert len(run["step_loss"]) == 2 * 3 and len(run["epoch_loss"]) == 2  # 96 images, batch 32, 2 epochs
+        assert run["n_val"] == rec["noise"]["n_val"] > 0 and 0.0 <= run["accuracy"] <= 1.0
+    # The kernels on the simulator follow NumPy step by step: the first losses agree to rounding.
+    cpu0, sim0 = rec["runs"][0], rec["runs"][1]
+    np.testing.assert_allclose(sim0["step_loss"], cpu0["step_loss"], rtol=1e-4)
+    assert len(list(tmp_path.glob("*-parity.json"))) == 1
+
+
+def test_parity_checks_fail_when_the_device_drifts():
+    parity = load("parity")
+
+    def run(device, seed, acc, losses):
+        return {"device": device, "seed": seed, "accuracy": acc, "n_val": 1000, "step_loss": losses,
+                "epoch_loss": [sum(losses) / len(losses)]}
+
+    good = [run("cpu", 0, 0.50, [2.3, 2.0, 1.8]), run("cuda", 0, 0.51, [2.3, 2.0, 1.8]),
+            run("cpu", 1, 0.52, [2.31, 2.1, 1.9]), run("cuda", 1, 0.52, [2.31, 2.1, 1.9])]
+    checks = parity.common.Checks()
+    noise = parity.compare(good, "cuda", checks)
+    assert checks.passed, checks.failures()
+    assert noise["accuracy_tolerance"] == pytest.approx(3 * np.sqrt(0.51 * 0.49 / 1000))
+    bad = [dict(r) for r in good]
+    bad[1] = run("cuda", 0, 0.30, [2.3, 2.6, 2.9])  # the device run drifted away and learned less
+    checks = parity.common.Checks()
+    parity.compare(bad, "cuda", checks)
+    failed = {f.split(":")[0] + ":" + f.split(":")[1] for f in checks.failures()}
+    assert failed == {"seed 0: steps 1-5 loss", "seed 0: epoch losses", "seed 0: held-out accuracy"}
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="bash script")
+def test_run_gpu_script_parity_stage_alone(tmp_path):
+    out, results = tmp_path / "out", tmp_path / "results"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHON": sys.executable, "STAGES": "parity",
+           "OUT": str(out), "GPUCONV_BENCH_RESULTS": str(results)}
+    proc = subprocess.run(["bash", str(BENCH / "run_gpu.sh")], capture_output=True, text=True, env=env, timeout=120,
+                          cwd=REPO)
+    if B.cuda_available():
+        pytest.skip("a GPU is present: this test checks the no-GPU flow")
+    summary = (out / "summary.txt").read_text()
+    assert proc.returncode == 1 and re.search(r"FAILED\(rc=2\)\s+parity", summary), summary
+    assert "pytest_gpu" not in summary and "bench_ops" not in summary and "sanitize" not in summary
