@@ -10,8 +10,8 @@ read past the end of one array lands inside a larger pooled block and memcheck c
 without it every array is its own cudaMalloc, bounds exact. Shapes reach the guarded edges:
 partial GEMM tiles in both dimensions, a partial reduction round, padding wider than the
 filter, several backward-weight splits, overlapping pooling windows, ReLU lengths with a vector
-tail and a misaligned view, crops falling wholly into the padding. Exit 0 when every kernel ran
-and matched; 1 naming the mismatch or the kernel that did not run.
+tail and a misaligned view, dropout over partial blocks, crops falling wholly into the padding.
+Exit 0 when every kernel ran and matched; 1 naming the mismatch or the kernel that did not run.
 """
 from __future__ import annotations
 
@@ -30,9 +30,11 @@ from gpuconv import hostsim, kernels  # noqa: E402
 from gpuconv.data import crop_flip, normalize  # noqa: E402
 from gpuconv.data._launch_augment import augment_batch_kernel  # noqa: E402
 from gpuconv.ops import _launch_conv2d as LC  # noqa: E402
+from gpuconv.ops import _launch_dropout as LD  # noqa: E402
 from gpuconv.ops import _launch_pool2d as LP  # noqa: E402
 from gpuconv.ops import _launch_relu as LR  # noqa: E402
 from gpuconv.ops import conv2d as C  # noqa: E402
+from gpuconv.ops import dropout as D  # noqa: E402
 from gpuconv.ops import pool2d as P  # noqa: E402
 
 
@@ -123,6 +125,20 @@ def relu(run, rng):
     run.exact("bias_relu_forward", yb, np.maximum(xb + bb[None, :, None], np.float32(0)))
 
 
+def dropout(run, rng):
+    for dtype in (np.float32, np.float64):
+        for n, p in ((1, 0.5), (6, 0.3), (257, 0.9), (1000, 0.1)):  # 257, 1000: a partial last block
+            xh = rng.standard_normal(n).astype(dtype)
+            dy = rng.standard_normal(n).astype(dtype)
+            key = D.draw_key(rng)
+            y, c = LD.dropout_forward_kernel(run.dev(xh), p, key, target=run.target)
+            ry, rc = D._dropout_forward_reference(xh, p, key)
+            run.exact(f"dropout forward n={n} p={p}", y, ry)
+            run.exact(f"dropout mask n={n} p={p}", c.mask, rc.mask)
+            run.exact(f"dropout backward n={n} p={p}", LD.dropout_backward_kernel(run.dev(dy), c, target=run.target),
+                      D._dropout_backward_reference(dy, rc))
+
+
 def augment(run, rng):
     for shape, p in [((5, 3, 7, 9), 3), ((2, 1, 1, 1), 4), ((4, 2, 5, 5), 0)]:
         images = rng.integers(0, 256, shape, dtype=np.uint8)
@@ -164,7 +180,7 @@ def main(argv=None):
     kernels.launch = counting
     rng = np.random.default_rng(0)
     with gpuconv.default_device(args.device):
-        for family in (conv, pool, relu, augment):
+        for family in (conv, pool, relu, dropout, augment):
             family(run, rng)
     B.synchronize()
     missing = sorted(EXPECTED - run.ran)

@@ -51,7 +51,7 @@ import numpy as np
 
 from . import backend  # attribute access at call time: tests fake CuPy by patching it
 
-KERNEL_FILES = ("conv2d", "pool2d", "relu", "augment")
+KERNEL_FILES = ("conv2d", "pool2d", "relu", "dropout", "augment")
 # GPUCONV_BLOCK in common.cuh: the block size of every 1-D grid-stride kernel, which their
 # __launch_bounds__ and conv2d_backward_bias's shared reduction are compiled for.
 BLOCK = 256
@@ -358,6 +358,27 @@ def grid_1d(n: int, block: int = BLOCK, target: str = "sim", device: int | None 
     32 blocks per SM (beyond that the loop strides; more blocks only add scheduling)."""
     blocks = max(1, min(-(-int(n) // block), 32 * sm_count(target, device)))
     return (blocks, 1, 1), (block, 1, 1)
+
+
+def launch_1d(op_file: str, kernel: str, target: str, arrays, scalars=(), per_thread: int = 1):
+    """A grid-stride elementwise launch: ``kernel(*arrays, int64(n), *scalars)`` with ``n`` the
+    element count of ``arrays[0]`` (which also gives the dtype and the device), one thread per
+    ``per_thread`` elements (see :func:`grid_1d`). Nothing runs when ``n`` is 0."""
+    n = int(arrays[0].size)
+    if n == 0:
+        return
+    device = array_device(arrays[:1])
+    grid, block = grid_1d(-(-n // per_thread), BLOCK, target, device)
+    launch(op_file, kernel, arrays[0].dtype, target, grid, block, tuple(arrays) + (np.int64(n),) + tuple(scalars),
+           device=device)
+
+
+def contiguous_like(*arrays, outputs: int = 1):
+    """``arrays`` made C-contiguous (copies only where needed), then ``outputs`` new empty arrays
+    like the first: the inputs and the outputs of an elementwise launch."""
+    xp = backend.get_array_module(*arrays)
+    arrays = tuple(xp.ascontiguousarray(a) for a in arrays)
+    return arrays + tuple(xp.empty_like(arrays[0]) for _ in range(outputs))
 
 
 def array_device(arrays) -> int | None:

@@ -32,7 +32,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import ops
-from .backend import (Device, copy_like, device_of, get_array_module, get_default_device, host_copy, is_cupy_array,
+from .backend import (Device, copy_like, device_of, get_default_device, host_copy, is_cupy_array,
                       to_device)
 
 __all__ = ["Parameter", "Layer", "Conv2d", "MaxPool2d", "AvgPool2d", "ReLU", "Flatten", "Linear",
@@ -552,8 +552,13 @@ class Scale(Layer):
 
 class Dropout(Layer):
     """Inverted dropout: in training, zero each value with probability ``p`` and scale the rest
-    by 1/(1-p); identity in eval mode. ``seed`` (an int) makes the masks reproducible; the
-    generator lives on the input's array module (numpy or cupy), one per module."""
+    by 1/(1-p); identity in eval mode. ``seed`` (an int) makes the masks reproducible.
+
+    The layer owns ONE ``numpy.random.Generator`` (seeded by ``seed``) whatever the device: each
+    training forward draws one 64-bit key from it on the host, and the mask is a hash of (key,
+    element index) computed where the data lives (see :mod:`gpuconv.ops.dropout`). So the same
+    seed gives the same masks on 'cpu', 'sim' and 'cuda', and the trainer's checkpoints save and
+    restore the generator (under ``rng/model.<name>._rngs.numpy``) for a bit-exact resume."""
 
     def __init__(self, p=0.5, seed=None):
         super().__init__()
@@ -563,15 +568,17 @@ class Dropout(Layer):
         if seed is not None:
             _int("seed", seed, 0)
         self.p, self.seed = float(p), seed
-        self._rngs = {}
+        # A dict under the name checkpoints have always used (the trainer saves every Generator it
+        # finds in a layer's attributes and dict attributes), holding the one NumPy generator.
+        self._rngs = {"numpy": np.random.default_rng(seed)}
 
-    def _rng(self, xp):
-        if xp.__name__ not in self._rngs:
-            self._rngs[xp.__name__] = xp.random.default_rng(self.seed)
-        return self._rngs[xp.__name__]
+    def _rng(self, xp=None):
+        """The mask-key generator (``xp`` is accepted for the trainer's call and ignored: one
+        NumPy generator serves NumPy and CuPy inputs)."""
+        return self._rngs["numpy"]
 
     def forward(self, x):
-        rng = self._rng(get_array_module(x)) if self.training else None
+        rng = self._rng() if self.training else None
         y, cache = ops.dropout_forward(x, p=self.p, training=self.training, rng=rng)
         self._keep(cache)
         return y

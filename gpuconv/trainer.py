@@ -90,7 +90,8 @@ def _is_oom(exc) -> bool:
 
 def _generators(obj, prefix):
     """(name, Generator) for every NumPy Generator held in ``obj``'s attributes, directly or in a
-    dict attribute (Dropout keeps one per array module in ``_rngs``)."""
+    dict attribute (Dropout keeps its one mask-key generator, a NumPy Generator whatever the device,
+    in ``_rngs['numpy']``: checkpoint key ``rng/model.<name>._rngs.numpy``)."""
     found = []
     for attr, value in sorted(vars(obj).items()) if hasattr(obj, "__dict__") else []:
         if isinstance(value, np.random.Generator):
@@ -211,7 +212,7 @@ class Trainer:
         named = self.model.named_modules() if hasattr(self.model, "named_modules") else [("", self.model)]
         for name, m in named:
             if create and callable(getattr(m, "_rng", None)):
-                m._rng(self._xp())  # layers create generators lazily; a resumed one must exist to be restored
+                m._rng(self._xp())  # a layer may create its generator lazily; it must exist to be restored
             owners += _generators(m, f"model.{name}" if name else "model")
         if loader is not None:
             owners += _generators(loader, "loader")

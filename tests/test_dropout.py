@@ -1,74 +1,303 @@
-"""Inverted dropout: drop rate, scaling, determinism under a seed, identity in eval, errors."""
+"""Inverted dropout: the counter-based mask (bit-exact between the NumPy reference and the kernel,
+the same for one seed on every backend), its statistics, scaling, gradients, errors, the layer's
+single NumPy generator, and a bit-identical trainer resume."""
 from __future__ import annotations
+
+import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
 
+import gpuconv
+from gpuconv import checkpoint as ckpt
+from gpuconv.data import DeviceLoader
 from gpuconv.gradcheck import numerical_gradient_array, relative_error
-from gpuconv.ops import dropout_backward, dropout_forward
+from gpuconv.layers import Dropout, Flatten, Linear, ReLU, Sequential
+from gpuconv.ops import _dispatch, dropout_backward, dropout_forward
+from gpuconv.ops import dropout as D
+from gpuconv.optim import SGD, OneCycleLR
+from gpuconv.trainer import Trainer, TrainingInterrupted
+from test_trainer import SigintAt, assert_same_state
+
+DTYPES = pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 
 
-def rng_for(backend, seed):
-    return backend.xp.random.default_rng(seed)
+def reference(x, p, key):
+    """The NumPy reference's (y, mask) for a host array."""
+    y, cache = D._dropout_forward_reference(np.asarray(x), p, np.uint64(key))
+    return y, cache.mask
+
+
+def assert_bits_equal(got, want):
+    """Same shape, dtype and bytes (np.array_equal would let -0.0 pass for +0.0)."""
+    got, want = np.ascontiguousarray(got), np.ascontiguousarray(want)
+    assert got.shape == want.shape and got.dtype == want.dtype
+    assert got.tobytes() == want.tobytes()
+
+
+# ----------------------------------------------------------------------------- the mask
+@DTYPES
+@pytest.mark.parametrize("shape", [(0,), (1,), (3,), (257,), (2, 3, 5, 7)])
+def test_kernel_matches_the_reference_bit_for_bit(backend, dtype, shape):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(shape).astype(dtype)
+    x.flat[::4] *= -1  # negative inputs: a dropped one is -0.0 in both
+    dy = rng.standard_normal(shape).astype(dtype)
+    for p in (0.1, 0.5, 0.9):
+        key = D.draw_key(rng)
+        y, cache = dropout_forward(backend.asarray(x), p, key=key)
+        want_y, want_mask = reference(x, p, key)
+        assert_bits_equal(backend.asnumpy(y), want_y)
+        assert_bits_equal(backend.asnumpy(cache.mask), want_mask)
+        assert_bits_equal(backend.asnumpy(dropout_backward(backend.asarray(dy), cache)), dy * want_mask)
+
+
+@DTYPES
+def test_non_contiguous_input_is_masked_in_c_order(backend, dtype):
+    base = np.random.default_rng(2).standard_normal((6, 10)).astype(dtype)
+    x = backend.asarray(base)[:, ::2].T  # (5, 6), strided and transposed on the device
+    y, cache = dropout_forward(x, 0.4, key=12345)
+    want_y, want_mask = reference(base[:, ::2].T, 0.4, 12345)
+    assert_bits_equal(backend.asnumpy(y), want_y)
+    assert_bits_equal(backend.asnumpy(cache.mask), want_mask)
+    flat_keep = (D.dropout_hash(12345, 30) >> np.uint64(11)) >= D.keep_threshold(0.4)
+    np.testing.assert_array_equal(want_mask.ravel() != 0, flat_keep)  # element i = flat C-order index i
+
+
+def test_the_grid_stride_loop_on_the_simulator(launches):
+    """More elements than one grid covers (32 blocks per nominal SM): every thread loops."""
+    x = np.random.default_rng(3).standard_normal(2**21 + 3).astype(np.float32)
+    with gpuconv.default_device("sim"):
+        y, cache = dropout_forward(x, 0.3, key=2**64 - 1)
+    assert launches.detail[-1][1][0] * 256 < x.size
+    want_y, want_mask = reference(x, 0.3, 2**64 - 1)
+    assert_bits_equal(y, want_y)
+    assert_bits_equal(cache.mask, want_mask)
+
+
+def test_sim_runs_the_kernels(launches):
+    x = np.ones((4, 5), np.float32)
+    with gpuconv.default_device("sim"):
+        y, cache = dropout_forward(x, 0.5, key=7)
+        dropout_backward(y, cache)
+    assert launches == ["dropout_forward", "dropout_backward"]
+    launches.clear()
+    dropout_forward(x, 0.5, key=7)  # default device 'cpu': the NumPy reference
+    assert launches == []
+    for op in ("dropout_forward", "dropout_backward"):
+        assert _dispatch.get_launcher(op, "sim") is not None and _dispatch.get_launcher(op, "cuda") is not None
+
+
+def test_hash_is_splitmix64():
+    """``h(key, i)`` is SplitMix64's output i+1 from state ``key``: the published first outputs
+    of SplitMix64 seeded with 1234567, computed here with Python ints (no wraparound shortcuts)."""
+    def splitmix64(state, count):
+        out, m = [], 2**64 - 1
+        for _ in range(count):
+            state = (state + 0x9E3779B97F4A7C15) & m
+            z = state
+            z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & m
+            z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & m
+            out.append(z ^ (z >> 31))
+        return out
+    assert splitmix64(1234567, 5) == [6457827717110365317, 3203168211198807973, 9817491932198370423,
+                                      4593380528125082431, 16408922859458223821]
+    for key in (0, 1234567, 2**64 - 1):
+        assert D.dropout_hash(key, 5).tolist() == splitmix64(key, 5)
+
+
+def test_threshold_rule_is_exact():
+    """keep iff (h >> 11) >= ceil(p * 2^53), i.e. iff the 53-bit uniform (h >> 11) * 2^-53 >= p:
+    the threshold is the least multiple of 2^-53 at or above p, exactly (no rounding)."""
+    for p in (1e-30, 2**-60, 0.1, 0.3, 0.5, 1 - 2**-53):
+        t = int(D.keep_threshold(p))
+        assert Fraction(t - 1, 2**53) < Fraction(p) <= Fraction(t, 2**53), p
+    assert int(D.keep_threshold(0.0)) == 0  # p = 0 keeps everything (the op short-cuts it anyway)
+    assert D.keep_scale(0.3, np.float32) == np.float32(1 / 0.7)
+    assert D.keep_scale(0.3, np.float64) == 1 / 0.7
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
 def test_rate_and_inverted_scaling(backend, p):
-    x = backend.asarray(np.ones((200, 500), np.float32))
-    y, cache = dropout_forward(x, p, rng=rng_for(backend, 0))
+    x = backend.asarray(np.ones((1000, 1000), np.float32))
+    y, cache = dropout_forward(x, p, rng=np.random.default_rng(0))
     y = backend.asnumpy(y)
     assert y.dtype == np.float32
     kept = y != 0
-    assert abs(1 - kept.mean() - p) < 0.01  # 100k draws: std of the rate is < 0.0016
-    np.testing.assert_allclose(y[kept], 1 / (1 - p), rtol=1e-6)
-    assert abs(y.mean() - 1) < 0.05  # the expectation is preserved
-    dx = backend.asnumpy(dropout_backward(backend.asarray(np.full((200, 500), 2.0, np.float32)), cache))
+    # 10^6 Bernoulli(1 - p) draws: 5 standard deviations is 0.0015 at p = 0.5 (and fails a biased mask)
+    n = kept.size
+    assert abs(kept.sum() - (1 - p) * n) < 5 * math.sqrt(n * p * (1 - p))
+    np.testing.assert_array_equal(y[kept], np.float32(1 / (1 - p)))
+    dx = backend.asnumpy(dropout_backward(backend.asarray(np.full((1000, 1000), 2.0, np.float32)), cache))
     np.testing.assert_array_equal(dx != 0, kept)
-    np.testing.assert_allclose(dx[kept], 2 / (1 - p), rtol=1e-6)
+    np.testing.assert_array_equal(dx[kept], np.float32(2) * np.float32(1 / (1 - p)))
 
 
-def test_seeded_rng_is_reproducible(backend):
-    x = backend.asarray(np.ones((8, 8)))
-    a, _ = dropout_forward(x, 0.5, rng=rng_for(backend, 7))
-    b, _ = dropout_forward(x, 0.5, rng=rng_for(backend, 7))
-    c, _ = dropout_forward(x, 0.5, rng=rng_for(backend, 8))
+def test_hash_statistics():
+    """Every hash bit is fair, neighbours are independent, and masks of consecutive keys do not
+    correlate (bounds at about 5 standard deviations)."""
+    n = 1 << 18
+    keys = D.draw_key(np.random.default_rng(5)), D.draw_key(np.random.default_rng(6))
+    h = D.dropout_hash(keys[0], n)
+    bits = (h[:, None] >> np.arange(64, dtype=np.uint64)) & np.uint64(1)
+    assert np.abs(bits.mean(axis=0) - 0.5).max() < 5 * 0.5 / math.sqrt(n)
+    keep = (h >> np.uint64(11)) >= D.keep_threshold(0.5)
+    both = np.mean(keep[1:] & keep[:-1])
+    assert abs(both - 0.25) < 5 * math.sqrt(0.25 * 0.75 / n)
+    other = (D.dropout_hash(keys[1], n) >> np.uint64(11)) >= D.keep_threshold(0.5)
+    assert abs(np.mean(keep == other) - 0.5) < 5 * 0.5 / math.sqrt(n)
+    # Nearby keys (key, key + 1) still give unrelated masks: the mixer, not the key, spreads bits.
+    near = (D.dropout_hash(keys[0] + np.uint64(1), n) >> np.uint64(11)) >= D.keep_threshold(0.5)
+    assert abs(np.mean(keep == near) - 0.5) < 5 * 0.5 / math.sqrt(n)
+
+
+def test_masks_differ_across_keys_and_repeat_for_a_seed(backend):
+    x = backend.asarray(np.ones((16, 16), np.float32))
+    masks = [backend.asnumpy(dropout_forward(x, 0.5, key=k)[1].mask) for k in (0, 1, 2**63)]
+    assert not np.array_equal(masks[0], masks[1]) and not np.array_equal(masks[0], masks[2])
+    a, _ = dropout_forward(x, 0.5, rng=np.random.default_rng(7))
+    b, _ = dropout_forward(x, 0.5, rng=np.random.default_rng(7))
+    c, _ = dropout_forward(x, 0.5, rng=np.random.default_rng(8))
     np.testing.assert_array_equal(backend.asnumpy(a), backend.asnumpy(b))
     assert not np.array_equal(backend.asnumpy(a), backend.asnumpy(c))
+    # The same seed gives the NumPy reference's mask on every backend: one key drawn per forward.
+    key = np.random.default_rng(7).integers(0, 2**64, dtype=np.uint64)
+    assert_bits_equal(backend.asnumpy(a), reference(np.ones((16, 16), np.float32), 0.5, key)[0])
+
+
+def test_one_key_gives_one_mask_in_both_dtypes(backend):
+    x = np.random.default_rng(4).standard_normal((33, 7))
+    _, c64 = dropout_forward(backend.asarray(x), 0.35, key=99)
+    _, c32 = dropout_forward(backend.asarray(x.astype(np.float32)), 0.35, key=99)
+    np.testing.assert_array_equal(backend.asnumpy(c64.mask) != 0, backend.asnumpy(c32.mask) != 0)
 
 
 @pytest.mark.parametrize("training, p", [(False, 0.5), (True, 0.0)])
-def test_identity_cases(backend, training, p):
+def test_identity_cases_draw_no_key(backend, training, p):
     x = backend.asarray(np.arange(6.0).reshape(2, 3))
-    y, cache = dropout_forward(x, p, training=training)
-    np.testing.assert_array_equal(backend.asnumpy(y), np.arange(6.0).reshape(2, 3))
-    assert cache.mask is None
+    rng = np.random.default_rng(0)
+    before = rng.bit_generator.state
+    y, cache = dropout_forward(x, p, training=training, rng=rng)
+    assert y is x and cache.mask is None and rng.bit_generator.state == before
     dy = backend.asarray(np.ones((2, 3)))
-    np.testing.assert_array_equal(backend.asnumpy(dropout_backward(dy, cache)), np.ones((2, 3)))
+    assert dropout_backward(dy, cache) is dy
 
 
 def test_gradient_float64(backend):
     x = backend.asarray(np.random.default_rng(0).standard_normal((3, 4, 5)))
     dy = backend.asarray(np.random.default_rng(1).standard_normal((3, 4, 5)))
-    _, cache = dropout_forward(x, 0.3, rng=rng_for(backend, 3))
-    num = numerical_gradient_array(lambda a: dropout_forward(a, 0.3, rng=rng_for(backend, 3))[0], x, dy)
+    _, cache = dropout_forward(x, 0.3, rng=np.random.default_rng(3))
+    num = numerical_gradient_array(lambda a: dropout_forward(a, 0.3, rng=np.random.default_rng(3))[0], x, dy)
     assert relative_error(dropout_backward(dy, cache), num) < 1e-6
 
 
+# ----------------------------------------------------------------------------- errors
 @pytest.mark.parametrize("p", [1.0, -0.1, 2, "0.5", True])
 def test_bad_p(backend, p):
     with pytest.raises(ValueError, match=r"p is the probability of dropping an element and must be in \[0, 1\)"):
         dropout_forward(backend.asarray(np.ones(3, np.float32)), p)
 
 
+class FakeCupyGenerator:
+    """Stands in for cupy.random.Generator (which needs a GPU to build)."""
+
+
+FakeCupyGenerator.__module__ = "cupy.random._generator_api"
+
+
+@pytest.mark.parametrize("rng", [np.random.RandomState(0), FakeCupyGenerator(), 42])
+def test_rng_must_be_a_numpy_generator(backend, rng):
+    with pytest.raises(TypeError, match=r"rng must be a numpy.random.Generator.*pass numpy.random.default_rng\(seed\)"):
+        dropout_forward(backend.asarray(np.ones(3, np.float32)), 0.5, rng=rng)
+
+
+@pytest.mark.parametrize("key", [-1, 2**64, 0.5, True, "3"])
+def test_bad_key(backend, key):
+    with pytest.raises(ValueError, match=r"key must be an int in \[0, 2\*\*64\)"):
+        dropout_forward(backend.asarray(np.ones(3, np.float32)), 0.5, key=key)
+
+
 def test_other_errors(backend):
+    x = backend.asarray(np.ones((2, 3), np.float32))
     with pytest.raises(TypeError, match=r"x has dtype int64.*astype\(np.float32\)"):
         dropout_forward(backend.asarray(np.ones(3, np.int64)), 0.5)
-    if backend.name != "cupy":
-        with pytest.raises(TypeError, match=r"rng must be a numpy.random.Generator.*default_rng\(seed\)"):
-            dropout_forward(backend.asarray(np.ones(3, np.float32)), 0.5, rng=np.random.RandomState(0))
-    else:
-        with pytest.raises(TypeError, match=r"pass cupy.random.default_rng\(seed\)"):
-            dropout_forward(backend.asarray(np.ones(3, np.float32)), 0.5, rng=np.random.default_rng(0))
-    _, cache = dropout_forward(backend.asarray(np.ones((2, 3), np.float32)), 0.5, rng=rng_for(backend, 0))
+    with pytest.raises(ValueError, match="pass rng .* or key .*, not both"):
+        dropout_forward(x, 0.5, rng=np.random.default_rng(0), key=1)
+    _, cache = dropout_forward(x, 0.5, rng=np.random.default_rng(0))
     with pytest.raises(ValueError, match=r"dy must have the forward input's shape \(2, 3\)"):
         dropout_backward(backend.asarray(np.ones((3, 2), np.float32)), cache)
+    with pytest.raises(TypeError, match=r"dy has dtype float64 but mask has dtype float32"):
+        dropout_backward(backend.asarray(np.ones((2, 3))), cache)
+
+
+# ----------------------------------------------------------------------------- the layer
+def test_layer_draws_one_key_per_training_forward(backend):
+    x = backend.asarray(np.ones((8, 9), np.float32))
+    layer = Dropout(0.5, seed=11)
+    assert isinstance(layer._rng(backend.xp), np.random.Generator) and layer._rng() is layer._rngs["numpy"]
+    keys = np.random.default_rng(11).integers(0, 2**64, size=2, dtype=np.uint64)
+    for key in keys:
+        assert_bits_equal(backend.asnumpy(layer(x)), reference(np.ones((8, 9), np.float32), 0.5, key)[0])
+    state = layer._rng().bit_generator.state
+    layer.eval()
+    assert layer(x) is x and layer._rng().bit_generator.state == state  # eval draws nothing
+
+
+# ----------------------------------------------------------------------------- training: resume, parity
+def _mlp_loader(cls=DeviceLoader):
+    data = np.random.default_rng(0)
+    images, labels = data.integers(0, 256, (48, 3, 4, 4), dtype=np.uint8), data.integers(0, 10, 48)
+    return cls(images, labels, 8, shuffle=True, seed=4)
+
+
+def _mlp_setup(out_dir):
+    """An MLP with dropout (no convolution: every op is bit-exact between 'cpu' and 'sim'), a
+    shuffling loader over synthetic images, SGD with a one-cycle schedule."""
+    model = Sequential(Flatten(), Linear(48, 32, seed=1), ReLU(), Dropout(0.5, seed=2), Linear(32, 10, seed=3))
+    loader = _mlp_loader()
+    opt = SGD(model.parameters(), lr=0.1, momentum=0.9)
+    sched = OneCycleLR(opt, max_lr=0.1, total_steps=2 * len(loader))
+    return Trainer(model, opt, sched, out_dir=out_dir, log_every=2, progress=False), loader
+
+
+@pytest.mark.parametrize("device", ["cpu", "sim"])
+def test_resume_mid_epoch_repeats_the_dropout_masks(tmp_path, device):
+    with gpuconv.default_device(device):
+        full, loader = _mlp_setup(tmp_path / "full")
+        full.fit(loader, 2)
+
+        first, _ = _mlp_setup(tmp_path / "cut")
+        killer = _mlp_loader(SigintAt)
+        killer.kill_at = (1, 2)  # Ctrl-C in the middle of epoch 2: the checkpoint is mid-run
+        with pytest.raises(TrainingInterrupted):
+            first.fit(killer, 2)
+        saved = ckpt.load_checkpoint(tmp_path / "cut" / "checkpoint.npz")
+        assert int(saved["meta/epoch"]) == 1 and int(saved["meta/epoch_step"]) == 3
+        assert "rng/model.3._rngs.numpy" in saved  # the dropout layer's generator, under a stable key
+
+        second, loader2 = _mlp_setup(tmp_path / "cut")
+        second.fit(loader2, 2, resume=True)
+    assert_same_state(full, second)
+    assert second.model[3]._rng().bit_generator.state == full.model[3]._rng().bit_generator.state
+
+    # The control: the same resume without the generator's state ends elsewhere.
+    del saved["rng/model.3._rngs.numpy"]
+    ckpt.save_checkpoint(tmp_path / "cut" / "checkpoint.npz", saved)
+    with gpuconv.default_device(device):
+        third, loader3 = _mlp_setup(tmp_path / "cut")
+        third.fit(loader3, 2, resume=True)
+    assert not np.array_equal(third.model.state_dict()["4.weight"], full.model.state_dict()["4.weight"])
+
+
+def test_cpu_and_sim_training_are_bit_identical(tmp_path):
+    """The same seed draws the same masks on the host reference and the kernel, so a parity run
+    does not diverge: with no convolution in the model, every weight agrees bit for bit."""
+    states = {}
+    for device in ("cpu", "sim"):
+        with gpuconv.default_device(device):
+            trainer, loader = _mlp_setup(tmp_path / device)
+            trainer.fit(loader, 2)
+            states[device] = trainer.model.state_dict()
+    for k in states["cpu"]:
+        assert_bits_equal(states["sim"][k], states["cpu"][k])

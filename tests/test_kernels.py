@@ -473,7 +473,8 @@ def test_ops_run_the_kernels_under_the_sim_device(launches):
     ops.conv2d_forward(x, w, b, stride=1, padding=1)  # default device 'cpu': the NumPy reference
     assert launches == []
     for op in ("conv2d_forward", "conv2d_backward", "max_pool2d_forward", "max_pool2d_backward",
-               "avg_pool2d_forward", "avg_pool2d_backward", "relu_forward", "relu_backward"):
+               "avg_pool2d_forward", "avg_pool2d_backward", "relu_forward", "relu_backward",
+               "dropout_forward", "dropout_backward"):
         assert _dispatch.get_launcher(op, "sim") is not None and _dispatch.get_launcher(op, "cuda") is not None
 
 

@@ -30,6 +30,7 @@ ENTRIES = {
     "pool2d": ["max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward"],
     "augment": ["augment_batch"],
     "relu": ["relu_forward_v1", "relu_forward_v2", "relu_backward_v1", "relu_backward_v2", "bias_relu_forward"],
+    "dropout": ["dropout_forward", "dropout_backward"],
 }
 TUNED = ["conv2d_forward_v2", "conv2d_backward_data_v2", "conv2d_backward_weight_v2",
          "conv2d_forward_v3", "conv2d_backward_data_v3", "conv2d_backward_weight_v3"]

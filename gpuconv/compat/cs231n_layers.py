@@ -276,9 +276,10 @@ def dropout_forward(x, dropout_param):
         raise ValueError(f"dropout_param['mode'] must be 'train' or 'test', got {mode!r}")
     if not 0 < p <= 1:
         raise ValueError(f"dropout_param['p'] is the keep probability and must lie in (0, 1], got {p!r}")
-    xp = get_array_module(x)
+    # A NumPy generator for NumPy and CuPy x alike: it only draws the mask's 64-bit key (see
+    # gpuconv.ops.dropout), so a seed gives the same mask on every device.
     seed = dropout_param.get("seed")
-    rng = xp.random.default_rng(seed) if seed is not None else None
+    rng = np.random.default_rng(seed) if seed is not None else None
     out, c = ops.dropout_forward(x, p=1.0 - p, training=True, rng=rng)
     return out, Cache((dropout_param, c.mask), c)
 

@@ -7,10 +7,8 @@ and a misaligned view falls back to v1.
 """
 from __future__ import annotations
 
-import numpy as np
-
 from .. import kernels
-from ..backend import get_array_module, is_cupy_array
+from ..backend import is_cupy_array
 from ._dispatch import register_launcher
 from .relu import ReluCache
 
@@ -27,31 +25,20 @@ def _pick(family, arrays):
     return var
 
 
-def _run(kernel, n, variant, target, args):
-    """v1: one thread per element; v2: one thread per 4-element vector (the tail rides along).
-    ``args[0]`` gives the dtype and the device."""
-    per_thread = 4 if variant == "v2" else 1
-    device = kernels.array_device(args[:1])
-    grid, block = kernels.grid_1d(max(1, -(-n // per_thread)), kernels.BLOCK, target, device)
-    kernels.launch("relu", f"{kernel}_{variant}", args[0].dtype, target, grid, block, args + (np.int64(n),),
-                   device=device)
+def _run(kernel, variant, target, arrays):
+    """v1: one thread per element; v2: one thread per 4-element vector (the tail rides along)."""
+    kernels.launch_1d("relu", f"{kernel}_{variant}", target, arrays, per_thread=4 if variant == "v2" else 1)
 
 
 @register_launcher("relu_forward")
 def relu_forward_kernel(x, *, target):
-    xp = get_array_module(x)
-    x = xp.ascontiguousarray(x)
-    y = xp.empty_like(x)
-    if x.size:
-        _run("relu_forward", x.size, _pick("relu_forward", (x, y)), target, (x, y))
+    x, y = kernels.contiguous_like(x)
+    _run("relu_forward", _pick("relu_forward", (x, y)), target, (x, y))
     return y, ReluCache(x)
 
 
 @register_launcher("relu_backward")
 def relu_backward_kernel(dy, cache, *, target):
-    xp = get_array_module(dy, cache.x)
-    dy, x = xp.ascontiguousarray(dy), xp.ascontiguousarray(cache.x)
-    dx = xp.empty_like(dy)
-    if dx.size:
-        _run("relu_backward", dx.size, _pick("relu_backward", (dy, x, dx)), target, (dy, x, dx))
+    dy, x, dx = kernels.contiguous_like(dy, cache.x)
+    _run("relu_backward", _pick("relu_backward", (dy, x, dx)), target, (dy, x, dx))
     return dx

@@ -1,6 +1,21 @@
 """Inverted dropout: in training each element is zeroed with probability ``p`` and the survivors
 are scaled by ``1 / (1 - p)``, so evaluation is the identity and needs no rescaling.
 
+The mask is counter-based, the same bits on every backend (the NumPy reference here, the kernel
+in kernels/dropout.cu on 'cuda' and 'sim'). Each training forward takes ONE 64-bit ``key``,
+drawn on the host from a ``numpy.random.Generator`` (a host scalar: no transfer, no sync), and
+element ``i`` (flat C-order index) is kept iff ``u(key, i) >= p`` with
+
+    h(key, i) = splitmix64_mix(key + (i + 1) * 0x9E3779B97F4A7C15)   (mod 2^64)
+    u(key, i) = (h >> 11) * 2^-53                                     (53 uniform bits)
+
+``h`` is the (i+1)-th output of SplitMix64 seeded with ``key`` (Steele, Lea & Flood 2014; the
+mixer is Stafford's "Mix13"), which passes BigCrush. The test ``u >= p`` is made in integers,
+``(h >> 11) >= ceil(p * 2^53)`` (exact: ``p * 2^53`` only rescales the double ``p``), with one
+rule for float32 and float64: a key gives the same mask in both dtypes, and the reference and
+the kernels agree bit for bit. Because the generator's state is one NumPy Generator whatever
+the device, a checkpoint can save it and a resumed CUDA run repeats its masks exactly.
+
 Cache (shared with the kernel launchers, see ``_dispatch``): ``DropoutCache(mask)`` where ``mask``
 holds ``0`` or ``1 / (1 - p)`` in ``x``'s dtype, or is None when the forward was the identity
 (eval mode or ``p == 0``).
@@ -8,38 +23,51 @@ holds ``0`` or ``1 / (1 - p)`` in ``x``'s dtype, or is None when the forward was
 from __future__ import annotations
 
 from collections import namedtuple
+import math
 import numbers
 
 import numpy as np
 
 from .. import backend
-from ..backend import get_array_module, is_cupy_array
+from ..backend import get_array_module
 from . import _dispatch
 from ._checks import check_float, check_same_dtype
 
 DropoutCache = namedtuple("DropoutCache", "mask")
 
+KEEP_BITS = 53  # u's resolution: the keep probability is 1 - ceil(p * 2^53) / 2^53, within 2^-53 of 1 - p
+_GAMMA = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio, SplitMix64's increment
+_MIX1, _MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+_S30, _S27, _S31, _S_KEEP = (np.uint64(s) for s in (30, 27, 31, 64 - KEEP_BITS))
 
-def dropout_forward(x, p=0.5, training=True, rng=None):
-    """``y, cache``. ``p`` is the DROP probability in [0, 1); ``rng`` a NumPy Generator for NumPy
-    arrays, a CuPy Generator for CuPy arrays, or None for a fresh unseeded one."""
+
+def dropout_forward(x, p=0.5, training=True, rng=None, *, key=None):
+    """``y, cache``. ``p`` is the DROP probability in [0, 1).
+
+    The mask comes from one 64-bit key: ``key`` (an int in [0, 2^64)) when given, else one
+    drawn from ``rng``, a ``numpy.random.Generator`` for NumPy and CuPy arrays alike (None: a
+    fresh unseeded one). A key is drawn only when a mask is made (training and ``p > 0``), so a
+    seeded Generator gives the same masks on every device. Pass ``rng`` or ``key``, not both."""
     check_float("x", x)
     if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p < 1.0:
         raise ValueError(f"p is the probability of dropping an element and must be in [0, 1), got {p!r}; "
                          f"p=1 would drop everything (use p=0.5, or skip the layer)")
-    xp = get_array_module(x)
-    if rng is None:
-        rng = xp.random.default_rng()
-    elif is_cupy_array(x) and isinstance(rng, np.random.Generator):
-        raise TypeError("x is a cupy array but rng is a numpy.random.Generator, which would draw the mask on "
-                        "the host: pass cupy.random.default_rng(seed)")
-    elif not is_cupy_array(x) and not isinstance(rng, np.random.Generator):
-        raise TypeError(f"x is a numpy array, so rng must be a numpy.random.Generator, got {type(rng).__name__}: "
-                        f"pass numpy.random.default_rng(seed)")
+    if key is not None:
+        if rng is not None:
+            raise ValueError("dropout_forward: pass rng (a numpy.random.Generator that draws the key) or key "
+                             "(the key itself), not both")
+        key = _check_key(key)
+    elif rng is not None and not isinstance(rng, np.random.Generator):
+        raise TypeError(
+            f"rng must be a numpy.random.Generator, got {type(rng).__module__}.{type(rng).__name__}: the mask is "
+            "hashed from one 64-bit key drawn on the host, for NumPy and CuPy arrays alike, so one generator "
+            "serves every device and its state can be checkpointed; pass numpy.random.default_rng(seed)")
     if not training or p == 0:
         return x, DropoutCache(None)
+    if key is None:
+        key = draw_key(rng if rng is not None else np.random.default_rng())
     target = backend.kernel_target(x)
-    return _dispatch.call("dropout_forward", target, _dropout_forward_reference, x, float(p), rng)
+    return _dispatch.call("dropout_forward", target, _dropout_forward_reference, x, float(p), key)
 
 
 def dropout_backward(dy, cache):
@@ -54,10 +82,48 @@ def dropout_backward(dy, cache):
     return _dispatch.call("dropout_backward", target, _dropout_backward_reference, dy, cache)
 
 
-def _dropout_forward_reference(x, p, rng):
-    keep = rng.random(x.shape, dtype=x.dtype) >= x.dtype.type(p)
-    mask = keep.astype(x.dtype)
-    mask *= x.dtype.type(1.0 / (1.0 - p))
+# ----------------------------------------------------------------------------- the mask, shared with the launchers
+def draw_key(rng) -> np.uint64:
+    """One 64-bit key from the NumPy Generator ``rng`` (one draw per training forward)."""
+    return rng.integers(0, 2**64, dtype=np.uint64)
+
+
+def keep_threshold(p) -> np.uint64:
+    """``ceil(p * 2^53)``: element ``i`` is kept iff ``dropout_hash(key, i) >> 11`` is at least this."""
+    return np.uint64(math.ceil(float(p) * 2.0 ** KEEP_BITS))
+
+
+def keep_scale(p, dtype):
+    """``1 / (1 - p)`` rounded once to ``dtype``: the value of a kept element of the mask."""
+    return np.dtype(dtype).type(1.0 / (1.0 - float(p)))
+
+
+def dropout_hash(key, n, xp=np):
+    """``h(key, i)`` for ``i`` in ``[0, n)`` as a uint64 array (``xp`` = numpy or cupy): SplitMix64's
+    output ``i + 1`` from state ``key``. Array arithmetic wraps mod 2^64 without warnings."""
+    z = xp.arange(1, n + 1, dtype=np.uint64)
+    z *= _GAMMA
+    z += np.uint64(key)
+    z ^= z >> _S30
+    z *= _MIX1
+    z ^= z >> _S27
+    z *= _MIX2
+    z ^= z >> _S31
+    return z
+
+
+def _check_key(key) -> np.uint64:
+    if isinstance(key, (bool, np.bool_)) or not isinstance(key, numbers.Integral) or not 0 <= int(key) < 2**64:
+        raise ValueError(f"key must be an int in [0, 2**64) (the 64-bit mask key), got {key!r}; draw one with "
+                         "numpy.random.default_rng(seed).integers(0, 2**64, dtype=numpy.uint64), or pass rng")
+    return np.uint64(int(key))
+
+
+def _dropout_forward_reference(x, p, key):
+    xp = get_array_module(x)
+    keep = (dropout_hash(key, x.size, xp) >> _S_KEEP) >= keep_threshold(p)
+    mask = keep.reshape(x.shape).astype(x.dtype)
+    mask *= keep_scale(p, x.dtype)
     return x * mask, DropoutCache(mask)
 
 
