@@ -16,16 +16,24 @@ host simulator compiles the same text with g++); the registry builds::
     <op>.cu
 
 so a compiler message names the kernel's own file and line. Entry points are ``extern "C"``
-with the element type fixed by the typedef, one module per dtype, so CuPy needs no
-``name_expressions`` (those exist to instantiate C++ templates by name).
+with the element type fixed by the typedef, one module per dtype, so no ``name_expressions``
+are needed (those exist to instantiate C++ templates by name).
 
-Targets. ``'cuda'``: ``cupy.RawModule`` compiled with NVRTC for the device of the arrays, once
-per (file, dtype, device) in this process. CuPy also caches the compiled binaries on disk, in
-``$CUPY_CACHE_DIR`` (default ``~/.cupy/kernel_cache``): the first run on a machine pays the
-NVRTC compile (a fraction of a second per file and dtype with NVRTC 13), later processes
-load the cubin. Point ``CUPY_CACHE_DIR`` at a writable directory on read-only or shared home
-directories, and clear it after upgrading CUDA if you suspect stale binaries. ``'sim'``: :func:`gpuconv.hostsim.compile`
-builds the same text with g++ (cached by source hash) and runs it on the CPU.
+Targets. ``'cuda'``: the registry compiles with NVRTC itself (:func:`nvrtc_compile`, the
+``cupy_backends.cuda.libs.nvrtc`` binding) with :data:`NVRTC_OPTIONS` and nothing else, then
+loads the binary with ``cupy.RawModule(path=...)``, once per (file, dtype, device) in this
+process. It does not let CuPy compile the source: CuPy appends ``-ftz=true`` to every
+RawModule compile, which flushes float32 subnormals to zero (``relu(1e-45)`` would return 0,
+where the NumPy reference and the simulator return 1e-45). The binary is a CUBIN for
+``sm_<cc>`` of the device when NVRTC supports that arch, else PTX for the highest
+``compute_XX`` not above it, which the driver compiles at load (:func:`nvrtc_arch`). Binaries are
+cached on disk in ``$GPUCONV_CUDA_CACHE`` (default ``~/.cache/gpuconv/cuda``), keyed by the
+source text, the options, the arch and the NVRTC version, written atomically so concurrent
+processes share it: the first run on a machine pays the NVRTC compile (a fraction of a second
+per file and dtype with NVRTC 13), later processes load the file. An unwritable cache directory
+costs a warning and a compile per process; point ``GPUCONV_CUDA_CACHE`` at a writable directory
+on read-only or shared home directories. ``'sim'``: :func:`gpuconv.hostsim.compile` builds the
+same text with g++ (cached by source hash in ``$GPUCONV_SIM_CACHE``) and runs it on the CPU.
 
 Variants. Each kernel family keeps its first simple version beside the tuned one
 (``conv2d_forward_v1`` / ``_v2``; ``_v3``, a 128x128-tile candidate for the three conv2d
@@ -43,9 +51,12 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import hashlib
 import os
 import pathlib
+import tempfile
 import threading
+import warnings
 
 import numpy as np
 
@@ -56,7 +67,12 @@ KERNEL_FILES = ("conv2d", "pool2d", "relu", "dropout", "augment")
 # __launch_bounds__ and conv2d_backward_bias's shared reduction are compiled for.
 BLOCK = 256
 COMMON = "common.cuh"
-NVRTC_OPTIONS = ("-std=c++14",)
+# The only options any kernel is compiled with, on the GPU and in nvrtc_check alike. IEEE float
+# semantics on purpose: -ftz=false keeps subnormals (max/ReLU/pooling must match NumPy bit for
+# bit, 1e-45 included; CuPy's own RawModule compile would append -ftz=true), and division and
+# square root round correctly. These are NVRTC's defaults, spelled out so that no default or
+# caller can change them silently. (FMA contraction, NVRTC's default -fmad=true, stays on.)
+NVRTC_OPTIONS = ("-std=c++14", "-ftz=false", "-prec-div=true", "-prec-sqrt=true")
 
 # family -> (available variants, default). The default is the tuned path on every target. v3
 # (128x128 tiles, 256 threads) is selectable; it becomes the default only after a GPU
@@ -260,7 +276,7 @@ def get_module(op_file: str, dtype=np.float32, target: str = "cuda", device: int
     dt = np.dtype(dtype)
     _real_type(dt)
     if target not in ("cuda", "sim"):
-        raise ValueError(f"kernel target {target!r}: use 'cuda' (CuPy, a GPU) or 'sim' (the host simulator)")
+        raise ValueError(f"kernel target {target!r}: use 'cuda' (a GPU) or 'sim' (the host simulator)")
     if target == "cuda" and device is None:
         device = backend.require_cupy().cuda.Device().id
     key = (op_file, dt, target, device if target == "cuda" else None, os.environ.get("GPUCONV_KERNELS_DIR"))
@@ -273,22 +289,9 @@ def get_module(op_file: str, dtype=np.float32, target: str = "cuda", device: int
         mod = _SimModuleHandle(src, f"kernels/{op_file}.cu[{_DTYPES[dt]}]")
         mod._module(_sim_options()["sanitize"])  # build now: a compile error surfaces here
     else:
-        mod = _compile_cupy(src, op_file, dt, device)
+        mod = _compile_cuda(src, op_file, dt, device)
     with _cache_lock:
         return _cache.setdefault(key, mod)
-
-
-def _compile_cupy(src, op_file, dt, device):
-    cp = backend.require_cupy()
-    with cp.cuda.Device(device):
-        mod = cp.RawModule(code=src, options=NVRTC_OPTIONS)
-        try:
-            mod.compile()  # compile now, so the error surfaces here and not at first launch
-        except cp.cuda.compiler.CompileException as exc:
-            raise KernelCompileError(
-                f"kernels/{op_file}.cu ({_DTYPES[dt]}) failed to compile with NVRTC for device {device}:\n"
-                f"{exc.get_message() if hasattr(exc, 'get_message') else exc}") from None
-    return mod
 
 
 _functions: dict = {}
@@ -305,32 +308,141 @@ def get_function(op_file: str, name: str, dtype, target: str, device: int | None
 
 
 def clear_cache():
-    """Forget compiled modules (the on-disk caches of CuPy and the simulator stay)."""
+    """Forget compiled modules (the on-disk caches, :func:`cuda_cache_dir` and the simulator's, stay)."""
     with _cache_lock:
         _cache.clear()
         _functions.clear()
 
 
-# ----------------------------------------------------------------------------- NVRTC without a GPU
-@functools.lru_cache(maxsize=None)
-def nvrtc_check(op_file: str, arch: str = "compute_80", dtype=np.float32) -> str:
-    """Compile ``kernels/<op_file>.cu`` with NVRTC for ``arch`` (no GPU needed); return the PTX.
+# ----------------------------------------------------------------------------- NVRTC
+def nvrtc_compile(src: str, op_file: str, dtype, arch: str, where: str = "") -> bytes:
+    """Compile the translation unit ``src`` (``kernels/<op_file>.cu`` built for ``dtype``) with
+    NVRTC and :data:`NVRTC_OPTIONS` alone, for ``arch``: ``'sm_XX'`` gives a CUBIN,
+    ``'compute_XX'`` PTX. No GPU needed. The one compile behind :func:`nvrtc_check` and the GPU
+    path; ``where`` (e.g. ', device 0') completes the error message.
 
     Raises :class:`KernelCompileError` with the compiler log (file(line): message) on failure,
     and ImportError when the NVRTC binding (cupy_backends, the nvidia-cuda-nvrtc wheel) is absent."""
     from cupy_backends.cuda.libs import nvrtc  # raises ImportError without CuPy
-    src = build_source(op_file, dtype)
     prog = nvrtc.createProgram(src, f"{op_file}.cu", [], [])
     try:
         try:
             nvrtc.compileProgram(prog, [f"--gpu-architecture={arch}", *NVRTC_OPTIONS])
         except nvrtc.NVRTCError as exc:
-            raise KernelCompileError(f"kernels/{op_file}.cu ({_real_type(dtype)}, {arch}) failed to compile "
-                                     f"with NVRTC ({exc}):\n{nvrtc.getProgramLog(prog)}") from None
-        ptx = nvrtc.getPTX(prog)
+            raise KernelCompileError(f"kernels/{op_file}.cu ({_real_type(dtype)}, {arch}{where}) failed to compile "
+                                     f"with NVRTC {_nvrtc_version(nvrtc)} ({exc}):\n{nvrtc.getProgramLog(prog)}") from None
+        out = nvrtc.getCUBIN(prog) if arch.startswith("sm_") else nvrtc.getPTX(prog)
     finally:
         nvrtc.destroyProgram(prog)
-    return ptx.decode() if isinstance(ptx, bytes) else ptx
+    return out if isinstance(out, bytes) else out.encode()
+
+
+def _nvrtc_version(nvrtc) -> str:
+    return ".".join(str(v) for v in nvrtc.getVersion())
+
+
+@functools.lru_cache(maxsize=None)
+def nvrtc_check(op_file: str, arch: str = "compute_80", dtype=np.float32) -> str:
+    """Compile ``kernels/<op_file>.cu`` with NVRTC for the virtual ``arch`` (no GPU needed), with the
+    options the GPU path uses; return the PTX. Errors as in :func:`nvrtc_compile`."""
+    if not arch.startswith("compute_"):
+        raise ValueError(f"nvrtc_check arch {arch!r}: use a virtual architecture such as 'compute_80' (it returns PTX)")
+    return nvrtc_compile(build_source(op_file, dtype), op_file, dtype, arch).decode()
+
+
+def nvrtc_arch(compute_capability, device: int | None = None) -> str:
+    """The NVRTC target for a device of ``compute_capability`` (CuPy's string, e.g. '90'):
+    ``'sm_90'`` (a CUBIN) when NVRTC supports that arch, else the highest supported virtual arch
+    not above it, e.g. ``'compute_90'`` on a newer GPU (PTX, which the driver compiles at load)."""
+    from cupy_backends.cuda.libs import nvrtc
+    cc = int(compute_capability)
+    archs = sorted(int(a) for a in nvrtc.getSupportedArchs())
+    if cc in archs:
+        return f"sm_{cc}"
+    older = [a for a in archs if a <= cc]
+    if older:
+        return f"compute_{older[-1]}"
+    raise KernelCompileError(
+        f"device {device} has compute capability {cc // 10}.{cc % 10} (sm_{cc}), and NVRTC {_nvrtc_version(nvrtc)} "
+        f"compiles only for sm_{', sm_'.join(map(str, archs))}: install an NVRTC that still targets sm_{cc}, "
+        "e.g. the CUDA 12 stack (pip install 'gpuconv[cuda12]' nvidia-cuda-nvrtc-cu12), or run on Device('sim')")
+
+
+# ----------------------------------------------------------------------------- the GPU path
+def cuda_cache_dir() -> pathlib.Path:
+    """Where compiled kernel binaries are kept: $GPUCONV_CUDA_CACHE, else ~/.cache/gpuconv/cuda."""
+    env = os.environ.get("GPUCONV_CUDA_CACHE")
+    return pathlib.Path(env) if env else pathlib.Path.home() / ".cache" / "gpuconv" / "cuda"
+
+
+def write_atomic(path: pathlib.Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same directory and ``os.replace``:
+    a concurrent reader sees no file or the whole file, never part of one (the on-disk caches)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+_cache_warned = False
+
+
+def _store(path: pathlib.Path, binary: bytes) -> bool:
+    """Put ``binary`` in the cache at ``path``; False (and a warning, once) where it is not writable."""
+    global _cache_warned
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, binary)
+        return True
+    except OSError as exc:
+        if not _cache_warned:
+            _cache_warned = True
+            warnings.warn(f"gpuconv: the CUDA kernel cache {path.parent} is not writable ({exc}); kernels are "
+                          "compiled again in every process. Set GPUCONV_CUDA_CACHE to a writable directory",
+                          RuntimeWarning, stacklevel=2)
+        return False
+
+
+@contextlib.contextmanager
+def _binary_file(src, op_file, dt, arch, device):
+    """The path of the binary of ``src`` for ``arch``, valid inside the block: from the disk cache,
+    compiled into it on a miss, or (cache unwritable) compiled into a directory of its own that is
+    removed once the block has loaded it."""
+    from cupy_backends.cuda.libs import nvrtc
+    key = hashlib.sha256("\0".join(["gpuconv-cuda-1", src, *NVRTC_OPTIONS, arch, _nvrtc_version(nvrtc)])
+                         .encode()).hexdigest()
+    root = cuda_cache_dir()
+    path = root / f"{op_file}-{_DTYPES[dt]}-{arch}-{key[:24]}.{'cubin' if arch.startswith('sm_') else 'ptx'}"
+    if path.is_file():
+        yield path
+        return
+    binary = nvrtc_compile(src, op_file, dt, arch, f", device {device}")
+    if _store(path, binary):
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="gpuconv-cuda-") as tmp:
+        path = pathlib.Path(tmp) / path.name
+        path.write_bytes(binary)
+        yield path
+
+
+def _compile_cuda(src, op_file, dt, device):
+    cp = backend.require_cupy()
+    arch = nvrtc_arch(cp.cuda.Device(device).compute_capability, device)
+    with _binary_file(src, op_file, dt, arch, device) as path, cp.cuda.Device(device):
+        mod = cp.RawModule(path=str(path))
+        try:
+            mod.compile()  # load now: a driver that rejects the binary says so here, not at first launch
+        except Exception as exc:  # CUDADriverError, e.g. PTX newer than the driver
+            raise KernelCompileError(
+                f"kernels/{op_file}.cu ({_DTYPES[dt]}, {arch}) compiled, but device {device} cannot load {path} "
+                f"({type(exc).__name__}: {exc}): update the NVIDIA driver, or delete the file to rebuild it") from exc
+    return mod
 
 
 # ----------------------------------------------------------------------------- launching

@@ -1,21 +1,27 @@
 """Every kernel file compiles with NVRTC for compute_80 and compute_90, in float32 and float64,
 without a GPU; with nvcc present, ptxas reports registers and shared memory per kernel and the
-tuned convolution kernels do not spill to local memory."""
+tuned convolution kernels do not spill to local memory. The GPU path (CuPy faked, NVRTC real)
+builds a CUBIN for the device's arch (PTX where NVRTC lacks it) without flush-to-zero, caches it
+on disk in $GPUCONV_CUDA_CACHE, and reports compile and load errors with file and line."""
 from __future__ import annotations
 
+import pathlib
 import re
 import shutil
 import subprocess
+import types
+import warnings
 
 import numpy as np
 import pytest
 
-from gpuconv import kernels
+from gpuconv import backend, kernels
 
 try:
-    from cupy_backends.cuda.libs import nvrtc  # noqa: F401
+    from cupy_backends.cuda.libs import nvrtc
     _NVRTC_WHY = None
 except Exception as exc:  # ImportError, or the NVRTC shared library missing
+    nvrtc = None
     _NVRTC_WHY = f"the NVRTC binding is unavailable ({type(exc).__name__}: {exc}); install gpuconv[nvrtc]"
 
 needs_nvrtc = pytest.mark.skipif(_NVRTC_WHY is not None, reason=_NVRTC_WHY or "")
@@ -54,22 +60,28 @@ def test_compiles_with_nvrtc(op_file, arch, dtype):
         assert ".f64" in ptx
 
 
+@pytest.fixture
+def broken_kernels(tmp_path, monkeypatch):
+    """GPUCONV_KERNELS_DIR with common.cuh and kernels/broken.cu, whose line 2 does not compile."""
+    src, kdir = kernels.kernel_dir(), tmp_path / "kernels"
+    kdir.mkdir()
+    (kdir / "common.cuh").write_text((src / "common.cuh").read_text())
+    (kdir / "broken.cu").write_text('extern "C" __global__ void k(real_t* y) {\n    y[0] = undefined_name;\n}\n')
+    monkeypatch.setenv("GPUCONV_KERNELS_DIR", str(kdir))
+    return kdir
+
+
 @needs_nvrtc
-def test_compile_error_names_file_and_line(tmp_path, monkeypatch):
-    src = kernels.kernel_dir()
-    for name in ("common.cuh", "relu.cu"):
-        (tmp_path / name).write_text((src / name).read_text())
-    (tmp_path / "broken.cu").write_text('extern "C" __global__ void k(real_t* y) {\n'
-                                        "    y[0] = undefined_name;\n}\n")
-    monkeypatch.setenv("GPUCONV_KERNELS_DIR", str(tmp_path))
-    with pytest.raises(kernels.KernelCompileError, match=r'kernels/broken\.cu\(2\).*undefined_name'):
+def test_compile_error_names_file_and_line(broken_kernels):
+    with pytest.raises(kernels.KernelCompileError,
+                       match=r'(?s)kernels/broken\.cu \(float, compute_80\) failed.*kernels/broken\.cu\(2\).*undefined_name'):
         kernels.nvrtc_check("broken", "compute_80", np.float32)
 
 
 def _ptxas_report(op_file, dtype, tmp_path):
     cu = tmp_path / f"{op_file}.cu"
     cu.write_text(kernels.build_source(op_file, dtype))
-    proc = subprocess.run(["nvcc", "-cubin", "-arch=sm_90", "-std=c++14", "--resource-usage", str(cu),
+    proc = subprocess.run(["nvcc", "-cubin", "-arch=sm_90", *kernels.NVRTC_OPTIONS, "--resource-usage", str(cu),
                            "-o", str(tmp_path / f"{op_file}.cubin")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     report, current = {}, None
@@ -108,43 +120,149 @@ def test_ptxas_resource_usage(tmp_path, dtype, capsys):
             assert report[name]["spill"] == 0, f"{name} spills {report[name]['spill']} bytes to local memory"
 
 
-@needs_nvrtc
-def test_cupy_path_compile_error_names_file_and_line(tmp_path, monkeypatch):
-    """The GPU path (kernels._compile_cupy): CuPy's RawModule is faked by one that does what CuPy
-    does, NVRTC on the registry's source with the registry's options, raising CuPy's own
-    CompileException with the program log; the user sees KernelCompileError naming file(line)."""
-    import contextlib
-    import types
+# ----------------------------------------------------------------------------- the GPU path, faked
+# No GPU here: CuPy is faked (a device of compute capability 9.0, a RawModule that loads a file),
+# NVRTC is the real binding. The registry compiles with NVRTC itself, never through CuPy's
+# RawModule(code=...), which appends -ftz=true.
+class FakeRawModule:
+    def __init__(self, code=None, *, path=None, options=()):
+        assert code is None and path is not None, "the registry must load a binary, not let CuPy compile"
+        self.path, self.binary, self.loaded = path, pathlib.Path(path).read_bytes(), False
 
-    import cupy
-    from cupy_backends.cuda.libs import nvrtc as _nvrtc
+    def compile(self):  # CuPy: RawModule(path=...).compile() loads the module now
+        self.loaded = True
 
-    class FakeRawModule:
-        def __init__(self, code, options=()):
-            self.code, self.options = code, options
 
-        def compile(self):
-            prog = _nvrtc.createProgram(self.code, "kern.cu", [], [])
-            try:
-                _nvrtc.compileProgram(prog, ["--gpu-architecture=compute_90", *self.options])
-            except _nvrtc.NVRTCError:
-                raise cupy.cuda.compiler.CompileException(_nvrtc.getProgramLog(prog), self.code, "kern",
-                                                          self.options, "nvrtc") from None
-            finally:
-                _nvrtc.destroyProgram(prog)
+class FakeDevice:
+    compute_capability = "90"
 
-    fake = types.SimpleNamespace(RawModule=FakeRawModule, cuda=types.SimpleNamespace(
-        Device=lambda i: contextlib.nullcontext(), compiler=cupy.cuda.compiler))
-    from gpuconv import backend
+    def __init__(self, device=None):
+        self.id = device or 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+@pytest.fixture
+def fake_gpu(tmp_path, monkeypatch):
+    """The fake CuPy installed, empty in-process caches, $GPUCONV_CUDA_CACHE in tmp_path, and
+    ``calls``: the options of every NVRTC compile."""
+    fake = types.SimpleNamespace(RawModule=FakeRawModule, cuda=types.SimpleNamespace(Device=FakeDevice))
     monkeypatch.setattr(backend, "require_cupy", lambda: fake)
-    good = kernels._compile_cupy(kernels.build_source("relu"), "relu", np.dtype(np.float32), 0)
-    assert isinstance(good, FakeRawModule) and good.options == kernels.NVRTC_OPTIONS
+    monkeypatch.setattr(kernels, "_cache", {})
+    monkeypatch.setattr(kernels, "_functions", {})
+    monkeypatch.setenv("GPUCONV_CUDA_CACHE", str(tmp_path / "cuda-cache"))
+    calls, real = [], nvrtc.compileProgram
 
-    src = kernels.kernel_dir()
-    (tmp_path / "common.cuh").write_text((src / "common.cuh").read_text())
-    (tmp_path / "broken.cu").write_text('extern "C" __global__ void k(real_t* y) {\n    y[0] = undefined_name;\n}\n')
-    monkeypatch.setenv("GPUCONV_KERNELS_DIR", str(tmp_path))
+    def compile_program(prog, options):
+        calls.append(list(options))
+        return real(prog, options)
+
+    monkeypatch.setattr(nvrtc, "compileProgram", compile_program)
+    return types.SimpleNamespace(cache=tmp_path / "cuda-cache", calls=calls)
+
+
+@needs_nvrtc
+def test_gpu_path_builds_a_cubin_for_the_device_and_caches_it_on_disk(fake_gpu):
+    mod = kernels.get_module("relu", np.float32, "cuda", device=0)
+    assert isinstance(mod, FakeRawModule) and mod.loaded
+    path = pathlib.Path(mod.path)
+    assert list(fake_gpu.cache.iterdir()) == [path]
+    assert path.suffix == ".cubin" and "-float-sm_90-" in path.name and mod.binary[:4] == b"\x7fELF"
+    assert fake_gpu.calls == [["--gpu-architecture=sm_90", *kernels.NVRTC_OPTIONS]]
+    assert kernels.get_module("relu", np.float32, "cuda", device=0) is mod  # the in-process cache
+
+    kernels.clear_cache()  # as a new process would: the file is loaded, NVRTC does not run
+    again = kernels.get_module("relu", np.float32, "cuda", device=0)
+    assert again is not mod and again.path == mod.path and again.loaded and len(fake_gpu.calls) == 1
+
+    kernels.get_module("relu", np.float64, "cuda", device=0)  # another source: another binary
+    assert len(fake_gpu.calls) == 2 and len(list(fake_gpu.cache.iterdir())) == 2
+
+
+@needs_nvrtc
+def test_gpu_path_compiles_without_flush_to_zero(fake_gpu):
+    for op_file in ("relu", "pool2d"):
+        kernels.get_module(op_file, np.float32, "cuda", device=0)
+    assert len(fake_gpu.calls) == 2
+    for options in fake_gpu.calls:
+        assert options[1:] == list(kernels.NVRTC_OPTIONS)
+        assert not any("ftz=true" in o or "fast_math" in o for o in options), options
+    assert "-ftz=false" in kernels.NVRTC_OPTIONS
+
+
+@needs_nvrtc
+@pytest.mark.parametrize("op_file", ["relu", "pool2d"])
+def test_gpu_path_ptx_keeps_subnormals_and_the_check_can_fail(fake_gpu, monkeypatch, op_file):
+    monkeypatch.setattr(nvrtc, "getSupportedArchs", lambda: (75, 80, 86, 89))
+    ptx = kernels.get_module(op_file, np.float32, "cuda", device=0).binary.decode()
+    assert ".target sm_89" in ptx and ".ftz." not in ptx
+    # The same path with CuPy's -ftz=true appended does emit flush-to-zero instructions
+    # (setp.gt.ftz.f32 in ReLU and max pooling), so the assertion above can fail.
+    monkeypatch.setattr(kernels, "NVRTC_OPTIONS", kernels.NVRTC_OPTIONS + ("-ftz=true",))
+    kernels.clear_cache()
+    flushed = kernels.get_module(op_file, np.float32, "cuda", device=0).binary.decode()
+    assert "setp.gt.ftz.f32" in flushed
+    assert len(list(fake_gpu.cache.iterdir())) == 2  # the options are part of the cache key
+
+
+@needs_nvrtc
+def test_gpu_path_falls_back_to_ptx_when_nvrtc_lacks_the_device_arch(fake_gpu, monkeypatch):
+    monkeypatch.setattr(nvrtc, "getSupportedArchs", lambda: (75, 80, 86, 89))
+    mod = kernels.get_module("relu", np.float32, "cuda", device=0)
+    assert mod.path.endswith(".ptx") and "-compute_89-" in mod.path
+    assert fake_gpu.calls == [["--gpu-architecture=compute_89", *kernels.NVRTC_OPTIONS]]
+    assert kernels.nvrtc_arch("89") == "sm_89" and kernels.nvrtc_arch("120") == "compute_89"
+    version = ".".join(map(str, nvrtc.getVersion()))
     with pytest.raises(kernels.KernelCompileError,
-                       match=r'(?s)kernels/broken\.cu \(float\) failed to compile with NVRTC for device 0.*'
-                             r'kernels/broken\.cu\(2\).*undefined_name'):
-        kernels._compile_cupy(kernels.build_source("broken"), "broken", np.dtype(np.float32), 0)
+                       match=rf"device 3 has compute capability 7\.0 \(sm_70\), and NVRTC {re.escape(version)} "
+                             r"compiles only for sm_75, sm_80, sm_86, sm_89: install an NVRTC"):
+        kernels.nvrtc_arch("70", device=3)
+
+
+@needs_nvrtc
+def test_gpu_path_works_with_an_unwritable_cache_and_warns_once(fake_gpu, tmp_path, monkeypatch):
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("GPUCONV_CUDA_CACHE", str(tmp_path / "a-file" / "cache"))  # mkdir fails
+    monkeypatch.setattr(kernels, "_cache_warned", False)
+    with pytest.warns(RuntimeWarning, match=r"not writable.*Set GPUCONV_CUDA_CACHE"):
+        mod = kernels.get_module("relu", np.float32, "cuda", device=0)
+    assert mod.loaded and mod.binary[:4] == b"\x7fELF"
+    assert not pathlib.Path(mod.path).exists()  # the throwaway copy is gone once loaded
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert kernels.get_module("relu", np.float64, "cuda", device=0).loaded
+    assert len(fake_gpu.calls) == 2
+
+
+@needs_nvrtc
+def test_gpu_path_compile_error_names_file_and_line(fake_gpu, broken_kernels):
+    with pytest.raises(kernels.KernelCompileError,
+                       match=r"(?s)kernels/broken\.cu \(float, sm_90, device 0\) failed to compile with NVRTC .*"
+                             r"kernels/broken\.cu\(2\).*undefined_name"):
+        kernels.get_module("broken", np.float32, "cuda", device=0)
+    assert not fake_gpu.cache.exists() or not list(fake_gpu.cache.iterdir())
+
+
+@needs_nvrtc
+def test_gpu_path_load_error_is_a_kernel_compile_error(fake_gpu, monkeypatch):
+    def refuse(self):
+        raise RuntimeError("CUDA_ERROR_UNSUPPORTED_PTX_VERSION")
+    monkeypatch.setattr(FakeRawModule, "compile", refuse)
+    with pytest.raises(kernels.KernelCompileError, match=r"relu\.cu \(float, sm_90\) compiled, but device 0 "
+                                                         r"cannot load .*UNSUPPORTED_PTX_VERSION.*update the NVIDIA driver"):
+        kernels.get_module("relu", np.float32, "cuda", device=0)
+
+
+def test_write_atomic_leaves_no_temporary_file_behind(tmp_path, monkeypatch):
+    target = tmp_path / "k.cubin"
+    kernels.write_atomic(target, b"one")
+    def replace(src, dst):
+        raise OSError("disk full")
+    monkeypatch.setattr(kernels.os, "replace", replace)
+    with pytest.raises(OSError, match="disk full"):
+        kernels.write_atomic(target, b"two")
+    assert target.read_bytes() == b"one" and [p.name for p in tmp_path.iterdir()] == ["k.cubin"]

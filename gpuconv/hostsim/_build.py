@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import tempfile
 
+from ..kernels import write_atomic
 from ._errors import CompileError
 
 HEADER = pathlib.Path(__file__).with_name("cuda_sim.h")
@@ -65,7 +66,7 @@ def build(text: str, name: str, sanitize: bool, options=()) -> tuple[pathlib.Pat
         stats["disk_hits"] += 1
         return so, True
     src = root / f"{stem}.cu"
-    _write_atomic(src, text.encode())
+    write_atomic(src, text.encode())
     fd, tmp = tempfile.mkstemp(prefix=stem, suffix=".so.tmp", dir=root)
     os.close(fd)
     cmd = [cxx, *flags(sanitize, opts), "-x", "c++", str(src), "-o", tmp]
@@ -81,9 +82,3 @@ def build(text: str, name: str, sanitize: bool, options=()) -> tuple[pathlib.Pat
     stats["compiles"] += 1
     return so, False
 
-
-def _write_atomic(path: pathlib.Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
