@@ -87,6 +87,36 @@ def test_augmented_batches_are_crops_and_flips_of_their_images(backend):
     assert changed.mean() > 0.5
 
 
+def test_the_epoch_plan_is_the_same_on_every_backend(backend):
+    """Counter-based: the shuffle, crops and flips are a function of (seed, epoch) only, so a GPU
+    run sees exactly the batches a CPU run sees (what the CPU/GPU parity run relies on)."""
+    x, y = dataset(300)
+    with gpuconv.default_device("cpu"):
+        ref = DeviceLoader(x, y, 64, augment=True, seed=11).epoch_plan(3)
+    with gpuconv.default_device(backend.device):
+        got = DeviceLoader(backend.asarray(x), backend.asarray(y), 64, augment=True, seed=11).epoch_plan(3)
+    for name, a, b in zip(("order", "offsets_y", "offsets_x", "flip"), ref, got, strict=True):
+        b = backend.asnumpy(b)
+        assert a.dtype == b.dtype and np.array_equal(a, b), name
+
+
+def test_the_epoch_plan_is_uniform():
+    x, y = dataset(4000)
+    loader = DeviceLoader(x, y, 100, augment=True, seed=0)
+    order, oy, ox, flip = loader.epoch_plan(0)
+    assert sorted(order.tolist()) == list(range(4000)) and order.dtype == np.int64
+    for off in (oy, ox):  # 9 crop offsets (padding 4), each about 4000/9 = 444 times
+        counts = np.bincount(off, minlength=9)
+        assert off.min() == 0 and off.max() == 8 and len(counts) == 9
+        chi2 = ((counts - 4000 / 9) ** 2 / (4000 / 9)).sum()
+        assert chi2 < 30, counts  # 8 degrees of freedom: P(chi2 > 30) < 0.0003
+    assert abs(flip.mean() - 0.5) < 0.04 and abs(np.corrcoef(oy, ox)[0, 1]) < 0.06
+    # Shuffles of consecutive epochs are unrelated: where an image lands is uncorrelated.
+    nxt = loader.epoch_plan(1)[0]
+    pos0, pos1 = np.argsort(order), np.argsort(nxt)
+    assert abs(np.corrcoef(pos0, pos1)[0, 1]) < 0.06 and not np.array_equal(order, nxt)
+
+
 def test_sim_matches_the_numpy_reference_exactly():
     x, y = dataset(40)
     with gpuconv.default_device("cpu"):

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..backend import Device, get_array_module, get_default_device, is_cupy_array, to_device
 from ..backend import kernel_target as _kernel_target
+from ..counter_rng import splitmix64, uniform_below
 from ._launch_augment import augment_batch_kernel
 from .augment import CIFAR10_MEAN, CIFAR10_STD, crop_flip, normalize
 
@@ -27,14 +28,6 @@ def _check_int(name, value, low, fix):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
         raise ValueError(f"{name}={value!r} must be an integer >= {low}; {fix}")
     return int(value)
-
-
-def _permutation(rng, n, xp):
-    if hasattr(rng, "permutation"):
-        return rng.permutation(n)
-    # CuPy's Generator has no permutation(); sorting uniform keys gives one (ties among n
-    # float64 keys are vanishingly rare and would only pin two images' relative order).
-    return xp.argsort(rng.random(n))
 
 
 class DeviceLoader:
@@ -126,17 +119,23 @@ class DeviceLoader:
 
     def epoch_plan(self, epoch):
         """(order, offsets_y, offsets_x, flip) for ``epoch``, on the device; ``order`` is None
-        without shuffling and the rest None without augmentation."""
+        without shuffling and the rest None without augmentation.
+
+        Counter-based (:mod:`gpuconv.counter_rng`): two 64-bit keys from (seed, epoch), then
+        per image its shuffle key (the order sorts them) and its crop and flip bits. The plan
+        is a function of (seed, epoch) alone, computed where the images are, and the same on
+        NumPy and CuPy (a stable sort, so even a tie of two keys orders alike): a CPU run and a
+        GPU run see the same batches."""
         xp, n = self.xp, self.num_samples
-        seeds = np.random.SeedSequence([self.seed, int(epoch)]).generate_state(2, np.uint64)
-        order = _permutation(xp.random.default_rng(int(seeds[0])), n, xp) if self.shuffle else None
+        keys = np.random.SeedSequence([self.seed, int(epoch)]).generate_state(2, np.uint64)
+        order = xp.argsort(splitmix64(keys[0], n, xp), kind="stable") if self.shuffle else None
         if not self.augment:
             return order, None, None, None
-        rng = xp.random.default_rng(int(seeds[1]))
+        bits = splitmix64(keys[1], 2 * n, xp).reshape(n, 2)
         span = 2 * self.padding + 1
-        oy = rng.integers(0, span, size=n)
-        ox = rng.integers(0, span, size=n)
-        flip = rng.integers(0, 2, size=n).astype(bool)
+        oy = uniform_below(bits[:, 0], span, high=True)
+        ox = uniform_below(bits[:, 0], span, high=False)
+        flip = (bits[:, 1] >> np.uint64(63)).astype(bool)
         return order, oy, ox, flip
 
     def kernel_target(self):

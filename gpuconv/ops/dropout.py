@@ -30,15 +30,14 @@ import numpy as np
 
 from .. import backend
 from ..backend import get_array_module
+from ..counter_rng import splitmix64
 from . import _dispatch
 from ._checks import check_float, check_same_dtype
 
 DropoutCache = namedtuple("DropoutCache", "mask")
 
 KEEP_BITS = 53  # u's resolution: the keep probability is 1 - ceil(p * 2^53) / 2^53, within 2^-53 of 1 - p
-_GAMMA = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio, SplitMix64's increment
-_MIX1, _MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
-_S30, _S27, _S31, _S_KEEP = (np.uint64(s) for s in (30, 27, 31, 64 - KEEP_BITS))
+_S_KEEP = np.uint64(64 - KEEP_BITS)
 
 
 def dropout_forward(x, p=0.5, training=True, rng=None, *, key=None):
@@ -100,16 +99,8 @@ def keep_scale(p, dtype):
 
 def dropout_hash(key, n, xp=np):
     """``h(key, i)`` for ``i`` in ``[0, n)`` as a uint64 array (``xp`` = numpy or cupy): SplitMix64's
-    output ``i + 1`` from state ``key``. Array arithmetic wraps mod 2^64 without warnings."""
-    z = xp.arange(1, n + 1, dtype=np.uint64)
-    z *= _GAMMA
-    z += np.uint64(key)
-    z ^= z >> _S30
-    z *= _MIX1
-    z ^= z >> _S27
-    z *= _MIX2
-    z ^= z >> _S31
-    return z
+    output ``i + 1`` from state ``key`` (:func:`gpuconv.counter_rng.splitmix64`)."""
+    return splitmix64(key, n, xp)
 
 
 def _check_key(key) -> np.uint64:
