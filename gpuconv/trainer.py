@@ -84,8 +84,17 @@ def oom_message(exc, batch_size=None, pool=None, checkpoint=None, where="trainin
     return "; ".join(lines)
 
 
+# How an exhausted GPU shows up besides CuPy's OutOfMemoryError (a MemoryError): cuBLAS failing
+# to allocate its workspace, or the driver/runtime refusing memory at a launch.
+_OOM_MARKERS = ("CUBLAS_STATUS_ALLOC_FAILED", "CUDA_ERROR_OUT_OF_MEMORY", "cudaErrorMemoryAllocation",
+                "CUSOLVER_STATUS_ALLOC_FAILED", "out of memory")
+
+
 def _is_oom(exc) -> bool:
-    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    return type(exc).__module__.split(".")[0] in ("cupy", "cupy_backends") and any(
+        m.lower() in str(exc).lower() for m in _OOM_MARKERS)
 
 
 def _generators(obj, prefix):
@@ -513,10 +522,15 @@ def evaluate(model, loader, tta=False):
             if conf is None:
                 classes = int(logits.shape[1])
                 loss_sum = xp.zeros((), dtype=np.float64)
-                conf = xp.zeros(classes * classes, dtype=np.int64)
+                conf = xp.zeros((classes, classes), dtype=np.int64)
+                class_ids = xp.arange(classes)
             loss_sum += loss * x.shape[0]
-            conf += xp.bincount(y.astype(np.int64, copy=False) * classes + xp.argmax(logits, axis=1),
-                                minlength=classes * classes)
+            # Confusion counts as one-hot(true)^T @ one-hot(predicted): no bincount, which on CuPy
+            # reads the largest index back to size its output (a sync per batch). Exact: a batch's
+            # counts are integers below 2^24. A label outside [0, classes) is counted nowhere.
+            true = (y[:, None] == class_ids).astype(np.float32)
+            pred = (xp.argmax(logits, axis=1)[:, None] == class_ids).astype(np.float32)
+            conf += (true.T @ pred).astype(np.int64)
             n += int(x.shape[0])
     except Exception as exc:
         if _is_oom(exc):
@@ -527,7 +541,7 @@ def evaluate(model, loader, tta=False):
     if conf is None:
         raise ValueError("evaluate(): the loader yielded no batches; give it at least one image")
     xp = backend.get_array_module(conf)
-    host = backend.asnumpy(xp.concatenate([loss_sum.reshape(1), conf.astype(np.float64)]))  # one readback
+    host = backend.asnumpy(xp.concatenate([loss_sum.reshape(1), conf.reshape(-1).astype(np.float64)]))  # one readback
     confusion = host[1:].round().astype(np.int64).reshape(classes, classes)
     support = confusion.sum(axis=1)
     per_class = [float(confusion[i, i] / support[i]) if support[i] else math.nan for i in range(classes)]

@@ -233,6 +233,20 @@ def test_oom_message_names_batch_pool_and_fix(tmp_path):
     assert "out of host memory" in host and "smaller batch" in host
 
 
+def test_cublas_and_driver_allocation_failures_count_as_out_of_memory():
+    from gpuconv.trainer import _is_oom
+
+    def cupy_error(name, module, text):
+        return type(name, (RuntimeError,), {"__module__": module})(text)
+
+    assert _is_oom(cupy_error("CUBLASError", "cupy_backends.cuda.libs.cublas", "CUBLAS_STATUS_ALLOC_FAILED"))
+    assert _is_oom(cupy_error("CUDADriverError", "cupy_backends.cuda.api.driver",
+                              "CUDA_ERROR_OUT_OF_MEMORY: out of memory"))
+    assert _is_oom(MemoryError("Unable to allocate 8 GiB"))
+    assert not _is_oom(cupy_error("CUDADriverError", "cupy_backends.cuda.api.driver", "CUDA_ERROR_ILLEGAL_ADDRESS"))
+    assert not _is_oom(RuntimeError("my own code ran out of memory budget"))  # not CuPy's: not ours to rename
+
+
 def test_out_of_memory_in_fit_keeps_the_checkpoint(cifar, tmp_path):
     train, _ = cifar
     model = small_net()
