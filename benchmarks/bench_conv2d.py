@@ -204,8 +204,8 @@ def main(argv=None):
         return 0
     rows = benchmark(args.batch, args.warmup, args.repeat, use_torch=not args.no_torch, layers=layers,
                      variants=args.variants)
-    record = {"benchmark": "conv2d", "environment": environment(), "stride": STRIDE, "padding": PAD,
-              "filter": FILT, "defaults": {d: kernels.variant(f) for d, f in DIRECTIONS.items()},
+    record = {"benchmark": "conv2d", "environment": environment(use_torch=not args.no_torch), "stride": STRIDE,
+              "padding": PAD, "filter": FILT, "defaults": {d: kernels.variant(f) for d, f in DIRECTIONS.items()},
               "fastest": fastest(rows), "results": rows}
     if args.json:
         print(json.dumps(record, indent=2))

@@ -180,9 +180,20 @@ def torch_module(args=None, cpu_ok=False):
 
 
 def torch_tf32_settings(torch):
-    """What torch will do with fp32 convolutions and matmuls (recorded beside the timings)."""
-    return {"cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32),
-            "matmul_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32)}
+    """What torch will do with fp32 convolutions and matmuls (recorded beside the timings). The
+    newer per-backend ``fp32_precision`` is read where it exists; some torch versions refuse to
+    read the legacy flags once it is set, so nothing here may throw away a finished benchmark."""
+    out = {}
+    for key, owner, legacy in (("cudnn_conv", getattr(torch.backends.cudnn, "conv", None), torch.backends.cudnn),
+                               ("matmul", torch.backends.cuda.matmul, torch.backends.cuda.matmul)):
+        try:
+            if owner is not None and hasattr(owner, "fp32_precision"):
+                out[f"{key}_fp32_precision"] = str(owner.fp32_precision)
+            else:
+                out[f"{key}_allow_tf32"] = bool(legacy.allow_tf32)
+        except Exception as exc:  # noqa: BLE001  (recorded, not raised)
+            out[key] = f"unreadable: {type(exc).__name__}: {exc}"
+    return out
 
 
 # ----------------------------------------------------------------------------- validation
@@ -244,9 +255,10 @@ def _git_commit():
         return None
 
 
-def environment(device="cuda"):
-    """Device name, date and versions (gpuconv, cupy, CUDA runtime and driver, torch, cuDNN)."""
-    torch = torch_module() if device == "cuda" else None
+def environment(device="cuda", use_torch=True):
+    """Device name, date and versions (gpuconv, cupy, CUDA runtime and driver, and with
+    ``use_torch`` torch and cuDNN: a run without torch does not import it)."""
+    torch = torch_module() if device == "cuda" and use_torch else None
     cp = B.cupy_module()
     env = {"device": "host simulator (gpuconv.hostsim)", "device_kind": device, "sms": None,
            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -298,7 +310,7 @@ def _json_default(o):
 
 
 def record(name, args, checks: Checks, results, **extra):
-    return {"benchmark": name, "environment": environment(args.device), "tiny": bool(args.tiny),
+    return {"benchmark": name, "environment": environment(args.device, not args.no_torch), "tiny": bool(args.tiny),
             "timed": args.device == "cuda", "warmup": args.warmup, "repeat": args.repeat,
             "validation": checks.as_dict(), "results": results, **extra}
 

@@ -174,7 +174,7 @@ def main(argv=None) -> int:
                       f"in {runs[-1]['seconds']:.1f}s", file=sys.stderr)
     checks = Checks()
     noise = compare(runs, args.device, checks)
-    rec = {"benchmark": NAME, "environment": common.environment(args.device), "tiny": bool(args.tiny),
+    rec = {"benchmark": NAME, "environment": common.environment(args.device, use_torch=False), "tiny": bool(args.tiny),
            "timed": False, "settings": {**s, "seeds": args.seeds, "data": str(data)},
            "validation": checks.as_dict(), "noise": noise, "runs": runs}
     if args.json:
