@@ -2,11 +2,12 @@
 # The two commands a session with a lent GPU runs, from the repository root (two device calls,
 # each within the device tool's 10 minutes a command):
 #
-#     PYTHONPATH=. bash benchmarks/run_gpu.sh                    # tests, sanitizers, benchmarks
-#     STAGES=parity PYTHONPATH=. bash benchmarks/run_gpu.sh      # accuracy parity GPU vs CPU
+#     PYTHONPATH=. bash benchmarks/run_gpu.sh                              # GPU tests, benchmarks
+#     STAGES="sanitizer parity" PYTHONPATH=. bash benchmarks/run_gpu.sh    # sanitizers, parity
 #
-# STAGES picks the stage groups (default "tests sanitizer bench"; "parity"; "all" for every one).
-# In order, each stage bounded in time so that the default groups fit in about 8 minutes of an H100:
+# STAGES picks the stage groups: tests, sanitizer, bench, parity (default "tests bench"; "all"
+# for every one, past the 10 minutes). In order, each stage bounded in time so that each of the
+# two calls fits in GPU_RUN_BUDGET_S (about 8 minutes of an H100):
 #   1. versions: nvidia-smi, python, numpy, cupy, CUDA runtime/driver, torch, cuDNN, compute-sanitizer
 #   2. the GPU tests:              pytest -m gpu -q
 #   3. compute-sanitizer (when on the PATH or in /usr/local/cuda*/bin): memcheck, racecheck,
@@ -14,7 +15,7 @@
 #      memory pool off so bounds are exact)
 #   4. the benchmarks, each validating first, with --save: bench_ops, bench_step, bench_epoch,
 #      bench_conv2d
-#   5. parity (STAGES=parity): benchmarks/parity.py --save, three_layer_convnet trained for 8 epochs
+#   5. parity: benchmarks/parity.py --save, three_layer_convnet trained for 8 epochs
 #      with seeds 0 and 1 on the GPU and on the CPU on the real subset (about 2-3 minutes)
 # Records land in benchmarks/results/ (<date>-<device>-<name>.json; conv2d-<device>-<date>.json);
 # the logs in benchmarks/results/logs/<stamp>/. With $OUT set (the device tool), $OUT receives the
@@ -22,8 +23,9 @@
 # the device tool's limit). Exit status: 0 when every stage passed, 1 otherwise (all stages run).
 #
 # The device image has cupy, numpy, pytest, nvidia-ml-py and torch but not hypothesis, tqdm or
-# nbclient (its notebook tests skip), and no network: build them here first with `make gpu-site` (pure-Python packages into
-# .gpu-site/) and carry that folder (device tool: carry=[".gpu-site"]); it goes first on PYTHONPATH.
+# nbclient (its notebook tests skip), no network and no ../shared: build both first with
+# `make gpu-site gpu-data` (pure-Python packages into .gpu-site/, the real CIFAR-10 subset into
+# .gpu-data/) and carry both (device tool: carry=[".gpu-site", ".gpu-data"]).
 #
 # Environment: PYTHON (default python3: the device image's interpreter holding torch and cupy),
 # GPUCONV_BENCH_RESULTS (default benchmarks/results), GPU_RUN_BUDGET_S (default 500; the tests and
@@ -32,12 +34,23 @@ set -u
 cd "$(dirname "$0")/.."
 export PYTHONPATH="${PYTHONPATH:-.}"
 if [ -d .gpu-site ]; then export PYTHONPATH=".gpu-site:$PYTHONPATH"; fi
+# The real CIFAR-10 subset (`make gpu-data`, carried as .gpu-data): the device machine has no ../shared.
+if [ -d .gpu-data/cifar-10-batches-py ]; then
+    export GPUCONV_DATA="$PWD/.gpu-data" GPUCONV_TEST_DATA="$PWD/.gpu-data/cifar-10-batches-py"
+fi
 export PYTHONUNBUFFERED=1
 PY="${PYTHON:-python3}"
-STAGES="${STAGES:-tests sanitizer bench}"
+STAGES="${STAGES:-tests bench}"
 want() { [ "$STAGES" = all ] || case " $STAGES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+reserve_for() {  # the seconds kept back for the groups named that this run includes
+    RESERVE=0
+    for g in "$@"; do
+        want "$g" && case "$g" in bench) RESERVE=$((RESERVE + 350)) ;; parity) RESERVE=$((RESERVE + 240)) ;; esac
+    done
+    return 0
+}
 BUDGET="${GPU_RUN_BUDGET_S:-500}"
-RESERVE=0  # seconds kept back for later stages (the benchmarks are the run's main product)
+RESERVE=0  # seconds kept back for the later stages: 350 for the benchmarks, 240 for parity
 STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
 RESULTS="${GPUCONV_BENCH_RESULTS:-benchmarks/results}"  # the scripts honour the same variable
 LOGS="$RESULTS/logs/$STAMP"
@@ -108,8 +121,7 @@ if ! "$PY" -c "from gpuconv import backend; raise SystemExit(0 if backend.cuda_a
 fi
 
 # ---------------------------------------------------------------- 2. GPU tests
-RESERVE=0
-want bench && RESERVE=350
+reserve_for bench parity
 if want tests && [ "${SKIP_TESTS:-0}" != "1" ]; then
     stage pytest_gpu 100 "$PY" -m pytest -m gpu -q --maxfail=5 -p no:cacheprovider \
         --continue-on-collection-errors  # without .gpu-site, files importing hypothesis are not collected
@@ -120,7 +132,7 @@ SANITIZER="$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-san
 if want sanitizer && [ "${SKIP_SANITIZER:-0}" != "1" ]; then
     if [ -n "$SANITIZER" ]; then
         "$SANITIZER" --version 2>&1 | tail -n 1 | tee -a "$LOGS/versions.log"
-        stage sanitize_plain 40 "$PY" benchmarks/sanitize_gpu.py  # also fills CuPy's kernel cache
+        stage sanitize_plain 40 "$PY" benchmarks/sanitize_gpu.py  # also fills the kernel cache
         # No --leak-check: CuPy frees some arrays only at interpreter exit, which would read as leaks.
         for tool in memcheck racecheck initcheck synccheck; do
             stage "sanitizer_$tool" 45 "$SANITIZER" --tool "$tool" --error-exitcode 99 \
@@ -133,7 +145,7 @@ if want sanitizer && [ "${SKIP_SANITIZER:-0}" != "1" ]; then
 fi
 
 # ---------------------------------------------------------------- 4. benchmarks
-RESERVE=0
+reserve_for parity
 if want bench; then
     stage bench_ops 75 "$PY" benchmarks/bench_ops.py --save --warmup 3 --repeat 20
     stage bench_step 75 "$PY" benchmarks/bench_step.py --save --warmup 10 --repeat 40
@@ -142,6 +154,7 @@ if want bench; then
 fi
 
 # ---------------------------------------------------------------- 5. accuracy parity
+reserve_for
 if want parity; then
     stage parity 480 "$PY" benchmarks/parity.py --save
 fi

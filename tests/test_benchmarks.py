@@ -17,6 +17,7 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import SUBSET
 from gpuconv import backend as B
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -202,7 +203,7 @@ def test_cuda_tiny_run_times_and_keeps_the_step_device_resident(name, tmp_path):
 
 
 # ----------------------------------------------------------------------------- accuracy parity
-DATA = REPO.parent / "shared" / "data" / "cifar10-subset"
+DATA = SUBSET.parent  # the folder holding cifar-10-batches-py ($GPUCONV_TEST_DATA's parent)
 
 
 @pytest.mark.skipif(not DATA.exists(), reason=f"the real CIFAR-10 subset is not at {DATA}")
