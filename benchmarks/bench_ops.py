@@ -169,12 +169,15 @@ def memory_rows(args, relu_shapes, pool_shapes, batch, torch):
 
 def _memory_row(op, shape, nbytes, fn, tfn, args):
     ms = common.timed(fn, args)
+    host_ms = common.host_submit_ms(fn, args)
     t_ms = common.timed(tfn, args) if tfn is not None else None
     gbs = nbytes / ms / 1e6 if ms else None
     cgbs = copy_gbs(nbytes, args)
     return {"op": op, "shape": "x".join(map(str, shape)), "bytes": nbytes, "ms": ms, "gbs": gbs, "copy_gbs": cgbs,
             "vs_copy": common.ratio(gbs, cgbs), "torch_ms": t_ms, "speed_vs_torch": common.ratio(t_ms, ms),
-            "target_vs_copy": 0.8}
+            "target_vs_copy": 0.8, "host_ms": host_ms,
+            # The host's submit time per call reaching 90% of the GPU time: the GPU waited on Python.
+            "launch_bound": None if ms is None else bool(host_ms >= 0.9 * ms)}
 
 
 def conv_rows(args, conv_layers, batch, torch):
@@ -210,7 +213,10 @@ def table(rec):
     common.print_table(rec["results"]["memory"], [
         ("op", "op", ""), ("shape", "shape", ""), ("ms", "ms", ".4f"), ("gbs", "GB/s", ".0f"),
         ("copy_gbs", "copy GB/s", ".0f"), ("vs_copy", "vs copy", ".2f"), ("torch_ms", "torch ms", ".4f"),
-        ("speed_vs_torch", "vs torch", ".2f")])
+        ("speed_vs_torch", "vs torch", ".2f"), ("host_ms", "host ms", ".4f"), ("launch_bound", "launch-bound", "")])
+    if any(r.get("launch_bound") for r in rec["results"]["memory"]):
+        print("launch-bound rows: the host's time to submit a call reached the GPU's time per call, so their GB/s "
+              "measure Python and launch overhead rather than the kernel")
     if rec["results"]["conv2d"]:
         print()
         common.print_table(rec["results"]["conv2d"], [

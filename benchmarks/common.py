@@ -111,6 +111,23 @@ def cuda_time(fn, warmup, repeat):
     return cp.cuda.get_elapsed_time(start, stop) / repeat
 
 
+def host_submit_ms(fn, args, repeat=None):
+    """Milliseconds of host time per call to *submit* ``fn`` (no synchronization inside the
+    loop): the launch overhead. Where it reaches the GPU time per call, the GPU waited on the
+    host and the GPU figure measures Python and launches, not the kernel. None on the simulator."""
+    if args.device != "cuda":
+        return None
+    import time
+    repeat = args.repeat if repeat is None else repeat
+    B.cupy_module().cuda.Device().synchronize()
+    t0 = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    ms = (time.perf_counter() - t0) * 1e3 / repeat
+    B.cupy_module().cuda.Device().synchronize()
+    return ms
+
+
 def timed(fn, args, warmup=None, repeat=None):
     """``cuda_time`` on 'cuda'; on 'sim' the same calls run (one warm-up, one repeat) and None comes
     back: simulator times mean nothing."""

@@ -248,8 +248,9 @@ def to_device(x, device=None):
         if is_cupy_array(x) and x.device.id == dev.index:
             return x
         with cp.cuda.Device(dev.index):
-            if not is_cupy_array(x):
-                transfers.host_to_device += 1
+            if is_cupy_array(x):  # on another GPU: asarray may hand back the array where it is
+                return x.copy()  # ndarray.copy() copies onto the current device
+            transfers.host_to_device += 1
             return cp.asarray(x)
     if is_cupy_array(x):
         transfers.device_to_host += 1

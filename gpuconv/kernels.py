@@ -461,7 +461,9 @@ def _device_sms(device: int) -> int:
 def sm_count(target: str, device: int | None = None) -> int:
     """SMs to plan a grid for: the device's on 'cuda', NOMINAL_SMS on the simulator."""
     if target == "cuda":
-        return _device_sms(0 if device is None else device)
+        if device is None:  # the current device, as CuPy would launch on it
+            device = backend.require_cupy().cuda.Device().id
+        return _device_sms(device)
     return NOMINAL_SMS
 
 

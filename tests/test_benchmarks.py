@@ -63,7 +63,8 @@ def test_sim_tiny_run_validates_and_saves_its_record(name, tmp_path):
     if name == "bench_ops":
         ops = {r["op"] for r in results["memory"]}
         assert {"relu forward", "relu backward", "max_pool2 forward", "max_pool2 backward", "max_pool4 forward"} <= ops
-        assert all({"bytes", "ms", "gbs", "copy_gbs", "vs_copy", "torch_ms"} <= set(r) for r in results["memory"])
+        assert all({"bytes", "ms", "gbs", "copy_gbs", "vs_copy", "torch_ms", "host_ms", "launch_bound"} <= set(r)
+                   for r in results["memory"])
         assert all(r["ms"] is None for r in results["memory"])  # no timing claims on the simulator
         assert any("conv2d" in c["name"] for c in rec["validation"]["checks"])
     elif name == "bench_step":
@@ -194,7 +195,8 @@ def test_cuda_tiny_run_times_and_keeps_the_step_device_resident(name, tmp_path):
     rec = json.loads(proc.stdout)
     assert rec["timed"] is True and rec["validation"]["passed"] and rec["environment"]["cuda_runtime"]
     if name == "bench_ops":
-        assert all(r["ms"] > 0 and r["gbs"] > 0 and r["copy_gbs"] > 0 for r in rec["results"]["memory"])
+        assert all(r["ms"] > 0 and r["gbs"] > 0 and r["copy_gbs"] > 0 and r["host_ms"] > 0
+                   and isinstance(r["launch_bound"], bool) for r in rec["results"]["memory"])
     elif name == "bench_step":
         for r in rec["results"]:
             assert r["ms"] > 0 and r["host_transfers"] == 0 and r["pool_stable"] is True
