@@ -10,15 +10,22 @@ subset in ``../shared/data/cifar10-subset`` unless ``--data`` or ``$GPUCONV_DATA
 otherwise), with ``--log-every 1`` so every step's loss is recorded. For every seed the device
 run is compared with the CPU run:
 
-- ``step 1 loss``: the same weights on the same batch; only float rounding differs (rtol 1e-4).
+- ``step 1 loss``: the same weights on the same batch (the loader's shuffle and augmentation are
+  counter-based, the same on every device); only float rounding differs (rtol 1e-4).
 - ``steps 1-5 loss``: still the same trajectory before rounding differences grow (rtol 1e-3).
-- ``epoch losses``: every epoch's mean training loss, device vs CPU, within the spread between
-  CPU runs of different seeds (the noise of the recipe), or 2% of the loss when that is larger.
-- ``accuracy``: final held-out accuracy, device vs CPU, within the noise: the larger of three
-  binomial standard errors of the held-out set and the spread between CPU seeds.
+- ``epoch losses``: every epoch's mean training loss, device vs CPU. Training is chaotic:
+  rounding-level differences grow to seed-level ones within a few hundred steps, so the bound is
+  the noise of the recipe, 3x the CPU's seed-to-seed spread of the epoch losses (RMS over the
+  epochs), and at least 5% of the loss.
+- ``accuracy``: final held-out accuracy, device vs CPU, within 0.03 or twice the CPU's
+  seed-to-seed spread, whichever is larger.
 
-The record (``--save``: ``benchmarks/results/<date>-<device>-parity.json``) holds every curve.
-Exit status: 0 when every check passed, 1 when one failed, 2 when the device is not there.
+A run that fails (or the device run's absence) is a failed check, not a crash. The CPU and the
+device run of a seed run side by side. The record (``--save``:
+``benchmarks/results/<date>-<device>-parity.json``, rewritten after every seed, so a run cut
+off by a time limit keeps what it measured; ``complete`` says whether every run finished) holds
+every curve. Exit status: 0 when every check passed, 1 when one failed, 2 when the device is
+not there.
 """
 from __future__ import annotations
 
@@ -31,9 +38,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import common  # noqa: F401  (puts the checkout on sys.path)
-from common import B, Checks, REPO
+from common import Checks, REPO
 
 NAME = "parity"
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "cifar10-subset"
@@ -76,7 +84,8 @@ def data_dir(args) -> pathlib.Path:
 
 
 def train(device, seed, s, data, out):
-    """One ``gpuconv train`` run; its per-step losses, per-epoch records and final accuracy."""
+    """One ``gpuconv train`` run: its per-step losses, per-epoch records and final accuracy, or
+    (a run that failed) its exit status and the tail of its output under ``error``."""
     cmd = [sys.executable, "-m", "gpuconv", "train", "--device", device, "--data", str(data), "--out", str(out),
            "--model", s["model"], "--epochs", str(s["epochs"]), "--seed", str(seed), "--val-split", s["val_split"],
            "--log-every", "1", "--no-progress"]
@@ -86,15 +95,15 @@ def train(device, seed, s, data, out):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
-    seconds = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    lines = [json.loads(x) for x in (pathlib.Path(out) / "metrics.jsonl").read_text().splitlines()]
+    run = {"device": device, "seed": seed, "seconds": round(time.perf_counter() - t0, 2)}
+    accuracy = [float(x.split()[-1]) for x in proc.stdout.splitlines() if x.startswith("accuracy ")]
+    metrics = pathlib.Path(out) / "metrics.jsonl"
+    if proc.returncode != 0 or not accuracy or not metrics.exists():
+        return {**run, "error": f"{' '.join(cmd)} failed (exit {proc.returncode}): {proc.stderr[-2000:]}"}
+    lines = [json.loads(x) for x in metrics.read_text().splitlines()]
     steps = [r for r in lines if r.get("kind") == "interval"]
     epochs = [r for r in lines if r.get("kind") == "epoch"]
-    accuracy = next(float(x.split()[-1]) for x in proc.stdout.splitlines() if x.startswith("accuracy "))
-    n_val = epochs[-1].get("val_n") if epochs else None
-    return {"device": device, "seed": seed, "seconds": round(seconds, 2), "accuracy": accuracy, "n_val": n_val,
+    return {**run, "accuracy": accuracy[-1], "n_val": epochs[-1].get("val_n") if epochs else None,
             "step_loss": [r["train_loss"] for r in steps], "epoch_loss": [r["train_loss"] for r in epochs],
             "epoch_val_acc": [r.get("val_acc") for r in epochs]}
 
@@ -103,52 +112,74 @@ def rel(a, b):
     return abs(a - b) / max(abs(b), 1e-12)
 
 
+# Tolerances. The first steps run the same weights on the same batches (the loader's plan is
+# counter-based, the same on every device): only rounding differs. Later the runs drift apart
+# (training is chaotic: rounding-level differences grow to seed-level ones within a few hundred
+# steps), so an epoch's loss is held to the noise between seeds: 3x the CPU's seed-to-seed
+# spread pooled over the epochs (RMS), at least 5% of the loss; and the accuracy to 0.03 or
+# twice the CPU seed spread, whichever is larger.
+STEP1_RTOL, FIRST_STEPS, FIRST_STEPS_RTOL = 1e-4, 5, 1e-3
+EPOCH_SPREAD_FACTOR, EPOCH_MIN_RTOL = 3.0, 0.05
+ACC_MIN_TOL, ACC_SPREAD_FACTOR = 0.03, 2.0
+
+
 def compare(runs, device, checks: Checks):
     """Checks per seed; returns the noise figures used."""
-    cpu = {r["seed"]: r for r in runs if r["device"] == "cpu"}
-    dev = {r["seed"]: r for r in runs if r["device"] == device}
+    for r in runs:
+        if "error" in r:
+            checks.add(f"seed {r['seed']}: {r['device']} run", False, detail=r["error"][-500:])
+    good = [r for r in runs if "error" not in r]
+    cpu = {r["seed"]: r for r in good if r["device"] == "cpu"}
+    dev = {r["seed"]: r for r in good if r["device"] == device}
+    if not cpu:
+        checks.add("a CPU run to compare with", False)
+        return {}
     accs = [r["accuracy"] for r in cpu.values()]
     n_val = next(iter(cpu.values()))["n_val"] or 1
     p = sum(accs) / len(accs)
     se = math.sqrt(max(p * (1 - p), 1e-6) / n_val)
     seed_spread_acc = max(accs) - min(accs) if len(accs) > 1 else None
-    acc_tol = max(3 * se, seed_spread_acc or 0.0)
-    epoch_spread = ([max(c["epoch_loss"][e] for c in cpu.values()) - min(c["epoch_loss"][e] for c in cpu.values())
-                     for e in range(len(next(iter(cpu.values()))["epoch_loss"]))] if len(cpu) > 1 else None)
-    for seed in sorted(cpu):
+    acc_tol = max(ACC_MIN_TOL, ACC_SPREAD_FACTOR * (seed_spread_acc or 0.0))
+    n_epochs = min(len(c["epoch_loss"]) for c in cpu.values())
+    spreads = ([max(c["epoch_loss"][e] for c in cpu.values()) - min(c["epoch_loss"][e] for c in cpu.values())
+                for e in range(n_epochs)] if len(cpu) > 1 else None)
+    pooled = math.sqrt(sum(s * s for s in spreads) / len(spreads)) if spreads else 0.0
+    for seed in sorted(set(cpu) & set(dev)):
         c, d = cpu[seed], dev[seed]
         checks.add(f"seed {seed}: same number of steps", len(c["step_loss"]) == len(d["step_loss"]) > 0,
                    detail=f"cpu {len(c['step_loss'])}, {device} {len(d['step_loss'])}")
         if not c["step_loss"] or not d["step_loss"]:
             continue
-        checks.close(f"seed {seed}: step 1 loss", d["step_loss"][0], c["step_loss"][0], 1e-4)
-        first = max(rel(x, y) for x, y in zip(d["step_loss"][:5], c["step_loss"][:5]))
-        checks.add(f"seed {seed}: steps 1-5 loss", first <= 1e-3, first, 1e-3)
-        worst, worst_tol = 0.0, None
-        ok = True
-        for e, (x, y) in enumerate(zip(d["epoch_loss"], c["epoch_loss"])):
-            tol = max(epoch_spread[e] if epoch_spread else 0.0, 0.02 * abs(y))
-            ok &= abs(x - y) <= tol
-            if worst_tol is None or abs(x - y) / tol > worst / worst_tol:
-                worst, worst_tol = abs(x - y), tol
-        checks.add(f"seed {seed}: epoch losses", ok, worst, worst_tol)
+        checks.close(f"seed {seed}: step 1 loss", d["step_loss"][0], c["step_loss"][0], STEP1_RTOL)
+        first = max(rel(x, y) for x, y in zip(d["step_loss"][:FIRST_STEPS], c["step_loss"][:FIRST_STEPS]))
+        checks.add(f"seed {seed}: steps 1-{FIRST_STEPS} loss", first <= FIRST_STEPS_RTOL, first, FIRST_STEPS_RTOL)
+        worst = None
+        for x, y in zip(d["epoch_loss"], c["epoch_loss"]):
+            diff, tol = abs(x - y), max(EPOCH_SPREAD_FACTOR * pooled, EPOCH_MIN_RTOL * abs(y))
+            if worst is None or diff / tol > worst[0] / worst[1]:
+                worst = (diff, tol)
+        checks.add(f"seed {seed}: epoch losses", worst is not None and worst[0] <= worst[1], *(worst or (None, None)))
         checks.add(f"seed {seed}: held-out accuracy", abs(d["accuracy"] - c["accuracy"]) <= acc_tol,
                    abs(d["accuracy"] - c["accuracy"]), acc_tol)
     return {"n_val": n_val, "binomial_se": se, "seed_spread_accuracy": seed_spread_acc,
-            "accuracy_tolerance": acc_tol, "seed_spread_epoch_loss": epoch_spread}
+            "accuracy_tolerance": acc_tol, "seed_spread_epoch_loss": spreads, "pooled_epoch_spread": pooled}
 
 
 def table(rec):
     s = rec["settings"]
+    n = rec["noise"]
     print(f"parity: {s['model']}, {s['epochs']} epochs, CPU vs {rec['environment']['device']} "
-          f"({rec['noise']['n_val']} held-out images)")
+          f"({n.get('n_val')} held-out images)")
     print(f"{'seed':>4} {'device':>8} {'accuracy':>9} {'final loss':>11} {'seconds':>8}")
     for r in rec["runs"]:
+        if "error" in r:
+            print(f"{r['seed']:>4} {r['device']:>8}    FAILED {'':>11} {r['seconds']:>8.1f}")
+            continue
         loss = r["epoch_loss"][-1] if r["epoch_loss"] else float("nan")
         print(f"{r['seed']:>4} {r['device']:>8} {r['accuracy']:>9.4f} {loss:>11.4f} {r['seconds']:>8.1f}")
-    n = rec["noise"]
-    print(f"noise: 3 binomial SE = {3 * n['binomial_se']:.4f}, CPU seed spread = {n['seed_spread_accuracy']}; "
-          f"accuracy tolerance {n['accuracy_tolerance']:.4f}")
+    if n:
+        print(f"noise: CPU seed spread of the accuracy {n['seed_spread_accuracy']}, of the epoch losses (RMS) "
+              f"{n['pooled_epoch_spread']:.4f}; accuracy tolerance {n['accuracy_tolerance']:.4f}")
     for c in rec["validation"]["checks"]:
         err = "" if c["error"] is None else f"  {c['error']:.3g} (tolerance {c['tolerance']:.3g})"
         print(f"  {'ok  ' if c['ok'] else 'FAIL'} {c['name']}{err}")
@@ -164,29 +195,40 @@ def main(argv=None) -> int:
         return rc
     s = settings(args)
     data = data_dir(args)
-    runs = []
-    with tempfile.TemporaryDirectory(prefix="gpuconv-parity-") as tmp:
+    runs, rec = [], None
+    with tempfile.TemporaryDirectory(prefix="gpuconv-parity-") as tmp, ThreadPoolExecutor(2) as pool:
         root = pathlib.Path(args.keep) if args.keep else pathlib.Path(tmp)
-        for seed in args.seeds:
-            for device in ("cpu", args.device):
-                runs.append(train(device, seed, s, data, root / f"{device}-seed{seed}"))
-                print(f"{NAME}: {device} seed {seed}: accuracy {runs[-1]['accuracy']:.4f} "
-                      f"in {runs[-1]['seconds']:.1f}s", file=sys.stderr)
-    checks = Checks()
-    noise = compare(runs, args.device, checks)
-    rec = {"benchmark": NAME, "environment": common.environment(args.device, use_torch=False), "tiny": bool(args.tiny),
-           "timed": False, "settings": {**s, "seeds": args.seeds, "data": str(data)},
-           "validation": checks.as_dict(), "noise": noise, "runs": runs}
+        for seed in args.seeds:  # the CPU run and the device run of a seed side by side
+            pair = pool.map(lambda dev: train(dev, seed, s, data, root / f"{dev}-seed{seed}"), ("cpu", args.device))
+            for run in pair:
+                runs.append(run)
+                what = f"accuracy {run['accuracy']:.4f}" if "error" not in run else "FAILED"
+                print(f"{NAME}: {run['device']} seed {seed}: {what} in {run['seconds']:.1f}s", file=sys.stderr)
+            rec, checks = record(args, s, data, runs)
+            if args.save:  # after every seed: a run cut off by a time limit keeps what it measured
+                path = common.save_record(rec, NAME)
     if args.json:
         print(json.dumps(rec, indent=2, default=common._json_default))
     else:
         table(rec)
     if args.save:
-        print(f"wrote {common.save_record(rec, NAME)}", file=sys.stderr)
+        print(f"wrote {path}", file=sys.stderr)
     if not checks.passed:
         print(f"{NAME}: the device does not match the CPU:\n  " + "\n  ".join(checks.failures()), file=sys.stderr)
         return 1
     return 0
+
+
+def record(args, s, data, runs):
+    checks = Checks()
+    noise = compare(runs, args.device, checks)
+    return {"benchmark": NAME, "environment": common.environment(args.device, use_torch=False),
+            "tiny": bool(args.tiny), "timed": False, "complete": len(runs) == 2 * len(args.seeds),
+            "settings": {**s, "seeds": args.seeds, "data": str(data)}, "tolerances": {
+                "step1_rtol": STEP1_RTOL, "first_steps": FIRST_STEPS, "first_steps_rtol": FIRST_STEPS_RTOL,
+                "epoch_spread_factor": EPOCH_SPREAD_FACTOR, "epoch_min_rtol": EPOCH_MIN_RTOL,
+                "accuracy_min": ACC_MIN_TOL, "accuracy_spread_factor": ACC_SPREAD_FACTOR},
+            "validation": checks.as_dict(), "noise": noise, "runs": runs}, checks
 
 
 if __name__ == "__main__":

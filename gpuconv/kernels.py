@@ -29,8 +29,9 @@ where the NumPy reference and the simulator return 1e-45). The binary is a CUBIN
 ``compute_XX`` not above it, which the driver compiles at load (:func:`nvrtc_arch`). Binaries are
 cached on disk in ``$GPUCONV_CUDA_CACHE`` (default ``~/.cache/gpuconv/cuda``), keyed by the
 source text, the options, the arch and the NVRTC version, written atomically so concurrent
-processes share it: the first run on a machine pays the NVRTC compile (a fraction of a second
-per file and dtype with NVRTC 13), later processes load the file. An unwritable cache directory
+processes share it: the first run on a machine pays the NVRTC compile (with NVRTC 13, a few
+seconds for conv2d and a fraction of one for the other files, per dtype), later processes load
+the file. An unwritable cache directory
 costs a warning and a compile per process; point ``GPUCONV_CUDA_CACHE`` at a writable directory
 on read-only or shared home directories. ``'sim'``: :func:`gpuconv.hostsim.compile` builds the
 same text with g++ (cached by source hash in ``$GPUCONV_SIM_CACHE``) and runs it on the CPU.
@@ -60,6 +61,7 @@ import warnings
 
 import numpy as np
 
+from ._files import write_atomic
 from . import backend  # attribute access at call time: tests fake CuPy by patching it
 
 KERNEL_FILES = ("conv2d", "pool2d", "relu", "dropout", "augment")
@@ -375,20 +377,6 @@ def cuda_cache_dir() -> pathlib.Path:
     return pathlib.Path(env) if env else pathlib.Path.home() / ".cache" / "gpuconv" / "cuda"
 
 
-def write_atomic(path: pathlib.Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory and ``os.replace``:
-    a concurrent reader sees no file or the whole file, never part of one (the on-disk caches)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 _cache_warned = False
 
 
@@ -514,6 +502,6 @@ def launch(op_file: str, kernel: str, dtype, target: str, grid, block, args, sha
         return
     if device is None:
         device = array_device(args)
-    fn = get_function(op_file, kernel, dtype, target, device)
-    with backend.cupy_module().cuda.Device(device):
+    with backend.cupy_module().cuda.Device(device):  # the module is loaded on the current device
+        fn = get_function(op_file, kernel, dtype, target, device)
         fn(tuple(grid), tuple(block), tuple(args), shared_mem=shared_mem)

@@ -258,11 +258,13 @@ def test_gpu_path_load_error_is_a_kernel_compile_error(fake_gpu, monkeypatch):
 
 
 def test_write_atomic_leaves_no_temporary_file_behind(tmp_path, monkeypatch):
+    from gpuconv import _files
     target = tmp_path / "k.cubin"
-    kernels.write_atomic(target, b"one")
+    _files.write_atomic(target, b"one")
+
     def replace(src, dst):
         raise OSError("disk full")
-    monkeypatch.setattr(kernels.os, "replace", replace)
+    monkeypatch.setattr(_files.os, "replace", replace)
     with pytest.raises(OSError, match="disk full"):
-        kernels.write_atomic(target, b"two")
+        _files.write_atomic(target, b"two")
     assert target.read_bytes() == b"one" and [p.name for p in tmp_path.iterdir()] == ["k.cubin"]

@@ -124,8 +124,8 @@ class DeviceLoader:
         Counter-based (:mod:`gpuconv.counter_rng`): two 64-bit keys from (seed, epoch), then
         per image its shuffle key (the order sorts them) and its crop and flip bits. The plan
         is a function of (seed, epoch) alone, computed where the images are, and the same on
-        NumPy and CuPy (a stable sort, so even a tie of two keys orders alike): a CPU run and a
-        GPU run see the same batches."""
+        NumPy and CuPy (the shuffle keys never tie: SplitMix64 maps distinct indices to distinct
+        keys): a CPU run and a GPU run see the same batches."""
         xp, n = self.xp, self.num_samples
         keys = np.random.SeedSequence([self.seed, int(epoch)]).generate_state(2, np.uint64)
         order = xp.argsort(splitmix64(keys[0], n, xp), kind="stable") if self.shuffle else None

@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import tempfile
 
-from ..kernels import write_atomic
+from .._files import write_atomic
 from ._errors import CompileError
 
 HEADER = pathlib.Path(__file__).with_name("cuda_sim.h")
