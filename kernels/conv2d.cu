@@ -97,15 +97,35 @@ __device__ void conv_gemm_mainloop(LoaderA& la, LoaderB& lb, int lbegin, int len
     }
 }
 
+// A loader's staging registers and their store into a shared-memory tile, by layout. RowStaging:
+// thread t writes tile row t of each of the N reduction steps. LFastStaging: thread t writes
+// reduction step t % BK of the columns t / BK + STEP * q (v2: STEP 8, v3: STEP 32).
+template <int N>
+struct RowStaging {
+    real_t reg[N];
+    __device__ void store(real_t (*S)[CONV_SROW]) {
+#pragma unroll
+        for (int q = 0; q < N; ++q) S[q][threadIdx.x] = reg[q];
+    }
+};
+
+template <int N, int BK, int STEP, typename Tile>
+struct LFastStaging {
+    real_t reg[N];
+    __device__ void store(Tile S) {
+#pragma unroll
+        for (int q = 0; q < N; ++q) S[threadIdx.x % BK][threadIdx.x / BK + STEP * q] = reg[q];
+    }
+};
+
 // "m-fast" loaders: thread t owns tile row t (of 64) for all 8 reduction steps, so one warp
 // reads 32 consecutive output positions (consecutive iw for stride 1): coalesced, and the
 // row decode (n, oh, ow) happens once per thread.
 
 // Patch matrix of the forward pass: P[m, r] = x[n, c, oh*sh-ph+fh, ow*sw-pw+fw] (0 if padded).
-struct PatchRowLoader {
+struct PatchRowLoader : RowStaging<CONV_BK> {
     const real_t* img;  // x + n*C*H*W
     int valid, ih0, iw0, H, W, FH, FW;
-    real_t reg[CONV_BK];
     __device__ PatchRowLoader(const real_t* x, int m, int M, int C, int H_, int W_, int FH_, int FW_,
                               int OH, int OW, int sh, int sw, int ph, int pw)
         : H(H_), W(W_), FH(FH_), FW(FW_) {
@@ -138,20 +158,15 @@ struct PatchRowLoader {
             }
         }
     }
-    __device__ void store(real_t (*S)[CONV_SROW]) {
-#pragma unroll
-        for (int q = 0; q < CONV_BK; ++q) S[q][threadIdx.x] = reg[q];
-    }
 };
 
 // Output-gradient gather of the backward-data pass: G[m, l] with m = (n, ih, iw), l = (k, fh, fw)
 // is dy[n, k, oh, ow] when ih + ph - fh = oh*sh and iw + pw - fw = ow*sw exactly, else 0.
 // The quotients and remainders by the strides are stepped along with (fh, fw) instead of
 // divided afresh per element (4 divisions per round instead of ~80 at stride 2).
-struct GradGatherRowLoader {
+struct GradGatherRowLoader : RowStaging<CONV_BK> {
     const real_t* img;  // dy + n*K*OH*OW
     int valid, ihp, iwp, FH, FW, OH, OW, sh, sw;
-    real_t reg[CONV_BK];
     __device__ GradGatherRowLoader(const real_t* dy, int m, int M, int H, int W, int K, int FH_, int FW_,
                                    int OH_, int OW_, int sh_, int sw_, int ph, int pw)
         : FH(FH_), FW(FW_), OH(OH_), OW(OW_), sh(sh_), sw(sw_) {
@@ -195,10 +210,6 @@ struct GradGatherRowLoader {
             }
         }
     }
-    __device__ void store(real_t (*S)[CONV_SROW]) {
-#pragma unroll
-        for (int q = 0; q < CONV_BK; ++q) S[q][threadIdx.x] = reg[q];
-    }
 };
 
 // "l-fast" loaders: thread t reads reduction step kk = t % 8 of tile columns t/8 + 8q, so 8
@@ -206,10 +217,9 @@ struct GradGatherRowLoader {
 // these operands), and the reduction index is decoded once per round, not per element.
 
 // Forward filters as W^T[r, k] = w[k, r] (w is K x C*FH*FW, row-major).
-struct FilterColLoader {
+struct FilterColLoader : LFastStaging<CONV_TN, CONV_BK, 8, real_t (*)[CONV_SROW]> {
     const real_t* w;
     int col0, ncols, R;
-    real_t reg[CONV_TN];
     __device__ FilterColLoader(const real_t* w_, int col0_, int ncols_, int R_) : w(w_), col0(col0_), ncols(ncols_), R(R_) {}
     __device__ void load(int l0, int lend) {
         int r = l0 + (int)threadIdx.x % CONV_BK;
@@ -219,17 +229,12 @@ struct FilterColLoader {
             reg[q] = (r < lend && k < ncols) ? w[(index_t)k * R + r] : (real_t)0;
         }
     }
-    __device__ void store(real_t (*S)[CONV_SROW]) {
-#pragma unroll
-        for (int q = 0; q < CONV_TN; ++q) S[threadIdx.x % CONV_BK][threadIdx.x / CONV_BK + 8 * q] = reg[q];
-    }
 };
 
 // Backward-data filters as W'[l, c] = w[k, c, fh, fw] with l = (k, fh, fw).
-struct FilterBwdColLoader {
+struct FilterBwdColLoader : LFastStaging<CONV_TN, CONV_BK, 8, real_t (*)[CONV_SROW]> {
     const real_t* w;
     int col0, C, FHW;
-    real_t reg[CONV_TN];
     __device__ FilterBwdColLoader(const real_t* w_, int col0_, int C_, int FHW_) : w(w_), col0(col0_), C(C_), FHW(FHW_) {}
     __device__ void load(int l0, int lend) {
         int l = l0 + (int)threadIdx.x % CONV_BK;
@@ -241,20 +246,15 @@ struct FilterBwdColLoader {
             reg[q] = (l < lend && c < C) ? base[(index_t)c * FHW] : (real_t)0;
         }
     }
-    __device__ void store(real_t (*S)[CONV_SROW]) {
-#pragma unroll
-        for (int q = 0; q < CONV_TN; ++q) S[threadIdx.x % CONV_BK][threadIdx.x / CONV_BK + 8 * q] = reg[q];
-    }
 };
 
 // Backward-weight patches as P^T staged [l][r]: l = (n, oh, ow) is the reduction, r = (c, fh, fw).
 // A thread's 8 rows r never change, so their decode is done once, in the constructor.
-struct PatchColLoader {
+struct PatchColLoader : LFastStaging<CONV_TM, CONV_BK, 8, real_t (*)[CONV_SROW]> {
     const real_t* x;
     int CHW, H, W, OH, OW, sh, sw, ph, pw;
     int off[CONV_TM];  // c*H*W + fh*W + fw of each row; -1 for rows past C*FH*FW
     int tap[CONV_TM];  // fh << 16 | fw (the launcher keeps filters under 65536 wide)
-    real_t reg[CONV_TM];
     __device__ PatchColLoader(const real_t* x_, int row0, int C, int H_, int W_, int FH, int FW,
                               int OH_, int OW_, int sh_, int sw_, int ph_, int pw_)
         : x(x_), CHW(C * H_ * W_), H(H_), W(W_), OH(OH_), OW(OW_), sh(sh_), sw(sw_), ph(ph_), pw(pw_) {
@@ -280,17 +280,12 @@ struct PatchColLoader {
                                                                                          : (real_t)0;
         }
     }
-    __device__ void store(real_t (*S)[CONV_SROW]) {
-#pragma unroll
-        for (int q = 0; q < CONV_TM; ++q) S[threadIdx.x % CONV_BK][threadIdx.x / CONV_BK + 8 * q] = reg[q];
-    }
 };
 
 // Backward-weight output gradients staged [l][k] = dy[n, k, oh, ow], l = (n, oh, ow).
-struct GradColLoader {
+struct GradColLoader : LFastStaging<CONV_TN, CONV_BK, 8, real_t (*)[CONV_SROW]> {
     const real_t* dy;
     int col0, K, OHW;
-    real_t reg[CONV_TN];
     __device__ GradColLoader(const real_t* dy_, int col0_, int K_, int OHW_) : dy(dy_), col0(col0_), K(K_), OHW(OHW_) {}
     __device__ void load(int l0, int lend) {
         int l = l0 + (int)threadIdx.x % CONV_BK;
@@ -300,10 +295,6 @@ struct GradColLoader {
             int k = col0 + (int)threadIdx.x / CONV_BK + 8 * q;
             reg[q] = (l < lend && k < K) ? dy[((index_t)n * K + k) * OHW + p] : (real_t)0;
         }
-    }
-    __device__ void store(real_t (*S)[CONV_SROW]) {
-#pragma unroll
-        for (int q = 0; q < CONV_TN; ++q) S[threadIdx.x % CONV_BK][threadIdx.x / CONV_BK + 8 * q] = reg[q];
     }
 };
 
@@ -553,6 +544,17 @@ conv2d_backward_bias(const real_t* dy, real_t* db, int N, int K, int OHW) {
 typedef real_t (*conv3_tile_t)[CONV3_SROW];
 #define CONV3_TILE(arr, buf) ((conv3_tile_t)(arr)[buf])
 
+// The v3 row and column loaders' staging: 4 registers for reduction steps lq0 .. lq0 + 3 of
+// this thread's tile row (A) or column (B), slot.
+struct QuadStaging {
+    real_t reg[4];
+    int slot, lq0;
+    __device__ void store(conv3_tile_t S) {
+#pragma unroll
+        for (int q = 0; q < 4; ++q) S[lq0 + q][slot] = reg[q];
+    }
+};
+
 // acc[4*i2 + i][4*j2 + j] += sum_l A(row0 + 64*i2 + 4*tx + i, l) * B(l, col0 + 64*j2 + 4*ty + j).
 template <class LoaderA, class LoaderB>
 __device__ void conv3_mainloop(LoaderA& la, LoaderB& lb, int lbegin, int lend,
@@ -621,16 +623,15 @@ __device__ inline void conv3_store_nchw(real_t acc[8][8], real_t* out, int row0,
 // 4 * (t / 128) .. + 3 of each round, so a warp reads 32 consecutive output positions per step.
 
 // Forward patches P[m, r] = x[n, c, oh*sh-ph+fh, ow*sw-pw+fw] (0 in the padding).
-struct PatchRowLoader3 {
+struct PatchRowLoader3 : QuadStaging {
     const real_t* img;
-    int valid, ih0, iw0, H, W, FH, FW, row, lq0;
-    real_t reg[4];
+    int valid, ih0, iw0, H, W, FH, FW;
     __device__ PatchRowLoader3(const real_t* x, int row0, int M, int C, int H_, int W_, int FH_, int FW_,
                                int OH, int OW, int sh, int sw, int ph, int pw)
         : H(H_), W(W_), FH(FH_), FW(FW_) {
-        row = (int)threadIdx.x % CONV3_BM;
+        slot = (int)threadIdx.x % CONV3_BM;
         lq0 = 4 * ((int)threadIdx.x / CONV3_BM);
-        const int m = row0 + row;
+        const int m = row0 + slot;
         valid = m < M;
         const int mm = valid ? m : 0;
         const int n = mm / (OH * OW), p = mm - n * (OH * OW);
@@ -659,25 +660,20 @@ struct PatchRowLoader3 {
             }
         }
     }
-    __device__ void store(conv3_tile_t S) {
-#pragma unroll
-        for (int q = 0; q < 4; ++q) S[lq0 + q][row] = reg[q];
-    }
 };
 
 // Backward-data gather G[m, l] (m = (n, ih, iw), l = (k, fh, fw)): dy[n, k, oh, ow] where
 // ih + ph - fh = oh*sh and iw + pw - fw = ow*sw exactly, else 0. As GradGatherRowLoader, the
 // quotients and remainders by the strides are stepped with (fh, fw), not divided per element.
-struct GradGatherRowLoader3 {
+struct GradGatherRowLoader3 : QuadStaging {
     const real_t* img;
-    int valid, ihp, iwp, FH, FW, OH, OW, sh, sw, row, lq0;
-    real_t reg[4];
+    int valid, ihp, iwp, FH, FW, OH, OW, sh, sw;
     __device__ GradGatherRowLoader3(const real_t* dy, int row0, int M, int H, int W, int K, int FH_, int FW_,
                                     int OH_, int OW_, int sh_, int sw_, int ph, int pw)
         : FH(FH_), FW(FW_), OH(OH_), OW(OW_), sh(sh_), sw(sw_) {
-        row = (int)threadIdx.x % CONV3_BM;
+        slot = (int)threadIdx.x % CONV3_BM;
         lq0 = 4 * ((int)threadIdx.x / CONV3_BM);
-        const int m = row0 + row;
+        const int m = row0 + slot;
         valid = m < M;
         const int mm = valid ? m : 0;
         const int n = mm / (H * W), p = mm - n * (H * W);
@@ -718,10 +714,6 @@ struct GradGatherRowLoader3 {
             }
         }
     }
-    __device__ void store(conv3_tile_t S) {
-#pragma unroll
-        for (int q = 0; q < 4; ++q) S[lq0 + q][row] = reg[q];
-    }
 };
 
 // Column loaders (B operand, l-fast): thread t owns tile column t / 2 and reduction steps
@@ -729,15 +721,14 @@ struct GradGatherRowLoader3 {
 // column read one 32-byte sector together.
 
 // Forward filters W^T[r, k] = w[k, r] (w is K x R row-major, R = C*FH*FW).
-struct FilterColLoader3 {
+struct FilterColLoader3 : QuadStaging {
     const real_t* wk;  // w + k*R of this thread's column (or w when the column is past K)
-    int validk, R, col, lq0;
-    real_t reg[4];
+    int validk, R;
     __device__ FilterColLoader3(const real_t* w, int col0, int K, int R_) : R(R_) {
-        col = (int)threadIdx.x / 2;
+        slot = (int)threadIdx.x / 2;
         lq0 = 4 * ((int)threadIdx.x % 2);
-        validk = col0 + col < K;
-        wk = w + (validk ? (index_t)(col0 + col) * R : 0);
+        validk = col0 + slot < K;
+        wk = w + (validk ? (index_t)(col0 + slot) * R : 0);
     }
     __device__ void load(int l0, int lend) {
 #pragma unroll
@@ -746,22 +737,17 @@ struct FilterColLoader3 {
             reg[q] = (validk && r < lend) ? wk[r] : (real_t)0;
         }
     }
-    __device__ void store(conv3_tile_t S) {
-#pragma unroll
-        for (int q = 0; q < 4; ++q) S[lq0 + q][col] = reg[q];
-    }
 };
 
 // Backward-data filters W'[l, c] = w[k, c, fh, fw], l = (k, fh, fw): contiguous in f = (fh, fw).
-struct FilterBwdColLoader3 {
+struct FilterBwdColLoader3 : QuadStaging {
     const real_t* wc;  // w + c*FHW of this thread's column
-    int validc, C, FHW, col, lq0;
-    real_t reg[4];
+    int validc, C, FHW;
     __device__ FilterBwdColLoader3(const real_t* w, int col0, int C_, int FHW_) : C(C_), FHW(FHW_) {
-        col = (int)threadIdx.x / 2;
+        slot = (int)threadIdx.x / 2;
         lq0 = 4 * ((int)threadIdx.x % 2);
-        validc = col0 + col < C;
-        wc = w + (validc ? (index_t)(col0 + col) * FHW : 0);
+        validc = col0 + slot < C;
+        wc = w + (validc ? (index_t)(col0 + slot) * FHW : 0);
     }
     __device__ void load(int l0, int lend) {
         const int l = l0 + lq0;
@@ -774,10 +760,6 @@ struct FilterBwdColLoader3 {
                 ++k;
             }
         }
-    }
-    __device__ void store(conv3_tile_t S) {
-#pragma unroll
-        for (int q = 0; q < 4; ++q) S[lq0 + q][col] = reg[q];
     }
 };
 
@@ -823,12 +805,11 @@ conv2d_backward_data_v3(const real_t* dy, const real_t* w, real_t* dx,
 // stores S[kk][t/8 + 32q] of a warp (kk 0..7, four columns) fall in 32 distinct banks.
 
 // Patches P^T staged [l][r], r = (c, fh, fw): a thread's 4 rows are fixed, decoded once.
-struct PatchColLoader3 {
+struct PatchColLoader3 : LFastStaging<4, CONV3_BK, 32, conv3_tile_t> {
     const real_t* x;
     int CHW, H, W, OH, OW, sh, sw, ph, pw;
     int off[4];  // c*H*W + fh*W + fw of each row; -1 for rows past C*FH*FW
     int tap[4];  // fh << 16 | fw (the launcher keeps filters under 32768 wide)
-    real_t reg[4];
     __device__ PatchColLoader3(const real_t* x_, int row0, int C, int H_, int W_, int FH, int FW,
                                int OH_, int OW_, int sh_, int sw_, int ph_, int pw_)
         : x(x_), CHW(C * H_ * W_), H(H_), W(W_), OH(OH_), OW(OW_), sh(sh_), sw(sw_), ph(ph_), pw(pw_) {
@@ -854,17 +835,12 @@ struct PatchColLoader3 {
                                                                                          : (real_t)0;
         }
     }
-    __device__ void store(conv3_tile_t S) {
-#pragma unroll
-        for (int q = 0; q < 4; ++q) S[threadIdx.x % CONV3_BK][threadIdx.x / CONV3_BK + 32 * q] = reg[q];
-    }
 };
 
 // Output gradients staged [l][k] = dy[n, k, oh, ow], l = (n, oh, ow).
-struct GradColLoader3 {
+struct GradColLoader3 : LFastStaging<4, CONV3_BK, 32, conv3_tile_t> {
     const real_t* dy;
     int col0, K, OHW;
-    real_t reg[4];
     __device__ GradColLoader3(const real_t* dy_, int col0_, int K_, int OHW_) : dy(dy_), col0(col0_), K(K_), OHW(OHW_) {}
     __device__ void load(int l0, int lend) {
         const int l = l0 + (int)threadIdx.x % CONV3_BK;
@@ -874,10 +850,6 @@ struct GradColLoader3 {
             const int k = col0 + (int)threadIdx.x / CONV3_BK + 32 * q;
             reg[q] = (l < lend && k < K) ? dy[((index_t)n * K + k) * OHW + p] : (real_t)0;
         }
-    }
-    __device__ void store(conv3_tile_t S) {
-#pragma unroll
-        for (int q = 0; q < 4; ++q) S[threadIdx.x % CONV3_BK][threadIdx.x / CONV3_BK + 32 * q] = reg[q];
     }
 };
 
