@@ -333,10 +333,65 @@ def nvrtc_compile(src: str, op_file: str, dtype, arch: str, where: str = "") -> 
         except nvrtc.NVRTCError as exc:
             raise KernelCompileError(f"kernels/{op_file}.cu ({_real_type(dtype)}, {arch}{where}) failed to compile "
                                      f"with NVRTC {_nvrtc_version(nvrtc)} ({exc}):\n{nvrtc.getProgramLog(prog)}") from None
-        out = nvrtc.getCUBIN(prog) if arch.startswith("sm_") else nvrtc.getPTX(prog)
+        out = _cubin(nvrtc, prog) if arch.startswith("sm_") else nvrtc.getPTX(prog)
     finally:
         nvrtc.destroyProgram(prog)
     return out if isinstance(out, bytes) else out.encode()
+
+
+def _cubin(nvrtc, prog) -> bytes:
+    """The whole CUBIN of the compiled ``prog``: ``nvrtcGetCUBINSize`` bytes, read through the
+    NVRTC library CuPy loaded. CuPy's ``nvrtc.getCUBIN`` cannot be used: it treats the image
+    like NUL-terminated PTX and drops its last byte, which the ELF's own header tables cover
+    (the driver then refuses, or misreads, the truncated image)."""
+    import ctypes
+    lib = _nvrtc_library()
+    size = ctypes.c_size_t()
+    _nvrtc_ok(nvrtc, lib.nvrtcGetCUBINSize(ctypes.c_void_p(prog), ctypes.byref(size)), "nvrtcGetCUBINSize")
+    buf = ctypes.create_string_buffer(size.value)
+    _nvrtc_ok(nvrtc, lib.nvrtcGetCUBIN(ctypes.c_void_p(prog), buf), "nvrtcGetCUBIN")
+    image = buf.raw[:size.value]
+    elf_image_end(image)  # a ValueError here means NVRTC handed back something that is not a whole ELF
+    return image
+
+
+def _nvrtc_ok(nvrtc, status, call):
+    if status != 0:
+        raise KernelCompileError(f"{call} failed with NVRTC status {status} (NVRTC {_nvrtc_version(nvrtc)})")
+
+
+@functools.lru_cache(maxsize=1)
+def _nvrtc_library():
+    """The libnvrtc that cupy_backends loaded into this process (the same one compiled ``prog``)."""
+    import ctypes
+    import ctypes.util
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as maps:
+            paths = {line.split()[-1] for line in maps if "/libnvrtc.so" in line or "/libnvrtc64" in line}
+    except OSError:
+        paths = set()
+    for path in sorted(paths):
+        if "builtins" not in os.path.basename(path):
+            return ctypes.CDLL(path)
+    found = ctypes.util.find_library("nvrtc")
+    if found:
+        return ctypes.CDLL(found)
+    raise KernelCompileError("the NVRTC library CuPy uses could not be located to read a CUBIN; reinstall "
+                             "the nvidia-cuda-nvrtc wheel (pip install nvidia-cuda-nvrtc)")
+
+
+def elf_image_end(image: bytes) -> int:
+    """The end of an ELF64 image's header tables (section and program headers), checked to lie
+    within ``image``: a truncated CUBIN fails here with a ValueError naming both sizes."""
+    import struct
+    if len(image) < 64 or image[:4] != b"\x7fELF" or image[4] != 2:
+        raise ValueError(f"not an ELF64 image ({len(image)} bytes, starting {image[:4]!r})")
+    phoff, shoff = struct.unpack_from("<QQ", image, 0x20)
+    phentsize, phnum, shentsize, shnum = struct.unpack_from("<HHHH", image, 0x36)
+    end = max(64, phoff + phentsize * phnum, shoff + shentsize * shnum)
+    if end > len(image):
+        raise ValueError(f"truncated ELF image: its header tables end at byte {end}, the image has {len(image)}")
+    return end
 
 
 def _nvrtc_version(nvrtc) -> str:
@@ -396,17 +451,28 @@ def _store(path: pathlib.Path, binary: bytes) -> bool:
         return False
 
 
+def _whole_binary(path: pathlib.Path) -> bool:
+    """False for a cached CUBIN that is not a whole ELF image (it is compiled and stored again)."""
+    if path.suffix != ".cubin":
+        return True
+    try:
+        elf_image_end(path.read_bytes())
+        return True
+    except (OSError, ValueError):
+        return False
+
+
 @contextlib.contextmanager
 def _binary_file(src, op_file, dt, arch, device):
     """The path of the binary of ``src`` for ``arch``, valid inside the block: from the disk cache,
     compiled into it on a miss, or (cache unwritable) compiled into a directory of its own that is
     removed once the block has loaded it."""
     from cupy_backends.cuda.libs import nvrtc
-    key = hashlib.sha256("\0".join(["gpuconv-cuda-1", src, *NVRTC_OPTIONS, arch, _nvrtc_version(nvrtc)])
+    key = hashlib.sha256("\0".join(["gpuconv-cuda-2", src, *NVRTC_OPTIONS, arch, _nvrtc_version(nvrtc)])
                          .encode()).hexdigest()
     root = cuda_cache_dir()
     path = root / f"{op_file}-{_DTYPES[dt]}-{arch}-{key[:24]}.{'cubin' if arch.startswith('sm_') else 'ptx'}"
-    if path.is_file():
+    if path.is_file() and _whole_binary(path):
         yield path
         return
     binary = nvrtc_compile(src, op_file, dt, arch, f", device {device}")

@@ -184,6 +184,37 @@ def test_gpu_path_builds_a_cubin_for_the_device_and_caches_it_on_disk(fake_gpu):
 
 
 @needs_nvrtc
+@pytest.mark.parametrize("op_file", ["relu", "conv2d"])
+def test_cubin_is_the_whole_elf_image(op_file):
+    """CuPy's nvrtc.getCUBIN drops the image's last byte; the registry must hand the driver all
+    nvrtcGetCUBINSize bytes, with the ELF's section and program header tables inside them."""
+    image = kernels.nvrtc_compile(kernels.build_source(op_file, np.float32), op_file, np.float32, "sm_90")
+    assert kernels.elf_image_end(image) <= len(image)
+    # CuPy's own call is one byte short of it, which the check recognises as truncated.
+    prog = nvrtc.createProgram(kernels.build_source(op_file, np.float32), f"{op_file}.cu", [], [])
+    try:
+        nvrtc.compileProgram(prog, ["--gpu-architecture=sm_90", *kernels.NVRTC_OPTIONS])
+        cupy_image = nvrtc.getCUBIN(prog)
+    finally:
+        nvrtc.destroyProgram(prog)
+    assert image.startswith(cupy_image) and len(cupy_image) < len(image)
+    with pytest.raises(ValueError, match=rf"truncated ELF image: its header tables end at byte \d+, "
+                                         rf"the image has {len(image) - 1}"):
+        kernels.elf_image_end(image[:-1])
+
+
+@needs_nvrtc
+def test_a_truncated_cached_cubin_is_never_loaded(fake_gpu):
+    mod = kernels.get_module("relu", np.float32, "cuda", device=0)
+    path = pathlib.Path(mod.path)
+    assert kernels.elf_image_end(mod.binary) <= len(mod.binary) == path.stat().st_size
+    path.write_bytes(mod.binary[:-1])  # as a binary written by an earlier, truncating version
+    kernels.clear_cache()
+    again = kernels.get_module("relu", np.float32, "cuda", device=0)
+    assert again.binary == mod.binary and len(fake_gpu.calls) == 2  # compiled and stored again
+
+
+@needs_nvrtc
 def test_gpu_path_compiles_without_flush_to_zero(fake_gpu):
     for op_file in ("relu", "pool2d"):
         kernels.get_module(op_file, np.float32, "cuda", device=0)
