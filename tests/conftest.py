@@ -36,6 +36,16 @@ class Backend:
             return None
         return a.get() if B.is_cupy_array(a) else np.asarray(a)
 
+    def assert_kernels_ran(self, *families):
+        """On 'sim' and 'cupy', a kernel of each family (a launch name prefix such as
+        'conv2d_forward') ran in this test; on 'numpy', no kernel ran."""
+        names = self.launches.names
+        if self.name == "numpy":
+            assert names == [], f"numpy backend launched kernels: {names}"
+            return
+        for family in families:
+            assert any(n.startswith(family) for n in names), f"no {family} kernel ran on {self.name}: {names}"
+
     def __repr__(self):
         return self.name
 
@@ -49,9 +59,16 @@ def _backend_params():
 
 @pytest.fixture(params=_backend_params())
 def backend(request):
+    """The backend, its default device set, every launch of the test in ``backend.launches``.
+    On 'sim' and 'cupy' an op that has kernels must run them: a test in which such an op fell
+    back to its NumPy/CuPy reference fails, whatever it compared."""
     be = Backend(request.param)
-    with gpuconv.default_device(be.device):
+    with gpuconv.default_device(be.device), kernels.launch_log() as log:
+        be.launches = log
         yield be
+    if be.name != "numpy" and kernels.fallbacks(log):
+        pytest.fail(f"on {be.name} these kernel ops ran their reference instead of the kernels: "
+                    f"{sorted(set(kernels.fallbacks(log)))}")
 
 
 @pytest.fixture(autouse=False)
@@ -62,29 +79,8 @@ def subset_dir():
     return SUBSET
 
 
-class LaunchLog(list):
-    """The names of the kernels launched through ``gpuconv.kernels.launch``, in order;
-    ``detail`` holds (name, grid, block) of each."""
-
-    def __init__(self):
-        super().__init__()
-        self.detail = []
-
-    def clear(self):
-        super().clear()
-        self.detail.clear()
-
-
 @pytest.fixture
-def launches(monkeypatch):
-    """Records every kernel launch of the test (the launches still run)."""
-    log = LaunchLog()
-    real = kernels.launch
-
-    def recording(op_file, kernel, dtype, target, grid, block, *args, **kw):
-        log.append(kernel)
-        log.detail.append((kernel, tuple(grid), tuple(block)))
-        return real(op_file, kernel, dtype, target, grid, block, *args, **kw)
-
-    monkeypatch.setattr(kernels, "launch", recording)
-    return log
+def launches():
+    """Every kernel launch of the test (``gpuconv.kernels.launch_log``): ``.names`` in order."""
+    with kernels.launch_log() as log:
+        yield log

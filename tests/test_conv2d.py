@@ -96,6 +96,7 @@ def test_forward_float32_matches_float64_direct(backend, xs, ws, stride, padding
     reduction = xs[1] * ws[1] * ws[2]
     np.testing.assert_allclose(backend.asnumpy(y), direct_conv(x, w, b, sp(stride), sp(padding)),
                                rtol=1e-4, atol=1e-6 * reduction)
+    backend.assert_kernels_ran("conv2d_forward")
 
 
 @pytest.mark.parametrize("xs, ws, stride, padding", CASES[:4])
@@ -220,6 +221,9 @@ def test_registered_launcher_runs_on_its_target_only(backend, monkeypatch):
         assert out == ("kernel", "sim") and calls == ["sim"]
         y, _ = conv2d_forward(x, w, stride=2)  # declined: the reference runs
         np.testing.assert_array_equal(backend.asnumpy(y), np.full((1, 1, 2, 2), 9.0))
+        assert backend.launches.dispatches == [("conv2d_forward", "sim", "kernel"),
+                                               ("conv2d_forward", "sim", "declined")]
+        backend.launches.clear()  # the fall-back was the point here; the fixture would fail it
     else:
         assert calls == [] and out[0].shape == (1, 1, 3, 3)
 

@@ -174,8 +174,8 @@ def test_conv2d_v3_tiles_straddle_128_and_launch_256_threads(monkeypatch, launch
     with kernels.use_variant(**conv_variants("v3")):
         y, cache = LC.conv2d_forward_kernel(x, w, b, stride, pad, target="sim")
         dx = LC.conv2d_backward_data_kernel(dy, w, x.shape, stride, pad, target="sim")
-    assert launches.detail == [("conv2d_forward_v3", (2, 2, 1), (256, 1, 1)),
-                               ("conv2d_backward_data_v3", (2, 1, 1), (256, 1, 1))]
+    assert [r[:3] for r in launches] == [("conv2d_forward_v3", (2, 2, 1), (256, 1, 1)),
+                                         ("conv2d_backward_data_v3", (2, 1, 1), (256, 1, 1))]
     np.testing.assert_allclose(y, ref_conv(x, w, b, stride, pad), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(dx, ref_conv_backward(dy, x, w, stride, pad)[0], rtol=1e-4, atol=2e-6 * 130 * 9)
     # Backward-weight: C*FH*FW = 144 rows and K = 130 columns, split along z, then reduced in order.
@@ -185,8 +185,8 @@ def test_conv2d_v3_tiles_straddle_128_and_launch_256_threads(monkeypatch, launch
     launches.clear()
     with kernels.use_variant(**conv_variants("v3")):
         dw = LC.conv2d_backward_weight_kernel(dy, x, w.shape, stride, pad, target="sim")
-    assert launches == ["conv2d_backward_weight_v3", "conv2d_reduce_splits"]
-    (_, grid, block), _ = launches.detail
+    assert launches.names == ["conv2d_backward_weight_v3", "conv2d_reduce_splits"]
+    (_, grid, block, _), _ = launches
     assert grid[:2] == (2, 2) and grid[2] > 1 and block == (256, 1, 1)
     np.testing.assert_allclose(dw, ref_conv_backward(dy, x, w, stride, pad)[1], rtol=1e-4, atol=1e-4)
 
@@ -413,7 +413,7 @@ def test_relu_misaligned_views_fall_back_to_v1(launches):
     x = base[1:].reshape(4, 10)  # 4-byte offset: not 16-byte aligned
     assert LR._pick("relu_forward", (x,)) == "v1"
     y, _ = LR.relu_forward_kernel(x, target="sim")
-    assert launches == ["relu_forward_v1"]
+    assert launches.names == ["relu_forward_v1"]
     np.testing.assert_array_equal(y, np.maximum(x, 0))
 
 
@@ -467,11 +467,11 @@ def test_ops_run_the_kernels_under_the_sim_device(launches):
         dx, dw, db = ops.conv2d_backward(np.ones_like(y), cache)
         r, rc = ops.relu_forward(y)
         p, pc = ops.max_pool2d_forward(x[:, :, :6], 2)
-    assert set(launches) >= {"conv2d_forward_v2", "conv2d_backward_data_v2", "conv2d_backward_weight_v2",
+    assert set(launches.names) >= {"conv2d_forward_v2", "conv2d_backward_data_v2", "conv2d_backward_weight_v2",
                              "conv2d_backward_bias", "relu_forward_v2", "max_pool2d_forward"}
     launches.clear()
     ops.conv2d_forward(x, w, b, stride=1, padding=1)  # default device 'cpu': the NumPy reference
-    assert launches == []
+    assert launches.names == [] and launches.dispatches == []
     for op in ("conv2d_forward", "conv2d_backward", "max_pool2d_forward", "max_pool2d_backward",
                "avg_pool2d_forward", "avg_pool2d_backward", "relu_forward", "relu_backward",
                "dropout_forward", "dropout_backward"):
@@ -702,3 +702,21 @@ def test_augment_kernel_fuzz_against_the_array_path(n, c, h, w, b, padding, crop
     got = augment_batch_kernel(images, idx, oy, ox, flip, mean, std, pad, dtype, target="sim")
     want = normalize(crop_flip(images[idx], oy, ox, flip, pad), mean, std, dtype)
     np.testing.assert_array_equal(got, want)
+
+
+def test_launch_log_records_launches_and_catches_a_fallback(monkeypatch):
+    """The launch log names every launch with its grid and block, and tells an op that fell back to
+    its reference (what the backend fixture fails a 'sim'/'cupy' test for) from one that ran kernels."""
+    from gpuconv import ops
+    x = np.linspace(-1, 1, 300, dtype=np.float32)
+    with gpuconv.default_device("sim"), kernels.launch_log() as outer:
+        with kernels.launch_log() as inner:
+            ops.relu_forward(x)
+        assert inner == [kernels.Launch("relu_forward_v2", (1, 1, 1), (256, 1, 1), "sim")]
+        assert inner.dispatches == [("relu_forward", "sim", "kernel")] and kernels.fallbacks(inner) == []
+        monkeypatch.delitem(_dispatch._LAUNCHERS, ("relu_forward", "sim"))
+        ops.relu_forward(x)
+        ops.softmax_cross_entropy(x.reshape(3, 100), np.zeros(3, np.int64))
+    assert outer.names == ["relu_forward_v2"]  # the nested block's launch, and none from the fallback
+    assert kernels.fallbacks(outer) == [("relu_forward", "sim", "no-launcher")]
+    assert outer.dispatches[-1] == ("softmax_cross_entropy", "sim", "reference")  # no kernels: no fallback

@@ -72,6 +72,7 @@ def test_matches_direct_reference_incl_overlapping(backend, kind, shape, k, s):
     y32, _ = fwd(backend.asarray(x.astype(np.float32)), k, s)
     assert y32.dtype == np.float32
     np.testing.assert_allclose(backend.asnumpy(y32), y_ref, rtol=1e-4, atol=1e-6 * k * k)
+    backend.assert_kernels_ran(f"{kind}_pool2d_forward", f"{kind}_pool2d_backward")
 
 
 @pytest.mark.parametrize("kind", ["max", "avg"])

@@ -19,6 +19,7 @@ def test_hand_values(backend):
     np.testing.assert_array_equal(backend.asnumpy(y), [[0, 0, 0, 0.5, 3]])
     dx = relu_backward(backend.asarray(np.array([[1, 2, 3, 4, 5]], np.float32)), cache)
     np.testing.assert_array_equal(backend.asnumpy(dx), [[0, 0, 0, 4, 5]])  # 0 at the kink, as PyTorch
+    backend.assert_kernels_ran("relu_forward", "relu_backward")
 
 
 @HYPO

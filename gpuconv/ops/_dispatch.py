@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import contextlib
 
+from .. import kernels
+
 _TARGETS = ("cuda", "sim")
 _LAUNCHERS: dict[tuple[str, str], object] = {}
 
@@ -77,8 +79,18 @@ def _run(op_name, target, reference, args):
     if launcher is not None:
         out = launcher(*args, target=target)
         if out is not NotImplemented:
+            if target is not None:
+                kernels.log_dispatch(op_name, target, "kernel")
             return out
+    if target is not None:  # the launch log tells a kernel op that fell back from one that has none
+        path = "declined" if launcher is not None else "no-launcher" if has_kernels(op_name) else "reference"
+        kernels.log_dispatch(op_name, target, path)
     return reference(*args)
+
+
+def has_kernels(op_name) -> bool:
+    """Whether ``op_name`` has a launcher on some kernel target (its kernels should run there)."""
+    return any(get_launcher(op_name, t) is not None for t in _TARGETS)
 
 
 def _array_device_context(args):
