@@ -210,7 +210,8 @@ class Trainer:
                 f"the training loss became {vals[bad[0], 0]} at step {step} (epoch {self.epoch + 1}, batch "
                 f"{batch}), found at the readback of steps {first_step}-{self.step} (log_every="
                 f"{self.log_every}); {where}. Lower the learning rate (--lr), or check the inputs for "
-                f"NaN/Inf", step=step, checkpoint=self.checkpoint_path if where.startswith("the last") else None)
+                f"NaN/Inf and the labels for values outside the classes (on a GPU a bad label makes the "
+                f"loss NaN instead of raising; gpuconv.ops.check_labels finds it)", step=step, checkpoint=self.checkpoint_path if where.startswith("the last") else None)
         n = counts.sum()
         return {"loss": float((vals[:, 0] * counts).sum() / n), "correct": float(vals[:, 1].sum()),
                 "n": float(n), "steps": k}

@@ -22,6 +22,21 @@ SUBSET = pathlib.Path(os.environ.get(
     "GPUCONV_TEST_DATA", REPO.parent / "shared" / "data" / "cifar10-subset" / "cifar-10-batches-py"))
 
 
+# GPUCONV_REQUIRE_GPU=1 (the GPU battery, benchmarks/run_gpu.sh): a GPU test that skips has failed,
+# so a machine whose CUDA is unusable cannot pass the GPU suite by skipping all of it.
+REQUIRE_GPU = os.environ.get("GPUCONV_REQUIRE_GPU", "0") not in ("", "0")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if REQUIRE_GPU and report.skipped and item.get_closest_marker("gpu") is not None:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"GPUCONV_REQUIRE_GPU=1: this GPU test skipped instead of running ({reason})"
+
+
 class Backend:
     def __init__(self, name):
         self.name = name

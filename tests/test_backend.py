@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
+import os
+import pathlib
 
 import numpy as np
 import pytest
@@ -256,3 +258,20 @@ def test_cuda_default_device_becomes_cupys_current_device_and_is_restored(monkey
         with B.default_device("cpu"):
             assert current["id"] == 1  # a CPU block leaves CuPy's device alone
     assert current["id"] == 0
+
+
+@NO_GPU
+def test_the_gpu_suite_cannot_pass_by_skipping(tmp_path):
+    """Under GPUCONV_REQUIRE_GPU=1 (the GPU battery) a GPU test that skips is a failure, so an
+    unusable CUDA fails the run instead of passing it with every cupy case skipped."""
+    import subprocess
+    import sys
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu",
+           "tests/test_relu.py::test_hand_values"]
+    env = dict(os.environ, GPUCONV_REQUIRE_GPU="1")
+    strict = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=120)
+    assert strict.returncode != 0 and "this GPU test skipped instead of running" in strict.stdout
+    env["GPUCONV_REQUIRE_GPU"] = "0"
+    lenient = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=120)
+    assert lenient.returncode == 0 and "1 skipped" in lenient.stdout

@@ -6,7 +6,7 @@ import pytest
 
 from gpuconv import backend as B
 from gpuconv.gradcheck import numerical_gradient_array, relative_error
-from gpuconv.ops import softmax_cross_entropy
+from gpuconv.ops import check_labels, softmax_cross_entropy
 
 
 def reference(logits, labels, eps):
@@ -74,8 +74,6 @@ def test_gradient_float64(backend, eps):
     (np.zeros((2, 3), np.float32), np.array([0.0, 1.0]), {}, TypeError,
      r"labels has dtype float64.*integers in 0\.\.2.*astype\(np.int64\)"),
     (np.zeros((2, 3), np.float32), np.array([0, 1, 2]), {}, ValueError, r"labels must have shape \(2,\)"),
-    (np.zeros((2, 3), np.float32), np.array([0, 3]), {}, ValueError, r"class indices in 0\.\.2.*found 3"),
-    (np.zeros((2, 3), np.float32), np.array([-1, 0]), {}, ValueError, r"class indices in 0\.\.2.*found -1"),
     (np.zeros((2, 3), np.float32), np.array([0, 1]), dict(label_smoothing=1.5), ValueError,
      r"label_smoothing must be a number in \[0, 1\], got 1\.5"),
     (np.zeros((0, 3), np.float32), np.zeros(0, np.int64), {}, ValueError, r"N = 0"),
@@ -85,12 +83,34 @@ def test_errors(backend, logits, labels, kw, exc, match):
         softmax_cross_entropy(backend.asarray(logits), backend.asarray(labels), **kw)
 
 
+@pytest.mark.parametrize("labels, bad", [([0, 3, 1], 3), ([-1, 0, 2], -1)])
+def test_out_of_range_label(backend, labels, bad):
+    """On the host a bad label is a ValueError; on a GPU (no readback per step) the loss and the
+    bad row of dlogits are NaN, the other rows exactly those of a batch without the bad row."""
+    logits = np.random.default_rng(4).standard_normal((3, 3)).astype(np.float32)
+    labels = np.array(labels)
+    if backend.name != "cupy":
+        with pytest.raises(ValueError, match=rf"class indices in 0\.\.2.*found {bad}"):
+            softmax_cross_entropy(backend.asarray(logits), backend.asarray(labels))
+        return
+    loss, d = softmax_cross_entropy(backend.asarray(logits), backend.asarray(labels))
+    loss, d = float(backend.asnumpy(loss)), backend.asnumpy(d)
+    row = int(np.flatnonzero((labels < 0) | (labels >= 3))[0])
+    assert np.isnan(loss) and np.isnan(d[row]).all()
+    keep = np.arange(3) != row
+    _, ref = softmax_cross_entropy(logits[keep], labels[keep])
+    np.testing.assert_allclose(d[keep], ref * 2 / 3, rtol=1e-6)
+    with pytest.raises(ValueError, match=rf"class indices in 0\.\.2.*found {bad}"):
+        check_labels(backend.asarray(labels), 3)  # the explicit check, which reads back
+
+
 def test_unchecked_out_of_range_label_gives_nan_not_garbage(backend):
-    """On a GPU the range check would cost a readback, so the computation itself turns a bad label
-    into a NaN loss (caught by the trainer's NaN check) instead of reading another row's logit."""
+    """The device path's rule, on every backend: a bad label's row is NaN in the loss and in
+    dlogits, instead of reading another row's logit; the good rows are untouched."""
     from gpuconv.ops.loss import _softmax_cross_entropy_reference
     logits = backend.asarray(np.zeros((3, 4), np.float32))
     loss, d = _softmax_cross_entropy_reference(logits, backend.asarray(np.array([0, 7, 1])), 0.0)
-    assert np.isnan(float(backend.asnumpy(loss)))
+    d = backend.asnumpy(d)
+    assert np.isnan(float(backend.asnumpy(loss))) and np.isnan(d[1]).all() and np.isfinite(d[[0, 2]]).all()
     good, _ = _softmax_cross_entropy_reference(logits, backend.asarray(np.array([0, 3, 1])), 0.0)
     assert float(backend.asnumpy(good)) == pytest.approx(np.log(4), rel=1e-6)

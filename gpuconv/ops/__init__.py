@@ -11,7 +11,7 @@ from .batchnorm import BatchNorm2dCache, batchnorm2d_backward, batchnorm2d_forwa
 from .conv2d import Conv2dCache, conv2d_backward, conv2d_forward
 from .dropout import DropoutCache, dropout_backward, dropout_forward
 from .linear import LinearCache, linear_backward, linear_forward
-from .loss import softmax_cross_entropy
+from .loss import check_labels, softmax_cross_entropy
 from .pool2d import (AvgPool2dCache, MaxPool2dCache, avg_pool2d_backward, avg_pool2d_forward,
                      max_pool2d_backward, max_pool2d_forward)
 from .relu import ReluCache, relu_backward, relu_forward
@@ -22,6 +22,7 @@ __all__ = [
     "relu_forward", "relu_backward",
     "linear_forward", "linear_backward",
     "softmax_cross_entropy",
+    "check_labels",
     "batchnorm2d_forward", "batchnorm2d_backward",
     "dropout_forward", "dropout_backward",
     "Conv2dCache", "MaxPool2dCache", "AvgPool2dCache", "ReluCache", "LinearCache", "BatchNorm2dCache",

@@ -4,9 +4,13 @@ Numerically stable: the row maximum is subtracted before ``exp`` and the loss is
 ``logsumexp - logit``, so logits of 1e4 neither overflow nor lose the small terms.
 
 The loss is returned as a 0-d array on the logits' device, never as a Python float, so a
-training step makes no host round trip. Label range checks follow the same rule: on the host
-(NumPy) an out-of-range label is a ValueError; on a GPU, checking it would read back, so the
-loss becomes NaN instead (which the trainer's NaN check reports with the step).
+training step makes no host round trip. Label range checks follow the same rule. On the host
+(NumPy arrays, and the simulator, whose labels are NumPy arrays) an out-of-range label is a
+ValueError. On a GPU, checking would read the labels back every step, so the computation
+itself marks the bad row instead: the loss becomes NaN and so does that row of ``dlogits``
+(never another class's logit or a silently wrong gradient). The trainer reads its losses back
+once per log interval and stops at the first NaN, naming the step and this cause; a user who
+wants the check at once calls :func:`check_labels`, which reads back.
 """
 from __future__ import annotations
 
@@ -40,15 +44,22 @@ def softmax_cross_entropy(logits, labels, label_smoothing=0.0):
                          f"0.1 is a common choice")
     if n == 0:
         raise ValueError("logits has no rows (N = 0): the mean loss over an empty batch is undefined")
-    if not is_cupy_array(labels) and labels.size:
-        lo, hi = int(labels.min()), int(labels.max())
-        if lo < 0 or hi >= c:
-            bad = lo if lo < 0 else hi
-            raise ValueError(f"labels must be class indices in 0..{c - 1} (logits have C={c} columns), "
-                             f"found {bad}; check the labels or the number of classes")
+    if not is_cupy_array(labels):
+        check_labels(labels, c)
     target = backend.kernel_target(logits, labels)
     return _dispatch.call("softmax_cross_entropy", target, _softmax_cross_entropy_reference,
                           logits, labels, float(label_smoothing))
+
+
+def check_labels(labels, classes: int):
+    """Raise ValueError unless every label is a class index in 0..classes-1. On a GPU this reads
+    two numbers back (a sync): :func:`softmax_cross_entropy` skips it there and yields NaN."""
+    if labels.size:
+        lo, hi = int(labels.min()), int(labels.max())
+        if lo < 0 or hi >= classes:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"labels must be class indices in 0..{classes - 1} (logits have C={classes} "
+                             f"columns), found {bad}; check the labels or the number of classes")
 
 
 def _softmax_cross_entropy_reference(logits, labels, eps):
@@ -75,4 +86,5 @@ def _softmax_cross_entropy_reference(logits, labels, eps):
         dlogits = dlogits - dt(eps / c)
     dlogits[xp.arange(n), idx] -= dt(1.0 - eps)
     dlogits *= dt(1.0 / n)
+    dlogits = xp.where(valid[:, None], dlogits, dt(np.nan))
     return loss, dlogits
