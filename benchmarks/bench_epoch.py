@@ -29,7 +29,7 @@ import bench_step  # noqa: E402
 import common  # noqa: E402
 import gpuconv  # noqa: E402
 from gpuconv import backend as B  # noqa: E402
-from gpuconv import models  # noqa: E402
+from gpuconv import models, syncguard  # noqa: E402
 from gpuconv.data import DeviceLoader, crop_flip, normalize  # noqa: E402
 from gpuconv.optim import SGD  # noqa: E402
 
@@ -73,6 +73,19 @@ def run_epoch(loader, step_fn, args):
             loss = step_fn(x, y)
             batches += 1
     return t.ms, batches, loss
+
+
+def guarded_batches(loader, step_fn, n):
+    """The first ``n`` batches of a new epoch (its plan, the loader and the steps) under
+    :func:`gpuconv.syncguard.no_sync`: None when the host never waited for the device, else where."""
+    loader.set_epoch(98)
+    try:
+        with syncguard.no_sync(f"the first {n} batches of an epoch (loader + training step)"):
+            for i, (x, y) in zip(range(n), loader):
+                step_fn(x, y)
+    except syncguard.DeviceSynchronized as exc:
+        return str(exc)
+    return None
 
 
 def torch_step(torch, tm):
@@ -139,8 +152,11 @@ def main(argv=None):
             ms, batches, loss = run_epoch(loader, step, args)
             epoch_ms.append(ms)
         transfers = B.transfers.device_to_host + B.transfers.host_to_device
+        synced = guarded_batches(loader, step, 3)
         final_loss = gpuconv.item(loss)
         checks.add(f"no host transfer during {args.repeat} epoch(s)", transfers == 0, float(transfers), 0.0)
+        checks.add("no host-device synchronization in 3 guarded batches (loader + step)", synced is None,
+                   detail=synced)
         checks.add("loss finite after the timed epoch(s)", np.isfinite(final_loss), detail=f"loss {final_loss}")
 
         loader_only = {}

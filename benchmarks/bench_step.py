@@ -12,8 +12,10 @@ and, when torch runs, against the PyTorch mirror (loss and gradients within 1e-3
 batch norm). Then ``--warmup + --repeat`` steps run on fresh weights; the last ``--repeat`` are
 timed between CUDA events. Along the way two device-residency checks, both required to pass:
 ``gpuconv.backend.transfers`` stays at zero host transfers in either direction during the steps,
-and CuPy's memory pool does not grow between step 3 and the last step (``used_bytes`` and
-``total_bytes``: buffers are reused, not reallocated). The issue's target: fast_net >= 1.0x PyTorch.
+CuPy's memory pool does not grow between step 3 and the last step (``used_bytes`` and
+``total_bytes``: buffers are reused, not reallocated), and two more steps run under
+``gpuconv.syncguard.no_sync``, which fails if the host waits for the GPU at all (``float()``,
+``.item()``, ``bool()``, CuPy's own readbacks: syncs the transfer count cannot see). The issue's target: fast_net >= 1.0x PyTorch.
 """
 from __future__ import annotations
 
@@ -29,10 +31,11 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import common  # noqa: E402
 import gpuconv  # noqa: E402
 from gpuconv import backend as B  # noqa: E402
-from gpuconv import models, ops  # noqa: E402
+from gpuconv import models, ops, syncguard  # noqa: E402
 from gpuconv.optim import SGD  # noqa: E402
 
 NAME = "bench_step"
+GUARDED_STEPS = 2  # after the timed ones, under syncguard.no_sync (which holds the stream meanwhile)
 HYPER = {"lr": 0.01, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4}
 # name -> (factory, input (C, H, W)), full size and --tiny
 MODELS = {
@@ -113,6 +116,18 @@ def pool_usage(args):
     return {"used_bytes": int(pool.used_bytes()), "total_bytes": int(pool.total_bytes())}
 
 
+def guarded_steps(step, n):
+    """Run ``n`` more steps under :func:`gpuconv.syncguard.no_sync`; None when none of them made
+    the host wait for the device, else the guard's message (where it waited)."""
+    try:
+        with syncguard.no_sync(f"{n} training steps"):
+            for _ in range(n):
+                step()
+    except syncguard.DeviceSynchronized as exc:
+        return str(exc)
+    return None
+
+
 def run_gpuconv(factory, x, y, args):
     """Warm-up + timed steps on fresh weights; the residency checks along the way."""
     model = factory()
@@ -131,13 +146,14 @@ def run_gpuconv(factory, x, y, args):
             if i == POOL_CHECK_STEP:
                 at_check = pool_usage(args)
     transfers = {"device_to_host": B.transfers.device_to_host, "host_to_device": B.transfers.host_to_device}
+    synced = guarded_steps(step, GUARDED_STEPS)
     at_end = pool_usage(args)
     final_loss = gpuconv.item(loss)  # the one readback, after the counted steps
     stable = None
     if at_check is not None and at_end is not None:
         stable = at_end["used_bytes"] <= at_check["used_bytes"] and at_end["total_bytes"] <= at_check["total_bytes"]
     return {"ms": t.ms / args.repeat if t.ms is not None else None, "steps": total, "transfers": transfers,
-            "pool_at_step3": at_check, "pool_at_end": at_end, "pool_stable": stable, "final_loss": final_loss}
+            "sync_in_step": synced, "pool_at_step3": at_check, "pool_at_end": at_end, "pool_stable": stable, "final_loss": final_loss}
 
 
 def run_torch(torch, factory, x, y, args):
@@ -194,6 +210,8 @@ def main(argv=None):
             host_transfers = res["transfers"]["device_to_host"] + res["transfers"]["host_to_device"]
             checks.add(f"{name}: no host transfer during {res['steps']} steps", host_transfers == 0,
                        float(host_transfers), 0.0, detail=str(res["transfers"]))
+            checks.add(f"{name}: no host-device synchronization in {GUARDED_STEPS} guarded steps",
+                       res["sync_in_step"] is None, detail=res["sync_in_step"])
             if res["pool_stable"] is not None:
                 checks.add(f"{name}: memory pool does not grow from step {POOL_CHECK_STEP} to step {res['steps']}",
                            res["pool_stable"], detail=f"{res['pool_at_step3']} -> {res['pool_at_end']}")

@@ -26,7 +26,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import common  # noqa: E402
 import gpuconv  # noqa: E402
 from gpuconv import backend as B  # noqa: E402
-from gpuconv import hostsim, kernels  # noqa: E402
+from gpuconv import hostsim, kernels, syncguard  # noqa: E402
 from gpuconv.data import crop_flip, normalize  # noqa: E402
 from gpuconv.data._launch_augment import augment_batch_kernel  # noqa: E402
 from gpuconv.ops import _launch_conv2d as LC  # noqa: E402
@@ -160,6 +160,19 @@ def augment(run, rng):
     run.add("augment_batch: an out-of-range index gives an all-NaN image", np.isnan(common.host(bad)).all())
 
 
+def stream_hold(run, rng):
+    if run.target == "cuda":  # the guard's own launch: the block enqueues, never waits
+        x = run.dev(rng.standard_normal(64).astype(np.float32))
+        with syncguard.no_sync("an elementwise launch"):
+            LR.relu_forward_kernel(x, target=run.target)
+        run.add("stream_hold: no_sync passes a block that only enqueues", True)
+        return
+    release, timed_out = np.array([1], np.int32), np.array([7], np.int32)
+    kernels.launch("stream_hold", "stream_hold", np.float32, run.target, (1, 1, 1), (1, 1, 1),
+                   (release, timed_out, np.int64(10**6)))
+    run.add("stream_hold: released at once, no time-out", int(timed_out[0]) == 0)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", choices=("cuda", "sim"), default="cuda")
@@ -171,18 +184,12 @@ def main(argv=None):
     if args.device == "cuda":
         B.cupy_module().cuda.set_allocator(None)  # exact allocation bounds for memcheck/initcheck
     run = Run(args.device)
-    real_launch = kernels.launch
-
-    def counting(op_file, kernel, *a, **k):
-        run.ran.add(kernel)
-        return real_launch(op_file, kernel, *a, **k)
-
-    kernels.launch = counting
     rng = np.random.default_rng(0)
-    with gpuconv.default_device(args.device):
-        for family in (conv, pool, relu, dropout, augment):
+    with gpuconv.default_device(args.device), kernels.launch_log() as log:
+        for family in (conv, pool, relu, dropout, augment, stream_hold):
             family(run, rng)
     B.synchronize()
+    run.ran = set(log.names)
     missing = sorted(EXPECTED - run.ran)
     print("RAN " + ",".join(sorted(run.ran)))
     run.add("every kernel launched", not missing, detail=f"never launched: {', '.join(missing)}" if missing else None)

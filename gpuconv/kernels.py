@@ -65,7 +65,7 @@ import numpy as np
 from ._files import write_atomic
 from . import backend  # attribute access at call time: tests fake CuPy by patching it
 
-KERNEL_FILES = ("conv2d", "pool2d", "relu", "dropout", "augment")
+KERNEL_FILES = ("conv2d", "pool2d", "relu", "dropout", "augment", "stream_hold")
 # GPUCONV_BLOCK in common.cuh: the block size of every 1-D grid-stride kernel, which their
 # __launch_bounds__ and conv2d_backward_bias's shared reduction are compiled for.
 BLOCK = 256

@@ -123,7 +123,9 @@ def test_step_readback_inside_a_step_fails_the_transfer_check(monkeypatch, capsy
     out = capsys.readouterr()
     rec = json.loads(out.out)
     failed = [c for c in rec["validation"]["checks"] if not c["ok"]]
-    assert len(failed) == 1 and "no host transfer" in failed[0]["name"] and failed[0]["error"] == 5
+    assert [c["name"] for c in failed] == ["three_layer_convnet: no host transfer during 5 steps",
+                                           "three_layer_convnet: no host-device synchronization in 2 guarded steps"]
+    assert failed[0]["error"] == 5 and "2 training steps copied between host and device on 'sim'" in failed[1]["detail"]
     assert "no host transfer" in out.err
 
 

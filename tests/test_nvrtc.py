@@ -37,6 +37,7 @@ ENTRIES = {
     "augment": ["augment_batch"],
     "relu": ["relu_forward_v1", "relu_forward_v2", "relu_backward_v1", "relu_backward_v2", "bias_relu_forward"],
     "dropout": ["dropout_forward", "dropout_backward"],
+    "stream_hold": ["stream_hold"],
 }
 TUNED = ["conv2d_forward_v2", "conv2d_backward_data_v2", "conv2d_backward_weight_v2",
          "conv2d_forward_v3", "conv2d_backward_data_v3", "conv2d_backward_weight_v3"]

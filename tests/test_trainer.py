@@ -18,6 +18,7 @@ from gpuconv.data import DeviceLoader, load_cifar10, train_val_split
 from gpuconv.layers import BatchNorm2d, Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, Sequential
 from gpuconv.models import three_layer_convnet
 from gpuconv.optim import SGD, OneCycleLR
+from gpuconv.syncguard import no_sync
 from gpuconv.trainer import (GPUOutOfMemory, Trainer, TrainingDiverged, TrainingInterrupted, evaluate,
                              oom_message)
 
@@ -367,6 +368,9 @@ def test_gpu_epoch_is_device_resident_and_the_pool_stops_growing(cifar, tmp_path
             sizes.append(pool.total_bytes())
         assert backend.transfers.device_to_host == 0
         assert sizes[-1] == sizes[4], f"pool grew after step 5: {sizes[4]} -> {sizes[-1]} bytes"
+        with no_sync("three trainer steps", timeout=5.0):  # float(), .item(), CuPy readbacks fail here
+            for x, y in batches[:3]:
+                trainer.train_step(x, y)
         assert np.isfinite(trainer._flush()["loss"])
         model = three_layer_convnet(seed=0)  # a fresh run for fit()
         opt = SGD(model.parameters(), lr=0.02, momentum=0.9, nesterov=True, weight_decay=5e-4)
