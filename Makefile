@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 # On a GPU machine with a CUDA 12 driver use EXTRAS=dev,cuda12.
 EXTRAS ?= dev,nvrtc
 
-.PHONY: install train test clean gpu-site gpu-data
+.PHONY: install train test clean gpu-data
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,12 +26,6 @@ test: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info
-
-# Pure-Python test dependencies the GPU image lacks, to carry to a lent GPU (benchmarks/run_gpu.sh).
-gpu-site: $(VENV)/.installed
-	rm -rf .gpu-site
-	$(PY) -m pip install -q --no-deps --target .gpu-site hypothesis sortedcontainers attrs \
-		exceptiongroup tqdm
 
 # The real CIFAR-10 subset, to carry to a lent GPU (its machine has no ../shared): run_gpu.sh
 # points the tests and the parity run at .gpu-data when it is there.

@@ -1,58 +1,56 @@
 #!/usr/bin/env bash
-# The two commands a session with a lent GPU runs, from the repository root (two device calls,
-# each within the device tool's 10 minutes a command):
+# The GPU battery: every check of gpuconv on a real GPU, in ONE call of the device tool (at most
+# 10 minutes a command, 15 minutes of device time a session, machine start included). From the
+# repository root, after `make gpu-data` here (the real CIFAR-10 subset, which the device machine
+# lacks), with carry=[".gpu-data"] (and ".gpu-cache" when a previous run's caches are kept):
 #
-#     PYTHONPATH=. bash benchmarks/run_gpu.sh                              # GPU tests, benchmarks
-#     STAGES="sanitizer parity" PYTHONPATH=. bash benchmarks/run_gpu.sh    # sanitizers, parity
+#     PYTHONPATH=. bash benchmarks/run_gpu.sh          # run it under a 540 s limit
 #
-# STAGES picks the stage groups: tests, sanitizer, bench, parity (default "tests bench"; "all"
-# for every one, past the 10 minutes). In order, each stage bounded in time so that each of the
-# two calls fits in GPU_RUN_BUDGET_S (about 8 minutes of an H100):
-#   1. versions: nvidia-smi, python, numpy, cupy, CUDA runtime/driver, torch, cuDNN, compute-sanitizer
-#   2. the GPU tests:              pytest -m gpu -q
-#   3. compute-sanitizer (when on the PATH or in /usr/local/cuda*/bin): memcheck, racecheck,
-#      initcheck, synccheck over benchmarks/sanitize_gpu.py (every kernel, small shapes, CuPy's
-#      memory pool off so bounds are exact)
-#   4. the benchmarks, each validating first, with --save: bench_ops, bench_step, bench_epoch,
-#      bench_conv2d
-#   5. parity: benchmarks/parity.py --save, three_layer_convnet trained for 8 epochs
-#      with seeds 0 and 1 on the GPU and on the CPU on the real subset (about 2-3 minutes)
-# Records land in benchmarks/results/ (<date>-<device>-<name>.json; conv2d-<device>-<date>.json);
-# the logs in benchmarks/results/logs/<stamp>/. With $OUT set (the device tool), $OUT receives the
-# records of this run, the whole log (run_gpu.log), summary.txt and logs.tar.gz (at most 8 files:
-# the device tool's limit). Exit status: 0 when every stage passed, 1 otherwise (all stages run).
+# Stages, in order, each capped in time inside one overall budget (GPU_RUN_BUDGET_S, default 480 s);
+# a stage gets min(its cap, what is left), and is skipped (a failure) when under 15 s are left:
+#   smoke     versions; every kernel file compiles and loads; every kernel launched once against
+#             NumPy (benchmarks/sanitize_gpu.py). On failure the battery stops here: nothing after
+#             it could pass. On a machine without a usable GPU this is where it ends, in seconds.
+#   tests     pytest -m gpu in parallel (xdist), a per-test timeout, GPUCONV_REQUIRE_GPU=1: a GPU
+#             test that skips counts as failed
+#   conv      bench_conv2d: every conv2d variant and direction at every fast_net layer, batch 512, vs
+#             cuDNN through PyTorch (fp32, TF32 off); then bench_ops --skip-conv (pooling, ReLU:
+#             GB/s against a device-to-device copy)
+#   step      bench_step: images/s of a training step vs PyTorch eager; no host transfer, no sync
+#             (syncguard), the memory pool stops growing
+#   epoch     bench_epoch: one device-resident epoch of 50,000 synthetic CIFAR-shaped images
+#   sanitizer compute-sanitizer memcheck and racecheck over every kernel at small shapes;
+#             initcheck and synccheck when time is left
+#   parity    CPU vs GPU training on the real subset (benchmarks/parity.py), shortened to fit
+#   caches    CuPy's and gpuconv's kernel caches, tarred for the next run
+# STAGES="tests conv" (say) runs the smoke stage and those; default: all of them.
 #
-# The device image has cupy, numpy, pytest, nvidia-ml-py and torch but not hypothesis, tqdm or
-# nbclient (its notebook tests skip), no network and no ../shared: build both first with
-# `make gpu-site gpu-data` (pure-Python packages into .gpu-site/, the real CIFAR-10 subset into
-# .gpu-data/) and carry both (device tool: carry=[".gpu-site", ".gpu-data"]).
+# What comes back: $OUT (the device tool's folder, at most 8 files) is rewritten after EVERY stage,
+# so a run cut short still returns what finished: summary.txt (one line a stage), run_gpu.log (all
+# output), records.tar.gz (the JSON records of this run and the per-stage logs, to unpack into
+# benchmarks/results/), caches.tar.gz (last stage). Exit status 0 when every stage passed.
 #
-# Environment: PYTHON (default python3: the device image's interpreter holding torch and cupy),
-# GPUCONV_BENCH_RESULTS (default benchmarks/results), GPU_RUN_BUDGET_S (default 500; the tests and
-# sanitizers never eat into the 350 s kept for the benchmarks), SKIP_TESTS=1 / SKIP_SANITIZER=1.
+# Environment: PYTHON (default python3, the image's interpreter with cupy and torch),
+# GPU_RUN_BUDGET_S, GPUCONV_BENCH_RESULTS (default benchmarks/results), STAGES.
 set -u
 cd "$(dirname "$0")/.."
-export PYTHONPATH="${PYTHONPATH:-.}"
-if [ -d .gpu-site ]; then export PYTHONPATH=".gpu-site:$PYTHONPATH"; fi
-# The real CIFAR-10 subset (`make gpu-data`, carried as .gpu-data): the device machine has no ../shared.
+export PYTHONPATH="${PYTHONPATH:-.}" PYTHONUNBUFFERED=1 GPUCONV_REQUIRE_GPU=1
 if [ -d .gpu-data/cifar-10-batches-py ]; then
     export GPUCONV_DATA="$PWD/.gpu-data" GPUCONV_TEST_DATA="$PWD/.gpu-data/cifar-10-batches-py"
 fi
-export PYTHONUNBUFFERED=1
+export GPUCONV_CUDA_CACHE="${GPUCONV_CUDA_CACHE:-$HOME/.cache/gpuconv/cuda}"
+export CUPY_CACHE_DIR="${CUPY_CACHE_DIR:-$HOME/.cupy/kernel_cache}"
+if [ -f .gpu-cache/caches.tar.gz ]; then  # a previous run's compiled kernels: no NVRTC time here
+    mkdir -p "$GPUCONV_CUDA_CACHE" "$CUPY_CACHE_DIR"
+    tar -xzf .gpu-cache/caches.tar.gz -C "$HOME" 2>/dev/null || true
+fi
 PY="${PYTHON:-python3}"
-STAGES="${STAGES:-tests bench}"
-want() { [ "$STAGES" = all ] || case " $STAGES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
-reserve_for() {  # the seconds kept back for the groups named that this run includes
-    RESERVE=0
-    for g in "$@"; do
-        want "$g" && case "$g" in bench) RESERVE=$((RESERVE + 350)) ;; parity) RESERVE=$((RESERVE + 240)) ;; esac
-    done
-    return 0
-}
-BUDGET="${GPU_RUN_BUDGET_S:-500}"
-RESERVE=0  # seconds kept back for the later stages: 350 for the benchmarks, 240 for parity
+STAGES="${STAGES:-all}"
+BUDGET="${GPU_RUN_BUDGET_S:-480}"
+KEEP_FOR_CACHES=10
+START=$SECONDS
 STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
-RESULTS="${GPUCONV_BENCH_RESULTS:-benchmarks/results}"  # the scripts honour the same variable
+RESULTS="${GPUCONV_BENCH_RESULTS:-benchmarks/results}"  # the benchmark scripts honour the same variable
 LOGS="$RESULTS/logs/$STAMP"
 mkdir -p "$LOGS"
 MARK="$LOGS/.start"
@@ -60,35 +58,49 @@ touch "$MARK"
 SUMMARY="$LOGS/summary.txt"
 : >"$SUMMARY"
 FAILED=0
-START=$SECONDS
 
-log() { echo "[run_gpu $(date -u +%H:%M:%S)] $*" | tee -a "$LOGS/run_gpu.log"; }
+want() { [ "$STAGES" = all ] || case " $STAGES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+log() { echo "[run_gpu $(date -u +%H:%M:%S) +$((SECONDS - START))s] $*" | tee -a "$LOGS/run_gpu.log"; }
+left() { echo $((BUDGET - KEEP_FOR_CACHES - (SECONDS - START))); }
 
-# stage NAME CAP_SECONDS COMMAND... : runs with min(CAP, time left) as its limit, logs, records status.
+publish() {  # everything so far into $OUT: called after every stage
+    [ -n "${OUT:-}" ] || return 0
+    mkdir -p "$OUT"
+    cp "$SUMMARY" "$LOGS/run_gpu.log" "$OUT/" 2>/dev/null
+    local records
+    records=$(cd "$RESULTS" && find . -maxdepth 1 -name '*.json' -newer "logs/$STAMP/.start" | sort)
+    # shellcheck disable=SC2086
+    tar -czf "$OUT/records.tar.gz.tmp" -C "$RESULTS" $records "logs/$STAMP" 2>/dev/null &&
+        mv "$OUT/records.tar.gz.tmp" "$OUT/records.tar.gz"
+}
+
+# stage NAME CAP COMMAND...: runs with min(CAP, time left) as its limit; one summary line.
 stage() {
     local name="$1" cap="$2"
     shift 2
-    local left=$((BUDGET - RESERVE - (SECONDS - START)))
-    local limit=$((cap < left ? cap : left))
+    local limit rc t0=$SECONDS status="ok"
+    limit=$(left)
+    [ "$cap" -lt "$limit" ] && limit=$cap
     if [ "$limit" -lt 15 ]; then
-        log "SKIP $name: only ${left}s of the ${BUDGET}s budget left"
-        echo "SKIPPED  $name (budget)" >>"$SUMMARY"
+        log "SKIP $name: only $(left)s of the ${BUDGET}s budget left"
+        printf '%-14s %-28s %4ds\n' "SKIPPED" "$name" 0 >>"$SUMMARY"
         FAILED=1
-        return
+        publish
+        return 1
     fi
     log "START $name (limit ${limit}s): $*"
-    local t0=$SECONDS rc
-    timeout --kill-after=10 "$limit" "$@" >"$LOGS/$name.log" 2>&1
+    timeout --kill-after=5 "$limit" "$@" >"$LOGS/$name.log" 2>&1
     rc=$?
     cat "$LOGS/$name.log" >>"$LOGS/run_gpu.log"
-    tail -n 40 "$LOGS/$name.log"
-    local status="ok"
+    tail -n 25 "$LOGS/$name.log"
     if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then status="TIMEOUT"; elif [ "$rc" -ne 0 ]; then status="FAILED(rc=$rc)"; fi
     [ "$status" = "ok" ] || FAILED=1
-    printf '%-8s %-28s %4ds\n' "$status" "$name" $((SECONDS - t0)) | tee -a "$SUMMARY"
+    printf '%-14s %-28s %4ds\n' "$status" "$name" $((SECONDS - t0)) | tee -a "$SUMMARY"
+    publish
+    [ "$status" = "ok" ]
 }
 
-# ---------------------------------------------------------------- 1. versions
+# ---------------------------------------------------------------- smoke
 log "versions"
 {
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 || echo "nvidia-smi: not found"
@@ -112,66 +124,71 @@ from gpuconv import backend
 print("gpuconv", gpuconv.__version__, "|", backend.cuda_status())
 EOF
     git rev-parse --short HEAD 2>/dev/null | sed 's/^/git commit /'
-} | tee "$LOGS/versions.log" | tee -a "$LOGS/run_gpu.log"
-
-if ! "$PY" -c "from gpuconv import backend; raise SystemExit(0 if backend.cuda_available() else 1)"; then
-    log "no usable GPU: $("$PY" -c 'from gpuconv import backend; print(backend.cuda_status())' 2>&1)"
-    echo "FAILED   no usable GPU" >>"$SUMMARY"
-    FAILED=1
+} 2>&1 | tee "$LOGS/versions.log" >>"$LOGS/run_gpu.log"
+cat "$LOGS/versions.log"
+if ! "$PY" -c "from gpuconv import backend; raise SystemExit(0 if backend.cuda_available() else 1)" 2>/dev/null; then
+    log "no usable GPU: $("$PY" -c 'from gpuconv import backend; print(backend.cuda_status())' 2>&1 | tail -n 1)"
+    printf '%-14s %-28s %4ds\n' "FAILED" "smoke: no usable GPU" $((SECONDS - START)) >>"$SUMMARY"
+    publish
+    log "stopping: nothing after the smoke stage can pass"
+    exit 1
+fi
+if ! stage smoke 60 "$PY" benchmarks/sanitize_gpu.py; then
+    log "stopping: the smoke stage failed (above); nothing after it can pass"
+    exit 1
 fi
 
-# ---------------------------------------------------------------- 2. GPU tests
-reserve_for bench parity
-if want tests && [ "${SKIP_TESTS:-0}" != "1" ]; then
-    stage pytest_gpu 100 "$PY" -m pytest -m gpu -q --maxfail=5 -p no:cacheprovider \
-        --continue-on-collection-errors  # without .gpu-site, files importing hypothesis are not collected
+# ---------------------------------------------------------------- the GPU tests
+if want tests; then
+    stage tests 100 "$PY" -m pytest -m gpu -q -p no:cacheprovider -n 8 --timeout 90 --maxfail 20 -o addopts=-ra
 fi
 
-# ---------------------------------------------------------------- 3. compute-sanitizer
+# ---------------------------------------------------------------- benchmarks (each validates first, then times)
+if want conv; then
+    stage bench_conv2d 80 "$PY" benchmarks/bench_conv2d.py --layers fast_net --warmup 2 --repeat 10
+    stage bench_ops 40 "$PY" benchmarks/bench_ops.py --save --skip-conv --warmup 3 --repeat 20  # conv: above
+fi
+if want step; then
+    stage bench_step 50 "$PY" benchmarks/bench_step.py --save --warmup 5 --repeat 20
+fi
+if want epoch; then
+    stage bench_epoch 60 "$PY" benchmarks/bench_epoch.py --save --warmup 3 --repeat 1
+fi
+
+# ---------------------------------------------------------------- compute-sanitizer
 SANITIZER="$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n 1)"
-if want sanitizer && [ "${SKIP_SANITIZER:-0}" != "1" ]; then
+if want sanitizer; then
     if [ -n "$SANITIZER" ]; then
         "$SANITIZER" --version 2>&1 | tail -n 1 | tee -a "$LOGS/versions.log"
-        stage sanitize_plain 40 "$PY" benchmarks/sanitize_gpu.py  # also fills the kernel cache
         # No --leak-check: CuPy frees some arrays only at interpreter exit, which would read as leaks.
         for tool in memcheck racecheck initcheck synccheck; do
-            stage "sanitizer_$tool" 45 "$SANITIZER" --tool "$tool" --error-exitcode 99 \
-                --print-limit 20 "$PY" benchmarks/sanitize_gpu.py
+            cap=40
+            case "$tool" in initcheck | synccheck) [ "$(left)" -lt 150 ] && { log "no time for $tool"; continue; } ;; esac
+            stage "sanitizer_$tool" "$cap" "$SANITIZER" --tool "$tool" --error-exitcode 99 --print-limit 20 \
+                "$PY" benchmarks/sanitize_gpu.py
         done
     else
-        log "compute-sanitizer not found (PATH, /usr/local/cuda*/bin): sanitizer stage skipped"
-        echo "SKIPPED  compute-sanitizer (not installed)" >>"$SUMMARY"
+        log "compute-sanitizer not found (PATH, /usr/local/cuda*/bin)"
+        printf '%-14s %-28s %4ds\n' "FAILED" "sanitizer: not installed" 0 >>"$SUMMARY"
+        FAILED=1
     fi
 fi
 
-# ---------------------------------------------------------------- 4. benchmarks
-reserve_for parity
-if want bench; then
-    stage bench_ops 75 "$PY" benchmarks/bench_ops.py --save --warmup 3 --repeat 20
-    stage bench_step 75 "$PY" benchmarks/bench_step.py --save --warmup 10 --repeat 40
-    stage bench_epoch 110 "$PY" benchmarks/bench_epoch.py --save --warmup 5 --repeat 1
-    stage bench_conv2d 90 "$PY" benchmarks/bench_conv2d.py --layers fast_net --warmup 2 --repeat 10  # v1-v3, every fast_net conv
-fi
-
-# ---------------------------------------------------------------- 5. accuracy parity
-reserve_for
+# ---------------------------------------------------------------- accuracy parity, CPU vs GPU
 if want parity; then
-    stage parity 480 "$PY" benchmarks/parity.py --save
+    stage parity 100 "$PY" benchmarks/parity.py --save --epochs 4
 fi
 
-# ---------------------------------------------------------------- results
-log "done in $((SECONDS - START))s; summary:"
-cat "$SUMMARY" | tee -a "$LOGS/run_gpu.log"
-NEW=$(find "$RESULTS" -maxdepth 1 -name '*.json' -newer "$MARK" | sort)
-log "records written: ${NEW:-none}"
-if [ -n "${OUT:-}" ]; then
-    mkdir -p "$OUT"
-    cp "$LOGS/run_gpu.log" "$SUMMARY" "$OUT/"
-    tar -czf "$OUT/logs.tar.gz" -C "$RESULTS/logs" "$STAMP" 2>/dev/null
-    n=3
-    for f in $NEW; do
-        [ "$n" -lt 8 ] && cp "$f" "$OUT/" && n=$((n + 1))
-    done
-    log "copied to \$OUT: $(ls "$OUT" | tr '\n' ' ')"
+# ---------------------------------------------------------------- kernel caches for the next run
+if want caches && [ -n "${OUT:-}" ]; then
+    mkdir -p "$CUPY_CACHE_DIR" "$GPUCONV_CUDA_CACHE"
+    (cd "$HOME" && tar -czf "$OUT/caches.tar.gz" --ignore-failed-read \
+        "${CUPY_CACHE_DIR#"$HOME"/}" "${GPUCONV_CUDA_CACHE#"$HOME"/}" 2>/dev/null)
+    log "caches: $(du -h "$OUT/caches.tar.gz" 2>/dev/null | cut -f1) (carry as .gpu-cache/caches.tar.gz next time)"
 fi
+
+log "done in $((SECONDS - START))s; summary:"
+tee -a "$LOGS/run_gpu.log" <"$SUMMARY"
+publish
+[ -n "${OUT:-}" ] && log "in \$OUT: $(ls "$OUT" | tr '\n' ' ')"
 exit "$FAILED"
