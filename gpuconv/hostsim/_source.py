@@ -78,7 +78,7 @@ def _parse_param(text: str, aliases: dict[str, str]) -> Param:
         name = words.pop()
     resolved = []
     for w in words:
-        for _ in range(8):  # typedef chains, e.g. real_t -> scalar_t -> float
+        for _ in range(8):  # alias chains, e.g. storage_t -> GPUCONV_STORAGE -> bf16_t
             if w in aliases and w != aliases[w]:
                 w = aliases[w]
             else:
