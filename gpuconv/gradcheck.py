@@ -47,7 +47,7 @@ def relative_error(a, b, floor=1e-12):
     return float(xp.max(xp.abs(a - b) / xp.maximum(xp.abs(a) + xp.abs(b), floor)))
 
 
-def reduction_tolerance(abs_sum, reference, length, dtype, tf32=False):
+def reduction_tolerance(abs_sum, reference, length, dtype):
     """Elementwise bound on ``|result - reference|`` for outputs that are each a reduction of
     ``length`` terms computed by the precision rule (gpuconv.precision): terms formed exactly
     (a product of two bfloat16, float16 or TF32 values is exact in float32), summed in the
@@ -65,9 +65,9 @@ def reduction_tolerance(abs_sum, reference, length, dtype, tf32=False):
     - rounding to ``dtype`` errs by at most u * |value| (or half the smallest subnormal near
       zero) on each side: 2 u |reference| plus one subnormal spacing.
 
-    The bound is rigorous, not statistical: a kernel that accumulates in the storage dtype,
-    rounds a partial sum, or rounds twice exceeds it on realistic sizes (tests check that it
-    can fail). ``tf32`` says the terms were TF32 products (exact in float32): the same bound."""
+    The bound is rigorous, not statistical: a kernel that accumulates in the storage dtype or
+    rounds a partial sum exceeds it on realistic sizes (tests check that it can fail). TF32
+    results are held to it with ``dtype`` float32: their products are exact in float32 too."""
     xp = get_array_module(abs_sum, reference)
     acc = precision.compute_dtype(dtype)
     u_acc = precision.unit_roundoff(acc)

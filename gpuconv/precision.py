@@ -1,7 +1,8 @@
 """Precision: the storage dtypes, the one rule every op follows, and the TF32 compute mode.
 
 Storage dtypes. Arrays hold float64, float32, bfloat16 (:data:`bfloat16`, NumPy's registered
-``ml_dtypes.bfloat16``; CuPy 14 takes it too) or float16. float32 is the default, float64 the
+``ml_dtypes.bfloat16``; CuPy takes it from version 14 on when ml_dtypes is installed, support its
+developers call experimental: cupy/cupy#9494) or float16. float32 is the default, float64 the
 dtype of gradient checks, bfloat16 and float16 the low precisions.
 
 The rule, the same on every backend (the NumPy reference, the kernels on the simulator, a GPU):
@@ -11,8 +12,9 @@ The rule, the same on every backend (the NumPy reference, the kernels on the sim
   float32), and rounds each output ONCE to the output dtype, to nearest even. Outputs have the
   inputs' dtype; a gradient has the dtype of what it is the gradient of. The NumPy reference
   implements this literally: :func:`upcast` to float32, the float32 reference code,
-  :func:`round_once` (``astype``; ml_dtypes and NumPy round to nearest even, overflow to inf and
-  keep NaN a NaN of the same sign). The kernels convert with ``to_acc``/``from_acc`` in
+  :func:`round_once` (``astype``: ml_dtypes and NumPy round to nearest even, overflow to inf and
+  keep NaN a NaN of the same sign; checked against kernels/common.cuh's explicit rounding for all
+  2^32 float32 patterns). The kernels convert with ``to_acc``/``from_acc`` in
   ``kernels/common.cuh``, bit for bit the same conversions.
 - Mixed dtypes in one call (x bfloat16, w float32) are a TypeError naming both: cast the
   master copy, e.g. ``w.astype(x.dtype)``.
@@ -82,7 +84,7 @@ def compute_dtype(dtype) -> np.dtype:
 
 def unit_roundoff(dtype) -> float:
     """u of ``dtype`` (or of ``"tf32"``): 2^-53, 2^-24, 2^-8 (bfloat16), 2^-11 (float16, TF32)."""
-    return _UNIT_ROUNDOFF[dtype if dtype == "tf32" else np.dtype(dtype)]
+    return _UNIT_ROUNDOFF["tf32" if isinstance(dtype, str) and dtype == "tf32" else np.dtype(dtype)]
 
 
 def smallest_subnormal(dtype) -> float:
