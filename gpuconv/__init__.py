@@ -2,12 +2,16 @@
 
 The array type decides where work runs: NumPy arrays use the NumPy reference (or the CUDA
 kernels on the host simulator under ``Device('sim')``), CuPy arrays run the CUDA kernels.
+Arrays are float32 (default), float64, bfloat16 (``gpuconv.bfloat16``) or float16; the precision
+rule and the TF32 mode (``set_precision``/``get_precision``/``precision_mode``) are in
+:mod:`gpuconv.precision`.
 """
 from .backend import (Device, asnumpy, cuda_available, cuda_status, default_device, device_of,
                       get_array_module, get_default_device, item, set_default_device, to_device)
+from .precision import bfloat16, get_precision, precision_mode, set_precision
 
 __version__ = "0.1.0"
 
 __all__ = ["Device", "asnumpy", "cuda_available", "cuda_status", "default_device", "device_of",
            "get_array_module", "get_default_device", "item", "set_default_device", "to_device",
-           "__version__"]
+           "bfloat16", "get_precision", "precision_mode", "set_precision", "__version__"]

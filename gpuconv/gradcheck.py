@@ -1,4 +1,5 @@
-"""Numerical gradients by central differences: the yardstick every backward pass is held to.
+"""Numerical gradients by central differences: the yardstick every backward pass is held to;
+and :func:`reduction_tolerance`, the error bound low-precision results are held to.
 
 Used by the test suite and by ``gpuconv.compat.cs231n`` (its ``eval_numerical_gradient*``).
 Work in float64: with h = 1e-5 the truncation and rounding errors of a smooth op stay
@@ -6,6 +7,7 @@ near 1e-10, so a relative error above 1e-6 means a wrong gradient, not noise.
 """
 from __future__ import annotations
 
+from . import precision
 from .backend import get_array_module
 
 
@@ -43,3 +45,48 @@ def relative_error(a, b, floor=1e-12):
     a = xp.asarray(a, dtype=xp.float64)
     b = xp.asarray(b, dtype=xp.float64)
     return float(xp.max(xp.abs(a - b) / xp.maximum(xp.abs(a) + xp.abs(b), floor)))
+
+
+def reduction_tolerance(abs_sum, reference, length, dtype):
+    """Elementwise bound on ``|result - reference|`` for outputs that are each a reduction of
+    ``length`` terms computed by the precision rule (gpuconv.precision): terms formed exactly
+    (a product of two bfloat16, float16 or TF32 values is exact in float32), summed in the
+    compute dtype (float32; float64 for float64) in any order, then rounded once to ``dtype``.
+
+    ``abs_sum`` is the sum of the terms' magnitudes per output, ``sum |a_i * b_i|`` (plus
+    ``|bias|``), computed in float64 (e.g. the same op on ``|a|`` and ``|b|``); ``reference`` is
+    the other side of the comparison (float64 exact, or another order's result). Derivation,
+    with u_acc the compute dtype's unit roundoff (2^-24) and u the output's (bfloat16 2^-8,
+    float16 2^-11; 0 when ``dtype`` is the compute dtype):
+
+    - a recursive or blocked sum of ``length`` terms errs by at most gamma * abs_sum with
+      gamma = length * u_acc / (1 - length * u_acc) (Higham, Accuracy and Stability of
+      Numerical Algorithms, 2nd ed., section 4.2); two sides in different orders: twice that;
+    - rounding to ``dtype`` errs by at most u * |value| (or half the smallest subnormal near
+      zero) on each side: 2 u |reference| plus one subnormal spacing.
+
+    The bound is rigorous, not statistical: a kernel that accumulates in the storage dtype or
+    rounds a partial sum exceeds it on realistic sizes (tests check that it can fail). TF32
+    results are held to it with ``dtype`` float32: their products are exact in float32 too."""
+    xp = get_array_module(abs_sum, reference)
+    acc = precision.compute_dtype(dtype)
+    u_acc = precision.unit_roundoff(acc)
+    gamma = length * u_acc / (1.0 - length * u_acc)
+    tol = 2.0 * gamma * xp.asarray(abs_sum, dtype=xp.float64)
+    if precision.is_low_precision(dtype):
+        ref = xp.abs(xp.asarray(reference).astype(xp.float64))
+        tol = tol + 2.0 * precision.unit_roundoff(dtype) * ref + precision.smallest_subnormal(dtype)
+    return tol
+
+
+def within_tolerance(result, reference, tol):
+    """(ok, worst): whether ``|result - reference| <= tol`` everywhere (NaN nowhere unless in both at
+    the same place), and the largest excess ratio ``|diff| / tol`` for the message."""
+    xp = get_array_module(result, reference)
+    a = xp.asarray(result).astype(xp.float64)
+    b = xp.asarray(reference).astype(xp.float64)
+    both_nan = xp.isnan(a) & xp.isnan(b)
+    diff = xp.where(both_nan, 0.0, xp.abs(a - b))
+    diff = xp.where(xp.isnan(diff), xp.inf, diff)
+    ratio = diff / xp.maximum(tol, 1e-300)
+    return bool(xp.all(diff <= tol)), float(xp.max(ratio)) if ratio.size else 0.0

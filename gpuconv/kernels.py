@@ -9,15 +9,19 @@ both (to try an edited kernel without reinstalling).
 Translation units. A ``.cu`` file never includes anything (NVRTC has no host headers and the
 host simulator compiles the same text with g++); the registry builds::
 
-    typedef float real_t;            // or double: the float64 build for gradient checks
+    #define GPUCONV_STORAGE bf16_t   // the arrays' element type: double, float, bf16_t, half_t
+    #define GPUCONV_ACC float        // what products and sums run in: double for float64, else float
+    #define GPUCONV_TF32 0           // 1 in the TF32 build of float32 (conv operands rounded)
     #line 1 "kernels/common.cuh"
-    <common.cuh>
+    <common.cuh>                     // typedefs storage_t and acc_t from the two macros
     #line 1 "kernels/<op>.cu"
     <op>.cu
 
 so a compiler message names the kernel's own file and line. Entry points are ``extern "C"``
-with the element type fixed by the typedef, one module per dtype, so no ``name_expressions``
-are needed (those exist to instantiate C++ templates by name).
+with the element types fixed by the defines, one module per build: the four storage dtypes of
+:mod:`gpuconv.precision` (float64, float32, bfloat16, float16) and float32 with ``tf32=True``.
+No ``name_expressions`` are needed (those exist to instantiate C++ templates by name). The
+precision rule the builds implement is in ``kernels/common.cuh`` and :mod:`gpuconv.precision`.
 
 Targets. ``'cuda'``: the registry compiles with NVRTC itself (:func:`nvrtc_compile`, the
 ``cupy_backends.cuda.libs.nvrtc`` binding) with :data:`NVRTC_OPTIONS` and nothing else, then
@@ -38,10 +42,15 @@ same text with g++ (cached by source hash in ``$GPUCONV_SIM_CACHE``) and runs it
 
 Variants. Each kernel family keeps its first simple version beside the tuned one
 (``conv2d_forward_v1`` / ``_v2``; ``_v3``, a 128x128-tile candidate for the three conv2d
-directions, is selectable but not yet the default). The launchers run :func:`variant` of each
-family: the tuned one by default on every target (the simulator runs the production path),
-overridden by :func:`set_variant`, the :func:`use_variant` context manager, or the environment variable
-``GPUCONV_KERNEL_VARIANTS="conv2d_forward=v1,relu_forward=v1"`` (read at import).
+directions, is selectable but not yet the default). Variants are chosen per (family, dtype):
+:data:`VARIANTS` gives each family its variants and its defaults by dtype name, ``"*"`` for
+every dtype without its own (so a tensor-core variant can become the bfloat16 default while
+v2 stays the float32 one). The launchers run :func:`variant` of each family for their dtype:
+the default on every target (the simulator runs the production path), overridden by
+:func:`set_variant`, the :func:`use_variant` context manager, or the environment variable
+``GPUCONV_KERNEL_VARIANTS="conv2d_forward=v1,relu_forward[bfloat16]=v1"`` (read at import; a
+``[dtype]`` suffix limits an item to that dtype). A dtype-specific choice beats a general one
+at the same level, and every explicit choice beats the defaults.
 
 Simulator schedule. :func:`sim_schedule` (a context manager) makes simulator launches run the
 threads of each block in reversed order (``'reverse'``), which flushes out races that the
@@ -55,6 +64,7 @@ import functools
 import hashlib
 import os
 import pathlib
+import re
 import tempfile
 import threading
 import warnings
@@ -64,6 +74,7 @@ import numpy as np
 
 from ._files import write_atomic
 from . import backend  # attribute access at call time: tests fake CuPy by patching it
+from . import precision
 
 KERNEL_FILES = ("conv2d", "pool2d", "relu", "dropout", "augment", "stream_hold")
 # GPUCONV_BLOCK in common.cuh: the block size of every 1-D grid-stride kernel, which their
@@ -77,18 +88,38 @@ COMMON = "common.cuh"
 # caller can change them silently. (FMA contraction, NVRTC's default -fmad=true, stays on.)
 NVRTC_OPTIONS = ("-std=c++14", "-ftz=false", "-prec-div=true", "-prec-sqrt=true")
 
-# family -> (available variants, default). The default is the tuned path on every target. v3
-# (128x128 tiles, 256 threads) is selectable; it becomes the default only after a GPU
-# measurement (benchmarks/bench_conv2d.py times every variant) shows it faster than v2.
+
+
+class Family(NamedTuple):
+    """A kernel family's variants and its default per dtype name (``"*"``: every other dtype)."""
+    variants: tuple
+    defaults: dict
+
+
+# The default is the tuned path on every target and, for now, in every dtype: the bf16/fp16
+# builds of v2 stage float32 tiles, exactly as float32 does. v3 (128x128 tiles, 256 threads) is
+# selectable; it becomes a default only after a GPU measurement (benchmarks/bench_conv2d.py
+# times every variant) shows it faster than v2 for that dtype.
 VARIANTS = {
-    "conv2d_forward": (("v1", "v2", "v3"), "v2"),
-    "conv2d_backward_data": (("v1", "v2", "v3"), "v2"),
-    "conv2d_backward_weight": (("v1", "v2", "v3"), "v2"),
-    "relu_forward": (("v1", "v2"), "v2"),
-    "relu_backward": (("v1", "v2"), "v2"),
+    "conv2d_forward": Family(("v1", "v2", "v3"), {"*": "v2"}),
+    "conv2d_backward_data": Family(("v1", "v2", "v3"), {"*": "v2"}),
+    "conv2d_backward_weight": Family(("v1", "v2", "v3"), {"*": "v2"}),
+    "relu_forward": Family(("v1", "v2"), {"*": "v2"}),
+    "relu_backward": Family(("v1", "v2"), {"*": "v2"}),
 }
 
-_DTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+
+class _Build(NamedTuple):
+    name: str     # in messages, module names and cache file names: float, double, bfloat16, float16
+    storage: str  # the C element type of the arrays (GPUCONV_STORAGE)
+    acc: str      # the C type products and sums run in (GPUCONV_ACC)
+
+
+# Storage dtype -> build; see kernels/common.cuh and gpuconv/precision.py for the rule.
+_DTYPES = {precision.float32: _Build("float", "float", "float"),
+           precision.float64: _Build("double", "double", "double"),
+           precision.bfloat16: _Build("bfloat16", "bf16_t", "float"),
+           precision.float16: _Build("float16", "half_t", "float")}
 
 
 class KernelCompileError(RuntimeError):
@@ -134,77 +165,123 @@ def _read(name: str) -> str:
         raise FileNotFoundError(f"kernel file {path} does not exist: the kernel files are {known}") from None
 
 
-def _real_type(dtype) -> str:
+def _build(dtype, tf32=False) -> _Build:
+    """The build of ``dtype`` (a TypeError naming the four for any other), TF32 only for float32."""
     dt = np.dtype(dtype)
     if dt not in _DTYPES:
-        raise TypeError(f"kernel dtype {dt} is not supported: the kernels build for float32 and float64; "
+        raise TypeError(f"kernel dtype {dt} is not supported: the kernels build for {precision.DTYPE_NAMES}; "
                         "convert with x.astype(np.float32)")
+    if tf32 and dt != precision.float32:
+        raise ValueError(f"tf32=True builds round float32 operands to TF32; dtype {dt} has no TF32 build "
+                         "(float64 and bfloat16/float16 ignore the TF32 mode): pass tf32=False")
     return _DTYPES[dt]
 
 
-def build_source(op_file: str, dtype=np.float32) -> str:
-    """The translation unit for ``kernels/<op_file>.cu`` with ``real_t`` = ``dtype``."""
+def _label(dtype, tf32=False) -> str:
+    """'float', 'float+tf32', 'bfloat16', ...: the build in messages and module names."""
+    return _build(dtype, tf32).name + ("+tf32" if tf32 else "")
+
+
+def build_source(op_file: str, dtype=np.float32, tf32: bool = False) -> str:
+    """The translation unit for ``kernels/<op_file>.cu`` storing ``dtype`` (float64, float32,
+    bfloat16 or float16), computing in its accumulator type, with TF32 operands when ``tf32``."""
     stem = op_file[:-3] if op_file.endswith(".cu") else op_file
-    return (f"typedef {_real_type(dtype)} real_t;\n"
+    build = _build(dtype, tf32)
+    return (f"#define GPUCONV_STORAGE {build.storage}\n#define GPUCONV_ACC {build.acc}\n"
+            f"#define GPUCONV_TF32 {int(bool(tf32))}\n"
             f'#line 1 "kernels/{COMMON}"\n{_read(COMMON)}\n'
             f'#line 1 "kernels/{stem}.cu"\n{_read(stem + ".cu")}')
 
 
 # ----------------------------------------------------------------------------- variants
+# A choice is keyed "family" (every dtype) or "family[dtype]" (one dtype), as written in
+# GPUCONV_KERNEL_VARIANTS.
+_ITEM = re.compile(r"^\s*(\w+)\s*(?:\[\s*(\w+)\s*\])?\s*$")
+
+
+def _dtype_name(dtype) -> str | None:
+    """'float32', 'bfloat16', ... for a dtype (or its name) that has kernel builds; None for None."""
+    if dtype is None:
+        return None
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype {dtype!r} is not a dtype: use one of {precision.DTYPE_NAMES}") from None
+    _build(dt)
+    return dt.name
+
+
+def _key(family, dtype=None) -> str:
+    name = _dtype_name(dtype)
+    return family if name is None else f"{family}[{name}]"
+
+
 def _env_variants() -> dict:
     text = os.environ.get("GPUCONV_KERNEL_VARIANTS", "").strip()
     chosen = {}
     for item in filter(None, (p.strip() for p in text.split(","))):
-        family, sep, var = item.partition("=")
-        if not sep:
-            raise ValueError(f"GPUCONV_KERNEL_VARIANTS item {item!r} must read family=variant, "
-                             "e.g. conv2d_forward=v1")
-        _check_variant(family.strip(), var.strip(), "GPUCONV_KERNEL_VARIANTS")
-        chosen[family.strip()] = var.strip()
+        head, sep, var = item.partition("=")
+        m = _ITEM.match(head)
+        if not sep or not m:
+            raise ValueError(f"GPUCONV_KERNEL_VARIANTS item {item!r} must read family=variant or "
+                             "family[dtype]=variant, e.g. conv2d_forward=v1 or conv2d_forward[bfloat16]=v1")
+        family, dtype = m.groups()
+        _check_variant(family, var.strip(), "GPUCONV_KERNEL_VARIANTS")
+        try:
+            chosen[_key(family, dtype)] = var.strip()
+        except TypeError as exc:
+            raise ValueError(f"GPUCONV_KERNEL_VARIANTS item {item!r}: {exc}") from None
     return chosen
 
 
 def _check_variant(family, var, where="variant"):
     if family not in VARIANTS:
         raise ValueError(f"{where}: kernel family {family!r} has no variants; families: {', '.join(VARIANTS)}")
-    if var not in VARIANTS[family][0]:
-        raise ValueError(f"{where}: {family} has variants {', '.join(VARIANTS[family][0])}, not {var!r}")
+    if var not in VARIANTS[family].variants:
+        raise ValueError(f"{where}: {family} has variants {', '.join(VARIANTS[family].variants)}, not {var!r}")
 
 
 _variants: contextvars.ContextVar[dict] = contextvars.ContextVar("gpuconv_kernel_variants", default=None)
 _ENV_VARIANTS = _env_variants()
 
 
-def variant(family: str) -> str:
-    """The variant the launchers run for ``family`` (e.g. 'conv2d_forward' -> 'v2')."""
-    chosen = _variants.get() or {}
-    if family in chosen:
-        return chosen[family]
-    if family in _ENV_VARIANTS:
-        return _ENV_VARIANTS[family]
+def variant(family: str, dtype=None) -> str:
+    """The variant the launchers run for ``family`` on ``dtype`` arrays (e.g. 'conv2d_forward' ->
+    'v2'): a :func:`use_variant`/:func:`set_variant` choice, else a GPUCONV_KERNEL_VARIANTS one
+    (at each level the one for ``dtype`` before the general one), else the family's default
+    for ``dtype`` (``"*"`` when it has none of its own). ``dtype`` None: the general choice."""
     if family not in VARIANTS:
         raise ValueError(f"kernel family {family!r} has no variants; families: {', '.join(VARIANTS)}")
-    return VARIANTS[family][1]
+    specific, general = _key(family, dtype), family
+    for chosen in (_variants.get() or {}, _ENV_VARIANTS):
+        if specific in chosen:
+            return chosen[specific]
+        if general in chosen:
+            return chosen[general]
+    defaults = VARIANTS[family].defaults
+    return defaults.get(_dtype_name(dtype), defaults["*"])
 
 
-def set_variant(family: str, var: str | None):
-    """Run variant ``var`` of ``family`` from now on in this context (None: back to the default)."""
+def set_variant(family: str, var: str | None, dtype=None):
+    """Run variant ``var`` of ``family`` from now on in this context, on ``dtype`` arrays only or
+    (None) on every dtype; ``var`` None drops that choice (back to the default)."""
     chosen = dict(_variants.get() or {})
     if var is None:
-        chosen.pop(family, None)
+        chosen.pop(_key(family, dtype), None)
     else:
         _check_variant(family, var)
-        chosen[family] = var
+        chosen[_key(family, dtype)] = var
     _variants.set(chosen)
 
 
 @contextlib.contextmanager
-def use_variant(**families):
-    """``with use_variant(conv2d_forward='v1'): ...``"""
+def use_variant(dtype=None, **families):
+    """``with use_variant(conv2d_forward='v1'): ...``; ``use_variant(ml_dtypes.bfloat16,
+    conv2d_forward='v1')`` chooses for bfloat16 arrays only."""
     chosen = dict(_variants.get() or {})
     for family, var in families.items():
         _check_variant(family, var)
-        chosen[family] = var
+        chosen[_key(family, dtype)] = var
     token = _variants.set(chosen)
     try:
         yield
@@ -271,28 +348,30 @@ _cache: dict = {}
 _cache_lock = threading.Lock()
 
 
-def get_module(op_file: str, dtype=np.float32, target: str = "cuda", device: int | None = None):
-    """The compiled ``kernels/<op_file>.cu`` for ``dtype`` on ``target`` ('cuda' or 'sim').
+def get_module(op_file: str, dtype=np.float32, target: str = "cuda", device: int | None = None,
+               tf32: bool = False):
+    """The compiled ``kernels/<op_file>.cu`` for ``dtype`` (its TF32 build when ``tf32``) on
+    ``target`` ('cuda' or 'sim').
 
-    Memoized per (file, dtype, target, device). ``get_function(name)`` on the result returns a
+    Memoized per (file, dtype, tf32, target, device). ``get_function(name)`` on the result returns a
     callable ``f(grid, block, args, shared_mem=0)`` on both targets."""
-    dt = np.dtype(dtype)
-    _real_type(dt)
+    dt, tf32 = np.dtype(dtype), bool(tf32)
+    _build(dt, tf32)
     if target not in ("cuda", "sim"):
         raise ValueError(f"kernel target {target!r}: use 'cuda' (a GPU) or 'sim' (the host simulator)")
     if target == "cuda" and device is None:
         device = backend.require_cupy().cuda.Device().id
-    key = (op_file, dt, target, device if target == "cuda" else None, os.environ.get("GPUCONV_KERNELS_DIR"))
+    key = (op_file, dt, tf32, target, device if target == "cuda" else None, os.environ.get("GPUCONV_KERNELS_DIR"))
     with _cache_lock:
         mod = _cache.get(key)
     if mod is not None:
         return mod
-    src = build_source(op_file, dt)
+    src = build_source(op_file, dt, tf32)
     if target == "sim":
-        mod = _SimModuleHandle(src, f"kernels/{op_file}.cu[{_DTYPES[dt]}]")
+        mod = _SimModuleHandle(src, f"kernels/{op_file}.cu[{_label(dt, tf32)}]")
         mod._module(_sim_options()["sanitize"])  # build now: a compile error surfaces here
     else:
-        mod = _compile_cuda(src, op_file, dt, device)
+        mod = _compile_cuda(src, op_file, dt, device, tf32)
     with _cache_lock:
         return _cache.setdefault(key, mod)
 
@@ -300,13 +379,13 @@ def get_module(op_file: str, dtype=np.float32, target: str = "cuda", device: int
 _functions: dict = {}
 
 
-def get_function(op_file: str, name: str, dtype, target: str, device: int | None = None):
-    """``get_module(op_file, dtype, target, device).get_function(name)``, memoized: the
+def get_function(op_file: str, name: str, dtype, target: str, device: int | None = None, tf32: bool = False):
+    """``get_module(op_file, dtype, target, device, tf32).get_function(name)``, memoized: the
     launchers call this once per launch."""
-    key = (op_file, name, np.dtype(dtype), target, device, os.environ.get("GPUCONV_KERNELS_DIR"))
+    key = (op_file, name, np.dtype(dtype), bool(tf32), target, device, os.environ.get("GPUCONV_KERNELS_DIR"))
     fn = _functions.get(key)
     if fn is None:
-        fn = _functions[key] = get_module(op_file, dtype, target, device).get_function(name)
+        fn = _functions[key] = get_module(op_file, dtype, target, device, tf32).get_function(name)
     return fn
 
 
@@ -318,8 +397,8 @@ def clear_cache():
 
 
 # ----------------------------------------------------------------------------- NVRTC
-def nvrtc_compile(src: str, op_file: str, dtype, arch: str, where: str = "") -> bytes:
-    """Compile the translation unit ``src`` (``kernels/<op_file>.cu`` built for ``dtype``) with
+def nvrtc_compile(src: str, op_file: str, dtype, arch: str, where: str = "", tf32: bool = False) -> bytes:
+    """Compile the translation unit ``src`` (``kernels/<op_file>.cu`` built for ``dtype``, TF32 build when ``tf32``) with
     NVRTC and :data:`NVRTC_OPTIONS` alone, for ``arch``: ``'sm_XX'`` gives a CUBIN,
     ``'compute_XX'`` PTX. No GPU needed. The one compile behind :func:`nvrtc_check` and the GPU
     path; ``where`` (e.g. ', device 0') completes the error message.
@@ -332,7 +411,7 @@ def nvrtc_compile(src: str, op_file: str, dtype, arch: str, where: str = "") -> 
         try:
             nvrtc.compileProgram(prog, [f"--gpu-architecture={arch}", *NVRTC_OPTIONS])
         except nvrtc.NVRTCError as exc:
-            raise KernelCompileError(f"kernels/{op_file}.cu ({_real_type(dtype)}, {arch}{where}) failed to compile "
+            raise KernelCompileError(f"kernels/{op_file}.cu ({_label(dtype, tf32)}, {arch}{where}) failed to compile "
                                      f"with NVRTC {_nvrtc_version(nvrtc)} ({exc}):\n{nvrtc.getProgramLog(prog)}") from None
         out = _cubin(nvrtc, prog) if arch.startswith("sm_") else nvrtc.getPTX(prog)
     finally:
@@ -400,12 +479,13 @@ def _nvrtc_version(nvrtc) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def nvrtc_check(op_file: str, arch: str = "compute_80", dtype=np.float32) -> str:
-    """Compile ``kernels/<op_file>.cu`` with NVRTC for the virtual ``arch`` (no GPU needed), with the
-    options the GPU path uses; return the PTX. Errors as in :func:`nvrtc_compile`."""
+def nvrtc_check(op_file: str, arch: str = "compute_80", dtype=np.float32, tf32: bool = False) -> str:
+    """Compile ``kernels/<op_file>.cu`` (for ``dtype``; its TF32 build when ``tf32``) with NVRTC for
+    the virtual ``arch`` (no GPU needed), with the options the GPU path uses; return the PTX.
+    Errors as in :func:`nvrtc_compile`."""
     if not arch.startswith("compute_"):
         raise ValueError(f"nvrtc_check arch {arch!r}: use a virtual architecture such as 'compute_80' (it returns PTX)")
-    return nvrtc_compile(build_source(op_file, dtype), op_file, dtype, arch).decode()
+    return nvrtc_compile(build_source(op_file, dtype, tf32), op_file, dtype, arch, tf32=tf32).decode()
 
 
 def nvrtc_arch(compute_capability, device: int | None = None) -> str:
@@ -464,7 +544,7 @@ def _whole_binary(path: pathlib.Path) -> bool:
 
 
 @contextlib.contextmanager
-def _binary_file(src, op_file, dt, arch, device):
+def _binary_file(src, op_file, dt, arch, device, tf32=False):
     """The path of the binary of ``src`` for ``arch``, valid inside the block: from the disk cache,
     compiled into it on a miss, or (cache unwritable) compiled into a directory of its own that is
     removed once the block has loaded it."""
@@ -472,11 +552,12 @@ def _binary_file(src, op_file, dt, arch, device):
     key = hashlib.sha256("\0".join(["gpuconv-cuda-2", src, *NVRTC_OPTIONS, arch, _nvrtc_version(nvrtc)])
                          .encode()).hexdigest()
     root = cuda_cache_dir()
-    path = root / f"{op_file}-{_DTYPES[dt]}-{arch}-{key[:24]}.{'cubin' if arch.startswith('sm_') else 'ptx'}"
+    label = _label(dt, tf32).replace("+", "-")
+    path = root / f"{op_file}-{label}-{arch}-{key[:24]}.{'cubin' if arch.startswith('sm_') else 'ptx'}"
     if path.is_file() and _whole_binary(path):
         yield path
         return
-    binary = nvrtc_compile(src, op_file, dt, arch, f", device {device}")
+    binary = nvrtc_compile(src, op_file, dt, arch, f", device {device}", tf32)
     if _store(path, binary):
         yield path
         return
@@ -486,27 +567,29 @@ def _binary_file(src, op_file, dt, arch, device):
         yield path
 
 
-def _compile_cuda(src, op_file, dt, device):
+def _compile_cuda(src, op_file, dt, device, tf32=False):
     cp = backend.require_cupy()
     arch = nvrtc_arch(cp.cuda.Device(device).compute_capability, device)
-    with _binary_file(src, op_file, dt, arch, device) as path, cp.cuda.Device(device):
+    with _binary_file(src, op_file, dt, arch, device, tf32) as path, cp.cuda.Device(device):
         mod = cp.RawModule(path=str(path))
         try:
             mod.compile()  # load now: a driver that rejects the binary says so here, not at first launch
         except Exception as exc:  # CUDADriverError, e.g. PTX newer than the driver
             raise KernelCompileError(
-                f"kernels/{op_file}.cu ({_DTYPES[dt]}, {arch}) compiled, but device {device} cannot load {path} "
+                f"kernels/{op_file}.cu ({_label(dt, tf32)}, {arch}) compiled, but device {device} cannot load {path} "
                 f"({type(exc).__name__}: {exc}): update the NVIDIA driver, or delete the file to rebuild it") from exc
     return mod
 
 
 # ----------------------------------------------------------------------------- the launch log
 class Launch(NamedTuple):
-    """One kernel launch: its entry point, grid, block and target ('cuda' or 'sim')."""
+    """One kernel launch: its entry point, grid, block, target ('cuda' or 'sim') and build
+    ('float', 'float+tf32', 'double', 'bfloat16', 'float16': the precision it ran in)."""
     name: str
     grid: tuple
     block: tuple
     target: str
+    build: str = "float"
 
 
 class LaunchLog(list):
@@ -545,8 +628,8 @@ def launch_log():
         _launch_logs.reset(token)
 
 
-def _log_launch(kernel, grid, block, target):
-    rec = Launch(kernel, tuple(int(g) for g in grid), tuple(int(b) for b in block), target)
+def _log_launch(kernel, grid, block, target, dtype, tf32):
+    rec = Launch(kernel, tuple(int(g) for g in grid), tuple(int(b) for b in block), target, _label(dtype, tf32))
     for log in _launch_logs.get():
         log.append(rec)
 
@@ -623,16 +706,19 @@ def array_device(arrays) -> int | None:
     return None
 
 
-def launch(op_file: str, kernel: str, dtype, target: str, grid, block, args, shared_mem=0, device=None):
-    """Run ``kernel`` of ``kernels/<op_file>.cu`` on ``target``. On 'cuda' it runs on ``device``
-    (default: that of the first CuPy array in ``args``), made current for the launch."""
+def launch(op_file: str, kernel: str, dtype, target: str, grid, block, args, shared_mem=0, device=None,
+           tf32: bool = False):
+    """Run ``kernel`` of ``kernels/<op_file>.cu`` built for ``dtype`` (its TF32 build when
+    ``tf32``) on ``target``. On 'cuda' it runs on ``device`` (default: that of the first CuPy
+    array in ``args``), made current for the launch."""
     if _launch_logs.get():
-        _log_launch(kernel, grid, block, target)
+        _log_launch(kernel, grid, block, target, dtype, tf32)
     if target != "cuda":
-        get_function(op_file, kernel, dtype, target)(tuple(grid), tuple(block), tuple(args), shared_mem=shared_mem)
+        get_function(op_file, kernel, dtype, target, tf32=tf32)(tuple(grid), tuple(block), tuple(args),
+                                                                shared_mem=shared_mem)
         return
     if device is None:
         device = array_device(args)
     with backend.cupy_module().cuda.Device(device):  # the module is loaded on the current device
-        fn = get_function(op_file, kernel, dtype, target, device)
+        fn = get_function(op_file, kernel, dtype, target, device, tf32)
         fn(tuple(grid), tuple(block), tuple(args), shared_mem=shared_mem)

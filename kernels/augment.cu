@@ -1,6 +1,6 @@
 // augment.cu: the data loader's per-batch work in one pass, from the uint8 data set on the device.
 //
-//   out[b, c, i, j] = (real_t(px) - mean[c]) / std[c],   px = images[index[b], c, r, s]
+//   out[b, c, i, j] = (acc_t(px) - mean[c]) / std[c],   px = images[index[b], c, r, s]
 //   r = i + offset_y[b] - pad,  s = (flip[b] ? W - 1 - j : j) + offset_x[b] - pad   (crop on)
 //   r = i,                      s = (flip[b] ? W - 1 - j : j)                       (crop off)
 //   px = 0 where (r, s) falls in the zero padding, outside the H x W image.
@@ -8,10 +8,12 @@
 // That is gather (shuffle) + random crop of the zero-padded image + horizontal flip +
 // normalization, which the NumPy/CuPy path in gpuconv/data/augment.py does as a pad, a fancy-index
 // gather, an astype and two in-place divisions: four full passes over the batch and two
-// temporaries. Subtract-then-divide in real_t (no reciprocal, no FMA to contract) rounds exactly
-// as that path does, so both give bit-identical batches.
+// temporaries. Subtract-then-divide in acc_t (no reciprocal, no FMA to contract) rounds exactly
+// as that path does, so both give bit-identical batches. mean and std are acc_t arrays; out is
+// storage_t: a bfloat16/float16 batch is normalized in float32 and rounded once, as
+// gpuconv.data.normalize does.
 //
-// Kernels (extern "C", real_t = float or double; 1-D grid-stride grid of GPUCONV_BLOCK threads,
+// Kernels (extern "C"; 1-D grid-stride grid of GPUCONV_BLOCK threads,
 // one thread per output element, consecutive threads along a row: coalesced float stores and
 // byte loads from one image row):
 //   augment_batch   index (B,) int64 rows of images (N, C, H, W); offset_y/offset_x (B,) int64
@@ -20,17 +22,17 @@
 //                   [0, N) writes NaN for that image rather than reading out of bounds: the
 //                   launcher cannot check indices without a device-to-host copy.
 
-__device__ inline real_t augment_nan() {
+__device__ inline acc_t augment_nan() {
     // A quiet NaN from its bit pattern (no math header, and no 0/0 for UBSan to flag).
     union { unsigned long long u; double d; } bits;
     bits.u = 0x7ff8000000000000ULL;
-    return (real_t)bits.d;
+    return (acc_t)bits.d;
 }
 
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
 augment_batch(const unsigned char* images, const long long* index, const long long* offset_y,
-              const long long* offset_x, const bool* flip, const real_t* mean, const real_t* std,
-              real_t* out, long long N, int B, int C, int H, int W, int pad, int crop, int do_flip) {
+              const long long* offset_x, const bool* flip, const acc_t* mean, const acc_t* std,
+              storage_t* out, long long N, int B, int C, int H, int W, int pad, int crop, int do_flip) {
     const int chw = C * H * W;  // one image: the launcher keeps it below 2^31
     const index_t total = (index_t)B * chw;
     for (index_t t = global_thread_index(); t < total; t += global_thread_count()) {
@@ -44,7 +46,7 @@ augment_batch(const unsigned char* images, const long long* index, const long lo
         const int c = q / H;
         const long long src = index[b];
         if (src < 0 || src >= N) {
-            out[t] = augment_nan();
+            out[t] = from_acc(augment_nan());
             continue;
         }
         int r = i;
@@ -55,8 +57,8 @@ augment_batch(const unsigned char* images, const long long* index, const long lo
         }
         unsigned char px = 0;
         if (r >= 0 && r < H && s >= 0 && s < W) px = images[((src * C + c) * H + r) * W + s];
-        real_t v = (real_t)px;
+        acc_t v = (acc_t)px;
         v = v - mean[c];
-        out[t] = v / std[c];
+        out[t] = from_acc(v / std[c]);
     }
 }

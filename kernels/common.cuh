@@ -1,13 +1,30 @@
 // common.cuh: helpers shared by every kernel file.
 //
 // The registry (gpuconv/kernels.py) builds each translation unit as
-//     typedef float real_t;   (or double: the float64 build used for gradient checks)
+//     #define GPUCONV_STORAGE bf16_t   // the arrays' element type: double, float, bf16_t or half_t
+//     #define GPUCONV_ACC float        // what products and sums are computed in
+//     #define GPUCONV_TF32 0           // 1: GEMM operands rounded to TF32 (float32 builds only)
 //     #line 1 "kernels/common.cuh"   <this file>
 //     #line 1 "kernels/<op>.cu"      <the op file>
-// so real_t is deliberately not defined here, and no file includes another: NVRTC has no
-// host headers, and the host simulator compiles the same text with g++. For the same reason
-// only a small CUDA surface is used: __global__, __device__, __shared__, the thread-index
-// built-ins, __syncthreads, atomicAdd, __launch_bounds__ (defined away below when absent).
+// and no file includes another: NVRTC has no host headers, and the host simulator compiles the
+// same text with g++. For the same reason only a small CUDA surface is used: __global__,
+// __device__, __shared__, the thread-index built-ins, __syncthreads, atomicAdd, the
+// __float_as_uint/__uint_as_float reinterpretations, __launch_bounds__ (defined away below
+// when absent) and one inline-PTX cvt (TF32, GPU side only).
+//
+// Precision: one rule on every backend (gpuconv/precision.py states it for the Python side).
+//   storage_t  the element type of the arrays: double (float64), float (float32), bf16_t
+//              (bfloat16, ml_dtypes), half_t (float16).
+//   acc_t      the type every product and sum is computed in: double for the float64 build,
+//              float for all others. A bf16/fp16 kernel reads its inputs with to_acc (exact),
+//              multiplies and adds in float32 (a product of two bf16 or two fp16 values is exact
+//              in float32), and rounds each output ONCE with from_acc, to nearest even.
+//   TF32       a compute mode of the float32 build, not a type: GPUCONV_TF32 rounds the GEMM
+//              operands to TF32 (10 explicit mantissa bits) as they are staged (gemm_operand);
+//              products (exact: 11 x 11 bits) and sums stay float32, as on tensor cores.
+// Conversions are bit manipulations on 16/32-bit integers, the same text on the GPU and in
+// the simulator, and bit-exact against ml_dtypes (bfloat16) and NumPy (float16) for every value:
+// subnormals, overflow to inf, inf, NaN (tests/test_precision_kernels.py checks them all).
 
 #ifndef __launch_bounds__
 #define __launch_bounds__(...)
@@ -48,12 +65,138 @@ __device__ inline index_t split_hw(index_t i, int H, int W, int* h, int* w) {
     return t / H;
 }
 
+// ------------------------------------------------------------------------------------------
+// Element types and conversions.
+//
+// The 2-byte formats are structs, not bare unsigned shorts, so that no arithmetic can happen on
+// their bits by accident: every read goes through to_acc, every write through from_acc.
+// `numpy_dtype` names the NumPy dtype of the arrays they point into; the host simulator's
+// argument checks read it (a GPU does not look at it).
+struct bf16_t {
+    unsigned short bits;
+    static constexpr const char* numpy_dtype = "bfloat16";
+};
+struct half_t {
+    unsigned short bits;
+    static constexpr const char* numpy_dtype = "float16";
+};
+
+typedef GPUCONV_STORAGE storage_t;
+typedef GPUCONV_ACC acc_t;
+
+// bfloat16 is the top half of a float32: widening is a shift, exact for every pattern.
+__device__ inline float bf16_to_float(bf16_t v) { return __uint_as_float((unsigned)v.bits << 16); }
+
+// Round to nearest even by adding 0x7fff plus the lowest kept bit, then truncating: a carry out
+// of the mantissa moves to the next binade, and past the largest finite value to inf, as IEEE
+// rounding does. bfloat16 has float32's exponent range, so subnormals need no special case.
+// Every NaN becomes the quiet NaN 0x7fc0 with its sign, as ml_dtypes (Eigen) produces.
+__device__ inline bf16_t float_to_bf16(float f) {
+    const unsigned u = __float_as_uint(f);
+    bf16_t r;
+    if ((u & 0x7fffffffu) > 0x7f800000u) {
+        r.bits = (unsigned short)(((u >> 16) & 0x8000u) | 0x7fc0u);
+    } else {
+        r.bits = (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+    }
+    return r;
+}
+
+// float16: 1 sign, 5 exponent (bias 15), 10 mantissa bits; widening is exact. Subnormals are
+// m * 2^-24, exact in float32; inf and NaN keep their payload shifted up, as NumPy does.
+__device__ inline float half_to_float(half_t v) {
+    const unsigned h = v.bits, sign = (h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+    if (e == 0x1fu) return __uint_as_float(sign | 0x7f800000u | (m << 13));
+    if (e == 0) return __uint_as_float(sign | __float_as_uint((float)(int)m * 5.9604644775390625e-08f));  // 2^-24
+    return __uint_as_float(sign | ((e + 112u) << 23) | (m << 13));
+}
+
+// Round to nearest even into float16, NumPy's float32 -> float16 rule bit for bit:
+//   |f| >= 65520 (halfway from the largest finite, 65504, to 2^16) -> inf;
+//   normal range: rebias the exponent by 127 - 15 and round the 23-bit mantissa to 10 bits;
+//   below 2^-14: a subnormal m * 2^-24, the mantissa shifted right with its own rounding (a
+//   round-up out of the largest subnormal lands on the smallest normal, 0x0400, by itself).
+//   NaN keeps its sign and the top 10 payload bits, made nonzero (0x7c01) if they were all zero.
+__device__ inline half_t float_to_half(float f) {
+    const unsigned u = __float_as_uint(f), a = u & 0x7fffffffu;
+    const unsigned sign = (u >> 16) & 0x8000u;
+    unsigned h;
+    if (a > 0x7f800000u) {
+        const unsigned payload = (a >> 13) & 0x3ffu;
+        h = 0x7c00u | (payload ? payload : 1u);
+    } else if (a >= 0x477ff000u) {
+        h = 0x7c00u;
+    } else if (a >= 0x38800000u) {
+        const unsigned r = a - 0x38000000u;  // exponent - 112
+        h = (r + 0xfffu + ((r >> 13) & 1u)) >> 13;
+    } else if (a <= 0x33000000u) {  // |f| <= 2^-25, half the smallest subnormal: ties to 0
+        h = 0;
+    } else {
+        const unsigned shift = 126u - (a >> 23);  // 14 .. 24
+        const unsigned m = (a & 0x7fffffu) | 0x800000u;
+        const unsigned rest = m & ((1u << shift) - 1u), half = 1u << (shift - 1u);
+        h = m >> shift;
+        if (rest > half || (rest == half && (h & 1u))) ++h;
+    }
+    half_t r;
+    r.bits = (unsigned short)(sign | h);
+    return r;
+}
+
+// Reads and writes of storage_t in acc_t, overloaded per type (a tag picks from_acc's result).
+__device__ inline double to_acc(double v) { return v; }
+__device__ inline float to_acc(float v) { return v; }
+__device__ inline float to_acc(bf16_t v) { return bf16_to_float(v); }
+__device__ inline float to_acc(half_t v) { return half_to_float(v); }
+__device__ inline double storage_from(double v, double*) { return v; }
+__device__ inline float storage_from(float v, float*) { return v; }
+__device__ inline bf16_t storage_from(float v, bf16_t*) { return float_to_bf16(v); }
+__device__ inline half_t storage_from(float v, half_t*) { return float_to_half(v); }
+__device__ inline storage_t from_acc(acc_t v) { return storage_from(v, (storage_t*)0); }
+
+// TF32 as the tensor cores take it: PTX `cvt.rna.tf32.f32`, round to nearest with ties AWAY
+// from zero (PTX ISA, cvt, floating-point rounding modifiers: ".rna: rounding to nearest, with
+// ties away from zero"; the tf32 register layout is implementation-defined, so the 13 low bits
+// are cleared to get a float32 holding exactly the TF32 value). The simulator's plain-C twin
+// adds half of the dropped part's weight to the magnitude bits and truncates: ties go away from
+// zero, a carry moves to the next binade, past the largest finite to inf. Inf passes through
+// unchanged and a NaN is returned as it came, on both sides.
+__device__ inline float tf32_round(float x) {
+#ifdef __CUDA_ARCH__
+    unsigned r;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+    // The NaN test on the bits, not x != x: with the float compare ptxas spills 8 bytes in
+    // conv2d_backward_weight_v1's TF32 build (sm_90).
+    const unsigned u = __float_as_uint(x);
+    return __uint_as_float((u & 0x7fffffffu) > 0x7f800000u ? u : (r & 0xffffe000u));
+#else
+    const unsigned u = __float_as_uint(x);
+    if ((u & 0x7f800000u) == 0x7f800000u) return x;
+    return __uint_as_float((u + 0x1000u) & 0xffffe000u);
+#endif
+}
+
+// A multiplicand of a GEMM as the conv kernels stage it: widened to acc_t, and in a TF32 build
+// rounded to TF32. Sums (bias, bias gradient, split-K reduction) never go through it.
+__device__ inline acc_t gemm_operand(storage_t v) {
+#if GPUCONV_TF32
+    return tf32_round(to_acc(v));
+#else
+    return to_acc(v);
+#endif
+}
+
 // ReLU with np.maximum(v, 0)'s semantics, which the references use: a NaN propagates (v != v),
 // and -0.0 becomes +0.0 (the comparison is false for it, so the result is the literal 0).
-__device__ inline real_t relu_value(real_t v) { return (v > 0 || v != v) ? v : (real_t)0; }
+__device__ inline acc_t relu_value(acc_t v) { return (v > 0 || v != v) ? v : (acc_t)0; }
 
-// Four elements loaded or stored as one 16-byte (float) / 32-byte (double) transaction.
-// The launcher only uses it when the pointers are aligned to sizeof(real4).
-struct alignas(4 * sizeof(real_t)) real4 {
-    real_t x, y, z, w;
+// Four storage elements loaded or stored as one transaction: 16 bytes in float32, 32 in
+// float64, 8 in bfloat16/float16. The launcher only uses it when the pointers are aligned to
+// sizeof(storage4) (four elements).
+struct alignas(4 * sizeof(storage_t)) storage4 {
+    storage_t x, y, z, w;
+};
+// The same for four acc_t values (the v3 conv tiles in shared memory).
+struct alignas(4 * sizeof(acc_t)) acc4 {
+    acc_t x, y, z, w;
 };

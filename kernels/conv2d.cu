@@ -2,7 +2,15 @@
 //
 //   y[n,k,oh,ow] = b[k] + sum_{c,fh,fw} x[n,c,oh*sh-ph+fh,ow*sw-pw+fw] * w[k,c,fh,fw]
 //
-// Kernels (all extern "C", real_t = float or double):
+// Element types (common.cuh): x, w, b, y, dy, dx, dw, db are storage_t (float64, float32,
+// bfloat16 or float16 arrays); every operand is widened to acc_t (double for float64, float
+// otherwise) as it is staged, products and sums run in acc_t, and each output is rounded once
+// to storage_t in the epilogue. The split-K workspace stays acc_t (float32 for a bf16/fp16
+// build: the partial sums are not rounded; conv2d_reduce_splits rounds their total once). In a
+// TF32 build (float32 only) gemm_operand rounds each staged x/w/dy operand to TF32; the bias and
+// the bias gradient are sums and stay float32.
+//
+// Kernels (all extern "C"):
 //   conv2d_forward_v1          one thread per output element; grid-stride 1-D grid of
 //                              GPUCONV_BLOCK threads. The readable spec on the device.
 //   conv2d_forward_v2          implicit GEMM  Y[m, k] = P[m, r] W^T[r, k]  with m = (n, oh, ow),
@@ -14,7 +22,7 @@
 //                              in the epilogue. Block = CONV_THREADS (64) threads,
 //                              grid = (ceil(M/64), ceil(K/64)).
 //   conv2d_forward_v3          the same GEMM with 128x128 tiles, CONV3_THREADS (256) threads of
-//                              8x8 outputs, real4 shared-memory reads, double-buffered tiles
+//                              8x8 outputs, acc4 shared-memory reads, double-buffered tiles
 //                              (one barrier per round); grid = (ceil(M/128), ceil(K/128)).
 //                              Selectable, not the default until timed on a GPU (see the v3
 //                              section at the end of this file).
@@ -34,13 +42,16 @@
 //                              grid = (ceil(C*FH*FW/64), ceil(K/64), splits).
 //   conv2d_backward_weight_v3  the v2 split-K GEMM on the v3 tiling;
 //                              grid = (ceil(C*FH*FW/128), ceil(K/128), splits).
-//   conv2d_reduce_splits       dw[e] = sum_z ws[z*count + e]; 1-D grid-stride.
+//   conv2d_reduce_splits       dw[e] = sum_z ws[z*count + e] (acc_t workspace, rounded once into
+//                              storage_t); 1-D grid-stride. For a 2-byte storage_t the launcher
+//                              always goes through the workspace, even with one split.
 //   conv2d_backward_bias       db[k] = sum_{n,oh,ow} dy[n,k,oh,ow]; one block of GPUCONV_BLOCK
 //                              threads per k, tree reduction in shared memory (deterministic).
 //
 // GEMM row/column indices are int (the launchers check M, N, L < 2^31 and fall back to v1, whose
 // indices are 64-bit, beyond); element offsets into x, y, dy, dx are index_t (64-bit).
-// Registers on sm_90 (ptxas 13, float32, see tests/test_nvrtc.py): v2 forward 168, backward-data
+// Registers on sm_90 (ptxas 13, float32, see tests/test_nvrtc.py; the bf16/fp16 builds stage
+// float32 tiles and use the same shared memory): v2 forward 168, backward-data
 // 167, backward-weight 204, 4352 B of shared memory per block (at 168 registers the register
 // file holds 12 warps = 6 blocks per SM); v3 forward and backward-data 127 registers, 16896 B
 // (2 blocks = 16 warps per SM), backward-weight 130 (1 block = 8 warps per SM). No spills.
@@ -66,8 +77,8 @@
 // land on consecutive addresses of the contiguous output dimension.
 template <class LoaderA, class LoaderB>
 __device__ void conv_gemm_mainloop(LoaderA& la, LoaderB& lb, int lbegin, int lend,
-                                   real_t (*As)[CONV_SROW], real_t (*Bs)[CONV_SROW],
-                                   real_t acc[CONV_TM][CONV_TN]) {
+                                   acc_t (*As)[CONV_SROW], acc_t (*Bs)[CONV_SROW],
+                                   acc_t acc[CONV_TM][CONV_TN]) {
     const int tx = threadIdx.x % (CONV_BM / CONV_TM);
     const int ty = threadIdx.x / (CONV_BM / CONV_TM);
     la.load(lbegin, lend);
@@ -83,7 +94,7 @@ __device__ void conv_gemm_mainloop(LoaderA& la, LoaderB& lb, int lbegin, int len
         }
 #pragma unroll
         for (int kk = 0; kk < CONV_BK; ++kk) {
-            real_t a[CONV_TM], b[CONV_TN];
+            acc_t a[CONV_TM], b[CONV_TN];
 #pragma unroll
             for (int i = 0; i < CONV_TM; ++i) a[i] = As[kk][tx + 8 * i];
 #pragma unroll
@@ -102,8 +113,8 @@ __device__ void conv_gemm_mainloop(LoaderA& la, LoaderB& lb, int lbegin, int len
 // reduction step t % BK of the columns t / BK + STEP * q (v2: STEP 8, v3: STEP 32).
 template <int N>
 struct RowStaging {
-    real_t reg[N];
-    __device__ void store(real_t (*S)[CONV_SROW]) {
+    acc_t reg[N];
+    __device__ void store(acc_t (*S)[CONV_SROW]) {
 #pragma unroll
         for (int q = 0; q < N; ++q) S[q][threadIdx.x] = reg[q];
     }
@@ -111,7 +122,7 @@ struct RowStaging {
 
 template <int N, int BK, int STEP, typename Tile>
 struct LFastStaging {
-    real_t reg[N];
+    acc_t reg[N];
     __device__ void store(Tile S) {
 #pragma unroll
         for (int q = 0; q < N; ++q) S[threadIdx.x % BK][threadIdx.x / BK + STEP * q] = reg[q];
@@ -124,9 +135,9 @@ struct LFastStaging {
 
 // Patch matrix of the forward pass: P[m, r] = x[n, c, oh*sh-ph+fh, ow*sw-pw+fw] (0 if padded).
 struct PatchRowLoader : RowStaging<CONV_BK> {
-    const real_t* img;  // x + n*C*H*W
+    const storage_t* img;  // x + n*C*H*W
     int valid, ih0, iw0, H, W, FH, FW;
-    __device__ PatchRowLoader(const real_t* x, int m, int M, int C, int H_, int W_, int FH_, int FW_,
+    __device__ PatchRowLoader(const storage_t* x, int m, int M, int C, int H_, int W_, int FH_, int FW_,
                               int OH, int OW, int sh, int sw, int ph, int pw)
         : H(H_), W(W_), FH(FH_), FW(FW_) {
         valid = m < M;
@@ -144,10 +155,10 @@ struct PatchRowLoader : RowStaging<CONV_BK> {
         int fh = f / FW, fw = f - fh * FW;
 #pragma unroll
         for (int q = 0; q < CONV_BK; ++q) {
-            real_t v = 0;
+            acc_t v = 0;
             int ih = ih0 + fh, iw = iw0 + fw;
             if (valid && l0 + q < lend && ih >= 0 && ih < H && iw >= 0 && iw < W)
-                v = img[((index_t)c * H + ih) * W + iw];
+                v = gemm_operand(img[((index_t)c * H + ih) * W + iw]);
             reg[q] = v;
             if (++fw == FW) {
                 fw = 0;
@@ -165,9 +176,9 @@ struct PatchRowLoader : RowStaging<CONV_BK> {
 // The quotients and remainders by the strides are stepped along with (fh, fw) instead of
 // divided afresh per element (4 divisions per round instead of ~80 at stride 2).
 struct GradGatherRowLoader : RowStaging<CONV_BK> {
-    const real_t* img;  // dy + n*K*OH*OW
+    const storage_t* img;  // dy + n*K*OH*OW
     int valid, ihp, iwp, FH, FW, OH, OW, sh, sw;
-    __device__ GradGatherRowLoader(const real_t* dy, int m, int M, int H, int W, int K, int FH_, int FW_,
+    __device__ GradGatherRowLoader(const storage_t* dy, int m, int M, int H, int W, int K, int FH_, int FW_,
                                    int OH_, int OW_, int sh_, int sw_, int ph, int pw)
         : FH(FH_), FW(FW_), OH(OH_), OW(OW_), sh(sh_), sw(sw_) {
         valid = m < M;
@@ -187,9 +198,9 @@ struct GradGatherRowLoader : RowStaging<CONV_BK> {
         const int owq0 = iwp / sw, owr0 = iwp - owq0 * sw;  // fw = 0 (iwp >= 0)
 #pragma unroll
         for (int q = 0; q < CONV_BK; ++q) {
-            real_t v = 0;
+            acc_t v = 0;
             if (valid && l0 + q < lend && ohr == 0 && owr == 0 && ohq >= 0 && ohq < OH && owq >= 0 && owq < OW)
-                v = img[((index_t)k * OH + ohq) * OW + owq];
+                v = gemm_operand(img[((index_t)k * OH + ohq) * OW + owq]);
             reg[q] = v;
             if (++fw == FW) {  // iw + pw - fw restarts at iwp
                 fw = 0;
@@ -217,45 +228,45 @@ struct GradGatherRowLoader : RowStaging<CONV_BK> {
 // these operands), and the reduction index is decoded once per round, not per element.
 
 // Forward filters as W^T[r, k] = w[k, r] (w is K x C*FH*FW, row-major).
-struct FilterColLoader : LFastStaging<CONV_TN, CONV_BK, 8, real_t (*)[CONV_SROW]> {
-    const real_t* w;
+struct FilterColLoader : LFastStaging<CONV_TN, CONV_BK, 8, acc_t (*)[CONV_SROW]> {
+    const storage_t* w;
     int col0, ncols, R;
-    __device__ FilterColLoader(const real_t* w_, int col0_, int ncols_, int R_) : w(w_), col0(col0_), ncols(ncols_), R(R_) {}
+    __device__ FilterColLoader(const storage_t* w_, int col0_, int ncols_, int R_) : w(w_), col0(col0_), ncols(ncols_), R(R_) {}
     __device__ void load(int l0, int lend) {
         int r = l0 + (int)threadIdx.x % CONV_BK;
 #pragma unroll
         for (int q = 0; q < CONV_TN; ++q) {
             int k = col0 + (int)threadIdx.x / CONV_BK + 8 * q;
-            reg[q] = (r < lend && k < ncols) ? w[(index_t)k * R + r] : (real_t)0;
+            reg[q] = (r < lend && k < ncols) ? gemm_operand(w[(index_t)k * R + r]) : (acc_t)0;
         }
     }
 };
 
 // Backward-data filters as W'[l, c] = w[k, c, fh, fw] with l = (k, fh, fw).
-struct FilterBwdColLoader : LFastStaging<CONV_TN, CONV_BK, 8, real_t (*)[CONV_SROW]> {
-    const real_t* w;
+struct FilterBwdColLoader : LFastStaging<CONV_TN, CONV_BK, 8, acc_t (*)[CONV_SROW]> {
+    const storage_t* w;
     int col0, C, FHW;
-    __device__ FilterBwdColLoader(const real_t* w_, int col0_, int C_, int FHW_) : w(w_), col0(col0_), C(C_), FHW(FHW_) {}
+    __device__ FilterBwdColLoader(const storage_t* w_, int col0_, int C_, int FHW_) : w(w_), col0(col0_), C(C_), FHW(FHW_) {}
     __device__ void load(int l0, int lend) {
         int l = l0 + (int)threadIdx.x % CONV_BK;
         int k = l / FHW, f = l - k * FHW;
-        const real_t* base = w + (index_t)k * C * FHW + f;
+        const storage_t* base = w + (index_t)k * C * FHW + f;
 #pragma unroll
         for (int q = 0; q < CONV_TN; ++q) {
             int c = col0 + (int)threadIdx.x / CONV_BK + 8 * q;
-            reg[q] = (l < lend && c < C) ? base[(index_t)c * FHW] : (real_t)0;
+            reg[q] = (l < lend && c < C) ? gemm_operand(base[(index_t)c * FHW]) : (acc_t)0;
         }
     }
 };
 
 // Backward-weight patches as P^T staged [l][r]: l = (n, oh, ow) is the reduction, r = (c, fh, fw).
 // A thread's 8 rows r never change, so their decode is done once, in the constructor.
-struct PatchColLoader : LFastStaging<CONV_TM, CONV_BK, 8, real_t (*)[CONV_SROW]> {
-    const real_t* x;
+struct PatchColLoader : LFastStaging<CONV_TM, CONV_BK, 8, acc_t (*)[CONV_SROW]> {
+    const storage_t* x;
     int CHW, H, W, OH, OW, sh, sw, ph, pw;
     int off[CONV_TM];  // c*H*W + fh*W + fw of each row; -1 for rows past C*FH*FW
     int tap[CONV_TM];  // fh << 16 | fw (the launcher keeps filters under 65536 wide)
-    __device__ PatchColLoader(const real_t* x_, int row0, int C, int H_, int W_, int FH, int FW,
+    __device__ PatchColLoader(const storage_t* x_, int row0, int C, int H_, int W_, int FH, int FW,
                               int OH_, int OW_, int sh_, int sw_, int ph_, int pw_)
         : x(x_), CHW(C * H_ * W_), H(H_), W(W_), OH(OH_), OW(OW_), sh(sh_), sw(sw_), ph(ph_), pw(pw_) {
 #pragma unroll
@@ -276,29 +287,29 @@ struct PatchColLoader : LFastStaging<CONV_TM, CONV_BK, 8, real_t (*)[CONV_SROW]>
 #pragma unroll
         for (int q = 0; q < CONV_TM; ++q) {
             int ih = ih0 + (tap[q] >> 16), iw = iw0 + (tap[q] & 0xffff);
-            reg[q] = (l < lend && off[q] >= 0 && ih >= 0 && ih < H && iw >= 0 && iw < W) ? x[base + off[q]]
-                                                                                         : (real_t)0;
+            reg[q] = (l < lend && off[q] >= 0 && ih >= 0 && ih < H && iw >= 0 && iw < W) ? gemm_operand(x[base + off[q]])
+                                                                                         : (acc_t)0;
         }
     }
 };
 
 // Backward-weight output gradients staged [l][k] = dy[n, k, oh, ow], l = (n, oh, ow).
-struct GradColLoader : LFastStaging<CONV_TN, CONV_BK, 8, real_t (*)[CONV_SROW]> {
-    const real_t* dy;
+struct GradColLoader : LFastStaging<CONV_TN, CONV_BK, 8, acc_t (*)[CONV_SROW]> {
+    const storage_t* dy;
     int col0, K, OHW;
-    __device__ GradColLoader(const real_t* dy_, int col0_, int K_, int OHW_) : dy(dy_), col0(col0_), K(K_), OHW(OHW_) {}
+    __device__ GradColLoader(const storage_t* dy_, int col0_, int K_, int OHW_) : dy(dy_), col0(col0_), K(K_), OHW(OHW_) {}
     __device__ void load(int l0, int lend) {
         int l = l0 + (int)threadIdx.x % CONV_BK;
         int n = l / OHW, p = l - n * OHW;
 #pragma unroll
         for (int q = 0; q < CONV_TN; ++q) {
             int k = col0 + (int)threadIdx.x / CONV_BK + 8 * q;
-            reg[q] = (l < lend && k < K) ? dy[((index_t)n * K + k) * OHW + p] : (real_t)0;
+            reg[q] = (l < lend && k < K) ? gemm_operand(dy[((index_t)n * K + k) * OHW + p]) : (acc_t)0;
         }
     }
 };
 
-__device__ inline void conv_zero(real_t acc[CONV_TM][CONV_TN]) {
+__device__ inline void conv_zero(acc_t acc[CONV_TM][CONV_TN]) {
 #pragma unroll
     for (int i = 0; i < CONV_TM; ++i)
 #pragma unroll
@@ -309,22 +320,22 @@ __device__ inline void conv_zero(real_t acc[CONV_TM][CONV_TN]) {
 // with p a position in a plane of P elements and col one of `cols` channels, stored to
 // out[n, col, p] after the bias (null: none) and ReLU (forward only). Rows tx + 8i put a
 // warp's stores for one (i, j) on consecutive p.
-__device__ inline void conv_store_nchw(real_t acc[CONV_TM][CONV_TN], real_t* out, int row0, int col0, int M,
-                                       int cols, int P, const real_t* bias, int relu) {
+__device__ inline void conv_store_nchw(acc_t acc[CONV_TM][CONV_TN], storage_t* out, int row0, int col0, int M,
+                                       int cols, int P, const storage_t* bias, int relu) {
     const int tx = threadIdx.x % 8, ty = threadIdx.x / 8;
 #pragma unroll
     for (int i = 0; i < CONV_TM; ++i) {
         const int m = row0 + tx + 8 * i;
         if (m >= M) continue;
         const int n = m / P, p = m - n * P;
-        real_t* on = out + (index_t)n * cols * P + p;
+        storage_t* on = out + (index_t)n * cols * P + p;
 #pragma unroll
         for (int j = 0; j < CONV_TN; ++j) {
             const int c = col0 + ty + 8 * j;
             if (c >= cols) continue;
-            real_t v = acc[i][j];
-            if (bias) v += bias[c];
-            on[(index_t)c * P] = relu ? relu_value(v) : v;
+            acc_t v = acc[i][j];
+            if (bias) v += to_acc(bias[c]);
+            on[(index_t)c * P] = from_acc(relu ? relu_value(v) : v);
         }
     }
 }
@@ -332,7 +343,7 @@ __device__ inline void conv_store_nchw(real_t acc[CONV_TM][CONV_TN], real_t* out
 // ------------------------------------------------------------------------------------------
 // Forward
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
-conv2d_forward_v1(const real_t* x, const real_t* w, const real_t* b, real_t* y,
+conv2d_forward_v1(const storage_t* x, const storage_t* w, const storage_t* b, storage_t* y,
                   int N, int C, int H, int W, int K, int FH, int FW, int OH, int OW,
                   int sh, int sw, int ph, int pw, int has_bias, int relu) {
     const index_t total = (index_t)N * K * OH * OW;
@@ -340,36 +351,36 @@ conv2d_forward_v1(const real_t* x, const real_t* w, const real_t* b, real_t* y,
         int oh, ow;
         const index_t t = split_hw(i, OH, OW, &oh, &ow);
         const int k = (int)(t % K), n = (int)(t / K);
-        real_t acc = 0;
+        acc_t acc = 0;
         for (int c = 0; c < C; ++c) {
-            const real_t* xc = x + ((index_t)n * C + c) * H * W;
-            const real_t* wc = w + ((index_t)k * C + c) * FH * FW;
+            const storage_t* xc = x + ((index_t)n * C + c) * H * W;
+            const storage_t* wc = w + ((index_t)k * C + c) * FH * FW;
             for (int fh = 0; fh < FH; ++fh) {
                 int ih = oh * sh - ph + fh;
                 if (ih < 0 || ih >= H) continue;
                 for (int fw = 0; fw < FW; ++fw) {
                     int iw = ow * sw - pw + fw;
                     if (iw < 0 || iw >= W) continue;
-                    acc += xc[(index_t)ih * W + iw] * wc[fh * FW + fw];
+                    acc += gemm_operand(xc[(index_t)ih * W + iw]) * gemm_operand(wc[fh * FW + fw]);
                 }
             }
         }
-        if (has_bias) acc += b[k];
-        y[i] = relu ? relu_value(acc) : acc;
+        if (has_bias) acc += to_acc(b[k]);
+        y[i] = from_acc(relu ? relu_value(acc) : acc);
     }
 }
 
 extern "C" __global__ void __launch_bounds__(CONV_THREADS)
-conv2d_forward_v2(const real_t* x, const real_t* w, const real_t* b, real_t* y,
+conv2d_forward_v2(const storage_t* x, const storage_t* w, const storage_t* b, storage_t* y,
                   int N, int C, int H, int W, int K, int FH, int FW, int OH, int OW,
                   int sh, int sw, int ph, int pw, int has_bias, int relu) {
-    __shared__ real_t As[CONV_BK][CONV_SROW];
-    __shared__ real_t Bs[CONV_BK][CONV_SROW];
+    __shared__ acc_t As[CONV_BK][CONV_SROW];
+    __shared__ acc_t Bs[CONV_BK][CONV_SROW];
     const int M = N * OH * OW, R = C * FH * FW;
     const int row0 = blockIdx.x * CONV_BM, col0 = blockIdx.y * CONV_BN;
     PatchRowLoader la(x, row0 + threadIdx.x, M, C, H, W, FH, FW, OH, OW, sh, sw, ph, pw);
     FilterColLoader lb(w, col0, K, R);
-    real_t acc[CONV_TM][CONV_TN];
+    acc_t acc[CONV_TM][CONV_TN];
     conv_zero(acc);
     conv_gemm_mainloop(la, lb, 0, R, As, Bs, acc);
     conv_store_nchw(acc, y, row0, col0, M, K, OH * OW, has_bias ? b : nullptr, relu);
@@ -378,7 +389,7 @@ conv2d_forward_v2(const real_t* x, const real_t* w, const real_t* b, real_t* y,
 // ------------------------------------------------------------------------------------------
 // Backward data
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
-conv2d_backward_data_v1(const real_t* dy, const real_t* w, real_t* dx,
+conv2d_backward_data_v1(const storage_t* dy, const storage_t* w, storage_t* dx,
                         int N, int C, int H, int W, int K, int FH, int FW, int OH, int OW,
                         int sh, int sw, int ph, int pw) {
     const index_t total = (index_t)N * C * H * W;
@@ -386,7 +397,7 @@ conv2d_backward_data_v1(const real_t* dy, const real_t* w, real_t* dx,
         int ih, iw;
         const index_t t = split_hw(i, H, W, &ih, &iw);
         const int c = (int)(t % C), n = (int)(t / C);
-        real_t acc = 0;
+        acc_t acc = 0;
         for (int fh = 0; fh < FH; ++fh) {
             int ohs = ih + ph - fh;
             if (ohs < 0 || ohs % sh != 0 || ohs / sh >= OH) continue;
@@ -396,25 +407,25 @@ conv2d_backward_data_v1(const real_t* dy, const real_t* w, real_t* dx,
                 if (ows < 0 || ows % sw != 0 || ows / sw >= OW) continue;
                 int ow = ows / sw;
                 for (int k = 0; k < K; ++k)
-                    acc += dy[(((index_t)n * K + k) * OH + oh) * OW + ow] *
-                           w[(((index_t)k * C + c) * FH + fh) * FW + fw];
+                    acc += gemm_operand(dy[(((index_t)n * K + k) * OH + oh) * OW + ow]) *
+                           gemm_operand(w[(((index_t)k * C + c) * FH + fh) * FW + fw]);
             }
         }
-        dx[i] = acc;
+        dx[i] = from_acc(acc);
     }
 }
 
 extern "C" __global__ void __launch_bounds__(CONV_THREADS)
-conv2d_backward_data_v2(const real_t* dy, const real_t* w, real_t* dx,
+conv2d_backward_data_v2(const storage_t* dy, const storage_t* w, storage_t* dx,
                         int N, int C, int H, int W, int K, int FH, int FW, int OH, int OW,
                         int sh, int sw, int ph, int pw) {
-    __shared__ real_t As[CONV_BK][CONV_SROW];
-    __shared__ real_t Bs[CONV_BK][CONV_SROW];
+    __shared__ acc_t As[CONV_BK][CONV_SROW];
+    __shared__ acc_t Bs[CONV_BK][CONV_SROW];
     const int M = N * H * W, L = K * FH * FW;
     const int row0 = blockIdx.x * CONV_BM, col0 = blockIdx.y * CONV_BN;
     GradGatherRowLoader la(dy, row0 + threadIdx.x, M, H, W, K, FH, FW, OH, OW, sh, sw, ph, pw);
     FilterBwdColLoader lb(w, col0, C, FH * FW);
-    real_t acc[CONV_TM][CONV_TN];
+    acc_t acc[CONV_TM][CONV_TN];
     conv_zero(acc);
     conv_gemm_mainloop(la, lb, 0, L, As, Bs, acc);
     conv_store_nchw(acc, dx, row0, col0, M, C, H * W, nullptr, 0);
@@ -423,7 +434,7 @@ conv2d_backward_data_v2(const real_t* dy, const real_t* w, real_t* dx,
 // ------------------------------------------------------------------------------------------
 // Backward weight
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
-conv2d_backward_weight_v1(const real_t* dy, const real_t* x, real_t* dw,
+conv2d_backward_weight_v1(const storage_t* dy, const storage_t* x, storage_t* dw,
                           int N, int C, int H, int W, int K, int FH, int FW, int OH, int OW,
                           int sh, int sw, int ph, int pw) {
     const index_t total = (index_t)K * C * FH * FW;
@@ -431,44 +442,44 @@ conv2d_backward_weight_v1(const real_t* dy, const real_t* x, real_t* dw,
         int fh, fw;
         const index_t t = split_hw(i, FH, FW, &fh, &fw);
         const int c = (int)(t % C), k = (int)(t / C);
-        real_t acc = 0;
+        acc_t acc = 0;
         for (int n = 0; n < N; ++n) {
-            const real_t* xc = x + ((index_t)n * C + c) * H * W;
-            const real_t* dyk = dy + ((index_t)n * K + k) * OH * OW;
+            const storage_t* xc = x + ((index_t)n * C + c) * H * W;
+            const storage_t* dyk = dy + ((index_t)n * K + k) * OH * OW;
             for (int oh = 0; oh < OH; ++oh) {
                 int ih = oh * sh - ph + fh;
                 if (ih < 0 || ih >= H) continue;
                 for (int ow = 0; ow < OW; ++ow) {
                     int iw = ow * sw - pw + fw;
                     if (iw < 0 || iw >= W) continue;
-                    acc += dyk[oh * OW + ow] * xc[(index_t)ih * W + iw];
+                    acc += gemm_operand(dyk[oh * OW + ow]) * gemm_operand(xc[(index_t)ih * W + iw]);
                 }
             }
         }
-        dw[i] = acc;
+        dw[i] = from_acc(acc);
     }
 }
 
 // Split z reduces l in [z*chunk, min((z+1)*chunk, N*OH*OW)) and writes ws[z*K*R + k*R + r];
 // with one split the launcher passes dw itself as ws.
 extern "C" __global__ void __launch_bounds__(CONV_THREADS)
-conv2d_backward_weight_v2(const real_t* dy, const real_t* x, real_t* ws,
+conv2d_backward_weight_v2(const storage_t* dy, const storage_t* x, acc_t* ws,
                           int N, int C, int H, int W, int K, int FH, int FW, int OH, int OW,
                           int sh, int sw, int ph, int pw, int chunk) {
-    __shared__ real_t As[CONV_BK][CONV_SROW];
-    __shared__ real_t Bs[CONV_BK][CONV_SROW];
+    __shared__ acc_t As[CONV_BK][CONV_SROW];
+    __shared__ acc_t Bs[CONV_BK][CONV_SROW];
     const int R = C * FH * FW, L = N * OH * OW;
     const int row0 = blockIdx.x * CONV_BM, col0 = blockIdx.y * CONV_BN;
     const int lbegin = blockIdx.z * chunk;
     const int lend = imin(L, lbegin + chunk);
     PatchColLoader la(x, row0, C, H, W, FH, FW, OH, OW, sh, sw, ph, pw);
     GradColLoader lb(dy, col0, K, OH * OW);
-    real_t acc[CONV_TM][CONV_TN];
+    acc_t acc[CONV_TM][CONV_TN];
     conv_zero(acc);
     conv_gemm_mainloop(la, lb, lbegin, lend, As, Bs, acc);
 
     const int tx = threadIdx.x % 8, ty = threadIdx.x / 8;
-    real_t* out = ws + (index_t)blockIdx.z * K * R;
+    acc_t* out = ws + (index_t)blockIdx.z * K * R;
 #pragma unroll
     for (int i = 0; i < CONV_TM; ++i) {
         int r = row0 + tx + 8 * i;
@@ -482,25 +493,25 @@ conv2d_backward_weight_v2(const real_t* dy, const real_t* x, real_t* ws,
 }
 
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
-conv2d_reduce_splits(const real_t* ws, real_t* dw, int splits, long long count) {
+conv2d_reduce_splits(const acc_t* ws, storage_t* dw, int splits, long long count) {
     for (index_t e = global_thread_index(); e < count; e += global_thread_count()) {
-        real_t s = 0;
+        acc_t s = 0;
         for (int z = 0; z < splits; ++z) s += ws[(index_t)z * count + e];
-        dw[e] = s;
+        dw[e] = from_acc(s);
     }
 }
 
 // ------------------------------------------------------------------------------------------
 // Bias gradient: one block per output channel. Launch with exactly GPUCONV_BLOCK threads.
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
-conv2d_backward_bias(const real_t* dy, real_t* db, int N, int K, int OHW) {
-    __shared__ real_t partial[GPUCONV_BLOCK];
+conv2d_backward_bias(const storage_t* dy, storage_t* db, int N, int K, int OHW) {
+    __shared__ acc_t partial[GPUCONV_BLOCK];
     const int k = blockIdx.x;
-    real_t s = 0;
+    acc_t s = 0;
     const index_t per_channel = (index_t)N * OHW;
     for (index_t e = threadIdx.x; e < per_channel; e += GPUCONV_BLOCK) {
         index_t n = e / OHW, p = e - n * OHW;
-        s += dy[(n * K + k) * OHW + p];
+        s += to_acc(dy[(n * K + k) * OHW + p]);
     }
     partial[threadIdx.x] = s;
     __syncthreads();
@@ -508,7 +519,7 @@ conv2d_backward_bias(const real_t* dy, real_t* db, int N, int K, int OHW) {
         if ((int)threadIdx.x < half) partial[threadIdx.x] += partial[threadIdx.x + half];
         __syncthreads();
     }
-    if (threadIdx.x == 0) db[k] = partial[0];
+    if (threadIdx.x == 0) db[k] = from_acc(partial[0]);
 }
 
 // ==========================================================================================
@@ -526,7 +537,7 @@ conv2d_backward_bias(const real_t* dy, real_t* db, int N, int K, int OHW) {
 //
 // Thread (tx, ty) = (t % 16, t / 16) owns rows  {tx*4 + i, 64 + tx*4 + i}  and columns
 // {ty*4 + j, 64 + ty*4 + j}, i, j in [0, 4): the rows of one thread are two runs of four, so
-// they come out of shared memory as two real4 loads; a quarter-warp (8 threads) reads 128
+// they come out of shared memory as two acc4 loads; a quarter-warp (8 threads) reads 128
 // consecutive bytes (no bank conflict), and the two ty of a warp read the same B words
 // (broadcast).
 
@@ -534,20 +545,21 @@ conv2d_backward_bias(const real_t* dy, real_t* db, int N, int K, int OHW) {
 #define CONV3_BN 128
 #define CONV3_BK 8
 #define CONV3_THREADS 256
-// Row padding 4 keeps every row 16-byte aligned (real4 reads) and, for the column loaders
+// Row padding 4 keeps every row 16-byte aligned (acc4 reads) and, for the column loaders
 // (two threads per column, four reduction steps each), sends the 32 stores of a warp to 32
 // distinct banks: row lq and row lq + 4 differ by 4 * 132 words = 16 banks.
 #define CONV3_SROW (CONV3_BM + 4)
 
-// Shared tiles are declared as real4 so that they are aligned for the vector reads; the
-// loaders see them as plain real_t rows.
-typedef real_t (*conv3_tile_t)[CONV3_SROW];
+// Shared tiles are declared as acc4 so that they are aligned for the vector reads; the
+// loaders see them as plain acc_t rows (float32 in the bf16/fp16 builds: operands are widened
+// once, when staged, not at every one of the 128 reads of each staged value).
+typedef acc_t (*conv3_tile_t)[CONV3_SROW];
 #define CONV3_TILE(arr, buf) ((conv3_tile_t)(arr)[buf])
 
 // The v3 row and column loaders' staging: 4 registers for reduction steps lq0 .. lq0 + 3 of
 // this thread's tile row (A) or column (B), slot.
 struct QuadStaging {
-    real_t reg[4];
+    acc_t reg[4];
     int slot, lq0;
     __device__ void store(conv3_tile_t S) {
 #pragma unroll
@@ -558,8 +570,8 @@ struct QuadStaging {
 // acc[4*i2 + i][4*j2 + j] += sum_l A(row0 + 64*i2 + 4*tx + i, l) * B(l, col0 + 64*j2 + 4*ty + j).
 template <class LoaderA, class LoaderB>
 __device__ void conv3_mainloop(LoaderA& la, LoaderB& lb, int lbegin, int lend,
-                               real4 (*As)[CONV3_BK][CONV3_SROW / 4], real4 (*Bs)[CONV3_BK][CONV3_SROW / 4],
-                               real_t acc[8][8]) {
+                               acc4 (*As)[CONV3_BK][CONV3_SROW / 4], acc4 (*Bs)[CONV3_BK][CONV3_SROW / 4],
+                               acc_t acc[8][8]) {
     const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
     la.load(lbegin, lend);
     lb.load(lbegin, lend);
@@ -576,10 +588,10 @@ __device__ void conv3_mainloop(LoaderA& la, LoaderB& lb, int lbegin, int lend,
         }
 #pragma unroll
         for (int kk = 0; kk < CONV3_BK; ++kk) {
-            const real4 a0 = As[buf][kk][tx], a1 = As[buf][kk][16 + tx];  // rows 4tx.., 64+4tx..
-            const real4 b0 = Bs[buf][kk][ty], b1 = Bs[buf][kk][16 + ty];
-            const real_t a[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
-            const real_t b[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
+            const acc4 a0 = As[buf][kk][tx], a1 = As[buf][kk][16 + tx];  // rows 4tx.., 64+4tx..
+            const acc4 b0 = Bs[buf][kk][ty], b1 = Bs[buf][kk][16 + ty];
+            const acc_t a[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+            const acc_t b[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
 #pragma unroll
             for (int i = 0; i < 8; ++i)
 #pragma unroll
@@ -600,21 +612,21 @@ __device__ inline int conv3_col(int j) { return (j >> 2) * 64 + (int)(threadIdx.
 
 // The v2 epilogue (conv_store_nchw) on the v3 thread mapping. A warp's stores for one (i, j)
 // cover 16 rows 4 apart; the four i of a thread fill the gaps, and L2 merges the partial sectors.
-__device__ inline void conv3_store_nchw(real_t acc[8][8], real_t* out, int row0, int col0, int M, int cols,
-                                        int P, const real_t* bias, int relu) {
+__device__ inline void conv3_store_nchw(acc_t acc[8][8], storage_t* out, int row0, int col0, int M, int cols,
+                                        int P, const storage_t* bias, int relu) {
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
         const int m = row0 + conv3_row(i);
         if (m >= M) continue;
         const int n = m / P, p = m - n * P;
-        real_t* on = out + (index_t)n * cols * P + p;
+        storage_t* on = out + (index_t)n * cols * P + p;
 #pragma unroll
         for (int j = 0; j < 8; ++j) {
             const int c = col0 + conv3_col(j);
             if (c >= cols) continue;
-            real_t v = acc[i][j];
-            if (bias) v += bias[c];
-            on[(index_t)c * P] = relu ? relu_value(v) : v;
+            acc_t v = acc[i][j];
+            if (bias) v += to_acc(bias[c]);
+            on[(index_t)c * P] = from_acc(relu ? relu_value(v) : v);
         }
     }
 }
@@ -624,9 +636,9 @@ __device__ inline void conv3_store_nchw(real_t acc[8][8], real_t* out, int row0,
 
 // Forward patches P[m, r] = x[n, c, oh*sh-ph+fh, ow*sw-pw+fw] (0 in the padding).
 struct PatchRowLoader3 : QuadStaging {
-    const real_t* img;
+    const storage_t* img;
     int valid, ih0, iw0, H, W, FH, FW;
-    __device__ PatchRowLoader3(const real_t* x, int row0, int M, int C, int H_, int W_, int FH_, int FW_,
+    __device__ PatchRowLoader3(const storage_t* x, int row0, int M, int C, int H_, int W_, int FH_, int FW_,
                                int OH, int OW, int sh, int sw, int ph, int pw)
         : H(H_), W(W_), FH(FH_), FW(FW_) {
         slot = (int)threadIdx.x % CONV3_BM;
@@ -646,10 +658,10 @@ struct PatchRowLoader3 : QuadStaging {
         int fh = f / FW, fw = f - fh * FW;
 #pragma unroll
         for (int q = 0; q < 4; ++q) {
-            real_t v = 0;
+            acc_t v = 0;
             const int ih = ih0 + fh, iw = iw0 + fw;
             if (valid && l + q < lend && ih >= 0 && ih < H && iw >= 0 && iw < W)
-                v = img[((index_t)c * H + ih) * W + iw];
+                v = gemm_operand(img[((index_t)c * H + ih) * W + iw]);
             reg[q] = v;
             if (++fw == FW) {
                 fw = 0;
@@ -666,9 +678,9 @@ struct PatchRowLoader3 : QuadStaging {
 // ih + ph - fh = oh*sh and iw + pw - fw = ow*sw exactly, else 0. As GradGatherRowLoader, the
 // quotients and remainders by the strides are stepped with (fh, fw), not divided per element.
 struct GradGatherRowLoader3 : QuadStaging {
-    const real_t* img;
+    const storage_t* img;
     int valid, ihp, iwp, FH, FW, OH, OW, sh, sw;
-    __device__ GradGatherRowLoader3(const real_t* dy, int row0, int M, int H, int W, int K, int FH_, int FW_,
+    __device__ GradGatherRowLoader3(const storage_t* dy, int row0, int M, int H, int W, int K, int FH_, int FW_,
                                     int OH_, int OW_, int sh_, int sw_, int ph, int pw)
         : FH(FH_), FW(FW_), OH(OH_), OW(OW_), sh(sh_), sw(sw_) {
         slot = (int)threadIdx.x % CONV3_BM;
@@ -691,9 +703,9 @@ struct GradGatherRowLoader3 : QuadStaging {
         const int owq0 = iwp / sw, owr0 = iwp - owq0 * sw;  // fw = 0 (iwp >= 0)
 #pragma unroll
         for (int q = 0; q < 4; ++q) {
-            real_t v = 0;
+            acc_t v = 0;
             if (valid && l + q < lend && ohr == 0 && owr == 0 && ohq >= 0 && ohq < OH && owq >= 0 && owq < OW)
-                v = img[((index_t)k * OH + ohq) * OW + owq];
+                v = gemm_operand(img[((index_t)k * OH + ohq) * OW + owq]);
             reg[q] = v;
             if (++fw == FW) {
                 fw = 0;
@@ -722,9 +734,9 @@ struct GradGatherRowLoader3 : QuadStaging {
 
 // Forward filters W^T[r, k] = w[k, r] (w is K x R row-major, R = C*FH*FW).
 struct FilterColLoader3 : QuadStaging {
-    const real_t* wk;  // w + k*R of this thread's column (or w when the column is past K)
+    const storage_t* wk;  // w + k*R of this thread's column (or w when the column is past K)
     int validk, R;
-    __device__ FilterColLoader3(const real_t* w, int col0, int K, int R_) : R(R_) {
+    __device__ FilterColLoader3(const storage_t* w, int col0, int K, int R_) : R(R_) {
         slot = (int)threadIdx.x / 2;
         lq0 = 4 * ((int)threadIdx.x % 2);
         validk = col0 + slot < K;
@@ -734,16 +746,16 @@ struct FilterColLoader3 : QuadStaging {
 #pragma unroll
         for (int q = 0; q < 4; ++q) {
             const int r = l0 + lq0 + q;
-            reg[q] = (validk && r < lend) ? wk[r] : (real_t)0;
+            reg[q] = (validk && r < lend) ? gemm_operand(wk[r]) : (acc_t)0;
         }
     }
 };
 
 // Backward-data filters W'[l, c] = w[k, c, fh, fw], l = (k, fh, fw): contiguous in f = (fh, fw).
 struct FilterBwdColLoader3 : QuadStaging {
-    const real_t* wc;  // w + c*FHW of this thread's column
+    const storage_t* wc;  // w + c*FHW of this thread's column
     int validc, C, FHW;
-    __device__ FilterBwdColLoader3(const real_t* w, int col0, int C_, int FHW_) : C(C_), FHW(FHW_) {
+    __device__ FilterBwdColLoader3(const storage_t* w, int col0, int C_, int FHW_) : C(C_), FHW(FHW_) {
         slot = (int)threadIdx.x / 2;
         lq0 = 4 * ((int)threadIdx.x % 2);
         validc = col0 + slot < C;
@@ -754,7 +766,7 @@ struct FilterBwdColLoader3 : QuadStaging {
         int k = l / FHW, f = l - k * FHW;
 #pragma unroll
         for (int q = 0; q < 4; ++q) {
-            reg[q] = (validc && l + q < lend) ? wc[(index_t)k * C * FHW + f] : (real_t)0;
+            reg[q] = (validc && l + q < lend) ? gemm_operand(wc[(index_t)k * C * FHW + f]) : (acc_t)0;
             if (++f == FHW) {
                 f = 0;
                 ++k;
@@ -766,16 +778,16 @@ struct FilterBwdColLoader3 : QuadStaging {
 // Same signature and semantics as conv2d_forward_v1/v2. Block = CONV3_THREADS (256),
 // grid = (ceil(N*OH*OW / 128), ceil(K / 128)).
 extern "C" __global__ void __launch_bounds__(CONV3_THREADS)
-conv2d_forward_v3(const real_t* x, const real_t* w, const real_t* b, real_t* y,
+conv2d_forward_v3(const storage_t* x, const storage_t* w, const storage_t* b, storage_t* y,
                   int N, int C, int H, int W, int K, int FH, int FW, int OH, int OW,
                   int sh, int sw, int ph, int pw, int has_bias, int relu) {
-    __shared__ real4 As[2][CONV3_BK][CONV3_SROW / 4];
-    __shared__ real4 Bs[2][CONV3_BK][CONV3_SROW / 4];
+    __shared__ acc4 As[2][CONV3_BK][CONV3_SROW / 4];
+    __shared__ acc4 Bs[2][CONV3_BK][CONV3_SROW / 4];
     const int M = N * OH * OW, R = C * FH * FW;
     const int row0 = blockIdx.x * CONV3_BM, col0 = blockIdx.y * CONV3_BN;
     PatchRowLoader3 la(x, row0, M, C, H, W, FH, FW, OH, OW, sh, sw, ph, pw);
     FilterColLoader3 lb(w, col0, K, R);
-    real_t acc[8][8];
+    acc_t acc[8][8];
     conv_zero(acc);  // v3 threads also hold 8x8 (CONV_TM x CONV_TN) outputs
     conv3_mainloop(la, lb, 0, R, As, Bs, acc);
     conv3_store_nchw(acc, y, row0, col0, M, K, OH * OW, has_bias ? b : nullptr, relu);
@@ -784,16 +796,16 @@ conv2d_forward_v3(const real_t* x, const real_t* w, const real_t* b, real_t* y,
 // Same signature and semantics as conv2d_backward_data_v1/v2. Block = CONV3_THREADS (256),
 // grid = (ceil(N*H*W / 128), ceil(C / 128)).
 extern "C" __global__ void __launch_bounds__(CONV3_THREADS)
-conv2d_backward_data_v3(const real_t* dy, const real_t* w, real_t* dx,
+conv2d_backward_data_v3(const storage_t* dy, const storage_t* w, storage_t* dx,
                         int N, int C, int H, int W, int K, int FH, int FW, int OH, int OW,
                         int sh, int sw, int ph, int pw) {
-    __shared__ real4 As[2][CONV3_BK][CONV3_SROW / 4];
-    __shared__ real4 Bs[2][CONV3_BK][CONV3_SROW / 4];
+    __shared__ acc4 As[2][CONV3_BK][CONV3_SROW / 4];
+    __shared__ acc4 Bs[2][CONV3_BK][CONV3_SROW / 4];
     const int M = N * H * W, L = K * FH * FW;
     const int row0 = blockIdx.x * CONV3_BM, col0 = blockIdx.y * CONV3_BN;
     GradGatherRowLoader3 la(dy, row0, M, H, W, K, FH, FW, OH, OW, sh, sw, ph, pw);
     FilterBwdColLoader3 lb(w, col0, C, FH * FW);
-    real_t acc[8][8];
+    acc_t acc[8][8];
     conv_zero(acc);
     conv3_mainloop(la, lb, 0, L, As, Bs, acc);
     conv3_store_nchw(acc, dx, row0, col0, M, C, H * W, nullptr, 0);
@@ -806,11 +818,11 @@ conv2d_backward_data_v3(const real_t* dy, const real_t* w, real_t* dx,
 
 // Patches P^T staged [l][r], r = (c, fh, fw): a thread's 4 rows are fixed, decoded once.
 struct PatchColLoader3 : LFastStaging<4, CONV3_BK, 32, conv3_tile_t> {
-    const real_t* x;
+    const storage_t* x;
     int CHW, H, W, OH, OW, sh, sw, ph, pw;
     int off[4];  // c*H*W + fh*W + fw of each row; -1 for rows past C*FH*FW
     int tap[4];  // fh << 16 | fw (the launcher keeps filters under 32768 wide)
-    __device__ PatchColLoader3(const real_t* x_, int row0, int C, int H_, int W_, int FH, int FW,
+    __device__ PatchColLoader3(const storage_t* x_, int row0, int C, int H_, int W_, int FH, int FW,
                                int OH_, int OW_, int sh_, int sw_, int ph_, int pw_)
         : x(x_), CHW(C * H_ * W_), H(H_), W(W_), OH(OH_), OW(OW_), sh(sh_), sw(sw_), ph(ph_), pw(pw_) {
 #pragma unroll
@@ -831,24 +843,24 @@ struct PatchColLoader3 : LFastStaging<4, CONV3_BK, 32, conv3_tile_t> {
 #pragma unroll
         for (int q = 0; q < 4; ++q) {
             const int ih = ih0 + (tap[q] >> 16), iw = iw0 + (tap[q] & 0xffff);
-            reg[q] = (l < lend && off[q] >= 0 && ih >= 0 && ih < H && iw >= 0 && iw < W) ? x[base + off[q]]
-                                                                                         : (real_t)0;
+            reg[q] = (l < lend && off[q] >= 0 && ih >= 0 && ih < H && iw >= 0 && iw < W) ? gemm_operand(x[base + off[q]])
+                                                                                         : (acc_t)0;
         }
     }
 };
 
 // Output gradients staged [l][k] = dy[n, k, oh, ow], l = (n, oh, ow).
 struct GradColLoader3 : LFastStaging<4, CONV3_BK, 32, conv3_tile_t> {
-    const real_t* dy;
+    const storage_t* dy;
     int col0, K, OHW;
-    __device__ GradColLoader3(const real_t* dy_, int col0_, int K_, int OHW_) : dy(dy_), col0(col0_), K(K_), OHW(OHW_) {}
+    __device__ GradColLoader3(const storage_t* dy_, int col0_, int K_, int OHW_) : dy(dy_), col0(col0_), K(K_), OHW(OHW_) {}
     __device__ void load(int l0, int lend) {
         const int l = l0 + (int)threadIdx.x % CONV3_BK;
         const int n = l / OHW, p = l - n * OHW;
 #pragma unroll
         for (int q = 0; q < 4; ++q) {
             const int k = col0 + (int)threadIdx.x / CONV3_BK + 32 * q;
-            reg[q] = (l < lend && k < K) ? dy[((index_t)n * K + k) * OHW + p] : (real_t)0;
+            reg[q] = (l < lend && k < K) ? gemm_operand(dy[((index_t)n * K + k) * OHW + p]) : (acc_t)0;
         }
     }
 };
@@ -859,22 +871,22 @@ struct GradColLoader3 : LFastStaging<4, CONV3_BK, 32, conv3_tile_t> {
 // block (8 warps) fits per SM; a minimum-blocks hint of 2 would cap it at 128 but spills (16 B in
 // float32, 2 KB in float64): left for the GPU measurement to judge.
 extern "C" __global__ void __launch_bounds__(CONV3_THREADS)
-conv2d_backward_weight_v3(const real_t* dy, const real_t* x, real_t* ws,
+conv2d_backward_weight_v3(const storage_t* dy, const storage_t* x, acc_t* ws,
                           int N, int C, int H, int W, int K, int FH, int FW, int OH, int OW,
                           int sh, int sw, int ph, int pw, int chunk) {
-    __shared__ real4 As[2][CONV3_BK][CONV3_SROW / 4];
-    __shared__ real4 Bs[2][CONV3_BK][CONV3_SROW / 4];
+    __shared__ acc4 As[2][CONV3_BK][CONV3_SROW / 4];
+    __shared__ acc4 Bs[2][CONV3_BK][CONV3_SROW / 4];
     const int R = C * FH * FW, L = N * OH * OW;
     const int row0 = blockIdx.x * CONV3_BM, col0 = blockIdx.y * CONV3_BN;
     const int lbegin = blockIdx.z * chunk;
     const int lend = imin(L, lbegin + chunk);
     PatchColLoader3 la(x, row0, C, H, W, FH, FW, OH, OW, sh, sw, ph, pw);
     GradColLoader3 lb(dy, col0, K, OH * OW);
-    real_t acc[8][8];
+    acc_t acc[8][8];
     conv_zero(acc);
     conv3_mainloop(la, lb, lbegin, lend, As, Bs, acc);
 
-    real_t* out = ws + (index_t)blockIdx.z * K * R;
+    acc_t* out = ws + (index_t)blockIdx.z * K * R;
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
         const int r = row0 + conv3_row(i);

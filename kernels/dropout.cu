@@ -1,8 +1,12 @@
 // dropout.cu: inverted dropout with a counter-based mask, elementwise over a flat array of n elements.
 //
-//   mask[i] = keep(key, i) ? scale : 0      scale = 1/(1-p) rounded to real_t
+//   mask[i] = keep(key, i) ? scale : 0      scale = 1/(1-p) rounded to acc_t
 //   forward   y = x * mask                  (mask is written too: the backward's cache)
 //   backward  dx = dy * mask
+//
+// x, y, dy, dx are storage_t; the mask and the scale are acc_t (float32 for a bfloat16/float16
+// x: the product is formed in float32 with the float32 scale and rounded once, so a kept
+// element is scaled by 1/(1-p) itself, not by 1/(1-p) rounded to 8 or 11 bits).
 //
 // The mask is a pure function of (key, i), i the flat C-order index, so it needs no generator
 // state on the device and the NumPy reference (gpuconv/ops/dropout.py) reproduces it bit for bit:
@@ -12,7 +16,7 @@
 // uniform u = (h >> 11) * 2^-53, decided in integers, the same rule in float32 and float64:
 //   keep  <=>  (h >> 11) >= threshold,   threshold = ceil(p * 2^53)   (computed by the launcher)
 //
-// Kernels (extern "C", real_t = float or double; 1-D grid-stride grids of GPUCONV_BLOCK threads,
+// Kernels (extern "C"; 1-D grid-stride grids of GPUCONV_BLOCK threads,
 // one element per thread and step: both are bound by memory traffic, the hash is ~10 integer ops):
 //   dropout_forward    x, key, threshold, scale -> y, mask
 //   dropout_backward   dy, mask -> dx
@@ -27,15 +31,15 @@ __device__ inline u64_t dropout_hash(u64_t key, index_t i) {
 }
 
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
-dropout_forward(const real_t* x, real_t* y, real_t* mask, long long n, u64_t key, u64_t threshold, real_t scale) {
+dropout_forward(const storage_t* x, storage_t* y, acc_t* mask, long long n, u64_t key, u64_t threshold, acc_t scale) {
     for (index_t i = global_thread_index(); i < n; i += global_thread_count()) {
-        const real_t m = (dropout_hash(key, i) >> 11) >= threshold ? scale : (real_t)0;
+        const acc_t m = (dropout_hash(key, i) >> 11) >= threshold ? scale : (acc_t)0;
         mask[i] = m;
-        y[i] = x[i] * m;
+        y[i] = from_acc(to_acc(x[i]) * m);
     }
 }
 
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
-dropout_backward(const real_t* dy, const real_t* mask, real_t* dx, long long n) {
-    for (index_t i = global_thread_index(); i < n; i += global_thread_count()) dx[i] = dy[i] * mask[i];
+dropout_backward(const storage_t* dy, const acc_t* mask, storage_t* dx, long long n) {
+    for (index_t i = global_thread_index(); i < n; i += global_thread_count()) dx[i] = from_acc(to_acc(dy[i]) * mask[i]);
 }

@@ -4,7 +4,12 @@
 // a max and count in an average's divisor, as PyTorch's count_include_pad=True). The planes are
 // flattened: NC = N*C, plane offset = (n*C + c) * H * W, in 64 bits.
 //
-// Kernels (extern "C", real_t = float or double; 1-D grid-stride grids of GPUCONV_BLOCK threads):
+// Element types (common.cuh): x, y, dy, dx are storage_t; values are read into acc_t, compared
+// or summed there, and each output is rounded once to storage_t. Max pooling only compares and
+// copies, so its outputs equal the reference bit for bit in every dtype; a bfloat16 NaN comes back
+// as the quiet NaN ml_dtypes makes of it, as the reference's float32 round trip does.
+//
+// Kernels (extern "C"; 1-D grid-stride grids of GPUCONV_BLOCK threads):
 //   max_pool2d_forward    one thread per output: y = max over the window and the "switch"
 //                         argmax = fh*kw + fw, the window-local tap of the maximum (int32, the
 //                         layout of gpuconv.ops.MaxPool2dCache): the first maximum in row-major
@@ -19,7 +24,8 @@
 //
 // Sums run in the reference's order (taps in row-major order, i.e. covering outputs from the
 // last to the first), and the divisor is applied as the same rounded reciprocal, so results
-// are bit-identical to gpuconv.ops' NumPy reference, not merely close. That needs the product
+// are bit-identical to gpuconv.ops' NumPy reference, not merely close (in bfloat16/float16 too:
+// both sum the same float32 values in the same order and round once). That needs the product
 // dy * (1/(kh*kw)) rounded on its own before it is added (the reference's `share`): NVRTC
 // contracts a*b + c into one FMA by default (--fmad=true), so it goes through mul_rn, whose
 // __fmul_rn/__dmul_rn are never contracted.
@@ -34,14 +40,14 @@ __device__ inline void covering_range(int i, int k, int s, int p, int O, int* lo
 }
 
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
-max_pool2d_forward(const real_t* x, real_t* y, int* argmax, int NC, int H, int W, int OH, int OW,
+max_pool2d_forward(const storage_t* x, storage_t* y, int* argmax, int NC, int H, int W, int OH, int OW,
                    int kh, int kw, int sh, int sw, int ph, int pw) {
     const index_t total = (index_t)NC * OH * OW;
     for (index_t i = global_thread_index(); i < total; i += global_thread_count()) {
         int oh, ow;
         const index_t plane = split_hw(i, OH, OW, &oh, &ow);
-        const real_t* xp = x + plane * H * W;
-        real_t best = 0;
+        const storage_t* xp = x + plane * H * W;
+        acc_t best = 0;
         int best_at = -1;
         for (int fh = 0; fh < kh; ++fh) {
             int ih = oh * sh - ph + fh;
@@ -49,7 +55,7 @@ max_pool2d_forward(const real_t* x, real_t* y, int* argmax, int NC, int H, int W
             for (int fw = 0; fw < kw; ++fw) {
                 int iw = ow * sw - pw + fw;
                 if (iw < 0 || iw >= W) continue;
-                real_t v = xp[ih * W + iw];
+                const acc_t v = to_acc(xp[ih * W + iw]);
                 if (best_at < 0) {
                     best = v;
                     best_at = fh * kw + fw;
@@ -60,13 +66,13 @@ max_pool2d_forward(const real_t* x, real_t* y, int* argmax, int NC, int H, int W
                 }
             }
         }
-        y[i] = best;
+        y[i] = from_acc(best);
         argmax[i] = best_at;
     }
 }
 
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
-max_pool2d_backward(const real_t* dy, const int* argmax, real_t* dx, int NC, int H, int W,
+max_pool2d_backward(const storage_t* dy, const int* argmax, storage_t* dx, int NC, int H, int W,
                     int OH, int OW, int kh, int kw, int sh, int sw, int ph, int pw) {
     const index_t total = (index_t)NC * H * W;
     for (index_t i = global_thread_index(); i < total; i += global_thread_count()) {
@@ -76,54 +82,54 @@ max_pool2d_backward(const real_t* dy, const int* argmax, real_t* dx, int NC, int
         int oh_lo, oh_hi, ow_lo, ow_hi;
         covering_range(ih, kh, sh, ph, OH, &oh_lo, &oh_hi);
         covering_range(iw, kw, sw, pw, OW, &ow_lo, &ow_hi);
-        real_t acc = 0;
+        acc_t acc = 0;
         for (int oh = oh_hi; oh >= oh_lo; --oh)
             for (int ow = ow_hi; ow >= ow_lo; --ow) {
                 index_t o = obase + oh * OW + ow;
                 int tap = (ih + ph - oh * sh) * kw + (iw + pw - ow * sw);
-                if (argmax[o] == tap) acc += dy[o];
+                if (argmax[o] == tap) acc += to_acc(dy[o]);
             }
-        dx[i] = acc;
+        dx[i] = from_acc(acc);
     }
 }
 
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
-avg_pool2d_forward(const real_t* x, real_t* y, int NC, int H, int W, int OH, int OW,
+avg_pool2d_forward(const storage_t* x, storage_t* y, int NC, int H, int W, int OH, int OW,
                    int kh, int kw, int sh, int sw, int ph, int pw) {
     const index_t total = (index_t)NC * OH * OW;
-    const real_t inv = (real_t)(1.0 / (double)(kh * kw));
+    const acc_t inv = (acc_t)(1.0 / (double)(kh * kw));
     for (index_t i = global_thread_index(); i < total; i += global_thread_count()) {
         int oh, ow;
         const index_t plane = split_hw(i, OH, OW, &oh, &ow);
-        const real_t* xp = x + plane * H * W;
-        real_t s = 0;
+        const storage_t* xp = x + plane * H * W;
+        acc_t s = 0;
         for (int fh = 0; fh < kh; ++fh) {
             int ih = oh * sh - ph + fh;
             if (ih < 0 || ih >= H) continue;
             for (int fw = 0; fw < kw; ++fw) {
                 int iw = ow * sw - pw + fw;
-                if (iw >= 0 && iw < W) s += xp[ih * W + iw];
+                if (iw >= 0 && iw < W) s += to_acc(xp[ih * W + iw]);
             }
         }
-        y[i] = s * inv;
+        y[i] = from_acc(s * inv);
     }
 }
 
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
-avg_pool2d_backward(const real_t* dy, real_t* dx, int NC, int H, int W, int OH, int OW,
+avg_pool2d_backward(const storage_t* dy, storage_t* dx, int NC, int H, int W, int OH, int OW,
                     int kh, int kw, int sh, int sw, int ph, int pw) {
     const index_t total = (index_t)NC * H * W;
-    const real_t inv = (real_t)(1.0 / (double)(kh * kw));
+    const acc_t inv = (acc_t)(1.0 / (double)(kh * kw));
     for (index_t i = global_thread_index(); i < total; i += global_thread_count()) {
         int ih, iw;
         const index_t plane = split_hw(i, H, W, &ih, &iw);
-        const real_t* dyp = dy + plane * OH * OW;
+        const storage_t* dyp = dy + plane * OH * OW;
         int oh_lo, oh_hi, ow_lo, ow_hi;
         covering_range(ih, kh, sh, ph, OH, &oh_lo, &oh_hi);
         covering_range(iw, kw, sw, pw, OW, &ow_lo, &ow_hi);
-        real_t s = 0;
+        acc_t s = 0;
         for (int oh = oh_hi; oh >= oh_lo; --oh)
-            for (int ow = ow_hi; ow >= ow_lo; --ow) s += mul_rn(dyp[oh * OW + ow], inv);
-        dx[i] = s;
+            for (int ow = ow_hi; ow >= ow_lo; --ow) s += mul_rn(to_acc(dyp[oh * OW + ow]), inv);
+        dx[i] = from_acc(s);
     }
 }

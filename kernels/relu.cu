@@ -4,67 +4,77 @@
 //                             -0.0 becomes +0.0), so results are bit-identical to the reference
 //   backward  dx = dy where x > 0, else 0   (x: the forward input, or its output: same sign test)
 //
-// Kernels (extern "C", real_t = float or double; 1-D grid-stride grids of GPUCONV_BLOCK threads):
+// Element types (common.cuh): arrays are storage_t, each value is widened to acc_t, and the
+// result rounded back once, which for ReLU returns the input's own value: bit-identical to the
+// reference in every dtype (a bfloat16 NaN comes back as the quiet NaN ml_dtypes makes of it).
+//
+// Kernels (extern "C"; 1-D grid-stride grids of GPUCONV_BLOCK threads):
 //   relu_forward_v1, relu_backward_v1   one element per thread and step.
 //   relu_forward_v2, relu_backward_v2   four elements per load/store (one 16-byte transaction in
-//                                       float32): the launcher uses them only when every pointer
-//                                       is aligned to sizeof(real4); the n % 4 tail elements are
-//                                       done one by one by the first threads.
+//                                       float32, 8 bytes in bfloat16/float16): the launcher uses
+//                                       them only when every pointer is aligned to
+//                                       sizeof(storage4), four elements; the n % 4 tail elements
+//                                       are done one by one by the first threads.
 //   bias_relu_forward                   y[n,c,...] = relu(x + b[c]) (relu flag) over NCHW with
 //                                       hw = H*W: the fused bias epilogue for layers that add a
 //                                       per-channel bias after a non-conv op.
 
-__device__ inline real_t relu_grad(real_t g, real_t a) { return a > 0 ? g : (real_t)0; }
+__device__ inline acc_t relu_grad(acc_t g, acc_t a) { return a > 0 ? g : (acc_t)0; }
+
+// One element of each direction, from and to storage: the v1 body, and v2's per-lane step.
+__device__ inline storage_t relu_fwd(storage_t x) { return from_acc(relu_value(to_acc(x))); }
+__device__ inline storage_t relu_bwd(storage_t g, storage_t a) { return from_acc(relu_grad(to_acc(g), to_acc(a))); }
 
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
-relu_forward_v1(const real_t* x, real_t* y, long long n) {
-    for (index_t i = global_thread_index(); i < n; i += global_thread_count()) y[i] = relu_value(x[i]);
+relu_forward_v1(const storage_t* x, storage_t* y, long long n) {
+    for (index_t i = global_thread_index(); i < n; i += global_thread_count()) y[i] = relu_fwd(x[i]);
 }
 
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
-relu_backward_v1(const real_t* dy, const real_t* x, real_t* dx, long long n) {
-    for (index_t i = global_thread_index(); i < n; i += global_thread_count()) dx[i] = relu_grad(dy[i], x[i]);
+relu_backward_v1(const storage_t* dy, const storage_t* x, storage_t* dx, long long n) {
+    for (index_t i = global_thread_index(); i < n; i += global_thread_count()) dx[i] = relu_bwd(dy[i], x[i]);
 }
 
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
-relu_forward_v2(const real_t* x, real_t* y, long long n) {
+relu_forward_v2(const storage_t* x, storage_t* y, long long n) {
     const index_t n4 = n / 4;
-    const real4* x4 = (const real4*)x;
-    real4* y4 = (real4*)y;
+    const storage4* x4 = (const storage4*)x;
+    storage4* y4 = (storage4*)y;
     for (index_t i = global_thread_index(); i < n4; i += global_thread_count()) {
-        real4 v = x4[i];
-        v.x = relu_value(v.x);
-        v.y = relu_value(v.y);
-        v.z = relu_value(v.z);
-        v.w = relu_value(v.w);
+        storage4 v = x4[i];
+        v.x = relu_fwd(v.x);
+        v.y = relu_fwd(v.y);
+        v.z = relu_fwd(v.z);
+        v.w = relu_fwd(v.w);
         y4[i] = v;
     }
     const index_t tail = n4 * 4 + global_thread_index();
-    if (tail < n) y[tail] = relu_value(x[tail]);
+    if (tail < n) y[tail] = relu_fwd(x[tail]);
 }
 
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
-relu_backward_v2(const real_t* dy, const real_t* x, real_t* dx, long long n) {
+relu_backward_v2(const storage_t* dy, const storage_t* x, storage_t* dx, long long n) {
     const index_t n4 = n / 4;
-    const real4* g4 = (const real4*)dy;
-    const real4* x4 = (const real4*)x;
-    real4* d4 = (real4*)dx;
+    const storage4* g4 = (const storage4*)dy;
+    const storage4* x4 = (const storage4*)x;
+    storage4* d4 = (storage4*)dx;
     for (index_t i = global_thread_index(); i < n4; i += global_thread_count()) {
-        real4 g = g4[i], a = x4[i], d;
-        d.x = relu_grad(g.x, a.x);
-        d.y = relu_grad(g.y, a.y);
-        d.z = relu_grad(g.z, a.z);
-        d.w = relu_grad(g.w, a.w);
+        const storage4 g = g4[i], a = x4[i];
+        storage4 d;
+        d.x = relu_bwd(g.x, a.x);
+        d.y = relu_bwd(g.y, a.y);
+        d.z = relu_bwd(g.z, a.z);
+        d.w = relu_bwd(g.w, a.w);
         d4[i] = d;
     }
     const index_t tail = n4 * 4 + global_thread_index();
-    if (tail < n) dx[tail] = relu_grad(dy[tail], x[tail]);
+    if (tail < n) dx[tail] = relu_bwd(dy[tail], x[tail]);
 }
 
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
-bias_relu_forward(const real_t* x, const real_t* b, real_t* y, long long n, int C, int hw, int relu) {
+bias_relu_forward(const storage_t* x, const storage_t* b, storage_t* y, long long n, int C, int hw, int relu) {
     for (index_t i = global_thread_index(); i < n; i += global_thread_count()) {
-        real_t v = x[i] + b[(i / hw) % C];
-        y[i] = relu ? relu_value(v) : v;
+        const acc_t v = to_acc(x[i]) + to_acc(b[(i / hw) % C]);
+        y[i] = from_acc(relu ? relu_value(v) : v);
     }
 }

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -16,6 +17,7 @@ from gpuconv import backend as B
 from gpuconv import kernels
 from gpuconv.data import CIFAR10_MEAN, CIFAR10_STD, DeviceLoader, crop_flip, normalize
 from gpuconv.data._launch_augment import augment_batch_kernel
+from gpuconv.precision import compute_dtype
 from test_nvrtc import needs_nvrtc
 
 
@@ -38,18 +40,20 @@ def draws(rng, n, b, padding, crop=True, do_flip=True):
     ((7, 2, 6, 3), 0, False, True, np.float32),    # flip only (odd width: the middle column stays)
     ((7, 3, 4, 4), 0, False, False, np.float32),   # gather + normalize only
     ((5, 3, 3, 3), 5, True, True, np.float32),     # padding wider than the image: all-zero crops
+    ((9, 3, 8, 8), 4, True, True, ml_dtypes.bfloat16),  # normalized in float32, rounded once
+    ((9, 3, 8, 8), 4, True, True, np.float16),
 ])
 def test_kernel_matches_the_array_path_bit_for_bit(shape, padding, crop, do_flip, dtype):
     rng = np.random.default_rng(sum(shape) + padding)
     images = rng.integers(0, 256, shape, dtype=np.uint8)
     c = shape[1]
-    mean = rng.uniform(50, 200, c).astype(dtype)
-    std = rng.uniform(20, 80, c).astype(dtype)
+    mean = rng.uniform(50, 200, c).astype(compute_dtype(dtype))
+    std = rng.uniform(20, 80, c).astype(compute_dtype(dtype))
     idx, oy, ox, flip = draws(rng, shape[0], 11, padding, crop, do_flip)
     got = augment_batch_kernel(images, idx, oy, ox, flip, mean, std, padding, dtype, target="sim")
     want = reference(images, idx, oy, ox, flip, padding, mean, std, dtype)
     assert got.dtype == np.dtype(dtype) and got.shape == want.shape
-    np.testing.assert_array_equal(got, want)
+    assert got.tobytes() == want.tobytes()
 
 
 def test_every_crop_offset_and_flip_pattern_is_exact():
@@ -90,11 +94,13 @@ def test_bad_arguments_are_named(kwargs, match):
 
 
 # ----------------------------------------------------------------------------- the loader routes it
-@pytest.mark.parametrize("shuffle, augment", [(True, True), (False, True), (True, False), (False, False)])
-def test_loader_on_sim_uses_the_kernel_and_matches_the_array_path(launches, shuffle, augment):
+@pytest.mark.parametrize("shuffle, augment, dtype", [(True, True, np.float32), (False, True, np.float32),
+                                                     (True, False, np.float32), (False, False, np.float32),
+                                                     (True, True, ml_dtypes.bfloat16), (True, True, np.float16)])
+def test_loader_on_sim_uses_the_kernel_and_matches_the_array_path(launches, shuffle, augment, dtype):
     x = np.random.default_rng(3).integers(0, 256, (37, 3, 8, 8), dtype=np.uint8)
     y = np.arange(37)
-    kw = dict(batch_size=10, shuffle=shuffle, augment=augment, seed=5, padding=3)
+    kw = dict(batch_size=10, shuffle=shuffle, augment=augment, seed=5, padding=3, dtype=dtype)
     with gpuconv.default_device("sim"):
         fused = DeviceLoader(x, y, **kw)
         array = DeviceLoader(x, y, fused=False, **kw)
@@ -105,9 +111,10 @@ def test_loader_on_sim_uses_the_kernel_and_matches_the_array_path(launches, shuf
         assert launches.names == ["augment_batch"] * 4
         want = list(array)
         assert launches.names == ["augment_batch"] * 4  # the array path launched nothing
+    assert {rec.build for rec in launches} == {np.dtype(dtype).name.replace("float32", "float")}
     for (xa, ya), (xb, yb) in zip(got, want, strict=True):
-        assert xa.dtype == xb.dtype == np.float32
-        np.testing.assert_array_equal(xa, xb)
+        assert xa.dtype == xb.dtype == dtype
+        assert xa.tobytes() == xb.tobytes()
         np.testing.assert_array_equal(ya, yb)
 
 

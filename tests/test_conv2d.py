@@ -209,7 +209,7 @@ def test_linearity_and_adjoint_identity(backend, g, c, k, seed):
 def test_registered_launcher_runs_on_its_target_only(backend, monkeypatch):
     calls = []
 
-    def launcher(x, w, b, stride, padding, *, target):
+    def launcher(x, w, b, stride, padding, tf32, *, target):
         calls.append(target)
         return NotImplemented if stride == (2, 2) else ("kernel", target)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 
+import ml_dtypes
 import numpy as np
 import pytest
 from hypothesis import assume, given, settings
@@ -186,7 +187,7 @@ def test_conv2d_v3_tiles_straddle_128_and_launch_256_threads(monkeypatch, launch
     with kernels.use_variant(**conv_variants("v3")):
         dw = LC.conv2d_backward_weight_kernel(dy, x, w.shape, stride, pad, target="sim")
     assert launches.names == ["conv2d_backward_weight_v3", "conv2d_reduce_splits"]
-    (_, grid, block, _), _ = launches
+    (_, grid, block, *_), _ = launches
     assert grid[:2] == (2, 2) and grid[2] > 1 and block == (256, 1, 1)
     np.testing.assert_allclose(dw, ref_conv_backward(dy, x, w, stride, pad)[1], rtol=1e-4, atol=1e-4)
 
@@ -417,17 +418,20 @@ def test_relu_misaligned_views_fall_back_to_v1(launches):
     np.testing.assert_array_equal(y, np.maximum(x, 0))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, ml_dtypes.bfloat16, np.float16], ids=["f32", "bf16", "f16"])
 @pytest.mark.parametrize("relu", [0, 1])
-def test_bias_relu_forward_kernel(relu):
+def test_bias_relu_forward_kernel(relu, dtype):
+    """relu(x + b): the sum in float32, rounded once (bfloat16/float16 by the precision rule)."""
     rng = np.random.default_rng(12)
-    x = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
-    b = rng.standard_normal(3).astype(np.float32)
+    x = rng.standard_normal((2, 3, 4, 5)).astype(dtype)
+    b = rng.standard_normal(3).astype(dtype)
     y = np.empty_like(x)
     grid, block = kernels.grid_1d(x.size)
-    kernels.launch("relu", "bias_relu_forward", np.float32, "sim", grid, block,
+    kernels.launch("relu", "bias_relu_forward", dtype, "sim", grid, block,
                    (x, b, y, np.int64(x.size), np.int32(3), np.int32(20), np.int32(relu)))
-    ref = x + b[None, :, None, None]
-    np.testing.assert_array_equal(y, np.maximum(ref, np.float32(0)) if relu else ref)
+    ref = x.astype(np.float32) + b.astype(np.float32)[None, :, None, None]
+    ref = (np.maximum(ref, np.float32(0)) if relu else ref).astype(dtype)
+    assert y.tobytes() == ref.tobytes()
 
 
 @HYPO
@@ -496,14 +500,27 @@ def test_variant_selection_and_errors(monkeypatch):
 
 def test_registry_sources_and_memoization():
     src = kernels.build_source("pool2d", np.float64)
-    assert src.startswith("typedef double real_t;\n")
+    assert src.startswith("#define GPUCONV_STORAGE double\n#define GPUCONV_ACC double\n#define GPUCONV_TF32 0\n")
+    assert kernels.build_source("relu", ml_dtypes.bfloat16).startswith("#define GPUCONV_STORAGE bf16_t\n#define GPUCONV_ACC float\n")
+    assert kernels.build_source("relu", np.float16).startswith("#define GPUCONV_STORAGE half_t\n#define GPUCONV_ACC float\n")
+    assert "#define GPUCONV_TF32 1\n" in kernels.build_source("conv2d", np.float32, tf32=True)
     assert '#line 1 "kernels/common.cuh"' in src and '#line 1 "kernels/pool2d.cu"' in src
     assert "#include" not in src.replace("no #include", "")
     assert (kernels.kernel_dir() / "conv2d.cu").is_file()
     assert kernels.get_module("relu", np.float32, "sim") is kernels.get_module("relu", np.float32, "sim")
     assert kernels.get_module("relu", np.float64, "sim") is not kernels.get_module("relu", np.float32, "sim")
-    with pytest.raises(TypeError, match=r"float16.*astype\(np.float32\)"):
-        kernels.build_source("relu", np.float16)
+    # Memoized per dtype and TF32: five builds of one file, each its own module.
+    mods = {(dt, tf32): kernels.get_module("relu", dt, "sim", tf32=tf32)
+            for dt, tf32 in [(np.float32, False), (np.float32, True), (np.float64, False),
+                             (ml_dtypes.bfloat16, False), (np.float16, False)]}
+    assert len({id(m) for m in mods.values()}) == 5
+    assert kernels.get_module("relu", ml_dtypes.bfloat16, "sim") is mods[(ml_dtypes.bfloat16, False)]
+    with pytest.raises(TypeError, match=r"kernel dtype int32 is not supported: the kernels build for float64, "
+                                        r"float32, bfloat16 \(ml_dtypes.bfloat16\) or float16; convert with "
+                                        r"x.astype\(np.float32\)"):
+        kernels.build_source("relu", np.int32)
+    with pytest.raises(ValueError, match=r"dtype bfloat16 has no TF32 build"):
+        kernels.build_source("relu", ml_dtypes.bfloat16, tf32=True)
     with pytest.raises(ValueError, match="kernel target 'gpu'"):
         kernels.get_module("relu", np.float32, "gpu")
     with pytest.raises(FileNotFoundError, match="the kernel files are conv2d, pool2d, relu"):
@@ -513,7 +530,7 @@ def test_registry_sources_and_memoization():
 def test_sim_compile_error_names_file_and_line(tmp_path, monkeypatch):
     src = kernels.kernel_dir()
     (tmp_path / "common.cuh").write_text((src / "common.cuh").read_text())
-    (tmp_path / "broken_sim.cu").write_text('extern "C" __global__ void k(real_t* y) {\n'
+    (tmp_path / "broken_sim.cu").write_text('extern "C" __global__ void k(storage_t* y) {\n'
                                             "    y[0] = undefined_name;\n}\n")
     monkeypatch.setenv("GPUCONV_KERNELS_DIR", str(tmp_path))
     with pytest.raises(kernels.KernelCompileError, match=r"kernels/broken_sim\.cu:2.*undefined_name"):
@@ -669,7 +686,7 @@ def test_cuda_launch_runs_on_the_arrays_or_the_given_device(monkeypatch):
         class cuda:
             Device = FakeDevice
 
-    def get_function(op_file, name, dtype, target, device=None):
+    def get_function(op_file, name, dtype, target, device=None, tf32=False):
         return lambda grid, block, args, shared_mem=0: calls.append((name, device, entered[-1], grid, block))
 
     monkeypatch.setattr(B, "cupy_module", lambda: FakeCupy)

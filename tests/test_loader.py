@@ -171,7 +171,7 @@ def test_real_subset_batches_are_normalized(subset_dir, backend):
     ({"seed": -1}, ValueError, "seed=-1"),
     ({"mean": (1.0, 2.0)}, ValueError, r"one value per channel \(3\)"),
     ({"images": np.zeros((4, 32, 32, 3), np.uint8)}, ValueError, r"look channels-last.*transpose\(0, 3, 1, 2\)"),
-    ({"dtype": np.int32}, TypeError, "float32 or float64"),
+    ({"dtype": np.int32}, TypeError, r"float64, float32, bfloat16 \(ml_dtypes.bfloat16\) or float16"),
 ])
 def test_bad_arguments(kwargs, err, match):
     args = {"images": np.zeros((4, 3, 32, 32), np.uint8), "labels": np.arange(4), "batch_size": 2, **kwargs}

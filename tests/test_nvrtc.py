@@ -1,6 +1,7 @@
-"""Every kernel file compiles with NVRTC for compute_80 and compute_90, in float32 and float64,
-without a GPU; with nvcc present, ptxas reports registers and shared memory per kernel and the
-tuned convolution kernels do not spill to local memory. The GPU path (CuPy faked, NVRTC real)
+"""Every kernel file compiles with NVRTC for compute_80 and compute_90 in every build (float32,
+float64, bfloat16, float16, and conv2d's TF32 build), without a GPU; with nvcc present, ptxas
+reports registers and shared memory per kernel and the tuned convolution kernels of every
+float32-accumulating build do not spill to local memory. The GPU path (CuPy faked, NVRTC real)
 builds a CUBIN for the device's arch (PTX where NVRTC lacks it) without flush-to-zero, caches it
 on disk in $GPUCONV_CUDA_CACHE, and reports compile and load errors with file and line."""
 from __future__ import annotations
@@ -12,6 +13,7 @@ import subprocess
 import types
 import warnings
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -39,6 +41,10 @@ ENTRIES = {
     "dropout": ["dropout_forward", "dropout_backward"],
     "stream_hold": ["stream_hold"],
 }
+# (dtype, tf32) of every build: the four storage dtypes, and float32 with TF32 operands (which only
+# conv2d's GEMMs use; the other files build it too, identically).
+BUILDS = {"f32": (np.float32, False), "f64": (np.float64, False), "bf16": (ml_dtypes.bfloat16, False),
+          "f16": (np.float16, False), "tf32": (np.float32, True)}
 TUNED = ["conv2d_forward_v2", "conv2d_backward_data_v2", "conv2d_backward_weight_v2",
          "conv2d_forward_v3", "conv2d_backward_data_v3", "conv2d_backward_weight_v3"]
 
@@ -48,17 +54,31 @@ def test_entry_table_covers_every_kernel_file():
 
 
 @needs_nvrtc
-@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("build", ["f32", "f64", "bf16", "f16"])
 @pytest.mark.parametrize("arch", ["compute_80", "compute_90"])
 @pytest.mark.parametrize("op_file", kernels.KERNEL_FILES)
-def test_compiles_with_nvrtc(op_file, arch, dtype):
-    ptx = kernels.nvrtc_check(op_file, arch, dtype)
+def test_compiles_with_nvrtc(op_file, arch, build):
+    dtype, tf32 = BUILDS[build]
+    ptx = kernels.nvrtc_check(op_file, arch, dtype, tf32)
     assert f".target sm_{arch[-2:]}" in ptx
     entries = set(re.findall(r"\.entry\s+(\w+)", ptx))
     assert entries == set(ENTRIES[op_file]), f"{op_file}.cu exports {sorted(entries)}"
-    # The float64 build really computes in double (the gradient checks rely on it).
-    if dtype is np.float64 and op_file == "conv2d":
-        assert ".f64" in ptx
+    # The float64 build really computes in double (the gradient checks rely on it); the others
+    # compute in float32, and none of them rounds to TF32.
+    if op_file == "conv2d":
+        assert (".f64" in ptx) == (build == "f64")
+        assert "cvt.rna.tf32.f32" not in ptx
+    if build in ("bf16", "f16"):  # 2-byte stores (and loads): the storage really is 16-bit
+        assert re.search(r"st\.global\.[ub]16", ptx), "no 16-bit global store"
+
+
+@needs_nvrtc
+@pytest.mark.parametrize("arch", ["compute_80", "compute_90"])
+def test_conv2d_tf32_build_rounds_its_operands_with_cvt_rna(arch):
+    ptx = kernels.nvrtc_check("conv2d", arch, np.float32, tf32=True)
+    entries = set(re.findall(r"\.entry\s+(\w+)", ptx))
+    assert entries == set(ENTRIES["conv2d"])
+    assert "cvt.rna.tf32.f32" in ptx and ".f64" not in ptx
 
 
 @pytest.fixture
@@ -67,7 +87,7 @@ def broken_kernels(tmp_path, monkeypatch):
     src, kdir = kernels.kernel_dir(), tmp_path / "kernels"
     kdir.mkdir()
     (kdir / "common.cuh").write_text((src / "common.cuh").read_text())
-    (kdir / "broken.cu").write_text('extern "C" __global__ void k(real_t* y) {\n    y[0] = undefined_name;\n}\n')
+    (kdir / "broken.cu").write_text('extern "C" __global__ void k(storage_t* y) {\n    y[0] = undefined_name;\n}\n')
     monkeypatch.setenv("GPUCONV_KERNELS_DIR", str(kdir))
     return kdir
 
@@ -79,9 +99,9 @@ def test_compile_error_names_file_and_line(broken_kernels):
         kernels.nvrtc_check("broken", "compute_80", np.float32)
 
 
-def _ptxas_report(op_file, dtype, tmp_path):
+def _ptxas_report(op_file, dtype, tmp_path, tf32=False):
     cu = tmp_path / f"{op_file}.cu"
-    cu.write_text(kernels.build_source(op_file, dtype))
+    cu.write_text(kernels.build_source(op_file, dtype, tf32))
     proc = subprocess.run(["nvcc", "-cubin", "-arch=sm_90", *kernels.NVRTC_OPTIONS, "--resource-usage", str(cu),
                            "-o", str(tmp_path / f"{op_file}.cubin")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
@@ -102,23 +122,28 @@ def _ptxas_report(op_file, dtype, tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH (ptxas resource report needs it)")
-@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
-def test_ptxas_resource_usage(tmp_path, dtype, capsys):
+@pytest.mark.parametrize("build", list(BUILDS))
+def test_ptxas_resource_usage(tmp_path, build, capsys):
+    dtype, tf32 = BUILDS[build]
     lines, reports = [], {}
-    for op_file in kernels.KERNEL_FILES:
-        report = reports[op_file] = _ptxas_report(op_file, dtype, tmp_path)
+    for op_file in kernels.KERNEL_FILES if not tf32 else ["conv2d"]:
+        report = reports[op_file] = _ptxas_report(op_file, dtype, tmp_path, tf32)
         assert set(report) == set(ENTRIES[op_file])
         for name in ENTRIES[op_file]:
             r = report[name]
-            lines.append(f"sm_90 {np.dtype(dtype).name:7s} {name:28s} {r['registers']:4d} registers "
+            lines.append(f"sm_90 {build:5s} {name:28s} {r['registers']:4d} registers "
                          f"{r['smem']:6d} B smem  {r['spill']} B spilled")
             assert r["registers"] <= 255
     with capsys.disabled():
         print("\n" + "\n".join(lines))
-    if dtype is np.float32:  # float64 doubles the register tiles; only the production dtype must not spill
+    # float64 doubles the register tiles; the builds that accumulate in float32 must not spill
+    # (bf16/fp16 stage float32 tiles: the same registers and shared memory as float32).
+    if build != "f64":
         report = reports["conv2d"]
-        for name in TUNED:
-            assert report[name]["spill"] == 0, f"{name} spills {report[name]['spill']} bytes to local memory"
+        for name in ENTRIES["conv2d"]:
+            assert report[name]["spill"] == 0, f"{name} ({build}) spills {report[name]['spill']} bytes to local memory"
+        for name in TUNED:  # float32 tiles in shared memory, whatever the storage
+            assert report[name]["smem"] == (4352 if name.endswith("_v2") else 16896), (name, report[name])
 
 
 # ----------------------------------------------------------------------------- the GPU path, faked

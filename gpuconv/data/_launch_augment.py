@@ -12,6 +12,7 @@ import numpy as np
 
 from .. import kernels
 from ..backend import get_array_module
+from ..precision import compute_dtype
 
 
 def _vector(xp, name, v, dtype, b):
@@ -26,7 +27,8 @@ def augment_batch_kernel(images, index, offsets_y, offsets_x, flip, mean, std, p
 
     ``images`` uint8 (N, C, H, W) C-contiguous; ``index`` integers (B,); ``offsets_y`` and
     ``offsets_x`` integers (B,) in [0, 2 * padding] or both None (no crop); ``flip`` bools (B,)
-    or None; ``mean``/``std`` (C,) arrays of ``dtype`` on the images' device."""
+    or None; ``mean``/``std`` (C,) arrays on the images' device, taken in ``dtype``'s compute dtype
+    (float32 for a bfloat16/float16 batch: normalized in float32, rounded once)."""
     xp = get_array_module(images, index, mean, std)
     if images.dtype != np.uint8 or images.ndim != 4:
         raise TypeError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
@@ -48,8 +50,8 @@ def augment_batch_kernel(images, index, offsets_y, offsets_x, flip, mean, std, p
     oy = _vector(xp, "offsets_y", offsets_y, np.int64, b) if crop else index
     ox = _vector(xp, "offsets_x", offsets_x, np.int64, b) if crop else index
     fl = _vector(xp, "flip", flip, np.bool_, b) if do_flip else xp.zeros(1, dtype=np.bool_)
-    mean = xp.ascontiguousarray(mean.reshape(-1), dtype=dtype)
-    std = xp.ascontiguousarray(std.reshape(-1), dtype=dtype)
+    mean = xp.ascontiguousarray(mean.reshape(-1), dtype=compute_dtype(dtype))
+    std = xp.ascontiguousarray(std.reshape(-1), dtype=compute_dtype(dtype))
     if mean.shape != (c,) or std.shape != (c,):
         raise ValueError(f"mean and std need one value per channel ({c}), got {mean.shape[0]} and {std.shape[0]}")
     out = xp.empty((b, c, h, w), dtype=dtype)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import precision
 from ..backend import device_of, get_array_module, is_cupy_array, to_device
 
 # Per-channel (R, G, B) mean and standard deviation of the 50,000 CIFAR-10 training images,
@@ -102,25 +103,27 @@ def random_flip(images, rng=None):
 
 
 def normalize(images, mean=CIFAR10_MEAN, std=CIFAR10_STD, dtype=np.float32):
-    """(images - mean) / std per channel, as ``dtype`` (float32 or float64), NCHW.
+    """(images - mean) / std per channel, as ``dtype`` (float32, float64, bfloat16 or float16), NCHW.
 
     ``images`` must be uint8 because ``mean``/``std`` are on the 0-255 scale: a float batch
-    already in [0, 1] would be silently wrong."""
+    already in [0, 1] would be silently wrong. A bfloat16/float16 batch is normalized in float32
+    (mean and std taken as float32) and rounded once (gpuconv.precision)."""
     _check_images(images)
     xp = get_array_module(images)
     if images.dtype != np.uint8:
         raise TypeError(f"images must be uint8 (0-255 pixels; mean/std are on that scale), got "
                         f"{images.dtype}; pass the raw images, or images.astype(np.uint8) if they hold 0-255 values")
     dtype = np.dtype(dtype)
-    if dtype not in (np.float32, np.float64):
-        raise TypeError(f"dtype={dtype} must be float32 or float64")
+    if dtype not in precision.DTYPES:
+        raise TypeError(f"dtype={dtype} must be {precision.DTYPE_NAMES}")
+    acc = precision.compute_dtype(dtype)
     c = images.shape[1]
-    mean = xp.asarray(mean, dtype=dtype).reshape(-1)
-    std = xp.asarray(std, dtype=dtype).reshape(-1)
+    mean = xp.asarray(mean, dtype=acc).reshape(-1)
+    std = xp.asarray(std, dtype=acc).reshape(-1)
     if mean.shape != (c,) or std.shape != (c,):
         raise ValueError(f"mean and std need one value per channel ({c}), got {mean.shape[0]} and "
                          f"{std.shape[0]}")
-    out = images.astype(dtype)
+    out = images.astype(acc)
     out -= mean.reshape(1, c, 1, 1)
     out /= std.reshape(1, c, 1, 1)
-    return out
+    return precision.round_once(out, dtype)

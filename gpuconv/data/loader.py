@@ -17,6 +17,7 @@ import math
 
 import numpy as np
 
+from .. import precision
 from ..backend import Device, get_array_module, get_default_device, is_cupy_array, to_device
 from ..backend import kernel_target as _kernel_target
 from ..counter_rng import splitmix64, uniform_below
@@ -71,8 +72,8 @@ class DeviceLoader:
             raise ValueError(f"fused={fused!r} must be None (the kernel where there is a target), True or False")
         self.fused = fused
         self.dtype = np.dtype(dtype)
-        if self.dtype not in (np.float32, np.float64):
-            raise TypeError(f"dtype={self.dtype} must be float32 or float64")
+        if self.dtype not in precision.DTYPES:
+            raise TypeError(f"dtype={self.dtype} must be {precision.DTYPE_NAMES}")
         c = images.shape[1]
         if np.size(mean) != c and images.shape[3] == np.size(mean):
             raise ValueError(f"images of shape {tuple(images.shape)} look channels-last (N, H, W, C) but the loader "
@@ -86,8 +87,9 @@ class DeviceLoader:
         # The only uploads: the data set (uint8, once) and the normalization constants.
         self.images = to_device(images, self.device)
         self.labels = to_device(labels.astype(np.int64, copy=False), self.device)
-        self._mean = to_device(np.asarray(mean, dtype=self.dtype), self.device)
-        self._std = to_device(np.asarray(std, dtype=self.dtype), self.device)
+        # In the compute dtype: a bfloat16/float16 batch is normalized in float32, rounded once.
+        self._mean = to_device(np.asarray(mean, dtype=precision.compute_dtype(self.dtype)), self.device)
+        self._std = to_device(np.asarray(std, dtype=precision.compute_dtype(self.dtype)), self.device)
         self.num_samples = n
         self.epoch = 0
         self.start_batch = 0

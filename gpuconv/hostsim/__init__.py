@@ -10,7 +10,8 @@ Design (GUIDE.md section 4):
   ``__global__``/``__device__``/``__shared__``/``threadIdx``... onto plain C++. Python finds the
   ``extern "C" __global__`` kernels and appends an entry point per kernel that unpacks a
   ``void*`` argument array, and one that reports the parameter types as the compiler resolved
-  them (so the argument checks see through typedefs such as ``real_t``).
+  them (so the argument checks see through typedefs such as ``storage_t``; a struct element
+  type that names its NumPy dtype, as ``bf16_t`` does, is checked as that dtype).
 - Blocks run one after another. Each thread of a block is a fiber with its own mmap'd stack
   and a guard page; a fiber runs until ``__syncthreads``, a warp collective or its end, so a
   kernel without barriers costs two switches (~5 ns each on x86-64) per thread.

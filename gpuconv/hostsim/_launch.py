@@ -6,11 +6,13 @@ import dataclasses
 import os
 import threading
 
+import ml_dtypes  # noqa: F401  (registers bfloat16 with NumPy: np.dtype('bfloat16'))
 import numpy as np
 
 from ._errors import BarrierDivergence, SimulatorError
 from ._source import KernelDecl
 
+# Codes of the signature ("=name": a struct element type naming its NumPy dtype, e.g. bfloat16).
 _DTYPES = {"f4": np.float32, "f8": np.float64, "i1": np.int8, "i2": np.int16, "i4": np.int32, "i8": np.int64,
            "u1": np.uint8, "u2": np.uint16, "u4": np.uint32, "u8": np.uint64, "b1": np.bool_}
 _CTYPES = {"f4": ctypes.c_float, "f8": ctypes.c_double, "i1": ctypes.c_int8, "i2": ctypes.c_int16,
@@ -37,11 +39,13 @@ class ArgType:
 
     @property
     def dtype(self):
+        if self.code.startswith("="):
+            return np.dtype(self.code[1:])
         base = self.code[2:] if self.code.startswith("v") else self.code
         return None if self.code == "void" else np.dtype(_DTYPES[base])
 
     def __str__(self):
-        base = _VEC_NAME.get(self.code) or _C_NAME.get(self.code, self.code)
+        base = _VEC_NAME.get(self.code) or _C_NAME.get(self.code, self.code.lstrip("="))
         return ("const " if self.const else "") + base + ("*" if self.pointer else "")
 
 

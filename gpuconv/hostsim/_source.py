@@ -12,6 +12,8 @@ _GLOBAL = re.compile(r'\b__global__\b')
 _HEAD = re.compile(r'\s*(?:__launch_bounds__\s*\([^)]*\)\s*)?void\s+'
                    r'(?:__launch_bounds__\s*\([^)]*\)\s*)?([A-Za-z_]\w*)\s*\(')
 _TYPEDEF = re.compile(r'\btypedef\s+([\w\s]+?)\s+([A-Za-z_]\w*)\s*;|\busing\s+([A-Za-z_]\w*)\s*=\s*([\w\s]+?)\s*;')
+# `#define NAME type`: the registry names the element types this way (GPUCONV_STORAGE bf16_t).
+_DEFINE = re.compile(r'^[ \t]*#[ \t]*define[ \t]+([A-Za-z_]\w*)[ \t]+([A-Za-z_][\w \t]*?)[ \t]*$', re.M)
 _EXTERN_SHARED = re.compile(
     r'\bextern\s+__shared__\s+((?:__align__\s*\(\s*\d+\s*\)\s*)*)([A-Za-z_][\w\s]*?)\s*'
     r'((?:__align__\s*\(\s*\d+\s*\)\s*)*)\b([A-Za-z_]\w*)\s*\[\s*\]\s*;')
@@ -47,7 +49,8 @@ def strip_comments(text: str) -> str:
 
 
 def typedefs(clean: str) -> dict[str, str]:
-    out = {}
+    """Type aliases: typedefs, usings, and one-word-type #defines (for the parameters' names in messages)."""
+    out = {m.group(1): " ".join(m.group(2).split()) for m in _DEFINE.finditer(clean)}
     for m in _TYPEDEF.finditer(clean):
         alias, target = (m.group(2), m.group(1)) if m.group(2) else (m.group(3), m.group(4))
         out[alias] = " ".join(target.split())
@@ -75,7 +78,7 @@ def _parse_param(text: str, aliases: dict[str, str]) -> Param:
         name = words.pop()
     resolved = []
     for w in words:
-        for _ in range(8):  # typedef chains, e.g. real_t -> scalar_t -> float
+        for _ in range(8):  # alias chains, e.g. storage_t -> GPUCONV_STORAGE -> bf16_t
             if w in aliases and w != aliases[w]:
                 w = aliases[w]
             else:

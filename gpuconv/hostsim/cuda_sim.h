@@ -198,6 +198,10 @@ GPUCONV_VNAME(float2, "v2f4") GPUCONV_VNAME(float3, "v3f4") GPUCONV_VNAME(float4
 GPUCONV_VNAME(double2, "v2f8") GPUCONV_VNAME(double4, "v4f8") GPUCONV_VNAME(int2, "v2i4")
 GPUCONV_VNAME(int3, "v3i4") GPUCONV_VNAME(int4, "v4i4") GPUCONV_VNAME(uint2, "v2u4")
 GPUCONV_VNAME(uint4, "v4u4") GPUCONV_VNAME(uchar4, "v4u1") GPUCONV_VNAME(longlong2, "v2i8")
+// A struct element type that names its NumPy dtype (static constexpr const char* numpy_dtype,
+// as kernels/common.cuh's bf16_t and half_t do) is reported as "=<dtype name>".
+template <class T, class = void> struct HasNumpyDtype : std::false_type {};
+template <class T> struct HasNumpyDtype<T, std::void_t<decltype(T::numpy_dtype)>> : std::true_type {};
 template <class T> inline void put_type(char* b) {
   char tmp[16];
   if constexpr (std::is_pointer<T>::value) {
@@ -214,6 +218,8 @@ template <class T> inline void put_type(char* b) {
     strcat(b, tmp);
   } else if constexpr (VecName<T>::name != nullptr) {
     strcat(b, VecName<T>::name);
+  } else if constexpr (HasNumpyDtype<T>::value) {
+    strcat(b, "="); strcat(b, T::numpy_dtype);
   } else {
     snprintf(tmp, sizeof tmp, "?%zu", sizeof(T)); strcat(b, tmp);
   }

@@ -1,7 +1,9 @@
 """Functional ops, forward and backward, written once for NumPy and CuPy arrays.
 
 Each ``*_forward`` returns ``(y, cache)`` and each ``*_backward`` takes ``(dy, cache)``; NCHW
-tensors, OIHW weights, float32 by default and float64 for gradient checks. Every op validates
+tensors, OIHW weights, float32 by default, float64 for gradient checks, bfloat16 and float16 by
+the precision rule of :mod:`gpuconv.precision` (computed in float32, rounded once); conv2d and
+linear also take ``precision='tf32'`` on float32. Every op validates
 its arguments, then runs a CUDA kernel launcher when one is registered for the arrays' target
 (see ``gpuconv.ops._dispatch``), else the NumPy/CuPy reference beside it.
 """

@@ -8,7 +8,7 @@ import numbers
 
 import numpy as np
 
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+from ..precision import DTYPE_NAMES, DTYPES, compute_dtype
 
 
 def check_array(name, a):
@@ -20,11 +20,11 @@ def check_array(name, a):
 
 
 def check_float(name, a):
-    """``a`` must be a float32 or float64 array (float32 is the default, float64 for gradient checks)."""
+    """``a`` must be a float64, float32 (the default), bfloat16 or float16 array (gpuconv.precision)."""
     check_array(name, a)
-    if a.dtype not in _FLOATS:
-        raise TypeError(f"{name} has dtype {a.dtype}, but ops take float32 (default) or float64 arrays: "
-                        f"convert it with {name}.astype(np.float32)")
+    if a.dtype not in DTYPES:
+        raise TypeError(f"{name} has dtype {a.dtype}, but ops take {DTYPE_NAMES} arrays (float32 is the "
+                        f"default, float64 for gradient checks): convert it with {name}.astype(np.float32)")
     return a
 
 
@@ -36,7 +36,21 @@ def check_same_dtype(ref_name, ref, **others):
         check_float(name, a)
         if a.dtype != ref.dtype:
             raise TypeError(f"{name} has dtype {a.dtype} but {ref_name} has dtype {ref.dtype}: an op runs in "
-                            f"one precision, so cast one of them, e.g. {name}.astype({ref_name}.dtype)")
+                            f"one precision, so cast one of them, e.g. {name}.astype({ref_name}.dtype) (for mixed "
+                            "precision keep the float32 master copy and pass its cast)")
+
+
+def check_compute_dtype(ref_name, ref, why, **others):
+    """All of ``others`` (None skipped) have the dtype ``ref``'s values are computed in: float64
+    for float64, float32 for the rest (``why`` says what keeps them there)."""
+    want = compute_dtype(ref.dtype)
+    for name, a in others.items():
+        if a is None:
+            continue
+        check_float(name, a)
+        if a.dtype != want:
+            raise TypeError(f"{name} has dtype {a.dtype} but {ref_name} has dtype {ref.dtype}: {why}, so {name} "
+                            f"must be {want} for a {ref.dtype} {ref_name}: pass {name}.astype(np.{want})")
 
 
 def check_rank(name, a, ndim, layout=None):

@@ -4,6 +4,10 @@ Registered with :mod:`gpuconv.ops._dispatch` for the 'cuda' and 'sim' targets: t
 arguments of the NumPy reference beside them in ``conv2d.py`` and return the same values and
 the same ``Conv2dCache``. Arrays stay where they are (NumPy on 'sim', CuPy on 'cuda'); scalars
 go as np.int32 / np.int64 exactly as the kernel signatures declare them (the simulator checks).
+
+Precision: each launch runs the kernels' build for the arrays' dtype (float64, float32,
+bfloat16, float16: float32 accumulation for the last two), and the TF32 build of float32 when
+the op resolved ``tf32`` (gpuconv.precision). Variants are chosen per (family, dtype).
 """
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import numpy as np
 
 from .. import kernels
 from ..backend import get_array_module
+from ..precision import compute_dtype
 from ._checks import output_hw
 from ._dispatch import register_launcher
 from .conv2d import Conv2dCache
@@ -73,7 +78,7 @@ def weight_splits(l_total, tiles, target, device=None):
 
 
 @register_launcher("conv2d_forward")
-def conv2d_forward_kernel(x, w, b, stride, padding, *, target, relu=False):
+def conv2d_forward_kernel(x, w, b, stride, padding, tf32=False, *, target, relu=False):
     xp = get_array_module(x, w, b)
     x, w = xp.ascontiguousarray(x), xp.ascontiguousarray(w)
     b = None if b is None else xp.ascontiguousarray(b)
@@ -82,26 +87,26 @@ def conv2d_forward_kernel(x, w, b, stride, padding, *, target, relu=False):
     if y.size:
         dims = _i32(n, c, h, wd, k, fh, fw, oh, ow, *stride, *padding, b is not None, relu)
         args = (x, w, w if b is None else b, y) + dims  # w stands in for a missing bias (never read)
-        var = kernels.variant("conv2d_forward")
+        var = kernels.variant("conv2d_forward", x.dtype)
         if var == "v1" or not _fits_int(n * oh * ow, c * fh * fw):
             var = "v1"  # the tiled kernels index GEMM rows in int; v1's indices are 64-bit
         name = f"conv2d_forward_{var}"
         device = kernels.array_device([x])
         grid, block = geometry(name, target, device, rows=n * oh * ow, cols=k, elements=y.size)
-        kernels.launch("conv2d", name, x.dtype, target, grid, block, args, device=device)
+        kernels.launch("conv2d", name, x.dtype, target, grid, block, args, device=device, tf32=tf32)
     return y, Conv2dCache(x, w, b is not None, stride, padding)
 
 
 @register_launcher("conv2d_backward")
-def conv2d_backward_kernel(dy, cache, need_dx=True, *, target):
+def conv2d_backward_kernel(dy, cache, need_dx=True, tf32=False, *, target):
     x, w, has_bias, stride, padding = cache
-    dx = conv2d_backward_data_kernel(dy, w, x.shape, stride, padding, target=target) if need_dx else None
-    dw = conv2d_backward_weight_kernel(dy, x, w.shape, stride, padding, target=target)
+    dx = conv2d_backward_data_kernel(dy, w, x.shape, stride, padding, tf32, target=target) if need_dx else None
+    dw = conv2d_backward_weight_kernel(dy, x, w.shape, stride, padding, tf32, target=target)
     db = conv2d_backward_bias_kernel(dy, target=target) if has_bias else None
     return dx, dw, db
 
 
-def conv2d_backward_data_kernel(dy, w, x_shape, stride, padding, *, target):
+def conv2d_backward_data_kernel(dy, w, x_shape, stride, padding, tf32=False, *, target):
     """dx of shape ``x_shape`` from ``dy`` and the filters ``w``."""
     xp = get_array_module(dy, w)
     dy, w = xp.ascontiguousarray(dy), xp.ascontiguousarray(w)
@@ -113,18 +118,23 @@ def conv2d_backward_data_kernel(dy, w, x_shape, stride, padding, *, target):
         dx[...] = 0
         return dx
     args = (dy, w, dx) + _i32(n, c, h, wd, k, fh, fw, oh, ow, *stride, *padding)
-    var = kernels.variant("conv2d_backward_data")
+    var = kernels.variant("conv2d_backward_data", dy.dtype)
     if var == "v1" or not _fits_int(n * h * wd, k * fh * fw):
         var = "v1"
     name = f"conv2d_backward_data_{var}"
     device = kernels.array_device([dy])
     grid, block = geometry(name, target, device, rows=n * h * wd, cols=c, elements=dx.size)
-    kernels.launch("conv2d", name, dy.dtype, target, grid, block, args, device=device)
+    kernels.launch("conv2d", name, dy.dtype, target, grid, block, args, device=device, tf32=tf32)
     return dx
 
 
-def conv2d_backward_weight_kernel(dy, x, w_shape, stride, padding, *, target):
-    """dw of shape ``w_shape`` from ``dy`` and the forward input ``x``."""
+def conv2d_backward_weight_kernel(dy, x, w_shape, stride, padding, tf32=False, *, target):
+    """dw of shape ``w_shape`` from ``dy`` and the forward input ``x``.
+
+    The tiled kernels write float partial sums (acc_t) to a workspace, one slice per split, that
+    conv2d_reduce_splits adds up in order and rounds once into dw. float32/float64 with one split
+    write dw directly; a bfloat16/float16 dw always goes through a float32 workspace, so its
+    partial sums are never rounded to 8 or 11 bits."""
     xp = get_array_module(dy, x)
     dy, x = xp.ascontiguousarray(dy), xp.ascontiguousarray(x)
     n, c, h, wd, k, fh, fw, oh, ow = _dims(x.shape, w_shape, stride, padding)
@@ -137,23 +147,25 @@ def conv2d_backward_weight_kernel(dy, x, w_shape, stride, padding, *, target):
     dims = _i32(n, c, h, wd, k, fh, fw, oh, ow, *stride, *padding)
     rows, l_total = c * fh * fw, n * oh * ow
     device = kernels.array_device([dy])
-    var = kernels.variant("conv2d_backward_weight")
+    var = kernels.variant("conv2d_backward_weight", dy.dtype)
     # v2/v3 keep per-image offsets (C*H*W) in int and pack (fh, fw) into one int.
     if var in ("v2", "v3") and _fits_int(rows, l_total, c * h * wd) and max(fh, fw) < 2**15:
         name, tile = f"conv2d_backward_weight_{var}", TILE3 if var == "v3" else TILE
         splits, chunk = weight_splits(l_total, -(-rows // tile) * -(-k // tile), target, device)
-        ws = dw if splits == 1 else xp.empty((splits, k, rows), dtype=dy.dtype)
+        acc = compute_dtype(dy.dtype)
+        direct = splits == 1 and acc == dy.dtype
+        ws = dw if direct else xp.empty((splits, k, rows), dtype=acc)
         grid, block = geometry(name, target, device, rows=rows, cols=k, splits=splits)
         kernels.launch("conv2d", name, dy.dtype, target, grid, block, (dy, x, ws) + dims + (np.int32(chunk),),
-                       device=device)
-        if splits > 1:
+                       device=device, tf32=tf32)
+        if not direct:
             grid, block = geometry("conv2d_reduce_splits", target, device, elements=dw.size)
             kernels.launch("conv2d", "conv2d_reduce_splits", dy.dtype, target, grid, block,
-                           (ws, dw, np.int32(splits), np.int64(dw.size)), device=device)
+                           (ws, dw, np.int32(splits), np.int64(dw.size)), device=device, tf32=tf32)
     else:
         grid, block = geometry("conv2d_backward_weight_v1", target, device, elements=dw.size)
         kernels.launch("conv2d", "conv2d_backward_weight_v1", dy.dtype, target, grid, block, (dy, x, dw) + dims,
-                       device=device)
+                       device=device, tf32=tf32)
     return dw
 
 

@@ -18,8 +18,9 @@ def _address(a):
 
 
 def _pick(family, arrays):
-    """'v2' when chosen and every pointer is 4-element aligned, else 'v1'."""
-    var = kernels.variant(family)
+    """'v2' when chosen (for the arrays' dtype) and every pointer is 4-element aligned (16 bytes
+    in float32, 8 in bfloat16/float16), else 'v1'."""
+    var = kernels.variant(family, arrays[0].dtype)
     if var == "v2" and any(_address(a) % (4 * a.itemsize) for a in arrays):
         return "v1"
     return var

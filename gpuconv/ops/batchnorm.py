@@ -5,9 +5,16 @@ statistics in place with the *unbiased* variance (``n / (n - 1)``), exactly as
 ``torch.nn.BatchNorm2d``: ``running = (1 - momentum) * running + momentum * batch_stat``.
 Evaluation normalizes with the running statistics and leaves them alone.
 
+Precision (gpuconv.precision): the statistics and the normalization are computed in x's compute
+dtype, float32 for a bfloat16/float16 x (upcast exactly), and y and dx are rounded once to x's
+dtype. gamma, beta, the running statistics, dgamma and dbeta stay in the compute dtype: float32
+for bfloat16/float16 x (x's own dtype for float32 and float64), so a low-precision network keeps
+its batch-norm parameters and statistics in float32.
+
 Cache (shared with the kernel launchers, see ``_dispatch``):
-``BatchNorm2dCache(xhat, gamma, inv_std, training)``: the normalized input, the scale, and
-``1 / sqrt(var + eps)`` per channel (of the batch in training, of the running variance in eval).
+``BatchNorm2dCache(xhat, gamma, inv_std, training)``: the normalized input (in the compute dtype:
+float32 for a bfloat16/float16 x), the scale, and ``1 / sqrt(var + eps)`` per channel (of the
+batch in training, of the running variance in eval).
 """
 from __future__ import annotations
 
@@ -16,8 +23,11 @@ import numbers
 
 from .. import backend
 from ..backend import get_array_module
+from ..precision import compute_dtype, round_once, upcast
 from . import _dispatch
-from ._checks import check_float, check_rank, check_same_dtype, check_shape
+from ._checks import check_compute_dtype, check_float, check_rank, check_shape
+
+_PARAMS_WHY = "batch norm keeps gamma, beta and the running statistics in its compute dtype"
 
 BatchNorm2dCache = namedtuple("BatchNorm2dCache", "xhat gamma inv_std training")
 
@@ -34,7 +44,8 @@ def batchnorm2d_forward(x, gamma, beta, running_mean, running_var, training=True
         if a is not None:
             check_float(name, a)
             check_shape(name, a, (c,), f"one value per channel of x {tuple(x.shape)}")
-    check_same_dtype("x", x, gamma=gamma, beta=beta, running_mean=running_mean, running_var=running_var)
+    check_compute_dtype("x", x, _PARAMS_WHY, gamma=gamma, beta=beta, running_mean=running_mean,
+                        running_var=running_var)
     if gamma is None or beta is None:
         raise ValueError("gamma and beta are required: pass xp.ones(C) and xp.zeros(C) for a plain normalization")
     if not training and (running_mean is None or running_var is None):
@@ -60,7 +71,9 @@ def batchnorm2d_backward(dy, cache):
     check_float("dy", dy)
     if tuple(dy.shape) != tuple(cache.xhat.shape):
         raise ValueError(f"dy must have the forward output's shape {tuple(cache.xhat.shape)}, got {tuple(dy.shape)}")
-    check_same_dtype("x", cache.xhat, dy=dy)
+    if cache.xhat.dtype != compute_dtype(dy.dtype):
+        raise TypeError(f"dy has dtype {dy.dtype} but x has dtype {cache.xhat.dtype} (the forward's normalized "
+                        f"x, kept in its compute dtype): pass dy in the dtype of the forward's x")
     target = backend.kernel_target(dy, cache.xhat)
     return _dispatch.call("batchnorm2d_backward", target, _batchnorm2d_backward_reference, dy, cache)
 
@@ -70,6 +83,7 @@ def _per_channel(v):
 
 
 def _batchnorm2d_forward_reference(x, gamma, beta, running_mean, running_var, training, momentum, eps):
+    dtype, x = x.dtype, upcast(x)
     xp = get_array_module(x, gamma, beta, running_mean, running_var)
     dt = x.dtype.type
     # Large temporaries are reused in place (out=): each fresh N*C*H*W array costs page faults
@@ -95,18 +109,19 @@ def _batchnorm2d_forward_reference(x, gamma, beta, running_mean, running_var, tr
     xhat *= _per_channel(inv_std)
     y = xp.multiply(xhat, _per_channel(gamma), out=work)
     y += _per_channel(beta)
-    return y, BatchNorm2dCache(xhat, gamma, inv_std, training)
+    return round_once(y, dtype), BatchNorm2dCache(xhat, gamma, inv_std, training)
 
 
 def _batchnorm2d_backward_reference(dy, cache):
     xhat, gamma, inv_std, training = cache
+    dtype, dy = dy.dtype, upcast(dy)
     xp = get_array_module(dy, xhat)
     dbeta = dy.sum(axis=(0, 2, 3))
     work = dy * xhat
     dgamma = work.sum(axis=(0, 2, 3))
     scale = _per_channel(gamma * inv_std)
     if not training:
-        return xp.multiply(dy, scale, out=work), dgamma, dbeta
+        return round_once(xp.multiply(dy, scale, out=work), dtype), dgamma, dbeta
     # The batch mean and variance depend on every input: d/dx of the normalization subtracts the
     # mean of dy and the projection of dy on xhat (the standard simplified form):
     # dx = scale * (dy - mean(dy) - xhat * mean(dy * xhat)), evaluated in that order.
@@ -115,4 +130,4 @@ def _batchnorm2d_backward_reference(dy, cache):
     dx = dy - _per_channel(dbeta * dt(1.0 / count))
     dx -= xp.multiply(xhat, _per_channel(dgamma * dt(1.0 / count)), out=work)
     dx *= scale
-    return dx, dgamma, dbeta
+    return round_once(dx, dtype), dgamma, dbeta

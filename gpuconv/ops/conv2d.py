@@ -13,8 +13,14 @@ the column gradient scattered back (one strided add per filter tap, never a loop
 or, for stride 1 with no more filters than channels, a "full" convolution of dy with the
 flipped filters (im2col of dy and one more GEMM), whichever moves fewer bytes.
 
+Precision (gpuconv.precision): x, w, b (and dy) share one dtype. bfloat16/float16 operands are
+upcast to float32, the float32 reference below runs, and y, dx, dw, db are rounded once to the
+inputs' dtype. In TF32 mode (``precision="tf32"``, or the current setting when None) float32 x, w
+and dy are rounded to TF32 before the GEMMs; the bias and its gradient, sums, are not.
+
 Cache (shared with the kernel launchers, see ``_dispatch``):
-``Conv2dCache(x, w, has_bias, stride, padding)`` with ``stride`` and ``padding`` as (h, w) pairs.
+``Conv2dCache(x, w, has_bias, stride, padding)`` with ``stride`` and ``padding`` as (h, w) pairs;
+x and w are the caller's arrays, in their own dtype.
 """
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ from collections import namedtuple
 
 from .. import backend
 from ..backend import get_array_module
+from ..precision import multiplicands, round_once, upcast, use_tf32
 from . import _dispatch
 from ._checks import check_bias, check_float, check_rank, check_same_dtype, output_hw, pair
 
@@ -32,21 +39,24 @@ Conv2dCache = namedtuple("Conv2dCache", "x w has_bias stride padding")
 _COL_BYTES = 4 << 20
 
 
-def conv2d_forward(x, w, b=None, stride=1, padding=0):
+def conv2d_forward(x, w, b=None, stride=1, padding=0, precision=None):
     """``y, cache``: y[n, k] = sum_c x[n, c] (*) w[k, c] + b[k], of shape (N, K, OH, OW).
 
     ``stride`` and ``padding`` are an int or an (h, w) pair; sizes must satisfy
-    ``(W - F + 2P)/S + 1`` a whole number >= 1 along both axes."""
+    ``(W - F + 2P)/S + 1`` a whole number >= 1 along both axes. ``precision`` 'fp32' or 'tf32'
+    applies to float32 arrays (None: ``gpuconv.get_precision()``)."""
     stride, padding = _check_conv_args(x, w, b, stride, padding)
+    tf32 = use_tf32(precision, x.dtype)
     target = backend.kernel_target(x, w, b)
-    return _dispatch.call("conv2d_forward", target, _conv2d_forward_reference, x, w, b, stride, padding)
+    return _dispatch.call("conv2d_forward", target, _conv2d_forward_reference, x, w, b, stride, padding, tf32)
 
 
-def conv2d_backward(dy, cache, need_dx=True):
+def conv2d_backward(dy, cache, need_dx=True, precision=None):
     """``dx, dw, db`` for ``conv2d_forward``'s output gradient ``dy``; ``db`` is None without bias.
 
     ``need_dx=False`` skips the input gradient (``dx`` is None): a network's first layer sees
-    images, whose gradient nothing uses, and dx is a third of a convolution's backward work."""
+    images, whose gradient nothing uses, and dx is a third of a convolution's backward work.
+    ``precision`` as in :func:`conv2d_forward`, chosen anew for the backward."""
     x, w = cache.x, cache.w
     check_float("dy", dy)
     check_rank("dy", dy, 4, "NKHW")
@@ -55,8 +65,9 @@ def conv2d_backward(dy, cache, need_dx=True):
     if tuple(dy.shape) != expected:
         raise ValueError(f"dy must have the forward output's shape {expected}, got {tuple(dy.shape)}")
     check_same_dtype("x", x, dy=dy)
+    tf32 = use_tf32(precision, dy.dtype)
     target = backend.kernel_target(dy, x, w)
-    return _dispatch.call("conv2d_backward", target, _conv2d_backward_reference, dy, cache, bool(need_dx))
+    return _dispatch.call("conv2d_backward", target, _conv2d_backward_reference, dy, cache, bool(need_dx), tf32)
 
 
 def _check_conv_args(x, w, b, stride, padding):
@@ -99,7 +110,14 @@ def _chunks(n, bytes_per_item, budget=None):
         yield lo, min(n, lo + step)
 
 
-def _conv2d_forward_reference(x, w, b, stride, padding):
+def _conv2d_forward_reference(x, w, b, stride, padding, tf32=False):
+    xc, wc = multiplicands(tf32, x, w)
+    y = _forward(xc, wc, upcast(b), stride, padding)
+    return round_once(y, x.dtype), Conv2dCache(x, w, b is not None, stride, padding)
+
+
+def _forward(x, w, b, stride, padding):
+    """y in x's dtype (float32 or float64)."""
     xp = get_array_module(x, w, b)
     n, c = x.shape[:2]
     k, _, fh, fw = w.shape
@@ -129,11 +147,19 @@ def _conv2d_forward_reference(x, w, b, stride, padding):
             y[lo:hi] = yk
         else:
             xp.add(yk, bias, out=y[lo:hi])  # the bias rides on the copy
-    return y.reshape(n, k, oh, ow), Conv2dCache(x, w, b is not None, stride, padding)
+    return y.reshape(n, k, oh, ow)
 
 
-def _conv2d_backward_reference(dy, cache, need_dx=True):
+def _conv2d_backward_reference(dy, cache, need_dx=True, tf32=False):
     x, w, has_bias, stride, padding = cache
+    dyc, xc, wc = multiplicands(tf32, dy, x, w)
+    dx, dw = _backward(dyc, xc, wc, stride, padding, need_dx)
+    db = upcast(dy).sum(axis=(0, 2, 3)) if has_bias else None  # a sum: never TF32-rounded
+    return round_once(dx, x.dtype), round_once(dw, w.dtype), round_once(db, dy.dtype)
+
+
+def _backward(dy, x, w, stride, padding, need_dx):
+    """dx (None unless ``need_dx``) and dw in dy's dtype (float32 or float64)."""
     xp = get_array_module(dy, x, w)
     n, c, h, wd = x.shape
     k, _, fh, fw = w.shape
@@ -178,9 +204,8 @@ def _conv2d_backward_reference(dy, cache, need_dx=True):
             _dx_full(xp, dy[lo:hi], wf, (fh, fw), padding, dx[lo:hi])
         else:
             _dx_scatter(xp, xp.matmul(w2.T, dy_t), (c, fh, fw, m, oh, ow), stride, padding, dx[lo:hi])
-    db = dy.sum(axis=(0, 2, 3)) if has_bias else None
     dw = xp.ascontiguousarray(dw2.T) if transposed else dw2
-    return dx, dw.reshape(w.shape), db
+    return dx, dw.reshape(w.shape)
 
 
 def _dx_full(xp, dy, wf, filt, padding, out):

@@ -16,9 +16,13 @@ rule for float32 and float64: a key gives the same mask in both dtypes, and the 
 the kernels agree bit for bit. Because the generator's state is one NumPy Generator whatever
 the device, a checkpoint can save it and a resumed CUDA run repeats its masks exactly.
 
+Precision (gpuconv.precision): the mask is kept in x's compute dtype (float64 for float64, float32
+otherwise) and a bfloat16/float16 ``x * mask`` is formed in float32 and rounded once, so a kept
+element is scaled by 1/(1-p) rounded to float32, not to 8 or 11 bits.
+
 Cache (shared with the kernel launchers, see ``_dispatch``): ``DropoutCache(mask)`` where ``mask``
-holds ``0`` or ``1 / (1 - p)`` in ``x``'s dtype, or is None when the forward was the identity
-(eval mode or ``p == 0``).
+holds ``0`` or ``1 / (1 - p)`` in x's compute dtype (float32 for a bfloat16/float16 x), or is
+None when the forward was the identity (eval mode or ``p == 0``).
 """
 from __future__ import annotations
 
@@ -31,8 +35,9 @@ import numpy as np
 from .. import backend
 from ..backend import get_array_module
 from ..counter_rng import splitmix64
+from ..precision import compute_dtype, round_once, upcast
 from . import _dispatch
-from ._checks import check_float, check_same_dtype
+from ._checks import check_float
 
 DropoutCache = namedtuple("DropoutCache", "mask")
 
@@ -76,7 +81,10 @@ def dropout_backward(dy, cache):
         return dy
     if tuple(dy.shape) != tuple(cache.mask.shape):
         raise ValueError(f"dy must have the forward input's shape {tuple(cache.mask.shape)}, got {tuple(dy.shape)}")
-    check_same_dtype("mask", cache.mask, dy=dy)
+    if cache.mask.dtype != compute_dtype(dy.dtype):
+        raise TypeError(f"dy has dtype {dy.dtype} but mask has dtype {cache.mask.dtype}: the mask is kept in the "
+                        f"forward input's compute dtype ({compute_dtype(dy.dtype)} for a {dy.dtype} x), so pass dy "
+                        "in the dtype of the forward's x")
     target = backend.kernel_target(dy, cache.mask)
     return _dispatch.call("dropout_backward", target, _dropout_backward_reference, dy, cache)
 
@@ -93,7 +101,8 @@ def keep_threshold(p) -> np.uint64:
 
 
 def keep_scale(p, dtype):
-    """``1 / (1 - p)`` rounded once to ``dtype``: the value of a kept element of the mask."""
+    """``1 / (1 - p)`` rounded once to ``dtype`` (the mask's: the compute dtype of x): the value of a
+    kept element of the mask."""
     return np.dtype(dtype).type(1.0 / (1.0 - float(p)))
 
 
@@ -113,10 +122,10 @@ def _check_key(key) -> np.uint64:
 def _dropout_forward_reference(x, p, key):
     xp = get_array_module(x)
     keep = (dropout_hash(key, x.size, xp) >> _S_KEEP) >= keep_threshold(p)
-    mask = keep.reshape(x.shape).astype(x.dtype)
-    mask *= keep_scale(p, x.dtype)
-    return x * mask, DropoutCache(mask)
+    mask = keep.reshape(x.shape).astype(compute_dtype(x.dtype))
+    mask *= keep_scale(p, mask.dtype)
+    return round_once(upcast(x) * mask, x.dtype), DropoutCache(mask)
 
 
 def _dropout_backward_reference(dy, cache):
-    return dy * cache.mask
+    return round_once(upcast(dy) * cache.mask, dy.dtype)

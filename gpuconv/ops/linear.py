@@ -3,6 +3,11 @@
 ``x`` of any shape (N, ...) is flattened to (N, in_features), as the CS231n affine layer and a
 PyTorch ``Flatten`` + ``Linear`` do; ``dx`` comes back in ``x``'s original shape.
 
+Precision (gpuconv.precision): x, w, b (and dy) share one dtype; bfloat16/float16 operands are
+upcast to float32, multiplied and summed there, and y, dx, dw, db rounded once to that dtype. In
+TF32 mode (``precision="tf32"``, or the current setting when None) float32 x, w and dy are
+rounded to TF32 before the matrix products; the bias and its gradient, sums, are not.
+
 Cache (shared with the kernel launchers, see ``_dispatch``): ``LinearCache(x, w, has_bias)``.
 """
 from __future__ import annotations
@@ -11,14 +16,16 @@ from collections import namedtuple
 
 from .. import backend
 from ..backend import get_array_module
+from ..precision import multiplicands, round_once, upcast, use_tf32
 from . import _dispatch
 from ._checks import check_bias, check_float, check_rank, check_same_dtype
 
 LinearCache = namedtuple("LinearCache", "x w has_bias")
 
 
-def linear_forward(x, w, b=None):
-    """``y, cache``: ``y`` of shape (N, out_features)."""
+def linear_forward(x, w, b=None, precision=None):
+    """``y, cache``: ``y`` of shape (N, out_features). ``precision`` 'fp32' or 'tf32' applies to
+    float32 arrays (None: ``gpuconv.get_precision()``)."""
     check_float("x", x)
     check_float("w", w)
     check_rank("w", w, 2, "out_features, in_features")
@@ -34,12 +41,14 @@ def linear_forward(x, w, b=None):
                          f"sample but w of shape {tuple(w.shape)} (out_features, in_features) expects "
                          f"in_features={w.shape[1]}; make w.shape[1] equal prod(x.shape[1:])")
     check_bias(b, w, "output feature")
+    tf32 = use_tf32(precision, x.dtype)
     target = backend.kernel_target(x, w, b)
-    return _dispatch.call("linear_forward", target, _linear_forward_reference, x, w, b)
+    return _dispatch.call("linear_forward", target, _linear_forward_reference, x, w, b, tf32)
 
 
-def linear_backward(dy, cache):
-    """``dx, dw, db``; ``dx`` has ``x``'s shape, ``db`` is None when the forward had no bias."""
+def linear_backward(dy, cache, precision=None):
+    """``dx, dw, db``; ``dx`` has ``x``'s shape, ``db`` is None when the forward had no bias.
+    ``precision`` as in :func:`linear_forward`, chosen anew for the backward."""
     check_float("dy", dy)
     check_rank("dy", dy, 2, "N, out_features")
     x, w = cache.x, cache.w
@@ -47,23 +56,25 @@ def linear_backward(dy, cache):
     if tuple(dy.shape) != expected:
         raise ValueError(f"dy must have the forward output's shape {expected}, got {tuple(dy.shape)}")
     check_same_dtype("x", x, dy=dy)
+    tf32 = use_tf32(precision, dy.dtype)
     target = backend.kernel_target(dy, x, w)
-    return _dispatch.call("linear_backward", target, _linear_backward_reference, dy, cache)
+    return _dispatch.call("linear_backward", target, _linear_backward_reference, dy, cache, tf32)
 
 
-def _linear_forward_reference(x, w, b):
-    xp = get_array_module(x, w, b)
-    y = xp.matmul(x.reshape(x.shape[0], -1), w.T)
+def _linear_forward_reference(x, w, b, tf32=False):
+    xc, wc = multiplicands(tf32, x, w)
+    xp = get_array_module(xc, wc, b)
+    y = xp.matmul(xc.reshape(x.shape[0], -1), wc.T)
     if b is not None:
-        y += b
-    return y, LinearCache(x, w, b is not None)
+        y += upcast(b)
+    return round_once(y, x.dtype), LinearCache(x, w, b is not None)
 
 
-def _linear_backward_reference(dy, cache):
+def _linear_backward_reference(dy, cache, tf32=False):
     x, w, has_bias = cache
-    xp = get_array_module(dy, x, w)
-    x2 = x.reshape(x.shape[0], -1)
-    dx = xp.matmul(dy, w).reshape(x.shape)
-    dw = xp.matmul(dy.T, x2)
-    db = dy.sum(axis=0) if has_bias else None
-    return dx, dw, db
+    dyc, xc, wc = multiplicands(tf32, dy, x, w)
+    xp = get_array_module(dyc, xc, wc)
+    dx = xp.matmul(dyc, wc).reshape(x.shape)
+    dw = xp.matmul(dyc.T, xc.reshape(x.shape[0], -1))
+    db = upcast(dy).sum(axis=0) if has_bias else None  # a sum: never TF32-rounded
+    return round_once(dx, x.dtype), round_once(dw, w.dtype), round_once(db, dy.dtype)

@@ -11,6 +11,10 @@ itself marks the bad row instead: the loss becomes NaN and so does that row of `
 (never another class's logit or a silently wrong gradient). The trainer reads its losses back
 once per log interval and stops at the first NaN, naming the step and this cause; a user who
 wants the check at once calls :func:`check_labels`, which reads back.
+
+Precision (gpuconv.precision): the softmax and the loss are computed in float32 for bfloat16 and
+float16 logits (upcast exactly), the loss is a float32 0-d array, and dlogits comes back in the
+logits' dtype, rounded once. float64 logits stay float64 throughout.
 """
 from __future__ import annotations
 
@@ -18,12 +22,14 @@ import numpy as np
 
 from .. import backend
 from ..backend import get_array_module, is_cupy_array
+from ..precision import round_once, upcast
 from . import _dispatch
 from ._checks import check_array, check_float, check_rank
 
 
 def softmax_cross_entropy(logits, labels, label_smoothing=0.0):
-    """``loss, dlogits`` for ``logits`` (N, C) and integer ``labels`` (N,) in 0..C-1.
+    """``loss, dlogits`` for ``logits`` (N, C) and integer ``labels`` (N,) in 0..C-1; the loss is
+    float32 for float32/bfloat16/float16 logits (float64 for float64), dlogits has the logits' dtype.
 
     With smoothing ``e`` the target is ``(1 - e) * one_hot + e / C`` (PyTorch's definition).
     ``dlogits = (softmax - target) / N``."""
@@ -63,6 +69,7 @@ def check_labels(labels, classes: int):
 
 
 def _softmax_cross_entropy_reference(logits, labels, eps):
+    dtype, logits = logits.dtype, upcast(logits)
     xp = get_array_module(logits, labels)
     n, c = logits.shape
     dt = logits.dtype.type
@@ -87,4 +94,4 @@ def _softmax_cross_entropy_reference(logits, labels, eps):
     dlogits[xp.arange(n), idx] -= dt(1.0 - eps)
     dlogits *= dt(1.0 / n)
     dlogits = xp.where(valid[:, None], dlogits, dt(np.nan))
-    return loss, dlogits
+    return loss, round_once(dlogits, dtype)

@@ -7,6 +7,10 @@ input), so the comparisons run on contiguous, cached data. Within one tap, disti
 positions read distinct input pixels, so the backward's ``dx[tap slice] += ...`` is an exact
 scatter-add even when windows overlap (3x3 stride 2), without ``np.add.at``.
 
+Precision (gpuconv.precision): a bfloat16/float16 input is upcast to float32, pooled there, and
+each output rounded once to its dtype; a maximum is one of the inputs, so max pooling is exact
+in every dtype, and an average is a float32 sum times the float32 reciprocal, rounded once.
+
 Caches (shared with the kernel launchers, see ``_dispatch``):
 ``MaxPool2dCache(x_shape, kernel_size, stride, argmax)`` where ``argmax`` is int32 of the output's
 shape holding the window-local index ``kh * KW + kw`` of each maximum (the "switches"; ties go to
@@ -21,6 +25,7 @@ import numpy as np
 
 from .. import backend
 from ..backend import get_array_module
+from ..precision import round_once, upcast
 from . import _dispatch
 from ._checks import check_float, check_rank, output_hw, pair
 
@@ -116,6 +121,11 @@ def _batch_chunks(n, bytes_per_item):
 
 
 def _max_pool2d_forward_reference(x, kernel_size, stride):
+    y, argmax = _max_forward(upcast(x), kernel_size, stride)
+    return round_once(y, x.dtype), MaxPool2dCache(tuple(x.shape), kernel_size, stride, argmax)
+
+
+def _max_forward(x, kernel_size, stride):
     xp = get_array_module(x)
     out_hw = output_hw(x.shape, kernel_size, stride, (0, 0))
     y = xp.empty(x.shape[:2] + out_hw, dtype=x.dtype)
@@ -136,10 +146,14 @@ def _max_pool2d_forward_reference(x, kernel_size, stride):
             xp.multiply(v > yb, np.int32(t), out=moved)
             xp.maximum(ab, moved, out=ab)
             xp.maximum(yb, v, out=yb)  # NaN-propagating, as PyTorch
-    return y, MaxPool2dCache(tuple(x.shape), kernel_size, stride, argmax)
+    return y, argmax
 
 
 def _max_pool2d_backward_reference(dy, cache):
+    return round_once(_max_backward(upcast(dy), cache), dy.dtype)
+
+
+def _max_backward(dy, cache):
     xp = get_array_module(dy, cache.argmax)
     (kh, kw), taps = cache.kernel_size, cache.kernel_size[0] * cache.kernel_size[1]
     if not _tiles(cache.x_shape, cache.kernel_size, cache.stride):
@@ -170,19 +184,21 @@ def _max_pool2d_backward_reference(dy, cache):
 
 
 def _avg_pool2d_forward_reference(x, kernel_size, stride):
-    xp = get_array_module(x)
+    xc = upcast(x)
+    xp = get_array_module(xc)
     out_hw = output_hw(x.shape, kernel_size, stride, (0, 0))
-    y = xp.zeros(x.shape[:2] + out_hw, dtype=x.dtype)
+    y = xp.zeros(x.shape[:2] + out_hw, dtype=xc.dtype)
     for _, sl in _taps(kernel_size, stride, out_hw):
-        y += x[sl]
-    y *= x.dtype.type(1.0 / (kernel_size[0] * kernel_size[1]))
-    return y, AvgPool2dCache(tuple(x.shape), kernel_size, stride)
+        y += xc[sl]
+    y *= xc.dtype.type(1.0 / (kernel_size[0] * kernel_size[1]))
+    return round_once(y, x.dtype), AvgPool2dCache(tuple(x.shape), kernel_size, stride)
 
 
 def _avg_pool2d_backward_reference(dy, cache):
-    xp = get_array_module(dy)
-    dx = xp.zeros(cache.x_shape, dtype=dy.dtype)
-    share = dy * dy.dtype.type(1.0 / (cache.kernel_size[0] * cache.kernel_size[1]))
+    dyc = upcast(dy)
+    xp = get_array_module(dyc)
+    dx = xp.zeros(cache.x_shape, dtype=dyc.dtype)
+    share = dyc * dyc.dtype.type(1.0 / (cache.kernel_size[0] * cache.kernel_size[1]))
     for _, sl in _taps(cache.kernel_size, cache.stride, dy.shape[2:]):
         dx[sl] += share
-    return dx
+    return round_once(dx, dy.dtype)
