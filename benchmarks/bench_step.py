@@ -31,7 +31,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import common  # noqa: E402
 import gpuconv  # noqa: E402
 from gpuconv import backend as B  # noqa: E402
-from gpuconv import models, ops, syncguard  # noqa: E402
+from gpuconv import amp, models, ops, syncguard  # noqa: E402
 from gpuconv.optim import SGD  # noqa: E402
 
 NAME = "bench_step"
@@ -53,14 +53,13 @@ def batch_data(shape, batch, seed=0):
     return rng.standard_normal((batch, *shape)).astype(np.float32), rng.integers(0, 10, batch).astype(np.int64)
 
 
-def make_step(model, opt):
-    """``step(x, y)``: one training step; returns the loss (a 0-d device array: nothing is read back)."""
+def make_step(model, opt, precision="fp32"):
+    """``step(x, y)``: one training step in ``precision`` (gpuconv.amp.training_step, the trainer's
+    own step); returns the loss (a 0-d device array: nothing is read back)."""
+    scaler = amp.LossScaler() if precision == "fp16" else None
+
     def step(x, y):
-        opt.zero_grad()
-        loss, dlogits = ops.softmax_cross_entropy(model(x), y)
-        model.backward(dlogits, need_dx=False)  # as PyTorch: the input needs no gradient
-        opt.step()
-        return loss
+        return amp.training_step(model, opt, x, y, precision, scaler)[0]
     return step
 
 
@@ -128,11 +127,23 @@ def guarded_steps(step, n):
     return None
 
 
-def run_gpuconv(factory, x, y, args):
+def validate_precision(name, factory, x, y, precision, args, checks):
+    """One step in ``precision`` against the float64 NumPy loss: the low-precision path computes
+    the same loss to its format's precision (the kernels' own tests are exact to the rule)."""
+    model = factory()
+    with gpuconv.default_device("cpu"):
+        ref = factory().astype(np.float64)
+        ref.load_state_dict(model.state_dict())
+        ref_loss, _ = ops.softmax_cross_entropy(ref(x.astype(np.float64)), y)
+    loss = make_step(model, SGD(model.parameters(), **HYPER), precision)(common.to_dev(x, args), common.to_dev(y, args))
+    checks.close(f"{name} {precision} loss vs float64 NumPy", loss, ref_loss, 3e-2)
+
+
+def run_gpuconv(factory, x, y, args, precision="fp32"):
     """Warm-up + timed steps on fresh weights; the residency checks along the way."""
     model = factory()
     xd, yd = common.to_dev(x, args), common.to_dev(y, args)
-    step = functools.partial(make_step(model, SGD(model.parameters(), **HYPER)), xd, yd)
+    step = functools.partial(make_step(model, SGD(model.parameters(), **HYPER), precision), xd, yd)
     total = args.warmup + args.repeat
     B.transfers.reset()
     at_check = None
@@ -156,24 +167,39 @@ def run_gpuconv(factory, x, y, args):
             "sync_in_step": synced, "pool_at_step3": at_check, "pool_at_end": at_end, "pool_stable": stable, "final_loss": final_loss}
 
 
-def run_torch(torch, factory, x, y, args):
+def run_torch(torch, factory, x, y, args, precision="fp32"):
+    """The same step in PyTorch eager, as its users run each precision: fp32 with TF32 off; tf32
+    with TF32 on; bf16/fp16 under torch.autocast with channels_last (fp16 with a GradScaler)."""
     tm = torch_mirror(torch, factory())
     tx, ty = torch.from_numpy(x).cuda(), torch.from_numpy(y).cuda()
+    low = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    if low is not None:
+        tm, tx = tm.to(memory_format=torch.channels_last), tx.contiguous(memory_format=torch.channels_last)
     topt = torch.optim.SGD(tm.parameters(), lr=HYPER["lr"], momentum=HYPER["momentum"], nesterov=HYPER["nesterov"],
                            weight_decay=HYPER["weight_decay"])
+    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
 
     def step():
         topt.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(tm(tx), ty).backward()
-        topt.step()
-    return common.cuda_time(step, args.warmup, args.repeat)
+        with torch.autocast("cuda", dtype=low or torch.float32, enabled=low is not None):
+            loss = torch.nn.functional.cross_entropy(tm(tx), ty)
+        if scaler is None:
+            loss.backward()
+            topt.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(topt)
+            scaler.update()
+    with common.torch_tf32(torch, precision == "tf32"):
+        return common.cuda_time(step, args.warmup, args.repeat)
 
 
 def table(rec):
     env = rec["environment"]
-    print(f"{env['device']}  training step, fp32 (TF32 off), SGD nesterov momentum 0.9, weight decay 5e-4")
+    print(f"{env['device']}  training step, SGD nesterov momentum 0.9, weight decay 5e-4; fp32 with TF32 off, "
+          "bf16/fp16: gpuconv mixed precision vs torch.autocast + channels_last")
     common.print_table(rec["results"], [
-        ("model", "model", ""), ("batch", "batch", "d"), ("ms", "ms/step", ".2f"), ("images_per_s", "img/s", ".0f"),
+        ("model", "model", ""), ("precision", "precision", ""), ("batch", "batch", "d"), ("ms", "ms/step", ".2f"), ("images_per_s", "img/s", ".0f"),
         ("torch_ms", "torch ms", ".2f"), ("torch_images_per_s", "torch img/s", ".0f"),
         ("speed_vs_torch", "vs torch", ".2f"), ("pool_stable", "pool stable", ""),
         ("host_transfers", "transfers", "d")])
@@ -183,6 +209,8 @@ def main(argv=None):
     p = common.add_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]), warmup=10, repeat=40)
     p.add_argument("--batch", type=int, default=None, help="images per step (default 512; --tiny: 4)")
     p.add_argument("--models", nargs="+", choices=sorted(MODELS), default=sorted(MODELS))
+    p.add_argument("--precisions", nargs="+", choices=amp.PRECISIONS, default=["fp32", "bf16"],
+                   help="training precisions to time (default fp32 bf16; PyTorch runs each as its users do)")
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--tiny" in argv and not any(a.startswith(("--warmup", "--repeat")) for a in argv):
         argv += ["--warmup", "3", "--repeat", "2"]  # 5 steps: the pool check at step 3, then 2 more
@@ -200,13 +228,17 @@ def main(argv=None):
             factory, shape = MODELS[name][1 if args.tiny else 0]
             x, y = batch_data(shape, batch if args.device == "sim" else min(batch, 16), seed=1)
             validate_step(name, factory, x, y, args, checks, vtorch)
+            for precision in args.precisions:
+                if precision != "fp32":
+                    validate_precision(name, factory, x, y, precision, args, checks)
         if not checks.passed:
             return common.failed_validation(NAME, checks, args)
-        for name in args.models:
+        for name, precision in ((n, p) for n in args.models for p in args.precisions):
             factory, shape = MODELS[name][1 if args.tiny else 0]
             x, y = batch_data(shape, batch, seed=2)
-            res = run_gpuconv(factory, x, y, args)
-            t_ms = run_torch(torch, factory, x, y, args) if torch is not None else None
+            res = run_gpuconv(factory, x, y, args, precision)
+            t_ms = run_torch(torch, factory, x, y, args, precision) if torch is not None else None
+            name_p, name = name, f"{name} {precision}"
             host_transfers = res["transfers"]["device_to_host"] + res["transfers"]["host_to_device"]
             checks.add(f"{name}: no host transfer during {res['steps']} steps", host_transfers == 0,
                        float(host_transfers), 0.0, detail=str(res["transfers"]))
@@ -217,11 +249,11 @@ def main(argv=None):
                            res["pool_stable"], detail=f"{res['pool_at_step3']} -> {res['pool_at_end']}")
             checks.add(f"{name}: loss finite after {res['steps']} steps", np.isfinite(res["final_loss"]),
                        detail=f"loss {res['final_loss']}")
-            rows.append({"model": name, "batch": batch, **res, "host_transfers": host_transfers,
+            rows.append({"model": name_p, "precision": precision, "batch": batch, **res, "host_transfers": host_transfers,
                          "images_per_s": batch * 1000 / res["ms"] if res["ms"] else None, "torch_ms": t_ms,
                          "torch_images_per_s": batch * 1000 / t_ms if t_ms else None,
                          "speed_vs_torch": common.ratio(t_ms, res["ms"]),
-                         "target_vs_torch": 1.0 if name == "fast_net" else None})
+                         "target_vs_torch": 1.0 if name_p == "fast_net" else None})
     rec = common.record(NAME, args, checks, rows, hyperparameters=HYPER, pool_check_step=POOL_CHECK_STEP)
     rc = common.finish(rec, args, table)
     if not checks.passed:  # a residency check failed: the record stands, the exit status says so

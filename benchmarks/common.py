@@ -19,6 +19,7 @@ directory) with the device, the date and the versions of everything involved.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -168,6 +169,17 @@ def ratio(num, den):
 
 
 # ----------------------------------------------------------------------------- PyTorch
+@contextlib.contextmanager
+def torch_tf32(torch, on):
+    """TF32 for PyTorch's convolutions and matmuls inside the block (off again after it)."""
+    old = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = bool(on)
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+
+
 def torch_module(args=None, cpu_ok=False):
     """torch set up for a fair fp32 comparison (TF32 off for convolutions and matmuls, cuDNN
     autotuning on), or None: not importable, no CUDA in torch, ``--no-torch``, or the simulator.

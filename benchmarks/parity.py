@@ -4,6 +4,12 @@ and on the CPU reach the same accuracy within noise, and the device's loss curve
     python benchmarks/parity.py --save                    # GPU vs CPU, three_layer, 8 epochs, seeds 0 1
     python benchmarks/parity.py --device sim --tiny       # the same checks on the host simulator, tiny
     python benchmarks/parity.py --device sim --model seed --epochs 4 --save   # simulator, all images
+    python benchmarks/parity.py --device cpu --precision bf16 --seeds 0 1 2 --save  # bf16 vs fp32 training
+
+``--precision`` trains the compared run in that precision (``gpuconv train --precision``) while
+the CPU reference stays strict float32: the same checks then say that mixed-precision training
+reaches the float32 accuracy within the seed spread (the first steps' tolerances widen with the
+format's unit roundoff u: step 1 within max(1e-4, 8u), steps 1-5 within max(1e-3, 16u)).
 
 Each run is the user's own command, ``python -m gpuconv train`` (on real images: the CIFAR-10
 subset in ``../shared/data/cifar10-subset`` unless ``--data`` or ``$GPUCONV_DATA`` says
@@ -52,7 +58,10 @@ TINY = dict(model="seed", epochs=2, batch_size=32, limit=96, val_split="0.02")
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", choices=("cuda", "sim"), default="cuda", help="the device compared with the CPU")
+    p.add_argument("--device", choices=("cuda", "sim", "cpu"), default="cuda",
+                   help="the device compared with the CPU (cpu: with --precision, the precision alone differs)")
+    p.add_argument("--precision", choices=("fp32", "tf32", "bf16", "fp16"), default="fp32",
+                   help="the compared run's training precision; the CPU reference is fp32 (default fp32)")
     p.add_argument("--tiny", action="store_true",
                    help=f"a quick run ({TINY}); --device sim needs it or an explicit --model")
     p.add_argument("--data", default=None, help=f"CIFAR-10 directory (default $GPUCONV_DATA, else {DEFAULT_DATA})")
@@ -83,19 +92,19 @@ def data_dir(args) -> pathlib.Path:
     return path
 
 
-def train(device, seed, s, data, out):
+def train(device, seed, s, data, out, precision="fp32"):
     """One ``gpuconv train`` run: its per-step losses, per-epoch records and final accuracy, or
     (a run that failed) its exit status and the tail of its output under ``error``."""
     cmd = [sys.executable, "-m", "gpuconv", "train", "--device", device, "--data", str(data), "--out", str(out),
            "--model", s["model"], "--epochs", str(s["epochs"]), "--seed", str(seed), "--val-split", s["val_split"],
-           "--log-every", "1", "--no-progress"]
+           "--log-every", "1", "--no-progress", "--precision", precision]
     for key in ("batch_size", "limit"):
         if s[key] is not None:
             cmd += ["--" + key.replace("_", "-"), str(s[key])]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
-    run = {"device": device, "seed": seed, "seconds": round(time.perf_counter() - t0, 2)}
+    run = {"device": device, "precision": precision, "seed": seed, "seconds": round(time.perf_counter() - t0, 2)}
     accuracy = [float(x.split()[-1]) for x in proc.stdout.splitlines() if x.startswith("accuracy ")]
     metrics = pathlib.Path(out) / "metrics.jsonl"
     if proc.returncode != 0 or not accuracy or not metrics.exists():
@@ -121,16 +130,29 @@ def rel(a, b):
 STEP1_RTOL, FIRST_STEPS, FIRST_STEPS_RTOL = 1e-4, 5, 1e-3
 EPOCH_SPREAD_FACTOR, EPOCH_MIN_RTOL = 3.0, 0.05
 ACC_MIN_TOL, ACC_SPREAD_FACTOR = 0.03, 2.0
+UNIT_ROUNDOFF = {"fp32": 2.0 ** -24, "tf32": 2.0 ** -11, "bf16": 2.0 ** -8, "fp16": 2.0 ** -11}
 
 
-def compare(runs, device, checks: Checks):
+def first_step_tolerances(precision):
+    """(step 1, steps 1-5) relative tolerances: rounding of float32 vs float32, or of a narrower format."""
+    u = UNIT_ROUNDOFF[precision]
+    return max(STEP1_RTOL, 8 * u), max(FIRST_STEPS_RTOL, 16 * u)
+
+
+def is_reference(r):
+    return r["device"] == "cpu" and r.get("precision", "fp32") == "fp32"
+
+
+def compare(runs, device, checks: Checks, precision="fp32"):
     """Checks per seed; returns the noise figures used."""
     for r in runs:
         if "error" in r:
-            checks.add(f"seed {r['seed']}: {r['device']} run", False, detail=r["error"][-500:])
+            checks.add(f"seed {r['seed']}: {r['device']} {r.get('precision', 'fp32')} run", False,
+                       detail=r["error"][-500:])
     good = [r for r in runs if "error" not in r]
-    cpu = {r["seed"]: r for r in good if r["device"] == "cpu"}
-    dev = {r["seed"]: r for r in good if r["device"] == device}
+    cpu = {r["seed"]: r for r in good if is_reference(r)}
+    dev = {r["seed"]: r for r in good if not is_reference(r)}
+    step1_rtol, first_rtol = first_step_tolerances(precision)
     if not cpu:
         checks.add("a CPU run to compare with", False)
         return {}
@@ -150,9 +172,9 @@ def compare(runs, device, checks: Checks):
                    detail=f"cpu {len(c['step_loss'])}, {device} {len(d['step_loss'])}")
         if not c["step_loss"] or not d["step_loss"]:
             continue
-        checks.close(f"seed {seed}: step 1 loss", d["step_loss"][0], c["step_loss"][0], STEP1_RTOL)
+        checks.close(f"seed {seed}: step 1 loss", d["step_loss"][0], c["step_loss"][0], step1_rtol)
         first = max(rel(x, y) for x, y in zip(d["step_loss"][:FIRST_STEPS], c["step_loss"][:FIRST_STEPS]))
-        checks.add(f"seed {seed}: steps 1-{FIRST_STEPS} loss", first <= FIRST_STEPS_RTOL, first, FIRST_STEPS_RTOL)
+        checks.add(f"seed {seed}: steps 1-{FIRST_STEPS} loss", first <= first_rtol, first, first_rtol)
         worst = None
         for x, y in zip(d["epoch_loss"], c["epoch_loss"]):
             diff, tol = abs(x - y), max(EPOCH_SPREAD_FACTOR * pooled, EPOCH_MIN_RTOL * abs(y))
@@ -168,15 +190,16 @@ def compare(runs, device, checks: Checks):
 def table(rec):
     s = rec["settings"]
     n = rec["noise"]
-    print(f"parity: {s['model']}, {s['epochs']} epochs, CPU vs {rec['environment']['device']} "
-          f"({n.get('n_val')} held-out images)")
-    print(f"{'seed':>4} {'device':>8} {'accuracy':>9} {'final loss':>11} {'seconds':>8}")
+    print(f"parity: {s['model']}, {s['epochs']} epochs, CPU fp32 vs {rec['environment']['device']} "
+          f"{s.get('precision', 'fp32')} ({n.get('n_val')} held-out images)")
+    print(f"{'seed':>4} {'device':>8} {'precision':>9} {'accuracy':>9} {'final loss':>11} {'seconds':>8}")
     for r in rec["runs"]:
+        prec = r.get("precision", "fp32")
         if "error" in r:
-            print(f"{r['seed']:>4} {r['device']:>8}    FAILED {'':>11} {r['seconds']:>8.1f}")
+            print(f"{r['seed']:>4} {r['device']:>8} {prec:>9}    FAILED {'':>11} {r['seconds']:>8.1f}")
             continue
         loss = r["epoch_loss"][-1] if r["epoch_loss"] else float("nan")
-        print(f"{r['seed']:>4} {r['device']:>8} {r['accuracy']:>9.4f} {loss:>11.4f} {r['seconds']:>8.1f}")
+        print(f"{r['seed']:>4} {r['device']:>8} {prec:>9} {r['accuracy']:>9.4f} {loss:>11.4f} {r['seconds']:>8.1f}")
     if n:
         print(f"noise: CPU seed spread of the accuracy {n['seed_spread_accuracy']}, of the epoch losses (RMS) "
               f"{n['pooled_epoch_spread']:.4f}; accuracy tolerance {n['accuracy_tolerance']:.4f}")
@@ -188,6 +211,8 @@ def table(rec):
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.device == "cpu" and args.precision == "fp32":
+        parser.error("--device cpu compares the CPU with itself: give --precision tf32|bf16|fp16")
     if args.device == "sim" and not args.tiny and args.model is None:
         parser.error("--device sim trains on the host simulator, tens to hundreds of images/s: add --tiny, "
                      "or name a small model (--model seed) and --epochs/--limit to size the run")
@@ -199,14 +224,17 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="gpuconv-parity-") as tmp, ThreadPoolExecutor(2) as pool:
         root = pathlib.Path(args.keep) if args.keep else pathlib.Path(tmp)
         for seed in args.seeds:  # the CPU run and the device run of a seed side by side
-            pair = pool.map(lambda dev: train(dev, seed, s, data, root / f"{dev}-seed{seed}"), ("cpu", args.device))
+            jobs = (("cpu", "fp32"), (args.device, args.precision))
+            pair = pool.map(lambda job: train(job[0], seed, s, data, root / f"{job[0]}-{job[1]}-seed{seed}", job[1]),
+                            jobs)
             for run in pair:
                 runs.append(run)
                 what = f"accuracy {run['accuracy']:.4f}" if "error" not in run else "FAILED"
-                print(f"{NAME}: {run['device']} seed {seed}: {what} in {run['seconds']:.1f}s", file=sys.stderr)
+                print(f"{NAME}: {run['device']} {run['precision']} seed {seed}: {what} in {run['seconds']:.1f}s",
+                      file=sys.stderr)
             rec, checks = record(args, s, data, runs)
             if args.save:  # after every seed: a run cut off by a time limit keeps what it measured
-                path = common.save_record(rec, NAME)
+                path = common.save_record(rec, NAME if args.precision == "fp32" else f"{NAME}-{args.precision}")
     if args.json:
         print(json.dumps(rec, indent=2, default=common._json_default))
     else:
@@ -221,11 +249,12 @@ def main(argv=None) -> int:
 
 def record(args, s, data, runs):
     checks = Checks()
-    noise = compare(runs, args.device, checks)
+    noise = compare(runs, args.device, checks, args.precision)
+    step1_rtol, first_rtol = first_step_tolerances(args.precision)
     return {"benchmark": NAME, "environment": common.environment(args.device, use_torch=False),
             "tiny": bool(args.tiny), "timed": False, "complete": len(runs) == 2 * len(args.seeds),
-            "settings": {**s, "seeds": args.seeds, "data": str(data)}, "tolerances": {
-                "step1_rtol": STEP1_RTOL, "first_steps": FIRST_STEPS, "first_steps_rtol": FIRST_STEPS_RTOL,
+            "settings": {**s, "seeds": args.seeds, "data": str(data), "precision": args.precision}, "tolerances": {
+                "step1_rtol": step1_rtol, "first_steps": FIRST_STEPS, "first_steps_rtol": first_rtol,
                 "epoch_spread_factor": EPOCH_SPREAD_FACTOR, "epoch_min_rtol": EPOCH_MIN_RTOL,
                 "accuracy_min": ACC_MIN_TOL, "accuracy_spread_factor": ACC_SPREAD_FACTOR},
             "validation": checks.as_dict(), "noise": noise, "runs": runs}, checks

@@ -95,14 +95,24 @@ def _join(prefix, name):
 
 # ----------------------------------------------------------------------------- parameters
 class Parameter:
-    """A trainable array: ``.data``, its gradient ``.grad`` (None until a backward) and ``.name``."""
+    """A trainable array: ``.data``, its gradient ``.grad`` (None until a backward) and ``.name``.
 
-    __slots__ = ("data", "grad", "name")
+    Mixed precision (:mod:`gpuconv.amp`): ``.data`` stays the float32 master; ``.compute`` holds
+    its low-precision copy (bf16/fp16, cast once per step) while one is set, and ``.value`` is
+    what the layers compute with: the copy when there is one, else ``.data``. Gradients always
+    accumulate in ``.data``'s dtype, so a bf16 gradient lands in a float32 ``.grad``."""
+
+    __slots__ = ("data", "grad", "name", "compute")
 
     def __init__(self, data, name="param"):
         self.data = data
         self.grad = None
         self.name = name
+        self.compute = None
+
+    @property
+    def value(self):
+        return self.data if self.compute is None else self.compute
 
     @property
     def shape(self):
@@ -121,6 +131,8 @@ class Parameter:
         if grad.shape != self.data.shape:
             raise ValueError(f"gradient for parameter {self.name!r} has shape {grad.shape}, "
                              f"the parameter has {self.data.shape}: the op's backward and the layer disagree")
+        if grad.dtype != self.data.dtype:  # a low-precision gradient of the float32 master
+            grad = grad.astype(self.data.dtype)
         if self.grad is None:
             self.grad = grad
         else:
@@ -152,6 +164,9 @@ class Layer:
 
     _param_names: tuple = ()
     _buffer_names: tuple = ()
+    # Parameters that mixed-precision training computes with in bf16/fp16 (gpuconv.amp); the
+    # others (batch norm's affine pair) stay float32, as the statistics do.
+    _low_precision_params: tuple = ()
 
     def __init__(self):
         self.training = True
@@ -256,6 +271,7 @@ class Layer:
         for m in self.modules():
             for _, p in m._own_parameters():
                 p.data = fn(p.data)
+                p.compute = None  # a low-precision copy of the old array: recast at the next step
                 if p.grad is not None:
                     p.grad = fn(p.grad)
             for b in m._buffer_names:
@@ -359,6 +375,7 @@ class Conv2d(Layer):
     (output size = input size: stride 1 and odd kernel sizes, padding (k - 1) // 2)."""
 
     _param_names = ("weight", "bias")
+    _low_precision_params = ("weight", "bias")
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True, seed=None):
         super().__init__()
@@ -374,7 +391,7 @@ class Conv2d(Layer):
         self.bias = Parameter(_on_default_device(_bias_uniform(rng, self.out_channels, fan_in)), "bias") if bias else None
 
     def forward(self, x):
-        y, cache = ops.conv2d_forward(x, self.weight.data, None if self.bias is None else self.bias.data,
+        y, cache = ops.conv2d_forward(x, self.weight.value, None if self.bias is None else self.bias.value,
                                       stride=self.stride, padding=self.padding)
         self._keep(cache)
         return y
@@ -395,6 +412,7 @@ class Linear(Layer):
     """Fully connected layer ``y = x.reshape(N, -1) @ W.T + b`` with W as (out_features, in_features)."""
 
     _param_names = ("weight", "bias")
+    _low_precision_params = ("weight", "bias")
 
     def __init__(self, in_features, out_features, bias=True, seed=None):
         super().__init__()
@@ -407,7 +425,7 @@ class Linear(Layer):
                      if bias else None)
 
     def forward(self, x):
-        y, cache = ops.linear_forward(x, self.weight.data, None if self.bias is None else self.bias.data)
+        y, cache = ops.linear_forward(x, self.weight.value, None if self.bias is None else self.bias.value)
         self._keep(cache)
         return y
 

@@ -84,10 +84,31 @@ class Optimizer:
         for p in self.params:
             p.grad = None
 
-    def step(self):
+    def step(self, skip=None):
+        """Update every parameter that has a gradient.
+
+        ``skip``: a 0-d boolean array on the parameters' device (mixed precision's "a gradient
+        overflowed", :class:`gpuconv.amp.LossScaler`). Where it is true the step leaves the
+        parameters and their state exactly as they were (a slot the step created is zero, which
+        is what its first real step expects), decided on the device: the host never reads it.
+        A step count (Adam's ``t``) still advances."""
+        if skip is None:
+            for p, state in zip(self.params, self.state):
+                if p.grad is not None:
+                    self._update(p, state)
+            return
         for p, state in zip(self.params, self.state):
-            if p.grad is not None:
-                self._update(p, state)
+            if p.grad is None:
+                continue
+            xp = get_array_module(p.data)
+            before = {name: state[name].copy() for name in self._slots if name in state}
+            data = p.data.copy()
+            self._update(p, state)
+            xp.copyto(p.data, data, where=skip)
+            for name in self._slots:
+                if name in state:
+                    old = before.get(name)
+                    xp.copyto(state[name], old if old is not None else xp.zeros((), state[name].dtype), where=skip)
 
     def _update(self, p, state):
         raise NotImplementedError

@@ -1,0 +1,178 @@
+"""Mixed-precision training: float32 masters, low-precision compute, loss scaling on the device.
+
+A training precision is one of:
+- ``'fp32'``: float32 everywhere, strict IEEE (the default; reproducible);
+- ``'tf32'``: float32 arrays, with conv2d and linear rounding their inputs to TF32 inside the
+  GEMM (:func:`gpuconv.precision_mode`, like PyTorch's ``allow_tf32``);
+- ``'bf16'`` / ``'fp16'``: the parameters stay float32 masters, held and updated by the
+  optimizer; once per step each conv/linear parameter is cast to the low precision on the
+  device (:func:`cast_parameters`), the batch too, and forward and backward compute with those
+  copies (ops multiply and add in float32 and round once, see :mod:`gpuconv.precision`).
+  Gradients come back in the low precision and are accumulated in float32
+  (:meth:`gpuconv.layers.Parameter.accumulate`); the optimizer applies them in float32. Batch
+  norm keeps float32 parameters and statistics; the loss is computed in float32.
+
+fp16's range is narrow (largest 65504, smallest normal 6.1e-5), so small gradients would flush
+to zero: fp16 training scales the loss by ``S`` before the backward (:class:`LossScaler`), and
+unscales the float32 gradients after it. ``S`` adapts as PyTorch's GradScaler does: halved after
+a step whose gradients overflowed (that step is skipped), doubled after ``growth_interval``
+clean steps. All of it is decided on the device, with no readback per step: the skip is a
+device-side select in :meth:`gpuconv.optim.Optimizer.step`. bf16 has float32's range and needs
+no scaling.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+
+from . import backend
+
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+
+
+def compute_dtype(precision: str):
+    """The dtype forward and backward compute in for ``precision`` (float32 for fp32/tf32)."""
+    check_precision(precision)
+    if precision == "bf16":
+        import ml_dtypes
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(np.float16 if precision == "fp16" else np.float32)
+
+
+def check_precision(precision, where="precision"):
+    if precision not in PRECISIONS:
+        raise ValueError(f"{where}={precision!r}: use one of {', '.join(PRECISIONS)} (fp32: strict float32; "
+                         "tf32: float32 with TF32 convolutions; bf16/fp16: mixed precision with float32 masters)")
+    return precision
+
+
+def cast_parameters(model, dtype):
+    """Give every low-precision-capable parameter of ``model`` (conv and linear weights and
+    biases) a ``.compute`` copy in ``dtype``, cast on its device; None (or float32) clears them."""
+    dt = None if dtype is None else np.dtype(dtype)
+    for m in model.modules():
+        for name in getattr(m, "_low_precision_params", ()):
+            p = getattr(m, name, None)
+            if p is not None:
+                p.compute = None if dt is None or dt == p.data.dtype else p.data.astype(dt)
+
+
+@contextlib.contextmanager
+def autocast(model, precision: str):
+    """Forward/backward of ``model`` in ``precision`` inside the block: the parameters' compute
+    copies for bf16/fp16 (cleared afterwards), the TF32 mode for tf32. Yields the compute dtype,
+    which the caller casts its input batch to."""
+    from .precision import precision_mode
+    dt = compute_dtype(precision)
+    low = dt != np.float32
+    if low:
+        cast_parameters(model, dt)
+    try:
+        with precision_mode("tf32" if precision == "tf32" else "fp32"):
+            yield dt
+    finally:
+        if low:
+            cast_parameters(model, None)
+
+
+class LossScaler:
+    """Dynamic loss scaling, all on the device (PyTorch GradScaler's rule and defaults).
+
+    Per step: :meth:`scale` multiplies the loss gradient by ``S``; after the backward
+    :meth:`unscale` divides the float32 gradients by ``S`` and returns a 0-d boolean device
+    array, true when any of them is Inf/NaN; the optimizer skips the step on the device where
+    it is true (``optimizer.step(skip=found_inf)``); :meth:`update` then halves ``S`` (overflow)
+    or doubles it after ``growth_interval`` clean steps in a row. ``state_dict`` holds ``S``
+    and the clean-step count, so a resumed run scales exactly as the uninterrupted one."""
+
+    def __init__(self, init_scale=2.0 ** 16, growth_factor=2.0, backoff_factor=0.5, growth_interval=2000):
+        if not (init_scale > 0 and growth_factor > 1 and 0 < backoff_factor < 1 and growth_interval >= 1):
+            raise ValueError(f"LossScaler(init_scale={init_scale!r}, growth_factor={growth_factor!r}, "
+                             f"backoff_factor={backoff_factor!r}, growth_interval={growth_interval!r}): need "
+                             "init_scale > 0, growth_factor > 1, 0 < backoff_factor < 1, growth_interval >= 1")
+        self.init_scale, self.growth_factor = float(init_scale), float(growth_factor)
+        self.backoff_factor, self.growth_interval = float(backoff_factor), int(growth_interval)
+        self.scale_ = None    # 0-d float32 on the device, created at the first use
+        self.tracker = None   # 0-d int32: clean steps since the last change of scale
+
+    def _ensure(self, like):
+        xp = backend.get_array_module(like)
+        if self.scale_ is None or backend.get_array_module(self.scale_) is not xp:
+            scale = self.init_scale if self.scale_ is None else float(backend.asnumpy(self.scale_))
+            tracker = 0 if self.tracker is None else int(backend.asnumpy(self.tracker))
+            self.scale_ = backend.to_device(np.asarray(scale, np.float32), backend.device_of(like))
+            self.tracker = backend.to_device(np.asarray(tracker, np.int32), backend.device_of(like))
+
+    def scale(self, dloss):
+        """``dloss * S``, computed in float32 and rounded once to ``dloss``'s dtype."""
+        self._ensure(dloss)
+        return (dloss.astype(np.float32) * self.scale_).astype(dloss.dtype)
+
+    def unscale(self, params):
+        """Divide every ``.grad`` by ``S`` in place; a 0-d bool device array: any non-finite?"""
+        grads = [p.grad for p in params if p.grad is not None]
+        if not grads:
+            raise ValueError("LossScaler.unscale: no parameter has a gradient; call it after the backward")
+        self._ensure(grads[0])
+        xp = backend.get_array_module(grads[0])
+        inv = (1.0 / self.scale_).astype(np.float32)
+        bad = []
+        for g in grads:
+            g *= inv.astype(g.dtype)
+            bad.append(~xp.isfinite(g).all())
+        return xp.stack(bad).any()
+
+    def update(self, found_inf):
+        """The next step's ``S``: backed off after an overflow, grown after a clean run."""
+        xp = backend.get_array_module(found_inf)
+        grown = self.tracker + 1
+        grow = grown >= self.growth_interval
+        self.scale_ = xp.where(found_inf, self.scale_ * np.float32(self.backoff_factor),
+                               xp.where(grow, self.scale_ * np.float32(self.growth_factor), self.scale_)
+                               ).astype(np.float32)
+        self.tracker = xp.where(found_inf | grow, 0, grown).astype(np.int32)
+
+    @property
+    def current_scale(self) -> float:
+        """``S`` as a Python float (a readback: for logs and tests, not for the step)."""
+        return self.init_scale if self.scale_ is None else float(backend.asnumpy(self.scale_))
+
+    def state_dict(self):
+        return {"scaler": "LossScaler", "scale": self.current_scale,
+                "tracker": 0 if self.tracker is None else int(backend.asnumpy(self.tracker)),
+                "init_scale": self.init_scale, "growth_factor": self.growth_factor,
+                "backoff_factor": self.backoff_factor, "growth_interval": self.growth_interval}
+
+    def load_state_dict(self, d):
+        from .optim import _check_saved_by, _scalar
+        _check_saved_by(self, d, "scaler")
+        for name in ("init_scale", "growth_factor", "backoff_factor"):
+            setattr(self, name, float(_scalar(d[name])))
+        self.growth_interval = int(_scalar(d["growth_interval"]))
+        self.scale_ = np.asarray(float(_scalar(d["scale"])), np.float32)   # moved to the device at first use
+        self.tracker = np.asarray(int(_scalar(d["tracker"])), np.int32)
+
+
+def training_step(model, optimizer, x, y, precision="fp32", scaler=None, label_smoothing=0.0):
+    """One optimizer step of ``model`` on the batch ``(x, y)`` in ``precision``: forward, float32
+    loss, backward (the input gets no gradient), then the update, with ``scaler`` (fp16) scaling
+    the loss gradient and skipping an overflowed step on the device. Returns ``(loss, logits)``
+    as device arrays: nothing is read back. The step the trainer and the benchmarks run."""
+    from .layers import call_backward
+    from .ops import softmax_cross_entropy
+    optimizer.zero_grad()
+    with autocast(model, precision) as dt:
+        logits = model(x if x.dtype == dt else x.astype(dt))
+        loss, dlogits = softmax_cross_entropy(logits, y, label_smoothing=label_smoothing)  # float32
+        if scaler is not None:
+            dlogits = scaler.scale(dlogits)
+        call_backward(model, dlogits, need_dx=False)
+    if scaler is None:
+        optimizer.step()
+    else:  # the float32 gradients unscaled; an overflowed step leaves everything as it was
+        found_inf = scaler.unscale(optimizer.params)
+        optimizer.step(skip=found_inf)
+        scaler.update(found_inf)
+    return loss, logits
+

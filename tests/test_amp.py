@@ -1,0 +1,226 @@
+"""Mixed-precision training: float32 masters, bf16/fp16 compute, loss scaling decided on the device.
+
+The ops' low-precision arithmetic is tested per op (test_precision*.py); here: the parameter
+copies, the gradient path back into float32, the optimizer's device-side skip, the loss scaler,
+and the trainer in every precision on 'cpu' and 'sim', checkpoints included."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gpuconv
+from gpuconv import amp, backend, ops
+from gpuconv.data import DeviceLoader
+from gpuconv.layers import BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential
+from gpuconv.optim import SGD, Adam
+from gpuconv.trainer import Trainer, evaluate
+
+BF16 = amp.compute_dtype("bf16")
+
+
+def small_net(seed=0):
+    return Sequential(Conv2d(3, 6, 3, padding=1, seed=seed), BatchNorm2d(6), ReLU(), MaxPool2d(2),
+                      Conv2d(6, 8, 3, padding=1, seed=seed + 1), ReLU(), MaxPool2d(4), Flatten(),
+                      Linear(8 * 4 * 4, 10, seed=seed + 2))
+
+
+def batch(n=8, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, 3, 32, 32)).astype(np.float32), rng.integers(0, 10, n)
+
+
+# ----------------------------------------------------------------------------- parameters and gradients
+def test_autocast_makes_compute_copies_of_conv_and_linear_only_and_clears_them():
+    net = small_net()
+    with amp.autocast(net, "bf16") as dt:
+        assert dt == BF16
+        for name, p in net.named_parameters():
+            if name.startswith("1."):  # batch norm: float32, as its statistics
+                assert p.compute is None and p.value.dtype == np.float32
+            else:
+                assert p.value.dtype == BF16 and p.data.dtype == np.float32
+                np.testing.assert_array_equal(p.value, p.data.astype(BF16))
+    assert all(p.compute is None for p in net.parameters())
+    with amp.autocast(net, "fp32") as dt:
+        assert dt == np.float32 and all(p.compute is None for p in net.parameters())
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_low_precision_backward_accumulates_float32_gradients(precision):
+    net = small_net()
+    x, y = batch()
+    with amp.autocast(net, precision) as dt:
+        logits = net(x.astype(dt))
+        assert logits.dtype == dt
+        loss, dlogits = ops.softmax_cross_entropy(logits, y)
+        assert loss.dtype == np.float32 and dlogits.dtype == dt
+        net.backward(dlogits, need_dx=False)
+    for name, p in net.named_parameters():
+        assert p.grad.dtype == np.float32 and p.data.dtype == np.float32, name
+    # Against the float32 gradient of the same network: close, to the format's precision.
+    ref = small_net()
+    loss32, d32 = ops.softmax_cross_entropy(ref(x), y)
+    ref.backward(d32, need_dx=False)
+    # Against the float32 gradients: the same up to rounding, amplified by the cancellations of
+    # batch norm's backward and of sums over 8192 terms (a 1e-4 relative change of the float32
+    # input alone moves the first conv's weight gradient by 3%). The per-op error bounds are in
+    # test_precision.py; this catches a gradient of the wrong scale (an unscaled fp16 gradient is
+    # 65536x) or routed wrong.
+    for (name, p), (_, q) in zip(net.named_parameters(), ref.named_parameters()):
+        if name == "0.bias":
+            continue  # a bias before batch norm: its gradient is zero up to rounding in either precision
+        err = np.linalg.norm(p.grad - q.grad) / np.linalg.norm(q.grad)
+        assert err < 0.5, f"{name}: {err}"
+
+
+def test_a_parameter_gradient_of_another_dtype_lands_in_the_master_dtype():
+    p = Conv2d(1, 1, 1).weight
+    p.accumulate(np.ones(p.shape, BF16))
+    p.accumulate(np.ones(p.shape, np.float16))
+    assert p.grad.dtype == np.float32 and (p.grad == 2).all()
+
+
+# ----------------------------------------------------------------------------- the device-side skip
+@pytest.mark.parametrize("make", [lambda ps: SGD(ps, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3),
+                                  lambda ps: Adam(ps, lr=0.01)], ids=["sgd", "adam"])
+def test_optimizer_skip_leaves_parameters_and_state_as_they_were(make):
+    net = small_net()
+    x, y = batch()
+    opt = make(net.parameters())
+
+    def grads():
+        opt.zero_grad()
+        _, d = ops.softmax_cross_entropy(net(x), y)
+        net.backward(d, need_dx=False)
+
+    grads()
+    opt.step(skip=np.asarray(True))  # the first step skipped: slots it created read zero
+    assert all((p.data == q).all() for p, q in zip(net.parameters(), [p.data.copy() for p in net.parameters()]))
+    for state in opt.state:
+        for name in opt._slots:
+            assert not state[name].any()
+    twin, twin_opt = small_net(), make(small_net().parameters())
+    twin_opt = make(twin.parameters())
+    for _ in range(2):  # the skipped step changed nothing SGD sees; Adam's step count t advanced
+        for net_, opt_ in ((net, opt), (twin, twin_opt)):
+            opt_.zero_grad()
+            _, d = ops.softmax_cross_entropy(net_(x), y)
+            net_.backward(d, need_dx=False)
+        before = [p.data.copy() for p in net.parameters()]
+        opt.step(skip=np.asarray(False))
+        twin_opt.step()
+        assert any((p.data != b).any() for p, b in zip(net.parameters(), before))
+    if isinstance(opt, SGD):
+        for p, q in zip(net.parameters(), twin.parameters()):
+            np.testing.assert_array_equal(p.data, q.data)
+
+
+# ----------------------------------------------------------------------------- the loss scaler
+def test_loss_scaler_backs_off_on_overflow_and_grows_after_clean_steps():
+    s = amp.LossScaler(init_scale=8.0, growth_interval=3)
+    p = Conv2d(1, 1, 1).weight
+    p.grad = np.full(p.shape, 16.0, np.float32)
+    found = s.unscale([p])
+    assert not found and (p.grad == 2.0).all()
+    scales = []
+    for inf in [False, False, True, False, False, False, False]:
+        s.update(np.asarray(inf))
+        scales.append(s.current_scale)
+    assert scales == [8.0, 8.0, 4.0, 4.0, 4.0, 8.0, 8.0]  # grown after the 3rd clean step in a row
+    p.grad = np.array([[[[np.inf]]]], np.float32)
+    assert bool(s.unscale([p]))
+    state = s.state_dict()
+    t = amp.LossScaler()
+    t.load_state_dict(state)
+    assert t.current_scale == 8.0 and t.state_dict() == state
+    with pytest.raises(ValueError, match="growth_factor > 1"):
+        amp.LossScaler(growth_factor=1.0)
+    d = np.ones(3, np.float16)
+    assert s.scale(d).dtype == np.float16 and (s.scale(d) == 8).all()
+
+
+# ----------------------------------------------------------------------------- the trainer
+@pytest.fixture(scope="module")
+def images(request):
+    from conftest import SUBSET
+    from gpuconv.data import load_cifar10
+    cifar = load_cifar10(SUBSET.parent)
+    return cifar.train.images[:128], cifar.train.labels[:128]
+
+
+def fit(device, precision, images, epochs=2, out=None, resume=False, scaler=None, stop_after=None):
+    with gpuconv.default_device(device):
+        net = small_net()
+        loader = DeviceLoader(images[0], images[1], 32, shuffle=True, augment=True, seed=1)
+        opt = SGD(net.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+        trainer = Trainer(net, opt, out_dir=out, log_every=1, progress=False, precision=precision,
+                          loss_scaler=scaler, checkpoint_every=stop_after)
+        losses = []
+        real = trainer.train_step
+
+        def step(x, y):
+            real(x, y)
+            if stop_after is not None and trainer.step == stop_after and not resume:
+                raise KeyboardInterrupt
+        trainer.train_step = step
+        try:
+            trainer.fit(loader, epochs, resume=resume)
+        except KeyboardInterrupt:
+            pass
+        losses = [r["train_loss"] for r in trainer.history]
+        return trainer, losses
+
+
+@pytest.mark.parametrize("precision", ["tf32", "bf16", "fp16"])
+def test_trainer_in_each_precision_learns_and_keeps_float32_masters(images, precision):
+    trainer, losses = fit("cpu", precision, images, epochs=3)
+    assert len(losses) == 3 and np.isfinite(losses).all() and losses[-1] < losses[0]
+    assert all(p.data.dtype == np.float32 and p.compute is None for p in trainer.model.parameters())
+    _, ref = fit("cpu", "fp32", images, epochs=3)
+    assert abs(losses[0] - ref[0]) < 0.05  # the first epoch differs by rounding, not by recipe
+    if precision == "fp16":
+        assert trainer.scaler.current_scale <= 2.0 ** 16
+
+
+def test_fp16_overflow_skips_the_step_on_the_device_and_backs_off(images):
+    """A scale of 2^40 overflows fp16 at once: the steps are skipped (weights unchanged) and the
+    scale halves per step until the gradients fit, with no readback in the step."""
+    with gpuconv.default_device("cpu"):
+        net = small_net()
+        start = [p.data.copy() for p in net.parameters()]
+        opt = SGD(net.parameters(), lr=0.05, momentum=0.9)
+        trainer = Trainer(net, opt, log_every=1, progress=False, precision="fp16",
+                          loss_scaler=amp.LossScaler(init_scale=2.0 ** 40))
+        xb, yb = next(iter(DeviceLoader(images[0][:32], images[1][:32], 32, shuffle=False, augment=False)))
+        trainer.train_step(xb, yb)
+        trainer._flush()
+        assert all((p.data == s).all() for p, s in zip(net.parameters(), start))
+        assert trainer.scaler.current_scale == 2.0 ** 39
+        for _ in range(40):
+            trainer.train_step(xb, yb)
+            trainer._flush()
+        assert trainer.scaler.current_scale < 2.0 ** 39
+        assert any((p.data != s).any() for p, s in zip(net.parameters(), start))
+
+
+@pytest.mark.parametrize("device", ["cpu", "sim"])
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_resume_in_low_precision_is_exact(images, tmp_path, device, precision):
+    if device == "sim" and precision == "fp16":
+        pytest.skip("one simulator run covers the low-precision kernels; fp16 runs on cpu")
+    whole, whole_losses = fit(device, precision, images, epochs=2)
+    fit(device, precision, images, epochs=2, out=tmp_path, stop_after=5)
+    resumed, losses = fit(device, precision, images, epochs=2, out=tmp_path, resume=True, stop_after=5)
+    for (name, p), (_, q) in zip(whole.model.named_parameters(), resumed.model.named_parameters()):
+        np.testing.assert_array_equal(backend.asnumpy(p.data), backend.asnumpy(q.data), err_msg=name)
+    if precision == "fp16":
+        assert resumed.scaler.state_dict() == whole.scaler.state_dict()
+
+
+def test_a_checkpoint_trained_in_bf16_evaluates_in_any_precision(images, tmp_path):
+    trainer, _ = fit("cpu", "bf16", images, epochs=1, out=tmp_path)
+    loader = DeviceLoader(images[0], images[1], 64, shuffle=False, augment=False)
+    results = {p: evaluate(trainer.model, loader, precision=p) for p in ("fp32", "bf16", "fp16")}
+    accs = [r["accuracy"] for r in results.values()]
+    assert max(accs) - min(accs) <= 0.05 and all(r["n"] == 128 for r in results.values())
+    assert results["bf16"]["loss"] != results["fp32"]["loss"]  # it really computed in bf16
