@@ -19,3 +19,55 @@ def write_atomic(path: pathlib.Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+LOCK_NAME = ".gpuconv-train.lock"
+
+
+class DirectoryLocked(RuntimeError):
+    """Another live process holds the run directory's lock."""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by someone else
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def directory_lock(directory: pathlib.Path, what: str = "gpuconv train"):
+    """Hold ``directory``'s lock file for the block: a second process that tries while this one
+    runs gets :class:`DirectoryLocked` naming it, instead of interleaving its files with ours. A
+    lock left by a process that died (its pid is gone) is taken over."""
+    directory = pathlib.Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise NotADirectoryError(f"{directory} is a file, not a directory: give --out a directory path")
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / LOCK_NAME
+    for attempt in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            try:
+                pid = int(path.read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                pid = None
+            if pid is not None and pid != os.getpid() and _alive(pid) and attempt == 0:
+                raise DirectoryLocked(f"another {what} (pid {pid}) is writing to {directory}: wait for it to finish, "
+                                      f"or choose another --out (remove {path} if that process is gone)") from None
+            with contextlib.suppress(FileNotFoundError):  # a dead owner's lock: take it over
+                path.unlink()
+    else:
+        raise DirectoryLocked(f"could not take the lock {path}; remove it if no {what} is running")
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{os.getpid()}\n")
+    try:
+        yield path
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()

@@ -45,10 +45,25 @@ def _cuda_probe():
     try:
         n = cp.cuda.runtime.getDeviceCount()
     except Exception as exc:  # no driver, driver too old, no device
-        return False, f"cupy {cp.__version__} is installed but CUDA is unusable ({type(exc).__name__}: {exc})"
+        detail = f"cupy {cp.__version__} is installed but CUDA is unusable ({type(exc).__name__}: {exc})"
+        if not _driver_installed():  # CUDA then reports "insufficient driver", which misleads
+            return False, f"no NVIDIA GPU driver found (libcuda is not installed): {detail}"
+        return False, detail
     if n < 1:
         return False, f"cupy {cp.__version__} is installed but no CUDA device is visible"
     return True, f"{n} CUDA device(s) visible to cupy {cp.__version__}"
+
+
+def _driver_installed() -> bool:
+    """Whether the NVIDIA driver's CUDA library can be loaded at all."""
+    import ctypes
+    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
+        try:
+            ctypes.CDLL(name)
+            return True
+        except OSError:
+            continue
+    return False
 
 
 def cuda_available() -> bool:

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ._files import directory_lock
+
 # name -> (constructor in gpuconv.models, its extra keyword arguments).
 MODELS = {"seed": ("seed_net", {}), "three_layer": ("three_layer_convnet", {}), "fast": ("fast_net", {})}
 
@@ -42,7 +44,9 @@ MODEL_DEFAULTS = {
 }
 # Settings a resumed run takes from its checkpoint unless given again on the command line.
 RESUMABLE = ("model", "epochs", "batch_size", "lr", "weight_decay", "momentum", "schedule", "label_smoothing",
-             "augment", "width", "seed", "limit", "val_split")
+             "augment", "width", "seed", "limit", "val_split", "precision")
+PRECISION_HELP = ("fp32 (strict float32, the default), tf32 (float32 with TF32 convolutions), bf16 or fp16 "
+                  "(mixed precision: float32 master weights, low-precision compute; fp16 with loss scaling)")
 
 
 def _say(*parts):
@@ -51,10 +55,58 @@ def _say(*parts):
 
 # ----------------------------------------------------------------------------- argument parsing
 def _positive_int(text):
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer (1, 2, 3, ...)") from None
     if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be an integer >= 1")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer (1, 2, 3, ...)")
     return value
+
+
+def _number(text, low, high=None, high_open=False, what=""):
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    ok = math.isfinite(value) and value >= low and (high is None or (value < high if high_open else value <= high))
+    if not ok:
+        bound = f">= {low:g}" if high is None else f"in [{low:g}, {high:g}{')' if high_open else ']'}"
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number {bound}{what}")
+    return value
+
+
+def _learning_rate(text):
+    value = _number(text, 0.0, what=", e.g. 0.02")
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a learning rate of 0 trains nothing; give a positive number")
+    return value
+
+
+def _nonneg(text):
+    return _number(text, 0.0)
+
+
+def _momentum(text):
+    return _number(text, 0.0, 1.0, high_open=True, what=" (0.9 is usual)")
+
+
+def _smoothing(text):
+    return _number(text, 0.0, 1.0, high_open=True, what=" (0 disables it, 0.1-0.2 is usual)")
+
+
+def _device(text):
+    from . import backend
+    try:
+        backend.Device(text)
+    except (ValueError, TypeError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _default_device():
+    """$GPUCONV_DEVICE, as the API honours it, else 'auto' (a GPU when one is usable)."""
+    return os.environ.get("GPUCONV_DEVICE") or "auto"
 
 
 def _defaults(key):
@@ -75,25 +127,34 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"passes over the training set (default per model: {_defaults('epochs')})")
     t.add_argument("--batch-size", type=_positive_int, default=None,
                    help=f"images per step (default per model: {_defaults('batch_size')})")
-    t.add_argument("--lr", type=float, default=None,
+    t.add_argument("--lr", type=_learning_rate, default=None,
                    help=f"peak learning rate of the schedule (default per model: {_defaults('lr')})")
-    t.add_argument("--weight-decay", type=float, default=None)
-    t.add_argument("--momentum", type=float, default=None)
-    t.add_argument("--schedule", choices=("onecycle", "cosine", "constant"), default=None)
-    t.add_argument("--label-smoothing", type=float, default=None)
+    t.add_argument("--weight-decay", type=_nonneg, default=None,
+                   help=f"L2 weight decay (default per model: {_defaults('weight_decay')})")
+    t.add_argument("--momentum", type=_momentum, default=None,
+                   help=f"SGD momentum, Nesterov when > 0 (default per model: {_defaults('momentum')})")
+    t.add_argument("--schedule", choices=("onecycle", "cosine", "constant"), default=None,
+                   help=f"learning-rate schedule (default per model: {_defaults('schedule')})")
+    t.add_argument("--label-smoothing", type=_smoothing, default=None,
+                   help=f"(default per model: {_defaults('label_smoothing')})")
     t.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="random crop (pad 4) + horizontal flip on the device")
     t.add_argument("--width", type=_positive_int, default=None, help="channel width of fast_net (default 64)")
-    t.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | sim | auto (default: auto = a GPU if usable)")
+    t.add_argument("--device", type=_device, default=_default_device(),
+                   help="cpu | cuda | cuda:N | sim | auto (default: $GPUCONV_DEVICE, else auto = a GPU if usable)")
     t.add_argument("--data", default=None, help="CIFAR-10 directory or tarball (else $GPUCONV_DATA, "
                    "~/.cache/gpuconv, or download)")
     t.add_argument("--out", default="runs/latest", help="output directory (default runs/latest)")
-    t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
+    t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz (an error if there is none)")
+    t.add_argument("--resume-if-exists", action="store_true",
+                   help="continue from OUT/checkpoint.npz when it exists, else start a new run (for job scripts "
+                        "that are restarted after a preemption)")
     t.add_argument("--seed", type=int, default=None, help="seed for init, shuffling, augmentation (default 0)")
     t.add_argument("--limit", type=_positive_int, default=None, help="use only N training images (quick runs)")
     t.add_argument("--val-split", default=None,
                    help="validation data: 'auto' (test_batch, else hold out data_batch_5, else 10%%), "
                         "'test', 'batchK' (hold out data_batch_K), a fraction like 0.1, or 'none'")
+    t.add_argument("--precision", choices=("fp32", "tf32", "bf16", "fp16"), default=None, help=PRECISION_HELP)
     t.add_argument("--log-every", type=_positive_int, default=50, help="steps between loss readbacks")
     t.add_argument("--no-progress", action="store_true", help="no progress bar (one line per epoch)")
 
@@ -101,9 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", required=True, help="a checkpoint.npz written by `gpuconv train`")
     e.add_argument("--data", default=None, help="CIFAR-10 directory or tarball (else $GPUCONV_DATA, "
                    "~/.cache/gpuconv, or download); without test_batch, the split held out in training")
-    e.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | sim | auto (default)")
+    e.add_argument("--device", type=_device, default=_default_device(),
+                   help="cpu | cuda | cuda:N | sim | auto (default: $GPUCONV_DEVICE, else auto)")
     e.add_argument("--batch-size", type=_positive_int, default=500, help="images per forward pass (default 500)")
     e.add_argument("--tta", action="store_true", help="average with horizontally flipped images")
+    e.add_argument("--precision", choices=("fp32", "tf32", "bf16", "fp16"), default=None,
+                   help="compute precision (default: the one the checkpoint was trained in)")
     e.add_argument("--json", action="store_true", help="print one JSON object (accuracy in [0, 1])")
 
     sub.add_parser("info", help="versions, devices, CUDA and GPU telemetry")
@@ -217,7 +281,7 @@ def _settings(args):
     model = given.get("model") or stored.get("model") or "three_layer"
     if stored:
         _check_resume_flags(given, stored, ckpt_path)
-    s = dict(MODEL_DEFAULTS[model], seed=0, limit=None, val_split="auto", model=model)
+    s = dict(MODEL_DEFAULTS[model], seed=0, limit=None, val_split="auto", model=model, precision="fp32")
     s.update({k: v for k, v in stored.items() if k in RESUMABLE})
     s.update(given)
     return s
@@ -235,6 +299,11 @@ def _check_resume_flags(given, stored, ckpt_path):
                 continue
         if key == "epochs" and stored.get("schedule") == "constant":
             continue  # a constant learning rate can run for more epochs
+        if key == "precision":
+            if old is not None and value != old:
+                _say(f"note: {ckpt_path} was trained in {old}; continuing in {value} (its weights are float32 "
+                     "masters, so any precision can continue them)")
+            continue
         if old is not None and value != old:
             flag = "--" + key.replace("_", "-")
             why = (" (its learning-rate schedule was laid out for that many epochs)" if key == "epochs" else "")
@@ -243,6 +312,21 @@ def _check_resume_flags(given, stored, ckpt_path):
 
 
 def cmd_train(args) -> int:
+    """Checks what can be checked before the data set loads, then trains holding OUT's lock."""
+    from .checkpoint import CHECKPOINT_NAME
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise NotADirectoryError(f"--out {args.out} is a file, not a directory: give a directory path")
+    checkpoint_exists = (Path(args.out) / CHECKPOINT_NAME).exists()
+    if args.resume_if_exists:
+        args.resume = checkpoint_exists
+    elif args.resume and not checkpoint_exists:
+        raise FileNotFoundError(f"--resume: {Path(args.out) / CHECKPOINT_NAME} does not exist, so there is no run to "
+                                "continue there; drop --resume to start a new run, or use --resume-if-exists")
+    with directory_lock(args.out):
+        return _train(args)
+
+
+def _train(args) -> int:
     from . import backend
     from .checkpoint import CHECKPOINT_NAME
     from .data import DeviceLoader
@@ -260,16 +344,24 @@ def cmd_train(args) -> int:
         _say(f"note: {args.out} holds an earlier run; this new run replaces its checkpoint and metrics "
              "(use --resume to continue it instead)")
     cifar = _load_data(args.data)
+    if cifar.train is None:
+        raise FileNotFoundError(f"{cifar.root} holds test_batch alone, no training batches (data_batch_1..5): it "
+                                "is enough to evaluate a checkpoint, not to train. Point --data at the full release")
     train, val, val_desc, val_spec = resolve_split(cifar, s["val_split"], seed=s["seed"])
     s["val_split"] = val_spec
     if cifar.test is None and val is not None:
         _say(f"{cifar.root} has no test_batch: validating on {val_desc}")
     train = _limit(train, s["limit"], s["seed"])
+    if getattr(args, "width", None) is not None and s["model"] != "fast":
+        _say(f"warning: --width sets fast_net's channel width; the {s['model']} model ignores it")
+    if s["batch_size"] > len(train):
+        _say(f"warning: --batch-size {s['batch_size']} is larger than the {len(train)} training images: each epoch is "
+             f"one step of {len(train)} images")
     if s["model"] == "fast" and s["batch_size"] > len(train) // 8:
         _say(f"note: batch size {s['batch_size']} gives only {math.ceil(len(train) / s['batch_size'])} steps per "
              f"epoch on {len(train)} images; --batch-size 128 suits a small subset better")
     _say(f"training {s['model']} on {device} ({len(train)} images, {s['epochs']} epochs, batch {s['batch_size']}, "
-         f"lr {s['lr']}, {s['schedule']}); validation: {val_desc}; output: {args.out}")
+         f"lr {s['lr']}, {s['schedule']}, {s['precision']}); validation: {val_desc}; output: {args.out}")
 
     with backend.default_device(device):
         model, config = build_model(s["model"], seed=s["seed"], width=s.get("width"))
@@ -283,20 +375,21 @@ def cmd_train(args) -> int:
                   weight_decay=s["weight_decay"])
         sched = _schedule(s["schedule"], opt, s["lr"], s["epochs"] * len(train_loader))
         trainer = Trainer(model, opt, sched, out_dir=args.out, label_smoothing=s["label_smoothing"],
-                          log_every=args.log_every, seed=s["seed"], progress="epoch" if args.no_progress else True, config=config)
+                          log_every=args.log_every, seed=s["seed"], progress="epoch" if args.no_progress else True,
+                          config=config, precision=s["precision"])
         resume_cmd = f"gpuconv train --out {args.out} --resume" + (f" --data {args.data}" if args.data else "")
         try:
             trainer.fit(train_loader, s["epochs"], val=val_loader, resume=args.resume)
         except TrainingInterrupted as exc:
             _say(f"\n{exc.message.split(';')[0]}; checkpoint saved to {exc.checkpoint}.\nResume with: {resume_cmd}")
-            return 130
+            return 128 + int(exc.signal)  # 130 after Ctrl-C, 143 after SIGTERM, as the shell reports them
         except (TrainingDiverged, GPUOutOfMemory) as exc:
             _say(f"error: {exc}")
             return 1
         if val_loader is not None:
             result = trainer.evaluate(val_loader)
-            _say(f"final validation accuracy ({val_desc}): {result['accuracy']:.4f}  loss {result['loss']:.4f}")
-            print(f"accuracy {result['accuracy']:.4f}")
+            _say(f"final validation ({val_desc}): loss {result['loss']:.4f}")
+            print(f"accuracy {result['accuracy']:.4f}")  # the one accuracy line, on stdout for scripts
         elif trainer.history:
             print(f"train accuracy {trainer.history[-1]['train_acc']:.4f}")
         _say(f"checkpoint: {trainer.checkpoint_path}; metrics: {trainer.metrics_path}")
@@ -319,27 +412,39 @@ def cmd_evaluate(args) -> int:
     cifar = _load_data(args.data)
     if cifar.test is not None:
         images, labels, split_desc = cifar.test.images, cifar.test.labels, f"test_batch ({len(cifar.test)} images)"
+        split_name, held_out = "test_batch", True
     else:
         spec = config.get("train_args", {}).get("val_split", "auto")
-        if spec in ("none", "test"):
-            spec = "auto"
-        _, val, split_desc, _ = resolve_split(cifar, spec, seed=config.get("train_args", {}).get("seed", 0))
+        # Trained on every training image (--val-split none), or with test_batch as validation: no
+        # part of these training batches was held out, so a score on them is not a held-out score.
+        held_out = spec not in ("none", "test")
+        _, val, split_desc, split_name = resolve_split(cifar, spec if held_out else "auto",
+                                                       seed=config.get("train_args", {}).get("seed", 0))
         images, labels = val.images, val.labels
-        _say(f"{cifar.root} has no test_batch: evaluating on {split_desc}, as held out in training")
+        if not held_out:
+            split_desc = f"{_split_name(split_name)} ({len(val)} images)"
+        if held_out:
+            _say(f"{cifar.root} has no test_batch: evaluating on {split_desc}, as held out in training")
+        else:
+            _say(f"warning: {cifar.root} has no test_batch, and this checkpoint trained on every training image "
+                 f"(--val-split {spec}): evaluating on {split_desc}, which it TRAINED on. This is not a held-out "
+                 "score; evaluate on a directory with test_batch for one")
     with backend.default_device(device):
         model = model_from_config(config)
         model.load_state_dict(section(arrays, "model"))
         loader = DeviceLoader(images, labels, args.batch_size, shuffle=False, augment=False, device=device)
-        result = evaluate(model, loader, tta=args.tta)
+        precision = args.precision or config.get("train_args", {}).get("precision", "fp32")
+        result = evaluate(model, loader, tta=args.tta, precision=precision)
     classes = config.get("classes") or list(cifar.classes)
     per_class = {c: (None if math.isnan(a) else a) for c, a in zip(classes, result["per_class"])}
     if args.json:
-        print(json.dumps({"accuracy": result["accuracy"], "loss": result["loss"], "n": result["n"],
-                          "split": split_desc, "model": config["model"], "epoch": int(arrays["meta/epoch"]),
+        print(json.dumps({"accuracy": result["accuracy"], "loss": result["loss"], "n": result["n"], "precision": precision,
+                          "split": split_desc, "split_name": _split_name(split_name), "held_out": held_out, "model": config["model"], "epoch": int(arrays["meta/epoch"]),
                           "checkpoint": str(args.checkpoint), "classes": classes, "per_class": per_class,
                           "confusion": result["confusion"].tolist()}))
         return 0
-    print(f"{config['model']} after {int(arrays['meta/epoch'])} epoch(s), on {split_desc}")
+    print(f"{config['model']} after {int(arrays['meta/epoch'])} epoch(s), on {split_desc}"
+          f"{'' if held_out else ' (NOT held out: trained on)'}, in {precision}")
     print(f"accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}  ({result['n']} images)")
     print("per class: " + ", ".join(f"{c} {'-' if a is None else f'{a:.3f}'}" for c, a in per_class.items()))
     width = max(len(c) for c in classes)
@@ -348,6 +453,17 @@ def cmd_evaluate(args) -> int:
     for c, row in zip(classes, result["confusion"]):
         print(f"{c:>{width}} " + " ".join(f"{v:5d}" for v in row))
     return 0
+
+
+def _split_name(spec) -> str:
+    """A split's short name for JSON: 'test_batch', 'data_batch_5', 'fraction_0.1'."""
+    if spec in ("test", "test_batch"):
+        return "test_batch"
+    if isinstance(spec, (tuple, list)) and spec and spec[0] == "batch":
+        return f"data_batch_{spec[1]}"
+    if isinstance(spec, (tuple, list)) and spec and spec[0] == "fraction":
+        return f"fraction_{spec[1]}"
+    return str(spec)
 
 
 # ----------------------------------------------------------------------------- info
@@ -448,7 +564,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:  # outside the trainer's own handling (e.g. while loading data)
         _say("interrupted")
         return 130
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError, MemoryError) as exc:
+    except (ValueError, TypeError, OSError, RuntimeError, MemoryError) as exc:
         if os.environ.get("GPUCONV_DEBUG"):
             raise  # the full traceback, for bug reports
         _say(f"gpuconv {args.command}: error: {exc} (set GPUCONV_DEBUG=1 for a traceback)")

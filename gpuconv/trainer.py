@@ -26,9 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import backend
+from . import amp, backend
 from . import checkpoint as ckpt
-from .layers import call_backward
 from .monitor import GPUMonitor, format_snapshot, metrics_fields
 
 
@@ -41,11 +40,13 @@ class TrainingDiverged(FloatingPointError):
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C: the current step finished and (with an ``out_dir``) a checkpoint was saved."""
+    """Ctrl-C (SIGINT) or SIGTERM (a scheduler's preemption, ``timeout``): the current step
+    finished and (with an ``out_dir``) a checkpoint was saved. ``signal`` names which came."""
 
-    def __init__(self, message, checkpoint=None, epoch=None, step=None):
+    def __init__(self, message, checkpoint=None, epoch=None, step=None, signal=signal.SIGINT):
         super().__init__(message)
         self.message, self.checkpoint, self.epoch, self.step = message, checkpoint, epoch, step
+        self.signal = signal
 
     def __str__(self):
         return self.message
@@ -111,6 +112,13 @@ def _generators(obj, prefix):
     return found
 
 
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # a closed or unusual stream
+        return False
+
+
 class Trainer:
     """Fits a model with an optimizer (and optionally a per-step schedule).
 
@@ -123,10 +131,14 @@ class Trainer:
     on CUDA; True/False force it; a :class:`GPUMonitor` is used as given. ``seed`` seeds the
     trainer's own generator ``self.rng`` (saved and restored with the checkpoint, for code that
     extends the trainer); the model and the loader take their own seeds, so runs repeat exactly.
+    ``precision``: 'fp32', 'tf32', 'bf16' or 'fp16' (:mod:`gpuconv.amp`; default: the float32
+    mode in effect, :func:`gpuconv.get_precision`); fp16 scales the loss with ``loss_scaler``
+    (default: a :class:`gpuconv.amp.LossScaler`).
     """
 
     def __init__(self, model, optimizer, scheduler=None, out_dir=None, label_smoothing=0.0, log_every=50,
-                 seed=0, progress=True, checkpoint_every="epoch", config=None, monitor="auto"):
+                 seed=0, progress=True, checkpoint_every="epoch", config=None, monitor="auto", precision=None,
+                 loss_scaler=None):
         if not (isinstance(log_every, int) and log_every >= 1):
             raise ValueError(f"log_every={log_every!r}: must be an int >= 1 (steps between readbacks), e.g. 50")
         if not 0.0 <= label_smoothing < 1.0:
@@ -134,6 +146,13 @@ class Trainer:
         if not (checkpoint_every in ("epoch", None) or (isinstance(checkpoint_every, int) and checkpoint_every > 0)):
             raise ValueError(f"checkpoint_every={checkpoint_every!r}: use 'epoch', a positive number of steps, "
                              "or None (save only on Ctrl-C)")
+        if precision is None:  # the float32 compute mode in effect ('fp32', or 'tf32' after set_precision)
+            from .precision import get_precision
+            precision = get_precision()
+        self.precision = amp.check_precision(precision)
+        if loss_scaler is not None and precision != "fp16":
+            raise ValueError(f"loss_scaler is for precision='fp16' (bf16 has float32's range), not {precision!r}")
+        self.scaler = loss_scaler if loss_scaler is not None else amp.LossScaler() if precision == "fp16" else None
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.label_smoothing = float(label_smoothing)
@@ -170,7 +189,6 @@ class Trainer:
 
         The batch's mean loss and correct count go into row ``self._pending`` of the interval
         buffer, to be read back by the next flush."""
-        from .ops import softmax_cross_entropy
         xp = backend.get_array_module(x, y)
         if self._buf is None or backend.get_array_module(self._buf) is not xp:
             self._buf = xp.zeros((self.log_every, 2), dtype=np.float64)
@@ -178,15 +196,12 @@ class Trainer:
         if self._pending >= self.log_every:
             raise RuntimeError(f"{self._pending} steps are waiting for a readback: call Trainer._flush() "
                                f"at least every log_every={self.log_every} steps")
-        self.optimizer.zero_grad()
-        logits = self.model(x)
-        loss, dlogits = softmax_cross_entropy(logits, y, label_smoothing=self.label_smoothing)
-        call_backward(self.model, dlogits, need_dx=False)  # the images need no gradient
-        self.optimizer.step()
+        loss, logits = amp.training_step(self.model, self.optimizer, x, y, self.precision, self.scaler,
+                                         self.label_smoothing)
         if self.scheduler is not None:
             self.scheduler.step()
         self._buf[self._pending, 0] = loss
-        self._buf[self._pending, 1] = (xp.argmax(logits, axis=1) == y).sum()
+        self._buf[self._pending, 1] = (xp.argmax(logits.astype(np.float32, copy=False), axis=1) == y).sum()
         self._pending += 1
         self._pending_n.append(int(x.shape[0]))  # shapes are host metadata: no sync
         self.step += 1
@@ -243,6 +258,8 @@ class Trainer:
         arrays.update(ckpt.flatten_tree("optim", self.optimizer.state_dict()))
         if self.scheduler is not None:
             arrays.update(ckpt.flatten_tree("sched", self.scheduler.state_dict()))
+        if self.scaler is not None:
+            arrays.update(ckpt.flatten_tree("amp", self.scaler.state_dict()))
         for name, gen in self._rng_owners():
             arrays[f"rng/{name}"] = ckpt.rng_state(gen)
         arrays.update(self._loader_state or {})
@@ -252,6 +269,7 @@ class Trainer:
                        "meta/step": np.asarray(self.step, np.int64),
                        "meta/elapsed": np.asarray(self.elapsed, np.float64),
                        "meta/lr": np.asarray(float(self.optimizer.lr), np.float64),
+                       "meta/precision": np.asarray(self.precision),
                        "meta/config": ckpt.pack_json(self.config or {})})
         return arrays
 
@@ -272,6 +290,8 @@ class Trainer:
                 raise ValueError(f"checkpoint {path} has no schedule state but this Trainer has a scheduler: "
                                  "resume with the same setup as the run that wrote it")
             self.scheduler.load_state_dict(ckpt.unflatten_tree("sched", arrays))
+        if self.scaler is not None and "amp/__tree__" in arrays:  # else a run switched to fp16: a fresh scale
+            self.scaler.load_state_dict(ckpt.unflatten_tree("amp", arrays))
         self.optimizer.lr = float(arrays["meta/lr"])  # the lr the next step uses, whatever the schedule does
         for name, gen in self._rng_owners(loader, create=True):
             if f"rng/{name}" in arrays:
@@ -335,21 +355,26 @@ class Trainer:
             if not self.monitor.available:
                 self.monitor = None
 
-    # ------------------------------------------------------------------ Ctrl-C
-    def _on_sigint(self, signum, frame):
+    # ------------------------------------------------------------------ Ctrl-C and SIGTERM
+    STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def _on_stop_signal(self, signum, frame):
         if self._stop_requested:
-            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without saving
-        self._stop_requested = True
-        sys.stderr.write("\nCtrl-C: finishing the current step, then saving a checkpoint "
+            raise KeyboardInterrupt  # a second signal: stop now, without saving
+        self._stop_requested = signum
+        what = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        sys.stderr.write(f"\n{what}: finishing the current step, then saving a checkpoint "
                          "(press Ctrl-C again to stop at once without saving)\n")
 
     def _interrupt(self):
         saved = self.save_checkpoint() if self.out_dir is not None else None
         where = (f"checkpoint saved to {saved}; resume with `gpuconv train ... --out {self.out_dir} --resume` "
                  "or Trainer.fit(..., resume=True)" if saved else "no out_dir was given, so nothing was saved")
-        raise TrainingInterrupted(f"training interrupted at epoch {self.epoch + 1}, batch {self.epoch_step} "
+        signum = self._stop_requested if self._stop_requested in self.STOP_SIGNALS else signal.SIGINT
+        how = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+        raise TrainingInterrupted(f"training {how} at epoch {self.epoch + 1}, batch {self.epoch_step} "
                                   f"(step {self.step}); {where}", checkpoint=saved, epoch=self.epoch,
-                                  step=self.step)
+                                  step=self.step, signal=signum)
 
     # ------------------------------------------------------------------ fit
     def fit(self, train_loader, epochs, val=None, resume=False):
@@ -376,7 +401,7 @@ class Trainer:
             self._say(f"nothing to do: {self.epoch} epoch(s) already done (epochs={epochs})")
             return self.history
         handler_set = threading.current_thread() is threading.main_thread()
-        old_handler = signal.signal(signal.SIGINT, self._on_sigint) if handler_set else None
+        old_handlers = {sig: signal.signal(sig, self._on_stop_signal) for sig in self.STOP_SIGNALS} if handler_set else {}
         self._stop_requested = False
         self._start_monitor()
         self._t0 = time.perf_counter() - self.elapsed
@@ -406,8 +431,8 @@ class Trainer:
                 raise GPUOutOfMemory(oom_message(exc, bs, checkpoint=self.checkpoint_path)) from exc
             raise
         finally:
-            if handler_set:
-                signal.signal(signal.SIGINT, old_handler)
+            for sig, handler in old_handlers.items():
+                signal.signal(sig, handler)
             if self.monitor is not None and not isinstance(self.monitor_mode, GPUMonitor):
                 self.monitor.stop()
             self.monitor = None
@@ -466,6 +491,9 @@ class Trainer:
                "images_per_s": stats["n"] / max(dt, 1e-9),
                "elapsed_s": round(now - self._t0, 3), **self._telemetry()}
         self._write_metrics(rec)
+        if bar is None and self._plain_intervals():
+            print(f"epoch {rec['epoch']} step {rec['step']}: loss {rec['train_loss']:.4f} acc {rec['train_acc']:.4f} "
+                  f"lr {rec['lr']:.4g} | {rec['images_per_s']:.0f} img/s", file=sys.stderr, flush=True)
         if bar is not None:
             post = {"loss": f"{rec['train_loss']:.3f}", "acc": f"{rec['train_acc']:.3f}",
                     "img/s": f"{rec['images_per_s']:.0f}"}
@@ -474,8 +502,13 @@ class Trainer:
             bar.set_postfix(post, refresh=False)
         return now
 
+    def _plain_intervals(self):
+        """Progress on, but stderr is no terminal (a pipe, a log file): a plain line per log
+        interval instead of progress-bar frames."""
+        return self.progress is True and not _is_terminal(sys.stderr)
+
     def _bar(self, total, initial, epochs):
-        if not self.progress or self.progress == "epoch":
+        if not self.progress or self.progress == "epoch" or self._plain_intervals():
             return None
         from tqdm.auto import tqdm
         return tqdm(total=total, initial=initial, desc=f"epoch {self.epoch + 1}/{epochs}", unit="batch",
@@ -498,16 +531,17 @@ class Trainer:
             print(text, file=sys.stderr)
 
     # ------------------------------------------------------------------ evaluate
-    def evaluate(self, loader, tta=False):
+    def evaluate(self, loader, tta=False, precision=None):
         """Loss, accuracy, per-class accuracy and confusion matrix (rows: true class, cols: predicted).
 
         Sums stay on the device; one readback at the end. ``tta=True`` averages the logits of
-        each image and its horizontal mirror."""
-        return evaluate(self.model, loader, tta=tta)
+        each image and its horizontal mirror. In the trainer's precision unless ``precision`` says."""
+        return evaluate(self.model, loader, tta=tta, precision=precision or self.precision)
 
 
-def evaluate(model, loader, tta=False):
-    """Evaluate ``model`` on ``loader`` (see :meth:`Trainer.evaluate`)."""
+def evaluate(model, loader, tta=False, precision="fp32"):
+    """Evaluate ``model`` on ``loader`` (see :meth:`Trainer.evaluate`), computing in ``precision``
+    (a model trained in one precision evaluates in any other: its parameters are float32)."""
     from .ops import softmax_cross_entropy
     was_training = getattr(model, "training", True)
     model.eval()
@@ -516,9 +550,12 @@ def evaluate(model, loader, tta=False):
     try:
         for x, y in loader:
             xp = backend.get_array_module(x, y)
-            logits = model(x)
-            if tta:
-                logits = (logits + model(xp.ascontiguousarray(x[..., ::-1]))) * 0.5
+            with amp.autocast(model, precision) as dt:
+                x = x if x.dtype == dt else x.astype(dt)
+                logits = model(x)
+                if tta:
+                    logits = (logits + model(xp.ascontiguousarray(x[..., ::-1]))) * 0.5
+            logits = logits.astype(np.float32, copy=False)  # scores compared in float32
             loss, _ = softmax_cross_entropy(logits, y)
             if conf is None:
                 classes = int(logits.shape[1])

@@ -56,6 +56,17 @@ def test_train_prints_accuracy_and_says_how_it_validates(tmp_path, capsys):
     assert "epoch 1: train loss" in err and "epoch 1/1" not in err  # --no-progress: summary lines, no bar
     acc = float(out.split("accuracy")[-1])
     assert 0.0 <= acc <= 1.0
+    assert (out + err).count("accuracy 0.") + (out + err).count("accuracy: 0.") == 1  # said once
+
+
+def test_piped_output_gets_plain_lines_not_bar_frames(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "gpuconv", "train", "--model", "seed", "--epochs", "1", "--limit",
+                           "256", "--batch-size", "32", "--log-every", "2", "--data", str(SUBSET), "--out",
+                           str(tmp_path), "--device", "cpu"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "\r" not in proc.stderr and "it/s" not in proc.stderr and "batch/s" not in proc.stderr
+    lines = [x for x in proc.stderr.splitlines() if x.startswith("epoch 1 step ")]
+    assert len(lines) == 4 and "img/s" in lines[0]  # 8 steps, a line every 2
 
 
 def test_evaluate_json_on_the_held_out_batch(trained, capsys):
@@ -66,6 +77,7 @@ def test_evaluate_json_on_the_held_out_batch(trained, capsys):
     assert 0.0 <= result["accuracy"] <= 1.0
     assert result["accuracy"] > 0.3  # seed_net after 3 epochs on 1000 images (~0.4); chance is 0.1
     assert result["n"] == 1017 and "data_batch_5" in result["split"]
+    assert result["held_out"] is True and result["split_name"] == "data_batch_5" and result["precision"] == "fp32"
     conf = np.array(result["confusion"])
     assert conf.shape == (10, 10) and conf.sum() == 1017
     assert result["accuracy"] == pytest.approx(np.trace(conf) / 1017)
@@ -74,6 +86,30 @@ def test_evaluate_json_on_the_held_out_batch(trained, capsys):
     # The last validation of training saw the same images with the same weights.
     last = [json.loads(x) for x in (trained / "metrics.jsonl").read_text().splitlines()][-1]
     assert last["val_acc"] == pytest.approx(result["accuracy"])
+
+
+def test_evaluate_says_when_the_images_were_trained_on(tmp_path, capsys):
+    rc, _, err = run(["train", "--model", "seed", "--epochs", "1", "--limit", "300", "--val-split", "none",
+                      "--data", SUBSET, "--out", tmp_path, "--no-progress"], capsys)
+    assert rc == 0, err
+    rc, out, err = run(["evaluate", "--checkpoint", tmp_path / "checkpoint.npz", "--data", SUBSET, "--json"], capsys)
+    result = json.loads(out)
+    assert rc == 0 and result["held_out"] is False and result["split_name"] == "data_batch_5"
+    assert "held out" not in result["split"] and "which it TRAINED on" in err
+
+
+def test_a_test_only_directory_evaluates_and_refuses_to_train(trained, tmp_path, capsys):
+    import shutil
+    only = tmp_path / "cifar-10-batches-py"
+    only.mkdir()
+    shutil.copy(SUBSET / "data_batch_5", only / "test_batch")  # real images standing in for the test split
+    shutil.copy(SUBSET / "batches.meta", only / "batches.meta")
+    rc, out, err = run(["evaluate", "--checkpoint", trained / "checkpoint.npz", "--data", only, "--json"], capsys)
+    result = json.loads(out)
+    assert rc == 0, err
+    assert result["held_out"] is True and result["split_name"] == "test_batch" and result["n"] == 1017
+    rc, _, err = run(["train", "--data", only, "--out", tmp_path / "run"], capsys)
+    assert rc == 1 and "holds test_batch alone, no training batches" in err and "incomplete" not in err
 
 
 def test_evaluate_prints_a_table(trained, capsys):
@@ -95,6 +131,14 @@ def test_resume_reads_settings_from_the_checkpoint(trained, tmp_path, capsys):
     assert rc == 1 and "--model seed" in err and "--model fast" in err and "new --out" in err
     rc, _, err = run(["train", "--out", run_dir, "--resume", "--epochs", "5", "--data", SUBSET], capsys)
     assert rc == 1 and "--epochs 3" in err and "schedule" in err
+
+
+def test_flags_that_do_nothing_warn(tmp_path, capsys):
+    rc, _, err = run(["train", "--model", "seed", "--width", "8", "--epochs", "1", "--limit", "40",
+                      "--batch-size", "64", "--data", SUBSET, "--out", tmp_path, "--no-progress"], capsys)
+    assert rc == 0, err
+    assert "--width sets fast_net's channel width; the seed model ignores it" in err
+    assert "--batch-size 64 is larger than the 40 training images" in err
 
 
 def test_fast_net_with_label_smoothing_and_augmentation(tmp_path, capsys):
@@ -121,12 +165,15 @@ def test_bad_values_get_clear_errors(tmp_path, capsys):
     with pytest.raises(ValueError, match="--val-split"):
         cli.parse_val_split("half")
     assert cli.parse_val_split("batch3") == ("batch", 3) and cli.parse_val_split("0.2") == ("fraction", 0.2)
-    rc, _, err = run(["train", "--device", "tpu", "--data", SUBSET, "--out", tmp_path], capsys)
-    assert rc == 1 and "device 'tpu'" in err
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--device", "tpu", "--data", str(SUBSET), "--out", str(tmp_path)])
+    assert "device 'tpu' is not understood" in capsys.readouterr().err
     from gpuconv import backend
     if not backend.cuda_available():
         rc, _, err = run(["train", "--device", "cuda", "--data", SUBSET, "--out", tmp_path], capsys)
         assert rc == 1 and "CUDA" in err and "device='cpu'" in err
+        if not backend._driver_installed():
+            assert "no NVIDIA GPU driver found" in err
     rc, _, err = run(["train", "--val-split", "test", "--data", SUBSET, "--out", tmp_path, "--limit", "10"], capsys)
     assert rc == 1 and "no test_batch" in err
     rc, _, err = run(["evaluate", "--checkpoint", tmp_path / "nope.npz", "--data", SUBSET], capsys)
@@ -136,6 +183,65 @@ def test_bad_values_get_clear_errors(tmp_path, capsys):
     assert rc == 1 and "no model config" in err
     with pytest.raises(SystemExit):
         cli.main(["train", "--epochs", "0"])
+
+
+@pytest.mark.parametrize("flag, value, says", [
+    ("--lr", "-1", "must be a finite number >= 0"), ("--lr", "0", "a learning rate of 0 trains nothing"),
+    ("--momentum", "-1", "in [0, 1)"), ("--weight-decay", "nan", "must be a finite number >= 0"),
+    ("--label-smoothing", "2", "in [0, 1)"), ("--epochs", "1.5", "'1.5' is not a positive integer"),
+    ("--batch-size", "0", "is not a positive integer")])
+def test_bad_numbers_are_refused_before_any_data_is_read(capsys, monkeypatch, flag, value, says):
+    monkeypatch.setattr(cli, "_load_data", lambda *a, **k: pytest.fail("data loaded before the flags were checked"))
+    with pytest.raises(SystemExit) as info:
+        cli.main(["train", flag, value])
+    assert info.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_gpuconv_device_is_the_cli_default_and_must_be_valid(monkeypatch, capsys):
+    monkeypatch.setenv("GPUCONV_DEVICE", "sim")
+    assert cli.build_parser().parse_args(["train"]).device == "sim"
+    assert cli.build_parser().parse_args(["evaluate", "--checkpoint", "c"]).device == "sim"
+    assert cli.build_parser().parse_args(["train", "--device", "cpu"]).device == "cpu"  # a flag wins
+    monkeypatch.setenv("GPUCONV_DEVICE", "gpu")
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["train"])
+    assert "device 'gpu' is not understood" in capsys.readouterr().err
+
+
+def test_resume_needs_a_checkpoint_unless_if_exists(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(cli, "_load_data", lambda *a, **k: pytest.fail("data loaded before the flags were checked"))
+    rc, _, err = run(["train", "--out", tmp_path / "empty", "--resume"], capsys)
+    assert rc == 1 and "checkpoint.npz does not exist, so there is no run to continue" in err
+    assert "--resume-if-exists" in err
+    (tmp_path / "file").write_text("")
+    rc, _, err = run(["train", "--out", tmp_path / "file"], capsys)
+    assert rc == 1 and "is a file, not a directory" in err
+
+
+def test_resume_if_exists_starts_then_continues(tmp_path, capsys):
+    argv = ["train", "--model", "seed", "--epochs", "1", "--limit", "200", "--data", SUBSET, "--out", tmp_path,
+            "--no-progress", "--resume-if-exists"]
+    rc, _, err = run(argv, capsys)
+    assert rc == 0 and "resuming" not in err
+    rc, _, err = run(argv, capsys)
+    assert rc == 0 and "nothing to do: 1 epoch(s) already done" in err
+
+
+def test_a_second_run_into_the_same_out_is_refused_while_the_first_runs(tmp_path, capsys):
+    from gpuconv import _files
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / _files.LOCK_NAME).write_text(f"{holder.pid}\n")
+        rc, _, err = run(["train", "--out", tmp_path, "--data", SUBSET], capsys)
+        assert rc == 1 and f"another gpuconv train (pid {holder.pid}) is writing to {tmp_path}" in err
+    finally:
+        holder.kill()
+        holder.wait()
+    # Its owner is gone: the lock is stale, taken over, and released when the run ends.
+    rc, _, err = run(["train", "--model", "seed", "--epochs", "1", "--limit", "100", "--data", SUBSET,
+                      "--out", tmp_path, "--no-progress"], capsys)
+    assert rc == 0, err
+    assert not (tmp_path / _files.LOCK_NAME).exists()
 
 
 def test_info_reports_versions_cuda_and_telemetry(capsys):
@@ -179,7 +285,11 @@ def test_bench_dispatches_to_a_checkout_script(tmp_path, monkeypatch, capsys):
     assert rc == 2 and "source checkout" in err
 
 
-def test_ctrl_c_during_training_saves_a_checkpoint_that_resumes(tmp_path, capsys):
+@pytest.mark.parametrize("sig, rc, said", [(signal.SIGINT, 130, "interrupted at epoch"),
+                                            (signal.SIGTERM, 143, "stopped by SIGTERM at epoch")])
+def test_a_stop_signal_during_training_saves_a_checkpoint_that_resumes(tmp_path, capsys, sig, rc, said):
+    """Ctrl-C, and SIGTERM as a scheduler's preemption or `timeout` sends it: the step in flight
+    finishes, a checkpoint is written, and --resume finishes the run."""
     out = tmp_path / "run"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "gpuconv", "train", "--model", "seed", "--epochs", "3", "--limit", "1500",
@@ -193,11 +303,11 @@ def test_ctrl_c_during_training_saves_a_checkpoint_that_resumes(tmp_path, capsys
             break
         time.sleep(0.05)
     assert proc.poll() is None, proc.communicate()
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130, stderr
+    assert proc.returncode == rc, stderr
     assert "Traceback" not in stderr
-    assert "interrupted at epoch" in stderr and f"gpuconv train --out {out} --resume" in stderr
+    assert said in stderr and f"gpuconv train --out {out} --resume" in stderr
     with np.load(out / "checkpoint.npz", allow_pickle=False) as z:
         step, epoch = int(z["meta/step"]), int(z["meta/epoch"])
     assert step > 0

@@ -64,7 +64,9 @@ def assert_same_state(a: Trainer, b: Trainer):
 
 
 # ----------------------------------------------------------------------------- learning
-def test_three_layer_convnet_learns_on_real_images(cifar, tmp_path, capsys):
+def test_three_layer_convnet_learns_on_real_images(cifar, tmp_path, capsys, monkeypatch):
+    import gpuconv.trainer as trainer_module
+    monkeypatch.setattr(trainer_module, "_is_terminal", lambda stream: True)  # as in a terminal: the bar
     train, val = cifar
     n = 2000  # calibrated: ~12 s on 2 shared cores, ~39% held-out accuracy after 2 epochs
     model = three_layer_convnet(seed=0)
@@ -287,18 +289,21 @@ def test_resume_after_an_epoch_is_bit_identical(cifar, tmp_path):
 
 
 class SigintAt(DeviceLoader):
-    """A DeviceLoader that sends this process SIGINT (as Ctrl-C does) when it yields a given batch."""
+    """A DeviceLoader that sends this process SIGINT (as Ctrl-C does), or ``sig``, when it yields
+    a given batch."""
 
     kill_at = None  # (epoch, batch)
+    sig = signal.SIGINT
 
     def _batches(self, epoch, start):
         for i, batch in enumerate(super()._batches(epoch, start), start=start):
             if (epoch, i) == self.kill_at:
-                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), self.sig)
             yield batch
 
 
-def test_ctrl_c_mid_epoch_saves_and_resumes_bit_identically(cifar, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_mid_epoch_saves_and_resumes_bit_identically(cifar, tmp_path, sig):
     train, _ = cifar
     images, labels = train.images[:192], train.labels[:192]  # 6 batches of 32 per epoch
     full, loader = build(images, labels, tmp_path / "full", epochs=2)
@@ -306,11 +311,11 @@ def test_ctrl_c_mid_epoch_saves_and_resumes_bit_identically(cifar, tmp_path):
 
     first, _ = build(images, labels, tmp_path / "cut", epochs=2)
     killer = SigintAt(images, labels, 32, shuffle=True, augment=True, seed=7)
-    killer.kill_at = (1, 2)
-    old = signal.getsignal(signal.SIGINT)
+    killer.kill_at, killer.sig = (1, 2), sig
+    old = signal.getsignal(sig)
     with pytest.raises(TrainingInterrupted) as info:
         first.fit(killer, 2)
-    assert signal.getsignal(signal.SIGINT) is old  # the handler is put back
+    assert signal.getsignal(sig) is old and info.value.signal == sig  # the handler is put back
     assert "resume" in str(info.value) and info.value.checkpoint == tmp_path / "cut" / "checkpoint.npz"
     saved = ckpt.load_checkpoint(info.value.checkpoint)
     # The step in flight when Ctrl-C came (epoch 2, batch 3) finished, then the checkpoint was written.

@@ -124,6 +124,9 @@ def load_CIFAR10(ROOT):  # noqa: N802,N803 (the assignment's names)
     for w in caught:
         if "no test batch" not in str(w.message):
             warnings.warn(w.message, w.category, stacklevel=2)
+    if data.train is None:
+        raise FileNotFoundError(f"load_CIFAR10: {root} holds test_batch alone; the assignment trains on "
+                                "data_batch_1..5: download the full cifar-10-python release into it")
     xtr, ytr = _channels_last(data.train.images), data.train.labels
     if data.test is None:
         warnings.warn(f"load_CIFAR10: {root} has no test_batch, so Xte and Yte are empty (shapes (0, 32, 32, 3) "

@@ -56,9 +56,10 @@ class Split:
 
 @dataclass(eq=False)
 class CIFAR10:
-    """A loaded CIFAR-10: ``test`` is None when the source has no test batch."""
+    """A loaded CIFAR-10: ``test`` is None when the source has no test batch, ``train`` when it
+    holds the test batch alone (enough to evaluate, not to train)."""
 
-    train: Split
+    train: Split | None
     test: Split | None
     classes: list
     root: pathlib.Path
@@ -137,8 +138,8 @@ def read_cifar10(source) -> CIFAR10:
     finally:
         if isinstance(files, formats.TarFiles):
             files.close()
-    train = Split(np.concatenate([im for im, _ in train_parts]), np.concatenate([lb for _, lb in train_parts]),
-                  batch_sizes=[len(lb) for _, lb in train_parts])
+    train = (Split(np.concatenate([im for im, _ in train_parts]), np.concatenate([lb for _, lb in train_parts]),
+                   batch_sizes=[len(lb) for _, lb in train_parts]) if train_parts else None)
     test = Split(*test_part) if test_part is not None else None
     if test is None:
         warnings.warn(f"{source}: no test batch; training works, and validation must be split from the "

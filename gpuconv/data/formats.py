@@ -178,17 +178,21 @@ def read_classes(files, fmt: str) -> list[str] | None:
 
 
 def read_batches(files, fmt: str):
-    """(train parts [(images, labels), ...], test part or None, class names or None)."""
+    """(train parts [(images, labels), ...], test part or None, class names or None). A copy of
+    the test split alone (test_batch, no data_batch_*) gives no train parts: evaluation needs
+    nothing else; a copy with some training batches but not all is incomplete."""
     suffix = ".bin" if fmt == "bin" else ""
     parse = parse_binary_batch if fmt == "bin" else parse_python_batch
     names = files.names()
     missing = [n + suffix for n in TRAIN_BATCHES if n + suffix not in names]
+    test_name = TEST_BATCH + suffix
+    if len(missing) == len(TRAIN_BATCHES) and test_name in names:
+        return [], parse(files.read(test_name), files.where(test_name)), read_classes(files, fmt)
     if missing:
         raise DataNotFoundError(
             f"{files.path}: {', '.join(missing)} missing (found "
             f"{sorted(n for n in names if n.startswith(('data_batch', 'test_batch')))}); the copy is "
             f"incomplete. {_REFETCH_SENTENCE}")
     train = [parse(files.read(n + suffix), files.where(n + suffix)) for n in TRAIN_BATCHES]
-    test_name = TEST_BATCH + suffix
     test = parse(files.read(test_name), files.where(test_name)) if test_name in names else None
     return train, test, read_classes(files, fmt)
