@@ -12,6 +12,14 @@ from .precision import bfloat16, get_precision, precision_mode, set_precision
 
 __version__ = "0.1.0"
 
+
+def load_model(path, device=None):
+    """The trained model of a ``gpuconv train`` checkpoint: ``load_model(p).predict(uint8_images)``
+    gives class probabilities (see :mod:`gpuconv.inference`)."""
+    from .inference import load_model as _load
+    return _load(path, device)
+
+
 __all__ = ["Device", "asnumpy", "cuda_available", "cuda_status", "default_device", "device_of",
            "get_array_module", "get_default_device", "item", "set_default_device", "to_device",
-           "bfloat16", "get_precision", "precision_mode", "set_precision", "__version__"]
+           "bfloat16", "get_precision", "precision_mode", "set_precision", "load_model", "__version__"]

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ._files import directory_lock
+from .data.augment import CIFAR10_MEAN, CIFAR10_STD
 
 # name -> (constructor in gpuconv.models, its extra keyword arguments).
 MODELS = {"seed": ("seed_net", {}), "three_layer": ("three_layer_convnet", {}), "fast": ("fast_net", {})}
@@ -117,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     p = argparse.ArgumentParser(prog="gpuconv", description="Convolutional networks on NumPy and CuPy.")
     p.add_argument("--version", action="version", version=f"gpuconv {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="{train,evaluate,info,bench}")
+    sub = p.add_subparsers(dest="command", metavar="{train,evaluate,predict,summary,info,bench}")
     sub.required = True
 
     t = sub.add_parser("train", help="train a model on CIFAR-10",
@@ -169,6 +170,22 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--precision", choices=("fp32", "tf32", "bf16", "fp16"), default=None,
                    help="compute precision (default: the one the checkpoint was trained in)")
     e.add_argument("--json", action="store_true", help="print one JSON object (accuracy in [0, 1])")
+
+    pr = sub.add_parser("predict", help="classify image files or .npy arrays with a trained checkpoint",
+                        description="Classify images with a checkpoint of `gpuconv train`: PNG/JPEG files (any size: "
+                                    "converted to RGB, resized to 32x32) or .npy uint8 arrays (N, 32, 32, 3).")
+    pr.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or .npy arrays")
+    pr.add_argument("--checkpoint", required=True, help="a checkpoint.npz written by `gpuconv train`")
+    pr.add_argument("--top", type=_positive_int, default=1, help="the K most likely classes per image (default 1)")
+    pr.add_argument("--json", action="store_true", help="print one JSON object")
+    pr.add_argument("--device", type=_device, default=_default_device(),
+                    help="cpu | cuda | cuda:N | sim | auto (default: $GPUCONV_DEVICE, else auto)")
+    pr.add_argument("--precision", choices=("fp32", "tf32", "bf16", "fp16"), default=None,
+                    help="compute precision (default: the one the checkpoint was trained in)")
+
+    sm = sub.add_parser("summary", help="a model's layers, output shapes, parameters and FLOPs")
+    sm.add_argument("--model", choices=sorted(MODELS), default="three_layer", help="network (default three_layer)")
+    sm.add_argument("--width", type=_positive_int, default=None, help="channel width of fast_net (default 64)")
 
     sub.add_parser("info", help="versions, devices, CUDA and GPU telemetry")
 
@@ -367,6 +384,7 @@ def _train(args) -> int:
         model, config = build_model(s["model"], seed=s["seed"], width=s.get("width"))
         config["train_args"] = s
         config["classes"] = list(cifar.classes)
+        config["preprocess"] = {"mean": list(CIFAR10_MEAN), "std": list(CIFAR10_STD)}  # what the loaders apply
         train_loader = DeviceLoader(train.images, train.labels, s["batch_size"], shuffle=True,
                                     augment=s["augment"], seed=s["seed"], device=device)
         val_loader = (DeviceLoader(val.images, val.labels, 500, shuffle=False, augment=False, device=device)
@@ -466,6 +484,36 @@ def _split_name(spec) -> str:
     return str(spec)
 
 
+# ----------------------------------------------------------------------------- predict, summary
+def cmd_predict(args) -> int:
+    from . import backend
+    from .inference import load_images, load_model
+    images, sources = load_images(args.inputs)
+    with backend.default_device(backend.Device(args.device)):
+        model = load_model(args.checkpoint)
+        probs = model.predict(images, precision=args.precision)
+        labels = model.predict_classes(images, precision=args.precision)
+    k = min(args.top, probs.shape[1])
+    rows = []
+    for i, ((source, index), p, label) in enumerate(zip(sources, probs, labels)):
+        order = np.argsort(-p, kind="stable")[:k]
+        rows.append({"source": source, "index": index, "label": model.classes[label], "label_index": int(label),
+                     "top": [[model.classes[j], round(float(p[j]), 6)] for j in order]})
+    if args.json:
+        print(json.dumps({"predictions": rows}))
+        return 0
+    for r in rows:
+        where = r["source"] if r["index"] == 0 and not r["source"].endswith(".npy") else f"{r['source']}[{r['index']}]"
+        print(f"{where}: {r['label']}  (" + ", ".join(f"{c} {p:.3f}" for c, p in r["top"]) + ")")
+    return 0
+
+
+def cmd_summary(args) -> int:
+    model, _ = build_model(args.model, width=args.width)
+    print(model.summary((3, 32, 32)))
+    return 0
+
+
 # ----------------------------------------------------------------------------- info
 def _version(dist):
     from importlib import metadata
@@ -553,7 +601,8 @@ def cmd_bench(args) -> int:
 
 
 # ----------------------------------------------------------------------------- entry point
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "info": cmd_info, "bench": cmd_bench}
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "summary": cmd_summary,
+            "info": cmd_info, "bench": cmd_bench}
 
 
 def main(argv=None) -> int:

@@ -305,6 +305,19 @@ class Trainer:
         self.config = ckpt.read_config(arrays) or self.config
         return arrays
 
+    @property
+    def best_path(self):
+        return self.out_dir / "best.npz" if self.out_dir is not None else None
+
+    def _after_epoch_files(self, record):
+        """``best.npz``: the checkpoint of the epoch with the best validation accuracy so far (as
+        the latest checkpoint is, a whole training state); ``curves.png``: the curves so far."""
+        from .plots import plot_curves
+        accs = [r.get("val_acc") for r in self.history if r.get("val_acc") is not None]
+        if record.get("val_acc") is not None and record["val_acc"] >= max(accs):
+            ckpt.save_checkpoint(self.best_path, self.state_arrays())
+        plot_curves(self.history, self.out_dir / "curves.png")
+
     # ------------------------------------------------------------------ metrics history
     def _write_metrics(self, record):
         if self.metrics_path is None:
@@ -423,6 +436,8 @@ class Trainer:
                 self._loader_state = self._capture_loader(train_loader)  # = its state when the next epoch begins
                 if self.out_dir is not None and self.checkpoint_every is not None:
                     self.save_checkpoint()
+                if self.out_dir is not None:
+                    self._after_epoch_files(record)
                 if self._stop_requested:
                     self._interrupt()
         except Exception as exc:

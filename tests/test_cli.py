@@ -331,3 +331,67 @@ def test_version_and_help_show_the_per_model_defaults(capsys):
         cli.main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "default per model: seed 8, three_layer 8, fast 16" in text and "fast 512" in text
+
+
+# ----------------------------------------------------------------------------- using a trained model
+def test_train_writes_best_checkpoint_and_curves(trained):
+    from PIL import Image
+    with Image.open(trained / "curves.png") as im:
+        assert im.format == "PNG" and im.size[0] > 300
+    best = ckpt.load_checkpoint(trained / "best.npz")
+    history = [json.loads(x) for x in (trained / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in history if r["kind"] == "epoch"]
+    best_epoch = max(range(len(epochs)), key=lambda i: (epochs[i]["val_acc"], i)) + 1
+    assert int(best["meta/epoch"]) == best_epoch
+
+
+def test_load_model_predicts_exactly_what_evaluate_counts(trained, capsys):
+    import gpuconv
+    from gpuconv.data import load_cifar10, train_val_split
+    model = gpuconv.load_model(trained / "checkpoint.npz")
+    _, val = train_val_split(load_cifar10(SUBSET.parent).train, val_batch=5)
+    probs = model.predict(val.images)
+    assert probs.shape == (len(val), 10) and probs.dtype == np.float32
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    rc, out, _ = run(["evaluate", "--checkpoint", trained / "checkpoint.npz", "--data", SUBSET, "--json"], capsys)
+    acc = json.loads(out)["accuracy"]
+    assert float((model.predict_classes(val.images) == val.labels).mean()) == acc  # exactly
+    hwc = val.images[:5].transpose(0, 2, 3, 1)  # the (N, 32, 32, 3) layout of image files
+    np.testing.assert_allclose(model.predict(hwc), probs[:5], rtol=1e-5)  # another batch size: GEMM rounding
+    with pytest.raises(TypeError, match="uint8 pixels"):
+        model.predict(val.images.astype(np.float32))
+    with pytest.raises(ValueError, match="the model takes 32x32"):
+        model.predict(np.zeros((1, 3, 16, 16), np.uint8))
+
+
+def test_predict_command_reads_images_and_arrays(trained, tmp_path, capsys):
+    from PIL import Image
+    from gpuconv.data import load_cifar10
+    images = load_cifar10(SUBSET.parent).train.images[:3].transpose(0, 2, 3, 1)
+    np.save(tmp_path / "three.npy", images)
+    Image.fromarray(images[0]).resize((96, 80)).save(tmp_path / "big.png")  # any size: resized
+    Image.fromarray(images[1]).convert("L").save(tmp_path / "gray.jpg")      # any mode: converted to RGB
+    rc, out, err = run(["predict", "--checkpoint", trained / "checkpoint.npz", "--top", "3", "--json",
+                        tmp_path / "three.npy", tmp_path / "big.png", tmp_path / "gray.jpg"], capsys)
+    assert rc == 0, err
+    preds = json.loads(out)["predictions"]
+    assert [(p["source"].split("/")[-1], p["index"]) for p in preds] == [
+        ("three.npy", 0), ("three.npy", 1), ("three.npy", 2), ("big.png", 0), ("gray.jpg", 0)]
+    for p in preds:
+        assert len(p["top"]) == 3 and p["top"][0][0] == p["label"] and 0 <= p["label_index"] < 10
+        assert p["top"][0][1] >= p["top"][1][1] >= p["top"][2][1]
+    rc, out, _ = run(["predict", "--checkpoint", trained / "checkpoint.npz", tmp_path / "three.npy"], capsys)
+    assert rc == 0 and out.count("\n") == 3 and "three.npy[2]:" in out
+    rc, _, err = run(["predict", "--checkpoint", trained / "checkpoint.npz", tmp_path / "nope.png"], capsys)
+    assert rc == 1 and "nope.png does not exist" in err
+
+
+def test_summary_counts_parameters_and_flops(capsys):
+    from gpuconv import models
+    net = models.three_layer_convnet()
+    text = net.summary((3, 32, 32))
+    assert f"{net.num_parameters():,}" in text
+    conv_flops = 32 * 32 * 32 * (2 * 3 * 7 * 7 + 1)  # 32 filters of 7x7x3 over 32x32, with bias
+    assert f"{conv_flops:,}" in text
+    rc, out, _ = run(["summary", "--model", "fast", "--width", "8"], capsys)
+    assert rc == 0 and "Residual (x + inner)" in out and "total" in out

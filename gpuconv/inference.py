@@ -1,0 +1,133 @@
+"""Using a trained model: ``model = gpuconv.load_model(checkpoint)``, ``model.predict(images)``.
+
+A checkpoint written by ``gpuconv train`` holds the float32 weights, the model's constructor
+and arguments, the class names, the precision it trained in and the preprocessing the loader
+applied (the per-channel mean and std of the 0-255 pixels). So a user gives raw uint8 images,
+(N, 32, 32, 3) as image files decode or (N, 3, 32, 32) as CIFAR-10's arrays are, and gets
+class probabilities; nothing about normalization has to be known. The images go through the
+same loader, batch size and precision as ``gpuconv evaluate``, so the predicted classes of the
+held-out images give exactly its accuracy.
+
+Image files (PNG, JPEG, anything Pillow reads) are converted to RGB and resized to the model's
+input size with Pillow (area averaging when shrinking): :func:`load_images`.
+"""
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+
+from . import backend
+from .data import CIFAR10_MEAN, CIFAR10_STD, DeviceLoader
+
+INPUT_HW = (32, 32)
+
+
+class TrainedModel:
+    """A network with what it needs to classify raw images: ``classes``, ``mean``/``std`` (the
+    loader's normalization), ``precision`` (the one it trained in, the default for predicting)."""
+
+    def __init__(self, net, classes, mean=CIFAR10_MEAN, std=CIFAR10_STD, precision="fp32", config=None):
+        self.net, self.classes = net.eval(), list(classes)
+        self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+        self.precision, self.config = precision, dict(config or {})
+        self.device = backend.get_default_device()  # where the weights live: 'sim' runs the kernels
+
+    def __call__(self, x):
+        return self.net(x)
+
+    def logits(self, images, batch_size=500, precision=None):
+        """Float32 logits (N, classes) on the host for uint8 ``images``; one readback."""
+        from . import amp
+        images = as_nchw(images)
+        with backend.default_device(self.device):
+            loader = DeviceLoader(images, np.zeros(len(images), np.int64), batch_size, shuffle=False, augment=False,
+                                  mean=self.mean, std=self.std, device=self.device)
+            out = []
+            for x, _ in loader:
+                with amp.autocast(self.net, precision or self.precision) as dt:
+                    out.append(self.net(x if x.dtype == dt else x.astype(dt)).astype(np.float32))
+            xp = backend.get_array_module(out[0])
+            return backend.asnumpy(xp.concatenate(out))
+
+    def predict(self, images, batch_size=500, precision=None):
+        """Class probabilities (N, classes), float32 on the host, for uint8 ``images``."""
+        z = self.logits(images, batch_size, precision)
+        z = np.exp(z - z.max(axis=1, keepdims=True))
+        return z / z.sum(axis=1, keepdims=True)
+
+    def predict_classes(self, images, batch_size=500, precision=None):
+        """The most likely class index per image (argmax of the logits, as ``evaluate`` counts)."""
+        return self.logits(images, batch_size, precision).argmax(axis=1)
+
+    def __repr__(self):
+        return f"TrainedModel({len(self.classes)} classes, precision={self.precision!r},\n{self.net!r})"
+
+
+def load_model(path, device=None) -> TrainedModel:
+    """The model of a ``gpuconv train`` checkpoint, with its weights, on ``device`` (default: the
+    default device), in eval mode, ready to :meth:`TrainedModel.predict`."""
+    from .checkpoint import load_checkpoint, read_config, section
+    from .cli import model_from_config
+    arrays = load_checkpoint(path)
+    config = read_config(arrays)
+    if "constructor" not in config:
+        raise ValueError(f"{path} has no model config (meta/config): it was not written by `gpuconv train`; build "
+                         "the model in Python and load_state_dict the checkpoint's model/ arrays")
+    with backend.default_device(device if device is not None else backend.get_default_device()):
+        net = model_from_config(config)
+        try:
+            net.load_state_dict(section(arrays, "model"))
+        except (KeyError, ValueError) as exc:
+            raise ValueError(f"{path}: its weights do not fit the model its config describes ({exc})") from None
+    pre = config.get("preprocess", {})
+    from .data.formats import DEFAULT_CLASSES
+    return TrainedModel(net, config.get("classes") or DEFAULT_CLASSES, pre.get("mean", CIFAR10_MEAN),
+                        pre.get("std", CIFAR10_STD), config.get("train_args", {}).get("precision", "fp32"), config)
+
+
+def as_nchw(images) -> np.ndarray:
+    """uint8 images as (N, 3, H, W): from (N, H, W, 3) (image files, ``.npy`` exports) or already so."""
+    a = np.asarray(images) if not backend.is_cupy_array(images) else images
+    if a.dtype != np.uint8:
+        raise TypeError(f"images must be uint8 pixels 0-255, got dtype {a.dtype}; for float images in [0, 1] "
+                        "use (x * 255).round().astype(np.uint8)")
+    if a.ndim == 3:
+        a = a[None]
+    if a.ndim != 4 or 3 not in (a.shape[1], a.shape[3]):
+        raise ValueError(f"images must be shaped (N, 32, 32, 3) or (N, 3, 32, 32), got {tuple(a.shape)}")
+    if a.shape[1] != 3:
+        a = a.transpose(0, 3, 1, 2)
+    if tuple(a.shape[2:]) != INPUT_HW:
+        raise ValueError(f"images are {a.shape[2]}x{a.shape[3]}; the model takes {INPUT_HW[0]}x{INPUT_HW[1]}: "
+                         "resize them (image files given to `gpuconv predict` or load_images are resized)")
+    xp = backend.get_array_module(a)
+    return xp.ascontiguousarray(a)
+
+
+def load_images(paths):
+    """(uint8 images (N, 3, 32, 32), [(source, index in source)]) from image files (converted to
+    RGB, resized) and ``.npy`` files of uint8 images (N, 32, 32, 3) or (N, 3, 32, 32)."""
+    from PIL import Image
+    out, sources = [], []
+    for p in map(pathlib.Path, paths):
+        if not p.is_file():
+            raise FileNotFoundError(f"{p} does not exist (give image files or .npy arrays of uint8 images)")
+        if p.suffix.lower() == ".npy":
+            arr = as_nchw(np.load(p, allow_pickle=False))
+            out.append(arr)
+            sources += [(str(p), i) for i in range(len(arr))]
+            continue
+        try:
+            with Image.open(p) as im:
+                rgb = im.convert("RGB")
+                if rgb.size != INPUT_HW[::-1]:
+                    rgb = rgb.resize(INPUT_HW[::-1], Image.Resampling.BOX if min(rgb.size) > 32
+                                     else Image.Resampling.BILINEAR)
+                out.append(np.asarray(rgb, np.uint8).transpose(2, 0, 1)[None])
+        except OSError as exc:
+            raise ValueError(f"{p} is not an image Pillow can read ({exc}); give PNG/JPEG files or .npy arrays") from None
+        sources.append((str(p), 0))
+    if not out:
+        raise ValueError("no images given")
+    return np.concatenate(out), sources

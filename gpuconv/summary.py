@@ -1,0 +1,78 @@
+"""``model.summary((3, 32, 32))``: each layer's output shape, parameters and forward FLOPs per image.
+
+The shapes come from one forward pass of a zero image in eval mode (nothing is trained, no
+state changes). FLOPs count a multiply-add as two: a convolution 2 * C_in * k_h * k_w per output
+element (plus one per element for its bias), a linear layer 2 * in_features per output, batch
+norm in eval mode 2 per element (a scale and a shift), pooling one comparison or addition per
+window element, ReLU and Scale one per element; reshaping layers and dropout count none.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import backend
+
+
+def _flops(layer, x, y) -> int:
+    from . import layers as L
+    out = int(np.prod(y.shape[1:]))
+    if isinstance(layer, L.Conv2d):
+        per = 2 * layer.in_channels * layer.kernel_size[0] * layer.kernel_size[1]
+        return out * (per + (layer.bias is not None))
+    if isinstance(layer, L.Linear):
+        return out * (2 * layer.in_features + (layer.bias is not None))
+    if isinstance(layer, L.BatchNorm2d):
+        return 2 * out
+    if isinstance(layer, L._Pool2d):
+        k = layer.kernel_size if isinstance(layer.kernel_size, (tuple, list)) else (layer.kernel_size,) * 2
+        return out * int(k[0]) * int(k[1])
+    if isinstance(layer, (L.ReLU, L.Scale)):
+        return out
+    return 0
+
+
+def summarize(model, input_shape) -> list[dict]:
+    """Rows ``{name, layer, shape, params, flops}`` in forward order, leaves and residual adds."""
+    from . import layers as L
+    params = model.parameters()
+    xp = backend.get_array_module(params[0].data) if params else np
+    rows = []
+
+    def visit(layer, x, name):
+        if isinstance(layer, L.Sequential):
+            for child_name, child in layer.named_children():
+                x = visit(child, x, f"{name}.{child_name}" if name else child_name)
+            return x
+        if isinstance(layer, L.Residual):
+            inner = visit(layer.inner, x, f"{name}.inner" if name else "inner")
+            y = x + inner
+            rows.append({"name": name or "(residual)", "layer": "Residual (x + inner)", "shape": tuple(y.shape[1:]),
+                         "params": 0, "flops": int(np.prod(y.shape[1:]))})
+            return y
+        y = layer(x)
+        rows.append({"name": name or "(model)", "layer": type(layer).__name__, "shape": tuple(y.shape[1:]),
+                     "params": layer.num_parameters(), "flops": _flops(layer, x, y)})
+        return y
+
+    was_training = model.training
+    model.eval()
+    try:
+        visit(model, xp.zeros((1, *input_shape), dtype=np.float32), "")
+    finally:
+        model.train(was_training)
+    return rows
+
+
+def summary_text(model, input_shape) -> str:
+    rows = summarize(model, input_shape)
+    w = max([len("layer")] + [len(r["name"]) for r in rows])
+    head = f"{'layer':<{w}} {'type':<22} {'output shape':<14} {'params':>10} {'FLOPs':>14}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        shape = "x".join(map(str, r["shape"]))
+        lines.append(f"{r['name']:<{w}} {r['layer']:<22} {shape:<14} {r['params']:>10,} {r['flops']:>14,}")
+    total_p, total_f = model.num_parameters(), sum(r["flops"] for r in rows)
+    lines += ["-" * len(head), f"{'total':<{w + 38}} {total_p:>10,} {total_f:>14,}",
+              f"input {'x'.join(map(str, input_shape))}; FLOPs are per image, forward (a multiply-add counts 2); "
+              f"a training step costs about 3x that"]
+    return "\n".join(lines)
