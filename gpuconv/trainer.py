@@ -268,6 +268,11 @@ class Trainer:
                        "meta/epoch_step": np.asarray(self.epoch_step, np.int64),
                        "meta/step": np.asarray(self.step, np.int64),
                        "meta/elapsed": np.asarray(self.elapsed, np.float64),
+                       # The running sums of the epoch in progress (loss * n, correct, n, seconds), so
+                       # a resumed epoch reports the whole epoch, as an uninterrupted run does.
+                       "meta/epoch_sums": np.asarray([self._ep[k] for k in ("loss", "correct", "n", "t")]
+                                                     if self.epoch_step and getattr(self, "_ep", None)
+                                                     else [0.0] * 4, np.float64),
                        "meta/lr": np.asarray(float(self.optimizer.lr), np.float64),
                        "meta/precision": np.asarray(self.precision),
                        "meta/config": ckpt.pack_json(self.config or {})})
@@ -302,6 +307,9 @@ class Trainer:
                               if k.startswith("loader/") or k.startswith("rng/loader.")}
         self.epoch, self.epoch_step = int(arrays["meta/epoch"]), int(arrays["meta/epoch_step"])
         self.step, self.elapsed = int(arrays["meta/step"]), float(arrays["meta/elapsed"])
+        sums = arrays.get("meta/epoch_sums")  # absent in checkpoints of older versions
+        self._resumed_sums = (dict(zip(("loss", "correct", "n", "t"), map(float, sums)))
+                              if sums is not None and self.epoch_step else None)
         self.config = ckpt.read_config(arrays) or self.config
         return arrays
 
@@ -467,6 +475,9 @@ class Trainer:
             except TypeError:
                 loader.set_epoch(self.epoch)  # a loader without start_batch: replay the skipped batches
         self._ep = {"loss": 0.0, "correct": 0.0, "n": 0.0, "t": 0.0}
+        if skip and getattr(self, "_resumed_sums", None):  # the part of this epoch trained before the stop
+            self._ep = dict(self._resumed_sums)
+        self._resumed_sums = None
         total = len(loader) if hasattr(loader, "__len__") else None
         bar = self._bar(total, skip, epochs)
         t_last = time.perf_counter()
