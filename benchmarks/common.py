@@ -289,7 +289,8 @@ def environment(device="cuda", use_torch=True):
     ``use_torch`` torch and cuDNN: a run without torch does not import it)."""
     torch = torch_module() if device == "cuda" and use_torch else None
     cp = B.cupy_module()
-    env = {"device": "host simulator (gpuconv.hostsim)", "device_kind": device, "sms": None,
+    name = "host simulator (gpuconv.hostsim)" if device == "sim" else f"cpu ({os.cpu_count()} cores)"
+    env = {"device": name, "device_kind": device, "sms": None,
            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "gpuconv": gpuconv.__version__, "git_commit": _git_commit(),
            "cupy": getattr(cp, "__version__", None), "cuda_runtime": None, "cuda_driver": None,

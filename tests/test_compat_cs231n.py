@@ -440,7 +440,7 @@ def test_solver_overfits_100_real_images(subset_dir):
 # ----------------------------------------------------------------------------- bad input
 def test_bad_inputs_raise_the_ops_errors():
     x, w, b = randn(1, 3, 7, 7), randn(2, 3, 3, 3), randn(2)
-    with pytest.raises(ValueError, match=r"\(W - F \+ 2P\)/S \+ 1"):
+    with pytest.raises(ValueError, match=r"\([HW] - F \+ 2P\)/S \+ 1"):
         C.conv_forward_naive(x, w, b, {"stride": 3, "pad": 0})     # (7 - 3)/3 + 1 is not whole
     with pytest.raises(TypeError, match="astype"):
         C.relu_forward(np.arange(6).reshape(2, 3))

@@ -43,7 +43,9 @@ def test_cs231n_7x7_input_3x3_filter(backend, stride, out):
 def test_cs231n_7x7_stride3_does_not_fit(backend):
     x = backend.asarray(np.ones((1, 1, 7, 7), np.float32))
     w = backend.asarray(np.ones((1, 1, 3, 3), np.float32))
-    with pytest.raises(ValueError, match=r"W=7.*F=3.*S=3.*P=0.*\(W - F \+ 2P\)/S \+ 1.*not an integer"):
+    # The height is checked first, and named with its own letter: H.
+    with pytest.raises(ValueError, match=r"along the height: input size H=7.*F=3.*S=3.*P=0.*\(H - F \+ 2P\)/S \+ 1"
+                                         r".*not an integer"):
         conv2d_forward(x, w, stride=3)
 
 
@@ -171,7 +173,7 @@ def test_output_size_rule(backend, g):
     w = backend.asarray(np.zeros((1, 1, fh, fw), np.float32))
     fits = all(span >= 0 and span % s == 0 for span, s in ((h - fh + 2 * ph, sh), (wd - fw + 2 * pw, sw)))
     if not fits:
-        with pytest.raises(ValueError, match=r"\(W - F \+ 2P\)/S \+ 1"):
+        with pytest.raises(ValueError, match=r"\([HW] - F \+ 2P\)/S \+ 1"):
             conv2d_forward(x, w, stride=(sh, sw), padding=(ph, pw))
         return
     y, _ = conv2d_forward(x, w, stride=(sh, sw), padding=(ph, pw))
@@ -265,7 +267,7 @@ ERRORS = [
     (dict(stride=1.5), TypeError, r"stride must be an int or an \(h, w\) pair"),
     (dict(padding=-1), ValueError, r"padding must be >= 0"),
     (dict(padding=(1, 2, 3)), TypeError, r"padding must be an int or an \(h, w\) pair"),
-    (dict(w=np.ones((1, 1, 7, 3), np.float32)), ValueError, r"height: input size W=5, filter F=7.*< 1"),
+    (dict(w=np.ones((1, 1, 7, 3), np.float32)), ValueError, r"height: input size H=5, filter F=7.*< 1"),
     (dict(x=np.ones((1, 1, 5, 6), np.float32), stride=(1, 2)), ValueError,
      r"width: input size W=6, filter F=3, stride S=2, padding P=0 give \(W - F \+ 2P\)/S \+ 1 = "
      r"\(6 - 3 \+ 2\*0\)/2 \+ 1 = 2.5, not an integer"),
@@ -293,3 +295,15 @@ def test_backward_rejects_wrong_dy(backend):
         conv2d_backward(backend.asarray(np.ones((1, 1, 4, 4), np.float32)), cache)
     with pytest.raises(TypeError, match=r"dy has dtype float64 but x has dtype float32"):
         conv2d_backward(backend.asarray(np.ones((1, 1, 3, 3))), cache)
+
+
+def test_error_hints_fit_the_argument(backend):
+    x = backend.asarray(np.zeros((1, 3, 8, 7), np.float32))
+    with pytest.raises(ValueError, match=r"along the width: input size W=7.*\(W - F \+ 2P\)"):
+        conv2d_forward(x, backend.asarray(np.zeros((1, 3, 2, 2), np.float32)), stride=2)
+    with pytest.raises(ValueError, match=r"w must have 4 dimensions.*give an array laid out as") as info:
+        conv2d_forward(x, backend.asarray(np.zeros((3, 3, 3), np.float32)))
+    assert "[None]" not in str(info.value)  # a 3-D weight is not a missing batch axis
+    with pytest.raises(ValueError, match=r"x\[None\] adds a leading batch axis"):
+        conv2d_forward(x[0], backend.asarray(np.zeros((1, 3, 3, 3), np.float32)))
+

@@ -104,7 +104,7 @@ def test_output_size_rule(backend, h, w, kh, kw, sh, sw, kind):
     x = backend.asarray(np.zeros((1, 2, h, w), np.float32))
     fits = h >= kh and w >= kw and (h - kh) % sh == 0 and (w - kw) % sw == 0
     if not fits:
-        with pytest.raises(ValueError, match=r"\(W - F \+ 2P\)/S \+ 1"):
+        with pytest.raises(ValueError, match=r"\([HW] - F\)/S \+ 1"):
             OPS[kind][0](x, (kh, kw), (sh, sw))
         return
     y, _ = OPS[kind][0](x, (kh, kw), (sh, sw))
@@ -146,8 +146,8 @@ def no_work(monkeypatch):
     (np.ones((1, 1, 4, 4), np.float32), dict(kernel_size=0), ValueError, r"kernel_size must be >= 1"),
     (np.ones((1, 1, 4, 4), np.float32), dict(kernel_size=2, stride=(1, 0)), ValueError, r"stride must be >= 1"),
     (np.ones((1, 1, 8, 8), np.float32), dict(kernel_size=3, stride=2), ValueError,
-     r"input size W=8, filter F=3, stride S=2, padding P=0.*= 3.5, not an integer"),
-    (np.ones((1, 1, 4, 4), np.float32), dict(kernel_size=5), ValueError, r"filter F=5.*< 1"),
+     r"input size H=8, window F=3, stride S=2 give.*= 3.5, not an integer"),
+    (np.ones((1, 1, 4, 4), np.float32), dict(kernel_size=5), ValueError, r"window F=5.*< 1"),
     (np.ones((1, 1, 4, 4), np.float32), dict(kernel_size="2"), TypeError, r"kernel_size must be an int"),
 ])
 def test_bad_arguments(backend, no_work, kind, x, kwargs, exc, match):
@@ -163,3 +163,12 @@ def test_backward_rejects_wrong_dy(backend, kind):
         bwd(backend.asarray(np.ones((1, 1, 3, 3), np.float32)), cache)
     with pytest.raises(TypeError, match=r"dy has dtype int32"):
         bwd(backend.asarray(np.ones((1, 1, 2, 2), np.int32)), cache)
+
+
+def test_pool_size_error_offers_no_padding(backend):
+    x = backend.asarray(np.zeros((1, 1, 7, 8), np.float32))
+    with pytest.raises(ValueError, match=r"along the height: input size H=7, window F=2, stride S=2 give "
+                                         r"\(H - F\)/S \+ 1.*pooling takes no padding") as info:
+        max_pool2d_forward(x, 2)
+    assert "P=" not in str(info.value) and "change the padding" not in str(info.value)
+

@@ -16,7 +16,7 @@ def test_readme_python_blocks_run():
         out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                              timeout=300)
         assert out.returncode == 0, out.stderr
-        assert "(W - F + 2P)/S + 1" in out.stdout
+        assert "(H - F + 2P)/S + 1" in out.stdout
 
 
 def test_readme_quickstart_is_two_make_commands_that_exist():

@@ -57,8 +57,11 @@ def check_rank(name, a, ndim, layout=None):
     """``a.ndim == ndim``; ``layout`` (e.g. 'NCHW') makes the message say what each axis means."""
     if a.ndim != ndim:
         what = f" ({layout})" if layout else ""
+        # A batch of data may lack its batch axis; a parameter of the wrong rank is another array.
+        fix = (f"e.g. {name}[None] adds a leading batch axis" if a.ndim == ndim - 1 and name in ("x", "dy", "images")
+               else f"give an array laid out as {layout}" if layout else "reshape it")
         raise ValueError(f"{name} must have {ndim} dimensions{what}, got shape {tuple(a.shape)} "
-                         f"with {a.ndim}: reshape it, e.g. x[None] adds a leading batch axis")
+                         f"with {a.ndim}: {fix}")
     return a
 
 
@@ -82,27 +85,35 @@ def pair(name, v, minimum=0):
     return hw
 
 
-def conv_output_size(in_size, filt, stride, pad, axis_name="width"):
-    """``(W - F + 2P)/S + 1``, which must be a whole number >= 1 (CS231n's rule: no silent cropping)."""
+def conv_output_size(in_size, filt, stride, pad, axis_name="width", padded=True):
+    """``(W - F + 2P)/S + 1``, which must be a whole number >= 1 (CS231n's rule: no silent cropping).
+    The message names the axis's own letter (H for the height); ``padded=False`` (pooling, which
+    takes no padding) drops P from the rule and from the fix."""
+    A = "H" if axis_name == "height" else "W"
     span = in_size - filt + 2 * pad
-    formula = (f"(W - F + 2P)/S + 1 = ({in_size} - {filt} + 2*{pad})/{stride} + 1")
+    rule, values = ((f"({A} - F + 2P)/S + 1", f"({in_size} - {filt} + 2*{pad})/{stride} + 1") if padded
+                    else (f"({A} - F)/S + 1", f"({in_size} - {filt})/{stride} + 1"))
+    sizes = f"input size {A}={in_size}, {'filter' if padded else 'window'} F={filt}, stride S={stride}" + \
+        (f", padding P={pad}" if padded else "")
     if span < 0:
-        raise ValueError(
-            f"the filter does not fit along the {axis_name}: input size W={in_size}, filter F={filt}, "
-            f"stride S={stride}, padding P={pad} give {formula} = {span / stride + 1:g} < 1; "
-            f"use a smaller filter or more padding")
+        fix = "use a smaller filter or more padding" if padded else "use a smaller window or a larger input"
+        raise ValueError(f"the {'filter' if padded else 'window'} does not fit along the {axis_name}: {sizes} give "
+                         f"{rule} = {values} = {span / stride + 1:g} < 1; {fix}")
     if span % stride:
-        raise ValueError(
-            f"the sizes do not fit along the {axis_name}: input size W={in_size}, filter F={filt}, "
-            f"stride S={stride}, padding P={pad} give {formula} = {span / stride + 1:g}, not an integer; "
-            f"change the padding or stride so that W - F + 2P is divisible by S")
+        fix = (f"change the padding or stride so that {A} - F + 2P is divisible by S" if padded else
+               f"choose a stride that divides {A} - F = {span} (pooling takes no padding; crop or pad the input "
+               "to another size instead)")
+        raise ValueError(f"the sizes do not fit along the {axis_name}: {sizes} give {rule} = {values} = "
+                         f"{span / stride + 1:g}, not an integer; {fix}")
     return span // stride + 1
 
 
-def output_hw(x_shape, filt_hw, stride, padding):
-    """(OH, OW) for an NCHW input, checked along both axes."""
-    return (conv_output_size(x_shape[2], filt_hw[0], stride[0], padding[0], "height"),
-            conv_output_size(x_shape[3], filt_hw[1], stride[1], padding[1], "width"))
+def output_hw(x_shape, filt_hw, stride, padding=None):
+    """(OH, OW) for an NCHW input, checked along both axes; ``padding`` None: an op without padding."""
+    padded = padding is not None
+    ph, pw = padding if padded else (0, 0)
+    return (conv_output_size(x_shape[2], filt_hw[0], stride[0], ph, "height", padded),
+            conv_output_size(x_shape[3], filt_hw[1], stride[1], pw, "width", padded))
 
 
 def check_bias(b, w, per):

@@ -18,7 +18,7 @@ from .pool2d import AvgPool2dCache, MaxPool2dCache
 
 def _dims(x_shape, kernel_size, stride):
     n, c, h, w = x_shape
-    oh, ow = output_hw(x_shape, kernel_size, stride, (0, 0))
+    oh, ow = output_hw(x_shape, kernel_size, stride)
     return (n, c, oh, ow), tuple(np.int32(v) for v in (n * c, h, w, oh, ow, *kernel_size, *stride, 0, 0))
 
 

@@ -70,14 +70,14 @@ def _check_pool_args(x, kernel_size, stride):
     check_rank("x", x, 4, "N, C, H, W")
     kernel_size = pair("kernel_size", kernel_size, minimum=1)
     stride = kernel_size if stride is None else pair("stride", stride, minimum=1)
-    output_hw(x.shape, kernel_size, stride, (0, 0))
+    output_hw(x.shape, kernel_size, stride)
     return kernel_size, stride
 
 
 def _check_pool_dy(dy, cache):
     check_float("dy", dy)
     n, c, h, w = cache.x_shape
-    expected = (n, c) + output_hw(cache.x_shape, cache.kernel_size, cache.stride, (0, 0))
+    expected = (n, c) + output_hw(cache.x_shape, cache.kernel_size, cache.stride)
     if tuple(dy.shape) != expected:
         raise ValueError(f"dy must have the forward output's shape {expected}, got {tuple(dy.shape)}")
 
@@ -127,7 +127,7 @@ def _max_pool2d_forward_reference(x, kernel_size, stride):
 
 def _max_forward(x, kernel_size, stride):
     xp = get_array_module(x)
-    out_hw = output_hw(x.shape, kernel_size, stride, (0, 0))
+    out_hw = output_hw(x.shape, kernel_size, stride)
     y = xp.empty(x.shape[:2] + out_hw, dtype=x.dtype)
     argmax = xp.zeros(y.shape, dtype=np.int32)
     moved = None
@@ -186,7 +186,7 @@ def _max_backward(dy, cache):
 def _avg_pool2d_forward_reference(x, kernel_size, stride):
     xc = upcast(x)
     xp = get_array_module(xc)
-    out_hw = output_hw(x.shape, kernel_size, stride, (0, 0))
+    out_hw = output_hw(x.shape, kernel_size, stride)
     y = xp.zeros(x.shape[:2] + out_hw, dtype=xc.dtype)
     for _, sl in _taps(kernel_size, stride, out_hw):
         y += xc[sl]
