@@ -34,6 +34,7 @@ from gpuconv import kernels, models  # noqa: E402
 from gpuconv import layers as L  # noqa: E402
 from gpuconv.ops import _launch_pool2d as LP  # noqa: E402
 from gpuconv.ops import _launch_relu as LR  # noqa: E402
+from gpuconv.ops import lp_pool2d as LPP  # noqa: E402
 from gpuconv.ops import pool2d as P  # noqa: E402
 from gpuconv.ops import relu as R  # noqa: E402
 
@@ -88,6 +89,13 @@ def pool_bytes(shape, k, direction):
     return (n * c * h * w + 2 * n * c * (h // k) * (w // k)) * 4  # the same traffic both ways
 
 
+def lp_pool_bytes(shape, k, direction):
+    n, c, h, w = shape
+    big, small = n * c * h * w, n * c * (h // k) * (w // k)
+    # forward reads x, writes y; backward reads dy, x, y and writes dx
+    return (big + small if direction == "forward" else 2 * big + 2 * small) * 4
+
+
 # ----------------------------------------------------------------------------- validation
 def validate(args, relu_shapes, pool_shapes, conv_layers, checks):
     target = args.device
@@ -110,6 +118,11 @@ def validate(args, relu_shapes, pool_shapes, conv_layers, checks):
         dy = rng.standard_normal(ry.shape).astype(np.float32)
         dx = LP.max_pool2d_backward_kernel(common.to_dev(dy, args), cache, target=target)
         checks.exact(f"max_pool{k} backward {shape}", dx, P._max_pool2d_backward_reference(dy, rcache))
+        y, cache = LP.lp_pool2d_forward_kernel(common.to_dev(x, args), 2.0, (k, k), (k, k), target=target)
+        ry, rcache = LPP._lp_pool2d_forward_reference(x, 2.0, (k, k), (k, k))
+        checks.close(f"lp_pool{k} (L2) forward {shape}", y, ry, 1e-6)
+        dx = LP.lp_pool2d_backward_kernel(common.to_dev(dy, args), cache, target=target)
+        checks.close(f"lp_pool{k} (L2) backward {shape}", dx, LPP._lp_pool2d_backward_reference(dy, rcache), 1e-5)
     failures = bench_conv2d.validate(conv_layers, batch, target)
     checks.add(f"conv2d every variant and direction on {len(conv_layers)} layers (bench_conv2d.validate)",
                not failures, detail="; ".join(failures) or None)
@@ -163,6 +176,13 @@ def memory_rows(args, relu_shapes, pool_shapes, batch, torch):
                           tdy, tx, [k, k], [k, k], [0, 0], [1, 1], False, tidx)}
         for direction, fn in calls.items():
             rows.append(_memory_row(f"max_pool{k} {direction}", full, pool_bytes(full, k, direction), fn,
+                                    tcalls.get(direction), args))
+        y, cache = LP.lp_pool2d_forward_kernel(x, 2.0, (k, k), (k, k), target=target)
+        calls = {"forward": lambda: LP.lp_pool2d_forward_kernel(x, 2.0, (k, k), (k, k), target=target),
+                 "backward": lambda: LP.lp_pool2d_backward_kernel(dy, cache, target=target)}
+        tcalls = {"forward": lambda: torch.nn.functional.lp_pool2d(tx, 2.0, k, k)} if torch is not None else {}
+        for direction, fn in calls.items():
+            rows.append(_memory_row(f"lp_pool{k} {direction}", full, lp_pool_bytes(full, k, direction), fn,
                                     tcalls.get(direction), args))
     return rows
 

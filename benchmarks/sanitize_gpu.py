@@ -35,6 +35,7 @@ from gpuconv.ops import _launch_pool2d as LP  # noqa: E402
 from gpuconv.ops import _launch_relu as LR  # noqa: E402
 from gpuconv.ops import conv2d as C  # noqa: E402
 from gpuconv.ops import dropout as D  # noqa: E402
+from gpuconv.ops import lp_pool2d as LPP  # noqa: E402
 from gpuconv.ops import pool2d as P  # noqa: E402
 
 
@@ -103,6 +104,14 @@ def pool(run, rng):
         run.close(f"avg_pool {ks} {st} forward", y, P._avg_pool2d_forward_reference(x, ks, st)[0])
         run.close(f"avg_pool {ks} {st} backward", LP.avg_pool2d_backward_kernel(run.dev(dy), c, target=run.target),
                   P._avg_pool2d_backward_reference(dy, c))
+        xa = np.abs(x) + np.float32(0.1)  # positive: a non-integer or odd p of a negative value is NaN
+        for norm in (2.0, 3.0):
+            y, c = LP.lp_pool2d_forward_kernel(run.dev(xa), norm, ks, st, target=run.target)
+            ry, rc = LPP._lp_pool2d_forward_reference(xa, norm, ks, st)
+            run.close(f"lp_pool p={norm} {ks} {st} forward", y, ry)
+            run.close(f"lp_pool p={norm} {ks} {st} backward",
+                      LP.lp_pool2d_backward_kernel(run.dev(dy), c, target=run.target),
+                      LPP._lp_pool2d_backward_reference(dy, rc))
 
 
 def relu(run, rng):

@@ -35,7 +35,7 @@ from . import ops
 from .backend import (Device, copy_like, device_of, get_default_device, host_copy, is_cupy_array,
                       to_device)
 
-__all__ = ["Parameter", "Layer", "Conv2d", "MaxPool2d", "AvgPool2d", "ReLU", "Flatten", "Linear",
+__all__ = ["Parameter", "Layer", "Conv2d", "MaxPool2d", "AvgPool2d", "LPPool2d", "ReLU", "Flatten", "Linear",
            "BatchNorm2d", "Dropout", "Scale", "Sequential", "Residual", "LoadResult", "StateDictKeyError"]
 
 
@@ -513,6 +513,27 @@ class MaxPool2d(_Pool2d):
 
     def backward(self, dy, need_dx=True):
         return ops.max_pool2d_backward(dy, self._take_cache())
+
+
+class LPPool2d(_Pool2d):
+    """Power-average pooling, PyTorch's ``nn.LPPool2d(norm_type, kernel_size, stride=None)``:
+    the p-norm of each window (``norm_type=2``: the L2 norm); ``stride`` defaults to ``kernel_size``."""
+
+    def __init__(self, norm_type, kernel_size, stride=None):
+        super().__init__(kernel_size, stride)
+        from .ops.lp_pool2d import check_norm
+        self.norm_type = check_norm(norm_type)
+
+    def forward(self, x):
+        y, cache = ops.lp_pool2d_forward(x, self.norm_type, kernel_size=self.kernel_size, stride=self.stride)
+        self._keep(cache)
+        return y
+
+    def backward(self, dy, need_dx=True):
+        return ops.lp_pool2d_backward(dy, self._take_cache())
+
+    def extra_repr(self):
+        return f"norm_type={self.norm_type:g}, " + super().extra_repr()
 
 
 class AvgPool2d(_Pool2d):

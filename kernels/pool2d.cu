@@ -21,6 +21,14 @@
 //   avg_pool2d_forward    one thread per output: window sum * (1/(kh*kw)).
 //   avg_pool2d_backward   one thread per input element: sum of dy * (1/(kh*kw)) over the windows
 //                         covering it (gather, deterministic).
+//   lp_pool2d_forward     one thread per output: y = (sum over the window of x^p)^(1/p) (x*x and
+//                         sqrt for p = 2), PyTorch's lp_pool2d; non-integer p of a negative x is
+//                         NaN there too.
+//   lp_pool2d_backward    one thread per input element: sum over the covering windows of
+//                         dy * x^(p-1) * y^(1-p), and 0 from a window whose norm y is 0 (where
+//                         the gradient of the norm is undefined; PyTorch's choice as well).
+// LP pooling uses pow(), whose last bit differs between libraries: it matches the reference to
+// rounding, not bit for bit (p = 1 and p = 2 use no pow and match it exactly).
 //
 // Sums run in the reference's order (taps in row-major order, i.e. covering outputs from the
 // last to the first), and the divisor is applied as the same rounded reciprocal, so results
@@ -133,3 +141,67 @@ avg_pool2d_backward(const storage_t* dy, storage_t* dx, int NC, int H, int W, in
         dx[i] = from_acc(s);
     }
 }
+
+
+// x^p in the accumulator type, with the exact forms for the common norms.
+__device__ inline acc_t lp_power(acc_t v, acc_t p) {
+    if (p == (acc_t)2) return v * v;
+    if (p == (acc_t)1) return v;
+    return pow(v, p);
+}
+
+__device__ inline acc_t lp_root(acc_t s, acc_t p) {
+    if (p == (acc_t)2) return sqrt(s);
+    if (p == (acc_t)1) return s;
+    return pow(s, (acc_t)1 / p);
+}
+
+extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
+lp_pool2d_forward(const storage_t* x, storage_t* y, double norm, int NC, int H, int W, int OH, int OW,
+                  int kh, int kw, int sh, int sw, int ph, int pw) {
+    const index_t total = (index_t)NC * OH * OW;
+    const acc_t p = (acc_t)norm;
+    for (index_t i = global_thread_index(); i < total; i += global_thread_count()) {
+        int oh, ow;
+        const index_t plane = split_hw(i, OH, OW, &oh, &ow);
+        const storage_t* xp = x + plane * H * W;
+        acc_t s = 0;
+        for (int fh = 0; fh < kh; ++fh) {
+            int ih = oh * sh - ph + fh;
+            if (ih < 0 || ih >= H) continue;
+            for (int fw = 0; fw < kw; ++fw) {
+                int iw = ow * sw - pw + fw;
+                if (iw >= 0 && iw < W) s += lp_power(to_acc(xp[ih * W + iw]), p);
+            }
+        }
+        y[i] = from_acc(lp_root(s, p));
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
+lp_pool2d_backward(const storage_t* dy, const storage_t* x, const storage_t* y, storage_t* dx, double norm,
+                   int NC, int H, int W, int OH, int OW, int kh, int kw, int sh, int sw, int ph, int pw) {
+    const index_t total = (index_t)NC * H * W;
+    const acc_t p = (acc_t)norm;
+    for (index_t i = global_thread_index(); i < total; i += global_thread_count()) {
+        int ih, iw;
+        const index_t plane = split_hw(i, H, W, &ih, &iw);
+        const index_t obase = plane * OH * OW;
+        int oh_lo, oh_hi, ow_lo, ow_hi;
+        covering_range(ih, kh, sh, ph, OH, &oh_lo, &oh_hi);
+        covering_range(iw, kw, sw, pw, OW, &ow_lo, &ow_hi);
+        const acc_t xv = to_acc(x[i]);
+        const acc_t xpow = p == (acc_t)2 ? xv : p == (acc_t)1 ? (acc_t)1 : pow(xv, p - (acc_t)1);
+        acc_t s = 0;
+        for (int oh = oh_hi; oh >= oh_lo; --oh)
+            for (int ow = ow_hi; ow >= ow_lo; --ow) {
+                const index_t o = obase + oh * OW + ow;
+                const acc_t yv = to_acc(y[o]);
+                if (yv == (acc_t)0) continue;
+                const acc_t scale = p == (acc_t)2 ? (acc_t)1 / yv : p == (acc_t)1 ? (acc_t)1 : pow(yv, (acc_t)1 - p);
+                s += to_acc(dy[o]) * scale;
+            }
+        dx[i] = from_acc(s * xpow);
+    }
+}
+

@@ -14,6 +14,7 @@ from .conv2d import Conv2dCache, conv2d_backward, conv2d_forward
 from .dropout import DropoutCache, dropout_backward, dropout_forward
 from .linear import LinearCache, linear_backward, linear_forward
 from .loss import check_labels, softmax_cross_entropy
+from .lp_pool2d import LPPool2dCache, lp_pool2d_backward, lp_pool2d_forward
 from .pool2d import (AvgPool2dCache, MaxPool2dCache, avg_pool2d_backward, avg_pool2d_forward,
                      max_pool2d_backward, max_pool2d_forward)
 from .relu import ReluCache, relu_backward, relu_forward
@@ -21,6 +22,7 @@ from .relu import ReluCache, relu_backward, relu_forward
 __all__ = [
     "conv2d_forward", "conv2d_backward",
     "max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward",
+    "lp_pool2d_forward", "lp_pool2d_backward", "LPPool2dCache",
     "relu_forward", "relu_backward",
     "linear_forward", "linear_backward",
     "softmax_cross_entropy",

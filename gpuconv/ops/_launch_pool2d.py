@@ -1,4 +1,4 @@
-"""Kernel launchers for max/avg pooling (kernels/pool2d.cu), registered for 'cuda' and 'sim'.
+"""Kernel launchers for max/avg/LP pooling (kernels/pool2d.cu), registered for 'cuda' and 'sim'.
 
 Same arguments, results and caches as the NumPy references in ``pool2d.py``: the max-pool
 switches are int32 window-local taps ``fh * KW + fw`` of the output's shape, so a forward on
@@ -13,6 +13,7 @@ from .. import kernels
 from ..backend import get_array_module
 from ._checks import output_hw
 from ._dispatch import register_launcher
+from .lp_pool2d import LPPool2dCache
 from .pool2d import AvgPool2dCache, MaxPool2dCache
 
 
@@ -71,3 +72,24 @@ def avg_pool2d_backward_kernel(dy, cache, *, target):
     dx = xp.empty(cache.x_shape, dtype=dy.dtype)
     _run("avg_pool2d_backward", dx.size, target, (dy, dx) + dims)
     return dx
+
+
+@register_launcher("lp_pool2d_forward")
+def lp_pool2d_forward_kernel(x, norm_type, kernel_size, stride, *, target):
+    xp = get_array_module(x)
+    x = xp.ascontiguousarray(x)
+    out_shape, dims = _dims(x.shape, kernel_size, stride)
+    y = xp.empty(out_shape, dtype=x.dtype)
+    _run("lp_pool2d_forward", y.size, target, (x, y, np.float64(norm_type)) + dims)
+    return y, LPPool2dCache(x, y, kernel_size, stride, norm_type)
+
+
+@register_launcher("lp_pool2d_backward")
+def lp_pool2d_backward_kernel(dy, cache, *, target):
+    xp = get_array_module(dy, cache.x)
+    dy, x, y = (xp.ascontiguousarray(a) for a in (dy, cache.x, cache.y))
+    _, dims = _dims(x.shape, cache.kernel_size, cache.stride)
+    dx = xp.empty(x.shape, dtype=dy.dtype)
+    _run("lp_pool2d_backward", dx.size, target, (dy, x, y, dx, np.float64(cache.norm_type)) + dims)
+    return dx
+

@@ -1,0 +1,84 @@
+"""2-D power-average (LP) pooling over NCHW tensors, PyTorch's ``lp_pool2d``.
+
+``y = (sum over each KH x KW window of x^p)^(1/p)`` for a norm ``p >= 1`` (p = 2: the L2 norm of
+the window, ``sqrt(sum x^2)``; p = 1: the sum). No padding; the stride defaults to the kernel
+size. As in PyTorch, ``x^p`` of a negative ``x`` is NaN for a non-integer ``p``.
+
+Gradient: ``dy/dx = x^(p-1) * y^(1-p)`` for each window covering ``x``; a window whose norm ``y``
+is 0 (all zeros) contributes 0, where the derivative of the norm is undefined: the choice
+PyTorch makes too (its sqrt'(0) path gives 0 for p = 2 with zeros in).
+
+Precision (gpuconv.precision): bfloat16/float16 inputs are upcast, pooled in float32, rounded
+once. ``LPPool2dCache(x, y, kernel_size, stride, norm_type)`` keeps the input and the output (the
+backward needs both).
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from collections import namedtuple
+
+from .. import backend
+from ..backend import get_array_module
+from ..precision import round_once, upcast
+from . import _dispatch
+from ._checks import check_float, check_shape, output_hw
+from .pool2d import _check_pool_args, _taps
+
+LPPool2dCache = namedtuple("LPPool2dCache", "x y kernel_size stride norm_type")
+
+
+def check_norm(norm_type):
+    if isinstance(norm_type, bool) or not isinstance(norm_type, numbers.Real) or not math.isfinite(norm_type) \
+            or norm_type < 1:
+        raise ValueError(f"norm_type must be a finite number >= 1 (2 is the L2 norm of each window), got {norm_type!r}")
+    return float(norm_type)
+
+
+def lp_pool2d_forward(x, norm_type, kernel_size, stride=None):
+    """``y, cache``: the p-norm of each KH x KW window, of shape (N, C, OH, OW)."""
+    p = check_norm(norm_type)
+    kernel_size, stride = _check_pool_args(x, kernel_size, stride)
+    return _dispatch.call("lp_pool2d_forward", backend.kernel_target(x), _lp_pool2d_forward_reference,
+                          x, p, kernel_size, stride)
+
+
+def lp_pool2d_backward(dy, cache):
+    """``dx`` for the output gradient ``dy`` of :func:`lp_pool2d_forward`."""
+    check_float("dy", dy)
+    check_shape("dy", dy, cache.y.shape, "the shape of the forward's output")
+    if dy.dtype != cache.y.dtype:
+        raise TypeError(f"dy has dtype {dy.dtype}, the forward's output {cache.y.dtype}: pass dy.astype({cache.y.dtype})")
+    return _dispatch.call("lp_pool2d_backward", backend.kernel_target(dy, cache.x), _lp_pool2d_backward_reference,
+                          dy, cache)
+
+
+def _powers(xp, a, p):
+    return a * a if p == 2 else a if p == 1 else xp.power(a, a.dtype.type(p))
+
+
+def _lp_pool2d_forward_reference(x, p, kernel_size, stride):
+    xc = upcast(x)
+    xp = get_array_module(xc)
+    out_hw = output_hw(x.shape, kernel_size, stride)
+    s = xp.zeros(x.shape[:2] + out_hw, dtype=xc.dtype)
+    for _, sl in _taps(kernel_size, stride, out_hw):
+        s += _powers(xp, xc[sl], p)
+    y = xp.sqrt(s) if p == 2 else s if p == 1 else xp.power(s, s.dtype.type(1.0 / p))
+    y = round_once(y, x.dtype)
+    return y, LPPool2dCache(x, y, kernel_size, stride, p)
+
+
+def _lp_pool2d_backward_reference(dy, cache):
+    dyc, xc, yc = upcast(dy), upcast(cache.x), upcast(cache.y)
+    xp = get_array_module(dyc, xc)
+    p = cache.norm_type
+    zero = yc == 0
+    safe = xp.where(zero, yc.dtype.type(1), yc)
+    scale = 1 / safe if p == 2 else xp.ones_like(safe) if p == 1 else xp.power(safe, safe.dtype.type(1 - p))
+    g = xp.where(zero, dyc.dtype.type(0), dyc * scale)
+    dx = xp.zeros(xc.shape, dtype=dyc.dtype)
+    for _, sl in _taps(cache.kernel_size, cache.stride, dy.shape[2:]):
+        dx[sl] += g  # taps in order = covering windows from the last: the kernel's order
+    xpow = xc if p == 2 else xp.ones_like(xc) if p == 1 else xp.power(xc, xc.dtype.type(p - 1))
+    return round_once(dx * xpow, dy.dtype)

@@ -1,0 +1,84 @@
+"""LP (power-average) pooling: PyTorch's lp_pool2d semantics, gradients, the kernels, errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gpuconv import nn
+from gpuconv.gradcheck import numerical_gradient_array, relative_error
+from gpuconv.ops import lp_pool2d_backward, lp_pool2d_forward
+from gpuconv.precision import bfloat16
+
+
+def direct(x, p, k, s):
+    """The definition, one window at a time, in float64."""
+    n, c, h, w = x.shape
+    oh, ow = (h - k[0]) // s[0] + 1, (w - k[1]) // s[1] + 1
+    y = np.empty((n, c, oh, ow))
+    for i in range(oh):
+        for j in range(ow):
+            win = x[:, :, i * s[0]:i * s[0] + k[0], j * s[1]:j * s[1] + k[1]].astype(np.float64)
+            y[:, :, i, j] = (win ** p).sum(axis=(2, 3)) ** (1.0 / p)
+    return y
+
+
+@pytest.mark.parametrize("p, shape, k, s", [(2, (2, 3, 6, 6), (2, 2), (2, 2)), (2, (1, 2, 7, 7), (3, 3), (2, 2)),
+                                            (1, (2, 1, 5, 6), (2, 3), (1, 3)), (3.5, (1, 2, 6, 6), (3, 3), (3, 3))])
+def test_matches_the_definition_in_float32(backend, p, shape, k, s):
+    x = np.abs(np.random.default_rng(0).standard_normal(shape)).astype(np.float32) + 0.1
+    y, cache = lp_pool2d_forward(backend.asarray(x), p, k, s)
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(backend.asnumpy(y), direct(x, p, k, s), rtol=2e-6 * k[0] * k[1])
+    dx = lp_pool2d_backward(backend.asarray(np.ones(y.shape, np.float32)), cache)
+    assert dx.shape == x.shape
+    backend.assert_kernels_ran("lp_pool2d_forward", "lp_pool2d_backward")
+
+
+@pytest.mark.parametrize("p, k, s", [(2, (2, 3), (2, 2)), (2, (3, 3), (1, 2)), (1, (2, 2), (1, 1)), (3, (2, 3), (2, 1))])
+def test_gradients_float64(backend, p, k, s):
+    rng = np.random.default_rng(1)
+    x = backend.asarray(rng.uniform(0.2, 1.5, (2, 2, 6, 7)) * rng.choice([-1, 1], (2, 2, 6, 7)) if p == 2
+                        else rng.uniform(0.2, 1.5, (2, 2, 6, 7)))
+    y, cache = lp_pool2d_forward(x, p, k, s)
+    dy = backend.asarray(rng.standard_normal(y.shape))
+    num = numerical_gradient_array(lambda a: lp_pool2d_forward(a, p, k, s)[0], x, dy)
+    assert relative_error(lp_pool2d_backward(dy, cache), num) < 1e-6
+
+
+def test_l2_of_a_zero_window_is_zero_with_zero_gradient(backend):
+    x = np.zeros((1, 1, 4, 4), np.float32)
+    x[0, 0, 2:, 2:] = [[3, 4], [0, 0]]  # one window holds (3, 4): norm 5
+    y, cache = lp_pool2d_forward(backend.asarray(x), 2, 2)
+    np.testing.assert_array_equal(backend.asnumpy(y)[0, 0], [[0, 0], [0, 5]])
+    dx = backend.asnumpy(lp_pool2d_backward(backend.asarray(np.ones((1, 1, 2, 2), np.float32)), cache))
+    assert np.isfinite(dx).all() and (dx[0, 0, :2] == 0).all() and (dx[0, 0, :, :2] == 0).all()
+    np.testing.assert_allclose(dx[0, 0, 2, 2:], [3 / 5, 4 / 5], rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [bfloat16, np.float16], ids=["bf16", "f16"])
+def test_low_precision_rounds_a_float32_result_once(backend, dtype):
+    x = np.random.default_rng(2).uniform(0.1, 2, (2, 3, 8, 8)).astype(dtype)
+    y, cache = lp_pool2d_forward(backend.asarray(x), 2, 2)
+    ref = direct(x.astype(np.float32), 2, (2, 2), (2, 2)).astype(np.float32).astype(dtype)
+    got = backend.asnumpy(y)
+    assert got.dtype == dtype
+    # One rounding of the float32 result: at most one unit in the last place of the format apart.
+    np.testing.assert_allclose(got.astype(np.float32), ref.astype(np.float32),
+                               rtol=2.0 ** (-7 if dtype == bfloat16 else -10))
+    assert lp_pool2d_backward(backend.asarray(np.ones(y.shape, dtype)), cache).dtype == dtype
+
+
+def test_layer_matches_the_op_and_prints_like_pytorch(backend):
+    layer = nn.LPPool2d(2, 3, stride=2)
+    assert repr(layer) == "LPPool2d(norm_type=2, kernel_size=3, stride=2)"
+    x = backend.asarray(np.random.default_rng(3).standard_normal((1, 2, 7, 7)).astype(np.float32))
+    y = layer(x)
+    np.testing.assert_array_equal(backend.asnumpy(y), backend.asnumpy(lp_pool2d_forward(x, 2, 3, 2)[0]))
+    assert layer.backward(backend.asarray(np.ones(y.shape, np.float32))).shape == x.shape
+
+
+@pytest.mark.parametrize("p, match", [(0.5, "norm_type must be a finite number >= 1"), (float("inf"), ">= 1"),
+                                      ("2", "finite number"), (True, "finite number")])
+def test_bad_norm(backend, p, match):
+    with pytest.raises(ValueError, match=match):
+        lp_pool2d_forward(backend.asarray(np.ones((1, 1, 4, 4), np.float32)), p, 2)
