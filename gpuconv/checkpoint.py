@@ -222,6 +222,13 @@ def load_checkpoint(path) -> dict[str, np.ndarray]:
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist: pass the checkpoint.npz that "
                                 "`gpuconv train --out DIR` wrote (DIR/checkpoint.npz)")
+    with open(path, "rb") as f:
+        head = f.read(6)
+    if not head.startswith(b"PK"):  # every .npz is a zip archive
+        what = ("a pickle, which is never loaded because it can run code" if head[:1] == b"\x80"
+                else "an empty file" if not head else f"not an .npz archive (it starts with {head!r})")
+        raise ValueError(f"checkpoint {path} is {what}: pass the checkpoint.npz that `gpuconv train` wrote; "
+                         "gpuconv writes checkpoints atomically, so a damaged one was changed afterwards")
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}

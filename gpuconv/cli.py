@@ -374,9 +374,10 @@ def _train(args) -> int:
     if s["batch_size"] > len(train):
         _say(f"warning: --batch-size {s['batch_size']} is larger than the {len(train)} training images: each epoch is "
              f"one step of {len(train)} images")
-    if s["model"] == "fast" and s["batch_size"] > len(train) // 8:
+    suggest = 1 << max(4, (max(1, len(train) // 8)).bit_length() - 1)  # a power of two giving >= 8 steps
+    if s["model"] == "fast" and s["batch_size"] > len(train) // 8 and suggest < s["batch_size"]:
         _say(f"note: batch size {s['batch_size']} gives only {math.ceil(len(train) / s['batch_size'])} steps per "
-             f"epoch on {len(train)} images; --batch-size 128 suits a small subset better")
+             f"epoch on {len(train)} images; --batch-size {suggest} suits a subset this small better")
     _say(f"training {s['model']} on {device} ({len(train)} images, {s['epochs']} epochs, batch {s['batch_size']}, "
          f"lr {s['lr']}, {s['schedule']}, {s['precision']}); validation: {val_desc}; output: {args.out}")
 

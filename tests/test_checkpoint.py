@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import zipfile
 
 import numpy as np
@@ -156,6 +157,15 @@ def test_load_errors_say_what_and_what_to_do(tmp_path):
     np.savez(pickled, **{"meta/format": np.asarray(1), "evil": np.array([{"x": 1}], dtype=object)})
     with pytest.raises(ValueError, match="pickle"):
         ckpt.load_checkpoint(pickled)
+    noise = tmp_path / "noise.npz"
+    noise.write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(ValueError, match=r"is not an \.npz archive \(it starts with") as info:
+        ckpt.load_checkpoint(noise)
+    assert "pickle" not in str(info.value)  # random bytes are not "pickled objects"
+    raw_pickle = tmp_path / "raw.npz"
+    raw_pickle.write_bytes(pickle.dumps({"w": 1}))
+    with pytest.raises(ValueError, match="is a pickle, which is never loaded"):
+        ckpt.load_checkpoint(raw_pickle)
     newer = ckpt.save_checkpoint(tmp_path / "newer.npz", {"meta/format": np.asarray(ckpt.FORMAT + 1)})
     with pytest.raises(ValueError, match="upgrade gpuconv"):
         ckpt.load_checkpoint(newer)

@@ -141,6 +141,15 @@ def test_flags_that_do_nothing_warn(tmp_path, capsys):
     assert "--batch-size 64 is larger than the 40 training images" in err
 
 
+def test_the_small_subset_note_suggests_a_smaller_batch(tmp_path, capsys, monkeypatch):
+    argv = ["train", "--model", "fast", "--width", "2", "--epochs", "1", "--limit", "300", "--data", SUBSET,
+            "--out", tmp_path, "--no-progress", "--val-split", "0.1"]
+    rc, _, err = run(argv + ["--batch-size", "128"], capsys)
+    assert rc == 0 and "--batch-size 32 suits a subset this small better" in err  # 300 images: 32 gives 10 steps
+    rc, _, err = run(argv + ["--batch-size", "32", "--out", tmp_path / "b"], capsys)
+    assert rc == 0 and "suits a subset" not in err  # already the suggestion: no note that repeats it
+
+
 def test_fast_net_with_label_smoothing_and_augmentation(tmp_path, capsys):
     rc, out, err = run(["train", "--model", "fast", "--width", "4", "--epochs", "1", "--limit", "64",
                         "--batch-size", "32", "--data", SUBSET, "--out", tmp_path, "--no-progress",
