@@ -565,7 +565,7 @@ class Flatten(Layer):
         if x.ndim < 1:
             raise ValueError("Flatten: x must have a batch axis (N, ...), got a 0-d array")
         self._keep(x.shape)
-        return x.reshape(x.shape[0], -1)
+        return x.reshape(x.shape[0], int(np.prod(x.shape[1:])))  # -1 fails for N = 0
 
     def backward(self, dy, need_dx=True):
         return dy.reshape(self._take_cache())

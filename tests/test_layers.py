@@ -473,3 +473,19 @@ def test_backward_without_input_gradient_keeps_parameter_gradients(backend):
     inner = Residual(Sequential(Conv2d(4, 4, 3, padding=1, seed=1)))
     inner(backend.asarray(np.ones((1, 4, 3, 3), np.float32)))
     assert inner.backward(backend.asarray(np.ones((1, 4, 3, 3), np.float32)), need_dx=False) is None
+
+
+def test_an_empty_batch_gives_empty_results_on_every_backend(backend):
+    """N = 0 flows through every op forward and backward with empty outputs and zero parameter
+    gradients, the same on every device (batch-norm training is the exception: a variance of
+    no values is undefined, a ValueError everywhere)."""
+    from gpuconv import models
+    net = models.seed_net(input_dim=(3, 8, 8))
+    x = backend.asarray(np.zeros((0, 3, 8, 8), np.float32))
+    y = net(x)
+    assert tuple(y.shape) == (0, 10)
+    dx = net.backward(backend.asarray(np.zeros((0, 10), np.float32)))
+    assert tuple(dx.shape) == (0, 3, 8, 8)
+    assert all(float(np.abs(backend.asnumpy(p.grad)).sum()) == 0 for p in net.parameters())
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        BatchNorm2d(3)(x)

@@ -122,6 +122,8 @@ def _forward(x, w, b, stride, padding):
     n, c = x.shape[:2]
     k, _, fh, fw = w.shape
     oh, ow = output_hw(x.shape, (fh, fw), stride, padding)
+    if n == 0:  # an empty batch: an empty result, as on every device
+        return xp.zeros((0, k, oh, ow), dtype=x.dtype)
     cff, length = c * fh * fw, oh * ow
     win = _windows(xp, _padded(xp, x, padding), fh, fw, oh, ow, stride)
     w2 = w.reshape(k, cff)
@@ -164,6 +166,8 @@ def _backward(dy, x, w, stride, padding, need_dx):
     n, c, h, wd = x.shape
     k, _, fh, fw = w.shape
     oh, ow = dy.shape[2:]
+    if n == 0:  # no image: no input gradient, and a weight gradient that is an empty sum
+        return (xp.zeros(x.shape, dtype=dy.dtype) if need_dx else None), xp.zeros(w.shape, dtype=dy.dtype)
     cff, length = c * fh * fw, oh * ow
     win = _windows(xp, _padded(xp, x, padding), fh, fw, oh, ow, stride)
     w2 = w.reshape(k, cff)

@@ -130,6 +130,8 @@ def _max_forward(x, kernel_size, stride):
     out_hw = output_hw(x.shape, kernel_size, stride)
     y = xp.empty(x.shape[:2] + out_hw, dtype=x.dtype)
     argmax = xp.zeros(y.shape, dtype=np.int32)
+    if y.size == 0:  # an empty batch (or no channel): nothing to pool
+        return y, argmax
     moved = None
     per_item = kernel_size[0] * kernel_size[1] * y[0].size * x.itemsize
     for b in _batch_chunks(x.shape[0], per_item):
@@ -156,6 +158,8 @@ def _max_pool2d_backward_reference(dy, cache):
 def _max_backward(dy, cache):
     xp = get_array_module(dy, cache.argmax)
     (kh, kw), taps = cache.kernel_size, cache.kernel_size[0] * cache.kernel_size[1]
+    if dy.size == 0:
+        return xp.zeros(cache.x_shape, dtype=dy.dtype)
     if not _tiles(cache.x_shape, cache.kernel_size, cache.stride):
         # Overlapping windows: scatter-add tap by tap (taps in order, as the kernel sums them),
         # a batch chunk at a time so that dx's chunk stays in cache across the taps.
