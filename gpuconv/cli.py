@@ -137,9 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--schedule", choices=("onecycle", "cosine", "constant"), default=None,
                    help=f"learning-rate schedule (default per model: {_defaults('schedule')})")
     t.add_argument("--label-smoothing", type=_smoothing, default=None,
-                   help=f"(default per model: {_defaults('label_smoothing')})")
+                   help=f"label smoothing of the loss's targets (default per model: {_defaults('label_smoothing')})")
     t.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
-                   help="random crop (pad 4) + horizontal flip on the device")
+                   help=f"random crop (pad 4) + horizontal flip on the device (default per model: {_defaults('augment')})")
     t.add_argument("--width", type=_positive_int, default=None, help="channel width of fast_net (default 64)")
     t.add_argument("--device", type=_device, default=_default_device(),
                    help="cpu | cuda | cuda:N | sim | auto (default: $GPUCONV_DEVICE, else auto = a GPU if usable)")
@@ -151,13 +151,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue from OUT/checkpoint.npz when it exists, else start a new run (for job scripts "
                         "that are restarted after a preemption)")
     t.add_argument("--seed", type=int, default=None, help="seed for init, shuffling, augmentation (default 0)")
-    t.add_argument("--limit", type=_positive_int, default=None, help="use only N training images (quick runs)")
+    t.add_argument("--limit", type=_positive_int, default=None, help="use only N training images, a seeded sample (quick runs; default: all)")
     t.add_argument("--val-split", default=None,
                    help="validation data: 'auto' (test_batch, else hold out data_batch_5, else 10%%), "
-                        "'test', 'batchK' (hold out data_batch_K), a fraction like 0.1, or 'none'")
+                        "'test', 'batchK' (hold out data_batch_K), a fraction like 0.1, or 'none' (default auto)")
     t.add_argument("--precision", choices=("fp32", "tf32", "bf16", "fp16"), default=None, help=PRECISION_HELP)
-    t.add_argument("--log-every", type=_positive_int, default=50, help="steps between loss readbacks")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar (one line per epoch)")
+    t.add_argument("--log-every", type=_positive_int, default=50, help="steps between loss readbacks (default 50)")
+    t.add_argument("--no-progress", action="store_true",
+                   help="no progress bar, one line per epoch (default: a bar on a terminal, a line per log interval "
+                        "when piped)")
 
     e = sub.add_parser("evaluate", help="evaluate a checkpoint on test_batch (or the held-out split)")
     e.add_argument("--checkpoint", required=True, help="a checkpoint.npz written by `gpuconv train`")
@@ -428,6 +430,9 @@ def cmd_evaluate(args) -> int:
         raise ValueError(f"{args.checkpoint} has no model config (meta/config): it was not written by "
                          "`gpuconv train`; rebuild the model in Python and call Trainer.evaluate")
     device = backend.Device(args.device)
+    with backend.default_device(device):  # the weights are checked against the model before any data loads
+        model = model_from_config(config)
+        model.load_state_dict(section(arrays, "model"))
     cifar = _load_data(args.data)
     if cifar.test is not None:
         images, labels, split_desc = cifar.test.images, cifar.test.labels, f"test_batch ({len(cifar.test)} images)"
@@ -449,8 +454,6 @@ def cmd_evaluate(args) -> int:
                  f"(--val-split {spec}): evaluating on {split_desc}, which it TRAINED on. This is not a held-out "
                  "score; evaluate on a directory with test_batch for one")
     with backend.default_device(device):
-        model = model_from_config(config)
-        model.load_state_dict(section(arrays, "model"))
         loader = DeviceLoader(images, labels, args.batch_size, shuffle=False, augment=False, device=device)
         precision = args.precision or config.get("train_args", {}).get("precision", "fp32")
         result = evaluate(model, loader, tta=args.tta, precision=precision)
@@ -614,7 +617,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:  # outside the trainer's own handling (e.g. while loading data)
         _say("interrupted")
         return 130
-    except (ValueError, TypeError, OSError, RuntimeError, MemoryError) as exc:
+    except (ValueError, TypeError, KeyError, OSError, RuntimeError, MemoryError) as exc:  # KeyError: state-dict keys
         if os.environ.get("GPUCONV_DEBUG"):
             raise  # the full traceback, for bug reports
         _say(f"gpuconv {args.command}: error: {exc} (set GPUCONV_DEBUG=1 for a traceback)")

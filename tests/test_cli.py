@@ -112,6 +112,17 @@ def test_a_test_only_directory_evaluates_and_refuses_to_train(trained, tmp_path,
     assert rc == 1 and "holds test_batch alone, no training batches" in err and "incomplete" not in err
 
 
+def test_a_checkpoint_whose_weights_do_not_fit_its_model_is_one_line(trained, tmp_path, capsys):
+    arrays = ckpt.load_checkpoint(trained / "checkpoint.npz")
+    config = ckpt.read_config(arrays)
+    config.update(model="three_layer", constructor="three_layer_convnet")  # another network's config
+    arrays["meta/config"] = ckpt.pack_json(config)
+    bad = ckpt.save_checkpoint(tmp_path / "mixed.npz", arrays)
+    rc, _, err = run(["evaluate", "--checkpoint", bad, "--data", SUBSET], capsys)
+    assert rc == 1 and err.startswith("gpuconv evaluate: error:") and "Traceback" not in err
+    assert "load_state_dict" in err and err.count("\n") == 1
+
+
 def test_evaluate_prints_a_table(trained, capsys):
     rc, out, _ = run(["evaluate", "--checkpoint", trained / "checkpoint.npz", "--data", SUBSET], capsys)
     assert rc == 0
