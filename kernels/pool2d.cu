@@ -101,6 +101,45 @@ max_pool2d_backward(const storage_t* dy, const int* argmax, storage_t* dx, int N
     }
 }
 
+// The sum over output (oh, ow)'s window of f(x) for its in-bounds taps, in row-major tap order
+// (the reference's order: the average's result is bit-identical to it).
+template <class F>
+__device__ inline acc_t window_sum(const storage_t* xp, int oh, int ow, int H, int W, int kh, int kw, int sh, int sw,
+                                   int ph, int pw, F f) {
+    acc_t s = 0;
+    for (int fh = 0; fh < kh; ++fh) {
+        int ih = oh * sh - ph + fh;
+        if (ih < 0 || ih >= H) continue;
+        for (int fw = 0; fw < kw; ++fw) {
+            int iw = ow * sw - pw + fw;
+            if (iw >= 0 && iw < W) s += f(to_acc(xp[ih * W + iw]));
+        }
+    }
+    return s;
+}
+
+struct Identity {
+    __device__ acc_t operator()(acc_t v) const { return v; }
+};
+
+// x^p in the accumulator type, with the exact forms for the common norms.
+__device__ inline acc_t lp_power(acc_t v, acc_t p) {
+    if (p == (acc_t)2) return v * v;
+    if (p == (acc_t)1) return v;
+    return pow(v, p);
+}
+
+__device__ inline acc_t lp_root(acc_t s, acc_t p) {
+    if (p == (acc_t)2) return sqrt(s);
+    if (p == (acc_t)1) return s;
+    return pow(s, (acc_t)1 / p);
+}
+
+struct LpPower {
+    acc_t p;
+    __device__ acc_t operator()(acc_t v) const { return lp_power(v, p); }
+};
+
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
 avg_pool2d_forward(const storage_t* x, storage_t* y, int NC, int H, int W, int OH, int OW,
                    int kh, int kw, int sh, int sw, int ph, int pw) {
@@ -109,16 +148,7 @@ avg_pool2d_forward(const storage_t* x, storage_t* y, int NC, int H, int W, int O
     for (index_t i = global_thread_index(); i < total; i += global_thread_count()) {
         int oh, ow;
         const index_t plane = split_hw(i, OH, OW, &oh, &ow);
-        const storage_t* xp = x + plane * H * W;
-        acc_t s = 0;
-        for (int fh = 0; fh < kh; ++fh) {
-            int ih = oh * sh - ph + fh;
-            if (ih < 0 || ih >= H) continue;
-            for (int fw = 0; fw < kw; ++fw) {
-                int iw = ow * sw - pw + fw;
-                if (iw >= 0 && iw < W) s += to_acc(xp[ih * W + iw]);
-            }
-        }
+        const acc_t s = window_sum(x + plane * H * W, oh, ow, H, W, kh, kw, sh, sw, ph, pw, Identity());
         y[i] = from_acc(s * inv);
     }
 }
@@ -143,19 +173,6 @@ avg_pool2d_backward(const storage_t* dy, storage_t* dx, int NC, int H, int W, in
 }
 
 
-// x^p in the accumulator type, with the exact forms for the common norms.
-__device__ inline acc_t lp_power(acc_t v, acc_t p) {
-    if (p == (acc_t)2) return v * v;
-    if (p == (acc_t)1) return v;
-    return pow(v, p);
-}
-
-__device__ inline acc_t lp_root(acc_t s, acc_t p) {
-    if (p == (acc_t)2) return sqrt(s);
-    if (p == (acc_t)1) return s;
-    return pow(s, (acc_t)1 / p);
-}
-
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
 lp_pool2d_forward(const storage_t* x, storage_t* y, double norm, int NC, int H, int W, int OH, int OW,
                   int kh, int kw, int sh, int sw, int ph, int pw) {
@@ -164,16 +181,7 @@ lp_pool2d_forward(const storage_t* x, storage_t* y, double norm, int NC, int H, 
     for (index_t i = global_thread_index(); i < total; i += global_thread_count()) {
         int oh, ow;
         const index_t plane = split_hw(i, OH, OW, &oh, &ow);
-        const storage_t* xp = x + plane * H * W;
-        acc_t s = 0;
-        for (int fh = 0; fh < kh; ++fh) {
-            int ih = oh * sh - ph + fh;
-            if (ih < 0 || ih >= H) continue;
-            for (int fw = 0; fw < kw; ++fw) {
-                int iw = ow * sw - pw + fw;
-                if (iw >= 0 && iw < W) s += lp_power(to_acc(xp[ih * W + iw]), p);
-            }
-        }
+        const acc_t s = window_sum(x + plane * H * W, oh, ow, H, W, kh, kw, sh, sw, ph, pw, LpPower{p});
         y[i] = from_acc(lp_root(s, p));
     }
 }

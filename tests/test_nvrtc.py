@@ -50,6 +50,9 @@ TUNED = ["conv2d_forward_v2", "conv2d_backward_data_v2", "conv2d_backward_weight
          "conv2d_forward_v3", "conv2d_backward_data_v3", "conv2d_backward_weight_v3"]
 
 
+FLUSHED = re.compile(r"\b(?:setp|set|add|sub|mul|fma|mad|max|min|div|sqrt|abs|neg|cvt)\.[\w.]*ftz")
+
+
 def test_entry_table_covers_every_kernel_file():
     assert sorted(ENTRIES) == sorted(kernels.KERNEL_FILES)
 
@@ -130,7 +133,9 @@ def test_ptxas_resource_usage(tmp_path, build, capsys):
     lines, reports = [], {}
     for op_file in kernels.KERNEL_FILES if not tf32 else ["conv2d"]:
         report = reports[op_file] = _ptxas_report(op_file, dtype, tmp_path, tf32)
-        assert set(report) == set(ENTRIES[op_file])
+        # Beside the entry points, ptxas reports the math library's own non-inlined routines
+        # (double pow's __internal_accurate_pow, reached by LP pooling's float64 build).
+        assert {k for k in report if not k.startswith("__internal")} == set(ENTRIES[op_file])
         for name in ENTRIES[op_file]:
             r = report[name]
             lines.append(f"sm_90 {build:5s} {name:28s} {r['registers']:4d} registers "
@@ -258,7 +263,10 @@ def test_gpu_path_compiles_without_flush_to_zero(fake_gpu):
 def test_gpu_path_ptx_keeps_subnormals_and_the_check_can_fail(fake_gpu, monkeypatch, op_file):
     monkeypatch.setattr(nvrtc, "getSupportedArchs", lambda: (75, 80, 86, 89))
     ptx = kernels.get_module(op_file, np.float32, "cuda", device=0).binary.decode()
-    assert ".target sm_89" in ptx and ".ftz." not in ptx
+    # No flush-to-zero on the kernels' own arithmetic and comparisons. (libdevice's powf, which LP
+    # pooling calls, uses rcp.approx.ftz internally whatever the flags: its own business, handled
+    # inside the routine, so the approximate reciprocal is not counted.)
+    assert ".target sm_89" in ptx and not FLUSHED.search(ptx), FLUSHED.search(ptx)
     # The same path with CuPy's -ftz=true appended does emit flush-to-zero instructions
     # (setp.gt.ftz.f32 in ReLU and max pooling), so the assertion above can fail.
     monkeypatch.setattr(kernels, "NVRTC_OPTIONS", kernels.NVRTC_OPTIONS + ("-ftz=true",))
