@@ -121,11 +121,34 @@ def test_atomic_add_histogram(basics):
 
 
 def test_static_shared_arrays_live_in_the_poisoned_section(basics, basics64):
-    # Every __shared__ array of the module is in gpuconv_shared (the section filled with poison
-    # before each block): at least the non-template tiles of basics.cu, twice as large in double.
+    # The __shared__ arrays of the module are in gpuconv_shared (the section filled with poison
+    # before each block): at least the non-template tiles of basics.cu, twice as large in double
+    # (template tiles are registered instead: see the next test).
     floats = 256 + 256 + 128 + 64 + 64
     assert basics.static_shared_bytes >= 4 * floats + 4 * 16
     assert basics64.static_shared_bytes - basics.static_shared_bytes >= 4 * floats
+
+
+def test_template_shared_arrays_are_poisoned_every_block(basics):
+    # g++ ignores the section attribute of a static local in a template (it goes to a COMDAT .bss
+    # section): the source rewrite registers such __shared__ variables, and they are poisoned
+    # with the section before every block, in every launch.
+    fn = basics.get_function("template_shared_poison")
+    for _ in range(2):
+        y = np.zeros(64, np.float32)
+        fn((2,), (32,), (y,))
+        assert np.isnan(y).all(), y
+
+
+def test_shared_registration_names_every_declarator():
+    from gpuconv.hostsim import _source
+    src = ("__shared__ __align__(16) float a[4], b[2][3] ; // __shared__ in a comment\n"
+           "__shared__ int n;\n")
+    out = _source.rewrite(src)
+    assert out.count("\n") == src.count("\n")  # lines stay where they were
+    for name in ("a", "b", "n"):
+        assert f"gpuconv_sim::shared_var(&{name}, sizeof({name}));" in out
+    assert "comment" in out and out.count("shared_var") == 3
 
 
 def test_dynamic_shared_memory(basics):

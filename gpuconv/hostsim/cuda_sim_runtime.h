@@ -18,6 +18,94 @@ unsigned warp_live_lanes() {
   return bits;
 }
 
+static int append(size_t& at, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
+static int append_v(size_t& at, const char* fmt, va_list ap) {
+  int w = at < sizeof rt.msg ? vsnprintf(rt.msg + at, sizeof rt.msg - at, fmt, ap) : 0;
+  if (w > 0) at = at + w < sizeof rt.msg ? at + w : sizeof rt.msg - 1;
+  return w;
+}
+static int append(size_t& at, const char* fmt, ...) {
+  va_list ap; va_start(ap, fmt);
+  int w = append_v(at, fmt, ap);
+  va_end(ap);
+  return w;
+}
+
+void thread_error(const char* fmt, ...) {
+  size_t at = 0;
+  append(at, "kernel %s, block (%u,%u,%u) thread (%u,%u,%u) ", rt.kernel, blockIdx.x, blockIdx.y, blockIdx.z,
+         threadIdx.x, threadIdx.y, threadIdx.z);
+  va_list ap; va_start(ap, fmt); append_v(at, fmt, ap); va_end(ap);
+  rt.status = TRAP;
+  switch_to_scheduler(rt.cur);
+  abort();  // the scheduler never resumes a fiber that failed
+}
+
+void insn_error(const char* fmt, ...) {
+  size_t at = 0;
+  const Fiber* f = rt.insn_lane0;
+  append(at, "kernel %s, block (%u,%u,%u), warp %u: %s (%s:%d): ", rt.kernel, blockIdx.x, blockIdx.y, blockIdx.z,
+         rt.insn_warp, f->insn, f->insn_file, f->insn_line);
+  va_list ap; va_start(ap, fmt); append_v(at, fmt, ap); va_end(ap);
+  rt.status = TRAP;
+}
+
+// The __shared__ variables outside the section (see shared_var), for the life of the module.
+struct SharedVar { char* p; size_t n; };
+static SharedVar* shared_vars;
+static unsigned n_shared_vars, cap_shared_vars;
+
+static bool in_range(const char* c, size_t n, const char* lo, const char* hi) { return c >= lo && c + n <= hi && c + n >= c; }
+
+bool shared_range(const void* p, size_t n) {
+  const char* c = (const char*)p;
+  if (in_range(c, n, __start_gpuconv_shared, __stop_gpuconv_shared)) return true;
+  if (in_range(c, n, (const char*)dyn_smem, (const char*)dyn_smem + rt.dyn_bytes)) return true;
+  for (unsigned i = 0; i < n_shared_vars; ++i)
+    if (in_range(c, n, shared_vars[i].p, shared_vars[i].p + shared_vars[i].n)) return true;
+  return false;
+}
+
+bool shared_var(void* p, size_t n) {
+  if (in_range((const char*)p, n, __start_gpuconv_shared, __stop_gpuconv_shared)) return true;
+  if (n_shared_vars == cap_shared_vars) {
+    unsigned cap = cap_shared_vars ? 2 * cap_shared_vars : 16;
+    SharedVar* grown = (SharedVar*)realloc(shared_vars, cap * sizeof(SharedVar));
+    if (!grown) thread_error("declares a __shared__ variable, and the simulator cannot allocate its registry");
+    shared_vars = grown; cap_shared_vars = cap;
+  }
+  shared_vars[n_shared_vars++] = {(char*)p, n};
+  memset(p, 0xFF, n);  // the first thread to reach the declaration: nobody has written it yet
+  return true;
+}
+
+void defer_copy(void* dst, const void* src, unsigned bytes, unsigned src_bytes) {
+  Fiber* f = rt.cur;
+  if (!f->copies && !(f->copies = (DeferredCopy*)malloc(GPUCONV_SIM_COPIES_MAX * sizeof(DeferredCopy))))
+    thread_error("issues a cp.async, and the simulator cannot allocate its queue");
+  if (f->ncopies == GPUCONV_SIM_COPIES_MAX)
+    thread_error("has more than %d cp.async copies in flight: wait (cp.async.wait_group) before issuing more",
+                 GPUCONV_SIM_COPIES_MAX);
+  f->copies[f->ncopies++] = {dst, src, bytes, src_bytes, f->groups};
+}
+
+void commit_copies() { ++rt.cur->groups; }
+
+void complete_copies(unsigned keep) {
+  Fiber* f = rt.cur;
+  unsigned kept = 0;
+  for (unsigned i = 0; i < f->ncopies; ++i) {
+    DeferredCopy c = f->copies[i];
+    if (c.group + keep < f->groups) {  // committed, and older than the `keep` newest groups
+      if (c.src_bytes) memcpy(c.dst, c.src, c.src_bytes);
+      memset((char*)c.dst + c.src_bytes, 0, c.bytes - c.src_bytes);
+    } else {
+      f->copies[kept++] = c;
+    }
+  }
+  f->ncopies = kept;
+}
+
 static void fiber_main(int index) {
 #ifdef __SANITIZE_ADDRESS__
   __sanitizer_finish_switch_fiber(nullptr, &rt.main_bottom, &rt.main_size);
@@ -49,7 +137,9 @@ static void resume(Fiber* f) {
 }
 
 static void free_fibers() {
-  for (unsigned i = 0; i < rt.capacity; ++i) { munmap(rt.fibers[i]->map, rt.fibers[i]->map_size); free(rt.fibers[i]); }
+  for (unsigned i = 0; i < rt.capacity; ++i) {
+    munmap(rt.fibers[i]->map, rt.fibers[i]->map_size); free(rt.fibers[i]->copies); free(rt.fibers[i]);
+  }
   free(rt.fibers); rt.fibers = nullptr; rt.capacity = 0;
 }
 
@@ -74,14 +164,6 @@ static bool ensure_fibers(unsigned n, size_t stack_size) {
   return true;
 }
 
-static int append(size_t& at, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
-static int append(size_t& at, const char* fmt, ...) {
-  va_list ap; va_start(ap, fmt);
-  int w = at < sizeof rt.msg ? vsnprintf(rt.msg + at, sizeof rt.msg - at, fmt, ap) : 0;
-  va_end(ap);
-  if (w > 0) at = at + w < sizeof rt.msg ? at + w : sizeof rt.msg - 1;
-  return w;
-}
 
 // "(0,0,0) (1,0,0) ... [16 threads]" for the fibers whose state matches (and site, if given).
 static void list_threads(size_t& at, int state, const Fiber* site) {
@@ -123,6 +205,80 @@ static int warp_divergence() {
   return DIVERGENCE;
 }
 
+// "0-30", "0-3,5,9-12": the lanes set in `bits`.
+static void append_lanes(size_t& at, unsigned bits) {
+  const char* sep = "";
+  for (unsigned l = 0; l < 32; ++l) {
+    if (!(bits >> l & 1)) continue;
+    unsigned e = l;
+    while (e + 1 < 32 && (bits >> (e + 1) & 1)) ++e;
+    if (e == l) append(at, "%s%u", sep, l);
+    else append(at, "%s%u-%u", sep, l, e);
+    sep = ",";
+    l = e;
+  }
+}
+
+static bool same_instruction(const Fiber* a, const Fiber* b) {
+  return b->state == AT_WARP && b->wop == W_INSN && b->insn_fn == a->insn_fn && b->insn_line == a->insn_line &&
+         !strcmp(b->insn_file, a->insn_file);
+}
+
+// A warp with lanes waiting at a .sync.aligned instruction that the rest of the warp cannot reach:
+// which lanes wait there, and what every other lane does instead.
+static int instruction_divergence(unsigned first, unsigned cnt) {
+  const Fiber* site = nullptr;
+  for (unsigned l = 0; l < cnt && !site; ++l)
+    if (rt.fibers[first + l]->state == AT_WARP && rt.fibers[first + l]->wop == W_INSN) site = rt.fibers[first + l];
+  unsigned here = 0, done = 0, barrier = 0, collective = 0, other = 0;
+  const Fiber *bar_site = nullptr, *other_site = nullptr;
+  for (unsigned l = 0; l < cnt; ++l) {
+    const Fiber* f = rt.fibers[first + l];
+    if (same_instruction(site, f)) here |= 1u << l;
+    else if (f->state == DONE) done |= 1u << l;
+    else if (f->state == AT_BARRIER) { barrier |= 1u << l; if (!bar_site) bar_site = f; }
+    else if (f->wop == W_INSN) { other |= 1u << l; if (!other_site) other_site = f; }
+    else collective |= 1u << l;
+  }
+  size_t at; fail_header(at, "warp divergence");
+  append(at, "warp %u lanes ", first / 32); append_lanes(at, here);
+  append(at, " [%d of 32] wait at %s (%s:%d) while", __builtin_popcount(here), site->insn, site->insn_file, site->insn_line);
+  const char* sep = "";
+  if (cnt < 32) { append(at, " the warp has only %u threads (lanes 0-%u; %u threads per block)", cnt, cnt - 1, rt.n); sep = ";"; }
+  if (done) { append(at, "%s lanes ", sep); append_lanes(at, done); append(at, " have exited"); sep = ";"; }
+  if (barrier) {
+    append(at, "%s lanes ", sep); append_lanes(at, barrier);
+    append(at, " wait at __syncthreads (%s:%d)", bar_site->file, bar_site->line); sep = ";";
+  }
+  if (other) {
+    append(at, "%s lanes ", sep); append_lanes(at, other);
+    append(at, " wait at %s (%s:%d)", other_site->insn, other_site->insn_file, other_site->insn_line); sep = ";";
+  }
+  if (collective) { append(at, "%s lanes ", sep); append_lanes(at, collective); append(at, " wait in a warp collective"); }
+  append(at, ". A .sync.aligned warp instruction (mma.sync, ldmatrix) is executed by all 32 lanes of a warp together, "
+             "at the same place: keep it out of lane-dependent branches and early returns (guard its operands instead), "
+             "and launch whole warps.");
+  return DIVERGENCE;
+}
+
+// Runs the warp instruction that all 32 lanes of the warp at `first` wait at, then releases them.
+// Returns the lanes released (0 while some lane is elsewhere), or -1 when the instruction failed.
+static int release_instruction(unsigned first, unsigned cnt) {
+  if (cnt < 32) return 0;
+  const Fiber* a = rt.fibers[first];
+  void* ops[32];
+  for (unsigned l = 0; l < 32; ++l) {
+    const Fiber* f = rt.fibers[first + l];
+    if (!same_instruction(a, f)) return 0;
+    ops[l] = f->insn_ops;
+  }
+  rt.insn_warp = first / 32; rt.insn_lane0 = a;
+  a->insn_fn(ops);
+  if (rt.status) return -1;
+  for (unsigned l = 0; l < 32; ++l) rt.fibers[first + l]->state = READY;
+  return 32;
+}
+
 // What lane l of the warp starting at `first` receives from its collective; `present` are
 // the lanes taking part. A source that exited or takes no part is undefined on a GPU: the lane
 // receives 0xFF poison (a NaN), so a reduction that reads such lanes shows it.
@@ -160,7 +316,18 @@ static int release_warps() {
   for (unsigned first = 0; first < rt.n; first += 32) {
     unsigned cnt = rt.n - first < 32 ? rt.n - first : 32;
     unsigned exist = cnt == 32 ? 0xffffffffu : (1u << cnt) - 1u, arrived = 0, go = 0;
-    for (unsigned l = 0; l < cnt; ++l) arrived |= (rt.fibers[first + l]->state == AT_WARP) << l;
+    unsigned insn = 0;
+    for (unsigned l = 0; l < cnt; ++l) {
+      const Fiber* f = rt.fibers[first + l];
+      arrived |= (f->state == AT_WARP) << l;
+      insn |= (f->state == AT_WARP && f->wop == W_INSN) << l;
+    }
+    if (insn) {  // a warp instruction takes the whole warp; shuffles of other lanes may still go ahead
+      int r = release_instruction(first, cnt);
+      if (r < 0) return -1;
+      if (r > 0) { released += r; continue; }
+      arrived &= ~insn;
+    }
     if (!arrived) continue;
     if (arrived == exist && uniform_warp(first, cnt)) {  // the common case: the whole warp, one op
       for (unsigned l = 0; l < cnt; ++l) warp_result(first, cnt, l, exist);
@@ -220,6 +387,10 @@ static int run_block() {
       if (f->state == AT_BARRIER) { ++bar; count += f->pred; if (!site) site = f; }
     }
     if (done == rt.n) return OK;
+    for (unsigned first = 0; first < rt.n; first += 32)
+      for (unsigned l = 0; l < 32 && first + l < rt.n; ++l)
+        if (rt.fibers[first + l]->state == AT_WARP && rt.fibers[first + l]->wop == W_INSN)
+          return instruction_divergence(first, rt.n - first < 32 ? rt.n - first : 32);
     if (bar + done < rt.n) return warp_divergence();
     if (done) return barrier_divergence(site);
     for (unsigned i = 0; i < rt.n; ++i)
@@ -229,7 +400,8 @@ static int run_block() {
   }
 }
 
-// Fills the static shared section with 0xFF without ASan checks: with
+// Fills the static shared section (and the registered __shared__ variables outside it, see
+// shared_var) with 0xFF; the section without ASan checks: with
 // -fsanitize-sections=gpuconv_shared the section holds redzones between the arrays.
 __attribute__((no_sanitize_address, noinline)) static void poison_static_shared() {
 #ifdef __SANITIZE_ADDRESS__
@@ -237,6 +409,7 @@ __attribute__((no_sanitize_address, noinline)) static void poison_static_shared(
 #else
   memset(__start_gpuconv_shared, 0xFF, (size_t)(__stop_gpuconv_shared - __start_gpuconv_shared));
 #endif
+  for (unsigned i = 0; i < n_shared_vars; ++i) memset(shared_vars[i].p, 0xFF, shared_vars[i].n);
 }
 
 static void death_report() {
@@ -300,6 +473,7 @@ extern "C" __attribute__((visibility("default"))) int gpuconv_sim_launch(
   using namespace gpuconv_sim;
   unsigned n = block[0] * block[1] * block[2];
   rt.msg[0] = '\0'; rt.status = OK; rt.kernel = kernel; rt.entry = entry; rt.args = args; rt.reverse = reverse;
+  rt.dyn_bytes = dyn_bytes;
   if (dyn_bytes > GPUCONV_DYN_SMEM_MAX || !ensure_fibers(n, stack_size)) {
     snprintf(rt.msg, sizeof rt.msg, "kernel %s: cannot set up %u fibers of %zu bytes or %zu bytes of dynamic shared memory",
              kernel, n, stack_size, dyn_bytes);
@@ -328,7 +502,10 @@ extern "C" __attribute__((visibility("default"))) int gpuconv_sim_launch(
         blockIdx = {x, y, z};
         poison_static_shared();
         memset(dyn_smem, 0xFF, dyn_bytes);
-        for (unsigned i = 0; i < n; ++i) rt.fibers[i]->state = READY;
+        for (unsigned i = 0; i < n; ++i) {
+          Fiber* f = rt.fibers[i];
+          f->state = READY; f->ncopies = 0; f->groups = 0;  // copies left in flight by the last block are dropped
+        }
         rt.status = run_block();
       }
   rt.in_launch = 0;
