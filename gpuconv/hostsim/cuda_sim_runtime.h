@@ -244,17 +244,19 @@ static int instruction_divergence(unsigned first, unsigned cnt) {
   append(at, "warp %u lanes ", first / 32); append_lanes(at, here);
   append(at, " [%d of 32] wait at %s (%s:%d) while", __builtin_popcount(here), site->insn, site->insn_file, site->insn_line);
   const char* sep = "";
-  if (cnt < 32) { append(at, " the warp has only %u threads (lanes 0-%u; %u threads per block)", cnt, cnt - 1, rt.n); sep = ";"; }
-  if (done) { append(at, "%s lanes ", sep); append_lanes(at, done); append(at, " have exited"); sep = ";"; }
-  if (barrier) {
-    append(at, "%s lanes ", sep); append_lanes(at, barrier);
-    append(at, " wait at __syncthreads (%s:%d)", bar_site->file, bar_site->line); sep = ";";
-  }
+  if (cnt < 32) { append(at, " the warp has only %u threads (%u threads per block)", cnt, rt.n); sep = ";"; }
+  // "lane 31 has exited" / "lanes 16-31 have exited"
+  auto lanes = [&](unsigned bits, const char* one, const char* many) {
+    append(at, "%s %s ", sep, __builtin_popcount(bits) == 1 ? "lane" : "lanes"); append_lanes(at, bits);
+    append(at, " %s", __builtin_popcount(bits) == 1 ? one : many); sep = ";";
+  };
+  if (done) lanes(done, "has exited", "have exited");
+  if (barrier) { lanes(barrier, "waits", "wait"); append(at, " at __syncthreads (%s:%d)", bar_site->file, bar_site->line); }
   if (other) {
-    append(at, "%s lanes ", sep); append_lanes(at, other);
-    append(at, " wait at %s (%s:%d)", other_site->insn, other_site->insn_file, other_site->insn_line); sep = ";";
+    lanes(other, "waits", "wait");
+    append(at, " at %s (%s:%d)", other_site->insn, other_site->insn_file, other_site->insn_line);
   }
-  if (collective) { append(at, "%s lanes ", sep); append_lanes(at, collective); append(at, " wait in a warp collective"); }
+  if (collective) { lanes(collective, "waits", "wait"); append(at, " in a warp collective"); }
   append(at, ". A .sync.aligned warp instruction (mma.sync, ldmatrix) is executed by all 32 lanes of a warp together, "
              "at the same place: keep it out of lane-dependent branches and early returns (guard its operands instead), "
              "and launch whole warps.");
