@@ -100,6 +100,19 @@ def test_warp_shuffle_reduction(basics, reverse):
     np.testing.assert_allclose(out[0], x.astype(np.float64).sum(), rtol=1e-5, atol=1e-5)
 
 
+def test_a_warp_runs_ahead_of_the_others_until_a_barrier(basics):
+    """Warps are scheduled one at a time, each up to a __syncthreads: a read of another warp's
+    shared-memory writes that no barrier orders sees poison in one order (a lockstep of all warps
+    at every shuffle would have hidden the race)."""
+    fn = basics.get_function("cross_warp_without_barrier")
+    seen = []
+    for reverse in (False, True):
+        y = np.zeros(32, np.float32)
+        fn((1,), (64,), (y,), reverse=reverse)
+        seen.append(np.isnan(y).all())
+    assert seen == [True, False]
+
+
 def test_shuffle_variants_and_ballot(basics):
     out = np.zeros((5, 64), np.int32)
     basics.get_function("shuffle_variants")((1,), (64,), (out,))

@@ -311,76 +311,83 @@ static bool uniform_warp(unsigned first, unsigned cnt) {
   return true;
 }
 
-// Releases the lanes whose warp collective has every lane of its mask present. Returns the
-// number released, or -1 with rt.status set.
-static int release_warps() {
+// Releases the lanes of the warp at `first` (cnt lanes) whose warp collective has every lane of
+// its mask present. Returns the number released, or -1 with rt.status set.
+static int release_warp(unsigned first, unsigned cnt) {
   int released = 0;
-  for (unsigned first = 0; first < rt.n; first += 32) {
-    unsigned cnt = rt.n - first < 32 ? rt.n - first : 32;
-    unsigned exist = cnt == 32 ? 0xffffffffu : (1u << cnt) - 1u, arrived = 0, go = 0;
-    unsigned insn = 0;
-    for (unsigned l = 0; l < cnt; ++l) {
-      const Fiber* f = rt.fibers[first + l];
-      arrived |= (f->state == AT_WARP) << l;
-      insn |= (f->state == AT_WARP && f->wop == W_INSN) << l;
+  unsigned exist = cnt == 32 ? 0xffffffffu : (1u << cnt) - 1u, arrived = 0, go = 0;
+  unsigned insn = 0;
+  for (unsigned l = 0; l < cnt; ++l) {
+    const Fiber* f = rt.fibers[first + l];
+    arrived |= (f->state == AT_WARP) << l;
+    insn |= (f->state == AT_WARP && f->wop == W_INSN) << l;
+  }
+  if (insn) {  // a warp instruction takes the whole warp; shuffles of other lanes may still go ahead
+    int r = release_instruction(first, cnt);
+    if (r < 0) return -1;
+    if (r > 0) return r;
+    arrived &= ~insn;
+  }
+  if (!arrived) return 0;
+  if (arrived == exist && uniform_warp(first, cnt)) {  // the common case: the whole warp, one op
+    for (unsigned l = 0; l < cnt; ++l) warp_result(first, cnt, l, exist);
+    for (unsigned l = 0; l < cnt; ++l) rt.fibers[first + l]->state = READY;
+    return (int)cnt;
+  }
+  for (unsigned l = 0; l < cnt; ++l) {
+    Fiber* f = rt.fibers[first + l];
+    if (!(arrived >> l & 1)) continue;
+    if (!(f->mask >> l & 1)) {
+      size_t at; fail_header(at, "bad warp mask");
+      append(at, "thread (%u,%u,%u) (lane %u) calls a warp collective with mask 0x%08x, which leaves out its own lane",
+             f->tid.x, f->tid.y, f->tid.z, l, f->mask);
+      return rt.status = DIVERGENCE, -1;
     }
-    if (insn) {  // a warp instruction takes the whole warp; shuffles of other lanes may still go ahead
-      int r = release_instruction(first, cnt);
-      if (r < 0) return -1;
-      if (r > 0) { released += r; continue; }
-      arrived &= ~insn;
-    }
-    if (!arrived) continue;
-    if (arrived == exist && uniform_warp(first, cnt)) {  // the common case: the whole warp, one op
-      for (unsigned l = 0; l < cnt; ++l) warp_result(first, cnt, l, exist);
-      for (unsigned l = 0; l < cnt; ++l) rt.fibers[first + l]->state = READY;
-      released += cnt;
-      continue;
-    }
-    for (unsigned l = 0; l < cnt; ++l) {
-      Fiber* f = rt.fibers[first + l];
-      if (!(arrived >> l & 1)) continue;
-      if (!(f->mask >> l & 1)) {
-        size_t at; fail_header(at, "bad warp mask");
-        append(at, "thread (%u,%u,%u) (lane %u) calls a warp collective with mask 0x%08x, which leaves out its own lane",
-               f->tid.x, f->tid.y, f->tid.z, l, f->mask);
+    // Released once every lane of the mask has exited or waits in the same kind of collective
+    // (exited lanes do not block a collective on a GPU either); a lane there with another mask
+    // is undefined behaviour, so it is reported.
+    bool all_here = true;
+    for (unsigned k = 0; k < cnt && all_here; ++k) {
+      const Fiber* o = rt.fibers[first + k];
+      if (!((f->mask & exist) >> k & 1) || o->state == DONE) continue;
+      all_here = (arrived >> k & 1) && o->wop == f->wop;
+      if (all_here && o->mask != f->mask) {
+        size_t at; fail_header(at, "warp mask mismatch");
+        append(at, "threads (%u,%u,%u) and (%u,%u,%u) of one warp meet in a warp collective with masks 0x%08x "
+                   "and 0x%08x; all lanes of a mask must pass the same mask",
+               f->tid.x, f->tid.y, f->tid.z, o->tid.x, o->tid.y, o->tid.z, f->mask, o->mask);
         return rt.status = DIVERGENCE, -1;
       }
-      // Released once every lane of the mask has exited or waits in the same kind of collective
-      // (exited lanes do not block a collective on a GPU either); a lane there with another mask
-      // is undefined behaviour, so it is reported.
-      bool all_here = true;
-      for (unsigned k = 0; k < cnt && all_here; ++k) {
-        const Fiber* o = rt.fibers[first + k];
-        if (!((f->mask & exist) >> k & 1) || o->state == DONE) continue;
-        all_here = (arrived >> k & 1) && o->wop == f->wop;
-        if (all_here && o->mask != f->mask) {
-          size_t at; fail_header(at, "warp mask mismatch");
-          append(at, "threads (%u,%u,%u) and (%u,%u,%u) of one warp meet in a warp collective with masks 0x%08x "
-                     "and 0x%08x; all lanes of a mask must pass the same mask",
-                 f->tid.x, f->tid.y, f->tid.z, o->tid.x, o->tid.y, o->tid.z, f->mask, o->mask);
-          return rt.status = DIVERGENCE, -1;
-        }
-      }
-      if (all_here) go |= 1u << l;
     }
-    for (unsigned l = 0; l < cnt; ++l)
-      if (go >> l & 1) warp_result(first, cnt, l, arrived);
-    for (unsigned l = 0; l < cnt; ++l)
-      if (go >> l & 1) { rt.fibers[first + l]->state = READY; ++released; }
+    if (all_here) go |= 1u << l;
   }
+  for (unsigned l = 0; l < cnt; ++l)
+    if (go >> l & 1) warp_result(first, cnt, l, arrived);
+  for (unsigned l = 0; l < cnt; ++l)
+    if (go >> l & 1) { rt.fibers[first + l]->state = READY; ++released; }
   return released;
 }
 
+// Runs a block to its end or to a divergence. Warp by warp (forward: warp 0 first; reverse: the
+// last warp first, each warp's lanes last-first): a warp runs as far as it can on its own, its
+// collectives released as soon as its lanes are there, until every lane waits at __syncthreads
+// or has returned; then the next warp. So a warp reads shared memory that other warps have not
+// written yet whenever no barrier orders the two (another warp's cp.async not yet waited for
+// included): the races show as poison, not hidden behind a lockstep of all warps.
 static int run_block() {
+  const unsigned warps = (rt.n + 31) / 32;
   for (;;) {
-    for (unsigned k = 0; k < rt.n; ++k) {
-      Fiber* f = rt.fibers[rt.reverse ? rt.n - 1 - k : k];
-      if (f->state == READY) { resume(f); if (rt.status) return rt.status; }
+    for (unsigned k = 0; k < warps; ++k) {
+      const unsigned first = 32 * (rt.reverse ? warps - 1 - k : k), cnt = rt.n - first < 32 ? rt.n - first : 32;
+      for (int r = 1; r > 0;) {
+        for (unsigned l = 0; l < cnt; ++l) {
+          Fiber* f = rt.fibers[first + (rt.reverse ? cnt - 1 - l : l)];
+          if (f->state == READY) { resume(f); if (rt.status) return rt.status; }
+        }
+        r = release_warp(first, cnt);
+        if (r < 0) return rt.status;
+      }
     }
-    int r = release_warps();
-    if (r < 0) return rt.status;
-    if (r > 0) continue;
     unsigned done = 0, bar = 0, count = 0;
     const Fiber* site = nullptr;
     for (unsigned i = 0; i < rt.n; ++i) {

@@ -214,3 +214,13 @@ extern "C" __global__ void mask_excludes_self(real_t* y) {
 #define GPUCONV_TEST_VALUE 1
 #endif
 extern "C" __global__ void option_value(int* y) { y[threadIdx.x] = GPUCONV_TEST_VALUE; }
+
+// Warp 1 writes a tile that warp 0 reads after a shuffle but with no __syncthreads between: a
+// race (a warp collective orders nothing across warps) that must show as poison in one order.
+extern "C" __global__ void cross_warp_without_barrier(real_t* y) {
+  __shared__ real_t tile[32];
+  const int lane = threadIdx.x % 32;
+  if (threadIdx.x >= 32) tile[lane] = (real_t)lane;
+  const real_t v = __shfl_sync(0xffffffffu, (real_t)lane, lane);
+  if (threadIdx.x < 32) y[lane] = tile[lane] + v;
+}
