@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pathlib
 import shutil
+import textwrap
 
 import ml_dtypes
 import numpy as np
@@ -325,6 +326,23 @@ def test_cp_async_misuse_is_reported(sim, mode, match):
     with pytest.raises(hostsim.SimulatorError, match=r"kernel cp_async_misuse, block \(0,0,0\) thread \(0,0,0\) "
                                                      + match):
         sim("cp_async_misuse", np.zeros(16, np.float32), np.int32(mode))
+
+
+@pytest.mark.skipif(not hostsim.sanitizers_available(), reason="g++ or its ASan/UBSan runtimes are not installed")
+def test_cp_async_source_out_of_bounds_is_named_at_issue(probe_dir, monkeypatch):
+    """Under AddressSanitizer the simulator touches a cp.async source when the copy is issued, so
+    an out-of-bounds copy is reported with the issuing thread, not later at the wait."""
+    monkeypatch.setenv("GPUCONV_KERNELS_DIR", str(probe_dir))
+    res = hostsim.run_sanitized(textwrap.dedent("""
+        import numpy as np
+        from gpuconv import kernels
+        kernels.UNIT_HEADERS["warp_probe"] = ("mma.cuh",)
+        kernels.launch("warp_probe", "cp_async_misuse", np.float32, "sim", (1, 1, 1), (2, 1, 1),
+                       (np.zeros(16, np.float32), np.int32(3)))
+    """))
+    assert not res.ok and "heap-buffer-overflow" in res.stderr
+    assert res.location == "kernel cp_async_misuse, block (0,0,0) thread (0,0,0)"
+    assert "mma_sim::cp_async" in res.stderr  # ASan's stack: the issue, not the wait
 
 
 # ----------------------------------------------------------------------------- divergence

@@ -86,12 +86,14 @@ extern "C" __global__ void cp_async_refill(const float* src, float* out) {
 }
 
 // cp.async misuse the simulator reports: mode 0 a src-size above the cp-size, 1 a global
-// destination, 2 a misaligned source.
+// destination, 2 a misaligned source, 3 a source past the end of buf (16 floats; reported by
+// the AddressSanitizer build).
 extern "C" __global__ void cp_async_misuse(float* buf, int mode) {
     __shared__ __align__(16) float s[8];
     if (mode == 0) cp_async_cg(s, buf, 20);
     else if (mode == 1) cp_async_cg(buf + 4, buf, 16);
-    else cp_async_ca<8>(s, buf + 1, 8);
+    else if (mode == 2) cp_async_ca<8>(s, buf + 1, 8);
+    else cp_async_cg(s, buf + 16, 16);
     cp_async_wait_all();
     buf[threadIdx.x] = s[0];
 }
