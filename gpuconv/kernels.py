@@ -24,7 +24,9 @@ host simulator compiles the same text with g++); the registry builds::
 so a compiler message names the kernel's own file and line. ``kernels/mma.cuh`` (the
 tensor-core instructions, mma.sync/ldmatrix/cp.async, with their simulator forms) goes only into
 the files that use it (:data:`UNIT_HEADERS`): it needs sm_80, and the other files keep building
-for any arch. Entry points are ``extern "C"``
+for any arch. Every build of a file exports the same entry points; a kernel that computes only
+with tensor cores (``gemm_tc.cu``) traps in the builds without them (``#if
+GPUCONV_TENSOR_CORES``), and its launcher refuses those dtypes first. Entry points are ``extern "C"``
 with the element types fixed by the defines, one module per build: the four storage dtypes of
 :mod:`gpuconv.precision` (float64, float32, bfloat16, float16) and float32 with ``tf32=True``.
 No ``name_expressions`` are needed (those exist to instantiate C++ templates by name). The
@@ -83,9 +85,9 @@ from ._files import write_atomic
 from . import backend  # attribute access at call time: tests fake CuPy by patching it
 from . import precision
 
-KERNEL_FILES = ("conv2d", "pool2d", "relu", "dropout", "augment", "stream_hold")
+KERNEL_FILES = ("conv2d", "pool2d", "relu", "dropout", "augment", "stream_hold", "gemm_tc")
 # The headers a file's translation unit gets after common.cuh, in order (see build_source).
-UNIT_HEADERS: dict = {}
+UNIT_HEADERS = {"gemm_tc": ("mma.cuh",)}
 # GPUCONV_BLOCK in common.cuh: the block size of every 1-D grid-stride kernel, which their
 # __launch_bounds__ and conv2d_backward_bias's shared reduction are compiled for.
 BLOCK = 256
