@@ -163,6 +163,7 @@ def test_mma_matches_numpy_within_the_k_bound(run, kind):
         a64, b64 = A.astype(np.float64), Bm.astype(np.float64)
         want = a64 @ b64 + C
         tol = reduction_tolerance(np.abs(a64) @ np.abs(b64) + np.abs(C), want, A.shape[1] + 1, np.float32)
+        tol *= 2.0 if run.target == "cuda" else 1.0  # tensor cores truncate in their sums (tests/test_gemm_tc.py)
         ok, worst = within_tolerance(run_mma(run, kind, A, Bm, C), want, tol)
         assert ok, f"{kind}: error {worst:.3g} x the bound"
 
