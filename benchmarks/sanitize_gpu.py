@@ -10,7 +10,8 @@ read past the end of one array lands inside a larger pooled block and memcheck c
 without it every array is its own cudaMalloc, bounds exact. Shapes reach the guarded edges:
 partial GEMM tiles in both dimensions, a partial reduction round, padding wider than the
 filter, several backward-weight splits, overlapping pooling windows, ReLU lengths with a vector
-tail and a misaligned view, dropout over partial blocks, crops falling wholly into the padding.
+tail and a misaligned view, dropout over partial blocks, crops falling wholly into the padding,
+tensor-core GEMM tiles cut in M, N and K with every copy width of its loader.
 Exit 0 when every kernel ran and matched; 1 naming the mismatch or the kernel that did not run.
 """
 from __future__ import annotations
@@ -33,6 +34,7 @@ from gpuconv.ops import _launch_conv2d as LC  # noqa: E402
 from gpuconv.ops import _launch_dropout as LD  # noqa: E402
 from gpuconv.ops import _launch_pool2d as LP  # noqa: E402
 from gpuconv.ops import _launch_relu as LR  # noqa: E402
+from gpuconv.ops._launch_gemm_tc import gemm_reference, gemm_tc  # noqa: E402
 from gpuconv.ops import conv2d as C  # noqa: E402
 from gpuconv.ops import dropout as D  # noqa: E402
 from gpuconv.ops import lp_pool2d as LPP  # noqa: E402
@@ -87,6 +89,27 @@ def conv(run, rng):
             run.close(f"{tag} dx", dx, rdx)
             run.close(f"{tag} dw", dw, rdw)
             run.close(f"{tag} db", db, rdb)
+
+
+def gemm(run, rng):
+    """The tensor-core GEMM in each build and B layout, on shapes whose rows take 16-, 4- and
+    2-byte copies, with partial tiles in M, N and K (the zero-filled cp.async edges)."""
+    import ml_dtypes
+    cases = {"bf16 nt": (ml_dtypes.bfloat16, False, "nt"), "bf16 nn": (ml_dtypes.bfloat16, False, "nn"),
+             "f16 nt": (np.float16, False, "nt"), "f16 nn": (np.float16, False, "nn"),
+             "tf32 nt": (np.float32, True, "nt")}
+    for case, (dtype, tf32, layout) in cases.items():
+        for m, n, k in [(70, 66, 136), (63, 65, 130), (7, 9, 7)]:
+            a = rng.standard_normal((m, k)).astype(dtype)
+            b = rng.standard_normal((n, k) if layout == "nt" else (k, n)).astype(dtype)
+            ref, _ = gemm_reference(a, b, b_layout=layout, tf32=tf32)
+            A, Bm = run.dev(a), run.dev(b)
+            tag = f"gemm_tc {case} {m}x{n}x{k}"
+            run.close(f"{tag} float32 out", gemm_tc(A, Bm, b_layout=layout, out_dtype=np.float32, tf32=tf32,
+                                                    target=run.target), ref)
+            # rounded once to 16 bits: about 2^-9 of each element (bfloat16)
+            run.close(f"{tag} {np.dtype(dtype).name} out", gemm_tc(A, Bm, b_layout=layout, tf32=tf32, target=run.target),
+                      ref, rtol=1e-2)
 
 
 def pool(run, rng):
@@ -195,7 +218,7 @@ def main(argv=None):
     run = Run(args.device)
     rng = np.random.default_rng(0)
     with gpuconv.default_device(args.device), kernels.launch_log() as log:
-        for family in (conv, pool, relu, dropout, augment, stream_hold):
+        for family in (conv, gemm, pool, relu, dropout, augment, stream_hold):
             family(run, rng)
     B.synchronize()
     run.ran = set(log.names)

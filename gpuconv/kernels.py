@@ -12,12 +12,21 @@ host simulator compiles the same text with g++); the registry builds::
     #define GPUCONV_STORAGE bf16_t   // the arrays' element type: double, float, bf16_t, half_t
     #define GPUCONV_ACC float        // what products and sums run in: double for float64, else float
     #define GPUCONV_TF32 0           // 1 in the TF32 build of float32 (conv operands rounded)
+    #define GPUCONV_TENSOR_CORES 1   // 1 where the GEMM operands have a tensor-core format:
+                                     // bfloat16, float16, and float32 in the TF32 build
     #line 1 "kernels/common.cuh"
     <common.cuh>                     // typedefs storage_t and acc_t from the two macros
+    #line 1 "kernels/mma.cuh"        // only for the files listed in UNIT_HEADERS
+    <mma.cuh>
     #line 1 "kernels/<op>.cu"
     <op>.cu
 
-so a compiler message names the kernel's own file and line. Entry points are ``extern "C"``
+so a compiler message names the kernel's own file and line. ``kernels/mma.cuh`` (the
+tensor-core instructions, mma.sync/ldmatrix/cp.async, with their simulator forms) goes only into
+the files that use it (:data:`UNIT_HEADERS`): it needs sm_80, and the other files keep building
+for any arch. Every build of a file exports the same entry points; a kernel that computes only
+with tensor cores (``gemm_tc.cu``) traps in the builds without them (``#if
+GPUCONV_TENSOR_CORES``), and its launcher refuses those dtypes first. Entry points are ``extern "C"``
 with the element types fixed by the defines, one module per build: the four storage dtypes of
 :mod:`gpuconv.precision` (float64, float32, bfloat16, float16) and float32 with ``tf32=True``.
 No ``name_expressions`` are needed (those exist to instantiate C++ templates by name). The
@@ -76,7 +85,9 @@ from ._files import write_atomic
 from . import backend  # attribute access at call time: tests fake CuPy by patching it
 from . import precision
 
-KERNEL_FILES = ("conv2d", "pool2d", "relu", "dropout", "augment", "stream_hold")
+KERNEL_FILES = ("conv2d", "pool2d", "relu", "dropout", "augment", "stream_hold", "gemm_tc")
+# The headers a file's translation unit gets after common.cuh, in order (see build_source).
+UNIT_HEADERS = {"gemm_tc": ("mma.cuh",)}
 # GPUCONV_BLOCK in common.cuh: the block size of every 1-D grid-stride kernel, which their
 # __launch_bounds__ and conv2d_backward_bias's shared reduction are compiled for.
 BLOCK = 256
@@ -187,10 +198,11 @@ def build_source(op_file: str, dtype=np.float32, tf32: bool = False) -> str:
     bfloat16 or float16), computing in its accumulator type, with TF32 operands when ``tf32``."""
     stem = op_file[:-3] if op_file.endswith(".cu") else op_file
     build = _build(dtype, tf32)
+    tensor_cores = int(bool(tf32) or np.dtype(dtype) in precision.LOW_PRECISION)
+    headers = "".join(f'#line 1 "kernels/{h}"\n{_read(h)}\n' for h in (COMMON, *UNIT_HEADERS.get(stem, ())))
     return (f"#define GPUCONV_STORAGE {build.storage}\n#define GPUCONV_ACC {build.acc}\n"
-            f"#define GPUCONV_TF32 {int(bool(tf32))}\n"
-            f'#line 1 "kernels/{COMMON}"\n{_read(COMMON)}\n'
-            f'#line 1 "kernels/{stem}.cu"\n{_read(stem + ".cu")}')
+            f"#define GPUCONV_TF32 {int(bool(tf32))}\n#define GPUCONV_TENSOR_CORES {tensor_cores}\n"
+            f'{headers}#line 1 "kernels/{stem}.cu"\n{_read(stem + ".cu")}')
 
 
 # ----------------------------------------------------------------------------- variants

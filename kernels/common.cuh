@@ -4,7 +4,9 @@
 //     #define GPUCONV_STORAGE bf16_t   // the arrays' element type: double, float, bf16_t or half_t
 //     #define GPUCONV_ACC float        // what products and sums are computed in
 //     #define GPUCONV_TF32 0           // 1: GEMM operands rounded to TF32 (float32 builds only)
+//     #define GPUCONV_TENSOR_CORES 1   // 1: the operands have a tensor-core format (bf16, fp16, TF32)
 //     #line 1 "kernels/common.cuh"   <this file>
+//     #line 1 "kernels/mma.cuh"      <the tensor-core instructions, in the files that use them>
 //     #line 1 "kernels/<op>.cu"      <the op file>
 // and no file includes another: NVRTC has no host headers, and the host simulator compiles the
 // same text with g++. For the same reason only a small CUDA surface is used: __global__,

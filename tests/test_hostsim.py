@@ -100,6 +100,19 @@ def test_warp_shuffle_reduction(basics, reverse):
     np.testing.assert_allclose(out[0], x.astype(np.float64).sum(), rtol=1e-5, atol=1e-5)
 
 
+def test_a_warp_runs_ahead_of_the_others_until_a_barrier(basics):
+    """Warps are scheduled one at a time, each up to a __syncthreads: a read of another warp's
+    shared-memory writes that no barrier orders sees poison in one order (a lockstep of all warps
+    at every shuffle would have hidden the race)."""
+    fn = basics.get_function("cross_warp_without_barrier")
+    seen = []
+    for reverse in (False, True):
+        y = np.zeros(32, np.float32)
+        fn((1,), (64,), (y,), reverse=reverse)
+        seen.append(np.isnan(y).all())
+    assert seen == [True, False]
+
+
 def test_shuffle_variants_and_ballot(basics):
     out = np.zeros((5, 64), np.int32)
     basics.get_function("shuffle_variants")((1,), (64,), (out,))
@@ -121,11 +134,34 @@ def test_atomic_add_histogram(basics):
 
 
 def test_static_shared_arrays_live_in_the_poisoned_section(basics, basics64):
-    # Every __shared__ array of the module is in gpuconv_shared (the section filled with poison
-    # before each block): at least the non-template tiles of basics.cu, twice as large in double.
+    # The __shared__ arrays of the module are in gpuconv_shared (the section filled with poison
+    # before each block): at least the non-template tiles of basics.cu, twice as large in double
+    # (template tiles are registered instead: see the next test).
     floats = 256 + 256 + 128 + 64 + 64
     assert basics.static_shared_bytes >= 4 * floats + 4 * 16
     assert basics64.static_shared_bytes - basics.static_shared_bytes >= 4 * floats
+
+
+def test_template_shared_arrays_are_poisoned_every_block(basics):
+    # g++ ignores the section attribute of a static local in a template (it goes to a COMDAT .bss
+    # section): the source rewrite registers such __shared__ variables, and they are poisoned
+    # with the section before every block, in every launch.
+    fn = basics.get_function("template_shared_poison")
+    for _ in range(2):
+        y = np.zeros(64, np.float32)
+        fn((2,), (32,), (y,))
+        assert np.isnan(y).all(), y
+
+
+def test_shared_registration_names_every_declarator():
+    from gpuconv.hostsim import _source
+    src = ("__shared__ __align__(16) float a[4], b[2][3] ; // __shared__ in a comment\n"
+           "__shared__ int n;\n")
+    out = _source.rewrite(src)
+    assert out.count("\n") == src.count("\n")  # lines stay where they were
+    for name in ("a", "b", "n"):
+        assert f"gpuconv_sim::shared_var(&{name}, sizeof({name}));" in out
+    assert "comment" in out and out.count("shared_var") == 3
 
 
 def test_dynamic_shared_memory(basics):

@@ -1,7 +1,8 @@
 """Every kernel file compiles with NVRTC for compute_80 and compute_90 in every build (float32,
-float64, bfloat16, float16, and conv2d's TF32 build), without a GPU; with nvcc present, ptxas
-reports registers and shared memory per kernel and the tuned convolution kernels of every
-float32-accumulating build do not spill to local memory. The GPU path (CuPy faked, NVRTC real)
+float64, bfloat16, float16, and the TF32 build), without a GPU; the tensor-core GEMM's PTX holds
+the mma.sync/ldmatrix/cp.async of its build and an sm_90 CUBIN builds; with nvcc present, ptxas
+reports registers and shared memory per kernel and the tuned convolution kernels and the
+tensor-core GEMM of every float32-accumulating build do not spill to local memory. The GPU path (CuPy faked, NVRTC real)
 builds a CUBIN for the device's arch (PTX where NVRTC lacks it) without flush-to-zero, caches it
 on disk in $GPUCONV_CUDA_CACHE, and reports compile and load errors with file and line."""
 from __future__ import annotations
@@ -41,6 +42,7 @@ ENTRIES = {
     "relu": ["relu_forward_v1", "relu_forward_v2", "relu_backward_v1", "relu_backward_v2", "bias_relu_forward"],
     "dropout": ["dropout_forward", "dropout_backward"],
     "stream_hold": ["stream_hold"],
+    "gemm_tc": ["gemm_tc_nt", "gemm_tc_nn"],
 }
 # (dtype, tf32) of every build: the four storage dtypes, and float32 with TF32 operands (which only
 # conv2d's GEMMs use; the other files build it too, identically).
@@ -84,6 +86,46 @@ def test_conv2d_tf32_build_rounds_its_operands_with_cvt_rna(arch):
     entries = set(re.findall(r"\.entry\s+(\w+)", ptx))
     assert entries == set(ENTRIES["conv2d"])
     assert "cvt.rna.tf32.f32" in ptx and ".f64" not in ptx
+
+
+# The tensor-core GEMM: what each build must run on (gemm_tc_nn has no TF32 form: it traps there,
+# as both entry points do in float64 and strict float32).
+TC_MMA = {"bf16": "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32",
+          "f16": "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32",
+          "tf32": "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32"}
+
+
+@needs_nvrtc
+@pytest.mark.parametrize("arch", ["compute_80", "compute_90"])
+@pytest.mark.parametrize("build", list(BUILDS))
+def test_gemm_tc_runs_on_tensor_cores(arch, build):
+    ptx = kernels.nvrtc_check("gemm_tc", arch, *BUILDS[build])
+    assert set(re.findall(r"\.entry\s+(\w+)", ptx)) == set(ENTRIES["gemm_tc"])
+    if build not in TC_MMA:  # float64, strict float32: no tensor-core format, the kernels trap
+        assert "mma.sync" not in ptx and "cp.async" not in ptx and "trap" in ptx
+        return
+    assert TC_MMA[build] in ptx and "mma.sync" not in ptx.replace(TC_MMA[build], "")
+    for insn in ("ldmatrix.sync.aligned.m8n8.x4.shared.b16", "cp.async.cg.shared.global", "cp.async.ca.shared.global",
+                 "cp.async.commit_group", "cp.async.wait_group 1"):
+        assert insn in ptx, insn
+    assert ("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16" in ptx) == (build != "tf32")
+    assert ("cvt.rna.tf32.f32" in ptx) == (build == "tf32")  # TF32 operands rounded as the rule says
+
+
+@needs_nvrtc
+@pytest.mark.parametrize("build", ["bf16", "tf32"])
+def test_gemm_tc_builds_an_sm_90_cubin(build):
+    dtype, tf32 = BUILDS[build]
+    image = kernels.nvrtc_compile(kernels.build_source("gemm_tc", dtype, tf32), "gemm_tc", dtype, "sm_90", tf32=tf32)
+    assert image[:4] == b"\x7fELF" and kernels.elf_image_end(image) <= len(image)
+
+
+def test_mma_header_goes_only_into_the_files_that_use_it():
+    assert '\n#line 1 "kernels/mma.cuh"' in kernels.build_source("gemm_tc", ml_dtypes.bfloat16)
+    assert '\n#line 1 "kernels/mma.cuh"' not in kernels.build_source("conv2d", ml_dtypes.bfloat16)
+    for dtype, tf32, tc in [(np.float64, False, 0), (np.float32, False, 0), (np.float32, True, 1),
+                            (ml_dtypes.bfloat16, False, 1), (np.float16, False, 1)]:
+        assert f"#define GPUCONV_TENSOR_CORES {tc}\n" in kernels.build_source("relu", dtype, tf32)
 
 
 @pytest.fixture
@@ -131,7 +173,7 @@ def _ptxas_report(op_file, dtype, tmp_path, tf32=False):
 def test_ptxas_resource_usage(tmp_path, build, capsys):
     dtype, tf32 = BUILDS[build]
     lines, reports = [], {}
-    for op_file in kernels.KERNEL_FILES if not tf32 else ["conv2d"]:
+    for op_file in kernels.KERNEL_FILES if not tf32 else ["conv2d", "gemm_tc"]:
         report = reports[op_file] = _ptxas_report(op_file, dtype, tmp_path, tf32)
         # Beside the entry points, ptxas reports the math library's own non-inlined routines
         # (double pow's __internal_accurate_pow, reached by LP pooling's float64 build).
@@ -151,6 +193,12 @@ def test_ptxas_resource_usage(tmp_path, build, capsys):
             assert report[name]["spill"] == 0, f"{name} ({build}) spills {report[name]['spill']} bytes to local memory"
         for name in TUNED:  # float32 tiles in shared memory, whatever the storage
             assert report[name]["smem"] == (4352 if name.endswith("_v2") else 16896), (name, report[name])
+    if build in TC_MMA:
+        # 3 stages of 64x64-byte A and B tiles; 32 accumulators and the fragments fit well under
+        # 96 registers (an unrolled loader once took 255: the bound catches that kind of change).
+        for name in ["gemm_tc_nt"] + (["gemm_tc_nn"] if build != "tf32" else []):
+            r = reports["gemm_tc"][name]
+            assert r["spill"] == 0 and r["smem"] == 24576 and r["registers"] <= 96, (build, name, r)
 
 
 # ----------------------------------------------------------------------------- the GPU path, faked

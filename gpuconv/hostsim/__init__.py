@@ -14,7 +14,9 @@ Design (GUIDE.md section 4):
   type that names its NumPy dtype, as ``bf16_t`` does, is checked as that dtype).
 - Blocks run one after another. Each thread of a block is a fiber with its own mmap'd stack
   and a guard page; a fiber runs until ``__syncthreads``, a warp collective or its end, so a
-  kernel without barriers costs two switches (~5 ns each on x86-64) per thread.
+  kernel without barriers costs two switches (~5 ns each on x86-64) per thread. Warps run one
+  at a time, each as far as it gets before a barrier (its collectives released as soon as its
+  lanes arrive), so one warp reads another's unsynchronized shared-memory writes as poison.
 - ``__syncthreads`` is a counting barrier. When no thread can run, either all wait at the same
   barrier (released), or some returned or wait elsewhere: ``BarrierDivergence`` naming the
   block, the threads and the line -- never a hang.
@@ -25,6 +27,13 @@ Design (GUIDE.md section 4):
   such races.
 - Warp shuffles/ballots park each lane's value in an exchange slot; the lanes of the mask are
   released together. Atomics are plain read-modify-writes (fibers never preempt).
+- ``.sync.aligned`` warp instructions (mma.sync, ldmatrix; kernels/mma.cuh) run once over all
+  32 lanes' operands when the whole warp waits at the same one; fewer lanes (exited, at a
+  barrier, at another line, a short warp) is ``BarrierDivergence`` naming the instruction.
+  cp.async copies are queued per thread and land at the wait that retires their group; the
+  destination is poison from issue to that wait.
+- g++ ignores the section attribute of a template's static locals, so every ``__shared__``
+  variable is also registered after its declaration (source rewrite) and poisoned the same way.
 - Arguments are checked against the kernel's signature with CuPy's conversion rules: arrays
   must be C-contiguous NumPy arrays of the pointee's dtype; scalars NumPy scalars of the exact
   type, Python int only for 64-bit integers, Python float only for double (CuPy passes Python

@@ -121,14 +121,66 @@ def parse_kernels(source: str) -> dict[str, KernelDecl]:
 
 def rewrite(source: str) -> str:
     """`extern __shared__ T name[];` becomes a pointer into the simulator's dynamic shared
-    buffer (a static array cannot be `extern`); line numbers stay where they were."""
+    buffer (a static array cannot be `extern`), and every other `__shared__` variable is
+    registered with the simulator (see _register_shared); line numbers stay where they were."""
     def extern_shared(m):
         type_ = " ".join(m.group(2).split())
         newlines = m.group(0).count("\n")
         return (f"{type_}* const {m.group(4)} = reinterpret_cast<{type_}*>(gpuconv_sim::dyn_smem);"
                 + "\n" * newlines)
     source = _STATIC_SHARED.sub("__shared__", source)
-    return _EXTERN_SHARED.sub(extern_shared, source)
+    return _register_shared(_EXTERN_SHARED.sub(extern_shared, source))
+
+
+def _declared_names(declaration: str) -> list[str]:
+    """The variables a declaration (the text between `__shared__` and its `;`) declares:
+    per top-level declarator, the last identifier before its first `[` or `=`."""
+    names, depth, start = [], 0, 0
+    parts = []
+    for i, ch in enumerate(declaration):
+        depth += ch in "([{" and 1 or (ch in ")]}" and -1 or 0)
+        if ch == "," and depth == 0:
+            parts.append(declaration[start:i])
+            start = i + 1
+    parts.append(declaration[start:])
+    for part in parts:
+        head = re.split(r"[\[=]", part, maxsplit=1)[0]
+        head = re.sub(r"__align__\s*\([^)]*\)|__attribute__\s*\(\(.*?\)\)", " ", head)
+        ids = re.findall(r"[A-Za-z_]\w*", head)
+        if ids:
+            names.append(ids[-1])
+    return names
+
+
+def _register_shared(source: str) -> str:
+    """Appends to each `__shared__` declaration a registration with the simulator:
+    `static const bool NAME__gpuconv_shared = gpuconv_sim::shared_var(&NAME, sizeof(NAME));`.
+    `__shared__` puts a variable in the poisoned "gpuconv_shared" section, but g++ ignores the
+    section attribute of a static local in a template (it goes to a COMDAT .bss section), so a
+    templated kernel's shared tiles would be neither poisoned nor known as shared memory; the
+    registration (once per variable, when its declaration first runs) adds them to both. A
+    variable already in the section needs none, and shared_var returns at once for it."""
+    clean = strip_comments(source)
+    inserts = []
+    for m in re.finditer(r"\b__shared__\b", clean):
+        depth, end = 0, None
+        for i in range(m.end(), len(clean)):
+            ch = clean[i]
+            if ch in "([{":
+                depth += 1
+            elif ch in ")]}":
+                depth -= 1
+            elif ch == ";" and depth == 0:
+                end = i
+                break
+        if end is None:
+            continue
+        regs = "".join(f" static const bool {n}__gpuconv_shared __attribute__((unused)) = "
+                       f"gpuconv_sim::shared_var(&{n}, sizeof({n}));" for n in _declared_names(clean[m.end():end]))
+        inserts.append((end + 1, regs))
+    for at, text in reversed(inserts):
+        source = source[:at] + text + source[at:]
+    return source
 
 
 def glue(kernels: dict[str, KernelDecl]) -> str:

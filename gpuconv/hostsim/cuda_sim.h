@@ -4,6 +4,9 @@
 // kernel without barriers costs two context switches per thread. Blocks run one after another.
 // __shared__ is static storage in the "gpuconv_shared" section, refilled with 0xFF (a NaN for
 // floats) before every block so a read before the barrier that should have ordered it shows up.
+// The tensor-core instructions (kernels/mma.cuh) build on two pieces here: warp_instruction, a
+// collective over all 32 lanes for mma.sync/ldmatrix, and a per-thread queue of deferred copies
+// for cp.async, performed only at the wait that retires them.
 #pragma once
 #include <float.h>
 #include <limits.h>
@@ -126,7 +129,12 @@ inline void ctx_make(Context* c, char* stack, size_t size, void (*fn)(int), int 
 }
 #endif
 enum State { READY, AT_BARRIER, AT_WARP, DONE };
-enum WarpOp { W_SYNC, W_IDX, W_UP, W_DOWN, W_XOR, W_BALLOT };
+enum WarpOp { W_SYNC, W_IDX, W_UP, W_DOWN, W_XOR, W_BALLOT, W_INSN };
+// A cp.async copy issued and not yet performed: `bytes` land at dst, the first src_bytes read
+// from src and the rest zero; `group` is the commit group it belongs to (the count of groups the
+// thread had committed when it was issued).
+struct DeferredCopy { void* dst; const void* src; unsigned bytes, src_bytes, group; };
+#define GPUCONV_SIM_COPIES_MAX 256  // cp.async in flight per thread (a 3-stage GEMM uses about 24)
 struct Fiber {
   Context ctx;
   char* map; size_t map_size; char* stack; size_t stack_size;
@@ -135,6 +143,9 @@ struct Fiber {
   const char* file; int line, pred;           // barrier call site and predicate
   int wop, arg, width; unsigned mask;          // pending warp collective
   uint64_t value, result;                      // exchange slot and what the lane receives
+  const char* insn; void (*insn_fn)(void* const*); void* insn_ops;  // pending warp instruction
+  const char* insn_file; int insn_line;        // ... and where the kernel called it
+  DeferredCopy* copies; unsigned ncopies, groups;  // cp.async in flight; groups committed so far
   void* fake_stack;
 };
 struct Runtime {
@@ -143,6 +154,9 @@ struct Runtime {
   const void* main_bottom; size_t main_size;
   void (*entry)(void**); void** args; const char* kernel;
   int reverse, status, in_launch, bar_count; char msg[8192];
+  size_t dyn_bytes;         // dynamic shared memory of this launch
+  unsigned insn_warp;       // the warp whose instruction is being executed (for its messages)
+  const Fiber* insn_lane0;  // ... and its lane 0 (the instruction's name and call site)
 };
 static Runtime rt;
 alignas(16) static unsigned char dyn_smem[GPUCONV_DYN_SMEM_MAX];
@@ -175,6 +189,37 @@ inline uint64_t warp_op(int op, unsigned mask, uint64_t v, int arg, int width) {
 }
 unsigned warp_lanes();       // the lanes that exist in the calling thread's warp
 unsigned warp_live_lanes();  // ... and have not returned
+
+// A .sync.aligned warp instruction (mma.sync, ldmatrix): each lane parks a pointer to its
+// operands; once all 32 lanes of the warp wait at the same instruction (same lane function, same
+// call site), `fn` runs once with the 32 operand pointers in lane order and the lanes resume.
+// A warp that cannot get there (a lane exited, waits at __syncthreads or at another instruction,
+// or the warp has fewer than 32 threads) is reported as warp divergence naming the instruction,
+// never a hang.
+inline void warp_instruction(const char* name, void (*fn)(void* const*), void* ops, const char* file, int line) {
+  Fiber* f = rt.cur;
+  f->state = AT_WARP; f->wop = W_INSN; f->mask = 0xffffffffu;
+  f->insn = name; f->insn_fn = fn; f->insn_ops = ops; f->insn_file = file; f->insn_line = line;
+  switch_to_scheduler(f);
+}
+// Errors found by an instruction: insn_error from a warp instruction's lane function ("kernel K,
+// block B, warp W: <name> (file:line): <fmt>"), thread_error from a thread ("kernel K, block B
+// thread T <fmt>", fmt a verb phrase: "called __trap()"; it does not return). Both end the
+// launch with a SimulatorError.
+void insn_error(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+void thread_error(const char* fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+// Whether [p, p + n) lies in this launch's shared memory (static __shared__ or dynamic).
+bool shared_range(const void* p, size_t n);
+// Registers a __shared__ variable that g++ left outside the "gpuconv_shared" section (a static
+// local of a template: the source rewrite calls this after each __shared__ declaration). From
+// then on it is poisoned with the section before every block, and poisoned now.
+bool shared_var(void* p, size_t n);
+// The calling thread's queue of deferred copies (cp.async): defer_copy adds one to the open group,
+// commit_copies closes that group, complete_copies(keep) performs, in issue order, every copy of
+// all but the `keep` most recently committed groups (copies not yet committed stay queued).
+void defer_copy(void* dst, const void* src, unsigned bytes, unsigned src_bytes);
+void commit_copies();
+void complete_copies(unsigned keep);
 template <class T> inline uint64_t to_bits(T v) {
   static_assert(sizeof(T) <= 8 && std::is_trivially_copyable<T>::value, "shuffle of a type over 8 bytes");
   uint64_t b = 0; memcpy(&b, &v, sizeof(T)); return b;
@@ -265,13 +310,7 @@ inline int __ffs(int x) { return __builtin_ffs(x); }
 template <class T> inline T __ldg(const T* p) { return *p; }
 inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 inline void __threadfence_block() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
-inline void __trap() {
-  snprintf(gpuconv_sim::rt.msg, sizeof gpuconv_sim::rt.msg, "kernel %s, block (%u,%u,%u) thread (%u,%u,%u) called __trap()",
-           gpuconv_sim::rt.kernel, blockIdx.x, blockIdx.y, blockIdx.z, threadIdx.x, threadIdx.y, threadIdx.z);
-  gpuconv_sim::rt.status = 3;
-  gpuconv_sim::switch_to_scheduler(gpuconv_sim::rt.cur);
-  abort();  // the scheduler never resumes a trapped fiber
-}
+inline void __trap() { gpuconv_sim::thread_error("called __trap()"); }
 
 // Atomics are plain read-modify-write: fibers never preempt one another.
 template <class T, class U> inline T atomicAdd(T* p, U v) { T o = *p; *p = (T)(o + (T)v); return o; }

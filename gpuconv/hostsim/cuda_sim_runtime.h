@@ -18,6 +18,94 @@ unsigned warp_live_lanes() {
   return bits;
 }
 
+static int append(size_t& at, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
+static int append_v(size_t& at, const char* fmt, va_list ap) {
+  int w = at < sizeof rt.msg ? vsnprintf(rt.msg + at, sizeof rt.msg - at, fmt, ap) : 0;
+  if (w > 0) at = at + w < sizeof rt.msg ? at + w : sizeof rt.msg - 1;
+  return w;
+}
+static int append(size_t& at, const char* fmt, ...) {
+  va_list ap; va_start(ap, fmt);
+  int w = append_v(at, fmt, ap);
+  va_end(ap);
+  return w;
+}
+
+void thread_error(const char* fmt, ...) {
+  size_t at = 0;
+  append(at, "kernel %s, block (%u,%u,%u) thread (%u,%u,%u) ", rt.kernel, blockIdx.x, blockIdx.y, blockIdx.z,
+         threadIdx.x, threadIdx.y, threadIdx.z);
+  va_list ap; va_start(ap, fmt); append_v(at, fmt, ap); va_end(ap);
+  rt.status = TRAP;
+  switch_to_scheduler(rt.cur);
+  abort();  // the scheduler never resumes a fiber that failed
+}
+
+void insn_error(const char* fmt, ...) {
+  size_t at = 0;
+  const Fiber* f = rt.insn_lane0;
+  append(at, "kernel %s, block (%u,%u,%u), warp %u: %s (%s:%d): ", rt.kernel, blockIdx.x, blockIdx.y, blockIdx.z,
+         rt.insn_warp, f->insn, f->insn_file, f->insn_line);
+  va_list ap; va_start(ap, fmt); append_v(at, fmt, ap); va_end(ap);
+  rt.status = TRAP;
+}
+
+// The __shared__ variables outside the section (see shared_var), for the life of the module.
+struct SharedVar { char* p; size_t n; };
+static SharedVar* shared_vars;
+static unsigned n_shared_vars, cap_shared_vars;
+
+static bool in_range(const char* c, size_t n, const char* lo, const char* hi) { return c >= lo && c + n <= hi && c + n >= c; }
+
+bool shared_range(const void* p, size_t n) {
+  const char* c = (const char*)p;
+  if (in_range(c, n, __start_gpuconv_shared, __stop_gpuconv_shared)) return true;
+  if (in_range(c, n, (const char*)dyn_smem, (const char*)dyn_smem + rt.dyn_bytes)) return true;
+  for (unsigned i = 0; i < n_shared_vars; ++i)
+    if (in_range(c, n, shared_vars[i].p, shared_vars[i].p + shared_vars[i].n)) return true;
+  return false;
+}
+
+bool shared_var(void* p, size_t n) {
+  if (in_range((const char*)p, n, __start_gpuconv_shared, __stop_gpuconv_shared)) return true;
+  if (n_shared_vars == cap_shared_vars) {
+    unsigned cap = cap_shared_vars ? 2 * cap_shared_vars : 16;
+    SharedVar* grown = (SharedVar*)realloc(shared_vars, cap * sizeof(SharedVar));
+    if (!grown) thread_error("declares a __shared__ variable, and the simulator cannot allocate its registry");
+    shared_vars = grown; cap_shared_vars = cap;
+  }
+  shared_vars[n_shared_vars++] = {(char*)p, n};
+  memset(p, 0xFF, n);  // the first thread to reach the declaration: nobody has written it yet
+  return true;
+}
+
+void defer_copy(void* dst, const void* src, unsigned bytes, unsigned src_bytes) {
+  Fiber* f = rt.cur;
+  if (!f->copies && !(f->copies = (DeferredCopy*)malloc(GPUCONV_SIM_COPIES_MAX * sizeof(DeferredCopy))))
+    thread_error("issues a cp.async, and the simulator cannot allocate its queue");
+  if (f->ncopies == GPUCONV_SIM_COPIES_MAX)
+    thread_error("has more than %d cp.async copies in flight: wait (cp.async.wait_group) before issuing more",
+                 GPUCONV_SIM_COPIES_MAX);
+  f->copies[f->ncopies++] = {dst, src, bytes, src_bytes, f->groups};
+}
+
+void commit_copies() { ++rt.cur->groups; }
+
+void complete_copies(unsigned keep) {
+  Fiber* f = rt.cur;
+  unsigned kept = 0;
+  for (unsigned i = 0; i < f->ncopies; ++i) {
+    DeferredCopy c = f->copies[i];
+    if (c.group + keep < f->groups) {  // committed, and older than the `keep` newest groups
+      if (c.src_bytes) memcpy(c.dst, c.src, c.src_bytes);
+      memset((char*)c.dst + c.src_bytes, 0, c.bytes - c.src_bytes);
+    } else {
+      f->copies[kept++] = c;
+    }
+  }
+  f->ncopies = kept;
+}
+
 static void fiber_main(int index) {
 #ifdef __SANITIZE_ADDRESS__
   __sanitizer_finish_switch_fiber(nullptr, &rt.main_bottom, &rt.main_size);
@@ -49,7 +137,9 @@ static void resume(Fiber* f) {
 }
 
 static void free_fibers() {
-  for (unsigned i = 0; i < rt.capacity; ++i) { munmap(rt.fibers[i]->map, rt.fibers[i]->map_size); free(rt.fibers[i]); }
+  for (unsigned i = 0; i < rt.capacity; ++i) {
+    munmap(rt.fibers[i]->map, rt.fibers[i]->map_size); free(rt.fibers[i]->copies); free(rt.fibers[i]);
+  }
   free(rt.fibers); rt.fibers = nullptr; rt.capacity = 0;
 }
 
@@ -74,14 +164,6 @@ static bool ensure_fibers(unsigned n, size_t stack_size) {
   return true;
 }
 
-static int append(size_t& at, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
-static int append(size_t& at, const char* fmt, ...) {
-  va_list ap; va_start(ap, fmt);
-  int w = at < sizeof rt.msg ? vsnprintf(rt.msg + at, sizeof rt.msg - at, fmt, ap) : 0;
-  va_end(ap);
-  if (w > 0) at = at + w < sizeof rt.msg ? at + w : sizeof rt.msg - 1;
-  return w;
-}
 
 // "(0,0,0) (1,0,0) ... [16 threads]" for the fibers whose state matches (and site, if given).
 static void list_threads(size_t& at, int state, const Fiber* site) {
@@ -123,6 +205,82 @@ static int warp_divergence() {
   return DIVERGENCE;
 }
 
+// "0-30", "0-3,5,9-12": the lanes set in `bits`.
+static void append_lanes(size_t& at, unsigned bits) {
+  const char* sep = "";
+  for (unsigned l = 0; l < 32; ++l) {
+    if (!(bits >> l & 1)) continue;
+    unsigned e = l;
+    while (e + 1 < 32 && (bits >> (e + 1) & 1)) ++e;
+    if (e == l) append(at, "%s%u", sep, l);
+    else append(at, "%s%u-%u", sep, l, e);
+    sep = ",";
+    l = e;
+  }
+}
+
+static bool same_instruction(const Fiber* a, const Fiber* b) {
+  return b->state == AT_WARP && b->wop == W_INSN && b->insn_fn == a->insn_fn && b->insn_line == a->insn_line &&
+         !strcmp(b->insn_file, a->insn_file);
+}
+
+// A warp with lanes waiting at a .sync.aligned instruction that the rest of the warp cannot reach:
+// which lanes wait there, and what every other lane does instead.
+static int instruction_divergence(unsigned first, unsigned cnt) {
+  const Fiber* site = nullptr;
+  for (unsigned l = 0; l < cnt && !site; ++l)
+    if (rt.fibers[first + l]->state == AT_WARP && rt.fibers[first + l]->wop == W_INSN) site = rt.fibers[first + l];
+  unsigned here = 0, done = 0, barrier = 0, collective = 0, other = 0;
+  const Fiber *bar_site = nullptr, *other_site = nullptr;
+  for (unsigned l = 0; l < cnt; ++l) {
+    const Fiber* f = rt.fibers[first + l];
+    if (same_instruction(site, f)) here |= 1u << l;
+    else if (f->state == DONE) done |= 1u << l;
+    else if (f->state == AT_BARRIER) { barrier |= 1u << l; if (!bar_site) bar_site = f; }
+    else if (f->wop == W_INSN) { other |= 1u << l; if (!other_site) other_site = f; }
+    else collective |= 1u << l;
+  }
+  size_t at; fail_header(at, "warp divergence");
+  append(at, "warp %u lanes ", first / 32); append_lanes(at, here);
+  append(at, " [%d of 32] wait at %s (%s:%d) while", __builtin_popcount(here), site->insn, site->insn_file, site->insn_line);
+  const char* sep = "";
+  if (cnt < 32) { append(at, " the warp has only %u threads (%u threads per block)", cnt, rt.n); sep = ";"; }
+  // "lane 31 has exited" / "lanes 16-31 have exited"
+  auto lanes = [&](unsigned bits, const char* one, const char* many) {
+    append(at, "%s %s ", sep, __builtin_popcount(bits) == 1 ? "lane" : "lanes"); append_lanes(at, bits);
+    append(at, " %s", __builtin_popcount(bits) == 1 ? one : many); sep = ";";
+  };
+  if (done) lanes(done, "has exited", "have exited");
+  if (barrier) { lanes(barrier, "waits", "wait"); append(at, " at __syncthreads (%s:%d)", bar_site->file, bar_site->line); }
+  if (other) {
+    lanes(other, "waits", "wait");
+    append(at, " at %s (%s:%d)", other_site->insn, other_site->insn_file, other_site->insn_line);
+  }
+  if (collective) { lanes(collective, "waits", "wait"); append(at, " in a warp collective"); }
+  append(at, ". A .sync.aligned warp instruction (mma.sync, ldmatrix) is executed by all 32 lanes of a warp together, "
+             "at the same place: keep it out of lane-dependent branches and early returns (guard its operands instead), "
+             "and launch whole warps.");
+  return DIVERGENCE;
+}
+
+// Runs the warp instruction that all 32 lanes of the warp at `first` wait at, then releases them.
+// Returns the lanes released (0 while some lane is elsewhere), or -1 when the instruction failed.
+static int release_instruction(unsigned first, unsigned cnt) {
+  if (cnt < 32) return 0;
+  const Fiber* a = rt.fibers[first];
+  void* ops[32];
+  for (unsigned l = 0; l < 32; ++l) {
+    const Fiber* f = rt.fibers[first + l];
+    if (!same_instruction(a, f)) return 0;
+    ops[l] = f->insn_ops;
+  }
+  rt.insn_warp = first / 32; rt.insn_lane0 = a;
+  a->insn_fn(ops);
+  if (rt.status) return -1;
+  for (unsigned l = 0; l < 32; ++l) rt.fibers[first + l]->state = READY;
+  return 32;
+}
+
 // What lane l of the warp starting at `first` receives from its collective; `present` are
 // the lanes taking part. A source that exited or takes no part is undefined on a GPU: the lane
 // receives 0xFF poison (a NaN), so a reduction that reads such lanes shows it.
@@ -153,65 +311,83 @@ static bool uniform_warp(unsigned first, unsigned cnt) {
   return true;
 }
 
-// Releases the lanes whose warp collective has every lane of its mask present. Returns the
-// number released, or -1 with rt.status set.
-static int release_warps() {
+// Releases the lanes of the warp at `first` (cnt lanes) whose warp collective has every lane of
+// its mask present. Returns the number released, or -1 with rt.status set.
+static int release_warp(unsigned first, unsigned cnt) {
   int released = 0;
-  for (unsigned first = 0; first < rt.n; first += 32) {
-    unsigned cnt = rt.n - first < 32 ? rt.n - first : 32;
-    unsigned exist = cnt == 32 ? 0xffffffffu : (1u << cnt) - 1u, arrived = 0, go = 0;
-    for (unsigned l = 0; l < cnt; ++l) arrived |= (rt.fibers[first + l]->state == AT_WARP) << l;
-    if (!arrived) continue;
-    if (arrived == exist && uniform_warp(first, cnt)) {  // the common case: the whole warp, one op
-      for (unsigned l = 0; l < cnt; ++l) warp_result(first, cnt, l, exist);
-      for (unsigned l = 0; l < cnt; ++l) rt.fibers[first + l]->state = READY;
-      released += cnt;
-      continue;
+  unsigned exist = cnt == 32 ? 0xffffffffu : (1u << cnt) - 1u, arrived = 0, go = 0;
+  unsigned insn = 0;
+  for (unsigned l = 0; l < cnt; ++l) {
+    const Fiber* f = rt.fibers[first + l];
+    arrived |= (f->state == AT_WARP) << l;
+    insn |= (f->state == AT_WARP && f->wop == W_INSN) << l;
+  }
+  if (insn) {  // a warp instruction takes the whole warp; shuffles of other lanes may still go ahead
+    int r = release_instruction(first, cnt);
+    if (r < 0) return -1;
+    if (r > 0) return r;
+    arrived &= ~insn;
+  }
+  if (!arrived) return 0;
+  if (arrived == exist && uniform_warp(first, cnt)) {  // the common case: the whole warp, one op
+    for (unsigned l = 0; l < cnt; ++l) warp_result(first, cnt, l, exist);
+    for (unsigned l = 0; l < cnt; ++l) rt.fibers[first + l]->state = READY;
+    return (int)cnt;
+  }
+  for (unsigned l = 0; l < cnt; ++l) {
+    Fiber* f = rt.fibers[first + l];
+    if (!(arrived >> l & 1)) continue;
+    if (!(f->mask >> l & 1)) {
+      size_t at; fail_header(at, "bad warp mask");
+      append(at, "thread (%u,%u,%u) (lane %u) calls a warp collective with mask 0x%08x, which leaves out its own lane",
+             f->tid.x, f->tid.y, f->tid.z, l, f->mask);
+      return rt.status = DIVERGENCE, -1;
     }
-    for (unsigned l = 0; l < cnt; ++l) {
-      Fiber* f = rt.fibers[first + l];
-      if (!(arrived >> l & 1)) continue;
-      if (!(f->mask >> l & 1)) {
-        size_t at; fail_header(at, "bad warp mask");
-        append(at, "thread (%u,%u,%u) (lane %u) calls a warp collective with mask 0x%08x, which leaves out its own lane",
-               f->tid.x, f->tid.y, f->tid.z, l, f->mask);
+    // Released once every lane of the mask has exited or waits in the same kind of collective
+    // (exited lanes do not block a collective on a GPU either); a lane there with another mask
+    // is undefined behaviour, so it is reported.
+    bool all_here = true;
+    for (unsigned k = 0; k < cnt && all_here; ++k) {
+      const Fiber* o = rt.fibers[first + k];
+      if (!((f->mask & exist) >> k & 1) || o->state == DONE) continue;
+      all_here = (arrived >> k & 1) && o->wop == f->wop;
+      if (all_here && o->mask != f->mask) {
+        size_t at; fail_header(at, "warp mask mismatch");
+        append(at, "threads (%u,%u,%u) and (%u,%u,%u) of one warp meet in a warp collective with masks 0x%08x "
+                   "and 0x%08x; all lanes of a mask must pass the same mask",
+               f->tid.x, f->tid.y, f->tid.z, o->tid.x, o->tid.y, o->tid.z, f->mask, o->mask);
         return rt.status = DIVERGENCE, -1;
       }
-      // Released once every lane of the mask has exited or waits in the same kind of collective
-      // (exited lanes do not block a collective on a GPU either); a lane there with another mask
-      // is undefined behaviour, so it is reported.
-      bool all_here = true;
-      for (unsigned k = 0; k < cnt && all_here; ++k) {
-        const Fiber* o = rt.fibers[first + k];
-        if (!((f->mask & exist) >> k & 1) || o->state == DONE) continue;
-        all_here = (arrived >> k & 1) && o->wop == f->wop;
-        if (all_here && o->mask != f->mask) {
-          size_t at; fail_header(at, "warp mask mismatch");
-          append(at, "threads (%u,%u,%u) and (%u,%u,%u) of one warp meet in a warp collective with masks 0x%08x "
-                     "and 0x%08x; all lanes of a mask must pass the same mask",
-                 f->tid.x, f->tid.y, f->tid.z, o->tid.x, o->tid.y, o->tid.z, f->mask, o->mask);
-          return rt.status = DIVERGENCE, -1;
-        }
-      }
-      if (all_here) go |= 1u << l;
     }
-    for (unsigned l = 0; l < cnt; ++l)
-      if (go >> l & 1) warp_result(first, cnt, l, arrived);
-    for (unsigned l = 0; l < cnt; ++l)
-      if (go >> l & 1) { rt.fibers[first + l]->state = READY; ++released; }
+    if (all_here) go |= 1u << l;
   }
+  for (unsigned l = 0; l < cnt; ++l)
+    if (go >> l & 1) warp_result(first, cnt, l, arrived);
+  for (unsigned l = 0; l < cnt; ++l)
+    if (go >> l & 1) { rt.fibers[first + l]->state = READY; ++released; }
   return released;
 }
 
+// Runs a block to its end or to a divergence. Warp by warp (forward: warp 0 first; reverse: the
+// last warp first, each warp's lanes last-first): a warp runs as far as it can on its own, its
+// collectives released as soon as its lanes are there, until every lane waits at __syncthreads
+// or has returned; then the next warp. So a warp reads shared memory that other warps have not
+// written yet whenever no barrier orders the two (another warp's cp.async not yet waited for
+// included): the races show as poison, not hidden behind a lockstep of all warps.
 static int run_block() {
+  const unsigned warps = (rt.n + 31) / 32;
   for (;;) {
-    for (unsigned k = 0; k < rt.n; ++k) {
-      Fiber* f = rt.fibers[rt.reverse ? rt.n - 1 - k : k];
-      if (f->state == READY) { resume(f); if (rt.status) return rt.status; }
+    for (unsigned k = 0; k < warps; ++k) {
+      const unsigned first = 32 * (rt.reverse ? warps - 1 - k : k), cnt = rt.n - first < 32 ? rt.n - first : 32;
+      for (int r = 1; r > 0;) {
+        for (unsigned l = 0; l < cnt; ++l) {
+          Fiber* f = rt.fibers[first + (rt.reverse ? cnt - 1 - l : l)];
+          if (f->state == READY) { resume(f); if (rt.status) return rt.status; }
+        }
+        r = release_warp(first, cnt);
+        if (r < 0) return rt.status;
+      }
     }
-    int r = release_warps();
-    if (r < 0) return rt.status;
-    if (r > 0) continue;
     unsigned done = 0, bar = 0, count = 0;
     const Fiber* site = nullptr;
     for (unsigned i = 0; i < rt.n; ++i) {
@@ -220,6 +396,10 @@ static int run_block() {
       if (f->state == AT_BARRIER) { ++bar; count += f->pred; if (!site) site = f; }
     }
     if (done == rt.n) return OK;
+    for (unsigned first = 0; first < rt.n; first += 32)
+      for (unsigned l = 0; l < 32 && first + l < rt.n; ++l)
+        if (rt.fibers[first + l]->state == AT_WARP && rt.fibers[first + l]->wop == W_INSN)
+          return instruction_divergence(first, rt.n - first < 32 ? rt.n - first : 32);
     if (bar + done < rt.n) return warp_divergence();
     if (done) return barrier_divergence(site);
     for (unsigned i = 0; i < rt.n; ++i)
@@ -229,7 +409,8 @@ static int run_block() {
   }
 }
 
-// Fills the static shared section with 0xFF without ASan checks: with
+// Fills the static shared section (and the registered __shared__ variables outside it, see
+// shared_var) with 0xFF; the section without ASan checks: with
 // -fsanitize-sections=gpuconv_shared the section holds redzones between the arrays.
 __attribute__((no_sanitize_address, noinline)) static void poison_static_shared() {
 #ifdef __SANITIZE_ADDRESS__
@@ -237,6 +418,7 @@ __attribute__((no_sanitize_address, noinline)) static void poison_static_shared(
 #else
   memset(__start_gpuconv_shared, 0xFF, (size_t)(__stop_gpuconv_shared - __start_gpuconv_shared));
 #endif
+  for (unsigned i = 0; i < n_shared_vars; ++i) memset(shared_vars[i].p, 0xFF, shared_vars[i].n);
 }
 
 static void death_report() {
@@ -300,6 +482,7 @@ extern "C" __attribute__((visibility("default"))) int gpuconv_sim_launch(
   using namespace gpuconv_sim;
   unsigned n = block[0] * block[1] * block[2];
   rt.msg[0] = '\0'; rt.status = OK; rt.kernel = kernel; rt.entry = entry; rt.args = args; rt.reverse = reverse;
+  rt.dyn_bytes = dyn_bytes;
   if (dyn_bytes > GPUCONV_DYN_SMEM_MAX || !ensure_fibers(n, stack_size)) {
     snprintf(rt.msg, sizeof rt.msg, "kernel %s: cannot set up %u fibers of %zu bytes or %zu bytes of dynamic shared memory",
              kernel, n, stack_size, dyn_bytes);
@@ -328,7 +511,10 @@ extern "C" __attribute__((visibility("default"))) int gpuconv_sim_launch(
         blockIdx = {x, y, z};
         poison_static_shared();
         memset(dyn_smem, 0xFF, dyn_bytes);
-        for (unsigned i = 0; i < n; ++i) rt.fibers[i]->state = READY;
+        for (unsigned i = 0; i < n; ++i) {
+          Fiber* f = rt.fibers[i];
+          f->state = READY; f->ncopies = 0; f->groups = 0;  // copies left in flight by the last block are dropped
+        }
         rt.status = run_block();
       }
   rt.in_launch = 0;

@@ -194,6 +194,18 @@ template <class T> __device__ void scale_impl(T* y, T a) {
 extern "C" __global__ void scale_reverse_f32(float* y, float a) { scale_impl<float>(y, a); }
 extern "C" __global__ void scale_reverse_f64(double* y, double a) { scale_impl<double>(y, a); }
 
+// A template's __shared__ tile, read before anything writes it (then written, so that a second
+// launch that saw the first launch's values would show it). g++ places a template's static
+// locals outside the poisoned section; the simulator registers them.
+template <class T> __device__ void read_unwritten_impl(T* y) {
+  __shared__ __align__(16) T tile[32], other[8];
+  y[blockIdx.x * 32 + threadIdx.x] = tile[threadIdx.x] + other[threadIdx.x % 8];
+  __syncthreads();
+  tile[threadIdx.x] = (T)1;
+  other[threadIdx.x % 8] = (T)1;
+}
+extern "C" __global__ void template_shared_poison(real_t* y) { read_unwritten_impl<real_t>(y); }
+
 extern "C" __global__ void mask_excludes_self(real_t* y) {
   y[threadIdx.x] = __shfl_sync(0x1u, y[threadIdx.x], 0);  // lanes 1..31 are not in the mask
 }
@@ -202,3 +214,13 @@ extern "C" __global__ void mask_excludes_self(real_t* y) {
 #define GPUCONV_TEST_VALUE 1
 #endif
 extern "C" __global__ void option_value(int* y) { y[threadIdx.x] = GPUCONV_TEST_VALUE; }
+
+// Warp 1 writes a tile that warp 0 reads after a shuffle but with no __syncthreads between: a
+// race (a warp collective orders nothing across warps) that must show as poison in one order.
+extern "C" __global__ void cross_warp_without_barrier(real_t* y) {
+  __shared__ real_t tile[32];
+  const int lane = threadIdx.x % 32;
+  if (threadIdx.x >= 32) tile[lane] = (real_t)lane;
+  const real_t v = __shfl_sync(0xffffffffu, (real_t)lane, lane);
+  if (threadIdx.x < 32) y[lane] = tile[lane] + v;
+}
