@@ -94,7 +94,7 @@ def _held_stream(device: int, what: str, timeout: float):
             yield
         cp.cuda.get_current_stream().synchronize()  # outside the block: the hold has ended
     if timed_out.value and not report.stuck:
-        report.fail(f"{what} made the host wait for the GPU: the stream stayed held for {timeout + MARGIN_NS / 1e9:.0f} s "
+        report.fail(f"{what} made the host wait for the device: the stream stayed held for {timeout + MARGIN_NS / 1e9:.0f} s "
                     "(a synchronization that kept Python's lock, so no stack could be taken)")
     report.raise_if_failed()
 
