@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import zipfile
 from pathlib import Path
@@ -187,7 +188,6 @@ def _chmod_like_a_new_file(fd, path: Path) -> None:
 
 def save_checkpoint(path, arrays: dict) -> Path:
     """Write ``arrays`` to ``path`` as an ``.npz``, atomically; returns the path."""
-    path = Path(path)
     clean = {}
     for key, value in arrays.items():
         a = to_device(value, "cpu")
@@ -195,12 +195,25 @@ def save_checkpoint(path, arrays: dict) -> Path:
             raise TypeError(f"checkpoint entry {key!r} is an object array: checkpoints never pickle; "
                             "convert it to numbers, or to JSON with gpuconv.checkpoint.pack_json")
         clean[key] = a
+    return _write_durably(Path(path), lambda f: np.savez(f, **clean))
+
+
+def copy_checkpoint(src, dst) -> Path:
+    """A copy of the checkpoint file ``src`` at ``dst``, written as atomically as a save."""
+    def copy(f):
+        with open(src, "rb") as source:
+            shutil.copyfileobj(source, f)
+    return _write_durably(Path(dst), copy)
+
+
+def _write_durably(path: Path, write) -> Path:
+    """``write(file)`` into a temporary file beside ``path``, fsync, then rename over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         _chmod_like_a_new_file(fd, path)
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **clean)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

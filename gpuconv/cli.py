@@ -274,9 +274,8 @@ def build_model(name, seed=0, width=None):
 
 
 def model_from_config(config):
-    from . import models
-    fn = getattr(models, config["constructor"])
-    return fn(**config["kwargs"])
+    from .models import from_config
+    return from_config(config)
 
 
 def _schedule(name, optimizer, lr, total_steps):

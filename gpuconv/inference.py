@@ -68,14 +68,14 @@ def load_model(path, device=None) -> TrainedModel:
     """The model of a ``gpuconv train`` checkpoint, with its weights, on ``device`` (default: the
     default device), in eval mode, ready to :meth:`TrainedModel.predict`."""
     from .checkpoint import load_checkpoint, read_config, section
-    from .cli import model_from_config
+    from .models import from_config
     arrays = load_checkpoint(path)
     config = read_config(arrays)
     if "constructor" not in config:
         raise ValueError(f"{path} has no model config (meta/config): it was not written by `gpuconv train`; build "
                          "the model in Python and load_state_dict the checkpoint's model/ arrays")
     with backend.default_device(device if device is not None else backend.get_default_device()):
-        net = model_from_config(config)
+        net = from_config(config)
         try:
             net.load_state_dict(section(arrays, "model"))
         except (KeyError, ValueError) as exc:

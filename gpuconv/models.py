@@ -124,3 +124,15 @@ def fast_net(width=64, num_classes=10, seed=0, output_scale=0.125):
     if output_scale is not None:
         layers["scale"] = Scale(output_scale)
     return Sequential(layers)
+
+
+def from_config(config):
+    """The model a checkpoint's ``meta/config`` describes: ``config['constructor']`` (a function of
+    this module) called with ``config['kwargs']``, as ``gpuconv train`` records them."""
+    name = config.get("constructor")
+    fn = globals().get(name) if isinstance(name, str) and not name.startswith("_") else None
+    if not callable(fn):
+        raise ValueError(f"model config names constructor {name!r}, which gpuconv.models does not have: "
+                         "the checkpoint comes from another gpuconv version or was edited")
+    return fn(**config.get("kwargs", {}))
+

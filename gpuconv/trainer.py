@@ -323,7 +323,10 @@ class Trainer:
         from .plots import plot_curves
         accs = [r.get("val_acc") for r in self.history if r.get("val_acc") is not None]
         if record.get("val_acc") is not None and record["val_acc"] >= max(accs):
-            ckpt.save_checkpoint(self.best_path, self.state_arrays())
+            if self.checkpoint_every is not None and self.checkpoint_path.exists():
+                ckpt.copy_checkpoint(self.checkpoint_path, self.best_path)  # just written: no second readback
+            else:
+                ckpt.save_checkpoint(self.best_path, self.state_arrays())
         plot_curves(self.history, self.out_dir / "curves.png")
 
     # ------------------------------------------------------------------ metrics history

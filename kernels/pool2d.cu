@@ -47,6 +47,35 @@ __device__ inline void covering_range(int i, int k, int s, int p, int O, int* lo
     *hi = imin(O - 1, floor_div(i + p, s));
 }
 
+// The sum over the outputs whose windows cover input (ih, iw) of f(output index, tap), the tap
+// being that input's window-local index fh * kw + fw in the output's window. Outputs run from
+// the last to the first, i.e. taps in row-major order: the references' order.
+template <class F>
+__device__ inline acc_t covering_sum(int ih, int iw, index_t obase, int OH, int OW, int kh, int kw, int sh,
+                                     int sw, int ph, int pw, F f) {
+    int oh_lo, oh_hi, ow_lo, ow_hi;
+    covering_range(ih, kh, sh, ph, OH, &oh_lo, &oh_hi);
+    covering_range(iw, kw, sw, pw, OW, &ow_lo, &ow_hi);
+    acc_t s = 0;
+    for (int oh = oh_hi; oh >= oh_lo; --oh)
+        for (int ow = ow_hi; ow >= ow_lo; --ow)
+            s += f(obase + oh * OW + ow, (ih + ph - oh * sh) * kw + (iw + pw - ow * sw));
+    return s;
+}
+
+// Per covering output: max pooling routes dy to the switch's tap, average pooling shares it.
+struct MaxRoute {
+    const storage_t* dy;
+    const int* argmax;
+    __device__ acc_t operator()(index_t o, int tap) const { return argmax[o] == tap ? to_acc(dy[o]) : (acc_t)0; }
+};
+
+struct AvgShare {
+    const storage_t* dy;
+    acc_t inv;
+    __device__ acc_t operator()(index_t o, int) const { return mul_rn(to_acc(dy[o]), inv); }
+};
+
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
 max_pool2d_forward(const storage_t* x, storage_t* y, int* argmax, int NC, int H, int W, int OH, int OW,
                    int kh, int kw, int sh, int sw, int ph, int pw) {
@@ -86,18 +115,7 @@ max_pool2d_backward(const storage_t* dy, const int* argmax, storage_t* dx, int N
     for (index_t i = global_thread_index(); i < total; i += global_thread_count()) {
         int ih, iw;
         const index_t plane = split_hw(i, H, W, &ih, &iw);
-        const index_t obase = plane * OH * OW;
-        int oh_lo, oh_hi, ow_lo, ow_hi;
-        covering_range(ih, kh, sh, ph, OH, &oh_lo, &oh_hi);
-        covering_range(iw, kw, sw, pw, OW, &ow_lo, &ow_hi);
-        acc_t acc = 0;
-        for (int oh = oh_hi; oh >= oh_lo; --oh)
-            for (int ow = ow_hi; ow >= ow_lo; --ow) {
-                index_t o = obase + oh * OW + ow;
-                int tap = (ih + ph - oh * sh) * kw + (iw + pw - ow * sw);
-                if (argmax[o] == tap) acc += to_acc(dy[o]);
-            }
-        dx[i] = from_acc(acc);
+        dx[i] = from_acc(covering_sum(ih, iw, plane * OH * OW, OH, OW, kh, kw, sh, sw, ph, pw, MaxRoute{dy, argmax}));
     }
 }
 
@@ -140,6 +158,19 @@ struct LpPower {
     __device__ acc_t operator()(acc_t v) const { return lp_power(v, p); }
 };
 
+// dy * y^(1-p) of a covering output; 0 from a window of norm 0.
+struct LpShare {
+    const storage_t* dy;
+    const storage_t* y;
+    acc_t p;
+    __device__ acc_t operator()(index_t o, int) const {
+        const acc_t yv = to_acc(y[o]);
+        if (yv == (acc_t)0) return 0;
+        const acc_t scale = p == (acc_t)2 ? (acc_t)1 / yv : p == (acc_t)1 ? (acc_t)1 : pow(yv, (acc_t)1 - p);
+        return to_acc(dy[o]) * scale;
+    }
+};
+
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
 avg_pool2d_forward(const storage_t* x, storage_t* y, int NC, int H, int W, int OH, int OW,
                    int kh, int kw, int sh, int sw, int ph, int pw) {
@@ -161,14 +192,7 @@ avg_pool2d_backward(const storage_t* dy, storage_t* dx, int NC, int H, int W, in
     for (index_t i = global_thread_index(); i < total; i += global_thread_count()) {
         int ih, iw;
         const index_t plane = split_hw(i, H, W, &ih, &iw);
-        const storage_t* dyp = dy + plane * OH * OW;
-        int oh_lo, oh_hi, ow_lo, ow_hi;
-        covering_range(ih, kh, sh, ph, OH, &oh_lo, &oh_hi);
-        covering_range(iw, kw, sw, pw, OW, &ow_lo, &ow_hi);
-        acc_t s = 0;
-        for (int oh = oh_hi; oh >= oh_lo; --oh)
-            for (int ow = ow_hi; ow >= ow_lo; --ow) s += mul_rn(to_acc(dyp[oh * OW + ow]), inv);
-        dx[i] = from_acc(s);
+        dx[i] = from_acc(covering_sum(ih, iw, plane * OH * OW, OH, OW, kh, kw, sh, sw, ph, pw, AvgShare{dy, inv}));
     }
 }
 
@@ -194,21 +218,9 @@ lp_pool2d_backward(const storage_t* dy, const storage_t* x, const storage_t* y, 
     for (index_t i = global_thread_index(); i < total; i += global_thread_count()) {
         int ih, iw;
         const index_t plane = split_hw(i, H, W, &ih, &iw);
-        const index_t obase = plane * OH * OW;
-        int oh_lo, oh_hi, ow_lo, ow_hi;
-        covering_range(ih, kh, sh, ph, OH, &oh_lo, &oh_hi);
-        covering_range(iw, kw, sw, pw, OW, &ow_lo, &ow_hi);
         const acc_t xv = to_acc(x[i]);
         const acc_t xpow = p == (acc_t)2 ? xv : p == (acc_t)1 ? (acc_t)1 : pow(xv, p - (acc_t)1);
-        acc_t s = 0;
-        for (int oh = oh_hi; oh >= oh_lo; --oh)
-            for (int ow = ow_hi; ow >= ow_lo; --ow) {
-                const index_t o = obase + oh * OW + ow;
-                const acc_t yv = to_acc(y[o]);
-                if (yv == (acc_t)0) continue;
-                const acc_t scale = p == (acc_t)2 ? (acc_t)1 / yv : p == (acc_t)1 ? (acc_t)1 : pow(yv, (acc_t)1 - p);
-                s += to_acc(dy[o]) * scale;
-            }
+        const acc_t s = covering_sum(ih, iw, plane * OH * OW, OH, OW, kh, kw, sh, sw, ph, pw, LpShare{dy, y, p});
         dx[i] = from_acc(s * xpow);
     }
 }
