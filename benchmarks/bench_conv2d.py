@@ -2,21 +2,29 @@
 
     python benchmarks/bench_conv2d.py                 # GPU: batch 512, 3x3 convs, padding 1
     python benchmarks/bench_conv2d.py --json          # the same, one JSON document on stdout
+    python benchmarks/bench_conv2d.py --precisions bf16 --variants v2 tc   # a subset
     python benchmarks/bench_conv2d.py --validate-only --target sim   # no GPU: tiny layers, simulator
 
-Each variant (v1: one thread per output, v2: 64x64-tile implicit GEMM, v3: 128x128-tile implicit
-GEMM with 256 threads) of each direction (forward, backward-data, backward-weight),
-as listed in ``gpuconv.kernels.VARIANTS``, is first checked against the float64 NumPy reference on a
-4-image slice of the layer (full channel counts, so every tile edge of the real shape is hit),
-then timed with CUDA events over --repeat launches after --warmup. PyTorch runs the same
-shapes on the same GPU in fp32 with TF32 off (cudnn.benchmark on, so it picks its best
-algorithm) when it is importable. Printed: ms per call, TFLOP/s (2*N*K*C*FH*FW*OH*OW per
-direction) and the ratio to cuDNN, and per direction which variant was fastest on each layer
-(the evidence for changing a default in gpuconv/kernels.py). v1 is timed over at most 3 calls
-after 1 warm-up: one call takes tens of milliseconds at batch 512. ``--layers fast_net`` runs
-every distinct conv of fast_net (a superset of the four CIFAR layers). Results go to
-benchmarks/results/conv2d-<gpu>-<date>.json with the device, the date and the versions of
-everything involved.
+Precisions (``--precisions``, default all three):
+  fp32  float32, strict: v1 (one thread per output), v2 (64x64-tile implicit GEMM), v3 (128x128
+        tiles, 256 threads); cuDNN with TF32 off; NCHW.
+  tf32  float32 arrays, TF32 multiplicands: v2, v3 (CUDA cores, TF32-rounded operands) and tc
+        (tensor cores, m16n8k8; the weight gradient has no tc kernel and runs v2); cuDNN with
+        TF32 on; channels_last.
+  bf16  bfloat16 arrays: v2, v3 and tc (tensor cores, m16n8k16); cuDNN in bfloat16; channels_last.
+Each variant of each direction (forward, backward-data, backward-weight), as listed in
+``gpuconv.kernels.VARIANTS``, is first checked against the float64 convolution of its operands as
+the precision takes them on a 4-image slice of the layer (full channel counts, so every tile edge
+of the real shape is hit), within gpuconv.gradcheck's bound for the reduction length (twice that
+on a GPU, whose tensor cores truncate), then timed with CUDA events over --repeat launches after
+--warmup. PyTorch runs the same shapes, precision and layout on the same GPU (cudnn.benchmark
+on, so it picks its best algorithm) when it is importable. Printed: ms per call, TFLOP/s
+(2*N*K*C*FH*FW*OH*OW per direction) and the ratio to cuDNN, and per precision and direction
+which variant was fastest on each layer (the evidence for changing a default in
+gpuconv/kernels.py). v1 is timed over at most 3 calls after 1 warm-up: one call takes tens of
+milliseconds at batch 512. ``--layers fast_net`` runs every distinct conv of fast_net (a superset
+of the four CIFAR layers). Results go to benchmarks/results/conv2d-<gpu>-<date>.json with the
+device, the date and the versions of everything involved.
 """
 from __future__ import annotations
 
@@ -32,8 +40,10 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))  # benchmarks/c
 
 import common  # noqa: E402  (puts the checkout on sys.path too)
 from common import cuda_time, environment, torch_module  # noqa: E402,F401  (shared; re-exported)
+import gpuconv  # noqa: E402
 from gpuconv import backend as B  # noqa: E402
-from gpuconv import kernels  # noqa: E402
+from gpuconv import kernels, precision  # noqa: E402
+from gpuconv.gradcheck import reduction_tolerance, within_tolerance  # noqa: E402
 from gpuconv.ops import _launch_conv2d as LC  # noqa: E402
 from gpuconv.ops import conv2d as conv_ref  # noqa: E402
 
@@ -49,12 +59,19 @@ def fast_net_layers(width=64):
     return bench_ops.fast_net_shapes(width)[2]
 DIRECTIONS = {"forward": "conv2d_forward", "backward_data": "conv2d_backward_data",
               "backward_weight": "conv2d_backward_weight"}
-VARIANTS = tuple(dict.fromkeys(v for f in DIRECTIONS.values() for v in kernels.VARIANTS[f][0]))  # v1, v2, v3
+VARIANTS = tuple(dict.fromkeys(v for f in DIRECTIONS.values() for v in kernels.VARIANTS[f][0]))  # v1, v2, v3, tc
+# precision -> (array dtype, TF32 multiplicands, channels_last, the variants that compute in it)
+PRECISIONS = {"fp32": (np.float32, False, False, ("v1", "v2", "v3")),
+              "tf32": (np.float32, True, True, ("v2", "v3", "tc")),
+              "bf16": (precision.bfloat16, False, True, ("v2", "v3", "tc"))}
 
 
-def family_variants(family, variants=None):
-    """The variants of ``family`` to run: all it has, or those of ``variants`` it has."""
-    have = kernels.VARIANTS[family][0]
+def family_variants(family, variants=None, prec="fp32"):
+    """The variants of ``family`` to run in precision ``prec``: all it has there, or those of
+    ``variants`` among them. The TF32 weight gradient has no tc kernel (tc would run v2)."""
+    have = tuple(v for v in kernels.VARIANTS[family][0] if v in PRECISIONS[prec][3])
+    if prec == "tf32" and family == "conv2d_backward_weight":
+        have = tuple(v for v in have if v != "tc")
     return have if variants is None else tuple(v for v in variants if v in have)
 STRIDE, PAD, FILT = (1, 1), (1, 1), 3
 RESULTS = common.RESULTS
@@ -64,105 +81,147 @@ def flops(n, c, k, h):
     return 2.0 * n * k * c * FILT * FILT * h * h  # OH = OW = H at stride 1, padding 1
 
 
-def make_layer(n, c, k, h, seed=0):
+def make_layer(n, c, k, h, seed=0, prec="fp32"):
+    """x, w, b, dy of one layer in precision ``prec``'s dtype (host arrays, NCHW)."""
+    dtype = PRECISIONS[prec][0]
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, c, h, h)).astype(np.float32)
-    w = (rng.standard_normal((k, c, FILT, FILT)) / np.sqrt(c * FILT * FILT)).astype(np.float32)
-    b = rng.standard_normal(k).astype(np.float32)
-    dy = rng.standard_normal((n, k, h, h)).astype(np.float32)
+    x = rng.standard_normal((n, c, h, h)).astype(dtype)
+    w = (rng.standard_normal((k, c, FILT, FILT)) / np.sqrt(c * FILT * FILT)).astype(dtype)
+    b = rng.standard_normal(k).astype(dtype)
+    dy = rng.standard_normal((n, k, h, h)).astype(dtype)
     return x, w, b, dy
 
 
-def run_direction(direction, x, w, b, dy, target):
-    if direction == "forward":
-        return LC.conv2d_forward_kernel(x, w, b, STRIDE, PAD, target=target)[0]
-    if direction == "backward_data":
-        return LC.conv2d_backward_data_kernel(dy, w, x.shape, STRIDE, PAD, target=target)
-    return LC.conv2d_backward_weight_kernel(dy, x, w.shape, STRIDE, PAD, target=target)
-
-
-def reference(direction, x, w, b, dy):
-    """float64 NumPy: gpuconv's own reference path (im2col + BLAS), never a kernel."""
-    x64, w64, b64, dy64 = (a.astype(np.float64) for a in (x, w, b, dy))
-    y, cache = conv_ref._conv2d_forward_reference(x64, w64, b64, STRIDE, PAD)
-    if direction == "forward":
-        return y
-    dx, dw, _ = conv_ref._conv2d_backward_reference(dy64, cache)
-    return dx if direction == "backward_data" else dw
-
-
-def validate(layers, batch, target, variants=None):
-    """Every variant and direction against NumPy; returns a list of failure strings (empty: all good)."""
+def on_device(arrays, target, prec):
+    """The layer's arrays where ``target`` runs, x and dy channels_last where ``prec`` says."""
     to = (lambda a: B.cupy_module().asarray(a)) if target == "cuda" else (lambda a: a)
+    x, w, b, dy = (to(a) for a in arrays)
+    if PRECISIONS[prec][2]:
+        x, dy = gpuconv.to_channels_last(x), gpuconv.to_channels_last(dy)
+    return x, w, b, dy
+
+
+def run_direction(direction, x, w, b, dy, target, tf32=False):
+    if direction == "forward":
+        return LC.conv2d_forward_kernel(x, w, b, STRIDE, PAD, tf32, target=target)[0]
+    if direction == "backward_data":
+        return LC.conv2d_backward_data_kernel(dy, w, x.shape, STRIDE, PAD, tf32, target=target, like=x)
+    return LC.conv2d_backward_weight_kernel(dy, x, w.shape, STRIDE, PAD, tf32, target=target)
+
+
+def reference(direction, x, w, b, dy, tf32=False):
+    """(result, sum of the terms' magnitudes, reduction length) in float64 NumPy: gpuconv's own
+    reference path (im2col + BLAS, never a kernel) on the operands as the precision takes them
+    (bfloat16 widened exactly, TF32 rounded)."""
+    x64, w64, dy64 = (np.asarray(a, np.float64) for a in precision.multiplicands(tf32, x, w, dy))
+    b64 = np.asarray(b, np.float64)
+    out = []
+    for f in (lambda a: a, np.abs):
+        y, cache = conv_ref._conv2d_forward_reference(f(x64), f(w64), f(b64), STRIDE, PAD)
+        if direction == "forward":
+            out.append(y)
+        else:
+            dx, dw, _ = conv_ref._conv2d_backward_reference(f(dy64), cache)
+            out.append(dx if direction == "backward_data" else dw)
+    n, c, h = x.shape[0], x.shape[1], x.shape[2]
+    length = {"forward": c * FILT * FILT + 1, "backward_data": w.shape[0] * FILT * FILT,
+              "backward_weight": n * h * h}[direction]
+    return out[0], out[1], length
+
+
+def validate(layers, batch, target, variants=None, precisions=("fp32",)):
+    """Every variant and direction in each precision against the float64 reference, within the
+    derived bound (twice it on a GPU); returns a list of failure strings (empty: all good)."""
     failures = []
-    for c, k, h in layers:
-        x, w, b, dy = make_layer(batch, c, k, h, seed=c + k)
-        for direction, family in DIRECTIONS.items():
-            ref = reference(direction, x, w, b, dy)
-            reduction = {"forward": c * FILT * FILT, "backward_data": k * FILT * FILT,
-                         "backward_weight": batch * h * h}[direction]
-            for var in family_variants(family, variants):
-                with kernels.use_variant(**{family: var}):
-                    got = run_direction(direction, to(x), to(w), to(b), to(dy), target)
-                got = got.get() if B.is_cupy_array(got) else got
-                err = np.abs(got - ref) - (1e-4 * np.abs(ref) + 2e-6 * reduction)
-                if got.shape != ref.shape or (err > 0).any():
-                    failures.append(f"{c}->{k} at {h}x{h} {direction} {var}: max |error| "
-                                    f"{np.abs(got - ref).max():.3g} beyond rtol 1e-4, atol {2e-6 * reduction:.3g}")
+    for prec in precisions:
+        dtype, tf32 = PRECISIONS[prec][:2]
+        for c, k, h in layers:
+            arrays = make_layer(batch, c, k, h, seed=c + k, prec=prec)
+            dev = on_device(arrays, target, prec)
+            for direction, family in DIRECTIONS.items():
+                ref, mag, length = reference(direction, *arrays, tf32=tf32)
+                tol = (2.0 if target == "cuda" else 1.0) * reduction_tolerance(mag, ref, length, dtype)
+                for var in family_variants(family, variants, prec):
+                    with kernels.use_variant(**{family: var}), kernels.use_variant("tf32", **{family: var}):
+                        got = run_direction(direction, *dev, target, tf32)
+                    got = np.asarray(got.get() if B.is_cupy_array(got) else got, np.float64)
+                    ok, worst = within_tolerance(got, ref, tol) if got.shape == ref.shape else (False, float("inf"))
+                    if not ok:
+                        failures.append(f"{prec} {c}->{k} at {h}x{h} {direction} {var}: max |error| "
+                                        f"{worst:.3g} x the derived bound (reduction of {length})")
     return failures
 
 
-def torch_calls(torch, x, w, b, dy):
-    tx, tw, tb, tdy = (torch.from_dlpack(a) for a in (x, w, b, dy))
+def torch_calls(torch, x, w, b, dy, prec="fp32"):
+    """cuDNN through PyTorch in ``prec``: TF32 allowed only for 'tf32'; bfloat16 tensors for
+    'bf16'; channels_last memory where the precision runs it."""
+    torch.backends.cudnn.allow_tf32 = prec == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = prec == "tf32"
+    if prec == "bf16":  # DLPack has no bfloat16 in every version: hand the bits over
+        tx, tw, tb, tdy = (torch.from_dlpack(a.view(np.uint16)).view(torch.bfloat16) for a in (x, w, b, dy))
+    else:
+        tx, tw, tb, tdy = (torch.from_dlpack(a) for a in (x, w, b, dy))
+    if PRECISIONS[prec][2]:
+        tx, tdy = (t.contiguous(memory_format=torch.channels_last) for t in (tx, tdy))
     F, grad = torch.nn.functional, torch.nn.grad
     return {"forward": lambda: F.conv2d(tx, tw, tb, stride=STRIDE, padding=PAD),
             "backward_data": lambda: grad.conv2d_input(tx.shape, tw, tdy, stride=STRIDE, padding=PAD),
             "backward_weight": lambda: grad.conv2d_weight(tx, tw.shape, tdy, stride=STRIDE, padding=PAD)}
 
 
-def benchmark(batch, warmup, repeat, use_torch=True, layers=CIFAR_LAYERS, variants=None):
-    """Rows of (layer, direction, variant) timings on the GPU, with cuDNN's beside each."""
-    cp = B.cupy_module()
+def benchmark(batch, warmup, repeat, use_torch=True, layers=CIFAR_LAYERS, variants=None, precisions=("fp32",)):
+    """Rows of (precision, layer, direction, variant) timings on the GPU, with cuDNN's beside each."""
     torch = torch_module() if use_torch else None
     rows = []
-    for c, k, h in layers:
-        x, w, b, dy = (cp.asarray(a) for a in make_layer(batch, c, k, h))
-        tcalls = torch_calls(torch, x, w, b, dy) if torch else {}
-        for direction, family in DIRECTIONS.items():
-            gflop = flops(batch, c, k, h) / 1e9
-            t_ms = None
-            if torch:
-                with torch.no_grad():
-                    t_ms = cuda_time(tcalls[direction], warmup, repeat)  # torch shares CuPy's null stream
-            for var in family_variants(family, variants):
-                # v1 (one thread per output) takes tens of ms per call at batch 512: few calls suffice.
-                w_n, r_n = (min(warmup, 1), max(1, min(repeat, 3))) if var == "v1" else (warmup, repeat)
-                with kernels.use_variant(**{family: var}):
-                    ms = cuda_time(lambda: run_direction(direction, x, w, b, dy, "cuda"), w_n, r_n)
-                rows.append({"layer": f"{c}->{k} @{h}x{h}", "batch": batch, "direction": direction, "variant": var,
-                             "ms": ms, "tflops": gflop / ms, "torch_ms": t_ms,
-                             "torch_tflops": gflop / t_ms if t_ms else None,
-                             "speed_vs_torch": t_ms / ms if t_ms else None})
+    for prec in precisions:
+        tf32 = PRECISIONS[prec][1]
+        for c, k, h in layers:
+            x, w, b, dy = on_device(make_layer(batch, c, k, h, prec=prec), "cuda", prec)
+            tcalls = torch_calls(torch, x, w, b, dy, prec) if torch else {}
+            for direction, family in DIRECTIONS.items():
+                gflop = flops(batch, c, k, h) / 1e9
+                t_ms = None
+                if torch:
+                    with torch.no_grad():
+                        t_ms = cuda_time(tcalls[direction], warmup, repeat)  # torch shares CuPy's null stream
+                for var in family_variants(family, variants, prec):
+                    # v1 (one thread per output) takes tens of ms per call at batch 512: few calls suffice.
+                    w_n, r_n = (min(warmup, 1), max(1, min(repeat, 3))) if var == "v1" else (warmup, repeat)
+                    with kernels.use_variant(**{family: var}), kernels.use_variant("tf32", **{family: var}):
+                        ms = cuda_time(lambda: run_direction(direction, x, w, b, dy, "cuda", tf32), w_n, r_n)
+                    rows.append({"precision": prec, "layout": "channels_last" if PRECISIONS[prec][2] else "nchw",
+                                 "layer": f"{c}->{k} @{h}x{h}", "batch": batch, "direction": direction,
+                                 "variant": var, "ms": ms, "tflops": gflop / ms, "torch_ms": t_ms,
+                                 "torch_tflops": gflop / t_ms if t_ms else None,
+                                 "speed_vs_torch": t_ms / ms if t_ms else None})
     return rows
 
 
 def fastest(rows):
-    """{direction: {layer: fastest variant}}: what the GPU says each default should be."""
+    """{precision: {direction: {layer: fastest variant}}}: what the GPU says each default should be."""
     best = {}
     for r in rows:
-        cur = best.setdefault(r["direction"], {}).get(r["layer"])
+        per = best.setdefault(r.get("precision", "fp32"), {}).setdefault(r["direction"], {})
+        cur = per.get(r["layer"])
         if cur is None or r["ms"] < cur[1]:
-            best[r["direction"]][r["layer"]] = (r["variant"], r["ms"])
-    return {d: {layer: v for layer, (v, _) in per.items()} for d, per in best.items()}
+            per[r["layer"]] = (r["variant"], r["ms"])
+    return {p: {d: {layer: v for layer, (v, _) in per.items()} for d, per in dirs.items()} for p, dirs in best.items()}
+
+
+def default_variant(family, prec):
+    """The variant gpuconv runs today for ``family`` in precision ``prec``."""
+    dtype, tf32 = PRECISIONS[prec][:2]
+    return kernels.variant(family, dtype, tf32)
 
 
 def print_table(rows):
-    print(f"{'layer':16s} {'direction':16s} {'var':3s} {'ms':>9s} {'TFLOP/s':>8s} {'cuDNN ms':>9s} "
+    print(f"{'prec':5s} {'layer':16s} {'direction':16s} {'var':3s} {'ms':>9s} {'TFLOP/s':>8s} {'cuDNN ms':>9s} "
           f"{'TFLOP/s':>8s} {'vs cuDNN':>8s}")
     for r in rows:
         t = (f"{r['torch_ms']:9.3f} {r['torch_tflops']:8.2f} {r['speed_vs_torch']:7.2f}x" if r["torch_ms"]
              else f"{'-':>9s} {'-':>8s} {'-':>8s}")
-        print(f"{r['layer']:16s} {r['direction']:16s} {r['variant']:3s} {r['ms']:9.3f} {r['tflops']:8.2f} {t}")
+        print(f"{r.get('precision', 'fp32'):5s} {r['layer']:16s} {r['direction']:16s} {r['variant']:3s} "
+              f"{r['ms']:9.3f} {r['tflops']:8.2f} {t}")
 
 
 def main(argv=None):
@@ -177,6 +236,9 @@ def main(argv=None):
                    help="cifar: the four layers of issue 3; fast_net: every distinct conv of fast_net (width 64)")
     p.add_argument("--variants", nargs="+", choices=VARIANTS, default=None,
                    help="variants to validate and time (default: every variant of every direction)")
+    p.add_argument("--precisions", nargs="+", choices=tuple(PRECISIONS), default=list(PRECISIONS),
+                   help="fp32 (strict, NCHW), tf32 (TF32 multiplicands, channels_last), bf16 (channels_last); "
+                        "default: all three")
     p.add_argument("--validate-only", action="store_true", help="check every variant against NumPy, time nothing")
     p.add_argument("--target", choices=("cuda", "sim"), default="cuda",
                    help="where --validate-only runs ('sim': tiny layers on the host simulator, no GPU needed)")
@@ -185,7 +247,7 @@ def main(argv=None):
     if args.target == "sim":
         if not args.validate_only:
             p.error("--target sim only validates (the simulator is not a timing device): add --validate-only")
-        failures = validate(TINY_LAYERS, 2, "sim", args.variants)
+        failures = validate(TINY_LAYERS, 2, "sim", args.variants, args.precisions)
         print("\n".join(failures) or f"all conv2d variants match NumPy on {len(TINY_LAYERS)} tiny layers (simulator)")
         return 1 if failures else 0
     if not B.cuda_available():
@@ -195,7 +257,7 @@ def main(argv=None):
         return 2
 
     layers = CIFAR_LAYERS if args.layers == "cifar" else fast_net_layers()
-    failures = validate(layers, 4, "cuda", args.variants)
+    failures = validate(layers, 4, "cuda", args.variants, args.precisions)
     if failures:
         print("validation failed; nothing timed:\n" + "\n".join(failures), file=sys.stderr)
         return 1
@@ -203,18 +265,20 @@ def main(argv=None):
         print("all conv2d variants match NumPy at the CIFAR layer sizes (4-image slices)")
         return 0
     rows = benchmark(args.batch, args.warmup, args.repeat, use_torch=not args.no_torch, layers=layers,
-                     variants=args.variants)
+                     variants=args.variants, precisions=args.precisions)
     record = {"benchmark": "conv2d", "environment": environment(use_torch=not args.no_torch), "stride": STRIDE,
-              "padding": PAD, "filter": FILT, "defaults": {d: kernels.variant(f) for d, f in DIRECTIONS.items()},
+              "padding": PAD, "filter": FILT,
+              "defaults": {p: {d: default_variant(f, p) for d, f in DIRECTIONS.items()} for p in args.precisions},
               "fastest": fastest(rows), "results": rows}
     if args.json:
         print(json.dumps(record, indent=2))
     else:
-        print(f"{record['environment']['device']}, batch {args.batch}, 3x3 pad 1, fp32 (TF32 off)")
+        print(f"{record['environment']['device']}, batch {args.batch}, 3x3 pad 1")
         print_table(rows)
-        for direction, per in record["fastest"].items():
-            print(f"fastest {direction} (default {record['defaults'][direction]}): "
-                  + ", ".join(f"{layer} {v}" for layer, v in per.items()))
+        for prec, dirs in record["fastest"].items():
+            for direction, per in dirs.items():
+                print(f"fastest {prec} {direction} (default {record['defaults'][prec][direction]}): "
+                      + ", ".join(f"{layer} {v}" for layer, v in per.items()))
     if not args.no_save:
         # conv2d-<gpu>-<date>.json: the name notebooks/04_kernels.ipynb looks for.
         name = f"conv2d-{common.slug(record['environment']['device'])}-{datetime.date.today().isoformat()}.json"

@@ -11,7 +11,8 @@ without it every array is its own cudaMalloc, bounds exact. Shapes reach the gua
 partial GEMM tiles in both dimensions, a partial reduction round, padding wider than the
 filter, several backward-weight splits, overlapping pooling windows, ReLU lengths with a vector
 tail and a misaligned view, dropout over partial blocks, crops falling wholly into the padding,
-tensor-core GEMM tiles cut in M, N and K with every copy width of its loader.
+tensor-core GEMM tiles cut in M, N and K with every copy width of its loader, tensor-core
+convolutions in each build and layout with padded channels and several weight splits.
 Exit 0 when every kernel ran and matched; 1 naming the mismatch or the kernel that did not run.
 """
 from __future__ import annotations
@@ -110,6 +111,33 @@ def gemm(run, rng):
             # rounded once to 16 bits: about 2^-9 of each element (bfloat16)
             run.close(f"{tag} {np.dtype(dtype).name} out", gemm_tc(A, Bm, b_layout=layout, tf32=tf32, target=run.target),
                       ref, rtol=1e-2)
+
+
+def conv_tc(run, rng):
+    """The tensor-core convolutions in each build, NCHW and channels_last, on shapes with partial
+    64-row and 64-column tiles, padded channels (3, 12), a strided gather, several weight splits."""
+    import ml_dtypes
+    LC.MIN_SPLIT_CHUNK = 32
+    builds = {"bf16": (ml_dtypes.bfloat16, False), "f16": (np.float16, False), "tf32": (np.float32, True)}
+    for build, (dtype, tf32) in builds.items():
+        for xs, ws, stride, pad in [((2, 12, 7, 9), (70, 12, 3, 3), (1, 1), (1, 1)),
+                                    ((1, 3, 8, 7), (5, 3, 2, 3), (2, 1), (2, 0)),
+                                    ((1, 40, 9, 9), (8, 40, 1, 1), (1, 1), (0, 0))]:
+            x, w, b = (rng.standard_normal(s).astype(dtype) for s in (xs, ws, ws[:1]))
+            ry, rc = C._conv2d_forward_reference(x, w, b, stride, pad, tf32)
+            dy = rng.standard_normal(ry.shape).astype(dtype)
+            rdx, rdw, _ = C._conv2d_backward_reference(dy, rc, True, tf32)
+            for channels_last in (False, True):
+                X, DY = run.dev(x), run.dev(dy)
+                if channels_last:
+                    X, DY = gpuconv.to_channels_last(X), gpuconv.to_channels_last(DY)
+                y, cache = LC.conv2d_forward_kernel(X, run.dev(w), run.dev(b), stride, pad, tf32, target=run.target)
+                dx, dw, _ = LC.conv2d_backward_kernel(DY, cache, True, tf32, target=run.target)
+                tag = f"conv2d tc {build} {xs}*{ws} {'nhwc' if channels_last else 'nchw'}"
+                # one rounding to 8 (bf16) or 11 (fp16) bits on each side
+                for name, got, want in (("forward", y, ry), ("dx", dx, rdx), ("dw", dw, rdw)):
+                    run.close(f"{tag} {name}", common.host(got).astype(np.float32), want.astype(np.float32),
+                              rtol=2e-4 if tf32 else 2e-2)
 
 
 def pool(run, rng):
@@ -218,7 +246,7 @@ def main(argv=None):
     run = Run(args.device)
     rng = np.random.default_rng(0)
     with gpuconv.default_device(args.device), kernels.launch_log() as log:
-        for family in (conv, gemm, pool, relu, dropout, augment, stream_hold):
+        for family in (conv, conv_tc, gemm, pool, relu, dropout, augment, stream_hold):
             family(run, rng)
     B.synchronize()
     run.ran = set(log.names)

@@ -4,10 +4,12 @@ The array type decides where work runs: NumPy arrays use the NumPy reference (or
 kernels on the host simulator under ``Device('sim')``), CuPy arrays run the CUDA kernels.
 Arrays are float32 (default), float64, bfloat16 (``gpuconv.bfloat16``) or float16; the precision
 rule and the TF32 mode (``set_precision``/``get_precision``/``precision_mode``) are in
-:mod:`gpuconv.precision`.
+:mod:`gpuconv.precision`. Activations may be channels_last (NHWC memory, still NCHW-shaped:
+``to_channels_last``), the layout the tensor-core convolutions read; see :mod:`gpuconv.layout`.
 """
 from .backend import (Device, asnumpy, cuda_available, cuda_status, default_device, device_of,
                       get_array_module, get_default_device, item, set_default_device, to_device)
+from .layout import is_channels_last, to_channels_last, to_contiguous
 from .precision import bfloat16, get_precision, precision_mode, set_precision
 
 __version__ = "0.1.0"
@@ -22,4 +24,4 @@ def load_model(path, device=None):
 
 __all__ = ["Device", "asnumpy", "cuda_available", "cuda_status", "default_device", "device_of",
            "get_array_module", "get_default_device", "item", "set_default_device", "to_device",
-           "bfloat16", "get_precision", "precision_mode", "set_precision", "load_model", "__version__"]
+           "is_channels_last", "to_channels_last", "to_contiguous", "bfloat16", "get_precision", "precision_mode", "set_precision", "load_model", "__version__"]

@@ -83,11 +83,11 @@ import numpy as np
 
 from ._files import write_atomic
 from . import backend  # attribute access at call time: tests fake CuPy by patching it
-from . import precision
+from . import layout, precision
 
-KERNEL_FILES = ("conv2d", "pool2d", "relu", "dropout", "augment", "stream_hold", "gemm_tc")
+KERNEL_FILES = ("conv2d", "conv2d_tc", "pool2d", "relu", "dropout", "augment", "stream_hold", "gemm_tc")
 # The headers a file's translation unit gets after common.cuh, in order (see build_source).
-UNIT_HEADERS = {"gemm_tc": ("mma.cuh",)}
+UNIT_HEADERS = {"gemm_tc": ("mma.cuh", "tc_tile.cuh"), "conv2d_tc": ("mma.cuh", "tc_tile.cuh")}
 # GPUCONV_BLOCK in common.cuh: the block size of every 1-D grid-stride kernel, which their
 # __launch_bounds__ and conv2d_backward_bias's shared reduction are compiled for.
 BLOCK = 256
@@ -111,10 +111,15 @@ class Family(NamedTuple):
 # builds of v2 stage float32 tiles, exactly as float32 does. v3 (128x128 tiles, 256 threads) is
 # selectable; it becomes a default only after a GPU measurement (benchmarks/bench_conv2d.py
 # times every variant) shows it faster than v2 for that dtype.
+# The tensor-core convolutions (tc, kernels/conv2d_tc.cu) are the default wherever the operands
+# have a tensor-core format: bfloat16, float16 and float32 in TF32 mode (the pseudo-dtype "tf32";
+# the TF32 weight gradient has no tc kernel and runs v2). Elsewhere (strict float32, float64) a
+# choice of tc runs v2.
+_CONV_DEFAULTS = {"*": "v2", "bfloat16": "tc", "float16": "tc", "tf32": "tc"}
 VARIANTS = {
-    "conv2d_forward": Family(("v1", "v2", "v3"), {"*": "v2"}),
-    "conv2d_backward_data": Family(("v1", "v2", "v3"), {"*": "v2"}),
-    "conv2d_backward_weight": Family(("v1", "v2", "v3"), {"*": "v2"}),
+    "conv2d_forward": Family(("v1", "v2", "v3", "tc"), _CONV_DEFAULTS),
+    "conv2d_backward_data": Family(("v1", "v2", "v3", "tc"), _CONV_DEFAULTS),
+    "conv2d_backward_weight": Family(("v1", "v2", "v3", "tc"), _CONV_DEFAULTS),
     "relu_forward": Family(("v1", "v2"), {"*": "v2"}),
     "relu_backward": Family(("v1", "v2"), {"*": "v2"}),
 }
@@ -212,9 +217,12 @@ _ITEM = re.compile(r"^\s*(\w+)\s*(?:\[\s*(\w+)\s*\])?\s*$")
 
 
 def _dtype_name(dtype) -> str | None:
-    """'float32', 'bfloat16', ... for a dtype (or its name) that has kernel builds; None for None."""
+    """'float32', 'bfloat16', ... for a dtype (or its name) that has kernel builds, 'tf32' for
+    float32 in TF32 mode (a key of its own); None for None."""
     if dtype is None:
         return None
+    if isinstance(dtype, str) and dtype == "tf32":
+        return dtype
     try:
         dt = np.dtype(dtype)
     except TypeError:
@@ -257,13 +265,16 @@ _variants: contextvars.ContextVar[dict] = contextvars.ContextVar("gpuconv_kernel
 _ENV_VARIANTS = _env_variants()
 
 
-def variant(family: str, dtype=None) -> str:
+def variant(family: str, dtype=None, tf32: bool = False) -> str:
     """The variant the launchers run for ``family`` on ``dtype`` arrays (e.g. 'conv2d_forward' ->
     'v2'): a :func:`use_variant`/:func:`set_variant` choice, else a GPUCONV_KERNEL_VARIANTS one
     (at each level the one for ``dtype`` before the general one), else the family's default
-    for ``dtype`` (``"*"`` when it has none of its own). ``dtype`` None: the general choice."""
+    for ``dtype`` (``"*"`` when it has none of its own). ``dtype`` None: the general choice.
+    ``tf32`` (float32 operands in TF32 mode): the choices and default keyed ``family[tf32]``."""
     if family not in VARIANTS:
         raise ValueError(f"kernel family {family!r} has no variants; families: {', '.join(VARIANTS)}")
+    if tf32:
+        dtype = "tf32"
     specific, general = _key(family, dtype), family
     for chosen in (_variants.get() or {}, _ENV_VARIANTS):
         if specific in chosen:
@@ -695,14 +706,20 @@ def launch_1d(op_file: str, kernel: str, target: str, arrays, scalars=(), per_th
         return
     device = array_device(arrays[:1])
     grid, block = grid_1d(-(-n // per_thread), BLOCK, target, device)
-    launch(op_file, kernel, arrays[0].dtype, target, grid, block, tuple(arrays) + (np.int64(n),) + tuple(scalars),
+    memory = tuple(layout.memory_order(a) for a in arrays)  # channels_last arrays as their NHWC views
+    launch(op_file, kernel, arrays[0].dtype, target, grid, block, memory + (np.int64(n),) + tuple(scalars),
            device=device)
 
 
-def contiguous_like(*arrays, outputs: int = 1):
+def contiguous_like(*arrays, outputs: int = 1, keep_channels_last: bool = False):
     """``arrays`` made C-contiguous (copies only where needed), then ``outputs`` new empty arrays
-    like the first: the inputs and the outputs of an elementwise launch."""
+    like the first: the inputs and the outputs of an elementwise launch. With
+    ``keep_channels_last``, arrays that are all channels_last stay as they are and the outputs
+    are channels_last too (an elementwise kernel walks memory, whatever its order; see
+    :func:`launch_1d`)."""
     xp = backend.get_array_module(*arrays)
+    if keep_channels_last and all(layout.is_channels_last(a) for a in arrays):
+        return arrays + tuple(layout.empty_like(arrays[0]) for _ in range(outputs))
     arrays = tuple(xp.ascontiguousarray(a) for a in arrays)
     return arrays + tuple(xp.empty_like(arrays[0]) for _ in range(outputs))
 

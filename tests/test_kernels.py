@@ -487,7 +487,7 @@ def test_variant_selection_and_errors(monkeypatch):
     with kernels.use_variant(conv2d_forward="v1"):
         assert kernels.variant("conv2d_forward") == "v1"
     assert kernels.variant("conv2d_forward") == "v2"
-    with pytest.raises(ValueError, match=r"conv2d_forward has variants v1, v2, v3, not 'v9'"):
+    with pytest.raises(ValueError, match=r"conv2d_forward has variants v1, v2, v3, tc, not 'v9'"):
         kernels.set_variant("conv2d_forward", "v9")
     with pytest.raises(ValueError, match=r"kernel family 'conv3d' has no variants"):
         kernels.variant("conv3d")
@@ -523,7 +523,7 @@ def test_registry_sources_and_memoization():
         kernels.build_source("relu", ml_dtypes.bfloat16, tf32=True)
     with pytest.raises(ValueError, match="kernel target 'gpu'"):
         kernels.get_module("relu", np.float32, "gpu")
-    with pytest.raises(FileNotFoundError, match="the kernel files are conv2d, pool2d, relu"):
+    with pytest.raises(FileNotFoundError, match="the kernel files are conv2d, conv2d_tc, pool2d, relu"):
         kernels.build_source("conv3d")
 
 
@@ -573,10 +573,13 @@ def test_benchmark_validation_runs_on_the_simulator(monkeypatch, capsys):
     assert bench.main(["--validate-only", "--target", "sim"]) == 0
     # The validation can fail: a reference off by one is reported per layer, direction and variant.
     real = bench.reference
-    monkeypatch.setattr(bench, "reference", lambda *a: real(*a) + 1.0)
+    monkeypatch.setattr(bench, "reference", lambda *a, **k: (lambda r: (r[0] + 1.0,) + r[1:])(real(*a, **k)))
     failures = bench.validate(bench.TINY_LAYERS[:1], 2, "sim")
-    assert len(failures) == 9 and "3->4 at 8x8 forward v1" in failures[0]  # 3 directions x v1-v3
+    assert len(failures) == 9 and "fp32 3->4 at 8x8 forward v1" in failures[0]  # 3 directions x v1-v3
     assert any("backward_weight v3" in f for f in failures)
+    # in bf16 the tensor-core kernels are validated too, within the bound for bfloat16 outputs
+    failures = bench.validate(bench.TINY_LAYERS[:1], 2, "sim", precisions=("bf16",))
+    assert len(failures) == 9 and any("bf16 3->4 at 8x8 backward_weight tc" in f for f in failures)
     if not B.cuda_available():
         assert bench.main([]) == 2
         assert "no usable GPU" in capsys.readouterr().err
@@ -604,6 +607,7 @@ def test_benchmark_loop_times_every_variant_and_names_the_fastest(monkeypatch):
 
     class FakeCupy:
         cuda = FakeCuda
+        ndarray = type("NotACupyArray", (), {})  # the host arrays stay NumPy's
 
         @staticmethod
         def asarray(a):
@@ -619,11 +623,18 @@ def test_benchmark_loop_times_every_variant_and_names_the_fastest(monkeypatch):
     assert calls.count(("forward", "v1")) == 1 + 3 and calls.count(("forward", "v3")) == 2 + 5
     assert all(r["tflops"] > 0 and r["torch_ms"] is None for r in rows)
     best = bench.fastest(rows)
-    assert set(best) == set(bench.DIRECTIONS) and best["forward"] == {"3->4 @8x8": "v1"}  # fewest calls: least "time"
+    assert set(best) == {"fp32"} and set(best["fp32"]) == set(bench.DIRECTIONS)
+    assert best["fp32"]["forward"] == {"3->4 @8x8": "v1"}  # fewest calls: least "time"
     only = bench.benchmark(2, warmup=0, repeat=1, use_torch=False, layers=[(3, 4, 8)], variants=("v3",))
     assert [(r["direction"], r["variant"]) for r in only] == [("forward", "v3"), ("backward_data", "v3"),
                                                               ("backward_weight", "v3")]
     assert bench.family_variants("conv2d_forward", ("v2", "v9")) == ("v2",)
+    # each precision times the variants that compute in it: tc only with a tensor-core format
+    assert bench.family_variants("conv2d_forward", prec="bf16") == ("v2", "v3", "tc")
+    assert bench.family_variants("conv2d_backward_weight", prec="tf32") == ("v2", "v3")
+    rows = bench.benchmark(2, warmup=0, repeat=1, use_torch=False, layers=[(3, 4, 8)], precisions=("bf16",))
+    assert {(r["precision"], r["layout"]) for r in rows} == {("bf16", "channels_last")}
+    assert bench.fastest(rows)["bf16"]["forward"]["3->4 @8x8"] in ("v2", "v3", "tc")
 
 
 def test_cuda_dispatch_makes_the_arrays_device_current(monkeypatch):

@@ -67,7 +67,7 @@ CONV_CASES = [((2, 8, 9, 9), (12, 3, 3), 1, 1), ((2, 5, 9, 7), (6, 3, 2), (2, 1)
 
 
 @LOW
-@pytest.mark.parametrize("variant", ["v1", "v2", "v3"])
+@pytest.mark.parametrize("variant", ["v1", "v2", "v3", "tc"])
 @pytest.mark.parametrize("case", CONV_CASES, ids=["3x3s1", "3x2s21"])
 def test_conv2d_follows_the_rule(backend, dtype, variant, case, monkeypatch):
     monkeypatch.setattr(LC, "MIN_SPLIT_CHUNK", 8)  # several split-K partials in the float32 workspace
@@ -93,8 +93,10 @@ def test_conv2d_follows_the_rule(backend, dtype, variant, case, monkeypatch):
         assert_within(g, e, m, L, dtype, f"{name} against float64")
         if backend.name != "numpy":
             assert_within(g, r, m, L, dtype, f"{name} against the NumPy reference")
-    split_k = ("conv2d_reduce_splits",) if variant != "v1" else ()  # v1 reduces in one thread per output
-    assert_low_precision_kernels(backend, dtype, *CONV_FAMILIES, *split_k, "conv2d_backward_bias")
+    # v1 reduces in one thread per output; the others add float32 split partials in a second kernel
+    split_k = {"v1": (), "tc": ("conv2d_tc_weight_reduce",)}.get(variant, ("conv2d_reduce_splits",))
+    families = [f"{f}_tc" for f in CONV_FAMILIES] if variant == "tc" else CONV_FAMILIES
+    assert_low_precision_kernels(backend, dtype, *families, *split_k, "conv2d_backward_bias")
 
 
 @LOW
@@ -330,7 +332,7 @@ def test_every_kernel_family_ran_in_the_low_precision_build_under_sim(monkeypatc
         conv2d_backward(relu_backward(g, c2), c1)
         augment_batch_kernel(rng.integers(0, 256, (3, 3, 4, 4), dtype=np.uint8), np.array([0, 2]), None, None,
                              None, np.zeros(3, np.float32), np.ones(3, np.float32), 0, BF16, target="sim")
-    families = {n.rsplit("_v", 1)[0] for n in log.names}
+    families = {n.rsplit("_v", 1)[0].removesuffix("_tc") for n in log.names}
     assert families >= {"conv2d_forward", "conv2d_backward_data", "conv2d_backward_weight", "conv2d_backward_bias",
                         "relu_forward", "relu_backward", "max_pool2d_forward", "max_pool2d_backward",
                         "avg_pool2d_forward", "avg_pool2d_backward", "dropout_forward", "dropout_backward",
@@ -339,7 +341,7 @@ def test_every_kernel_family_ran_in_the_low_precision_build_under_sim(monkeypatc
 
 
 def test_variants_are_chosen_per_dtype(monkeypatch, launches):
-    assert kernels.variant("conv2d_forward", BF16) == kernels.variant("conv2d_forward", np.float32) == "v2"
+    assert kernels.variant("conv2d_forward", BF16) == "tc" and kernels.variant("conv2d_forward", np.float32) == "v2"
     fam = kernels.VARIANTS["conv2d_forward"]
     monkeypatch.setitem(kernels.VARIANTS, "conv2d_forward", fam._replace(defaults={"*": "v2", "bfloat16": "v1"}))
     rng = np.random.default_rng(10)

@@ -22,6 +22,12 @@ reductions, all on the device, no host copy), and under ``Device('sim')`` their 
 (the same code with ``xp = numpy``). So on 'sim' every ``kernels/*.cu`` kernel runs on the
 simulator, and the rest of a training step is plain NumPy, exactly as on 'cuda' it is plain CuPy.
 
+Layouts. Ops keep the layout they are given (gpuconv.layout): when an op's first 4-D array
+argument is channels_last, its activation result (y, or dx) comes back channels_last, whichever
+path ran
+(a kernel that reads NHWC memory returns them so at no cost; a path that computes in NCHW pays a
+conversion, which the launch log cannot hide from a benchmark).
+
 Devices. On 'cuda' the launcher or reference runs with the arrays' GPU as CuPy's current device,
 so outputs are allocated where the inputs live (CuPy allocates on the current device, which is
 not switched by ``Device('cuda:1')`` alone).
@@ -30,7 +36,7 @@ from __future__ import annotations
 
 import contextlib
 
-from .. import kernels
+from .. import kernels, layout
 
 _TARGETS = ("cuda", "sim")
 _LAUNCHERS: dict[tuple[str, str], object] = {}
@@ -81,11 +87,23 @@ def _run(op_name, target, reference, args):
         if out is not NotImplemented:
             if target is not None:
                 kernels.log_dispatch(op_name, target, "kernel")
-            return out
+            return _keep_layout(args, out)
     if target is not None:  # the launch log tells a kernel op that fell back from one that has none
         path = "declined" if launcher is not None else "no-launcher" if has_kernels(op_name) else "reference"
         kernels.log_dispatch(op_name, target, path)
-    return reference(*args)
+    return _keep_layout(args, reference(*args))
+
+
+def _keep_layout(args, out):
+    """``out`` with its activation (the result itself, or the first of a tuple: y of (y, cache),
+    dx of (dx, dw, db)) channels_last when the first 4-D array among ``args`` is. Parameter
+    gradients keep the parameters' own layout."""
+    ref = next((a for a in args if getattr(a, "ndim", None) == 4), None)
+    if ref is None or not layout.is_channels_last(ref):
+        return out
+    if type(out) is tuple:
+        return (layout.like(ref, out[0]),) + out[1:]
+    return layout.like(ref, out)
 
 
 def has_kernels(op_name) -> bool:

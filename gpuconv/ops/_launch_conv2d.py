@@ -17,6 +17,7 @@ from .. import kernels
 from ..backend import get_array_module
 from ..precision import compute_dtype
 from ._checks import output_hw
+from . import _launch_conv2d_tc as tc
 from ._dispatch import register_launcher
 from .conv2d import Conv2dCache
 
@@ -64,21 +65,30 @@ def geometry(kernel, target, device=None, *, rows=0, cols=0, splits=1, elements=
     return kernels.grid_1d(elements, BLOCK, target, device)
 
 
-def weight_splits(l_total, tiles, target, device=None):
+def weight_splits(l_total, tiles, target, device=None, step=TILE_K):
     """(splits, chunk) for the backward-weight reduction over ``l_total`` = N*OH*OW positions.
 
     Enough splits to give every SM two blocks when the K x C*FH*FW tile grid alone is too small
-    (late CIFAR layers: 8x8 images, few tiles, long reductions), each at least MIN_SPLIT_CHUNK."""
+    (late CIFAR layers: 8x8 images, few tiles, long reductions), each at least MIN_SPLIT_CHUNK
+    and a whole number of the kernel's reduction rounds (``step`` positions: TILE_K for v2/v3,
+    a 64-byte k-tile for the tensor-core kernel)."""
     want = -(-2 * kernels.sm_count(target, device) // max(1, tiles))
     most = max(1, l_total // MIN_SPLIT_CHUNK)
     splits = max(1, min(want, most))
     chunk = -(-l_total // splits)
-    chunk = -(-chunk // TILE_K) * TILE_K  # whole shared-memory rounds per split
+    chunk = -(-chunk // step) * step  # whole shared-memory rounds per split
     return -(-l_total // chunk), chunk
 
 
 @register_launcher("conv2d_forward")
 def conv2d_forward_kernel(x, w, b, stride, padding, tf32=False, *, target, relu=False):
+    cache = Conv2dCache(x, w, b is not None, stride, padding)
+    var = kernels.variant("conv2d_forward", x.dtype, tf32)
+    if var == "tc":
+        y = tc.forward(x, w, b, stride, padding, tf32, relu, target=target)
+        if y is not None:
+            return y, cache
+        var = "v2"  # no tensor-core format for this dtype
     xp = get_array_module(x, w, b)
     x, w = xp.ascontiguousarray(x), xp.ascontiguousarray(w)
     b = None if b is None else xp.ascontiguousarray(b)
@@ -87,27 +97,34 @@ def conv2d_forward_kernel(x, w, b, stride, padding, tf32=False, *, target, relu=
     if y.size:
         dims = _i32(n, c, h, wd, k, fh, fw, oh, ow, *stride, *padding, b is not None, relu)
         args = (x, w, w if b is None else b, y) + dims  # w stands in for a missing bias (never read)
-        var = kernels.variant("conv2d_forward", x.dtype)
         if var == "v1" or not _fits_int(n * oh * ow, c * fh * fw):
             var = "v1"  # the tiled kernels index GEMM rows in int; v1's indices are 64-bit
         name = f"conv2d_forward_{var}"
         device = kernels.array_device([x])
         grid, block = geometry(name, target, device, rows=n * oh * ow, cols=k, elements=y.size)
         kernels.launch("conv2d", name, x.dtype, target, grid, block, args, device=device, tf32=tf32)
-    return y, Conv2dCache(x, w, b is not None, stride, padding)
+    return y, cache
 
 
 @register_launcher("conv2d_backward")
 def conv2d_backward_kernel(dy, cache, need_dx=True, tf32=False, *, target):
     x, w, has_bias, stride, padding = cache
-    dx = conv2d_backward_data_kernel(dy, w, x.shape, stride, padding, tf32, target=target) if need_dx else None
+    dx = conv2d_backward_data_kernel(dy, w, x.shape, stride, padding, tf32, target=target, like=x) if need_dx else None
     dw = conv2d_backward_weight_kernel(dy, x, w.shape, stride, padding, tf32, target=target)
     db = conv2d_backward_bias_kernel(dy, target=target) if has_bias else None
     return dx, dw, db
 
 
-def conv2d_backward_data_kernel(dy, w, x_shape, stride, padding, tf32=False, *, target):
-    """dx of shape ``x_shape`` from ``dy`` and the filters ``w``."""
+def conv2d_backward_data_kernel(dy, w, x_shape, stride, padding, tf32=False, *, target, like=None):
+    """dx of shape ``x_shape`` from ``dy`` and the filters ``w`` (channels_last when ``like``,
+    the forward input, is; NCHW otherwise)."""
+    var = kernels.variant("conv2d_backward_data", dy.dtype, tf32)
+    if var == "tc" and dy.size:
+        dx = tc.backward_data(dy, w, x_shape, stride, padding, tf32, dy if like is None else like, target=target)
+        if dx is not None:
+            return dx
+    if var == "tc":
+        var = "v2"
     xp = get_array_module(dy, w)
     dy, w = xp.ascontiguousarray(dy), xp.ascontiguousarray(w)
     n, c, h, wd, k, fh, fw, oh, ow = _dims(x_shape, w.shape, stride, padding)
@@ -118,7 +135,6 @@ def conv2d_backward_data_kernel(dy, w, x_shape, stride, padding, tf32=False, *, 
         dx[...] = 0
         return dx
     args = (dy, w, dx) + _i32(n, c, h, wd, k, fh, fw, oh, ow, *stride, *padding)
-    var = kernels.variant("conv2d_backward_data", dy.dtype)
     if var == "v1" or not _fits_int(n * h * wd, k * fh * fw):
         var = "v1"
     name = f"conv2d_backward_data_{var}"
@@ -136,18 +152,20 @@ def conv2d_backward_weight_kernel(dy, x, w_shape, stride, padding, tf32=False, *
     write dw directly; a bfloat16/float16 dw always goes through a float32 workspace, so its
     partial sums are never rounded to 8 or 11 bits."""
     xp = get_array_module(dy, x)
+    if dy.size == 0 or 0 in tuple(w_shape):  # an empty batch: the gradient is an empty sum
+        return xp.zeros(tuple(w_shape), dtype=dy.dtype)
+    var = kernels.variant("conv2d_backward_weight", dy.dtype, tf32)
+    if var == "tc":
+        dw = tc.backward_weight(dy, x, w_shape, stride, padding, tf32, target=target)
+        if dw is not None:
+            return dw
+        var = "v2"  # no tensor-core kernel for this dtype (TF32 included)
     dy, x = xp.ascontiguousarray(dy), xp.ascontiguousarray(x)
     n, c, h, wd, k, fh, fw, oh, ow = _dims(x.shape, w_shape, stride, padding)
     dw = xp.empty(tuple(w_shape), dtype=dy.dtype)
-    if not dw.size:
-        return dw
-    if dy.size == 0:  # an empty batch: the gradient is an empty sum
-        dw[...] = 0
-        return dw
     dims = _i32(n, c, h, wd, k, fh, fw, oh, ow, *stride, *padding)
     rows, l_total = c * fh * fw, n * oh * ow
     device = kernels.array_device([dy])
-    var = kernels.variant("conv2d_backward_weight", dy.dtype)
     # v2/v3 keep per-image offsets (C*H*W) in int and pack (fh, fw) into one int.
     if var in ("v2", "v3") and _fits_int(rows, l_total, c * h * wd) and max(fh, fw) < 2**15:
         name, tile = f"conv2d_backward_weight_{var}", TILE3 if var == "v3" else TILE

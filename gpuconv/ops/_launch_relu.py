@@ -33,13 +33,13 @@ def _run(kernel, variant, target, arrays):
 
 @register_launcher("relu_forward")
 def relu_forward_kernel(x, *, target):
-    x, y = kernels.contiguous_like(x)
+    x, y = kernels.contiguous_like(x, keep_channels_last=True)
     _run("relu_forward", _pick("relu_forward", (x, y)), target, (x, y))
     return y, ReluCache(x)
 
 
 @register_launcher("relu_backward")
 def relu_backward_kernel(dy, cache, *, target):
-    dy, x, dx = kernels.contiguous_like(dy, cache.x)
+    dy, x, dx = kernels.contiguous_like(dy, cache.x, keep_channels_last=True)
     _run("relu_backward", _pick("relu_backward", (dy, x, dx)), target, (dy, x, dx))
     return dx

@@ -1,0 +1,77 @@
+"""Memory layouts of 4-D activations: NCHW (C-contiguous) and channels_last (NHWC in memory).
+
+channels_last is a layout, not a new API, as in PyTorch: the array stays logically NCHW (shape
+``(N, C, H, W)``, indexed ``x[n, c, h, w]``) while its strides say that the channels are
+adjacent in memory. Tensor cores reduce over a contiguous dimension, and a convolution reduces
+over channels, so the tensor-core convolutions read channels_last arrays as they are and
+convert NCHW ones. Every op keeps the layout it is given (its 4-D outputs come back in the
+layout of its 4-D input), so a network fed channels_last images runs channels_last throughout.
+
+    x = gpuconv.to_channels_last(x)        # a copy in NHWC memory order, same shape and values
+    gpuconv.is_channels_last(x)            # True
+    gpuconv.to_contiguous(x)               # back to NCHW memory (a copy only when needed)
+
+Works on NumPy and CuPy arrays alike (the strides are the layout).
+"""
+from __future__ import annotations
+
+from .backend import get_array_module
+
+NHWC = (0, 2, 3, 1)   # NCHW axes in NHWC order
+NCHW = (0, 3, 1, 2)   # NHWC axes back in NCHW order
+
+
+def _check(x, what):
+    if getattr(x, "ndim", None) != 4:
+        raise ValueError(f"{what} takes a 4-D (N, C, H, W) array; got shape {getattr(x, 'shape', type(x))}")
+
+
+def is_channels_last(x) -> bool:
+    """Whether the 4-D array ``x`` is stored NHWC: its (N, H, W, C) transpose is C-contiguous and
+    it is not also plain C-contiguous (a tensor with C == 1 or H == W == 1 is both: NCHW wins)."""
+    if getattr(x, "ndim", None) != 4:
+        return False
+    return bool(x.transpose(NHWC).flags.c_contiguous) and not bool(x.flags.c_contiguous)
+
+
+def to_channels_last(x):
+    """``x`` with NHWC memory (logically NCHW still); ``x`` itself when it already is."""
+    _check(x, "to_channels_last")
+    if is_channels_last(x):
+        return x
+    xp = get_array_module(x)
+    return xp.ascontiguousarray(x.transpose(NHWC)).transpose(NCHW)
+
+
+def to_contiguous(x):
+    """``x`` with plain C-contiguous (NCHW) memory."""
+    return get_array_module(x).ascontiguousarray(x)
+
+
+def nhwc(x):
+    """The (N, H, W, C) array over the same values, C-contiguous: a view of a channels_last ``x``,
+    a transposing copy otherwise."""
+    _check(x, "nhwc")
+    return get_array_module(x).ascontiguousarray(x.transpose(NHWC))
+
+
+def like(ref, y):
+    """``y`` (4-D) in the layout of ``ref``: channels_last when ``ref`` is, else as it is."""
+    if y is None or getattr(y, "ndim", None) != 4 or not is_channels_last(ref) or is_channels_last(y):
+        return y
+    return to_channels_last(y)
+
+
+def empty_like(x):
+    """An uninitialized array of ``x``'s shape and dtype, in ``x``'s layout."""
+    xp = get_array_module(x)
+    if is_channels_last(x):
+        n, c, h, w = x.shape
+        return xp.empty((n, h, w, c), dtype=x.dtype).transpose(NCHW)
+    return xp.empty_like(x)
+
+
+def memory_order(x):
+    """A C-contiguous view over ``x``'s memory: the NHWC view of a channels_last array, ``x``
+    itself otherwise (what a kernel that walks flat memory is given)."""
+    return x.transpose(NHWC) if is_channels_last(x) else x

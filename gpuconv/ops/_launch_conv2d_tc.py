@@ -1,0 +1,158 @@
+"""Launchers of the tensor-core convolutions (kernels/conv2d_tc.cu), the ``tc`` variant of the
+conv2d kernel families.
+
+The kernels are implicit GEMMs over NHWC memory. A channels_last input (gpuconv.layout) is read
+as it is and the outputs come back channels_last; an NCHW input is converted on the way in and
+its outputs on the way out (two transposing copies per call, the price of a layout the tensor
+cores do not read). Channel counts that are not a multiple of the kernels' 16-byte piece (8
+bf16/fp16 or 4 float elements) are padded with zeros in a copy (the first layer's 3 channels);
+the filters are repacked per call, K-contiguous (a small copy).
+
+Each function returns None for a case the kernels do not take (a dtype without a tensor-core
+format, TF32 weight gradients, sizes past int indexing); the caller then runs the CUDA-core
+kernels.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import kernels, layout, precision
+from ..backend import get_array_module, is_cupy_array
+from ._checks import output_hw
+
+THREADS = 128    # TC_THREADS in kernels/tc_tile.cuh
+TILE = 64        # TC_BM = TC_BN
+KBYTES = 64      # TC_KBYTES: bytes of the reduction per k-tile
+PIECE = 16       # bytes per cp.async of the im2col loaders
+_INT_MAX = 2**31 - 1
+
+
+def supports(dtype, tf32: bool, direction: str) -> bool:
+    """Whether the tensor-core kernels compute ``direction`` ('forward', 'backward_data',
+    'backward_weight') for ``dtype`` arrays: bfloat16 and float16 always, float32 in TF32 mode for
+    the forward and the data gradient (the weight gradient reads both operands transposed, which
+    ldmatrix does for 16-bit elements only)."""
+    dt = np.dtype(dtype)
+    if dt in precision.LOW_PRECISION:
+        return True
+    return dt == precision.float32 and tf32 and direction != "backward_weight"
+
+
+def _address(a) -> int:
+    return a.data.ptr if is_cupy_array(a) else a.ctypes.data
+
+
+def _fits(*sizes) -> bool:
+    return all(s <= _INT_MAX - 2 * TILE for s in sizes)
+
+
+def _nhwc_padded(x, multiple):
+    """``x`` (logically NCHW) as a C-contiguous NHWC array whose channel count is padded with
+    zeros to a multiple of ``multiple``, starting on a 16-byte boundary; a view when ``x`` is
+    channels_last with aligned channels already."""
+    xp = get_array_module(x)
+    n, c, h, w = x.shape
+    cp = -(-c // multiple) * multiple
+    a = layout.nhwc(x)
+    if cp == c and _address(a) % PIECE == 0:
+        return a
+    out = xp.zeros((n, h, w, cp), dtype=x.dtype)
+    out[..., :c] = a
+    return out
+
+
+def _repacked(w, axes, channels, padded):
+    """The filters transposed to ``axes`` with their last axis (``channels`` long) zero-padded
+    to ``padded``: KRSC (forward) or CRSK (data gradient)."""
+    xp = get_array_module(w)
+    t = w.transpose(axes)
+    if padded == channels:
+        return xp.ascontiguousarray(t)
+    out = xp.zeros(t.shape[:3] + (padded,), dtype=w.dtype)
+    out[..., :channels] = t
+    return out
+
+
+def _back(y_nhwc, like):
+    """An NHWC result as a logically NCHW array in the layout of ``like``."""
+    y = y_nhwc.transpose(layout.NCHW)
+    return y if layout.is_channels_last(like) else get_array_module(y).ascontiguousarray(y)
+
+
+def _launch(name, dtype, target, grid, args, tf32, device):
+    kernels.launch("conv2d_tc", name, dtype, target, grid, (THREADS, 1, 1), args, device=device, tf32=tf32)
+
+
+def _i32(*values):
+    return tuple(np.int32(v) for v in values)
+
+
+def forward(x, w, b, stride, padding, tf32, relu, *, target):
+    """y = conv2d(x, w) + b (ReLU when ``relu``) on tensor cores, or None (see the module doc)."""
+    n, c, h, wd = x.shape
+    k, _, fh, fw = w.shape
+    oh, ow = output_hw(x.shape, (fh, fw), stride, padding)
+    if not supports(x.dtype, tf32, "forward") or not _fits(n * oh * ow, k, fh * fw * (c + 8)):
+        return None
+    xp = get_array_module(x, w, b)
+    xh = _nhwc_padded(x, PIECE // x.itemsize)
+    cp = xh.shape[3]
+    wk = _repacked(w, (0, 2, 3, 1), c, cp)
+    y = xp.empty((n, oh, ow, k), dtype=x.dtype)
+    if y.size:
+        grid = (-(-(n * oh * ow) // TILE), -(-k // TILE), 1)
+        args = (xh, wk, wk if b is None else xp.ascontiguousarray(b), y) + _i32(
+            n, cp, h, wd, k, fh, fw, oh, ow, *stride, *padding, b is not None, relu)
+        _launch("conv2d_forward_tc", x.dtype, target, grid, args, tf32, kernels.array_device([x]))
+    return _back(y, x)
+
+
+def backward_data(dy, w, x_shape, stride, padding, tf32, like, *, target):
+    """dx of shape ``x_shape`` (in the layout of ``like``) on tensor cores, or None."""
+    n, c, h, wd = x_shape
+    k, _, fh, fw = w.shape
+    oh, ow = dy.shape[2:]
+    if not supports(dy.dtype, tf32, "backward_data") or not _fits(n * h * wd, c, fh * fw * (k + 8)):
+        return None
+    xp = get_array_module(dy, w)
+    dyh = _nhwc_padded(dy, PIECE // dy.itemsize)
+    kp = dyh.shape[3]
+    wt = _repacked(w, (1, 2, 3, 0), k, kp)
+    dx = xp.empty((n, h, wd, c), dtype=dy.dtype)
+    if dx.size:
+        grid = (-(-(n * h * wd) // TILE), -(-c // TILE), 1)
+        args = (dyh, wt, dx) + _i32(n, c, h, wd, kp, fh, fw, oh, ow, *stride, *padding)
+        _launch("conv2d_backward_data_tc", dy.dtype, target, grid, args, tf32, kernels.array_device([dy]))
+    return _back(dx, like)
+
+
+def backward_weight(dy, x, w_shape, stride, padding, tf32, *, target):
+    """dw (OIHW, shape ``w_shape``) on tensor cores, or None: split-K float32 partial sums, then
+    conv2d_tc_weight_reduce adds them in a fixed order and rounds once."""
+    n, c, h, wd = x.shape
+    k, _, fh, fw = w_shape
+    oh, ow = dy.shape[2:]
+    if not supports(dy.dtype, tf32, "backward_weight") or not _fits(n * oh * ow, k, fh * fw * (c + 8)):
+        return None
+    xp = get_array_module(dy, x)
+    dyh = layout.nhwc(dy)
+    if _address(dyh) % PIECE:
+        dyh = dyh.copy()
+    xh = _nhwc_padded(x, PIECE // x.itemsize)
+    cp = xh.shape[3]
+    rows, cols, l_total = k, fh * fw * cp, n * oh * ow
+    dw = xp.empty(tuple(w_shape), dtype=dy.dtype)
+    if not dw.size:
+        return dw
+    device = kernels.array_device([dy])
+    from ._launch_conv2d import weight_splits  # the split rule of every weight-gradient kernel
+    splits, chunk = weight_splits(l_total, -(-rows // TILE) * -(-cols // TILE), target, device, step=KBYTES // dy.itemsize)
+    ws = xp.empty((splits, rows, cols), dtype=np.float32)
+    vec_dy = next(v for v in (16, 8, 4, 2) if (k * dy.itemsize) % v == 0 and _address(dyh) % v == 0)
+    grid = (-(-rows // TILE), -(-cols // TILE), splits)
+    args = (dyh, xh, ws) + _i32(n, cp, h, wd, k, fh, fw, oh, ow, *stride, *padding, chunk, vec_dy)
+    _launch("conv2d_backward_weight_tc", dy.dtype, target, grid, args, tf32, device)
+    grid, block = kernels.grid_1d(dw.size, kernels.BLOCK, target, device)
+    kernels.launch("conv2d_tc", "conv2d_tc_weight_reduce", dy.dtype, target, grid, block,
+                   (ws, dw) + _i32(splits, k, c, cp, fh, fw), device=device, tf32=tf32)
+    return dw

@@ -1,0 +1,265 @@
+// conv2d_tc.cu: 2-D convolution on tensor cores (mma.sync, ldmatrix, cp.async): implicit GEMMs over
+// channels_last (NHWC) activations, on the tile machinery of kernels/tc_tile.cuh.
+//
+//   y[n,oh,ow,k] = b[k] + sum_{fh,fw,c} x[n, oh*sh-ph+fh, ow*sw-pw+fw, c] * w[k,fh,fw,c]
+//
+// Layouts. Tensor cores take the reduction dimension contiguous in both operands, so every array
+// here is NHWC (the launcher, gpuconv/ops/_launch_conv2d_tc.py, passes channels_last arrays as
+// they are and converts NCHW ones) and the filters are repacked K-contiguous: KRSC [K][FH][FW][Cp]
+// for the forward, CRSK [C][FH][FW][Kp] for the data gradient. The reduction index runs over
+// (fh, fw, channel) with the channel count padded to Cp (Kp), a multiple of the 16-byte piece
+// (8 bf16/fp16 or 4 float elements), so that one piece never straddles two filter taps and its
+// source address is 16-byte aligned: the launcher pads the channels of an operand whose count is
+// not such a multiple (the first layer's 3) with zeros.
+//
+// Kernels (extern "C"; block = TC_THREADS = 128, static shared memory 24 KiB):
+//   conv2d_forward_tc           Y[m, k] = P[m, r] W[k, r]^T, m = (n, oh, ow), r = (fh, fw, c):
+//                               the patch rows P gathered from x by PatchRows (cp.async, zero
+//                               fill for padding), W dense; bias, ReLU and the cast fused in the
+//                               epilogue, y NHWC. grid = (ceil(N*OH*OW / 64), ceil(K / 64)).
+//   conv2d_backward_data_tc     dX[m, c] = G[m, l] W'[c, l]^T, m = (n, ih, iw), l = (fh, fw, k),
+//                               G[m, l] = dy[n, (ih+ph-fh)/sh, (iw+pw-fw)/sw, k] where the division
+//                               is exact and in range, else 0 (GradRows). dx NHWC.
+//                               grid = (ceil(N*H*W / 64), ceil(C / 64)).
+//   conv2d_backward_weight_tc   dW[k, r] = dY^T[k, l] P[l, r], l = (n, oh, ow): both operands are
+//                               read along l, which is strided in NHWC, so they are staged
+//                               K-strided and read with ldmatrix.trans (bf16/fp16 only; the TF32
+//                               build traps and the launcher keeps CUDA cores for TF32 weight
+//                               gradients). The reduction over N*OH*OW is split over gridDim.z
+//                               blocks, each writing float32 partial sums to its own workspace
+//                               slice ws[z][k][r]; grid = (ceil(K / 64), ceil(FH*FW*Cp / 64), splits),
+//                               every split `chunk` positions (a multiple of 32).
+//   conv2d_tc_weight_reduce     dw[k, c, fh, fw] (OIHW) = sum_z ws[z][k][(fh*FW + fw)*Cp + c] in a
+//                               fixed order (deterministic, no float atomics), rounded once.
+//                               1-D grid-stride over the K*C*FH*FW filter elements.
+//
+// Precision (common.cuh, gpuconv/precision.py): storage_t operands, products exact and sums in
+// float32 on the tensor cores (TF32 operands rounded by TensorCoreOp<float>::prepare), each
+// output rounded once. The kernels compute only in the builds with a tensor-core format
+// (GPUCONV_TENSOR_CORES); elsewhere they trap, and the launcher never sends them there.
+// GEMM rows and columns are int (the launcher checks the sizes); element offsets are index_t.
+
+// ------------------------------------------------------------------------------------------
+// Operand loaders of the implicit GEMMs. Each moves 16-byte pieces (cp.async.cg): a stage of 64
+// rows x 64 bytes is 256 pieces, two per thread, in rows t / 4 and t / 4 + 32 at byte 16 * (t % 4).
+// A thread's two rows are fixed for the whole loop, so their pixel coordinates are decoded once;
+// each k-tile then decodes the one reduction index its byte column holds.
+
+// The element index in the padded reduction (tap, channel) of this thread's piece of k-tile kt.
+__device__ inline void tc_reduction_index(int kt, int byte, int cp, int fw_count, int* fh, int* fw, int* c) {
+    const int r = kt * (TC_KBYTES / (int)sizeof(storage_t)) + byte / (int)sizeof(storage_t);
+    const int tap = r / cp;
+    *c = r - tap * cp;
+    *fh = tap / fw_count;
+    *fw = tap - *fh * fw_count;
+}
+
+// Forward A: row m = (n, oh, ow) of the patch matrix of an NHWC input with Cp channels.
+struct PatchRows {
+    const storage_t* x;
+    int H, W, Cp, FH, FW;
+    int byte;               // this thread's byte column in the stage
+    index_t pixel0[2];      // n * H * W: the row's image, in pixels
+    int ih0[2], iw0[2];     // oh * sh - ph, ow * sw - pw (a huge negative value for rows past M)
+
+    __device__ PatchRows(const storage_t* x_, int m0, int M, int H_, int W_, int Cp_, int FH_, int FW_, int OH,
+                         int OW, int sh, int sw, int ph, int pw)
+        : x(x_), H(H_), W(W_), Cp(Cp_), FH(FH_), FW(FW_), byte(16 * (threadIdx.x % 4)) {
+        for (int i = 0; i < 2; ++i) {
+            const int m = m0 + threadIdx.x / 4 + 32 * i;
+            const int n = m / (OH * OW), p = m - n * (OH * OW), oh = p / OW, ow = p - oh * OW;
+            pixel0[i] = (index_t)n * H * W;
+            ih0[i] = m < M ? oh * sh - ph : -(1 << 30);
+            iw0[i] = ow * sw - pw;
+        }
+    }
+
+    __device__ void load(unsigned char* stage, int kt, int) const {
+        int fh, fw, c;
+        tc_reduction_index(kt, byte, Cp, FW, &fh, &fw, &c);
+        for (int i = 0; i < 2; ++i) {
+            const int ih = ih0[i] + fh, iw = iw0[i] + fw;
+            const bool ok = fh < FH && ih >= 0 && ih < H && iw >= 0 && iw < W;
+            const storage_t* src = ok ? x + ((pixel0[i] + (index_t)ih * W + iw) * Cp + c) : x;
+            cp_async_cg(stage + swizzle_offset<TC_KBYTES>(threadIdx.x / 4 + 32 * i, byte), src, ok ? 16 : 0);
+        }
+    }
+};
+
+// Backward-data A: row m = (n, ih, iw) of the gathered output gradient, dy NHWC with Kp channels.
+struct GradRows {
+    const storage_t* dy;
+    int OH, OW, Kp, FH, FW, sh, sw;
+    int byte;
+    index_t pixel0[2];      // n * OH * OW
+    int ihp[2], iwp[2];     // ih + ph, iw + pw (a huge negative value for rows past M)
+
+    __device__ GradRows(const storage_t* dy_, int m0, int M, int H, int W, int Kp_, int FH_, int FW_, int OH_, int OW_,
+                        int sh_, int sw_, int ph, int pw)
+        : dy(dy_), OH(OH_), OW(OW_), Kp(Kp_), FH(FH_), FW(FW_), sh(sh_), sw(sw_), byte(16 * (threadIdx.x % 4)) {
+        for (int i = 0; i < 2; ++i) {
+            const int m = m0 + threadIdx.x / 4 + 32 * i;
+            const int n = m / (H * W), p = m - n * (H * W), ih = p / W, iw = p - ih * W;
+            pixel0[i] = (index_t)n * OH * OW;
+            ihp[i] = m < M ? ih + ph : -(1 << 30);
+            iwp[i] = iw + pw;
+        }
+    }
+
+    __device__ void load(unsigned char* stage, int kt, int) const {
+        int fh, fw, k;
+        tc_reduction_index(kt, byte, Kp, FW, &fh, &fw, &k);
+        for (int i = 0; i < 2; ++i) {
+            const int oh_s = ihp[i] - fh, ow_s = iwp[i] - fw;  // oh * sh, ow * sw when they exist
+            const int oh = oh_s / sh, ow = ow_s / sw;
+            const bool ok = fh < FH && oh_s >= 0 && ow_s >= 0 && oh * sh == oh_s && ow * sw == ow_s && oh < OH &&
+                            ow < OW;
+            const storage_t* src = ok ? dy + ((pixel0[i] + (index_t)oh * OW + ow) * Kp + k) : dy;
+            cp_async_cg(stage + swizzle_offset<TC_KBYTES>(threadIdx.x / 4 + 32 * i, byte), src, ok ? 16 : 0);
+        }
+    }
+};
+
+// Backward-weight B, K-strided: stage rows are 32 positions l = (n, oh, ow) of the reduction,
+// 128 bytes (64 columns r = (fh, fw, c)) each; 256 pieces, two per thread, in rows t / 8 and
+// t / 8 + 16 at byte 16 * (t % 8). A thread's column (one filter tap, 8 channels) is fixed.
+struct PatchColumns {
+    const storage_t* x;
+    int H, W, Cp, OH, OW, sh, sw;
+    int l0, l_end;          // this split's positions
+    int byte;
+    int fh, fw, c;          // this thread's column
+    bool col_ok;
+
+    __device__ PatchColumns(const storage_t* x_, int n0, int H_, int W_, int Cp_, int FH, int FW_, int OH_, int OW_,
+                            int sh_, int sw_, int ph, int pw, int l0_, int l_end_)
+        : x(x_), H(H_), W(W_), Cp(Cp_), OH(OH_), OW(OW_), sh(sh_), sw(sw_), l0(l0_), l_end(l_end_),
+          byte(16 * (threadIdx.x % 8)) {
+        const int r = n0 + byte / (int)sizeof(storage_t);
+        const int tap = r / Cp;
+        c = r - tap * Cp;
+        fh = tap / FW_;
+        fw = tap - fh * FW_;
+        col_ok = fh < FH;
+        fh -= ph;  // folded: ih = oh * sh + fh
+        fw -= pw;
+    }
+
+    __device__ void load(unsigned char* stage, int kt, int) const {
+        for (int i = 0; i < 2; ++i) {
+            const int row = threadIdx.x / 8 + 16 * i;
+            const int l = l0 + kt * (TC_KBYTES / (int)sizeof(storage_t)) + row;
+            const int n = l / (OH * OW), p = l - n * (OH * OW), oh = p / OW, ow = p - oh * OW;
+            const int ih = oh * sh + fh, iw = ow * sw + fw;
+            const bool ok = col_ok && l < l_end && ih >= 0 && ih < H && iw >= 0 && iw < W;
+            const storage_t* src = ok ? x + ((((index_t)n * H + ih) * W + iw) * Cp + c) : x;
+            cp_async_cg(stage + swizzle_offset<2 * TC_BN>(row, byte), src, ok ? 16 : 0);
+        }
+    }
+};
+
+// ------------------------------------------------------------------------------------------
+// Epilogues (tc_gemm_epilogue passes row, column and the float32 sum).
+
+// y or dx, NHWC: [rows][cols] with cols contiguous; the forward adds the bias and applies ReLU.
+struct RowMajorStore {
+    storage_t* out;
+    const storage_t* bias;  // null: none
+    int rows, cols, relu;
+    __device__ void operator()(int row, int col, float v) const {
+        if (row >= rows || col >= cols) return;
+        if (bias) v += to_acc(bias[col]);
+        out[(index_t)row * cols + col] = from_acc(relu ? relu_value(v) : v);
+    }
+};
+
+// A split's float32 partial sums of dW, [K][R].
+struct PartialStore {
+    float* ws;
+    int rows, cols;
+    __device__ void operator()(int row, int col, float v) const {
+        if (row < rows && col < cols) ws[(index_t)row * cols + col] = v;
+    }
+};
+
+#define TC_SHARED_STAGES                                                   \
+    __shared__ __align__(128) unsigned char As[TC_STAGES * TC_A_STAGE];    \
+    __shared__ __align__(128) unsigned char Bs[TC_STAGES * TC_B_STAGE]
+
+// ------------------------------------------------------------------------------------------
+extern "C" __global__ void __launch_bounds__(TC_THREADS)
+conv2d_forward_tc(const storage_t* x, const storage_t* w, const storage_t* b, storage_t* y, int N, int Cp, int H,
+                  int W, int K, int FH, int FW, int OH, int OW, int sh, int sw, int ph, int pw, int has_bias,
+                  int relu) {
+#if GPUCONV_TENSOR_CORES
+    TC_SHARED_STAGES;
+    const int M = N * OH * OW, R = FH * FW * Cp;
+    const int m0 = blockIdx.x * TC_BM, n0 = blockIdx.y * TC_BN;
+    const long long rbytes = (long long)R * sizeof(storage_t);
+    PatchRows la(x, m0, M, H, W, Cp, FH, FW, OH, OW, sh, sw, ph, pw);
+    DenseTileLoader<TC_BN, TC_KBYTES> lb = {(const unsigned char*)(w + (index_t)n0 * R), rbytes, K - n0, rbytes, 0,
+                                            TC_KBYTES};
+    float acc[2][4][4] = {};
+    const int ktiles = (int)((rbytes + TC_KBYTES - 1) / TC_KBYTES);
+    tc_gemm_mainloop<TensorCoreOp<storage_t>, FragA, FragB_nt>(la, lb, ktiles, 16, 16, As, Bs, acc);
+    tc_gemm_epilogue(RowMajorStore{y, has_bias ? b : nullptr, M, K, relu}, m0, n0, acc);
+#else
+    __trap();
+#endif
+}
+
+extern "C" __global__ void __launch_bounds__(TC_THREADS)
+conv2d_backward_data_tc(const storage_t* dy, const storage_t* wt, storage_t* dx, int N, int C, int H, int W, int Kp,
+                        int FH, int FW, int OH, int OW, int sh, int sw, int ph, int pw) {
+#if GPUCONV_TENSOR_CORES
+    TC_SHARED_STAGES;
+    const int M = N * H * W, L = FH * FW * Kp;
+    const int m0 = blockIdx.x * TC_BM, n0 = blockIdx.y * TC_BN;
+    const long long lbytes = (long long)L * sizeof(storage_t);
+    GradRows la(dy, m0, M, H, W, Kp, FH, FW, OH, OW, sh, sw, ph, pw);
+    DenseTileLoader<TC_BN, TC_KBYTES> lb = {(const unsigned char*)(wt + (index_t)n0 * L), lbytes, C - n0, lbytes, 0,
+                                            TC_KBYTES};
+    float acc[2][4][4] = {};
+    const int ktiles = (int)((lbytes + TC_KBYTES - 1) / TC_KBYTES);
+    tc_gemm_mainloop<TensorCoreOp<storage_t>, FragA, FragB_nt>(la, lb, ktiles, 16, 16, As, Bs, acc);
+    tc_gemm_epilogue(RowMajorStore{dx, nullptr, M, C, 0}, m0, n0, acc);
+#else
+    __trap();
+#endif
+}
+
+// vec_dy: the bytes each copy of dy moves (16, 8, 4 or 2: the largest dividing K * sizeof and
+// dy's address; dy needs no channel padding here, it is read as a dense [L][K] matrix).
+extern "C" __global__ void __launch_bounds__(TC_THREADS)
+conv2d_backward_weight_tc(const storage_t* dy, const storage_t* x, float* ws, int N, int Cp, int H, int W, int K,
+                          int FH, int FW, int OH, int OW, int sh, int sw, int ph, int pw, int chunk, int vec_dy) {
+#if GPUCONV_TENSOR_CORES && !GPUCONV_TF32
+    TC_SHARED_STAGES;
+    const int L = N * OH * OW, R = FH * FW * Cp;
+    const int m0 = blockIdx.x * TC_BM, n0 = blockIdx.y * TC_BN;
+    const int l0 = blockIdx.z * chunk, l_end = imin(L, l0 + chunk);
+    const int es = (int)sizeof(storage_t);
+    DenseTileLoader<TC_KBYTES / 2, 2 * TC_BM> la = {(const unsigned char*)(dy + (index_t)l0 * K + m0),
+                                                    (long long)K * es, l_end - l0, (long long)(K - m0) * es,
+                                                    TC_KBYTES / 2, 0};
+    PatchColumns lb(x, n0, H, W, Cp, FH, FW, OH, OW, sh, sw, ph, pw, l0, l_end);
+    float acc[2][4][4] = {};
+    const int ktiles = (l_end - l0 + TC_KBYTES / es - 1) / (TC_KBYTES / es);
+    tc_gemm_mainloop<TensorCoreOp<storage_t>, FragA_km, FragB_nn>(la, lb, imax(ktiles, 0), vec_dy, 16, As, Bs, acc);
+    tc_gemm_epilogue(PartialStore{ws + (index_t)blockIdx.z * K * R, K, R}, m0, n0, acc);
+#else
+    __trap();
+#endif
+}
+
+extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
+conv2d_tc_weight_reduce(const float* ws, storage_t* dw, int splits, int K, int C, int Cp, int FH, int FW) {
+    const index_t taps = (index_t)FH * FW, count = (index_t)K * C * taps, slice = (index_t)K * taps * Cp;
+    for (index_t e = global_thread_index(); e < count; e += global_thread_count()) {
+        const index_t tap = e % taps, kc = e / taps, c = kc % C, k = kc / C;
+        const index_t at = (k * taps + tap) * Cp + c;
+        float s = 0.0f;
+        for (int z = 0; z < splits; ++z) s += ws[z * slice + at];
+        dw[e] = storage_from(s, (storage_t*)0);
+    }
+}

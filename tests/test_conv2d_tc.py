@@ -1,0 +1,247 @@
+"""The tensor-core convolutions (kernels/conv2d_tc.cu through gpuconv/ops/_launch_conv2d_tc.py):
+forward, data gradient and weight gradient in bfloat16, float16 and TF32, on the simulator and,
+when one is present, a GPU.
+
+Each result is held to the exact float64 convolution of the operands as the tensor cores take
+them (bfloat16/float16 widened, float32 rounded to TF32) within gpuconv.gradcheck's bound for the
+reduction length, never a tuned tolerance, and exactly where every partial sum is exact (small
+integers). Shapes reach the tiles' edges (M and N cut at 64, reductions over several pipeline
+rounds and a partial one), strides and paddings, 1x1 and 3x3 and rectangular filters, channel
+counts that are not multiples of the 16-byte piece (3, 5, 12 channels, padded by the launcher),
+several weight-gradient splits, NCHW and channels_last inputs (whose layout the outputs keep).
+"""
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import gpuconv
+from gpuconv import backend as B
+from gpuconv import kernels, layout
+from gpuconv.gradcheck import reduction_tolerance, within_tolerance
+from gpuconv.ops import _launch_conv2d as LC
+from gpuconv.ops import _launch_conv2d_tc as TC
+from gpuconv.ops import conv2d as conv_mod
+from gpuconv.precision import multiplicands
+
+BF16 = np.dtype(ml_dtypes.bfloat16)
+TARGETS = [pytest.param("sim"),
+           pytest.param("cuda", marks=[pytest.mark.gpu,
+                                       pytest.mark.skipif(not B.cuda_available(), reason=f"no GPU: {B.cuda_status()}")])]
+# (dtype, tf32)
+BUILDS = {"bf16": (BF16, False), "f16": (np.dtype(np.float16), False), "tf32": (np.dtype(np.float32), True)}
+# (x shape, (K, FH, FW), stride, padding)
+CASES = [((2, 16, 6, 6), (24, 3, 3), (1, 1), (1, 1)),     # the common 3x3 same-size layer
+         ((1, 3, 7, 5), (10, 3, 3), (2, 2), (1, 1)),      # 3 input channels (padded), stride 2
+         ((2, 8, 5, 5), (70, 1, 1), (1, 1), (0, 0)),      # 1x1, K past one 64-column tile
+         ((3, 12, 6, 7), (9, 2, 3), (2, 1), (0, 2)),      # rectangular filter, padding wider than it
+         ((1, 40, 9, 9), (5, 3, 3), (1, 1), (1, 1)),      # M = 81 (two row tiles), C*9 = 360 (6 k-tiles)
+         ((2, 5, 6, 6), (3, 2, 2), (3, 3), (1, 1))]       # stride larger than the filter: zero rows in dx
+IDS = ["3x3", "c3s2", "1x1k70", "2x3s21p02", "c40m81", "s3p2"]
+# On a GPU the tensor cores' float32 sums truncate (Fasi et al., PeerJ CS 2021): twice the bound.
+GPU_FACTOR = 2.0
+
+
+@pytest.fixture(params=TARGETS)
+def target(request):
+    return request.param
+
+
+def on(target, *arrays):
+    xp = B.cupy_module() if target == "cuda" else np
+    return [None if a is None else xp.asarray(a) for a in arrays]
+
+
+def host(a):
+    return a.get() if B.is_cupy_array(a) else np.asarray(a)
+
+
+def operands(case, dtype, rng, integers=False):
+    xs, (k, fh, fw), _, _ = case
+    draw = (lambda s: rng.integers(-3, 4, s)) if integers else rng.standard_normal
+    return (draw(xs).astype(dtype), draw((k, xs[1], fh, fw)).astype(dtype), draw((k,)).astype(dtype))
+
+
+def exact(x, w, b, dy, stride, pad, tf32):
+    """float64 (y, dx, dw) of the operands as the tensor cores see them, and the sums of the
+    terms' magnitudes (what the bound scales with)."""
+    xm, wm, dym = (np.asarray(a, np.float64) for a in multiplicands(tf32, x, w, dy))
+    bm = np.asarray(b, np.float64)
+    out = []
+    for sign in (lambda a: a, np.abs):
+        y, cache = conv_mod._conv2d_forward_reference(sign(xm), sign(wm), sign(bm), stride, pad)
+        dx, dw, _ = conv_mod._conv2d_backward_reference(sign(dym), cache)
+        out.append((y, dx, dw))
+    return out
+
+
+def run_conv(target, x, w, b, dy, stride, pad, tf32, channels_last=False):
+    X, W, Bb, DY = on(target, x, w, b, dy)
+    if channels_last:
+        X, DY = gpuconv.to_channels_last(X), gpuconv.to_channels_last(DY)
+    with kernels.launch_log() as log:
+        y, cache = LC.conv2d_forward_kernel(X, W, Bb, stride, pad, tf32, target=target)
+        dx, dw, db = LC.conv2d_backward_kernel(DY, cache, True, tf32, target=target)
+    return (y, dx, dw), log
+
+
+def assert_bound(name, got, want, mag, length, dtype, factor):
+    tol = factor * reduction_tolerance(mag, want, length, dtype)
+    ok, worst = within_tolerance(host(got).astype(np.float64), want, tol)
+    assert ok, f"{name}: error {worst:.3g} x the derived bound"
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("build", list(BUILDS))
+def test_tensor_core_conv_within_the_derived_bound(target, build, case, channels_last, monkeypatch):
+    monkeypatch.setattr(LC, "MIN_SPLIT_CHUNK", 32)  # several weight-gradient splits at these sizes
+    dtype, tf32 = BUILDS[build]
+    rng = np.random.default_rng([list(BUILDS).index(build), CASES.index(case)])
+    x, w, b = operands(case, dtype, rng)
+    _, (k, fh, fw), stride, pad = case
+    oh, ow = conv_mod.output_hw(x.shape, (fh, fw), stride, pad)
+    dy = rng.standard_normal((x.shape[0], k, oh, ow)).astype(dtype)
+    (y, dx, dw), log = run_conv(target, x, w, b, dy, stride, pad, tf32, channels_last)
+    weight = "conv2d_backward_weight_v2" if tf32 else "conv2d_backward_weight_tc"  # no TF32 weight-gradient tc
+    assert log.names[:3] == ["conv2d_forward_tc", "conv2d_backward_data_tc", weight]
+    assert tf32 or "conv2d_tc_weight_reduce" in log.names
+    # every GEMM in the operands' build (the bias gradient, a plain sum, has no TF32 build)
+    assert {r.build for r in log if r.name != "conv2d_backward_bias"} == {"float+tf32" if tf32 else dtype.name}
+    for a in (y, dx):
+        assert a.dtype == dtype and layout.is_channels_last(a) == channels_last
+        assert channels_last or a.flags.c_contiguous
+    assert host(dw).flags.c_contiguous and dw.shape == w.shape
+    (ey, edx, edw), (my, mdx, mdw) = exact(x, w, b, dy, stride, pad, tf32)
+    factor = GPU_FACTOR if target == "cuda" else 1.0
+    assert_bound("y", y, ey, my + np.abs(b.astype(np.float64))[None, :, None, None], x.shape[1] * fh * fw + 1,
+                 dtype, factor)
+    assert_bound("dx", dx, edx, mdx, k * fh * fw, dtype, factor)
+    assert_bound("dw", dw, edw, mdw, x.shape[0] * oh * ow, dtype, factor)
+
+
+@pytest.mark.parametrize("build", list(BUILDS))
+def test_exact_when_every_partial_sum_is(target, build):
+    """Small integers: every product and partial sum is exact in float32, so every order of the
+    sums gives the same value and the results equal the float64 convolution bit for bit."""
+    dtype, tf32 = BUILDS[build]
+    case = CASES[4]
+    x, w, b = operands(case, dtype, np.random.default_rng(7), integers=True)
+    dy = np.random.default_rng(8).integers(-3, 4, (1, 5, 9, 9)).astype(dtype)
+    (y, dx, dw), _ = run_conv(target, x, w, b, dy, case[2], case[3], tf32)
+    (ey, edx, edw), _ = exact(x, w, b, dy, case[2], case[3], tf32)
+    for got, want in ((y, ey), (dx, edx), (dw, edw)):
+        assert np.array_equal(host(got).astype(np.float64), want)
+
+
+def test_fused_bias_relu_epilogue_and_no_bias():
+    rng = np.random.default_rng(3)
+    x, w, b = operands(CASES[0], BF16, rng)
+    y0, cache = LC.conv2d_forward_kernel(x, w, None, (1, 1), (1, 1), target="sim")
+    y1, _ = LC.conv2d_forward_kernel(x, w, b, (1, 1), (1, 1), target="sim", relu=True)
+    ref = conv_mod._conv2d_forward_reference(x, w, None, (1, 1), (1, 1))[0]
+    assert cache.has_bias is False and np.array_equal(np.asarray(y0, np.float32), np.asarray(ref, np.float32))
+    pre = np.asarray(y0, np.float32) + np.asarray(b, np.float32)[None, :, None, None]
+    (ey, _, _), (my, _, _) = exact(x, w, b, np.zeros_like(y0), (1, 1), (1, 1), False)
+    assert (np.asarray(y1, np.float32) >= 0).all() and (np.asarray(y1, np.float32) == 0).any()
+    keep = pre > 0.1  # away from the kink, ReLU(y) is y
+    tol = reduction_tolerance(my, ey, 16 * 9 + 1, BF16)
+    assert np.all(np.abs(np.asarray(y1, np.float64) - ey)[keep] <= tol[keep])
+
+
+def test_both_schedule_orders_give_the_same_bits(monkeypatch):
+    """Reversed thread order (and warp order) gives the same bits: the stages are ordered by
+    cp.async waits and barriers, not by the order threads happen to run in."""
+    monkeypatch.setattr(LC, "MIN_SPLIT_CHUNK", 32)
+    rng = np.random.default_rng(4)
+    x, w, b = operands(CASES[4], BF16, rng)
+    dy = rng.standard_normal((1, 5, 9, 9)).astype(BF16)
+    results = []
+    for order in ("forward", "reverse"):
+        with kernels.sim_schedule(order):
+            (y, dx, dw), _ = run_conv("sim", x, w, b, dy, (1, 1), (1, 1), False)
+        results.append([np.asarray(a).tobytes() for a in (y, dx, dw)])
+    assert results[0] == results[1]
+
+
+def test_weight_gradient_splits_add_in_a_fixed_order(monkeypatch, launches):
+    monkeypatch.setattr(LC, "MIN_SPLIT_CHUNK", 32)
+    rng = np.random.default_rng(5)
+    x, w, _ = operands(CASES[0], BF16, rng)
+    dy = rng.standard_normal((2, 24, 6, 6)).astype(BF16)
+    dw = LC.conv2d_backward_weight_kernel(dy, x, w.shape, (1, 1), (1, 1), target="sim")
+    (grid, _), = [(r.grid, r.block) for r in launches if r.name == "conv2d_backward_weight_tc"]
+    assert grid[2] == 2  # 72 positions in two splits of whole 32-position k-tiles: 64 and 8
+    monkeypatch.setattr(LC, "MIN_SPLIT_CHUNK", 10**6)
+    one = LC.conv2d_backward_weight_kernel(dy, x, w.shape, (1, 1), (1, 1), target="sim")
+    (_, _, edw), (_, _, mdw) = exact(x, w, np.zeros(24, BF16), dy, (1, 1), (1, 1), False)
+    for got in (dw, one):
+        assert_bound("dw", got, edw, mdw, 72, BF16, 1.0)
+
+
+def test_defaults_and_choices(monkeypatch, launches):
+    """tc is the default where the operands have a tensor-core format; strict float32 and float64
+    run v2 even when tc is chosen; GPUCONV_KERNEL_VARIANTS can key TF32 on its own."""
+    assert [kernels.variant("conv2d_forward", d) for d in (BF16, np.float16, np.float32, np.float64)] == \
+        ["tc", "tc", "v2", "v2"]
+    assert kernels.variant("conv2d_forward", np.float32, tf32=True) == "tc"
+    rng = np.random.default_rng(6)
+    x, w, b = operands(CASES[0], np.float32, rng)
+    with kernels.use_variant(conv2d_forward="tc"):
+        LC.conv2d_forward_kernel(x, w, b, (1, 1), (1, 1), False, target="sim")
+        LC.conv2d_forward_kernel(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64), (1, 1), (1, 1),
+                                 target="sim")
+    assert launches.names == ["conv2d_forward_v2", "conv2d_forward_v2"]
+    with kernels.use_variant("tf32", conv2d_forward="v3"):
+        assert kernels.variant("conv2d_forward", np.float32, tf32=True) == "v3"
+        assert kernels.variant("conv2d_forward", np.float32) == "v2"
+    monkeypatch.setenv("GPUCONV_KERNEL_VARIANTS", "conv2d_forward[tf32]=v2")
+    assert kernels._env_variants() == {"conv2d_forward[tf32]": "v2"}
+
+
+@pytest.mark.parametrize("bad", [np.float32, np.float64])
+def test_no_tensor_core_format_is_declined_not_trapped(bad):
+    assert not TC.supports(bad, False, "forward")
+    assert TC.forward(np.zeros((1, 8, 4, 4), bad), np.zeros((8, 8, 3, 3), bad), None, (1, 1), (1, 1), False, False,
+                      target="sim") is None
+    assert not TC.supports(np.float32, True, "backward_weight") and TC.supports(np.float32, True, "backward_data")
+
+
+@settings(max_examples=12, deadline=None)
+@given(n=st.integers(1, 2), c=st.integers(1, 20), k=st.integers(1, 70), fh=st.integers(1, 3), fw=st.integers(1, 3),
+       sh=st.integers(1, 3), sw=st.integers(1, 2), ph=st.integers(0, 2), pw=st.integers(0, 2), oh=st.integers(1, 5),
+       ow=st.integers(1, 5), build=st.sampled_from(list(BUILDS)), channels_last=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_fuzz_against_the_float64_convolution(n, c, k, fh, fw, sh, sw, ph, pw, oh, ow, build, channels_last, seed):
+    dtype, tf32 = BUILDS[build]
+    h, wd = (oh - 1) * sh + fh - 2 * ph, (ow - 1) * sw + fw - 2 * pw
+    if h < 1 or wd < 1:
+        h, wd, ph, pw = (oh - 1) * sh + fh, (ow - 1) * sw + fw, 0, 0
+    rng = np.random.default_rng(seed)
+    case = ((n, c, h, wd), (k, fh, fw), (sh, sw), (ph, pw))
+    x, w, b = operands(case, dtype, rng)
+    dy = rng.standard_normal((n, k, oh, ow)).astype(dtype)
+    (y, dx, dw), _ = run_conv("sim", x, w, b, dy, (sh, sw), (ph, pw), tf32, channels_last)
+    (ey, edx, edw), (my, mdx, mdw) = exact(x, w, b, dy, (sh, sw), (ph, pw), tf32)
+    assert_bound("y", y, ey, my + np.abs(b.astype(np.float64))[None, :, None, None], c * fh * fw + 1, dtype, 1.0)
+    assert_bound("dx", dx, edx, mdx, k * fh * fw, dtype, 1.0)
+    assert_bound("dw", dw, edw, mdw, n * oh * ow, dtype, 1.0)
+
+
+def test_the_bound_catches_a_kernel_that_rounds_partial_sums():
+    """The test's bound can fail: the same convolution with partial sums rounded to bfloat16 after
+    every 16-element k-block (what a kernel accumulating in the storage type would do) exceeds it."""
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((1, 64, 6, 6)).astype(BF16)
+    w = rng.standard_normal((8, 64, 3, 3)).astype(BF16)
+    (ey, _, _), (my, _, _) = exact(x, w, np.zeros(8, BF16), np.zeros((1, 8, 4, 4), BF16), (1, 1), (0, 0), False)
+    xf, wf = x.astype(np.float32), w.astype(np.float32)
+    bad = np.zeros((1, 8, 4, 4), np.float32)
+    for c0 in range(0, 64, 16):
+        part = conv_mod._conv2d_forward_reference(xf[:, c0:c0 + 16], wf[:, c0:c0 + 16], None, (1, 1), (0, 0))[0]
+        bad = (bad + part).astype(BF16).astype(np.float32)
+    tol = reduction_tolerance(my, ey, 64 * 9, BF16)
+    assert not within_tolerance(bad, ey, tol)[0]

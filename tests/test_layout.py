@@ -1,0 +1,88 @@
+"""channels_last (gpuconv.layout): arrays stay logically NCHW while their memory is NHWC; every op
+and layer keeps the layout it is given and computes the same values in either layout, on every
+backend; parameter gradients keep the parameters' own (contiguous) layout."""
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+import gpuconv
+from gpuconv import layout, nn
+from gpuconv.ops import (avg_pool2d_backward, avg_pool2d_forward, batchnorm2d_backward, batchnorm2d_forward,
+                         conv2d_backward, conv2d_forward, dropout_backward, dropout_forward, max_pool2d_backward,
+                         max_pool2d_forward, relu_backward, relu_forward)
+
+BF16 = np.dtype(ml_dtypes.bfloat16)
+
+
+def test_to_channels_last_is_a_layout_not_a_new_shape():
+    x = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 3, 4, 5)
+    y = gpuconv.to_channels_last(x)
+    assert y.shape == x.shape and np.array_equal(y, x) and y[1, 2, 3, 4] == x[1, 2, 3, 4]
+    assert gpuconv.is_channels_last(y) and not gpuconv.is_channels_last(x)
+    assert y.strides == (3 * 4 * 5 * 4, 4, 5 * 3 * 4, 3 * 4)  # channels adjacent in memory
+    assert gpuconv.to_channels_last(y) is y
+    z = gpuconv.to_contiguous(y)
+    assert z.flags.c_contiguous and np.array_equal(z, x)
+    assert layout.nhwc(y).base is not None and layout.nhwc(y).flags.c_contiguous  # a view, no copy
+    # one channel, or 1x1 images: both layouts are the same memory, NCHW is what it is called
+    assert not gpuconv.is_channels_last(gpuconv.to_channels_last(np.zeros((2, 1, 3, 3), np.float32)))
+    assert not gpuconv.is_channels_last(np.zeros((2, 3), np.float32))
+    with pytest.raises(ValueError, match=r"4-D \(N, C, H, W\)"):
+        gpuconv.to_channels_last(np.zeros((3, 4, 5), np.float32))
+
+
+def _network_step(x, w, gamma, beta):
+    """conv -> batchnorm -> ReLU -> max pool -> average pool -> dropout, and back."""
+    y, c1 = conv2d_forward(x, w, None, 1, 1)
+    b, c2 = batchnorm2d_forward(y, gamma, beta, None, None)
+    r, c3 = relu_forward(b)
+    m, c4 = max_pool2d_forward(r, 2)
+    a, c5 = avg_pool2d_forward(m, 1)
+    d, c6 = dropout_forward(a, 0.25, key=11)
+    g = gpuconv.to_channels_last(d * 0 + 1) if gpuconv.is_channels_last(x) else d * 0 + 1
+    g = avg_pool2d_backward(dropout_backward(g, c6), c5)
+    g = relu_backward(max_pool2d_backward(g, c4), c3)
+    g, dgamma, _ = batchnorm2d_backward(g, c2)
+    dx, dw, _ = conv2d_backward(g, c1)
+    return [y, b, r, m, a, d, dx], [dw, dgamma]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, BF16], ids=["f32", "bf16"])
+def test_every_op_keeps_channels_last_and_its_values(backend, dtype):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 8, 6, 6)).astype(dtype)
+    w = rng.standard_normal((16, 8, 3, 3)).astype(dtype)
+    gamma, beta = np.ones(16, np.float32), np.zeros(16, np.float32)
+    with gpuconv.default_device(backend.device):
+        acts_nchw, grads_nchw = _network_step(backend.asarray(x), backend.asarray(w), backend.asarray(gamma),
+                                              backend.asarray(beta))
+        acts, grads = _network_step(gpuconv.to_channels_last(backend.asarray(x)), backend.asarray(w),
+                                    backend.asarray(gamma), backend.asarray(beta))
+    for i, (a, b) in enumerate(zip(acts, acts_nchw)):
+        assert gpuconv.is_channels_last(a), f"activation {i} lost the layout"
+        assert not gpuconv.is_channels_last(b) and b.flags.c_contiguous, f"activation {i} changed an NCHW layout"
+        got, want = (backend.asnumpy(v).astype(np.float64) for v in (a, b))
+        if i == 0:  # the convolution reduces in the same order in either layout: the same bits
+            assert np.array_equal(got, want), "the convolution differs between layouts"
+        else:  # batch norm's statistics sum in memory order: within a rounding of the dtype
+            rtol = 1e-5 if dtype == np.float32 else 2.0**-7
+            np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol, err_msg=f"activation {i}")
+    for g, h in zip(grads, grads_nchw):
+        assert not gpuconv.is_channels_last(g) and g.flags.c_contiguous
+        np.testing.assert_allclose(backend.asnumpy(g).astype(np.float64), backend.asnumpy(h).astype(np.float64),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_layers_keep_the_layout(backend):
+    rng = np.random.default_rng(1)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(128, 10))
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    with gpuconv.default_device(backend.device):
+        net.to(backend.device)
+        ref = backend.asnumpy(net(backend.asarray(x)))
+        conv_out = net[0](gpuconv.to_channels_last(backend.asarray(x)))
+        got = backend.asnumpy(net(gpuconv.to_channels_last(backend.asarray(x))))
+    assert gpuconv.is_channels_last(conv_out)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)  # Flatten reads logical (C, H, W) order
