@@ -155,6 +155,15 @@ def pool(run, rng):
         run.close(f"avg_pool {ks} {st} forward", y, P._avg_pool2d_forward_reference(x, ks, st)[0])
         run.close(f"avg_pool {ks} {st} backward", LP.avg_pool2d_backward_kernel(run.dev(dy), c, target=run.target),
                   P._avg_pool2d_backward_reference(dy, c))
+        # channels_last: the same windows over NHWC memory, the same bits
+        Xc, DYc = gpuconv.to_channels_last(X), gpuconv.to_channels_last(run.dev(dy))
+        y, c = LP.max_pool2d_forward_kernel(Xc, ks, st, target=run.target)
+        run.exact(f"max_pool {ks} {st} channels_last forward", y, ry)
+        run.exact(f"max_pool {ks} {st} channels_last backward", LP.max_pool2d_backward_kernel(DYc, c, target=run.target),
+                  P._max_pool2d_backward_reference(dy, rc))
+        y, c = LP.avg_pool2d_forward_kernel(Xc, ks, st, target=run.target)
+        run.close(f"avg_pool {ks} {st} channels_last backward",
+                  LP.avg_pool2d_backward_kernel(DYc, c, target=run.target), P._avg_pool2d_backward_reference(dy, c))
         xa = np.abs(x) + np.float32(0.1)  # positive: a non-integer or odd p of a negative value is NaN
         for norm in (2.0, 3.0):
             y, c = LP.lp_pool2d_forward_kernel(run.dev(xa), norm, ks, st, target=run.target)
@@ -163,6 +172,10 @@ def pool(run, rng):
             run.close(f"lp_pool p={norm} {ks} {st} backward",
                       LP.lp_pool2d_backward_kernel(run.dev(dy), c, target=run.target),
                       LPP._lp_pool2d_backward_reference(dy, rc))
+            y, c = LP.lp_pool2d_forward_kernel(gpuconv.to_channels_last(run.dev(xa)), norm, ks, st, target=run.target)
+            run.close(f"lp_pool p={norm} {ks} {st} channels_last forward", y, ry)
+            run.close(f"lp_pool p={norm} {ks} {st} channels_last backward",
+                      LP.lp_pool2d_backward_kernel(DYc, c, target=run.target), LPP._lp_pool2d_backward_reference(dy, rc))
 
 
 def relu(run, rng):

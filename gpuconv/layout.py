@@ -62,13 +62,20 @@ def like(ref, y):
     return to_channels_last(y)
 
 
+def empty(xp, shape, dtype, channels_last=False):
+    """An uninitialized (N, C, H, W) array of module ``xp`` (numpy or cupy), channels_last or
+    C-contiguous."""
+    if not channels_last:
+        return xp.empty(shape, dtype=dtype)
+    n, c, h, w = shape
+    return xp.empty((n, h, w, c), dtype=dtype).transpose(NCHW)
+
+
 def empty_like(x):
     """An uninitialized array of ``x``'s shape and dtype, in ``x``'s layout."""
-    xp = get_array_module(x)
     if is_channels_last(x):
-        n, c, h, w = x.shape
-        return xp.empty((n, h, w, c), dtype=x.dtype).transpose(NCHW)
-    return xp.empty_like(x)
+        return empty(get_array_module(x), x.shape, x.dtype, True)
+    return get_array_module(x).empty_like(x)
 
 
 def memory_order(x):

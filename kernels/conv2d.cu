@@ -46,7 +46,8 @@
 //                              storage_t); 1-D grid-stride. For a 2-byte storage_t the launcher
 //                              always goes through the workspace, even with one split.
 //   conv2d_backward_bias       db[k] = sum_{n,oh,ow} dy[n,k,oh,ow]; one block of GPUCONV_BLOCK
-//                              threads per k, tree reduction in shared memory (deterministic).
+//                              threads per k, tree reduction in shared memory (deterministic);
+//                              dy NCHW or channels_last (NHWC memory), summed in the same order.
 //
 // GEMM row/column indices are int (the launchers check M, N, L < 2^31 and fall back to v1, whose
 // indices are 64-bit, beyond); element offsets into x, y, dy, dx are index_t (64-bit).
@@ -504,14 +505,18 @@ conv2d_reduce_splits(const acc_t* ws, storage_t* dw, int splits, long long count
 // ------------------------------------------------------------------------------------------
 // Bias gradient: one block per output channel. Launch with exactly GPUCONV_BLOCK threads.
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
-conv2d_backward_bias(const storage_t* dy, storage_t* db, int N, int K, int OHW) {
+conv2d_backward_bias(const storage_t* dy, storage_t* db, int N, int K, int OHW, int channels_last) {
     __shared__ acc_t partial[GPUCONV_BLOCK];
     const int k = blockIdx.x;
     acc_t s = 0;
     const index_t per_channel = (index_t)N * OHW;
     for (index_t e = threadIdx.x; e < per_channel; e += GPUCONV_BLOCK) {
-        index_t n = e / OHW, p = e - n * OHW;
-        s += to_acc(dy[(n * K + k) * OHW + p]);
+        if (channels_last) {  // NHWC memory: pixel e's channels are adjacent
+            s += to_acc(dy[e * K + k]);
+        } else {
+            index_t n = e / OHW, p = e - n * OHW;
+            s += to_acc(dy[(n * K + k) * OHW + p]);
+        }
     }
     partial[threadIdx.x] = s;
     __syncthreads();

@@ -1,8 +1,12 @@
-// pool2d.cu: max and average pooling over NCHW input, each (n, c) plane independently.
+// pool2d.cu: max, average and LP pooling, each (n, c) plane independently, over NCHW or
+// channels_last (NHWC memory) activations (gpuconv.layout): the flag `cl` says which, and x, y, dy,
+// dx and the switches all share it. Each thread owns one element in memory order (NHWC: channels
+// fastest, so neighbouring threads read neighbouring channels, coalesced in either layout); the
+// taps of a window and their order are the same in both layouts, so are the results, bit for bit.
 //
 // Windows are kh x kw with stride sh, sw and zero-or-more padding ph, pw (padded cells never win
-// a max and count in an average's divisor, as PyTorch's count_include_pad=True). The planes are
-// flattened: NC = N*C, plane offset = (n*C + c) * H * W, in 64 bits.
+// a max and count in an average's divisor, as PyTorch's count_include_pad=True). Offsets are
+// 64-bit.
 //
 // Element types (common.cuh): x, y, dy, dx are storage_t; values are read into acc_t, compared
 // or summed there, and each output is rounded once to storage_t. Max pooling only compares and
@@ -41,25 +45,43 @@
 __device__ inline float mul_rn(float a, float b) { return __fmul_rn(a, b); }
 __device__ inline double mul_rn(double a, double b) { return __dmul_rn(a, b); }
 
+// An N x C x H x W activation, NCHW or channels_last: memory index <-> (n, c, h, w).
+struct Act4 {
+    int C, H, W, cl;
+    __device__ index_t at(index_t n, int c, int h, int w) const {
+        return cl ? ((n * H + h) * W + w) * C + c : ((n * C + c) * H + h) * W + w;
+    }
+    __device__ index_t split(index_t i, int* c, int* h, int* w) const {  // returns n
+        if (cl) {
+            *c = (int)(i % C);
+            i /= C;
+            return split_hw(i, H, W, h, w);
+        }
+        const index_t plane = split_hw(i, H, W, h, w);
+        *c = (int)(plane % C);
+        return plane / C;
+    }
+};
+
 // The outputs whose windows cover input row ih: oh*sh - ph <= ih <= oh*sh - ph + kh - 1.
 __device__ inline void covering_range(int i, int k, int s, int p, int O, int* lo, int* hi) {
     *lo = imax(0, ceil_div(i + p - k + 1, s));
     *hi = imin(O - 1, floor_div(i + p, s));
 }
 
-// The sum over the outputs whose windows cover input (ih, iw) of f(output index, tap), the tap
-// being that input's window-local index fh * kw + fw in the output's window. Outputs run from
+// The sum over the outputs whose windows cover input (n, c, ih, iw) of f(output index, tap), the
+// tap being that input's window-local index fh * kw + fw in the output's window. Outputs run from
 // the last to the first, i.e. taps in row-major order: the references' order.
 template <class F>
-__device__ inline acc_t covering_sum(int ih, int iw, index_t obase, int OH, int OW, int kh, int kw, int sh,
+__device__ inline acc_t covering_sum(index_t n, int c, int ih, int iw, const Act4& out, int kh, int kw, int sh,
                                      int sw, int ph, int pw, F f) {
     int oh_lo, oh_hi, ow_lo, ow_hi;
-    covering_range(ih, kh, sh, ph, OH, &oh_lo, &oh_hi);
-    covering_range(iw, kw, sw, pw, OW, &ow_lo, &ow_hi);
+    covering_range(ih, kh, sh, ph, out.H, &oh_lo, &oh_hi);
+    covering_range(iw, kw, sw, pw, out.W, &ow_lo, &ow_hi);
     acc_t s = 0;
     for (int oh = oh_hi; oh >= oh_lo; --oh)
         for (int ow = ow_hi; ow >= ow_lo; --ow)
-            s += f(obase + oh * OW + ow, (ih + ph - oh * sh) * kw + (iw + pw - ow * sw));
+            s += f(out.at(n, c, oh, ow), (ih + ph - oh * sh) * kw + (iw + pw - ow * sw));
     return s;
 }
 
@@ -77,13 +99,13 @@ struct AvgShare {
 };
 
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
-max_pool2d_forward(const storage_t* x, storage_t* y, int* argmax, int NC, int H, int W, int OH, int OW,
-                   int kh, int kw, int sh, int sw, int ph, int pw) {
-    const index_t total = (index_t)NC * OH * OW;
+max_pool2d_forward(const storage_t* x, storage_t* y, int* argmax, int N, int C, int H, int W, int OH, int OW,
+                   int kh, int kw, int sh, int sw, int ph, int pw, int cl) {
+    const index_t total = (index_t)N * C * OH * OW;
+    const Act4 in = {C, H, W, cl}, out = {C, OH, OW, cl};
     for (index_t i = global_thread_index(); i < total; i += global_thread_count()) {
-        int oh, ow;
-        const index_t plane = split_hw(i, OH, OW, &oh, &ow);
-        const storage_t* xp = x + plane * H * W;
+        int c, oh, ow;
+        const index_t n = out.split(i, &c, &oh, &ow);
         acc_t best = 0;
         int best_at = -1;
         for (int fh = 0; fh < kh; ++fh) {
@@ -92,7 +114,7 @@ max_pool2d_forward(const storage_t* x, storage_t* y, int* argmax, int NC, int H,
             for (int fw = 0; fw < kw; ++fw) {
                 int iw = ow * sw - pw + fw;
                 if (iw < 0 || iw >= W) continue;
-                const acc_t v = to_acc(xp[ih * W + iw]);
+                const acc_t v = to_acc(x[in.at(n, c, ih, iw)]);
                 if (best_at < 0) {
                     best = v;
                     best_at = fh * kw + fw;
@@ -109,28 +131,29 @@ max_pool2d_forward(const storage_t* x, storage_t* y, int* argmax, int NC, int H,
 }
 
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
-max_pool2d_backward(const storage_t* dy, const int* argmax, storage_t* dx, int NC, int H, int W,
-                    int OH, int OW, int kh, int kw, int sh, int sw, int ph, int pw) {
-    const index_t total = (index_t)NC * H * W;
+max_pool2d_backward(const storage_t* dy, const int* argmax, storage_t* dx, int N, int C, int H, int W,
+                    int OH, int OW, int kh, int kw, int sh, int sw, int ph, int pw, int cl) {
+    const index_t total = (index_t)N * C * H * W;
+    const Act4 in = {C, H, W, cl}, out = {C, OH, OW, cl};
     for (index_t i = global_thread_index(); i < total; i += global_thread_count()) {
-        int ih, iw;
-        const index_t plane = split_hw(i, H, W, &ih, &iw);
-        dx[i] = from_acc(covering_sum(ih, iw, plane * OH * OW, OH, OW, kh, kw, sh, sw, ph, pw, MaxRoute{dy, argmax}));
+        int c, ih, iw;
+        const index_t n = in.split(i, &c, &ih, &iw);
+        dx[i] = from_acc(covering_sum(n, c, ih, iw, out, kh, kw, sh, sw, ph, pw, MaxRoute{dy, argmax}));
     }
 }
 
 // The sum over output (oh, ow)'s window of f(x) for its in-bounds taps, in row-major tap order
 // (the reference's order: the average's result is bit-identical to it).
 template <class F>
-__device__ inline acc_t window_sum(const storage_t* xp, int oh, int ow, int H, int W, int kh, int kw, int sh, int sw,
-                                   int ph, int pw, F f) {
+__device__ inline acc_t window_sum(const storage_t* x, const Act4& in, index_t n, int c, int oh, int ow, int kh,
+                                   int kw, int sh, int sw, int ph, int pw, F f) {
     acc_t s = 0;
     for (int fh = 0; fh < kh; ++fh) {
         int ih = oh * sh - ph + fh;
-        if (ih < 0 || ih >= H) continue;
+        if (ih < 0 || ih >= in.H) continue;
         for (int fw = 0; fw < kw; ++fw) {
             int iw = ow * sw - pw + fw;
-            if (iw >= 0 && iw < W) s += f(to_acc(xp[ih * W + iw]));
+            if (iw >= 0 && iw < in.W) s += f(to_acc(x[in.at(n, c, ih, iw)]));
         }
     }
     return s;
@@ -172,55 +195,60 @@ struct LpShare {
 };
 
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
-avg_pool2d_forward(const storage_t* x, storage_t* y, int NC, int H, int W, int OH, int OW,
-                   int kh, int kw, int sh, int sw, int ph, int pw) {
-    const index_t total = (index_t)NC * OH * OW;
+avg_pool2d_forward(const storage_t* x, storage_t* y, int N, int C, int H, int W, int OH, int OW,
+                   int kh, int kw, int sh, int sw, int ph, int pw, int cl) {
+    const index_t total = (index_t)N * C * OH * OW;
+    const Act4 in = {C, H, W, cl}, out = {C, OH, OW, cl};
     const acc_t inv = (acc_t)(1.0 / (double)(kh * kw));
     for (index_t i = global_thread_index(); i < total; i += global_thread_count()) {
-        int oh, ow;
-        const index_t plane = split_hw(i, OH, OW, &oh, &ow);
-        const acc_t s = window_sum(x + plane * H * W, oh, ow, H, W, kh, kw, sh, sw, ph, pw, Identity());
+        int c, oh, ow;
+        const index_t n = out.split(i, &c, &oh, &ow);
+        const acc_t s = window_sum(x, in, n, c, oh, ow, kh, kw, sh, sw, ph, pw, Identity());
         y[i] = from_acc(s * inv);
     }
 }
 
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
-avg_pool2d_backward(const storage_t* dy, storage_t* dx, int NC, int H, int W, int OH, int OW,
-                    int kh, int kw, int sh, int sw, int ph, int pw) {
-    const index_t total = (index_t)NC * H * W;
+avg_pool2d_backward(const storage_t* dy, storage_t* dx, int N, int C, int H, int W, int OH, int OW,
+                    int kh, int kw, int sh, int sw, int ph, int pw, int cl) {
+    const index_t total = (index_t)N * C * H * W;
+    const Act4 in = {C, H, W, cl}, out = {C, OH, OW, cl};
     const acc_t inv = (acc_t)(1.0 / (double)(kh * kw));
     for (index_t i = global_thread_index(); i < total; i += global_thread_count()) {
-        int ih, iw;
-        const index_t plane = split_hw(i, H, W, &ih, &iw);
-        dx[i] = from_acc(covering_sum(ih, iw, plane * OH * OW, OH, OW, kh, kw, sh, sw, ph, pw, AvgShare{dy, inv}));
+        int c, ih, iw;
+        const index_t n = in.split(i, &c, &ih, &iw);
+        dx[i] = from_acc(covering_sum(n, c, ih, iw, out, kh, kw, sh, sw, ph, pw, AvgShare{dy, inv}));
     }
 }
 
 
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
-lp_pool2d_forward(const storage_t* x, storage_t* y, double norm, int NC, int H, int W, int OH, int OW,
-                  int kh, int kw, int sh, int sw, int ph, int pw) {
-    const index_t total = (index_t)NC * OH * OW;
+lp_pool2d_forward(const storage_t* x, storage_t* y, double norm, int N, int C, int H, int W, int OH, int OW,
+                  int kh, int kw, int sh, int sw, int ph, int pw, int cl) {
+    const index_t total = (index_t)N * C * OH * OW;
+    const Act4 in = {C, H, W, cl}, out = {C, OH, OW, cl};
     const acc_t p = (acc_t)norm;
     for (index_t i = global_thread_index(); i < total; i += global_thread_count()) {
-        int oh, ow;
-        const index_t plane = split_hw(i, OH, OW, &oh, &ow);
-        const acc_t s = window_sum(x + plane * H * W, oh, ow, H, W, kh, kw, sh, sw, ph, pw, LpPower{p});
+        int c, oh, ow;
+        const index_t n = out.split(i, &c, &oh, &ow);
+        const acc_t s = window_sum(x, in, n, c, oh, ow, kh, kw, sh, sw, ph, pw, LpPower{p});
         y[i] = from_acc(lp_root(s, p));
     }
 }
 
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
 lp_pool2d_backward(const storage_t* dy, const storage_t* x, const storage_t* y, storage_t* dx, double norm,
-                   int NC, int H, int W, int OH, int OW, int kh, int kw, int sh, int sw, int ph, int pw) {
-    const index_t total = (index_t)NC * H * W;
+                   int N, int C, int H, int W, int OH, int OW, int kh, int kw, int sh, int sw, int ph, int pw,
+                   int cl) {
+    const index_t total = (index_t)N * C * H * W;
+    const Act4 in = {C, H, W, cl}, out = {C, OH, OW, cl};
     const acc_t p = (acc_t)norm;
     for (index_t i = global_thread_index(); i < total; i += global_thread_count()) {
-        int ih, iw;
-        const index_t plane = split_hw(i, H, W, &ih, &iw);
+        int c, ih, iw;
+        const index_t n = in.split(i, &c, &ih, &iw);
         const acc_t xv = to_acc(x[i]);
         const acc_t xpow = p == (acc_t)2 ? xv : p == (acc_t)1 ? (acc_t)1 : pow(xv, p - (acc_t)1);
-        const acc_t s = covering_sum(ih, iw, plane * OH * OW, OH, OW, kh, kw, sh, sw, ph, pw, LpShare{dy, y, p});
+        const acc_t s = covering_sum(n, c, ih, iw, out, kh, kw, sh, sw, ph, pw, LpShare{dy, y, p});
         dx[i] = from_acc(s * xpow);
     }
 }

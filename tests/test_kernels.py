@@ -359,32 +359,41 @@ def _padded_pool_reference(x, ks, st_, pad):
     return win(xm).max(-1), win(xm).argmax(-1), win(xa).mean(-1), taps, (oh, ow)
 
 
-def test_pool_kernels_with_padding():
-    """The kernels take a padding (the ops pass 0): padded cells never win a max, count in an average."""
+@pytest.mark.parametrize("cl", [0, 1], ids=["nchw", "nhwc"])
+def test_pool_kernels_with_padding(cl):
+    """The kernels take a padding (the ops pass 0): padded cells never win a max, count in an
+    average; in either memory layout (cl: channels_last), with the same results."""
     rng = np.random.default_rng(15)
     x = rng.standard_normal((2, 2, 5, 6))
     ks, st_, pad = (3, 2), (2, 2), (1, 1)
     ymax, amax, yavg, taps, (oh, ow) = _padded_pool_reference(x, ks, st_, pad)
-    dims = tuple(np.int32(v) for v in (4, 5, 6, oh, ow, *ks, *st_, *pad))
-    y, arg, ya = np.empty((2, 2, oh, ow)), np.empty((2, 2, oh, ow), np.int32), np.empty((2, 2, oh, ow))
+    dims = tuple(np.int32(v) for v in (2, 2, 5, 6, oh, ow, *ks, *st_, *pad, cl))
+
+    def memory(a):  # what the kernel indexes: NHWC memory for cl
+        return np.ascontiguousarray(a.transpose(0, 2, 3, 1)) if cl else a
+
+    def logical(a):
+        return a.transpose(0, 3, 1, 2) if cl else a
+
+    y, arg, ya = (memory(np.empty((2, 2, oh, ow), t)) for t in (np.float64, np.int32, np.float64))
     grid, block = kernels.grid_1d(y.size)
-    kernels.launch("pool2d", "max_pool2d_forward", np.float64, "sim", grid, block, (x, y, arg) + dims)
-    kernels.launch("pool2d", "avg_pool2d_forward", np.float64, "sim", grid, block, (x, ya) + dims)
-    np.testing.assert_array_equal(y, ymax)
-    np.testing.assert_array_equal(arg, amax)
-    np.testing.assert_allclose(ya, yavg, rtol=1e-14)
-    dy = rng.standard_normal(y.shape)
+    kernels.launch("pool2d", "max_pool2d_forward", np.float64, "sim", grid, block, (memory(x), y, arg) + dims)
+    kernels.launch("pool2d", "avg_pool2d_forward", np.float64, "sim", grid, block, (memory(x), ya) + dims)
+    np.testing.assert_array_equal(logical(y), ymax)
+    np.testing.assert_array_equal(logical(arg), amax)
+    np.testing.assert_allclose(logical(ya), yavg, rtol=1e-14)
+    dy = rng.standard_normal(ymax.shape)
     dmax, davg = np.zeros((2, 2, 7, 8)), np.zeros((2, 2, 7, 8))  # gradients on the padded grid, then cropped
     for t, (i, j) in enumerate(taps):
         sl = (slice(None), slice(None), slice(i, i + 2 * oh, 2), slice(j, j + 2 * ow, 2))
         dmax[sl] += np.where(amax == t, dy, 0)
         davg[sl] += dy / 6
-    dx, dxa = np.empty_like(x), np.empty_like(x)
+    dx, dxa = memory(np.empty_like(x)), memory(np.empty_like(x))
     grid, block = kernels.grid_1d(x.size)
-    kernels.launch("pool2d", "max_pool2d_backward", np.float64, "sim", grid, block, (dy, arg, dx) + dims)
-    kernels.launch("pool2d", "avg_pool2d_backward", np.float64, "sim", grid, block, (dy, dxa) + dims)
-    np.testing.assert_allclose(dx, dmax[:, :, 1:-1, 1:-1], rtol=1e-14)
-    np.testing.assert_allclose(dxa, davg[:, :, 1:-1, 1:-1], rtol=1e-14, atol=1e-15)
+    kernels.launch("pool2d", "max_pool2d_backward", np.float64, "sim", grid, block, (memory(dy), arg, dx) + dims)
+    kernels.launch("pool2d", "avg_pool2d_backward", np.float64, "sim", grid, block, (memory(dy), dxa) + dims)
+    np.testing.assert_allclose(logical(dx), dmax[:, :, 1:-1, 1:-1], rtol=1e-14)
+    np.testing.assert_allclose(logical(dxa), davg[:, :, 1:-1, 1:-1], rtol=1e-14, atol=1e-15)
 
 
 # ----------------------------------------------------------------------------- ReLU

@@ -33,9 +33,9 @@ def test_to_channels_last_is_a_layout_not_a_new_shape():
         gpuconv.to_channels_last(np.zeros((3, 4, 5), np.float32))
 
 
-def _network_step(x, w, gamma, beta):
+def _network_step(x, w, bias, gamma, beta):
     """conv -> batchnorm -> ReLU -> max pool -> average pool -> dropout, and back."""
-    y, c1 = conv2d_forward(x, w, None, 1, 1)
+    y, c1 = conv2d_forward(x, w, bias, 1, 1)
     b, c2 = batchnorm2d_forward(y, gamma, beta, None, None)
     r, c3 = relu_forward(b)
     m, c4 = max_pool2d_forward(r, 2)
@@ -45,8 +45,8 @@ def _network_step(x, w, gamma, beta):
     g = avg_pool2d_backward(dropout_backward(g, c6), c5)
     g = relu_backward(max_pool2d_backward(g, c4), c3)
     g, dgamma, _ = batchnorm2d_backward(g, c2)
-    dx, dw, _ = conv2d_backward(g, c1)
-    return [y, b, r, m, a, d, dx], [dw, dgamma]
+    dx, dw, db = conv2d_backward(g, c1)
+    return [y, b, r, m, a, d, dx], [dw, db, dgamma]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, BF16], ids=["f32", "bf16"])
@@ -54,12 +54,12 @@ def test_every_op_keeps_channels_last_and_its_values(backend, dtype):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 8, 6, 6)).astype(dtype)
     w = rng.standard_normal((16, 8, 3, 3)).astype(dtype)
+    bias = rng.standard_normal(16).astype(dtype)
     gamma, beta = np.ones(16, np.float32), np.zeros(16, np.float32)
+    params = [backend.asarray(a) for a in (w, bias, gamma, beta)]
     with gpuconv.default_device(backend.device):
-        acts_nchw, grads_nchw = _network_step(backend.asarray(x), backend.asarray(w), backend.asarray(gamma),
-                                              backend.asarray(beta))
-        acts, grads = _network_step(gpuconv.to_channels_last(backend.asarray(x)), backend.asarray(w),
-                                    backend.asarray(gamma), backend.asarray(beta))
+        acts_nchw, grads_nchw = _network_step(backend.asarray(x), *params)
+        acts, grads = _network_step(gpuconv.to_channels_last(backend.asarray(x)), *params)
     for i, (a, b) in enumerate(zip(acts, acts_nchw)):
         assert gpuconv.is_channels_last(a), f"activation {i} lost the layout"
         assert not gpuconv.is_channels_last(b) and b.flags.c_contiguous, f"activation {i} changed an NCHW layout"

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import kernels
+from .. import kernels, layout
 from ..backend import get_array_module
 from ..precision import compute_dtype
 from ._checks import output_hw
@@ -190,12 +190,14 @@ def conv2d_backward_weight_kernel(dy, x, w_shape, stride, padding, tf32=False, *
 def conv2d_backward_bias_kernel(dy, *, target):
     """db[k] = sum of dy over n, oh, ow: one block per channel."""
     xp = get_array_module(dy)
-    dy = xp.ascontiguousarray(dy)
-    n, k, oh, ow = dy.shape
+    cl = layout.is_channels_last(dy)
+    dy = layout.memory_order(dy) if cl else xp.ascontiguousarray(dy)
+    n, k, oh, ow = (dy.shape[0], dy.shape[3], dy.shape[1], dy.shape[2]) if cl else dy.shape
     db = xp.empty((k,), dtype=dy.dtype)
     if dy.size:
         grid, block = geometry("conv2d_backward_bias", target, cols=k)
-        kernels.launch("conv2d", "conv2d_backward_bias", dy.dtype, target, grid, block, (dy, db) + _i32(n, k, oh * ow))
+        kernels.launch("conv2d", "conv2d_backward_bias", dy.dtype, target, grid, block,
+                       (dy, db) + _i32(n, k, oh * ow, cl))
     else:
         db[...] = 0
     return db

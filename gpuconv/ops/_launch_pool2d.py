@@ -4,12 +4,15 @@ Same arguments, results and caches as the NumPy references in ``pool2d.py``: the
 switches are int32 window-local taps ``fh * KW + fw`` of the output's shape, so a forward on
 one path and a backward on the other agree. Pooling here has no padding (the ops take none);
 the kernels accept one, passed as 0.
+
+Layouts: channels_last inputs (gpuconv.layout) are pooled as they lie, and the outputs, the
+switches and the gradients come back channels_last; anything else is made C-contiguous (NCHW).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .. import kernels
+from .. import kernels, layout
 from ..backend import get_array_module
 from ._checks import output_hw
 from ._dispatch import register_launcher
@@ -17,79 +20,86 @@ from .lp_pool2d import LPPool2dCache
 from .pool2d import AvgPool2dCache, MaxPool2dCache
 
 
+def _inputs(*arrays):
+    """(arrays in one layout, channels_last?): channels_last when every one of them is."""
+    if all(layout.is_channels_last(a) for a in arrays):
+        return arrays, True
+    xp = get_array_module(*arrays)
+    return tuple(xp.ascontiguousarray(a) for a in arrays), False
+
+
 def _dims(x_shape, kernel_size, stride):
     n, c, h, w = x_shape
     oh, ow = output_hw(x_shape, kernel_size, stride)
-    return (n, c, oh, ow), tuple(np.int32(v) for v in (n * c, h, w, oh, ow, *kernel_size, *stride, 0, 0))
+    dims = tuple(np.int32(v) for v in (n, c, h, w, oh, ow, *kernel_size, *stride, 0, 0))
+    return (n, c, oh, ow), dims
 
 
-def _run(kernel, elements, target, args):
+def _run(kernel, elements, target, arrays, dims, channels_last, scalars=()):
     """One thread per element (outputs forward, inputs backward), grid-stride beyond the cap;
-    ``args[0]`` (x or dy) gives the dtype and the device."""
+    ``arrays[0]`` (x or dy) gives the dtype and the device. Arrays go as their memory."""
     if elements:
-        device = kernels.array_device(args[:1])
+        device = kernels.array_device(arrays[:1])
         grid, block = kernels.grid_1d(elements, kernels.BLOCK, target, device)
-        kernels.launch("pool2d", kernel, args[0].dtype, target, grid, block, args, device=device)
+        args = tuple(layout.memory_order(a) for a in arrays) + tuple(scalars) + dims + (np.int32(channels_last),)
+        kernels.launch("pool2d", kernel, arrays[0].dtype, target, grid, block, args, device=device)
 
 
 @register_launcher("max_pool2d_forward")
 def max_pool2d_forward_kernel(x, kernel_size, stride, *, target):
     xp = get_array_module(x)
-    x = xp.ascontiguousarray(x)
+    (x,), cl = _inputs(x)
     out_shape, dims = _dims(x.shape, kernel_size, stride)
-    y = xp.empty(out_shape, dtype=x.dtype)
-    argmax = xp.empty(out_shape, dtype=np.int32)
-    _run("max_pool2d_forward", y.size, target, (x, y, argmax) + dims)
+    y, argmax = layout.empty(xp, out_shape, x.dtype, cl), layout.empty(xp, out_shape, np.int32, cl)
+    _run("max_pool2d_forward", y.size, target, (x, y, argmax), dims, cl)
     return y, MaxPool2dCache(tuple(x.shape), kernel_size, stride, argmax)
 
 
 @register_launcher("max_pool2d_backward")
 def max_pool2d_backward_kernel(dy, cache, *, target):
     xp = get_array_module(dy, cache.argmax)
-    dy = xp.ascontiguousarray(dy)
-    argmax = xp.ascontiguousarray(cache.argmax, dtype=np.int32)
+    (dy, argmax), cl = _inputs(dy, cache.argmax.astype(np.int32, copy=False))
     _, dims = _dims(cache.x_shape, cache.kernel_size, cache.stride)
-    dx = xp.empty(cache.x_shape, dtype=dy.dtype)
-    _run("max_pool2d_backward", dx.size, target, (dy, argmax, dx) + dims)
+    dx = layout.empty(xp, cache.x_shape, dy.dtype, cl)
+    _run("max_pool2d_backward", dx.size, target, (dy, argmax, dx), dims, cl)
     return dx
 
 
 @register_launcher("avg_pool2d_forward")
 def avg_pool2d_forward_kernel(x, kernel_size, stride, *, target):
     xp = get_array_module(x)
-    x = xp.ascontiguousarray(x)
+    (x,), cl = _inputs(x)
     out_shape, dims = _dims(x.shape, kernel_size, stride)
-    y = xp.empty(out_shape, dtype=x.dtype)
-    _run("avg_pool2d_forward", y.size, target, (x, y) + dims)
+    y = layout.empty(xp, out_shape, x.dtype, cl)
+    _run("avg_pool2d_forward", y.size, target, (x, y), dims, cl)
     return y, AvgPool2dCache(tuple(x.shape), kernel_size, stride)
 
 
 @register_launcher("avg_pool2d_backward")
 def avg_pool2d_backward_kernel(dy, cache, *, target):
     xp = get_array_module(dy)
-    dy = xp.ascontiguousarray(dy)
+    (dy,), cl = _inputs(dy)
     _, dims = _dims(cache.x_shape, cache.kernel_size, cache.stride)
-    dx = xp.empty(cache.x_shape, dtype=dy.dtype)
-    _run("avg_pool2d_backward", dx.size, target, (dy, dx) + dims)
+    dx = layout.empty(xp, cache.x_shape, dy.dtype, cl)
+    _run("avg_pool2d_backward", dx.size, target, (dy, dx), dims, cl)
     return dx
 
 
 @register_launcher("lp_pool2d_forward")
 def lp_pool2d_forward_kernel(x, norm_type, kernel_size, stride, *, target):
     xp = get_array_module(x)
-    x = xp.ascontiguousarray(x)
+    (x,), cl = _inputs(x)
     out_shape, dims = _dims(x.shape, kernel_size, stride)
-    y = xp.empty(out_shape, dtype=x.dtype)
-    _run("lp_pool2d_forward", y.size, target, (x, y, np.float64(norm_type)) + dims)
+    y = layout.empty(xp, out_shape, x.dtype, cl)
+    _run("lp_pool2d_forward", y.size, target, (x, y), dims, cl, (np.float64(norm_type),))
     return y, LPPool2dCache(x, y, kernel_size, stride, norm_type)
 
 
 @register_launcher("lp_pool2d_backward")
 def lp_pool2d_backward_kernel(dy, cache, *, target):
     xp = get_array_module(dy, cache.x)
-    dy, x, y = (xp.ascontiguousarray(a) for a in (dy, cache.x, cache.y))
+    (dy, x, y), cl = _inputs(dy, cache.x, cache.y)
     _, dims = _dims(x.shape, cache.kernel_size, cache.stride)
-    dx = xp.empty(x.shape, dtype=dy.dtype)
-    _run("lp_pool2d_backward", dx.size, target, (dy, x, y, dx, np.float64(cache.norm_type)) + dims)
+    dx = layout.empty(xp, x.shape, dy.dtype, cl)
+    _run("lp_pool2d_backward", dx.size, target, (dy, x, y, dx), dims, cl, (np.float64(cache.norm_type),))
     return dx
-
