@@ -143,6 +143,8 @@ def run_gpuconv(factory, x, y, args, precision="fp32"):
     """Warm-up + timed steps on fresh weights; the residency checks along the way."""
     model = factory()
     xd, yd = common.to_dev(x, args), common.to_dev(y, args)
+    if amp.channels_last_for(precision):  # as the trainer's loader delivers batches in this precision
+        xd = gpuconv.to_channels_last(xd)
     step = functools.partial(make_step(model, SGD(model.parameters(), **HYPER), precision), xd, yd)
     total = args.warmup + args.repeat
     B.transfers.reset()

@@ -225,8 +225,12 @@ def augment(run, rng):
             got = augment_batch_kernel(run.dev(images), run.dev(idx), None if a is None else run.dev(a),
                                        None if b is None else run.dev(b), run.dev(flip), run.dev(mean),
                                        run.dev(std), p, np.float32, target=run.target)
-            run.exact(f"augment_batch {shape} pad {p} crop={crop}", got,
-                      normalize(crop_flip(images[idx], a, b, flip, p), mean, std))
+            want = normalize(crop_flip(images[idx], a, b, flip, p), mean, std)
+            run.exact(f"augment_batch {shape} pad {p} crop={crop}", got, want)
+            got = augment_batch_kernel(run.dev(images), run.dev(idx), None if a is None else run.dev(a),
+                                       None if b is None else run.dev(b), run.dev(flip), run.dev(mean),
+                                       run.dev(std), p, np.float32, target=run.target, channels_last=True)
+            run.exact(f"augment_batch {shape} pad {p} crop={crop} channels_last", got, want)
     # An index outside [0, N) cannot be checked without a device-to-host copy: the kernel writes NaN.
     bad = augment_batch_kernel(run.dev(images), run.dev(np.array([9, -4])), None, None, None, run.dev(mean),
                                run.dev(std), 0, np.float32, target=run.target)

@@ -31,6 +31,14 @@ from . import backend
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 
 
+def channels_last_for(precision: str) -> bool:
+    """Whether activations should be channels_last (gpuconv.layout) in ``precision``: yes where the
+    convolutions run on tensor cores (tf32, bf16, fp16), whose kernels read NHWC memory and would
+    otherwise convert every NCHW input and output; no in strict fp32 (CUDA-core kernels, NCHW).
+    The trainer's loaders and the benchmarks follow it; the values are the same either way."""
+    return check_precision(precision) != "fp32"
+
+
 def compute_dtype(precision: str):
     """The dtype forward and backward compute in for ``precision`` (float32 for fp32/tf32)."""
     check_precision(precision)

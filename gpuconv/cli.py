@@ -345,7 +345,7 @@ def cmd_train(args) -> int:
 
 
 def _train(args) -> int:
-    from . import backend
+    from . import amp, backend
     from .checkpoint import CHECKPOINT_NAME
     from .data import DeviceLoader
     from .optim import SGD
@@ -387,10 +387,11 @@ def _train(args) -> int:
         config["train_args"] = s
         config["classes"] = list(cifar.classes)
         config["preprocess"] = {"mean": list(CIFAR10_MEAN), "std": list(CIFAR10_STD)}  # what the loaders apply
+        nhwc = amp.channels_last_for(s["precision"])  # the layout the tensor-core convolutions read
         train_loader = DeviceLoader(train.images, train.labels, s["batch_size"], shuffle=True,
-                                    augment=s["augment"], seed=s["seed"], device=device)
-        val_loader = (DeviceLoader(val.images, val.labels, 500, shuffle=False, augment=False, device=device)
-                      if val is not None else None)
+                                    augment=s["augment"], seed=s["seed"], device=device, channels_last=nhwc)
+        val_loader = (DeviceLoader(val.images, val.labels, 500, shuffle=False, augment=False, device=device,
+                                   channels_last=nhwc) if val is not None else None)
         opt = SGD(model.parameters(), lr=s["lr"], momentum=s["momentum"], nesterov=s["momentum"] > 0,
                   weight_decay=s["weight_decay"])
         sched = _schedule(s["schedule"], opt, s["lr"], s["epochs"] * len(train_loader))
@@ -418,7 +419,7 @@ def _train(args) -> int:
 
 # ----------------------------------------------------------------------------- evaluate
 def cmd_evaluate(args) -> int:
-    from . import backend
+    from . import amp, backend
     from .checkpoint import load_checkpoint, read_config, section
     from .data import DeviceLoader
     from .trainer import evaluate
@@ -453,8 +454,9 @@ def cmd_evaluate(args) -> int:
                  f"(--val-split {spec}): evaluating on {split_desc}, which it TRAINED on. This is not a held-out "
                  "score; evaluate on a directory with test_batch for one")
     with backend.default_device(device):
-        loader = DeviceLoader(images, labels, args.batch_size, shuffle=False, augment=False, device=device)
         precision = args.precision or config.get("train_args", {}).get("precision", "fp32")
+        loader = DeviceLoader(images, labels, args.batch_size, shuffle=False, augment=False, device=device,
+                              channels_last=amp.channels_last_for(precision))
         result = evaluate(model, loader, tta=args.tta, precision=precision)
     classes = config.get("classes") or list(cifar.classes)
     per_class = {c: (None if math.isnan(a) else a) for c, a in zip(classes, result["per_class"])}

@@ -41,11 +41,13 @@ class TrainedModel:
         from . import amp
         images = as_nchw(images)
         with backend.default_device(self.device):
+            precision = precision or self.precision
             loader = DeviceLoader(images, np.zeros(len(images), np.int64), batch_size, shuffle=False, augment=False,
-                                  mean=self.mean, std=self.std, device=self.device)
+                                  mean=self.mean, std=self.std, device=self.device,
+                                  channels_last=amp.channels_last_for(precision))
             out = []
             for x, _ in loader:
-                with amp.autocast(self.net, precision or self.precision) as dt:
+                with amp.autocast(self.net, precision) as dt:
                     out.append(self.net(x if x.dtype == dt else x.astype(dt)).astype(np.float32))
             xp = backend.get_array_module(out[0])
             return backend.asnumpy(xp.concatenate(out))

@@ -51,14 +51,14 @@ same text with g++ (cached by source hash in ``$GPUCONV_SIM_CACHE``) and runs it
 
 Variants. Each kernel family keeps its first simple version beside the tuned one
 (``conv2d_forward_v1`` / ``_v2``; ``_v3``, a 128x128-tile candidate for the three conv2d
-directions, is selectable but not yet the default). Variants are chosen per (family, dtype):
-:data:`VARIANTS` gives each family its variants and its defaults by dtype name, ``"*"`` for
-every dtype without its own (so a tensor-core variant can become the bfloat16 default while
-v2 stays the float32 one). The launchers run :func:`variant` of each family for their dtype:
+directions, is selectable but not yet the default; ``_tc``, the tensor-core convolutions of
+kernels/conv2d_tc.cu, the default for bfloat16, float16 and TF32). Variants are chosen per
+(family, dtype): :data:`VARIANTS` gives each family its variants and its defaults by dtype name
+(``"tf32"`` for float32 in TF32 mode), ``"*"`` for every dtype without its own. The launchers run :func:`variant` of each family for their dtype:
 the default on every target (the simulator runs the production path), overridden by
 :func:`set_variant`, the :func:`use_variant` context manager, or the environment variable
 ``GPUCONV_KERNEL_VARIANTS="conv2d_forward=v1,relu_forward[bfloat16]=v1"`` (read at import; a
-``[dtype]`` suffix limits an item to that dtype). A dtype-specific choice beats a general one
+``[dtype]`` suffix limits an item to that dtype, ``[tf32]`` to float32 in TF32 mode). A dtype-specific choice beats a general one
 at the same level, and every explicit choice beats the defaults.
 
 Simulator schedule. :func:`sim_schedule` (a context manager) makes simulator launches run the
@@ -718,7 +718,7 @@ def contiguous_like(*arrays, outputs: int = 1, keep_channels_last: bool = False)
     are channels_last too (an elementwise kernel walks memory, whatever its order; see
     :func:`launch_1d`)."""
     xp = backend.get_array_module(*arrays)
-    if keep_channels_last and all(layout.is_channels_last(a) for a in arrays):
+    if keep_channels_last and layout.run_channels_last(*arrays):
         return arrays + tuple(layout.empty_like(arrays[0]) for _ in range(outputs))
     arrays = tuple(xp.ascontiguousarray(a) for a in arrays)
     return arrays + tuple(xp.empty_like(arrays[0]) for _ in range(outputs))

@@ -31,7 +31,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import ops
+from . import layout, ops
 from .backend import (Device, copy_like, device_of, get_default_device, host_copy, is_cupy_array,
                       to_device)
 
@@ -559,16 +559,19 @@ class ReLU(Layer):
 
 
 class Flatten(Layer):
-    """(N, C, H, W) -> (N, C*H*W); a view, no copy."""
+    """(N, C, H, W) -> (N, C*H*W) in (C, H, W) order; a view, no copy, of an NCHW array (a
+    channels_last one is gathered into that order). The gradient comes back in the input's layout."""
 
     def forward(self, x):
         if x.ndim < 1:
             raise ValueError("Flatten: x must have a batch axis (N, ...), got a 0-d array")
-        self._keep(x.shape)
+        self._keep((x.shape, layout.is_channels_last(x)))
         return x.reshape(x.shape[0], int(np.prod(x.shape[1:])))  # -1 fails for N = 0
 
     def backward(self, dy, need_dx=True):
-        return dy.reshape(self._take_cache())
+        shape, channels_last = self._take_cache()
+        dx = dy.reshape(shape)
+        return layout.to_channels_last(dx) if channels_last else dx
 
 
 class Scale(Layer):

@@ -34,10 +34,22 @@ def is_channels_last(x) -> bool:
     return bool(x.transpose(NHWC).flags.c_contiguous) and not bool(x.flags.c_contiguous)
 
 
+def nhwc_memory(x) -> bool:
+    """Whether the 4-D ``x``'s memory is in NHWC order: channels_last, or a shape whose two
+    layouts are the same memory (one channel, or 1x1 images)."""
+    return getattr(x, "ndim", None) == 4 and bool(x.transpose(NHWC).flags.c_contiguous)
+
+
+def run_channels_last(*arrays) -> bool:
+    """Whether a kernel reading ``arrays`` together should read them as NHWC memory: every one of
+    them is in NHWC order and at least one is channels_last (not merely ambiguous)."""
+    return all(nhwc_memory(a) for a in arrays) and any(is_channels_last(a) for a in arrays)
+
+
 def to_channels_last(x):
     """``x`` with NHWC memory (logically NCHW still); ``x`` itself when it already is."""
     _check(x, "to_channels_last")
-    if is_channels_last(x):
+    if nhwc_memory(x):
         return x
     xp = get_array_module(x)
     return xp.ascontiguousarray(x.transpose(NHWC)).transpose(NCHW)
@@ -57,7 +69,7 @@ def nhwc(x):
 
 def like(ref, y):
     """``y`` (4-D) in the layout of ``ref``: channels_last when ``ref`` is, else as it is."""
-    if y is None or getattr(y, "ndim", None) != 4 or not is_channels_last(ref) or is_channels_last(y):
+    if y is None or getattr(y, "ndim", None) != 4 or not is_channels_last(ref) or nhwc_memory(y):
         return y
     return to_channels_last(y)
 
@@ -81,4 +93,6 @@ def empty_like(x):
 def memory_order(x):
     """A C-contiguous view over ``x``'s memory: the NHWC view of a channels_last array, ``x``
     itself otherwise (what a kernel that walks flat memory is given)."""
-    return x.transpose(NHWC) if is_channels_last(x) else x
+    if getattr(x, "ndim", None) == 4 and not x.flags.c_contiguous and nhwc_memory(x):
+        return x.transpose(NHWC)
+    return x

@@ -20,7 +20,9 @@
 //                   in [0, 2 * pad] read only when crop != 0; flip (B,) bool read only when
 //                   do_flip != 0 (the launcher passes placeholders otherwise). An index outside
 //                   [0, N) writes NaN for that image rather than reading out of bounds: the
-//                   launcher cannot check indices without a device-to-host copy.
+//                   launcher cannot check indices without a device-to-host copy. channels_last:
+//                   out is written in NHWC memory order (gpuconv.layout), the layout the
+//                   tensor-core convolutions read, with the same values.
 
 __device__ inline acc_t augment_nan() {
     // A quiet NaN from its bit pattern (no math header, and no 0/0 for UBSan to flag).
@@ -32,7 +34,8 @@ __device__ inline acc_t augment_nan() {
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
 augment_batch(const unsigned char* images, const long long* index, const long long* offset_y,
               const long long* offset_x, const bool* flip, const acc_t* mean, const acc_t* std,
-              storage_t* out, long long N, int B, int C, int H, int W, int pad, int crop, int do_flip) {
+              storage_t* out, long long N, int B, int C, int H, int W, int pad, int crop, int do_flip,
+              int channels_last) {
     const int chw = C * H * W;  // one image: the launcher keeps it below 2^31
     const index_t total = (index_t)B * chw;
     for (index_t t = global_thread_index(); t < total; t += global_thread_count()) {
@@ -40,10 +43,18 @@ augment_batch(const unsigned char* images, const long long* index, const long lo
         // emulated sequence on the GPU; 32-bit is a few instructions).
         const int b = (int)(t / chw);
         int q = (int)(t - (index_t)b * chw);
-        const int j = q % W;
-        q /= W;
-        const int i = q % H;
-        const int c = q / H;
+        int i, j, c;
+        if (channels_last) {  // t runs over (b, i, j, c)
+            c = q % C;
+            q /= C;
+            j = q % W;
+            i = q / W;
+        } else {  // (b, c, i, j)
+            j = q % W;
+            q /= W;
+            i = q % H;
+            c = q / H;
+        }
         const long long src = index[b];
         if (src < 0 || src >= N) {
             out[t] = from_acc(augment_nan());

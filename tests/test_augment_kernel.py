@@ -185,3 +185,21 @@ def test_cuda_loader_fused_matches_array_path_and_numpy(dtype, shuffle, augment)
         crop = (oy[sl], ox[sl], flip[sl]) if augment else (None, None, None)
         want = normalize(crop_flip(x[order[sl]], *crop, padding=4), dtype=dtype)
         np.testing.assert_array_equal(xa, want)  # the GPU's IEEE division rounds as NumPy's
+
+
+@pytest.mark.parametrize("dtype", [np.float32, ml_dtypes.bfloat16], ids=["f32", "bf16"])
+def test_channels_last_batches_hold_the_same_values(launches, dtype):
+    """channels_last: the fused kernel writes NHWC memory directly (no transposing copy after it),
+    the array path converts; both give the NCHW path's values, bit for bit."""
+    x = np.random.default_rng(6).integers(0, 256, (23, 3, 8, 8), dtype=np.uint8)
+    kw = dict(batch_size=10, shuffle=True, augment=True, seed=2, padding=3, dtype=dtype)
+    with gpuconv.default_device("sim"):
+        plain = [a.copy() for a, _ in DeviceLoader(x, np.arange(23), **kw)]
+        launches.clear()
+        fused = [a for a, _ in DeviceLoader(x, np.arange(23), channels_last=True, **kw)]
+        assert launches.names == ["augment_batch"] * 3  # nothing else: the kernel wrote NHWC itself
+        array = [a for a, _ in DeviceLoader(x, np.arange(23), channels_last=True, fused=False, **kw)]
+    for got in (fused, array):
+        for a, b in zip(got, plain, strict=True):
+            assert gpuconv.is_channels_last(a) and a.shape == b.shape
+            assert np.ascontiguousarray(a).tobytes() == b.tobytes()

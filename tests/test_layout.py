@@ -86,3 +86,39 @@ def test_layers_keep_the_layout(backend):
         got = backend.asnumpy(net(gpuconv.to_channels_last(backend.asarray(x))))
     assert gpuconv.is_channels_last(conv_out)
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)  # Flatten reads logical (C, H, W) order
+
+
+def test_a_channels_last_training_step_converts_nothing(monkeypatch, launches):
+    """fast_net's bf16 training step on the simulator, fed channels_last: every activation and
+    gradient stays NHWC from the first layer to the last and back (no layout conversion anywhere;
+    the 1x1 head, whose two layouts are the same memory, needs none), on the tensor-core
+    convolutions."""
+    from gpuconv import amp, models
+    from gpuconv.optim import SGD
+    conversions = []
+    real_last, real_nhwc = layout.to_channels_last, layout.nhwc
+
+    def to_last(x):
+        if not layout.is_channels_last(x):
+            conversions.append(("to_channels_last", tuple(x.shape)))
+        return real_last(x)
+
+    def nhwc(x):
+        if not layout.is_channels_last(x):
+            conversions.append(("nhwc", tuple(x.shape)))
+        return real_nhwc(x)
+
+    rng = np.random.default_rng(2)
+    x = gpuconv.to_channels_last(rng.standard_normal((2, 3, 32, 32)).astype(np.float32))
+    y = rng.integers(0, 10, 2)
+    with gpuconv.default_device("sim"):
+        model = models.fast_net(width=8, seed=1)
+        opt = SGD(model.parameters(), lr=0.01)
+        monkeypatch.setattr(layout, "to_channels_last", to_last)
+        monkeypatch.setattr(layout, "nhwc", nhwc)
+        loss, _ = amp.training_step(model, opt, x, y, "bf16")
+    assert np.isfinite(float(loss))
+    assert conversions == [], conversions
+    names = launches.names
+    assert {"conv2d_forward_tc", "conv2d_backward_data_tc", "conv2d_backward_weight_tc"} <= set(names)
+    assert not any(n.startswith("conv2d_forward_v") for n in names)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import kernels
+from .. import kernels, layout
 from ..backend import get_array_module
 from ..precision import compute_dtype
 
@@ -21,14 +21,16 @@ def _vector(xp, name, v, dtype, b):
     return xp.ascontiguousarray(v.reshape(b), dtype=dtype)
 
 
-def augment_batch_kernel(images, index, offsets_y, offsets_x, flip, mean, std, padding, dtype, *, target):
+def augment_batch_kernel(images, index, offsets_y, offsets_x, flip, mean, std, padding, dtype, *, target,
+                         channels_last=False):
     """``normalize(crop_flip(images[index], offsets_y, offsets_x, flip, padding), mean, std, dtype)``
     as one kernel launch on ``target``.
 
     ``images`` uint8 (N, C, H, W) C-contiguous; ``index`` integers (B,); ``offsets_y`` and
     ``offsets_x`` integers (B,) in [0, 2 * padding] or both None (no crop); ``flip`` bools (B,)
     or None; ``mean``/``std`` (C,) arrays on the images' device, taken in ``dtype``'s compute dtype
-    (float32 for a bfloat16/float16 batch: normalized in float32, rounded once)."""
+    (float32 for a bfloat16/float16 batch: normalized in float32, rounded once). The batch is
+    (B, C, H, W), in channels_last memory (gpuconv.layout) when ``channels_last``."""
     xp = get_array_module(images, index, mean, std)
     if images.dtype != np.uint8 or images.ndim != 4:
         raise TypeError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
@@ -54,11 +56,11 @@ def augment_batch_kernel(images, index, offsets_y, offsets_x, flip, mean, std, p
     std = xp.ascontiguousarray(std.reshape(-1), dtype=compute_dtype(dtype))
     if mean.shape != (c,) or std.shape != (c,):
         raise ValueError(f"mean and std need one value per channel ({c}), got {mean.shape[0]} and {std.shape[0]}")
-    out = xp.empty((b, c, h, w), dtype=dtype)
+    out = layout.empty(xp, (b, c, h, w), dtype, bool(channels_last))
     if out.size:
         device = kernels.array_device([images])
         grid, block = kernels.grid_1d(out.size, kernels.BLOCK, target, device)
-        args = (images, index, oy, ox, fl, mean, std, out, np.int64(n),
-                *(np.int32(v) for v in (b, c, h, w, padding if crop else 0, crop, do_flip)))
+        args = (images, index, oy, ox, fl, mean, std, layout.memory_order(out), np.int64(n),
+                *(np.int32(v) for v in (b, c, h, w, padding if crop else 0, crop, do_flip, bool(channels_last))))
         kernels.launch("augment", "augment_batch", dtype, target, grid, block, args, device=device)
     return out

@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from .. import precision
+from .. import layout, precision
 from ..backend import Device, get_array_module, get_default_device, is_cupy_array, to_device
 from ..backend import kernel_target as _kernel_target
 from ..counter_rng import splitmix64, uniform_below
@@ -39,11 +39,14 @@ class DeviceLoader:
     ``padding``) and a horizontal flip per image. Each ``iter()`` runs the loader's current
     epoch and then advances it; ``set_epoch`` picks the epoch (and first batch) explicitly.
     ``fused``: None runs the fused kernel where the arrays have a kernel target, False never,
-    True always (an error where there is no target).
+    True always (an error where there is no target). ``channels_last``: batches in NHWC memory
+    (still (B, C, H, W) arrays; gpuconv.layout), the layout the tensor-core convolutions read,
+    written so by the fused kernel directly.
     """
 
     def __init__(self, images, labels, batch_size, shuffle=True, augment=False, drop_last=False, seed=0,
-                 device=None, *, padding=4, mean=CIFAR10_MEAN, std=CIFAR10_STD, dtype=np.float32, fused=None):
+                 device=None, *, padding=4, mean=CIFAR10_MEAN, std=CIFAR10_STD, dtype=np.float32, fused=None,
+                 channels_last=False):
         if not (isinstance(images, np.ndarray) or is_cupy_array(images)) or images.dtype != np.uint8 \
                 or images.ndim != 4:
             raise TypeError(
@@ -71,6 +74,7 @@ class DeviceLoader:
         if fused not in (None, True, False):
             raise ValueError(f"fused={fused!r} must be None (the kernel where there is a target), True or False")
         self.fused = fused
+        self.channels_last = bool(channels_last)
         self.dtype = np.dtype(dtype)
         if self.dtype not in precision.DTYPES:
             raise TypeError(f"dtype={self.dtype} must be {precision.DTYPE_NAMES}")
@@ -168,7 +172,8 @@ class DeviceLoader:
                 idx = order[lo:hi]
                 crop = (oy[lo:hi], ox[lo:hi], flip[lo:hi]) if self.augment else (None, None, None)
                 yield augment_batch_kernel(self.images, idx, *crop, self._mean, self._std, self.padding,
-                                           self.dtype, target=target), self.labels[idx]
+                                           self.dtype, target=target, channels_last=self.channels_last), \
+                    self.labels[idx]
             return
         for i in range(start, len(self)):
             lo, hi = i * bs, min((i + 1) * bs, n)
@@ -176,7 +181,8 @@ class DeviceLoader:
             xb = self.images[idx]
             if self.augment:
                 xb = crop_flip(xb, oy[lo:hi], ox[lo:hi], flip[lo:hi], self.padding)
-            yield normalize(xb, self._mean, self._std, self.dtype), self.labels[idx]
+            xb = normalize(xb, self._mean, self._std, self.dtype)
+            yield (layout.to_channels_last(xb) if self.channels_last else xb), self.labels[idx]
 
     def __repr__(self):
         return (f"DeviceLoader({self.num_samples} images, batch_size={self.batch_size}, shuffle={self.shuffle}, "

@@ -20,9 +20,10 @@ from .lp_pool2d import LPPool2dCache
 from .pool2d import AvgPool2dCache, MaxPool2dCache
 
 
-def _inputs(*arrays):
-    """(arrays in one layout, channels_last?): channels_last when every one of them is."""
-    if all(layout.is_channels_last(a) for a in arrays):
+def _inputs(*arrays, was_channels_last=False):
+    """(arrays in one layout, channels_last?): channels_last when every one of them is NHWC memory
+    and one is channels_last, or the forward's input was (gpuconv.layout.run_channels_last)."""
+    if layout.run_channels_last(*arrays) or (was_channels_last and all(map(layout.nhwc_memory, arrays))):
         return arrays, True
     xp = get_array_module(*arrays)
     return tuple(xp.ascontiguousarray(a) for a in arrays), False
@@ -52,13 +53,13 @@ def max_pool2d_forward_kernel(x, kernel_size, stride, *, target):
     out_shape, dims = _dims(x.shape, kernel_size, stride)
     y, argmax = layout.empty(xp, out_shape, x.dtype, cl), layout.empty(xp, out_shape, np.int32, cl)
     _run("max_pool2d_forward", y.size, target, (x, y, argmax), dims, cl)
-    return y, MaxPool2dCache(tuple(x.shape), kernel_size, stride, argmax)
+    return y, MaxPool2dCache(tuple(x.shape), kernel_size, stride, argmax, cl)
 
 
 @register_launcher("max_pool2d_backward")
 def max_pool2d_backward_kernel(dy, cache, *, target):
     xp = get_array_module(dy, cache.argmax)
-    (dy, argmax), cl = _inputs(dy, cache.argmax.astype(np.int32, copy=False))
+    (dy, argmax), cl = _inputs(dy, cache.argmax.astype(np.int32, copy=False), was_channels_last=cache.channels_last)
     _, dims = _dims(cache.x_shape, cache.kernel_size, cache.stride)
     dx = layout.empty(xp, cache.x_shape, dy.dtype, cl)
     _run("max_pool2d_backward", dx.size, target, (dy, argmax, dx), dims, cl)
@@ -72,13 +73,13 @@ def avg_pool2d_forward_kernel(x, kernel_size, stride, *, target):
     out_shape, dims = _dims(x.shape, kernel_size, stride)
     y = layout.empty(xp, out_shape, x.dtype, cl)
     _run("avg_pool2d_forward", y.size, target, (x, y), dims, cl)
-    return y, AvgPool2dCache(tuple(x.shape), kernel_size, stride)
+    return y, AvgPool2dCache(tuple(x.shape), kernel_size, stride, cl)
 
 
 @register_launcher("avg_pool2d_backward")
 def avg_pool2d_backward_kernel(dy, cache, *, target):
     xp = get_array_module(dy)
-    (dy,), cl = _inputs(dy)
+    (dy,), cl = _inputs(dy, was_channels_last=cache.channels_last)
     _, dims = _dims(cache.x_shape, cache.kernel_size, cache.stride)
     dx = layout.empty(xp, cache.x_shape, dy.dtype, cl)
     _run("avg_pool2d_backward", dx.size, target, (dy, dx), dims, cl)

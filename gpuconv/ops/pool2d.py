@@ -15,7 +15,9 @@ Caches (shared with the kernel launchers, see ``_dispatch``):
 ``MaxPool2dCache(x_shape, kernel_size, stride, argmax)`` where ``argmax`` is int32 of the output's
 shape holding the window-local index ``kh * KW + kw`` of each maximum (the "switches"; ties go to
 the first tap in row-major order; a NaN in a window makes its output NaN), and
-``AvgPool2dCache(x_shape, kernel_size, stride)``; sizes are (h, w) pairs.
+``AvgPool2dCache(x_shape, kernel_size, stride)``; sizes are (h, w) pairs. Both end in
+``channels_last``: whether x was (gpuconv.layout), so that dx comes back in x's layout even where
+dy cannot tell (1x1 outputs, whose two layouts are the same memory).
 """
 from __future__ import annotations
 
@@ -23,14 +25,14 @@ from collections import namedtuple
 
 import numpy as np
 
-from .. import backend
+from .. import backend, layout
 from ..backend import get_array_module
 from ..precision import round_once, upcast
 from . import _dispatch
 from ._checks import check_float, check_rank, output_hw, pair
 
-MaxPool2dCache = namedtuple("MaxPool2dCache", "x_shape kernel_size stride argmax")
-AvgPool2dCache = namedtuple("AvgPool2dCache", "x_shape kernel_size stride")
+MaxPool2dCache = namedtuple("MaxPool2dCache", "x_shape kernel_size stride argmax channels_last", defaults=(False,))
+AvgPool2dCache = namedtuple("AvgPool2dCache", "x_shape kernel_size stride channels_last", defaults=(False,))
 
 # Tap planes per batch chunk: the reference works a chunk at a time so that its contiguous
 # per-tap copies are still in cache when compared (a 2x2 pool of 64x128x32x32: 40 -> ~12 ms).
@@ -48,7 +50,8 @@ def max_pool2d_backward(dy, cache):
     """``dx``: each ``dy`` entry routed to the input pixel that won its window."""
     _check_pool_dy(dy, cache)
     target = backend.kernel_target(dy, cache.argmax)
-    return _dispatch.call("max_pool2d_backward", target, _max_pool2d_backward_reference, dy, cache)
+    dx = _dispatch.call("max_pool2d_backward", target, _max_pool2d_backward_reference, dy, cache)
+    return layout.to_channels_last(dx) if cache.channels_last else dx
 
 
 def avg_pool2d_forward(x, kernel_size=2, stride=None):
@@ -62,7 +65,8 @@ def avg_pool2d_backward(dy, cache):
     """``dx``: each ``dy`` entry spread evenly over its window."""
     _check_pool_dy(dy, cache)
     target = backend.kernel_target(dy)
-    return _dispatch.call("avg_pool2d_backward", target, _avg_pool2d_backward_reference, dy, cache)
+    dx = _dispatch.call("avg_pool2d_backward", target, _avg_pool2d_backward_reference, dy, cache)
+    return layout.to_channels_last(dx) if cache.channels_last else dx
 
 
 def _check_pool_args(x, kernel_size, stride):
@@ -122,7 +126,8 @@ def _batch_chunks(n, bytes_per_item):
 
 def _max_pool2d_forward_reference(x, kernel_size, stride):
     y, argmax = _max_forward(upcast(x), kernel_size, stride)
-    return round_once(y, x.dtype), MaxPool2dCache(tuple(x.shape), kernel_size, stride, argmax)
+    return round_once(y, x.dtype), MaxPool2dCache(tuple(x.shape), kernel_size, stride, argmax,
+                                                  layout.is_channels_last(x))
 
 
 def _max_forward(x, kernel_size, stride):
@@ -195,7 +200,7 @@ def _avg_pool2d_forward_reference(x, kernel_size, stride):
     for _, sl in _taps(kernel_size, stride, out_hw):
         y += xc[sl]
     y *= xc.dtype.type(1.0 / (kernel_size[0] * kernel_size[1]))
-    return round_once(y, x.dtype), AvgPool2dCache(tuple(x.shape), kernel_size, stride)
+    return round_once(y, x.dtype), AvgPool2dCache(tuple(x.shape), kernel_size, stride, layout.is_channels_last(x))
 
 
 def _avg_pool2d_backward_reference(dy, cache):
