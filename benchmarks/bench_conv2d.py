@@ -9,8 +9,7 @@ Precisions (``--precisions``, default all three):
   fp32  float32, strict: v1 (one thread per output), v2 (64x64-tile implicit GEMM), v3 (128x128
         tiles, 256 threads); cuDNN with TF32 off; NCHW.
   tf32  float32 arrays, TF32 multiplicands: v2, v3 (CUDA cores, TF32-rounded operands) and tc
-        (tensor cores, m16n8k8; the weight gradient has no tc kernel and runs v2); cuDNN with
-        TF32 on; channels_last.
+        (tensor cores, m16n8k8); cuDNN with TF32 on; channels_last.
   bf16  bfloat16 arrays: v2, v3 and tc (tensor cores, m16n8k16); cuDNN in bfloat16; channels_last.
 Each variant of each direction (forward, backward-data, backward-weight), as listed in
 ``gpuconv.kernels.VARIANTS``, is first checked against the float64 convolution of its operands as
@@ -68,10 +67,8 @@ PRECISIONS = {"fp32": (np.float32, False, False, ("v1", "v2", "v3")),
 
 def family_variants(family, variants=None, prec="fp32"):
     """The variants of ``family`` to run in precision ``prec``: all it has there, or those of
-    ``variants`` among them. The TF32 weight gradient has no tc kernel (tc would run v2)."""
+    ``variants`` among them."""
     have = tuple(v for v in kernels.VARIANTS[family][0] if v in PRECISIONS[prec][3])
-    if prec == "tf32" and family == "conv2d_backward_weight":
-        have = tuple(v for v in have if v != "tc")
     return have if variants is None else tuple(v for v in variants if v in have)
 STRIDE, PAD, FILT = (1, 1), (1, 1), 3
 RESULTS = common.RESULTS

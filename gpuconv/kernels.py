@@ -112,9 +112,8 @@ class Family(NamedTuple):
 # selectable; it becomes a default only after a GPU measurement (benchmarks/bench_conv2d.py
 # times every variant) shows it faster than v2 for that dtype.
 # The tensor-core convolutions (tc, kernels/conv2d_tc.cu) are the default wherever the operands
-# have a tensor-core format: bfloat16, float16 and float32 in TF32 mode (the pseudo-dtype "tf32";
-# the TF32 weight gradient has no tc kernel and runs v2). Elsewhere (strict float32, float64) a
-# choice of tc runs v2.
+# have a tensor-core format: bfloat16, float16 and float32 in TF32 mode (the pseudo-dtype "tf32").
+# Elsewhere (strict float32, float64) a choice of tc runs v2.
 _CONV_DEFAULTS = {"*": "v2", "bfloat16": "tc", "float16": "tc", "tf32": "tc"}
 VARIANTS = {
     "conv2d_forward": Family(("v1", "v2", "v3", "tc"), _CONV_DEFAULTS),

@@ -22,10 +22,11 @@
 //                               is exact and in range, else 0 (GradRows). dx NHWC.
 //                               grid = (ceil(N*H*W / 64), ceil(C / 64)).
 //   conv2d_backward_weight_tc   dW[k, r] = dY^T[k, l] P[l, r], l = (n, oh, ow): both operands are
-//                               read along l, which is strided in NHWC, so they are staged
-//                               K-strided and read with ldmatrix.trans (bf16/fp16 only; the TF32
-//                               build traps and the launcher keeps CUDA cores for TF32 weight
-//                               gradients). The reduction over N*OH*OW is split over gridDim.z
+//                               read along l, which is strided in NHWC, so bf16/fp16 stage them
+//                               K-strided (cp.async) and read them with ldmatrix.trans, and TF32
+//                               (whose 32-bit elements .trans cannot move) transposes them on the
+//                               way into shared memory (TransposedGradRows, TransposedPatchRows).
+//                               The reduction over N*OH*OW is split over gridDim.z
 //                               blocks, each writing float32 partial sums to its own workspace
 //                               slice ws[z][k][r]; grid = (ceil(K / 64), ceil(FH*FW*Cp / 64), splits),
 //                               every split `chunk` positions (a multiple of 32).
@@ -40,8 +41,8 @@
 // GEMM rows and columns are int (the launcher checks the sizes); element offsets are index_t.
 //
 // Resources on sm_90 (ptxas 13.0; tests/test_nvrtc.py checks the bound and the absence of spills):
-// forward 72 registers, backward-data 75 (72 in fp16), backward-weight 63; 24576 B of static shared
-// memory each; no spills. At 75 registers (allocated as 80) the register file holds 25 warps per
+// forward 72 registers, backward-data 75 (72 in fp16), backward-weight 63 (90 in TF32, whose
+// transposing loaders hold 8 floats in flight); 24576 B of static shared memory each; no spills. At 75 registers (allocated as 80) the register file holds 25 warps per
 // SM, i.e. 6 blocks of 4 warps; shared memory would allow 9. A block's loaders keep their rows'
 // pixel coordinates in registers for the whole loop (the reason these are above the dense GEMM's).
 
@@ -164,6 +165,74 @@ struct PatchColumns {
     }
 };
 
+// The TF32 weight gradient's operands, transposed as they are staged. ldmatrix.trans moves 16-bit
+// elements only, so for float data the K-strided operands are turned K-contiguous on the way into
+// shared memory: each thread loads 4 consecutive floats of one position l (channels, contiguous in
+// NHWC) and stores them down a column of an mk stage (64 rows x 16 positions; 256 pieces, two per
+// thread: position t % 16, rows 4 * (t / 16) and 4 * (t / 16) + 32). These are plain loads and
+// stores, not cp.async: the stage is written two k-tiles before it is read, and the main loop's
+// barrier at that k-tile orders the stores before the fragment reads, as it orders cp.async data.
+#define TC_TF32_POSITIONS (TC_KBYTES / 4)   // positions l per k-tile: 16
+
+__device__ inline void store_column4(unsigned char* stage, int row, int col, const float v[4]) {
+    for (int j = 0; j < 4; ++j) *(float*)(stage + swizzle_offset<TC_KBYTES>(row + j, 4 * col)) = v[j];
+}
+
+// A = dY^T: rows m are the output channels k, read from dy NHWC [L][K] (any K: scalar loads).
+struct TransposedGradRows {
+    const float* dy;
+    int K, m0, l0, l_end;
+    __device__ void load(unsigned char* stage, int kt, int) const {
+        const int pos = threadIdx.x % TC_TF32_POSITIONS, l = l0 + kt * TC_TF32_POSITIONS + pos;
+        for (int i = 0; i < 2; ++i) {
+            const int row = 4 * (threadIdx.x / TC_TF32_POSITIONS) + 32 * i;
+            float v[4];
+            for (int j = 0; j < 4; ++j) {
+                const int k = m0 + row + j;
+                v[j] = l < l_end && k < K ? dy[(index_t)l * K + k] : 0.0f;
+            }
+            store_column4(stage, row, pos, v);
+        }
+    }
+};
+
+// B = P: rows n are the patch columns r = (fh, fw, c) (4 consecutive channels of one tap, 16-byte
+// aligned since Cp is a multiple of 4), read at the position's input pixel.
+struct TransposedPatchRows {
+    const float* x;
+    int H, W, Cp, OH, OW, sh, sw, l0, l_end;
+    int fh[2], fw[2], c[2];  // this thread's two column groups (fh, fw folded with the padding)
+    bool ok[2];
+
+    __device__ TransposedPatchRows(const float* x_, int n0, int H_, int W_, int Cp_, int FH, int FW, int OH_, int OW_,
+                                   int sh_, int sw_, int ph, int pw, int l0_, int l_end_)
+        : x(x_), H(H_), W(W_), Cp(Cp_), OH(OH_), OW(OW_), sh(sh_), sw(sw_), l0(l0_), l_end(l_end_) {
+        for (int i = 0; i < 2; ++i) {
+            const int r = n0 + 4 * (threadIdx.x / TC_TF32_POSITIONS) + 32 * i, tap = r / Cp;
+            c[i] = r - tap * Cp;
+            fh[i] = tap / FW;
+            fw[i] = tap - fh[i] * FW;
+            ok[i] = fh[i] < FH;
+            fh[i] -= ph;
+            fw[i] -= pw;
+        }
+    }
+
+    __device__ void load(unsigned char* stage, int kt, int) const {
+        const int pos = threadIdx.x % TC_TF32_POSITIONS, l = l0 + kt * TC_TF32_POSITIONS + pos;
+        const int n = l / (OH * OW), p = l - n * (OH * OW), oh = p / OW, ow = p - oh * OW;
+        for (int i = 0; i < 2; ++i) {
+            const int ih = oh * sh + fh[i], iw = ow * sw + fw[i];
+            float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            if (ok[i] && l < l_end && ih >= 0 && ih < H && iw >= 0 && iw < W) {
+                const float* src = x + ((((index_t)n * H + ih) * W + iw) * Cp + c[i]);
+                for (int j = 0; j < 4; ++j) v[j] = src[j];
+            }
+            store_column4(stage, 4 * (threadIdx.x / TC_TF32_POSITIONS) + 32 * i, pos, v);
+        }
+    }
+};
+
 // ------------------------------------------------------------------------------------------
 // Epilogues (tc_gemm_epilogue passes row, column and the float32 sum).
 
@@ -239,19 +308,25 @@ conv2d_backward_data_tc(const storage_t* dy, const storage_t* wt, storage_t* dx,
 extern "C" __global__ void __launch_bounds__(TC_THREADS)
 conv2d_backward_weight_tc(const storage_t* dy, const storage_t* x, float* ws, int N, int Cp, int H, int W, int K,
                           int FH, int FW, int OH, int OW, int sh, int sw, int ph, int pw, int chunk, int vec_dy) {
-#if GPUCONV_TENSOR_CORES && !GPUCONV_TF32
+#if GPUCONV_TENSOR_CORES
     TC_SHARED_STAGES;
     const int L = N * OH * OW, R = FH * FW * Cp;
     const int m0 = blockIdx.x * TC_BM, n0 = blockIdx.y * TC_BN;
     const int l0 = blockIdx.z * chunk, l_end = imin(L, l0 + chunk);
     const int es = (int)sizeof(storage_t);
+    float acc[2][4][4] = {};
+    const int ktiles = imax((l_end - l0 + TC_KBYTES / es - 1) / (TC_KBYTES / es), 0);
+#if GPUCONV_TF32
+    TransposedGradRows la = {dy, K, m0, l0, l_end};
+    TransposedPatchRows lb(x, n0, H, W, Cp, FH, FW, OH, OW, sh, sw, ph, pw, l0, l_end);
+    tc_gemm_mainloop<TensorCoreOp<storage_t>, FragA, FragB_nt>(la, lb, ktiles, 0, 0, As, Bs, acc);
+#else
     DenseTileLoader<TC_KBYTES / 2, 2 * TC_BM> la = {(const unsigned char*)(dy + (index_t)l0 * K + m0),
                                                     (long long)K * es, l_end - l0, (long long)(K - m0) * es,
                                                     TC_KBYTES / 2, 0};
     PatchColumns lb(x, n0, H, W, Cp, FH, FW, OH, OW, sh, sw, ph, pw, l0, l_end);
-    float acc[2][4][4] = {};
-    const int ktiles = (l_end - l0 + TC_KBYTES / es - 1) / (TC_KBYTES / es);
-    tc_gemm_mainloop<TensorCoreOp<storage_t>, FragA_km, FragB_nn>(la, lb, imax(ktiles, 0), vec_dy, 16, As, Bs, acc);
+    tc_gemm_mainloop<TensorCoreOp<storage_t>, FragA_km, FragB_nn>(la, lb, ktiles, vec_dy, 16, As, Bs, acc);
+#endif
     tc_gemm_epilogue(PartialStore{ws + (index_t)blockIdx.z * K * R, K, R}, m0, n0, acc);
 #else
     __trap();

@@ -106,9 +106,8 @@ def test_tensor_core_conv_within_the_derived_bound(target, build, case, channels
     oh, ow = conv_mod.output_hw(x.shape, (fh, fw), stride, pad)
     dy = rng.standard_normal((x.shape[0], k, oh, ow)).astype(dtype)
     (y, dx, dw), log = run_conv(target, x, w, b, dy, stride, pad, tf32, channels_last)
-    weight = "conv2d_backward_weight_v2" if tf32 else "conv2d_backward_weight_tc"  # no TF32 weight-gradient tc
-    assert log.names[:3] == ["conv2d_forward_tc", "conv2d_backward_data_tc", weight]
-    assert tf32 or "conv2d_tc_weight_reduce" in log.names
+    assert log.names[:4] == ["conv2d_forward_tc", "conv2d_backward_data_tc", "conv2d_backward_weight_tc",
+                             "conv2d_tc_weight_reduce"]
     # every GEMM in the operands' build (the bias gradient, a plain sum, has no TF32 build)
     assert {r.build for r in log if r.name != "conv2d_backward_bias"} == {"float+tf32" if tf32 else dtype.name}
     for a in (y, dx):
@@ -204,10 +203,11 @@ def test_defaults_and_choices(monkeypatch, launches):
 
 @pytest.mark.parametrize("bad", [np.float32, np.float64])
 def test_no_tensor_core_format_is_declined_not_trapped(bad):
-    assert not TC.supports(bad, False, "forward")
+    assert not TC.supports(bad, False) and TC.supports(np.float32, True) and TC.supports(BF16, False)
     assert TC.forward(np.zeros((1, 8, 4, 4), bad), np.zeros((8, 8, 3, 3), bad), None, (1, 1), (1, 1), False, False,
                       target="sim") is None
-    assert not TC.supports(np.float32, True, "backward_weight") and TC.supports(np.float32, True, "backward_data")
+    assert TC.backward_weight(np.zeros((1, 8, 2, 2), bad), np.zeros((1, 8, 4, 4), bad), (8, 8, 3, 3), (1, 1), (0, 0),
+                              False, target="sim") is None
 
 
 @settings(max_examples=12, deadline=None)

@@ -159,7 +159,7 @@ def conv2d_backward_weight_kernel(dy, x, w_shape, stride, padding, tf32=False, *
         dw = tc.backward_weight(dy, x, w_shape, stride, padding, tf32, target=target)
         if dw is not None:
             return dw
-        var = "v2"  # no tensor-core kernel for this dtype (TF32 included)
+        var = "v2"  # no tensor-core format for this dtype
     dy, x = xp.ascontiguousarray(dy), xp.ascontiguousarray(x)
     n, c, h, wd, k, fh, fw, oh, ow = _dims(x.shape, w_shape, stride, padding)
     dw = xp.empty(tuple(w_shape), dtype=dy.dtype)

@@ -9,8 +9,7 @@ bf16/fp16 or 4 float elements) are padded with zeros in a copy (the first layer'
 the filters are repacked per call, K-contiguous (a small copy).
 
 Each function returns None for a case the kernels do not take (a dtype without a tensor-core
-format, TF32 weight gradients, sizes past int indexing); the caller then runs the CUDA-core
-kernels.
+format, sizes past int indexing); the caller then runs the CUDA-core kernels.
 """
 from __future__ import annotations
 
@@ -27,15 +26,11 @@ PIECE = 16       # bytes per cp.async of the im2col loaders
 _INT_MAX = 2**31 - 1
 
 
-def supports(dtype, tf32: bool, direction: str) -> bool:
-    """Whether the tensor-core kernels compute ``direction`` ('forward', 'backward_data',
-    'backward_weight') for ``dtype`` arrays: bfloat16 and float16 always, float32 in TF32 mode for
-    the forward and the data gradient (the weight gradient reads both operands transposed, which
-    ldmatrix does for 16-bit elements only)."""
+def supports(dtype, tf32: bool) -> bool:
+    """Whether the tensor-core kernels compute for ``dtype`` arrays: bfloat16 and float16, and
+    float32 in TF32 mode."""
     dt = np.dtype(dtype)
-    if dt in precision.LOW_PRECISION:
-        return True
-    return dt == precision.float32 and tf32 and direction != "backward_weight"
+    return dt in precision.LOW_PRECISION or (dt == precision.float32 and tf32)
 
 
 def _address(a) -> int:
@@ -92,7 +87,7 @@ def forward(x, w, b, stride, padding, tf32, relu, *, target):
     n, c, h, wd = x.shape
     k, _, fh, fw = w.shape
     oh, ow = output_hw(x.shape, (fh, fw), stride, padding)
-    if not supports(x.dtype, tf32, "forward") or not _fits(n * oh * ow, k, fh * fw * (c + 8)):
+    if not supports(x.dtype, tf32) or not _fits(n * oh * ow, k, fh * fw * (c + 8)):
         return None
     xp = get_array_module(x, w, b)
     xh = _nhwc_padded(x, PIECE // x.itemsize)
@@ -112,7 +107,7 @@ def backward_data(dy, w, x_shape, stride, padding, tf32, like, *, target):
     n, c, h, wd = x_shape
     k, _, fh, fw = w.shape
     oh, ow = dy.shape[2:]
-    if not supports(dy.dtype, tf32, "backward_data") or not _fits(n * h * wd, c, fh * fw * (k + 8)):
+    if not supports(dy.dtype, tf32) or not _fits(n * h * wd, c, fh * fw * (k + 8)):
         return None
     xp = get_array_module(dy, w)
     dyh = _nhwc_padded(dy, PIECE // dy.itemsize)
@@ -132,7 +127,7 @@ def backward_weight(dy, x, w_shape, stride, padding, tf32, *, target):
     n, c, h, wd = x.shape
     k, _, fh, fw = w_shape
     oh, ow = dy.shape[2:]
-    if not supports(dy.dtype, tf32, "backward_weight") or not _fits(n * oh * ow, k, fh * fw * (c + 8)):
+    if not supports(dy.dtype, tf32) or not _fits(n * oh * ow, k, fh * fw * (c + 8)):
         return None
     xp = get_array_module(dy, x)
     dyh = layout.nhwc(dy)
