@@ -120,20 +120,23 @@ def conv_tc(run, rng):
     LC.MIN_SPLIT_CHUNK = 32
     builds = {"bf16": (ml_dtypes.bfloat16, False), "f16": (np.float16, False), "tf32": (np.float32, True)}
     for build, (dtype, tf32) in builds.items():
-        for xs, ws, stride, pad in [((2, 12, 7, 9), (70, 12, 3, 3), (1, 1), (1, 1)),
+        for xs, ws, stride, pad in [((2, 12, 7, 9), (130, 12, 3, 3), (1, 1), (1, 1)),
                                     ((1, 3, 8, 7), (5, 3, 2, 3), (2, 1), (2, 0)),
                                     ((1, 40, 9, 9), (8, 40, 1, 1), (1, 1), (0, 0))]:
             x, w, b = (rng.standard_normal(s).astype(dtype) for s in (xs, ws, ws[:1]))
             ry, rc = C._conv2d_forward_reference(x, w, b, stride, pad, tf32)
             dy = rng.standard_normal(ry.shape).astype(dtype)
             rdx, rdw, _ = C._conv2d_backward_reference(dy, rc, True, tf32)
-            for channels_last in (False, True):
+            for channels_last, var in ((False, "tc"), (True, "tc"), (True, "tc128")):
                 X, DY = run.dev(x), run.dev(dy)
                 if channels_last:
                     X, DY = gpuconv.to_channels_last(X), gpuconv.to_channels_last(DY)
-                y, cache = LC.conv2d_forward_kernel(X, run.dev(w), run.dev(b), stride, pad, tf32, target=run.target)
-                dx, dw, _ = LC.conv2d_backward_kernel(DY, cache, True, tf32, target=run.target)
-                tag = f"conv2d tc {build} {xs}*{ws} {'nhwc' if channels_last else 'nchw'}"
+                families = {f: var for f in ("conv2d_forward", "conv2d_backward_data", "conv2d_backward_weight")}
+                with kernels.use_variant(**families), kernels.use_variant("tf32", **families):
+                    y, cache = LC.conv2d_forward_kernel(X, run.dev(w), run.dev(b), stride, pad, tf32,
+                                                        target=run.target)
+                    dx, dw, _ = LC.conv2d_backward_kernel(DY, cache, True, tf32, target=run.target)
+                tag = f"conv2d {var} {build} {xs}*{ws} {'nhwc' if channels_last else 'nchw'}"
                 # one rounding to 8 (bf16) or 11 (fp16) bits on each side
                 for name, got, want in (("forward", y, ry), ("dx", dx, rdx), ("dw", dw, rdw)):
                     run.close(f"{tag} {name}", common.host(got).astype(np.float32), want.astype(np.float32),

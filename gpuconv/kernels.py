@@ -111,14 +111,15 @@ class Family(NamedTuple):
 # builds of v2 stage float32 tiles, exactly as float32 does. v3 (128x128 tiles, 256 threads) is
 # selectable; it becomes a default only after a GPU measurement (benchmarks/bench_conv2d.py
 # times every variant) shows it faster than v2 for that dtype.
-# The tensor-core convolutions (tc, kernels/conv2d_tc.cu) are the default wherever the operands
-# have a tensor-core format: bfloat16, float16 and float32 in TF32 mode (the pseudo-dtype "tf32").
-# Elsewhere (strict float32, float64) a choice of tc runs v2.
+# The tensor-core convolutions (kernels/conv2d_tc.cu: tc on 64x64 tiles, tc128 on 128x128) are the
+# default wherever the operands have a tensor-core format: bfloat16, float16 and float32 in TF32
+# mode (the pseudo-dtype "tf32"). tc128 is a candidate until a GPU measurement (bench_conv2d)
+# says which tile wins. Elsewhere (strict float32, float64) a choice of tc or tc128 runs v2.
 _CONV_DEFAULTS = {"*": "v2", "bfloat16": "tc", "float16": "tc", "tf32": "tc"}
 VARIANTS = {
-    "conv2d_forward": Family(("v1", "v2", "v3", "tc"), _CONV_DEFAULTS),
-    "conv2d_backward_data": Family(("v1", "v2", "v3", "tc"), _CONV_DEFAULTS),
-    "conv2d_backward_weight": Family(("v1", "v2", "v3", "tc"), _CONV_DEFAULTS),
+    "conv2d_forward": Family(("v1", "v2", "v3", "tc", "tc128"), _CONV_DEFAULTS),
+    "conv2d_backward_data": Family(("v1", "v2", "v3", "tc", "tc128"), _CONV_DEFAULTS),
+    "conv2d_backward_weight": Family(("v1", "v2", "v3", "tc", "tc128"), _CONV_DEFAULTS),
     "relu_forward": Family(("v1", "v2"), {"*": "v2"}),
     "relu_backward": Family(("v1", "v2"), {"*": "v2"}),
 }

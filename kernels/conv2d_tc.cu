@@ -12,27 +12,30 @@
 // source address is 16-byte aligned: the launcher pads the channels of an operand whose count is
 // not such a multiple (the first layer's 3) with zeros.
 //
-// Kernels (extern "C"; block = TC_THREADS = 128, static shared memory 24 KiB):
-//   conv2d_forward_tc           Y[m, k] = P[m, r] W[k, r]^T, m = (n, oh, ow), r = (fh, fw, c):
-//                               the patch rows P gathered from x by PatchRows (cp.async, zero
-//                               fill for padding), W dense; bias, ReLU and the cast fused in the
-//                               epilogue, y NHWC. grid = (ceil(N*OH*OW / 64), ceil(K / 64)).
-//   conv2d_backward_data_tc     dX[m, c] = G[m, l] W'[c, l]^T, m = (n, ih, iw), l = (fh, fw, k),
-//                               G[m, l] = dy[n, (ih+ph-fh)/sh, (iw+pw-fw)/sw, k] where the division
-//                               is exact and in range, else 0 (GradRows). dx NHWC.
-//                               grid = (ceil(N*H*W / 64), ceil(C / 64)).
-//   conv2d_backward_weight_tc   dW[k, r] = dY^T[k, l] P[l, r], l = (n, oh, ow): both operands are
-//                               read along l, which is strided in NHWC, so bf16/fp16 stage them
-//                               K-strided (cp.async) and read them with ldmatrix.trans, and TF32
-//                               (whose 32-bit elements .trans cannot move) transposes them on the
-//                               way into shared memory (TransposedGradRows, TransposedPatchRows).
-//                               The reduction over N*OH*OW is split over gridDim.z
-//                               blocks, each writing float32 partial sums to its own workspace
-//                               slice ws[z][k][r]; grid = (ceil(K / 64), ceil(FH*FW*Cp / 64), splits),
-//                               every split `chunk` positions (a multiple of 32).
-//   conv2d_tc_weight_reduce     dw[k, c, fh, fw] (OIHW) = sum_z ws[z][k][(fh*FW + fw)*Cp + c] in a
-//                               fixed order (deterministic, no float atomics), rounded once.
-//                               1-D grid-stride over the K*C*FH*FW filter elements.
+// Kernels (extern "C"), each in two tile shapes (tc_tile.cuh): `_tc` on TcTile64 (64x64 outputs,
+// 128 threads, 24 KiB of shared memory) and `_tc128` on TcTile128 (128x128, 256 threads, 48 KiB:
+// twice the reuse of every staged element, a quarter of the blocks); below, T is the tile side.
+//   conv2d_forward_tc[128]          Y[m, k] = P[m, r] W[k, r]^T, m = (n, oh, ow), r = (fh, fw, c):
+//                                   the patch rows P gathered from x by PatchRows (cp.async, zero
+//                                   fill for padding), W dense; bias, ReLU and the cast fused in
+//                                   the epilogue, y NHWC. grid = (ceil(N*OH*OW / T), ceil(K / T)).
+//   conv2d_backward_data_tc[128]    dX[m, c] = G[m, l] W'[c, l]^T, m = (n, ih, iw), l = (fh, fw, k),
+//                                   G[m, l] = dy[n, (ih+ph-fh)/sh, (iw+pw-fw)/sw, k] where the
+//                                   division is exact and in range, else 0 (GradRows). dx NHWC.
+//                                   grid = (ceil(N*H*W / T), ceil(C / T)).
+//   conv2d_backward_weight_tc[128]  dW[k, r] = dY^T[k, l] P[l, r], l = (n, oh, ow): both operands
+//                                   are read along l, which is strided in NHWC, so bf16/fp16 stage
+//                                   them K-strided (cp.async) and read them with ldmatrix.trans,
+//                                   and TF32 (whose 32-bit elements .trans cannot move) transposes
+//                                   them on the way into shared memory (TransposedGradRows,
+//                                   TransposedPatchRows). The reduction over N*OH*OW is split over
+//                                   gridDim.z blocks, each writing float32 partial sums to its own
+//                                   workspace slice ws[z][k][r]; grid = (ceil(K / T),
+//                                   ceil(FH*FW*Cp / T), splits), every split `chunk` positions (a
+//                                   multiple of the k-tile's 32 or 16).
+//   conv2d_tc_weight_reduce         dw[k, c, fh, fw] (OIHW) = sum_z ws[z][k][(fh*FW + fw)*Cp + c] in
+//                                   a fixed order (deterministic, no float atomics), rounded once.
+//                                   1-D grid-stride over the K*C*FH*FW filter elements.
 //
 // Precision (common.cuh, gpuconv/precision.py): storage_t operands, products exact and sums in
 // float32 on the tensor cores (TF32 operands rounded by TensorCoreOp<float>::prepare), each
@@ -40,17 +43,22 @@
 // (GPUCONV_TENSOR_CORES); elsewhere they trap, and the launcher never sends them there.
 // GEMM rows and columns are int (the launcher checks the sizes); element offsets are index_t.
 //
-// Resources on sm_90 (ptxas 13.0; tests/test_nvrtc.py checks the bound and the absence of spills):
-// forward 72 registers, backward-data 75 (72 in fp16), backward-weight 63 (90 in TF32, whose
-// transposing loaders hold 8 floats in flight); 24576 B of static shared memory each; no spills. At 75 registers (allocated as 80) the register file holds 25 warps per
-// SM, i.e. 6 blocks of 4 warps; shared memory would allow 9. A block's loaders keep their rows'
-// pixel coordinates in registers for the whole loop (the reason these are above the dense GEMM's).
+// Resources on sm_90 (ptxas 13.0; tests/test_nvrtc.py checks the bounds and the absence of
+// spills). TcTile64: forward 69-72 registers, backward-data 70-75, backward-weight 63 (90 in
+// TF32, whose transposing loaders hold 8 floats in flight); 24576 B of static shared memory; at
+// 75 registers (allocated as 80) the register file holds 25 warps per SM, i.e. 6 blocks of 4
+// warps. TcTile128 (warp tiles of 64x32: 64 accumulators per thread): 119-125 registers in every
+// build, 49152 B of static shared memory; 2 blocks of 8 warps per SM (registers and shared
+// memory both allow 2; 4 would need at most 64 registers). A
+// block's loaders keep their rows' pixel coordinates in registers for the whole loop (the reason
+// these are above the dense GEMM's).
 
 // ------------------------------------------------------------------------------------------
-// Operand loaders of the implicit GEMMs. Each moves 16-byte pieces (cp.async.cg): a stage of 64
-// rows x 64 bytes is 256 pieces, two per thread, in rows t / 4 and t / 4 + 32 at byte 16 * (t % 4).
-// A thread's two rows are fixed for the whole loop, so their pixel coordinates are decoded once;
-// each k-tile then decodes the one reduction index its byte column holds.
+// Operand loaders of the implicit GEMMs. Each moves 16-byte pieces (cp.async.cg): an mk stage of
+// BM rows x 64 bytes is 4 * BM pieces, two per thread in both shapes (BM = THREADS / 2), in rows
+// t / 4 and t / 4 + THREADS / 4 at byte 16 * (t % 4). A thread's two rows are fixed for the whole
+// loop, so their pixel coordinates are decoded once; each k-tile then decodes the one reduction
+// index its byte column holds.
 
 // The element index in the padded reduction (tap, channel) of this thread's piece of k-tile kt.
 __device__ inline void tc_reduction_index(int kt, int byte, int cp, int fw_count, int* fh, int* fw, int* c) {
@@ -61,7 +69,15 @@ __device__ inline void tc_reduction_index(int kt, int byte, int cp, int fw_count
     *fw = tap - *fh * fw_count;
 }
 
+// The row of an mk stage that piece i of this thread fills.
+template <class S>
+__device__ inline int tc_piece_row(int i) {
+    static_assert(S::BM * 4 == 2 * S::THREADS && S::BN * 4 == 2 * S::THREADS, "two 16-byte pieces per thread");
+    return (int)threadIdx.x / 4 + S::THREADS / 4 * i;
+}
+
 // Forward A: row m = (n, oh, ow) of the patch matrix of an NHWC input with Cp channels.
+template <class S>
 struct PatchRows {
     const storage_t* x;
     int H, W, Cp, FH, FW;
@@ -73,7 +89,7 @@ struct PatchRows {
                          int OW, int sh, int sw, int ph, int pw)
         : x(x_), H(H_), W(W_), Cp(Cp_), FH(FH_), FW(FW_), byte(16 * (threadIdx.x % 4)) {
         for (int i = 0; i < 2; ++i) {
-            const int m = m0 + threadIdx.x / 4 + 32 * i;
+            const int m = m0 + tc_piece_row<S>(i);
             const int n = m / (OH * OW), p = m - n * (OH * OW), oh = p / OW, ow = p - oh * OW;
             pixel0[i] = (index_t)n * H * W;
             ih0[i] = m < M ? oh * sh - ph : -(1 << 30);
@@ -88,12 +104,13 @@ struct PatchRows {
             const int ih = ih0[i] + fh, iw = iw0[i] + fw;
             const bool ok = fh < FH && ih >= 0 && ih < H && iw >= 0 && iw < W;
             const storage_t* src = ok ? x + ((pixel0[i] + (index_t)ih * W + iw) * Cp + c) : x;
-            cp_async_cg(stage + swizzle_offset<TC_KBYTES>(threadIdx.x / 4 + 32 * i, byte), src, ok ? 16 : 0);
+            cp_async_cg(stage + stage_offset<TC_KBYTES>(tc_piece_row<S>(i), byte), src, ok ? 16 : 0);
         }
     }
 };
 
 // Backward-data A: row m = (n, ih, iw) of the gathered output gradient, dy NHWC with Kp channels.
+template <class S>
 struct GradRows {
     const storage_t* dy;
     int OH, OW, Kp, FH, FW, sh, sw;
@@ -105,7 +122,7 @@ struct GradRows {
                         int sh_, int sw_, int ph, int pw)
         : dy(dy_), OH(OH_), OW(OW_), Kp(Kp_), FH(FH_), FW(FW_), sh(sh_), sw(sw_), byte(16 * (threadIdx.x % 4)) {
         for (int i = 0; i < 2; ++i) {
-            const int m = m0 + threadIdx.x / 4 + 32 * i;
+            const int m = m0 + tc_piece_row<S>(i);
             const int n = m / (H * W), p = m - n * (H * W), ih = p / W, iw = p - ih * W;
             pixel0[i] = (index_t)n * OH * OW;
             ihp[i] = m < M ? ih + ph : -(1 << 30);
@@ -122,15 +139,17 @@ struct GradRows {
             const bool ok = fh < FH && oh_s >= 0 && ow_s >= 0 && oh * sh == oh_s && ow * sw == ow_s && oh < OH &&
                             ow < OW;
             const storage_t* src = ok ? dy + ((pixel0[i] + (index_t)oh * OW + ow) * Kp + k) : dy;
-            cp_async_cg(stage + swizzle_offset<TC_KBYTES>(threadIdx.x / 4 + 32 * i, byte), src, ok ? 16 : 0);
+            cp_async_cg(stage + stage_offset<TC_KBYTES>(tc_piece_row<S>(i), byte), src, ok ? 16 : 0);
         }
     }
 };
 
-// Backward-weight B, K-strided: stage rows are 32 positions l = (n, oh, ow) of the reduction,
-// 128 bytes (64 columns r = (fh, fw, c)) each; 256 pieces, two per thread, in rows t / 8 and
-// t / 8 + 16 at byte 16 * (t % 8). A thread's column (one filter tap, 8 channels) is fixed.
+// Backward-weight B, K-strided (16-bit): stage rows are the 32 positions l = (n, oh, ow) of a
+// k-tile, BN columns r = (fh, fw, c) each; 4 * BN pieces, two per thread: the thread's column
+// (one filter tap, 8 channels) is fixed, its rows are t / (BN / 8) and 16 rows further.
+template <class S>
 struct PatchColumns {
+    static constexpr int PER_ROW = S::BN / 8;  // 16-byte pieces per stage row
     const storage_t* x;
     int H, W, Cp, OH, OW, sh, sw;
     int l0, l_end;          // this split's positions
@@ -141,7 +160,8 @@ struct PatchColumns {
     __device__ PatchColumns(const storage_t* x_, int n0, int H_, int W_, int Cp_, int FH, int FW_, int OH_, int OW_,
                             int sh_, int sw_, int ph, int pw, int l0_, int l_end_)
         : x(x_), H(H_), W(W_), Cp(Cp_), OH(OH_), OW(OW_), sh(sh_), sw(sw_), l0(l0_), l_end(l_end_),
-          byte(16 * (threadIdx.x % 8)) {
+          byte(16 * (threadIdx.x % PER_ROW)) {
+        static_assert(TC_KM_ROWS * PER_ROW == 2 * S::THREADS, "two 16-byte pieces per thread");
         const int r = n0 + byte / (int)sizeof(storage_t);
         const int tap = r / Cp;
         c = r - tap * Cp;
@@ -154,13 +174,13 @@ struct PatchColumns {
 
     __device__ void load(unsigned char* stage, int kt, int) const {
         for (int i = 0; i < 2; ++i) {
-            const int row = threadIdx.x / 8 + 16 * i;
-            const int l = l0 + kt * (TC_KBYTES / (int)sizeof(storage_t)) + row;
+            const int row = (int)threadIdx.x / PER_ROW + TC_KM_ROWS / 2 * i;
+            const int l = l0 + kt * TC_KM_ROWS + row;
             const int n = l / (OH * OW), p = l - n * (OH * OW), oh = p / OW, ow = p - oh * OW;
             const int ih = oh * sh + fh, iw = ow * sw + fw;
             const bool ok = col_ok && l < l_end && ih >= 0 && ih < H && iw >= 0 && iw < W;
             const storage_t* src = ok ? x + ((((index_t)n * H + ih) * W + iw) * Cp + c) : x;
-            cp_async_cg(stage + swizzle_offset<2 * TC_BN>(row, byte), src, ok ? 16 : 0);
+            cp_async_cg(stage + stage_offset<2 * S::BN>(row, byte), src, ok ? 16 : 0);
         }
     }
 };
@@ -168,24 +188,31 @@ struct PatchColumns {
 // The TF32 weight gradient's operands, transposed as they are staged. ldmatrix.trans moves 16-bit
 // elements only, so for float data the K-strided operands are turned K-contiguous on the way into
 // shared memory: each thread loads 4 consecutive floats of one position l (channels, contiguous in
-// NHWC) and stores them down a column of an mk stage (64 rows x 16 positions; 256 pieces, two per
-// thread: position t % 16, rows 4 * (t / 16) and 4 * (t / 16) + 32). These are plain loads and
-// stores, not cp.async: the stage is written two k-tiles before it is read, and the main loop's
-// barrier at that k-tile orders the stores before the fragment reads, as it orders cp.async data.
+// NHWC) and stores them down a column of an mk stage (BM rows x 16 positions; 4 * BM pieces, two
+// per thread: position t % 16, rows 4 * (t / 16) and THREADS / 4 further). These are plain loads
+// and stores, not cp.async: the stage is written two k-tiles before it is read, and the main
+// loop's barrier at that k-tile orders the stores before the fragment reads, as it orders
+// cp.async data.
 #define TC_TF32_POSITIONS (TC_KBYTES / 4)   // positions l per k-tile: 16
 
+template <class S>
+__device__ inline int tc_column_row(int i) {
+    return 4 * ((int)threadIdx.x / TC_TF32_POSITIONS) + S::THREADS / 4 * i;
+}
+
 __device__ inline void store_column4(unsigned char* stage, int row, int col, const float v[4]) {
-    for (int j = 0; j < 4; ++j) *(float*)(stage + swizzle_offset<TC_KBYTES>(row + j, 4 * col)) = v[j];
+    for (int j = 0; j < 4; ++j) *(float*)(stage + stage_offset<TC_KBYTES>(row + j, 4 * col)) = v[j];
 }
 
 // A = dY^T: rows m are the output channels k, read from dy NHWC [L][K] (any K: scalar loads).
+template <class S>
 struct TransposedGradRows {
     const float* dy;
     int K, m0, l0, l_end;
     __device__ void load(unsigned char* stage, int kt, int) const {
         const int pos = threadIdx.x % TC_TF32_POSITIONS, l = l0 + kt * TC_TF32_POSITIONS + pos;
         for (int i = 0; i < 2; ++i) {
-            const int row = 4 * (threadIdx.x / TC_TF32_POSITIONS) + 32 * i;
+            const int row = tc_column_row<S>(i);
             float v[4];
             for (int j = 0; j < 4; ++j) {
                 const int k = m0 + row + j;
@@ -198,6 +225,7 @@ struct TransposedGradRows {
 
 // B = P: rows n are the patch columns r = (fh, fw, c) (4 consecutive channels of one tap, 16-byte
 // aligned since Cp is a multiple of 4), read at the position's input pixel.
+template <class S>
 struct TransposedPatchRows {
     const float* x;
     int H, W, Cp, OH, OW, sh, sw, l0, l_end;
@@ -208,7 +236,7 @@ struct TransposedPatchRows {
                                    int sh_, int sw_, int ph, int pw, int l0_, int l_end_)
         : x(x_), H(H_), W(W_), Cp(Cp_), OH(OH_), OW(OW_), sh(sh_), sw(sw_), l0(l0_), l_end(l_end_) {
         for (int i = 0; i < 2; ++i) {
-            const int r = n0 + 4 * (threadIdx.x / TC_TF32_POSITIONS) + 32 * i, tap = r / Cp;
+            const int r = n0 + tc_column_row<S>(i), tap = r / Cp;
             c[i] = r - tap * Cp;
             fh[i] = tap / FW;
             fw[i] = tap - fh[i] * FW;
@@ -228,7 +256,7 @@ struct TransposedPatchRows {
                 const float* src = x + ((((index_t)n * H + ih) * W + iw) * Cp + c[i]);
                 for (int j = 0; j < 4; ++j) v[j] = src[j];
             }
-            store_column4(stage, 4 * (threadIdx.x / TC_TF32_POSITIONS) + 32 * i, pos, v);
+            store_column4(stage, tc_column_row<S>(i), pos, v);
         }
     }
 };
@@ -257,80 +285,121 @@ struct PartialStore {
     }
 };
 
-#define TC_SHARED_STAGES                                                   \
-    __shared__ __align__(128) unsigned char As[TC_STAGES * TC_A_STAGE];    \
-    __shared__ __align__(128) unsigned char Bs[TC_STAGES * TC_B_STAGE]
-
 // ------------------------------------------------------------------------------------------
-extern "C" __global__ void __launch_bounds__(TC_THREADS)
-conv2d_forward_tc(const storage_t* x, const storage_t* w, const storage_t* b, storage_t* y, int N, int Cp, int H,
-                  int W, int K, int FH, int FW, int OH, int OW, int sh, int sw, int ph, int pw, int has_bias,
-                  int relu) {
-#if GPUCONV_TENSOR_CORES
-    TC_SHARED_STAGES;
+// The kernels' bodies, per tile shape.
+template <class S>
+__device__ void conv2d_forward_tc_body(const storage_t* x, const storage_t* w, const storage_t* b, storage_t* y, int N,
+                                       int Cp, int H, int W, int K, int FH, int FW, int OH, int OW, int sh, int sw,
+                                       int ph, int pw, int has_bias, int relu) {
+    __shared__ __align__(128) unsigned char As[TC_STAGES * S::A_STAGE];
+    __shared__ __align__(128) unsigned char Bs[TC_STAGES * S::B_STAGE];
     const int M = N * OH * OW, R = FH * FW * Cp;
-    const int m0 = blockIdx.x * TC_BM, n0 = blockIdx.y * TC_BN;
+    const int m0 = blockIdx.x * S::BM, n0 = blockIdx.y * S::BN;
     const long long rbytes = (long long)R * sizeof(storage_t);
-    PatchRows la(x, m0, M, H, W, Cp, FH, FW, OH, OW, sh, sw, ph, pw);
-    DenseTileLoader<TC_BN, TC_KBYTES> lb = {(const unsigned char*)(w + (index_t)n0 * R), rbytes, K - n0, rbytes, 0,
-                                            TC_KBYTES};
-    float acc[2][4][4] = {};
+    PatchRows<S> la(x, m0, M, H, W, Cp, FH, FW, OH, OW, sh, sw, ph, pw);
+    DenseTileLoader<S::BN, TC_KBYTES, S::THREADS> lb = {(const unsigned char*)(w + (index_t)n0 * R), rbytes, K - n0,
+                                                        rbytes, 0, TC_KBYTES};
+    float acc[S::MI][S::NI][4] = {};
     const int ktiles = (int)((rbytes + TC_KBYTES - 1) / TC_KBYTES);
-    tc_gemm_mainloop<TensorCoreOp<storage_t>, FragA, FragB_nt>(la, lb, ktiles, 16, 16, As, Bs, acc);
-    tc_gemm_epilogue(RowMajorStore{y, has_bias ? b : nullptr, M, K, relu}, m0, n0, acc);
-#else
-    __trap();
-#endif
+    tc_gemm_mainloop<S, TensorCoreOp<storage_t>, FragA<S>, FragB_nt<S>>(la, lb, ktiles, 16, 16, As, Bs, acc);
+    tc_gemm_epilogue<S>(RowMajorStore{y, has_bias ? b : nullptr, M, K, relu}, m0, n0, acc);
 }
 
-extern "C" __global__ void __launch_bounds__(TC_THREADS)
-conv2d_backward_data_tc(const storage_t* dy, const storage_t* wt, storage_t* dx, int N, int C, int H, int W, int Kp,
-                        int FH, int FW, int OH, int OW, int sh, int sw, int ph, int pw) {
-#if GPUCONV_TENSOR_CORES
-    TC_SHARED_STAGES;
+template <class S>
+__device__ void conv2d_backward_data_tc_body(const storage_t* dy, const storage_t* wt, storage_t* dx, int N, int C,
+                                             int H, int W, int Kp, int FH, int FW, int OH, int OW, int sh, int sw,
+                                             int ph, int pw) {
+    __shared__ __align__(128) unsigned char As[TC_STAGES * S::A_STAGE];
+    __shared__ __align__(128) unsigned char Bs[TC_STAGES * S::B_STAGE];
     const int M = N * H * W, L = FH * FW * Kp;
-    const int m0 = blockIdx.x * TC_BM, n0 = blockIdx.y * TC_BN;
+    const int m0 = blockIdx.x * S::BM, n0 = blockIdx.y * S::BN;
     const long long lbytes = (long long)L * sizeof(storage_t);
-    GradRows la(dy, m0, M, H, W, Kp, FH, FW, OH, OW, sh, sw, ph, pw);
-    DenseTileLoader<TC_BN, TC_KBYTES> lb = {(const unsigned char*)(wt + (index_t)n0 * L), lbytes, C - n0, lbytes, 0,
-                                            TC_KBYTES};
-    float acc[2][4][4] = {};
+    GradRows<S> la(dy, m0, M, H, W, Kp, FH, FW, OH, OW, sh, sw, ph, pw);
+    DenseTileLoader<S::BN, TC_KBYTES, S::THREADS> lb = {(const unsigned char*)(wt + (index_t)n0 * L), lbytes, C - n0,
+                                                        lbytes, 0, TC_KBYTES};
+    float acc[S::MI][S::NI][4] = {};
     const int ktiles = (int)((lbytes + TC_KBYTES - 1) / TC_KBYTES);
-    tc_gemm_mainloop<TensorCoreOp<storage_t>, FragA, FragB_nt>(la, lb, ktiles, 16, 16, As, Bs, acc);
-    tc_gemm_epilogue(RowMajorStore{dx, nullptr, M, C, 0}, m0, n0, acc);
-#else
-    __trap();
-#endif
+    tc_gemm_mainloop<S, TensorCoreOp<storage_t>, FragA<S>, FragB_nt<S>>(la, lb, ktiles, 16, 16, As, Bs, acc);
+    tc_gemm_epilogue<S>(RowMajorStore{dx, nullptr, M, C, 0}, m0, n0, acc);
 }
 
-// vec_dy: the bytes each copy of dy moves (16, 8, 4 or 2: the largest dividing K * sizeof and
-// dy's address; dy needs no channel padding here, it is read as a dense [L][K] matrix).
-extern "C" __global__ void __launch_bounds__(TC_THREADS)
-conv2d_backward_weight_tc(const storage_t* dy, const storage_t* x, float* ws, int N, int Cp, int H, int W, int K,
-                          int FH, int FW, int OH, int OW, int sh, int sw, int ph, int pw, int chunk, int vec_dy) {
-#if GPUCONV_TENSOR_CORES
-    TC_SHARED_STAGES;
+template <class S>
+__device__ void conv2d_backward_weight_tc_body(const storage_t* dy, const storage_t* x, float* ws, int N, int Cp,
+                                               int H, int W, int K, int FH, int FW, int OH, int OW, int sh, int sw,
+                                               int ph, int pw, int chunk, int vec_dy) {
+    __shared__ __align__(128) unsigned char As[TC_STAGES * S::A_STAGE];
+    __shared__ __align__(128) unsigned char Bs[TC_STAGES * S::B_STAGE];
     const int L = N * OH * OW, R = FH * FW * Cp;
-    const int m0 = blockIdx.x * TC_BM, n0 = blockIdx.y * TC_BN;
+    const int m0 = blockIdx.x * S::BM, n0 = blockIdx.y * S::BN;
     const int l0 = blockIdx.z * chunk, l_end = imin(L, l0 + chunk);
     const int es = (int)sizeof(storage_t);
-    float acc[2][4][4] = {};
+    float acc[S::MI][S::NI][4] = {};
     const int ktiles = imax((l_end - l0 + TC_KBYTES / es - 1) / (TC_KBYTES / es), 0);
 #if GPUCONV_TF32
-    TransposedGradRows la = {dy, K, m0, l0, l_end};
-    TransposedPatchRows lb(x, n0, H, W, Cp, FH, FW, OH, OW, sh, sw, ph, pw, l0, l_end);
-    tc_gemm_mainloop<TensorCoreOp<storage_t>, FragA, FragB_nt>(la, lb, ktiles, 0, 0, As, Bs, acc);
+    TransposedGradRows<S> la = {dy, K, m0, l0, l_end};
+    TransposedPatchRows<S> lb(x, n0, H, W, Cp, FH, FW, OH, OW, sh, sw, ph, pw, l0, l_end);
+    tc_gemm_mainloop<S, TensorCoreOp<storage_t>, FragA<S>, FragB_nt<S>>(la, lb, ktiles, 0, 0, As, Bs, acc);
 #else
-    DenseTileLoader<TC_KBYTES / 2, 2 * TC_BM> la = {(const unsigned char*)(dy + (index_t)l0 * K + m0),
-                                                    (long long)K * es, l_end - l0, (long long)(K - m0) * es,
-                                                    TC_KBYTES / 2, 0};
-    PatchColumns lb(x, n0, H, W, Cp, FH, FW, OH, OW, sh, sw, ph, pw, l0, l_end);
-    tc_gemm_mainloop<TensorCoreOp<storage_t>, FragA_km, FragB_nn>(la, lb, ktiles, vec_dy, 16, As, Bs, acc);
+    DenseTileLoader<TC_KM_ROWS, 2 * S::BM, S::THREADS> la = {(const unsigned char*)(dy + (index_t)l0 * K + m0),
+                                                             (long long)K * es, l_end - l0, (long long)(K - m0) * es,
+                                                             TC_KM_ROWS, 0};
+    PatchColumns<S> lb(x, n0, H, W, Cp, FH, FW, OH, OW, sh, sw, ph, pw, l0, l_end);
+    tc_gemm_mainloop<S, TensorCoreOp<storage_t>, FragA_km<S>, FragB_nn<S>>(la, lb, ktiles, vec_dy, 16, As, Bs, acc);
 #endif
-    tc_gemm_epilogue(PartialStore{ws + (index_t)blockIdx.z * K * R, K, R}, m0, n0, acc);
+    tc_gemm_epilogue<S>(PartialStore{ws + (index_t)blockIdx.z * K * R, K, R}, m0, n0, acc);
+}
+
+// ------------------------------------------------------------------------------------------
+// Entry points: one per direction and tile shape (written out: the simulator reads the kernels'
+// signatures from this text), trapping in the builds without a tensor-core format.
+#if GPUCONV_TENSOR_CORES
+#define TC_BODY(call) call
 #else
-    __trap();
+#define TC_BODY(call) __trap()
 #endif
+
+extern "C" __global__ void __launch_bounds__(TcTile64::THREADS)
+conv2d_forward_tc(const storage_t* x, const storage_t* w, const storage_t* b, storage_t* y, int N, int Cp,
+    int H, int W, int K, int FH, int FW, int OH, int OW, int sh, int sw, int ph, int pw, int has_bias, int relu) {
+    TC_BODY((conv2d_forward_tc_body<TcTile64>(x, w, b, y, N, Cp, H, W, K, FH, FW, OH, OW, sh, sw, ph, pw, has_bias,
+                                            relu)));
+}
+
+extern "C" __global__ void __launch_bounds__(TcTile64::THREADS)
+conv2d_backward_data_tc(const storage_t* dy, const storage_t* wt, storage_t* dx, int N, int C, int H, int W,
+    int Kp, int FH, int FW, int OH, int OW, int sh, int sw, int ph, int pw) {
+    TC_BODY((conv2d_backward_data_tc_body<TcTile64>(dy, wt, dx, N, C, H, W, Kp, FH, FW, OH, OW, sh, sw, ph, pw)));
+}
+
+// vec_dy: the bytes each copy of dy moves in the 16-bit builds (16, 8, 4 or 2: the largest dividing
+// K * sizeof and dy's address; dy needs no channel padding, it is read as a dense [L][K] matrix).
+extern "C" __global__ void __launch_bounds__(TcTile64::THREADS)
+conv2d_backward_weight_tc(const storage_t* dy, const storage_t* x, float* ws, int N, int Cp, int H, int W,
+    int K, int FH, int FW, int OH, int OW, int sh, int sw, int ph, int pw, int chunk, int vec_dy) {
+    TC_BODY((conv2d_backward_weight_tc_body<TcTile64>(dy, x, ws, N, Cp, H, W, K, FH, FW, OH, OW, sh, sw, ph, pw, chunk,
+                                                    vec_dy)));
+}
+
+extern "C" __global__ void __launch_bounds__(TcTile128::THREADS)
+conv2d_forward_tc128(const storage_t* x, const storage_t* w, const storage_t* b, storage_t* y, int N, int Cp,
+    int H, int W, int K, int FH, int FW, int OH, int OW, int sh, int sw, int ph, int pw, int has_bias, int relu) {
+    TC_BODY((conv2d_forward_tc_body<TcTile128>(x, w, b, y, N, Cp, H, W, K, FH, FW, OH, OW, sh, sw, ph, pw, has_bias,
+                                            relu)));
+}
+
+extern "C" __global__ void __launch_bounds__(TcTile128::THREADS)
+conv2d_backward_data_tc128(const storage_t* dy, const storage_t* wt, storage_t* dx, int N, int C, int H, int W,
+    int Kp, int FH, int FW, int OH, int OW, int sh, int sw, int ph, int pw) {
+    TC_BODY((conv2d_backward_data_tc_body<TcTile128>(dy, wt, dx, N, C, H, W, Kp, FH, FW, OH, OW, sh, sw, ph, pw)));
+}
+
+// vec_dy: the bytes each copy of dy moves in the 16-bit builds (16, 8, 4 or 2: the largest dividing
+// K * sizeof and dy's address; dy needs no channel padding, it is read as a dense [L][K] matrix).
+extern "C" __global__ void __launch_bounds__(TcTile128::THREADS)
+conv2d_backward_weight_tc128(const storage_t* dy, const storage_t* x, float* ws, int N, int Cp, int H, int W,
+    int K, int FH, int FW, int OH, int OW, int sh, int sw, int ph, int pw, int chunk, int vec_dy) {
+    TC_BODY((conv2d_backward_weight_tc_body<TcTile128>(dy, x, ws, N, Cp, H, W, K, FH, FW, OH, OW, sh, sw, ph, pw, chunk,
+                                                    vec_dy)));
 }
 
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)

@@ -14,7 +14,7 @@
 // builds with a tensor-core format (GPUCONV_TENSOR_CORES: bfloat16, float16, TF32); in float64 and
 // strict float32 (and gemm_tc_nn in TF32) they trap.
 //
-// Launch: block = TC_THREADS (128: 4 warps), grid = (ceil(M / 64), ceil(N / 64)); static shared
+// Launch: block = 128 threads (4 warps, TcTile64), grid = (ceil(M / 64), ceil(N / 64)); static shared
 // memory 3 stages x 8 KiB = 24 KiB. vec_a, vec_b: the bytes each copy moves for A and B, 16, 8, 4
 // (cp.async) or 2 (plain loads, for 16-bit rows of odd length); the launcher picks the largest
 // that divides the operand's row pitch in bytes and its address
@@ -39,42 +39,45 @@ struct GemmStore {
     }
 };
 
-// The kernel body: LoaderB and FragB fix B's layout.
+// The kernel body on the 64x64 tile: LoaderB and FragB fix B's layout.
+typedef TcTile64 GemmTile;
+
 template <class FragB, int B_ROWS, int B_ROW_BYTES>
 __device__ void gemm_tc_body(const storage_t* A, const storage_t* B, storage_t* C, float* C32, int M, int N, int K,
                              int vec_a, int vec_b, bool b_kn) {
-    __shared__ __align__(128) unsigned char As[TC_STAGES * TC_A_STAGE];
-    __shared__ __align__(128) unsigned char Bs[TC_STAGES * TC_B_STAGE];
+    typedef GemmTile S;
+    __shared__ __align__(128) unsigned char As[TC_STAGES * S::A_STAGE];
+    __shared__ __align__(128) unsigned char Bs[TC_STAGES * S::B_STAGE];
     const int es = (int)sizeof(storage_t);
-    const int m0 = blockIdx.x * TC_BM, n0 = blockIdx.y * TC_BN;
+    const int m0 = blockIdx.x * S::BM, n0 = blockIdx.y * S::BN;
     const long long kbytes = (long long)K * es;
-    DenseTileLoader<TC_BM, TC_KBYTES> la = {(const unsigned char*)(A + (index_t)m0 * K), kbytes, M - m0, kbytes,
-                                            0, TC_KBYTES};
-    DenseTileLoader<B_ROWS, B_ROW_BYTES> lb;
+    DenseTileLoader<S::BM, TC_KBYTES, S::THREADS> la = {(const unsigned char*)(A + (index_t)m0 * K), kbytes, M - m0,
+                                                        kbytes, 0, TC_KBYTES};
+    DenseTileLoader<B_ROWS, B_ROW_BYTES, S::THREADS> lb;
     if (b_kn) lb = {(const unsigned char*)(B + n0), (long long)N * es, K, (long long)(N - n0) * es, B_ROWS, 0};
     else lb = {(const unsigned char*)(B + (index_t)n0 * K), kbytes, N - n0, kbytes, 0, TC_KBYTES};
-    float acc[2][4][4] = {};
+    float acc[S::MI][S::NI][4] = {};
     const int ktiles = (int)((kbytes + TC_KBYTES - 1) / TC_KBYTES);
-    tc_gemm_mainloop<TensorCoreOp<storage_t>, FragA, FragB>(la, lb, ktiles, vec_a, vec_b, As, Bs, acc);
-    tc_gemm_epilogue(GemmStore{C, C32, M, N}, m0, n0, acc);
+    tc_gemm_mainloop<S, TensorCoreOp<storage_t>, FragA<S>, FragB>(la, lb, ktiles, vec_a, vec_b, As, Bs, acc);
+    tc_gemm_epilogue<S>(GemmStore{C, C32, M, N}, m0, n0, acc);
 }
 
 // Every build exports both entry points (the registry's one table of names per file); where a
 // build has no tensor-core format for them (float64, strict float32; TF32 for the .trans path)
 // the body traps. The launcher refuses those calls before they reach a GPU.
-extern "C" __global__ void __launch_bounds__(TC_THREADS)
+extern "C" __global__ void __launch_bounds__(GemmTile::THREADS)
 gemm_tc_nt(const storage_t* A, const storage_t* B, storage_t* C, float* C32, int M, int N, int K, int vec_a, int vec_b) {
 #if GPUCONV_TENSOR_CORES
-    gemm_tc_body<FragB_nt, TC_BN, TC_KBYTES>(A, B, C, C32, M, N, K, vec_a, vec_b, false);
+    gemm_tc_body<FragB_nt<GemmTile>, GemmTile::BN, TC_KBYTES>(A, B, C, C32, M, N, K, vec_a, vec_b, false);
 #else
     __trap();
 #endif
 }
 
-extern "C" __global__ void __launch_bounds__(TC_THREADS)
+extern "C" __global__ void __launch_bounds__(GemmTile::THREADS)
 gemm_tc_nn(const storage_t* A, const storage_t* B, storage_t* C, float* C32, int M, int N, int K, int vec_a, int vec_b) {
 #if GPUCONV_TENSOR_CORES && !GPUCONV_TF32
-    gemm_tc_body<FragB_nn, TC_KBYTES / 2, 2 * TC_BN>(A, B, C, C32, M, N, K, vec_a, vec_b, true);
+    gemm_tc_body<FragB_nn<GemmTile>, TC_KM_ROWS, 2 * GemmTile::BN>(A, B, C, C32, M, N, K, vec_a, vec_b, true);
 #else
     __trap();
 #endif

@@ -4,18 +4,21 @@
 // registry adds it after common.cuh and mma.cuh to the units that list it
 // (gpuconv.kernels.UNIT_HEADERS); it includes nothing itself.
 //
-//   C[M, N] = A[M, K] B[K, N], float32 accumulators, one CTA per 64x64 tile of C.
+//   C[M, N] = A[M, K] B[K, N], float32 accumulators, one CTA per BM x BN tile of C.
 //
-// - A CTA's 4 warps each compute a 32x32 quarter, as 2 x 4 mma tiles of 16x8 (32 float
-//   accumulators per thread).
+// - The CTA shape is a template parameter, TcShape<BM, BN, WM, WN>: WM x WN warps, each computing
+//   a (BM / WM) x (BN / WN) block as MI x NI mma tiles of 16x8. TcTile64 (64x64, 4 warps of
+//   32x32, 32 float accumulators per thread) and TcTile128 (128x128, 8 warps of 64x32, 64 per
+//   thread) are the shapes in use; every loader, fragment reader and the pipeline take the shape.
 // - K is walked in k-tiles of TC_KBYTES = 64 bytes (32 bf16/fp16 or 16 TF32 elements): 2 mma
 //   steps of 32 bytes each.
 // - An operand loader is an object with
 //       void load(unsigned char* stage, int kt, int vec) const;
 //   that issues this thread's share of the copies of k-tile kt into one shared-memory stage,
-//   zero-filling every byte outside the operand. A stage is either K-contiguous ("mk": 64 rows
-//   of M or N, 64 bytes of K each) or K-strided ("km": 32 rows of K, 128 bytes of M or N each,
-//   16-bit elements only), swizzled (swizzle_offset in mma.cuh). The main loop only sees stages.
+//   zero-filling every byte outside the operand. A stage is either K-contiguous ("mk": BM or BN
+//   rows of 64 bytes of K) or K-strided ("km": 32 rows of K, the M or N columns in 128-byte
+//   blocks of 64 16-bit elements, one block after the other; 16-bit elements only), swizzled
+//   (stage_offset below). The main loop only sees stages.
 // - Fragment readers turn a stage into a warp's mma fragments with ldmatrix: FragA (A, mk),
 //   FragA_km (A, km: .trans), FragB_nt (B, mk), FragB_nn (B, km: .trans). .trans moves 16-bit
 //   elements, so the km layouts exist in the bf16/fp16 builds only.
@@ -25,13 +28,34 @@
 // would keep the loaders' stage layouts (64- and 128-byte swizzles are wgmma's 64B/128B modes; its
 // stages need 1024-byte alignment) and replace the fragment readers and the mma loop.
 
-#define TC_BM 64            // CTA tile rows (M)
-#define TC_BN 64            // CTA tile columns (N)
-#define TC_KBYTES 64        // bytes of K per k-tile: one 64-byte row per M (or N) row of a stage
+#define TC_KBYTES 64        // bytes of K per k-tile: one 64-byte row per M (or N) row of an mk stage
 #define TC_STAGES 3         // shared-memory stages: 2 k-tiles in flight while a third is multiplied
-#define TC_THREADS 128      // 4 warps, 2 x 2 over the CTA tile, 32 x 32 each
-#define TC_A_STAGE (TC_BM * TC_KBYTES)   // bytes of one A stage (4096)
-#define TC_B_STAGE (TC_BN * TC_KBYTES)   // bytes of one B stage, either layout (4096)
+#define TC_KM_ROWS 32       // rows of K in a km stage (64 bytes of 16-bit elements)
+
+// A CTA tile: BM x BN outputs, WM x WN warps.
+template <int BM_, int BN_, int WM_, int WN_>
+struct TcShape {
+    static constexpr int BM = BM_, BN = BN_, WM = WM_, WN = WN_;
+    static constexpr int THREADS = 32 * WM * WN;
+    static constexpr int MI = BM / WM / 16;              // 16-row mma tiles per warp
+    static constexpr int NI = BN / WN / 8;               // 8-column mma tiles per warp (even)
+    static constexpr int A_STAGE = BM * TC_KBYTES;        // bytes of one A stage, either layout
+    static constexpr int B_STAGE = BN * TC_KBYTES;        // bytes of one B stage, either layout
+    static constexpr int SHARED = TC_STAGES * (A_STAGE + B_STAGE);
+    __device__ static int warp_m() { return (int)threadIdx.x / 32 / WN; }
+    __device__ static int warp_n() { return (int)threadIdx.x / 32 % WN; }
+};
+typedef TcShape<64, 64, 2, 2> TcTile64;     // 128 threads; 24 KiB of stages
+typedef TcShape<128, 128, 2, 4> TcTile128;  // 256 threads; 48 KiB of stages (the static limit)
+
+// Byte offset of (row, byte) in a stage whose rows hold ROW_BYTES bytes: mk stages (64-byte rows)
+// and km stages of 64 columns (128-byte rows) are swizzled as they are; wider km stages are cut
+// into 128-byte column blocks of TC_KM_ROWS rows each, stored one after the other.
+template <int ROW_BYTES>
+__device__ inline int stage_offset(int row, int byte) {
+    if (ROW_BYTES <= 128) return swizzle_offset<(ROW_BYTES <= 128 ? ROW_BYTES : 128)>(row, byte);
+    return (byte >> 7) * (TC_KM_ROWS * 128) + swizzle_offset<128>(row, byte & 127);
+}
 
 // ------------------------------------------------------------------------------------------
 // Loading: one copy of VEC bytes, src_bytes of them from global memory, the rest zeros.
@@ -50,12 +74,13 @@ __device__ inline void copy_piece<2>(unsigned char* dst, const unsigned char* sr
     *(unsigned short*)dst = src_bytes ? *(const unsigned short*)src : (unsigned short)0;
 }
 
-// An operand tile of a dense row-major matrix: ROWS rows of ROW_BYTES bytes per stage. Row r,
-// byte b of k-tile kt come from global row (kt * kt_rows + r) and byte (kt * kt_bytes + b) counted
-// from `base`, the tile's first element: A and B [N][K] step along their rows (kt_bytes =
-// TC_KBYTES), B [K][N] steps down its rows (kt_rows = 32 rows of K). Outside rows_valid rows or
-// row_bytes bytes the stage is zero-filled (cp.async src-size), so edges need no other guard.
-template <int ROWS, int ROW_BYTES>
+// An operand tile of a dense row-major matrix: ROWS rows of ROW_BYTES bytes per stage, copied by
+// THREADS threads. Row r, byte b of k-tile kt come from global row (kt * kt_rows + r) and byte
+// (kt * kt_bytes + b) counted from `base`, the tile's first element: A and B [N][K] step along
+// their rows (kt_bytes = TC_KBYTES), B [K][N] steps down its rows (kt_rows = 32 rows of K).
+// Outside rows_valid rows or row_bytes bytes the stage is zero-filled (cp.async src-size), so
+// edges need no other guard.
+template <int ROWS, int ROW_BYTES, int THREADS>
 struct DenseTileLoader {
     const unsigned char* base;
     long long pitch;      // bytes between consecutive rows in global memory
@@ -80,14 +105,14 @@ struct DenseTileLoader {
         // Not unrolled: unrolled, ptxas kept the addresses of every piece of the four widths live
         // across the k-loop (255 registers on sm_90); rolled up, the kernel needs about 60.
 #pragma unroll 1
-        for (int q = 0; q < (PIECES + TC_THREADS - 1) / TC_THREADS; ++q) {
-            const int p = threadIdx.x + q * TC_THREADS;
-            if (PIECES % TC_THREADS == 0 || p < PIECES) {
+        for (int q = 0; q < (PIECES + THREADS - 1) / THREADS; ++q) {
+            const int p = threadIdx.x + q * THREADS;
+            if (PIECES % THREADS == 0 || p < PIECES) {
                 const int r = p / PER_ROW, b = (p % PER_ROW) * VEC;
                 const long long left = row0 + r < rows_valid ? row_bytes - (byte0 + b) : 0;
                 const int n = left <= 0 ? 0 : (left < VEC ? (int)left : VEC);
                 const unsigned char* src = n ? base + (row0 + r) * pitch + byte0 + b : base;
-                copy_piece<VEC>(stage + swizzle_offset<ROW_BYTES>(r, b), src, n);
+                copy_piece<VEC>(stage + stage_offset<ROW_BYTES>(r, b), src, n);
             }
         }
     }
@@ -95,69 +120,73 @@ struct DenseTileLoader {
 
 // ------------------------------------------------------------------------------------------
 // Fragments. A warp's lane l supplies the row address of matrix j = l / 8, row l % 8 of each
-// ldmatrix.x4 (mma.cuh's table). Warp w covers rows 32 * (w / 2) and columns 32 * (w % 2) of the
-// CTA tile; ks is the mma step (32 bytes of K) within the stage.
+// ldmatrix.x4 (mma.cuh's table). Warp (wm, wn) covers rows (BM / WM) * wm and columns
+// (BN / WN) * wn of the CTA tile; ks is the mma step (32 bytes of K) within the stage.
 
 // A stage [BM rows][64 bytes of K]: one x4 per 16x(32 bytes) fragment: matrices (rows 0-7,
 // bytes 0-15), (rows 8-15, bytes 0-15), (rows 0-7, bytes 16-31), (rows 8-15, bytes 16-31).
+template <class S>
 struct FragA {
     template <class Op>
-    __device__ static void load(const unsigned char* stage, int ks, unsigned a[2][4]) {
-        const int lane = threadIdx.x % 32, j = lane / 8, wm = threadIdx.x / 32 / 2;
+    __device__ static void load(const unsigned char* stage, int ks, unsigned a[S::MI][4]) {
+        const int lane = threadIdx.x % 32, j = lane / 8, m0 = S::BM / S::WM * S::warp_m();
 #pragma unroll
-        for (int i = 0; i < 2; ++i) {
-            const int row = 32 * wm + 16 * i + 8 * (j & 1) + lane % 8;
-            ldmatrix_x4(a[i], stage + swizzle_offset<TC_KBYTES>(row, 32 * ks + 16 * (j >> 1)));
+        for (int i = 0; i < S::MI; ++i) {
+            const int row = m0 + 16 * i + 8 * (j & 1) + lane % 8;
+            ldmatrix_x4(a[i], stage + stage_offset<TC_KBYTES>(row, 32 * ks + 16 * (j >> 1)));
             Op::prepare(a[i], 4);
         }
     }
 };
 
-// A stage [32 rows of K][BM columns of M, 128 bytes] (A given K-strided, 16-bit): .trans reads
-// the 8x8 blocks column-major, so matrix (k 0-7, m 0-7) stored row by row arrives as the A
-// fragment of (m 0-7, k 0-7): matrices (m 0-7, k 0-7), (m 8-15, k 0-7), (m 0-7, k 8-15), ...
+// A stage [32 rows of K][BM columns of M] (A given K-strided, 16-bit): .trans reads the 8x8
+// blocks column-major, so matrix (k 0-7, m 0-7) stored row by row arrives as the A fragment of
+// (m 0-7, k 0-7): matrices (m 0-7, k 0-7), (m 8-15, k 0-7), (m 0-7, k 8-15), (m 8-15, k 8-15).
+template <class S>
 struct FragA_km {
     template <class Op>
-    __device__ static void load(const unsigned char* stage, int ks, unsigned a[2][4]) {
-        const int lane = threadIdx.x % 32, j = lane / 8, wm = threadIdx.x / 32 / 2;
+    __device__ static void load(const unsigned char* stage, int ks, unsigned a[S::MI][4]) {
+        const int lane = threadIdx.x % 32, j = lane / 8, m0 = S::BM / S::WM * S::warp_m();
 #pragma unroll
-        for (int i = 0; i < 2; ++i) {
+        for (int i = 0; i < S::MI; ++i) {
             const int krow = 16 * ks + 8 * (j >> 1) + lane % 8;
-            const int col = 32 * wm + 16 * i + 8 * (j & 1);
-            ldmatrix_x4_trans(a[i], stage + swizzle_offset<2 * TC_BM>(krow, 2 * col));
+            const int col = m0 + 16 * i + 8 * (j & 1);
+            ldmatrix_x4_trans(a[i], stage + stage_offset<2 * S::BM>(krow, 2 * col));
         }
     }
 };
 
 // B stage [BN rows of N][64 bytes of K] (B given as [N][K]): one x4 per two 8-column B
 // fragments: matrices (n 0-7, bytes 0-15), (n 0-7, bytes 16-31), (n 8-15, ...), (n 8-15, ...).
+template <class S>
 struct FragB_nt {
     template <class Op>
-    __device__ static void load(const unsigned char* stage, int ks, unsigned b[4][2]) {
-        const int lane = threadIdx.x % 32, j = lane / 8, wn = threadIdx.x / 32 % 2;
+    __device__ static void load(const unsigned char* stage, int ks, unsigned b[S::NI][2]) {
+        const int lane = threadIdx.x % 32, j = lane / 8, n0 = S::BN / S::WN * S::warp_n();
 #pragma unroll
-        for (int p = 0; p < 2; ++p) {
-            const int row = 32 * wn + 16 * p + 8 * (j >> 1) + lane % 8;
+        for (int p = 0; p < S::NI / 2; ++p) {
+            const int row = n0 + 16 * p + 8 * (j >> 1) + lane % 8;
             unsigned r[4];
-            ldmatrix_x4(r, stage + swizzle_offset<TC_KBYTES>(row, 32 * ks + 16 * (j & 1)));
+            ldmatrix_x4(r, stage + stage_offset<TC_KBYTES>(row, 32 * ks + 16 * (j & 1)));
             Op::prepare(r, 4);
             b[2 * p][0] = r[0]; b[2 * p][1] = r[1]; b[2 * p + 1][0] = r[2]; b[2 * p + 1][1] = r[3];
         }
     }
 };
 
-// B stage [32 rows of K][BN columns of N, 128 bytes] (B given as [K][N], 16-bit): .trans reads
-// the 8x8 blocks column-major: matrices (k 0-7, n 0-7), (k 8-15, n 0-7), (k 0-7, n 8-15), ...
+// B stage [32 rows of K][BN columns of N] (B given as [K][N], 16-bit): .trans reads the 8x8
+// blocks column-major: matrices (k 0-7, n 0-7), (k 8-15, n 0-7), (k 0-7, n 8-15), ...
+template <class S>
 struct FragB_nn {
     template <class Op>
-    __device__ static void load(const unsigned char* stage, int ks, unsigned b[4][2]) {
-        const int lane = threadIdx.x % 32, j = lane / 8, wn = threadIdx.x / 32 % 2;
+    __device__ static void load(const unsigned char* stage, int ks, unsigned b[S::NI][2]) {
+        const int lane = threadIdx.x % 32, j = lane / 8, n0 = S::BN / S::WN * S::warp_n();
 #pragma unroll
-        for (int p = 0; p < 2; ++p) {
+        for (int p = 0; p < S::NI / 2; ++p) {
             const int krow = 16 * ks + 8 * (j & 1) + lane % 8;
-            const int col = 32 * wn + 16 * p + 8 * (j >> 1);
+            const int col = n0 + 16 * p + 8 * (j >> 1);
             unsigned r[4];
-            ldmatrix_x4_trans(r, stage + swizzle_offset<2 * TC_BN>(krow, 2 * col));
+            ldmatrix_x4_trans(r, stage + stage_offset<2 * S::BN>(krow, 2 * col));
             b[2 * p][0] = r[0]; b[2 * p][1] = r[1]; b[2 * p + 1][0] = r[2]; b[2 * p + 1][1] = r[3];
         }
     }
@@ -170,14 +199,14 @@ struct FragB_nn {
 //   __syncthreads -> everyone's have, and every warp is done with tile kt - 1, whose stage
 //                    ((kt - 1) % STAGES == (kt + STAGES - 1) % STAGES) is refilled next;
 //   issue tile kt + STAGES - 1, then multiply tile kt while it streams in.
-template <class Op, class FragA, class FragB, class LoaderA, class LoaderB>
+template <class S, class Op, class FragA, class FragB, class LoaderA, class LoaderB>
 __device__ void tc_gemm_mainloop(const LoaderA& la, const LoaderB& lb, int ktiles, int vec_a, int vec_b,
-                                 unsigned char* As, unsigned char* Bs, float acc[2][4][4]) {
+                                 unsigned char* As, unsigned char* Bs, float acc[S::MI][S::NI][4]) {
 #pragma unroll
     for (int s = 0; s < TC_STAGES - 1; ++s) {
         if (s < ktiles) {
-            la.load(As + s * TC_A_STAGE, s, vec_a);
-            lb.load(Bs + s * TC_B_STAGE, s, vec_b);
+            la.load(As + s * S::A_STAGE, s, vec_a);
+            lb.load(Bs + s * S::B_STAGE, s, vec_b);
         }
         cp_async_commit();
     }
@@ -186,33 +215,36 @@ __device__ void tc_gemm_mainloop(const LoaderA& la, const LoaderB& lb, int ktile
         __syncthreads();
         const int next = kt + TC_STAGES - 1;
         if (next < ktiles) {
-            la.load(As + next % TC_STAGES * TC_A_STAGE, next, vec_a);
-            lb.load(Bs + next % TC_STAGES * TC_B_STAGE, next, vec_b);
+            la.load(As + next % TC_STAGES * S::A_STAGE, next, vec_a);
+            lb.load(Bs + next % TC_STAGES * S::B_STAGE, next, vec_b);
         }
         cp_async_commit();
-        const unsigned char* A = As + kt % TC_STAGES * TC_A_STAGE;
-        const unsigned char* B = Bs + kt % TC_STAGES * TC_B_STAGE;
+        const unsigned char* A = As + kt % TC_STAGES * S::A_STAGE;
+        const unsigned char* B = Bs + kt % TC_STAGES * S::B_STAGE;
 #pragma unroll
         for (int ks = 0; ks < TC_KBYTES / 32; ++ks) {
-            unsigned a[2][4], b[4][2];
+            unsigned a[S::MI][4], b[S::NI][2];
             FragA::template load<Op>(A, ks, a);
             FragB::template load<Op>(B, ks, b);
 #pragma unroll
-            for (int i = 0; i < 2; ++i)
+            for (int i = 0; i < S::MI; ++i)
 #pragma unroll
-                for (int n = 0; n < 4; ++n) Op::mma(acc[i][n], a[i], b[n]);
+                for (int n = 0; n < S::NI; ++n) Op::mma(acc[i][n], a[i], b[n]);
         }
     }
 }
 
-template <class Epilogue>
-__device__ void tc_gemm_epilogue(const Epilogue& store, int m0, int n0, const float acc[2][4][4]) {
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    const int row0 = m0 + 32 * (warp / 2) + lane / 4, col0 = n0 + 32 * (warp % 2) + 2 * (lane % 4);
+// The epilogue: accumulator element r of mma tile (i, n) is C[g + 8 * (r / 2)][2t + r % 2] of
+// that tile (mma.cuh's C layout); the functor guards its own edges.
+template <class S, class Epilogue>
+__device__ void tc_gemm_epilogue(const Epilogue& store, int m0, int n0, const float acc[S::MI][S::NI][4]) {
+    const int lane = threadIdx.x % 32;
+    const int row0 = m0 + S::BM / S::WM * S::warp_m() + lane / 4;
+    const int col0 = n0 + S::BN / S::WN * S::warp_n() + 2 * (lane % 4);
 #pragma unroll
-    for (int i = 0; i < 2; ++i)
+    for (int i = 0; i < S::MI; ++i)
 #pragma unroll
-        for (int n = 0; n < 4; ++n)
+        for (int n = 0; n < S::NI; ++n)
 #pragma unroll
             for (int r = 0; r < 4; ++r) store(row0 + 16 * i + 8 * (r / 2), col0 + 8 * n + r % 2, acc[i][n][r]);
 }

@@ -39,8 +39,9 @@ CASES = [((2, 16, 6, 6), (24, 3, 3), (1, 1), (1, 1)),     # the common 3x3 same-
          ((2, 8, 5, 5), (70, 1, 1), (1, 1), (0, 0)),      # 1x1, K past one 64-column tile
          ((3, 12, 6, 7), (9, 2, 3), (2, 1), (0, 2)),      # rectangular filter, padding wider than it
          ((1, 40, 9, 9), (5, 3, 3), (1, 1), (1, 1)),      # M = 81 (two row tiles), C*9 = 360 (6 k-tiles)
-         ((2, 5, 6, 6), (3, 2, 2), (3, 3), (1, 1))]       # stride larger than the filter: zero rows in dx
-IDS = ["3x3", "c3s2", "1x1k70", "2x3s21p02", "c40m81", "s3p2"]
+         ((2, 5, 6, 6), (3, 2, 2), (3, 3), (1, 1)),       # stride larger than the filter: zero rows in dx
+         ((2, 16, 9, 9), (130, 3, 3), (1, 1), (1, 1))]    # M = 162, K = 130, C*9 = 144: 128-tile edges
+IDS = ["3x3", "c3s2", "1x1k70", "2x3s21p02", "c40m81", "s3p2", "m162k130"]
 # On a GPU the tensor cores' float32 sums truncate (Fasi et al., PeerJ CS 2021): twice the bound.
 GPU_FACTOR = 2.0
 
@@ -78,11 +79,12 @@ def exact(x, w, b, dy, stride, pad, tf32):
     return out
 
 
-def run_conv(target, x, w, b, dy, stride, pad, tf32, channels_last=False):
+def run_conv(target, x, w, b, dy, stride, pad, tf32, channels_last=False, variant="tc"):
     X, W, Bb, DY = on(target, x, w, b, dy)
     if channels_last:
         X, DY = gpuconv.to_channels_last(X), gpuconv.to_channels_last(DY)
-    with kernels.launch_log() as log:
+    families = {f: variant for f in ("conv2d_forward", "conv2d_backward_data", "conv2d_backward_weight")}
+    with kernels.launch_log() as log, kernels.use_variant(**families), kernels.use_variant("tf32", **families):
         y, cache = LC.conv2d_forward_kernel(X, W, Bb, stride, pad, tf32, target=target)
         dx, dw, db = LC.conv2d_backward_kernel(DY, cache, True, tf32, target=target)
     return (y, dx, dw), log
@@ -94,10 +96,11 @@ def assert_bound(name, got, want, mag, length, dtype, factor):
     assert ok, f"{name}: error {worst:.3g} x the derived bound"
 
 
+@pytest.mark.parametrize("variant", ["tc", "tc128"])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 @pytest.mark.parametrize("build", list(BUILDS))
-def test_tensor_core_conv_within_the_derived_bound(target, build, case, channels_last, monkeypatch):
+def test_tensor_core_conv_within_the_derived_bound(target, build, case, channels_last, variant, monkeypatch):
     monkeypatch.setattr(LC, "MIN_SPLIT_CHUNK", 32)  # several weight-gradient splits at these sizes
     dtype, tf32 = BUILDS[build]
     rng = np.random.default_rng([list(BUILDS).index(build), CASES.index(case)])
@@ -105,9 +108,12 @@ def test_tensor_core_conv_within_the_derived_bound(target, build, case, channels
     _, (k, fh, fw), stride, pad = case
     oh, ow = conv_mod.output_hw(x.shape, (fh, fw), stride, pad)
     dy = rng.standard_normal((x.shape[0], k, oh, ow)).astype(dtype)
-    (y, dx, dw), log = run_conv(target, x, w, b, dy, stride, pad, tf32, channels_last)
-    assert log.names[:4] == ["conv2d_forward_tc", "conv2d_backward_data_tc", "conv2d_backward_weight_tc",
-                             "conv2d_tc_weight_reduce"]
+    (y, dx, dw), log = run_conv(target, x, w, b, dy, stride, pad, tf32, channels_last, variant)
+    assert log.names[:4] == [f"conv2d_forward_{variant}", f"conv2d_backward_data_{variant}",
+                             f"conv2d_backward_weight_{variant}", "conv2d_tc_weight_reduce"]
+    tile, threads = TC.SHAPES[variant]
+    assert log[0].block == (threads, 1, 1) and log[0].grid[:2] == (-(-y.shape[0] * y.shape[2] * y.shape[3] // tile),
+                                                                  -(-k // tile))
     # every GEMM in the operands' build (the bias gradient, a plain sum, has no TF32 build)
     assert {r.build for r in log if r.name != "conv2d_backward_bias"} == {"float+tf32" if tf32 else dtype.name}
     for a in (y, dx):
@@ -122,15 +128,16 @@ def test_tensor_core_conv_within_the_derived_bound(target, build, case, channels
     assert_bound("dw", dw, edw, mdw, x.shape[0] * oh * ow, dtype, factor)
 
 
+@pytest.mark.parametrize("variant", ["tc", "tc128"])
 @pytest.mark.parametrize("build", list(BUILDS))
-def test_exact_when_every_partial_sum_is(target, build):
+def test_exact_when_every_partial_sum_is(target, build, variant):
     """Small integers: every product and partial sum is exact in float32, so every order of the
     sums gives the same value and the results equal the float64 convolution bit for bit."""
     dtype, tf32 = BUILDS[build]
     case = CASES[4]
     x, w, b = operands(case, dtype, np.random.default_rng(7), integers=True)
     dy = np.random.default_rng(8).integers(-3, 4, (1, 5, 9, 9)).astype(dtype)
-    (y, dx, dw), _ = run_conv(target, x, w, b, dy, case[2], case[3], tf32)
+    (y, dx, dw), _ = run_conv(target, x, w, b, dy, case[2], case[3], tf32, variant=variant)
     (ey, edx, edw), _ = exact(x, w, b, dy, case[2], case[3], tf32)
     for got, want in ((y, ey), (dx, edx), (dw, edw)):
         assert np.array_equal(host(got).astype(np.float64), want)
@@ -151,17 +158,20 @@ def test_fused_bias_relu_epilogue_and_no_bias():
     assert np.all(np.abs(np.asarray(y1, np.float64) - ey)[keep] <= tol[keep])
 
 
-def test_both_schedule_orders_give_the_same_bits(monkeypatch):
+@pytest.mark.parametrize("variant", ["tc", "tc128"])
+@pytest.mark.parametrize("build", ["bf16", "tf32"])
+def test_both_schedule_orders_give_the_same_bits(monkeypatch, build, variant):
     """Reversed thread order (and warp order) gives the same bits: the stages are ordered by
     cp.async waits and barriers, not by the order threads happen to run in."""
     monkeypatch.setattr(LC, "MIN_SPLIT_CHUNK", 32)
+    dtype, tf32 = BUILDS[build]
     rng = np.random.default_rng(4)
-    x, w, b = operands(CASES[4], BF16, rng)
-    dy = rng.standard_normal((1, 5, 9, 9)).astype(BF16)
+    x, w, b = operands(CASES[4], dtype, rng)
+    dy = rng.standard_normal((1, 5, 9, 9)).astype(dtype)
     results = []
     for order in ("forward", "reverse"):
         with kernels.sim_schedule(order):
-            (y, dx, dw), _ = run_conv("sim", x, w, b, dy, (1, 1), (1, 1), False)
+            (y, dx, dw), _ = run_conv("sim", x, w, b, dy, (1, 1), (1, 1), tf32, variant=variant)
         results.append([np.asarray(a).tobytes() for a in (y, dx, dw)])
     assert results[0] == results[1]
 
@@ -214,8 +224,9 @@ def test_no_tensor_core_format_is_declined_not_trapped(bad):
 @given(n=st.integers(1, 2), c=st.integers(1, 20), k=st.integers(1, 70), fh=st.integers(1, 3), fw=st.integers(1, 3),
        sh=st.integers(1, 3), sw=st.integers(1, 2), ph=st.integers(0, 2), pw=st.integers(0, 2), oh=st.integers(1, 5),
        ow=st.integers(1, 5), build=st.sampled_from(list(BUILDS)), channels_last=st.booleans(),
-       seed=st.integers(0, 2**16))
-def test_fuzz_against_the_float64_convolution(n, c, k, fh, fw, sh, sw, ph, pw, oh, ow, build, channels_last, seed):
+       variant=st.sampled_from(["tc", "tc128"]), seed=st.integers(0, 2**16))
+def test_fuzz_against_the_float64_convolution(n, c, k, fh, fw, sh, sw, ph, pw, oh, ow, build, channels_last, variant,
+                                              seed):
     dtype, tf32 = BUILDS[build]
     h, wd = (oh - 1) * sh + fh - 2 * ph, (ow - 1) * sw + fw - 2 * pw
     if h < 1 or wd < 1:
@@ -224,7 +235,7 @@ def test_fuzz_against_the_float64_convolution(n, c, k, fh, fw, sh, sw, ph, pw, o
     case = ((n, c, h, wd), (k, fh, fw), (sh, sw), (ph, pw))
     x, w, b = operands(case, dtype, rng)
     dy = rng.standard_normal((n, k, oh, ow)).astype(dtype)
-    (y, dx, dw), _ = run_conv("sim", x, w, b, dy, (sh, sw), (ph, pw), tf32, channels_last)
+    (y, dx, dw), _ = run_conv("sim", x, w, b, dy, (sh, sw), (ph, pw), tf32, channels_last, variant)
     (ey, edx, edw), (my, mdx, mdw) = exact(x, w, b, dy, (sh, sw), (ph, pw), tf32)
     assert_bound("y", y, ey, my + np.abs(b.astype(np.float64))[None, :, None, None], c * fh * fw + 1, dtype, 1.0)
     assert_bound("dx", dx, edx, mdx, k * fh * fw, dtype, 1.0)

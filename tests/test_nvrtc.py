@@ -37,6 +37,7 @@ ENTRIES = {
                "conv2d_reduce_splits",
                "conv2d_backward_bias"],
     "conv2d_tc": ["conv2d_forward_tc", "conv2d_backward_data_tc", "conv2d_backward_weight_tc",
+                  "conv2d_forward_tc128", "conv2d_backward_data_tc128", "conv2d_backward_weight_tc128",
                   "conv2d_tc_weight_reduce"],
     "pool2d": ["max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward",
                "lp_pool2d_forward", "lp_pool2d_backward"],
@@ -210,6 +211,11 @@ def test_ptxas_resource_usage(tmp_path, build, capsys):
         for name in ["conv2d_forward_tc", "conv2d_backward_data_tc", "conv2d_backward_weight_tc"]:
             r = reports["conv2d_tc"][name]
             assert r["spill"] == 0 and r["smem"] == 24576 and r["registers"] <= 96, (build, name, r)
+        # 128x128 tiles: 8 warps of 64x32, 64 accumulators per thread, 48 KiB of stages; at most 128
+        # registers keeps two blocks (16 warps) per SM
+        for name in ["conv2d_forward_tc128", "conv2d_backward_data_tc128", "conv2d_backward_weight_tc128"]:
+            r = reports["conv2d_tc"][name]
+            assert r["spill"] == 0 and r["smem"] == 49152 and r["registers"] <= 128, (build, name, r)
 
 
 # ----------------------------------------------------------------------------- the GPU path, faked

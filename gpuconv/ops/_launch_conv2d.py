@@ -84,8 +84,8 @@ def weight_splits(l_total, tiles, target, device=None, step=TILE_K):
 def conv2d_forward_kernel(x, w, b, stride, padding, tf32=False, *, target, relu=False):
     cache = Conv2dCache(x, w, b is not None, stride, padding)
     var = kernels.variant("conv2d_forward", x.dtype, tf32)
-    if var == "tc":
-        y = tc.forward(x, w, b, stride, padding, tf32, relu, target=target)
+    if var in tc.SHAPES:
+        y = tc.forward(x, w, b, stride, padding, tf32, relu, target=target, variant=var)
         if y is not None:
             return y, cache
         var = "v2"  # no tensor-core format for this dtype
@@ -119,11 +119,12 @@ def conv2d_backward_data_kernel(dy, w, x_shape, stride, padding, tf32=False, *, 
     """dx of shape ``x_shape`` from ``dy`` and the filters ``w`` (channels_last when ``like``,
     the forward input, is; NCHW otherwise)."""
     var = kernels.variant("conv2d_backward_data", dy.dtype, tf32)
-    if var == "tc" and dy.size:
-        dx = tc.backward_data(dy, w, x_shape, stride, padding, tf32, dy if like is None else like, target=target)
+    if var in tc.SHAPES and dy.size:
+        dx = tc.backward_data(dy, w, x_shape, stride, padding, tf32, dy if like is None else like, target=target,
+                              variant=var)
         if dx is not None:
             return dx
-    if var == "tc":
+    if var in tc.SHAPES:
         var = "v2"
     xp = get_array_module(dy, w)
     dy, w = xp.ascontiguousarray(dy), xp.ascontiguousarray(w)
@@ -155,8 +156,8 @@ def conv2d_backward_weight_kernel(dy, x, w_shape, stride, padding, tf32=False, *
     if dy.size == 0 or 0 in tuple(w_shape):  # an empty batch: the gradient is an empty sum
         return xp.zeros(tuple(w_shape), dtype=dy.dtype)
     var = kernels.variant("conv2d_backward_weight", dy.dtype, tf32)
-    if var == "tc":
-        dw = tc.backward_weight(dy, x, w_shape, stride, padding, tf32, target=target)
+    if var in tc.SHAPES:
+        dw = tc.backward_weight(dy, x, w_shape, stride, padding, tf32, target=target, variant=var)
         if dw is not None:
             return dw
         var = "v2"  # no tensor-core format for this dtype

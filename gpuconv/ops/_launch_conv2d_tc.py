@@ -19,8 +19,8 @@ from .. import kernels, layout, precision
 from ..backend import get_array_module, is_cupy_array
 from ._checks import output_hw
 
-THREADS = 128    # TC_THREADS in kernels/tc_tile.cuh
-TILE = 64        # TC_BM = TC_BN
+# variant -> (CTA tile side, threads): TcTile64 and TcTile128 in kernels/tc_tile.cuh
+SHAPES = {"tc": (64, 128), "tc128": (128, 256)}
 KBYTES = 64      # TC_KBYTES: bytes of the reduction per k-tile
 PIECE = 16       # bytes per cp.async of the im2col loaders
 _INT_MAX = 2**31 - 1
@@ -38,7 +38,7 @@ def _address(a) -> int:
 
 
 def _fits(*sizes) -> bool:
-    return all(s <= _INT_MAX - 2 * TILE for s in sizes)
+    return all(s <= _INT_MAX - 256 for s in sizes)  # a tile's overhang past the last row stays an int
 
 
 def _nhwc_padded(x, multiple):
@@ -74,16 +74,21 @@ def _back(y_nhwc, like):
     return y if layout.is_channels_last(like) else get_array_module(y).ascontiguousarray(y)
 
 
-def _launch(name, dtype, target, grid, args, tf32, device):
-    kernels.launch("conv2d_tc", name, dtype, target, grid, (THREADS, 1, 1), args, device=device, tf32=tf32)
+def _launch(name, variant, dtype, target, rows, cols, args, tf32, device, splits=1):
+    """One tensor-core conv launch: a block per output tile of the rows x cols GEMM."""
+    tile, threads = SHAPES[variant]
+    grid = (-(-rows // tile), -(-cols // tile), splits)
+    kernels.launch("conv2d_tc", f"{name}_{variant}", dtype, target, grid, (threads, 1, 1), args, device=device,
+                   tf32=tf32)
 
 
 def _i32(*values):
     return tuple(np.int32(v) for v in values)
 
 
-def forward(x, w, b, stride, padding, tf32, relu, *, target):
-    """y = conv2d(x, w) + b (ReLU when ``relu``) on tensor cores, or None (see the module doc)."""
+def forward(x, w, b, stride, padding, tf32, relu, *, target, variant="tc"):
+    """y = conv2d(x, w) + b (ReLU when ``relu``) on tensor cores, or None (see the module doc);
+    ``variant`` 'tc' (64x64 tiles) or 'tc128' (128x128)."""
     n, c, h, wd = x.shape
     k, _, fh, fw = w.shape
     oh, ow = output_hw(x.shape, (fh, fw), stride, padding)
@@ -95,14 +100,13 @@ def forward(x, w, b, stride, padding, tf32, relu, *, target):
     wk = _repacked(w, (0, 2, 3, 1), c, cp)
     y = xp.empty((n, oh, ow, k), dtype=x.dtype)
     if y.size:
-        grid = (-(-(n * oh * ow) // TILE), -(-k // TILE), 1)
         args = (xh, wk, wk if b is None else xp.ascontiguousarray(b), y) + _i32(
             n, cp, h, wd, k, fh, fw, oh, ow, *stride, *padding, b is not None, relu)
-        _launch("conv2d_forward_tc", x.dtype, target, grid, args, tf32, kernels.array_device([x]))
+        _launch("conv2d_forward", variant, x.dtype, target, n * oh * ow, k, args, tf32, kernels.array_device([x]))
     return _back(y, x)
 
 
-def backward_data(dy, w, x_shape, stride, padding, tf32, like, *, target):
+def backward_data(dy, w, x_shape, stride, padding, tf32, like, *, target, variant="tc"):
     """dx of shape ``x_shape`` (in the layout of ``like``) on tensor cores, or None."""
     n, c, h, wd = x_shape
     k, _, fh, fw = w.shape
@@ -115,13 +119,13 @@ def backward_data(dy, w, x_shape, stride, padding, tf32, like, *, target):
     wt = _repacked(w, (1, 2, 3, 0), k, kp)
     dx = xp.empty((n, h, wd, c), dtype=dy.dtype)
     if dx.size:
-        grid = (-(-(n * h * wd) // TILE), -(-c // TILE), 1)
         args = (dyh, wt, dx) + _i32(n, c, h, wd, kp, fh, fw, oh, ow, *stride, *padding)
-        _launch("conv2d_backward_data_tc", dy.dtype, target, grid, args, tf32, kernels.array_device([dy]))
+        _launch("conv2d_backward_data", variant, dy.dtype, target, n * h * wd, c, args, tf32,
+                kernels.array_device([dy]))
     return _back(dx, like)
 
 
-def backward_weight(dy, x, w_shape, stride, padding, tf32, *, target):
+def backward_weight(dy, x, w_shape, stride, padding, tf32, *, target, variant="tc"):
     """dw (OIHW, shape ``w_shape``) on tensor cores, or None: split-K float32 partial sums, then
     conv2d_tc_weight_reduce adds them in a fixed order and rounds once."""
     n, c, h, wd = x.shape
@@ -141,12 +145,13 @@ def backward_weight(dy, x, w_shape, stride, padding, tf32, *, target):
         return dw
     device = kernels.array_device([dy])
     from ._launch_conv2d import weight_splits  # the split rule of every weight-gradient kernel
-    splits, chunk = weight_splits(l_total, -(-rows // TILE) * -(-cols // TILE), target, device, step=KBYTES // dy.itemsize)
+    tile = SHAPES[variant][0]
+    splits, chunk = weight_splits(l_total, -(-rows // tile) * -(-cols // tile), target, device,
+                                  step=KBYTES // dy.itemsize)
     ws = xp.empty((splits, rows, cols), dtype=np.float32)
     vec_dy = next(v for v in (16, 8, 4, 2) if (k * dy.itemsize) % v == 0 and _address(dyh) % v == 0)
-    grid = (-(-rows // TILE), -(-cols // TILE), splits)
     args = (dyh, xh, ws) + _i32(n, cp, h, wd, k, fh, fw, oh, ow, *stride, *padding, chunk, vec_dy)
-    _launch("conv2d_backward_weight_tc", dy.dtype, target, grid, args, tf32, device)
+    _launch("conv2d_backward_weight", variant, dy.dtype, target, rows, cols, args, tf32, device, splits)
     grid, block = kernels.grid_1d(dw.size, kernels.BLOCK, target, device)
     kernels.launch("conv2d_tc", "conv2d_tc_weight_reduce", dy.dtype, target, grid, block,
                    (ws, dw) + _i32(splits, k, c, cp, fh, fw), device=device, tf32=tf32)
