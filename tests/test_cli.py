@@ -415,3 +415,33 @@ def test_summary_counts_parameters_and_flops(capsys):
     assert f"{conv_flops:,}" in text
     rc, out, _ = run(["summary", "--model", "fast", "--width", "8"], capsys)
     assert rc == 0 and "Residual (x + inner)" in out and "total" in out
+
+
+def test_a_full_disk_loses_no_saved_work(tmp_path, capsys, monkeypatch):
+    """The disk fills while epoch 2's checkpoint is written: one error line, epoch 1's checkpoint
+    intact (the write goes to a temporary file, renamed only once complete), no temporary file or
+    lock left behind, and --resume then finishes the run."""
+    import errno
+    real_savez, calls = np.savez, []
+
+    def savez(f, **arrays):
+        calls.append(1)
+        if len(calls) == 2:  # epoch 1's checkpoint went through; epoch 2's does not
+            f.write(b"PK\x03\x04 partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_savez(f, **arrays)
+
+    monkeypatch.setattr(ckpt.np, "savez", savez)
+    argv = ["train", "--model", "seed", "--epochs", "2", "--limit", "128", "--batch-size", "64", "--data", SUBSET,
+            "--out", tmp_path, "--no-progress"]
+    rc, _, err = run(argv, capsys)
+    assert rc == 1
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert errors == [line for line in errors if "No space left on device" in line] and len(errors) == 1, err
+    saved = ckpt.load_checkpoint(tmp_path / "checkpoint.npz")
+    assert int(saved["meta/epoch"]) == 1
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [], "temporary files or lock left"
+    monkeypatch.setattr(ckpt.np, "savez", real_savez)
+    rc, _, err = run(["train", "--out", tmp_path, "--resume", "--data", SUBSET, "--no-progress"], capsys)
+    assert rc == 0, err
+    assert int(ckpt.load_checkpoint(tmp_path / "checkpoint.npz")["meta/epoch"]) == 2
