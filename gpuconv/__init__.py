@@ -7,9 +7,10 @@ rule and the TF32 mode (``set_precision``/``get_precision``/``precision_mode``) 
 :mod:`gpuconv.precision`. Activations may be channels_last (NHWC memory, still NCHW-shaped:
 ``to_channels_last``), the layout the tensor-core convolutions read; see :mod:`gpuconv.layout`.
 """
-from .backend import (Device, asnumpy, cuda_available, cuda_status, default_device, device_of,
-                      get_array_module, get_default_device, item, set_default_device, to_device)
+from .backend import (Device, DeviceMismatchError, asnumpy, cuda_available, cuda_status, default_device,
+                      device_of, get_array_module, get_default_device, item, set_default_device, to_device)
 from .layout import is_channels_last, to_channels_last, to_contiguous
+from .ops._checks import DtypeMismatchError
 from .precision import bfloat16, get_precision, precision_mode, set_precision
 
 __version__ = "0.1.0"
@@ -22,6 +23,6 @@ def load_model(path, device=None):
     return _load(path, device)
 
 
-__all__ = ["Device", "asnumpy", "cuda_available", "cuda_status", "default_device", "device_of",
+__all__ = ["Device", "DeviceMismatchError", "DtypeMismatchError", "asnumpy", "cuda_available", "cuda_status", "default_device", "device_of",
            "get_array_module", "get_default_device", "item", "set_default_device", "to_device",
            "is_channels_last", "to_channels_last", "to_contiguous", "bfloat16", "get_precision", "precision_mode", "set_precision", "load_model", "__version__"]

@@ -199,20 +199,31 @@ def default_device(device):
 
 
 # ----------------------------------------------------------------------------- arrays
+class DeviceMismatchError(TypeError):
+    """Arrays of one call live in different places (host and GPU, or two GPUs)."""
+
+
 def get_array_module(*arrays):
     """numpy or cupy, from the arrays given (None and Python scalars are ignored).
 
-    Mixing NumPy and CuPy arrays in one call is a TypeError naming both."""
+    Mixing NumPy and CuPy arrays, or CuPy arrays of two GPUs, in one call is a
+    :class:`DeviceMismatchError` (a TypeError) naming both."""
     first_np = first_cp = None
     for i, a in enumerate(arrays):
         if a is None or isinstance(a, (int, float, bool, np.generic)):
             continue
         if is_cupy_array(a):
-            first_cp = first_cp if first_cp is not None else i
+            if first_cp is None:
+                first_cp = i
+            elif a.device.id != arrays[first_cp].device.id:
+                raise DeviceMismatchError(
+                    f"argument {first_cp} is on cuda:{arrays[first_cp].device.id} and argument {i} on "
+                    f"cuda:{a.device.id}: put both on one GPU first, e.g. gpuconv.to_device(x, "
+                    f"'cuda:{arrays[first_cp].device.id}')")
         elif isinstance(a, np.ndarray):
             first_np = first_np if first_np is not None else i
     if first_cp is not None and first_np is not None:
-        raise TypeError(
+        raise DeviceMismatchError(
             f"argument {first_np} is a numpy.ndarray (host) and argument {first_cp} is a cupy.ndarray "
             "(GPU): put both on one device first, e.g. gpuconv.to_device(x, 'cuda') or gpuconv.asnumpy(x)")
     return cupy_module() if first_cp is not None else np

@@ -292,7 +292,10 @@ def test_loss_is_float32_and_dlogits_are_rounded_once(backend, dtype):
 
 # ----------------------------------------------------------------------------- dtype errors
 def test_mixed_dtypes_are_a_type_error_naming_both():
+    import gpuconv
     x = np.ones((1, 2, 4, 4), BF16)
+    with pytest.raises(gpuconv.DtypeMismatchError):
+        conv2d_forward(x, np.ones((3, 2, 3, 3), np.float32))
     with pytest.raises(TypeError, match=r"w has dtype float32 but x has dtype bfloat16: an op runs in one precision, "
                                         r"so cast one of them, e.g. w.astype\(x.dtype\)"):
         conv2d_forward(x, np.ones((3, 2, 3, 3), np.float32))

@@ -28,14 +28,19 @@ def check_float(name, a):
     return a
 
 
+class DtypeMismatchError(TypeError):
+    """Arrays of one op have different dtypes (an op runs in one precision)."""
+
+
 def check_same_dtype(ref_name, ref, **others):
-    """All of ``others`` (None skipped) share ``ref``'s dtype: a kernel runs in one element type."""
+    """All of ``others`` (None skipped) share ``ref``'s dtype: a kernel runs in one element type
+    (:class:`DtypeMismatchError`, a TypeError, otherwise)."""
     for name, a in others.items():
         if a is None:
             continue
         check_float(name, a)
         if a.dtype != ref.dtype:
-            raise TypeError(f"{name} has dtype {a.dtype} but {ref_name} has dtype {ref.dtype}: an op runs in "
+            raise DtypeMismatchError(f"{name} has dtype {a.dtype} but {ref_name} has dtype {ref.dtype}: an op runs in "
                             f"one precision, so cast one of them, e.g. {name}.astype({ref_name}.dtype) (for mixed "
                             "precision keep the float32 master copy and pass its cast)")
 
