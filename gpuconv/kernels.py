@@ -724,6 +724,11 @@ def contiguous_like(*arrays, outputs: int = 1, keep_channels_last: bool = False)
     return arrays + tuple(xp.empty_like(arrays[0]) for _ in range(outputs))
 
 
+def address(a) -> int:
+    """The address of a NumPy or CuPy array's first element (what alignment rules are about)."""
+    return a.data.ptr if backend.is_cupy_array(a) else a.ctypes.data
+
+
 def array_device(arrays) -> int | None:
     """The CUDA device id of the first CuPy array in ``arrays`` (None when there is none)."""
     cp = backend.cupy_module()

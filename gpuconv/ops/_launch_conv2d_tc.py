@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import kernels, layout, precision
-from ..backend import get_array_module, is_cupy_array
+from ..backend import get_array_module
 from ._checks import output_hw
 
 # variant -> (CTA tile side, threads): TcTile64 and TcTile128 in kernels/tc_tile.cuh
@@ -33,9 +33,6 @@ def supports(dtype, tf32: bool) -> bool:
     return dt in precision.LOW_PRECISION or (dt == precision.float32 and tf32)
 
 
-def _address(a) -> int:
-    return a.data.ptr if is_cupy_array(a) else a.ctypes.data
-
 
 def _fits(*sizes) -> bool:
     return all(s <= _INT_MAX - 256 for s in sizes)  # a tile's overhang past the last row stays an int
@@ -49,7 +46,7 @@ def _nhwc_padded(x, multiple):
     n, c, h, w = x.shape
     cp = -(-c // multiple) * multiple
     a = layout.nhwc(x)
-    if cp == c and _address(a) % PIECE == 0:
+    if cp == c and kernels.address(a) % PIECE == 0:
         return a
     out = xp.zeros((n, h, w, cp), dtype=x.dtype)
     out[..., :c] = a
@@ -135,7 +132,7 @@ def backward_weight(dy, x, w_shape, stride, padding, tf32, *, target, variant="t
         return None
     xp = get_array_module(dy, x)
     dyh = layout.nhwc(dy)
-    if _address(dyh) % PIECE:
+    if kernels.address(dyh) % PIECE:
         dyh = dyh.copy()
     xh = _nhwc_padded(x, PIECE // x.itemsize)
     cp = xh.shape[3]
@@ -149,7 +146,7 @@ def backward_weight(dy, x, w_shape, stride, padding, tf32, *, target, variant="t
     splits, chunk = weight_splits(l_total, -(-rows // tile) * -(-cols // tile), target, device,
                                   step=KBYTES // dy.itemsize)
     ws = xp.empty((splits, rows, cols), dtype=np.float32)
-    vec_dy = next(v for v in (16, 8, 4, 2) if (k * dy.itemsize) % v == 0 and _address(dyh) % v == 0)
+    vec_dy = next(v for v in (16, 8, 4, 2) if (k * dy.itemsize) % v == 0 and kernels.address(dyh) % v == 0)
     args = (dyh, xh, ws) + _i32(n, cp, h, wd, k, fh, fw, oh, ow, *stride, *padding, chunk, vec_dy)
     _launch("conv2d_backward_weight", variant, dy.dtype, target, rows, cols, args, tf32, device, splits)
     grid, block = kernels.grid_1d(dw.size, kernels.BLOCK, target, device)

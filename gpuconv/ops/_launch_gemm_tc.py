@@ -12,15 +12,12 @@ from __future__ import annotations
 import numpy as np
 
 from .. import kernels, precision
-from ..backend import get_array_module, is_cupy_array
+from ..backend import get_array_module
 
 TILE = 64          # TC_BM = TC_BN in gemm_tc.cu
 THREADS = 128      # TC_THREADS
 LAYOUTS = ("nt", "nn")
 
-
-def _address(a) -> int:
-    return a.data.ptr if is_cupy_array(a) else a.ctypes.data
 
 
 def vector_bytes(a) -> int:
@@ -29,7 +26,7 @@ def vector_bytes(a) -> int:
     (16-bit elements in rows of odd length: plain loads)."""
     pitch = a.shape[1] * a.itemsize
     for vec in (16, 8, 4):
-        if pitch % vec == 0 and _address(a) % vec == 0:
+        if pitch % vec == 0 and kernels.address(a) % vec == 0:
             return vec
     return 2
 

@@ -8,20 +8,16 @@ and a misaligned view falls back to v1.
 from __future__ import annotations
 
 from .. import kernels
-from ..backend import is_cupy_array
 from ._dispatch import register_launcher
 from .relu import ReluCache
 
-
-def _address(a):
-    return a.data.ptr if is_cupy_array(a) else a.ctypes.data
 
 
 def _pick(family, arrays):
     """'v2' when chosen (for the arrays' dtype) and every pointer is 4-element aligned (16 bytes
     in float32, 8 in bfloat16/float16), else 'v1'."""
     var = kernels.variant(family, arrays[0].dtype)
-    if var == "v2" and any(_address(a) % (4 * a.itemsize) for a in arrays):
+    if var == "v2" and any(kernels.address(a) % (4 * a.itemsize) for a in arrays):
         return "v1"
     return var
 
