@@ -19,18 +19,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import gpuconv
-from gpuconv import backend as B
 from gpuconv import kernels, layout
 from gpuconv.gradcheck import reduction_tolerance, within_tolerance
 from gpuconv.ops import _launch_conv2d as LC
 from gpuconv.ops import _launch_conv2d_tc as TC
 from gpuconv.ops import conv2d as conv_mod
 from gpuconv.precision import multiplicands
+from test_gemm_tc import GPU_FACTOR, host, on, target  # noqa: F401  (target: the sim/cuda fixture)
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
-TARGETS = [pytest.param("sim"),
-           pytest.param("cuda", marks=[pytest.mark.gpu,
-                                       pytest.mark.skipif(not B.cuda_available(), reason=f"no GPU: {B.cuda_status()}")])]
 # (dtype, tf32)
 BUILDS = {"bf16": (BF16, False), "f16": (np.dtype(np.float16), False), "tf32": (np.dtype(np.float32), True)}
 # (x shape, (K, FH, FW), stride, padding)
@@ -42,22 +39,6 @@ CASES = [((2, 16, 6, 6), (24, 3, 3), (1, 1), (1, 1)),     # the common 3x3 same-
          ((2, 5, 6, 6), (3, 2, 2), (3, 3), (1, 1)),       # stride larger than the filter: zero rows in dx
          ((2, 16, 9, 9), (130, 3, 3), (1, 1), (1, 1))]    # M = 162, K = 130, C*9 = 144: 128-tile edges
 IDS = ["3x3", "c3s2", "1x1k70", "2x3s21p02", "c40m81", "s3p2", "m162k130"]
-# On a GPU the tensor cores' float32 sums truncate (Fasi et al., PeerJ CS 2021): twice the bound.
-GPU_FACTOR = 2.0
-
-
-@pytest.fixture(params=TARGETS)
-def target(request):
-    return request.param
-
-
-def on(target, *arrays):
-    xp = B.cupy_module() if target == "cuda" else np
-    return [None if a is None else xp.asarray(a) for a in arrays]
-
-
-def host(a):
-    return a.get() if B.is_cupy_array(a) else np.asarray(a)
 
 
 def operands(case, dtype, rng, integers=False):
