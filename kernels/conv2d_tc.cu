@@ -269,10 +269,14 @@ struct RowMajorStore {
     storage_t* out;
     const storage_t* bias;  // null: none
     int rows, cols, relu;
-    __device__ void operator()(int row, int col, float v) const {
-        if (row >= rows || col >= cols) return;
+    __device__ storage_t value(int col, float v) const {
         if (bias) v += to_acc(bias[col]);
-        out[(index_t)row * cols + col] = from_acc(relu ? relu_value(v) : v);
+        return from_acc(relu ? relu_value(v) : v);
+    }
+    __device__ void operator()(int row, int col, float v0, float v1) const {
+        if (row >= rows || col >= cols) return;
+        const bool both = col + 1 < cols;
+        store_pair(out, (index_t)row * cols + col, both, value(col, v0), both ? value(col + 1, v1) : storage_t());
     }
 };
 
@@ -280,8 +284,8 @@ struct RowMajorStore {
 struct PartialStore {
     float* ws;
     int rows, cols;
-    __device__ void operator()(int row, int col, float v) const {
-        if (row < rows && col < cols) ws[(index_t)row * cols + col] = v;
+    __device__ void operator()(int row, int col, float v0, float v1) const {
+        if (row < rows && col < cols) store_pair(ws, (index_t)row * cols + col, col + 1 < cols, v0, v1);
     }
 };
 

@@ -25,17 +25,16 @@
 // the fragment readers, the 3-stage cp.async pipeline) is kernels/tc_tile.cuh, shared with the
 // implicit-GEMM convolutions of kernels/conv2d_tc.cu.
 
-// The epilogue: accumulator element r of mma tile (i, n) is C[g + 8 * (r / 2)][2t + r % 2] of
-// that tile (mma.cuh's C layout); stores are guarded against M and N.
+// The epilogue's stores, guarded against M and N.
 struct GemmStore {
     storage_t* C;
     float* C32;
     int M, N;
-    __device__ void operator()(int row, int col, float v) const {
+    __device__ void operator()(int row, int col, float v0, float v1) const {
         if (row >= M || col >= N) return;
         const index_t at = (index_t)row * N + col;
-        if (C) C[at] = from_acc(v);
-        else C32[at] = v;
+        if (C) store_pair(C, at, col + 1 < N, from_acc(v0), from_acc(v1));
+        else store_pair(C32, at, col + 1 < N, v0, v1);
     }
 };
 

@@ -234,8 +234,10 @@ __device__ void tc_gemm_mainloop(const LoaderA& la, const LoaderB& lb, int ktile
     }
 }
 
-// The epilogue: accumulator element r of mma tile (i, n) is C[g + 8 * (r / 2)][2t + r % 2] of
-// that tile (mma.cuh's C layout); the functor guards its own edges.
+// The epilogue: accumulator elements 2h and 2h + 1 of mma tile (i, n) are C[g + 8h][2t] and
+// C[g + 8h][2t + 1] of that tile (mma.cuh's C layout): a pair of neighbours in a row, handed to
+// the functor together (store(row, col, v0, v1), col even) so that it can write both at once; the
+// functor guards its own edges.
 template <class S, class Epilogue>
 __device__ void tc_gemm_epilogue(const Epilogue& store, int m0, int n0, const float acc[S::MI][S::NI][4]) {
     const int lane = threadIdx.x % 32;
@@ -246,5 +248,19 @@ __device__ void tc_gemm_epilogue(const Epilogue& store, int m0, int n0, const fl
 #pragma unroll
         for (int n = 0; n < S::NI; ++n)
 #pragma unroll
-            for (int r = 0; r < 4; ++r) store(row0 + 16 * i + 8 * (r / 2), col0 + 8 * n + r % 2, acc[i][n][r]);
+            for (int h = 0; h < 2; ++h)
+                store(row0 + 16 * i + 8 * h, col0 + 8 * n, acc[i][n][2 * h], acc[i][n][2 * h + 1]);
+}
+
+// Writes out[at], out[at + 1] (at even: both in one aligned word of two elements) or, at the last
+// column or an odd `at`, the elements that exist one by one.
+template <class T>
+__device__ inline void store_pair(T* out, index_t at, bool both, T v0, T v1) {
+    struct __align__(2 * sizeof(T)) Pair { T a, b; };
+    if (both && at % 2 == 0) {
+        *(Pair*)(out + at) = Pair{v0, v1};
+    } else {
+        out[at] = v0;
+        if (both) out[at + 1] = v1;
+    }
 }
