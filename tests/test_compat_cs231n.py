@@ -251,7 +251,8 @@ def test_caches_hold_what_the_assignment_caches_hold():
     assert cache[0] is x and cache[1] is wa and len(cache) == 3
     _, (conv_cache, relu_cache, pool_cache) = C.conv_relu_pool_forward(x, w, b, conv_param, pool_param)
     assert conv_cache[3] is conv_param and relu_cache.shape == (2, 2, 4, 4)
-    assert pool_cache[0] == "reshape" and pool_cache[1][0] is relu_cache and len(pool_cache[1]) == 3
+    assert pool_cache[0] == "reshape" and np.array_equal(pool_cache[1][0], np.maximum(relu_cache, 0))
+    assert len(pool_cache[1]) == 3
 
 
 def test_backward_accepts_hand_built_caches():
@@ -451,7 +452,7 @@ def test_bad_inputs_raise_the_ops_errors():
         C.max_pool_forward_naive(x, {"pool_height": 2, "stride": 2})
     with pytest.raises(ValueError, match=r"\(D, M\)"):
         C.affine_forward(x, randn(100, 4), randn(4))
-    with pytest.raises(ValueError, match="keep probability"):
+    with pytest.raises(ValueError, match="KEEP probability.*edition\\(2017\\)"):
         C.dropout_forward(x, {"mode": "train", "p": 0.0})
     with pytest.raises(ValueError, match="'train' or 'test'"):
         C.batchnorm_forward(randn(4, 3), np.ones(3), np.zeros(3), {"mode": "eval"})
