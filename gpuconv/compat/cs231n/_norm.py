@@ -216,7 +216,8 @@ def _dropout(x, dropout_param, drop):
     mask = (u >= p) / (1 - p) if drop else (u < p) / p
     if isinstance(mask, np.ndarray) and not isinstance(x, np.ndarray):
         mask = to_device(mask, device_of(x))
-    return x * mask, Cache((dropout_param, mask))
+    # The starter code ends with out.astype(x.dtype, copy=False): the output keeps x's dtype.
+    return (x * mask).astype(x.dtype, copy=False), Cache((dropout_param, mask))
 
 
 def _random_module(x):
