@@ -20,6 +20,7 @@ from ... import ops
 from ...backend import device_of, get_array_module, is_cupy_array, to_device
 from ._basic import param
 from ._call import Call, Cache, backward_call
+from ._device import download
 
 
 # ----------------------------------------------------------------------------- batch norm
@@ -88,7 +89,10 @@ def _batchnorm(c, x4, gamma, beta, bn_param):
     momentum = bn_param.get("momentum", 0.9)
     channels = x4.shape[1]
     xp = get_array_module(x4)
-    host = np if c.host_io else xp          # where bn_param's running statistics live
+    # bn_param's running statistics stay where the caller's arrays are: on the host whenever the
+    # call took NumPy arrays (also inside a layer_utils sandwich, whose caller did).
+    on_host = c.host_io or c.inner
+    host = np if on_host else xp
     running_mean = bn_param.get("running_mean", host.zeros(channels, dtype=c.dtype))
     running_var = bn_param.get("running_var", host.zeros(channels, dtype=c.dtype))
     g, b = c.param(gamma), c.param(beta)
@@ -101,7 +105,9 @@ def _batchnorm(c, x4, gamma, beta, bn_param):
     batch_var = xp.zeros(channels, dtype=c.dtype)
     out, oc = ops.batchnorm2d_forward(x4, g, b, batch_mean, batch_var, training=True, momentum=1.0, eps=eps)
     count = x4.size // channels
-    batch_mean, biased = c.out(batch_mean), c.out(batch_var * ((count - 1) / count))
+    biased = batch_var * ((count - 1) / count)
+    if on_host:
+        batch_mean, biased = download(batch_mean), download(biased)
     bn_param["running_mean"] = momentum * running_mean + (1 - momentum) * batch_mean
     bn_param["running_var"] = momentum * running_var + (1 - momentum) * biased
     return out, oc
