@@ -193,3 +193,72 @@ def test_use_device_gradient_check_sees_every_perturbation():
         _, dw, _ = C.conv_backward_fast(dout, cache)
         num = C.eval_numerical_gradient_array(lambda v: C.conv_forward_fast(x, v, b, cp)[0], w, dout)
     assert C.rel_error(num, dw) < 1e-8 and np.abs(num).max() > 0.1
+
+
+def test_solver_and_model_under_use_device_sim_match_the_cpu():
+    def train():
+        np.random.seed(0)
+        model = C.ThreeLayerConvNet(input_dim=(3, 4, 4), num_filters=2, filter_size=3, hidden_dim=3,
+                                    weight_scale=1e-1, dtype=np.float64)
+        rng = np.random.default_rng(5)
+        data = {"X_train": rng.standard_normal((4, 3, 4, 4)), "y_train": rng.integers(0, 10, 4),
+                "X_val": rng.standard_normal((2, 3, 4, 4)), "y_val": rng.integers(0, 10, 2)}
+        solver = C.Solver(model, data, update_rule="adam", batch_size=2, num_epochs=1, verbose=False)
+        solver.train()
+        return solver.loss_history, model.params
+    want_losses, want_params = train()
+    with C.use_device("sim"):
+        losses, params = train()
+    np.testing.assert_allclose(losses, want_losses, rtol=1e-12)
+    for k in want_params:
+        assert type(params[k]) is np.ndarray
+        np.testing.assert_allclose(params[k], want_params[k], rtol=1e-10, atol=1e-14)
+
+
+def test_redirect_refuses_a_package_whose_layer_modules_are_already_imported(tmp_path, monkeypatch):
+    pkg = tmp_path / "early_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "layers.py").write_text("def affine_forward(x, w, b):\n    return 'student'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import early_pkg.layers  # noqa: F401
+    try:
+        with pytest.raises(RuntimeError, match=r"before early_pkg's layer modules are imported.*early_pkg.layers"):
+            C.redirect("early_pkg")
+    finally:
+        import sys
+        for k in [k for k in sys.modules if k.startswith("early_pkg")]:
+            del sys.modules[k]
+
+
+def test_redirect_serves_modules_the_package_lacks(tmp_path, monkeypatch):
+    import sys
+    pkg = tmp_path / "bare_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    hook = C.redirect("bare_pkg", edition=2017)
+    try:
+        import bare_pkg.fast_layers
+        import bare_pkg.optim
+        assert bare_pkg.optim.adam is C.e2017.adam and bare_pkg.fast_layers.conv_forward_fast is C.conv_forward_fast
+    finally:
+        hook.remove()
+        for k in [k for k in sys.modules if k.startswith("bare_pkg")]:
+            del sys.modules[k]
+
+
+def test_bench_cs231n_validates_on_the_simulator(tmp_path):
+    import json
+    import os
+    import pathlib
+    import subprocess
+    import sys
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(repo / "benchmarks" / "bench_cs231n.py"), "--device", "sim", "--tiny",
+                           "--json"], capture_output=True, text=True, timeout=300, cwd=repo,
+                          env={**os.environ, "PYTHONPATH": str(repo), "GPUCONV_BENCH_RESULTS": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rec = json.loads(proc.stdout)
+    assert rec["validation"]["passed"] and len(rec["validation"]["checks"]) >= 10
+    assert rec["results"]["device_s_per_iteration"] is None      # the simulator is not timed

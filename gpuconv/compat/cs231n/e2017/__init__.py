@@ -13,5 +13,4 @@ from .optim import adam, rmsprop  # noqa: F401
 
 YEAR = 2017
 __all__ = [n for n in _latest_all if n not in (
-    "layernorm_forward", "layernorm_backward", "spatial_groupnorm_forward", "spatial_groupnorm_backward",
-    "edition", "redirect", "use_device")]
+    "layernorm_forward", "layernorm_backward", "spatial_groupnorm_forward", "spatial_groupnorm_backward")]
