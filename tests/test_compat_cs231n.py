@@ -76,8 +76,12 @@ def test_every_forward_is_the_gpuconv_op(backend):
     rloss, rd = ops.softmax_cross_entropy(scores, y)
     assert float(loss) == float(rloss)
     np.testing.assert_array_equal(backend.asnumpy(dscores), backend.asnumpy(rd))
-    # A float on the host, as the assignment returns; a 0-d device array on a GPU (no sync).
-    assert isinstance(loss, float) if xp is np else (isinstance(loss, xp.ndarray) and loss.ndim == 0)
+    # A NumPy scalar of the scores' dtype on the host, as the assignment returns; a 0-d device array
+    # on a GPU (no sync).
+    if xp is np:
+        assert isinstance(loss, np.float32)
+    else:
+        assert isinstance(loss, xp.ndarray) and loss.ndim == 0
 
 
 def test_layers_stay_on_the_device_and_read_nothing_back(backend):

@@ -127,3 +127,28 @@ def test_edition_solutions_run_unchanged_on_gpuconv(year, tmp_path, cifar):
         rtol, atol = (1e-4, 1e-6) if key.startswith("overfit.fc") else (1e-8, 1e-12)
         np.testing.assert_allclose(np.asarray(mine[key], dtype=float), np.asarray(want, dtype=float),
                                    rtol=rtol, atol=atol, err_msg=key)
+
+
+def test_a_students_convnet_runs_on_the_device_unchanged(tmp_path):
+    """The student's own classifiers/cnn.py (float32 weights, float64 images), redirected, under
+    use_device('sim'): NumPy in and out, the kernels run, and loss and gradients equal the plain
+    NumPy run's (the device computes in the promoted float64 too)."""
+    from gpuconv import kernels
+
+    def loss_and_grads():
+        from cs231n.classifiers.cnn import ThreeLayerConvNet
+        np.random.seed(1)
+        model = ThreeLayerConvNet(input_dim=(3, 6, 6), num_filters=2, filter_size=3, hidden_dim=5, weight_scale=1e-1)
+        X, y = np.random.randn(2, 3, 6, 6), np.array([3, 7])
+        return model.loss(X, y)
+
+    with student_package(tmp_path, 2019, redirect=False):
+        want_loss, want = loss_and_grads()
+    with student_package(tmp_path, 2019, redirect=True):
+        with G.use_device("sim"), kernels.launch_log() as log:
+            loss, grads = loss_and_grads()
+    assert any(n.startswith("conv2d_forward") for n in log.names)
+    assert type(loss) is type(want_loss) is np.float64 and abs(loss - want_loss) < 1e-12 * abs(want_loss)
+    for k in want:
+        assert type(grads[k]) is np.ndarray and grads[k].dtype == want[k].dtype == np.float64, k
+        np.testing.assert_allclose(grads[k], want[k], rtol=1e-9, atol=1e-15, err_msg=k)

@@ -31,9 +31,9 @@ dtype per op and says so.)
 
 Differences worth knowing (all deliberate):
 
-- ``softmax_loss``/``svm_loss``/``ThreeLayerConvNet.loss`` return the loss as a Python float for
-  NumPy inputs (as CS231n) but as a 0-d CuPy array for CuPy inputs, so a training step never waits
-  for the GPU; ``float(loss)`` when you need the number.
+- ``softmax_loss``/``svm_loss`` return the loss as a NumPy scalar of the scores' dtype for NumPy
+  inputs (as CS231n; ``ThreeLayerConvNet.loss`` a Python float) but as a 0-d CuPy array for CuPy
+  inputs, so a training step never waits for the GPU; ``float(loss)`` when you need the number.
 - ``ThreeLayerConvNet`` takes an extra keyword ``device``; the ``Solver`` uploads the data once to
   the model's device.
 - ``load_CIFAR10`` on a directory with no ``test_batch`` (such as the 5,170-image subset used in

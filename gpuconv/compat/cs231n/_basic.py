@@ -126,9 +126,9 @@ def max_pool_backward_naive(dout, cache):
 def softmax_loss(x, y):
     """``loss, dx`` of the mean softmax cross-entropy of scores x (N, C) with labels y (N,).
 
-    ``loss`` is a Python float for NumPy inputs, as in CS231n, and a 0-d CuPy array for CuPy
-    inputs: turning it into a float would wait for the GPU on every call; ``float(loss)`` does
-    that when you want it (printing it does too)."""
+    ``loss`` is a NumPy scalar of x's dtype for NumPy inputs, as in CS231n, and a 0-d CuPy array
+    for CuPy inputs: turning it into a number would wait for the GPU on every call; ``float(loss)``
+    does that when you want it (printing it does too)."""
     _check_labels(x, y)
     with Call(x) as c:
         loss, dx = ops.softmax_cross_entropy(c.arg(x), c.labels(y))
@@ -175,5 +175,9 @@ def _check_labels(x, y):
 
 
 def scalar(loss):
-    """A Python float for host values; device values stay on the device (no synchronization)."""
-    return float(loss) if isinstance(loss, (np.ndarray, np.generic, float, int)) else loss
+    """A NumPy scalar of the scores' dtype for host values, as the assignment's ``loss`` is
+    (``np.float64`` is a Python float too; keeping the NumPy type keeps NumPy's promotion when a
+    student adds a float32 regularization term); device values stay on the device."""
+    if isinstance(loss, np.ndarray):
+        return loss[()]
+    return loss

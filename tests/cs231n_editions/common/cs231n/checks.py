@@ -143,7 +143,7 @@ def optim_checks():
 def model_checks():
     out = {}
     np.random.seed(231)
-    N, D, H1, H2, C = 2, 15, 20, 30, 10
+    N, D, H1, H2, C = 2, 6, 7, 8, 4
     X, y = np.random.randn(N, D), np.random.randint(C, size=(N,))
     kinds = [dict(), dict(normalization='batchnorm')] if EDITION >= 2019 else [dict(), dict(use_batchnorm=True)]
     if EDITION >= 2019:
