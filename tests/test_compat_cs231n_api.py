@@ -72,8 +72,9 @@ def test_dtypes_follow_numpy():
     rng = np.random.default_rng(1)
     x, w, b = rng.standard_normal((2, 3, 6, 6)), rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)
     cp = {"stride": 1, "pad": 1}
-    ref, _ = C.conv_forward_fast(x, w.astype(np.float32).astype(np.float64), b.astype(np.float32).astype(np.float64), cp)
-    out, cache = C.conv_forward_fast(x, w.astype(np.float32), b.astype(np.float32), cp)   # float32 weights, float64 data
+    w32, b32 = w.astype(np.float32), b.astype(np.float32)
+    ref, _ = C.conv_forward_fast(x, w32.astype(np.float64), b32.astype(np.float64), cp)
+    out, cache = C.conv_forward_fast(x, w32, b32, cp)          # float32 weights, float64 data: float64
     assert out.dtype == np.float64 and np.array_equal(out, ref)
     dx, dw, db = C.conv_backward_fast(np.ones_like(out), cache)
     assert dx.dtype == dw.dtype == db.dtype == np.float64

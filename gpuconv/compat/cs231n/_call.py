@@ -124,7 +124,8 @@ def backward_call(dout, cache, rebuild, *more):
         if dt == cache.dtype:
             return Call(dout, *more, dtype=dt, device=cache.device), ops_cache
     else:
-        dt = promote(dout, *more, *[a for a in cache if isinstance(a, np.ndarray) or hasattr(a, "__cuda_array_interface__")])
+        arrays = [a for a in cache if isinstance(a, np.ndarray) or hasattr(a, "__cuda_array_interface__")]
+        dt = promote(dout, *more, *arrays)
     fresh = rebuild(dt)
     return Call(dout, *more, dtype=fresh.dtype, device=fresh.device), fresh.ops
 

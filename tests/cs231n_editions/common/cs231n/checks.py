@@ -88,7 +88,8 @@ def norm_checks():
     x, gamma, beta = 5 * np.random.randn(4, 5) + 12, np.random.randn(5), np.random.randn(5)
     f = lambda x, gamma, beta: batchnorm_forward(x, gamma, beta, {'mode': 'train'})
     for name, bw in (('bn', batchnorm_backward), ('bn_alt', batchnorm_backward_alt)):
-        out['err_' + name], _ = grad_errors(f, (x, gamma, beta), np.random.randn(4, 5), bw, lambda: f(x, gamma, beta)[1])
+        out['err_' + name], _ = grad_errors(f, (x, gamma, beta), np.random.randn(4, 5), bw,
+                                            lambda: f(x, gamma, beta)[1])
     x, gamma, beta = 5 * np.random.randn(2, 3, 4, 5) + 12, np.random.randn(3), np.random.randn(3)
     f = lambda x, gamma, beta: spatial_batchnorm_forward(x, gamma, beta, {'mode': 'train'})
     out['err_spatial_bn'], _ = grad_errors(f, (x, gamma, beta), np.random.randn(2, 3, 4, 5),
