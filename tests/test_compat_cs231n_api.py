@@ -54,6 +54,7 @@ def test_editions():
     assert abs(kept_2017 - 0.7) < 0.01 and abs(kept_latest - 0.3) < 0.01
     with pytest.raises(ValueError, match="DROP probability in the 2017 edition"):
         E.dropout_forward(x, {"mode": "train", "p": 1.0})
+    assert E.Solver.UPDATE_RULES["adam"] is E.adam and C.Solver.UPDATE_RULES["adam"] is C.adam
 
 
 def test_dropout_draws_from_numpys_global_generator():

@@ -91,6 +91,8 @@ class Solver:
     Data on the host while the model's params are CuPy arrays are uploaded once, here; data on
     the GPU for a host model are refused (that would be a hidden copy back)."""
 
+    UPDATE_RULES = UPDATE_RULES   # the edition's rules by name (the 2017 Solver has its own)
+
     def __init__(self, model, data, update_rule="sgd", optim_config=None, lr_decay=1.0, batch_size=100,
                  num_epochs=10, num_train_samples=1000, num_val_samples=None, checkpoint_name=None,
                  print_every=10, verbose=True):
@@ -108,10 +110,10 @@ class Solver:
                                 f"the model on the GPU (device='cuda') or pass data[{key!r}].get()")
             setattr(self, key, arr)
         if isinstance(update_rule, str):
-            if update_rule not in UPDATE_RULES:
-                raise ValueError(f"update_rule {update_rule!r} is unknown: use one of {sorted(UPDATE_RULES)} "
-                                 "or a callable rule(w, dw, config) -> (next_w, config)")
-            update_rule = UPDATE_RULES[update_rule]
+            if update_rule not in self.UPDATE_RULES:
+                raise ValueError(f"update_rule {update_rule!r} is unknown: use one of "
+                                 f"{sorted(self.UPDATE_RULES)} or a callable rule(w, dw, config) -> (next_w, config)")
+            update_rule = self.UPDATE_RULES[update_rule]
         self.update_rule = update_rule
         self.optim_config = dict(optim_config or {})
         self.lr_decay = lr_decay

@@ -8,8 +8,16 @@ from __future__ import annotations
 
 from .. import __all__ as _latest_all
 from .. import *  # noqa: F401,F403
+from .. import Solver as _Solver
 from .layers import dropout_forward  # noqa: F401
-from .optim import adam, rmsprop  # noqa: F401
+from .optim import adam, rmsprop, sgd, sgd_momentum
+
+
+class Solver(_Solver):
+    """The Solver with the 2017 update rules by name (``update_rule='adam'``: Adam's t from 1)."""
+
+    UPDATE_RULES = {"sgd": sgd, "sgd_momentum": sgd_momentum, "rmsprop": rmsprop, "adam": adam}
+
 
 YEAR = 2017
 __all__ = [n for n in _latest_all if n not in (
