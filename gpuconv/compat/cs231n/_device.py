@@ -11,8 +11,11 @@ Parameters (``w``, ``b``, ``gamma``, ``beta``) keep their device copy between ca
 uploaded: the same object (a weak reference, so a recycled ``id`` never matches), the same
 dtype, shape and strides, and the same bytes as a host snapshot taken at upload time (compared
 bit for bit, so NaNs, -0.0 and in-place edits such as a gradient check's ``x[i] += h`` are all
-seen). Anything else is uploaded again. The check reads the array twice on the host and
-makes no device transfer or synchronization; it is what a cache hit costs.
+seen). Anything else is uploaded again. The check reads the array and its snapshot on the host
+and makes no device transfer or synchronization: it is what a cache hit costs (0.3 ms for the
+3.2 MB float32 hidden-layer weight of CS231n's ThreeLayerConvNet on a 2-core EPYC, about a plain
+host copy of it; an upload would add the PCIe transfer and wait for the GPU's queue). The
+snapshot doubles the host memory of the parameters used on the device.
 """
 from __future__ import annotations
 
