@@ -88,6 +88,11 @@ def test_dtypes_follow_numpy():
     out, _ = C.batchnorm_forward(rng.standard_normal((5, 3)).astype(np.float32), gamma_int, np.zeros(3),
                                  {"mode": "train"})
     assert out.dtype == np.float64
+    # One low-precision dtype throughout stays that dtype (gpuconv's precision rule applies).
+    import ml_dtypes
+    bf = ml_dtypes.bfloat16
+    out, cache = C.conv_forward_fast(x.astype(bf), w.astype(bf), b.astype(bf), cp)
+    assert out.dtype == bf and all(g.dtype == bf for g in C.conv_backward_fast(np.ones_like(out), cache))
     # A float64 dout on a float32 forward: the backward is computed in float64, as NumPy would.
     x32, w32 = rng.standard_normal((3, 4)).astype(np.float32), rng.standard_normal((4, 2)).astype(np.float32)
     _, cache = C.affine_forward(x32, w32, np.zeros(2, np.float32))

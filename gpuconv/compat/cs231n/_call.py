@@ -27,8 +27,8 @@ def promote(*items):
     """NumPy's result dtype of the arrays (and dtypes) given, as a floating type."""
     dtypes = [np.dtype(a) if isinstance(a, (np.dtype, type)) else a.dtype for a in items
               if a is not None and not isinstance(a, (int, float, bool))]
-    if all(d == dtypes[0] for d in dtypes) and dtypes[0].kind == "f":
-        return dtypes[0]          # one dtype: kept as is (bfloat16 and float16 included)
+    if all(d == dtypes[0] for d in dtypes) and dtypes[0].kind not in "biucOSUM":
+        return dtypes[0]          # one float dtype: kept as is (bfloat16, whose kind is 'V', included)
     dt = np.result_type(*dtypes)
     if dt.kind in "biu":
         dt = np.result_type(dt, np.float64)
