@@ -1,14 +1,9 @@
-"""CS231n's update rules (``optim.py``), ``ThreeLayerConvNet`` (``classifiers/cnn.py``) and ``Solver``.
+"""CS231n's ``ThreeLayerConvNet`` (``classifiers/cnn.py``) and ``Solver``.
 
 Same signatures, defaults, dicts and histories as the assignment. Arrays stay on their device:
 a model built with ``device='cuda'`` keeps its params as CuPy arrays, the Solver uploads the
 data set to that device once, when it is constructed, and a training step then makes no host
 transfer (the losses are read back in one batch at each print and at each epoch's end).
-
-The update rules are written out here, not taken from :mod:`gpuconv.optim`, on purpose: CS231n's
-momentum keeps ``v = mu*v - lr*dw`` (the velocity already carries the learning rate, so an
-``lr_decay`` acts on new steps only) where PyTorch's SGD keeps ``v = mu*v + dw``, and CS231n's
-RMSProp has no counterpart there. Each rule is the assignment's formula, three lines of xp.
 """
 from __future__ import annotations
 
@@ -16,69 +11,10 @@ import pickle
 
 import numpy as np
 
-from .. import ops
-from ..backend import Device, device_of, get_array_module, get_default_device, is_cupy_array, to_device
-from .cs231n_layers import (affine_backward, affine_forward, affine_relu_backward, affine_relu_forward,
-                            conv_relu_pool_forward, max_pool_backward_fast, relu_backward, softmax_loss)
-
-
-# ----------------------------------------------------------------------------- update rules
-def sgd(w, dw, config=None):
-    """Vanilla SGD, in place. config: learning_rate (1e-2)."""
-    config = {} if config is None else config
-    config.setdefault("learning_rate", 1e-2)
-    w -= config["learning_rate"] * dw
-    return w, config
-
-
-def sgd_momentum(w, dw, config=None):
-    """SGD with momentum. config: learning_rate (1e-2), momentum (0.9), velocity (zeros)."""
-    config = {} if config is None else config
-    config.setdefault("learning_rate", 1e-2)
-    config.setdefault("momentum", 0.9)
-    v = config.get("velocity")
-    v = get_array_module(w).zeros_like(w) if v is None else v
-    v = config["momentum"] * v - config["learning_rate"] * dw
-    config["velocity"] = v
-    return w + v, config
-
-
-def rmsprop(w, dw, config=None):
-    """RMSProp. config: learning_rate (1e-2), decay_rate (0.99), epsilon (1e-8), cache (zeros)."""
-    config = {} if config is None else config
-    config.setdefault("learning_rate", 1e-2)
-    config.setdefault("decay_rate", 0.99)
-    config.setdefault("epsilon", 1e-8)
-    xp = get_array_module(w, dw)
-    cache = config.get("cache")
-    cache = xp.zeros_like(w) if cache is None else cache
-    cache = config["decay_rate"] * cache + (1 - config["decay_rate"]) * dw * dw
-    config["cache"] = cache
-    return w - config["learning_rate"] * dw / (xp.sqrt(cache) + config["epsilon"]), config
-
-
-def adam(w, dw, config=None):
-    """Adam with bias correction. config: learning_rate (1e-3), beta1 (0.9), beta2 (0.999),
-    epsilon (1e-8), m, v (zeros), t (0; incremented before use, as the assignment's notes say)."""
-    config = {} if config is None else config
-    config.setdefault("learning_rate", 1e-3)
-    config.setdefault("beta1", 0.9)
-    config.setdefault("beta2", 0.999)
-    config.setdefault("epsilon", 1e-8)
-    config.setdefault("t", 0)
-    xp = get_array_module(w, dw)
-    m = config.get("m")
-    v = config.get("v")
-    m = xp.zeros_like(w) if m is None else m
-    v = xp.zeros_like(w) if v is None else v
-    b1, b2 = config["beta1"], config["beta2"]
-    config["t"] += 1
-    m = b1 * m + (1 - b1) * dw
-    v = b2 * v + (1 - b2) * (dw * dw)
-    m_hat = m / (1 - b1 ** config["t"])
-    v_hat = v / (1 - b2 ** config["t"])
-    config["m"], config["v"] = m, v
-    return w - config["learning_rate"] * m_hat / (xp.sqrt(v_hat) + config["epsilon"]), config
+from ...backend import Device, device_of, get_array_module, get_default_device, is_cupy_array, to_device
+from ._basic import affine_backward, affine_forward, softmax_loss
+from ._optim import adam, rmsprop, sgd, sgd_momentum
+from .layer_utils import affine_relu_backward, affine_relu_forward, conv_relu_pool_backward_to, conv_relu_pool_forward
 
 
 UPDATE_RULES = {"sgd": sgd, "sgd_momentum": sgd_momentum, "rmsprop": rmsprop, "adam": adam}
@@ -117,7 +53,7 @@ class ThreeLayerConvNet:
         p = self.params
         conv_param = {"stride": 1, "pad": (p["W1"].shape[2] - 1) // 2}
         pool_param = {"pool_height": 2, "pool_width": 2, "stride": 2}
-        X = X.astype(self.dtype, copy=False)
+        X = X.astype(self.dtype, copy=False)  # in the model's dtype (the assignment's own model would promote)
         h1, cache1 = conv_relu_pool_forward(X, p["W1"], p["b1"], conv_param, pool_param)
         h2, cache2 = affine_relu_forward(h1, p["W2"], p["b2"])
         scores, cache3 = affine_forward(h2, p["W3"], p["b3"])
@@ -127,11 +63,9 @@ class ThreeLayerConvNet:
         grads = {}
         dh2, grads["W3"], grads["b3"] = affine_backward(dscores, cache3)
         dh1, grads["W2"], grads["b2"] = affine_relu_backward(dh2, cache2)
-        # conv_relu_pool_backward without the image gradient, which nothing uses: the op skips a
-        # third of the first convolution's backward (3->32 7x7, batch 64: 41 -> 24 ms on one core).
-        conv_cache, relu_cache, pool_cache = cache1
-        da = relu_backward(max_pool_backward_fast(dh1, pool_cache), relu_cache)
-        _, grads["W1"], grads["b1"] = ops.conv2d_backward(da, conv_cache.ops, need_dx=False)
+        # Without the image gradient, which nothing uses: the op skips a third of the first
+        # convolution's backward (3->32 7x7, batch 64: 41 -> 24 ms on one core).
+        _, grads["W1"], grads["b1"] = conv_relu_pool_backward_to(dh1, cache1, need_dx=False)
         if self.reg:
             for name in ("W1", "W2", "W3"):
                 loss = loss + 0.5 * self.reg * (p[name] * p[name]).sum()
@@ -157,6 +91,8 @@ class Solver:
     Data on the host while the model's params are CuPy arrays are uploaded once, here; data on
     the GPU for a host model are refused (that would be a hidden copy back)."""
 
+    UPDATE_RULES = UPDATE_RULES   # the edition's rules by name (the 2017 Solver has its own)
+
     def __init__(self, model, data, update_rule="sgd", optim_config=None, lr_decay=1.0, batch_size=100,
                  num_epochs=10, num_train_samples=1000, num_val_samples=None, checkpoint_name=None,
                  print_every=10, verbose=True):
@@ -174,10 +110,10 @@ class Solver:
                                 f"the model on the GPU (device='cuda') or pass data[{key!r}].get()")
             setattr(self, key, arr)
         if isinstance(update_rule, str):
-            if update_rule not in UPDATE_RULES:
-                raise ValueError(f"update_rule {update_rule!r} is unknown: use one of {sorted(UPDATE_RULES)} "
-                                 "or a callable rule(w, dw, config) -> (next_w, config)")
-            update_rule = UPDATE_RULES[update_rule]
+            if update_rule not in self.UPDATE_RULES:
+                raise ValueError(f"update_rule {update_rule!r} is unknown: use one of "
+                                 f"{sorted(self.UPDATE_RULES)} or a callable rule(w, dw, config) -> (next_w, config)")
+            update_rule = self.UPDATE_RULES[update_rule]
         self.update_rule = update_rule
         self.optim_config = dict(optim_config or {})
         self.lr_decay = lr_decay

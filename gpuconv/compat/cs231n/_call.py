@@ -1,0 +1,169 @@
+"""One CS231n function call: its dtype (NumPy's promotion), its device, its cache.
+
+Every layer function opens a :class:`Call` on its array arguments. The call picks the compute
+dtype as NumPy would (``np.result_type`` of the arrays; integer and bool arrays count as
+float64, as NumPy's arithmetic with floats makes them), casts every array to it (gpuconv.ops
+take one dtype per op, strictly), and decides where the work runs:
+
+- no device set (``use_device('cpu')``): where the arrays are, results stay there;
+- a device set and NumPy arguments: arrays are copied to the device (parameters through the
+  store), the ops run there, results come back as NumPy arrays;
+- inside another call (the ``layer_utils`` sandwiches): on that call's device, with nothing
+  copied back until the outer call returns.
+"""
+from __future__ import annotations
+
+import contextvars
+
+import numpy as np
+
+from . import _device
+
+_inner: contextvars.ContextVar = contextvars.ContextVar("cs231n_inner_device", default=None)
+_CURRENT = object()
+
+
+def promote(*items):
+    """NumPy's result dtype of the arrays (and dtypes) given, as a floating type."""
+    dtypes = [np.dtype(a) if isinstance(a, (np.dtype, type)) else a.dtype for a in items
+              if a is not None and not isinstance(a, (int, float, bool))]
+    if all(d == dtypes[0] for d in dtypes) and dtypes[0].kind not in "biucOSUM":
+        return dtypes[0]          # one float dtype: kept as is (bfloat16, whose kind is 'V', included)
+    dt = np.result_type(*dtypes)
+    if dt.kind in "biu":
+        dt = np.result_type(dt, np.float64)
+    if dt.kind != "f":
+        raise TypeError(f"the CS231n functions compute on real numbers; got arrays of dtypes "
+                        f"{sorted({str(d) for d in dtypes})}: cast them with .astype(np.float64)")
+    return dt
+
+
+class Call:
+    """``with Call(x, w, b) as c:`` then ``c.arg(x)``, ``c.param(w)``, ``c.out(y)``, ``c.cache(...)``.
+
+    ``device`` pins where a backward runs (its forward's device, from the cache); ``dtype`` is a
+    floor for the promotion."""
+
+    def __init__(self, *arrays, dtype=None, device=_CURRENT):
+        present = [a for a in arrays if a is not None]
+        self.dtype = promote(*present, *([dtype] if dtype is not None else []))
+        inner = _inner.get()
+        primary = present[0]
+        if inner is not None:
+            self.device, self.host_io, self.inner = inner, False, True
+        else:
+            mode = _device.current_device() if device is _CURRENT else device
+            self.host_io = mode is not None and isinstance(primary, np.ndarray)
+            self.device = mode if self.host_io else None
+            self.inner = False
+        self._ctx = self._token = None
+
+    def __enter__(self):
+        if self.host_io:
+            self._ctx = _device.context(self.device)
+            self._ctx.__enter__()
+            self._token = _inner.set(self.device)
+        return self
+
+    def __exit__(self, *exc):
+        if self._token is not None:
+            _inner.reset(self._token)
+            self._ctx.__exit__(*exc)
+        return False
+
+    def arg(self, a):
+        """An array argument on this call's device, in its dtype."""
+        if a is None:
+            return None
+        if self.host_io:
+            return _device.upload(a, self.dtype, self.device)
+        if self.inner:
+            return _device.to_inner(a, self.dtype, self.device)
+        return a if a.dtype == self.dtype else a.astype(self.dtype)
+
+    def labels(self, y):
+        """An integer array argument on this call's device, in its own dtype."""
+        if self.device is not None and self.device.is_cuda and isinstance(y, np.ndarray):
+            return _device.upload(y, y.dtype, self.device)
+        return y
+
+    def param(self, a):
+        """A parameter: as :meth:`arg`, but its device copy is kept between calls."""
+        if a is not None and self.host_io and isinstance(a, np.ndarray):
+            return _device.store.get(a, self.dtype, self.device)
+        return self.arg(a)
+
+    def out(self, a):
+        """A result as the caller gets it: a NumPy array when the call took NumPy arrays."""
+        if a is None or not self.host_io:
+            return a
+        return _device.download(a)
+
+    def cache(self, items, ops_cache):
+        """A :class:`Cache` holding ``items`` (the assignment's layout) and the op's cache."""
+        return Cache(items, ops_cache, self.dtype, self.device if (self.host_io or self.inner) else None)
+
+
+class Cache(tuple):
+    """A CS231n-shaped cache tuple that also carries the ``gpuconv.ops`` cache as ``.ops``, the
+    dtype it was computed in and the device it lives on (None: the arrays' own)."""
+
+    def __new__(cls, items, ops_cache=None, dtype=None, device=None):
+        self = super().__new__(cls, items)
+        self.ops, self.dtype, self.device = ops_cache, dtype, device
+        return self
+
+
+def backward_call(dout, cache, rebuild, *more):
+    """``(call, ops_cache)`` for a backward: on the forward's device and dtype when ``cache`` is
+    a forward's own cache and ``dout`` promotes to its dtype; otherwise the forward is run again
+    (``rebuild(dtype)`` returns a fresh Cache): for hand-built tuples, or a wider ``dout``."""
+    ops_cache = getattr(cache, "ops", None)
+    if ops_cache is not None:
+        dt = promote(dout, cache.dtype, *more)
+        if dt == cache.dtype:
+            return Call(dout, *more, dtype=dt, device=cache.device), ops_cache
+    else:
+        arrays = [a for a in cache if isinstance(a, np.ndarray) or hasattr(a, "__cuda_array_interface__")]
+        dt = promote(dout, *more, *arrays)
+    fresh = rebuild(dt)
+    return Call(dout, *more, dtype=fresh.dtype, device=fresh.device), fresh.ops
+
+
+def cast_all(dtype, *arrays):
+    """Arrays cast to ``dtype`` (a rebuilt forward in a wider dtype)."""
+    return tuple(a if a is None or not hasattr(a, "astype") else a.astype(dtype, copy=False) for a in arrays)
+
+
+class LazyCache(Cache):
+    """A :class:`Cache` whose trailing items are computed on first access: the assignment's fast
+    layers cache an im2col matrix that only a student's own backward would read, and that costs
+    as much memory as a convolution's whole work, so it is built only when someone reads it."""
+
+    def __new__(cls, items, lazy, ops_cache=None, dtype=None, device=None):
+        self = super().__new__(cls, items, ops_cache, dtype, device)
+        self._lazy, self._done = tuple(lazy), {}
+        return self
+
+    def __len__(self):
+        return tuple.__len__(self) + len(self._lazy)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return tuple(self[j] for j in range(*i.indices(len(self))))
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"cache index {i} out of range: the cache holds {n} items")
+        i %= n
+        stored = tuple.__len__(self)
+        if i < stored:
+            return tuple.__getitem__(self, i)
+        if i not in self._done:
+            self._done[i] = self._lazy[i - stored](self)
+        return self._done[i]
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def __repr__(self):
+        return f"{type(self).__name__}({len(self)} items)"

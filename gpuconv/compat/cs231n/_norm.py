@@ -1,0 +1,244 @@
+"""CS231n's normalization layers (batch, layer, spatial batch, spatial group) and dropout.
+
+Batch norm runs ``ops.batchnorm2d_*``; its ``bn_param['momentum']`` weighs the OLD running value
+(CS231n: ``running = m*running + (1-m)*batch``, with the biased batch variance), where the op
+keeps PyTorch's running statistics, so the running update is done here. Layer and group norm
+have no op: they are one row normalization each, written once in array-agnostic xp.
+
+Dropout draws its mask from NumPy's global generator, ``np.random.rand(*x.shape)``, after
+``np.random.seed(dropout_param['seed'])`` when a seed is given, exactly as the assignment does:
+``np.random.seed(0)`` then a forward reproduces a student's mask bit for bit. (CuPy arrays draw
+from ``cupy.random`` instead, so a device-resident model never waits for a host mask.) What
+``p`` means depends on the edition: the probability of KEEPING a unit (2019 on) or of DROPPING
+it (2017); see :func:`dropout_forward` and :func:`dropout_forward_2017`.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ... import ops
+from ...backend import device_of, get_array_module, is_cupy_array, to_device
+from ._basic import param
+from ._call import Call, Cache, backward_call
+from ._device import download
+
+
+# ----------------------------------------------------------------------------- batch norm
+def batchnorm_forward(x, gamma, beta, bn_param):
+    """Batch normalization of x (N, D) per feature; ``bn_param``: ``'mode'`` ('train'|'test'),
+    ``'eps'`` (1e-5), ``'momentum'`` (0.9), ``'running_mean'`` / ``'running_var'`` (D,) (zeros at
+    first; updated in the dict in train mode). Returns ``out, cache``."""
+    if getattr(x, "ndim", None) != 2:
+        raise ValueError(f"x must be 2-D (N, D) for batchnorm_forward, got shape {getattr(x, 'shape', None)}: "
+                         f"use spatial_batchnorm_forward for (N, C, H, W) inputs")
+    n, d = x.shape
+    with Call(x, gamma, beta) as c:
+        out, oc = _batchnorm(c, c.arg(x).reshape(n, d, 1, 1), gamma, beta, bn_param)
+        return c.out(out.reshape(n, d)), c.cache((x, gamma, beta), oc)
+
+
+def batchnorm_backward(dout, cache):
+    """``dx, dgamma, dbeta`` for ``batchnorm_forward``."""
+    n, d = dout.shape
+    c, oc = _bn_backward_call(dout, cache, "batchnorm_forward")
+    with c:
+        dx, dgamma, dbeta = ops.batchnorm2d_backward(c.arg(dout).reshape(n, d, 1, 1), oc)
+        return c.out(dx.reshape(n, d)), c.out(dgamma), c.out(dbeta)
+
+
+# The assignment asks for a second, simplified derivation; the op has one (already simplified).
+batchnorm_backward_alt = batchnorm_backward
+
+
+def spatial_batchnorm_forward(x, gamma, beta, bn_param):
+    """Batch normalization of x (N, C, H, W) per channel, with ``bn_param`` as in batchnorm_forward."""
+    with Call(x, gamma, beta) as c:
+        out, oc = _batchnorm(c, c.arg(x), gamma, beta, bn_param)
+        return c.out(out), c.cache((x, gamma, beta), oc)
+
+
+def spatial_batchnorm_backward(dout, cache):
+    """``dx, dgamma, dbeta`` for ``spatial_batchnorm_forward``."""
+    c, oc = _bn_backward_call(dout, cache, "spatial_batchnorm_forward")
+    with c:
+        dx, dgamma, dbeta = ops.batchnorm2d_backward(c.arg(dout), oc)
+        return c.out(dx), c.out(dgamma), c.out(dbeta)
+
+
+def _bn_backward_call(dout, cache, forward_name):
+    def widen(dt):   # a dout wider than the forward: NumPy would compute in dt from the same cache
+        oc = cache.ops
+        return Cache(cache, oc._replace(xhat=oc.xhat.astype(dt), gamma=oc.gamma.astype(dt),
+                                        inv_std=oc.inv_std.astype(dt)), dt, cache.device)
+    _forward_cache(cache, forward_name)
+    return backward_call(dout, cache, widen)
+
+
+def _forward_cache(cache, forward_name):
+    if getattr(cache, "ops", None) is None:
+        raise TypeError(f"cache must be the cache returned by {forward_name}, got a {type(cache).__name__}: "
+                        f"call {forward_name} first and pass its second return value")
+    return cache.ops
+
+
+def _batchnorm(c, x4, gamma, beta, bn_param):
+    mode = param(bn_param, "mode", "bn_param", "{'mode': 'train'}")
+    if mode not in ("train", "test"):
+        raise ValueError(f"bn_param['mode'] must be 'train' or 'test', got {mode!r}")
+    eps = bn_param.get("eps", 1e-5)
+    momentum = bn_param.get("momentum", 0.9)
+    channels = x4.shape[1]
+    xp = get_array_module(x4)
+    # bn_param's running statistics stay where the caller's arrays are: on the host whenever the
+    # call took NumPy arrays (also inside a layer_utils sandwich, whose caller did).
+    on_host = c.host_io or c.inner
+    host = np if on_host else xp
+    running_mean = bn_param.get("running_mean", host.zeros(channels, dtype=c.dtype))
+    running_var = bn_param.get("running_var", host.zeros(channels, dtype=c.dtype))
+    g, b = c.param(gamma), c.param(beta)
+    if mode == "test":
+        return ops.batchnorm2d_forward(x4, g, b, c.arg(running_mean), c.arg(running_var), training=False,
+                                       momentum=0.0, eps=eps)
+    # The op keeps PyTorch's running statistics; with momentum 1 into fresh buffers it hands back
+    # exactly this batch's mean and unbiased variance, from which CS231n's update follows.
+    batch_mean = xp.zeros(channels, dtype=c.dtype)
+    batch_var = xp.zeros(channels, dtype=c.dtype)
+    out, oc = ops.batchnorm2d_forward(x4, g, b, batch_mean, batch_var, training=True, momentum=1.0, eps=eps)
+    count = x4.size // channels
+    biased = batch_var * ((count - 1) / count)
+    if on_host:
+        batch_mean, biased = download(batch_mean), download(biased)
+    bn_param["running_mean"] = momentum * running_mean + (1 - momentum) * batch_mean
+    bn_param["running_var"] = momentum * running_var + (1 - momentum) * biased
+    return out, oc
+
+
+# ----------------------------------------------------------------------------- layer and group norm
+def layernorm_forward(x, gamma, beta, ln_param):
+    """Layer normalization of x (N, D) per example: ``gamma * (x - mean) / sqrt(var + eps) + beta``
+    with each row's mean and (biased) variance; gamma, beta (D,); ``ln_param['eps']`` (1e-5).
+    Returns ``out, cache``; train and test mode are the same computation."""
+    if getattr(x, "ndim", None) != 2:
+        raise ValueError(f"x must be 2-D (N, D) for layernorm_forward, got shape {getattr(x, 'shape', None)}")
+    eps = ln_param.get("eps", 1e-5) if isinstance(ln_param, dict) else 1e-5
+    with Call(x, gamma, beta) as c:
+        g, b = c.param(gamma), c.param(beta)
+        xhat, inv = _normalize_rows(c.arg(x), eps)
+        return c.out(xhat * g + b), c.cache((x, gamma, beta, ln_param), (xhat, inv, g))
+
+
+def layernorm_backward(dout, cache):
+    """``dx, dgamma, dbeta`` for ``layernorm_forward``."""
+    _forward_cache(cache, "layernorm_forward")
+    with Call(dout, dtype=cache.dtype, device=cache.device) as c:
+        xhat, inv, g = cache.ops
+        d = c.arg(dout)
+        dx = _normalize_rows_backward(d * g, xhat, inv)
+        return c.out(dx), c.out((d * xhat).sum(axis=0)), c.out(d.sum(axis=0))
+
+
+def spatial_groupnorm_forward(x, gamma, beta, G, gn_param):
+    """Group normalization of x (N, C, H, W): each example's channels in ``G`` contiguous groups,
+    each group normalized over its channels and pixels, then ``gamma * xhat + beta`` per channel.
+    gamma, beta of shape (C,) or (1, C, 1, 1) (gradients come back in the same shape);
+    ``gn_param['eps']`` (1e-5). Returns ``out, cache``."""
+    if getattr(x, "ndim", None) != 4:
+        raise ValueError(f"x must be 4-D (N, C, H, W) for spatial_groupnorm_forward, got shape "
+                         f"{getattr(x, 'shape', None)}")
+    n, ch, h, w = x.shape
+    if isinstance(G, bool) or not isinstance(G, (int, np.integer)) or G < 1 or ch % G:
+        raise ValueError(f"G must be a whole number of groups dividing the C={ch} channels, got {G!r}")
+    for name, a in (("gamma", gamma), ("beta", beta)):
+        if getattr(a, "size", None) != ch:
+            raise ValueError(f"{name} must hold one value per channel, shape (C,) or (1, C, 1, 1) with C={ch}; "
+                             f"got shape {getattr(a, 'shape', None)}")
+    eps = gn_param.get("eps", 1e-5) if isinstance(gn_param, dict) else 1e-5
+    with Call(x, gamma, beta) as c:
+        g, b = c.param(gamma).reshape(1, ch, 1, 1), c.param(beta).reshape(1, ch, 1, 1)
+        xhat, inv = _normalize_rows(c.arg(x).reshape(n * G, -1), eps)
+        xhat = xhat.reshape(n, ch, h, w)
+        return c.out(xhat * g + b), c.cache((x, gamma, beta, G, gn_param), (xhat, inv, g))
+
+
+def spatial_groupnorm_backward(dout, cache):
+    """``dx, dgamma, dbeta`` for ``spatial_groupnorm_forward``; dgamma, dbeta in gamma's shape."""
+    _forward_cache(cache, "spatial_groupnorm_forward")
+    x, gamma, beta, G = cache[:4]
+    n, ch, h, w = x.shape
+    with Call(dout, dtype=cache.dtype, device=cache.device) as c:
+        xhat, inv, g = cache.ops
+        d = c.arg(dout)
+        dx = _normalize_rows_backward((d * g).reshape(n * G, -1), xhat.reshape(n * G, -1), inv)
+        dgamma = (d * xhat).sum(axis=(0, 2, 3)).reshape(gamma.shape)
+        dbeta = d.sum(axis=(0, 2, 3)).reshape(beta.shape)
+        return c.out(dx.reshape(n, ch, h, w)), c.out(dgamma), c.out(dbeta)
+
+
+def _normalize_rows(x2, eps):
+    xp = get_array_module(x2)
+    mean = x2.mean(axis=1, keepdims=True)
+    inv = 1.0 / xp.sqrt(x2.var(axis=1, keepdims=True) + eps)
+    return (x2 - mean) * inv, inv
+
+
+def _normalize_rows_backward(dxhat, xhat, inv):
+    # d/dx of (x - mean) * inv per row: the row means of dxhat and dxhat * xhat come off.
+    return inv * (dxhat - dxhat.mean(axis=1, keepdims=True) - xhat * (dxhat * xhat).mean(axis=1, keepdims=True))
+
+
+# ----------------------------------------------------------------------------- dropout
+def dropout_forward(x, dropout_param):
+    """Inverted dropout; ``dropout_param``: ``'p'`` = probability of KEEPING a unit (2019 on),
+    ``'mode'`` ('train'|'test'), optional ``'seed'`` (``np.random.seed(seed)`` first, as the
+    assignment). Returns ``out, (dropout_param, mask)``; mask is the scaled keep mask (None in
+    test mode), ``(np.random.rand(*x.shape) < p) / p``."""
+    return _dropout(x, dropout_param, drop=False)
+
+
+def dropout_forward_2017(x, dropout_param):
+    """Inverted dropout of the 2017 edition: ``'p'`` is the probability of DROPPING a unit; mask
+    ``(np.random.rand(*x.shape) >= p) / (1 - p)``. Otherwise as :func:`dropout_forward`."""
+    return _dropout(x, dropout_param, drop=True)
+
+
+def _dropout(x, dropout_param, drop):
+    example = "{'p': 0.5, 'mode': 'train'}"
+    p = param(dropout_param, "p", "dropout_param", example)
+    mode = param(dropout_param, "mode", "dropout_param", example)
+    if mode == "test":
+        return x, Cache((dropout_param, None))
+    if mode != "train":
+        raise ValueError(f"dropout_param['mode'] must be 'train' or 'test', got {mode!r}")
+    if drop and not 0 <= p < 1:
+        raise ValueError(f"dropout_param['p'] is the DROP probability in the 2017 edition and must lie in [0, 1), "
+                         f"got {p!r} (for the later editions' keep probability use the default edition)")
+    if not drop and not 0 < p <= 1:
+        raise ValueError(f"dropout_param['p'] is the KEEP probability and must lie in (0, 1], got {p!r} "
+                         f"(2017 code, where p is the drop probability: use gpuconv.compat.cs231n.edition(2017))")
+    rnd = _random_module(x)
+    if "seed" in dropout_param:
+        rnd.seed(dropout_param["seed"])
+    u = rnd.rand(*x.shape)
+    mask = (u >= p) / (1 - p) if drop else (u < p) / p
+    if isinstance(mask, np.ndarray) and not isinstance(x, np.ndarray):
+        mask = to_device(mask, device_of(x))
+    # The starter code ends with out.astype(x.dtype, copy=False): the output keeps x's dtype.
+    return (x * mask).astype(x.dtype, copy=False), Cache((dropout_param, mask))
+
+
+def _random_module(x):
+    if is_cupy_array(x):
+        return get_array_module(x).random
+    return np.random
+
+
+def dropout_backward(dout, cache):
+    """``dx`` for ``dropout_forward`` (the mask decides, not ``dropout_param['mode']``: models flip
+    the mode in the same dict later)."""
+    mask = cache[1]
+    if mask is None:
+        return dout
+    if isinstance(mask, np.ndarray) and not isinstance(dout, np.ndarray):
+        mask = to_device(mask, device_of(dout))
+    return dout * mask
+

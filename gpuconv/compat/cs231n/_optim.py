@@ -1,0 +1,92 @@
+"""CS231n's update rules (``optim.py``), both editions.
+
+Written out here, not taken from :mod:`gpuconv.optim`, on purpose: CS231n's momentum keeps
+``v = mu*v - lr*dw`` (the velocity already carries the learning rate, so an ``lr_decay`` acts on
+new steps only) where PyTorch's SGD keeps ``v = mu*v + dw``, and CS231n's RMSProp has no
+counterpart there. Each rule is the assignment's formula in xp, on the arrays where they are,
+with NumPy's dtype promotion (a float32 ``w`` and a float64 ``dw`` give a float64 ``next_w``).
+
+Editions: from 2019 every rule is ``rule(w, dw, config=None)`` and Adam's ``t`` starts at 0; in
+2017 ``rmsprop`` and ``adam`` take ``(x, dx, config=None)`` and Adam's ``t`` starts at 1. Both
+increment ``t`` before using it, as the assignment's notes ask.
+"""
+from __future__ import annotations
+
+from ...backend import get_array_module
+
+
+def sgd(w, dw, config=None):
+    """Vanilla SGD, in place. config: learning_rate (1e-2)."""
+    config = {} if config is None else config
+    config.setdefault("learning_rate", 1e-2)
+    w -= config["learning_rate"] * dw
+    return w, config
+
+
+def sgd_momentum(w, dw, config=None):
+    """SGD with momentum. config: learning_rate (1e-2), momentum (0.9), velocity (zeros)."""
+    config = {} if config is None else config
+    config.setdefault("learning_rate", 1e-2)
+    config.setdefault("momentum", 0.9)
+    v = config.get("velocity")
+    v = get_array_module(w).zeros_like(w) if v is None else v
+    v = config["momentum"] * v - config["learning_rate"] * dw
+    config["velocity"] = v
+    return w + v, config
+
+
+def _rmsprop(w, dw, config):
+    config = {} if config is None else config
+    config.setdefault("learning_rate", 1e-2)
+    config.setdefault("decay_rate", 0.99)
+    config.setdefault("epsilon", 1e-8)
+    xp = get_array_module(w, dw)
+    cache = config.get("cache")
+    cache = xp.zeros_like(w) if cache is None else cache
+    cache = config["decay_rate"] * cache + (1 - config["decay_rate"]) * dw * dw
+    config["cache"] = cache
+    return w - config["learning_rate"] * dw / (xp.sqrt(cache) + config["epsilon"]), config
+
+
+def _adam(w, dw, config, t0):
+    config = {} if config is None else config
+    config.setdefault("learning_rate", 1e-3)
+    config.setdefault("beta1", 0.9)
+    config.setdefault("beta2", 0.999)
+    config.setdefault("epsilon", 1e-8)
+    config.setdefault("t", t0)
+    xp = get_array_module(w, dw)
+    m = config.get("m")
+    v = config.get("v")
+    m = xp.zeros_like(w) if m is None else m
+    v = xp.zeros_like(w) if v is None else v
+    b1, b2 = config["beta1"], config["beta2"]
+    config["t"] += 1
+    m = b1 * m + (1 - b1) * dw
+    v = b2 * v + (1 - b2) * (dw * dw)
+    m_hat = m / (1 - b1 ** config["t"])
+    v_hat = v / (1 - b2 ** config["t"])
+    config["m"], config["v"] = m, v
+    return w - config["learning_rate"] * m_hat / (xp.sqrt(v_hat) + config["epsilon"]), config
+
+
+def rmsprop(w, dw, config=None):
+    """RMSProp. config: learning_rate (1e-2), decay_rate (0.99), epsilon (1e-8), cache (zeros)."""
+    return _rmsprop(w, dw, config)
+
+
+def adam(w, dw, config=None):
+    """Adam with bias correction. config: learning_rate (1e-3), beta1 (0.9), beta2 (0.999),
+    epsilon (1e-8), m, v (zeros), t (0; incremented before use)."""
+    return _adam(w, dw, config, t0=0)
+
+
+def rmsprop_2017(x, dx, config=None):
+    """RMSProp of the 2017 edition (arguments named ``x, dx``); as :func:`rmsprop`."""
+    return _rmsprop(x, dx, config)
+
+
+def adam_2017(x, dx, config=None):
+    """Adam of the 2017 edition: arguments ``x, dx``; ``t`` starts at 1 (incremented before use,
+    so the first step uses t = 2)."""
+    return _adam(x, dx, config, t0=1)

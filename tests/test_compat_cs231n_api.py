@@ -1,0 +1,271 @@
+"""gpuconv.compat.cs231n: submodules with the starter names, editions, NumPy dtype promotion, the
+assignment's fast-layer caches, NumPy's global generator for dropout, and use_device() (on 'sim':
+NumPy in and out, kernels run, parameter copies reused only when provably unchanged)."""
+from __future__ import annotations
+
+import importlib
+import inspect
+
+import numpy as np
+import pytest
+
+import gpuconv.compat.cs231n as C
+from gpuconv import kernels
+
+LAYERS_2019 = {"affine_forward", "affine_backward", "relu_forward", "relu_backward", "batchnorm_forward",
+               "batchnorm_backward", "batchnorm_backward_alt", "layernorm_forward", "layernorm_backward",
+               "dropout_forward", "dropout_backward", "conv_forward_naive", "conv_backward_naive",
+               "max_pool_forward_naive", "max_pool_backward_naive", "spatial_batchnorm_forward",
+               "spatial_batchnorm_backward", "spatial_groupnorm_forward", "spatial_groupnorm_backward",
+               "svm_loss", "softmax_loss"}
+FAST = {"conv_forward_im2col", "conv_forward_strides", "conv_backward_strides", "conv_backward_im2col",
+        "conv_forward_fast", "conv_backward_fast", "max_pool_forward_fast", "max_pool_backward_fast",
+        "max_pool_forward_reshape", "max_pool_backward_reshape", "max_pool_forward_im2col", "max_pool_backward_im2col"}
+UTILS = {"affine_relu_forward", "affine_relu_backward", "conv_relu_forward", "conv_relu_backward",
+         "conv_bn_relu_forward", "conv_bn_relu_backward", "conv_relu_pool_forward", "conv_relu_pool_backward"}
+OPTIM = {"sgd", "sgd_momentum", "rmsprop", "adam"}
+
+
+@pytest.mark.parametrize("package, layers", [
+    ("gpuconv.compat.cs231n", LAYERS_2019),
+    ("gpuconv.compat.cs231n.e2017", LAYERS_2019 - {"layernorm_forward", "layernorm_backward",
+                                                   "spatial_groupnorm_forward", "spatial_groupnorm_backward"})])
+def test_submodules_export_exactly_the_starter_names(package, layers):
+    for name, want in (("layers", layers), ("fast_layers", FAST), ("layer_utils", UTILS), ("optim", OPTIM)):
+        namespace = {}
+        exec(f"from {package}.{name} import *", namespace)
+        assert set(namespace) - {"__builtins__"} == want, name
+    assert (layers | FAST | UTILS | OPTIM) <= set(importlib.import_module(package).__all__)
+
+
+def test_editions():
+    assert C.edition(2022) is C and C.edition(2019) is C and C.edition(2017) is C.e2017
+    with pytest.raises(ValueError, match="edition 2015.*2017, 2019"):
+        C.edition(2015)
+    E = C.edition(2017)
+    assert list(inspect.signature(E.adam).parameters) == ["x", "dx", "config"]
+    assert list(inspect.signature(E.optim.rmsprop).parameters) == ["x", "dx", "config"]
+    assert list(inspect.signature(C.optim.adam).parameters) == ["w", "dw", "config"]
+    w, dw = np.linspace(-1, 1, 6), np.linspace(1, -1, 6)
+    assert E.adam(w, dw)[1]["t"] == 2 and C.adam(w, dw)[1]["t"] == 1
+    x = np.ones((400, 500))
+    kept_2017 = (E.dropout_forward(x, {"mode": "train", "p": 0.3})[0] != 0).mean()
+    kept_latest = (C.dropout_forward(x, {"mode": "train", "p": 0.3})[0] != 0).mean()
+    assert abs(kept_2017 - 0.7) < 0.01 and abs(kept_latest - 0.3) < 0.01
+    with pytest.raises(ValueError, match="DROP probability in the 2017 edition"):
+        E.dropout_forward(x, {"mode": "train", "p": 1.0})
+    assert E.Solver.UPDATE_RULES["adam"] is E.adam and C.Solver.UPDATE_RULES["adam"] is C.adam
+
+
+def test_dropout_draws_from_numpys_global_generator():
+    x = np.random.default_rng(0).standard_normal((6, 7)).astype(np.float32)
+    np.random.seed(5)
+    out, (_, mask) = C.dropout_forward(x, {"mode": "train", "p": 0.6})
+    np.random.seed(5)
+    want_mask = (np.random.rand(6, 7) < 0.6) / 0.6
+    np.testing.assert_array_equal(mask, want_mask)
+    assert out.dtype == np.float32 and np.array_equal(out, (x * want_mask).astype(np.float32))
+    out2, _ = C.dropout_forward(x, {"mode": "train", "p": 0.6, "seed": 5})     # the seed is np.random.seed
+    np.testing.assert_array_equal(out2, out)
+
+
+def test_dtypes_follow_numpy():
+    rng = np.random.default_rng(1)
+    x, w, b = rng.standard_normal((2, 3, 6, 6)), rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)
+    cp = {"stride": 1, "pad": 1}
+    w32, b32 = w.astype(np.float32), b.astype(np.float32)
+    ref, _ = C.conv_forward_fast(x, w32.astype(np.float64), b32.astype(np.float64), cp)
+    out, cache = C.conv_forward_fast(x, w32, b32, cp)          # float32 weights, float64 data: float64
+    assert out.dtype == np.float64 and np.array_equal(out, ref)
+    dx, dw, db = C.conv_backward_fast(np.ones_like(out), cache)
+    assert dx.dtype == dw.dtype == db.dtype == np.float64
+    xi = np.arange(24).reshape(2, 12) - 10                                        # integer inputs
+    out, _ = C.affine_forward(xi, np.ones((12, 3)), np.array([1, 2, 3]))
+    np.testing.assert_array_equal(out, xi.reshape(2, 12) @ np.ones((12, 3)) + [1, 2, 3])
+    relu, _ = C.relu_forward(xi)
+    assert relu.dtype == xi.dtype and np.array_equal(relu, np.maximum(xi, 0))
+    gamma_int = np.array([1, 2, 3])
+    out, _ = C.batchnorm_forward(rng.standard_normal((5, 3)).astype(np.float32), gamma_int, np.zeros(3),
+                                 {"mode": "train"})
+    assert out.dtype == np.float64
+    # One low-precision dtype throughout stays that dtype (gpuconv's precision rule applies).
+    import ml_dtypes
+    bf = ml_dtypes.bfloat16
+    out, cache = C.conv_forward_fast(x.astype(bf), w.astype(bf), b.astype(bf), cp)
+    assert out.dtype == bf and all(g.dtype == bf for g in C.conv_backward_fast(np.ones_like(out), cache))
+    # A float64 dout on a float32 forward: the backward is computed in float64, as NumPy would.
+    x32, w32 = rng.standard_normal((3, 4)).astype(np.float32), rng.standard_normal((4, 2)).astype(np.float32)
+    _, cache = C.affine_forward(x32, w32, np.zeros(2, np.float32))
+    dout = rng.standard_normal((3, 2))
+    dx, dw, _ = C.affine_backward(dout, cache)
+    assert dx.dtype == np.float64 and np.allclose(dx, dout @ w32.T.astype(np.float64), rtol=1e-15)
+
+
+def _numpy_strided_cols(x, w, conv_param):
+    # The assignment's conv_forward_strides column matrix, built the way it builds it.
+    N, Cc, H, W = x.shape
+    F, _, HH, WW = w.shape
+    s, p = conv_param["stride"], conv_param["pad"]
+    xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
+    H, W = H + 2 * p, W + 2 * p
+    oh, ow = (H - HH) // s + 1, (W - WW) // s + 1
+    strides = xp.itemsize * np.array((H * W, W, 1, Cc * H * W, s * W, s))
+    cols = np.lib.stride_tricks.as_strided(xp, shape=(Cc, HH, WW, N, oh, ow), strides=strides)
+    return np.ascontiguousarray(cols).reshape(Cc * HH * WW, N * oh * ow)
+
+
+def test_fast_layer_caches_have_the_assignment_layout():
+    rng = np.random.default_rng(2)
+    x, w, b = rng.standard_normal((2, 3, 7, 7)), rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)
+    cp = {"stride": 2, "pad": 1}
+    out, cache = C.conv_forward_fast(x, w, b, cp)
+    assert len(cache) == 5
+    cx, cw, cb, cparam, x_cols = cache                       # unpacks to five, as students' code expects
+    assert cx is x and cw is w and cb is b and cparam is cp
+    np.testing.assert_array_equal(x_cols, _numpy_strided_cols(x, w, cp))
+    res = w.reshape(4, -1) @ x_cols + b[:, None]             # a student's own backward can use x_cols
+    np.testing.assert_allclose(res.reshape(4, 2, 4, 4).transpose(1, 0, 2, 3), out, rtol=1e-12)
+    _, cache = C.conv_forward_im2col(x, w, b, cp)
+    np.testing.assert_array_equal(cache[4], _numpy_strided_cols(x, w, cp).reshape(27, 2, 16).transpose(0, 2, 1)
+                                  .reshape(27, 32))
+    xp = rng.standard_normal((2, 3, 4, 6))
+    _, (method, (px, x_reshaped, pout)) = C.max_pool_forward_fast(xp, {"pool_height": 2, "pool_width": 2, "stride": 2})
+    assert method == "reshape" and px is xp and x_reshaped.shape == (2, 3, 2, 2, 3, 2)
+    np.testing.assert_array_equal(pout, x_reshaped.max(axis=3).max(axis=4))
+    pp = {"pool_height": 3, "pool_width": 3, "stride": 1}
+    _, (method, (px, cols, argmax, param)) = C.max_pool_forward_fast(xp, pp)
+    assert method == "im2col" and param is pp and cols.shape == (9, 2 * 3 * 2 * 4)
+    np.testing.assert_array_equal(argmax, cols.argmax(axis=0))
+    # Our backward takes hand-built caches of both layouts too.
+    dout = rng.standard_normal((2, 4, 4, 4))
+    for got, want in zip(C.conv_backward_fast(dout, tuple(C.conv_forward_fast(x, w, b, cp)[1])),
+                         C.conv_backward_fast(dout, C.conv_forward_fast(x, w, b, cp)[1])):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_load_cifar_batch_takes_the_length_from_the_file(subset_dir):
+    X, Y = C.load_CIFAR_batch(subset_dir / "data_batch_1")
+    assert X.shape == (1102, 32, 32, 3) and X.dtype == np.float64 and Y.shape == (1102,)
+
+
+# ----------------------------------------------------------------------------- the device switch
+def _net_step(x, p):
+    cp, pp = {"stride": 1, "pad": 1}, {"pool_height": 2, "pool_width": 2, "stride": 2}
+    h, c1 = C.conv_relu_pool_forward(x, p["W1"], p["b1"], cp, pp)
+    h, c2 = C.conv_bn_relu_forward(h, p["W2"], p["b2"], p["g"], p["be"], cp, {"mode": "train"})
+    s, c3 = C.affine_forward(h, p["W3"], p["b3"])
+    loss, ds = C.softmax_loss(s, np.array([1, 0]))
+    dh, dW3, db3 = C.affine_backward(ds, c3)
+    dh, dW2, db2, dg, dbe = C.conv_bn_relu_backward(dh, c2)
+    dx, dW1, db1 = C.conv_relu_pool_backward(dh, c1)
+    return loss, [dx, dW1, db1, dW2, db2, dg, dbe, dW3, db3]
+
+
+def test_use_device_sim_runs_the_kernels_with_numpy_in_and_out():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 2, 4, 4))
+    p = {"W1": rng.standard_normal((3, 2, 3, 3)), "b1": rng.standard_normal(3), "W2": rng.standard_normal((3, 3, 3, 3)),
+         "b2": rng.standard_normal(3), "g": rng.standard_normal(3), "be": rng.standard_normal(3),
+         "W3": rng.standard_normal((12, 2)), "b3": rng.standard_normal(2)}
+    want_loss, want = _net_step(x, p)
+    C.param_store.clear()
+    C.device_stats.reset()
+    with C.use_device("sim"), kernels.launch_log() as log:
+        loss, got = _net_step(x, p)
+        uploads_first = C.device_stats.param_uploads
+        loss2, _ = _net_step(x, p)                   # unchanged params: their device copies are reused
+        assert C.device_stats.param_uploads == uploads_first and C.device_stats.param_hits >= uploads_first
+        p["W1"][0, 0, 1, 1] += 0.5                   # an in-place edit, as a gradient check makes
+        loss3, got3 = _net_step(x, p)
+        assert C.device_stats.param_uploads == uploads_first + 1
+    assert any(n.startswith("conv2d_forward") for n in log.names) and any(n.startswith("max_pool2d") for n in log.names)
+    assert isinstance(loss, float) and all(type(g) is np.ndarray for g in got)
+    assert abs(loss - want_loss) < 1e-12 and loss2 == loss
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-9, atol=1e-12)
+    with C.use_device("cpu"):
+        ref3, want3 = _net_step(x, p)                # the edit is seen: same as the CPU on the edited W1
+    assert abs(loss3 - ref3) < 1e-12 and abs(loss3 - loss) > 1e-6
+    np.testing.assert_allclose(got3[1], want3[1], rtol=1e-9, atol=1e-12)
+
+
+def test_use_device_gradient_check_sees_every_perturbation():
+    """eval_numerical_gradient perturbs a weight in place: a stale device copy would give zeros."""
+    rng = np.random.default_rng(4)
+    x, w, b = rng.standard_normal((1, 1, 3, 3)), rng.standard_normal((2, 1, 2, 2)), rng.standard_normal(2)
+    cp = {"stride": 1, "pad": 0}
+    dout = rng.standard_normal((1, 2, 2, 2))
+    with C.use_device("sim"):
+        out, cache = C.conv_forward_fast(x, w, b, cp)
+        _, dw, _ = C.conv_backward_fast(dout, cache)
+        num = C.eval_numerical_gradient_array(lambda v: C.conv_forward_fast(x, v, b, cp)[0], w, dout)
+    assert C.rel_error(num, dw) < 1e-8 and np.abs(num).max() > 0.1
+
+
+def test_solver_and_model_under_use_device_sim_match_the_cpu():
+    def train():
+        np.random.seed(0)
+        model = C.ThreeLayerConvNet(input_dim=(3, 4, 4), num_filters=2, filter_size=3, hidden_dim=3,
+                                    weight_scale=1e-1, dtype=np.float64)
+        rng = np.random.default_rng(5)
+        data = {"X_train": rng.standard_normal((4, 3, 4, 4)), "y_train": rng.integers(0, 10, 4),
+                "X_val": rng.standard_normal((2, 3, 4, 4)), "y_val": rng.integers(0, 10, 2)}
+        solver = C.Solver(model, data, update_rule="adam", batch_size=2, num_epochs=1, verbose=False)
+        solver.train()
+        return solver.loss_history, model.params
+    want_losses, want_params = train()
+    with C.use_device("sim"):
+        losses, params = train()
+    np.testing.assert_allclose(losses, want_losses, rtol=1e-12)
+    for k in want_params:
+        assert type(params[k]) is np.ndarray
+        np.testing.assert_allclose(params[k], want_params[k], rtol=1e-10, atol=1e-14)
+
+
+def test_redirect_refuses_a_package_whose_layer_modules_are_already_imported(tmp_path, monkeypatch):
+    pkg = tmp_path / "early_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "layers.py").write_text("def affine_forward(x, w, b):\n    return 'student'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import early_pkg.layers  # noqa: F401
+    try:
+        with pytest.raises(RuntimeError, match=r"before early_pkg's layer modules are imported.*early_pkg.layers"):
+            C.redirect("early_pkg")
+    finally:
+        import sys
+        for k in [k for k in sys.modules if k.startswith("early_pkg")]:
+            del sys.modules[k]
+
+
+def test_redirect_serves_modules_the_package_lacks(tmp_path, monkeypatch):
+    import sys
+    pkg = tmp_path / "bare_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    hook = C.redirect("bare_pkg", edition=2017)
+    try:
+        import bare_pkg.fast_layers
+        import bare_pkg.optim
+        assert bare_pkg.optim.adam is C.e2017.adam and bare_pkg.fast_layers.conv_forward_fast is C.conv_forward_fast
+    finally:
+        hook.remove()
+        for k in [k for k in sys.modules if k.startswith("bare_pkg")]:
+            del sys.modules[k]
+
+
+def test_bench_cs231n_validates_on_the_simulator(tmp_path):
+    import json
+    import os
+    import pathlib
+    import subprocess
+    import sys
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(repo / "benchmarks" / "bench_cs231n.py"), "--device", "sim", "--tiny",
+                           "--json"], capture_output=True, text=True, timeout=300, cwd=repo,
+                          env={**os.environ, "PYTHONPATH": str(repo), "GPUCONV_BENCH_RESULTS": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rec = json.loads(proc.stdout)
+    assert rec["validation"]["passed"] and len(rec["validation"]["checks"]) >= 10
+    assert rec["results"]["device_s_per_iteration"] is None      # the simulator is not timed
