@@ -237,3 +237,20 @@ def test_the_bound_catches_a_kernel_that_rounds_partial_sums():
         bad = (bad + part).astype(BF16).astype(np.float32)
     tol = reduction_tolerance(my, ey, 64 * 9, BF16)
     assert not within_tolerance(bad, ey, tol)[0]
+
+
+def test_launcher_shapes_match_the_kernel_tiles():
+    """The launcher sizes grids and blocks from SHAPES; the kernels' tiles are the TcShape typedefs
+    of tc_tile.cuh that conv2d_tc.cu instantiates per suffix. A change on one side only would
+    launch blocks whose thread mappings leave outputs unwritten."""
+    import re
+    tile = (kernels.kernel_dir() / "tc_tile.cuh").read_text()
+    conv = (kernels.kernel_dir() / "conv2d_tc.cu").read_text()
+    shapes = {name: (int(bm), int(bn), 32 * int(wm) * int(wn))
+              for bm, bn, wm, wn, name in re.findall(r"typedef TcShape<(\d+), (\d+), (\d+), (\d+)> (\w+);", tile)}
+    # each entry point, e.g. "conv2d_forward_tc128(...) { ... conv2d_forward_tc_body<TcTile128>"
+    entries = dict(re.findall(r"\nconv2d_forward_(tc\d*)\(.*?conv2d_forward_tc_body<(\w+)>", conv, re.S))
+    assert set(entries) == set(TC.SHAPES)
+    for variant, (side, threads) in TC.SHAPES.items():
+        assert shapes[entries[variant]] == (side, side, threads), variant
+    assert TC.KBYTES == int(re.search(r"#define TC_KBYTES (\d+)", tile).group(1))
