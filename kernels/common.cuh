@@ -47,8 +47,6 @@ __device__ inline int imax(int a, int b) { return a > b ? a : b; }
 // Floor division that is right for negative numerators (C's / truncates toward zero).
 __device__ inline int floor_div(int a, int b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 
-__device__ inline int ceil_div(int a, int b) { return floor_div(a + b - 1, b); }
-
 // First flat index of a grid-stride loop, and its step, in 64 bits.
 __device__ inline index_t global_thread_index() {
     return (index_t)blockIdx.x * blockDim.x + threadIdx.x;

@@ -63,10 +63,16 @@ struct Act4 {
     }
 };
 
-// The outputs whose windows cover input row ih: oh*sh - ph <= ih <= oh*sh - ph + kh - 1.
+// The outputs whose windows cover input row i: oh*s - p <= i <= oh*s - p + k - 1, so
+// ceil((i + p - k + 1) / s) <= oh <= (i + p) / s, within [0, O). Every division here is of a
+// non-negative int (the first numerator is tested against 0 before it is divided), where C's
+// truncation is the floor. (Written as max(0, ceil_div(...)) with a floor division of a signed
+// numerator, NVRTC 13.0's build gave lo = 0 for every input, seen on an H200; NVRTC 13.5 and
+// the host simulator build that form right.)
 __device__ inline void covering_range(int i, int k, int s, int p, int O, int* lo, int* hi) {
-    *lo = imax(0, ceil_div(i + p - k + 1, s));
-    *hi = imin(O - 1, floor_div(i + p, s));
+    const int first = i + p - k + 1;
+    *lo = first > 0 ? (first + s - 1) / s : 0;
+    *hi = imin(O - 1, (i + p) / s);
 }
 
 // The sum over the outputs whose windows cover input (n, c, ih, iw) of f(output index, tap), the
