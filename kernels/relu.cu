@@ -22,7 +22,14 @@
 __device__ inline acc_t relu_grad(acc_t g, acc_t a) { return a > 0 ? g : (acc_t)0; }
 
 // One element of each direction, from and to storage: the v1 body, and v2's per-lane step.
-__device__ inline storage_t relu_fwd(storage_t x) { return from_acc(relu_value(to_acc(x))); }
+// Positive values come back as the input's own bits, and a NaN as the reference rounds it (its
+// payload in float16/float32, ml_dtypes' quiet NaN in bfloat16): never through a float max,
+// which the compiler may turn into max.NaN, whose NaN is the canonical one (seen on an H200).
+__device__ inline storage_t relu_fwd(storage_t x) {
+    const acc_t v = to_acc(x);
+    if (v != v) return from_acc(v);
+    return v > 0 ? x : from_acc((acc_t)0);
+}
 __device__ inline storage_t relu_bwd(storage_t g, storage_t a) { return from_acc(relu_grad(to_acc(g), to_acc(a))); }
 
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
