@@ -588,11 +588,16 @@ class Scale(Layer):
 
     def forward(self, x):
         self._keep(True)
-        return x * self.factor  # a Python float keeps x's dtype (NumPy and CuPy weak scalars)
+        return self._scaled(x)
 
     def backward(self, dy, need_dx=True):
         self._take_cache()
-        return dy * self.factor
+        return self._scaled(dy)
+
+    def _scaled(self, a):
+        # The product rounded once to a's dtype: NumPy keeps bfloat16 * a Python float in
+        # bfloat16, CuPy promotes it to float32.
+        return (a * self.factor).astype(a.dtype, copy=False)
 
     def extra_repr(self):
         return f"{self.factor}"
