@@ -62,7 +62,8 @@ def validate(images, labels, batch, width, args, checks):
     want = normalize(crop_flip(images[idx], oy[:batch], ox[:batch], flip[:batch], fused.padding))
     checks.exact("fused batch == NumPy reference pipeline", xf, want)
     factory = lambda: models.fast_net(width=width)  # noqa: E731
-    bench_step.validate_step("fast_net", factory, common.host(xf)[:16], labels[idx][:16], args, checks)
+    bench_step.validate_step("fast_net", factory, common.host(xf)[:16], labels[idx][:16], args, checks,
+                             common.torch_module(args, cpu_ok=True))
 
 
 def run_epoch(loader, step_fn, args):
@@ -79,9 +80,11 @@ def guarded_batches(loader, step_fn, n):
     """The first ``n`` batches of a new epoch (its plan, the loader and the steps) under
     :func:`gpuconv.syncguard.no_sync`: None when the host never waited for the device, else where."""
     loader.set_epoch(98)
+    batches = iter(loader)
     try:
-        with syncguard.no_sync(f"the first {n} batches of an epoch (loader + training step)"):
-            for i, (x, y) in zip(range(n), loader):
+        for i in range(n):  # one guard per batch: the launches queued behind a guard must fit the launch queue
+            with syncguard.no_sync(f"batch {i + 1} of a new epoch (loader + training step)"):
+                x, y = next(batches)
                 step_fn(x, y)
     except syncguard.DeviceSynchronized as exc:
         return str(exc)

@@ -71,41 +71,57 @@ def torch_mirror(torch, model, device="cuda"):
 
 def validate_step(name, factory, x, y, args, checks, torch=None):
     """One step on the benchmark's device against float64 NumPy and, with ``torch``, the torch
-    mirror (on the GPU; on the simulator a CPU torch, as a second reference)."""
+    mirror (on the GPU; on the simulator a CPU torch, as a second reference).
+
+    Gradients: within 1e-3 of float64 NumPy (relative to each array's scale), or, where float32
+    itself is worse off than that (batch norm's cancellations and max pooling's near-ties grow
+    with width and depth), no further from it than twice PyTorch's float32 gradients are. The
+    SGD step is checked on its own: the parameters after it against float64 SGD applied to this
+    device's own gradients."""
     model = factory()
     with gpuconv.default_device("cpu"):
-        ref = factory().astype(np.float64)
+        ref, stepped = factory().astype(np.float64), factory().astype(np.float64)
     ref.load_state_dict(model.state_dict())
+    stepped.load_state_dict(model.state_dict())
     tdev = "cuda" if args.device == "cuda" else "cpu"
     tm = torch_mirror(torch, model, tdev) if torch is not None else None
     xd, yd = common.to_dev(x, args), common.to_dev(y, args)
     opt = SGD(model.parameters(), **HYPER)
-    ref_opt = SGD(ref.parameters(), **HYPER)
     loss = make_step(model, opt)(xd, yd)
     with gpuconv.default_device("cpu"):  # the NumPy reference path, never the kernels (even on 'sim')
         ref_loss, dref = ops.softmax_cross_entropy(ref(x.astype(np.float64)), y)
         ref.backward(dref)
-        ref_opt.step()
     checks.close(f"{name} loss vs float64 NumPy", loss, ref_loss, 1e-3)
-    ref_grads = dict(ref.named_parameters())
-    worst = max(((common.rel_err(p.grad, ref_grads[n].grad), n) for n, p in model.named_parameters()))
-    checks.add(f"{name} gradients vs float64 NumPy (worst: {worst[1]})", worst[0] <= 1e-3, worst[0], 1e-3)
-    ref_params = dict(ref.named_parameters())
-    worst = max(((common.rel_err(p.data, ref_params[n].data), n) for n, p in model.named_parameters()))
-    checks.add(f"{name} parameters after the SGD step (worst: {worst[1]})", worst[0] <= 1e-5, worst[0], 1e-5)
+    ref_grads = {n: p.grad for n, p in ref.named_parameters()}
+
+    def worst(grads):  # (largest error against the float64 gradients, the parameter it is in)
+        return max((common.rel_err(g, ref_grads[n]), n) for n, g in grads.items())
+
+    ours = worst({n: p.grad for n, p in model.named_parameters()})
+    tol, detail = 1e-3, None
     if tm is not None:
         tx, ty = torch.from_numpy(x).to(tdev), torch.from_numpy(y).to(tdev)
         tloss = torch.nn.functional.cross_entropy(tm(tx), ty)
         tloss.backward()
         checks.close(f"{name} loss vs PyTorch", loss, tloss.item(), 1e-3)
-        tgrads = {n: p.grad for n, p in tm.named_parameters()}
-        missing = sorted(set(dict(model.named_parameters())) - set(tgrads))
+        tgrads = {n: p.grad.detach().cpu().numpy() for n, p in tm.named_parameters()}
+        missing = sorted(set(ref_grads) - set(tgrads))
         if missing:
             checks.add(f"{name} parameter names match the torch mirror", False, detail=f"missing {missing}")
         else:
-            worst = max((common.rel_err(p.grad, tgrads[n].detach().cpu().numpy()), n)
-                        for n, p in model.named_parameters())
-            checks.add(f"{name} gradients vs PyTorch (worst: {worst[1]})", worst[0] <= 1e-3, worst[0], 1e-3)
+            theirs = worst(tgrads)
+            between = max((common.rel_err(p.grad, tgrads[n]), n) for n, p in model.named_parameters())
+            tol = max(tol, 2 * theirs[0])
+            detail = (f"PyTorch float32 vs float64: {theirs[0]:.3g} ({theirs[1]}); gpuconv vs PyTorch: "
+                      f"{between[0]:.3g} ({between[1]})")
+    checks.add(f"{name} gradients vs float64 NumPy (worst: {ours[1]})", ours[0] <= tol, ours[0], tol, detail=detail)
+    with gpuconv.default_device("cpu"):  # float64 SGD on this device's gradients
+        for (n, p), (_, q) in zip(model.named_parameters(), stepped.named_parameters()):
+            q.grad = np.asarray(common.host(p.grad), np.float64)
+        SGD(stepped.parameters(), **HYPER).step()
+    want = dict(stepped.named_parameters())
+    err = max((common.rel_err(p.data, want[n].data), n) for n, p in model.named_parameters())
+    checks.add(f"{name} parameters after the SGD step (worst: {err[1]})", err[0] <= 1e-5, err[0], 1e-5)
 
 
 def pool_usage(args):
@@ -116,11 +132,12 @@ def pool_usage(args):
 
 
 def guarded_steps(step, n):
-    """Run ``n`` more steps under :func:`gpuconv.syncguard.no_sync`; None when none of them made
-    the host wait for the device, else the guard's message (where it waited)."""
+    """Run ``n`` more steps, each under its own :func:`gpuconv.syncguard.no_sync` (a guard holds
+    the stream, and the launches queued behind it must fit the device's launch queue); None when
+    none of them made the host wait for the device, else the guard's message (where it waited)."""
     try:
-        with syncguard.no_sync(f"{n} training steps"):
-            for _ in range(n):
+        for i in range(n):
+            with syncguard.no_sync(f"training step {i + 1} of {n} guarded"):
                 step()
     except syncguard.DeviceSynchronized as exc:
         return str(exc)

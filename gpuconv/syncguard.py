@@ -18,7 +18,8 @@ so that the call returns; the kernel also gives up by itself after ``timeout`` p
 
 Limits: the block's own host work must take less than ``timeout`` (a first call that compiles
 kernels takes longer: warm up first); and while the GPU is held, the launch queue (about a
-thousand kernels) fills, after which a launch blocks too: guard a few steps, not an epoch.
+thousand kernels) fills, after which a launch blocks too: guard one training step at a time (a
+ResNet-9 step enqueues several hundred kernels; two of them in one block filled it on an H200).
 
 On 'sim' the simulator's readbacks through :mod:`gpuconv.backend` are counted, and a nonzero
 count fails the block the same way; on 'cpu' there is no device and nothing to check.
@@ -139,5 +140,7 @@ def watchdog(what: str, timeout: float, let_go):
     if report.stuck:
         report.fail(f"{report.what} made the host wait for the device (still running after {timeout:g} s, "
                     f"{time.perf_counter() - t0:.1f} s in all): a readback (float(), .item(), bool(), .get()), a "
-                    f"synchronize or a blocking copy. The host was waiting here:\n{report.stuck}"
-                    "Keep such values on the device and read them back once per log interval")
+                    f"synchronize or a blocking copy; or the block queued more launches than the device's "
+                    f"launch queue holds (about a thousand: guard less at once). The host was waiting "
+                    f"here:\n{report.stuck}Keep such values on the device and read them back once per log "
+                    "interval")

@@ -131,7 +131,7 @@ def test_step_readback_inside_a_step_fails_the_transfer_check(monkeypatch, capsy
     failed = [c for c in rec["validation"]["checks"] if not c["ok"]]
     assert [c["name"] for c in failed] == ["three_layer_convnet fp32: no host transfer during 5 steps",
                                            "three_layer_convnet fp32: no host-device synchronization in 2 guarded steps"]
-    assert failed[0]["error"] == 5 and "2 training steps copied between host and device on 'sim'" in failed[1]["detail"]
+    assert failed[0]["error"] == 5 and "training step 1 of 2 guarded copied between host and device on 'sim'" in failed[1]["detail"]
     assert "no host transfer" in out.err
 
 
