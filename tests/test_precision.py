@@ -268,7 +268,12 @@ def test_batchnorm_computes_in_float32_and_keeps_its_parameters_there(backend, d
     np.testing.assert_array_equal(backend.asnumpy(args[3]), rm32)
     dx32, dg32, db32 = bn_mod._batchnorm2d_backward_reference(dy.astype(np.float32), c32)
     assert_bits(dx, dx32.astype(dtype))
-    np.testing.assert_array_equal(dgamma, dg32)
+    if backend.name == "cupy":  # CuPy's reductions add in another order than NumPy's: within n*u
+        terms = np.abs(f64(dy) * f64(c32.xhat)).sum((0, 2, 3))
+        n = x.size // x.shape[1]
+        assert np.all(np.abs(f64(dgamma) - f64(dg32)) <= n * 2.0**-24 * terms)
+    else:
+        np.testing.assert_array_equal(dgamma, dg32)
     # And close to float64: one rounding of y (|y| * u) over float32 statistics.
     X = f64(x)
     xhat = (X - X.mean((0, 2, 3), keepdims=True)) / np.sqrt(X.var((0, 2, 3), keepdims=True) + 1e-5)
