@@ -140,8 +140,13 @@ def validate(layers, batch, target, variants=None, precisions=("fp32",)):
                 ref, mag, length = reference(direction, *arrays, tf32=tf32)
                 tol = (2.0 if target == "cuda" else 1.0) * reduction_tolerance(mag, ref, length, dtype)
                 for var in family_variants(family, variants, prec):
-                    with kernels.use_variant(**{family: var}), kernels.use_variant("tf32", **{family: var}):
-                        got = run_direction(direction, *dev, target, tf32)
+                    try:
+                        with kernels.use_variant(**{family: var}), kernels.use_variant("tf32", **{family: var}):
+                            got = run_direction(direction, *dev, target, tf32)
+                    except Exception as exc:  # noqa: BLE001 - a failure like a wrong result
+                        failures.append(f"{prec} {c}->{k} at {h}x{h} {direction} {var}: raised "
+                                        f"{type(exc).__name__}: {exc}")
+                        continue
                     got = np.asarray(got.get() if B.is_cupy_array(got) else got, np.float64)
                     ok, worst = within_tolerance(got, ref, tol) if got.shape == ref.shape else (False, float("inf"))
                     if not ok:
@@ -167,8 +172,11 @@ def torch_calls(torch, x, w, b, dy, prec="fp32"):
             "backward_weight": lambda: grad.conv2d_weight(tx, tw.shape, tdy, stride=STRIDE, padding=PAD)}
 
 
-def benchmark(batch, warmup, repeat, use_torch=True, layers=CIFAR_LAYERS, variants=None, precisions=("fp32",)):
-    """Rows of (precision, layer, direction, variant) timings on the GPU, with cuDNN's beside each."""
+def benchmark(batch, warmup, repeat, use_torch=True, layers=CIFAR_LAYERS, variants=None, precisions=("fp32",),
+              wrong=frozenset()):
+    """Rows of (precision, layer, direction, variant) timings on the GPU, with cuDNN's beside each;
+    each row is printed as it is measured (a run cut short still shows them). ``wrong``: the
+    (precision, direction, variant) that failed validation, not timed."""
     torch = torch_module() if use_torch else None
     rows = []
     for prec in precisions:
@@ -183,6 +191,8 @@ def benchmark(batch, warmup, repeat, use_torch=True, layers=CIFAR_LAYERS, varian
                     with torch.no_grad():
                         t_ms = cuda_time(tcalls[direction], warmup, repeat)  # torch shares CuPy's null stream
                 for var in family_variants(family, variants, prec):
+                    if (prec, direction, var) in wrong:
+                        continue
                     # v1 (one thread per output) takes tens of ms per call at batch 512: few calls suffice.
                     w_n, r_n = (min(warmup, 1), max(1, min(repeat, 3))) if var == "v1" else (warmup, repeat)
                     with kernels.use_variant(**{family: var}), kernels.use_variant("tf32", **{family: var}):
@@ -192,6 +202,8 @@ def benchmark(batch, warmup, repeat, use_torch=True, layers=CIFAR_LAYERS, varian
                                  "variant": var, "ms": ms, "tflops": gflop / ms, "torch_ms": t_ms,
                                  "torch_tflops": gflop / t_ms if t_ms else None,
                                  "speed_vs_torch": t_ms / ms if t_ms else None})
+                    print(f"{prec} {c}->{k} @{h} {direction} {var}: {ms:.3f} ms {gflop / ms:.1f} TFLOP/s"
+                          + (f", cuDNN {t_ms:.3f} ms ({t_ms / ms:.2f}x)" if t_ms else ""), flush=True)
     return rows
 
 
@@ -257,15 +269,17 @@ def main(argv=None):
     layers = CIFAR_LAYERS if args.layers == "cifar" else fast_net_layers()
     failures = validate(layers, 4, "cuda", args.variants, args.precisions)
     if failures:
-        print("validation failed; nothing timed:\n" + "\n".join(failures), file=sys.stderr)
-        return 1
+        # A variant that computes a wrong result is never timed; the others still are (and the
+        # run still fails): one GPU call shows every variant's state at once.
+        print("validation failed (these are not timed):\n" + "\n".join(failures), file=sys.stderr, flush=True)
     if args.validate_only:
-        print("all conv2d variants match NumPy at the CIFAR layer sizes (4-image slices)")
-        return 0
+        print(f"{'some' if failures else 'all'} conv2d variants match NumPy at the layer sizes (4-image slices)")
+        return 1 if failures else 0
+    wrong = {tuple(f.split(":")[0].split(" ")[i] for i in (0, 4, 5)) for f in failures}  # (precision, direction, variant)
     rows = benchmark(args.batch, args.warmup, args.repeat, use_torch=not args.no_torch, layers=layers,
-                     variants=args.variants, precisions=args.precisions)
+                     variants=args.variants, precisions=args.precisions, wrong=wrong)
     record = {"benchmark": "conv2d", "environment": environment(use_torch=not args.no_torch), "stride": STRIDE,
-              "padding": PAD, "filter": FILT,
+              "padding": PAD, "filter": FILT, "validation_failures": failures,
               "defaults": {p: {d: default_variant(f, p) for d, f in DIRECTIONS.items()} for p in args.precisions},
               "fastest": fastest(rows), "results": rows}
     if args.json:
@@ -281,7 +295,7 @@ def main(argv=None):
         # conv2d-<gpu>-<date>.json: the name notebooks/04_kernels.ipynb looks for.
         name = f"conv2d-{common.slug(record['environment']['device'])}-{datetime.date.today().isoformat()}.json"
         print(f"wrote {common.save_record(record, 'conv2d', filename=name)}", file=sys.stderr)
-    return 0
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@
 # Stages, in order, each capped in time inside one overall budget (GPU_RUN_BUDGET_S, default 480 s);
 # a stage gets min(its cap, what is left), and is skipped (a failure) when under 15 s are left:
 #   smoke     versions; every kernel file compiles and loads; every kernel launched once against
-#             NumPy (benchmarks/sanitize_gpu.py). On failure the battery stops here: nothing after
-#             it could pass. On a machine without a usable GPU this is where it ends, in seconds.
+#             NumPy (benchmarks/sanitize_gpu.py), family by family. A failed check is reported and
+#             the battery goes on. On a machine without a usable GPU it ends here, in seconds.
 #   tests     pytest -m gpu in parallel (xdist), a per-test timeout, GPUCONV_REQUIRE_GPU=1: a GPU
 #             test that skips counts as failed
 #   conv      bench_conv2d: every conv2d variant and direction at every fast_net layer, batch 512, vs
@@ -135,9 +135,10 @@ if ! "$PY" -c "from gpuconv import backend; raise SystemExit(0 if backend.cuda_a
     log "stopping: nothing after the smoke stage can pass"
     exit 1
 fi
-if ! stage smoke 60 "$PY" benchmarks/sanitize_gpu.py; then
-    log "stopping: the smoke stage failed (above); nothing after it can pass"
-    exit 1
+if ! stage smoke 90 "$PY" benchmarks/sanitize_gpu.py; then
+    # Every kernel family is checked on its own (one crash does not hide the rest), so a failed
+    # check is a finding, not a dead GPU: the later stages still say what works.
+    log "the smoke stage failed (above); going on: each later stage stands on its own"
 fi
 
 # ---------------------------------------------------------------- the GPU tests
@@ -168,7 +169,7 @@ if want sanitizer; then
             cap=40
             case "$tool" in initcheck | synccheck) [ "$(left)" -lt 150 ] && { log "no time for $tool"; continue; } ;; esac
             stage "sanitizer_$tool" "$cap" "$SANITIZER" --tool "$tool" --error-exitcode 99 --print-limit 20 \
-                "$PY" benchmarks/sanitize_gpu.py
+                "$PY" benchmarks/sanitize_gpu.py --no-guard
         done
     else
         log "compute-sanitizer not found (PATH, /usr/local/cuda*/bin)"

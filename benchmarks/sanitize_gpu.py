@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import pathlib
 import sys
+import traceback
 
 import numpy as np
 
@@ -241,10 +242,27 @@ def augment(run, rng):
 
 
 def stream_hold(run, rng):
+    if run.target == "cuda" and not run.guard:
+        # Under compute-sanitizer every launch waits for the one before it, so the guard would
+        # always fire: only its kernel runs, released at once (device flags, no mapped memory).
+        cp = B.cupy_module()
+        release, timed_out = cp.asarray([1], np.int32), cp.asarray([7], np.int32)
+        kernels.launch("stream_hold", "stream_hold", np.float32, run.target, (1, 1, 1), (1, 1, 1),
+                       (release, timed_out, np.int64(10**6)))
+        run.add("stream_hold: released at once, no time-out", int(timed_out.get()[0]) == 0)
+        return
     if run.target == "cuda":  # the guard's own launch: the block enqueues, never waits
-        x = run.dev(rng.standard_normal(64).astype(np.float32))
-        with syncguard.no_sync("an elementwise launch"):
-            LR.relu_forward_kernel(x, target=run.target)
+        # Through CuPy's memory pool, as in training: without it (main() turns it off for exact
+        # bounds) every freed array is a cudaFree, which waits for the device.
+        cp = B.cupy_module()
+        cp.cuda.set_allocator(cp.get_default_memory_pool().malloc)
+        try:
+            x = run.dev(rng.standard_normal(64).astype(np.float32))
+            LR.relu_forward_kernel(x, target=run.target)  # the pool now holds a block of this size
+            with syncguard.no_sync("an elementwise launch"):
+                LR.relu_forward_kernel(x, target=run.target)
+        finally:
+            cp.cuda.set_allocator(None)
         run.add("stream_hold: no_sync passes a block that only enqueues", True)
         return
     release, timed_out = np.array([1], np.int32), np.array([7], np.int32)
@@ -256,6 +274,8 @@ def stream_hold(run, rng):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", choices=("cuda", "sim"), default="cuda")
+    p.add_argument("--no-guard", action="store_true",
+                   help="skip syncguard's no-sync check (under compute-sanitizer, which serializes launches)")
     args = p.parse_args(argv)
     args.tiny, args.no_torch = True, True
     rc = common.require_device("sanitize_gpu", args, sim_args="--device sim")
@@ -264,10 +284,21 @@ def main(argv=None):
     if args.device == "cuda":
         B.cupy_module().cuda.set_allocator(None)  # exact allocation bounds for memcheck/initcheck
     run = Run(args.device)
+    run.guard = not args.no_guard
     rng = np.random.default_rng(0)
     with gpuconv.default_device(args.device), kernels.launch_log() as log:
         for family in (conv, conv_tc, gemm, pool, relu, dropout, augment, stream_hold):
-            family(run, rng)
+            # One family's crash is reported and the others still run: a GPU call is too scarce
+            # to learn one failure at a time.
+            before = len(run.items)
+            try:
+                family(run, rng)
+            except Exception:  # noqa: BLE001 - reported as a failed check, with its traceback
+                traceback.print_exc()
+                run.add(f"{family.__name__}: raised {sys.exc_info()[0].__name__} (traceback above)", False)
+            bad = [i["name"] for i in run.items[before:] if not i["ok"]]
+            print(f"{family.__name__}: {len(run.items) - before - len(bad)} checks passed, {len(bad)} failed"
+                  + "".join(f"\n  FAILED {name}" for name in bad), flush=True)
     B.synchronize()
     run.ran = set(log.names)
     missing = sorted(EXPECTED - run.ran)
