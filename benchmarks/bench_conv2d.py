@@ -198,7 +198,7 @@ def benchmark(batch, warmup, repeat, use_torch=True, layers=CIFAR_LAYERS, varian
                     with kernels.use_variant(**{family: var}), kernels.use_variant("tf32", **{family: var}):
                         ms = cuda_time(lambda: run_direction(direction, x, w, b, dy, "cuda", tf32), w_n, r_n)
                     rows.append({"precision": prec, "layout": "channels_last" if PRECISIONS[prec][2] else "nchw",
-                                 "layer": f"{c}->{k} @{h}x{h}", "batch": batch, "direction": direction,
+                                 "layer": layer_label(c, k, h), "batch": batch, "direction": direction,
                                  "variant": var, "ms": ms, "tflops": gflop / ms, "torch_ms": t_ms,
                                  "torch_tflops": gflop / t_ms if t_ms else None,
                                  "speed_vs_torch": t_ms / ms if t_ms else None})
@@ -218,10 +218,15 @@ def fastest(rows):
     return {p: {d: {layer: v for layer, (v, _) in per.items()} for d, per in dirs.items()} for p, dirs in best.items()}
 
 
-def default_variant(family, prec):
-    """The variant gpuconv runs today for ``family`` in precision ``prec``."""
+def default_variant(family, prec, c, k):
+    """The variant gpuconv runs today for ``family`` in precision ``prec`` at a C -> K layer
+    (the default picks by the GEMM's output channels: K, or C for the data gradient)."""
     dtype, tf32 = PRECISIONS[prec][:2]
-    return kernels.variant(family, dtype, tf32)
+    return kernels.resolve(family, dtype, tf32, c if family == "conv2d_backward_data" else k)
+
+
+def layer_label(c, k, h):
+    return f"{c}->{k} @{h}x{h}"
 
 
 def print_table(rows):
@@ -280,7 +285,8 @@ def main(argv=None):
                      variants=args.variants, precisions=args.precisions, wrong=wrong)
     record = {"benchmark": "conv2d", "environment": environment(use_torch=not args.no_torch), "stride": STRIDE,
               "padding": PAD, "filter": FILT, "validation_failures": failures,
-              "defaults": {p: {d: default_variant(f, p) for d, f in DIRECTIONS.items()} for p in args.precisions},
+              "defaults": {p: {d: {layer_label(c, k, h): default_variant(f, p, c, k) for c, k, h in layers}
+                               for d, f in DIRECTIONS.items()} for p in args.precisions},
               "fastest": fastest(rows), "results": rows}
     if args.json:
         print(json.dumps(record, indent=2))
@@ -289,8 +295,10 @@ def main(argv=None):
         print_table(rows)
         for prec, dirs in record["fastest"].items():
             for direction, per in dirs.items():
-                print(f"fastest {prec} {direction} (default {record['defaults'][prec][direction]}): "
-                      + ", ".join(f"{layer} {v}" for layer, v in per.items()))
+                default = record["defaults"][prec][direction]
+                print(f"fastest {prec} {direction}: "
+                      + ", ".join(f"{layer} {v}" + ("" if default.get(layer) == v else f" (default {default.get(layer)})")
+                                  for layer, v in per.items()))
     if not args.no_save:
         # conv2d-<gpu>-<date>.json: the name notebooks/04_kernels.ipynb looks for.
         name = f"conv2d-{common.slug(record['environment']['device'])}-{datetime.date.today().isoformat()}.json"

@@ -49,12 +49,13 @@ costs a warning and a compile per process; point ``GPUCONV_CUDA_CACHE`` at a wri
 on read-only or shared home directories. ``'sim'``: :func:`gpuconv.hostsim.compile` builds the
 same text with g++ (cached by source hash in ``$GPUCONV_SIM_CACHE``) and runs it on the CPU.
 
-Variants. Each kernel family keeps its first simple version beside the tuned one
-(``conv2d_forward_v1`` / ``_v2``; ``_v3``, a 128x128-tile candidate for the three conv2d
-directions, is selectable but not yet the default; ``_tc``, the tensor-core convolutions of
-kernels/conv2d_tc.cu, the default for bfloat16, float16 and TF32). Variants are chosen per
-(family, dtype): :data:`VARIANTS` gives each family its variants and its defaults by dtype name
-(``"tf32"`` for float32 in TF32 mode), ``"*"`` for every dtype without its own. The launchers run :func:`variant` of each family for their dtype:
+Variants. Each kernel family keeps its first simple version beside the tuned ones
+(``conv2d_forward_v1``; ``_v2`` and ``_v3``, 64x64 and 128x128 tiles on CUDA cores; ``_tc`` and
+``_tc128``, the tensor-core convolutions of kernels/conv2d_tc.cu for bfloat16, float16 and
+TF32). Variants are chosen per (family, dtype): :data:`VARIANTS` gives each family its variants
+and its defaults by dtype name (``"tf32"`` for float32 in TF32 mode), ``"*"`` for every dtype
+without its own. The conv2d default, ``"auto"``, picks by shape (:func:`auto_variant`, from the
+H200 measurement). The launchers run :func:`resolve` (:func:`variant`, "auto" made concrete):
 the default on every target (the simulator runs the production path), overridden by
 :func:`set_variant`, the :func:`use_variant` context manager, or the environment variable
 ``GPUCONV_KERNEL_VARIANTS="conv2d_forward=v1,relu_forward[bfloat16]=v1"`` (read at import; a
@@ -107,22 +108,49 @@ class Family(NamedTuple):
     defaults: dict
 
 
-# The default is the tuned path on every target and, for now, in every dtype: the bf16/fp16
-# builds of v2 stage float32 tiles, exactly as float32 does. v3 (128x128 tiles, 256 threads) is
-# selectable; it becomes a default only after a GPU measurement (benchmarks/bench_conv2d.py
-# times every variant) shows it faster than v2 for that dtype.
-# The tensor-core convolutions (kernels/conv2d_tc.cu: tc on 64x64 tiles, tc128 on 128x128) are the
-# default wherever the operands have a tensor-core format: bfloat16, float16 and float32 in TF32
-# mode (the pseudo-dtype "tf32"). tc128 is a candidate until a GPU measurement (bench_conv2d)
-# says which tile wins. Elsewhere (strict float32, float64) a choice of tc or tc128 runs v2.
-_CONV_DEFAULTS = {"*": "v2", "bfloat16": "tc", "float16": "tc", "tf32": "tc"}
+# The convolution default is "auto": the launcher picks the variant by the GEMM's output-channel
+# count (K for the forward and the weight gradient, C for the data gradient), as the first H200
+# measurement says (benchmarks/RESULTS.md: bench_conv2d, batch 512, every fast_net layer and
+# variant): 128x128 tiles (v3 on CUDA cores, tc128 on tensor cores) from 128 channels on, 64x64
+# (v2, tc) below, and v1 for a data gradient into fewer than 16 channels (into an image's 3
+# channels v1 took 0.33 ms, v2 2.3). The bfloat16/float16 weight gradient stays on tc: tc128
+# was faster on five layers of six but once ten times slower (128->256 at 16x16), which a later
+# measurement has to explain first (in TF32 tc128 was faster on all five). float64 (never measured) runs v2. A fixed variant
+# chosen with use_variant/set_variant/GPUCONV_KERNEL_VARIANTS runs on every shape; tc or tc128
+# on a dtype without a tensor-core format (strict float32, float64) runs v2.
+AUTO_WIDE = 128        # channels from which the 128x128 tiles win
+AUTO_V1_BELOW = 16     # channels below which v1 wins the data gradient (CUDA cores)
+_CONV_VARIANTS = ("auto", "v1", "v2", "v3", "tc", "tc128")
+_CONV_DEFAULTS = {"*": "auto", "float64": "v2"}
 VARIANTS = {
-    "conv2d_forward": Family(("v1", "v2", "v3", "tc", "tc128"), _CONV_DEFAULTS),
-    "conv2d_backward_data": Family(("v1", "v2", "v3", "tc", "tc128"), _CONV_DEFAULTS),
-    "conv2d_backward_weight": Family(("v1", "v2", "v3", "tc", "tc128"), _CONV_DEFAULTS),
+    "conv2d_forward": Family(_CONV_VARIANTS, _CONV_DEFAULTS),
+    "conv2d_backward_data": Family(_CONV_VARIANTS, _CONV_DEFAULTS),
+    "conv2d_backward_weight": Family(_CONV_VARIANTS, _CONV_DEFAULTS),
     "relu_forward": Family(("v1", "v2"), {"*": "v2"}),
     "relu_backward": Family(("v1", "v2"), {"*": "v2"}),
 }
+
+
+def auto_variant(family: str, dtype, tf32: bool, channels: int) -> str:
+    """The variant "auto" runs for ``family`` on ``dtype`` (TF32 mode when ``tf32``) when the
+    GEMM's output-channel count is ``channels`` (see the rule above VARIANTS)."""
+    name = _dtype_name(dtype)
+    wide = channels >= AUTO_WIDE
+    if tf32 or np.dtype(dtype) in precision.LOW_PRECISION:
+        if family == "conv2d_backward_weight" and not tf32:
+            return "tc"
+        return "tc128" if wide else "tc"
+    if name == "float64":
+        return "v2"
+    if family == "conv2d_backward_data" and channels < AUTO_V1_BELOW:
+        return "v1"
+    return "v3" if wide else "v2"
+
+
+def resolve(family: str, dtype, tf32: bool, channels: int) -> str:
+    """The variant a launcher runs: :func:`variant`'s choice, with "auto" made concrete."""
+    var = variant(family, dtype, tf32)
+    return auto_variant(family, dtype, tf32, channels) if var == "auto" else var
 
 
 class _Build(NamedTuple):

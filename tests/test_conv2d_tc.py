@@ -173,11 +173,14 @@ def test_weight_gradient_splits_add_in_a_fixed_order(monkeypatch, launches):
 
 
 def test_defaults_and_choices(monkeypatch, launches):
-    """tc is the default where the operands have a tensor-core format; strict float32 and float64
-    run v2 even when tc is chosen; GPUCONV_KERNEL_VARIANTS can key TF32 on its own."""
+    """"auto" is the default but in float64; where the operands have a tensor-core format it runs
+    tc or tc128; strict float32 and float64 run v2 even when tc is chosen;
+    GPUCONV_KERNEL_VARIANTS can key TF32 on its own."""
     assert [kernels.variant("conv2d_forward", d) for d in (BF16, np.float16, np.float32, np.float64)] == \
-        ["tc", "tc", "v2", "v2"]
-    assert kernels.variant("conv2d_forward", np.float32, tf32=True) == "tc"
+        ["auto", "auto", "auto", "v2"]
+    assert kernels.variant("conv2d_forward", np.float32, tf32=True) == "auto"
+    assert [kernels.resolve("conv2d_forward", d, False, 64) for d in (BF16, np.float16)] == ["tc", "tc"]
+    assert kernels.resolve("conv2d_forward", np.float32, True, 256) == "tc128"
     rng = np.random.default_rng(6)
     x, w, b = operands(CASES[0], np.float32, rng)
     with kernels.use_variant(conv2d_forward="tc"):
@@ -187,7 +190,7 @@ def test_defaults_and_choices(monkeypatch, launches):
     assert launches.names == ["conv2d_forward_v2", "conv2d_forward_v2"]
     with kernels.use_variant("tf32", conv2d_forward="v3"):
         assert kernels.variant("conv2d_forward", np.float32, tf32=True) == "v3"
-        assert kernels.variant("conv2d_forward", np.float32) == "v2"
+        assert kernels.variant("conv2d_forward", np.float32) == "auto"
     monkeypatch.setenv("GPUCONV_KERNEL_VARIANTS", "conv2d_forward[tf32]=v2")
     assert kernels._env_variants() == {"conv2d_forward[tf32]": "v2"}
 
@@ -254,3 +257,22 @@ def test_launcher_shapes_match_the_kernel_tiles():
     for variant, (side, threads) in TC.SHAPES.items():
         assert shapes[entries[variant]] == (side, side, threads), variant
     assert TC.KBYTES == int(re.search(r"#define TC_KBYTES (\d+)", tile).group(1))
+
+
+@pytest.mark.parametrize("dtype, tf32", [(BF16, False), (np.float16, False), (np.float32, True)],
+                         ids=["bf16", "f16", "tf32"])
+def test_auto_runs_the_measured_tile_per_channel_count(dtype, tf32, launches):
+    """"auto": 128x128 tensor-core tiles from 128 output channels of the GEMM on (K forward and
+    for the TF32 weight gradient, C for the data gradient), 64x64 below; the bf16/fp16 weight
+    gradient on tc. The launches say so."""
+    rng = np.random.default_rng(12)
+    for c, k, want_fwd, want_data in [(8, 16, "tc", "tc"), (8, 128, "tc128", "tc"), (128, 16, "tc", "tc128")]:
+        x = rng.standard_normal((1, c, 4, 4)).astype(np.float32 if tf32 else dtype)
+        w = rng.standard_normal((k, c, 3, 3)).astype(np.float32 if tf32 else dtype)
+        launches.clear()
+        y, cache = LC.conv2d_forward_kernel(x, w, None, (1, 1), (1, 1), tf32, target="sim")
+        LC.conv2d_backward_kernel(y, cache, True, tf32, target="sim")
+        names = set(launches.names)
+        assert f"conv2d_forward_{want_fwd}" in names and f"conv2d_backward_data_{want_data}" in names
+        want_weight = "tc128" if tf32 and k >= 128 else "tc"
+        assert f"conv2d_backward_weight_{want_weight}" in names, names

@@ -349,7 +349,7 @@ def test_every_kernel_family_ran_in_the_low_precision_build_under_sim(monkeypatc
 
 
 def test_variants_are_chosen_per_dtype(monkeypatch, launches):
-    assert kernels.variant("conv2d_forward", BF16) == "tc" and kernels.variant("conv2d_forward", np.float32) == "v2"
+    assert kernels.variant("conv2d_forward", BF16) == "auto" and kernels.variant("conv2d_forward", np.float32) == "auto"
     fam = kernels.VARIANTS["conv2d_forward"]
     monkeypatch.setitem(kernels.VARIANTS, "conv2d_forward", fam._replace(defaults={"*": "v2", "bfloat16": "v1"}))
     rng = np.random.default_rng(10)
@@ -363,7 +363,7 @@ def test_variants_are_chosen_per_dtype(monkeypatch, launches):
     kernels.set_variant("conv2d_forward", "v3", dtype=np.float32)
     assert kernels.variant("conv2d_forward", np.float32) == "v3" and kernels.variant("conv2d_forward", BF16) == "v1"
     kernels.set_variant("conv2d_forward", None, dtype=np.float32)
-    assert kernels.variant("conv2d_forward", np.float32) == "v2"
+    assert kernels.variant("conv2d_forward", np.float32) == "v2"  # the patched defaults above
     monkeypatch.setenv("GPUCONV_KERNEL_VARIANTS", "conv2d_forward[bfloat16]=v3, relu_forward=v1")
     assert kernels._env_variants() == {"conv2d_forward[bfloat16]": "v3", "relu_forward": "v1"}
     monkeypatch.setenv("GPUCONV_KERNEL_VARIANTS", "conv2d_forward[int8]=v1")

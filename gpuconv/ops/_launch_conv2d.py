@@ -83,7 +83,7 @@ def weight_splits(l_total, tiles, target, device=None, step=TILE_K):
 @register_launcher("conv2d_forward")
 def conv2d_forward_kernel(x, w, b, stride, padding, tf32=False, *, target, relu=False):
     cache = Conv2dCache(x, w, b is not None, stride, padding)
-    var = kernels.variant("conv2d_forward", x.dtype, tf32)
+    var = kernels.resolve("conv2d_forward", x.dtype, tf32, channels=w.shape[0])
     if var in tc.SHAPES:
         y = tc.forward(x, w, b, stride, padding, tf32, relu, target=target, variant=var)
         if y is not None:
@@ -118,7 +118,7 @@ def conv2d_backward_kernel(dy, cache, need_dx=True, tf32=False, *, target):
 def conv2d_backward_data_kernel(dy, w, x_shape, stride, padding, tf32=False, *, target, like=None):
     """dx of shape ``x_shape`` from ``dy`` and the filters ``w`` (channels_last when ``like``,
     the forward input, is; NCHW otherwise)."""
-    var = kernels.variant("conv2d_backward_data", dy.dtype, tf32)
+    var = kernels.resolve("conv2d_backward_data", dy.dtype, tf32, channels=x_shape[1])
     if var in tc.SHAPES and dy.size:
         dx = tc.backward_data(dy, w, x_shape, stride, padding, tf32, dy if like is None else like, target=target,
                               variant=var)
@@ -155,7 +155,7 @@ def conv2d_backward_weight_kernel(dy, x, w_shape, stride, padding, tf32=False, *
     xp = get_array_module(dy, x)
     if dy.size == 0 or 0 in tuple(w_shape):  # an empty batch: the gradient is an empty sum
         return xp.zeros(tuple(w_shape), dtype=dy.dtype)
-    var = kernels.variant("conv2d_backward_weight", dy.dtype, tf32)
+    var = kernels.resolve("conv2d_backward_weight", dy.dtype, tf32, channels=w_shape[0])
     if var in tc.SHAPES:
         dw = tc.backward_weight(dy, x, w_shape, stride, padding, tf32, target=target, variant=var)
         if dw is not None:
