@@ -18,7 +18,8 @@
 #             and bf16 channels_last, where the tensor-core kernels run); then bench_ops --skip-conv
 #             (pooling, ReLU: GB/s against a device-to-device copy)
 #   step      bench_step: images/s of a training step vs PyTorch eager; no host transfer, no sync
-#             (syncguard), the memory pool stops growing; then bench_cs231n: seconds per iteration
+#             (syncguard), the memory pool stops growing; profile_step: the step's milliseconds per
+#             layer kind, forward and backward (CUDA events); then bench_cs231n: seconds per iteration
 #             of a student-style CS231n ThreeLayerConvNet, CPU vs use_device('cuda'), NumPy in and out
 #   epoch     bench_epoch: one device-resident epoch of 50,000 synthetic CIFAR-shaped images
 #   sanitizer compute-sanitizer memcheck and racecheck over every kernel at small shapes;
@@ -153,6 +154,7 @@ if want conv; then
 fi
 if want step; then
     stage bench_step 50 "$PY" benchmarks/bench_step.py --save --warmup 5 --repeat 20
+    stage profile_step 30 "$PY" benchmarks/profile_step.py --save
     stage bench_cs231n 30 "$PY" benchmarks/bench_cs231n.py --save --warmup 2 --repeat 5
 fi
 if want epoch; then

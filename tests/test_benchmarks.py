@@ -100,6 +100,20 @@ def test_cuda_without_a_gpu_exits_2_naming_the_simulator_command(name):
     assert proc.stdout == ""
 
 
+def test_profile_step_on_the_simulator_wraps_every_layer_and_changes_nothing():
+    proc = run_script("profile_step", "--device", "sim", "--tiny", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rec = json.loads(proc.stdout)
+    assert rec["validation"]["passed"] and rec["timed"] is False
+    names = [c["name"] for c in rec["validation"]["checks"]]
+    assert "fast_net bf16: the profiled step's loss equals an unprofiled one" in names
+    kinds = {(r["precision"], r["kind"]): r for r in rec["results"]}
+    for prec in ("fp32", "bf16"):
+        assert kinds[(prec, "Conv2d")]["layers"] == 8 and kinds[(prec, "BatchNorm2d")]["layers"] == 8
+        assert (prec, "(rest of the step)") in kinds
+    assert all(r["forward_ms"] is None and r["backward_ms"] is None for r in rec["results"])
+
+
 def test_sim_needs_tiny():
     proc = run_script("bench_ops", "--device", "sim")
     assert proc.returncode == 2 and "Add --tiny" in proc.stderr
@@ -222,12 +236,12 @@ def test_gpu_battery_caps_every_stage_and_publishes_after_each(tmp_path):
     summary = (out / "summary.txt").read_text().splitlines()
     names = [line.split()[1] for line in summary]
     assert proc.returncode == 1 and seconds < 120, proc.stdout[-3000:]
-    assert names == ["smoke", "tests", "bench_conv2d", "bench_ops", "bench_step", "bench_cs231n", "bench_epoch",
-                     "sanitizer_memcheck", "sanitizer_racecheck", "parity"], summary
+    assert names == ["smoke", "tests", "bench_conv2d", "bench_ops", "bench_step", "profile_step", "bench_cs231n",
+                     "bench_epoch", "sanitizer_memcheck", "sanitizer_racecheck", "parity"], summary
     status = [line.split()[0] for line in summary]
     # bench_ops is cut at its 40 s cap, though it would hang for 60; then the 56 s budget, less the
     # 10 s kept for the caches, leaves under 15 s: every later stage is skipped, none is run short.
-    assert status == ["ok", "ok", "ok", "TIMEOUT"] + ["SKIPPED"] * 6, summary
+    assert status == ["ok", "ok", "ok", "TIMEOUT"] + ["SKIPPED"] * 7, summary
     assert sorted(p.name for p in out.iterdir()) == ["caches.tar.gz", "records.tar.gz", "run_gpu.log", "summary.txt"]
     with tarfile.open(out / "records.tar.gz") as tar:
         members = tar.getnames()

@@ -1,0 +1,168 @@
+"""Where a training step's time goes: milliseconds per layer kind, forward and backward, of a
+gpuconv training step on the GPU, in each precision.
+
+    python benchmarks/profile_step.py                       # GPU: fast_net, batch 512, fp32 and bf16
+    python benchmarks/profile_step.py --json --save
+    python benchmarks/profile_step.py --device sim --tiny   # no GPU: the mechanics, no times
+
+The step is gpuconv.amp.training_step, the trainer's. Two CUDA events are recorded around every
+leaf layer's forward and backward and around the whole step; events only record, so nothing
+syncs inside a step, and the times are read once after the last one. Per layer kind (Conv2d,
+BatchNorm2d, ...) the record holds the forward and backward milliseconds per step; what no
+layer accounts for (the loss, the parameter casts of mixed precision, the residual additions,
+the optimizer, Python between the launches) is the remainder of the step's time. bench_step times the step against
+PyTorch; this says which part of gpuconv's step to work on.
+
+Validation: the profiled step computes the same loss as an unprofiled one from the same weights
+(the wrapping changes nothing), and every leaf layer ran forward and backward in each step.
+"""
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+from collections import defaultdict
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+import gpuconv  # noqa: E402
+from gpuconv import amp  # noqa: E402
+from gpuconv import backend as B  # noqa: E402
+from gpuconv.optim import SGD  # noqa: E402
+
+from bench_step import HYPER, MODELS, batch_data  # noqa: E402
+
+NAME = "profile_step"
+
+
+class LayerClock:
+    """Events around every leaf layer's forward and backward and around each step ('cuda');
+    on the simulator the same wrapping with no events (calls are still counted)."""
+
+    def __init__(self, model, cuda):
+        self.cuda = cuda
+        self.marks = []  # (layer name, kind, direction, start event, stop event)
+        self.calls = defaultdict(int)
+        self.leaves = [(n, m) for n, m in model.named_modules() if n and not list(m.children())]
+        for name, layer in self.leaves:
+            self._wrap(layer, name, "forward")
+            self._wrap(layer, name, "backward")
+
+    def _event(self):
+        if not self.cuda:
+            return None
+        e = B.cupy_module().cuda.Event()
+        e.record()
+        return e
+
+    def _wrap(self, layer, name, direction):
+        inner = getattr(layer, direction)
+        kind = type(layer).__name__
+
+        def timed(*args, **kw):
+            start = self._event()
+            out = inner(*args, **kw)
+            self.marks.append((name, kind, direction, start, self._event()))
+            self.calls[(name, direction)] += 1
+            return out
+        setattr(layer, direction, timed)  # an instance attribute: __call__ and call_backward find it
+
+    def unwrap(self):
+        for _, layer in self.leaves:
+            for direction in ("forward", "backward"):
+                vars(layer).pop(direction, None)
+
+    def per_kind(self, steps):
+        """{kind: {"forward": ms, "backward": ms, "layers": n}} per step (None on the simulator)."""
+        out = {}
+        for name, kind, direction, start, stop in self.marks:
+            row = out.setdefault(kind, {"forward": 0.0, "backward": 0.0, "layers": set()})
+            row["layers"].add(name)
+            if self.cuda:
+                row[direction] += B.cupy_module().cuda.get_elapsed_time(start, stop) / steps
+            else:
+                row[direction] = None
+        return {k: {**v, "layers": len(v["layers"])} for k, v in out.items()}
+
+
+def profile(factory, x, y, precision, args, checks, label):
+    model = factory()
+    reference = factory()
+    reference.load_state_dict(model.state_dict())
+    xd, yd = common.to_dev(x, args), common.to_dev(y, args)
+    if amp.channels_last_for(precision):
+        xd = gpuconv.to_channels_last(xd)
+    step = common_step(model, precision)
+    for _ in range(args.warmup):
+        step(xd, yd)
+    plain = common_step(reference, precision)
+    for _ in range(args.warmup):
+        plain(xd, yd)
+    clock = LayerClock(model, args.device == "cuda")
+    with common.EventTimer(args) as t:
+        for _ in range(args.repeat):
+            loss = step(xd, yd)
+    for _ in range(args.repeat):
+        want = plain(xd, yd)
+    clock.unwrap()
+    checks.close(f"{label}: the profiled step's loss equals an unprofiled one", loss, want, 1e-6)
+    missing = [(n, d) for n, _ in clock.leaves for d in ("forward", "backward") if clock.calls[(n, d)] != args.repeat]
+    checks.add(f"{label}: every leaf layer ran forward and backward in every step", not missing,
+               detail=f"not every step: {missing[:5]}" if missing else None)
+    kinds = clock.per_kind(args.repeat)
+    step_ms = t.ms / args.repeat if t.ms is not None else None
+    layers_ms = sum(v["forward"] + v["backward"] for v in kinds.values()) if step_ms is not None else None
+    rows = [{"model": label.split()[0], "precision": precision, "kind": k, "layers": v["layers"],
+             "forward_ms": v["forward"], "backward_ms": v["backward"],
+             "share": (v["forward"] + v["backward"]) / step_ms if step_ms else None} for k, v in sorted(kinds.items())]
+    rows.append({"model": label.split()[0], "precision": precision, "kind": "(rest of the step)", "layers": None,
+                 "forward_ms": None, "backward_ms": step_ms - layers_ms if step_ms is not None else None,
+                 "share": (step_ms - layers_ms) / step_ms if step_ms else None})
+    return rows, step_ms
+
+
+def common_step(model, precision):
+    opt = SGD(model.parameters(), **HYPER)
+    return lambda x, y: amp.training_step(model, opt, x, y, precision)[0]
+
+
+def table(rec):
+    print(f"{rec['environment']['device']}  where a training step's time goes (ms per step; "
+          "backward_ms of '(rest of the step)': loss, casts, optimizer, gaps)")
+    common.print_table(rec["results"], [
+        ("model", "model", ""), ("precision", "precision", ""), ("kind", "layer kind", ""), ("layers", "layers", ""),
+        ("forward_ms", "fwd ms", ".2f"), ("backward_ms", "bwd ms", ".2f"), ("share", "share", ".0%")])
+
+
+def main(argv=None):
+    p = common.add_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]), warmup=3, repeat=5)
+    p.add_argument("--batch", type=int, default=None, help="images per step (default 512; --tiny: 4)")
+    p.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["fast_net"])
+    p.add_argument("--precisions", nargs="+", choices=amp.PRECISIONS, default=["fp32", "bf16"])
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--tiny" in argv and not any(a.startswith(("--warmup", "--repeat")) for a in argv):
+        argv += ["--warmup", "1", "--repeat", "2"]
+    args = common.parse(p, argv)
+    rc = common.require_device(NAME, args)
+    if rc is not None:
+        return rc
+    batch = args.batch or (4 if args.tiny else 512)
+    checks, rows, steps = common.Checks(), [], {}
+    with common.device_context(args):
+        for name in args.models:
+            factory, shape = MODELS[name][1 if args.tiny else 0]
+            x, y = batch_data(shape, batch, seed=3)
+            for precision in args.precisions:
+                got, steps[f"{name} {precision}"] = profile(factory, x, y, precision, args, checks, f"{name} {precision}")
+                rows += got
+    rec = common.record(NAME, args, checks, rows, batch=batch, step_ms=steps)
+    rc = common.finish(rec, args, table)
+    if not checks.passed:
+        print(f"{NAME}: " + "; ".join(checks.failures()), file=sys.stderr)
+        return 1
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
