@@ -145,9 +145,12 @@ def conv_tc(run, rng):
 
 
 def pool(run, rng):
-    x = rng.standard_normal((2, 3, 7, 9)).astype(np.float32)
-    X = run.dev(x)
-    for ks, st in [((3, 3), (2, 2)), ((2, 3), (1, 3)), ((7, 9), (1, 1))]:
+    # overlapping windows, gaps, a whole-image window; then disjoint ones (stride = kernel: the
+    # _disjoint backward kernels)
+    for hw, ks, st in [((7, 9), (3, 3), (2, 2)), ((7, 9), (2, 3), (1, 3)), ((7, 9), (7, 9), (1, 1)),
+                       ((6, 9), (2, 3), (2, 3)), ((6, 9), (3, 3), (3, 3))]:
+        x = rng.standard_normal((2, 3, *hw)).astype(np.float32)
+        X = run.dev(x)
         y, c = LP.max_pool2d_forward_kernel(X, ks, st, target=run.target)
         ry, rc = P._max_pool2d_forward_reference(x, ks, st)
         run.exact(f"max_pool {ks} {st} forward", y, ry)

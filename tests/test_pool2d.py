@@ -172,3 +172,32 @@ def test_pool_size_error_offers_no_padding(backend):
         max_pool2d_forward(x, 2)
     assert "P=" not in str(info.value) and "change the padding" not in str(info.value)
 
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, "bfloat16", np.float16])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_disjoint_windows_take_the_scatter_kernel_and_keep_the_reference_bits(kind, channels_last, dtype):
+    """stride = kernel: one thread per output writes its window; -0.0, NaN and ties as the
+    reference has them, bit for bit, in every build and both layouts."""
+    import ml_dtypes
+
+    import gpuconv
+    from gpuconv import kernels
+    dt = np.dtype(ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype)
+    rng = np.random.default_rng(21)
+    x = (np.round(rng.standard_normal((2, 3, 6, 8)) * 2) / 2).astype(dt)
+    x.reshape(-1)[:4] = np.array([-0.0, np.nan, 0.0, -0.0]).astype(dt)
+    fwd, bwd = OPS[kind]
+    ref_y, ref_cache = fwd(x, (3, 2))
+    dy = rng.standard_normal(ref_y.shape).astype(dt)
+    dy.reshape(-1)[:2] = np.array([-0.0, 0.0]).astype(dt)
+    want = bwd(dy, ref_cache)
+    with gpuconv.default_device("sim"), kernels.launch_log() as log:
+        xs, dys = (gpuconv.to_channels_last(a) if channels_last else a for a in (x, dy))
+        y, cache = fwd(xs, (3, 2))
+        got = bwd(dys, cache)
+    assert f"{kind}_pool2d_backward_disjoint" in log.names and f"{kind}_pool2d_backward" not in log.names
+    assert gpuconv.is_channels_last(got) == channels_last
+    got = np.ascontiguousarray(got)
+    assert got.dtype == want.dtype and got.tobytes() == np.ascontiguousarray(want).tobytes()

@@ -46,6 +46,16 @@ def _run(kernel, elements, target, arrays, dims, channels_last, scalars=()):
         kernels.launch("pool2d", kernel, arrays[0].dtype, target, grid, block, args, device=device)
 
 
+def _run_backward(kernel, cache, dx, target, arrays, dims, channels_last):
+    """Windows that tile the input without overlap (stride = kernel): the ``_disjoint`` kernel,
+    one thread per output writing its window; otherwise one thread per input gathering over the
+    windows that cover it. The same bits either way."""
+    if tuple(cache.stride) == tuple(cache.kernel_size):
+        _run(f"{kernel}_disjoint", arrays[0].size, target, arrays, dims, channels_last)
+    else:
+        _run(kernel, dx.size, target, arrays, dims, channels_last)
+
+
 @register_launcher("max_pool2d_forward")
 def max_pool2d_forward_kernel(x, kernel_size, stride, *, target):
     xp = get_array_module(x)
@@ -62,7 +72,7 @@ def max_pool2d_backward_kernel(dy, cache, *, target):
     (dy, argmax), cl = _inputs(dy, cache.argmax.astype(np.int32, copy=False), was_channels_last=cache.channels_last)
     _, dims = _dims(cache.x_shape, cache.kernel_size, cache.stride)
     dx = layout.empty(xp, cache.x_shape, dy.dtype, cl)
-    _run("max_pool2d_backward", dx.size, target, (dy, argmax, dx), dims, cl)
+    _run_backward("max_pool2d_backward", cache, dx, target, (dy, argmax, dx), dims, cl)
     return dx
 
 
@@ -82,7 +92,7 @@ def avg_pool2d_backward_kernel(dy, cache, *, target):
     (dy,), cl = _inputs(dy, was_channels_last=cache.channels_last)
     _, dims = _dims(cache.x_shape, cache.kernel_size, cache.stride)
     dx = layout.empty(xp, cache.x_shape, dy.dtype, cl)
-    _run("avg_pool2d_backward", dx.size, target, (dy, dx), dims, cl)
+    _run_backward("avg_pool2d_backward", cache, dx, target, (dy, dx), dims, cl)
     return dx
 
 
