@@ -191,7 +191,7 @@ def test_disjoint_windows_take_the_scatter_kernel_and_keep_the_reference_bits(ki
     fwd, bwd = OPS[kind]
     ref_y, ref_cache = fwd(x, (3, 2))
     dy = rng.standard_normal(ref_y.shape).astype(dt)
-    dy.reshape(-1)[:2] = np.array([-0.0, 0.0]).astype(dt)
+    dy.reshape(-1)[:3] = np.array([-0.0, np.nan, np.inf]).astype(dt)
     want = bwd(dy, ref_cache)
     with gpuconv.default_device("sim"), kernels.launch_log() as log:
         xs, dys = (gpuconv.to_channels_last(a) if channels_last else a for a in (x, dy))
@@ -201,3 +201,17 @@ def test_disjoint_windows_take_the_scatter_kernel_and_keep_the_reference_bits(ki
     assert gpuconv.is_channels_last(got) == channels_last
     got = np.ascontiguousarray(got)
     assert got.dtype == want.dtype and got.tobytes() == np.ascontiguousarray(want).tobytes()
+
+
+@pytest.mark.parametrize("k, s", [(2, 2), (3, 2)], ids=["disjoint", "overlapping"])
+def test_max_pool_routes_a_nan_or_inf_gradient_to_its_switch_only(backend, k, s):
+    """dx is dy at each window's switch and 0 elsewhere, as the definition (and PyTorch) has it:
+    an inf or NaN in dy lands on the switch alone, never as inf * 0 = NaN on the other taps."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((1, 2, 8, 8) if k == s else (1, 2, 7, 7)).astype(np.float32)
+    y, cache = max_pool2d_forward(backend.asarray(x), k, s)
+    dy = np.ones(y.shape, np.float32)
+    dy[0, 0, 0, 0], dy[0, 1, 1, 1] = np.inf, np.nan
+    dx = backend.asnumpy(max_pool2d_backward(backend.asarray(dy), cache))
+    assert np.isinf(dx).sum() == 1 and np.isnan(dx).sum() == 1
+    assert np.all(np.isfinite(dx[0, 0, k:, k:]))

@@ -169,14 +169,15 @@ def _max_backward(dy, cache):
         # Overlapping windows: scatter-add tap by tap (taps in order, as the kernel sums them),
         # a batch chunk at a time so that dx's chunk stays in cache across the taps.
         dx = xp.zeros(cache.x_shape, dtype=dy.dtype)
+        zero = dy.dtype.type(0)
         for b in _batch_chunks(dy.shape[0], dx[0].size * dx.itemsize):
             dxb, dyb, ab = dx[b], dy[b], cache.argmax[b]
             for t, sl in _taps(cache.kernel_size, cache.stride, dy.shape[2:]):
-                dxb[sl] += dyb * (ab == t)  # a multiply by the mask is 1.5x faster than xp.where
+                dxb[sl] += xp.where(ab == t, dyb, zero)  # not dy * mask: inf * 0 is NaN
         return dx
     # Each input pixel is in exactly one window: build the gradient tap-major and contiguous,
     # then one transposing pass into dx. Adding 0 in that pass keeps the loop form's result bit
-    # for bit: 0 + (-0.0) is +0.0, where a plain copy would leave the -0.0 of dy * False.
+    # for bit: 0 + (-0.0) is +0.0, where a plain copy would leave a routed -0.0.
     n, c, oh, ow = dy.shape
     dx = xp.empty(cache.x_shape, dtype=dy.dtype)
     planes = None
@@ -184,8 +185,9 @@ def _max_backward(dy, cache):
         dyb, ab = dy[b], cache.argmax[b]
         if planes is None or planes.shape[1] != dyb.shape[0]:
             planes = xp.empty((taps,) + tuple(dyb.shape), dtype=dy.dtype)
-        for t in range(taps):
-            xp.multiply(dyb, ab == t, out=planes[t])
+        for t in range(taps):  # dy at the switch, 0 elsewhere (a NaN or inf dy stays where it is routed)
+            planes[t] = 0
+            xp.copyto(planes[t], dyb, where=ab == t)
         m = dyb.shape[0]
         xp.add(planes.reshape(kh, kw, m, c, oh, ow), dy.dtype.type(0),
                out=dx[b].reshape(m, c, oh, kh, ow, kw).transpose(3, 5, 0, 1, 2, 4))
