@@ -89,9 +89,6 @@ from . import layout, precision
 KERNEL_FILES = ("conv2d", "conv2d_tc", "pool2d", "relu", "dropout", "augment", "stream_hold", "gemm_tc")
 # The headers a file's translation unit gets after common.cuh, in order (see build_source).
 UNIT_HEADERS = {"gemm_tc": ("mma.cuh", "tc_tile.cuh"), "conv2d_tc": ("mma.cuh", "tc_tile.cuh")}
-# GPUCONV_BLOCK in common.cuh: the block size of every 1-D grid-stride kernel, which their
-# __launch_bounds__ and conv2d_backward_bias's shared reduction are compiled for.
-BLOCK = 256
 COMMON = "common.cuh"
 # The only options any kernel is compiled with, on the GPU and in nvrtc_check alike. IEEE float
 # semantics on purpose: -ftz=false keeps subnormals (max/ReLU/pooling must match NumPy bit for
@@ -207,6 +204,33 @@ def _read(name: str) -> str:
     except FileNotFoundError:
         known = ", ".join(KERNEL_FILES)
         raise FileNotFoundError(f"kernel file {path} does not exist: the kernel files are {known}") from None
+
+
+def source_text(name: str) -> str:
+    """The text of kernel file ``name`` (``'gemm_tc.cu'``, ``'common.cuh'``) as the compiler reads it."""
+    return _read(name)
+
+
+@functools.lru_cache(maxsize=None)
+def defines(name: str) -> dict:
+    """The integer ``#define`` s of kernel file ``name`` (``'conv2d.cu'``, ``'common.cuh'``): the
+    tile sides, thread counts and block sizes the launchers size grids by, read from the source
+    the kernels are compiled from, never copied into Python."""
+    return {k: int(v) for k, v in re.findall(r"^[ \t]*#define[ \t]+(\w+)[ \t]+(\d+)\b", _read(name), re.M)}
+
+
+@functools.lru_cache(maxsize=None)
+def tile_shapes() -> dict:
+    """The tensor-core CTA tiles of kernels/tc_tile.cuh, ``{typedef name: (BM, BN, threads)}``
+    from its ``typedef TcShape<BM, BN, WM, WN> Name;`` lines (32 * WM * WN threads)."""
+    pattern = r"typedef TcShape<(\d+), (\d+), (\d+), (\d+)> (\w+);"
+    return {name: (int(bm), int(bn), 32 * int(wm) * int(wn))
+            for bm, bn, wm, wn, name in re.findall(pattern, _read("tc_tile.cuh"))}
+
+
+# GPUCONV_BLOCK in common.cuh: the block size of every 1-D grid-stride kernel, which their
+# __launch_bounds__ and conv2d_backward_bias's shared reduction are compiled for.
+BLOCK = defines(COMMON)["GPUCONV_BLOCK"]
 
 
 def _build(dtype, tf32=False) -> _Build:

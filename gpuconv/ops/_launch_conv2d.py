@@ -21,11 +21,14 @@ from . import _launch_conv2d_tc as tc
 from ._dispatch import register_launcher
 from .conv2d import Conv2dCache
 
-TILE = 64            # CONV_BM = CONV_BN in conv2d.cu (v2)
-TILE_K = 8           # CONV_BK
-GEMM_THREADS = 64    # CONV_THREADS
-TILE3 = 128          # CONV3_BM = CONV3_BN (v3)
-GEMM3_THREADS = 256  # CONV3_THREADS
+# The tiles of conv2d.cu, as it #defines them: v2 (CONV_*) and v3 (CONV3_*); square, one
+# reduction depth (weight_splits rounds chunks to it).
+_D = kernels.defines("conv2d.cu")
+TILE, TILE_K, GEMM_THREADS = _D["CONV_BM"], _D["CONV_BK"], _D["CONV_THREADS"]
+TILE3, GEMM3_THREADS = _D["CONV3_BM"], _D["CONV3_THREADS"]
+if not (_D["CONV_BN"] == TILE and _D["CONV3_BN"] == TILE3 and _D["CONV3_BK"] == TILE_K):
+    raise ImportError("kernels/conv2d.cu: the launchers take square tiles (CONV_BM == CONV_BN, CONV3_BM == "
+                      "CONV3_BN) of one reduction depth (CONV_BK == CONV3_BK)")
 BLOCK = kernels.BLOCK  # GPUCONV_BLOCK
 # Backward-weight split-K: each split reduces at least this many of the N*OH*OW positions, so a
 # split's partial sum is worth its workspace slice and the extra pass stays a small fraction.

@@ -19,9 +19,11 @@ from .. import kernels, layout, precision
 from ..backend import get_array_module
 from ._checks import output_hw
 
-# variant -> (CTA tile side, threads): TcTile64 and TcTile128 in kernels/tc_tile.cuh
-SHAPES = {"tc": (64, 128), "tc128": (128, 256)}
-KBYTES = 64      # TC_KBYTES: bytes of the reduction per k-tile
+# variant -> (CTA tile side, threads), from the TcShape typedefs of kernels/tc_tile.cuh that
+# conv2d_tc.cu instantiates per suffix (tests check the pairing).
+_TILES = {"tc": "TcTile64", "tc128": "TcTile128"}
+SHAPES = {v: kernels.tile_shapes()[t][::2] for v, t in _TILES.items()}
+KBYTES = kernels.defines("tc_tile.cuh")["TC_KBYTES"]  # bytes of the reduction per k-tile
 PIECE = 16       # bytes per cp.async of the im2col loaders
 _INT_MAX = 2**31 - 1
 

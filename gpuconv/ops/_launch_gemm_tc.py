@@ -9,13 +9,16 @@ in float32; the output is rounded once into the operands' dtype, or returned as 
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from .. import kernels, precision
 from ..backend import get_array_module
 
-TILE = 64          # TC_BM = TC_BN in gemm_tc.cu
-THREADS = 128      # TC_THREADS
+# The CTA tile gemm_tc.cu computes with ("typedef TcTile64 GemmTile;"), as tc_tile.cuh shapes it.
+_GEMM_TILE = re.search(r"typedef (\w+) GemmTile;", kernels.source_text("gemm_tc.cu")).group(1)
+TILE, _, THREADS = kernels.tile_shapes()[_GEMM_TILE]
 LAYOUTS = ("nt", "nn")
 
 
