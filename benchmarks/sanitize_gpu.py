@@ -197,12 +197,6 @@ def relu(run, rng):
                         dx = LR.relu_backward_kernel(xv[::-1].copy(), c, target=run.target)
                     run.exact(f"relu forward n={n} {v}", y, np.maximum(xh, dtype(0)))
                     run.exact(f"relu backward n={n} {v}", dx, np.where(xh > 0, xh[::-1], dtype(0)))
-    xb = rng.standard_normal((2, 3, 5)).astype(np.float32)
-    bb = rng.standard_normal(3).astype(np.float32)
-    yb = run.dev(np.empty_like(xb))
-    kernels.launch("relu", "bias_relu_forward", np.float32, run.target, (1, 1, 1), (256, 1, 1),
-                   (run.dev(xb), run.dev(bb), yb, np.int64(xb.size), np.int32(3), np.int32(5), np.int32(1)))
-    run.exact("bias_relu_forward", yb, np.maximum(xb + bb[None, :, None], np.float32(0)))
 
 
 def dropout(run, rng):

@@ -15,9 +15,6 @@
 //                                       them only when every pointer is aligned to
 //                                       sizeof(storage4), four elements; the n % 4 tail elements
 //                                       are done one by one by the first threads.
-//   bias_relu_forward                   y[n,c,...] = relu(x + b[c]) (relu flag) over NCHW with
-//                                       hw = H*W: the fused bias epilogue for layers that add a
-//                                       per-channel bias after a non-conv op.
 
 __device__ inline acc_t relu_grad(acc_t g, acc_t a) { return a > 0 ? g : (acc_t)0; }
 
@@ -76,12 +73,4 @@ relu_backward_v2(const storage_t* dy, const storage_t* x, storage_t* dx, long lo
     }
     const index_t tail = n4 * 4 + global_thread_index();
     if (tail < n) dx[tail] = relu_bwd(dy[tail], x[tail]);
-}
-
-extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
-bias_relu_forward(const storage_t* x, const storage_t* b, storage_t* y, long long n, int C, int hw, int relu) {
-    for (index_t i = global_thread_index(); i < n; i += global_thread_count()) {
-        const acc_t v = to_acc(x[i]) + to_acc(b[(i / hw) % C]);
-        y[i] = from_acc(relu ? relu_value(v) : v);
-    }
 }

@@ -42,7 +42,7 @@ ENTRIES = {
     "pool2d": ["max_pool2d_forward", "max_pool2d_backward", "max_pool2d_backward_disjoint", "avg_pool2d_forward",
                "avg_pool2d_backward", "avg_pool2d_backward_disjoint", "lp_pool2d_forward", "lp_pool2d_backward"],
     "augment": ["augment_batch"],
-    "relu": ["relu_forward_v1", "relu_forward_v2", "relu_backward_v1", "relu_backward_v2", "bias_relu_forward"],
+    "relu": ["relu_forward_v1", "relu_forward_v2", "relu_backward_v1", "relu_backward_v2"],
     "dropout": ["dropout_forward", "dropout_backward"],
     "stream_hold": ["stream_hold"],
     "gemm_tc": ["gemm_tc_nt", "gemm_tc_nn"],
