@@ -224,6 +224,18 @@ class Layer:
     def modules(self):
         return [m for _, m in self.named_modules()]
 
+    def _own_generators(self):
+        """[(attribute path, numpy.random.Generator)] this layer itself draws from: none here;
+        a layer with randomness (Dropout) names its generators."""
+        return []
+
+    def named_generators(self, prefix=""):
+        """[(dotted name, numpy.random.Generator)] of this layer and every sub-layer: the random
+        state a checkpoint saves for a bit-exact resume (``model.drop._rngs.numpy`` with
+        ``prefix='model'``)."""
+        return [(_join(name, attr), gen) for name, layer in self.named_modules(prefix)
+                for attr, gen in layer._own_generators()]
+
     def _own_parameters(self):
         return [(n, getattr(self, n)) for n in self._param_names if getattr(self, n) is not None]
 
@@ -621,9 +633,11 @@ class Dropout(Layer):
         if seed is not None:
             _int("seed", seed, 0)
         self.p, self.seed = float(p), seed
-        # A dict under the name checkpoints have always used (the trainer saves every Generator it
-        # finds in a layer's attributes and dict attributes), holding the one NumPy generator.
+        # Under the name checkpoints have always used (named_generators: "_rngs.numpy").
         self._rngs = {"numpy": np.random.default_rng(seed)}
+
+    def _own_generators(self):
+        return [("_rngs.numpy", self._rngs["numpy"])]
 
     def _rng(self, xp=None):
         """The mask-key generator (``xp`` is accepted for the trainer's call and ignored: one

@@ -100,8 +100,8 @@ def _is_oom(exc) -> bool:
 
 def _generators(obj, prefix):
     """(name, Generator) for every NumPy Generator held in ``obj``'s attributes, directly or in a
-    dict attribute (Dropout keeps its one mask-key generator, a NumPy Generator whatever the device,
-    in ``_rngs['numpy']``: checkpoint key ``rng/model.<name>._rngs.numpy``)."""
+    dict attribute: a data loader's, whatever class it is (layers name theirs through
+    :meth:`gpuconv.layers.Layer.named_generators`)."""
     found = []
     for attr, value in sorted(vars(obj).items()) if hasattr(obj, "__dict__") else []:
         if isinstance(value, np.random.Generator):
@@ -232,13 +232,12 @@ class Trainer:
                 "n": float(n), "steps": k}
 
     # ------------------------------------------------------------------ checkpoints
-    def _rng_owners(self, loader=None, create=False):
+    def _rng_owners(self, loader=None):
         owners = [("trainer.rng", self.rng)]
-        named = self.model.named_modules() if hasattr(self.model, "named_modules") else [("", self.model)]
-        for name, m in named:
-            if create and callable(getattr(m, "_rng", None)):
-                m._rng(self._xp())  # a layer may create its generator lazily; it must exist to be restored
-            owners += _generators(m, f"model.{name}" if name else "model")
+        if hasattr(self.model, "named_generators"):
+            owners += self.model.named_generators("model")
+        else:  # a model of the user's own that is not a gpuconv Layer
+            owners += _generators(self.model, "model")
         if loader is not None:
             owners += _generators(loader, "loader")
         return owners
@@ -298,7 +297,7 @@ class Trainer:
         if self.scaler is not None and "amp/__tree__" in arrays:  # else a run switched to fp16: a fresh scale
             self.scaler.load_state_dict(ckpt.unflatten_tree("amp", arrays))
         self.optimizer.lr = float(arrays["meta/lr"])  # the lr the next step uses, whatever the schedule does
-        for name, gen in self._rng_owners(loader, create=True):
+        for name, gen in self._rng_owners(loader):
             if f"rng/{name}" in arrays:
                 ckpt.set_rng_state(gen, arrays[f"rng/{name}"])
         if loader is not None and hasattr(loader, "load_state_dict") and "loader/__tree__" in arrays:

@@ -489,3 +489,13 @@ def test_an_empty_batch_gives_empty_results_on_every_backend(backend):
     assert all(float(np.abs(backend.asnumpy(p.grad)).sum()) == 0 for p in net.parameters())
     with pytest.raises(ValueError, match="more than 1 value per channel"):
         BatchNorm2d(3)(x)
+
+
+def test_named_generators_names_each_random_layer_once_under_its_checkpoint_key():
+    from gpuconv.layers import Dropout, Linear, ReLU, Residual, Sequential
+    drop = Dropout(0.3, seed=1)
+    net = Sequential({"fc": Linear(4, 4, seed=0), "block": Residual(Sequential(ReLU(), drop)), "again": drop})
+    names = [n for n, _ in net.named_generators("model")]
+    assert names == ["model.block.inner.1._rngs.numpy"]  # a shared layer once, under its first name
+    assert net.named_generators("model")[0][1] is drop._rngs["numpy"]
+    assert Linear(2, 2).named_generators() == []
