@@ -34,7 +34,11 @@ EPS, MOMENTUM = 1e-5, 0.1
 
 
 def to(target, a):
-    return B.cupy_module().asarray(a) if target == "cuda" else a
+    """``a`` on the target's device, in its own layout."""
+    if target != "cuda":
+        return a
+    d = B.cupy_module().asarray(a)
+    return gpuconv.to_channels_last(d) if layout.is_channels_last(a) else d
 
 
 def host(a):
