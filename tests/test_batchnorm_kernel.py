@@ -224,17 +224,16 @@ def test_launches_and_dispatch():
         y, cache = gpuconv.ops.batchnorm2d_forward(x, gamma, beta, rm, rv, training=True)
         gpuconv.ops.batchnorm2d_backward(dy, cache)
         gpuconv.ops.batchnorm2d_forward(x, gamma, beta, rm, rv, training=False)
-    assert log.names == ["batchnorm2d_sums", "batchnorm2d_mean", "batchnorm2d_centered_squares",
-                         "batchnorm2d_variance", "batchnorm2d_normalize", "batchnorm2d_backward_sums",
-                         "batchnorm2d_backward_reduce", "batchnorm2d_backward_dx", "batchnorm2d_eval_inv_std",
-                         "batchnorm2d_normalize"]
+    assert log.names == ["batchnorm2d_stats", "batchnorm2d_finalize", "batchnorm2d_normalize",
+                         "batchnorm2d_backward_sums", "batchnorm2d_backward_reduce", "batchnorm2d_backward_dx",
+                         "batchnorm2d_eval_inv_std", "batchnorm2d_normalize"]
     assert not kernels.fallbacks(log)
 
 
 def test_split_geometry_depends_on_the_shape_only():
-    grid, block, (s, chunk) = LB.geometry("batchnorm2d_sums", "sim", c=64, count=512 * 32 * 32)
+    grid, block, (s, chunk) = LB.geometry("batchnorm2d_stats", "sim", c=64, count=512 * 32 * 32)
     assert grid == (64, s, 1) and block == (256, 1, 1) and s * chunk >= 512 * 1024 > (s - 1) * chunk
-    grid_cl, _, (s_cl, chunk_cl) = LB.geometry("batchnorm2d_sums", "sim", c=64, count=512 * 32 * 32,
+    grid_cl, _, (s_cl, chunk_cl) = LB.geometry("batchnorm2d_stats", "sim", c=64, count=512 * 32 * 32,
                                                channels_last=True)
     assert grid_cl == (2, s_cl, 1) and s_cl <= LB.MAX_SPLITS and s_cl * chunk_cl >= 512 * 1024
-    assert LB.geometry("batchnorm2d_sums", "cuda", c=64, count=7)[2] == (1, 7)
+    assert LB.geometry("batchnorm2d_stats", "cuda", c=64, count=7)[2] == (1, 7)

@@ -28,19 +28,19 @@ _INT_MAX = 2**31 - 1
 
 
 def geometry(kernel, target, *, c=0, count=0, channels_last=False, total=0, device=None):
-    """(grid, block, extra) of each batchnorm kernel. ``*_sums``/``centered_squares``: extra =
+    """(grid, block, extra) of each batchnorm kernel. Pass 1 (``stats``, ``backward_sums``): extra =
     (S, chunk), the splits of a channel's ``count`` positions; one block per (channel, split)
     NCHW, per (32 channels, split) NHWC, so that a large batch fills the GPU with few channels.
     Pass-2 kernels: one block per 32 channels. Elementwise: a grid-stride 1-D grid."""
     block = (kernels.BLOCK, 1, 1)
-    if kernel in ("batchnorm2d_sums", "batchnorm2d_centered_squares", "batchnorm2d_backward_sums"):
+    if kernel in ("batchnorm2d_stats", "batchnorm2d_backward_sums"):
         least = NHWC_MIN_CHUNK if channels_last else NCHW_MIN_CHUNK
         splits = max(1, min(MAX_SPLITS, -(-count // least)))
         chunk = -(-count // splits)
         splits = -(-count // chunk)
         groups = -(-c // LANES) if channels_last else c
         return (groups, splits, 1), block, (splits, chunk)
-    if kernel in ("batchnorm2d_mean", "batchnorm2d_variance", "batchnorm2d_backward_reduce"):
+    if kernel in ("batchnorm2d_finalize", "batchnorm2d_backward_reduce"):
         return (-(-c // LANES), 1, 1), block, ()
     if kernel == "batchnorm2d_eval_inv_std":
         return (-(-c // kernels.BLOCK), 1, 1), block, ()
@@ -61,13 +61,14 @@ def _launch(kernel, dtype, target, grid, block, args, device):
     kernels.launch("batchnorm", kernel, dtype, target, grid, block, args, device=device)
 
 
-def _sums(kernel, dtype, target, inputs, out, c, hw, count, cl, device, with_splits=False):
+def _partials(kernel, dtype, target, inputs, acc_dtype, c, hw, count, cl, device):
+    """Pass 1: ``kernel(*inputs, partial, S, C, HW, count, chunk, cl)`` into a new 2 x S x C
+    partial array; returns it with S and the chunk."""
     grid, block, (splits, chunk) = geometry(kernel, target, c=c, count=count, channels_last=cl)
-    partial = get_array_module(out).empty((2 if with_splits else 1) * splits * c, out.dtype)
-    head = inputs + (partial,) + ((np.int32(splits),) if with_splits else ())
-    _launch(kernel, dtype, target, grid, block,
-            head + (np.int32(c), np.int32(hw), np.int32(count), np.int32(chunk), np.int32(cl)), device)
-    return partial, splits
+    partial = get_array_module(inputs[0]).empty(2 * splits * c, acc_dtype)
+    _launch(kernel, dtype, target, grid, block, inputs + (partial, np.int32(splits), np.int32(c), np.int32(hw),
+                                                          np.int32(count), np.int32(chunk), np.int32(cl)), device)
+    return partial, splits, chunk
 
 
 def _vec(xp, a, dt):
@@ -93,15 +94,10 @@ def batchnorm2d_forward_kernel(x, gamma, beta, running_mean, running_var, traini
     dtype = x.dtype
     if training:
         mean = xp.empty(c, cd)
-        partial, splits = _sums("batchnorm2d_sums", dtype, target, (x,), mean, c, hw, count, cl, device)
-        grid, block, _ = geometry("batchnorm2d_mean", target, c=c)
-        _launch("batchnorm2d_mean", dtype, target, grid, block,
-                (partial, mean, np.int32(splits), np.int32(c), np.int32(count)), device)
-        partial, splits = _sums("batchnorm2d_centered_squares", dtype, target, (x, mean), mean, c, hw, count, cl,
-                                device)
-        grid, block, _ = geometry("batchnorm2d_variance", target, c=c)
-        _launch("batchnorm2d_variance", dtype, target, grid, block,
-                (partial, mean, inv_std, rm, rv, np.int32(splits), np.int32(c), np.int32(count),
+        partial, splits, chunk = _partials("batchnorm2d_stats", dtype, target, (x,), cd, c, hw, count, cl, device)
+        grid, block, _ = geometry("batchnorm2d_finalize", target, c=c)
+        _launch("batchnorm2d_finalize", dtype, target, grid, block,
+                (partial, mean, inv_std, rm, rv, np.int32(splits), np.int32(c), np.int32(count), np.int32(chunk),
                  np.float64(eps), np.float64(1.0 - momentum), np.float64(momentum),
                  np.float64(momentum * count / (count - 1)), np.int32(has_running)), device)
         if has_running and rm is not running_mean:
@@ -137,8 +133,8 @@ def batchnorm2d_backward_kernel(dy, cache, *, target):
     dgamma, dbeta = xp.empty(c, cd), xp.empty(c, cd)
     dtype = dy.dtype
     if count:
-        partial, splits = _sums("batchnorm2d_backward_sums", dtype, target, (dy, xhat), dgamma, c, hw, count, cl,
-                                device, with_splits=True)
+        partial, splits, _ = _partials("batchnorm2d_backward_sums", dtype, target, (dy, xhat), cd, c, hw, count, cl,
+                                       device)
         grid, block, _ = geometry("batchnorm2d_backward_reduce", target, c=c)
         _launch("batchnorm2d_backward_reduce", dtype, target, grid, block,
                 (partial, dgamma, dbeta, np.int32(splits), np.int32(c)), device)
