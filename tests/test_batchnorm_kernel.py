@@ -237,3 +237,28 @@ def test_split_geometry_depends_on_the_shape_only():
                                                channels_last=True)
     assert grid_cl == (2, s_cl, 1) and s_cl <= LB.MAX_SPLITS and s_cl * chunk_cl >= 512 * 1024
     assert LB.geometry("batchnorm2d_stats", "cuda", c=64, count=7)[2] == (1, 7)
+
+
+@pytest.mark.parametrize("cl", [0, 1], ids=["nchw", "nhwc"])
+def test_elementwise_kernels_carry_the_channel_across_grid_strides(cl):
+    """A grid smaller than the tensor (2 blocks over 4845 elements): each thread's channel is
+    carried from stride to stride without a division; the results are the reference's formulas."""
+    rng = np.random.default_rng(7)
+    n, c, h, w = 3, 5, 17, 19
+    mem_shape = (n, h, w, c) if cl else (n, c, h, w)
+    ch = (lambda v: v[None, None, None, :]) if cl else (lambda v: v[None, :, None, None])
+    x, dy, xhat = (rng.standard_normal(mem_shape).astype(np.float32) for _ in range(3))
+    mean, inv, g, b = (rng.uniform(0.5, 2, c).astype(np.float32) for _ in range(4))
+    dg, db = rng.standard_normal(c).astype(np.float32), rng.standard_normal(c).astype(np.float32)
+    y, xh, dx = np.empty_like(x), np.empty_like(x), np.empty_like(x)
+    dims = (np.int64(x.size), np.int32(c), np.int32(h * w))
+    kernels.launch("batchnorm", "batchnorm2d_normalize", np.float32, "sim", (2, 1, 1), (256, 1, 1),
+                   (x, mean, inv, g, b, y, xh) + dims + (np.int32(cl),))
+    want = (x - ch(mean)) * ch(inv)
+    assert np.array_equal(xh, want) and np.array_equal(y, want * ch(g) + ch(b))
+    count = n * h * w
+    kernels.launch("batchnorm", "batchnorm2d_backward_dx", np.float32, "sim", (2, 1, 1), (256, 1, 1),
+                   (dy, xhat, g, inv, dg, db, dx) + dims + (np.int32(count), np.int32(1), np.int32(cl)))
+    inv_n = np.float32(1.0 / count)
+    want = (dy - ch(db * inv_n) - xhat * ch(dg * inv_n)) * ch(g * inv)
+    assert np.array_equal(dx, want)

@@ -24,7 +24,8 @@ LANES = 32                  # channels per block of the NHWC sums and of the pas
 MAX_SPLITS = 512            # pass 2 sums at most 512 / 8 = 64 partials per thread
 NCHW_MIN_CHUNK = 4096       # positions per block, NCHW: 16 per thread of 256
 NHWC_MIN_CHUNK = 256        # pixels per block, NHWC: 32 channels x 256 pixels = 8192 elements
-_INT_MAX = 2**31 - 1
+# A channel's positions are int in the kernels (chunk ends reach count + S - 1): a wide margin.
+_MAX_COUNT = 2**30
 
 
 def geometry(kernel, target, *, c=0, count=0, channels_last=False, total=0, device=None):
@@ -79,7 +80,7 @@ def _vec(xp, a, dt):
 def batchnorm2d_forward_kernel(x, gamma, beta, running_mean, running_var, training, momentum, eps, *, target):
     n, c, h, w = x.shape
     count, hw = n * h * w, h * w
-    if count > _INT_MAX:
+    if count > _MAX_COUNT:
         return NotImplemented  # the kernels index a channel's positions in 32 bits
     xp = get_array_module(x)
     cd = compute_dtype(x.dtype)
@@ -123,7 +124,7 @@ def batchnorm2d_backward_kernel(dy, cache, *, target):
     xhat, gamma, inv_std, training = cache
     n, c, h, w = dy.shape
     count, hw = n * h * w, h * w
-    if count > _INT_MAX:
+    if count > _MAX_COUNT:
         return NotImplemented
     xp = get_array_module(dy, xhat)
     cd = compute_dtype(dy.dtype)
