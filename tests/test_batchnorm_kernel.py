@@ -29,7 +29,8 @@ DTYPES = [pytest.param(np.float32, id="f32"), pytest.param(np.float64, id="f64")
 # (N, C, H, W): odd channel counts (3, and 37 = a 32-channel group and a partial one), H*W = 1,
 # N = 1, and sizes with several reduction splits and a partial last chunk in each layout
 # (NCHW splits past 4096 positions per channel, NHWC past 256).
-SHAPES = [(2, 3, 5, 3), (1, 3, 2, 2), (6, 4, 1, 1), (3, 37, 3, 4), (2, 3, 48, 48), (3, 5, 10, 11)]
+# (3, 2, 37, 41): NCHW chunks of 2276 positions start inside an image of 1517 pixels.
+SHAPES = [(2, 3, 5, 3), (1, 3, 2, 2), (6, 4, 1, 1), (3, 37, 3, 4), (2, 3, 48, 48), (3, 5, 10, 11), (3, 2, 37, 41)]
 EPS, MOMENTUM = 1e-5, 0.1
 
 
