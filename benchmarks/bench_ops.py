@@ -12,7 +12,11 @@ forward and backward must equal the NumPy reference bit for bit (on 4-image slic
 shape), and the convolutions pass ``bench_conv2d.validate`` (float64 reference, every variant).
 Then CUDA events time each op after warm-up. Bytes counted are the ideal traffic: ReLU forward
 reads x and writes y, backward reads dy and x and writes dx; max pooling forward reads x and
-writes y and the int32 switches, backward reads dy and the switches and writes dx. The copy
+writes y and the int32 switches, backward reads dy and the switches and writes dx; batch norm
+(training, at every ReLU input: in fast_net each follows a batch norm of the same shape; float32
+NCHW and bfloat16 channels_last, the training step's precision and layout) forward reads x once
+and writes y and the float32 xhat, backward reads dy and xhat and writes dx (the kernels read
+x three times and dy and xhat twice: vs copy shows what the two-pass reductions cost). The copy
 baseline is ``cudaMemcpyAsync`` device-to-device moving the same bytes (half read, half written);
 the issue's target is >= 80% of it. Convolutions report TFLOP/s (2*N*K*C*9*H*W per direction,
 fp32, TF32 off on both sides) and the speed ratio to cuDNN, per direction and per layer
@@ -24,16 +28,20 @@ import argparse
 import pathlib
 import sys
 
+import ml_dtypes
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import bench_conv2d  # noqa: E402
 import common  # noqa: E402
+import gpuconv  # noqa: E402
 from gpuconv import kernels, models  # noqa: E402
 from gpuconv import layers as L  # noqa: E402
+from gpuconv.ops import _launch_batchnorm as LB  # noqa: E402
 from gpuconv.ops import _launch_pool2d as LP  # noqa: E402
 from gpuconv.ops import _launch_relu as LR  # noqa: E402
+from gpuconv.ops import batchnorm as BN  # noqa: E402
 from gpuconv.ops import lp_pool2d as LPP  # noqa: E402
 from gpuconv.ops import pool2d as P  # noqa: E402
 from gpuconv.ops import relu as R  # noqa: E402
@@ -42,6 +50,9 @@ NAME = "bench_ops"
 FULL = {"width": 64, "batch": 512}
 TINY = {"width": 1, "batch": 2}
 CHECK_BATCH = 4  # images per validation slice (full channel and spatial sizes)
+# Batch norm: (dtype, channels_last) per timed case; float32 NCHW as the other rows, and the
+# bfloat16 channels_last of the training step.
+BN_CASES = ((np.float32, False), (ml_dtypes.bfloat16, True))
 
 
 # ----------------------------------------------------------------------------- shapes
@@ -123,6 +134,22 @@ def validate(args, relu_shapes, pool_shapes, conv_layers, checks):
         checks.close(f"lp_pool{k} (L2) forward {shape}", y, ry, 1e-6)
         dx = LP.lp_pool2d_backward_kernel(common.to_dev(dy, args), cache, target=target)
         checks.close(f"lp_pool{k} (L2) backward {shape}", dx, LPP._lp_pool2d_backward_reference(dy, rcache), 1e-5)
+    for shape in relu_shapes:  # batch norm at the same shapes (fast_net: conv -> batch norm -> ReLU)
+        for dtype, cl in BN_CASES:
+            x = rng.standard_normal((batch, *shape)).astype(dtype)
+            dy = rng.standard_normal(x.shape).astype(dtype)
+            c = shape[0]
+            g, b = np.ones(c, np.float32), np.zeros(c, np.float32)
+            X, DY = (gpuconv.to_channels_last(common.to_dev(a, args)) if cl else common.to_dev(a, args)
+                     for a in (x, dy))
+            y, cache = LB.batchnorm2d_forward_kernel(X, common.to_dev(g, args), common.to_dev(b, args), None, None,
+                                                     True, 0.1, 1e-5, target=target)
+            ry, rcache = BN._batchnorm2d_forward_reference(x, g, b, None, None, True, 0.1, 1e-5)
+            rtol = 1e-5 if dtype == np.float32 else 2.0 ** -7  # statistics summed in another order; bf16 y
+            tag = f"batchnorm {np.dtype(dtype).name}{' channels_last' if cl else ''}"
+            checks.close(f"{tag} forward {shape}", y, ry, rtol)
+            dx, _, _ = LB.batchnorm2d_backward_kernel(DY, cache, target=target)
+            checks.close(f"{tag} backward {shape}", dx, BN._batchnorm2d_backward_reference(dy, rcache)[0], 10 * rtol)
     failures = bench_conv2d.validate(conv_layers, batch, target)
     checks.add(f"conv2d every variant and direction on {len(conv_layers)} layers (bench_conv2d.validate)",
                not failures, detail="; ".join(failures) or None)
@@ -184,6 +211,40 @@ def memory_rows(args, relu_shapes, pool_shapes, batch, torch):
         for direction, fn in calls.items():
             rows.append(_memory_row(f"lp_pool{k} {direction}", full, lp_pool_bytes(full, k, direction), fn,
                                     tcalls.get(direction), args))
+    return rows
+
+
+def batchnorm_bytes(shape, dtype, direction):
+    """Ideal traffic: forward reads x, writes y and the float32 xhat; backward reads dy and xhat,
+    writes dx (the per-channel vectors are negligible)."""
+    return int(np.prod(shape)) * (2 * np.dtype(dtype).itemsize + 4)
+
+
+def batchnorm_rows(args, relu_shapes, batch, torch):
+    rng = np.random.default_rng(2)
+    rows, target = [], args.device
+    for shape in relu_shapes:
+        full, c = (batch, *shape), shape[0]
+        for dtype, cl in BN_CASES:
+            x = common.to_dev(rng.standard_normal(full).astype(dtype), args)
+            dy = common.to_dev(rng.standard_normal(full).astype(dtype), args)
+            if cl:
+                x, dy = gpuconv.to_channels_last(x), gpuconv.to_channels_last(dy)
+            g, b = common.to_dev(np.ones(c, np.float32), args), common.to_dev(np.zeros(c, np.float32), args)
+            rm, rv = common.to_dev(np.zeros(c, np.float32), args), common.to_dev(np.ones(c, np.float32), args)
+            fwd = lambda: LB.batchnorm2d_forward_kernel(x, g, b, rm, rv, True, 0.1, 1e-5, target=target)  # noqa: E731
+            _, cache = fwd()
+            calls = {"forward": fwd, "backward": lambda: LB.batchnorm2d_backward_kernel(dy, cache, target=target)}
+            tcalls = {}
+            if torch is not None and dtype == np.float32:  # bfloat16 through DLPack: not every version
+                tx, tg, tb = torch.from_dlpack(x), torch.from_dlpack(g), torch.from_dlpack(b)
+                trm, trv = torch.from_dlpack(rm.copy()), torch.from_dlpack(rv.copy())
+                tcalls = {"forward": lambda: torch.nn.functional.batch_norm(tx, trm, trv, tg, tb,
+                                                                            training=True)}
+            name = f"batchnorm {'bf16 cl' if cl else 'fp32'} {{}}"
+            for direction, fn in calls.items():
+                rows.append(_memory_row(name.format(direction), full, batchnorm_bytes(full, dtype, direction), fn,
+                                        tcalls.get(direction), args))
     return rows
 
 
@@ -270,6 +331,7 @@ def main(argv=None):
             return common.failed_validation(NAME, checks, args)
         torch = common.torch_module(args)
         memory = memory_rows(args, relu_shapes, pool_shapes, batch, torch)
+        memory += batchnorm_rows(args, relu_shapes, batch, torch)
         conv = conv_rows(args, conv_layers, batch, torch)
     results = {"memory": memory, "conv2d": conv, "conv2d_layers": conv_layer_summary(conv)}
     rec = common.record(NAME, args, checks, results, width=width, batch=batch,

@@ -32,11 +32,13 @@ from gpuconv import backend as B  # noqa: E402
 from gpuconv import hostsim, kernels, syncguard  # noqa: E402
 from gpuconv.data import crop_flip, normalize  # noqa: E402
 from gpuconv.data._launch_augment import augment_batch_kernel  # noqa: E402
+from gpuconv.ops import _launch_batchnorm as LB  # noqa: E402
 from gpuconv.ops import _launch_conv2d as LC  # noqa: E402
 from gpuconv.ops import _launch_dropout as LD  # noqa: E402
 from gpuconv.ops import _launch_pool2d as LP  # noqa: E402
 from gpuconv.ops import _launch_relu as LR  # noqa: E402
 from gpuconv.ops._launch_gemm_tc import gemm_reference, gemm_tc  # noqa: E402
+from gpuconv.ops import batchnorm as BN  # noqa: E402
 from gpuconv.ops import conv2d as C  # noqa: E402
 from gpuconv.ops import dropout as D  # noqa: E402
 from gpuconv.ops import lp_pool2d as LPP  # noqa: E402
@@ -238,6 +240,53 @@ def augment(run, rng):
     run.add("augment_batch: an out-of-range index gives an all-NaN image", np.isnan(common.host(bad)).all())
 
 
+def batchnorm(run, rng):
+    """Both layouts; 37 channels (a partial 32-channel group); several splits with a partial last
+    chunk (5000 positions NCHW, 3200 NHWC: 13 splits, more than the 8 lanes of pass 2); eval mode;
+    and the elementwise kernels' grid-stride walk (a grid smaller than the tensor)."""
+    import ml_dtypes
+    for shape in ((3, 37, 5, 3), (2, 3, 50, 50), (2, 5, 40, 40)):
+        for dtype in (np.float32, ml_dtypes.bfloat16):
+            for cl in (False, True):
+                x = (rng.standard_normal(shape) * 2 + 1).astype(dtype)
+                dy = rng.standard_normal(shape).astype(dtype)
+                g, b = rng.uniform(0.5, 2, shape[1]).astype(np.float32), rng.standard_normal(shape[1]).astype(np.float32)
+                rm, rv = rng.standard_normal(shape[1]).astype(np.float32), rng.uniform(0.5, 2, shape[1]).astype(np.float32)
+                X = run.dev(gpuconv.to_channels_last(x) if cl else x)
+                tag = f"batchnorm {shape} {np.dtype(dtype).name}{' channels_last' if cl else ''}"
+                for training in (True, False):
+                    rmd, rvd = run.dev(rm), run.dev(rv)
+                    rm2, rv2 = rm.copy(), rv.copy()
+                    y, c = LB.batchnorm2d_forward_kernel(X, run.dev(g), run.dev(b), rmd, rvd, training, 0.1, 1e-5,
+                                                         target=run.target)
+                    ry, rc = BN._batchnorm2d_forward_reference(x, g, b, rm2, rv2, training, 0.1, 1e-5)
+                    mode = "train" if training else "eval"
+                    run.close(f"{tag} {mode} forward", y, ry, rtol=1e-2 if dtype != np.float32 else 2e-4)
+                    run.close(f"{tag} {mode} running stats", np.concatenate([common.host(rmd), common.host(rvd)]),
+                              np.concatenate([rm2, rv2]))
+                    DY = run.dev(gpuconv.to_channels_last(dy) if cl else dy)
+                    dx, dg, db = LB.batchnorm2d_backward_kernel(DY, c, target=run.target)
+                    rdx, rdg, rdb = BN._batchnorm2d_backward_reference(dy, rc)
+                    run.close(f"{tag} {mode} backward dx", dx, rdx, rtol=1e-2 if dtype != np.float32 else 2e-4)
+                    run.close(f"{tag} {mode} backward dgamma, dbeta", np.concatenate([common.host(dg), common.host(db)]),
+                              np.concatenate([rdg, rdb]))
+    # The grid-stride walk of the elementwise kernels: 2 blocks over 3 x 5 x 17 x 19 elements.
+    for cl in (0, 1):
+        x = rng.standard_normal((3, 5, 17, 19)).astype(np.float32)
+        mean, inv = rng.standard_normal(5).astype(np.float32), rng.uniform(0.5, 2, 5).astype(np.float32)
+        g, b = rng.uniform(0.5, 2, 5).astype(np.float32), rng.standard_normal(5).astype(np.float32)
+        xm = x.transpose(0, 2, 3, 1).copy() if cl else x
+        y, xhat = np.empty_like(xm), np.empty_like(xm)
+        Y, XH = run.dev(y), run.dev(xhat)
+        kernels.launch("batchnorm", "batchnorm2d_normalize", np.float32, run.target, (2, 1, 1), (256, 1, 1),
+                       (run.dev(xm), run.dev(mean), run.dev(inv), run.dev(g), run.dev(b), Y, XH, np.int64(x.size),
+                        np.int32(5), np.int32(17 * 19), np.int32(cl)))
+        per = (lambda v: v[None, None, None, :]) if cl else (lambda v: v[None, :, None, None])
+        want = (xm - per(mean)) * per(inv)
+        run.exact(f"batchnorm2d_normalize grid-stride walk cl={cl} xhat", XH, want)
+        run.exact(f"batchnorm2d_normalize grid-stride walk cl={cl} y", Y, want * per(g) + per(b))
+
+
 def stream_hold(run, rng):
     if run.target == "cuda" and not run.guard:
         # Under compute-sanitizer every launch waits for the one before it, so the guard would
@@ -284,7 +333,7 @@ def main(argv=None):
     run.guard = not args.no_guard
     rng = np.random.default_rng(0)
     with gpuconv.default_device(args.device), kernels.launch_log() as log:
-        for family in (conv, conv_tc, gemm, pool, relu, dropout, augment, stream_hold):
+        for family in (conv, conv_tc, gemm, pool, relu, dropout, augment, batchnorm, stream_hold):
             # One family's crash is reported and the others still run: a GPU call is too scarce
             # to learn one failure at a time.
             before = len(run.items)

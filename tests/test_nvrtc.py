@@ -46,6 +46,8 @@ ENTRIES = {
     "dropout": ["dropout_forward", "dropout_backward"],
     "stream_hold": ["stream_hold"],
     "gemm_tc": ["gemm_tc_nt", "gemm_tc_nn"],
+    "batchnorm": ["batchnorm2d_stats", "batchnorm2d_finalize", "batchnorm2d_eval_inv_std", "batchnorm2d_normalize",
+                  "batchnorm2d_backward_sums", "batchnorm2d_backward_reduce", "batchnorm2d_backward_dx"],
 }
 # (dtype, tf32) of every build: the four storage dtypes, and float32 with TF32 operands (which only
 # conv2d's GEMMs use; the other files build it too, identically).
@@ -200,6 +202,16 @@ def test_ptxas_resource_usage(tmp_path, build, capsys):
             assert report[name]["spill"] == 0, f"{name} ({build}) spills {report[name]['spill']} bytes to local memory"
         for name in TUNED:  # float32 tiles in shared memory, whatever the storage
             assert report[name]["smem"] == (4352 if name.endswith("_v2") else 16896), (name, report[name])
+    # Batch norm: streaming reductions and elementwise passes, no register tiles; a few dozen
+    # registers (14-46 on sm_90 with ptxas 13) and at most four 256-entry acc_t reduction buffers
+    # (batchnorm2d_stats: two pairs, one per pass over its chunk), so occupancy is bounded by
+    # threads, not registers. No spills in any build (the elementwise kernels carry the channel
+    # without a 64-bit division, whose out-of-line routine spilled).
+    if "batchnorm" in reports:
+        acc_bytes = 8 if build == "f64" else 4
+        for name in ENTRIES["batchnorm"]:
+            r = reports["batchnorm"][name]
+            assert r["spill"] == 0 and r["registers"] <= 64 and r["smem"] <= 4 * 256 * acc_bytes, (build, name, r)
     if build in TC_MMA:
         # 3 stages of 64x64-byte A and B tiles; 32 accumulators and the fragments fit well under
         # 96 registers (an unrolled loader once took 255: the bound catches that kind of change).

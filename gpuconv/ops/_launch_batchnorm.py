@@ -1,0 +1,151 @@
+"""Kernel launchers for batch normalization (kernels/batchnorm.cu), registered for 'cuda' and 'sim'.
+
+Same arguments, results and cache (``BatchNorm2dCache(xhat, gamma, inv_std, training)``) as the
+NumPy reference in ``batchnorm.py``, so a forward on one path and a backward on the other agree.
+xhat is kept in the compute dtype (float32 for bfloat16/float16 x) in x's layout.
+
+Layouts: a channels_last x (gpuconv.layout) is normalized as it lies, and y, xhat and dx come
+back channels_last; anything else is made C-contiguous (NCHW).
+
+Reductions are two passes with a fixed order (see the header of kernels/batchnorm.cu); the split
+count S below depends on the shape only, so every device and the simulator sum alike.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import kernels, layout
+from ..backend import get_array_module
+from ..precision import compute_dtype
+from ._dispatch import register_launcher
+from .batchnorm import BatchNorm2dCache
+
+LANES = 32                  # channels per block of the NHWC sums and of the pass-2 kernels
+MAX_SPLITS = 512            # pass 2 sums at most 512 / 8 = 64 partials per thread
+NCHW_MIN_CHUNK = 4096       # positions per block, NCHW: 16 per thread of 256
+NHWC_MIN_CHUNK = 256        # pixels per block, NHWC: 32 channels x 256 pixels = 8192 elements
+# A channel's positions are int in the kernels (chunk ends reach count + S - 1): a wide margin.
+_MAX_COUNT = 2**30
+
+
+def geometry(kernel, target, *, c=0, count=0, channels_last=False, total=0, device=None):
+    """(grid, block, extra) of each batchnorm kernel. Pass 1 (``stats``, ``backward_sums``): extra =
+    (S, chunk), the splits of a channel's ``count`` positions; one block per (channel, split)
+    NCHW, per (32 channels, split) NHWC, so that a large batch fills the GPU with few channels.
+    Pass-2 kernels: one block per 32 channels. Elementwise: a grid-stride 1-D grid."""
+    block = (kernels.BLOCK, 1, 1)
+    if kernel in ("batchnorm2d_stats", "batchnorm2d_backward_sums"):
+        least = NHWC_MIN_CHUNK if channels_last else NCHW_MIN_CHUNK
+        splits = max(1, min(MAX_SPLITS, -(-count // least)))
+        chunk = -(-count // splits)
+        splits = -(-count // chunk)
+        groups = -(-c // LANES) if channels_last else c
+        return (groups, splits, 1), block, (splits, chunk)
+    if kernel in ("batchnorm2d_finalize", "batchnorm2d_backward_reduce"):
+        return (-(-c // LANES), 1, 1), block, ()
+    if kernel == "batchnorm2d_eval_inv_std":
+        return (-(-c // kernels.BLOCK), 1, 1), block, ()
+    grid, block = kernels.grid_1d(total, kernels.BLOCK, target, device)
+    return grid, block, ()
+
+
+def _layout(*arrays, was_channels_last=False):
+    """(arrays in one layout, channels_last?), as the pooling launchers decide it."""
+    if layout.run_channels_last(*arrays) or (was_channels_last and all(map(layout.nhwc_memory, arrays))):
+        return arrays, True
+    xp = get_array_module(*arrays)
+    return tuple(xp.ascontiguousarray(a) for a in arrays), False
+
+
+def _launch(kernel, dtype, target, grid, block, args, device):
+    args = tuple(layout.memory_order(a) if getattr(a, "ndim", 0) == 4 else a for a in args)
+    kernels.launch("batchnorm", kernel, dtype, target, grid, block, args, device=device)
+
+
+def _partials(kernel, dtype, target, inputs, acc_dtype, c, hw, count, cl, device):
+    """Pass 1: ``kernel(*inputs, partial, S, C, HW, count, chunk, cl)`` into a new 2 x S x C
+    partial array; returns it with S and the chunk."""
+    grid, block, (splits, chunk) = geometry(kernel, target, c=c, count=count, channels_last=cl)
+    partial = get_array_module(inputs[0]).empty(2 * splits * c, acc_dtype)
+    _launch(kernel, dtype, target, grid, block, inputs + (partial, np.int32(splits), np.int32(c), np.int32(hw),
+                                                          np.int32(count), np.int32(chunk), np.int32(cl)), device)
+    return partial, splits, chunk
+
+
+def _vec(xp, a, dt):
+    return xp.ascontiguousarray(a, dtype=dt)
+
+
+@register_launcher("batchnorm2d_forward")
+def batchnorm2d_forward_kernel(x, gamma, beta, running_mean, running_var, training, momentum, eps, *, target):
+    n, c, h, w = x.shape
+    count, hw = n * h * w, h * w
+    if count > _MAX_COUNT:
+        return NotImplemented  # the kernels index a channel's positions in 32 bits
+    xp = get_array_module(x)
+    cd = compute_dtype(x.dtype)
+    (x,), cl = _layout(x)
+    device = kernels.array_device((x,))
+    gamma, beta = _vec(xp, gamma, cd), _vec(xp, beta, cd)
+    inv_std = xp.empty(c, cd)
+    has_running = running_mean is not None
+    # The running statistics are updated in place: a non-contiguous one is updated through a copy.
+    rm = _vec(xp, running_mean, cd) if has_running else inv_std
+    rv = _vec(xp, running_var, cd) if has_running else inv_std
+    dtype = x.dtype
+    if training:
+        mean = xp.empty(c, cd)
+        partial, splits, chunk = _partials("batchnorm2d_stats", dtype, target, (x,), cd, c, hw, count, cl, device)
+        grid, block, _ = geometry("batchnorm2d_finalize", target, c=c)
+        _launch("batchnorm2d_finalize", dtype, target, grid, block,
+                (partial, mean, inv_std, rm, rv, np.int32(splits), np.int32(c), np.int32(count), np.int32(chunk),
+                 np.float64(eps), np.float64(1.0 - momentum), np.float64(momentum),
+                 np.float64(momentum * count / (count - 1)), np.int32(has_running)), device)
+        if has_running and rm is not running_mean:
+            running_mean[...] = rm
+        if has_running and rv is not running_var:
+            running_var[...] = rv
+    else:
+        mean = rm
+        grid, block, _ = geometry("batchnorm2d_eval_inv_std", target, c=c)
+        _launch("batchnorm2d_eval_inv_std", dtype, target, grid, block, (rv, inv_std, np.int32(c), np.float64(eps)),
+                device)
+    y, xhat = layout.empty(xp, x.shape, dtype, cl), layout.empty(xp, x.shape, cd, cl)
+    if x.size:
+        grid, block, _ = geometry("batchnorm2d_normalize", target, total=x.size, device=device)
+        _launch("batchnorm2d_normalize", dtype, target, grid, block,
+                (x, mean, inv_std, gamma, beta, y, xhat, np.int64(x.size), np.int32(c), np.int32(hw), np.int32(cl)),
+                device)
+    return y, BatchNorm2dCache(xhat, gamma, inv_std, training)
+
+
+@register_launcher("batchnorm2d_backward")
+def batchnorm2d_backward_kernel(dy, cache, *, target):
+    xhat, gamma, inv_std, training = cache
+    n, c, h, w = dy.shape
+    count, hw = n * h * w, h * w
+    if count > _MAX_COUNT:
+        return NotImplemented
+    xp = get_array_module(dy, xhat)
+    cd = compute_dtype(dy.dtype)
+    (dy, xhat), cl = _layout(dy, xhat, was_channels_last=layout.is_channels_last(xhat))
+    device = kernels.array_device((dy,))
+    gamma, inv_std = _vec(xp, gamma, cd), _vec(xp, inv_std, cd)
+    dgamma, dbeta = xp.empty(c, cd), xp.empty(c, cd)
+    dtype = dy.dtype
+    if count:
+        partial, splits, _ = _partials("batchnorm2d_backward_sums", dtype, target, (dy, xhat), cd, c, hw, count, cl,
+                                       device)
+        grid, block, _ = geometry("batchnorm2d_backward_reduce", target, c=c)
+        _launch("batchnorm2d_backward_reduce", dtype, target, grid, block,
+                (partial, dgamma, dbeta, np.int32(splits), np.int32(c)), device)
+    else:
+        dgamma[...] = 0
+        dbeta[...] = 0
+    dx = layout.empty(xp, dy.shape, dtype, cl)
+    if dy.size:
+        grid, block, _ = geometry("batchnorm2d_backward_dx", target, total=dy.size, device=device)
+        _launch("batchnorm2d_backward_dx", dtype, target, grid, block,
+                (dy, xhat, gamma, inv_std, dgamma, dbeta, dx, np.int64(dy.size), np.int32(c), np.int32(hw),
+                 np.int32(count), np.int32(bool(training)), np.int32(cl)), device)
+    return dx, dgamma, dbeta

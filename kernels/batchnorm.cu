@@ -1,0 +1,327 @@
+// batchnorm.cu: BatchNorm2d over the (N, H, W) axes of an N x C x H x W activation, NCHW or
+// channels_last (NHWC memory; the flag `cl`), with gpuconv.ops.batchnorm's semantics: training
+// normalizes with the batch mean and biased variance and updates the running statistics with the
+// unbiased one; eval normalizes with the running statistics.
+//
+// Element types (common.cuh): x, y, dy, dx are storage_t; the statistics, gamma, beta, the
+// running statistics, dgamma, dbeta, the partial sums and the cached xhat are acc_t (float32 for
+// bfloat16/float16/float32 storage, double for float64). y and dx are rounded once.
+//
+// Reductions, deterministic by construction (no atomics; every sum has one fixed order that
+// depends on the shape only, not on the device, so 'sim' and every GPU give the same bits):
+//   pass 1 (batchnorm2d_stats, batchnorm2d_backward_sums; grid (channel groups, S),
+//     GPUCONV_BLOCK threads): split s of S owns a contiguous chunk of the N*H*W positions of its
+//     channels and writes two partials per channel: partial[s][c] and partial[S + s][c]. NCHW:
+//     one channel per block, the threads walk the chunk's positions (contiguous within each
+//     image plane). NHWC: 32 channels per block (lane = channel, so a warp reads 32 adjacent
+//     channels of one pixel), the 8 warps take every 8th pixel. Each thread sums sequentially,
+//     then a shared-memory tree sums the threads of a channel.
+//   pass 2 (batchnorm2d_finalize, batchnorm2d_backward_reduce; grid ceil(C / 32)): 32 channels
+//     x 8 rows per block; row j adds splits j, j + 8, ... in order, then a tree over the 8 rows.
+//   The launcher (gpuconv/ops/_launch_batchnorm.py, `geometry`) picks S from the shape: about
+//   4096 positions per block NCHW, 32 channels x 256 pixels NHWC, at most 512 splits.
+// Training forward, 3 launches, x read once from memory for the statistics and once to normalize:
+//   stats     per split: the sum, and the centered sum of squares about the split's own mean
+//             (its chunk read twice by the same block, the second time from cache)
+//   finalize  mean = sum / count; the splits' squares combined about the batch mean (Chan et
+//             al.: M2 = sum_s M2_s + n_s (mean_s - mean)^2), var = M2 / count, the biased
+//             variance of the reference's mean((x - mean)^2) (never E[x^2] - mean^2, which
+//             cancels); inv_std; the running statistics
+//   normalize y and xhat, elementwise.
+// Eval: eval_inv_std -> normalize. Backward: backward_sums (dy and dy * xhat in one read) ->
+// backward_reduce -> backward_dx.
+// Registers on sm_90 (ptxas 13, tests/test_nvrtc.py): 14-36 per kernel in the float32, bf16 and
+// fp16 builds, up to 46 in float64; at most 4 KiB of shared memory per block (8 KiB in float64,
+// batchnorm2d_stats); no spills.
+//
+// Elementwise arithmetic follows the reference operation for operation, each product rounded on
+// its own (mul_rn: NVRTC would otherwise contract a*b + c into one FMA), so with the same
+// statistics the kernels give the reference's bits; the sums differ from NumPy's pairwise
+// order by rounding only (tests derive the bound from the reduction length).
+
+__device__ inline float mul_rn(float a, float b) { return __fmul_rn(a, b); }
+__device__ inline double mul_rn(double a, double b) { return __dmul_rn(a, b); }
+
+#define BN_LANES 32  // channels per block in the NHWC sums and in every pass-2 kernel
+#define BN_ROWS (GPUCONV_BLOCK / BN_LANES)
+
+// The chunk of split s: positions [s * chunk, min((s + 1) * chunk, count)) of a channel's
+// count = N * HW positions; position e is pixel p = e % HW of image n = e / HW. The launcher makes
+// every chunk non-empty.
+__device__ inline int chunk_begin(int s, int chunk) { return s * chunk; }
+__device__ inline int chunk_end(int s, int chunk, int count) { return imin(count, (s + 1) * chunk); }
+
+// The memory index of a thread's positions e, e + step, ... of channel c, advanced without a
+// division per element (a 32-bit division by HW costs about as many instructions as the
+// bandwidth leaves for a whole element on an H200): NHWC adds step * C; NCHW adds the step's
+// quotient by HW in image planes and its remainder in pixels, with one carry.
+struct PositionWalk {
+    index_t at, step_at, carry_at;
+    int p, dp, HW;
+    __device__ PositionWalk(int e, int step, int c, int C, int HW_, int cl) : HW(HW_) {
+        if (cl) {
+            at = (index_t)e * C + c, step_at = (index_t)step * C, carry_at = 0, p = 0, dp = 0;
+        } else {
+            const int n = e / HW;
+            p = e - n * HW, dp = step % HW;
+            at = ((index_t)n * C + c) * HW + p;
+            step_at = (index_t)(step / HW) * C * HW + dp;
+            carry_at = (index_t)C * HW - HW;  // from pixel HW of plane (n, c) to pixel 0 of (n + 1, c)
+        }
+    }
+    __device__ void next() {
+        at += step_at;
+        p += dp;
+        if (p >= HW) {
+            p -= HW;
+            at += carry_at;
+        }
+    }
+};
+
+// Pass 1's block: split s = blockIdx.y of channel c. NCHW: one channel, the 256 threads walk the
+// chunk (lanes = 1); NHWC: 32 channels (lane = t % 32), the 8 warps take every 8th pixel.
+struct SplitBlock {
+    int c, s, first, end, step, lanes;
+    __device__ SplitBlock(int C, int count, int chunk, int cl) {
+        const int t = threadIdx.x;
+        s = blockIdx.y;
+        end = chunk_end(s, chunk, count);
+        if (cl) {
+            c = blockIdx.x * BN_LANES + t % BN_LANES, first = chunk_begin(s, chunk) + t / BN_LANES;
+            step = BN_ROWS, lanes = BN_LANES;
+        } else {
+            c = blockIdx.x, first = chunk_begin(s, chunk) + t, step = GPUCONV_BLOCK, lanes = 1;
+        }
+        if (c >= C) first = end;  // a lane past the last channel adds nothing
+    }
+};
+
+// The block's two sums over its chunk of f(memory index) for each thread's channel: every thread
+// sums its positions in order, then a shared-memory tree adds the threads of a channel in a fixed
+// order; the totals come back to every thread of the channel. Every thread reaches every barrier
+// (the first one keeps a previous call's readers ahead of this call's writers).
+template <class F>
+__device__ void block_channel_sums(const SplitBlock& b, int C, int HW, int cl, F f, acc_t* sum_a, acc_t* sum_b) {
+    __shared__ acc_t red_a[GPUCONV_BLOCK];
+    __shared__ acc_t red_b[GPUCONV_BLOCK];
+    const int t = threadIdx.x;
+    acc_t a = 0, v = 0;
+    PositionWalk walk(b.first, b.step, b.c, C, HW, cl);
+    for (int e = b.first; e < b.end; e += b.step, walk.next()) {
+        acc_t fa, fb;
+        f(walk.at, &fa, &fb);
+        a += fa;
+        v += fb;
+    }
+    __syncthreads();
+    red_a[t] = a;
+    red_b[t] = v;
+    __syncthreads();
+    for (int half = GPUCONV_BLOCK / 2; half >= b.lanes; half >>= 1) {
+        if (t < half) {
+            red_a[t] += red_a[t + half];
+            red_b[t] += red_b[t + half];
+        }
+        __syncthreads();
+    }
+    *sum_a = red_a[t % b.lanes];
+    *sum_b = red_b[t % b.lanes];
+}
+
+// Pass 2: for this block's channel c = blockIdx.x * 32 + t % 32, the sum over the S splits of
+// f(s, c): lane row t / 32 adds splits row, row + 8, ... in order, then a tree over the 8 rows.
+// The total comes back to every thread (0 past the last channel). Barriers as above.
+template <class F>
+__device__ acc_t split_reduce(int S, int C, F f) {
+    __shared__ acc_t red[GPUCONV_BLOCK];
+    const int t = threadIdx.x, c = blockIdx.x * BN_LANES + t % BN_LANES;
+    acc_t a = 0;
+    if (c < C)
+        for (int s = t / BN_LANES; s < S; s += BN_ROWS) a += f(s, c);
+    __syncthreads();
+    red[t] = a;
+    __syncthreads();
+    for (int half = GPUCONV_BLOCK / 2; half >= BN_LANES; half >>= 1) {
+        if (t < half) red[t] += red[t + half];
+        __syncthreads();
+    }
+    return red[t % BN_LANES];
+}
+
+struct PartialAt {  // partial[s][c] of an S x C array
+    const acc_t* p;
+    int C;
+    __device__ acc_t operator()(int s, int c) const { return p[(index_t)s * C + c]; }
+};
+
+struct SumX {
+    const storage_t* x;
+    __device__ void operator()(index_t i, acc_t* a, acc_t* b) const {
+        *a = to_acc(x[i]);
+        *b = 0;
+    }
+};
+
+struct CenteredSquare {
+    const storage_t* x;
+    acc_t mean;
+    __device__ void operator()(index_t i, acc_t* a, acc_t* b) const {
+        const acc_t d = to_acc(x[i]) - mean;
+        *a = mul_rn(d, d);
+        *b = 0;
+    }
+};
+
+struct DyAndDyXhat {
+    const storage_t* dy;
+    const acc_t* xhat;
+    __device__ void operator()(index_t i, acc_t* a, acc_t* b) const {
+        const acc_t g = to_acc(dy[i]);
+        *a = g;
+        *b = mul_rn(g, xhat[i]);
+    }
+};
+
+// Pass 1 of the training forward, one read of x from memory: per split s and channel c, the sum
+// partial[s][c] and the centered sum of squares partial[S + s][c] about the split's own mean
+// (sum / n_s). The second loop re-reads the chunk the block has just read (from cache: 16 KiB
+// NCHW, 32 channels x chunk pixels NHWC).
+extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
+batchnorm2d_stats(const storage_t* x, acc_t* partial, int S, int C, int HW, int count, int chunk, int cl) {
+    const SplitBlock b(C, count, chunk, cl);
+    acc_t sum, m2, unused;
+    block_channel_sums(b, C, HW, cl, SumX{x}, &sum, &unused);
+    const acc_t local_mean = sum / (acc_t)(chunk_end(b.s, chunk, count) - chunk_begin(b.s, chunk));
+    block_channel_sums(b, C, HW, cl, CenteredSquare{x, local_mean}, &m2, &unused);
+    if ((int)threadIdx.x < b.lanes && b.c < C) {
+        partial[(index_t)b.s * C + b.c] = sum;
+        partial[((index_t)S + b.s) * C + b.c] = m2;
+    }
+}
+
+// A split's contribution to the total centered sum of squares about the batch mean (Chan et al.'s
+// pairwise combination): M2_s + n_s * (mean_s - mean)^2, each product rounded on its own.
+struct SplitSquares {
+    const acc_t* partial;
+    int S, C, count, chunk;
+    acc_t mean;
+    __device__ acc_t operator()(int s, int c) const {
+        const acc_t n = (acc_t)(chunk_end(s, chunk, count) - chunk_begin(s, chunk));
+        const acc_t d = partial[(index_t)s * C + c] / n - mean;
+        return partial[((index_t)S + s) * C + c] + mul_rn(n, mul_rn(d, d));
+    }
+};
+
+// Pass 2: mean = (sum over the splits) / count (a true division, as NumPy's mean); the biased
+// variance var = (combined sum of squares) / count; inv_std = 1 / sqrt(var + eps); when
+// has_running, the running statistics are updated in place as the reference does:
+// r = r * (1 - m), then r += m * mean and r += (m * count / (count - 1)) * var, each product
+// rounded on its own (the three coefficients come from the host in double and are rounded to
+// acc_t, as NumPy's dt(...) rounds them).
+extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
+batchnorm2d_finalize(const acc_t* partial, acc_t* mean, acc_t* inv_std, acc_t* running_mean, acc_t* running_var,
+                     int S, int C, int count, int chunk, double eps, double keep, double momentum,
+                     double momentum_unbiased, int has_running) {
+    const acc_t m = split_reduce(S, C, PartialAt{partial, C}) / (acc_t)count;
+    const acc_t var = split_reduce(S, C, SplitSquares{partial, S, C, count, chunk, m}) / (acc_t)count;
+    const int c = blockIdx.x * BN_LANES + threadIdx.x;
+    if (threadIdx.x < BN_LANES && c < C) {
+        mean[c] = m;
+        inv_std[c] = (acc_t)1 / sqrt(var + (acc_t)eps);
+        if (has_running) {
+            running_mean[c] = mul_rn(running_mean[c], (acc_t)keep) + mul_rn((acc_t)momentum, m);
+            running_var[c] = mul_rn(running_var[c], (acc_t)keep) + mul_rn((acc_t)momentum_unbiased, var);
+        }
+    }
+}
+
+// Eval mode: inv_std = 1 / sqrt(running_var + eps), one thread per channel.
+extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
+batchnorm2d_eval_inv_std(const acc_t* running_var, acc_t* inv_std, int C, double eps) {
+    const int c = blockIdx.x * GPUCONV_BLOCK + threadIdx.x;
+    if (c < C) inv_std[c] = (acc_t)1 / sqrt(running_var[c] + (acc_t)eps);
+}
+
+// The channel of a grid-stride loop's element, carried from step to step without a division:
+// memory index i has channel (i / inner) % C, inner = HW for NCHW and 1 for NHWC. A thread's first
+// index and the stride are below 2^31 (grid_1d caps the grid), so the setup divides in 32 bits;
+// each step then adds the stride's quotient and remainder with one carry (no 64-bit division,
+// whose out-of-line routine ptxas made spill).
+struct ChannelWalk {
+    int c, r, dc, dr, inner, C;
+    __device__ ChannelWalk(int C_, int HW, int cl) : C(C_) {
+        inner = cl ? 1 : HW;
+        const unsigned first = (unsigned)global_thread_index(), stride = (unsigned)global_thread_count();
+        r = (int)(first % (unsigned)inner);
+        c = (int)((first / (unsigned)inner) % (unsigned)C);
+        dr = (int)(stride % (unsigned)inner);
+        dc = (int)((stride / (unsigned)inner) % (unsigned)C);
+    }
+    __device__ void step() {
+        r += dr;
+        const int carry = r >= inner;
+        if (carry) r -= inner;
+        c += dc + carry;
+        if (c >= C) c -= C;
+    }
+};
+
+// xhat = (x - mean) * inv_std (acc_t, kept for the backward), y = xhat * gamma + beta rounded once;
+// one thread per element in memory order (grid-stride).
+extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
+batchnorm2d_normalize(const storage_t* x, const acc_t* mean, const acc_t* inv_std, const acc_t* gamma,
+                      const acc_t* beta, storage_t* y, acc_t* xhat, index_t total, int C, int HW, int cl) {
+    ChannelWalk walk(C, HW, cl);
+    for (index_t i = global_thread_index(); i < total; i += global_thread_count(), walk.step()) {
+        const int c = walk.c;
+        const acc_t h = mul_rn(to_acc(x[i]) - mean[c], inv_std[c]);
+        xhat[i] = h;
+        y[i] = from_acc(mul_rn(h, gamma[c]) + beta[c]);
+    }
+}
+
+// partial[s][c] = sum of dy and partial[S + s][c] = sum of dy * xhat over split s (one read).
+extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
+batchnorm2d_backward_sums(const storage_t* dy, const acc_t* xhat, acc_t* partial, int S, int C, int HW, int count,
+                          int chunk, int cl) {
+    const SplitBlock b(C, count, chunk, cl);
+    acc_t sum_dy, sum_dy_xhat;
+    block_channel_sums(b, C, HW, cl, DyAndDyXhat{dy, xhat}, &sum_dy, &sum_dy_xhat);
+    if ((int)threadIdx.x < b.lanes && b.c < C) {
+        partial[(index_t)b.s * C + b.c] = sum_dy;
+        partial[((index_t)S + b.s) * C + b.c] = sum_dy_xhat;
+    }
+}
+
+// dbeta[c] = sum of dy, dgamma[c] = sum of dy * xhat, from backward_sums' partials.
+extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
+batchnorm2d_backward_reduce(const acc_t* partial, acc_t* dgamma, acc_t* dbeta, int S, int C) {
+    const acc_t db = split_reduce(S, C, PartialAt{partial, C});
+    const acc_t dg = split_reduce(S, C, PartialAt{partial + (index_t)S * C, C});
+    const int c = blockIdx.x * BN_LANES + threadIdx.x;
+    if (threadIdx.x < BN_LANES && c < C) {
+        dbeta[c] = db;
+        dgamma[c] = dg;
+    }
+}
+
+// Training: dx = (dy - dbeta * (1/count) - xhat * (dgamma * (1/count))) * (gamma * inv_std);
+// eval: dx = dy * (gamma * inv_std); in the reference's order, rounded once to storage_t.
+extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
+batchnorm2d_backward_dx(const storage_t* dy, const acc_t* xhat, const acc_t* gamma, const acc_t* inv_std,
+                        const acc_t* dgamma, const acc_t* dbeta, storage_t* dx, index_t total, int C, int HW,
+                        int count, int training, int cl) {
+    const acc_t inv_count = (acc_t)(1.0 / (double)count);
+    ChannelWalk walk(C, HW, cl);
+    for (index_t i = global_thread_index(); i < total; i += global_thread_count(), walk.step()) {
+        const int c = walk.c;
+        const acc_t scale = mul_rn(gamma[c], inv_std[c]);
+        acc_t g = to_acc(dy[i]);
+        if (training) {
+            g = g - mul_rn(dbeta[c], inv_count);
+            g = g - mul_rn(xhat[i], mul_rn(dgamma[c], inv_count));
+        }
+        dx[i] = from_acc(mul_rn(g, scale));
+    }
+}
