@@ -20,7 +20,7 @@ from ..precision import compute_dtype
 from ._dispatch import register_launcher
 from .batchnorm import BatchNorm2dCache
 
-LANES = 32                  # channels per block of the NHWC sums and of the pass-2 kernels
+LANES = kernels.defines("batchnorm.cu")["BN_LANES"]  # channels per block of the NHWC sums and of pass 2
 MAX_SPLITS = 512            # pass 2 sums at most 512 / 8 = 64 partials per thread
 NCHW_MIN_CHUNK = 4096       # positions per block, NCHW: 16 per thread of 256
 NHWC_MIN_CHUNK = 256        # pixels per block, NHWC: 32 channels x 256 pixels = 8192 elements
