@@ -47,10 +47,11 @@ def _run(kernel, elements, target, arrays, dims, channels_last, scalars=()):
 
 
 def _run_backward(kernel, cache, dx, target, arrays, dims, channels_last):
-    """Windows that tile the input without overlap (stride = kernel): the ``_disjoint`` kernel,
-    one thread per output writing its window; otherwise one thread per input gathering over the
-    windows that cover it. The same bits either way."""
-    if tuple(cache.stride) == tuple(cache.kernel_size):
+    """Windows that tile the whole input without overlap (stride = kernel, OH * kh = H and
+    OW * kw = W): the ``_disjoint`` kernel, one thread per output writing its window; otherwise
+    one thread per input gathering over the windows that cover it. The same bits either way."""
+    (kh, kw), (oh, ow) = cache.kernel_size, arrays[0].shape[2:]
+    if tuple(cache.stride) == tuple(cache.kernel_size) and (oh * kh, ow * kw) == tuple(dx.shape[2:]):
         _run(f"{kernel}_disjoint", arrays[0].size, target, arrays, dims, channels_last)
     else:
         _run(kernel, dx.size, target, arrays, dims, channels_last)
