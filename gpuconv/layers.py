@@ -35,7 +35,7 @@ from . import layout, ops
 from .backend import (Device, copy_like, device_of, get_default_device, host_copy, is_cupy_array,
                       to_device)
 
-__all__ = ["Parameter", "Layer", "Conv2d", "MaxPool2d", "AvgPool2d", "LPPool2d", "ReLU", "Flatten", "Linear",
+__all__ = ["Parameter", "Layer", "Conv2d", "MaxPool2d", "AvgPool2d", "LPPool2d", "ReLU", "GELU", "Flatten", "Linear",
            "BatchNorm2d", "Dropout", "Scale", "Sequential", "Residual", "LoadResult", "StateDictKeyError"]
 
 
@@ -556,6 +556,18 @@ class ReLU(Layer):
 
     def backward(self, dy, need_dx=True):
         return ops.relu_backward(dy, self._take_cache())
+
+
+class GELU(Layer):
+    """GELU, exact erf form (PyTorch's ``nn.GELU()`` default): ``x * Phi(x)``."""
+
+    def forward(self, x):
+        y, cache = ops.gelu_forward(x)
+        self._keep(cache)
+        return y
+
+    def backward(self, dy, need_dx=True):
+        return ops.gelu_backward(dy, self._take_cache())
 
 
 class Flatten(Layer):

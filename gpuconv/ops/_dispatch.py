@@ -15,7 +15,7 @@ cover (a dtype, an odd shape); the reference then runs.
     def relu_forward_kernel(x, *, target):
         ...
 
-Which ops have kernels. conv2d, max/avg pooling, ReLU and dropout have launchers (kernels/*.cu),
+Which ops have kernels. conv2d, max/avg pooling, ReLU, GELU and dropout have launchers (kernels/*.cu),
 on 'cuda' and on 'sim'. linear, softmax_cross_entropy and batchnorm2d have none: on CuPy
 arrays their reference runs with CuPy's own machinery (cuBLAS matmul, elementwise kernels and
 reductions, all on the device, no host copy), and under ``Device('sim')`` their NumPy twin runs

@@ -3,4 +3,4 @@
 Each ``_launch_<op>.py`` sits beside ``<op>.py`` and registers, through
 :func:`gpuconv.ops._dispatch.register_launcher`, the kernels for the 'cuda' and 'sim' targets.
 """
-from . import _launch_conv2d, _launch_dropout, _launch_pool2d, _launch_relu  # noqa: F401  (registration side effects)
+from . import _launch_conv2d, _launch_dropout, _launch_gelu, _launch_pool2d, _launch_relu  # noqa: F401  (registration side effects)
