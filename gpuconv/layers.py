@@ -100,15 +100,20 @@ class Parameter:
     Mixed precision (:mod:`gpuconv.amp`): ``.data`` stays the float32 master; ``.compute`` holds
     its low-precision copy (bf16/fp16, cast once per step) while one is set, and ``.value`` is
     what the layers compute with: the copy when there is one, else ``.data``. Gradients always
-    accumulate in ``.data``'s dtype, so a bf16 gradient lands in a float32 ``.grad``."""
+    accumulate in ``.data``'s dtype, so a bf16 gradient lands in a float32 ``.grad``.
 
-    __slots__ = ("data", "grad", "name", "compute")
+    ``requires_grad=False`` freezes it (PyTorch's flag): backward keeps no gradient for it
+    (``.grad`` stays None) and optimizers leave it as it is; it can be switched at any step
+    (a bias trained for the first epochs only)."""
 
-    def __init__(self, data, name="param"):
+    __slots__ = ("data", "grad", "name", "compute", "requires_grad")
+
+    def __init__(self, data, name="param", requires_grad=True):
         self.data = data
         self.grad = None
         self.name = name
         self.compute = None
+        self.requires_grad = bool(requires_grad)
 
     @property
     def value(self):
@@ -127,7 +132,10 @@ class Parameter:
         return self.data.size
 
     def accumulate(self, grad):
-        """Set ``.grad`` on the first call, add in place afterwards (until ``zero_grad``)."""
+        """Set ``.grad`` on the first call, add in place afterwards (until ``zero_grad``); a
+        frozen parameter (``requires_grad=False``) drops ``grad``."""
+        if not self.requires_grad:
+            return
         if grad.shape != self.data.shape:
             raise ValueError(f"gradient for parameter {self.name!r} has shape {grad.shape}, "
                              f"the parameter has {self.data.shape}: the op's backward and the layer disagree")
@@ -139,7 +147,9 @@ class Parameter:
             self.grad += grad
 
     def __repr__(self):
-        return f"Parameter({self.name!r}, shape={tuple(self.shape)}, dtype={self.dtype}, device={device_of(self.data)})"
+        frozen = "" if self.requires_grad else ", requires_grad=False"
+        return (f"Parameter({self.name!r}, shape={tuple(self.shape)}, dtype={self.dtype}, "
+                f"device={device_of(self.data)}{frozen})")
 
 
 class LoadResult(NamedTuple):
@@ -241,9 +251,9 @@ class Layer:
         return [p for _, p in self.named_parameters()]
 
     def num_parameters(self, trainable_only=True):
-        """The number of scalar parameters (with ``trainable_only=False``, buffers such as running
-        statistics count too): ``sum(p.numel() for p in m.parameters())`` in PyTorch."""
-        n = sum(int(p.size) for p in self.parameters())
+        """The number of scalar parameters (with ``trainable_only=False``, frozen parameters and
+        buffers such as running statistics count too): ``sum(p.numel() for p in m.parameters())`` in PyTorch."""
+        n = sum(int(p.size) for p in self.parameters() if p.requires_grad or not trainable_only)
         return n if trainable_only else n + sum(int(b.size) for _, b in self.named_buffers())
 
     def named_buffers(self):

@@ -3,7 +3,13 @@
 Updates follow PyTorch's formulas and run in place on the parameters' own device with the
 array module of each parameter: the learning rate and other hyperparameters are Python
 floats, so a step launches elementwise kernels and never reads a value back to the host.
-Parameters whose ``.grad`` is None are skipped (as in PyTorch).
+Parameters whose ``.grad`` is None, and frozen ones (``requires_grad=False``), are skipped (as
+in PyTorch).
+
+Parameter groups, as in PyTorch: ``SGD([{"params": biases, "lr": 0.64, "weight_decay": 0},
+{"params": weights}], lr=0.01, momentum=0.9)``; a group's keys override the optimizer's
+hyperparameters for its parameters. A group's ``lr`` follows ``optimizer.lr`` (which schedules
+set) in proportion: it is the group's lr while ``optimizer.lr`` is the lr given at construction.
 
 ``state_dict()`` returns a flat dict of host NumPy arrays and Python scalars (it fits
 ``np.savez`` and loads with ``allow_pickle=False``); ``load_state_dict`` puts the state back
@@ -58,7 +64,7 @@ class Optimizer:
     _counts_steps = False
 
     def __init__(self, params, lr):
-        params = list(params)
+        params, groups = self._split_groups(list(params))
         if not params:
             raise ValueError(f"{type(self).__name__}: the parameter list is empty; pass model.parameters()")
         for i, p in enumerate(params):
@@ -70,7 +76,57 @@ class Optimizer:
                              "updated twice per step")
         self.params = params
         self.lr = lr
+        self.initial_lr = self.lr
         self.state = [dict() for _ in params]  # per parameter: slot name -> array, 'step' -> int
+        self._group_specs = groups  # [(parameter count, {key: value})], checked in _finish_groups
+
+    def _split_groups(self, params):
+        """A flat list of Parameters, or of group dicts: (the flat list, [(count, overrides)])."""
+        if not params or not all(isinstance(g, dict) for g in params):
+            if any(isinstance(g, dict) for g in params):
+                raise TypeError(f"{type(self).__name__}: params mixes group dicts and Parameters; pass either a "
+                                "list of Parameters or a list of {'params': [...], ...} dicts")
+            return params, [(len(params), {})]
+        flat, groups = [], []
+        for gi, g in enumerate(params):
+            if "params" not in g:
+                raise ValueError(f"{type(self).__name__}: parameter group {gi} has no 'params' key; write "
+                                 "{'params': [...], 'lr': ...}")
+            ps = list(g["params"])
+            flat += ps
+            groups.append((len(ps), {k: v for k, v in g.items() if k != "params"}))
+        return flat, groups
+
+    def _finish_groups(self):
+        """Check each group's overrides against ``_hyper`` (called once the subclass set its own
+        hyperparameters) and index parameters to their groups."""
+        allowed = ("lr",) + self._hyper
+        self.param_groups, self._group_of = [], []
+        for gi, (count, overrides) in enumerate(self._group_specs):
+            for key, value in overrides.items():
+                if key not in allowed:
+                    raise ValueError(f"{type(self).__name__}: parameter group {gi} sets {key!r}; a group may set "
+                                     f"{', '.join(allowed)}")
+                if key == "nesterov":
+                    overrides[key] = bool(value)
+                else:
+                    overrides[key] = _nonneg(f"parameter group {gi}'s {key}", value)
+            if "lr" in overrides and self.initial_lr == 0:
+                raise ValueError(f"{type(self).__name__}: parameter group {gi} sets lr while the optimizer's lr is "
+                                 "0; group lrs follow the optimizer's lr in proportion, so pass lr > 0 (say the "
+                                 "main group's lr)")
+            self.param_groups.append(overrides)
+            self._group_of += [gi] * count
+
+    def hyper(self, index):
+        """The hyperparameters of parameter ``index``: its group's overrides over the optimizer's
+        own, with a group lr scaled by ``lr / initial_lr`` (the schedule's factor)."""
+        if not hasattr(self, "param_groups"):
+            self._finish_groups()
+        group = self.param_groups[self._group_of[index]]
+        out = {name: group.get(name, getattr(self, name)) for name in self._hyper}
+        out["lr"] = group["lr"] * (self.lr / self.initial_lr) if "lr" in group else self.lr
+        return out
 
     @property
     def lr(self):
@@ -93,30 +149,38 @@ class Optimizer:
         is what its first real step expects), decided on the device: the host never reads it.
         A step count (Adam's ``t``) still advances."""
         if skip is None:
-            for p, state in zip(self.params, self.state):
-                if p.grad is not None:
-                    self._update(p, state)
+            for i, (p, state) in enumerate(zip(self.params, self.state)):
+                if p.grad is not None and p.requires_grad:
+                    self._update(p, state, self.hyper(i))
             return
-        for p, state in zip(self.params, self.state):
-            if p.grad is None:
+        for i, (p, state) in enumerate(zip(self.params, self.state)):
+            if p.grad is None or not p.requires_grad:
                 continue
             xp = get_array_module(p.data)
             before = {name: state[name].copy() for name in self._slots if name in state}
             data = p.data.copy()
-            self._update(p, state)
+            self._update(p, state, self.hyper(i))
             xp.copyto(p.data, data, where=skip)
             for name in self._slots:
                 if name in state:
                     old = before.get(name)
                     xp.copyto(state[name], old if old is not None else xp.zeros((), state[name].dtype), where=skip)
 
-    def _update(self, p, state):
+    def _update(self, p, state, h):
+        """One parameter's update with its hyperparameters ``h`` (:meth:`hyper`)."""
         raise NotImplementedError
 
     def state_dict(self):
-        out = {"optimizer": type(self).__name__, "num_params": len(self.params), "lr": self.lr}
+        if not hasattr(self, "param_groups"):
+            self._finish_groups()
+        out = {"optimizer": type(self).__name__, "num_params": len(self.params), "lr": self.lr,
+               "initial_lr": self.initial_lr, "num_groups": len(self.param_groups)}
         for name in self._hyper:
             out[name] = getattr(self, name)
+        for gi, group in enumerate(self.param_groups):
+            out[f"group.{gi}.size"] = self._group_of.count(gi)
+            for key, value in group.items():
+                out[f"group.{gi}.{key}"] = value
         for i, state in enumerate(self.state):
             for key, value in state.items():
                 out[f"state.{i}.{key}"] = value if key == "step" else host_copy(value)
@@ -128,6 +192,18 @@ class Optimizer:
         if n != len(self.params):
             raise ValueError(f"{type(self).__name__}.load_state_dict: the state dict holds {n} parameters, this "
                              f"optimizer {len(self.params)}: build it over the same model's parameters()")
+        if not hasattr(self, "param_groups"):
+            self._finish_groups()
+        saved_sizes = [int(_scalar(d[f"group.{gi}.size"])) for gi in range(int(_scalar(d.get("num_groups", 1))))
+                       if f"group.{gi}.size" in d]
+        sizes = [self._group_of.count(gi) for gi in range(len(self.param_groups))]
+        if saved_sizes and saved_sizes != sizes:
+            raise ValueError(f"{type(self).__name__}.load_state_dict: the state dict's parameter groups hold "
+                             f"{saved_sizes} parameters, this optimizer's {sizes}: build the same groups")
+        for gi, group in enumerate(self.param_groups):
+            for key in list(group):
+                if f"group.{gi}.{key}" in d:
+                    group[key] = type(group[key])(_scalar(d[f"group.{gi}.{key}"]))
         states = [dict() for _ in self.params]
         for key, value in d.items():
             if not key.startswith("state."):
@@ -144,6 +220,7 @@ class Optimizer:
                                  f"parameter {i} ({p.name!r}) has {tuple(p.shape)}: the model differs")
             states[i][name] = copy_like(value, p.data)
         self.lr = float(_scalar(d["lr"]))
+        self.initial_lr = float(_scalar(d.get("initial_lr", self.initial_lr)))
         for name in self._hyper:
             value = _scalar(d[name])
             setattr(self, name, type(getattr(self, name))(value))
@@ -171,20 +248,24 @@ class SGD(Optimizer):
         if self.nesterov and self.momentum == 0:
             raise ValueError("SGD(nesterov=True) needs momentum > 0 (Nesterov is a momentum method); "
                              "pass momentum=0.9, say")
+        self._finish_groups()
+        for gi, group in enumerate(self.param_groups):
+            if group.get("nesterov", self.nesterov) and group.get("momentum", self.momentum) == 0:
+                raise ValueError(f"SGD: parameter group {gi} has nesterov=True and momentum 0; give it momentum > 0")
 
-    def _update(self, p, state):
+    def _update(self, p, state, h):
         g = p.grad
-        if self.weight_decay:
-            g = g + self.weight_decay * p.data
-        if self.momentum:
+        if h["weight_decay"]:
+            g = g + h["weight_decay"] * p.data
+        if h["momentum"]:
             buf = state.get("momentum_buffer")
             if buf is None:
                 buf = state["momentum_buffer"] = g.copy()
             else:
-                buf *= self.momentum
+                buf *= h["momentum"]
                 buf += g
-            g = g + self.momentum * buf if self.nesterov else buf
-        p.data -= self.lr * g
+            g = g + h["momentum"] * buf if h["nesterov"] else buf
+        p.data -= h["lr"] * g
 
 
 class Adam(Optimizer):
@@ -204,33 +285,35 @@ class Adam(Optimizer):
         self.beta1, self.beta2 = float(betas[0]), float(betas[1])
         self.eps = _nonneg("eps", eps)
         self.weight_decay = _nonneg("weight_decay", weight_decay)
+        self._finish_groups()
 
     @property
     def betas(self):
         return (self.beta1, self.beta2)
 
-    def _update(self, p, state):
+    def _update(self, p, state, h):
         xp = get_array_module(p.data)
         g = p.grad
-        if self.weight_decay:
+        lr, beta1, beta2 = h["lr"], h["beta1"], h["beta2"]
+        if h["weight_decay"]:
             if self._decoupled:
-                p.data *= 1.0 - self.lr * self.weight_decay
+                p.data *= 1.0 - lr * h["weight_decay"]
             else:
-                g = g + self.weight_decay * p.data
+                g = g + h["weight_decay"] * p.data
         if "exp_avg" not in state:
             state["exp_avg"] = xp.zeros_like(p.data)
             state["exp_avg_sq"] = xp.zeros_like(p.data)
             state["step"] = 0
         state["step"] += 1
         t, m, v = state["step"], state["exp_avg"], state["exp_avg_sq"]
-        m *= self.beta1
-        m += (1.0 - self.beta1) * g
-        v *= self.beta2
-        v += (1.0 - self.beta2) * (g * g)
+        m *= beta1
+        m += (1.0 - beta1) * g
+        v *= beta2
+        v += (1.0 - beta2) * (g * g)
         denom = xp.sqrt(v)
-        denom /= math.sqrt(1.0 - self.beta2 ** t)
-        denom += self.eps
-        p.data -= (self.lr / (1.0 - self.beta1 ** t)) * (m / denom)
+        denom /= math.sqrt(1.0 - beta2 ** t)
+        denom += h["eps"]
+        p.data -= (lr / (1.0 - beta1 ** t)) * (m / denom)
 
 
 class AdamW(Adam):
