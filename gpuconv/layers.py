@@ -32,7 +32,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import layout, ops
-from .backend import (Device, copy_like, device_of, get_default_device, host_copy, is_cupy_array,
+from .backend import (Device, copy_like, device_of, get_array_module, get_default_device, host_copy, is_cupy_array,
                       to_device)
 
 __all__ = ["Parameter", "Layer", "Conv2d", "MaxPool2d", "AvgPool2d", "LPPool2d", "ReLU", "GELU", "Flatten", "Linear",
@@ -514,15 +514,45 @@ class _Pool2d(Layer):
 
 
 class MaxPool2d(_Pool2d):
-    """Max pooling; ``stride`` defaults to ``kernel_size``. Gradients go to the argmax of each window."""
+    """Max pooling; ``stride`` defaults to ``kernel_size``. Gradients go to the argmax of each window.
+
+    ``floor=False`` (the default) rejects sizes the windows do not tile (no silent cropping);
+    ``floor=True`` takes PyTorch's default rule, ``floor((H - F) / S) + 1`` windows: the rows and
+    columns past the last window are dropped (a 2x2 pool takes 31x31 to 15x15) and get a zero
+    gradient."""
+
+    def __init__(self, kernel_size, stride=None, floor=False):
+        super().__init__(kernel_size, stride)
+        self.floor = bool(floor)
 
     def forward(self, x):
+        shape = tuple(x.shape)
+        if self.floor and getattr(x, "ndim", None) == 4:
+            (kh, kw), (sh, sw) = _pair("kernel_size", self.kernel_size, 1), _pair(
+                "stride", self.kernel_size if self.stride is None else self.stride, 1)
+            h = shape[2] - max(shape[2] - kh, 0) % sh
+            w = shape[3] - max(shape[3] - kw, 0) % sw
+            if (h, w) != shape[2:]:
+                cropped = x[:, :, :h, :w]
+                x = layout.to_channels_last(cropped) if layout.is_channels_last(x) else cropped
         y, cache = ops.max_pool2d_forward(x, kernel_size=self.kernel_size, stride=self.stride)
-        self._keep(cache)
+        self._keep((cache, shape))
         return y
 
     def backward(self, dy, need_dx=True):
-        return ops.max_pool2d_backward(dy, self._take_cache())
+        cache, shape = self._take_cache()
+        dx = ops.max_pool2d_backward(dy, cache)
+        if tuple(dx.shape) == shape:
+            return dx
+        xp = get_array_module(dx)
+        full = xp.zeros(shape, dx.dtype)
+        if layout.is_channels_last(dx):
+            full = layout.to_channels_last(full)
+        full[:, :, :dx.shape[2], :dx.shape[3]] = dx
+        return full
+
+    def extra_repr(self):
+        return super().extra_repr() + (", floor=True" if self.floor else "")
 
 
 class LPPool2d(_Pool2d):
