@@ -10,7 +10,7 @@ read past the end of one array lands inside a larger pooled block and memcheck c
 without it every array is its own cudaMalloc, bounds exact. Shapes reach the guarded edges:
 partial GEMM tiles in both dimensions, a partial reduction round, padding wider than the
 filter, several backward-weight splits, overlapping pooling windows, ReLU lengths with a vector
-tail and a misaligned view, GELU over a partial block, dropout over partial blocks, crops falling wholly into the padding,
+tail and a misaligned view, GELU over a partial block, dropout over partial blocks, crops falling wholly into the padding, reflect-padded crops,
 tensor-core GEMM tiles cut in M, N and K with every copy width of its loader, tensor-core
 convolutions in each build and layout with padded channels and several weight splits.
 Exit 0 when every kernel ran and matched; 1 naming the mismatch or the kernel that did not run.
@@ -249,6 +249,12 @@ def augment(run, rng):
                                        None if b is None else run.dev(b), run.dev(flip), run.dev(mean),
                                        run.dev(std), p, np.float32, target=run.target, channels_last=True)
             run.exact(f"augment_batch {shape} pad {p} crop={crop} channels_last", got, want)
+            if crop and 0 < p < min(shape[2:]):  # reflect padding: narrower than the image
+                got = augment_batch_kernel(run.dev(images), run.dev(idx), run.dev(a), run.dev(b), run.dev(flip),
+                                           run.dev(mean), run.dev(std), p, np.float32, target=run.target,
+                                           padding_mode="reflect")
+                want = normalize(crop_flip(images[idx], a, b, flip, p, "reflect"), mean, std)
+                run.exact(f"augment_batch {shape} pad {p} reflect", got, want)
     # An index outside [0, N) cannot be checked without a device-to-host copy: the kernel writes NaN.
     bad = augment_batch_kernel(run.dev(images), run.dev(np.array([9, -4])), None, None, None, run.dev(mean),
                                run.dev(std), 0, np.float32, target=run.target)
