@@ -29,7 +29,7 @@ import numpy as np
 from .backend import copy_like, get_array_module, host_copy
 from .layers import Parameter
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "LRSchedule", "StepLR", "CosineLR", "OneCycleLR"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "LRSchedule", "StepLR", "CosineLR", "OneCycleLR", "TriangularLR"]
 
 
 def _nonneg(name, value):
@@ -459,3 +459,27 @@ class OneCycleLR(LRSchedule):
         # which goes negative with 'linear'.
         t = min(1.0, (step - peak_step) / (self.total_steps - 1.0 - peak_step))
         return self._anneal(self.max_lr, final, t)
+
+
+class TriangularLR(LRSchedule):
+    """airbench's piecewise-linear schedule: ``lr = base_lr * f(step)`` with ``f`` rising linearly
+    from ``start`` to ``peak`` over the first ``warmup_steps = int(warmup_fraction * total_steps)``
+    steps, then falling linearly to ``end`` at ``total_steps`` (held there after)."""
+
+    _hyper = ("total_steps", "warmup_fraction", "start", "peak", "end")
+
+    def __init__(self, optimizer, total_steps, warmup_fraction=0.23, start=0.2, peak=1.0, end=0.07):
+        self.total_steps = _positive_int("total_steps", total_steps)
+        if not 0.0 <= warmup_fraction < 1.0:
+            raise ValueError(f"warmup_fraction must be in [0, 1) (the share of steps spent rising), got {warmup_fraction!r}")
+        self.warmup_fraction = float(warmup_fraction)
+        self.start, self.peak, self.end = (_nonneg(n, v) for n, v in (("start", start), ("peak", peak), ("end", end)))
+        super().__init__(optimizer)
+
+    def lr_at(self, step):
+        warmup = int(self.total_steps * self.warmup_fraction)
+        if step < warmup:
+            frac = step / warmup
+            return self.base_lr * (self.start * (1 - frac) + self.peak * frac)
+        frac = min(1.0, (step - warmup) / max(1, self.total_steps - warmup))
+        return self.base_lr * (self.peak * (1 - frac) + self.end * frac)

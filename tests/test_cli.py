@@ -88,6 +88,18 @@ def test_evaluate_json_on_the_held_out_batch(trained, capsys):
     assert last["val_acc"] == pytest.approx(result["accuracy"])
 
 
+def test_evaluate_tta_levels(trained, capsys):
+    accs = []
+    for flags in ([], ["--tta"], ["--tta", "2"]):
+        rc, out, err = run(["evaluate", "--checkpoint", trained / "checkpoint.npz", "--data", SUBSET, "--json",
+                            "--device", "cpu", *flags], capsys)
+        assert rc == 0, err
+        accs.append(json.loads(out)["loss"])
+    assert len(set(accs)) == 3  # three different sets of views
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["evaluate", "--checkpoint", "x", "--tta", "5"])
+
+
 def test_evaluate_says_when_the_images_were_trained_on(tmp_path, capsys):
     rc, _, err = run(["train", "--model", "seed", "--epochs", "1", "--limit", "300", "--val-split", "none",
                       "--data", SUBSET, "--out", tmp_path, "--no-progress"], capsys)
