@@ -29,7 +29,7 @@ import numpy as np
 from .backend import copy_like, get_array_module, host_copy
 from .layers import Parameter
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "LRSchedule", "StepLR", "CosineLR", "OneCycleLR", "TriangularLR"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "Muon", "newton_schulz", "LRSchedule", "StepLR", "CosineLR", "OneCycleLR", "TriangularLR"]
 
 
 def _nonneg(name, value):
@@ -324,6 +324,70 @@ class AdamW(Adam):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
         super().__init__(params, lr, betas, eps, weight_decay)
+
+
+NS_COEFFS = (3.4445, -4.7750, 2.0315)
+
+
+def newton_schulz(g, steps=3, eps=1e-7):
+    """An approximate orthogonalization of the matrix ``g`` (rows x columns): ``steps`` quintic
+    Newton-Schulz iterations ``X = a X + (b A + c A^2) X``, ``A = X X^T``, from ``g / ||g||_F``
+    (Muon's coefficients, chosen for speed over exactness: the singular values land roughly in
+    [0.5, 1.5] rather than at 1). Computed in float32 (float64 for float64 input), whatever the
+    storage type, per gpuconv's precision rule; airbench runs it in bfloat16."""
+    xp = get_array_module(g)
+    dt = np.float64 if g.dtype == np.float64 else np.float32
+    x = g.astype(dt)
+    x = x / (xp.sqrt(xp.sum(x * x)) + dt(eps))
+    tall = x.shape[0] > x.shape[1]
+    if tall:
+        x = x.T
+    a, b, c = (dt(v) for v in NS_COEFFS)
+    for _ in range(steps):
+        A = x @ x.T
+        x = a * x + (b * A + c * (A @ A)) @ x
+    return x.T if tall else x
+
+
+class Muon(Optimizer):
+    """Muon (momentum orthogonalized by Newton-Schulz), as airbench94_muon uses it for the conv
+    filters: ``b = momentum * b + g``; ``g = g + momentum * b`` (Nesterov) or ``b``; with
+    ``normalize`` the weight is first rescaled to ``||p||_F = sqrt(p.shape[0])``; then
+    ``p -= lr * newton_schulz(g.reshape(p.shape[0], -1))``. For parameters of 2 or more
+    dimensions (a filter bank is a matrix of rows ``out_channels``); give the biases, the batch
+    norm shifts and the head to an SGD."""
+
+    _hyper = ("momentum", "nesterov", "steps", "normalize")
+    _slots = ("momentum_buffer",)
+
+    def __init__(self, params, lr=0.02, momentum=0.95, nesterov=True, steps=3, normalize=True):
+        super().__init__(params, lr)
+        for i, p in enumerate(self.params):
+            if len(p.shape) < 2:
+                raise ValueError(f"Muon: params[{i}] ({p.name!r}) has shape {tuple(p.shape)}; Muon orthogonalizes "
+                                 "matrices and filter banks (2 or more dimensions): give 1-D parameters to SGD")
+        self.momentum = _nonneg("momentum", momentum)
+        self.nesterov = bool(nesterov)
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("Muon(nesterov=True) needs momentum > 0; pass momentum=0.6, say")
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be an integer >= 1 (Newton-Schulz iterations), got {steps!r}")
+        self.steps, self.normalize = int(steps), bool(normalize)
+        self._finish_groups()
+
+    def _update(self, p, state, h):
+        xp = get_array_module(p.data)
+        g = p.grad
+        buf = state.get("momentum_buffer")
+        if buf is None:
+            buf = state["momentum_buffer"] = xp.zeros_like(g)
+        buf *= h["momentum"]
+        buf += g
+        g = g + h["momentum"] * buf if h["nesterov"] else buf
+        if h["normalize"]:
+            p.data *= (math.sqrt(p.shape[0]) / xp.sqrt(xp.sum(p.data.astype(np.float64) ** 2))).astype(p.dtype)
+        update = newton_schulz(g.reshape(g.shape[0], -1), steps=int(h["steps"])).reshape(g.shape)
+        p.data -= (h["lr"] * update).astype(p.dtype)
 
 
 # ----------------------------------------------------------------------------- schedules

@@ -141,3 +141,38 @@ def test_airbench_decay_schedule():
     assert airbench_decay(50, 100) == pytest.approx(0.95 ** 5 / 8)
     with pytest.raises(ValueError, match=r"step must be in \[0, total_steps=10\]"):
         airbench_decay(11, 10)
+
+
+# ----------------------------------------------------------------------------- Muon
+def test_newton_schulz_orthogonalizes():
+    from gpuconv.optim import newton_schulz
+    rng = np.random.default_rng(0)
+    for shape in ((8, 20), (20, 8)):
+        g = rng.standard_normal(shape) @ np.diag(np.logspace(-1, 1, shape[1]))  # condition number 100
+        x = newton_schulz(g.astype(np.float32), steps=5)
+        assert x.shape == shape and x.dtype == np.float32
+        sv = np.linalg.svd(x.astype(np.float64), compute_uv=False)
+        assert sv.min() > 0.3 and sv.max() < 1.3, sv  # near 1 in every direction, whatever g's spread
+        u, _, vt = np.linalg.svd(g, full_matrices=False)
+        # the same singular directions as g: x = U S' V^T with S' near the identity
+        assert np.abs(u.T @ x @ vt.T - np.diag(np.diag(u.T @ x @ vt.T))).max() < 1e-3
+
+
+def test_muon_step_and_state(backend):
+    rng = np.random.default_rng(1)
+    w = Parameter(backend.asarray(rng.standard_normal((4, 2, 3, 3))), "w")
+    g = rng.standard_normal((4, 2, 3, 3))
+    from gpuconv.optim import Muon, newton_schulz
+    opt = Muon([w], lr=0.1, momentum=0.6, nesterov=True)
+    w0 = backend.asnumpy(w.data).copy()
+    w.grad = backend.asarray(g)
+    opt.step()
+    # b = g; nesterov: g + 0.6 b = 1.6 g; the weight renormalized to ||w|| = sqrt(4) first
+    want = w0 * (2.0 / np.linalg.norm(w0)) - 0.1 * newton_schulz(1.6 * g.reshape(4, -1)).reshape(g.shape)
+    np.testing.assert_allclose(backend.asnumpy(w.data), want, rtol=1e-10, atol=1e-12)
+    saved = opt.state_dict()
+    opt2 = Muon([Parameter(backend.asarray(backend.asnumpy(w.data).copy()), "w")], lr=0.1, momentum=0.6)
+    opt2.load_state_dict(saved)
+    np.testing.assert_array_equal(backend.asnumpy(opt2.state[0]["momentum_buffer"]), g)
+    with pytest.raises(ValueError, match=r"Muon: params\[0\] \('b'\) has shape \(4,\).*give 1-D parameters to SGD"):
+        Muon([Parameter(backend.asarray(np.zeros(4)), "b")])
