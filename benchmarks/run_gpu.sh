@@ -21,6 +21,8 @@
 #             (syncguard), the memory pool stops growing; then bench_cs231n: seconds per iteration
 #             of a student-style CS231n ThreeLayerConvNet, CPU vs use_device('cuda'), NumPy in and out
 #   epoch     bench_epoch: one device-resident epoch of 50,000 synthetic CIFAR-shaped images
+#   airbench  `gpuconv train --recipe airbench94` end to end on the real subset (GELU, the reflect
+#             translation, lookahead, TTA level 2): its log holds seconds per epoch and the accuracy
 #   sanitizer compute-sanitizer memcheck and racecheck over every kernel at small shapes;
 #             initcheck and synccheck when time is left
 #   parity    CPU vs GPU training on the real subset (benchmarks/parity.py), shortened to fit
@@ -157,6 +159,11 @@ if want step; then
 fi
 if want epoch; then
     stage bench_epoch 60 "$PY" benchmarks/bench_epoch.py --save --warmup 3 --repeat 1
+fi
+
+if want airbench; then
+    stage airbench 120 "$PY" -m gpuconv train --recipe airbench94 --device cuda --data "${GPUCONV_DATA:-.gpu-data}" \
+        --out "${TMPDIR:-/tmp}/gpuconv-airbench" --no-progress  # the checkpoint stays out of the records
 fi
 
 # ---------------------------------------------------------------- compute-sanitizer
