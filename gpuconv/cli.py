@@ -35,7 +35,7 @@ MODELS = {"seed": ("seed_net", {}), "three_layer": ("three_layer_convnet", {}), 
           "airbench94": ("airbench94", {})}
 
 # Each model's recipe (gpuconv.recipes.RECIPES) gives its defaults.
-MODEL_DEFAULTS = {name: get_recipe(name) for name in RECIPES}
+MODEL_DEFAULTS = {name: get_recipe(name) for name in MODELS}
 # Settings a resumed run takes from its checkpoint unless given again on the command line.
 RESUMABLE = ("recipe", "model", "epochs", "batch_size", "lr", "weight_decay", "momentum", "schedule",
              "label_smoothing", "augment", "width", "seed", "limit", "val_split", "precision", "tta")
@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"L2 weight decay (default per model: {_defaults('weight_decay')})")
     t.add_argument("--momentum", type=_momentum, default=None,
                    help=f"SGD momentum, Nesterov when > 0 (default per model: {_defaults('momentum')})")
-    t.add_argument("--schedule", choices=("onecycle", "cosine", "triangular", "constant"), default=None,
+    t.add_argument("--schedule", choices=("onecycle", "cosine", "triangular", "linear", "constant"), default=None,
                    help=f"learning-rate schedule (default per model: {_defaults('schedule')})")
     t.add_argument("--label-smoothing", type=_smoothing, default=None,
                    help=f"label smoothing of the loss's targets (default per model: {_defaults('label_smoothing')})")
@@ -296,6 +296,8 @@ def _schedule(name, optimizer, lr, total_steps):
         return CosineLR(optimizer, total_steps=total_steps, warmup_steps=max(1, total_steps // 20))
     if name == "triangular":
         return TriangularLR(optimizer, total_steps=total_steps)
+    if name == "linear":  # a straight decay to 0
+        return TriangularLR(optimizer, total_steps=total_steps, warmup_fraction=0.0, peak=1.0, end=0.0)
     return None
 
 
@@ -304,7 +306,7 @@ def _recipe_setup(s, model, train, total_steps):
     whitening initialization, lookahead and whitening-bias epochs."""
     from .models import init_whitening
     from .optim import SGD
-    from .recipes import airbench_param_groups
+    from .recipes import airbench_param_groups, muon_optimizer
     whiten = model._layers.get("whiten") if hasattr(model, "_layers") else None
     if whiten is not None:  # from the training images, as the loader normalizes them
         from .data import normalize
@@ -313,6 +315,9 @@ def _recipe_setup(s, model, train, total_steps):
         groups, lr = airbench_param_groups(model, s["lr"], s["weight_decay"], s["momentum"], s["batch_size"],
                                            s["bias_scaler"])
         opt = SGD(groups, lr=lr, momentum=s["momentum"], nesterov=True)
+    elif s["optimizer"] == "muon":
+        opt = muon_optimizer(model, s["lr"], s["momentum"], s["bias_lr"], s["head_lr"], s["sgd_momentum"],
+                             s["weight_decay"], s["batch_size"])
     else:
         opt = SGD(model.parameters(), lr=s["lr"], momentum=s["momentum"], nesterov=s["momentum"] > 0,
                   weight_decay=s["weight_decay"])

@@ -29,7 +29,7 @@ import numpy as np
 from .backend import copy_like, get_array_module, host_copy
 from .layers import Parameter
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "Muon", "newton_schulz", "LRSchedule", "StepLR", "CosineLR", "OneCycleLR", "TriangularLR"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "Muon", "Chain", "newton_schulz", "LRSchedule", "StepLR", "CosineLR", "OneCycleLR", "TriangularLR"]
 
 
 def _nonneg(name, value):
@@ -388,6 +388,58 @@ class Muon(Optimizer):
             p.data *= (math.sqrt(p.shape[0]) / xp.sqrt(xp.sum(p.data.astype(np.float64) ** 2))).astype(p.dtype)
         update = newton_schulz(g.reshape(g.shape[0], -1), steps=int(h["steps"])).reshape(g.shape)
         p.data -= (h["lr"] * update).astype(p.dtype)
+
+
+class Chain(Optimizer):
+    """Several optimizers over disjoint parameters, stepping as one (airbench94_muon: Muon for the
+    filters, SGD for the rest). ``lr`` is the schedule's handle: setting it scales every member's
+    lr by ``lr / initial_lr``, so one schedule drives them all in proportion. The state dict
+    holds each member's under ``<i>.``."""
+
+    def __init__(self, *optimizers):
+        if not optimizers or not all(isinstance(o, Optimizer) and not isinstance(o, Chain) for o in optimizers):
+            raise TypeError("Chain takes one or more gpuconv optimizers (SGD, Adam, Muon, ...), e.g. "
+                            "Chain(Muon(filters, lr=0.24), SGD(others, lr=0.1))")
+        self.optimizers = ()
+        super().__init__([p for o in optimizers for p in o.params], lr=1.0)  # a parameter in two: an error
+        self.optimizers = tuple(optimizers)
+        self._finish_groups()
+
+    @property
+    def lr(self):
+        return self._lr
+
+    @lr.setter
+    def lr(self, value):
+        self._lr = _nonneg("lr", value)
+        for o in getattr(self, "optimizers", ()):
+            o.lr = o.initial_lr * self._lr / self.initial_lr
+
+    def zero_grad(self):
+        for o in self.optimizers:
+            o.zero_grad()
+
+    def step(self, skip=None):
+        for o in self.optimizers:
+            o.step(skip)
+
+    def state_dict(self):
+        out = {"optimizer": "Chain", "members": len(self.optimizers), "lr": self.lr}
+        for i, o in enumerate(self.optimizers):
+            out.update({f"{i}.{k}": v for k, v in o.state_dict().items()})
+        return out
+
+    def load_state_dict(self, d):
+        _check_saved_by(self, d, "optimizer")
+        if int(_scalar(d["members"])) != len(self.optimizers):
+            raise ValueError(f"Chain.load_state_dict: the state dict holds {int(_scalar(d['members']))} optimizers, "
+                             f"this chain {len(self.optimizers)}: build the same chain")
+        for i, o in enumerate(self.optimizers):
+            o.load_state_dict({k[len(f"{i}."):]: v for k, v in d.items() if k.startswith(f"{i}.")})
+        self._lr = float(_scalar(d["lr"]))
+
+    def __repr__(self):
+        return "Chain(" + ", ".join(repr(o) for o in self.optimizers) + ")"
 
 
 # ----------------------------------------------------------------------------- schedules

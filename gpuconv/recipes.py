@@ -11,8 +11,11 @@ Keys of a recipe:
                    the batch's MEAN loss. 'airbench': the same SGD with airbench's decoupled
                    hyperparameters (:func:`airbench_param_groups`): ``lr`` and ``weight_decay``
                    per 1024 examples, independent of the momentum and of each other, batch-norm
-                   biases at ``bias_scaler`` times the lr.
-  schedule         'onecycle', 'cosine', 'constant' or 'triangular' (:class:`optim.TriangularLR`)
+                   biases at ``bias_scaler`` times the lr. 'muon': airbench94_muon's pair
+                   (:func:`muon_optimizer`): Muon at ``lr`` for the conv filters, Nesterov SGD
+                   for the biases (``bias_lr``) and the head (``head_lr``).
+  schedule         'onecycle', 'cosine', 'constant', 'triangular' (:class:`optim.TriangularLR`) or
+                   'linear' (a straight decay to 0)
   label_smoothing
   augment          random crops of the image padded by ``padding`` pixels (``padding_mode``
                    'zeros' or 'reflect') and horizontal flips (``flip`` 'random' per image and
@@ -45,6 +48,16 @@ RECIPES = {
                        weight_decay=0.0153, momentum=0.85, bias_scaler=64.0, schedule="triangular",
                        label_smoothing=0.2, augment=True, padding=2, padding_mode="reflect", flip="alternate",
                        lookahead=5, whiten_bias_epochs=3, tta=2),
+    # airbench94_muon (2.59 s on an A100, 94.01% mean): the same network, 8 epochs of batch 2000,
+    # Muon (lr 0.24, momentum 0.6, 3 Newton-Schulz steps) on the conv filters and Nesterov SGD
+    # (momentum 0.85) on the biases (lr 0.053) and the head (lr 0.67), with weight decay 2e-6 per
+    # example and step; these lrs are the published ones for a SUMMED loss (muon_optimizer
+    # converts them), all decaying linearly to 0, no lookahead. The published run also decays the
+    # whitening bias's lr over its 3 epochs; here it follows the common schedule until frozen.
+    "airbench94_muon": dict(model="airbench94", epochs=8, batch_size=2000, optimizer="muon", lr=0.24, momentum=0.6,
+                            bias_lr=0.053, head_lr=0.67, sgd_momentum=0.85, weight_decay=2e-6, schedule="linear",
+                            label_smoothing=0.2, augment=True, padding=2, padding_mode="reflect", flip="alternate",
+                            lookahead=None, whiten_bias_epochs=3, tta=2),
 }
 
 # What a recipe leaves out takes these values.
@@ -82,3 +95,22 @@ def airbench_param_groups(model, lr, weight_decay, momentum, batch_size, bias_sc
     if norm:
         groups.insert(0, {"params": norm, "lr": bias_lr, "weight_decay": decay / bias_lr})
     return groups, step_lr
+
+
+def muon_optimizer(model, lr, momentum, bias_lr, head_lr, sgd_momentum, weight_decay, batch_size):
+    """airbench94_muon's optimizers as one :class:`optim.Chain`, for a MEAN batch loss: Muon
+    (``lr``, Nesterov ``momentum``) on every trainable parameter of 4 dimensions (the conv
+    filters; Muon's update does not depend on the gradient's scale), and Nesterov SGD on the rest:
+    biases (1-D) at ``bias_lr``, the head at ``head_lr``. The SGD lrs are per example (airbench
+    sums its loss), so the per-step lr is ``lr * batch_size``; the weight decay is
+    ``weight_decay * batch_size`` per step for every SGD parameter, whatever its lr."""
+    from .optim import SGD, Chain, Muon
+    params = model.parameters()
+    filters = [p for p in params if len(p.shape) == 4 and p.requires_grad]
+    biases = [p for p in params if len(p.shape) == 1]
+    head = [p for p in params if len(p.shape) == 2]
+    decay = weight_decay * batch_size
+    groups = [{"params": g, "lr": r * batch_size, "weight_decay": decay / (r * batch_size)}
+              for g, r in ((biases, bias_lr), (head, head_lr)) if g]
+    sgd = SGD(groups, lr=groups[0]["lr"], momentum=sgd_momentum, nesterov=True)
+    return Chain(Muon(filters, lr=lr, momentum=momentum, nesterov=True), sgd)

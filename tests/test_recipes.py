@@ -28,8 +28,8 @@ def test_recipe_settings_and_overrides():
     assert _settings()["recipe"] == "three_layer" and _settings()["lr"] == 0.02
     fast = _settings("--model", "fast")
     assert fast["recipe"] == "fast" and fast["batch_size"] == 512 and fast["padding_mode"] == "zeros"
-    assert set(RECIPES) <= set(cli.MODELS)
-    with pytest.raises(ValueError, match="recipe 'nope' is not known: use one of airbench94, fast"):
+    assert all(r["model"] in cli.MODELS for r in RECIPES.values()) and set(cli.MODELS) <= set(RECIPES)
+    with pytest.raises(ValueError, match="recipe .nope. is not known: use one of airbench94, airbench94_muon, fast"):
         get_recipe("nope")
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["train", "--tta", "3"])
@@ -105,3 +105,59 @@ def test_recipe_training_run_lookahead_and_whitening_bias(tmp_path):
         np.testing.assert_array_equal(p.data, trainer.lookahead.ema[name])
     result = evaluate(net, DeviceLoader(images, labels, 16, shuffle=False, device="cpu"), tta=2)
     assert np.isfinite(result["loss"]) and result["n"] == 48
+
+
+def test_muon_recipe_builds_a_chain_and_trains():
+    from gpuconv.optim import SGD, Chain, Muon
+    s = dict(get_recipe("airbench94_muon"), batch_size=16, epochs=2)
+    assert _settings("--recipe", "airbench94_muon")["batch_size"] == 2000
+    net = models.airbench94(widths=(4, 8, 8))
+    rng = np.random.default_rng(2)
+    images = rng.integers(0, 256, (32, 3, 32, 32), dtype=np.uint8)
+    labels = rng.integers(0, 10, 32)
+    split = type("Split", (), {"images": images, "labels": labels})()
+    loader = DeviceLoader(images, labels, 16, augment=True, padding=2, padding_mode="reflect", flip="alternate",
+                          device="cpu")
+    opt, extras = cli._recipe_setup(s, net, split, 4)
+    assert isinstance(opt, Chain) and "lookahead" not in extras
+    muon, sgd = opt.optimizers
+    assert isinstance(muon, Muon) and isinstance(sgd, SGD)
+    assert all(len(p.shape) == 4 and p.requires_grad for p in muon.params) and len(muon.params) == 6
+    assert sgd.hyper(0)["lr"] == pytest.approx(0.053 * 16) and sgd.hyper(len(sgd.params) - 1)["lr"] == pytest.approx(0.67 * 16)
+    sched = cli._schedule(s["schedule"], opt, opt.lr, 4)
+    trainer = Trainer(net, opt, sched, label_smoothing=0.2, progress=False, **extras)
+    w0 = net["block1"]["conv1"].weight.data.copy()
+    trainer.fit(loader, 2)
+    assert not np.array_equal(w0, net["block1"]["conv1"].weight.data)
+    assert opt.lr == pytest.approx(0.0) and muon.lr == pytest.approx(0.0)  # the linear decay ran out
+    state = opt.state_dict()
+    opt.load_state_dict(state)
+    with pytest.raises(TypeError, match="Chain takes one or more gpuconv optimizers"):
+        Chain()
+
+
+@pytest.mark.parametrize("recipe", ["airbench94", "airbench94_muon"])
+def test_recipe_resume_is_bit_identical(recipe, tmp_path):
+    """Lookahead average, parameter groups, the Muon/SGD chain and the whitening bias's epochs all
+    come back from the checkpoint: 2 epochs + resume to 3 == 3 epochs in one go."""
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (32, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, 32)
+    split = type("Split", (), {"images": images, "labels": labels})()
+
+    def build(out):
+        net = models.airbench94(widths=(4, 8, 8))
+        s = dict(get_recipe(recipe), batch_size=16, whiten_bias_epochs=1)
+        opt, extras = cli._recipe_setup(s, net, split, 6)
+        sched = cli._schedule(s["schedule"], opt, opt.lr, 6)
+        loader = DeviceLoader(images, labels, 16, augment=True, padding=2, padding_mode="reflect", flip="alternate",
+                              device="cpu")
+        return net, Trainer(net, opt, sched, out_dir=out, label_smoothing=0.2, progress=False, **extras), loader
+
+    net1, t1, l1 = build(tmp_path / "a")
+    t1.fit(l1, 3)
+    _, t2, l2 = build(tmp_path / "b")
+    t2.fit(l2, 2)
+    net3, t3, l3 = build(tmp_path / "b")
+    t3.fit(l3, 3, resume=True)
+    for (k, a), b in zip(net1.state_dict().items(), net3.state_dict().values()):
+        np.testing.assert_array_equal(a, b, err_msg=k)
