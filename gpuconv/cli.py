@@ -148,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--tta", type=_tta, default=None,
                    help=f"test-time augmentation level of the final evaluation: 0, 1 or 2 (default per model: "
                         f"{_defaults('tta')})")
-    t.add_argument("--width", type=_positive_int, default=None, help="channel width of fast_net (default 64)")
+    t.add_argument("--width", type=_positive_int, default=None,
+                   help="channel width of fast_net (default 64), or airbench94's first block (W, 4W, 4W; default 64)")
     t.add_argument("--device", type=_device, default=_default_device(),
                    help="cpu | cuda | cuda:N | sim | auto (default: $GPUCONV_DEVICE, else auto = a GPU if usable)")
     t.add_argument("--data", default=None, help="CIFAR-10 directory or tarball (else $GPUCONV_DATA, "
@@ -197,7 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sm = sub.add_parser("summary", help="a model's layers, output shapes, parameters and FLOPs")
     sm.add_argument("--model", choices=sorted(MODELS), default="three_layer", help="network (default three_layer)")
-    sm.add_argument("--width", type=_positive_int, default=None, help="channel width of fast_net (default 64)")
+    sm.add_argument("--width", type=_positive_int, default=None,
+                    help="channel width of fast_net (default 64), or airbench94's first block (W, 4W, 4W; default 64)")
 
     sub.add_parser("info", help="versions, devices, CUDA and GPU telemetry")
 
@@ -279,6 +281,8 @@ def build_model(name, seed=0, width=None):
     kwargs = dict(kwargs, seed=int(seed))
     if name == "fast":
         kwargs["width"] = int(width or MODEL_DEFAULTS["fast"]["width"])
+    if name == "airbench94" and width:  # the published (64, 256, 256) scaled down, for quick runs
+        kwargs["widths"] = [int(width), 4 * int(width), 4 * int(width)]
     config = {"model": name, "constructor": fn_name, "kwargs": kwargs}
     return model_from_config(config), config
 
@@ -422,8 +426,8 @@ def _train(args) -> int:
     if s["optimizer"] == "airbench" and s["batch_size"] > len(train):
         _say(f"note: the {s['recipe']} recipe's lr and weight decay are per 1024 examples, scaled to batch "
              f"{s['batch_size']}")
-    if getattr(args, "width", None) is not None and s["model"] != "fast":
-        _say(f"warning: --width sets fast_net's channel width; the {s['model']} model ignores it")
+    if getattr(args, "width", None) is not None and s["model"] not in ("fast", "airbench94"):
+        _say(f"warning: --width sets fast_net's and airbench94's channel widths; the {s['model']} model ignores it")
     if s["batch_size"] > len(train):
         _say(f"warning: --batch-size {s['batch_size']} is larger than the {len(train)} training images: each epoch is "
              f"one step of {len(train)} images")
