@@ -160,7 +160,7 @@ def test_flags_that_do_nothing_warn(tmp_path, capsys):
     rc, _, err = run(["train", "--model", "seed", "--width", "8", "--epochs", "1", "--limit", "40",
                       "--batch-size", "64", "--data", SUBSET, "--out", tmp_path, "--no-progress"], capsys)
     assert rc == 0, err
-    assert "--width sets fast_net's channel width; the seed model ignores it" in err
+    assert "--width sets fast_net's and airbench94's channel widths; the seed model ignores it" in err
     assert "--batch-size 64 is larger than the 40 training images" in err
 
 
