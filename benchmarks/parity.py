@@ -5,6 +5,7 @@ and on the CPU reach the same accuracy within noise, and the device's loss curve
     python benchmarks/parity.py --device sim --tiny       # the same checks on the host simulator, tiny
     python benchmarks/parity.py --device sim --model seed --epochs 4 --save   # simulator, all images
     python benchmarks/parity.py --device cpu --precision bf16 --seeds 0 1 2 --save  # bf16 vs fp32 training
+    python benchmarks/parity.py --device sim --tiny --model airbench94 --width 2   # the recipe's kernels
 
 ``--precision`` trains the compared run in that precision (``gpuconv train --precision``) while
 the CPU reference stays strict float32: the same checks then say that mixed-precision training
@@ -51,8 +52,8 @@ from common import Checks, REPO
 
 NAME = "parity"
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "cifar10-subset"
-FULL = dict(model="three_layer", epochs=8, batch_size=None, limit=None, val_split="auto")
-TINY = dict(model="seed", epochs=2, batch_size=32, limit=96, val_split="0.02")
+FULL = dict(model="three_layer", epochs=8, batch_size=None, limit=None, val_split="auto", width=None)
+TINY = dict(model="seed", epochs=2, batch_size=32, limit=96, val_split="0.02", width=None)
 
 
 def build_parser():
@@ -68,6 +69,7 @@ def build_parser():
     p.add_argument("--model", default=None, help=f"gpuconv train --model (default {FULL['model']})")
     p.add_argument("--epochs", type=int, default=None, help=f"default {FULL['epochs']}")
     p.add_argument("--limit", type=int, default=None, help="train on N images only (default: all)")
+    p.add_argument("--width", type=int, default=None, help="gpuconv train --width (fast_net, airbench94)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1],
                    help="seeds to run on both devices (default 0 1; two or more give the noise)")
     p.add_argument("--json", action="store_true", help="print the record as JSON instead of the table")
@@ -78,7 +80,7 @@ def build_parser():
 
 def settings(args):
     s = dict(TINY if args.tiny else FULL)
-    for key in ("model", "epochs", "limit"):
+    for key in ("model", "epochs", "limit", "width"):
         if getattr(args, key) is not None:
             s[key] = getattr(args, key)
     return s
@@ -98,8 +100,8 @@ def train(device, seed, s, data, out, precision="fp32"):
     cmd = [sys.executable, "-m", "gpuconv", "train", "--device", device, "--data", str(data), "--out", str(out),
            "--model", s["model"], "--epochs", str(s["epochs"]), "--seed", str(seed), "--val-split", s["val_split"],
            "--log-every", "1", "--no-progress", "--precision", precision]
-    for key in ("batch_size", "limit"):
-        if s[key] is not None:
+    for key in ("batch_size", "limit", "width"):
+        if s.get(key) is not None:
             cmd += ["--" + key.replace("_", "-"), str(s[key])]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     t0 = time.perf_counter()

@@ -24,6 +24,8 @@
 #   epoch     bench_epoch: one device-resident epoch of 50,000 synthetic CIFAR-shaped images
 #   sanitizer compute-sanitizer memcheck and racecheck over every kernel at small shapes;
 #             initcheck and synccheck when time is left
+#   airbench  `gpuconv train --recipe airbench94` end to end on the real subset (GELU, the reflect
+#             translation, lookahead, TTA level 2): its log holds seconds per epoch and the accuracy
 #   parity    CPU vs GPU training on the real subset (benchmarks/parity.py), shortened to fit
 #   caches    CuPy's and gpuconv's kernel caches, tarred for the next run
 # STAGES="tests conv" (say) runs the smoke stage and those; default: all of them.
@@ -178,6 +180,12 @@ if want sanitizer; then
         printf '%-14s %-28s %4ds\n' "FAILED" "sanitizer: not installed" 0 >>"$SUMMARY"
         FAILED=1
     fi
+fi
+
+# ---------------------------------------------------------------- the airbench94 recipe end to end
+if want airbench; then
+    stage airbench 120 "$PY" -m gpuconv train --recipe airbench94 --device cuda --data "${GPUCONV_DATA:-.gpu-data}" \
+        --out "${TMPDIR:-/tmp}/gpuconv-airbench" --no-progress  # the checkpoint stays out of the records
 fi
 
 # ---------------------------------------------------------------- accuracy parity, CPU vs GPU

@@ -10,7 +10,7 @@ read past the end of one array lands inside a larger pooled block and memcheck c
 without it every array is its own cudaMalloc, bounds exact. Shapes reach the guarded edges:
 partial GEMM tiles in both dimensions, a partial reduction round, padding wider than the
 filter, several backward-weight splits, overlapping pooling windows, ReLU lengths with a vector
-tail and a misaligned view, dropout over partial blocks, crops falling wholly into the padding,
+tail and a misaligned view, GELU over a partial block, dropout over partial blocks, crops falling wholly into the padding, reflect-padded crops,
 tensor-core GEMM tiles cut in M, N and K with every copy width of its loader, tensor-core
 convolutions in each build and layout with padded channels and several weight splits.
 Exit 0 when every kernel ran and matched; 1 naming the mismatch or the kernel that did not run.
@@ -37,6 +37,8 @@ from gpuconv.ops import _launch_conv2d as LC  # noqa: E402
 from gpuconv.ops import _launch_dropout as LD  # noqa: E402
 from gpuconv.ops import _launch_pool2d as LP  # noqa: E402
 from gpuconv.ops import _launch_relu as LR  # noqa: E402
+from gpuconv.ops import _launch_gelu as LG  # noqa: E402
+from gpuconv.ops import gelu as G  # noqa: E402
 from gpuconv.ops._launch_gemm_tc import gemm_reference, gemm_tc  # noqa: E402
 from gpuconv.ops import batchnorm as BN  # noqa: E402
 from gpuconv.ops import conv2d as C  # noqa: E402
@@ -201,6 +203,18 @@ def relu(run, rng):
                     run.exact(f"relu backward n={n} {v}", dx, np.where(xh > 0, xh[::-1], dtype(0)))
 
 
+def gelu(run, rng):
+    for dtype, rtol in ((np.float32, 1e-5), (np.float64, 1e-12)):
+        for n in (1, 257):  # 257: a partial last block
+            xh = (4 * rng.standard_normal(n)).astype(dtype)
+            dy = rng.standard_normal(n).astype(dtype)
+            y, c = LG.gelu_forward_kernel(run.dev(xh), target=run.target)
+            ry, rc = G._gelu_forward_reference(xh)
+            run.close(f"gelu forward n={n} {np.dtype(dtype).name}", y, ry, rtol)
+            run.close(f"gelu backward n={n} {np.dtype(dtype).name}", LG.gelu_backward_kernel(run.dev(dy), c, target=run.target),
+                      G._gelu_backward_reference(dy, rc), rtol)
+
+
 def dropout(run, rng):
     for dtype in (np.float32, np.float64):
         for n, p in ((1, 0.5), (6, 0.3), (257, 0.9), (1000, 0.1)):  # 257, 1000: a partial last block
@@ -234,6 +248,12 @@ def augment(run, rng):
                                        None if b is None else run.dev(b), run.dev(flip), run.dev(mean),
                                        run.dev(std), p, np.float32, target=run.target, channels_last=True)
             run.exact(f"augment_batch {shape} pad {p} crop={crop} channels_last", got, want)
+            if crop and 0 < p < min(shape[2:]):  # reflect padding: narrower than the image
+                got = augment_batch_kernel(run.dev(images), run.dev(idx), run.dev(a), run.dev(b), run.dev(flip),
+                                           run.dev(mean), run.dev(std), p, np.float32, target=run.target,
+                                           padding_mode="reflect")
+                want = normalize(crop_flip(images[idx], a, b, flip, p, "reflect"), mean, std)
+                run.exact(f"augment_batch {shape} pad {p} reflect", got, want)
     # An index outside [0, N) cannot be checked without a device-to-host copy: the kernel writes NaN.
     bad = augment_batch_kernel(run.dev(images), run.dev(np.array([9, -4])), None, None, None, run.dev(mean),
                                run.dev(std), 0, np.float32, target=run.target)
@@ -333,7 +353,7 @@ def main(argv=None):
     run.guard = not args.no_guard
     rng = np.random.default_rng(0)
     with gpuconv.default_device(args.device), kernels.launch_log() as log:
-        for family in (conv, conv_tc, gemm, pool, relu, dropout, augment, batchnorm, stream_hold):
+        for family in (conv, conv_tc, gemm, pool, relu, gelu, dropout, augment, batchnorm, stream_hold):
             # One family's crash is reported and the others still run: a GPU call is too scarce
             # to learn one failure at a time.
             before = len(run.items)

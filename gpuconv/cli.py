@@ -2,10 +2,12 @@
 
     gpuconv train --data DIR                      # three_layer_convnet, a few minutes on a CPU
     gpuconv train --model fast --device cuda --data DIR --out runs/fast
-    gpuconv evaluate --checkpoint runs/fast/checkpoint.npz --data DIR --json
+    gpuconv train --recipe airbench94 --device cuda --data DIR --out runs/airbench
+    gpuconv evaluate --checkpoint runs/fast/checkpoint.npz --data DIR --json --tta 2
     gpuconv info
 
-Hyperparameters per model live in ``MODEL_DEFAULTS``; a flag overrides one. ``train --resume``
+Hyperparameters live in ``gpuconv.recipes.RECIPES`` (one recipe per model name); a flag
+overrides one value. ``train --resume``
 reads the run's settings back from its checkpoint, so ``gpuconv train --out DIR --resume`` is
 enough to continue an interrupted run.
 """
@@ -26,26 +28,17 @@ import numpy as np
 
 from ._files import directory_lock
 from .data.augment import CIFAR10_MEAN, CIFAR10_STD
+from .recipes import RECIPES, get_recipe
 
 # name -> (constructor in gpuconv.models, its extra keyword arguments).
-MODELS = {"seed": ("seed_net", {}), "three_layer": ("three_layer_convnet", {}), "fast": ("fast_net", {})}
+MODELS = {"seed": ("seed_net", {}), "three_layer": ("three_layer_convnet", {}), "fast": ("fast_net", {}),
+          "airbench94": ("airbench94", {})}
 
-# Per-model training recipes. All use SGD with Nesterov momentum and a per-step schedule.
-#  - seed / three_layer: small nets without batch norm; OneCycle up to lr 0.02 trains them in
-#    a handful of epochs on the 5k-image subset (0.05 measured to stall seed_net on small runs).
-#  - fast: the ResNet-9 recipe of "How to train your ResNet" (batch 512, peak lr 0.4, weight
-#    decay 5e-4, label smoothing 0.2, crop+flip), written for a mean (not summed) batch loss.
-MODEL_DEFAULTS = {
-    "seed": dict(epochs=8, batch_size=64, lr=0.02, weight_decay=5e-4, momentum=0.9, schedule="onecycle",
-                 label_smoothing=0.0, augment=False),
-    "three_layer": dict(epochs=8, batch_size=64, lr=0.02, weight_decay=5e-4, momentum=0.9, schedule="onecycle",
-                        label_smoothing=0.0, augment=False),
-    "fast": dict(epochs=16, batch_size=512, lr=0.4, weight_decay=5e-4, momentum=0.9, schedule="onecycle",
-                 label_smoothing=0.2, augment=True, width=64),
-}
+# Each model's recipe (gpuconv.recipes.RECIPES) gives its defaults.
+MODEL_DEFAULTS = {name: get_recipe(name) for name in MODELS}
 # Settings a resumed run takes from its checkpoint unless given again on the command line.
-RESUMABLE = ("model", "epochs", "batch_size", "lr", "weight_decay", "momentum", "schedule", "label_smoothing",
-             "augment", "width", "seed", "limit", "val_split", "precision")
+RESUMABLE = ("recipe", "model", "epochs", "batch_size", "lr", "weight_decay", "momentum", "schedule",
+             "label_smoothing", "augment", "width", "seed", "limit", "val_split", "precision", "tta")
 PRECISION_HELP = ("fp32 (strict float32, the default), tf32 (float32 with TF32 convolutions), bf16 or fp16 "
                   "(mixed precision: float32 master weights, low-precision compute; fp16 with loss scaling)")
 
@@ -114,6 +107,13 @@ def _defaults(key):
     return ", ".join(f"{name} {d[key]}" for name, d in MODEL_DEFAULTS.items())
 
 
+def _tta(text):
+    if text not in ("0", "1", "2"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a test-time augmentation level: 0 (none), 1 (mirror) or "
+                                         "2 (mirror + 1-pixel translations)")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     p = argparse.ArgumentParser(prog="gpuconv", description="Convolutional networks on NumPy and CuPy.")
@@ -123,7 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model on CIFAR-10",
                        description="Train on CIFAR-10; writes OUT/checkpoint.npz (latest) and OUT/metrics.jsonl.")
-    t.add_argument("--model", choices=sorted(MODELS), default=None, help="network (default three_layer)")
+    t.add_argument("--recipe", choices=sorted(RECIPES), default=None,
+                   help="a model and its hyperparameters (gpuconv.recipes.RECIPES); flags override its values "
+                        "(default: the recipe of --model, else three_layer)")
+    t.add_argument("--model", choices=sorted(MODELS), default=None,
+                   help="network (default: the recipe's, else three_layer)")
     t.add_argument("--epochs", type=_positive_int, default=None,
                    help=f"passes over the training set (default per model: {_defaults('epochs')})")
     t.add_argument("--batch-size", type=_positive_int, default=None,
@@ -134,13 +138,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"L2 weight decay (default per model: {_defaults('weight_decay')})")
     t.add_argument("--momentum", type=_momentum, default=None,
                    help=f"SGD momentum, Nesterov when > 0 (default per model: {_defaults('momentum')})")
-    t.add_argument("--schedule", choices=("onecycle", "cosine", "constant"), default=None,
+    t.add_argument("--schedule", choices=("onecycle", "cosine", "triangular", "linear", "constant"), default=None,
                    help=f"learning-rate schedule (default per model: {_defaults('schedule')})")
     t.add_argument("--label-smoothing", type=_smoothing, default=None,
                    help=f"label smoothing of the loss's targets (default per model: {_defaults('label_smoothing')})")
     t.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
-                   help=f"random crop (pad 4) + horizontal flip on the device (default per model: {_defaults('augment')})")
-    t.add_argument("--width", type=_positive_int, default=None, help="channel width of fast_net (default 64)")
+                   help="random crop + horizontal flip on the device, padded and flipped as the recipe says "
+                        f"(default per model: {_defaults('augment')})")
+    t.add_argument("--tta", type=_tta, default=None,
+                   help=f"test-time augmentation level of the final evaluation: 0, 1 or 2 (default per model: "
+                        f"{_defaults('tta')})")
+    t.add_argument("--width", type=_positive_int, default=None,
+                   help="channel width of fast_net (default 64), or airbench94's first block (W, 4W, 4W; default 64)")
     t.add_argument("--device", type=_device, default=_default_device(),
                    help="cpu | cuda | cuda:N | sim | auto (default: $GPUCONV_DEVICE, else auto = a GPU if usable)")
     t.add_argument("--data", default=None, help="CIFAR-10 directory or tarball (else $GPUCONV_DATA, "
@@ -168,7 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", type=_device, default=_default_device(),
                    help="cpu | cuda | cuda:N | sim | auto (default: $GPUCONV_DEVICE, else auto)")
     e.add_argument("--batch-size", type=_positive_int, default=500, help="images per forward pass (default 500)")
-    e.add_argument("--tta", action="store_true", help="average with horizontally flipped images")
+    e.add_argument("--tta", type=_tta, nargs="?", const=1, default=0,
+                   help="test-time augmentation: 0 none (default), 1 (or --tta alone) the mean with the mirrored "
+                        "image, 2 also the 1-pixel translations of both (airbench's six views)")
     e.add_argument("--precision", choices=("fp32", "tf32", "bf16", "fp16"), default=None,
                    help="compute precision (default: the one the checkpoint was trained in)")
     e.add_argument("--json", action="store_true", help="print one JSON object (accuracy in [0, 1])")
@@ -187,7 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sm = sub.add_parser("summary", help="a model's layers, output shapes, parameters and FLOPs")
     sm.add_argument("--model", choices=sorted(MODELS), default="three_layer", help="network (default three_layer)")
-    sm.add_argument("--width", type=_positive_int, default=None, help="channel width of fast_net (default 64)")
+    sm.add_argument("--width", type=_positive_int, default=None,
+                    help="channel width of fast_net (default 64), or airbench94's first block (W, 4W, 4W; default 64)")
 
     sub.add_parser("info", help="versions, devices, CUDA and GPU telemetry")
 
@@ -269,6 +281,8 @@ def build_model(name, seed=0, width=None):
     kwargs = dict(kwargs, seed=int(seed))
     if name == "fast":
         kwargs["width"] = int(width or MODEL_DEFAULTS["fast"]["width"])
+    if name == "airbench94" and width:  # the published (64, 256, 256) scaled down, for quick runs
+        kwargs["widths"] = [int(width), 4 * int(width), 4 * int(width)]
     config = {"model": name, "constructor": fn_name, "kwargs": kwargs}
     return model_from_config(config), config
 
@@ -279,12 +293,49 @@ def model_from_config(config):
 
 
 def _schedule(name, optimizer, lr, total_steps):
-    from .optim import CosineLR, OneCycleLR
+    from .optim import CosineLR, OneCycleLR, TriangularLR
     if name == "onecycle":
         return OneCycleLR(optimizer, max_lr=lr, total_steps=total_steps)
     if name == "cosine":
         return CosineLR(optimizer, total_steps=total_steps, warmup_steps=max(1, total_steps // 20))
+    if name == "triangular":
+        return TriangularLR(optimizer, total_steps=total_steps)
+    if name == "linear":  # a straight decay to 0
+        return TriangularLR(optimizer, total_steps=total_steps, warmup_fraction=0.0, peak=1.0, end=0.0)
     return None
+
+
+def _recipe_setup(s, model, train, total_steps):
+    """(optimizer, Trainer keyword arguments) for the settings ``s``: the recipe's optimizer, its
+    whitening initialization, lookahead and whitening-bias epochs."""
+    from .models import init_whitening
+    from .optim import SGD
+    from .recipes import airbench_param_groups, muon_optimizer
+    whiten = model._layers.get("whiten") if hasattr(model, "_layers") else None
+    if whiten is not None:  # from the training images, as the loader normalizes them
+        from .data import normalize
+        init_whitening(whiten, normalize(train.images[:5000], CIFAR10_MEAN, CIFAR10_STD, np.float32))
+    if s["optimizer"] == "airbench":
+        groups, lr = airbench_param_groups(model, s["lr"], s["weight_decay"], s["momentum"], s["batch_size"],
+                                           s["bias_scaler"])
+        opt = SGD(groups, lr=lr, momentum=s["momentum"], nesterov=True)
+    elif s["optimizer"] == "muon":
+        opt = muon_optimizer(model, s["lr"], s["momentum"], s["bias_lr"], s["head_lr"], s["sgd_momentum"],
+                             s["weight_decay"], s["batch_size"])
+    else:
+        opt = SGD(model.parameters(), lr=s["lr"], momentum=s["momentum"], nesterov=s["momentum"] > 0,
+                  weight_decay=s["weight_decay"])
+    extras = {}
+    if s["lookahead"]:
+        from .lookahead import Lookahead
+        extras.update(lookahead=Lookahead(model, every=int(s["lookahead"])), total_steps=total_steps)
+    if whiten is not None and whiten.bias is not None:
+        epochs = int(s["whiten_bias_epochs"])
+
+        def epoch_start(epoch):  # the whitening bias trains for the first epochs only
+            whiten.bias.requires_grad = epoch < epochs
+        extras["epoch_start"] = epoch_start
+    return opt, extras
 
 
 # ----------------------------------------------------------------------------- train
@@ -296,10 +347,12 @@ def _settings(args):
     ckpt_path = Path(args.out) / CHECKPOINT_NAME
     if args.resume and ckpt_path.exists():
         stored = read_config(load_checkpoint(ckpt_path)).get("train_args", {})
-    model = given.get("model") or stored.get("model") or "three_layer"
+    recipe = given.get("recipe") or stored.get("recipe") or given.get("model") or stored.get("model") or "three_layer"
+    model = given.get("model") or stored.get("model") or get_recipe(recipe)["model"]
     if stored:
         _check_resume_flags(given, stored, ckpt_path)
-    s = dict(MODEL_DEFAULTS[model], seed=0, limit=None, val_split="auto", model=model, precision="fp32")
+    s = dict(get_recipe(recipe), seed=0, limit=None, val_split="auto", precision="fp32", recipe=recipe)
+    s["model"] = model
     s.update({k: v for k, v in stored.items() if k in RESUMABLE})
     s.update(given)
     return s
@@ -370,8 +423,11 @@ def _train(args) -> int:
     if cifar.test is None and val is not None:
         _say(f"{cifar.root} has no test_batch: validating on {val_desc}")
     train = _limit(train, s["limit"], s["seed"])
-    if getattr(args, "width", None) is not None and s["model"] != "fast":
-        _say(f"warning: --width sets fast_net's channel width; the {s['model']} model ignores it")
+    if s["optimizer"] == "airbench" and s["batch_size"] > len(train):
+        _say(f"note: the {s['recipe']} recipe's lr and weight decay are per 1024 examples, scaled to batch "
+             f"{s['batch_size']}")
+    if getattr(args, "width", None) is not None and s["model"] not in ("fast", "airbench94"):
+        _say(f"warning: --width sets fast_net's and airbench94's channel widths; the {s['model']} model ignores it")
     if s["batch_size"] > len(train):
         _say(f"warning: --batch-size {s['batch_size']} is larger than the {len(train)} training images: each epoch is "
              f"one step of {len(train)} images")
@@ -379,7 +435,7 @@ def _train(args) -> int:
     if s["model"] == "fast" and s["batch_size"] > len(train) // 8 and suggest < s["batch_size"]:
         _say(f"note: batch size {s['batch_size']} gives only {math.ceil(len(train) / s['batch_size'])} steps per "
              f"epoch on {len(train)} images; --batch-size {suggest} suits a subset this small better")
-    _say(f"training {s['model']} on {device} ({len(train)} images, {s['epochs']} epochs, batch {s['batch_size']}, "
+    _say(f"training {s['model']} (recipe {s['recipe']}) on {device} ({len(train)} images, {s['epochs']} epochs, batch {s['batch_size']}, "
          f"lr {s['lr']}, {s['schedule']}, {s['precision']}); validation: {val_desc}; output: {args.out}")
 
     with backend.default_device(device):
@@ -389,15 +445,16 @@ def _train(args) -> int:
         config["preprocess"] = {"mean": list(CIFAR10_MEAN), "std": list(CIFAR10_STD)}  # what the loaders apply
         nhwc = amp.channels_last_for(s["precision"])  # the layout the tensor-core convolutions read
         train_loader = DeviceLoader(train.images, train.labels, s["batch_size"], shuffle=True,
-                                    augment=s["augment"], seed=s["seed"], device=device, channels_last=nhwc)
+                                    augment=s["augment"], seed=s["seed"], device=device, channels_last=nhwc,
+                                    padding=s["padding"], padding_mode=s["padding_mode"], flip=s["flip"])
         val_loader = (DeviceLoader(val.images, val.labels, 500, shuffle=False, augment=False, device=device,
                                    channels_last=nhwc) if val is not None else None)
-        opt = SGD(model.parameters(), lr=s["lr"], momentum=s["momentum"], nesterov=s["momentum"] > 0,
-                  weight_decay=s["weight_decay"])
-        sched = _schedule(s["schedule"], opt, s["lr"], s["epochs"] * len(train_loader))
+        total_steps = s["epochs"] * len(train_loader)
+        opt, extras = _recipe_setup(s, model, train, total_steps)
+        sched = _schedule(s["schedule"], opt, opt.lr, total_steps)
         trainer = Trainer(model, opt, sched, out_dir=args.out, label_smoothing=s["label_smoothing"],
                           log_every=args.log_every, seed=s["seed"], progress="epoch" if args.no_progress else True,
-                          config=config, precision=s["precision"])
+                          config=config, precision=s["precision"], **extras)
         resume_cmd = f"gpuconv train --out {args.out} --resume" + (f" --data {args.data}" if args.data else "")
         try:
             trainer.fit(train_loader, s["epochs"], val=val_loader, resume=args.resume)
@@ -408,8 +465,8 @@ def _train(args) -> int:
             _say(f"error: {exc}")
             return 1
         if val_loader is not None:
-            result = trainer.evaluate(val_loader)
-            _say(f"final validation ({val_desc}): loss {result['loss']:.4f}")
+            result = trainer.evaluate(val_loader, tta=s["tta"])
+            _say(f"final validation ({val_desc}, test-time augmentation level {s['tta']}): loss {result['loss']:.4f}")
             print(f"accuracy {result['accuracy']:.4f}")  # the one accuracy line, on stdout for scripts
         elif trainer.history:
             print(f"train accuracy {trainer.history[-1]['train_acc']:.4f}")

@@ -32,10 +32,10 @@ from typing import NamedTuple
 import numpy as np
 
 from . import layout, ops
-from .backend import (Device, copy_like, device_of, get_default_device, host_copy, is_cupy_array,
+from .backend import (Device, copy_like, device_of, get_array_module, get_default_device, host_copy, is_cupy_array,
                       to_device)
 
-__all__ = ["Parameter", "Layer", "Conv2d", "MaxPool2d", "AvgPool2d", "LPPool2d", "ReLU", "Flatten", "Linear",
+__all__ = ["Parameter", "Layer", "Conv2d", "MaxPool2d", "AvgPool2d", "LPPool2d", "ReLU", "GELU", "Flatten", "Linear",
            "BatchNorm2d", "Dropout", "Scale", "Sequential", "Residual", "LoadResult", "StateDictKeyError"]
 
 
@@ -100,15 +100,20 @@ class Parameter:
     Mixed precision (:mod:`gpuconv.amp`): ``.data`` stays the float32 master; ``.compute`` holds
     its low-precision copy (bf16/fp16, cast once per step) while one is set, and ``.value`` is
     what the layers compute with: the copy when there is one, else ``.data``. Gradients always
-    accumulate in ``.data``'s dtype, so a bf16 gradient lands in a float32 ``.grad``."""
+    accumulate in ``.data``'s dtype, so a bf16 gradient lands in a float32 ``.grad``.
 
-    __slots__ = ("data", "grad", "name", "compute")
+    ``requires_grad=False`` freezes it (PyTorch's flag): backward keeps no gradient for it
+    (``.grad`` stays None) and optimizers leave it as it is; it can be switched at any step
+    (a bias trained for the first epochs only)."""
 
-    def __init__(self, data, name="param"):
+    __slots__ = ("data", "grad", "name", "compute", "requires_grad")
+
+    def __init__(self, data, name="param", requires_grad=True):
         self.data = data
         self.grad = None
         self.name = name
         self.compute = None
+        self.requires_grad = bool(requires_grad)
 
     @property
     def value(self):
@@ -127,7 +132,10 @@ class Parameter:
         return self.data.size
 
     def accumulate(self, grad):
-        """Set ``.grad`` on the first call, add in place afterwards (until ``zero_grad``)."""
+        """Set ``.grad`` on the first call, add in place afterwards (until ``zero_grad``); a
+        frozen parameter (``requires_grad=False``) drops ``grad``."""
+        if not self.requires_grad:
+            return
         if grad.shape != self.data.shape:
             raise ValueError(f"gradient for parameter {self.name!r} has shape {grad.shape}, "
                              f"the parameter has {self.data.shape}: the op's backward and the layer disagree")
@@ -139,7 +147,9 @@ class Parameter:
             self.grad += grad
 
     def __repr__(self):
-        return f"Parameter({self.name!r}, shape={tuple(self.shape)}, dtype={self.dtype}, device={device_of(self.data)})"
+        frozen = "" if self.requires_grad else ", requires_grad=False"
+        return (f"Parameter({self.name!r}, shape={tuple(self.shape)}, dtype={self.dtype}, "
+                f"device={device_of(self.data)}{frozen})")
 
 
 class LoadResult(NamedTuple):
@@ -253,9 +263,9 @@ class Layer:
         return [p for _, p in self.named_parameters()]
 
     def num_parameters(self, trainable_only=True):
-        """The number of scalar parameters (with ``trainable_only=False``, buffers such as running
-        statistics count too): ``sum(p.numel() for p in m.parameters())`` in PyTorch."""
-        n = sum(int(p.size) for p in self.parameters())
+        """The number of scalar parameters (with ``trainable_only=False``, frozen parameters and
+        buffers such as running statistics count too): ``sum(p.numel() for p in m.parameters())`` in PyTorch."""
+        n = sum(int(p.size) for p in self.parameters() if p.requires_grad or not trainable_only)
         return n if trainable_only else n + sum(int(b.size) for _, b in self.named_buffers())
 
     def named_buffers(self):
@@ -516,15 +526,45 @@ class _Pool2d(Layer):
 
 
 class MaxPool2d(_Pool2d):
-    """Max pooling; ``stride`` defaults to ``kernel_size``. Gradients go to the argmax of each window."""
+    """Max pooling; ``stride`` defaults to ``kernel_size``. Gradients go to the argmax of each window.
+
+    ``floor=False`` (the default) rejects sizes the windows do not tile (no silent cropping);
+    ``floor=True`` takes PyTorch's default rule, ``floor((H - F) / S) + 1`` windows: the rows and
+    columns past the last window are dropped (a 2x2 pool takes 31x31 to 15x15) and get a zero
+    gradient."""
+
+    def __init__(self, kernel_size, stride=None, floor=False):
+        super().__init__(kernel_size, stride)
+        self.floor = bool(floor)
 
     def forward(self, x):
+        shape = tuple(x.shape)
+        if self.floor and getattr(x, "ndim", None) == 4:
+            (kh, kw), (sh, sw) = _pair("kernel_size", self.kernel_size, 1), _pair(
+                "stride", self.kernel_size if self.stride is None else self.stride, 1)
+            h = shape[2] - max(shape[2] - kh, 0) % sh
+            w = shape[3] - max(shape[3] - kw, 0) % sw
+            if (h, w) != shape[2:]:
+                cropped = x[:, :, :h, :w]
+                x = layout.to_channels_last(cropped) if layout.is_channels_last(x) else cropped
         y, cache = ops.max_pool2d_forward(x, kernel_size=self.kernel_size, stride=self.stride)
-        self._keep(cache)
+        self._keep((cache, shape))
         return y
 
     def backward(self, dy, need_dx=True):
-        return ops.max_pool2d_backward(dy, self._take_cache())
+        cache, shape = self._take_cache()
+        dx = ops.max_pool2d_backward(dy, cache)
+        if tuple(dx.shape) == shape:
+            return dx
+        xp = get_array_module(dx)
+        full = xp.zeros(shape, dx.dtype)
+        if layout.is_channels_last(dx):
+            full = layout.to_channels_last(full)
+        full[:, :, :dx.shape[2], :dx.shape[3]] = dx
+        return full
+
+    def extra_repr(self):
+        return super().extra_repr() + (", floor=True" if self.floor else "")
 
 
 class LPPool2d(_Pool2d):
@@ -568,6 +608,18 @@ class ReLU(Layer):
 
     def backward(self, dy, need_dx=True):
         return ops.relu_backward(dy, self._take_cache())
+
+
+class GELU(Layer):
+    """GELU, exact erf form (PyTorch's ``nn.GELU()`` default): ``x * Phi(x)``."""
+
+    def forward(self, x):
+        y, cache = ops.gelu_forward(x)
+        self._keep(cache)
+        return y
+
+    def backward(self, dy, need_dx=True):
+        return ops.gelu_backward(dy, self._take_cache())
 
 
 class Flatten(Layer):

@@ -4,6 +4,10 @@
 - ``three_layer_convnet``: CS231n assignment 2's conv - relu - 2x2 max pool - affine - relu - affine.
 - ``fast_net``: a ResNet-9 in the style of "How to train your ResNet" (Myrtle.ai) and airbench,
   the architecture that reaches 94% on CIFAR-10 in a few epochs.
+- ``airbench94``: Keller Jordan's airbench94 network (arXiv 2404.00498): a frozen 2x2
+  patch-whitening convolution (:func:`init_whitening`), three conv-pool-BN-GELU blocks with
+  identity-initialized convolutions, and a 1/9-scaled linear head; its training recipe is
+  ``gpuconv.recipes.RECIPES['airbench94']``.
 
 Every model takes a ``seed``: the per-layer seeds derive from it (``numpy.random.SeedSequence``),
 so a seed gives bit-identical initial weights on every device.
@@ -12,9 +16,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .layers import BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU, Residual, Scale, Sequential
+from .backend import copy_like
+from .layers import GELU, BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU, Residual, Scale, Sequential
 
-__all__ = ["seed_net", "three_layer_convnet", "fast_net"]
+__all__ = ["seed_net", "three_layer_convnet", "fast_net", "airbench94", "init_whitening"]
 
 
 def _seeds(seed, n):
@@ -124,6 +129,110 @@ def fast_net(width=64, num_classes=10, seed=0, output_scale=0.125):
     if output_scale is not None:
         layers["scale"] = Scale(output_scale)
     return Sequential(layers)
+
+
+def _dirac_(conv):
+    """Identity initialization of the first ``in_channels`` filters (PyTorch's ``dirac_`` on
+    ``w[:in_channels]``): filter i passes input channel i through at the kernel's centre; the
+    other filters keep their random initialization."""
+    w = np.array(conv.weight.data.get() if hasattr(conv.weight.data, "get") else conv.weight.data)
+    n = min(conv.in_channels, conv.out_channels)
+    kh, kw = conv.kernel_size
+    w[:n] = 0
+    w[np.arange(n), np.arange(n), kh // 2, kw // 2] = 1
+    conv.weight.data = copy_like(w, conv.weight.data)
+
+
+def _airbench_block(c_in, c_out, seed, bn_momentum, bn_eps):
+    # conv - pool - BN - GELU - conv - BN - GELU. The 2x2 pools take odd sizes down as PyTorch
+    # does (31 -> 15 -> 7 -> 3). BatchNorm: weight frozen at 1, only the shift trained.
+    s = _seeds(seed, 2)
+    layers = {"conv1": Conv2d(c_in, c_out, 3, padding="same", bias=False, seed=s[0]),
+              "pool": MaxPool2d(2, floor=True),
+              "norm1": BatchNorm2d(c_out, eps=bn_eps, momentum=bn_momentum),
+              "gelu1": GELU(),
+              "conv2": Conv2d(c_out, c_out, 3, padding="same", bias=False, seed=s[1]),
+              "norm2": BatchNorm2d(c_out, eps=bn_eps, momentum=bn_momentum),
+              "gelu2": GELU()}
+    for name in ("conv1", "conv2"):
+        _dirac_(layers[name])
+    for name in ("norm1", "norm2"):
+        layers[name].weight.requires_grad = False
+    return Sequential(layers)
+
+
+def airbench94(widths=(64, 256, 256), num_classes=10, seed=0, batchnorm_momentum=0.6, bn_eps=1e-12,
+               scaling_factor=1 / 9):
+    """The airbench94 network (Keller Jordan), for 3 x 32 x 32 input:
+
+    ==========  ====================================================  ===========
+    name        layers                                                output
+    ==========  ====================================================  ===========
+    whiten      conv2x2 (24 filters: 12 whitening filters and their   24 x 31 x 31
+                negations, frozen; bias trained), GELU
+    block1..3   conv3x3 - maxpool2 - bn - gelu - conv3x3 - bn - gelu  w x 15/7/3
+    pool        maxpool3 over the 3x3 map                             w3
+    fc, scale   linear (no bias), times ``scaling_factor`` (1/9)      num_classes
+    ==========  ====================================================  ===========
+
+    ``widths`` (64, 256, 256) as published; tests use smaller ones. ``batchnorm_momentum`` is
+    the recipe's 0.6 weight on the running statistics (PyTorch/gpuconv momentum 1 - 0.6 = 0.4),
+    ``bn_eps`` its 1e-12. The whitening weights are only a placeholder until
+    :func:`init_whitening` sets them from training images (``gpuconv train`` does)."""
+    if len(widths) != 3 or not all(isinstance(w, (int, np.integer)) and w >= 1 for w in widths):
+        raise ValueError(f"airbench94: widths must be three positive ints (64, 256, 256 published), got {widths!r}")
+    if not 0.0 <= batchnorm_momentum <= 1.0:
+        raise ValueError(f"airbench94: batchnorm_momentum must be in [0, 1] (the weight kept on the running "
+                         f"statistics), got {batchnorm_momentum!r}")
+    w1, w2, w3 = (int(w) for w in widths)
+    s = _seeds(seed, 5)
+    momentum = 1.0 - float(batchnorm_momentum)
+    whiten = Conv2d(3, 24, 2, padding=0, bias=True, seed=s[0])
+    whiten.weight.requires_grad = False
+    whiten.bias.data[...] = 0
+    layers = {
+        "whiten": whiten,
+        "gelu0": GELU(),
+        "block1": _airbench_block(24, w1, s[1], momentum, bn_eps),
+        "block2": _airbench_block(w1, w2, s[2], momentum, bn_eps),
+        "block3": _airbench_block(w2, w3, s[3], momentum, bn_eps),
+        "pool": MaxPool2d(3),
+        "flatten": Flatten(),
+        "fc": Linear(w3, num_classes, bias=False, seed=s[4]),
+        "scale": Scale(scaling_factor),
+    }
+    return Sequential(layers)
+
+
+def init_whitening(conv, images, eps=5e-4, max_images=5000):
+    """Set a 2x2 (k x k) whitening ``conv``'s weights from ``images`` (N, C, H, W, normalized
+    floats, host or device; the first ``max_images`` are used): with ``P`` the matrix of every
+    k x k patch (stride 1) flattened in (C, kh, kw) order, the eigenvectors of ``P^T P / n``
+    by decreasing eigenvalue ``lambda``, each scaled by ``1 / sqrt(lambda + eps)``, as filters;
+    then the same filters negated (the conv has ``2 C k^2`` filters). Computed in float64 on the
+    host: a 12 x 12 covariance, summed over chunks of images."""
+    from .backend import asnumpy
+    c, k = conv.in_channels, conv.kernel_size
+    d = c * k[0] * k[1]
+    if conv.out_channels != 2 * d:
+        raise ValueError(f"init_whitening: the conv has {conv.out_channels} filters; whitening {c} x {k[0]} x {k[1]} "
+                         f"patches needs 2 * {d} = {2 * d} (each eigenvector and its negation)")
+    x = asnumpy(images[:max_images])
+    if x.ndim != 4 or x.shape[1] != c:
+        raise ValueError(f"init_whitening: images must be (N, {c}, H, W), got shape {tuple(x.shape)}")
+    cov, n = np.zeros((d, d)), 0
+    for start in range(0, len(x), 500):
+        chunk = np.asarray(x[start:start + 500], np.float64)
+        win = np.lib.stride_tricks.sliding_window_view(chunk, k, axis=(2, 3))  # N, C, OH, OW, kh, kw
+        patches = win.transpose(0, 2, 3, 1, 4, 5).reshape(-1, d)
+        cov += patches.T @ patches
+        n += len(patches)
+    if n == 0:
+        raise ValueError("init_whitening: no images given; pass training images")
+    eigenvalues, eigenvectors = np.linalg.eigh(cov / n)
+    order = np.argsort(eigenvalues)[::-1]
+    filters = (eigenvectors[:, order].T / np.sqrt(eigenvalues[order] + eps)[:, None]).reshape(d, c, *k)
+    conv.weight.data = copy_like(np.concatenate([filters, -filters]).astype(np.float32), conv.weight.data)
 
 
 def from_config(config):

@@ -3,7 +3,13 @@
 Updates follow PyTorch's formulas and run in place on the parameters' own device with the
 array module of each parameter: the learning rate and other hyperparameters are Python
 floats, so a step launches elementwise kernels and never reads a value back to the host.
-Parameters whose ``.grad`` is None are skipped (as in PyTorch).
+Parameters whose ``.grad`` is None, and frozen ones (``requires_grad=False``), are skipped (as
+in PyTorch).
+
+Parameter groups, as in PyTorch: ``SGD([{"params": biases, "lr": 0.64, "weight_decay": 0},
+{"params": weights}], lr=0.01, momentum=0.9)``; a group's keys override the optimizer's
+hyperparameters for its parameters. A group's ``lr`` follows ``optimizer.lr`` (which schedules
+set) in proportion: it is the group's lr while ``optimizer.lr`` is the lr given at construction.
 
 ``state_dict()`` returns a flat dict of host NumPy arrays and Python scalars (it fits
 ``np.savez`` and loads with ``allow_pickle=False``); ``load_state_dict`` puts the state back
@@ -23,7 +29,7 @@ import numpy as np
 from .backend import copy_like, get_array_module, host_copy
 from .layers import Parameter
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "LRSchedule", "StepLR", "CosineLR", "OneCycleLR"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "Muon", "Chain", "newton_schulz", "LRSchedule", "StepLR", "CosineLR", "OneCycleLR", "TriangularLR"]
 
 
 def _nonneg(name, value):
@@ -58,7 +64,7 @@ class Optimizer:
     _counts_steps = False
 
     def __init__(self, params, lr):
-        params = list(params)
+        params, groups = self._split_groups(list(params))
         if not params:
             raise ValueError(f"{type(self).__name__}: the parameter list is empty; pass model.parameters()")
         for i, p in enumerate(params):
@@ -70,7 +76,57 @@ class Optimizer:
                              "updated twice per step")
         self.params = params
         self.lr = lr
+        self.initial_lr = self.lr
         self.state = [dict() for _ in params]  # per parameter: slot name -> array, 'step' -> int
+        self._group_specs = groups  # [(parameter count, {key: value})], checked in _finish_groups
+
+    def _split_groups(self, params):
+        """A flat list of Parameters, or of group dicts: (the flat list, [(count, overrides)])."""
+        if not params or not all(isinstance(g, dict) for g in params):
+            if any(isinstance(g, dict) for g in params):
+                raise TypeError(f"{type(self).__name__}: params mixes group dicts and Parameters; pass either a "
+                                "list of Parameters or a list of {'params': [...], ...} dicts")
+            return params, [(len(params), {})]
+        flat, groups = [], []
+        for gi, g in enumerate(params):
+            if "params" not in g:
+                raise ValueError(f"{type(self).__name__}: parameter group {gi} has no 'params' key; write "
+                                 "{'params': [...], 'lr': ...}")
+            ps = list(g["params"])
+            flat += ps
+            groups.append((len(ps), {k: v for k, v in g.items() if k != "params"}))
+        return flat, groups
+
+    def _finish_groups(self):
+        """Check each group's overrides against ``_hyper`` (called once the subclass set its own
+        hyperparameters) and index parameters to their groups."""
+        allowed = ("lr",) + self._hyper
+        self.param_groups, self._group_of = [], []
+        for gi, (count, overrides) in enumerate(self._group_specs):
+            for key, value in overrides.items():
+                if key not in allowed:
+                    raise ValueError(f"{type(self).__name__}: parameter group {gi} sets {key!r}; a group may set "
+                                     f"{', '.join(allowed)}")
+                if key == "nesterov":
+                    overrides[key] = bool(value)
+                else:
+                    overrides[key] = _nonneg(f"parameter group {gi}'s {key}", value)
+            if "lr" in overrides and self.initial_lr == 0:
+                raise ValueError(f"{type(self).__name__}: parameter group {gi} sets lr while the optimizer's lr is "
+                                 "0; group lrs follow the optimizer's lr in proportion, so pass lr > 0 (say the "
+                                 "main group's lr)")
+            self.param_groups.append(overrides)
+            self._group_of += [gi] * count
+
+    def hyper(self, index):
+        """The hyperparameters of parameter ``index``: its group's overrides over the optimizer's
+        own, with a group lr scaled by ``lr / initial_lr`` (the schedule's factor)."""
+        if not hasattr(self, "param_groups"):
+            self._finish_groups()
+        group = self.param_groups[self._group_of[index]]
+        out = {name: group.get(name, getattr(self, name)) for name in self._hyper}
+        out["lr"] = group["lr"] * (self.lr / self.initial_lr) if "lr" in group else self.lr
+        return out
 
     @property
     def lr(self):
@@ -93,30 +149,38 @@ class Optimizer:
         is what its first real step expects), decided on the device: the host never reads it.
         A step count (Adam's ``t``) still advances."""
         if skip is None:
-            for p, state in zip(self.params, self.state):
-                if p.grad is not None:
-                    self._update(p, state)
+            for i, (p, state) in enumerate(zip(self.params, self.state)):
+                if p.grad is not None and p.requires_grad:
+                    self._update(p, state, self.hyper(i))
             return
-        for p, state in zip(self.params, self.state):
-            if p.grad is None:
+        for i, (p, state) in enumerate(zip(self.params, self.state)):
+            if p.grad is None or not p.requires_grad:
                 continue
             xp = get_array_module(p.data)
             before = {name: state[name].copy() for name in self._slots if name in state}
             data = p.data.copy()
-            self._update(p, state)
+            self._update(p, state, self.hyper(i))
             xp.copyto(p.data, data, where=skip)
             for name in self._slots:
                 if name in state:
                     old = before.get(name)
                     xp.copyto(state[name], old if old is not None else xp.zeros((), state[name].dtype), where=skip)
 
-    def _update(self, p, state):
+    def _update(self, p, state, h):
+        """One parameter's update with its hyperparameters ``h`` (:meth:`hyper`)."""
         raise NotImplementedError
 
     def state_dict(self):
-        out = {"optimizer": type(self).__name__, "num_params": len(self.params), "lr": self.lr}
+        if not hasattr(self, "param_groups"):
+            self._finish_groups()
+        out = {"optimizer": type(self).__name__, "num_params": len(self.params), "lr": self.lr,
+               "initial_lr": self.initial_lr, "num_groups": len(self.param_groups)}
         for name in self._hyper:
             out[name] = getattr(self, name)
+        for gi, group in enumerate(self.param_groups):
+            out[f"group.{gi}.size"] = self._group_of.count(gi)
+            for key, value in group.items():
+                out[f"group.{gi}.{key}"] = value
         for i, state in enumerate(self.state):
             for key, value in state.items():
                 out[f"state.{i}.{key}"] = value if key == "step" else host_copy(value)
@@ -128,6 +192,18 @@ class Optimizer:
         if n != len(self.params):
             raise ValueError(f"{type(self).__name__}.load_state_dict: the state dict holds {n} parameters, this "
                              f"optimizer {len(self.params)}: build it over the same model's parameters()")
+        if not hasattr(self, "param_groups"):
+            self._finish_groups()
+        saved_sizes = [int(_scalar(d[f"group.{gi}.size"])) for gi in range(int(_scalar(d.get("num_groups", 1))))
+                       if f"group.{gi}.size" in d]
+        sizes = [self._group_of.count(gi) for gi in range(len(self.param_groups))]
+        if saved_sizes and saved_sizes != sizes:
+            raise ValueError(f"{type(self).__name__}.load_state_dict: the state dict's parameter groups hold "
+                             f"{saved_sizes} parameters, this optimizer's {sizes}: build the same groups")
+        for gi, group in enumerate(self.param_groups):
+            for key in list(group):
+                if f"group.{gi}.{key}" in d:
+                    group[key] = type(group[key])(_scalar(d[f"group.{gi}.{key}"]))
         states = [dict() for _ in self.params]
         for key, value in d.items():
             if not key.startswith("state."):
@@ -144,6 +220,7 @@ class Optimizer:
                                  f"parameter {i} ({p.name!r}) has {tuple(p.shape)}: the model differs")
             states[i][name] = copy_like(value, p.data)
         self.lr = float(_scalar(d["lr"]))
+        self.initial_lr = float(_scalar(d.get("initial_lr", self.initial_lr)))
         for name in self._hyper:
             value = _scalar(d[name])
             setattr(self, name, type(getattr(self, name))(value))
@@ -171,20 +248,24 @@ class SGD(Optimizer):
         if self.nesterov and self.momentum == 0:
             raise ValueError("SGD(nesterov=True) needs momentum > 0 (Nesterov is a momentum method); "
                              "pass momentum=0.9, say")
+        self._finish_groups()
+        for gi, group in enumerate(self.param_groups):
+            if group.get("nesterov", self.nesterov) and group.get("momentum", self.momentum) == 0:
+                raise ValueError(f"SGD: parameter group {gi} has nesterov=True and momentum 0; give it momentum > 0")
 
-    def _update(self, p, state):
+    def _update(self, p, state, h):
         g = p.grad
-        if self.weight_decay:
-            g = g + self.weight_decay * p.data
-        if self.momentum:
+        if h["weight_decay"]:
+            g = g + h["weight_decay"] * p.data
+        if h["momentum"]:
             buf = state.get("momentum_buffer")
             if buf is None:
                 buf = state["momentum_buffer"] = g.copy()
             else:
-                buf *= self.momentum
+                buf *= h["momentum"]
                 buf += g
-            g = g + self.momentum * buf if self.nesterov else buf
-        p.data -= self.lr * g
+            g = g + h["momentum"] * buf if h["nesterov"] else buf
+        p.data -= h["lr"] * g
 
 
 class Adam(Optimizer):
@@ -204,33 +285,35 @@ class Adam(Optimizer):
         self.beta1, self.beta2 = float(betas[0]), float(betas[1])
         self.eps = _nonneg("eps", eps)
         self.weight_decay = _nonneg("weight_decay", weight_decay)
+        self._finish_groups()
 
     @property
     def betas(self):
         return (self.beta1, self.beta2)
 
-    def _update(self, p, state):
+    def _update(self, p, state, h):
         xp = get_array_module(p.data)
         g = p.grad
-        if self.weight_decay:
+        lr, beta1, beta2 = h["lr"], h["beta1"], h["beta2"]
+        if h["weight_decay"]:
             if self._decoupled:
-                p.data *= 1.0 - self.lr * self.weight_decay
+                p.data *= 1.0 - lr * h["weight_decay"]
             else:
-                g = g + self.weight_decay * p.data
+                g = g + h["weight_decay"] * p.data
         if "exp_avg" not in state:
             state["exp_avg"] = xp.zeros_like(p.data)
             state["exp_avg_sq"] = xp.zeros_like(p.data)
             state["step"] = 0
         state["step"] += 1
         t, m, v = state["step"], state["exp_avg"], state["exp_avg_sq"]
-        m *= self.beta1
-        m += (1.0 - self.beta1) * g
-        v *= self.beta2
-        v += (1.0 - self.beta2) * (g * g)
+        m *= beta1
+        m += (1.0 - beta1) * g
+        v *= beta2
+        v += (1.0 - beta2) * (g * g)
         denom = xp.sqrt(v)
-        denom /= math.sqrt(1.0 - self.beta2 ** t)
-        denom += self.eps
-        p.data -= (self.lr / (1.0 - self.beta1 ** t)) * (m / denom)
+        denom /= math.sqrt(1.0 - beta2 ** t)
+        denom += h["eps"]
+        p.data -= (lr / (1.0 - beta1 ** t)) * (m / denom)
 
 
 class AdamW(Adam):
@@ -241,6 +324,122 @@ class AdamW(Adam):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
         super().__init__(params, lr, betas, eps, weight_decay)
+
+
+NS_COEFFS = (3.4445, -4.7750, 2.0315)
+
+
+def newton_schulz(g, steps=3, eps=1e-7):
+    """An approximate orthogonalization of the matrix ``g`` (rows x columns): ``steps`` quintic
+    Newton-Schulz iterations ``X = a X + (b A + c A^2) X``, ``A = X X^T``, from ``g / ||g||_F``
+    (Muon's coefficients, chosen for speed over exactness: the singular values land roughly in
+    [0.5, 1.5] rather than at 1). Computed in float32 (float64 for float64 input), whatever the
+    storage type, per gpuconv's precision rule; airbench runs it in bfloat16."""
+    xp = get_array_module(g)
+    dt = np.float64 if g.dtype == np.float64 else np.float32
+    x = g.astype(dt)
+    x = x / (xp.sqrt(xp.sum(x * x)) + dt(eps))
+    tall = x.shape[0] > x.shape[1]
+    if tall:
+        x = x.T
+    a, b, c = (dt(v) for v in NS_COEFFS)
+    for _ in range(steps):
+        A = x @ x.T
+        x = a * x + (b * A + c * (A @ A)) @ x
+    return x.T if tall else x
+
+
+class Muon(Optimizer):
+    """Muon (momentum orthogonalized by Newton-Schulz), as airbench94_muon uses it for the conv
+    filters: ``b = momentum * b + g``; ``g = g + momentum * b`` (Nesterov) or ``b``; with
+    ``normalize`` the weight is first rescaled to ``||p||_F = sqrt(p.shape[0])``; then
+    ``p -= lr * newton_schulz(g.reshape(p.shape[0], -1))``. For parameters of 2 or more
+    dimensions (a filter bank is a matrix of rows ``out_channels``); give the biases, the batch
+    norm shifts and the head to an SGD."""
+
+    _hyper = ("momentum", "nesterov", "steps", "normalize")
+    _slots = ("momentum_buffer",)
+
+    def __init__(self, params, lr=0.02, momentum=0.95, nesterov=True, steps=3, normalize=True):
+        super().__init__(params, lr)
+        for i, p in enumerate(self.params):
+            if len(p.shape) < 2:
+                raise ValueError(f"Muon: params[{i}] ({p.name!r}) has shape {tuple(p.shape)}; Muon orthogonalizes "
+                                 "matrices and filter banks (2 or more dimensions): give 1-D parameters to SGD")
+        self.momentum = _nonneg("momentum", momentum)
+        self.nesterov = bool(nesterov)
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("Muon(nesterov=True) needs momentum > 0; pass momentum=0.6, say")
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be an integer >= 1 (Newton-Schulz iterations), got {steps!r}")
+        self.steps, self.normalize = int(steps), bool(normalize)
+        self._finish_groups()
+
+    def _update(self, p, state, h):
+        xp = get_array_module(p.data)
+        g = p.grad
+        buf = state.get("momentum_buffer")
+        if buf is None:
+            buf = state["momentum_buffer"] = xp.zeros_like(g)
+        buf *= h["momentum"]
+        buf += g
+        g = g + h["momentum"] * buf if h["nesterov"] else buf
+        if h["normalize"]:
+            p.data *= (math.sqrt(p.shape[0]) / xp.sqrt(xp.sum(p.data.astype(np.float64) ** 2))).astype(p.dtype)
+        update = newton_schulz(g.reshape(g.shape[0], -1), steps=int(h["steps"])).reshape(g.shape)
+        p.data -= (h["lr"] * update).astype(p.dtype)
+
+
+class Chain(Optimizer):
+    """Several optimizers over disjoint parameters, stepping as one (airbench94_muon: Muon for the
+    filters, SGD for the rest). ``lr`` is the schedule's handle: setting it scales every member's
+    lr by ``lr / initial_lr``, so one schedule drives them all in proportion. The state dict
+    holds each member's under ``<i>.``."""
+
+    def __init__(self, *optimizers):
+        if not optimizers or not all(isinstance(o, Optimizer) and not isinstance(o, Chain) for o in optimizers):
+            raise TypeError("Chain takes one or more gpuconv optimizers (SGD, Adam, Muon, ...), e.g. "
+                            "Chain(Muon(filters, lr=0.24), SGD(others, lr=0.1))")
+        self.optimizers = ()
+        super().__init__([p for o in optimizers for p in o.params], lr=1.0)  # a parameter in two: an error
+        self.optimizers = tuple(optimizers)
+        self._finish_groups()
+
+    @property
+    def lr(self):
+        return self._lr
+
+    @lr.setter
+    def lr(self, value):
+        self._lr = _nonneg("lr", value)
+        for o in getattr(self, "optimizers", ()):
+            o.lr = o.initial_lr * self._lr / self.initial_lr
+
+    def zero_grad(self):
+        for o in self.optimizers:
+            o.zero_grad()
+
+    def step(self, skip=None):
+        for o in self.optimizers:
+            o.step(skip)
+
+    def state_dict(self):
+        out = {"optimizer": "Chain", "members": len(self.optimizers), "lr": self.lr}
+        for i, o in enumerate(self.optimizers):
+            out.update({f"{i}.{k}": v for k, v in o.state_dict().items()})
+        return out
+
+    def load_state_dict(self, d):
+        _check_saved_by(self, d, "optimizer")
+        if int(_scalar(d["members"])) != len(self.optimizers):
+            raise ValueError(f"Chain.load_state_dict: the state dict holds {int(_scalar(d['members']))} optimizers, "
+                             f"this chain {len(self.optimizers)}: build the same chain")
+        for i, o in enumerate(self.optimizers):
+            o.load_state_dict({k[len(f"{i}."):]: v for k, v in d.items() if k.startswith(f"{i}.")})
+        self._lr = float(_scalar(d["lr"]))
+
+    def __repr__(self):
+        return "Chain(" + ", ".join(repr(o) for o in self.optimizers) + ")"
 
 
 # ----------------------------------------------------------------------------- schedules
@@ -376,3 +575,27 @@ class OneCycleLR(LRSchedule):
         # which goes negative with 'linear'.
         t = min(1.0, (step - peak_step) / (self.total_steps - 1.0 - peak_step))
         return self._anneal(self.max_lr, final, t)
+
+
+class TriangularLR(LRSchedule):
+    """airbench's piecewise-linear schedule: ``lr = base_lr * f(step)`` with ``f`` rising linearly
+    from ``start`` to ``peak`` over the first ``warmup_steps = int(warmup_fraction * total_steps)``
+    steps, then falling linearly to ``end`` at ``total_steps`` (held there after)."""
+
+    _hyper = ("total_steps", "warmup_fraction", "start", "peak", "end")
+
+    def __init__(self, optimizer, total_steps, warmup_fraction=0.23, start=0.2, peak=1.0, end=0.07):
+        self.total_steps = _positive_int("total_steps", total_steps)
+        if not 0.0 <= warmup_fraction < 1.0:
+            raise ValueError(f"warmup_fraction must be in [0, 1) (the share of steps spent rising), got {warmup_fraction!r}")
+        self.warmup_fraction = float(warmup_fraction)
+        self.start, self.peak, self.end = (_nonneg(n, v) for n, v in (("start", start), ("peak", peak), ("end", end)))
+        super().__init__(optimizer)
+
+    def lr_at(self, step):
+        warmup = int(self.total_steps * self.warmup_fraction)
+        if step < warmup:
+            frac = step / warmup
+            return self.base_lr * (self.start * (1 - frac) + self.peak * frac)
+        frac = min(1.0, (step - warmup) / max(1, self.total_steps - warmup))
+        return self.base_lr * (self.peak * (1 - frac) + self.end * frac)

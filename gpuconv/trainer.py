@@ -134,11 +134,18 @@ class Trainer:
     ``precision``: 'fp32', 'tf32', 'bf16' or 'fp16' (:mod:`gpuconv.amp`; default: the float32
     mode in effect, :func:`gpuconv.get_precision`); fp16 scales the loss with ``loss_scaler``
     (default: a :class:`gpuconv.amp.LossScaler`).
+    ``lookahead``: a :class:`gpuconv.lookahead.Lookahead` updated every ``lookahead.every`` steps
+    with airbench's decay over ``total_steps`` (the run's step count), and a last time with decay
+    1 at step ``total_steps``; saved with the checkpoint. ``epoch_start``: called with the
+    0-based epoch before each epoch trains (a resumed one too), e.g. to freeze a parameter.
     """
 
     def __init__(self, model, optimizer, scheduler=None, out_dir=None, label_smoothing=0.0, log_every=50,
                  seed=0, progress=True, checkpoint_every="epoch", config=None, monitor="auto", precision=None,
-                 loss_scaler=None):
+                 loss_scaler=None, lookahead=None, total_steps=None, epoch_start=None):
+        if lookahead is not None and not (isinstance(total_steps, int) and total_steps >= 1):
+            raise ValueError(f"lookahead needs total_steps (the run's optimizer steps, >= 1), got {total_steps!r}")
+        self.lookahead, self.total_steps, self.epoch_start = lookahead, total_steps, epoch_start
         if not (isinstance(log_every, int) and log_every >= 1):
             raise ValueError(f"log_every={log_every!r}: must be an int >= 1 (steps between readbacks), e.g. 50")
         if not 0.0 <= label_smoothing < 1.0:
@@ -200,11 +207,20 @@ class Trainer:
                                          self.label_smoothing)
         if self.scheduler is not None:
             self.scheduler.step()
+        if self.lookahead is not None:
+            self._lookahead_step(self.step + 1)
         self._buf[self._pending, 0] = loss
         self._buf[self._pending, 1] = (xp.argmax(logits.astype(np.float32, copy=False), axis=1) == y).sum()
         self._pending += 1
         self._pending_n.append(int(x.shape[0]))  # shapes are host metadata: no sync
         self.step += 1
+
+    def _lookahead_step(self, step):
+        from .lookahead import airbench_decay
+        if step % self.lookahead.every == 0 and step <= self.total_steps:
+            self.lookahead.update(airbench_decay(step, self.total_steps))
+        if step == self.total_steps:
+            self.lookahead.update(1.0)  # the model ends on the average
 
     def _flush(self):
         """Read the pending steps' losses back (one transfer); raise on NaN/Inf; return stats."""
@@ -259,6 +275,8 @@ class Trainer:
             arrays.update(ckpt.flatten_tree("sched", self.scheduler.state_dict()))
         if self.scaler is not None:
             arrays.update(ckpt.flatten_tree("amp", self.scaler.state_dict()))
+        if self.lookahead is not None:
+            arrays.update({f"look/{k}": v for k, v in self.lookahead.state_dict().items()})
         for name, gen in self._rng_owners():
             arrays[f"rng/{name}"] = ckpt.rng_state(gen)
         arrays.update(self._loader_state or {})
@@ -296,6 +314,8 @@ class Trainer:
             self.scheduler.load_state_dict(ckpt.unflatten_tree("sched", arrays))
         if self.scaler is not None and "amp/__tree__" in arrays:  # else a run switched to fp16: a fresh scale
             self.scaler.load_state_dict(ckpt.unflatten_tree("amp", arrays))
+        if self.lookahead is not None:
+            self.lookahead.load_state_dict(ckpt.section(arrays, "look"))
         self.optimizer.lr = float(arrays["meta/lr"])  # the lr the next step uses, whatever the schedule does
         for name, gen in self._rng_owners(loader):
             if f"rng/{name}" in arrays:
@@ -465,6 +485,8 @@ class Trainer:
 
     def _run_epoch(self, loader, epochs):
         skip, replay = self.epoch_step, self.epoch_step
+        if self.epoch_start is not None:
+            self.epoch_start(self.epoch)
         if skip == 0 or self._loader_state is None:
             if hasattr(loader, "set_epoch"):
                 loader.set_epoch(self.epoch)
@@ -559,18 +581,53 @@ class Trainer:
             print(text, file=sys.stderr)
 
     # ------------------------------------------------------------------ evaluate
-    def evaluate(self, loader, tta=False, precision=None):
+    def evaluate(self, loader, tta=0, precision=None):
         """Loss, accuracy, per-class accuracy and confusion matrix (rows: true class, cols: predicted).
 
-        Sums stay on the device; one readback at the end. ``tta=True`` averages the logits of
-        each image and its horizontal mirror. In the trainer's precision unless ``precision`` says."""
+        Sums stay on the device; one readback at the end. ``tta``: test-time augmentation level
+        (:func:`tta_logits`; True is level 1). In the trainer's precision unless ``precision`` says."""
         return evaluate(self.model, loader, tta=tta, precision=precision or self.precision)
 
 
-def evaluate(model, loader, tta=False, precision="fp32"):
+TTA_LEVELS = (0, 1, 2)
+
+
+def check_tta(tta) -> int:
+    """The level of ``tta`` (True is 1, False 0); a ValueError naming the levels otherwise."""
+    level = int(tta) if isinstance(tta, (bool, int, np.integer)) else None
+    if level not in TTA_LEVELS:
+        raise ValueError(f"tta={tta!r} must be a test-time augmentation level: 0 (none), 1 (mirror) or 2 "
+                         "(mirror + 1-pixel translations)")
+    return level
+
+
+def tta_logits(model, x, level):
+    """``model``'s logits for the batch ``x`` with test-time augmentation (airbench's levels):
+    0 the image alone; 1 the mean of the image and its mirror; 2 half that, plus half the mean
+    of the same pair translated one pixel up-left and one down-right (reflect padding), six
+    views in all."""
+    from . import layout
+    xp = backend.get_array_module(x)
+
+    def mirror(a):
+        return (model(a) + model(layout.like(a, xp.ascontiguousarray(a[..., ::-1])))) * 0.5
+
+    if level == 0:
+        return model(x)
+    logits = mirror(x)
+    if level == 1:
+        return logits
+    h, w = x.shape[2], x.shape[3]
+    padded = xp.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="reflect")
+    shifted = [layout.like(x, xp.ascontiguousarray(padded[:, :, dy:dy + h, dx:dx + w])) for dy, dx in ((0, 0), (2, 2))]
+    return logits * 0.5 + (mirror(shifted[0]) + mirror(shifted[1])) * 0.25
+
+
+def evaluate(model, loader, tta=0, precision="fp32"):
     """Evaluate ``model`` on ``loader`` (see :meth:`Trainer.evaluate`), computing in ``precision``
     (a model trained in one precision evaluates in any other: its parameters are float32)."""
     from .ops import softmax_cross_entropy
+    level = check_tta(tta)
     was_training = getattr(model, "training", True)
     model.eval()
     loss_sum = conf = None
@@ -580,9 +637,7 @@ def evaluate(model, loader, tta=False, precision="fp32"):
             xp = backend.get_array_module(x, y)
             with amp.autocast(model, precision) as dt:
                 x = x if x.dtype == dt else x.astype(dt)
-                logits = model(x)
-                if tta:
-                    logits = (logits + model(xp.ascontiguousarray(x[..., ::-1]))) * 0.5
+                logits = tta_logits(model, x, level)
             logits = logits.astype(np.float32, copy=False)  # scores compared in float32
             loss, _ = softmax_cross_entropy(logits, y)
             if conf is None:

@@ -3,7 +3,9 @@
 //   out[b, c, i, j] = (acc_t(px) - mean[c]) / std[c],   px = images[index[b], c, r, s]
 //   r = i + offset_y[b] - pad,  s = (flip[b] ? W - 1 - j : j) + offset_x[b] - pad   (crop on)
 //   r = i,                      s = (flip[b] ? W - 1 - j : j)                       (crop off)
-//   px = 0 where (r, s) falls in the zero padding, outside the H x W image.
+//   px = 0 where (r, s) falls in the zero padding, outside the H x W image; with reflect, (r, s)
+//   is mirrored back into the image instead (PyTorch's and NumPy's 'reflect': -1 -> 1, H -> H - 2,
+//   the edge not repeated; the launcher keeps pad < H and pad < W so one mirroring suffices).
 //
 // That is gather (shuffle) + random crop of the zero-padded image + horizontal flip +
 // normalization, which the NumPy/CuPy path in gpuconv/data/augment.py does as a pad, a fancy-index
@@ -22,7 +24,8 @@
 //                   [0, N) writes NaN for that image rather than reading out of bounds: the
 //                   launcher cannot check indices without a device-to-host copy. channels_last:
 //                   out is written in NHWC memory order (gpuconv.layout), the layout the
-//                   tensor-core convolutions read, with the same values.
+//                   tensor-core convolutions read, with the same values. reflect: reflect
+//                   padding instead of zeros (airbench's translation).
 
 __device__ inline acc_t augment_nan() {
     // A quiet NaN from its bit pattern (no math header, and no 0/0 for UBSan to flag).
@@ -35,7 +38,7 @@ extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
 augment_batch(const unsigned char* images, const long long* index, const long long* offset_y,
               const long long* offset_x, const bool* flip, const acc_t* mean, const acc_t* std,
               storage_t* out, long long N, int B, int C, int H, int W, int pad, int crop, int do_flip,
-              int channels_last) {
+              int channels_last, int reflect) {
     const int chw = C * H * W;  // one image: the launcher keeps it below 2^31
     const index_t total = (index_t)B * chw;
     for (index_t t = global_thread_index(); t < total; t += global_thread_count()) {
@@ -65,6 +68,10 @@ augment_batch(const unsigned char* images, const long long* index, const long lo
         if (crop) {
             r += (int)offset_y[b] - pad;
             s += (int)offset_x[b] - pad;
+            if (reflect) {
+                r = r < 0 ? -r : (r >= H ? 2 * (H - 1) - r : r);
+                s = s < 0 ? -s : (s >= W ? 2 * (W - 1) - s : s);
+            }
         }
         unsigned char px = 0;
         if (r >= 0 && r < H && s >= 0 && s < W) px = images[((src * C + c) * H + r) * W + s];

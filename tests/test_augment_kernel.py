@@ -69,6 +69,38 @@ def test_every_crop_offset_and_flip_pattern_is_exact():
     np.testing.assert_array_equal(got, reference(images, idx, oy, ox, flip, p, mean, std, np.float32))
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_reflect_translation_every_offset_matches_numpy_and_a_loop(channels_last):
+    """airbench's translation: reflect padding (the edge not repeated), every offset, both flips."""
+    p = 2
+    images = np.random.default_rng(2).integers(0, 256, (2, 3, 5, 6), dtype=np.uint8)
+    oy, ox = (a.ravel() for a in np.meshgrid(np.arange(2 * p + 1), np.arange(2 * p + 1), indexing="ij"))
+    oy, ox = np.concatenate([oy, oy]), np.concatenate([ox, ox])
+    flip = np.repeat([False, True], oy.size // 2)
+    idx = np.arange(oy.size) % 2
+    mean, std = np.zeros(3, np.float32), np.ones(3, np.float32)
+    got = augment_batch_kernel(images, idx, oy, ox, flip, mean, std, p, np.float32, target="sim",
+                               channels_last=channels_last, padding_mode="reflect")
+    want = normalize(crop_flip(images[idx], oy, ox, flip, p, "reflect"), mean, std)
+    np.testing.assert_array_equal(got, want)
+    # the reference itself, against a per-pixel loop of PyTorch's reflect rule
+    def mirror(r, n):
+        return -r if r < 0 else 2 * (n - 1) - r if r >= n else r
+    for k in (0, 7, 31, 49):
+        for i in range(5):
+            for j in range(6):
+                jj = 5 - j if flip[k] else j
+                r, q = mirror(i + oy[k] - p, 5), mirror(jj + ox[k] - p, 6)
+                assert want[k, :, i, j].tolist() == images[idx[k], :, r, q].astype(np.float32).tolist()
+    assert not np.array_equal(got, augment_batch_kernel(images, idx, oy, ox, flip, mean, std, p, np.float32,
+                                                        target="sim"))  # zeros differ from reflect
+    with pytest.raises(ValueError, match=r"padding=5 with padding_mode='reflect' must be smaller than the image"):
+        augment_batch_kernel(images, idx, oy, ox, flip, mean, std, 5, np.float32, target="sim",
+                             padding_mode="reflect")
+    with pytest.raises(ValueError, match=r"padding_mode='wrap' must be one of"):
+        crop_flip(images, oy[:2], ox[:2], None, p, "wrap")
+
+
 def test_an_index_out_of_range_gives_nan_not_a_stray_read():
     images = np.full((3, 3, 4, 4), 7, np.uint8)
     mean, std = np.zeros(3, np.float32), np.ones(3, np.float32)
@@ -116,6 +148,27 @@ def test_loader_on_sim_uses_the_kernel_and_matches_the_array_path(launches, shuf
         assert xa.dtype == xb.dtype == dtype
         assert xa.tobytes() == xb.tobytes()
         np.testing.assert_array_equal(ya, yb)
+
+
+def test_loader_airbench_augmentation_alternates_flips_and_matches_the_array_path(launches):
+    x = np.random.default_rng(6).integers(0, 256, (40, 3, 8, 8), dtype=np.uint8)
+    kw = dict(batch_size=40, shuffle=False, augment=True, seed=2, padding=2, padding_mode="reflect", flip="alternate")
+    with gpuconv.default_device("sim"):
+        fused, array = DeviceLoader(x, np.arange(40), **kw), DeviceLoader(x, np.arange(40), fused=False, **kw)
+        plans = [fused.epoch_plan(e) for e in range(3)]
+        for _ in range(2):
+            (a, _), (b, _) = next(iter(fused)), next(iter(array))
+            assert a.tobytes() == b.tobytes()
+        assert launches.names == ["augment_batch"] * 2
+    f0, f1, f2 = (p[3] for p in plans)
+    assert np.array_equal(f1, ~f0) and np.array_equal(f2, f0)  # every image flipped the other way each epoch
+    assert 10 < f0.sum() < 30  # a fair draw per image, not one for all
+    assert not np.array_equal(plans[0][1], plans[2][1])  # the translations are drawn afresh every epoch
+    assert {int(v) for v in plans[0][1]} <= set(range(5))
+    with pytest.raises(ValueError, match=r"flip='sometimes' must be 'random'"):
+        DeviceLoader(x, np.arange(40), 8, flip="sometimes")
+    with pytest.raises(ValueError, match=r"padding=8 with padding_mode='reflect'"):
+        DeviceLoader(x, np.arange(40), 8, padding=8, padding_mode="reflect")
 
 
 def test_loader_resume_mid_epoch_gives_the_same_fused_batches():

@@ -237,11 +237,11 @@ def test_gpu_battery_caps_every_stage_and_publishes_after_each(tmp_path):
     names = [line.split()[1] for line in summary]
     assert proc.returncode == 1 and seconds < 120, proc.stdout[-3000:]
     assert names == ["smoke", "tests", "bench_conv2d", "bench_ops", "bench_step", "profile_step", "bench_cs231n",
-                     "bench_epoch", "sanitizer_memcheck", "sanitizer_racecheck", "parity"], summary
+                     "bench_epoch", "sanitizer_memcheck", "sanitizer_racecheck", "airbench", "parity"], summary
     status = [line.split()[0] for line in summary]
     # bench_ops is cut at its 40 s cap, though it would hang for 60; then the 56 s budget, less the
     # 10 s kept for the caches, leaves under 15 s: every later stage is skipped, none is run short.
-    assert status == ["ok", "ok", "ok", "TIMEOUT"] + ["SKIPPED"] * 7, summary
+    assert status == ["ok", "ok", "ok", "TIMEOUT"] + ["SKIPPED"] * 8, summary
     assert sorted(p.name for p in out.iterdir()) == ["caches.tar.gz", "records.tar.gz", "run_gpu.log", "summary.txt"]
     with tarfile.open(out / "records.tar.gz") as tar:
         members = tar.getnames()

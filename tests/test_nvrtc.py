@@ -43,6 +43,7 @@ ENTRIES = {
                "avg_pool2d_backward", "avg_pool2d_backward_disjoint", "lp_pool2d_forward", "lp_pool2d_backward"],
     "augment": ["augment_batch"],
     "relu": ["relu_forward_v1", "relu_forward_v2", "relu_backward_v1", "relu_backward_v2"],
+    "gelu": ["gelu_forward", "gelu_backward"],
     "dropout": ["dropout_forward", "dropout_backward"],
     "stream_hold": ["stream_hold"],
     "gemm_tc": ["gemm_tc_nt", "gemm_tc_nn"],

@@ -19,6 +19,7 @@ from gpuconv.ops import (avg_pool2d_backward, avg_pool2d_forward, batchnorm2d_ba
                          conv2d_backward, conv2d_forward, dropout_backward, dropout_forward, linear_backward,
                          linear_forward, max_pool2d_backward, max_pool2d_forward, relu_backward, relu_forward,
                          softmax_cross_entropy)
+from gpuconv.ops import gelu_backward, gelu_forward
 from gpuconv.ops import _launch_conv2d as LC
 from gpuconv.ops import batchnorm as bn_mod
 from gpuconv.ops import conv2d as conv_mod
@@ -362,7 +363,7 @@ def test_mixed_dtypes_are_a_type_error_naming_both():
 # ----------------------------------------------------------------------------- the kernels' builds and variants
 def test_every_kernel_family_ran_in_the_low_precision_build_under_sim(monkeypatch):
     """One pass over every op with kernels, in bfloat16 on the simulator: every launch in the log
-    (conv, pooling, ReLU, dropout, augment) ran the bfloat16 build."""
+    (conv, pooling, ReLU, GELU, dropout, augment) ran the bfloat16 build."""
     import gpuconv
     from gpuconv.data._launch_augment import augment_batch_kernel
     rng = np.random.default_rng(9)
@@ -370,6 +371,8 @@ def test_every_kernel_family_ran_in_the_low_precision_build_under_sim(monkeypatc
         x = rand(rng, (2, 3, 8, 8), BF16)
         y, c1 = conv2d_forward(x, rand(rng, (4, 3, 3, 3), BF16), rand(rng, 4, BF16), 1, 1)
         r, c2 = relu_forward(y)
+        ge, c6 = gelu_forward(r)
+        gelu_backward(np.ones_like(ge), c6)
         m, c3 = max_pool2d_forward(r, 2)
         a, c4 = avg_pool2d_forward(m, 2)
         d, c5 = dropout_forward(a, 0.5, key=3)
@@ -380,7 +383,7 @@ def test_every_kernel_family_ran_in_the_low_precision_build_under_sim(monkeypatc
                              None, np.zeros(3, np.float32), np.ones(3, np.float32), 0, BF16, target="sim")
     families = {n.rsplit("_v", 1)[0].removesuffix("_tc").removesuffix("_disjoint") for n in log.names}
     assert families >= {"conv2d_forward", "conv2d_backward_data", "conv2d_backward_weight", "conv2d_backward_bias",
-                        "relu_forward", "relu_backward", "max_pool2d_forward", "max_pool2d_backward",
+                        "relu_forward", "relu_backward", "gelu_forward", "gelu_backward", "max_pool2d_forward", "max_pool2d_backward",
                         "avg_pool2d_forward", "avg_pool2d_backward", "dropout_forward", "dropout_backward",
                         "augment_batch"}, families
     assert {rec.build for rec in log} == {"bfloat16"} and not kernels.fallbacks(log)

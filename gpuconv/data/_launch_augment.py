@@ -1,8 +1,8 @@
 """Launcher of the fused loader kernel (kernels/augment.cu) for the 'cuda' and 'sim' targets.
 
 :func:`augment_batch_kernel` makes one normalized float batch from the uint8 data set in one
-pass: gather by ``index``, random crop of the zero-padded image, horizontal flip, per-channel
-normalization. Its result is bit-identical to the array-module path of
+pass: gather by ``index``, random crop of the zero- or reflect-padded image, horizontal flip,
+per-channel normalization. Its result is bit-identical to the array-module path of
 :class:`gpuconv.data.DeviceLoader` (``images[index]`` -> ``crop_flip`` -> ``normalize``) for the
 same draws; the loader picks it whenever its arrays have a kernel target.
 """
@@ -13,6 +13,7 @@ import numpy as np
 from .. import kernels, layout
 from ..backend import get_array_module
 from ..precision import compute_dtype
+from .augment import check_padding_mode
 
 
 def _vector(xp, name, v, dtype, b):
@@ -22,9 +23,9 @@ def _vector(xp, name, v, dtype, b):
 
 
 def augment_batch_kernel(images, index, offsets_y, offsets_x, flip, mean, std, padding, dtype, *, target,
-                         channels_last=False):
-    """``normalize(crop_flip(images[index], offsets_y, offsets_x, flip, padding), mean, std, dtype)``
-    as one kernel launch on ``target``.
+                         channels_last=False, padding_mode="zeros"):
+    """``normalize(crop_flip(images[index], offsets_y, offsets_x, flip, padding, padding_mode), mean,
+    std, dtype)`` as one kernel launch on ``target``.
 
     ``images`` uint8 (N, C, H, W) C-contiguous; ``index`` integers (B,); ``offsets_y`` and
     ``offsets_x`` integers (B,) in [0, 2 * padding] or both None (no crop); ``flip`` bools (B,)
@@ -40,6 +41,7 @@ def augment_batch_kernel(images, index, offsets_y, offsets_x, flip, mean, std, p
         raise ValueError("augment_batch_kernel: give both offsets_y and offsets_x, or neither")
     dtype = np.dtype(dtype)
     n, c, h, w = images.shape
+    reflect = check_padding_mode(padding_mode, padding if offsets_y is not None else 0, h, w)
     if c * h * w >= 2**31:
         raise ValueError(f"images of shape {tuple(images.shape)}: one image has {c * h * w} values, the kernel "
                          "indexes within an image in 32 bits (< 2**31); use the array path (fused=False)")
@@ -61,6 +63,7 @@ def augment_batch_kernel(images, index, offsets_y, offsets_x, flip, mean, std, p
         device = kernels.array_device([images])
         grid, block = kernels.grid_1d(out.size, kernels.BLOCK, target, device)
         args = (images, index, oy, ox, fl, mean, std, layout.memory_order(out), np.int64(n),
-                *(np.int32(v) for v in (b, c, h, w, padding if crop else 0, crop, do_flip, bool(channels_last))))
+                *(np.int32(v) for v in (b, c, h, w, padding if crop else 0, crop, do_flip, bool(channels_last),
+                                         reflect and crop)))
         kernels.launch("augment", "augment_batch", dtype, target, grid, block, args, device=device)
     return out

@@ -51,13 +51,29 @@ def _check_padding(padding):
     return int(padding)
 
 
-def crop_flip(images, offsets_y=None, offsets_x=None, flip=None, padding=4):
-    """Crop each image n at (offsets_y[n], offsets_x[n]) of its zero-padded copy and mirror it
-    left-right where ``flip[n]``: one gather for the whole batch. Offsets lie in
-    [0, 2 * padding]; None skips the crop (or the flip)."""
+PADDING_MODES = ("zeros", "reflect")
+
+
+def check_padding_mode(padding_mode, padding, h, w) -> bool:
+    """Whether ``padding_mode`` is 'reflect' (else 'zeros'); reflect padding must be narrower than
+    the image (one mirroring, as in PyTorch)."""
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(f"padding_mode={padding_mode!r} must be one of {PADDING_MODES}")
+    if padding_mode == "reflect" and padding and (padding >= h or padding >= w):
+        raise ValueError(f"padding={padding} with padding_mode='reflect' must be smaller than the image "
+                         f"({h}x{w}): reflection mirrors each border once; use a smaller padding or 'zeros'")
+    return padding_mode == "reflect"
+
+
+def crop_flip(images, offsets_y=None, offsets_x=None, flip=None, padding=4, padding_mode="zeros"):
+    """Crop each image n at (offsets_y[n], offsets_x[n]) of its padded copy (zeros, or with
+    ``padding_mode='reflect'`` the image mirrored at its borders without repeating the edge, as
+    PyTorch's and NumPy's 'reflect') and mirror it left-right where ``flip[n]``: one gather for
+    the whole batch. Offsets lie in [0, 2 * padding]; None skips the crop (or the flip)."""
     _check_images(images)
     xp = get_array_module(images)
     n, c, h, w = images.shape
+    reflect = check_padding_mode(padding_mode, padding if offsets_y is not None else 0, h, w)
     # Offset values are not range-checked: that would read device memory back per batch.
     for name, v in (("offsets_y", offsets_y), ("offsets_x", offsets_x), ("flip", flip)):
         if v is not None and tuple(v.shape) not in ((n,), (n, 1)):
@@ -67,7 +83,7 @@ def crop_flip(images, offsets_y=None, offsets_x=None, flip=None, padding=4):
     src, rows, cols = images, xp.arange(h)[None, :], xp.arange(w)[None, :]
     if offsets_y is not None:
         p = _check_padding(padding)
-        src = xp.pad(images, ((0, 0), (0, 0), (p, p), (p, p)))
+        src = xp.pad(images, ((0, 0), (0, 0), (p, p), (p, p)), mode="reflect" if reflect else "constant")
         rows = rows + offsets_y.reshape(n, 1)
         cols = cols + offsets_x.reshape(n, 1)
     if flip is not None:

@@ -22,7 +22,7 @@ from ..backend import Device, get_array_module, get_default_device, is_cupy_arra
 from ..backend import kernel_target as _kernel_target
 from ..counter_rng import splitmix64, uniform_below
 from ._launch_augment import augment_batch_kernel
-from .augment import CIFAR10_MEAN, CIFAR10_STD, crop_flip, normalize
+from .augment import CIFAR10_MEAN, CIFAR10_STD, check_padding_mode, crop_flip, normalize
 
 
 def _check_int(name, value, low, fix):
@@ -41,12 +41,16 @@ class DeviceLoader:
     ``fused``: None runs the fused kernel where the arrays have a kernel target, False never,
     True always (an error where there is no target). ``channels_last``: batches in NHWC memory
     (still (B, C, H, W) arrays; gpuconv.layout), the layout the tensor-core convolutions read,
-    written so by the fused kernel directly.
+    written so by the fused kernel directly. ``padding_mode``: 'zeros' (the ResNet crop) or
+    'reflect' (airbench's translation: ``padding=2``, the borders mirrored). ``flip``: 'random'
+    draws each image's flip afresh every epoch; 'alternate' (airbench) draws it once per seed
+    and flips every image the other way on odd epochs, so each image is seen both ways every
+    two epochs.
     """
 
     def __init__(self, images, labels, batch_size, shuffle=True, augment=False, drop_last=False, seed=0,
                  device=None, *, padding=4, mean=CIFAR10_MEAN, std=CIFAR10_STD, dtype=np.float32, fused=None,
-                 channels_last=False):
+                 channels_last=False, padding_mode="zeros", flip="random"):
         if not (isinstance(images, np.ndarray) or is_cupy_array(images)) or images.dtype != np.uint8 \
                 or images.ndim != 4:
             raise TypeError(
@@ -70,6 +74,12 @@ class DeviceLoader:
                              f"no batch; use batch_size <= {n} or drop_last=False")
         self.seed = _check_int("seed", seed, 0, "e.g. seed=0")
         self.padding = _check_int("padding", padding, 0, "e.g. padding=4")
+        check_padding_mode(padding_mode, self.padding, images.shape[2], images.shape[3])
+        self.padding_mode = padding_mode
+        if flip not in ("random", "alternate"):
+            raise ValueError(f"flip={flip!r} must be 'random' (drawn per image and epoch) or 'alternate' (drawn "
+                             "once, every image flipped the other way on odd epochs)")
+        self.flip = flip
         self.shuffle, self.augment, self.drop_last = bool(shuffle), bool(augment), bool(drop_last)
         if fused not in (None, True, False):
             raise ValueError(f"fused={fused!r} must be None (the kernel where there is a target), True or False")
@@ -141,7 +151,11 @@ class DeviceLoader:
         span = 2 * self.padding + 1
         oy = uniform_below(bits[:, 0], span, high=True)
         ox = uniform_below(bits[:, 0], span, high=False)
-        flip = (bits[:, 1] >> np.uint64(63)).astype(bool)
+        if self.flip == "alternate":  # one draw per seed, inverted on odd epochs
+            base = np.random.SeedSequence([self.seed]).generate_state(1, np.uint64)
+            flip = (splitmix64(base[0], n, xp) >> np.uint64(63)).astype(bool) ^ bool(epoch % 2)
+        else:
+            flip = (bits[:, 1] >> np.uint64(63)).astype(bool)
         return order, oy, ox, flip
 
     def kernel_target(self):
@@ -172,7 +186,8 @@ class DeviceLoader:
                 idx = order[lo:hi]
                 crop = (oy[lo:hi], ox[lo:hi], flip[lo:hi]) if self.augment else (None, None, None)
                 yield augment_batch_kernel(self.images, idx, *crop, self._mean, self._std, self.padding,
-                                           self.dtype, target=target, channels_last=self.channels_last), \
+                                           self.dtype, target=target, channels_last=self.channels_last,
+                                           padding_mode=self.padding_mode), \
                     self.labels[idx]
             return
         for i in range(start, len(self)):
@@ -180,10 +195,11 @@ class DeviceLoader:
             idx = order[lo:hi] if order is not None else slice(lo, hi)
             xb = self.images[idx]
             if self.augment:
-                xb = crop_flip(xb, oy[lo:hi], ox[lo:hi], flip[lo:hi], self.padding)
+                xb = crop_flip(xb, oy[lo:hi], ox[lo:hi], flip[lo:hi], self.padding, self.padding_mode)
             xb = normalize(xb, self._mean, self._std, self.dtype)
             yield (layout.to_channels_last(xb) if self.channels_last else xb), self.labels[idx]
 
     def __repr__(self):
         return (f"DeviceLoader({self.num_samples} images, batch_size={self.batch_size}, shuffle={self.shuffle}, "
-                f"augment={self.augment}, drop_last={self.drop_last}, seed={self.seed}, device='{self.device}')")
+                f"augment={self.augment}, padding={self.padding}, padding_mode={self.padding_mode!r}, "
+                f"flip={self.flip!r}, drop_last={self.drop_last}, seed={self.seed}, device='{self.device}')")

@@ -12,6 +12,7 @@ from ._dispatch import get_launcher, register_launcher
 from .batchnorm import BatchNorm2dCache, batchnorm2d_backward, batchnorm2d_forward
 from .conv2d import Conv2dCache, conv2d_backward, conv2d_forward
 from .dropout import DropoutCache, dropout_backward, dropout_forward
+from .gelu import GeluCache, gelu_backward, gelu_forward
 from .linear import LinearCache, linear_backward, linear_forward
 from .loss import check_labels, softmax_cross_entropy
 from .lp_pool2d import LPPool2dCache, lp_pool2d_backward, lp_pool2d_forward
@@ -24,6 +25,7 @@ __all__ = [
     "max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward",
     "lp_pool2d_forward", "lp_pool2d_backward", "LPPool2dCache",
     "relu_forward", "relu_backward",
+    "gelu_forward", "gelu_backward", "GeluCache",
     "linear_forward", "linear_backward",
     "softmax_cross_entropy",
     "check_labels",

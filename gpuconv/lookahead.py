@@ -1,0 +1,74 @@
+"""An exponential moving average of a model's weights that the model is pulled back onto
+(airbench's "lookahead"): every few steps ``ema = ema + (1 - decay) * (w - ema)``, then
+``w = ema``, for every parameter and every floating-point buffer (batch norm's running
+statistics too, as the recipe does with its whole state dict).
+
+With ``decay = 1`` the model returns to the average; with ``decay = 0`` the average jumps to
+the model. :func:`airbench_decay` is the recipe's schedule: ``0.95**5 * (step / total)**3``,
+near 0 early (the average follows the model) and up to ``0.95**5`` (0.77) at the end, where a
+last ``update(decay=1.0)`` leaves the model on the average.
+
+Every update runs in place on the arrays' own device; the host reads nothing back.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .backend import copy_like, get_array_module, host_copy
+
+__all__ = ["Lookahead", "airbench_decay"]
+
+
+def airbench_decay(step: int, total_steps: int) -> float:
+    """The lookahead decay at ``step`` of ``total_steps``: ``0.95**5 * (step / total_steps)**3``."""
+    if total_steps < 1 or not 0 <= step <= total_steps:
+        raise ValueError(f"airbench_decay: step must be in [0, total_steps={total_steps}] with total_steps >= 1, "
+                         f"got step={step}")
+    return 0.95 ** 5 * (step / total_steps) ** 3
+
+
+class Lookahead:
+    """The weight average of ``model`` (a :class:`gpuconv.layers.Layer`), started at its current
+    state. ``update(decay)`` every ``every`` steps (the caller counts steps)."""
+
+    def __init__(self, model, every: int = 5):
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"Lookahead: every must be an integer >= 1 (steps between updates), got {every!r}")
+        self.model = model
+        self.every = every
+        self.ema = {name: a.copy() for name, a in self._arrays()}
+
+    def _arrays(self):
+        """(name, array) of the model's parameters and floating-point buffers, looked up afresh:
+        a layer may have replaced a buffer since the last call."""
+        out = [(name, p.data) for name, p in self.model.named_parameters()]
+        out += [(name, b) for name, b in self.model.named_buffers() if np.dtype(b.dtype).kind == "f"]
+        return out
+
+    def update(self, decay: float):
+        """``ema += (1 - decay) * (w - ema)``; ``w = ema`` (in place, on the arrays' device)."""
+        if not 0.0 <= float(decay) <= 1.0:
+            raise ValueError(f"Lookahead.update: decay must be in [0, 1], got {decay!r}")
+        rate = 1.0 - float(decay)
+        for name, w in self._arrays():
+            ema = self.ema.get(name)
+            if ema is None or ema.shape != w.shape:
+                raise ValueError(f"Lookahead.update: the model's {name!r} is not the one the average was "
+                                 "built from; build the Lookahead after the model's final structure")
+            if rate:
+                ema += (w - ema).astype(ema.dtype) * ema.dtype.type(rate)
+            get_array_module(w).copyto(w, ema)
+
+    def state_dict(self):
+        """The average as host NumPy arrays, under ``ema.<name>``."""
+        return {f"ema.{name}": host_copy(a) for name, a in self.ema.items()}
+
+    def load_state_dict(self, d):
+        for name, a in self.ema.items():
+            key = f"ema.{name}"
+            if key not in d:
+                raise ValueError(f"Lookahead.load_state_dict: {key!r} is missing; the state dict is of another model")
+            if tuple(np.shape(d[key])) != tuple(a.shape):
+                raise ValueError(f"Lookahead.load_state_dict: {key!r} has shape {tuple(np.shape(d[key]))}, "
+                                 f"the model {tuple(a.shape)}")
+            self.ema[name] = copy_like(d[key], a)

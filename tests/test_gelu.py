@@ -1,0 +1,110 @@
+"""GELU (exact erf form): values against float64 math, the gradient in float64, the kernels
+against the reference in every dtype, channels_last kept, errors."""
+from __future__ import annotations
+
+import math
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from gpuconv import layout, nn
+from gpuconv.gradcheck import numerical_gradient_array, relative_error
+from gpuconv.ops import gelu_backward, gelu_forward
+from gpuconv.precision import unit_roundoff
+
+
+def _math_gelu(x):
+    return np.array([v * 0.5 * math.erfc(-v / math.sqrt(2)) for v in np.ravel(x).astype(float)]).reshape(np.shape(x))
+
+
+def _math_grad(x):
+    return np.array([0.5 * math.erfc(-v / math.sqrt(2)) + v * math.exp(-v * v / 2) / math.sqrt(2 * math.pi)
+                     for v in np.ravel(x).astype(float)]).reshape(np.shape(x))
+
+
+def test_hand_values(backend):
+    x = np.array([-3.0, -1.0, 0.0, 1.0, 3.0], np.float64)
+    y, cache = gelu_forward(backend.asarray(x))
+    # x * Phi(x) from the tabulated normal CDF: Phi(1) = 0.8413447460685429, Phi(3) = 0.9986501019683699
+    want = [-3 * (1 - 0.9986501019683699), -(1 - 0.8413447460685429), 0.0, 0.8413447460685429, 3 * 0.9986501019683699]
+    np.testing.assert_allclose(backend.asnumpy(y), want, rtol=1e-12, atol=1e-15)
+    dx = gelu_backward(backend.asarray(np.ones_like(x)), cache)
+    np.testing.assert_allclose(backend.asnumpy(dx), _math_grad(x), rtol=1e-12)
+    backend.assert_kernels_ran("gelu_forward", "gelu_backward")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_against_float64_math(backend, dtype):
+    """Relative accuracy elementwise, the negative tail included (erfc, not 1 + erf)."""
+    x = np.concatenate([np.linspace(-9, 6, 301), [-1e-30, 1e-30, 0.0]]).astype(dtype)
+    y, cache = gelu_forward(backend.asarray(x))
+    dx = gelu_backward(backend.asarray(np.ones_like(x)), cache)
+    u = unit_roundoff(dtype)
+    want_y, want_dx = _math_gelu(x), _math_grad(x)
+    # The erfc fit (1.2e-7) or erfcf (a few ulp) plus the products: 32 u relative, and x^2/2
+    # rounded on the way: erfc(z) and exp(-x^2/2) are conditioned by about x^2, which adds 2 x^2 u.
+    tol = u * (32 + 2 * x.astype(np.float64) ** 2)
+    # dx = Phi + x phi cancels near x = -0.75: relative to the terms' magnitudes, not to the sum.
+    xf = x.astype(np.float64)
+    dx_scale = np.abs(_math_gelu(xf) / np.where(xf == 0, 1, xf)) + np.abs(_math_grad(xf) - _math_gelu(xf) / np.where(xf == 0, 1, xf))
+    for got, want, scale in ((y, want_y, np.abs(want_y)), (dx, want_dx, dx_scale)):
+        rel = np.abs(backend.asnumpy(got) - want) / np.maximum(scale, 1e-300)
+        assert np.all((rel <= tol) | (scale < 1e-300)), f"max error / tolerance {np.max(rel / tol)}"
+    assert backend.asnumpy(y).dtype == dtype
+
+
+def test_gradient_float64(backend):
+    rng = np.random.default_rng(0)
+    x = backend.asarray(2 * rng.standard_normal((2, 3, 4, 5)))
+    y, cache = gelu_forward(x)
+    dy = backend.asarray(rng.standard_normal(y.shape))
+    num = numerical_gradient_array(lambda a: gelu_forward(a)[0], x, dy)
+    assert relative_error(gelu_backward(dy, cache), num) < 1e-7
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, ml_dtypes.bfloat16, np.float16])
+def test_kernel_matches_reference(backend, dtype):
+    """Each dtype within its precision rule: bf16/fp16 compute in float32 and round once, so the
+    kernel and the reference differ by at most one rounding of the storage type."""
+    rng = np.random.default_rng(1)
+    x = (3 * rng.standard_normal((2, 3, 5, 7))).astype(dtype)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    y, cache = gelu_forward(backend.asarray(x))
+    dx = gelu_backward(backend.asarray(dy), cache)
+    assert backend.asnumpy(y).dtype == np.dtype(dtype)
+    # Against float64 math on the same (storage) inputs: one rounding to the storage type plus the
+    # float32 compute error (a few float32 ulp), relative to each element.
+    u = max(unit_roundoff(dtype), 32 * unit_roundoff(np.float32)) if np.dtype(dtype) != np.float64 else 32 * unit_roundoff(dtype)
+    xf = x.astype(np.float64)
+    want_y = _math_gelu(xf)
+    want_dx = dy.astype(np.float64) * _math_grad(xf)
+    got_y, got_dx = backend.asnumpy(y).astype(np.float64), backend.asnumpy(dx).astype(np.float64)
+    np.testing.assert_allclose(got_y, want_y, rtol=u, atol=u * 1e-3)
+    # dx's own rounding, and the gradient factor's float32 rounding, times |dy|
+    np.testing.assert_allclose(got_dx, want_dx, rtol=2 * u, atol=2 * u * 1e-3)
+    if backend.name != "numpy":
+        backend.assert_kernels_ran("gelu_forward", "gelu_backward")
+
+
+def test_layer_keeps_channels_last(backend):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 4, 3, 3)).astype(np.float32)
+    xc = layout.to_channels_last(backend.asarray(x))
+    g = nn.GELU()
+    y = g(xc)
+    assert layout.is_channels_last(y)
+    np.testing.assert_allclose(backend.asnumpy(y), _math_gelu(x), rtol=1e-5, atol=1e-7)
+    dx = g.backward(layout.to_channels_last(backend.asarray(np.ones_like(x))))
+    assert layout.is_channels_last(dx)
+    np.testing.assert_allclose(backend.asnumpy(dx), _math_grad(x), rtol=1e-5, atol=1e-7)
+
+
+def test_errors(backend):
+    with pytest.raises(TypeError, match=r"x has dtype int64.*astype\(np.float32\)"):
+        gelu_forward(backend.asarray(np.arange(3)))
+    _, cache = gelu_forward(backend.asarray(np.ones((2, 3), np.float32)))
+    with pytest.raises(ValueError, match=r"dy must have the forward input's shape \(2, 3\)"):
+        gelu_backward(backend.asarray(np.ones((3, 2), np.float32)), cache)
+    with pytest.raises(TypeError, match=r"dy has dtype float64 but x has dtype float32"):
+        gelu_backward(backend.asarray(np.ones((2, 3))), cache)

@@ -1,0 +1,178 @@
+"""Frozen parameters, per-group hyperparameters (PyTorch's param groups), their state dicts, and
+the weight lookahead (EMA)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gpuconv import nn
+from gpuconv.layers import Parameter
+from gpuconv.lookahead import Lookahead, airbench_decay
+from gpuconv.optim import SGD, Adam, StepLR
+
+
+def _p(backend, values, name="p"):
+    return Parameter(backend.asarray(np.array(values, np.float64)), name)
+
+
+def test_frozen_parameter_keeps_no_grad_and_is_not_updated(backend):
+    p, q = _p(backend, [1.0, 2.0]), _p(backend, [3.0])
+    q.requires_grad = False
+    q.accumulate(backend.asarray(np.array([5.0])))
+    assert q.grad is None  # no gradient kept
+    q.grad = backend.asarray(np.array([5.0]))  # even one set by hand is ignored
+    p.accumulate(backend.asarray(np.array([1.0, 1.0])))
+    opt = SGD([p, q], lr=0.5, momentum=0.9, weight_decay=0.1)
+    opt.step()
+    np.testing.assert_array_equal(backend.asnumpy(q.data), [3.0])
+    assert "momentum_buffer" not in opt.state[1]
+    np.testing.assert_allclose(backend.asnumpy(p.data), [1 - 0.5 * 1.1, 2 - 0.5 * 1.2])
+    q.requires_grad = True  # unfrozen again: trained from the next step
+    q.grad = backend.asarray(np.array([2.0]))
+    p.grad = None
+    opt.step()
+    assert backend.asnumpy(q.data)[0] == pytest.approx(3.0 - 0.5 * (2.0 + 0.3))
+
+
+def test_frozen_layer_weight_gets_no_gradient(backend):
+    conv = nn.Conv2d(2, 3, 3, padding=1)
+    conv.weight.requires_grad = False
+    x = backend.asarray(np.random.default_rng(0).standard_normal((1, 2, 4, 4)).astype(np.float32))
+    y = conv(x)
+    conv.backward(backend.asarray(np.ones(y.shape, np.float32)))
+    assert conv.weight.grad is None and conv.bias.grad is not None
+    assert conv.num_parameters() == 3 and conv.num_parameters(trainable_only=False) == 3 * 2 * 9 + 3
+    assert "requires_grad=False" in repr(conv.weight)
+
+
+def test_groups_override_lr_and_weight_decay_and_follow_the_schedule(backend):
+    a, b = _p(backend, [1.0]), _p(backend, [1.0])
+    opt = SGD([{"params": [a], "lr": 1.0, "weight_decay": 0.0}, {"params": [b]}], lr=0.1, weight_decay=0.5)
+    a.grad, b.grad = backend.asarray(np.array([1.0])), backend.asarray(np.array([1.0]))
+    opt.step()
+    assert backend.asnumpy(a.data)[0] == pytest.approx(0.0)           # 1 - 1.0 * 1
+    assert backend.asnumpy(b.data)[0] == pytest.approx(1 - 0.1 * 1.5)  # 1 - 0.1 * (1 + 0.5 * 1)
+    sched = StepLR(opt, step_size=1, gamma=0.5)
+    sched.step()  # optimizer lr 0.05: the group's lr halves with it
+    assert opt.hyper(0)["lr"] == pytest.approx(0.5) and opt.hyper(1)["lr"] == pytest.approx(0.05)
+
+
+def test_group_state_dict_round_trip(backend):
+    def build():
+        a, b = _p(backend, [1.0, 2.0]), _p(backend, [3.0])
+        return a, b, SGD([{"params": [a], "lr": 0.2, "momentum": 0.5}, {"params": [b], "nesterov": True}],
+                         lr=0.1, momentum=0.9)
+    a, b, opt = build()
+    for _ in range(3):
+        a.grad, b.grad = a.data.copy(), b.data.copy()
+        opt.step()
+    opt.lr = 0.05
+    saved = opt.state_dict()
+    a2, b2, opt2 = build()
+    a2.data[...] = a.data
+    b2.data[...] = b.data
+    opt2.load_state_dict(saved)
+    assert opt2.hyper(0) == opt.hyper(0) and opt2.hyper(1) == opt.hyper(1)
+    for _ in range(2):
+        for x in (a, b, a2, b2):
+            x.grad = x.data.copy()
+        opt.step()
+        opt2.step()
+    np.testing.assert_array_equal(backend.asnumpy(a.data), backend.asnumpy(a2.data))
+    np.testing.assert_array_equal(backend.asnumpy(b.data), backend.asnumpy(b2.data))
+    other = SGD([{"params": [a2, b2]}], lr=0.1)
+    with pytest.raises(ValueError, match=r"parameter groups hold \[1, 1\] parameters, this optimizer's \[2\]"):
+        other.load_state_dict(saved)
+
+
+def test_group_errors(backend):
+    a, b = _p(backend, [1.0]), _p(backend, [1.0])
+    with pytest.raises(ValueError, match=r"group 0 sets 'betas'; a group may set lr, momentum, nesterov, weight_decay"):
+        SGD([{"params": [a], "betas": (0.9, 0.9)}], lr=0.1)
+    with pytest.raises(ValueError, match=r"group 1 has no 'params' key"):
+        SGD([{"params": [a]}, {"lr": 0.1}], lr=0.1)
+    with pytest.raises(TypeError, match=r"mixes group dicts and Parameters"):
+        SGD([{"params": [a]}, b], lr=0.1)
+    with pytest.raises(ValueError, match=r"a parameter appears twice"):
+        SGD([{"params": [a]}, {"params": [a]}], lr=0.1)
+    with pytest.raises(ValueError, match=r"group 0 sets lr while the optimizer's lr is 0"):
+        SGD([{"params": [a], "lr": 0.1}], lr=0.0)
+    with pytest.raises(ValueError, match=r"parameter group 0's weight_decay must be a finite number >= 0"):
+        Adam([{"params": [a], "weight_decay": -1}])
+
+
+def test_adam_groups(backend):
+    a, b = _p(backend, [1.0]), _p(backend, [1.0])
+    opt = Adam([{"params": [a], "lr": 0.01}, {"params": [b]}], lr=0.001)
+    a.grad, b.grad = backend.asarray(np.array([2.0])), backend.asarray(np.array([2.0]))
+    opt.step()  # Adam's first step moves by lr (sign of the gradient)
+    assert backend.asnumpy(a.data)[0] == pytest.approx(1 - 0.01, rel=1e-6)
+    assert backend.asnumpy(b.data)[0] == pytest.approx(1 - 0.001, rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- lookahead
+def test_lookahead_pulls_weights_and_buffers_to_the_average(backend):
+    bn = nn.BatchNorm2d(2)
+    look = Lookahead(bn)
+    w0 = backend.asnumpy(bn.bias.data).copy()
+    bn.bias.data += 1.0
+    bn.running_mean[...] = 4.0
+    look.update(decay=0.75)  # ema = 0.75 ema + 0.25 w; w = ema
+    np.testing.assert_allclose(backend.asnumpy(bn.bias.data), w0 + 0.25)
+    np.testing.assert_allclose(backend.asnumpy(bn.running_mean), [1.0, 1.0])
+    bn.bias.data += 10.0
+    look.update(decay=1.0)  # back onto the average
+    np.testing.assert_allclose(backend.asnumpy(bn.bias.data), w0 + 0.25)
+    saved = look.state_dict()
+    look2 = Lookahead(bn)
+    look2.load_state_dict(saved)
+    bn.bias.data += 3.0
+    look2.update(decay=0.0)  # the average jumps to the model
+    np.testing.assert_allclose(backend.asnumpy(bn.bias.data), w0 + 3.25)
+    with pytest.raises(ValueError, match=r"decay must be in \[0, 1\]"):
+        look.update(1.5)
+    with pytest.raises(ValueError, match=r"'ema.weight' is missing"):
+        look.load_state_dict({})
+
+
+def test_airbench_decay_schedule():
+    assert airbench_decay(0, 100) == 0.0
+    assert airbench_decay(100, 100) == pytest.approx(0.95 ** 5)
+    assert airbench_decay(50, 100) == pytest.approx(0.95 ** 5 / 8)
+    with pytest.raises(ValueError, match=r"step must be in \[0, total_steps=10\]"):
+        airbench_decay(11, 10)
+
+
+# ----------------------------------------------------------------------------- Muon
+def test_newton_schulz_orthogonalizes():
+    from gpuconv.optim import newton_schulz
+    rng = np.random.default_rng(0)
+    for shape in ((8, 20), (20, 8)):
+        g = rng.standard_normal(shape) @ np.diag(np.logspace(-1, 1, shape[1]))  # condition number 100
+        x = newton_schulz(g.astype(np.float32), steps=5)
+        assert x.shape == shape and x.dtype == np.float32
+        sv = np.linalg.svd(x.astype(np.float64), compute_uv=False)
+        assert sv.min() > 0.3 and sv.max() < 1.3, sv  # near 1 in every direction, whatever g's spread
+        u, _, vt = np.linalg.svd(g, full_matrices=False)
+        # the same singular directions as g: x = U S' V^T with S' near the identity
+        assert np.abs(u.T @ x @ vt.T - np.diag(np.diag(u.T @ x @ vt.T))).max() < 1e-3
+
+
+def test_muon_step_and_state(backend):
+    rng = np.random.default_rng(1)
+    w = Parameter(backend.asarray(rng.standard_normal((4, 2, 3, 3))), "w")
+    g = rng.standard_normal((4, 2, 3, 3))
+    from gpuconv.optim import Muon, newton_schulz
+    opt = Muon([w], lr=0.1, momentum=0.6, nesterov=True)
+    w0 = backend.asnumpy(w.data).copy()
+    w.grad = backend.asarray(g)
+    opt.step()
+    # b = g; nesterov: g + 0.6 b = 1.6 g; the weight renormalized to ||w|| = sqrt(4) first
+    want = w0 * (2.0 / np.linalg.norm(w0)) - 0.1 * newton_schulz(1.6 * g.reshape(4, -1)).reshape(g.shape)
+    np.testing.assert_allclose(backend.asnumpy(w.data), want, rtol=1e-10, atol=1e-12)
+    saved = opt.state_dict()
+    opt2 = Muon([Parameter(backend.asarray(backend.asnumpy(w.data).copy()), "w")], lr=0.1, momentum=0.6)
+    opt2.load_state_dict(saved)
+    np.testing.assert_array_equal(backend.asnumpy(opt2.state[0]["momentum_buffer"]), g)
+    with pytest.raises(ValueError, match=r"Muon: params\[0\] \('b'\) has shape \(4,\).*give 1-D parameters to SGD"):
+        Muon([Parameter(backend.asarray(np.zeros(4)), "b")])

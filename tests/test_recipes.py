@@ -1,0 +1,163 @@
+"""Recipes: the RECIPES dict and its CLI settings, airbench's decoupled SGD groups, the triangular
+schedule, the lookahead inside the trainer, the whitening-bias epochs, test-time augmentation."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gpuconv import cli, models, ops
+from gpuconv.data import DeviceLoader
+from gpuconv.lookahead import Lookahead
+from gpuconv.optim import SGD, TriangularLR
+from gpuconv.recipes import RECIPES, airbench_param_groups, get_recipe
+from gpuconv.trainer import Trainer, check_tta, evaluate, tta_logits
+
+
+def _settings(*argv):
+    return cli._settings(cli.build_parser().parse_args(["train", *argv]))
+
+
+def test_recipe_settings_and_overrides():
+    s = _settings("--recipe", "airbench94")
+    assert s["model"] == "airbench94" and s["batch_size"] == 1024 and s["label_smoothing"] == 0.2
+    assert s["schedule"] == "triangular" and s["lookahead"] == 5 and s["tta"] == 2
+    assert s["padding"] == 2 and s["padding_mode"] == "reflect" and s["flip"] == "alternate"
+    s = _settings("--recipe", "airbench94", "--epochs", "3", "--batch-size", "256", "--tta", "1")
+    assert (s["epochs"], s["batch_size"], s["tta"], s["lr"]) == (3, 256, 1, 11.5)
+    # the default recipe and the models' own recipes are unchanged
+    assert _settings()["recipe"] == "three_layer" and _settings()["lr"] == 0.02
+    fast = _settings("--model", "fast")
+    assert fast["recipe"] == "fast" and fast["batch_size"] == 512 and fast["padding_mode"] == "zeros"
+    assert all(r["model"] in cli.MODELS for r in RECIPES.values()) and set(cli.MODELS) <= set(RECIPES)
+    with pytest.raises(ValueError, match="recipe .nope. is not known: use one of airbench94, airbench94_muon, fast"):
+        get_recipe("nope")
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["train", "--tta", "3"])
+
+
+def test_airbench_groups_are_decoupled():
+    net = models.airbench94(widths=(4, 8, 8))
+    groups, lr = airbench_param_groups(net, lr=11.5, weight_decay=0.0153, momentum=0.85, batch_size=1024)
+    kilostep = 1024 * (1 + 1 / 0.15)
+    assert lr == pytest.approx(11.5 / kilostep * 1024)
+    norm, other = groups
+    assert norm["lr"] == pytest.approx(64 * lr) and other["lr"] == pytest.approx(lr)
+    # the same decay per step for every parameter, whatever its lr
+    decay = 0.0153 * 1024 / kilostep
+    assert norm["lr"] * norm["weight_decay"] == pytest.approx(decay)
+    assert other["lr"] * other["weight_decay"] == pytest.approx(decay)
+    assert len(norm["params"]) == 12 and len(norm["params"]) + len(other["params"]) == len(net.parameters())
+    # half the batch: half the per-step lr and decay (lr per 1024 examples)
+    _, half = airbench_param_groups(net, 11.5, 0.0153, 0.85, 512)
+    assert half == pytest.approx(lr / 2)
+
+
+def test_triangular_schedule():
+    p = models.seed_net().parameters()
+    sched = TriangularLR(SGD(p, lr=2.0), total_steps=100)
+    lrs = [sched.lr_at(s) for s in (0, 11, 23, 50, 100, 120)]
+    assert lrs[0] == pytest.approx(0.4) and lrs[2] == pytest.approx(2.0)
+    assert lrs[1] == pytest.approx(2.0 * (0.2 + 0.8 * 11 / 23))
+    assert lrs[3] == pytest.approx(2.0 * (1 - 0.93 * 27 / 77)) and lrs[4] == pytest.approx(0.14) == lrs[5]
+
+
+def test_tta_levels():
+    net = models.airbench94(widths=(2, 4, 4))
+    net.eval()
+    x = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    np.testing.assert_array_equal(tta_logits(net, x, 0), net(x))
+    mirror = lambda a: (net(a) + net(np.ascontiguousarray(a[..., ::-1]))) / 2  # noqa: E731
+    np.testing.assert_allclose(tta_logits(net, x, 1), mirror(x), rtol=1e-6)
+    pad = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="reflect")
+    want = 0.5 * mirror(x) + 0.25 * (mirror(pad[:, :, :32, :32]) + mirror(pad[:, :, 2:, 2:]))
+    np.testing.assert_allclose(tta_logits(net, x, 2), want, rtol=1e-5, atol=1e-6)
+    assert check_tta(True) == 1
+    with pytest.raises(ValueError, match=r"tta=3 must be a test-time augmentation level: 0 \(none\)"):
+        check_tta(3)
+
+
+def test_recipe_training_run_lookahead_and_whitening_bias(tmp_path):
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (48, 3, 32, 32), dtype=np.uint8)
+    labels = rng.integers(0, 10, 48)
+    s = dict(get_recipe("airbench94"), batch_size=16, epochs=4, whiten_bias_epochs=1)
+    net = models.airbench94(widths=(4, 8, 8))
+    split = type("Split", (), {"images": images, "labels": labels})()
+    loader = DeviceLoader(images, labels, s["batch_size"], augment=True, padding=2, padding_mode="reflect",
+                          flip="alternate", device="cpu")
+    total = s["epochs"] * len(loader)
+    opt, extras = cli._recipe_setup(s, net, split, total)
+    assert not net["whiten"].weight.requires_grad and np.abs(net["whiten"].weight.data).sum() > 0
+    w_whiten = net["whiten"].weight.data.copy()
+    seen = []
+    start = extras["epoch_start"]
+    extras["epoch_start"] = lambda e: (start(e), seen.append(net["whiten"].bias.requires_grad))
+    sched = cli._schedule(s["schedule"], opt, opt.lr, total)
+    trainer = Trainer(net, opt, sched, label_smoothing=0.2, progress=False, **extras)
+    trainer.fit(loader, 1)
+    assert net["whiten"].bias.grad is not None
+    trainer.fit(loader, s["epochs"])
+    assert seen == [True, False, False, False]  # trained the first epoch only
+    assert net["whiten"].bias.grad is None  # frozen: no gradient kept (the lookahead still averages it)
+    np.testing.assert_array_equal(net["whiten"].weight.data, w_whiten)  # frozen throughout
+    # the run ends on the weight average
+    for name, p in net.named_parameters():
+        np.testing.assert_array_equal(p.data, trainer.lookahead.ema[name])
+    result = evaluate(net, DeviceLoader(images, labels, 16, shuffle=False, device="cpu"), tta=2)
+    assert np.isfinite(result["loss"]) and result["n"] == 48
+
+
+def test_muon_recipe_builds_a_chain_and_trains():
+    from gpuconv.optim import SGD, Chain, Muon
+    s = dict(get_recipe("airbench94_muon"), batch_size=16, epochs=2)
+    assert _settings("--recipe", "airbench94_muon")["batch_size"] == 2000
+    net = models.airbench94(widths=(4, 8, 8))
+    rng = np.random.default_rng(2)
+    images = rng.integers(0, 256, (32, 3, 32, 32), dtype=np.uint8)
+    labels = rng.integers(0, 10, 32)
+    split = type("Split", (), {"images": images, "labels": labels})()
+    loader = DeviceLoader(images, labels, 16, augment=True, padding=2, padding_mode="reflect", flip="alternate",
+                          device="cpu")
+    opt, extras = cli._recipe_setup(s, net, split, 4)
+    assert isinstance(opt, Chain) and "lookahead" not in extras
+    muon, sgd = opt.optimizers
+    assert isinstance(muon, Muon) and isinstance(sgd, SGD)
+    assert all(len(p.shape) == 4 and p.requires_grad for p in muon.params) and len(muon.params) == 6
+    assert sgd.hyper(0)["lr"] == pytest.approx(0.053 * 16) and sgd.hyper(len(sgd.params) - 1)["lr"] == pytest.approx(0.67 * 16)
+    sched = cli._schedule(s["schedule"], opt, opt.lr, 4)
+    trainer = Trainer(net, opt, sched, label_smoothing=0.2, progress=False, **extras)
+    w0 = net["block1"]["conv1"].weight.data.copy()
+    trainer.fit(loader, 2)
+    assert not np.array_equal(w0, net["block1"]["conv1"].weight.data)
+    assert opt.lr == pytest.approx(0.0) and muon.lr == pytest.approx(0.0)  # the linear decay ran out
+    state = opt.state_dict()
+    opt.load_state_dict(state)
+    with pytest.raises(TypeError, match="Chain takes one or more gpuconv optimizers"):
+        Chain()
+
+
+@pytest.mark.parametrize("recipe", ["airbench94", "airbench94_muon"])
+def test_recipe_resume_is_bit_identical(recipe, tmp_path):
+    """Lookahead average, parameter groups, the Muon/SGD chain and the whitening bias's epochs all
+    come back from the checkpoint: 2 epochs + resume to 3 == 3 epochs in one go."""
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (32, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, 32)
+    split = type("Split", (), {"images": images, "labels": labels})()
+
+    def build(out):
+        net = models.airbench94(widths=(4, 8, 8))
+        s = dict(get_recipe(recipe), batch_size=16, whiten_bias_epochs=1)
+        opt, extras = cli._recipe_setup(s, net, split, 6)
+        sched = cli._schedule(s["schedule"], opt, opt.lr, 6)
+        loader = DeviceLoader(images, labels, 16, augment=True, padding=2, padding_mode="reflect", flip="alternate",
+                              device="cpu")
+        return net, Trainer(net, opt, sched, out_dir=out, label_smoothing=0.2, progress=False, **extras), loader
+
+    net1, t1, l1 = build(tmp_path / "a")
+    t1.fit(l1, 3)
+    _, t2, l2 = build(tmp_path / "b")
+    t2.fit(l2, 2)
+    net3, t3, l3 = build(tmp_path / "b")
+    t3.fit(l3, 3, resume=True)
+    for (k, a), b in zip(net1.state_dict().items(), net3.state_dict().values()):
+        np.testing.assert_array_equal(a, b, err_msg=k)
