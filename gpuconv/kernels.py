@@ -178,6 +178,11 @@ def kernel_dir() -> pathlib.Path:
             raise FileNotFoundError(f"GPUCONV_KERNELS_DIR={override!r} has no {COMMON}: point it at a "
                                     "kernels/ directory or unset it")
         return path
+    return _shipped_kernel_dir()
+
+
+def _shipped_kernel_dir() -> pathlib.Path:
+    """The kernels gpuconv came with (checkout or wheel), whatever GPUCONV_KERNELS_DIR says."""
     checkout = pathlib.Path(__file__).resolve().parent.parent / "kernels"
     if (checkout / COMMON).is_file():
         return checkout
@@ -208,16 +213,20 @@ def _read(name: str) -> str:
 
 
 def source_text(name: str) -> str:
-    """The text of kernel file ``name`` (``'gemm_tc.cu'``, ``'common.cuh'``) as the compiler reads it."""
-    return _read(name)
+    """The text of kernel file ``name`` (``'gemm_tc.cu'``, ``'common.cuh'``) as the compiler reads
+    it (the shipped file where GPUCONV_KERNELS_DIR lacks it, as :func:`defines`)."""
+    path = kernel_dir() / name
+    return (path if path.is_file() else _shipped_kernel_dir() / name).read_text(encoding="utf-8")
 
 
 @functools.lru_cache(maxsize=None)
 def defines(name: str) -> dict:
     """The integer ``#define`` s of kernel file ``name`` (``'conv2d.cu'``, ``'common.cuh'``): the
     tile sides, thread counts and block sizes the launchers size grids by, read from the source
-    the kernels are compiled from, never copied into Python."""
-    return {k: int(v) for k, v in re.findall(r"^[ \t]*#define[ \t]+(\w+)[ \t]+(\d+)\b", _read(name), re.M)}
+    the kernels are compiled from, never copied into Python. A GPUCONV_KERNELS_DIR without the
+    file (a directory of probe kernels) leaves it to the shipped one, the only one that can run."""
+    text = source_text(name)
+    return {k: int(v) for k, v in re.findall(r"^[ \t]*#define[ \t]+(\w+)[ \t]+(\d+)\b", text, re.M)}
 
 
 @functools.lru_cache(maxsize=None)
@@ -226,7 +235,7 @@ def tile_shapes() -> dict:
     from its ``typedef TcShape<BM, BN, WM, WN> Name;`` lines (32 * WM * WN threads)."""
     pattern = r"typedef TcShape<(\d+), (\d+), (\d+), (\d+)> (\w+);"
     return {name: (int(bm), int(bn), 32 * int(wm) * int(wn))
-            for bm, bn, wm, wn, name in re.findall(pattern, _read("tc_tile.cuh"))}
+            for bm, bn, wm, wn, name in re.findall(pattern, source_text("tc_tile.cuh"))}
 
 
 # GPUCONV_BLOCK in common.cuh: the block size of every 1-D grid-stride kernel, which their
