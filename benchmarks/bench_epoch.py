@@ -189,11 +189,7 @@ def main(argv=None):
                "fusion_speedup": common.ratio(loader_only["array"], loader_only["fused"])}
     rec = common.record(NAME, args, checks, results, images=n, batch=batch, width=width,
                         hyperparameters=bench_step.HYPER)
-    rc = common.finish(rec, args, table)
-    if not checks.passed:
-        print(f"{NAME}: " + "; ".join(checks.failures()), file=sys.stderr)
-        return 1
-    return rc
+    return common.finish(rec, args, table, checks)  # the record stands when a check failed: exit 1
 
 
 if __name__ == "__main__":

@@ -353,8 +353,10 @@ def failed_validation(name, checks: Checks, args) -> int:
     return 1
 
 
-def finish(rec, args, table) -> int:
-    """Print the record (``--json``) or ``table(rec)``; write it with ``--save``; exit status 0."""
+def finish(rec, args, table, checks: Checks | None = None) -> int:
+    """Print the record (``--json``) or ``table(rec)``; write it with ``--save``. Exit status 0,
+    or 1 when ``checks`` (checked along the run, after the validation) failed: the record stands,
+    the failures go to stderr."""
     if args.json:
         print(json.dumps(rec, indent=2, default=_json_default))
     else:
@@ -363,6 +365,9 @@ def finish(rec, args, table) -> int:
             print("(host simulator: validation only; no times are reported)")
     if args.save:
         print(f"wrote {save_record(rec, rec['benchmark'])}", file=sys.stderr)
+    if checks is not None and not checks.passed:
+        print(f"{rec['benchmark']}: " + "; ".join(checks.failures()), file=sys.stderr)
+        return 1
     return 0
 
 

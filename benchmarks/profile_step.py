@@ -157,11 +157,7 @@ def main(argv=None):
                 got, steps[f"{name} {precision}"] = profile(factory, x, y, precision, args, checks, f"{name} {precision}")
                 rows += got
     rec = common.record(NAME, args, checks, rows, batch=batch, step_ms=steps)
-    rc = common.finish(rec, args, table)
-    if not checks.passed:
-        print(f"{NAME}: " + "; ".join(checks.failures()), file=sys.stderr)
-        return 1
-    return rc
+    return common.finish(rec, args, table, checks)  # the record stands when a check failed: exit 1
 
 
 if __name__ == "__main__":
