@@ -37,6 +37,8 @@ from __future__ import annotations
 import contextlib
 
 from .. import kernels, layout
+from ..backend import kernel_target
+from ._checks import check_float, check_same_dtype
 
 _TARGETS = ("cuda", "sim")
 _LAUNCHERS: dict[tuple[str, str], object] = {}
@@ -78,6 +80,24 @@ def call(op_name, target, reference, *args):
         with _array_device_context(args):
             return _run(op_name, target, reference, args)
     return _run(op_name, target, reference, args)
+
+
+def call_elementwise(op_name, reference, x):
+    """An elementwise activation's forward (ReLU, GELU): ``x`` checked, then :func:`call` on
+    ``x``'s target. The reference returns ``(y, cache)`` with ``cache.x``, the input."""
+    check_float("x", x)
+    return call(op_name, kernel_target(x), reference, x)
+
+
+def call_elementwise_backward(op_name, reference, dy, cache):
+    """Its backward: ``dy`` checked against the forward input ``cache.x`` (shape, dtype), then
+    :func:`call` on their target."""
+    check_float("dy", dy)
+    x = cache.x
+    if tuple(dy.shape) != tuple(x.shape):
+        raise ValueError(f"dy must have the forward input's shape {tuple(x.shape)}, got {tuple(dy.shape)}")
+    check_same_dtype("x", x, dy=dy)
+    return call(op_name, kernel_target(dy, x), reference, dy, cache)
 
 
 def _run(op_name, target, reference, args):

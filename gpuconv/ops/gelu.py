@@ -18,11 +18,9 @@ from collections import namedtuple
 
 import numpy as np
 
-from .. import backend
 from ..backend import get_array_module
 from ..precision import round_once, upcast
 from . import _dispatch
-from ._checks import check_float, check_same_dtype
 
 GeluCache = namedtuple("GeluCache", "x")
 
@@ -35,20 +33,12 @@ _erfc_exact = np.frompyfunc(math.erfc, 1, 1)
 
 def gelu_forward(x):
     """``y, cache`` with ``y = x * Phi(x)`` elementwise, any shape."""
-    check_float("x", x)
-    target = backend.kernel_target(x)
-    return _dispatch.call("gelu_forward", target, _gelu_forward_reference, x)
+    return _dispatch.call_elementwise("gelu_forward", _gelu_forward_reference, x)
 
 
 def gelu_backward(dy, cache):
     """``dx = dy * (Phi(x) + x * phi(x))``."""
-    check_float("dy", dy)
-    x = cache.x
-    if tuple(dy.shape) != tuple(x.shape):
-        raise ValueError(f"dy must have the forward input's shape {tuple(x.shape)}, got {tuple(dy.shape)}")
-    check_same_dtype("x", x, dy=dy)
-    target = backend.kernel_target(dy, x)
-    return _dispatch.call("gelu_backward", target, _gelu_backward_reference, dy, cache)
+    return _dispatch.call_elementwise_backward("gelu_backward", _gelu_backward_reference, dy, cache)
 
 
 def erfc(z):

@@ -9,31 +9,21 @@ from __future__ import annotations
 
 from collections import namedtuple
 
-from .. import backend
 from ..backend import get_array_module
 from ..precision import round_once, upcast
 from . import _dispatch
-from ._checks import check_float, check_same_dtype
 
 ReluCache = namedtuple("ReluCache", "x")
 
 
 def relu_forward(x):
     """``y, cache`` with ``y = max(x, 0)`` elementwise, any shape."""
-    check_float("x", x)
-    target = backend.kernel_target(x)
-    return _dispatch.call("relu_forward", target, _relu_forward_reference, x)
+    return _dispatch.call_elementwise("relu_forward", _relu_forward_reference, x)
 
 
 def relu_backward(dy, cache):
     """``dx = dy * (x > 0)``."""
-    check_float("dy", dy)
-    x = cache.x
-    if tuple(dy.shape) != tuple(x.shape):
-        raise ValueError(f"dy must have the forward input's shape {tuple(x.shape)}, got {tuple(dy.shape)}")
-    check_same_dtype("x", x, dy=dy)
-    target = backend.kernel_target(dy, x)
-    return _dispatch.call("relu_backward", target, _relu_backward_reference, dy, cache)
+    return _dispatch.call_elementwise_backward("relu_backward", _relu_backward_reference, dy, cache)
 
 
 def _relu_forward_reference(x):
