@@ -154,27 +154,27 @@ max_pool2d_backward(const storage_t* dy, const int* argmax, storage_t* dx, int N
     }
 }
 
-// Disjoint windows (OH * kh == H and OW * kw == W: the ops accept only sizes that fit): output
+// Disjoint windows (OH * kh == H and OW * kw == W: the launcher takes these kernels only then): output
 // (oh, ow) of plane (n, c) writes dx over its window, each value 0 + f(tap) as in covering_sum,
 // whose one term is added to a zero (so -0.0 becomes +0.0 in both).
 template <class F>
-__device__ inline void disjoint_window(storage_t* dx, const Act4& in, index_t n, int c, int oh, int ow, index_t o,
-                                       int kh, int kw, F f) {
-    for (int fh = 0; fh < kh; ++fh)
-        for (int fw = 0; fw < kw; ++fw)
-            dx[in.at(n, c, oh * kh + fh, ow * kw + fw)] = from_acc((acc_t)0 + f(o, fh * kw + fw));
+__device__ inline void disjoint_backward(storage_t* dx, int N, int C, int H, int W, int OH, int OW, int kh, int kw,
+                                         int cl, F f) {
+    const index_t total = (index_t)N * C * OH * OW;
+    const Act4 in = {C, H, W, cl}, out = {C, OH, OW, cl};
+    for (index_t o = global_thread_index(); o < total; o += global_thread_count()) {
+        int c, oh, ow;
+        const index_t n = out.split(o, &c, &oh, &ow);
+        for (int fh = 0; fh < kh; ++fh)
+            for (int fw = 0; fw < kw; ++fw)
+                dx[in.at(n, c, oh * kh + fh, ow * kw + fw)] = from_acc((acc_t)0 + f(o, fh * kw + fw));
+    }
 }
 
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
 max_pool2d_backward_disjoint(const storage_t* dy, const int* argmax, storage_t* dx, int N, int C, int H, int W,
                              int OH, int OW, int kh, int kw, int sh, int sw, int ph, int pw, int cl) {
-    const index_t total = (index_t)N * C * OH * OW;
-    const Act4 in = {C, H, W, cl}, out = {C, OH, OW, cl};
-    for (index_t i = global_thread_index(); i < total; i += global_thread_count()) {
-        int c, oh, ow;
-        const index_t n = out.split(i, &c, &oh, &ow);
-        disjoint_window(dx, in, n, c, oh, ow, i, kh, kw, MaxRoute{dy, argmax});
-    }
+    disjoint_backward(dx, N, C, H, W, OH, OW, kh, kw, cl, MaxRoute{dy, argmax});
 }
 
 // The sum over output (oh, ow)'s window of f(x) for its in-bounds taps, in row-major tap order
@@ -259,14 +259,7 @@ avg_pool2d_backward(const storage_t* dy, storage_t* dx, int N, int C, int H, int
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
 avg_pool2d_backward_disjoint(const storage_t* dy, storage_t* dx, int N, int C, int H, int W, int OH, int OW,
                              int kh, int kw, int sh, int sw, int ph, int pw, int cl) {
-    const index_t total = (index_t)N * C * OH * OW;
-    const Act4 in = {C, H, W, cl}, out = {C, OH, OW, cl};
-    const acc_t inv = (acc_t)(1.0 / (double)(kh * kw));
-    for (index_t i = global_thread_index(); i < total; i += global_thread_count()) {
-        int c, oh, ow;
-        const index_t n = out.split(i, &c, &oh, &ow);
-        disjoint_window(dx, in, n, c, oh, ow, i, kh, kw, AvgShare{dy, inv});
-    }
+    disjoint_backward(dx, N, C, H, W, OH, OW, kh, kw, cl, AvgShare{dy, (acc_t)(1.0 / (double)(kh * kw))});
 }
 
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
