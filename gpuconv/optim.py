@@ -135,6 +135,10 @@ class Optimizer:
     @lr.setter
     def lr(self, value):
         self._lr = _nonneg("lr", value)
+        self._lr_set()
+
+    def _lr_set(self):
+        """Called after every change of ``lr`` (Chain passes it on to its members)."""
 
     def zero_grad(self):
         for p in self.params:
@@ -405,13 +409,7 @@ class Chain(Optimizer):
         self.optimizers = tuple(optimizers)
         self._finish_groups()
 
-    @property
-    def lr(self):
-        return self._lr
-
-    @lr.setter
-    def lr(self, value):
-        self._lr = _nonneg("lr", value)
+    def _lr_set(self):
         for o in getattr(self, "optimizers", ()):
             o.lr = o.initial_lr * self._lr / self.initial_lr
 
