@@ -127,6 +127,15 @@ def reference(direction, x, w, b, dy, tf32=False):
     return out[0], out[1], length
 
 
+class Failure(str):
+    """A validation failure's message, and ``key``: the (precision, direction, variant) that failed."""
+
+    def __new__(cls, key, message):
+        self = super().__new__(cls, message)
+        self.key = key
+        return self
+
+
 def validate(layers, batch, target, variants=None, precisions=("fp32",)):
     """Every variant and direction in each precision against the float64 reference, within the
     derived bound (twice it on a GPU); returns a list of failure strings (empty: all good)."""
@@ -144,14 +153,15 @@ def validate(layers, batch, target, variants=None, precisions=("fp32",)):
                         with kernels.use_variant(**{family: var}), kernels.use_variant("tf32", **{family: var}):
                             got = run_direction(direction, *dev, target, tf32)
                     except Exception as exc:  # noqa: BLE001 - a failure like a wrong result
-                        failures.append(f"{prec} {c}->{k} at {h}x{h} {direction} {var}: raised "
-                                        f"{type(exc).__name__}: {exc}")
+                        failures.append(Failure((prec, direction, var), f"{prec} {c}->{k} at {h}x{h} {direction} "
+                                                f"{var}: raised {type(exc).__name__}: {exc}"))
                         continue
                     got = np.asarray(got.get() if B.is_cupy_array(got) else got, np.float64)
                     ok, worst = within_tolerance(got, ref, tol) if got.shape == ref.shape else (False, float("inf"))
                     if not ok:
-                        failures.append(f"{prec} {c}->{k} at {h}x{h} {direction} {var}: max |error| "
-                                        f"{worst:.3g} x the derived bound (reduction of {length})")
+                        failures.append(Failure((prec, direction, var), f"{prec} {c}->{k} at {h}x{h} {direction} "
+                                                f"{var}: max |error| {worst:.3g} x the derived bound "
+                                                f"(reduction of {length})"))
     return failures
 
 
@@ -280,7 +290,7 @@ def main(argv=None):
     if args.validate_only:
         print(f"{'some' if failures else 'all'} conv2d variants match NumPy at the layer sizes (4-image slices)")
         return 1 if failures else 0
-    wrong = {tuple(f.split(":")[0].split(" ")[i] for i in (0, 4, 5)) for f in failures}  # (precision, direction, variant)
+    wrong = {f.key for f in failures}
     rows = benchmark(args.batch, args.warmup, args.repeat, use_torch=not args.no_torch, layers=layers,
                      variants=args.variants, precisions=args.precisions, wrong=wrong)
     record = {"benchmark": "conv2d", "environment": environment(use_torch=not args.no_torch), "stride": STRIDE,
