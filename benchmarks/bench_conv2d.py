@@ -29,7 +29,6 @@ device, the date and the versions of everything involved.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import pathlib
 import sys
@@ -310,8 +309,8 @@ def main(argv=None):
                       + ", ".join(f"{layer} {v}" + ("" if default.get(layer) == v else f" (default {default.get(layer)})")
                                   for layer, v in per.items()))
     if not args.no_save:
-        # conv2d-<gpu>-<date>.json: the name notebooks/04_kernels.ipynb looks for.
-        name = f"conv2d-{common.slug(record['environment']['device'])}-{datetime.date.today().isoformat()}.json"
+        # conv2d-<gpu>-<date>-<HHMM>.json: the name notebooks/04_kernels.ipynb looks for.
+        name = f"conv2d-{common.slug(record['environment']['device'])}-{common.stamp(record['environment'])}.json"
         print(f"wrote {common.save_record(record, 'conv2d', filename=name)}", file=sys.stderr)
     return 1 if failures else 0
 

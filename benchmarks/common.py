@@ -317,13 +317,19 @@ def results_dir() -> pathlib.Path:
     return pathlib.Path(os.environ.get("GPUCONV_BENCH_RESULTS") or RESULTS)
 
 
+def stamp(env) -> str:
+    """``YYYY-MM-DD-HHMM`` (UTC) of a record's environment: two runs on one day keep two records."""
+    return f"{env['date'][:10]}-{env['date'][11:13]}{env['date'][14:16]}"
+
+
 def save_record(record, name, filename=None) -> pathlib.Path:
-    """Write ``record`` as ``<date>-<device>-<name>.json`` (or ``filename``) in :func:`results_dir`."""
+    """Write ``record`` as ``<date>-<HHMM>-<device>-<name>.json`` (or ``filename``) in
+    :func:`results_dir`."""
     out_dir = results_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
     env = record["environment"]
     if filename is None:
-        filename = f"{env['date'][:10]}-{slug(env['device'])}-{name}.json"
+        filename = f"{stamp(env)}-{slug(env['device'])}-{name}.json"
     path = out_dir / filename
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(record, indent=2, default=_json_default) + "\n")
