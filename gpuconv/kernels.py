@@ -111,9 +111,10 @@ class Family(NamedTuple):
 # measurement says (benchmarks/RESULTS.md: bench_conv2d, batch 512, every fast_net layer and
 # variant): 128x128 tiles (v3 on CUDA cores, tc128 on tensor cores) from 128 channels on, 64x64
 # (v2, tc) below, and v1 for a data gradient into fewer than 16 channels (into an image's 3
-# channels v1 took 0.33 ms, v2 2.3). The bfloat16/float16 weight gradient stays on tc: tc128
-# was faster on five layers of six but once ten times slower (128->256 at 16x16), which a later
-# measurement has to explain first (in TF32 tc128 was faster on all five). float64 (never measured) runs v2. A fixed variant
+# channels v1 took 0.33 ms, v2 2.3). The bfloat16/float16 weight gradient follows the same rule:
+# the one slow tc128 cell of the first run (bf16 128->256 at 16x16, 10.5 ms) measured 0.74 ms
+# (tc 1.08) in the second, tc128 being 1.2-1.5x faster than tc on every wide layer of both.
+# float64 (never measured) runs v2. A fixed variant
 # chosen with use_variant/set_variant/GPUCONV_KERNEL_VARIANTS runs on every shape; tc or tc128
 # on a dtype without a tensor-core format (strict float32, float64) runs v2.
 AUTO_WIDE = 128        # channels from which the 128x128 tiles win
@@ -135,8 +136,6 @@ def auto_variant(family: str, dtype, tf32: bool, channels: int) -> str:
     name = _dtype_name(dtype)
     wide = channels >= AUTO_WIDE
     if tf32 or np.dtype(dtype) in precision.LOW_PRECISION:
-        if family == "conv2d_backward_weight" and not tf32:
-            return "tc"
         return "tc128" if wide else "tc"
     if name == "float64":
         return "v2"

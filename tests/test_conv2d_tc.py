@@ -262,9 +262,8 @@ def test_launcher_shapes_match_the_kernel_tiles():
 @pytest.mark.parametrize("dtype, tf32", [(BF16, False), (np.float16, False), (np.float32, True)],
                          ids=["bf16", "f16", "tf32"])
 def test_auto_runs_the_measured_tile_per_channel_count(dtype, tf32, launches):
-    """"auto": 128x128 tensor-core tiles from 128 output channels of the GEMM on (K forward and
-    for the TF32 weight gradient, C for the data gradient), 64x64 below; the bf16/fp16 weight
-    gradient on tc. The launches say so."""
+    """"auto": 128x128 tensor-core tiles from 128 output channels of the GEMM on (K for the
+    forward and the weight gradient, C for the data gradient), 64x64 below. The launches say so."""
     rng = np.random.default_rng(12)
     for c, k, want_fwd, want_data in [(8, 16, "tc", "tc"), (8, 128, "tc128", "tc"), (128, 16, "tc", "tc128")]:
         x = rng.standard_normal((1, c, 4, 4)).astype(np.float32 if tf32 else dtype)
@@ -274,5 +273,5 @@ def test_auto_runs_the_measured_tile_per_channel_count(dtype, tf32, launches):
         LC.conv2d_backward_kernel(y, cache, True, tf32, target="sim")
         names = set(launches.names)
         assert f"conv2d_forward_{want_fwd}" in names and f"conv2d_backward_data_{want_data}" in names
-        want_weight = "tc128" if tf32 and k >= 128 else "tc"
+        want_weight = "tc128" if k >= 128 else "tc"
         assert f"conv2d_backward_weight_{want_weight}" in names, names
