@@ -25,8 +25,12 @@
 #   sanitizer compute-sanitizer memcheck and racecheck over every kernel at small shapes;
 #             initcheck and synccheck when time is left
 #   airbench  `gpuconv train --recipe airbench94` end to end on the real subset (GELU, the reflect
-#             translation, lookahead, TTA level 2): its log holds seconds per epoch and the accuracy
+#             translation, lookahead, TTA level 2): its log holds seconds per epoch and the accuracy;
+#             then bench_airbench: the recipe's seconds on 50,000 synthetic images, fp32 and bf16,
+#             against the same recipe in PyTorch eager (benchmarks/airbench_torch.py)
 #   parity    CPU vs GPU training on the real subset (benchmarks/parity.py), shortened to fit
+#   ncu       Nsight Compute over one fast_net layer's three conv directions, gpuconv's kernels and
+#             cuDNN's (benchmarks/profile_kernels.py): throughput, occupancy, stalls, bank conflicts
 #   caches    CuPy's and gpuconv's kernel caches, tarred for the next run
 # STAGES="tests conv" (say) runs the smoke stage and those; default: all of them.
 #
@@ -186,11 +190,29 @@ fi
 if want airbench; then
     stage airbench 120 "$PY" -m gpuconv train --recipe airbench94 --device cuda --data "${GPUCONV_DATA:-.gpu-data}" \
         --out "${TMPDIR:-/tmp}/gpuconv-airbench" --no-progress  # the checkpoint stays out of the records
+    stage bench_airbench 200 "$PY" benchmarks/bench_airbench.py --save
 fi
 
 # ---------------------------------------------------------------- accuracy parity, CPU vs GPU
 if want parity; then
     stage parity 100 "$PY" benchmarks/parity.py --save --epochs 4
+fi
+
+# ---------------------------------------------------------------- Nsight Compute: one layer, both sides
+NCU="$(command -v ncu || ls /usr/local/cuda*/bin/ncu 2>/dev/null | head -n 1)"
+if want ncu; then
+    if [ -n "$NCU" ]; then
+        # What bounds the tensor-core kernels beside cuDNN's: bf16 128->256 at 16x16, batch 512.
+        stage ncu 90 bash -c 'for side in gpuconv torch; do "$0" --profile-from-start off --section SpeedOfLight \
+            --section Occupancy --section LaunchStats --section ComputeWorkloadAnalysis --section WarpStateStats \
+            --section MemoryWorkloadAnalysis --section MemoryWorkloadAnalysis_Tables \
+            "$1" benchmarks/profile_kernels.py --layer 128,256,16 --precision bf16 --side "$side" || exit 1; done' \
+            "$NCU" "$PY"
+    else
+        log "ncu not found (PATH, /usr/local/cuda*/bin)"
+        printf '%-14s %-28s %4ds\n' "FAILED" "ncu: not installed" 0 >>"$SUMMARY"
+        FAILED=1
+    fi
 fi
 
 # ---------------------------------------------------------------- kernel caches for the next run

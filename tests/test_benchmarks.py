@@ -58,7 +58,7 @@ def test_sim_tiny_run_validates_and_saves_its_record(name, tmp_path):
     assert rec["validation"]["passed"] is True and len(rec["validation"]["checks"]) >= 3
     assert all(c["ok"] for c in rec["validation"]["checks"])
     saved = list(tmp_path.glob("*.json"))
-    assert len(saved) == 1 and re.fullmatch(rf"\d{{4}}-\d\d-\d\d-host-simulator-gpuconv-hostsim-{name}\.json",
+    assert len(saved) == 1 and re.fullmatch(rf"\d{{4}}-\d\d-\d\d-\d{{4}}-host-simulator-gpuconv-hostsim-{name}\.json",
                                             saved[0].name)
     assert json.loads(saved[0].read_text())["validation"] == rec["validation"]
     results = rec["results"]
@@ -229,6 +229,7 @@ def test_gpu_battery_caps_every_stage_and_publishes_after_each(tmp_path):
     fake = bin_dir / "python"
     fake.write_text(FAKE_PYTHON)
     (bin_dir / "compute-sanitizer").write_text("#!/usr/bin/env bash\necho 'fake sanitizer'\n")
+    (bin_dir / "ncu").write_text("#!/usr/bin/env bash\necho 'fake ncu'\n")
     for f in bin_dir.iterdir():
         f.chmod(0o755)
     proc, out, seconds = run_battery(tmp_path, PYTHON=str(fake), PATH=f"{bin_dir}:{os.environ['PATH']}",
@@ -237,11 +238,12 @@ def test_gpu_battery_caps_every_stage_and_publishes_after_each(tmp_path):
     names = [line.split()[1] for line in summary]
     assert proc.returncode == 1 and seconds < 120, proc.stdout[-3000:]
     assert names == ["smoke", "tests", "bench_conv2d", "bench_ops", "bench_step", "profile_step", "bench_cs231n",
-                     "bench_epoch", "sanitizer_memcheck", "sanitizer_racecheck", "airbench", "parity"], summary
+                     "bench_epoch", "sanitizer_memcheck", "sanitizer_racecheck", "airbench", "bench_airbench",
+                     "parity", "ncu"], summary
     status = [line.split()[0] for line in summary]
     # bench_ops is cut at its 40 s cap, though it would hang for 60; then the 56 s budget, less the
     # 10 s kept for the caches, leaves under 15 s: every later stage is skipped, none is run short.
-    assert status == ["ok", "ok", "ok", "TIMEOUT"] + ["SKIPPED"] * 8, summary
+    assert status == ["ok", "ok", "ok", "TIMEOUT"] + ["SKIPPED"] * 10, summary
     assert sorted(p.name for p in out.iterdir()) == ["caches.tar.gz", "records.tar.gz", "run_gpu.log", "summary.txt"]
     with tarfile.open(out / "records.tar.gz") as tar:
         members = tar.getnames()
@@ -340,3 +342,55 @@ def test_parity_checks_fail_when_the_device_drifts():
     assert any(c["name"] == "seed 1: held-out accuracy" and c["ok"] for c in checks.items)
 
 
+
+
+# ----------------------------------------------------------------------------- the airbench94 recipe vs PyTorch
+def test_airbench_bench_without_torch_times_gpuconv_alone_and_says_so(tmp_path):
+    proc = run_script("bench_airbench", "--device", "sim", "--tiny", "--no-torch", "--precisions", "fp32", "--json",
+                      "--save", env={"GPUCONV_BENCH_RESULTS": str(tmp_path)}, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rec = json.loads(proc.stdout)
+    assert rec["baseline"] is None and rec["epochs"] == 2 and rec["batch_size"] == 16
+    r = rec["results"]["fp32"]
+    assert r["torch_s"] is None and r["gpuconv_s"] is None and np.isfinite(r["gpuconv_loss"])
+    assert [c["name"] for c in rec["validation"]["checks"]] == ["fp32 gpuconv: final loss finite"]
+    assert len(list(tmp_path.glob("*-bench_airbench.json"))) == 1
+
+
+def test_airbench_baseline_takes_the_recipes_steps_and_the_check_can_fail(monkeypatch, capsys):
+    """The PyTorch baseline agrees with gpuconv's recipe step for step (logits, three optimizer
+    steps); a baseline whose batch-norm biases learn at half the recipe's rate fails the check."""
+    torch = pytest.importorskip("torch")
+    bench = load("bench_airbench")
+    args = bench.common.parse(bench.parser(), ["--device", "sim", "--tiny"])
+    images, labels = bench.synthetic(24)
+    r = bench.recipe(args)
+    checks = bench.common.Checks()
+    steps = bench.validate(images, labels, r, args, checks, torch, 2)
+    assert checks.passed and len(checks.as_dict()["checks"]) == 1, checks.failures()
+    assert steps.passed and len(steps.as_dict()["checks"]) == 1, steps.failures()
+    monkeypatch.setitem(bench.airbench_torch.HYPER, "bias_scaler", 32.0)
+    steps = bench.validate(images, labels, r, args, bench.common.Checks(), torch, 2)
+    assert steps.failures() and "parameters after 3 recipe steps" in steps.failures()[0]
+
+
+def test_airbench_torch_augmentation_is_the_loaders():
+    """The baseline's translation and alternating flips, against NumPy on the same draws."""
+    torch = pytest.importorskip("torch")
+    bench = load("bench_airbench")
+    images, labels = bench.synthetic(6)
+    loader = bench.airbench_torch.Loader(torch, images, labels, 4, "cpu", padding=2, seed=3)
+    state = loader.gen.get_state()
+    out = [loader.augmented(e).numpy() for e in (0, 1)]
+    loader.gen.set_state(state)
+    x = loader.images.numpy()
+    padded = np.pad(x, ((0, 0), (0, 0), (2, 2), (2, 2)), mode="reflect")
+    flips = loader.flip.numpy()
+    for e in (0, 1):
+        dy = torch.randint(0, 5, (6,), generator=loader.gen).numpy()
+        dx = torch.randint(0, 5, (6,), generator=loader.gen).numpy()
+        want = np.stack([padded[i, :, dy[i]:dy[i] + 32, dx[i]:dx[i] + 32] for i in range(6)])
+        flip = flips ^ bool(e % 2)
+        want[flip] = want[flip][..., ::-1]
+        np.testing.assert_array_equal(out[e], want)
+    assert not np.array_equal(out[0], out[1])

@@ -1,0 +1,248 @@
+"""The airbench94 recipe in PyTorch eager: the baseline gpuconv's ``--recipe airbench94`` is timed
+against (benchmarks/bench_airbench.py), written from the recipe's description, in airbench's own
+arithmetic where gpuconv has its own (a summed loss with airbench's per-1024-example lr and weight
+decay; gpuconv converts them for a mean loss), so the validation that both take the same first
+steps also checks that conversion.
+
+What it trains is ``gpuconv.recipes.RECIPES['airbench94']`` step for step:
+
+- the network of ``gpuconv.models.airbench94`` with the same parameter names (weights can be
+  copied across): a frozen 2x2 whitening conv from the training patches' eigenvectors and their
+  negations, three conv-pool-BN-GELU-conv-BN-GELU blocks with dirac initialization, BN weights
+  frozen at 1, a 3x3 max pool, a bias-free linear head times 1/9;
+- Nesterov SGD in two groups (BN biases at 64x the lr), airbench's decoupled weight decay; the
+  triangular schedule (0.2 -> 1 at 23% of the steps -> 0.07); label smoothing 0.2; the whitening
+  bias trained for the first 3 epochs only; the lookahead average every 5 steps with decay
+  ``0.95**5 * (step/total)**3`` and a last pull onto the average;
+- the data set uploaded once, on the device each epoch: a random 2-pixel translation with
+  reflect padding and horizontal flips that alternate per image and epoch, a fresh shuffle, the
+  last partial batch kept (as gpuconv's DeviceLoader does).
+
+Precision: 'fp32' (TF32 left as the caller set it) or 'bf16' (autocast, channels_last; BN in
+float32, as under gpuconv's mixed precision). Standalone use, on synthetic images:
+
+    python benchmarks/airbench_torch.py --images 50000 --precision bf16
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import time
+
+import numpy as np
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+HYPER = dict(epochs=10, batch_size=1024, lr=11.5, weight_decay=0.0153, momentum=0.85, bias_scaler=64.0,
+             label_smoothing=0.2, padding=2, lookahead_every=5, whiten_bias_epochs=3, widths=(64, 256, 256),
+             bn_momentum=0.4, bn_eps=1e-12, scale=1 / 9, warmup_fraction=0.23, lr_start=0.2, lr_end=0.07)
+
+
+def build(torch, widths=(64, 256, 256), num_classes=10):
+    """The airbench94 network, parameter names as in ``gpuconv.models.airbench94``."""
+    nn = torch.nn
+
+    class Mul(nn.Module):
+        def __init__(self, factor):
+            super().__init__()
+            self.factor = factor
+
+        def forward(self, x):
+            return x * self.factor
+
+    def block(c_in, c_out):
+        layers = collections.OrderedDict(
+            conv1=nn.Conv2d(c_in, c_out, 3, padding="same", bias=False), pool=nn.MaxPool2d(2),
+            norm1=nn.BatchNorm2d(c_out, momentum=HYPER["bn_momentum"], eps=HYPER["bn_eps"]), gelu1=nn.GELU(),
+            conv2=nn.Conv2d(c_out, c_out, 3, padding="same", bias=False),
+            norm2=nn.BatchNorm2d(c_out, momentum=HYPER["bn_momentum"], eps=HYPER["bn_eps"]), gelu2=nn.GELU())
+        for conv in (layers["conv1"], layers["conv2"]):
+            torch.nn.init.dirac_(conv.weight.data[:c_in])
+        for norm in (layers["norm1"], layers["norm2"]):
+            norm.weight.requires_grad = False
+        return nn.Sequential(layers)
+
+    w1, w2, w3 = widths
+    whiten = nn.Conv2d(3, 24, 2, padding=0, bias=True)
+    whiten.weight.requires_grad = False
+    torch.nn.init.zeros_(whiten.bias)
+    return nn.Sequential(collections.OrderedDict(
+        whiten=whiten, gelu0=nn.GELU(), block1=block(24, w1), block2=block(w1, w2), block3=block(w2, w3),
+        pool=nn.MaxPool2d(3), flatten=nn.Flatten(), fc=nn.Linear(w3, num_classes, bias=False),
+        scale=Mul(HYPER["scale"])))
+
+
+def init_whitening(torch, conv, images, eps=5e-4):
+    """Whitening filters from the 2x2 patches of ``images`` (normalized, N x 3 x H x W, the first
+    5000 used), on the device: the covariance's eigenvectors by decreasing eigenvalue, each over
+    sqrt(eigenvalue + eps), then the same negated."""
+    x = images[:5000].double()
+    c, (kh, kw) = x.shape[1], conv.kernel_size
+    patches = x.unfold(2, kh, 1).unfold(3, kw, 1).permute(0, 2, 3, 1, 4, 5).reshape(-1, c * kh * kw)
+    values, vectors = torch.linalg.eigh(patches.T @ patches / len(patches))
+    values, vectors = values.flip(0), vectors.flip(1)
+    filters = (vectors.T / torch.sqrt(values + eps)[:, None]).reshape(-1, c, kh, kw)
+    conv.weight.data[:] = torch.cat([filters, -filters]).to(conv.weight.dtype)
+
+
+def optimizer(torch, model, batch_size, h=HYPER):
+    """airbench's SGD: lr and weight decay per 1024 examples for a SUMMED loss, divided by how much
+    Nesterov momentum amplifies a step; BN biases at ``bias_scaler`` times the lr; every group
+    decays its weights by the same amount per step whatever its lr."""
+    kilostep = 1024 * (1 + 1 / (1 - h["momentum"]))
+    lr = h["lr"] / kilostep
+    decay = h["weight_decay"] * batch_size / kilostep
+    named = [(n, p) for n, p in model.named_parameters() if not (n == "whiten.weight")]
+    norm = [p for n, p in named if ".norm" in n]
+    other = [p for n, p in named if ".norm" not in n]
+    bias_lr = lr * h["bias_scaler"]
+    groups = [dict(params=norm, lr=bias_lr, weight_decay=decay / bias_lr),
+              dict(params=other, lr=lr, weight_decay=decay / lr)]
+    return torch.optim.SGD(groups, momentum=h["momentum"], nesterov=True)
+
+
+def lr_factor(step, total, h=HYPER):
+    """The triangular schedule: 0.2 -> 1 over the first 23% of the steps -> 0.07 at the end."""
+    warmup = int(total * h["warmup_fraction"])
+    if step < warmup:
+        f = step / warmup
+        return h["lr_start"] * (1 - f) + f
+    f = min(1.0, (step - warmup) / max(1, total - warmup))
+    return (1 - f) + h["lr_end"] * f
+
+
+class Lookahead:
+    """The weight average (parameters and float buffers) the model is pulled back onto."""
+
+    def __init__(self, torch, model):
+        self.torch = torch
+        self.tensors = [t for t in model.state_dict().values() if t.is_floating_point()]
+        self.ema = [t.detach().clone() for t in self.tensors]
+
+    def update(self, decay):
+        with self.torch.no_grad():
+            for w, e in zip(self.tensors, self.ema):
+                e.lerp_(w, 1 - decay)
+                w.copy_(e)
+
+
+def decay_at(step, total):
+    return 0.95 ** 5 * (step / total) ** 3
+
+
+class Loader:
+    """Device-resident CIFAR batches with airbench's augmentation, one epoch per iteration."""
+
+    def __init__(self, torch, images_u8, labels, batch_size, device, padding=2, seed=0, channels_last=False):
+        self.torch, self.batch_size, self.padding = torch, batch_size, padding
+        self.gen = torch.Generator(device=device)
+        self.gen.manual_seed(seed)
+        x = torch.as_tensor(images_u8, device=device).float() / 255
+        mean = torch.tensor(CIFAR10_MEAN, device=device).view(1, 3, 1, 1)
+        std = torch.tensor(CIFAR10_STD, device=device).view(1, 3, 1, 1)
+        self.images = (x - mean) / std
+        self.labels = torch.as_tensor(labels, device=device).long()
+        self.flip = torch.rand(len(x), device=device, generator=self.gen) < 0.5  # alternates per epoch
+        self.channels_last = channels_last
+        self.epoch = 0
+
+    def __len__(self):
+        return -(-len(self.labels) // self.batch_size)
+
+    def augmented(self, epoch):
+        torch, p, x = self.torch, self.padding, self.images
+        n, c, h, w = x.shape
+        padded = torch.nn.functional.pad(x, (p, p, p, p), mode="reflect")
+        dy = torch.randint(0, 2 * p + 1, (n,), device=x.device, generator=self.gen)
+        dx = torch.randint(0, 2 * p + 1, (n,), device=x.device, generator=self.gen)
+        rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None].expand(n, c, h, w + 2 * p)
+        out = padded.gather(2, rows)
+        flip = self.flip ^ bool(epoch % 2)
+        cols = dx[:, None] + torch.arange(w, device=x.device)
+        cols = torch.where(flip[:, None], cols.flip(1), cols)[:, None, None, :].expand(n, c, h, w)
+        return out.gather(3, cols)
+
+    def __iter__(self):
+        torch = self.torch
+        x = self.augmented(self.epoch)
+        order = torch.randperm(len(x), device=x.device, generator=self.gen)
+        self.epoch += 1
+        for start in range(0, len(x), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            xb = x[idx]
+            if self.channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            yield xb, self.labels[idx]
+
+
+def loss_of(torch, model, x, y, precision, smoothing=HYPER["label_smoothing"]):
+    """The SUMMED label-smoothed cross entropy (airbench's form), under autocast for bf16."""
+    if precision == "bf16":
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+            logits = model(x)
+    else:
+        logits = model(x)
+    return torch.nn.functional.cross_entropy(logits.float(), y, label_smoothing=smoothing, reduction="sum")
+
+
+def train(torch, images_u8, labels, device="cuda", precision="fp32", epochs=HYPER["epochs"],
+          batch_size=HYPER["batch_size"], widths=HYPER["widths"], seed=0, model=None):
+    """The whole recipe from uploaded images to the trained model: (model, seconds, the last
+    epoch's mean loss). The seconds run from the upload to the last step, synchronized (whitening
+    init included); the loss is summed on the device and read once, at the end."""
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    torch.manual_seed(seed)
+    sync()
+    t0 = time.perf_counter()
+    channels_last = precision == "bf16"
+    loader = Loader(torch, images_u8, labels, batch_size, device, seed=seed, channels_last=channels_last)
+    if model is None:
+        model = build(torch, widths).to(device)
+        init_whitening(torch, model.whiten, loader.images)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = optimizer(torch, model, batch_size)
+    total = epochs * len(loader)
+    base = [g["lr"] for g in opt.param_groups]
+    average = Lookahead(torch, model)
+    step = 0
+    model.train()
+    for epoch in range(epochs):
+        model.whiten.bias.requires_grad = epoch < HYPER["whiten_bias_epochs"]
+        loss_sum = torch.zeros((), device=device)
+        for x, y in loader:
+            for g, lr in zip(opt.param_groups, base):
+                g["lr"] = lr * lr_factor(step, total)
+            loss = loss_of(torch, model, x, y, precision)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += loss.detach()
+            step += 1
+            if step % HYPER["lookahead_every"] == 0:
+                average.update(decay_at(step, total))
+    average.update(1.0)
+    sync()
+    seconds = time.perf_counter() - t0
+    return model, seconds, float(loss_sum) / len(labels)
+
+
+def main(argv=None):
+    import torch
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--images", type=int, default=50_000, help="synthetic CIFAR-shaped images")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
+    p.add_argument("--epochs", type=int, default=HYPER["epochs"])
+    args = p.parse_args(argv)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.backends.cudnn.benchmark = True
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (args.images, 3, 32, 32), dtype=np.uint8)
+    labels = rng.integers(0, 10, args.images)
+    _, seconds, loss = train(torch, images, labels, device, args.precision, args.epochs)
+    print(f"airbench94 in PyTorch eager on {device}, {args.precision}: {args.images} images, {args.epochs} epochs "
+          f"in {seconds:.2f} s (first run: includes cuDNN autotuning), last loss {loss:.4f}")
+
+
+if __name__ == "__main__":
+    main()

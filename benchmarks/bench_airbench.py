@@ -1,0 +1,227 @@
+"""The airbench94 recipe end to end: seconds for gpuconv's ``--recipe airbench94`` to train on
+50,000 synthetic CIFAR-shaped images, against the same recipe in PyTorch eager
+(benchmarks/airbench_torch.py) on the same GPU, in the same precision.
+
+    python benchmarks/bench_airbench.py                      # GPU: fp32 (TF32 off) and bf16
+    python benchmarks/bench_airbench.py --precisions bf16 --json --save
+    python benchmarks/bench_airbench.py --device sim --tiny  # no GPU: the validation on the simulator
+
+Validation first, from one set of weights copied into both networks (PyTorch on the CPU when
+gpuconv runs on the simulator): the training-mode logits of a batch, then the parameters after
+three of the recipe's optimizer steps (two parameter groups, decoupled weight decay, the
+schedule's first lrs, label smoothing; gpuconv with a mean loss, the baseline in airbench's
+summed form). Then per precision, each side: one untimed warm-up run on a slice of the images
+(kernel compiles, cuDNN autotuning for the full and the last partial batch), then the timed runs:
+wall-clock seconds from the upload of the images (uint8, once) to the synchronized end of the
+last step, the whitening initialization included, evaluation excluded. gpuconv trains through the
+same pieces ``gpuconv train --recipe airbench94`` uses (the recipe's optimizer, schedule,
+lookahead and whitening, the fused augmentation loader, the Trainer), writing no checkpoints.
+The images are random, so the loss says only that training ran (it stays near ln 10); accuracy
+is the real subset's business (the battery's airbench stage).
+"""
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+import airbench_torch  # noqa: E402
+import common  # noqa: E402
+from bench_epoch import synthetic  # noqa: E402
+from gpuconv import amp, cli  # noqa: E402
+from gpuconv import backend as B  # noqa: E402
+from gpuconv.data import DeviceLoader, normalize  # noqa: E402
+from gpuconv.recipes import get_recipe  # noqa: E402
+from gpuconv.trainer import Trainer  # noqa: E402
+
+NAME = "bench_airbench"
+RECIPE = "airbench94"
+FULL = {"images": 50_000, "width": 64}
+TINY = {"images": 40, "width": 2, "batch": 16, "epochs": 2}
+
+
+class _Images:
+    """What ``cli._recipe_setup`` reads of a data split: ``.images`` (uint8 N x 3 x 32 x 32)."""
+
+    def __init__(self, images):
+        self.images = images
+
+
+def recipe(args):
+    r = get_recipe(RECIPE)
+    if args.tiny:
+        r.update(batch_size=TINY["batch"], epochs=TINY["epochs"])
+    if args.epochs:
+        r["epochs"] = args.epochs
+    return r
+
+
+def gpuconv_setup(images, labels, r, precision, device, width):
+    """model, loader, optimizer, schedule, Trainer: what ``gpuconv train --recipe`` builds."""
+    model, _ = cli.build_model(RECIPE, seed=0, width=width)
+    loader = DeviceLoader(images, labels, r["batch_size"], shuffle=True, augment=r["augment"], seed=0, device=device,
+                          channels_last=amp.channels_last_for(precision), padding=r["padding"],
+                          padding_mode=r["padding_mode"], flip=r["flip"])
+    total = r["epochs"] * len(loader)
+    opt, extras = cli._recipe_setup(r, model, _Images(images), total)
+    sched = cli._schedule(r["schedule"], opt, opt.lr, total)
+    trainer = Trainer(model, opt, sched, label_smoothing=r["label_smoothing"], progress=False, monitor=False,
+                      precision=precision, **extras)
+    return model, loader, trainer
+
+
+def run_gpuconv(images, labels, r, precision, args, width):
+    """(seconds, last epoch's mean loss): upload, whitening, every epoch, synchronized."""
+    B.synchronize()
+    t0 = time.perf_counter()
+    with common.device_context(args):
+        _, loader, trainer = gpuconv_setup(images, labels, r, precision, args.device, width)
+        trainer.fit(loader, r["epochs"])
+    B.synchronize()
+    return time.perf_counter() - t0, trainer.history[-1]["train_loss"]
+
+
+def torch_device(args):
+    return "cuda" if args.device == "cuda" else "cpu"
+
+
+def run_torch(torch, images, labels, r, precision, args, width):
+    _, seconds, loss = airbench_torch.train(torch, images, labels, torch_device(args), precision, r["epochs"],
+                                            r["batch_size"], widths=(width, 4 * width, 4 * width))
+    return seconds, loss
+
+
+def copy_to_torch(torch, model, tmodel):
+    """gpuconv's parameters and buffers into the PyTorch network of the same names."""
+    state = tmodel.state_dict()
+    arrays = [(name, p.data) for name, p in model.named_parameters()] + list(model.named_buffers())
+    for name, arr in arrays:
+        value = torch.as_tensor(np.ascontiguousarray(common.host(arr)), dtype=state[name].dtype)
+        state[name].copy_(value.to(state[name].device))
+
+
+def validate(images, labels, r, args, checks, torch, width):
+    """The baseline is the same network and optimizer: logits (``checks``), then three steps'
+    parameters (returned as a Checks of its own: max pooling's near-ties can route a gradient
+    differently on cuDNN, so the caller reports that one without withholding the timing)."""
+    steps = common.Checks()
+    if torch is None:  # nothing to compare with: the record says so (baseline None), no check claims it
+        return steps
+    n = min(len(images), 2 * r["batch_size"], 64)
+    with common.device_context(args):
+        model, loader, trainer = gpuconv_setup(images, labels, r, "fp32", args.device, width)
+        tmodel = airbench_torch.build(torch, (width, 4 * width, 4 * width)).to(torch_device(args))
+        copy_to_torch(torch, model, tmodel)
+        x = normalize(images[:n]).astype(np.float32)
+        y = labels[:n]
+        tx = torch.as_tensor(x, device=torch_device(args))
+        ty = torch.as_tensor(y, device=torch_device(args))
+        xd, yd = common.to_dev(x, args), common.to_dev(y, args)
+        model.train()
+        got = common.host(model(xd))
+        want = tmodel(tx).detach().cpu().numpy()
+        checks.close("training-mode logits == PyTorch's (same weights, fp32)", got, want, rtol=1e-4)
+        # The recipe's steps on one batch: the trainer's step vs airbench's summed-loss SGD.
+        copy_to_torch(torch, model, tmodel)  # the forward above moved the running statistics alike
+        topt = airbench_torch.optimizer(torch, tmodel, r["batch_size"])
+        base = [g["lr"] for g in topt.param_groups]
+        total = trainer.total_steps
+        for step in range(3):
+            trainer.train_step(xd, yd)
+            for g, lr in zip(topt.param_groups, base):
+                g["lr"] = lr * airbench_torch.lr_factor(step, total)
+            loss = airbench_torch.loss_of(torch, tmodel, tx, ty, "fp32") * (r["batch_size"] / n)
+            topt.zero_grad(set_to_none=True)
+            loss.backward()
+            topt.step()
+        tstate = tmodel.state_dict()
+        worst, where = 0.0, None
+        for name, p in model.named_parameters():
+            err = common.rel_err(common.host(p.data), tstate[name].detach().cpu().numpy())
+            if err > worst:
+                worst, where = err, name
+        steps.add("parameters after 3 recipe steps == PyTorch's (mean loss vs airbench's summed form)",
+                  worst <= 1e-3, worst, 1e-3, detail=f"largest at {where}")
+    return steps
+
+
+def table(rec):
+    env = rec["environment"]
+    print(f"{env['device']}  recipe {RECIPE}: {rec['images']} synthetic images, {rec['epochs']} epochs of batch "
+          f"{rec['batch_size']}, width {rec['width']}; seconds from upload to the last step (whitening included)")
+    rows = []
+    for prec, r in rec["results"].items():
+        rows.append({"precision": prec, "s": r["gpuconv_s"], "torch_s": r["torch_s"], "ratio": r["speed_vs_torch"],
+                     "img_s": r["gpuconv_images_per_s"], "loss": r["gpuconv_loss"], "tloss": r["torch_loss"]})
+    common.print_table(rows, [("precision", "precision", ""), ("s", "gpuconv s", ".2f"), ("img_s", "img/s", ".0f"),
+                              ("torch_s", "torch s", ".2f"), ("ratio", "vs torch", ".2f"),
+                              ("loss", "loss", ".3f"), ("tloss", "torch loss", ".3f")])
+
+
+def parser():
+    p = common.add_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]), warmup=1, repeat=1)
+    p.add_argument("--images", type=int, default=None, help="synthetic images (default 50,000; --tiny: 40)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs (default: the recipe's 10; --tiny: 2)")
+    p.add_argument("--width", type=int, default=None, help="first block's width, 4x after (default 64; --tiny: 2)")
+    p.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32 (TF32 off), bf16")
+    return p
+
+
+def main(argv=None):
+    p = parser()
+    args = common.parse(p, argv)
+    rc = common.require_device(NAME, args)
+    if rc is not None:
+        return rc
+    precisions = [s.strip() for s in args.precisions.split(",") if s.strip()]
+    bad = [s for s in precisions if s not in ("fp32", "bf16")]
+    if bad:
+        p.error(f"--precisions: {bad} not known; use fp32 and/or bf16")
+    sizes = TINY if args.tiny else FULL
+    n, width = args.images or sizes["images"], args.width or sizes["width"]
+    r = recipe(args)
+    images, labels = synthetic(n)
+    torch = common.torch_module(args, cpu_ok=True)
+    checks = common.Checks()
+    steps = validate(images, labels, r, args, checks, torch, width)
+    if torch is not None and not checks.passed:  # without torch there is nothing to validate against
+        return common.failed_validation(NAME, checks, args)
+    for c in steps.as_dict()["checks"]:
+        checks.add(c["name"], c["ok"], c.get("error"), c.get("tolerance"), detail=c.get("detail"))
+    warm_n = min(n, 2 * r["batch_size"] + n % r["batch_size"])  # the full and the last partial batch shapes
+    warm_r = dict(r, epochs=1)
+    results = {}
+    for prec in precisions:
+        res = {}
+        for side, fn in (("gpuconv", run_gpuconv), ("torch", run_torch)):
+            if side == "torch" and torch is None:
+                res.update(torch_s=None, torch_loss=None)
+                continue
+            for _ in range(args.warmup):
+                fn(*((torch,) if side == "torch" else ()), images[:warm_n], labels[:warm_n], warm_r, prec, args, width)
+            runs = [fn(*((torch,) if side == "torch" else ()), images, labels, r, prec, args, width)
+                    for _ in range(args.repeat)]
+            timed = args.device == "cuda"
+            res[f"{side}_runs_s"] = [s for s, _ in runs] if timed else None
+            res[f"{side}_s"] = min(s for s, _ in runs) if timed else None
+            res[f"{side}_loss"] = runs[-1][1]
+            checks.add(f"{prec} {side}: final loss finite", bool(np.isfinite(runs[-1][1])), detail=f"{runs[-1][1]}")
+        res["speed_vs_torch"] = common.ratio(res["torch_s"], res["gpuconv_s"])
+        res["gpuconv_images_per_s"] = n * r["epochs"] / res["gpuconv_s"] if res["gpuconv_s"] else None
+        results[prec] = res
+    extra = {"baseline": ("benchmarks/airbench_torch.py, PyTorch " + torch.__version__) if torch is not None
+             else None}
+    if torch is not None and args.device == "cuda":
+        extra["torch_fp32"] = common.torch_tf32_settings(torch)
+    rec = common.record(NAME, args, checks, results, images=n, epochs=r["epochs"], batch_size=r["batch_size"],
+                        width=width, recipe={k: v for k, v in r.items() if k != "model"}, **extra)
+    return common.finish(rec, args, table, checks)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
