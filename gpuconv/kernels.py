@@ -751,6 +751,35 @@ def sm_count(target: str, device: int | None = None) -> int:
     return NOMINAL_SMS
 
 
+# Blocks of one kernel an SM holds at once, as the simulator plans it (the tensor-core 128x128
+# kernels' figure on an H200: registers and shared memory allow two).
+NOMINAL_BLOCKS_PER_SM = 2
+_resident: dict = {}
+
+
+def resident_blocks(op_file: str, name: str, dtype, threads: int, target: str, device: int | None = None,
+                    tf32: bool = False) -> int:
+    """Blocks of kernel ``name`` (``threads`` threads each, no dynamic shared memory) that one SM
+    runs at once: the CUDA occupancy calculator's answer for the built kernel on 'cuda' (its
+    registers, shared memory and threads), NOMINAL_BLOCKS_PER_SM on the simulator. A grid of
+    ``resident_blocks * sm_count`` blocks is one full wave."""
+    if target != "cuda":
+        return NOMINAL_BLOCKS_PER_SM
+    if device is None:
+        device = backend.require_cupy().cuda.Device().id
+    key = (op_file, name, np.dtype(dtype), bool(tf32), device, int(threads), os.environ.get("GPUCONV_KERNELS_DIR"))
+    n = _resident.get(key)
+    if n is None:
+        fn = get_function(op_file, name, dtype, target, tf32=tf32)
+        try:
+            from cupy_backends.cuda.api import driver
+            n = int(driver.occupancyMaxActiveBlocksPerMultiprocessor(fn.ptr, int(threads), 0))
+        except Exception:  # a CuPy without the occupancy call: plan as the simulator does
+            n = NOMINAL_BLOCKS_PER_SM
+        n = _resident[key] = max(1, n)
+    return n
+
+
 def grid_1d(n: int, block: int = BLOCK, target: str = "sim", device: int | None = None):
     """(grid, block) for the grid-stride elementwise kernels: one thread per element up to
     32 blocks per SM (beyond that the loop strides; more blocks only add scheduling)."""

@@ -218,6 +218,24 @@ def test_conv2d_backward_weight_split_reduction(monkeypatch):
         np.testing.assert_allclose(dw, ref_conv_backward(dy, x, w, stride, pad)[1], rtol=1e-4, atol=2e-4)
 
 
+def test_weight_splits_never_leave_a_barely_begun_wave():
+    """The split count plans whole waves of per_sm x SMs blocks: a split grid's last wave is at
+    least half full (a wave barely begun costs as long as a full one), one wave or less is never
+    split past it, and the 128x128 tensor-core grid of fast_net's 128->256 layer (18 tiles, which
+    once took 15 splits: 270 blocks where 264 fit) stays within one wave."""
+    slots = kernels.NOMINAL_BLOCKS_PER_SM * kernels.NOMINAL_SMS
+    for tiles in range(1, 3 * slots):
+        splits, _ = LC.weight_splits(1 << 22, tiles, "sim")
+        blocks = tiles * splits
+        waves = -(-blocks // slots)
+        assert splits == 1 or blocks / (waves * slots) >= 0.5, (tiles, splits)
+        if tiles <= slots // 2:
+            assert splits > 1
+    splits, _ = LC.weight_splits(512 * 16 * 16, 18, "sim", step=32)
+    assert 0.9 * slots <= 18 * splits <= slots
+    assert LC.weight_splits(512 * 16 * 16, 18, "sim", step=32, per_sm=4)[0] == 2 * splits  # twice the slots
+
+
 @pytest.mark.parametrize("variant", CONV_VARIANTS)
 @pytest.mark.parametrize("case", [CONV_CASES[2], CONV_CASES[5], CONV_CASES[8]], ids=["s2", "s3", "s21"])
 def test_conv2d_adjoint_identity(case, variant):

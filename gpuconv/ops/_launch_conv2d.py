@@ -68,16 +68,23 @@ def geometry(kernel, target, device=None, *, rows=0, cols=0, splits=1, elements=
     return kernels.grid_1d(elements, BLOCK, target, device)
 
 
-def weight_splits(l_total, tiles, target, device=None, step=TILE_K):
+def weight_splits(l_total, tiles, target, device=None, step=TILE_K, per_sm=kernels.NOMINAL_BLOCKS_PER_SM):
     """(splits, chunk) for the backward-weight reduction over ``l_total`` = N*OH*OW positions.
 
-    Enough splits to give every SM two blocks when the K x C*FH*FW tile grid alone is too small
-    (late CIFAR layers: 8x8 images, few tiles, long reductions), each at least MIN_SPLIT_CHUNK
-    and a whole number of the kernel's reduction rounds (``step`` positions: TILE_K for v2/v3,
-    a 64-byte k-tile for the tensor-core kernel)."""
-    want = -(-2 * kernels.sm_count(target, device) // max(1, tiles))
-    most = max(1, l_total // MIN_SPLIT_CHUNK)
-    splits = max(1, min(want, most))
+    The K x C*FH*FW tile grid alone is too small to fill the GPU on the late CIFAR layers (8x8
+    images, few tiles, long reductions), so the reduction splits along z. A GPU runs the grid in
+    waves of ``per_sm`` (:func:`gpuconv.kernels.resident_blocks`) times its SMs' blocks, and a
+    wave that is barely begun costs as long as a full one (an H200 profile: 270 blocks of the
+    128x128 kernel where 264 fit took two waves' time). So the split count is the smallest that
+    is, within 5%, as cheap per unit of work as any up to two waves: waves(s) / s, with
+    waves(s) = ceil(tiles * s / (per_sm * SMs)). Each split reduces at least MIN_SPLIT_CHUNK
+    positions, a whole number of the kernel's reduction rounds (``step`` positions: TILE_K for
+    v2/v3, a 64-byte k-tile for the tensor-core kernels)."""
+    slots = max(1, per_sm * kernels.sm_count(target, device))
+    tiles = max(1, tiles)
+    top = max(1, min(l_total // MIN_SPLIT_CHUNK, 2 * slots // tiles))
+    cost = [-(-tiles * s // slots) / s for s in range(1, top + 1)]
+    splits = next(s for s, c in enumerate(cost, start=1) if c <= min(cost) * 1.05)
     chunk = -(-l_total // splits)
     chunk = -(-chunk // step) * step  # whole shared-memory rounds per split
     return -(-l_total // chunk), chunk
@@ -173,7 +180,9 @@ def conv2d_backward_weight_kernel(dy, x, w_shape, stride, padding, tf32=False, *
     # v2/v3 keep per-image offsets (C*H*W) in int and pack (fh, fw) into one int.
     if var in ("v2", "v3") and _fits_int(rows, l_total, c * h * wd) and max(fh, fw) < 2**15:
         name, tile = f"conv2d_backward_weight_{var}", TILE3 if var == "v3" else TILE
-        splits, chunk = weight_splits(l_total, -(-rows // tile) * -(-k // tile), target, device)
+        threads = GEMM3_THREADS if var == "v3" else GEMM_THREADS
+        per_sm = kernels.resident_blocks("conv2d", name, dy.dtype, threads, target, device, tf32)
+        splits, chunk = weight_splits(l_total, -(-rows // tile) * -(-k // tile), target, device, per_sm=per_sm)
         acc = compute_dtype(dy.dtype)
         direct = splits == 1 and acc == dy.dtype
         ws = dw if direct else xp.empty((splits, k, rows), dtype=acc)

@@ -144,9 +144,11 @@ def backward_weight(dy, x, w_shape, stride, padding, tf32, *, target, variant="t
         return dw
     device = kernels.array_device([dy])
     from ._launch_conv2d import weight_splits  # the split rule of every weight-gradient kernel
-    tile = SHAPES[variant][0]
+    tile, threads = SHAPES[variant]
+    per_sm = kernels.resident_blocks("conv2d_tc", f"conv2d_backward_weight_{variant}", dy.dtype, threads, target,
+                                     device, tf32)
     splits, chunk = weight_splits(l_total, -(-rows // tile) * -(-cols // tile), target, device,
-                                  step=KBYTES // dy.itemsize)
+                                  step=KBYTES // dy.itemsize, per_sm=per_sm)
     ws = xp.empty((splits, rows, cols), dtype=np.float32)
     vec_dy = next(v for v in (16, 8, 4, 2) if (k * dy.itemsize) % v == 0 and kernels.address(dyh) % v == 0)
     args = (dyh, xh, ws) + _i32(n, cp, h, wd, k, fh, fw, oh, ow, *stride, *padding, chunk, vec_dy)
