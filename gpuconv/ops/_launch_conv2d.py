@@ -11,6 +11,8 @@ the op resolved ``tf32`` (gpuconv.precision). Variants are chosen per (family, d
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .. import kernels, layout
@@ -75,16 +77,27 @@ def weight_splits(l_total, tiles, target, device=None, step=TILE_K, per_sm=kerne
     images, few tiles, long reductions), so the reduction splits along z. A GPU runs the grid in
     waves of ``per_sm`` (:func:`gpuconv.kernels.resident_blocks`) times its SMs' blocks, and a
     wave that is barely begun costs as long as a full one (an H200 profile: 270 blocks of the
-    128x128 kernel where 264 fit took two waves' time). So the split count is the smallest that
-    is, within 5%, as cheap per unit of work as any up to two waves: waves(s) / s, with
-    waves(s) = ceil(tiles * s / (per_sm * SMs)). Each split reduces at least MIN_SPLIT_CHUNK
-    positions, a whole number of the kernel's reduction rounds (``step`` positions: TILE_K for
-    v2/v3, a 64-byte k-tile for the tensor-core kernels)."""
-    slots = max(1, per_sm * kernels.sm_count(target, device))
+    128x128 kernel where 264 fit took two waves' time). So the split count is, of those up to two
+    waves and at most 2 x SMs (the depth of the ordered second pass, which one thread adds up per
+    weight), the one with the least waves per split: the largest count that fits one wave, or
+    two, whichever is cheaper per unit of work (the smaller within 5%). Each split reduces at
+    least MIN_SPLIT_CHUNK positions, a whole number of the kernel's reduction rounds (``step``
+    positions: TILE_K for v2/v3, a 64-byte k-tile for the tensor-core kernels). Memoized: the
+    launchers ask on every launch."""
+    return _weight_splits(l_total, tiles, kernels.sm_count(target, device), step, per_sm, MIN_SPLIT_CHUNK)
+
+
+@functools.lru_cache(maxsize=4096)
+def _weight_splits(l_total, tiles, sms, step, per_sm, min_chunk):
+    slots = max(1, per_sm * sms)
     tiles = max(1, tiles)
-    top = max(1, min(l_total // MIN_SPLIT_CHUNK, 2 * slots // tiles))
-    cost = [-(-tiles * s // slots) / s for s in range(1, top + 1)]
-    splits = next(s for s, c in enumerate(cost, start=1) if c <= min(cost) * 1.05)
+    top = max(1, min(l_total // min_chunk, 2 * slots // tiles, 2 * sms))
+    # Waves per split falls within a wave count as the splits grow: only each wave count's
+    # largest split count (and the largest allowed) can be the cheapest.
+    candidates = sorted({max(1, min(top, w * slots // tiles)) for w in (1, 2)} | {top})
+    cost = {s: -(-tiles * s // slots) / s for s in candidates}
+    best = min(cost.values())
+    splits = next(s for s in candidates if cost[s] <= best * 1.05)
     chunk = -(-l_total // splits)
     chunk = -(-chunk // step) * step  # whole shared-memory rounds per split
     return -(-l_total // chunk), chunk
