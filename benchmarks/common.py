@@ -13,7 +13,7 @@ A benchmark script does, in order:
 On ``--device sim`` (which needs ``--tiny``) every step runs on the host simulator at tiny sizes:
 the validation is real, the timing code paths run, and no time is reported (``timed`` returns
 None): the simulator is not a timing device. Records go to
-``benchmarks/results/<date>-<device>-<name>.json`` (``$GPUCONV_BENCH_RESULTS`` overrides the
+``benchmarks/results/<date>-<HHMM>-<device>-<name>.json`` (``$GPUCONV_BENCH_RESULTS`` overrides the
 directory) with the device, the date and the versions of everything involved.
 """
 from __future__ import annotations
