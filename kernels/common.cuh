@@ -55,14 +55,24 @@ __device__ inline index_t global_thread_count() {
     return (index_t)gridDim.x * blockDim.x;
 }
 
+// a / b with *rest = a % b, for a >= 0 and b >= 1. A 64-bit division by a value known only at run
+// time is a long emulated sequence, several times the 32-bit one; an index below 2^31 (every
+// index of an array under 2^31 elements, which is nearly all of them) takes the 32-bit division.
+__device__ inline index_t divmod_index(index_t a, int b, int* rest) {
+    if (a <= (index_t)0x7fffffff) {
+        const unsigned q = (unsigned)a / (unsigned)b;
+        *rest = (int)((unsigned)a - q * (unsigned)b);
+        return (index_t)q;
+    }
+    const index_t q = a / b;
+    *rest = (int)(a - q * b);
+    return q;
+}
+
 // Splits the flat index i of a row-major [...][H][W] array into its two fastest coordinates
-// (h, w) and returns the index of the plane above them. The divisions stay 64-bit because i
-// may pass 2^31.
+// (h, w) and returns the index of the plane above them (i may pass 2^31: see divmod_index).
 __device__ inline index_t split_hw(index_t i, int H, int W, int* h, int* w) {
-    *w = (int)(i % W);
-    index_t t = i / W;
-    *h = (int)(t % H);
-    return t / H;
+    return divmod_index(divmod_index(i, W, w), H, h);
 }
 
 // ------------------------------------------------------------------------------------------

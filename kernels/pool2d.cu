@@ -58,14 +58,8 @@ struct Act4 {
         return cl ? ((n * H + h) * W + w) * C + c : ((n * C + c) * H + h) * W + w;
     }
     __device__ index_t split(index_t i, int* c, int* h, int* w) const {  // returns n
-        if (cl) {
-            *c = (int)(i % C);
-            i /= C;
-            return split_hw(i, H, W, h, w);
-        }
-        const index_t plane = split_hw(i, H, W, h, w);
-        *c = (int)(plane % C);
-        return plane / C;
+        if (cl) return split_hw(divmod_index(i, C, c), H, W, h, w);
+        return divmod_index(split_hw(i, H, W, h, w), C, c);
     }
 };
 

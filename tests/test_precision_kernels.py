@@ -179,3 +179,17 @@ def test_simulator_checks_the_storage_dtype_of_2_byte_arrays(convert_dir, monkey
     with pytest.raises(TypeError, match=r"argument 0 'x' \(`const bf16_t\*`\) expects a bfloat16 array for "
                                         r"`const bfloat16\*`, got a float16 array"):
         fn((1,), (32,), (x, np.empty(4, np.float32), np.empty(4, BF16), np.int64(4)))
+
+
+def test_index_divmod_on_both_sides_of_2_31(run):
+    """divmod_index (kernels/common.cuh) takes 32-bit divisions below 2^31 and 64-bit ones above:
+    both against Python's integers, at and around the boundary and at 2^40 scale."""
+    rng = np.random.default_rng(7)
+    edge = np.array([0, 1, 2**31 - 2, 2**31 - 1, 2**31, 2**31 + 1, 2**32 - 1, 2**32, 2**32 + 5, 2**40 + 12345,
+                     2**62 + 3], dtype=np.int64)
+    a = np.concatenate([edge, edge, rng.integers(0, 2**31, 64), rng.integers(2**31, 2**45, 64)]).astype(np.int64)
+    b = np.concatenate([np.full(len(edge), 3), np.full(len(edge), 2**31 - 1), rng.integers(1, 5000, 128)]).astype(
+        np.int32)
+    q, r = run("index_divmod", a, b, outputs=(np.int64, np.int32))
+    np.testing.assert_array_equal(q, a // b)
+    np.testing.assert_array_equal(r, a % b)

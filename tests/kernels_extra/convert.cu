@@ -1,5 +1,5 @@
-// convert.cu: the element conversions of kernels/common.cuh, one element per thread and step, so
-// that tests/test_precision_kernels.py can hold them to ml_dtypes and NumPy bit for bit on the
+// convert.cu: the element conversions of kernels/common.cuh (and, last, its index split), one
+// element per thread and step, so that tests/test_precision_kernels.py can hold them to ml_dtypes and NumPy bit for bit on the
 // simulator (and on a GPU when one is present). Built by the kernel registry like kernels/*.cu
 // (GPUCONV_KERNELS_DIR pointed at a copy of common.cuh beside this file), for any storage type:
 // the conversions themselves do not depend on the build.
@@ -38,4 +38,10 @@ extern "C" __global__ void storage_round_trip(const storage_t* x, acc_t* wide, s
         wide[i] = to_acc(x[i]);
         back[i] = from_acc(wide[i]);
     }
+}
+
+// common.cuh's index split: q = a / b and r = a % b, for every a >= 0 and b >= 1 (a 32-bit
+// division below 2^31, a 64-bit one above).
+extern "C" __global__ void index_divmod(const long long* a, const int* b, long long* q, int* r, long long n) {
+    for (index_t i = global_thread_index(); i < n; i += global_thread_count()) q[i] = divmod_index(a[i], b[i], &r[i]);
 }
