@@ -1,8 +1,8 @@
 // convert.cu: the element conversions of kernels/common.cuh (and, last, its index split), one
-// element per thread and step, so that tests/test_precision_kernels.py can hold them to ml_dtypes and NumPy bit for bit on the
-// simulator (and on a GPU when one is present). Built by the kernel registry like kernels/*.cu
-// (GPUCONV_KERNELS_DIR pointed at a copy of common.cuh beside this file), for any storage type:
-// the conversions themselves do not depend on the build.
+// element per thread and step, so that tests/test_precision_kernels.py can hold them to ml_dtypes
+// and NumPy bit for bit on the simulator (and on a GPU when one is present). Built by the kernel
+// registry like kernels/*.cu (GPUCONV_KERNELS_DIR pointed at a copy of common.cuh beside this
+// file), for any storage type: the conversions themselves do not depend on the build.
 
 extern "C" __global__ void float_to_bf16_bits(const float* x, unsigned short* y, long long n) {
     for (index_t i = global_thread_index(); i < n; i += global_thread_count()) y[i] = float_to_bf16(x[i]).bits;
