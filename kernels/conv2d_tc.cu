@@ -44,10 +44,10 @@
 // GEMM rows and columns are int (the launcher checks the sizes); element offsets are index_t.
 //
 // Resources on sm_90 (ptxas 13.0; tests/test_nvrtc.py checks the bounds and the absence of
-// spills). TcTile64: forward 69-72 registers, backward-data 70-75, backward-weight 63 (90 in
+// spills). TcTile64: forward 70-72 registers, backward-data 70-72, backward-weight 77 (90 in
 // TF32, whose transposing loaders hold 8 floats in flight); 24576 B of static shared memory; at
-// 75 registers (allocated as 80) the register file holds 25 warps per SM, i.e. 6 blocks of 4
-// warps. TcTile128 (warp tiles of 64x32: 64 accumulators per thread): 119-125 registers in every
+// 77 registers (allocated as 80) the register file holds 25 warps per SM, i.e. 6 blocks of 4
+// warps. TcTile128 (warp tiles of 64x32: 64 accumulators per thread): 120-125 registers in every
 // build, 49152 B of static shared memory; 2 blocks of 8 warps per SM (registers and shared
 // memory both allow 2; 4 would need at most 64 registers). A
 // block's loaders keep their rows' pixel coordinates in registers for the whole loop (the reason
@@ -57,17 +57,42 @@
 // Operand loaders of the implicit GEMMs. Each moves 16-byte pieces (cp.async.cg): an mk stage of
 // BM rows x 64 bytes is 4 * BM pieces, two per thread in both shapes (BM = THREADS / 2), in rows
 // t / 4 and t / 4 + THREADS / 4 at byte 16 * (t % 4). A thread's two rows are fixed for the whole
-// loop, so their pixel coordinates are decoded once; each k-tile then decodes the one reduction
-// index its byte column holds.
+// loop, so their pixel coordinates are decoded once; the reduction index its byte column holds is
+// walked from k-tile to k-tile (ReductionWalk).
 
-// The element index in the padded reduction (tap, channel) of this thread's piece of k-tile kt.
-__device__ inline void tc_reduction_index(int kt, int byte, int cp, int fw_count, int* fh, int* fw, int* c) {
-    const int r = kt * (TC_KBYTES / (int)sizeof(storage_t)) + byte / (int)sizeof(storage_t);
-    const int tap = r / cp;
-    *c = r - tap * cp;
-    *fh = tap / fw_count;
-    *fw = tap - *fh * fw_count;
-}
+// The element of the padded reduction (tap (fh, fw), channel c) of this thread's piece of the next
+// k-tile, walked k-tile by k-tile instead of divided out each time: the main loop loads k-tiles
+// 0, 1, 2, ... in order (tc_gemm_mainloop), so each load takes the walk's position and steps it
+// one k-tile on, adding the k-tile's elements to the channel with carries into the tap
+// (the carry loop runs once per k-tile when Cp >= the k-tile's 32 or 16 elements, a few times
+// for the first layer's padded 8). Two integer divisions per k-tile and thread fewer, in kernels
+// whose issue slots, not their tensor cores, are the limit (Nsight Compute on an H200: the
+// integer pipe the busiest). The simulator checks the order it relies on.
+struct ReductionWalk {
+    int fh, fw, c, cp, fw_count;
+    int kt;  // the next k-tile (checked on the simulator only)
+
+    __device__ ReductionWalk(int byte, int cp_, int fw_count_) : cp(cp_), fw_count(fw_count_), kt(0) {
+        const int r = byte / (int)sizeof(storage_t), tap = r / cp;  // k-tile 0
+        c = r - tap * cp;
+        fh = tap / fw_count;
+        fw = tap - fh * fw_count;
+    }
+
+    __device__ void step(int kt_loaded) {
+#ifndef __CUDA_ARCH__
+        if (kt_loaded != kt++) __trap();  // a loader called out of order would read the wrong taps
+#endif
+        c += TC_KBYTES / (int)sizeof(storage_t);
+        while (c >= cp) {
+            c -= cp;
+            if (++fw == fw_count) {
+                fw = 0;
+                ++fh;
+            }
+        }
+    }
+};
 
 // The row of an mk stage that piece i of this thread fills.
 template <class S>
@@ -84,10 +109,12 @@ struct PatchRows {
     int byte;               // this thread's byte column in the stage
     index_t pixel0[2];      // n * H * W: the row's image, in pixels
     int ih0[2], iw0[2];     // oh * sh - ph, ow * sw - pw (a huge negative value for rows past M)
+    mutable ReductionWalk walk;  // (fh, fw, c) of the next k-tile's piece
 
     __device__ PatchRows(const storage_t* x_, int m0, int M, int H_, int W_, int Cp_, int FH_, int FW_, int OH,
                          int OW, int sh, int sw, int ph, int pw)
-        : x(x_), H(H_), W(W_), Cp(Cp_), FH(FH_), FW(FW_), byte(16 * (threadIdx.x % 4)) {
+        : x(x_), H(H_), W(W_), Cp(Cp_), FH(FH_), FW(FW_), byte(16 * (threadIdx.x % 4)),
+          walk(16 * (threadIdx.x % 4), Cp_, FW_) {
         for (int i = 0; i < 2; ++i) {
             const int m = m0 + tc_piece_row<S>(i);
             const int n = m / (OH * OW), p = m - n * (OH * OW), oh = p / OW, ow = p - oh * OW;
@@ -98,8 +125,8 @@ struct PatchRows {
     }
 
     __device__ void load(unsigned char* stage, int kt, int) const {
-        int fh, fw, c;
-        tc_reduction_index(kt, byte, Cp, FW, &fh, &fw, &c);
+        const int fh = walk.fh, fw = walk.fw, c = walk.c;
+        walk.step(kt);
         for (int i = 0; i < 2; ++i) {
             const int ih = ih0[i] + fh, iw = iw0[i] + fw;
             const bool ok = fh < FH && ih >= 0 && ih < H && iw >= 0 && iw < W;
@@ -117,10 +144,12 @@ struct GradRows {
     int byte;
     index_t pixel0[2];      // n * OH * OW
     int ihp[2], iwp[2];     // ih + ph, iw + pw (a huge negative value for rows past M)
+    mutable ReductionWalk walk;  // (fh, fw, k) of the next k-tile's piece
 
     __device__ GradRows(const storage_t* dy_, int m0, int M, int H, int W, int Kp_, int FH_, int FW_, int OH_, int OW_,
                         int sh_, int sw_, int ph, int pw)
-        : dy(dy_), OH(OH_), OW(OW_), Kp(Kp_), FH(FH_), FW(FW_), sh(sh_), sw(sw_), byte(16 * (threadIdx.x % 4)) {
+        : dy(dy_), OH(OH_), OW(OW_), Kp(Kp_), FH(FH_), FW(FW_), sh(sh_), sw(sw_), byte(16 * (threadIdx.x % 4)),
+          walk(16 * (threadIdx.x % 4), Kp_, FW_) {
         for (int i = 0; i < 2; ++i) {
             const int m = m0 + tc_piece_row<S>(i);
             const int n = m / (H * W), p = m - n * (H * W), ih = p / W, iw = p - ih * W;
@@ -131,8 +160,8 @@ struct GradRows {
     }
 
     __device__ void load(unsigned char* stage, int kt, int) const {
-        int fh, fw, k;
-        tc_reduction_index(kt, byte, Kp, FW, &fh, &fw, &k);
+        const int fh = walk.fh, fw = walk.fw, k = walk.c;
+        walk.step(kt);
         for (int i = 0; i < 2; ++i) {
             const int oh_s = ihp[i] - fh, ow_s = iwp[i] - fw;  // oh * sh, ow * sw when they exist
             const int oh = oh_s / sh, ow = ow_s / sw;
@@ -141,6 +170,41 @@ struct GradRows {
             const storage_t* src = ok ? dy + ((pixel0[i] + (index_t)oh * OW + ow) * Kp + k) : dy;
             cp_async_cg(stage + stage_offset<TC_KBYTES>(tc_piece_row<S>(i), byte), src, ok ? 16 : 0);
         }
+    }
+};
+
+// An output position l = (n, oh, ow) walked forward by a fixed step of positions (a k-tile's)
+// instead of divided out at each k-tile: the step's own digits (n, oh, ow) are divided out once,
+// and each step adds them digit by digit with one carry each (every digit stays below its radix,
+// so one subtraction suffices). The main loop loads k-tiles in order; the simulator checks it.
+struct PositionStep {
+    int n, oh, ow;
+    __device__ PositionStep(int positions, int OH, int OW)
+        : n(positions / (OH * OW)), oh(positions / OW % OH), ow(positions % OW) {}
+};
+
+struct PositionWalk {
+    int n, oh, ow;
+    int kt;  // the next k-tile (checked on the simulator only)
+
+    __device__ PositionWalk(int l, int OH, int OW) : kt(0) {
+        n = l / (OH * OW);
+        const int p = l - n * (OH * OW);
+        oh = p / OW;
+        ow = p - oh * OW;
+    }
+
+    __device__ void step(const PositionStep& d, int OH, int OW, int kt_loaded) {
+#ifndef __CUDA_ARCH__
+        if (kt_loaded != kt++) __trap();  // a loader called out of order would read the wrong positions
+#endif
+        ow += d.ow;
+        const int carry_w = ow >= OW;
+        if (carry_w) ow -= OW;
+        oh += d.oh + carry_w;
+        const int carry_h = oh >= OH;
+        if (carry_h) oh -= OH;
+        n += d.n + carry_h;
     }
 };
 
@@ -156,11 +220,14 @@ struct PatchColumns {
     int byte;
     int fh, fw, c;          // this thread's column
     bool col_ok;
+    PositionStep step;      // a k-tile's TC_KM_ROWS positions
+    mutable PositionWalk at[2];  // the positions of this thread's two rows in the next k-tile
 
     __device__ PatchColumns(const storage_t* x_, int n0, int H_, int W_, int Cp_, int FH, int FW_, int OH_, int OW_,
                             int sh_, int sw_, int ph, int pw, int l0_, int l_end_)
         : x(x_), H(H_), W(W_), Cp(Cp_), OH(OH_), OW(OW_), sh(sh_), sw(sw_), l0(l0_), l_end(l_end_),
-          byte(16 * (threadIdx.x % PER_ROW)) {
+          byte(16 * (threadIdx.x % PER_ROW)), step(TC_KM_ROWS, OH_, OW_),
+          at{PositionWalk(l0_ + row(0), OH_, OW_), PositionWalk(l0_ + row(1), OH_, OW_)} {
         static_assert(TC_KM_ROWS * PER_ROW == 2 * S::THREADS, "two 16-byte pieces per thread");
         const int r = n0 + byte / (int)sizeof(storage_t);
         const int tap = r / Cp;
@@ -172,15 +239,16 @@ struct PatchColumns {
         fw -= pw;
     }
 
+    __device__ static int row(int i) { return (int)threadIdx.x / PER_ROW + TC_KM_ROWS / 2 * i; }
+
     __device__ void load(unsigned char* stage, int kt, int) const {
         for (int i = 0; i < 2; ++i) {
-            const int row = (int)threadIdx.x / PER_ROW + TC_KM_ROWS / 2 * i;
-            const int l = l0 + kt * TC_KM_ROWS + row;
-            const int n = l / (OH * OW), p = l - n * (OH * OW), oh = p / OW, ow = p - oh * OW;
-            const int ih = oh * sh + fh, iw = ow * sw + fw;
+            const int l = l0 + kt * TC_KM_ROWS + row(i);
+            const int n = at[i].n, ih = at[i].oh * sh + fh, iw = at[i].ow * sw + fw;
+            at[i].step(step, OH, OW, kt);
             const bool ok = col_ok && l < l_end && ih >= 0 && ih < H && iw >= 0 && iw < W;
             const storage_t* src = ok ? x + ((((index_t)n * H + ih) * W + iw) * Cp + c) : x;
-            cp_async_cg(stage + stage_offset<2 * S::BN>(row, byte), src, ok ? 16 : 0);
+            cp_async_cg(stage + stage_offset<2 * S::BN>(row(i), byte), src, ok ? 16 : 0);
         }
     }
 };
