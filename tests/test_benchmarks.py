@@ -394,3 +394,29 @@ def test_airbench_torch_augmentation_is_the_loaders():
         want[flip] = want[flip][..., ::-1]
         np.testing.assert_array_equal(out[e], want)
     assert not np.array_equal(out[0], out[1])
+
+
+# ----------------------------------------------------------------------------- SASS instruction mix
+def _cuobjdump():
+    import shutil
+    path = os.environ.get("CUOBJDUMP")
+    return path if path and os.path.exists(path) else shutil.which("cuobjdump")
+
+
+def test_sass_loop_without_its_tools_exits_2_naming_them(tmp_path):
+    proc = run_script("sass_loop", env={"PATH": str(tmp_path), "CUOBJDUMP": ""})
+    assert proc.returncode == 2 and "nvcc" in proc.stderr and "cuobjdump" in proc.stderr
+
+
+@pytest.mark.skipif(_cuobjdump() is None or __import__("shutil").which("nvcc") is None,
+                    reason="needs nvcc and cuobjdump (or $CUOBJDUMP)")
+def test_sass_loop_finds_each_tensor_core_kernels_k_tile():
+    """One pass of the main loop holds exactly one k-tile's MMAs (2 mma steps x the warp tile's
+    16x8 tiles: 32 in the 128x128 shape, 16 in the 64x64) and its ldmatrix reads."""
+    proc = run_script("sass_loop", "--json", timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {r["kernel"]: r for r in json.loads(proc.stdout)}
+    assert {"conv2d_forward_tc128", "conv2d_backward_data_tc", "conv2d_backward_weight_tc128", "gemm_tc_nt"} <= set(rows)
+    for name, r in rows.items():
+        assert r["mma"] == (32 if name.endswith("128") else 16), (name, r)
+        assert r["ldmatrix"] >= 4 and r["instructions"] > r["mma"] + r["ldmatrix"], (name, r)
