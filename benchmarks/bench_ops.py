@@ -39,6 +39,7 @@ import gpuconv  # noqa: E402
 from gpuconv import kernels, models  # noqa: E402
 from gpuconv import layers as L  # noqa: E402
 from gpuconv.ops import _launch_batchnorm as LB  # noqa: E402
+from gpuconv.ops import _launch_lp_pool2d as LPL  # noqa: E402
 from gpuconv.ops import _launch_pool2d as LP  # noqa: E402
 from gpuconv.ops import _launch_relu as LR  # noqa: E402
 from gpuconv.ops import batchnorm as BN  # noqa: E402
@@ -129,10 +130,10 @@ def validate(args, relu_shapes, pool_shapes, conv_layers, checks):
         dy = rng.standard_normal(ry.shape).astype(np.float32)
         dx = LP.max_pool2d_backward_kernel(common.to_dev(dy, args), cache, target=target)
         checks.exact(f"max_pool{k} backward {shape}", dx, P._max_pool2d_backward_reference(dy, rcache))
-        y, cache = LP.lp_pool2d_forward_kernel(common.to_dev(x, args), 2.0, (k, k), (k, k), target=target)
+        y, cache = LPL.lp_pool2d_forward_kernel(common.to_dev(x, args), 2.0, (k, k), (k, k), target=target)
         ry, rcache = LPP._lp_pool2d_forward_reference(x, 2.0, (k, k), (k, k))
         checks.close(f"lp_pool{k} (L2) forward {shape}", y, ry, 1e-6)
-        dx = LP.lp_pool2d_backward_kernel(common.to_dev(dy, args), cache, target=target)
+        dx = LPL.lp_pool2d_backward_kernel(common.to_dev(dy, args), cache, target=target)
         checks.close(f"lp_pool{k} (L2) backward {shape}", dx, LPP._lp_pool2d_backward_reference(dy, rcache), 1e-5)
     for shape in relu_shapes:  # batch norm at the same shapes (fast_net: conv -> batch norm -> ReLU)
         for dtype, cl in BN_CASES:
@@ -204,9 +205,9 @@ def memory_rows(args, relu_shapes, pool_shapes, batch, torch):
         for direction, fn in calls.items():
             rows.append(_memory_row(f"max_pool{k} {direction}", full, pool_bytes(full, k, direction), fn,
                                     tcalls.get(direction), args))
-        y, cache = LP.lp_pool2d_forward_kernel(x, 2.0, (k, k), (k, k), target=target)
-        calls = {"forward": lambda: LP.lp_pool2d_forward_kernel(x, 2.0, (k, k), (k, k), target=target),
-                 "backward": lambda: LP.lp_pool2d_backward_kernel(dy, cache, target=target)}
+        y, cache = LPL.lp_pool2d_forward_kernel(x, 2.0, (k, k), (k, k), target=target)
+        calls = {"forward": lambda: LPL.lp_pool2d_forward_kernel(x, 2.0, (k, k), (k, k), target=target),
+                 "backward": lambda: LPL.lp_pool2d_backward_kernel(dy, cache, target=target)}
         tcalls = {"forward": lambda: torch.nn.functional.lp_pool2d(tx, 2.0, k, k)} if torch is not None else {}
         for direction, fn in calls.items():
             rows.append(_memory_row(f"lp_pool{k} {direction}", full, lp_pool_bytes(full, k, direction), fn,

@@ -35,6 +35,7 @@ from gpuconv.data._launch_augment import augment_batch_kernel  # noqa: E402
 from gpuconv.ops import _launch_batchnorm as LB  # noqa: E402
 from gpuconv.ops import _launch_conv2d as LC  # noqa: E402
 from gpuconv.ops import _launch_dropout as LD  # noqa: E402
+from gpuconv.ops import _launch_lp_pool2d as LPL  # noqa: E402
 from gpuconv.ops import _launch_pool2d as LP  # noqa: E402
 from gpuconv.ops import _launch_relu as LR  # noqa: E402
 from gpuconv.ops import _launch_gelu as LG  # noqa: E402
@@ -177,16 +178,16 @@ def pool(run, rng):
                   LP.avg_pool2d_backward_kernel(DYc, c, target=run.target), P._avg_pool2d_backward_reference(dy, c))
         xa = np.abs(x) + np.float32(0.1)  # positive: a non-integer or odd p of a negative value is NaN
         for norm in (2.0, 3.0):
-            y, c = LP.lp_pool2d_forward_kernel(run.dev(xa), norm, ks, st, target=run.target)
+            y, c = LPL.lp_pool2d_forward_kernel(run.dev(xa), norm, ks, st, target=run.target)
             ry, rc = LPP._lp_pool2d_forward_reference(xa, norm, ks, st)
             run.close(f"lp_pool p={norm} {ks} {st} forward", y, ry)
             run.close(f"lp_pool p={norm} {ks} {st} backward",
-                      LP.lp_pool2d_backward_kernel(run.dev(dy), c, target=run.target),
+                      LPL.lp_pool2d_backward_kernel(run.dev(dy), c, target=run.target),
                       LPP._lp_pool2d_backward_reference(dy, rc))
-            y, c = LP.lp_pool2d_forward_kernel(gpuconv.to_channels_last(run.dev(xa)), norm, ks, st, target=run.target)
+            y, c = LPL.lp_pool2d_forward_kernel(gpuconv.to_channels_last(run.dev(xa)), norm, ks, st, target=run.target)
             run.close(f"lp_pool p={norm} {ks} {st} channels_last forward", y, ry)
             run.close(f"lp_pool p={norm} {ks} {st} channels_last backward",
-                      LP.lp_pool2d_backward_kernel(DYc, c, target=run.target), LPP._lp_pool2d_backward_reference(dy, rc))
+                      LPL.lp_pool2d_backward_kernel(DYc, c, target=run.target), LPP._lp_pool2d_backward_reference(dy, rc))
 
 
 def relu(run, rng):

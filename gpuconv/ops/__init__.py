@@ -35,6 +35,3 @@ __all__ = [
     "DropoutCache",
     "conv_output_size", "register_launcher", "get_launcher",
 ]
-
-# The CUDA kernel launchers for the 'cuda' and 'sim' targets (issue 3); last, as they import the ops above.
-from . import _launch  # noqa: E402,F401

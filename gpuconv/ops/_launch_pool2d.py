@@ -1,4 +1,5 @@
-"""Kernel launchers for max/avg/LP pooling (kernels/pool2d.cu), registered for 'cuda' and 'sim'.
+"""Kernel launchers for max and average pooling (kernels/pool2d.cu), registered for 'cuda' and
+'sim'; LP pooling's, on the same helpers, are in ``_launch_lp_pool2d.py``.
 
 Same arguments, results and caches as the NumPy references in ``pool2d.py``: the max-pool
 switches are int32 window-local taps ``fh * KW + fw`` of the output's shape, so a forward on
@@ -16,7 +17,6 @@ from .. import kernels, layout
 from ..backend import get_array_module
 from ._checks import output_hw
 from ._dispatch import register_launcher
-from .lp_pool2d import LPPool2dCache
 from .pool2d import AvgPool2dCache, MaxPool2dCache
 
 
@@ -94,24 +94,4 @@ def avg_pool2d_backward_kernel(dy, cache, *, target):
     _, dims = _dims(cache.x_shape, cache.kernel_size, cache.stride)
     dx = layout.empty(xp, cache.x_shape, dy.dtype, cl)
     _run_backward("avg_pool2d_backward", cache, dx, target, (dy, dx), dims, cl)
-    return dx
-
-
-@register_launcher("lp_pool2d_forward")
-def lp_pool2d_forward_kernel(x, norm_type, kernel_size, stride, *, target):
-    xp = get_array_module(x)
-    (x,), cl = _inputs(x)
-    out_shape, dims = _dims(x.shape, kernel_size, stride)
-    y = layout.empty(xp, out_shape, x.dtype, cl)
-    _run("lp_pool2d_forward", y.size, target, (x, y), dims, cl, (np.float64(norm_type),))
-    return y, LPPool2dCache(x, y, kernel_size, stride, norm_type)
-
-
-@register_launcher("lp_pool2d_backward")
-def lp_pool2d_backward_kernel(dy, cache, *, target):
-    xp = get_array_module(dy, cache.x)
-    (dy, x, y), cl = _inputs(dy, cache.x, cache.y)
-    _, dims = _dims(x.shape, cache.kernel_size, cache.stride)
-    dx = layout.empty(xp, x.shape, dy.dtype, cl)
-    _run("lp_pool2d_backward", dx.size, target, (dy, x, y, dx), dims, cl, (np.float64(cache.norm_type),))
     return dx

@@ -131,3 +131,7 @@ def _batchnorm2d_backward_reference(dy, cache):
     dx -= xp.multiply(xhat, _per_channel(dgamma * dt(1.0 / count)), out=work)
     dx *= scale
     return round_once(dx, dtype), dgamma, dbeta
+
+
+# This op's CUDA kernel launchers, for the 'cuda' and 'sim' targets; last, as they import the names above.
+from . import _launch_batchnorm  # noqa: E402,F401  (registration)

@@ -236,3 +236,7 @@ def _dx_scatter(xp, dcols, shape, stride, padding, out):
         for j in range(fw):
             dxpad[:, :, i:i + sh * oh:sh, j:j + sw * ow:sw] += dcols[:, i, j]
     out[...] = dxpad[:, :, ph:ph + h, pw:pw + wd].transpose(1, 0, 2, 3)
+
+
+# This op's CUDA kernel launchers, for the 'cuda' and 'sim' targets; last, as they import the names above.
+from . import _launch_conv2d  # noqa: E402,F401  (registration)

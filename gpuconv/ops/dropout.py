@@ -129,3 +129,7 @@ def _dropout_forward_reference(x, p, key):
 
 def _dropout_backward_reference(dy, cache):
     return round_once(upcast(dy) * cache.mask, dy.dtype)
+
+
+# This op's CUDA kernel launchers, for the 'cuda' and 'sim' targets; last, as they import the names above.
+from . import _launch_dropout  # noqa: E402,F401  (registration)

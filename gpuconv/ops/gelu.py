@@ -74,3 +74,7 @@ def _gelu_backward_reference(dy, cache):
     xp = get_array_module(xc)
     pdf = xc.dtype.type(_INV_SQRT_2PI) * xp.exp(xc * xc * xc.dtype.type(-0.5))
     return round_once(g * (normal_cdf(xc) + xc * pdf), dy.dtype)
+
+
+# This op's CUDA kernel launchers, for the 'cuda' and 'sim' targets; last, as they import the names above.
+from . import _launch_gelu  # noqa: E402,F401  (registration)

@@ -82,3 +82,7 @@ def _lp_pool2d_backward_reference(dy, cache):
         dx[sl] += g  # taps in order = covering windows from the last: the kernel's order
     xpow = xc if p == 2 else xp.ones_like(xc) if p == 1 else xp.power(xc, xc.dtype.type(p - 1))
     return round_once(dx * xpow, dy.dtype)
+
+
+# This op's CUDA kernel launchers, for the 'cuda' and 'sim' targets; last, as they import the names above.
+from . import _launch_lp_pool2d  # noqa: E402,F401  (registration)

@@ -213,3 +213,7 @@ def _avg_pool2d_backward_reference(dy, cache):
     for _, sl in _taps(cache.kernel_size, cache.stride, dy.shape[2:]):
         dx[sl] += share
     return round_once(dx, dy.dtype)
+
+
+# This op's CUDA kernel launchers, for the 'cuda' and 'sim' targets; last, as they import the names above.
+from . import _launch_pool2d  # noqa: E402,F401  (registration)
