@@ -420,3 +420,32 @@ def test_sass_loop_finds_each_tensor_core_kernels_k_tile():
     for name, r in rows.items():
         assert r["mma"] == (32 if name.endswith("128") else 16), (name, r)
         assert r["ldmatrix"] >= 4 and r["instructions"] > r["mma"] + r["ldmatrix"], (name, r)
+
+
+def test_airbench_torch_scores_as_gpuconv_does():
+    """The baseline's held-out scoring: the same test-time augmentation as gpuconv's (levels 0-2,
+    same weights, eval mode) and the same batches as gpuconv's loader."""
+    torch = pytest.importorskip("torch")
+    bench = load("bench_airbench")
+    from gpuconv import cli
+    from gpuconv.data import normalize
+    from gpuconv.trainer import tta_logits
+    model, _ = cli.build_model("airbench94", width=2)
+    tmodel = bench.airbench_torch.build(torch, (2, 8, 8))
+    bench.copy_to_torch(torch, model, tmodel)
+    model.eval()
+    tmodel.eval()
+    images, _ = bench.synthetic(6)
+    x = normalize(images).astype(np.float32)
+    for level in (0, 1, 2):
+        want = tta_logits(model, x, level)
+        with torch.no_grad():
+            got = bench.airbench_torch.tta_logits(torch, tmodel, torch.as_tensor(x), level).numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    if SUBSET.exists():
+        from gpuconv.data import load_cifar10
+        imgs, labels = bench.airbench_torch.cifar_batches(str(SUBSET), ["data_batch_5"])
+        with pytest.warns(UserWarning, match="no test batch"):
+            cifar = load_cifar10(str(SUBSET), download=False)
+        np.testing.assert_array_equal(imgs, cifar.train.images[-len(labels):])  # the batches in order
+        np.testing.assert_array_equal(labels, cifar.train.labels[-len(labels):])
