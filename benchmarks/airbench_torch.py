@@ -16,7 +16,7 @@ What it trains is ``gpuconv.recipes.RECIPES['airbench94']`` step for step:
   ``0.95**5 * (step/total)**3`` and a last pull onto the average;
 - the data set uploaded once, on the device each epoch: a random 2-pixel translation with
   reflect padding and horizontal flips that alternate per image and epoch, a fresh shuffle, the
-  last partial batch kept (as gpuconv's DeviceLoader does).
+  last partial batch left out (the recipe's drop_last, as gpuconv's loader does it).
 
 Precision: 'fp32' (TF32 left as the caller set it) or 'bf16' (autocast, channels_last; BN in
 float32, as under gpuconv's mixed precision). Standalone use, on synthetic images:
@@ -135,8 +135,9 @@ def decay_at(step, total):
 class Loader:
     """Device-resident CIFAR batches with airbench's augmentation, one epoch per iteration."""
 
-    def __init__(self, torch, images_u8, labels, batch_size, device, padding=2, seed=0, channels_last=False):
-        self.torch, self.batch_size, self.padding = torch, batch_size, padding
+    def __init__(self, torch, images_u8, labels, batch_size, device, padding=2, seed=0, channels_last=False,
+                 drop_last=True):
+        self.torch, self.batch_size, self.padding, self.drop_last = torch, batch_size, padding, drop_last
         self.gen = torch.Generator(device=device)
         self.gen.manual_seed(seed)
         x = torch.as_tensor(images_u8, device=device).float() / 255
@@ -149,7 +150,8 @@ class Loader:
         self.epoch = 0
 
     def __len__(self):
-        return -(-len(self.labels) // self.batch_size)
+        n = len(self.labels)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def augmented(self, epoch):
         torch, p, x = self.torch, self.padding, self.images
@@ -169,7 +171,7 @@ class Loader:
         x = self.augmented(self.epoch)
         order = torch.randperm(len(x), device=x.device, generator=self.gen)
         self.epoch += 1
-        for start in range(0, len(x), self.batch_size):
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
             idx = order[start:start + self.batch_size]
             xb = x[idx]
             if self.channels_last:
@@ -188,7 +190,7 @@ def loss_of(torch, model, x, y, precision, smoothing=HYPER["label_smoothing"]):
 
 
 def train(torch, images_u8, labels, device="cuda", precision="fp32", epochs=HYPER["epochs"],
-          batch_size=HYPER["batch_size"], widths=HYPER["widths"], seed=0, model=None):
+          batch_size=HYPER["batch_size"], widths=HYPER["widths"], seed=0, model=None, drop_last=True):
     """The whole recipe from uploaded images to the trained model: (model, seconds, the last
     epoch's mean loss). The seconds run from the upload to the last step, synchronized (whitening
     init included); the loss is summed on the device and read once, at the end."""
@@ -197,7 +199,8 @@ def train(torch, images_u8, labels, device="cuda", precision="fp32", epochs=HYPE
     sync()
     t0 = time.perf_counter()
     channels_last = precision == "bf16"
-    loader = Loader(torch, images_u8, labels, batch_size, device, seed=seed, channels_last=channels_last)
+    loader = Loader(torch, images_u8, labels, batch_size, device, seed=seed, channels_last=channels_last,
+                    drop_last=drop_last and batch_size <= len(labels))
     if model is None:
         model = build(torch, widths).to(device)
         init_whitening(torch, model.whiten, loader.images)
@@ -226,7 +229,7 @@ def train(torch, images_u8, labels, device="cuda", precision="fp32", epochs=HYPE
     average.update(1.0)
     sync()
     seconds = time.perf_counter() - t0
-    return model, seconds, float(loss_sum) / len(labels)
+    return model, seconds, float(loss_sum) / (len(loader) * batch_size if loader.drop_last else len(labels))
 
 
 def tta_logits(torch, model, x, level):

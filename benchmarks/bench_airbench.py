@@ -66,7 +66,7 @@ def gpuconv_setup(images, labels, r, precision, device, width):
     model, _ = cli.build_model(RECIPE, seed=0, width=width)
     loader = DeviceLoader(images, labels, r["batch_size"], shuffle=True, augment=r["augment"], seed=0, device=device,
                           channels_last=amp.channels_last_for(precision), padding=r["padding"],
-                          padding_mode=r["padding_mode"], flip=r["flip"])
+                          padding_mode=r["padding_mode"], flip=r["flip"], drop_last=cli.drop_last(r, len(images)))
     total = r["epochs"] * len(loader)
     opt, extras = cli._recipe_setup(r, model, _Images(images), total)
     sched = cli._schedule(r["schedule"], opt, opt.lr, total)
@@ -92,7 +92,8 @@ def torch_device(args):
 
 def run_torch(torch, images, labels, r, precision, args, width):
     _, seconds, loss = airbench_torch.train(torch, images, labels, torch_device(args), precision, r["epochs"],
-                                            r["batch_size"], widths=(width, 4 * width, 4 * width))
+                                            r["batch_size"], widths=(width, 4 * width, 4 * width),
+                                            drop_last=cli.drop_last(r, len(images)))
     return seconds, loss
 
 
@@ -131,6 +132,9 @@ def validate(images, labels, r, args, checks, torch, width):
         topt = airbench_torch.optimizer(torch, tmodel, r["batch_size"])
         base = [g["lr"] for g in topt.param_groups]
         total = trainer.total_steps
+        if total <= 3:  # the lookahead's last pull onto the average comes at the last step
+            raise ValueError(f"bench_airbench: the validation takes 3 steps of a schedule of {total}; give it more "
+                             "images or epochs")
         for step in range(3):
             trainer.train_step(xd, yd)
             for g, lr in zip(topt.param_groups, base):

@@ -305,6 +305,12 @@ def _schedule(name, optimizer, lr, total_steps):
     return None
 
 
+def drop_last(s, n):
+    """Whether the training loader leaves out each epoch's partial batch: as the recipe says, while
+    the images fill one batch at least (a smaller set trains on its one partial batch)."""
+    return bool(s.get("drop_last")) and s["batch_size"] <= n
+
+
 def _recipe_setup(s, model, train, total_steps):
     """(optimizer, Trainer keyword arguments) for the settings ``s``: the recipe's optimizer, its
     whitening initialization, lookahead and whitening-bias epochs."""
@@ -446,7 +452,8 @@ def _train(args) -> int:
         nhwc = amp.channels_last_for(s["precision"])  # the layout the tensor-core convolutions read
         train_loader = DeviceLoader(train.images, train.labels, s["batch_size"], shuffle=True,
                                     augment=s["augment"], seed=s["seed"], device=device, channels_last=nhwc,
-                                    padding=s["padding"], padding_mode=s["padding_mode"], flip=s["flip"])
+                                    padding=s["padding"], padding_mode=s["padding_mode"], flip=s["flip"],
+                                    drop_last=drop_last(s, len(train)))
         val_loader = (DeviceLoader(val.images, val.labels, 500, shuffle=False, augment=False, device=device,
                                    channels_last=nhwc) if val is not None else None)
         total_steps = s["epochs"] * len(train_loader)

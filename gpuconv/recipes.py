@@ -20,6 +20,9 @@ Keys of a recipe:
   augment          random crops of the image padded by ``padding`` pixels (``padding_mode``
                    'zeros' or 'reflect') and horizontal flips (``flip`` 'random' per image and
                    epoch, or 'alternate': drawn once, every image flipped the other way each epoch)
+  drop_last        True: each epoch leaves out the last, partial batch (as airbench does: with a
+                   mean loss and an lr set per batch_size images, a partial batch's step would
+                   weigh each of its images batch_size / len times as much)
   lookahead        None, or the steps between updates of the weight average
                    (:mod:`gpuconv.lookahead`, airbench's decay schedule)
   whiten_bias_epochs  epochs during which the whitening conv's bias trains (then it is frozen)
@@ -47,7 +50,7 @@ RECIPES = {
     "airbench94": dict(model="airbench94", epochs=10, batch_size=1024, optimizer="airbench", lr=11.5,
                        weight_decay=0.0153, momentum=0.85, bias_scaler=64.0, schedule="triangular",
                        label_smoothing=0.2, augment=True, padding=2, padding_mode="reflect", flip="alternate",
-                       lookahead=5, whiten_bias_epochs=3, tta=2),
+                       drop_last=True, lookahead=5, whiten_bias_epochs=3, tta=2),
     # airbench94_muon (2.59 s on an A100, 94.01% mean): the same network, 8 epochs of batch 2000,
     # Muon (lr 0.24, momentum 0.6, 3 Newton-Schulz steps) on the conv filters and Nesterov SGD
     # (momentum 0.85) on the biases (lr 0.053) and the head (lr 0.67), with weight decay 2e-6 per
@@ -57,11 +60,11 @@ RECIPES = {
     "airbench94_muon": dict(model="airbench94", epochs=8, batch_size=2000, optimizer="muon", lr=0.24, momentum=0.6,
                             bias_lr=0.053, head_lr=0.67, sgd_momentum=0.85, weight_decay=2e-6, schedule="linear",
                             label_smoothing=0.2, augment=True, padding=2, padding_mode="reflect", flip="alternate",
-                            lookahead=None, whiten_bias_epochs=3, tta=2),
+                            drop_last=True, lookahead=None, whiten_bias_epochs=3, tta=2),
 }
 
 # What a recipe leaves out takes these values.
-DEFAULTS = dict(optimizer="sgd", padding=4, padding_mode="zeros", flip="random", lookahead=None, tta=0,
+DEFAULTS = dict(optimizer="sgd", padding=4, padding_mode="zeros", flip="random", drop_last=False, lookahead=None, tta=0,
                 whiten_bias_epochs=0, bias_scaler=1.0)
 
 

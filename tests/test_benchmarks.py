@@ -363,7 +363,7 @@ def test_airbench_baseline_takes_the_recipes_steps_and_the_check_can_fail(monkey
     torch = pytest.importorskip("torch")
     bench = load("bench_airbench")
     args = bench.common.parse(bench.parser(), ["--device", "sim", "--tiny"])
-    images, labels = bench.synthetic(24)
+    images, labels = bench.synthetic(bench.TINY["images"])
     r = bench.recipe(args)
     checks = bench.common.Checks()
     steps = bench.validate(images, labels, r, args, checks, torch, 2)
