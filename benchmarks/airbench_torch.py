@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import argparse
 import collections
+import pathlib
+import sys
 import time
 
 import numpy as np
@@ -94,7 +96,7 @@ def optimizer(torch, model, batch_size, h=HYPER):
     kilostep = 1024 * (1 + 1 / (1 - h["momentum"]))
     lr = h["lr"] / kilostep
     decay = h["weight_decay"] * batch_size / kilostep
-    named = [(n, p) for n, p in model.named_parameters() if not (n == "whiten.weight")]
+    named = [(n, p) for n, p in model.named_parameters() if n != "whiten.weight"]  # frozen for good
     norm = [p for n, p in named if ".norm" in n]
     other = [p for n, p in named if ".norm" not in n]
     bias_lr = lr * h["bias_scaler"]
@@ -264,18 +266,6 @@ def accuracy(torch, model, images_u8, labels, device, level, batch=500):
     return correct / len(labels)
 
 
-def cifar_batches(folder, names):
-    """(uint8 N x 3 x 32 x 32 images, labels) of the official python-pickle batches ``names``."""
-    import pickle
-    xs, ys = [], []
-    for name in names:
-        with open(f"{folder}/{name}", "rb") as f:
-            d = pickle.load(f, encoding="latin1")
-        xs.append(np.asarray(d["data"], np.uint8).reshape(-1, 3, 32, 32))
-        ys.append(np.asarray(d["labels"], np.int64))
-    return np.concatenate(xs), np.concatenate(ys)
-
-
 def main(argv=None):
     import torch
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -290,9 +280,12 @@ def main(argv=None):
     args = p.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.backends.cudnn.benchmark = True
-    if args.data:
-        images, labels = cifar_batches(args.data, [f"data_batch_{i}" for i in range(1, 5)])
-        held_x, held_y = cifar_batches(args.data, ["data_batch_5"])
+    if args.data:  # gpuconv's own reader and split, so that both sides train and score on the same images
+        sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+        from gpuconv.cli import resolve_split
+        from gpuconv.data import load_cifar10
+        train_split, held, _, _ = resolve_split(load_cifar10(args.data, download=False), "batch5")
+        images, labels, held_x, held_y = train_split.images, train_split.labels, held.images, held.labels
     else:
         rng = np.random.default_rng(0)
         images = rng.integers(0, 256, (args.images, 3, 32, 32), dtype=np.uint8)

@@ -45,13 +45,6 @@ FULL = {"images": 50_000, "width": 64}
 TINY = {"images": 40, "width": 2, "batch": 16, "epochs": 2}
 
 
-class _Images:
-    """What ``cli._recipe_setup`` reads of a data split: ``.images`` (uint8 N x 3 x 32 x 32)."""
-
-    def __init__(self, images):
-        self.images = images
-
-
 def recipe(args):
     r = get_recipe(RECIPE)
     if args.tiny:
@@ -68,7 +61,7 @@ def gpuconv_setup(images, labels, r, precision, device, width):
                           channels_last=amp.channels_last_for(precision), padding=r["padding"],
                           padding_mode=r["padding_mode"], flip=r["flip"], drop_last=cli.drop_last(r, len(images)))
     total = r["epochs"] * len(loader)
-    opt, extras = cli._recipe_setup(r, model, _Images(images), total)
+    opt, extras = cli._recipe_setup(r, model, images, total)
     sched = cli._schedule(r["schedule"], opt, opt.lr, total)
     trainer = Trainer(model, opt, sched, label_smoothing=r["label_smoothing"], progress=False, monitor=False,
                       precision=precision, **extras)

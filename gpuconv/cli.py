@@ -311,16 +311,17 @@ def drop_last(s, n):
     return bool(s.get("drop_last")) and s["batch_size"] <= n
 
 
-def _recipe_setup(s, model, train, total_steps):
+def _recipe_setup(s, model, images, total_steps):
     """(optimizer, Trainer keyword arguments) for the settings ``s``: the recipe's optimizer, its
-    whitening initialization, lookahead and whitening-bias epochs."""
+    whitening initialization (from ``images``, the uint8 training images), lookahead and
+    whitening-bias epochs."""
     from .models import init_whitening
     from .optim import SGD
     from .recipes import airbench_param_groups, muon_optimizer
     whiten = model._layers.get("whiten") if hasattr(model, "_layers") else None
     if whiten is not None:  # from the training images, as the loader normalizes them
         from .data import normalize
-        init_whitening(whiten, normalize(train.images[:5000], CIFAR10_MEAN, CIFAR10_STD, np.float32))
+        init_whitening(whiten, normalize(images[:5000], CIFAR10_MEAN, CIFAR10_STD, np.float32))
     if s["optimizer"] == "airbench":
         groups, lr = airbench_param_groups(model, s["lr"], s["weight_decay"], s["momentum"], s["batch_size"],
                                            s["bias_scaler"])
@@ -457,7 +458,7 @@ def _train(args) -> int:
         val_loader = (DeviceLoader(val.images, val.labels, 500, shuffle=False, augment=False, device=device,
                                    channels_last=nhwc) if val is not None else None)
         total_steps = s["epochs"] * len(train_loader)
-        opt, extras = _recipe_setup(s, model, train, total_steps)
+        opt, extras = _recipe_setup(s, model, train.images, total_steps)
         sched = _schedule(s["schedule"], opt, opt.lr, total_steps)
         trainer = Trainer(model, opt, sched, out_dir=args.out, label_smoothing=s["label_smoothing"],
                           log_every=args.log_every, seed=s["seed"], progress="epoch" if args.no_progress else True,

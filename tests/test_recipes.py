@@ -82,11 +82,10 @@ def test_recipe_training_run_lookahead_and_whitening_bias(tmp_path):
     labels = rng.integers(0, 10, 48)
     s = dict(get_recipe("airbench94"), batch_size=16, epochs=4, whiten_bias_epochs=1)
     net = models.airbench94(widths=(4, 8, 8))
-    split = type("Split", (), {"images": images, "labels": labels})()
     loader = DeviceLoader(images, labels, s["batch_size"], augment=True, padding=2, padding_mode="reflect",
                           flip="alternate", device="cpu")
     total = s["epochs"] * len(loader)
-    opt, extras = cli._recipe_setup(s, net, split, total)
+    opt, extras = cli._recipe_setup(s, net, images, total)
     assert not net["whiten"].weight.requires_grad and np.abs(net["whiten"].weight.data).sum() > 0
     w_whiten = net["whiten"].weight.data.copy()
     seen = []
@@ -115,10 +114,9 @@ def test_muon_recipe_builds_a_chain_and_trains():
     rng = np.random.default_rng(2)
     images = rng.integers(0, 256, (32, 3, 32, 32), dtype=np.uint8)
     labels = rng.integers(0, 10, 32)
-    split = type("Split", (), {"images": images, "labels": labels})()
     loader = DeviceLoader(images, labels, 16, augment=True, padding=2, padding_mode="reflect", flip="alternate",
                           device="cpu")
-    opt, extras = cli._recipe_setup(s, net, split, 4)
+    opt, extras = cli._recipe_setup(s, net, images, 4)
     assert isinstance(opt, Chain) and "lookahead" not in extras
     muon, sgd = opt.optimizers
     assert isinstance(muon, Muon) and isinstance(sgd, SGD)
@@ -142,12 +140,11 @@ def test_recipe_resume_is_bit_identical(recipe, tmp_path):
     come back from the checkpoint: 2 epochs + resume to 3 == 3 epochs in one go."""
     rng = np.random.default_rng(0)
     images, labels = rng.integers(0, 256, (32, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, 32)
-    split = type("Split", (), {"images": images, "labels": labels})()
 
     def build(out):
         net = models.airbench94(widths=(4, 8, 8))
         s = dict(get_recipe(recipe), batch_size=16, whiten_bias_epochs=1)
-        opt, extras = cli._recipe_setup(s, net, split, 6)
+        opt, extras = cli._recipe_setup(s, net, images, 6)
         sched = cli._schedule(s["schedule"], opt, opt.lr, 6)
         loader = DeviceLoader(images, labels, 16, augment=True, padding=2, padding_mode="reflect", flip="alternate",
                               device="cpu")
