@@ -206,13 +206,15 @@ def benchmark(batch, warmup, repeat, use_torch=True, layers=CIFAR_LAYERS, varian
                     w_n, r_n = (min(warmup, 1), max(1, min(repeat, 3))) if var == "v1" else (warmup, repeat)
                     with kernels.use_variant(**{family: var}), kernels.use_variant("tf32", **{family: var}):
                         ms = cuda_time(lambda: run_direction(direction, x, w, b, dy, "cuda", tf32), w_n, r_n)
+                    spread = cuda_time.last_spread  # slowest timing group over the median: a stall shows here
                     rows.append({"precision": prec, "layout": "channels_last" if PRECISIONS[prec][2] else "nchw",
                                  "layer": layer_label(c, k, h), "batch": batch, "direction": direction,
                                  "variant": var, "ms": ms, "tflops": gflop / ms, "torch_ms": t_ms,
                                  "torch_tflops": gflop / t_ms if t_ms else None,
-                                 "speed_vs_torch": t_ms / ms if t_ms else None})
+                                 "speed_vs_torch": t_ms / ms if t_ms else None, "spread": spread})
                     print(f"{prec} {c}->{k} @{h} {direction} {var}: {ms:.3f} ms {gflop / ms:.1f} TFLOP/s"
-                          + (f", cuDNN {t_ms:.3f} ms ({t_ms / ms:.2f}x)" if t_ms else ""), flush=True)
+                          + (f", cuDNN {t_ms:.3f} ms ({t_ms / ms:.2f}x)" if t_ms else "")
+                          + (f" [noisy: slowest group {spread:.1f}x the median]" if spread > 1.5 else ""), flush=True)
     return rows
 
 

@@ -27,6 +27,7 @@ import pathlib
 import platform
 import re
 import subprocess
+import statistics
 import sys
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -97,19 +98,34 @@ def host(a):
 
 
 # ----------------------------------------------------------------------------- timing
-def cuda_time(fn, warmup, repeat):
+def cuda_time(fn, warmup, repeat, groups=5):
     """Milliseconds per call of ``fn`` on the current stream: ``warmup`` untimed calls, then
-    ``repeat`` calls between two CUDA events (launch overhead included, as a training loop pays it)."""
+    ``repeat`` calls in ``groups`` back-to-back groups, each between two CUDA events (launch
+    overhead included, as a training loop pays it); the median group's time per call.
+
+    One mean over all the calls let a single host stall (a garbage collection, a page fault, the
+    machine's other work) of 100-200 ms inflate a 0.8 ms kernel's figure tenfold; the median of
+    groups keeps such a stall to one group. ``last_spread`` holds the slowest group over the median
+    of the latest call, so a benchmark can flag a noisy row."""
     cp = B.cupy_module()
     for _ in range(warmup):
         fn()
-    start, stop = cp.cuda.Event(), cp.cuda.Event()
-    start.record()
-    for _ in range(repeat):
-        fn()
-    stop.record()
-    stop.synchronize()
-    return cp.cuda.get_elapsed_time(start, stop) / repeat
+    groups = max(1, min(groups, repeat))
+    sizes = [repeat // groups + (1 if g < repeat % groups else 0) for g in range(groups)]
+    events = [cp.cuda.Event() for _ in range(groups + 1)]
+    events[0].record()
+    for g, n in enumerate(sizes):
+        for _ in range(n):
+            fn()
+        events[g + 1].record()
+    events[-1].synchronize()
+    per_call = [cp.cuda.get_elapsed_time(events[g], events[g + 1]) / n for g, n in enumerate(sizes)]
+    median = statistics.median(per_call)
+    cuda_time.last_spread = max(per_call) / median if median > 0 else 1.0
+    return median
+
+
+cuda_time.last_spread = 1.0
 
 
 def host_submit_ms(fn, args, repeat=None):

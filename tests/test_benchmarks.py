@@ -187,6 +187,43 @@ def test_common_table_and_checks(capsys):
     assert not checks.passed and checks.failures()[0].startswith("dtype:")
 
 
+
+def test_cuda_time_keeps_a_host_stall_to_one_group(monkeypatch):
+    """A 150 ms stall in one of 20 calls of a 1 ms kernel: the median of the timing groups stays
+    1 ms (one mean over all calls said 8.5 ms), and the spread names the noisy row."""
+    common = load("common")
+    clock = {"t": 0.0, "calls": 0}
+
+    class FakeEvent:
+        def record(self):
+            self.t = clock["t"]
+
+        def synchronize(self):
+            pass
+
+    class Cuda:
+        Event = FakeEvent
+
+        @staticmethod
+        def get_elapsed_time(a, b):
+            return b.t - a.t
+
+    class FakeCupy:
+        cuda = Cuda
+
+    monkeypatch.setattr(common.B, "cupy_module", lambda: FakeCupy)
+
+    def kernel():
+        clock["calls"] += 1
+        clock["t"] += 1.0 + (150.0 if clock["calls"] == 3 + 11 else 0.0)  # 3 warm-ups, then the 11th call
+
+    assert common.cuda_time(kernel, 3, 20) == pytest.approx(1.0)
+    assert clock["calls"] == 23
+    assert common.cuda_time.last_spread == pytest.approx(151 / 4 / 1.0 + 3 / 4)
+    clock["calls"] = -1000  # no stall: every group equal
+    assert common.cuda_time(kernel, 0, 7, groups=3) == pytest.approx(1.0)
+    assert common.cuda_time.last_spread == pytest.approx(1.0)
+
 def run_battery(tmp_path, **env):
     out, results = tmp_path / "out", tmp_path / "results"
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHON": sys.executable, "OUT": str(out),
