@@ -222,7 +222,7 @@ def main(argv=None) -> int:
         return rc
     s = settings(args)
     data = data_dir(args)
-    runs, rec = [], None
+    runs, rec, path = [], None, None
     with tempfile.TemporaryDirectory(prefix="gpuconv-parity-") as tmp, ThreadPoolExecutor(2) as pool:
         root = pathlib.Path(args.keep) if args.keep else pathlib.Path(tmp)
         for seed in args.seeds:  # the CPU run and the device run of a seed side by side
@@ -236,7 +236,9 @@ def main(argv=None) -> int:
                       file=sys.stderr)
             rec, checks = record(args, s, data, runs)
             if args.save:  # after every seed: a run cut off by a time limit keeps what it measured
-                path = common.save_record(rec, NAME if args.precision == "fp32" else f"{NAME}-{args.precision}")
+                # one file, named by the first save's minute: a run crossing a minute rewrites it
+                path = common.save_record(rec, NAME if args.precision == "fp32" else f"{NAME}-{args.precision}",
+                                          filename=path.name if path else None)
     if args.json:
         print(json.dumps(rec, indent=2, default=common._json_default))
     else:

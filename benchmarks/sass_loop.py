@@ -70,7 +70,9 @@ def sass_of(op_file, build, workdir, nvcc, cuobjdump):
 
 
 def loops(sass):
-    """{kernel: Counter of opcodes in its main loop} for every kernel with HMMAs."""
+    """{kernel: Counter of opcodes in its main loop} for every kernel with HMMAs. A kernel that picks
+    one of several instances of its loop at run time (the data gradient's unit-stride one) has a
+    loop per instance: the second and later are named "kernel#2", ... in code order."""
     out = {}
     for chunk in re.split(r"\n\s*Function : ", sass)[1:]:
         name = chunk.split("\n", 1)[0].strip()
@@ -78,18 +80,21 @@ def loops(sass):
         mma = [a for a, text in ins if "HMMA" in text]
         if not mma:
             continue
-        best = None
+        spans = []  # (start, end) of every backward branch's loop
         for a, text in ins:
             m = re.search(r"\bBRA\b.*?0x([0-9a-f]+)", text)
-            if m:
-                target = int(m.group(1), 16)
-                if target < a and target <= mma[0] and a >= mma[-1] and (best is None or a - target < best[1] - best[0]):
-                    best = (target, a)
-        if best is None:
-            continue
-        body = [re.sub(r"^@!?U?P\w+\s+", "", text).split()[0].split(".")[0] for a, text in ins
-                if best[0] <= a <= best[1]]
-        out[name] = collections.Counter(body)
+            if m and int(m.group(1), 16) < a:
+                spans.append((int(m.group(1), 16), a))
+        # The innermost loops holding HMMAs, smallest first; an enclosing loop adds nothing new.
+        chosen, covered = [], set()
+        for start, end in sorted(spans, key=lambda s: s[1] - s[0]):
+            inside = {a for a in mma if start <= a <= end}
+            if inside and not inside & covered:
+                chosen.append((start, end))
+                covered |= inside
+        for k, (start, end) in enumerate(sorted(chosen)):
+            body = [re.sub(r"^@!?U?P\w+\s+", "", text).split()[0].split(".")[0] for a, text in ins if start <= a <= end]
+            out[name if k == 0 else f"{name}#{k + 1}"] = collections.Counter(body)
     return out
 
 
@@ -111,7 +116,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         for op_file in FILES:
             for name, ops in loops(sass_of(op_file, args.build, pathlib.Path(tmp), nvcc, cuobjdump)).items():
-                if wanted and name not in wanted:
+                if wanted and name.split("#")[0] not in wanted:
                     continue
                 by_class = collections.Counter()
                 for op, n in ops.items():

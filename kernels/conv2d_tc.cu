@@ -44,14 +44,17 @@
 // GEMM rows and columns are int (the launcher checks the sizes); element offsets are index_t.
 //
 // Resources on sm_90 (ptxas 13.0; tests/test_nvrtc.py checks the bounds and the absence of
-// spills). TcTile64: forward 70-72 registers, backward-data 70-72, backward-weight 77 (90 in
-// TF32, whose transposing loaders hold 8 floats in flight); 24576 B of static shared memory; at
-// 77 registers (allocated as 80) the register file holds 25 warps per SM, i.e. 6 blocks of 4
-// warps. TcTile128 (warp tiles of 64x32: 64 accumulators per thread): 120-125 registers in every
-// build, 49152 B of static shared memory; 2 blocks of 8 warps per SM (registers and shared
-// memory both allow 2; 4 would need at most 64 registers). A
-// block's loaders keep their rows' pixel coordinates in registers for the whole loop (the reason
-// these are above the dense GEMM's).
+// spills). TcTile64: forward 86-96 registers, backward-data 80-95, backward-weight 75-80; 24576 B
+// of static shared memory; at 96 registers the register file holds 5 blocks of 4 warps per SM.
+// TcTile128 (warp tiles of 64x32: 64 accumulators per thread): 117-128 registers in every build,
+// 49152 B of static shared memory; 2 blocks of 8 warps per SM (registers and shared memory both
+// allow 2; 4 would need at most 64 registers). The loaders keep their rows' coordinates and
+// element offsets in registers for the whole loop, and the fragment readers one swizzled lane
+// address per operand (tc_tile.cuh): registers spent to keep address arithmetic out of the
+// k-loop, whose issue slots the HMMAs need (benchmarks/sass_loop.py counts them per k-tile).
+// Two bodies pick between two instances of their loop at run time: the data gradient's
+// unit-stride rows (no division by the stride), and the weight gradient's 16-byte dY copies
+// (channel counts that are multiples of 8).
 
 // ------------------------------------------------------------------------------------------
 // Operand loaders of the implicit GEMMs. Each moves 16-byte pieces (cp.async.cg): an mk stage of
@@ -70,13 +73,17 @@
 // integer pipe the busiest). The simulator checks the order it relies on.
 struct ReductionWalk {
     int fh, fw, c, cp, fw_count;
+    int off;                 // c + fw * fw_step + fh * fh_step: the piece's element offset from its row's
+    int fw_step, fh_step;    // (fh, fw) = (0, 0) element, carried with the walk (one add per k-tile)
     int kt;  // the next k-tile (checked on the simulator only)
 
-    __device__ ReductionWalk(int byte, int cp_, int fw_count_) : cp(cp_), fw_count(fw_count_), kt(0) {
+    __device__ ReductionWalk(int byte, int cp_, int fw_count_, int fw_step_, int fh_step_)
+        : cp(cp_), fw_count(fw_count_), fw_step(fw_step_), fh_step(fh_step_), kt(0) {
         const int r = byte / (int)sizeof(storage_t), tap = r / cp;  // k-tile 0
         c = r - tap * cp;
         fh = tap / fw_count;
         fw = tap - fh * fw_count;
+        off = c + fw * fw_step + fh * fh_step;
     }
 
     __device__ void step(int kt_loaded) {
@@ -84,11 +91,14 @@ struct ReductionWalk {
         if (kt_loaded != kt++) __trap();  // a loader called out of order would read the wrong taps
 #endif
         c += TC_KBYTES / (int)sizeof(storage_t);
+        off += TC_KBYTES / (int)sizeof(storage_t);
         while (c >= cp) {
             c -= cp;
+            off += fw_step - cp;
             if (++fw == fw_count) {
                 fw = 0;
                 ++fh;
+                off += fh_step - fw_count * fw_step;
             }
         }
     }
@@ -101,73 +111,86 @@ __device__ inline int tc_piece_row(int i) {
     return (int)threadIdx.x / 4 + S::THREADS / 4 * i;
 }
 
-// Forward A: row m = (n, oh, ow) of the patch matrix of an NHWC input with Cp channels.
+// Forward A: row m = (n, oh, ow) of the patch matrix of an NHWC input with Cp channels. A row's
+// pieces are read at row_off (the element of its (fh, fw) = (0, 0) tap, which may lie outside the
+// image: it is only read plus the walk's offset, and only where the tap is inside) plus the
+// walk's offset of (fh, fw, c): one add per row and k-tile, the bounds tested unsigned.
 template <class S>
 struct PatchRows {
     const storage_t* x;
-    int H, W, Cp, FH, FW;
+    int H, W, FH;
     int byte;               // this thread's byte column in the stage
-    index_t pixel0[2];      // n * H * W: the row's image, in pixels
+    index_t row_off[2];     // ((n * H + ih0) * W + iw0) * Cp
     int ih0[2], iw0[2];     // oh * sh - ph, ow * sw - pw (a huge negative value for rows past M)
     mutable ReductionWalk walk;  // (fh, fw, c) of the next k-tile's piece
 
-    __device__ PatchRows(const storage_t* x_, int m0, int M, int H_, int W_, int Cp_, int FH_, int FW_, int OH,
+    __device__ PatchRows(const storage_t* x_, int m0, int M, int H_, int W_, int Cp, int FH_, int FW, int OH,
                          int OW, int sh, int sw, int ph, int pw)
-        : x(x_), H(H_), W(W_), Cp(Cp_), FH(FH_), FW(FW_), byte(16 * (threadIdx.x % 4)),
-          walk(16 * (threadIdx.x % 4), Cp_, FW_) {
+        : x(x_), H(H_), W(W_), FH(FH_), byte(16 * (threadIdx.x % 4)), walk(16 * (threadIdx.x % 4), Cp, FW, Cp, W_ * Cp) {
         for (int i = 0; i < 2; ++i) {
             const int m = m0 + tc_piece_row<S>(i);
             const int n = m / (OH * OW), p = m - n * (OH * OW), oh = p / OW, ow = p - oh * OW;
-            pixel0[i] = (index_t)n * H * W;
             ih0[i] = m < M ? oh * sh - ph : -(1 << 30);
             iw0[i] = ow * sw - pw;
+            row_off[i] = (((index_t)n * H + ih0[i]) * W + iw0[i]) * Cp;
         }
     }
 
     __device__ void load(unsigned char* stage, int kt, int) const {
-        const int fh = walk.fh, fw = walk.fw, c = walk.c;
+        const int fh = walk.fh, fw = walk.fw, off = walk.off;
         walk.step(kt);
         for (int i = 0; i < 2; ++i) {
-            const int ih = ih0[i] + fh, iw = iw0[i] + fw;
-            const bool ok = fh < FH && ih >= 0 && ih < H && iw >= 0 && iw < W;
-            const storage_t* src = ok ? x + ((pixel0[i] + (index_t)ih * W + iw) * Cp + c) : x;
+            const bool ok = fh < FH && (unsigned)(ih0[i] + fh) < (unsigned)H && (unsigned)(iw0[i] + fw) < (unsigned)W;
+            const storage_t* src = ok ? x + (row_off[i] + off) : x;
             cp_async_cg(stage + stage_offset<TC_KBYTES>(tc_piece_row<S>(i), byte), src, ok ? 16 : 0);
         }
     }
 };
 
 // Backward-data A: row m = (n, ih, iw) of the gathered output gradient, dy NHWC with Kp channels.
-template <class S>
+// UNIT_STRIDE (sh = sw = 1, every layer of the CIFAR networks) drops the two divisions by the
+// stride a k-tile would otherwise cost each row (the body picks the instance at run time), and
+// reads as PatchRows does: the element at row_off (the row's (oh, ow) = (ih + ph, iw + pw)) plus
+// the walk's offset, which steps back OW * Kp per fh and Kp per fw.
+template <class S, bool UNIT_STRIDE>
 struct GradRows {
     const storage_t* dy;
-    int OH, OW, Kp, FH, FW, sh, sw;
+    int OH, OW, Kp, FH, sh, sw;
     int byte;
     index_t pixel0[2];      // n * OH * OW
+    index_t row_off[2];     // (pixel0 + (ih + ph) * OW + iw + pw) * Kp
     int ihp[2], iwp[2];     // ih + ph, iw + pw (a huge negative value for rows past M)
     mutable ReductionWalk walk;  // (fh, fw, k) of the next k-tile's piece
 
-    __device__ GradRows(const storage_t* dy_, int m0, int M, int H, int W, int Kp_, int FH_, int FW_, int OH_, int OW_,
+    __device__ GradRows(const storage_t* dy_, int m0, int M, int H, int W, int Kp_, int FH_, int FW, int OH_, int OW_,
                         int sh_, int sw_, int ph, int pw)
-        : dy(dy_), OH(OH_), OW(OW_), Kp(Kp_), FH(FH_), FW(FW_), sh(sh_), sw(sw_), byte(16 * (threadIdx.x % 4)),
-          walk(16 * (threadIdx.x % 4), Kp_, FW_) {
+        : dy(dy_), OH(OH_), OW(OW_), Kp(Kp_), FH(FH_), sh(sh_), sw(sw_), byte(16 * (threadIdx.x % 4)),
+          walk(16 * (threadIdx.x % 4), Kp_, FW, -Kp_, -OW_ * Kp_) {
         for (int i = 0; i < 2; ++i) {
             const int m = m0 + tc_piece_row<S>(i);
             const int n = m / (H * W), p = m - n * (H * W), ih = p / W, iw = p - ih * W;
             pixel0[i] = (index_t)n * OH * OW;
             ihp[i] = m < M ? ih + ph : -(1 << 30);
             iwp[i] = iw + pw;
+            row_off[i] = (pixel0[i] + (index_t)ihp[i] * OW + iwp[i]) * Kp;
         }
     }
 
     __device__ void load(unsigned char* stage, int kt, int) const {
-        const int fh = walk.fh, fw = walk.fw, k = walk.c;
+        const int fh = walk.fh, fw = walk.fw, k = walk.c, off = walk.off;
         walk.step(kt);
         for (int i = 0; i < 2; ++i) {
             const int oh_s = ihp[i] - fh, ow_s = iwp[i] - fw;  // oh * sh, ow * sw when they exist
-            const int oh = oh_s / sh, ow = ow_s / sw;
-            const bool ok = fh < FH && oh_s >= 0 && ow_s >= 0 && oh * sh == oh_s && ow * sw == ow_s && oh < OH &&
-                            ow < OW;
-            const storage_t* src = ok ? dy + ((pixel0[i] + (index_t)oh * OW + ow) * Kp + k) : dy;
+            bool ok;
+            const storage_t* src;
+            if (UNIT_STRIDE) {
+                ok = fh < FH && (unsigned)oh_s < (unsigned)OH && (unsigned)ow_s < (unsigned)OW;
+                src = ok ? dy + (row_off[i] + off) : dy;
+            } else {
+                const int oh = oh_s / sh, ow = ow_s / sw;
+                ok = fh < FH && oh_s >= 0 && ow_s >= 0 && oh * sh == oh_s && ow * sw == ow_s && oh < OH && ow < OW;
+                src = ok ? dy + ((pixel0[i] + (index_t)oh * OW + ow) * Kp + k) : dy;
+            }
             cp_async_cg(stage + stage_offset<TC_KBYTES>(tc_piece_row<S>(i), byte), src, ok ? 16 : 0);
         }
     }
@@ -370,7 +393,7 @@ __device__ void conv2d_forward_tc_body(const storage_t* x, const storage_t* w, c
     const long long rbytes = (long long)R * sizeof(storage_t);
     PatchRows<S> la(x, m0, M, H, W, Cp, FH, FW, OH, OW, sh, sw, ph, pw);
     DenseTileLoader<S::BN, TC_KBYTES, S::THREADS> lb = {(const unsigned char*)(w + (index_t)n0 * R), rbytes, K - n0,
-                                                        rbytes, 0, TC_KBYTES};
+                                                        rbytes};
     float acc[S::MI][S::NI][4] = {};
     const int ktiles = (int)((rbytes + TC_KBYTES - 1) / TC_KBYTES);
     tc_gemm_mainloop<S, TensorCoreOp<storage_t>, FragA<S>, FragB_nt<S>>(la, lb, ktiles, 16, 16, As, Bs, acc);
@@ -386,12 +409,17 @@ __device__ void conv2d_backward_data_tc_body(const storage_t* dy, const storage_
     const int M = N * H * W, L = FH * FW * Kp;
     const int m0 = blockIdx.x * S::BM, n0 = blockIdx.y * S::BN;
     const long long lbytes = (long long)L * sizeof(storage_t);
-    GradRows<S> la(dy, m0, M, H, W, Kp, FH, FW, OH, OW, sh, sw, ph, pw);
     DenseTileLoader<S::BN, TC_KBYTES, S::THREADS> lb = {(const unsigned char*)(wt + (index_t)n0 * L), lbytes, C - n0,
-                                                        lbytes, 0, TC_KBYTES};
+                                                        lbytes};
     float acc[S::MI][S::NI][4] = {};
     const int ktiles = (int)((lbytes + TC_KBYTES - 1) / TC_KBYTES);
-    tc_gemm_mainloop<S, TensorCoreOp<storage_t>, FragA<S>, FragB_nt<S>>(la, lb, ktiles, 16, 16, As, Bs, acc);
+    if (sh == 1 && sw == 1) {
+        GradRows<S, true> la(dy, m0, M, H, W, Kp, FH, FW, OH, OW, sh, sw, ph, pw);
+        tc_gemm_mainloop<S, TensorCoreOp<storage_t>, FragA<S>, FragB_nt<S>>(la, lb, ktiles, 16, 16, As, Bs, acc);
+    } else {
+        GradRows<S, false> la(dy, m0, M, H, W, Kp, FH, FW, OH, OW, sh, sw, ph, pw);
+        tc_gemm_mainloop<S, TensorCoreOp<storage_t>, FragA<S>, FragB_nt<S>>(la, lb, ktiles, 16, 16, As, Bs, acc);
+    }
     tc_gemm_epilogue<S>(RowMajorStore{dx, nullptr, M, C, 0}, m0, n0, acc);
 }
 
@@ -413,10 +441,12 @@ __device__ void conv2d_backward_weight_tc_body(const storage_t* dy, const storag
     tc_gemm_mainloop<S, TensorCoreOp<storage_t>, FragA<S>, FragB_nt<S>>(la, lb, ktiles, 0, 0, As, Bs, acc);
 #else
     DenseTileLoader<TC_KM_ROWS, 2 * S::BM, S::THREADS> la = {(const unsigned char*)(dy + (index_t)l0 * K + m0),
-                                                             (long long)K * es, l_end - l0, (long long)(K - m0) * es,
-                                                             TC_KM_ROWS, 0};
+                                                             (long long)K * es, l_end - l0, (long long)(K - m0) * es};
     PatchColumns<S> lb(x, n0, H, W, Cp, FH, FW, OH, OW, sh, sw, ph, pw, l0, l_end);
-    tc_gemm_mainloop<S, TensorCoreOp<storage_t>, FragA_km<S>, FragB_nn<S>>(la, lb, ktiles, vec_dy, 16, As, Bs, acc);
+    if (vec_dy == 16)  // channel counts that are multiples of 8: the loop with only 16-byte copies
+        tc_gemm_mainloop<S, TensorCoreOp<storage_t>, FragA_km<S>, FragB_nn<S>>(la, lb, ktiles, 16, 16, As, Bs, acc);
+    else
+        tc_gemm_mainloop<S, TensorCoreOp<storage_t>, FragA_km<S>, FragB_nn<S>>(la, lb, ktiles, vec_dy, 16, As, Bs, acc);
 #endif
     tc_gemm_epilogue<S>(PartialStore{ws + (index_t)blockIdx.z * K * R, K, R}, m0, n0, acc);
 }

@@ -51,13 +51,16 @@ __device__ void gemm_tc_body(const storage_t* A, const storage_t* B, storage_t* 
     const int m0 = blockIdx.x * S::BM, n0 = blockIdx.y * S::BN;
     const long long kbytes = (long long)K * es;
     DenseTileLoader<S::BM, TC_KBYTES, S::THREADS> la = {(const unsigned char*)(A + (index_t)m0 * K), kbytes, M - m0,
-                                                        kbytes, 0, TC_KBYTES};
+                                                        kbytes};
     DenseTileLoader<B_ROWS, B_ROW_BYTES, S::THREADS> lb;
-    if (b_kn) lb = {(const unsigned char*)(B + n0), (long long)N * es, K, (long long)(N - n0) * es, B_ROWS, 0};
-    else lb = {(const unsigned char*)(B + (index_t)n0 * K), kbytes, N - n0, kbytes, 0, TC_KBYTES};
+    if (b_kn) lb = {(const unsigned char*)(B + n0), (long long)N * es, K, (long long)(N - n0) * es};
+    else lb = {(const unsigned char*)(B + (index_t)n0 * K), kbytes, N - n0, kbytes};
     float acc[S::MI][S::NI][4] = {};
     const int ktiles = (int)((kbytes + TC_KBYTES - 1) / TC_KBYTES);
-    tc_gemm_mainloop<S, TensorCoreOp<storage_t>, FragA<S>, FragB>(la, lb, ktiles, vec_a, vec_b, As, Bs, acc);
+    if (vec_a == 16 && vec_b == 16)  // aligned operands: the loop with only 16-byte copies
+        tc_gemm_mainloop<S, TensorCoreOp<storage_t>, FragA<S>, FragB>(la, lb, ktiles, 16, 16, As, Bs, acc);
+    else
+        tc_gemm_mainloop<S, TensorCoreOp<storage_t>, FragA<S>, FragB>(la, lb, ktiles, vec_a, vec_b, As, Bs, acc);
     tc_gemm_epilogue<S>(GemmStore{C, C32, M, N}, m0, n0, acc);
 }
 

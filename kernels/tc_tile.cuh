@@ -76,8 +76,9 @@ __device__ inline void copy_piece<2>(unsigned char* dst, const unsigned char* sr
 
 // An operand tile of a dense row-major matrix: ROWS rows of ROW_BYTES bytes per stage, copied by
 // THREADS threads. Row r, byte b of k-tile kt come from global row (kt * kt_rows + r) and byte
-// (kt * kt_bytes + b) counted from `base`, the tile's first element: A and B [N][K] step along
-// their rows (kt_bytes = TC_KBYTES), B [K][N] steps down its rows (kt_rows = 32 rows of K).
+// (kt * kt_bytes + b) counted from `base`, the tile's first element: an mk stage (A, B [N][K];
+// 64-byte rows) steps along its rows (kt_bytes = TC_KBYTES), a km stage (B [K][N], dY of the
+// weight gradient; wider rows) down them (kt_rows = 32 rows of K): compile-time constants.
 // Outside rows_valid rows or row_bytes bytes the stage is zero-filled (cp.async src-size), so
 // edges need no other guard.
 template <int ROWS, int ROW_BYTES, int THREADS>
@@ -86,14 +87,37 @@ struct DenseTileLoader {
     long long pitch;      // bytes between consecutive rows in global memory
     int rows_valid;       // rows from `base` on that lie in the matrix
     long long row_bytes;  // bytes of a row from `base` on that lie in the matrix
-    int kt_rows, kt_bytes;
+    static constexpr int kt_rows = ROW_BYTES == TC_KBYTES ? 0 : TC_KM_ROWS;
+    static constexpr int kt_bytes = ROW_BYTES == TC_KBYTES ? TC_KBYTES : 0;
 
     __device__ void load(unsigned char* stage, int kt, int vec) const {
         switch (vec) {
-            case 16: copy<16>(stage, kt); break;
+            case 16: copy16(stage, kt); break;
             case 8: copy<8>(stage, kt); break;
             case 4: copy<4>(stage, kt); break;
             default: copy<2>(stage, kt); break;
+        }
+    }
+
+    // The 16-byte copies, those of every convolution operand and of aligned GEMMs: each thread's
+    // pieces of a stage are fixed (a row r0 and byte b, then rows ROW_STEP apart, all in the same
+    // swizzle phase), so one base address and one row test per k-tile serve them all, unrolled.
+    // The general loop below recomputes row, byte and a 64-bit address per piece (about 55
+    // instructions a piece on sm_90, where the HMMAs it feeds need 3-4 issue slots each).
+    __device__ void copy16(unsigned char* stage, int kt) const {
+        constexpr int PER_ROW = ROW_BYTES / 16, PIECES = ROWS * PER_ROW;
+        static_assert(PIECES % THREADS == 0 && THREADS % PER_ROW == 0, "whole rows of 16-byte pieces per thread");
+        constexpr int COUNT = PIECES / THREADS, ROW_STEP = THREADS / PER_ROW;
+        const int r0 = (int)threadIdx.x / PER_ROW, b = (int)threadIdx.x % PER_ROW * 16;
+        const int row = kt * kt_rows + r0;
+        const long long byte = (long long)kt * kt_bytes + b, left = row_bytes - byte;
+        const int n = left <= 0 ? 0 : (left < 16 ? (int)left : 16);
+        const unsigned char* src = base + row * pitch + byte;
+#pragma unroll
+        for (int q = 0; q < COUNT; ++q) {
+            const bool ok = n && row + q * ROW_STEP < rows_valid;
+            copy_piece<16>(stage + stage_offset<ROW_BYTES>(r0 + q * ROW_STEP, b), ok ? src + q * ROW_STEP * pitch : base,
+                           ok ? n : 0);
         }
     }
 
@@ -122,18 +146,49 @@ struct DenseTileLoader {
 // Fragments. A warp's lane l supplies the row address of matrix j = l / 8, row l % 8 of each
 // ldmatrix.x4 (mma.cuh's table). Warp (wm, wn) covers rows (BM / WM) * wm and columns
 // (BN / WN) * wn of the CTA tile; ks is the mma step (32 bytes of K) within the stage.
+//
+// A lane's swizzled address is computed once, before the main loop (lane_offset: its address
+// for mma tile 0 at step 0), and every other tile and step derives from it by one add and one
+// xor, because the swizzle's phase is a function of row bits that the tiles do not change:
+//   mk stages (64-byte rows, phase = bits 1-2 of the row): tile i is 16 rows further, +1024
+//     bytes, the same phase; step ks adds 32 bytes to a byte column below 32, which is bit 5,
+//     flipped by the xor too: offset = (lane ^ 32 ks) + 1024 i.
+//   km stages (128-byte row blocks, phase = bits 0-2 of the row of K): step ks is 16 rows of K
+//     further, +2048 bytes; tile i adds 32 i bytes to a column whose bits 5-6 are otherwise
+//     clear (the warp's first column is a multiple of 32 MI bytes, MI a power of two up to 4):
+//     offset = (lane ^ 32 i) + 2048 ks.
+// Recomputed per k-tile, the swizzles took about 60 of the forward's 270 instructions a k-tile.
+// The simulator checks each derived offset against stage_offset.
+__device__ inline int tc_checked_offset(int fast, int reference) {
+#ifndef __CUDA_ARCH__
+    if (fast != reference) __trap();  // a tile shape outside the derivation above
+#else
+    (void)reference;
+#endif
+    return fast;
+}
+
+template <int COUNT>
+__device__ constexpr bool tc_xor_tiles() { return COUNT == 1 || COUNT == 2 || COUNT == 4; }
 
 // A stage [BM rows][64 bytes of K]: one x4 per 16x(32 bytes) fragment: matrices (rows 0-7,
 // bytes 0-15), (rows 8-15, bytes 0-15), (rows 0-7, bytes 16-31), (rows 8-15, bytes 16-31).
 template <class S>
 struct FragA {
+    __device__ static int row(int i) {
+        const int lane = threadIdx.x % 32;
+        return S::BM / S::WM * S::warp_m() + 16 * i + 8 * (lane / 8 & 1) + lane % 8;
+    }
+    __device__ static int byte(int ks) { return 32 * ks + 16 * ((int)threadIdx.x % 32 / 16); }
+    __device__ static int lane_offset() { return stage_offset<TC_KBYTES>(row(0), byte(0)); }
+
     template <class Op>
-    __device__ static void load(const unsigned char* stage, int ks, unsigned a[S::MI][4]) {
-        const int lane = threadIdx.x % 32, j = lane / 8, m0 = S::BM / S::WM * S::warp_m();
+    __device__ static void load(const unsigned char* stage, int ks, int lane, unsigned a[S::MI][4]) {
 #pragma unroll
         for (int i = 0; i < S::MI; ++i) {
-            const int row = m0 + 16 * i + 8 * (j & 1) + lane % 8;
-            ldmatrix_x4(a[i], stage + stage_offset<TC_KBYTES>(row, 32 * ks + 16 * (j >> 1)));
+            const int off = tc_checked_offset((lane ^ 32 * ks) + 16 * TC_KBYTES * i,
+                                              stage_offset<TC_KBYTES>(row(i), byte(ks)));
+            ldmatrix_x4(a[i], stage + off);
             Op::prepare(a[i], 4);
         }
     }
@@ -144,14 +199,19 @@ struct FragA {
 // (m 0-7, k 0-7): matrices (m 0-7, k 0-7), (m 8-15, k 0-7), (m 0-7, k 8-15), (m 8-15, k 8-15).
 template <class S>
 struct FragA_km {
+    static_assert(tc_xor_tiles<S::MI>(), "the km offsets derive tiles by xor (see above)");
+    __device__ static int krow(int ks) { const int lane = threadIdx.x % 32; return 16 * ks + 8 * (lane / 16) + lane % 8; }
+    __device__ static int col(int i) {
+        return S::BM / S::WM * S::warp_m() + 16 * i + 8 * ((int)threadIdx.x % 32 / 8 & 1);
+    }
+    __device__ static int lane_offset() { return stage_offset<2 * S::BM>(krow(0), 2 * col(0)); }
+
     template <class Op>
-    __device__ static void load(const unsigned char* stage, int ks, unsigned a[S::MI][4]) {
-        const int lane = threadIdx.x % 32, j = lane / 8, m0 = S::BM / S::WM * S::warp_m();
+    __device__ static void load(const unsigned char* stage, int ks, int lane, unsigned a[S::MI][4]) {
 #pragma unroll
         for (int i = 0; i < S::MI; ++i) {
-            const int krow = 16 * ks + 8 * (j >> 1) + lane % 8;
-            const int col = m0 + 16 * i + 8 * (j & 1);
-            ldmatrix_x4_trans(a[i], stage + stage_offset<2 * S::BM>(krow, 2 * col));
+            const int off = tc_checked_offset((lane ^ 32 * i) + 16 * 128 * ks, stage_offset<2 * S::BM>(krow(ks), 2 * col(i)));
+            ldmatrix_x4_trans(a[i], stage + off);
         }
     }
 };
@@ -160,14 +220,21 @@ struct FragA_km {
 // fragments: matrices (n 0-7, bytes 0-15), (n 0-7, bytes 16-31), (n 8-15, ...), (n 8-15, ...).
 template <class S>
 struct FragB_nt {
+    __device__ static int row(int p) {
+        const int lane = threadIdx.x % 32;
+        return S::BN / S::WN * S::warp_n() + 16 * p + 8 * (lane / 16) + lane % 8;
+    }
+    __device__ static int byte(int ks) { return 32 * ks + 16 * ((int)threadIdx.x % 32 / 8 & 1); }
+    __device__ static int lane_offset() { return stage_offset<TC_KBYTES>(row(0), byte(0)); }
+
     template <class Op>
-    __device__ static void load(const unsigned char* stage, int ks, unsigned b[S::NI][2]) {
-        const int lane = threadIdx.x % 32, j = lane / 8, n0 = S::BN / S::WN * S::warp_n();
+    __device__ static void load(const unsigned char* stage, int ks, int lane, unsigned b[S::NI][2]) {
 #pragma unroll
         for (int p = 0; p < S::NI / 2; ++p) {
-            const int row = n0 + 16 * p + 8 * (j >> 1) + lane % 8;
+            const int off = tc_checked_offset((lane ^ 32 * ks) + 16 * TC_KBYTES * p,
+                                              stage_offset<TC_KBYTES>(row(p), byte(ks)));
             unsigned r[4];
-            ldmatrix_x4(r, stage + stage_offset<TC_KBYTES>(row, 32 * ks + 16 * (j & 1)));
+            ldmatrix_x4(r, stage + off);
             Op::prepare(r, 4);
             b[2 * p][0] = r[0]; b[2 * p][1] = r[1]; b[2 * p + 1][0] = r[2]; b[2 * p + 1][1] = r[3];
         }
@@ -178,15 +245,21 @@ struct FragB_nt {
 // blocks column-major: matrices (k 0-7, n 0-7), (k 8-15, n 0-7), (k 0-7, n 8-15), ...
 template <class S>
 struct FragB_nn {
+    static_assert(tc_xor_tiles<S::NI / 2>(), "the km offsets derive tiles by xor (see above)");
+    __device__ static int krow(int ks) {
+        const int lane = threadIdx.x % 32;
+        return 16 * ks + 8 * (lane / 8 & 1) + lane % 8;
+    }
+    __device__ static int col(int p) { return S::BN / S::WN * S::warp_n() + 16 * p + 8 * ((int)threadIdx.x % 32 / 16); }
+    __device__ static int lane_offset() { return stage_offset<2 * S::BN>(krow(0), 2 * col(0)); }
+
     template <class Op>
-    __device__ static void load(const unsigned char* stage, int ks, unsigned b[S::NI][2]) {
-        const int lane = threadIdx.x % 32, j = lane / 8, n0 = S::BN / S::WN * S::warp_n();
+    __device__ static void load(const unsigned char* stage, int ks, int lane, unsigned b[S::NI][2]) {
 #pragma unroll
         for (int p = 0; p < S::NI / 2; ++p) {
-            const int krow = 16 * ks + 8 * (j & 1) + lane % 8;
-            const int col = n0 + 16 * p + 8 * (j >> 1);
+            const int off = tc_checked_offset((lane ^ 32 * p) + 16 * 128 * ks, stage_offset<2 * S::BN>(krow(ks), 2 * col(p)));
             unsigned r[4];
-            ldmatrix_x4_trans(r, stage + stage_offset<2 * S::BN>(krow, 2 * col));
+            ldmatrix_x4_trans(r, stage + off);
             b[2 * p][0] = r[0]; b[2 * p][1] = r[1]; b[2 * p + 1][0] = r[2]; b[2 * p + 1][1] = r[3];
         }
     }
@@ -210,22 +283,26 @@ __device__ void tc_gemm_mainloop(const LoaderA& la, const LoaderB& lb, int ktile
         }
         cp_async_commit();
     }
+    const int lane_a = FragA::lane_offset(), lane_b = FragB::lane_offset();
+    int read = 0, write = TC_STAGES - 1;  // kt % TC_STAGES and (kt + TC_STAGES - 1) % TC_STAGES, carried
     for (int kt = 0; kt < ktiles; ++kt) {
         cp_async_wait<TC_STAGES - 2>();
         __syncthreads();
         const int next = kt + TC_STAGES - 1;
         if (next < ktiles) {
-            la.load(As + next % TC_STAGES * S::A_STAGE, next, vec_a);
-            lb.load(Bs + next % TC_STAGES * S::B_STAGE, next, vec_b);
+            la.load(As + write * S::A_STAGE, next, vec_a);
+            lb.load(Bs + write * S::B_STAGE, next, vec_b);
         }
         cp_async_commit();
-        const unsigned char* A = As + kt % TC_STAGES * S::A_STAGE;
-        const unsigned char* B = Bs + kt % TC_STAGES * S::B_STAGE;
+        const unsigned char* A = As + read * S::A_STAGE;
+        const unsigned char* B = Bs + read * S::B_STAGE;
+        read = read == TC_STAGES - 1 ? 0 : read + 1;
+        write = write == TC_STAGES - 1 ? 0 : write + 1;
 #pragma unroll
         for (int ks = 0; ks < TC_KBYTES / 32; ++ks) {
             unsigned a[S::MI][4], b[S::NI][2];
-            FragA::template load<Op>(A, ks, a);
-            FragB::template load<Op>(B, ks, b);
+            FragA::template load<Op>(A, ks, lane_a, a);
+            FragB::template load<Op>(B, ks, lane_b, b);
 #pragma unroll
             for (int i = 0; i < S::MI; ++i)
 #pragma unroll

@@ -220,7 +220,7 @@ def test_ptxas_resource_usage(tmp_path, build, capsys):
             r = reports["gemm_tc"][name]
             assert r["spill"] == 0 and r["smem"] == 24576 and r["registers"] <= 96, (build, name, r)
         # the implicit-GEMM convolutions: the same stages; the im2col loaders' decoded rows cost a
-        # few registers more than the dense GEMM's (72-75 on sm_90 with ptxas 13.0)
+        # few registers more than the dense GEMM's (75-96 on sm_90 with ptxas 13.0)
         for name in ["conv2d_forward_tc", "conv2d_backward_data_tc", "conv2d_backward_weight_tc"]:
             r = reports["conv2d_tc"][name]
             assert r["spill"] == 0 and r["smem"] == 24576 and r["registers"] <= 96, (build, name, r)
