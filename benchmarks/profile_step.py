@@ -3,6 +3,7 @@ gpuconv training step on the GPU, in each precision.
 
     python benchmarks/profile_step.py                       # GPU: fast_net, batch 512, fp32 and bf16
     python benchmarks/profile_step.py --json --save
+    python benchmarks/profile_step.py --models fast_net airbench94   # airbench94 at its batch 1024
     python benchmarks/profile_step.py --device sim --tiny   # no GPU: the mechanics, no times
 
 The step is gpuconv.amp.training_step, the trainer's. Two CUDA events are recorded around every
@@ -34,6 +35,17 @@ from gpuconv.optim import SGD  # noqa: E402
 from bench_step import HYPER, MODELS, batch_data  # noqa: E402
 
 NAME = "profile_step"
+
+
+def _airbench(width=None):
+    from gpuconv import cli  # noqa: PLC0415
+    return cli.build_model("airbench94", width=width)[0]
+
+
+# bench_step's models and the airbench94 recipe's network (timed against PyTorch by
+# bench_airbench; here only where its step's time goes), with the batch each trains at.
+PROFILED = {**{name: (*MODELS[name], 512) for name in MODELS},
+            "airbench94": ((_airbench, (3, 32, 32)), (lambda: _airbench(width=2), (3, 32, 32)), 1024)}
 
 
 class LayerClock:
@@ -137,8 +149,9 @@ def table(rec):
 
 def main(argv=None):
     p = common.add_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]), warmup=3, repeat=5)
-    p.add_argument("--batch", type=int, default=None, help="images per step (default 512; --tiny: 4)")
-    p.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["fast_net"])
+    p.add_argument("--batch", type=int, default=None,
+                   help="images per step (default: the model's, 512, airbench94 1024; --tiny: 4)")
+    p.add_argument("--models", nargs="+", choices=sorted(PROFILED), default=["fast_net"])
     p.add_argument("--precisions", nargs="+", choices=amp.PRECISIONS, default=["fp32", "bf16"])
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--tiny" in argv and not any(a.startswith(("--warmup", "--repeat")) for a in argv):
@@ -147,16 +160,16 @@ def main(argv=None):
     rc = common.require_device(NAME, args)
     if rc is not None:
         return rc
-    batch = args.batch or (4 if args.tiny else 512)
-    checks, rows, steps = common.Checks(), [], {}
+    checks, rows, steps, batches = common.Checks(), [], {}, {}
     with common.device_context(args):
         for name in args.models:
-            factory, shape = MODELS[name][1 if args.tiny else 0]
+            factory, shape = PROFILED[name][1 if args.tiny else 0]
+            batches[name] = batch = args.batch or (4 if args.tiny else PROFILED[name][2])
             x, y = batch_data(shape, batch, seed=3)
             for precision in args.precisions:
                 got, steps[f"{name} {precision}"] = profile(factory, x, y, precision, args, checks, f"{name} {precision}")
-                rows += got
-    rec = common.record(NAME, args, checks, rows, batch=batch, step_ms=steps)
+                rows += [dict(r, batch=batch) for r in got]
+    rec = common.record(NAME, args, checks, rows, batch=batches, step_ms=steps)
     return common.finish(rec, args, table, checks)  # the record stands when a check failed: exit 1
 
 

@@ -19,7 +19,8 @@
 #             (pooling, ReLU: GB/s against a device-to-device copy)
 #   step      bench_step: images/s of a training step vs PyTorch eager; no host transfer, no sync
 #             (syncguard), the memory pool stops growing; profile_step: the step's milliseconds per
-#             layer kind, forward and backward (CUDA events); then bench_cs231n: seconds per iteration
+#             layer kind, forward and backward (CUDA events), of fast_net and of the airbench94
+#             network; then bench_cs231n: seconds per iteration
 #             of a student-style CS231n ThreeLayerConvNet, CPU vs use_device('cuda'), NumPy in and out
 #   epoch     bench_epoch: one device-resident epoch of 50,000 synthetic CIFAR-shaped images
 #   sanitizer compute-sanitizer memcheck and racecheck over every kernel at small shapes;
@@ -160,7 +161,7 @@ if want conv; then
 fi
 if want step; then
     stage bench_step 50 "$PY" benchmarks/bench_step.py --save --warmup 5 --repeat 20
-    stage profile_step 30 "$PY" benchmarks/profile_step.py --save
+    stage profile_step 45 "$PY" benchmarks/profile_step.py --models fast_net airbench94 --save
     stage bench_cs231n 30 "$PY" benchmarks/bench_cs231n.py --save --warmup 2 --repeat 5
 fi
 if want epoch; then

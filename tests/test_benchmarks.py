@@ -101,16 +101,20 @@ def test_cuda_without_a_gpu_exits_2_naming_the_simulator_command(name):
 
 
 def test_profile_step_on_the_simulator_wraps_every_layer_and_changes_nothing():
-    proc = run_script("profile_step", "--device", "sim", "--tiny", "--json")
+    proc = run_script("profile_step", "--device", "sim", "--tiny", "--json", "--models", "fast_net", "airbench94")
     assert proc.returncode == 0, proc.stderr[-3000:]
     rec = json.loads(proc.stdout)
     assert rec["validation"]["passed"] and rec["timed"] is False
     names = [c["name"] for c in rec["validation"]["checks"]]
     assert "fast_net bf16: the profiled step's loss equals an unprofiled one" in names
-    kinds = {(r["precision"], r["kind"]): r for r in rec["results"]}
+    assert "airbench94 bf16: the profiled step's loss equals an unprofiled one" in names
+    kinds = {(r["model"], r["precision"], r["kind"]): r for r in rec["results"]}
     for prec in ("fp32", "bf16"):
-        assert kinds[(prec, "Conv2d")]["layers"] == 8 and kinds[(prec, "BatchNorm2d")]["layers"] == 8
-        assert (prec, "(rest of the step)") in kinds
+        assert kinds[("fast_net", prec, "Conv2d")]["layers"] == 8
+        assert kinds[("fast_net", prec, "BatchNorm2d")]["layers"] == 8
+        assert kinds[("airbench94", prec, "Conv2d")]["layers"] == 7  # the whitening conv and 3 blocks of 2
+        assert kinds[("airbench94", prec, "GELU")]["layers"] == 7
+        assert ("fast_net", prec, "(rest of the step)") in kinds
     assert all(r["forward_ms"] is None and r["backward_ms"] is None for r in rec["results"])
 
 
