@@ -96,9 +96,10 @@ def relu_bytes(shape, direction):
     return (2 if direction == "forward" else 3) * int(np.prod(shape)) * 4
 
 
-def pool_bytes(shape, k, direction):
+def pool_bytes(shape, k, direction, itemsize=4):
+    """Ideal traffic, the same both ways: x (or dx) and y (or dy) in the data type, the int32 switches."""
     n, c, h, w = shape
-    return (n * c * h * w + 2 * n * c * (h // k) * (w // k)) * 4  # the same traffic both ways
+    return (n * c * h * w + n * c * (h // k) * (w // k)) * itemsize + n * c * (h // k) * (w // k) * 4
 
 
 def lp_pool_bytes(shape, k, direction):
@@ -204,6 +205,23 @@ def memory_rows(args, relu_shapes, pool_shapes, batch, torch):
                           tdy, tx, [k, k], [k, k], [0, 0], [1, 1], False, tidx)}
         for direction, fn in calls.items():
             rows.append(_memory_row(f"max_pool{k} {direction}", full, pool_bytes(full, k, direction), fn,
+                                    tcalls.get(direction), args))
+        # mixed precision's layout: bfloat16, channels_last (the torch side as its users run it)
+        xb = gpuconv.to_channels_last(common.to_dev(common.host(x).astype(ml_dtypes.bfloat16), args))
+        _, bcache = LP.max_pool2d_forward_kernel(xb, (k, k), (k, k), target=target)
+        dyb = gpuconv.to_channels_last(common.xp_of(args).ones(y.shape, ml_dtypes.bfloat16))
+        calls = {"forward": lambda: LP.max_pool2d_forward_kernel(xb, (k, k), (k, k), target=target),
+                 "backward": lambda: LP.max_pool2d_backward_kernel(dyb, bcache, target=target)}
+        tcalls = {}
+        if torch is not None:
+            tx = torch.from_dlpack(x).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+            tdy = torch.ones_like(torch.nn.functional.max_pool2d(tx, k, k))
+            _, tidx = torch.nn.functional.max_pool2d(tx, k, k, return_indices=True)
+            tcalls = {"forward": lambda: torch.nn.functional.max_pool2d(tx, k, k, return_indices=True),
+                      "backward": lambda: torch.ops.aten.max_pool2d_with_indices_backward(
+                          tdy, tx, [k, k], [k, k], [0, 0], [1, 1], False, tidx)}
+        for direction, fn in calls.items():
+            rows.append(_memory_row(f"max_pool{k} bf16 cl {direction}", full, pool_bytes(full, k, direction, 2), fn,
                                     tcalls.get(direction), args))
         y, cache = LPL.lp_pool2d_forward_kernel(x, 2.0, (k, k), (k, k), target=target)
         calls = {"forward": lambda: LPL.lp_pool2d_forward_kernel(x, 2.0, (k, k), (k, k), target=target),

@@ -118,6 +118,9 @@ def profile(factory, x, y, precision, args, checks, label):
     for _ in range(args.repeat):
         want = plain(xd, yd)
     clock.unwrap()
+    # Host time to submit a step (no synchronization; the layers unwrapped): near the step's GPU
+    # time, the GPU waited on Python and the per-layer split shows launch gaps, not kernels.
+    host_ms = common.host_submit_ms(lambda: step(xd, yd), args)
     checks.close(f"{label}: the profiled step's loss equals an unprofiled one", loss, want, 1e-6)
     missing = [(n, d) for n, _ in clock.leaves for d in ("forward", "backward") if clock.calls[(n, d)] != args.repeat]
     checks.add(f"{label}: every leaf layer ran forward and backward in every step", not missing,
@@ -131,7 +134,7 @@ def profile(factory, x, y, precision, args, checks, label):
     rows.append({"model": label.split()[0], "precision": precision, "kind": "(rest of the step)", "layers": None,
                  "forward_ms": None, "backward_ms": step_ms - layers_ms if step_ms is not None else None,
                  "share": (step_ms - layers_ms) / step_ms if step_ms else None})
-    return rows, step_ms
+    return rows, step_ms, host_ms
 
 
 def common_step(model, precision):
@@ -145,6 +148,11 @@ def table(rec):
     common.print_table(rec["results"], [
         ("model", "model", ""), ("precision", "precision", ""), ("kind", "layer kind", ""), ("layers", "layers", ""),
         ("forward_ms", "fwd ms", ".2f"), ("backward_ms", "bwd ms", ".2f"), ("share", "share", ".0%")])
+    for label, ms in rec["step_ms"].items():
+        host = rec["host_submit_ms"].get(label)
+        if ms is not None and host is not None:
+            print(f"{label}: step {ms:.2f} ms on the GPU, {host:.2f} ms of host time to submit it"
+                  + (" (host-bound: the split above is partly launch gaps)" if host > 0.8 * ms else ""))
 
 
 def main(argv=None):
@@ -160,16 +168,17 @@ def main(argv=None):
     rc = common.require_device(NAME, args)
     if rc is not None:
         return rc
-    checks, rows, steps, batches = common.Checks(), [], {}, {}
+    checks, rows, steps, batches, hosts = common.Checks(), [], {}, {}, {}
     with common.device_context(args):
         for name in args.models:
             factory, shape = PROFILED[name][1 if args.tiny else 0]
             batches[name] = batch = args.batch or (4 if args.tiny else PROFILED[name][2])
             x, y = batch_data(shape, batch, seed=3)
             for precision in args.precisions:
-                got, steps[f"{name} {precision}"] = profile(factory, x, y, precision, args, checks, f"{name} {precision}")
+                label = f"{name} {precision}"
+                got, steps[label], hosts[label] = profile(factory, x, y, precision, args, checks, label)
                 rows += [dict(r, batch=batch) for r in got]
-    rec = common.record(NAME, args, checks, rows, batch=batches, step_ms=steps)
+    rec = common.record(NAME, args, checks, rows, batch=batches, step_ms=steps, host_submit_ms=hosts)
     return common.finish(rec, args, table, checks)  # the record stands when a check failed: exit 1
 
 
