@@ -216,6 +216,28 @@ def gelu(run, rng):
                       G._gelu_backward_reference(dy, rc), rtol)
 
 
+def optim(run, rng):
+    """SGD's fused update against the array form (NumPy): every setting, the first step (buffer
+    written, not read) and a later one, bit for bit."""
+    from gpuconv.layers import Parameter  # noqa: PLC0415
+    from gpuconv.optim import SGD  # noqa: PLC0415
+    for dtype in (np.float32, np.float64):
+        for n, momentum, nesterov, wd in ((1, 0.0, False, 0.0), (257, 0.9, True, 5e-4), (1000, 0.9, False, 1e-2)):
+            w, grads = rng.standard_normal(n).astype(dtype), [rng.standard_normal(n).astype(dtype) for _ in range(2)]
+            p, ref = Parameter(run.dev(w), "w"), Parameter(w.copy(), "w")
+            opt = SGD([p], lr=0.3, momentum=momentum, nesterov=nesterov, weight_decay=wd)
+            with gpuconv.default_device("cpu"):
+                ref_opt = SGD([ref], lr=0.3, momentum=momentum, nesterov=nesterov, weight_decay=wd)
+                for g in grads:
+                    ref.grad = g.copy()
+                    ref_opt.step()
+            for g in grads:
+                p.grad = run.dev(g)
+                opt.step()
+            run.exact(f"sgd n={n} momentum={momentum} nesterov={nesterov} wd={wd} {np.dtype(dtype).name}", p.data,
+                      ref.data)
+
+
 def dropout(run, rng):
     for dtype in (np.float32, np.float64):
         for n, p in ((1, 0.5), (6, 0.3), (257, 0.9), (1000, 0.1)):  # 257, 1000: a partial last block
@@ -354,7 +376,7 @@ def main(argv=None):
     run.guard = not args.no_guard
     rng = np.random.default_rng(0)
     with gpuconv.default_device(args.device), kernels.launch_log() as log:
-        for family in (conv, conv_tc, gemm, pool, relu, gelu, dropout, augment, batchnorm, stream_hold):
+        for family in (conv, conv_tc, gemm, pool, relu, gelu, optim, dropout, augment, batchnorm, stream_hold):
             # One family's crash is reported and the others still run: a GPU call is too scarce
             # to learn one failure at a time.
             before = len(run.items)

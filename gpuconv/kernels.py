@@ -87,7 +87,7 @@ from . import backend  # attribute access at call time: tests fake CuPy by patch
 from . import layout, precision
 
 KERNEL_FILES = ("conv2d", "conv2d_tc", "pool2d", "relu", "gelu", "dropout", "augment", "stream_hold", "gemm_tc",
-                "batchnorm")
+                "batchnorm", "optim")
 # The headers a file's translation unit gets after common.cuh, in order (see build_source).
 UNIT_HEADERS = {"gemm_tc": ("mma.cuh", "tc_tile.cuh"), "conv2d_tc": ("mma.cuh", "tc_tile.cuh")}
 COMMON = "common.cuh"

@@ -2,7 +2,10 @@
 
 Updates follow PyTorch's formulas and run in place on the parameters' own device with the
 array module of each parameter: the learning rate and other hyperparameters are Python
-floats, so a step launches elementwise kernels and never reads a value back to the host.
+floats, so a step launches elementwise kernels and never reads a value back to the host. SGD on a
+kernel target ('cuda', 'sim') runs its whole update as one kernel per parameter
+(kernels/optim.cu), with the array form's bits: its eight elementwise launches per parameter
+were host time in steps that a GPU runs faster than Python submits them.
 Parameters whose ``.grad`` is None, and frozen ones (``requires_grad=False``), are skipped (as
 in PyTorch).
 
@@ -26,7 +29,8 @@ import math
 
 import numpy as np
 
-from .backend import copy_like, get_array_module, host_copy
+from . import kernels
+from .backend import copy_like, get_array_module, host_copy, kernel_target
 from .layers import Parameter
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "Muon", "Chain", "newton_schulz", "LRSchedule", "StepLR", "CosineLR", "OneCycleLR", "TriangularLR"]
@@ -258,6 +262,8 @@ class SGD(Optimizer):
                 raise ValueError(f"SGD: parameter group {gi} has nesterov=True and momentum 0; give it momentum > 0")
 
     def _update(self, p, state, h):
+        if _fused_sgd(p, state, h):
+            return
         g = p.grad
         if h["weight_decay"]:
             g = g + h["weight_decay"] * p.data
@@ -270,6 +276,29 @@ class SGD(Optimizer):
                 buf += g
             g = g + h["momentum"] * buf if h["nesterov"] else buf
         p.data -= h["lr"] * g
+
+
+def _fused_sgd(p, state, h) -> bool:
+    """SGD's update of ``p`` as one kernel (kernels/optim.cu, the array form's bits) where ``p``
+    lives on a kernel target ('cuda', 'sim') in float32 or float64 with a contiguous gradient of
+    its dtype; False (nothing done) otherwise, and the array form runs."""
+    data, grad = p.data, p.grad
+    target = kernel_target(data)
+    if target is None or data.dtype not in (np.float32, np.float64) or grad.dtype != data.dtype \
+            or tuple(grad.shape) != tuple(data.shape) or not (data.flags.c_contiguous and grad.flags.c_contiguous):
+        return False
+    first, buf = 0, data  # the buffer argument is untouched without momentum
+    if h["momentum"]:
+        buf = state.get("momentum_buffer")
+        if buf is None:
+            buf, first = get_array_module(data).empty_like(data), 1  # written by the first step
+            state["momentum_buffer"] = buf
+        elif buf.dtype != data.dtype or not buf.flags.c_contiguous:
+            return False
+    kernels.launch_1d("optim", "sgd_update", target, (data, grad, buf),
+                      (np.float64(h["lr"]), np.float64(h["momentum"]), np.float64(h["weight_decay"]),
+                       np.int32(bool(h["nesterov"])), np.int32(first)))
+    return True
 
 
 class Adam(Optimizer):

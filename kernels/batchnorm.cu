@@ -39,8 +39,6 @@
 // statistics the kernels give the reference's bits; the sums differ from NumPy's pairwise
 // order by rounding only (tests derive the bound from the reduction length).
 
-__device__ inline float mul_rn(float a, float b) { return __fmul_rn(a, b); }
-__device__ inline double mul_rn(double a, double b) { return __dmul_rn(a, b); }
 
 #define BN_LANES 32  // channels per block in the NHWC sums and in every pass-2 kernel
 #define BN_ROWS (GPUCONV_BLOCK / BN_LANES)

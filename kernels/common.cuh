@@ -153,6 +153,12 @@ __device__ inline half_t float_to_half(float f) {
     return r;
 }
 
+// A product rounded on its own: NVRTC contracts a*b + c into one FMA by default (-fmad=true), and
+// kernels that follow a reference operation for operation (NumPy rounds every product) write
+// mul_rn(a, b) + c, whose __fmul_rn/__dmul_rn is never contracted.
+__device__ inline float mul_rn(float a, float b) { return __fmul_rn(a, b); }
+__device__ inline double mul_rn(double a, double b) { return __dmul_rn(a, b); }
+
 // Reads and writes of storage_t in acc_t, overloaded per type (a tag picks from_acc's result).
 __device__ inline double to_acc(double v) { return v; }
 __device__ inline float to_acc(float v) { return v; }

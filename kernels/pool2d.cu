@@ -48,8 +48,6 @@
 // contracts a*b + c into one FMA by default (--fmad=true), so it goes through mul_rn, whose
 // __fmul_rn/__dmul_rn are never contracted.
 
-__device__ inline float mul_rn(float a, float b) { return __fmul_rn(a, b); }
-__device__ inline double mul_rn(double a, double b) { return __dmul_rn(a, b); }
 
 // An N x C x H x W activation, NCHW or channels_last: memory index <-> (n, c, h, w).
 struct Act4 {

@@ -44,6 +44,7 @@ ENTRIES = {
     "augment": ["augment_batch"],
     "relu": ["relu_forward_v1", "relu_forward_v2", "relu_backward_v1", "relu_backward_v2"],
     "gelu": ["gelu_forward", "gelu_backward"],
+    "optim": ["sgd_update"],
     "dropout": ["dropout_forward", "dropout_backward"],
     "stream_hold": ["stream_hold"],
     "gemm_tc": ["gemm_tc_nt", "gemm_tc_nn"],

@@ -58,6 +58,47 @@ def test_sgd_nesterov_matches_pytorch_formulation(backend):
     np.testing.assert_allclose(np.concatenate(traj), [0.81, 0.5751], rtol=1e-14)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("momentum,nesterov,wd", [(0.0, False, 0.0), (0.0, False, 5e-4), (0.9, False, 0.0),
+                                                  (0.9, True, 5e-4), (0.85, True, 0.0)])
+def test_sgd_kernel_is_the_array_form_bit_for_bit(dtype, momentum, nesterov, wd):
+    """On a kernel target SGD runs one fused kernel per parameter (kernels/optim.cu); on the host
+    simulator it gives the array form's bits (NumPy's), state included, step after step."""
+    rng = np.random.default_rng(3)
+    w0 = rng.standard_normal((5, 3, 3, 7)).astype(dtype)
+    grads = [rng.standard_normal(w0.shape).astype(dtype) for _ in range(4)]
+    runs = {}
+    for device in ("cpu", "sim"):
+        with gpuconv.default_device(device), gpuconv.kernels.launch_log() as log:
+            p = Parameter(w0.copy(), "w")
+            opt = SGD([p], lr=0.37, momentum=momentum, nesterov=nesterov, weight_decay=wd)
+            for g in grads:
+                p.grad = g.copy()
+                opt.step()
+            runs[device] = (p.data.copy(), opt.state[0].get("momentum_buffer"), log.names)
+    (cpu, cbuf, cnames), (sim, sbuf, snames) = runs["cpu"], runs["sim"]
+    assert cnames == [] and snames == ["sgd_update"] * len(grads)
+    np.testing.assert_array_equal(sim, cpu)
+    assert sim.dtype == dtype and not np.array_equal(sim, w0)
+    if momentum:
+        np.testing.assert_array_equal(sbuf, cbuf)
+    else:
+        assert sbuf is None and cbuf is None
+
+
+def test_sgd_kernel_declines_what_it_does_not_take():
+    """A gradient in another dtype or a non-contiguous one: the array form runs (no launch)."""
+    with gpuconv.default_device("sim"), gpuconv.kernels.launch_log() as log:
+        p = Parameter(np.ones((4, 6), np.float32), "w")
+        opt = SGD([p], lr=0.5, momentum=0.9)
+        p.grad = np.ones((6, 4), np.float32).T  # Fortran order
+        opt.step()
+        p.grad = np.ones((4, 6), np.float64)
+        opt.step()
+    assert log.names == []
+    np.testing.assert_allclose(p.data, 1 - 0.5 * (1 + 1.9), rtol=1e-6)
+
+
 def test_sgd_rejects_bad_arguments():
     p = Parameter(np.zeros(2), "p")
     with pytest.raises(ValueError, match="momentum > 0"):
