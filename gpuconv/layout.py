@@ -26,18 +26,35 @@ def _check(x, what):
         raise ValueError(f"{what} takes a 4-D (N, C, H, W) array; got shape {getattr(x, 'shape', type(x))}")
 
 
+def _dense_in(x, order) -> bool:
+    """Whether ``x``'s axes, taken in ``order`` (slowest first), are C-contiguous: the flag of its
+    transpose, read off shape and strides without making the transposed view (an op checks the
+    layout of every array it launches on, and a CuPy view costs microseconds of host time).
+    Axes of length 1 take any stride and an empty array is contiguous, as NumPy and CuPy say."""
+    shape, strides = x.shape, x.strides
+    if 0 in shape:
+        return True
+    expected = x.itemsize
+    for axis in reversed(order):
+        if shape[axis] != 1:
+            if strides[axis] != expected:
+                return False
+            expected *= shape[axis]
+    return True
+
+
 def is_channels_last(x) -> bool:
     """Whether the 4-D array ``x`` is stored NHWC: its (N, H, W, C) transpose is C-contiguous and
     it is not also plain C-contiguous (a tensor with C == 1 or H == W == 1 is both: NCHW wins)."""
     if getattr(x, "ndim", None) != 4:
         return False
-    return bool(x.transpose(NHWC).flags.c_contiguous) and not bool(x.flags.c_contiguous)
+    return _dense_in(x, NHWC) and not _dense_in(x, (0, 1, 2, 3))
 
 
 def nhwc_memory(x) -> bool:
     """Whether the 4-D ``x``'s memory is in NHWC order: channels_last, or a shape whose two
     layouts are the same memory (one channel, or 1x1 images)."""
-    return getattr(x, "ndim", None) == 4 and bool(x.transpose(NHWC).flags.c_contiguous)
+    return getattr(x, "ndim", None) == 4 and _dense_in(x, NHWC)
 
 
 def run_channels_last(*arrays) -> bool:
@@ -93,6 +110,6 @@ def empty_like(x):
 def memory_order(x):
     """A C-contiguous view over ``x``'s memory: the NHWC view of a channels_last array, ``x``
     itself otherwise (what a kernel that walks flat memory is given)."""
-    if getattr(x, "ndim", None) == 4 and not x.flags.c_contiguous and nhwc_memory(x):
+    if getattr(x, "ndim", None) == 4 and not _dense_in(x, (0, 1, 2, 3)) and _dense_in(x, NHWC):
         return x.transpose(NHWC)
     return x

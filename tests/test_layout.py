@@ -33,6 +33,27 @@ def test_to_channels_last_is_a_layout_not_a_new_shape():
         gpuconv.to_channels_last(np.zeros((3, 4, 5), np.float32))
 
 
+def test_layout_checks_read_the_flags_of_the_transposes_they_skip():
+    """is_channels_last / nhwc_memory / memory_order decide from shape and strides; over views of
+    every kind (axis orders, stepped slices, size-1 and empty axes) they say what the flags of the
+    transposed views say."""
+    rng = np.random.default_rng(5)
+    seen = 0
+    for _ in range(600):
+        shape = tuple(int(v) for v in rng.choice([0, 1, 2, 3], 4, p=[0.04, 0.3, 0.33, 0.33]))
+        x = np.zeros(shape, np.float32).transpose(tuple(rng.permutation(4)))  # any memory order
+        if rng.random() < 0.3:
+            x = x[tuple(slice(None, None, int(rng.integers(1, 3))) for _ in range(4))]
+        want_nhwc = bool(x.transpose(layout.NHWC).flags.c_contiguous)
+        want_cl = want_nhwc and not bool(x.flags.c_contiguous)
+        assert layout.nhwc_memory(x) == want_nhwc, (x.shape, x.strides)
+        assert layout.is_channels_last(x) == want_cl, (x.shape, x.strides)
+        m = layout.memory_order(x)
+        assert (m.flags.c_contiguous and m.base is not None) if want_cl else m is x
+        seen += want_cl
+    assert seen > 10  # channels_last arrays were drawn, not only the others
+
+
 def _network_step(x, w, bias, gamma, beta):
     """conv -> batchnorm -> ReLU -> max pool -> average pool -> dropout, and back."""
     y, c1 = conv2d_forward(x, w, bias, 1, 1)
