@@ -4,6 +4,7 @@ gpuconv training step on the GPU, in each precision.
     python benchmarks/profile_step.py                       # GPU: fast_net, batch 512, fp32 and bf16
     python benchmarks/profile_step.py --json --save
     python benchmarks/profile_step.py --models fast_net airbench94   # airbench94 at its batch 1024
+    python benchmarks/profile_step.py --precisions bf16 --host-top 25  # and the host's costliest functions
     python benchmarks/profile_step.py --device sim --tiny   # no GPU: the mechanics, no times
 
 The step is gpuconv.amp.training_step, the trainer's. Two CUDA events are recorded around every
@@ -121,6 +122,7 @@ def profile(factory, x, y, precision, args, checks, label):
     # Host time to submit a step (no synchronization; the layers unwrapped): near the step's GPU
     # time, the GPU waited on Python and the per-layer split shows launch gaps, not kernels.
     host_ms = common.host_submit_ms(lambda: step(xd, yd), args)
+    host_top = host_functions(lambda: step(xd, yd), args.repeat, args.host_top) if args.host_top else None
     checks.close(f"{label}: the profiled step's loss equals an unprofiled one", loss, want, 1e-6)
     missing = [(n, d) for n, _ in clock.leaves for d in ("forward", "backward") if clock.calls[(n, d)] != args.repeat]
     checks.add(f"{label}: every leaf layer ran forward and backward in every step", not missing,
@@ -134,7 +136,26 @@ def profile(factory, x, y, precision, args, checks, label):
     rows.append({"model": label.split()[0], "precision": precision, "kind": "(rest of the step)", "layers": None,
                  "forward_ms": None, "backward_ms": step_ms - layers_ms if step_ms is not None else None,
                  "share": (step_ms - layers_ms) / step_ms if step_ms else None})
-    return rows, step_ms, host_ms
+    return rows, step_ms, host_ms, host_top
+
+
+def host_functions(fn, steps, top):
+    """Where a step's host time goes: ``fn`` run ``steps`` times under cProfile, the ``top``
+    functions by their own time (tottime), each with calls and own/cumulative milliseconds per
+    step. Kernel execution on the simulator shows up as its own entries; on 'cuda' launches are
+    asynchronous, so this is Python and the CUDA driver's launch calls."""
+    import cProfile  # noqa: PLC0415
+    import pstats  # noqa: PLC0415
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(steps):
+        fn()
+    prof.disable()
+    stats = pstats.Stats(prof).stats  # {(file, line, name): (primitive calls, calls, tottime, cumtime, callers)}
+    rows = sorted(stats.items(), key=lambda kv: -kv[1][2])[:top]
+    return [{"function": f"{pathlib.Path(f).name}:{line}({name})" if line else name,
+             "calls_per_step": calls / steps, "own_ms_per_step": tt * 1e3 / steps, "cum_ms_per_step": ct * 1e3 / steps}
+            for (f, line, name), (_, calls, tt, ct, _) in rows]
 
 
 def common_step(model, precision):
@@ -153,6 +174,10 @@ def table(rec):
         if ms is not None and host is not None:
             print(f"{label}: step {ms:.2f} ms on the GPU, {host:.2f} ms of host time to submit it"
                   + (" (host-bound: the split above is partly launch gaps)" if host > 0.8 * ms else ""))
+    for label, top in rec["host_functions"].items():
+        print(f"{label}: the host's costliest functions (cProfile, per step)")
+        common.print_table(top, [("function", "function", ""), ("calls_per_step", "calls", ".0f"),
+                                 ("own_ms_per_step", "own ms", ".3f"), ("cum_ms_per_step", "cum ms", ".3f")])
 
 
 def main(argv=None):
@@ -161,6 +186,8 @@ def main(argv=None):
                    help="images per step (default: the model's, 512, airbench94 1024; --tiny: 4)")
     p.add_argument("--models", nargs="+", choices=sorted(PROFILED), default=["fast_net"])
     p.add_argument("--precisions", nargs="+", choices=amp.PRECISIONS, default=["fp32", "bf16"])
+    p.add_argument("--host-top", type=int, default=0, metavar="N",
+                   help="also profile the step's host time (cProfile) and record its N costliest functions")
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--tiny" in argv and not any(a.startswith(("--warmup", "--repeat")) for a in argv):
         argv += ["--warmup", "1", "--repeat", "2"]
@@ -168,7 +195,7 @@ def main(argv=None):
     rc = common.require_device(NAME, args)
     if rc is not None:
         return rc
-    checks, rows, steps, batches, hosts = common.Checks(), [], {}, {}, {}
+    checks, rows, steps, batches, hosts, tops = common.Checks(), [], {}, {}, {}, {}
     with common.device_context(args):
         for name in args.models:
             factory, shape = PROFILED[name][1 if args.tiny else 0]
@@ -176,9 +203,10 @@ def main(argv=None):
             x, y = batch_data(shape, batch, seed=3)
             for precision in args.precisions:
                 label = f"{name} {precision}"
-                got, steps[label], hosts[label] = profile(factory, x, y, precision, args, checks, label)
+                got, steps[label], hosts[label], tops[label] = profile(factory, x, y, precision, args, checks, label)
                 rows += [dict(r, batch=batch) for r in got]
-    rec = common.record(NAME, args, checks, rows, batch=batches, step_ms=steps, host_submit_ms=hosts)
+    rec = common.record(NAME, args, checks, rows, batch=batches, step_ms=steps, host_submit_ms=hosts,
+                        host_functions={k: v for k, v in tops.items() if v is not None})
     return common.finish(rec, args, table, checks)  # the record stands when a check failed: exit 1
 
 

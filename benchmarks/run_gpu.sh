@@ -161,7 +161,7 @@ if want conv; then
 fi
 if want step; then
     stage bench_step 50 "$PY" benchmarks/bench_step.py --save --warmup 5 --repeat 20
-    stage profile_step 45 "$PY" benchmarks/profile_step.py --models fast_net airbench94 --save
+    stage profile_step 60 "$PY" benchmarks/profile_step.py --models fast_net airbench94 --host-top 25 --save
     stage bench_cs231n 30 "$PY" benchmarks/bench_cs231n.py --save --warmup 2 --repeat 5
 fi
 if want epoch; then

@@ -101,7 +101,8 @@ def test_cuda_without_a_gpu_exits_2_naming_the_simulator_command(name):
 
 
 def test_profile_step_on_the_simulator_wraps_every_layer_and_changes_nothing():
-    proc = run_script("profile_step", "--device", "sim", "--tiny", "--json", "--models", "fast_net", "airbench94")
+    proc = run_script("profile_step", "--device", "sim", "--tiny", "--json", "--models", "fast_net", "airbench94",
+                      "--host-top", "5")
     assert proc.returncode == 0, proc.stderr[-3000:]
     rec = json.loads(proc.stdout)
     assert rec["validation"]["passed"] and rec["timed"] is False
@@ -115,6 +116,11 @@ def test_profile_step_on_the_simulator_wraps_every_layer_and_changes_nothing():
         assert kinds[("airbench94", prec, "Conv2d")]["layers"] == 7  # the whitening conv and 3 blocks of 2
         assert kinds[("airbench94", prec, "GELU")]["layers"] == 7
         assert ("fast_net", prec, "(rest of the step)") in kinds
+    # the host's costliest functions per step: the simulator's kernel calls lead on 'sim'
+    top = rec["host_functions"]["airbench94 bf16"]
+    assert len(top) == 5 and all(t["calls_per_step"] > 0 and t["cum_ms_per_step"] >= t["own_ms_per_step"] >= 0
+                                 for t in top)
+    assert [t["own_ms_per_step"] for t in top] == sorted((t["own_ms_per_step"] for t in top), reverse=True)
     assert all(r["forward_ms"] is None and r["backward_ms"] is None for r in rec["results"])
 
 
