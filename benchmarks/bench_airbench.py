@@ -15,7 +15,9 @@ summed form). Then per precision, each side: one untimed warm-up run on a slice 
 wall-clock seconds from the upload of the images (uint8, once) to the synchronized end of the
 last step, the whitening initialization included, evaluation excluded. gpuconv trains through the
 same pieces ``gpuconv train --recipe airbench94`` uses (the recipe's optimizer, schedule,
-lookahead and whitening, the fused augmentation loader, the Trainer), writing no checkpoints.
+lookahead and whitening, the fused augmentation loader, the Trainer), writing no checkpoints; a
+second gpuconv row replays each step as a CUDA graph (``gpuconv train --cuda-graph``), checked
+first to give the eager run's parameters bit for bit after an epoch.
 The images are random, so the loss says only that training ran (it stays near ln 10); accuracy
 is the real subset's business (the battery's airbench stage).
 """
@@ -54,8 +56,9 @@ def recipe(args):
     return r
 
 
-def gpuconv_setup(images, labels, r, precision, device, width):
-    """model, loader, optimizer, schedule, Trainer: what ``gpuconv train --recipe`` builds."""
+def gpuconv_setup(images, labels, r, precision, device, width, cuda_graph=False):
+    """model, loader, optimizer, schedule, Trainer: what ``gpuconv train --recipe`` builds
+    (``--cuda-graph`` with ``cuda_graph``)."""
     model, _ = cli.build_model(RECIPE, seed=0, width=width)
     loader = DeviceLoader(images, labels, r["batch_size"], shuffle=True, augment=r["augment"], seed=0, device=device,
                           channels_last=amp.channels_last_for(precision), padding=r["padding"],
@@ -64,19 +67,48 @@ def gpuconv_setup(images, labels, r, precision, device, width):
     opt, extras = cli._recipe_setup(r, model, images, total)
     sched = cli._schedule(r["schedule"], opt, opt.lr, total)
     trainer = Trainer(model, opt, sched, label_smoothing=r["label_smoothing"], progress=False, monitor=False,
-                      precision=precision, **extras)
+                      precision=precision, cuda_graph=cuda_graph, **extras)
     return model, loader, trainer
 
 
-def run_gpuconv(images, labels, r, precision, args, width):
+def run_gpuconv(images, labels, r, precision, args, width, cuda_graph=False):
     """(seconds, last epoch's mean loss): upload, whitening, every epoch, synchronized."""
     B.synchronize()
     t0 = time.perf_counter()
     with common.device_context(args):
-        _, loader, trainer = gpuconv_setup(images, labels, r, precision, args.device, width)
+        _, loader, trainer = gpuconv_setup(images, labels, r, precision, args.device, width, cuda_graph)
         trainer.fit(loader, r["epochs"])
     B.synchronize()
     return time.perf_counter() - t0, trainer.history[-1]["train_loss"]
+
+
+def run_graph(images, labels, r, precision, args, width):
+    """run_gpuconv with every step after an epoch's first replayed as a CUDA graph."""
+    return run_gpuconv(images, labels, r, precision, args, width, cuda_graph=True)
+
+
+def validate_graph(images, labels, r, args, precisions, width):
+    """The graph path trains as the eager one: the parameters after an epoch (the recipe's
+    schedule, lookahead and whitening-bias freeze included), bit for bit, per precision. A
+    Checks of its own: a graph path that fails (or raises) is reported and left untimed, and the
+    eager and PyTorch timings still run."""
+    checks = common.Checks()
+    for prec in precisions:
+        name = f"{prec}: cuda-graph steps give the eager steps' parameters (one epoch, bit for bit)"
+        try:
+            params = []
+            for graph in (False, True):
+                with common.device_context(args):
+                    model, loader, trainer = gpuconv_setup(images, labels, dict(r, epochs=1), prec, args.device,
+                                                           width, graph)
+                    trainer.fit(loader, 1)
+                    params.append({n: common.host(p.data) for n, p in model.named_parameters()})
+        except Exception as exc:  # noqa: BLE001 - a GPU-only failure of the capture, named in the record
+            checks.add(name, False, detail=f"{type(exc).__name__}: {exc}"[:500])
+            continue
+        worst = max(float(np.max(np.abs(params[0][n].astype(np.float64) - params[1][n]))) for n in params[0])
+        checks.add(name, worst == 0.0, worst, 0.0)
+    return checks
 
 
 def torch_device(args):
@@ -154,9 +186,11 @@ def table(rec):
     rows = []
     for prec, r in rec["results"].items():
         rows.append({"precision": prec, "s": r["gpuconv_s"], "torch_s": r["torch_s"], "ratio": r["speed_vs_torch"],
+                     "graph_s": r.get("graph_s"), "gratio": r.get("graph_speed_vs_torch"),
                      "img_s": r["gpuconv_images_per_s"], "loss": r["gpuconv_loss"], "tloss": r["torch_loss"]})
     common.print_table(rows, [("precision", "precision", ""), ("s", "gpuconv s", ".2f"), ("img_s", "img/s", ".0f"),
-                              ("torch_s", "torch s", ".2f"), ("ratio", "vs torch", ".2f"),
+                              ("graph_s", "graph s", ".2f"), ("torch_s", "torch s", ".2f"),
+                              ("ratio", "vs torch", ".2f"), ("gratio", "graph vs torch", ".2f"),
                               ("loss", "loss", ".3f"), ("tloss", "torch loss", ".3f")])
 
 
@@ -188,16 +222,19 @@ def main(argv=None):
     steps = validate(images, labels, r, args, checks, torch, width)
     if torch is not None and not checks.passed:  # without torch there is nothing to validate against
         return common.failed_validation(NAME, checks, args)
-    for c in steps.as_dict()["checks"]:
-        checks.add(c["name"], c["ok"], c.get("error"), c.get("tolerance"), detail=c.get("detail"))
     warm_n = min(n, 2 * r["batch_size"] + n % r["batch_size"])  # the full and the last partial batch shapes
+    graph_n = min(n, max(warm_n, 4 * r["batch_size"]))
+    graph_checks = validate_graph(images[:graph_n], labels[:graph_n], r, args, precisions, width)
+    graph_ok = {c["name"].split(":")[0]: c["ok"] for c in graph_checks.as_dict()["checks"]}
+    for c in steps.as_dict()["checks"] + graph_checks.as_dict()["checks"]:
+        checks.add(c["name"], c["ok"], c.get("error"), c.get("tolerance"), detail=c.get("detail"))
     warm_r = dict(r, epochs=1)
     results = {}
     for prec in precisions:
         res = {}
-        for side, fn in (("gpuconv", run_gpuconv), ("torch", run_torch)):
-            if side == "torch" and torch is None:
-                res.update(torch_s=None, torch_loss=None)
+        for side, fn in (("gpuconv", run_gpuconv), ("graph", run_graph), ("torch", run_torch)):
+            if side == "torch" and torch is None or side == "graph" and not graph_ok.get(prec):
+                res.update({f"{side}_s": None, f"{side}_loss": None})
                 continue
             for _ in range(args.warmup):
                 fn(*((torch,) if side == "torch" else ()), images[:warm_n], labels[:warm_n], warm_r, prec, args, width)
@@ -209,6 +246,7 @@ def main(argv=None):
             res[f"{side}_loss"] = runs[-1][1]
             checks.add(f"{prec} {side}: final loss finite", bool(np.isfinite(runs[-1][1])), detail=f"{runs[-1][1]}")
         res["speed_vs_torch"] = common.ratio(res["torch_s"], res["gpuconv_s"])
+        res["graph_speed_vs_torch"] = common.ratio(res["torch_s"], res["graph_s"])
         res["gpuconv_images_per_s"] = n * r["epochs"] / res["gpuconv_s"] if res["gpuconv_s"] else None
         results[prec] = res
     extra = {"baseline": ("benchmarks/airbench_torch.py, PyTorch " + torch.__version__) if torch is not None

@@ -166,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "'test', 'batchK' (hold out data_batch_K), a fraction like 0.1, or 'none' (default auto)")
     t.add_argument("--precision", choices=("fp32", "tf32", "bf16", "fp16"), default=None, help=PRECISION_HELP)
     t.add_argument("--log-every", type=_positive_int, default=50, help="steps between loss readbacks (default 50)")
+    t.add_argument("--cuda-graph", action="store_true",
+                   help="replay each training step as a CUDA graph (a step's launches cost more host time than a "
+                        "GPU takes to run them in bf16); SGD recipes without dropout, not fp16")
     t.add_argument("--no-progress", action="store_true",
                    help="no progress bar, one line per epoch (default: a bar on a terminal, a line per log interval "
                         "when piped)")
@@ -462,7 +465,7 @@ def _train(args) -> int:
         sched = _schedule(s["schedule"], opt, opt.lr, total_steps)
         trainer = Trainer(model, opt, sched, out_dir=args.out, label_smoothing=s["label_smoothing"],
                           log_every=args.log_every, seed=s["seed"], progress="epoch" if args.no_progress else True,
-                          config=config, precision=s["precision"], **extras)
+                          config=config, precision=s["precision"], cuda_graph=args.cuda_graph, **extras)
         resume_cmd = f"gpuconv train --out {args.out} --resume" + (f" --data {args.data}" if args.data else "")
         try:
             trainer.fit(train_loader, s["epochs"], val=val_loader, resume=args.resume)

@@ -249,7 +249,10 @@ class SGD(Optimizer):
     _slots = ("momentum_buffer",)
 
     def __init__(self, params, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
+        self._lrs = None  # the groups' learning rates on the device (write_lrs), for the fused update
+        self.lr_written_by_owner = False
         super().__init__(params, lr)
+        self._index = {id(p): i for i, p in enumerate(self.params)}
         self.momentum = _nonneg("momentum", momentum)
         self.weight_decay = _nonneg("weight_decay", weight_decay)
         self.nesterov = bool(nesterov)
@@ -261,9 +264,35 @@ class SGD(Optimizer):
             if group.get("nesterov", self.nesterov) and group.get("momentum", self.momentum) == 0:
                 raise ValueError(f"SGD: parameter group {gi} has nesterov=True and momentum 0; give it momentum > 0")
 
-    def _update(self, p, state, h):
-        if _fused_sgd(p, state, h):
+    def step(self, skip=None):
+        if not self.lr_written_by_owner:
+            self.write_lrs()
+        super().step(skip)
+
+    def write_lrs(self):
+        """Put each parameter group's learning rate (:meth:`hyper`'s, a float64) into the device
+        array the fused update reads: a fill per group, launched, no transfer. :meth:`step` does
+        it itself unless ``lr_written_by_owner`` (a captured step, whose owner calls this before
+        each replay so that the replay follows the schedule)."""
+        data = next((p.data for p in self.params), None)
+        if data is None or kernel_target(data) is None:
             return
+        if not hasattr(self, "param_groups"):
+            self._finish_groups()
+        xp = get_array_module(data)
+        if self._lrs is None or get_array_module(self._lrs) is not xp:
+            self._lrs = xp.zeros(len(self.param_groups), np.float64)
+        first = {}
+        for i, g in enumerate(self._group_of):
+            first.setdefault(g, i)
+        for g, i in first.items():
+            self._lrs[g:g + 1].fill(self.hyper(i)["lr"])
+
+    def _update(self, p, state, h):
+        if self._lrs is not None:
+            g = self._group_of[self._index[id(p)]]
+            if _fused_sgd(p, state, h, self._lrs[g:g + 1]):
+                return
         g = p.grad
         if h["weight_decay"]:
             g = g + h["weight_decay"] * p.data
@@ -278,10 +307,11 @@ class SGD(Optimizer):
         p.data -= h["lr"] * g
 
 
-def _fused_sgd(p, state, h) -> bool:
+def _fused_sgd(p, state, h, lr) -> bool:
     """SGD's update of ``p`` as one kernel (kernels/optim.cu, the array form's bits) where ``p``
     lives on a kernel target ('cuda', 'sim') in float32 or float64 with a contiguous gradient of
-    its dtype; False (nothing done) otherwise, and the array form runs."""
+    its dtype; False (nothing done) otherwise, and the array form runs. ``lr``: the device array
+    (one float64) holding the learning rate of ``p``'s group."""
     data, grad = p.data, p.grad
     target = kernel_target(data)
     if target is None or data.dtype not in (np.float32, np.float64) or grad.dtype != data.dtype \
@@ -295,9 +325,9 @@ def _fused_sgd(p, state, h) -> bool:
             state["momentum_buffer"] = buf
         elif buf.dtype != data.dtype or not buf.flags.c_contiguous:
             return False
-    kernels.launch_1d("optim", "sgd_update", target, (data, grad, buf),
-                      (np.float64(h["lr"]), np.float64(h["momentum"]), np.float64(h["weight_decay"]),
-                       np.int32(bool(h["nesterov"])), np.int32(first)))
+    kernels.launch_1d("optim", "sgd_update", target, (data, grad, buf, lr),
+                      (np.float64(h["momentum"]), np.float64(h["weight_decay"]), np.int32(bool(h["nesterov"])),
+                       np.int32(first)))
     return True
 
 

@@ -138,11 +138,14 @@ class Trainer:
     with airbench's decay over ``total_steps`` (the run's step count), and a last time with decay
     1 at step ``total_steps``; saved with the checkpoint. ``epoch_start``: called with the
     0-based epoch before each epoch trains (a resumed one too), e.g. to freeze a parameter.
+    ``cuda_graph``: replay the step as a CUDA graph (:class:`gpuconv.graphs.StepGraph`; on 'cuda',
+    where a step's launches cost more host time than its kernels take; elsewhere the same path
+    runs the step itself). Captured at each epoch's second step; SGD only, no dropout, no fp16.
     """
 
     def __init__(self, model, optimizer, scheduler=None, out_dir=None, label_smoothing=0.0, log_every=50,
                  seed=0, progress=True, checkpoint_every="epoch", config=None, monitor="auto", precision=None,
-                 loss_scaler=None, lookahead=None, total_steps=None, epoch_start=None):
+                 loss_scaler=None, lookahead=None, total_steps=None, epoch_start=None, cuda_graph=False):
         if lookahead is not None and not (isinstance(total_steps, int) and total_steps >= 1):
             raise ValueError(f"lookahead needs total_steps (the run's optimizer steps, >= 1), got {total_steps!r}")
         self.lookahead, self.total_steps, self.epoch_start = lookahead, total_steps, epoch_start
@@ -161,6 +164,7 @@ class Trainer:
             raise ValueError(f"loss_scaler is for precision='fp16' (bf16 has float32's range), not {precision!r}")
         self.scaler = loss_scaler if loss_scaler is not None else amp.LossScaler() if precision == "fp16" else None
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self._graph = self._step_graph(cuda_graph)
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.label_smoothing = float(label_smoothing)
         self.log_every, self.progress = log_every, progress
@@ -191,6 +195,29 @@ class Trainer:
         params = self.model.parameters()
         return backend.get_array_module(params[0].data) if params else np
 
+    def _step_graph(self, wanted):
+        """The StepGraph of ``cuda_graph=True``, after refusing what a replay would freeze."""
+        if not wanted:
+            return None
+        from .graphs import StepGraph
+        from .layers import Dropout
+        from .optim import SGD
+        why = None
+        if type(self.optimizer) is not SGD:
+            why = (f"the optimizer is {type(self.optimizer).__name__}; a replayed step reads only SGD's learning "
+                   "rates from the device (other optimizers' per-step values would be frozen at the capture)")
+        elif self.scaler is not None:
+            why = "precision 'fp16' scales the loss with per-step host state; use 'bf16' (float32's range, no scaler)"
+        elif any(isinstance(m, Dropout) and m.p > 0 for m in self.model.modules()):
+            why = "the model has dropout, whose per-step keys a replay would freeze"
+        if why is not None:
+            raise ValueError(f"cuda_graph=True: {why}; train without it (cuda_graph=False, no --cuda-graph)")
+        self.optimizer.lr_written_by_owner = True
+        return StepGraph(self._eager_step, before=self.optimizer.write_lrs)
+
+    def _eager_step(self, x, y):
+        return amp.training_step(self.model, self.optimizer, x, y, self.precision, self.scaler, self.label_smoothing)
+
     def train_step(self, x, y):
         """One optimizer step on a batch already on the device. Reads nothing back.
 
@@ -203,8 +230,7 @@ class Trainer:
         if self._pending >= self.log_every:
             raise RuntimeError(f"{self._pending} steps are waiting for a readback: call Trainer._flush() "
                                f"at least every log_every={self.log_every} steps")
-        loss, logits = amp.training_step(self.model, self.optimizer, x, y, self.precision, self.scaler,
-                                         self.label_smoothing)
+        loss, logits = (self._graph or self._eager_step)(x, y)
         if self.scheduler is not None:
             self.scheduler.step()
         if self.lookahead is not None:
@@ -487,6 +513,8 @@ class Trainer:
         skip, replay = self.epoch_step, self.epoch_step
         if self.epoch_start is not None:
             self.epoch_start(self.epoch)
+        if self._graph is not None:
+            self._graph.reset()  # the callback may have changed the step (a parameter frozen): capture anew
         if skip == 0 or self._loader_state is None:
             if hasattr(loader, "set_epoch"):
                 loader.set_epoch(self.epoch)

@@ -10,6 +10,10 @@
 //                  g = nesterov ? g + momentum * b : b               (momentum != 0)
 //                  p = p - lr * g
 //
+// The learning rate is read from device memory (lr[0], the parameter group's entry of the
+// optimizer's float64 array, written before each step): a step captured in a CUDA graph then
+// follows its schedule, where a kernel argument would be frozen at the value of the capture.
+//
 // Element types (common.cuh): p, grad and the momentum buffer are storage_t, float32 or float64
 // (the launcher takes no other, so acc_t is the same type: every build compiles the kernel, only
 // those two run it); the hyperparameters arrive as double and are rounded to the element type
@@ -21,9 +25,9 @@
 // and step): sgd_update.
 
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
-sgd_update(storage_t* p, const storage_t* grad, storage_t* buffer, long long n, double lr, double momentum,
+sgd_update(storage_t* p, const storage_t* grad, storage_t* buffer, const double* lr, long long n, double momentum,
            double weight_decay, int nesterov, int first) {
-    const acc_t lr_ = (acc_t)lr, m = (acc_t)momentum, wd = (acc_t)weight_decay;
+    const acc_t lr_ = (acc_t)lr[0], m = (acc_t)momentum, wd = (acc_t)weight_decay;
     for (index_t i = global_thread_index(); i < n; i += global_thread_count()) {
         const acc_t w = to_acc(p[i]);
         acc_t g = to_acc(grad[i]);

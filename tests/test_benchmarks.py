@@ -400,7 +400,11 @@ def test_airbench_bench_without_torch_times_gpuconv_alone_and_says_so(tmp_path):
     assert rec["baseline"] is None and rec["epochs"] == 2 and rec["batch_size"] == 16
     r = rec["results"]["fp32"]
     assert r["torch_s"] is None and r["gpuconv_s"] is None and np.isfinite(r["gpuconv_loss"])
-    assert [c["name"] for c in rec["validation"]["checks"]] == ["fp32 gpuconv: final loss finite"]
+    assert np.isfinite(r["graph_loss"]) and r["graph_s"] is None
+    assert [c["name"] for c in rec["validation"]["checks"]] == [
+        "fp32: cuda-graph steps give the eager steps' parameters (one epoch, bit for bit)",
+        "fp32 gpuconv: final loss finite", "fp32 graph: final loss finite"]
+    assert rec["validation"]["checks"][0]["error"] == 0.0
     assert len(list(tmp_path.glob("*-bench_airbench.json"))) == 1
 
 

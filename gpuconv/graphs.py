@@ -1,0 +1,94 @@
+"""A training step captured once as a CUDA graph and replayed: no Python, no launches per step.
+
+A step of the CIFAR networks in bf16 is a few hundred kernel launches that a GPU runs faster
+than Python can submit them (benchmarks/profile_step.py measures both), so the GPU waits on
+the host. The step is already device-resident (no readback, no synchronization, a memory pool
+that stops growing), which is what CUDA stream capture needs: the whole step is recorded once
+into a graph, and each later step is three launches (the batch copied into the graph's input
+buffers, the learning rates written, the graph).
+
+    step = StepGraph(lambda x, y: amp.training_step(model, opt, x, y, "bf16"), before=opt.write_lrs)
+    loss, logits = step(x, y)    # step 1 runs eagerly; step 2 is captured, then every step replays
+
+What a replay does not do is run Python, so everything a step decides on the host is frozen at
+the capture: the caller keeps per-step values on the device (the learning rates: ``before``
+writes them, outside the graph, before every step; ``opt.lr_written_by_owner`` keeps the
+optimizer from writing them inside it), and calls :meth:`StepGraph.reset` whenever the step's
+structure changes (a parameter frozen or thawed, an epoch's callback): the next call runs
+eagerly and captures again. A batch of another shape or layout does that by itself. The
+Trainer refuses what a graph would silently freeze: dropout's per-step keys, fp16's loss
+scaler, optimizers other than SGD.
+
+Memory: the captured step allocates from a pool of its own, kept with the graph, so that no
+array outside the graph is ever given memory the graph writes into. Arrays allocated before the
+capture (parameters, optimizer state, the input buffers) are the graph's fixed inputs; the
+outputs returned are the graph's own arrays, rewritten by every replay (copy what must outlive
+the next step).
+
+On 'sim' and the CPU there are no graphs: the same calls run the step every time, through the
+same input buffers and the same ``before`` (so the simulator tests what the graph path relies
+on: a replay that missed a learning-rate write would show).
+"""
+from __future__ import annotations
+
+from . import backend, layout
+
+__all__ = ["StepGraph"]
+
+
+class StepGraph:
+    """``fn(x, y)`` (device arrays in, a tuple of device arrays out) as a replayed CUDA graph."""
+
+    def __init__(self, fn, before=None):
+        self.fn, self.before = fn, before
+        self.captures = 0        # graphs captured so far (a test and a log can see re-captures)
+        self.replays = 0
+        self.reset()
+
+    def reset(self):
+        """Drop the graph: the next call runs eagerly, the one after captures anew."""
+        self._key = self._graph = self._pool = self._outputs = self._inputs = None
+        self._eager_done = False
+
+    @staticmethod
+    def _signature(x, y):
+        return tuple((a.shape, str(a.dtype), a.strides) for a in (x, y))
+
+    def __call__(self, x, y):
+        key = self._signature(x, y)
+        if key != self._key:
+            self.reset()
+            self._key = key
+        if self.before is not None:
+            self.before()
+        if not self._eager_done:  # the first step: the optimizer's state, the kernels' modules, the pools
+            self._eager_done = True
+            return self.fn(x, y)
+        if self._inputs is None:
+            xp = backend.get_array_module(x)
+            self._inputs = tuple(layout.empty_like(a) if getattr(a, "ndim", 0) == 4 else xp.empty_like(a)
+                                 for a in (x, y))
+        for buf, a in zip(self._inputs, (x, y)):
+            backend.get_array_module(a).copyto(buf, a)
+        if not backend.is_cupy_array(x):
+            return self.fn(*self._inputs)  # no graphs on the host: the step itself, on the same buffers
+        if self._graph is None:
+            self._capture()
+        self._graph.launch(stream=backend.cupy_module().cuda.get_current_stream())
+        self.replays += 1
+        return self._outputs
+
+    def _capture(self):
+        cp = backend.cupy_module()
+        caller = cp.cuda.get_current_stream()
+        stream = cp.cuda.Stream(non_blocking=True)
+        stream.wait_event(caller.record())  # the input copies and the learning rates come first
+        self._pool = cp.cuda.MemoryPool()
+        with cp.cuda.using_allocator(self._pool.malloc), stream:
+            stream.begin_capture()
+            try:
+                outputs = self.fn(*self._inputs)
+            finally:
+                graph = stream.end_capture()
+        self._graph, self._outputs = graph, outputs
+        self.captures += 1

@@ -1,0 +1,102 @@
+"""Training steps replayed as CUDA graphs (gpuconv.graphs, Trainer(cuda_graph=True)): the same
+parameters as the eager steps, bit for bit, with a schedule changing the learning rate every
+step, two parameter groups, lookahead and a parameter frozen between epochs. On 'cuda' the
+graph is captured and replayed; on 'sim' and the CPU the same path runs the step through the
+graph's input buffers and learning-rate writes."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gpuconv
+from gpuconv import backend as B
+from gpuconv.data import DeviceLoader
+from gpuconv.graphs import StepGraph
+from gpuconv.layers import BatchNorm2d, Conv2d, Dropout, Flatten, GELU, Linear, MaxPool2d, Sequential
+from gpuconv.lookahead import Lookahead
+from gpuconv.optim import SGD, Adam, OneCycleLR
+from gpuconv.trainer import Trainer
+
+DEVICES = [pytest.param("sim"),
+           pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not B.cuda_available(),
+                                                                           reason=f"no GPU: {B.cuda_status()}")])]
+
+
+def _model():
+    return Sequential(Conv2d(3, 4, 3, padding=1, seed=0), BatchNorm2d(4), GELU(), MaxPool2d(2), Flatten(),
+                      Linear(64, 10, seed=1))
+
+
+def _run(device, cuda_graph, precision="fp32", epochs=2):
+    """Two epochs of 8 steps; the first conv's bias frozen from epoch 1 (the step changes)."""
+    rng = np.random.default_rng(0)
+    imgs, labels = rng.integers(0, 256, (40, 3, 8, 8), dtype=np.uint8), rng.integers(0, 10, 40)
+    with gpuconv.default_device(device):
+        model = _model()
+        params = model.parameters()
+        opt = SGD([{"params": params[:2], "lr": 0.2, "weight_decay": 0.0}, {"params": params[2:]}], lr=0.05,
+                  momentum=0.9, nesterov=True, weight_decay=5e-4)
+        sched = OneCycleLR(opt, max_lr=0.05, total_steps=8 * epochs)
+        loader = DeviceLoader(imgs, labels, 5, seed=0, augment=True, channels_last=precision != "fp32")
+
+        def freeze(epoch):
+            model[0].bias.requires_grad = epoch == 0
+
+        trainer = Trainer(model, opt, sched, log_every=4, progress=False, precision=precision,
+                          lookahead=Lookahead(model, every=3), total_steps=8 * epochs, epoch_start=freeze,
+                          cuda_graph=cuda_graph)
+        trainer.fit(loader, epochs)
+        return {n: B.asnumpy(p.data).copy() for n, p in model.named_parameters()}, trainer
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_graph_steps_give_the_eager_steps_parameters_bit_for_bit(device, precision):
+    eager, _ = _run(device, False, precision)
+    graphed, trainer = _run(device, True, precision)
+    assert eager.keys() == graphed.keys()
+    for name in eager:
+        np.testing.assert_array_equal(graphed[name], eager[name], err_msg=name)
+    graph = trainer._graph
+    assert graph._inputs is not None  # the steps after each epoch's first ran through the graph's buffers
+    if device == "cuda":
+        assert graph.captures == 2 and graph.replays == 2 * 7  # captured anew after the epoch's callback
+
+
+def test_a_replay_reads_the_learning_rates_written_before_it():
+    """SGD in owner mode reads its groups' learning rates from the device: a step graph whose
+    ``before`` stopped writing them keeps the first step's rate, and the schedule is lost."""
+    def run(write_every_step):
+        with gpuconv.default_device("sim"):
+            model = _model()
+            opt = SGD(model.parameters(), lr=0.05, momentum=0.9)
+            sched = OneCycleLR(opt, max_lr=0.05, total_steps=6)
+            opt.lr_written_by_owner = True
+            calls = []
+
+            def before():
+                if write_every_step or not calls:
+                    opt.write_lrs()
+                calls.append(1)
+
+            step = StepGraph(lambda x, y: gpuconv.amp.training_step(model, opt, x, y), before=before)
+            rng = np.random.default_rng(1)
+            for _ in range(6):
+                step(rng.standard_normal((5, 3, 8, 8)).astype(np.float32), rng.integers(0, 10, 5))
+                sched.step()
+            return B.asnumpy(model[0].weight.data)
+
+    np.testing.assert_array_equal(run(True), run(True))
+    assert not np.array_equal(run(True), run(False))
+
+
+def test_cuda_graph_refuses_what_a_replay_would_freeze():
+    model = _model()
+    with pytest.raises(ValueError, match="cuda_graph=True: the optimizer is Adam"):
+        Trainer(model, Adam(model.parameters()), progress=False, cuda_graph=True)
+    with pytest.raises(ValueError, match="cuda_graph=True: precision 'fp16'"):
+        Trainer(model, SGD(model.parameters(), lr=0.1), progress=False, precision="fp16", cuda_graph=True)
+    dropped = Sequential(Flatten(), Dropout(0.5), Linear(192, 10))
+    with pytest.raises(ValueError, match="cuda_graph=True: the model has dropout"):
+        Trainer(dropped, SGD(dropped.parameters(), lr=0.1), progress=False, cuda_graph=True)
+    assert Trainer(model, SGD(model.parameters(), lr=0.1), progress=False)._graph is None
