@@ -60,8 +60,8 @@ def build(torch, widths=(64, 256, 256), num_classes=10):
             norm1=nn.BatchNorm2d(c_out, momentum=HYPER["bn_momentum"], eps=HYPER["bn_eps"]), gelu1=nn.GELU(),
             conv2=nn.Conv2d(c_out, c_out, 3, padding="same", bias=False),
             norm2=nn.BatchNorm2d(c_out, momentum=HYPER["bn_momentum"], eps=HYPER["bn_eps"]), gelu2=nn.GELU())
-        for conv in (layers["conv1"], layers["conv2"]):
-            torch.nn.init.dirac_(conv.weight.data[:c_in])
+        for conv in (layers["conv1"], layers["conv2"]):  # airbench: dirac_(w[:w.size(1)]), each conv's own inputs
+            torch.nn.init.dirac_(conv.weight.data[:conv.in_channels])
         for norm in (layers["norm1"], layers["norm2"]):
             norm.weight.requires_grad = False
         return nn.Sequential(layers)

@@ -425,6 +425,28 @@ def test_airbench_baseline_takes_the_recipes_steps_and_the_check_can_fail(monkey
     assert steps.failures() and "parameters after 3 recipe steps" in steps.failures()[0]
 
 
+def test_airbench_torch_initializes_as_gpuconv_and_airbench_do():
+    """Every 3x3 conv starts as the identity on its first in_channels filters (airbench's
+    ``dirac_(w[:w.size(1)])``: all of a block's second conv, whose inputs are its outputs), the
+    other filters random; the same structure as gpuconv.models.airbench94."""
+    torch = pytest.importorskip("torch")
+    bench = load("bench_airbench")
+    from gpuconv import cli
+    tmodel = bench.airbench_torch.build(torch, (8, 32, 32))
+    model, _ = cli.build_model("airbench94", width=8)
+    tstate = tmodel.state_dict()
+    for name, p in model.named_parameters():
+        if not name.endswith(("conv1.weight", "conv2.weight")):
+            continue
+        ours, theirs = np.asarray(p.data), tstate[name].detach().numpy()
+        n = min(ours.shape[:2])  # filters that get an identity: as many as the conv has inputs
+        dirac = np.zeros_like(ours[:n])
+        dirac[np.arange(n), np.arange(n), 1, 1] = 1
+        np.testing.assert_array_equal(ours[:n], dirac, err_msg=name)
+        np.testing.assert_array_equal(theirs[:n], dirac, err_msg=name)
+        assert ours.shape == theirs.shape and (n == ours.shape[0] or theirs[n:].std() > 0)
+
+
 def test_airbench_torch_augmentation_is_the_loaders():
     """The baseline's translation and alternating flips, against NumPy on the same draws."""
     torch = pytest.importorskip("torch")
