@@ -192,10 +192,12 @@ def loss_of(torch, model, x, y, precision, smoothing=HYPER["label_smoothing"]):
 
 
 def train(torch, images_u8, labels, device="cuda", precision="fp32", epochs=HYPER["epochs"],
-          batch_size=HYPER["batch_size"], widths=HYPER["widths"], seed=0, model=None, drop_last=True):
+          batch_size=HYPER["batch_size"], widths=HYPER["widths"], seed=0, model=None, drop_last=True, batches=None):
     """The whole recipe from uploaded images to the trained model: (model, seconds, the last
     epoch's mean loss). The seconds run from the upload to the last step, synchronized (whitening
-    init included); the loss is summed on the device and read once, at the end."""
+    init included); the loss is summed on the device and read once, at the end. ``batches``:
+    per epoch, the (x, y) tensors to train on instead of this loader's (a check feeds it another
+    loader's augmented batches)."""
     sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     torch.manual_seed(seed)
     sync()
@@ -209,7 +211,7 @@ def train(torch, images_u8, labels, device="cuda", precision="fp32", epochs=HYPE
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = optimizer(torch, model, batch_size)
-    total = epochs * len(loader)
+    total = epochs * len(loader) if batches is None else sum(len(b) for b in batches)
     base = [g["lr"] for g in opt.param_groups]
     average = Lookahead(torch, model)
     step = 0
@@ -217,7 +219,7 @@ def train(torch, images_u8, labels, device="cuda", precision="fp32", epochs=HYPE
     for epoch in range(epochs):
         model.whiten.bias.requires_grad = epoch < HYPER["whiten_bias_epochs"]
         loss_sum = torch.zeros((), device=device)
-        for x, y in loader:
+        for x, y in (loader if batches is None else batches[epoch]):
             for g, lr in zip(opt.param_groups, base):
                 g["lr"] = lr * lr_factor(step, total)
             loss = loss_of(torch, model, x, y, precision)
@@ -231,6 +233,8 @@ def train(torch, images_u8, labels, device="cuda", precision="fp32", epochs=HYPE
     average.update(1.0)
     sync()
     seconds = time.perf_counter() - t0
+    if batches is not None:
+        return model, seconds, float(loss_sum) / sum(len(y) for _, y in batches[-1])
     return model, seconds, float(loss_sum) / (len(loader) * batch_size if loader.drop_last else len(labels))
 
 

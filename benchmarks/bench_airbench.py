@@ -176,7 +176,56 @@ def validate(images, labels, r, args, checks, torch, width):
                 worst, where = err, name
         steps.add("parameters after 3 recipe steps == PyTorch's (mean loss vs airbench's summed form)",
                   worst <= 1e-3, worst, 1e-3, detail=f"largest at {where}")
+    validate_epochs(images, labels, r, args, steps, torch, width)
     return steps
+
+
+def validate_epochs(images, labels, r, args, steps, torch, width, epochs=4):
+    """The two recipes over whole epochs on the same batches: gpuconv's Trainer.fit (the epoch
+    callbacks' whitening-bias freeze, the lookahead, the schedule across epochs), its loader's
+    augmented batches recorded and fed to the baseline's training loop from the same weights.
+    The last epoch's mean loss and the parameters must agree (float32 rounding apart)."""
+    n = min(len(images), 4 * r["batch_size"])
+    rr = dict(r, epochs=epochs)
+    recorded = []
+
+    class Recording:  # gpuconv's loader, its batches kept (on the host) as they are trained on
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __len__(self):
+            return len(self.inner)
+
+        def set_epoch(self, epoch):
+            self.inner.set_epoch(epoch)
+            recorded.append([])
+
+        def __iter__(self):
+            for x, y in self.inner:
+                recorded[-1].append((common.host(x), common.host(y)))
+                yield x, y
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    with common.device_context(args):
+        model, loader, trainer = gpuconv_setup(images[:n], labels[:n], rr, "fp32", args.device, width)
+        tmodel = airbench_torch.build(torch, (width, 4 * width, 4 * width)).to(torch_device(args))
+        copy_to_torch(torch, model, tmodel)  # after gpuconv's whitening: the same start
+        trainer.fit(Recording(loader), epochs)
+        ours = trainer.history[-1]["train_loss"]
+    dev = torch_device(args)
+    batches = [[(torch.as_tensor(x, device=dev), torch.as_tensor(y, device=dev)) for x, y in e] for e in recorded]
+    _, _, theirs = airbench_torch.train(torch, images[:n], labels[:n], dev, "fp32", epochs, r["batch_size"],
+                                        (width, 4 * width, 4 * width), model=tmodel, batches=batches)
+    tstate = tmodel.state_dict()
+    worst, where = max((common.rel_err(common.host(p.data), tstate[name].detach().cpu().numpy()), name)
+                       for name, p in model.named_parameters())
+    loss_err = abs(ours - theirs) / abs(theirs)
+    steps.add(f"{epochs} epochs on the same batches: last epoch's loss == PyTorch's", loss_err <= 1e-4, loss_err,
+              1e-4, detail=f"gpuconv {ours!r}, PyTorch {theirs!r}")
+    steps.add(f"{epochs} epochs on the same batches: parameters == PyTorch's", worst <= 1e-2, worst, 1e-2,
+              detail=f"largest at {where}")
 
 
 def table(rec):

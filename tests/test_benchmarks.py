@@ -410,7 +410,9 @@ def test_airbench_bench_without_torch_times_gpuconv_alone_and_says_so(tmp_path):
 
 def test_airbench_baseline_takes_the_recipes_steps_and_the_check_can_fail(monkeypatch, capsys):
     """The PyTorch baseline agrees with gpuconv's recipe step for step (logits, three optimizer
-    steps); a baseline whose batch-norm biases learn at half the recipe's rate fails the check."""
+    steps) and over whole epochs of the same batches (loss, parameters); a baseline whose
+    batch-norm biases learn at half the recipe's rate fails the checks, and so does one whose
+    whitening bias trains for one epoch fewer (seen only over epochs)."""
     torch = pytest.importorskip("torch")
     bench = load("bench_airbench")
     args = bench.common.parse(bench.parser(), ["--device", "sim", "--tiny"])
@@ -419,10 +421,15 @@ def test_airbench_baseline_takes_the_recipes_steps_and_the_check_can_fail(monkey
     checks = bench.common.Checks()
     steps = bench.validate(images, labels, r, args, checks, torch, 2)
     assert checks.passed and len(checks.as_dict()["checks"]) == 1, checks.failures()
-    assert steps.passed and len(steps.as_dict()["checks"]) == 1, steps.failures()
-    monkeypatch.setitem(bench.airbench_torch.HYPER, "bias_scaler", 32.0)
+    assert steps.passed and len(steps.as_dict()["checks"]) == 3, steps.failures()
+    with monkeypatch.context() as m:
+        m.setitem(bench.airbench_torch.HYPER, "bias_scaler", 32.0)
+        steps = bench.validate(images, labels, r, args, bench.common.Checks(), torch, 2)
+        assert steps.failures() and "parameters after 3 recipe steps" in steps.failures()[0]
+    monkeypatch.setitem(bench.airbench_torch.HYPER, "whiten_bias_epochs", 2)
     steps = bench.validate(images, labels, r, args, bench.common.Checks(), torch, 2)
-    assert steps.failures() and "parameters after 3 recipe steps" in steps.failures()[0]
+    assert [f for f in steps.failures() if f.startswith("4 epochs on the same batches: parameters")]
+    assert not [f for f in steps.failures() if "3 recipe steps" in f]  # the first steps still agree
 
 
 def test_airbench_torch_initializes_as_gpuconv_and_airbench_do():
