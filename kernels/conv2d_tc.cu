@@ -44,7 +44,7 @@
 // GEMM rows and columns are int (the launcher checks the sizes); element offsets are index_t.
 //
 // Resources on sm_90 (ptxas 13.0; tests/test_nvrtc.py checks the bounds and the absence of
-// spills). TcTile64: forward 86-96 registers, backward-data 80-95, backward-weight 75-80; 24576 B
+// spills). TcTile64: forward 86-96 registers, backward-data 80-95, backward-weight 75-94; 24576 B
 // of static shared memory; at 96 registers the register file holds 5 blocks of 4 warps per SM.
 // TcTile128 (warp tiles of 64x32: 64 accumulators per thread): 117-128 registers in every build,
 // 49152 B of static shared memory; 2 blocks of 8 warps per SM (registers and shared memory both
@@ -208,16 +208,20 @@ struct PositionStep {
 
 struct PositionWalk {
     int n, oh, ow;
+    int off;  // (oh * sh * W + ow * sw) * Cp: the element of the position's (0, 0) tap in its image
     int kt;  // the next k-tile (checked on the simulator only)
 
-    __device__ PositionWalk(int l, int OH, int OW) : kt(0) {
+    __device__ PositionWalk(int l, int OH, int OW, int W, int Cp, int sh, int sw) : kt(0) {
         n = l / (OH * OW);
         const int p = l - n * (OH * OW);
         oh = p / OW;
         ow = p - oh * OW;
+        off = (oh * sh * W + ow * sw) * Cp;
     }
 
-    __device__ void step(const PositionStep& d, int OH, int OW, int kt_loaded) {
+    // ``inc``: the element offset of the step itself within an image, and what a carry out of ow
+    // and out of oh adds (see PatchColumns); an image's elements fit an int (the launcher checks).
+    __device__ void step(const PositionStep& d, int OH, int OW, const int inc[3], int kt_loaded) {
 #ifndef __CUDA_ARCH__
         if (kt_loaded != kt++) __trap();  // a loader called out of order would read the wrong positions
 #endif
@@ -228,6 +232,7 @@ struct PositionWalk {
         const int carry_h = oh >= OH;
         if (carry_h) oh -= OH;
         n += d.n + carry_h;
+        off += inc[0] + (carry_w ? inc[1] : 0) + (carry_h ? inc[2] : 0);
     }
 };
 
@@ -238,28 +243,39 @@ template <class S>
 struct PatchColumns {
     static constexpr int PER_ROW = S::BN / 8;  // 16-byte pieces per stage row
     const storage_t* x;
-    int H, W, Cp, OH, OW, sh, sw;
+    int H, W, OH, OW, sh, sw;
     int l0, l_end;          // this split's positions
     int byte;
-    int fh, fw, c;          // this thread's column
+    int fh, fw;             // this thread's column's tap, less the padding: ih = oh * sh + fh
+    int col_off;            // (fh * W + fw) * Cp + c: its element offset from the position's (0, 0) tap
     bool col_ok;
     PositionStep step;      // a k-tile's TC_KM_ROWS positions
+    int inc[3];             // a k-tile's step in elements within an image, the carries' corrections
+    index_t image;          // H * W * Cp: elements per image
     mutable PositionWalk at[2];  // the positions of this thread's two rows in the next k-tile
 
-    __device__ PatchColumns(const storage_t* x_, int n0, int H_, int W_, int Cp_, int FH, int FW_, int OH_, int OW_,
+    __device__ PatchColumns(const storage_t* x_, int n0, int H_, int W_, int Cp, int FH, int FW_, int OH_, int OW_,
                             int sh_, int sw_, int ph, int pw, int l0_, int l_end_)
-        : x(x_), H(H_), W(W_), Cp(Cp_), OH(OH_), OW(OW_), sh(sh_), sw(sw_), l0(l0_), l_end(l_end_),
+        : x(x_), H(H_), W(W_), OH(OH_), OW(OW_), sh(sh_), sw(sw_), l0(l0_), l_end(l_end_),
           byte(16 * (threadIdx.x % PER_ROW)), step(TC_KM_ROWS, OH_, OW_),
-          at{PositionWalk(l0_ + row(0), OH_, OW_), PositionWalk(l0_ + row(1), OH_, OW_)} {
+          image((index_t)H_ * W_ * Cp),
+          at{PositionWalk(l0_ + row(0), OH_, OW_, W_, Cp, sh_, sw_), PositionWalk(l0_ + row(1), OH_, OW_, W_, Cp, sh_, sw_)} {
         static_assert(TC_KM_ROWS * PER_ROW == 2 * S::THREADS, "two 16-byte pieces per thread");
         const int r = n0 + byte / (int)sizeof(storage_t);
-        const int tap = r / Cp;
-        c = r - tap * Cp;
+        const int tap = r / Cp, c = r - tap * Cp;
         fh = tap / FW_;
         fw = tap - fh * FW_;
         col_ok = fh < FH;
         fh -= ph;  // folded: ih = oh * sh + fh
         fw -= pw;
+        col_off = (fh * W_ + fw) * Cp + c;
+        // One position more in ow, oh moves sw * Cp, sh * W * Cp elements of the image; a carry out
+        // of ow trades OW of the first for one of the second, out of oh (into the next image, n)
+        // takes OH of the second back.
+        const int ew = sw_ * Cp, eh = sh_ * W_ * Cp;
+        inc[0] = step.ow * ew + step.oh * eh;
+        inc[1] = eh - OW_ * ew;
+        inc[2] = -OH_ * eh;
     }
 
     __device__ static int row(int i) { return (int)threadIdx.x / PER_ROW + TC_KM_ROWS / 2 * i; }
@@ -267,11 +283,11 @@ struct PatchColumns {
     __device__ void load(unsigned char* stage, int kt, int) const {
         for (int i = 0; i < 2; ++i) {
             const int l = l0 + kt * TC_KM_ROWS + row(i);
-            const int n = at[i].n, ih = at[i].oh * sh + fh, iw = at[i].ow * sw + fw;
-            at[i].step(step, OH, OW, kt);
-            const bool ok = col_ok && l < l_end && ih >= 0 && ih < H && iw >= 0 && iw < W;
-            const storage_t* src = ok ? x + ((((index_t)n * H + ih) * W + iw) * Cp + c) : x;
-            cp_async_cg(stage + stage_offset<2 * S::BN>(row(i), byte), src, ok ? 16 : 0);
+            const int ih = at[i].oh * sh + fh, iw = at[i].ow * sw + fw;
+            const index_t off = at[i].n * image + (at[i].off + col_off);
+            at[i].step(step, OH, OW, inc, kt);
+            const bool ok = col_ok && l < l_end && (unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W;
+            cp_async_cg(stage + stage_offset<2 * S::BN>(row(i), byte), ok ? x + off : x, ok ? 16 : 0);
         }
     }
 };

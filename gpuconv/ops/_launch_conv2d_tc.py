@@ -37,6 +37,8 @@ def supports(dtype, tf32: bool) -> bool:
 
 
 def _fits(*sizes) -> bool:
+    """GEMM rows and columns, and one image's elements (the loaders' offsets within an image),
+    are ints in the kernels."""
     return all(s <= _INT_MAX - 256 for s in sizes)  # a tile's overhang past the last row stays an int
 
 
@@ -91,7 +93,7 @@ def forward(x, w, b, stride, padding, tf32, relu, *, target, variant="tc"):
     n, c, h, wd = x.shape
     k, _, fh, fw = w.shape
     oh, ow = output_hw(x.shape, (fh, fw), stride, padding)
-    if not supports(x.dtype, tf32) or not _fits(n * oh * ow, k, fh * fw * (c + 8)):
+    if not supports(x.dtype, tf32) or not _fits(n * oh * ow, k, fh * fw * (c + 8), h * wd * (c + 8)):
         return None
     xp = get_array_module(x, w, b)
     xh = _nhwc_padded(x, PIECE // x.itemsize)
@@ -110,7 +112,7 @@ def backward_data(dy, w, x_shape, stride, padding, tf32, like, *, target, varian
     n, c, h, wd = x_shape
     k, _, fh, fw = w.shape
     oh, ow = dy.shape[2:]
-    if not supports(dy.dtype, tf32) or not _fits(n * h * wd, c, fh * fw * (k + 8)):
+    if not supports(dy.dtype, tf32) or not _fits(n * h * wd, c, fh * fw * (k + 8), oh * ow * (k + 8)):
         return None
     xp = get_array_module(dy, w)
     dyh = _nhwc_padded(dy, PIECE // dy.itemsize)
@@ -130,7 +132,7 @@ def backward_weight(dy, x, w_shape, stride, padding, tf32, *, target, variant="t
     n, c, h, wd = x.shape
     k, _, fh, fw = w_shape
     oh, ow = dy.shape[2:]
-    if not supports(dy.dtype, tf32) or not _fits(n * oh * ow, k, fh * fw * (c + 8)):
+    if not supports(dy.dtype, tf32) or not _fits(n * oh * ow, k, fh * fw * (c + 8), h * wd * (c + 8)):
         return None
     xp = get_array_module(dy, x)
     dyh = layout.nhwc(dy)
