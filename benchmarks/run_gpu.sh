@@ -28,7 +28,8 @@
 #   airbench  `gpuconv train --recipe airbench94` end to end on the real subset (GELU, the reflect
 #             translation, lookahead, TTA level 2): its log holds seconds per epoch and the accuracy;
 #             then bench_airbench: the recipe's seconds on 50,000 synthetic images, fp32 and bf16,
-#             against the same recipe in PyTorch eager (benchmarks/airbench_torch.py)
+#             eager and with every step replayed as a CUDA graph (after checking the two train
+#             alike), against the same recipe in PyTorch eager (benchmarks/airbench_torch.py)
 #   parity    CPU vs GPU training on the real subset (benchmarks/parity.py), shortened to fit
 #   ncu       Nsight Compute over one fast_net layer's three conv directions, gpuconv's kernels and
 #             cuDNN's (benchmarks/profile_kernels.py): throughput, occupancy, stalls, bank conflicts
