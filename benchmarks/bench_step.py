@@ -15,7 +15,10 @@ timed between CUDA events. Along the way two device-residency checks, both requi
 CuPy's memory pool does not grow between step 3 and the last step (``used_bytes`` and
 ``total_bytes``: buffers are reused, not reallocated), and two more steps run under
 ``gpuconv.syncguard.no_sync``, which fails if the host waits for the GPU at all (``float()``,
-``.item()``, ``bool()``, CuPy's own readbacks: syncs the transfer count cannot see). The issue's target: fast_net >= 1.0x PyTorch.
+``.item()``, ``bool()``, CuPy's own readbacks: syncs the transfer count cannot see). Then the
+same step replayed as a CUDA graph (gpuconv.graphs, what ``gpuconv train --cuda-graph`` runs), not
+for fp16: its parameters after the warm-up steps checked bit for bit against eager steps from the
+same weights, then timed (``graph_ms``). The target: fast_net >= 1.0x PyTorch.
 """
 from __future__ import annotations
 
@@ -186,6 +189,45 @@ def run_gpuconv(factory, x, y, args, precision="fp32"):
             "sync_in_step": synced, "pool_at_step3": at_check, "pool_at_end": at_end, "pool_stable": stable, "final_loss": final_loss}
 
 
+def run_graph(factory, x, y, args, precision, checks, name):
+    """The same step replayed as a CUDA graph (gpuconv.graphs.StepGraph, the trainer's
+    ``cuda_graph=True``): checked first against eager steps from the same weights (parameters
+    after ``args.warmup`` steps, bit for bit), then timed; None where the check fails or raises."""
+    from gpuconv.graphs import StepGraph  # noqa: PLC0415
+    xd, yd = common.to_dev(x, args), common.to_dev(y, args)
+    if amp.channels_last_for(precision):
+        xd = gpuconv.to_channels_last(xd)
+    steps = max(args.warmup, 3)  # eager, capture, and at least one replay
+
+    def build(graph):
+        model = factory()
+        opt = SGD(model.parameters(), **HYPER)
+        if not graph:
+            return model, functools.partial(make_step(model, opt, precision), xd, yd)
+        opt.lr_written_by_owner = True
+        g = StepGraph(lambda a, b: amp.training_step(model, opt, a, b, precision)[0], before=opt.write_lrs)
+        return model, functools.partial(g, xd, yd)
+
+    label = f"{name}: cuda-graph steps give the eager steps' parameters ({steps} steps, bit for bit)"
+    try:
+        (eager, estep), (graphed, gstep) = build(False), build(True)
+        for _ in range(steps):
+            estep()
+            gstep()
+        worst = max(float(np.max(np.abs(common.host(p.data).astype(np.float64) - common.host(q.data))))
+                    for p, q in zip(eager.parameters(), graphed.parameters()))
+    except Exception as exc:  # noqa: BLE001 - a GPU-only failure of the capture, named in the record
+        checks.add(label, False, detail=f"{type(exc).__name__}: {exc}"[:500])
+        return None
+    checks.add(label, worst == 0.0, worst, 0.0)
+    if worst != 0.0 or args.device != "cuda":
+        return None
+    with common.EventTimer(args) as t:
+        for _ in range(args.repeat):
+            gstep()
+    return t.ms / args.repeat
+
+
 def run_torch(torch, factory, x, y, args, precision="fp32"):
     """The same step in PyTorch eager, as its users run each precision: fp32 with TF32 off; tf32
     with TF32 on; bf16/fp16 under torch.autocast with channels_last (fp16 with a GradScaler)."""
@@ -220,7 +262,8 @@ def table(rec):
     common.print_table(rec["results"], [
         ("model", "model", ""), ("precision", "precision", ""), ("batch", "batch", "d"), ("ms", "ms/step", ".2f"), ("images_per_s", "img/s", ".0f"),
         ("torch_ms", "torch ms", ".2f"), ("torch_images_per_s", "torch img/s", ".0f"),
-        ("speed_vs_torch", "vs torch", ".2f"), ("pool_stable", "pool stable", ""),
+        ("speed_vs_torch", "vs torch", ".2f"), ("graph_ms", "graph ms", ".2f"),
+        ("graph_speed_vs_torch", "graph vs torch", ".2f"), ("pool_stable", "pool stable", ""),
         ("host_transfers", "transfers", "d")])
 
 
@@ -257,6 +300,8 @@ def main(argv=None):
             x, y = batch_data(shape, batch, seed=2)
             res = run_gpuconv(factory, x, y, args, precision)
             t_ms = run_torch(torch, factory, x, y, args, precision) if torch is not None else None
+            g_ms = run_graph(factory, x, y, args, precision, checks, f"{name} {precision}") \
+                if precision != "fp16" else None
             name_p, name = name, f"{name} {precision}"
             host_transfers = res["transfers"]["device_to_host"] + res["transfers"]["host_to_device"]
             checks.add(f"{name}: no host transfer during {res['steps']} steps", host_transfers == 0,
@@ -271,7 +316,8 @@ def main(argv=None):
             rows.append({"model": name_p, "precision": precision, "batch": batch, **res, "host_transfers": host_transfers,
                          "images_per_s": batch * 1000 / res["ms"] if res["ms"] else None, "torch_ms": t_ms,
                          "torch_images_per_s": batch * 1000 / t_ms if t_ms else None,
-                         "speed_vs_torch": common.ratio(t_ms, res["ms"]),
+                         "speed_vs_torch": common.ratio(t_ms, res["ms"]), "graph_ms": g_ms,
+                         "graph_speed_vs_torch": common.ratio(t_ms, g_ms),
                          "target_vs_torch": 1.0 if name_p == "fast_net" else None})
     rec = common.record(NAME, args, checks, rows, hyperparameters=HYPER, pool_check_step=POOL_CHECK_STEP)
     return common.finish(rec, args, table, checks)  # the record stands when a check failed: exit 1

@@ -17,7 +17,8 @@
 #             cuDNN through PyTorch in the same precision and layout (fp32 NCHW with TF32 off; TF32
 #             and bf16 channels_last, where the tensor-core kernels run); then bench_ops --skip-conv
 #             (pooling, ReLU: GB/s against a device-to-device copy)
-#   step      bench_step: images/s of a training step vs PyTorch eager; no host transfer, no sync
+#   step      bench_step: images/s of a training step vs PyTorch eager, eager and replayed as a
+#             CUDA graph (checked bit for bit against eager steps first); no host transfer, no sync
 #             (syncguard), the memory pool stops growing; profile_step: the step's milliseconds per
 #             layer kind, forward and backward (CUDA events), of fast_net and of the airbench94
 #             network; then bench_cs231n: seconds per iteration
@@ -161,7 +162,7 @@ if want conv; then
     stage bench_ops 40 "$PY" benchmarks/bench_ops.py --save --skip-conv --warmup 3 --repeat 20  # conv: above
 fi
 if want step; then
-    stage bench_step 50 "$PY" benchmarks/bench_step.py --save --warmup 5 --repeat 20
+    stage bench_step 70 "$PY" benchmarks/bench_step.py --save --warmup 5 --repeat 20
     stage profile_step 60 "$PY" benchmarks/profile_step.py --models fast_net airbench94 --host-top 25 --save
     stage bench_cs231n 30 "$PY" benchmarks/bench_cs231n.py --save --warmup 2 --repeat 5
 fi

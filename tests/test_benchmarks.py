@@ -73,6 +73,9 @@ def test_sim_tiny_run_validates_and_saves_its_record(name, tmp_path):
         assert [(r["model"], r["precision"]) for r in results] == [
             ("fast_net", "fp32"), ("fast_net", "bf16"), ("three_layer_convnet", "fp32"), ("three_layer_convnet", "bf16")]
         assert any("bf16 loss vs float64 NumPy" in c["name"] for c in rec["validation"]["checks"])
+        graph = [c for c in rec["validation"]["checks"] if "cuda-graph steps" in c["name"]]
+        assert len(graph) == 4 and all(c["ok"] and c["error"] == 0.0 for c in graph)
+        assert all(r["graph_ms"] is None for r in results)  # no timing claims on the simulator
         for r in results:
             assert r["host_transfers"] == 0 and r["steps"] == 5 and np.isfinite(r["final_loss"])
             assert r["sync_in_step"] is None
@@ -312,6 +315,7 @@ def test_cuda_tiny_run_times_and_keeps_the_step_device_resident(name, tmp_path):
     elif name == "bench_step":
         for r in rec["results"]:
             assert r["ms"] > 0 and r["host_transfers"] == 0 and r["pool_stable"] is True
+            assert r["graph_ms"] is None or r["graph_ms"] > 0
     else:
         assert rec["results"]["epoch_s"] > 0 and rec["results"]["host_transfers"] == 0
 
