@@ -192,37 +192,14 @@ def memory_rows(args, relu_shapes, pool_shapes, batch, torch):
     for shape, k in pool_shapes:
         full = (batch, *shape)
         x = common.to_dev(rng.standard_normal(full).astype(np.float32), args)
-        y, cache = LP.max_pool2d_forward_kernel(x, (k, k), (k, k), target=target)
-        dy = common.xp_of(args).ones_like(y)
-        calls = {"forward": lambda: LP.max_pool2d_forward_kernel(x, (k, k), (k, k), target=target),
-                 "backward": lambda: LP.max_pool2d_backward_kernel(dy, cache, target=target)}
-        tcalls = {}
-        if torch is not None:
-            tx, tdy = torch.from_dlpack(x), torch.from_dlpack(dy)
-            _, tidx = torch.nn.functional.max_pool2d(tx, k, k, return_indices=True)
-            tcalls = {"forward": lambda: torch.nn.functional.max_pool2d(tx, k, k, return_indices=True),
-                      "backward": lambda: torch.ops.aten.max_pool2d_with_indices_backward(
-                          tdy, tx, [k, k], [k, k], [0, 0], [1, 1], False, tidx)}
-        for direction, fn in calls.items():
-            rows.append(_memory_row(f"max_pool{k} {direction}", full, pool_bytes(full, k, direction), fn,
-                                    tcalls.get(direction), args))
-        # mixed precision's layout: bfloat16, channels_last (the torch side as its users run it)
-        xb = gpuconv.to_channels_last(common.to_dev(common.host(x).astype(ml_dtypes.bfloat16), args))
-        _, bcache = LP.max_pool2d_forward_kernel(xb, (k, k), (k, k), target=target)
-        dyb = gpuconv.to_channels_last(common.xp_of(args).ones(y.shape, ml_dtypes.bfloat16))
-        calls = {"forward": lambda: LP.max_pool2d_forward_kernel(xb, (k, k), (k, k), target=target),
-                 "backward": lambda: LP.max_pool2d_backward_kernel(dyb, bcache, target=target)}
-        tcalls = {}
-        if torch is not None:
-            tx = torch.from_dlpack(x).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
-            tdy = torch.ones_like(torch.nn.functional.max_pool2d(tx, k, k))
-            _, tidx = torch.nn.functional.max_pool2d(tx, k, k, return_indices=True)
-            tcalls = {"forward": lambda: torch.nn.functional.max_pool2d(tx, k, k, return_indices=True),
-                      "backward": lambda: torch.ops.aten.max_pool2d_with_indices_backward(
-                          tdy, tx, [k, k], [k, k], [0, 0], [1, 1], False, tidx)}
-        for direction, fn in calls.items():
-            rows.append(_memory_row(f"max_pool{k} bf16 cl {direction}", full, pool_bytes(full, k, direction, 2), fn,
-                                    tcalls.get(direction), args))
+        tx = torch.from_dlpack(x) if torch is not None else None
+        rows += _max_pool_rows(x, tx, k, "", args, torch)
+        # mixed precision's layout: bfloat16, channels_last (the torch side as its users run it;
+        # converted there, as bfloat16 through DLPack is not in every version)
+        rows += _max_pool_rows(gpuconv.to_channels_last(common.to_dev(common.host(x).astype(ml_dtypes.bfloat16), args)),
+                               tx.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+                               if tx is not None else None, k, " bf16 cl", args, torch)
+        dy = common.xp_of(args).ones((batch, shape[0], shape[1] // k, shape[2] // k), np.float32)
         y, cache = LPL.lp_pool2d_forward_kernel(x, 2.0, (k, k), (k, k), target=target)
         calls = {"forward": lambda: LPL.lp_pool2d_forward_kernel(x, 2.0, (k, k), (k, k), target=target),
                  "backward": lambda: LPL.lp_pool2d_backward_kernel(dy, cache, target=target)}
@@ -231,6 +208,25 @@ def memory_rows(args, relu_shapes, pool_shapes, batch, torch):
             rows.append(_memory_row(f"lp_pool{k} {direction}", full, lp_pool_bytes(full, k, direction), fn,
                                     tcalls.get(direction), args))
     return rows
+
+
+def _max_pool_rows(x, tx, k, label, args, torch):
+    """Forward and backward rows of a k x k max pool of ``x`` (float32 NCHW or bfloat16
+    channels_last), PyTorch's on ``tx`` (the same values, dtype and layout; None: no torch)."""
+    target, full = args.device, tuple(x.shape)
+    y, cache = LP.max_pool2d_forward_kernel(x, (k, k), (k, k), target=target)
+    dy = gpuconv.layout.like(x, common.xp_of(args).ones(y.shape, x.dtype))
+    calls = {"forward": lambda: LP.max_pool2d_forward_kernel(x, (k, k), (k, k), target=target),
+             "backward": lambda: LP.max_pool2d_backward_kernel(dy, cache, target=target)}
+    tcalls = {}
+    if tx is not None:
+        tdy = torch.ones_like(torch.nn.functional.max_pool2d(tx, k, k))
+        _, tidx = torch.nn.functional.max_pool2d(tx, k, k, return_indices=True)
+        tcalls = {"forward": lambda: torch.nn.functional.max_pool2d(tx, k, k, return_indices=True),
+                  "backward": lambda: torch.ops.aten.max_pool2d_with_indices_backward(
+                      tdy, tx, [k, k], [k, k], [0, 0], [1, 1], False, tidx)}
+    return [_memory_row(f"max_pool{k}{label} {direction}", full, pool_bytes(full, k, direction, x.itemsize), fn,
+                        tcalls.get(direction), args) for direction, fn in calls.items()]
 
 
 def batchnorm_bytes(shape, dtype, direction):

@@ -204,8 +204,7 @@ def run_graph(factory, x, y, args, precision, checks, name):
         opt = SGD(model.parameters(), **HYPER)
         if not graph:
             return model, functools.partial(make_step(model, opt, precision), xd, yd)
-        opt.lr_written_by_owner = True
-        g = StepGraph(lambda a, b: amp.training_step(model, opt, a, b, precision)[0], before=opt.write_lrs)
+        g = StepGraph.for_optimizer(lambda a, b: amp.training_step(model, opt, a, b, precision)[0], opt)
         return model, functools.partial(g, xd, yd)
 
     label = f"{name}: cuda-graph steps give the eager steps' parameters ({steps} steps, bit for bit)"

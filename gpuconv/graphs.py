@@ -7,7 +7,7 @@ that stops growing), which is what CUDA stream capture needs: the whole step is 
 into a graph, and each later step is three launches (the batch copied into the graph's input
 buffers, the learning rates written, the graph).
 
-    step = StepGraph(lambda x, y: amp.training_step(model, opt, x, y, "bf16"), before=opt.write_lrs)
+    step = StepGraph.for_optimizer(lambda x, y: amp.training_step(model, opt, x, y, "bf16"), opt)
     loss, logits = step(x, y)    # step 1 runs eagerly; step 2 is captured, then every step replays
 
 What a replay does not do is run Python, so everything a step decides on the host is frozen at
@@ -44,6 +44,14 @@ class StepGraph:
         self.captures = 0        # graphs captured so far (a test and a log can see re-captures)
         self.replays = 0
         self.reset()
+
+    @classmethod
+    def for_optimizer(cls, fn, optimizer):
+        """The graph of a step ``fn`` that updates with ``optimizer`` (SGD: the one whose per-step
+        learning rates live on the device): the optimizer no longer writes them inside the step,
+        the graph writes them before each call."""
+        optimizer.lr_written_by_owner = True
+        return cls(fn, before=optimizer.write_lrs)
 
     def reset(self):
         """Drop the graph: the next call runs eagerly, the one after captures anew."""

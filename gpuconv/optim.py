@@ -252,7 +252,6 @@ class SGD(Optimizer):
         self._lrs = None  # the groups' learning rates on the device (write_lrs), for the fused update
         self.lr_written_by_owner = False
         super().__init__(params, lr)
-        self._index = {id(p): i for i, p in enumerate(self.params)}
         self.momentum = _nonneg("momentum", momentum)
         self.weight_decay = _nonneg("weight_decay", weight_decay)
         self.nesterov = bool(nesterov)
@@ -282,17 +281,20 @@ class SGD(Optimizer):
         xp = get_array_module(data)
         if self._lrs is None or get_array_module(self._lrs) is not xp:
             self._lrs = xp.zeros(len(self.param_groups), np.float64)
-        first = {}
-        for i, g in enumerate(self._group_of):
-            first.setdefault(g, i)
-        for g, i in first.items():
-            self._lrs[g:g + 1].fill(self.hyper(i)["lr"])
+            # built once, not per step: a group's first parameter (its lr is the group's) and, per
+            # parameter, the one-element view of its group's entry that the kernel reads
+            firsts = {}
+            for i, g in enumerate(self._group_of):
+                firsts.setdefault(g, i)
+            self._lr_first = sorted(firsts.items())
+            self._lr_views = [self._lrs[g:g + 1] for g in range(len(self.param_groups))]
+            self._lr_of = {id(p): self._lr_views[g] for p, g in zip(self.params, self._group_of)}
+        for g, i in self._lr_first:
+            self._lr_views[g].fill(self.hyper(i)["lr"])
 
     def _update(self, p, state, h):
-        if self._lrs is not None:
-            g = self._group_of[self._index[id(p)]]
-            if _fused_sgd(p, state, h, self._lrs[g:g + 1]):
-                return
+        if self._lrs is not None and _fused_sgd(p, state, h, self._lr_of[id(p)]):
+            return
         g = p.grad
         if h["weight_decay"]:
             g = g + h["weight_decay"] * p.data

@@ -212,8 +212,7 @@ class Trainer:
             why = "the model has dropout, whose per-step keys a replay would freeze"
         if why is not None:
             raise ValueError(f"cuda_graph=True: {why}; train without it (cuda_graph=False, no --cuda-graph)")
-        self.optimizer.lr_written_by_owner = True
-        return StepGraph(self._eager_step, before=self.optimizer.write_lrs)
+        return StepGraph.for_optimizer(self._eager_step, self.optimizer)
 
     def _eager_step(self, x, y):
         return amp.training_step(self.model, self.optimizer, x, y, self.precision, self.scaler, self.label_smoothing)
