@@ -131,6 +131,15 @@ def validate(args, relu_shapes, pool_shapes, conv_layers, checks):
         dy = rng.standard_normal(ry.shape).astype(np.float32)
         dx = LP.max_pool2d_backward_kernel(common.to_dev(dy, args), cache, target=target)
         checks.exact(f"max_pool{k} backward {shape}", dx, P._max_pool2d_backward_reference(dy, rcache))
+        # bfloat16 channels_last, as mixed precision runs it (the _vec kernels where C allows)
+        xb, dyb = x.astype(ml_dtypes.bfloat16), dy.astype(ml_dtypes.bfloat16)
+        y, cache = LP.max_pool2d_forward_kernel(gpuconv.to_channels_last(common.to_dev(xb, args)), (k, k), (k, k),
+                                                target=target)
+        rby, rbcache = P._max_pool2d_forward_reference(xb, (k, k), (k, k))
+        checks.exact(f"max_pool{k} bf16 channels_last forward {shape}", y, rby)
+        dx = LP.max_pool2d_backward_kernel(gpuconv.to_channels_last(common.to_dev(dyb, args)), cache, target=target)
+        checks.exact(f"max_pool{k} bf16 channels_last backward {shape}", dx,
+                     P._max_pool2d_backward_reference(dyb, rbcache))
         y, cache = LPL.lp_pool2d_forward_kernel(common.to_dev(x, args), 2.0, (k, k), (k, k), target=target)
         ry, rcache = LPP._lp_pool2d_forward_reference(x, 2.0, (k, k), (k, k))
         checks.close(f"lp_pool{k} (L2) forward {shape}", y, ry, 1e-6)
@@ -194,11 +203,8 @@ def memory_rows(args, relu_shapes, pool_shapes, batch, torch):
         x = common.to_dev(rng.standard_normal(full).astype(np.float32), args)
         tx = torch.from_dlpack(x) if torch is not None else None
         rows += _max_pool_rows(x, tx, k, "", args, torch)
-        # mixed precision's layout: bfloat16, channels_last (the torch side as its users run it;
-        # converted there, as bfloat16 through DLPack is not in every version)
-        rows += _max_pool_rows(gpuconv.to_channels_last(common.to_dev(common.host(x).astype(ml_dtypes.bfloat16), args)),
-                               tx.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
-                               if tx is not None else None, k, " bf16 cl", args, torch)
+        # mixed precision's layout: bfloat16, channels_last (the torch side as its users run it)
+        rows += _max_pool_rows(*_bf16_channels_last(x, tx, torch, args), k, " bf16 cl", args, torch)
         dy = common.xp_of(args).ones((batch, shape[0], shape[1] // k, shape[2] // k), np.float32)
         y, cache = LPL.lp_pool2d_forward_kernel(x, 2.0, (k, k), (k, k), target=target)
         calls = {"forward": lambda: LPL.lp_pool2d_forward_kernel(x, 2.0, (k, k), (k, k), target=target),
@@ -207,16 +213,28 @@ def memory_rows(args, relu_shapes, pool_shapes, batch, torch):
         for direction, fn in calls.items():
             rows.append(_memory_row(f"lp_pool{k} {direction}", full, lp_pool_bytes(full, k, direction), fn,
                                     tcalls.get(direction), args))
+    if not args.tiny:  # airbench94's first pool: 64 x 31 x 31 -> 15 x 15 in floor mode, batch 1024
+        x = common.to_dev(rng.standard_normal((1024, 64, 31, 31)).astype(np.float32), args)
+        tx = torch.from_dlpack(x) if torch is not None else None
+        rows += _max_pool_rows(*_bf16_channels_last(x, tx, torch, args), 2, " bf16 cl floor", args, torch, floor=True)
     return rows
 
 
-def _max_pool_rows(x, tx, k, label, args, torch):
+def _bf16_channels_last(x, tx, torch, args):
+    """float32 ``x`` (and PyTorch's ``tx``) as bfloat16 channels_last (the torch side converted
+    there, as bfloat16 through DLPack is not in every version)."""
+    xb = gpuconv.to_channels_last(common.to_dev(common.host(x).astype(ml_dtypes.bfloat16), args))
+    return xb, (tx.to(torch.bfloat16).contiguous(memory_format=torch.channels_last) if tx is not None else None)
+
+
+def _max_pool_rows(x, tx, k, label, args, torch, floor=False):
     """Forward and backward rows of a k x k max pool of ``x`` (float32 NCHW or bfloat16
-    channels_last), PyTorch's on ``tx`` (the same values, dtype and layout; None: no torch)."""
+    channels_last; ``floor``: PyTorch's size rule), PyTorch's on ``tx`` (the same values, dtype
+    and layout; None: no torch)."""
     target, full = args.device, tuple(x.shape)
-    y, cache = LP.max_pool2d_forward_kernel(x, (k, k), (k, k), target=target)
+    y, cache = LP.max_pool2d_forward_kernel(x, (k, k), (k, k), floor, target=target)
     dy = gpuconv.layout.like(x, common.xp_of(args).ones(y.shape, x.dtype))
-    calls = {"forward": lambda: LP.max_pool2d_forward_kernel(x, (k, k), (k, k), target=target),
+    calls = {"forward": lambda: LP.max_pool2d_forward_kernel(x, (k, k), (k, k), floor, target=target),
              "backward": lambda: LP.max_pool2d_backward_kernel(dy, cache, target=target)}
     tcalls = {}
     if tx is not None:

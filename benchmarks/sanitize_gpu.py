@@ -176,6 +176,34 @@ def pool(run, rng):
         y, c = LP.avg_pool2d_forward_kernel(Xc, ks, st, target=run.target)
         run.close(f"avg_pool {ks} {st} channels_last backward",
                   LP.avg_pool2d_backward_kernel(DYc, c, target=run.target), P._avg_pool2d_backward_reference(dy, c))
+        # channels_last with 8 channels: the _vec kernels (16-byte lanes of 4 float32 channels)
+        x8, dy8 = (rng.standard_normal((2, 8) + s[2:]).astype(np.float32) for s in (x.shape, dy.shape))
+        X8, DY8 = gpuconv.to_channels_last(run.dev(x8)), gpuconv.to_channels_last(run.dev(dy8))
+        y, c = LP.max_pool2d_forward_kernel(X8, ks, st, target=run.target)
+        ry8, rc8 = P._max_pool2d_forward_reference(x8, ks, st)
+        run.exact(f"max_pool {ks} {st} channels_last x8 forward", y, ry8)
+        run.exact(f"max_pool {ks} {st} channels_last x8 backward", LP.max_pool2d_backward_kernel(DY8, c, target=run.target),
+                  P._max_pool2d_backward_reference(dy8, rc8))
+        y, c = LP.avg_pool2d_forward_kernel(X8, ks, st, target=run.target)
+        run.exact(f"avg_pool {ks} {st} channels_last x8 forward", y, P._avg_pool2d_forward_reference(x8, ks, st)[0])
+        run.exact(f"avg_pool {ks} {st} channels_last x8 backward", LP.avg_pool2d_backward_kernel(DY8, c, target=run.target),
+                  P._avg_pool2d_backward_reference(dy8, c))
+        if ks == st:  # floor mode: a row and columns past the last window (the disjoint kernels zero them)
+            xf = rng.standard_normal((2, 8, hw[0] + ks[0] - 1, hw[1] + 1)).astype(np.float32)
+            ryf, rcf = P._max_pool2d_forward_reference(xf, ks, st, True)
+            dyf = rng.standard_normal(ryf.shape).astype(np.float32)
+            for cl in (False, True):
+                XF, DYF = run.dev(xf), run.dev(dyf)
+                XF, DYF = (gpuconv.to_channels_last(XF), gpuconv.to_channels_last(DYF)) if cl else (XF, DYF)
+                tag = f"{ks} {st} floor {xf.shape[2:]}{' channels_last' if cl else ''}"
+                y, c = LP.max_pool2d_forward_kernel(XF, ks, st, True, target=run.target)
+                run.exact(f"max_pool {tag} forward", y, ryf)
+                run.exact(f"max_pool {tag} backward", LP.max_pool2d_backward_kernel(DYF, c, target=run.target),
+                          P._max_pool2d_backward_reference(dyf, rcf))
+                y, c = LP.avg_pool2d_forward_kernel(XF, ks, st, True, target=run.target)
+                run.exact(f"avg_pool {tag} forward", y, P._avg_pool2d_forward_reference(xf, ks, st, True)[0])
+                run.exact(f"avg_pool {tag} backward", LP.avg_pool2d_backward_kernel(DYF, c, target=run.target),
+                          P._avg_pool2d_backward_reference(dyf, c))
         xa = np.abs(x) + np.float32(0.1)  # positive: a non-integer or odd p of a negative value is NaN
         for norm in (2.0, 3.0):
             y, c = LPL.lp_pool2d_forward_kernel(run.dev(xa), norm, ks, st, target=run.target)

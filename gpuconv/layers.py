@@ -32,8 +32,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import layout, ops
-from .backend import (Device, copy_like, device_of, get_array_module, get_default_device, host_copy, is_cupy_array,
-                      to_device)
+from .backend import Device, copy_like, device_of, get_default_device, host_copy, is_cupy_array, to_device
 
 __all__ = ["Parameter", "Layer", "Conv2d", "MaxPool2d", "AvgPool2d", "LPPool2d", "ReLU", "GELU", "Flatten", "Linear",
            "BatchNorm2d", "Dropout", "Scale", "Sequential", "Residual", "LoadResult", "StateDictKeyError"]
@@ -538,30 +537,12 @@ class MaxPool2d(_Pool2d):
         self.floor = bool(floor)
 
     def forward(self, x):
-        shape = tuple(x.shape)
-        if self.floor and getattr(x, "ndim", None) == 4:
-            (kh, kw), (sh, sw) = _pair("kernel_size", self.kernel_size, 1), _pair(
-                "stride", self.kernel_size if self.stride is None else self.stride, 1)
-            h = shape[2] - max(shape[2] - kh, 0) % sh
-            w = shape[3] - max(shape[3] - kw, 0) % sw
-            if (h, w) != shape[2:]:
-                cropped = x[:, :, :h, :w]
-                x = layout.to_channels_last(cropped) if layout.is_channels_last(x) else cropped
-        y, cache = ops.max_pool2d_forward(x, kernel_size=self.kernel_size, stride=self.stride)
-        self._keep((cache, shape))
+        y, cache = ops.max_pool2d_forward(x, kernel_size=self.kernel_size, stride=self.stride, floor=self.floor)
+        self._keep(cache)
         return y
 
     def backward(self, dy, need_dx=True):
-        cache, shape = self._take_cache()
-        dx = ops.max_pool2d_backward(dy, cache)
-        if tuple(dx.shape) == shape:
-            return dx
-        xp = get_array_module(dx)
-        full = xp.zeros(shape, dx.dtype)
-        if layout.is_channels_last(dx):
-            full = layout.to_channels_last(full)
-        full[:, :, :dx.shape[2], :dx.shape[3]] = dx
-        return full
+        return ops.max_pool2d_backward(dy, self._take_cache())
 
     def extra_repr(self):
         return super().extra_repr() + (", floor=True" if self.floor else "")

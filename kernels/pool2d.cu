@@ -10,24 +10,27 @@
 //
 // Element types (common.cuh): x, y, dy, dx are storage_t; values are read into acc_t, compared
 // or summed there, and each output is rounded once to storage_t. Max pooling only compares and
-// copies, so its outputs equal the reference bit for bit in every dtype; a bfloat16 NaN comes back
+// copies (adding 0 to a maximum, for +0.0), so its outputs equal the reference bit for bit in
+// every dtype; a bfloat16 NaN comes back
 // as the quiet NaN ml_dtypes makes of it, as the reference's float32 round trip does.
 //
 // Kernels (extern "C"; 1-D grid-stride grids of GPUCONV_BLOCK threads):
 //   max_pool2d_forward    one thread per output: y = max over the window and the "switch"
 //                         argmax = fh*kw + fw, the window-local tap of the maximum (int32, the
 //                         layout of gpuconv.ops.MaxPool2dCache): the first maximum in row-major
-//                         tap order wins ties. A NaN makes the output NaN (np.maximum) and
-//                         freezes the switch at the largest tap before it: the reference's rule.
+//                         tap order wins ties, and a zero maximum is +0.0 (np.maximum returns
+//                         either of tied signed zeros, so the rule says which). A NaN makes the
+//                         output NaN (np.maximum) and freezes the switch at the largest tap
+//                         before it: the reference's rule.
 //   max_pool2d_backward   one thread per INPUT element: gathers dy of every output whose window
 //                         covers it and whose switch points at it. Correct for overlapping
 //                         windows and deterministic (no atomics).
 //   max_pool2d_backward_disjoint, avg_pool2d_backward_disjoint
-//                         the same gradients when the windows tile the input without overlap
-//                         (stride = kernel, no padding, the windows fill the input; max pool 2x2
-//                         and 4x4 of the CIFAR nets): one thread per OUTPUT writes its window's
-//                         inputs. No covering range and kh*kw times fewer threads; the same bits
-//                         as the gather kernels.
+//                         the same gradients when the windows do not overlap (stride = kernel, no
+//                         padding; max pool 2x2 and 4x4 of the CIFAR nets): one thread per OUTPUT
+//                         writes its window's inputs, and the zeros of any rows and columns past
+//                         the last window (floor pooling: airbench's 31 -> 15). No covering range
+//                         and kh*kw times fewer threads; the same bits as the gather kernels.
 //   avg_pool2d_forward    one thread per output: window sum * (1/(kh*kw)).
 //   avg_pool2d_backward   one thread per input element: sum of dy * (1/(kh*kw)) over the windows
 //                         covering it (gather, deterministic).
@@ -37,6 +40,13 @@
 //   lp_pool2d_backward    one thread per input element: sum over the covering windows of
 //                         dy * x^(p-1) * y^(1-p), and 0 from a window whose norm y is 0 (where
 //                         the gradient of the norm is undefined; PyTorch's choice as well).
+//   <name>_vec            (max and average pooling) the same kernel with POOL_VEC adjacent
+//                         channels per thread, 16 bytes per load and store (8 bfloat16/float16
+//                         values, 4 float32, 2 float64): channels_last only, with C a multiple of
+//                         POOL_VEC and every array 16-byte aligned (the launcher checks). One
+//                         2-byte element per thread reached a fifth of a copy's bandwidth on an
+//                         H200 (bfloat16 channels_last, 2x2 max pool); the lanes compute exactly
+//                         what the element kernel does, so the bits are the same.
 // LP pooling uses pow(), whose last bit differs between libraries: it matches the reference to
 // rounding, not bit for bit (p = 1 and p = 2 use no pow and match it exactly).
 //
@@ -61,6 +71,13 @@ struct Act4 {
     }
 };
 
+// V adjacent channels of one pixel, loaded or stored as one transaction: 16 bytes for V =
+// POOL_VEC (8 bfloat16/float16, 4 float32, 2 float64); V = 1 is the element itself.
+template <class T, int V>
+struct alignas(V * sizeof(T) < 16 ? V * sizeof(T) : 16) Lanes {
+    T v[V];
+};
+
 // The outputs whose windows cover input row i: oh*s - p <= i <= oh*s - p + k - 1, so
 // ceil((i + p - k + 1) / s) <= oh <= (i + p) / s, within [0, O). Every division here is of a
 // non-negative int (the first numerator is tested against 0 before it is divided), where C's
@@ -73,122 +90,276 @@ __device__ inline void covering_range(int i, int k, int s, int p, int O, int* lo
     *hi = imin(O - 1, (i + p) / s);
 }
 
-// The sum over the outputs whose windows cover input (n, c, ih, iw) of f(output index, tap), the
-// tap being that input's window-local index fh * kw + fw in the output's window. Outputs run from
-// the last to the first, i.e. taps in row-major order: the references' order.
-template <class F>
-__device__ inline acc_t covering_sum(index_t n, int c, int ih, int iw, const Act4& out, int kh, int kw, int sh,
-                                     int sw, int ph, int pw, F f) {
+// Per lane of V channels, the sum over the outputs whose windows cover input (n, c.., ih, iw) of
+// the term f gives each covering output's lanes for that input's window-local tap fh * kw + fw.
+// Outputs run from the last to the first, i.e. taps in row-major order: the references' order.
+template <int V, class F>
+__device__ inline void covering_sum(index_t n, int c, int ih, int iw, const Act4& out, int kh, int kw, int sh,
+                                    int sw, int ph, int pw, F f, acc_t* s) {
     int oh_lo, oh_hi, ow_lo, ow_hi;
     covering_range(ih, kh, sh, ph, out.H, &oh_lo, &oh_hi);
     covering_range(iw, kw, sw, pw, out.W, &ow_lo, &ow_hi);
-    acc_t s = 0;
+#pragma unroll
+    for (int l = 0; l < V; ++l) s[l] = 0;
     for (int oh = oh_hi; oh >= oh_lo; --oh)
-        for (int ow = ow_hi; ow >= ow_lo; --ow)
-            s += f(out.at(n, c, oh, ow), (ih + ph - oh * sh) * kw + (iw + pw - ow * sw));
-    return s;
+        for (int ow = ow_hi; ow >= ow_lo; --ow) {
+            const typename F::Loaded at = f.load(out.at(n, c, oh, ow));
+            const int tap = (ih + ph - oh * sh) * kw + (iw + pw - ow * sw);
+#pragma unroll
+            for (int l = 0; l < V; ++l) s[l] += f.term(at, tap, l);
+        }
 }
 
 // Per covering output: max pooling routes dy to the switch's tap, average pooling shares it.
+// load(o) reads an output's V lanes once; term(.., tap, l) is lane l's share for that tap.
+template <int V>
 struct MaxRoute {
     const storage_t* dy;
     const int* argmax;
-    __device__ acc_t operator()(index_t o, int tap) const { return argmax[o] == tap ? to_acc(dy[o]) : (acc_t)0; }
+    struct Loaded {
+        Lanes<storage_t, V> d;
+        Lanes<int, V> a;
+    };
+    __device__ Loaded load(index_t o) const {
+        return {*(const Lanes<storage_t, V>*)(dy + o), *(const Lanes<int, V>*)(argmax + o)};
+    }
+    __device__ acc_t term(const Loaded& at, int tap, int l) const {
+        return at.a.v[l] == tap ? to_acc(at.d.v[l]) : (acc_t)0;
+    }
 };
 
+// The average's divisor as the reference applies it: the float32 (or float64) reciprocal.
+__device__ inline acc_t avg_inv(int kh, int kw) { return (acc_t)(1.0 / (double)(kh * kw)); }
+
+template <int V>
 struct AvgShare {
     const storage_t* dy;
     acc_t inv;
-    __device__ acc_t operator()(index_t o, int) const { return mul_rn(to_acc(dy[o]), inv); }
+    typedef Lanes<storage_t, V> Loaded;
+    __device__ Loaded load(index_t o) const { return *(const Lanes<storage_t, V>*)(dy + o); }
+    __device__ acc_t term(const Loaded& at, int, int l) const { return mul_rn(to_acc(at.v[l]), inv); }
 };
 
-extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
-max_pool2d_forward(const storage_t* x, storage_t* y, int* argmax, int N, int C, int H, int W, int OH, int OW,
-                   int kh, int kw, int sh, int sw, int ph, int pw, int cl) {
-    const index_t total = (index_t)N * C * OH * OW;
-    const Act4 in = {C, H, W, cl}, out = {C, OH, OW, cl};
-    for (index_t i = global_thread_index(); i < total; i += global_thread_count()) {
+// The flat group index g of a grid-stride loop over N x C/V x OH x OW (or H x W) groups of V
+// channels: returns n, sets the group's first channel and its pixel. Element g * V is the group's
+// first element in memory (V > 1 runs channels_last only, where a group's lanes are adjacent).
+template <int V>
+__device__ inline index_t split_group(index_t g, int C, int H, int W, int cl, int* c, int* h, int* w) {
+    const Act4 groups = {C / V, H, W, cl};
+    const index_t n = groups.split(g, c, h, w);
+    *c *= V;
+    return n;
+}
+
+template <int V>
+__device__ inline void max_forward(const storage_t* x, storage_t* y, int* argmax, int N, int C, int H, int W, int OH,
+                                   int OW, int kh, int kw, int sh, int sw, int ph, int pw, int cl) {
+    const index_t total = (index_t)N * (C / V) * OH * OW;
+    const Act4 in = {C, H, W, cl};
+    for (index_t g = global_thread_index(); g < total; g += global_thread_count()) {
         int c, oh, ow;
-        const index_t n = out.split(i, &c, &oh, &ow);
-        acc_t best = 0;
-        int best_at = -1;
+        const index_t n = split_group<V>(g, C, OH, OW, cl, &c, &oh, &ow);
+        acc_t best[V];
+        Lanes<int, V> best_at;
+        bool first = true;  // every lane sees the same taps: the first in-bounds one starts them all
         for (int fh = 0; fh < kh; ++fh) {
             int ih = oh * sh - ph + fh;
             if (ih < 0 || ih >= H) continue;
             for (int fw = 0; fw < kw; ++fw) {
                 int iw = ow * sw - pw + fw;
                 if (iw < 0 || iw >= W) continue;
-                const acc_t v = to_acc(x[in.at(n, c, ih, iw)]);
-                if (best_at < 0) {
-                    best = v;
-                    best_at = fh * kw + fw;
-                } else {
-                    // Strict > keeps the first of equal maxima and is false against a NaN.
-                    if (v > best) best_at = fh * kw + fw;
-                    if (v > best || v != v) best = v;  // np.maximum: a NaN on either side stays
+                const Lanes<storage_t, V> xv = *(const Lanes<storage_t, V>*)(x + in.at(n, c, ih, iw));
+#pragma unroll
+                for (int l = 0; l < V; ++l) {
+                    const acc_t v = to_acc(xv.v[l]);
+                    if (first) {
+                        best[l] = v;
+                        best_at.v[l] = fh * kw + fw;
+                    } else {
+                        // Strict > keeps the first of equal maxima and is false against a NaN.
+                        if (v > best[l]) best_at.v[l] = fh * kw + fw;
+                        if (v > best[l] || v != v) best[l] = v;  // np.maximum: a NaN on either side stays
+                    }
                 }
+                first = false;
             }
         }
-        y[i] = from_acc(best);
-        argmax[i] = best_at;
+        Lanes<storage_t, V> out;
+#pragma unroll
+        for (int l = 0; l < V; ++l) {
+            out.v[l] = from_acc(first ? (acc_t)0 : best[l] + (acc_t)0);  // -0.0 -> +0.0, as the reference
+            if (first) best_at.v[l] = -1;
+        }
+        *(Lanes<storage_t, V>*)(y + g * V) = out;
+        *(Lanes<int, V>*)(argmax + g * V) = best_at;
     }
 }
 
-extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
-max_pool2d_backward(const storage_t* dy, const int* argmax, storage_t* dx, int N, int C, int H, int W,
-                    int OH, int OW, int kh, int kw, int sh, int sw, int ph, int pw, int cl) {
-    const index_t total = (index_t)N * C * H * W;
-    const Act4 in = {C, H, W, cl}, out = {C, OH, OW, cl};
-    for (index_t i = global_thread_index(); i < total; i += global_thread_count()) {
+// One thread per V lanes of an INPUT pixel: the sum over its covering outputs (max_pool2d_backward,
+// avg_pool2d_backward).
+template <int V, class F>
+__device__ inline void gather_backward(storage_t* dx, int N, int C, int H, int W, int OH, int OW, int kh, int kw,
+                                       int sh, int sw, int ph, int pw, int cl, F f) {
+    const index_t total = (index_t)N * (C / V) * H * W;
+    const Act4 out = {C, OH, OW, cl};
+    for (index_t g = global_thread_index(); g < total; g += global_thread_count()) {
         int c, ih, iw;
-        const index_t n = in.split(i, &c, &ih, &iw);
-        dx[i] = from_acc(covering_sum(n, c, ih, iw, out, kh, kw, sh, sw, ph, pw, MaxRoute{dy, argmax}));
+        const index_t n = split_group<V>(g, C, H, W, cl, &c, &ih, &iw);
+        acc_t s[V];
+        covering_sum<V>(n, c, ih, iw, out, kh, kw, sh, sw, ph, pw, f, s);
+        Lanes<storage_t, V> d;
+#pragma unroll
+        for (int l = 0; l < V; ++l) d.v[l] = from_acc(s[l]);
+        *(Lanes<storage_t, V>*)(dx + g * V) = d;
     }
 }
 
-// Disjoint windows (OH * kh == H and OW * kw == W: the launcher takes these kernels only then): output
-// (oh, ow) of plane (n, c) writes dx over its window, each value 0 + f(tap) as in covering_sum,
-// whose one term is added to a zero (so -0.0 becomes +0.0 in both).
-template <class F>
+// Disjoint windows (stride = kernel, no padding: the launcher takes these kernels only then): output
+// (oh, ow) of plane (n, c) writes dx over its window, each value 0 + f's term as in covering_sum,
+// whose one term is added to a zero (so -0.0 becomes +0.0 in both). Rows and columns past the last
+// window (floor pooling: H - OH * kh < kh of them) are written as zeros by the last row and
+// column of outputs, so every element of dx is written once.
+template <int V, class F>
 __device__ inline void disjoint_backward(storage_t* dx, int N, int C, int H, int W, int OH, int OW, int kh, int kw,
                                          int cl, F f) {
-    const index_t total = (index_t)N * C * OH * OW;
-    const Act4 in = {C, H, W, cl}, out = {C, OH, OW, cl};
-    for (index_t o = global_thread_index(); o < total; o += global_thread_count()) {
+    const index_t total = (index_t)N * (C / V) * OH * OW;
+    const Act4 in = {C, H, W, cl};
+    for (index_t g = global_thread_index(); g < total; g += global_thread_count()) {
         int c, oh, ow;
-        const index_t n = out.split(o, &c, &oh, &ow);
-        for (int fh = 0; fh < kh; ++fh)
-            for (int fw = 0; fw < kw; ++fw)
-                dx[in.at(n, c, oh * kh + fh, ow * kw + fw)] = from_acc((acc_t)0 + f(o, fh * kw + fw));
+        const index_t n = split_group<V>(g, C, OH, OW, cl, &c, &oh, &ow);
+        const typename F::Loaded at = f.load(g * V);
+        const int rows = oh == OH - 1 ? H - oh * kh : kh, cols = ow == OW - 1 ? W - ow * kw : kw;
+        for (int fh = 0; fh < rows; ++fh)
+            for (int fw = 0; fw < cols; ++fw) {
+                const bool inside = fh < kh && fw < kw;
+                Lanes<storage_t, V> d;
+#pragma unroll
+                for (int l = 0; l < V; ++l)
+                    d.v[l] = from_acc((acc_t)0 + (inside ? f.term(at, fh * kw + fw, l) : (acc_t)0));
+                *(Lanes<storage_t, V>*)(dx + in.at(n, c, oh * kh + fh, ow * kw + fw)) = d;
+            }
     }
 }
 
-extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
-max_pool2d_backward_disjoint(const storage_t* dy, const int* argmax, storage_t* dx, int N, int C, int H, int W,
-                             int OH, int OW, int kh, int kw, int sh, int sw, int ph, int pw, int cl) {
-    disjoint_backward(dx, N, C, H, W, OH, OW, kh, kw, cl, MaxRoute{dy, argmax});
-}
-
-// The sum over output (oh, ow)'s window of f(x) for its in-bounds taps, in row-major tap order
-// (the reference's order: the average's result is bit-identical to it).
-template <class F>
-__device__ inline acc_t window_sum(const storage_t* x, const Act4& in, index_t n, int c, int oh, int ow, int kh,
-                                   int kw, int sh, int sw, int ph, int pw, F f) {
-    acc_t s = 0;
+// Per lane, the sum over output (oh, ow)'s window of f(x) for its in-bounds taps, in row-major tap
+// order (the reference's order: the average's result is bit-identical to it).
+template <int V, class F>
+__device__ inline void window_sum(const storage_t* x, const Act4& in, index_t n, int c, int oh, int ow, int kh,
+                                  int kw, int sh, int sw, int ph, int pw, F f, acc_t* s) {
+#pragma unroll
+    for (int l = 0; l < V; ++l) s[l] = 0;
     for (int fh = 0; fh < kh; ++fh) {
         int ih = oh * sh - ph + fh;
         if (ih < 0 || ih >= in.H) continue;
         for (int fw = 0; fw < kw; ++fw) {
             int iw = ow * sw - pw + fw;
-            if (iw >= 0 && iw < in.W) s += f(to_acc(x[in.at(n, c, ih, iw)]));
+            if (iw < 0 || iw >= in.W) continue;
+            const Lanes<storage_t, V> xv = *(const Lanes<storage_t, V>*)(x + in.at(n, c, ih, iw));
+#pragma unroll
+            for (int l = 0; l < V; ++l) s[l] += f(to_acc(xv.v[l]));
         }
     }
-    return s;
 }
 
 struct Identity {
     __device__ acc_t operator()(acc_t v) const { return v; }
 };
+
+template <int V>
+__device__ inline void avg_forward(const storage_t* x, storage_t* y, int N, int C, int H, int W, int OH, int OW,
+                                   int kh, int kw, int sh, int sw, int ph, int pw, int cl) {
+    const index_t total = (index_t)N * (C / V) * OH * OW;
+    const Act4 in = {C, H, W, cl};
+    const acc_t inv = avg_inv(kh, kw);
+    for (index_t g = global_thread_index(); g < total; g += global_thread_count()) {
+        int c, oh, ow;
+        const index_t n = split_group<V>(g, C, OH, OW, cl, &c, &oh, &ow);
+        acc_t s[V];
+        window_sum<V>(x, in, n, c, oh, ow, kh, kw, sh, sw, ph, pw, Identity(), s);
+        Lanes<storage_t, V> out;
+#pragma unroll
+        for (int l = 0; l < V; ++l) out.v[l] = from_acc(s[l] * inv);
+        *(Lanes<storage_t, V>*)(y + g * V) = out;
+    }
+}
+
+// The entry points: each body once as the element-per-thread kernel (either layout) and once as
+// the _vec kernel, POOL_VEC channels per thread (channels_last with C % POOL_VEC == 0 and 16-byte
+// aligned arrays: the launcher checks), which reads and writes 16 bytes at a time.
+#define POOL_VEC ((int)(16 / sizeof(storage_t)))
+
+extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
+max_pool2d_forward(const storage_t* x, storage_t* y, int* argmax,
+    int N, int C, int H, int W, int OH, int OW, int kh, int kw, int sh, int sw, int ph, int pw, int cl) {
+    max_forward<1>(x, y, argmax, N, C, H, W, OH, OW, kh, kw, sh, sw, ph, pw, cl);
+}
+
+extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
+max_pool2d_forward_vec(const storage_t* x, storage_t* y, int* argmax,
+    int N, int C, int H, int W, int OH, int OW, int kh, int kw, int sh, int sw, int ph, int pw, int cl) {
+    max_forward<POOL_VEC>(x, y, argmax, N, C, H, W, OH, OW, kh, kw, sh, sw, ph, pw, cl);
+}
+
+extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
+max_pool2d_backward(const storage_t* dy, const int* argmax, storage_t* dx,
+    int N, int C, int H, int W, int OH, int OW, int kh, int kw, int sh, int sw, int ph, int pw, int cl) {
+    gather_backward<1>(dx, N, C, H, W, OH, OW, kh, kw, sh, sw, ph, pw, cl, MaxRoute<1>{dy, argmax});
+}
+
+extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
+max_pool2d_backward_vec(const storage_t* dy, const int* argmax, storage_t* dx,
+    int N, int C, int H, int W, int OH, int OW, int kh, int kw, int sh, int sw, int ph, int pw, int cl) {
+    gather_backward<POOL_VEC>(dx, N, C, H, W, OH, OW, kh, kw, sh, sw, ph, pw, cl, MaxRoute<POOL_VEC>{dy, argmax});
+}
+
+extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
+max_pool2d_backward_disjoint(const storage_t* dy, const int* argmax, storage_t* dx,
+    int N, int C, int H, int W, int OH, int OW, int kh, int kw, int sh, int sw, int ph, int pw, int cl) {
+    disjoint_backward<1>(dx, N, C, H, W, OH, OW, kh, kw, cl, MaxRoute<1>{dy, argmax});
+}
+
+extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
+max_pool2d_backward_disjoint_vec(const storage_t* dy, const int* argmax, storage_t* dx,
+    int N, int C, int H, int W, int OH, int OW, int kh, int kw, int sh, int sw, int ph, int pw, int cl) {
+    disjoint_backward<POOL_VEC>(dx, N, C, H, W, OH, OW, kh, kw, cl, MaxRoute<POOL_VEC>{dy, argmax});
+}
+
+extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
+avg_pool2d_forward(const storage_t* x, storage_t* y,
+    int N, int C, int H, int W, int OH, int OW, int kh, int kw, int sh, int sw, int ph, int pw, int cl) {
+    avg_forward<1>(x, y, N, C, H, W, OH, OW, kh, kw, sh, sw, ph, pw, cl);
+}
+
+extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
+avg_pool2d_forward_vec(const storage_t* x, storage_t* y,
+    int N, int C, int H, int W, int OH, int OW, int kh, int kw, int sh, int sw, int ph, int pw, int cl) {
+    avg_forward<POOL_VEC>(x, y, N, C, H, W, OH, OW, kh, kw, sh, sw, ph, pw, cl);
+}
+
+extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
+avg_pool2d_backward(const storage_t* dy, storage_t* dx,
+    int N, int C, int H, int W, int OH, int OW, int kh, int kw, int sh, int sw, int ph, int pw, int cl) {
+    gather_backward<1>(dx, N, C, H, W, OH, OW, kh, kw, sh, sw, ph, pw, cl, AvgShare<1>{dy, avg_inv(kh, kw)});
+}
+
+extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
+avg_pool2d_backward_vec(const storage_t* dy, storage_t* dx,
+    int N, int C, int H, int W, int OH, int OW, int kh, int kw, int sh, int sw, int ph, int pw, int cl) {
+    gather_backward<POOL_VEC>(dx, N, C, H, W, OH, OW, kh, kw, sh, sw, ph, pw, cl,
+                              AvgShare<POOL_VEC>{dy, avg_inv(kh, kw)});
+}
+
+extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
+avg_pool2d_backward_disjoint(const storage_t* dy, storage_t* dx,
+    int N, int C, int H, int W, int OH, int OW, int kh, int kw, int sh, int sw, int ph, int pw, int cl) {
+    disjoint_backward<1>(dx, N, C, H, W, OH, OW, kh, kw, cl, AvgShare<1>{dy, avg_inv(kh, kw)});
+}
+
+extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
+avg_pool2d_backward_disjoint_vec(const storage_t* dy, storage_t* dx,
+    int N, int C, int H, int W, int OH, int OW, int kh, int kw, int sh, int sw, int ph, int pw, int cl) {
+    disjoint_backward<POOL_VEC>(dx, N, C, H, W, OH, OW, kh, kw, cl, AvgShare<POOL_VEC>{dy, avg_inv(kh, kw)});
+}
 
 // x^p in the accumulator type, with the exact forms for the common norms.
 __device__ inline acc_t lp_power(acc_t v, acc_t p) {
@@ -208,51 +379,20 @@ struct LpPower {
     __device__ acc_t operator()(acc_t v) const { return lp_power(v, p); }
 };
 
-// dy * y^(1-p) of a covering output; 0 from a window of norm 0.
+// dy * y^(1-p) of a covering output; 0 from a window of norm 0 (one lane).
 struct LpShare {
     const storage_t* dy;
     const storage_t* y;
     acc_t p;
-    __device__ acc_t operator()(index_t o, int) const {
+    typedef acc_t Loaded;
+    __device__ acc_t load(index_t o) const {
         const acc_t yv = to_acc(y[o]);
         if (yv == (acc_t)0) return 0;
         const acc_t scale = p == (acc_t)2 ? (acc_t)1 / yv : p == (acc_t)1 ? (acc_t)1 : pow(yv, (acc_t)1 - p);
         return to_acc(dy[o]) * scale;
     }
+    __device__ acc_t term(acc_t at, int, int) const { return at; }
 };
-
-extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
-avg_pool2d_forward(const storage_t* x, storage_t* y, int N, int C, int H, int W, int OH, int OW,
-                   int kh, int kw, int sh, int sw, int ph, int pw, int cl) {
-    const index_t total = (index_t)N * C * OH * OW;
-    const Act4 in = {C, H, W, cl}, out = {C, OH, OW, cl};
-    const acc_t inv = (acc_t)(1.0 / (double)(kh * kw));
-    for (index_t i = global_thread_index(); i < total; i += global_thread_count()) {
-        int c, oh, ow;
-        const index_t n = out.split(i, &c, &oh, &ow);
-        const acc_t s = window_sum(x, in, n, c, oh, ow, kh, kw, sh, sw, ph, pw, Identity());
-        y[i] = from_acc(s * inv);
-    }
-}
-
-extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
-avg_pool2d_backward(const storage_t* dy, storage_t* dx, int N, int C, int H, int W, int OH, int OW,
-                    int kh, int kw, int sh, int sw, int ph, int pw, int cl) {
-    const index_t total = (index_t)N * C * H * W;
-    const Act4 in = {C, H, W, cl}, out = {C, OH, OW, cl};
-    const acc_t inv = (acc_t)(1.0 / (double)(kh * kw));
-    for (index_t i = global_thread_index(); i < total; i += global_thread_count()) {
-        int c, ih, iw;
-        const index_t n = in.split(i, &c, &ih, &iw);
-        dx[i] = from_acc(covering_sum(n, c, ih, iw, out, kh, kw, sh, sw, ph, pw, AvgShare{dy, inv}));
-    }
-}
-
-extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
-avg_pool2d_backward_disjoint(const storage_t* dy, storage_t* dx, int N, int C, int H, int W, int OH, int OW,
-                             int kh, int kw, int sh, int sw, int ph, int pw, int cl) {
-    disjoint_backward(dx, N, C, H, W, OH, OW, kh, kw, cl, AvgShare{dy, (acc_t)(1.0 / (double)(kh * kw))});
-}
 
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
 lp_pool2d_forward(const storage_t* x, storage_t* y, double norm, int N, int C, int H, int W, int OH, int OW,
@@ -263,7 +403,8 @@ lp_pool2d_forward(const storage_t* x, storage_t* y, double norm, int N, int C, i
     for (index_t i = global_thread_index(); i < total; i += global_thread_count()) {
         int c, oh, ow;
         const index_t n = out.split(i, &c, &oh, &ow);
-        const acc_t s = window_sum(x, in, n, c, oh, ow, kh, kw, sh, sw, ph, pw, LpPower{p});
+        acc_t s;
+        window_sum<1>(x, in, n, c, oh, ow, kh, kw, sh, sw, ph, pw, LpPower{p}, &s);
         y[i] = from_acc(lp_root(s, p));
     }
 }
@@ -280,7 +421,8 @@ lp_pool2d_backward(const storage_t* dy, const storage_t* x, const storage_t* y, 
         const index_t n = in.split(i, &c, &ih, &iw);
         const acc_t xv = to_acc(x[i]);
         const acc_t xpow = p == (acc_t)2 ? xv : p == (acc_t)1 ? (acc_t)1 : pow(xv, p - (acc_t)1);
-        const acc_t s = covering_sum(n, c, ih, iw, out, kh, kw, sh, sw, ph, pw, LpShare{dy, y, p});
+        acc_t s;
+        covering_sum<1>(n, c, ih, iw, out, kh, kw, sh, sw, ph, pw, LpShare{dy, y, p}, &s);
         dx[i] = from_acc(s * xpow);
     }
 }

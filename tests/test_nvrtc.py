@@ -39,8 +39,9 @@ ENTRIES = {
     "conv2d_tc": ["conv2d_forward_tc", "conv2d_backward_data_tc", "conv2d_backward_weight_tc",
                   "conv2d_forward_tc128", "conv2d_backward_data_tc128", "conv2d_backward_weight_tc128",
                   "conv2d_tc_weight_reduce"],
-    "pool2d": ["max_pool2d_forward", "max_pool2d_backward", "max_pool2d_backward_disjoint", "avg_pool2d_forward",
-               "avg_pool2d_backward", "avg_pool2d_backward_disjoint", "lp_pool2d_forward", "lp_pool2d_backward"],
+    "pool2d": [f"{k}{v}" for k in ("max_pool2d_forward", "max_pool2d_backward", "max_pool2d_backward_disjoint",
+                                   "avg_pool2d_forward", "avg_pool2d_backward", "avg_pool2d_backward_disjoint")
+               for v in ("", "_vec")] + ["lp_pool2d_forward", "lp_pool2d_backward"],
     "augment": ["augment_batch"],
     "relu": ["relu_forward_v1", "relu_forward_v2", "relu_backward_v1", "relu_backward_v2"],
     "gelu": ["gelu_forward", "gelu_backward"],

@@ -215,3 +215,90 @@ def test_max_pool_routes_a_nan_or_inf_gradient_to_its_switch_only(backend, k, s)
     dx = backend.asnumpy(max_pool2d_backward(backend.asarray(dy), cache))
     assert np.isinf(dx).sum() == 1 and np.isnan(dx).sum() == 1
     assert np.all(np.isfinite(dx[0, 0, k:, k:]))
+
+
+def _channels_last_copy(xp, a, offset):
+    """``a`` (NumPy, NCHW) as a channels_last array of module ``xp`` whose memory starts
+    ``offset`` elements into a fresh buffer (offset 1: not 16-byte aligned)."""
+    n, c, h, w = a.shape
+    flat = xp.zeros(a.size + offset, dtype=a.dtype)[offset:]
+    nhwc = flat.reshape(n, h, w, c)
+    nhwc[...] = xp.asarray(np.ascontiguousarray(a.transpose(0, 2, 3, 1)))
+    return nhwc.transpose(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, "bfloat16", np.float16])
+@pytest.mark.parametrize("k, s", [(2, 2), (3, 2)], ids=["disjoint", "overlapping"])
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_channels_last_vector_kernels_keep_the_reference_bits(backend, kind, k, s, dtype):
+    """channels_last with C a multiple of 16 bytes of channels: the _vec kernels (16-byte loads
+    and stores, several channels per thread) give the reference's bits, ties, NaN, inf and -0.0
+    included; the same data one element off 16-byte alignment takes the element kernels, with
+    the same bits."""
+    import ml_dtypes
+
+    import gpuconv
+    from gpuconv import kernels
+    dt = np.dtype(ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype)
+    rng = np.random.default_rng(8)
+    shape = (2, 32, 6, 8) if k == s else (2, 32, 7, 9)
+    x = (np.round(rng.standard_normal(shape) * 2) / 2).astype(dt)  # many ties
+    x[0, :5, 0, 0] = np.array([-0.0, np.nan, np.inf, -np.inf, 0.0]).astype(dt)
+    x[1, 7, 1, :4] = np.array([np.nan, -0.0, -0.0, np.nan]).astype(dt)
+    fwd, bwd = OPS[kind]
+    with gpuconv.default_device("cpu"):
+        want_y, want_cache = fwd(x, k, s)
+        dy = rng.standard_normal(want_y.shape).astype(dt)
+        dy[0, 3, 0, :3] = np.array([-0.0, np.nan, np.inf]).astype(dt)
+        want_dx = bwd(dy, want_cache)
+    for offset in (0, 1):
+        with kernels.launch_log() as log:
+            y, cache = fwd(_channels_last_copy(backend.xp, x, offset), k, s)
+            dx = bwd(_channels_last_copy(backend.xp, dy, offset), cache)
+        assert gpuconv.is_channels_last(y) and gpuconv.is_channels_last(dx)
+        for got, want in ((y, want_y), (dx, want_dx)) + (((cache.argmax, want_cache.argmax),) if kind == "max" else ()):
+            got = np.ascontiguousarray(backend.asnumpy(got))
+            assert got.dtype == want.dtype, offset
+            assert got.tobytes() == np.ascontiguousarray(want).tobytes(), (offset, got, want)
+        vec = [n for n in log.names if n.endswith("_vec")]
+        if backend.name == "numpy":
+            assert log.names == []
+        elif offset == 0:
+            assert vec == [f"{kind}_pool2d_forward_vec", f"{kind}_pool2d_backward{'_disjoint' if k == s else ''}_vec"]
+        else:
+            assert vec == [] and f"{kind}_pool2d_forward" in log.names
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("shape, k, s", [((2, 16, 7, 9), 2, 2), ((1, 8, 8, 10), 3, 2), ((2, 16, 8, 7), 3, 3)],
+                         ids=["disjoint", "overlapping", "disjoint-k3"])
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_floor_mode_pools_the_windows_that_fit_and_zeroes_the_rest(backend, kind, shape, k, s, channels_last):
+    """``floor=True``: the rows and columns past the last window take no part (PyTorch's default
+    rule): y is the pooling of the cropped input, dx its gradient padded with zeros, bit for bit,
+    on every backend and layout (on 'sim'/'cupy' without a crop: the kernels read the windows
+    in place, and the disjoint backward writes the zeros itself)."""
+    import gpuconv
+    fwd, bwd = OPS[kind]
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(shape).astype(np.float32)
+    oh, ow = (shape[2] - k) // s + 1, (shape[3] - k) // s + 1
+    h, w = (oh - 1) * s + k, (ow - 1) * s + k
+    assert (h, w) != shape[2:]  # the case has a leftover to drop
+    dy = rng.standard_normal((shape[0], shape[1], oh, ow)).astype(np.float32)
+    with gpuconv.default_device("cpu"):
+        want_y, cache = fwd(np.ascontiguousarray(x[:, :, :h, :w]), k, s)
+        want_dx = np.zeros_like(x)
+        want_dx[:, :, :h, :w] = bwd(dy, cache)
+    with pytest.raises(ValueError, match="not an integer"):
+        fwd(backend.asarray(x), k, s)  # without floor: no silent cropping
+    xin, dyin = backend.asarray(x), backend.asarray(dy)
+    if channels_last:
+        xin, dyin = gpuconv.to_channels_last(xin), gpuconv.to_channels_last(dyin)
+    y, cache = fwd(xin, k, s, floor=True)
+    dx = bwd(dyin, cache)
+    assert gpuconv.is_channels_last(y) == gpuconv.is_channels_last(dx) == channels_last
+    assert dx.shape == x.shape
+    np.testing.assert_array_equal(backend.asnumpy(y), want_y)
+    assert np.ascontiguousarray(backend.asnumpy(dx)).tobytes() == want_dx.tobytes()
+    backend.assert_kernels_ran(f"{kind}_pool2d_forward", f"{kind}_pool2d_backward{'_disjoint' if k == s else ''}")

@@ -15,9 +15,8 @@ import numpy as np
 
 from .. import kernels, layout
 from ..backend import get_array_module
-from ._checks import output_hw
 from ._dispatch import register_launcher
-from .pool2d import AvgPool2dCache, MaxPool2dCache
+from .pool2d import AvgPool2dCache, MaxPool2dCache, pooled_hw
 
 
 def _inputs(*arrays, was_channels_last=False):
@@ -29,41 +28,60 @@ def _inputs(*arrays, was_channels_last=False):
     return tuple(xp.ascontiguousarray(a) for a in arrays), False
 
 
-def _dims(x_shape, kernel_size, stride):
+def _dims(x_shape, kernel_size, stride, floor=False):
+    """The output's shape and the kernels' size arguments. Rows and columns past the last window
+    (``floor``) are in H and W, and the kernels never read them; the backward's are zeros."""
     n, c, h, w = x_shape
-    oh, ow = output_hw(x_shape, kernel_size, stride)
+    oh, ow = pooled_hw(x_shape, kernel_size, stride, floor)
     dims = tuple(np.int32(v) for v in (n, c, h, w, oh, ow, *kernel_size, *stride, 0, 0))
     return (n, c, oh, ow), dims
 
 
-def _run(kernel, elements, target, arrays, dims, channels_last, scalars=()):
-    """One thread per element (outputs forward, inputs backward), grid-stride beyond the cap;
-    ``arrays[0]`` (x or dy) gives the dtype and the device. Arrays go as their memory."""
+# Bytes per thread of the ``_vec`` kernels: POOL_VEC = 16 / itemsize channels of one pixel.
+_VEC_BYTES = 16
+
+
+def _lanes(arrays, dims, channels_last, vectorized):
+    """Channels per thread: POOL_VEC when ``vectorized`` (the kernel has a _vec form) and the
+    arrays allow it (channels_last, C a multiple of POOL_VEC, every array 16-byte aligned), else 1."""
+    lanes = _VEC_BYTES // arrays[0].itemsize
+    ok = (vectorized and channels_last and int(dims[1]) % lanes == 0
+          and all(kernels.address(a) % _VEC_BYTES == 0 for a in arrays))
+    return lanes if ok else 1
+
+
+def _run(kernel, elements, target, arrays, dims, channels_last, scalars=(), vectorized=False):
+    """One thread per element (outputs forward, inputs backward), or per POOL_VEC channels of a
+    pixel in the ``_vec`` form where it applies (``vectorized``: see :func:`_lanes`), grid-stride
+    beyond the cap; ``arrays[0]`` (x or dy) gives the dtype and the device. Arrays go as their
+    memory."""
     if elements:
         device = kernels.array_device(arrays[:1])
-        grid, block = kernels.grid_1d(elements, kernels.BLOCK, target, device)
+        lanes = _lanes(arrays, dims, channels_last, vectorized)
+        grid, block = kernels.grid_1d(elements // lanes, kernels.BLOCK, target, device)
         args = tuple(layout.memory_order(a) for a in arrays) + tuple(scalars) + dims + (np.int32(channels_last),)
-        kernels.launch("pool2d", kernel, arrays[0].dtype, target, grid, block, args, device=device)
+        kernels.launch("pool2d", kernel + ("_vec" if lanes > 1 else ""), arrays[0].dtype, target, grid, block, args,
+                       device=device)
 
 
 def _run_backward(kernel, cache, dx, target, arrays, dims, channels_last):
-    """Windows that tile the whole input without overlap (stride = kernel, OH * kh = H and
-    OW * kw = W): the ``_disjoint`` kernel, one thread per output writing its window; otherwise
-    one thread per input gathering over the windows that cover it. The same bits either way."""
-    (kh, kw), (oh, ow) = cache.kernel_size, arrays[0].shape[2:]
-    if tuple(cache.stride) == tuple(cache.kernel_size) and (oh * kh, ow * kw) == tuple(dx.shape[2:]):
-        _run(f"{kernel}_disjoint", arrays[0].size, target, arrays, dims, channels_last)
+    """Windows without overlap (stride = kernel): the ``_disjoint`` kernel, one thread per output
+    writing its window (and the zeros of the rows and columns past the last window, in floor
+    mode); otherwise one thread per input gathering over the windows that cover it. The same
+    bits either way."""
+    if tuple(cache.stride) == tuple(cache.kernel_size):
+        _run(f"{kernel}_disjoint", arrays[0].size, target, arrays, dims, channels_last, vectorized=True)
     else:
-        _run(kernel, dx.size, target, arrays, dims, channels_last)
+        _run(kernel, dx.size, target, arrays, dims, channels_last, vectorized=True)
 
 
 @register_launcher("max_pool2d_forward")
-def max_pool2d_forward_kernel(x, kernel_size, stride, *, target):
+def max_pool2d_forward_kernel(x, kernel_size, stride, floor=False, *, target):
     xp = get_array_module(x)
     (x,), cl = _inputs(x)
-    out_shape, dims = _dims(x.shape, kernel_size, stride)
+    out_shape, dims = _dims(x.shape, kernel_size, stride, floor)
     y, argmax = layout.empty(xp, out_shape, x.dtype, cl), layout.empty(xp, out_shape, np.int32, cl)
-    _run("max_pool2d_forward", y.size, target, (x, y, argmax), dims, cl)
+    _run("max_pool2d_forward", y.size, target, (x, y, argmax), dims, cl, vectorized=True)
     return y, MaxPool2dCache(tuple(x.shape), kernel_size, stride, argmax, cl)
 
 
@@ -71,19 +89,19 @@ def max_pool2d_forward_kernel(x, kernel_size, stride, *, target):
 def max_pool2d_backward_kernel(dy, cache, *, target):
     xp = get_array_module(dy, cache.argmax)
     (dy, argmax), cl = _inputs(dy, cache.argmax.astype(np.int32, copy=False), was_channels_last=cache.channels_last)
-    _, dims = _dims(cache.x_shape, cache.kernel_size, cache.stride)
+    _, dims = _dims(cache.x_shape, cache.kernel_size, cache.stride, floor=True)  # dy's shape was checked
     dx = layout.empty(xp, cache.x_shape, dy.dtype, cl)
     _run_backward("max_pool2d_backward", cache, dx, target, (dy, argmax, dx), dims, cl)
     return dx
 
 
 @register_launcher("avg_pool2d_forward")
-def avg_pool2d_forward_kernel(x, kernel_size, stride, *, target):
+def avg_pool2d_forward_kernel(x, kernel_size, stride, floor=False, *, target):
     xp = get_array_module(x)
     (x,), cl = _inputs(x)
-    out_shape, dims = _dims(x.shape, kernel_size, stride)
+    out_shape, dims = _dims(x.shape, kernel_size, stride, floor)
     y = layout.empty(xp, out_shape, x.dtype, cl)
-    _run("avg_pool2d_forward", y.size, target, (x, y), dims, cl)
+    _run("avg_pool2d_forward", y.size, target, (x, y), dims, cl, vectorized=True)
     return y, AvgPool2dCache(tuple(x.shape), kernel_size, stride, cl)
 
 
@@ -91,7 +109,7 @@ def avg_pool2d_forward_kernel(x, kernel_size, stride, *, target):
 def avg_pool2d_backward_kernel(dy, cache, *, target):
     xp = get_array_module(dy)
     (dy,), cl = _inputs(dy, was_channels_last=cache.channels_last)
-    _, dims = _dims(cache.x_shape, cache.kernel_size, cache.stride)
+    _, dims = _dims(cache.x_shape, cache.kernel_size, cache.stride, floor=True)  # dy's shape was checked
     dx = layout.empty(xp, cache.x_shape, dy.dtype, cl)
     _run_backward("avg_pool2d_backward", cache, dx, target, (dy, dx), dims, cl)
     return dx

@@ -9,7 +9,8 @@ scatter-add even when windows overlap (3x3 stride 2), without ``np.add.at``.
 
 Precision (gpuconv.precision): a bfloat16/float16 input is upcast to float32, pooled there, and
 each output rounded once to its dtype; a maximum is one of the inputs, so max pooling is exact
-in every dtype, and an average is a float32 sum times the float32 reciprocal, rounded once.
+in every dtype (a zero maximum is +0.0, whichever signed zeros tied), and an average is a
+float32 sum times the float32 reciprocal, rounded once.
 
 Caches (shared with the kernel launchers, see ``_dispatch``):
 ``MaxPool2dCache(x_shape, kernel_size, stride, argmax)`` where ``argmax`` is int32 of the output's
@@ -39,11 +40,13 @@ AvgPool2dCache = namedtuple("AvgPool2dCache", "x_shape kernel_size stride channe
 _CHUNK_BYTES = 1 << 20
 
 
-def max_pool2d_forward(x, kernel_size=2, stride=None):
-    """``y, cache``: the maximum of each KH x KW window, of shape (N, C, OH, OW)."""
-    kernel_size, stride = _check_pool_args(x, kernel_size, stride)
+def max_pool2d_forward(x, kernel_size=2, stride=None, floor=False):
+    """``y, cache``: the maximum of each KH x KW window, of shape (N, C, OH, OW). ``floor``: see
+    :func:`pooled_hw` (sizes the windows do not tile are an error without it)."""
+    kernel_size, stride = _check_pool_args(x, kernel_size, stride, floor)
     target = backend.kernel_target(x)
-    return _dispatch.call("max_pool2d_forward", target, _max_pool2d_forward_reference, x, kernel_size, stride)
+    return _dispatch.call("max_pool2d_forward", target, _max_pool2d_forward_reference, x, kernel_size, stride,
+                          bool(floor))
 
 
 def max_pool2d_backward(dy, cache):
@@ -54,11 +57,13 @@ def max_pool2d_backward(dy, cache):
     return layout.to_channels_last(dx) if cache.channels_last else dx
 
 
-def avg_pool2d_forward(x, kernel_size=2, stride=None):
-    """``y, cache``: the mean of each KH x KW window, of shape (N, C, OH, OW)."""
-    kernel_size, stride = _check_pool_args(x, kernel_size, stride)
+def avg_pool2d_forward(x, kernel_size=2, stride=None, floor=False):
+    """``y, cache``: the mean of each KH x KW window, of shape (N, C, OH, OW); ``floor`` as for
+    max pooling."""
+    kernel_size, stride = _check_pool_args(x, kernel_size, stride, floor)
     target = backend.kernel_target(x)
-    return _dispatch.call("avg_pool2d_forward", target, _avg_pool2d_forward_reference, x, kernel_size, stride)
+    return _dispatch.call("avg_pool2d_forward", target, _avg_pool2d_forward_reference, x, kernel_size, stride,
+                          bool(floor))
 
 
 def avg_pool2d_backward(dy, cache):
@@ -69,19 +74,38 @@ def avg_pool2d_backward(dy, cache):
     return layout.to_channels_last(dx) if cache.channels_last else dx
 
 
-def _check_pool_args(x, kernel_size, stride):
+def pooled_hw(x_shape, kernel_size, stride, floor=False):
+    """(OH, OW) of a pooling of an NCHW input. ``floor=False``: ``(H - F)/S + 1`` must be a whole
+    number (no silent cropping: the error says which size does not fit); ``floor=True``:
+    PyTorch's default rule, ``floor((H - F)/S) + 1`` windows, the rows and columns past the last
+    window taking no part (their gradient is 0). The window must fit the input either way."""
+    if floor:
+        (h, w), (kh, kw), (sh, sw) = x_shape[2:], kernel_size, stride
+        x_shape = tuple(x_shape[:2]) + (h - max(h - kh, 0) % sh, w - max(w - kw, 0) % sw)
+    return output_hw(x_shape, kernel_size, stride)
+
+
+def _used(x, kernel_size, stride):
+    """``x`` without the rows and columns past the last window (a view; ``x`` when none are)."""
+    oh, ow = pooled_hw(x.shape, kernel_size, stride, floor=True)
+    h, w = (oh - 1) * stride[0] + kernel_size[0], (ow - 1) * stride[1] + kernel_size[1]
+    return x if (h, w) == tuple(x.shape[2:]) else x[:, :, :h, :w]
+
+
+def _check_pool_args(x, kernel_size, stride, floor=False):
     check_float("x", x)
     check_rank("x", x, 4, "N, C, H, W")
     kernel_size = pair("kernel_size", kernel_size, minimum=1)
     stride = kernel_size if stride is None else pair("stride", stride, minimum=1)
-    output_hw(x.shape, kernel_size, stride)
+    pooled_hw(x.shape, kernel_size, stride, floor)
     return kernel_size, stride
 
 
 def _check_pool_dy(dy, cache):
     check_float("dy", dy)
     n, c, h, w = cache.x_shape
-    expected = (n, c) + output_hw(cache.x_shape, cache.kernel_size, cache.stride)
+    # The floor rule: the forward checked the exact one when it was asked to, and both agree then.
+    expected = (n, c) + pooled_hw(cache.x_shape, cache.kernel_size, cache.stride, floor=True)
     if tuple(dy.shape) != expected:
         raise ValueError(f"dy must have the forward output's shape {expected}, got {tuple(dy.shape)}")
 
@@ -124,8 +148,8 @@ def _batch_chunks(n, bytes_per_item):
         yield slice(lo, min(n, lo + step))
 
 
-def _max_pool2d_forward_reference(x, kernel_size, stride):
-    y, argmax = _max_forward(upcast(x), kernel_size, stride)
+def _max_pool2d_forward_reference(x, kernel_size, stride, floor=False):
+    y, argmax = _max_forward(upcast(_used(x, kernel_size, stride) if floor else x), kernel_size, stride)
     return round_once(y, x.dtype), MaxPool2dCache(tuple(x.shape), kernel_size, stride, argmax,
                                                   layout.is_channels_last(x))
 
@@ -153,6 +177,9 @@ def _max_forward(x, kernel_size, stride):
             xp.multiply(v > yb, np.int32(t), out=moved)
             xp.maximum(ab, moved, out=ab)
             xp.maximum(yb, v, out=yb)  # NaN-propagating, as PyTorch
+        # Where +0.0 and -0.0 tie, np.maximum returns either (its second operand on x86, +0.0 on
+        # ARM): a zero maximum is +0.0 by rule (adding 0 does it), in the kernels too.
+        xp.add(yb, yb.dtype.type(0), out=yb)
     return y, argmax
 
 
@@ -165,6 +192,13 @@ def _max_backward(dy, cache):
     (kh, kw), taps = cache.kernel_size, cache.kernel_size[0] * cache.kernel_size[1]
     if dy.size == 0:
         return xp.zeros(cache.x_shape, dtype=dy.dtype)
+    n, c, oh, ow = dy.shape
+    used = (n, c, oh * kh, ow * kw)
+    if tuple(cache.stride) == (kh, kw) and used != tuple(cache.x_shape):
+        # Floor pooling with rows or columns past the last window: the tiled part, then zeros.
+        dx = xp.zeros(cache.x_shape, dtype=dy.dtype)
+        dx[:, :, :used[2], :used[3]] = _max_backward(dy, cache._replace(x_shape=used))
+        return dx
     if not _tiles(cache.x_shape, cache.kernel_size, cache.stride):
         # Overlapping windows: scatter-add tap by tap (taps in order, as the kernel sums them),
         # a batch chunk at a time so that dx's chunk stays in cache across the taps.
@@ -178,7 +212,6 @@ def _max_backward(dy, cache):
     # Each input pixel is in exactly one window: build the gradient tap-major and contiguous,
     # then one transposing pass into dx. Adding 0 in that pass keeps the loop form's result bit
     # for bit: 0 + (-0.0) is +0.0, where a plain copy would leave a routed -0.0.
-    n, c, oh, ow = dy.shape
     dx = xp.empty(cache.x_shape, dtype=dy.dtype)
     planes = None
     for b in _batch_chunks(n, taps * dy[0].size * dy.itemsize):
@@ -194,10 +227,10 @@ def _max_backward(dy, cache):
     return dx
 
 
-def _avg_pool2d_forward_reference(x, kernel_size, stride):
-    xc = upcast(x)
+def _avg_pool2d_forward_reference(x, kernel_size, stride, floor=False):
+    xc = upcast(_used(x, kernel_size, stride) if floor else x)
     xp = get_array_module(xc)
-    out_hw = output_hw(x.shape, kernel_size, stride)
+    out_hw = output_hw(xc.shape, kernel_size, stride)
     y = xp.zeros(x.shape[:2] + out_hw, dtype=xc.dtype)
     for _, sl in _taps(kernel_size, stride, out_hw):
         y += xc[sl]
