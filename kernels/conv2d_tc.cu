@@ -12,9 +12,11 @@
 // source address is 16-byte aligned: the launcher pads the channels of an operand whose count is
 // not such a multiple (the first layer's 3) with zeros.
 //
-// Kernels (extern "C"), each in two tile shapes (tc_tile.cuh): `_tc` on TcTile64 (64x64 outputs,
-// 128 threads, 24 KiB of shared memory) and `_tc128` on TcTile128 (128x128, 256 threads, 48 KiB:
-// twice the reuse of every staged element, a quarter of the blocks); below, T is the tile side.
+// Kernels (extern "C"), each in three tile shapes (tc_tile.cuh): `_tc` on TcTile64 (64x64 outputs,
+// 128 threads, 24 KiB of shared memory), `_tc128` on TcTile128 (128x128, 256 threads, 48 KiB:
+// twice the reuse of every staged element, a quarter of the blocks) and `_tc128w` on TcTile128w
+// (128x128 with 128 threads, each warp 64x64: twice the mmas per warp and k-tile for the same
+// fragment, loop and barrier overhead); below, T is the tile side.
 //   conv2d_forward_tc[128]          Y[m, k] = P[m, r] W[k, r]^T, m = (n, oh, ow), r = (fh, fw, c):
 //                                   the patch rows P gathered from x by PatchRows (cp.async, zero
 //                                   fill for padding), W dense; bias, ReLU and the cast fused in
@@ -48,20 +50,24 @@
 // of static shared memory; at 96 registers the register file holds 5 blocks of 4 warps per SM.
 // TcTile128 (warp tiles of 64x32: 64 accumulators per thread): 117-128 registers in every build,
 // 49152 B of static shared memory; 2 blocks of 8 warps per SM (registers and shared memory both
-// allow 2; 4 would need at most 64 registers). The loaders keep their rows' coordinates and
-// element offsets in registers for the whole loop, and the fragment readers one swizzled lane
-// address per operand (tc_tile.cuh): registers spent to keep address arithmetic out of the
-// k-loop, whose issue slots the HMMAs need (benchmarks/sass_loop.py counts them per k-tile).
+// allow 2; 4 would need at most 64 registers). TcTile128w (64x64 warp tiles, 128 accumulators per
+// thread): 225-244 registers, 49152 B; 2 blocks of 4 warps per SM. sm_90 SASS per mma of the
+// bf16 loops (benchmarks/sass_loop.py): forward and unit-stride data gradient 6.6 -> 5.2, weight
+// gradient (16-byte dY) 6.9 -> 5.7 against TcTile128; TF32 forward 17.5 -> 12.2. The loaders
+// keep their rows' coordinates and element offsets in registers for the whole loop, and the
+// fragment readers one swizzled lane address per operand (tc_tile.cuh): registers spent to keep
+// address arithmetic out of the k-loop, whose issue slots the HMMAs need (benchmarks/sass_loop.py
+// counts them per k-tile).
 // Two bodies pick between two instances of their loop at run time: the data gradient's
 // unit-stride rows (no division by the stride), and the weight gradient's 16-byte dY copies
 // (channel counts that are multiples of 8).
 
 // ------------------------------------------------------------------------------------------
 // Operand loaders of the implicit GEMMs. Each moves 16-byte pieces (cp.async.cg): an mk stage of
-// BM rows x 64 bytes is 4 * BM pieces, two per thread in both shapes (BM = THREADS / 2), in rows
-// t / 4 and t / 4 + THREADS / 4 at byte 16 * (t % 4). A thread's two rows are fixed for the whole
-// loop, so their pixel coordinates are decoded once; the reduction index its byte column holds is
-// walked from k-tile to k-tile (ReductionWalk).
+// BM rows x 64 bytes is 4 * BM pieces, P = 4 * BM / THREADS per thread (2 in TcTile64 and
+// TcTile128, 4 in TcTile128w), in rows t / 4 + i * THREADS / 4 at byte 16 * (t % 4). A thread's
+// rows are fixed for the whole loop, so their pixel coordinates are decoded once; the reduction
+// index its byte column holds is walked from k-tile to k-tile (ReductionWalk).
 
 // The element of the padded reduction (tap (fh, fw), channel c) of this thread's piece of the next
 // k-tile, walked k-tile by k-tile instead of divided out each time: the main loop loads k-tiles
@@ -104,10 +110,17 @@ struct ReductionWalk {
     }
 };
 
+// 16-byte pieces per thread of an mk stage of BM rows (4 pieces a row): 2 in TcTile64 and
+// TcTile128, 4 in TcTile128w (half the threads).
+template <class S>
+__device__ constexpr int tc_pieces() {
+    static_assert(S::BM * 4 % S::THREADS == 0 && S::BM == S::BN, "whole 16-byte pieces per thread");
+    return S::BM * 4 / S::THREADS;
+}
+
 // The row of an mk stage that piece i of this thread fills.
 template <class S>
 __device__ inline int tc_piece_row(int i) {
-    static_assert(S::BM * 4 == 2 * S::THREADS && S::BN * 4 == 2 * S::THREADS, "two 16-byte pieces per thread");
     return (int)threadIdx.x / 4 + S::THREADS / 4 * i;
 }
 
@@ -120,14 +133,15 @@ struct PatchRows {
     const storage_t* x;
     int H, W, FH;
     int byte;               // this thread's byte column in the stage
-    index_t row_off[2];     // ((n * H + ih0) * W + iw0) * Cp
-    int ih0[2], iw0[2];     // oh * sh - ph, ow * sw - pw (a huge negative value for rows past M)
+    static constexpr int P = tc_pieces<S>();
+    index_t row_off[P];     // ((n * H + ih0) * W + iw0) * Cp
+    int ih0[P], iw0[P];     // oh * sh - ph, ow * sw - pw (a huge negative value for rows past M)
     mutable ReductionWalk walk;  // (fh, fw, c) of the next k-tile's piece
 
     __device__ PatchRows(const storage_t* x_, int m0, int M, int H_, int W_, int Cp, int FH_, int FW, int OH,
                          int OW, int sh, int sw, int ph, int pw)
         : x(x_), H(H_), W(W_), FH(FH_), byte(16 * (threadIdx.x % 4)), walk(16 * (threadIdx.x % 4), Cp, FW, Cp, W_ * Cp) {
-        for (int i = 0; i < 2; ++i) {
+        for (int i = 0; i < P; ++i) {
             const int m = m0 + tc_piece_row<S>(i);
             const int n = m / (OH * OW), p = m - n * (OH * OW), oh = p / OW, ow = p - oh * OW;
             ih0[i] = m < M ? oh * sh - ph : -(1 << 30);
@@ -139,7 +153,8 @@ struct PatchRows {
     __device__ void load(unsigned char* stage, int kt, int) const {
         const int fh = walk.fh, fw = walk.fw, off = walk.off;
         walk.step(kt);
-        for (int i = 0; i < 2; ++i) {
+#pragma unroll
+        for (int i = 0; i < P; ++i) {
             const bool ok = fh < FH && (unsigned)(ih0[i] + fh) < (unsigned)H && (unsigned)(iw0[i] + fw) < (unsigned)W;
             const storage_t* src = ok ? x + (row_off[i] + off) : x;
             cp_async_cg(stage + stage_offset<TC_KBYTES>(tc_piece_row<S>(i), byte), src, ok ? 16 : 0);
@@ -157,16 +172,17 @@ struct GradRows {
     const storage_t* dy;
     int OH, OW, Kp, FH, sh, sw;
     int byte;
-    index_t pixel0[2];      // n * OH * OW
-    index_t row_off[2];     // (pixel0 + (ih + ph) * OW + iw + pw) * Kp
-    int ihp[2], iwp[2];     // ih + ph, iw + pw (a huge negative value for rows past M)
+    static constexpr int P = tc_pieces<S>();
+    index_t pixel0[P];      // n * OH * OW
+    index_t row_off[P];     // (pixel0 + (ih + ph) * OW + iw + pw) * Kp
+    int ihp[P], iwp[P];     // ih + ph, iw + pw (a huge negative value for rows past M)
     mutable ReductionWalk walk;  // (fh, fw, k) of the next k-tile's piece
 
     __device__ GradRows(const storage_t* dy_, int m0, int M, int H, int W, int Kp_, int FH_, int FW, int OH_, int OW_,
                         int sh_, int sw_, int ph, int pw)
         : dy(dy_), OH(OH_), OW(OW_), Kp(Kp_), FH(FH_), sh(sh_), sw(sw_), byte(16 * (threadIdx.x % 4)),
           walk(16 * (threadIdx.x % 4), Kp_, FW, -Kp_, -OW_ * Kp_) {
-        for (int i = 0; i < 2; ++i) {
+        for (int i = 0; i < P; ++i) {
             const int m = m0 + tc_piece_row<S>(i);
             const int n = m / (H * W), p = m - n * (H * W), ih = p / W, iw = p - ih * W;
             pixel0[i] = (index_t)n * OH * OW;
@@ -179,7 +195,8 @@ struct GradRows {
     __device__ void load(unsigned char* stage, int kt, int) const {
         const int fh = walk.fh, fw = walk.fw, k = walk.c, off = walk.off;
         walk.step(kt);
-        for (int i = 0; i < 2; ++i) {
+#pragma unroll
+        for (int i = 0; i < P; ++i) {
             const int oh_s = ihp[i] - fh, ow_s = iwp[i] - fw;  // oh * sh, ow * sw when they exist
             bool ok;
             const storage_t* src;
@@ -211,6 +228,7 @@ struct PositionWalk {
     int off;  // (oh * sh * W + ow * sw) * Cp: the element of the position's (0, 0) tap in its image
     int kt;  // the next k-tile (checked on the simulator only)
 
+    __device__ PositionWalk() : n(0), oh(0), ow(0), off(0), kt(0) {}
     __device__ PositionWalk(int l, int OH, int OW, int W, int Cp, int sh, int sw) : kt(0) {
         n = l / (OH * OW);
         const int p = l - n * (OH * OW);
@@ -237,11 +255,12 @@ struct PositionWalk {
 };
 
 // Backward-weight B, K-strided (16-bit): stage rows are the 32 positions l = (n, oh, ow) of a
-// k-tile, BN columns r = (fh, fw, c) each; 4 * BN pieces, two per thread: the thread's column
-// (one filter tap, 8 channels) is fixed, its rows are t / (BN / 8) and 16 rows further.
+// k-tile, BN columns r = (fh, fw, c) each; 4 * BN pieces, P per thread: the thread's column
+// (one filter tap, 8 channels) is fixed, its rows are t / (BN / 8) and every 32 / P rows further.
 template <class S>
 struct PatchColumns {
     static constexpr int PER_ROW = S::BN / 8;  // 16-byte pieces per stage row
+    static constexpr int P = TC_KM_ROWS * PER_ROW / S::THREADS;  // pieces per thread
     const storage_t* x;
     int H, W, OH, OW, sh, sw;
     int l0, l_end;          // this split's positions
@@ -252,15 +271,15 @@ struct PatchColumns {
     PositionStep step;      // a k-tile's TC_KM_ROWS positions
     int inc[3];             // a k-tile's step in elements within an image, the carries' corrections
     index_t image;          // H * W * Cp: elements per image
-    mutable PositionWalk at[2];  // the positions of this thread's two rows in the next k-tile
+    mutable PositionWalk at[P];  // the positions of this thread's rows in the next k-tile
 
     __device__ PatchColumns(const storage_t* x_, int n0, int H_, int W_, int Cp, int FH, int FW_, int OH_, int OW_,
                             int sh_, int sw_, int ph, int pw, int l0_, int l_end_)
         : x(x_), H(H_), W(W_), OH(OH_), OW(OW_), sh(sh_), sw(sw_), l0(l0_), l_end(l_end_),
           byte(16 * (threadIdx.x % PER_ROW)), step(TC_KM_ROWS, OH_, OW_),
-          image((index_t)H_ * W_ * Cp),
-          at{PositionWalk(l0_ + row(0), OH_, OW_, W_, Cp, sh_, sw_), PositionWalk(l0_ + row(1), OH_, OW_, W_, Cp, sh_, sw_)} {
-        static_assert(TC_KM_ROWS * PER_ROW == 2 * S::THREADS, "two 16-byte pieces per thread");
+          image((index_t)H_ * W_ * Cp) {
+        static_assert(TC_KM_ROWS * PER_ROW % S::THREADS == 0, "whole 16-byte pieces per thread");
+        for (int i = 0; i < P; ++i) at[i] = PositionWalk(l0_ + row(i), OH_, OW_, W_, Cp, sh_, sw_);
         const int r = n0 + byte / (int)sizeof(storage_t);
         const int tap = r / Cp, c = r - tap * Cp;
         fh = tap / FW_;
@@ -278,10 +297,11 @@ struct PatchColumns {
         inc[2] = -OH_ * eh;
     }
 
-    __device__ static int row(int i) { return (int)threadIdx.x / PER_ROW + TC_KM_ROWS / 2 * i; }
+    __device__ static int row(int i) { return (int)threadIdx.x / PER_ROW + TC_KM_ROWS / P * i; }
 
     __device__ void load(unsigned char* stage, int kt, int) const {
-        for (int i = 0; i < 2; ++i) {
+#pragma unroll
+        for (int i = 0; i < P; ++i) {
             const int l = l0 + kt * TC_KM_ROWS + row(i);
             const int ih = at[i].oh * sh + fh, iw = at[i].ow * sw + fw;
             const index_t off = at[i].n * image + (at[i].off + col_off);
@@ -295,8 +315,8 @@ struct PatchColumns {
 // The TF32 weight gradient's operands, transposed as they are staged. ldmatrix.trans moves 16-bit
 // elements only, so for float data the K-strided operands are turned K-contiguous on the way into
 // shared memory: each thread loads 4 consecutive floats of one position l (channels, contiguous in
-// NHWC) and stores them down a column of an mk stage (BM rows x 16 positions; 4 * BM pieces, two
-// per thread: position t % 16, rows 4 * (t / 16) and THREADS / 4 further). These are plain loads
+// NHWC) and stores them down a column of an mk stage (BM rows x 16 positions; 4 * BM pieces, P
+// per thread: position t % 16, rows 4 * (t / 16) + i * THREADS / 4). These are plain loads
 // and stores, not cp.async: the stage is written two k-tiles before it is read, and the main
 // loop's barrier at that k-tile orders the stores before the fragment reads, as it orders
 // cp.async data.
@@ -318,7 +338,7 @@ struct TransposedGradRows {
     int K, m0, l0, l_end;
     __device__ void load(unsigned char* stage, int kt, int) const {
         const int pos = threadIdx.x % TC_TF32_POSITIONS, l = l0 + kt * TC_TF32_POSITIONS + pos;
-        for (int i = 0; i < 2; ++i) {
+        for (int i = 0; i < tc_pieces<S>(); ++i) {
             const int row = tc_column_row<S>(i);
             float v[4];
             for (int j = 0; j < 4; ++j) {
@@ -336,13 +356,14 @@ template <class S>
 struct TransposedPatchRows {
     const float* x;
     int H, W, Cp, OH, OW, sh, sw, l0, l_end;
-    int fh[2], fw[2], c[2];  // this thread's two column groups (fh, fw folded with the padding)
-    bool ok[2];
+    static constexpr int P = tc_pieces<S>();
+    int fh[P], fw[P], c[P];  // this thread's column groups (fh, fw folded with the padding)
+    bool ok[P];
 
     __device__ TransposedPatchRows(const float* x_, int n0, int H_, int W_, int Cp_, int FH, int FW, int OH_, int OW_,
                                    int sh_, int sw_, int ph, int pw, int l0_, int l_end_)
         : x(x_), H(H_), W(W_), Cp(Cp_), OH(OH_), OW(OW_), sh(sh_), sw(sw_), l0(l0_), l_end(l_end_) {
-        for (int i = 0; i < 2; ++i) {
+        for (int i = 0; i < P; ++i) {
             const int r = n0 + tc_column_row<S>(i), tap = r / Cp;
             c[i] = r - tap * Cp;
             fh[i] = tap / FW;
@@ -356,7 +377,7 @@ struct TransposedPatchRows {
     __device__ void load(unsigned char* stage, int kt, int) const {
         const int pos = threadIdx.x % TC_TF32_POSITIONS, l = l0 + kt * TC_TF32_POSITIONS + pos;
         const int n = l / (OH * OW), p = l - n * (OH * OW), oh = p / OW, ow = p - oh * OW;
-        for (int i = 0; i < 2; ++i) {
+        for (int i = 0; i < P; ++i) {
             const int ih = oh * sh + fh[i], iw = ow * sw + fw[i];
             float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
             if (ok[i] && l < l_end && ih >= 0 && ih < H && iw >= 0 && iw < W) {
@@ -520,6 +541,28 @@ conv2d_backward_weight_tc128(const storage_t* dy, const storage_t* x, float* ws,
                                                     vec_dy)));
 }
 
+extern "C" __global__ void __launch_bounds__(TcTile128w::THREADS)
+conv2d_forward_tc128w(const storage_t* x, const storage_t* w, const storage_t* b, storage_t* y, int N, int Cp,
+    int H, int W, int K, int FH, int FW, int OH, int OW, int sh, int sw, int ph, int pw, int has_bias, int relu) {
+    TC_BODY((conv2d_forward_tc_body<TcTile128w>(x, w, b, y, N, Cp, H, W, K, FH, FW, OH, OW, sh, sw, ph, pw, has_bias,
+                                             relu)));
+}
+
+extern "C" __global__ void __launch_bounds__(TcTile128w::THREADS)
+conv2d_backward_data_tc128w(const storage_t* dy, const storage_t* wt, storage_t* dx, int N, int C, int H, int W,
+    int Kp, int FH, int FW, int OH, int OW, int sh, int sw, int ph, int pw) {
+    TC_BODY((conv2d_backward_data_tc_body<TcTile128w>(dy, wt, dx, N, C, H, W, Kp, FH, FW, OH, OW, sh, sw, ph, pw)));
+}
+
+// vec_dy: the bytes each copy of dy moves in the 16-bit builds (16, 8, 4 or 2: the largest dividing
+// K * sizeof and dy's address; dy needs no channel padding, it is read as a dense [L][K] matrix).
+extern "C" __global__ void __launch_bounds__(TcTile128w::THREADS)
+conv2d_backward_weight_tc128w(const storage_t* dy, const storage_t* x, float* ws, int N, int Cp, int H, int W,
+    int K, int FH, int FW, int OH, int OW, int sh, int sw, int ph, int pw, int chunk, int vec_dy) {
+    TC_BODY((conv2d_backward_weight_tc_body<TcTile128w>(dy, x, ws, N, Cp, H, W, K, FH, FW, OH, OW, sh, sw, ph, pw,
+                                                     chunk, vec_dy)));
+}
+
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
 conv2d_tc_weight_reduce(const float* ws, storage_t* dw, int splits, int K, int C, int Cp, int FH, int FW) {
     const index_t taps = (index_t)FH * FW, count = (index_t)K * C * taps, slice = (index_t)K * taps * Cp;
@@ -531,3 +574,4 @@ conv2d_tc_weight_reduce(const float* ws, storage_t* dw, int splits, int K, int C
         dw[e] = storage_from(s, (storage_t*)0);
     }
 }
+

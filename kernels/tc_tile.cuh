@@ -8,8 +8,9 @@
 //
 // - The CTA shape is a template parameter, TcShape<BM, BN, WM, WN>: WM x WN warps, each computing
 //   a (BM / WM) x (BN / WN) block as MI x NI mma tiles of 16x8. TcTile64 (64x64, 4 warps of
-//   32x32, 32 float accumulators per thread) and TcTile128 (128x128, 8 warps of 64x32, 64 per
-//   thread) are the shapes in use; every loader, fragment reader and the pipeline take the shape.
+//   32x32, 32 float accumulators per thread), TcTile128 (128x128, 8 warps of 64x32, 64 per
+//   thread) and TcTile128w (128x128, 4 warps of 64x64, 128 per thread) are the shapes in use;
+//   every loader, fragment reader and the pipeline take the shape.
 // - K is walked in k-tiles of TC_KBYTES = 64 bytes (32 bf16/fp16 or 16 TF32 elements): 2 mma
 //   steps of 32 bytes each.
 // - An operand loader is an object with
@@ -47,6 +48,7 @@ struct TcShape {
 };
 typedef TcShape<64, 64, 2, 2> TcTile64;     // 128 threads; 24 KiB of stages
 typedef TcShape<128, 128, 2, 4> TcTile128;  // 256 threads; 48 KiB of stages (the static limit)
+typedef TcShape<128, 128, 2, 2> TcTile128w; // 128 threads, warp tiles of 64x64; 48 KiB of stages
 
 // Byte offset of (row, byte) in a stage whose rows hold ROW_BYTES bytes: mk stages (64-byte rows)
 // and km stages of 64 columns (128-byte rows) are swizzled as they are; wider km stages are cut

@@ -38,6 +38,7 @@ ENTRIES = {
                "conv2d_backward_bias"],
     "conv2d_tc": ["conv2d_forward_tc", "conv2d_backward_data_tc", "conv2d_backward_weight_tc",
                   "conv2d_forward_tc128", "conv2d_backward_data_tc128", "conv2d_backward_weight_tc128",
+                  "conv2d_forward_tc128w", "conv2d_backward_data_tc128w", "conv2d_backward_weight_tc128w",
                   "conv2d_tc_weight_reduce"],
     "pool2d": [f"{k}{v}" for k in ("max_pool2d_forward", "max_pool2d_backward", "max_pool2d_backward_disjoint",
                                    "avg_pool2d_forward", "avg_pool2d_backward", "avg_pool2d_backward_disjoint")
@@ -231,6 +232,11 @@ def test_ptxas_resource_usage(tmp_path, build, capsys):
         for name in ["conv2d_forward_tc128", "conv2d_backward_data_tc128", "conv2d_backward_weight_tc128"]:
             r = reports["conv2d_tc"][name]
             assert r["spill"] == 0 and r["smem"] == 49152 and r["registers"] <= 128, (build, name, r)
+        # 128x128 tiles of 4 warps of 64x64, 128 accumulators per thread: at most 255 registers
+        # without a spill keeps two blocks (8 warps) per SM (225-244 with ptxas 13.0)
+        for name in ["conv2d_forward_tc128w", "conv2d_backward_data_tc128w", "conv2d_backward_weight_tc128w"]:
+            r = reports["conv2d_tc"][name]
+            assert r["spill"] == 0 and r["smem"] == 49152 and r["registers"] <= 255, (build, name, r)
 
 
 # ----------------------------------------------------------------------------- the GPU path, faked

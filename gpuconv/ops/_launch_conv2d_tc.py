@@ -21,7 +21,7 @@ from ._checks import output_hw
 
 # variant -> (CTA tile side, threads), from the TcShape typedefs of kernels/tc_tile.cuh that
 # conv2d_tc.cu instantiates per suffix (tests check the pairing).
-_TILES = {"tc": "TcTile64", "tc128": "TcTile128"}
+_TILES = {"tc": "TcTile64", "tc128": "TcTile128", "tc128w": "TcTile128w"}
 SHAPES = {v: kernels.tile_shapes()[t][::2] for v, t in _TILES.items()}
 KBYTES = kernels.defines("tc_tile.cuh")["TC_KBYTES"]  # bytes of the reduction per k-tile
 PIECE = 16       # bytes per cp.async of the im2col loaders
@@ -89,7 +89,7 @@ def _i32(*values):
 
 def forward(x, w, b, stride, padding, tf32, relu, *, target, variant="tc"):
     """y = conv2d(x, w) + b (ReLU when ``relu``) on tensor cores, or None (see the module doc);
-    ``variant`` 'tc' (64x64 tiles) or 'tc128' (128x128)."""
+    ``variant`` 'tc' (64x64 tiles), 'tc128' (128x128, 8 warps) or 'tc128w' (128x128, 4 warps)."""
     n, c, h, wd = x.shape
     k, _, fh, fw = w.shape
     oh, ow = output_hw(x.shape, (fh, fw), stride, padding)
