@@ -496,7 +496,8 @@ def test_sass_loop_without_its_tools_exits_2_naming_them(tmp_path):
                     reason="needs nvcc and cuobjdump (or $CUOBJDUMP)")
 def test_sass_loop_finds_each_tensor_core_kernels_k_tile():
     """One pass of the main loop holds exactly one k-tile's MMAs (2 mma steps x the warp tile's
-    16x8 tiles: 32 in the 128x128 shape, 16 in the 64x64) and its ldmatrix reads."""
+    16x8 tiles: 64 in the 64x64 warp tiles of tc128w, 32 in the 64x32 of tc128, 16 in the 32x32
+    of the 64x64 shape) and its ldmatrix reads."""
     proc = run_script("sass_loop", "--json", timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {r["kernel"]: r for r in json.loads(proc.stdout)}
@@ -504,7 +505,8 @@ def test_sass_loop_finds_each_tensor_core_kernels_k_tile():
     # the data gradient's unit-stride loop and the 16-byte-copy loops are second instances
     assert {"conv2d_backward_data_tc128#2", "conv2d_backward_weight_tc128#2", "gemm_tc_nt#2"} <= set(rows)
     for name, r in rows.items():
-        assert r["mma"] == (32 if name.split("#")[0].endswith("128") else 16), (name, r)
+        base = name.split("#")[0]
+        assert r["mma"] == (64 if base.endswith("128w") else 32 if base.endswith("128") else 16), (name, r)
         assert r["ldmatrix"] >= 4 and r["instructions"] > r["mma"] + r["ldmatrix"], (name, r)
 
 
