@@ -11,8 +11,8 @@
 // Element types (common.cuh): x, y, dy, dx are storage_t; values are read into acc_t, compared
 // or summed there, and each output is rounded once to storage_t. Max pooling only compares and
 // copies (adding 0 to a maximum, for +0.0), so its outputs equal the reference bit for bit in
-// every dtype; a bfloat16 NaN comes back
-// as the quiet NaN ml_dtypes makes of it, as the reference's float32 round trip does.
+// every dtype; a bfloat16 NaN comes back as the quiet NaN ml_dtypes makes of it, as the
+// reference's float32 round trip does.
 //
 // Kernels (extern "C"; 1-D grid-stride grids of GPUCONV_BLOCK threads):
 //   max_pool2d_forward    one thread per output: y = max over the window and the "switch"
