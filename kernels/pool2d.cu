@@ -1,8 +1,9 @@
 // pool2d.cu: max, average and LP pooling, each (n, c) plane independently, over NCHW or
 // channels_last (NHWC memory) activations (gpuconv.layout): the flag `cl` says which, and x, y, dy,
-// dx and the switches all share it. Each thread owns one element in memory order (NHWC: channels
-// fastest, so neighbouring threads read neighbouring channels, coalesced in either layout); the
-// taps of a window and their order are the same in both layouts, so are the results, bit for bit.
+// dx and the switches all share it. Each thread owns one element in memory order, or POOL_VEC
+// adjacent channels of one pixel in the _vec kernels (NHWC: channels fastest, so neighbouring
+// threads read neighbouring channels, coalesced in either layout); the taps of a window and their
+// order are the same in both layouts, so are the results, bit for bit.
 //
 // Windows are kh x kw with stride sh, sw and zero-or-more padding ph, pw (padded cells never win
 // a max and count in an average's divisor, as PyTorch's count_include_pad=True). Offsets are
@@ -10,9 +11,10 @@
 //
 // Element types (common.cuh): x, y, dy, dx are storage_t; values are read into acc_t, compared
 // or summed there, and each output is rounded once to storage_t. Max pooling only compares and
-// copies (adding 0 to a maximum, for +0.0), so its outputs equal the reference bit for bit in
-// every dtype; a bfloat16 NaN comes back as the quiet NaN ml_dtypes makes of it, as the
-// reference's float32 round trip does.
+// copies (adding 0 to a non-NaN maximum, for +0.0), so its outputs equal the reference bit for
+// bit in every dtype; a bfloat16 NaN comes back as the quiet NaN ml_dtypes makes of it, as the
+// reference's float32 round trip does. Gradients are sums: a NaN among their terms comes out a
+// NaN, whose payload is the hardware's (a GPU's add returns its canonical NaN).
 //
 // Kernels (extern "C"; 1-D grid-stride grids of GPUCONV_BLOCK threads):
 //   max_pool2d_forward    one thread per output: y = max over the window and the "switch"
@@ -187,7 +189,10 @@ __device__ inline void max_forward(const storage_t* x, storage_t* y, int* argmax
         Lanes<storage_t, V> out;
 #pragma unroll
         for (int l = 0; l < V; ++l) {
-            out.v[l] = from_acc(first ? (acc_t)0 : best[l] + (acc_t)0);  // -0.0 -> +0.0, as the reference
+            // -0.0 -> +0.0 as the reference; a NaN is copied, never added: a GPU's float add returns
+            // its canonical NaN, where the reference (and the simulator's x86) keeps the payload.
+            const acc_t m = best[l];
+            out.v[l] = from_acc(first ? (acc_t)0 : m != m ? m : m + (acc_t)0);
             if (first) best_at.v[l] = -1;
         }
         *(Lanes<storage_t, V>*)(y + g * V) = out;
