@@ -149,62 +149,47 @@ def conv_tc(run, rng):
                               rtol=2e-4 if tf32 else 2e-2)
 
 
+def _pool_checks(run, x, dy, ks, st, channels_last=False, floor=False, tag=""):
+    """Max pooling of ``x`` (values and switches exact) and average pooling (to rounding), forward
+    and backward for ``dy``, the kernels against the references; ``channels_last``: the kernels
+    are fed NHWC memory (C a multiple of 4 float32 lanes takes the _vec kernels)."""
+    X, DY = run.dev(x), run.dev(dy)
+    if channels_last:
+        X, DY = gpuconv.to_channels_last(X), gpuconv.to_channels_last(DY)
+    tag = f"{ks} {st}{' floor' if floor else ''}{' channels_last' if channels_last else ''} {tag}"
+    y, c = LP.max_pool2d_forward_kernel(X, ks, st, floor, target=run.target)
+    ry, rc = P._max_pool2d_forward_reference(x, ks, st, floor)
+    run.exact(f"max_pool {tag} forward", y, ry)
+    run.exact(f"max_pool {tag} switches", c.argmax, rc.argmax)
+    run.exact(f"max_pool {tag} backward", LP.max_pool2d_backward_kernel(DY, c, target=run.target),
+              P._max_pool2d_backward_reference(dy, rc))
+    y, c = LP.avg_pool2d_forward_kernel(X, ks, st, floor, target=run.target)
+    ry, rc = P._avg_pool2d_forward_reference(x, ks, st, floor)
+    run.close(f"avg_pool {tag} forward", y, ry)
+    run.close(f"avg_pool {tag} backward", LP.avg_pool2d_backward_kernel(DY, c, target=run.target),
+              P._avg_pool2d_backward_reference(dy, rc))
+
+
 def pool(run, rng):
     # overlapping windows, gaps, a whole-image window; then disjoint ones (stride = kernel: the
-    # _disjoint backward kernels)
+    # _disjoint backward kernels), each in both layouts, with 3 channels (the element kernels) and
+    # channels_last with 8 (the _vec kernels); floor mode where the windows are disjoint (a row and
+    # a column past the last window, which the disjoint kernels zero)
     for hw, ks, st in [((7, 9), (3, 3), (2, 2)), ((7, 9), (2, 3), (1, 3)), ((7, 9), (7, 9), (1, 1)),
                        ((6, 9), (2, 3), (2, 3)), ((6, 9), (3, 3), (3, 3))]:
-        x = rng.standard_normal((2, 3, *hw)).astype(np.float32)
-        X = run.dev(x)
-        y, c = LP.max_pool2d_forward_kernel(X, ks, st, target=run.target)
-        ry, rc = P._max_pool2d_forward_reference(x, ks, st)
-        run.exact(f"max_pool {ks} {st} forward", y, ry)
-        run.exact(f"max_pool {ks} {st} switches", c.argmax, rc.argmax)
-        dy = rng.standard_normal(ry.shape).astype(np.float32)
-        run.exact(f"max_pool {ks} {st} backward", LP.max_pool2d_backward_kernel(run.dev(dy), c, target=run.target),
-                  P._max_pool2d_backward_reference(dy, rc))
-        y, c = LP.avg_pool2d_forward_kernel(X, ks, st, target=run.target)
-        run.close(f"avg_pool {ks} {st} forward", y, P._avg_pool2d_forward_reference(x, ks, st)[0])
-        run.close(f"avg_pool {ks} {st} backward", LP.avg_pool2d_backward_kernel(run.dev(dy), c, target=run.target),
-                  P._avg_pool2d_backward_reference(dy, c))
-        # channels_last: the same windows over NHWC memory, the same bits
-        Xc, DYc = gpuconv.to_channels_last(X), gpuconv.to_channels_last(run.dev(dy))
-        y, c = LP.max_pool2d_forward_kernel(Xc, ks, st, target=run.target)
-        run.exact(f"max_pool {ks} {st} channels_last forward", y, ry)
-        run.exact(f"max_pool {ks} {st} channels_last backward", LP.max_pool2d_backward_kernel(DYc, c, target=run.target),
-                  P._max_pool2d_backward_reference(dy, rc))
-        y, c = LP.avg_pool2d_forward_kernel(Xc, ks, st, target=run.target)
-        run.close(f"avg_pool {ks} {st} channels_last backward",
-                  LP.avg_pool2d_backward_kernel(DYc, c, target=run.target), P._avg_pool2d_backward_reference(dy, c))
-        # channels_last with 8 channels: the _vec kernels (16-byte lanes of 4 float32 channels)
-        x8, dy8 = (rng.standard_normal((2, 8) + s[2:]).astype(np.float32) for s in (x.shape, dy.shape))
-        X8, DY8 = gpuconv.to_channels_last(run.dev(x8)), gpuconv.to_channels_last(run.dev(dy8))
-        y, c = LP.max_pool2d_forward_kernel(X8, ks, st, target=run.target)
-        ry8, rc8 = P._max_pool2d_forward_reference(x8, ks, st)
-        run.exact(f"max_pool {ks} {st} channels_last x8 forward", y, ry8)
-        run.exact(f"max_pool {ks} {st} channels_last x8 backward", LP.max_pool2d_backward_kernel(DY8, c, target=run.target),
-                  P._max_pool2d_backward_reference(dy8, rc8))
-        y, c = LP.avg_pool2d_forward_kernel(X8, ks, st, target=run.target)
-        run.exact(f"avg_pool {ks} {st} channels_last x8 forward", y, P._avg_pool2d_forward_reference(x8, ks, st)[0])
-        run.exact(f"avg_pool {ks} {st} channels_last x8 backward", LP.avg_pool2d_backward_kernel(DY8, c, target=run.target),
-                  P._avg_pool2d_backward_reference(dy8, c))
-        if ks == st:  # floor mode: a row and columns past the last window (the disjoint kernels zero them)
+        out_hw = P.pooled_hw((1, 1) + hw, ks, st)
+        x, dy = (rng.standard_normal((2, 3) + s).astype(np.float32) for s in (hw, out_hw))
+        for channels_last in (False, True):
+            _pool_checks(run, x, dy, ks, st, channels_last)
+        x8, dy8 = (rng.standard_normal((2, 8) + s).astype(np.float32) for s in (hw, out_hw))
+        _pool_checks(run, x8, dy8, ks, st, True, tag="x8")
+        if ks == st:
             xf = rng.standard_normal((2, 8, hw[0] + ks[0] - 1, hw[1] + 1)).astype(np.float32)
-            ryf, rcf = P._max_pool2d_forward_reference(xf, ks, st, True)
-            dyf = rng.standard_normal(ryf.shape).astype(np.float32)
-            for cl in (False, True):
-                XF, DYF = run.dev(xf), run.dev(dyf)
-                XF, DYF = (gpuconv.to_channels_last(XF), gpuconv.to_channels_last(DYF)) if cl else (XF, DYF)
-                tag = f"{ks} {st} floor {xf.shape[2:]}{' channels_last' if cl else ''}"
-                y, c = LP.max_pool2d_forward_kernel(XF, ks, st, True, target=run.target)
-                run.exact(f"max_pool {tag} forward", y, ryf)
-                run.exact(f"max_pool {tag} backward", LP.max_pool2d_backward_kernel(DYF, c, target=run.target),
-                          P._max_pool2d_backward_reference(dyf, rcf))
-                y, c = LP.avg_pool2d_forward_kernel(XF, ks, st, True, target=run.target)
-                run.exact(f"avg_pool {tag} forward", y, P._avg_pool2d_forward_reference(xf, ks, st, True)[0])
-                run.exact(f"avg_pool {tag} backward", LP.avg_pool2d_backward_kernel(DYF, c, target=run.target),
-                          P._avg_pool2d_backward_reference(dyf, c))
+            dyf = rng.standard_normal((2, 8) + P.pooled_hw(xf.shape, ks, st, True)).astype(np.float32)
+            for channels_last in (False, True):
+                _pool_checks(run, xf, dyf, ks, st, channels_last, floor=True, tag=f"{xf.shape[2:]}")
         xa = np.abs(x) + np.float32(0.1)  # positive: a non-integer or odd p of a negative value is NaN
+        DYc = gpuconv.to_channels_last(run.dev(dy))
         for norm in (2.0, 3.0):
             y, c = LPL.lp_pool2d_forward_kernel(run.dev(xa), norm, ks, st, target=run.target)
             ry, rc = LPP._lp_pool2d_forward_reference(xa, norm, ks, st)
