@@ -37,13 +37,13 @@ BUILDS = {"bf16": (precision.bfloat16, False), "f16": (precision.float16, False)
 FILES = ("conv2d_tc", "gemm_tc")
 # Instruction classes (the SASS opcode's first word).
 CLASSES = {
-    "mma": ("HMMA",),
+    "mma": ("HMMA", "HGMMA"),
     "ldmatrix": ("LDSM",),
     "copy": ("LDGSTS", "LDG", "STS", "LDS", "LDGDEPBAR", "DEPBAR"),
     "integer": ("IMAD", "IADD3", "VIADD", "LOP3", "ISETP", "SHF", "LEA", "SEL", "IABS", "IMNMX", "PRMT", "MOV",
                 "I2F", "F2I", "SGXT", "FLO", "POPC", "BMSK"),
     "uniform": ("ULDC", "UMOV", "UIADD3", "ULEA", "ULOP3", "USHF", "S2UR", "UISETP", "USEL"),
-    "control": ("BRA", "BSSY", "BSYNC", "BAR", "NOP", "EXIT", "WARPSYNC"),
+    "control": ("BRA", "BSSY", "BSYNC", "BAR", "NOP", "EXIT", "WARPSYNC", "WARPGROUP", "FENCE"),
 }
 
 
@@ -64,20 +64,21 @@ def sass_of(op_file, build, workdir, nvcc, cuobjdump):
     cu = workdir / f"{op_file}-{build}.cu"
     cu.write_text(kernels.build_source(op_file, dtype, tf32))
     cubin = cu.with_suffix(".cubin")
-    subprocess.run([nvcc, "-cubin", "-arch=sm_90", *kernels.NVRTC_OPTIONS, str(cu), "-o", str(cubin)],
+    arch = "sm_90a" if op_file in kernels.ARCH_SPECIFIC else "sm_90"  # as the GPU path builds it on Hopper
+    subprocess.run([nvcc, "-cubin", f"-arch={arch}", *kernels.NVRTC_OPTIONS, str(cu), "-o", str(cubin)],
                    check=True, capture_output=True, text=True, timeout=600)
     return subprocess.run([cuobjdump, "-sass", str(cubin)], check=True, capture_output=True, text=True).stdout
 
 
 def loops(sass):
-    """{kernel: Counter of opcodes in its main loop} for every kernel with HMMAs. A kernel that picks
+    """{kernel: Counter of opcodes in its main loop} for every kernel with HMMAs (HGMMAs: wgmma). A kernel that picks
     one of several instances of its loop at run time (the data gradient's unit-stride one) has a
     loop per instance: the second and later are named "kernel#2", ... in code order."""
     out = {}
     for chunk in re.split(r"\n\s*Function : ", sass)[1:]:
         name = chunk.split("\n", 1)[0].strip()
         ins = [(int(a, 16), text.strip()) for a, text in re.findall(r"/\*([0-9a-f]{4,})\*/\s+(.*?);", chunk)]
-        mma = [a for a, text in ins if "HMMA" in text]
+        mma = [a for a, text in ins if "HMMA" in text or "HGMMA" in text]
         if not mma:
             continue
         spans = []  # (start, end) of every backward branch's loop

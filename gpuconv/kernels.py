@@ -89,8 +89,12 @@ from . import layout, precision
 KERNEL_FILES = ("conv2d", "conv2d_tc", "pool2d", "relu", "gelu", "dropout", "augment", "stream_hold", "gemm_tc",
                 "batchnorm", "optim")
 # The headers a file's translation unit gets after common.cuh, in order (see build_source).
-UNIT_HEADERS = {"gemm_tc": ("mma.cuh", "tc_tile.cuh"), "conv2d_tc": ("mma.cuh", "tc_tile.cuh")}
+_TC_HEADERS = ("mma.cuh", "wgmma.cuh", "tc_tile.cuh")
+UNIT_HEADERS = {"gemm_tc": _TC_HEADERS, "conv2d_tc": _TC_HEADERS}
 COMMON = "common.cuh"
+# Files built for the arch-specific sm_90a on a Hopper GPU (compute capability 9.0), for its
+# wgmma (kernels/wgmma.cuh); every other file, and these on other GPUs, build for sm_XX.
+ARCH_SPECIFIC = ("conv2d_tc",)
 # The only options any kernel is compiled with, on the GPU and in nvrtc_check alike. IEEE float
 # semantics on purpose: -ftz=false keeps subnormals (max/ReLU/pooling must match NumPy bit for
 # bit, 1e-45 included; CuPy's own RawModule compile would append -ftz=true), and division and
@@ -115,13 +119,15 @@ class Family(NamedTuple):
 # the one slow tc128 cell of the first run (bf16 128->256 at 16x16, 10.5 ms) measured 0.74 ms
 # (tc 1.08) in the second, tc128 being 1.2-1.5x faster than tc on every wide layer of both.
 # float64 (never measured) runs v2. A fixed variant
-# chosen with use_variant/set_variant/GPUCONV_KERNEL_VARIANTS runs on every shape; tc, tc128 or tc128w
-# on a dtype without a tensor-core format (strict float32, float64) runs v2.
+# chosen with use_variant/set_variant/GPUCONV_KERNEL_VARIANTS runs on every shape; tc, tc128, tc128w or
+# tcwg on a dtype without a tensor-core format (strict float32, float64) runs v2.
 AUTO_WIDE = 128        # channels from which the 128x128 tiles win
 AUTO_V1_BELOW = 16     # channels below which v1 wins the data gradient (CUDA cores)
 # tc128w (128x128 tiles of 4 warps of 64x64: a fifth fewer instructions per mma in the sm_90 loop,
 # half the warps per SM) is selectable and benchmarked; "auto" takes it only once it is measured.
-_CONV_VARIANTS = ("auto", "v1", "v2", "v3", "tc", "tc128", "tc128w")
+# tcwg (the 128x128 tile on Hopper's wgmma: 2 warpgroups of 64x128, operands read from the stages
+# by descriptors, no ldmatrix; bf16/fp16 on sm_90a, tc128 elsewhere) likewise.
+_CONV_VARIANTS = ("auto", "v1", "v2", "v3", "tc", "tc128", "tc128w", "tcwg")
 _CONV_DEFAULTS = {"*": "auto", "float64": "v2"}
 VARIANTS = {
     "conv2d_forward": Family(_CONV_VARIANTS, _CONV_DEFAULTS),
@@ -233,8 +239,8 @@ def defines(name: str) -> dict:
 @functools.lru_cache(maxsize=None)
 def tile_shapes() -> dict:
     """The tensor-core CTA tiles of kernels/tc_tile.cuh, ``{typedef name: (BM, BN, threads)}``
-    from its ``typedef TcShape<BM, BN, WM, WN> Name;`` lines (32 * WM * WN threads)."""
-    pattern = r"typedef TcShape<(\d+), (\d+), (\d+), (\d+)> (\w+);"
+    from its ``typedef TcShape<BM, BN, WM, WN[, WG]> Name;`` lines (32 * WM * WN threads)."""
+    pattern = r"typedef TcShape<(\d+), (\d+), (\d+), (\d+)(?:, \w+)?> (\w+);"
     return {name: (int(bm), int(bn), 32 * int(wm) * int(wn))
             for bm, bn, wm, wn, name in re.findall(pattern, source_text("tc_tile.cuh"))}
 
@@ -574,6 +580,18 @@ def nvrtc_check(op_file: str, arch: str = "compute_80", dtype=np.float32, tf32: 
     return nvrtc_compile(build_source(op_file, dtype, tf32), op_file, dtype, arch, tf32=tf32).decode()
 
 
+def wgmma_available(target: str, device: int | None = None) -> bool:
+    """Whether the warpgroup (wgmma) kernels of :data:`ARCH_SPECIFIC` files run on ``target``: on
+    the simulator always, on a GPU of compute capability 9.0 (Hopper: their sm_90a build)."""
+    return target == "sim" or _compute_capability(device) == "90"
+
+
+@functools.lru_cache(maxsize=None)
+def _compute_capability(device) -> str:
+    cp = backend.require_cupy()
+    return str(cp.cuda.Device(device).compute_capability)
+
+
 def nvrtc_arch(compute_capability, device: int | None = None) -> str:
     """The NVRTC target for a device of ``compute_capability`` (CuPy's string, e.g. '90'):
     ``'sm_90'`` (a CUBIN) when NVRTC supports that arch, else the highest supported virtual arch
@@ -656,6 +674,8 @@ def _binary_file(src, op_file, dt, arch, device, tf32=False):
 def _compile_cuda(src, op_file, dt, device, tf32=False):
     cp = backend.require_cupy()
     arch = nvrtc_arch(cp.cuda.Device(device).compute_capability, device)
+    if arch == "sm_90" and op_file in ARCH_SPECIFIC:
+        arch = "sm_90a"  # Hopper's wgmma exists only in the arch-specific target
     with _binary_file(src, op_file, dt, arch, device, tf32) as path, cp.cuda.Device(device):
         mod = cp.RawModule(path=str(path))
         try:

@@ -423,8 +423,8 @@ template <class S>
 __device__ void conv2d_forward_tc_body(const storage_t* x, const storage_t* w, const storage_t* b, storage_t* y, int N,
                                        int Cp, int H, int W, int K, int FH, int FW, int OH, int OW, int sh, int sw,
                                        int ph, int pw, int has_bias, int relu) {
-    __shared__ __align__(128) unsigned char As[TC_STAGES * S::A_STAGE];
-    __shared__ __align__(128) unsigned char Bs[TC_STAGES * S::B_STAGE];
+    __shared__ __align__(1024) unsigned char As[TC_STAGES * S::A_STAGE];
+    __shared__ __align__(1024) unsigned char Bs[TC_STAGES * S::B_STAGE];
     const int M = N * OH * OW, R = FH * FW * Cp;
     const int m0 = blockIdx.x * S::BM, n0 = blockIdx.y * S::BN;
     const long long rbytes = (long long)R * sizeof(storage_t);
@@ -441,8 +441,8 @@ template <class S>
 __device__ void conv2d_backward_data_tc_body(const storage_t* dy, const storage_t* wt, storage_t* dx, int N, int C,
                                              int H, int W, int Kp, int FH, int FW, int OH, int OW, int sh, int sw,
                                              int ph, int pw) {
-    __shared__ __align__(128) unsigned char As[TC_STAGES * S::A_STAGE];
-    __shared__ __align__(128) unsigned char Bs[TC_STAGES * S::B_STAGE];
+    __shared__ __align__(1024) unsigned char As[TC_STAGES * S::A_STAGE];
+    __shared__ __align__(1024) unsigned char Bs[TC_STAGES * S::B_STAGE];
     const int M = N * H * W, L = FH * FW * Kp;
     const int m0 = blockIdx.x * S::BM, n0 = blockIdx.y * S::BN;
     const long long lbytes = (long long)L * sizeof(storage_t);
@@ -464,8 +464,8 @@ template <class S>
 __device__ void conv2d_backward_weight_tc_body(const storage_t* dy, const storage_t* x, float* ws, int N, int Cp,
                                                int H, int W, int K, int FH, int FW, int OH, int OW, int sh, int sw,
                                                int ph, int pw, int chunk, int vec_dy) {
-    __shared__ __align__(128) unsigned char As[TC_STAGES * S::A_STAGE];
-    __shared__ __align__(128) unsigned char Bs[TC_STAGES * S::B_STAGE];
+    __shared__ __align__(1024) unsigned char As[TC_STAGES * S::A_STAGE];
+    __shared__ __align__(1024) unsigned char Bs[TC_STAGES * S::B_STAGE];
     const int L = N * OH * OW, R = FH * FW * Cp;
     const int m0 = blockIdx.x * S::BM, n0 = blockIdx.y * S::BN;
     const int l0 = blockIdx.z * chunk, l_end = imin(L, l0 + chunk);
@@ -561,6 +561,35 @@ conv2d_backward_weight_tc128w(const storage_t* dy, const storage_t* x, float* ws
     int K, int FH, int FW, int OH, int OW, int sh, int sw, int ph, int pw, int chunk, int vec_dy) {
     TC_BODY((conv2d_backward_weight_tc_body<TcTile128w>(dy, x, ws, N, Cp, H, W, K, FH, FW, OH, OW, sh, sw, ph, pw,
                                                      chunk, vec_dy)));
+}
+
+// The warpgroup (wgmma) tiles: the 16-bit builds for sm_90a (and the simulator) only.
+#if GPUCONV_TENSOR_CORES && GPUCONV_WGMMA && !GPUCONV_TF32
+#define TCWG_BODY(call) call
+#else
+#define TCWG_BODY(call) __trap()
+#endif
+
+extern "C" __global__ void __launch_bounds__(TcTileWg::THREADS)
+conv2d_forward_tcwg(const storage_t* x, const storage_t* w, const storage_t* b, storage_t* y, int N, int Cp,
+    int H, int W, int K, int FH, int FW, int OH, int OW, int sh, int sw, int ph, int pw, int has_bias, int relu) {
+    TCWG_BODY((conv2d_forward_tc_body<TcTileWg>(x, w, b, y, N, Cp, H, W, K, FH, FW, OH, OW, sh, sw, ph, pw, has_bias,
+                                              relu)));
+}
+
+extern "C" __global__ void __launch_bounds__(TcTileWg::THREADS)
+conv2d_backward_data_tcwg(const storage_t* dy, const storage_t* wt, storage_t* dx, int N, int C, int H, int W,
+    int Kp, int FH, int FW, int OH, int OW, int sh, int sw, int ph, int pw) {
+    TCWG_BODY((conv2d_backward_data_tc_body<TcTileWg>(dy, wt, dx, N, C, H, W, Kp, FH, FW, OH, OW, sh, sw, ph, pw)));
+}
+
+// vec_dy: the bytes each copy of dy moves in the 16-bit builds (16, 8, 4 or 2: the largest dividing
+// K * sizeof and dy's address; dy needs no channel padding, it is read as a dense [L][K] matrix).
+extern "C" __global__ void __launch_bounds__(TcTileWg::THREADS)
+conv2d_backward_weight_tcwg(const storage_t* dy, const storage_t* x, float* ws, int N, int Cp, int H, int W,
+    int K, int FH, int FW, int OH, int OW, int sh, int sw, int ph, int pw, int chunk, int vec_dy) {
+    TCWG_BODY((conv2d_backward_weight_tc_body<TcTileWg>(dy, x, ws, N, Cp, H, W, K, FH, FW, OH, OW, sh, sw, ph, pw,
+                                                      chunk, vec_dy)));
 }
 
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)

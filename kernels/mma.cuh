@@ -60,6 +60,7 @@
 
 #ifdef __CUDA_ARCH__
 #define GPUCONV_SITE
+#define GPUCONV_SITE_FIRST
 #define GPUCONV_SITE_FWD
 // The 32-bit shared-window address of a generic pointer into shared memory, as ldmatrix and
 // cp.async take it.
@@ -67,6 +68,7 @@ __device__ inline unsigned smem_address(const void* p) { return (unsigned)__cvta
 #else
 // The caller's file and line, for the divergence messages (evaluated at each call site).
 #define GPUCONV_SITE , const char *site_file = __builtin_FILE(), int site_line = __builtin_LINE()
+#define GPUCONV_SITE_FIRST const char *site_file = __builtin_FILE(), int site_line = __builtin_LINE()
 #define GPUCONV_SITE_FWD , site_file, site_line
 
 namespace mma_sim {
@@ -346,6 +348,7 @@ __device__ inline int swizzle_offset(int row, int byte) {
 template <class T> struct TensorCoreOp;
 
 template <> struct TensorCoreOp<bf16_t> {
+    typedef bf16_t storage;
     __device__ static void prepare(unsigned*, int) {}
     __device__ static void mma(float acc[4], const unsigned a[4], const unsigned b[2] GPUCONV_SITE) {
         mma_m16n8k16_bf16(acc, a, b, acc GPUCONV_SITE_FWD);
@@ -353,6 +356,7 @@ template <> struct TensorCoreOp<bf16_t> {
 };
 
 template <> struct TensorCoreOp<half_t> {
+    typedef half_t storage;
     __device__ static void prepare(unsigned*, int) {}
     __device__ static void mma(float acc[4], const unsigned a[4], const unsigned b[2] GPUCONV_SITE) {
         mma_m16n8k16_f16(acc, a, b, acc GPUCONV_SITE_FWD);
@@ -360,6 +364,7 @@ template <> struct TensorCoreOp<half_t> {
 };
 
 template <> struct TensorCoreOp<float> {
+    typedef float storage;
     __device__ static void prepare(unsigned* r, int n) {
         for (int i = 0; i < n; ++i) r[i] = __float_as_uint(tf32_round(__uint_as_float(r[i])));
     }

@@ -33,10 +33,12 @@
 #define TC_STAGES 3         // shared-memory stages: 2 k-tiles in flight while a third is multiplied
 #define TC_KM_ROWS 32       // rows of K in a km stage (64 bytes of 16-bit elements)
 
-// A CTA tile: BM x BN outputs, WM x WN warps.
-template <int BM_, int BN_, int WM_, int WN_>
+// A CTA tile: BM x BN outputs, WM x WN warps; WG: multiplied by warpgroups (wgmma) instead of
+// warps (mma.sync).
+template <int BM_, int BN_, int WM_, int WN_, bool WG_ = false>
 struct TcShape {
     static constexpr int BM = BM_, BN = BN_, WM = WM_, WN = WN_;
+    static constexpr bool WG = WG_;
     static constexpr int THREADS = 32 * WM * WN;
     static constexpr int MI = BM / WM / 16;              // 16-row mma tiles per warp
     static constexpr int NI = BN / WN / 8;               // 8-column mma tiles per warp (even)
@@ -49,6 +51,8 @@ struct TcShape {
 typedef TcShape<64, 64, 2, 2> TcTile64;     // 128 threads; 24 KiB of stages
 typedef TcShape<128, 128, 2, 4> TcTile128;  // 256 threads; 48 KiB of stages (the static limit)
 typedef TcShape<128, 128, 2, 2> TcTile128w; // 128 threads, warp tiles of 64x64; 48 KiB of stages
+// 2 warpgroups of 64x128 (wgmma m64n128k16); its 8 warps hold D as 16x128 blocks, rows 16 w.
+typedef TcShape<128, 128, 8, 1, true> TcTileWg;  // 256 threads; 48 KiB of stages
 
 // Byte offset of (row, byte) in a stage whose rows hold ROW_BYTES bytes: mk stages (64-byte rows)
 // and km stages of 64 columns (128-byte rows) are swizzled as they are; wider km stages are cut
@@ -161,6 +165,9 @@ struct DenseTileLoader {
 //     offset = (lane ^ 32 i) + 2048 ks.
 // Recomputed per k-tile, the swizzles took about 60 of the forward's 270 instructions a k-tile.
 // The simulator checks each derived offset against stage_offset.
+// The warpgroup of the calling thread (4 consecutive warps).
+__device__ inline int warpgroup() { return (int)threadIdx.x / 128; }
+
 __device__ inline int tc_checked_offset(int fast, int reference) {
 #ifndef __CUDA_ARCH__
     if (fast != reference) __trap();  // a tile shape outside the derivation above
@@ -177,6 +184,10 @@ __device__ constexpr bool tc_xor_tiles() { return COUNT == 1 || COUNT == 2 || CO
 // bytes 0-15), (rows 8-15, bytes 0-15), (rows 0-7, bytes 16-31), (rows 8-15, bytes 16-31).
 template <class S>
 struct FragA {
+    static constexpr int WG_TRANS = 0;  // as a wgmma operand: K-major, 64-byte swizzle, 8-row atoms 512 bytes apart
+    __device__ static unsigned long long wg_desc(const unsigned char* stage, int ks) {
+        return wgmma_descriptor<TC_KBYTES>(stage + 64 * TC_KBYTES * warpgroup() + 32 * ks, 16, 8 * TC_KBYTES);
+    }
     __device__ static int row(int i) {
         const int lane = threadIdx.x % 32;
         return S::BM / S::WM * S::warp_m() + 16 * i + 8 * (lane / 8 & 1) + lane % 8;
@@ -201,7 +212,12 @@ struct FragA {
 // (m 0-7, k 0-7): matrices (m 0-7, k 0-7), (m 8-15, k 0-7), (m 0-7, k 8-15), (m 8-15, k 8-15).
 template <class S>
 struct FragA_km {
-    static_assert(tc_xor_tiles<S::MI>(), "the km offsets derive tiles by xor (see above)");
+    // As a wgmma operand: M-major, 128-byte swizzle, the warpgroup's 64 columns one column block;
+    // 8 rows of K 1024 bytes on, a k16 step 16 rows.
+    static constexpr int WG_TRANS = 1;
+    __device__ static unsigned long long wg_desc(const unsigned char* stage, int ks) {
+        return wgmma_descriptor<128>(stage + TC_KM_ROWS * 128 * warpgroup() + 16 * 128 * ks, TC_KM_ROWS * 128, 8 * 128);
+    }
     __device__ static int krow(int ks) { const int lane = threadIdx.x % 32; return 16 * ks + 8 * (lane / 16) + lane % 8; }
     __device__ static int col(int i) {
         return S::BM / S::WM * S::warp_m() + 16 * i + 8 * ((int)threadIdx.x % 32 / 8 & 1);
@@ -210,6 +226,7 @@ struct FragA_km {
 
     template <class Op>
     __device__ static void load(const unsigned char* stage, int ks, int lane, unsigned a[S::MI][4]) {
+        static_assert(tc_xor_tiles<S::MI>(), "the km offsets derive tiles by xor (see above)");
 #pragma unroll
         for (int i = 0; i < S::MI; ++i) {
             const int off = tc_checked_offset((lane ^ 32 * i) + 16 * 128 * ks, stage_offset<2 * S::BM>(krow(ks), 2 * col(i)));
@@ -222,6 +239,10 @@ struct FragA_km {
 // fragments: matrices (n 0-7, bytes 0-15), (n 0-7, bytes 16-31), (n 8-15, ...), (n 8-15, ...).
 template <class S>
 struct FragB_nt {
+    static constexpr int WG_TRANS = 0;  // as a wgmma operand: K-major, 64-byte swizzle, all BN rows
+    __device__ static unsigned long long wg_desc(const unsigned char* stage, int ks) {
+        return wgmma_descriptor<TC_KBYTES>(stage + 32 * ks, 16, 8 * TC_KBYTES);
+    }
     __device__ static int row(int p) {
         const int lane = threadIdx.x % 32;
         return S::BN / S::WN * S::warp_n() + 16 * p + 8 * (lane / 16) + lane % 8;
@@ -247,7 +268,12 @@ struct FragB_nt {
 // blocks column-major: matrices (k 0-7, n 0-7), (k 8-15, n 0-7), (k 0-7, n 8-15), ...
 template <class S>
 struct FragB_nn {
-    static_assert(tc_xor_tiles<S::NI / 2>(), "the km offsets derive tiles by xor (see above)");
+    // As a wgmma operand: N-major, 128-byte swizzle, BN columns in column blocks TC_KM_ROWS rows
+    // long (LBO), 8 rows of K 1024 bytes on.
+    static constexpr int WG_TRANS = 1;
+    __device__ static unsigned long long wg_desc(const unsigned char* stage, int ks) {
+        return wgmma_descriptor<128>(stage + 16 * 128 * ks, TC_KM_ROWS * 128, 8 * 128);
+    }
     __device__ static int krow(int ks) {
         const int lane = threadIdx.x % 32;
         return 16 * ks + 8 * (lane / 8 & 1) + lane % 8;
@@ -257,6 +283,7 @@ struct FragB_nn {
 
     template <class Op>
     __device__ static void load(const unsigned char* stage, int ks, int lane, unsigned b[S::NI][2]) {
+        static_assert(tc_xor_tiles<S::NI / 2>(), "the km offsets derive tiles by xor (see above)");
 #pragma unroll
         for (int p = 0; p < S::NI / 2; ++p) {
             const int off = tc_checked_offset((lane ^ 32 * p) + 16 * 128 * ks, stage_offset<2 * S::BN>(krow(ks), 2 * col(p)));
@@ -268,6 +295,51 @@ struct FragB_nn {
 };
 
 // ------------------------------------------------------------------------------------------
+// The multiply of one staged k-tile, TcMultiply<S, Op, FragA, FragB>, on the engine of the shape:
+// - mma.sync (S::WG false): each warp reads its fragments with ldmatrix (FragA, FragB) and issues
+//   MI x NI mmas per 32 bytes of K. Synchronous: the stages are free once every warp is past it.
+// - wgmma (S::WG true; GPUCONV_WGMMA builds): each warpgroup multiplies its 64 x BN block straight
+//   from the stages, through the descriptors FragA/FragB::wg_desc give (the stage layouts are
+//   wgmma's 64- and 128-byte swizzles as they are), one m64n128k16 per 32 bytes of K, and waits
+//   for them before the next barrier lets the stage be refilled. Its publish() is the proxy fence
+//   that makes the stage's generic-proxy writes (cp.async) visible to wgmma, before the barrier.
+template <class S, class Op, class FragA, class FragB, bool WG = S::WG>
+struct TcMultiply {
+    int lane_a, lane_b;  // this lane's swizzled fragment offsets (see above)
+    __device__ TcMultiply() : lane_a(FragA::lane_offset()), lane_b(FragB::lane_offset()) {}
+    __device__ static void publish() {}
+    __device__ void operator()(const unsigned char* A, const unsigned char* B, float acc[S::MI][S::NI][4]) const {
+#pragma unroll
+        for (int ks = 0; ks < TC_KBYTES / 32; ++ks) {
+            unsigned a[S::MI][4], b[S::NI][2];
+            FragA::template load<Op>(A, ks, lane_a, a);
+            FragB::template load<Op>(B, ks, lane_b, b);
+#pragma unroll
+            for (int i = 0; i < S::MI; ++i)
+#pragma unroll
+                for (int n = 0; n < S::NI; ++n) Op::mma(acc[i][n], a[i], b[n]);
+        }
+    }
+};
+
+#if GPUCONV_WGMMA
+template <class S, class Op, class FragA, class FragB>
+struct TcMultiply<S, Op, FragA, FragB, true> {
+    static_assert(S::WN == 1 && S::BM / S::WM == 16 && S::BN == 128 && S::MI == 1,
+                  "a warpgroup's 4 warps hold 16 rows each of one m64n128 block");
+    __device__ static void publish() { fence_proxy_async(); }
+    __device__ void operator()(const unsigned char* A, const unsigned char* B, float acc[S::MI][S::NI][4]) const {
+        wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < TC_KBYTES / 32; ++ks)
+            WarpgroupOp<typename Op::storage>::template mma<FragA::WG_TRANS, FragB::WG_TRANS>(
+                &acc[0][0][0], FragA::wg_desc(A, ks), FragB::wg_desc(B, ks));
+        wgmma_commit();
+        wgmma_wait<0>();
+    }
+};
+#endif
+
 // The pipeline. Groups are committed every round, empty or not, so that "all but the newest
 // TC_STAGES - 2 groups" is always k-tile kt. Per k-tile kt:
 //   wait_group  -> this thread's copies of tile kt have landed;
@@ -285,10 +357,11 @@ __device__ void tc_gemm_mainloop(const LoaderA& la, const LoaderB& lb, int ktile
         }
         cp_async_commit();
     }
-    const int lane_a = FragA::lane_offset(), lane_b = FragB::lane_offset();
+    const TcMultiply<S, Op, FragA, FragB> multiply;
     int read = 0, write = TC_STAGES - 1;  // kt % TC_STAGES and (kt + TC_STAGES - 1) % TC_STAGES, carried
     for (int kt = 0; kt < ktiles; ++kt) {
         cp_async_wait<TC_STAGES - 2>();
+        multiply.publish();
         __syncthreads();
         const int next = kt + TC_STAGES - 1;
         if (next < ktiles) {
@@ -296,20 +369,9 @@ __device__ void tc_gemm_mainloop(const LoaderA& la, const LoaderB& lb, int ktile
             lb.load(Bs + write * S::B_STAGE, next, vec_b);
         }
         cp_async_commit();
-        const unsigned char* A = As + read * S::A_STAGE;
-        const unsigned char* B = Bs + read * S::B_STAGE;
+        multiply(As + read * S::A_STAGE, Bs + read * S::B_STAGE, acc);
         read = read == TC_STAGES - 1 ? 0 : read + 1;
         write = write == TC_STAGES - 1 ? 0 : write + 1;
-#pragma unroll
-        for (int ks = 0; ks < TC_KBYTES / 32; ++ks) {
-            unsigned a[S::MI][4], b[S::NI][2];
-            FragA::template load<Op>(A, ks, lane_a, a);
-            FragB::template load<Op>(B, ks, lane_b, b);
-#pragma unroll
-            for (int i = 0; i < S::MI; ++i)
-#pragma unroll
-                for (int n = 0; n < S::NI; ++n) Op::mma(acc[i][n], a[i], b[n]);
-        }
     }
 }
 

@@ -41,6 +41,9 @@ CASES = [((2, 16, 6, 6), (24, 3, 3), (1, 1), (1, 1)),     # the common 3x3 same-
 IDS = ["3x3", "c3s2", "1x1k70", "2x3s21p02", "c40m81", "s3p2", "m162k130"]
 
 
+# every tensor-core variant; tcwg (wgmma) runs as tc128 where wgmma does not (TF32, a GPU before Hopper)
+VARIANTS = ["tc", "tc128", "tc128w", "tcwg"]
+
 def operands(case, dtype, rng, integers=False):
     xs, (k, fh, fw), _, _ = case
     draw = (lambda s: rng.integers(-3, 4, s)) if integers else rng.standard_normal
@@ -77,7 +80,7 @@ def assert_bound(name, got, want, mag, length, dtype, factor):
     assert ok, f"{name}: error {worst:.3g} x the derived bound"
 
 
-@pytest.mark.parametrize("variant", ["tc", "tc128", "tc128w"])
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 @pytest.mark.parametrize("build", list(BUILDS))
@@ -90,6 +93,7 @@ def test_tensor_core_conv_within_the_derived_bound(target, build, case, channels
     oh, ow = conv_mod.output_hw(x.shape, (fh, fw), stride, pad)
     dy = rng.standard_normal((x.shape[0], k, oh, ow)).astype(dtype)
     (y, dx, dw), log = run_conv(target, x, w, b, dy, stride, pad, tf32, channels_last, variant)
+    variant = TC.engine(variant, dtype, tf32, target, 0)
     assert log.names[:4] == [f"conv2d_forward_{variant}", f"conv2d_backward_data_{variant}",
                              f"conv2d_backward_weight_{variant}", "conv2d_tc_weight_reduce"]
     tile, threads = TC.SHAPES[variant]
@@ -109,7 +113,7 @@ def test_tensor_core_conv_within_the_derived_bound(target, build, case, channels
     assert_bound("dw", dw, edw, mdw, x.shape[0] * oh * ow, dtype, factor)
 
 
-@pytest.mark.parametrize("variant", ["tc", "tc128", "tc128w"])
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("build", list(BUILDS))
 def test_exact_when_every_partial_sum_is(target, build, variant):
     """Small integers: every product and partial sum is exact in float32, so every order of the
@@ -124,12 +128,13 @@ def test_exact_when_every_partial_sum_is(target, build, variant):
         assert np.array_equal(host(got).astype(np.float64), want)
 
 
-@pytest.mark.parametrize("build", ["bf16", "tf32"])
-def test_the_128_tiles_give_the_same_bits_in_either_warp_layout(target, build, monkeypatch):
-    """tc128 (8 warps of 64x32) and tc128w (4 warps of 64x64) tile the same 128x128 outputs and
-    walk the reduction in the same k-tiles and mma steps, so every output is the same sum in the
-    same order: bit-identical results, over several row and column tiles and weight-gradient
-    splits, channels_last."""
+@pytest.mark.parametrize("build", ["bf16", "f16", "tf32"])
+def test_the_128_tiles_give_the_same_bits_in_every_warp_layout(target, build, monkeypatch):
+    """tc128 (8 warps of 64x32), tc128w (4 warps of 64x64) and tcwg (2 warpgroups of 64x128 on
+    wgmma) tile the same 128x128 outputs and walk the reduction in the same k-tiles and k16 steps,
+    so every output is the same sum in the same order: bit-identical results on the simulator,
+    over several row and column tiles and weight-gradient splits, channels_last. (On a GPU the
+    order inside one mma is the hardware's: mma.sync and wgmma may differ in the last bits.)"""
     monkeypatch.setattr(LC, "MIN_SPLIT_CHUNK", 32)
     # the same weight-gradient splits for both (on a GPU the split rule reads each kernel's occupancy)
     monkeypatch.setattr(kernels, "resident_blocks", lambda *args, **kw: 2)
@@ -138,11 +143,15 @@ def test_the_128_tiles_give_the_same_bits_in_either_warp_layout(target, build, m
     x, w, b = operands(((2, 24, 12, 11), (136, 3, 3), (1, 1), (1, 1)), dtype, rng)  # M = 264, N = 136
     dy = rng.standard_normal((2, 136, 12, 11)).astype(dtype)
     got = {}
-    for variant in ("tc128", "tc128w"):
+    variants = ("tc128", "tc128w") + (("tcwg",) if TC.engine("tcwg", dtype, tf32, target, 0) == "tcwg" else ())
+    for variant in variants:
         results, log = run_conv(target, x, w, b, dy, (1, 1), (1, 1), tf32, True, variant)
         assert f"conv2d_forward_{variant}" in log.names
         got[variant] = [np.ascontiguousarray(host(a)).tobytes() for a in results]
-    assert got["tc128"] == got["tc128w"]
+    if target == "sim":
+        assert all(got[v] == got["tc128"] for v in variants) and len(variants) == (2 if tf32 else 3)
+    else:
+        assert got["tc128"] == got["tc128w"]
 
 
 def test_fused_bias_relu_epilogue_and_no_bias():
@@ -160,7 +169,7 @@ def test_fused_bias_relu_epilogue_and_no_bias():
     assert np.all(np.abs(np.asarray(y1, np.float64) - ey)[keep] <= tol[keep])
 
 
-@pytest.mark.parametrize("variant", ["tc", "tc128", "tc128w"])
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("build", ["bf16", "tf32"])
 def test_both_schedule_orders_give_the_same_bits(monkeypatch, build, variant):
     """Reversed thread order (and warp order) gives the same bits: the stages are ordered by
@@ -229,7 +238,7 @@ def test_no_tensor_core_format_is_declined_not_trapped(bad):
 @given(n=st.integers(1, 2), c=st.integers(1, 20), k=st.integers(1, 70), fh=st.integers(1, 3), fw=st.integers(1, 3),
        sh=st.integers(1, 3), sw=st.integers(1, 2), ph=st.integers(0, 2), pw=st.integers(0, 2), oh=st.integers(1, 5),
        ow=st.integers(1, 5), build=st.sampled_from(list(BUILDS)), channels_last=st.booleans(),
-       variant=st.sampled_from(["tc", "tc128", "tc128w"]), seed=st.integers(0, 2**16))
+       variant=st.sampled_from(VARIANTS), seed=st.integers(0, 2**16))
 def test_fuzz_against_the_float64_convolution(n, c, k, fh, fw, sh, sw, ph, pw, oh, ow, build, channels_last, variant,
                                               seed):
     dtype, tf32 = BUILDS[build]
@@ -271,9 +280,9 @@ def test_launcher_shapes_match_the_kernel_tiles():
     tile = (kernels.kernel_dir() / "tc_tile.cuh").read_text()
     conv = (kernels.kernel_dir() / "conv2d_tc.cu").read_text()
     shapes = {name: (int(bm), int(bn), 32 * int(wm) * int(wn))
-              for bm, bn, wm, wn, name in re.findall(r"typedef TcShape<(\d+), (\d+), (\d+), (\d+)> (\w+);", tile)}
+              for bm, bn, wm, wn, name in re.findall(r"typedef TcShape<(\d+), (\d+), (\d+), (\d+)(?:, \w+)?> (\w+);", tile)}
     # each entry point, e.g. "conv2d_forward_tc128(...) { ... conv2d_forward_tc_body<TcTile128>"
-    entries = dict(re.findall(r"\nconv2d_forward_(tc\d*w?)\(.*?conv2d_forward_tc_body<(\w+)>", conv, re.S))
+    entries = dict(re.findall(r"\nconv2d_forward_(tc\d*w?g?)\(.*?conv2d_forward_tc_body<(\w+)>", conv, re.S))
     assert set(entries) == set(TC.SHAPES)
     for variant, (side, threads) in TC.SHAPES.items():
         assert shapes[entries[variant]] == (side, side, threads), variant

@@ -39,6 +39,7 @@ ENTRIES = {
     "conv2d_tc": ["conv2d_forward_tc", "conv2d_backward_data_tc", "conv2d_backward_weight_tc",
                   "conv2d_forward_tc128", "conv2d_backward_data_tc128", "conv2d_backward_weight_tc128",
                   "conv2d_forward_tc128w", "conv2d_backward_data_tc128w", "conv2d_backward_weight_tc128w",
+                  "conv2d_forward_tcwg", "conv2d_backward_data_tcwg", "conv2d_backward_weight_tcwg",
                   "conv2d_tc_weight_reduce"],
     "pool2d": [f"{k}{v}" for k in ("max_pool2d_forward", "max_pool2d_backward", "max_pool2d_backward_disjoint",
                                    "avg_pool2d_forward", "avg_pool2d_backward", "avg_pool2d_backward_disjoint")
@@ -133,6 +134,29 @@ def test_tensor_core_files_build_an_sm_90_cubin(op_file, build):
     assert image[:4] == b"\x7fELF" and kernels.elf_image_end(image) <= len(image)
 
 
+WGMMA = {"bf16": "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16",
+         "f16": "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16"}
+
+
+@needs_nvrtc
+@pytest.mark.parametrize("build", list(BUILDS))
+def test_the_warpgroup_convolutions_run_on_wgmma_in_the_sm_90a_build(build):
+    """conv2d_tc's tcwg kernels multiply with wgmma (both transpose flags: the weight gradient's
+    operands are M- and N-major) in the 16-bit sm_90a builds, publish their stages to the async
+    proxy, and trap in every other build; the mma.sync kernels beside them are unchanged."""
+    dtype, tf32 = BUILDS[build]
+    ptx = kernels.nvrtc_check("conv2d_tc", "compute_90a", dtype, tf32)
+    assert set(re.findall(r"\.entry\s+(\w+)", ptx)) == set(ENTRIES["conv2d_tc"])
+    if build in WGMMA:
+        assert WGMMA[build] in ptx and "fence.proxy.async.shared::cta" in ptx and "wgmma.wait_group.sync.aligned 0" in ptx
+        assert re.search(r"p, 1, 1, 0, 0;", ptx) and re.search(r"p, 1, 1, 1, 1;", ptx)
+        image = kernels.nvrtc_compile(kernels.build_source("conv2d_tc", dtype, tf32), "conv2d_tc", dtype, "sm_90a")
+        assert image[:4] == b"\x7fELF"
+    else:
+        assert "wgmma" not in ptx.replace("_tcwg", "")
+    assert "wgmma" not in kernels.nvrtc_check("conv2d_tc", "compute_90", dtype, tf32).replace("_tcwg", "")
+
+
 def test_mma_header_goes_only_into_the_files_that_use_it():
     assert '\n#line 1 "kernels/mma.cuh"' in kernels.build_source("gemm_tc", ml_dtypes.bfloat16)
     assert '\n#line 1 "kernels/mma.cuh"' not in kernels.build_source("conv2d", ml_dtypes.bfloat16)
@@ -162,7 +186,8 @@ def test_compile_error_names_file_and_line(broken_kernels):
 def _ptxas_report(op_file, dtype, tmp_path, tf32=False):
     cu = tmp_path / f"{op_file}.cu"
     cu.write_text(kernels.build_source(op_file, dtype, tf32))
-    proc = subprocess.run(["nvcc", "-cubin", "-arch=sm_90", *kernels.NVRTC_OPTIONS, "--resource-usage", str(cu),
+    arch = "sm_90a" if op_file in kernels.ARCH_SPECIFIC else "sm_90"  # as a Hopper GPU builds it
+    proc = subprocess.run(["nvcc", "-cubin", f"-arch={arch}", *kernels.NVRTC_OPTIONS, "--resource-usage", str(cu),
                            "-o", str(tmp_path / f"{op_file}.cubin")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     report, current = {}, None
@@ -237,6 +262,13 @@ def test_ptxas_resource_usage(tmp_path, build, capsys):
         for name in ["conv2d_forward_tc128w", "conv2d_backward_data_tc128w", "conv2d_backward_weight_tc128w"]:
             r = reports["conv2d_tc"][name]
             assert r["spill"] == 0 and r["smem"] == 49152 and r["registers"] <= 255, (build, name, r)
+        # 128x128 tiles of 2 warpgroups (wgmma, 16-bit builds; TF32's entry points trap): 64
+        # accumulators per thread and no fragments, at most 128 registers for two blocks per SM
+        # (120-122 with ptxas 13.0)
+        for name in ["conv2d_forward_tcwg", "conv2d_backward_data_tcwg", "conv2d_backward_weight_tcwg"]:
+            r = reports["conv2d_tc"][name]
+            assert r["spill"] == 0 and r["smem"] == (0 if build == "tf32" else 49152) and r["registers"] <= 128, \
+                (build, name, r)
 
 
 # ----------------------------------------------------------------------------- the GPU path, faked

@@ -157,6 +157,7 @@ struct Runtime {
   size_t dyn_bytes;         // dynamic shared memory of this launch
   unsigned insn_warp;       // the warp whose instruction is being executed (for its messages)
   const Fiber* insn_lane0;  // ... and its lane 0 (the instruction's name and call site)
+  unsigned long long block_serial;  // counts the blocks run since the module loaded
 };
 static Runtime rt;
 alignas(16) static unsigned char dyn_smem[GPUCONV_DYN_SMEM_MAX];
@@ -214,6 +215,19 @@ bool shared_range(const void* p, size_t n);
 // local of a template: the source rewrite calls this after each __shared__ declaration). From
 // then on it is poisoned with the section before every block, and poisoned now.
 bool shared_var(void* p, size_t n);
+// The block's shared-memory window as instructions address it (a 32-bit shared address: cp.async
+// and ldmatrix operands, wgmma's matrix descriptors). shared_address(p) is p's place in the window:
+// each shared array a block addresses gets its window range on first use (arrays never overlap,
+// the window stays under the 256 KiB a descriptor's 14-bit field of 16-byte units can name), at an
+// offset congruent to its host address modulo 1024, so the address bits 0-9 that the hardware's
+// swizzles read are the host's. shared_pointer(a, n) is the host memory behind window bytes
+// [a, a + n), null where they are not one array's. Both end the launch with an error naming the
+// problem (p not in shared memory, an address outside every array).
+unsigned shared_address(const void* p);
+void* shared_pointer(unsigned a, size_t n);
+// The serial number of the running block (distinct for every block of every launch): per-warp
+// state kept outside the fibers (wgmma's queue) is reset when it changes.
+inline unsigned long long block_serial() { return rt.block_serial; }
 // The calling thread's queue of deferred copies (cp.async): defer_copy adds one to the open group,
 // commit_copies closes that group, complete_copies(keep) performs, in issue order, every copy of
 // all but the `keep` most recently committed groups (copies not yet committed stay queued).

@@ -79,6 +79,51 @@ bool shared_var(void* p, size_t n) {
   return true;
 }
 
+// The window ranges of the running block (see shared_address), in first-use order.
+struct WindowRange { const char* host; size_t n; unsigned base; };
+static WindowRange window[32];
+static unsigned n_window;
+static unsigned long long window_serial = ~0ull;
+
+// The shared array holding p: a registered variable, the dynamic buffer, or the static section.
+static bool shared_array(const char* p, const char** host, size_t* n) {
+  for (unsigned i = 0; i < n_shared_vars; ++i)
+    if (in_range(p, 1, shared_vars[i].p, shared_vars[i].p + shared_vars[i].n)) {
+      *host = shared_vars[i].p; *n = shared_vars[i].n; return true;
+    }
+  if (in_range(p, 1, (const char*)dyn_smem, (const char*)dyn_smem + rt.dyn_bytes)) {
+    *host = (const char*)dyn_smem; *n = rt.dyn_bytes; return true;
+  }
+  if (in_range(p, 1, __start_gpuconv_shared, __stop_gpuconv_shared)) {
+    *host = __start_gpuconv_shared; *n = (size_t)(__stop_gpuconv_shared - __start_gpuconv_shared); return true;
+  }
+  return false;
+}
+
+unsigned shared_address(const void* p) {
+  const char* c = (const char*)p;
+  if (window_serial != rt.block_serial) { n_window = 0; window_serial = rt.block_serial; }
+  for (unsigned i = 0; i < n_window; ++i)
+    if (in_range(c, 1, window[i].host, window[i].host + window[i].n)) return window[i].base + (unsigned)(c - window[i].host);
+  const char* host; size_t n;
+  if (!shared_array(c, &host, &n))
+    thread_error("takes the shared address of %p, which is not in shared memory: pass a __shared__ array", p);
+  size_t end = n_window ? window[n_window - 1].base + window[n_window - 1].n : 0;
+  size_t base = (end + 1023) / 1024 * 1024 + ((uintptr_t)host & 1023);
+  if (n_window == sizeof window / sizeof window[0] || base + n > (1u << 18))
+    thread_error("addresses more shared arrays (%u, ending past byte %zu) than a block's 256 KiB shared window holds",
+                 n_window + 1, base + n);
+  window[n_window++] = {host, n, (unsigned)base};
+  return (unsigned)base + (unsigned)(c - host);
+}
+
+void* shared_pointer(unsigned a, size_t n) {
+  if (window_serial != rt.block_serial) return nullptr;
+  for (unsigned i = 0; i < n_window; ++i)
+    if (a >= window[i].base && a + n <= window[i].base + window[i].n) return (void*)(window[i].host + (a - window[i].base));
+  return nullptr;
+}
+
 void defer_copy(void* dst, const void* src, unsigned bytes, unsigned src_bytes) {
   Fiber* f = rt.cur;
   if (!f->copies && !(f->copies = (DeferredCopy*)malloc(GPUCONV_SIM_COPIES_MAX * sizeof(DeferredCopy))))
@@ -509,6 +554,7 @@ extern "C" __attribute__((visibility("default"))) int gpuconv_sim_launch(
     for (unsigned y = 0; y < grid[1] && !rt.status; ++y)
       for (unsigned x = 0; x < grid[0] && !rt.status; ++x) {
         blockIdx = {x, y, z};
+        ++rt.block_serial;
         poison_static_shared();
         memset(dyn_smem, 0xFF, dyn_bytes);
         for (unsigned i = 0; i < n; ++i) {

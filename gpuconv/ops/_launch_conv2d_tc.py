@@ -21,7 +21,10 @@ from ._checks import output_hw
 
 # variant -> (CTA tile side, threads), from the TcShape typedefs of kernels/tc_tile.cuh that
 # conv2d_tc.cu instantiates per suffix (tests check the pairing).
-_TILES = {"tc": "TcTile64", "tc128": "TcTile128", "tc128w": "TcTile128w"}
+_TILES = {"tc": "TcTile64", "tc128": "TcTile128", "tc128w": "TcTile128w", "tcwg": "TcTileWg"}
+# tcwg multiplies with Hopper's wgmma: 16-bit builds on sm_90a and the simulator. Elsewhere (TF32,
+# another GPU) the same 128x128 tile runs on mma.sync, tc128.
+_WG_FALLBACK = "tc128"
 SHAPES = {v: kernels.tile_shapes()[t][::2] for v, t in _TILES.items()}
 KBYTES = kernels.defines("tc_tile.cuh")["TC_KBYTES"]  # bytes of the reduction per k-tile
 PIECE = 16       # bytes per cp.async of the im2col loaders
@@ -75,8 +78,17 @@ def _back(y_nhwc, like):
     return y if layout.is_channels_last(like) else get_array_module(y).ascontiguousarray(y)
 
 
+def engine(variant, dtype, tf32, target, device):
+    """``variant`` as it runs for ``dtype`` on ``target``: tcwg where wgmma does not (TF32, a GPU
+    other than Hopper) runs tc128."""
+    if variant == "tcwg" and (tf32 or not kernels.wgmma_available(target, device)):
+        return _WG_FALLBACK
+    return variant
+
+
 def _launch(name, variant, dtype, target, rows, cols, args, tf32, device, splits=1):
     """One tensor-core conv launch: a block per output tile of the rows x cols GEMM."""
+    variant = engine(variant, dtype, tf32, target, device)
     tile, threads = SHAPES[variant]
     grid = (-(-rows // tile), -(-cols // tile), splits)
     kernels.launch("conv2d_tc", f"{name}_{variant}", dtype, target, grid, (threads, 1, 1), args, device=device,
@@ -89,7 +101,8 @@ def _i32(*values):
 
 def forward(x, w, b, stride, padding, tf32, relu, *, target, variant="tc"):
     """y = conv2d(x, w) + b (ReLU when ``relu``) on tensor cores, or None (see the module doc);
-    ``variant`` 'tc' (64x64 tiles), 'tc128' (128x128, 8 warps) or 'tc128w' (128x128, 4 warps)."""
+    ``variant`` 'tc' (64x64 tiles), 'tc128' (128x128, 8 warps), 'tc128w' (128x128, 4 warps) or 'tcwg'
+    (128x128, 2 warpgroups on wgmma)."""
     n, c, h, wd = x.shape
     k, _, fh, fw = w.shape
     oh, ow = output_hw(x.shape, (fh, fw), stride, padding)
@@ -146,6 +159,7 @@ def backward_weight(dy, x, w_shape, stride, padding, tf32, *, target, variant="t
         return dw
     device = kernels.array_device([dy])
     from ._launch_conv2d import weight_splits  # the split rule of every weight-gradient kernel
+    variant = engine(variant, dy.dtype, tf32, target, device)
     tile, threads = SHAPES[variant]
     per_sm = kernels.resident_blocks("conv2d_tc", f"conv2d_backward_weight_{variant}", dy.dtype, threads, target,
                                      device, tf32)

@@ -1,0 +1,306 @@
+// wgmma.cuh: Hopper's warpgroup tensor-core instructions (wgmma.mma_async, sm_90a) and the shared-
+// memory matrix descriptors they read their operands through. As in mma.cuh, each instruction has
+// ONE GPU form (inline PTX) and ONE simulator form (C++ over the lanes of a warp, on
+// gpuconv/hostsim's warp_instruction), chosen by __CUDA_ARCH__. The registry adds this header after
+// mma.cuh to the units that list it (gpuconv.kernels.UNIT_HEADERS); it includes nothing itself.
+// wgmma exists only in the arch-specific sm_90a target: GPUCONV_WGMMA is 1 there and in the
+// simulator, 0 in every other build (compute_80, compute_90, sm_100 ...), where this header
+// declares only the descriptors and the kernels that need it trap (the launchers never send them
+// there).
+//
+// Semantics are the PTX ISA's (version 9.x: "Asynchronous Warpgroup Level Matrix Multiply-
+// Accumulate Operation using wgmma.mma_async", its "Matrix Descriptor" and "Shared Memory Matrix
+// Layout" sections, and the "Register Fragments" of wgmma .m64nNk16), cross-read with CUTLASS's
+// GmmaDescriptor (cute/arch/mma_sm90_desc.hpp) for the canonical layouts:
+//
+// - A warpgroup is 4 consecutive warps (warp index / 4). wgmma.mma_async.sync.aligned
+//   .m64nNk16.f32.{bf16,f16} computes D[64][N] (+)= A[64][16] B[16][N]: warp w % 4 of the group holds
+//   rows 16 (w % 4) .. +15 of D, and lane l (g = l >> 2, t = l % 4) holds, for each 8-column block
+//   j, d[4j] = D[g][8j+2t], d[4j+1] = D[g][8j+2t+1], d[4j+2] = D[g+8][8j+2t], d[4j+3] =
+//   D[g+8][8j+2t+1] of the warp's 16 rows: mma.m16n8's C fragment, once per block j.
+// - A and B come from shared memory through 64-bit descriptors: bits 0-13 the start address, 16-29
+//   the leading-dimension byte offset (LBO), 32-45 the stride-dimension byte offset (SBO), all three
+//   in 16-byte units; bits 62-63 the swizzle: 0 none (interleaved 8x16-byte core matrices), 1 128-
+//   byte, 2 64-byte, 3 32-byte. Bits 49-51 (the base offset) stay 0: every swizzle atom starts on a
+//   multiple of its repeat (8 rows x the swizzle width; kernels align their stages to 1024 bytes).
+// - A swizzle of width W bytes XORs address bits 4.. (the 16-byte chunk within a W-byte row) with
+//   bits 7.. (the row within the 8-row atom), log2(W / 16) bits of each, on the shared address
+//   itself: mma.cuh's swizzle_offset for W = 64 and 128, CUTLASS's Swizzle<2,4,3> and <3,4,3>.
+// - Layouts of a 16-bit operand, its rows being M (A) or N (B), its columns K, with "T" 16 bytes (8
+//   elements) and W the swizzle width (CUTLASS's canonical forms):
+//     K-major (transpose flag 0; K contiguous): row r at (r / 8) SBO + (r % 8) W, its 32 bytes of K
+//       contiguous from there (W >= 32); unswizzled, row r at (r / 8) SBO + 16 (r % 8), byte b of K
+//       at (b / 16) LBO + b % 16 from it.
+//     MN-major (transpose flag 1; M or N contiguous): K row k at (k / 8) SBO + (k % 8) W, element e
+//       of it at (2e / W) LBO + 2e % W; unswizzled, k at (k / 8) LBO + 16 (k % 8), element e at
+//       (2e / 16) SBO + 2e % 16. (So LBO steps along K in the unswizzled forms, along M/N in the
+//       swizzled MN-major one; a swizzled K-major operand never reads it.)
+// - Asynchrony: mma_async reads its descriptors' shared memory and reads and writes the
+//   accumulator registers at any time until the wgmma.wait_group that retires its commit group;
+//   between them, neither may be touched. wgmma.fence orders earlier register accesses before the
+//   next mma_async. Shared memory written by ordinary stores or cp.async (the generic proxy) must
+//   be made visible to the async proxy by fence.proxy.async before the barrier that publishes it.
+//
+// The simulator's forms. Each warp queues its own 16 rows of each mma_async (identical results:
+// D's rows depend on A's same rows and all of B) and performs them, in issue order, at the
+// wait_group that retires their group: shared memory is read then, and the accumulators change
+// only then, so a stage refilled before the wait, or an accumulator read before it, gives wrong
+// results in the tests. Sums as mma.cuh: for each output the 16 products (exact in float32) summed
+// in order k = 0..15, each addition rounded, then C added: a k16 step of wgmma and one of
+// mma.sync give the same bits. The simulator reports an mma_async without a wgmma.fence since
+// the warp's last wait_group, descriptors that differ between lanes, an address outside the
+// block's shared arrays, and more than 8 operations in flight per warp.
+
+#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define GPUCONV_WGMMA 0
+#else
+#define GPUCONV_WGMMA 1
+#endif
+
+#ifndef __CUDA_ARCH__
+// The simulator's shared address (a window offset; see gpuconv/hostsim/cuda_sim.h).
+inline unsigned smem_address(const void* p) { return gpuconv_sim::shared_address(p); }
+#endif
+
+// The swizzle field of a descriptor for a swizzle of W bytes (0: none).
+template <int W>
+__device__ constexpr unsigned long long wgmma_swizzle_bits() {
+    return W == 128 ? 1ull : W == 64 ? 2ull : W == 32 ? 3ull : 0ull;
+}
+
+// The descriptor of an operand at `smem` (a shared array), LBO and SBO in bytes, swizzle W bytes.
+template <int W>
+__device__ inline unsigned long long wgmma_descriptor(const void* smem, unsigned lbo, unsigned sbo) {
+    static_assert(W == 0 || W == 32 || W == 64 || W == 128, "wgmma swizzles are 32, 64 and 128 bytes (0: none)");
+    return (unsigned long long)((smem_address(smem) >> 4) & 0x3FFF) | (unsigned long long)((lbo >> 4) & 0x3FFF) << 16 |
+           (unsigned long long)((sbo >> 4) & 0x3FFF) << 32 | wgmma_swizzle_bits<W>() << 62;
+}
+
+#if GPUCONV_WGMMA
+#ifndef __CUDA_ARCH__
+namespace wgmma_sim {
+// One queued mma_async of a warp: its descriptors, flags and the 32 lanes' accumulators.
+struct Op {
+    unsigned long long da, db;
+    int n, tnsp_a, tnsp_b;
+    float (*to_float)(unsigned);
+    float* d[32];
+    unsigned group;
+};
+struct WarpQueue {
+    unsigned long long serial;  // the block it belongs to (gpuconv_sim::block_serial)
+    Op ops[8];
+    unsigned nops, groups;      // queued operations; groups committed so far
+    bool fenced;                // a wgmma.fence since the last wait_group
+};
+static WarpQueue queues[32];
+
+inline WarpQueue& queue() {
+    WarpQueue& q = queues[gpuconv_sim::rt.insn_warp % 32];
+    if (q.serial != gpuconv_sim::block_serial()) q = WarpQueue{gpuconv_sim::block_serial(), {}, 0, 0, false};
+    return q;
+}
+
+// The shared address of element (row, k) of a 16-bit operand (rows: M of A, N of B) under
+// descriptor `desc`, K-major or MN-major, as the layouts at the top of this header say.
+inline unsigned element_address(unsigned long long desc, bool mn_major, int row, int k) {
+    const unsigned start = (unsigned)(desc & 0x3FFF) << 4, lbo = (unsigned)(desc >> 16 & 0x3FFF) << 4;
+    const unsigned sbo = (unsigned)(desc >> 32 & 0x3FFF) << 4, mode = (unsigned)(desc >> 62);
+    const unsigned w = mode == 1 ? 128 : mode == 2 ? 64 : mode == 3 ? 32 : 0;
+    unsigned a;
+    if (!mn_major) {
+        const unsigned b = 2 * k;
+        a = w ? start + row / 8 * sbo + row % 8 * w + b : start + row / 8 * sbo + 16 * (row % 8) + b / 16 * lbo + b % 16;
+    } else {
+        const unsigned e = 2 * row;
+        a = w ? start + k / 8 * sbo + k % 8 * w + e / w * lbo + e % w : start + k / 8 * lbo + 16 * (k % 8) + e / 16 * sbo + e % 16;
+    }
+    if (w) a ^= ((a >> 7) & (w / 16 - 1)) << 4;
+    return a;
+}
+
+inline bool load_operand(unsigned long long desc, bool mn_major, int rows, int row0, float (*to_float)(unsigned),
+                         float out[][16], const char* which) {
+    for (int r = 0; r < rows; ++r)
+        for (int k = 0; k < 16; ++k) {
+            const unsigned a = element_address(desc, mn_major, row0 + r, k);
+            const unsigned short* p = (const unsigned short*)gpuconv_sim::shared_pointer(a, 2);
+            if (!p) {
+                gpuconv_sim::insn_error("operand %s, element (%d, %d): shared address %u (descriptor 0x%016llx) is not in "
+                                        "a shared array of this block: check the descriptor's start, LBO and SBO",
+                                        which, row0 + r, k, a, desc);
+                return false;
+            }
+            out[r][k] = to_float(*p);
+        }
+    return true;
+}
+
+// Performs a queued operation for warp `warp` (its 16 rows of D).
+inline bool perform(const Op& op, unsigned warp) {
+    const int q = (int)(warp % 4);
+    float A[16][16], B[256][16];
+    if (!load_operand(op.da, op.tnsp_a, 16, 16 * q, op.to_float, A, "A") ||
+        !load_operand(op.db, op.tnsp_b, op.n, 0, op.to_float, B, "B"))
+        return false;
+    for (int l = 0; l < 32; ++l) {
+        const int g = l >> 2, t = l & 3;
+        for (int j = 0; j < op.n / 8; ++j)
+            for (int r = 0; r < 4; ++r) {
+                const int i = g + 8 * (r >> 1), c = 8 * j + 2 * t + (r & 1);
+                float s = 0.0f;
+                for (int k = 0; k < 16; ++k) s += A[i][k] * B[c][k];
+                op.d[l][4 * j + r] = s + op.d[l][4 * j + r];
+            }
+    }
+    return true;
+}
+
+// One lane's operands of an mma_async.
+struct MmaLane { unsigned long long da, db; float* d; };
+
+template <int N, int TA, int TB, float (*TO_FLOAT)(unsigned)>
+void mma_lanes(void* const* ops) {
+    WarpQueue& q = queue();
+    const MmaLane* l0 = (const MmaLane*)ops[0];
+    for (int l = 1; l < 32; ++l) {
+        const MmaLane* p = (const MmaLane*)ops[l];
+        if (p->da != l0->da || p->db != l0->db) {
+            gpuconv_sim::insn_error("lane %d passes descriptors 0x%016llx, 0x%016llx where lane 0 passes 0x%016llx, "
+                                    "0x%016llx: a warpgroup's operands are one matrix, the same descriptors in every lane",
+                                    l, p->da, p->db, l0->da, l0->db);
+            return;
+        }
+    }
+    if (!q.fenced) {
+        gpuconv_sim::insn_error("no wgmma.fence since the warp's last wgmma.wait_group: fence before the first "
+                                "mma_async of a batch (the accumulators were touched by other instructions)");
+        return;
+    }
+    if (q.nops == sizeof q.ops / sizeof q.ops[0]) {
+        gpuconv_sim::insn_error("more than %d mma_async in flight: wgmma.wait_group before issuing more",
+                                (int)(sizeof q.ops / sizeof q.ops[0]));
+        return;
+    }
+    Op& op = q.ops[q.nops++];
+    op = Op{l0->da, l0->db, N, TA, TB, TO_FLOAT, {}, q.groups};
+    for (int l = 0; l < 32; ++l) op.d[l] = ((const MmaLane*)ops[l])->d;
+}
+
+inline void fence_lanes(void* const*) { queue().fenced = true; }
+inline void commit_lanes(void* const*) { ++queue().groups; }
+
+template <int KEEP>
+void wait_lanes(void* const*) {
+    WarpQueue& q = queue();
+    unsigned kept = 0;
+    for (unsigned i = 0; i < q.nops; ++i) {
+        if (q.ops[i].group + KEEP < q.groups) {  // committed, and older than the KEEP newest groups
+            if (!perform(q.ops[i], gpuconv_sim::rt.insn_warp)) return;
+        } else {
+            q.ops[kept++] = q.ops[i];
+        }
+    }
+    q.nops = kept;
+    q.fenced = false;
+}
+
+inline void no_operands(void* const*) {}
+}  // namespace wgmma_sim
+#endif
+
+// ------------------------------------------------------------------------------------------
+// wgmma.fence.sync.aligned: earlier accesses to the accumulators before the next mma_async.
+__device__ inline void wgmma_fence(GPUCONV_SITE_FIRST) {
+#ifdef __CUDA_ARCH__
+    asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
+#else
+    int op;
+    gpuconv_sim::warp_instruction("wgmma.fence.sync.aligned", wgmma_sim::fence_lanes, &op, site_file, site_line);
+#endif
+}
+
+// wgmma.commit_group.sync.aligned: closes the group of the mma_async issued since the last commit.
+__device__ inline void wgmma_commit(GPUCONV_SITE_FIRST) {
+#ifdef __CUDA_ARCH__
+    asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
+#else
+    int op;
+    gpuconv_sim::warp_instruction("wgmma.commit_group.sync.aligned", wgmma_sim::commit_lanes, &op, site_file, site_line);
+#endif
+}
+
+// wgmma.wait_group.sync.aligned N: until at most N of the warpgroup's groups are in flight.
+template <int N>
+__device__ inline void wgmma_wait(GPUCONV_SITE_FIRST) {
+#ifdef __CUDA_ARCH__
+    asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory");
+#else
+    int op;
+    gpuconv_sim::warp_instruction("wgmma.wait_group.sync.aligned", wgmma_sim::wait_lanes<N>, &op, site_file, site_line);
+#endif
+}
+
+// fence.proxy.async.shared::cta: this thread's generic-proxy writes to shared memory (stores,
+// completed cp.async) become visible to the async proxy (wgmma's operand reads). The simulator
+// has one proxy: nothing to do.
+__device__ inline void fence_proxy_async() {
+#ifdef __CUDA_ARCH__
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+#endif
+}
+
+// wgmma.mma_async.sync.aligned.m64n128k16.f32.<T>.<T>: d[64] += A B (scale-d 1), A and B from the
+// descriptors, TA/TB the transpose flags (1: MN-major).
+#ifdef __CUDA_ARCH__
+#define GPUCONV_WGMMA_M64N128K16(NAME, PTX_TYPE, TO_FLOAT)                                                  \
+    template <int TA, int TB>                                                                               \
+    __device__ inline void NAME(float d[64], unsigned long long da, unsigned long long db) {               \
+        asm volatile(                                                                                       \
+            "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"                                                   \
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32." PTX_TYPE "." PTX_TYPE " "                       \
+            "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, "    \
+            "%20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, " \
+            "%39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, " \
+            "%58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, %67, %68;\n}\n"                              \
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
+              "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]),       \
+              "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]),     \
+              "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]),     \
+              "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]),     \
+              "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]),     \
+              "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]),     \
+              "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]),     \
+              "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])      \
+            : "l"(da), "l"(db), "r"(1), "n"(TA), "n"(TB));                                                  \
+    }
+#else
+#define GPUCONV_WGMMA_M64N128K16(NAME, PTX_TYPE, TO_FLOAT)                                                  \
+    template <int TA, int TB>                                                                               \
+    inline void NAME(float d[64], unsigned long long da, unsigned long long db GPUCONV_SITE) {             \
+        wgmma_sim::MmaLane op = {da, db, d};                                                                \
+        gpuconv_sim::warp_instruction("wgmma.mma_async.sync.aligned.m64n128k16.f32." PTX_TYPE "." PTX_TYPE, \
+                                      wgmma_sim::mma_lanes<128, TA, TB, mma_sim::TO_FLOAT>, &op,        \
+                                      site_file, site_line);                                                \
+    }
+#endif
+GPUCONV_WGMMA_M64N128K16(wgmma_m64n128k16_bf16, "bf16", bf16_bits)
+GPUCONV_WGMMA_M64N128K16(wgmma_m64n128k16_f16, "f16", f16_bits)
+#undef GPUCONV_WGMMA_M64N128K16
+
+// The warpgroup mma of a 16-bit storage type (TF32 has no MN-major operands and its operands
+// would need rounding in shared memory: the TF32 build keeps mma.sync).
+template <class T> struct WarpgroupOp;
+template <> struct WarpgroupOp<bf16_t> {
+    template <int TA, int TB>
+    __device__ static void mma(float d[64], unsigned long long da, unsigned long long db GPUCONV_SITE) {
+        wgmma_m64n128k16_bf16<TA, TB>(d, da, db GPUCONV_SITE_FWD);
+    }
+};
+template <> struct WarpgroupOp<half_t> {
+    template <int TA, int TB>
+    __device__ static void mma(float d[64], unsigned long long da, unsigned long long db GPUCONV_SITE) {
+        wgmma_m64n128k16_f16<TA, TB>(d, da, db GPUCONV_SITE_FWD);
+    }
+};
+#endif  // GPUCONV_WGMMA

@@ -1,0 +1,75 @@
+// wgmma_probe.cu: kernels/wgmma.cuh's instructions alone, for tests/test_wgmma.py. Built by the
+// kernel registry like kernels/*.cu (GPUCONV_KERNELS_DIR pointed at a copy of common.cuh, mma.cuh
+// and wgmma.cuh beside this file, both headers in its UNIT_HEADERS), float32 build; sm_90a on a
+// GPU. One block of one or two warpgroups (128 or 256 threads).
+
+// One m64n128k16 per warpgroup: the shared images a_img (A_BYTES) and b_img (B_BYTES) are copied
+// into shared memory as they are, the descriptors made from (lbo, sbo) and the swizzle of each
+// operand (0, 32, 64 or 128 bytes), A's start moved a_skip bytes on (a k16 step within an atom);
+// thread t's 64 accumulators start as c[64t ..] and end in d[64t ..]. kind: 0 bf16, 1 fp16;
+// ta, tb the transpose flags. Warpgroup g reads its A at a_img + g * a_group bytes. mode (the
+// simulator's checks of misuse; on a GPU only mode 0 is defined):
+//   0: fence, mma, commit, wait 0;
+//   1: as 0, and d[64t + i] first receives the accumulators read between commit and wait (still
+//      C in the simulator), the results going to d[64 * threads + 64t ..];
+//   2: as 0, and A's shared image zeroed between commit and wait (read at the wait: D = C);
+//   3: no wgmma.fence (reported);
+//   4: lane 5 of each warp passes another B descriptor (reported).
+#define A_BYTES 16384
+#define B_BYTES 16384
+
+template <int W>
+__device__ unsigned long long probe_descriptor(const unsigned char* p, int lbo, int sbo) {
+    return wgmma_descriptor<W>(p, (unsigned)lbo, (unsigned)sbo);
+}
+
+__device__ unsigned long long descriptor(const unsigned char* p, int swizzle, int lbo, int sbo) {
+    switch (swizzle) {
+        case 128: return probe_descriptor<128>(p, lbo, sbo);
+        case 64: return probe_descriptor<64>(p, lbo, sbo);
+        case 32: return probe_descriptor<32>(p, lbo, sbo);
+        default: return probe_descriptor<0>(p, lbo, sbo);
+    }
+}
+
+template <int TA, int TB>
+__device__ void probe_mma(int kind, float acc[64], unsigned long long da, unsigned long long db) {
+#if GPUCONV_WGMMA
+    if (kind == 0) wgmma_m64n128k16_bf16<TA, TB>(acc, da, db);
+    else wgmma_m64n128k16_f16<TA, TB>(acc, da, db);
+#endif
+}
+
+extern "C" __global__ void wgmma_probe(const unsigned char* a_img, const unsigned char* b_img, const float* c, float* d,
+                                       int a_group, int a_skip, int swizzle_a, int lbo_a, int sbo_a, int swizzle_b,
+                                       int lbo_b, int sbo_b, int kind, int ta, int tb, int mode) {
+#if GPUCONV_WGMMA
+    __shared__ __align__(1024) unsigned char sa[A_BYTES];
+    __shared__ __align__(1024) unsigned char sb[B_BYTES];
+    const int t = threadIdx.x, g = t / 128;
+    for (int i = t; i < A_BYTES; i += blockDim.x) sa[i] = a_img[i];
+    for (int i = t; i < B_BYTES; i += blockDim.x) sb[i] = b_img[i];
+    fence_proxy_async();
+    __syncthreads();
+    float acc[64];
+    for (int i = 0; i < 64; ++i) acc[i] = c[64 * t + i];
+    const unsigned long long da = descriptor(sa + g * a_group + a_skip, swizzle_a, lbo_a, sbo_a);
+    unsigned long long db = descriptor(sb, swizzle_b, lbo_b, sbo_b);
+    if (mode == 4 && t % 32 == 5) db += 2;
+    if (mode != 3) wgmma_fence();
+    if (ta == 0 && tb == 0) probe_mma<0, 0>(kind, acc, da, db);
+    else if (ta == 0) probe_mma<0, 1>(kind, acc, da, db);
+    else if (tb == 0) probe_mma<1, 0>(kind, acc, da, db);
+    else probe_mma<1, 1>(kind, acc, da, db);
+    wgmma_commit();
+    float* out = d;
+    if (mode == 1) {
+        for (int i = 0; i < 64; ++i) d[64 * t + i] = acc[i];
+        out = d + 64 * blockDim.x;
+    }
+    if (mode == 2)  // every thread zeroes all of it (a race on a GPU; the simulator runs warps in turn)
+        for (int i = 0; i < A_BYTES; ++i) sa[i] = 0;
+    wgmma_wait<0>();
+    for (int i = 0; i < 64; ++i) out[64 * t + i] = acc[i];
+#endif
+}

@@ -1,0 +1,262 @@
+"""Hopper's warpgroup mma of kernels/wgmma.cuh alone (tests/kernels_extra/wgmma_probe.cu), on the
+simulator and, on a Hopper GPU, the hardware.
+
+The shared-memory layouts are written here a second time, from the PTX ISA's table of canonical
+layouts ("Shared Memory Matrix Layout": CuTe (shape):(stride) pairs per major-ness and swizzle,
+evaluated generically below), and the accumulator layout from CUTLASS's CLayout_64xN, not from the
+simulator's C++: a layout error in either shows up on the simulator, and a Hopper GPU checks both
+against the hardware.
+"""
+from __future__ import annotations
+
+import pathlib
+import shutil
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from gpuconv import backend as B
+from gpuconv import hostsim, kernels
+from gpuconv.gradcheck import reduction_tolerance, within_tolerance
+
+EXTRA = pathlib.Path(__file__).with_name("kernels_extra")
+A_BYTES = B_BYTES = 16384
+HOPPER_WHY = None if B.cuda_available() else f"no GPU: {B.cuda_status()}"
+if HOPPER_WHY is None and not kernels.wgmma_available("cuda", 0):
+    HOPPER_WHY = "wgmma needs a Hopper GPU (compute capability 9.0)"
+TARGETS = [pytest.param("sim"),
+           pytest.param("cuda", marks=[pytest.mark.gpu,
+                                       pytest.mark.skipif(HOPPER_WHY is not None, reason=HOPPER_WHY or "")])]
+DTYPES = {"bf16": (ml_dtypes.bfloat16, 0), "f16": (np.float16, 1)}
+
+
+@pytest.fixture(scope="module")
+def probe_dir(tmp_path_factory):
+    kdir = tmp_path_factory.mktemp("wgmma-probe-kernels")
+    for name in ("common.cuh", "mma.cuh", "wgmma.cuh"):
+        shutil.copy(kernels.kernel_dir() / name, kdir)
+    shutil.copy(EXTRA / "wgmma_probe.cu", kdir)
+    return kdir
+
+
+@pytest.fixture
+def probe_env(probe_dir, monkeypatch):
+    monkeypatch.setenv("GPUCONV_KERNELS_DIR", str(probe_dir))
+    monkeypatch.setitem(kernels.UNIT_HEADERS, "wgmma_probe", ("mma.cuh", "wgmma.cuh"))
+    monkeypatch.setattr(kernels, "ARCH_SPECIFIC", (*kernels.ARCH_SPECIFIC, "wgmma_probe"))
+
+
+@pytest.fixture(params=TARGETS)
+def target(request, probe_env):
+    return request.param
+
+
+def test_probe_compiles_for_sm_90a_only(probe_env):
+    """The GPU forms assemble for compute_90a; other archs build the file without them."""
+    pytest.importorskip("cupy_backends.cuda.libs.nvrtc")
+    src = kernels.build_source("wgmma_probe")
+    ptx = kernels.nvrtc_compile(src, "wgmma_probe", np.float32, "compute_90a").decode()
+    for insn in ("wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16",
+                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16", "wgmma.fence.sync.aligned", "wgmma.commit_group.sync.aligned", "wgmma.wait_group.sync.aligned 0",
+                 "fence.proxy.async.shared::cta"):
+        assert insn in ptx, insn
+    for arch in ("compute_80", "compute_90"):
+        assert "wgmma.mma_async" not in kernels.nvrtc_compile(src, "wgmma_probe", np.float32, arch).decode()
+
+
+# ----------------------------------------------------------------------------- layouts
+T = 8  # elements of 16 bits in 16 bytes
+# PTX ISA, "Shared Memory Matrix Layout", canonical layouts in units of 16-bit elements (LBO and
+# SBO in bytes, turned into elements below): (row shape, k shape), (row strides, k strides);
+# a row is M (A) or N (B). "m" is the rest of the rows, "k" the rest of K.
+CANONICAL = {
+    ("K", 0): (((8, "m"), (T, 2)), ((T, "SBO"), (1, "LBO"))),
+    ("K", 32): (((8, "m"), (T, 2)), ((2 * T, "SBO"), (1, T))),
+    ("K", 64): (((8, "m"), (T, 2)), ((4 * T, "SBO"), (1, T))),
+    ("K", 128): (((8, "m"), (T, 2)), ((8 * T, "SBO"), (1, T))),
+    ("MN", 0): (((T, 1, "m"), (8, "k")), ((1, T, "SBO"), (T, "LBO"))),
+    ("MN", 32): (((T, 2, "m"), (8, "k")), ((1, T, "LBO"), (2 * T, "SBO"))),
+    ("MN", 64): (((T, 4, "m"), (8, "k")), ((1, T, "LBO"), (4 * T, "SBO"))),
+    ("MN", 128): (((T, 8, "m"), (8, "k")), ((1, T, "LBO"), (8 * T, "SBO"))),
+}
+
+
+def _eval(coord, shape, stride, lbo, sbo):
+    """CuTe's layout function: the coordinate split colexicographically over the shape (the
+    first mode fastest, the last unbounded), dotted with the strides."""
+    off = 0
+    for n, (extent, s) in enumerate(zip(shape, stride)):
+        last = n == len(shape) - 1
+        i = coord if last else coord % extent
+        coord = 0 if last else coord // extent
+        off += i * {"LBO": lbo // 2, "SBO": sbo // 2}.get(s, s)
+    return off
+
+
+def swizzle(addr, w):
+    """Swizzle<B,4,3> on a byte address: bits 4.. XOR bits 7.., B = log2(w / 16) bits."""
+    b = {0: 0, 32: 1, 64: 2, 128: 3}[w]
+    return addr ^ (((addr >> 7) & ((1 << b) - 1)) << 4)
+
+
+def image(M, major, w, lbo, sbo, start=0, nbytes=A_BYTES):
+    """The shared-memory bytes holding the 16-bit matrix M (rows x k) at byte `start`."""
+    (rshape, kshape), (rstride, kstride) = CANONICAL[(major, w)]
+    img = np.zeros(nbytes, np.uint8)
+    bits = np.asarray(M).view(np.uint16)
+    for r in range(M.shape[0]):
+        for k in range(M.shape[1]):
+            addr = swizzle(start + 2 * (_eval(r, rshape, rstride, lbo, sbo) + _eval(k, kshape, kstride, lbo, sbo)), w)
+            assert img[addr:addr + 2].tobytes() == b"\0\0", "the layout maps two elements to one place"
+            img[addr:addr + 2] = np.frombuffer(bits[r, k].tobytes(), np.uint8)
+    return img
+
+
+def accumulator_map(n=128):
+    """(thread, value) -> (row, column) of D for m64nNk16 f32, from CUTLASS's CLayout_64xN:
+    ((4,8,4),(2,2,N/8)):((128,1,16),(64,8,512)) into the column-major index m + 64 n."""
+    rows, cols = np.zeros((128, n // 2), int), np.zeros((128, n // 2), int)
+    for t in range(128):
+        for v in range(n // 2):
+            idx = 128 * (t % 4) + (t // 4 % 8) + 16 * (t // 32) + 64 * (v % 2) + 8 * (v // 2 % 2) + 512 * (v // 4)
+            rows[t, v], cols[t, v] = idx % 64, idx // 64
+    return rows, cols
+
+
+ROWS, COLS = accumulator_map()
+
+
+def to_fragments(C):
+    return C[ROWS, COLS].astype(np.float32)  # [thread][64]
+
+
+def from_fragments(d):
+    D = np.full((64, 128), np.nan, np.float32)
+    D[ROWS, COLS] = d.reshape(128, 64)
+    return D
+
+
+def launch(target, a_img, b_img, c, *, threads=128, a_group=0, a_skip=0, a=(64, 0, 512), b=(64, 0, 512), kind=0,
+           ta=0, tb=0, mode=0):
+    xp = B.cupy_module() if target == "cuda" else np
+    out = np.full(64 * threads * (2 if mode == 1 else 1), np.nan, np.float32)
+    args = [xp.asarray(v) for v in (a_img, b_img, c.ravel(), out)]
+    args += [np.int32(v) for v in (a_group, a_skip, *a, *b, kind, ta, tb, mode)]
+    kernels.launch("wgmma_probe", "wgmma_probe", np.float32, target, (1, 1, 1), (threads, 1, 1), tuple(args))
+    return args[3].get() if target == "cuda" else args[3]
+
+
+def integer_operands(dtype, rng, k=16):
+    A = rng.integers(-8, 9, (64, k)).astype(dtype)
+    Bm = rng.integers(-8, 9, (128, 16)).astype(dtype)
+    C = rng.integers(-64, 65, (64, 128)).astype(np.float32)
+    return A, Bm, C
+
+
+def exact(A, Bm, C):
+    return (A.astype(np.float64) @ Bm.astype(np.float64).T + C).astype(np.float32)
+
+
+# (major, swizzle, LBO, SBO) per operand; A is 64 x 16, B 128 x 16 (rows x k)
+LAYOUTS = {
+    "K-64B (the conv mk stages)": (("K", 64, 16, 512), ("K", 64, 16, 512)),
+    "K-128B": (("K", 128, 16, 1024), ("K", 128, 16, 1024)),
+    "K-32B": (("K", 32, 16, 256), ("K", 32, 16, 256)),
+    "K-none": (("K", 0, 128, 256), ("K", 0, 2048, 128)),
+    "MN-128B (the conv km stages)": (("MN", 128, 4096, 1024), ("MN", 128, 4096, 1024)),
+    "MN-64B": (("MN", 64, 2048, 512), ("MN", 64, 1024, 512)),
+    "MN-32B": (("MN", 32, 512, 256), ("MN", 32, 1024, 256)),
+    "MN-none": (("MN", 0, 1024, 128), ("MN", 0, 128, 256)),
+    "A K-64B, B MN-128B": (("K", 64, 16, 512), ("MN", 128, 2048, 1024)),
+}
+
+
+@pytest.mark.parametrize("name", list(LAYOUTS))
+@pytest.mark.parametrize("dt", list(DTYPES))
+def test_wgmma_reads_every_canonical_layout(target, name, dt):
+    dtype, kind = DTYPES[dt]
+    (ma, wa, la, sa), (mb, wb, lb, sb) = LAYOUTS[name]
+    A, Bm, C = integer_operands(dtype, np.random.default_rng(hash(name) % 2**32))
+    d = launch(target, image(A, ma, wa, la, sa), image(Bm, mb, wb, lb, sb, nbytes=B_BYTES), to_fragments(C),
+               a=(wa, la, sa), b=(wb, lb, sb), kind=kind, ta=int(ma == "MN"), tb=int(mb == "MN"))
+    np.testing.assert_array_equal(from_fragments(d), exact(A, Bm, C))
+
+
+def test_a_wrong_layout_gives_a_wrong_product(probe_env):
+    """The layout test can fail: A laid out K-major but read as MN-major (the transpose flag
+    forgotten) multiplies other elements."""
+    A, Bm, C = integer_operands(ml_dtypes.bfloat16, np.random.default_rng(5))
+    d = launch("sim", image(A, "K", 64, 16, 512), image(Bm, "K", 64, 16, 512), to_fragments(C), ta=1)
+    assert not np.array_equal(from_fragments(d), exact(A, Bm, C))
+
+
+@pytest.mark.parametrize("swz, step", [(128, 32), (64, 32)])
+def test_k16_steps_inside_a_swizzle_atom_move_the_start_address(target, swz, step):
+    """K-major atoms wider than 32 bytes hold several k16 steps: step s of a K = W / 2 matrix is the
+    descriptor's start moved s * 32 bytes, the swizzle read from the address bits (the conv
+    kernels' second step of a 64-byte row)."""
+    k = swz // 2
+    A, Bm, C = integer_operands(ml_dtypes.bfloat16, np.random.default_rng(6), k=k)
+    a_img = image(A, "K", swz, 16, 8 * swz)
+    for s in range(k // 16):
+        d = launch(target, a_img, image(Bm, "K", 64, 16, 512), to_fragments(C), a_skip=step * s, a=(swz, 16, 8 * swz))
+        np.testing.assert_array_equal(from_fragments(d), exact(A[:, 16 * s:16 * s + 16], Bm, C))
+
+
+def test_two_warpgroups_each_multiply_their_own_a(target):
+    """256 threads are two warpgroups: warps 4-7 hold the second group's D, from its own A."""
+    rng = np.random.default_rng(7)
+    A0, Bm, C0 = integer_operands(ml_dtypes.bfloat16, rng)
+    A1, _, C1 = integer_operands(ml_dtypes.bfloat16, rng)
+    a_img = image(A0, "K", 64, 16, 512) | image(A1, "K", 64, 16, 512, start=8192)
+    c = np.concatenate([to_fragments(C0), to_fragments(C1)])
+    d = launch(target, a_img, image(Bm, "K", 64, 16, 512), c, threads=256, a_group=8192).reshape(2, -1)
+    np.testing.assert_array_equal(from_fragments(d[0]), exact(A0, Bm, C0))
+    np.testing.assert_array_equal(from_fragments(d[1]), exact(A1, Bm, C1))
+
+
+@pytest.mark.parametrize("dt", list(DTYPES))
+def test_wgmma_matches_numpy_within_the_k_bound(target, dt):
+    dtype, kind = DTYPES[dt]
+    rng = np.random.default_rng(8)
+    A, Bm = rng.standard_normal((64, 16)).astype(dtype), rng.standard_normal((128, 16)).astype(dtype)
+    C = rng.standard_normal((64, 128)).astype(np.float32)
+    a64, b64 = A.astype(np.float64), Bm.astype(np.float64)
+    want = a64 @ b64.T + C
+    tol = reduction_tolerance(np.abs(a64) @ np.abs(b64).T + np.abs(C), want, 17, np.float32)
+    tol *= 2.0 if target == "cuda" else 1.0  # tensor cores truncate in their sums (tests/test_gemm_tc.py)
+    d = launch(target, image(A, "K", 128, 16, 1024), image(Bm, "MN", 128, 2048, 1024), to_fragments(C),
+               a=(128, 16, 1024), b=(128, 2048, 1024), kind=kind, tb=1)
+    ok, worst = within_tolerance(from_fragments(d), want, tol)
+    assert ok, f"error {worst:.3g} x the bound"
+
+
+# ----------------------------------------------------------------------------- asynchrony, misuse
+def test_accumulators_change_only_at_the_wait(probe_env):
+    """Read between commit and wait, the accumulators still hold C in the simulator (undefined on
+    a GPU): an epilogue that forgets the wait reads wrong sums."""
+    A, Bm, C = integer_operands(ml_dtypes.bfloat16, np.random.default_rng(9))
+    d = launch("sim", image(A, "K", 64, 16, 512), image(Bm, "K", 64, 16, 512), to_fragments(C), mode=1)
+    early, late = d[:128 * 64], d[128 * 64:]
+    np.testing.assert_array_equal(from_fragments(early), C)
+    np.testing.assert_array_equal(from_fragments(late), exact(A, Bm, C))
+
+
+def test_shared_memory_is_read_at_the_wait(probe_env):
+    """A stage refilled before the wait that retires its mma changes the product (the simulator
+    reads the operands then): the pipeline's order is checked."""
+    A, Bm, C = integer_operands(ml_dtypes.bfloat16, np.random.default_rng(10))
+    d = launch("sim", image(A, "K", 64, 16, 512), image(Bm, "K", 64, 16, 512), to_fragments(C), mode=2)
+    np.testing.assert_array_equal(from_fragments(d), C)  # A read as zeros
+
+
+@pytest.mark.parametrize("mode, kw, match", [
+    (3, {}, r"wgmma\.mma_async.*\(.*wgmma_probe\.cu:\d+\): no wgmma\.fence since the warp's last wgmma\.wait_group"),
+    (4, {}, r"lane 5 passes descriptors .* a warpgroup's operands are one matrix"),
+    (0, {"b": (64, 0, 262128)}, r"operand B, element \(8, 0\): shared address \d+ .* is not in a shared array"),
+])
+def test_wgmma_misuse_is_reported(probe_env, mode, kw, match):
+    A, Bm, C = integer_operands(ml_dtypes.bfloat16, np.random.default_rng(11))
+    with pytest.raises(hostsim.SimulatorError, match=match):
+        launch("sim", image(A, "K", 64, 16, 512), image(Bm, "K", 64, 16, 512), to_fragments(C), mode=mode, **kw)
