@@ -39,7 +39,8 @@ process. It does not let CuPy compile the source: CuPy appends ``-ftz=true`` to 
 RawModule compile, which flushes float32 subnormals to zero (``relu(1e-45)`` would return 0,
 where the NumPy reference and the simulator return 1e-45). The binary is a CUBIN for
 ``sm_<cc>`` of the device when NVRTC supports that arch, else PTX for the highest
-``compute_XX`` not above it, which the driver compiles at load (:func:`nvrtc_arch`). Binaries are
+``compute_XX`` not above it, which the driver compiles at load (:func:`nvrtc_arch`); the files of
+:data:`ARCH_SPECIFIC` build for ``sm_90a`` on a Hopper GPU (wgmma exists only there). Binaries are
 cached on disk in ``$GPUCONV_CUDA_CACHE`` (default ``~/.cache/gpuconv/cuda``), keyed by the
 source text, the options, the arch and the NVRTC version, written atomically so concurrent
 processes share it: the first run on a machine pays the NVRTC compile (with NVRTC 13, a few
@@ -52,7 +53,7 @@ same text with g++ (cached by source hash in ``$GPUCONV_SIM_CACHE``) and runs it
 Variants. Each kernel family keeps its first simple version beside the tuned ones
 (``conv2d_forward_v1``; ``_v2`` and ``_v3``, 64x64 and 128x128 tiles on CUDA cores; ``_tc``,
 ``_tc128`` and ``_tc128w``, the tensor-core convolutions of kernels/conv2d_tc.cu for bfloat16,
-float16 and TF32). Variants are chosen per (family, dtype): :data:`VARIANTS` gives each family its variants
+float16 and TF32, and ``_tcwg``, their 128x128 tile on Hopper's wgmma for bfloat16 and float16). Variants are chosen per (family, dtype): :data:`VARIANTS` gives each family its variants
 and its defaults by dtype name (``"tf32"`` for float32 in TF32 mode), ``"*"`` for every dtype
 without its own. The conv2d default, ``"auto"``, picks by shape (:func:`auto_variant`, from the
 H200 measurement). The launchers run :func:`resolve` (:func:`variant`, "auto" made concrete):
@@ -236,13 +237,29 @@ def defines(name: str) -> dict:
     return {k: int(v) for k, v in re.findall(r"^[ \t]*#define[ \t]+(\w+)[ \t]+(\d+)\b", text, re.M)}
 
 
+class TileShape(NamedTuple):
+    """A tensor-core CTA tile of kernels/tc_tile.cuh: its BM x BN outputs, threads, and the bytes
+    of its shared-memory stages (``dynamic``: past the static limit, passed at launch)."""
+    bm: int
+    bn: int
+    threads: int
+    shared: int
+    dynamic: bool
+
+
 @functools.lru_cache(maxsize=None)
 def tile_shapes() -> dict:
-    """The tensor-core CTA tiles of kernels/tc_tile.cuh, ``{typedef name: (BM, BN, threads)}``
-    from its ``typedef TcShape<BM, BN, WM, WN[, WG]> Name;`` lines (32 * WM * WN threads)."""
-    pattern = r"typedef TcShape<(\d+), (\d+), (\d+), (\d+)(?:, \w+)?> (\w+);"
-    return {name: (int(bm), int(bn), 32 * int(wm) * int(wn))
-            for bm, bn, wm, wn, name in re.findall(pattern, source_text("tc_tile.cuh"))}
+    """The tensor-core CTA tiles of kernels/tc_tile.cuh, ``{typedef name: TileShape}`` from its
+    ``typedef TcShape<BM, BN, WM, WN[, WG[, STAGES]]> Name;`` lines: 32 * WM * WN threads,
+    STAGES (default TC_STAGES) stages of (BM + BN) * TC_KBYTES bytes."""
+    consts = defines("tc_tile.cuh")
+    pattern = r"typedef TcShape<(\d+), (\d+), (\d+), (\d+)(?:, \w+)?(?:, (\d+))?> (\w+);"
+    out = {}
+    for bm, bn, wm, wn, stages, name in re.findall(pattern, source_text("tc_tile.cuh")):
+        shared = int(stages or consts["TC_STAGES"]) * (int(bm) + int(bn)) * consts["TC_KBYTES"]
+        out[name] = TileShape(int(bm), int(bn), 32 * int(wm) * int(wn), shared,
+                              shared > consts["TC_STATIC_SHARED_MAX"])
+    return out
 
 
 # GPUCONV_BLOCK in common.cuh: the block size of every 1-D grid-stride kernel, which their
@@ -486,6 +503,7 @@ def clear_cache():
     with _cache_lock:
         _cache.clear()
         _functions.clear()
+        _dynamic_limit.clear()  # keyed by the id of a memoized function
 
 
 # ----------------------------------------------------------------------------- NVRTC
@@ -780,8 +798,8 @@ _resident: dict = {}
 
 
 def resident_blocks(op_file: str, name: str, dtype, threads: int, target: str, device: int | None = None,
-                    tf32: bool = False) -> int:
-    """Blocks of kernel ``name`` (``threads`` threads each, no dynamic shared memory) that one SM
+                    tf32: bool = False, shared_mem: int = 0) -> int:
+    """Blocks of kernel ``name`` (``threads`` threads and ``shared_mem`` bytes of dynamic shared memory each) that one SM
     runs at once: the CUDA occupancy calculator's answer for the built kernel on 'cuda' (its
     registers, shared memory and threads), NOMINAL_BLOCKS_PER_SM on the simulator. A grid of
     ``resident_blocks * sm_count`` blocks is one full wave."""
@@ -789,13 +807,14 @@ def resident_blocks(op_file: str, name: str, dtype, threads: int, target: str, d
         return NOMINAL_BLOCKS_PER_SM
     if device is None:
         device = backend.require_cupy().cuda.Device().id
-    key = (op_file, name, np.dtype(dtype), bool(tf32), device, int(threads), os.environ.get("GPUCONV_KERNELS_DIR"))
+    key = (op_file, name, np.dtype(dtype), bool(tf32), device, int(threads), int(shared_mem),
+           os.environ.get("GPUCONV_KERNELS_DIR"))
     n = _resident.get(key)
     if n is None:
         fn = get_function(op_file, name, dtype, target, tf32=tf32)
         try:
             from cupy_backends.cuda.api import driver
-            n = int(driver.occupancyMaxActiveBlocksPerMultiprocessor(fn.ptr, int(threads), 0))
+            n = int(driver.occupancyMaxActiveBlocksPerMultiprocessor(fn.ptr, int(threads), int(shared_mem)))
         except Exception:  # a CuPy without the occupancy call: plan as the simulator does
             n = NOMINAL_BLOCKS_PER_SM
         n = _resident[key] = max(1, n)
@@ -867,4 +886,13 @@ def launch(op_file: str, kernel: str, dtype, target: str, grid, block, args, sha
         device = array_device(args)
     with backend.cupy_module().cuda.Device(device):  # the module is loaded on the current device
         fn = get_function(op_file, kernel, dtype, target, device, tf32)
+        if shared_mem > DEFAULT_DYNAMIC_SHARED and _dynamic_limit.get(id(fn), DEFAULT_DYNAMIC_SHARED) < shared_mem:
+            fn.max_dynamic_shared_size_bytes = int(shared_mem)  # the opt-in beyond 48 KiB (once per kernel)
+            _dynamic_limit[id(fn)] = int(shared_mem)
         fn(tuple(grid), tuple(block), tuple(args), shared_mem=shared_mem)
+
+
+# Dynamic shared memory a kernel may take without opting in (cudaFuncAttributeMaxDynamicSharedMemorySize),
+# and the limits raised so far, per memoized function.
+DEFAULT_DYNAMIC_SHARED = 48 * 1024
+_dynamic_limit: dict = {}

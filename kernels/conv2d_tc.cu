@@ -423,8 +423,7 @@ template <class S>
 __device__ void conv2d_forward_tc_body(const storage_t* x, const storage_t* w, const storage_t* b, storage_t* y, int N,
                                        int Cp, int H, int W, int K, int FH, int FW, int OH, int OW, int sh, int sw,
                                        int ph, int pw, int has_bias, int relu) {
-    __shared__ __align__(1024) unsigned char As[TC_STAGES * S::A_STAGE];
-    __shared__ __align__(1024) unsigned char Bs[TC_STAGES * S::B_STAGE];
+    TC_DECLARE_STAGES(S, As, Bs);
     const int M = N * OH * OW, R = FH * FW * Cp;
     const int m0 = blockIdx.x * S::BM, n0 = blockIdx.y * S::BN;
     const long long rbytes = (long long)R * sizeof(storage_t);
@@ -441,8 +440,7 @@ template <class S>
 __device__ void conv2d_backward_data_tc_body(const storage_t* dy, const storage_t* wt, storage_t* dx, int N, int C,
                                              int H, int W, int Kp, int FH, int FW, int OH, int OW, int sh, int sw,
                                              int ph, int pw) {
-    __shared__ __align__(1024) unsigned char As[TC_STAGES * S::A_STAGE];
-    __shared__ __align__(1024) unsigned char Bs[TC_STAGES * S::B_STAGE];
+    TC_DECLARE_STAGES(S, As, Bs);
     const int M = N * H * W, L = FH * FW * Kp;
     const int m0 = blockIdx.x * S::BM, n0 = blockIdx.y * S::BN;
     const long long lbytes = (long long)L * sizeof(storage_t);
@@ -464,8 +462,7 @@ template <class S>
 __device__ void conv2d_backward_weight_tc_body(const storage_t* dy, const storage_t* x, float* ws, int N, int Cp,
                                                int H, int W, int K, int FH, int FW, int OH, int OW, int sh, int sw,
                                                int ph, int pw, int chunk, int vec_dy) {
-    __shared__ __align__(1024) unsigned char As[TC_STAGES * S::A_STAGE];
-    __shared__ __align__(1024) unsigned char Bs[TC_STAGES * S::B_STAGE];
+    TC_DECLARE_STAGES(S, As, Bs);
     const int L = N * OH * OW, R = FH * FW * Cp;
     const int m0 = blockIdx.x * S::BM, n0 = blockIdx.y * S::BN;
     const int l0 = blockIdx.z * chunk, l_end = imin(L, l0 + chunk);

@@ -45,8 +45,7 @@ template <class FragB, int B_ROWS, int B_ROW_BYTES>
 __device__ void gemm_tc_body(const storage_t* A, const storage_t* B, storage_t* C, float* C32, int M, int N, int K,
                              int vec_a, int vec_b, bool b_kn) {
     typedef GemmTile S;
-    __shared__ __align__(128) unsigned char As[TC_STAGES * S::A_STAGE];
-    __shared__ __align__(128) unsigned char Bs[TC_STAGES * S::B_STAGE];
+    TC_DECLARE_STAGES(S, As, Bs);
     const int es = (int)sizeof(storage_t);
     const int m0 = blockIdx.x * S::BM, n0 = blockIdx.y * S::BN;
     const long long kbytes = (long long)K * es;

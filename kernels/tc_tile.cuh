@@ -23,7 +23,7 @@
 // - Fragment readers turn a stage into a warp's mma fragments with ldmatrix: FragA (A, mk),
 //   FragA_km (A, km: .trans), FragB_nt (B, mk), FragB_nn (B, km: .trans). .trans moves 16-bit
 //   elements, so the km layouts exist in the bf16/fp16 builds only.
-// - tc_gemm_mainloop keeps TC_STAGES - 1 = 2 k-tiles in flight; tc_gemm_epilogue hands each
+// - tc_gemm_mainloop keeps 2 k-tiles loading ahead; tc_gemm_epilogue hands each
 //   accumulator with its (row, column) to an epilogue functor.
 // A Hopper variant (wgmma.mma_async from shared-memory descriptors, TMA or cp.async.bulk loads)
 // would keep the loaders' stage layouts (64- and 128-byte swizzles are wgmma's 64B/128B modes; its
@@ -34,25 +34,40 @@
 #define TC_KM_ROWS 32       // rows of K in a km stage (64 bytes of 16-bit elements)
 
 // A CTA tile: BM x BN outputs, WM x WN warps; WG: multiplied by warpgroups (wgmma) instead of
-// warps (mma.sync).
-template <int BM_, int BN_, int WM_, int WN_, bool WG_ = false>
+// warps (mma.sync); STAGES shared-memory stages.
+template <int BM_, int BN_, int WM_, int WN_, bool WG_ = false, int STAGES_ = TC_STAGES>
 struct TcShape {
-    static constexpr int BM = BM_, BN = BN_, WM = WM_, WN = WN_;
+    static constexpr int BM = BM_, BN = BN_, WM = WM_, WN = WN_, STAGES = STAGES_;
     static constexpr bool WG = WG_;
     static constexpr int THREADS = 32 * WM * WN;
     static constexpr int MI = BM / WM / 16;              // 16-row mma tiles per warp
     static constexpr int NI = BN / WN / 8;               // 8-column mma tiles per warp (even)
     static constexpr int A_STAGE = BM * TC_KBYTES;        // bytes of one A stage, either layout
     static constexpr int B_STAGE = BN * TC_KBYTES;        // bytes of one B stage, either layout
-    static constexpr int SHARED = TC_STAGES * (A_STAGE + B_STAGE);
+    static constexpr int SHARED = STAGES * (A_STAGE + B_STAGE);
     __device__ static int warp_m() { return (int)threadIdx.x / 32 / WN; }
     __device__ static int warp_n() { return (int)threadIdx.x / 32 % WN; }
 };
 typedef TcShape<64, 64, 2, 2> TcTile64;     // 128 threads; 24 KiB of stages
 typedef TcShape<128, 128, 2, 4> TcTile128;  // 256 threads; 48 KiB of stages (the static limit)
 typedef TcShape<128, 128, 2, 2> TcTile128w; // 128 threads, warp tiles of 64x64; 48 KiB of stages
-// 2 warpgroups of 64x128 (wgmma m64n128k16); its 8 warps hold D as 16x128 blocks, rows 16 w.
-typedef TcShape<128, 128, 8, 1, true> TcTileWg;  // 256 threads; 48 KiB of stages
+// 2 warpgroups of 64x128 (wgmma m64n128k16); its 8 warps hold D as 16x128 blocks, rows 16 w. A
+// fourth stage for the k-tile whose wgmmas are still in flight: 64 KiB, dynamic shared memory.
+typedef TcShape<128, 128, 8, 1, true, 4> TcTileWg;  // 256 threads
+#define TC_STATIC_SHARED_MAX 49152  // bytes of static shared memory a kernel may declare
+
+// Declares a kernel body's stages As (S::STAGES A stages) and Bs (S::STAGES B stages), 1024-byte
+// aligned (wgmma's swizzle atoms): two static arrays up to 48 KiB in all, one dynamic array beyond
+// (the launcher passes S::SHARED bytes and raises the kernel's limit; the unused static arrays are
+// a token 16 bytes each). Declared in the body, two arrays: as one array, or returned by a helper,
+// the stages cost ptxas a register more in the 128x128 forward, which then spilled.
+#define TC_DECLARE_STAGES(S, As, Bs)                                                                   \
+    constexpr bool tc_dynamic = S::SHARED > TC_STATIC_SHARED_MAX;                                     \
+    __shared__ __align__(1024) unsigned char tc_static_a[tc_dynamic ? 16 : S::STAGES * S::A_STAGE];  \
+    __shared__ __align__(1024) unsigned char tc_static_b[tc_dynamic ? 16 : S::STAGES * S::B_STAGE];  \
+    extern __shared__ __align__(1024) unsigned char tc_dynamic_stages[];                             \
+    unsigned char* const As = tc_dynamic ? tc_dynamic_stages : tc_static_a;                          \
+    unsigned char* const Bs = tc_dynamic ? tc_dynamic_stages + S::STAGES * S::A_STAGE : tc_static_b
 
 // Byte offset of (row, byte) in a stage whose rows hold ROW_BYTES bytes: mk stages (64-byte rows)
 // and km stages of 64 columns (128-byte rows) are swizzled as they are; wider km stages are cut
@@ -305,9 +320,11 @@ struct FragB_nn {
 //   that makes the stage's generic-proxy writes (cp.async) visible to wgmma, before the barrier.
 template <class S, class Op, class FragA, class FragB, bool WG = S::WG>
 struct TcMultiply {
+    static constexpr int IN_FLIGHT = 0;  // k-tiles whose stage is still read after their round
     int lane_a, lane_b;  // this lane's swizzled fragment offsets (see above)
     __device__ TcMultiply() : lane_a(FragA::lane_offset()), lane_b(FragB::lane_offset()) {}
     __device__ static void publish() {}
+    __device__ static void finish(float (*)[S::NI][4]) {}
     __device__ void operator()(const unsigned char* A, const unsigned char* B, float acc[S::MI][S::NI][4]) const {
 #pragma unroll
         for (int ks = 0; ks < TC_KBYTES / 32; ++ks) {
@@ -327,52 +344,75 @@ template <class S, class Op, class FragA, class FragB>
 struct TcMultiply<S, Op, FragA, FragB, true> {
     static_assert(S::WN == 1 && S::BM / S::WM == 16 && S::BN == 128 && S::MI == 1,
                   "a warpgroup's 4 warps hold 16 rows each of one m64n128 block");
+    // Each round leaves its wgmmas running into the next (their accumulators are only touched
+    // by the next round's wgmmas, which the hardware orders), so the stage they read stays busy
+    // one round longer: the pipeline keeps a stage for it.
+    static constexpr int IN_FLIGHT = 1;
     __device__ static void publish() { fence_proxy_async(); }
+    __device__ static float (&regs(float acc[S::MI][S::NI][4]))[S::NI * 4] {
+        return *reinterpret_cast<float (*)[S::NI * 4]>(&acc[0][0][0]);
+    }
+    // The last round's wgmmas done; the operand fence keeps the epilogue's reads of the
+    // accumulators after the wait (unpinned, the compiler may hoist them above it: wrong sums, and
+    // ptxas serializes every wgmma of the kernel to stay correct, its C7514).
+    __device__ static void finish(float acc[S::MI][S::NI][4]) {
+        wgmma_wait<0>();
+        wgmma_fence_operands(regs(acc));
+    }
     __device__ void operator()(const unsigned char* A, const unsigned char* B, float acc[S::MI][S::NI][4]) const {
+        float (&d)[S::NI * 4] = regs(acc);
+        wgmma_fence_operands(d);
         wgmma_fence();
 #pragma unroll
         for (int ks = 0; ks < TC_KBYTES / 32; ++ks)
             WarpgroupOp<typename Op::storage>::template mma<FragA::WG_TRANS, FragB::WG_TRANS>(
-                &acc[0][0][0], FragA::wg_desc(A, ks), FragB::wg_desc(B, ks));
+                d, FragA::wg_desc(A, ks), FragB::wg_desc(B, ks));
         wgmma_commit();
-        wgmma_wait<0>();
+        wgmma_wait<IN_FLIGHT>();  // the previous round's wgmmas are done: its stage may be refilled
+        wgmma_fence_operands(d);
     }
 };
 #endif
 
-// The pipeline. Groups are committed every round, empty or not, so that "all but the newest
-// TC_STAGES - 2 groups" is always k-tile kt. Per k-tile kt:
+// The pipeline: S::STAGES stages, D = STAGES - 1 - IN_FLIGHT k-tiles loaded ahead of the one
+// being multiplied (2 in both engines: 3 stages for mma.sync, 4 for wgmma, whose previous k-tile
+// is still being read). Groups are committed every round, empty or not, so that "all but the
+// newest D - 1 groups" is always k-tile kt. Per k-tile kt:
 //   wait_group  -> this thread's copies of tile kt have landed;
-//   __syncthreads -> everyone's have, and every warp is done with tile kt - 1, whose stage
-//                    ((kt - 1) % STAGES == (kt + STAGES - 1) % STAGES) is refilled next;
-//   issue tile kt + STAGES - 1, then multiply tile kt while it streams in.
+//   publish, __syncthreads -> everyone's have (visible to wgmma's async proxy too), and every warp
+//                    is done with the stage of tile kt - 1 - IN_FLIGHT, which is refilled next:
+//                    it is (kt + D) % STAGES;
+//   issue tile kt + D, then multiply tile kt while it streams in.
 template <class S, class Op, class FragA, class FragB, class LoaderA, class LoaderB>
 __device__ void tc_gemm_mainloop(const LoaderA& la, const LoaderB& lb, int ktiles, int vec_a, int vec_b,
                                  unsigned char* As, unsigned char* Bs, float acc[S::MI][S::NI][4]) {
+    typedef TcMultiply<S, Op, FragA, FragB> Multiply;
+    constexpr int D = S::STAGES - 1 - Multiply::IN_FLIGHT;
+    static_assert(D >= 1, "a stage for the k-tile being multiplied and one loading");
 #pragma unroll
-    for (int s = 0; s < TC_STAGES - 1; ++s) {
+    for (int s = 0; s < D; ++s) {
         if (s < ktiles) {
             la.load(As + s * S::A_STAGE, s, vec_a);
             lb.load(Bs + s * S::B_STAGE, s, vec_b);
         }
         cp_async_commit();
     }
-    const TcMultiply<S, Op, FragA, FragB> multiply;
-    int read = 0, write = TC_STAGES - 1;  // kt % TC_STAGES and (kt + TC_STAGES - 1) % TC_STAGES, carried
+    const Multiply multiply;
+    int read = 0, write = D;  // kt % STAGES and (kt + D) % STAGES, carried
     for (int kt = 0; kt < ktiles; ++kt) {
-        cp_async_wait<TC_STAGES - 2>();
+        cp_async_wait<D - 1>();
         multiply.publish();
         __syncthreads();
-        const int next = kt + TC_STAGES - 1;
-        if (next < ktiles) {
-            la.load(As + write * S::A_STAGE, next, vec_a);
-            lb.load(Bs + write * S::B_STAGE, next, vec_b);
+        if (kt + D < ktiles) {
+            la.load(As + write * S::A_STAGE, kt + D, vec_a);
+            lb.load(Bs + write * S::B_STAGE, kt + D, vec_b);
         }
         cp_async_commit();
         multiply(As + read * S::A_STAGE, Bs + read * S::B_STAGE, acc);
-        read = read == TC_STAGES - 1 ? 0 : read + 1;
-        write = write == TC_STAGES - 1 ? 0 : write + 1;
+        read = read == S::STAGES - 1 ? 0 : read + 1;
+        write = write == S::STAGES - 1 ? 0 : write + 1;
     }
+    multiply.finish(acc);
 }
 
 // The epilogue: accumulator elements 2h and 2h + 1 of mma tile (i, n) are C[g + 8h][2t] and

@@ -241,6 +241,20 @@ __device__ inline void wgmma_wait(GPUCONV_SITE_FIRST) {
 #endif
 }
 
+// Pins the accumulators in their registers at this point of the program: the compiler may not
+// move their reads or writes (copies between loop instances, say) across it, which would make
+// ptxas serialize the wgmmas (its C7514 performance warning). No instruction; CUTLASS's
+// warpgroup_fence_operand.
+template <int N>
+__device__ inline void wgmma_fence_operands(float (&d)[N]) {
+#ifdef __CUDA_ARCH__
+#pragma unroll
+    for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
+#else
+    (void)d;
+#endif
+}
+
 // fence.proxy.async.shared::cta: this thread's generic-proxy writes to shared memory (stores,
 // completed cp.async) become visible to the async proxy (wgmma's operand reads). The simulator
 // has one proxy: nothing to do.

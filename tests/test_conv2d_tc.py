@@ -280,7 +280,8 @@ def test_launcher_shapes_match_the_kernel_tiles():
     tile = (kernels.kernel_dir() / "tc_tile.cuh").read_text()
     conv = (kernels.kernel_dir() / "conv2d_tc.cu").read_text()
     shapes = {name: (int(bm), int(bn), 32 * int(wm) * int(wn))
-              for bm, bn, wm, wn, name in re.findall(r"typedef TcShape<(\d+), (\d+), (\d+), (\d+)(?:, \w+)?> (\w+);", tile)}
+              for bm, bn, wm, wn, name in re.findall(r"typedef TcShape<(\d+), (\d+), (\d+), (\d+)(?:, \w+)?(?:, \d+)?> (\w+);",
+                                                     tile)}
     # each entry point, e.g. "conv2d_forward_tc128(...) { ... conv2d_forward_tc_body<TcTile128>"
     entries = dict(re.findall(r"\nconv2d_forward_(tc\d*w?g?)\(.*?conv2d_forward_tc_body<(\w+)>", conv, re.S))
     assert set(entries) == set(TC.SHAPES)

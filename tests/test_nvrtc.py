@@ -190,6 +190,10 @@ def _ptxas_report(op_file, dtype, tmp_path, tf32=False):
     proc = subprocess.run(["nvcc", "-cubin", f"-arch={arch}", *kernels.NVRTC_OPTIONS, "--resource-usage", str(cu),
                            "-o", str(tmp_path / f"{op_file}.cubin")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
+    # e.g. C7514, wgmmas serialized because the compiler let other instructions read their
+    # accumulators while they run (a missing operand fence: wrong sums, or a slow kernel)
+    losses = [line for line in (proc.stdout + proc.stderr).splitlines() if "Potential Performance Loss" in line]
+    assert not losses, "\n".join(losses)
     report, current = {}, None
     for line in (proc.stdout + proc.stderr).splitlines():
         m = re.search(r"Function properties for (\w+)", line)
@@ -264,11 +268,11 @@ def test_ptxas_resource_usage(tmp_path, build, capsys):
             assert r["spill"] == 0 and r["smem"] == 49152 and r["registers"] <= 255, (build, name, r)
         # 128x128 tiles of 2 warpgroups (wgmma, 16-bit builds; TF32's entry points trap): 64
         # accumulators per thread and no fragments, at most 128 registers for two blocks per SM
-        # (120-122 with ptxas 13.0)
+        # (120-122 with ptxas 13.0); 4 stages (64 KiB) in dynamic shared memory, the static token
+        # arrays at most 2 x 16 bytes
         for name in ["conv2d_forward_tcwg", "conv2d_backward_data_tcwg", "conv2d_backward_weight_tcwg"]:
             r = reports["conv2d_tc"][name]
-            assert r["spill"] == 0 and r["smem"] == (0 if build == "tf32" else 49152) and r["registers"] <= 128, \
-                (build, name, r)
+            assert r["spill"] == 0 and r["smem"] <= 32 and r["registers"] <= 128, (build, name, r)
 
 
 # ----------------------------------------------------------------------------- the GPU path, faked
@@ -332,6 +336,47 @@ def test_gpu_path_builds_a_cubin_for_the_device_and_caches_it_on_disk(fake_gpu):
 
     kernels.get_module("relu", np.float64, "cuda", device=0)  # another source: another binary
     assert len(fake_gpu.calls) == 2 and len(list(fake_gpu.cache.iterdir())) == 2
+
+
+@needs_nvrtc
+def test_hopper_builds_the_wgmma_file_for_sm_90a_and_the_others_for_sm_90(fake_gpu):
+    """conv2d_tc (its tcwg kernels use wgmma) is built for the arch-specific sm_90a on a
+    compute-capability-9.0 device; every other file keeps the portable sm_90 CUBIN."""
+    assert kernels.ARCH_SPECIFIC == ("conv2d_tc",)
+    kernels.get_module("relu", ml_dtypes.bfloat16, "cuda", device=0)
+    mod = kernels.get_module("conv2d_tc", ml_dtypes.bfloat16, "cuda", device=0)
+    assert "-bfloat16-sm_90a-" in pathlib.Path(mod.path).name and mod.binary[:4] == b"\x7fELF"
+    assert [c[0] for c in fake_gpu.calls] == ["--gpu-architecture=sm_90", "--gpu-architecture=sm_90a"]
+
+
+def test_a_launch_past_48_kib_of_dynamic_shared_memory_raises_the_kernels_limit_once(monkeypatch):
+    """CUDA refuses more than 48 KiB of dynamic shared memory unless the kernel's attribute is
+    raised first (cudaFuncAttributeMaxDynamicSharedMemorySize): the launch does it, once per kernel."""
+    class FakeKernel:
+        def __init__(self):
+            self.limits, self.launches, self._limit = [], [], 0
+
+        @property
+        def max_dynamic_shared_size_bytes(self):
+            return self._limit
+
+        @max_dynamic_shared_size_bytes.setter
+        def max_dynamic_shared_size_bytes(self, n):
+            self.limits.append(n)
+            self._limit = n
+
+        def __call__(self, grid, block, args, shared_mem=0):
+            assert shared_mem <= max(self._limit, kernels.DEFAULT_DYNAMIC_SHARED), "launched past its limit"
+            self.launches.append(shared_mem)
+
+    fn = FakeKernel()
+    fake = types.SimpleNamespace(cuda=types.SimpleNamespace(Device=FakeDevice), ndarray=np.ndarray)
+    monkeypatch.setattr(backend, "cupy_module", lambda: fake)
+    monkeypatch.setattr(kernels, "get_function", lambda *a, **k: fn)
+    for shared in (0, 48 * 1024, 65536, 65536):
+        kernels.launch("conv2d_tc", "conv2d_forward_tcwg", ml_dtypes.bfloat16, "cuda", (1, 1, 1), (256, 1, 1), (),
+                       shared_mem=shared, device=0)
+    assert fn.launches == [0, 48 * 1024, 65536, 65536] and fn.limits == [65536]
 
 
 @needs_nvrtc

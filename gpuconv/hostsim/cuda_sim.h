@@ -160,7 +160,7 @@ struct Runtime {
   unsigned long long block_serial;  // counts the blocks run since the module loaded
 };
 static Runtime rt;
-alignas(16) static unsigned char dyn_smem[GPUCONV_DYN_SMEM_MAX];
+alignas(1024) static unsigned char dyn_smem[GPUCONV_DYN_SMEM_MAX];  // as __align__(1024) asks on a GPU
 __attribute__((section("gpuconv_shared"), used)) static char shared_anchor[16];
 
 inline void switch_to_scheduler(Fiber* f) {

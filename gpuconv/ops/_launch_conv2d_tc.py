@@ -25,7 +25,10 @@ _TILES = {"tc": "TcTile64", "tc128": "TcTile128", "tc128w": "TcTile128w", "tcwg"
 # tcwg multiplies with Hopper's wgmma: 16-bit builds on sm_90a and the simulator. Elsewhere (TF32,
 # another GPU) the same 128x128 tile runs on mma.sync, tc128.
 _WG_FALLBACK = "tc128"
-SHAPES = {v: kernels.tile_shapes()[t][::2] for v, t in _TILES.items()}
+SHAPES = {v: (kernels.tile_shapes()[t].bm, kernels.tile_shapes()[t].threads) for v, t in _TILES.items()}
+# variant -> bytes of dynamic shared memory its launches pass (0: its stages are static)
+DYNAMIC_SHARED = {v: kernels.tile_shapes()[t].shared if kernels.tile_shapes()[t].dynamic else 0
+                  for v, t in _TILES.items()}
 KBYTES = kernels.defines("tc_tile.cuh")["TC_KBYTES"]  # bytes of the reduction per k-tile
 PIECE = 16       # bytes per cp.async of the im2col loaders
 _INT_MAX = 2**31 - 1
@@ -92,7 +95,7 @@ def _launch(name, variant, dtype, target, rows, cols, args, tf32, device, splits
     tile, threads = SHAPES[variant]
     grid = (-(-rows // tile), -(-cols // tile), splits)
     kernels.launch("conv2d_tc", f"{name}_{variant}", dtype, target, grid, (threads, 1, 1), args, device=device,
-                   tf32=tf32)
+                   tf32=tf32, shared_mem=DYNAMIC_SHARED[variant])
 
 
 def _i32(*values):
@@ -162,7 +165,7 @@ def backward_weight(dy, x, w_shape, stride, padding, tf32, *, target, variant="t
     variant = engine(variant, dy.dtype, tf32, target, device)
     tile, threads = SHAPES[variant]
     per_sm = kernels.resident_blocks("conv2d_tc", f"conv2d_backward_weight_{variant}", dy.dtype, threads, target,
-                                     device, tf32)
+                                     device, tf32, DYNAMIC_SHARED[variant])
     splits, chunk = weight_splits(l_total, -(-rows // tile) * -(-cols // tile), target, device,
                                   step=KBYTES // dy.itemsize, per_sm=per_sm)
     ws = xp.empty((splits, rows, cols), dtype=np.float32)

@@ -18,7 +18,7 @@ from ..backend import get_array_module
 
 # The CTA tile gemm_tc.cu computes with ("typedef TcTile64 GemmTile;"), as tc_tile.cuh shapes it.
 _GEMM_TILE = re.search(r"typedef (\w+) GemmTile;", kernels.source_text("gemm_tc.cu")).group(1)
-TILE, _, THREADS = kernels.tile_shapes()[_GEMM_TILE]
+TILE, THREADS = kernels.tile_shapes()[_GEMM_TILE].bm, kernels.tile_shapes()[_GEMM_TILE].threads
 LAYOUTS = ("nt", "nn")
 
 
