@@ -6,11 +6,12 @@
 //
 //   C[M, N] = A[M, K] B[K, N], float32 accumulators, one CTA per BM x BN tile of C.
 //
-// - The CTA shape is a template parameter, TcShape<BM, BN, WM, WN>: WM x WN warps, each computing
-//   a (BM / WM) x (BN / WN) block as MI x NI mma tiles of 16x8. TcTile64 (64x64, 4 warps of
-//   32x32, 32 float accumulators per thread), TcTile128 (128x128, 8 warps of 64x32, 64 per
-//   thread) and TcTile128w (128x128, 4 warps of 64x64, 128 per thread) are the shapes in use;
-//   every loader, fragment reader and the pipeline take the shape.
+// - The CTA shape is a template parameter, TcShape<BM, BN, WM, WN, WG, STAGES>: WM x WN warps,
+//   each computing a (BM / WM) x (BN / WN) block as MI x NI mma tiles of 16x8. TcTile64 (64x64, 4
+//   warps of 32x32, 32 float accumulators per thread), TcTile128 (128x128, 8 warps of 64x32, 64
+//   per thread), TcTile128w (128x128, 4 warps of 64x64, 128 per thread) and TcTileWg (128x128, 2
+//   warpgroups of 64x128 on wgmma, 64 per thread) are the shapes in use; every loader, fragment
+//   reader and the pipeline take the shape.
 // - K is walked in k-tiles of TC_KBYTES = 64 bytes (32 bf16/fp16 or 16 TF32 elements): 2 mma
 //   steps of 32 bytes each.
 // - An operand loader is an object with
@@ -25,9 +26,12 @@
 //   elements, so the km layouts exist in the bf16/fp16 builds only.
 // - tc_gemm_mainloop keeps 2 k-tiles loading ahead; tc_gemm_epilogue hands each
 //   accumulator with its (row, column) to an epilogue functor.
-// A Hopper variant (wgmma.mma_async from shared-memory descriptors, TMA or cp.async.bulk loads)
-// would keep the loaders' stage layouts (64- and 128-byte swizzles are wgmma's 64B/128B modes; its
-// stages need 1024-byte alignment) and replace the fragment readers and the mma loop.
+// - The multiply of a staged k-tile (TcMultiply) runs on the shape's engine: mma.sync per warp
+//   (fragments by ldmatrix), or, for a TcShape with WG set, Hopper's wgmma per warpgroup, reading
+//   the same stages through shared-memory descriptors (FragX::wg_desc: the mk stages' 64-byte and
+//   the km stages' 128-byte swizzles are wgmma's 64B and 128B modes as they are) and keeping one
+//   k-tile of wgmmas in flight, hence a fourth stage. Loaders, stage layouts and epilogue are
+//   the same for both engines.
 
 #define TC_KBYTES 64        // bytes of K per k-tile: one 64-byte row per M (or N) row of an mk stage
 #define TC_STAGES 3         // shared-memory stages: 2 k-tiles in flight while a third is multiplied
