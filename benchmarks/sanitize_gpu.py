@@ -133,7 +133,8 @@ def conv_tc(run, rng):
             ry, rc = C._conv2d_forward_reference(x, w, b, stride, pad, tf32)
             dy = rng.standard_normal(ry.shape).astype(dtype)
             rdx, rdw, _ = C._conv2d_backward_reference(dy, rc, True, tf32)
-            for channels_last, var in ((False, "tc"), (True, "tc"), (True, "tc128"), (True, "tc128w"), (True, "tcwg")):
+            for channels_last, var in ((False, "tc"), (True, "tc"), (True, "tc128"), (True, "tc128w"), (True, "tcwg"),
+                                      (True, "tcwg256")):
                 X, DY = run.dev(x), run.dev(dy)
                 if channels_last:
                     X, DY = gpuconv.to_channels_last(X), gpuconv.to_channels_last(DY)

@@ -126,9 +126,10 @@ AUTO_WIDE = 128        # channels from which the 128x128 tiles win
 AUTO_V1_BELOW = 16     # channels below which v1 wins the data gradient (CUDA cores)
 # tc128w (128x128 tiles of 4 warps of 64x64: a fifth fewer instructions per mma in the sm_90 loop,
 # half the warps per SM) is selectable and benchmarked; "auto" takes it only once it is measured.
-# tcwg (the 128x128 tile on Hopper's wgmma: 2 warpgroups of 64x128, operands read from the stages
-# by descriptors, no ldmatrix; bf16/fp16 on sm_90a, tc128 elsewhere) likewise.
-_CONV_VARIANTS = ("auto", "v1", "v2", "v3", "tc", "tc128", "tc128w", "tcwg")
+# tcwg and tcwg256 (the 128x128 and 128x256 tiles on Hopper's wgmma: 2 warpgroups of 64x128 or
+# 64x256, operands read from the stages by descriptors, no ldmatrix; bf16/fp16 on sm_90a, tc128
+# elsewhere) likewise.
+_CONV_VARIANTS = ("auto", "v1", "v2", "v3", "tc", "tc128", "tc128w", "tcwg", "tcwg256")
 _CONV_DEFAULTS = {"*": "auto", "float64": "v2"}
 VARIANTS = {
     "conv2d_forward": Family(_CONV_VARIANTS, _CONV_DEFAULTS),

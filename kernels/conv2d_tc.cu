@@ -117,11 +117,11 @@ struct ReductionWalk {
     }
 };
 
-// 16-byte pieces per thread of an mk stage of BM rows (4 pieces a row): 2 in TcTile64 and
-// TcTile128, 4 in TcTile128w (half the threads).
+// 16-byte pieces per thread of an mk stage of BM rows (4 pieces a row): 2 in TcTile64, TcTile128
+// and the warpgroup tiles, 4 in TcTile128w (half the threads).
 template <class S>
 __device__ constexpr int tc_pieces() {
-    static_assert(S::BM * 4 % S::THREADS == 0 && S::BM == S::BN, "whole 16-byte pieces per thread");
+    static_assert(S::BM * 4 % S::THREADS == 0, "whole 16-byte pieces per thread");
     return S::BM * 4 / S::THREADS;
 }
 
@@ -366,6 +366,7 @@ struct TransposedPatchRows {
     static constexpr int P = tc_pieces<S>();
     int fh[P], fw[P], c[P];  // this thread's column groups (fh, fw folded with the padding)
     bool ok[P];
+    static_assert(S::BM == S::BN, "B's rows counted as A's (tc_pieces)");
 
     __device__ TransposedPatchRows(const float* x_, int n0, int H_, int W_, int Cp_, int FH, int FW, int OH_, int OW_,
                                    int sh_, int sw_, int ph, int pw, int l0_, int l_end_)
@@ -594,6 +595,28 @@ conv2d_backward_weight_tcwg(const storage_t* dy, const storage_t* x, float* ws, 
     int K, int FH, int FW, int OH, int OW, int sh, int sw, int ph, int pw, int chunk, int vec_dy) {
     TCWG_BODY((conv2d_backward_weight_tc_body<TcTileWg>(dy, x, ws, N, Cp, H, W, K, FH, FW, OH, OW, sh, sw, ph, pw,
                                                       chunk, vec_dy)));
+}
+
+extern "C" __global__ void __launch_bounds__(TcTileWg256::THREADS)
+conv2d_forward_tcwg256(const storage_t* x, const storage_t* w, const storage_t* b, storage_t* y, int N, int Cp,
+    int H, int W, int K, int FH, int FW, int OH, int OW, int sh, int sw, int ph, int pw, int has_bias, int relu) {
+    TCWG_BODY((conv2d_forward_tc_body<TcTileWg256>(x, w, b, y, N, Cp, H, W, K, FH, FW, OH, OW, sh, sw, ph, pw,
+                                                 has_bias, relu)));
+}
+
+extern "C" __global__ void __launch_bounds__(TcTileWg256::THREADS)
+conv2d_backward_data_tcwg256(const storage_t* dy, const storage_t* wt, storage_t* dx, int N, int C, int H, int W,
+    int Kp, int FH, int FW, int OH, int OW, int sh, int sw, int ph, int pw) {
+    TCWG_BODY((conv2d_backward_data_tc_body<TcTileWg256>(dy, wt, dx, N, C, H, W, Kp, FH, FW, OH, OW, sh, sw, ph, pw)));
+}
+
+// vec_dy: the bytes each copy of dy moves in the 16-bit builds (16, 8, 4 or 2: the largest dividing
+// K * sizeof and dy's address; dy needs no channel padding, it is read as a dense [L][K] matrix).
+extern "C" __global__ void __launch_bounds__(TcTileWg256::THREADS)
+conv2d_backward_weight_tcwg256(const storage_t* dy, const storage_t* x, float* ws, int N, int Cp, int H, int W,
+    int K, int FH, int FW, int OH, int OW, int sh, int sw, int ph, int pw, int chunk, int vec_dy) {
+    TCWG_BODY((conv2d_backward_weight_tc_body<TcTileWg256>(dy, x, ws, N, Cp, H, W, K, FH, FW, OH, OW, sh, sw, ph, pw,
+                                                         chunk, vec_dy)));
 }
 
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)

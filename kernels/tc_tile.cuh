@@ -58,6 +58,9 @@ typedef TcShape<128, 128, 2, 2> TcTile128w; // 128 threads, warp tiles of 64x64;
 // 2 warpgroups of 64x128 (wgmma m64n128k16); its 8 warps hold D as 16x128 blocks, rows 16 w. A
 // fourth stage for the k-tile whose wgmmas are still in flight: 64 KiB, dynamic shared memory.
 typedef TcShape<128, 128, 8, 1, true, 4> TcTileWg;  // 256 threads
+// The same 2 warpgroups on 64x256 blocks (m64n256k16, 128 accumulators per thread): twice the
+// multiply-adds per staged A row; 96 KiB of stages.
+typedef TcShape<128, 256, 8, 1, true, 4> TcTileWg256;  // 256 threads
 #define TC_STATIC_SHARED_MAX 49152  // bytes of static shared memory a kernel may declare
 
 // Declares a kernel body's stages As (S::STAGES A stages) and Bs (S::STAGES B stages), 1024-byte
@@ -346,8 +349,8 @@ struct TcMultiply {
 #if GPUCONV_WGMMA
 template <class S, class Op, class FragA, class FragB>
 struct TcMultiply<S, Op, FragA, FragB, true> {
-    static_assert(S::WN == 1 && S::BM / S::WM == 16 && S::BN == 128 && S::MI == 1,
-                  "a warpgroup's 4 warps hold 16 rows each of one m64n128 block");
+    static_assert(S::WN == 1 && S::BM / S::WM == 16 && (S::BN == 128 || S::BN == 256) && S::MI == 1,
+                  "a warpgroup's 4 warps hold 16 rows each of one m64n128 or m64n256 block");
     // Each round leaves its wgmmas running into the next (their accumulators are only touched
     // by the next round's wgmmas, which the hardware orders), so the stage they read stays busy
     // one round longer: the pipeline keeps a stage for it.
@@ -369,7 +372,7 @@ struct TcMultiply<S, Op, FragA, FragB, true> {
         wgmma_fence();
 #pragma unroll
         for (int ks = 0; ks < TC_KBYTES / 32; ++ks)
-            WarpgroupOp<typename Op::storage>::template mma<FragA::WG_TRANS, FragB::WG_TRANS>(
+            WarpgroupOp<typename Op::storage, S::BN>::template mma<FragA::WG_TRANS, FragB::WG_TRANS>(
                 d, FragA::wg_desc(A, ks), FragB::wg_desc(B, ks));
         wgmma_commit();
         wgmma_wait<IN_FLIGHT>();  // the previous round's wgmmas are done: its stage may be refilled

@@ -159,6 +159,11 @@ inline bool perform(const Op& op, unsigned warp) {
 // One lane's operands of an mma_async.
 struct MmaLane { unsigned long long da, db; float* d; };
 
+// The widening of one 16-bit operand element, by the instruction's type name.
+constexpr float (*operand_format(const char* type))(unsigned) {
+    return type[0] == 'b' ? mma_sim::bf16_bits : mma_sim::f16_bits;
+}
+
 template <int N, int TA, int TB, float (*TO_FLOAT)(unsigned)>
 void mma_lanes(void* const* ops) {
     WarpQueue& q = queue();
@@ -264,57 +269,106 @@ __device__ inline void fence_proxy_async() {
 #endif
 }
 
-// wgmma.mma_async.sync.aligned.m64n128k16.f32.<T>.<T>: d[64] += A B (scale-d 1), A and B from the
-// descriptors, TA/TB the transpose flags (1: MN-major).
+// wgmma.mma_async.sync.aligned.m64nNk16.f32.<T>.<T>, N = 128 or 256: d[N / 2] += A B (scale-d 1),
+// A and B from the descriptors, TA/TB the transpose flags (1: MN-major). The GPU forms list every
+// accumulator register as an operand (written out: inline PTX has no loops).
 #ifdef __CUDA_ARCH__
-#define GPUCONV_WGMMA_M64N128K16(NAME, PTX_TYPE, TO_FLOAT)                                                  \
-    template <int TA, int TB>                                                                               \
-    __device__ inline void NAME(float d[64], unsigned long long da, unsigned long long db) {               \
-        asm volatile(                                                                                       \
-            "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"                                                   \
-            "wgmma.mma_async.sync.aligned.m64n128k16.f32." PTX_TYPE "." PTX_TYPE " "                       \
-            "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, "    \
-            "%20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, " \
-            "%39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, " \
-            "%58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, %67, %68;\n}\n"                              \
-            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
-              "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]),       \
-              "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]),     \
-              "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]),     \
-              "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]),     \
-              "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]),     \
-              "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]),     \
-              "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]),     \
-              "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])      \
-            : "l"(da), "l"(db), "r"(1), "n"(TA), "n"(TB));                                                  \
+#define GPUCONV_WGMMA_M64N128K16(NAME, PTX_TYPE)                                                               \
+    template <int TA, int TB>                                                                                  \
+    __device__ inline void NAME(float d[64], unsigned long long da, unsigned long long db) {                   \
+        asm volatile(                                                                                          \
+            "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"                                                       \
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32." PTX_TYPE "." PTX_TYPE " {"                          \
+            "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, "       \
+            "%20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, "       \
+            "%38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, "       \
+            "%56, %57, %58, %59, %60, %61, %62, %63"                                                           \
+            "}, %64, %65, p, 1, 1, %67, %68;\n}\n"                                                             \
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),  \
+              "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]),         \
+              "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]),       \
+              "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]),       \
+              "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]),       \
+              "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]),       \
+              "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]),       \
+              "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]),       \
+              "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])        \
+            : "l"(da), "l"(db), "r"(1), "n"(TA), "n"(TB));                                                     \
+    }
+#define GPUCONV_WGMMA_M64N256K16(NAME, PTX_TYPE)                                                               \
+    template <int TA, int TB>                                                                                  \
+    __device__ inline void NAME(float d[128], unsigned long long da, unsigned long long db) {                  \
+        asm volatile(                                                                                          \
+            "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"                                                      \
+            "wgmma.mma_async.sync.aligned.m64n256k16.f32." PTX_TYPE "." PTX_TYPE " {"                          \
+            "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, "       \
+            "%20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, "       \
+            "%38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, "       \
+            "%56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, "       \
+            "%74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, "       \
+            "%92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, "         \
+            "%108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, "       \
+            "%123, %124, %125, %126, %127"                                                                     \
+            "}, %128, %129, p, 1, 1, %131, %132;\n}\n"                                                         \
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),  \
+              "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]),         \
+              "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]),       \
+              "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]),       \
+              "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]),       \
+              "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]),       \
+              "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]),       \
+              "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]),       \
+              "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),       \
+              "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]),       \
+              "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]),       \
+              "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]),       \
+              "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]),       \
+              "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]), "+f"(d[97]), "+f"(d[98]),       \
+              "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]),               \
+              "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]),              \
+              "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]),              \
+              "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]),              \
+              "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])                             \
+            : "l"(da), "l"(db), "r"(1), "n"(TA), "n"(TB));                                                     \
     }
 #else
-#define GPUCONV_WGMMA_M64N128K16(NAME, PTX_TYPE, TO_FLOAT)                                                  \
-    template <int TA, int TB>                                                                               \
-    inline void NAME(float d[64], unsigned long long da, unsigned long long db GPUCONV_SITE) {             \
-        wgmma_sim::MmaLane op = {da, db, d};                                                                \
-        gpuconv_sim::warp_instruction("wgmma.mma_async.sync.aligned.m64n128k16.f32." PTX_TYPE "." PTX_TYPE, \
-                                      wgmma_sim::mma_lanes<128, TA, TB, mma_sim::TO_FLOAT>, &op,        \
-                                      site_file, site_line);                                                \
+#define GPUCONV_WGMMA_M64N128K16(NAME, PTX_TYPE)                                                                   \
+    template <int TA, int TB>                                                                                      \
+    inline void NAME(float d[64], unsigned long long da, unsigned long long db GPUCONV_SITE) {                     \
+        wgmma_sim::MmaLane op = {da, db, d};                                                                       \
+        gpuconv_sim::warp_instruction("wgmma.mma_async.sync.aligned.m64n128k16.f32." PTX_TYPE "." PTX_TYPE,        \
+                                      wgmma_sim::mma_lanes<128, TA, TB, wgmma_sim::operand_format(PTX_TYPE)>, &op, \
+                                      site_file, site_line);                                                       \
+    }
+#define GPUCONV_WGMMA_M64N256K16(NAME, PTX_TYPE)                                                                   \
+    template <int TA, int TB>                                                                                      \
+    inline void NAME(float d[128], unsigned long long da, unsigned long long db GPUCONV_SITE) {                    \
+        wgmma_sim::MmaLane op = {da, db, d};                                                                       \
+        gpuconv_sim::warp_instruction("wgmma.mma_async.sync.aligned.m64n256k16.f32." PTX_TYPE "." PTX_TYPE,        \
+                                      wgmma_sim::mma_lanes<256, TA, TB, wgmma_sim::operand_format(PTX_TYPE)>, &op, \
+                                      site_file, site_line);                                                       \
     }
 #endif
-GPUCONV_WGMMA_M64N128K16(wgmma_m64n128k16_bf16, "bf16", bf16_bits)
-GPUCONV_WGMMA_M64N128K16(wgmma_m64n128k16_f16, "f16", f16_bits)
+GPUCONV_WGMMA_M64N128K16(wgmma_m64n128k16_bf16, "bf16")
+GPUCONV_WGMMA_M64N128K16(wgmma_m64n128k16_f16, "f16")
+GPUCONV_WGMMA_M64N256K16(wgmma_m64n256k16_bf16, "bf16")
+GPUCONV_WGMMA_M64N256K16(wgmma_m64n256k16_f16, "f16")
 #undef GPUCONV_WGMMA_M64N128K16
+#undef GPUCONV_WGMMA_M64N256K16
 
-// The warpgroup mma of a 16-bit storage type (TF32 has no MN-major operands and its operands
-// would need rounding in shared memory: the TF32 build keeps mma.sync).
-template <class T> struct WarpgroupOp;
-template <> struct WarpgroupOp<bf16_t> {
-    template <int TA, int TB>
-    __device__ static void mma(float d[64], unsigned long long da, unsigned long long db GPUCONV_SITE) {
-        wgmma_m64n128k16_bf16<TA, TB>(d, da, db GPUCONV_SITE_FWD);
-    }
-};
-template <> struct WarpgroupOp<half_t> {
-    template <int TA, int TB>
-    __device__ static void mma(float d[64], unsigned long long da, unsigned long long db GPUCONV_SITE) {
-        wgmma_m64n128k16_f16<TA, TB>(d, da, db GPUCONV_SITE_FWD);
-    }
-};
+// The warpgroup mma of a 16-bit storage type, N = 128 or 256 columns (TF32 has no MN-major
+// operands and its operands would need rounding in shared memory: the TF32 build keeps mma.sync).
+template <class T, int N> struct WarpgroupOp;
+#define GPUCONV_WARPGROUP_OP(T, N, FN)                                                                        \
+    template <> struct WarpgroupOp<T, N> {                                                                    \
+        template <int TA, int TB>                                                                             \
+        __device__ static void mma(float d[N / 2], unsigned long long da, unsigned long long db GPUCONV_SITE) { \
+            FN<TA, TB>(d, da, db GPUCONV_SITE_FWD);                                                           \
+        }                                                                                                     \
+    };
+GPUCONV_WARPGROUP_OP(bf16_t, 128, wgmma_m64n128k16_bf16)
+GPUCONV_WARPGROUP_OP(half_t, 128, wgmma_m64n128k16_f16)
+GPUCONV_WARPGROUP_OP(bf16_t, 256, wgmma_m64n256k16_bf16)
+GPUCONV_WARPGROUP_OP(half_t, 256, wgmma_m64n256k16_f16)
+#undef GPUCONV_WARPGROUP_OP
 #endif  // GPUCONV_WGMMA

@@ -41,8 +41,9 @@ CASES = [((2, 16, 6, 6), (24, 3, 3), (1, 1), (1, 1)),     # the common 3x3 same-
 IDS = ["3x3", "c3s2", "1x1k70", "2x3s21p02", "c40m81", "s3p2", "m162k130"]
 
 
-# every tensor-core variant; tcwg (wgmma) runs as tc128 where wgmma does not (TF32, a GPU before Hopper)
-VARIANTS = ["tc", "tc128", "tc128w", "tcwg"]
+# every tensor-core variant; tcwg and tcwg256 (wgmma) run as tc128 where wgmma does not (TF32, a GPU
+# before Hopper)
+VARIANTS = ["tc", "tc128", "tc128w", "tcwg", "tcwg256"]
 
 def operands(case, dtype, rng, integers=False):
     xs, (k, fh, fw), _, _ = case
@@ -96,9 +97,9 @@ def test_tensor_core_conv_within_the_derived_bound(target, build, case, channels
     variant = TC.engine(variant, dtype, tf32, target, 0)
     assert log.names[:4] == [f"conv2d_forward_{variant}", f"conv2d_backward_data_{variant}",
                              f"conv2d_backward_weight_{variant}", "conv2d_tc_weight_reduce"]
-    tile, threads = TC.SHAPES[variant]
-    assert log[0].block == (threads, 1, 1) and log[0].grid[:2] == (-(-y.shape[0] * y.shape[2] * y.shape[3] // tile),
-                                                                  -(-k // tile))
+    bm, bn, threads = TC.SHAPES[variant]
+    assert log[0].block == (threads, 1, 1) and log[0].grid[:2] == (-(-y.shape[0] * y.shape[2] * y.shape[3] // bm),
+                                                                  -(-k // bn))
     # every GEMM in the operands' build (the bias gradient, a plain sum, has no TF32 build)
     assert {r.build for r in log if r.name != "conv2d_backward_bias"} == {"float+tf32" if tf32 else dtype.name}
     for a in (y, dx):
@@ -130,8 +131,8 @@ def test_exact_when_every_partial_sum_is(target, build, variant):
 
 @pytest.mark.parametrize("build", ["bf16", "f16", "tf32"])
 def test_the_128_tiles_give_the_same_bits_in_every_warp_layout(target, build, monkeypatch):
-    """tc128 (8 warps of 64x32), tc128w (4 warps of 64x64) and tcwg (2 warpgroups of 64x128 on
-    wgmma) tile the same 128x128 outputs and walk the reduction in the same k-tiles and k16 steps,
+    """tc128 (8 warps of 64x32), tc128w (4 warps of 64x64), tcwg (2 warpgroups of 64x128 on wgmma)
+    and tcwg256 (2 of 64x256) compute every output as the same k-tiles and k16 steps,
     so every output is the same sum in the same order: bit-identical results on the simulator,
     over several row and column tiles and weight-gradient splits, channels_last. (On a GPU the
     order inside one mma is the hardware's: mma.sync and wgmma may differ in the last bits.)"""
@@ -143,13 +144,14 @@ def test_the_128_tiles_give_the_same_bits_in_every_warp_layout(target, build, mo
     x, w, b = operands(((2, 24, 12, 11), (136, 3, 3), (1, 1), (1, 1)), dtype, rng)  # M = 264, N = 136
     dy = rng.standard_normal((2, 136, 12, 11)).astype(dtype)
     got = {}
-    variants = ("tc128", "tc128w") + (("tcwg",) if TC.engine("tcwg", dtype, tf32, target, 0) == "tcwg" else ())
+    wgmma = TC.engine("tcwg", dtype, tf32, target, 0) == "tcwg"
+    variants = ("tc128", "tc128w") + (("tcwg", "tcwg256") if wgmma else ())
     for variant in variants:
         results, log = run_conv(target, x, w, b, dy, (1, 1), (1, 1), tf32, True, variant)
         assert f"conv2d_forward_{variant}" in log.names
         got[variant] = [np.ascontiguousarray(host(a)).tobytes() for a in results]
     if target == "sim":
-        assert all(got[v] == got["tc128"] for v in variants) and len(variants) == (2 if tf32 else 3)
+        assert all(got[v] == got["tc128"] for v in variants) and len(variants) == (2 if tf32 else 4)
     else:
         assert got["tc128"] == got["tc128w"]
 
@@ -283,10 +285,10 @@ def test_launcher_shapes_match_the_kernel_tiles():
               for bm, bn, wm, wn, name in re.findall(r"typedef TcShape<(\d+), (\d+), (\d+), (\d+)(?:, \w+)?(?:, \d+)?> (\w+);",
                                                      tile)}
     # each entry point, e.g. "conv2d_forward_tc128(...) { ... conv2d_forward_tc_body<TcTile128>"
-    entries = dict(re.findall(r"\nconv2d_forward_(tc\d*w?g?)\(.*?conv2d_forward_tc_body<(\w+)>", conv, re.S))
+    entries = dict(re.findall(r"\nconv2d_forward_(tc\d*w?g?\d*)\(.*?conv2d_forward_tc_body<(\w+)>", conv, re.S))
     assert set(entries) == set(TC.SHAPES)
-    for variant, (side, threads) in TC.SHAPES.items():
-        assert shapes[entries[variant]] == (side, side, threads), variant
+    for variant, shape in TC.SHAPES.items():
+        assert shapes[entries[variant]] == shape, variant
     assert TC.KBYTES == int(re.search(r"#define TC_KBYTES (\d+)", tile).group(1))
 
 

@@ -19,13 +19,16 @@ from .. import kernels, layout, precision
 from ..backend import get_array_module
 from ._checks import output_hw
 
-# variant -> (CTA tile side, threads), from the TcShape typedefs of kernels/tc_tile.cuh that
+# variant -> its TcShape typedef in kernels/tc_tile.cuh (the tile its launches are sized by), which
 # conv2d_tc.cu instantiates per suffix (tests check the pairing).
-_TILES = {"tc": "TcTile64", "tc128": "TcTile128", "tc128w": "TcTile128w", "tcwg": "TcTileWg"}
-# tcwg multiplies with Hopper's wgmma: 16-bit builds on sm_90a and the simulator. Elsewhere (TF32,
-# another GPU) the same 128x128 tile runs on mma.sync, tc128.
+_TILES = {"tc": "TcTile64", "tc128": "TcTile128", "tc128w": "TcTile128w", "tcwg": "TcTileWg",
+          "tcwg256": "TcTileWg256"}
+# tcwg and tcwg256 multiply with Hopper's wgmma: 16-bit builds on sm_90a and the simulator.
+# Elsewhere (TF32, another GPU) tc128 runs instead.
+_WG = ("tcwg", "tcwg256")
 _WG_FALLBACK = "tc128"
-SHAPES = {v: (kernels.tile_shapes()[t].bm, kernels.tile_shapes()[t].threads) for v, t in _TILES.items()}
+SHAPES = {v: (kernels.tile_shapes()[t].bm, kernels.tile_shapes()[t].bn, kernels.tile_shapes()[t].threads)
+          for v, t in _TILES.items()}  # variant -> (BM, BN, threads)
 # variant -> bytes of dynamic shared memory its launches pass (0: its stages are static)
 DYNAMIC_SHARED = {v: kernels.tile_shapes()[t].shared if kernels.tile_shapes()[t].dynamic else 0
                   for v, t in _TILES.items()}
@@ -82,9 +85,9 @@ def _back(y_nhwc, like):
 
 
 def engine(variant, dtype, tf32, target, device):
-    """``variant`` as it runs for ``dtype`` on ``target``: tcwg where wgmma does not (TF32, a GPU
-    other than Hopper) runs tc128."""
-    if variant == "tcwg" and (tf32 or not kernels.wgmma_available(target, device)):
+    """``variant`` as it runs for ``dtype`` on ``target``: tcwg or tcwg256 where wgmma does not (TF32,
+    a GPU other than Hopper) runs tc128."""
+    if variant in _WG and (tf32 or not kernels.wgmma_available(target, device)):
         return _WG_FALLBACK
     return variant
 
@@ -92,8 +95,8 @@ def engine(variant, dtype, tf32, target, device):
 def _launch(name, variant, dtype, target, rows, cols, args, tf32, device, splits=1):
     """One tensor-core conv launch: a block per output tile of the rows x cols GEMM."""
     variant = engine(variant, dtype, tf32, target, device)
-    tile, threads = SHAPES[variant]
-    grid = (-(-rows // tile), -(-cols // tile), splits)
+    bm, bn, threads = SHAPES[variant]
+    grid = (-(-rows // bm), -(-cols // bn), splits)
     kernels.launch("conv2d_tc", f"{name}_{variant}", dtype, target, grid, (threads, 1, 1), args, device=device,
                    tf32=tf32, shared_mem=DYNAMIC_SHARED[variant])
 
@@ -104,8 +107,8 @@ def _i32(*values):
 
 def forward(x, w, b, stride, padding, tf32, relu, *, target, variant="tc"):
     """y = conv2d(x, w) + b (ReLU when ``relu``) on tensor cores, or None (see the module doc);
-    ``variant`` 'tc' (64x64 tiles), 'tc128' (128x128, 8 warps), 'tc128w' (128x128, 4 warps) or 'tcwg'
-    (128x128, 2 warpgroups on wgmma)."""
+    ``variant`` 'tc' (64x64 tiles), 'tc128' (128x128, 8 warps), 'tc128w' (128x128, 4 warps), 'tcwg'
+    (128x128, 2 warpgroups on wgmma) or 'tcwg256' (128x256, the same)."""
     n, c, h, wd = x.shape
     k, _, fh, fw = w.shape
     oh, ow = output_hw(x.shape, (fh, fw), stride, padding)
@@ -163,10 +166,10 @@ def backward_weight(dy, x, w_shape, stride, padding, tf32, *, target, variant="t
     device = kernels.array_device([dy])
     from ._launch_conv2d import weight_splits  # the split rule of every weight-gradient kernel
     variant = engine(variant, dy.dtype, tf32, target, device)
-    tile, threads = SHAPES[variant]
+    bm, bn, threads = SHAPES[variant]
     per_sm = kernels.resident_blocks("conv2d_tc", f"conv2d_backward_weight_{variant}", dy.dtype, threads, target,
                                      device, tf32, DYNAMIC_SHARED[variant])
-    splits, chunk = weight_splits(l_total, -(-rows // tile) * -(-cols // tile), target, device,
+    splits, chunk = weight_splits(l_total, -(-rows // bm) * -(-cols // bn), target, device,
                                   step=KBYTES // dy.itemsize, per_sm=per_sm)
     ws = xp.empty((splits, rows, cols), dtype=np.float32)
     vec_dy = next(v for v in (16, 8, 4, 2) if (k * dy.itemsize) % v == 0 and kernels.address(dyh) % v == 0)
