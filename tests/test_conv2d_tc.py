@@ -130,7 +130,7 @@ def test_exact_when_every_partial_sum_is(target, build, variant):
 
 
 @pytest.mark.parametrize("build", ["bf16", "f16", "tf32"])
-def test_the_128_tiles_give_the_same_bits_in_every_warp_layout(target, build, monkeypatch):
+def test_the_128_row_tiles_give_the_same_bits_in_every_layout_and_engine(target, build, monkeypatch):
     """tc128 (8 warps of 64x32), tc128w (4 warps of 64x64), tcwg (2 warpgroups of 64x128 on wgmma)
     and tcwg256 (2 of 64x256) compute every output as the same k-tiles and k16 steps,
     so every output is the same sum in the same order: bit-identical results on the simulator,

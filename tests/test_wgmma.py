@@ -58,7 +58,9 @@ def test_probe_compiles_for_sm_90a_only(probe_env):
     src = kernels.build_source("wgmma_probe")
     ptx = kernels.nvrtc_compile(src, "wgmma_probe", np.float32, "compute_90a").decode()
     for insn in ("wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16",
-                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16", "wgmma.fence.sync.aligned", "wgmma.commit_group.sync.aligned", "wgmma.wait_group.sync.aligned 0",
+                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16",
+                 "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16",
+                 "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16", "wgmma.fence.sync.aligned", "wgmma.commit_group.sync.aligned", "wgmma.wait_group.sync.aligned 0",
                  "fence.proxy.async.shared::cta"):
         assert insn in ptx, insn
     for arch in ("compute_80", "compute_90"):
@@ -124,16 +126,18 @@ def accumulator_map(n=128):
     return rows, cols
 
 
-ROWS, COLS = accumulator_map()
+MAPS = {n: accumulator_map(n) for n in (128, 256)}
 
 
 def to_fragments(C):
-    return C[ROWS, COLS].astype(np.float32)  # [thread][64]
+    rows, cols = MAPS[C.shape[1]]
+    return C[rows, cols].astype(np.float32)  # [thread][N / 2]
 
 
-def from_fragments(d):
-    D = np.full((64, 128), np.nan, np.float32)
-    D[ROWS, COLS] = d.reshape(128, 64)
+def from_fragments(d, n=128):
+    rows, cols = MAPS[n]
+    D = np.full((64, n), np.nan, np.float32)
+    D[rows, cols] = d.reshape(128, n // 2)
     return D
 
 
@@ -147,10 +151,10 @@ def launch(target, a_img, b_img, c, *, threads=128, a_group=0, a_skip=0, a=(64, 
     return args[3].get() if target == "cuda" else args[3]
 
 
-def integer_operands(dtype, rng, k=16):
+def integer_operands(dtype, rng, k=16, n=128):
     A = rng.integers(-8, 9, (64, k)).astype(dtype)
-    Bm = rng.integers(-8, 9, (128, 16)).astype(dtype)
-    C = rng.integers(-64, 65, (64, 128)).astype(np.float32)
+    Bm = rng.integers(-8, 9, (n, 16)).astype(dtype)
+    C = rng.integers(-64, 65, (64, n)).astype(np.float32)
     return A, Bm, C
 
 
@@ -214,6 +218,24 @@ def test_two_warpgroups_each_multiply_their_own_a(target):
     d = launch(target, a_img, image(Bm, "K", 64, 16, 512), c, threads=256, a_group=8192).reshape(2, -1)
     np.testing.assert_array_equal(from_fragments(d[0]), exact(A0, Bm, C0))
     np.testing.assert_array_equal(from_fragments(d[1]), exact(A1, Bm, C1))
+
+
+@pytest.mark.parametrize("b_layout", [("K", 64, 16, 512), ("MN", 128, 2048, 1024)], ids=["B K-major", "B N-major"])
+@pytest.mark.parametrize("dt", list(DTYPES))
+def test_m64n256k16_holds_twice_the_columns(target, dt, b_layout):
+    """The 256-column shape (the tcwg256 convolutions): 128 accumulators per thread, the same
+    fragment pattern over 32 column blocks, B's 256 rows from one descriptor."""
+    dtype, kind = DTYPES[dt]
+    major, w, lbo, sbo = b_layout
+    A, Bm, C = integer_operands(dtype, np.random.default_rng(12), n=256)
+    xp = B.cupy_module() if target == "cuda" else np
+    out = np.full(128 * 128, np.nan, np.float32)
+    args = [xp.asarray(v) for v in (image(A, "K", 128, 16, 1024), image(Bm, major, w, lbo, sbo, nbytes=B_BYTES),
+                                    to_fragments(C).ravel(), out)]
+    args += [np.int32(v) for v in (128, 16, 1024, w, lbo, sbo, kind, 0, int(major == "MN"))]
+    kernels.launch("wgmma_probe", "wgmma256_probe", np.float32, target, (1, 1, 1), (128, 1, 1), tuple(args))
+    d = args[3].get() if target == "cuda" else args[3]
+    np.testing.assert_array_equal(from_fragments(d, 256), exact(A, Bm, C))
 
 
 @pytest.mark.parametrize("dt", list(DTYPES))

@@ -73,3 +73,37 @@ extern "C" __global__ void wgmma_probe(const unsigned char* a_img, const unsigne
     for (int i = 0; i < 64; ++i) out[64 * t + i] = acc[i];
 #endif
 }
+
+// One m64n256k16 (one warpgroup): as wgmma_probe's mode 0, 128 accumulators per thread.
+template <int TA, int TB>
+__device__ void probe_mma256(int kind, float acc[128], unsigned long long da, unsigned long long db) {
+#if GPUCONV_WGMMA
+    if (kind == 0) wgmma_m64n256k16_bf16<TA, TB>(acc, da, db);
+    else wgmma_m64n256k16_f16<TA, TB>(acc, da, db);
+#endif
+}
+
+extern "C" __global__ void wgmma256_probe(const unsigned char* a_img, const unsigned char* b_img, const float* c,
+                                          float* d, int swizzle_a, int lbo_a, int sbo_a, int swizzle_b, int lbo_b,
+                                          int sbo_b, int kind, int ta, int tb) {
+#if GPUCONV_WGMMA
+    __shared__ __align__(1024) unsigned char sa[A_BYTES];
+    __shared__ __align__(1024) unsigned char sb[B_BYTES];
+    const int t = threadIdx.x;
+    for (int i = t; i < A_BYTES; i += blockDim.x) sa[i] = a_img[i];
+    for (int i = t; i < B_BYTES; i += blockDim.x) sb[i] = b_img[i];
+    fence_proxy_async();
+    __syncthreads();
+    float acc[128];
+    for (int i = 0; i < 128; ++i) acc[i] = c[128 * t + i];
+    const unsigned long long da = descriptor(sa, swizzle_a, lbo_a, sbo_a), db = descriptor(sb, swizzle_b, lbo_b, sbo_b);
+    wgmma_fence();
+    if (ta == 0 && tb == 0) probe_mma256<0, 0>(kind, acc, da, db);
+    else if (ta == 0) probe_mma256<0, 1>(kind, acc, da, db);
+    else if (tb == 0) probe_mma256<1, 0>(kind, acc, da, db);
+    else probe_mma256<1, 1>(kind, acc, da, db);
+    wgmma_commit();
+    wgmma_wait<0>();
+    for (int i = 0; i < 128; ++i) d[128 * t + i] = acc[i];
+#endif
+}
