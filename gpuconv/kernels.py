@@ -601,14 +601,16 @@ def nvrtc_check(op_file: str, arch: str = "compute_80", dtype=np.float32, tf32: 
 
 def wgmma_available(target: str, device: int | None = None) -> bool:
     """Whether the warpgroup (wgmma) kernels of :data:`ARCH_SPECIFIC` files run on ``target``: on
-    the simulator always, on a GPU of compute capability 9.0 (Hopper: their sm_90a build)."""
-    return target == "sim" or _compute_capability(device) == "90"
+    the simulator always; on a GPU where those files are built for sm_90a (compute capability 9.0,
+    Hopper, with an NVRTC that targets sm_90), the build _compile_cuda makes. Anywhere else their
+    entry points trap, which would end the process's CUDA context: the launchers never send them."""
+    return target == "sim" or _arch_specific_build(device)
 
 
 @functools.lru_cache(maxsize=None)
-def _compute_capability(device) -> str:
-    cp = backend.require_cupy()
-    return str(cp.cuda.Device(device).compute_capability)
+def _arch_specific_build(device) -> bool:
+    cc = backend.require_cupy().cuda.Device(device).compute_capability
+    return str(cc) == "90" and nvrtc_arch(cc, device) == "sm_90"
 
 
 def nvrtc_arch(compute_capability, device: int | None = None) -> str:
@@ -812,14 +814,25 @@ def resident_blocks(op_file: str, name: str, dtype, threads: int, target: str, d
            os.environ.get("GPUCONV_KERNELS_DIR"))
     n = _resident.get(key)
     if n is None:
-        fn = get_function(op_file, name, dtype, target, tf32=tf32)
-        try:
-            from cupy_backends.cuda.api import driver
-            n = int(driver.occupancyMaxActiveBlocksPerMultiprocessor(fn.ptr, int(threads), int(shared_mem)))
-        except Exception:  # a CuPy without the occupancy call: plan as the simulator does
-            n = NOMINAL_BLOCKS_PER_SM
+        with backend.cupy_module().cuda.Device(device):
+            fn = get_function(op_file, name, dtype, target, device, tf32)
+            _allow_dynamic_shared(fn, shared_mem)  # under the default limit the calculator answers 0
+            try:
+                from cupy_backends.cuda.api import driver
+                occupancy = driver.occupancyMaxActiveBlocksPerMultiprocessor
+            except (ImportError, AttributeError):  # a CuPy without the occupancy call: plan as the simulator
+                n = NOMINAL_BLOCKS_PER_SM
+            else:
+                n = int(occupancy(_function_handle(fn), int(threads), int(shared_mem)))
         n = _resident[key] = max(1, n)
     return n
+
+
+def _function_handle(fn) -> int:
+    """The CUfunction of a kernel from :func:`get_function`: a CuPy RawKernel (RawModule.get_function)
+    holds it in ``.kernel.ptr``; a bare cupy.cuda.Function is it."""
+    kernel = getattr(fn, "kernel", None)
+    return int(kernel.ptr if kernel is not None else fn.ptr)
 
 
 def grid_1d(n: int, block: int = BLOCK, target: str = "sim", device: int | None = None):
@@ -887,10 +900,16 @@ def launch(op_file: str, kernel: str, dtype, target: str, grid, block, args, sha
         device = array_device(args)
     with backend.cupy_module().cuda.Device(device):  # the module is loaded on the current device
         fn = get_function(op_file, kernel, dtype, target, device, tf32)
-        if shared_mem > DEFAULT_DYNAMIC_SHARED and _dynamic_limit.get(id(fn), DEFAULT_DYNAMIC_SHARED) < shared_mem:
-            fn.max_dynamic_shared_size_bytes = int(shared_mem)  # the opt-in beyond 48 KiB (once per kernel)
-            _dynamic_limit[id(fn)] = int(shared_mem)
+        _allow_dynamic_shared(fn, shared_mem)
         fn(tuple(grid), tuple(block), tuple(args), shared_mem=shared_mem)
+
+
+def _allow_dynamic_shared(fn, shared_mem: int):
+    """Raises a GPU kernel's dynamic shared memory limit to ``shared_mem`` bytes where that is past
+    the default 48 KiB (the opt-in, cudaFuncAttributeMaxDynamicSharedMemorySize), once per kernel."""
+    if shared_mem > DEFAULT_DYNAMIC_SHARED and _dynamic_limit.get(id(fn), DEFAULT_DYNAMIC_SHARED) < shared_mem:
+        fn.max_dynamic_shared_size_bytes = int(shared_mem)
+        _dynamic_limit[id(fn)] = int(shared_mem)
 
 
 # Dynamic shared memory a kernel may take without opting in (cudaFuncAttributeMaxDynamicSharedMemorySize),

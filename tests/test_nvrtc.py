@@ -386,6 +386,36 @@ def test_a_launch_past_48_kib_of_dynamic_shared_memory_raises_the_kernels_limit_
     assert fn.launches == [0, 48 * 1024, 65536, 65536] and fn.limits == [65536]
 
 
+def test_occupancy_asks_the_driver_about_the_kernel_with_its_shared_memory_allowed(monkeypatch):
+    """resident_blocks hands the occupancy calculator the CUfunction of the RawKernel (its
+    .kernel.ptr) with the dynamic shared memory of its launches, after raising the kernel's limit
+    to it (under the default 48 KiB limit the calculator answers 0 blocks)."""
+    from cupy_backends.cuda.api import driver
+
+    class FakeKernel:
+        kernel = types.SimpleNamespace(ptr=0xF00D)
+        max_dynamic_shared_size_bytes = 0
+
+    fn, asked = FakeKernel(), []
+
+    def occupancy(handle, threads, shared):
+        asked.append((handle, threads, shared, fn.max_dynamic_shared_size_bytes))
+        return 2 if fn.max_dynamic_shared_size_bytes >= shared else 0
+
+    fake = types.SimpleNamespace(cuda=types.SimpleNamespace(Device=FakeDevice))
+    monkeypatch.setattr(backend, "cupy_module", lambda: fake)
+    monkeypatch.setattr(backend, "require_cupy", lambda: fake)
+    monkeypatch.setattr(kernels, "get_function", lambda *a, **k: fn)
+    monkeypatch.setattr(driver, "occupancyMaxActiveBlocksPerMultiprocessor", occupancy)
+    monkeypatch.setattr(kernels, "_resident", {})
+    monkeypatch.setattr(kernels, "_dynamic_limit", {})
+    n = kernels.resident_blocks("conv2d_tc", "conv2d_backward_weight_tcwg", ml_dtypes.bfloat16, 256, "cuda", 0,
+                                shared_mem=65536)
+    assert n == 2 and asked == [(0xF00D, 256, 65536, 65536)]
+    assert kernels.resident_blocks("conv2d_tc", "conv2d_backward_weight_tcwg", ml_dtypes.bfloat16, 256, "cuda", 0,
+                                   shared_mem=65536) == 2 and len(asked) == 1  # memoized
+
+
 @needs_nvrtc
 @pytest.mark.parametrize("op_file", ["relu", "conv2d"])
 def test_cubin_is_the_whole_elf_image(op_file):
