@@ -18,6 +18,16 @@
 #define A_BYTES 16384
 #define B_BYTES 16384
 
+#if GPUCONV_WGMMA
+// Both operand images into shared memory, published to the async proxy and the block.
+__device__ void load_images(unsigned char* sa, unsigned char* sb, const unsigned char* a_img, const unsigned char* b_img) {
+    for (int i = threadIdx.x; i < A_BYTES; i += blockDim.x) sa[i] = a_img[i];
+    for (int i = threadIdx.x; i < B_BYTES; i += blockDim.x) sb[i] = b_img[i];
+    fence_proxy_async();
+    __syncthreads();
+}
+#endif
+
 template <int W>
 __device__ unsigned long long probe_descriptor(const unsigned char* p, int lbo, int sbo) {
     return wgmma_descriptor<W>(p, (unsigned)lbo, (unsigned)sbo);
@@ -32,11 +42,21 @@ __device__ unsigned long long descriptor(const unsigned char* p, int swizzle, in
     }
 }
 
-template <int TA, int TB>
-__device__ void probe_mma(int kind, float acc[64], unsigned long long da, unsigned long long db) {
+// One m64nNk16 of the operand type `kind` (0 bf16, 1 fp16) and transpose flags (ta, tb).
+template <int N>
+__device__ void probe_mma(int kind, int ta, int tb, float acc[N / 2], unsigned long long da, unsigned long long db) {
 #if GPUCONV_WGMMA
-    if (kind == 0) wgmma_m64n128k16_bf16<TA, TB>(acc, da, db);
-    else wgmma_m64n128k16_f16<TA, TB>(acc, da, db);
+    if (kind == 0) {
+        if (ta == 0 && tb == 0) WarpgroupOp<bf16_t, N>::template mma<0, 0>(acc, da, db);
+        else if (ta == 0) WarpgroupOp<bf16_t, N>::template mma<0, 1>(acc, da, db);
+        else if (tb == 0) WarpgroupOp<bf16_t, N>::template mma<1, 0>(acc, da, db);
+        else WarpgroupOp<bf16_t, N>::template mma<1, 1>(acc, da, db);
+    } else {
+        if (ta == 0 && tb == 0) WarpgroupOp<half_t, N>::template mma<0, 0>(acc, da, db);
+        else if (ta == 0) WarpgroupOp<half_t, N>::template mma<0, 1>(acc, da, db);
+        else if (tb == 0) WarpgroupOp<half_t, N>::template mma<1, 0>(acc, da, db);
+        else WarpgroupOp<half_t, N>::template mma<1, 1>(acc, da, db);
+    }
 #endif
 }
 
@@ -47,20 +67,14 @@ extern "C" __global__ void wgmma_probe(const unsigned char* a_img, const unsigne
     __shared__ __align__(1024) unsigned char sa[A_BYTES];
     __shared__ __align__(1024) unsigned char sb[B_BYTES];
     const int t = threadIdx.x, g = t / 128;
-    for (int i = t; i < A_BYTES; i += blockDim.x) sa[i] = a_img[i];
-    for (int i = t; i < B_BYTES; i += blockDim.x) sb[i] = b_img[i];
-    fence_proxy_async();
-    __syncthreads();
+    load_images(sa, sb, a_img, b_img);
     float acc[64];
     for (int i = 0; i < 64; ++i) acc[i] = c[64 * t + i];
     const unsigned long long da = descriptor(sa + g * a_group + a_skip, swizzle_a, lbo_a, sbo_a);
     unsigned long long db = descriptor(sb, swizzle_b, lbo_b, sbo_b);
     if (mode == 4 && t % 32 == 5) db += 2;
     if (mode != 3) wgmma_fence();
-    if (ta == 0 && tb == 0) probe_mma<0, 0>(kind, acc, da, db);
-    else if (ta == 0) probe_mma<0, 1>(kind, acc, da, db);
-    else if (tb == 0) probe_mma<1, 0>(kind, acc, da, db);
-    else probe_mma<1, 1>(kind, acc, da, db);
+    probe_mma<128>(kind, ta, tb, acc, da, db);
     wgmma_commit();
     float* out = d;
     if (mode == 1) {
@@ -75,14 +89,6 @@ extern "C" __global__ void wgmma_probe(const unsigned char* a_img, const unsigne
 }
 
 // One m64n256k16 (one warpgroup): as wgmma_probe's mode 0, 128 accumulators per thread.
-template <int TA, int TB>
-__device__ void probe_mma256(int kind, float acc[128], unsigned long long da, unsigned long long db) {
-#if GPUCONV_WGMMA
-    if (kind == 0) wgmma_m64n256k16_bf16<TA, TB>(acc, da, db);
-    else wgmma_m64n256k16_f16<TA, TB>(acc, da, db);
-#endif
-}
-
 extern "C" __global__ void wgmma256_probe(const unsigned char* a_img, const unsigned char* b_img, const float* c,
                                           float* d, int swizzle_a, int lbo_a, int sbo_a, int swizzle_b, int lbo_b,
                                           int sbo_b, int kind, int ta, int tb) {
@@ -90,18 +96,12 @@ extern "C" __global__ void wgmma256_probe(const unsigned char* a_img, const unsi
     __shared__ __align__(1024) unsigned char sa[A_BYTES];
     __shared__ __align__(1024) unsigned char sb[B_BYTES];
     const int t = threadIdx.x;
-    for (int i = t; i < A_BYTES; i += blockDim.x) sa[i] = a_img[i];
-    for (int i = t; i < B_BYTES; i += blockDim.x) sb[i] = b_img[i];
-    fence_proxy_async();
-    __syncthreads();
+    load_images(sa, sb, a_img, b_img);
     float acc[128];
     for (int i = 0; i < 128; ++i) acc[i] = c[128 * t + i];
     const unsigned long long da = descriptor(sa, swizzle_a, lbo_a, sbo_a), db = descriptor(sb, swizzle_b, lbo_b, sbo_b);
     wgmma_fence();
-    if (ta == 0 && tb == 0) probe_mma256<0, 0>(kind, acc, da, db);
-    else if (ta == 0) probe_mma256<0, 1>(kind, acc, da, db);
-    else if (tb == 0) probe_mma256<1, 0>(kind, acc, da, db);
-    else probe_mma256<1, 1>(kind, acc, da, db);
+    probe_mma<256>(kind, ta, tb, acc, da, db);
     wgmma_commit();
     wgmma_wait<0>();
     for (int i = 0; i < 128; ++i) d[128 * t + i] = acc[i];
