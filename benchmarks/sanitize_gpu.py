@@ -302,7 +302,7 @@ def batchnorm(run, rng):
     chunk (5000 positions NCHW, 3200 NHWC: 13 splits, more than the 8 lanes of pass 2); eval mode;
     and the elementwise kernels' grid-stride walk (a grid smaller than the tensor)."""
     import ml_dtypes
-    for shape in ((3, 37, 5, 3), (2, 3, 50, 50), (2, 5, 40, 40)):
+    for shape in ((3, 37, 5, 3), (2, 3, 50, 50), (2, 5, 40, 40), (2, 16, 9, 7)):  # 16: the _vec kernels
         for dtype in (np.float32, ml_dtypes.bfloat16):
             for cl in (False, True):
                 x = (rng.standard_normal(shape) * 2 + 1).astype(dtype)

@@ -29,7 +29,9 @@
 //             cancels); inv_std; the running statistics
 //   normalize y and xhat, elementwise.
 // Eval: eval_inv_std -> normalize. Backward: backward_sums (dy and dy * xhat in one read) ->
-// backward_reduce -> backward_dx.
+// backward_reduce -> backward_dx. normalize and backward_dx have a _vec form for channels_last
+// (16 bytes of channels per thread, their statistics hoisted: one load per element where the
+// element kernels make five).
 // Registers on sm_90 (ptxas 13, tests/test_nvrtc.py): 14-36 per kernel in the float32, bf16 and
 // fp16 builds, up to 46 in float64; at most 4 KiB of shared memory per block (8 KiB in float64,
 // batchnorm2d_stats); no spills.
@@ -279,6 +281,36 @@ batchnorm2d_normalize(const storage_t* x, const acc_t* mean, const acc_t* inv_st
     }
 }
 
+// The same, channels_last with C a multiple of VEC16 and every array 16-byte aligned (the launcher
+// checks): VEC16 channels of one pixel per thread, x and y as 16 bytes, xhat as VEC16 acc_t, and
+// the channels' statistics read again only when the thread's channel group changes (never, when
+// the grid's thread count is a multiple of C / VEC16). The same arithmetic per element.
+extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
+batchnorm2d_normalize_vec(const storage_t* x, const acc_t* mean, const acc_t* inv_std, const acc_t* gamma,
+                          const acc_t* beta, storage_t* y, acc_t* xhat, index_t groups, int C) {
+    typedef Lanes<storage_t, VEC16> S;
+    typedef Lanes<acc_t, VEC16> A;
+    ChannelWalk walk(C / VEC16, 1, 1);
+    int c = -1;
+    A m, s, g, b;
+    for (index_t i = global_thread_index(); i < groups; i += global_thread_count(), walk.step()) {
+        if (walk.c != c) {
+            c = walk.c;
+            m = ((const A*)mean)[c], s = ((const A*)inv_std)[c], g = ((const A*)gamma)[c], b = ((const A*)beta)[c];
+        }
+        const S xv = ((const S*)x)[i];
+        A h;
+        S yv;
+#pragma unroll
+        for (int l = 0; l < VEC16; ++l) {
+            h.v[l] = mul_rn(to_acc(xv.v[l]) - m.v[l], s.v[l]);
+            yv.v[l] = from_acc(mul_rn(h.v[l], g.v[l]) + b.v[l]);
+        }
+        ((A*)xhat)[i] = h;
+        ((S*)y)[i] = yv;
+    }
+}
+
 // partial[s][c] = sum of dy and partial[S + s][c] = sum of dy * xhat over split s (one read).
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
 batchnorm2d_backward_sums(const storage_t* dy, const acc_t* xhat, acc_t* partial, int S, int C, int HW, int count,
@@ -321,5 +353,45 @@ batchnorm2d_backward_dx(const storage_t* dy, const acc_t* xhat, const acc_t* gam
             g = g - mul_rn(xhat[i], mul_rn(dgamma[c], inv_count));
         }
         dx[i] = from_acc(mul_rn(g, scale));
+    }
+}
+
+// The same, channels_last, VEC16 channels of one pixel per thread (as batchnorm2d_normalize_vec).
+extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
+batchnorm2d_backward_dx_vec(const storage_t* dy, const acc_t* xhat, const acc_t* gamma, const acc_t* inv_std,
+                            const acc_t* dgamma, const acc_t* dbeta, storage_t* dx, index_t groups, int C, int count,
+                            int training) {
+    typedef Lanes<storage_t, VEC16> S;
+    typedef Lanes<acc_t, VEC16> A;
+    const acc_t inv_count = (acc_t)(1.0 / (double)count);
+    ChannelWalk walk(C / VEC16, 1, 1);
+    int c = -1;
+    A scale, db, dg;
+    for (index_t i = global_thread_index(); i < groups; i += global_thread_count(), walk.step()) {
+        if (walk.c != c) {
+            c = walk.c;
+            const A gm = ((const A*)gamma)[c], is = ((const A*)inv_std)[c];
+            db = ((const A*)dbeta)[c], dg = ((const A*)dgamma)[c];
+#pragma unroll
+            for (int l = 0; l < VEC16; ++l) {
+                scale.v[l] = mul_rn(gm.v[l], is.v[l]);
+                db.v[l] = mul_rn(db.v[l], inv_count);
+                dg.v[l] = mul_rn(dg.v[l], inv_count);
+            }
+        }
+        const S d = ((const S*)dy)[i];
+        A h;
+        if (training) h = ((const A*)xhat)[i];  // eval reads no xhat, as the element kernel
+        S out;
+#pragma unroll
+        for (int l = 0; l < VEC16; ++l) {
+            acc_t g = to_acc(d.v[l]);
+            if (training) {
+                g = g - db.v[l];
+                g = g - mul_rn(h.v[l], dg.v[l]);
+            }
+            out.v[l] = from_acc(mul_rn(g, scale.v[l]));
+        }
+        ((S*)dx)[i] = out;
     }
 }

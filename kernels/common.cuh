@@ -216,3 +216,14 @@ struct alignas(4 * sizeof(storage_t)) storage4 {
 struct alignas(4 * sizeof(acc_t)) acc4 {
     acc_t x, y, z, w;
 };
+
+// V adjacent channels of one channels_last pixel, loaded or stored as one transaction of up to 16
+// bytes (wider ones, V float32 beside V bfloat16, as 16-byte pieces); V = 1 is the element itself.
+// The _vec kernels of pooling and batch norm take VEC16 = 16 bytes of storage_t per thread (8
+// bfloat16/float16, 4 float32, 2 float64) where C is a multiple and every array 16-byte aligned
+// (their launchers check).
+template <class T, int V>
+struct alignas(V * sizeof(T) < 16 ? V * sizeof(T) : 16) Lanes {
+    T v[V];
+};
+#define VEC16 ((int)(16 / sizeof(storage_t)))

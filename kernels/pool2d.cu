@@ -73,13 +73,6 @@ struct Act4 {
     }
 };
 
-// V adjacent channels of one pixel, loaded or stored as one transaction: 16 bytes for V =
-// POOL_VEC (8 bfloat16/float16, 4 float32, 2 float64); V = 1 is the element itself.
-template <class T, int V>
-struct alignas(V * sizeof(T) < 16 ? V * sizeof(T) : 16) Lanes {
-    T v[V];
-};
-
 // The outputs whose windows cover input row i: oh*s - p <= i <= oh*s - p + k - 1, so
 // ceil((i + p - k + 1) / s) <= oh <= (i + p) / s, within [0, O). Every division here is of a
 // non-negative int (the first numerator is tested against 0 before it is divided), where C's
@@ -291,7 +284,7 @@ __device__ inline void avg_forward(const storage_t* x, storage_t* y, int N, int 
 // The entry points: each body once as the element-per-thread kernel (either layout) and once as
 // the _vec kernel, POOL_VEC channels per thread (channels_last with C % POOL_VEC == 0 and 16-byte
 // aligned arrays: the launcher checks), which reads and writes 16 bytes at a time.
-#define POOL_VEC ((int)(16 / sizeof(storage_t)))
+#define POOL_VEC VEC16  // Lanes (common.cuh) of 16 bytes
 
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
 max_pool2d_forward(const storage_t* x, storage_t* y, int* argmax,

@@ -263,3 +263,51 @@ def test_elementwise_kernels_carry_the_channel_across_grid_strides(cl):
     inv_n = np.float32(1.0 / count)
     want = (dy - ch(db * inv_n) - xhat * ch(dg * inv_n)) * ch(g * inv)
     assert np.array_equal(dx, want)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("grid", [2, 64], ids=["grid-stride", "one-pass"])
+def test_vec_kernels_give_the_element_kernels_bits(dtype, grid):
+    """normalize_vec and backward_dx_vec (16 bytes of channels per thread, channels_last) compute
+    each element as the element kernels do: the same bits, xhat included, in training and eval.
+    C = 40 makes 5 (bf16/fp16), 10 (float32) or 20 (float64) channel groups, so with 2 blocks
+    a thread's group changes from stride to stride (its statistics are reloaded then)."""
+    rng = np.random.default_rng(8)
+    n, c, h, w = 3, 40, 5, 7
+    cd = np.float64 if np.dtype(dtype) == np.float64 else np.float32
+    x, dy = (rng.standard_normal((n, h, w, c)).astype(dtype) for _ in range(2))
+    xhat = rng.standard_normal((n, h, w, c)).astype(cd)
+    mean, inv, g, b, dg, db = (rng.uniform(0.5, 2, c).astype(cd) for _ in range(6))
+    lanes = 16 // np.dtype(dtype).itemsize
+    groups = x.size // lanes
+    outs = {}
+    for form in ("", "_vec"):
+        y, xh, dx0, dx1 = np.empty_like(x), np.empty_like(xhat), np.empty_like(x), np.empty_like(x)
+        size = (np.int64(x.size), np.int32(c), np.int32(h * w)) if not form else (np.int64(groups), np.int32(c))
+        tail = (np.int32(1),) if not form else ()
+        kernels.launch("batchnorm", "batchnorm2d_normalize" + form, dtype, "sim", (grid, 1, 1), (256, 1, 1),
+                       (x, mean, inv, g, b, y, xh) + size + tail)
+        for training, dx in ((1, dx0), (0, dx1)):
+            kernels.launch("batchnorm", "batchnorm2d_backward_dx" + form, dtype, "sim", (grid, 1, 1), (256, 1, 1),
+                           (dy, xhat, g, inv, dg, db, dx) + size + (np.int32(n * h * w), np.int32(training)) + tail)
+        outs[form] = [a.tobytes() for a in (y, xh, dx0, dx1)]
+    assert outs[""] == outs["_vec"]
+
+
+@pytest.mark.parametrize("c, vec", [(16, True), (12, False)])
+def test_the_launcher_takes_the_vec_kernels_where_they_apply(c, vec):
+    """channels_last bfloat16 with C a multiple of 8 runs the _vec kernels; C = 12, or NCHW, the
+    element kernels; the results agree with the reference either way."""
+    x, gamma, beta, rm, rv, dy = make((2, c, 3, 5), BF16, True, seed=9)
+    for cl in (True, False):
+        xs, dys = (x, dy) if cl else (np.ascontiguousarray(x), np.ascontiguousarray(dy))
+        with kernels.launch_log() as log:
+            y, cache, _, _ = run_forward("sim", xs, gamma, beta, rm, rv, True)
+            dx, _, _ = LB.batchnorm2d_backward_kernel(dys, cache, target="sim")
+        names = [n for n in log.names if n.startswith(("batchnorm2d_normalize", "batchnorm2d_backward_dx"))]
+        suffix = "_vec" if vec and cl else ""
+        assert names == ["batchnorm2d_normalize" + suffix, "batchnorm2d_backward_dx" + suffix]
+        ry, rc = bn._batchnorm2d_forward_reference(xs, gamma, beta, rm.copy(), rv.copy(), True, MOMENTUM, EPS)
+        np.testing.assert_allclose(f64(y), f64(ry), rtol=2 ** -7, atol=2 ** -7)
+        np.testing.assert_allclose(f64(dx), f64(bn._batchnorm2d_backward_reference(dys, rc)[0]), rtol=2 ** -6,
+                                   atol=2 ** -6)

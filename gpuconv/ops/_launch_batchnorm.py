@@ -76,6 +76,25 @@ def _vec(xp, a, dt):
     return xp.ascontiguousarray(a, dtype=dt)
 
 
+_VEC_BYTES = 16  # the _vec kernels' bytes of x per thread (VEC16 in common.cuh)
+
+
+def _elementwise(kernel, dtype, target, arrays, scalars, c, hw, cl, device):
+    """An elementwise kernel over ``arrays[0]``'s elements: its ``_vec`` form where the tensor is
+    channels_last, C a multiple of 16 bytes' worth of channels and every array 16-byte aligned;
+    else the element kernel, which walks NCHW or NHWC memory."""
+    total = int(arrays[0].size)
+    lanes = _VEC_BYTES // np.dtype(dtype).itemsize
+    if cl and c % lanes == 0 and all(kernels.address(a) % _VEC_BYTES == 0 for a in arrays):
+        grid, block = kernels.grid_1d(total // lanes, kernels.BLOCK, target, device)
+        _launch(kernel + "_vec", dtype, target, grid, block,
+                arrays + (np.int64(total // lanes), np.int32(c)) + scalars, device)
+    else:
+        grid, block, _ = geometry(kernel, target, total=total, device=device)
+        _launch(kernel, dtype, target, grid, block,
+                arrays + (np.int64(total), np.int32(c), np.int32(hw)) + scalars + (np.int32(cl),), device)
+
+
 @register_launcher("batchnorm2d_forward")
 def batchnorm2d_forward_kernel(x, gamma, beta, running_mean, running_var, training, momentum, eps, *, target):
     n, c, h, w = x.shape
@@ -112,10 +131,8 @@ def batchnorm2d_forward_kernel(x, gamma, beta, running_mean, running_var, traini
                 device)
     y, xhat = layout.empty(xp, x.shape, dtype, cl), layout.empty(xp, x.shape, cd, cl)
     if x.size:
-        grid, block, _ = geometry("batchnorm2d_normalize", target, total=x.size, device=device)
-        _launch("batchnorm2d_normalize", dtype, target, grid, block,
-                (x, mean, inv_std, gamma, beta, y, xhat, np.int64(x.size), np.int32(c), np.int32(hw), np.int32(cl)),
-                device)
+        _elementwise("batchnorm2d_normalize", dtype, target, (x, mean, inv_std, gamma, beta, y, xhat), (), c, hw, cl,
+                     device)
     return y, BatchNorm2dCache(xhat, gamma, inv_std, training)
 
 
@@ -144,8 +161,6 @@ def batchnorm2d_backward_kernel(dy, cache, *, target):
         dbeta[...] = 0
     dx = layout.empty(xp, dy.shape, dtype, cl)
     if dy.size:
-        grid, block, _ = geometry("batchnorm2d_backward_dx", target, total=dy.size, device=device)
-        _launch("batchnorm2d_backward_dx", dtype, target, grid, block,
-                (dy, xhat, gamma, inv_std, dgamma, dbeta, dx, np.int64(dy.size), np.int32(c), np.int32(hw),
-                 np.int32(count), np.int32(bool(training)), np.int32(cl)), device)
+        _elementwise("batchnorm2d_backward_dx", dtype, target, (dy, xhat, gamma, inv_std, dgamma, dbeta, dx),
+                     (np.int32(count), np.int32(bool(training))), c, hw, cl, device)
     return dx, dgamma, dbeta
