@@ -12,14 +12,15 @@
 // source address is 16-byte aligned: the launcher pads the channels of an operand whose count is
 // not such a multiple (the first layer's 3) with zeros.
 //
-// Kernels (extern "C"), each in four tile shapes (tc_tile.cuh): `_tc` on TcTile64 (64x64 outputs,
+// Kernels (extern "C"), each in five tile shapes (tc_tile.cuh): `_tc` on TcTile64 (64x64 outputs,
 // 128 threads, 24 KiB of shared memory), `_tc128` on TcTile128 (128x128, 256 threads, 48 KiB:
 // twice the reuse of every staged element, a quarter of the blocks), `_tc128w` on TcTile128w
 // (128x128 with 128 threads, each warp 64x64: twice the mmas per warp and k-tile for the same
-// fragment, loop and barrier overhead) and `_tcwg` on TcTileWg (128x128, 256 threads as 2
-// warpgroups on Hopper's wgmma m64n128k16, 4 stages = 64 KiB of dynamic shared memory; the
-// 16-bit builds for sm_90a and the simulator only, trapping elsewhere: the launcher runs tc128
-// instead); below, T is the tile side.
+// fragment, loop and barrier overhead), `_tcwg` on TcTileWg (128x128, 256 threads as 2
+// warpgroups on Hopper's wgmma m64n128k16, 4 stages = 64 KiB of dynamic shared memory) and
+// `_tcwg256` on TcTileWg256 (128x256, m64n256k16, 96 KiB); the two wgmma shapes compute in the
+// 16-bit builds for sm_90a and the simulator only, trapping elsewhere (the launcher runs tc128
+// instead); below, T is the tile side (BM x BN for tcwg256).
 //   conv2d_forward_tc[128]          Y[m, k] = P[m, r] W[k, r]^T, m = (n, oh, ow), r = (fh, fw, c):
 //                                   the patch rows P gathered from x by PatchRows (cp.async, zero
 //                                   fill for padding), W dense; bias, ReLU and the cast fused in
@@ -57,8 +58,9 @@
 // thread): 225-244 registers, 49152 B; 2 blocks of 4 warps per SM. TcTileWg (sm_90a, bf16/fp16):
 // 119-122 registers, 65536 B dynamic, 2 blocks of 8 warps per SM; its loops issue 192-206
 // instructions a k-tile per warp around 2 HGMMAs (tc128: 210-222 around 32 HMMAs and 12 ldmatrix,
-// the same multiply-adds), and the pipelined waits keep ptxas from serializing the HGMMAs
-// (tests/test_nvrtc.py fails on its C7514 warning). sm_90 SASS per mma of the
+// the same multiply-adds). TcTileWg256: 193-209 registers, 98304 B, one block per SM; 245-282
+// instructions a k-tile for twice the work. The pipelined waits keep ptxas from serializing the
+// HGMMAs (tests/test_nvrtc.py fails on its C7514 warning). sm_90 SASS per mma of the
 // bf16 loops (benchmarks/sass_loop.py): forward and unit-stride data gradient 6.6 -> 5.2, weight
 // gradient (16-byte dY) 6.9 -> 5.7 against TcTile128; TF32 forward 17.5 -> 12.2. The loaders
 // keep their rows' coordinates and element offsets in registers for the whole loop, and the

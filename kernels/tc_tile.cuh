@@ -9,9 +9,10 @@
 // - The CTA shape is a template parameter, TcShape<BM, BN, WM, WN, WG, STAGES>: WM x WN warps,
 //   each computing a (BM / WM) x (BN / WN) block as MI x NI mma tiles of 16x8. TcTile64 (64x64, 4
 //   warps of 32x32, 32 float accumulators per thread), TcTile128 (128x128, 8 warps of 64x32, 64
-//   per thread), TcTile128w (128x128, 4 warps of 64x64, 128 per thread) and TcTileWg (128x128, 2
-//   warpgroups of 64x128 on wgmma, 64 per thread) are the shapes in use; every loader, fragment
-//   reader and the pipeline take the shape.
+//   per thread), TcTile128w (128x128, 4 warps of 64x64, 128 per thread), TcTileWg (128x128, 2
+//   warpgroups of 64x128 on wgmma, 64 per thread) and TcTileWg256 (128x256, 2 warpgroups of
+//   64x256, 128 per thread) are the shapes in use; every loader, fragment reader and the pipeline
+//   take the shape.
 // - K is walked in k-tiles of TC_KBYTES = 64 bytes (32 bf16/fp16 or 16 TF32 elements): 2 mma
 //   steps of 32 bytes each.
 // - An operand loader is an object with
@@ -170,6 +171,9 @@ struct DenseTileLoader {
     }
 };
 
+// The warpgroup of the calling thread (4 consecutive warps: wgmma's unit).
+__device__ inline int warpgroup() { return (int)threadIdx.x / 128; }
+
 // ------------------------------------------------------------------------------------------
 // Fragments. A warp's lane l supplies the row address of matrix j = l / 8, row l % 8 of each
 // ldmatrix.x4 (mma.cuh's table). Warp (wm, wn) covers rows (BM / WM) * wm and columns
@@ -187,9 +191,6 @@ struct DenseTileLoader {
 //     offset = (lane ^ 32 i) + 2048 ks.
 // Recomputed per k-tile, the swizzles took about 60 of the forward's 270 instructions a k-tile.
 // The simulator checks each derived offset against stage_offset.
-// The warpgroup of the calling thread (4 consecutive warps).
-__device__ inline int warpgroup() { return (int)threadIdx.x / 128; }
-
 __device__ inline int tc_checked_offset(int fast, int reference) {
 #ifndef __CUDA_ARCH__
     if (fast != reference) __trap();  // a tile shape outside the derivation above
