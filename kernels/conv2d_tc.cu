@@ -19,8 +19,9 @@
 // fragment, loop and barrier overhead), `_tcwg` on TcTileWg (128x128, 256 threads as 2
 // warpgroups on Hopper's wgmma m64n128k16, 4 stages = 64 KiB of dynamic shared memory) and
 // `_tcwg256` on TcTileWg256 (128x256, m64n256k16, 96 KiB); the two wgmma shapes compute in the
-// 16-bit builds for sm_90a and the simulator only, trapping elsewhere (the launcher runs tc128
-// instead); below, T is the tile side (BM x BN for tcwg256).
+// bf16, fp16 and TF32 builds for sm_90a and the simulator only, trapping elsewhere (the launcher
+// runs tc128 instead; TF32 operands are rounded in shared memory, K-major, m64nNk8); below, T is
+// the tile side (BM x BN for tcwg256).
 //   conv2d_forward_tc[128]          Y[m, k] = P[m, r] W[k, r]^T, m = (n, oh, ow), r = (fh, fw, c):
 //                                   the patch rows P gathered from x by PatchRows (cp.async, zero
 //                                   fill for padding), W dense; bias, ReLU and the cast fused in
@@ -133,6 +134,14 @@ __device__ inline int tc_piece_row(int i) {
     return (int)threadIdx.x / 4 + S::THREADS / 4 * i;
 }
 
+// Rounds this thread's pieces of a landed mk stage (at `byte` of its rows) to TF32, in place: the
+// TF32 build's wgmma reads shared memory as it is (mma.sync rounds its fragments instead).
+template <class S>
+__device__ inline void round_pieces_tf32(unsigned char* stage, int byte) {
+#pragma unroll
+    for (int i = 0; i < tc_pieces<S>(); ++i) round_piece_tf32(stage + stage_offset<TC_KBYTES>(tc_piece_row<S>(i), byte));
+}
+
 // Forward A: row m = (n, oh, ow) of the patch matrix of an NHWC input with Cp channels. A row's
 // pieces are read at row_off (the element of its (fh, fw) = (0, 0) tap, which may lie outside the
 // image: it is only read plus the walk's offset, and only where the tap is inside) plus the
@@ -169,6 +178,7 @@ struct PatchRows {
             cp_async_cg(stage + stage_offset<TC_KBYTES>(tc_piece_row<S>(i), byte), src, ok ? 16 : 0);
         }
     }
+    __device__ void round_tf32(unsigned char* stage) const { round_pieces_tf32<S>(stage, byte); }
 };
 
 // Backward-data A: row m = (n, ih, iw) of the gathered output gradient, dy NHWC with Kp channels.
@@ -220,6 +230,7 @@ struct GradRows {
             cp_async_cg(stage + stage_offset<TC_KBYTES>(tc_piece_row<S>(i), byte), src, ok ? 16 : 0);
         }
     }
+    __device__ void round_tf32(unsigned char* stage) const { round_pieces_tf32<S>(stage, byte); }
 };
 
 // An output position l = (n, oh, ow) walked forward by a fixed step of positions (a k-tile's)
@@ -336,8 +347,10 @@ __device__ inline int tc_column_row(int i) {
     return 4 * ((int)threadIdx.x / TC_TF32_POSITIONS) + S::THREADS / 4 * i;
 }
 
+// Stored rounded to TF32 (the precision rule's rounding, which mma.sync's operand preparation
+// repeats to the same value, and wgmma, reading shared memory as it is, needs done here).
 __device__ inline void store_column4(unsigned char* stage, int row, int col, const float v[4]) {
-    for (int j = 0; j < 4; ++j) *(float*)(stage + stage_offset<TC_KBYTES>(row + j, 4 * col)) = v[j];
+    for (int j = 0; j < 4; ++j) *(float*)(stage + stage_offset<TC_KBYTES>(row + j, 4 * col)) = tf32_round(v[j]);
 }
 
 // A = dY^T: rows m are the output channels k, read from dy NHWC [L][K] (any K: scalar loads).
@@ -357,6 +370,7 @@ struct TransposedGradRows {
             store_column4(stage, row, pos, v);
         }
     }
+    __device__ void round_tf32(unsigned char*) const {}  // stored rounded (store_column4)
 };
 
 // B = P: rows n are the patch columns r = (fh, fw, c) (4 consecutive channels of one tap, 16-byte
@@ -365,10 +379,9 @@ template <class S>
 struct TransposedPatchRows {
     const float* x;
     int H, W, Cp, OH, OW, sh, sw, l0, l_end;
-    static constexpr int P = tc_pieces<S>();
+    static constexpr int P = S::BN * 4 / S::THREADS;  // B's BN rows, 4 per thread and round
     int fh[P], fw[P], c[P];  // this thread's column groups (fh, fw folded with the padding)
     bool ok[P];
-    static_assert(S::BM == S::BN, "B's rows counted as A's (tc_pieces)");
 
     __device__ TransposedPatchRows(const float* x_, int n0, int H_, int W_, int Cp_, int FH, int FW, int OH_, int OW_,
                                    int sh_, int sw_, int ph, int pw, int l0_, int l_end_)
@@ -397,6 +410,7 @@ struct TransposedPatchRows {
             store_column4(stage, tc_column_row<S>(i), pos, v);
         }
     }
+    __device__ void round_tf32(unsigned char*) const {}  // stored rounded (store_column4)
 };
 
 // ------------------------------------------------------------------------------------------
@@ -570,8 +584,9 @@ conv2d_backward_weight_tc128w(const storage_t* dy, const storage_t* x, float* ws
                                                      chunk, vec_dy)));
 }
 
-// The warpgroup (wgmma) tiles: the 16-bit builds for sm_90a (and the simulator) only.
-#if GPUCONV_TENSOR_CORES && GPUCONV_WGMMA && !GPUCONV_TF32
+// The warpgroup (wgmma) tiles: the tensor-core builds (bf16, fp16, TF32) for sm_90a and the
+// simulator only.
+#if GPUCONV_TENSOR_CORES && GPUCONV_WGMMA
 #define TCWG_BODY(call) call
 #else
 #define TCWG_BODY(call) __trap()

@@ -87,6 +87,13 @@ __device__ inline int stage_offset(int row, int byte) {
 }
 
 // ------------------------------------------------------------------------------------------
+// Four floats of a stage rounded to TF32 in place (cvt.rna: the precision rule's rounding).
+__device__ inline void round_piece_tf32(unsigned char* p) {
+    float4 v = *(float4*)p;
+    v.x = tf32_round(v.x), v.y = tf32_round(v.y), v.z = tf32_round(v.z), v.w = tf32_round(v.w);
+    *(float4*)p = v;
+}
+
 // Loading: one copy of VEC bytes, src_bytes of them from global memory, the rest zeros.
 template <int VEC>
 __device__ inline void copy_piece(unsigned char* dst, const unsigned char* src, int src_bytes) {
@@ -126,6 +133,15 @@ struct DenseTileLoader {
             case 4: copy<4>(stage, kt); break;
             default: copy<2>(stage, kt); break;
         }
+    }
+
+    // This thread's 16-byte pieces of a landed stage rounded to TF32 in place (the TF32 build's
+    // wgmma, which reads shared memory as it is; the convolutions copy 16-byte pieces only).
+    __device__ void round_tf32(unsigned char* stage) const {
+        constexpr int PER_ROW = ROW_BYTES / 16, COUNT = ROWS * PER_ROW / THREADS, ROW_STEP = THREADS / PER_ROW;
+        const int r0 = (int)threadIdx.x / PER_ROW, b = (int)threadIdx.x % PER_ROW * 16;
+#pragma unroll
+        for (int q = 0; q < COUNT; ++q) round_piece_tf32(stage + stage_offset<ROW_BYTES>(r0 + q * ROW_STEP, b));
     }
 
     // The 16-byte copies, those of every convolution operand and of aligned GEMMs: each thread's
@@ -331,6 +347,8 @@ struct TcMultiply {
     static constexpr int IN_FLIGHT = 0;  // k-tiles whose stage is still read after their round
     int lane_a, lane_b;  // this lane's swizzled fragment offsets (see above)
     __device__ TcMultiply() : lane_a(FragA::lane_offset()), lane_b(FragB::lane_offset()) {}
+    template <class LA, class LB>
+    __device__ static void prepare(const LA&, const LB&, unsigned char*, unsigned char*) {}  // fragments round
     __device__ static void publish() {}
     __device__ static void finish(float (*)[S::NI][4]) {}
     __device__ void operator()(const unsigned char* A, const unsigned char* B, float acc[S::MI][S::NI][4]) const {
@@ -356,6 +374,17 @@ struct TcMultiply<S, Op, FragA, FragB, true> {
     // by the next round's wgmmas, which the hardware orders), so the stage they read stays busy
     // one round longer: the pipeline keeps a stage for it.
     static constexpr int IN_FLIGHT = 1;
+    // A landed k-tile's operands rounded to TF32 in shared memory by the threads that copied them
+    // (TF32 build), before the proxy fence and the barrier publish them.
+    template <class LA, class LB>
+    __device__ static void prepare(const LA& la, const LB& lb, unsigned char* A, unsigned char* B) {
+#if GPUCONV_TF32
+        la.round_tf32(A);
+        lb.round_tf32(B);
+#else
+        (void)la, (void)lb, (void)A, (void)B;
+#endif
+    }
     __device__ static void publish() { fence_proxy_async(); }
     __device__ static float (&regs(float acc[S::MI][S::NI][4]))[S::NI * 4] {
         return *reinterpret_cast<float (*)[S::NI * 4]>(&acc[0][0][0]);
@@ -409,6 +438,7 @@ __device__ void tc_gemm_mainloop(const LoaderA& la, const LoaderB& lb, int ktile
     int read = 0, write = D;  // kt % STAGES and (kt + D) % STAGES, carried
     for (int kt = 0; kt < ktiles; ++kt) {
         cp_async_wait<D - 1>();
+        multiply.prepare(la, lb, As + read * S::A_STAGE, Bs + read * S::B_STAGE);
         multiply.publish();
         __syncthreads();
         if (kt + D < ktiles) {

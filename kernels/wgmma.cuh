@@ -10,11 +10,13 @@
 //
 // Semantics are the PTX ISA's (version 9.x: "Asynchronous Warpgroup Level Matrix Multiply-
 // Accumulate Operation using wgmma.mma_async", its "Matrix Descriptor" and "Shared Memory Matrix
-// Layout" sections, and the "Register Fragments" of wgmma .m64nNk16), cross-read with CUTLASS's
+// Layout" sections, and the "Register Fragments" of wgmma .m64nNk16/k8), cross-read with CUTLASS's
 // GmmaDescriptor (cute/arch/mma_sm90_desc.hpp) for the canonical layouts:
 //
 // - A warpgroup is 4 consecutive warps (warp index / 4). wgmma.mma_async.sync.aligned
-//   .m64nNk16.f32.{bf16,f16} computes D[64][N] (+)= A[64][16] B[16][N]: warp w % 4 of the group holds
+//   .m64nNk16.f32.{bf16,f16} computes D[64][N] (+)= A[64][16] B[16][N] (.m64nNk8.f32.tf32: K = 8,
+//   the same 32 bytes of K; both operands K-major, and the kernel rounds them to TF32 first, since
+//   the instruction reads only their TF32 bits): warp w % 4 of the group holds
 //   rows 16 (w % 4) .. +15 of D, and lane l (g = l >> 2, t = l % 4) holds, for each 8-column block
 //   j, d[4j] = D[g][8j+2t], d[4j+1] = D[g][8j+2t+1], d[4j+2] = D[g+8][8j+2t], d[4j+3] =
 //   D[g+8][8j+2t+1] of the warp's 16 rows: mma.m16n8's C fragment, once per block j.
@@ -26,7 +28,8 @@
 // - A swizzle of width W bytes XORs address bits 4.. (the 16-byte chunk within a W-byte row) with
 //   bits 7.. (the row within the 8-row atom), log2(W / 16) bits of each, on the shared address
 //   itself: mma.cuh's swizzle_offset for W = 64 and 128, CUTLASS's Swizzle<2,4,3> and <3,4,3>.
-// - Layouts of a 16-bit operand, its rows being M (A) or N (B), its columns K, with "T" 16 bytes (8
+// - Layouts of an operand, 16-bit here (tf32: the same bytes, 4 elements per 16; K-major only),
+//   its rows being M (A) or N (B), its columns K, with "T" 16 bytes (8
 //   elements) and W the swizzle width (CUTLASS's canonical forms):
 //     K-major (transpose flag 0; K contiguous): row r at (r / 8) SBO + (r % 8) W, its 32 bytes of K
 //       contiguous from there (W >= 32); unswizzled, row r at (r / 8) SBO + 16 (r % 8), byte b of K
@@ -46,7 +49,7 @@
 // wait_group that retires their group: shared memory is read then, and the accumulators change
 // only then, so a stage refilled before the wait, or an accumulator read before it, gives wrong
 // results in the tests. Sums as mma.cuh: for each output the 16 products (exact in float32) summed
-// in order k = 0..15, each addition rounded, then C added: a k16 step of wgmma and one of
+// in order k = 0..15 (0..7 for tf32), each addition rounded, then C added: a k16 step of wgmma and one of
 // mma.sync give the same bits. The simulator reports an mma_async without a wgmma.fence since
 // the warp's last wait_group, descriptors that differ between lanes, an address outside the
 // block's shared arrays, and more than 8 operations in flight per warp.
@@ -82,7 +85,7 @@ namespace wgmma_sim {
 // One queued mma_async of a warp: its descriptors, flags and the 32 lanes' accumulators.
 struct Op {
     unsigned long long da, db;
-    int n, tnsp_a, tnsp_b;
+    int n, k, bytes, tnsp_a, tnsp_b;  // N, K (16, or 8 for tf32), bytes per element (2 or 4)
     float (*to_float)(unsigned);
     float* d[32];
     unsigned group;
@@ -101,37 +104,37 @@ inline WarpQueue& queue() {
     return q;
 }
 
-// The shared address of element (row, k) of a 16-bit operand (rows: M of A, N of B) under
-// descriptor `desc`, K-major or MN-major, as the layouts at the top of this header say.
-inline unsigned element_address(unsigned long long desc, bool mn_major, int row, int k) {
+// The shared address of element (row, k) of an operand of `bytes`-byte elements (rows: M of A, N of
+// B) under descriptor `desc`, K-major or MN-major (16-bit only), as the layouts at the top say.
+inline unsigned element_address(unsigned long long desc, bool mn_major, int bytes, int row, int k) {
     const unsigned start = (unsigned)(desc & 0x3FFF) << 4, lbo = (unsigned)(desc >> 16 & 0x3FFF) << 4;
     const unsigned sbo = (unsigned)(desc >> 32 & 0x3FFF) << 4, mode = (unsigned)(desc >> 62);
     const unsigned w = mode == 1 ? 128 : mode == 2 ? 64 : mode == 3 ? 32 : 0;
     unsigned a;
     if (!mn_major) {
-        const unsigned b = 2 * k;
+        const unsigned b = bytes * k;
         a = w ? start + row / 8 * sbo + row % 8 * w + b : start + row / 8 * sbo + 16 * (row % 8) + b / 16 * lbo + b % 16;
     } else {
-        const unsigned e = 2 * row;
+        const unsigned e = bytes * row;
         a = w ? start + k / 8 * sbo + k % 8 * w + e / w * lbo + e % w : start + k / 8 * lbo + 16 * (k % 8) + e / 16 * sbo + e % 16;
     }
     if (w) a ^= ((a >> 7) & (w / 16 - 1)) << 4;
     return a;
 }
 
-inline bool load_operand(unsigned long long desc, bool mn_major, int rows, int row0, float (*to_float)(unsigned),
-                         float out[][16], const char* which) {
+inline bool load_operand(unsigned long long desc, bool mn_major, int rows, int row0, const Op& op, float out[][16],
+                         const char* which) {
     for (int r = 0; r < rows; ++r)
-        for (int k = 0; k < 16; ++k) {
-            const unsigned a = element_address(desc, mn_major, row0 + r, k);
-            const unsigned short* p = (const unsigned short*)gpuconv_sim::shared_pointer(a, 2);
+        for (int k = 0; k < op.k; ++k) {
+            const unsigned a = element_address(desc, mn_major, op.bytes, row0 + r, k);
+            const void* p = gpuconv_sim::shared_pointer(a, (size_t)op.bytes);
             if (!p) {
                 gpuconv_sim::insn_error("operand %s, element (%d, %d): shared address %u (descriptor 0x%016llx) is not in "
                                         "a shared array of this block: check the descriptor's start, LBO and SBO",
                                         which, row0 + r, k, a, desc);
                 return false;
             }
-            out[r][k] = to_float(*p);
+            out[r][k] = op.to_float(op.bytes == 2 ? *(const unsigned short*)p : *(const unsigned*)p);
         }
     return true;
 }
@@ -140,8 +143,7 @@ inline bool load_operand(unsigned long long desc, bool mn_major, int rows, int r
 inline bool perform(const Op& op, unsigned warp) {
     const int q = (int)(warp % 4);
     float A[16][16], B[256][16];
-    if (!load_operand(op.da, op.tnsp_a, 16, 16 * q, op.to_float, A, "A") ||
-        !load_operand(op.db, op.tnsp_b, op.n, 0, op.to_float, B, "B"))
+    if (!load_operand(op.da, op.tnsp_a, 16, 16 * q, op, A, "A") || !load_operand(op.db, op.tnsp_b, op.n, 0, op, B, "B"))
         return false;
     for (int l = 0; l < 32; ++l) {
         const int g = l >> 2, t = l & 3;
@@ -149,7 +151,7 @@ inline bool perform(const Op& op, unsigned warp) {
             for (int r = 0; r < 4; ++r) {
                 const int i = g + 8 * (r >> 1), c = 8 * j + 2 * t + (r & 1);
                 float s = 0.0f;
-                for (int k = 0; k < 16; ++k) s += A[i][k] * B[c][k];
+                for (int k = 0; k < op.k; ++k) s += A[i][k] * B[c][k];
                 op.d[l][4 * j + r] = s + op.d[l][4 * j + r];
             }
     }
@@ -159,12 +161,14 @@ inline bool perform(const Op& op, unsigned warp) {
 // One lane's operands of an mma_async.
 struct MmaLane { unsigned long long da, db; float* d; };
 
-// The widening of one 16-bit operand element, by the instruction's type name.
+// The widening of one operand element (its bits), by the instruction's type name: bf16, f16, or
+// tf32 (a float32 of which only the TF32 bits count: the 13 low mantissa bits are cleared, so a
+// kernel that forgets to round its operands gets the truncated products).
 constexpr float (*operand_format(const char* type))(unsigned) {
-    return type[0] == 'b' ? mma_sim::bf16_bits : mma_sim::f16_bits;
+    return type[0] == 'b' ? mma_sim::bf16_bits : type[1] == '1' ? mma_sim::f16_bits : mma_sim::tf32_bits;
 }
 
-template <int N, int TA, int TB, float (*TO_FLOAT)(unsigned)>
+template <int N, int K, int TA, int TB, float (*TO_FLOAT)(unsigned)>
 void mma_lanes(void* const* ops) {
     WarpQueue& q = queue();
     const MmaLane* l0 = (const MmaLane*)ops[0];
@@ -188,7 +192,7 @@ void mma_lanes(void* const* ops) {
         return;
     }
     Op& op = q.ops[q.nops++];
-    op = Op{l0->da, l0->db, N, TA, TB, TO_FLOAT, {}, q.groups};
+    op = Op{l0->da, l0->db, N, K, K == 16 ? 2 : 4, TA, TB, TO_FLOAT, {}, q.groups};
     for (int l = 0; l < 32; ++l) op.d[l] = ((const MmaLane*)ops[l])->d;
 }
 
@@ -337,7 +341,7 @@ __device__ inline void fence_proxy_async() {
     inline void NAME(float d[64], unsigned long long da, unsigned long long db GPUCONV_SITE) {                     \
         wgmma_sim::MmaLane op = {da, db, d};                                                                       \
         gpuconv_sim::warp_instruction("wgmma.mma_async.sync.aligned.m64n128k16.f32." PTX_TYPE "." PTX_TYPE,        \
-                                      wgmma_sim::mma_lanes<128, TA, TB, wgmma_sim::operand_format(PTX_TYPE)>, &op, \
+                                      wgmma_sim::mma_lanes<128, 16, TA, TB, wgmma_sim::operand_format(PTX_TYPE)>, &op, \
                                       site_file, site_line);                                                       \
     }
 #define GPUCONV_WGMMA_M64N256K16(NAME, PTX_TYPE)                                                                   \
@@ -345,19 +349,107 @@ __device__ inline void fence_proxy_async() {
     inline void NAME(float d[128], unsigned long long da, unsigned long long db GPUCONV_SITE) {                    \
         wgmma_sim::MmaLane op = {da, db, d};                                                                       \
         gpuconv_sim::warp_instruction("wgmma.mma_async.sync.aligned.m64n256k16.f32." PTX_TYPE "." PTX_TYPE,        \
-                                      wgmma_sim::mma_lanes<256, TA, TB, wgmma_sim::operand_format(PTX_TYPE)>, &op, \
+                                      wgmma_sim::mma_lanes<256, 16, TA, TB, wgmma_sim::operand_format(PTX_TYPE)>, &op, \
                                       site_file, site_line);                                                       \
+    }
+#endif
+// .tf32 (m64nNk8: 32 bytes of K as in the 16-bit shapes; both operands K-major, no transpose
+// flags in the instruction).
+#ifdef __CUDA_ARCH__
+#define GPUCONV_WGMMA_M64N128K8_TF32(NAME)                                                                    \
+    template <int TA, int TB>                                                                                 \
+    __device__ inline void NAME(float d[64], unsigned long long da, unsigned long long db) {                  \
+        static_assert(TA == 0 && TB == 0, "tf32 operands are K-major only");                                  \
+        asm volatile(                                                                                         \
+            "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"                                                      \
+            "wgmma.mma_async.sync.aligned.m64n128k8.f32.tf32.tf32 {"                                          \
+            "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, "      \
+            "%20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, "      \
+            "%38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, "      \
+            "%56, %57, %58, %59, %60, %61, %62, %63"                                                          \
+            "}, %64, %65, p, 1, 1;\n}\n"                                                                      \
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
+              "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]),        \
+              "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]),      \
+              "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]),      \
+              "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]),      \
+              "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]),      \
+              "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]),      \
+              "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]),      \
+              "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])       \
+            : "l"(da), "l"(db), "r"(1));                                                                      \
+    }
+#define GPUCONV_WGMMA_M64N256K8_TF32(NAME)                                                                    \
+    template <int TA, int TB>                                                                                 \
+    __device__ inline void NAME(float d[128], unsigned long long da, unsigned long long db) {                 \
+        static_assert(TA == 0 && TB == 0, "tf32 operands are K-major only");                                  \
+        asm volatile(                                                                                         \
+            "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"                                                     \
+            "wgmma.mma_async.sync.aligned.m64n256k8.f32.tf32.tf32 {"                                          \
+            "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, "      \
+            "%20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, "      \
+            "%38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, "      \
+            "%56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, "      \
+            "%74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, "      \
+            "%92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, "        \
+            "%108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, "      \
+            "%123, %124, %125, %126, %127"                                                                    \
+            "}, %128, %129, p, 1, 1;\n}\n"                                                                    \
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
+              "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]),        \
+              "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]),      \
+              "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]),      \
+              "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]),      \
+              "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]),      \
+              "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]),      \
+              "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]),      \
+              "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),      \
+              "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]),      \
+              "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]),      \
+              "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]),      \
+              "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]),      \
+              "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]), "+f"(d[97]), "+f"(d[98]),      \
+              "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]),              \
+              "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]),             \
+              "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]),             \
+              "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]),             \
+              "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])                            \
+            : "l"(da), "l"(db), "r"(1));                                                                      \
+    }
+#else
+#define GPUCONV_WGMMA_M64N128K8_TF32(NAME)                                                                    \
+    template <int TA, int TB>                                                                                 \
+    inline void NAME(float d[64], unsigned long long da, unsigned long long db GPUCONV_SITE) {                \
+        static_assert(TA == 0 && TB == 0, "tf32 operands are K-major only");                                  \
+        wgmma_sim::MmaLane op = {da, db, d};                                                                  \
+        gpuconv_sim::warp_instruction("wgmma.mma_async.sync.aligned.m64n128k8.f32.tf32.tf32",                 \
+                                      wgmma_sim::mma_lanes<128, 8, 0, 0, mma_sim::tf32_bits>, &op, site_file, \
+                                      site_line);                                                             \
+    }
+#define GPUCONV_WGMMA_M64N256K8_TF32(NAME)                                                                    \
+    template <int TA, int TB>                                                                                 \
+    inline void NAME(float d[128], unsigned long long da, unsigned long long db GPUCONV_SITE) {               \
+        static_assert(TA == 0 && TB == 0, "tf32 operands are K-major only");                                  \
+        wgmma_sim::MmaLane op = {da, db, d};                                                                  \
+        gpuconv_sim::warp_instruction("wgmma.mma_async.sync.aligned.m64n256k8.f32.tf32.tf32",                 \
+                                      wgmma_sim::mma_lanes<256, 8, 0, 0, mma_sim::tf32_bits>, &op, site_file, \
+                                      site_line);                                                             \
     }
 #endif
 GPUCONV_WGMMA_M64N128K16(wgmma_m64n128k16_bf16, "bf16")
 GPUCONV_WGMMA_M64N128K16(wgmma_m64n128k16_f16, "f16")
 GPUCONV_WGMMA_M64N256K16(wgmma_m64n256k16_bf16, "bf16")
 GPUCONV_WGMMA_M64N256K16(wgmma_m64n256k16_f16, "f16")
+GPUCONV_WGMMA_M64N128K8_TF32(wgmma_m64n128k8_tf32)
+GPUCONV_WGMMA_M64N256K8_TF32(wgmma_m64n256k8_tf32)
 #undef GPUCONV_WGMMA_M64N128K16
 #undef GPUCONV_WGMMA_M64N256K16
+#undef GPUCONV_WGMMA_M64N128K8_TF32
+#undef GPUCONV_WGMMA_M64N256K8_TF32
 
-// The warpgroup mma of a 16-bit storage type, N = 128 or 256 columns (TF32 has no MN-major
-// operands and its operands would need rounding in shared memory: the TF32 build keeps mma.sync).
+// The warpgroup mma of a storage type, N = 128 or 256 columns: bf16, fp16, and float (the TF32
+// build: K-major operands only, which the kernel rounds to TF32 in shared memory before the mma
+// reads them, as the precision rule rounds them).
 template <class T, int N> struct WarpgroupOp;
 #define GPUCONV_WARPGROUP_OP(T, N, FN)                                                                        \
     template <> struct WarpgroupOp<T, N> {                                                                    \
@@ -370,5 +462,7 @@ GPUCONV_WARPGROUP_OP(bf16_t, 128, wgmma_m64n128k16_bf16)
 GPUCONV_WARPGROUP_OP(half_t, 128, wgmma_m64n128k16_f16)
 GPUCONV_WARPGROUP_OP(bf16_t, 256, wgmma_m64n256k16_bf16)
 GPUCONV_WARPGROUP_OP(half_t, 256, wgmma_m64n256k16_f16)
+GPUCONV_WARPGROUP_OP(float, 128, wgmma_m64n128k8_tf32)  // operands rounded to TF32 in shared memory first
+GPUCONV_WARPGROUP_OP(float, 256, wgmma_m64n256k8_tf32)
 #undef GPUCONV_WARPGROUP_OP
 #endif  // GPUCONV_WGMMA

@@ -41,7 +41,7 @@ CASES = [((2, 16, 6, 6), (24, 3, 3), (1, 1), (1, 1)),     # the common 3x3 same-
 IDS = ["3x3", "c3s2", "1x1k70", "2x3s21p02", "c40m81", "s3p2", "m162k130"]
 
 
-# every tensor-core variant; tcwg and tcwg256 (wgmma) run as tc128 where wgmma does not (TF32, a GPU
+# every tensor-core variant; tcwg and tcwg256 (wgmma) run as tc128 where wgmma does not (a GPU
 # before Hopper)
 VARIANTS = ["tc", "tc128", "tc128w", "tcwg", "tcwg256"]
 
@@ -151,7 +151,7 @@ def test_the_128_row_tiles_give_the_same_bits_in_every_layout_and_engine(target,
         assert f"conv2d_forward_{variant}" in log.names
         got[variant] = [np.ascontiguousarray(host(a)).tobytes() for a in results]
     if target == "sim":
-        assert all(got[v] == got["tc128"] for v in variants) and len(variants) == (2 if tf32 else 4)
+        assert all(got[v] == got["tc128"] for v in variants) and len(variants) == 4
     else:
         assert got["tc128"] == got["tc128w"]
 

@@ -137,23 +137,29 @@ def test_tensor_core_files_build_an_sm_90_cubin(op_file, build):
 
 
 WGMMA = {"bf16": "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.bf16.bf16",
-         "f16": "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.f16.f16"}
+         "f16": "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.f16.f16",
+         "tf32": "wgmma.mma_async.sync.aligned.m64n{n}k8.f32.tf32.tf32"}
 
 
 @needs_nvrtc
 @pytest.mark.parametrize("build", list(BUILDS))
 def test_the_warpgroup_convolutions_run_on_wgmma_in_the_sm_90a_build(build):
-    """conv2d_tc's tcwg kernels multiply with wgmma (both transpose flags: the weight gradient's
-    operands are M- and N-major) in the 16-bit sm_90a builds, publish their stages to the async
-    proxy, and trap in every other build; the mma.sync kernels beside them are unchanged."""
+    """conv2d_tc's tcwg kernels multiply with wgmma in the tensor-core sm_90a builds (bf16/fp16 with
+    both transpose flags: the weight gradient's operands are M- and N-major; TF32 K-major only),
+    publish their stages to the async proxy, and trap in every other build; the mma.sync kernels
+    beside them are unchanged."""
     dtype, tf32 = BUILDS[build]
     ptx = kernels.nvrtc_check("conv2d_tc", "compute_90a", dtype, tf32)
     assert set(re.findall(r"\.entry\s+(\w+)", ptx)) == set(ENTRIES["conv2d_tc"])
     if build in WGMMA:
         assert all(WGMMA[build].format(n=n) in ptx for n in (128, 256))
         assert "fence.proxy.async.shared::cta" in ptx and "wgmma.wait_group.sync.aligned 1" in ptx
-        assert re.search(r"p, 1, 1, 0, 0;", ptx) and re.search(r"p, 1, 1, 1, 1;", ptx)
-        image = kernels.nvrtc_compile(kernels.build_source("conv2d_tc", dtype, tf32), "conv2d_tc", dtype, "sm_90a")
+        if build != "tf32":  # K-major forward and data gradient, M- and N-major weight gradient
+            assert re.search(r"p, 1, 1, 0, 0;", ptx) and re.search(r"p, 1, 1, 1, 1;", ptx)
+        else:  # tf32 takes K-major operands only, rounded to TF32 in shared memory (cvt.rna)
+            assert re.search(r"p, 1, 1;", ptx) and "cvt.rna.tf32.f32" in ptx
+        image = kernels.nvrtc_compile(kernels.build_source("conv2d_tc", dtype, tf32), "conv2d_tc", dtype, "sm_90a",
+                                      tf32=tf32)
         assert image[:4] == b"\x7fELF"
     else:
         assert "wgmma" not in ptx.replace("_tcwg", "")

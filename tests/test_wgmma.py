@@ -60,7 +60,8 @@ def test_probe_compiles_for_sm_90a_only(probe_env):
     for insn in ("wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16",
                  "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16",
                  "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16",
-                 "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16", "wgmma.fence.sync.aligned", "wgmma.commit_group.sync.aligned", "wgmma.wait_group.sync.aligned 0",
+                 "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16",
+                 "wgmma.mma_async.sync.aligned.m64n128k8.f32.tf32.tf32", "wgmma.fence.sync.aligned", "wgmma.commit_group.sync.aligned", "wgmma.wait_group.sync.aligned 0",
                  "fence.proxy.async.shared::cta"):
         assert insn in ptx, insn
     for arch in ("compute_80", "compute_90"):
@@ -68,20 +69,21 @@ def test_probe_compiles_for_sm_90a_only(probe_env):
 
 
 # ----------------------------------------------------------------------------- layouts
-T = 8  # elements of 16 bits in 16 bytes
-# PTX ISA, "Shared Memory Matrix Layout", canonical layouts in units of 16-bit elements (LBO and
-# SBO in bytes, turned into elements below): (row shape, k shape), (row strides, k strides);
-# a row is M (A) or N (B). "m" is the rest of the rows, "k" the rest of K.
-CANONICAL = {
-    ("K", 0): (((8, "m"), (T, 2)), ((T, "SBO"), (1, "LBO"))),
-    ("K", 32): (((8, "m"), (T, 2)), ((2 * T, "SBO"), (1, T))),
-    ("K", 64): (((8, "m"), (T, 2)), ((4 * T, "SBO"), (1, T))),
-    ("K", 128): (((8, "m"), (T, 2)), ((8 * T, "SBO"), (1, T))),
-    ("MN", 0): (((T, 1, "m"), (8, "k")), ((1, T, "SBO"), (T, "LBO"))),
-    ("MN", 32): (((T, 2, "m"), (8, "k")), ((1, T, "LBO"), (2 * T, "SBO"))),
-    ("MN", 64): (((T, 4, "m"), (8, "k")), ((1, T, "LBO"), (4 * T, "SBO"))),
-    ("MN", 128): (((T, 8, "m"), (8, "k")), ((1, T, "LBO"), (8 * T, "SBO"))),
-}
+def canonical(T):
+    """PTX ISA, "Shared Memory Matrix Layout", canonical layouts in units of elements, T of them in
+    16 bytes (8 of 16 bits, 4 of tf32; LBO and SBO in bytes, turned into elements below): (row
+    shape, k shape), (row strides, k strides); a row is M (A) or N (B). "m" is the rest of the
+    rows, "k" the rest of K. (MN-major exists for 16-bit elements only.)"""
+    return {
+        ("K", 0): (((8, "m"), (T, 2)), ((T, "SBO"), (1, "LBO"))),
+        ("K", 32): (((8, "m"), (T, 2)), ((2 * T, "SBO"), (1, T))),
+        ("K", 64): (((8, "m"), (T, 2)), ((4 * T, "SBO"), (1, T))),
+        ("K", 128): (((8, "m"), (T, 2)), ((8 * T, "SBO"), (1, T))),
+        ("MN", 0): (((T, 1, "m"), (8, "k")), ((1, T, "SBO"), (T, "LBO"))),
+        ("MN", 32): (((T, 2, "m"), (8, "k")), ((1, T, "LBO"), (2 * T, "SBO"))),
+        ("MN", 64): (((T, 4, "m"), (8, "k")), ((1, T, "LBO"), (4 * T, "SBO"))),
+        ("MN", 128): (((T, 8, "m"), (8, "k")), ((1, T, "LBO"), (8 * T, "SBO"))),
+    }
 
 
 def _eval(coord, shape, stride, lbo, sbo):
@@ -92,7 +94,7 @@ def _eval(coord, shape, stride, lbo, sbo):
         last = n == len(shape) - 1
         i = coord if last else coord % extent
         coord = 0 if last else coord // extent
-        off += i * {"LBO": lbo // 2, "SBO": sbo // 2}.get(s, s)
+        off += i * {"LBO": lbo, "SBO": sbo}.get(s, s)
     return off
 
 
@@ -103,15 +105,18 @@ def swizzle(addr, w):
 
 
 def image(M, major, w, lbo, sbo, start=0, nbytes=A_BYTES):
-    """The shared-memory bytes holding the 16-bit matrix M (rows x k) at byte `start`."""
-    (rshape, kshape), (rstride, kstride) = CANONICAL[(major, w)]
+    """The shared-memory bytes holding the matrix M (rows x k; 16-bit or float32 elements) at byte
+    `start`."""
+    e = np.asarray(M).dtype.itemsize
+    (rshape, kshape), (rstride, kstride) = canonical(16 // e)[(major, w)]
     img = np.zeros(nbytes, np.uint8)
-    bits = np.asarray(M).view(np.uint16)
+    bits = np.asarray(M).view(np.uint16 if e == 2 else np.uint32)
     for r in range(M.shape[0]):
         for k in range(M.shape[1]):
-            addr = swizzle(start + 2 * (_eval(r, rshape, rstride, lbo, sbo) + _eval(k, kshape, kstride, lbo, sbo)), w)
-            assert img[addr:addr + 2].tobytes() == b"\0\0", "the layout maps two elements to one place"
-            img[addr:addr + 2] = np.frombuffer(bits[r, k].tobytes(), np.uint8)
+            at = _eval(r, rshape, rstride, lbo // e, sbo // e) + _eval(k, kshape, kstride, lbo // e, sbo // e)
+            addr = swizzle(start + e * at, w)
+            assert not img[addr:addr + e].any(), "the layout maps two elements to one place"
+            img[addr:addr + e] = np.frombuffer(bits[r, k].tobytes(), np.uint8)
     return img
 
 
@@ -236,6 +241,32 @@ def test_m64n256k16_holds_twice_the_columns(target, dt, b_layout):
     kernels.launch("wgmma_probe", "wgmma256_probe", np.float32, target, (1, 1, 1), (128, 1, 1), tuple(args))
     d = args[3].get() if target == "cuda" else args[3]
     np.testing.assert_array_equal(from_fragments(d, 256), exact(A, Bm, C))
+
+
+@pytest.mark.parametrize("swz", [128, 64, 32, 0])
+def test_tf32_wgmma_reads_k_major_float32_operands(target, swz):
+    """m64n128k8 .tf32: 4-byte elements in the same 16-byte core matrices (4 of K per row chunk),
+    K-major only; operands already TF32 (small integers), sums exact."""
+    rng = np.random.default_rng(13)
+    A = rng.integers(-8, 9, (64, 8)).astype(np.float32)
+    Bm = rng.integers(-8, 9, (128, 8)).astype(np.float32)
+    C = rng.integers(-64, 65, (64, 128)).astype(np.float32)
+    lbo, sbo = (128, 256) if swz == 0 else (16, 8 * swz)
+    b_lbo, b_sbo = (2048, 128) if swz == 0 else (16, 8 * swz)
+    d = launch(target, image(A, "K", swz, lbo, sbo), image(Bm, "K", swz, b_lbo, b_sbo, nbytes=B_BYTES),
+               to_fragments(C), a=(swz, lbo, sbo), b=(swz, b_lbo, b_sbo), kind=2)
+    np.testing.assert_array_equal(from_fragments(d), exact(A, Bm, C))
+
+
+def test_tf32_wgmma_reads_only_the_tf32_bits(probe_env):
+    """On the simulator an operand not rounded to TF32 counts as its truncation (13 low bits
+    cleared), so a kernel that skips the rounding in shared memory gets other sums than the
+    precision rule's."""
+    A, Bm = np.zeros((64, 8), np.float32), np.zeros((128, 8), np.float32)
+    A[0, 0], Bm[0, 0] = np.float32(1 + 2.0 ** -11 + 2.0 ** -12), 1.0
+    d = launch("sim", image(A, "K", 64, 16, 512), image(Bm, "K", 64, 16, 512, nbytes=B_BYTES),
+               to_fragments(np.zeros((64, 128), np.float32)), kind=2)
+    assert from_fragments(d)[0, 0] == 1.0
 
 
 @pytest.mark.parametrize("dt", list(DTYPES))

@@ -23,8 +23,8 @@ from ._checks import output_hw
 # conv2d_tc.cu instantiates per suffix (tests check the pairing).
 _TILES = {"tc": "TcTile64", "tc128": "TcTile128", "tc128w": "TcTile128w", "tcwg": "TcTileWg",
           "tcwg256": "TcTileWg256"}
-# tcwg and tcwg256 multiply with Hopper's wgmma: 16-bit builds on sm_90a and the simulator.
-# Elsewhere (TF32, another GPU) tc128 runs instead.
+# tcwg and tcwg256 multiply with Hopper's wgmma (bf16, fp16 and TF32) on sm_90a and the simulator.
+# Elsewhere (another GPU) tc128 runs instead.
 _WG = ("tcwg", "tcwg256")
 _WG_FALLBACK = "tc128"
 SHAPES = {v: (kernels.tile_shapes()[t].bm, kernels.tile_shapes()[t].bn, kernels.tile_shapes()[t].threads)
@@ -85,9 +85,9 @@ def _back(y_nhwc, like):
 
 
 def engine(variant, dtype, tf32, target, device):
-    """``variant`` as it runs for ``dtype`` on ``target``: tcwg or tcwg256 where wgmma does not (TF32,
-    a GPU other than Hopper) runs tc128."""
-    if variant in _WG and (tf32 or not kernels.wgmma_available(target, device)):
+    """``variant`` as it runs for ``dtype`` on ``target``: tcwg or tcwg256 where wgmma does not (a GPU
+    other than Hopper) runs tc128."""
+    if variant in _WG and not kernels.wgmma_available(target, device):
         return _WG_FALLBACK
     return variant
 

@@ -42,11 +42,14 @@ __device__ unsigned long long descriptor(const unsigned char* p, int swizzle, in
     }
 }
 
-// One m64nNk16 of the operand type `kind` (0 bf16, 1 fp16) and transpose flags (ta, tb).
+// One m64nNk16 of the operand type `kind` (0 bf16, 1 fp16) and transpose flags (ta, tb), or
+// m64nNk8 .tf32 (kind 2: K-major operands only, ta = tb = 0).
 template <int N>
 __device__ void probe_mma(int kind, int ta, int tb, float acc[N / 2], unsigned long long da, unsigned long long db) {
 #if GPUCONV_WGMMA
-    if (kind == 0) {
+    if (kind == 2) {
+        WarpgroupOp<float, N>::template mma<0, 0>(acc, da, db);
+    } else if (kind == 0) {
         if (ta == 0 && tb == 0) WarpgroupOp<bf16_t, N>::template mma<0, 0>(acc, da, db);
         else if (ta == 0) WarpgroupOp<bf16_t, N>::template mma<0, 1>(acc, da, db);
         else if (tb == 0) WarpgroupOp<bf16_t, N>::template mma<1, 0>(acc, da, db);
