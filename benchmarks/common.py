@@ -311,7 +311,8 @@ def environment(device="cuda", use_torch=True):
            "gpuconv": gpuconv.__version__, "git_commit": _git_commit(),
            "cupy": getattr(cp, "__version__", None), "cuda_runtime": None, "cuda_driver": None,
            "torch": None, "cudnn": None, "python": platform.python_version(), "numpy": np.__version__,
-           "host": platform.node()}
+           "host": platform.node(),
+           "kernel_variants": os.environ.get("GPUCONV_KERNEL_VARIANTS") or None}  # variants forced for the run
     if device == "cuda":
         dev = cp.cuda.Device()
         props = cp.cuda.runtime.getDeviceProperties(dev.id)
