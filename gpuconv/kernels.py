@@ -830,10 +830,9 @@ def resident_blocks(op_file: str, name: str, dtype, threads: int, target: str, d
 
 
 def _function_handle(fn) -> int:
-    """The CUfunction of a kernel from :func:`get_function`: a CuPy RawKernel (RawModule.get_function)
-    holds it in ``.kernel.ptr``; a bare cupy.cuda.Function is it."""
-    kernel = getattr(fn, "kernel", None)
-    return int(kernel.ptr if kernel is not None else fn.ptr)
+    """The CUfunction of a kernel from :func:`get_function`: CuPy's RawKernel (what
+    RawModule.get_function returns) holds it in ``.kernel.ptr``."""
+    return int(fn.kernel.ptr)
 
 
 def grid_1d(n: int, block: int = BLOCK, target: str = "sim", device: int | None = None):
@@ -873,6 +872,19 @@ def contiguous_like(*arrays, outputs: int = 1, keep_channels_last: bool = False)
 def address(a) -> int:
     """The address of a NumPy or CuPy array's first element (what alignment rules are about)."""
     return a.data.ptr if backend.is_cupy_array(a) else a.ctypes.data
+
+
+# Bytes of channels per thread of the channels_last ``_vec`` kernels (VEC16 in common.cuh).
+VEC_BYTES = 16
+
+
+def vec_lanes(arrays, channels: int, channels_last: bool) -> int:
+    """Channels per thread of a ``_vec`` kernel over ``arrays`` (pooling, batch norm): VEC_BYTES of
+    them where the arrays are channels_last, ``channels`` is a multiple and every array is aligned
+    to VEC_BYTES; else 1, the element kernel. ``arrays[0]`` gives the element size."""
+    lanes = VEC_BYTES // arrays[0].itemsize
+    ok = channels_last and channels % lanes == 0 and all(address(a) % VEC_BYTES == 0 for a in arrays)
+    return lanes if ok else 1
 
 
 def array_device(arrays) -> int | None:

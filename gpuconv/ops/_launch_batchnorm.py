@@ -76,16 +76,12 @@ def _vec(xp, a, dt):
     return xp.ascontiguousarray(a, dtype=dt)
 
 
-_VEC_BYTES = 16  # the _vec kernels' bytes of x per thread (VEC16 in common.cuh)
-
-
 def _elementwise(kernel, dtype, target, arrays, scalars, c, hw, cl, device):
-    """An elementwise kernel over ``arrays[0]``'s elements: its ``_vec`` form where the tensor is
-    channels_last, C a multiple of 16 bytes' worth of channels and every array 16-byte aligned;
-    else the element kernel, which walks NCHW or NHWC memory."""
+    """An elementwise kernel over ``arrays[0]``'s elements: its ``_vec`` form where it applies
+    (:func:`gpuconv.kernels.vec_lanes`), else the element kernel, which walks NCHW or NHWC memory."""
     total = int(arrays[0].size)
-    lanes = _VEC_BYTES // np.dtype(dtype).itemsize
-    if cl and c % lanes == 0 and all(kernels.address(a) % _VEC_BYTES == 0 for a in arrays):
+    lanes = kernels.vec_lanes(arrays, c, cl)
+    if lanes > 1:
         grid, block = kernels.grid_1d(total // lanes, kernels.BLOCK, target, device)
         _launch(kernel + "_vec", dtype, target, grid, block,
                 arrays + (np.int64(total // lanes), np.int32(c)) + scalars, device)

@@ -37,27 +37,14 @@ def _dims(x_shape, kernel_size, stride, floor=False):
     return (n, c, oh, ow), dims
 
 
-# Bytes per thread of the ``_vec`` kernels: POOL_VEC = 16 / itemsize channels of one pixel.
-_VEC_BYTES = 16
-
-
-def _lanes(arrays, dims, channels_last, vectorized):
-    """Channels per thread: POOL_VEC when ``vectorized`` (the kernel has a _vec form) and the
-    arrays allow it (channels_last, C a multiple of POOL_VEC, every array 16-byte aligned), else 1."""
-    lanes = _VEC_BYTES // arrays[0].itemsize
-    ok = (vectorized and channels_last and int(dims[1]) % lanes == 0
-          and all(kernels.address(a) % _VEC_BYTES == 0 for a in arrays))
-    return lanes if ok else 1
-
-
-def _run(kernel, elements, target, arrays, dims, channels_last, scalars=(), vectorized=False):
+def _run(kernel, elements, target, arrays, dims, channels_last, scalars=()):
     """One thread per element (outputs forward, inputs backward), or per POOL_VEC channels of a
-    pixel in the ``_vec`` form where it applies (``vectorized``: see :func:`_lanes`), grid-stride
+    pixel in the ``_vec`` form where it applies (:func:`gpuconv.kernels.vec_lanes`), grid-stride
     beyond the cap; ``arrays[0]`` (x or dy) gives the dtype and the device. Arrays go as their
     memory."""
     if elements:
         device = kernels.array_device(arrays[:1])
-        lanes = _lanes(arrays, dims, channels_last, vectorized)
+        lanes = kernels.vec_lanes(arrays, int(dims[1]), channels_last)
         grid, block = kernels.grid_1d(elements // lanes, kernels.BLOCK, target, device)
         args = tuple(layout.memory_order(a) for a in arrays) + tuple(scalars) + dims + (np.int32(channels_last),)
         kernels.launch("pool2d", kernel + ("_vec" if lanes > 1 else ""), arrays[0].dtype, target, grid, block, args,
@@ -70,9 +57,9 @@ def _run_backward(kernel, cache, dx, target, arrays, dims, channels_last):
     mode); otherwise one thread per input gathering over the windows that cover it. The same
     bits either way."""
     if tuple(cache.stride) == tuple(cache.kernel_size):
-        _run(f"{kernel}_disjoint", arrays[0].size, target, arrays, dims, channels_last, vectorized=True)
+        _run(f"{kernel}_disjoint", arrays[0].size, target, arrays, dims, channels_last)
     else:
-        _run(kernel, dx.size, target, arrays, dims, channels_last, vectorized=True)
+        _run(kernel, dx.size, target, arrays, dims, channels_last)
 
 
 @register_launcher("max_pool2d_forward")
@@ -81,7 +68,7 @@ def max_pool2d_forward_kernel(x, kernel_size, stride, floor=False, *, target):
     (x,), cl = _inputs(x)
     out_shape, dims = _dims(x.shape, kernel_size, stride, floor)
     y, argmax = layout.empty(xp, out_shape, x.dtype, cl), layout.empty(xp, out_shape, np.int32, cl)
-    _run("max_pool2d_forward", y.size, target, (x, y, argmax), dims, cl, vectorized=True)
+    _run("max_pool2d_forward", y.size, target, (x, y, argmax), dims, cl)
     return y, MaxPool2dCache(tuple(x.shape), kernel_size, stride, argmax, cl)
 
 
@@ -101,7 +88,7 @@ def avg_pool2d_forward_kernel(x, kernel_size, stride, floor=False, *, target):
     (x,), cl = _inputs(x)
     out_shape, dims = _dims(x.shape, kernel_size, stride, floor)
     y = layout.empty(xp, out_shape, x.dtype, cl)
-    _run("avg_pool2d_forward", y.size, target, (x, y), dims, cl, vectorized=True)
+    _run("avg_pool2d_forward", y.size, target, (x, y), dims, cl)
     return y, AvgPool2dCache(tuple(x.shape), kernel_size, stride, cl)
 
 
