@@ -1,6 +1,6 @@
 // pool2d.cu: max, average and LP pooling, each (n, c) plane independently, over NCHW or
 // channels_last (NHWC memory) activations (gpuconv.layout): the flag `cl` says which, and x, y, dy,
-// dx and the switches all share it. Each thread owns one element in memory order, or POOL_VEC
+// dx and the switches all share it. Each thread owns one element in memory order, or VEC16
 // adjacent channels of one pixel in the _vec kernels (NHWC: channels fastest, so neighbouring
 // threads read neighbouring channels, coalesced in either layout); the taps of a window and their
 // order are the same in both layouts, so are the results, bit for bit.
@@ -42,10 +42,10 @@
 //   lp_pool2d_backward    one thread per input element: sum over the covering windows of
 //                         dy * x^(p-1) * y^(1-p), and 0 from a window whose norm y is 0 (where
 //                         the gradient of the norm is undefined; PyTorch's choice as well).
-//   <name>_vec            (max and average pooling) the same kernel with POOL_VEC adjacent
+//   <name>_vec            (max and average pooling) the same kernel with VEC16 adjacent
 //                         channels per thread, 16 bytes per load and store (8 bfloat16/float16
 //                         values, 4 float32, 2 float64): channels_last only, with C a multiple of
-//                         POOL_VEC and every array 16-byte aligned (the launcher checks). One
+//                         VEC16 and every array 16-byte aligned (the launcher checks). One
 //                         2-byte element per thread reached a fifth of a copy's bandwidth on an
 //                         H200 (bfloat16 channels_last, 2x2 max pool); the lanes compute exactly
 //                         what the element kernel does, so the bits are the same.
@@ -282,9 +282,8 @@ __device__ inline void avg_forward(const storage_t* x, storage_t* y, int N, int 
 }
 
 // The entry points: each body once as the element-per-thread kernel (either layout) and once as
-// the _vec kernel, POOL_VEC channels per thread (channels_last with C % POOL_VEC == 0 and 16-byte
+// the _vec kernel, VEC16 channels per thread (channels_last with C % VEC16 == 0 and 16-byte
 // aligned arrays: the launcher checks), which reads and writes 16 bytes at a time.
-#define POOL_VEC VEC16  // Lanes (common.cuh) of 16 bytes
 
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
 max_pool2d_forward(const storage_t* x, storage_t* y, int* argmax,
@@ -295,7 +294,7 @@ max_pool2d_forward(const storage_t* x, storage_t* y, int* argmax,
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
 max_pool2d_forward_vec(const storage_t* x, storage_t* y, int* argmax,
     int N, int C, int H, int W, int OH, int OW, int kh, int kw, int sh, int sw, int ph, int pw, int cl) {
-    max_forward<POOL_VEC>(x, y, argmax, N, C, H, W, OH, OW, kh, kw, sh, sw, ph, pw, cl);
+    max_forward<VEC16>(x, y, argmax, N, C, H, W, OH, OW, kh, kw, sh, sw, ph, pw, cl);
 }
 
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
@@ -307,7 +306,7 @@ max_pool2d_backward(const storage_t* dy, const int* argmax, storage_t* dx,
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
 max_pool2d_backward_vec(const storage_t* dy, const int* argmax, storage_t* dx,
     int N, int C, int H, int W, int OH, int OW, int kh, int kw, int sh, int sw, int ph, int pw, int cl) {
-    gather_backward<POOL_VEC>(dx, N, C, H, W, OH, OW, kh, kw, sh, sw, ph, pw, cl, MaxRoute<POOL_VEC>{dy, argmax});
+    gather_backward<VEC16>(dx, N, C, H, W, OH, OW, kh, kw, sh, sw, ph, pw, cl, MaxRoute<VEC16>{dy, argmax});
 }
 
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
@@ -319,7 +318,7 @@ max_pool2d_backward_disjoint(const storage_t* dy, const int* argmax, storage_t* 
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
 max_pool2d_backward_disjoint_vec(const storage_t* dy, const int* argmax, storage_t* dx,
     int N, int C, int H, int W, int OH, int OW, int kh, int kw, int sh, int sw, int ph, int pw, int cl) {
-    disjoint_backward<POOL_VEC>(dx, N, C, H, W, OH, OW, kh, kw, cl, MaxRoute<POOL_VEC>{dy, argmax});
+    disjoint_backward<VEC16>(dx, N, C, H, W, OH, OW, kh, kw, cl, MaxRoute<VEC16>{dy, argmax});
 }
 
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
@@ -331,7 +330,7 @@ avg_pool2d_forward(const storage_t* x, storage_t* y,
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
 avg_pool2d_forward_vec(const storage_t* x, storage_t* y,
     int N, int C, int H, int W, int OH, int OW, int kh, int kw, int sh, int sw, int ph, int pw, int cl) {
-    avg_forward<POOL_VEC>(x, y, N, C, H, W, OH, OW, kh, kw, sh, sw, ph, pw, cl);
+    avg_forward<VEC16>(x, y, N, C, H, W, OH, OW, kh, kw, sh, sw, ph, pw, cl);
 }
 
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
@@ -343,8 +342,8 @@ avg_pool2d_backward(const storage_t* dy, storage_t* dx,
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
 avg_pool2d_backward_vec(const storage_t* dy, storage_t* dx,
     int N, int C, int H, int W, int OH, int OW, int kh, int kw, int sh, int sw, int ph, int pw, int cl) {
-    gather_backward<POOL_VEC>(dx, N, C, H, W, OH, OW, kh, kw, sh, sw, ph, pw, cl,
-                              AvgShare<POOL_VEC>{dy, avg_inv(kh, kw)});
+    gather_backward<VEC16>(dx, N, C, H, W, OH, OW, kh, kw, sh, sw, ph, pw, cl,
+                              AvgShare<VEC16>{dy, avg_inv(kh, kw)});
 }
 
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
@@ -356,7 +355,7 @@ avg_pool2d_backward_disjoint(const storage_t* dy, storage_t* dx,
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
 avg_pool2d_backward_disjoint_vec(const storage_t* dy, storage_t* dx,
     int N, int C, int H, int W, int OH, int OW, int kh, int kw, int sh, int sw, int ph, int pw, int cl) {
-    disjoint_backward<POOL_VEC>(dx, N, C, H, W, OH, OW, kh, kw, cl, AvgShare<POOL_VEC>{dy, avg_inv(kh, kw)});
+    disjoint_backward<VEC16>(dx, N, C, H, W, OH, OW, kh, kw, cl, AvgShare<VEC16>{dy, avg_inv(kh, kw)});
 }
 
 // x^p in the accumulator type, with the exact forms for the common norms.

@@ -38,7 +38,7 @@ def _dims(x_shape, kernel_size, stride, floor=False):
 
 
 def _run(kernel, elements, target, arrays, dims, channels_last, scalars=()):
-    """One thread per element (outputs forward, inputs backward), or per POOL_VEC channels of a
+    """One thread per element (outputs forward, inputs backward), or per VEC16 channels of a
     pixel in the ``_vec`` form where it applies (:func:`gpuconv.kernels.vec_lanes`), grid-stride
     beyond the cap; ``arrays[0]`` (x or dy) gives the dtype and the device. Arrays go as their
     memory."""
