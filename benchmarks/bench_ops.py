@@ -18,7 +18,9 @@ NCHW and bfloat16 channels_last, the training step's precision and layout) forwa
 and writes y and the float32 xhat, backward reads dy and xhat and writes dx (the kernels read
 x three times and dy and xhat twice: vs copy shows what the two-pass reductions cost). The copy
 baseline is ``cudaMemcpyAsync`` device-to-device moving the same bytes (half read, half written);
-the issue's target is >= 80% of it. Convolutions report TFLOP/s (2*N*K*C*9*H*W per direction,
+the issue's target is >= 80% of it. The loss (softmax cross-entropy, airbench94's logits) is
+timed as one launch, as the array form it replaced and as PyTorch's forward + backward: at 10
+classes all three are launch-bound, and each row's host_ms says how much. Convolutions report TFLOP/s (2*N*K*C*9*H*W per direction,
 fp32, TF32 off on both sides) and the speed ratio to cuDNN, per direction and per layer
 (forward + both backwards; target >= 0.8x).
 """
@@ -213,11 +215,36 @@ def memory_rows(args, relu_shapes, pool_shapes, batch, torch):
         for direction, fn in calls.items():
             rows.append(_memory_row(f"lp_pool{k} {direction}", full, lp_pool_bytes(full, k, direction), fn,
                                     tcalls.get(direction), args))
+    rows += loss_rows(args, 2 * batch, torch)
     if not args.tiny:  # airbench94's first pool: 64 x 31 x 31 -> 15 x 15 in floor mode, batch 1024
         x = common.to_dev(rng.standard_normal((1024, 64, 31, 31)).astype(np.float32), args)
         tx = torch.from_dlpack(x) if torch is not None else None
         rows += _max_pool_rows(*_bf16_channels_last(x, tx, torch, args), 2, " bf16 cl floor", args, torch, floor=True)
     return rows
+
+
+def loss_rows(args, n, torch):
+    """Softmax cross-entropy with airbench94's smoothing on (n, 10) bfloat16 logits (the airbench94
+    step's, batch 1024 at the default batch): loss and dlogits, the one-launch kernel against the
+    array form (CuPy's elementwise operations and reductions, what ran before the kernel) and
+    PyTorch's cross_entropy forward + backward. Bytes: the logits read and dlogits written."""
+    from gpuconv.ops import _launch_loss as LL  # noqa: PLC0415
+    from gpuconv.ops import loss as L  # noqa: PLC0415
+    rng = np.random.default_rng(3)
+    z = common.to_dev(rng.standard_normal((n, 10)).astype(ml_dtypes.bfloat16), args)
+    y = common.to_dev(rng.integers(0, 10, n), args)
+    nbytes = 2 * int(z.nbytes)
+    tfn = None
+    if torch is not None:
+        tz = torch.from_dlpack(common.to_dev(common.host(z).astype(np.float32), args)).to(torch.bfloat16)
+        tz.requires_grad_(True)
+        ty = torch.from_dlpack(y)
+        tfn = lambda: torch.autograd.grad(  # noqa: E731
+            torch.nn.functional.cross_entropy(tz.float(), ty, label_smoothing=0.2), tz)
+    return [_memory_row("softmax_xent bf16", (n, 10), nbytes,
+                        lambda: LL.softmax_cross_entropy_kernel(z, y, 0.2, target=args.device), tfn, args),
+            _memory_row("softmax_xent bf16 (array form)", (n, 10), nbytes,
+                        lambda: L._softmax_cross_entropy_reference(z, y, 0.2), tfn, args)]
 
 
 def _bf16_channels_last(x, tx, torch, args):

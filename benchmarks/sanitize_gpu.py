@@ -10,7 +10,7 @@ read past the end of one array lands inside a larger pooled block and memcheck c
 without it every array is its own cudaMalloc, bounds exact. Shapes reach the guarded edges:
 partial GEMM tiles in both dimensions, a partial reduction round, padding wider than the
 filter, several backward-weight splits, overlapping pooling windows, ReLU lengths with a vector
-tail and a misaligned view, GELU over a partial block, dropout over partial blocks, crops falling wholly into the padding, reflect-padded crops,
+tail and a misaligned view, GELU over a partial block, the loss over several blocks, dropout over partial blocks, crops falling wholly into the padding, reflect-padded crops,
 tensor-core GEMM tiles cut in M, N and K with every copy width of its loader, tensor-core
 convolutions in each build and layout with padded channels and several weight splits.
 Exit 0 when every kernel ran and matched; 1 naming the mismatch or the kernel that did not run.
@@ -39,6 +39,8 @@ from gpuconv.ops import _launch_lp_pool2d as LPL  # noqa: E402
 from gpuconv.ops import _launch_pool2d as LP  # noqa: E402
 from gpuconv.ops import _launch_relu as LR  # noqa: E402
 from gpuconv.ops import _launch_gelu as LG  # noqa: E402
+from gpuconv.ops import _launch_loss as LL  # noqa: E402
+from gpuconv.ops import loss as L  # noqa: E402
 from gpuconv.ops import gelu as G  # noqa: E402
 from gpuconv.ops._launch_gemm_tc import gemm_reference, gemm_tc  # noqa: E402
 from gpuconv.ops import batchnorm as BN  # noqa: E402
@@ -230,6 +232,21 @@ def gelu(run, rng):
                       G._gelu_backward_reference(dy, rc), rtol)
 
 
+def loss(run, rng):
+    """Softmax cross-entropy: one row, a row of fewer classes than lanes, and 300 rows over 38
+    blocks (the last-block sum of other blocks' rows), with and without smoothing."""
+    import ml_dtypes
+    for (n, c), eps in (((1, 1), 0.0), ((5, 37), 0.2), ((300, 10), 0.2)):
+        for dtype in (np.float32, np.float64, ml_dtypes.bfloat16):
+            z = (4 * rng.standard_normal((n, c))).astype(dtype)
+            y = rng.integers(0, c, n)
+            got = LL.softmax_cross_entropy_kernel(run.dev(z), run.dev(y), eps, target=run.target)
+            want = L._softmax_cross_entropy_reference(z, y, eps)
+            tag = f"softmax_cross_entropy {n}x{c} eps={eps} {np.dtype(dtype).name}"
+            run.close(f"{tag} loss", got[0], want[0], 1e-5)
+            run.close(f"{tag} dlogits", got[1], want[1], 1e-2 if dtype == ml_dtypes.bfloat16 else 1e-5)
+
+
 def optim(run, rng):
     """SGD's fused update against the array form (NumPy): every setting, the first step (buffer
     written, not read) and a later one, bit for bit."""
@@ -390,7 +407,7 @@ def main(argv=None):
     run.guard = not args.no_guard
     rng = np.random.default_rng(0)
     with gpuconv.default_device(args.device), kernels.launch_log() as log:
-        for family in (conv, conv_tc, gemm, pool, relu, gelu, optim, dropout, augment, batchnorm, stream_hold):
+        for family in (conv, conv_tc, gemm, pool, relu, gelu, loss, optim, dropout, augment, batchnorm, stream_hold):
             # One family's crash is reported and the others still run: a GPU call is too scarce
             # to learn one failure at a time.
             before = len(run.items)

@@ -1,12 +1,16 @@
 """softmax_cross_entropy: values, stability, smoothing, gradients, a 0-d device result, errors."""
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 import pytest
 
 from gpuconv import backend as B
+from gpuconv import kernels
 from gpuconv.gradcheck import numerical_gradient_array, relative_error
 from gpuconv.ops import check_labels, softmax_cross_entropy
+from gpuconv.ops.loss import _softmax_cross_entropy_reference
+from gpuconv.precision import smallest_subnormal, unit_roundoff
 
 
 def reference(logits, labels, eps):
@@ -107,10 +111,80 @@ def test_out_of_range_label(backend, labels, bad):
 def test_unchecked_out_of_range_label_gives_nan_not_garbage(backend):
     """The device path's rule, on every backend: a bad label's row is NaN in the loss and in
     dlogits, instead of reading another row's logit; the good rows are untouched."""
-    from gpuconv.ops.loss import _softmax_cross_entropy_reference
     logits = backend.asarray(np.zeros((3, 4), np.float32))
     loss, d = _softmax_cross_entropy_reference(logits, backend.asarray(np.array([0, 7, 1])), 0.0)
     d = backend.asnumpy(d)
     assert np.isnan(float(backend.asnumpy(loss))) and np.isnan(d[1]).all() and np.isfinite(d[[0, 2]]).all()
     good, _ = _softmax_cross_entropy_reference(logits, backend.asarray(np.array([0, 3, 1])), 0.0)
     assert float(backend.asnumpy(good)) == pytest.approx(np.log(4), rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- the kernel (kernels/loss.cu)
+def _kernel_case(backend, n, c, dtype, eps, seed=5):
+    rng = np.random.default_rng(seed)
+    logits = (rng.standard_normal((n, c)) * 4).astype(dtype)
+    labels = rng.integers(0, c, n)
+    with kernels.launch_log() as log:
+        loss, d = softmax_cross_entropy(backend.asarray(logits), backend.asarray(labels), label_smoothing=eps)
+    return logits, labels, backend.asnumpy(loss), backend.asnumpy(d), log.names
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, ml_dtypes.bfloat16, np.float16])
+@pytest.mark.parametrize("n, c", [(1000, 10), (7, 100), (3, 1), (33, 37)])
+@pytest.mark.parametrize("eps", [0.0, 0.2])
+def test_kernel_against_reference(backend, n, c, dtype, eps):
+    """One launch gives the loss and dlogits of the reference (the same rounding rule) within the
+    reduction lengths: C classes per row's sums, N rows in the loss. 1000 rows: 125 blocks, so
+    the last-block sum runs over other blocks' rows."""
+    if backend.name == "numpy":
+        pytest.skip("the kernel runs on 'sim' and 'cupy'")
+    logits, labels, loss, d, names = _kernel_case(backend, n, c, dtype, eps)
+    assert names == ["softmax_cross_entropy"]
+    want_loss, want_d = _softmax_cross_entropy_reference(logits, labels, eps)
+    acc = np.float64 if dtype == np.float64 else np.float32
+    u = unit_roundoff(acc)
+    assert loss.dtype == acc and loss.shape == () and d.dtype == dtype and d.shape == (n, c)
+    assert abs(float(loss) - float(want_loss)) <= u * (n + c + 16) * max(1.0, abs(float(want_loss)))
+    want_d = want_d.astype(np.float64)
+    scale = (np.abs(want_d) * n + abs(eps / c) + (1 - eps)) / n
+    # The final rounding to dtype: one unit in its last place, absolute among float16's subnormals.
+    tol = u * (c + 16) * scale + unit_roundoff(dtype) * np.abs(want_d) + smallest_subnormal(dtype)
+    assert np.all(np.abs(d.astype(np.float64) - want_d) <= tol), np.max(np.abs(d.astype(np.float64) - want_d) / tol)
+
+
+def test_kernel_sum_is_deterministic_and_leaves_its_ticket_at_zero(backend):
+    """The same bits from every launch, in either thread order, and the last block's ticket reset
+    (a ticket left over would make the next launch's sum come from a block that is not last)."""
+    if backend.name == "numpy":
+        pytest.skip("the kernel runs on 'sim' and 'cupy'")
+    from gpuconv.ops import _launch_loss
+    runs = [_kernel_case(backend, 3000, 10, np.float32, 0.2)[2:4] for _ in range(2)]
+    if backend.name == "sim":
+        with kernels.sim_schedule("reverse"):
+            runs.append(_kernel_case(backend, 3000, 10, np.float32, 0.2)[2:4])
+    for loss, d in runs[1:]:
+        assert loss.tobytes() == runs[0][0].tobytes() and d.tobytes() == runs[0][1].tobytes()
+    assert all(int(backend.asnumpy(t)[0]) == 0 for t in _launch_loss._TICKETS.values())
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.2])
+def test_kernel_marks_bad_rows_nan(backend, eps):
+    """Unchecked labels outside 0..C-1 and NaN logits: that row's dlogits and the loss are NaN,
+    every other row is the row of a batch without it."""
+    if backend.name == "numpy":
+        pytest.skip("the kernel runs on 'sim' and 'cupy'")
+    from gpuconv.ops import _launch_loss
+    rng = np.random.default_rng(6)
+    logits = rng.standard_normal((40, 10)).astype(np.float32)
+    labels = rng.integers(0, 10, 40)
+    labels[3], labels[17] = 10, -1
+    logits[25, 4] = np.nan
+    target = "cuda" if backend.name == "cupy" else "sim"
+    loss, d = _launch_loss.softmax_cross_entropy_kernel(backend.asarray(logits), backend.asarray(labels), eps,
+                                                        target=target)
+    loss, d = float(backend.asnumpy(loss)), backend.asnumpy(d)
+    bad = np.zeros(40, bool)
+    bad[[3, 17, 25]] = True
+    assert np.isnan(loss) and np.isnan(d[bad]).all() and np.isfinite(d[~bad]).all()
+    _, good = _softmax_cross_entropy_reference(logits[~bad], labels[~bad], eps)
+    np.testing.assert_allclose(d[~bad], good * (37 / 40), rtol=1e-5, atol=1e-8)

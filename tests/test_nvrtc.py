@@ -49,6 +49,7 @@ ENTRIES = {
     "relu": ["relu_forward_v1", "relu_forward_v2", "relu_backward_v1", "relu_backward_v2"],
     "gelu": ["gelu_forward", "gelu_backward"],
     "optim": ["sgd_update"],
+    "loss": ["softmax_cross_entropy"],
     "dropout": ["dropout_forward", "dropout_backward"],
     "stream_hold": ["stream_hold"],
     "gemm_tc": ["gemm_tc_nt", "gemm_tc_nn"],
@@ -255,6 +256,10 @@ def test_ptxas_resource_usage(tmp_path, build, capsys):
         for name in ENTRIES["batchnorm"]:
             r = reports["batchnorm"][name]
             assert r["spill"] == 0 and r["registers"] <= 64 and r["smem"] <= 4 * 256 * acc_bytes, (build, name, r)
+    # The loss: a warp per row, a 256-entry acc_t tree for the last block's sum (31-48 registers).
+    if "loss" in reports:
+        r = reports["loss"]["softmax_cross_entropy"]
+        assert r["spill"] == 0 and r["registers"] <= 64 and r["smem"] <= 256 * (8 if build == "f64" else 4) + 8, r
     if build in TC_MMA:
         # 3 stages of 64x64-byte A and B tiles; 32 accumulators and the fragments fit well under
         # 96 registers (an unrolled loader once took 255: the bound catches that kind of change).

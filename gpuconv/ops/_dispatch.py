@@ -15,10 +15,10 @@ cover (a dtype, an odd shape); the reference then runs.
     def relu_forward_kernel(x, *, target):
         ...
 
-Which ops have kernels. conv2d, max/avg pooling, ReLU, GELU, dropout and batchnorm2d have
-launchers (kernels/*.cu), on 'cuda' and on 'sim'. linear and softmax_cross_entropy have none: on CuPy
-arrays their reference runs with CuPy's own machinery (cuBLAS matmul, elementwise kernels and
-reductions, all on the device, no host copy), and under ``Device('sim')`` their NumPy twin runs
+Which ops have kernels. conv2d, max/avg pooling, ReLU, GELU, dropout, batchnorm2d and
+softmax_cross_entropy have launchers (kernels/*.cu), on 'cuda' and on 'sim'. linear has none: on
+CuPy arrays its reference runs with CuPy's own machinery (cuBLAS matmul, elementwise kernels and
+reductions, all on the device, no host copy), and under ``Device('sim')`` its NumPy twin runs
 (the same code with ``xp = numpy``). So on 'sim' every ``kernels/*.cu`` kernel runs on the
 simulator, and the rest of a training step is plain NumPy, exactly as on 'cuda' it is plain CuPy.
 
