@@ -195,7 +195,7 @@ def torch_mirror(torch, layer):
     elif isinstance(layer, L.Linear):
         m = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
     elif isinstance(layer, L.BatchNorm2d):
-        m = nn.BatchNorm2d(layer.num_features, eps=layer.eps, momentum=layer.momentum)
+        m = _batchnorm_mirror(torch, layer.activation)(layer.num_features, eps=layer.eps, momentum=layer.momentum)
         m.running_mean.copy_(t(layer.running_mean))
         m.running_var.copy_(t(layer.running_var))
     else:
@@ -205,6 +205,19 @@ def torch_mirror(torch, layer):
         if layer.bias is not None:
             m.bias.copy_(t(layer.bias.data))
     return m
+
+
+def _batchnorm_mirror(torch, activation):
+    """nn.BatchNorm2d, followed by the layer's fused activation where it has one (the same
+    parameter names: the module is the batch norm)."""
+    if activation is None:
+        return torch.nn.BatchNorm2d
+    act = {"relu": torch.nn.functional.relu, "gelu": torch.nn.functional.gelu}[activation]
+
+    class BatchNormAct(torch.nn.BatchNorm2d):
+        def forward(self, x):
+            return act(super().forward(x))
+    return BatchNormAct
 
 
 # ----------------------------------------------------------------------------- cases

@@ -85,8 +85,8 @@ def fast_net_shapes(width):
             k = int(ks[0])
             pool.append((shape, k))
             return (c, h // k, w // k)
-        if isinstance(layer, L.ReLU):
-            relu.append(shape)
+        if isinstance(layer, L.ReLU) or (isinstance(layer, L.BatchNorm2d) and layer.activation == "relu"):
+            relu.append(shape)  # fast_net's ReLUs are its batch norms' fused activations
         return shape  # batch norm, flatten, linear, scale: not benchmarked here
 
     walk(models.fast_net(width=width), (3, 32, 32))

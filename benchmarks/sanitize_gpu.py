@@ -344,6 +344,26 @@ def batchnorm(run, rng):
                     run.close(f"{tag} {mode} backward dx", dx, rdx, rtol=1e-2 if dtype != np.float32 else 2e-4)
                     run.close(f"{tag} {mode} backward dgamma, dbeta", np.concatenate([common.host(dg), common.host(db)]),
                               np.concatenate([rdg, rdb]))
+    # The fused activations: the element kernels (float32 NCHW) and the _vec kernels (bf16
+    # channels_last, 16 channels), training and eval.
+    for activation in ("relu", "gelu"):
+        for dtype, cl in ((np.float32, False), (ml_dtypes.bfloat16, True)):
+            shape = (2, 16, 9, 7)
+            x, dy = (rng.standard_normal(shape).astype(dtype) for _ in range(2))
+            g, b = rng.uniform(0.5, 2, 16).astype(np.float32), rng.standard_normal(16).astype(np.float32)
+            rm, rv = np.zeros(16, np.float32), np.ones(16, np.float32)
+            put = (lambda a: gpuconv.to_channels_last(run.dev(a))) if cl else run.dev
+            tag = f"batchnorm {shape} {np.dtype(dtype).name}{' channels_last' if cl else ''} + {activation}"
+            tol = 1e-2 if dtype != np.float32 else 2e-4
+            for training in (True, False):
+                y, c = LB.batchnorm2d_forward_kernel(put(x), run.dev(g), run.dev(b), run.dev(rm), run.dev(rv),
+                                                     training, 0.1, 1e-5, activation, target=run.target)
+                ry, rc = BN._batchnorm2d_forward_reference(x, g, b, rm.copy(), rv.copy(), training, 0.1, 1e-5,
+                                                           activation)
+                run.close(f"{tag} {'train' if training else 'eval'} forward", y, ry, rtol=tol)
+                dx, _, _ = LB.batchnorm2d_backward_kernel(put(dy), c, target=run.target)
+                run.close(f"{tag} {'train' if training else 'eval'} backward dx", dx,
+                          BN._batchnorm2d_backward_reference(dy, rc)[0], rtol=tol)
     # The grid-stride walk of the elementwise kernels: 2 blocks over 3 x 5 x 17 x 19 elements.
     for cl in (0, 1):
         x = rng.standard_normal((3, 5, 17, 19)).astype(np.float32)
@@ -354,7 +374,7 @@ def batchnorm(run, rng):
         Y, XH = run.dev(y), run.dev(xhat)
         kernels.launch("batchnorm", "batchnorm2d_normalize", np.float32, run.target, (2, 1, 1), (256, 1, 1),
                        (run.dev(xm), run.dev(mean), run.dev(inv), run.dev(g), run.dev(b), Y, XH, np.int64(x.size),
-                        np.int32(5), np.int32(17 * 19), np.int32(cl)))
+                        np.int32(5), np.int32(17 * 19), np.int32(0), np.int32(cl)))
         per = (lambda v: v[None, None, None, :]) if cl else (lambda v: v[None, :, None, None])
         want = (xm - per(mean)) * per(inv)
         run.exact(f"batchnorm2d_normalize grid-stride walk cl={cl} xhat", XH, want)

@@ -472,13 +472,19 @@ class BatchNorm2d(Layer):
 
     Training mode normalizes with the batch statistics and updates ``running_mean`` /
     ``running_var`` in place (PyTorch's rule: unbiased variance, ``momentum`` weight on the new
-    value); eval mode normalizes with the running statistics."""
+    value); eval mode normalizes with the running statistics.
+
+    ``activation='relu'`` or ``'gelu'`` applies that activation to the output in the same pass:
+    the layer then equals ``BatchNorm2d`` followed by ``ReLU()``/``GELU()``, bit for bit, with the
+    activation's passes over memory (and its launches, on a GPU) saved; its parameters, buffers
+    and state dict are those of the plain layer."""
 
     _param_names = ("weight", "bias")
     _buffer_names = ("running_mean", "running_var")
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1):
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, activation=None):
         super().__init__()
+        self.activation = ops.batchnorm.check_activation(activation)
         self.num_features = _int("num_features", num_features, 1)
         if not eps > 0:
             raise ValueError(f"eps must be > 0 (it keeps 1/sqrt(var + eps) finite), got {eps!r}")
@@ -493,7 +499,8 @@ class BatchNorm2d(Layer):
 
     def forward(self, x):
         y, cache = ops.batchnorm2d_forward(x, self.weight.data, self.bias.data, self.running_mean, self.running_var,
-                                           training=self.training, momentum=self.momentum, eps=self.eps)
+                                           training=self.training, momentum=self.momentum, eps=self.eps,
+                                           activation=self.activation)
         self._keep(cache)
         return y
 
@@ -504,7 +511,8 @@ class BatchNorm2d(Layer):
         return dx
 
     def extra_repr(self):
-        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+        act = "" if self.activation is None else f", activation={self.activation!r}"
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}{act}"
 
 
 # ----------------------------------------------------------------------------- parameter-free layers

@@ -80,12 +80,12 @@ def three_layer_convnet(num_filters=32, filter_size=7, hidden_dim=100, num_class
 def _conv_bn(c_in, c_out, seed, pool=False):
     # conv -> [pool] -> bn -> relu. Pooling before the batch norm (as airbench and the later
     # Myrtle.ai versions do) runs BN and ReLU on a quarter of the pixels; max pool commutes
-    # with the monotone ReLU, and BN after the pool normalizes what the next conv sees.
+    # with the monotone ReLU, and BN after the pool normalizes what the next conv sees. The ReLU
+    # is the batch norm's fused activation (the same bits as a ReLU layer, one pass fewer).
     layers = {"conv": Conv2d(c_in, c_out, 3, padding=1, bias=False, seed=seed)}
     if pool:
         layers["pool"] = MaxPool2d(2)
-    layers["bn"] = BatchNorm2d(c_out)
-    layers["relu"] = ReLU()
+    layers["bn"] = BatchNorm2d(c_out, activation="relu")
     return Sequential(layers)
 
 
@@ -145,15 +145,14 @@ def _dirac_(conv):
 
 def _airbench_block(c_in, c_out, seed, bn_momentum, bn_eps):
     # conv - pool - BN - GELU - conv - BN - GELU. The 2x2 pools take odd sizes down as PyTorch
-    # does (31 -> 15 -> 7 -> 3). BatchNorm: weight frozen at 1, only the shift trained.
+    # does (31 -> 15 -> 7 -> 3). BatchNorm: weight frozen at 1, only the shift trained; the GELU is
+    # its fused activation (the same bits as a GELU layer, one pass fewer).
     s = _seeds(seed, 2)
     layers = {"conv1": Conv2d(c_in, c_out, 3, padding="same", bias=False, seed=s[0]),
               "pool": MaxPool2d(2, floor=True),
-              "norm1": BatchNorm2d(c_out, eps=bn_eps, momentum=bn_momentum),
-              "gelu1": GELU(),
+              "norm1": BatchNorm2d(c_out, eps=bn_eps, momentum=bn_momentum, activation="gelu"),
               "conv2": Conv2d(c_out, c_out, 3, padding="same", bias=False, seed=s[1]),
-              "norm2": BatchNorm2d(c_out, eps=bn_eps, momentum=bn_momentum),
-              "gelu2": GELU()}
+              "norm2": BatchNorm2d(c_out, eps=bn_eps, momentum=bn_momentum, activation="gelu")}
     for name in ("conv1", "conv2"):
         _dirac_(layers[name])
     for name in ("norm1", "norm2"):
@@ -170,7 +169,7 @@ def airbench94(widths=(64, 256, 256), num_classes=10, seed=0, batchnorm_momentum
     ==========  ====================================================  ===========
     whiten      conv2x2 (24 filters: 12 whitening filters and their   24 x 31 x 31
                 negations, frozen; bias trained), GELU
-    block1..3   conv3x3 - maxpool2 - bn - gelu - conv3x3 - bn - gelu  w x 15/7/3
+    block1..3   conv3x3 - maxpool2 - bn+gelu - conv3x3 - bn+gelu      w x 15/7/3
     pool        maxpool3 over the 3x3 map                             w3
     fc, scale   linear (no bias), times ``scaling_factor`` (1/9)      num_classes
     ==========  ====================================================  ===========

@@ -29,12 +29,19 @@
 //             cancels); inv_std; the running statistics
 //   normalize y and xhat, elementwise.
 // Eval: eval_inv_std -> normalize. Backward: backward_sums (dy and dy * xhat in one read) ->
-// backward_reduce -> backward_dx. normalize and backward_dx have a _vec form for channels_last
+// backward_reduce -> backward_dx.
+// A fused activation (act = ACT_RELU or ACT_GELU, activation.cuh): normalize writes y = act(z),
+// z the normalization's output rounded to storage_t as the separate op would return it; the
+// backward recomputes z from the cached xhat (and gamma, beta) in backward_sums and backward_dx
+// and takes dz = act's backward at z, rounded to storage_t as the separate op returns it. So
+// the fused layer gives the bits of BatchNorm2d followed by the activation layer, without the
+// activation's two passes over memory (and two launches) and without keeping z. normalize and backward_dx have a _vec form for channels_last
 // (16 bytes of channels per thread, their statistics hoisted: one load per element where the
 // element kernels make five).
-// Registers on sm_90 (ptxas 13, tests/test_nvrtc.py): 14-36 per kernel in the float32, bf16 and
-// fp16 builds, up to 46 in float64; at most 4 KiB of shared memory per block (8 KiB in float64,
-// batchnorm2d_stats); no spills.
+// Registers on sm_90 (ptxas 13, tests/test_nvrtc.py): 14-40 per kernel in the float32, bf16 and
+// fp16 builds (the _vec forms 48-72: a channel group's statistics and the inlined GELU), up to 64
+// in float64; at most 4 KiB of shared memory per block (8 KiB in float64, batchnorm2d_stats); no
+// spills but in float64's backward_dx_vec (80 bytes around the double erfc call).
 //
 // Elementwise arithmetic follows the reference operation for operation, each product rounded on
 // its own (mul_rn: NVRTC would otherwise contract a*b + c into one FMA), so with the same
@@ -173,13 +180,26 @@ struct CenteredSquare {
     }
 };
 
+// The forward's output z of the normalization, as rounded to storage_t before the activation,
+// recomputed from the cached xhat exactly as batchnorm2d_normalize computed it.
+__device__ inline storage_t bn_output(acc_t h, acc_t gamma, acc_t beta) { return from_acc(mul_rn(h, gamma) + beta); }
+
+// The gradient reaching the normalization's output: dy through the fused activation's backward
+// at z (rounded to storage_t, as the separate activation op returns it), dy itself without one.
+__device__ inline acc_t bn_output_grad(storage_t dy, acc_t h, acc_t gamma, acc_t beta, int act) {
+    return act == ACT_NONE ? to_acc(dy) : to_acc(act_backward(dy, bn_output(h, gamma, beta), act));
+}
+
 struct DyAndDyXhat {
     const storage_t* dy;
     const acc_t* xhat;
+    acc_t gamma, beta;  // the thread's channel's (fused activation only)
+    int act;
     __device__ void operator()(index_t i, acc_t* a, acc_t* b) const {
-        const acc_t g = to_acc(dy[i]);
+        const acc_t h = xhat[i];
+        const acc_t g = bn_output_grad(dy[i], h, gamma, beta, act);
         *a = g;
-        *b = mul_rn(g, xhat[i]);
+        *b = mul_rn(g, h);
     }
 };
 
@@ -267,17 +287,18 @@ struct ChannelWalk {
     }
 };
 
-// xhat = (x - mean) * inv_std (acc_t, kept for the backward), y = xhat * gamma + beta rounded once;
-// one thread per element in memory order (grid-stride).
+// xhat = (x - mean) * inv_std (acc_t, kept for the backward), z = xhat * gamma + beta rounded once,
+// y = act(z) (activation.cuh; y = z without one); one thread per element in memory order
+// (grid-stride).
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
 batchnorm2d_normalize(const storage_t* x, const acc_t* mean, const acc_t* inv_std, const acc_t* gamma,
-                      const acc_t* beta, storage_t* y, acc_t* xhat, index_t total, int C, int HW, int cl) {
+                      const acc_t* beta, storage_t* y, acc_t* xhat, index_t total, int C, int HW, int act, int cl) {
     ChannelWalk walk(C, HW, cl);
     for (index_t i = global_thread_index(); i < total; i += global_thread_count(), walk.step()) {
         const int c = walk.c;
         const acc_t h = mul_rn(to_acc(x[i]) - mean[c], inv_std[c]);
         xhat[i] = h;
-        y[i] = from_acc(mul_rn(h, gamma[c]) + beta[c]);
+        y[i] = act_forward(bn_output(h, gamma[c], beta[c]), act);
     }
 }
 
@@ -287,7 +308,7 @@ batchnorm2d_normalize(const storage_t* x, const acc_t* mean, const acc_t* inv_st
 // the grid's thread count is a multiple of C / VEC16). The same arithmetic per element.
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
 batchnorm2d_normalize_vec(const storage_t* x, const acc_t* mean, const acc_t* inv_std, const acc_t* gamma,
-                          const acc_t* beta, storage_t* y, acc_t* xhat, index_t groups, int C) {
+                          const acc_t* beta, storage_t* y, acc_t* xhat, index_t groups, int C, int act) {
     typedef Lanes<storage_t, VEC16> S;
     typedef Lanes<acc_t, VEC16> A;
     ChannelWalk walk(C / VEC16, 1, 1);
@@ -304,20 +325,23 @@ batchnorm2d_normalize_vec(const storage_t* x, const acc_t* mean, const acc_t* in
 #pragma unroll
         for (int l = 0; l < VEC16; ++l) {
             h.v[l] = mul_rn(to_acc(xv.v[l]) - m.v[l], s.v[l]);
-            yv.v[l] = from_acc(mul_rn(h.v[l], g.v[l]) + b.v[l]);
+            yv.v[l] = act_forward(bn_output(h.v[l], g.v[l], b.v[l]), act);
         }
         ((A*)xhat)[i] = h;
         ((S*)y)[i] = yv;
     }
 }
 
-// partial[s][c] = sum of dy and partial[S + s][c] = sum of dy * xhat over split s (one read).
+// partial[s][c] = sum of dz and partial[S + s][c] = sum of dz * xhat over split s (one read), dz the
+// gradient at the normalization's output (bn_output_grad: dy, or dy through the fused activation).
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
-batchnorm2d_backward_sums(const storage_t* dy, const acc_t* xhat, acc_t* partial, int S, int C, int HW, int count,
-                          int chunk, int cl) {
+batchnorm2d_backward_sums(const storage_t* dy, const acc_t* xhat, const acc_t* gamma, const acc_t* beta,
+                          acc_t* partial, int S, int C, int HW, int count, int chunk, int act, int cl) {
     const SplitBlock b(C, count, chunk, cl);
+    const bool in = b.c < C;  // a lane past the last channel reads no parameters (and sums nothing)
     acc_t sum_dy, sum_dy_xhat;
-    block_channel_sums(b, C, HW, cl, DyAndDyXhat{dy, xhat}, &sum_dy, &sum_dy_xhat);
+    block_channel_sums(b, C, HW, cl, DyAndDyXhat{dy, xhat, in ? gamma[b.c] : (acc_t)0, in ? beta[b.c] : (acc_t)0, act},
+                       &sum_dy, &sum_dy_xhat);
     if ((int)threadIdx.x < b.lanes && b.c < C) {
         partial[(index_t)b.s * C + b.c] = sum_dy;
         partial[((index_t)S + b.s) * C + b.c] = sum_dy_xhat;
@@ -336,21 +360,23 @@ batchnorm2d_backward_reduce(const acc_t* partial, acc_t* dgamma, acc_t* dbeta, i
     }
 }
 
-// Training: dx = (dy - dbeta * (1/count) - xhat * (dgamma * (1/count))) * (gamma * inv_std);
-// eval: dx = dy * (gamma * inv_std); in the reference's order, rounded once to storage_t.
+// Training: dx = (dz - dbeta * (1/count) - xhat * (dgamma * (1/count))) * (gamma * inv_std);
+// eval: dx = dz * (gamma * inv_std); in the reference's order, rounded once to storage_t. dz: dy,
+// or dy through the fused activation (bn_output_grad, recomputed as backward_sums computed it).
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
-batchnorm2d_backward_dx(const storage_t* dy, const acc_t* xhat, const acc_t* gamma, const acc_t* inv_std,
-                        const acc_t* dgamma, const acc_t* dbeta, storage_t* dx, index_t total, int C, int HW,
-                        int count, int training, int cl) {
+batchnorm2d_backward_dx(const storage_t* dy, const acc_t* xhat, const acc_t* gamma, const acc_t* beta,
+                        const acc_t* inv_std, const acc_t* dgamma, const acc_t* dbeta, storage_t* dx, index_t total,
+                        int C, int HW, int count, int training, int act, int cl) {
     const acc_t inv_count = (acc_t)(1.0 / (double)count);
     ChannelWalk walk(C, HW, cl);
     for (index_t i = global_thread_index(); i < total; i += global_thread_count(), walk.step()) {
         const int c = walk.c;
         const acc_t scale = mul_rn(gamma[c], inv_std[c]);
-        acc_t g = to_acc(dy[i]);
+        const acc_t h = training || act != ACT_NONE ? xhat[i] : (acc_t)0;  // eval without one reads no xhat
+        acc_t g = bn_output_grad(dy[i], h, gamma[c], beta[c], act);
         if (training) {
             g = g - mul_rn(dbeta[c], inv_count);
-            g = g - mul_rn(xhat[i], mul_rn(dgamma[c], inv_count));
+            g = g - mul_rn(h, mul_rn(dgamma[c], inv_count));
         }
         dx[i] = from_acc(mul_rn(g, scale));
     }
@@ -358,19 +384,20 @@ batchnorm2d_backward_dx(const storage_t* dy, const acc_t* xhat, const acc_t* gam
 
 // The same, channels_last, VEC16 channels of one pixel per thread (as batchnorm2d_normalize_vec).
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
-batchnorm2d_backward_dx_vec(const storage_t* dy, const acc_t* xhat, const acc_t* gamma, const acc_t* inv_std,
-                            const acc_t* dgamma, const acc_t* dbeta, storage_t* dx, index_t groups, int C, int count,
-                            int training) {
+batchnorm2d_backward_dx_vec(const storage_t* dy, const acc_t* xhat, const acc_t* gamma, const acc_t* beta,
+                            const acc_t* inv_std, const acc_t* dgamma, const acc_t* dbeta, storage_t* dx,
+                            index_t groups, int C, int count, int training, int act) {
     typedef Lanes<storage_t, VEC16> S;
     typedef Lanes<acc_t, VEC16> A;
     const acc_t inv_count = (acc_t)(1.0 / (double)count);
     ChannelWalk walk(C / VEC16, 1, 1);
     int c = -1;
-    A scale, db, dg;
+    A scale, db, dg, gm, bt;
     for (index_t i = global_thread_index(); i < groups; i += global_thread_count(), walk.step()) {
         if (walk.c != c) {
             c = walk.c;
-            const A gm = ((const A*)gamma)[c], is = ((const A*)inv_std)[c];
+            const A is = ((const A*)inv_std)[c];
+            gm = ((const A*)gamma)[c], bt = ((const A*)beta)[c];
             db = ((const A*)dbeta)[c], dg = ((const A*)dgamma)[c];
 #pragma unroll
             for (int l = 0; l < VEC16; ++l) {
@@ -381,11 +408,11 @@ batchnorm2d_backward_dx_vec(const storage_t* dy, const acc_t* xhat, const acc_t*
         }
         const S d = ((const S*)dy)[i];
         A h;
-        if (training) h = ((const A*)xhat)[i];  // eval reads no xhat, as the element kernel
+        if (training || act != ACT_NONE) h = ((const A*)xhat)[i];  // eval without one reads no xhat
         S out;
 #pragma unroll
         for (int l = 0; l < VEC16; ++l) {
-            acc_t g = to_acc(d.v[l]);
+            acc_t g = act == ACT_NONE ? to_acc(d.v[l]) : bn_output_grad(d.v[l], h.v[l], gm.v[l], bt.v[l], act);
             if (training) {
                 g = g - db.v[l];
                 g = g - mul_rn(h.v[l], dg.v[l]);

@@ -8,6 +8,9 @@
 // result rounded back once, which for ReLU returns the input's own value: bit-identical to the
 // reference in every dtype (a bfloat16 NaN comes back as the quiet NaN ml_dtypes makes of it).
 //
+// The per-element functions (relu_fwd, relu_bwd) are in activation.cuh, shared with batch norm's
+// fused activation.
+//
 // Kernels (extern "C"; 1-D grid-stride grids of GPUCONV_BLOCK threads):
 //   relu_forward_v1, relu_backward_v1   one element per thread and step.
 //   relu_forward_v2, relu_backward_v2   four elements per load/store (one 16-byte transaction in
@@ -15,19 +18,6 @@
 //                                       them only when every pointer is aligned to
 //                                       sizeof(storage4), four elements; the n % 4 tail elements
 //                                       are done one by one by the first threads.
-
-__device__ inline acc_t relu_grad(acc_t g, acc_t a) { return a > 0 ? g : (acc_t)0; }
-
-// One element of each direction, from and to storage: the v1 body, and v2's per-lane step.
-// Positive values come back as the input's own bits, and a NaN as the reference rounds it (its
-// payload in float16/float32, ml_dtypes' quiet NaN in bfloat16): never through a float max,
-// which the compiler may turn into max.NaN, whose NaN is the canonical one (seen on an H200).
-__device__ inline storage_t relu_fwd(storage_t x) {
-    const acc_t v = to_acc(x);
-    if (v != v) return from_acc(v);
-    return v > 0 ? x : from_acc((acc_t)0);
-}
-__device__ inline storage_t relu_bwd(storage_t g, storage_t a) { return from_acc(relu_grad(to_acc(g), to_acc(a))); }
 
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
 relu_forward_v1(const storage_t* x, storage_t* y, long long n) {

@@ -1,12 +1,15 @@
 """batchnorm2d with PyTorch's semantics: batch stats, in-place running stats, eval mode, gradients."""
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 import pytest
 
+import gpuconv
 from gpuconv.gradcheck import numerical_gradient_array, relative_error
 from gpuconv.ops import batchnorm as bn_mod
-from gpuconv.ops import batchnorm2d_backward, batchnorm2d_forward
+from gpuconv.ops import (batchnorm2d_backward, batchnorm2d_forward, gelu_backward, gelu_forward, relu_backward,
+                         relu_forward)
 
 
 def test_hand_values_and_running_update(backend):
@@ -101,6 +104,7 @@ def _args(backend, **over):
     (dict(gamma=None), ValueError, r"gamma and beta are required"),
     (dict(momentum=1.5), ValueError, r"momentum must be a number in \[0, 1\].*1\.5"),
     (dict(eps=0.0), ValueError, r"eps must be a positive number"),
+    (dict(activation="tanh"), ValueError, r"activation='tanh'.*None \(no activation\), 'relu' or 'gelu'"),
     (dict(x=np.ones((1, 3, 1, 1), np.float32)), ValueError, r"more than 1 value per channel.*N\*H\*W = 1"),
 ])
 def test_errors_before_work(backend, monkeypatch, over, exc, match):
@@ -113,3 +117,58 @@ def test_backward_rejects_wrong_dy(backend):
     _, cache = batchnorm2d_forward(**_args(backend))
     with pytest.raises(ValueError, match=r"dy must have the forward output's shape \(2, 3, 2, 2\)"):
         batchnorm2d_backward(backend.asarray(np.ones((2, 3, 2), np.float32)), cache)
+
+
+# ----------------------------------------------------------------------------- fused activation
+ACT_OPS = {"relu": (relu_forward, relu_backward), "gelu": (gelu_forward, gelu_backward)}
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+@pytest.mark.parametrize("dtype, channels_last", [(np.float32, False), (np.float64, False),
+                                                  (ml_dtypes.bfloat16, True), (ml_dtypes.bfloat16, False),
+                                                  (np.float16, True)])
+@pytest.mark.parametrize("training", [True, False])
+def test_fused_activation_gives_the_separate_ops_bits(backend, activation, dtype, channels_last, training):
+    """batch norm with ``activation`` is BatchNorm2d followed by the activation op, bit for bit:
+    y, the running statistics, dx, dgamma and dbeta (on 'sim' and 'cupy' the fused kernels
+    against the separate kernels; 16 channels: the _vec kernels in channels_last bf16/fp16)."""
+    rng = np.random.default_rng(10)
+    shape = (3, 16, 5, 7)
+    cd = np.float64 if dtype == np.float64 else np.float32
+    x = (rng.standard_normal(shape) * 2 + 0.3).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    g, b = rng.uniform(0.5, 2, 16).astype(cd), rng.standard_normal(16).astype(cd)
+    rm, rv = rng.standard_normal(16).astype(cd), rng.uniform(0.5, 2, 16).astype(cd)
+    put = (lambda a: gpuconv.to_channels_last(backend.asarray(a))) if channels_last else backend.asarray
+    stats = [backend.asarray(rm.copy()), backend.asarray(rv.copy())], [backend.asarray(rm.copy()), backend.asarray(rv.copy())]
+    y, cache = batchnorm2d_forward(put(x), backend.asarray(g), backend.asarray(b), *stats[0], training=training,
+                                   activation=activation)
+    z, bn_cache = batchnorm2d_forward(put(x), backend.asarray(g), backend.asarray(b), *stats[1], training=training)
+    forward, backward = ACT_OPS[activation]
+    want_y, act_cache = forward(z)
+    dx, dg, db = batchnorm2d_backward(put(dy), cache)
+    want = batchnorm2d_backward(backward(put(dy), act_cache), bn_cache)
+    for got, exp in zip((y, *stats[0], dx, dg, db), (want_y, *stats[1], *want)):
+        got, exp = backend.asnumpy(got), backend.asnumpy(exp)
+        assert got.dtype == exp.dtype and got.tobytes() == np.ascontiguousarray(exp).tobytes()
+    assert gpuconv.is_channels_last(y) == gpuconv.is_channels_last(dx) == channels_last
+    backend.assert_kernels_ran("batchnorm2d_normalize", "batchnorm2d_backward_dx")
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_fused_gelu_gradients_float64(backend, training):
+    rng = np.random.default_rng(11)
+    xp = backend.xp
+    x = backend.asarray(rng.standard_normal((3, 2, 4, 3)) * 2 + 1)
+    gamma, beta = backend.asarray(rng.standard_normal(2)), backend.asarray(rng.standard_normal(2))
+    rm0, rv0 = backend.asarray(rng.standard_normal(2)), backend.asarray(rng.random(2) + 0.5)
+
+    def f(a, g, b):
+        return batchnorm2d_forward(a, g, b, xp.array(rm0), xp.array(rv0), training=training, activation="gelu")[0]
+
+    _, cache = batchnorm2d_forward(x, gamma, beta, xp.array(rm0), xp.array(rv0), training=training, activation="gelu")
+    dy = backend.asarray(rng.standard_normal(x.shape))
+    dx, dgamma, dbeta = batchnorm2d_backward(dy, cache)
+    assert relative_error(dx, numerical_gradient_array(lambda a: f(a, gamma, beta), x, dy)) < 1e-6
+    assert relative_error(dgamma, numerical_gradient_array(lambda a: f(x, a, beta), gamma, dy)) < 1e-6
+    assert relative_error(dbeta, numerical_gradient_array(lambda a: f(x, gamma, a), beta, dy)) < 1e-6

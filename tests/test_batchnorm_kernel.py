@@ -254,12 +254,12 @@ def test_elementwise_kernels_carry_the_channel_across_grid_strides(cl):
     y, xh, dx = np.empty_like(x), np.empty_like(x), np.empty_like(x)
     dims = (np.int64(x.size), np.int32(c), np.int32(h * w))
     kernels.launch("batchnorm", "batchnorm2d_normalize", np.float32, "sim", (2, 1, 1), (256, 1, 1),
-                   (x, mean, inv, g, b, y, xh) + dims + (np.int32(cl),))
+                   (x, mean, inv, g, b, y, xh) + dims + (np.int32(0), np.int32(cl)))
     want = (x - ch(mean)) * ch(inv)
     assert np.array_equal(xh, want) and np.array_equal(y, want * ch(g) + ch(b))
     count = n * h * w
     kernels.launch("batchnorm", "batchnorm2d_backward_dx", np.float32, "sim", (2, 1, 1), (256, 1, 1),
-                   (dy, xhat, g, inv, dg, db, dx) + dims + (np.int32(count), np.int32(1), np.int32(cl)))
+                   (dy, xhat, g, b, inv, dg, db, dx) + dims + (np.int32(count), np.int32(1), np.int32(0), np.int32(cl)))
     inv_n = np.float32(1.0 / count)
     want = (dy - ch(db * inv_n) - xhat * ch(dg * inv_n)) * ch(g * inv)
     assert np.array_equal(dx, want)
@@ -267,9 +267,11 @@ def test_elementwise_kernels_carry_the_channel_across_grid_strides(cl):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("grid", [2, 64], ids=["grid-stride", "one-pass"])
-def test_vec_kernels_give_the_element_kernels_bits(dtype, grid):
+@pytest.mark.parametrize("act", [0, 1, 2], ids=["none", "relu", "gelu"])
+def test_vec_kernels_give_the_element_kernels_bits(dtype, grid, act):
     """normalize_vec and backward_dx_vec (16 bytes of channels per thread, channels_last) compute
-    each element as the element kernels do: the same bits, xhat included, in training and eval.
+    each element as the element kernels do: the same bits, xhat included, in training and eval,
+    with and without a fused activation.
     C = 40 makes 5 (bf16/fp16), 10 (float32) or 20 (float64) channel groups, so with 2 blocks
     a thread's group changes from stride to stride (its statistics are reloaded then)."""
     rng = np.random.default_rng(8)
@@ -286,10 +288,11 @@ def test_vec_kernels_give_the_element_kernels_bits(dtype, grid):
         size = (np.int64(x.size), np.int32(c), np.int32(h * w)) if not form else (np.int64(groups), np.int32(c))
         tail = (np.int32(1),) if not form else ()
         kernels.launch("batchnorm", "batchnorm2d_normalize" + form, dtype, "sim", (grid, 1, 1), (256, 1, 1),
-                       (x, mean, inv, g, b, y, xh) + size + tail)
+                       (x, mean, inv, g, b, y, xh) + size + (np.int32(act),) + tail)
         for training, dx in ((1, dx0), (0, dx1)):
             kernels.launch("batchnorm", "batchnorm2d_backward_dx" + form, dtype, "sim", (grid, 1, 1), (256, 1, 1),
-                           (dy, xhat, g, inv, dg, db, dx) + size + (np.int32(n * h * w), np.int32(training)) + tail)
+                           (dy, xhat, g, b, inv, dg, db, dx) + size
+                           + (np.int32(n * h * w), np.int32(training), np.int32(act)) + tail)
         outs[form] = [a.tobytes() for a in (y, xh, dx0, dx1)]
     assert outs[""] == outs["_vec"]
 

@@ -117,7 +117,8 @@ def test_profile_step_on_the_simulator_wraps_every_layer_and_changes_nothing():
         assert kinds[("fast_net", prec, "Conv2d")]["layers"] == 8
         assert kinds[("fast_net", prec, "BatchNorm2d")]["layers"] == 8
         assert kinds[("airbench94", prec, "Conv2d")]["layers"] == 7  # the whitening conv and 3 blocks of 2
-        assert kinds[("airbench94", prec, "GELU")]["layers"] == 7
+        assert kinds[("airbench94", prec, "GELU")]["layers"] == 1  # the whitening's; the blocks' are fused
+        assert kinds[("airbench94", prec, "BatchNorm2d")]["layers"] == 6
         assert ("fast_net", prec, "(rest of the step)") in kinds
     # the host's costliest functions per step: the simulator's kernel calls lead on 'sim'
     top = rec["host_functions"]["airbench94 bf16"]

@@ -246,16 +246,21 @@ def test_ptxas_resource_usage(tmp_path, build, capsys):
         for name in TUNED:  # float32 tiles in shared memory, whatever the storage
             assert report[name]["smem"] == (4352 if name.endswith("_v2") else 16896), (name, report[name])
     # Batch norm: streaming reductions and elementwise passes, no register tiles; a few dozen
-    # registers (14-46 on sm_90 with ptxas 13; 38-64 in the _vec kernels, which keep 4 x 16 bytes of
-    # a channel group's statistics) and at most four 256-entry acc_t reduction buffers
+    # registers (14-64 on sm_90 with ptxas 13) and at most four 256-entry acc_t reduction buffers
     # (batchnorm2d_stats: two pairs, one per pass over its chunk), so occupancy is bounded by
-    # threads, not registers. No spills in any build (the elementwise kernels carry the channel
-    # without a 64-bit division, whose out-of-line routine spilled).
+    # threads, not registers. The _vec kernels keep 4-5 x 16 bytes of a channel group's
+    # statistics and parameters and inline the fused GELU: 48-72 registers (at most 80 keeps 3
+    # blocks of 256 threads per SM). No spills (the elementwise kernels carry the channel without
+    # a 64-bit division, whose out-of-line routine spilled), except in the float64 build of the
+    # _vec data gradient (gradient checks only), where the double erfc is a call that saves
+    # registers around it.
     if "batchnorm" in reports:
         acc_bytes = 8 if build == "f64" else 4
         for name in ENTRIES["batchnorm"]:
             r = reports["batchnorm"][name]
-            assert r["spill"] == 0 and r["registers"] <= 64 and r["smem"] <= 4 * 256 * acc_bytes, (build, name, r)
+            vec = name.endswith("_vec")
+            assert r["spill"] == 0 or (build == "f64" and vec), (build, name, r)
+            assert r["registers"] <= (80 if vec else 64) and r["smem"] <= 4 * 256 * acc_bytes, (build, name, r)
     # The loss: a warp per row, a 256-entry acc_t tree for the last block's sum (31-48 registers).
     if "loss" in reports:
         r = reports["loss"]["softmax_cross_entropy"]

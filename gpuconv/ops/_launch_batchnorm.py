@@ -1,8 +1,9 @@
 """Kernel launchers for batch normalization (kernels/batchnorm.cu), registered for 'cuda' and 'sim'.
 
-Same arguments, results and cache (``BatchNorm2dCache(xhat, gamma, inv_std, training)``) as the
-NumPy reference in ``batchnorm.py``, so a forward on one path and a backward on the other agree.
-xhat is kept in the compute dtype (float32 for bfloat16/float16 x) in x's layout.
+Same arguments, results and cache (``BatchNorm2dCache``) as the NumPy reference in
+``batchnorm.py``, so a forward on one path and a backward on the other agree. xhat is kept in
+the compute dtype (float32 for bfloat16/float16 x) in x's layout. A fused activation is one more
+argument of the normalization and backward kernels (its ACT_* code), not another pass.
 
 Layouts: a channels_last x (gpuconv.layout) is normalized as it lies, and y, xhat and dx come
 back channels_last; anything else is made C-contiguous (NCHW).
@@ -18,7 +19,7 @@ from .. import kernels, layout
 from ..backend import get_array_module
 from ..precision import compute_dtype
 from ._dispatch import register_launcher
-from .batchnorm import BatchNorm2dCache
+from .batchnorm import ACTIVATIONS, BatchNorm2dCache
 
 LANES = kernels.defines("batchnorm.cu")["BN_LANES"]  # channels per block of the NHWC sums and of pass 2
 MAX_SPLITS = 512            # pass 2 sums at most 512 / 8 = 64 partials per thread
@@ -62,13 +63,14 @@ def _launch(kernel, dtype, target, grid, block, args, device):
     kernels.launch("batchnorm", kernel, dtype, target, grid, block, args, device=device)
 
 
-def _partials(kernel, dtype, target, inputs, acc_dtype, c, hw, count, cl, device):
-    """Pass 1: ``kernel(*inputs, partial, S, C, HW, count, chunk, cl)`` into a new 2 x S x C
-    partial array; returns it with S and the chunk."""
+def _partials(kernel, dtype, target, inputs, acc_dtype, c, hw, count, cl, device, *scalars):
+    """Pass 1: ``kernel(*inputs, partial, S, C, HW, count, chunk, *scalars, cl)`` into a new
+    2 x S x C partial array; returns it with S and the chunk."""
     grid, block, (splits, chunk) = geometry(kernel, target, c=c, count=count, channels_last=cl)
     partial = get_array_module(inputs[0]).empty(2 * splits * c, acc_dtype)
     _launch(kernel, dtype, target, grid, block, inputs + (partial, np.int32(splits), np.int32(c), np.int32(hw),
-                                                          np.int32(count), np.int32(chunk), np.int32(cl)), device)
+                                                          np.int32(count), np.int32(chunk)) + scalars + (np.int32(cl),),
+            device)
     return partial, splits, chunk
 
 
@@ -92,7 +94,8 @@ def _elementwise(kernel, dtype, target, arrays, scalars, c, hw, cl, device):
 
 
 @register_launcher("batchnorm2d_forward")
-def batchnorm2d_forward_kernel(x, gamma, beta, running_mean, running_var, training, momentum, eps, *, target):
+def batchnorm2d_forward_kernel(x, gamma, beta, running_mean, running_var, training, momentum, eps, activation=None,
+                               *, target):
     n, c, h, w = x.shape
     count, hw = n * h * w, h * w
     if count > _MAX_COUNT:
@@ -127,14 +130,16 @@ def batchnorm2d_forward_kernel(x, gamma, beta, running_mean, running_var, traini
                 device)
     y, xhat = layout.empty(xp, x.shape, dtype, cl), layout.empty(xp, x.shape, cd, cl)
     if x.size:
-        _elementwise("batchnorm2d_normalize", dtype, target, (x, mean, inv_std, gamma, beta, y, xhat), (), c, hw, cl,
-                     device)
-    return y, BatchNorm2dCache(xhat, gamma, inv_std, training)
+        _elementwise("batchnorm2d_normalize", dtype, target, (x, mean, inv_std, gamma, beta, y, xhat),
+                     (np.int32(ACTIVATIONS.index(activation)),), c, hw, cl, device)
+    if activation is None:
+        return y, BatchNorm2dCache(xhat, gamma, inv_std, training)
+    return y, BatchNorm2dCache(xhat, gamma, inv_std, training, beta, activation)
 
 
 @register_launcher("batchnorm2d_backward")
 def batchnorm2d_backward_kernel(dy, cache, *, target):
-    xhat, gamma, inv_std, training = cache
+    xhat, gamma, inv_std, training, beta, activation = cache
     n, c, h, w = dy.shape
     count, hw = n * h * w, h * w
     if count > _MAX_COUNT:
@@ -144,11 +149,13 @@ def batchnorm2d_backward_kernel(dy, cache, *, target):
     (dy, xhat), cl = _layout(dy, xhat, was_channels_last=layout.is_channels_last(xhat))
     device = kernels.array_device((dy,))
     gamma, inv_std = _vec(xp, gamma, cd), _vec(xp, inv_std, cd)
+    beta = gamma if beta is None else _vec(xp, beta, cd)  # read only under a fused activation
+    act = np.int32(ACTIVATIONS.index(activation))
     dgamma, dbeta = xp.empty(c, cd), xp.empty(c, cd)
     dtype = dy.dtype
     if count:
-        partial, splits, _ = _partials("batchnorm2d_backward_sums", dtype, target, (dy, xhat), cd, c, hw, count, cl,
-                                       device)
+        partial, splits, _ = _partials("batchnorm2d_backward_sums", dtype, target, (dy, xhat, gamma, beta), cd, c, hw,
+                                       count, cl, device, act)
         grid, block, _ = geometry("batchnorm2d_backward_reduce", target, c=c)
         _launch("batchnorm2d_backward_reduce", dtype, target, grid, block,
                 (partial, dgamma, dbeta, np.int32(splits), np.int32(c)), device)
@@ -157,6 +164,6 @@ def batchnorm2d_backward_kernel(dy, cache, *, target):
         dbeta[...] = 0
     dx = layout.empty(xp, dy.shape, dtype, cl)
     if dy.size:
-        _elementwise("batchnorm2d_backward_dx", dtype, target, (dy, xhat, gamma, inv_std, dgamma, dbeta, dx),
-                     (np.int32(count), np.int32(bool(training))), c, hw, cl, device)
+        _elementwise("batchnorm2d_backward_dx", dtype, target, (dy, xhat, gamma, beta, inv_std, dgamma, dbeta, dx),
+                     (np.int32(count), np.int32(bool(training)), act), c, hw, cl, device)
     return dx, dgamma, dbeta

@@ -11,10 +11,17 @@ dtype. gamma, beta, the running statistics, dgamma and dbeta stay in the compute
 for bfloat16/float16 x (x's own dtype for float32 and float64), so a low-precision network keeps
 its batch-norm parameters and statistics in float32.
 
+Fused activation: ``activation='relu'`` or ``'gelu'`` applies that activation to the output,
+``y = act(z)``, with z the normalization's output rounded to x's dtype: exactly BatchNorm2d
+followed by the ReLU/GELU op, bit for bit, in one pass where the kernels run (the backward
+recomputes z from xhat instead of keeping it). Networks that follow every batch norm with an
+activation (fast_net, airbench94) save the activation's passes over memory and its launches.
+
 Cache (shared with the kernel launchers, see ``_dispatch``):
-``BatchNorm2dCache(xhat, gamma, inv_std, training)``: the normalized input (in the compute dtype:
-float32 for a bfloat16/float16 x), the scale, and ``1 / sqrt(var + eps)`` per channel (of the
-batch in training, of the running variance in eval).
+``BatchNorm2dCache(xhat, gamma, inv_std, training, beta, activation)``: the normalized input (in
+the compute dtype: float32 for a bfloat16/float16 x), the scale, ``1 / sqrt(var + eps)`` per
+channel (of the batch in training, of the running variance in eval), and, for a fused
+activation, the shift and the activation's name (``beta`` None and ``activation`` None without).
 """
 from __future__ import annotations
 
@@ -26,17 +33,36 @@ from ..backend import get_array_module
 from ..precision import compute_dtype, round_once, upcast
 from . import _dispatch
 from ._checks import check_compute_dtype, check_float, check_rank, check_shape
+from .gelu import GeluCache, _gelu_backward_reference, _gelu_forward_reference
+from .relu import ReluCache, _relu_backward_reference, _relu_forward_reference
 
 _PARAMS_WHY = "batch norm keeps gamma, beta and the running statistics in its compute dtype"
 
-BatchNorm2dCache = namedtuple("BatchNorm2dCache", "xhat gamma inv_std training")
+BatchNorm2dCache = namedtuple("BatchNorm2dCache", "xhat gamma inv_std training beta activation", defaults=(None, None))
+
+# The activations batch norm can apply to its output (None: none); the kernels' ACT_* codes
+# (kernels/activation.cuh) are the indices here.
+ACTIVATIONS = (None, "relu", "gelu")
+# name -> (forward reference, backward reference, cache type) of the separate op it fuses
+_ACT_REFERENCE = {"relu": (_relu_forward_reference, _relu_backward_reference, ReluCache),
+                  "gelu": (_gelu_forward_reference, _gelu_backward_reference, GeluCache)}
 
 
-def batchnorm2d_forward(x, gamma, beta, running_mean, running_var, training=True, momentum=0.1, eps=1e-5):
-    """``y, cache`` with ``y = gamma * (x - mean) / sqrt(var + eps) + beta`` per channel.
+def check_activation(activation):
+    """``activation`` if it is one of :data:`ACTIVATIONS`, else a ValueError naming them."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation={activation!r}: batch norm fuses None (no activation), 'relu' or 'gelu'")
+    return activation
+
+
+def batchnorm2d_forward(x, gamma, beta, running_mean, running_var, training=True, momentum=0.1, eps=1e-5,
+                        activation=None):
+    """``y, cache`` with ``y = gamma * (x - mean) / sqrt(var + eps) + beta`` per channel, passed
+    through ``activation`` ('relu' or 'gelu') when one is given.
 
     ``running_mean``/``running_var`` (C,) are updated in place when ``training``; they may be
     None in training (no running statistics kept) but are required in eval mode."""
+    check_activation(activation)
     check_float("x", x)
     check_rank("x", x, 4, "N, C, H, W")
     c = x.shape[1]
@@ -63,7 +89,8 @@ def batchnorm2d_forward(x, gamma, beta, running_mean, running_var, training=True
                          f"x of shape {tuple(x.shape)} (N*H*W = {count}); use a larger batch or training=False")
     target = backend.kernel_target(x, gamma, beta, running_mean, running_var)
     return _dispatch.call("batchnorm2d_forward", target, _batchnorm2d_forward_reference,
-                          x, gamma, beta, running_mean, running_var, bool(training), float(momentum), float(eps))
+                          x, gamma, beta, running_mean, running_var, bool(training), float(momentum), float(eps),
+                          activation)
 
 
 def batchnorm2d_backward(dy, cache):
@@ -82,7 +109,8 @@ def _per_channel(v):
     return v.reshape(1, -1, 1, 1)
 
 
-def _batchnorm2d_forward_reference(x, gamma, beta, running_mean, running_var, training, momentum, eps):
+def _batchnorm2d_forward_reference(x, gamma, beta, running_mean, running_var, training, momentum, eps,
+                                   activation=None):
     dtype, x = x.dtype, upcast(x)
     xp = get_array_module(x, gamma, beta, running_mean, running_var)
     dt = x.dtype.type
@@ -107,13 +135,26 @@ def _batchnorm2d_forward_reference(x, gamma, beta, running_mean, running_var, tr
     inv_std = dt(1.0) / xp.sqrt(var + dt(eps))
     xhat = centered
     xhat *= _per_channel(inv_std)
-    y = xp.multiply(xhat, _per_channel(gamma), out=work)
+    z = _output(xhat, gamma, beta, dtype, out=work)
+    if activation is None:
+        return z, BatchNorm2dCache(xhat, gamma, inv_std, training)
+    y, _ = _ACT_REFERENCE[activation][0](z)
+    return y, BatchNorm2dCache(xhat, gamma, inv_std, training, beta, activation)
+
+
+def _output(xhat, gamma, beta, dtype, out=None):
+    """The normalization's output ``xhat * gamma + beta`` rounded once to ``dtype``: the forward's
+    result, and the backward's recomputation of it under a fused activation."""
+    y = get_array_module(xhat).multiply(xhat, _per_channel(gamma), out=out)
     y += _per_channel(beta)
-    return round_once(y, dtype), BatchNorm2dCache(xhat, gamma, inv_std, training)
+    return round_once(y, dtype)
 
 
 def _batchnorm2d_backward_reference(dy, cache):
-    xhat, gamma, inv_std, training = cache
+    xhat, gamma, inv_std, training, beta, activation = cache
+    if activation is not None:  # dy through the activation at the recomputed output, as its op returns it
+        forward, backward, act_cache = _ACT_REFERENCE[activation]
+        dy = backward(dy, act_cache(_output(xhat, gamma, beta, dy.dtype)))
     dtype, dy = dy.dtype, upcast(dy)
     xp = get_array_module(dy, xhat)
     dbeta = dy.sum(axis=(0, 2, 3))
