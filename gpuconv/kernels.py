@@ -888,6 +888,25 @@ def vec_lanes(arrays, channels: int, channels_last: bool) -> int:
     return lanes if ok else 1
 
 
+# The last-block tickets per device (see tickets): every array ever handed out stays referenced, so
+# a CUDA graph that captured one never sees its memory given to another array.
+_tickets: dict = {}
+_tickets_kept: list = []
+
+
+def tickets(like, count: int):
+    """A uint32 array of at least ``count`` zeros on ``like``'s device (NumPy on the simulator): the
+    tickets of the kernels whose last block to arrive finishes a reduction (softmax_cross_entropy,
+    batch norm's sums), one per group of blocks. Each such launch counts from 0 and leaves its
+    tickets at 0 again, and launches run in stream order, so one array per device serves them all."""
+    key = (backend.is_cupy_array(like), array_device([like]))
+    t = _tickets.get(key)
+    if t is None or t.size < count:
+        t = _tickets[key] = backend.get_array_module(like).zeros(max(int(count), 1024), dtype=np.uint32)
+        _tickets_kept.append(t)
+    return t
+
+
 def array_device(arrays) -> int | None:
     """The CUDA device id of the first CuPy array in ``arrays`` (None when there is none)."""
     cp = backend.cupy_module()

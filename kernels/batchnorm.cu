@@ -7,40 +7,43 @@
 // running statistics, dgamma, dbeta, the partial sums and the cached xhat are acc_t (float32 for
 // bfloat16/float16/float32 storage, double for float64). y and dx are rounded once.
 //
-// Reductions, deterministic by construction (no atomics; every sum has one fixed order that
-// depends on the shape only, not on the device, so 'sim' and every GPU give the same bits):
-//   pass 1 (batchnorm2d_stats, batchnorm2d_backward_sums; grid (channel groups, S),
+// Reductions, deterministic by construction (no float atomics; every sum has one fixed order that
+// depends on the shape only, not on the device or on which block finishes first, so 'sim' and
+// every GPU give the same bits):
+//   pass 1 (in batchnorm2d_stats, batchnorm2d_backward_sums; grid (channel groups, S),
 //     GPUCONV_BLOCK threads): split s of S owns a contiguous chunk of the N*H*W positions of its
 //     channels and writes two partials per channel: partial[s][c] and partial[S + s][c]. NCHW:
 //     one channel per block, the threads walk the chunk's positions (contiguous within each
 //     image plane). NHWC: 32 channels per block (lane = channel, so a warp reads 32 adjacent
 //     channels of one pixel), the 8 warps take every 8th pixel. Each thread sums sequentially,
 //     then a shared-memory tree sums the threads of a channel.
-//   pass 2 (batchnorm2d_finalize, batchnorm2d_backward_reduce; grid ceil(C / 32)): 32 channels
-//     x 8 rows per block; row j adds splits j, j + 8, ... in order, then a tree over the 8 rows.
+//   pass 2, in the same launch: the last block to finish among those of a 32-channel group (a
+//     ticket per group, taken with atomicAdd after a fence, counted from 0 and reset to 0 by that
+//     block) reduces the group's partials, 32 channels x 8 rows: row j adds splits j, j + 8, ...
+//     in order, then a tree over the 8 rows.
 //   The launcher (gpuconv/ops/_launch_batchnorm.py, `geometry`) picks S from the shape: about
 //   4096 positions per block NCHW, 32 channels x 256 pixels NHWC, at most 512 splits.
-// Training forward, 3 launches, x read once from memory for the statistics and once to normalize:
+// Training forward, 2 launches, x read once from memory for the statistics and once to normalize:
 //   stats     per split: the sum, and the centered sum of squares about the split's own mean
-//             (its chunk read twice by the same block, the second time from cache)
-//   finalize  mean = sum / count; the splits' squares combined about the batch mean (Chan et
-//             al.: M2 = sum_s M2_s + n_s (mean_s - mean)^2), var = M2 / count, the biased
-//             variance of the reference's mean((x - mean)^2) (never E[x^2] - mean^2, which
-//             cancels); inv_std; the running statistics
+//             (its chunk read twice by the same block, the second time from cache); then, in the
+//             group's last block: mean = sum / count; the splits' squares combined about the
+//             batch mean (Chan et al.: M2 = sum_s M2_s + n_s (mean_s - mean)^2), var = M2 /
+//             count, the biased variance of the reference's mean((x - mean)^2) (never E[x^2] -
+//             mean^2, which cancels); inv_std; the running statistics
 //   normalize y and xhat, elementwise.
-// Eval: eval_inv_std -> normalize. Backward: backward_sums (dy and dy * xhat in one read) ->
-// backward_reduce -> backward_dx.
+// Eval: eval_inv_std -> normalize. Backward, 2 launches: backward_sums (dy and dy * xhat in one
+// read; dgamma and dbeta in each group's last block) -> backward_dx. normalize and backward_dx
+// have a _vec form for channels_last (16 bytes of channels per thread, their statistics hoisted:
+// one load per element where the element kernels make five).
 // A fused activation (act = ACT_RELU or ACT_GELU, activation.cuh): normalize writes y = act(z),
 // z the normalization's output rounded to storage_t as the separate op would return it; the
 // backward recomputes z from the cached xhat (and gamma, beta) in backward_sums and backward_dx
 // and takes dz = act's backward at z, rounded to storage_t as the separate op returns it. So
 // the fused layer gives the bits of BatchNorm2d followed by the activation layer, without the
-// activation's two passes over memory (and two launches) and without keeping z. normalize and backward_dx have a _vec form for channels_last
-// (16 bytes of channels per thread, their statistics hoisted: one load per element where the
-// element kernels make five).
+// activation's two passes over memory (and two launches) and without keeping z.
 // Registers on sm_90 (ptxas 13, tests/test_nvrtc.py): 14-40 per kernel in the float32, bf16 and
 // fp16 builds (the _vec forms 48-72: a channel group's statistics and the inlined GELU), up to 64
-// in float64; at most 4 KiB of shared memory per block (8 KiB in float64, batchnorm2d_stats); no
+// in float64; at most 6 KiB of shared memory per block (12 KiB in float64, batchnorm2d_stats); no
 // spills but in float64's backward_dx_vec (80 bytes around the double erfc call).
 //
 // Elementwise arithmetic follows the reference operation for operation, each product rounded on
@@ -49,7 +52,7 @@
 // order by rounding only (tests derive the bound from the reduction length).
 
 
-#define BN_LANES 32  // channels per block in the NHWC sums and in every pass-2 kernel
+#define BN_LANES 32  // channels per block in the NHWC sums and per group of pass 2
 #define BN_ROWS (GPUCONV_BLOCK / BN_LANES)
 
 // The chunk of split s: positions [s * chunk, min((s + 1) * chunk, count)) of a channel's
@@ -136,13 +139,13 @@ __device__ void block_channel_sums(const SplitBlock& b, int C, int HW, int cl, F
     *sum_b = red_b[t % b.lanes];
 }
 
-// Pass 2: for this block's channel c = blockIdx.x * 32 + t % 32, the sum over the S splits of
-// f(s, c): lane row t / 32 adds splits row, row + 8, ... in order, then a tree over the 8 rows.
-// The total comes back to every thread (0 past the last channel). Barriers as above.
+// Pass 2: for channel c = group * 32 + t % 32, the sum over the S splits of f(s, c): lane row
+// t / 32 adds splits row, row + 8, ... in order, then a tree over the 8 rows. The total comes back
+// to every thread (0 past the last channel). Barriers as above.
 template <class F>
-__device__ acc_t split_reduce(int S, int C, F f) {
+__device__ acc_t split_reduce(int group, int S, int C, F f) {
     __shared__ acc_t red[GPUCONV_BLOCK];
-    const int t = threadIdx.x, c = blockIdx.x * BN_LANES + t % BN_LANES;
+    const int t = threadIdx.x, c = group * BN_LANES + t % BN_LANES;
     acc_t a = 0;
     if (c < C)
         for (int s = t / BN_LANES; s < S; s += BN_ROWS) a += f(s, c);
@@ -156,11 +159,34 @@ __device__ acc_t split_reduce(int S, int C, F f) {
     return red[t % BN_LANES];
 }
 
+// Pass 2 reads partials other blocks wrote in this launch: past L1 (volatile), after the ticket.
 struct PartialAt {  // partial[s][c] of an S x C array
-    const acc_t* p;
+    const volatile acc_t* p;
     int C;
     __device__ acc_t operator()(int s, int c) const { return p[(index_t)s * C + c]; }
 };
+
+// Whether this block is the last of its channel group to finish pass 1 (a block-uniform answer):
+// every thread fences its partials, then one thread takes the group's ticket; the last one resets
+// it to 0 for the next launch. A group is a 32-channel group: NHWC, this block's S splits; NCHW,
+// its (up to) 32 channels' S splits each.
+__device__ bool last_of_group(unsigned* tickets, int group, int S, int C, int cl) {
+    __shared__ bool last;
+    const unsigned blocks = (unsigned)S * (cl ? 1u : (unsigned)imin(BN_LANES, C - group * BN_LANES));
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        last = atomicAdd(tickets + group, 1u) == blocks - 1;
+        if (last) {
+            tickets[group] = 0;
+            __threadfence();
+        }
+    }
+    __syncthreads();
+    return last;
+}
+
+__device__ inline int group_of_block(int cl) { return cl ? (int)blockIdx.x : (int)blockIdx.x / BN_LANES; }
 
 struct SumX {
     const storage_t* x;
@@ -203,27 +229,10 @@ struct DyAndDyXhat {
     }
 };
 
-// Pass 1 of the training forward, one read of x from memory: per split s and channel c, the sum
-// partial[s][c] and the centered sum of squares partial[S + s][c] about the split's own mean
-// (sum / n_s). The second loop re-reads the chunk the block has just read (from cache: 16 KiB
-// NCHW, 32 channels x chunk pixels NHWC).
-extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
-batchnorm2d_stats(const storage_t* x, acc_t* partial, int S, int C, int HW, int count, int chunk, int cl) {
-    const SplitBlock b(C, count, chunk, cl);
-    acc_t sum, m2, unused;
-    block_channel_sums(b, C, HW, cl, SumX{x}, &sum, &unused);
-    const acc_t local_mean = sum / (acc_t)(chunk_end(b.s, chunk, count) - chunk_begin(b.s, chunk));
-    block_channel_sums(b, C, HW, cl, CenteredSquare{x, local_mean}, &m2, &unused);
-    if ((int)threadIdx.x < b.lanes && b.c < C) {
-        partial[(index_t)b.s * C + b.c] = sum;
-        partial[((index_t)S + b.s) * C + b.c] = m2;
-    }
-}
-
 // A split's contribution to the total centered sum of squares about the batch mean (Chan et al.'s
 // pairwise combination): M2_s + n_s * (mean_s - mean)^2, each product rounded on its own.
 struct SplitSquares {
-    const acc_t* partial;
+    const volatile acc_t* partial;
     int S, C, count, chunk;
     acc_t mean;
     __device__ acc_t operator()(int s, int c) const {
@@ -233,25 +242,40 @@ struct SplitSquares {
     }
 };
 
-// Pass 2: mean = (sum over the splits) / count (a true division, as NumPy's mean); the biased
-// variance var = (combined sum of squares) / count; inv_std = 1 / sqrt(var + eps); when
-// has_running, the running statistics are updated in place as the reference does:
-// r = r * (1 - m), then r += m * mean and r += (m * count / (count - 1)) * var, each product
-// rounded on its own (the three coefficients come from the host in double and are rounded to
-// acc_t, as NumPy's dt(...) rounds them).
+// The training forward's statistics, one launch. Pass 1, one read of x from memory: per split s
+// and channel c, the sum partial[s][c] and the centered sum of squares partial[S + s][c] about the
+// split's own mean (sum / n_s); the second loop re-reads the chunk the block has just read (from
+// cache: 16 KiB NCHW, 32 channels x chunk pixels NHWC). Pass 2, in the group's last block: mean =
+// (sum over the splits) / count (a true division, as NumPy's mean); the biased variance var =
+// (combined sum of squares) / count; inv_std = 1 / sqrt(var + eps); when has_running, the running
+// statistics are updated in place as the reference does: r = r * (1 - m), then r += m * mean and
+// r += (m * count / (count - 1)) * var, each product rounded on its own (the three coefficients
+// come from the host in double and are rounded to acc_t, as NumPy's dt(...) rounds them).
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
-batchnorm2d_finalize(const acc_t* partial, acc_t* mean, acc_t* inv_std, acc_t* running_mean, acc_t* running_var,
-                     int S, int C, int count, int chunk, double eps, double keep, double momentum,
-                     double momentum_unbiased, int has_running) {
-    const acc_t m = split_reduce(S, C, PartialAt{partial, C}) / (acc_t)count;
-    const acc_t var = split_reduce(S, C, SplitSquares{partial, S, C, count, chunk, m}) / (acc_t)count;
-    const int c = blockIdx.x * BN_LANES + threadIdx.x;
-    if (threadIdx.x < BN_LANES && c < C) {
-        mean[c] = m;
-        inv_std[c] = (acc_t)1 / sqrt(var + (acc_t)eps);
-        if (has_running) {
-            running_mean[c] = mul_rn(running_mean[c], (acc_t)keep) + mul_rn((acc_t)momentum, m);
-            running_var[c] = mul_rn(running_var[c], (acc_t)keep) + mul_rn((acc_t)momentum_unbiased, var);
+batchnorm2d_stats(const storage_t* x, acc_t* partial, acc_t* mean, acc_t* inv_std, acc_t* running_mean,
+                  acc_t* running_var, unsigned* tickets, int S, int C, int HW, int count, int chunk, double eps,
+                  double keep, double momentum, double momentum_unbiased, int has_running, int cl) {
+    const SplitBlock b(C, count, chunk, cl);
+    acc_t sum, m2, unused;
+    block_channel_sums(b, C, HW, cl, SumX{x}, &sum, &unused);
+    const acc_t local_mean = sum / (acc_t)(chunk_end(b.s, chunk, count) - chunk_begin(b.s, chunk));
+    block_channel_sums(b, C, HW, cl, CenteredSquare{x, local_mean}, &m2, &unused);
+    if ((int)threadIdx.x < b.lanes && b.c < C) {
+        partial[(index_t)b.s * C + b.c] = sum;
+        partial[((index_t)S + b.s) * C + b.c] = m2;
+    }
+    const int group = group_of_block(cl);
+    if (last_of_group(tickets, group, S, C, cl)) {  // block-uniform: the whole block or none of it
+        const acc_t m = split_reduce(group, S, C, PartialAt{partial, C}) / (acc_t)count;
+        const acc_t var = split_reduce(group, S, C, SplitSquares{partial, S, C, count, chunk, m}) / (acc_t)count;
+        const int c = group * BN_LANES + threadIdx.x;
+        if (threadIdx.x < BN_LANES && c < C) {
+            mean[c] = m;
+            inv_std[c] = (acc_t)1 / sqrt(var + (acc_t)eps);
+            if (has_running) {
+                running_mean[c] = mul_rn(running_mean[c], (acc_t)keep) + mul_rn((acc_t)momentum, m);
+                running_var[c] = mul_rn(running_var[c], (acc_t)keep) + mul_rn((acc_t)momentum_unbiased, var);
+            }
         }
     }
 }
@@ -332,11 +356,14 @@ batchnorm2d_normalize_vec(const storage_t* x, const acc_t* mean, const acc_t* in
     }
 }
 
-// partial[s][c] = sum of dz and partial[S + s][c] = sum of dz * xhat over split s (one read), dz the
-// gradient at the normalization's output (bn_output_grad: dy, or dy through the fused activation).
+// Pass 1: partial[s][c] = sum of dz and partial[S + s][c] = sum of dz * xhat over split s (one
+// read), dz the gradient at the normalization's output (bn_output_grad: dy, or dy through the fused
+// activation); pass 2, in the group's last block: dbeta[c] = sum of dz, dgamma[c] = sum of
+// dz * xhat over the splits.
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
 batchnorm2d_backward_sums(const storage_t* dy, const acc_t* xhat, const acc_t* gamma, const acc_t* beta,
-                          acc_t* partial, int S, int C, int HW, int count, int chunk, int act, int cl) {
+                          acc_t* partial, acc_t* dgamma, acc_t* dbeta, unsigned* tickets, int S, int C, int HW,
+                          int count, int chunk, int act, int cl) {
     const SplitBlock b(C, count, chunk, cl);
     const bool in = b.c < C;  // a lane past the last channel reads no parameters (and sums nothing)
     acc_t sum_dy, sum_dy_xhat;
@@ -346,17 +373,15 @@ batchnorm2d_backward_sums(const storage_t* dy, const acc_t* xhat, const acc_t* g
         partial[(index_t)b.s * C + b.c] = sum_dy;
         partial[((index_t)S + b.s) * C + b.c] = sum_dy_xhat;
     }
-}
-
-// dbeta[c] = sum of dy, dgamma[c] = sum of dy * xhat, from backward_sums' partials.
-extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
-batchnorm2d_backward_reduce(const acc_t* partial, acc_t* dgamma, acc_t* dbeta, int S, int C) {
-    const acc_t db = split_reduce(S, C, PartialAt{partial, C});
-    const acc_t dg = split_reduce(S, C, PartialAt{partial + (index_t)S * C, C});
-    const int c = blockIdx.x * BN_LANES + threadIdx.x;
-    if (threadIdx.x < BN_LANES && c < C) {
-        dbeta[c] = db;
-        dgamma[c] = dg;
+    const int group = group_of_block(cl);
+    if (last_of_group(tickets, group, S, C, cl)) {  // block-uniform
+        const acc_t db = split_reduce(group, S, C, PartialAt{partial, C});
+        const acc_t dg = split_reduce(group, S, C, PartialAt{partial + (index_t)S * C, C});
+        const int c = group * BN_LANES + threadIdx.x;
+        if (threadIdx.x < BN_LANES && c < C) {
+            dbeta[c] = db;
+            dgamma[c] = dg;
+        }
     }
 }
 

@@ -94,7 +94,10 @@ softmax_cross_entropy(const storage_t* logits, const long long* labels, acc_t* r
     __shared__ acc_t part[GPUCONV_BLOCK];
     __threadfence();
     __syncthreads();
-    if (threadIdx.x == 0) last = atomicAdd(ticket, 1u) == gridDim.x - 1;
+    if (threadIdx.x == 0) {
+        last = atomicAdd(ticket, 1u) == gridDim.x - 1;
+        if (last) __threadfence();  // the other blocks' rows are read after the ticket
+    }
     __syncthreads();
     if (last) {
         const volatile acc_t* rows = row_loss;

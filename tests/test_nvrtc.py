@@ -53,9 +53,9 @@ ENTRIES = {
     "dropout": ["dropout_forward", "dropout_backward"],
     "stream_hold": ["stream_hold"],
     "gemm_tc": ["gemm_tc_nt", "gemm_tc_nn"],
-    "batchnorm": ["batchnorm2d_stats", "batchnorm2d_finalize", "batchnorm2d_eval_inv_std", "batchnorm2d_normalize",
-                  "batchnorm2d_normalize_vec", "batchnorm2d_backward_sums", "batchnorm2d_backward_reduce",
-                  "batchnorm2d_backward_dx", "batchnorm2d_backward_dx_vec"],
+    "batchnorm": ["batchnorm2d_stats", "batchnorm2d_eval_inv_std", "batchnorm2d_normalize",
+                  "batchnorm2d_normalize_vec", "batchnorm2d_backward_sums", "batchnorm2d_backward_dx",
+                  "batchnorm2d_backward_dx_vec"],
 }
 # (dtype, tf32) of every build: the four storage dtypes, and float32 with TF32 operands (which only
 # conv2d's GEMMs use; the other files build it too, identically).
@@ -246,9 +246,9 @@ def test_ptxas_resource_usage(tmp_path, build, capsys):
         for name in TUNED:  # float32 tiles in shared memory, whatever the storage
             assert report[name]["smem"] == (4352 if name.endswith("_v2") else 16896), (name, report[name])
     # Batch norm: streaming reductions and elementwise passes, no register tiles; a few dozen
-    # registers (14-64 on sm_90 with ptxas 13) and at most four 256-entry acc_t reduction buffers
-    # (batchnorm2d_stats: two pairs, one per pass over its chunk), so occupancy is bounded by
-    # threads, not registers. The _vec kernels keep 4-5 x 16 bytes of a channel group's
+    # registers (14-64 on sm_90 with ptxas 13) and at most six 256-entry acc_t reduction buffers
+    # (batchnorm2d_stats: two pairs, one per pass over its chunk, and one per pass-2 sum; 6 KiB
+    # in float32), so occupancy is bounded by threads, not registers or shared memory. The _vec kernels keep 4-5 x 16 bytes of a channel group's
     # statistics and parameters and inline the fused GELU: 48-72 registers (at most 80 keeps 3
     # blocks of 256 threads per SM). No spills (the elementwise kernels carry the channel without
     # a 64-bit division, whose out-of-line routine spilled), except in the float64 build of the
@@ -260,7 +260,7 @@ def test_ptxas_resource_usage(tmp_path, build, capsys):
             r = reports["batchnorm"][name]
             vec = name.endswith("_vec")
             assert r["spill"] == 0 or (build == "f64" and vec), (build, name, r)
-            assert r["registers"] <= (80 if vec else 64) and r["smem"] <= 4 * 256 * acc_bytes, (build, name, r)
+            assert r["registers"] <= (80 if vec else 64) and r["smem"] <= 6 * 256 * acc_bytes + 8, (build, name, r)
     # The loss: a warp per row, a 256-entry acc_t tree for the last block's sum (31-48 registers).
     if "loss" in reports:
         r = reports["loss"]["softmax_cross_entropy"]

@@ -8,8 +8,9 @@ argument of the normalization and backward kernels (its ACT_* code), not another
 Layouts: a channels_last x (gpuconv.layout) is normalized as it lies, and y, xhat and dx come
 back channels_last; anything else is made C-contiguous (NCHW).
 
-Reductions are two passes with a fixed order (see the header of kernels/batchnorm.cu); the split
-count S below depends on the shape only, so every device and the simulator sum alike.
+Reductions are two passes with a fixed order in one launch (see the header of kernels/batchnorm.cu:
+the last block of each 32-channel group to finish pass 1 runs pass 2); the split count S below
+depends on the shape only, so every device and the simulator sum alike.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from ..precision import compute_dtype
 from ._dispatch import register_launcher
 from .batchnorm import ACTIVATIONS, BatchNorm2dCache
 
-LANES = kernels.defines("batchnorm.cu")["BN_LANES"]  # channels per block of the NHWC sums and of pass 2
+LANES = kernels.defines("batchnorm.cu")["BN_LANES"]  # channels per block of the NHWC sums and per pass-2 group
 MAX_SPLITS = 512            # pass 2 sums at most 512 / 8 = 64 partials per thread
 NCHW_MIN_CHUNK = 4096       # positions per block, NCHW: 16 per thread of 256
 NHWC_MIN_CHUNK = 256        # pixels per block, NHWC: 32 channels x 256 pixels = 8192 elements
@@ -30,10 +31,10 @@ _MAX_COUNT = 2**30
 
 
 def geometry(kernel, target, *, c=0, count=0, channels_last=False, total=0, device=None):
-    """(grid, block, extra) of each batchnorm kernel. Pass 1 (``stats``, ``backward_sums``): extra =
-    (S, chunk), the splits of a channel's ``count`` positions; one block per (channel, split)
-    NCHW, per (32 channels, split) NHWC, so that a large batch fills the GPU with few channels.
-    Pass-2 kernels: one block per 32 channels. Elementwise: a grid-stride 1-D grid."""
+    """(grid, block, extra) of each batchnorm kernel. The reductions (``stats``, ``backward_sums``):
+    extra = (S, chunk), the splits of a channel's ``count`` positions; one block per (channel,
+    split) NCHW, per (32 channels, split) NHWC, so that a large batch fills the GPU with few
+    channels. Elementwise: a grid-stride 1-D grid."""
     block = (kernels.BLOCK, 1, 1)
     if kernel in ("batchnorm2d_stats", "batchnorm2d_backward_sums"):
         least = NHWC_MIN_CHUNK if channels_last else NCHW_MIN_CHUNK
@@ -42,8 +43,6 @@ def geometry(kernel, target, *, c=0, count=0, channels_last=False, total=0, devi
         splits = -(-count // chunk)
         groups = -(-c // LANES) if channels_last else c
         return (groups, splits, 1), block, (splits, chunk)
-    if kernel in ("batchnorm2d_finalize", "batchnorm2d_backward_reduce"):
-        return (-(-c // LANES), 1, 1), block, ()
     if kernel == "batchnorm2d_eval_inv_std":
         return (-(-c // kernels.BLOCK), 1, 1), block, ()
     grid, block = kernels.grid_1d(total, kernels.BLOCK, target, device)
@@ -63,15 +62,16 @@ def _launch(kernel, dtype, target, grid, block, args, device):
     kernels.launch("batchnorm", kernel, dtype, target, grid, block, args, device=device)
 
 
-def _partials(kernel, dtype, target, inputs, acc_dtype, c, hw, count, cl, device, *scalars):
-    """Pass 1: ``kernel(*inputs, partial, S, C, HW, count, chunk, *scalars, cl)`` into a new
-    2 x S x C partial array; returns it with S and the chunk."""
+def _reduce(kernel, dtype, target, inputs, outputs, acc_dtype, c, hw, count, cl, device, *scalars):
+    """A reduction launch: ``kernel(*inputs, partial, *outputs, tickets, S, C, HW, count, chunk,
+    *scalars, cl)``, pass 1 into a new 2 x S x C partial array, pass 2 into ``outputs`` (one
+    ticket per 32-channel group)."""
     grid, block, (splits, chunk) = geometry(kernel, target, c=c, count=count, channels_last=cl)
     partial = get_array_module(inputs[0]).empty(2 * splits * c, acc_dtype)
-    _launch(kernel, dtype, target, grid, block, inputs + (partial, np.int32(splits), np.int32(c), np.int32(hw),
-                                                          np.int32(count), np.int32(chunk)) + scalars + (np.int32(cl),),
-            device)
-    return partial, splits, chunk
+    tickets = kernels.tickets(inputs[0], -(-c // LANES))
+    _launch(kernel, dtype, target, grid, block,
+            inputs + (partial,) + outputs + (tickets, np.int32(splits), np.int32(c), np.int32(hw), np.int32(count),
+                                             np.int32(chunk)) + scalars + (np.int32(cl),), device)
 
 
 def _vec(xp, a, dt):
@@ -113,12 +113,9 @@ def batchnorm2d_forward_kernel(x, gamma, beta, running_mean, running_var, traini
     dtype = x.dtype
     if training:
         mean = xp.empty(c, cd)
-        partial, splits, chunk = _partials("batchnorm2d_stats", dtype, target, (x,), cd, c, hw, count, cl, device)
-        grid, block, _ = geometry("batchnorm2d_finalize", target, c=c)
-        _launch("batchnorm2d_finalize", dtype, target, grid, block,
-                (partial, mean, inv_std, rm, rv, np.int32(splits), np.int32(c), np.int32(count), np.int32(chunk),
-                 np.float64(eps), np.float64(1.0 - momentum), np.float64(momentum),
-                 np.float64(momentum * count / (count - 1)), np.int32(has_running)), device)
+        _reduce("batchnorm2d_stats", dtype, target, (x,), (mean, inv_std, rm, rv), cd, c, hw, count, cl, device,
+                np.float64(eps), np.float64(1.0 - momentum), np.float64(momentum),
+                np.float64(momentum * count / (count - 1)), np.int32(has_running))
         if has_running and rm is not running_mean:
             running_mean[...] = rm
         if has_running and rv is not running_var:
@@ -154,11 +151,8 @@ def batchnorm2d_backward_kernel(dy, cache, *, target):
     dgamma, dbeta = xp.empty(c, cd), xp.empty(c, cd)
     dtype = dy.dtype
     if count:
-        partial, splits, _ = _partials("batchnorm2d_backward_sums", dtype, target, (dy, xhat, gamma, beta), cd, c, hw,
-                                       count, cl, device, act)
-        grid, block, _ = geometry("batchnorm2d_backward_reduce", target, c=c)
-        _launch("batchnorm2d_backward_reduce", dtype, target, grid, block,
-                (partial, dgamma, dbeta, np.int32(splits), np.int32(c)), device)
+        _reduce("batchnorm2d_backward_sums", dtype, target, (dy, xhat, gamma, beta), (dgamma, dbeta), cd, c, hw, count,
+                cl, device, act)
     else:
         dgamma[...] = 0
         dbeta[...] = 0

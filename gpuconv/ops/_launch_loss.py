@@ -12,19 +12,6 @@ from ..backend import get_array_module
 from ..precision import compute_dtype
 from ._dispatch import register_launcher
 
-# The kernel's last-block ticket, one zeroed uint32 per (target, device): each launch leaves it
-# at 0 again. Launches are ordered on the stream, so they never hold it at the same time.
-_TICKETS: dict = {}
-
-
-def _ticket(xp, target, device):
-    key = (target, device)
-    t = _TICKETS.get(key)
-    if t is None:
-        t = _TICKETS[key] = xp.zeros(1, dtype=np.uint32)
-    return t
-
-
 @register_launcher("softmax_cross_entropy")
 def softmax_cross_entropy_kernel(logits, labels, eps, *, target):
     n, c = logits.shape
@@ -42,6 +29,6 @@ def softmax_cross_entropy_kernel(logits, labels, eps, *, target):
     keep, eps_c, inv_n = (acc.type(v) for v in (1.0 - eps, eps / c, 1.0 / n))
     grid, block = kernels.grid_1d(32 * n, kernels.BLOCK, target, device)  # a warp per row
     kernels.launch("loss", "softmax_cross_entropy", logits.dtype, target, grid, block,
-                   (logits, labels, row_loss, loss, dlogits, _ticket(xp, target, device), np.int32(n), np.int32(c),
+                   (logits, labels, row_loss, loss, dlogits, kernels.tickets(logits, 1), np.int32(n), np.int32(c),
                     keep, eps_c, np.int32(bool(eps)), inv_n), device=device)
     return loss, dlogits
