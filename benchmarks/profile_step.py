@@ -13,7 +13,9 @@ syncs inside a step, and the times are read once after the last one. Per layer k
 BatchNorm2d, ...) the record holds the forward and backward milliseconds per step; what no
 layer accounts for (the loss, the parameter casts of mixed precision, the residual additions,
 the optimizer, Python between the launches) is the remainder of the step's time. bench_step times the step against
-PyTorch; this says which part of gpuconv's step to work on.
+PyTorch; this says which part of gpuconv's step to work on. The record also counts the kernels one
+step launches (``launches_per_step``, by name; on the simulator too), beside which CuPy's own
+operations (casts, the linear layer's matmuls, filter repacks) add launches on a GPU.
 
 Validation: the profiled step computes the same loss as an unprofiled one from the same weights
 (the wrapping changes nothing), and every leaf layer ran forward and backward in each step.
@@ -23,7 +25,7 @@ from __future__ import annotations
 import argparse
 import pathlib
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
@@ -31,6 +33,7 @@ import common  # noqa: E402
 import gpuconv  # noqa: E402
 from gpuconv import amp  # noqa: E402
 from gpuconv import backend as B  # noqa: E402
+from gpuconv import kernels  # noqa: E402
 from gpuconv.optim import SGD  # noqa: E402
 
 from bench_step import HYPER, MODELS, batch_data  # noqa: E402
@@ -123,6 +126,9 @@ def profile(factory, x, y, precision, args, checks, label):
     # time, the GPU waited on Python and the per-layer split shows launch gaps, not kernels.
     host_ms = common.host_submit_ms(lambda: step(xd, yd), args)
     host_top = host_functions(lambda: step(xd, yd), args.repeat, args.host_top) if args.host_top else None
+    with kernels.launch_log() as log:  # what one step launches: our kernels, by name
+        step(xd, yd)
+    launches = dict(sorted(Counter(log.names).items()))
     checks.close(f"{label}: the profiled step's loss equals an unprofiled one", loss, want, 1e-6)
     missing = [(n, d) for n, _ in clock.leaves for d in ("forward", "backward") if clock.calls[(n, d)] != args.repeat]
     checks.add(f"{label}: every leaf layer ran forward and backward in every step", not missing,
@@ -136,7 +142,7 @@ def profile(factory, x, y, precision, args, checks, label):
     rows.append({"model": label.split()[0], "precision": precision, "kind": "(rest of the step)", "layers": None,
                  "forward_ms": None, "backward_ms": step_ms - layers_ms if step_ms is not None else None,
                  "share": (step_ms - layers_ms) / step_ms if step_ms else None})
-    return rows, step_ms, host_ms, host_top
+    return rows, step_ms, host_ms, host_top, launches
 
 
 def host_functions(fn, steps, top):
@@ -174,6 +180,9 @@ def table(rec):
         if ms is not None and host is not None:
             print(f"{label}: step {ms:.2f} ms on the GPU, {host:.2f} ms of host time to submit it"
                   + (" (host-bound: the split above is partly launch gaps)" if host > 0.8 * ms else ""))
+    for label, counts in rec.get("launches_per_step", {}).items():
+        print(f"{label}: {sum(counts.values())} kernel launches per step ("
+              + ", ".join(f"{n} {k}" for k, n in sorted(counts.items(), key=lambda kv: -kv[1])) + ")")
     for label, top in rec["host_functions"].items():
         print(f"{label}: the host's costliest functions (cProfile, per step)")
         common.print_table(top, [("function", "function", ""), ("calls_per_step", "calls", ".0f"),
@@ -195,7 +204,7 @@ def main(argv=None):
     rc = common.require_device(NAME, args)
     if rc is not None:
         return rc
-    checks, rows, steps, batches, hosts, tops = common.Checks(), [], {}, {}, {}, {}
+    checks, rows, steps, batches, hosts, tops, launches = common.Checks(), [], {}, {}, {}, {}, {}
     with common.device_context(args):
         for name in args.models:
             factory, shape = PROFILED[name][1 if args.tiny else 0]
@@ -203,10 +212,11 @@ def main(argv=None):
             x, y = batch_data(shape, batch, seed=3)
             for precision in args.precisions:
                 label = f"{name} {precision}"
-                got, steps[label], hosts[label], tops[label] = profile(factory, x, y, precision, args, checks, label)
+                got, steps[label], hosts[label], tops[label], launches[label] = profile(factory, x, y, precision, args,
+                                                                                       checks, label)
                 rows += [dict(r, batch=batch) for r in got]
     rec = common.record(NAME, args, checks, rows, batch=batches, step_ms=steps, host_submit_ms=hosts,
-                        host_functions={k: v for k, v in tops.items() if v is not None})
+                        host_functions={k: v for k, v in tops.items() if v is not None}, launches_per_step=launches)
     return common.finish(rec, args, table, checks)  # the record stands when a check failed: exit 1
 
 

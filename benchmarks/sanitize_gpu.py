@@ -249,24 +249,31 @@ def loss(run, rng):
 
 def optim(run, rng):
     """SGD's fused update against the array form (NumPy): every setting, the first step (buffer
-    written, not read) and a later one, bit for bit."""
+    written, not read) and a later one, bit for bit; one parameter per launch, and ten (two
+    launches: every slot of the first, two of the second) of sizes 1 to 1000."""
     from gpuconv.layers import Parameter  # noqa: PLC0415
     from gpuconv.optim import SGD  # noqa: PLC0415
     for dtype in (np.float32, np.float64):
-        for n, momentum, nesterov, wd in ((1, 0.0, False, 0.0), (257, 0.9, True, 5e-4), (1000, 0.9, False, 1e-2)):
-            w, grads = rng.standard_normal(n).astype(dtype), [rng.standard_normal(n).astype(dtype) for _ in range(2)]
-            p, ref = Parameter(run.dev(w), "w"), Parameter(w.copy(), "w")
-            opt = SGD([p], lr=0.3, momentum=momentum, nesterov=nesterov, weight_decay=wd)
+        for sizes, momentum, nesterov, wd in (((1,), 0.0, False, 0.0), ((257,), 0.9, True, 5e-4),
+                                              ((1000,), 0.9, False, 1e-2),
+                                              ((1, 3, 300, 7, 1000, 2, 64, 5, 257, 9), 0.9, True, 5e-4)):
+            ws = [rng.standard_normal(n).astype(dtype) for n in sizes]
+            grads = [[rng.standard_normal(n).astype(dtype) for n in sizes] for _ in range(2)]
+            ps, refs = [Parameter(run.dev(w), "w") for w in ws], [Parameter(w.copy(), "w") for w in ws]
+            opt = SGD(ps, lr=0.3, momentum=momentum, nesterov=nesterov, weight_decay=wd)
             with gpuconv.default_device("cpu"):
-                ref_opt = SGD([ref], lr=0.3, momentum=momentum, nesterov=nesterov, weight_decay=wd)
-                for g in grads:
-                    ref.grad = g.copy()
+                ref_opt = SGD(refs, lr=0.3, momentum=momentum, nesterov=nesterov, weight_decay=wd)
+                for step in grads:
+                    for ref, g in zip(refs, step):
+                        ref.grad = g.copy()
                     ref_opt.step()
-            for g in grads:
-                p.grad = run.dev(g)
+            for step in grads:
+                for p, g in zip(ps, step):
+                    p.grad = run.dev(g)
                 opt.step()
-            run.exact(f"sgd n={n} momentum={momentum} nesterov={nesterov} wd={wd} {np.dtype(dtype).name}", p.data,
-                      ref.data)
+            for i, (p, ref) in enumerate(zip(ps, refs)):
+                run.exact(f"sgd n={sizes[i]} of {len(sizes)} momentum={momentum} nesterov={nesterov} wd={wd} "
+                          f"{np.dtype(dtype).name}", p.data, ref.data)
 
 
 def dropout(run, rng):

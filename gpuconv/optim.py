@@ -266,7 +266,30 @@ class SGD(Optimizer):
     def step(self, skip=None):
         if not self.lr_written_by_owner:
             self.write_lrs()
-        super().step(skip)
+        if skip is not None or self._lrs is None:
+            super().step(skip)
+            return
+        # The fused update, several parameters of a group per launch (kernels/optim.cu); a
+        # parameter the kernel does not take runs the array form.
+        batches = {}
+        for i, (p, state) in enumerate(zip(self.params, self.state)):
+            if p.grad is None or not p.requires_grad:
+                continue
+            h = self.hyper(i)
+            item = _fused_sgd_operands(p, state, h)
+            if item is None:
+                self._update(p, state, h)
+                continue
+            lr = self._lr_of[id(p)]
+            key = (id(lr), h["momentum"], h["weight_decay"], bool(h["nesterov"]), p.data.dtype)
+            batch = batches.setdefault(key, (lr, h, []))[2]
+            batch.append(item)
+            if len(batch) == SGD_TENSORS:
+                _launch_sgd(batch, h, lr)
+                batch.clear()
+        for lr, h, batch in batches.values():
+            if batch:
+                _launch_sgd(batch, h, lr)
 
     def write_lrs(self):
         """Put each parameter group's learning rate (:meth:`hyper`'s, a float64) into the device
@@ -309,16 +332,30 @@ class SGD(Optimizer):
         p.data -= h["lr"] * g
 
 
+# Parameters per launch of the fused update (SGD_TENSORS in kernels/optim.cu).
+SGD_TENSORS = kernels.defines("optim.cu")["SGD_TENSORS"]
+
+
 def _fused_sgd(p, state, h, lr) -> bool:
-    """SGD's update of ``p`` as one kernel (kernels/optim.cu, the array form's bits) where ``p``
-    lives on a kernel target ('cuda', 'sim') in float32 or float64 with a contiguous gradient of
-    its dtype; False (nothing done) otherwise, and the array form runs. ``lr``: the device array
-    (one float64) holding the learning rate of ``p``'s group."""
-    data, grad = p.data, p.grad
-    target = kernel_target(data)
-    if target is None or data.dtype not in (np.float32, np.float64) or grad.dtype != data.dtype \
-            or tuple(grad.shape) != tuple(data.shape) or not (data.flags.c_contiguous and grad.flags.c_contiguous):
+    """SGD's update of ``p`` alone as one kernel (kernels/optim.cu, the array form's bits) where
+    the kernel takes it (:func:`_fused_sgd_operands`); False (nothing done) otherwise, and the
+    array form runs. ``lr``: the device array (one float64) holding the learning rate of ``p``'s
+    group. :meth:`SGD.step` batches the parameters of a group instead."""
+    item = _fused_sgd_operands(p, state, h)
+    if item is None:
         return False
+    _launch_sgd([item], h, lr)
+    return True
+
+
+def _fused_sgd_operands(p, state, h):
+    """``(data, grad, buffer, first)`` for the fused update of ``p``: it lives on a kernel target
+    ('cuda', 'sim') in float32 or float64 with a contiguous gradient of its dtype (None
+    otherwise). With momentum, a first step allocates the buffer, which the kernel writes."""
+    data, grad = p.data, p.grad
+    if kernel_target(data) is None or data.dtype not in (np.float32, np.float64) or grad.dtype != data.dtype \
+            or tuple(grad.shape) != tuple(data.shape) or not (data.flags.c_contiguous and grad.flags.c_contiguous):
+        return None
     first, buf = 0, data  # the buffer argument is untouched without momentum
     if h["momentum"]:
         buf = state.get("momentum_buffer")
@@ -326,11 +363,24 @@ def _fused_sgd(p, state, h, lr) -> bool:
             buf, first = get_array_module(data).empty_like(data), 1  # written by the first step
             state["momentum_buffer"] = buf
         elif buf.dtype != data.dtype or not buf.flags.c_contiguous:
-            return False
-    kernels.launch_1d("optim", "sgd_update", target, (data, grad, buf, lr),
-                      (np.float64(h["momentum"]), np.float64(h["weight_decay"]), np.int32(bool(h["nesterov"])),
-                       np.int32(first)))
-    return True
+            return None
+    return data, grad, buf, first
+
+
+def _launch_sgd(items, h, lr):
+    """One launch of sgd_update over up to SGD_TENSORS ``(data, grad, buffer, first)`` of one group
+    (the same ``lr`` array and hyperparameters ``h``); grid y picks the parameter, unused slots
+    repeat the first one's arrays with no elements."""
+    data0 = items[0][0]
+    target, device = kernel_target(data0), kernels.array_device([data0])
+    slots = []
+    for data, grad, buf, first in items:
+        slots += [data, grad, buf, np.int64(data.size), np.int32(first)]
+    slots += [data0, items[0][1], items[0][2], np.int64(0), np.int32(0)] * (SGD_TENSORS - len(items))
+    blocks, block = kernels.grid_1d(max(int(d.size) for d, _, _, _ in items), kernels.BLOCK, target, device)
+    kernels.launch("optim", "sgd_update", data0.dtype, target, (blocks[0], len(items), 1), block,
+                   tuple(slots) + (lr, np.float64(h["momentum"]), np.float64(h["weight_decay"]),
+                                   np.int32(bool(h["nesterov"]))), device=device)
 
 
 class Adam(Optimizer):

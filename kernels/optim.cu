@@ -21,13 +21,20 @@
 // rounded on its own (mul_rn) and each operation in the array form's order, so the result is the
 // array form's, bit for bit.
 //
-// Kernels (extern "C"; 1-D grid-stride grids of GPUCONV_BLOCK threads, one element per thread
-// and step): sgd_update.
+// Several parameters per launch: sgd_update takes up to SGD_TENSORS of them (one parameter group:
+// the same learning rate and hyperparameters), each its own (p, grad, buffer, n, first), and its
+// grid's y index picks the parameter (grid (blocks, count): blockIdx.y < count). A network's 14-25
+// parameters are then 2-4 launches a step instead of one each. The arguments are written out per
+// slot (no array of pointers in device memory, which would be one more transfer a step, and one
+// a captured CUDA graph would freeze).
+//
+// Kernels (extern "C"; grid-stride over each parameter's elements in x, GPUCONV_BLOCK threads, one
+// element per thread and step): sgd_update.
 
-extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
-sgd_update(storage_t* p, const storage_t* grad, storage_t* buffer, const double* lr, long long n, double momentum,
-           double weight_decay, int nesterov, int first) {
-    const acc_t lr_ = (acc_t)lr[0], m = (acc_t)momentum, wd = (acc_t)weight_decay;
+#define SGD_TENSORS 8
+
+__device__ void sgd_update_one(storage_t* p, const storage_t* grad, storage_t* buffer, long long n, int first,
+                               acc_t lr, acc_t m, acc_t wd, int nesterov) {
     for (index_t i = global_thread_index(); i < n; i += global_thread_count()) {
         const acc_t w = to_acc(p[i]);
         acc_t g = to_acc(grad[i]);
@@ -37,6 +44,29 @@ sgd_update(storage_t* p, const storage_t* grad, storage_t* buffer, const double*
             buffer[i] = from_acc(b);
             g = nesterov ? g + mul_rn(m, b) : b;
         }
-        p[i] = from_acc(w - mul_rn(lr_, g));
+        p[i] = from_acc(w - mul_rn(lr, g));
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
+sgd_update(storage_t* p0, const storage_t* g0, storage_t* b0, long long n0, int first0,
+           storage_t* p1, const storage_t* g1, storage_t* b1, long long n1, int first1,
+           storage_t* p2, const storage_t* g2, storage_t* b2, long long n2, int first2,
+           storage_t* p3, const storage_t* g3, storage_t* b3, long long n3, int first3,
+           storage_t* p4, const storage_t* g4, storage_t* b4, long long n4, int first4,
+           storage_t* p5, const storage_t* g5, storage_t* b5, long long n5, int first5,
+           storage_t* p6, const storage_t* g6, storage_t* b6, long long n6, int first6,
+           storage_t* p7, const storage_t* g7, storage_t* b7, long long n7, int first7,
+           const double* lr, double momentum, double weight_decay, int nesterov) {
+    const acc_t lr_ = (acc_t)lr[0], m = (acc_t)momentum, wd = (acc_t)weight_decay;
+    switch (blockIdx.y) {
+        case 0: sgd_update_one(p0, g0, b0, n0, first0, lr_, m, wd, nesterov); break;
+        case 1: sgd_update_one(p1, g1, b1, n1, first1, lr_, m, wd, nesterov); break;
+        case 2: sgd_update_one(p2, g2, b2, n2, first2, lr_, m, wd, nesterov); break;
+        case 3: sgd_update_one(p3, g3, b3, n3, first3, lr_, m, wd, nesterov); break;
+        case 4: sgd_update_one(p4, g4, b4, n4, first4, lr_, m, wd, nesterov); break;
+        case 5: sgd_update_one(p5, g5, b5, n5, first5, lr_, m, wd, nesterov); break;
+        case 6: sgd_update_one(p6, g6, b6, n6, first6, lr_, m, wd, nesterov); break;
+        case 7: sgd_update_one(p7, g7, b7, n7, first7, lr_, m, wd, nesterov); break;
     }
 }

@@ -86,6 +86,38 @@ def test_sgd_kernel_is_the_array_form_bit_for_bit(dtype, momentum, nesterov, wd)
         assert sbuf is None and cbuf is None
 
 
+def test_sgd_kernel_updates_a_group_per_launch():
+    """SGD batches each parameter group's parameters into launches of up to SGD_TENSORS (grid y
+    picks the parameter): 11 parameters of mixed sizes in one group and 3 in another with their
+    own hyperparameters are 3 launches a step, with the array form's bits (momentum buffers
+    included); a frozen parameter and one without a gradient are left alone."""
+    from gpuconv.optim import SGD_TENSORS
+    rng = np.random.default_rng(4)
+    shapes = [(7,), (3, 5), (1,), (300,), (2, 3, 3, 3), (64,), (5, 5), (9,), (1000,), (4, 4), (2,), (17,), (3,), (6, 2)]
+    w0 = [rng.standard_normal(sh).astype(np.float32) for sh in shapes]
+    grads = [[rng.standard_normal(sh).astype(np.float32) for sh in shapes] for _ in range(3)]
+    runs = {}
+    for device in ("cpu", "sim"):
+        with gpuconv.default_device(device), gpuconv.kernels.launch_log() as log:
+            ps = [Parameter(w.copy(), f"w{i}") for i, w in enumerate(w0)]
+            frozen, gradless = Parameter(w0[0].copy(), "frozen", requires_grad=False), Parameter(w0[1].copy(), "none")
+            opt = SGD([{"params": ps[:11] + [frozen, gradless]},
+                       {"params": ps[11:], "lr": 0.05, "momentum": 0.5, "weight_decay": 1e-3}],
+                      lr=0.37, momentum=0.9, nesterov=True, weight_decay=5e-4)
+            for step in grads:
+                for p, g in zip(ps, step):
+                    p.grad = g.copy()
+                frozen.grad = step[0].copy()
+                opt.step()
+            runs[device] = ([p.data.copy() for p in ps + [frozen, gradless]],
+                            [opt.state[opt.params.index(p)].get("momentum_buffer") for p in ps], log.names)
+    (cpu, cbufs, cnames), (sim, sbufs, snames) = runs["cpu"], runs["sim"]
+    assert SGD_TENSORS == 8 and cnames == [] and snames == ["sgd_update"] * 3 * len(grads)
+    for a, b in zip(sim + sbufs, cpu + cbufs):
+        assert a.tobytes() == b.tobytes()
+    assert np.array_equal(sim[-2], w0[0]) and np.array_equal(sim[-1], w0[1])
+
+
 def test_sgd_kernel_declines_what_it_does_not_take():
     """A gradient in another dtype or a non-contiguous one: the array form runs (no launch)."""
     with gpuconv.default_device("sim"), gpuconv.kernels.launch_log() as log:
