@@ -276,6 +276,23 @@ def optim(run, rng):
                           f"{np.dtype(dtype).name}", p.data, ref.data)
 
 
+def amp_cast(run, rng):
+    """Mixed precision's parameter cast (kernels/amp.cu): 10 float32 masters of sizes 1 to 1000 (two
+    launches: every slot of the first) to bfloat16 and float16, against astype bit for bit."""
+    import ml_dtypes
+    from gpuconv import amp, layers  # noqa: PLC0415
+    sizes = (1, 3, 300, 7, 1000, 2, 64, 5, 257, 9)
+    for dtype in (ml_dtypes.bfloat16, np.float16):
+        ws = [(rng.standard_normal(n) * 100).astype(np.float32) for n in sizes]
+        model = layers.Sequential(*[layers.Linear(1, n, bias=False) for n in sizes])
+        for layer, w in zip(model.children(), ws):
+            layer.weight.data = run.dev(w.reshape(-1, 1))
+        amp.cast_parameters(model, dtype)
+        for layer, w in zip(model.children(), ws):
+            run.exact(f"cast_parameters n={w.size} {np.dtype(dtype).name}", layer.weight.compute,
+                      w.reshape(-1, 1).astype(dtype))
+
+
 def dropout(run, rng):
     for dtype in (np.float32, np.float64):
         for n, p in ((1, 0.5), (6, 0.3), (257, 0.9), (1000, 0.1)):  # 257, 1000: a partial last block
@@ -434,7 +451,7 @@ def main(argv=None):
     run.guard = not args.no_guard
     rng = np.random.default_rng(0)
     with gpuconv.default_device(args.device), kernels.launch_log() as log:
-        for family in (conv, conv_tc, gemm, pool, relu, gelu, loss, optim, dropout, augment, batchnorm, stream_hold):
+        for family in (conv, conv_tc, gemm, pool, relu, gelu, loss, optim, amp_cast, dropout, augment, batchnorm, stream_hold):
             # One family's crash is reported and the others still run: a GPU call is too scarce
             # to learn one failure at a time.
             before = len(run.items)

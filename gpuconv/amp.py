@@ -26,9 +26,10 @@ import contextlib
 
 import numpy as np
 
-from . import backend
+from . import backend, kernels, precision
 
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+CAST_TENSORS = kernels.defines("amp.cu")["CAST_TENSORS"]  # parameters per launch of cast_parameters
 
 
 def channels_last_for(precision: str) -> bool:
@@ -57,13 +58,52 @@ def check_precision(precision, where="precision"):
 
 def cast_parameters(model, dtype):
     """Give every low-precision-capable parameter of ``model`` (conv and linear weights and
-    biases) a ``.compute`` copy in ``dtype``, cast on its device; None (or float32) clears them."""
+    biases) a ``.compute`` copy in ``dtype``, cast on its device; None (or float32) clears them.
+    On a kernel target ('cuda', 'sim') float32 masters are cast to bfloat16/float16 by
+    kernels/amp.cu, several per launch (the bits of ``astype``); anything else by ``astype``."""
     dt = None if dtype is None else np.dtype(dtype)
+    batch = []
     for m in model.modules():
         for name in getattr(m, "_low_precision_params", ()):
             p = getattr(m, name, None)
-            if p is not None:
-                p.compute = None if dt is None or dt == p.data.dtype else p.data.astype(dt)
+            if p is None:
+                continue
+            if dt is None or dt == p.data.dtype:
+                p.compute = None
+            elif _castable(p.data, dt):
+                p.compute = backend.get_array_module(p.data).empty(p.data.shape, dt)
+                batch.append((p.data, p.compute))
+                if len(batch) == CAST_TENSORS:
+                    _launch_cast(batch)
+                    batch = []
+            else:
+                p.compute = p.data.astype(dt)
+    if batch:
+        _launch_cast(batch)
+
+
+def _castable(data, dt) -> bool:
+    return (dt in (precision.bfloat16, precision.float16) and data.dtype == np.float32 and data.flags.c_contiguous
+            and backend.kernel_target(data) is not None)
+
+
+def _launch_cast(batch):
+    """One launch of cast_parameters over up to CAST_TENSORS ``(src, dst)`` pairs on one device
+    and dtype (grid y picks the pair; unused slots repeat the first with no elements)."""
+    from . import kernels
+    groups = {}
+    for src, dst in batch:  # one launch per (device, dtype): a model is on one, in practice
+        groups.setdefault((kernels.array_device([src]), dst.dtype), []).append((src, dst))
+    for (device, dt), pairs in groups.items():
+        src0, dst0 = pairs[0]
+        target = backend.kernel_target(src0)
+        slots = []
+        for src, dst in pairs:
+            slots += [src, dst, np.int64(src.size)]
+        slots += [src0, dst0, np.int64(0)] * (CAST_TENSORS - len(pairs))
+        blocks, block = kernels.grid_1d(max(int(s.size) for s, _ in pairs), kernels.BLOCK, target, device)
+        kernels.launch("amp", "cast_parameters", dt, target, (blocks[0], len(pairs), 1), block, tuple(slots),
+                       device=device)
 
 
 @contextlib.contextmanager

@@ -89,7 +89,7 @@ from . import backend  # attribute access at call time: tests fake CuPy by patch
 from . import layout, precision
 
 KERNEL_FILES = ("conv2d", "conv2d_tc", "pool2d", "relu", "gelu", "dropout", "augment", "stream_hold", "gemm_tc",
-                "batchnorm", "optim", "loss")
+                "batchnorm", "optim", "loss", "amp")
 # The headers a file's translation unit gets after common.cuh, in order (see build_source).
 _TC_HEADERS = ("mma.cuh", "wgmma.cuh", "tc_tile.cuh")
 UNIT_HEADERS = {"gemm_tc": _TC_HEADERS, "conv2d_tc": _TC_HEADERS, "relu": ("activation.cuh",),

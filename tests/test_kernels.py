@@ -567,7 +567,9 @@ def test_training_steps_on_the_kernels_match_numpy(device):
                 opt.step()
                 losses[dev].append(gpuconv.item(loss))
     assert losses["cpu"][-1] < losses["cpu"][0]
-    np.testing.assert_allclose(losses[device], losses["cpu"], rtol=1e-4)
+    # The loss falls to about 1e-5, a difference of O(1) terms (a logit against the log-sum-exp):
+    # its rounding is absolute, a few float32 ulps of 1 whatever order the sums take.
+    np.testing.assert_allclose(losses[device], losses["cpu"], rtol=1e-4, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- the benchmark's validation
@@ -758,7 +760,7 @@ def test_launch_log_records_launches_and_catches_a_fallback(monkeypatch):
         assert inner.dispatches == [("relu_forward", "sim", "kernel")] and kernels.fallbacks(inner) == []
         monkeypatch.delitem(_dispatch._LAUNCHERS, ("relu_forward", "sim"))
         ops.relu_forward(x)
-        ops.softmax_cross_entropy(x.reshape(3, 100), np.zeros(3, np.int64))
+        ops.linear_forward(x.reshape(3, 100), np.ones((2, 100), np.float32), None)
     assert outer.names == ["relu_forward_v2"]  # the nested block's launch, and none from the fallback
     assert kernels.fallbacks(outer) == [("relu_forward", "sim", "no-launcher")]
-    assert outer.dispatches[-1] == ("softmax_cross_entropy", "sim", "reference")  # no kernels: no fallback
+    assert outer.dispatches[-1] == ("linear_forward", "sim", "reference")  # no kernels: no fallback

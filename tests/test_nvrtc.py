@@ -50,6 +50,7 @@ ENTRIES = {
     "gelu": ["gelu_forward", "gelu_backward"],
     "optim": ["sgd_update"],
     "loss": ["softmax_cross_entropy"],
+    "amp": ["cast_parameters"],
     "dropout": ["dropout_forward", "dropout_backward"],
     "stream_hold": ["stream_hold"],
     "gemm_tc": ["gemm_tc_nt", "gemm_tc_nn"],
