@@ -65,8 +65,8 @@ the default on every target (the simulator runs the production path), overridden
 at the same level, and every explicit choice beats the defaults.
 
 Simulator schedule. :func:`sim_schedule` (a context manager) makes simulator launches run the
-threads of each block in reversed order (``'reverse'``), which flushes out races that the
-forward order hides; ``sanitize=True`` routes them through the AddressSanitizer build.
+threads of each block, and the blocks, in reversed order (``'reverse'``), which flushes out races
+that the forward order hides; ``sanitize=True`` routes them through the AddressSanitizer build.
 """
 from __future__ import annotations
 
@@ -898,11 +898,15 @@ def tickets(like, count: int):
     """A uint32 array of at least ``count`` zeros on ``like``'s device (NumPy on the simulator): the
     tickets of the kernels whose last block to arrive finishes a reduction (softmax_cross_entropy,
     batch norm's sums), one per group of blocks. Each such launch counts from 0 and leaves its
-    tickets at 0 again, and launches run in stream order, so one array per device serves them all."""
+    tickets at 0 again, and launches run in stream order, so one array per device serves them all.
+    That is gpuconv's model: one stream per device at a time (the current one; a CUDA graph
+    replays on it). Two threads running these ops concurrently on two streams of one device would
+    share the tickets. 4096 entries (batch norm over 131072 channels) are made at the first use,
+    which is eager (StepGraph captures the second step), so no capture allocates them."""
     key = (backend.is_cupy_array(like), array_device([like]))
     t = _tickets.get(key)
     if t is None or t.size < count:
-        t = _tickets[key] = backend.get_array_module(like).zeros(max(int(count), 1024), dtype=np.uint32)
+        t = _tickets[key] = backend.get_array_module(like).zeros(max(int(count), 4096), dtype=np.uint32)
         _tickets_kept.append(t)
     return t
 

@@ -281,15 +281,14 @@ class SGD(Optimizer):
                 self._update(p, state, h)
                 continue
             lr = self._lr_of[id(p)]
-            key = (id(lr), h["momentum"], h["weight_decay"], bool(h["nesterov"]), p.data.dtype)
-            batch = batches.setdefault(key, (lr, h, []))[2]
-            batch.append(item)
-            if len(batch) == SGD_TENSORS:
-                _launch_sgd(batch, h, lr)
-                batch.clear()
-        for lr, h, batch in batches.values():
-            if batch:
-                _launch_sgd(batch, h, lr)
+            key = (id(lr), h["momentum"], h["weight_decay"], bool(h["nesterov"]), p.data.dtype,
+                   kernels.array_device([p.data]))
+            batches.setdefault(key, (lr, h, []))[2].append(item)
+        for lr, h, items in batches.values():
+            # Launches of similar sizes: the grid is sized for a launch's largest parameter.
+            items.sort(key=lambda item: item[0].size)
+            for k in range(0, len(items), SGD_TENSORS):
+                _launch_sgd(items[k:k + SGD_TENSORS], h, lr)
 
     def write_lrs(self):
         """Put each parameter group's learning rate (:meth:`hyper`'s, a float64) into the device

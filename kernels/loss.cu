@@ -14,8 +14,9 @@
 // the max and the sums are xor-shuffle trees, a fixed order), rows grid-strided. Each row's loss
 // goes to row_loss[i]; the last block to finish (a ticket taken with atomicAdd after a fence)
 // adds row_loss[0..N) in a fixed order (thread t sums rows t, t + B, ..., then a shared-memory
-// tree), writes loss[0] and resets the ticket to 0 for the next launch. So the sum does not
-// depend on which block finishes last: the same bits on every GPU and on the simulator.
+// tree), writes loss[0] and resets the ticket to 0 for the next launch. So the sum's order does not
+// depend on which block finishes last: the same bits from every run (on the simulator, whose
+// C-library exp and log may differ from CUDA's by an ulp, bits of its own).
 //
 // Element types (common.cuh): logits and dlogits are storage_t; everything is computed in acc_t
 // (float32 for bfloat16/float16/float32 logits, double for float64) and dlogits rounded once.

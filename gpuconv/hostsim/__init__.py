@@ -24,7 +24,8 @@ Design (GUIDE.md section 4):
   floats, -1 for ints) before each block, as is the dynamic shared buffer; a read that a
   missing barrier leaves unordered sees poison. ``reverse=True`` (or
   ``GPUCONV_SIM_SCHEDULE=reverse``) runs the threads last-first, exposing the other half of
-  such races.
+  such races, and the blocks last-first (a kernel whose last block to arrive finishes a
+  reduction then meets block 0 as the last).
 - Warp shuffles/ballots park each lane's value in an exchange slot; the lanes of the mask are
   released together. Atomics are plain read-modify-writes (fibers never preempt).
 - ``.sync.aligned`` warp instructions (mma.sync, ldmatrix; kernels/mma.cuh) run once over all

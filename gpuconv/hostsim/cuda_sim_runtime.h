@@ -550,9 +550,14 @@ extern "C" __attribute__((visibility("default"))) int gpuconv_sim_launch(
   install_fault_handler();
 #endif
   rt.in_launch = 1;
-  for (unsigned z = 0; z < grid[2] && !rt.status; ++z)
-    for (unsigned y = 0; y < grid[1] && !rt.status; ++y)
-      for (unsigned x = 0; x < grid[0] && !rt.status; ++x) {
+  // Blocks run one after another, in index order, or (reverse) in the opposite order: a kernel may
+  // not depend on the order blocks run in (a GPU gives none), and one that finishes a reduction
+  // in whichever block arrives last must work when that is block 0.
+  for (unsigned zi = 0; zi < grid[2] && !rt.status; ++zi)
+    for (unsigned yi = 0; yi < grid[1] && !rt.status; ++yi)
+      for (unsigned xi = 0; xi < grid[0] && !rt.status; ++xi) {
+        const unsigned x = reverse ? grid[0] - 1 - xi : xi, y = reverse ? grid[1] - 1 - yi : yi,
+                       z = reverse ? grid[2] - 1 - zi : zi;
         blockIdx = {x, y, z};
         ++rt.block_serial;
         poison_static_shared();
