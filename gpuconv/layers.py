@@ -424,8 +424,10 @@ class Conv2d(Layer):
         return y
 
     def backward(self, dy, need_dx=True):
-        dx, dw, db = ops.conv2d_backward(dy, self._take_cache(), need_dx=need_dx)
-        self.weight.accumulate(dw)
+        dx, dw, db = ops.conv2d_backward(dy, self._take_cache(), need_dx=need_dx,
+                                         need_dw=self.weight.requires_grad)  # frozen filters: no dw
+        if dw is not None:
+            self.weight.accumulate(dw)
         if self.bias is not None:
             self.bias.accumulate(db)
         return dx

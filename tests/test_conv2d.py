@@ -145,6 +145,36 @@ def test_need_dx_false_skips_dx_and_keeps_dw_db(backend, stride, padding, k):
     np.testing.assert_array_equal(backend.asnumpy(db2), backend.asnumpy(db))
 
 
+@pytest.mark.parametrize("need_dx", [True, False])
+def test_need_dw_false_skips_dw_and_keeps_dx_db(backend, need_dx):
+    """Frozen filters need no weight gradient: ``need_dw=False`` gives dw None, the same dx and db,
+    and on a kernel target launches no weight-gradient kernel (the Conv2d layer asks for it when
+    its weight has requires_grad=False)."""
+    rng = np.random.default_rng(5)
+    x = backend.asarray(rng.standard_normal((2, 4, 7, 7)).astype(np.float32))
+    w = backend.asarray(rng.standard_normal((3, 4, 3, 3)).astype(np.float32))
+    b = backend.asarray(rng.standard_normal(3).astype(np.float32))
+    y, cache = conv2d_forward(x, w, b, padding=1)
+    dy = backend.asarray(rng.standard_normal(y.shape).astype(np.float32))
+    dx, _, db = conv2d_backward(dy, cache, need_dx=need_dx)
+    before = len(backend.launches)
+    dx2, none, db2 = conv2d_backward(dy, cache, need_dx=need_dx, need_dw=False)
+    assert none is None and (dx2 is None) == (not need_dx)
+    if need_dx:
+        np.testing.assert_array_equal(backend.asnumpy(dx2), backend.asnumpy(dx))
+    np.testing.assert_array_equal(backend.asnumpy(db2), backend.asnumpy(db))
+    assert not any("backward_weight" in n or "reduce" in n for n in backend.launches.names[before:])
+    from gpuconv.layers import Conv2d
+    layer = Conv2d(4, 3, 3, padding=1)
+    layer.weight.requires_grad = False
+    layer.to(backend.device)
+    layer(x)
+    before = len(backend.launches)
+    layer.backward(dy)
+    assert layer.weight.grad is None and layer.bias.grad is not None
+    assert not any("backward_weight" in n for n in backend.launches.names[before:])
+
+
 def test_large_batch_is_chunked_consistently(backend, monkeypatch):
     """A tiny column budget forces one sample per chunk; results must not change."""
     rng = np.random.default_rng(4)

@@ -130,10 +130,10 @@ def conv2d_forward_kernel(x, w, b, stride, padding, tf32=False, *, target, relu=
 
 
 @register_launcher("conv2d_backward")
-def conv2d_backward_kernel(dy, cache, need_dx=True, tf32=False, *, target):
+def conv2d_backward_kernel(dy, cache, need_dx=True, tf32=False, need_dw=True, *, target):
     x, w, has_bias, stride, padding = cache
     dx = conv2d_backward_data_kernel(dy, w, x.shape, stride, padding, tf32, target=target, like=x) if need_dx else None
-    dw = conv2d_backward_weight_kernel(dy, x, w.shape, stride, padding, tf32, target=target)
+    dw = conv2d_backward_weight_kernel(dy, x, w.shape, stride, padding, tf32, target=target) if need_dw else None
     db = conv2d_backward_bias_kernel(dy, target=target) if has_bias else None
     return dx, dw, db
 

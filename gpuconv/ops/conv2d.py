@@ -51,12 +51,14 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, precision=None):
     return _dispatch.call("conv2d_forward", target, _conv2d_forward_reference, x, w, b, stride, padding, tf32)
 
 
-def conv2d_backward(dy, cache, need_dx=True, precision=None):
+def conv2d_backward(dy, cache, need_dx=True, precision=None, need_dw=True):
     """``dx, dw, db`` for ``conv2d_forward``'s output gradient ``dy``; ``db`` is None without bias.
 
     ``need_dx=False`` skips the input gradient (``dx`` is None): a network's first layer sees
     images, whose gradient nothing uses, and dx is a third of a convolution's backward work.
-    ``precision`` as in :func:`conv2d_forward`, chosen anew for the backward."""
+    ``need_dw=False`` skips the weight gradient (``dw`` is None): frozen filters (airbench94's
+    whitening layer) need none. ``precision`` as in :func:`conv2d_forward`, chosen anew for the
+    backward."""
     x, w = cache.x, cache.w
     check_float("dy", dy)
     check_rank("dy", dy, 4, "NKHW")
@@ -67,7 +69,8 @@ def conv2d_backward(dy, cache, need_dx=True, precision=None):
     check_same_dtype("x", x, dy=dy)
     tf32 = use_tf32(precision, dy.dtype)
     target = backend.kernel_target(dy, x, w)
-    return _dispatch.call("conv2d_backward", target, _conv2d_backward_reference, dy, cache, bool(need_dx), tf32)
+    return _dispatch.call("conv2d_backward", target, _conv2d_backward_reference, dy, cache, bool(need_dx), tf32,
+                          bool(need_dw))
 
 
 def _check_conv_args(x, w, b, stride, padding):
@@ -152,22 +155,24 @@ def _forward(x, w, b, stride, padding):
     return y.reshape(n, k, oh, ow)
 
 
-def _conv2d_backward_reference(dy, cache, need_dx=True, tf32=False):
+def _conv2d_backward_reference(dy, cache, need_dx=True, tf32=False, need_dw=True):
     x, w, has_bias, stride, padding = cache
     dyc, xc, wc = multiplicands(tf32, dy, x, w)
-    dx, dw = _backward(dyc, xc, wc, stride, padding, need_dx)
+    dx, dw = _backward(dyc, xc, wc, stride, padding, need_dx, need_dw)
     db = upcast(dy).sum(axis=(0, 2, 3)) if has_bias else None  # a sum: never TF32-rounded
     return round_once(dx, x.dtype), round_once(dw, w.dtype), round_once(db, dy.dtype)
 
 
-def _backward(dy, x, w, stride, padding, need_dx):
-    """dx (None unless ``need_dx``) and dw in dy's dtype (float32 or float64)."""
+def _backward(dy, x, w, stride, padding, need_dx, need_dw=True):
+    """dx (None unless ``need_dx``) and dw (None unless ``need_dw``) in dy's dtype (float32 or
+    float64)."""
     xp = get_array_module(dy, x, w)
     n, c, h, wd = x.shape
     k, _, fh, fw = w.shape
     oh, ow = dy.shape[2:]
     if n == 0:  # no image: no input gradient, and a weight gradient that is an empty sum
-        return (xp.zeros(x.shape, dtype=dy.dtype) if need_dx else None), xp.zeros(w.shape, dtype=dy.dtype)
+        return ((xp.zeros(x.shape, dtype=dy.dtype) if need_dx else None),
+                (xp.zeros(w.shape, dtype=dy.dtype) if need_dw else None))
     cff, length = c * fh * fw, oh * ow
     win = _windows(xp, _padded(xp, x, padding), fh, fw, oh, ow, stride)
     w2 = w.reshape(k, cff)
@@ -195,19 +200,22 @@ def _backward(dy, x, w, stride, padding, need_dx):
     for lo, hi in _chunks(n, per_item, max(_COL_BYTES, 2 * k * cff * x.itemsize)):
         m = hi - lo
         # Columns as (C*FH*FW, m*OH*OW): the weight gradient is ONE GEMM reducing over the chunk.
-        cols = win[lo:hi].transpose(1, 2, 3, 0, 4, 5).reshape(cff, m * length)
         dy_t = dy[lo:hi].reshape(m, k, length).transpose(1, 0, 2).reshape(k, m * length)
-        part = xp.matmul(cols, dy_t.T) if transposed else xp.matmul(dy_t, cols.T)
-        if dw2 is None:
-            dw2 = part
-        else:
-            dw2 += part
+        if need_dw:
+            cols = win[lo:hi].transpose(1, 2, 3, 0, 4, 5).reshape(cff, m * length)
+            part = xp.matmul(cols, dy_t.T) if transposed else xp.matmul(dy_t, cols.T)
+            if dw2 is None:
+                dw2 = part
+            else:
+                dw2 += part
         if not need_dx:
             continue
         if full:
             _dx_full(xp, dy[lo:hi], wf, (fh, fw), padding, dx[lo:hi])
         else:
             _dx_scatter(xp, xp.matmul(w2.T, dy_t), (c, fh, fw, m, oh, ow), stride, padding, dx[lo:hi])
+    if not need_dw:
+        return dx, None
     dw = xp.ascontiguousarray(dw2.T) if transposed else dw2
     return dx, dw.reshape(w.shape)
 
