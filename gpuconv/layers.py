@@ -424,8 +424,10 @@ class Conv2d(Layer):
         return y
 
     def backward(self, dy, need_dx=True):
+        # Frozen filters: no dw. Otherwise dw comes in the master's dtype (a bf16/fp16 dw widened
+        # as the kernel writes it: no cast to accumulate it).
         dx, dw, db = ops.conv2d_backward(dy, self._take_cache(), need_dx=need_dx,
-                                         need_dw=self.weight.requires_grad)  # frozen filters: no dw
+                                         need_dw=self.weight.requires_grad, dw_dtype=self.weight.data.dtype)
         if dw is not None:
             self.weight.accumulate(dw)
         if self.bias is not None:

@@ -41,8 +41,11 @@
 //                                   ceil(FH*FW*Cp / T), splits), every split `chunk` positions (a
 //                                   multiple of the k-tile's 32 or 16).
 //   conv2d_tc_weight_reduce         dw[k, c, fh, fw] (OIHW) = sum_z ws[z][k][(fh*FW + fw)*Cp + c] in
-//                                   a fixed order (deterministic, no float atomics), rounded once.
-//                                   1-D grid-stride over the K*C*FH*FW filter elements.
+//                                   a fixed order (deterministic, no float atomics), rounded once;
+//                                   with `widen`, the rounded value is written widened into the
+//                                   float32 dw32 instead (what a float32 master's gradient
+//                                   accumulates: one cast fewer). 1-D grid-stride over the
+//                                   K*C*FH*FW filter elements.
 //
 // Precision (common.cuh, gpuconv/precision.py): storage_t operands, products exact and sums in
 // float32 on the tensor cores (TF32 operands rounded by TensorCoreOp<float>::prepare), each
@@ -637,14 +640,19 @@ conv2d_backward_weight_tcwg256(const storage_t* dy, const storage_t* x, float* w
 }
 
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
-conv2d_tc_weight_reduce(const float* ws, storage_t* dw, int splits, int K, int C, int Cp, int FH, int FW) {
+conv2d_tc_weight_reduce(const float* ws, storage_t* dw, float* dw32, int widen, int splits, int K, int C, int Cp,
+                        int FH, int FW) {
     const index_t taps = (index_t)FH * FW, count = (index_t)K * C * taps, slice = (index_t)K * taps * Cp;
     for (index_t e = global_thread_index(); e < count; e += global_thread_count()) {
         const index_t tap = e % taps, kc = e / taps, c = kc % C, k = kc / C;
         const index_t at = (k * taps + tap) * Cp + c;
         float s = 0.0f;
         for (int z = 0; z < splits; ++z) s += ws[z * slice + at];
-        dw[e] = storage_from(s, (storage_t*)0);
+        const storage_t rounded = storage_from(s, (storage_t*)0);
+        if (widen)
+            dw32[e] = (float)to_acc(rounded);
+        else
+            dw[e] = rounded;
     }
 }
 

@@ -204,6 +204,38 @@ def test_weight_gradient_splits_add_in_a_fixed_order(monkeypatch, launches):
         assert_bound("dw", got, edw, mdw, 72, BF16, 1.0)
 
 
+@pytest.mark.parametrize("dtype", [BF16, np.dtype(np.float16)], ids=["bf16", "f16"])
+@pytest.mark.parametrize("variant", ["tc", "tc128", "tcwg"])
+def test_weight_gradient_widened_as_written(monkeypatch, dtype, variant):
+    """dw_dtype=float32: the reduce kernel writes the rounded weight gradient widened to float32,
+    the bits of rounding to the low precision and then casting (no separate cast launch), in one
+    and in several splits; the op and the Conv2d layer deliver it so to a float32 master."""
+    rng = np.random.default_rng(6)
+    x, w, _ = operands(CASES[0], dtype, rng)
+    dy = rng.standard_normal((2, 24, 6, 6)).astype(dtype)
+    with kernels.use_variant(dtype, conv2d_backward_weight=variant):
+        for chunk in (32, 10**6):
+            monkeypatch.setattr(LC, "MIN_SPLIT_CHUNK", chunk)
+            rounded = LC.conv2d_backward_weight_kernel(dy, x, w.shape, (1, 1), (1, 1), target="sim")
+            with kernels.launch_log() as log:
+                wide = LC.conv2d_backward_weight_kernel(dy, x, w.shape, (1, 1), (1, 1), target="sim",
+                                                        dw_dtype=np.float32)
+            assert rounded.dtype == dtype and wide.dtype == np.float32
+            assert wide.tobytes() == rounded.astype(np.float32).tobytes()
+            assert log.names[-1] == "conv2d_tc_weight_reduce"
+        with gpuconv.default_device("sim"):
+            y, cache = gpuconv.ops.conv2d_forward(x, w, padding=1)
+            _, dw, _ = gpuconv.ops.conv2d_backward(dy, cache, dw_dtype=np.float32)
+            assert dw.dtype == np.float32 and dw.tobytes() == rounded.astype(np.float32).tobytes()
+    _, ref, _ = conv_mod._conv2d_backward_reference(dy, conv_mod.Conv2dCache(x, w, False, (1, 1), (1, 1)),
+                                                    True, False, True, np.float32)
+    assert ref.dtype == np.float32 and np.array_equal(ref, conv_mod._conv2d_backward_reference(
+        dy, conv_mod.Conv2dCache(x, w, False, (1, 1), (1, 1)))[1].astype(np.float32))
+    with pytest.raises(ValueError, match="never narrowed"):
+        gpuconv.ops.conv2d_backward(dy.astype(np.float32), conv_mod.Conv2dCache(
+            x.astype(np.float32), w.astype(np.float32), False, (1, 1), (1, 1)), dw_dtype=dtype)
+
+
 def test_defaults_and_choices(monkeypatch, launches):
     """"auto" is the default but in float64; where the operands have a tensor-core format it runs
     tc or tc128; strict float32 and float64 run v2 even when tc is chosen;

@@ -130,10 +130,14 @@ def conv2d_forward_kernel(x, w, b, stride, padding, tf32=False, *, target, relu=
 
 
 @register_launcher("conv2d_backward")
-def conv2d_backward_kernel(dy, cache, need_dx=True, tf32=False, need_dw=True, *, target):
+def conv2d_backward_kernel(dy, cache, need_dx=True, tf32=False, need_dw=True, dw_dtype=None, *, target):
     x, w, has_bias, stride, padding = cache
     dx = conv2d_backward_data_kernel(dy, w, x.shape, stride, padding, tf32, target=target, like=x) if need_dx else None
-    dw = conv2d_backward_weight_kernel(dy, x, w.shape, stride, padding, tf32, target=target) if need_dw else None
+    dw = None
+    if need_dw:
+        dw = conv2d_backward_weight_kernel(dy, x, w.shape, stride, padding, tf32, target=target, dw_dtype=dw_dtype)
+        if dw_dtype is not None and dw.dtype != dw_dtype:  # a kernel that rounds into dy's dtype only
+            dw = dw.astype(dw_dtype)
     db = conv2d_backward_bias_kernel(dy, target=target) if has_bias else None
     return dx, dw, db
 
@@ -168,8 +172,9 @@ def conv2d_backward_data_kernel(dy, w, x_shape, stride, padding, tf32=False, *, 
     return dx
 
 
-def conv2d_backward_weight_kernel(dy, x, w_shape, stride, padding, tf32=False, *, target):
-    """dw of shape ``w_shape`` from ``dy`` and the forward input ``x``.
+def conv2d_backward_weight_kernel(dy, x, w_shape, stride, padding, tf32=False, *, target, dw_dtype=None):
+    """dw of shape ``w_shape`` from ``dy`` and the forward input ``x``, in dy's dtype (the tensor-core
+    kernels deliver it widened to ``dw_dtype`` float32 when asked; the caller casts the others).
 
     The tiled kernels write float partial sums (acc_t) to a workspace, one slice per split, that
     conv2d_reduce_splits adds up in order and rounds once into dw. float32/float64 with one split
@@ -180,7 +185,7 @@ def conv2d_backward_weight_kernel(dy, x, w_shape, stride, padding, tf32=False, *
         return xp.zeros(tuple(w_shape), dtype=dy.dtype)
     var = kernels.resolve("conv2d_backward_weight", dy.dtype, tf32, channels=w_shape[0])
     if var in tc.SHAPES:
-        dw = tc.backward_weight(dy, x, w_shape, stride, padding, tf32, target=target, variant=var)
+        dw = tc.backward_weight(dy, x, w_shape, stride, padding, tf32, target=target, variant=var, dw_dtype=dw_dtype)
         if dw is not None:
             return dw
         var = "v2"  # no tensor-core format for this dtype

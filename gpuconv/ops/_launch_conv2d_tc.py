@@ -145,9 +145,10 @@ def backward_data(dy, w, x_shape, stride, padding, tf32, like, *, target, varian
     return _back(dx, like)
 
 
-def backward_weight(dy, x, w_shape, stride, padding, tf32, *, target, variant="tc"):
+def backward_weight(dy, x, w_shape, stride, padding, tf32, *, target, variant="tc", dw_dtype=None):
     """dw (OIHW, shape ``w_shape``) on tensor cores, or None: split-K float32 partial sums, then
-    conv2d_tc_weight_reduce adds them in a fixed order and rounds once."""
+    conv2d_tc_weight_reduce adds them in a fixed order and rounds once to dy's dtype; with
+    ``dw_dtype`` float32 (a bf16/fp16 dy) it delivers that rounded value widened to float32."""
     n, c, h, wd = x.shape
     k, _, fh, fw = w_shape
     oh, ow = dy.shape[2:]
@@ -160,7 +161,8 @@ def backward_weight(dy, x, w_shape, stride, padding, tf32, *, target, variant="t
     xh = _nhwc_padded(x, PIECE // x.itemsize)
     cp = xh.shape[3]
     rows, cols, l_total = k, fh * fw * cp, n * oh * ow
-    dw = xp.empty(tuple(w_shape), dtype=dy.dtype)
+    widen = dw_dtype is not None and np.dtype(dw_dtype) == np.float32 and dy.dtype != np.float32
+    dw = xp.empty(tuple(w_shape), dtype=np.float32 if widen else dy.dtype)
     if not dw.size:
         return dw
     device = kernels.array_device([dy])
@@ -177,5 +179,6 @@ def backward_weight(dy, x, w_shape, stride, padding, tf32, *, target, variant="t
     _launch("conv2d_backward_weight", variant, dy.dtype, target, rows, cols, args, tf32, device, splits)
     grid, block = kernels.grid_1d(dw.size, kernels.BLOCK, target, device)
     kernels.launch("conv2d_tc", "conv2d_tc_weight_reduce", dy.dtype, target, grid, block,
-                   (ws, dw) + _i32(splits, k, c, cp, fh, fw), device=device, tf32=tf32)
+                   (ws, None if widen else dw, dw if widen else None) + _i32(widen, splits, k, c, cp, fh, fw),
+                   device=device, tf32=tf32)
     return dw

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 from collections import namedtuple
 
+import numpy as np
+
 from .. import backend
 from ..backend import get_array_module
 from ..precision import multiplicands, round_once, upcast, use_tf32
@@ -51,14 +53,17 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, precision=None):
     return _dispatch.call("conv2d_forward", target, _conv2d_forward_reference, x, w, b, stride, padding, tf32)
 
 
-def conv2d_backward(dy, cache, need_dx=True, precision=None, need_dw=True):
+def conv2d_backward(dy, cache, need_dx=True, precision=None, need_dw=True, dw_dtype=None):
     """``dx, dw, db`` for ``conv2d_forward``'s output gradient ``dy``; ``db`` is None without bias.
 
     ``need_dx=False`` skips the input gradient (``dx`` is None): a network's first layer sees
     images, whose gradient nothing uses, and dx is a third of a convolution's backward work.
     ``need_dw=False`` skips the weight gradient (``dw`` is None): frozen filters (airbench94's
-    whitening layer) need none. ``precision`` as in :func:`conv2d_forward`, chosen anew for the
-    backward."""
+    whitening layer) need none. ``dw_dtype``: the dtype to deliver dw in (default w's): a
+    bfloat16/float16 convolution's weight gradient is rounded once to that precision (the rule of
+    :mod:`gpuconv.precision`) and then, for ``dw_dtype=float32``, widened exactly, which the
+    tensor-core kernels do as they write it (a float32 master accumulates it without a cast).
+    ``precision`` as in :func:`conv2d_forward`, chosen anew for the backward."""
     x, w = cache.x, cache.w
     check_float("dy", dy)
     check_rank("dy", dy, 4, "NKHW")
@@ -69,8 +74,13 @@ def conv2d_backward(dy, cache, need_dx=True, precision=None, need_dw=True):
     check_same_dtype("x", x, dy=dy)
     tf32 = use_tf32(precision, dy.dtype)
     target = backend.kernel_target(dy, x, w)
+    if dw_dtype is not None:
+        dw_dtype = np.dtype(dw_dtype)
+        if dw_dtype not in (w.dtype, np.float32, np.float64) or dw_dtype.itemsize < w.dtype.itemsize:
+            raise ValueError(f"dw_dtype={dw_dtype}: the weight gradient is delivered in w's dtype ({w.dtype}) or "
+                             "widened to float32/float64, never narrowed")
     return _dispatch.call("conv2d_backward", target, _conv2d_backward_reference, dy, cache, bool(need_dx), tf32,
-                          bool(need_dw))
+                          bool(need_dw), dw_dtype)
 
 
 def _check_conv_args(x, w, b, stride, padding):
@@ -155,12 +165,15 @@ def _forward(x, w, b, stride, padding):
     return y.reshape(n, k, oh, ow)
 
 
-def _conv2d_backward_reference(dy, cache, need_dx=True, tf32=False, need_dw=True):
+def _conv2d_backward_reference(dy, cache, need_dx=True, tf32=False, need_dw=True, dw_dtype=None):
     x, w, has_bias, stride, padding = cache
     dyc, xc, wc = multiplicands(tf32, dy, x, w)
     dx, dw = _backward(dyc, xc, wc, stride, padding, need_dx, need_dw)
     db = upcast(dy).sum(axis=(0, 2, 3)) if has_bias else None  # a sum: never TF32-rounded
-    return round_once(dx, x.dtype), round_once(dw, w.dtype), round_once(db, dy.dtype)
+    dw = round_once(dw, w.dtype)
+    if dw is not None and dw_dtype is not None:
+        dw = dw.astype(dw_dtype, copy=False)  # exact: a widening
+    return round_once(dx, x.dtype), dw, round_once(db, dy.dtype)
 
 
 def _backward(dy, x, w, stride, padding, need_dx, need_dw=True):
