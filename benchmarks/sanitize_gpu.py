@@ -296,6 +296,14 @@ def amp_cast(run, rng):
         for layer, w in zip(model.children(), ws):
             run.exact(f"cast_parameters n={w.size} {np.dtype(dtype).name}", layer.weight.compute,
                       w.reshape(-1, 1).astype(dtype))
+        # filters: written channels_last (OHWI memory), transposed on the way
+        convs = layers.Sequential(*[layers.Conv2d(c, k, f) for c, k, f in ((3, 5, 3), (24, 7, 2), (8, 3, 1))])
+        for conv in convs.children():
+            conv.weight.data = run.dev(rng.standard_normal(conv.weight.shape).astype(np.float32))
+        amp.cast_parameters(convs, dtype)
+        for conv in convs.children():
+            run.exact(f"cast_parameters filters {conv.weight.shape} {np.dtype(dtype).name}", conv.weight.compute,
+                      common.host(conv.weight.data).astype(dtype))
 
 
 def dropout(run, rng):

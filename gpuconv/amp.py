@@ -26,7 +26,7 @@ import contextlib
 
 import numpy as np
 
-from . import backend, kernels, precision
+from . import backend, kernels, layout, precision
 
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 CAST_TENSORS = kernels.defines("amp.cu")["CAST_TENSORS"]  # parameters per launch of cast_parameters
@@ -60,7 +60,9 @@ def cast_parameters(model, dtype):
     """Give every low-precision-capable parameter of ``model`` (conv and linear weights and
     biases) a ``.compute`` copy in ``dtype``, cast on its device; None (or float32) clears them.
     On a kernel target ('cuda', 'sim') float32 masters are cast to bfloat16/float16 by
-    kernels/amp.cu, several per launch (the bits of ``astype``); anything else by ``astype``."""
+    kernels/amp.cu, several per launch (the bits of ``astype``), and the copies of 4-D filters are
+    channels_last (OHWI memory, gpuconv.layout), the order the tensor-core convolutions read
+    them in, so the forward takes them without a repacking copy; anything else by ``astype``."""
     dt = None if dtype is None else np.dtype(dtype)
     batch = []
     for m in model.modules():
@@ -71,7 +73,9 @@ def cast_parameters(model, dtype):
             if dt is None or dt == p.data.dtype:
                 p.compute = None
             elif _castable(p.data, dt):
-                p.compute = backend.get_array_module(p.data).empty(p.data.shape, dt)
+                xp = backend.get_array_module(p.data)
+                p.compute = layout.empty(xp, p.data.shape, dt, channels_last=True) if p.data.ndim == 4 \
+                    else xp.empty(p.data.shape, dt)
                 batch.append((p.data, p.compute))
                 if len(batch) == CAST_TENSORS:
                     _launch_cast(batch)
@@ -89,8 +93,8 @@ def _castable(data, dt) -> bool:
 
 def _launch_cast(batch):
     """One launch of cast_parameters over up to CAST_TENSORS ``(src, dst)`` pairs on one device
-    and dtype (grid y picks the pair; unused slots repeat the first with no elements)."""
-    from . import kernels
+    and dtype (grid y picks the pair; unused slots repeat the first with no elements). A 4-D ``dst`` is
+    channels_last: written in its NHWC memory order from the OIHW ``src``."""
     groups = {}
     for src, dst in batch:  # one launch per (device, dtype): a model is on one, in practice
         groups.setdefault((kernels.array_device([src]), dst.dtype), []).append((src, dst))
@@ -99,8 +103,9 @@ def _launch_cast(batch):
         target = backend.kernel_target(src0)
         slots = []
         for src, dst in pairs:
-            slots += [src, dst, np.int64(src.size)]
-        slots += [src0, dst0, np.int64(0)] * (CAST_TENSORS - len(pairs))
+            inner, taps = (src.shape[1], src.shape[2] * src.shape[3]) if src.ndim == 4 else (1, 1)
+            slots += [src, layout.memory_order(dst), np.int64(src.size), np.int32(inner), np.int32(taps)]
+        slots += [src0, layout.memory_order(dst0), np.int64(0), np.int32(1), np.int32(1)] * (CAST_TENSORS - len(pairs))
         blocks, block = kernels.grid_1d(max(int(s.size) for s, _ in pairs), kernels.BLOCK, target, device)
         kernels.launch("amp", "cast_parameters", dt, target, (blocks[0], len(pairs), 1), block, tuple(slots),
                        device=device)

@@ -247,3 +247,25 @@ def test_cast_parameters_kernel_gives_astypes_bits(dtype):
     for layer, a in zip(layers, arrays):
         got = layer.weight.compute
         assert got.dtype == np.dtype(dtype) and got.tobytes() == a.reshape(a.size, 1).astype(dtype).tobytes()
+
+
+@pytest.mark.parametrize("dtype", [ml_dtypes.bfloat16, np.float16])
+def test_cast_filters_are_channels_last_and_need_no_repack(dtype):
+    """4-D filters are cast into channels_last copies (OHWI memory) with astype's values, which the
+    tensor-core forward reads as they are: its K-contiguous repack is a view, not a copy."""
+    from gpuconv.ops import _launch_conv2d_tc as TC
+    rng = np.random.default_rng(13)
+    convs = [Conv2d(c, k, f, bias=True) for c, k, f in ((3, 5, 3), (16, 8, 1), (8, 24, 2), (1, 2, 3))]
+    with gpuconv.default_device("sim"), kernels.launch_log() as log:
+        model = Sequential(*convs)
+        for conv in convs:
+            conv.weight.data = rng.standard_normal(conv.weight.shape).astype(np.float32)
+        amp.cast_parameters(model, dtype)
+    assert log.names == ["cast_parameters"]  # 4 filters and 4 biases: one launch
+    for conv in convs:
+        w, want = conv.weight.compute, conv.weight.data.astype(dtype)
+        assert w.dtype == np.dtype(dtype) and np.array_equal(w.view(np.uint16), want.view(np.uint16))
+        assert gpuconv.layout.nhwc_memory(w) and conv.bias.compute.tobytes() == conv.bias.data.astype(dtype).tobytes()
+        c = w.shape[1]
+        if c % 8 == 0:
+            assert np.shares_memory(TC._repacked(w, (0, 2, 3, 1), c, c), w)
