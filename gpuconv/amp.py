@@ -74,8 +74,9 @@ def cast_parameters(model, dtype):
                 p.compute = None
             elif _castable(p.data, dt):
                 xp = backend.get_array_module(p.data)
-                p.compute = layout.empty(xp, p.data.shape, dt, channels_last=True) if p.data.ndim == 4 \
-                    else xp.empty(p.data.shape, dt)
+                with backend.array_device_context((p.data,)):  # CuPy allocates on the current device
+                    p.compute = layout.empty(xp, p.data.shape, dt, channels_last=True) if p.data.ndim == 4 \
+                        else xp.empty(p.data.shape, dt)
                 batch.append((p.data, p.compute))
                 if len(batch) == CAST_TENSORS:
                     _launch_cast(batch)

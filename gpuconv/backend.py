@@ -229,6 +229,16 @@ def get_array_module(*arrays):
     return cupy_module() if first_cp is not None else np
 
 
+def array_device_context(arrays):
+    """``cupy.cuda.Device(i)`` of the first CuPy array among ``arrays``, as a context (CuPy
+    allocates on, and launches to, the current device); a no-op context when there is none. When
+    the arrays already sit on the current device (the common case) CuPy skips cudaSetDevice."""
+    for a in arrays:
+        if is_cupy_array(a):
+            return cupy_module().cuda.Device(a.device.id)
+    return contextlib.nullcontext()
+
+
 def device_of(x) -> Device:
     """Where an array lives: Device('cuda:N') for CuPy arrays, Device('cpu') for NumPy ones."""
     if is_cupy_array(x):

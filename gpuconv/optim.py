@@ -3,9 +3,9 @@
 Updates follow PyTorch's formulas and run in place on the parameters' own device with the
 array module of each parameter: the learning rate and other hyperparameters are Python
 floats, so a step launches elementwise kernels and never reads a value back to the host. SGD on a
-kernel target ('cuda', 'sim') runs its whole update as one kernel per parameter
-(kernels/optim.cu), with the array form's bits: its eight elementwise launches per parameter
-were host time in steps that a GPU runs faster than Python submits them.
+kernel target ('cuda', 'sim') runs its whole update as one kernel over up to 8 parameters of a
+group (kernels/optim.cu), with the array form's bits: its eight elementwise launches per
+parameter were host time in steps that a GPU runs faster than Python submits them.
 Parameters whose ``.grad`` is None, and frozen ones (``requires_grad=False``), are skipped (as
 in PyTorch).
 

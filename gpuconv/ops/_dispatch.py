@@ -34,10 +34,8 @@ not switched by ``Device('cuda:1')`` alone).
 """
 from __future__ import annotations
 
-import contextlib
-
 from .. import kernels, layout
-from ..backend import kernel_target
+from ..backend import array_device_context, kernel_target
 from ._checks import check_float, check_same_dtype
 
 _TARGETS = ("cuda", "sim")
@@ -77,7 +75,7 @@ def call(op_name, target, reference, *args):
     """Run ``op_name``: its launcher when one is registered for ``target``, else ``reference``
     (on 'cuda', with the arrays' device current)."""
     if target == "cuda":
-        with _array_device_context(args):
+        with array_device_context(args):
             return _run(op_name, target, reference, args)
     return _run(op_name, target, reference, args)
 
@@ -131,11 +129,3 @@ def has_kernels(op_name) -> bool:
     return any(get_launcher(op_name, t) is not None for t in _TARGETS)
 
 
-def _array_device_context(args):
-    """``cupy.cuda.Device(i)`` of the first CuPy array among ``args`` (a no-op context when the
-    arrays sit on the current device already, the common case: CuPy then skips cudaSetDevice)."""
-    from ..backend import cupy_module, is_cupy_array
-    for a in args:
-        if is_cupy_array(a):
-            return cupy_module().cuda.Device(a.device.id)
-    return contextlib.nullcontext()
