@@ -93,23 +93,21 @@ def _castable(data, dt) -> bool:
 
 
 def _launch_cast(batch):
-    """One launch of cast_parameters over up to CAST_TENSORS ``(src, dst)`` pairs on one device
-    and dtype (grid y picks the pair; unused slots repeat the first with no elements). A 4-D ``dst`` is
-    channels_last: written in its NHWC memory order from the OIHW ``src``."""
+    """cast_parameters over up to CAST_TENSORS ``(src, dst)`` pairs, a launch per device and dtype
+    (:func:`gpuconv.kernels.launch_slots`). A 4-D ``dst`` is channels_last: written in its NHWC
+    memory order from the OIHW ``src``."""
     groups = {}
     for src, dst in batch:  # one launch per (device, dtype): a model is on one, in practice
         groups.setdefault((kernels.array_device([src]), dst.dtype), []).append((src, dst))
     for (device, dt), pairs in groups.items():
-        src0, dst0 = pairs[0]
-        target = backend.kernel_target(src0)
         slots = []
         for src, dst in pairs:
             inner, taps = (src.shape[1], src.shape[2] * src.shape[3]) if src.ndim == 4 else (1, 1)
-            slots += [src, layout.memory_order(dst), np.int64(src.size), np.int32(inner), np.int32(taps)]
-        slots += [src0, layout.memory_order(dst0), np.int64(0), np.int32(1), np.int32(1)] * (CAST_TENSORS - len(pairs))
-        blocks, block = kernels.grid_1d(max(int(s.size) for s, _ in pairs), kernels.BLOCK, target, device)
-        kernels.launch("amp", "cast_parameters", dt, target, (blocks[0], len(pairs), 1), block, tuple(slots),
-                       device=device)
+            slots.append((src, layout.memory_order(dst), np.int64(src.size), np.int32(inner), np.int32(taps)))
+        src0, dst0 = pairs[0]
+        kernels.launch_slots("amp", "cast_parameters", dt, backend.kernel_target(src0), slots,
+                             [src.size for src, _ in pairs], CAST_TENSORS,
+                             (src0, layout.memory_order(dst0), np.int64(0), np.int32(1), np.int32(1)), device=device)
 
 
 @contextlib.contextmanager

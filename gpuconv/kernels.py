@@ -857,6 +857,18 @@ def launch_1d(op_file: str, kernel: str, target: str, arrays, scalars=(), per_th
            device=device)
 
 
+def launch_slots(op_file: str, kernel: str, dtype, target: str, slots, sizes, width: int, idle, extra=(),
+                 device: int | None = None):
+    """One launch of a kernel that takes ``width`` parameter slots written out as arguments (SGD's
+    update, the mixed-precision casts): ``slots`` are the used slots' argument tuples, ``sizes``
+    their element counts, ``idle`` the tuple that fills each unused slot (arrays of the first,
+    no elements), ``extra`` the arguments after the slots. Grid y picks the slot, x strides over
+    its elements (:func:`grid_1d` for the largest)."""
+    args = tuple(a for slot in slots for a in slot) + tuple(idle) * (width - len(slots)) + tuple(extra)
+    grid, block = grid_1d(max(int(n) for n in sizes), BLOCK, target, device)
+    launch(op_file, kernel, dtype, target, (grid[0], len(slots), 1), block, args, device=device)
+
+
 def contiguous_like(*arrays, outputs: int = 1, keep_channels_last: bool = False):
     """``arrays`` made C-contiguous (copies only where needed), then ``outputs`` new empty arrays
     like the first: the inputs and the outputs of an elementwise launch. With

@@ -368,18 +368,14 @@ def _fused_sgd_operands(p, state, h):
 
 def _launch_sgd(items, h, lr):
     """One launch of sgd_update over up to SGD_TENSORS ``(data, grad, buffer, first)`` of one group
-    (the same ``lr`` array and hyperparameters ``h``); grid y picks the parameter, unused slots
-    repeat the first one's arrays with no elements."""
-    data0 = items[0][0]
-    target, device = kernel_target(data0), kernels.array_device([data0])
-    slots = []
-    for data, grad, buf, first in items:
-        slots += [data, grad, buf, np.int64(data.size), np.int32(first)]
-    slots += [data0, items[0][1], items[0][2], np.int64(0), np.int32(0)] * (SGD_TENSORS - len(items))
-    blocks, block = kernels.grid_1d(max(int(d.size) for d, _, _, _ in items), kernels.BLOCK, target, device)
-    kernels.launch("optim", "sgd_update", data0.dtype, target, (blocks[0], len(items), 1), block,
-                   tuple(slots) + (lr, np.float64(h["momentum"]), np.float64(h["weight_decay"]),
-                                   np.int32(bool(h["nesterov"]))), device=device)
+    (the same ``lr`` array and hyperparameters ``h``), :func:`gpuconv.kernels.launch_slots`."""
+    data0, grad0, buf0, _ = items[0]
+    kernels.launch_slots("optim", "sgd_update", data0.dtype, kernel_target(data0),
+                         [(d, g, b, np.int64(d.size), np.int32(first)) for d, g, b, first in items],
+                         [d.size for d, _, _, _ in items], SGD_TENSORS,
+                         (data0, grad0, buf0, np.int64(0), np.int32(0)),
+                         (lr, np.float64(h["momentum"]), np.float64(h["weight_decay"]), np.int32(bool(h["nesterov"]))),
+                         device=kernels.array_device([data0]))
 
 
 class Adam(Optimizer):

@@ -178,9 +178,7 @@ def backward_weight(dy, x, w_shape, stride, padding, tf32, *, target, variant="t
     args = (dyh, xh, ws) + _i32(n, cp, h, wd, k, fh, fw, oh, ow, *stride, *padding, chunk, vec_dy)
     _launch("conv2d_backward_weight", variant, dy.dtype, target, rows, cols, args, tf32, device, splits)
     grid, block = kernels.grid_1d(dw.size, kernels.BLOCK, target, device)
-    # The output the kernel does not write gets a stand-in array, not None: CuPy before 14 passes
-    # None as no pointer at all.
-    out, out32 = (xp.empty(1, dtype=dy.dtype), dw) if widen else (dw, ws)
     kernels.launch("conv2d_tc", "conv2d_tc_weight_reduce", dy.dtype, target, grid, block,
-                   (ws, out, out32) + _i32(widen, splits, k, c, cp, fh, fw), device=device, tf32=tf32)
+                   (ws, None if widen else dw, dw if widen else None) + _i32(widen, splits, k, c, cp, fh, fw),
+                   device=device, tf32=tf32)  # None: a null pointer (CuPy 14), for the output not written
     return dw
