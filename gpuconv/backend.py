@@ -77,6 +77,8 @@ def cuda_status() -> str:
 
 
 def is_cupy_array(x) -> bool:
+    if type(x) is np.ndarray:  # the common case, answered without the cupy lookup
+        return False
     cp = cupy_module()
     return cp is not None and isinstance(x, cp.ndarray)
 
@@ -207,26 +209,36 @@ def get_array_module(*arrays):
     """numpy or cupy, from the arrays given (None and Python scalars are ignored).
 
     Mixing NumPy and CuPy arrays, or CuPy arrays of two GPUs, in one call is a
-    :class:`DeviceMismatchError` (a TypeError) naming both."""
+    :class:`DeviceMismatchError` (a TypeError) naming both. (Every op calls this, several times:
+    NumPy arrays and a machine without CuPy are answered first.)"""
+    if cupy_module() is None:  # no CuPy: whatever was passed, the arrays are NumPy's
+        return np
     first_np = first_cp = None
     for i, a in enumerate(arrays):
-        if a is None or isinstance(a, (int, float, bool, np.generic)):
+        if type(a) is np.ndarray:
+            first_np = i if first_np is None else first_np
+        elif a is None or isinstance(a, (int, float, bool, np.generic)):
             continue
-        if is_cupy_array(a):
+        elif is_cupy_array(a):
             if first_cp is None:
                 first_cp = i
-            elif a.device.id != arrays[first_cp].device.id:
+            elif device_id(a) != device_id(arrays[first_cp]):
+                here, there = device_id(arrays[first_cp]), device_id(a)
                 raise DeviceMismatchError(
-                    f"argument {first_cp} is on cuda:{arrays[first_cp].device.id} and argument {i} on "
-                    f"cuda:{a.device.id}: put both on one GPU first, e.g. gpuconv.to_device(x, "
-                    f"'cuda:{arrays[first_cp].device.id}')")
+                    f"argument {first_cp} is on cuda:{here} and argument {i} on cuda:{there}: put both on one "
+                    f"GPU first, e.g. gpuconv.to_device(x, 'cuda:{here}')")
         elif isinstance(a, np.ndarray):
-            first_np = first_np if first_np is not None else i
+            first_np = i if first_np is None else first_np
     if first_cp is not None and first_np is not None:
         raise DeviceMismatchError(
             f"argument {first_np} is a numpy.ndarray (host) and argument {first_cp} is a cupy.ndarray "
             "(GPU): put both on one device first, e.g. gpuconv.to_device(x, 'cuda') or gpuconv.asnumpy(x)")
     return cupy_module() if first_cp is not None else np
+
+
+def device_id(a) -> int:
+    """The GPU index of the CuPy array ``a`` (``a.device.id``, read without making a Device object)."""
+    return a.data.device_id
 
 
 def array_device_context(arrays):
@@ -235,14 +247,14 @@ def array_device_context(arrays):
     the arrays already sit on the current device (the common case) CuPy skips cudaSetDevice."""
     for a in arrays:
         if is_cupy_array(a):
-            return cupy_module().cuda.Device(a.device.id)
+            return cupy_module().cuda.Device(device_id(a))
     return contextlib.nullcontext()
 
 
 def device_of(x) -> Device:
     """Where an array lives: Device('cuda:N') for CuPy arrays, Device('cpu') for NumPy ones."""
     if is_cupy_array(x):
-        return Device("cuda", x.device.id)
+        return Device("cuda", device_id(x))
     return Device("cpu")
 
 
@@ -281,7 +293,7 @@ def to_device(x, device=None):
     dev = Device(device) if device is not None else get_default_device()
     if dev.is_cuda:
         cp = require_cupy()
-        if is_cupy_array(x) and x.device.id == dev.index:
+        if is_cupy_array(x) and device_id(x) == dev.index:
             return x
         with cp.cuda.Device(dev.index):
             if is_cupy_array(x):  # on another GPU: asarray may hand back the array where it is

@@ -884,7 +884,7 @@ def contiguous_like(*arrays, outputs: int = 1, keep_channels_last: bool = False)
 
 def address(a) -> int:
     """The address of a NumPy or CuPy array's first element (what alignment rules are about)."""
-    return a.data.ptr if backend.is_cupy_array(a) else a.ctypes.data
+    return a.ctypes.data if type(a) is np.ndarray else a.data.ptr if backend.is_cupy_array(a) else a.ctypes.data
 
 
 # Bytes of channels per thread of the channels_last ``_vec`` kernels (VEC16 in common.cuh).
@@ -930,7 +930,7 @@ def array_device(arrays) -> int | None:
         ndarray = cp.ndarray  # looked up once: this runs on every launch
         for a in arrays:
             if isinstance(a, ndarray):
-                return a.device.id
+                return backend.device_id(a)
     return None
 
 

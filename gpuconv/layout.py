@@ -30,11 +30,27 @@ def _dense_in(x, order) -> bool:
     """Whether ``x``'s axes, taken in ``order`` (slowest first), are C-contiguous: the flag of its
     transpose, read off shape and strides without making the transposed view (an op checks the
     layout of every array it launches on, and a CuPy view costs microseconds of host time).
-    Axes of length 1 take any stride and an empty array is contiguous, as NumPy and CuPy say."""
-    shape, strides = x.shape, x.strides
+    Axes of length 1 take any stride and an empty array is contiguous, as NumPy and CuPy say.
+    The answers are memoized per (shape, strides, element size, order): a network asks about
+    the same few geometries at every step."""
+    key = (x.shape, x.strides, x.itemsize, order)
+    dense = _DENSE.get(key)
+    if dense is None:
+        dense = _dense_by_strides(*key)
+        if len(_DENSE) >= _DENSE_MAX:
+            _DENSE.clear()
+        _DENSE[key] = dense
+    return dense
+
+
+_DENSE: dict = {}
+_DENSE_MAX = 4096
+
+
+def _dense_by_strides(shape, strides, itemsize, order) -> bool:
     if 0 in shape:
         return True
-    expected = x.itemsize
+    expected = itemsize
     for axis in reversed(order):
         if shape[axis] != 1:
             if strides[axis] != expected:

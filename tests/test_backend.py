@@ -114,16 +114,16 @@ def test_get_array_module_numpy_and_ignored_arguments():
 
 class _FakeCupyArray:
     def __init__(self, gpu=0):
-        self.device = type("FakeCudaDevice", (), {"id": gpu})()
+        self.data = type("FakeMemoryPointer", (), {"device_id": gpu})()  # what cupy's a.device.id reads
 
 
 def test_mixing_numpy_and_cupy_is_a_type_error(monkeypatch):
     monkeypatch.setattr(B, "is_cupy_array", lambda a: isinstance(a, _FakeCupyArray))
+    monkeypatch.setattr(B, "cupy_module", lambda: "cupy")
     with pytest.raises(gpuconv.DeviceMismatchError, match=r"argument 0 is a numpy.ndarray \(host\) and argument 2 is "
                                                           r"a cupy.ndarray \(GPU\): put both on one device first"):
         B.get_array_module(np.ones(1), None, _FakeCupyArray())
     assert issubclass(gpuconv.DeviceMismatchError, TypeError)  # what callers caught before it had a name
-    monkeypatch.setattr(B, "cupy_module", lambda: "cupy")
     assert B.get_array_module(_FakeCupyArray(1), _FakeCupyArray(1)) == "cupy"
     with pytest.raises(gpuconv.DeviceMismatchError, match=r"argument 0 is on cuda:0 and argument 1 on cuda:1: put "
                                                           r"both on one GPU first, e.g. gpuconv.to_device\(x, 'cuda:0'\)"):

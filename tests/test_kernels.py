@@ -9,6 +9,7 @@ switches fibers at about a microsecond each.
 from __future__ import annotations
 
 import re
+import types
 
 import ml_dtypes
 import numpy as np
@@ -673,7 +674,7 @@ def test_cuda_dispatch_makes_the_arrays_device_current(monkeypatch):
             Device = FakeDevice
 
     class FakeArray:
-        device = FakeDevice(1)
+        data = types.SimpleNamespace(device_id=1)  # cupy: the memory's device, a.device.id
 
     monkeypatch.setattr(B, "cupy_module", lambda: FakeCupy)
     monkeypatch.setattr(B, "is_cupy_array", lambda a: isinstance(a, FakeArray))
@@ -705,7 +706,7 @@ def test_cuda_launch_runs_on_the_arrays_or_the_given_device(monkeypatch):
             entered.append(-self.id)
 
     class FakeArray:
-        device = FakeDevice(2)
+        data = types.SimpleNamespace(device_id=2)
 
     class FakeCupy:
         ndarray = FakeArray
