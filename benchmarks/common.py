@@ -312,7 +312,8 @@ def environment(device="cuda", use_torch=True):
            "cupy": getattr(cp, "__version__", None), "cuda_runtime": None, "cuda_driver": None,
            "torch": None, "cudnn": None, "python": platform.python_version(), "numpy": np.__version__,
            "host": platform.node(),
-           "kernel_variants": os.environ.get("GPUCONV_KERNEL_VARIANTS") or None}  # variants forced for the run
+           "kernel_variants": os.environ.get("GPUCONV_KERNEL_VARIANTS") or None,  # variants forced for the run
+           "autotune": kernels.autotune_enabled()}  # "auto" convolutions chosen by measurement (GPUCONV_AUTOTUNE)
     if device == "cuda":
         dev = cp.cuda.Device()
         props = cp.cuda.runtime.getDeviceProperties(dev.id)
@@ -345,8 +346,10 @@ def save_record(record, name, filename=None) -> pathlib.Path:
     out_dir = results_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
     env = record["environment"]
-    if filename is None:
-        filename = f"{stamp(env)}-{slug(env['device'])}-{name}.json"
+    if filename is None:  # a run with forced or tuned variants beside the plain one of the same minute
+        how = "".join(f"-{tag}" for tag, on in (("variants", env.get("kernel_variants")),
+                                                ("autotune", env.get("autotune"))) if on)
+        filename = f"{stamp(env)}-{slug(env['device'])}-{name}{how}.json"
     path = out_dir / filename
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(record, indent=2, default=_json_default) + "\n")
@@ -363,9 +366,12 @@ def _json_default(o):
 
 
 def record(name, args, checks: Checks, results, **extra):
-    return {"benchmark": name, "environment": environment(args.device, not args.no_torch), "tiny": bool(args.tiny),
-            "timed": args.device == "cuda", "warmup": args.warmup, "repeat": args.repeat,
-            "validation": checks.as_dict(), "results": results, **extra}
+    rec = {"benchmark": name, "environment": environment(args.device, not args.no_torch), "tiny": bool(args.tiny),
+           "timed": args.device == "cuda", "warmup": args.warmup, "repeat": args.repeat,
+           "validation": checks.as_dict(), "results": results, **extra}
+    if kernels.tuned_variants():  # what autotuning chose, and the times it chose by
+        rec["autotune"] = {"chosen": kernels.tuned_variants(), "times_ms": kernels.tuning_times()}
+    return rec
 
 
 def failed_validation(name, checks: Checks, args) -> int:

@@ -19,9 +19,9 @@
 #             (pooling, ReLU: GB/s against a device-to-device copy)
 #   step      bench_step: images/s of a training step vs PyTorch eager, eager and replayed as a
 #             CUDA graph (checked bit for bit against eager steps first); no host transfer, no sync
-#             (syncguard), the memory pool stops growing; the fast_net bf16 step again with every
-#             convolution on tcwg256 (Hopper's wgmma, GPUCONV_KERNEL_VARIANTS; the record names
-#             it), until "auto" picks by its measurement; profile_step: the step's milliseconds per
+#             (syncguard), the memory pool stops growing; the fast_net bf16 step again with its
+#             convolutions autotuned (GPUCONV_AUTOTUNE=1: every tensor-core tile timed per layer, wgmma's
+#             included; the record, *-autotune.json, holds the choices and their times); profile_step: the step's milliseconds per
 #             layer kind, forward and backward (CUDA events), of fast_net and of the airbench94
 #             network; then bench_cs231n: seconds per iteration
 #             of a student-style CS231n ThreeLayerConvNet, CPU vs use_device('cuda'), NumPy in and out
@@ -165,7 +165,7 @@ if want conv; then
 fi
 if want step; then
     stage bench_step 70 "$PY" benchmarks/bench_step.py --save --warmup 5 --repeat 20
-    stage bench_step_wgmma 40 env GPUCONV_KERNEL_VARIANTS="conv2d_forward=tcwg256,conv2d_backward_data=tcwg256,conv2d_backward_weight=tcwg256" \
+    stage bench_step_autotune 45 env GPUCONV_AUTOTUNE=1 \
         "$PY" benchmarks/bench_step.py --save --models fast_net --precisions bf16 --warmup 5 --repeat 20
     stage profile_step 60 "$PY" benchmarks/profile_step.py --models fast_net airbench94 --host-top 25 --save
     stage bench_cs231n 30 "$PY" benchmarks/bench_cs231n.py --save --warmup 2 --repeat 5

@@ -169,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--cuda-graph", action="store_true",
                    help="replay each training step as a CUDA graph (a step's launches cost more host time than a "
                         "GPU takes to run them in bf16); SGD recipes without dropout, not fp16")
+    t.add_argument("--autotune", choices=("auto", "on", "off"), default="auto",
+                   help="time each convolution's kernel variants at its first step and run the fastest "
+                        "(default auto: on a GPU)")
     t.add_argument("--no-progress", action="store_true",
                    help="no progress bar, one line per epoch (default: a bar on a terminal, a line per log interval "
                         "when piped)")
@@ -465,7 +468,8 @@ def _train(args) -> int:
         sched = _schedule(s["schedule"], opt, opt.lr, total_steps)
         trainer = Trainer(model, opt, sched, out_dir=args.out, label_smoothing=s["label_smoothing"],
                           log_every=args.log_every, seed=s["seed"], progress="epoch" if args.no_progress else True,
-                          config=config, precision=s["precision"], cuda_graph=args.cuda_graph, **extras)
+                          config=config, precision=s["precision"], cuda_graph=args.cuda_graph,
+                          autotune={"auto": "auto", "on": True, "off": False}[args.autotune], **extras)
         resume_cmd = f"gpuconv train --out {args.out} --resume" + (f" --data {args.data}" if args.data else "")
         try:
             trainer.fit(train_loader, s["epochs"], val=val_loader, resume=args.resume)

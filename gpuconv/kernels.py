@@ -79,6 +79,7 @@ import pathlib
 import re
 import tempfile
 import threading
+import time
 import warnings
 from typing import NamedTuple
 
@@ -160,6 +161,150 @@ def resolve(family: str, dtype, tf32: bool, channels: int) -> str:
     """The variant a launcher runs: :func:`variant`'s choice, with "auto" made concrete."""
     var = variant(family, dtype, tf32)
     return auto_variant(family, dtype, tf32, channels) if var == "auto" else var
+
+
+# ----------------------------------------------------------------------------- autotuning
+# "auto" by measurement, as cuDNN's benchmark mode does it (torch.backends.cudnn.benchmark): with
+# autotuning on, the first launch of a convolution of a new geometry (family, dtype, shapes,
+# stride, padding, layout) on a GPU runs each candidate variant once untimed (it compiles and
+# warms), then AUTOTUNE_REPS times between two CUDA events, and the fastest runs from then on. The
+# candidates are the variants of the dtype's kind (tensor-core tiles for bfloat16/float16/TF32,
+# wgmma's only where they run; v2/v3 on CUDA cores, v1 too for a data gradient into few
+# channels); a variant chosen by use_variant/set_variant/GPUCONV_KERNEL_VARIANTS is never tuned
+# over. The choices are a table (tuned_variants / load_tuned_variants) that the trainer saves in
+# its checkpoints: variants sum in different orders, so a resumed run takes the same ones to
+# continue bit for bit. Tuning synchronizes the host once per new geometry (the events): warm up
+# before a no_sync block, and never inside a CUDA graph capture (a capturing stream gets the
+# channel rule, untabled). Off unless asked for: set_autotune(True), ``with autotuning():``, or
+# GPUCONV_AUTOTUNE=1; the trainer turns it on for GPU runs.
+AUTOTUNE_REPS = 3
+_TUNED_TARGETS = ("cuda",)  # the simulator's time says nothing about a GPU's (tests add 'sim')
+_autotune: contextvars.ContextVar = contextvars.ContextVar("gpuconv_autotune", default=None)
+_tuned: dict = {}        # table key -> variant
+_tune_times: dict = {}   # table key -> {variant: seconds}, of the tunings this process ran
+_tune_lock = threading.Lock()
+
+
+def autotune_enabled() -> bool:
+    """Whether "auto" convolution variants are chosen by measurement (see above)."""
+    on = _autotune.get()
+    if on is None:
+        return os.environ.get("GPUCONV_AUTOTUNE", "0").strip() not in ("", "0")
+    return on
+
+
+def set_autotune(enabled: bool | None):
+    """Autotune from now on in this context (None: back to $GPUCONV_AUTOTUNE, default off)."""
+    _autotune.set(None if enabled is None else bool(enabled))
+
+
+@contextlib.contextmanager
+def autotuning(enabled: bool = True):
+    """``with autotuning(): ...`` measures "auto" convolution variants inside the block."""
+    token = _autotune.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _autotune.reset(token)
+
+
+def tuned_variants() -> dict:
+    """The autotuning table so far, ``{key: variant}`` (JSON-able; keys name the geometry)."""
+    with _tune_lock:
+        return dict(_tuned)
+
+
+def tuning_times() -> dict:
+    """``{key: {variant: milliseconds}}`` of every tuning this process measured (for records)."""
+    with _tune_lock:
+        return {k: {v: t * 1e3 for v, t in times.items()} for k, times in _tune_times.items()}
+
+
+def load_tuned_variants(table: dict, replace: bool = False):
+    """Take the choices of ``table`` (from :func:`tuned_variants`, e.g. a checkpoint's), over the
+    current ones (all of them dropped first when ``replace``)."""
+    checked = {}
+    for key, var in dict(table).items():
+        family = str(key).split("[", 1)[0]
+        _check_variant(family, var, f"autotuning table entry {key!r}")
+        checked[str(key)] = str(var)
+    with _tune_lock:
+        if replace:
+            _tuned.clear()
+        _tuned.update(checked)
+
+
+def clear_tuned():
+    """Forget every tuned choice (and its times)."""
+    with _tune_lock:
+        _tuned.clear()
+        _tune_times.clear()
+
+
+def tune_candidates(family: str, dtype, tf32: bool, target: str, device=None, channels: int = 0) -> tuple:
+    """The variants autotuning times for ``family`` on ``dtype`` (see above)."""
+    if tf32 or np.dtype(dtype) in precision.LOW_PRECISION:
+        return ("tc", "tc128", "tc128w") + (("tcwg", "tcwg256") if wgmma_available(target, device) else ())
+    if family == "conv2d_backward_data" and channels < AUTO_V1_BELOW:
+        return ("v1", "v2", "v3")
+    return ("v2", "v3")
+
+
+def tune_key(family: str, dtype, tf32: bool, geometry) -> str:
+    """The table key of a launch: family, dtype (or tf32) and its geometry, as text."""
+    return f"{_key(family, 'tf32' if tf32 else dtype)} {geometry}"
+
+
+def tuned_variant(family: str, dtype, tf32: bool, channels: int, target: str, device, geometry, run) -> str:
+    """The variant "auto" runs for a launch: the table's choice when autotuning (measured now,
+    with ``run(variant)`` launching the op in that variant, if the geometry is new), else the
+    channel rule of :func:`auto_variant`. ``geometry``: a callable giving the launch's geometry
+    text (only built when autotuning)."""
+    rule = auto_variant(family, dtype, tf32, channels)
+    if target not in _TUNED_TARGETS or not autotune_enabled():
+        return rule
+    key = tune_key(family, dtype, tf32, geometry())
+    with _tune_lock:
+        chosen = _tuned.get(key)
+    if chosen is not None:
+        return chosen
+    if _capturing(target):
+        return rule
+    candidates = tune_candidates(family, dtype, tf32, target, device, channels)
+    times = {var: _measure(run, var, target) for var in candidates}
+    chosen = min(candidates, key=times.__getitem__)  # a tie: the first candidate
+    with _tune_lock:
+        _tuned[key], _tune_times[key] = chosen, times
+    return chosen
+
+
+def _measure(run, var, target) -> float:
+    """Seconds per ``run(var)``: one untimed run, then AUTOTUNE_REPS between two events on the
+    current stream (host time on the simulator)."""
+    run(var)
+    if target != "cuda":
+        start = time.perf_counter()
+        for _ in range(AUTOTUNE_REPS):
+            run(var)
+        return (time.perf_counter() - start) / AUTOTUNE_REPS
+    cuda = backend.require_cupy().cuda
+    start, end = cuda.Event(), cuda.Event()
+    start.record()
+    for _ in range(AUTOTUNE_REPS):
+        run(var)
+    end.record()
+    end.synchronize()
+    return cuda.get_elapsed_time(start, end) / 1e3 / AUTOTUNE_REPS
+
+
+def _capturing(target) -> bool:
+    """Whether the current stream is being captured into a CUDA graph (no sync allowed)."""
+    if target != "cuda":
+        return False
+    try:
+        return backend.require_cupy().cuda.get_current_stream().is_capturing()
+    except Exception:  # the query itself is illegal during some captures (the legacy stream's): no tuning
+        return True
 
 
 class _Build(NamedTuple):

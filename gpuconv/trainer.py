@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import amp, backend
+from . import amp, backend, kernels
 from . import checkpoint as ckpt
 from .monitor import GPUMonitor, format_snapshot, metrics_fields
 
@@ -141,11 +141,18 @@ class Trainer:
     ``cuda_graph``: replay the step as a CUDA graph (:class:`gpuconv.graphs.StepGraph`; on 'cuda',
     where a step's launches cost more host time than its kernels take; elsewhere the same path
     runs the step itself). Captured at each epoch's second step; SGD only, no dropout, no fp16.
+    ``autotune``: measure each convolution's "auto" variant at its first training step
+    (:func:`gpuconv.kernels.autotuning`); 'auto' (default) does on 'cuda', True/False force it.
+    The choices go into the checkpoint, and a resumed run takes them, so it continues bit for bit.
     """
 
     def __init__(self, model, optimizer, scheduler=None, out_dir=None, label_smoothing=0.0, log_every=50,
                  seed=0, progress=True, checkpoint_every="epoch", config=None, monitor="auto", precision=None,
-                 loss_scaler=None, lookahead=None, total_steps=None, epoch_start=None, cuda_graph=False):
+                 loss_scaler=None, lookahead=None, total_steps=None, epoch_start=None, cuda_graph=False,
+                 autotune="auto"):
+        if autotune not in ("auto", True, False):
+            raise ValueError(f"autotune={autotune!r}: use 'auto' (on for GPU runs), True or False")
+        self.autotune = autotune
         if lookahead is not None and not (isinstance(total_steps, int) and total_steps >= 1):
             raise ValueError(f"lookahead needs total_steps (the run's optimizer steps, >= 1), got {total_steps!r}")
         self.lookahead, self.total_steps, self.epoch_start = lookahead, total_steps, epoch_start
@@ -215,7 +222,10 @@ class Trainer:
         return StepGraph.for_optimizer(self._eager_step, self.optimizer)
 
     def _eager_step(self, x, y):
-        return amp.training_step(self.model, self.optimizer, x, y, self.precision, self.scaler, self.label_smoothing)
+        tune = backend.is_cupy_array(x) if self.autotune == "auto" else self.autotune
+        with kernels.autotuning(tune):
+            return amp.training_step(self.model, self.optimizer, x, y, self.precision, self.scaler,
+                                     self.label_smoothing)
 
     def train_step(self, x, y):
         """One optimizer step on a batch already on the device. Reads nothing back.
@@ -318,6 +328,9 @@ class Trainer:
                        "meta/lr": np.asarray(float(self.optimizer.lr), np.float64),
                        "meta/precision": np.asarray(self.precision),
                        "meta/config": ckpt.pack_json(self.config or {})})
+        tuned = kernels.tuned_variants()
+        if tuned:  # the convolutions' measured variants: a resumed run sums in the same orders
+            arrays["meta/autotune"] = ckpt.pack_json(tuned)
         return arrays
 
     def save_checkpoint(self, path=None):
@@ -355,6 +368,8 @@ class Trainer:
         self._resumed_sums = (dict(zip(("loss", "correct", "n", "t"), map(float, sums)))
                               if sums is not None and self.epoch_step else None)
         self.config = ckpt.read_config(arrays) or self.config
+        if "meta/autotune" in arrays:
+            kernels.load_tuned_variants(ckpt.unpack_json(arrays["meta/autotune"]))
         return arrays
 
     @property

@@ -288,7 +288,7 @@ def test_gpu_battery_caps_every_stage_and_publishes_after_each(tmp_path):
     summary = (out / "summary.txt").read_text().splitlines()
     names = [line.split()[1] for line in summary]
     assert proc.returncode == 1 and seconds < 120, proc.stdout[-3000:]
-    assert names == ["smoke", "tests", "bench_conv2d", "bench_ops", "bench_step", "bench_step_wgmma", "profile_step",
+    assert names == ["smoke", "tests", "bench_conv2d", "bench_ops", "bench_step", "bench_step_autotune", "profile_step",
                      "bench_cs231n", "bench_epoch", "sanitizer_memcheck", "sanitizer_racecheck", "airbench",
                      "bench_airbench", "parity", "ncu"], summary
     status = [line.split()[0] for line in summary]

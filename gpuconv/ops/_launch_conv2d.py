@@ -103,14 +103,37 @@ def _weight_splits(l_total, tiles, sms, step, per_sm, min_chunk):
     return -(-l_total // chunk), chunk
 
 
+def _variant(family, dtype, tf32, channels, target, device, geometry, run):
+    """The variant a launcher runs: the one chosen (kernels.variant), or "auto" made concrete,
+    by measurement when autotuning (kernels.tuned_variant, which calls ``run(variant)``)."""
+    var = kernels.variant(family, dtype, tf32)
+    if var != "auto":
+        return var
+    return kernels.tuned_variant(family, dtype, tf32, channels, target, device, geometry, run)
+
+
+def _geometry(x_shape, w_shape, stride, padding, channels_last):
+    """A launch's geometry as the autotuning table keys it."""
+    n, c, h, w = x_shape
+    k, _, fh, fw = w_shape
+    return (f"N{n} C{c} H{h} W{w} K{k} F{fh}x{fw} S{stride[0]}x{stride[1]} P{padding[0]}x{padding[1]} "
+            f"{'nhwc' if channels_last else 'nchw'}")
+
+
 @register_launcher("conv2d_forward")
 def conv2d_forward_kernel(x, w, b, stride, padding, tf32=False, *, target, relu=False):
-    cache = Conv2dCache(x, w, b is not None, stride, padding)
-    var = kernels.resolve("conv2d_forward", x.dtype, tf32, channels=w.shape[0])
+    run = functools.partial(_forward, x, w, b, stride, padding, tf32, relu, target)
+    var = _variant("conv2d_forward", x.dtype, tf32, w.shape[0], target, kernels.array_device([x]),
+                   lambda: _geometry(x.shape, w.shape, stride, padding, layout.is_channels_last(x)), run)
+    return run(var), Conv2dCache(x, w, b is not None, stride, padding)
+
+
+def _forward(x, w, b, stride, padding, tf32, relu, target, var):
+    """y of variant ``var`` (a tensor-core one falls back to v2 where it does not compute)."""
     if var in tc.SHAPES:
         y = tc.forward(x, w, b, stride, padding, tf32, relu, target=target, variant=var)
         if y is not None:
-            return y, cache
+            return y
         var = "v2"  # no tensor-core format for this dtype
     xp = get_array_module(x, w, b)
     x, w = xp.ascontiguousarray(x), xp.ascontiguousarray(w)
@@ -126,7 +149,7 @@ def conv2d_forward_kernel(x, w, b, stride, padding, tf32=False, *, target, relu=
         device = kernels.array_device([x])
         grid, block = geometry(name, target, device, rows=n * oh * ow, cols=k, elements=y.size)
         kernels.launch("conv2d", name, x.dtype, target, grid, block, args, device=device, tf32=tf32)
-    return y, cache
+    return y
 
 
 @register_launcher("conv2d_backward")
@@ -145,10 +168,16 @@ def conv2d_backward_kernel(dy, cache, need_dx=True, tf32=False, need_dw=True, dw
 def conv2d_backward_data_kernel(dy, w, x_shape, stride, padding, tf32=False, *, target, like=None):
     """dx of shape ``x_shape`` from ``dy`` and the filters ``w`` (channels_last when ``like``,
     the forward input, is; NCHW otherwise)."""
-    var = kernels.resolve("conv2d_backward_data", dy.dtype, tf32, channels=x_shape[1])
+    like = dy if like is None else like
+    run = functools.partial(_backward_data, dy, w, x_shape, stride, padding, tf32, like, target)
+    var = _variant("conv2d_backward_data", dy.dtype, tf32, x_shape[1], target, kernels.array_device([dy]),
+                   lambda: _geometry(x_shape, w.shape, stride, padding, layout.is_channels_last(like)), run)
+    return run(var)
+
+
+def _backward_data(dy, w, x_shape, stride, padding, tf32, like, target, var):
     if var in tc.SHAPES and dy.size:
-        dx = tc.backward_data(dy, w, x_shape, stride, padding, tf32, dy if like is None else like, target=target,
-                              variant=var)
+        dx = tc.backward_data(dy, w, x_shape, stride, padding, tf32, like, target=target, variant=var)
         if dx is not None:
             return dx
     if var in tc.SHAPES:
@@ -180,15 +209,21 @@ def conv2d_backward_weight_kernel(dy, x, w_shape, stride, padding, tf32=False, *
     conv2d_reduce_splits adds up in order and rounds once into dw. float32/float64 with one split
     write dw directly; a bfloat16/float16 dw always goes through a float32 workspace, so its
     partial sums are never rounded to 8 or 11 bits."""
-    xp = get_array_module(dy, x)
     if dy.size == 0 or 0 in tuple(w_shape):  # an empty batch: the gradient is an empty sum
-        return xp.zeros(tuple(w_shape), dtype=dy.dtype)
-    var = kernels.resolve("conv2d_backward_weight", dy.dtype, tf32, channels=w_shape[0])
+        return get_array_module(dy, x).zeros(tuple(w_shape), dtype=dy.dtype)
+    run = functools.partial(_backward_weight, dy, x, w_shape, stride, padding, tf32, target, dw_dtype)
+    var = _variant("conv2d_backward_weight", dy.dtype, tf32, w_shape[0], target, kernels.array_device([dy]),
+                   lambda: _geometry(x.shape, w_shape, stride, padding, layout.is_channels_last(x)), run)
+    return run(var)
+
+
+def _backward_weight(dy, x, w_shape, stride, padding, tf32, target, dw_dtype, var):
     if var in tc.SHAPES:
         dw = tc.backward_weight(dy, x, w_shape, stride, padding, tf32, target=target, variant=var, dw_dtype=dw_dtype)
         if dw is not None:
             return dw
         var = "v2"  # no tensor-core format for this dtype
+    xp = get_array_module(dy, x)
     dy, x = xp.ascontiguousarray(dy), xp.ascontiguousarray(x)
     n, c, h, wd, k, fh, fw, oh, ow = _dims(x.shape, w_shape, stride, padding)
     dw = xp.empty(tuple(w_shape), dtype=dy.dtype)

@@ -1,0 +1,214 @@
+"""Autotuning of the convolutions' "auto" variant (gpuconv.kernels: tuned_variant and the table).
+
+On the simulator the timer is replaced by one that reports chosen times per variant (the
+simulator's own speed says nothing about a GPU's), so each test knows which variant must win;
+the real timer (CUDA events) runs in the GPU test at the end, and the host timer the simulator
+falls back to in one test here.
+"""
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+import gpuconv
+from gpuconv import backend as B
+from gpuconv import kernels, layout, ops
+from gpuconv.layers import Conv2d, Flatten, Linear, Sequential
+from gpuconv.optim import SGD
+from gpuconv.trainer import Trainer
+
+BF16 = np.dtype(ml_dtypes.bfloat16)
+FAMILIES = ("conv2d_forward", "conv2d_backward_data", "conv2d_backward_weight")
+
+
+@pytest.fixture(autouse=True)
+def fresh_table():
+    kernels.clear_tuned()
+    yield
+    kernels.clear_tuned()
+
+
+@pytest.fixture
+def fake_timer(monkeypatch):
+    """Autotuning on the simulator, timed by ``times[variant]`` (default: tc128w fastest); the
+    calls made are in ``fake_timer.calls`` as (variant, the family's runs so far)."""
+    monkeypatch.setattr(kernels, "_TUNED_TARGETS", ("cuda", "sim"))
+    times = {"tc": 3.0, "tc128": 2.0, "tc128w": 1.0, "tcwg": 4.0, "tcwg256": 5.0, "v1": 3.0, "v2": 2.0, "v3": 1.0}
+    calls = []
+
+    def measure(run, var, target):
+        calls.append(var)
+        run(var)
+        return times[var]
+
+    monkeypatch.setattr(kernels, "_measure", measure)
+    measure.times, measure.calls = times, calls
+    return measure
+
+
+def _conv_case(dtype=BF16, channels_last=True, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2, 8, 6, 6)).astype(dtype)
+    w = (rng.standard_normal((16, 8, 3, 3)) * 0.2).astype(dtype)
+    return (layout.to_channels_last(x) if channels_last else x), w
+
+
+def _forward_backward(x, w):
+    y, cache = ops.conv2d_forward(x, w, None, stride=1, padding=1)
+    dy = np.linspace(-1, 1, y.size).reshape(y.shape).astype(y.dtype)
+    dy = layout.like(x, dy)
+    dx, dw, _ = ops.conv2d_backward(dy, cache)
+    return y, dx, dw
+
+
+def test_the_fastest_candidate_runs_and_gives_that_variants_bits(fake_timer):
+    x, w = _conv_case()
+    with gpuconv.default_device("sim"), kernels.autotuning():
+        tuned = _forward_backward(x, w)
+    table = kernels.tuned_variants()
+    assert sorted(k.split("[")[0] for k in table) == sorted(FAMILIES)
+    assert set(table.values()) == {"tc128w"}  # the fake timer's fastest tensor-core tile
+    # every candidate timed once per family, wgmma's included (they run on the simulator)
+    assert sorted(fake_timer.calls) == sorted(3 * ["tc", "tc128", "tc128w", "tcwg", "tcwg256"])
+    key = next(k for k in table if k.startswith("conv2d_forward"))
+    assert key == "conv2d_forward[bfloat16] N2 C8 H6 W6 K16 F3x3 S1x1 P1x1 nhwc"
+    with gpuconv.default_device("sim"), kernels.use_variant(conv2d_forward="tc128w", conv2d_backward_data="tc128w",
+                                                            conv2d_backward_weight="tc128w"):
+        chosen = _forward_backward(x, w)
+    for a, b in zip(tuned, chosen):
+        assert np.array_equal(np.asarray(a).view(np.uint16), np.asarray(b).view(np.uint16))
+        assert layout.is_channels_last(a) == layout.is_channels_last(b)
+
+
+def test_a_geometry_is_timed_once_and_a_new_one_again(fake_timer):
+    x, w = _conv_case()
+    with gpuconv.default_device("sim"), kernels.autotuning():
+        ops.conv2d_forward(x, w, None, stride=1, padding=1)
+        ops.conv2d_forward(x, w, None, stride=1, padding=1)
+        assert len(fake_timer.calls) == 5
+        ops.conv2d_forward(x, w, None, stride=1, padding=0)  # another geometry
+        assert len(fake_timer.calls) == 10
+        ops.conv2d_forward(layout.to_contiguous(x), w, None, stride=1, padding=1)  # NCHW: another layout
+        assert len(fake_timer.calls) == 15
+    assert len(kernels.tuned_variants()) == 3
+    assert set(kernels.tuning_times()[next(iter(kernels.tuned_variants()))]) == {"tc", "tc128", "tc128w", "tcwg",
+                                                                                 "tcwg256"}
+
+
+def test_float32_tunes_the_cuda_core_variants(fake_timer):
+    x, w = _conv_case(np.float32, channels_last=False)
+    fake_timer.times.update(v1=0.5)  # v1 fastest, but it is a candidate only for a data gradient into few channels
+    with gpuconv.default_device("sim"), kernels.autotuning():
+        _forward_backward(x, w)
+    table = kernels.tuned_variants()
+    assert {k.split(" ")[0]: v for k, v in table.items()} == {
+        "conv2d_forward[float32]": "v3", "conv2d_backward_data[float32]": "v1", "conv2d_backward_weight[float32]": "v3"}
+    assert kernels.tune_candidates("conv2d_backward_data", np.float32, False, "sim", channels=64) == ("v2", "v3")
+    assert kernels.tune_candidates("conv2d_forward", np.float32, True, "sim")[:3] == ("tc", "tc128", "tc128w")
+
+
+def test_off_or_a_chosen_variant_measures_nothing(fake_timer):
+    x, w = _conv_case()
+    with gpuconv.default_device("sim"):
+        ops.conv2d_forward(x, w, None, stride=1, padding=1)  # off by default
+        with kernels.autotuning(), kernels.use_variant(conv2d_forward="tc"):
+            ops.conv2d_forward(x, w, None, stride=1, padding=1)
+        with kernels.autotuning(False):
+            ops.conv2d_forward(x, w, None, stride=1, padding=1)
+    assert fake_timer.calls == [] and kernels.tuned_variants() == {}
+
+
+def test_the_environment_switches_it_on(fake_timer, monkeypatch):
+    monkeypatch.setenv("GPUCONV_AUTOTUNE", "1")
+    assert kernels.autotune_enabled()
+    with kernels.autotuning(False):
+        assert not kernels.autotune_enabled()
+    monkeypatch.setenv("GPUCONV_AUTOTUNE", "0")
+    assert not kernels.autotune_enabled()
+
+
+def test_a_captured_step_gets_the_channel_rule_and_no_entry(fake_timer, monkeypatch):
+    monkeypatch.setattr(kernels, "_capturing", lambda target: True)
+    x, w = _conv_case()
+    with gpuconv.default_device("sim"), kernels.autotuning(), kernels.launch_log() as log:
+        ops.conv2d_forward(x, w, None, stride=1, padding=1)
+    assert fake_timer.calls == [] and kernels.tuned_variants() == {}
+    assert log.names == ["conv2d_forward_tc"]  # K = 16: the 64x64 tile, as auto_variant says
+
+
+def test_the_simulator_has_no_tuning_unless_asked_and_its_own_timer_works(monkeypatch):
+    x, w = _conv_case()
+    with gpuconv.default_device("sim"), kernels.autotuning():
+        ops.conv2d_forward(x, w, None, stride=1, padding=1)
+    assert kernels.tuned_variants() == {}  # the simulator's time says nothing about a GPU's
+    monkeypatch.setattr(kernels, "_TUNED_TARGETS", ("cuda", "sim"))
+    with gpuconv.default_device("sim"), kernels.autotuning():
+        ops.conv2d_forward(x, w, None, stride=1, padding=1)
+    (times,) = kernels.tuning_times().values()
+    (chosen,) = kernels.tuned_variants().values()
+    assert set(times) == {"tc", "tc128", "tc128w", "tcwg", "tcwg256"} and all(t > 0 for t in times.values())
+    assert chosen == min(times, key=times.get)
+
+
+def test_the_table_round_trips_and_rejects_what_is_not_a_variant():
+    kernels.load_tuned_variants({"conv2d_forward[bfloat16] N1 C8 H4 W4 K8 F3x3 S1x1 P1x1 nhwc": "tcwg"})
+    assert kernels.tuned_variants() == {"conv2d_forward[bfloat16] N1 C8 H4 W4 K8 F3x3 S1x1 P1x1 nhwc": "tcwg"}
+    with pytest.raises(ValueError, match="conv2d_forward has variants .* not 'tc9'"):
+        kernels.load_tuned_variants({"conv2d_forward[bfloat16] N1": "tc9"})
+    with pytest.raises(ValueError, match="kernel family 'pool' has no variants"):
+        kernels.load_tuned_variants({"pool[bfloat16] N1": "v1"})
+    kernels.load_tuned_variants({"conv2d_backward_weight[tf32] N2": "tc"}, replace=True)
+    assert kernels.tuned_variants() == {"conv2d_backward_weight[tf32] N2": "tc"}
+
+
+def test_a_loaded_choice_is_what_runs(fake_timer):
+    x, w = _conv_case()
+    kernels.load_tuned_variants({"conv2d_forward[bfloat16] N2 C8 H6 W6 K16 F3x3 S1x1 P1x1 nhwc": "tcwg256"})
+    with gpuconv.default_device("sim"), kernels.autotuning(), kernels.launch_log() as log:
+        ops.conv2d_forward(x, w, None, stride=1, padding=1)
+    assert fake_timer.calls == [] and log.names == ["conv2d_forward_tcwg256"]
+
+
+def _trainer(autotune, tmp_path):
+    model = Sequential(Conv2d(8, 16, 3, padding=1, seed=0), Flatten(), Linear(16 * 36, 10, seed=1))
+    return Trainer(model, SGD(model.parameters(), lr=0.01), out_dir=tmp_path, progress=False, precision="bf16",
+                   autotune=autotune)
+
+
+def test_the_trainer_tunes_on_request_and_its_checkpoint_carries_the_table(fake_timer, tmp_path):
+    x, _ = _conv_case()
+    y = np.arange(2) % 10
+    with gpuconv.default_device("sim"):
+        trainer = _trainer("auto", tmp_path)
+        trainer.train_step(x, y)
+        assert kernels.tuned_variants() == {}  # 'auto': on a GPU only
+        trainer = _trainer(True, tmp_path)
+        trainer.train_step(x, y)
+        table = kernels.tuned_variants()
+        assert len(table) == 2  # the forward and the weight gradient (the input needs no gradient)
+        trainer._flush()
+        trainer.save_checkpoint()
+        kernels.clear_tuned()
+        _trainer(True, tmp_path).load_checkpoint()
+    assert kernels.tuned_variants() == table
+    with pytest.raises(ValueError, match="autotune='yes': use 'auto'"):
+        _trainer("yes", tmp_path)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not B.cuda_available(), reason=f"no GPU: {B.cuda_status()}")
+def test_on_a_gpu_the_events_pick_a_candidate_that_computes_the_same_convolution():
+    cp = B.cupy_module()
+    x, w = _conv_case(seed=3)
+    xd, wd = cp.asarray(x), cp.asarray(w)
+    xd = layout.to_channels_last(xd)
+    with kernels.autotuning():
+        y = ops.conv2d_forward(xd, wd, None, stride=1, padding=1)[0]
+    (key, chosen), = kernels.tuned_variants().items()
+    times = kernels.tuning_times()[key]
+    assert chosen in kernels.tune_candidates("conv2d_forward", BF16, False, "cuda", 0) and chosen == min(times, key=times.get)
+    assert all(0 < t < 1e3 for t in times.values())
+    with kernels.use_variant(conv2d_forward=chosen):
+        again = ops.conv2d_forward(xd, wd, None, stride=1, padding=1)[0]
+    assert np.array_equal(B.asnumpy(y).view(np.uint16), B.asnumpy(again).view(np.uint16))
