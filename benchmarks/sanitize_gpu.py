@@ -245,11 +245,12 @@ def loss(run, rng):
         for dtype in (np.float32, np.float64, ml_dtypes.bfloat16):
             z = (4 * rng.standard_normal((n, c))).astype(dtype)
             y = rng.integers(0, c, n)
-            got = LL.softmax_cross_entropy_kernel(run.dev(z), run.dev(y), eps, target=run.target)
-            want = L._softmax_cross_entropy_reference(z, y, eps)
+            got = LL.softmax_cross_entropy_kernel(run.dev(z), run.dev(y), eps, True, target=run.target)
+            want = L._softmax_cross_entropy_reference(z, y, eps, True)
             tag = f"softmax_cross_entropy {n}x{c} eps={eps} {np.dtype(dtype).name}"
             run.close(f"{tag} loss", got[0], want[0], 1e-5)
             run.close(f"{tag} dlogits", got[1], want[1], 1e-2 if dtype == ml_dtypes.bfloat16 else 1e-5)
+            run.close(f"{tag} right predictions", got[2], want[2], 0)
 
 
 def optim(run, rng):

@@ -206,17 +206,21 @@ class LossScaler:
         self.tracker = np.asarray(int(_scalar(d["tracker"])), np.int32)
 
 
-def training_step(model, optimizer, x, y, precision="fp32", scaler=None, label_smoothing=0.0):
+def training_step(model, optimizer, x, y, precision="fp32", scaler=None, label_smoothing=0.0,
+                  count_correct=False):
     """One optimizer step of ``model`` on the batch ``(x, y)`` in ``precision``: forward, float32
     loss, backward (the input gets no gradient), then the update, with ``scaler`` (fp16) scaling
     the loss gradient and skipping an overflowed step on the device. Returns ``(loss, logits)``
-    as device arrays: nothing is read back. The step the trainer and the benchmarks run."""
+    as device arrays: nothing is read back; with ``count_correct``, ``(loss, logits, correct)``,
+    the batch's right predictions counted by the loss's own launch. The step the trainer and the
+    benchmarks run."""
     from .layers import call_backward
     from .ops import softmax_cross_entropy
     optimizer.zero_grad()
     with autocast(model, precision) as dt:
         logits = model(x if x.dtype == dt else x.astype(dt))
-        loss, dlogits = softmax_cross_entropy(logits, y, label_smoothing=label_smoothing)  # float32
+        loss, dlogits, *correct = softmax_cross_entropy(logits, y, label_smoothing=label_smoothing,
+                                                        count_correct=count_correct)  # float32 loss
         if scaler is not None:
             dlogits = scaler.scale(dlogits)
         call_backward(model, dlogits, need_dx=False)
@@ -226,5 +230,5 @@ def training_step(model, optimizer, x, y, precision="fp32", scaler=None, label_s
         found_inf = scaler.unscale(optimizer.params)
         optimizer.step(skip=found_inf)
         scaler.update(found_inf)
-    return loss, logits
+    return (loss, logits, *correct)
 

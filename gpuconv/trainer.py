@@ -225,7 +225,7 @@ class Trainer:
         tune = backend.is_cupy_array(x) if self.autotune == "auto" else self.autotune
         with kernels.autotuning(tune):
             return amp.training_step(self.model, self.optimizer, x, y, self.precision, self.scaler,
-                                     self.label_smoothing)
+                                     self.label_smoothing, count_correct=True)
 
     def train_step(self, x, y):
         """One optimizer step on a batch already on the device. Reads nothing back.
@@ -239,13 +239,13 @@ class Trainer:
         if self._pending >= self.log_every:
             raise RuntimeError(f"{self._pending} steps are waiting for a readback: call Trainer._flush() "
                                f"at least every log_every={self.log_every} steps")
-        loss, logits = (self._graph or self._eager_step)(x, y)
+        loss, _, correct = (self._graph or self._eager_step)(x, y)
         if self.scheduler is not None:
             self.scheduler.step()
         if self.lookahead is not None:
             self._lookahead_step(self.step + 1)
         self._buf[self._pending, 0] = loss
-        self._buf[self._pending, 1] = (xp.argmax(logits.astype(np.float32, copy=False), axis=1) == y).sum()
+        self._buf[self._pending, 1] = correct  # counted by the loss's launch
         self._pending += 1
         self._pending_n.append(int(x.shape[0]))  # shapes are host metadata: no sync
         self.step += 1

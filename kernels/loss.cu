@@ -8,13 +8,17 @@
 //     dz_ij    = ((exp(z_ij - m) / s - eps / C  - [j == label] (1 - eps)) * (1 / N)
 //   loss = sum_i loss_i / N
 // A label outside 0..C-1 makes its row's loss and gradient NaN (the loss then is NaN): the GPU
-// never reads labels back to check them.
+// never reads labels back to check them. With ``hits`` (else null) the launch also counts the
+// rows whose prediction is right: hits[0] = #{i : argmax_j z_ij == label_i}, argmax as NumPy's
+// (the first maximal index; a NaN counts as the maximum, its first one wins), a training step's
+// accuracy without the argmax, compare and sum launches of its own.
 //
 // Launch: a 1-D grid of GPUCONV_BLOCK threads, one warp per row (lanes stride over the classes;
 // the max and the sums are xor-shuffle trees, a fixed order), rows grid-strided. Each row's loss
 // goes to row_loss[i]; the last block to finish (a ticket taken with atomicAdd after a fence)
 // adds row_loss[0..N) in a fixed order (thread t sums rows t, t + B, ..., then a shared-memory
-// tree), writes loss[0] and resets the ticket to 0 for the next launch. So the sum's order does not
+// tree), and row_hits likewise into hits[0], writes loss[0] and resets the ticket to 0 for the next
+// launch. So the sum's order does not
 // depend on which block finishes last: the same bits from every run (on the simulator, whose
 // C-library exp and log may differ from CUDA's by an ulp, bits of its own).
 //
@@ -24,8 +28,8 @@
 // own, mul_rn); exp and log are the device's (expf/logf: a few ulp), so results agree with the
 // reference to rounding.
 //
-// Registers on sm_90 (ptxas 13, tests/test_nvrtc.py): 31-40 in the float32, bf16 and fp16 builds,
-// 48 in float64; 1 KiB of shared memory (2 KiB in float64); no spills.
+// Registers on sm_90 (ptxas 13, tests/test_nvrtc.py): 32 in the float32, bf16 and fp16 builds,
+// 58 in float64; 2 KiB of shared memory (3 KiB in float64); no spills.
 //
 // Kernels (extern "C"): softmax_cross_entropy.
 
@@ -50,17 +54,48 @@ __device__ inline acc_t warp_sum(acc_t v) {
     return v;
 }
 
+// Whether class j with logit v comes before class i with logit u as NumPy's argmax ranks them: a
+// NaN first (the lower index among NaNs), then the larger value, then the lower index. A total
+// order, so an xor-shuffle tree leaves every lane with the row's argmax.
+__device__ inline bool argmax_before(acc_t v, int j, acc_t u, int i) {
+    const bool v_nan = v != v, u_nan = u != u;
+    if (v_nan || u_nan) return v_nan && (!u_nan || j < i);
+    return v > u || (v == u && j < i);
+}
+
+// The row's argmax (C when the lane saw no class: C < 32 leaves lanes idle).
+__device__ inline int warp_argmax(acc_t v, int j, int C) {
+    for (int o = 16; o > 0; o >>= 1) {
+        const acc_t vo = __shfl_xor_sync(LOSS_FULL_MASK, v, o);
+        const int jo = __shfl_xor_sync(LOSS_FULL_MASK, j, o);
+        if (jo < C && (j >= C || argmax_before(vo, jo, v, j))) {
+            v = vo;
+            j = jo;
+        }
+    }
+    return j;
+}
+
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
 softmax_cross_entropy(const storage_t* logits, const long long* labels, acc_t* row_loss, acc_t* loss,
-                      storage_t* dlogits, unsigned* ticket, int N, int C, acc_t keep, acc_t eps_c, int smooth,
-                      acc_t inv_n) {
+                      storage_t* dlogits, int* row_hits, int* hits, unsigned* ticket, int N, int C, acc_t keep,
+                      acc_t eps_c, int smooth, acc_t inv_n) {
     const int lane = threadIdx.x & 31;
     const acc_t nan = (acc_t)0 / (acc_t)0;
     for (int row = blockIdx.x * LOSS_WARPS + (threadIdx.x >> 5); row < N; row += gridDim.x * LOSS_WARPS) {
         const storage_t* z = logits + (index_t)row * C;
-        acc_t m = -(acc_t)1 / (acc_t)0;
-        for (int j = lane; j < C; j += 32) m = nan_max(m, to_acc(z[j]));
+        acc_t m = -(acc_t)1 / (acc_t)0, best = m;
+        int arg = C;
+        for (int j = lane; j < C; j += 32) {
+            const acc_t v = to_acc(z[j]);
+            m = nan_max(m, v);
+            if (arg == C || argmax_before(v, j, best, arg)) {
+                best = v;
+                arg = j;
+            }
+        }
         m = warp_max(m);
+        if (hits) arg = warp_argmax(best, arg, C);
         acc_t s = 0;
         for (int j = lane; j < C; j += 32) s += loss_exp(to_acc(z[j]) - m);
         s = warp_sum(s);
@@ -79,6 +114,7 @@ softmax_cross_entropy(const storage_t* logits, const long long* labels, acc_t* r
                 if (smooth) r -= mul_rn(eps_c, lp_sum);
             }
             row_loss[row] = r;
+            if (hits) row_hits[row] = arg == label;
         }
         storage_t* d = dlogits + (index_t)row * C;
         for (int j = lane; j < C; j += 32) {
@@ -93,6 +129,7 @@ softmax_cross_entropy(const storage_t* logits, const long long* labels, acc_t* r
     // and the last block reads them past L1 (volatile): they were written by other SMs.
     __shared__ bool last;
     __shared__ acc_t part[GPUCONV_BLOCK];
+    __shared__ int hit_part[GPUCONV_BLOCK];
     __threadfence();
     __syncthreads();
     if (threadIdx.x == 0) {
@@ -102,16 +139,26 @@ softmax_cross_entropy(const storage_t* logits, const long long* labels, acc_t* r
     __syncthreads();
     if (last) {
         const volatile acc_t* rows = row_loss;
+        const volatile int* row_hit = row_hits;
         acc_t t = 0;
-        for (int i = threadIdx.x; i < N; i += GPUCONV_BLOCK) t += rows[i];
+        int h = 0;
+        for (int i = threadIdx.x; i < N; i += GPUCONV_BLOCK) {
+            t += rows[i];
+            if (hits) h += row_hit[i];
+        }
         part[threadIdx.x] = t;
+        hit_part[threadIdx.x] = h;
         __syncthreads();
         for (int half = GPUCONV_BLOCK / 2; half > 0; half >>= 1) {
-            if (threadIdx.x < half) part[threadIdx.x] += part[threadIdx.x + half];
+            if (threadIdx.x < half) {
+                part[threadIdx.x] += part[threadIdx.x + half];
+                hit_part[threadIdx.x] += hit_part[threadIdx.x + half];
+            }
             __syncthreads();
         }
         if (threadIdx.x == 0) {
             loss[0] = part[0] / (acc_t)N;
+            if (hits) hits[0] = hit_part[0];
             *ticket = 0;
         }
     }

@@ -179,11 +179,62 @@ def test_kernel_marks_bad_rows_nan(backend, eps):
     labels[3], labels[17] = 10, -1
     logits[25, 4] = np.nan
     target = "cuda" if backend.name == "cupy" else "sim"
-    loss, d = _launch_loss.softmax_cross_entropy_kernel(backend.asarray(logits), backend.asarray(labels), eps,
-                                                        target=target)
+    labels[25] = 4  # the NaN row's argmax: counted as right, as NumPy's argmax says
+    loss, d, correct = _launch_loss.softmax_cross_entropy_kernel(backend.asarray(logits), backend.asarray(labels), eps,
+                                                                 True, target=target)
     loss, d = float(backend.asnumpy(loss)), backend.asnumpy(d)
+    assert int(backend.asnumpy(correct)) == int((np.argmax(logits, axis=1) == labels).sum())  # bad labels: never
     bad = np.zeros(40, bool)
     bad[[3, 17, 25]] = True
     assert np.isnan(loss) and np.isnan(d[bad]).all() and np.isfinite(d[~bad]).all()
     _, good = _softmax_cross_entropy_reference(logits[~bad], labels[~bad], eps)
     np.testing.assert_allclose(d[~bad], good * (37 / 40), rtol=1e-5, atol=1e-8)
+
+
+def _argmax_cases():
+    """Logits whose argmax needs NumPy's rules: ties (the first index wins), NaNs (the first NaN
+    wins, before any value), -inf rows, -0.0 against 0.0, more classes than a warp's lanes (the
+    winner in another lane's stride), and the label on either side of the winner."""
+    rng = np.random.default_rng(11)
+    n, c = 300, 70
+    z = rng.integers(-3, 4, (n, c)).astype(np.float32)   # small integers: ties everywhere
+    z[5] = -np.inf
+    z[6, [40, 9]] = np.nan
+    z[7, [3, 50]] = np.nan
+    z[8] = 0.0
+    z[8, 2] = -0.0
+    z[9, 33] = 99.0  # the winner in lane 1's second pass
+    z[10, 69] = 99.0
+    labels = np.argmax(z, axis=1)
+    labels[::3] = rng.integers(0, c, len(labels[::3]))  # every third label at random: some wrong
+    return z, labels
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, ml_dtypes.bfloat16, np.float16])
+def test_count_correct_is_numpys_argmax(backend, dtype):
+    """count_correct: the number of rows whose NumPy argmax is the label, on every backend; one
+    launch on the kernel targets, which also gives the loss and dlogits of the plain call."""
+    z, labels = _argmax_cases()
+    z = z.astype(dtype)
+    want = int((np.argmax(z.astype(np.float64), axis=1) == labels).sum())
+    assert 0 < want < len(labels)
+    with kernels.launch_log() as log, np.errstate(invalid="ignore"):  # the -inf row: inf - inf in the reference
+        loss, d, correct = softmax_cross_entropy(backend.asarray(z), backend.asarray(labels), 0.1, count_correct=True)
+    assert correct.shape == () and correct.dtype == np.int32 and int(backend.asnumpy(correct)) == want
+    if backend.name != "numpy":
+        assert log.names == ["softmax_cross_entropy"]
+    with np.errstate(invalid="ignore"):
+        plain_loss, plain_d = softmax_cross_entropy(backend.asarray(z), backend.asarray(labels), 0.1)
+    assert backend.asnumpy(loss).tobytes() == backend.asnumpy(plain_loss).tobytes()
+    assert backend.asnumpy(d).tobytes() == backend.asnumpy(plain_d).tobytes()
+
+
+def test_count_correct_is_the_same_in_either_schedule(backend):
+    if backend.name != "sim":
+        pytest.skip("the simulator's thread orders")
+    z, labels = _argmax_cases()
+    counts = []
+    for order in ("forward", "reverse"):
+        with kernels.sim_schedule(order):
+            counts.append(int(softmax_cross_entropy(z, labels, count_correct=True)[2]))
+    assert counts[0] == counts[1] == int((np.argmax(z, axis=1) == labels).sum())

@@ -262,10 +262,10 @@ def test_ptxas_resource_usage(tmp_path, build, capsys):
             vec = name.endswith("_vec")
             assert r["spill"] == 0 or (build == "f64" and vec), (build, name, r)
             assert r["registers"] <= (80 if vec else 64) and r["smem"] <= 6 * 256 * acc_bytes + 8, (build, name, r)
-    # The loss: a warp per row, a 256-entry acc_t tree for the last block's sum (31-48 registers).
+    # The loss: a warp per row, 256-entry acc_t and int trees for the last block's sums (32-58 registers).
     if "loss" in reports:
         r = reports["loss"]["softmax_cross_entropy"]
-        assert r["spill"] == 0 and r["registers"] <= 64 and r["smem"] <= 256 * (8 if build == "f64" else 4) + 8, r
+        assert r["spill"] == 0 and r["registers"] <= 64 and r["smem"] <= 256 * ((8 if build == "f64" else 4) + 4) + 8, r
     if build in TC_MMA:
         # 3 stages of 64x64-byte A and B tiles; 32 accumulators and the fragments fit well under
         # 96 registers (an unrolled loader once took 255: the bound catches that kind of change).

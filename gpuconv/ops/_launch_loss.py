@@ -1,7 +1,8 @@
 """Kernel launcher for softmax cross-entropy (kernels/loss.cu), registered for 'cuda' and 'sim'.
 
 Same arguments and results as the reference in ``loss.py``: a 0-d loss in the compute dtype
-(float32, or float64 for float64 logits) and dlogits in the logits' dtype, from one launch.
+(float32, or float64 for float64 logits) and dlogits in the logits' dtype (and with
+``count_correct`` the 0-d int32 count of right predictions), from one launch.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from ..precision import compute_dtype
 from ._dispatch import register_launcher
 
 @register_launcher("softmax_cross_entropy")
-def softmax_cross_entropy_kernel(logits, labels, eps, *, target):
+def softmax_cross_entropy_kernel(logits, labels, eps, count_correct=False, *, target):
     n, c = logits.shape
     if n * max(c, 1) >= 2**31:
         return NotImplemented  # rows are int in the kernel
@@ -25,10 +26,11 @@ def softmax_cross_entropy_kernel(logits, labels, eps, *, target):
     loss = xp.empty((), dtype=acc)
     dlogits = xp.empty((n, c), dtype=logits.dtype)
     row_loss = xp.empty(n, dtype=acc)
+    correct, row_hits = (xp.empty((), dtype=np.int32), xp.empty(n, dtype=np.int32)) if count_correct else (None, None)
     # The constants as the reference rounds them: Python floats against acc arrays.
     keep, eps_c, inv_n = (acc.type(v) for v in (1.0 - eps, eps / c, 1.0 / n))
     grid, block = kernels.grid_1d(32 * n, kernels.BLOCK, target, device)  # a warp per row
     kernels.launch("loss", "softmax_cross_entropy", logits.dtype, target, grid, block,
-                   (logits, labels, row_loss, loss, dlogits, kernels.tickets(logits, 1), np.int32(n), np.int32(c),
-                    keep, eps_c, np.int32(bool(eps)), inv_n), device=device)
-    return loss, dlogits
+                   (logits, labels, row_loss, loss, dlogits, row_hits, correct, kernels.tickets(logits, 1),
+                    np.int32(n), np.int32(c), keep, eps_c, np.int32(bool(eps)), inv_n), device=device)
+    return (loss, dlogits, correct) if count_correct else (loss, dlogits)

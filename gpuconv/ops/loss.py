@@ -27,12 +27,15 @@ from . import _dispatch
 from ._checks import check_array, check_float, check_rank
 
 
-def softmax_cross_entropy(logits, labels, label_smoothing=0.0):
+def softmax_cross_entropy(logits, labels, label_smoothing=0.0, count_correct=False):
     """``loss, dlogits`` for ``logits`` (N, C) and integer ``labels`` (N,) in 0..C-1; the loss is
     float32 for float32/bfloat16/float16 logits (float64 for float64), dlogits has the logits' dtype.
 
     With smoothing ``e`` the target is ``(1 - e) * one_hot + e / C`` (PyTorch's definition).
-    ``dlogits = (softmax - target) / N``."""
+    ``dlogits = (softmax - target) / N``. ``count_correct=True`` returns ``loss, dlogits,
+    correct`` with ``correct`` the 0-d int32 count of rows whose ``argmax`` (NumPy's: the first
+    largest logit, a NaN counting as the largest) is their label: a training step's accuracy,
+    computed in the same pass (one kernel launch on a GPU for all three)."""
     check_float("logits", logits)
     check_rank("logits", logits, 2, "N, C: batch, classes")
     check_array("labels", labels)
@@ -54,7 +57,7 @@ def softmax_cross_entropy(logits, labels, label_smoothing=0.0):
         check_labels(labels, c)
     target = backend.kernel_target(logits, labels)
     return _dispatch.call("softmax_cross_entropy", target, _softmax_cross_entropy_reference,
-                          logits, labels, float(label_smoothing))
+                          logits, labels, float(label_smoothing), bool(count_correct))
 
 
 def check_labels(labels, classes: int):
@@ -68,7 +71,7 @@ def check_labels(labels, classes: int):
                              f"columns), found {bad}; check the labels or the number of classes")
 
 
-def _softmax_cross_entropy_reference(logits, labels, eps):
+def _softmax_cross_entropy_reference(logits, labels, eps, count_correct=False):
     dtype, logits = logits.dtype, upcast(logits)
     xp = get_array_module(logits, labels)
     n, c = logits.shape
@@ -94,6 +97,9 @@ def _softmax_cross_entropy_reference(logits, labels, eps):
     dlogits[xp.arange(n), idx] -= dt(1.0 - eps)
     dlogits *= dt(1.0 / n)
     dlogits = xp.where(valid[:, None], dlogits, dt(np.nan))
+    if count_correct:
+        correct = xp.asarray((xp.argmax(logits, axis=1) == labels).sum(), dtype=np.int32)
+        return loss, round_once(dlogits, dtype), correct
     return loss, round_once(dlogits, dtype)
 
 
