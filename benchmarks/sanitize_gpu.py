@@ -18,6 +18,7 @@ Exit 0 when every kernel ran and matched; 1 naming the mismatch or the kernel th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import pathlib
 import sys
 import traceback
@@ -280,6 +281,27 @@ def optim(run, rng):
             for i, (p, ref) in enumerate(zip(ps, refs)):
                 run.exact(f"sgd n={sizes[i]} of {len(sizes)} momentum={momentum} nesterov={nesterov} wd={wd} "
                           f"{np.dtype(dtype).name}", p.data, ref.data)
+    # The lookahead's average (lookahead_update): 10 arrays, two launches, decays 0.3 then 1 (the pull
+    # back alone), against the array form.
+    from gpuconv import layers  # noqa: PLC0415
+    from gpuconv.lookahead import Lookahead  # noqa: PLC0415
+    sizes = (1, 3, 300, 7, 1000, 2, 64, 5, 257, 9)
+    for dtype in (np.float32, np.float64):
+        ws = [rng.standard_normal((n, 1)).astype(dtype) for n in sizes]
+        moves = [[rng.standard_normal((n, 1)).astype(dtype) for n in sizes] for _ in range(2)]
+        nets = {}
+        for where in ("ref", "dev"):
+            nets[where] = net = layers.Sequential(*[layers.Linear(1, n, bias=False) for n in sizes])
+            for layer, w in zip(net.children(), ws):
+                layer.weight.data = w.copy() if where == "ref" else run.dev(w)
+            with gpuconv.default_device("cpu") if where == "ref" else contextlib.nullcontext():
+                look = Lookahead(net)
+                for step, decay in zip(moves, (0.3, 1.0)):
+                    for layer, d in zip(net.children(), step):
+                        layer.weight.data += d if where == "ref" else run.dev(d)
+                    look.update(decay)
+        for n, a, b in zip(sizes, nets["dev"].children(), nets["ref"].children()):
+            run.exact(f"lookahead n={n} {np.dtype(dtype).name}", a.weight.data, b.weight.data)
 
 
 def amp_cast(run, rng):

@@ -8,13 +8,19 @@ the model. :func:`airbench_decay` is the recipe's schedule: ``0.95**5 * (step / 
 near 0 early (the average follows the model) and up to ``0.95**5`` (0.77) at the end, where a
 last ``update(decay=1.0)`` leaves the model on the average.
 
-Every update runs in place on the arrays' own device; the host reads nothing back.
+Every update runs in place on the arrays' own device; the host reads nothing back. On a kernel
+target ('cuda', 'sim') contiguous float32/float64 arrays are updated by one kernel launch per
+LOOKAHEAD_TENSORS of them (``lookahead_update`` in kernels/optim.cu; the bits of the array form,
+which is five operations an array).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .backend import copy_like, get_array_module, host_copy
+from . import kernels
+from .backend import copy_like, get_array_module, host_copy, kernel_target
+
+LOOKAHEAD_TENSORS = kernels.defines("optim.cu")["LOOKAHEAD_TENSORS"]  # arrays per launch
 
 __all__ = ["Lookahead", "airbench_decay"]
 
@@ -50,14 +56,21 @@ class Lookahead:
         if not 0.0 <= float(decay) <= 1.0:
             raise ValueError(f"Lookahead.update: decay must be in [0, 1], got {decay!r}")
         rate = 1.0 - float(decay)
+        fused = {}  # (device, dtype) -> [(w, ema)]: the kernel's share
         for name, w in self._arrays():
             ema = self.ema.get(name)
             if ema is None or ema.shape != w.shape:
                 raise ValueError(f"Lookahead.update: the model's {name!r} is not the one the average was "
                                  "built from; build the Lookahead after the model's final structure")
+            if _fusable(w, ema):
+                fused.setdefault((kernels.array_device([w]), w.dtype), []).append((w, ema))
+                continue
             if rate:
                 ema += (w - ema).astype(ema.dtype) * ema.dtype.type(rate)
             get_array_module(w).copyto(w, ema)
+        for (device, _), pairs in fused.items():
+            for k in range(0, len(pairs), LOOKAHEAD_TENSORS):
+                _launch_update(pairs[k:k + LOOKAHEAD_TENSORS], rate, device)
 
     def state_dict(self):
         """The average as host NumPy arrays, under ``ema.<name>``."""
@@ -72,3 +85,19 @@ class Lookahead:
                 raise ValueError(f"Lookahead.load_state_dict: {key!r} has shape {tuple(np.shape(d[key]))}, "
                                  f"the model {tuple(a.shape)}")
             self.ema[name] = copy_like(d[key], a)
+
+
+def _fusable(w, ema) -> bool:
+    """Whether ``lookahead_update`` takes the pair: on a kernel target, float32 or float64, one
+    dtype, both contiguous."""
+    return (w.dtype in (np.float32, np.float64) and ema.dtype == w.dtype and w.flags.c_contiguous
+            and ema.flags.c_contiguous and kernel_target(w, ema) is not None)
+
+
+def _launch_update(pairs, rate, device):
+    """One launch of lookahead_update over up to LOOKAHEAD_TENSORS ``(w, ema)`` pairs of one dtype
+    and device (:func:`gpuconv.kernels.launch_slots`)."""
+    w0, e0 = pairs[0]
+    kernels.launch_slots("optim", "lookahead_update", w0.dtype, kernel_target(w0),
+                         [(w, e, np.int64(w.size)) for w, e in pairs], [w.size for w, _ in pairs],
+                         LOOKAHEAD_TENSORS, (w0, e0, np.int64(0)), (np.float64(rate),), device=device)

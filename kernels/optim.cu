@@ -1,4 +1,4 @@
-// optim.cu: optimizer updates fused into one pass over a parameter (gpuconv.optim). The array form
+// optim.cu: optimizer updates fused into one pass over a parameter (gpuconv.optim, gpuconv.lookahead). The array form
 // of an update is a chain of elementwise operations, each its own launch and temporary: SGD with
 // weight decay and Nesterov momentum is eight. Per parameter and step that is host time, and a
 // training step of the CIFAR networks runs on a GPU faster than Python can submit it; here it is
@@ -28,10 +28,20 @@
 // slot (no array of pointers in device memory, which would be one more transfer a step, and one
 // a captured CUDA graph would freeze).
 //
+//   lookahead_update   the weight average of gpuconv.lookahead.Lookahead, pulled back onto the model:
+//                  ema = ema + (w - ema) * rate     (rate = 1 - decay; skipped when it is 0)
+//                  w = ema
+//                every 5 steps of airbench94 over each parameter and float buffer (33 arrays:
+//                165 array operations an update in the array form, 5 launches here).
+//
+// Registers on sm_90 (ptxas 13, tests/test_nvrtc.py): sgd_update 28-32, lookahead_update 22-30; no spills.
+//
 // Kernels (extern "C"; grid-stride over each parameter's elements in x, GPUCONV_BLOCK threads, one
-// element per thread and step): sgd_update.
+// element per thread and step): sgd_update, lookahead_update (LOOKAHEAD_TENSORS arrays a launch,
+// the same way).
 
 #define SGD_TENSORS 8
+#define LOOKAHEAD_TENSORS 8
 
 __device__ void sgd_update_one(storage_t* p, const storage_t* grad, storage_t* buffer, long long n, int first,
                                acc_t lr, acc_t m, acc_t wd, int nesterov) {
@@ -68,5 +78,35 @@ sgd_update(storage_t* p0, const storage_t* g0, storage_t* b0, long long n0, int 
         case 5: sgd_update_one(p5, g5, b5, n5, first5, lr_, m, wd, nesterov); break;
         case 6: sgd_update_one(p6, g6, b6, n6, first6, lr_, m, wd, nesterov); break;
         case 7: sgd_update_one(p7, g7, b7, n7, first7, lr_, m, wd, nesterov); break;
+    }
+}
+
+__device__ void lookahead_update_one(storage_t* w, storage_t* ema, long long n, acc_t rate) {
+    for (index_t i = global_thread_index(); i < n; i += global_thread_count()) {
+        acc_t e = to_acc(ema[i]);
+        if (rate != (acc_t)0) {
+            e = e + mul_rn(to_acc(w[i]) - e, rate);
+            ema[i] = from_acc(e);
+        }
+        w[i] = from_acc(e);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
+lookahead_update(storage_t* w0, storage_t* e0, long long n0, storage_t* w1, storage_t* e1, long long n1,
+                 storage_t* w2, storage_t* e2, long long n2, storage_t* w3, storage_t* e3, long long n3,
+                 storage_t* w4, storage_t* e4, long long n4, storage_t* w5, storage_t* e5, long long n5,
+                 storage_t* w6, storage_t* e6, long long n6, storage_t* w7, storage_t* e7, long long n7,
+                 double rate) {
+    const acc_t r = (acc_t)rate;
+    switch (blockIdx.y) {
+        case 0: lookahead_update_one(w0, e0, n0, r); break;
+        case 1: lookahead_update_one(w1, e1, n1, r); break;
+        case 2: lookahead_update_one(w2, e2, n2, r); break;
+        case 3: lookahead_update_one(w3, e3, n3, r); break;
+        case 4: lookahead_update_one(w4, e4, n4, r); break;
+        case 5: lookahead_update_one(w5, e5, n5, r); break;
+        case 6: lookahead_update_one(w6, e6, n6, r); break;
+        case 7: lookahead_update_one(w7, e7, n7, r); break;
     }
 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import gpuconv
 from gpuconv import nn
 from gpuconv.layers import Parameter
 from gpuconv.lookahead import Lookahead, airbench_decay
@@ -133,6 +134,66 @@ def test_lookahead_pulls_weights_and_buffers_to_the_average(backend):
         look.update(1.5)
     with pytest.raises(ValueError, match=r"'ema.weight' is missing"):
         look.load_state_dict({})
+
+
+class _Arrays:
+    """A stand-in model for Lookahead: named float parameters and buffers of many sizes."""
+
+    def __init__(self, arrays):
+        self.params = {f"p{i}": Parameter(a) for i, a in enumerate(arrays)}
+
+    def named_parameters(self):
+        return list(self.params.items())
+
+    def named_buffers(self):
+        return []
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_lookahead_kernel_gives_the_array_forms_bits(dtype):
+    """On a kernel target the update is lookahead_update, LOOKAHEAD_TENSORS arrays a launch, with
+    the array form's bits (the NumPy path on 'cpu'), decay 1 (the pull back, the average untouched,
+    infinities included), 0 and in between."""
+    from gpuconv import kernels
+    from gpuconv.lookahead import LOOKAHEAD_TENSORS
+    rng = np.random.default_rng(4)
+    sizes = [1, 7, 300, 5, 1000, 64, 3, 2, 9, 17, 256]  # 11 arrays: two launches
+    start = [rng.standard_normal(n).astype(dtype) for n in sizes]
+    steps = [[rng.standard_normal(n).astype(dtype) * 3 for n in sizes] for _ in range(3)]
+    steps[2][4][5] = np.inf
+    results = {}
+    for where in ("cpu", "sim"):
+        with gpuconv.default_device(where):
+            model = _Arrays([a.copy() for a in start])
+            look = Lookahead(model)
+            with kernels.launch_log() as log:
+                for moves, decay in zip(steps, (0.3, 0.0, 1.0)):
+                    for p, d in zip(model.params.values(), moves):
+                        p.data += d
+                    look.update(decay)
+            results[where] = ([p.data.copy() for p in model.params.values()], [look.ema[k].copy() for k in look.ema])
+            if where == "sim":
+                assert log.names == ["lookahead_update"] * 2 * 3 and LOOKAHEAD_TENSORS == 8
+            else:
+                assert log.names == []
+    for a, b in zip(results["cpu"][0] + results["cpu"][1], results["sim"][0] + results["sim"][1]):
+        assert a.tobytes() == b.tobytes()
+
+
+def test_lookahead_takes_the_array_form_where_the_kernel_does_not_apply():
+    """A strided buffer, a float16 array: the array form, beside the kernel's launch for the rest."""
+    from gpuconv import kernels
+    strided = np.arange(20, dtype=np.float32)[::2]
+    with gpuconv.default_device("sim"):
+        model = _Arrays([np.ones(4, np.float32), np.ones(3, np.float16)])
+        model.params["p2"] = Parameter(np.ones(10, np.float32))
+        model.params["p2"].data = strided
+        look = Lookahead(model)
+        strided += 2
+        with kernels.launch_log() as log:
+            look.update(0.5)
+    assert log.names == ["lookahead_update"]
+    np.testing.assert_array_equal(strided, np.arange(20, dtype=np.float32)[::2] + 1)
 
 
 def test_airbench_decay_schedule():
