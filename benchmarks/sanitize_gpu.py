@@ -120,6 +120,9 @@ def gemm(run, rng):
             # rounded once to 16 bits: about 2^-9 of each element (bfloat16)
             run.close(f"{tag} {np.dtype(dtype).name} out", gemm_tc(A, Bm, b_layout=layout, tf32=tf32, target=run.target),
                       ref, rtol=1e-2)
+            bias = rng.standard_normal(n).astype(dtype)  # the linear layer's epilogue
+            run.close(f"{tag} + bias", gemm_tc(A, Bm, b_layout=layout, tf32=tf32, target=run.target,
+                                               bias=run.dev(bias)), ref + bias.astype(np.float64), rtol=1e-2)
 
 
 def conv_tc(run, rng):

@@ -869,8 +869,8 @@ class Launch(NamedTuple):
 class LaunchLog(list):
     """The :class:`Launch` records of every kernel launched while :func:`launch_log` was open, in
     order, and in ``dispatches`` one ``(op, target, path)`` per op dispatched on a kernel target,
-    where ``path`` is 'kernel' (its launcher ran), 'reference' (an op without kernels: its
-    NumPy/CuPy reference ran), or a fallback of an op that has kernels: 'declined' (its launcher
+    where ``path`` is 'kernel' (its launcher ran), 'reference' (an op without kernels, or a case
+    its launcher leaves to the reference by design: its NumPy/CuPy reference ran), or a fallback of an op that has kernels: 'declined' (its launcher
     did not take the case) or 'no-launcher' (none registered for this target)."""
 
     def __init__(self):

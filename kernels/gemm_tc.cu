@@ -2,15 +2,16 @@
 // template the tensor-core convolutions generalize (an implicit GEMM is this GEMM with operand
 // loaders that compute im2col addresses).
 //
-//   C[M, N] = A[M, K] B            A row-major [M][K]; C row-major [M][N]
+//   C[M, N] = A[M, K] B (+ bias)   A row-major [M][K]; C row-major [M][N]; bias[N] or null
 //   gemm_tc_nt   B given as [N][K] (C = A B^T, both operands K-contiguous: ldmatrix)
 //   gemm_tc_nn   B given as [K][N] (N-contiguous: ldmatrix.trans); bf16/fp16 builds only, since
 //                .trans moves 16-bit elements and cannot transpose TF32's 32-bit ones
 //
 // Precision (common.cuh): storage_t operands, products exact and sums in float32 on the tensor
 // cores (bf16 -> mma .bf16, fp16 -> .f16, float32 in the TF32 build -> .tf32 with each operand
-// rounded by tf32_round), each output rounded ONCE: into C (storage_t) or, when C is null, written
-// as float32 into C32 (a workspace, e.g. split-K partial sums). The kernels compute only in the
+// rounded by tf32_round), the bias (storage_t, one per column: gpuconv.ops.linear's) added to the
+// float32 sum, each output rounded ONCE: into C (storage_t) or, when C is null, written as float32
+// into C32 (a workspace, e.g. split-K partial sums). The kernels compute only in the
 // builds with a tensor-core format (GPUCONV_TENSOR_CORES: bfloat16, float16, TF32); in float64 and
 // strict float32 (and gemm_tc_nn in TF32) they trap.
 //
@@ -25,13 +26,18 @@
 // the fragment readers, the 3-stage cp.async pipeline) is kernels/tc_tile.cuh, shared with the
 // implicit-GEMM convolutions of kernels/conv2d_tc.cu.
 
-// The epilogue's stores, guarded against M and N.
+// The epilogue's stores, guarded against M and N, with the bias (when not null) added in float32.
 struct GemmStore {
+    const storage_t* bias;
     storage_t* C;
     float* C32;
     int M, N;
     __device__ void operator()(int row, int col, float v0, float v1) const {
         if (row >= M || col >= N) return;
+        if (bias) {
+            v0 += to_acc(bias[col]);
+            if (col + 1 < N) v1 += to_acc(bias[col + 1]);
+        }
         const index_t at = (index_t)row * N + col;
         if (C) store_pair(C, at, col + 1 < N, from_acc(v0), from_acc(v1));
         else store_pair(C32, at, col + 1 < N, v0, v1);
@@ -42,8 +48,8 @@ struct GemmStore {
 typedef TcTile64 GemmTile;
 
 template <class FragB, int B_ROWS, int B_ROW_BYTES>
-__device__ void gemm_tc_body(const storage_t* A, const storage_t* B, storage_t* C, float* C32, int M, int N, int K,
-                             int vec_a, int vec_b, bool b_kn) {
+__device__ void gemm_tc_body(const storage_t* A, const storage_t* B, const storage_t* bias, storage_t* C, float* C32,
+                             int M, int N, int K, int vec_a, int vec_b, bool b_kn) {
     typedef GemmTile S;
     TC_DECLARE_STAGES(S, As, Bs);
     const int es = (int)sizeof(storage_t);
@@ -60,25 +66,27 @@ __device__ void gemm_tc_body(const storage_t* A, const storage_t* B, storage_t* 
         tc_gemm_mainloop<S, TensorCoreOp<storage_t>, FragA<S>, FragB>(la, lb, ktiles, 16, 16, As, Bs, acc);
     else
         tc_gemm_mainloop<S, TensorCoreOp<storage_t>, FragA<S>, FragB>(la, lb, ktiles, vec_a, vec_b, As, Bs, acc);
-    tc_gemm_epilogue<S>(GemmStore{C, C32, M, N}, m0, n0, acc);
+    tc_gemm_epilogue<S>(GemmStore{bias, C, C32, M, N}, m0, n0, acc);
 }
 
 // Every build exports both entry points (the registry's one table of names per file); where a
 // build has no tensor-core format for them (float64, strict float32; TF32 for the .trans path)
 // the body traps. The launcher refuses those calls before they reach a GPU.
 extern "C" __global__ void __launch_bounds__(GemmTile::THREADS)
-gemm_tc_nt(const storage_t* A, const storage_t* B, storage_t* C, float* C32, int M, int N, int K, int vec_a, int vec_b) {
+gemm_tc_nt(const storage_t* A, const storage_t* B, const storage_t* bias, storage_t* C, float* C32, int M, int N, int K,
+           int vec_a, int vec_b) {
 #if GPUCONV_TENSOR_CORES
-    gemm_tc_body<FragB_nt<GemmTile>, GemmTile::BN, TC_KBYTES>(A, B, C, C32, M, N, K, vec_a, vec_b, false);
+    gemm_tc_body<FragB_nt<GemmTile>, GemmTile::BN, TC_KBYTES>(A, B, bias, C, C32, M, N, K, vec_a, vec_b, false);
 #else
     __trap();
 #endif
 }
 
 extern "C" __global__ void __launch_bounds__(GemmTile::THREADS)
-gemm_tc_nn(const storage_t* A, const storage_t* B, storage_t* C, float* C32, int M, int N, int K, int vec_a, int vec_b) {
+gemm_tc_nn(const storage_t* A, const storage_t* B, const storage_t* bias, storage_t* C, float* C32, int M, int N, int K,
+           int vec_a, int vec_b) {
 #if GPUCONV_TENSOR_CORES && !GPUCONV_TF32
-    gemm_tc_body<FragB_nn<GemmTile>, TC_KM_ROWS, 2 * GemmTile::BN>(A, B, C, C32, M, N, K, vec_a, vec_b, true);
+    gemm_tc_body<FragB_nn<GemmTile>, TC_KM_ROWS, 2 * GemmTile::BN>(A, B, bias, C, C32, M, N, K, vec_a, vec_b, true);
 #else
     __trap();
 #endif

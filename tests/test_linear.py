@@ -7,6 +7,7 @@ import pytest
 from gpuconv.gradcheck import numerical_gradient_array, relative_error
 from gpuconv.ops import linear as linear_mod
 from gpuconv.ops import linear_backward, linear_forward
+from test_gemm_tc import GPU_FACTOR, host, on, target  # noqa: F401  (target: the sim/cuda fixture)
 
 
 def test_hand_values(backend):
@@ -77,3 +78,64 @@ def test_backward_rejects_wrong_dy(backend):
     _, cache = linear_forward(backend.asarray(np.ones((2, 3))), backend.asarray(np.ones((4, 3))), None)
     with pytest.raises(ValueError, match=r"dy must have the forward output's shape \(2, 4\)"):
         linear_backward(backend.asarray(np.ones((2, 3))), cache)
+
+
+# ----------------------------------------------------------------------------- the tensor-core kernels
+def _low_dtypes():
+    import ml_dtypes
+    return [np.dtype(ml_dtypes.bfloat16), np.dtype(np.float16)]
+
+
+@pytest.mark.parametrize("dtype", _low_dtypes(), ids=["bf16", "f16"])
+@pytest.mark.parametrize("x_shape, out, bias", [((1, 5), 1, True), ((7, 2, 3, 3), 10, False),
+                                                ((130, 70), 66, True), ((33, 256), 10, False)])
+def test_low_precision_runs_the_tensor_core_gemm_within_the_reduction_bound(target, dtype, x_shape, out, bias):
+    """bfloat16/float16 on 'sim' and a GPU: one GEMM forward (bias in its epilogue), two backward
+    (and the bias's column sum), each output within gradcheck's bound of the exact float64 result
+    for its reduction length (features forward, outputs for dx, batch rows for dw and db; doubled
+    on a GPU, whose tensor cores truncate), and rounded once."""
+    import gpuconv
+    from gpuconv import kernels
+    from gpuconv.gradcheck import reduction_tolerance, within_tolerance
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    feats = int(np.prod(x_shape[1:]))
+    w = (rng.standard_normal((out, feats)) / np.sqrt(feats)).astype(dtype)
+    b = rng.standard_normal(out).astype(dtype) if bias else None
+    dy = rng.standard_normal((x_shape[0], out)).astype(dtype)
+    args = on(target, x, w, dy) + ([on(target, b)[0]] if bias else [None])
+    with gpuconv.default_device(target), kernels.launch_log() as log:
+        y, cache = linear_forward(args[0], args[1], args[3])
+        dx, dw, db = (None if a is None else host(a) for a in linear_backward(args[2], cache))
+        y = host(y)
+    assert log.names == ["gemm_tc_nt", "gemm_tc_nn", "gemm_tc_nn"] + (["conv2d_backward_bias"] if bias else [])
+    assert kernels.fallbacks(log) == []
+    x2, x64, w64, dy64 = x.reshape(len(x), -1), *(a.astype(np.float64) for a in (x.reshape(len(x), -1), w, dy))
+    b64 = b.astype(np.float64) if bias else 0.0
+    checks = [(y, x64 @ w64.T + b64, np.abs(x64) @ np.abs(w64.T) + np.abs(b64), feats, (len(x), out)),
+              (dx.reshape(len(x), -1), dy64 @ w64, np.abs(dy64) @ np.abs(w64), out, x2.shape),
+              (dw, dy64.T @ x64, np.abs(dy64.T) @ np.abs(x64), len(x), w.shape)]
+    if bias:
+        checks.append((db, dy64.sum(0), np.abs(dy64).sum(0), len(x), (out,)))
+    for got, want, mag, length, shape in checks:
+        assert got.dtype == dtype and got.shape == shape
+        factor = GPU_FACTOR if target == "cuda" else 1.0
+        ok, worst = within_tolerance(got, want, factor * reduction_tolerance(mag, want, length, dtype))
+        assert ok, worst
+    assert dx.shape == x.shape and (db is None) == (not bias)
+
+
+def test_float32_and_float64_stay_on_the_reference_by_design():
+    """No tensor-core format (strict float32, float64) or TF32: the reference, which the launch
+    log does not count as a fallback."""
+    import gpuconv
+    from gpuconv import kernels
+    x, w = np.ones((4, 3), np.float32), np.ones((2, 3), np.float32)
+    with gpuconv.default_device("sim"), kernels.launch_log() as log:
+        y, cache = linear_forward(x, w, None)
+        linear_backward(np.ones((4, 2), np.float32), cache)
+        linear_forward(x.astype(np.float64), w.astype(np.float64), None)
+        linear_forward(x, w, None, precision="tf32")
+    assert log.names == [] and kernels.fallbacks(log) == []
+    assert [d[2] for d in log.dispatches] == ["reference"] * 4
+    np.testing.assert_array_equal(y, np.full((4, 2), 3.0))

@@ -7,7 +7,10 @@ the op's ``_<op>_reference`` takes (already validated and normalized: strides an
 ``(h, w)`` pairs) plus the keyword ``target`` ('cuda' or 'sim'), and returns exactly what the
 reference returns, caches included, so a forward on one path and a backward on the other
 stay compatible. A launcher may return ``NotImplemented`` to decline a case it does not
-cover (a dtype, an odd shape); the reference then runs.
+cover (an odd shape, a size past int indexing); the reference then runs, and the launch log
+calls it a fallback (which the backend tests fail on 'sim'). A launcher returns ``REFERENCE``
+instead for the cases its op leaves to the reference by design (linear's float32 and float64:
+one BLAS GEMM is the fast path there).
 
     from gpuconv.ops._dispatch import register_launcher
 
@@ -15,12 +18,13 @@ cover (a dtype, an odd shape); the reference then runs.
     def relu_forward_kernel(x, *, target):
         ...
 
-Which ops have kernels. conv2d, max/avg pooling, ReLU, GELU, dropout, batchnorm2d and
-softmax_cross_entropy have launchers (kernels/*.cu), on 'cuda' and on 'sim'. linear has none: on
-CuPy arrays its reference runs with CuPy's own machinery (cuBLAS matmul, elementwise kernels and
-reductions, all on the device, no host copy), and under ``Device('sim')`` its NumPy twin runs
-(the same code with ``xp = numpy``). So on 'sim' every ``kernels/*.cu`` kernel runs on the
-simulator, and the rest of a training step is plain NumPy, exactly as on 'cuda' it is plain CuPy.
+Which ops have kernels. conv2d, max/avg pooling, ReLU, GELU, dropout, batchnorm2d,
+softmax_cross_entropy and linear (bfloat16/float16, on the tensor-core GEMM) have launchers
+(kernels/*.cu), on 'cuda' and on 'sim'. A float32/float64 linear runs its reference: on CuPy
+arrays with CuPy's own machinery (a cuBLAS matmul, all on the device, no host copy), under
+``Device('sim')`` its NumPy twin (the same code with ``xp = numpy``). So on 'sim' every
+``kernels/*.cu`` kernel runs on the simulator, and the rest of a training step is plain NumPy,
+exactly as on 'cuda' it is plain CuPy.
 
 Layouts. Ops keep the layout they are given (gpuconv.layout): when an op's first 4-D array
 argument is channels_last, its activation result (y, or dx) comes back channels_last, whichever
@@ -40,6 +44,16 @@ from ._checks import check_float, check_same_dtype
 
 _TARGETS = ("cuda", "sim")
 _LAUNCHERS: dict[tuple[str, str], object] = {}
+
+
+class _Reference:
+    """A launcher's answer "this case is the reference's, by design" (see the module doc)."""
+
+    def __repr__(self):
+        return "REFERENCE"
+
+
+REFERENCE = _Reference()
 
 
 def register_launcher(op_name, targets=_TARGETS):
@@ -100,14 +114,16 @@ def call_elementwise_backward(op_name, reference, dy, cache):
 
 def _run(op_name, target, reference, args):
     launcher = get_launcher(op_name, target)
+    out = NotImplemented
     if launcher is not None:
         out = launcher(*args, target=target)
-        if out is not NotImplemented:
+        if out is not NotImplemented and out is not REFERENCE:
             if target is not None:
                 kernels.log_dispatch(op_name, target, "kernel")
             return _keep_layout(args, out)
     if target is not None:  # the launch log tells a kernel op that fell back from one that has none
-        path = "declined" if launcher is not None else "no-launcher" if has_kernels(op_name) else "reference"
+        path = ("reference" if out is REFERENCE else "declined" if launcher is not None
+                else "no-launcher" if has_kernels(op_name) else "reference")
         kernels.log_dispatch(op_name, target, path)
     return _keep_layout(args, reference(*args))
 

@@ -1,11 +1,12 @@
 """Launcher of the tensor-core GEMM (kernels/gemm_tc.cu) and its NumPy reference.
 
-Internal: the GEMM is the test bed and the template of the tensor-core convolutions, not a
-public op. ``gemm_tc(a, b)`` computes ``a @ b.T`` (``b_layout='nt'``, b given as [N, K]) or
-``a @ b`` (``'nn'``, b as [K, N]) on 'sim' or 'cuda', for bfloat16 and float16 operands, and for
-float32 operands in TF32 (``tf32=True``: rounded to TF32 as they enter the tensor cores). Sums run
-in float32; the output is rounded once into the operands' dtype, or returned as float32 with
-``out_dtype=np.float32``.
+Internal: the GEMM is the template of the tensor-core convolutions and the linear layer's kernel
+(gpuconv/ops/_launch_linear.py), not a public op. ``gemm_tc(a, b)`` computes ``a @ b.T``
+(``b_layout='nt'``, b given as [N, K]) or ``a @ b`` (``'nn'``, b as [K, N]) on 'sim' or 'cuda', for
+bfloat16 and float16 operands, and for float32 operands in TF32 (``tf32=True``: rounded to TF32 as
+they enter the tensor cores), plus ``bias`` (one per output column, the operands' dtype) when
+given. Sums run in float32; the output is rounded once into the operands' dtype, or returned as
+float32 with ``out_dtype=np.float32``.
 """
 from __future__ import annotations
 
@@ -66,20 +67,25 @@ def _check(a, b, b_layout, out_dtype, tf32):
     return dt, out
 
 
-def gemm_tc(a, b, *, b_layout: str = "nt", out_dtype=None, tf32: bool = False, target: str = "sim"):
-    """C = a @ b.T ('nt') or a @ b ('nn') on the tensor cores; see the module docstring."""
+def gemm_tc(a, b, *, b_layout: str = "nt", out_dtype=None, tf32: bool = False, target: str = "sim", bias=None):
+    """C = a @ b.T ('nt') or a @ b ('nn') (+ bias) on the tensor cores; see the module docstring."""
     dt, out = _check(a, b, b_layout, out_dtype, tf32)
-    xp = get_array_module(a, b)
+    xp = get_array_module(a, b, bias)
     a, b = xp.ascontiguousarray(a), xp.ascontiguousarray(b)
     m, k = a.shape
     n = b.shape[0] if b_layout == "nt" else b.shape[1]
+    if bias is not None:
+        if bias.dtype != dt or tuple(bias.shape) != (n,):
+            raise ValueError(f"gemm_tc: bias must be ({n},) of dtype {dt} (one per output column), got "
+                             f"{tuple(bias.shape)} {bias.dtype}")
+        bias = xp.ascontiguousarray(bias)
     c = xp.empty((m, n), dtype=out)
     if m == 0 or n == 0:
         return c
     grid = (-(-m // TILE), -(-n // TILE), 1)
     store, store32 = (c, None) if out == dt else (None, c)
     kernels.launch("gemm_tc", f"gemm_tc_{b_layout}", dt, target, grid, (THREADS, 1, 1),
-                   (a, b, store, store32, np.int32(m), np.int32(n), np.int32(k),
+                   (a, b, bias, store, store32, np.int32(m), np.int32(n), np.int32(k),
                     np.int32(vector_bytes(a)), np.int32(vector_bytes(b))), tf32=tf32)
     return c
 

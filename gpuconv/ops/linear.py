@@ -8,6 +8,9 @@ upcast to float32, multiplied and summed there, and y, dx, dw, db rounded once t
 TF32 mode (``precision="tf32"``, or the current setting when None) float32 x, w and dy are
 rounded to TF32 before the matrix products; the bias and its gradient, sums, are not.
 
+On 'cuda' and 'sim', bfloat16/float16 layers run on the tensor-core GEMM (``_launch_linear``:
+one launch forward, two or three backward); float32 and float64 run this NumPy/CuPy form.
+
 Cache (shared with the kernel launchers, see ``_dispatch``): ``LinearCache(x, w, has_bias)``.
 """
 from __future__ import annotations
@@ -80,3 +83,6 @@ def _linear_backward_reference(dy, cache, tf32=False):
     dw = xp.matmul(dyc.T, xc.reshape(x.shape[0], int(np.prod(x.shape[1:]))))
     db = upcast(dy).sum(axis=0) if has_bias else None  # a sum: never TF32-rounded
     return round_once(dx, x.dtype), round_once(dw, w.dtype), round_once(db, dy.dtype)
+
+
+from . import _launch_linear  # noqa: E402,F401  (registration)
