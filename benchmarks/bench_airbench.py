@@ -61,7 +61,8 @@ def gpuconv_setup(images, labels, r, precision, device, width, cuda_graph=False)
     (``--cuda-graph`` with ``cuda_graph``)."""
     model, _ = cli.build_model(RECIPE, seed=0, width=width)
     loader = DeviceLoader(images, labels, r["batch_size"], shuffle=True, augment=r["augment"], seed=0, device=device,
-                          channels_last=amp.channels_last_for(precision), padding=r["padding"],
+                          channels_last=amp.channels_last_for(precision), dtype=amp.compute_dtype(precision),
+                          padding=r["padding"],
                           padding_mode=r["padding_mode"], flip=r["flip"], drop_last=cli.drop_last(r, len(images)))
     total = r["epochs"] * len(loader)
     opt, extras = cli._recipe_setup(r, model, images, total)

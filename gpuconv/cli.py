@@ -459,6 +459,7 @@ def _train(args) -> int:
         nhwc = amp.channels_last_for(s["precision"])  # the layout the tensor-core convolutions read
         train_loader = DeviceLoader(train.images, train.labels, s["batch_size"], shuffle=True,
                                     augment=s["augment"], seed=s["seed"], device=device, channels_last=nhwc,
+                                    dtype=amp.compute_dtype(s["precision"]),  # the step's dtype: no cast per step
                                     padding=s["padding"], padding_mode=s["padding_mode"], flip=s["flip"],
                                     drop_last=drop_last(s, len(train)))
         val_loader = (DeviceLoader(val.images, val.labels, 500, shuffle=False, augment=False, device=device,

@@ -187,3 +187,16 @@ def test_bad_epoch_arguments():
         loader.set_epoch(0, start_batch=4)
     loader.set_epoch(0, start_batch=3)
     assert list(loader) == []
+
+
+def test_a_low_precision_loader_gives_the_float32_batches_rounded_once(backend):
+    """dtype=bfloat16 (what `gpuconv train` asks for in bf16, so a step casts nothing): the float32
+    loader's batches rounded once, bit for bit, with the recipe's augmentation and layout."""
+    import ml_dtypes
+    x, y = dataset(40)
+    kw = dict(batch_size=16, shuffle=True, augment=True, seed=3, channels_last=True, padding=2,
+              padding_mode="reflect", flip="alternate")
+    wide, narrow = DeviceLoader(x, y, **kw), DeviceLoader(x, y, dtype=ml_dtypes.bfloat16, **kw)
+    for (xw, yw), (xn, yn) in zip(epoch(wide, backend), epoch(narrow, backend)):
+        assert xn.dtype == ml_dtypes.bfloat16 and np.array_equal(yw, yn)
+        assert xw.astype(ml_dtypes.bfloat16).tobytes() == np.ascontiguousarray(xn).tobytes()
