@@ -313,7 +313,8 @@ def environment(device="cuda", use_torch=True):
            "torch": None, "cudnn": None, "python": platform.python_version(), "numpy": np.__version__,
            "host": platform.node(),
            "kernel_variants": os.environ.get("GPUCONV_KERNEL_VARIANTS") or None,  # variants forced for the run
-           "autotune": kernels.autotune_enabled()}  # "auto" convolutions chosen by measurement (GPUCONV_AUTOTUNE)
+           # "auto" convolutions chosen by measurement: GPUCONV_AUTOTUNE, or a Trainer's own (a table exists)
+           "autotune": kernels.autotune_enabled() or bool(kernels.tuned_variants())}
     if device == "cuda":
         dev = cp.cuda.Device()
         props = cp.cuda.runtime.getDeviceProperties(dev.id)

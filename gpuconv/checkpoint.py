@@ -8,6 +8,7 @@ Layout (every key flat, every value a non-object NumPy array):
 ``loader/...``          data loader position, same encoding (when the loader has one)
 ``rng/<owner>``         a ``numpy.random.Generator`` state as JSON in a uint8 array
 ``meta/epoch``, ``meta/step``, ``meta/epoch_step``, ``meta/config`` (JSON), ``meta/format``
+``meta/autotune``       the convolutions' autotuned variants (JSON), when the run tuned any
 
 Nested state (dicts, lists, scalars) is flattened by :func:`flatten_tree`: arrays become their
 own keys, numbers become 0-d arrays (so ``np.load(path)['sched/last_step']`` is readable), and

@@ -90,7 +90,7 @@ from . import backend  # attribute access at call time: tests fake CuPy by patch
 from . import layout, precision
 
 KERNEL_FILES = ("conv2d", "conv2d_tc", "pool2d", "relu", "gelu", "dropout", "augment", "stream_hold", "gemm_tc",
-                "batchnorm", "optim", "loss", "amp")
+                "batchnorm", "optim", "loss", "amp", "scale")
 # The headers a file's translation unit gets after common.cuh, in order (see build_source).
 _TC_HEADERS = ("mma.cuh", "wgmma.cuh", "tc_tile.cuh")
 UNIT_HEADERS = {"gemm_tc": _TC_HEADERS, "conv2d_tc": _TC_HEADERS, "relu": ("activation.cuh",),
@@ -172,17 +172,32 @@ def resolve(family: str, dtype, tf32: bool, channels: int) -> str:
 # wgmma's only where they run; v2/v3 on CUDA cores, v1 too for a data gradient into few
 # channels); a variant chosen by use_variant/set_variant/GPUCONV_KERNEL_VARIANTS is never tuned
 # over. The choices are a table (tuned_variants / load_tuned_variants) that the trainer saves in
-# its checkpoints: variants sum in different orders, so a resumed run takes the same ones to
-# continue bit for bit. Tuning synchronizes the host once per new geometry (the events): warm up
-# before a no_sync block, and never inside a CUDA graph capture (a capturing stream gets the
-# channel rule, untabled). Off unless asked for: set_autotune(True), ``with autotuning():``, or
-# GPUCONV_AUTOTUNE=1; the trainer turns it on for GPU runs.
-AUTOTUNE_REPS = 3
+# its checkpoints: variants sum in different orders, so a resumed run (autotuning on) takes the
+# same ones to continue bit for bit. The keys name the GPU model: a table moved to another GPU
+# tunes anew. Tuning synchronizes the host once per new geometry (the events), so it never runs
+# inside a CUDA graph capture or a syncguard.no_sync block: there the channel rule runs, untabled.
+# Its own launches stay out of launch logs. Off unless asked for: set_autotune(True), ``with
+# autotuning():``, or GPUCONV_AUTOTUNE=1; the trainer turns it on for GPU runs.
+AUTOTUNE_REPS = 5     # launches per timed round
+AUTOTUNE_ROUNDS = 2   # rounds per candidate: the fastest round counts (a stray stall in one is dropped)
 _TUNED_TARGETS = ("cuda",)  # the simulator's time says nothing about a GPU's (tests add 'sim')
 _autotune: contextvars.ContextVar = contextvars.ContextVar("gpuconv_autotune", default=None)
 _tuned: dict = {}        # table key -> variant
 _tune_times: dict = {}   # table key -> {variant: seconds}, of the tunings this process ran
-_tune_lock = threading.Lock()
+_tune_lock = threading.Lock()      # the table
+_measure_lock = threading.Lock()   # one tuning at a time: two would time each other
+_no_sync: contextvars.ContextVar = contextvars.ContextVar("gpuconv_no_sync", default=False)
+
+
+@contextlib.contextmanager
+def sync_forbidden():
+    """A block where the host must not wait for the GPU (gpuconv.syncguard.no_sync holds the
+    stream): autotuning, which waits on its events, leaves new geometries to the channel rule."""
+    token = _no_sync.set(True)
+    try:
+        yield
+    finally:
+        _no_sync.reset(token)
 
 
 def autotune_enabled() -> bool:
@@ -227,6 +242,9 @@ def load_tuned_variants(table: dict, replace: bool = False):
     for key, var in dict(table).items():
         family = str(key).split("[", 1)[0]
         _check_variant(family, var, f"autotuning table entry {key!r}")
+        if var == "auto":
+            raise ValueError(f"autotuning table entry {key!r}: 'auto' is what the table resolves, not a variant "
+                             "to run; give a concrete one (tc, tc128, v2, ...)")
         checked[str(key)] = str(var)
     with _tune_lock:
         if replace:
@@ -250,9 +268,20 @@ def tune_candidates(family: str, dtype, tf32: bool, target: str, device=None, ch
     return ("v2", "v3")
 
 
-def tune_key(family: str, dtype, tf32: bool, geometry) -> str:
-    """The table key of a launch: family, dtype (or tf32) and its geometry, as text."""
-    return f"{_key(family, 'tf32' if tf32 else dtype)} {geometry}"
+def tune_key(family: str, dtype, tf32: bool, geometry, target: str = "sim", device=None) -> str:
+    """The table key of a launch: family, dtype (or tf32), the GPU model ('sim' on the simulator)
+    and the launch's geometry, as text."""
+    return f"{_key(family, 'tf32' if tf32 else dtype)} {_device_model(target, device)} {geometry}"
+
+
+@functools.lru_cache(maxsize=None)
+def _device_model(target: str, device) -> str:
+    """'NVIDIA-H200' (the GPU's name, spaces made dashes) on 'cuda', 'sim' on the simulator."""
+    if target != "cuda":
+        return "sim"
+    cp = backend.require_cupy()
+    name = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device(device).id)["name"]
+    return "-".join((name.decode() if isinstance(name, bytes) else str(name)).split())
 
 
 def tuned_variant(family: str, dtype, tf32: bool, channels: int, target: str, device, geometry, run) -> str:
@@ -263,38 +292,51 @@ def tuned_variant(family: str, dtype, tf32: bool, channels: int, target: str, de
     rule = auto_variant(family, dtype, tf32, channels)
     if target not in _TUNED_TARGETS or not autotune_enabled():
         return rule
-    key = tune_key(family, dtype, tf32, geometry())
+    key = tune_key(family, dtype, tf32, geometry(), target, device)
     with _tune_lock:
         chosen = _tuned.get(key)
     if chosen is not None:
         return chosen
-    if _capturing(target):
+    if _no_sync.get() or _capturing(target):
         return rule
-    candidates = tune_candidates(family, dtype, tf32, target, device, channels)
-    times = {var: _measure(run, var, target) for var in candidates}
-    chosen = min(candidates, key=times.__getitem__)  # a tie: the first candidate
-    with _tune_lock:
-        _tuned[key], _tune_times[key] = chosen, times
+    with _measure_lock:
+        with _tune_lock:
+            chosen = _tuned.get(key)  # another thread's tuning, finished while this one waited
+        if chosen is not None:
+            return chosen
+        candidates = tune_candidates(family, dtype, tf32, target, device, channels)
+        token = _launch_logs.set(())  # the candidates' launches are not the op's
+        try:
+            times = {var: _measure(run, var, target) for var in candidates}
+        finally:
+            _launch_logs.reset(token)
+        chosen = min(candidates, key=times.__getitem__)  # a tie: the first candidate
+        with _tune_lock:
+            _tuned[key], _tune_times[key] = chosen, times
     return chosen
 
 
 def _measure(run, var, target) -> float:
-    """Seconds per ``run(var)``: one untimed run, then AUTOTUNE_REPS between two events on the
-    current stream (host time on the simulator)."""
+    """Seconds per ``run(var)``: one untimed run, then AUTOTUNE_ROUNDS rounds of AUTOTUNE_REPS
+    between two events on the current stream, the fastest round (host time on the simulator)."""
     run(var)
-    if target != "cuda":
-        start = time.perf_counter()
+    best = float("inf")
+    for _ in range(AUTOTUNE_ROUNDS):
+        if target != "cuda":
+            start = time.perf_counter()
+            for _ in range(AUTOTUNE_REPS):
+                run(var)
+            best = min(best, (time.perf_counter() - start) / AUTOTUNE_REPS)
+            continue
+        cuda = backend.require_cupy().cuda
+        start, end = cuda.Event(), cuda.Event()
+        start.record()
         for _ in range(AUTOTUNE_REPS):
             run(var)
-        return (time.perf_counter() - start) / AUTOTUNE_REPS
-    cuda = backend.require_cupy().cuda
-    start, end = cuda.Event(), cuda.Event()
-    start.record()
-    for _ in range(AUTOTUNE_REPS):
-        run(var)
-    end.record()
-    end.synchronize()
-    return cuda.get_elapsed_time(start, end) / 1e3 / AUTOTUNE_REPS
+        end.record()
+        end.synchronize()
+        best = min(best, cuda.get_elapsed_time(start, end) / 1e3 / AUTOTUNE_REPS)
+    return best
 
 
 def _capturing(target) -> bool:

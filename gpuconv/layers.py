@@ -634,27 +634,24 @@ class Flatten(Layer):
 class Scale(Layer):
     """``y = factor * x``: the fixed output scaling of fast ResNet-style nets (0.125 in ResNet-9).
 
-    Scaling logits down keeps the softmax from saturating early; no op exists for it because
-    it is a single elementwise multiply on whatever array module ``x`` belongs to."""
+    Scaling logits down keeps the softmax from saturating early (:func:`gpuconv.ops.scale_forward`:
+    bfloat16/float16 multiplied in float32 and rounded once, one kernel launch on a GPU)."""
 
     def __init__(self, factor):
         super().__init__()
-        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor):
-            raise ValueError(f"Scale(factor={factor!r}): factor must be a finite Python number")
-        self.factor = float(factor)
+        from .ops.scale import check_factor
+        try:
+            self.factor = check_factor(factor)
+        except ValueError:
+            raise ValueError(f"Scale(factor={factor!r}): factor must be a finite Python number") from None
 
     def forward(self, x):
         self._keep(True)
-        return self._scaled(x)
+        return ops.scale_forward(x, self.factor)[0]
 
     def backward(self, dy, need_dx=True):
         self._take_cache()
-        return self._scaled(dy)
-
-    def _scaled(self, a):
-        # The product rounded once to a's dtype: NumPy keeps bfloat16 * a Python float in
-        # bfloat16, CuPy promotes it to float32.
-        return (a * self.factor).astype(a.dtype, copy=False)
+        return ops.scale_backward(dy, ops.ScaleCache(self.factor))
 
     def extra_repr(self):
         return f"{self.factor}"

@@ -91,7 +91,7 @@ def _held_stream(device: int, what: str, timeout: float):
         def let_go():
             release.value = 1
 
-        with watchdog(what, timeout, let_go) as report:
+        with watchdog(what, timeout, let_go) as report, kernels.sync_forbidden():  # no autotuning waits here
             yield
         cp.cuda.get_current_stream().synchronize()  # outside the block: the hold has ended
     if timed_out.value and not report.stuck:

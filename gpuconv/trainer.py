@@ -15,6 +15,7 @@ loader up to the saved batch (same shuffle, same augmentation draws) without tra
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -142,8 +143,9 @@ class Trainer:
     where a step's launches cost more host time than its kernels take; elsewhere the same path
     runs the step itself). Captured at each epoch's second step; SGD only, no dropout, no fp16.
     ``autotune``: measure each convolution's "auto" variant at its first training step
-    (:func:`gpuconv.kernels.autotuning`); 'auto' (default) does on 'cuda', True/False force it.
-    The choices go into the checkpoint, and a resumed run takes them, so it continues bit for bit.
+    (:func:`gpuconv.kernels.autotuning`); 'auto' (default) does on 'cuda' unless
+    ``$GPUCONV_AUTOTUNE`` says otherwise, True/False force it. The choices go into the checkpoint,
+    and a resumed run that autotunes takes them, so it continues bit for bit.
     """
 
     def __init__(self, model, optimizer, scheduler=None, out_dir=None, label_smoothing=0.0, log_every=50,
@@ -222,8 +224,13 @@ class Trainer:
         return StepGraph.for_optimizer(self._eager_step, self.optimizer)
 
     def _eager_step(self, x, y):
-        tune = backend.is_cupy_array(x) if self.autotune == "auto" else self.autotune
-        with kernels.autotuning(tune):
+        if self.autotune != "auto":
+            tuning = kernels.autotuning(self.autotune)
+        elif "GPUCONV_AUTOTUNE" in os.environ:  # the user's word, either way
+            tuning = contextlib.nullcontext()
+        else:
+            tuning = kernels.autotuning(backend.is_cupy_array(x))
+        with tuning:
             return amp.training_step(self.model, self.optimizer, x, y, self.precision, self.scaler,
                                      self.label_smoothing, count_correct=True)
 

@@ -14,6 +14,7 @@ import pytest
 import gpuconv
 from gpuconv import backend as B
 from gpuconv import kernels, layout, ops
+from gpuconv.gradcheck import reduction_tolerance, within_tolerance
 from gpuconv.layers import Conv2d, Flatten, Linear, Sequential
 from gpuconv.optim import SGD
 from gpuconv.trainer import Trainer
@@ -72,7 +73,7 @@ def test_the_fastest_candidate_runs_and_gives_that_variants_bits(fake_timer):
     # every candidate timed once per family, wgmma's included (they run on the simulator)
     assert sorted(fake_timer.calls) == sorted(3 * ["tc", "tc128", "tc128w", "tcwg", "tcwg256"])
     key = next(k for k in table if k.startswith("conv2d_forward"))
-    assert key == "conv2d_forward[bfloat16] N2 C8 H6 W6 K16 F3x3 S1x1 P1x1 nhwc"
+    assert key == "conv2d_forward[bfloat16] sim N2 C8 H6 W6 K16 F3x3 S1x1 P1x1 nhwc"  # 'sim': the GPU model
     with gpuconv.default_device("sim"), kernels.use_variant(conv2d_forward="tc128w", conv2d_backward_data="tc128w",
                                                             conv2d_backward_weight="tc128w"):
         chosen = _forward_backward(x, w)
@@ -119,13 +120,18 @@ def test_off_or_a_chosen_variant_measures_nothing(fake_timer):
     assert fake_timer.calls == [] and kernels.tuned_variants() == {}
 
 
-def test_the_environment_switches_it_on(fake_timer, monkeypatch):
+def test_the_environment_switches_it_on(fake_timer, monkeypatch, tmp_path):
     monkeypatch.setenv("GPUCONV_AUTOTUNE", "1")
     assert kernels.autotune_enabled()
     with kernels.autotuning(False):
         assert not kernels.autotune_enabled()
     monkeypatch.setenv("GPUCONV_AUTOTUNE", "0")
     assert not kernels.autotune_enabled()
+    monkeypatch.setenv("GPUCONV_AUTOTUNE", "1")  # the trainer's 'auto' follows the variable where it is set
+    x, _ = _conv_case()
+    with gpuconv.default_device("sim"):
+        _trainer("auto", tmp_path).train_step(x, np.arange(2))
+    assert len(kernels.tuned_variants()) == 2
 
 
 def test_a_captured_step_gets_the_channel_rule_and_no_entry(fake_timer, monkeypatch):
@@ -135,6 +141,27 @@ def test_a_captured_step_gets_the_channel_rule_and_no_entry(fake_timer, monkeypa
         ops.conv2d_forward(x, w, None, stride=1, padding=1)
     assert fake_timer.calls == [] and kernels.tuned_variants() == {}
     assert log.names == ["conv2d_forward_tc"]  # K = 16: the 64x64 tile, as auto_variant says
+
+
+def test_inside_a_no_sync_block_a_new_geometry_gets_the_rule_and_a_known_one_its_choice(fake_timer):
+    x, w = _conv_case()
+    with gpuconv.default_device("sim"), kernels.autotuning():
+        with kernels.sync_forbidden(), kernels.launch_log() as log:
+            ops.conv2d_forward(x, w, None, stride=1, padding=1)
+        assert fake_timer.calls == [] and log.names == ["conv2d_forward_tc"]
+        ops.conv2d_forward(x, w, None, stride=1, padding=1)  # tuned here
+        with kernels.sync_forbidden(), kernels.launch_log() as log:
+            ops.conv2d_forward(x, w, None, stride=1, padding=1)
+    assert log.names == ["conv2d_forward_tc128w"] and len(fake_timer.calls) == 5
+
+
+def test_the_candidates_launches_stay_out_of_the_launch_log(monkeypatch):
+    monkeypatch.setattr(kernels, "_TUNED_TARGETS", ("cuda", "sim"))
+    x, w = _conv_case()
+    with gpuconv.default_device("sim"), kernels.autotuning(), kernels.launch_log() as log:
+        ops.conv2d_forward(x, w, None, stride=1, padding=1)
+    (chosen,) = kernels.tuned_variants().values()
+    assert log.names == [f"conv2d_forward_{chosen}"]  # 5 candidates x 11 timed launches ran besides
 
 
 def test_the_simulator_has_no_tuning_unless_asked_and_its_own_timer_works(monkeypatch):
@@ -158,13 +185,15 @@ def test_the_table_round_trips_and_rejects_what_is_not_a_variant():
         kernels.load_tuned_variants({"conv2d_forward[bfloat16] N1": "tc9"})
     with pytest.raises(ValueError, match="kernel family 'pool' has no variants"):
         kernels.load_tuned_variants({"pool[bfloat16] N1": "v1"})
+    with pytest.raises(ValueError, match="'auto' is what the table resolves"):
+        kernels.load_tuned_variants({"conv2d_forward[bfloat16] N1": "auto"})
     kernels.load_tuned_variants({"conv2d_backward_weight[tf32] N2": "tc"}, replace=True)
     assert kernels.tuned_variants() == {"conv2d_backward_weight[tf32] N2": "tc"}
 
 
 def test_a_loaded_choice_is_what_runs(fake_timer):
     x, w = _conv_case()
-    kernels.load_tuned_variants({"conv2d_forward[bfloat16] N2 C8 H6 W6 K16 F3x3 S1x1 P1x1 nhwc": "tcwg256"})
+    kernels.load_tuned_variants({"conv2d_forward[bfloat16] sim N2 C8 H6 W6 K16 F3x3 S1x1 P1x1 nhwc": "tcwg256"})
     with gpuconv.default_device("sim"), kernels.autotuning(), kernels.launch_log() as log:
         ops.conv2d_forward(x, w, None, stride=1, padding=1)
     assert fake_timer.calls == [] and log.names == ["conv2d_forward_tcwg256"]
@@ -190,8 +219,14 @@ def test_the_trainer_tunes_on_request_and_its_checkpoint_carries_the_table(fake_
         trainer._flush()
         trainer.save_checkpoint()
         kernels.clear_tuned()
-        _trainer(True, tmp_path).load_checkpoint()
-    assert kernels.tuned_variants() == table
+        fake_timer.calls.clear()
+        resumed = _trainer(True, tmp_path)
+        resumed.load_checkpoint()
+        assert kernels.tuned_variants() == table
+        with kernels.launch_log() as log:
+            resumed.train_step(x, y)
+    assert fake_timer.calls == []  # the loaded choices run: nothing timed again
+    assert [n for n in log.names if n.startswith("conv2d_forward")] == ["conv2d_forward_tc128w"]
     with pytest.raises(ValueError, match="autotune='yes': use 'auto'"):
         _trainer("yes", tmp_path)
 
@@ -203,12 +238,17 @@ def test_on_a_gpu_the_events_pick_a_candidate_that_computes_the_same_convolution
     x, w = _conv_case(seed=3)
     xd, wd = cp.asarray(x), cp.asarray(w)
     xd = layout.to_channels_last(xd)
-    with kernels.autotuning():
+    with kernels.autotuning(), kernels.launch_log() as log:
         y = ops.conv2d_forward(xd, wd, None, stride=1, padding=1)[0]
     (key, chosen), = kernels.tuned_variants().items()
     times = kernels.tuning_times()[key]
     assert chosen in kernels.tune_candidates("conv2d_forward", BF16, False, "cuda", 0) and chosen == min(times, key=times.get)
-    assert all(0 < t < 1e3 for t in times.values())
-    with kernels.use_variant(conv2d_forward=chosen):
-        again = ops.conv2d_forward(xd, wd, None, stride=1, padding=1)[0]
-    assert np.array_equal(B.asnumpy(y).view(np.uint16), B.asnumpy(again).view(np.uint16))
+    assert all(0 < t < 1e3 for t in times.values()) and log.names == [f"conv2d_forward_{chosen}"]
+    assert key.split(" ")[1].startswith("NVIDIA")  # the GPU model in the key
+    # the tuned variant computes the convolution: within the reduction bound of the exact one
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    want = ops.conv2d_forward(x64, w64, None, stride=1, padding=1)[0]
+    mag = ops.conv2d_forward(np.abs(x64), np.abs(w64), None, stride=1, padding=1)[0]
+    tol = 2.0 * reduction_tolerance(mag, want, 8 * 9, BF16)
+    ok, worst = within_tolerance(B.asnumpy(y), want, tol)
+    assert ok, worst

@@ -134,6 +134,10 @@ def test_shapes_take_every_copy_width():
     ({"out_dtype": np.float16}, np.zeros((2, 3), BF16), np.zeros((2, 3), BF16), TypeError,
      r"out_dtype=float16: gemm_tc writes the operands' dtype \(bfloat16\) or float32"),
     ({"tf32": True}, np.zeros((2, 3), BF16), np.zeros((2, 3), BF16), ValueError, r"pass tf32=False"),
+    ({"b_layout": "nn", "bias": np.zeros(2, BF16)}, np.zeros((2, 3), BF16), np.zeros((3, 2), BF16), ValueError,
+     r"a bias is added by the 'nt' product only"),
+    ({"bias": np.zeros(3, BF16)}, np.zeros((2, 3), BF16), np.zeros((2, 3), BF16), ValueError,
+     r"bias must be \(2,\) of dtype bfloat16"),
 ])
 def test_launcher_refuses_what_the_kernels_cannot_do(kwargs, a, b, error, match):
     with pytest.raises(error, match=match):

@@ -139,3 +139,16 @@ def test_float32_and_float64_stay_on_the_reference_by_design():
     assert log.names == [] and kernels.fallbacks(log) == []
     assert [d[2] for d in log.dispatches] == ["reference"] * 4
     np.testing.assert_array_equal(y, np.full((4, 2), 3.0))
+
+
+def test_low_precision_empty_batch(target):
+    """N = 0 on the kernels: empty y and dx, zero dw and db (empty sums), as the reference gives."""
+    import ml_dtypes
+    import gpuconv
+    bf = ml_dtypes.bfloat16
+    x, w, b, dy = on(target, np.zeros((0, 2, 3), bf), np.ones((4, 6), bf), np.ones(4, bf), np.zeros((0, 4), bf))
+    with gpuconv.default_device(target):
+        y, cache = linear_forward(x, w, b)
+        dx, dw, db = linear_backward(dy, cache)
+    assert y.shape == (0, 4) and dx.shape == (0, 2, 3) and dw.shape == (4, 6) and db.shape == (4,)
+    assert not host(dw).astype(np.float32).any() and not host(db).astype(np.float32).any()

@@ -48,6 +48,7 @@ ENTRIES = {
     "augment": ["augment_batch"],
     "relu": ["relu_forward_v1", "relu_forward_v2", "relu_backward_v1", "relu_backward_v2"],
     "gelu": ["gelu_forward", "gelu_backward"],
+    "scale": ["scale_forward"],
     "optim": ["sgd_update", "lookahead_update"],
     "loss": ["softmax_cross_entropy"],
     "amp": ["cast_parameters"],

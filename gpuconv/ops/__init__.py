@@ -19,6 +19,7 @@ from .lp_pool2d import LPPool2dCache, lp_pool2d_backward, lp_pool2d_forward
 from .pool2d import (AvgPool2dCache, MaxPool2dCache, avg_pool2d_backward, avg_pool2d_forward,
                      max_pool2d_backward, max_pool2d_forward)
 from .relu import ReluCache, relu_backward, relu_forward
+from .scale import ScaleCache, scale_backward, scale_forward
 
 __all__ = [
     "conv2d_forward", "conv2d_backward",
@@ -26,6 +27,7 @@ __all__ = [
     "lp_pool2d_forward", "lp_pool2d_backward", "LPPool2dCache",
     "relu_forward", "relu_backward",
     "gelu_forward", "gelu_backward", "GeluCache",
+    "scale_forward", "scale_backward", "ScaleCache",
     "linear_forward", "linear_backward",
     "softmax_cross_entropy",
     "check_labels",

@@ -94,11 +94,11 @@ def call(op_name, target, reference, *args):
     return _run(op_name, target, reference, args)
 
 
-def call_elementwise(op_name, reference, x):
-    """An elementwise activation's forward (ReLU, GELU): ``x`` checked, then :func:`call` on
-    ``x``'s target. The reference returns ``(y, cache)`` with ``cache.x``, the input."""
+def call_elementwise(op_name, reference, x, *scalars):
+    """An elementwise op's forward (ReLU, GELU, the scaling): ``x`` checked, then :func:`call` on
+    ``x``'s target with ``x`` and ``scalars``. The reference returns ``(y, cache)``."""
     check_float("x", x)
-    return call(op_name, kernel_target(x), reference, x)
+    return call(op_name, kernel_target(x), reference, x, *scalars)
 
 
 def call_elementwise_backward(op_name, reference, dy, cache):

@@ -4,8 +4,8 @@ Internal: the GEMM is the template of the tensor-core convolutions and the linea
 (gpuconv/ops/_launch_linear.py), not a public op. ``gemm_tc(a, b)`` computes ``a @ b.T``
 (``b_layout='nt'``, b given as [N, K]) or ``a @ b`` (``'nn'``, b as [K, N]) on 'sim' or 'cuda', for
 bfloat16 and float16 operands, and for float32 operands in TF32 (``tf32=True``: rounded to TF32 as
-they enter the tensor cores), plus ``bias`` (one per output column, the operands' dtype) when
-given. Sums run in float32; the output is rounded once into the operands' dtype, or returned as
+they enter the tensor cores), plus ``bias`` (one per output column, the operands' dtype; 'nt'
+only) when given. Sums run in float32; the output is rounded once into the operands' dtype, or returned as
 float32 with ``out_dtype=np.float32``.
 """
 from __future__ import annotations
@@ -75,6 +75,8 @@ def gemm_tc(a, b, *, b_layout: str = "nt", out_dtype=None, tf32: bool = False, t
     m, k = a.shape
     n = b.shape[0] if b_layout == "nt" else b.shape[1]
     if bias is not None:
+        if b_layout != "nt":
+            raise ValueError("gemm_tc: a bias is added by the 'nt' product only (gemm_tc_nn has no bias epilogue)")
         if bias.dtype != dt or tuple(bias.shape) != (n,):
             raise ValueError(f"gemm_tc: bias must be ({n},) of dtype {dt} (one per output column), got "
                              f"{tuple(bias.shape)} {bias.dtype}")

@@ -36,9 +36,11 @@ def _path(tf32, *arrays):
 
 
 def _rows(x):
-    """``x`` as (N, features), C-contiguous (a view where it already is)."""
-    xp = get_array_module(x)
-    return xp.ascontiguousarray(x.reshape(x.shape[0], -1))
+    """``x`` as (N, features), C-contiguous (a view where it already is; N may be 0)."""
+    features = 1
+    for d in x.shape[1:]:
+        features *= d
+    return get_array_module(x).ascontiguousarray(x.reshape(x.shape[0], features))
 
 
 @register_launcher("linear_forward")

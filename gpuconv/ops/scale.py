@@ -1,0 +1,46 @@
+"""Multiplication by a constant: ``y = factor * x`` (and ``dx = factor * dy``), any shape; the
+fixed output scaling of fast ResNet-style nets (0.125 in ResNet-9, 1/9 in airbench94).
+
+Precision (gpuconv.precision): bfloat16/float16 values are upcast to float32, multiplied by the
+factor rounded to float32, and rounded once (NumPy's own bfloat16 * float would round the
+factor to bfloat16 first, and CuPy would not: the rule makes both paths one function).
+
+Cache (shared with the kernel launchers, see ``_dispatch``): ``ScaleCache(factor)``.
+"""
+from __future__ import annotations
+
+import math
+from collections import namedtuple
+
+from ..precision import compute_dtype, round_once, upcast
+from . import _dispatch
+from ._checks import check_float
+
+ScaleCache = namedtuple("ScaleCache", "factor")
+
+
+def check_factor(factor) -> float:
+    """``factor`` as a float: a finite Python number (a ValueError otherwise)."""
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor):
+        raise ValueError(f"scale factor={factor!r}: must be a finite Python number, e.g. 0.125")
+    return float(factor)
+
+
+def scale_forward(x, factor):
+    """``y, cache`` with ``y = factor * x`` elementwise, rounded once to x's dtype."""
+    return _dispatch.call_elementwise("scale_forward", _scale_forward_reference, x, check_factor(factor))
+
+
+def scale_backward(dy, cache):
+    """``dx = factor * dy``."""
+    check_float("dy", dy)
+    return scale_forward(dy, cache.factor)[0]
+
+
+def _scale_forward_reference(x, factor):
+    xc = upcast(x)
+    return round_once(xc * compute_dtype(x.dtype).type(factor), x.dtype), ScaleCache(factor)
+
+
+# This op's CUDA kernel launcher, for the 'cuda' and 'sim' targets; last, as it imports the names above.
+from . import _launch_scale  # noqa: E402,F401  (registration)
