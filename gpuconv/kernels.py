@@ -547,18 +547,30 @@ def variant(family: str, dtype=None, tf32: bool = False) -> str:
     (at each level the one for ``dtype`` before the general one), else the family's default
     for ``dtype`` (``"*"`` when it has none of its own). ``dtype`` None: the general choice.
     ``tf32`` (float32 operands in TF32 mode): the choices and default keyed ``family[tf32]``."""
+    current = _variants.get()
+    memo = _variant_memo.get((family, dtype, tf32, id(current)))
+    if memo is not None and memo[0] is current:  # asked at every launch: answered once per choice set
+        return memo[1]
     if family not in VARIANTS:
         raise ValueError(f"kernel family {family!r} has no variants; families: {', '.join(VARIANTS)}")
-    if tf32:
-        dtype = "tf32"
-    specific, general = _key(family, dtype), family
-    for chosen in (_variants.get() or {}, _ENV_VARIANTS):
+    specific, general = _key(family, "tf32" if tf32 else dtype), family
+    for chosen in (current or {}, _ENV_VARIANTS):
         if specific in chosen:
-            return chosen[specific]
+            var = chosen[specific]
+            break
         if general in chosen:
-            return chosen[general]
-    defaults = VARIANTS[family].defaults
-    return defaults.get(_dtype_name(dtype), defaults["*"])
+            var = chosen[general]
+            break
+    else:
+        defaults = VARIANTS[family].defaults
+        var = defaults.get(_dtype_name("tf32" if tf32 else dtype), defaults["*"])
+    if len(_variant_memo) >= 1024:
+        _variant_memo.clear()
+    _variant_memo[(family, dtype, tf32, id(current))] = (current, var)  # holds ``current``: its id stays its own
+    return var
+
+
+_variant_memo: dict = {}
 
 
 def set_variant(family: str, var: str | None, dtype=None):

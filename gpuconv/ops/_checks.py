@@ -4,6 +4,7 @@ Each error names the argument, the value it got, the rule it broke and how to fi
 """
 from __future__ import annotations
 
+import functools
 import numbers
 
 import numpy as np
@@ -90,6 +91,7 @@ def pair(name, v, minimum=0):
     return hw
 
 
+@functools.lru_cache(maxsize=4096)  # every launch asks, about a network's few sizes (errors are not cached)
 def conv_output_size(in_size, filt, stride, pad, axis_name="width", padded=True):
     """``(W - F + 2P)/S + 1``, which must be a whole number >= 1 (CS231n's rule: no silent cropping).
     The message names the axis's own letter (H for the height); ``padded=False`` (pooling, which

@@ -13,6 +13,8 @@ format, sizes past int indexing); the caller then runs the CUDA-core kernels.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .. import kernels, layout, precision
@@ -102,6 +104,12 @@ def _launch(name, variant, dtype, target, rows, cols, args, tf32, device, splits
 
 
 def _i32(*values):
+    return _int32s(values)
+
+
+@functools.lru_cache(maxsize=4096)
+def _int32s(values):
+    """The kernel's int arguments as np.int32, made once per set of values (a network has few)."""
     return tuple(np.int32(v) for v in values)
 
 
