@@ -183,6 +183,7 @@ AUTOTUNE_ROUNDS = 2   # rounds per candidate: the fastest round counts (a stray 
 _TUNED_TARGETS = ("cuda",)  # the simulator's time says nothing about a GPU's (tests add 'sim')
 _autotune: contextvars.ContextVar = contextvars.ContextVar("gpuconv_autotune", default=None)
 _tuned: dict = {}        # table key -> variant
+_tuned_fast: dict = {}   # (family, dtype, tf32, target, device, geometry tuple) -> variant: the table, looked up per launch
 _tune_times: dict = {}   # table key -> {variant: seconds}, of the tunings this process ran
 _tune_lock = threading.Lock()      # the table
 _measure_lock = threading.Lock()   # one tuning at a time: two would time each other
@@ -250,12 +251,14 @@ def load_tuned_variants(table: dict, replace: bool = False):
         if replace:
             _tuned.clear()
         _tuned.update(checked)
+        _tuned_fast.clear()
 
 
 def clear_tuned():
     """Forget every tuned choice (and its times)."""
     with _tune_lock:
         _tuned.clear()
+        _tuned_fast.clear()
         _tune_times.clear()
 
 
@@ -284,17 +287,31 @@ def _device_model(target: str, device) -> str:
     return "-".join((name.decode() if isinstance(name, bytes) else str(name)).split())
 
 
+def conv_geometry(x_shape, w_shape, stride, padding, channels_last: bool) -> str:
+    """A convolution's geometry as the table's keys write it: 'N2 C8 H6 W6 K16 F3x3 S1x1 P1x1 nhwc'."""
+    n, c, h, w = x_shape
+    k, _, fh, fw = w_shape
+    return (f"N{n} C{c} H{h} W{w} K{k} F{fh}x{fw} S{stride[0]}x{stride[1]} P{padding[0]}x{padding[1]} "
+            f"{'nhwc' if channels_last else 'nchw'}")
+
+
 def tuned_variant(family: str, dtype, tf32: bool, channels: int, target: str, device, geometry, run) -> str:
-    """The variant "auto" runs for a launch: the table's choice when autotuning (measured now,
-    with ``run(variant)`` launching the op in that variant, if the geometry is new), else the
-    channel rule of :func:`auto_variant`. ``geometry``: a callable giving the launch's geometry
-    text (only built when autotuning)."""
-    rule = auto_variant(family, dtype, tf32, channels)
+    """The variant "auto" runs for a convolution launch: the table's choice when autotuning
+    (measured now, with ``run(variant)`` launching the op in that variant, if the geometry is
+    new), else the channel rule of :func:`auto_variant`. ``geometry``: ``(x_shape, w_shape,
+    stride, padding, channels_last)``, hashable (the table's text key is made once per geometry)."""
     if target not in _TUNED_TARGETS or not autotune_enabled():
-        return rule
-    key = tune_key(family, dtype, tf32, geometry(), target, device)
+        return auto_variant(family, dtype, tf32, channels)
+    fast = (family, dtype, tf32, target, device, geometry)
+    chosen = _tuned_fast.get(fast)
+    if chosen is not None:
+        return chosen
+    rule = auto_variant(family, dtype, tf32, channels)
+    key = tune_key(family, dtype, tf32, conv_geometry(*geometry), target, device)
     with _tune_lock:
         chosen = _tuned.get(key)
+        if chosen is not None:
+            _tuned_fast[fast] = chosen
     if chosen is not None:
         return chosen
     if _no_sync.get() or _capturing(target):

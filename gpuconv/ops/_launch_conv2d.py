@@ -118,19 +118,11 @@ def _variant(family, dtype, tf32, channels, target, device, geometry, run):
     return kernels.tuned_variant(family, dtype, tf32, channels, target, device, geometry, run)
 
 
-def _geometry(x_shape, w_shape, stride, padding, channels_last):
-    """A launch's geometry as the autotuning table keys it."""
-    n, c, h, w = x_shape
-    k, _, fh, fw = w_shape
-    return (f"N{n} C{c} H{h} W{w} K{k} F{fh}x{fw} S{stride[0]}x{stride[1]} P{padding[0]}x{padding[1]} "
-            f"{'nhwc' if channels_last else 'nchw'}")
-
-
 @register_launcher("conv2d_forward")
 def conv2d_forward_kernel(x, w, b, stride, padding, tf32=False, *, target, relu=False):
     run = functools.partial(_forward, x, w, b, stride, padding, tf32, relu, target)
     var = _variant("conv2d_forward", x.dtype, tf32, w.shape[0], target, kernels.array_device([x]),
-                   lambda: _geometry(x.shape, w.shape, stride, padding, layout.is_channels_last(x)), run)
+                   (x.shape, w.shape, stride, padding, layout.is_channels_last(x)), run)
     return run(var), Conv2dCache(x, w, b is not None, stride, padding)
 
 
@@ -177,7 +169,7 @@ def conv2d_backward_data_kernel(dy, w, x_shape, stride, padding, tf32=False, *, 
     like = dy if like is None else like
     run = functools.partial(_backward_data, dy, w, x_shape, stride, padding, tf32, like, target)
     var = _variant("conv2d_backward_data", dy.dtype, tf32, x_shape[1], target, kernels.array_device([dy]),
-                   lambda: _geometry(x_shape, w.shape, stride, padding, layout.is_channels_last(like)), run)
+                   (tuple(x_shape), w.shape, stride, padding, layout.is_channels_last(like)), run)
     return run(var)
 
 
@@ -219,7 +211,7 @@ def conv2d_backward_weight_kernel(dy, x, w_shape, stride, padding, tf32=False, *
         return get_array_module(dy, x).zeros(tuple(w_shape), dtype=dy.dtype)
     run = functools.partial(_backward_weight, dy, x, w_shape, stride, padding, tf32, target, dw_dtype)
     var = _variant("conv2d_backward_weight", dy.dtype, tf32, w_shape[0], target, kernels.array_device([dy]),
-                   lambda: _geometry(x.shape, w_shape, stride, padding, layout.is_channels_last(x)), run)
+                   (x.shape, tuple(w_shape), stride, padding, layout.is_channels_last(x)), run)
     return run(var)
 
 
