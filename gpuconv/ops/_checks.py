@@ -14,6 +14,8 @@ from ..precision import DTYPE_NAMES, DTYPES, compute_dtype
 
 def check_array(name, a):
     """``a`` must be a NumPy or CuPy array (anything with a dtype, a shape and ``ndim``)."""
+    if type(a) is np.ndarray:  # the common case first: every op checks every array
+        return a
     if not (hasattr(a, "dtype") and hasattr(a, "shape") and hasattr(a, "ndim")) or isinstance(a, np.generic):
         raise TypeError(f"{name} must be a numpy or cupy array, got {type(a).__name__}: "
                         f"wrap it first, e.g. {name} = np.asarray({name}, dtype=np.float32)")
