@@ -18,7 +18,7 @@ one BLAS GEMM is the fast path there).
     def relu_forward_kernel(x, *, target):
         ...
 
-Which ops have kernels. conv2d, max/avg pooling, ReLU, GELU, dropout, batchnorm2d,
+Which ops have kernels. conv2d, max/avg pooling, ReLU, GELU, the scaling, dropout, batchnorm2d,
 softmax_cross_entropy and linear (bfloat16/float16, on the tensor-core GEMM) have launchers
 (kernels/*.cu), on 'cuda' and on 'sim'. A float32/float64 linear runs its reference: on CuPy
 arrays with CuPy's own machinery (a cuBLAS matmul, all on the device, no host copy), under
