@@ -338,9 +338,18 @@ def amp_cast(run, rng):
         for conv in convs.children():
             conv.weight.data = run.dev(rng.standard_normal(conv.weight.shape).astype(np.float32))
         amp.cast_parameters(convs, dtype)
+        from gpuconv.ops import _launch_conv2d_tc as TC  # noqa: PLC0415
         for conv in convs.children():
             run.exact(f"cast_parameters filters {conv.weight.shape} {np.dtype(dtype).name}", conv.weight.compute,
                       common.host(conv.weight.data).astype(dtype))
+            # and the data gradient's copy: (C, FH, FW, K padded to 8), zeros in the padding
+            k, c, fh, fw = conv.weight.shape
+            kp = -(-k // 8) * 8
+            want = np.zeros((c, fh, fw, kp), dtype)
+            want[..., :k] = common.host(conv.weight.data).astype(dtype).transpose(1, 2, 3, 0)
+            run.exact(f"cast_parameters data-gradient filters {conv.weight.shape} {np.dtype(dtype).name}",
+                      TC._packed(conv.weight.compute, (c, fh, fw, kp), np.dtype(dtype)), want)
+        amp.cast_parameters(convs, None)
 
 
 def dropout(run, rng):

@@ -62,7 +62,11 @@ def cast_parameters(model, dtype):
     On a kernel target ('cuda', 'sim') float32 masters are cast to bfloat16/float16 by
     kernels/amp.cu, several per launch (the bits of ``astype``), and the copies of 4-D filters are
     channels_last (OHWI memory, gpuconv.layout), the order the tensor-core convolutions read
-    them in, so the forward takes them without a repacking copy; anything else by ``astype``."""
+    them in, so the forward takes them without a repacking copy; the same launches write each
+    filter also as the tensor-core data gradient reads it (CRSK, K padded to the kernels' 16-byte
+    piece; ``_launch_conv2d_tc.pack_for_data_gradient``), which it would otherwise repack per
+    call. Anything else is cast by ``astype``."""
+    from .ops import _launch_conv2d_tc as tc
     dt = None if dtype is None else np.dtype(dtype)
     batch = []
     for m in model.modules():
@@ -70,6 +74,8 @@ def cast_parameters(model, dtype):
             p = getattr(m, name, None)
             if p is None:
                 continue
+            if p.compute is not None:
+                tc.forget_packed(p.compute)
             if dt is None or dt == p.data.dtype:
                 p.compute = None
             elif _castable(p.data, dt):
@@ -77,10 +83,14 @@ def cast_parameters(model, dtype):
                 with backend.array_device_context((p.data,)):  # CuPy allocates on the current device
                     p.compute = layout.empty(xp, p.data.shape, dt, channels_last=True) if p.data.ndim == 4 \
                         else xp.empty(p.data.shape, dt)
-                batch.append((p.data, p.compute))
-                if len(batch) == CAST_TENSORS:
-                    _launch_cast(batch)
-                    batch = []
+                    packed = _data_gradient_filters(xp, p.data, dt)
+                batch.append((p.data, p.compute, 0))
+                if packed is not None:
+                    tc.pack_for_data_gradient(p.compute, packed)
+                    batch.append((p.data, packed, p.data.shape[0]))
+                while len(batch) >= CAST_TENSORS:
+                    _launch_cast(batch[:CAST_TENSORS])
+                    batch = batch[CAST_TENSORS:]
             else:
                 p.compute = p.data.astype(dt)
     if batch:
@@ -92,22 +102,36 @@ def _castable(data, dt) -> bool:
             and backend.kernel_target(data) is not None)
 
 
+def _data_gradient_filters(xp, w, dt):
+    """An empty (C, FH, FW, K padded to 8) array for the data gradient's copy of the OIHW filters
+    ``w`` in ``dt`` (None for anything but 4-D filters)."""
+    if w.ndim != 4:
+        return None
+    from .ops._launch_conv2d_tc import PIECE
+    k, c, fh, fw = w.shape
+    step = PIECE // dt.itemsize
+    return xp.empty((c, fh, fw, -(-k // step) * step), dt)
+
+
 def _launch_cast(batch):
-    """cast_parameters over up to CAST_TENSORS ``(src, dst)`` pairs, a launch per device and dtype
-    (:func:`gpuconv.kernels.launch_slots`). A 4-D ``dst`` is channels_last: written in its NHWC
-    memory order from the OIHW ``src``."""
+    """cast_parameters over up to CAST_TENSORS ``(src, dst, rows)`` slots, a launch per device and
+    dtype (:func:`gpuconv.kernels.launch_slots`). A 4-D ``dst`` is channels_last: written in its
+    NHWC memory order from the OIHW ``src``; with ``rows`` (the filters' count) ``dst`` is the data
+    gradient's (C, FH, FW, K padded) copy."""
     groups = {}
-    for src, dst in batch:  # one launch per (device, dtype): a model is on one, in practice
-        groups.setdefault((kernels.array_device([src]), dst.dtype), []).append((src, dst))
-    for (device, dt), pairs in groups.items():
+    for src, dst, rows in batch:  # one launch per (device, dtype): a model is on one, in practice
+        groups.setdefault((kernels.array_device([src]), dst.dtype), []).append((src, dst, rows))
+    for (device, dt), items in groups.items():
         slots = []
-        for src, dst in pairs:
+        for src, dst, rows in items:
             inner, taps = (src.shape[1], src.shape[2] * src.shape[3]) if src.ndim == 4 else (1, 1)
-            slots.append((src, layout.memory_order(dst), np.int64(src.size), np.int32(inner), np.int32(taps)))
-        src0, dst0 = pairs[0]
+            slots.append((src, layout.memory_order(dst), np.int64(dst.size), np.int32(inner), np.int32(taps),
+                          np.int32(rows)))
+        src0, dst0, _ = items[0]
         kernels.launch_slots("amp", "cast_parameters", dt, backend.kernel_target(src0), slots,
-                             [src.size for src, _ in pairs], CAST_TENSORS,
-                             (src0, layout.memory_order(dst0), np.int64(0), np.int32(1), np.int32(1)), device=device)
+                             [dst.size for _, dst, _ in items], CAST_TENSORS,
+                             (src0, layout.memory_order(dst0), np.int64(0), np.int32(1), np.int32(1), np.int32(0)),
+                             device=device)
 
 
 @contextlib.contextmanager

@@ -261,11 +261,45 @@ def test_cast_filters_are_channels_last_and_need_no_repack(dtype):
         for conv in convs:
             conv.weight.data = rng.standard_normal(conv.weight.shape).astype(np.float32)
         amp.cast_parameters(model, dtype)
-    assert log.names == ["cast_parameters"]  # 4 filters and 4 biases: one launch
+    # 4 filters, their 4 data-gradient copies and 4 biases: 12 slots, two launches
+    assert log.names == ["cast_parameters"] * 2
     for conv in convs:
         w, want = conv.weight.compute, conv.weight.data.astype(dtype)
         assert w.dtype == np.dtype(dtype) and np.array_equal(w.view(np.uint16), want.view(np.uint16))
         assert gpuconv.layout.nhwc_memory(w) and conv.bias.compute.tobytes() == conv.bias.data.astype(dtype).tobytes()
-        c = w.shape[1]
+        k, c, fh, fw = w.shape
         if c % 8 == 0:
             assert np.shares_memory(TC._repacked(w, (0, 2, 3, 1), c, c), w)
+        # the data gradient's copy: the repack it saves, zero padding included, bit for bit
+        kp = -(-k // 8) * 8
+        packed = TC._packed(w, (c, fh, fw, kp), np.dtype(dtype))
+        assert packed is not None and packed.tobytes() == TC._repacked(w, (1, 2, 3, 0), k, kp).tobytes()
+    amp.cast_parameters(model, None)
+    assert TC._PACKED == {}  # cleared with the compute copies
+
+
+def test_the_data_gradient_reads_the_cast_copy_with_the_repacks_bits(monkeypatch):
+    """In a bf16 step the tensor-core data gradient takes the filters as the cast wrote them (no
+    repacking copy) and computes the same bits as from its own repack."""
+    from gpuconv.ops import _launch_conv2d_tc as TC
+    rng = np.random.default_rng(5)
+    x = gpuconv.to_channels_last(rng.standard_normal((2, 8, 6, 6)).astype(np.float32))
+    y = rng.integers(0, 10, 2)
+    repacks = []
+    real = TC._repacked
+    monkeypatch.setattr(TC, "_repacked", lambda w, axes, *a: repacks.append(axes) or real(w, axes, *a))
+
+    def grads(pack):
+        if not pack:
+            monkeypatch.setattr(TC, "pack_for_data_gradient", lambda w, wt: None)
+        model = Sequential(Conv2d(8, 12, 3, padding=1, seed=1), Conv2d(12, 16, 3, padding=1, seed=2), Flatten(),
+                           Linear(16 * 36, 10, seed=3))
+        with gpuconv.default_device("sim"):
+            amp.training_step(model, SGD(model.parameters(), lr=0.0), x, y, "bf16")
+        return [p.grad.copy() for p in model.parameters()]
+
+    packed = grads(True)
+    assert (1, 2, 3, 0) not in repacks  # the second conv's data gradient: no repack
+    plain = grads(False)
+    assert (1, 2, 3, 0) in repacks
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(packed, plain))

@@ -6,7 +6,8 @@ as it is and the outputs come back channels_last; an NCHW input is converted on 
 its outputs on the way out (two transposing copies per call, the price of a layout the tensor
 cores do not read). Channel counts that are not a multiple of the kernels' 16-byte piece (8
 bf16/fp16 or 4 float elements) are padded with zeros in a copy (the first layer's 3 channels);
-the filters are repacked per call, K-contiguous (a small copy).
+the filters are repacked per call, K-contiguous (a small copy), unless mixed precision's cast
+already wrote them so (the forward's OHWI copy, the data gradient's CRSK one: pack_for_data_gradient).
 
 Each function returns None for a case the kernels do not take (a dtype without a tensor-core
 format, sizes past int indexing); the caller then runs the CUDA-core kernels.
@@ -80,6 +81,29 @@ def _repacked(w, axes, channels, padded):
     return out
 
 
+# The data gradient's filters as mixed precision casts them (gpuconv.amp.cast_parameters writes
+# each conv filter's compute copy and this (C, FH, FW, K padded) copy in the same launches, once a
+# step): keyed by the compute copy's id, holding it, so an id is never another array's while its
+# entry lives. cast_parameters forgets an entry when it replaces or clears the copy.
+_PACKED: dict = {}
+
+
+def pack_for_data_gradient(w, wt):
+    """Register ``wt``, the (C, FH, FW, Kp) packing of the filters ``w``, for the data gradient."""
+    _PACKED[id(w)] = (w, wt)
+
+
+def forget_packed(w):
+    _PACKED.pop(id(w), None)
+
+
+def _packed(w, shape, dtype):
+    hit = _PACKED.get(id(w))
+    if hit is not None and hit[0] is w and tuple(hit[1].shape) == shape and hit[1].dtype == dtype:
+        return hit[1]
+    return None
+
+
 def _back(y_nhwc, like):
     """An NHWC result as a logically NCHW array in the layout of ``like``."""
     y = y_nhwc.transpose(layout.NCHW)
@@ -144,7 +168,9 @@ def backward_data(dy, w, x_shape, stride, padding, tf32, like, *, target, varian
     xp = get_array_module(dy, w)
     dyh = _nhwc_padded(dy, PIECE // dy.itemsize)
     kp = dyh.shape[3]
-    wt = _repacked(w, (1, 2, 3, 0), k, kp)
+    wt = _packed(w, (c, fh, fw, kp), dy.dtype)  # cast so by mixed precision, else repacked here
+    if wt is None:
+        wt = _repacked(w, (1, 2, 3, 0), k, kp)
     dx = xp.empty((n, h, wd, c), dtype=dy.dtype)
     if dx.size:
         args = (dyh, wt, dx) + _i32(n, c, h, wd, kp, fh, fw, oh, ow, *stride, *padding)
