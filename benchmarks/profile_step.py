@@ -15,7 +15,8 @@ layer accounts for (the loss, the parameter casts of mixed precision, the residu
 the optimizer, Python between the launches) is the remainder of the step's time. bench_step times the step against
 PyTorch; this says which part of gpuconv's step to work on. The record also counts the kernels one
 step launches (``launches_per_step``, by name; on the simulator too), beside which CuPy's own
-operations (the data gradient's filter repacks, a few casts and copies) add launches on a GPU.
+operations (a few casts, copies and fills; the data gradient's filter repacks outside mixed
+precision) add launches on a GPU.
 
 Validation: the profiled step computes the same loss as an unprofiled one from the same weights
 (the wrapping changes nothing), and every leaf layer ran forward and backward in each step.

@@ -27,6 +27,7 @@ import contextlib
 import numpy as np
 
 from . import backend, kernels, layout, precision
+from .ops import _launch_conv2d_tc as tc
 
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 CAST_TENSORS = kernels.defines("amp.cu")["CAST_TENSORS"]  # parameters per launch of cast_parameters
@@ -56,7 +57,7 @@ def check_precision(precision, where="precision"):
     return precision
 
 
-def cast_parameters(model, dtype):
+def cast_parameters(model, dtype, backward: bool = True):
     """Give every low-precision-capable parameter of ``model`` (conv and linear weights and
     biases) a ``.compute`` copy in ``dtype``, cast on its device; None (or float32) clears them.
     On a kernel target ('cuda', 'sim') float32 masters are cast to bfloat16/float16 by
@@ -65,8 +66,7 @@ def cast_parameters(model, dtype):
     them in, so the forward takes them without a repacking copy; the same launches write each
     filter also as the tensor-core data gradient reads it (CRSK, K padded to the kernels' 16-byte
     piece; ``_launch_conv2d_tc.pack_for_data_gradient``), which it would otherwise repack per
-    call. Anything else is cast by ``astype``."""
-    from .ops import _launch_conv2d_tc as tc
+    call (``backward=False``, for evaluation: not). Anything else is cast by ``astype``."""
     dt = None if dtype is None else np.dtype(dtype)
     batch = []
     for m in model.modules():
@@ -83,7 +83,7 @@ def cast_parameters(model, dtype):
                 with backend.array_device_context((p.data,)):  # CuPy allocates on the current device
                     p.compute = layout.empty(xp, p.data.shape, dt, channels_last=True) if p.data.ndim == 4 \
                         else xp.empty(p.data.shape, dt)
-                    packed = _data_gradient_filters(xp, p.data, dt)
+                    packed = _data_gradient_filters(xp, p.data, dt) if backward else None
                 batch.append((p.data, p.compute, 0))
                 if packed is not None:
                     tc.pack_for_data_gradient(p.compute, packed)
@@ -107,9 +107,8 @@ def _data_gradient_filters(xp, w, dt):
     ``w`` in ``dt`` (None for anything but 4-D filters)."""
     if w.ndim != 4:
         return None
-    from .ops._launch_conv2d_tc import PIECE
     k, c, fh, fw = w.shape
-    step = PIECE // dt.itemsize
+    step = tc.PIECE // dt.itemsize
     return xp.empty((c, fh, fw, -(-k // step) * step), dt)
 
 
@@ -135,15 +134,16 @@ def _launch_cast(batch):
 
 
 @contextlib.contextmanager
-def autocast(model, precision: str):
+def autocast(model, precision: str, backward: bool = True):
     """Forward/backward of ``model`` in ``precision`` inside the block: the parameters' compute
     copies for bf16/fp16 (cleared afterwards), the TF32 mode for tf32. Yields the compute dtype,
-    which the caller casts its input batch to."""
+    which the caller casts its input batch to. ``backward=False`` (evaluation, inference): no
+    copies for a backward pass."""
     from .precision import precision_mode
     dt = compute_dtype(precision)
     low = dt != np.float32
     if low:
-        cast_parameters(model, dt)
+        cast_parameters(model, dt, backward)
     try:
         with precision_mode("tf32" if precision == "tf32" else "fp32"):
             yield dt

@@ -47,7 +47,7 @@ class TrainedModel:
                                   channels_last=amp.channels_last_for(precision))
             out = []
             for x, _ in loader:
-                with amp.autocast(self.net, precision) as dt:
+                with amp.autocast(self.net, precision, backward=False) as dt:
                     out.append(self.net(x if x.dtype == dt else x.astype(dt)).astype(np.float32))
             xp = backend.get_array_module(out[0])
             return backend.asnumpy(xp.concatenate(out))

@@ -566,8 +566,8 @@ def variant(family: str, dtype=None, tf32: bool = False) -> str:
     ``tf32`` (float32 operands in TF32 mode): the choices and default keyed ``family[tf32]``."""
     current = _variants.get()
     memo = _variant_memo.get((family, dtype, tf32, id(current)))
-    if memo is not None and memo[0] is current:  # asked at every launch: answered once per choice set
-        return memo[1]
+    if memo is not None and memo[0] is current and memo[1] is VARIANTS.get(family):  # once per choice set
+        return memo[2]
     if family not in VARIANTS:
         raise ValueError(f"kernel family {family!r} has no variants; families: {', '.join(VARIANTS)}")
     specific, general = _key(family, "tf32" if tf32 else dtype), family
@@ -583,7 +583,8 @@ def variant(family: str, dtype=None, tf32: bool = False) -> str:
         var = defaults.get(_dtype_name("tf32" if tf32 else dtype), defaults["*"])
     if len(_variant_memo) >= 1024:
         _variant_memo.clear()
-    _variant_memo[(family, dtype, tf32, id(current))] = (current, var)  # holds ``current``: its id stays its own
+    # holds ``current``, so its id stays its own; and the family's table the answer came from
+    _variant_memo[(family, dtype, tf32, id(current))] = (current, VARIANTS[family], var)
     return var
 
 

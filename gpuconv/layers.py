@@ -32,7 +32,6 @@ from typing import NamedTuple
 import numpy as np
 
 from . import layout, ops
-from .ops._launch_conv2d_tc import forget_packed
 from .backend import Device, copy_like, device_of, get_default_device, host_copy, is_cupy_array, to_device
 
 __all__ = ["Parameter", "Layer", "Conv2d", "MaxPool2d", "AvgPool2d", "LPPool2d", "ReLU", "GELU", "Flatten", "Linear",
@@ -293,9 +292,7 @@ class Layer:
         for m in self.modules():
             for _, p in m._own_parameters():
                 p.data = fn(p.data)
-                if p.compute is not None:  # a low-precision copy of the old array: recast at the next step
-                    forget_packed(p.compute)
-                    p.compute = None
+                p.compute = None  # a low-precision copy of the old array: recast at the next step
                 if p.grad is not None:
                     p.grad = fn(p.grad)
             for b in m._buffer_names:

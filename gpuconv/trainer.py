@@ -684,7 +684,7 @@ def evaluate(model, loader, tta=0, precision="fp32"):
     try:
         for x, y in loader:
             xp = backend.get_array_module(x, y)
-            with amp.autocast(model, precision) as dt:
+            with amp.autocast(model, precision, backward=False) as dt:
                 x = x if x.dtype == dt else x.astype(dt)
                 logits = tta_logits(model, x, level)
             logits = logits.astype(np.float32, copy=False)  # scores compared in float32

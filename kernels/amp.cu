@@ -27,7 +27,7 @@
 // e = (i * taps + t) * padded + o, from the same src element for o < rows, zero above.
 __device__ void cast_one(const float* src, storage_t* dst, long long n, int inner, int taps, int rows) {
     const index_t row = (index_t)inner * taps;
-    const index_t padded = rows > 0 ? n / row : 0;
+    const index_t padded = rows > 0 && row > 0 ? n / row : 0;
     for (index_t e = global_thread_index(); e < n; e += global_thread_count()) {
         index_t at = e;
         if (rows > 0) {

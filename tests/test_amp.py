@@ -5,6 +5,8 @@ copies, the gradient path back into float32, the optimizer's device-side skip, t
 and the trainer in every precision on 'cpu' and 'sim', checkpoints included."""
 from __future__ import annotations
 
+import gc
+
 import ml_dtypes
 import numpy as np
 import pytest
@@ -274,8 +276,32 @@ def test_cast_filters_are_channels_last_and_need_no_repack(dtype):
         kp = -(-k // 8) * 8
         packed = TC._packed(w, (c, fh, fw, kp), np.dtype(dtype))
         assert packed is not None and packed.tobytes() == TC._repacked(w, (1, 2, 3, 0), k, kp).tobytes()
+    copies = [conv.weight.compute for conv in convs]
     amp.cast_parameters(model, None)
-    assert TC._PACKED == {}  # cleared with the compute copies
+    assert all(TC._packed(w, (w.shape[1], w.shape[2], w.shape[3], -(-w.shape[0] // 8) * 8), w.dtype) is None
+               for w in copies)  # forgotten with the compute copies
+    keys = [id(w) for w in copies]
+    del copies, w
+    gc.collect()
+    assert not any(k in TC._PACKED for k in keys)
+
+
+def test_a_packed_copy_lives_as_long_as_its_compute_copy_and_evaluation_casts_none(dtype=ml_dtypes.bfloat16):
+    """A model dropped with its copies cast (no clearing call) leaves no packed copy behind; an
+    evaluation's cast (autocast backward=False) writes none."""
+    from gpuconv.ops import _launch_conv2d_tc as TC
+    with gpuconv.default_device("sim"):
+        model = Sequential(Conv2d(8, 5, 3, seed=1))
+        amp.cast_parameters(model, dtype)
+        key = id(model[0].weight.compute)
+        assert key in TC._PACKED
+        del model
+        gc.collect()  # a model's layers may hold cycles: the copies go with the collection
+        assert key not in TC._PACKED
+        model = Sequential(Conv2d(8, 5, 3, seed=1))
+        with kernels.launch_log() as log, amp.autocast(model, "bf16", backward=False):
+            assert id(model[0].weight.compute) not in TC._PACKED
+    assert log.names == ["cast_parameters"]
 
 
 def test_the_data_gradient_reads_the_cast_copy_with_the_repacks_bits(monkeypatch):
@@ -292,14 +318,14 @@ def test_the_data_gradient_reads_the_cast_copy_with_the_repacks_bits(monkeypatch
     def grads(pack):
         if not pack:
             monkeypatch.setattr(TC, "pack_for_data_gradient", lambda w, wt: None)
-        model = Sequential(Conv2d(8, 12, 3, padding=1, seed=1), Conv2d(12, 16, 3, padding=1, seed=2), Flatten(),
-                           Linear(16 * 36, 10, seed=3))
+        model = Sequential(Conv2d(8, 12, 3, padding=1, seed=1), Conv2d(12, 5, 3, padding=1, seed=2),  # K = 5: padded
+                           Conv2d(5, 16, 3, padding=1, seed=4), Flatten(), Linear(16 * 36, 10, seed=3))
         with gpuconv.default_device("sim"):
             amp.training_step(model, SGD(model.parameters(), lr=0.0), x, y, "bf16")
         return [p.grad.copy() for p in model.parameters()]
 
     packed = grads(True)
-    assert (1, 2, 3, 0) not in repacks  # the second conv's data gradient: no repack
+    assert (1, 2, 3, 0) not in repacks  # the data gradients: no repack
     plain = grads(False)
     assert (1, 2, 3, 0) in repacks
     assert all(a.tobytes() == b.tobytes() for a, b in zip(packed, plain))

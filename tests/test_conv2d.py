@@ -337,3 +337,16 @@ def test_error_hints_fit_the_argument(backend):
     with pytest.raises(ValueError, match=r"x\[None\] adds a leading batch axis"):
         conv2d_forward(x[0], backend.asarray(np.zeros((1, 3, 3, 3), np.float32)))
 
+
+
+def test_conv_output_size_answers_in_the_types_asked_whatever_asked_first():
+    """The rule is memoized per value and type: NumPy integer sizes asked first do not make later
+    answers NumPy's; a 0-d array still works; errors are raised every time."""
+    import json
+    from gpuconv.ops import conv_output_size
+    assert type(conv_output_size(np.int64(32), 3, 1, 1)) is np.int64
+    assert type(conv_output_size(32, 3, 1, 1)) is int and json.dumps(conv_output_size(32, 3, 1, 1)) == "32"
+    assert conv_output_size(np.array(32), 3, 1, 1) == 32
+    for _ in range(2):
+        with pytest.raises(ValueError, match="not an integer"):
+            conv_output_size(np.int32(6), 3, 2, 1)

@@ -765,3 +765,21 @@ def test_launch_log_records_launches_and_catches_a_fallback(monkeypatch):
     assert outer.names == ["relu_forward_v2"]  # the nested block's launch, and none from the fallback
     assert kernels.fallbacks(outer) == [("relu_forward", "sim", "no-launcher")]
     assert outer.dispatches[-1] == ("linear_forward", "sim", "reference")  # no kernels: no fallback
+
+
+def test_the_variant_answers_follow_every_change_of_choice():
+    """variant() is memoized per set of choices: set_variant, use_variant (and leaving it) and
+    dropping a choice each give the current answer at once."""
+    bf16 = ml_dtypes.bfloat16
+    before = kernels.variant("conv2d_forward", bf16)
+    try:
+        kernels.set_variant("conv2d_forward", "tc128w", bf16)
+        assert kernels.variant("conv2d_forward", bf16) == "tc128w"
+        with kernels.use_variant(conv2d_forward="v1"):
+            assert kernels.variant("conv2d_forward", bf16) == "tc128w"  # the dtype's own choice first
+            assert kernels.variant("conv2d_forward", np.float32) == "v1"
+        assert kernels.variant("conv2d_forward", np.float32) == before
+        kernels.set_variant("conv2d_forward", None, bf16)
+        assert kernels.variant("conv2d_forward", bf16) == before
+    finally:
+        kernels.set_variant("conv2d_forward", None, bf16)

@@ -93,11 +93,20 @@ def pair(name, v, minimum=0):
     return hw
 
 
-@functools.lru_cache(maxsize=4096)  # every launch asks, about a network's few sizes (errors are not cached)
 def conv_output_size(in_size, filt, stride, pad, axis_name="width", padded=True):
     """``(W - F + 2P)/S + 1``, which must be a whole number >= 1 (CS231n's rule: no silent cropping).
     The message names the axis's own letter (H for the height); ``padded=False`` (pooling, which
-    takes no padding) drops P from the rule and from the fix."""
+    takes no padding) drops P from the rule and from the fix. Memoized per value and type (every
+    launch asks, about a network's few sizes; errors are not kept), so an answer has the type it
+    would have had computed."""
+    try:
+        return _conv_output_size(in_size, filt, stride, pad, axis_name, padded)
+    except TypeError:  # an unhashable size (a 0-d array), or an error of the rule's own: computed as given
+        return _conv_output_size.__wrapped__(in_size, filt, stride, pad, axis_name, padded)
+
+
+@functools.lru_cache(maxsize=4096, typed=True)
+def _conv_output_size(in_size, filt, stride, pad, axis_name, padded):
     A = "H" if axis_name == "height" else "W"
     span = in_size - filt + 2 * pad
     rule, values = ((f"({A} - F + 2P)/S + 1", f"({in_size} - {filt} + 2*{pad})/{stride} + 1") if padded

@@ -15,6 +15,7 @@ format, sizes past int indexing); the caller then runs the CUDA-core kernels.
 from __future__ import annotations
 
 import functools
+import weakref
 
 import numpy as np
 
@@ -83,23 +84,30 @@ def _repacked(w, axes, channels, padded):
 
 # The data gradient's filters as mixed precision casts them (gpuconv.amp.cast_parameters writes
 # each conv filter's compute copy and this (C, FH, FW, K padded) copy in the same launches, once a
-# step): keyed by the compute copy's id, holding it, so an id is never another array's while its
-# entry lives. cast_parameters forgets an entry when it replaces or clears the copy.
+# step), keyed by the compute copy's id. An entry holds a weak reference to that copy (so an entry
+# is never taken for another array) and lives as long as it does: a finalizer drops it when the
+# copy is freed, whatever freed it.
 _PACKED: dict = {}
 
 
 def pack_for_data_gradient(w, wt):
-    """Register ``wt``, the (C, FH, FW, Kp) packing of the filters ``w``, for the data gradient."""
-    _PACKED[id(w)] = (w, wt)
+    """Register ``wt``, the (C, FH, FW, Kp) packing of the filters ``w``, for the data gradient,
+    for as long as ``w`` lives (or until :func:`forget_packed`)."""
+    key = id(w)
+    _PACKED[key] = (weakref.ref(w), wt)
+    weakref.finalize(w, _PACKED.pop, key, None)
 
 
 def forget_packed(w):
-    _PACKED.pop(id(w), None)
+    """Drop ``w``'s packed copy now (its finalizer would when ``w`` is freed)."""
+    hit = _PACKED.get(id(w))
+    if hit is not None and hit[0]() is w:
+        del _PACKED[id(w)]
 
 
 def _packed(w, shape, dtype):
     hit = _PACKED.get(id(w))
-    if hit is not None and hit[0] is w and tuple(hit[1].shape) == shape and hit[1].dtype == dtype:
+    if hit is not None and hit[0]() is w and tuple(hit[1].shape) == shape and hit[1].dtype == dtype:
         return hit[1]
     return None
 
