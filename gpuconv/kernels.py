@@ -167,7 +167,8 @@ def resolve(family: str, dtype, tf32: bool, channels: int) -> str:
 # "auto" by measurement, as cuDNN's benchmark mode does it (torch.backends.cudnn.benchmark): with
 # autotuning on, the first launch of a convolution of a new geometry (family, dtype, shapes,
 # stride, padding, layout) on a GPU runs each candidate variant once untimed (it compiles and
-# warms), then AUTOTUNE_REPS times between two CUDA events, and the fastest runs from then on. The
+# warms), then AUTOTUNE_ROUNDS rounds of AUTOTUNE_REPS launches between two CUDA events (its
+# fastest round counts), and the fastest candidate runs from then on. The
 # candidates are the variants of the dtype's kind (tensor-core tiles for bfloat16/float16/TF32,
 # wgmma's only where they run; v2/v3 on CUDA cores, v1 too for a data gradient into few
 # channels); a variant chosen by use_variant/set_variant/GPUCONV_KERNEL_VARIANTS is never tuned
