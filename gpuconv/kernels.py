@@ -1100,6 +1100,13 @@ def contiguous_like(*arrays, outputs: int = 1, keep_channels_last: bool = False)
     return arrays + tuple(xp.empty_like(arrays[0]) for _ in range(outputs))
 
 
+@functools.lru_cache(maxsize=4096)
+def int32_args(values: tuple) -> tuple:
+    """``values`` (ints, bools) as the np.int32 arguments of a launch, made once per set of values:
+    a network launches with few, every step."""
+    return tuple(np.int32(v) for v in values)
+
+
 def address(a) -> int:
     """The address of a NumPy or CuPy array's first element (what alignment rules are about)."""
     return a.ctypes.data if type(a) is np.ndarray else a.data.ptr if backend.is_cupy_array(a) else a.ctypes.data

@@ -46,13 +46,7 @@ def _dims(x_shape, w_shape, stride, padding):
 
 
 def _i32(*values):
-    return _int32s(values)
-
-
-@functools.lru_cache(maxsize=4096)
-def _int32s(values):
-    """The kernel's int arguments as np.int32, made once per set of values (a network has few)."""
-    return tuple(np.int32(v) for v in values)
+    return kernels.int32_args(values)
 
 
 def _fits_int(*sizes):

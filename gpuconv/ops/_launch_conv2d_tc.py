@@ -14,7 +14,6 @@ format, sizes past int indexing); the caller then runs the CUDA-core kernels.
 """
 from __future__ import annotations
 
-import functools
 import weakref
 
 import numpy as np
@@ -136,13 +135,7 @@ def _launch(name, variant, dtype, target, rows, cols, args, tf32, device, splits
 
 
 def _i32(*values):
-    return _int32s(values)
-
-
-@functools.lru_cache(maxsize=4096)
-def _int32s(values):
-    """The kernel's int arguments as np.int32, made once per set of values (a network has few)."""
-    return tuple(np.int32(v) for v in values)
+    return kernels.int32_args(values)
 
 
 def forward(x, w, b, stride, padding, tf32, relu, *, target, variant="tc"):
