@@ -157,10 +157,18 @@ def auto_variant(family: str, dtype, tf32: bool, channels: int) -> str:
     return "v3" if wide else "v2"
 
 
-def resolve(family: str, dtype, tf32: bool, channels: int) -> str:
-    """The variant a launcher runs: :func:`variant`'s choice, with "auto" made concrete."""
+def resolve(family: str, dtype, tf32: bool, channels: int, target: str | None = None, launch=None, run=None) -> str:
+    """The variant a launcher runs: :func:`variant`'s choice, with "auto" made concrete: by the
+    autotuning table when autotuning on ``target`` (``launch()`` then gives the launch's
+    ``(device, geometry)`` and ``run(variant)`` runs it, see :func:`tuned_variant`), else by the
+    channel rule of :func:`auto_variant`."""
     var = variant(family, dtype, tf32)
-    return auto_variant(family, dtype, tf32, channels) if var == "auto" else var
+    if var != "auto":
+        return var
+    if launch is None or target not in _TUNED_TARGETS or not autotune_enabled():
+        return auto_variant(family, dtype, tf32, channels)
+    device, geometry = launch()
+    return tuned_variant(family, dtype, tf32, channels, target, device, geometry, run)
 
 
 # ----------------------------------------------------------------------------- autotuning
@@ -1109,7 +1117,7 @@ def int32_args(values: tuple) -> tuple:
 
 def address(a) -> int:
     """The address of a NumPy or CuPy array's first element (what alignment rules are about)."""
-    return a.ctypes.data if type(a) is np.ndarray else a.data.ptr if backend.is_cupy_array(a) else a.ctypes.data
+    return a.data.ptr if backend.is_cupy_array(a) else a.ctypes.data
 
 
 # Bytes of channels per thread of the channels_last ``_vec`` kernels (VEC16 in common.cuh).

@@ -640,18 +640,15 @@ class Scale(Layer):
     def __init__(self, factor):
         super().__init__()
         from .ops.scale import check_factor
-        try:
-            self.factor = check_factor(factor)
-        except ValueError:
-            raise ValueError(f"Scale(factor={factor!r}): factor must be a finite Python number") from None
+        self.factor = check_factor(factor, "Scale(factor=...)")
 
     def forward(self, x):
-        self._keep(True)
-        return ops.scale_forward(x, self.factor)[0]
+        y, cache = ops.scale_forward(x, self.factor)
+        self._keep(cache)
+        return y
 
     def backward(self, dy, need_dx=True):
-        self._take_cache()
-        return ops.scale_backward(dy, ops.ScaleCache(self.factor))
+        return ops.scale_backward(dy, self._take_cache())
 
     def extra_repr(self):
         return f"{self.factor}"

@@ -15,6 +15,8 @@ Works on NumPy and CuPy arrays alike (the strides are the layout).
 """
 from __future__ import annotations
 
+import functools
+
 from .backend import get_array_module
 
 NHWC = (0, 2, 3, 1)   # NCHW axes in NHWC order
@@ -33,20 +35,10 @@ def _dense_in(x, order) -> bool:
     Axes of length 1 take any stride and an empty array is contiguous, as NumPy and CuPy say.
     The answers are memoized per (shape, strides, element size, order): a network asks about
     the same few geometries at every step."""
-    key = (x.shape, x.strides, x.itemsize, order)
-    dense = _DENSE.get(key)
-    if dense is None:
-        dense = _dense_by_strides(*key)
-        if len(_DENSE) >= _DENSE_MAX:
-            _DENSE.clear()
-        _DENSE[key] = dense
-    return dense
+    return _dense_by_strides(x.shape, x.strides, x.itemsize, order)
 
 
-_DENSE: dict = {}
-_DENSE_MAX = 4096
-
-
+@functools.lru_cache(maxsize=4096)
 def _dense_by_strides(shape, strides, itemsize, order) -> bool:
     if 0 in shape:
         return True

@@ -103,20 +103,11 @@ def _weight_splits(l_total, tiles, sms, step, per_sm, min_chunk):
     return -(-l_total // chunk), chunk
 
 
-def _variant(family, dtype, tf32, channels, target, device, geometry, run):
-    """The variant a launcher runs: the one chosen (kernels.variant), or "auto" made concrete,
-    by measurement when autotuning (kernels.tuned_variant, which calls ``run(variant)``)."""
-    var = kernels.variant(family, dtype, tf32)
-    if var != "auto":
-        return var
-    return kernels.tuned_variant(family, dtype, tf32, channels, target, device, geometry, run)
-
-
 @register_launcher("conv2d_forward")
 def conv2d_forward_kernel(x, w, b, stride, padding, tf32=False, *, target, relu=False):
     run = functools.partial(_forward, x, w, b, stride, padding, tf32, relu, target)
-    var = _variant("conv2d_forward", x.dtype, tf32, w.shape[0], target, kernels.array_device([x]),
-                   (x.shape, w.shape, stride, padding, layout.is_channels_last(x)), run)
+    var = kernels.resolve("conv2d_forward", x.dtype, tf32, w.shape[0], target, run=run, launch=lambda: (
+        kernels.array_device([x]), (x.shape, w.shape, stride, padding, layout.is_channels_last(x))))
     return run(var), Conv2dCache(x, w, b is not None, stride, padding)
 
 
@@ -162,8 +153,8 @@ def conv2d_backward_data_kernel(dy, w, x_shape, stride, padding, tf32=False, *, 
     the forward input, is; NCHW otherwise)."""
     like = dy if like is None else like
     run = functools.partial(_backward_data, dy, w, x_shape, stride, padding, tf32, like, target)
-    var = _variant("conv2d_backward_data", dy.dtype, tf32, x_shape[1], target, kernels.array_device([dy]),
-                   (tuple(x_shape), w.shape, stride, padding, layout.is_channels_last(like)), run)
+    var = kernels.resolve("conv2d_backward_data", dy.dtype, tf32, x_shape[1], target, run=run, launch=lambda: (
+        kernels.array_device([dy]), (tuple(x_shape), w.shape, stride, padding, layout.is_channels_last(like))))
     return run(var)
 
 
@@ -204,8 +195,8 @@ def conv2d_backward_weight_kernel(dy, x, w_shape, stride, padding, tf32=False, *
     if dy.size == 0 or 0 in tuple(w_shape):  # an empty batch: the gradient is an empty sum
         return get_array_module(dy, x).zeros(tuple(w_shape), dtype=dy.dtype)
     run = functools.partial(_backward_weight, dy, x, w_shape, stride, padding, tf32, target, dw_dtype)
-    var = _variant("conv2d_backward_weight", dy.dtype, tf32, w_shape[0], target, kernels.array_device([dy]),
-                   (x.shape, tuple(w_shape), stride, padding, layout.is_channels_last(x)), run)
+    var = kernels.resolve("conv2d_backward_weight", dy.dtype, tf32, w_shape[0], target, run=run, launch=lambda: (
+        kernels.array_device([dy]), (x.shape, tuple(w_shape), stride, padding, layout.is_channels_last(x))))
     return run(var)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections import namedtuple
 
+from ..backend import kernel_target
 from ..precision import compute_dtype, round_once, upcast
 from . import _dispatch
 from ._checks import check_float
@@ -19,10 +20,10 @@ from ._checks import check_float
 ScaleCache = namedtuple("ScaleCache", "factor")
 
 
-def check_factor(factor) -> float:
-    """``factor`` as a float: a finite Python number (a ValueError otherwise)."""
+def check_factor(factor, where="scale factor") -> float:
+    """``factor`` as a float: a finite Python number (a ValueError naming ``where`` otherwise)."""
     if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor):
-        raise ValueError(f"scale factor={factor!r}: must be a finite Python number, e.g. 0.125")
+        raise ValueError(f"{where}: factor={factor!r} must be a finite Python number, e.g. 0.125")
     return float(factor)
 
 
@@ -32,9 +33,9 @@ def scale_forward(x, factor):
 
 
 def scale_backward(dy, cache):
-    """``dx = factor * dy``."""
+    """``dx = factor * dy``: the forward's product, on ``dy``."""
     check_float("dy", dy)
-    return scale_forward(dy, cache.factor)[0]
+    return _dispatch.call("scale_forward", kernel_target(dy), _scale_forward_reference, dy, cache.factor)[0]
 
 
 def _scale_forward_reference(x, factor):
