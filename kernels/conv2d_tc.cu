@@ -54,22 +54,21 @@
 // GEMM rows and columns are int (the launcher checks the sizes); element offsets are index_t.
 //
 // Resources on sm_90 (ptxas 13.0; tests/test_nvrtc.py checks the bounds and the absence of
-// spills). TcTile64: forward 86-96 registers, backward-data 80-95, backward-weight 75-94; 24576 B
-// of static shared memory; at 96 registers the register file holds 5 blocks of 4 warps per SM.
-// TcTile128 (warp tiles of 64x32: 64 accumulators per thread): 117-128 registers in every build,
+// spills). TcTile64: forward 80 registers, backward-data 80-96, backward-weight 73-96; 24576 B of
+// static shared memory; at 96 registers the register file holds 5 blocks of 4 warps per SM.
+// TcTile128 (warp tiles of 64x32: 64 accumulators per thread): 119-128 registers in every build,
 // 49152 B of static shared memory; 2 blocks of 8 warps per SM (registers and shared memory both
 // allow 2; 4 would need at most 64 registers). TcTile128w (64x64 warp tiles, 128 accumulators per
-// thread): 225-244 registers, 49152 B; 2 blocks of 4 warps per SM. TcTileWg (sm_90a, bf16/fp16):
-// 119-122 registers, 65536 B dynamic, 2 blocks of 8 warps per SM; its loops issue 192-206
-// instructions a k-tile per warp around 2 HGMMAs (tc128: 210-222 around 32 HMMAs and 12 ldmatrix,
-// the same multiply-adds). TcTileWg256: 193-209 registers, 98304 B, one block per SM; 245-282
-// instructions a k-tile for twice the work. The pipelined waits keep ptxas from serializing the
-// HGMMAs (tests/test_nvrtc.py fails on its C7514 warning). sm_90 SASS per mma of the
-// bf16 loops (benchmarks/sass_loop.py): forward and unit-stride data gradient 6.6 -> 5.2, weight
-// gradient (16-byte dY) 6.9 -> 5.7 against TcTile128; TF32 forward 17.5 -> 12.2. The loaders
-// keep their rows' coordinates and element offsets in registers for the whole loop, and the
-// fragment readers one swizzled lane address per operand (tc_tile.cuh): registers spent to keep
-// address arithmetic out of the k-loop, whose issue slots the HMMAs need (benchmarks/sass_loop.py
+// thread): 226-238 registers, 49152 B; 2 blocks of 4 warps per SM. TcTileWg (sm_90a): 113-119
+// registers, 65536 B dynamic, 2 blocks of 8 warps per SM; its bf16 loops issue 129-140
+// instructions a k-tile per warp around 2 HGMMAs (tc128: 164-178 around 32 HMMAs and 12
+// ldmatrix, the same multiply-adds). TcTileWg256: 182-207 registers, 98304 B, one block per SM;
+// 157-213 instructions a k-tile for twice the work. The pipelined waits keep ptxas from
+// serializing the HGMMAs (tests/test_nvrtc.py fails on its C7514 warning). The loaders keep their
+// rows' addresses and coordinates, their pieces' swizzled stage offsets and the dense operands'
+// positions in registers for the whole loop, carried from k-tile to k-tile, and the fragment
+// readers one swizzled lane address per operand (tc_tile.cuh): registers spent to keep address
+// arithmetic out of the k-loop, whose issue slots the tensor cores need (benchmarks/sass_loop.py
 // counts them per k-tile).
 // Two bodies pick between two instances of their loop at run time: the data gradient's
 // unit-stride rows (no division by the stride), and the weight gradient's 16-byte dY copies
@@ -137,37 +136,38 @@ __device__ inline int tc_piece_row(int i) {
     return (int)threadIdx.x / 4 + S::THREADS / 4 * i;
 }
 
-// Rounds this thread's pieces of a landed mk stage (at `byte` of its rows) to TF32, in place: the
-// TF32 build's wgmma reads shared memory as it is (mma.sync rounds its fragments instead).
+// Rounds this thread's pieces of a landed mk stage to TF32, in place: the TF32 build's wgmma reads
+// shared memory as it is (mma.sync rounds its fragments instead).
 template <class S>
-__device__ inline void round_pieces_tf32(unsigned char* stage, int byte) {
+__device__ inline void round_pieces_tf32(unsigned char* stage, const PieceOffsets<TC_KBYTES, S::THREADS / 4>& pieces) {
 #pragma unroll
-    for (int i = 0; i < tc_pieces<S>(); ++i) round_piece_tf32(stage + stage_offset<TC_KBYTES>(tc_piece_row<S>(i), byte));
+    for (int i = 0; i < tc_pieces<S>(); ++i) round_piece_tf32(stage + pieces(i));
 }
 
 // Forward A: row m = (n, oh, ow) of the patch matrix of an NHWC input with Cp channels. A row's
-// pieces are read at row_off (the element of its (fh, fw) = (0, 0) tap, which may lie outside the
+// pieces are read at row_at (the address of its (fh, fw) = (0, 0) tap, which may lie outside the
 // image: it is only read plus the walk's offset, and only where the tap is inside) plus the
-// walk's offset of (fh, fw, c): one add per row and k-tile, the bounds tested unsigned.
+// walk's offset of (fh, fw, c): one multiply-add per row and k-tile, the bounds tested unsigned.
 template <class S>
 struct PatchRows {
     const storage_t* x;
     int H, W, FH;
-    int byte;               // this thread's byte column in the stage
     static constexpr int P = tc_pieces<S>();
-    index_t row_off[P];     // ((n * H + ih0) * W + iw0) * Cp
+    PieceOffsets<TC_KBYTES, S::THREADS / 4> pieces;  // this thread's pieces in a stage
+    const storage_t* row_at[P];  // x + ((n * H + ih0) * W + iw0) * Cp (x for rows past M)
     int ih0[P], iw0[P];     // oh * sh - ph, ow * sw - pw (a huge negative value for rows past M)
     mutable ReductionWalk walk;  // (fh, fw, c) of the next k-tile's piece
 
-    __device__ PatchRows(const storage_t* x_, int m0, int M, int H_, int W_, int Cp, int FH_, int FW, int OH,
-                         int OW, int sh, int sw, int ph, int pw)
-        : x(x_), H(H_), W(W_), FH(FH_), byte(16 * (threadIdx.x % 4)), walk(16 * (threadIdx.x % 4), Cp, FW, Cp, W_ * Cp) {
+    __device__ PatchRows(const storage_t* x_, int m0, int M, int H_, int W_, int Cp, int FH_, int FW, int OH, int OW,
+                         int sh, int sw, int ph, int pw)
+        : x(x_), H(H_), W(W_), FH(FH_), pieces(tc_piece_row<S>(0), 16 * (threadIdx.x % 4)),
+          walk(16 * (threadIdx.x % 4), Cp, FW, Cp, W_ * Cp) {
         for (int i = 0; i < P; ++i) {
             const int m = m0 + tc_piece_row<S>(i);
             const int n = m / (OH * OW), p = m - n * (OH * OW), oh = p / OW, ow = p - oh * OW;
             ih0[i] = m < M ? oh * sh - ph : -(1 << 30);
             iw0[i] = ow * sw - pw;
-            row_off[i] = (((index_t)n * H + ih0[i]) * W + iw0[i]) * Cp;
+            row_at[i] = m < M ? x_ + (((index_t)n * H + ih0[i]) * W + iw0[i]) * Cp : x_;
         }
     }
 
@@ -177,32 +177,31 @@ struct PatchRows {
 #pragma unroll
         for (int i = 0; i < P; ++i) {
             const bool ok = fh < FH && (unsigned)(ih0[i] + fh) < (unsigned)H && (unsigned)(iw0[i] + fw) < (unsigned)W;
-            const storage_t* src = ok ? x + (row_off[i] + off) : x;
-            cp_async_cg(stage + stage_offset<TC_KBYTES>(tc_piece_row<S>(i), byte), src, ok ? 16 : 0);
+            cp_async_cg(stage + pieces(i), ok ? row_at[i] + off : x, ok ? 16 : 0);
         }
     }
-    __device__ void round_tf32(unsigned char* stage) const { round_pieces_tf32<S>(stage, byte); }
+    __device__ void round_tf32(unsigned char* stage) const { round_pieces_tf32<S>(stage, pieces); }
 };
 
 // Backward-data A: row m = (n, ih, iw) of the gathered output gradient, dy NHWC with Kp channels.
 // UNIT_STRIDE (sh = sw = 1, every layer of the CIFAR networks) drops the two divisions by the
 // stride a k-tile would otherwise cost each row (the body picks the instance at run time), and
-// reads as PatchRows does: the element at row_off (the row's (oh, ow) = (ih + ph, iw + pw)) plus
-// the walk's offset, which steps back OW * Kp per fh and Kp per fw.
+// reads as PatchRows does: at row_at (the row's (oh, ow) = (ih + ph, iw + pw)) plus the walk's
+// offset, which steps back OW * Kp per fh and Kp per fw.
 template <class S, bool UNIT_STRIDE>
 struct GradRows {
     const storage_t* dy;
     int OH, OW, Kp, FH, sh, sw;
-    int byte;
     static constexpr int P = tc_pieces<S>();
+    PieceOffsets<TC_KBYTES, S::THREADS / 4> pieces;  // this thread's pieces in a stage
     index_t pixel0[P];      // n * OH * OW
-    index_t row_off[P];     // (pixel0 + (ih + ph) * OW + iw + pw) * Kp
+    const storage_t* row_at[P];  // dy + (pixel0 + (ih + ph) * OW + iw + pw) * Kp (dy for rows past M)
     int ihp[P], iwp[P];     // ih + ph, iw + pw (a huge negative value for rows past M)
     mutable ReductionWalk walk;  // (fh, fw, k) of the next k-tile's piece
 
     __device__ GradRows(const storage_t* dy_, int m0, int M, int H, int W, int Kp_, int FH_, int FW, int OH_, int OW_,
                         int sh_, int sw_, int ph, int pw)
-        : dy(dy_), OH(OH_), OW(OW_), Kp(Kp_), FH(FH_), sh(sh_), sw(sw_), byte(16 * (threadIdx.x % 4)),
+        : dy(dy_), OH(OH_), OW(OW_), Kp(Kp_), FH(FH_), sh(sh_), sw(sw_), pieces(tc_piece_row<S>(0), 16 * (threadIdx.x % 4)),
           walk(16 * (threadIdx.x % 4), Kp_, FW, -Kp_, -OW_ * Kp_) {
         for (int i = 0; i < P; ++i) {
             const int m = m0 + tc_piece_row<S>(i);
@@ -210,7 +209,7 @@ struct GradRows {
             pixel0[i] = (index_t)n * OH * OW;
             ihp[i] = m < M ? ih + ph : -(1 << 30);
             iwp[i] = iw + pw;
-            row_off[i] = (pixel0[i] + (index_t)ihp[i] * OW + iwp[i]) * Kp;
+            row_at[i] = m < M ? dy_ + (pixel0[i] + (index_t)ihp[i] * OW + iwp[i]) * Kp : dy_;
         }
     }
 
@@ -224,16 +223,16 @@ struct GradRows {
             const storage_t* src;
             if (UNIT_STRIDE) {
                 ok = fh < FH && (unsigned)oh_s < (unsigned)OH && (unsigned)ow_s < (unsigned)OW;
-                src = ok ? dy + (row_off[i] + off) : dy;
+                src = ok ? row_at[i] + off : dy;
             } else {
                 const int oh = oh_s / sh, ow = ow_s / sw;
                 ok = fh < FH && oh_s >= 0 && ow_s >= 0 && oh * sh == oh_s && ow * sw == ow_s && oh < OH && ow < OW;
                 src = ok ? dy + ((pixel0[i] + (index_t)oh * OW + ow) * Kp + k) : dy;
             }
-            cp_async_cg(stage + stage_offset<TC_KBYTES>(tc_piece_row<S>(i), byte), src, ok ? 16 : 0);
+            cp_async_cg(stage + pieces(i), src, ok ? 16 : 0);
         }
     }
-    __device__ void round_tf32(unsigned char* stage) const { round_pieces_tf32<S>(stage, byte); }
+    __device__ void round_tf32(unsigned char* stage) const { round_pieces_tf32<S>(stage, pieces); }
 };
 
 // An output position l = (n, oh, ow) walked forward by a fixed step of positions (a k-tile's)
@@ -247,22 +246,23 @@ struct PositionStep {
 };
 
 struct PositionWalk {
-    int n, oh, ow;
-    int off;  // (oh * sh * W + ow * sw) * Cp: the element of the position's (0, 0) tap in its image
+    int oh, ow;
+    const storage_t* src;  // the piece at the position: from its image's first element, (oh * sh * W + ow * sw) * Cp on
     int kt;  // the next k-tile (checked on the simulator only)
 
-    __device__ PositionWalk() : n(0), oh(0), ow(0), off(0), kt(0) {}
-    __device__ PositionWalk(int l, int OH, int OW, int W, int Cp, int sh, int sw) : kt(0) {
-        n = l / (OH * OW);
-        const int p = l - n * (OH * OW);
+    __device__ PositionWalk() : oh(0), ow(0), src(nullptr), kt(0) {}
+    // ``at0``: the piece at position 0 (its column's offset from the (0, 0) tap included).
+    __device__ PositionWalk(int l, int OH, int OW, int W, int Cp, int sh, int sw, const storage_t* at0, index_t image)
+        : kt(0) {
+        const int n = l / (OH * OW), p = l - n * (OH * OW);
         oh = p / OW;
         ow = p - oh * OW;
-        off = (oh * sh * W + ow * sw) * Cp;
+        src = at0 + n * image + (oh * sh * W + ow * sw) * Cp;
     }
 
-    // ``inc``: the element offset of the step itself within an image, and what a carry out of ow
-    // and out of oh adds (see PatchColumns); an image's elements fit an int (the launcher checks).
-    __device__ void step(const PositionStep& d, int OH, int OW, const int inc[3], int kt_loaded) {
+    // ``inc``: the elements the step itself moves, images included, and what a carry out of ow
+    // and out of oh adds (see PatchColumns): a pointer carried, no multiply by the image size.
+    __device__ void step(const PositionStep& d, int OH, int OW, const index_t inc[3], int kt_loaded) {
 #ifndef __CUDA_ARCH__
         if (kt_loaded != kt++) __trap();  // a loader called out of order would read the wrong positions
 #endif
@@ -272,8 +272,7 @@ struct PositionWalk {
         oh += d.oh + carry_w;
         const int carry_h = oh >= OH;
         if (carry_h) oh -= OH;
-        n += d.n + carry_h;
-        off += inc[0] + (carry_w ? inc[1] : 0) + (carry_h ? inc[2] : 0);
+        src += inc[0] + (carry_w ? inc[1] : 0) + (carry_h ? inc[2] : 0);
     }
 };
 
@@ -287,37 +286,36 @@ struct PatchColumns {
     const storage_t* x;
     int H, W, OH, OW, sh, sw;
     int l0, l_end;          // this split's positions
-    int byte;
+    PieceOffsets<2 * S::BN, TC_KM_ROWS / P> pieces;  // this thread's pieces in a stage
     int fh, fw;             // this thread's column's tap, less the padding: ih = oh * sh + fh
-    int col_off;            // (fh * W + fw) * Cp + c: its element offset from the position's (0, 0) tap
     bool col_ok;
     PositionStep step;      // a k-tile's TC_KM_ROWS positions
-    int inc[3];             // a k-tile's step in elements within an image, the carries' corrections
-    index_t image;          // H * W * Cp: elements per image
+    index_t inc[3];         // a k-tile's step in elements, the carries' corrections
     mutable PositionWalk at[P];  // the positions of this thread's rows in the next k-tile
 
     __device__ PatchColumns(const storage_t* x_, int n0, int H_, int W_, int Cp, int FH, int FW_, int OH_, int OW_,
                             int sh_, int sw_, int ph, int pw, int l0_, int l_end_)
         : x(x_), H(H_), W(W_), OH(OH_), OW(OW_), sh(sh_), sw(sw_), l0(l0_), l_end(l_end_),
-          byte(16 * (threadIdx.x % PER_ROW)), step(TC_KM_ROWS, OH_, OW_),
-          image((index_t)H_ * W_ * Cp) {
+          pieces(row(0), 16 * (threadIdx.x % PER_ROW)), step(TC_KM_ROWS, OH_, OW_) {
         static_assert(TC_KM_ROWS * PER_ROW % S::THREADS == 0, "whole 16-byte pieces per thread");
-        for (int i = 0; i < P; ++i) at[i] = PositionWalk(l0_ + row(i), OH_, OW_, W_, Cp, sh_, sw_);
-        const int r = n0 + byte / (int)sizeof(storage_t);
+        const int r = n0 + pieces.byte / (int)sizeof(storage_t);
         const int tap = r / Cp, c = r - tap * Cp;
         fh = tap / FW_;
         fw = tap - fh * FW_;
         col_ok = fh < FH;
         fh -= ph;  // folded: ih = oh * sh + fh
         fw -= pw;
-        col_off = (fh * W_ + fw) * Cp + c;
+        const index_t image = (index_t)H_ * W_ * Cp;  // elements per image
+        // (fh * W + fw) * Cp + c: the column's offset from the position's (0, 0) tap
+        for (int i = 0; i < P; ++i)
+            at[i] = PositionWalk(l0_ + row(i), OH_, OW_, W_, Cp, sh_, sw_, x_ + ((fh * W_ + fw) * Cp + c), image);
         // One position more in ow, oh moves sw * Cp, sh * W * Cp elements of the image; a carry out
-        // of ow trades OW of the first for one of the second, out of oh (into the next image, n)
-        // takes OH of the second back.
+        // of ow trades OW of the first for one of the second, out of oh (into the next image) OH
+        // of the second for a whole image; the step's own images are whole images.
         const int ew = sw_ * Cp, eh = sh_ * W_ * Cp;
-        inc[0] = step.ow * ew + step.oh * eh;
+        inc[0] = step.n * image + step.ow * ew + step.oh * eh;
         inc[1] = eh - OW_ * ew;
-        inc[2] = -OH_ * eh;
+        inc[2] = image - (index_t)OH_ * eh;
     }
 
     __device__ static int row(int i) { return (int)threadIdx.x / PER_ROW + TC_KM_ROWS / P * i; }
@@ -327,10 +325,10 @@ struct PatchColumns {
         for (int i = 0; i < P; ++i) {
             const int l = l0 + kt * TC_KM_ROWS + row(i);
             const int ih = at[i].oh * sh + fh, iw = at[i].ow * sw + fw;
-            const index_t off = at[i].n * image + (at[i].off + col_off);
+            const storage_t* src = at[i].src;
             at[i].step(step, OH, OW, inc, kt);
             const bool ok = col_ok && l < l_end && (unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W;
-            cp_async_cg(stage + stage_offset<2 * S::BN>(row(i), byte), ok ? x + off : x, ok ? 16 : 0);
+            cp_async_cg(stage + pieces(i), ok ? src : x, ok ? 16 : 0);
         }
     }
 };
@@ -453,12 +451,11 @@ __device__ void conv2d_forward_tc_body(const storage_t* x, const storage_t* w, c
     TC_DECLARE_STAGES(S, As, Bs);
     const int M = N * OH * OW, R = FH * FW * Cp;
     const int m0 = blockIdx.x * S::BM, n0 = blockIdx.y * S::BN;
-    const long long rbytes = (long long)R * sizeof(storage_t);
+    const int rbytes = R * (int)sizeof(storage_t);
     PatchRows<S> la(x, m0, M, H, W, Cp, FH, FW, OH, OW, sh, sw, ph, pw);
-    DenseTileLoader<S::BN, TC_KBYTES, S::THREADS> lb = {(const unsigned char*)(w + (index_t)n0 * R), rbytes, K - n0,
-                                                        rbytes};
+    DenseTileLoader<S::BN, TC_KBYTES, S::THREADS> lb((const unsigned char*)(w + (index_t)n0 * R), rbytes, K - n0, rbytes);
     float acc[S::MI][S::NI][4] = {};
-    const int ktiles = (int)((rbytes + TC_KBYTES - 1) / TC_KBYTES);
+    const int ktiles = (rbytes + TC_KBYTES - 1) / TC_KBYTES;
     tc_gemm_mainloop<S, TensorCoreOp<storage_t>, FragA<S>, FragB_nt<S>>(la, lb, ktiles, 16, 16, As, Bs, acc);
     tc_gemm_epilogue<S>(RowMajorStore{y, has_bias ? b : nullptr, M, K, relu}, m0, n0, acc);
 }
@@ -470,11 +467,10 @@ __device__ void conv2d_backward_data_tc_body(const storage_t* dy, const storage_
     TC_DECLARE_STAGES(S, As, Bs);
     const int M = N * H * W, L = FH * FW * Kp;
     const int m0 = blockIdx.x * S::BM, n0 = blockIdx.y * S::BN;
-    const long long lbytes = (long long)L * sizeof(storage_t);
-    DenseTileLoader<S::BN, TC_KBYTES, S::THREADS> lb = {(const unsigned char*)(wt + (index_t)n0 * L), lbytes, C - n0,
-                                                        lbytes};
+    const int lbytes = L * (int)sizeof(storage_t);
+    DenseTileLoader<S::BN, TC_KBYTES, S::THREADS> lb((const unsigned char*)(wt + (index_t)n0 * L), lbytes, C - n0, lbytes);
     float acc[S::MI][S::NI][4] = {};
-    const int ktiles = (int)((lbytes + TC_KBYTES - 1) / TC_KBYTES);
+    const int ktiles = (lbytes + TC_KBYTES - 1) / TC_KBYTES;
     if (sh == 1 && sw == 1) {
         GradRows<S, true> la(dy, m0, M, H, W, Kp, FH, FW, OH, OW, sh, sw, ph, pw);
         tc_gemm_mainloop<S, TensorCoreOp<storage_t>, FragA<S>, FragB_nt<S>>(la, lb, ktiles, 16, 16, As, Bs, acc);
@@ -501,8 +497,8 @@ __device__ void conv2d_backward_weight_tc_body(const storage_t* dy, const storag
     TransposedPatchRows<S> lb(x, n0, H, W, Cp, FH, FW, OH, OW, sh, sw, ph, pw, l0, l_end);
     tc_gemm_mainloop<S, TensorCoreOp<storage_t>, FragA<S>, FragB_nt<S>>(la, lb, ktiles, 0, 0, As, Bs, acc);
 #else
-    DenseTileLoader<TC_KM_ROWS, 2 * S::BM, S::THREADS> la = {(const unsigned char*)(dy + (index_t)l0 * K + m0),
-                                                             (long long)K * es, l_end - l0, (long long)(K - m0) * es};
+    DenseTileLoader<TC_KM_ROWS, 2 * S::BM, S::THREADS> la((const unsigned char*)(dy + (index_t)l0 * K + m0),
+                                                          (long long)K * es, l_end - l0, (K - m0) * es);
     PatchColumns<S> lb(x, n0, H, W, Cp, FH, FW, OH, OW, sh, sw, ph, pw, l0, l_end);
     if (vec_dy == 16)  // channel counts that are multiples of 8: the loop with only 16-byte copies
         tc_gemm_mainloop<S, TensorCoreOp<storage_t>, FragA_km<S>, FragB_nn<S>>(la, lb, ktiles, 16, 16, As, Bs, acc);

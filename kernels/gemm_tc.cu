@@ -54,14 +54,13 @@ __device__ void gemm_tc_body(const storage_t* A, const storage_t* B, const stora
     TC_DECLARE_STAGES(S, As, Bs);
     const int es = (int)sizeof(storage_t);
     const int m0 = blockIdx.x * S::BM, n0 = blockIdx.y * S::BN;
-    const long long kbytes = (long long)K * es;
-    DenseTileLoader<S::BM, TC_KBYTES, S::THREADS> la = {(const unsigned char*)(A + (index_t)m0 * K), kbytes, M - m0,
-                                                        kbytes};
-    DenseTileLoader<B_ROWS, B_ROW_BYTES, S::THREADS> lb;
-    if (b_kn) lb = {(const unsigned char*)(B + n0), (long long)N * es, K, (long long)(N - n0) * es};
-    else lb = {(const unsigned char*)(B + (index_t)n0 * K), kbytes, N - n0, kbytes};
+    const int kbytes = K * es;  // byte counts are ints (the launcher checks)
+    DenseTileLoader<S::BM, TC_KBYTES, S::THREADS> la((const unsigned char*)(A + (index_t)m0 * K), kbytes, M - m0, kbytes);
+    const DenseTileLoader<B_ROWS, B_ROW_BYTES, S::THREADS> lb =
+        b_kn ? DenseTileLoader<B_ROWS, B_ROW_BYTES, S::THREADS>((const unsigned char*)(B + n0), (long long)N * es, K, (N - n0) * es)
+             : DenseTileLoader<B_ROWS, B_ROW_BYTES, S::THREADS>((const unsigned char*)(B + (index_t)n0 * K), kbytes, N - n0, kbytes);
     float acc[S::MI][S::NI][4] = {};
-    const int ktiles = (int)((kbytes + TC_KBYTES - 1) / TC_KBYTES);
+    const int ktiles = (kbytes + TC_KBYTES - 1) / TC_KBYTES;
     if (vec_a == 16 && vec_b == 16)  // aligned operands: the loop with only 16-byte copies
         tc_gemm_mainloop<S, TensorCoreOp<storage_t>, FragA<S>, FragB>(la, lb, ktiles, 16, 16, As, Bs, acc);
     else

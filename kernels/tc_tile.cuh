@@ -63,19 +63,28 @@ typedef TcShape<128, 128, 8, 1, true, 4> TcTileWg;  // 256 threads
 // multiply-adds per staged A row; 96 KiB of stages.
 typedef TcShape<128, 256, 8, 1, true, 4> TcTileWg256;  // 256 threads
 #define TC_STATIC_SHARED_MAX 49152  // bytes of static shared memory a kernel may declare
+#define TC_DYNAMIC_ALIGN 1024       // dynamic stages start on such a boundary; launches pass this many bytes more
+
+// The dynamic stages from the first TC_DYNAMIC_ALIGN-byte boundary of the shared address space
+// at or after `p`: wgmma's 128-byte swizzle atoms (8 rows of 128 bytes, the descriptors' base
+// offset 0) and the swizzles of stage_offset read absolute shared-address bits, and CUDA does not
+// promise the __align__ of an extern shared array; the launch passes the slack.
+__device__ inline unsigned char* tc_aligned_dynamic(unsigned char* p) {
+    return p + ((TC_DYNAMIC_ALIGN - (smem_address(p) & (TC_DYNAMIC_ALIGN - 1))) & (TC_DYNAMIC_ALIGN - 1));
+}
 
 // Declares a kernel body's stages As (S::STAGES A stages) and Bs (S::STAGES B stages), 1024-byte
 // aligned (wgmma's swizzle atoms): two static arrays up to 48 KiB in all, one dynamic array beyond
-// (the launcher passes S::SHARED bytes and raises the kernel's limit; the unused static arrays are
-// a token 16 bytes each). Declared in the body, two arrays: as one array, or returned by a helper,
+// (the launcher passes S::SHARED + TC_DYNAMIC_ALIGN bytes and raises the kernel's limit; the unused
+// static arrays are a token 16 bytes each). Declared in the body, two arrays: as one array, or returned by a helper,
 // the stages cost ptxas a register more in the 128x128 forward, which then spilled.
 #define TC_DECLARE_STAGES(S, As, Bs)                                                                   \
     constexpr bool tc_dynamic = S::SHARED > TC_STATIC_SHARED_MAX;                                     \
     __shared__ __align__(1024) unsigned char tc_static_a[tc_dynamic ? 16 : S::STAGES * S::A_STAGE];  \
     __shared__ __align__(1024) unsigned char tc_static_b[tc_dynamic ? 16 : S::STAGES * S::B_STAGE];  \
     extern __shared__ __align__(1024) unsigned char tc_dynamic_stages[];                             \
-    unsigned char* const As = tc_dynamic ? tc_dynamic_stages : tc_static_a;                          \
-    unsigned char* const Bs = tc_dynamic ? tc_dynamic_stages + S::STAGES * S::A_STAGE : tc_static_b
+    unsigned char* const As = tc_dynamic ? tc_aligned_dynamic(tc_dynamic_stages) : tc_static_a;      \
+    unsigned char* const Bs = tc_dynamic ? As + S::STAGES * S::A_STAGE : tc_static_b
 
 // Byte offset of (row, byte) in a stage whose rows hold ROW_BYTES bytes: mk stages (64-byte rows)
 // and km stages of 64 columns (128-byte rows) are swizzled as they are; wider km stages are cut
@@ -110,21 +119,63 @@ __device__ inline void copy_piece<2>(unsigned char* dst, const unsigned char* sr
     *(unsigned short*)dst = src_bytes ? *(const unsigned short*)src : (unsigned short)0;
 }
 
+// The stage offsets of a thread's pieces: its first at (row0, byte) of a stage with ROW_BYTES-byte
+// rows, the others STEP rows apart. STEP being a multiple of 8 keeps the swizzle's phase (a
+// function of the row's bits 0-2; stage_offset), piece q lies q * STEP rows further: one offset
+// computed before the main loop, then an immediate add per piece (the swizzle recomputed per
+// k-tile took some 10 instructions a piece). The simulator checks each against stage_offset.
+template <int ROW_BYTES, int STEP>
+struct PieceOffsets {
+    static_assert(STEP % 8 == 0, "pieces 8 rows apart share the swizzle's phase");
+    static constexpr int ROW_PITCH = ROW_BYTES < 128 ? ROW_BYTES : 128;  // km stages: 128-byte column blocks
+    int first, row0, byte;
+    __device__ PieceOffsets(int row0_, int byte_) : first(stage_offset<ROW_BYTES>(row0_, byte_)), row0(row0_), byte(byte_) {}
+    __device__ int operator()(int q) const {
+        const int off = first + q * STEP * ROW_PITCH;
+#ifndef __CUDA_ARCH__
+        if (off != stage_offset<ROW_BYTES>(row0 + q * STEP, byte)) __trap();
+#endif
+        return off;
+    }
+};
+
 // An operand tile of a dense row-major matrix: ROWS rows of ROW_BYTES bytes per stage, copied by
 // THREADS threads. Row r, byte b of k-tile kt come from global row (kt * kt_rows + r) and byte
 // (kt * kt_bytes + b) counted from `base`, the tile's first element: an mk stage (A, B [N][K];
 // 64-byte rows) steps along its rows (kt_bytes = TC_KBYTES), a km stage (B [K][N], dY of the
 // weight gradient; wider rows) down them (kt_rows = 32 rows of K): compile-time constants.
 // Outside rows_valid rows or row_bytes bytes the stage is zero-filled (cp.async src-size), so
-// edges need no other guard.
+// edges need no other guard. Byte counts are ints (the launchers check the sizes).
 template <int ROWS, int ROW_BYTES, int THREADS>
 struct DenseTileLoader {
+    static constexpr int kt_rows = ROW_BYTES == TC_KBYTES ? 0 : TC_KM_ROWS;
+    static constexpr int kt_bytes = ROW_BYTES == TC_KBYTES ? TC_KBYTES : 0;
+    // The 16-byte copies: each thread's pieces of a stage are fixed, row r0 and byte b, then rows
+    // ROW_STEP apart (COUNT of them), in the same swizzle phase.
+    static constexpr int PER_ROW = ROW_BYTES / 16, COUNT = ROWS * PER_ROW / THREADS, ROW_STEP = THREADS / PER_ROW;
     const unsigned char* base;
     long long pitch;      // bytes between consecutive rows in global memory
     int rows_valid;       // rows from `base` on that lie in the matrix
-    long long row_bytes;  // bytes of a row from `base` on that lie in the matrix
-    static constexpr int kt_rows = ROW_BYTES == TC_KBYTES ? 0 : TC_KM_ROWS;
-    static constexpr int kt_bytes = ROW_BYTES == TC_KBYTES ? TC_KBYTES : 0;
+    int row_bytes;        // bytes of a row from `base` on that lie in the matrix
+    // copy16's position, carried from k-tile to k-tile (the main loop loads them in order): the
+    // row of this thread's first piece of the next k-tile (a km stage's; an mk stage's rows stay,
+    // so which of them lie in the matrix is known once: bit q of `valid`), the bytes of its row
+    // left from the piece on, and its address.
+    mutable int row, left;
+    int valid;
+    mutable const unsigned char* src;
+    mutable int kt;       // the next k-tile (checked on the simulator only)
+
+    DenseTileLoader() = default;
+    __device__ DenseTileLoader(const unsigned char* base_, long long pitch_, int rows_valid_, int row_bytes_)
+        : base(base_), pitch(pitch_), rows_valid(rows_valid_), row_bytes(row_bytes_), kt(0) {
+        const int r0 = (int)threadIdx.x / PER_ROW, b = (int)threadIdx.x % PER_ROW * 16;
+        row = r0;
+        valid = 0;
+        for (int q = 0; q < COUNT; ++q) valid |= (r0 + q * ROW_STEP < rows_valid_) << q;
+        left = row_bytes_ - b;
+        src = base_ + r0 * pitch_ + b;
+    }
 
     __device__ void load(unsigned char* stage, int kt, int vec) const {
         switch (vec) {
@@ -138,32 +189,33 @@ struct DenseTileLoader {
     // This thread's 16-byte pieces of a landed stage rounded to TF32 in place (the TF32 build's
     // wgmma, which reads shared memory as it is; the convolutions copy 16-byte pieces only).
     __device__ void round_tf32(unsigned char* stage) const {
-        constexpr int PER_ROW = ROW_BYTES / 16, COUNT = ROWS * PER_ROW / THREADS, ROW_STEP = THREADS / PER_ROW;
-        const int r0 = (int)threadIdx.x / PER_ROW, b = (int)threadIdx.x % PER_ROW * 16;
+        const PieceOffsets<ROW_BYTES, ROW_STEP> at((int)threadIdx.x / PER_ROW, (int)threadIdx.x % PER_ROW * 16);
 #pragma unroll
-        for (int q = 0; q < COUNT; ++q) round_piece_tf32(stage + stage_offset<ROW_BYTES>(r0 + q * ROW_STEP, b));
+        for (int q = 0; q < COUNT; ++q) round_piece_tf32(stage + at(q));
     }
 
-    // The 16-byte copies, those of every convolution operand and of aligned GEMMs: each thread's
-    // pieces of a stage are fixed (a row r0 and byte b, then rows ROW_STEP apart, all in the same
-    // swizzle phase), so one base address and one row test per k-tile serve them all, unrolled.
-    // The general loop below recomputes row, byte and a 64-bit address per piece (about 55
-    // instructions a piece on sm_90, where the HMMAs it feeds need 3-4 issue slots each).
-    __device__ void copy16(unsigned char* stage, int kt) const {
-        constexpr int PER_ROW = ROW_BYTES / 16, PIECES = ROWS * PER_ROW;
-        static_assert(PIECES % THREADS == 0 && THREADS % PER_ROW == 0, "whole rows of 16-byte pieces per thread");
-        constexpr int COUNT = PIECES / THREADS, ROW_STEP = THREADS / PER_ROW;
-        const int r0 = (int)threadIdx.x / PER_ROW, b = (int)threadIdx.x % PER_ROW * 16;
-        const int row = kt * kt_rows + r0;
-        const long long byte = (long long)kt * kt_bytes + b, left = row_bytes - byte;
-        const int n = left <= 0 ? 0 : (left < 16 ? (int)left : 16);
-        const unsigned char* src = base + row * pitch + byte;
+    // The 16-byte copies, those of every convolution operand and of aligned GEMMs: one address,
+    // one row test and one byte count per k-tile serve all of a thread's pieces, unrolled, from
+    // the carried position. The general loop below recomputes row, byte and a 64-bit address per
+    // piece (about 55 instructions a piece on sm_90, where the HMMAs it feeds need 3-4 issue slots
+    // each).
+    __device__ void copy16(unsigned char* stage, int kt_loaded) const {
+        static_assert(ROWS * PER_ROW % THREADS == 0 && THREADS % PER_ROW == 0, "whole rows of 16-byte pieces per thread");
+#ifndef __CUDA_ARCH__
+        if (kt_loaded != kt++) __trap();  // the carried position needs the order
+#else
+        (void)kt_loaded;
+#endif
+        const PieceOffsets<ROW_BYTES, ROW_STEP> at((int)threadIdx.x / PER_ROW, (int)threadIdx.x % PER_ROW * 16);
+        const int n = imin(imax(left, 0), 16);
 #pragma unroll
         for (int q = 0; q < COUNT; ++q) {
-            const bool ok = n && row + q * ROW_STEP < rows_valid;
-            copy_piece<16>(stage + stage_offset<ROW_BYTES>(r0 + q * ROW_STEP, b), ok ? src + q * ROW_STEP * pitch : base,
-                           ok ? n : 0);
+            const bool ok = n && (kt_rows ? row + q * ROW_STEP < rows_valid : valid >> q & 1);
+            copy_piece<16>(stage + at(q), ok ? src + q * ROW_STEP * pitch : base, ok ? n : 0);
         }
+        row += kt_rows;
+        left -= kt_bytes;
+        src += kt_bytes + kt_rows * pitch;
     }
 
     template <int VEC>
@@ -224,8 +276,9 @@ __device__ constexpr bool tc_xor_tiles() { return COUNT == 1 || COUNT == 2 || CO
 template <class S>
 struct FragA {
     static constexpr int WG_TRANS = 0;  // as a wgmma operand: K-major, 64-byte swizzle, 8-row atoms 512 bytes apart
+    static constexpr int WG_KS_BYTES = 32;  // a k16 step further along the stage
     __device__ static unsigned long long wg_desc(const unsigned char* stage, int ks) {
-        return wgmma_descriptor<TC_KBYTES>(stage + 64 * TC_KBYTES * warpgroup() + 32 * ks, 16, 8 * TC_KBYTES);
+        return wgmma_descriptor<TC_KBYTES>(stage + 64 * TC_KBYTES * warpgroup() + WG_KS_BYTES * ks, 16, 8 * TC_KBYTES);
     }
     __device__ static int row(int i) {
         const int lane = threadIdx.x % 32;
@@ -254,8 +307,9 @@ struct FragA_km {
     // As a wgmma operand: M-major, 128-byte swizzle, the warpgroup's 64 columns one column block;
     // 8 rows of K 1024 bytes on, a k16 step 16 rows.
     static constexpr int WG_TRANS = 1;
+    static constexpr int WG_KS_BYTES = 16 * 128;
     __device__ static unsigned long long wg_desc(const unsigned char* stage, int ks) {
-        return wgmma_descriptor<128>(stage + TC_KM_ROWS * 128 * warpgroup() + 16 * 128 * ks, TC_KM_ROWS * 128, 8 * 128);
+        return wgmma_descriptor<128>(stage + TC_KM_ROWS * 128 * warpgroup() + WG_KS_BYTES * ks, TC_KM_ROWS * 128, 8 * 128);
     }
     __device__ static int krow(int ks) { const int lane = threadIdx.x % 32; return 16 * ks + 8 * (lane / 16) + lane % 8; }
     __device__ static int col(int i) {
@@ -279,8 +333,9 @@ struct FragA_km {
 template <class S>
 struct FragB_nt {
     static constexpr int WG_TRANS = 0;  // as a wgmma operand: K-major, 64-byte swizzle, all BN rows
+    static constexpr int WG_KS_BYTES = 32;
     __device__ static unsigned long long wg_desc(const unsigned char* stage, int ks) {
-        return wgmma_descriptor<TC_KBYTES>(stage + 32 * ks, 16, 8 * TC_KBYTES);
+        return wgmma_descriptor<TC_KBYTES>(stage + WG_KS_BYTES * ks, 16, 8 * TC_KBYTES);
     }
     __device__ static int row(int p) {
         const int lane = threadIdx.x % 32;
@@ -310,8 +365,9 @@ struct FragB_nn {
     // As a wgmma operand: N-major, 128-byte swizzle, BN columns in column blocks TC_KM_ROWS rows
     // long (LBO), 8 rows of K 1024 bytes on.
     static constexpr int WG_TRANS = 1;
+    static constexpr int WG_KS_BYTES = 16 * 128;
     __device__ static unsigned long long wg_desc(const unsigned char* stage, int ks) {
-        return wgmma_descriptor<128>(stage + 16 * 128 * ks, TC_KM_ROWS * 128, 8 * 128);
+        return wgmma_descriptor<128>(stage + WG_KS_BYTES * ks, TC_KM_ROWS * 128, 8 * 128);
     }
     __device__ static int krow(int ks) {
         const int lane = threadIdx.x % 32;
@@ -345,13 +401,18 @@ struct FragB_nn {
 template <class S, class Op, class FragA, class FragB, bool WG = S::WG>
 struct TcMultiply {
     static constexpr int IN_FLIGHT = 0;  // k-tiles whose stage is still read after their round
+    const unsigned char *As, *Bs;  // stage 0 of each operand
     int lane_a, lane_b;  // this lane's swizzled fragment offsets (see above)
-    __device__ TcMultiply() : lane_a(FragA::lane_offset()), lane_b(FragB::lane_offset()) {}
+    __device__ TcMultiply(const unsigned char* As_, const unsigned char* Bs_)
+        : As(As_), Bs(Bs_), lane_a(FragA::lane_offset()), lane_b(FragB::lane_offset()) {}
     template <class LA, class LB>
     __device__ static void prepare(const LA&, const LB&, unsigned char*, unsigned char*) {}  // fragments round
     __device__ static void publish() {}
     __device__ static void finish(float (*)[S::NI][4]) {}
-    __device__ void operator()(const unsigned char* A, const unsigned char* B, float acc[S::MI][S::NI][4]) const {
+    // Multiplies the k-tile in stage `s`.
+    __device__ void operator()(int s, float acc[S::MI][S::NI][4]) const {
+        const unsigned char* A = As + s * S::A_STAGE;
+        const unsigned char* B = Bs + s * S::B_STAGE;
 #pragma unroll
         for (int ks = 0; ks < TC_KBYTES / 32; ++ks) {
             unsigned a[S::MI][4], b[S::NI][2];
@@ -396,14 +457,34 @@ struct TcMultiply<S, Op, FragA, FragB, true> {
         wgmma_wait<0>();
         wgmma_fence_operands(regs(acc));
     }
-    __device__ void operator()(const unsigned char* A, const unsigned char* B, float acc[S::MI][S::NI][4]) const {
+    // The descriptors of stage 0 at k16 step 0, built once: every stage and step is the same
+    // descriptor with a further start address, whose field (bits 0-13, in 16-byte units) takes the
+    // offset without carrying out, shared memory staying below the 256 KiB it can name; the upper
+    // word (SBO, swizzle) is a constant. About 30 instructions a k-tile fewer than building each
+    // from its stage's address. The simulator checks each against the descriptor built afresh.
+    const unsigned char *As, *Bs;
+    unsigned long long da0, db0;
+    __device__ TcMultiply(const unsigned char* As_, const unsigned char* Bs_)
+        : As(As_), Bs(Bs_), da0(FragA::wg_desc(As_, 0)), db0(FragB::wg_desc(Bs_, 0)) {}
+    template <class Frag, int STAGE>
+    __device__ static unsigned long long desc(unsigned long long d0, const unsigned char* stage0, int s, int ks) {
+        const unsigned lo = (unsigned)d0 + (unsigned)((s * STAGE + ks * Frag::WG_KS_BYTES) >> 4);
+        const unsigned long long d = (d0 >> 32 << 32) | lo;
+#ifndef __CUDA_ARCH__
+        if (d != Frag::wg_desc(stage0 + s * STAGE, ks)) __trap();
+#else
+        (void)stage0;
+#endif
+        return d;
+    }
+    __device__ void operator()(int s, float acc[S::MI][S::NI][4]) const {
         float (&d)[S::NI * 4] = regs(acc);
         wgmma_fence_operands(d);
         wgmma_fence();
 #pragma unroll
         for (int ks = 0; ks < TC_KBYTES / 32; ++ks)
             WarpgroupOp<typename Op::storage, S::BN>::template mma<FragA::WG_TRANS, FragB::WG_TRANS>(
-                d, FragA::wg_desc(A, ks), FragB::wg_desc(B, ks));
+                d, desc<FragA, S::A_STAGE>(da0, As, s, ks), desc<FragB, S::B_STAGE>(db0, Bs, s, ks));
         wgmma_commit();
         wgmma_wait<IN_FLIGHT>();  // the previous round's wgmmas are done: its stage may be refilled
         wgmma_fence_operands(d);
@@ -434,7 +515,7 @@ __device__ void tc_gemm_mainloop(const LoaderA& la, const LoaderB& lb, int ktile
         }
         cp_async_commit();
     }
-    const Multiply multiply;
+    const Multiply multiply(As, Bs);
     int read = 0, write = D;  // kt % STAGES and (kt + D) % STAGES, carried
     for (int kt = 0; kt < ktiles; ++kt) {
         cp_async_wait<D - 1>();
@@ -446,7 +527,7 @@ __device__ void tc_gemm_mainloop(const LoaderA& la, const LoaderB& lb, int ktile
             lb.load(Bs + write * S::B_STAGE, kt + D, vec_b);
         }
         cp_async_commit();
-        multiply(As + read * S::A_STAGE, Bs + read * S::B_STAGE, acc);
+        multiply(read, acc);
         read = read == S::STAGES - 1 ? 0 : read + 1;
         write = write == S::STAGES - 1 ? 0 : write + 1;
     }

@@ -160,7 +160,12 @@ struct Runtime {
   unsigned long long block_serial;  // counts the blocks run since the module loaded
 };
 static Runtime rt;
-alignas(1024) static unsigned char dyn_smem[GPUCONV_DYN_SMEM_MAX];  // as __align__(1024) asks on a GPU
+// Dynamic shared memory. CUDA promises the extern array 16-byte alignment, no more (whatever its
+// __align__ says): the forward schedule gives it a 1024-byte boundary, the reverse one 16 bytes
+// past one, so a kernel that relies on more than 16 fails there.
+#define GPUCONV_DYN_SMEM_SKEW 16
+alignas(1024) static unsigned char dyn_smem_buffer[GPUCONV_DYN_SMEM_MAX + GPUCONV_DYN_SMEM_SKEW];
+static unsigned char* dyn_smem = dyn_smem_buffer;  // this launch's extern array
 __attribute__((section("gpuconv_shared"), used)) static char shared_anchor[16];
 
 inline void switch_to_scheduler(Fiber* f) {

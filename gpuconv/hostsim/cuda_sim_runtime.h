@@ -528,6 +528,7 @@ extern "C" __attribute__((visibility("default"))) int gpuconv_sim_launch(
   unsigned n = block[0] * block[1] * block[2];
   rt.msg[0] = '\0'; rt.status = OK; rt.kernel = kernel; rt.entry = entry; rt.args = args; rt.reverse = reverse;
   rt.dyn_bytes = dyn_bytes;
+  dyn_smem = dyn_smem_buffer + (reverse ? GPUCONV_DYN_SMEM_SKEW : 0);
   if (dyn_bytes > GPUCONV_DYN_SMEM_MAX || !ensure_fibers(n, stack_size)) {
     snprintf(rt.msg, sizeof rt.msg, "kernel %s: cannot set up %u fibers of %zu bytes or %zu bytes of dynamic shared memory",
              kernel, n, stack_size, dyn_bytes);
@@ -544,8 +545,8 @@ extern "C" __attribute__((visibility("default"))) int gpuconv_sim_launch(
   // ASan reports its own faults; the death callback names the thread. Past the launch's
   // dynamic shared size the buffer is poisoned, so an overrun is reported, not silent.
   register_death_callbacks();
-  __asan_unpoison_memory_region(dyn_smem, sizeof dyn_smem);
-  __asan_poison_memory_region(dyn_smem + dyn_bytes, sizeof dyn_smem - dyn_bytes);
+  __asan_poison_memory_region(dyn_smem_buffer, sizeof dyn_smem_buffer);
+  __asan_unpoison_memory_region(dyn_smem, dyn_bytes);
 #else
   install_fault_handler();
 #endif

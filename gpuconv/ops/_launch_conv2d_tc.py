@@ -32,9 +32,10 @@ _WG = ("tcwg", "tcwg256")
 _WG_FALLBACK = "tc128"
 SHAPES = {v: (kernels.tile_shapes()[t].bm, kernels.tile_shapes()[t].bn, kernels.tile_shapes()[t].threads)
           for v, t in _TILES.items()}  # variant -> (BM, BN, threads)
-# variant -> bytes of dynamic shared memory its launches pass (0: its stages are static)
-DYNAMIC_SHARED = {v: kernels.tile_shapes()[t].shared if kernels.tile_shapes()[t].dynamic else 0
-                  for v, t in _TILES.items()}
+# variant -> bytes of dynamic shared memory its launches pass (0: its stages are static): the
+# stages and the slack that lets the kernel start them on a 1024-byte boundary
+DYNAMIC_SHARED = {v: kernels.tile_shapes()[t].shared + kernels.defines("tc_tile.cuh")["TC_DYNAMIC_ALIGN"]
+                  if kernels.tile_shapes()[t].dynamic else 0 for v, t in _TILES.items()}
 KBYTES = kernels.defines("tc_tile.cuh")["TC_KBYTES"]  # bytes of the reduction per k-tile
 PIECE = 16       # bytes per cp.async of the im2col loaders
 _INT_MAX = 2**31 - 1
@@ -48,9 +49,10 @@ def supports(dtype, tf32: bool) -> bool:
 
 
 
-def _fits(*sizes) -> bool:
-    """GEMM rows and columns, and one image's elements (the loaders' offsets within an image),
-    are ints in the kernels."""
+def _fits(itemsize, rows, cols, reduction, image) -> bool:
+    """GEMM rows, columns and the reduction, their byte counts (the dense loaders' rows), and one
+    image's elements (the loaders' offsets within an image) are ints in the kernels."""
+    sizes = (rows, cols * itemsize, reduction * itemsize, image)
     return all(s <= _INT_MAX - 256 for s in sizes)  # a tile's overhang past the last row stays an int
 
 
@@ -145,7 +147,7 @@ def forward(x, w, b, stride, padding, tf32, relu, *, target, variant="tc"):
     n, c, h, wd = x.shape
     k, _, fh, fw = w.shape
     oh, ow = output_hw(x.shape, (fh, fw), stride, padding)
-    if not supports(x.dtype, tf32) or not _fits(n * oh * ow, k, fh * fw * (c + 8), h * wd * (c + 8)):
+    if not supports(x.dtype, tf32) or not _fits(x.itemsize, n * oh * ow, k, fh * fw * (c + 8), h * wd * (c + 8)):
         return None
     xp = get_array_module(x, w, b)
     xh = _nhwc_padded(x, PIECE // x.itemsize)
@@ -164,7 +166,7 @@ def backward_data(dy, w, x_shape, stride, padding, tf32, like, *, target, varian
     n, c, h, wd = x_shape
     k, _, fh, fw = w.shape
     oh, ow = dy.shape[2:]
-    if not supports(dy.dtype, tf32) or not _fits(n * h * wd, c, fh * fw * (k + 8), oh * ow * (k + 8)):
+    if not supports(dy.dtype, tf32) or not _fits(dy.itemsize, n * h * wd, c, fh * fw * (k + 8), oh * ow * (k + 8)):
         return None
     xp = get_array_module(dy, w)
     dyh = _nhwc_padded(dy, PIECE // dy.itemsize)
@@ -187,7 +189,7 @@ def backward_weight(dy, x, w_shape, stride, padding, tf32, *, target, variant="t
     n, c, h, wd = x.shape
     k, _, fh, fw = w_shape
     oh, ow = dy.shape[2:]
-    if not supports(dy.dtype, tf32) or not _fits(n * oh * ow, k, fh * fw * (c + 8), h * wd * (c + 8)):
+    if not supports(dy.dtype, tf32) or not _fits(dy.itemsize, n * oh * ow, k, fh * fw * (c + 8), h * wd * (c + 8)):
         return None
     xp = get_array_module(dy, x)
     dyh = layout.nhwc(dy)

@@ -62,8 +62,9 @@ def _check(a, b, b_layout, out_dtype, tf32):
     out = dt if out_dtype is None else np.dtype(out_dtype)
     if out not in (dt, precision.float32):
         raise TypeError(f"out_dtype={out}: gemm_tc writes the operands' dtype ({dt}) or float32")
-    if max(a.shape + b.shape) >= 2**31:
-        raise ValueError(f"gemm_tc indexes rows and columns with int: shapes {a.shape}, {b.shape} reach 2^31")
+    if max(a.shape + b.shape) * dt.itemsize >= 2**31:
+        raise ValueError(f"gemm_tc indexes rows, columns and their bytes with int: shapes {a.shape}, {b.shape} of "
+                         f"{dt} reach 2^31 bytes; split the product")
     return dt, out
 
 
