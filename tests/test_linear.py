@@ -125,20 +125,44 @@ def test_low_precision_runs_the_tensor_core_gemm_within_the_reduction_bound(targ
     assert dx.shape == x.shape and (db is None) == (not bias)
 
 
-def test_float32_and_float64_stay_on_the_reference_by_design():
-    """No tensor-core format (strict float32, float64) or TF32: the reference, which the launch
-    log does not count as a fallback."""
+@pytest.mark.parametrize("dtype, prec", [(np.float32, "fp32"), (np.float32, "tf32"), (np.float64, None)],
+                         ids=["fp32", "tf32", "f64"])
+@pytest.mark.parametrize("x_shape, out, bias", [((5, 3), 2, True), ((7, 2, 3, 3), 10, False), ((33, 70), 13, True)])
+def test_float32_and_float64_run_the_convolution_kernels(target, dtype, prec, x_shape, out, bias):
+    """float32 (strict and TF32) and float64 run as 1x1 convolutions on the kernels (no library
+    GEMM, which CuPy refuses inside a CUDA graph capture): y, dx, dw, db each within gradcheck's
+    bound of the exact float64 result of the precision rule's operands (TF32-rounded in TF32) for
+    its reduction length, in the operands' dtype and shape; no fallback."""
     import gpuconv
-    from gpuconv import kernels
-    x, w = np.ones((4, 3), np.float32), np.ones((2, 3), np.float32)
-    with gpuconv.default_device("sim"), kernels.launch_log() as log:
-        y, cache = linear_forward(x, w, None)
-        linear_backward(np.ones((4, 2), np.float32), cache)
-        linear_forward(x.astype(np.float64), w.astype(np.float64), None)
-        linear_forward(x, w, None, precision="tf32")
-    assert log.names == [] and kernels.fallbacks(log) == []
-    assert [d[2] for d in log.dispatches] == ["reference"] * 4
-    np.testing.assert_array_equal(y, np.full((4, 2), 3.0))
+    from gpuconv import kernels, precision
+    from gpuconv.gradcheck import reduction_tolerance, within_tolerance
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    feats = int(np.prod(x_shape[1:]))
+    w = (rng.standard_normal((out, feats)) / np.sqrt(feats)).astype(dtype)
+    b = rng.standard_normal(out).astype(dtype) if bias else None
+    dy = rng.standard_normal((x_shape[0], out)).astype(dtype)
+    args = on(target, x, w, dy) + ([on(target, b)[0]] if bias else [None])
+    with gpuconv.default_device(target), kernels.launch_log() as log:
+        y, cache = linear_forward(args[0], args[1], args[3], precision=prec)
+        dx, dw, db = (None if a is None else host(a) for a in linear_backward(args[2], cache, precision=prec))
+        y = host(y)
+    assert kernels.fallbacks(log) == [] and all(d[2] == "kernel" for d in log.dispatches), log.dispatches
+    assert all(name.startswith("conv2d_") for name in log.names), log.names
+    tf32 = prec == "tf32"
+    x2 = x.reshape(len(x), -1)
+    x64, w64, dy64 = (np.asarray(a, np.float64) for a in precision.multiplicands(tf32, x2, w, dy))
+    b64 = b.astype(np.float64) if bias else 0.0
+    checks = [(y, x64 @ w64.T + b64, np.abs(x64) @ np.abs(w64.T) + np.abs(b64), feats, (len(x), out)),
+              (dx.reshape(len(x), -1), dy64 @ w64, np.abs(dy64) @ np.abs(w64), out, x2.shape),
+              (dw, dy64.T @ x64, np.abs(dy64.T) @ np.abs(x64), len(x), w.shape)]
+    if bias:
+        checks.append((db, dy.astype(np.float64).sum(0), np.abs(dy.astype(np.float64)).sum(0), len(x), (out,)))
+    for got, want, mag, length, shape in checks:
+        assert got.dtype == dtype and got.shape == shape
+        ok, worst = within_tolerance(got, want, reduction_tolerance(mag, want, length, dtype))
+        assert ok, worst
+    assert dx.shape == x.shape and (db is None) == (not bias)
 
 
 def test_low_precision_empty_batch(target):

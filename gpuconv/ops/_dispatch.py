@@ -8,9 +8,7 @@ the op's ``_<op>_reference`` takes (already validated and normalized: strides an
 reference returns, caches included, so a forward on one path and a backward on the other
 stay compatible. A launcher may return ``NotImplemented`` to decline a case it does not
 cover (an odd shape, a size past int indexing); the reference then runs, and the launch log
-calls it a fallback (which the backend tests fail on 'sim'). A launcher returns ``REFERENCE``
-instead for the cases its op leaves to the reference by design (linear's float32 and float64:
-one BLAS GEMM is the fast path there).
+calls it a fallback (which the backend tests fail on 'sim').
 
     from gpuconv.ops._dispatch import register_launcher
 
@@ -19,12 +17,11 @@ one BLAS GEMM is the fast path there).
         ...
 
 Which ops have kernels. conv2d, max/avg pooling, ReLU, GELU, the scaling, dropout, batchnorm2d,
-softmax_cross_entropy and linear (bfloat16/float16, on the tensor-core GEMM) have launchers
-(kernels/*.cu), on 'cuda' and on 'sim'. A float32/float64 linear runs its reference: on CuPy
-arrays with CuPy's own machinery (a cuBLAS matmul, all on the device, no host copy), under
-``Device('sim')`` its NumPy twin (the same code with ``xp = numpy``). So on 'sim' every
-``kernels/*.cu`` kernel runs on the simulator, and the rest of a training step is plain NumPy,
-exactly as on 'cuda' it is plain CuPy.
+softmax_cross_entropy and linear (bfloat16/float16 on the tensor-core GEMM, float32 and float64
+as 1x1 convolutions) have launchers (kernels/*.cu), on 'cuda' and on 'sim'. So on 'sim' every
+``kernels/*.cu`` kernel runs on the simulator, and the rest of a training step (the few array
+operations between the ops) is plain NumPy, exactly as on 'cuda' it is plain CuPy, with no
+library GEMM (cuBLAS), which CuPy would refuse inside a CUDA graph capture.
 
 Layouts. Ops keep the layout they are given (gpuconv.layout): when an op's first 4-D array
 argument is channels_last, its activation result (y, or dx) comes back channels_last, whichever
@@ -44,16 +41,6 @@ from ._checks import check_float, check_same_dtype
 
 _TARGETS = ("cuda", "sim")
 _LAUNCHERS: dict[tuple[str, str], object] = {}
-
-
-class _Reference:
-    """A launcher's answer "this case is the reference's, by design" (see the module doc)."""
-
-    def __repr__(self):
-        return "REFERENCE"
-
-
-REFERENCE = _Reference()
 
 
 def register_launcher(op_name, targets=_TARGETS):
@@ -117,13 +104,12 @@ def _run(op_name, target, reference, args):
     out = NotImplemented
     if launcher is not None:
         out = launcher(*args, target=target)
-        if out is not NotImplemented and out is not REFERENCE:
+        if out is not NotImplemented:
             if target is not None:
                 kernels.log_dispatch(op_name, target, "kernel")
             return _keep_layout(args, out)
     if target is not None:  # the launch log tells a kernel op that fell back from one that has none
-        path = ("reference" if out is REFERENCE else "declined" if launcher is not None
-                else "no-launcher" if has_kernels(op_name) else "reference")
+        path = ("declined" if launcher is not None else "no-launcher" if has_kernels(op_name) else "reference")
         kernels.log_dispatch(op_name, target, path)
     return _keep_layout(args, reference(*args))
 

@@ -1,38 +1,45 @@
-"""Kernel launchers for ``linear_forward`` / ``linear_backward`` on the tensor cores, registered for
-'cuda' and 'sim': the GEMMs of kernels/gemm_tc.cu for bfloat16 and float16 operands.
+"""Kernel launchers for ``linear_forward`` / ``linear_backward``, registered for 'cuda' and 'sim':
+every dtype runs gpuconv's kernels, so a training step holds no cuBLAS call (which CuPy refuses
+inside a CUDA graph capture) and computes the same way in every precision.
 
 Same arguments, results and ``LinearCache`` as the NumPy reference in ``linear.py``, and its
-precision rule: products exact in float32, float32 sums, the bias added in float32, each result
-rounded once to the operands' dtype. The array form of a mixed-precision layer is a chain of
-upcasts, a float32 matmul and roundings (about 12 launches for a forward and backward); here the
-forward is one GEMM with the bias in its epilogue, the backward two GEMMs (dx, and dw after a
-transposing copy of dy) and, with a bias, one column-sum kernel (conv2d_backward_bias's, over dy
-as N x out x 1 x 1).
+precision rule: products exact in the accumulator, sums in float32 (float64 for float64), the bias
+added there, each result rounded once to the operands' dtype.
 
-float32 (strict or TF32) and float64 are the reference's (``REFERENCE``: one BLAS GEMM each way;
-a TF32 data gradient would need the .trans loads, which move 16-bit elements only); sizes past
-int indexing are declined.
+- bfloat16 and float16: the GEMMs of kernels/gemm_tc.cu. The forward is one GEMM with the bias
+  in its epilogue, the backward two GEMMs (dx, and dw after a transposing copy of dy) and, with a
+  bias, one column-sum kernel (conv2d_backward_bias's, over dy as N x out x 1 x 1). (The array
+  form of a mixed-precision layer is a chain of upcasts, a float32 matmul and roundings: about 12
+  launches for a forward and backward.)
+- float32 (strict or TF32) and float64: the layer is a 1x1 convolution of (N, features, 1, 1)
+  images, whose memory is the (N, features) matrix itself in both layouts, so the convolution
+  kernels run it as they are: the CUDA-core GEMMs in strict float32 and float64, the tensor-core
+  ones in TF32 (whose data gradient needs no .trans load there), with their deterministic
+  split-K weight gradient.
+
+Sizes past the tensor-core GEMM's int indexing are declined (the reference runs).
 """
 from __future__ import annotations
 
 from .. import precision
 from ..backend import get_array_module
-from ._dispatch import REFERENCE, register_launcher
-from ._launch_conv2d import conv2d_backward_bias_kernel
+from ._dispatch import register_launcher
+from ._launch_conv2d import (conv2d_backward_bias_kernel, conv2d_backward_data_kernel, conv2d_backward_weight_kernel,
+                             conv2d_forward_kernel)
 from ._launch_gemm_tc import gemm_tc
 from .linear import LinearCache
 
 _INT_MAX = 2**31 - 1
+_ONE = (1, 1)  # the 1x1 convolution's stride
+_NONE = (0, 0)  # and padding
 
 
-def _path(tf32, *arrays):
-    """None (the kernels run), REFERENCE (not a tensor-core dtype) or NotImplemented (too large)."""
-    if tf32 or arrays[0].dtype not in precision.LOW_PRECISION:
-        return REFERENCE
+def _on_gemm_tc(*arrays):
+    """Whether the tensor-core GEMM takes the case: 16-bit operands, sizes within its int indexing."""
+    if arrays[0].dtype not in precision.LOW_PRECISION:
+        return False
     rows = arrays[0].shape[0]
-    if any(a.size // max(rows, 1) >= _INT_MAX or rows >= _INT_MAX for a in arrays):
-        return NotImplemented
-    return None
+    return all((a.size // max(rows, 1)) * a.itemsize < _INT_MAX and rows * a.itemsize < _INT_MAX for a in arrays)
 
 
 def _rows(x):
@@ -43,24 +50,38 @@ def _rows(x):
     return get_array_module(x).ascontiguousarray(x.reshape(x.shape[0], features))
 
 
+def _image(a):
+    """An (N, F) C-contiguous matrix as the (N, F, 1, 1) images of a 1x1 convolution (a view)."""
+    return a.reshape(a.shape + (1, 1))
+
+
 @register_launcher("linear_forward")
 def linear_forward_kernel(x, w, b, tf32=False, *, target):
-    path = _path(tf32, x, w)
-    if path is not None:
-        return path
-    y = gemm_tc(_rows(x), w, b_layout="nt", target=target, bias=b)
-    return y, LinearCache(x, w, b is not None)
+    cache = LinearCache(x, w, b is not None)
+    if x.dtype not in precision.LOW_PRECISION:
+        w = get_array_module(w).ascontiguousarray(w)
+        y = conv2d_forward_kernel(_image(_rows(x)), _image(w), b, _ONE, _NONE, tf32, target=target)[0]
+        return y.reshape(y.shape[:2]), cache
+    if not _on_gemm_tc(x, w):
+        return NotImplemented
+    return gemm_tc(_rows(x), w, b_layout="nt", target=target, bias=b), cache
 
 
 @register_launcher("linear_backward")
 def linear_backward_kernel(dy, cache, tf32=False, *, target):
     x, w, has_bias = cache
-    path = _path(tf32, dy, x, w)
-    if path is not None:
-        return path
+    low = x.dtype in precision.LOW_PRECISION
+    if low and not _on_gemm_tc(dy, x, w):
+        return NotImplemented
     xp = get_array_module(dy, x, w)
     dy = xp.ascontiguousarray(dy)
-    dx = gemm_tc(dy, w, b_layout="nn", target=target).reshape(x.shape)   # (N, out) @ (out, in)
-    dw = gemm_tc(xp.ascontiguousarray(dy.T), _rows(x), b_layout="nn", target=target)  # (out, N) @ (N, in)
-    db = conv2d_backward_bias_kernel(dy.reshape(dy.shape + (1, 1)), target=target) if has_bias else None
+    if low:
+        dx = gemm_tc(dy, w, b_layout="nn", target=target).reshape(x.shape)   # (N, out) @ (out, in)
+        dw = gemm_tc(xp.ascontiguousarray(dy.T), _rows(x), b_layout="nn", target=target)  # (out, N) @ (N, in)
+    else:
+        x4, w4 = _image(_rows(x)), _image(xp.ascontiguousarray(w))
+        dx = conv2d_backward_data_kernel(_image(dy), w4, x4.shape, _ONE, _NONE, tf32, target=target,
+                                         like=x4).reshape(x.shape)
+        dw = conv2d_backward_weight_kernel(_image(dy), x4, w4.shape, _ONE, _NONE, tf32, target=target).reshape(w.shape)
+    db = conv2d_backward_bias_kernel(_image(dy), target=target) if has_bias else None
     return dx, dw, db
