@@ -85,6 +85,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import _env
 from ._files import write_atomic
 from . import backend  # attribute access at call time: tests fake CuPy by patching it
 from . import layout, precision
@@ -214,7 +215,7 @@ def autotune_enabled() -> bool:
     """Whether "auto" convolution variants are chosen by measurement (see above)."""
     on = _autotune.get()
     if on is None:
-        return os.environ.get("GPUCONV_AUTOTUNE", "0").strip() not in ("", "0")
+        return _env.flag("GPUCONV_AUTOTUNE")
     return on
 
 
@@ -240,9 +241,11 @@ def tuned_variants() -> dict:
 
 
 def tuning_times() -> dict:
-    """``{key: {variant: milliseconds}}`` of every tuning this process measured (for records)."""
+    """``{key: {variant: milliseconds}}`` of every tuning this process measured (for records); a
+    candidate that failed has its error, "failed: ...", instead."""
     with _tune_lock:
-        return {k: {v: t * 1e3 for v, t in times.items()} for k, times in _tune_times.items()}
+        return {k: {v: t if isinstance(t, str) else t * 1e3 for v, t in times.items()}
+                for k, times in _tune_times.items()}
 
 
 def load_tuned_variants(table: dict, replace: bool = False):
@@ -332,14 +335,38 @@ def tuned_variant(family: str, dtype, tf32: bool, channels: int, target: str, de
             return chosen
         candidates = tune_candidates(family, dtype, tf32, target, device, channels)
         token = _launch_logs.set(())  # the candidates' launches are not the op's
+        times, failed = {}, {}
         try:
-            times = {var: _measure(run, var, target) for var in candidates}
+            for var in candidates:
+                try:
+                    times[var] = _measure(run, var, target)
+                except Exception as exc:  # noqa: BLE001  (any failure of one candidate: see _dropped)
+                    if not _dropped(key, var, exc, target):
+                        raise
+                    failed[var] = f"failed: {type(exc).__name__}: {exc}"
         finally:
             _launch_logs.reset(token)
-        chosen = min(candidates, key=times.__getitem__)  # a tie: the first candidate
+        if not times:
+            raise RuntimeError(f"autotuning {key}: every candidate failed: {failed}")
+        chosen = min(times, key=times.__getitem__)  # a tie: the first candidate
         with _tune_lock:
-            _tuned[key], _tune_times[key] = chosen, times
+            _tuned[key], _tune_times[key] = chosen, {**times, **failed}
     return chosen
+
+
+def _dropped(key, var, exc, target) -> bool:
+    """Whether a candidate that raised ``exc`` while timed is left out (with a warning) rather than
+    ending the run: when the device is still usable (a kernel that cannot launch or compile there,
+    say), the others are timed; an error that leaves the CUDA context unusable (an illegal address)
+    propagates."""
+    if target == "cuda":
+        try:
+            backend.require_cupy().cuda.runtime.deviceSynchronize()
+        except Exception:  # noqa: BLE001  (the context is gone: nothing else will run either)
+            return False
+    warnings.warn(f"autotuning {key}: variant {var!r} failed ({type(exc).__name__}: {exc}); it is left out",
+                  RuntimeWarning, stacklevel=4)
+    return True
 
 
 def _measure(run, var, target) -> float:
@@ -661,7 +688,7 @@ class _SimModuleHandle:
 
     def _module(self, sanitize):
         if sanitize is None:
-            sanitize = os.environ.get("GPUCONV_SIM_SANITIZE", "0") not in ("", "0")
+            sanitize = _env.flag("GPUCONV_SIM_SANITIZE")
         with self._lock:
             mod = self._mods.get(sanitize)
             if mod is None:
@@ -950,8 +977,8 @@ class Launch(NamedTuple):
 class LaunchLog(list):
     """The :class:`Launch` records of every kernel launched while :func:`launch_log` was open, in
     order, and in ``dispatches`` one ``(op, target, path)`` per op dispatched on a kernel target,
-    where ``path`` is 'kernel' (its launcher ran), 'reference' (an op without kernels, or a case
-    its launcher leaves to the reference by design: its NumPy/CuPy reference ran), or a fallback of an op that has kernels: 'declined' (its launcher
+    where ``path`` is 'kernel' (its launcher ran), 'reference' (an op without kernels: its
+    NumPy/CuPy reference ran), or a fallback of an op that has kernels: 'declined' (its launcher
     did not take the case) or 'no-launcher' (none registered for this target)."""
 
     def __init__(self):

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import gpuconv
+from gpuconv import _env
 from gpuconv import backend as B
 from gpuconv import kernels
 
@@ -24,7 +25,7 @@ SUBSET = pathlib.Path(os.environ.get(
 
 # GPUCONV_REQUIRE_GPU=1 (the GPU battery, benchmarks/run_gpu.sh): a GPU test that skips has failed,
 # so a machine whose CUDA is unusable cannot pass the GPU suite by skipping all of it.
-REQUIRE_GPU = os.environ.get("GPUCONV_REQUIRE_GPU", "0") not in ("", "0")
+REQUIRE_GPU = _env.flag("GPUCONV_REQUIRE_GPU")
 
 
 @pytest.hookimpl(hookwrapper=True)

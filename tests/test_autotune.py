@@ -252,3 +252,53 @@ def test_on_a_gpu_the_events_pick_a_candidate_that_computes_the_same_convolution
     tol = 2.0 * reduction_tolerance(mag, want, 8 * 9, BF16)
     ok, worst = within_tolerance(B.asnumpy(y), want, tol)
     assert ok, worst
+
+
+def test_a_candidate_that_fails_is_left_out_with_a_warning(fake_timer, monkeypatch):
+    """A candidate that raises while timed (a kernel that cannot launch or compile on this GPU) is
+    dropped with a warning naming it, the others are timed and the fastest of them runs; its error
+    is in the tuning's record. An error that leaves the device unusable propagates, and a geometry
+    whose every candidate fails is an error naming them."""
+    real = fake_timer
+
+    def measure(run, var, target):
+        if var in ("tc128w", "tcwg"):
+            raise RuntimeError(f"{var} cannot launch here")
+        return real(run, var, target)
+
+    monkeypatch.setattr(kernels, "_measure", measure)
+    x, w = _conv_case()
+    with gpuconv.default_device("sim"), kernels.autotuning():
+        with pytest.warns(RuntimeWarning) as warned:
+            ops.conv2d_forward(x, w, None, stride=1, padding=1)
+    assert [str(m.message).split(": ", 1)[1] for m in warned] == [
+        f"variant {v!r} failed (RuntimeError: {v} cannot launch here); it is left out" for v in ("tc128w", "tcwg")]
+    (key, chosen), = kernels.tuned_variants().items()
+    assert chosen == "tc128"  # the fastest of those that ran (the fake timer's tc128w is out)
+    times = kernels.tuning_times()[key]
+    assert times["tcwg"] == "failed: RuntimeError: tcwg cannot launch here" and times["tc128"] == 2.0e3
+
+    kernels.clear_tuned()
+    monkeypatch.setattr(kernels, "_dropped", lambda *a: False)  # the device is gone
+    with gpuconv.default_device("sim"), kernels.autotuning(), pytest.raises(RuntimeError, match="tc128w cannot"):
+        ops.conv2d_forward(x, w, None, stride=1, padding=1)
+    assert kernels.tuned_variants() == {}
+
+    kernels.clear_tuned()
+    monkeypatch.setattr(kernels, "_dropped", lambda *a: True)
+    monkeypatch.setattr(kernels, "_measure", lambda run, var, target: measure(run, "tcwg", target))
+    with gpuconv.default_device("sim"), kernels.autotuning(), pytest.raises(RuntimeError, match="every candidate"):
+        ops.conv2d_forward(x, w, None, stride=1, padding=1)
+
+
+@pytest.mark.parametrize("value, on", [("1", True), ("true", True), ("On", True), ("0", False), ("false", False),
+                                       ("no", False), ("", False)])
+def test_the_environment_switch_reads_yes_and_no(monkeypatch, value, on):
+    monkeypatch.setenv("GPUCONV_AUTOTUNE", value)
+    assert kernels.autotune_enabled() is on
+
+
+def test_an_unreadable_environment_switch_is_an_error(monkeypatch):
+    monkeypatch.setenv("GPUCONV_AUTOTUNE", "maybe")
+    with pytest.raises(ValueError, match=r"GPUCONV_AUTOTUNE='maybe': give 1 \(or true, yes, on\)"):
+        kernels.autotune_enabled()

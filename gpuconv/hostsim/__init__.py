@@ -49,9 +49,9 @@ Environment: GPUCONV_SIM_CACHE (build cache, default ~/.cache/gpuconv/hostsim), 
 """
 from __future__ import annotations
 
-import os
 import threading
 
+from .. import _env
 from . import _build, _source
 from ._build import cache_dir, stats
 from ._errors import BarrierDivergence, CompileError, SimulatorError
@@ -74,7 +74,7 @@ def compile(source: str, name: str = "module", sanitize: bool | None = None, opt
     if not isinstance(source, str):
         raise TypeError(f"source must be the kernel text as a str, got {type(source).__name__}")
     if sanitize is None:
-        sanitize = os.environ.get("GPUCONV_SIM_SANITIZE", "0") not in ("", "0")
+        sanitize = _env.flag("GPUCONV_SIM_SANITIZE")
     if sanitize and not asan_loaded():
         raise SimulatorError(
             "a sanitized module (sanitize=True) loads only in a process whose first library is ASan's runtime; "

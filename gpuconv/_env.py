@@ -1,0 +1,21 @@
+"""Yes/no settings read from environment variables, one reading rule for all of them."""
+from __future__ import annotations
+
+import os
+
+_ON = ("1", "true", "yes", "on")
+_OFF = ("", "0", "false", "no", "off")
+
+
+def flag(name: str, default: bool = False) -> bool:
+    """``$name`` as a yes/no setting: 1/true/yes/on or 0/false/no/off (any case; empty is off),
+    ``default`` when unset; any other value is an error naming the variable."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in _ON:
+        return True
+    if value in _OFF:
+        return False
+    raise ValueError(f"{name}={raw!r}: give 1 (or true, yes, on) to turn it on, 0 (or false, no, off) to turn it off")
