@@ -59,11 +59,11 @@
 // TcTile128 (warp tiles of 64x32: 64 accumulators per thread): 119-128 registers in every build,
 // 49152 B of static shared memory; 2 blocks of 8 warps per SM (registers and shared memory both
 // allow 2; 4 would need at most 64 registers). TcTile128w (64x64 warp tiles, 128 accumulators per
-// thread): 226-238 registers, 49152 B; 2 blocks of 4 warps per SM. TcTileWg (sm_90a): 113-119
-// registers, 65536 B dynamic, 2 blocks of 8 warps per SM; its bf16 loops issue 129-140
-// instructions a k-tile per warp around 2 HGMMAs (tc128: 164-178 around 32 HMMAs and 12
-// ldmatrix, the same multiply-adds). TcTileWg256: 182-207 registers, 98304 B, one block per SM;
-// 157-213 instructions a k-tile for twice the work. The pipelined waits keep ptxas from
+// thread): 226-238 registers, 49152 B; 2 blocks of 4 warps per SM. TcTileWg (sm_90a): 112-120
+// registers, 65536 B of dynamic stages (and 1 KiB to align them), 2 blocks of 8 warps per SM;
+// its bf16 loops issue 115-128 instructions a k-tile per warp around 2 HGMMAs (tc128: 150-166
+// around 32 HMMAs and 12 ldmatrix, the same multiply-adds). TcTileWg256: 178-207 registers,
+// 98304 B, one block per SM; 131-201 instructions a k-tile for twice the work. The pipelined waits keep ptxas from
 // serializing the HGMMAs (tests/test_nvrtc.py fails on its C7514 warning). The loaders keep their
 // rows' addresses and coordinates, their pieces' swizzled stage offsets and the dense operands'
 // positions in registers for the whole loop, carried from k-tile to k-tile, and the fragment

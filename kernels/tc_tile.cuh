@@ -207,11 +207,14 @@ struct DenseTileLoader {
         (void)kt_loaded;
 #endif
         const PieceOffsets<ROW_BYTES, ROW_STEP> at((int)threadIdx.x / PER_ROW, (int)threadIdx.x % PER_ROW * 16);
-        const int n = imin(imax(left, 0), 16);
+#ifndef __CUDA_ARCH__
+        if (left % 16) __trap();  // whole pieces: the launchers take this loop only for rows of 16-byte multiples
+#endif
+        const bool any = left > 0;  // so a piece is all in or all out: a predicated copy, no partial-size arithmetic
 #pragma unroll
         for (int q = 0; q < COUNT; ++q) {
-            const bool ok = n && (kt_rows ? row + q * ROW_STEP < rows_valid : valid >> q & 1);
-            copy_piece<16>(stage + at(q), ok ? src + q * ROW_STEP * pitch : base, ok ? n : 0);
+            const bool ok = any && (kt_rows ? row + q * ROW_STEP < rows_valid : valid >> q & 1);
+            copy_piece<16>(stage + at(q), ok ? src + q * ROW_STEP * pitch : base, ok ? 16 : 0);
         }
         row += kt_rows;
         left -= kt_bytes;
