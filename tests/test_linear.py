@@ -86,57 +86,15 @@ def _low_dtypes():
     return [np.dtype(ml_dtypes.bfloat16), np.dtype(np.float16)]
 
 
-@pytest.mark.parametrize("dtype", _low_dtypes(), ids=["bf16", "f16"])
-@pytest.mark.parametrize("x_shape, out, bias", [((1, 5), 1, True), ((7, 2, 3, 3), 10, False),
-                                                ((130, 70), 66, True), ((33, 256), 10, False)])
-def test_low_precision_runs_the_tensor_core_gemm_within_the_reduction_bound(target, dtype, x_shape, out, bias):
-    """bfloat16/float16 on 'sim' and a GPU: one GEMM forward (bias in its epilogue), two backward
-    (and the bias's column sum), each output within gradcheck's bound of the exact float64 result
-    for its reduction length (features forward, outputs for dx, batch rows for dw and db; doubled
-    on a GPU, whose tensor cores truncate), and rounded once."""
-    import gpuconv
-    from gpuconv import kernels
-    from gpuconv.gradcheck import reduction_tolerance, within_tolerance
-    rng = np.random.default_rng(7)
-    x = rng.standard_normal(x_shape).astype(dtype)
-    feats = int(np.prod(x_shape[1:]))
-    w = (rng.standard_normal((out, feats)) / np.sqrt(feats)).astype(dtype)
-    b = rng.standard_normal(out).astype(dtype) if bias else None
-    dy = rng.standard_normal((x_shape[0], out)).astype(dtype)
-    args = on(target, x, w, dy) + ([on(target, b)[0]] if bias else [None])
-    with gpuconv.default_device(target), kernels.launch_log() as log:
-        y, cache = linear_forward(args[0], args[1], args[3])
-        dx, dw, db = (None if a is None else host(a) for a in linear_backward(args[2], cache))
-        y = host(y)
-    assert log.names == ["gemm_tc_nt", "gemm_tc_nn", "gemm_tc_nn"] + (["conv2d_backward_bias"] if bias else [])
-    assert kernels.fallbacks(log) == []
-    x2, x64, w64, dy64 = x.reshape(len(x), -1), *(a.astype(np.float64) for a in (x.reshape(len(x), -1), w, dy))
-    b64 = b.astype(np.float64) if bias else 0.0
-    checks = [(y, x64 @ w64.T + b64, np.abs(x64) @ np.abs(w64.T) + np.abs(b64), feats, (len(x), out)),
-              (dx.reshape(len(x), -1), dy64 @ w64, np.abs(dy64) @ np.abs(w64), out, x2.shape),
-              (dw, dy64.T @ x64, np.abs(dy64.T) @ np.abs(x64), len(x), w.shape)]
-    if bias:
-        checks.append((db, dy64.sum(0), np.abs(dy64).sum(0), len(x), (out,)))
-    for got, want, mag, length, shape in checks:
-        assert got.dtype == dtype and got.shape == shape
-        factor = GPU_FACTOR if target == "cuda" else 1.0
-        ok, worst = within_tolerance(got, want, factor * reduction_tolerance(mag, want, length, dtype))
-        assert ok, worst
-    assert dx.shape == x.shape and (db is None) == (not bias)
-
-
-@pytest.mark.parametrize("dtype, prec", [(np.float32, "fp32"), (np.float32, "tf32"), (np.float64, None)],
-                         ids=["fp32", "tf32", "f64"])
-@pytest.mark.parametrize("x_shape, out, bias", [((5, 3), 2, True), ((7, 2, 3, 3), 10, False), ((33, 70), 13, True)])
-def test_float32_and_float64_run_the_convolution_kernels(target, dtype, prec, x_shape, out, bias):
-    """float32 (strict and TF32) and float64 run as 1x1 convolutions on the kernels (no library
-    GEMM, which CuPy refuses inside a CUDA graph capture): y, dx, dw, db each within gradcheck's
-    bound of the exact float64 result of the precision rule's operands (TF32-rounded in TF32) for
-    its reduction length, in the operands' dtype and shape; no fallback."""
+def _run_and_check(target, dtype, x_shape, out, bias, prec=None, factor=1.0, seed=7):
+    """linear_forward and linear_backward on ``target``: each of y, dx, dw (and db) within
+    gradcheck's bound (times ``factor``) of the exact float64 result of the precision rule's
+    operands (TF32-rounded under 'tf32') for its reduction length (features forward, outputs for
+    dx, batch rows for dw and db), in the operands' dtype and shape; no fallback. The launch log."""
     import gpuconv
     from gpuconv import kernels, precision
     from gpuconv.gradcheck import reduction_tolerance, within_tolerance
-    rng = np.random.default_rng(3)
+    rng = np.random.default_rng(seed)
     x = rng.standard_normal(x_shape).astype(dtype)
     feats = int(np.prod(x_shape[1:]))
     w = (rng.standard_normal((out, feats)) / np.sqrt(feats)).astype(dtype)
@@ -148,21 +106,44 @@ def test_float32_and_float64_run_the_convolution_kernels(target, dtype, prec, x_
         dx, dw, db = (None if a is None else host(a) for a in linear_backward(args[2], cache, precision=prec))
         y = host(y)
     assert kernels.fallbacks(log) == [] and all(d[2] == "kernel" for d in log.dispatches), log.dispatches
-    assert all(name.startswith("conv2d_") for name in log.names), log.names
-    tf32 = prec == "tf32"
     x2 = x.reshape(len(x), -1)
-    x64, w64, dy64 = (np.asarray(a, np.float64) for a in precision.multiplicands(tf32, x2, w, dy))
+    x64, w64, dy64 = (np.asarray(a, np.float64) for a in precision.multiplicands(prec == "tf32", x2, w, dy))
     b64 = b.astype(np.float64) if bias else 0.0
     checks = [(y, x64 @ w64.T + b64, np.abs(x64) @ np.abs(w64.T) + np.abs(b64), feats, (len(x), out)),
               (dx.reshape(len(x), -1), dy64 @ w64, np.abs(dy64) @ np.abs(w64), out, x2.shape),
               (dw, dy64.T @ x64, np.abs(dy64.T) @ np.abs(x64), len(x), w.shape)]
     if bias:
-        checks.append((db, dy.astype(np.float64).sum(0), np.abs(dy.astype(np.float64)).sum(0), len(x), (out,)))
+        d64 = dy.astype(np.float64)
+        checks.append((db, d64.sum(0), np.abs(d64).sum(0), len(x), (out,)))
     for got, want, mag, length, shape in checks:
         assert got.dtype == dtype and got.shape == shape
-        ok, worst = within_tolerance(got, want, reduction_tolerance(mag, want, length, dtype))
+        ok, worst = within_tolerance(got, want, factor * reduction_tolerance(mag, want, length, dtype))
         assert ok, worst
     assert dx.shape == x.shape and (db is None) == (not bias)
+    return log
+
+
+@pytest.mark.parametrize("dtype", _low_dtypes(), ids=["bf16", "f16"])
+@pytest.mark.parametrize("x_shape, out, bias", [((1, 5), 1, True), ((7, 2, 3, 3), 10, False),
+                                                ((130, 70), 66, True), ((33, 256), 10, False)])
+def test_low_precision_runs_the_tensor_core_gemm_within_the_reduction_bound(target, dtype, x_shape, out, bias):
+    """bfloat16/float16 on 'sim' and a GPU: one GEMM forward (bias in its epilogue), two backward
+    (and the bias's column sum), each within the reduction bound (doubled on a GPU, whose tensor
+    cores truncate), and rounded once."""
+    log = _run_and_check(target, dtype, x_shape, out, bias, factor=GPU_FACTOR if target == "cuda" else 1.0)
+    assert log.names == ["gemm_tc_nt", "gemm_tc_nn", "gemm_tc_nn"] + (["conv2d_backward_bias"] if bias else [])
+
+
+@pytest.mark.parametrize("dtype, prec", [(np.float32, "fp32"), (np.float32, "tf32"), (np.float64, None)],
+                         ids=["fp32", "tf32", "f64"])
+@pytest.mark.parametrize("x_shape, out, bias", [((5, 3), 2, True), ((7, 2, 3, 3), 10, False), ((33, 70), 13, True)])
+def test_float32_and_float64_run_the_convolution_kernels(target, dtype, prec, x_shape, out, bias):
+    """float32 (strict and TF32) and float64 run as 1x1 convolutions on the kernels (no library
+    GEMM, which CuPy refuses inside a CUDA graph capture), within the reduction bound (doubled in
+    TF32 on a GPU, whose tensor cores truncate)."""
+    factor = GPU_FACTOR if target == "cuda" and prec == "tf32" else 1.0
+    log = _run_and_check(target, dtype, x_shape, out, bias, prec, factor, seed=3)
+    assert log.names and all(name.startswith("conv2d_") for name in log.names), log.names
 
 
 def test_low_precision_empty_batch(target):
