@@ -59,11 +59,11 @@
 // TcTile128 (warp tiles of 64x32: 64 accumulators per thread): 119-128 registers in every build,
 // 49152 B of static shared memory; 2 blocks of 8 warps per SM (registers and shared memory both
 // allow 2; 4 would need at most 64 registers). TcTile128w (64x64 warp tiles, 128 accumulators per
-// thread): 226-238 registers, 49152 B; 2 blocks of 4 warps per SM. TcTileWg (sm_90a): 112-120
+// thread): 226-238 registers, 49152 B; 2 blocks of 4 warps per SM. TcTileWg (sm_90a): 112-118
 // registers, 65536 B of dynamic stages (and 1 KiB to align them), 2 blocks of 8 warps per SM;
-// its bf16 loops issue 115-128 instructions a k-tile per warp around 2 HGMMAs (tc128: 150-166
-// around 32 HMMAs and 12 ldmatrix, the same multiply-adds). TcTileWg256: 178-207 registers,
-// 98304 B, one block per SM; 131-201 instructions a k-tile for twice the work. The pipelined waits keep ptxas from
+// its bf16 loops issue 119-132 instructions a k-tile per warp around 2 HGMMAs (tc128: 150-166
+// around 32 HMMAs and 12 ldmatrix, the same multiply-adds). TcTileWg256: 176-201 registers,
+// 98304 B, one block per SM; 134-204 instructions a k-tile for twice the work. The pipelined waits keep ptxas from
 // serializing the HGMMAs (tests/test_nvrtc.py fails on its C7514 warning). The loaders keep their
 // rows' addresses and coordinates, their pieces' swizzled stage offsets and the dense operands'
 // positions in registers for the whole loop, carried from k-tile to k-tile, and the fragment
@@ -500,10 +500,11 @@ __device__ void conv2d_backward_weight_tc_body(const storage_t* dy, const storag
     DenseTileLoader<TC_KM_ROWS, 2 * S::BM, S::THREADS> la((const unsigned char*)(dy + (index_t)l0 * K + m0),
                                                           (long long)K * es, l_end - l0, (K - m0) * es);
     PatchColumns<S> lb(x, n0, H, W, Cp, FH, FW, OH, OW, sh, sw, ph, pw, l0, l_end);
-    if (vec_dy == 16)  // channel counts that are multiples of 8: the loop with only 16-byte copies
+    if (vec_dy == 16 && K * es % 16 == 0)  // channel counts that are multiples of 8: only 16-byte copies
         tc_gemm_mainloop<S, TensorCoreOp<storage_t>, FragA_km<S>, FragB_nn<S>>(la, lb, ktiles, 16, 16, As, Bs, acc);
     else
-        tc_gemm_mainloop<S, TensorCoreOp<storage_t>, FragA_km<S>, FragB_nn<S>>(la, lb, ktiles, vec_dy, 16, As, Bs, acc);
+        tc_gemm_mainloop<S, TensorCoreOp<storage_t>, FragA_km<S>, FragB_nn<S>>(la, lb, ktiles, imin(vec_dy, 8), 16, As,
+                                                                                Bs, acc);
 #endif
     tc_gemm_epilogue<S>(PartialStore{ws + (index_t)blockIdx.z * K * R, K, R}, m0, n0, acc);
 }

@@ -55,6 +55,9 @@ __device__ void gemm_tc_body(const storage_t* A, const storage_t* B, const stora
     const int es = (int)sizeof(storage_t);
     const int m0 = blockIdx.x * S::BM, n0 = blockIdx.y * S::BN;
     const int kbytes = K * es;  // byte counts are ints (the launcher checks)
+    // The 16-byte loops copy whole pieces: rows of other lengths take the general loop
+    if (kbytes % 16) vec_a = imin(vec_a, 8);
+    if ((b_kn ? N * es : kbytes) % 16) vec_b = imin(vec_b, 8);
     DenseTileLoader<S::BM, TC_KBYTES, S::THREADS> la((const unsigned char*)(A + (index_t)m0 * K), kbytes, M - m0, kbytes);
     const DenseTileLoader<B_ROWS, B_ROW_BYTES, S::THREADS> lb =
         b_kn ? DenseTileLoader<B_ROWS, B_ROW_BYTES, S::THREADS>((const unsigned char*)(B + n0), (long long)N * es, K, (N - n0) * es)

@@ -76,13 +76,15 @@ __device__ inline unsigned char* tc_aligned_dynamic(unsigned char* p) {
 // Declares a kernel body's stages As (S::STAGES A stages) and Bs (S::STAGES B stages), 1024-byte
 // aligned (wgmma's swizzle atoms): two static arrays up to 48 KiB in all, one dynamic array beyond
 // (the launcher passes S::SHARED + TC_DYNAMIC_ALIGN bytes and raises the kernel's limit; the unused
-// static arrays are a token 16 bytes each). Declared in the body, two arrays: as one array, or returned by a helper,
+// static arrays are a token 16 bytes each). The dynamic array is declared with the 16 bytes CUDA
+// promises: declared __align__(1024), the compiler takes the promise as given and folds
+// tc_aligned_dynamic's rounding away (tests/test_nvrtc.py checks that it stays in the PTX). Declared in the body, two arrays: as one array, or returned by a helper,
 // the stages cost ptxas a register more in the 128x128 forward, which then spilled.
 #define TC_DECLARE_STAGES(S, As, Bs)                                                                   \
     constexpr bool tc_dynamic = S::SHARED > TC_STATIC_SHARED_MAX;                                     \
     __shared__ __align__(1024) unsigned char tc_static_a[tc_dynamic ? 16 : S::STAGES * S::A_STAGE];  \
     __shared__ __align__(1024) unsigned char tc_static_b[tc_dynamic ? 16 : S::STAGES * S::B_STAGE];  \
-    extern __shared__ __align__(1024) unsigned char tc_dynamic_stages[];                             \
+    extern __shared__ __align__(16) unsigned char tc_dynamic_stages[];                               \
     unsigned char* const As = tc_dynamic ? tc_aligned_dynamic(tc_dynamic_stages) : tc_static_a;      \
     unsigned char* const Bs = tc_dynamic ? As + S::STAGES * S::A_STAGE : tc_static_b
 
@@ -166,7 +168,6 @@ struct DenseTileLoader {
     mutable const unsigned char* src;
     mutable int kt;       // the next k-tile (checked on the simulator only)
 
-    DenseTileLoader() = default;
     __device__ DenseTileLoader(const unsigned char* base_, long long pitch_, int rows_valid_, int row_bytes_)
         : base(base_), pitch(pitch_), rows_valid(rows_valid_), row_bytes(row_bytes_), kt(0) {
         const int r0 = (int)threadIdx.x / PER_ROW, b = (int)threadIdx.x % PER_ROW * 16;

@@ -147,3 +147,16 @@ def test_launcher_refuses_what_the_kernels_cannot_do(kwargs, a, b, error, match)
 def test_empty_products():
     assert gemm_tc(np.zeros((0, 5), BF16), np.zeros((4, 5), BF16)).shape == (0, 4)
     np.testing.assert_array_equal(gemm_tc(np.zeros((3, 0), BF16), np.zeros((4, 0), BF16)), np.zeros((3, 4), BF16))
+
+
+def test_sizes_past_int_indexing_are_refused_before_any_copy():
+    """Rows, columns and their bytes are ints in the kernel, with a k-tile's rounding to spare:
+    a product past that is a ValueError naming the shapes (here zero-stride views: nothing is
+    allocated), and the bound is exact."""
+    import ml_dtypes
+    from gpuconv.ops._launch_gemm_tc import fits, gemm_tc
+    bf = np.dtype(ml_dtypes.bfloat16)
+    assert fits(2, 2**30 - 129) and not fits(2, 2**30 - 128) and fits(4, 2**29 - 65) and not fits(4, 2**29 - 64)
+    a = np.broadcast_to(np.zeros((1, 1), bf), (4, 2**30))
+    with pytest.raises(ValueError, match=r"shapes \(4, 1073741824\), \(4, 1073741824\) of bfloat16 reach 2\^31 bytes"):
+        gemm_tc(a, a)

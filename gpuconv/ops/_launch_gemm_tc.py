@@ -24,6 +24,9 @@ LAYOUTS = ("nt", "nn")
 
 
 
+_INT_MAX = 2**31 - 1
+
+
 def vector_bytes(a) -> int:
     """The bytes each copy of the kernel's loader moves for the C-contiguous matrix ``a``: the
     largest of 16, 8, 4 (cp.async) dividing both its row pitch in bytes and its address, else 2
@@ -62,10 +65,16 @@ def _check(a, b, b_layout, out_dtype, tf32):
     out = dt if out_dtype is None else np.dtype(out_dtype)
     if out not in (dt, precision.float32):
         raise TypeError(f"out_dtype={out}: gemm_tc writes the operands' dtype ({dt}) or float32")
-    if max(a.shape + b.shape) * dt.itemsize >= 2**31:
+    if not fits(dt.itemsize, *a.shape, *b.shape):
         raise ValueError(f"gemm_tc indexes rows, columns and their bytes with int: shapes {a.shape}, {b.shape} of "
                          f"{dt} reach 2^31 bytes; split the product")
     return dt, out
+
+
+def fits(itemsize, *dims) -> bool:
+    """Whether every dimension of the operands (``dims``), in elements of ``itemsize`` bytes and in
+    bytes, stays an int in the kernel with a k-tile's rounding to spare."""
+    return all(d * itemsize <= _INT_MAX - 256 for d in dims)
 
 
 def gemm_tc(a, b, *, b_layout: str = "nt", out_dtype=None, tf32: bool = False, target: str = "sim", bias=None):

@@ -26,20 +26,17 @@ from ..backend import get_array_module
 from ._dispatch import register_launcher
 from ._launch_conv2d import (conv2d_backward_bias_kernel, conv2d_backward_data_kernel, conv2d_backward_weight_kernel,
                              conv2d_forward_kernel)
-from ._launch_gemm_tc import gemm_tc
+from ._launch_gemm_tc import fits, gemm_tc
 from .linear import LinearCache
 
-_INT_MAX = 2**31 - 1
 _ONE = (1, 1)  # the 1x1 convolution's stride
 _NONE = (0, 0)  # and padding
 
 
-def _on_gemm_tc(*arrays):
-    """Whether the tensor-core GEMM takes the case: 16-bit operands, sizes within its int indexing."""
-    if arrays[0].dtype not in precision.LOW_PRECISION:
-        return False
-    rows = arrays[0].shape[0]
-    return all((a.size // max(rows, 1)) * a.itemsize < _INT_MAX and rows * a.itemsize < _INT_MAX for a in arrays)
+def _on_gemm_tc(x, w):
+    """Whether the tensor-core GEMM takes the layer: its matrices' sizes within the kernel's int
+    indexing (x as (N, features); dy is (N, out))."""
+    return fits(x.itemsize, x.shape[0], x.size // max(x.shape[0], 1), *w.shape)
 
 
 def _rows(x):
@@ -71,7 +68,7 @@ def linear_forward_kernel(x, w, b, tf32=False, *, target):
 def linear_backward_kernel(dy, cache, tf32=False, *, target):
     x, w, has_bias = cache
     low = x.dtype in precision.LOW_PRECISION
-    if low and not _on_gemm_tc(dy, x, w):
+    if low and not _on_gemm_tc(x, w):
         return NotImplemented
     xp = get_array_module(dy, x, w)
     dy = xp.ascontiguousarray(dy)
