@@ -166,24 +166,11 @@ struct PartialAt {  // partial[s][c] of an S x C array
     __device__ acc_t operator()(int s, int c) const { return p[(index_t)s * C + c]; }
 };
 
-// Whether this block is the last of its channel group to finish pass 1 (a block-uniform answer):
-// every thread fences its partials, then one thread takes the group's ticket; the last one resets
-// it to 0 for the next launch. A group is a 32-channel group: NHWC, this block's S splits; NCHW,
-// its (up to) 32 channels' S splits each.
+// Whether this block is the last of its channel group to finish pass 1 (common.cuh's
+// last_block_of on the group's ticket). A group is a 32-channel group: NHWC, this block's S
+// splits; NCHW, its (up to) 32 channels' S splits each.
 __device__ bool last_of_group(unsigned* tickets, int group, int S, int C, int cl) {
-    __shared__ bool last;
-    const unsigned blocks = (unsigned)S * (cl ? 1u : (unsigned)imin(BN_LANES, C - group * BN_LANES));
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        last = atomicAdd(tickets + group, 1u) == blocks - 1;
-        if (last) {
-            tickets[group] = 0;
-            __threadfence();
-        }
-    }
-    __syncthreads();
-    return last;
+    return last_block_of(tickets + group, (unsigned)S * (cl ? 1u : (unsigned)imin(BN_LANES, C - group * BN_LANES)));
 }
 
 __device__ inline int group_of_block(int cl) { return cl ? (int)blockIdx.x : (int)blockIdx.x / BN_LANES; }

@@ -47,6 +47,28 @@ __device__ inline int imax(int a, int b) { return a > b ? a : b; }
 // Floor division that is right for negative numerators (C's / truncates toward zero).
 __device__ inline int floor_div(int a, int b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 
+// Whether this block is the last of the `blocks` blocks sharing `ticket` to get here in this
+// launch (a block-uniform answer): a reduction finished by whichever block arrives last. Every
+// thread fences its writes, then thread 0 takes a ticket (atomicAdd); the last resets it to 0
+// for the next launch and fences, so that its reads of the others' writes (volatile: past L1,
+// they were written by other SMs) come after them.
+// (Not inline: the simulator makes its __shared__ a static of the function, which in an inline
+// function lands in a section of its own.)
+__device__ bool last_block_of(unsigned* ticket, unsigned blocks) {
+    __shared__ bool last;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        last = atomicAdd(ticket, 1u) == blocks - 1;
+        if (last) {
+            *ticket = 0;
+            __threadfence();
+        }
+    }
+    __syncthreads();
+    return last;
+}
+
 // First flat index of a grid-stride loop, and its step, in 64 bits.
 __device__ inline index_t global_thread_index() {
     return (index_t)blockIdx.x * blockDim.x + threadIdx.x;

@@ -125,19 +125,10 @@ softmax_cross_entropy(const storage_t* logits, const long long* labels, acc_t* r
         }
     }
 
-    // The last block adds the rows' losses. Every block's writes are fenced before its ticket,
-    // and the last block reads them past L1 (volatile): they were written by other SMs.
-    __shared__ bool last;
+    // The last block adds the rows' losses (common.cuh's last_block_of), reading them past L1.
     __shared__ acc_t part[GPUCONV_BLOCK];
     __shared__ int hit_part[GPUCONV_BLOCK];
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        last = atomicAdd(ticket, 1u) == gridDim.x - 1;
-        if (last) __threadfence();  // the other blocks' rows are read after the ticket
-    }
-    __syncthreads();
-    if (last) {
+    if (last_block_of(ticket, gridDim.x)) {
         const volatile acc_t* rows = row_loss;
         const volatile int* row_hit = row_hits;
         acc_t t = 0;
@@ -159,7 +150,6 @@ softmax_cross_entropy(const storage_t* logits, const long long* labels, acc_t* r
         if (threadIdx.x == 0) {
             loss[0] = part[0] / (acc_t)N;
             if (hits) hits[0] = hit_part[0];
-            *ticket = 0;
         }
     }
 }
