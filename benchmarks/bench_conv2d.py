@@ -26,7 +26,7 @@ on, so it picks its best algorithm) when it is importable. Printed: ms per call,
 which variant was fastest on each layer (the evidence for changing a default in
 gpuconv/kernels.py). v1 is timed over at most 3 calls after 1 warm-up: one call takes tens of
 milliseconds at batch 512. ``--layers fast_net`` runs every distinct conv of fast_net (a superset
-of the four CIFAR layers). Results go to benchmarks/results/conv2d-<gpu>-<date>.json with the
+of the four CIFAR layers), ``--layers airbench94`` those of the airbench94 recipe's network. Results go to benchmarks/results/conv2d-<gpu>-<date>.json with the
 device, the date and the versions of everything involved.
 """
 from __future__ import annotations
@@ -59,6 +59,26 @@ def fast_net_layers(width=64):
     it adds 128->128 @16 and 512->512 @4), the layers whose speed decides the training step."""
     import bench_ops  # here, not at the top: bench_ops imports this module
     return bench_ops.fast_net_shapes(width)[2]
+
+
+def airbench94_layers():
+    """The distinct 3x3 convolutions of the airbench94 network (its 2x2 whitening conv aside), in
+    forward order: the layers of the recipe's training step."""
+    from gpuconv import layers as L, models
+    from gpuconv.summary import summarize
+    net = models.airbench94()
+    convs = dict(net.named_modules())
+    out, c, h = [], 3, 32
+    for row in summarize(net, (3, 32, 32)):
+        layer = convs.get(row["name"])
+        if isinstance(layer, L.Conv2d) and (layer.kernel_size, layer.stride, layer.padding) == ((3, 3), (1, 1), (1, 1)):
+            if (c, layer.out_channels, h) not in out:
+                out.append((c, layer.out_channels, h))
+        if len(row["shape"]) == 3:  # (C, H, W); the head's rows are flat
+            c, h = row["shape"][0], row["shape"][1]
+    return out
+
+
 DIRECTIONS = {"forward": "conv2d_forward", "backward_data": "conv2d_backward_data",
               "backward_weight": "conv2d_backward_weight"}
 VARIANTS = tuple(dict.fromkeys(v for f in DIRECTIONS.values() for v in kernels.VARIANTS[f][0]))  # v1, v2, v3, tc
@@ -261,8 +281,9 @@ def main(argv=None):
     p.add_argument("--json", action="store_true", help="print the results as one JSON document")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch/cuDNN comparison")
     p.add_argument("--no-save", action="store_true", help=f"do not write a record under {RESULTS}")
-    p.add_argument("--layers", choices=("cifar", "fast_net"), default="cifar",
-                   help="cifar: the four layers of issue 3; fast_net: every distinct conv of fast_net (width 64)")
+    p.add_argument("--layers", choices=("cifar", "fast_net", "airbench94"), default="cifar",
+                   help="cifar: the four CIFAR layers; fast_net: every distinct conv of fast_net (width 64); "
+                        "airbench94: every distinct 3x3 conv of the airbench94 network (time them at its --batch 1024)")
     p.add_argument("--variants", nargs="+", choices=VARIANTS, default=None,
                    help="variants to validate and time (default: every variant of every direction)")
     p.add_argument("--precisions", nargs="+", choices=tuple(PRECISIONS), default=list(PRECISIONS),
@@ -285,7 +306,7 @@ def main(argv=None):
               "    python benchmarks/bench_conv2d.py --validate-only --target sim", file=sys.stderr)
         return 2
 
-    layers = CIFAR_LAYERS if args.layers == "cifar" else fast_net_layers()
+    layers = {"cifar": lambda: CIFAR_LAYERS, "fast_net": fast_net_layers, "airbench94": airbench94_layers}[args.layers]()
     failures = validate(layers, 4, "cuda", args.variants, args.precisions)
     if failures:
         # A variant that computes a wrong result is never timed; the others still are (and the
@@ -297,7 +318,8 @@ def main(argv=None):
     wrong = {f.key for f in failures}
     rows = benchmark(args.batch, args.warmup, args.repeat, use_torch=not args.no_torch, layers=layers,
                      variants=args.variants, precisions=args.precisions, wrong=wrong)
-    record = {"benchmark": "conv2d", "environment": environment(use_torch=not args.no_torch), "stride": STRIDE,
+    record = {"benchmark": "conv2d", "environment": environment(use_torch=not args.no_torch), "layers": args.layers,
+              "batch": args.batch, "stride": STRIDE,
               "padding": PAD, "filter": FILT, "validation_failures": failures,
               "defaults": {p: {d: {layer_label(c, k, h): default_variant(f, p, c, k) for c, k, h in layers}
                                for d, f in DIRECTIONS.items()} for p in args.precisions},
@@ -314,8 +336,10 @@ def main(argv=None):
                       + ", ".join(f"{layer} {v}" + ("" if default.get(layer) == v else f" (default {default.get(layer)})")
                                   for layer, v in per.items()))
     if not args.no_save:
-        # conv2d-<gpu>-<date>-<HHMM>.json: the name notebooks/04_kernels.ipynb looks for.
-        name = f"conv2d-{common.slug(record['environment']['device'])}-{common.stamp(record['environment'])}.json"
+        # conv2d-<gpu>-<date>-<HHMM>.json: the name notebooks/04_kernels.ipynb looks for (the
+        # airbench94 layers' run of the same minute beside it, -airbench94)
+        tag = "" if args.layers != "airbench94" else "-airbench94"
+        name = f"conv2d-{common.slug(record['environment']['device'])}-{common.stamp(record['environment'])}{tag}.json"
         print(f"wrote {common.save_record(record, 'conv2d', filename=name)}", file=sys.stderr)
     return 1 if failures else 0
 

@@ -15,8 +15,9 @@
 #             test that skips counts as failed
 #   conv      bench_conv2d: every conv2d variant and direction at every fast_net layer, batch 512, vs
 #             cuDNN through PyTorch in the same precision and layout (fp32 NCHW with TF32 off; TF32
-#             and bf16 channels_last, where the tensor-core kernels run); then bench_ops --skip-conv
-#             (pooling, ReLU: GB/s against a device-to-device copy)
+#             and bf16 channels_last, where the tensor-core kernels run); the airbench94 network's
+#             layers the same way in bf16 at its batch 1024; then bench_ops --skip-conv (pooling,
+#             ReLU: GB/s against a device-to-device copy)
 #   step      bench_step: images/s of a training step vs PyTorch eager, eager and replayed as a
 #             CUDA graph (checked bit for bit against eager steps first); no host transfer, no sync
 #             (syncguard), the memory pool stops growing; the fast_net bf16 step again with its
@@ -161,6 +162,8 @@ fi
 # ---------------------------------------------------------------- benchmarks (each validates first, then times)
 if want conv; then
     stage bench_conv2d 110 "$PY" benchmarks/bench_conv2d.py --layers fast_net --warmup 2 --repeat 10
+    stage bench_conv2d_airbench 45 "$PY" benchmarks/bench_conv2d.py --layers airbench94 --batch 1024 --precisions bf16 \
+        --warmup 2 --repeat 10
     stage bench_ops 40 "$PY" benchmarks/bench_ops.py --save --skip-conv --warmup 3 --repeat 20  # conv: above
 fi
 if want step; then

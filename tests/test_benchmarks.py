@@ -202,6 +202,14 @@ def test_common_table_and_checks(capsys):
 
 
 
+def test_the_conv_layer_sets_are_the_networks_own():
+    """bench_conv2d's layer sets come from the models: fast_net's 3x3 convs, and airbench94's (its
+    2x2 whitening conv aside) at the sizes the network runs them, in forward order."""
+    bench = load("bench_conv2d")
+    assert bench.airbench94_layers() == [(24, 64, 31), (64, 64, 15), (64, 256, 15), (256, 256, 7), (256, 256, 3)]
+    assert set(bench.CIFAR_LAYERS) <= set(bench.fast_net_layers())
+
+
 def test_cuda_time_keeps_a_host_stall_to_one_group(monkeypatch):
     """A 150 ms stall in one of 20 calls of a 1 ms kernel: the median of the timing groups stays
     1 ms (one mean over all calls said 8.5 ms), and the spread names the noisy row."""
@@ -288,13 +296,13 @@ def test_gpu_battery_caps_every_stage_and_publishes_after_each(tmp_path):
     summary = (out / "summary.txt").read_text().splitlines()
     names = [line.split()[1] for line in summary]
     assert proc.returncode == 1 and seconds < 120, proc.stdout[-3000:]
-    assert names == ["smoke", "tests", "bench_conv2d", "bench_ops", "bench_step", "bench_step_autotune", "profile_step",
-                     "bench_cs231n", "bench_epoch", "sanitizer_memcheck", "sanitizer_racecheck", "airbench",
-                     "bench_airbench", "parity", "ncu"], summary
+    assert names == ["smoke", "tests", "bench_conv2d", "bench_conv2d_airbench", "bench_ops", "bench_step",
+                     "bench_step_autotune", "profile_step", "bench_cs231n", "bench_epoch", "sanitizer_memcheck",
+                     "sanitizer_racecheck", "airbench", "bench_airbench", "parity", "ncu"], summary
     status = [line.split()[0] for line in summary]
     # bench_ops is cut at its 40 s cap, though it would hang for 60; then the 56 s budget, less the
     # 10 s kept for the caches, leaves under 15 s: every later stage is skipped, none is run short.
-    assert status == ["ok", "ok", "ok", "TIMEOUT"] + ["SKIPPED"] * 11, summary
+    assert status == ["ok", "ok", "ok", "ok", "TIMEOUT"] + ["SKIPPED"] * 11, summary
     assert sorted(p.name for p in out.iterdir()) == ["caches.tar.gz", "records.tar.gz", "run_gpu.log", "summary.txt"]
     with tarfile.open(out / "records.tar.gz") as tar:
         members = tar.getnames()
