@@ -26,8 +26,9 @@ on, so it picks its best algorithm) when it is importable. Printed: ms per call,
 which variant was fastest on each layer (the evidence for changing a default in
 gpuconv/kernels.py). v1 is timed over at most 3 calls after 1 warm-up: one call takes tens of
 milliseconds at batch 512. ``--layers fast_net`` runs every distinct conv of fast_net (a superset
-of the four CIFAR layers), ``--layers airbench94`` those of the airbench94 recipe's network. Results go to benchmarks/results/conv2d-<gpu>-<date>.json with the
-device, the date and the versions of everything involved.
+of the four CIFAR layers), ``--layers airbench94`` those of the airbench94 recipe's network.
+Results go to benchmarks/results/conv2d-<gpu>-<date>.json with the device, the date and the
+versions of everything involved.
 """
 from __future__ import annotations
 
@@ -306,7 +307,8 @@ def main(argv=None):
               "    python benchmarks/bench_conv2d.py --validate-only --target sim", file=sys.stderr)
         return 2
 
-    layers = {"cifar": lambda: CIFAR_LAYERS, "fast_net": fast_net_layers, "airbench94": airbench94_layers}[args.layers]()
+    layers = {"cifar": lambda: CIFAR_LAYERS, "fast_net": fast_net_layers,
+              "airbench94": airbench94_layers}[args.layers]()
     failures = validate(layers, 4, "cuda", args.variants, args.precisions)
     if failures:
         # A variant that computes a wrong result is never timed; the others still are (and the

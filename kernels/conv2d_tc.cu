@@ -201,7 +201,8 @@ struct GradRows {
 
     __device__ GradRows(const storage_t* dy_, int m0, int M, int H, int W, int Kp_, int FH_, int FW, int OH_, int OW_,
                         int sh_, int sw_, int ph, int pw)
-        : dy(dy_), OH(OH_), OW(OW_), Kp(Kp_), FH(FH_), sh(sh_), sw(sw_), pieces(tc_piece_row<S>(0), 16 * (threadIdx.x % 4)),
+        : dy(dy_), OH(OH_), OW(OW_), Kp(Kp_), FH(FH_), sh(sh_), sw(sw_),
+          pieces(tc_piece_row<S>(0), 16 * (threadIdx.x % 4)),
           walk(16 * (threadIdx.x % 4), Kp_, FW, -Kp_, -OW_ * Kp_) {
         for (int i = 0; i < P; ++i) {
             const int m = m0 + tc_piece_row<S>(i);
@@ -453,7 +454,8 @@ __device__ void conv2d_forward_tc_body(const storage_t* x, const storage_t* w, c
     const int m0 = blockIdx.x * S::BM, n0 = blockIdx.y * S::BN;
     const int rbytes = R * (int)sizeof(storage_t);
     PatchRows<S> la(x, m0, M, H, W, Cp, FH, FW, OH, OW, sh, sw, ph, pw);
-    DenseTileLoader<S::BN, TC_KBYTES, S::THREADS> lb((const unsigned char*)(w + (index_t)n0 * R), rbytes, K - n0, rbytes);
+    DenseTileLoader<S::BN, TC_KBYTES, S::THREADS> lb((const unsigned char*)(w + (index_t)n0 * R), rbytes, K - n0,
+                                                     rbytes);
     float acc[S::MI][S::NI][4] = {};
     const int ktiles = (rbytes + TC_KBYTES - 1) / TC_KBYTES;
     tc_gemm_mainloop<S, TensorCoreOp<storage_t>, FragA<S>, FragB_nt<S>>(la, lb, ktiles, 16, 16, As, Bs, acc);
@@ -468,7 +470,8 @@ __device__ void conv2d_backward_data_tc_body(const storage_t* dy, const storage_
     const int M = N * H * W, L = FH * FW * Kp;
     const int m0 = blockIdx.x * S::BM, n0 = blockIdx.y * S::BN;
     const int lbytes = L * (int)sizeof(storage_t);
-    DenseTileLoader<S::BN, TC_KBYTES, S::THREADS> lb((const unsigned char*)(wt + (index_t)n0 * L), lbytes, C - n0, lbytes);
+    DenseTileLoader<S::BN, TC_KBYTES, S::THREADS> lb((const unsigned char*)(wt + (index_t)n0 * L), lbytes, C - n0,
+                                                     lbytes);
     float acc[S::MI][S::NI][4] = {};
     const int ktiles = (lbytes + TC_KBYTES - 1) / TC_KBYTES;
     if (sh == 1 && sw == 1) {

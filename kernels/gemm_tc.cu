@@ -58,10 +58,11 @@ __device__ void gemm_tc_body(const storage_t* A, const storage_t* B, const stora
     // The 16-byte loops copy whole pieces: rows of other lengths take the general loop
     if (kbytes % 16) vec_a = imin(vec_a, 8);
     if ((b_kn ? N * es : kbytes) % 16) vec_b = imin(vec_b, 8);
-    DenseTileLoader<S::BM, TC_KBYTES, S::THREADS> la((const unsigned char*)(A + (index_t)m0 * K), kbytes, M - m0, kbytes);
-    const DenseTileLoader<B_ROWS, B_ROW_BYTES, S::THREADS> lb =
-        b_kn ? DenseTileLoader<B_ROWS, B_ROW_BYTES, S::THREADS>((const unsigned char*)(B + n0), (long long)N * es, K, (N - n0) * es)
-             : DenseTileLoader<B_ROWS, B_ROW_BYTES, S::THREADS>((const unsigned char*)(B + (index_t)n0 * K), kbytes, N - n0, kbytes);
+    typedef DenseTileLoader<B_ROWS, B_ROW_BYTES, S::THREADS> LoaderB;
+    DenseTileLoader<S::BM, TC_KBYTES, S::THREADS> la((const unsigned char*)(A + (index_t)m0 * K), kbytes, M - m0,
+                                                     kbytes);
+    const LoaderB lb = b_kn ? LoaderB((const unsigned char*)(B + n0), (long long)N * es, K, (N - n0) * es)
+                            : LoaderB((const unsigned char*)(B + (index_t)n0 * K), kbytes, N - n0, kbytes);
     float acc[S::MI][S::NI][4] = {};
     const int ktiles = (kbytes + TC_KBYTES - 1) / TC_KBYTES;
     if (vec_a == 16 && vec_b == 16)  // aligned operands: the loop with only 16-byte copies

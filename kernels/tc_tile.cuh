@@ -78,8 +78,9 @@ __device__ inline unsigned char* tc_aligned_dynamic(unsigned char* p) {
 // (the launcher passes S::SHARED + TC_DYNAMIC_ALIGN bytes and raises the kernel's limit; the unused
 // static arrays are a token 16 bytes each). The dynamic array is declared with the 16 bytes CUDA
 // promises: declared __align__(1024), the compiler takes the promise as given and folds
-// tc_aligned_dynamic's rounding away (tests/test_nvrtc.py checks that it stays in the PTX). Declared in the body, two arrays: as one array, or returned by a helper,
-// the stages cost ptxas a register more in the 128x128 forward, which then spilled.
+// tc_aligned_dynamic's rounding away (tests/test_nvrtc.py checks that it stays in the PTX).
+// Declared in the body, two arrays: as one array, or returned by a helper, the stages cost ptxas
+// a register more in the 128x128 forward, which then spilled.
 #define TC_DECLARE_STAGES(S, As, Bs)                                                                   \
     constexpr bool tc_dynamic = S::SHARED > TC_STATIC_SHARED_MAX;                                     \
     __shared__ __align__(1024) unsigned char tc_static_a[tc_dynamic ? 16 : S::STAGES * S::A_STAGE];  \
@@ -131,7 +132,8 @@ struct PieceOffsets {
     static_assert(STEP % 8 == 0, "pieces 8 rows apart share the swizzle's phase");
     static constexpr int ROW_PITCH = ROW_BYTES < 128 ? ROW_BYTES : 128;  // km stages: 128-byte column blocks
     int first, row0, byte;
-    __device__ PieceOffsets(int row0_, int byte_) : first(stage_offset<ROW_BYTES>(row0_, byte_)), row0(row0_), byte(byte_) {}
+    __device__ PieceOffsets(int row0_, int byte_)
+        : first(stage_offset<ROW_BYTES>(row0_, byte_)), row0(row0_), byte(byte_) {}
     __device__ int operator()(int q) const {
         const int off = first + q * STEP * ROW_PITCH;
 #ifndef __CUDA_ARCH__
@@ -201,7 +203,8 @@ struct DenseTileLoader {
     // piece (about 55 instructions a piece on sm_90, where the HMMAs it feeds need 3-4 issue slots
     // each).
     __device__ void copy16(unsigned char* stage, int kt_loaded) const {
-        static_assert(ROWS * PER_ROW % THREADS == 0 && THREADS % PER_ROW == 0, "whole rows of 16-byte pieces per thread");
+        static_assert(ROWS * PER_ROW % THREADS == 0 && THREADS % PER_ROW == 0,
+                      "whole rows of 16-byte pieces per thread");
 #ifndef __CUDA_ARCH__
         if (kt_loaded != kt++) __trap();  // the carried position needs the order
 #else
@@ -313,7 +316,8 @@ struct FragA_km {
     static constexpr int WG_TRANS = 1;
     static constexpr int WG_KS_BYTES = 16 * 128;
     __device__ static unsigned long long wg_desc(const unsigned char* stage, int ks) {
-        return wgmma_descriptor<128>(stage + TC_KM_ROWS * 128 * warpgroup() + WG_KS_BYTES * ks, TC_KM_ROWS * 128, 8 * 128);
+        return wgmma_descriptor<128>(stage + TC_KM_ROWS * 128 * warpgroup() + WG_KS_BYTES * ks, TC_KM_ROWS * 128,
+                                     8 * 128);
     }
     __device__ static int krow(int ks) { const int lane = threadIdx.x % 32; return 16 * ks + 8 * (lane / 16) + lane % 8; }
     __device__ static int col(int i) {
