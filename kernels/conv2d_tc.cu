@@ -277,6 +277,18 @@ struct PositionWalk {
     }
 };
 
+// PositionWalk::step's increments for a step `d` of positions over NHWC images of H x W x Cp
+// (`image` elements): one position more in ow, oh moves sw * Cp, sh * W * Cp elements of the
+// image; a carry out of ow trades OW of the first for one of the second, out of oh (into the next
+// image) OH of the second for a whole image; the step's own images are whole images.
+__device__ inline void position_increments(const PositionStep& d, int OH, int OW, int W, int Cp, int sh, int sw,
+                                           index_t image, index_t inc[3]) {
+    const int ew = sw * Cp, eh = sh * W * Cp;
+    inc[0] = d.n * image + d.ow * ew + d.oh * eh;
+    inc[1] = eh - OW * ew;
+    inc[2] = image - (index_t)OH * eh;
+}
+
 // Backward-weight B, K-strided (16-bit): stage rows are the 32 positions l = (n, oh, ow) of a
 // k-tile, BN columns r = (fh, fw, c) each; 4 * BN pieces, P per thread: the thread's column
 // (one filter tap, 8 channels) is fixed, its rows are t / (BN / 8) and every 32 / P rows further.
@@ -310,13 +322,7 @@ struct PatchColumns {
         // (fh * W + fw) * Cp + c: the column's offset from the position's (0, 0) tap
         for (int i = 0; i < P; ++i)
             at[i] = PositionWalk(l0_ + row(i), OH_, OW_, W_, Cp, sh_, sw_, x_ + ((fh * W_ + fw) * Cp + c), image);
-        // One position more in ow, oh moves sw * Cp, sh * W * Cp elements of the image; a carry out
-        // of ow trades OW of the first for one of the second, out of oh (into the next image) OH
-        // of the second for a whole image; the step's own images are whole images.
-        const int ew = sw_ * Cp, eh = sh_ * W_ * Cp;
-        inc[0] = step.n * image + step.ow * ew + step.oh * eh;
-        inc[1] = eh - OW_ * ew;
-        inc[2] = image - (index_t)OH_ * eh;
+        position_increments(step, OH_, OW_, W_, Cp, sh_, sw_, image, inc);
     }
 
     __device__ static int row(int i) { return (int)threadIdx.x / PER_ROW + TC_KM_ROWS / P * i; }
@@ -349,70 +355,128 @@ __device__ inline int tc_column_row(int i) {
     return 4 * ((int)threadIdx.x / TC_TF32_POSITIONS) + S::THREADS / 4 * i;
 }
 
-// Stored rounded to TF32 (the precision rule's rounding, which mma.sync's operand preparation
-// repeats to the same value, and wgmma, reading shared memory as it is, needs done here).
-__device__ inline void store_column4(unsigned char* stage, int row, int col, const float v[4]) {
-    for (int j = 0; j < 4; ++j) *(float*)(stage + stage_offset<TC_KBYTES>(row + j, 4 * col)) = tf32_round(v[j]);
-}
-
-// A = dY^T: rows m are the output channels k, read from dy NHWC [L][K] (any K: scalar loads).
+// Where a thread's 4 floats of piece i go: rows tc_column_row(i) + j (j < 4) of its column `pos`,
+// stored rounded to TF32 (the precision rule's rounding, which mma.sync's operand preparation
+// repeats to the same value, and wgmma, reading shared memory as it is, needs done here). The
+// four rows' swizzled offsets are computed once; the pieces lie THREADS / 4 rows apart, a
+// multiple of 8, so in the same swizzle phase (checked on the simulator against stage_offset).
 template <class S>
-struct TransposedGradRows {
-    const float* dy;
-    int K, m0, l0, l_end;
-    __device__ void load(unsigned char* stage, int kt, int) const {
-        const int pos = threadIdx.x % TC_TF32_POSITIONS, l = l0 + kt * TC_TF32_POSITIONS + pos;
-        for (int i = 0; i < tc_pieces<S>(); ++i) {
-            const int row = tc_column_row<S>(i);
-            float v[4];
-            for (int j = 0; j < 4; ++j) {
-                const int k = m0 + row + j;
-                v[j] = l < l_end && k < K ? dy[(index_t)l * K + k] : 0.0f;
-            }
-            store_column4(stage, row, pos, v);
+struct ColumnOffsets {
+    static_assert(S::THREADS / 4 % 8 == 0, "pieces 8 rows apart share the swizzle's phase");
+    int at[4], pos;
+    __device__ explicit ColumnOffsets(int pos_) : pos(pos_) {
+        for (int j = 0; j < 4; ++j) at[j] = stage_offset<TC_KBYTES>(tc_column_row<S>(0) + j, 4 * pos_);
+    }
+    __device__ void store(unsigned char* stage, int i, const float v[4]) const {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int off = at[j] + i * (S::THREADS / 4) * TC_KBYTES;
+#ifndef __CUDA_ARCH__
+            if (off != stage_offset<TC_KBYTES>(tc_column_row<S>(i) + j, 4 * pos)) __trap();
+#endif
+            *(float*)(stage + off) = tf32_round(v[j]);
         }
     }
-    __device__ void round_tf32(unsigned char*) const {}  // stored rounded (store_column4)
+};
+
+// A = dY^T: rows m are the output channels k, read from dy NHWC [L][K] at this thread's position
+// l (carried from k-tile to k-tile, as its row's address): VEC4 (K a multiple of 4, dy 16-byte
+// aligned) loads a piece's 4 channels at once, else one by one.
+template <class S, bool VEC4>
+struct TransposedGradRows {
+    const float* dy;
+    int K, m0, l_end;
+    ColumnOffsets<S> cols;
+    mutable int l;             // this thread's position in the next k-tile
+    mutable const float* at;   // dy + l * K + m0
+    mutable int kt;            // the next k-tile (checked on the simulator only)
+
+    __device__ TransposedGradRows(const float* dy_, int K_, int m0_, int l0, int l_end_)
+        : dy(dy_), K(K_), m0(m0_), l_end(l_end_), cols(threadIdx.x % TC_TF32_POSITIONS),
+          l(l0 + (int)threadIdx.x % TC_TF32_POSITIONS), at(dy_ + (index_t)l * K_ + m0_), kt(0) {}
+
+    __device__ void load(unsigned char* stage, int kt_loaded, int) const {
+#ifndef __CUDA_ARCH__
+        if (kt_loaded != kt++) __trap();  // the carried position needs the order
+#else
+        (void)kt_loaded;
+#endif
+        const bool in = l < l_end;
+#pragma unroll
+        for (int i = 0; i < tc_pieces<S>(); ++i) {
+            const int row = tc_column_row<S>(i);
+            float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            if (VEC4) {
+                if (in && m0 + row < K) {
+                    const float4 f = *(const float4*)(at + row);
+                    v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
+                }
+            } else {
+                for (int j = 0; j < 4; ++j)
+                    if (in && m0 + row + j < K) v[j] = at[row + j];
+            }
+            cols.store(stage, i, v);
+        }
+        l += TC_TF32_POSITIONS;
+        at += (index_t)TC_TF32_POSITIONS * K;
+    }
+    __device__ void round_tf32(unsigned char*) const {}  // stored rounded (ColumnOffsets::store)
 };
 
 // B = P: rows n are the patch columns r = (fh, fw, c) (4 consecutive channels of one tap, 16-byte
-// aligned since Cp is a multiple of 4), read at the position's input pixel.
+// aligned since Cp is a multiple of 4: one float4), read at the position's input pixel; the
+// position is walked from k-tile to k-tile (PositionWalk, as the 16-bit builds' PatchColumns).
 template <class S>
 struct TransposedPatchRows {
     const float* x;
-    int H, W, Cp, OH, OW, sh, sw, l0, l_end;
+    int H, W, OH, OW, sh, sw, l_end;
     static constexpr int P = S::BN * 4 / S::THREADS;  // B's BN rows, 4 per thread and round
-    int fh[P], fw[P], c[P];  // this thread's column groups (fh, fw folded with the padding)
+    int fh[P], fw[P];       // this thread's column groups' taps, folded with the padding
+    int col_off[P];         // (fh * W + fw) * Cp + c: their offsets from the position's (0, 0) tap
     bool ok[P];
+    ColumnOffsets<S> cols;
+    PositionStep step;      // a k-tile's TC_TF32_POSITIONS positions
+    index_t inc[3];
+    mutable int l;          // this thread's position in the next k-tile
+    mutable PositionWalk at;
 
-    __device__ TransposedPatchRows(const float* x_, int n0, int H_, int W_, int Cp_, int FH, int FW, int OH_, int OW_,
-                                   int sh_, int sw_, int ph, int pw, int l0_, int l_end_)
-        : x(x_), H(H_), W(W_), Cp(Cp_), OH(OH_), OW(OW_), sh(sh_), sw(sw_), l0(l0_), l_end(l_end_) {
+    __device__ TransposedPatchRows(const float* x_, int n0, int H_, int W_, int Cp, int FH, int FW, int OH_, int OW_,
+                                   int sh_, int sw_, int ph, int pw, int l0, int l_end_)
+        : x(x_), H(H_), W(W_), OH(OH_), OW(OW_), sh(sh_), sw(sw_), l_end(l_end_),
+          cols(threadIdx.x % TC_TF32_POSITIONS), step(TC_TF32_POSITIONS, OH_, OW_),
+          l(l0 + (int)threadIdx.x % TC_TF32_POSITIONS) {
         for (int i = 0; i < P; ++i) {
-            const int r = n0 + tc_column_row<S>(i), tap = r / Cp;
-            c[i] = r - tap * Cp;
+            const int r = n0 + tc_column_row<S>(i), tap = r / Cp, c = r - tap * Cp;
             fh[i] = tap / FW;
             fw[i] = tap - fh[i] * FW;
             ok[i] = fh[i] < FH;
             fh[i] -= ph;
             fw[i] -= pw;
+            col_off[i] = (fh[i] * W_ + fw[i]) * Cp + c;
         }
+        const index_t image = (index_t)H_ * W_ * Cp;
+        at = PositionWalk(l, OH_, OW_, W_, Cp, sh_, sw_, x_, image);
+        position_increments(step, OH_, OW_, W_, Cp, sh_, sw_, image, inc);
     }
 
     __device__ void load(unsigned char* stage, int kt, int) const {
-        const int pos = threadIdx.x % TC_TF32_POSITIONS, l = l0 + kt * TC_TF32_POSITIONS + pos;
-        const int n = l / (OH * OW), p = l - n * (OH * OW), oh = p / OW, ow = p - oh * OW;
+        const int oh = at.oh, ow = at.ow;
+        const float* pixel = at.src;
+        at.step(step, OH, OW, inc, kt);
+        const bool in = l < l_end;
+        l += TC_TF32_POSITIONS;
+#pragma unroll
         for (int i = 0; i < P; ++i) {
             const int ih = oh * sh + fh[i], iw = ow * sw + fw[i];
             float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-            if (ok[i] && l < l_end && ih >= 0 && ih < H && iw >= 0 && iw < W) {
-                const float* src = x + ((((index_t)n * H + ih) * W + iw) * Cp + c[i]);
-                for (int j = 0; j < 4; ++j) v[j] = src[j];
+            if (ok[i] && in && (unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W) {
+                const float4 f = *(const float4*)(pixel + col_off[i]);
+                v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
             }
-            store_column4(stage, tc_column_row<S>(i), pos, v);
+            cols.store(stage, i, v);
         }
     }
-    __device__ void round_tf32(unsigned char*) const {}  // stored rounded (store_column4)
+    __device__ void round_tf32(unsigned char*) const {}  // stored rounded (ColumnOffsets::store)
 };
 
 // ------------------------------------------------------------------------------------------
@@ -496,9 +560,14 @@ __device__ void conv2d_backward_weight_tc_body(const storage_t* dy, const storag
     float acc[S::MI][S::NI][4] = {};
     const int ktiles = imax((l_end - l0 + TC_KBYTES / es - 1) / (TC_KBYTES / es), 0);
 #if GPUCONV_TF32
-    TransposedGradRows<S> la = {dy, K, m0, l0, l_end};
     TransposedPatchRows<S> lb(x, n0, H, W, Cp, FH, FW, OH, OW, sh, sw, ph, pw, l0, l_end);
-    tc_gemm_mainloop<S, TensorCoreOp<storage_t>, FragA<S>, FragB_nt<S>>(la, lb, ktiles, 0, 0, As, Bs, acc);
+    if (vec_dy == 16 && K % 4 == 0) {  // a piece's 4 channels of dy in one 16-byte load
+        TransposedGradRows<S, true> la(dy, K, m0, l0, l_end);
+        tc_gemm_mainloop<S, TensorCoreOp<storage_t>, FragA<S>, FragB_nt<S>>(la, lb, ktiles, 0, 0, As, Bs, acc);
+    } else {
+        TransposedGradRows<S, false> la(dy, K, m0, l0, l_end);
+        tc_gemm_mainloop<S, TensorCoreOp<storage_t>, FragA<S>, FragB_nt<S>>(la, lb, ktiles, 0, 0, As, Bs, acc);
+    }
 #else
     DenseTileLoader<TC_KM_ROWS, 2 * S::BM, S::THREADS> la((const unsigned char*)(dy + (index_t)l0 * K + m0),
                                                           (long long)K * es, l_end - l0, (K - m0) * es);
