@@ -54,15 +54,15 @@
 // GEMM rows and columns are int (the launcher checks the sizes); element offsets are index_t.
 //
 // Resources on sm_90 (ptxas 13.0; tests/test_nvrtc.py checks the bounds and the absence of
-// spills). TcTile64: forward 80 registers, backward-data 80-96, backward-weight 73-96; 24576 B of
+// spills). TcTile64: forward 80 registers, backward-data 80-96, backward-weight 94; 24576 B of
 // static shared memory; at 96 registers the register file holds 5 blocks of 4 warps per SM.
-// TcTile128 (warp tiles of 64x32: 64 accumulators per thread): 119-128 registers in every build,
+// TcTile128 (warp tiles of 64x32: 64 accumulators per thread): 122-128 registers in every build,
 // 49152 B of static shared memory; 2 blocks of 8 warps per SM (registers and shared memory both
 // allow 2; 4 would need at most 64 registers). TcTile128w (64x64 warp tiles, 128 accumulators per
-// thread): 226-238 registers, 49152 B; 2 blocks of 4 warps per SM. TcTileWg (sm_90a): 112-118
+// thread): 226-238 registers, 49152 B; 2 blocks of 4 warps per SM. TcTileWg (sm_90a): 112-126
 // registers, 65536 B of dynamic stages (and 1 KiB to align them), 2 blocks of 8 warps per SM;
 // its bf16 loops issue 119-132 instructions a k-tile per warp around 2 HGMMAs (tc128: 150-166
-// around 32 HMMAs and 12 ldmatrix, the same multiply-adds). TcTileWg256: 176-201 registers,
+// around 32 HMMAs and 12 ldmatrix, the same multiply-adds). TcTileWg256: 176-207 registers,
 // 98304 B, one block per SM; 134-204 instructions a k-tile for twice the work. The pipelined waits keep ptxas from
 // serializing the HGMMAs (tests/test_nvrtc.py fails on its C7514 warning). The loaders keep their
 // rows' addresses and coordinates, their pieces' swizzled stage offsets and the dense operands'
