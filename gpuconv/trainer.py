@@ -154,6 +154,8 @@ class Trainer:
                  autotune="auto"):
         if autotune not in ("auto", True, False):
             raise ValueError(f"autotune={autotune!r}: use 'auto' (on for GPU runs), True or False")
+        if autotune == "auto":
+            kernels.autotune_enabled()  # an unreadable $GPUCONV_AUTOTUNE is an error now, not at the first step
         self.autotune = autotune
         if lookahead is not None and not (isinstance(total_steps, int) and total_steps >= 1):
             raise ValueError(f"lookahead needs total_steps (the run's optimizer steps, >= 1), got {total_steps!r}")

@@ -299,6 +299,10 @@ def test_the_environment_switch_reads_yes_and_no(monkeypatch, value, on):
 
 
 def test_an_unreadable_environment_switch_is_an_error(monkeypatch):
+    """... named when read, and by a Trainer when it is built (not at its first step)."""
     monkeypatch.setenv("GPUCONV_AUTOTUNE", "maybe")
     with pytest.raises(ValueError, match=r"GPUCONV_AUTOTUNE='maybe': give 1 \(or true, yes, on\)"):
         kernels.autotune_enabled()
+    model = Sequential(Conv2d(3, 4, 3, padding=1), Flatten(), Linear(4 * 4 * 4, 2))
+    with pytest.raises(ValueError, match=r"GPUCONV_AUTOTUNE='maybe'"):
+        Trainer(model, SGD(model.parameters(), lr=0.1), progress=False)
