@@ -10,7 +10,8 @@ gpuconv training step on the GPU, in each precision.
 The step is gpuconv.amp.training_step, the trainer's. Two CUDA events are recorded around every
 leaf layer's forward and backward and around the whole step; events only record, so nothing
 syncs inside a step, and the times are read once after the last one. Per layer kind (Conv2d,
-BatchNorm2d, ...) the record holds the forward and backward milliseconds per step; what no
+BatchNorm2d, ...) the record holds the forward and backward milliseconds per step, and per leaf
+layer (``per_layer``: which convolution, say, in the order the layers ran); what no
 layer accounts for (the loss, the parameter casts of mixed precision, the residual additions,
 the optimizer, Python between the launches) is the remainder of the step's time. bench_step times the step against
 PyTorch; this says which part of gpuconv's step to work on. The record also counts the kernels one
@@ -40,6 +41,7 @@ from gpuconv.optim import SGD  # noqa: E402
 from bench_step import HYPER, MODELS, batch_data  # noqa: E402
 
 NAME = "profile_step"
+PER_LAYER_TOP = 10  # layers the table shows per model and precision (the record keeps them all)
 
 
 def _airbench(width=None):
@@ -90,17 +92,27 @@ class LayerClock:
             for direction in ("forward", "backward"):
                 vars(layer).pop(direction, None)
 
-    def per_kind(self, steps):
-        """{kind: {"forward": ms, "backward": ms, "layers": n}} per step (None on the simulator)."""
+    def per_layer(self, steps):
+        """{name: {"kind", "forward": ms, "backward": ms}} per step, leaves in the order they first
+        ran (None for the times on the simulator)."""
         out = {}
         for name, kind, direction, start, stop in self.marks:
-            row = out.setdefault(kind, {"forward": 0.0, "backward": 0.0, "layers": set()})
-            row["layers"].add(name)
+            row = out.setdefault(name, {"kind": kind, "forward": 0.0, "backward": 0.0})
             if self.cuda:
                 row[direction] += B.cupy_module().cuda.get_elapsed_time(start, stop) / steps
             else:
                 row[direction] = None
-        return {k: {**v, "layers": len(v["layers"])} for k, v in out.items()}
+        return out
+
+    def per_kind(self, steps):
+        """{kind: {"forward": ms, "backward": ms, "layers": n}} per step (None on the simulator)."""
+        out = {}
+        for row in self.per_layer(steps).values():
+            kind = out.setdefault(row["kind"], {"forward": 0.0, "backward": 0.0, "layers": 0})
+            kind["layers"] += 1
+            for direction in ("forward", "backward"):
+                kind[direction] = None if row[direction] is None else kind[direction] + row[direction]
+        return out
 
 
 def profile(factory, x, y, precision, args, checks, label):
@@ -143,7 +155,9 @@ def profile(factory, x, y, precision, args, checks, label):
     rows.append({"model": label.split()[0], "precision": precision, "kind": "(rest of the step)", "layers": None,
                  "forward_ms": None, "backward_ms": step_ms - layers_ms if step_ms is not None else None,
                  "share": (step_ms - layers_ms) / step_ms if step_ms else None})
-    return rows, step_ms, host_ms, host_top, launches
+    per_layer = [{"layer": n, "kind": v["kind"], "forward_ms": v["forward"], "backward_ms": v["backward"]}
+                 for n, v in clock.per_layer(args.repeat).items()]
+    return rows, step_ms, host_ms, host_top, launches, per_layer
 
 
 def host_functions(fn, steps, top):
@@ -184,6 +198,13 @@ def table(rec):
     for label, counts in rec.get("launches_per_step", {}).items():
         print(f"{label}: {sum(counts.values())} kernel launches per step ("
               + ", ".join(f"{n} {k}" for k, n in sorted(counts.items(), key=lambda kv: -kv[1])) + ")")
+    for label, layers in rec.get("per_layer", {}).items():
+        timed = [r for r in layers if r["forward_ms"] is not None]
+        if timed:
+            print(f"{label}: the costliest layers (ms per step, forward + backward)")
+            common.print_table(sorted(timed, key=lambda r: -(r["forward_ms"] + r["backward_ms"]))[:PER_LAYER_TOP],
+                               [("layer", "layer", ""), ("kind", "kind", ""), ("forward_ms", "fwd ms", ".3f"),
+                                ("backward_ms", "bwd ms", ".3f")])
     for label, top in rec["host_functions"].items():
         print(f"{label}: the host's costliest functions (cProfile, per step)")
         common.print_table(top, [("function", "function", ""), ("calls_per_step", "calls", ".0f"),
@@ -205,7 +226,7 @@ def main(argv=None):
     rc = common.require_device(NAME, args)
     if rc is not None:
         return rc
-    checks, rows, steps, batches, hosts, tops, launches = common.Checks(), [], {}, {}, {}, {}, {}
+    checks, rows, steps, batches, hosts, tops, launches, layers = common.Checks(), [], {}, {}, {}, {}, {}, {}
     with common.device_context(args):
         for name in args.models:
             factory, shape = PROFILED[name][1 if args.tiny else 0]
@@ -213,11 +234,12 @@ def main(argv=None):
             x, y = batch_data(shape, batch, seed=3)
             for precision in args.precisions:
                 label = f"{name} {precision}"
-                got, steps[label], hosts[label], tops[label], launches[label] = profile(factory, x, y, precision, args,
-                                                                                       checks, label)
+                got, steps[label], hosts[label], tops[label], launches[label], layers[label] = profile(
+                    factory, x, y, precision, args, checks, label)
                 rows += [dict(r, batch=batch) for r in got]
     rec = common.record(NAME, args, checks, rows, batch=batches, step_ms=steps, host_submit_ms=hosts,
-                        host_functions={k: v for k, v in tops.items() if v is not None}, launches_per_step=launches)
+                        host_functions={k: v for k, v in tops.items() if v is not None}, launches_per_step=launches,
+                        per_layer=layers)
     return common.finish(rec, args, table, checks)  # the record stands when a check failed: exit 1
 
 

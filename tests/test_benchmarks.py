@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -126,6 +127,26 @@ def test_profile_step_on_the_simulator_wraps_every_layer_and_changes_nothing():
                                  for t in top)
     assert [t["own_ms_per_step"] for t in top] == sorted((t["own_ms_per_step"] for t in top), reverse=True)
     assert all(r["forward_ms"] is None and r["backward_ms"] is None for r in rec["results"])
+    # and per leaf layer, in the order they ran: the kinds' rows are their sums
+    layers = rec["per_layer"]["airbench94 bf16"]
+    assert [r["layer"] for r in layers][:4] == ["whiten", "gelu0", "block1.conv1", "block1.pool"]
+    assert Counter(r["kind"] for r in layers) == {k: r["layers"] for (m, p, k), r in kinds.items()
+                                                  if m == "airbench94" and p == "bf16" and r["layers"]}
+
+
+def test_profile_step_table_names_the_costliest_layers(capsys):
+    """With GPU times (here made up), the table lists each run's costliest layers, forward plus
+    backward, most first."""
+    prof = load("profile_step")
+    rec = {"environment": {"device": "a GPU"}, "results": [], "step_ms": {}, "host_submit_ms": {},
+           "host_functions": {},
+           "per_layer": {"m bf16": [{"layer": f"l{i}", "kind": "Conv2d", "forward_ms": float(i), "backward_ms": 1.0}
+                                    for i in range(prof.PER_LAYER_TOP + 3)]}}
+    prof.table(rec)
+    out = capsys.readouterr().out.splitlines()
+    start = out.index("m bf16: the costliest layers (ms per step, forward + backward)")
+    shown = [line.split()[0] for line in out[start + 2:start + 2 + prof.PER_LAYER_TOP]]
+    assert shown == [f"l{i}" for i in range(prof.PER_LAYER_TOP + 2, 2, -1)]
 
 
 def test_sim_needs_tiny():
