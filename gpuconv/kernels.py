@@ -858,8 +858,10 @@ def wgmma_available(target: str, device: int | None = None) -> bool:
     """Whether the warpgroup (wgmma) kernels of :data:`ARCH_SPECIFIC` files run on ``target``: on
     the simulator always; on a GPU where those files are built for sm_90a (compute capability 9.0,
     Hopper, with an NVRTC that targets sm_90), the build _compile_cuda makes. Anywhere else their
-    entry points trap, which would end the process's CUDA context: the launchers never send them."""
-    return target == "sim" or _arch_specific_build(device)
+    entry points trap, which would end the process's CUDA context: the launchers never send them.
+    ``GPUCONV_WGMMA=0`` turns them off on a GPU (tc128 runs where one is asked for, autotuning
+    leaves them out): the switch for a GPU or driver where they fail."""
+    return target == "sim" or (_env.flag("GPUCONV_WGMMA", default=True) and _arch_specific_build(device))
 
 
 @functools.lru_cache(maxsize=None)

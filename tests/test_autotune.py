@@ -306,3 +306,16 @@ def test_an_unreadable_environment_switch_is_an_error(monkeypatch):
     model = Sequential(Conv2d(3, 4, 3, padding=1), Flatten(), Linear(4 * 4 * 4, 2))
     with pytest.raises(ValueError, match=r"GPUCONV_AUTOTUNE='maybe'"):
         Trainer(model, SGD(model.parameters(), lr=0.1), progress=False)
+
+
+def test_the_wgmma_tiles_can_be_switched_off_on_a_gpu(monkeypatch):
+    """On a Hopper GPU the wgmma tiles are candidates; GPUCONV_WGMMA=0 leaves them out (and a
+    launch asking for one runs tc128), for a GPU or driver where they fail; the simulator keeps
+    them, as it keeps every kernel."""
+    from gpuconv.ops import _launch_conv2d_tc as tc
+    monkeypatch.setattr(kernels, "_arch_specific_build", lambda device: True)  # as on an H100/H200
+    assert kernels.tune_candidates("conv2d_forward", BF16, False, "cuda", 0)[-2:] == ("tcwg", "tcwg256")
+    monkeypatch.setenv("GPUCONV_WGMMA", "0")
+    assert kernels.tune_candidates("conv2d_forward", BF16, False, "cuda", 0) == ("tc", "tc128", "tc128w")
+    assert tc.engine("tcwg256", BF16, False, "cuda", 0) == "tc128"
+    assert kernels.wgmma_available("sim") and tc.engine("tcwg", BF16, False, "sim", None) == "tcwg"
