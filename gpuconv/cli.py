@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import _env
 from ._files import directory_lock
 from .data.augment import CIFAR10_MEAN, CIFAR10_STD
 from .recipes import RECIPES, get_recipe
@@ -414,7 +415,6 @@ def _train(args) -> int:
     from . import amp, backend
     from .checkpoint import CHECKPOINT_NAME
     from .data import DeviceLoader
-    from .optim import SGD
     from .trainer import Trainer, TrainingDiverged, TrainingInterrupted, GPUOutOfMemory
 
     s = _settings(args)
@@ -692,7 +692,7 @@ def main(argv=None) -> int:
         _say("interrupted")
         return 130
     except (ValueError, TypeError, KeyError, OSError, RuntimeError, MemoryError) as exc:  # KeyError: state-dict keys
-        if os.environ.get("GPUCONV_DEBUG"):
+        if _env.flag("GPUCONV_DEBUG"):
             raise  # the full traceback, for bug reports
         _say(f"gpuconv {args.command}: error: {exc} (set GPUCONV_DEBUG=1 for a traceback)")
         return 1

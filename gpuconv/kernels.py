@@ -308,12 +308,11 @@ def conv_geometry(x_shape, w_shape, stride, padding, channels_last: bool) -> str
 
 
 def tuned_variant(family: str, dtype, tf32: bool, channels: int, target: str, device, geometry, run) -> str:
-    """The variant "auto" runs for a convolution launch: the table's choice when autotuning
-    (measured now, with ``run(variant)`` launching the op in that variant, if the geometry is
-    new), else the channel rule of :func:`auto_variant`. ``geometry``: ``(x_shape, w_shape,
+    """The variant "auto" runs for a convolution launch when autotuning (:func:`resolve` asks it
+    then): the table's choice, measured now with ``run(variant)`` launching the op in that variant
+    if the geometry is new (the channel rule of :func:`auto_variant` where no tuning may run: a
+    graph capture, a no-sync block). ``geometry``: ``(x_shape, w_shape,
     stride, padding, channels_last)``, hashable (the table's text key is made once per geometry)."""
-    if target not in _TUNED_TARGETS or not autotune_enabled():
-        return auto_variant(family, dtype, tf32, channels)
     fast = (family, dtype, tf32, target, device, geometry)
     chosen = _tuned_fast.get(fast)
     if chosen is not None:
@@ -1135,6 +1134,15 @@ def contiguous_like(*arrays, outputs: int = 1, keep_channels_last: bool = False)
         return arrays + tuple(layout.empty_like(arrays[0]) for _ in range(outputs))
     arrays = tuple(xp.ascontiguousarray(a) for a in arrays)
     return arrays + tuple(xp.empty_like(arrays[0]) for _ in range(outputs))
+
+
+INT_MAX = 2**31 - 1  # the kernels index rows, columns and offsets with int
+
+
+def int_indexable(*sizes, spare: int = 0) -> bool:
+    """Whether every size (element or byte counts, as the kernel indexes them), with ``spare`` more
+    for a tile's overhang past its last row, stays an int."""
+    return all(s <= INT_MAX - spare for s in sizes)
 
 
 @functools.lru_cache(maxsize=4096)

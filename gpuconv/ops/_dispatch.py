@@ -101,7 +101,6 @@ def call_elementwise_backward(op_name, reference, dy, cache):
 
 def _run(op_name, target, reference, args):
     launcher = get_launcher(op_name, target)
-    out = NotImplemented
     if launcher is not None:
         out = launcher(*args, target=target)
         if out is not NotImplemented:

@@ -35,7 +35,6 @@ BLOCK = kernels.BLOCK  # GPUCONV_BLOCK
 # Backward-weight split-K: each split reduces at least this many of the N*OH*OW positions, so a
 # split's partial sum is worth its workspace slice and the extra pass stays a small fraction.
 MIN_SPLIT_CHUNK = 256
-_INT_MAX = 2**31 - 1
 
 
 def _dims(x_shape, w_shape, stride, padding):
@@ -50,9 +49,8 @@ def _i32(*values):
 
 
 def _fits_int(*sizes):
-    """The tiled kernels index GEMM rows/columns with int: every size (plus a tile's overhang)
-    must stay below 2^31."""
-    return all(s <= _INT_MAX - TILE3 for s in sizes)
+    """The tiled kernels index GEMM rows/columns with int, a tile's overhang included."""
+    return kernels.int_indexable(*sizes, spare=TILE3)
 
 
 def geometry(kernel, target, device=None, *, rows=0, cols=0, splits=1, elements=0):

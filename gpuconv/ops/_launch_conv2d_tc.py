@@ -38,7 +38,6 @@ DYNAMIC_SHARED = {v: kernels.tile_shapes()[t].shared + kernels.defines("tc_tile.
                   if kernels.tile_shapes()[t].dynamic else 0 for v, t in _TILES.items()}
 KBYTES = kernels.defines("tc_tile.cuh")["TC_KBYTES"]  # bytes of the reduction per k-tile
 PIECE = 16       # bytes per cp.async of the im2col loaders
-_INT_MAX = 2**31 - 1
 
 
 def supports(dtype, tf32: bool) -> bool:
@@ -52,8 +51,7 @@ def supports(dtype, tf32: bool) -> bool:
 def _fits(itemsize, rows, cols, reduction, image) -> bool:
     """GEMM rows, columns and the reduction, their byte counts (the dense loaders' rows), and one
     image's elements (the loaders' offsets within an image) are ints in the kernels."""
-    sizes = (rows, cols * itemsize, reduction * itemsize, image)
-    return all(s <= _INT_MAX - 256 for s in sizes)  # a tile's overhang past the last row stays an int
+    return kernels.int_indexable(rows, cols * itemsize, reduction * itemsize, image, spare=256)  # a tile's overhang
 
 
 def _nhwc_padded(x, multiple):

@@ -24,9 +24,6 @@ LAYOUTS = ("nt", "nn")
 
 
 
-_INT_MAX = 2**31 - 1
-
-
 def vector_bytes(a) -> int:
     """The bytes each copy of the kernel's loader moves for the C-contiguous matrix ``a``: the
     largest of 16, 8, 4 (cp.async) dividing both its row pitch in bytes and its address, else 2
@@ -74,7 +71,7 @@ def _check(a, b, b_layout, out_dtype, tf32):
 def fits(itemsize, *dims) -> bool:
     """Whether every dimension of the operands (``dims``), in elements of ``itemsize`` bytes and in
     bytes, stays an int in the kernel with a k-tile's rounding to spare."""
-    return all(d * itemsize <= _INT_MAX - 256 for d in dims)
+    return kernels.int_indexable(*(d * itemsize for d in dims), spare=256)
 
 
 def gemm_tc(a, b, *, b_layout: str = "nt", out_dtype=None, tf32: bool = False, target: str = "sim", bias=None):

@@ -35,16 +35,14 @@ _NONE = (0, 0)  # and padding
 
 def _on_gemm_tc(x, w):
     """Whether the tensor-core GEMM takes the layer: its matrices' sizes within the kernel's int
-    indexing (x as (N, features); dy is (N, out))."""
-    return fits(x.itemsize, x.shape[0], x.size // max(x.shape[0], 1), *w.shape)
+    indexing (x as (N, in), w (out, in); dy is (N, out))."""
+    return fits(x.itemsize, x.shape[0], *w.shape)
 
 
-def _rows(x):
-    """``x`` as (N, features), C-contiguous (a view where it already is; N may be 0)."""
-    features = 1
-    for d in x.shape[1:]:
-        features *= d
-    return get_array_module(x).ascontiguousarray(x.reshape(x.shape[0], features))
+def _rows(x, w):
+    """``x`` as (N, in), the in_features of ``w`` (linear_forward checked they match),
+    C-contiguous (a view where it already is; N may be 0)."""
+    return get_array_module(x).ascontiguousarray(x.reshape(x.shape[0], w.shape[1]))
 
 
 def _image(a):
@@ -57,11 +55,11 @@ def linear_forward_kernel(x, w, b, tf32=False, *, target):
     cache = LinearCache(x, w, b is not None)
     if x.dtype not in precision.LOW_PRECISION:
         w = get_array_module(w).ascontiguousarray(w)
-        y = conv2d_forward_kernel(_image(_rows(x)), _image(w), b, _ONE, _NONE, tf32, target=target)[0]
+        y = conv2d_forward_kernel(_image(_rows(x, w)), _image(w), b, _ONE, _NONE, tf32, target=target)[0]
         return y.reshape(y.shape[:2]), cache
     if not _on_gemm_tc(x, w):
         return NotImplemented
-    return gemm_tc(_rows(x), w, b_layout="nt", target=target, bias=b), cache
+    return gemm_tc(_rows(x, w), w, b_layout="nt", target=target, bias=b), cache
 
 
 @register_launcher("linear_backward")
@@ -74,9 +72,9 @@ def linear_backward_kernel(dy, cache, tf32=False, *, target):
     dy = xp.ascontiguousarray(dy)
     if low:
         dx = gemm_tc(dy, w, b_layout="nn", target=target).reshape(x.shape)   # (N, out) @ (out, in)
-        dw = gemm_tc(xp.ascontiguousarray(dy.T), _rows(x), b_layout="nn", target=target)  # (out, N) @ (N, in)
+        dw = gemm_tc(xp.ascontiguousarray(dy.T), _rows(x, w), b_layout="nn", target=target)  # (out, N) @ (N, in)
     else:
-        x4, w4 = _image(_rows(x)), _image(xp.ascontiguousarray(w))
+        x4, w4 = _image(_rows(x, w)), _image(xp.ascontiguousarray(w))
         dx = conv2d_backward_data_kernel(_image(dy), w4, x4.shape, _ONE, _NONE, tf32, target=target,
                                          like=x4).reshape(x.shape)
         dw = conv2d_backward_weight_kernel(_image(dy), x4, w4.shape, _ONE, _NONE, tf32, target=target).reshape(w.shape)

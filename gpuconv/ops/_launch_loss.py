@@ -16,7 +16,7 @@ from ._dispatch import register_launcher
 @register_launcher("softmax_cross_entropy")
 def softmax_cross_entropy_kernel(logits, labels, eps, count_correct=False, *, target):
     n, c = logits.shape
-    if n * max(c, 1) >= 2**31:
+    if not kernels.int_indexable(n * max(c, 1)):
         return NotImplemented  # rows are int in the kernel
     xp = get_array_module(logits, labels)
     acc = compute_dtype(logits.dtype)
