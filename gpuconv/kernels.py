@@ -211,11 +211,12 @@ def sync_forbidden():
         _no_sync.reset(token)
 
 
-def autotune_enabled() -> bool:
-    """Whether "auto" convolution variants are chosen by measurement (see above)."""
+def autotune_enabled(default: bool = False) -> bool:
+    """Whether "auto" convolution variants are chosen by measurement (see above): the innermost
+    :func:`autotuning` block's word, else $GPUCONV_AUTOTUNE's, else ``default``."""
     on = _autotune.get()
     if on is None:
-        return _env.flag("GPUCONV_AUTOTUNE")
+        return _env.flag("GPUCONV_AUTOTUNE", default)
     return on
 
 

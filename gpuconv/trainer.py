@@ -15,7 +15,6 @@ loader up to the saved batch (same shuffle, same augmentation draws) without tra
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -143,8 +142,8 @@ class Trainer:
     where a step's launches cost more host time than its kernels take; elsewhere the same path
     runs the step itself). Captured at each epoch's second step; SGD only, no dropout, no fp16.
     ``autotune``: measure each convolution's "auto" variant at its first training step
-    (:func:`gpuconv.kernels.autotuning`); 'auto' (default) does on 'cuda' unless
-    ``$GPUCONV_AUTOTUNE`` says otherwise, True/False force it. The choices go into the checkpoint,
+    (:func:`gpuconv.kernels.autotuning`); 'auto' (default) does on 'cuda' unless an enclosing
+    ``kernels.autotuning()`` block or ``$GPUCONV_AUTOTUNE`` says otherwise, True/False force it. The choices go into the checkpoint,
     and a resumed run that autotunes takes them, so it continues bit for bit.
     """
 
@@ -226,13 +225,9 @@ class Trainer:
         return StepGraph.for_optimizer(self._eager_step, self.optimizer)
 
     def _eager_step(self, x, y):
-        if self.autotune != "auto":
-            tuning = kernels.autotuning(self.autotune)
-        elif "GPUCONV_AUTOTUNE" in os.environ:  # the user's word, either way
-            tuning = contextlib.nullcontext()
-        else:
-            tuning = kernels.autotuning(backend.is_cupy_array(x))
-        with tuning:
+        # "auto": an enclosing autotuning() block's word or $GPUCONV_AUTOTUNE's, else on for a GPU
+        on = self.autotune if self.autotune != "auto" else kernels.autotune_enabled(backend.is_cupy_array(x))
+        with kernels.autotuning(on):
             return amp.training_step(self.model, self.optimizer, x, y, self.precision, self.scaler,
                                      self.label_smoothing, count_correct=True)
 

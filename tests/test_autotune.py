@@ -211,7 +211,11 @@ def test_the_trainer_tunes_on_request_and_its_checkpoint_carries_the_table(fake_
     with gpuconv.default_device("sim"):
         trainer = _trainer("auto", tmp_path)
         trainer.train_step(x, y)
-        assert kernels.tuned_variants() == {}  # 'auto': on a GPU only
+        assert kernels.tuned_variants() == {}  # 'auto': on a GPU only ...
+        with kernels.autotuning():
+            trainer.train_step(x, y)
+        assert len(kernels.tuned_variants()) == 2  # ... unless an enclosing block says otherwise
+        kernels.clear_tuned()
         trainer = _trainer(True, tmp_path)
         trainer.train_step(x, y)
         table = kernels.tuned_variants()
