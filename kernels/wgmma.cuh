@@ -272,149 +272,102 @@ __device__ inline void fence_proxy_async() {
 #endif
 }
 
-// The accumulator operands of the GPU forms, as inline PTX wants them: every register named
-// (the 128-register lists extend the 64-register ones).
+// The accumulator operands of the GPU forms, as inline PTX wants them: every register named, each
+// list extending the one before.
 #ifdef __CUDA_ARCH__
-#define GPUCONV_WGMMA_REGS64                                                                                  \
-    "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, "              \
-    "%20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, "              \
-    "%38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, "              \
-    "%56, %57, %58, %59, %60, %61, %62, %63"
-#define GPUCONV_WGMMA_OUTS64                                                                                  \
+#define GPUCONV_WGMMA_REGS32                                                                                  \
+    "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "                                  \
+    "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+#define GPUCONV_WGMMA_OUTS32                                                                                  \
     "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),           \
-    "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]),                  \
-    "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]),                \
-    "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]),                \
-    "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]),                \
-    "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]),                \
-    "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]),                \
-    "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]),                \
-    "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+    "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),     \
+    "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),   \
+    "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+#define GPUCONV_WGMMA_REGS64                                                                                  \
+    GPUCONV_WGMMA_REGS32 ", "                                                                                 \
+    "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "                        \
+    "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+#define GPUCONV_WGMMA_OUTS64                                                                                  \
+    GPUCONV_WGMMA_OUTS32,                                                                                     \
+    "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),   \
+    "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),   \
+    "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),   \
+    "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
 #define GPUCONV_WGMMA_REGS128                                                                                 \
     GPUCONV_WGMMA_REGS64 ", "                                                                                 \
-    "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, "              \
-    "%82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, "              \
-    "%100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, "              \
-    "%115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
+    "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "                        \
+    "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "                        \
+    "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "            \
+    "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
 #define GPUCONV_WGMMA_OUTS128                                                                                 \
     GPUCONV_WGMMA_OUTS64,                                                                                     \
-    "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]),                \
-    "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]),                \
-    "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]),                \
-    "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]),                \
-    "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]), "+f"(d[97]), "+f"(d[98]),                \
-    "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]),                        \
-    "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]),                       \
-    "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]),                       \
-    "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]),                       \
-    "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+    "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),   \
+    "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),   \
+    "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),   \
+    "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),   \
+    "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),\
+    "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),\
+    "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),\
+    "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
 #endif
 
-// wgmma.mma_async.sync.aligned.m64nNk16.f32.<T>.<T>, N = 128 or 256: d[N / 2] += A B (scale-d 1),
-// A and B from the descriptors, TA/TB the transpose flags (1: MN-major). The GPU forms list every
-// accumulator register as an operand (written out: inline PTX has no loops).
+// wgmma.mma_async.sync.aligned.m64nNk16.f32.<T>.<T> and .m64nNk8.f32.tf32.tf32, N = 64, 128 or 256
+// (N / 2 accumulators a thread): d += A B (scale-d 1), A and B from the descriptors. TA/TB are the
+// 16-bit types' transpose flags (1: MN-major); tf32 operands are K-major only, and its instruction
+// takes no flags. The GPU forms list every accumulator register (written out: inline PTX has no
+// loops: GPUCONV_WGMMA_REGS<ACC>, ACC = N / 2), then the operands numbered on from ACC, given as
+// text: the two descriptors (DESC), the scale-d predicate's source (SCALE) and the 16-bit types'
+// two flags.
+#define GPUCONV_WGMMA_INSN(N, K, TYPE) "wgmma.mma_async.sync.aligned.m64n" #N "k" #K ".f32." TYPE "." TYPE
 #ifdef __CUDA_ARCH__
-#define GPUCONV_WGMMA_M64N128K16(NAME, PTX_TYPE)                                                              \
+#define GPUCONV_WGMMA_FORM(NAME, N, ACC, K, TYPE, CHECK, DESC, SCALE, FLAGS, ...)                           \
     template <int TA, int TB>                                                                                 \
-    __device__ inline void NAME(float d[64], unsigned long long da, unsigned long long db) {                  \
-        asm volatile(                                                                                         \
-            "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"                                                      \
-            "wgmma.mma_async.sync.aligned.m64n128k16.f32." PTX_TYPE "." PTX_TYPE " {" GPUCONV_WGMMA_REGS64    \
-            "}, %64, %65, p, 1, 1, %67, %68;\n}\n"                                                            \
-            : GPUCONV_WGMMA_OUTS64                                                                            \
-            : "l"(da), "l"(db), "r"(1), "n"(TA), "n"(TB));                                                    \
-    }
-#define GPUCONV_WGMMA_M64N256K16(NAME, PTX_TYPE)                                                              \
-    template <int TA, int TB>                                                                                 \
-    __device__ inline void NAME(float d[128], unsigned long long da, unsigned long long db) {                 \
-        asm volatile(                                                                                         \
-            "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"                                                     \
-            "wgmma.mma_async.sync.aligned.m64n256k16.f32." PTX_TYPE "." PTX_TYPE " {" GPUCONV_WGMMA_REGS128   \
-            "}, %128, %129, p, 1, 1, %131, %132;\n}\n"                                                        \
-            : GPUCONV_WGMMA_OUTS128                                                                           \
-            : "l"(da), "l"(db), "r"(1), "n"(TA), "n"(TB));                                                    \
+    __device__ inline void NAME(float d[N / 2], unsigned long long da, unsigned long long db) {               \
+        static_assert(CHECK, "tf32 operands are K-major only");                                               \
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, " SCALE ", 0;\n" GPUCONV_WGMMA_INSN(N, K, TYPE)         \
+                     " {" GPUCONV_WGMMA_REGS##ACC "}, " DESC ", p, 1, 1" FLAGS ";\n}\n"                        \
+                     : GPUCONV_WGMMA_OUTS##ACC                                                                \
+                     : "l"(da), "l"(db), "r"(1)__VA_ARGS__);                                                  \
     }
 #else
-#define GPUCONV_WGMMA_M64N128K16(NAME, PTX_TYPE)                                                                   \
-    template <int TA, int TB>                                                                                      \
-    inline void NAME(float d[64], unsigned long long da, unsigned long long db GPUCONV_SITE) {                     \
-        wgmma_sim::MmaLane op = {da, db, d};                                                                       \
-        gpuconv_sim::warp_instruction("wgmma.mma_async.sync.aligned.m64n128k16.f32." PTX_TYPE "." PTX_TYPE,        \
-                                      wgmma_sim::mma_lanes<128, 16, TA, TB, wgmma_sim::operand_format(PTX_TYPE)>, &op, \
-                                      site_file, site_line);                                                       \
-    }
-#define GPUCONV_WGMMA_M64N256K16(NAME, PTX_TYPE)                                                                   \
-    template <int TA, int TB>                                                                                      \
-    inline void NAME(float d[128], unsigned long long da, unsigned long long db GPUCONV_SITE) {                    \
-        wgmma_sim::MmaLane op = {da, db, d};                                                                       \
-        gpuconv_sim::warp_instruction("wgmma.mma_async.sync.aligned.m64n256k16.f32." PTX_TYPE "." PTX_TYPE,        \
-                                      wgmma_sim::mma_lanes<256, 16, TA, TB, wgmma_sim::operand_format(PTX_TYPE)>, &op, \
-                                      site_file, site_line);                                                       \
+#define GPUCONV_WGMMA_FORM(NAME, N, ACC, K, TYPE, CHECK, DESC, SCALE, FLAGS, ...)                           \
+    template <int TA, int TB>                                                                                 \
+    inline void NAME(float d[N / 2], unsigned long long da, unsigned long long db GPUCONV_SITE) {             \
+        static_assert(CHECK, "tf32 operands are K-major only");                                               \
+        wgmma_sim::MmaLane op = {da, db, d};                                                                  \
+        gpuconv_sim::warp_instruction(GPUCONV_WGMMA_INSN(N, K, TYPE),                                         \
+                                      wgmma_sim::mma_lanes<N, K, TA, TB, wgmma_sim::operand_format(TYPE)>, &op, \
+                                      site_file, site_line);                                                  \
     }
 #endif
-// .tf32 (m64nNk8: 32 bytes of K as in the 16-bit shapes; both operands K-major, no transpose
-// flags in the instruction).
+// The 16-bit types (k16, the flags as operands) and tf32 (k8, K-major, no flags).
+#define GPUCONV_WGMMA_16(NAME, N, ACC, TYPE, DESC, SCALE, FLAGS) \
+    GPUCONV_WGMMA_FORM(NAME, N, ACC, 16, TYPE, true, DESC, SCALE, ", " FLAGS, , "n"(TA), "n"(TB))
+#define GPUCONV_WGMMA_TF32(NAME, N, ACC, DESC, SCALE) \
+    GPUCONV_WGMMA_FORM(NAME, N, ACC, 8, "tf32", TA == 0 && TB == 0, DESC, SCALE, "", )
+GPUCONV_WGMMA_16(wgmma_m64n64k16_bf16, 64, 32, "bf16", "%32, %33", "%34", "%35, %36")
+GPUCONV_WGMMA_16(wgmma_m64n64k16_f16, 64, 32, "f16", "%32, %33", "%34", "%35, %36")
+GPUCONV_WGMMA_16(wgmma_m64n128k16_bf16, 128, 64, "bf16", "%64, %65", "%66", "%67, %68")
+GPUCONV_WGMMA_16(wgmma_m64n128k16_f16, 128, 64, "f16", "%64, %65", "%66", "%67, %68")
+GPUCONV_WGMMA_16(wgmma_m64n256k16_bf16, 256, 128, "bf16", "%128, %129", "%130", "%131, %132")
+GPUCONV_WGMMA_16(wgmma_m64n256k16_f16, 256, 128, "f16", "%128, %129", "%130", "%131, %132")
+GPUCONV_WGMMA_TF32(wgmma_m64n64k8_tf32, 64, 32, "%32, %33", "%34")
+GPUCONV_WGMMA_TF32(wgmma_m64n128k8_tf32, 128, 64, "%64, %65", "%66")
+GPUCONV_WGMMA_TF32(wgmma_m64n256k8_tf32, 256, 128, "%128, %129", "%130")
+#undef GPUCONV_WGMMA_16
+#undef GPUCONV_WGMMA_TF32
 #ifdef __CUDA_ARCH__
-#define GPUCONV_WGMMA_M64N128K8_TF32(NAME)                                                                    \
-    template <int TA, int TB>                                                                                 \
-    __device__ inline void NAME(float d[64], unsigned long long da, unsigned long long db) {                  \
-        static_assert(TA == 0 && TB == 0, "tf32 operands are K-major only");                                  \
-        asm volatile(                                                                                         \
-            "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"                                                      \
-            "wgmma.mma_async.sync.aligned.m64n128k8.f32.tf32.tf32 {" GPUCONV_WGMMA_REGS64                     \
-            "}, %64, %65, p, 1, 1;\n}\n"                                                                      \
-            : GPUCONV_WGMMA_OUTS64                                                                            \
-            : "l"(da), "l"(db), "r"(1));                                                                      \
-    }
-#define GPUCONV_WGMMA_M64N256K8_TF32(NAME)                                                                    \
-    template <int TA, int TB>                                                                                 \
-    __device__ inline void NAME(float d[128], unsigned long long da, unsigned long long db) {                 \
-        static_assert(TA == 0 && TB == 0, "tf32 operands are K-major only");                                  \
-        asm volatile(                                                                                         \
-            "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"                                                     \
-            "wgmma.mma_async.sync.aligned.m64n256k8.f32.tf32.tf32 {" GPUCONV_WGMMA_REGS128                    \
-            "}, %128, %129, p, 1, 1;\n}\n"                                                                    \
-            : GPUCONV_WGMMA_OUTS128                                                                           \
-            : "l"(da), "l"(db), "r"(1));                                                                      \
-    }
-#else
-#define GPUCONV_WGMMA_M64N128K8_TF32(NAME)                                                                    \
-    template <int TA, int TB>                                                                                 \
-    inline void NAME(float d[64], unsigned long long da, unsigned long long db GPUCONV_SITE) {                \
-        static_assert(TA == 0 && TB == 0, "tf32 operands are K-major only");                                  \
-        wgmma_sim::MmaLane op = {da, db, d};                                                                  \
-        gpuconv_sim::warp_instruction("wgmma.mma_async.sync.aligned.m64n128k8.f32.tf32.tf32",                 \
-                                      wgmma_sim::mma_lanes<128, 8, 0, 0, mma_sim::tf32_bits>, &op, site_file, \
-                                      site_line);                                                             \
-    }
-#define GPUCONV_WGMMA_M64N256K8_TF32(NAME)                                                                    \
-    template <int TA, int TB>                                                                                 \
-    inline void NAME(float d[128], unsigned long long da, unsigned long long db GPUCONV_SITE) {               \
-        static_assert(TA == 0 && TB == 0, "tf32 operands are K-major only");                                  \
-        wgmma_sim::MmaLane op = {da, db, d};                                                                  \
-        gpuconv_sim::warp_instruction("wgmma.mma_async.sync.aligned.m64n256k8.f32.tf32.tf32",                 \
-                                      wgmma_sim::mma_lanes<256, 8, 0, 0, mma_sim::tf32_bits>, &op, site_file, \
-                                      site_line);                                                             \
-    }
-#endif
-GPUCONV_WGMMA_M64N128K16(wgmma_m64n128k16_bf16, "bf16")
-GPUCONV_WGMMA_M64N128K16(wgmma_m64n128k16_f16, "f16")
-GPUCONV_WGMMA_M64N256K16(wgmma_m64n256k16_bf16, "bf16")
-GPUCONV_WGMMA_M64N256K16(wgmma_m64n256k16_f16, "f16")
-GPUCONV_WGMMA_M64N128K8_TF32(wgmma_m64n128k8_tf32)
-GPUCONV_WGMMA_M64N256K8_TF32(wgmma_m64n256k8_tf32)
-#undef GPUCONV_WGMMA_M64N128K16
-#undef GPUCONV_WGMMA_M64N256K16
-#undef GPUCONV_WGMMA_M64N128K8_TF32
-#undef GPUCONV_WGMMA_M64N256K8_TF32
-#ifdef __CUDA_ARCH__
+#undef GPUCONV_WGMMA_REGS32
+#undef GPUCONV_WGMMA_OUTS32
 #undef GPUCONV_WGMMA_REGS64
 #undef GPUCONV_WGMMA_OUTS64
 #undef GPUCONV_WGMMA_REGS128
 #undef GPUCONV_WGMMA_OUTS128
 #endif
+#undef GPUCONV_WGMMA_FORM
+#undef GPUCONV_WGMMA_INSN
 
-// The warpgroup mma of a storage type, N = 128 or 256 columns: bf16, fp16, and float (the TF32
+// The warpgroup mma of a storage type, N = 64, 128 or 256 columns: bf16, fp16, and float (the TF32
 // build: K-major operands only, which the kernel rounds to TF32 in shared memory before the mma
 // reads them, as the precision rule rounds them).
 template <class T, int N> struct WarpgroupOp;
@@ -425,11 +378,14 @@ template <class T, int N> struct WarpgroupOp;
             FN<TA, TB>(d, da, db GPUCONV_SITE_FWD);                                                           \
         }                                                                                                     \
     };
+GPUCONV_WARPGROUP_OP(bf16_t, 64, wgmma_m64n64k16_bf16)
+GPUCONV_WARPGROUP_OP(half_t, 64, wgmma_m64n64k16_f16)
 GPUCONV_WARPGROUP_OP(bf16_t, 128, wgmma_m64n128k16_bf16)
 GPUCONV_WARPGROUP_OP(half_t, 128, wgmma_m64n128k16_f16)
 GPUCONV_WARPGROUP_OP(bf16_t, 256, wgmma_m64n256k16_bf16)
 GPUCONV_WARPGROUP_OP(half_t, 256, wgmma_m64n256k16_f16)
-GPUCONV_WARPGROUP_OP(float, 128, wgmma_m64n128k8_tf32)  // operands rounded to TF32 in shared memory first
+GPUCONV_WARPGROUP_OP(float, 64, wgmma_m64n64k8_tf32)  // operands rounded to TF32 in shared memory first
+GPUCONV_WARPGROUP_OP(float, 128, wgmma_m64n128k8_tf32)
 GPUCONV_WARPGROUP_OP(float, 256, wgmma_m64n256k8_tf32)
 #undef GPUCONV_WARPGROUP_OP
 #endif  // GPUCONV_WGMMA

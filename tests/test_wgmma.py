@@ -57,11 +57,9 @@ def test_probe_compiles_for_sm_90a_only(probe_env):
     pytest.importorskip("cupy_backends.cuda.libs.nvrtc")
     src = kernels.build_source("wgmma_probe")
     ptx = kernels.nvrtc_compile(src, "wgmma_probe", np.float32, "compute_90a").decode()
-    for insn in ("wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16",
-                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16",
-                 "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16",
-                 "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16",
-                 "wgmma.mma_async.sync.aligned.m64n128k8.f32.tf32.tf32", "wgmma.fence.sync.aligned", "wgmma.commit_group.sync.aligned", "wgmma.wait_group.sync.aligned 0",
+    shapes = [f"wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{t}.{t}" for n in (64, 128, 256) for t in ("bf16", "f16")]
+    shapes += [f"wgmma.mma_async.sync.aligned.m64n{n}k8.f32.tf32.tf32" for n in (64, 128, 256)]
+    for insn in (*shapes, "wgmma.fence.sync.aligned", "wgmma.commit_group.sync.aligned", "wgmma.wait_group.sync.aligned 0",
                  "fence.proxy.async.shared::cta"):
         assert insn in ptx, insn
     for arch in ("compute_80", "compute_90"):
@@ -131,7 +129,7 @@ def accumulator_map(n=128):
     return rows, cols
 
 
-MAPS = {n: accumulator_map(n) for n in (128, 256)}
+MAPS = {n: accumulator_map(n) for n in (64, 128, 256)}
 
 
 def to_fragments(C):
@@ -225,22 +223,41 @@ def test_two_warpgroups_each_multiply_their_own_a(target):
     np.testing.assert_array_equal(from_fragments(d[1]), exact(A1, Bm, C1))
 
 
+def launch_n(target, n, a_img, b_img, c, a, b, kind=0, ta=0, tb=0):
+    """One m64nNk16 (or k8) of one warpgroup, N = 64 or 256 (the tcwgn64 and tcwg256 convolutions)."""
+    xp = B.cupy_module() if target == "cuda" else np
+    out = np.full(128 * n // 2, np.nan, np.float32)
+    args = [xp.asarray(v) for v in (a_img, b_img, c.ravel(), out)]
+    args += [np.int32(v) for v in (*a, *b, kind, ta, tb)]
+    kernels.launch("wgmma_probe", f"wgmma{n}_probe", np.float32, target, (1, 1, 1), (128, 1, 1), tuple(args))
+    return args[3].get() if target == "cuda" else args[3]
+
+
 @pytest.mark.parametrize("b_layout", [("K", 64, 16, 512), ("MN", 128, 2048, 1024)], ids=["B K-major", "B N-major"])
 @pytest.mark.parametrize("dt", list(DTYPES))
-def test_m64n256k16_holds_twice_the_columns(target, dt, b_layout):
-    """The 256-column shape (the tcwg256 convolutions): 128 accumulators per thread, the same
-    fragment pattern over 32 column blocks, B's 256 rows from one descriptor."""
+@pytest.mark.parametrize("n", [64, 256])
+def test_m64nNk16_other_widths(target, n, dt, b_layout):
+    """The 64- and 256-column shapes: N / 2 accumulators per thread, the same fragment pattern over
+    N / 8 column blocks, B's N rows from one descriptor (N-major: 64 columns are one 128-byte
+    block, 256 are four, LBO apart)."""
     dtype, kind = DTYPES[dt]
     major, w, lbo, sbo = b_layout
-    A, Bm, C = integer_operands(dtype, np.random.default_rng(12), n=256)
-    xp = B.cupy_module() if target == "cuda" else np
-    out = np.full(128 * 128, np.nan, np.float32)
-    args = [xp.asarray(v) for v in (image(A, "K", 128, 16, 1024), image(Bm, major, w, lbo, sbo, nbytes=B_BYTES),
-                                    to_fragments(C).ravel(), out)]
-    args += [np.int32(v) for v in (128, 16, 1024, w, lbo, sbo, kind, 0, int(major == "MN"))]
-    kernels.launch("wgmma_probe", "wgmma256_probe", np.float32, target, (1, 1, 1), (128, 1, 1), tuple(args))
-    d = args[3].get() if target == "cuda" else args[3]
-    np.testing.assert_array_equal(from_fragments(d, 256), exact(A, Bm, C))
+    A, Bm, C = integer_operands(dtype, np.random.default_rng(12), n=n)
+    d = launch_n(target, n, image(A, "K", 128, 16, 1024), image(Bm, major, w, lbo, sbo, nbytes=B_BYTES),
+                 to_fragments(C), (128, 16, 1024), (w, lbo, sbo), kind, 0, int(major == "MN"))
+    np.testing.assert_array_equal(from_fragments(d, n), exact(A, Bm, C))
+
+
+@pytest.mark.parametrize("n", [64, 256])
+def test_tf32_wgmma_other_widths(target, n):
+    """m64n64k8 and m64n256k8 .tf32, K-major, 64-byte swizzle (the conv stages')."""
+    rng = np.random.default_rng(14)
+    A = rng.integers(-8, 9, (64, 8)).astype(np.float32)
+    Bm = rng.integers(-8, 9, (n, 8)).astype(np.float32)
+    C = rng.integers(-64, 65, (64, n)).astype(np.float32)
+    d = launch_n(target, n, image(A, "K", 64, 16, 512), image(Bm, "K", 64, 16, 512, nbytes=B_BYTES),
+                 to_fragments(C), (64, 16, 512), (64, 16, 512), kind=2)
+    np.testing.assert_array_equal(from_fragments(d, n), exact(A, Bm, C))
 
 
 @pytest.mark.parametrize("swz", [128, 64, 32, 0])

@@ -91,22 +91,37 @@ extern "C" __global__ void wgmma_probe(const unsigned char* a_img, const unsigne
 #endif
 }
 
-// One m64n256k16 (one warpgroup): as wgmma_probe's mode 0, 128 accumulators per thread.
-extern "C" __global__ void wgmma256_probe(const unsigned char* a_img, const unsigned char* b_img, const float* c,
-                                          float* d, int swizzle_a, int lbo_a, int sbo_a, int swizzle_b, int lbo_b,
-                                          int sbo_b, int kind, int ta, int tb) {
+// One m64nNk16 of one warpgroup, N = 64 or 256 (wgmma_probe's 128 with its modes): as its mode 0,
+// N / 2 accumulators per thread.
+template <int N>
+__device__ void wgmma_n_probe(const unsigned char* a_img, const unsigned char* b_img, const float* c, float* d,
+                              int swizzle_a, int lbo_a, int sbo_a, int swizzle_b, int lbo_b, int sbo_b, int kind,
+                              int ta, int tb) {
 #if GPUCONV_WGMMA
     __shared__ __align__(1024) unsigned char sa[A_BYTES];
     __shared__ __align__(1024) unsigned char sb[B_BYTES];
+    constexpr int ACC = N / 2;
     const int t = threadIdx.x;
     load_images(sa, sb, a_img, b_img);
-    float acc[128];
-    for (int i = 0; i < 128; ++i) acc[i] = c[128 * t + i];
+    float acc[ACC];
+    for (int i = 0; i < ACC; ++i) acc[i] = c[ACC * t + i];
     const unsigned long long da = descriptor(sa, swizzle_a, lbo_a, sbo_a), db = descriptor(sb, swizzle_b, lbo_b, sbo_b);
     wgmma_fence();
-    probe_mma<256>(kind, ta, tb, acc, da, db);
+    probe_mma<N>(kind, ta, tb, acc, da, db);
     wgmma_commit();
     wgmma_wait<0>();
-    for (int i = 0; i < 128; ++i) d[128 * t + i] = acc[i];
+    for (int i = 0; i < ACC; ++i) d[ACC * t + i] = acc[i];
 #endif
+}
+
+extern "C" __global__ void wgmma64_probe(const unsigned char* a_img, const unsigned char* b_img, const float* c,
+                                         float* d, int swizzle_a, int lbo_a, int sbo_a, int swizzle_b, int lbo_b,
+                                         int sbo_b, int kind, int ta, int tb) {
+    wgmma_n_probe<64>(a_img, b_img, c, d, swizzle_a, lbo_a, sbo_a, swizzle_b, lbo_b, sbo_b, kind, ta, tb);
+}
+
+extern "C" __global__ void wgmma256_probe(const unsigned char* a_img, const unsigned char* b_img, const float* c,
+                                          float* d, int swizzle_a, int lbo_a, int sbo_a, int swizzle_b, int lbo_b,
+                                          int sbo_b, int kind, int ta, int tb) {
+    wgmma_n_probe<256>(a_img, b_img, c, d, swizzle_a, lbo_a, sbo_a, swizzle_b, lbo_b, sbo_b, kind, ta, tb);
 }
