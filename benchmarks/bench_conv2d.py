@@ -10,11 +10,11 @@ Precisions (``--precisions``, default all three):
         tiles, 256 threads); cuDNN with TF32 off; NCHW.
   tf32  float32 arrays, TF32 multiplicands: v2, v3 (CUDA cores, TF32-rounded operands), tc,
         tc128, tc128w (tensor cores, m16n8k8, 64x64 and 128x128 tiles, the last in 4 warps of
-        64x64), tcwg, tcwg256 (Hopper's wgmma m64nNk8); cuDNN with TF32 on; channels_last.
-  bf16  bfloat16 arrays: v2, v3, tc, tc128 and tc128w (tensor cores, mma.sync m16n8k16), tcwg and
-        tcwg256 (128x128 and 128x256 tiles on Hopper's wgmma m64n128k16/m64n256k16; tc128 on other
-        GPUs); cuDNN in bfloat16;
+        64x64), tcwg, tcwg256, tcwgn64, tcwgm64 (Hopper's wgmma m64nNk8); cuDNN with TF32 on;
         channels_last.
+  bf16  bfloat16 arrays: v2, v3, tc, tc128 and tc128w (tensor cores, mma.sync m16n8k16), tcwg,
+        tcwg256, tcwgn64 and tcwgm64 (128x128, 128x256, 256x64 and 64x128 tiles on Hopper's wgmma
+        m64nNk16; tc128 or tc on other GPUs); cuDNN in bfloat16; channels_last.
 Each variant of each direction (forward, backward-data, backward-weight), as listed in
 ``gpuconv.kernels.VARIANTS``, is first checked against the float64 convolution of its operands as
 the precision takes them on a 4-image slice of the layer (full channel counts, so every tile edge
@@ -85,8 +85,8 @@ DIRECTIONS = {"forward": "conv2d_forward", "backward_data": "conv2d_backward_dat
 VARIANTS = tuple(dict.fromkeys(v for f in DIRECTIONS.values() for v in kernels.VARIANTS[f][0]))  # v1, v2, v3, tc
 # precision -> (array dtype, TF32 multiplicands, channels_last, the variants that compute in it)
 PRECISIONS = {"fp32": (np.float32, False, False, ("v1", "v2", "v3")),
-              "tf32": (np.float32, True, True, ("v2", "v3", "tc", "tc128", "tc128w", "tcwg", "tcwg256")),
-              "bf16": (precision.bfloat16, False, True, ("v2", "v3", "tc", "tc128", "tc128w", "tcwg", "tcwg256"))}
+              "tf32": (np.float32, True, True, ("v2", "v3") + kernels.TC_VARIANTS),
+              "bf16": (precision.bfloat16, False, True, ("v2", "v3") + kernels.TC_VARIANTS)}
 
 
 def family_variants(family, variants=None, prec="fp32"):

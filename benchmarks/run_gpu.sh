@@ -164,7 +164,7 @@ fi
 if want conv; then
     stage bench_conv2d 110 "$PY" benchmarks/bench_conv2d.py --layers fast_net --warmup 2 --repeat 10
     stage bench_conv2d_airbench 45 "$PY" benchmarks/bench_conv2d.py --layers airbench94 --batch 1024 --precisions bf16 \
-        --warmup 2 --repeat 10
+        --variants tc tc128 tc128w tcwg tcwg256 tcwgn64 tcwgm64 --warmup 2 --repeat 10
     stage bench_ops 40 "$PY" benchmarks/bench_ops.py --save --skip-conv --warmup 3 --repeat 20  # conv: above
 fi
 if want step; then

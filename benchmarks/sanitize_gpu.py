@@ -141,7 +141,8 @@ def conv_tc(run, rng):
             dy = rng.standard_normal(ry.shape).astype(dtype)
             rdx, rdw, _ = C._conv2d_backward_reference(dy, rc, True, tf32)
             for channels_last, var in ((False, "tc"), (True, "tc"), (True, "tc128"), (True, "tc128w"), (True, "tcwg"),
-                                      (True, "tcwg256")):
+                                      (True, "tcwg256"), (True, "tcwgn64"),
+                                      (True, "tcwgm64")):
                 X, DY = run.dev(x), run.dev(dy)
                 if channels_last:
                     X, DY = gpuconv.to_channels_last(X), gpuconv.to_channels_last(DY)

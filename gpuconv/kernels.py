@@ -53,7 +53,8 @@ same text with g++ (cached by source hash in ``$GPUCONV_SIM_CACHE``) and runs it
 Variants. Each kernel family keeps its first simple version beside the tuned ones
 (``conv2d_forward_v1``; ``_v2`` and ``_v3``, 64x64 and 128x128 tiles on CUDA cores; ``_tc``,
 ``_tc128`` and ``_tc128w``, the tensor-core convolutions of kernels/conv2d_tc.cu for bfloat16,
-float16 and TF32, and ``_tcwg`` and ``_tcwg256``, their 128x128 and 128x256 tiles on Hopper's wgmma).
+float16 and TF32, and ``_tcwg``, ``_tcwg256``, ``_tcwgn64`` and ``_tcwgm64``, their 128x128, 128x256,
+256x64 and 64x128 tiles on Hopper's wgmma).
 Variants are chosen per (family, dtype): :data:`VARIANTS` gives each family its variants
 and its defaults by dtype name (``"tf32"`` for float32 in TF32 mode), ``"*"`` for every dtype
 without its own. The conv2d default, ``"auto"``, picks by shape (:func:`auto_variant`, from the
@@ -124,16 +125,20 @@ class Family(NamedTuple):
 # the one slow tc128 cell of the first run (bf16 128->256 at 16x16, 10.5 ms) measured 0.74 ms
 # (tc 1.08) in the second, tc128 being 1.2-1.5x faster than tc on every wide layer of both.
 # float64 (never measured) runs v2. A fixed variant
-# chosen with use_variant/set_variant/GPUCONV_KERNEL_VARIANTS runs on every shape; tc, tc128, tc128w,
-# tcwg or tcwg256 on a dtype without a tensor-core format (strict float32, float64) runs v2.
+# chosen with use_variant/set_variant/GPUCONV_KERNEL_VARIANTS runs on every shape; a tensor-core
+# variant (tc...) on a dtype without a tensor-core format (strict float32, float64) runs v2.
 AUTO_WIDE = 128        # channels from which the 128x128 tiles win
 AUTO_V1_BELOW = 16     # channels below which v1 wins the data gradient (CUDA cores)
 # tc128w (128x128 tiles of 4 warps of 64x64: a fifth fewer instructions per mma in the sm_90 loop,
 # half the warps per SM) is selectable and benchmarked; "auto" takes it only once it is measured.
-# tcwg and tcwg256 (the 128x128 and 128x256 tiles on Hopper's wgmma: 2 warpgroups of 64x128 or
-# 64x256, operands read from the stages by descriptors, no ldmatrix; bf16, fp16 and TF32 on sm_90a,
-# tc128 elsewhere) likewise.
-_CONV_VARIANTS = ("auto", "v1", "v2", "v3", "tc", "tc128", "tc128w", "tcwg", "tcwg256")
+# tcwg, tcwg256, tcwgn64 and tcwgm64 (the 128x128, 128x256, 256x64 and 64x128 tiles on Hopper's
+# wgmma: 2 warpgroups of 64x128, 64x256 or 2 x 64x64, one of 64x128; operands read from the stages
+# by descriptors, no ldmatrix; bf16, fp16 and TF32 on sm_90a, tc128 or tc elsewhere) likewise;
+# tcwgn64 is for GEMMs of 64 columns or fewer (the forward into, the data gradient into 64
+# channels), tcwgm64 for those of 64 rows or fewer (the weight gradient of 64 filters).
+_WGMMA_VARIANTS = ("tcwg", "tcwg256", "tcwgn64", "tcwgm64")
+TC_VARIANTS = ("tc", "tc128", "tc128w") + _WGMMA_VARIANTS  # the tensor-core convolutions (conv2d_tc.cu)
+_CONV_VARIANTS = ("auto", "v1", "v2", "v3") + TC_VARIANTS
 _CONV_DEFAULTS = {"*": "auto", "float64": "v2"}
 VARIANTS = {
     "conv2d_forward": Family(_CONV_VARIANTS, _CONV_DEFAULTS),
@@ -278,7 +283,7 @@ def clear_tuned():
 def tune_candidates(family: str, dtype, tf32: bool, target: str, device=None, channels: int = 0) -> tuple:
     """The variants autotuning times for ``family`` on ``dtype`` (see above)."""
     if tf32 or np.dtype(dtype) in precision.LOW_PRECISION:
-        return ("tc", "tc128", "tc128w") + (("tcwg", "tcwg256") if wgmma_available(target, device) else ())
+        return tuple(v for v in TC_VARIANTS if v not in _WGMMA_VARIANTS or wgmma_available(target, device))
     if family == "conv2d_backward_data" and channels < AUTO_V1_BELOW:
         return ("v1", "v2", "v3")
     return ("v2", "v3")

@@ -12,16 +12,19 @@
 // source address is 16-byte aligned: the launcher pads the channels of an operand whose count is
 // not such a multiple (the first layer's 3) with zeros.
 //
-// Kernels (extern "C"), each in five tile shapes (tc_tile.cuh): `_tc` on TcTile64 (64x64 outputs,
+// Kernels (extern "C"), each in seven tile shapes (tc_tile.cuh): `_tc` on TcTile64 (64x64 outputs,
 // 128 threads, 24 KiB of shared memory), `_tc128` on TcTile128 (128x128, 256 threads, 48 KiB:
 // twice the reuse of every staged element, a quarter of the blocks), `_tc128w` on TcTile128w
 // (128x128 with 128 threads, each warp 64x64: twice the mmas per warp and k-tile for the same
 // fragment, loop and barrier overhead), `_tcwg` on TcTileWg (128x128, 256 threads as 2
-// warpgroups on Hopper's wgmma m64n128k16, 4 stages = 64 KiB of dynamic shared memory) and
-// `_tcwg256` on TcTileWg256 (128x256, m64n256k16, 96 KiB); the two wgmma shapes compute in the
-// bf16, fp16 and TF32 builds for sm_90a and the simulator only, trapping elsewhere (the launcher
-// runs tc128 instead; TF32 operands are rounded in shared memory, K-major, m64nNk8); below, T is
-// the tile side (BM x BN for tcwg256).
+// warpgroups on Hopper's wgmma m64n128k16, 4 stages = 64 KiB of dynamic shared memory),
+// `_tcwg256` on TcTileWg256 (128x256, m64n256k16, 96 KiB), `_tcwgn64` on TcTileWgN64 (256x64,
+// m64n64k16, 80 KiB: GEMMs of 64 columns or fewer) and `_tcwgm64` on TcTileWgM64 (64x128, one
+// warpgroup, 48 KiB static: GEMMs of 64 rows or fewer); the wgmma shapes compute in the bf16,
+// fp16 and TF32 builds for sm_90a and the simulator only, trapping elsewhere (the launcher runs
+// the mma.sync tile of their width instead: tc128, or tc for tcwgn64 and tcwgm64; TF32 operands
+// are rounded in shared memory, K-major, m64nNk8); below, T is the tile side (BM x BN for the
+// wgmma shapes but tcwg).
 //   conv2d_forward_tc[128]          Y[m, k] = P[m, r] W[k, r]^T, m = (n, oh, ow), r = (fh, fw, c):
 //                                   the patch rows P gathered from x by PatchRows (cp.async, zero
 //                                   fill for padding), W dense; bias, ReLU and the cast fused in
@@ -63,7 +66,11 @@
 // registers, 65536 B of dynamic stages (and 1 KiB to align them), 2 blocks of 8 warps per SM;
 // its bf16 loops issue 119-132 instructions a k-tile per warp around 2 HGMMAs (tc128: 150-166
 // around 32 HMMAs and 12 ldmatrix, the same multiply-adds). TcTileWg256: 176-207 registers,
-// 98304 B, one block per SM; 134-204 instructions a k-tile for twice the work. The pipelined waits keep ptxas from
+// 98304 B, one block per SM; 134-204 instructions a k-tile for twice the work. TcTileWgN64:
+// 120-127 registers, 81920 B of dynamic stages, 2 blocks per SM; 150-157 instructions a k-tile
+// around 4 HGMMAs of 64 columns (tcwg's multiply-adds). TcTileWgM64: 119-128 registers, 49152 B
+// static, 4 blocks of 4 warps per SM; 138-200 instructions a k-tile per warp around 2 HGMMAs (a
+// quarter of tcwg's CTA work in half its warps). The pipelined waits keep ptxas from
 // serializing the HGMMAs (tests/test_nvrtc.py fails on its C7514 warning). The loaders keep their
 // rows' addresses and coordinates, their pieces' swizzled stage offsets and the dense operands'
 // positions in registers for the whole loop, carried from k-tile to k-tile, and the fragment
@@ -706,6 +713,50 @@ conv2d_backward_weight_tcwg256(const storage_t* dy, const storage_t* x, float* w
     int K, int FH, int FW, int OH, int OW, int sh, int sw, int ph, int pw, int chunk, int vec_dy) {
     TCWG_BODY((conv2d_backward_weight_tc_body<TcTileWg256>(dy, x, ws, N, Cp, H, W, K, FH, FW, OH, OW, sh, sw, ph, pw,
                                                          chunk, vec_dy)));
+}
+
+extern "C" __global__ void __launch_bounds__(TcTileWgN64::THREADS)
+conv2d_forward_tcwgn64(const storage_t* x, const storage_t* w, const storage_t* b, storage_t* y, int N, int Cp,
+    int H, int W, int K, int FH, int FW, int OH, int OW, int sh, int sw, int ph, int pw, int has_bias, int relu) {
+    TCWG_BODY((conv2d_forward_tc_body<TcTileWgN64>(x, w, b, y, N, Cp, H, W, K, FH, FW, OH, OW, sh, sw, ph, pw,
+                                                has_bias, relu)));
+}
+
+extern "C" __global__ void __launch_bounds__(TcTileWgN64::THREADS)
+conv2d_backward_data_tcwgn64(const storage_t* dy, const storage_t* wt, storage_t* dx, int N, int C, int H, int W,
+    int Kp, int FH, int FW, int OH, int OW, int sh, int sw, int ph, int pw) {
+    TCWG_BODY((conv2d_backward_data_tc_body<TcTileWgN64>(dy, wt, dx, N, C, H, W, Kp, FH, FW, OH, OW, sh, sw, ph, pw)));
+}
+
+// vec_dy: the bytes each copy of dy moves in the 16-bit builds (16, 8, 4 or 2: the largest dividing
+// K * sizeof and dy's address; dy needs no channel padding, it is read as a dense [L][K] matrix).
+extern "C" __global__ void __launch_bounds__(TcTileWgN64::THREADS)
+conv2d_backward_weight_tcwgn64(const storage_t* dy, const storage_t* x, float* ws, int N, int Cp, int H, int W,
+    int K, int FH, int FW, int OH, int OW, int sh, int sw, int ph, int pw, int chunk, int vec_dy) {
+    TCWG_BODY((conv2d_backward_weight_tc_body<TcTileWgN64>(dy, x, ws, N, Cp, H, W, K, FH, FW, OH, OW, sh, sw, ph, pw,
+                                                        chunk, vec_dy)));
+}
+
+extern "C" __global__ void __launch_bounds__(TcTileWgM64::THREADS)
+conv2d_forward_tcwgm64(const storage_t* x, const storage_t* w, const storage_t* b, storage_t* y, int N, int Cp,
+    int H, int W, int K, int FH, int FW, int OH, int OW, int sh, int sw, int ph, int pw, int has_bias, int relu) {
+    TCWG_BODY((conv2d_forward_tc_body<TcTileWgM64>(x, w, b, y, N, Cp, H, W, K, FH, FW, OH, OW, sh, sw, ph, pw,
+                                                has_bias, relu)));
+}
+
+extern "C" __global__ void __launch_bounds__(TcTileWgM64::THREADS)
+conv2d_backward_data_tcwgm64(const storage_t* dy, const storage_t* wt, storage_t* dx, int N, int C, int H, int W,
+    int Kp, int FH, int FW, int OH, int OW, int sh, int sw, int ph, int pw) {
+    TCWG_BODY((conv2d_backward_data_tc_body<TcTileWgM64>(dy, wt, dx, N, C, H, W, Kp, FH, FW, OH, OW, sh, sw, ph, pw)));
+}
+
+// vec_dy: the bytes each copy of dy moves in the 16-bit builds (16, 8, 4 or 2: the largest dividing
+// K * sizeof and dy's address; dy needs no channel padding, it is read as a dense [L][K] matrix).
+extern "C" __global__ void __launch_bounds__(TcTileWgM64::THREADS)
+conv2d_backward_weight_tcwgm64(const storage_t* dy, const storage_t* x, float* ws, int N, int Cp, int H, int W,
+    int K, int FH, int FW, int OH, int OW, int sh, int sw, int ph, int pw, int chunk, int vec_dy) {
+    TCWG_BODY((conv2d_backward_weight_tc_body<TcTileWgM64>(dy, x, ws, N, Cp, H, W, K, FH, FW, OH, OW, sh, sw, ph, pw,
+                                                        chunk, vec_dy)));
 }
 
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)

@@ -10,8 +10,9 @@
 //   each computing a (BM / WM) x (BN / WN) block as MI x NI mma tiles of 16x8. TcTile64 (64x64, 4
 //   warps of 32x32, 32 float accumulators per thread), TcTile128 (128x128, 8 warps of 64x32, 64
 //   per thread), TcTile128w (128x128, 4 warps of 64x64, 128 per thread), TcTileWg (128x128, 2
-//   warpgroups of 64x128 on wgmma, 64 per thread) and TcTileWg256 (128x256, 2 warpgroups of
-//   64x256, 128 per thread) are the shapes in use; every loader, fragment reader and the pipeline
+//   warpgroups of 64x128 on wgmma, 64 per thread), TcTileWg256 (128x256, 2 warpgroups of
+//   64x256, 128 per thread), TcTileWgN64 (256x64, 2 warpgroups of 2 x 64x64, 64 per thread) and
+//   TcTileWgM64 (64x128, 1 warpgroup, 64 per thread) are the shapes in use; every loader, fragment reader and the pipeline
 //   take the shape.
 // - K is walked in k-tiles of TC_KBYTES = 64 bytes (32 bf16/fp16 or 16 TF32 elements): 2 mma
 //   steps of 32 bytes each.
@@ -52,6 +53,14 @@ struct TcShape {
     static constexpr int SHARED = STAGES * (A_STAGE + B_STAGE);
     __device__ static int warp_m() { return (int)threadIdx.x / 32 / WN; }
     __device__ static int warp_n() { return (int)threadIdx.x / 32 % WN; }
+    // The first row of this warp's mma tile i (16 rows): the warps' BM / WM-row blocks one after
+    // the other (mma.sync), or, for warpgroups, wgmma's D layout: group g's MI blocks of 64 rows
+    // one after the other, warp q = w % 4 of the group holding rows 16 q .. 16 q + 15 of each:
+    // 64 MI g + 64 i + 16 q, written as 16 w plus the rest (which vanishes for MI = 1: the compiler
+    // does not see that the two forms agree there, and the longer one cost tcwg's loop registers).
+    __device__ static int warp_row(int i) {
+        return WG ? 16 * warp_m() + 64 * (MI - 1) * (warp_m() / 4) + 64 * i : BM / WM * warp_m() + 16 * i;
+    }
 };
 typedef TcShape<64, 64, 2, 2> TcTile64;     // 128 threads; 24 KiB of stages
 typedef TcShape<128, 128, 2, 4> TcTile128;  // 256 threads; 48 KiB of stages (the static limit)
@@ -62,6 +71,15 @@ typedef TcShape<128, 128, 8, 1, true, 4> TcTileWg;  // 256 threads
 // The same 2 warpgroups on 64x256 blocks (m64n256k16, 128 accumulators per thread): twice the
 // multiply-adds per staged A row; 96 KiB of stages.
 typedef TcShape<128, 256, 8, 1, true, 4> TcTileWg256;  // 256 threads
+// And on 64 columns (m64n64k16), each warpgroup 2 blocks of 64x64 (2 x 32 accumulators per thread,
+// 4 wgmmas a k-tile per group): the narrow GEMMs, whose output channels (the forward's K, the data
+// gradient's C) are 64 or fewer and which the 128-column tiles would half waste, with as many
+// multiply-adds per staged B row as tcwg has; 80 KiB of stages.
+typedef TcShape<256, 64, 8, 1, true, 4> TcTileWgN64;  // 256 threads
+// One warpgroup of 64x128 (m64n128k16, 64 accumulators per thread): the GEMMs of 64 rows or fewer,
+// the weight gradient's (rows = output channels) of the 64-channel layers; 48 KiB of stages, static
+// arrays (their __align__(1024) laid out by the compiler).
+typedef TcShape<64, 128, 4, 1, true, 4> TcTileWgM64;  // 128 threads
 #define TC_STATIC_SHARED_MAX 49152  // bytes of static shared memory a kernel may declare
 #define TC_DYNAMIC_ALIGN 1024       // dynamic stages start on such a boundary; launches pass this many bytes more
 
@@ -284,12 +302,15 @@ template <class S>
 struct FragA {
     static constexpr int WG_TRANS = 0;  // as a wgmma operand: K-major, 64-byte swizzle, 8-row atoms 512 bytes apart
     static constexpr int WG_KS_BYTES = 32;  // a k16 step further along the stage
+    static constexpr int WG_BLOCK_BYTES = 64 * TC_KBYTES;  // the next 64-row block
+    // The warpgroup's first 64-row block (its blocks: S::MI of them, one after the other).
     __device__ static unsigned long long wg_desc(const unsigned char* stage, int ks) {
-        return wgmma_descriptor<TC_KBYTES>(stage + 64 * TC_KBYTES * warpgroup() + WG_KS_BYTES * ks, 16, 8 * TC_KBYTES);
+        return wgmma_descriptor<TC_KBYTES>(stage + WG_BLOCK_BYTES * S::MI * warpgroup() + WG_KS_BYTES * ks, 16,
+                                           8 * TC_KBYTES);
     }
     __device__ static int row(int i) {
         const int lane = threadIdx.x % 32;
-        return S::BM / S::WM * S::warp_m() + 16 * i + 8 * (lane / 8 & 1) + lane % 8;
+        return S::warp_row(i) + 8 * (lane / 8 & 1) + lane % 8;
     }
     __device__ static int byte(int ks) { return 32 * ks + 16 * ((int)threadIdx.x % 32 / 16); }
     __device__ static int lane_offset() { return stage_offset<TC_KBYTES>(row(0), byte(0)); }
@@ -311,18 +332,17 @@ struct FragA {
 // (m 0-7, k 0-7): matrices (m 0-7, k 0-7), (m 8-15, k 0-7), (m 0-7, k 8-15), (m 8-15, k 8-15).
 template <class S>
 struct FragA_km {
-    // As a wgmma operand: M-major, 128-byte swizzle, the warpgroup's 64 columns one column block;
-    // 8 rows of K 1024 bytes on, a k16 step 16 rows.
+    // As a wgmma operand: M-major, 128-byte swizzle, each 64-column block of the warpgroup one
+    // column block of the stage; 8 rows of K 1024 bytes on, a k16 step 16 rows.
     static constexpr int WG_TRANS = 1;
     static constexpr int WG_KS_BYTES = 16 * 128;
+    static constexpr int WG_BLOCK_BYTES = TC_KM_ROWS * 128;  // the next 64 columns
     __device__ static unsigned long long wg_desc(const unsigned char* stage, int ks) {
-        return wgmma_descriptor<128>(stage + TC_KM_ROWS * 128 * warpgroup() + WG_KS_BYTES * ks, TC_KM_ROWS * 128,
-                                     8 * 128);
+        return wgmma_descriptor<128>(stage + WG_BLOCK_BYTES * S::MI * warpgroup() + WG_KS_BYTES * ks,
+                                     TC_KM_ROWS * 128, 8 * 128);
     }
     __device__ static int krow(int ks) { const int lane = threadIdx.x % 32; return 16 * ks + 8 * (lane / 16) + lane % 8; }
-    __device__ static int col(int i) {
-        return S::BM / S::WM * S::warp_m() + 16 * i + 8 * ((int)threadIdx.x % 32 / 8 & 1);
-    }
+    __device__ static int col(int i) { return S::warp_row(i) + 8 * ((int)threadIdx.x % 32 / 8 & 1); }
     __device__ static int lane_offset() { return stage_offset<2 * S::BM>(krow(0), 2 * col(0)); }
 
     template <class Op>
@@ -403,7 +423,7 @@ struct FragB_nn {
 //   MI x NI mmas per 32 bytes of K. Synchronous: the stages are free once every warp is past it.
 // - wgmma (S::WG true; GPUCONV_WGMMA builds): each warpgroup multiplies its 64 x BN block straight
 //   from the stages, through the descriptors FragA/FragB::wg_desc give (the stage layouts are
-//   wgmma's 64- and 128-byte swizzles as they are), one m64n128k16 per 32 bytes of K, and waits
+//   wgmma's 64- and 128-byte swizzles as they are), one m64nBNk16 per 32 bytes of K, and waits
 //   for them before the next barrier lets the stage be refilled. Its publish() is the proxy fence
 //   that makes the stage's generic-proxy writes (cp.async) visible to wgmma, before the barrier.
 template <class S, class Op, class FragA, class FragB, bool WG = S::WG>
@@ -437,8 +457,8 @@ struct TcMultiply {
 #if GPUCONV_WGMMA
 template <class S, class Op, class FragA, class FragB>
 struct TcMultiply<S, Op, FragA, FragB, true> {
-    static_assert(S::WN == 1 && S::BM / S::WM == 16 && (S::BN == 128 || S::BN == 256) && S::MI == 1,
-                  "a warpgroup's 4 warps hold 16 rows each of one m64n128 or m64n256 block");
+    static_assert(S::WN == 1 && S::WM % 4 == 0 && (S::BN == 64 || S::BN == 128 || S::BN == 256) && S::MI <= 2,
+                  "a warpgroup's 4 warps hold 16 rows each of its MI m64n64, m64n128 or m64n256 blocks");
     // Each round leaves its wgmmas running into the next (their accumulators are only touched
     // by the next round's wgmmas, which the hardware orders), so the stage they read stays busy
     // one round longer: the pipeline keeps a stage for it.
@@ -455,15 +475,17 @@ struct TcMultiply<S, Op, FragA, FragB, true> {
 #endif
     }
     __device__ static void publish() { fence_proxy_async(); }
-    __device__ static float (&regs(float acc[S::MI][S::NI][4]))[S::NI * 4] {
-        return *reinterpret_cast<float (*)[S::NI * 4]>(&acc[0][0][0]);
+    // Block i's accumulators as the wgmma's list (each block's mma tiles are its column blocks).
+    __device__ static float (&regs(float acc[S::MI][S::NI][4], int i))[S::NI * 4] {
+        return *reinterpret_cast<float (*)[S::NI * 4]>(&acc[i][0][0]);
     }
     // The last round's wgmmas done; the operand fence keeps the epilogue's reads of the
     // accumulators after the wait (unpinned, the compiler may hoist them above it: wrong sums, and
     // ptxas serializes every wgmma of the kernel to stay correct, its C7514).
     __device__ static void finish(float acc[S::MI][S::NI][4]) {
         wgmma_wait<0>();
-        wgmma_fence_operands(regs(acc));
+#pragma unroll
+        for (int i = 0; i < S::MI; ++i) wgmma_fence_operands(regs(acc, i));
     }
     // The descriptors of stage 0 at k16 step 0, built once: every stage and step is the same
     // descriptor with a further start address, whose field (bits 0-13, in 16-byte units) takes the
@@ -474,28 +496,35 @@ struct TcMultiply<S, Op, FragA, FragB, true> {
     unsigned long long da0, db0;
     __device__ TcMultiply(const unsigned char* As_, const unsigned char* Bs_)
         : As(As_), Bs(Bs_), da0(FragA::wg_desc(As_, 0)), db0(FragB::wg_desc(Bs_, 0)) {}
-    template <class Frag, int STAGE>
-    __device__ static unsigned long long desc(unsigned long long d0, const unsigned char* stage0, int s, int ks) {
-        const unsigned lo = (unsigned)d0 + (unsigned)((s * STAGE + ks * Frag::WG_KS_BYTES) >> 4);
+    // Block i (BLOCK bytes on each: A's blocks; B has one) of stage s at k16 step ks.
+    template <class Frag, int STAGE, int BLOCK = 0>
+    __device__ static unsigned long long desc(unsigned long long d0, const unsigned char* stage0, int s, int ks,
+                                              int i = 0) {
+        const int block = i * BLOCK;
+        const unsigned lo = (unsigned)d0 + (unsigned)((s * STAGE + ks * Frag::WG_KS_BYTES + block) >> 4);
         const unsigned long long d = (d0 >> 32 << 32) | lo;
 #ifndef __CUDA_ARCH__
-        if (d != Frag::wg_desc(stage0 + s * STAGE, ks)) __trap();
+        if (d != Frag::wg_desc(stage0 + s * STAGE + block, ks)) __trap();
 #else
         (void)stage0;
 #endif
         return d;
     }
     __device__ void operator()(int s, float acc[S::MI][S::NI][4]) const {
-        float (&d)[S::NI * 4] = regs(acc);
-        wgmma_fence_operands(d);
+#pragma unroll
+        for (int i = 0; i < S::MI; ++i) wgmma_fence_operands(regs(acc, i));
         wgmma_fence();
 #pragma unroll
         for (int ks = 0; ks < TC_KBYTES / 32; ++ks)
-            WarpgroupOp<typename Op::storage, S::BN>::template mma<FragA::WG_TRANS, FragB::WG_TRANS>(
-                d, desc<FragA, S::A_STAGE>(da0, As, s, ks), desc<FragB, S::B_STAGE>(db0, Bs, s, ks));
+#pragma unroll
+            for (int i = 0; i < S::MI; ++i)
+                WarpgroupOp<typename Op::storage, S::BN>::template mma<FragA::WG_TRANS, FragB::WG_TRANS>(
+                    regs(acc, i), desc<FragA, S::A_STAGE, FragA::WG_BLOCK_BYTES>(da0, As, s, ks, i),
+                    desc<FragB, S::B_STAGE>(db0, Bs, s, ks));
         wgmma_commit();
         wgmma_wait<IN_FLIGHT>();  // the previous round's wgmmas are done: its stage may be refilled
-        wgmma_fence_operands(d);
+#pragma unroll
+        for (int i = 0; i < S::MI; ++i) wgmma_fence_operands(regs(acc, i));
     }
 };
 #endif
@@ -549,7 +578,7 @@ __device__ void tc_gemm_mainloop(const LoaderA& la, const LoaderB& lb, int ktile
 template <class S, class Epilogue>
 __device__ void tc_gemm_epilogue(const Epilogue& store, int m0, int n0, const float acc[S::MI][S::NI][4]) {
     const int lane = threadIdx.x % 32;
-    const int row0 = m0 + S::BM / S::WM * S::warp_m() + lane / 4;
+    const int row0 = m0 + lane / 4;
     const int col0 = n0 + S::BN / S::WN * S::warp_n() + 2 * (lane % 4);
 #pragma unroll
     for (int i = 0; i < S::MI; ++i)
@@ -557,7 +586,7 @@ __device__ void tc_gemm_epilogue(const Epilogue& store, int m0, int n0, const fl
         for (int n = 0; n < S::NI; ++n)
 #pragma unroll
             for (int h = 0; h < 2; ++h)
-                store(row0 + 16 * i + 8 * h, col0 + 8 * n, acc[i][n][2 * h], acc[i][n][2 * h + 1]);
+                store(row0 + S::warp_row(i) + 8 * h, col0 + 8 * n, acc[i][n][2 * h], acc[i][n][2 * h + 1]);
 }
 
 // Writes out[at], out[at + 1] (at even: both in one aligned word of two elements) or, at the last

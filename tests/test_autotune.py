@@ -35,7 +35,7 @@ def fake_timer(monkeypatch):
     """Autotuning on the simulator, timed by ``times[variant]`` (default: tc128w fastest); the
     calls made are in ``fake_timer.calls`` as (variant, the family's runs so far)."""
     monkeypatch.setattr(kernels, "_TUNED_TARGETS", ("cuda", "sim"))
-    times = {"tc": 3.0, "tc128": 2.0, "tc128w": 1.0, "tcwg": 4.0, "tcwg256": 5.0, "v1": 3.0, "v2": 2.0, "v3": 1.0}
+    times = {"tc": 3.0, "tc128": 2.0, "tc128w": 1.0, "tcwg": 4.0, "tcwg256": 5.0, "tcwgn64": 6.0, "tcwgm64": 7.0, "v1": 3.0, "v2": 2.0, "v3": 1.0}
     calls = []
 
     def measure(run, var, target):
@@ -71,7 +71,7 @@ def test_the_fastest_candidate_runs_and_gives_that_variants_bits(fake_timer):
     assert sorted(k.split("[")[0] for k in table) == sorted(FAMILIES)
     assert set(table.values()) == {"tc128w"}  # the fake timer's fastest tensor-core tile
     # every candidate timed once per family, wgmma's included (they run on the simulator)
-    assert sorted(fake_timer.calls) == sorted(3 * ["tc", "tc128", "tc128w", "tcwg", "tcwg256"])
+    assert sorted(fake_timer.calls) == sorted(3 * list(kernels.TC_VARIANTS))
     key = next(k for k in table if k.startswith("conv2d_forward"))
     assert key == "conv2d_forward[bfloat16] sim N2 C8 H6 W6 K16 F3x3 S1x1 P1x1 nhwc"  # 'sim': the GPU model
     with gpuconv.default_device("sim"), kernels.use_variant(conv2d_forward="tc128w", conv2d_backward_data="tc128w",
@@ -87,14 +87,14 @@ def test_a_geometry_is_timed_once_and_a_new_one_again(fake_timer):
     with gpuconv.default_device("sim"), kernels.autotuning():
         ops.conv2d_forward(x, w, None, stride=1, padding=1)
         ops.conv2d_forward(x, w, None, stride=1, padding=1)
-        assert len(fake_timer.calls) == 5
+        n = len(kernels.TC_VARIANTS)  # the candidates of a bfloat16 convolution on the simulator
+        assert len(fake_timer.calls) == n
         ops.conv2d_forward(x, w, None, stride=1, padding=0)  # another geometry
-        assert len(fake_timer.calls) == 10
+        assert len(fake_timer.calls) == 2 * n
         ops.conv2d_forward(layout.to_contiguous(x), w, None, stride=1, padding=1)  # NCHW: another layout
-        assert len(fake_timer.calls) == 15
+        assert len(fake_timer.calls) == 3 * n
     assert len(kernels.tuned_variants()) == 3
-    assert set(kernels.tuning_times()[next(iter(kernels.tuned_variants()))]) == {"tc", "tc128", "tc128w", "tcwg",
-                                                                                 "tcwg256"}
+    assert set(kernels.tuning_times()[next(iter(kernels.tuned_variants()))]) == set(kernels.TC_VARIANTS)
 
 
 def test_float32_tunes_the_cuda_core_variants(fake_timer):
@@ -152,7 +152,7 @@ def test_inside_a_no_sync_block_a_new_geometry_gets_the_rule_and_a_known_one_its
         ops.conv2d_forward(x, w, None, stride=1, padding=1)  # tuned here
         with kernels.sync_forbidden(), kernels.launch_log() as log:
             ops.conv2d_forward(x, w, None, stride=1, padding=1)
-    assert log.names == ["conv2d_forward_tc128w"] and len(fake_timer.calls) == 5
+    assert log.names == ["conv2d_forward_tc128w"] and len(fake_timer.calls) == len(kernels.TC_VARIANTS)
 
 
 def test_the_candidates_launches_stay_out_of_the_launch_log(monkeypatch):
@@ -161,7 +161,7 @@ def test_the_candidates_launches_stay_out_of_the_launch_log(monkeypatch):
     with gpuconv.default_device("sim"), kernels.autotuning(), kernels.launch_log() as log:
         ops.conv2d_forward(x, w, None, stride=1, padding=1)
     (chosen,) = kernels.tuned_variants().values()
-    assert log.names == [f"conv2d_forward_{chosen}"]  # 5 candidates x 11 timed launches ran besides
+    assert log.names == [f"conv2d_forward_{chosen}"]  # 7 candidates x 11 timed launches ran besides
 
 
 def test_the_simulator_has_no_tuning_unless_asked_and_its_own_timer_works(monkeypatch):
@@ -174,7 +174,7 @@ def test_the_simulator_has_no_tuning_unless_asked_and_its_own_timer_works(monkey
         ops.conv2d_forward(x, w, None, stride=1, padding=1)
     (times,) = kernels.tuning_times().values()
     (chosen,) = kernels.tuned_variants().values()
-    assert set(times) == {"tc", "tc128", "tc128w", "tcwg", "tcwg256"} and all(t > 0 for t in times.values())
+    assert set(times) == set(kernels.TC_VARIANTS) and all(t > 0 for t in times.values())
     assert chosen == min(times, key=times.get)
 
 
@@ -318,8 +318,9 @@ def test_the_wgmma_tiles_can_be_switched_off_on_a_gpu(monkeypatch):
     them, as it keeps every kernel."""
     from gpuconv.ops import _launch_conv2d_tc as tc
     monkeypatch.setattr(kernels, "_arch_specific_build", lambda device: True)  # as on an H100/H200
-    assert kernels.tune_candidates("conv2d_forward", BF16, False, "cuda", 0)[-2:] == ("tcwg", "tcwg256")
+    assert kernels.tune_candidates("conv2d_forward", BF16, False, "cuda", 0)[-4:] == ("tcwg", "tcwg256", "tcwgn64",
+                                                                                     "tcwgm64")
     monkeypatch.setenv("GPUCONV_WGMMA", "0")
     assert kernels.tune_candidates("conv2d_forward", BF16, False, "cuda", 0) == ("tc", "tc128", "tc128w")
-    assert tc.engine("tcwg256", BF16, False, "cuda", 0) == "tc128"
+    assert tc.engine("tcwg256", BF16, False, "cuda", 0) == "tc128" and tc.engine("tcwgm64", BF16, False, "cuda", 0) == "tc"
     assert kernels.wgmma_available("sim") and tc.engine("tcwg", BF16, False, "sim", None) == "tcwg"

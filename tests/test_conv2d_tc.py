@@ -41,9 +41,9 @@ CASES = [((2, 16, 6, 6), (24, 3, 3), (1, 1), (1, 1)),     # the common 3x3 same-
 IDS = ["3x3", "c3s2", "1x1k70", "2x3s21p02", "c40m81", "s3p2", "m162k130"]
 
 
-# every tensor-core variant; tcwg and tcwg256 (wgmma) run as tc128 where wgmma does not (a GPU
-# before Hopper)
-VARIANTS = ["tc", "tc128", "tc128w", "tcwg", "tcwg256"]
+# every tensor-core variant; the wgmma tiles run as tc128 or tc where wgmma does not (a GPU before
+# Hopper)
+VARIANTS = list(kernels.TC_VARIANTS)
 
 def operands(case, dtype, rng, integers=False):
     xs, (k, fh, fw), _, _ = case
@@ -131,8 +131,9 @@ def test_exact_when_every_partial_sum_is(target, build, variant):
 
 @pytest.mark.parametrize("build", ["bf16", "f16", "tf32"])
 def test_the_128_row_tiles_give_the_same_bits_in_every_layout_and_engine(target, build, monkeypatch):
-    """tc128 (8 warps of 64x32), tc128w (4 warps of 64x64), tcwg (2 warpgroups of 64x128 on wgmma)
-    and tcwg256 (2 of 64x256) compute every output as the same k-tiles and k16 steps,
+    """tc128 (8 warps of 64x32), tc128w (4 warps of 64x64), tcwg (2 warpgroups of 64x128 on wgmma),
+    tcwg256 (2 of 64x256), tcwgn64 (2 of 2 x 64x64) and tcwgm64 (1 of 64x128) compute every output
+    as the same k-tiles and k16 steps,
     so every output is the same sum in the same order: bit-identical results on the simulator,
     over several row and column tiles and weight-gradient splits, channels_last. (On a GPU the
     order inside one mma is the hardware's: mma.sync and wgmma may differ in the last bits.)"""
@@ -145,13 +146,13 @@ def test_the_128_row_tiles_give_the_same_bits_in_every_layout_and_engine(target,
     dy = rng.standard_normal((2, 136, 12, 11)).astype(dtype)
     got = {}
     wgmma = TC.engine("tcwg", dtype, tf32, target, 0) == "tcwg"
-    variants = ("tc128", "tc128w") + (("tcwg", "tcwg256") if wgmma else ())
+    variants = ("tc128", "tc128w") + (("tcwg", "tcwg256", "tcwgn64", "tcwgm64") if wgmma else ())
     for variant in variants:
         results, log = run_conv(target, x, w, b, dy, (1, 1), (1, 1), tf32, True, variant)
         assert f"conv2d_forward_{variant}" in log.names
         got[variant] = [np.ascontiguousarray(host(a)).tobytes() for a in results]
     if target == "sim":
-        assert all(got[v] == got["tc128"] for v in variants) and len(variants) == 4
+        assert all(got[v] == got["tc128"] for v in variants) and len(variants) == 6
     else:
         assert got["tc128"] == got["tc128w"]
 
@@ -317,7 +318,7 @@ def test_launcher_shapes_match_the_kernel_tiles():
               for bm, bn, wm, wn, name in re.findall(r"typedef TcShape<(\d+), (\d+), (\d+), (\d+)(?:, \w+)?(?:, \d+)?> (\w+);",
                                                      tile)}
     # each entry point, e.g. "conv2d_forward_tc128(...) { ... conv2d_forward_tc_body<TcTile128>"
-    entries = dict(re.findall(r"\nconv2d_forward_(tc\d*w?g?\d*)\(.*?conv2d_forward_tc_body<(\w+)>", conv, re.S))
+    entries = dict(re.findall(r"\nconv2d_forward_(tc\w*)\(.*?conv2d_forward_tc_body<(\w+)>", conv, re.S))
     assert set(entries) == set(TC.SHAPES)
     for variant, shape in TC.SHAPES.items():
         assert shapes[entries[variant]] == shape, variant

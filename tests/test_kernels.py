@@ -497,7 +497,7 @@ def test_variant_selection_and_errors(monkeypatch):
     with kernels.use_variant(conv2d_forward="v1"):
         assert kernels.variant("conv2d_forward") == "v1"
     assert kernels.variant("conv2d_forward") == "auto"
-    with pytest.raises(ValueError, match=r"conv2d_forward has variants auto, v1, v2, v3, tc, tc128, tc128w, tcwg, tcwg256, not 'v9'"):
+    with pytest.raises(ValueError, match=r"conv2d_forward has variants auto, v1, v2, v3, tc, tc128, tc128w, tcwg, tcwg256, tcwgn64, tcwgm64, not 'v9'"):
         kernels.set_variant("conv2d_forward", "v9")
     with pytest.raises(ValueError, match=r"kernel family 'conv3d' has no variants"):
         kernels.variant("conv3d")
@@ -589,10 +589,11 @@ def test_benchmark_validation_runs_on_the_simulator(monkeypatch, capsys):
     failures = bench.validate(bench.TINY_LAYERS[:1], 2, "sim")
     assert len(failures) == 9 and "fp32 3->4 at 8x8 forward v1" in failures[0]  # 3 directions x v1-v3
     assert any("backward_weight v3" in f for f in failures)
-    # in bf16 the tensor-core kernels are validated too (3 directions x v2, v3, tc, tc128, tc128w,
-    # tcwg, tcwg256), within the bound for bfloat16 outputs
+    # in bf16 the tensor-core kernels are validated too (3 directions x v2, v3 and the tensor-core
+    # tiles), within the bound for bfloat16 outputs
     failures = bench.validate(bench.TINY_LAYERS[:1], 2, "sim", precisions=("bf16",))
-    assert len(failures) == 21 and any("bf16 3->4 at 8x8 backward_weight tcwg256" in f for f in failures)
+    assert len(failures) == 3 * (2 + len(kernels.TC_VARIANTS))
+    assert any("bf16 3->4 at 8x8 backward_weight tcwgm64" in f for f in failures)
     if not B.cuda_available():
         assert bench.main([]) == 2
         assert "no usable GPU" in capsys.readouterr().err
@@ -644,14 +645,12 @@ def test_benchmark_loop_times_every_variant_and_names_the_fastest(monkeypatch):
     assert bench.family_variants("conv2d_forward", ("v2", "v9")) == ("v2",)
     # each precision times the variants that compute in it: tc only with a tensor-core format
     assert bench.family_variants("conv2d_forward", prec="bf16") == ("v2", "v3", "tc", "tc128", "tc128w", "tcwg",
-                                                                    "tcwg256")
-    assert bench.family_variants("conv2d_backward_weight", prec="tf32") == ("v2", "v3", "tc", "tc128", "tc128w",
-                                                                            "tcwg", "tcwg256")
+                                                                    "tcwg256", "tcwgn64", "tcwgm64")
+    assert bench.family_variants("conv2d_backward_weight", prec="tf32") == ("v2", "v3") + kernels.TC_VARIANTS
     assert bench.family_variants("conv2d_forward", prec="fp32") == ("v1", "v2", "v3")
     rows = bench.benchmark(2, warmup=0, repeat=1, use_torch=False, layers=[(3, 4, 8)], precisions=("bf16",))
     assert {(r["precision"], r["layout"]) for r in rows} == {("bf16", "channels_last")}
-    assert bench.fastest(rows)["bf16"]["forward"]["3->4 @8x8"] in ("v2", "v3", "tc", "tc128", "tc128w", "tcwg",
-                                                                       "tcwg256")
+    assert bench.fastest(rows)["bf16"]["forward"]["3->4 @8x8"] in ("v2", "v3") + kernels.TC_VARIANTS
 
 
 def test_cuda_dispatch_makes_the_arrays_device_current(monkeypatch):

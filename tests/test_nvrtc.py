@@ -41,6 +41,8 @@ ENTRIES = {
                   "conv2d_forward_tc128w", "conv2d_backward_data_tc128w", "conv2d_backward_weight_tc128w",
                   "conv2d_forward_tcwg", "conv2d_backward_data_tcwg", "conv2d_backward_weight_tcwg",
                   "conv2d_forward_tcwg256", "conv2d_backward_data_tcwg256", "conv2d_backward_weight_tcwg256",
+                  "conv2d_forward_tcwgn64", "conv2d_backward_data_tcwgn64", "conv2d_backward_weight_tcwgn64",
+                  "conv2d_forward_tcwgm64", "conv2d_backward_data_tcwgm64", "conv2d_backward_weight_tcwgm64",
                   "conv2d_tc_weight_reduce"],
     "pool2d": [f"{k}{v}" for k in ("max_pool2d_forward", "max_pool2d_backward", "max_pool2d_backward_disjoint",
                                    "avg_pool2d_forward", "avg_pool2d_backward", "avg_pool2d_backward_disjoint")
@@ -155,7 +157,7 @@ def test_the_warpgroup_convolutions_run_on_wgmma_in_the_sm_90a_build(build):
     ptx = kernels.nvrtc_check("conv2d_tc", "compute_90a", dtype, tf32)
     assert set(re.findall(r"\.entry\s+(\w+)", ptx)) == set(ENTRIES["conv2d_tc"])
     if build in WGMMA:
-        assert all(WGMMA[build].format(n=n) in ptx for n in (128, 256))
+        assert all(WGMMA[build].format(n=n) in ptx for n in (64, 128, 256))
         assert "fence.proxy.async.shared::cta" in ptx and "wgmma.wait_group.sync.aligned 1" in ptx
         if build != "tf32":  # K-major forward and data gradient, M- and N-major weight gradient
             assert re.search(r"p, 1, 1, 0, 0;", ptx) and re.search(r"p, 1, 1, 1, 1;", ptx)
@@ -165,9 +167,10 @@ def test_the_warpgroup_convolutions_run_on_wgmma_in_the_sm_90a_build(build):
                                       tf32=tf32)
         assert image[:4] == b"\x7fELF"
         # the dynamic stages rounded up to a 1024-byte boundary at run time (CUDA promises the
-        # extern array 16 bytes): a compiler told more would fold the rounding away
+        # extern array 16 bytes): a compiler told more would fold the rounding away (tcwgm64's
+        # stages fit in static arrays, laid out at their __align__ by the compiler)
         for name in ENTRIES["conv2d_tc"]:
-            if "_tcwg" in name:
+            if "_tcwg" in name and not name.endswith("_tcwgm64"):
                 body = ptx.split(f".entry {name}(")[1].split(".entry ")[0]
                 assert re.search(r"and\.b32\s+%r\d+, %r\d+, 1023;", body), name
     else:
@@ -306,6 +309,16 @@ def test_ptxas_resource_usage(tmp_path, build, capsys):
         for name in ["conv2d_forward_tcwg256", "conv2d_backward_data_tcwg256", "conv2d_backward_weight_tcwg256"]:
             r = reports["conv2d_tc"][name]
             assert r["spill"] == 0 and r["smem"] <= 32 and r["registers"] <= 255, (build, name, r)
+        # 256x64 tiles of 2 warpgroups of two 64x64 blocks: 64 accumulators per thread, at most 128
+        # registers for two blocks per SM, as tcwg; 80 KiB of dynamic stages
+        for name in ["conv2d_forward_tcwgn64", "conv2d_backward_data_tcwgn64", "conv2d_backward_weight_tcwgn64"]:
+            r = reports["conv2d_tc"][name]
+            assert r["spill"] == 0 and r["smem"] <= 32 and r["registers"] <= 128, (build, name, r)
+        # 64x128 tiles of one warpgroup: 64 accumulators per thread, 48 KiB of static stages; at
+        # most 128 registers for four blocks (16 warps) per SM
+        for name in ["conv2d_forward_tcwgm64", "conv2d_backward_data_tcwgm64", "conv2d_backward_weight_tcwgm64"]:
+            r = reports["conv2d_tc"][name]
+            assert r["spill"] == 0 and r["smem"] == 49152 and r["registers"] <= 128, (build, name, r)
 
 
 # ----------------------------------------------------------------------------- the GPU path, faked

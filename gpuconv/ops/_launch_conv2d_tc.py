@@ -25,11 +25,10 @@ from ._checks import output_hw
 # variant -> its TcShape typedef in kernels/tc_tile.cuh (the tile its launches are sized by), which
 # conv2d_tc.cu instantiates per suffix (tests check the pairing).
 _TILES = {"tc": "TcTile64", "tc128": "TcTile128", "tc128w": "TcTile128w", "tcwg": "TcTileWg",
-          "tcwg256": "TcTileWg256"}
-# tcwg and tcwg256 multiply with Hopper's wgmma (bf16, fp16 and TF32) on sm_90a and the simulator.
-# Elsewhere (another GPU) tc128 runs instead.
-_WG = ("tcwg", "tcwg256")
-_WG_FALLBACK = "tc128"
+          "tcwg256": "TcTileWg256", "tcwgn64": "TcTileWgN64", "tcwgm64": "TcTileWgM64"}
+# The tiles multiplying with Hopper's wgmma (bf16, fp16 and TF32) on sm_90a and the simulator,
+# and the mma.sync tile of their width that runs instead elsewhere (another GPU).
+_WG_FALLBACK = {"tcwg": "tc128", "tcwg256": "tc128", "tcwgn64": "tc", "tcwgm64": "tc"}
 SHAPES = {v: (kernels.tile_shapes()[t].bm, kernels.tile_shapes()[t].bn, kernels.tile_shapes()[t].threads)
           for v, t in _TILES.items()}  # variant -> (BM, BN, threads)
 # variant -> bytes of dynamic shared memory its launches pass (0: its stages are static): the
@@ -118,10 +117,10 @@ def _back(y_nhwc, like):
 
 
 def engine(variant, dtype, tf32, target, device):
-    """``variant`` as it runs for ``dtype`` on ``target``: tcwg or tcwg256 where wgmma does not (a GPU
-    other than Hopper) runs tc128."""
-    if variant in _WG and not kernels.wgmma_available(target, device):
-        return _WG_FALLBACK
+    """``variant`` as it runs for ``dtype`` on ``target``: where wgmma does not (a GPU other than
+    Hopper), tcwg and tcwg256 run as tc128, tcwgn64 and tcwgm64 as tc."""
+    if variant in _WG_FALLBACK and not kernels.wgmma_available(target, device):
+        return _WG_FALLBACK[variant]
     return variant
 
 
@@ -141,7 +140,8 @@ def _i32(*values):
 def forward(x, w, b, stride, padding, tf32, relu, *, target, variant="tc"):
     """y = conv2d(x, w) + b (ReLU when ``relu``) on tensor cores, or None (see the module doc);
     ``variant`` 'tc' (64x64 tiles), 'tc128' (128x128, 8 warps), 'tc128w' (128x128, 4 warps), 'tcwg'
-    (128x128, 2 warpgroups on wgmma) or 'tcwg256' (128x256, the same)."""
+    (128x128, 2 warpgroups on wgmma), 'tcwg256' (128x256, the same), 'tcwgn64' (256x64, the same) or
+    'tcwgm64' (64x128, one warpgroup)."""
     n, c, h, wd = x.shape
     k, _, fh, fw = w.shape
     oh, ow = output_hw(x.shape, (fh, fw), stride, padding)
