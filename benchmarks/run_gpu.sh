@@ -47,7 +47,7 @@
 #
 # Environment: PYTHON (default python3, the image's interpreter with cupy and torch),
 # GPU_RUN_BUDGET_S, GPUCONV_BENCH_RESULTS (default benchmarks/results), STAGES; GPUCONV_WGMMA=0
-# reruns everything without the wgmma tiles (tcwg, tcwg256) where they failed.
+# reruns everything without the wgmma tiles (tcwg, tcwg256, tcwgn64, tcwgm64) where they failed.
 set -u
 cd "$(dirname "$0")/.."
 export PYTHONPATH="${PYTHONPATH:-.}" PYTHONUNBUFFERED=1 GPUCONV_REQUIRE_GPU=1

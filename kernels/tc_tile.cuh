@@ -492,16 +492,21 @@ struct TcMultiply<S, Op, FragA, FragB, true> {
     // offset without carrying out, shared memory staying below the 256 KiB it can name; the upper
     // word (SBO, swizzle) is a constant. About 30 instructions a k-tile fewer than building each
     // from its stage's address. The simulator checks each against the descriptor built afresh.
+    // Built opaque (wgmma_opaque): left to itself, ptxas rebuilt both from the stages' addresses in
+    // every k-tile (about 15 instructions) rather than keep them in two registers.
     const unsigned char *As, *Bs;
     unsigned long long da0, db0;
     __device__ TcMultiply(const unsigned char* As_, const unsigned char* Bs_)
-        : As(As_), Bs(Bs_), da0(FragA::wg_desc(As_, 0)), db0(FragB::wg_desc(Bs_, 0)) {}
+        : As(As_), Bs(Bs_), da0(wgmma_opaque(FragA::wg_desc(As_, 0))), db0(wgmma_opaque(FragB::wg_desc(Bs_, 0))) {}
     // Block i (BLOCK bytes on each: A's blocks; B has one) of stage s at k16 step ks.
     template <class Frag, int STAGE, int BLOCK = 0>
     __device__ static unsigned long long desc(unsigned long long d0, const unsigned char* stage0, int s, int ks,
                                               int i = 0) {
+        static_assert(STAGE % 16 == 0 && Frag::WG_KS_BYTES % 16 == 0 && BLOCK % 16 == 0, "16-byte units");
         const int block = i * BLOCK;
-        const unsigned lo = (unsigned)d0 + (unsigned)((s * STAGE + ks * Frag::WG_KS_BYTES + block) >> 4);
+        // in 16-byte units term by term: the stage's part is one multiply per k-tile, the rest
+        // immediates
+        const unsigned lo = (unsigned)d0 + (unsigned)s * (STAGE >> 4) + (unsigned)((ks * Frag::WG_KS_BYTES + block) >> 4);
         const unsigned long long d = (d0 >> 32 << 32) | lo;
 #ifndef __CUDA_ARCH__
         if (d != Frag::wg_desc(stage0 + s * STAGE + block, ks)) __trap();

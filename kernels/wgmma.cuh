@@ -263,6 +263,15 @@ __device__ inline void wgmma_fence_operands(float (&d)[N]) {
 #endif
 }
 
+// `v` as a value the compiler cannot see through (an empty asm that may change it): it stays in
+// a register from here on instead of being recomputed from what it was made of. No instruction.
+__device__ inline unsigned long long wgmma_opaque(unsigned long long v) {
+#ifdef __CUDA_ARCH__
+    asm volatile("" : "+l"(v));
+#endif
+    return v;
+}
+
 // fence.proxy.async.shared::cta: this thread's generic-proxy writes to shared memory (stores,
 // completed cp.async) become visible to the async proxy (wgmma's operand reads). The simulator
 // has one proxy: nothing to do.
