@@ -62,14 +62,14 @@
 // TcTile128 (warp tiles of 64x32: 64 accumulators per thread): 122-128 registers in every build,
 // 49152 B of static shared memory; 2 blocks of 8 warps per SM (registers and shared memory both
 // allow 2; 4 would need at most 64 registers). TcTile128w (64x64 warp tiles, 128 accumulators per
-// thread): 226-238 registers, 49152 B; 2 blocks of 4 warps per SM. TcTileWg (sm_90a): 112-126
+// thread): 226-238 registers, 49152 B; 2 blocks of 4 warps per SM. TcTileWg (sm_90a): 112-128
 // registers, 65536 B of dynamic stages (and 1 KiB to align them), 2 blocks of 8 warps per SM;
-// its bf16 loops issue 119-132 instructions a k-tile per warp around 2 HGMMAs (tc128: 150-166
-// around 32 HMMAs and 12 ldmatrix, the same multiply-adds). TcTileWg256: 176-207 registers,
-// 98304 B, one block per SM; 134-204 instructions a k-tile for twice the work. TcTileWgN64:
-// 120-127 registers, 81920 B of dynamic stages, 2 blocks per SM; 150-157 instructions a k-tile
-// around 4 HGMMAs of 64 columns (tcwg's multiply-adds). TcTileWgM64: 119-128 registers, 49152 B
-// static, 4 blocks of 4 warps per SM; 138-200 instructions a k-tile per warp around 2 HGMMAs (a
+// its bf16 loops issue 112-124 instructions a k-tile per warp around 2 HGMMAs (tc128: 150-166
+// around 32 HMMAs and 12 ldmatrix, the same multiply-adds). TcTileWg256: 176-209 registers,
+// 98304 B, one block per SM; 126-196 instructions a k-tile for twice the work. TcTileWgN64:
+// 120-128 registers, 81920 B of dynamic stages, 2 blocks per SM; 125-139 instructions a k-tile
+// around 4 HGMMAs of 64 columns (tcwg's multiply-adds). TcTileWgM64: 116-128 registers, 49152 B
+// static, 4 blocks of 4 warps per SM; 122-185 instructions a k-tile per warp around 2 HGMMAs (a
 // quarter of tcwg's CTA work in half its warps). The pipelined waits keep ptxas from
 // serializing the HGMMAs (tests/test_nvrtc.py fails on its C7514 warning). The loaders keep their
 // rows' addresses and coordinates, their pieces' swizzled stage offsets and the dense operands'
