@@ -108,8 +108,7 @@ def _data_gradient_filters(xp, w, dt):
     if w.ndim != 4:
         return None
     k, c, fh, fw = w.shape
-    step = tc.PIECE // dt.itemsize
-    return xp.empty((c, fh, fw, -(-k // step) * step), dt)
+    return xp.empty((c, fh, fw, tc.padded_channels(k, dt)), dt)
 
 
 def _launch_cast(batch):

@@ -53,13 +53,20 @@ def _fits(itemsize, rows, cols, reduction, image) -> bool:
     return kernels.int_indexable(rows, cols * itemsize, reduction * itemsize, image, spare=256)  # a tile's overhang
 
 
-def _nhwc_padded(x, multiple):
+def padded_channels(channels, dtype) -> int:
+    """``channels`` rounded up to whole 16-byte pieces of ``dtype`` elements: the kernels' channel
+    stride in every NHWC operand and packed filter (8 bf16/fp16 or 4 float elements)."""
+    step = PIECE // np.dtype(dtype).itemsize
+    return -(-channels // step) * step
+
+
+def _nhwc_padded(x):
     """``x`` (logically NCHW) as a C-contiguous NHWC array whose channel count is padded with
-    zeros to a multiple of ``multiple``, starting on a 16-byte boundary; a view when ``x`` is
+    zeros to :func:`padded_channels`, starting on a 16-byte boundary; a view when ``x`` is
     channels_last with aligned channels already."""
     xp = get_array_module(x)
     n, c, h, w = x.shape
-    cp = -(-c // multiple) * multiple
+    cp = padded_channels(c, x.dtype)
     a = layout.nhwc(x)
     if cp == c and kernels.address(a) % PIECE == 0:
         return a
@@ -148,7 +155,7 @@ def forward(x, w, b, stride, padding, tf32, relu, *, target, variant="tc"):
     if not supports(x.dtype, tf32) or not _fits(x.itemsize, n * oh * ow, k, fh * fw * (c + 8), h * wd * (c + 8)):
         return None
     xp = get_array_module(x, w, b)
-    xh = _nhwc_padded(x, PIECE // x.itemsize)
+    xh = _nhwc_padded(x)
     cp = xh.shape[3]
     wk = _repacked(w, (0, 2, 3, 1), c, cp)
     y = xp.empty((n, oh, ow, k), dtype=x.dtype)
@@ -167,7 +174,7 @@ def backward_data(dy, w, x_shape, stride, padding, tf32, like, *, target, varian
     if not supports(dy.dtype, tf32) or not _fits(dy.itemsize, n * h * wd, c, fh * fw * (k + 8), oh * ow * (k + 8)):
         return None
     xp = get_array_module(dy, w)
-    dyh = _nhwc_padded(dy, PIECE // dy.itemsize)
+    dyh = _nhwc_padded(dy)
     kp = dyh.shape[3]
     wt = _packed(w, (c, fh, fw, kp), dy.dtype)  # cast so by mixed precision, else repacked here
     if wt is None:
@@ -193,7 +200,7 @@ def backward_weight(dy, x, w_shape, stride, padding, tf32, *, target, variant="t
     dyh = layout.nhwc(dy)
     if kernels.address(dyh) % PIECE:
         dyh = dyh.copy()
-    xh = _nhwc_padded(x, PIECE // x.itemsize)
+    xh = _nhwc_padded(x)
     cp = xh.shape[3]
     rows, cols, l_total = k, fh * fw * cp, n * oh * ow
     widen = dw_dtype is not None and np.dtype(dw_dtype) == np.float32 and dy.dtype != np.float32
