@@ -55,19 +55,11 @@ CIFAR_LAYERS = [(3, 64, 32), (64, 128, 32), (128, 256, 16), (256, 512, 8)]
 TINY_LAYERS = [(3, 4, 8), (4, 9, 6), (8, 16, 4), (16, 33, 2)]  # the simulator's stand-ins
 
 
-def fast_net_layers(width=64):
-    """The distinct 3x3 convolutions of ``fast_net(width)`` (a superset of CIFAR_LAYERS at width 64:
-    it adds 128->128 @16 and 512->512 @4), the layers whose speed decides the training step."""
-    import bench_ops  # here, not at the top: bench_ops imports this module
-    return bench_ops.fast_net_shapes(width)[2]
-
-
-def airbench94_layers():
-    """The distinct 3x3 convolutions of the airbench94 network (its 2x2 whitening conv aside), in
-    forward order: the layers of the recipe's training step."""
-    from gpuconv import layers as L, models
+def network_layers(net):
+    """The distinct 3x3 convolutions (stride 1, padding 1) of ``net`` on CIFAR images, in forward
+    order, as (C_in, C_out, H): the layers whose speed decides its training step."""
+    from gpuconv import layers as L
     from gpuconv.summary import summarize
-    net = models.airbench94()
     convs = dict(net.named_modules())
     out, c, h = [], 3, 32
     for row in summarize(net, (3, 32, 32)):
@@ -78,6 +70,19 @@ def airbench94_layers():
         if len(row["shape"]) == 3:  # (C, H, W); the head's rows are flat
             c, h = row["shape"][0], row["shape"][1]
     return out
+
+
+def fast_net_layers(width=64):
+    """fast_net(width)'s convolutions (a superset of CIFAR_LAYERS at width 64: it adds 128->128 @16
+    and 512->512 @4)."""
+    from gpuconv import models
+    return network_layers(models.fast_net(width=width))
+
+
+def airbench94_layers():
+    """The airbench94 network's 3x3 convolutions (its 2x2 whitening conv aside)."""
+    from gpuconv import models
+    return network_layers(models.airbench94())
 
 
 DIRECTIONS = {"forward": "conv2d_forward", "backward_data": "conv2d_backward_data",

@@ -61,8 +61,8 @@ BN_CASES = ((np.float32, False), (ml_dtypes.bfloat16, True))
 # ----------------------------------------------------------------------------- shapes
 def fast_net_shapes(width):
     """Distinct per-image shapes of fast_net's ops: relu [(C, H, W)], pool [((C, H, W), k)],
-    conv [(C_in, C_out, H)] (all convs are 3x3, stride 1, padding 1)."""
-    relu, pool, conv = [], [], []
+    conv [(C_in, C_out, H)] (bench_conv2d.fast_net_layers: all are 3x3, stride 1, padding 1)."""
+    relu, pool = [], []
 
     def walk(layer, shape):
         if isinstance(layer, L.Sequential):
@@ -76,7 +76,6 @@ def fast_net_shapes(width):
         if isinstance(layer, L.Conv2d):
             if (layer.kernel_size, layer.stride, layer.padding) != ((3, 3), (1, 1), (1, 1)):
                 raise ValueError(f"fast_net has a conv other than 3x3/1/1: {layer}")
-            conv.append((c, layer.out_channels, h))
             return (layer.out_channels, h, w)
         if isinstance(layer, L.MaxPool2d):
             ks = layer.kernel_size if isinstance(layer.kernel_size, tuple) else (layer.kernel_size,) * 2
@@ -91,7 +90,7 @@ def fast_net_shapes(width):
 
     walk(models.fast_net(width=width), (3, 32, 32))
     uniq = lambda xs: list(dict.fromkeys(xs))  # noqa: E731  (order kept)
-    return uniq(relu), uniq(pool), uniq(conv)
+    return uniq(relu), uniq(pool), bench_conv2d.fast_net_layers(width)
 
 
 def relu_bytes(shape, direction):
