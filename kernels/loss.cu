@@ -41,14 +41,6 @@ __device__ inline double loss_exp(double v) { return exp(v); }
 __device__ inline float loss_log(float v) { return logf(v); }
 __device__ inline double loss_log(double v) { return log(v); }
 
-// The larger of a and b, NaN when either is NaN (as NumPy's max).
-__device__ inline acc_t nan_max(acc_t a, acc_t b) { return (b > a || b != b) ? b : a; }
-
-__device__ inline acc_t warp_max(acc_t v) {
-    for (int o = 16; o > 0; o >>= 1) v = nan_max(v, __shfl_xor_sync(LOSS_FULL_MASK, v, o));
-    return v;
-}
-
 __device__ inline acc_t warp_sum(acc_t v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(LOSS_FULL_MASK, v, o);
     return v;
@@ -63,8 +55,10 @@ __device__ inline bool argmax_before(acc_t v, int j, acc_t u, int i) {
     return v > u || (v == u && j < i);
 }
 
-// The row's argmax (C when the lane saw no class: C < 32 leaves lanes idle).
-__device__ inline int warp_argmax(acc_t v, int j, int C) {
+// The row's argmax j (C when no lane saw a class) and, in v, its value: the row's maximum as NumPy's
+// max gives it (NaN when any logit is: NaN ranks first), one tree for both. A lane that saw no
+// class (C < 32 leaves lanes idle) holds index C and loses every comparison.
+__device__ inline int warp_argmax(acc_t& v, int j, int C) {
     for (int o = 16; o > 0; o >>= 1) {
         const acc_t vo = __shfl_xor_sync(LOSS_FULL_MASK, v, o);
         const int jo = __shfl_xor_sync(LOSS_FULL_MASK, j, o);
@@ -84,18 +78,16 @@ softmax_cross_entropy(const storage_t* logits, const long long* labels, acc_t* r
     const acc_t nan = (acc_t)0 / (acc_t)0;
     for (int row = blockIdx.x * LOSS_WARPS + (threadIdx.x >> 5); row < N; row += gridDim.x * LOSS_WARPS) {
         const storage_t* z = logits + (index_t)row * C;
-        acc_t m = -(acc_t)1 / (acc_t)0, best = m;
+        acc_t m = -(acc_t)1 / (acc_t)0;  // the lane's maximum, then the row's
         int arg = C;
         for (int j = lane; j < C; j += 32) {
             const acc_t v = to_acc(z[j]);
-            m = nan_max(m, v);
-            if (arg == C || argmax_before(v, j, best, arg)) {
-                best = v;
+            if (arg == C || argmax_before(v, j, m, arg)) {
+                m = v;
                 arg = j;
             }
         }
-        m = warp_max(m);
-        if (hits) arg = warp_argmax(best, arg, C);
+        arg = warp_argmax(m, arg, C);
         acc_t s = 0;
         for (int j = lane; j < C; j += 32) s += loss_exp(to_acc(z[j]) - m);
         s = warp_sum(s);
