@@ -487,34 +487,6 @@ struct TransposedPatchRows {
 };
 
 // ------------------------------------------------------------------------------------------
-// Epilogues (tc_gemm_epilogue passes row, column and the float32 sum).
-
-// y or dx, NHWC: [rows][cols] with cols contiguous; the forward adds the bias and applies ReLU.
-struct RowMajorStore {
-    storage_t* out;
-    const storage_t* bias;  // null: none
-    int rows, cols, relu;
-    __device__ storage_t value(int col, float v) const {
-        if (bias) v += to_acc(bias[col]);
-        return from_acc(relu ? relu_value(v) : v);
-    }
-    __device__ void operator()(int row, int col, float v0, float v1) const {
-        if (row >= rows || col >= cols) return;
-        const bool both = col + 1 < cols;
-        store_pair(out, (index_t)row * cols + col, both, value(col, v0), both ? value(col + 1, v1) : storage_t());
-    }
-};
-
-// A split's float32 partial sums of dW, [K][R].
-struct PartialStore {
-    float* ws;
-    int rows, cols;
-    __device__ void operator()(int row, int col, float v0, float v1) const {
-        if (row < rows && col < cols) store_pair(ws, (index_t)row * cols + col, col + 1 < cols, v0, v1);
-    }
-};
-
-// ------------------------------------------------------------------------------------------
 // The kernels' bodies, per tile shape.
 template <class S>
 __device__ void conv2d_forward_tc_body(const storage_t* x, const storage_t* w, const storage_t* b, storage_t* y, int N,
@@ -530,7 +502,7 @@ __device__ void conv2d_forward_tc_body(const storage_t* x, const storage_t* w, c
     float acc[S::MI][S::NI][4] = {};
     const int ktiles = (rbytes + TC_KBYTES - 1) / TC_KBYTES;
     tc_gemm_mainloop<S, TensorCoreOp<storage_t>, FragA<S>, FragB_nt<S>>(la, lb, ktiles, 16, 16, As, Bs, acc);
-    tc_gemm_epilogue<S>(RowMajorStore{y, has_bias ? b : nullptr, M, K, relu}, m0, n0, acc);
+    tc_gemm_epilogue<S>(RowMajorStore<storage_t>{y, has_bias ? b : nullptr, M, K, relu}, m0, n0, acc);  // y, NHWC
 }
 
 template <class S>
@@ -552,7 +524,7 @@ __device__ void conv2d_backward_data_tc_body(const storage_t* dy, const storage_
         GradRows<S, false> la(dy, m0, M, H, W, Kp, FH, FW, OH, OW, sh, sw, ph, pw);
         tc_gemm_mainloop<S, TensorCoreOp<storage_t>, FragA<S>, FragB_nt<S>>(la, lb, ktiles, 16, 16, As, Bs, acc);
     }
-    tc_gemm_epilogue<S>(RowMajorStore{dx, nullptr, M, C, 0}, m0, n0, acc);
+    tc_gemm_epilogue<S>(RowMajorStore<storage_t>{dx, nullptr, M, C, 0}, m0, n0, acc);  // dx, NHWC
 }
 
 template <class S>
@@ -585,7 +557,8 @@ __device__ void conv2d_backward_weight_tc_body(const storage_t* dy, const storag
         tc_gemm_mainloop<S, TensorCoreOp<storage_t>, FragA_km<S>, FragB_nn<S>>(la, lb, ktiles, imin(vec_dy, 8), 16, As,
                                                                                 Bs, acc);
 #endif
-    tc_gemm_epilogue<S>(PartialStore{ws + (index_t)blockIdx.z * K * R, K, R}, m0, n0, acc);
+    // the split's float32 partial sums of dW, [K][R]
+    tc_gemm_epilogue<S>(RowMajorStore<float>{ws + (index_t)blockIdx.z * K * R, nullptr, K, R, 0}, m0, n0, acc);
 }
 
 // ------------------------------------------------------------------------------------------

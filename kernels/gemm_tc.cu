@@ -26,24 +26,6 @@
 // the fragment readers, the 3-stage cp.async pipeline) is kernels/tc_tile.cuh, shared with the
 // implicit-GEMM convolutions of kernels/conv2d_tc.cu.
 
-// The epilogue's stores, guarded against M and N, with the bias (when not null) added in float32.
-struct GemmStore {
-    const storage_t* bias;
-    storage_t* C;
-    float* C32;
-    int M, N;
-    __device__ void operator()(int row, int col, float v0, float v1) const {
-        if (row >= M || col >= N) return;
-        if (bias) {
-            v0 += to_acc(bias[col]);
-            if (col + 1 < N) v1 += to_acc(bias[col + 1]);
-        }
-        const index_t at = (index_t)row * N + col;
-        if (C) store_pair(C, at, col + 1 < N, from_acc(v0), from_acc(v1));
-        else store_pair(C32, at, col + 1 < N, v0, v1);
-    }
-};
-
 // The kernel body on the 64x64 tile: LoaderB and FragB fix B's layout.
 typedef TcTile64 GemmTile;
 
@@ -69,7 +51,10 @@ __device__ void gemm_tc_body(const storage_t* A, const storage_t* B, const stora
         tc_gemm_mainloop<S, TensorCoreOp<storage_t>, FragA<S>, FragB>(la, lb, ktiles, 16, 16, As, Bs, acc);
     else
         tc_gemm_mainloop<S, TensorCoreOp<storage_t>, FragA<S>, FragB>(la, lb, ktiles, vec_a, vec_b, As, Bs, acc);
-    tc_gemm_epilogue<S>(GemmStore{bias, C, C32, M, N}, m0, n0, acc);
+    if (C)
+        tc_gemm_epilogue<S>(RowMajorStore<storage_t>{C, bias, M, N, 0}, m0, n0, acc);
+    else
+        tc_gemm_epilogue<S>(RowMajorStore<float>{C32, bias, M, N, 0}, m0, n0, acc);
 }
 
 // Every build exports both entry points (the registry's one table of names per file); where a

@@ -606,3 +606,22 @@ __device__ inline void store_pair(T* out, index_t at, bool both, T v0, T v1) {
         if (both) out[at + 1] = v1;
     }
 }
+
+// The epilogue of a row-major [rows][cols] output of T (storage_t: each value rounded once; float:
+// the sums as they are, split-K partials): the bias (when not null, one per column) added in
+// float32, then ReLU (when relu); elements outside rows x cols not written.
+template <class T>
+struct RowMajorStore {
+    T* out;
+    const storage_t* bias;
+    int rows, cols, relu;
+    __device__ T value(int col, float v) const {
+        if (bias) v += to_acc(bias[col]);
+        return storage_from(relu ? relu_value(v) : v, (T*)0);
+    }
+    __device__ void operator()(int row, int col, float v0, float v1) const {
+        if (row >= rows || col >= cols) return;
+        const bool both = col + 1 < cols;
+        store_pair(out, (index_t)row * cols + col, both, value(col, v0), both ? value(col + 1, v1) : T());
+    }
+};
