@@ -11,8 +11,8 @@
 //   warps of 32x32, 32 float accumulators per thread), TcTile128 (128x128, 8 warps of 64x32, 64
 //   per thread), TcTile128w (128x128, 4 warps of 64x64, 128 per thread), TcTileWg (128x128, 2
 //   warpgroups of 64x128 on wgmma, 64 per thread), TcTileWg256 (128x256, 2 warpgroups of
-//   64x256, 128 per thread), TcTileWgN64 (256x64, 2 warpgroups of 2 x 64x64, 64 per thread) and
-//   TcTileWgM64 (64x128, 1 warpgroup, 64 per thread) are the shapes in use; every loader, fragment reader and the pipeline
+//   64x256, 128 per thread), TcTileWgN64 (256x64, 2 warpgroups of 2 x 64x64, 64 per thread)
+//   and TcTileWgM64 (64x128, 1 warpgroup, 64 per thread) are the shapes in use; every loader, fragment reader and the pipeline
 //   take the shape.
 // - K is walked in k-tiles of TC_KBYTES = 64 bytes (32 bf16/fp16 or 16 TF32 elements): 2 mma
 //   steps of 32 bytes each.
@@ -421,9 +421,9 @@ struct FragB_nn {
 // The multiply of one staged k-tile, TcMultiply<S, Op, FragA, FragB>, on the engine of the shape:
 // - mma.sync (S::WG false): each warp reads its fragments with ldmatrix (FragA, FragB) and issues
 //   MI x NI mmas per 32 bytes of K. Synchronous: the stages are free once every warp is past it.
-// - wgmma (S::WG true; GPUCONV_WGMMA builds): each warpgroup multiplies its 64 x BN block straight
-//   from the stages, through the descriptors FragA/FragB::wg_desc give (the stage layouts are
-//   wgmma's 64- and 128-byte swizzles as they are), one m64nBNk16 per 32 bytes of K, and waits
+// - wgmma (S::WG true; GPUCONV_WGMMA builds): each warpgroup multiplies its MI blocks of 64 x BN
+//   straight from the stages, through the descriptors FragA/FragB::wg_desc give (the stage layouts
+//   are wgmma's 64- and 128-byte swizzles as they are), MI m64nBNk16 per 32 bytes of K, and waits
 //   for them before the next barrier lets the stage be refilled. Its publish() is the proxy fence
 //   that makes the stage's generic-proxy writes (cp.async) visible to wgmma, before the barrier.
 template <class S, class Op, class FragA, class FragB, bool WG = S::WG>
@@ -459,6 +459,7 @@ template <class S, class Op, class FragA, class FragB>
 struct TcMultiply<S, Op, FragA, FragB, true> {
     static_assert(S::WN == 1 && S::WM % 4 == 0 && (S::BN == 64 || S::BN == 128 || S::BN == 256) && S::MI <= 2,
                   "a warpgroup's 4 warps hold 16 rows each of its MI m64n64, m64n128 or m64n256 blocks");
+    static_assert(S::BM == 16 * S::MI * S::WM, "the warpgroups' blocks cover the tile's rows, each once");
     // Each round leaves its wgmmas running into the next (their accumulators are only touched
     // by the next round's wgmmas, which the hardware orders), so the stage they read stays busy
     // one round longer: the pipeline keeps a stage for it.

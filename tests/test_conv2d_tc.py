@@ -37,8 +37,10 @@ CASES = [((2, 16, 6, 6), (24, 3, 3), (1, 1), (1, 1)),     # the common 3x3 same-
          ((3, 12, 6, 7), (9, 2, 3), (2, 1), (0, 2)),      # rectangular filter, padding wider than it
          ((1, 40, 9, 9), (5, 3, 3), (1, 1), (1, 1)),      # M = 81 (two row tiles), C*9 = 360 (6 k-tiles)
          ((2, 5, 6, 6), (3, 2, 2), (3, 3), (1, 1)),       # stride larger than the filter: zero rows in dx
-         ((2, 16, 9, 9), (130, 3, 3), (1, 1), (1, 1))]    # M = 162, K = 130, C*9 = 144: 128-tile edges
-IDS = ["3x3", "c3s2", "1x1k70", "2x3s21p02", "c40m81", "s3p2", "m162k130"]
+         ((2, 16, 9, 9), (130, 3, 3), (1, 1), (1, 1)),    # M = 162, K = 130, C*9 = 144: 128-tile edges
+         ((2, 16, 12, 12), (200, 3, 3), (1, 1), (1, 1))]  # M = 288, K = 200: every 64-row block of a
+                                                           # 256-row tile (tcwgn64) in every direction
+IDS = ["3x3", "c3s2", "1x1k70", "2x3s21p02", "c40m81", "s3p2", "m162k130", "m288k200"]
 
 
 # every tensor-core variant; the wgmma tiles run as tc128 or tc where wgmma does not (a GPU before
