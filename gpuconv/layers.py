@@ -752,9 +752,13 @@ class Sequential(Layer):
 
     def backward(self, dy, need_dx=True):
         layers = list(self._layers.values())
-        for i in range(len(layers) - 1, -1, -1):
-            dy = call_backward(layers[i], dy, need_dx or i > 0)  # only the first may skip dx
-        return dy
+        # Without need_dx, nothing before the first layer that trains wants a gradient: that layer
+        # skips its input gradient and those before it are not run backward at all (as autograd
+        # leaves out what requires no grad), e.g. airbench94's whitening once its bias is frozen.
+        first = 0 if need_dx else next((i for i, layer in enumerate(layers) if _trains(layer)), len(layers))
+        for i in range(len(layers) - 1, first - 1, -1):
+            dy = call_backward(layers[i], dy, need_dx or i > first)
+        return dy if first == 0 else None
 
 
 class Residual(Layer):
@@ -787,6 +791,11 @@ class Residual(Layer):
         self._take_cache()
         dx_inner = call_backward(self.inner, dy, need_dx)
         return dy + dx_inner if need_dx else None
+
+
+def _trains(layer) -> bool:
+    """Whether any parameter of ``layer`` (or of the layers inside it) takes a gradient."""
+    return any(p.requires_grad for p in layer.parameters())
 
 
 def call_backward(layer, dy, need_dx):

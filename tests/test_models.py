@@ -170,3 +170,50 @@ def test_training_step_makes_no_host_readback():
             opt.step()
         assert B.transfers.device_to_host == 0 and B.transfers.host_to_device == 0
         assert B.get_array_module(loss) is np and loss.ndim == 0
+
+
+def test_a_frozen_input_stage_runs_no_backward_and_the_gradients_stay():
+    """Nothing before the first layer that trains wants a gradient: with airbench94's whitening
+    frozen (its bias too, as after the recipe's first epochs) the backward skips the first block
+    conv's data gradient and the whitening's GELU and conv backward, as autograd leaves out what
+    requires no grad; every trained parameter's gradient is the same as with the full backward."""
+    import gpuconv
+    from gpuconv import kernels
+    from gpuconv.layers import call_backward
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 32, 32)).astype(np.float32)
+    grads = {}
+    for frozen in (False, True):
+        net = models.airbench94(widths=(8, 8, 8))
+        net["whiten"].bias.requires_grad = not frozen
+        with gpuconv.default_device("sim"), kernels.launch_log() as log:
+            y = net(gpuconv.to_device(x, "sim"))
+            call_backward(net, np.ones(y.shape, np.float32), need_dx=False)
+        grads[frozen] = ({n: np.array(p.grad) for n, p in net.named_parameters() if p.grad is not None},
+                         sum(n.startswith("conv2d_backward_data") for n in log.names), log.names.count("gelu_backward"))
+    (full, dgrads_full, gelus_full), (skipped, dgrads_skipped, gelus_skipped) = grads[False], grads[True]
+    assert dgrads_skipped == dgrads_full - 1 and gelus_skipped == gelus_full - 1  # conv1's dx, the whitening's GELU
+    assert set(full) - set(skipped) == {"whiten.bias"}
+    for name, g in skipped.items():
+        np.testing.assert_array_equal(g, full[name], err_msg=name)
+
+
+def test_a_sequential_without_need_dx_starts_at_its_first_trained_layer():
+    from gpuconv.layers import Conv2d, ReLU, call_backward
+    calls = []
+
+    class Spy(ReLU):
+        def backward(self, dy, need_dx=True):
+            calls.append(need_dx)
+            return super().backward(dy, need_dx)
+
+    frozen = Conv2d(3, 4, 3, padding=1, seed=1)
+    for p in frozen.parameters():
+        p.requires_grad = False
+    net = Sequential(frozen, Spy(), Conv2d(4, 4, 3, padding=1, seed=2), Spy())
+    y = net(np.ones((1, 3, 6, 6), np.float32))
+    assert call_backward(net, np.ones_like(y), need_dx=False) is None
+    assert calls == [True]  # the last ReLU's; the first ReLU and the frozen conv never ran backward
+    calls.clear()
+    y = net(np.ones((1, 3, 6, 6), np.float32))
+    assert net.backward(np.ones_like(y)).shape == (1, 3, 6, 6) and calls == [True, True]  # need_dx: all of it
