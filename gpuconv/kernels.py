@@ -182,7 +182,11 @@ def resolve(family: str, dtype, tf32: bool, channels: int, target: str | None = 
 # autotuning on, the first launch of a convolution of a new geometry (family, dtype, shapes,
 # stride, padding, layout) on a GPU runs each candidate variant once untimed (it compiles and
 # warms), then AUTOTUNE_ROUNDS rounds of AUTOTUNE_REPS launches between two CUDA events (its
-# fastest round counts), and the fastest candidate runs from then on. The
+# fastest round counts), and the fastest candidate runs from then on. The untimed run's result is
+# checked against the first candidate's (tc or v2, the tiles longest validated on a GPU): one whose
+# largest difference exceeds AUTOTUNE_AGREE times the largest magnitude (a kernel giving wrong
+# results on some GPU or driver, where different summation orders differ by a rounding or two) is
+# left out with a warning, never chosen for being fast. The
 # candidates are the variants of the dtype's kind (tensor-core tiles for bfloat16/float16/TF32,
 # wgmma's only where they run; v2/v3 on CUDA cores, v1 too for a data gradient into few
 # channels); a variant chosen by use_variant/set_variant/GPUCONV_KERNEL_VARIANTS is never tuned
@@ -194,6 +198,8 @@ def resolve(family: str, dtype, tf32: bool, channels: int, target: str | None = 
 # Its own launches stay out of launch logs. Off unless asked for: set_autotune(True), ``with
 # autotuning():``, or GPUCONV_AUTOTUNE=1; the trainer turns it on for GPU runs.
 AUTOTUNE_REPS = 5     # launches per timed round
+AUTOTUNE_AGREE = 2.0 ** -7  # a candidate's largest difference from the first's, relative to its largest value
+AGREE_CHUNK = 1 << 24       # elements compared at once
 AUTOTUNE_ROUNDS = 2   # rounds per candidate: the fastest round counts (a stray stall in one is dropped)
 _TUNED_TARGETS = ("cuda",)  # the simulator's time says nothing about a GPU's (tests add 'sim')
 _autotune: contextvars.ContextVar = contextvars.ContextVar("gpuconv_autotune", default=None)
@@ -340,10 +346,19 @@ def tuned_variant(family: str, dtype, tf32: bool, channels: int, target: str, de
             return chosen
         candidates = tune_candidates(family, dtype, tf32, target, device, channels)
         token = _launch_logs.set(())  # the candidates' launches are not the op's
-        times, failed = {}, {}
+        times, failed, first = {}, {}, None
         try:
             for var in candidates:
                 try:
+                    out = run(var)  # untimed: compiles, loads, warms; its result is checked
+                    wrong = None if first is None else _disagreement(out, first[1])
+                    if wrong is not None:
+                        failed[var] = f"wrong: {wrong} from {first[0]}'s"
+                        warnings.warn(f"autotuning {key}: variant {var!r} differs from {first[0]!r} ({wrong}); "
+                                      "it is left out", RuntimeWarning, stacklevel=3)
+                        continue
+                    if first is None:
+                        first = (var, out)
                     times[var] = _measure(run, var, target)
                 except Exception as exc:  # noqa: BLE001  (any failure of one candidate: see _dropped)
                     if not _dropped(key, var, exc, target):
@@ -351,6 +366,7 @@ def tuned_variant(family: str, dtype, tf32: bool, channels: int, target: str, de
                     failed[var] = f"failed: {type(exc).__name__}: {exc}"
         finally:
             _launch_logs.reset(token)
+            first = None  # the reference output's memory back before the op runs
         if not times:
             raise RuntimeError(f"autotuning {key}: every candidate failed: {failed}")
         chosen = min(times, key=times.__getitem__)  # a tie: the first candidate
@@ -374,10 +390,33 @@ def _dropped(key, var, exc, target) -> bool:
     return True
 
 
+def _disagreement(out, ref) -> str | None:
+    """None when ``out`` matches ``ref`` (a candidate's result and the first candidate's) to within
+    AUTOTUNE_AGREE of ``ref``'s largest finite magnitude, NaN where ``ref`` has NaN; else a few
+    words saying by how much they differ. On the device, in float32 slices along the first axis
+    of at most AGREE_CHUNK elements (a batch's activations would take gigabytes at once); a
+    readback of two numbers a slice."""
+    xp = backend.get_array_module(out)
+    per = max(1, int(np.prod(out.shape[1:], dtype=np.int64))) if out.ndim else 1
+    step = max(1, AGREE_CHUNK // per)
+    worst = scale = 0.0
+    for i in range(0, out.shape[0] if out.ndim else 1, step):
+        a, b = ((v[i:i + step] if v.ndim else v).astype(np.float32) for v in (out, ref))
+        finite = xp.isfinite(b)
+        same = (a == b) | (xp.isnan(a) & xp.isnan(b))  # where ref is NaN or infinite: the same value
+        diff = xp.where(finite, xp.abs(xp.where(finite, a, 0) - xp.where(finite, b, 0)), xp.where(same, 0, xp.inf))
+        if diff.size:
+            worst = max(worst, float(xp.nan_to_num(diff, nan=np.inf).max()))
+            scale = max(scale, float(xp.abs(xp.where(finite, b, 0)).max()))
+    if worst <= AUTOTUNE_AGREE * scale:
+        return None
+    return f"largest difference {worst:.3g} against a largest magnitude {scale:.3g}"
+
+
 def _measure(run, var, target) -> float:
-    """Seconds per ``run(var)``: one untimed run, then AUTOTUNE_ROUNDS rounds of AUTOTUNE_REPS
-    between two events on the current stream, the fastest round (host time on the simulator)."""
-    run(var)
+    """Seconds per ``run(var)`` (already run once, untimed): AUTOTUNE_ROUNDS rounds of
+    AUTOTUNE_REPS between two events on the current stream, the fastest round (host time on the
+    simulator)."""
     best = float("inf")
     for _ in range(AUTOTUNE_ROUNDS):
         if target != "cuda":

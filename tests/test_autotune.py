@@ -324,3 +324,49 @@ def test_the_wgmma_tiles_can_be_switched_off_on_a_gpu(monkeypatch):
     assert kernels.tune_candidates("conv2d_forward", BF16, False, "cuda", 0) == ("tc", "tc128", "tc128w")
     assert tc.engine("tcwg256", BF16, False, "cuda", 0) == "tc128" and tc.engine("tcwgm64", BF16, False, "cuda", 0) == "tc"
     assert kernels.wgmma_available("sim") and tc.engine("tcwg", BF16, False, "sim", None) == "tcwg"
+
+
+def test_a_candidate_with_wrong_results_is_left_out_however_fast(fake_timer, monkeypatch):
+    """A tile that computes wrong sums on some GPU (never run there before, say) must not win on
+    speed: each candidate's untimed result is checked against the first candidate's, and one that
+    differs by more than a rounding is left out with a warning and its difference on record."""
+    from gpuconv.ops import _launch_conv2d_tc as tc
+    real = tc.forward
+
+    def off_by_a_bit(x, w, b, stride, padding, tf32, relu, *, target, variant="tc"):
+        y = real(x, w, b, stride, padding, tf32, relu, target=target, variant=variant)
+        if variant == "tcwg":
+            y[0, 0, 0, 0] += 1.0  # one output of a few hundred, wrong
+        return y
+
+    monkeypatch.setattr(tc, "forward", off_by_a_bit)
+    fake_timer.times["tcwg"] = 0.5  # the fastest by far
+    x, w = _conv_case()
+    with gpuconv.default_device("sim"), kernels.autotuning(), pytest.warns(RuntimeWarning, match="'tcwg' differs"):
+        ops.conv2d_forward(x, w, None, stride=1, padding=1)
+    (key, chosen), = kernels.tuned_variants().items()
+    assert chosen == "tc128w" and "tcwg" not in fake_timer.calls  # the next fastest; tcwg never timed
+    assert kernels.tuning_times()[key]["tcwg"].startswith("wrong: largest difference")
+
+
+def test_results_agree_up_to_a_rounding_and_nan_where_nan():
+    ref = np.array([[1.0, -2.0, np.nan], [np.inf, 0.5, 3.0]], np.float32)
+    assert kernels._disagreement(ref.copy(), ref) is None
+    near = ref.copy()
+    near[1, 2] += 3.0 * 2.0 ** -8  # a bfloat16 rounding of the largest value
+    assert kernels._disagreement(near, ref) is None
+    far = ref.copy()
+    far[0, 0] = 1.2
+    assert "largest difference 0.2" in kernels._disagreement(far, ref)
+    nan_lost = ref.copy()
+    nan_lost[0, 2] = 0.0
+    assert kernels._disagreement(nan_lost, ref) is not None
+
+
+def test_the_comparison_goes_slice_by_slice(monkeypatch):
+    monkeypatch.setattr(kernels, "AGREE_CHUNK", 8)  # 2 images of 4 elements a slice
+    ref = np.arange(5 * 4, dtype=np.float32).reshape(5, 2, 2)
+    assert kernels._disagreement(ref.copy(), ref) is None
+    late = ref.copy()
+    late[4, 1, 1] = -1.0  # in the last, partial slice
+    assert "largest difference 20" in kernels._disagreement(late, ref)
