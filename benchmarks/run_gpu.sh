@@ -8,7 +8,8 @@
 #
 # Stages, in order, each capped in time inside one overall budget (GPU_RUN_BUDGET_S, default 480 s);
 # a stage gets min(its cap, what is left), and is skipped (a failure) when under 15 s are left:
-#   smoke     versions; every kernel file compiles and loads; every kernel launched once against
+#   smoke     versions; every kernel build compiled at once (gpuconv precompile, in parallel); every
+#             kernel file loads; every kernel launched once against
 #             NumPy (benchmarks/sanitize_gpu.py), family by family. A failed check is reported and
 #             the battery goes on. On a machine without a usable GPU it ends here, in seconds.
 #   tests     pytest -m gpu in parallel (xdist), a per-test timeout, GPUCONV_REQUIRE_GPU=1: a GPU
@@ -149,6 +150,10 @@ if ! "$PY" -c "from gpuconv import backend; raise SystemExit(0 if backend.cuda_a
     log "stopping: nothing after the smoke stage can pass"
     exit 1
 fi
+# Every kernel build for this GPU at once, in parallel (NVRTC, one compile per core): the stages
+# below then load binaries instead of compiling module by module (some 10 s for each tensor-core
+# build of conv2d_tc; nothing when the carried caches have them).
+stage precompile 60 "$PY" -m gpuconv precompile || log "precompile failed; each module compiles at first use"
 if ! stage smoke 90 "$PY" benchmarks/sanitize_gpu.py; then
     # Every kernel family is checked on its own (one crash does not hide the rest), so a failed
     # check is a finding, not a dead GPU: the later stages still say what works.

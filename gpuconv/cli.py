@@ -21,6 +21,7 @@ import platform
 import runpy
 import shutil
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -119,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     p = argparse.ArgumentParser(prog="gpuconv", description="Convolutional networks on NumPy and CuPy.")
     p.add_argument("--version", action="version", version=f"gpuconv {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="{train,evaluate,predict,summary,info,bench}")
+    sub = p.add_subparsers(dest="command", metavar="{train,evaluate,predict,summary,info,precompile,bench}")
     sub.required = True
 
     t = sub.add_parser("train", help="train a model on CIFAR-10",
@@ -209,6 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="channel width of fast_net (default 64), or airbench94's first block (W, 4W, 4W; default 64)")
 
     sub.add_parser("info", help="versions, devices, CUDA and GPU telemetry")
+
+    pc = sub.add_parser("precompile", help="compile every kernel for this GPU now, in parallel (else each "
+                                           "compiles at its first use)")
+    pc.add_argument("--device", type=int, default=None, help="the GPU (default: the current one, 0)")
+    pc.add_argument("--arch", default=None, help="build for this NVRTC target instead (e.g. sm_90, sm_80): no GPU needed")
+    pc.add_argument("--jobs", type=_positive_int, default=None, help="compiles at once (default: one per CPU core)")
 
     b = sub.add_parser("bench", help="run a benchmark script of a source checkout (benchmarks/)")
     b.add_argument("name", nargs="?", default=None, help="bench_<name>.py (default: cpu, or conv2d on a GPU)")
@@ -646,6 +653,22 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_precompile(args) -> int:
+    from . import backend, kernels
+    if args.arch is None and not backend.cuda_available():
+        _say(f"gpuconv precompile: no GPU to compile for ({backend.cuda_status()}); name its target with --arch "
+             "(sm_90 for an H100/H200, sm_80 for an A100)")
+        return 1
+    start = time.perf_counter()
+    records = kernels.precompile(args.device, arch=args.arch, jobs=args.jobs)
+    for r in records:
+        print(f"{r['file']:12s} {r['build']:11s} {r['arch']:8s} "
+              + ("in the cache" if r["cached"] else f"compiled in {r['seconds']:.1f} s"))
+    built = sum(not r["cached"] for r in records)
+    print(f"{len(records)} builds, {built} compiled, in {time.perf_counter() - start:.1f} s; cache: {kernels.cuda_cache_dir()}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- bench
 def benchmarks_dir() -> Path | None:
     here = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -680,7 +703,7 @@ def cmd_bench(args) -> int:
 
 # ----------------------------------------------------------------------------- entry point
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "summary": cmd_summary,
-            "info": cmd_info, "bench": cmd_bench}
+            "info": cmd_info, "precompile": cmd_precompile, "bench": cmd_bench}
 
 
 def main(argv=None) -> int:

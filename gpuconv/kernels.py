@@ -101,6 +101,9 @@ COMMON = "common.cuh"
 # Files built for the arch-specific sm_90a on a Hopper GPU (compute capability 9.0), for its
 # wgmma (kernels/wgmma.cuh); every other file, and these on other GPUs, build for sm_XX.
 ARCH_SPECIFIC = ("conv2d_tc",)
+# Files launched in float32's TF32 build (tensor-core operands rounded to TF32) besides their
+# builds per dtype.
+TF32_FILES = ("conv2d", "conv2d_tc", "gemm_tc")
 # The only options any kernel is compiled with, on the GPU and in nvrtc_check alike. IEEE float
 # semantics on purpose: -ftz=false keeps subnormals (max/ReLU/pooling must match NumPy bit for
 # bit, 1e-45 included; CuPy's own RawModule compile would append -ftz=true), and division and
@@ -969,35 +972,46 @@ def _whole_binary(path: pathlib.Path) -> bool:
         return False
 
 
+def _cached_binary(src, op_file, dt, arch, where="", tf32=False):
+    """``(path, binary)``: the binary of ``src`` for ``arch`` in the disk cache (binary None: it was
+    there already), or compiled now (path None when the cache is unwritable)."""
+    from cupy_backends.cuda.libs import nvrtc
+    key = hashlib.sha256("\0".join(["gpuconv-cuda-2", src, *NVRTC_OPTIONS, arch, _nvrtc_version(nvrtc)])
+                         .encode()).hexdigest()
+    label = _label(dt, tf32).replace("+", "-")
+    path = cuda_cache_dir() / f"{op_file}-{label}-{arch}-{key[:24]}.{'cubin' if arch.startswith('sm_') else 'ptx'}"
+    if path.is_file() and _whole_binary(path):
+        return path, None
+    binary = nvrtc_compile(src, op_file, dt, arch, where, tf32)
+    return (path if _store(path, binary) else None), binary
+
+
 @contextlib.contextmanager
 def _binary_file(src, op_file, dt, arch, device, tf32=False):
     """The path of the binary of ``src`` for ``arch``, valid inside the block: from the disk cache,
     compiled into it on a miss, or (cache unwritable) compiled into a directory of its own that is
     removed once the block has loaded it."""
-    from cupy_backends.cuda.libs import nvrtc
-    key = hashlib.sha256("\0".join(["gpuconv-cuda-2", src, *NVRTC_OPTIONS, arch, _nvrtc_version(nvrtc)])
-                         .encode()).hexdigest()
-    root = cuda_cache_dir()
-    label = _label(dt, tf32).replace("+", "-")
-    path = root / f"{op_file}-{label}-{arch}-{key[:24]}.{'cubin' if arch.startswith('sm_') else 'ptx'}"
-    if path.is_file() and _whole_binary(path):
-        yield path
-        return
-    binary = nvrtc_compile(src, op_file, dt, arch, f", device {device}", tf32)
-    if _store(path, binary):
+    path, binary = _cached_binary(src, op_file, dt, arch, f", device {device}", tf32)
+    if path is not None:
         yield path
         return
     with tempfile.TemporaryDirectory(prefix="gpuconv-cuda-") as tmp:
-        path = pathlib.Path(tmp) / path.name
+        path = pathlib.Path(tmp) / f"{op_file}.{'cubin' if arch.startswith('sm_') else 'ptx'}"
         path.write_bytes(binary)
         yield path
 
 
-def _compile_cuda(src, op_file, dt, device, tf32=False):
+def _device_arch(op_file, device) -> str:
+    """What ``kernels/<op_file>.cu`` is built for on GPU ``device``: :func:`nvrtc_arch`, or sm_90a
+    for the :data:`ARCH_SPECIFIC` files on Hopper."""
     cp = backend.require_cupy()
     arch = nvrtc_arch(cp.cuda.Device(device).compute_capability, device)
-    if arch == "sm_90" and op_file in ARCH_SPECIFIC:
-        arch = "sm_90a"  # Hopper's wgmma exists only in the arch-specific target
+    return "sm_90a" if arch == "sm_90" and op_file in ARCH_SPECIFIC else arch
+
+
+def _compile_cuda(src, op_file, dt, device, tf32=False):
+    cp = backend.require_cupy()
+    arch = _device_arch(op_file, device)
     with _binary_file(src, op_file, dt, arch, device, tf32) as path, cp.cuda.Device(device):
         mod = cp.RawModule(path=str(path))
         try:
@@ -1007,6 +1021,39 @@ def _compile_cuda(src, op_file, dt, device, tf32=False):
                 f"kernels/{op_file}.cu ({_label(dt, tf32)}, {arch}) compiled, but device {device} cannot load {path} "
                 f"({type(exc).__name__}: {exc}): update the NVIDIA driver, or delete the file to rebuild it") from exc
     return mod
+
+
+def precompile(device: int | None = None, *, arch: str | None = None, files=KERNEL_FILES, jobs: int | None = None):
+    """Compile every build of ``files`` (each dtype's, and float32's TF32 build of
+    :data:`TF32_FILES`) for GPU ``device`` (default: the current one), or for ``arch`` ('sm_90':
+    no GPU needed), into the disk cache (:func:`cuda_cache_dir`), ``jobs`` at a time (default: one
+    per CPU core; NVRTC releases the GIL): no launch later waits for a compile, which otherwise
+    happens module by module at first use (some 10 s each for conv2d_tc's tensor-core builds).
+    Returns a record per build, ``{"file", "build", "arch", "seconds", "cached"}``, in ``files``'
+    order; raises the first compile error, after the other builds finish."""
+    import concurrent.futures
+    builds = [(f, dt, tf32) for f in files for dt in _DTYPES
+              for tf32 in ((False, True) if dt == precision.float32 and f in TF32_FILES else (False,))]
+    unknown = sorted(set(files) - set(KERNEL_FILES))
+    if unknown:
+        raise ValueError(f"precompile: no kernel files {unknown}; they are {', '.join(KERNEL_FILES)}")
+    if arch is None:
+        device = backend.require_cupy().cuda.Device(device).id
+        archs = {f: _device_arch(f, device) for f in files}
+    else:
+        archs = {f: "sm_90a" if arch == "sm_90" and f in ARCH_SPECIFIC else arch for f in files}
+
+    def one(build):
+        f, dt, tf32 = build
+        start = time.perf_counter()
+        _, binary = _cached_binary(build_source(f, dt, tf32), f, dt, archs[f], "", tf32)
+        return {"file": f, "build": _label(dt, tf32), "arch": archs[f], "seconds": time.perf_counter() - start,
+                "cached": binary is None}
+
+    with concurrent.futures.ThreadPoolExecutor(jobs or os.cpu_count() or 1) as pool:
+        futures = [pool.submit(one, b) for b in builds]
+        concurrent.futures.wait(futures)
+    return [fut.result() for fut in futures]
 
 
 # ----------------------------------------------------------------------------- the launch log

@@ -288,6 +288,21 @@ def test_info_reports_versions_cuda_and_telemetry(capsys):
     assert "'auto' means" in out
 
 
+def test_precompile_reports_each_build_and_needs_a_gpu_or_an_arch(capsys, monkeypatch):
+    from gpuconv import backend, kernels
+    asked = []
+    monkeypatch.setattr(kernels, "precompile", lambda device, arch=None, jobs=None: asked.append((device, arch, jobs)) or [
+        {"file": "relu", "build": "float", "arch": "sm_80", "seconds": 0.25, "cached": False},
+        {"file": "relu", "build": "double", "arch": "sm_80", "seconds": 0.0, "cached": True}])
+    rc, out, _ = run(["precompile", "--arch", "sm_80", "--jobs", "3"], capsys)
+    assert rc == 0 and asked == [(None, "sm_80", 3)]
+    assert "relu         float       sm_80    compiled in 0.2 s" in out and "in the cache" in out
+    assert "2 builds, 1 compiled" in out
+    if not backend.cuda_available():
+        rc, _, err = run(["precompile"], capsys)
+        assert rc == 1 and "name its target with --arch" in err and len(asked) == 1
+
+
 def test_python_dash_m_gpuconv_runs():
     proc = subprocess.run([sys.executable, "-m", "gpuconv", "info"], cwd=REPO, capture_output=True, text=True,
                           timeout=120)

@@ -395,6 +395,36 @@ def test_hopper_builds_the_wgmma_file_for_sm_90a_and_the_others_for_sm_90(fake_g
     assert [c[0] for c in fake_gpu.calls] == ["--gpu-architecture=sm_90", "--gpu-architecture=sm_90a"]
 
 
+@needs_nvrtc
+def test_precompile_fills_the_cache_the_launches_read(fake_gpu, monkeypatch):
+    """gpuconv precompile builds every dtype's binary (float32's TF32 build too where the file has
+    one) for the device, in parallel, into the disk cache; the modules then load without NVRTC."""
+    records = kernels.precompile(0, files=("relu", "gemm_tc"), jobs=2)
+    assert [(r["file"], r["build"]) for r in records] == [
+        ("relu", "float"), ("relu", "double"), ("relu", "bfloat16"), ("relu", "float16"), ("gemm_tc", "float"),
+        ("gemm_tc", "float+tf32"), ("gemm_tc", "double"), ("gemm_tc", "bfloat16"), ("gemm_tc", "float16")]
+    assert all(r["arch"] == "sm_90" and not r["cached"] for r in records) and len(fake_gpu.calls) == 9
+    assert len(list(fake_gpu.cache.iterdir())) == 9
+    assert all(r["cached"] for r in kernels.precompile(0, files=("relu",)))  # a second run finds them
+    monkeypatch.setattr(kernels, "nvrtc_compile", lambda *a, **k: pytest.fail("compiled again"))
+    for dt in (np.float32, np.float64, ml_dtypes.bfloat16, np.float16):
+        assert kernels.get_module("relu", dt, "cuda", device=0).loaded
+    assert kernels.get_module("gemm_tc", np.float32, "cuda", device=0, tf32=True).loaded
+
+
+def test_precompile_builds_for_the_arch_each_file_runs_in(fake_gpu, monkeypatch):
+    seen = []
+    monkeypatch.setattr(kernels, "_cached_binary", lambda src, f, dt, arch, where, tf32: seen.append((f, arch)) or
+                        (None, None))
+    kernels.precompile(0, files=("conv2d_tc", "relu"))  # a Hopper device (the fake's capability 9.0)
+    assert set(seen) == {("conv2d_tc", "sm_90a"), ("relu", "sm_90")}
+    seen.clear()
+    kernels.precompile(arch="sm_80", files=("conv2d_tc",))  # no GPU needed
+    assert set(seen) == {("conv2d_tc", "sm_80")} and len(seen) == 5  # four dtypes and TF32
+    with pytest.raises(ValueError, match="no kernel files \\['conv9'\\]"):
+        kernels.precompile(arch="sm_90", files=("conv9",))
+
+
 def test_a_launch_past_48_kib_of_dynamic_shared_memory_raises_the_kernels_limit_once(monkeypatch):
     """CUDA refuses more than 48 KiB of dynamic shared memory unless the kernel's attribute is
     raised first (cudaFuncAttributeMaxDynamicSharedMemorySize): the launch does it, once per kernel."""
