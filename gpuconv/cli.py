@@ -458,6 +458,8 @@ def _train(args) -> int:
     _say(f"training {s['model']} (recipe {s['recipe']}) on {device} ({len(train)} images, {s['epochs']} epochs, batch {s['batch_size']}, "
          f"lr {s['lr']}, {s['schedule']}, {s['precision']}); validation: {val_desc}; output: {args.out}")
 
+    if device.is_cuda:
+        precompile_for(device.index, s["precision"])
     with backend.default_device(device):
         model, config = build_model(s["model"], seed=s["seed"], width=s.get("width"))
         config["train_args"] = s
@@ -651,6 +653,21 @@ def info_lines() -> list[str]:
 def cmd_info(args) -> int:
     print("\n".join(info_lines()))
     return 0
+
+
+def precompile_for(device: int, precision_name: str):
+    """The kernel builds a run in ``precision_name`` launches, compiled for GPU ``device`` at once,
+    one per CPU core, before its first step: a machine's first run compiles them (some 10 s each
+    for the tensor-core convolutions, one after the other when left to their first use), later
+    runs find them in the disk cache."""
+    from . import amp, kernels
+    start = time.perf_counter()
+    records = kernels.precompile(device, dtypes=(amp.compute_dtype(precision_name), np.float32),
+                                 tf32=precision_name == "tf32")
+    built = sum(not r["cached"] for r in records)
+    if built:
+        _say(f"compiled {built} kernel builds for this GPU in {time.perf_counter() - start:.1f} s (once: "
+             f"they are kept in {kernels.cuda_cache_dir()})")
 
 
 def cmd_precompile(args) -> int:

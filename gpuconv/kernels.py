@@ -1023,17 +1023,19 @@ def _compile_cuda(src, op_file, dt, device, tf32=False):
     return mod
 
 
-def precompile(device: int | None = None, *, arch: str | None = None, files=KERNEL_FILES, jobs: int | None = None):
-    """Compile every build of ``files`` (each dtype's, and float32's TF32 build of
-    :data:`TF32_FILES`) for GPU ``device`` (default: the current one), or for ``arch`` ('sm_90':
-    no GPU needed), into the disk cache (:func:`cuda_cache_dir`), ``jobs`` at a time (default: one
-    per CPU core; NVRTC releases the GIL): no launch later waits for a compile, which otherwise
-    happens module by module at first use (some 10 s each for conv2d_tc's tensor-core builds).
-    Returns a record per build, ``{"file", "build", "arch", "seconds", "cached"}``, in ``files``'
-    order; raises the first compile error, after the other builds finish."""
+def precompile(device: int | None = None, *, arch: str | None = None, files=KERNEL_FILES, dtypes=None,
+               tf32: bool = True, jobs: int | None = None):
+    """Compile the builds of ``files`` for ``dtypes`` (default: all four; with ``tf32``, float32's
+    TF32 build too for :data:`TF32_FILES`) for GPU ``device`` (default: the current one), or for
+    ``arch`` ('sm_90': no GPU needed), into the disk cache (:func:`cuda_cache_dir`), ``jobs`` at a
+    time (default: one per CPU core; NVRTC releases the GIL): no launch later waits for a compile,
+    which otherwise happens module by module at first use (some 10 s each for conv2d_tc's
+    tensor-core builds). Returns a record per build, ``{"file", "build", "arch", "seconds",
+    "cached"}``, in ``files``' order; raises the first compile error, after the other builds finish."""
     import concurrent.futures
-    builds = [(f, dt, tf32) for f in files for dt in _DTYPES
-              for tf32 in ((False, True) if dt == precision.float32 and f in TF32_FILES else (False,))]
+    wanted = set(_DTYPES) if dtypes is None else {np.dtype(d) for d in dtypes}
+    builds = [(f, dt, t) for f in files for dt in _DTYPES if dt in wanted
+              for t in ((False, True) if tf32 and dt == precision.float32 and f in TF32_FILES else (False,))]
     unknown = sorted(set(files) - set(KERNEL_FILES))
     if unknown:
         raise ValueError(f"precompile: no kernel files {unknown}; they are {', '.join(KERNEL_FILES)}")

@@ -303,6 +303,25 @@ def test_precompile_reports_each_build_and_needs_a_gpu_or_an_arch(capsys, monkey
         assert rc == 1 and "name its target with --arch" in err and len(asked) == 1
 
 
+def test_a_gpu_run_compiles_its_builds_first(capsys, monkeypatch):
+    """gpuconv train on a GPU compiles the kernel builds of its precision at once before the first
+    step, and says so when it compiled any (a machine's first run)."""
+    from gpuconv import kernels
+    import ml_dtypes
+    asked = []
+
+    def fake(device, dtypes=None, tf32=True):
+        asked.append((device, [np.dtype(d) for d in dtypes], tf32))
+        return [{"file": "relu", "build": "bfloat16", "arch": "sm_90", "seconds": 1.0, "cached": len(asked) > 1}]
+
+    monkeypatch.setattr(kernels, "precompile", fake)
+    cli.precompile_for(1, "bf16")
+    assert asked == [(1, [np.dtype(ml_dtypes.bfloat16), np.dtype(np.float32)], False)]
+    assert "compiled 1 kernel builds for this GPU" in capsys.readouterr().err
+    cli.precompile_for(0, "tf32")
+    assert asked[1] == (0, [np.dtype(np.float32)] * 2, True) and capsys.readouterr().err == ""  # all cached: silent
+
+
 def test_python_dash_m_gpuconv_runs():
     proc = subprocess.run([sys.executable, "-m", "gpuconv", "info"], cwd=REPO, capture_output=True, text=True,
                           timeout=120)

@@ -421,6 +421,12 @@ def test_precompile_builds_for_the_arch_each_file_runs_in(fake_gpu, monkeypatch)
     seen.clear()
     kernels.precompile(arch="sm_80", files=("conv2d_tc",))  # no GPU needed
     assert set(seen) == {("conv2d_tc", "sm_80")} and len(seen) == 5  # four dtypes and TF32
+    seen.clear()
+    kernels.precompile(arch="sm_90", files=("conv2d", "relu"), dtypes=(ml_dtypes.bfloat16, np.float32), tf32=False)
+    assert len(seen) == 4  # a bf16 run's builds: bf16 and float32 of each file, no TF32
+    seen.clear()
+    kernels.precompile(arch="sm_90", files=("conv2d", "relu"), dtypes=(np.float32,))
+    assert len(seen) == 3  # a TF32 run's: float32 of each, and conv2d's TF32 build
     with pytest.raises(ValueError, match="no kernel files \\['conv9'\\]"):
         kernels.precompile(arch="sm_90", files=("conv9",))
 
