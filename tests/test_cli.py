@@ -320,6 +320,9 @@ def test_a_gpu_run_compiles_its_builds_first(capsys, monkeypatch):
     assert "compiled 1 kernel builds for this GPU" in capsys.readouterr().err
     cli.precompile_for(0, "tf32")
     assert asked[1] == (0, [np.dtype(np.float32)] * 2, True) and capsys.readouterr().err == ""  # all cached: silent
+    monkeypatch.setattr(kernels, "precompile", lambda *a, **k: (_ for _ in ()).throw(kernels.KernelCompileError("x")))
+    cli.precompile_for(0, "bf16")  # not fatal: the modules compile at their first use, and say why there
+    assert "compiling the kernels ahead failed (KernelCompileError: x)" in capsys.readouterr().err
 
 
 def test_python_dash_m_gpuconv_runs():
