@@ -1001,12 +1001,16 @@ def _binary_file(src, op_file, dt, arch, device, tf32=False):
         yield path
 
 
-def _device_arch(op_file, device) -> str:
-    """What ``kernels/<op_file>.cu`` is built for on GPU ``device``: :func:`nvrtc_arch`, or sm_90a
-    for the :data:`ARCH_SPECIFIC` files on Hopper."""
-    cp = backend.require_cupy()
-    arch = nvrtc_arch(cp.cuda.Device(device).compute_capability, device)
+def _file_arch(op_file, arch) -> str:
+    """What ``kernels/<op_file>.cu`` is built for where the others build for ``arch``: sm_90a
+    for the :data:`ARCH_SPECIFIC` files on Hopper (wgmma exists only there), else ``arch``."""
     return "sm_90a" if arch == "sm_90" and op_file in ARCH_SPECIFIC else arch
+
+
+def _device_arch(op_file, device) -> str:
+    """What ``kernels/<op_file>.cu`` is built for on GPU ``device`` (:func:`nvrtc_arch`)."""
+    cp = backend.require_cupy()
+    return _file_arch(op_file, nvrtc_arch(cp.cuda.Device(device).compute_capability, device))
 
 
 def _compile_cuda(src, op_file, dt, device, tf32=False):
@@ -1033,23 +1037,23 @@ def precompile(device: int | None = None, *, arch: str | None = None, files=KERN
     tensor-core builds). Returns a record per build, ``{"file", "build", "arch", "seconds",
     "cached"}``, in ``files``' order; raises the first compile error, after the other builds finish."""
     import concurrent.futures
-    wanted = set(_DTYPES) if dtypes is None else {np.dtype(d) for d in dtypes}
-    builds = [(f, dt, t) for f in files for dt in _DTYPES if dt in wanted
-              for t in ((False, True) if tf32 and dt == precision.float32 and f in TF32_FILES else (False,))]
     unknown = sorted(set(files) - set(KERNEL_FILES))
     if unknown:
         raise ValueError(f"precompile: no kernel files {unknown}; they are {', '.join(KERNEL_FILES)}")
+    wanted = set(_DTYPES) if dtypes is None else {np.dtype(d) for d in dtypes}
+    builds = [(f, dt, t) for f in files for dt in _DTYPES if dt in wanted
+              for t in ((False, True) if tf32 and dt == precision.float32 and f in TF32_FILES else (False,))]
     if arch is None:
         device = backend.require_cupy().cuda.Device(device).id
         archs = {f: _device_arch(f, device) for f in files}
     else:
-        archs = {f: "sm_90a" if arch == "sm_90" and f in ARCH_SPECIFIC else arch for f in files}
+        archs = {f: _file_arch(f, arch) for f in files}
 
     def one(build):
-        f, dt, tf32 = build
+        f, dt, tf = build
         start = time.perf_counter()
-        _, binary = _cached_binary(build_source(f, dt, tf32), f, dt, archs[f], "", tf32)
-        return {"file": f, "build": _label(dt, tf32), "arch": archs[f], "seconds": time.perf_counter() - start,
+        _, binary = _cached_binary(build_source(f, dt, tf), f, dt, archs[f], "", tf)
+        return {"file": f, "build": _label(dt, tf), "arch": archs[f], "seconds": time.perf_counter() - start,
                 "cached": binary is None}
 
     with concurrent.futures.ThreadPoolExecutor(jobs or os.cpu_count() or 1) as pool:
