@@ -30,7 +30,7 @@
 #   epoch     bench_epoch: one device-resident epoch of 50,000 synthetic CIFAR-shaped images
 #   sanitizer compute-sanitizer memcheck and racecheck over every kernel at small shapes;
 #             initcheck and synccheck when time is left
-#   airbench  `gpuconv train --recipe airbench94` end to end on the real subset (GELU, the reflect
+#   airbench  `gpuconv train --recipe airbench94` (bf16 here) end to end on the real subset (GELU, the reflect
 #             translation, lookahead, TTA level 2): its log holds seconds per epoch and the accuracy;
 #             then bench_airbench: the recipe's seconds on 50,000 synthetic images, fp32 and bf16,
 #             eager and with every step replayed as a CUDA graph (after checking the two train

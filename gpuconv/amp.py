@@ -4,6 +4,9 @@ A training precision is one of:
 - ``'fp32'``: float32 everywhere, strict IEEE (the default; reproducible);
 - ``'tf32'``: float32 arrays, with conv2d and linear rounding their inputs to TF32 inside the
   GEMM (:func:`gpuconv.precision_mode`, like PyTorch's ``allow_tf32``);
+- ``'auto'`` (:func:`resolve_precision`): ``'bf16'`` on a GPU with bfloat16 tensor cores
+  (compute capability 8.0 or newer), ``'fp32'`` anywhere else (the CPU, the simulator, older
+  GPUs); what the speed recipes (fast, airbench94) train in;
 - ``'bf16'`` / ``'fp16'``: the parameters stay float32 masters, held and updated by the
   optimizer; once per step each conv/linear parameter is cast to the low precision on the
   device (:func:`cast_parameters`), the batch too, and forward and backward compute with those
@@ -50,10 +53,27 @@ def compute_dtype(precision: str):
     return np.dtype(np.float16 if precision == "fp16" else np.float32)
 
 
+def resolve_precision(precision, device=None) -> str:
+    """``precision`` checked, with ``'auto'`` made concrete for ``device`` (a
+    :class:`gpuconv.backend.Device` or its spec; default: the default device): ``'bf16'`` on a
+    CUDA device of compute capability 8.0 or newer, whose tensor cores multiply bfloat16 (the
+    convolutions 4-5x faster than strict float32 there, to float32's accuracy: RESULTS.md), else
+    ``'fp32'``: NumPy and the simulator compute bfloat16 in software, and older GPUs have no
+    bfloat16 tensor cores."""
+    if precision != "auto":
+        return check_precision(precision)
+    device = backend.get_default_device() if device is None else backend.Device(device)
+    if not device.is_cuda:
+        return "fp32"
+    cc = backend.require_cupy().cuda.Device(device.index).compute_capability
+    return "bf16" if int(cc) >= 80 else "fp32"
+
+
 def check_precision(precision, where="precision"):
     if precision not in PRECISIONS:
         raise ValueError(f"{where}={precision!r}: use one of {', '.join(PRECISIONS)} (fp32: strict float32; "
-                         "tf32: float32 with TF32 convolutions; bf16/fp16: mixed precision with float32 masters)")
+                         "tf32: float32 with TF32 convolutions; bf16/fp16: mixed precision with float32 masters), "
+                         "or 'auto' where a device decides it (amp.resolve_precision)")
     return precision
 
 

@@ -41,8 +41,11 @@ MODEL_DEFAULTS = {name: get_recipe(name) for name in MODELS}
 # Settings a resumed run takes from its checkpoint unless given again on the command line.
 RESUMABLE = ("recipe", "model", "epochs", "batch_size", "lr", "weight_decay", "momentum", "schedule",
              "label_smoothing", "augment", "width", "seed", "limit", "val_split", "precision", "tta")
-PRECISION_HELP = ("fp32 (strict float32, the default), tf32 (float32 with TF32 convolutions), bf16 or fp16 "
-                  "(mixed precision: float32 master weights, low-precision compute; fp16 with loss scaling)")
+PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
+PRECISION_HELP = ("fp32 (strict float32), tf32 (float32 with TF32 convolutions), bf16 or fp16 (mixed precision: "
+                  "float32 master weights, low-precision compute; fp16 with loss scaling), or auto (bf16 on a GPU "
+                  "with bfloat16 tensor cores, compute capability >= 8.0, else fp32). Default: the recipe's "
+                  "(auto for fast, airbench94, airbench94_muon; fp32 for the others)")
 
 
 def _say(*parts):
@@ -166,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--val-split", default=None,
                    help="validation data: 'auto' (test_batch, else hold out data_batch_5, else 10%%), "
                         "'test', 'batchK' (hold out data_batch_K), a fraction like 0.1, or 'none' (default auto)")
-    t.add_argument("--precision", choices=("fp32", "tf32", "bf16", "fp16"), default=None, help=PRECISION_HELP)
+    t.add_argument("--precision", choices=PRECISIONS, default=None, help=PRECISION_HELP)
     t.add_argument("--log-every", type=_positive_int, default=50, help="steps between loss readbacks (default 50)")
     t.add_argument("--cuda-graph", action="store_true",
                    help="replay each training step as a CUDA graph (a step's launches cost more host time than a "
@@ -188,8 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--tta", type=_tta, nargs="?", const=1, default=0,
                    help="test-time augmentation: 0 none (default), 1 (or --tta alone) the mean with the mirrored "
                         "image, 2 also the 1-pixel translations of both (airbench's six views)")
-    e.add_argument("--precision", choices=("fp32", "tf32", "bf16", "fp16"), default=None,
-                   help="compute precision (default: the one the checkpoint was trained in)")
+    e.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="compute precision (default: the one the checkpoint was trained in; auto: bf16 on a GPU "
+                        "with bfloat16 tensor cores, else fp32)")
     e.add_argument("--json", action="store_true", help="print one JSON object (accuracy in [0, 1])")
 
     pr = sub.add_parser("predict", help="classify image files or .npy arrays with a trained checkpoint",
@@ -201,8 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true", help="print one JSON object")
     pr.add_argument("--device", type=_device, default=_default_device(),
                     help="cpu | cuda | cuda:N | sim | auto (default: $GPUCONV_DEVICE, else auto)")
-    pr.add_argument("--precision", choices=("fp32", "tf32", "bf16", "fp16"), default=None,
-                    help="compute precision (default: the one the checkpoint was trained in)")
+    pr.add_argument("--precision", choices=PRECISIONS, default=None,
+                    help="compute precision (default: the one the checkpoint was trained in; auto: bf16 on a GPU "
+                         "with bfloat16 tensor cores, else fp32)")
 
     sm = sub.add_parser("summary", help="a model's layers, output shapes, parameters and FLOPs")
     sm.add_argument("--model", choices=sorted(MODELS), default="three_layer", help="network (default three_layer)")
@@ -360,10 +365,15 @@ def _recipe_setup(s, model, images, total_steps):
 
 
 # ----------------------------------------------------------------------------- train
-def _settings(args):
-    """The run's settings: flags given > the checkpoint's (with --resume) > the model's defaults."""
+def _settings(args, device=None):
+    """The run's settings: flags given > the checkpoint's (with --resume) > the model's defaults;
+    the precision 'auto' made concrete for ``device`` (default: ``--device``'s)."""
+    from .amp import resolve_precision
     from .checkpoint import CHECKPOINT_NAME, load_checkpoint, read_config
+    device = args.device if device is None else device
     given = {k: getattr(args, k) for k in RESUMABLE if getattr(args, k, None) is not None}
+    if "precision" in given:
+        given["precision"] = resolve_precision(given["precision"], device)
     stored = {}
     ckpt_path = Path(args.out) / CHECKPOINT_NAME
     if args.resume and ckpt_path.exists():
@@ -372,10 +382,11 @@ def _settings(args):
     model = given.get("model") or stored.get("model") or get_recipe(recipe)["model"]
     if stored:
         _check_resume_flags(given, stored, ckpt_path)
-    s = dict(get_recipe(recipe), seed=0, limit=None, val_split="auto", precision="fp32", recipe=recipe)
+    s = dict(get_recipe(recipe), seed=0, limit=None, val_split="auto", recipe=recipe)
     s["model"] = model
     s.update({k: v for k, v in stored.items() if k in RESUMABLE})
     s.update(given)
+    s["precision"] = resolve_precision(s["precision"], device)
     return s
 
 
@@ -424,8 +435,8 @@ def _train(args) -> int:
     from .data import DeviceLoader
     from .trainer import Trainer, TrainingDiverged, TrainingInterrupted, GPUOutOfMemory
 
-    s = _settings(args)
     device = backend.Device(args.device)
+    s = _settings(args, device)
     if device.is_cuda:
         backend.require_cupy()
     if device.kind == "sim":
@@ -536,7 +547,8 @@ def cmd_evaluate(args) -> int:
                  f"(--val-split {spec}): evaluating on {split_desc}, which it TRAINED on. This is not a held-out "
                  "score; evaluate on a directory with test_batch for one")
     with backend.default_device(device):
-        precision = args.precision or config.get("train_args", {}).get("precision", "fp32")
+        precision = amp.resolve_precision(args.precision or config.get("train_args", {}).get("precision", "fp32"),
+                                          device)
         loader = DeviceLoader(images, labels, args.batch_size, shuffle=False, augment=False, device=device,
                               channels_last=amp.channels_last_for(precision))
         result = evaluate(model, loader, tta=args.tta, precision=precision)
@@ -574,12 +586,15 @@ def _split_name(spec) -> str:
 # ----------------------------------------------------------------------------- predict, summary
 def cmd_predict(args) -> int:
     from . import backend
+    from .amp import resolve_precision
     from .inference import load_images, load_model
     images, sources = load_images(args.inputs)
-    with backend.default_device(backend.Device(args.device)):
+    device = backend.Device(args.device)
+    precision = None if args.precision is None else resolve_precision(args.precision, device)
+    with backend.default_device(device):
         model = load_model(args.checkpoint)
-        probs = model.predict(images, precision=args.precision)
-        labels = model.predict_classes(images, precision=args.precision)
+        probs = model.predict(images, precision=precision)
+        labels = model.predict_classes(images, precision=precision)
     k = min(args.top, probs.shape[1])
     rows = []
     for i, ((source, index), p, label) in enumerate(zip(sources, probs, labels)):

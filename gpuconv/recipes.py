@@ -27,6 +27,9 @@ Keys of a recipe:
                    (:mod:`gpuconv.lookahead`, airbench's decay schedule)
   whiten_bias_epochs  epochs during which the whitening conv's bias trains (then it is frozen)
   tta              the test-time augmentation level of the final evaluation (0, 1, 2)
+  precision        'fp32', 'tf32', 'bf16', 'fp16', or 'auto': bf16 on a GPU with bfloat16 tensor
+                   cores, fp32 on the CPU, the simulator and older GPUs (:func:`amp.resolve_precision`);
+                   the speed recipes say 'auto' (airbench94 itself trains in float16)
 """
 from __future__ import annotations
 
@@ -42,7 +45,7 @@ RECIPES = {
     # label smoothing 0.2, crop + flip), written for a mean (not summed) batch loss.
     "fast": dict(model="fast", epochs=16, batch_size=512, optimizer="sgd", lr=0.4, weight_decay=5e-4, momentum=0.9,
                  schedule="onecycle", label_smoothing=0.2, augment=True, padding=4, padding_mode="zeros", flip="random",
-                 lookahead=None, tta=0, width=64),
+                 lookahead=None, tta=0, width=64, precision="auto"),
     # Keller Jordan's airbench94 (arXiv 2404.00498; 94.01% mean on CIFAR-10 in 3.83 s on an A100).
     # The published run stops at 9.9 epochs; gpuconv trains whole epochs, so 10 with the schedule
     # laid out over them. lr 11.5 and weight decay 0.0153 are per 1024 examples in airbench's
@@ -50,7 +53,7 @@ RECIPES = {
     "airbench94": dict(model="airbench94", epochs=10, batch_size=1024, optimizer="airbench", lr=11.5,
                        weight_decay=0.0153, momentum=0.85, bias_scaler=64.0, schedule="triangular",
                        label_smoothing=0.2, augment=True, padding=2, padding_mode="reflect", flip="alternate",
-                       drop_last=True, lookahead=5, whiten_bias_epochs=3, tta=2),
+                       drop_last=True, lookahead=5, whiten_bias_epochs=3, tta=2, precision="auto"),
     # airbench94_muon (2.59 s on an A100, 94.01% mean): the same network, 8 epochs of batch 2000,
     # Muon (lr 0.24, momentum 0.6, 3 Newton-Schulz steps) on the conv filters and Nesterov SGD
     # (momentum 0.85) on the biases (lr 0.053) and the head (lr 0.67), with weight decay 2e-6 per
@@ -60,12 +63,12 @@ RECIPES = {
     "airbench94_muon": dict(model="airbench94", epochs=8, batch_size=2000, optimizer="muon", lr=0.24, momentum=0.6,
                             bias_lr=0.053, head_lr=0.67, sgd_momentum=0.85, weight_decay=2e-6, schedule="linear",
                             label_smoothing=0.2, augment=True, padding=2, padding_mode="reflect", flip="alternate",
-                            drop_last=True, lookahead=None, whiten_bias_epochs=3, tta=2),
+                            drop_last=True, lookahead=None, whiten_bias_epochs=3, tta=2, precision="auto"),
 }
 
 # What a recipe leaves out takes these values.
 DEFAULTS = dict(optimizer="sgd", padding=4, padding_mode="zeros", flip="random", drop_last=False, lookahead=None, tta=0,
-                whiten_bias_epochs=0, bias_scaler=1.0)
+                whiten_bias_epochs=0, bias_scaler=1.0, precision="fp32")
 
 
 def get_recipe(name):

@@ -131,7 +131,8 @@ class Trainer:
     on CUDA; True/False force it; a :class:`GPUMonitor` is used as given. ``seed`` seeds the
     trainer's own generator ``self.rng`` (saved and restored with the checkpoint, for code that
     extends the trainer); the model and the loader take their own seeds, so runs repeat exactly.
-    ``precision``: 'fp32', 'tf32', 'bf16' or 'fp16' (:mod:`gpuconv.amp`; default: the float32
+    ``precision``: 'fp32', 'tf32', 'bf16', 'fp16' or 'auto' (:mod:`gpuconv.amp`: bf16 where the
+    model's parameters are on a GPU with bfloat16 tensor cores, else fp32; default: the float32
     mode in effect, :func:`gpuconv.get_precision`); fp16 scales the loss with ``loss_scaler``
     (default: a :class:`gpuconv.amp.LossScaler`).
     ``lookahead``: a :class:`gpuconv.lookahead.Lookahead` updated every ``lookahead.every`` steps
@@ -169,6 +170,9 @@ class Trainer:
         if precision is None:  # the float32 compute mode in effect ('fp32', or 'tf32' after set_precision)
             from .precision import get_precision
             precision = get_precision()
+        if precision == "auto":  # decided by the device the model's parameters live on
+            params = model.parameters()
+            precision = amp.resolve_precision("auto", backend.device_of(params[0].data) if params else None)
         self.precision = amp.check_precision(precision)
         if loss_scaler is not None and precision != "fp16":
             raise ValueError(f"loss_scaler is for precision='fp16' (bf16 has float32's range), not {precision!r}")

@@ -329,3 +329,17 @@ def test_the_data_gradient_reads_the_cast_copy_with_the_repacks_bits(monkeypatch
     plain = grads(False)
     assert (1, 2, 3, 0) in repacks
     assert all(a.tobytes() == b.tobytes() for a, b in zip(packed, plain))
+
+
+def test_trainer_precision_auto_follows_the_models_device(monkeypatch):
+    """'auto' is decided where the parameters live: fp32 for NumPy arrays (the CPU and the
+    simulator compute bfloat16 in software), bf16 for a GPU of compute capability 8.0 or newer."""
+    net = small_net()
+    assert Trainer(net, SGD(net.parameters(), lr=0.1), progress=False, precision="auto").precision == "fp32"
+    asked = []
+    monkeypatch.setattr(backend, "device_of", lambda a: backend.Device("cuda:1"))
+    monkeypatch.setattr(amp, "resolve_precision", lambda p, d: asked.append((p, d)) or "bf16")
+    assert Trainer(net, SGD(net.parameters(), lr=0.1), progress=False, precision="auto").precision == "bf16"
+    assert asked == [("auto", backend.Device("cuda:1"))]
+    with pytest.raises(ValueError, match="precision='half': use one of"):
+        Trainer(net, SGD(net.parameters(), lr=0.1), progress=False, precision="half")

@@ -507,6 +507,7 @@ def test_airbench94_recipe_trains_on_real_images(tmp_path, capsys):
     config = ckpt.read_config(ckpt.load_checkpoint(tmp_path))
     assert config["constructor"] == "airbench94" and config["kwargs"]["widths"] == [8, 32, 32]
     assert config["train_args"]["recipe"] == "airbench94" and config["train_args"]["tta"] == 2
+    assert config["train_args"]["precision"] == "fp32"  # the recipe's 'auto', recorded as what the CPU resolved it to
     assert "test-time augmentation level 2" in err
     acc = float(out.split("accuracy")[1].split()[0])
     losses = [json.loads(x)["train_loss"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()

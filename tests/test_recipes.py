@@ -35,6 +35,35 @@ def test_recipe_settings_and_overrides():
         cli.build_parser().parse_args(["train", "--tta", "3"])
 
 
+class _FakeCupy:
+    """Stands in for CuPy where only a GPU's compute capability is asked."""
+
+    def __init__(self, cc):
+        self.cuda = type("cuda", (), {"Device": lambda _, i=0: type("D", (), {"compute_capability": cc})()})()
+
+
+@pytest.mark.parametrize("cc, want", [("90", "bf16"), ("80", "bf16"), ("75", "fp32")])
+def test_precision_auto_is_bf16_on_a_gpu_with_bfloat16_tensor_cores(monkeypatch, cc, want):
+    from gpuconv import amp, backend
+    monkeypatch.setattr(backend, "require_cupy", lambda: _FakeCupy(cc))
+    cuda = backend.Device("cuda")
+    assert amp.resolve_precision("auto", cuda) == want
+    assert amp.resolve_precision("auto", "cpu") == amp.resolve_precision("auto", "sim") == "fp32"
+    assert amp.resolve_precision("fp16", cuda) == "fp16"  # a named precision stays as named
+    with pytest.raises(ValueError, match="precision='bf32': use one of fp32, tf32, bf16, fp16 .*or 'auto'"):
+        amp.resolve_precision("bf32", cuda)
+    args = lambda *argv: cli.build_parser().parse_args(["train", *argv])  # noqa: E731
+    # the speed recipes say auto; the small nets train in fp32 everywhere; a flag overrides either
+    for recipe in ("airbench94", "airbench94_muon", "fast"):
+        assert RECIPES[recipe]["precision"] == "auto"
+        assert cli._settings(args("--recipe", recipe), cuda)["precision"] == want
+        assert cli._settings(args("--recipe", recipe), backend.Device("cpu"))["precision"] == "fp32"
+        assert cli._settings(args("--recipe", recipe, "--precision", "tf32"), cuda)["precision"] == "tf32"
+    assert cli._settings(args("--model", "three_layer"), cuda)["precision"] == "fp32"
+    assert cli._settings(args("--model", "three_layer", "--precision", "auto"), cuda)["precision"] == want
+    assert _settings("--recipe", "airbench94", "--device", "cpu")["precision"] == "fp32"
+
+
 def test_airbench_groups_are_decoupled():
     net = models.airbench94(widths=(4, 8, 8))
     groups, lr = airbench_param_groups(net, lr=11.5, weight_decay=0.0153, momentum=0.85, batch_size=1024)
