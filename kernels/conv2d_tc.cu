@@ -51,25 +51,27 @@
 //                                   K*C*FH*FW filter elements.
 //
 // Precision (common.cuh, gpuconv/precision.py): storage_t operands, products exact and sums in
-// float32 on the tensor cores (TF32 operands rounded by TensorCoreOp<float>::prepare), each
-// output rounded once. The kernels compute only in the builds with a tensor-core format
+// float32 on the tensor cores (TF32 operands rounded with tf32_round in shared memory, once per
+// k-tile, by the threads that copied them: StageRounded), each output rounded once. The kernels compute only in the builds with a tensor-core format
 // (GPUCONV_TENSOR_CORES); elsewhere they trap, and the launcher never sends them there.
 // GEMM rows and columns are int (the launcher checks the sizes); element offsets are index_t.
 //
 // Resources on sm_90 (ptxas 13.0; tests/test_nvrtc.py checks the bounds and the absence of
-// spills). TcTile64: forward 80 registers, backward-data 80-96, backward-weight 94; 24576 B of
-// static shared memory; at 96 registers the register file holds 5 blocks of 4 warps per SM.
-// TcTile128 (warp tiles of 64x32: 64 accumulators per thread): 122-128 registers in every build,
-// 49152 B of static shared memory; 2 blocks of 8 warps per SM (registers and shared memory both
-// allow 2; 4 would need at most 64 registers). TcTile128w (64x64 warp tiles, 128 accumulators per
-// thread): 226-238 registers, 49152 B; 2 blocks of 4 warps per SM. TcTileWg (sm_90a): 112-128
-// registers, 65536 B of dynamic stages (and 1 KiB to align them), 2 blocks of 8 warps per SM;
-// its bf16 loops issue 112-124 instructions a k-tile per warp around 2 HGMMAs (tc128: 150-166
-// around 32 HMMAs and 12 ldmatrix, the same multiply-adds). TcTileWg256: 176-209 registers,
-// 98304 B, one block per SM; 126-196 instructions a k-tile for twice the work. TcTileWgN64:
-// 120-128 registers, 81920 B of dynamic stages, 2 blocks per SM; 125-139 instructions a k-tile
-// around 4 HGMMAs of 64 columns (tcwg's multiply-adds). TcTileWgM64: 116-128 registers, 49152 B
-// static, 4 blocks of 4 warps per SM; 122-185 instructions a k-tile per warp around 2 HGMMAs (a
+// spills). TcTile64: forward 78-80 registers, backward-data 96, backward-weight 94 (TF32: 128,
+// its loads held in registers across the mmas); 24576 B of static shared memory; at 96 registers
+// the register file holds 5 blocks of 4 warps per SM, at 128 four.
+// TcTile128 (warp tiles of 64x32: 64 accumulators per thread): 124-128 registers in every build
+// (the weight gradient bounded to it), 49152 B of static shared memory; 2 blocks of 8 warps per SM (registers
+// and shared memory both allow 2; 4 would need at most 64 registers). TcTile128w (64x64 warp
+// tiles, 128 accumulators per thread): 234-246 registers, 49152 B; 2 blocks of 4 warps per SM.
+// TcTileWg (sm_90a): 112-128 registers, 65536 B of dynamic stages (and 1 KiB to align them), 2
+// blocks of 8 warps per SM; its bf16 loops issue 112-124 instructions a k-tile per warp around 2
+// HGMMAs (tc128: 150-170 around 32 HMMAs and 12 ldmatrix, the same multiply-adds; TF32 267-290,
+// its operands rounded in the stages). TcTileWg256: 176-232 registers, 98304 B, one block per SM;
+// 126-196 instructions a k-tile for twice the work. TcTileWgN64: 120-128 registers, 81920 B of
+// dynamic stages, 2 blocks per SM; 125-139 instructions a k-tile around 4 HGMMAs of 64 columns
+// (tcwg's multiply-adds). TcTileWgM64: 116-128 registers (TF32 weight gradient 159: 3 blocks),
+// 49152 B static, 4 blocks of 4 warps per SM; 122-185 instructions a k-tile per warp around 2 HGMMAs (a
 // quarter of tcwg's CTA work in half its warps). The pipelined waits keep ptxas from
 // serializing the HGMMAs (tests/test_nvrtc.py fails on its C7514 warning). The loaders keep their
 // rows' addresses and coordinates, their pieces' swizzled stage offsets and the dense operands'
@@ -144,7 +146,7 @@ __device__ inline int tc_piece_row(int i) {
 }
 
 // Rounds this thread's pieces of a landed mk stage to TF32, in place: the TF32 build's wgmma reads
-// shared memory as it is (mma.sync rounds its fragments instead).
+// shared memory as it is, and so do the mma.sync tiles of the convolutions (StageRounded).
 template <class S>
 __device__ inline void round_pieces_tf32(unsigned char* stage, const PieceOffsets<TC_KBYTES, S::THREADS / 4>& pieces) {
 #pragma unroll
@@ -156,7 +158,7 @@ __device__ inline void round_pieces_tf32(unsigned char* stage, const PieceOffset
 // image: it is only read plus the walk's offset, and only where the tap is inside) plus the
 // walk's offset of (fh, fw, c): one multiply-add per row and k-tile, the bounds tested unsigned.
 template <class S>
-struct PatchRows {
+struct PatchRows : AsyncLoader {
     const storage_t* x;
     int H, W, FH;
     static constexpr int P = tc_pieces<S>();
@@ -196,7 +198,7 @@ struct PatchRows {
 // reads as PatchRows does: at row_at (the row's (oh, ow) = (ih + ph, iw + pw)) plus the walk's
 // offset, which steps back OW * Kp per fh and Kp per fw.
 template <class S, bool UNIT_STRIDE>
-struct GradRows {
+struct GradRows : AsyncLoader {
     const storage_t* dy;
     int OH, OW, Kp, FH, sh, sw;
     static constexpr int P = tc_pieces<S>();
@@ -300,7 +302,7 @@ __device__ inline void position_increments(const PositionStep& d, int OH, int OW
 // k-tile, BN columns r = (fh, fw, c) each; 4 * BN pieces, P per thread: the thread's column
 // (one filter tap, 8 channels) is fixed, its rows are t / (BN / 8) and every 32 / P rows further.
 template <class S>
-struct PatchColumns {
+struct PatchColumns : AsyncLoader {
     static constexpr int PER_ROW = S::BN / 8;  // 16-byte pieces per stage row
     static constexpr int P = TC_KM_ROWS * PER_ROW / S::THREADS;  // pieces per thread
     const storage_t* x;
@@ -352,9 +354,11 @@ struct PatchColumns {
 // shared memory: each thread loads 4 consecutive floats of one position l (channels, contiguous in
 // NHWC) and stores them down a column of an mk stage (BM rows x 16 positions; 4 * BM pieces, P
 // per thread: position t % 16, rows 4 * (t / 16) + i * THREADS / 4). These are plain loads
-// and stores, not cp.async: the stage is written two k-tiles before it is read, and the main
-// loop's barrier at that k-tile orders the stores before the fragment reads, as it orders
-// cp.async data.
+// and stores, not cp.async, in two halves (ColumnPieces): load() issues the global loads into
+// registers before the k-tile being multiplied, land() stores them after it, so that the loads'
+// latency passes behind the mmas instead of stalling the stores. The stage is written two k-tiles
+// before it is read, and the main loop's barrier at that k-tile orders the stores before the
+// fragment reads, as it orders cp.async data.
 #define TC_TF32_POSITIONS (TC_KBYTES / 4)   // positions l per k-tile: 16
 
 template <class S>
@@ -363,10 +367,10 @@ __device__ inline int tc_column_row(int i) {
 }
 
 // Where a thread's 4 floats of piece i go: rows tc_column_row(i) + j (j < 4) of its column `pos`,
-// stored rounded to TF32 (the precision rule's rounding, which mma.sync's operand preparation
-// repeats to the same value, and wgmma, reading shared memory as it is, needs done here). The
-// four rows' swizzled offsets are computed once; the pieces lie THREADS / 4 rows apart, a
-// multiple of 8, so in the same swizzle phase (checked on the simulator against stage_offset).
+// stored rounded to TF32 (the precision rule's rounding, which wgmma and the stage-rounded mma.sync
+// tiles read from shared memory as it is). The four rows' swizzled offsets are computed once; the
+// pieces lie THREADS / 4 rows apart, a multiple of 8, so in the same swizzle phase (checked on the
+// simulator against stage_offset).
 template <class S>
 struct ColumnOffsets {
     static_assert(S::THREADS / 4 % 8 == 0, "pieces 8 rows apart share the swizzle's phase");
@@ -386,23 +390,36 @@ struct ColumnOffsets {
     }
 };
 
+// A transposed loader's P pieces of the k-tile in flight, in registers between its load() and its
+// land(), which stores them down their columns.
+template <class S, int P>
+struct ColumnPieces {
+    ColumnOffsets<S> cols;
+    mutable float v[P][4];
+    __device__ explicit ColumnPieces(int pos) : cols(pos) {}
+    __device__ void land(unsigned char* stage) const {
+#pragma unroll
+        for (int i = 0; i < P; ++i) cols.store(stage, i, v[i]);
+    }
+    __device__ void round_tf32(unsigned char*) const {}  // stored rounded (ColumnOffsets::store)
+};
+
 // A = dY^T: rows m are the output channels k, read from dy NHWC [L][K] at this thread's position
 // l (carried from k-tile to k-tile, as its row's address): VEC4 (K a multiple of 4, dy 16-byte
 // aligned) loads a piece's 4 channels at once, else one by one.
 template <class S, bool VEC4>
-struct TransposedGradRows {
+struct TransposedGradRows : ColumnPieces<S, tc_pieces<S>()> {
     const float* dy;
     int K, m0, l_end;
-    ColumnOffsets<S> cols;
     mutable int l;             // this thread's position in the next k-tile
     mutable const float* at;   // dy + l * K + m0
     mutable int kt;            // the next k-tile (checked on the simulator only)
 
     __device__ TransposedGradRows(const float* dy_, int K_, int m0_, int l0, int l_end_)
-        : dy(dy_), K(K_), m0(m0_), l_end(l_end_), cols(threadIdx.x % TC_TF32_POSITIONS),
+        : ColumnPieces<S, tc_pieces<S>()>(threadIdx.x % TC_TF32_POSITIONS), dy(dy_), K(K_), m0(m0_), l_end(l_end_),
           l(l0 + (int)threadIdx.x % TC_TF32_POSITIONS), at(dy_ + (index_t)l * K_ + m0_), kt(0) {}
 
-    __device__ void load(unsigned char* stage, int kt_loaded, int) const {
+    __device__ void load(unsigned char*, int kt_loaded, int) const {
 #ifndef __CUDA_ARCH__
         if (kt_loaded != kt++) __trap();  // the carried position needs the order
 #else
@@ -412,7 +429,8 @@ struct TransposedGradRows {
 #pragma unroll
         for (int i = 0; i < tc_pieces<S>(); ++i) {
             const int row = tc_column_row<S>(i);
-            float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            float* v = this->v[i];
+            v[0] = v[1] = v[2] = v[3] = 0.0f;
             if (VEC4) {
                 if (in && m0 + row < K) {
                     const float4 f = *(const float4*)(at + row);
@@ -422,26 +440,23 @@ struct TransposedGradRows {
                 for (int j = 0; j < 4; ++j)
                     if (in && m0 + row + j < K) v[j] = at[row + j];
             }
-            cols.store(stage, i, v);
         }
         l += TC_TF32_POSITIONS;
         at += (index_t)TC_TF32_POSITIONS * K;
     }
-    __device__ void round_tf32(unsigned char*) const {}  // stored rounded (ColumnOffsets::store)
 };
 
 // B = P: rows n are the patch columns r = (fh, fw, c) (4 consecutive channels of one tap, 16-byte
 // aligned since Cp is a multiple of 4: one float4), read at the position's input pixel; the
 // position is walked from k-tile to k-tile (PositionWalk, as the 16-bit builds' PatchColumns).
 template <class S>
-struct TransposedPatchRows {
+struct TransposedPatchRows : ColumnPieces<S, S::BN * 4 / S::THREADS> {
     const float* x;
     int H, W, OH, OW, sh, sw, l_end;
     static constexpr int P = S::BN * 4 / S::THREADS;  // B's BN rows, 4 per thread and round
     int fh[P], fw[P];       // this thread's column groups' taps, folded with the padding
     int col_off[P];         // (fh * W + fw) * Cp + c: their offsets from the position's (0, 0) tap
     bool ok[P];
-    ColumnOffsets<S> cols;
     PositionStep step;      // a k-tile's TC_TF32_POSITIONS positions
     index_t inc[3];
     mutable int l;          // this thread's position in the next k-tile
@@ -449,8 +464,8 @@ struct TransposedPatchRows {
 
     __device__ TransposedPatchRows(const float* x_, int n0, int H_, int W_, int Cp, int FH, int FW, int OH_, int OW_,
                                    int sh_, int sw_, int ph, int pw, int l0, int l_end_)
-        : x(x_), H(H_), W(W_), OH(OH_), OW(OW_), sh(sh_), sw(sw_), l_end(l_end_),
-          cols(threadIdx.x % TC_TF32_POSITIONS), step(TC_TF32_POSITIONS, OH_, OW_),
+        : ColumnPieces<S, S::BN * 4 / S::THREADS>(threadIdx.x % TC_TF32_POSITIONS), x(x_), H(H_), W(W_), OH(OH_),
+          OW(OW_), sh(sh_), sw(sw_), l_end(l_end_), step(TC_TF32_POSITIONS, OH_, OW_),
           l(l0 + (int)threadIdx.x % TC_TF32_POSITIONS) {
         for (int i = 0; i < P; ++i) {
             const int r = n0 + tc_column_row<S>(i), tap = r / Cp, c = r - tap * Cp;
@@ -466,7 +481,7 @@ struct TransposedPatchRows {
         position_increments(step, OH_, OW_, W_, Cp, sh_, sw_, image, inc);
     }
 
-    __device__ void load(unsigned char* stage, int kt, int) const {
+    __device__ void load(unsigned char*, int kt, int) const {
         const int oh = at.oh, ow = at.ow;
         const float* pixel = at.src;
         at.step(step, OH, OW, inc, kt);
@@ -475,19 +490,21 @@ struct TransposedPatchRows {
 #pragma unroll
         for (int i = 0; i < P; ++i) {
             const int ih = oh * sh + fh[i], iw = ow * sw + fw[i];
-            float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            float* v = this->v[i];
+            v[0] = v[1] = v[2] = v[3] = 0.0f;
             if (ok[i] && in && (unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W) {
                 const float4 f = *(const float4*)(pixel + col_off[i]);
                 v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
             }
-            cols.store(stage, i, v);
         }
     }
-    __device__ void round_tf32(unsigned char*) const {}  // stored rounded (ColumnOffsets::store)
 };
 
 // ------------------------------------------------------------------------------------------
-// The kernels' bodies, per tile shape.
+// The kernels' bodies, per tile shape. Every loader of a convolution copies 16-byte pieces of its
+// own (or stores its operand rounded), so a TF32 k-tile is rounded in the stage, once, not in
+// every warp's fragments (StageRounded).
+typedef StageRounded<TensorCoreOp<storage_t> > ConvOp;
 template <class S>
 __device__ void conv2d_forward_tc_body(const storage_t* x, const storage_t* w, const storage_t* b, storage_t* y, int N,
                                        int Cp, int H, int W, int K, int FH, int FW, int OH, int OW, int sh, int sw,
@@ -501,7 +518,7 @@ __device__ void conv2d_forward_tc_body(const storage_t* x, const storage_t* w, c
                                                      rbytes);
     float acc[S::MI][S::NI][4] = {};
     const int ktiles = (rbytes + TC_KBYTES - 1) / TC_KBYTES;
-    tc_gemm_mainloop<S, TensorCoreOp<storage_t>, FragA<S>, FragB_nt<S>>(la, lb, ktiles, 16, 16, As, Bs, acc);
+    tc_gemm_mainloop<S, ConvOp, FragA<S>, FragB_nt<S>>(la, lb, ktiles, 16, 16, As, Bs, acc);
     tc_gemm_epilogue<S>(RowMajorStore<storage_t>{y, has_bias ? b : nullptr, M, K, relu}, m0, n0, acc);  // y, NHWC
 }
 
@@ -519,10 +536,10 @@ __device__ void conv2d_backward_data_tc_body(const storage_t* dy, const storage_
     const int ktiles = (lbytes + TC_KBYTES - 1) / TC_KBYTES;
     if (sh == 1 && sw == 1) {
         GradRows<S, true> la(dy, m0, M, H, W, Kp, FH, FW, OH, OW, sh, sw, ph, pw);
-        tc_gemm_mainloop<S, TensorCoreOp<storage_t>, FragA<S>, FragB_nt<S>>(la, lb, ktiles, 16, 16, As, Bs, acc);
+        tc_gemm_mainloop<S, ConvOp, FragA<S>, FragB_nt<S>>(la, lb, ktiles, 16, 16, As, Bs, acc);
     } else {
         GradRows<S, false> la(dy, m0, M, H, W, Kp, FH, FW, OH, OW, sh, sw, ph, pw);
-        tc_gemm_mainloop<S, TensorCoreOp<storage_t>, FragA<S>, FragB_nt<S>>(la, lb, ktiles, 16, 16, As, Bs, acc);
+        tc_gemm_mainloop<S, ConvOp, FragA<S>, FragB_nt<S>>(la, lb, ktiles, 16, 16, As, Bs, acc);
     }
     tc_gemm_epilogue<S>(RowMajorStore<storage_t>{dx, nullptr, M, C, 0}, m0, n0, acc);  // dx, NHWC
 }
@@ -542,19 +559,19 @@ __device__ void conv2d_backward_weight_tc_body(const storage_t* dy, const storag
     TransposedPatchRows<S> lb(x, n0, H, W, Cp, FH, FW, OH, OW, sh, sw, ph, pw, l0, l_end);
     if (vec_dy == 16 && K % 4 == 0) {  // a piece's 4 channels of dy in one 16-byte load
         TransposedGradRows<S, true> la(dy, K, m0, l0, l_end);
-        tc_gemm_mainloop<S, TensorCoreOp<storage_t>, FragA<S>, FragB_nt<S>>(la, lb, ktiles, 0, 0, As, Bs, acc);
+        tc_gemm_mainloop<S, ConvOp, FragA<S>, FragB_nt<S>>(la, lb, ktiles, 0, 0, As, Bs, acc);
     } else {
         TransposedGradRows<S, false> la(dy, K, m0, l0, l_end);
-        tc_gemm_mainloop<S, TensorCoreOp<storage_t>, FragA<S>, FragB_nt<S>>(la, lb, ktiles, 0, 0, As, Bs, acc);
+        tc_gemm_mainloop<S, ConvOp, FragA<S>, FragB_nt<S>>(la, lb, ktiles, 0, 0, As, Bs, acc);
     }
 #else
     DenseTileLoader<TC_KM_ROWS, 2 * S::BM, S::THREADS> la((const unsigned char*)(dy + (index_t)l0 * K + m0),
                                                           (long long)K * es, l_end - l0, (K - m0) * es);
     PatchColumns<S> lb(x, n0, H, W, Cp, FH, FW, OH, OW, sh, sw, ph, pw, l0, l_end);
     if (vec_dy == 16 && K * es % 16 == 0)  // channel counts that are multiples of 8: only 16-byte copies
-        tc_gemm_mainloop<S, TensorCoreOp<storage_t>, FragA_km<S>, FragB_nn<S>>(la, lb, ktiles, 16, 16, As, Bs, acc);
+        tc_gemm_mainloop<S, ConvOp, FragA_km<S>, FragB_nn<S>>(la, lb, ktiles, 16, 16, As, Bs, acc);
     else
-        tc_gemm_mainloop<S, TensorCoreOp<storage_t>, FragA_km<S>, FragB_nn<S>>(la, lb, ktiles, imin(vec_dy, 8), 16, As,
+        tc_gemm_mainloop<S, ConvOp, FragA_km<S>, FragB_nn<S>>(la, lb, ktiles, imin(vec_dy, 8), 16, As,
                                                                                 Bs, acc);
 #endif
     // the split's float32 partial sums of dW, [K][R]
@@ -607,7 +624,10 @@ conv2d_backward_data_tc128(const storage_t* dy, const storage_t* wt, storage_t* 
 
 // vec_dy: the bytes each copy of dy moves in the 16-bit builds (16, 8, 4 or 2: the largest dividing
 // K * sizeof and dy's address; dy needs no channel padding, it is read as a dense [L][K] matrix).
-extern "C" __global__ void __launch_bounds__(TcTile128::THREADS)
+// Bounded to 2 blocks per SM (128 registers a thread): unbounded, ptxas spends up to 168 on this
+// loop (the TF32 build, whose loads stay in registers across the mmas, and the 16-bit builds
+// alike) and the SM holds one block of 8 warps. (The bound on the other two spills them.)
+extern "C" __global__ void __launch_bounds__(TcTile128::THREADS, 2)
 conv2d_backward_weight_tc128(const storage_t* dy, const storage_t* x, float* ws, int N, int Cp, int H, int W,
     int K, int FH, int FW, int OH, int OW, int sh, int sw, int ph, int pw, int chunk, int vec_dy) {
     TC_BODY((conv2d_backward_weight_tc_body<TcTile128>(dy, x, ws, N, Cp, H, W, K, FH, FW, OH, OW, sh, sw, ph, pw, chunk,

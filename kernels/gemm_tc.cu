@@ -9,7 +9,7 @@
 //
 // Precision (common.cuh): storage_t operands, products exact and sums in float32 on the tensor
 // cores (bf16 -> mma .bf16, fp16 -> .f16, float32 in the TF32 build -> .tf32 with each operand
-// rounded by tf32_round), the bias (storage_t, one per column: gpuconv.ops.linear's) added to the
+// rounded by tf32_round: in shared memory for aligned operands, else in the fragments), the bias (storage_t, one per column: gpuconv.ops.linear's) added to the
 // float32 sum, each output rounded ONCE: into C (storage_t) or, when C is null, written as float32
 // into C32 (a workspace, e.g. split-K partial sums). The kernels compute only in the
 // builds with a tensor-core format (GPUCONV_TENSOR_CORES: bfloat16, float16, TF32); in float64 and
@@ -47,9 +47,10 @@ __device__ void gemm_tc_body(const storage_t* A, const storage_t* B, const stora
                             : LoaderB((const unsigned char*)(B + (index_t)n0 * K), kbytes, N - n0, kbytes);
     float acc[S::MI][S::NI][4] = {};
     const int ktiles = (kbytes + TC_KBYTES - 1) / TC_KBYTES;
-    if (vec_a == 16 && vec_b == 16)  // aligned operands: the loop with only 16-byte copies
-        tc_gemm_mainloop<S, TensorCoreOp<storage_t>, FragA<S>, FragB>(la, lb, ktiles, 16, 16, As, Bs, acc);
-    else
+    if (vec_a == 16 && vec_b == 16)  // aligned operands: the loop with only 16-byte copies, TF32 rounded in the stage
+        tc_gemm_mainloop<S, StageRounded<TensorCoreOp<storage_t> >, FragA<S>, FragB>(la, lb, ktiles, 16, 16, As, Bs,
+                                                                                      acc);
+    else  // narrower copies are not whole pieces of one thread's: TF32 rounded in the fragments
         tc_gemm_mainloop<S, TensorCoreOp<storage_t>, FragA<S>, FragB>(la, lb, ktiles, vec_a, vec_b, As, Bs, acc);
     if (C)
         tc_gemm_epilogue<S>(RowMajorStore<storage_t>{C, bias, M, N, 0}, m0, n0, acc);

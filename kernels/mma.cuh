@@ -344,11 +344,13 @@ __device__ inline int swizzle_offset(int row, int byte) {
 // bf16_t -> m16n8k16 .bf16, half_t -> m16n8k16 .f16, float (the TF32 build) -> m16n8k8 .tf32.
 // Every shape takes 32 bytes of K per mma, A fragments of 4 and B fragments of 2 registers, and
 // accumulates float32. prepare() turns fragment registers loaded from storage into the
-// instruction's operand format (TF32: rounded with cvt.rna, the precision rule's rounding).
+// instruction's operand format (TF32: rounded with cvt.rna, the precision rule's rounding);
+// ROUNDS_FRAGMENTS says whether it does anything.
 template <class T> struct TensorCoreOp;
 
 template <> struct TensorCoreOp<bf16_t> {
     typedef bf16_t storage;
+    static constexpr bool ROUNDS_FRAGMENTS = false;
     __device__ static void prepare(unsigned*, int) {}
     __device__ static void mma(float acc[4], const unsigned a[4], const unsigned b[2] GPUCONV_SITE) {
         mma_m16n8k16_bf16(acc, a, b, acc GPUCONV_SITE_FWD);
@@ -357,6 +359,7 @@ template <> struct TensorCoreOp<bf16_t> {
 
 template <> struct TensorCoreOp<half_t> {
     typedef half_t storage;
+    static constexpr bool ROUNDS_FRAGMENTS = false;
     __device__ static void prepare(unsigned*, int) {}
     __device__ static void mma(float acc[4], const unsigned a[4], const unsigned b[2] GPUCONV_SITE) {
         mma_m16n8k16_f16(acc, a, b, acc GPUCONV_SITE_FWD);
@@ -365,10 +368,24 @@ template <> struct TensorCoreOp<half_t> {
 
 template <> struct TensorCoreOp<float> {
     typedef float storage;
+    static constexpr bool ROUNDS_FRAGMENTS = true;
     __device__ static void prepare(unsigned* r, int n) {
         for (int i = 0; i < n; ++i) r[i] = __float_as_uint(tf32_round(__uint_as_float(r[i])));
     }
     __device__ static void mma(float acc[4], const unsigned a[4], const unsigned b[2] GPUCONV_SITE) {
         mma_m16n8k8_tf32(acc, a, b, acc GPUCONV_SITE_FWD);
     }
+};
+
+// Op with its operands already in the instruction's format in shared memory: TF32 values rounded
+// once per k-tile by the threads that copied them (tc_tile.cuh's TcMultiply::prepare), so the
+// fragments go to the mma as read. Every value of a stage is read by several warps (an A row by
+// each warp of its tile row), so rounding the stage takes a third of the fragment roundings of
+// a 128x128 tile: a k-tile's 48 values a thread (5 instructions each) become 16, plus a load and
+// a store per 16-byte piece. For loaders whose every copy is a 16-byte piece of the thread's own
+// (round_tf32 rounds those): the pieces of another thread's copies may not have landed yet.
+template <class Op>
+struct StageRounded : Op {
+    static constexpr bool ROUNDS_FRAGMENTS = false;
+    __device__ static void prepare(unsigned*, int) {}
 };

@@ -18,8 +18,11 @@
 //   steps of 32 bytes each.
 // - An operand loader is an object with
 //       void load(unsigned char* stage, int kt, int vec) const;
-//   that issues this thread's share of the copies of k-tile kt into one shared-memory stage,
-//   zero-filling every byte outside the operand. A stage is either K-contiguous ("mk": BM or BN
+//       void land(unsigned char* stage) const;
+//   load() issues this thread's share of the copies of k-tile kt into one shared-memory stage,
+//   zero-filling every byte outside the operand; the main loop calls it before it multiplies the
+//   k-tile in hand and land() after (a no-op for cp.async copies, AsyncLoader; the transposing
+//   loaders of the TF32 weight gradient store there what load() fetched into registers). A stage is either K-contiguous ("mk": BM or BN
 //   rows of 64 bytes of K) or K-strided ("km": 32 rows of K, the M or N columns in 128-byte
 //   blocks of 64 16-bit elements, one block after the other; 16-bit elements only), swizzled
 //   (stage_offset below). The main loop only sees stages.
@@ -168,8 +171,13 @@ struct PieceOffsets {
 // weight gradient; wider rows) down them (kt_rows = 32 rows of K): compile-time constants.
 // Outside rows_valid rows or row_bytes bytes the stage is zero-filled (cp.async src-size), so
 // edges need no other guard. Byte counts are ints (the launchers check the sizes).
+// A loader whose copies are cp.async: they land by themselves (cp_async_wait), nothing to store.
+struct AsyncLoader {
+    __device__ void land(unsigned char*) const {}
+};
+
 template <int ROWS, int ROW_BYTES, int THREADS>
-struct DenseTileLoader {
+struct DenseTileLoader : AsyncLoader {
     static constexpr int kt_rows = ROW_BYTES == TC_KBYTES ? 0 : TC_KM_ROWS;
     static constexpr int kt_bytes = ROW_BYTES == TC_KBYTES ? TC_KBYTES : 0;
     // The 16-byte copies: each thread's pieces of a stage are fixed, row r0 and byte b, then rows
@@ -426,6 +434,21 @@ struct FragB_nn {
 //   are wgmma's 64- and 128-byte swizzles as they are), MI m64nBNk16 per 32 bytes of K, and waits
 //   for them before the next barrier lets the stage be refilled. Its publish() is the proxy fence
 //   that makes the stage's generic-proxy writes (cp.async) visible to wgmma, before the barrier.
+// A landed k-tile's operands rounded to TF32 in shared memory, each thread its own copies, in the
+// TF32 build where ROUND (an op without fragment rounding: StageRounded; wgmma); the barrier
+// after it publishes them. Nothing in the 16-bit builds.
+template <bool ROUND, class LA, class LB>
+__device__ inline void tc_round_stages(const LA& la, const LB& lb, unsigned char* A, unsigned char* B) {
+#if GPUCONV_TF32
+    if (ROUND) {
+        la.round_tf32(A);
+        lb.round_tf32(B);
+    }
+#else
+    (void)la, (void)lb, (void)A, (void)B;
+#endif
+}
+
 template <class S, class Op, class FragA, class FragB, bool WG = S::WG>
 struct TcMultiply {
     static constexpr int IN_FLIGHT = 0;  // k-tiles whose stage is still read after their round
@@ -434,7 +457,9 @@ struct TcMultiply {
     __device__ TcMultiply(const unsigned char* As_, const unsigned char* Bs_)
         : As(As_), Bs(Bs_), lane_a(FragA::lane_offset()), lane_b(FragB::lane_offset()) {}
     template <class LA, class LB>
-    __device__ static void prepare(const LA&, const LB&, unsigned char*, unsigned char*) {}  // fragments round
+    __device__ static void prepare(const LA& la, const LB& lb, unsigned char* A, unsigned char* B) {
+        tc_round_stages<!Op::ROUNDS_FRAGMENTS>(la, lb, A, B);
+    }
     __device__ static void publish() {}
     __device__ static void finish(float (*)[S::NI][4]) {}
     // Multiplies the k-tile in stage `s`.
@@ -464,16 +489,11 @@ struct TcMultiply<S, Op, FragA, FragB, true> {
     // by the next round's wgmmas, which the hardware orders), so the stage they read stays busy
     // one round longer: the pipeline keeps a stage for it.
     static constexpr int IN_FLIGHT = 1;
-    // A landed k-tile's operands rounded to TF32 in shared memory by the threads that copied them
-    // (TF32 build), before the proxy fence and the barrier publish them.
+    // wgmma reads shared memory as it is: the stages are always rounded (before the proxy fence and
+    // the barrier publish them).
     template <class LA, class LB>
     __device__ static void prepare(const LA& la, const LB& lb, unsigned char* A, unsigned char* B) {
-#if GPUCONV_TF32
-        la.round_tf32(A);
-        lb.round_tf32(B);
-#else
-        (void)la, (void)lb, (void)A, (void)B;
-#endif
+        tc_round_stages<true>(la, lb, A, B);
     }
     __device__ static void publish() { fence_proxy_async(); }
     // Block i's accumulators as the wgmma's list (each block's mma tiles are its column blocks).
@@ -543,7 +563,8 @@ struct TcMultiply<S, Op, FragA, FragB, true> {
 //   publish, __syncthreads -> everyone's have (visible to wgmma's async proxy too), and every warp
 //                    is done with the stage of tile kt - 1 - IN_FLIGHT, which is refilled next:
 //                    it is (kt + D) % STAGES;
-//   issue tile kt + D, then multiply tile kt while it streams in.
+//   issue tile kt + D, then multiply tile kt while it streams in, then land tile kt + D (stores
+//                    from registers; the stage is free until the barrier of k-tile kt + 1 publishes it).
 template <class S, class Op, class FragA, class FragB, class LoaderA, class LoaderB>
 __device__ void tc_gemm_mainloop(const LoaderA& la, const LoaderB& lb, int ktiles, int vec_a, int vec_b,
                                  unsigned char* As, unsigned char* Bs, float acc[S::MI][S::NI][4]) {
@@ -555,6 +576,8 @@ __device__ void tc_gemm_mainloop(const LoaderA& la, const LoaderB& lb, int ktile
         if (s < ktiles) {
             la.load(As + s * S::A_STAGE, s, vec_a);
             lb.load(Bs + s * S::B_STAGE, s, vec_b);
+            la.land(As + s * S::A_STAGE);
+            lb.land(Bs + s * S::B_STAGE);
         }
         cp_async_commit();
     }
@@ -565,12 +588,17 @@ __device__ void tc_gemm_mainloop(const LoaderA& la, const LoaderB& lb, int ktile
         multiply.prepare(la, lb, As + read * S::A_STAGE, Bs + read * S::B_STAGE);
         multiply.publish();
         __syncthreads();
-        if (kt + D < ktiles) {
+        const bool more = kt + D < ktiles;
+        if (more) {
             la.load(As + write * S::A_STAGE, kt + D, vec_a);
             lb.load(Bs + write * S::B_STAGE, kt + D, vec_b);
         }
         cp_async_commit();
         multiply(read, acc);
+        if (more) {  // register-staged loads stored behind the mmas (nothing for cp.async ones)
+            la.land(As + write * S::A_STAGE);
+            lb.land(Bs + write * S::B_STAGE);
+        }
         read = read == S::STAGES - 1 ? 0 : read + 1;
         write = write == S::STAGES - 1 ? 0 : write + 1;
     }

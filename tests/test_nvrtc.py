@@ -283,17 +283,20 @@ def test_ptxas_resource_usage(tmp_path, build, capsys):
             r = reports["gemm_tc"][name]
             assert r["spill"] == 0 and r["smem"] == 24576 and r["registers"] <= 96, (build, name, r)
         # the implicit-GEMM convolutions: the same stages; the im2col loaders' decoded rows cost a
-        # few registers more than the dense GEMM's (75-96 on sm_90 with ptxas 13.0)
+        # few registers more than the dense GEMM's (75-96 on sm_90 with ptxas 13.0). The TF32
+        # weight gradient holds a k-tile's loads in registers across the mmas: 128 (4 blocks of 4
+        # warps per SM; bounded to 96 it spills)
         for name in ["conv2d_forward_tc", "conv2d_backward_data_tc", "conv2d_backward_weight_tc"]:
             r = reports["conv2d_tc"][name]
-            assert r["spill"] == 0 and r["smem"] == 24576 and r["registers"] <= 96, (build, name, r)
+            most = 128 if build == "tf32" and name == "conv2d_backward_weight_tc" else 96
+            assert r["spill"] == 0 and r["smem"] == 24576 and r["registers"] <= most, (build, name, r)
         # 128x128 tiles: 8 warps of 64x32, 64 accumulators per thread, 48 KiB of stages; at most 128
         # registers keeps two blocks (16 warps) per SM
         for name in ["conv2d_forward_tc128", "conv2d_backward_data_tc128", "conv2d_backward_weight_tc128"]:
             r = reports["conv2d_tc"][name]
             assert r["spill"] == 0 and r["smem"] == 49152 and r["registers"] <= 128, (build, name, r)
         # 128x128 tiles of 4 warps of 64x64, 128 accumulators per thread: at most 255 registers
-        # without a spill keeps two blocks (8 warps) per SM (225-244 with ptxas 13.0)
+        # without a spill keeps two blocks (8 warps) per SM (226-246 with ptxas 13.0)
         for name in ["conv2d_forward_tc128w", "conv2d_backward_data_tc128w", "conv2d_backward_weight_tc128w"]:
             r = reports["conv2d_tc"][name]
             assert r["spill"] == 0 and r["smem"] == 49152 and r["registers"] <= 255, (build, name, r)
@@ -305,7 +308,7 @@ def test_ptxas_resource_usage(tmp_path, build, capsys):
             r = reports["conv2d_tc"][name]
             assert r["spill"] == 0 and r["smem"] <= 32 and r["registers"] <= 128, (build, name, r)
         # 128x256 tiles of 2 warpgroups: 128 accumulators per thread, no spill within 255 registers
-        # (193-209 with ptxas 13.0: one block of 8 warps per SM); 96 KiB of dynamic stages
+        # (176-232 with ptxas 13.0: one block of 8 warps per SM); 96 KiB of dynamic stages
         for name in ["conv2d_forward_tcwg256", "conv2d_backward_data_tcwg256", "conv2d_backward_weight_tcwg256"]:
             r = reports["conv2d_tc"][name]
             assert r["spill"] == 0 and r["smem"] <= 32 and r["registers"] <= 255, (build, name, r)
@@ -315,10 +318,13 @@ def test_ptxas_resource_usage(tmp_path, build, capsys):
             r = reports["conv2d_tc"][name]
             assert r["spill"] == 0 and r["smem"] <= 32 and r["registers"] <= 128, (build, name, r)
         # 64x128 tiles of one warpgroup: 64 accumulators per thread, 48 KiB of static stages; at
-        # most 128 registers for four blocks (16 warps) per SM
+        # most 128 registers for four blocks (16 warps) per SM; the TF32 weight gradient, its
+        # loads in registers across the wgmmas, at most 168 for three (159 with ptxas 13.0;
+        # bounded to four blocks it spills)
         for name in ["conv2d_forward_tcwgm64", "conv2d_backward_data_tcwgm64", "conv2d_backward_weight_tcwgm64"]:
             r = reports["conv2d_tc"][name]
-            assert r["spill"] == 0 and r["smem"] == 49152 and r["registers"] <= 128, (build, name, r)
+            most = 168 if build == "tf32" and name == "conv2d_backward_weight_tcwgm64" else 128
+            assert r["spill"] == 0 and r["smem"] == 49152 and r["registers"] <= most, (build, name, r)
 
 
 # ----------------------------------------------------------------------------- the GPU path, faked
