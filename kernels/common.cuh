@@ -214,6 +214,38 @@ __device__ inline float tf32_round(float x) {
 #endif
 }
 
+// x rounded to TF32 for a tensor-core operand only: the tensor cores read the top 19 bits of a
+// .tf32 operand and ignore the 13 low mantissa bits (they truncate), so half a TF32 ulp added to
+// a finite value's bits is tf32_round's rounding as they see it, the low bits left as they fall
+// (CUTLASS's round_half_ulp_truncate); a NaN gets its quiet bit, so that one whose payload lies
+// in the low bits stays a NaN there, not an infinity; an infinity passes. Four instructions on
+// sm_90 where tf32_round takes seven. The simulator's mma and wgmma clear the low bits as the
+// hardware ignores them (mma.cuh's tf32_bits), so both give tf32_round's products.
+__device__ inline float tf32_operand(float x) {
+#ifdef __CUDA_ARCH__
+    // Predicated, so ptxas keeps it at two tests and two predicated operations (written in C, it
+    // computed both results and selected: five or six).
+    unsigned u;
+    asm("{\n\t.reg .pred finite, nan;\n\t.reg .f32 a;\n\t"
+        "abs.f32 a, %1;\n\t"
+        "setp.lt.f32 finite, a, 0f7F800000;\n\t"
+        "setp.nan.f32 nan, %1, %1;\n\t"
+        "mov.b32 %0, %1;\n\t"
+        "@finite add.u32 %0, %0, 0x1000;\n\t"
+        "@nan or.b32 %0, %0, 0x00400000;\n\t}"
+        : "=r"(u) : "f"(x));
+    return __uint_as_float(u);
+#else
+    unsigned u = __float_as_uint(x);
+    if (fabsf(x) < __uint_as_float(0x7f800000u)) {
+        u += 0x1000u;
+    } else if (x != x) {
+        u |= 0x00400000u;
+    }
+    return __uint_as_float(u);
+#endif
+}
+
 // A multiplicand of a GEMM as the conv kernels stage it: widened to acc_t, and in a TF32 build
 // rounded to TF32. Sums (bias, bias gradient, split-K reduction) never go through it.
 __device__ inline acc_t gemm_operand(storage_t v) {

@@ -51,9 +51,10 @@
 //                                   K*C*FH*FW filter elements.
 //
 // Precision (common.cuh, gpuconv/precision.py): storage_t operands, products exact and sums in
-// float32 on the tensor cores (TF32 operands rounded with tf32_round in shared memory, once per
-// k-tile, by the threads that copied them: StageRounded), each output rounded once. The kernels compute only in the builds with a tensor-core format
-// (GPUCONV_TENSOR_CORES); elsewhere they trap, and the launcher never sends them there.
+// float32 on the tensor cores (TF32 operands rounded in shared memory, once per k-tile, by the
+// threads that copied them: StageRounded, tf32_operand), each output rounded once. The kernels
+// compute only in the builds with a tensor-core format (GPUCONV_TENSOR_CORES); elsewhere they
+// trap, and the launcher never sends them there.
 // GEMM rows and columns are int (the launcher checks the sizes); element offsets are index_t.
 //
 // Resources on sm_90 (ptxas 13.0; tests/test_nvrtc.py checks the bounds and the absence of
@@ -385,7 +386,7 @@ struct ColumnOffsets {
 #ifndef __CUDA_ARCH__
             if (off != stage_offset<TC_KBYTES>(tc_column_row<S>(i) + j, 4 * pos)) __trap();
 #endif
-            *(float*)(stage + off) = tf32_round(v[j]);
+            *(float*)(stage + off) = tf32_operand(v[j]);
         }
     }
 };

@@ -9,11 +9,12 @@
 //
 // Precision (common.cuh): storage_t operands, products exact and sums in float32 on the tensor
 // cores (bf16 -> mma .bf16, fp16 -> .f16, float32 in the TF32 build -> .tf32 with each operand
-// rounded by tf32_round: in shared memory for aligned operands, else in the fragments), the bias (storage_t, one per column: gpuconv.ops.linear's) added to the
-// float32 sum, each output rounded ONCE: into C (storage_t) or, when C is null, written as float32
-// into C32 (a workspace, e.g. split-K partial sums). The kernels compute only in the
-// builds with a tensor-core format (GPUCONV_TENSOR_CORES: bfloat16, float16, TF32); in float64 and
-// strict float32 (and gemm_tc_nn in TF32) they trap.
+// rounded by tf32_operand: in shared memory for aligned operands, else in the fragments), the
+// bias (storage_t, one per column: gpuconv.ops.linear's) added to the float32 sum, each output
+// rounded ONCE: into C (storage_t) or, when C is null, written as float32 into C32 (a workspace,
+// e.g. split-K partial sums). The kernels compute only in the builds with a tensor-core format
+// (GPUCONV_TENSOR_CORES: bfloat16, float16, TF32); in float64 and strict float32 (and gemm_tc_nn
+// in TF32) they trap.
 //
 // Launch: block = 128 threads (4 warps, TcTile64), grid = (ceil(M / 64), ceil(N / 64)); static shared
 // memory 3 stages x 8 KiB = 24 KiB. vec_a, vec_b: the bytes each copy moves for A and B, 16, 8, 4

@@ -41,8 +41,10 @@
 // are deterministic; tests hold both the simulator and a GPU to the NumPy product within a bound
 // derived from K (gpuconv.gradcheck.reduction_tolerance), and to exact equality where every
 // partial sum is exact (small integers). A .tf32 operand uses only its TF32 bits (sign, exponent,
-// 10 mantissa bits): the simulator clears the 13 low bits of each, so a kernel must round its
-// operands with tf32_round (common.cuh) first, as the precision rule asks and the tests check.
+// 10 mantissa bits): the hardware ignores the 13 low bits (truncates) and the simulator clears
+// them, so a kernel must round its operands first, as the precision rule asks and the tests
+// check: tf32_operand (common.cuh), half a TF32 ulp added to the bits, the truncation finishing
+// tf32_round's rounding.
 //
 // cp.async in the simulator: the destination is filled with 0xFF poison when the copy is issued
 // (its content is undefined on a GPU until the copy completes) and the data lands only at the
@@ -220,7 +222,7 @@ __device__ inline void mma_m16n8k16_f16(float d[4], const unsigned a[4], const u
 #endif
 }
 
-// a and b hold float32 bit patterns already rounded to TF32 (tf32_round).
+// a and b hold float32 bit patterns already rounded for TF32 (tf32_operand).
 __device__ inline void mma_m16n8k8_tf32(float d[4], const unsigned a[4], const unsigned b[2],
                                         const float c[4] GPUCONV_SITE) {
 #ifdef __CUDA_ARCH__
@@ -370,7 +372,7 @@ template <> struct TensorCoreOp<float> {
     typedef float storage;
     static constexpr bool ROUNDS_FRAGMENTS = true;
     __device__ static void prepare(unsigned* r, int n) {
-        for (int i = 0; i < n; ++i) r[i] = __float_as_uint(tf32_round(__uint_as_float(r[i])));
+        for (int i = 0; i < n; ++i) r[i] = __float_as_uint(tf32_operand(__uint_as_float(r[i])));
     }
     __device__ static void mma(float acc[4], const unsigned a[4], const unsigned b[2] GPUCONV_SITE) {
         mma_m16n8k8_tf32(acc, a, b, acc GPUCONV_SITE_FWD);

@@ -22,10 +22,10 @@
 //   load() issues this thread's share of the copies of k-tile kt into one shared-memory stage,
 //   zero-filling every byte outside the operand; the main loop calls it before it multiplies the
 //   k-tile in hand and land() after (a no-op for cp.async copies, AsyncLoader; the transposing
-//   loaders of the TF32 weight gradient store there what load() fetched into registers). A stage is either K-contiguous ("mk": BM or BN
-//   rows of 64 bytes of K) or K-strided ("km": 32 rows of K, the M or N columns in 128-byte
-//   blocks of 64 16-bit elements, one block after the other; 16-bit elements only), swizzled
-//   (stage_offset below). The main loop only sees stages.
+//   loaders of the TF32 weight gradient store there what load() fetched into registers). A
+//   stage is either K-contiguous ("mk": BM or BN rows of 64 bytes of K) or K-strided ("km": 32
+//   rows of K, the M or N columns in 128-byte blocks of 64 16-bit elements, one block after the
+//   other; 16-bit elements only), swizzled (stage_offset below). The main loop only sees stages.
 // - Fragment readers turn a stage into a warp's mma fragments with ldmatrix: FragA (A, mk),
 //   FragA_km (A, km: .trans), FragB_nt (B, mk), FragB_nn (B, km: .trans). .trans moves 16-bit
 //   elements, so the km layouts exist in the bf16/fp16 builds only.
@@ -120,10 +120,11 @@ __device__ inline int stage_offset(int row, int byte) {
 }
 
 // ------------------------------------------------------------------------------------------
-// Four floats of a stage rounded to TF32 in place (cvt.rna: the precision rule's rounding).
+// Four floats of a stage rounded in place for the tensor cores (tf32_operand: the precision
+// rule's rounding, as they read it).
 __device__ inline void round_piece_tf32(unsigned char* p) {
     float4 v = *(float4*)p;
-    v.x = tf32_round(v.x), v.y = tf32_round(v.y), v.z = tf32_round(v.z), v.w = tf32_round(v.w);
+    v.x = tf32_operand(v.x), v.y = tf32_operand(v.y), v.z = tf32_operand(v.z), v.w = tf32_operand(v.w);
     *(float4*)p = v;
 }
 
@@ -216,7 +217,7 @@ struct DenseTileLoader : AsyncLoader {
     }
 
     // This thread's 16-byte pieces of a landed stage rounded to TF32 in place (the TF32 build's
-    // wgmma, which reads shared memory as it is; the convolutions copy 16-byte pieces only).
+    // wgmma and StageRounded mma.sync; 16-byte copies only, each piece a thread's own).
     __device__ void round_tf32(unsigned char* stage) const {
         const PieceOffsets<ROW_BYTES, ROW_STEP> at((int)threadIdx.x / PER_ROW, (int)threadIdx.x % PER_ROW * 16);
 #pragma unroll

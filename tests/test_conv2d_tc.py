@@ -131,6 +131,40 @@ def test_exact_when_every_partial_sum_is(target, build, variant):
         assert np.array_equal(host(got).astype(np.float64), want)
 
 
+# float32 bit patterns where TF32's rounding has a rule to keep: a NaN whose payload lies only in
+# the 13 bits TF32 drops (a NaN still, not an infinity), infinities, the largest finite value
+# (rounds to inf), ties (away from zero), just below a tie, subnormals, a negative zero.
+TF32_SPECIALS = [0x7F800001, 0xFF800FFF, 0x7F800000, 0xFF800000, 0x7F7FFFFF, 0x3F801000, 0xBF803000, 0x3F800FFF,
+                 0x00001000, 0x80000FFF, 0x80000000, 0x00400800]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_tf32_operands_round_by_the_rule_special_values_included(target, variant):
+    """1x1 convolutions of 12 images of 1x1 pixels whose every output is ONE product with 1.0 (the
+    other terms are x 0): the output is the TF32 operand itself, so each operand path (forward:
+    patches and filters; data gradient: dy and filters; weight gradient: dy and patches) shows
+    its rounding bit for bit against round_tf32, the special values included (an infinity times
+    the zeros of its row makes NaNs there, on both sides)."""
+    rng = np.random.default_rng(5)
+    n = len(TF32_SPECIALS)
+    vals = rng.standard_normal((n, n)).astype(np.float32).view(np.uint32) | np.uint32(0x0AAA)
+    vals[np.arange(n), rng.permutation(n)] = TF32_SPECIALS  # one special a row
+    special = vals.view(np.float32).reshape(n, n, 1, 1)
+    eye = np.eye(n, dtype=np.float32).reshape(n, n, 1, 1)
+    zeros = np.zeros(n, np.float32)
+
+    def reference(x, w, dy):
+        (y, dx, dw), _ = exact(x, w, zeros, dy, (1, 1), (0, 0), True)
+        return y.astype(np.float32), dx.astype(np.float32), dw.astype(np.float32)
+
+    with np.errstate(invalid="ignore", over="ignore"):
+        # patches (y = S, dw = S), dy (dx = S, dw = S^T), filters (y = S^T, dx = S)
+        for x, w, dy in ((special, eye, eye), (eye, eye, special), (eye, special, eye)):
+            got, _ = run_conv(target, x, w, zeros, dy, (1, 1), (0, 0), True, variant=variant)
+            for name, g, want in zip(("y", "dx", "dw"), got, reference(x, w, dy)):
+                np.testing.assert_array_equal(host(g), want, err_msg=f"{name} ({variant})")
+
+
 @pytest.mark.parametrize("build", ["bf16", "f16", "tf32"])
 def test_the_128_row_tiles_give_the_same_bits_in_every_layout_and_engine(target, build, monkeypatch):
     """tc128 (8 warps of 64x32), tc128w (4 warps of 64x64), tcwg (2 warpgroups of 64x128 on wgmma),

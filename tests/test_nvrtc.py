@@ -96,6 +96,11 @@ def test_compiles_with_nvrtc(op_file, arch, build):
         assert re.search(r"st\.global\.[ub]16", ptx), "no 16-bit global store"
 
 
+# The tensor-core operands' TF32 rounding (common.cuh's tf32_operand): half a TF32 ulp added to a
+# finite value's bits, predicated, the tensor cores truncating the rest.
+TF32_OPERAND = "@finite add.u32"
+
+
 @needs_nvrtc
 @pytest.mark.parametrize("arch", ["compute_80", "compute_90"])
 def test_conv2d_tf32_build_rounds_its_operands_with_cvt_rna(arch):
@@ -129,7 +134,7 @@ def test_tensor_core_files_run_on_tensor_cores(op_file, arch, build):
             continue  # only the 16-bit weight gradient copies dy in narrower pieces
         assert insn in ptx, insn
     assert ("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16" in ptx) == (build != "tf32")
-    assert ("cvt.rna.tf32.f32" in ptx) == (build == "tf32")  # TF32 operands rounded as the rule says
+    assert (TF32_OPERAND in ptx) == (build == "tf32")  # TF32 operands rounded as the rule says
 
 
 @needs_nvrtc
@@ -161,8 +166,8 @@ def test_the_warpgroup_convolutions_run_on_wgmma_in_the_sm_90a_build(build):
         assert "fence.proxy.async.shared::cta" in ptx and "wgmma.wait_group.sync.aligned 1" in ptx
         if build != "tf32":  # K-major forward and data gradient, M- and N-major weight gradient
             assert re.search(r"p, 1, 1, 0, 0;", ptx) and re.search(r"p, 1, 1, 1, 1;", ptx)
-        else:  # tf32 takes K-major operands only, rounded to TF32 in shared memory (cvt.rna)
-            assert re.search(r"p, 1, 1;", ptx) and "cvt.rna.tf32.f32" in ptx
+        else:  # tf32 takes K-major operands only, rounded to TF32 in shared memory
+            assert re.search(r"p, 1, 1;", ptx) and TF32_OPERAND in ptx
         image = kernels.nvrtc_compile(kernels.build_source("conv2d_tc", dtype, tf32), "conv2d_tc", dtype, "sm_90a",
                                       tf32=tf32)
         assert image[:4] == b"\x7fELF"
