@@ -214,17 +214,18 @@ __device__ inline float tf32_round(float x) {
 #endif
 }
 
-// x rounded to TF32 for a tensor-core operand only: the tensor cores read the top 19 bits of a
-// .tf32 operand and ignore the 13 low mantissa bits (they truncate), so half a TF32 ulp added to
-// a finite value's bits is tf32_round's rounding as they see it, the low bits left as they fall
-// (CUTLASS's round_half_ulp_truncate); a NaN gets its quiet bit, so that one whose payload lies
-// in the low bits stays a NaN there, not an infinity; an infinity passes. Four instructions on
-// sm_90 where tf32_round takes seven. The simulator's mma and wgmma clear the low bits as the
-// hardware ignores them (mma.cuh's tf32_bits), so both give tf32_round's products.
+// x rounded to TF32 for a tensor-core operand: tf32_round's value in five instructions on sm_90
+// where tf32_round takes seven (its cvt.rna is a compare, an add and a mask, to which it adds a
+// NaN test on the bits and a select). Half a TF32 ulp added to a finite value's bits, predicated,
+// then the 13 low bits cleared: to nearest, ties away from zero, a carry into the next binade
+// and past the largest finite to inf, as cvt.rna; an infinity passes; a NaN gets its quiet bit
+// first, so one whose payload lay in the cleared bits stays a NaN (its payload is not kept:
+// only a tensor core reads it, whose NaN results carry none). The low bits are cleared although
+// wgmma is documented to truncate them: mma.sync's handling of them is not documented.
 __device__ inline float tf32_operand(float x) {
 #ifdef __CUDA_ARCH__
-    // Predicated, so ptxas keeps it at two tests and two predicated operations (written in C, it
-    // computed both results and selected: five or six).
+    // Predicated, so ptxas keeps it at two tests, two predicated operations and the mask (written
+    // in C, it computed both results and selected).
     unsigned u;
     asm("{\n\t.reg .pred finite, nan;\n\t.reg .f32 a;\n\t"
         "abs.f32 a, %1;\n\t"
@@ -232,7 +233,8 @@ __device__ inline float tf32_operand(float x) {
         "setp.nan.f32 nan, %1, %1;\n\t"
         "mov.b32 %0, %1;\n\t"
         "@finite add.u32 %0, %0, 0x1000;\n\t"
-        "@nan or.b32 %0, %0, 0x00400000;\n\t}"
+        "@nan or.b32 %0, %0, 0x00400000;\n\t"
+        "and.b32 %0, %0, 0xFFFFE000;\n\t}"
         : "=r"(u) : "f"(x));
     return __uint_as_float(u);
 #else
@@ -242,7 +244,7 @@ __device__ inline float tf32_operand(float x) {
     } else if (x != x) {
         u |= 0x00400000u;
     }
-    return __uint_as_float(u);
+    return __uint_as_float(u & 0xffffe000u);
 #endif
 }
 

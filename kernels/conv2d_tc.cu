@@ -67,7 +67,7 @@
 // tiles, 128 accumulators per thread): 234-246 registers, 49152 B; 2 blocks of 4 warps per SM.
 // TcTileWg (sm_90a): 112-128 registers, 65536 B of dynamic stages (and 1 KiB to align them), 2
 // blocks of 8 warps per SM; its bf16 loops issue 112-124 instructions a k-tile per warp around 2
-// HGMMAs (tc128: 150-170 around 32 HMMAs and 12 ldmatrix, the same multiply-adds; TF32 267-290,
+// HGMMAs (tc128: 150-170 around 32 HMMAs and 12 ldmatrix, the same multiply-adds; TF32 236-274,
 // its operands rounded in the stages). TcTileWg256: 176-232 registers, 98304 B, one block per SM;
 // 126-196 instructions a k-tile for twice the work. TcTileWgN64: 120-128 registers, 81920 B of
 // dynamic stages, 2 blocks per SM; 125-139 instructions a k-tile around 4 HGMMAs of 64 columns

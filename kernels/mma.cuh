@@ -41,10 +41,9 @@
 // are deterministic; tests hold both the simulator and a GPU to the NumPy product within a bound
 // derived from K (gpuconv.gradcheck.reduction_tolerance), and to exact equality where every
 // partial sum is exact (small integers). A .tf32 operand uses only its TF32 bits (sign, exponent,
-// 10 mantissa bits): the hardware ignores the 13 low bits (truncates) and the simulator clears
-// them, so a kernel must round its operands first, as the precision rule asks and the tests
-// check: tf32_operand (common.cuh), half a TF32 ulp added to the bits, the truncation finishing
-// tf32_round's rounding.
+// 10 mantissa bits): the simulator clears the 13 low bits of each (as wgmma is documented to),
+// so a kernel must round its operands first, as the precision rule asks and the tests check
+// (tf32_operand, common.cuh).
 //
 // cp.async in the simulator: the destination is filled with 0xFF poison when the copy is issued
 // (its content is undefined on a GPU until the copy completes) and the data lands only at the

@@ -565,7 +565,8 @@ struct TcMultiply<S, Op, FragA, FragB, true> {
 //                    is done with the stage of tile kt - 1 - IN_FLIGHT, which is refilled next:
 //                    it is (kt + D) % STAGES;
 //   issue tile kt + D, then multiply tile kt while it streams in, then land tile kt + D (stores
-//                    from registers; the stage is free until the barrier of k-tile kt + 1 publishes it).
+//                    from registers, before the barrier of k-tile kt + 1, so before the one of
+//                    kt + D that publishes the stage).
 template <class S, class Op, class FragA, class FragB, class LoaderA, class LoaderB>
 __device__ void tc_gemm_mainloop(const LoaderA& la, const LoaderB& lb, int ktiles, int vec_a, int vec_b,
                                  unsigned char* As, unsigned char* Bs, float acc[S::MI][S::NI][4]) {

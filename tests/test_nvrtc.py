@@ -97,7 +97,7 @@ def test_compiles_with_nvrtc(op_file, arch, build):
 
 
 # The tensor-core operands' TF32 rounding (common.cuh's tf32_operand): half a TF32 ulp added to a
-# finite value's bits, predicated, the tensor cores truncating the rest.
+# finite value's bits, predicated, then the low bits cleared.
 TF32_OPERAND = "@finite add.u32"
 
 
