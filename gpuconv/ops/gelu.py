@@ -51,7 +51,7 @@ def erfc(z):
         return np.asarray(_erfc_exact(z), dtype=np.float64)
     # The fit's Horner steps in place, in two arrays (t and the result r), not a temporary per
     # operation: the same operations on the same operands in the same order (a NaN's payload
-    # comes from the first), so the same bits, in half the time.
+    # comes from the first), so the same bits, with a fifth less time (no allocation per step).
     # (Each array made by an out= operation: on a 0-d array an operation returns a scalar.)
     f = z.dtype.type
     a = xp.absolute(z, out=xp.empty_like(z))
