@@ -239,9 +239,10 @@ __device__ inline float tf32_operand(float x) {
     return __uint_as_float(u);
 #else
     unsigned u = __float_as_uint(x);
-    if (fabsf(x) < __uint_as_float(0x7f800000u)) {
+    const unsigned a = u & 0x7fffffffu;
+    if (a < 0x7f800000u) {  // finite
         u += 0x1000u;
-    } else if (x != x) {
+    } else if (a > 0x7f800000u) {  // NaN
         u |= 0x00400000u;
     }
     return __uint_as_float(u & 0xffffe000u);
