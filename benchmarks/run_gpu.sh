@@ -18,7 +18,8 @@
 #             cuDNN through PyTorch in the same precision and layout (fp32 NCHW with TF32 off; TF32
 #             and bf16 channels_last, where the tensor-core kernels run); the airbench94 network's
 #             layers the same way in bf16 at its batch 1024; then bench_ops --skip-conv (pooling,
-#             ReLU: GB/s against a device-to-device copy)
+#             ReLU: GB/s against a device-to-device copy); then compare_conv: each layer's speedup
+#             over this GPU's previous conv2d record, and the cells at 0.8x cuDNN
 #   step      bench_step: images/s of a training step vs PyTorch eager, eager and replayed as a
 #             CUDA graph (checked bit for bit against eager steps first); no host transfer, no sync
 #             (syncguard), the memory pool stops growing; the fast_net bf16 step again with its
@@ -171,6 +172,20 @@ if want conv; then
     stage bench_conv2d_airbench 45 "$PY" benchmarks/bench_conv2d.py --layers airbench94 --batch 1024 --precisions bf16 \
         --variants tc tc128 tc128w tcwg tcwg256 tcwgn64 tcwgm64 --warmup 2 --repeat 10
     stage bench_ops 40 "$PY" benchmarks/bench_ops.py --save --skip-conv --warmup 3 --repeat 20  # conv: above
+    # What each layer and direction gained since this GPU's last timing (compare_conv.py; a
+    # report, not a pass/fail stage: a first run of a GPU has nothing to compare with).
+    for kind in fast_net airbench94; do
+        if [ "$kind" = airbench94 ]; then
+            new_conv=$(find "$RESULTS" -maxdepth 1 -name 'conv2d-*-airbench94.json' -newer "$MARK" | sort | tail -n 1)
+        else
+            new_conv=$(find "$RESULTS" -maxdepth 1 -name 'conv2d-*.json' ! -name '*-airbench94.json' -newer "$MARK" |
+                sort | tail -n 1)
+        fi
+        [ -n "$new_conv" ] || continue
+        timeout 30 "$PY" benchmarks/compare_conv.py "$new_conv" >"$LOGS/compare_conv_$kind.log" 2>&1 || true
+        tail -n 40 "$LOGS/compare_conv_$kind.log"
+        cat "$LOGS/compare_conv_$kind.log" >>"$LOGS/run_gpu.log"
+    done
 fi
 if want step; then
     stage bench_step 70 "$PY" benchmarks/bench_step.py --save --warmup 5 --repeat 20

@@ -560,3 +560,35 @@ def test_airbench_torch_scores_as_gpuconv_does():
         with torch.no_grad():
             got = bench.airbench_torch.tta_logits(torch, tmodel, torch.as_tensor(x), level).numpy()
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_compare_conv_reads_two_records_cell_by_cell(tmp_path, capsys):
+    """compare_conv on two committed H200 records: the default old record is the newest earlier one
+    of the same GPU, each cell's speedup is old/new of the fastest variants' milliseconds, and a
+    record compared with itself gains nothing."""
+    compare_conv = load("compare_conv")
+    results = BENCH / "results"
+    new, old = results / "conv2d-nvidia-h200-2026-12-04-1813.json", results / "conv2d-nvidia-h200-2026-12-04-1740.json"
+    assert compare_conv.previous_record(new, results) == old
+    rows = compare_conv.compare(compare_conv.load(new), compare_conv.load(old))
+    timed = [r for r in json.loads(new.read_text())["results"] if r.get("ms") is not None]
+    cell = ("bf16", "backward_data", "3->64 @32x32")
+    row = next(r for r in rows if (r["precision"], r["direction"], r["layer"]) == cell)
+    fastest = min((r for r in timed if (r["precision"], r["direction"], r["layer"]) == cell), key=lambda r: r["ms"])
+    assert row["ms"] == fastest["ms"] and row["variant"] == fastest["variant"]
+    assert row["speedup"] == pytest.approx(row["old_ms"] / row["ms"]) and row["speedup"] > 1.5
+    assert len(rows) == len({(r["precision"], r["direction"], r["layer"]) for r in timed})  # one row per cell
+    assert compare_conv.main([str(new)]) == 0
+    out = capsys.readouterr().out
+    assert "bf16  backward_data    6 cells:" in out and "at >= 0.8x cuDNN" in out
+    same = compare_conv.compare(compare_conv.load(new), compare_conv.load(new), per_variant=True)
+    assert same and all(r["speedup"] == 1.0 for r in same) and len(same) > len(rows)
+    # another GPU's record: a warning, and no default partner for a record nobody timed before
+    other = json.loads(new.read_text())
+    other["environment"] = {**other["environment"], "device": "NVIDIA A100"}
+    path = tmp_path / "conv2d-a100.json"
+    path.write_text(json.dumps(other))
+    assert compare_conv.previous_record(path, results) is None
+    assert compare_conv.main([str(path), "--against", str(old)]) == 0
+    assert "compare two GPUs" in capsys.readouterr().err
+    assert compare_conv.main([str(path)]) == 2
