@@ -148,10 +148,10 @@ __device__ inline int tc_piece_row(int i) {
 
 // Rounds this thread's pieces of a landed mk stage to TF32, in place: the TF32 build's wgmma reads
 // shared memory as it is, and so do the mma.sync tiles of the convolutions (StageRounded).
-template <class S>
+template <class S, bool TRUNCATED>
 __device__ inline void round_pieces_tf32(unsigned char* stage, const PieceOffsets<TC_KBYTES, S::THREADS / 4>& pieces) {
 #pragma unroll
-    for (int i = 0; i < tc_pieces<S>(); ++i) round_piece_tf32(stage + pieces(i));
+    for (int i = 0; i < tc_pieces<S>(); ++i) round_piece_tf32<TRUNCATED>(stage + pieces(i));
 }
 
 // Forward A: row m = (n, oh, ow) of the patch matrix of an NHWC input with Cp channels. A row's
@@ -190,7 +190,8 @@ struct PatchRows : AsyncLoader {
             cp_async_cg(stage + pieces(i), ok ? row_at[i] + off : x, ok ? 16 : 0);
         }
     }
-    __device__ void round_tf32(unsigned char* stage) const { round_pieces_tf32<S>(stage, pieces); }
+    template <bool TRUNCATED>
+    __device__ void round_tf32(unsigned char* stage) const { round_pieces_tf32<S, TRUNCATED>(stage, pieces); }
 };
 
 // Backward-data A: row m = (n, ih, iw) of the gathered output gradient, dy NHWC with Kp channels.
@@ -243,7 +244,8 @@ struct GradRows : AsyncLoader {
             cp_async_cg(stage + pieces(i), src, ok ? 16 : 0);
         }
     }
-    __device__ void round_tf32(unsigned char* stage) const { round_pieces_tf32<S>(stage, pieces); }
+    template <bool TRUNCATED>
+    __device__ void round_tf32(unsigned char* stage) const { round_pieces_tf32<S, TRUNCATED>(stage, pieces); }
 };
 
 // An output position l = (n, oh, ow) walked forward by a fixed step of positions (a k-tile's)
@@ -386,7 +388,7 @@ struct ColumnOffsets {
 #ifndef __CUDA_ARCH__
             if (off != stage_offset<TC_KBYTES>(tc_column_row<S>(i) + j, 4 * pos)) __trap();
 #endif
-            *(float*)(stage + off) = tf32_operand(v[j]);
+            *(float*)(stage + off) = tf32_operand<S::WG>(v[j]);  // wgmma truncates itself
         }
     }
 };
@@ -402,6 +404,7 @@ struct ColumnPieces {
 #pragma unroll
         for (int i = 0; i < P; ++i) cols.store(stage, i, v[i]);
     }
+    template <bool TRUNCATED>
     __device__ void round_tf32(unsigned char*) const {}  // stored rounded (ColumnOffsets::store)
 };
 

@@ -121,10 +121,12 @@ __device__ inline int stage_offset(int row, int byte) {
 
 // ------------------------------------------------------------------------------------------
 // Four floats of a stage rounded in place for the tensor cores (tf32_operand: the precision
-// rule's rounding, as they read it).
+// rule's rounding, as they read it; TRUNCATED for wgmma).
+template <bool TRUNCATED>
 __device__ inline void round_piece_tf32(unsigned char* p) {
     float4 v = *(float4*)p;
-    v.x = tf32_operand(v.x), v.y = tf32_operand(v.y), v.z = tf32_operand(v.z), v.w = tf32_operand(v.w);
+    v.x = tf32_operand<TRUNCATED>(v.x), v.y = tf32_operand<TRUNCATED>(v.y);
+    v.z = tf32_operand<TRUNCATED>(v.z), v.w = tf32_operand<TRUNCATED>(v.w);
     *(float4*)p = v;
 }
 
@@ -218,10 +220,11 @@ struct DenseTileLoader : AsyncLoader {
 
     // This thread's 16-byte pieces of a landed stage rounded to TF32 in place (the TF32 build's
     // wgmma and StageRounded mma.sync; 16-byte copies only, each piece a thread's own).
+    template <bool TRUNCATED>
     __device__ void round_tf32(unsigned char* stage) const {
         const PieceOffsets<ROW_BYTES, ROW_STEP> at((int)threadIdx.x / PER_ROW, (int)threadIdx.x % PER_ROW * 16);
 #pragma unroll
-        for (int q = 0; q < COUNT; ++q) round_piece_tf32(stage + at(q));
+        for (int q = 0; q < COUNT; ++q) round_piece_tf32<TRUNCATED>(stage + at(q));
     }
 
     // The 16-byte copies, those of every convolution operand and of aligned GEMMs: one address,
@@ -436,14 +439,14 @@ struct FragB_nn {
 //   for them before the next barrier lets the stage be refilled. Its publish() is the proxy fence
 //   that makes the stage's generic-proxy writes (cp.async) visible to wgmma, before the barrier.
 // A landed k-tile's operands rounded to TF32 in shared memory, each thread its own copies, in the
-// TF32 build where ROUND (an op without fragment rounding: StageRounded; wgmma); the barrier
-// after it publishes them. Nothing in the 16-bit builds.
-template <bool ROUND, class LA, class LB>
+// TF32 build where ROUND (an op without fragment rounding: StageRounded; wgmma, for which they
+// are TRUNCATED: tf32_operand); the barrier after it publishes them. Nothing in the 16-bit builds.
+template <bool ROUND, bool TRUNCATED, class LA, class LB>
 __device__ inline void tc_round_stages(const LA& la, const LB& lb, unsigned char* A, unsigned char* B) {
 #if GPUCONV_TF32
     if (ROUND) {
-        la.round_tf32(A);
-        lb.round_tf32(B);
+        la.template round_tf32<TRUNCATED>(A);
+        lb.template round_tf32<TRUNCATED>(B);
     }
 #else
     (void)la, (void)lb, (void)A, (void)B;
@@ -459,7 +462,7 @@ struct TcMultiply {
         : As(As_), Bs(Bs_), lane_a(FragA::lane_offset()), lane_b(FragB::lane_offset()) {}
     template <class LA, class LB>
     __device__ static void prepare(const LA& la, const LB& lb, unsigned char* A, unsigned char* B) {
-        tc_round_stages<!Op::ROUNDS_FRAGMENTS>(la, lb, A, B);
+        tc_round_stages<!Op::ROUNDS_FRAGMENTS, false>(la, lb, A, B);
     }
     __device__ static void publish() {}
     __device__ static void finish(float (*)[S::NI][4]) {}
@@ -494,7 +497,7 @@ struct TcMultiply<S, Op, FragA, FragB, true> {
     // the barrier publish them).
     template <class LA, class LB>
     __device__ static void prepare(const LA& la, const LB& lb, unsigned char* A, unsigned char* B) {
-        tc_round_stages<true>(la, lb, A, B);
+        tc_round_stages<true, true>(la, lb, A, B);
     }
     __device__ static void publish() { fence_proxy_async(); }
     // Block i's accumulators as the wgmma's list (each block's mma tiles are its column blocks).
