@@ -651,6 +651,9 @@ def info_lines() -> list[str]:
     lines.append(f"devices: cpu, sim{', cuda' if backend.cuda_available() else ''}; default "
                  f"{backend.get_default_device()} (GPUCONV_DEVICE={os.environ.get('GPUCONV_DEVICE', 'unset')}); "
                  f"'auto' means {backend.Device('auto')}")
+    from .amp import resolve_precision
+    lines.append(f"precision 'auto' (the speed recipes' default) means {resolve_precision('auto', 'auto')} on "
+                 f"{backend.Device('auto')}")
     gpus, why = query_all()
     if gpus:
         lines += [f"  NVML gpu {g['index']}: {format_snapshot(g)}" for g in gpus]

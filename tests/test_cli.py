@@ -285,6 +285,7 @@ def test_info_reports_versions_cuda_and_telemetry(capsys):
     if not backend.cuda_available():
         assert "not usable" in out and backend.cuda_status() in out
         assert "no NVIDIA GPU" in out
+        assert "precision 'auto' (the speed recipes' default) means fp32 on cpu" in out
     assert "'auto' means" in out
 
 
