@@ -382,7 +382,7 @@ template <> struct TensorCoreOp<float> {
 // once per k-tile by the threads that copied them (tc_tile.cuh's TcMultiply::prepare), so the
 // fragments go to the mma as read. Every value of a stage is read by several warps (an A row by
 // each warp of its tile row), so rounding the stage takes a third of the fragment roundings of
-// a 128x128 tile: a k-tile's 48 values a thread (5 instructions each) become 16, plus a load and
+// a 128x128 tile: a k-tile's 48 values a thread become 16, plus a load and
 // a store per 16-byte piece. For loaders whose every copy is a 16-byte piece of the thread's own
 // (round_tf32 rounds those): the pieces of another thread's copies may not have landed yet.
 template <class Op>
