@@ -429,15 +429,6 @@ struct FragB_nn {
     }
 };
 
-// ------------------------------------------------------------------------------------------
-// The multiply of one staged k-tile, TcMultiply<S, Op, FragA, FragB>, on the engine of the shape:
-// - mma.sync (S::WG false): each warp reads its fragments with ldmatrix (FragA, FragB) and issues
-//   MI x NI mmas per 32 bytes of K. Synchronous: the stages are free once every warp is past it.
-// - wgmma (S::WG true; GPUCONV_WGMMA builds): each warpgroup multiplies its MI blocks of 64 x BN
-//   straight from the stages, through the descriptors FragA/FragB::wg_desc give (the stage layouts
-//   are wgmma's 64- and 128-byte swizzles as they are), MI m64nBNk16 per 32 bytes of K, and waits
-//   for them before the next barrier lets the stage be refilled. Its publish() is the proxy fence
-//   that makes the stage's generic-proxy writes (cp.async) visible to wgmma, before the barrier.
 // A landed k-tile's operands rounded to TF32 in shared memory, each thread its own copies, in the
 // TF32 build where ROUND (an op without fragment rounding: StageRounded; wgmma, for which they
 // are TRUNCATED: tf32_operand); the barrier after it publishes them. Nothing in the 16-bit builds.
@@ -453,6 +444,15 @@ __device__ inline void tc_round_stages(const LA& la, const LB& lb, unsigned char
 #endif
 }
 
+// ------------------------------------------------------------------------------------------
+// The multiply of one staged k-tile, TcMultiply<S, Op, FragA, FragB>, on the engine of the shape:
+// - mma.sync (S::WG false): each warp reads its fragments with ldmatrix (FragA, FragB) and issues
+//   MI x NI mmas per 32 bytes of K. Synchronous: the stages are free once every warp is past it.
+// - wgmma (S::WG true; GPUCONV_WGMMA builds): each warpgroup multiplies its MI blocks of 64 x BN
+//   straight from the stages, through the descriptors FragA/FragB::wg_desc give (the stage layouts
+//   are wgmma's 64- and 128-byte swizzles as they are), MI m64nBNk16 per 32 bytes of K, and waits
+//   for them before the next barrier lets the stage be refilled. Its publish() is the proxy fence
+//   that makes the stage's generic-proxy writes (cp.async) visible to wgmma, before the barrier.
 template <class S, class Op, class FragA, class FragB, bool WG = S::WG>
 struct TcMultiply {
     static constexpr int IN_FLIGHT = 0;  // k-tiles whose stage is still read after their round
