@@ -99,6 +99,7 @@ def test_compiles_with_nvrtc(op_file, arch, build):
 # The tensor-core operands' TF32 rounding (common.cuh's tf32_operand): half a TF32 ulp added to a
 # finite value's bits, predicated, then the low bits cleared.
 TF32_OPERAND = "@finite add.u32"
+TF32_CLEARED = r"and\.b32\s+%r\d+, %r\d+, -8192;"  # the 13 low bits cleared (0xFFFFE000)
 
 
 @needs_nvrtc
@@ -135,6 +136,8 @@ def test_tensor_core_files_run_on_tensor_cores(op_file, arch, build):
         assert insn in ptx, insn
     assert ("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16" in ptx) == (build != "tf32")
     assert (TF32_OPERAND in ptx) == (build == "tf32")  # TF32 operands rounded as the rule says
+    if build == "tf32":  # and their low bits cleared: mma.sync is not documented to truncate them
+        assert len(re.findall(TF32_CLEARED, ptx)) >= ptx.count(TF32_OPERAND) > 0
 
 
 @needs_nvrtc
@@ -166,8 +169,10 @@ def test_the_warpgroup_convolutions_run_on_wgmma_in_the_sm_90a_build(build):
         assert "fence.proxy.async.shared::cta" in ptx and "wgmma.wait_group.sync.aligned 1" in ptx
         if build != "tf32":  # K-major forward and data gradient, M- and N-major weight gradient
             assert re.search(r"p, 1, 1, 0, 0;", ptx) and re.search(r"p, 1, 1, 1, 1;", ptx)
-        else:  # tf32 takes K-major operands only, rounded to TF32 in shared memory
+        else:  # tf32 takes K-major operands only, rounded to TF32 in shared memory, the low bits
+            # left to wgmma's truncation (only the mma.sync tiles' roundings clear them)
             assert re.search(r"p, 1, 1;", ptx) and TF32_OPERAND in ptx
+            assert len(re.findall(TF32_CLEARED, ptx)) < ptx.count(TF32_OPERAND)
         image = kernels.nvrtc_compile(kernels.build_source("conv2d_tc", dtype, tf32), "conv2d_tc", dtype, "sm_90a",
                                       tf32=tf32)
         assert image[:4] == b"\x7fELF"
