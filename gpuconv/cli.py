@@ -292,12 +292,13 @@ def _load_data(data, quiet_no_test=True):
 
 
 # ----------------------------------------------------------------------------- models
-def build_model(name, seed=0, width=None):
-    """(model, config) where config is JSON and rebuilds the model (see ``model_from_config``)."""
+def build_model(name, seed=0, width=None, model_kwargs=None):
+    """(model, config) where config is JSON and rebuilds the model (see ``model_from_config``);
+    ``model_kwargs``: a recipe's arguments of the constructor."""
     if name not in MODELS:
         raise ValueError(f"model {name!r} is not known: use one of {', '.join(sorted(MODELS))}")
     fn_name, kwargs = MODELS[name]
-    kwargs = dict(kwargs, seed=int(seed))
+    kwargs = dict(kwargs, **(model_kwargs or {}), seed=int(seed))
     if name == "fast":
         kwargs["width"] = int(width or MODEL_DEFAULTS["fast"]["width"])
     if name == "airbench94" and width:  # the published (64, 256, 256) scaled down, for quick runs
@@ -383,6 +384,8 @@ def _settings(args, device=None):
     if stored:
         _check_resume_flags(given, stored, ckpt_path)
     s = dict(get_recipe(recipe), seed=0, limit=None, val_split="auto", recipe=recipe)
+    if model != s["model"]:  # the recipe's constructor arguments are for its own network
+        s["model_kwargs"] = {}
     s["model"] = model
     s.update({k: v for k, v in stored.items() if k in RESUMABLE})
     s.update(given)
@@ -472,7 +475,7 @@ def _train(args) -> int:
     if device.is_cuda:
         precompile_for(device.index, s["precision"])
     with backend.default_device(device):
-        model, config = build_model(s["model"], seed=s["seed"], width=s.get("width"))
+        model, config = build_model(s["model"], seed=s["seed"], width=s.get("width"), model_kwargs=s["model_kwargs"])
         config["train_args"] = s
         config["classes"] = list(cifar.classes)
         config["preprocess"] = {"mean": list(CIFAR10_MEAN), "std": list(CIFAR10_STD)}  # what the loaders apply

@@ -161,7 +161,7 @@ def _airbench_block(c_in, c_out, seed, bn_momentum, bn_eps):
 
 
 def airbench94(widths=(64, 256, 256), num_classes=10, seed=0, batchnorm_momentum=0.6, bn_eps=1e-12,
-               scaling_factor=1 / 9):
+               scaling_factor=1 / 9, head_std=None):
     """The airbench94 network (Keller Jordan), for 3 x 32 x 32 input:
 
     ==========  ====================================================  ===========
@@ -171,10 +171,14 @@ def airbench94(widths=(64, 256, 256), num_classes=10, seed=0, batchnorm_momentum
                 negations, frozen; bias trained), GELU
     block1..3   conv3x3 - maxpool2 - bn+gelu - conv3x3 - bn+gelu      w x 15/7/3
     pool        maxpool3 over the 3x3 map                             w3
-    fc, scale   linear (no bias), times ``scaling_factor`` (1/9)      num_classes
+    fc, scale   linear (no bias), times ``scaling_factor``            num_classes
     ==========  ====================================================  ===========
 
-    ``widths`` (64, 256, 256) as published; tests use smaller ones. ``batchnorm_momentum`` is
+    ``widths`` (64, 256, 256) as published; tests use smaller ones. The head: airbench94's is
+    ``scaling_factor`` 1/9 on a linear layer of the default (Kaiming-uniform) init;
+    airbench94_muon's divides by its input width (``scaling_factor=None``: 1 / widths[2]) and
+    starts from weights rescaled to a standard deviation of 1 (``head_std=1.0``), which its head lr
+    was tuned for (with airbench94's head that lr diverges). ``batchnorm_momentum`` is
     the recipe's 0.6 weight on the running statistics (PyTorch/gpuconv momentum 1 - 0.6 = 0.4),
     ``bn_eps`` its 1e-12. The whitening weights are only a placeholder until
     :func:`init_whitening` sets them from training images (``gpuconv train`` does)."""
@@ -198,8 +202,14 @@ def airbench94(widths=(64, 256, 256), num_classes=10, seed=0, batchnorm_momentum
         "pool": MaxPool2d(3),
         "flatten": Flatten(),
         "fc": Linear(w3, num_classes, bias=False, seed=s[4]),
-        "scale": Scale(scaling_factor),
+        "scale": Scale(1.0 / w3 if scaling_factor is None else scaling_factor),
     }
+    if head_std is not None:
+        if not head_std > 0:
+            raise ValueError(f"airbench94: head_std must be positive (the head weights' standard deviation), got "
+                             f"{head_std!r}")
+        fc = layers["fc"].weight
+        fc.data *= fc.data.dtype.type(head_std / float(fc.data.std()))
     return Sequential(layers)
 
 

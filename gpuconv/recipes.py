@@ -6,6 +6,8 @@ starts from ``RECIPES[NAME]``; a flag such as ``--epochs`` or ``--batch-size`` o
 Keys of a recipe:
   model            the network (``gpuconv.models`` constructor and its keyword arguments: see
                    ``cli.MODELS``)
+  model_kwargs     keyword arguments of that constructor the recipe sets (airbench94_muon: its
+                   head, see :func:`gpuconv.models.airbench94`)
   epochs, batch_size
   optimizer        'sgd': Nesterov SGD with ``lr``, ``weight_decay`` and ``momentum`` as given,
                    the batch's MEAN loss. 'airbench': the same SGD with airbench's decoupled
@@ -58,9 +60,12 @@ RECIPES = {
     # Muon (lr 0.24, momentum 0.6, 3 Newton-Schulz steps) on the conv filters and Nesterov SGD
     # (momentum 0.85) on the biases (lr 0.053) and the head (lr 0.67), with weight decay 2e-6 per
     # example and step; these lrs are the published ones for a SUMMED loss (muon_optimizer
-    # converts them), all decaying linearly to 0, no lookahead. The published run also decays the
+    # converts them), all decaying linearly to 0, no lookahead. Its network's head divides by
+    # its width (256) and starts from unit-std weights, where airbench94's multiplies by 1/9: the
+    # head lr is for that head. The published run also decays the
     # whitening bias's lr over its 3 epochs; here it follows the common schedule until frozen.
-    "airbench94_muon": dict(model="airbench94", epochs=8, batch_size=2000, optimizer="muon", lr=0.24, momentum=0.6,
+    "airbench94_muon": dict(model="airbench94", model_kwargs=dict(scaling_factor=None, head_std=1.0),
+                            epochs=8, batch_size=2000, optimizer="muon", lr=0.24, momentum=0.6,
                             bias_lr=0.053, head_lr=0.67, sgd_momentum=0.85, weight_decay=2e-6, schedule="linear",
                             label_smoothing=0.2, augment=True, padding=2, padding_mode="reflect", flip="alternate",
                             drop_last=True, lookahead=None, whiten_bias_epochs=3, tta=2, precision="auto"),
@@ -68,7 +73,7 @@ RECIPES = {
 
 # What a recipe leaves out takes these values.
 DEFAULTS = dict(optimizer="sgd", padding=4, padding_mode="zeros", flip="random", drop_last=False, lookahead=None, tta=0,
-                whiten_bias_epochs=0, bias_scaler=1.0, precision="fp32")
+                whiten_bias_epochs=0, bias_scaler=1.0, precision="fp32", model_kwargs={})
 
 
 def get_recipe(name):

@@ -497,6 +497,23 @@ def test_a_full_disk_loses_no_saved_work(tmp_path, capsys, monkeypatch):
     assert int(ckpt.load_checkpoint(tmp_path / "checkpoint.npz")["meta/epoch"]) == 2
 
 
+def test_airbench94_muon_recipe_trains_on_real_images(tmp_path, capsys):
+    """airbench94_muon end to end on the real subset, scaled down (width 8, 600 images, 3 epochs of
+    100): the loss falls every epoch and the accuracy is well above chance (0.34 measured). Its head
+    lr is for its own head (divided by the width, unit-std weights): on airbench94's 1/9 head it
+    diverged at once (loss 3.9 in the first epoch, chance accuracy)."""
+    rc, out, err = run(["train", "--recipe", "airbench94_muon", "--width", "8", "--epochs", "3", "--limit", "600",
+                        "--batch-size", "100", "--device", "cpu", "--data", SUBSET, "--out", tmp_path,
+                        "--no-progress"], capsys)
+    assert rc == 0, err
+    config = ckpt.read_config(ckpt.load_checkpoint(tmp_path))
+    assert config["kwargs"]["scaling_factor"] is None and config["kwargs"]["head_std"] == 1.0
+    losses = [json.loads(x)["train_loss"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()
+              if json.loads(x)["kind"] == "epoch"]
+    assert len(losses) == 3 and 2.4 > losses[0] > losses[1] > losses[2], losses
+    assert float(out.split("accuracy")[1].split()[0]) > 0.2, err
+
+
 def test_airbench94_recipe_trains_on_real_images(tmp_path, capsys):
     """The recipe end to end on the real subset, scaled down (width 8, 600 images, 3 epochs): the
     whitening, GELU blocks, reflect translations, lookahead and TTA level 2 learn: the loss falls every
