@@ -48,7 +48,8 @@ __device__ void gemm_tc_body(const storage_t* A, const storage_t* B, const stora
                             : LoaderB((const unsigned char*)(B + (index_t)n0 * K), kbytes, N - n0, kbytes);
     float acc[S::MI][S::NI][4] = {};
     const int ktiles = (kbytes + TC_KBYTES - 1) / TC_KBYTES;
-    if (vec_a == 16 && vec_b == 16)  // aligned operands: the loop with only 16-byte copies, TF32 rounded in the stage
+    // aligned operands: the loop with only 16-byte copies (TF32 rounded in the stage)
+    if (vec_a == 16 && vec_b == 16)
         tc_gemm_mainloop<S, StageRounded<TensorCoreOp<storage_t> >, FragA<S>, FragB>(la, lb, ktiles, 16, 16, As, Bs,
                                                                                       acc);
     else  // narrower copies are not whole pieces of one thread's: TF32 rounded in the fragments
