@@ -5,8 +5,8 @@
     python benchmarks/compare_conv.py NEW.json --variants      # every variant, not only each cell's fastest
     python benchmarks/compare_conv.py NEW.json --json
 
-A cell is (precision, direction, layer). For each cell in both records: the fastest variant's
-milliseconds in the old record and in the new (its variant named when it changed), the speedup
+A cell is (precision, direction, layer, batch, layout). For each cell in both records: the fastest
+variant's milliseconds in the old record and in the new (its variant named when it changed), the speedup
 (old / new), and the new one against cuDNN (PyTorch, timed in the same run). Then per precision
 and direction the geometric mean of the speedups, and how many cells reach 0.8x cuDNN, the
 target of the tensor-core work. Timings of different GPUs are not compared: the default old
@@ -37,12 +37,14 @@ def load(path) -> dict:
 
 
 def cells(record) -> dict:
-    """{(precision, direction, layer): {variant: row}} of the rows that were timed."""
+    """{(precision, direction, layer, batch, layout): {variant: row}} of the rows that were timed (a
+    layer timed at another batch or layout is another cell)."""
     out = {}
     for row in record["results"]:
         if row.get("ms") is None:
             continue
-        out.setdefault((row["precision"], row["direction"], row["layer"]), {})[row["variant"]] = row
+        key = (row["precision"], row["direction"], row["layer"], row.get("batch"), row.get("layout"))
+        out.setdefault(key, {})[row["variant"]] = row
     return out
 
 
@@ -76,7 +78,7 @@ def compare(new: dict, old: dict, per_variant: bool = False) -> list:
     rows = []
     new_cells, old_cells = cells(new), cells(old)
     for key in [k for k in new_cells if k in old_cells]:  # the new record's order
-        precision, direction, layer = key
+        precision, direction, layer = key[:3]
         pairs = ([(v, new_cells[key][v], old_cells[key][v]) for v in sorted(set(new_cells[key]) & set(old_cells[key]))]
                  if per_variant else [(None, fastest(new_cells[key]), fastest(old_cells[key]))])
         for variant, n, o in pairs:
