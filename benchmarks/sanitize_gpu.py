@@ -31,7 +31,7 @@ import common  # noqa: E402
 import gpuconv  # noqa: E402
 from gpuconv import backend as B  # noqa: E402
 from gpuconv import hostsim, kernels, syncguard  # noqa: E402
-from gpuconv.data import crop_flip, normalize  # noqa: E402
+from gpuconv.data import crop_flip, cutout, normalize  # noqa: E402
 from gpuconv.data._launch_augment import augment_batch_kernel  # noqa: E402
 from gpuconv.ops import _launch_batchnorm as LB  # noqa: E402
 from gpuconv.ops import _launch_conv2d as LC  # noqa: E402
@@ -392,6 +392,15 @@ def augment(run, rng):
                                            padding_mode="reflect")
                 want = normalize(crop_flip(images[idx], a, b, flip, p, "reflect"), mean, std)
                 run.exact(f"augment_batch {shape} pad {p} reflect", got, want)
+            size = min(shape[2:]) // 2 + 1  # cutout: squares reaching the last row and column
+            cy, cx = rng.integers(0, shape[2] - size + 1, 6), rng.integers(0, shape[3] - size + 1, 6)
+            cy[0], cx[0] = shape[2] - size, shape[3] - size
+            got = augment_batch_kernel(run.dev(images), run.dev(idx), None if a is None else run.dev(a),
+                                       None if b is None else run.dev(b), run.dev(flip), run.dev(mean),
+                                       run.dev(std), p, np.float32, target=run.target, channels_last=crop,
+                                       cutout=size, cut_y=run.dev(cy), cut_x=run.dev(cx))
+            want = cutout(normalize(crop_flip(images[idx], a, b, flip, p), mean, std), cy, cx, size)
+            run.exact(f"augment_batch {shape} pad {p} crop={crop} cutout {size}", got, want)
     # An index outside [0, N) cannot be checked without a device-to-host copy: the kernel writes NaN.
     bad = augment_batch_kernel(run.dev(images), run.dev(np.array([9, -4])), None, None, None, run.dev(mean),
                                run.dev(std), 0, np.float32, target=run.target)

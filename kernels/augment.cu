@@ -6,11 +6,14 @@
 //   px = 0 where (r, s) falls in the zero padding, outside the H x W image; with reflect, (r, s)
 //   is mirrored back into the image instead (PyTorch's and NumPy's 'reflect': -1 -> 1, H -> H - 2,
 //   the edge not repeated; the launcher keeps pad < H and pad < W so one mirroring suffices).
+//   out[b, c, i, j] = 0 (the normalized mean) where cutout > 0 and (i, j) lies in the cutout x
+//   cutout square at (cut_y[b], cut_x[b]) of the output (cutout after crop and flip, as airbench96
+//   masks its augmented batch).
 //
 // That is gather (shuffle) + random crop of the zero-padded image + horizontal flip +
-// normalization, which the NumPy/CuPy path in gpuconv/data/augment.py does as a pad, a fancy-index
-// gather, an astype and two in-place divisions: four full passes over the batch and two
-// temporaries. Subtract-then-divide in acc_t (no reciprocal, no FMA to contract) rounds exactly
+// normalization (+ cutout), which the NumPy/CuPy path in gpuconv/data/augment.py does as a pad, a
+// fancy-index gather, an astype and two in-place divisions (and a masked store): four full passes
+// over the batch and two temporaries. Subtract-then-divide in acc_t (no reciprocal, no FMA to contract) rounds exactly
 // as that path does, so both give bit-identical batches. mean and std are acc_t arrays; out is
 // storage_t: a bfloat16/float16 batch is normalized in float32 and rounded once, as
 // gpuconv.data.normalize does.
@@ -25,7 +28,8 @@
 //                   launcher cannot check indices without a device-to-host copy. channels_last:
 //                   out is written in NHWC memory order (gpuconv.layout), the layout the
 //                   tensor-core convolutions read, with the same values. reflect: reflect
-//                   padding instead of zeros (airbench's translation).
+//                   padding instead of zeros (airbench's translation). cut_y/cut_x (B,) int64
+//                   in [0, H - cutout] and [0, W - cutout], read only when cutout > 0.
 
 __device__ inline acc_t augment_nan() {
     // A quiet NaN from its bit pattern (no math header, and no 0/0 for UBSan to flag).
@@ -36,9 +40,9 @@ __device__ inline acc_t augment_nan() {
 
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
 augment_batch(const unsigned char* images, const long long* index, const long long* offset_y,
-              const long long* offset_x, const bool* flip, const acc_t* mean, const acc_t* std,
-              storage_t* out, long long N, int B, int C, int H, int W, int pad, int crop, int do_flip,
-              int channels_last, int reflect) {
+              const long long* offset_x, const bool* flip, const long long* cut_y, const long long* cut_x,
+              const acc_t* mean, const acc_t* std, storage_t* out, long long N, int B, int C, int H, int W,
+              int pad, int crop, int do_flip, int channels_last, int reflect, int cutout) {
     const int chw = C * H * W;  // one image: the launcher keeps it below 2^31
     const index_t total = (index_t)B * chw;
     for (index_t t = global_thread_index(); t < total; t += global_thread_count()) {
@@ -62,6 +66,13 @@ augment_batch(const unsigned char* images, const long long* index, const long lo
         if (src < 0 || src >= N) {
             out[t] = from_acc(augment_nan());
             continue;
+        }
+        if (cutout > 0) {
+            const int cy = (int)cut_y[b], cx = (int)cut_x[b];
+            if (i >= cy && i < cy + cutout && j >= cx && j < cx + cutout) {
+                out[t] = from_acc((acc_t)0);
+                continue;
+            }
         }
         int r = i;
         int s = (do_flip && flip[b]) ? W - 1 - j : j;

@@ -15,7 +15,7 @@ import pytest
 import gpuconv
 from gpuconv import backend as B
 from gpuconv import kernels
-from gpuconv.data import CIFAR10_MEAN, CIFAR10_STD, DeviceLoader, crop_flip, normalize
+from gpuconv.data import CIFAR10_MEAN, CIFAR10_STD, DeviceLoader, crop_flip, cutout, normalize, random_cutout
 from gpuconv.data._launch_augment import augment_batch_kernel
 from gpuconv.precision import compute_dtype
 from test_nvrtc import needs_nvrtc
@@ -125,6 +125,54 @@ def test_bad_arguments_are_named(kwargs, match):
         augment_batch_kernel(**args)
 
 
+@pytest.mark.parametrize("dtype, channels_last", [(np.float32, False), (np.float32, True),
+                                                   (ml_dtypes.bfloat16, True), (np.float64, False)])
+def test_cutout_matches_the_array_path_and_a_loop(dtype, channels_last):
+    """airbench96's cutout: a square of the augmented image set to 0 (the normalized mean), every
+    corner position including both edges, after the crop and the flip (output coordinates)."""
+    size, p = 3, 2
+    images = np.random.default_rng(7).integers(1, 256, (4, 3, 6, 5), dtype=np.uint8)
+    cy, cx = (a.ravel() for a in np.meshgrid(np.arange(6 - size + 1), np.arange(5 - size + 1), indexing="ij"))
+    b = cy.size
+    rng = np.random.default_rng(8)
+    idx, oy, ox, flip = draws(rng, 4, b, p)
+    mean = np.full(3, 0.5, compute_dtype(dtype))  # no pixel normalizes to 0: every zero is the cutout's
+    std = np.asarray(CIFAR10_STD, compute_dtype(dtype))
+    got = augment_batch_kernel(images, idx, oy, ox, flip, mean, std, p, dtype, target="sim",
+                               channels_last=channels_last, padding_mode="reflect", cutout=size, cut_y=cy, cut_x=cx)
+    plain = normalize(crop_flip(images[idx], oy, ox, flip, p, "reflect"), mean, std, dtype)
+    want = cutout(plain, cy, cx, size)
+    assert got.dtype == want.dtype and np.ascontiguousarray(got).tobytes() == want.tobytes()
+    for k in range(b):  # the reference against a loop
+        inside = np.zeros((6, 5), bool)
+        inside[cy[k]:cy[k] + size, cx[k]:cx[k] + size] = True
+        assert (want[k][:, inside] == 0).all() and (want[k][:, ~inside] == plain[k][:, ~inside]).all()
+        assert (plain[k] != 0).all()
+    # no cutout is the plain batch
+    none = augment_batch_kernel(images, idx, oy, ox, flip, mean, std, p, dtype, target="sim",
+                                padding_mode="reflect", cutout=0, cut_y=cy, cut_x=cx)
+    assert none.tobytes() == plain.tobytes()
+
+
+def test_cutout_arguments_are_checked():
+    images = np.zeros((2, 3, 4, 4), np.uint8)
+    args = (images, np.array([0, 1]), None, None, None, np.zeros(3, np.float32), np.ones(3, np.float32), 0,
+            np.float32)
+    with pytest.raises(ValueError, match=r"cutout=2 needs the squares' corners"):
+        augment_batch_kernel(*args, target="sim", cutout=2)
+    with pytest.raises(ValueError, match=r"cutout=5 is larger than the 4x4 images"):
+        augment_batch_kernel(*args, target="sim", cutout=5, cut_y=np.zeros(2), cut_x=np.zeros(2))
+    with pytest.raises(ValueError, match=r"cutout=-1 must be an integer >= 0"):
+        cutout(images, np.zeros(2, np.int64), np.zeros(2, np.int64), -1)
+    with pytest.raises(ValueError, match=r"corner_x must hold one value per image"):
+        cutout(images, np.zeros(2, np.int64), np.zeros(3, np.int64), 2)
+    with pytest.raises(ValueError, match=r"cutout=9 is larger than the 8x8 images"):
+        DeviceLoader(np.zeros((4, 3, 8, 8), np.uint8), np.arange(4), 2, augment=True, cutout=9)
+    # the whole image: every value the mean
+    out = random_cutout(np.full((3, 1, 4, 4), 9.0, np.float32), 4, rng=0)
+    assert (out == 0).all()
+
+
 # ----------------------------------------------------------------------------- the loader routes it
 @pytest.mark.parametrize("shuffle, augment, dtype", [(True, True, np.float32), (False, True, np.float32),
                                                      (True, False, np.float32), (False, False, np.float32),
@@ -169,6 +217,33 @@ def test_loader_airbench_augmentation_alternates_flips_and_matches_the_array_pat
         DeviceLoader(x, np.arange(40), 8, flip="sometimes")
     with pytest.raises(ValueError, match=r"padding=8 with padding_mode='reflect'"):
         DeviceLoader(x, np.arange(40), 8, padding=8, padding_mode="reflect")
+
+
+def test_loader_cutout_fused_matches_the_array_path_and_is_drawn_per_image_and_epoch(launches):
+    x = np.random.default_rng(9).integers(0, 256, (64, 3, 8, 8), dtype=np.uint8)
+    kw = dict(batch_size=32, shuffle=True, augment=True, seed=4, padding=2, padding_mode="reflect",
+              flip="alternate", cutout=3)
+    with gpuconv.default_device("sim"):
+        fused, array = DeviceLoader(x, np.arange(64), **kw), DeviceLoader(x, np.arange(64), fused=False, **kw)
+        for _ in range(2):  # two epochs
+            for (a, ya), (b, yb) in zip(fused, array, strict=True):
+                assert a.tobytes() == b.tobytes()
+                np.testing.assert_array_equal(ya, yb)
+        assert launches.names == ["augment_batch"] * 4
+        plans = [fused.cutout_plan(e) for e in range(2)]
+        plain = DeviceLoader(x, np.arange(64), **dict(kw, cutout=0))
+        assert plain.cutout_plan(0) is None and DeviceLoader(x, np.arange(64), 8, cutout=3).cutout_plan(0) is None
+        with_cut, without = next(iter(DeviceLoader(x, np.arange(64), **kw))), next(iter(plain))
+    assert (with_cut[0] != without[0]).any() and (with_cut[0][with_cut[0] != without[0]] == 0).all()
+    assert "cutout=3" in repr(fused)
+    (y0, x0), (y1, _) = plans
+    for v in (y0, x0):
+        assert v.min() >= 0 and v.max() <= 8 - 3 and len(set(v.tolist())) == 6  # every corner drawn
+    assert not np.array_equal(y0, y1)  # afresh each epoch
+    assert not np.array_equal(y0, fused.epoch_plan(0)[1])  # not the crop's draws
+    with gpuconv.default_device("cpu"):
+        cpu = DeviceLoader(x, np.arange(64), **kw).cutout_plan(1)
+    np.testing.assert_array_equal(cpu[0], y1)  # the same plan on every backend
 
 
 def test_loader_resume_mid_epoch_gives_the_same_fused_batches():
@@ -224,11 +299,14 @@ def test_compiles_with_nvrtc(arch, dtype):
 @pytest.mark.parametrize("shuffle, augment", [(True, True), (False, False)])
 def test_cuda_loader_fused_matches_array_path_and_numpy(dtype, shuffle, augment):
     x = np.random.default_rng(6).integers(0, 256, (70, 3, 32, 32), dtype=np.uint8)
-    kw = dict(batch_size=32, shuffle=shuffle, augment=augment, seed=3, dtype=dtype, device="cuda")
+    kw = dict(batch_size=32, shuffle=shuffle, augment=augment, seed=3, dtype=dtype, device="cuda",
+              cutout=12 if augment else 0)
     fused = DeviceLoader(x, np.arange(70), **kw)
     array = DeviceLoader(x, np.arange(70), fused=False, **kw)
     assert fused.kernel_target() == "cuda"
     order, oy, ox, flip = (None if a is None else a.get() for a in fused.epoch_plan(0))
+    cuts = fused.cutout_plan(0)
+    cuts = None if cuts is None else [a.get() for a in cuts]
     order = np.arange(70) if order is None else order
     got = [(a.get(), b.get()) for a, b in fused]
     for i, ((xa, ya), (xb, yb)) in enumerate(zip(got, ((a.get(), b.get()) for a, b in array), strict=True)):
@@ -237,6 +315,8 @@ def test_cuda_loader_fused_matches_array_path_and_numpy(dtype, shuffle, augment)
         sl = slice(i * 32, (i + 1) * 32)
         crop = (oy[sl], ox[sl], flip[sl]) if augment else (None, None, None)
         want = normalize(crop_flip(x[order[sl]], *crop, padding=4), dtype=dtype)
+        if cuts is not None:
+            want = cutout(want, cuts[0][sl], cuts[1][sl], 12)
         np.testing.assert_array_equal(xa, want)  # the GPU's IEEE division rounds as NumPy's
 
 

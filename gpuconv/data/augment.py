@@ -118,6 +118,47 @@ def random_flip(images, rng=None):
     return crop_flip(images, None, None, flip)
 
 
+def check_cutout(cutout, h, w) -> int:
+    """``cutout`` as an int: the side of the square cut out of each image (0: none), which must fit
+    the ``h`` x ``w`` image."""
+    if isinstance(cutout, bool) or not isinstance(cutout, (int, np.integer)) or cutout < 0:
+        raise ValueError(f"cutout={cutout!r} must be an integer >= 0 (the side in pixels of the square set to "
+                         "the mean; 0 for none), e.g. 12")
+    if cutout > min(h, w):
+        raise ValueError(f"cutout={cutout} is larger than the {h}x{w} images: the square must fit inside them; "
+                         f"use cutout <= {min(h, w)}")
+    return int(cutout)
+
+
+def cutout(images, corner_y, corner_x, size):
+    """Each image n with the ``size`` x ``size`` square whose top-left corner is (corner_y[n],
+    corner_x[n]) set to 0, every channel (on normalized images: the mean color). Corners lie in
+    [0, H - size] and [0, W - size], as airbench96 draws them; a new array, same dtype.
+    (DeviceLoader applies it after the crop and flip, in the output's coordinates.)"""
+    _check_images(images)
+    xp = get_array_module(images)
+    n, _, h, w = images.shape
+    size = check_cutout(size, h, w)
+    for name, v in (("corner_y", corner_y), ("corner_x", corner_x)):
+        if tuple(v.shape) not in ((n,), (n, 1)):
+            raise ValueError(f"{name} must hold one value per image, shape ({n},), got {tuple(v.shape)}")
+    dy = xp.arange(h)[None, :] - corner_y.reshape(n, 1)
+    dx = xp.arange(w)[None, :] - corner_x.reshape(n, 1)
+    inside = ((dy >= 0) & (dy < size))[:, None, :, None] & ((dx >= 0) & (dx < size))[:, None, None, :]
+    return xp.where(inside, images.dtype.type(0), images)
+
+
+def random_cutout(images, size=12, rng=None):
+    """``cutout`` at a corner drawn uniformly per image (airbench96's 12-pixel cutout)."""
+    _check_images(images)
+    xp = get_array_module(images)
+    n, _, h, w = images.shape
+    size = check_cutout(size, h, w)
+    rng = as_generator(rng, xp)
+    return cutout(images, _draw(rng, xp, images, 0, h - size + 1, n), _draw(rng, xp, images, 0, w - size + 1, n),
+                  size)
+
+
 def normalize(images, mean=CIFAR10_MEAN, std=CIFAR10_STD, dtype=np.float32):
     """(images - mean) / std per channel, as ``dtype`` (float32, float64, bfloat16 or float16), NCHW.
 

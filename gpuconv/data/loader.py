@@ -1,7 +1,7 @@
 """DeviceLoader: the data set on the device as uint8, batches made there.
 
 The images are uploaded once. Each batch is then a gather by a permutation index, an
-optional random crop + flip, and a normalization to float, all on the device: no per-batch
+optional random crop + flip (+ cutout), and a normalization to float, all on the device: no per-batch
 host work and no device-to-host copy, so a training step on the GPU never waits on the loader.
 Where the arrays have a kernel target ('cuda', or 'sim' while it is the default device) that is
 one fused kernel (kernels/augment.cu) instead of four array-module passes; both paths take the
@@ -22,7 +22,7 @@ from ..backend import Device, get_array_module, get_default_device, is_cupy_arra
 from ..backend import kernel_target as _kernel_target
 from ..counter_rng import splitmix64, uniform_below
 from ._launch_augment import augment_batch_kernel
-from .augment import CIFAR10_MEAN, CIFAR10_STD, check_padding_mode, crop_flip, normalize
+from .augment import CIFAR10_MEAN, CIFAR10_STD, check_cutout, check_padding_mode, crop_flip, cutout, normalize
 
 
 def _check_int(name, value, low, fix):
@@ -45,12 +45,14 @@ class DeviceLoader:
     'reflect' (airbench's translation: ``padding=2``, the borders mirrored). ``flip``: 'random'
     draws each image's flip afresh every epoch; 'alternate' (airbench) draws it once per seed
     and flips every image the other way on odd epochs, so each image is seen both ways every
-    two epochs.
+    two epochs. ``cutout``: with ``augment``, a ``cutout`` x ``cutout`` square of each augmented
+    image set to 0 (the mean color, after normalization), at a corner drawn uniformly per image
+    and epoch (airbench96: 12); 0 for none.
     """
 
     def __init__(self, images, labels, batch_size, shuffle=True, augment=False, drop_last=False, seed=0,
                  device=None, *, padding=4, mean=CIFAR10_MEAN, std=CIFAR10_STD, dtype=np.float32, fused=None,
-                 channels_last=False, padding_mode="zeros", flip="random"):
+                 channels_last=False, padding_mode="zeros", flip="random", cutout=0):
         if not (isinstance(images, np.ndarray) or is_cupy_array(images)) or images.dtype != np.uint8 \
                 or images.ndim != 4:
             raise TypeError(
@@ -80,6 +82,7 @@ class DeviceLoader:
             raise ValueError(f"flip={flip!r} must be 'random' (drawn per image and epoch) or 'alternate' (drawn "
                              "once, every image flipped the other way on odd epochs)")
         self.flip = flip
+        self.cutout = check_cutout(cutout, images.shape[2], images.shape[3])
         self.shuffle, self.augment, self.drop_last = bool(shuffle), bool(augment), bool(drop_last)
         if fused not in (None, True, False):
             raise ValueError(f"fused={fused!r} must be None (the kernel where there is a target), True or False")
@@ -158,6 +161,19 @@ class DeviceLoader:
             flip = (bits[:, 1] >> np.uint64(63)).astype(bool)
         return order, oy, ox, flip
 
+    def cutout_plan(self, epoch):
+        """(corner_y, corner_x) of each image's cutout square in ``epoch``, on the device; None
+        without augmentation or cutout. Drawn as :meth:`epoch_plan` draws, from a third key of
+        (seed, epoch): the same on every backend."""
+        if not (self.augment and self.cutout):
+            return None
+        xp, n = self.xp, self.num_samples
+        key = np.random.SeedSequence([self.seed, int(epoch)]).generate_state(3, np.uint64)[2]
+        bits = splitmix64(key, n, xp)
+        h, w = self.images.shape[2:]
+        return (uniform_below(bits, h - self.cutout + 1, high=True),
+                uniform_below(bits, w - self.cutout + 1, high=False))
+
     def kernel_target(self):
         """'cuda' or 'sim' when batches come from the fused kernel, None for the array path."""
         if self.fused is False:
@@ -177,6 +193,7 @@ class DeviceLoader:
     def _batches(self, epoch, start):
         target = self.kernel_target()
         order, oy, ox, flip = self.epoch_plan(epoch)
+        cuts = self.cutout_plan(epoch)
         n, bs = self.num_samples, self.batch_size
         if target is not None:
             if order is None:  # the kernel gathers by index: the identity, once per epoch
@@ -185,9 +202,10 @@ class DeviceLoader:
                 lo, hi = i * bs, min((i + 1) * bs, n)
                 idx = order[lo:hi]
                 crop = (oy[lo:hi], ox[lo:hi], flip[lo:hi]) if self.augment else (None, None, None)
+                cut = dict(cutout=self.cutout, cut_y=cuts[0][lo:hi], cut_x=cuts[1][lo:hi]) if cuts else {}
                 yield augment_batch_kernel(self.images, idx, *crop, self._mean, self._std, self.padding,
                                            self.dtype, target=target, channels_last=self.channels_last,
-                                           padding_mode=self.padding_mode), \
+                                           padding_mode=self.padding_mode, **cut), \
                     self.labels[idx]
             return
         for i in range(start, len(self)):
@@ -197,9 +215,11 @@ class DeviceLoader:
             if self.augment:
                 xb = crop_flip(xb, oy[lo:hi], ox[lo:hi], flip[lo:hi], self.padding, self.padding_mode)
             xb = normalize(xb, self._mean, self._std, self.dtype)
+            if cuts:
+                xb = cutout(xb, cuts[0][lo:hi], cuts[1][lo:hi], self.cutout)
             yield (layout.to_channels_last(xb) if self.channels_last else xb), self.labels[idx]
 
     def __repr__(self):
         return (f"DeviceLoader({self.num_samples} images, batch_size={self.batch_size}, shuffle={self.shuffle}, "
                 f"augment={self.augment}, padding={self.padding}, padding_mode={self.padding_mode!r}, "
-                f"flip={self.flip!r}, drop_last={self.drop_last}, seed={self.seed}, device='{self.device}')")
+                f"flip={self.flip!r}, cutout={self.cutout}, drop_last={self.drop_last}, seed={self.seed}, device='{self.device}')")
