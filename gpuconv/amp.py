@@ -6,7 +6,7 @@ A training precision is one of:
   GEMM (:func:`gpuconv.precision_mode`, like PyTorch's ``allow_tf32``);
 - ``'auto'`` (:func:`resolve_precision`): ``'bf16'`` on a GPU with bfloat16 tensor cores
   (compute capability 8.0 or newer), ``'fp32'`` anywhere else (the CPU, the simulator, older
-  GPUs); what the speed recipes (fast, airbench94) train in;
+  GPUs); what the speed recipes (fast, the airbench ones) train in;
 - ``'bf16'`` / ``'fp16'``: the parameters stay float32 masters, held and updated by the
   optimizer; once per step each conv/linear parameter is cast to the low precision on the
   device (:func:`cast_parameters`), the batch too, and forward and backward compute with those

@@ -34,18 +34,20 @@ from .recipes import RECIPES, get_recipe
 
 # name -> (constructor in gpuconv.models, its extra keyword arguments).
 MODELS = {"seed": ("seed_net", {}), "three_layer": ("three_layer_convnet", {}), "fast": ("fast_net", {}),
-          "airbench94": ("airbench94", {})}
+          "airbench94": ("airbench94", {}), "airbench96": ("airbench96", {})}
 
 # Each model's recipe (gpuconv.recipes.RECIPES) gives its defaults.
 MODEL_DEFAULTS = {name: get_recipe(name) for name in MODELS}
 # Settings a resumed run takes from its checkpoint unless given again on the command line.
 RESUMABLE = ("recipe", "model", "epochs", "batch_size", "lr", "weight_decay", "momentum", "schedule",
-             "label_smoothing", "augment", "width", "seed", "limit", "val_split", "precision", "tta")
+             "label_smoothing", "augment", "cutout", "width", "seed", "limit", "val_split", "precision", "tta")
 PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
+WIDTH_HELP = ("channel width of fast_net (default 64), or of an airbench network's first block, the others "
+              "in the recipe's ratio (airbench94: W, 4W, 4W; airbench95: W, 3W, 3W; airbench96: W, 3W, 4W)")
 PRECISION_HELP = ("fp32 (strict float32), tf32 (float32 with TF32 convolutions), bf16 or fp16 (mixed precision: "
                   "float32 master weights, low-precision compute; fp16 with loss scaling), or auto (bf16 on a GPU "
                   "with bfloat16 tensor cores, compute capability >= 8.0, else fp32). Default: the recipe's "
-                  "(auto for fast, airbench94, airbench94_muon; fp32 for the others)")
+                  "(auto for fast and the airbench recipes; fp32 for the others)")
 
 
 def _say(*parts):
@@ -60,6 +62,16 @@ def _positive_int(text):
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer (1, 2, 3, ...)") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer (1, 2, 3, ...)")
+    return value
+
+
+def _nonneg_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 0 (0, 1, 2, ...)")
     return value
 
 
@@ -150,11 +162,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="random crop + horizontal flip on the device, padded and flipped as the recipe says "
                         f"(default per model: {_defaults('augment')})")
+    t.add_argument("--cutout", type=_nonneg_int, default=None,
+                   help="with --augment, a square of this side set to the mean color in every training image, "
+                        f"drawn per image and epoch; 0 for none (default per model: {_defaults('cutout')})")
     t.add_argument("--tta", type=_tta, default=None,
                    help=f"test-time augmentation level of the final evaluation: 0, 1 or 2 (default per model: "
                         f"{_defaults('tta')})")
     t.add_argument("--width", type=_positive_int, default=None,
-                   help="channel width of fast_net (default 64), or airbench94's first block (W, 4W, 4W; default 64)")
+                   help=WIDTH_HELP)
     t.add_argument("--device", type=_device, default=_default_device(),
                    help="cpu | cuda | cuda:N | sim | auto (default: $GPUCONV_DEVICE, else auto = a GPU if usable)")
     t.add_argument("--data", default=None, help="CIFAR-10 directory or tarball (else $GPUCONV_DATA, "
@@ -212,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     sm = sub.add_parser("summary", help="a model's layers, output shapes, parameters and FLOPs")
     sm.add_argument("--model", choices=sorted(MODELS), default="three_layer", help="network (default three_layer)")
     sm.add_argument("--width", type=_positive_int, default=None,
-                    help="channel width of fast_net (default 64), or airbench94's first block (W, 4W, 4W; default 64)")
+                    help=WIDTH_HELP)
 
     sub.add_parser("info", help="versions, devices, CUDA and GPU telemetry")
 
@@ -301,8 +316,11 @@ def build_model(name, seed=0, width=None, model_kwargs=None):
     kwargs = dict(kwargs, **(model_kwargs or {}), seed=int(seed))
     if name == "fast":
         kwargs["width"] = int(width or MODEL_DEFAULTS["fast"]["width"])
-    if name == "airbench94" and width:  # the published (64, 256, 256) scaled down, for quick runs
-        kwargs["widths"] = [int(width), 4 * int(width), 4 * int(width)]
+    if name in ("airbench94", "airbench96") and width:  # the published widths scaled down, for quick runs
+        import inspect  # noqa: PLC0415
+        from . import models  # noqa: PLC0415
+        base = kwargs.get("widths") or inspect.signature(getattr(models, fn_name)).parameters["widths"].default
+        kwargs["widths"] = [int(width) * int(b) // int(base[0]) for b in base]
     config = {"model": name, "constructor": fn_name, "kwargs": kwargs}
     return model_from_config(config), config
 
@@ -312,14 +330,19 @@ def model_from_config(config):
     return from_config(config)
 
 
-def _schedule(name, optimizer, lr, total_steps):
+def _schedule(name, optimizer, lr, total_steps, kwargs=None):
+    """The schedule ``name`` over ``total_steps``; ``kwargs``: a recipe's arguments of it (airbench96's
+    triangle: ``warmup_fraction``, ``end``)."""
     from .optim import CosineLR, OneCycleLR, TriangularLR
+    kwargs = kwargs or {}
+    if kwargs and name != "triangular":
+        raise ValueError(f"schedule {name!r} takes no arguments, got {kwargs}")
     if name == "onecycle":
         return OneCycleLR(optimizer, max_lr=lr, total_steps=total_steps)
     if name == "cosine":
         return CosineLR(optimizer, total_steps=total_steps, warmup_steps=max(1, total_steps // 20))
     if name == "triangular":
-        return TriangularLR(optimizer, total_steps=total_steps)
+        return TriangularLR(optimizer, total_steps=total_steps, **kwargs)
     if name == "linear":  # a straight decay to 0
         return TriangularLR(optimizer, total_steps=total_steps, warmup_fraction=0.0, peak=1.0, end=0.0)
     return None
@@ -389,6 +412,8 @@ def _settings(args, device=None):
     s["model"] = model
     s.update({k: v for k, v in stored.items() if k in RESUMABLE})
     s.update(given)
+    if s["schedule"] != get_recipe(recipe)["schedule"]:  # the recipe's schedule arguments are for its own
+        s["schedule_kwargs"] = {}
     s["precision"] = resolve_precision(s["precision"], device)
     return s
 
@@ -460,8 +485,11 @@ def _train(args) -> int:
     if s["optimizer"] == "airbench" and s["batch_size"] > len(train):
         _say(f"note: the {s['recipe']} recipe's lr and weight decay are per 1024 examples, scaled to batch "
              f"{s['batch_size']}")
-    if getattr(args, "width", None) is not None and s["model"] not in ("fast", "airbench94"):
-        _say(f"warning: --width sets fast_net's and airbench94's channel widths; the {s['model']} model ignores it")
+    if getattr(args, "width", None) is not None and s["model"] not in ("fast", "airbench94", "airbench96"):
+        _say(f"warning: --width sets fast_net's and the airbench networks' channel widths; the {s['model']} model "
+             "ignores it")
+    if s["cutout"] and not s["augment"]:
+        _say(f"warning: --cutout {s['cutout']} applies with augmentation only, which this run has off (--augment)")
     if s["batch_size"] > len(train):
         _say(f"warning: --batch-size {s['batch_size']} is larger than the {len(train)} training images: each epoch is "
              f"one step of {len(train)} images")
@@ -484,12 +512,13 @@ def _train(args) -> int:
                                     augment=s["augment"], seed=s["seed"], device=device, channels_last=nhwc,
                                     dtype=amp.compute_dtype(s["precision"]),  # the step's dtype: no cast per step
                                     padding=s["padding"], padding_mode=s["padding_mode"], flip=s["flip"],
+                                    cutout=s["cutout"],
                                     drop_last=drop_last(s, len(train)))
         val_loader = (DeviceLoader(val.images, val.labels, 500, shuffle=False, augment=False, device=device,
                                    channels_last=nhwc) if val is not None else None)
         total_steps = s["epochs"] * len(train_loader)
         opt, extras = _recipe_setup(s, model, train.images, total_steps)
-        sched = _schedule(s["schedule"], opt, opt.lr, total_steps)
+        sched = _schedule(s["schedule"], opt, opt.lr, total_steps, s["schedule_kwargs"])
         trainer = Trainer(model, opt, sched, out_dir=args.out, label_smoothing=s["label_smoothing"],
                           log_every=args.log_every, seed=s["seed"], progress="epoch" if args.no_progress else True,
                           config=config, precision=s["precision"], cuda_graph=args.cuda_graph,

@@ -29,10 +29,40 @@ def test_recipe_settings_and_overrides():
     fast = _settings("--model", "fast")
     assert fast["recipe"] == "fast" and fast["batch_size"] == 512 and fast["padding_mode"] == "zeros"
     assert all(r["model"] in cli.MODELS for r in RECIPES.values()) and set(cli.MODELS) <= set(RECIPES)
-    with pytest.raises(ValueError, match="recipe .nope. is not known: use one of airbench94, airbench94_muon, fast"):
+    with pytest.raises(ValueError, match="recipe .nope. is not known: use one of airbench94, airbench94_muon, "
+                                         "airbench95, airbench96, fast"):
         get_recipe("nope")
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["train", "--tta", "3"])
+
+
+def test_airbench95_and_airbench96_recipes():
+    """The published 95% and 96% recipes: airbench95 is airbench94's network wider (128, 384, 384) for
+    15 epochs at lr 10; airbench96 its own network for 37 epochs, a 10% warmup from 0.2 and a decay
+    to 0, 4-pixel translations and 12-pixel cutout. --width scales a network in the recipe's ratio."""
+    s = _settings("--recipe", "airbench95")
+    assert (s["model"], s["epochs"], s["lr"], s["weight_decay"]) == ("airbench94", 15, 10.0, 0.0153)
+    assert s["model_kwargs"] == {"widths": [128, 384, 384]} and s["cutout"] == 0 and s["schedule_kwargs"] == {}
+    s = _settings("--recipe", "airbench96")
+    assert (s["model"], s["epochs"], s["lr"], s["weight_decay"], s["momentum"]) == ("airbench96", 37, 9.0, 0.012, 0.85)
+    assert (s["padding"], s["padding_mode"], s["flip"], s["cutout"], s["tta"]) == (4, "reflect", "alternate", 12, 2)
+    assert s["schedule"] == "triangular" and s["lookahead"] == 5 and s["whiten_bias_epochs"] == 3
+    assert _settings("--recipe", "airbench96", "--cutout", "0")["cutout"] == 0
+    assert _settings("--recipe", "airbench96", "--schedule", "cosine")["schedule_kwargs"] == {}  # its own arguments
+    assert _settings("--model", "airbench96")["recipe"] == "airbench96"
+    sched = cli._schedule(s["schedule"], SGD(models.airbench94(widths=(2, 4, 4)).parameters(), lr=1.0), 1.0, 100,
+                          s["schedule_kwargs"])
+    assert [sched.lr_at(k) for k in (0, 5, 10, 55, 100)] == pytest.approx([0.2, 0.6, 1.0, 0.5, 0.0])
+    with pytest.raises(ValueError, match="schedule 'cosine' takes no arguments"):
+        cli._schedule("cosine", sched.optimizer, 1.0, 100, {"end": 0.0})
+    # --width: the first block's width, the others in the recipe's ratio
+    widths = lambda name, **kw: cli.build_model(name, **kw)[1]["kwargs"]["widths"]  # noqa: E731
+    assert widths("airbench94", width=8) == [8, 32, 32]
+    assert widths("airbench94", width=8, model_kwargs=RECIPES["airbench95"]["model_kwargs"]) == [8, 24, 24]
+    assert widths("airbench96", width=8) == [8, 24, 32]
+    assert cli.build_model("airbench96")[1]["kwargs"] == {"seed": 0}  # the published widths
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["train", "--cutout", "-1"])
 
 
 class _FakeCupy:
@@ -54,7 +84,7 @@ def test_precision_auto_is_bf16_on_a_gpu_with_bfloat16_tensor_cores(monkeypatch,
         amp.resolve_precision("bf32", cuda)
     args = lambda *argv: cli.build_parser().parse_args(["train", *argv])  # noqa: E731
     # the speed recipes say auto; the small nets train in fp32 everywhere; a flag overrides either
-    for recipe in ("airbench94", "airbench94_muon", "fast"):
+    for recipe in ("airbench94", "airbench94_muon", "airbench95", "airbench96", "fast"):
         assert RECIPES[recipe]["precision"] == "auto"
         assert cli._settings(args("--recipe", recipe), cuda)["precision"] == want
         assert cli._settings(args("--recipe", recipe), backend.Device("cpu"))["precision"] == "fp32"
@@ -175,20 +205,21 @@ def test_muon_recipe_builds_a_chain_and_trains():
         Chain()
 
 
-@pytest.mark.parametrize("recipe", ["airbench94", "airbench94_muon"])
+@pytest.mark.parametrize("recipe", ["airbench94", "airbench94_muon", "airbench96"])
 def test_recipe_resume_is_bit_identical(recipe, tmp_path):
-    """Lookahead average, parameter groups, the Muon/SGD chain and the whitening bias's epochs all
-    come back from the checkpoint: 2 epochs + resume to 3 == 3 epochs in one go."""
+    """Lookahead average, parameter groups, the Muon/SGD chain, the whitening bias's epochs and the
+    augmentation's draws (cutout's included) all come back from the checkpoint: 2 epochs + resume
+    to 3 == 3 epochs in one go."""
     rng = np.random.default_rng(0)
     images, labels = rng.integers(0, 256, (32, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, 32)
 
     def build(out):
-        net = models.airbench94(widths=(4, 8, 8))
         s = dict(get_recipe(recipe), batch_size=16, whiten_bias_epochs=1)
+        net, _ = cli.build_model(s["model"], width=4, model_kwargs=s["model_kwargs"])
         opt, extras = cli._recipe_setup(s, net, images, 6)
-        sched = cli._schedule(s["schedule"], opt, opt.lr, 6)
-        loader = DeviceLoader(images, labels, 16, augment=True, padding=2, padding_mode="reflect", flip="alternate",
-                              device="cpu")
+        sched = cli._schedule(s["schedule"], opt, opt.lr, 6, s["schedule_kwargs"])
+        loader = DeviceLoader(images, labels, 16, augment=True, padding=s["padding"], padding_mode="reflect",
+                              flip="alternate", cutout=s["cutout"], device="cpu")
         return net, Trainer(net, opt, sched, out_dir=out, label_smoothing=0.2, progress=False, **extras), loader
 
     net1, t1, l1 = build(tmp_path / "a")
