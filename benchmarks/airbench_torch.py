@@ -1,5 +1,6 @@
-"""The airbench94 recipe in PyTorch eager: the baseline gpuconv's ``--recipe airbench94`` is timed
-against (benchmarks/bench_airbench.py), written from the recipe's description, in airbench's own
+"""The airbench recipes in PyTorch eager: the baseline gpuconv's ``--recipe airbench94`` (and
+airbench95, airbench96) is timed against (benchmarks/bench_airbench.py), written from the recipe's
+description, in airbench's own
 arithmetic where gpuconv has its own (a summed loss with airbench's per-1024-example lr and weight
 decay; gpuconv converts them for a mean loss), so the validation that both take the same first
 steps also checks that conversion.
@@ -18,10 +19,17 @@ What it trains is ``gpuconv.recipes.RECIPES['airbench94']`` step for step:
   reflect padding and horizontal flips that alternate per image and epoch, a fresh shuffle, the
   last partial batch left out (the recipe's drop_last, as gpuconv's loader does it).
 
+``--recipe airbench95``: the same, widths 128/384/384, 15 epochs at lr 10. ``--recipe airbench96``
+(``RECIPES``): airbench96's network (each block conv - pool - BN - GELU, then a residual connection
+over conv - BN - GELU - conv - BN, then GELU; widths 128/384/512; PyTorch's default BN momentum),
+37 epochs at lr 9 and weight decay 0.012, the lr from 0.2 to 1 over 10% of the steps and then to
+0, 4-pixel translations and a 12-pixel cutout (a square of each augmented image zeroed).
+
 Precision: 'fp32' (TF32 left as the caller set it) or 'bf16' (autocast, channels_last; BN in
 float32, as under gpuconv's mixed precision). Standalone use, on synthetic images:
 
     python benchmarks/airbench_torch.py --images 50000 --precision bf16
+    python benchmarks/airbench_torch.py --recipe airbench96 --images 50000 --precision bf16
     python benchmarks/airbench_torch.py --data ../shared/data/cifar10-subset/cifar-10-batches-py \
         --precision fp32 --epochs 20 --batch-size 256 --seed 0    # accuracy on the held-out batch
 """
@@ -39,11 +47,21 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 HYPER = dict(epochs=10, batch_size=1024, lr=11.5, weight_decay=0.0153, momentum=0.85, bias_scaler=64.0,
              label_smoothing=0.2, padding=2, lookahead_every=5, whiten_bias_epochs=3, widths=(64, 256, 256),
-             bn_momentum=0.4, bn_eps=1e-12, scale=1 / 9, warmup_fraction=0.23, lr_start=0.2, lr_end=0.07)
+             bn_momentum=0.4, bn_eps=1e-12, scale=1 / 9, warmup_fraction=0.23, lr_start=0.2, lr_end=0.07,
+             cutout=0, residual=False)
+RECIPES = {
+    "airbench94": HYPER,
+    "airbench95": dict(HYPER, epochs=15, lr=10.0, widths=(128, 384, 384)),
+    "airbench96": dict(HYPER, epochs=37, lr=9.0, weight_decay=0.012, padding=4, cutout=12, widths=(128, 384, 512),
+                       bn_momentum=0.1, warmup_fraction=0.1, lr_end=0.0, residual=True),
+}
 
 
-def build(torch, widths=(64, 256, 256), num_classes=10):
-    """The airbench94 network, parameter names as in ``gpuconv.models.airbench94``."""
+def build(torch, widths=None, num_classes=10, h=None):
+    """The recipe ``h``'s network (airbench94's by default), parameter names as in
+    ``gpuconv.models.airbench94`` / ``airbench96``."""
+    h = HYPER if h is None else h
+    widths = h["widths"] if widths is None else widths
     nn = torch.nn
 
     class Mul(nn.Module):
@@ -54,16 +72,32 @@ def build(torch, widths=(64, 256, 256), num_classes=10):
         def forward(self, x):
             return x * self.factor
 
+    class Residual(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return x + self.inner(x)
+
     def block(c_in, c_out):
-        layers = collections.OrderedDict(
-            conv1=nn.Conv2d(c_in, c_out, 3, padding="same", bias=False), pool=nn.MaxPool2d(2),
-            norm1=nn.BatchNorm2d(c_out, momentum=HYPER["bn_momentum"], eps=HYPER["bn_eps"]), gelu1=nn.GELU(),
-            conv2=nn.Conv2d(c_out, c_out, 3, padding="same", bias=False),
-            norm2=nn.BatchNorm2d(c_out, momentum=HYPER["bn_momentum"], eps=HYPER["bn_eps"]), gelu2=nn.GELU())
-        for conv in (layers["conv1"], layers["conv2"]):  # airbench: dirac_(w[:w.size(1)]), each conv's own inputs
-            torch.nn.init.dirac_(conv.weight.data[:conv.in_channels])
-        for norm in (layers["norm1"], layers["norm2"]):
-            norm.weight.requires_grad = False
+        def conv(c):  # airbench: dirac_(w[:w.size(1)]), each conv's own inputs
+            layer = nn.Conv2d(c, c_out, 3, padding="same", bias=False)
+            torch.nn.init.dirac_(layer.weight.data[:layer.in_channels])
+            return layer
+
+        def norm():
+            layer = nn.BatchNorm2d(c_out, momentum=h["bn_momentum"], eps=h["bn_eps"])
+            layer.weight.requires_grad = False
+            return layer
+
+        layers = collections.OrderedDict(conv1=conv(c_in), pool=nn.MaxPool2d(2), norm1=norm(), gelu1=nn.GELU())
+        if not h["residual"]:
+            layers.update(conv2=conv(c_out), norm2=norm(), gelu2=nn.GELU())
+        else:
+            layers.update(res=Residual(nn.Sequential(collections.OrderedDict(
+                conv2=conv(c_out), norm2=norm(), gelu2=nn.GELU(), conv3=conv(c_out), norm3=norm()))),
+                gelu=nn.GELU())
         return nn.Sequential(layers)
 
     w1, w2, w3 = widths
@@ -73,7 +107,7 @@ def build(torch, widths=(64, 256, 256), num_classes=10):
     return nn.Sequential(collections.OrderedDict(
         whiten=whiten, gelu0=nn.GELU(), block1=block(24, w1), block2=block(w1, w2), block3=block(w2, w3),
         pool=nn.MaxPool2d(3), flatten=nn.Flatten(), fc=nn.Linear(w3, num_classes, bias=False),
-        scale=Mul(HYPER["scale"])))
+        scale=Mul(h["scale"])))
 
 
 def init_whitening(torch, conv, images, eps=5e-4):
@@ -89,10 +123,11 @@ def init_whitening(torch, conv, images, eps=5e-4):
     conv.weight.data[:] = torch.cat([filters, -filters]).to(conv.weight.dtype)
 
 
-def optimizer(torch, model, batch_size, h=HYPER):
+def optimizer(torch, model, batch_size, h=None):
     """airbench's SGD: lr and weight decay per 1024 examples for a SUMMED loss, divided by how much
     Nesterov momentum amplifies a step; BN biases at ``bias_scaler`` times the lr; every group
     decays its weights by the same amount per step whatever its lr."""
+    h = HYPER if h is None else h
     kilostep = 1024 * (1 + 1 / (1 - h["momentum"]))
     lr = h["lr"] / kilostep
     decay = h["weight_decay"] * batch_size / kilostep
@@ -105,8 +140,10 @@ def optimizer(torch, model, batch_size, h=HYPER):
     return torch.optim.SGD(groups, momentum=h["momentum"], nesterov=True)
 
 
-def lr_factor(step, total, h=HYPER):
-    """The triangular schedule: 0.2 -> 1 over the first 23% of the steps -> 0.07 at the end."""
+def lr_factor(step, total, h=None):
+    """The triangular schedule: 0.2 -> 1 over the first 23% of the steps -> 0.07 at the end
+    (airbench96: over 10%, then to 0)."""
+    h = HYPER if h is None else h
     warmup = int(total * h["warmup_fraction"])
     if step < warmup:
         f = step / warmup
@@ -138,8 +175,9 @@ class Loader:
     """Device-resident CIFAR batches with airbench's augmentation, one epoch per iteration."""
 
     def __init__(self, torch, images_u8, labels, batch_size, device, padding=2, seed=0, channels_last=False,
-                 drop_last=True):
+                 drop_last=True, cutout=0):
         self.torch, self.batch_size, self.padding, self.drop_last = torch, batch_size, padding, drop_last
+        self.cutout = cutout
         self.gen = torch.Generator(device=device)
         self.gen.manual_seed(seed)
         x = torch.as_tensor(images_u8, device=device).float() / 255
@@ -166,7 +204,16 @@ class Loader:
         flip = self.flip ^ bool(epoch % 2)
         cols = dx[:, None] + torch.arange(w, device=x.device)
         cols = torch.where(flip[:, None], cols.flip(1), cols)[:, None, None, :].expand(n, c, h, w)
-        return out.gather(3, cols)
+        out = out.gather(3, cols)
+        if self.cutout:  # airbench96: a square of each augmented image zeroed, its corner uniform
+            s = self.cutout
+            cy = torch.randint(0, h - s + 1, (n,), device=x.device, generator=self.gen)
+            cx = torch.randint(0, w - s + 1, (n,), device=x.device, generator=self.gen)
+            ry = torch.arange(h, device=x.device)[None, :] - cy[:, None]
+            rx = torch.arange(w, device=x.device)[None, :] - cx[:, None]
+            inside = ((ry >= 0) & (ry < s))[:, None, :, None] & ((rx >= 0) & (rx < s))[:, None, None, :]
+            out = out.masked_fill(inside, 0)
+        return out
 
     def __iter__(self):
         torch = self.torch
@@ -181,7 +228,7 @@ class Loader:
             yield xb, self.labels[idx]
 
 
-def loss_of(torch, model, x, y, precision, smoothing=HYPER["label_smoothing"]):
+def loss_of(torch, model, x, y, precision, smoothing=0.2):
     """The SUMMED label-smoothed cross entropy (airbench's form), under autocast for bf16."""
     if precision == "bf16":
         with torch.autocast(x.device.type, dtype=torch.bfloat16):
@@ -191,44 +238,48 @@ def loss_of(torch, model, x, y, precision, smoothing=HYPER["label_smoothing"]):
     return torch.nn.functional.cross_entropy(logits.float(), y, label_smoothing=smoothing, reduction="sum")
 
 
-def train(torch, images_u8, labels, device="cuda", precision="fp32", epochs=HYPER["epochs"],
-          batch_size=HYPER["batch_size"], widths=HYPER["widths"], seed=0, model=None, drop_last=True, batches=None):
+def train(torch, images_u8, labels, device="cuda", precision="fp32", epochs=None, batch_size=None, widths=None, seed=0,
+          model=None, drop_last=True, batches=None, h=None):
     """The whole recipe from uploaded images to the trained model: (model, seconds, the last
     epoch's mean loss). The seconds run from the upload to the last step, synchronized (whitening
     init included); the loss is summed on the device and read once, at the end. ``batches``:
     per epoch, the (x, y) tensors to train on instead of this loader's (a check feeds it another
-    loader's augmented batches)."""
+    loader's augmented batches). ``h``: the recipe (``RECIPES``; airbench94's by default), whose
+    epochs, batch size and widths the others default to."""
+    h = HYPER if h is None else h
+    epochs = h["epochs"] if epochs is None else epochs
+    batch_size = h["batch_size"] if batch_size is None else batch_size
     sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     torch.manual_seed(seed)
     sync()
     t0 = time.perf_counter()
     channels_last = precision == "bf16"
-    loader = Loader(torch, images_u8, labels, batch_size, device, seed=seed, channels_last=channels_last,
-                    drop_last=drop_last and batch_size <= len(labels))
+    loader = Loader(torch, images_u8, labels, batch_size, device, padding=h["padding"], seed=seed,
+                    channels_last=channels_last, drop_last=drop_last and batch_size <= len(labels), cutout=h["cutout"])
     if model is None:
-        model = build(torch, widths).to(device)
+        model = build(torch, widths, h=h).to(device)
         init_whitening(torch, model.whiten, loader.images)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    opt = optimizer(torch, model, batch_size)
+    opt = optimizer(torch, model, batch_size, h)
     total = epochs * len(loader) if batches is None else sum(len(b) for b in batches)
     base = [g["lr"] for g in opt.param_groups]
     average = Lookahead(torch, model)
     step = 0
     model.train()
     for epoch in range(epochs):
-        model.whiten.bias.requires_grad = epoch < HYPER["whiten_bias_epochs"]
+        model.whiten.bias.requires_grad = epoch < h["whiten_bias_epochs"]
         loss_sum = torch.zeros((), device=device)
         for x, y in (loader if batches is None else batches[epoch]):
             for g, lr in zip(opt.param_groups, base):
-                g["lr"] = lr * lr_factor(step, total)
+                g["lr"] = lr * lr_factor(step, total, h)
             loss = loss_of(torch, model, x, y, precision)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             loss_sum += loss.detach()
             step += 1
-            if step % HYPER["lookahead_every"] == 0:
+            if step % h["lookahead_every"] == 0:
                 average.update(decay_at(step, total))
     average.update(1.0)
     sync()
@@ -273,15 +324,22 @@ def accuracy(torch, model, images_u8, labels, device, level, batch=500):
 def main(argv=None):
     import torch
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--recipe", choices=sorted(RECIPES), default="airbench94")
     p.add_argument("--images", type=int, default=50_000, help="synthetic CIFAR-shaped images")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
-    p.add_argument("--epochs", type=int, default=HYPER["epochs"])
-    p.add_argument("--batch-size", type=int, default=HYPER["batch_size"])
+    p.add_argument("--epochs", type=int, default=None, help="default: the recipe's")
+    p.add_argument("--batch-size", type=int, default=None, help="default: the recipe's (1024)")
+    p.add_argument("--width", type=int, default=None,
+                   help="the first block's width, the others in the recipe's ratio (default: the published widths)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", default=None,
                    help="a cifar-10-batches-py folder: train on data_batch_1-4, report the accuracy on data_batch_5 "
                         "at TTA 0, 1, 2 (the split gpuconv train uses when the folder has no test_batch)")
     args = p.parse_args(argv)
+    h = RECIPES[args.recipe]
+    args.epochs = h["epochs"] if args.epochs is None else args.epochs
+    args.batch_size = h["batch_size"] if args.batch_size is None else args.batch_size
+    widths = h["widths"] if args.width is None else tuple(args.width * w // h["widths"][0] for w in h["widths"])
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.backends.cudnn.benchmark = True
     if args.data:  # gpuconv's own reader and split, so that both sides train and score on the same images
@@ -295,12 +353,12 @@ def main(argv=None):
         images = rng.integers(0, 256, (args.images, 3, 32, 32), dtype=np.uint8)
         labels = rng.integers(0, 10, args.images)
     model, seconds, loss = train(torch, images, labels, device, args.precision, args.epochs, args.batch_size,
-                                 seed=args.seed)
+                                 widths=widths, seed=args.seed, h=h)
     if args.data:
         accs = [accuracy(torch, model, held_x, held_y, device, level) for level in (0, 1, 2)]
         print(f"held out (data_batch_5, {len(held_y)} images), seed {args.seed}: accuracy at TTA 0/1/2 "
               + " / ".join(f"{a:.4f}" for a in accs))
-    print(f"airbench94 in PyTorch eager on {device}, {args.precision}: {len(labels)} images, {args.epochs} epochs "
+    print(f"{args.recipe} (widths {widths}) in PyTorch eager on {device}, {args.precision}: {len(labels)} images, {args.epochs} epochs "
           f"of batch {args.batch_size} in {seconds:.2f} s (whitening included; on a GPU the first run includes "
           f"cuDNN's autotuning), last epoch's loss {loss:.4f}")
 

@@ -1,9 +1,10 @@
-"""The airbench94 recipe end to end: seconds for gpuconv's ``--recipe airbench94`` to train on
-50,000 synthetic CIFAR-shaped images, against the same recipe in PyTorch eager
-(benchmarks/airbench_torch.py) on the same GPU, in the same precision.
+"""An airbench recipe end to end: seconds for gpuconv's ``--recipe airbench94`` (or ``--recipe
+airbench95``, ``airbench96``) to train on 50,000 synthetic CIFAR-shaped images, against the same
+recipe in PyTorch eager (benchmarks/airbench_torch.py) on the same GPU, in the same precision.
 
     python benchmarks/bench_airbench.py                      # GPU: fp32 (TF32 off) and bf16
     python benchmarks/bench_airbench.py --precisions bf16 --json --save
+    python benchmarks/bench_airbench.py --recipe airbench96 --precisions bf16 --repeat 1
     python benchmarks/bench_airbench.py --device sim --tiny  # no GPU: the validation on the simulator
 
 Validation first, from one set of weights copied into both networks (PyTorch on the CPU when
@@ -24,6 +25,7 @@ is the real subset's business (the battery's airbench stage).
 from __future__ import annotations
 
 import argparse
+import inspect
 import pathlib
 import sys
 import time
@@ -35,20 +37,21 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import airbench_torch  # noqa: E402
 import common  # noqa: E402
 from bench_epoch import synthetic  # noqa: E402
-from gpuconv import amp, cli  # noqa: E402
+from gpuconv import amp, cli, models  # noqa: E402
 from gpuconv import backend as B  # noqa: E402
 from gpuconv.data import DeviceLoader, normalize  # noqa: E402
 from gpuconv.recipes import get_recipe  # noqa: E402
 from gpuconv.trainer import Trainer  # noqa: E402
 
 NAME = "bench_airbench"
-RECIPE = "airbench94"
-FULL = {"images": 50_000, "width": 64}
+RECIPES = ("airbench94", "airbench95", "airbench96")
+FULL = {"images": 50_000, "width": None}  # the published widths
 TINY = {"images": 40, "width": 2, "batch": 16, "epochs": 2}
 
 
 def recipe(args):
-    r = get_recipe(RECIPE)
+    r = get_recipe(args.recipe)
+    r["name"] = args.recipe
     if args.tiny:
         r.update(batch_size=TINY["batch"], epochs=TINY["epochs"])
     if args.epochs:
@@ -56,17 +59,28 @@ def recipe(args):
     return r
 
 
+def widths_of(r, width):
+    """The recipe's network's widths with its first block at ``width`` (None: as published)."""
+    _, config = cli.build_model(r["model"], seed=0, width=width, model_kwargs=r["model_kwargs"])
+    published = inspect.signature(getattr(models, config["constructor"])).parameters["widths"].default
+    return tuple(config["kwargs"].get("widths") or published)
+
+
+def torch_recipe(r):
+    return airbench_torch.RECIPES[r["name"]]
+
+
 def gpuconv_setup(images, labels, r, precision, device, width, cuda_graph=False):
     """model, loader, optimizer, schedule, Trainer: what ``gpuconv train --recipe`` builds
     (``--cuda-graph`` with ``cuda_graph``)."""
-    model, _ = cli.build_model(RECIPE, seed=0, width=width)
+    model, _ = cli.build_model(r["model"], seed=0, width=width, model_kwargs=r["model_kwargs"])
     loader = DeviceLoader(images, labels, r["batch_size"], shuffle=True, augment=r["augment"], seed=0, device=device,
                           channels_last=amp.channels_last_for(precision), dtype=amp.compute_dtype(precision),
-                          padding=r["padding"],
-                          padding_mode=r["padding_mode"], flip=r["flip"], drop_last=cli.drop_last(r, len(images)))
+                          padding=r["padding"], padding_mode=r["padding_mode"], flip=r["flip"], cutout=r["cutout"],
+                          drop_last=cli.drop_last(r, len(images)))
     total = r["epochs"] * len(loader)
     opt, extras = cli._recipe_setup(r, model, images, total)
-    sched = cli._schedule(r["schedule"], opt, opt.lr, total)
+    sched = cli._schedule(r["schedule"], opt, opt.lr, total, r["schedule_kwargs"])
     trainer = Trainer(model, opt, sched, label_smoothing=r["label_smoothing"], progress=False, monitor=False,
                       precision=precision, cuda_graph=cuda_graph, **extras)
     return model, loader, trainer
@@ -118,8 +132,8 @@ def torch_device(args):
 
 def run_torch(torch, images, labels, r, precision, args, width):
     _, seconds, loss = airbench_torch.train(torch, images, labels, torch_device(args), precision, r["epochs"],
-                                            r["batch_size"], widths=(width, 4 * width, 4 * width),
-                                            drop_last=cli.drop_last(r, len(images)))
+                                            r["batch_size"], widths=widths_of(r, width),
+                                            drop_last=cli.drop_last(r, len(images)), h=torch_recipe(r))
     return seconds, loss
 
 
@@ -142,7 +156,7 @@ def validate(images, labels, r, args, checks, torch, width):
     n = min(len(images), 2 * r["batch_size"], 64)
     with common.device_context(args):
         model, loader, trainer = gpuconv_setup(images, labels, r, "fp32", args.device, width)
-        tmodel = airbench_torch.build(torch, (width, 4 * width, 4 * width)).to(torch_device(args))
+        tmodel = airbench_torch.build(torch, widths_of(r, width), h=torch_recipe(r)).to(torch_device(args))
         copy_to_torch(torch, model, tmodel)
         x = normalize(images[:n]).astype(np.float32)
         y = labels[:n]
@@ -155,7 +169,7 @@ def validate(images, labels, r, args, checks, torch, width):
         checks.close("training-mode logits == PyTorch's (same weights, fp32)", got, want, rtol=1e-4)
         # The recipe's steps on one batch: the trainer's step vs airbench's summed-loss SGD.
         copy_to_torch(torch, model, tmodel)  # the forward above moved the running statistics alike
-        topt = airbench_torch.optimizer(torch, tmodel, r["batch_size"])
+        topt = airbench_torch.optimizer(torch, tmodel, r["batch_size"], torch_recipe(r))
         base = [g["lr"] for g in topt.param_groups]
         total = trainer.total_steps
         if total <= 3:  # the lookahead's last pull onto the average comes at the last step
@@ -164,7 +178,7 @@ def validate(images, labels, r, args, checks, torch, width):
         for step in range(3):
             trainer.train_step(xd, yd)
             for g, lr in zip(topt.param_groups, base):
-                g["lr"] = lr * airbench_torch.lr_factor(step, total)
+                g["lr"] = lr * airbench_torch.lr_factor(step, total, torch_recipe(r))
             loss = airbench_torch.loss_of(torch, tmodel, tx, ty, "fp32") * (r["batch_size"] / n)
             topt.zero_grad(set_to_none=True)
             loss.backward()
@@ -211,14 +225,14 @@ def validate_epochs(images, labels, r, args, steps, torch, width, epochs=4):
 
     with common.device_context(args):
         model, loader, trainer = gpuconv_setup(images[:n], labels[:n], rr, "fp32", args.device, width)
-        tmodel = airbench_torch.build(torch, (width, 4 * width, 4 * width)).to(torch_device(args))
+        tmodel = airbench_torch.build(torch, widths_of(r, width), h=torch_recipe(r)).to(torch_device(args))
         copy_to_torch(torch, model, tmodel)  # after gpuconv's whitening: the same start
         trainer.fit(Recording(loader), epochs)
         ours = trainer.history[-1]["train_loss"]
     dev = torch_device(args)
     batches = [[(torch.as_tensor(x, device=dev), torch.as_tensor(y, device=dev)) for x, y in e] for e in recorded]
     _, _, theirs = airbench_torch.train(torch, images[:n], labels[:n], dev, "fp32", epochs, r["batch_size"],
-                                        (width, 4 * width, 4 * width), model=tmodel, batches=batches)
+                                        widths_of(r, width), model=tmodel, batches=batches, h=torch_recipe(r))
     tstate = tmodel.state_dict()
     worst, where = max((common.rel_err(common.host(p.data), tstate[name].detach().cpu().numpy()), name)
                        for name, p in model.named_parameters())
@@ -231,8 +245,8 @@ def validate_epochs(images, labels, r, args, steps, torch, width, epochs=4):
 
 def table(rec):
     env = rec["environment"]
-    print(f"{env['device']}  recipe {RECIPE}: {rec['images']} synthetic images, {rec['epochs']} epochs of batch "
-          f"{rec['batch_size']}, width {rec['width']}; seconds from upload to the last step (whitening included)")
+    print(f"{env['device']}  recipe {rec['recipe']['name']}: {rec['images']} synthetic images, {rec['epochs']} epochs of batch "
+          f"{rec['batch_size']}, widths {rec['widths']}; seconds from upload to the last step (whitening included)")
     rows = []
     for prec, r in rec["results"].items():
         rows.append({"precision": prec, "s": r["gpuconv_s"], "torch_s": r["torch_s"], "ratio": r["speed_vs_torch"],
@@ -247,8 +261,10 @@ def table(rec):
 def parser():
     p = common.add_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]), warmup=1, repeat=1)
     p.add_argument("--images", type=int, default=None, help="synthetic images (default 50,000; --tiny: 40)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs (default: the recipe's 10; --tiny: 2)")
-    p.add_argument("--width", type=int, default=None, help="first block's width, 4x after (default 64; --tiny: 2)")
+    p.add_argument("--recipe", choices=RECIPES, default="airbench94")
+    p.add_argument("--epochs", type=int, default=None, help="epochs (default: the recipe's; --tiny: 2)")
+    p.add_argument("--width", type=int, default=None,
+                   help="first block's width, the others in the recipe's ratio (default: as published; --tiny: 2)")
     p.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32 (TF32 off), bf16")
     return p
 
@@ -304,7 +320,8 @@ def main(argv=None):
     if torch is not None and args.device == "cuda":
         extra["torch_fp32"] = common.torch_tf32_settings(torch)
     rec = common.record(NAME, args, checks, results, images=n, epochs=r["epochs"], batch_size=r["batch_size"],
-                        width=width, recipe={k: v for k, v in r.items() if k != "model"}, **extra)
+                        width=width, widths=list(widths_of(r, width)), recipe={k: v for k, v in r.items() if k != "model"},
+                        **extra)
     return common.finish(rec, args, table, checks)
 
 

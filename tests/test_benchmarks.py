@@ -466,6 +466,29 @@ def test_airbench_baseline_takes_the_recipes_steps_and_the_check_can_fail(monkey
     assert not [f for f in steps.failures() if "3 recipe steps" in f]  # the first steps still agree
 
 
+@pytest.mark.parametrize("name", ["airbench95", "airbench96"])
+def test_airbench_baseline_of_the_wider_recipes_takes_their_steps(name):
+    """airbench95 and airbench96 against their PyTorch baselines: the same logits, three steps and
+    four epochs on gpuconv's loader's batches (airbench96's cutout in them, its residual blocks,
+    its warmup-then-decay schedule); a baseline on airbench94's schedule fails the epochs."""
+    torch = pytest.importorskip("torch")
+    bench = load("bench_airbench")
+    args = bench.common.parse(bench.parser(), ["--device", "sim", "--tiny", "--recipe", name])
+    images, labels = bench.synthetic(bench.TINY["images"])
+    r = bench.recipe(args)
+    assert bench.widths_of(r, 2) == {"airbench95": (2, 6, 6), "airbench96": (2, 6, 8)}[name]
+    assert bench.widths_of(r, None) == bench.airbench_torch.RECIPES[name]["widths"]
+    checks = bench.common.Checks()
+    steps = bench.validate(images, labels, r, args, checks, torch, 2)
+    assert checks.passed and steps.passed, checks.failures() + steps.failures()
+    if name == "airbench96":
+        wrong = dict(bench.airbench_torch.RECIPES[name], warmup_fraction=0.23, lr_end=0.07)
+        with pytest.MonkeyPatch.context() as m:
+            m.setitem(bench.airbench_torch.RECIPES, name, wrong)
+            steps = bench.validate(images, labels, r, args, bench.common.Checks(), torch, 2)
+        assert steps.failures()
+
+
 def test_airbench_torch_initializes_as_gpuconv_and_airbench_do():
     """Every 3x3 conv starts as the identity on its first in_channels filters (airbench's
     ``dirac_(w[:w.size(1)])``: all of a block's second conv, whose inputs are its outputs), the
@@ -508,6 +531,27 @@ def test_airbench_torch_augmentation_is_the_loaders():
         want[flip] = want[flip][..., ::-1]
         np.testing.assert_array_equal(out[e], want)
     assert not np.array_equal(out[0], out[1])
+
+
+def test_airbench_torch_cutout_is_the_loaders():
+    """airbench96's cutout in the baseline: after the translation and flip, a square at a corner
+    drawn uniformly per image, zeroed in every channel, as gpuconv.data.cutout does it."""
+    torch = pytest.importorskip("torch")
+    bench = load("bench_airbench")
+    from gpuconv.data import cutout
+    images, labels = bench.synthetic(8)
+    loader = bench.airbench_torch.Loader(torch, images, labels, 4, "cpu", padding=4, seed=1, cutout=12)
+    plain = bench.airbench_torch.Loader(torch, images, labels, 4, "cpu", padding=4, seed=1)
+    state = loader.gen.get_state()
+    got = loader.augmented(0).numpy()
+    want = plain.augmented(0).numpy()
+    loader.gen.set_state(state)
+    for _ in range(2):
+        torch.randint(0, 9, (8,), generator=loader.gen)
+    cy = torch.randint(0, 21, (8,), generator=loader.gen).numpy()
+    cx = torch.randint(0, 21, (8,), generator=loader.gen).numpy()
+    np.testing.assert_array_equal(got, cutout(want, cy, cx, 12))
+    assert (got == 0).sum() >= 8 * 3 * 144
 
 
 # ----------------------------------------------------------------------------- SASS instruction mix
