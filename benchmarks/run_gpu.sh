@@ -8,7 +8,9 @@
 #
 # Stages, in order, each capped in time inside one overall budget (GPU_RUN_BUDGET_S, default 480 s);
 # a stage gets min(its cap, what is left), and is skipped (a failure) when under 15 s are left:
-#   smoke     versions; every kernel build compiled at once (gpuconv precompile, in parallel); every
+#   smoke     versions; every kernel build compiled at once (gpuconv precompile, in parallel); on a
+#             Hopper GPU the wgmma tiles against NumPy in a process of their own, the rest of the
+#             battery without them (GPUCONV_WGMMA=0) if they fail; every
 #             kernel file loads; every kernel launched once against
 #             NumPy (benchmarks/sanitize_gpu.py), family by family. A failed check is reported and
 #             the battery goes on. On a machine without a usable GPU it ends here, in seconds.
@@ -49,7 +51,8 @@
 #
 # Environment: PYTHON (default python3, the image's interpreter with cupy and torch),
 # GPU_RUN_BUDGET_S, GPUCONV_BENCH_RESULTS (default benchmarks/results), STAGES; GPUCONV_WGMMA=0
-# reruns everything without the wgmma tiles (tcwg, tcwg256, tcwgn64, tcwgm64) where they failed.
+# runs everything without the wgmma tiles (tcwg, tcwg256, tcwgn64, tcwgm64), as the battery itself
+# does when they fail their probe.
 set -u
 cd "$(dirname "$0")/.."
 export PYTHONPATH="${PYTHONPATH:-.}" PYTHONUNBUFFERED=1 GPUCONV_REQUIRE_GPU=1
@@ -155,6 +158,16 @@ fi
 # below then load binaries instead of compiling module by module (some 10 s for each tensor-core
 # build of conv2d_tc; nothing when the carried caches have them).
 stage precompile 60 "$PY" -m gpuconv precompile || log "precompile failed; each module compiles at first use"
+# The Hopper wgmma tiles first, in a process of their own: an illegal instruction there would end
+# every later stage that reaches them (bench_conv2d times them, autotuning tries them). If they
+# fail, the rest of the battery runs without them (GPUCONV_WGMMA=0: tc128 where one is asked for).
+if [ "${GPUCONV_WGMMA:-1}" != 0 ] &&
+    "$PY" -c "from gpuconv import kernels; raise SystemExit(0 if kernels.wgmma_available('cuda', 0) else 1)" 2>/dev/null; then
+    if ! stage wgmma_probe 45 "$PY" benchmarks/sanitize_gpu.py --only conv_tc --variants tcwg tcwg256 tcwgn64 tcwgm64; then
+        export GPUCONV_WGMMA=0
+        log "the wgmma tiles failed (wgmma_probe.log): every later stage runs without them (GPUCONV_WGMMA=0)"
+    fi
+fi
 if ! stage smoke 90 "$PY" benchmarks/sanitize_gpu.py; then
     # Every kernel family is checked on its own (one crash does not hide the rest), so a failed
     # check is a finding, not a dead GPU: the later stages still say what works.

@@ -4,6 +4,7 @@ tests/test_sanitizer.py runs on the host simulator's AddressSanitizer/UBSan buil
 
     compute-sanitizer --tool memcheck --error-exitcode 99 python benchmarks/sanitize_gpu.py
     python benchmarks/sanitize_gpu.py --device sim     # the same launches on the host simulator
+    python benchmarks/sanitize_gpu.py --only conv_tc --variants tcwg tcwg256   # those tiles alone
 
 CuPy's memory pool is switched off first (``cupy.cuda.set_allocator(None)``): with the pool, a
 read past the end of one array lands inside a larger pooled block and memcheck cannot see it;
@@ -126,9 +127,13 @@ def gemm(run, rng):
                                                    bias=run.dev(bias)), ref + bias.astype(np.float64), rtol=1e-2)
 
 
-def conv_tc(run, rng):
+TC_VARIANTS = ("tc", "tc128", "tc128w", "tcwg", "tcwg256", "tcwgn64", "tcwgm64")
+
+
+def conv_tc(run, rng, variants=TC_VARIANTS):
     """The tensor-core convolutions in each build, NCHW and channels_last, on shapes with partial
-    64-row and 64-column tiles, padded channels (3, 12), a strided gather, several weight splits."""
+    64-row and 64-column tiles, padded channels (3, 12), a strided gather, several weight splits;
+    ``variants``: the tiles to run (tc also in NCHW)."""
     import ml_dtypes
     LC.MIN_SPLIT_CHUNK = 32
     builds = {"bf16": (ml_dtypes.bfloat16, False), "f16": (np.float16, False), "tf32": (np.float32, True)}
@@ -140,9 +145,7 @@ def conv_tc(run, rng):
             ry, rc = C._conv2d_forward_reference(x, w, b, stride, pad, tf32)
             dy = rng.standard_normal(ry.shape).astype(dtype)
             rdx, rdw, _ = C._conv2d_backward_reference(dy, rc, True, tf32)
-            for channels_last, var in ((False, "tc"), (True, "tc"), (True, "tc128"), (True, "tc128w"), (True, "tcwg"),
-                                      (True, "tcwg256"), (True, "tcwgn64"),
-                                      (True, "tcwgm64")):
+            for channels_last, var in [(False, "tc")] * ("tc" in variants) + [(True, v) for v in variants]:
                 X, DY = run.dev(x), run.dev(dy)
                 if channels_last:
                     X, DY = gpuconv.to_channels_last(X), gpuconv.to_channels_last(DY)
@@ -504,11 +507,18 @@ def stream_hold(run, rng):
     run.add("stream_hold: released at once, no time-out", int(timed_out[0]) == 0)
 
 
+FAMILIES = (conv, conv_tc, gemm, pool, relu, gelu, scale, loss, optim, amp_cast, dropout, augment, batchnorm, stream_hold)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", choices=("cuda", "sim"), default="cuda")
     p.add_argument("--no-guard", action="store_true",
                    help="skip syncguard's no-sync check (under compute-sanitizer, which serializes launches)")
+    p.add_argument("--only", nargs="+", choices=[f.__name__ for f in FAMILIES], default=None,
+                   help="these kernel families alone (the check that every kernel ran is then left out)")
+    p.add_argument("--variants", nargs="+", choices=TC_VARIANTS, default=TC_VARIANTS,
+                   help="conv_tc's tiles (default: all)")
     args = p.parse_args(argv)
     args.tiny, args.no_torch = True, True
     rc = common.require_device("sanitize_gpu", args, sim_args="--device sim")
@@ -520,13 +530,14 @@ def main(argv=None):
     run.guard = not args.no_guard
     rng = np.random.default_rng(0)
     with gpuconv.default_device(args.device), kernels.launch_log() as log:
-        for family in (conv, conv_tc, gemm, pool, relu, gelu, scale, loss, optim, amp_cast, dropout, augment, batchnorm,
-                       stream_hold):
+        for family in FAMILIES:
+            if args.only and family.__name__ not in args.only:
+                continue
             # One family's crash is reported and the others still run: a GPU call is too scarce
             # to learn one failure at a time.
             before = len(run.items)
             try:
-                family(run, rng)
+                family(run, rng, tuple(args.variants)) if family is conv_tc else family(run, rng)
             except Exception:  # noqa: BLE001 - reported as a failed check, with its traceback
                 traceback.print_exc()
                 run.add(f"{family.__name__}: raised {sys.exc_info()[0].__name__} (traceback above)", False)
@@ -537,7 +548,8 @@ def main(argv=None):
     run.ran = set(log.names)
     missing = sorted(EXPECTED - run.ran)
     print("RAN " + ",".join(sorted(run.ran)))
-    run.add("every kernel launched", not missing, detail=f"never launched: {', '.join(missing)}" if missing else None)
+    if not args.only:
+        run.add("every kernel launched", not missing, detail=f"never launched: {', '.join(missing)}" if missing else None)
     if not run.passed:
         print("sanitize_gpu: FAILED\n  " + "\n  ".join(run.failures()), file=sys.stderr)
         return 1

@@ -289,21 +289,20 @@ def test_gpu_battery_without_a_gpu_fails_in_seconds_and_still_reports(tmp_path):
 
 
 FAKE_PYTHON = """#!/usr/bin/env bash
-# Stands in for python on a GPU machine: every command passes at once, except bench_ops, which hangs.
+# Stands in for python on a GPU machine: every command passes at once, except bench_ops, which hangs,
+# and the wgmma probe where FAKE_WGMMA_FAILS is set.
 case "$*" in
   *bench_ops*) sleep 60 ;;
+  *"--only conv_tc"*) [ -z "${FAKE_WGMMA_FAILS:-}" ] || exit 1; echo "fake python: wgmma probe" ;;
   *bench_conv2d*) mkdir -p "$GPUCONV_BENCH_RESULTS"; echo '{"name": "conv2d"}' > "$GPUCONV_BENCH_RESULTS/conv2d.json" ;;
   -) cat >/dev/null; echo "fake python: versions" ;;
-  *) echo "fake python: $*" ;;
+  *) echo "fake python: $* (GPUCONV_WGMMA=${GPUCONV_WGMMA:-unset})" ;;
 esac
 """
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="bash script")
-def test_gpu_battery_caps_every_stage_and_publishes_after_each(tmp_path):
-    """The stage machinery with a stand-in interpreter and compute-sanitizer: stages run in order, a
-    hung stage is cut at its cap, a stage the budget cannot fit is skipped, and $OUT holds the
-    summary, the log and the records after every stage (at most 8 files, 2 folders deep)."""
+def _fake_tools(tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     fake = bin_dir / "python"
@@ -312,23 +311,53 @@ def test_gpu_battery_caps_every_stage_and_publishes_after_each(tmp_path):
     (bin_dir / "ncu").write_text("#!/usr/bin/env bash\necho 'fake ncu'\n")
     for f in bin_dir.iterdir():
         f.chmod(0o755)
-    proc, out, seconds = run_battery(tmp_path, PYTHON=str(fake), PATH=f"{bin_dir}:{os.environ['PATH']}",
-                                     GPU_RUN_BUDGET_S="56")
+    return dict(PYTHON=str(fake), PATH=f"{bin_dir}:{os.environ['PATH']}")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="bash script")
+def test_gpu_battery_caps_every_stage_and_publishes_after_each(tmp_path):
+    """The stage machinery with a stand-in interpreter and compute-sanitizer: stages run in order, a
+    hung stage is cut at its cap, a stage the budget cannot fit is skipped, and $OUT holds the
+    summary, the log and the records after every stage (at most 8 files, 2 folders deep)."""
+    proc, out, seconds = run_battery(tmp_path, GPU_RUN_BUDGET_S="56", **_fake_tools(tmp_path))
     summary = (out / "summary.txt").read_text().splitlines()
     names = [line.split()[1] for line in summary]
     assert proc.returncode == 1 and seconds < 120, proc.stdout[-3000:]
-    assert names == ["precompile", "smoke", "tests", "bench_conv2d", "bench_conv2d_airbench", "bench_ops", "bench_step",
+    assert names == ["precompile", "wgmma_probe", "smoke", "tests", "bench_conv2d", "bench_conv2d_airbench", "bench_ops", "bench_step",
                      "bench_step_autotune", "profile_step", "bench_cs231n", "bench_epoch", "sanitizer_memcheck",
                      "sanitizer_racecheck", "airbench", "bench_airbench", "parity", "ncu"], summary
     status = [line.split()[0] for line in summary]
     # bench_ops is cut at its 40 s cap, though it would hang for 60; then the 56 s budget, less the
     # 10 s kept for the caches, leaves under 15 s: every later stage is skipped, none is run short.
-    assert status == ["ok", "ok", "ok", "ok", "ok", "TIMEOUT"] + ["SKIPPED"] * 11, summary
+    assert status == ["ok", "ok", "ok", "ok", "ok", "ok", "TIMEOUT"] + ["SKIPPED"] * 11, summary
+    assert "GPUCONV_WGMMA=unset" in (out / "run_gpu.log").read_text()  # the probe passed: the tiles stay on
     assert sorted(p.name for p in out.iterdir()) == ["caches.tar.gz", "records.tar.gz", "run_gpu.log", "summary.txt"]
     with tarfile.open(out / "records.tar.gz") as tar:
         members = tar.getnames()
     assert "./conv2d.json" in members and any(m.endswith("/bench_ops.log") for m in members)
     assert all(m.count("/") <= 3 for m in members)
+
+
+def test_sanitize_gpu_runs_the_named_tiles_alone(capsys, monkeypatch):
+    """The battery's wgmma probe: conv_tc's tiles named on the command line, nothing else."""
+    sanitize = load("sanitize_gpu")
+    monkeypatch.setattr(sanitize.LC, "MIN_SPLIT_CHUNK", sanitize.LC.MIN_SPLIT_CHUNK)  # conv_tc lowers it
+    assert sanitize.main(["--device", "sim", "--only", "conv_tc", "--variants", "tcwgn64"]) == 0
+    ran = capsys.readouterr().out.split("RAN ", 1)[1].split()[0].split(",")
+    assert {"conv2d_forward_tcwgn64", "conv2d_backward_data_tcwgn64"} <= set(ran)
+    assert not [k for k in ran if k.endswith(("_tc", "_tc128", "_tcwg")) or "pool" in k]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="bash script")
+def test_gpu_battery_runs_on_without_the_wgmma_tiles_when_their_probe_fails(tmp_path):
+    proc, out, _ = run_battery(tmp_path, STAGES="tests", FAKE_WGMMA_FAILS="1", **_fake_tools(tmp_path))
+    summary = (out / "summary.txt").read_text().splitlines()
+    assert [line.split()[:2] for line in summary] == [["ok", "precompile"], ["FAILED(rc=1)", "wgmma_probe"],
+                                                      ["ok", "smoke"], ["ok", "tests"]], summary
+    log = (out / "run_gpu.log").read_text()
+    assert "every later stage runs without them (GPUCONV_WGMMA=0)" in log
+    assert "sanitize_gpu.py (GPUCONV_WGMMA=0)" in log and "GPUCONV_WGMMA=unset" not in log.split("wgmma_probe")[-1]
+    assert proc.returncode == 1
 
 
 @pytest.mark.gpu
