@@ -26,7 +26,7 @@ on, so it picks its best algorithm) when it is importable. Printed: ms per call,
 which variant was fastest on each layer (the evidence for changing a default in
 gpuconv/kernels.py). v1 is timed over at most 3 calls after 1 warm-up: one call takes tens of
 milliseconds at batch 512. ``--layers fast_net`` runs every distinct conv of fast_net (a superset
-of the four CIFAR layers), ``--layers airbench94`` those of the airbench94 recipe's network.
+of the four CIFAR layers), ``--layers airbench94`` (``airbench96``) those of that recipe's network.
 Results go to benchmarks/results/conv2d-<gpu>-<date>.json with the device, the date and the
 versions of everything involved.
 """
@@ -83,6 +83,12 @@ def airbench94_layers():
     """The airbench94 network's 3x3 convolutions (its 2x2 whitening conv aside)."""
     from gpuconv import models
     return network_layers(models.airbench94())
+
+
+def airbench96_layers():
+    """The airbench96 network's 3x3 convolutions (its 2x2 whitening conv aside)."""
+    from gpuconv import models
+    return network_layers(models.airbench96())
 
 
 DIRECTIONS = {"forward": "conv2d_forward", "backward_data": "conv2d_backward_data",
@@ -287,9 +293,10 @@ def main(argv=None):
     p.add_argument("--json", action="store_true", help="print the results as one JSON document")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch/cuDNN comparison")
     p.add_argument("--no-save", action="store_true", help=f"do not write a record under {RESULTS}")
-    p.add_argument("--layers", choices=("cifar", "fast_net", "airbench94"), default="cifar",
+    p.add_argument("--layers", choices=("cifar", "fast_net", "airbench94", "airbench96"), default="cifar",
                    help="cifar: the four CIFAR layers; fast_net: every distinct conv of fast_net (width 64); "
-                        "airbench94: every distinct 3x3 conv of the airbench94 network (time them at its --batch 1024)")
+                        "airbench94 (airbench96): every distinct 3x3 conv of that network (time them at its --batch "
+                        "1024)")
     p.add_argument("--variants", nargs="+", choices=VARIANTS, default=None,
                    help="variants to validate and time (default: every variant of every direction)")
     p.add_argument("--precisions", nargs="+", choices=tuple(PRECISIONS), default=list(PRECISIONS),
@@ -313,7 +320,7 @@ def main(argv=None):
         return 2
 
     layers = {"cifar": lambda: CIFAR_LAYERS, "fast_net": fast_net_layers,
-              "airbench94": airbench94_layers}[args.layers]()
+              "airbench94": airbench94_layers, "airbench96": airbench96_layers}[args.layers]()
     failures = validate(layers, 4, "cuda", args.variants, args.precisions)
     if failures:
         # A variant that computes a wrong result is never timed; the others still are (and the
@@ -344,8 +351,8 @@ def main(argv=None):
                                   for layer, v in per.items()))
     if not args.no_save:
         # conv2d-<gpu>-<date>-<HHMM>.json: the name notebooks/04_kernels.ipynb looks for (the
-        # airbench94 layers' run of the same minute beside it, -airbench94)
-        tag = "" if args.layers != "airbench94" else "-airbench94"
+        # airbench networks' layers' runs of the same minute beside it, -airbench94, -airbench96)
+        tag = f"-{args.layers}" if args.layers.startswith("airbench") else ""
         name = f"conv2d-{common.slug(record['environment']['device'])}-{common.stamp(record['environment'])}{tag}.json"
         print(f"wrote {common.save_record(record, 'conv2d', filename=name)}", file=sys.stderr)
     return 1 if failures else 0

@@ -191,7 +191,7 @@ if want conv; then
         if [ "$kind" = airbench94 ]; then
             new_conv=$(find "$RESULTS" -maxdepth 1 -name 'conv2d-*-airbench94.json' -newer "$MARK" | sort | tail -n 1)
         else
-            new_conv=$(find "$RESULTS" -maxdepth 1 -name 'conv2d-*.json' ! -name '*-airbench94.json' -newer "$MARK" |
+            new_conv=$(find "$RESULTS" -maxdepth 1 -name 'conv2d-*.json' ! -name '*-airbench*.json' -newer "$MARK" |
                 sort | tail -n 1)
         fi
         [ -n "$new_conv" ] || continue

@@ -228,6 +228,8 @@ def test_the_conv_layer_sets_are_the_networks_own():
     2x2 whitening conv aside) at the sizes the network runs them, in forward order."""
     bench = load("bench_conv2d")
     assert bench.airbench94_layers() == [(24, 64, 31), (64, 64, 15), (64, 256, 15), (256, 256, 7), (256, 256, 3)]
+    assert bench.airbench96_layers() == [(24, 128, 31), (128, 128, 15), (128, 384, 15), (384, 384, 7), (384, 512, 7),
+                                         (512, 512, 3)]
     assert set(bench.CIFAR_LAYERS) <= set(bench.fast_net_layers())
 
 
