@@ -219,6 +219,32 @@ def test_loader_airbench_augmentation_alternates_flips_and_matches_the_array_pat
         DeviceLoader(x, np.arange(40), 8, padding=8, padding_mode="reflect")
 
 
+@pytest.mark.parametrize("fused", [None, False], ids=["kernel", "array"])
+def test_alternating_flips_follow_each_image_through_the_shuffle(fused):
+    """'alternate' with shuffling: every image is seen mirrored in every other epoch, wherever the
+    shuffle puts it (padding 0: no translation, so an image's two epochs are exact mirrors)."""
+    n = 48
+    x = np.random.default_rng(10).integers(0, 256, (n, 3, 6, 6), dtype=np.uint8)
+    x[:, 0, 0, 0] = np.arange(n)  # the first pixel names the image (no flip moves column 0 onto itself)
+    x[:, 0, 0, -1] = 255 - np.arange(n)
+    with gpuconv.default_device("sim"):
+        loader = DeviceLoader(x, np.arange(n), 16, shuffle=True, augment=True, seed=3, padding=0, flip="alternate",
+                              fused=fused, mean=(0, 0, 0), std=(1, 1, 1))
+        epochs = []
+        for _ in range(3):
+            seen = {}
+            for xb, yb in loader:
+                for img, label in zip(np.asarray(xb), np.asarray(yb)):
+                    seen[int(label)] = img
+            epochs.append(seen)
+    flipped = [{i: bool(e[i][0, 0, -1] == i) for i in range(n)} for e in epochs]  # column 0 landed at the end
+    for i in range(n):
+        assert flipped[1][i] != flipped[0][i] and flipped[2][i] == flipped[0][i], i
+        want = x[i].astype(np.float32)
+        assert np.array_equal(epochs[0][i], want[..., ::-1] if flipped[0][i] else want)
+    assert 10 < sum(flipped[0].values()) < 38  # a draw per image, not one for all
+
+
 def test_loader_cutout_fused_matches_the_array_path_and_is_drawn_per_image_and_epoch(launches):
     x = np.random.default_rng(9).integers(0, 256, (64, 3, 8, 8), dtype=np.uint8)
     kw = dict(batch_size=32, shuffle=True, augment=True, seed=4, padding=2, padding_mode="reflect",

@@ -138,7 +138,10 @@ class DeviceLoader:
 
     def epoch_plan(self, epoch):
         """(order, offsets_y, offsets_x, flip) for ``epoch``, on the device; ``order`` is None
-        without shuffling and the rest None without augmentation.
+        without shuffling and the rest None without augmentation. ``order[i]`` is the image at
+        position i of the epoch, and the other arrays are per position too (batch k takes
+        positions k * batch_size onwards); an 'alternate' flip is each image's own, moved to its
+        position.
 
         Counter-based (:mod:`gpuconv.counter_rng`): two 64-bit keys from (seed, epoch), then
         per image its shuffle key (the order sorts them) and its crop and flip bits. The plan
@@ -154,15 +157,17 @@ class DeviceLoader:
         span = 2 * self.padding + 1
         oy = uniform_below(bits[:, 0], span, high=True)
         ox = uniform_below(bits[:, 0], span, high=False)
-        if self.flip == "alternate":  # one draw per seed, inverted on odd epochs
+        if self.flip == "alternate":  # one draw per image and seed, inverted on odd epochs
             base = np.random.SeedSequence([self.seed]).generate_state(1, np.uint64)
             flip = (splitmix64(base[0], n, xp) >> np.uint64(63)).astype(bool) ^ bool(epoch % 2)
+            if order is not None:  # image order[i]'s flip, at position i: each image flips every epoch
+                flip = flip[order]
         else:
             flip = (bits[:, 1] >> np.uint64(63)).astype(bool)
         return order, oy, ox, flip
 
     def cutout_plan(self, epoch):
-        """(corner_y, corner_x) of each image's cutout square in ``epoch``, on the device; None
+        """(corner_y, corner_x) of the cutout square at each position of ``epoch``, on the device; None
         without augmentation or cutout. Drawn as :meth:`epoch_plan` draws, from a third key of
         (seed, epoch): the same on every backend."""
         if not (self.augment and self.cutout):
