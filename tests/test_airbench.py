@@ -1,12 +1,13 @@
-"""The airbench94 network: structure, frozen parameters, identity and whitening initialization,
-floor-mode pooling of odd sizes, gradients through the whole chain."""
+"""The airbench networks (airbench94, airbench96): structure, frozen parameters, identity and
+whitening initialization, floor-mode pooling of odd sizes, gradients through the whole chain."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from gpuconv import layout, models, nn, ops
-from gpuconv.gradcheck import relative_error
+from gpuconv.layers import Residual
+from gpuconv.gradcheck import directional_derivative, relative_error
 
 
 def _images(n, seed=0):
@@ -87,27 +88,41 @@ def test_forward_backward_on_every_backend(backend):
         backend.assert_kernels_ran("gelu_forward", "gelu_backward", "max_pool2d_forward", "conv2d_forward")
 
 
-def test_directional_derivative_float64():
-    net = models.airbench94(widths=(2, 4, 4), bn_eps=1e-5)
+@pytest.mark.parametrize("name, h", [("airbench94", 1e-6), ("airbench96", 1e-7)])
+def test_directional_derivative_float64(name, h):
+    """The whole chain (frozen whitening, the blocks with their fused GELUs, airbench96's residual
+    connections, the head) against central differences along a random direction over the
+    trainable parameters and the input. h: about 4,000 max-pool windows; along this direction at
+    h = 1e-6 one of airbench96's swaps its maximum (2e-5 off), at 1e-7 none does."""
+    net = getattr(models, name)(widths=(2, 4, 4) if name == "airbench94" else (4, 8, 8), bn_eps=1e-5, seed=2)
     net.astype(np.float64)
-    rng = np.random.default_rng(3)
     x = _images(3, seed=1).astype(np.float64)
-    labels = np.array([1, 7, 4])
-    params = [p for p in net.parameters() if p.requires_grad]
-    dirs = [rng.standard_normal(p.shape) for p in params]
-
-    def loss_at(t):
-        saved = [p.data.copy() for p in params]
-        for p, d in zip(params, dirs):
-            p.data += t * d
-        loss, _ = ops.softmax_cross_entropy(net(x), labels)
-        for p, s in zip(params, saved):
-            p.data = s
-        return float(loss)
-
-    loss, dlogits = ops.softmax_cross_entropy(net(x), labels)
-    net.backward(dlogits)
-    analytic = sum(float(np.sum(p.grad * d)) for p, d in zip(params, dirs))
-    h = 1e-6
-    numeric = (loss_at(h) - loss_at(-h)) / (2 * h)
+    analytic, numeric = directional_derivative(net, x, np.array([1, 7, 4]), h=h, seed=3)
     assert relative_error(np.array(analytic), np.array(numeric)) < 1e-6
+
+
+def test_airbench96_structure():
+    """airbench96's network: airbench94's with a third conv and a residual connection per block
+    (gelu(x0 + (conv - bn+gelu - conv - bn)(x0))), every conv identity-initialized, batch-norm
+    weights and the whitening filters frozen; the published parameter count."""
+    count = lambda m: sum(p.size for p in m.parameters())  # noqa: E731
+    block = lambda ci, co: ci * co * 9 + 2 * co * co * 9 + 3 * 2 * co  # noqa: E731
+    assert count(models.airbench96()) == 24 * 3 * 4 + 24 + block(24, 128) + block(128, 384) + block(384, 512) \
+        + 512 * 10 == 9_918_776
+    net = models.airbench96(widths=(8, 16, 24))
+    b = net["block2"]
+    assert list(b._layers) == ["conv1", "pool", "norm1", "res", "gelu"] and isinstance(b["res"], Residual)
+    assert list(b["res"].inner._layers) == ["conv2", "norm2", "conv3", "norm3"]
+    assert b["norm1"].activation == "gelu" and b["res"].inner["norm3"].activation is None
+    assert b["norm1"].momentum == pytest.approx(0.1) and b["norm1"].eps == 1e-12  # PyTorch's default momentum
+    for conv in (b["conv1"], b["res"].inner["conv2"], b["res"].inner["conv3"]):
+        w = conv.weight.data
+        n = conv.in_channels
+        assert (w[np.arange(n), np.arange(n), 1, 1] == 1).all() and np.count_nonzero(w[:n]) == n  # dirac
+    frozen = {n for n, p in net.named_parameters() if not p.requires_grad}
+    assert frozen == {"whiten.weight"} | {n for n in dict(net.named_parameters()) if n.endswith("norm1.weight")
+                                           or n.endswith("norm2.weight") or n.endswith("norm3.weight")}
+    assert len(frozen) == 1 + 9 and net["scale"].factor == pytest.approx(1 / 9)
+    assert net(_images(2)).shape == (2, 10)
+    with pytest.raises(ValueError, match="airbench96: widths must be three positive ints"):
+        models.airbench96(widths=(8, 16))

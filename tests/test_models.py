@@ -6,7 +6,7 @@ import pytest
 
 from gpuconv import backend as B
 from gpuconv import models, ops
-from gpuconv.gradcheck import relative_error
+from gpuconv.gradcheck import directional_derivative, relative_error
 from gpuconv.layers import BatchNorm2d, Residual, Scale, Sequential
 from gpuconv.optim import SGD
 
@@ -71,30 +71,9 @@ def test_end_to_end_directional_derivative_float64(name):
     hw = 32 if name == "fast" else 8
     net = MODELS[name](input_dim=(3, hw, hw)) if name != "fast" else MODELS[name]()
     net.astype(np.float64)
-    rng = np.random.default_rng(3)
     x = _images(3, seed=1, hw=hw).astype(np.float64)
-    labels = np.array([1, 7, 4])
-    params = net.parameters()
-    dirs = [rng.standard_normal(p.shape) for p in params]
-    dir_x = rng.standard_normal(x.shape)
-
-    def loss_at(t):
-        saved = [p.data.copy() for p in params]
-        for p, d in zip(params, dirs):
-            p.data += t * d
-        loss, _ = ops.softmax_cross_entropy(net(x + t * dir_x), labels)
-        for p, s in zip(params, saved):
-            p.data = s
-        return float(loss)
-
-    net.zero_grad()
-    loss, dlogits = ops.softmax_cross_entropy(net(x), labels)
-    dx = net.backward(dlogits)
-    analytic = float(np.sum(dx * dir_x)) + sum(float(np.sum(p.grad * d)) for p, d in zip(params, dirs))
-    h = 1e-6
-    numeric = (loss_at(h) - loss_at(-h)) / (2 * h)
-    err = relative_error(np.array(analytic), np.array(numeric))
-    assert err < 1e-6
+    analytic, numeric = directional_derivative(net, x, np.array([1, 7, 4]), h=1e-6, seed=3)
+    assert relative_error(np.array(analytic), np.array(numeric)) < 1e-6
 
 
 @pytest.mark.parametrize("name", ["seed", "three_layer", "fast"])
@@ -105,64 +84,6 @@ def test_seeding(name):
     weights = [k for k in sa if k.endswith("weight") and "bn" not in k]
     assert all(not np.array_equal(sa[k], sc[k]) for k in weights)
     assert len({sa[k].tobytes() for k in weights}) == len(weights)  # layers get distinct seeds
-
-
-def test_airbench96_structure():
-    """airbench96's network: airbench94's with a third conv and a residual connection per block
-    (gelu(x0 + (conv - bn+gelu - conv - bn)(x0))), every conv identity-initialized, batch-norm
-    weights and the whitening filters frozen; the published parameter count."""
-    count = lambda m: sum(p.size for p in m.parameters())  # noqa: E731
-    block = lambda ci, co: ci * co * 9 + 2 * co * co * 9 + 3 * 2 * co  # noqa: E731
-    assert count(models.airbench96()) == 24 * 3 * 4 + 24 + block(24, 128) + block(128, 384) + block(384, 512) \
-        + 512 * 10 == 9_918_776
-    net = models.airbench96(widths=(8, 16, 24))
-    b = net["block2"]
-    assert list(b._layers) == ["conv1", "pool", "norm1", "res", "gelu"] and isinstance(b["res"], Residual)
-    assert list(b["res"].inner._layers) == ["conv2", "norm2", "conv3", "norm3"]
-    assert b["norm1"].activation == "gelu" and b["res"].inner["norm3"].activation is None
-    assert b["norm1"].momentum == pytest.approx(0.1) and b["norm1"].eps == 1e-12  # PyTorch's default momentum
-    for conv in (b["conv1"], b["res"].inner["conv2"], b["res"].inner["conv3"]):
-        w = conv.weight.data
-        n = conv.in_channels
-        assert (w[np.arange(n), np.arange(n), 1, 1] == 1).all() and np.count_nonzero(w[:n]) == n  # dirac
-    frozen = {n for n, p in net.named_parameters() if not p.requires_grad}
-    assert frozen == {"whiten.weight"} | {n for n in dict(net.named_parameters()) if n.endswith("norm1.weight")
-                                           or n.endswith("norm2.weight") or n.endswith("norm3.weight")}
-    assert len(frozen) == 1 + 9 and net["scale"].factor == pytest.approx(1 / 9)
-    assert net(_images(2)).shape == (2, 10)
-    with pytest.raises(ValueError, match="airbench96: widths must be three positive ints"):
-        models.airbench96(widths=(8, 16))
-
-
-def test_airbench96_directional_derivative_float64():
-    """The whole chain (whitening, residual blocks, fused GELUs, head) against central differences
-    along a random direction over the trainable parameters and the input, in float64."""
-    net = models.airbench96(widths=(4, 8, 8), seed=2)
-    net.astype(np.float64)
-    rng = np.random.default_rng(4)
-    x = _images(3, seed=5).astype(np.float64)
-    labels = np.array([2, 5, 9])
-    params = [p for p in net.parameters() if p.requires_grad]
-    dirs = [rng.standard_normal(p.shape) for p in params]
-    dir_x = rng.standard_normal(x.shape)
-
-    def loss_at(t):
-        saved = [p.data.copy() for p in params]
-        for p, d in zip(params, dirs):
-            p.data += t * d
-        loss, _ = ops.softmax_cross_entropy(net(x + t * dir_x), labels)
-        for p, s in zip(params, saved):
-            p.data = s
-        return float(loss)
-
-    net.zero_grad()
-    _, dlogits = ops.softmax_cross_entropy(net(x), labels)
-    dx = net.backward(dlogits)
-    analytic = float(np.sum(dx * dir_x)) + sum(float(np.sum(p.grad * d)) for p, d in zip(params, dirs))
-    # h = 1e-7: about 4,000 max-pool windows; at 1e-6 one of them swaps its maximum along this
-    # direction (2e-5 off), at 1e-7 none does, and float64's rounding stays near 1e-9.
-    numeric = (loss_at(1e-7) - loss_at(-1e-7)) / 2e-7
-    assert relative_error(np.array(analytic), np.array(numeric)) < 1e-6
 
 
 def test_small_inputs_and_bad_arguments():
