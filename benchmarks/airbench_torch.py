@@ -57,14 +57,12 @@ RECIPES = {
 }
 
 
-def build(torch, widths=None, num_classes=10, h=None):
-    """The recipe ``h``'s network (airbench94's by default), parameter names as in
-    ``gpuconv.models.airbench94`` / ``airbench96``."""
-    h = HYPER if h is None else h
-    widths = h["widths"] if widths is None else widths
+def torch_layers(torch):
+    """(Scale, Residual): the modules of gpuconv's layers that torch.nn lacks, ``x * factor`` and
+    ``x + inner(x)`` (benchmarks/bench_cpu.py mirrors gpuconv networks with them too)."""
     nn = torch.nn
 
-    class Mul(nn.Module):
+    class Scale(nn.Module):
         def __init__(self, factor):
             super().__init__()
             self.factor = factor
@@ -79,6 +77,17 @@ def build(torch, widths=None, num_classes=10, h=None):
 
         def forward(self, x):
             return x + self.inner(x)
+
+    return Scale, Residual
+
+
+def build(torch, widths=None, num_classes=10, h=None):
+    """The recipe ``h``'s network (airbench94's by default), parameter names as in
+    ``gpuconv.models.airbench94`` / ``airbench96``."""
+    h = HYPER if h is None else h
+    widths = h["widths"] if widths is None else widths
+    nn = torch.nn
+    Scale, Residual = torch_layers(torch)
 
     def block(c_in, c_out):
         def conv(c):  # airbench: dirac_(w[:w.size(1)]), each conv's own inputs
@@ -107,7 +116,7 @@ def build(torch, widths=None, num_classes=10, h=None):
     return nn.Sequential(collections.OrderedDict(
         whiten=whiten, gelu0=nn.GELU(), block1=block(24, w1), block2=block(w1, w2), block3=block(w2, w3),
         pool=nn.MaxPool2d(3), flatten=nn.Flatten(), fc=nn.Linear(w3, num_classes, bias=False),
-        scale=Mul(h["scale"])))
+        scale=Scale(h["scale"])))
 
 
 def init_whitening(torch, conv, images, eps=5e-4):

@@ -55,6 +55,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/common.py
 
 import gpuconv  # noqa: E402
+from airbench_torch import torch_layers  # noqa: E402
 from common import rel_err  # noqa: E402  (max |got - want| / max |want|)
 from gpuconv import layers as L  # noqa: E402
 from gpuconv import models, ops  # noqa: E402
@@ -158,22 +159,7 @@ def torch_mirror(torch, layer):
     def t(a):
         return torch.from_numpy(np.array(gpuconv.asnumpy(a), dtype=np.float32))
 
-    class Residual(nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, x):
-            return x + self.inner(x)
-
-    class Scale(nn.Module):
-        def __init__(self, factor):
-            super().__init__()
-            self.factor = factor
-
-        def forward(self, x):
-            return x * self.factor
-
+    Scale, Residual = torch_layers(torch)
     if isinstance(layer, L.Sequential):
         from collections import OrderedDict
         return nn.Sequential(OrderedDict((name, torch_mirror(torch, child)) for name, child in layer.named_children()))
