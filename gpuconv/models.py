@@ -172,18 +172,23 @@ def _airbench_block(c_in, c_out, seed, bn_momentum, bn_eps, residual=False):
     return Sequential(layers)
 
 
-def _airbench(name, widths, num_classes, seed, batchnorm_momentum, bn_eps, scaling_factor, head_std, residual):
+def _airbench(name, widths, num_classes, seed, batchnorm_momentum, bn_eps, scaling_factor, head_std, residual,
+              whiten_bias="zeros"):
     if len(widths) != 3 or not all(isinstance(w, (int, np.integer)) and w >= 1 for w in widths):
         raise ValueError(f"{name}: widths must be three positive ints, got {widths!r}")
     if not 0.0 <= batchnorm_momentum <= 1.0:
         raise ValueError(f"{name}: batchnorm_momentum must be in [0, 1] (the weight kept on the running "
                          f"statistics), got {batchnorm_momentum!r}")
+    if whiten_bias not in ("zeros", "uniform"):
+        raise ValueError(f"{name}: whiten_bias={whiten_bias!r} must be 'zeros' (airbench94, airbench96) or 'uniform' "
+                         "(PyTorch's default, U(-1/sqrt(12), 1/sqrt(12)): airbench94_muon)")
     w1, w2, w3 = (int(w) for w in widths)
     s = _seeds(seed, 5)
     momentum = 1.0 - float(batchnorm_momentum)
     whiten = Conv2d(3, 24, 2, padding=0, bias=True, seed=s[0])
     whiten.weight.requires_grad = False
-    whiten.bias.data[...] = 0
+    if whiten_bias == "zeros":
+        whiten.bias.data[...] = 0
     layers = {
         "whiten": whiten,
         "gelu0": GELU(),
@@ -206,7 +211,7 @@ def _airbench(name, widths, num_classes, seed, batchnorm_momentum, bn_eps, scali
 
 
 def airbench94(widths=(64, 256, 256), num_classes=10, seed=0, batchnorm_momentum=0.6, bn_eps=1e-12,
-               scaling_factor=1 / 9, head_std=None):
+               scaling_factor=1 / 9, head_std=None, whiten_bias="zeros"):
     """The airbench94 network (Keller Jordan), for 3 x 32 x 32 input:
 
     ==========  ====================================================  ===========
@@ -219,17 +224,17 @@ def airbench94(widths=(64, 256, 256), num_classes=10, seed=0, batchnorm_momentum
     fc, scale   linear (no bias), times ``scaling_factor``            num_classes
     ==========  ====================================================  ===========
 
-    ``widths`` (64, 256, 256) as published (airbench95: 128, 384, 384); tests use smaller ones. The
-    head: airbench94's is
-    ``scaling_factor`` 1/9 on a linear layer of the default (Kaiming-uniform) init;
-    airbench94_muon's divides by its input width (``scaling_factor=None``: 1 / widths[2]) and
+    ``widths`` (64, 256, 256) as published (airbench95: 128, 384, 384); tests use smaller ones.
+    The head: airbench94's is ``scaling_factor`` 1/9 on a linear layer of the default
+    (Kaiming-uniform) init; airbench94_muon's divides by its input width (``scaling_factor=None``: 1 / widths[2]) and
     starts from weights rescaled to a standard deviation of 1 (``head_std=1.0``), which its head lr
-    was tuned for (with airbench94's head that lr diverges). ``batchnorm_momentum`` is
-    the recipe's 0.6 weight on the running statistics (PyTorch/gpuconv momentum 1 - 0.6 = 0.4),
-    ``bn_eps`` its 1e-12. The whitening weights are only a placeholder until
-    :func:`init_whitening` sets them from training images (``gpuconv train`` does)."""
+    was tuned for (with airbench94's head that lr diverges), and its whitening bias starts from
+    PyTorch's default draw (``whiten_bias='uniform'``) where airbench94 zeroes it.
+    ``batchnorm_momentum`` is the recipe's 0.6 weight on the running statistics (PyTorch/gpuconv
+    momentum 1 - 0.6 = 0.4), ``bn_eps`` its 1e-12. The whitening weights are only a placeholder
+    until :func:`init_whitening` sets them from training images (``gpuconv train`` does)."""
     return _airbench("airbench94", widths, num_classes, seed, batchnorm_momentum, bn_eps, scaling_factor, head_std,
-                     residual=False)
+                     residual=False, whiten_bias=whiten_bias)
 
 
 def airbench96(widths=(128, 384, 512), num_classes=10, seed=0, batchnorm_momentum=0.9, bn_eps=1e-12,

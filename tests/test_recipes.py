@@ -169,14 +169,19 @@ def test_muon_recipe_builds_a_chain_and_trains():
     from gpuconv.optim import SGD, Chain, Muon
     s = dict(get_recipe("airbench94_muon"), batch_size=16, epochs=2)
     assert _settings("--recipe", "airbench94_muon")["batch_size"] == 2000
-    # its own head: divided by its width, from unit-std weights (airbench94's: 1/9, Kaiming init)
-    assert s["model_kwargs"] == {"scaling_factor": None, "head_std": 1.0}
+    # its own head: divided by its width, from unit-std weights (airbench94's: 1/9, Kaiming init);
+    # its whitening bias from PyTorch's default draw, U(-1/sqrt(12), 1/sqrt(12)) (airbench94's: zeros)
+    assert s["model_kwargs"] == {"scaling_factor": None, "head_std": 1.0, "whiten_bias": "uniform"}
     assert _settings("--recipe", "airbench94_muon", "--model", "fast")["model_kwargs"] == {}  # another network
     muon_net, _ = cli.build_model("airbench94", width=4, model_kwargs=s["model_kwargs"])
     assert muon_net["scale"].factor == pytest.approx(1 / 16) and float(muon_net["fc"].weight.data.std()) == \
         pytest.approx(1.0, rel=1e-5)
     plain = models.airbench94(widths=(4, 16, 16))
     assert plain["scale"].factor == pytest.approx(1 / 9) and float(plain["fc"].weight.data.std()) < 0.5
+    bias = muon_net["whiten"].bias.data
+    assert (plain["whiten"].bias.data == 0).all() and np.abs(bias).max() <= 12 ** -0.5 and bias.std() > 0.1
+    with pytest.raises(ValueError, match="whiten_bias='random' must be 'zeros'"):
+        models.airbench94(widths=(4, 8, 8), whiten_bias="random")
     np.testing.assert_allclose(muon_net["fc"].weight.data / float(muon_net["fc"].weight.data.std()),
                                plain["fc"].weight.data / float(plain["fc"].weight.data.std()), rtol=1e-5)
     with pytest.raises(ValueError, match="head_std must be positive"):
