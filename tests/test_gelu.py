@@ -108,3 +108,27 @@ def test_errors(backend):
         gelu_backward(backend.asarray(np.ones((3, 2), np.float32)), cache)
     with pytest.raises(TypeError, match=r"dy has dtype float64 but x has dtype float32"):
         gelu_backward(backend.asarray(np.ones((2, 3))), cache)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, ml_dtypes.bfloat16], ids=["f32", "bf16"])
+def test_the_numpy_backward_reuses_the_forwards_cdf(monkeypatch, dtype):
+    """The NumPy path keeps Phi(x) from the forward (GELU's own cache and batch norm's fused GELU):
+    the backward computes no erfc, and gives the bits of recomputing it."""
+    from gpuconv.ops import batchnorm, batchnorm2d_backward, batchnorm2d_forward
+    from gpuconv.ops import gelu as G
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((2, 3, 4, 5)) * 3).astype(dtype)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    y, cache = gelu_forward(x)
+    g, b = np.ones(3, np.float32), np.full(3, 0.1, np.float32)
+    _, bn_cache = batchnorm2d_forward(x, g, b, None, None, activation="gelu")
+    calls = []
+    real = G.erfc
+    monkeypatch.setattr(G, "erfc", lambda z: calls.append(z.size) or real(z))
+    dx = gelu_backward(dy, cache)
+    bn_dx = batchnorm2d_backward(dy, bn_cache)
+    assert calls == [] and cache.cdf is not None and bn_cache.cdf is not None
+    assert dx.tobytes() == gelu_backward(dy, cache._replace(cdf=None)).tobytes() and calls == [x.size]
+    again = batchnorm2d_backward(dy, bn_cache._replace(cdf=None))
+    assert all(a.tobytes() == c.tobytes() for a, c in zip(bn_dx, again)) and calls == [x.size] * 2
+    assert batchnorm.BatchNorm2dCache(*bn_cache[:6]).cdf is None  # the kernels' caches: recomputed

@@ -18,10 +18,11 @@ recomputes z from xhat instead of keeping it). Networks that follow every batch 
 activation (fast_net, airbench94) save the activation's passes over memory and its launches.
 
 Cache (shared with the kernel launchers, see ``_dispatch``):
-``BatchNorm2dCache(xhat, gamma, inv_std, training, beta, activation)``: the normalized input (in
-the compute dtype: float32 for a bfloat16/float16 x), the scale, ``1 / sqrt(var + eps)`` per
+``BatchNorm2dCache(xhat, gamma, inv_std, training, beta, activation, cdf)``: the normalized input
+(in the compute dtype: float32 for a bfloat16/float16 x), the scale, ``1 / sqrt(var + eps)`` per
 channel (of the batch in training, of the running variance in eval), and, for a fused
-activation, the shift and the activation's name (``beta`` None and ``activation`` None without).
+activation, the shift and the activation's name (``beta`` None and ``activation`` None without);
+``cdf``: the NumPy path's Phi(z) of a fused GELU (see ``gelu.py``; None from the kernels).
 """
 from __future__ import annotations
 
@@ -38,7 +39,8 @@ from .relu import ReluCache, _relu_backward_reference, _relu_forward_reference
 
 _PARAMS_WHY = "batch norm keeps gamma, beta and the running statistics in its compute dtype"
 
-BatchNorm2dCache = namedtuple("BatchNorm2dCache", "xhat gamma inv_std training beta activation", defaults=(None, None))
+BatchNorm2dCache = namedtuple("BatchNorm2dCache", "xhat gamma inv_std training beta activation cdf",
+                              defaults=(None, None, None))
 
 # The activations batch norm can apply to its output (None: none); the kernels' ACT_* codes
 # (kernels/activation.cuh) are the indices here.
@@ -138,8 +140,9 @@ def _batchnorm2d_forward_reference(x, gamma, beta, running_mean, running_var, tr
     z = _output(xhat, gamma, beta, dtype, out=work)
     if activation is None:
         return z, BatchNorm2dCache(xhat, gamma, inv_std, training)
-    y, _ = _ACT_REFERENCE[activation][0](z)
-    return y, BatchNorm2dCache(xhat, gamma, inv_std, training, beta, activation)
+    y, act = _ACT_REFERENCE[activation][0](z)
+    # z is recomputed from xhat in the backward; GELU's Phi(z) is kept (recomputing it is an erfc)
+    return y, BatchNorm2dCache(xhat, gamma, inv_std, training, beta, activation, getattr(act, "cdf", None))
 
 
 def _output(xhat, gamma, beta, dtype, out=None):
@@ -151,10 +154,11 @@ def _output(xhat, gamma, beta, dtype, out=None):
 
 
 def _batchnorm2d_backward_reference(dy, cache):
-    xhat, gamma, inv_std, training, beta, activation = cache
+    xhat, gamma, inv_std, training, beta, activation, cdf = cache
     if activation is not None:  # dy through the activation at the recomputed output, as its op returns it
         forward, backward, act_cache = _ACT_REFERENCE[activation]
-        dy = backward(dy, act_cache(_output(xhat, gamma, beta, dy.dtype)))
+        z = _output(xhat, gamma, beta, dy.dtype)
+        dy = backward(dy, act_cache(z) if cdf is None else act_cache(z, cdf))
     dtype, dy = dy.dtype, upcast(dy)
     xp = get_array_module(dy, xhat)
     dbeta = dy.sum(axis=(0, 2, 3))
