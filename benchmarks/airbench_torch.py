@@ -367,7 +367,8 @@ def main(argv=None):
         accs = [accuracy(torch, model, held_x, held_y, device, level) for level in (0, 1, 2)]
         print(f"held out (data_batch_5, {len(held_y)} images), seed {args.seed}: accuracy at TTA 0/1/2 "
               + " / ".join(f"{a:.4f}" for a in accs))
-    print(f"{args.recipe} (widths {widths}) in PyTorch eager on {device}, {args.precision}: {len(labels)} images, {args.epochs} epochs "
+    print(f"{args.recipe} (widths {widths}) in PyTorch eager on {device}, {args.precision}: {len(labels)} images, "
+          f"{args.epochs} epochs "
           f"of batch {args.batch_size} in {seconds:.2f} s (whitening included; on a GPU the first run includes "
           f"cuDNN's autotuning), last epoch's loss {loss:.4f}")
 

@@ -245,7 +245,8 @@ def validate_epochs(images, labels, r, args, steps, torch, width, epochs=4):
 
 def table(rec):
     env = rec["environment"]
-    print(f"{env['device']}  recipe {rec['recipe']['name']}: {rec['images']} synthetic images, {rec['epochs']} epochs of batch "
+    print(f"{env['device']}  recipe {rec['recipe']['name']}: {rec['images']} synthetic images, {rec['epochs']} "
+          f"epochs of batch "
           f"{rec['batch_size']}, widths {rec['widths']}; seconds from upload to the last step (whitening included)")
     rows = []
     for prec, r in rec["results"].items():
@@ -320,8 +321,8 @@ def main(argv=None):
     if torch is not None and args.device == "cuda":
         extra["torch_fp32"] = common.torch_tf32_settings(torch)
     rec = common.record(NAME, args, checks, results, images=n, epochs=r["epochs"], batch_size=r["batch_size"],
-                        width=width, widths=list(widths_of(r, width)), recipe={k: v for k, v in r.items() if k != "model"},
-                        **extra)
+                        width=width, widths=list(widths_of(r, width)),
+                        recipe={k: v for k, v in r.items() if k != "model"}, **extra)
     return common.finish(rec, args, table, checks)
 
 

@@ -161,9 +161,10 @@ stage precompile 60 "$PY" -m gpuconv precompile || log "precompile failed; each 
 # The Hopper wgmma tiles first, in a process of their own: an illegal instruction there would end
 # every later stage that reaches them (bench_conv2d times them, autotuning tries them). If they
 # fail, the rest of the battery runs without them (GPUCONV_WGMMA=0: tc128 where one is asked for).
-if [ "${GPUCONV_WGMMA:-1}" != 0 ] &&
-    "$PY" -c "from gpuconv import kernels; raise SystemExit(0 if kernels.wgmma_available('cuda', 0) else 1)" 2>/dev/null; then
-    if ! stage wgmma_probe 45 "$PY" benchmarks/sanitize_gpu.py --only conv_tc --variants tcwg tcwg256 tcwgn64 tcwgm64; then
+HOPPER="from gpuconv import kernels; raise SystemExit(0 if kernels.wgmma_available('cuda', 0) else 1)"
+if [ "${GPUCONV_WGMMA:-1}" != 0 ] && "$PY" -c "$HOPPER" 2>/dev/null; then
+    if ! stage wgmma_probe 45 "$PY" benchmarks/sanitize_gpu.py --only conv_tc \
+        --variants tcwg tcwg256 tcwgn64 tcwgm64; then
         export GPUCONV_WGMMA=0
         log "the wgmma tiles failed (wgmma_probe.log): every later stage runs without them (GPUCONV_WGMMA=0)"
     fi

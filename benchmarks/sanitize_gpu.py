@@ -507,7 +507,8 @@ def stream_hold(run, rng):
     run.add("stream_hold: released at once, no time-out", int(timed_out[0]) == 0)
 
 
-FAMILIES = (conv, conv_tc, gemm, pool, relu, gelu, scale, loss, optim, amp_cast, dropout, augment, batchnorm, stream_hold)
+FAMILIES = (conv, conv_tc, gemm, pool, relu, gelu, scale, loss, optim, amp_cast, dropout, augment, batchnorm,
+            stream_hold)
 
 
 def main(argv=None):
@@ -549,7 +550,8 @@ def main(argv=None):
     missing = sorted(EXPECTED - run.ran)
     print("RAN " + ",".join(sorted(run.ran)))
     if not args.only:
-        run.add("every kernel launched", not missing, detail=f"never launched: {', '.join(missing)}" if missing else None)
+        run.add("every kernel launched", not missing,
+                detail=f"never launched: {', '.join(missing)}" if missing else None)
     if not run.passed:
         print("sanitize_gpu: FAILED\n  " + "\n  ".join(run.failures()), file=sys.stderr)
         return 1

@@ -3,8 +3,8 @@
 :func:`augment_batch_kernel` makes one normalized float batch from the uint8 data set in one
 pass: gather by ``index``, random crop of the zero- or reflect-padded image, horizontal flip,
 per-channel normalization, cutout. Its result is bit-identical to the array-module path of
-:class:`gpuconv.data.DeviceLoader` (``images[index]`` -> ``crop_flip`` -> ``normalize`` -> ``cutout``) for the
-same draws; the loader picks it whenever its arrays have a kernel target.
+:class:`gpuconv.data.DeviceLoader` (``images[index]`` -> ``crop_flip`` -> ``normalize`` ->
+``cutout``) for the same draws; the loader picks it whenever its arrays have a kernel target.
 """
 from __future__ import annotations
 

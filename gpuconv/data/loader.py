@@ -1,8 +1,9 @@
 """DeviceLoader: the data set on the device as uint8, batches made there.
 
 The images are uploaded once. Each batch is then a gather by a permutation index, an
-optional random crop + flip (+ cutout), and a normalization to float, all on the device: no per-batch
-host work and no device-to-host copy, so a training step on the GPU never waits on the loader.
+optional random crop + flip (+ cutout), and a normalization to float, all on the device: no
+per-batch host work and no device-to-host copy, so a training step on the GPU never waits on the
+loader.
 Where the arrays have a kernel target ('cuda', or 'sim' while it is the default device) that is
 one fused kernel (kernels/augment.cu) instead of four array-module passes; both paths take the
 same random draws and give bit-identical batches (``fused=False`` forces the array path).
@@ -167,9 +168,9 @@ class DeviceLoader:
         return order, oy, ox, flip
 
     def cutout_plan(self, epoch):
-        """(corner_y, corner_x) of the cutout square at each position of ``epoch``, on the device; None
-        without augmentation or cutout. Drawn as :meth:`epoch_plan` draws, from a third key of
-        (seed, epoch): the same on every backend."""
+        """(corner_y, corner_x) of the cutout square at each position of ``epoch``, on the device;
+        None without augmentation or cutout. Drawn as :meth:`epoch_plan` draws, from a third key
+        of (seed, epoch): the same on every backend."""
         if not (self.augment and self.cutout):
             return None
         xp, n = self.xp, self.num_samples
