@@ -320,7 +320,8 @@ def main(argv=None):
              else None}
     if torch is not None and args.device == "cuda":
         extra["torch_fp32"] = common.torch_tf32_settings(torch)
-    rec = common.record(NAME, args, checks, results, images=n, epochs=r["epochs"], batch_size=r["batch_size"],
+    name = NAME if args.recipe == "airbench94" else f"{NAME}-{args.recipe}"  # its own record file
+    rec = common.record(name, args, checks, results, images=n, epochs=r["epochs"], batch_size=r["batch_size"],
                         width=width, widths=list(widths_of(r, width)),
                         recipe={k: v for k, v in r.items() if k != "model"}, **extra)
     return common.finish(rec, args, table, checks)

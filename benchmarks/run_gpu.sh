@@ -41,6 +41,9 @@
 #   parity    CPU vs GPU training on the real subset (benchmarks/parity.py), shortened to fit
 #   ncu       Nsight Compute over one fast_net layer's three conv directions, gpuconv's kernels and
 #             cuDNN's (benchmarks/profile_kernels.py): throughput, occupancy, stalls, bank conflicts
+#   airbench96 (with the airbench stages, in what time is left) bench_airbench --recipe airbench96:
+#             one bf16 epoch of 25,000 synthetic images, validated against and timed beside the
+#             same recipe in PyTorch eager
 #   caches    CuPy's and gpuconv's kernel caches, tarred for the next run
 # STAGES="tests conv" (say) runs the smoke stage and those; default: all of them.
 #
@@ -258,6 +261,12 @@ if want ncu; then
         printf '%-14s %-28s %4ds\n' "FAILED" "ncu: not installed" 0 >>"$SUMMARY"
         FAILED=1
     fi
+fi
+
+# ---------------------------------------------------------------- airbench96, in what time is left
+if want airbench; then
+    stage bench_airbench96 60 "$PY" benchmarks/bench_airbench.py --recipe airbench96 --epochs 1 --images 25000 \
+        --precisions bf16 --save
 fi
 
 # ---------------------------------------------------------------- kernel caches for the next run
