@@ -25,7 +25,6 @@ is the real subset's business (the battery's airbench stage).
 from __future__ import annotations
 
 import argparse
-import inspect
 import pathlib
 import sys
 import time
@@ -37,7 +36,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import airbench_torch  # noqa: E402
 import common  # noqa: E402
 from bench_epoch import synthetic  # noqa: E402
-from gpuconv import amp, cli, models  # noqa: E402
+from gpuconv import amp, cli  # noqa: E402
 from gpuconv import backend as B  # noqa: E402
 from gpuconv.data import DeviceLoader, normalize  # noqa: E402
 from gpuconv.recipes import get_recipe  # noqa: E402
@@ -60,10 +59,8 @@ def recipe(args):
 
 
 def widths_of(r, width):
-    """The recipe's network's widths with its first block at ``width`` (None: as published)."""
-    _, config = cli.build_model(r["model"], seed=0, width=width, model_kwargs=r["model_kwargs"])
-    published = inspect.signature(getattr(models, config["constructor"])).parameters["widths"].default
-    return tuple(config["kwargs"].get("widths") or published)
+    """The recipe's network's widths with its first block at ``width`` (None: the recipe's)."""
+    return tuple(cli.airbench_widths(r["model"], width, r["model_kwargs"]))
 
 
 def torch_recipe(r):
@@ -246,8 +243,8 @@ def validate_epochs(images, labels, r, args, steps, torch, width, epochs=4):
 def table(rec):
     env = rec["environment"]
     print(f"{env['device']}  recipe {rec['recipe']['name']}: {rec['images']} synthetic images, {rec['epochs']} "
-          f"epochs of batch "
-          f"{rec['batch_size']}, widths {rec['widths']}; seconds from upload to the last step (whitening included)")
+          f"epochs of batch {rec['batch_size']}, widths {rec['widths']}; seconds from upload to the last step "
+          "(whitening included)")
     rows = []
     for prec, r in rec["results"].items():
         rows.append({"precision": prec, "s": r["gpuconv_s"], "torch_s": r["torch_s"], "ratio": r["speed_vs_torch"],

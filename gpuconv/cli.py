@@ -35,6 +35,7 @@ from .recipes import RECIPES, get_recipe
 # name -> (constructor in gpuconv.models, its extra keyword arguments).
 MODELS = {"seed": ("seed_net", {}), "three_layer": ("three_layer_convnet", {}), "fast": ("fast_net", {}),
           "airbench94": ("airbench94", {}), "airbench96": ("airbench96", {})}
+AIRBENCH_MODELS = ("airbench94", "airbench96")  # the networks of three widths that --width scales
 
 # Each model's recipe (gpuconv.recipes.RECIPES) gives its defaults.
 MODEL_DEFAULTS = {name: get_recipe(name) for name in MODELS}
@@ -316,13 +317,20 @@ def build_model(name, seed=0, width=None, model_kwargs=None):
     kwargs = dict(kwargs, **(model_kwargs or {}), seed=int(seed))
     if name == "fast":
         kwargs["width"] = int(width or MODEL_DEFAULTS["fast"]["width"])
-    if name in ("airbench94", "airbench96") and width:  # the published widths scaled down, for quick runs
-        import inspect  # noqa: PLC0415
-        from . import models  # noqa: PLC0415
-        base = kwargs.get("widths") or inspect.signature(getattr(models, fn_name)).parameters["widths"].default
-        kwargs["widths"] = [int(width) * int(b) // int(base[0]) for b in base]
+    if name in AIRBENCH_MODELS and width:  # the recipe's widths scaled down, for quick runs
+        kwargs["widths"] = airbench_widths(name, width, model_kwargs)
     config = {"model": name, "constructor": fn_name, "kwargs": kwargs}
     return model_from_config(config), config
+
+
+def airbench_widths(name, width=None, model_kwargs=None):
+    """An airbench network's three widths: the recipe's (``model_kwargs``) or else the published
+    ones, scaled so that the first block is ``width`` wide (None: as they are)."""
+    import inspect  # noqa: PLC0415
+    from . import models  # noqa: PLC0415
+    base = (model_kwargs or {}).get("widths") or \
+        inspect.signature(getattr(models, MODELS[name][0])).parameters["widths"].default
+    return [int(b) if not width else int(width) * int(b) // int(base[0]) for b in base]
 
 
 def model_from_config(config):
@@ -485,7 +493,7 @@ def _train(args) -> int:
     if s["optimizer"] == "airbench" and s["batch_size"] > len(train):
         _say(f"note: the {s['recipe']} recipe's lr and weight decay are per 1024 examples, scaled to batch "
              f"{s['batch_size']}")
-    if getattr(args, "width", None) is not None and s["model"] not in ("fast", "airbench94", "airbench96"):
+    if getattr(args, "width", None) is not None and s["model"] not in ("fast", *AIRBENCH_MODELS):
         _say(f"warning: --width sets fast_net's and the airbench networks' channel widths; the {s['model']} model "
              "ignores it")
     if s["cutout"] and not s["augment"]:
