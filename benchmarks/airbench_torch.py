@@ -24,6 +24,8 @@ What it trains is ``gpuconv.recipes.RECIPES['airbench94']`` step for step:
 over conv - BN - GELU - conv - BN, then GELU; widths 128/384/512; PyTorch's default BN momentum),
 37 epochs at lr 9 and weight decay 0.012, the lr from 0.2 to 1 over 10% of the steps and then to
 0, 4-pixel translations and a 12-pixel cutout (a square of each augmented image zeroed).
+``--recipe airbench94_muon``: airbench94's network with the muon script's head and whitening bias,
+8 epochs of batch 2000, Muon on the filters and SGD on the rest, linear decays, no lookahead.
 
 Precision: 'fp32' (TF32 left as the caller set it) or 'bf16' (autocast, channels_last; BN in
 float32, as under gpuconv's mixed precision). Standalone use, on synthetic images:
@@ -45,15 +47,25 @@ import numpy as np
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
-HYPER = dict(epochs=10, batch_size=1024, lr=11.5, weight_decay=0.0153, momentum=0.85, bias_scaler=64.0,
-             label_smoothing=0.2, padding=2, lookahead_every=5, whiten_bias_epochs=3, widths=(64, 256, 256),
-             bn_momentum=0.4, bn_eps=1e-12, scale=1 / 9, warmup_fraction=0.23, lr_start=0.2, lr_end=0.07,
-             cutout=0, residual=False)
+HYPER = dict(epochs=10, batch_size=1024, optimizer="airbench", lr=11.5, weight_decay=0.0153, momentum=0.85,
+             bias_scaler=64.0, label_smoothing=0.2, padding=2, lookahead_every=5, whiten_bias_epochs=3,
+             whiten_bias="zeros", widths=(64, 256, 256), bn_momentum=0.4, bn_eps=1e-12, scale=1 / 9, head_std=None,
+             warmup_fraction=0.23, lr_start=0.2, lr_end=0.07, cutout=0, residual=False)
 RECIPES = {
     "airbench94": HYPER,
     "airbench95": dict(HYPER, epochs=15, lr=10.0, widths=(128, 384, 384)),
     "airbench96": dict(HYPER, epochs=37, lr=9.0, weight_decay=0.012, padding=4, cutout=12, widths=(128, 384, 512),
                        bn_momentum=0.1, warmup_fraction=0.1, lr_end=0.0, residual=True),
+    # Muon on the filters (lr 0.24, Nesterov momentum 0.6, the weights renormalized before each
+    # step), Nesterov SGD (momentum 0.85) on the biases (0.053 per example; the whitening bias
+    # in a group of its own, its lr decaying to 0 over its 3 epochs) and the head (0.67), weight
+    # decay 2e-6 per example and step on those; everything else decays linearly to 0; no
+    # lookahead; the head divided by its width from unit-std weights, the whitening bias from
+    # PyTorch's default draw.
+    "airbench94_muon": dict(HYPER, epochs=8, batch_size=2000, optimizer="muon", lr=0.24, muon_momentum=0.6,
+                            bias_lr=0.053, head_lr=0.67, momentum=0.85, weight_decay=2e-6, lookahead_every=None,
+                            whiten_bias="uniform", whiten_bias_decay=True, scale=None, head_std=1.0,
+                            warmup_fraction=0.0, lr_end=0.0),
 }
 
 
@@ -112,11 +124,14 @@ def build(torch, widths=None, num_classes=10, h=None):
     w1, w2, w3 = widths
     whiten = nn.Conv2d(3, 24, 2, padding=0, bias=True)
     whiten.weight.requires_grad = False
-    torch.nn.init.zeros_(whiten.bias)
+    if h["whiten_bias"] == "zeros":  # airbench94's; the muon script keeps PyTorch's default draw
+        torch.nn.init.zeros_(whiten.bias)
+    fc = nn.Linear(w3, num_classes, bias=False)
+    if h["head_std"]:  # the muon script's head: unit-std weights, divided by its width
+        fc.weight.data *= h["head_std"] / fc.weight.data.std()
     return nn.Sequential(collections.OrderedDict(
         whiten=whiten, gelu0=nn.GELU(), block1=block(24, w1), block2=block(w1, w2), block3=block(w2, w3),
-        pool=nn.MaxPool2d(3), flatten=nn.Flatten(), fc=nn.Linear(w3, num_classes, bias=False),
-        scale=Scale(h["scale"])))
+        pool=nn.MaxPool2d(3), flatten=nn.Flatten(), fc=fc, scale=Scale(h["scale"] or 1 / w3)))
 
 
 def init_whitening(torch, conv, images, eps=5e-4):
@@ -133,10 +148,76 @@ def init_whitening(torch, conv, images, eps=5e-4):
 
 
 def optimizer(torch, model, batch_size, h=None):
-    """airbench's SGD: lr and weight decay per 1024 examples for a SUMMED loss, divided by how much
-    Nesterov momentum amplifies a step; BN biases at ``bias_scaler`` times the lr; every group
-    decays its weights by the same amount per step whatever its lr."""
+    """The recipe's optimizers, a list, each group's starting lr kept as its ``initial_lr``
+    (:func:`set_lrs`). airbench's SGD: lr and weight decay per 1024 examples for a SUMMED loss,
+    divided by how much Nesterov momentum amplifies a step; BN biases at ``bias_scaler`` times the
+    lr; every group decays its weights by the same amount per step whatever its lr. The muon
+    recipe: :class:`Muon` on the filters and SGD on the rest, in the published script's groups."""
     h = HYPER if h is None else h
+    opts = _muon_pair(torch, model, batch_size, h) if h["optimizer"] == "muon" else [_sgd(torch, model, batch_size, h)]
+    for o in opts:
+        for g in o.param_groups:
+            g["initial_lr"] = g["lr"]
+    return opts
+
+
+def _muon_pair(torch, model, batch_size, h):
+    named = [(n, p) for n, p in model.named_parameters() if n != "whiten.weight"]  # frozen for good
+    decay = h["weight_decay"] * batch_size
+    groups = [dict(params=[model.whiten.bias], lr=h["bias_lr"], weight_decay=decay / h["bias_lr"],
+                   own_decay=h["whiten_bias_decay"]),
+              dict(params=[p for n, p in named if ".norm" in n], lr=h["bias_lr"], weight_decay=decay / h["bias_lr"]),
+              dict(params=[model.fc.weight], lr=h["head_lr"], weight_decay=decay / h["head_lr"])]
+    filters = [p for _, p in named if p.dim() == 4]
+    return [torch.optim.SGD(groups, momentum=h["momentum"], nesterov=True),
+            Muon(torch, filters, lr=h["lr"], momentum=h["muon_momentum"])]
+
+
+def Muon(torch, params, lr, momentum, steps=3):
+    """Muon as the airbench94_muon script steps it: Nesterov momentum (buffer from zero), the
+    weights renormalized to norm sqrt(rows), then ``p -= lr * NS(g)``, NS being ``steps``
+    quintic Newton-Schulz iterations from ``g / ||g||`` (rows x the rest). Computed in float32,
+    as gpuconv's ``optim.newton_schulz`` (the script uses bfloat16)."""
+    coeffs = (3.4445, -4.7750, 2.0315)
+
+    def orthogonalize(g, eps=1e-7):
+        x = g.float()
+        x = x / (x.norm() + eps)
+        tall = x.shape[0] > x.shape[1]
+        if tall:
+            x = x.T
+        a, b, c = coeffs
+        for _ in range(steps):
+            A = x @ x.T
+            x = a * x + (b * A + c * (A @ A)) @ x
+        return x.T if tall else x
+
+    class _Muon(torch.optim.Optimizer):
+        @torch.no_grad()
+        def step(self):
+            for group in self.param_groups:
+                for p in group["params"]:
+                    if p.grad is None:
+                        continue
+                    buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p.grad))
+                    buf.mul_(group["momentum"]).add_(p.grad)
+                    g = p.grad.add(buf, alpha=group["momentum"])
+                    p.mul_(len(p) ** 0.5 / p.norm())
+                    p.add_(orthogonalize(g.reshape(len(g), -1)).view(g.shape).to(p.dtype), alpha=-group["lr"])
+
+    return _Muon(params, dict(lr=lr, momentum=momentum))
+
+
+def set_lrs(opts, step, total, bias_steps, h):
+    """Every group's lr for ``step`` of ``total``: its initial lr times the schedule's factor, or
+    (the muon recipe's whitening bias) times a linear decay to 0 over ``bias_steps``."""
+    for o in opts:
+        for g in o.param_groups:
+            f = max(0.0, 1 - step / bias_steps) if g.get("own_decay") else lr_factor(step, total, h)
+            g["lr"] = g["initial_lr"] * f
+
+
+def _sgd(torch, model, batch_size, h):
     kilostep = 1024 * (1 + 1 / (1 - h["momentum"]))
     lr = h["lr"] / kilostep
     decay = h["weight_decay"] * batch_size / kilostep
@@ -151,7 +232,7 @@ def optimizer(torch, model, batch_size, h=None):
 
 def lr_factor(step, total, h=None):
     """The triangular schedule: 0.2 -> 1 over the first 23% of the steps -> 0.07 at the end
-    (airbench96: over 10%, then to 0)."""
+    (airbench96: over 10%, then to 0; the muon recipe: from 1 straight down to 0)."""
     h = HYPER if h is None else h
     warmup = int(total * h["warmup_fraction"])
     if step < warmup:
@@ -270,27 +351,28 @@ def train(torch, images_u8, labels, device="cuda", precision="fp32", epochs=None
         init_whitening(torch, model.whiten, loader.images)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    opt = optimizer(torch, model, batch_size, h)
+    opts = optimizer(torch, model, batch_size, h)
+    per_epoch = len(loader) if batches is None else len(batches[0])
     total = epochs * len(loader) if batches is None else sum(len(b) for b in batches)
-    base = [g["lr"] for g in opt.param_groups]
-    average = Lookahead(torch, model)
+    average = Lookahead(torch, model) if h["lookahead_every"] else None
     step = 0
     model.train()
     for epoch in range(epochs):
         model.whiten.bias.requires_grad = epoch < h["whiten_bias_epochs"]
         loss_sum = torch.zeros((), device=device)
         for x, y in (loader if batches is None else batches[epoch]):
-            for g, lr in zip(opt.param_groups, base):
-                g["lr"] = lr * lr_factor(step, total, h)
+            set_lrs(opts, step, total, h["whiten_bias_epochs"] * per_epoch, h)
             loss = loss_of(torch, model, x, y, precision)
-            opt.zero_grad(set_to_none=True)
+            model.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
+            for o in opts:
+                o.step()
             loss_sum += loss.detach()
             step += 1
-            if step % h["lookahead_every"] == 0:
+            if average is not None and step % h["lookahead_every"] == 0:
                 average.update(decay_at(step, total))
-    average.update(1.0)
+    if average is not None:
+        average.update(1.0)
     sync()
     seconds = time.perf_counter() - t0
     if batches is not None:

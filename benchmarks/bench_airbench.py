@@ -43,7 +43,7 @@ from gpuconv.recipes import get_recipe  # noqa: E402
 from gpuconv.trainer import Trainer  # noqa: E402
 
 NAME = "bench_airbench"
-RECIPES = ("airbench94", "airbench95", "airbench96")
+RECIPES = ("airbench94", "airbench95", "airbench96", "airbench94_muon")
 FULL = {"images": 50_000, "width": None}  # the published widths
 TINY = {"images": 40, "width": 2, "batch": 16, "epochs": 2}
 
@@ -75,9 +75,7 @@ def gpuconv_setup(images, labels, r, precision, device, width, cuda_graph=False)
                           channels_last=amp.channels_last_for(precision), dtype=amp.compute_dtype(precision),
                           padding=r["padding"], padding_mode=r["padding_mode"], flip=r["flip"], cutout=r["cutout"],
                           drop_last=cli.drop_last(r, len(images)))
-    total = r["epochs"] * len(loader)
-    opt, extras = cli._recipe_setup(r, model, images, total)
-    sched = cli._schedule(r["schedule"], opt, opt.lr, total, r["schedule_kwargs"])
+    opt, sched, extras = cli._recipe_setup(r, model, images, len(loader))
     trainer = Trainer(model, opt, sched, label_smoothing=r["label_smoothing"], progress=False, monitor=False,
                       precision=precision, cuda_graph=cuda_graph, **extras)
     return model, loader, trainer
@@ -105,6 +103,8 @@ def validate_graph(images, labels, r, args, precisions, width):
     Checks of its own: a graph path that fails (or raises) is reported and left untimed, and the
     eager and PyTorch timings still run."""
     checks = common.Checks()
+    if r["optimizer"] == "muon":  # the Trainer replays SGD steps only (it refuses a Chain by name)
+        return checks
     for prec in precisions:
         name = f"{prec}: cuda-graph steps give the eager steps' parameters (one epoch, bit for bit)"
         try:
@@ -166,20 +166,19 @@ def validate(images, labels, r, args, checks, torch, width):
         checks.close("training-mode logits == PyTorch's (same weights, fp32)", got, want, rtol=1e-4)
         # The recipe's steps on one batch: the trainer's step vs airbench's summed-loss SGD.
         copy_to_torch(torch, model, tmodel)  # the forward above moved the running statistics alike
-        topt = airbench_torch.optimizer(torch, tmodel, r["batch_size"], torch_recipe(r))
-        base = [g["lr"] for g in topt.param_groups]
-        total = trainer.total_steps
+        topts = airbench_torch.optimizer(torch, tmodel, r["batch_size"], torch_recipe(r))
+        total = r["epochs"] * len(loader)
         if total <= 3:  # the lookahead's last pull onto the average comes at the last step
             raise ValueError(f"bench_airbench: the validation takes 3 steps of a schedule of {total}; give it more "
                              "images or epochs")
         for step in range(3):
             trainer.train_step(xd, yd)
-            for g, lr in zip(topt.param_groups, base):
-                g["lr"] = lr * airbench_torch.lr_factor(step, total, torch_recipe(r))
+            airbench_torch.set_lrs(topts, step, total, r["whiten_bias_epochs"] * len(loader), torch_recipe(r))
             loss = airbench_torch.loss_of(torch, tmodel, tx, ty, "fp32") * (r["batch_size"] / n)
-            topt.zero_grad(set_to_none=True)
+            tmodel.zero_grad(set_to_none=True)
             loss.backward()
-            topt.step()
+            for o in topts:
+                o.step()
         tstate = tmodel.state_dict()
         worst, where = 0.0, None
         for name, p in model.named_parameters():

@@ -362,14 +362,22 @@ def drop_last(s, n):
     return bool(s.get("drop_last")) and s["batch_size"] <= n
 
 
-def _recipe_setup(s, model, images, total_steps):
-    """(optimizer, Trainer keyword arguments) for the settings ``s``: the recipe's optimizer, its
-    whitening initialization (from ``images``, the uint8 training images), lookahead and
-    whitening-bias epochs."""
+def _recipe_setup(s, model, images, steps_per_epoch):
+    """(optimizer, schedule, Trainer keyword arguments) for the settings ``s`` and a loader of
+    ``steps_per_epoch``: the recipe's optimizer and schedule over ``s['epochs']``, its whitening
+    initialization (from ``images``, the uint8 training images), lookahead and whitening-bias
+    epochs (and the whitening bias's own lr decay, ``whiten_bias_lr``)."""
     from .models import init_whitening
     from .optim import SGD
     from .recipes import airbench_param_groups, muon_optimizer
+    total_steps = s["epochs"] * steps_per_epoch
     whiten = model._layers.get("whiten") if hasattr(model, "_layers") else None
+    own_bias = whiten is not None and whiten.bias is not None and s["whiten_bias_lr"] == "decay"
+    if s["whiten_bias_lr"] not in ("schedule", "decay"):
+        raise ValueError(f"whiten_bias_lr {s['whiten_bias_lr']!r} must be 'schedule' or 'decay'")
+    if own_bias and s["optimizer"] != "muon":
+        raise ValueError("whiten_bias_lr 'decay' needs the whitening bias in a group of its own: the 'muon' "
+                         "optimizer gives it one")
     if whiten is not None:  # from the training images, as the loader normalizes them
         from .data import normalize
         init_whitening(whiten, normalize(images[:5000], CIFAR10_MEAN, CIFAR10_STD, np.float32))
@@ -379,10 +387,16 @@ def _recipe_setup(s, model, images, total_steps):
         opt = SGD(groups, lr=lr, momentum=s["momentum"], nesterov=True)
     elif s["optimizer"] == "muon":
         opt = muon_optimizer(model, s["lr"], s["momentum"], s["bias_lr"], s["head_lr"], s["sgd_momentum"],
-                             s["weight_decay"], s["batch_size"])
+                             s["weight_decay"], s["batch_size"], separate=[whiten.bias] if own_bias else ())
     else:
         opt = SGD(model.parameters(), lr=s["lr"], momentum=s["momentum"], nesterov=s["momentum"] > 0,
                   weight_decay=s["weight_decay"])
+    sched = _schedule(s["schedule"], opt, opt.lr, total_steps, s["schedule_kwargs"])
+    if own_bias and sched is None:
+        _say("note: with --schedule constant the whitening bias's lr stays constant too (the recipe decays it)")
+    elif own_bias:  # a linear decay to 0 over the whitening bias's own steps, then frozen
+        bias_steps = max(1, int(s["whiten_bias_epochs"]) * steps_per_epoch)
+        sched.own_schedule([whiten.bias], lambda step: max(0.0, 1.0 - step / bias_steps))
     extras = {}
     if s["lookahead"]:
         from .lookahead import Lookahead
@@ -393,7 +407,7 @@ def _recipe_setup(s, model, images, total_steps):
         def epoch_start(epoch):  # the whitening bias trains for the first epochs only
             whiten.bias.requires_grad = epoch < epochs
         extras["epoch_start"] = epoch_start
-    return opt, extras
+    return opt, sched, extras
 
 
 # ----------------------------------------------------------------------------- train
@@ -524,9 +538,7 @@ def _train(args) -> int:
                                     drop_last=drop_last(s, len(train)))
         val_loader = (DeviceLoader(val.images, val.labels, 500, shuffle=False, augment=False, device=device,
                                    channels_last=nhwc) if val is not None else None)
-        total_steps = s["epochs"] * len(train_loader)
-        opt, extras = _recipe_setup(s, model, train.images, total_steps)
-        sched = _schedule(s["schedule"], opt, opt.lr, total_steps, s["schedule_kwargs"])
+        opt, sched, extras = _recipe_setup(s, model, train.images, len(train_loader))
         trainer = Trainer(model, opt, sched, out_dir=args.out, label_smoothing=s["label_smoothing"],
                           log_every=args.log_every, seed=s["seed"], progress="epoch" if args.no_progress else True,
                           config=config, precision=s["precision"], cuda_graph=args.cuda_graph,

@@ -83,6 +83,7 @@ class Optimizer:
         self.initial_lr = self.lr
         self.state = [dict() for _ in params]  # per parameter: slot name -> array, 'step' -> int
         self._group_specs = groups  # [(parameter count, {key: value})], checked in _finish_groups
+        self._own_lr = {}  # group index -> the lr it takes instead of the schedule's (set_group_lr)
 
     def _split_groups(self, params):
         """A flat list of Parameters, or of group dicts: (the flat list, [(count, overrides)])."""
@@ -127,10 +128,39 @@ class Optimizer:
         own, with a group lr scaled by ``lr / initial_lr`` (the schedule's factor)."""
         if not hasattr(self, "param_groups"):
             self._finish_groups()
-        group = self.param_groups[self._group_of[index]]
+        gi = self._group_of[index]
+        group = self.param_groups[gi]
         out = {name: group.get(name, getattr(self, name)) for name in self._hyper}
-        out["lr"] = group["lr"] * (self.lr / self.initial_lr) if "lr" in group else self.lr
+        if gi in self._own_lr:
+            out["lr"] = self._own_lr[gi]
+        else:
+            out["lr"] = group["lr"] * (self.lr / self.initial_lr) if "lr" in group else self.lr
         return out
+
+    def find_group(self, params):
+        """(optimizer, group index) of the parameter group made of exactly ``params`` (a Chain
+        looks in its members); a ValueError naming the groups otherwise."""
+        if not hasattr(self, "param_groups"):
+            self._finish_groups()
+        want = sorted(id(p) for p in params)
+        for gi in range(len(self.param_groups)):
+            if sorted(id(p) for p, g in zip(self.params, self._group_of) if g == gi) == want:
+                return self, gi
+        sizes = [self._group_of.count(gi) for gi in range(len(self.param_groups))]
+        raise ValueError(f"{type(self).__name__}: no parameter group holds exactly those {len(want)} parameters "
+                         f"(its groups hold {sizes}); give them a group of their own")
+
+    def group_initial_lr(self, gi):
+        """Group ``gi``'s lr before any schedule: its own ``lr`` or the optimizer's ``initial_lr``."""
+        return self.param_groups[gi].get("lr", self.initial_lr)
+
+    def set_group_lr(self, gi, lr):
+        """Group ``gi`` steps with ``lr`` instead of following ``lr / initial_lr`` (None: follow it
+        again). A schedule's :meth:`LRSchedule.own_schedule` sets it every step."""
+        if lr is None:
+            self._own_lr.pop(gi, None)
+        else:
+            self._own_lr[gi] = _nonneg(f"parameter group {gi}'s lr", lr)
 
     @property
     def lr(self):
@@ -519,6 +549,15 @@ class Chain(Optimizer):
         for o in getattr(self, "optimizers", ()):
             o.lr = o.initial_lr * self._lr / self.initial_lr
 
+    def find_group(self, params):
+        for o in self.optimizers:
+            try:
+                return o.find_group(params)
+            except ValueError:
+                continue
+        raise ValueError(f"Chain: none of its optimizers has a parameter group of exactly those {len(params)} "
+                         "parameters; give them a group of their own")
+
     def zero_grad(self):
         for o in self.optimizers:
             o.zero_grad()
@@ -560,14 +599,30 @@ class LRSchedule:
         self.optimizer = optimizer
         self.base_lr = optimizer.lr
         self.last_step = 0
+        self._own = []  # (optimizer, group index, factor): groups on schedules of their own
         optimizer.lr = self.lr_at(0)
 
     def lr_at(self, step):
         raise NotImplementedError
 
+    def own_schedule(self, params, factor):
+        """The parameter group made of exactly ``params`` takes ``factor(step)`` times its initial
+        lr at each step instead of this schedule's lr (airbench94_muon's whitening bias: a linear
+        decay to 0 over its own epochs while the rest decay over the run). ``step`` is this
+        schedule's count, so a resumed run (which calls this again after building the schedule)
+        continues it; the factor itself is code, not state."""
+        opt, gi = self.optimizer.find_group(params)
+        self._own.append((opt, gi, factor))
+        self._set_own()
+
+    def _set_own(self):
+        for opt, gi, factor in self._own:
+            opt.set_group_lr(gi, opt.group_initial_lr(gi) * float(factor(self.last_step)))
+
     def step(self):
         self.last_step += 1
         self.optimizer.lr = self.lr_at(self.last_step)
+        self._set_own()
 
     def get_last_lr(self):
         return self.optimizer.lr
@@ -584,6 +639,7 @@ class LRSchedule:
         self.base_lr = float(_scalar(d["base_lr"]))
         self.last_step = int(_scalar(d["last_step"]))
         self.optimizer.lr = self.lr_at(self.last_step)
+        self._set_own()
 
 
 def _positive_int(name, value):

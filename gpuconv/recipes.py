@@ -32,6 +32,10 @@ Keys of a recipe:
   lookahead        None, or the steps between updates of the weight average
                    (:mod:`gpuconv.lookahead`, airbench's decay schedule)
   whiten_bias_epochs  epochs during which the whitening conv's bias trains (then it is frozen)
+  whiten_bias_lr   'schedule': the whitening bias's lr follows the run's schedule (airbench94,
+                   whose bias is in the main group); 'decay': a group of its own whose lr falls
+                   linearly from its initial value to 0 over the whitening bias's epochs
+                   (airbench94_muon)
   tta              the test-time augmentation level of the final evaluation (0, 1, 2)
   precision        'fp32', 'tf32', 'bf16', 'fp16', or 'auto': bf16 on a GPU with bfloat16 tensor
                    cores, fp32 on the CPU, the simulator and older GPUs (:func:`amp.resolve_precision`);
@@ -82,19 +86,19 @@ RECIPES = {
     # converts them), all decaying linearly to 0, no lookahead. Its network's head divides by
     # its width (256) and starts from unit-std weights, where airbench94's multiplies by 1/9: the
     # head lr is for that head; its whitening bias starts from PyTorch's default draw (airbench94
-    # zeroes it). The published run also decays the whitening bias's lr over its 3 epochs; here it
-    # follows the common schedule until frozen.
+    # zeroes it) and its lr decays linearly to 0 over its own 3 epochs (whiten_bias_lr 'decay').
     "airbench94_muon": dict(model="airbench94", model_kwargs=dict(scaling_factor=None, head_std=1.0,
                                                                   whiten_bias="uniform"),
                             epochs=8, batch_size=2000, optimizer="muon", lr=0.24, momentum=0.6,
                             bias_lr=0.053, head_lr=0.67, sgd_momentum=0.85, weight_decay=2e-6, schedule="linear",
                             label_smoothing=0.2, augment=True, padding=2, padding_mode="reflect", flip="alternate",
-                            drop_last=True, lookahead=None, whiten_bias_epochs=3, tta=2, precision="auto"),
+                            drop_last=True, lookahead=None, whiten_bias_epochs=3, whiten_bias_lr="decay", tta=2,
+                            precision="auto"),
 }
 
 # What a recipe leaves out takes these values.
 DEFAULTS = dict(optimizer="sgd", padding=4, padding_mode="zeros", flip="random", drop_last=False, lookahead=None, tta=0,
-                whiten_bias_epochs=0, bias_scaler=1.0, precision="fp32", model_kwargs={}, schedule_kwargs={}, cutout=0)
+                whiten_bias_epochs=0, whiten_bias_lr="schedule", bias_scaler=1.0, precision="fp32", model_kwargs={}, schedule_kwargs={}, cutout=0)
 
 
 def get_recipe(name):
@@ -129,20 +133,23 @@ def airbench_param_groups(model, lr, weight_decay, momentum, batch_size, bias_sc
     return groups, step_lr
 
 
-def muon_optimizer(model, lr, momentum, bias_lr, head_lr, sgd_momentum, weight_decay, batch_size):
+def muon_optimizer(model, lr, momentum, bias_lr, head_lr, sgd_momentum, weight_decay, batch_size, separate=()):
     """airbench94_muon's optimizers as one :class:`optim.Chain`, for a MEAN batch loss: Muon
     (``lr``, Nesterov ``momentum``) on every trainable parameter of 4 dimensions (the conv
     filters; Muon's update does not depend on the gradient's scale), and Nesterov SGD on the rest:
     biases (1-D) at ``bias_lr``, the head at ``head_lr``. The SGD lrs are per example (airbench
     sums its loss), so the per-step lr is ``lr * batch_size``; the weight decay is
-    ``weight_decay * batch_size`` per step for every SGD parameter, whatever its lr."""
+    ``weight_decay * batch_size`` per step for every SGD parameter, whatever its lr. Biases in
+    ``separate`` (the whitening bias) get a group each of their own, first, at ``bias_lr``, so
+    that a schedule can drive them apart (:meth:`optim.LRSchedule.own_schedule`)."""
     from .optim import SGD, Chain, Muon
     params = model.parameters()
     filters = [p for p in params if len(p.shape) == 4 and p.requires_grad]
-    biases = [p for p in params if len(p.shape) == 1]
+    apart = {id(p) for p in separate}
+    biases = [p for p in params if len(p.shape) == 1 and id(p) not in apart]
     head = [p for p in params if len(p.shape) == 2]
     decay = weight_decay * batch_size
     groups = [{"params": g, "lr": r * batch_size, "weight_decay": decay / (r * batch_size)}
-              for g, r in ((biases, bias_lr), (head, head_lr)) if g]
+              for g, r in [([p], bias_lr) for p in separate] + [(biases, bias_lr), (head, head_lr)] if g]
     sgd = SGD(groups, lr=groups[0]["lr"], momentum=sgd_momentum, nesterov=True)
     return Chain(Muon(filters, lr=lr, momentum=momentum, nesterov=True), sgd)

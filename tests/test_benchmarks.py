@@ -497,27 +497,43 @@ def test_airbench_baseline_takes_the_recipes_steps_and_the_check_can_fail(monkey
     assert not [f for f in steps.failures() if "3 recipe steps" in f]  # the first steps still agree
 
 
-@pytest.mark.parametrize("name", ["airbench95", "airbench96"])
-def test_airbench_baseline_of_the_wider_recipes_takes_their_steps(name):
-    """airbench95 and airbench96 against their PyTorch baselines: the same logits, three steps and
-    four epochs on gpuconv's loader's batches (airbench96's cutout in them, its residual blocks,
-    its warmup-then-decay schedule); a baseline on airbench94's schedule fails the epochs."""
+@pytest.mark.parametrize("name", ["airbench95", "airbench96", "airbench94_muon"])
+def test_airbench_baseline_of_the_other_recipes_takes_their_steps(name):
+    """airbench95, airbench96 and airbench94_muon against their PyTorch baselines: the same logits,
+    three steps and four epochs on gpuconv's loader's batches (airbench96's cutout in them, its
+    residual blocks, its warmup-then-decay schedule; muon's Muon/SGD pair, its head, its whitening
+    bias's own lr decay); a baseline on airbench94's schedule fails the epochs, and so does a muon
+    baseline whose whitening bias follows the common decay."""
     torch = pytest.importorskip("torch")
     bench = load("bench_airbench")
     args = bench.common.parse(bench.parser(), ["--device", "sim", "--tiny", "--recipe", name])
     images, labels = bench.synthetic(bench.TINY["images"])
     r = bench.recipe(args)
-    assert bench.widths_of(r, 2) == {"airbench95": (2, 6, 6), "airbench96": (2, 6, 8)}[name]
+    assert bench.widths_of(r, 2) == {"airbench95": (2, 6, 6), "airbench96": (2, 6, 8),
+                                     "airbench94_muon": (2, 8, 8)}[name]
     assert bench.widths_of(r, None) == bench.airbench_torch.RECIPES[name]["widths"]
     checks = bench.common.Checks()
     steps = bench.validate(images, labels, r, args, checks, torch, 2)
     assert checks.passed and steps.passed, checks.failures() + steps.failures()
-    if name == "airbench96":
-        wrong = dict(bench.airbench_torch.RECIPES[name], warmup_fraction=0.23, lr_end=0.07)
+    wrong = {"airbench96": dict(warmup_fraction=0.23, lr_end=0.07), "airbench94_muon": dict(whiten_bias_decay=False)}
+    if name in wrong:
         with pytest.MonkeyPatch.context() as m:
-            m.setitem(bench.airbench_torch.RECIPES, name, wrong)
+            m.setitem(bench.airbench_torch.RECIPES, name, dict(bench.airbench_torch.RECIPES[name], **wrong[name]))
             steps = bench.validate(images, labels, r, args, bench.common.Checks(), torch, 2)
-        assert steps.failures()
+        assert [f for f in steps.failures() if f.startswith("4 epochs on the same batches")]
+
+
+def test_airbench_torch_muon_network_starts_as_the_muon_recipes():
+    """The muon baseline's head divides by its width from unit-std weights and its whitening bias
+    keeps PyTorch's draw, as gpuconv's airbench94_muon network; airbench94's zeroes the bias."""
+    torch = pytest.importorskip("torch")
+    bench = load("bench_airbench")
+    h = bench.airbench_torch.RECIPES["airbench94_muon"]
+    tmodel = bench.airbench_torch.build(torch, (4, 16, 16), h=h)
+    assert float(tmodel.fc.weight.std()) == pytest.approx(1.0, rel=1e-5) and tmodel.scale.factor == 1 / 16
+    assert float(tmodel.whiten.bias.abs().max()) <= 12 ** -0.5 and float(tmodel.whiten.bias.std()) > 0.1
+    plain = bench.airbench_torch.build(torch, (4, 16, 16))
+    assert float(plain.whiten.bias.abs().max()) == 0 and plain.scale.factor == pytest.approx(1 / 9)
 
 
 def test_airbench_torch_initializes_as_gpuconv_and_airbench_do():

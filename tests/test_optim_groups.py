@@ -9,7 +9,7 @@ import gpuconv
 from gpuconv import nn
 from gpuconv.layers import Parameter
 from gpuconv.lookahead import Lookahead, airbench_decay
-from gpuconv.optim import SGD, Adam, StepLR
+from gpuconv.optim import SGD, Adam, Chain, StepLR, TriangularLR
 
 
 def _p(backend, values, name="p"):
@@ -100,6 +100,42 @@ def test_group_errors(backend):
         SGD([{"params": [a], "lr": 0.1}], lr=0.0)
     with pytest.raises(ValueError, match=r"parameter group 0's weight_decay must be a finite number >= 0"):
         Adam([{"params": [a], "weight_decay": -1}])
+
+
+def test_a_group_on_a_schedule_of_its_own(backend):
+    """LRSchedule.own_schedule: one group steps at factor(step) times its initial lr while the
+    rest follow the schedule (the fused update on 'sim' reads it too), in a Chain's member as
+    well; a schedule rebuilt and loaded continues it from the saved step."""
+    a, b, c = _p(backend, [1.0]), _p(backend, [1.0]), _p(backend, [1.0])
+
+    def build():
+        sgd = SGD([{"params": [a], "lr": 0.4}, {"params": [b]}], lr=0.1)
+        opt = Chain(sgd, SGD([c], lr=0.2))
+        sched = TriangularLR(opt, total_steps=10, warmup_fraction=0.0, peak=1.0, end=0.0)
+        sched.own_schedule([a], lambda step: max(0.0, 1.0 - step / 4))
+        return sgd, opt, sched
+
+    sgd, opt, sched = build()
+    for step in range(6):
+        own, common = 0.4 * max(0.0, 1 - step / 4), 1 - step / 10
+        assert sgd.hyper(0)["lr"] == pytest.approx(own) and sgd.hyper(1)["lr"] == pytest.approx(0.1 * common)
+        before = [float(backend.asnumpy(p.data)[0]) for p in (a, b, c)]
+        for p in (a, b, c):
+            p.grad = backend.asarray(np.array([1.0]))
+        opt.step()
+        after = [float(backend.asnumpy(p.data)[0]) for p in (a, b, c)]
+        np.testing.assert_allclose(np.subtract(before, after), [own, 0.1 * common, 0.2 * common], rtol=1e-12, atol=1e-15)
+        sched.step()
+    saved = sched.state_dict()
+    sgd2, _, sched2 = build()
+    assert sgd2.hyper(0)["lr"] == pytest.approx(0.4)
+    sched2.load_state_dict(saved)
+    assert sgd2.hyper(0)["lr"] == 0.0 and sgd2.hyper(1)["lr"] == pytest.approx(0.1 * 0.4)
+    with pytest.raises(ValueError, match=r"no parameter group holds exactly those 2 parameters \(its groups hold "
+                                         r"\[1, 1\]\); give them a group of their own"):
+        sgd.find_group([a, b])
+    with pytest.raises(ValueError, match=r"Chain: none of its optimizers has a parameter group of exactly those 2"):
+        sched.own_schedule([a, c], lambda step: 1.0)
 
 
 def test_adam_groups(backend):

@@ -143,14 +143,12 @@ def test_recipe_training_run_lookahead_and_whitening_bias(tmp_path):
     net = models.airbench94(widths=(4, 8, 8))
     loader = DeviceLoader(images, labels, s["batch_size"], augment=True, padding=2, padding_mode="reflect",
                           flip="alternate", device="cpu")
-    total = s["epochs"] * len(loader)
-    opt, extras = cli._recipe_setup(s, net, images, total)
+    opt, sched, extras = cli._recipe_setup(s, net, images, len(loader))
     assert not net["whiten"].weight.requires_grad and np.abs(net["whiten"].weight.data).sum() > 0
     w_whiten = net["whiten"].weight.data.copy()
     seen = []
     start = extras["epoch_start"]
     extras["epoch_start"] = lambda e: (start(e), seen.append(net["whiten"].bias.requires_grad))
-    sched = cli._schedule(s["schedule"], opt, opt.lr, total)
     trainer = Trainer(net, opt, sched, label_smoothing=0.2, progress=False, **extras)
     trainer.fit(loader, 1)
     assert net["whiten"].bias.grad is not None
@@ -192,18 +190,20 @@ def test_muon_recipe_builds_a_chain_and_trains():
     labels = rng.integers(0, 10, 32)
     loader = DeviceLoader(images, labels, 16, augment=True, padding=2, padding_mode="reflect", flip="alternate",
                           device="cpu")
-    opt, extras = cli._recipe_setup(s, net, images, 4)
+    opt, sched, extras = cli._recipe_setup(s, net, images, len(loader))
     assert isinstance(opt, Chain) and "lookahead" not in extras
     muon, sgd = opt.optimizers
     assert isinstance(muon, Muon) and isinstance(sgd, SGD)
     assert all(len(p.shape) == 4 and p.requires_grad for p in muon.params) and len(muon.params) == 6
     assert sgd.hyper(0)["lr"] == pytest.approx(0.053 * 16) and sgd.hyper(len(sgd.params) - 1)["lr"] == pytest.approx(0.67 * 16)
-    sched = cli._schedule(s["schedule"], opt, opt.lr, 4)
+    assert sgd.find_group([net["whiten"].bias]) == (sgd, 0)  # a group of its own, for its own decay
     trainer = Trainer(net, opt, sched, label_smoothing=0.2, progress=False, **extras)
     w0 = net["block1"]["conv1"].weight.data.copy()
     trainer.fit(loader, 2)
     assert not np.array_equal(w0, net["block1"]["conv1"].weight.data)
     assert opt.lr == pytest.approx(0.0) and muon.lr == pytest.approx(0.0)  # the linear decay ran out
+    # the whitening bias's lr decays over its own 3 epochs (6 steps), 4 of them taken
+    assert sgd.hyper(0)["lr"] == pytest.approx(0.053 * 16 * (1 - 4 / 6)) and sgd.hyper(1)["lr"] == pytest.approx(0.0)
     state = opt.state_dict()
     opt.load_state_dict(state)
     with pytest.raises(TypeError, match="Chain takes one or more gpuconv optimizers"):
@@ -212,17 +212,16 @@ def test_muon_recipe_builds_a_chain_and_trains():
 
 @pytest.mark.parametrize("recipe", ["airbench94", "airbench94_muon", "airbench96"])
 def test_recipe_resume_is_bit_identical(recipe, tmp_path):
-    """Lookahead average, parameter groups, the Muon/SGD chain, the whitening bias's epochs and the
-    augmentation's draws (cutout's included) all come back from the checkpoint: 2 epochs + resume
-    to 3 == 3 epochs in one go."""
+    """Lookahead average, parameter groups, the Muon/SGD chain, the whitening bias's epochs (and
+    muon's, its own lr decay, still running at the resume) and the augmentation's draws (cutout's
+    included) all come back from the checkpoint: 2 epochs + resume to 3 == 3 epochs in one go."""
     rng = np.random.default_rng(0)
     images, labels = rng.integers(0, 256, (32, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, 32)
 
     def build(out):
-        s = dict(get_recipe(recipe), batch_size=16, whiten_bias_epochs=1)
+        s = dict(get_recipe(recipe), batch_size=16, epochs=3, whiten_bias_epochs=3 if recipe.endswith("muon") else 1)
         net, _ = cli.build_model(s["model"], width=4, model_kwargs=s["model_kwargs"])
-        opt, extras = cli._recipe_setup(s, net, images, 6)
-        sched = cli._schedule(s["schedule"], opt, opt.lr, 6, s["schedule_kwargs"])
+        opt, sched, extras = cli._recipe_setup(s, net, images, 2)
         loader = DeviceLoader(images, labels, 16, augment=True, padding=s["padding"], padding_mode="reflect",
                               flip="alternate", cutout=s["cutout"], device="cpu")
         return net, Trainer(net, opt, sched, out_dir=out, label_smoothing=0.2, progress=False, **extras), loader
@@ -235,3 +234,15 @@ def test_recipe_resume_is_bit_identical(recipe, tmp_path):
     t3.fit(l3, 3, resume=True)
     for (k, a), b in zip(net1.state_dict().items(), net3.state_dict().values()):
         np.testing.assert_array_equal(a, b, err_msg=k)
+
+
+def test_whitening_bias_lr_setting_is_checked():
+    images = np.random.default_rng(0).integers(0, 256, (16, 3, 32, 32), dtype=np.uint8)
+    for recipe, value, match in (("airbench94_muon", "linear", r"whiten_bias_lr 'linear' must be 'schedule' or "
+                                                                r"'decay'"),
+                                 ("airbench94", "decay", r"'decay' needs the whitening bias in a group of its own: "
+                                                         r"the 'muon' optimizer gives it one")):
+        s = dict(get_recipe(recipe), batch_size=16, epochs=1, whiten_bias_lr=value)
+        net, _ = cli.build_model(s["model"], width=4, model_kwargs=s["model_kwargs"])
+        with pytest.raises(ValueError, match=match):
+            cli._recipe_setup(s, net, images, 1)
