@@ -1,6 +1,7 @@
 """An airbench recipe end to end: seconds for gpuconv's ``--recipe airbench94`` (or ``--recipe
-airbench95``, ``airbench96``) to train on 50,000 synthetic CIFAR-shaped images, against the same
-recipe in PyTorch eager (benchmarks/airbench_torch.py) on the same GPU, in the same precision.
+airbench95``, ``airbench96``, ``airbench94_muon``) to train on 50,000 synthetic CIFAR-shaped
+images, against the same recipe in PyTorch eager (benchmarks/airbench_torch.py) on the same GPU,
+in the same precision.
 
     python benchmarks/bench_airbench.py                      # GPU: fp32 (TF32 off) and bf16
     python benchmarks/bench_airbench.py --precisions bf16 --json --save
@@ -9,16 +10,17 @@ recipe in PyTorch eager (benchmarks/airbench_torch.py) on the same GPU, in the s
 
 Validation first, from one set of weights copied into both networks (PyTorch on the CPU when
 gpuconv runs on the simulator): the training-mode logits of a batch, then the parameters after
-three of the recipe's optimizer steps (two parameter groups, decoupled weight decay, the
+three of the recipe's optimizer steps (its parameter groups, decoupled weight decay, the
 schedule's first lrs, label smoothing; gpuconv with a mean loss, the baseline in airbench's
-summed form). Then per precision, each side: one untimed warm-up run on a slice of the images
+summed form), then four epochs of the same batches (loss and parameters). Then per precision, each side: one untimed warm-up run on a slice of the images
 (kernel compiles, cuDNN autotuning for the full and the last partial batch), then the timed runs:
 wall-clock seconds from the upload of the images (uint8, once) to the synchronized end of the
 last step, the whitening initialization included, evaluation excluded. gpuconv trains through the
 same pieces ``gpuconv train --recipe airbench94`` uses (the recipe's optimizer, schedule,
 lookahead and whitening, the fused augmentation loader, the Trainer), writing no checkpoints; a
 second gpuconv row replays each step as a CUDA graph (``gpuconv train --cuda-graph``), checked
-first to give the eager run's parameters bit for bit after an epoch.
+first to give the eager run's parameters bit for bit after an epoch (not for airbench94_muon:
+the Trainer replays SGD steps only).
 The images are random, so the loss says only that training ran (it stays near ln 10); accuracy
 is the real subset's business (the battery's airbench stage).
 """
