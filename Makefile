@@ -1,12 +1,13 @@
 # The two quickstart commands (README) and what they need. Both build .venv on first use.
 #   make train [DATA=path/to/cifar-10-batches-py or its parent] [ARGS="--epochs 5 ..."]
-#   make test
+#   make test [JOBS=n: pytest workers, default one per core; JOBS=0 runs in one process]
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # nvrtc: cupy + the NVRTC wheel, so every kernel is compile-checked even without a GPU.
 # On a GPU machine with a CUDA 12 driver use EXTRAS=dev,cuda12.
 EXTRAS ?= dev,nvrtc
+JOBS ?= auto
 
 .PHONY: install train test clean gpu-data
 
@@ -22,7 +23,7 @@ train: $(VENV)/.installed
 	$(VENV)/bin/gpuconv train $(if $(DATA),--data $(DATA)) $(ARGS)
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q -n $(JOBS) $(ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info
