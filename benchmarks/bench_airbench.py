@@ -19,8 +19,7 @@ last step, the whitening initialization included, evaluation excluded. gpuconv t
 same pieces ``gpuconv train --recipe airbench94`` uses (the recipe's optimizer, schedule,
 lookahead and whitening, the fused augmentation loader, the Trainer), writing no checkpoints; a
 second gpuconv row replays each step as a CUDA graph (``gpuconv train --cuda-graph``), checked
-first to give the eager run's parameters bit for bit after an epoch (not for airbench94_muon:
-the Trainer replays SGD steps only).
+first to give the eager run's parameters bit for bit after an epoch.
 The images are random, so the loss says only that training ran (it stays near ln 10); accuracy
 is the real subset's business (the battery's airbench stage).
 """
@@ -105,8 +104,6 @@ def validate_graph(images, labels, r, args, precisions, width):
     Checks of its own: a graph path that fails (or raises) is reported and left untimed, and the
     eager and PyTorch timings still run."""
     checks = common.Checks()
-    if r["optimizer"] == "muon":  # the Trainer replays SGD steps only (it refuses a Chain by name)
-        return checks
     for prec in precisions:
         name = f"{prec}: cuda-graph steps give the eager steps' parameters (one epoch, bit for bit)"
         try:

@@ -43,7 +43,9 @@
 #             cuDNN's (benchmarks/profile_kernels.py): throughput, occupancy, stalls, bank conflicts
 #   airbench96 (with the airbench stages, in what time is left) bench_airbench --recipe airbench96:
 #             one bf16 epoch of 25,000 synthetic images, validated against and timed beside the
-#             same recipe in PyTorch eager
+#             same recipe in PyTorch eager; then bench_airbench --recipe airbench94_muon: two bf16
+#             epochs of 20,000 images, eager, as a CUDA graph (Muon's lrs on the device, its
+#             Newton-Schulz GEMMs on gpuconv's kernels) and PyTorch's
 #   caches    CuPy's and gpuconv's kernel caches, tarred for the next run
 # STAGES="tests conv" (say) runs the smoke stage and those; default: all of them.
 #
@@ -267,6 +269,8 @@ fi
 if want airbench; then
     stage bench_airbench96 60 "$PY" benchmarks/bench_airbench.py --recipe airbench96 --epochs 1 --images 25000 \
         --precisions bf16 --save
+    stage bench_airbench_muon 45 "$PY" benchmarks/bench_airbench.py --recipe airbench94_muon --epochs 2 \
+        --images 20000 --precisions bf16 --save
 fi
 
 # ---------------------------------------------------------------- kernel caches for the next run

@@ -17,7 +17,7 @@ optimizer from writing them inside it), and calls :meth:`StepGraph.reset` whenev
 structure changes (a parameter frozen or thawed, an epoch's callback): the next call runs
 eagerly and captures again. A batch of another shape or layout does that by itself. The
 Trainer refuses what a graph would silently freeze: dropout's per-step keys, fp16's loss
-scaler, optimizers other than SGD.
+scaler, optimizers other than SGD and Muon (and a Chain of them).
 
 Memory: the captured step allocates from a pool of its own, kept with the graph, so that no
 array outside the graph is ever given memory the graph writes into. Arrays allocated before the
@@ -47,9 +47,9 @@ class StepGraph:
 
     @classmethod
     def for_optimizer(cls, fn, optimizer):
-        """The graph of a step ``fn`` that updates with ``optimizer`` (SGD: the one whose per-step
-        learning rates live on the device): the optimizer no longer writes them inside the step,
-        the graph writes them before each call."""
+        """The graph of a step ``fn`` that updates with ``optimizer`` (one whose per-step learning
+        rates live on the device, ``device_lrs``: SGD, Muon, a Chain of them): the optimizer no
+        longer writes them inside the step, the graph writes them before each call."""
         optimizer.lr_written_by_owner = True
         return cls(fn, before=optimizer.write_lrs)
 

@@ -66,8 +66,13 @@ class Optimizer:
     _hyper: tuple = ()
     _slots: tuple = ()
     _counts_steps = False
+    # Whether step() reads its groups' learning rates from the device (write_lrs) on a kernel
+    # target, so that a replayed step (gpuconv.graphs) follows the schedule.
+    device_lrs = False
 
     def __init__(self, params, lr):
+        self._lrs = None  # the groups' learning rates on the device (write_lrs)
+        self.lr_written_by_owner = False
         params, groups = self._split_groups(list(params))
         if not params:
             raise ValueError(f"{type(self).__name__}: the parameter list is empty; pass model.parameters()")
@@ -174,6 +179,31 @@ class Optimizer:
     def _lr_set(self):
         """Called after every change of ``lr`` (Chain passes it on to its members)."""
 
+    def write_lrs(self):
+        """Put each parameter group's learning rate (:meth:`hyper`'s, a float64) into the device
+        array the update reads (optimizers with ``device_lrs``, on 'cuda' and 'sim'): a fill per
+        group, launched, no transfer. :meth:`step` does it itself unless ``lr_written_by_owner``
+        (a captured step, whose owner calls this before each replay so that the replay follows
+        the schedule)."""
+        data = next((p.data for p in self.params), None)
+        if not self.device_lrs or data is None or kernel_target(data) is None:
+            return
+        if not hasattr(self, "param_groups"):
+            self._finish_groups()
+        xp = get_array_module(data)
+        if self._lrs is None or get_array_module(self._lrs) is not xp:
+            self._lrs = xp.zeros(len(self.param_groups), np.float64)
+            # built once, not per step: a group's first parameter (its lr is the group's) and, per
+            # parameter, the one-element view of its group's entry that the update reads
+            firsts = {}
+            for i, g in enumerate(self._group_of):
+                firsts.setdefault(g, i)
+            self._lr_first = sorted(firsts.items())
+            self._lr_views = [self._lrs[g:g + 1] for g in range(len(self.param_groups))]
+            self._lr_of = {id(p): self._lr_views[g] for p, g in zip(self.params, self._group_of)}
+        for g, i in self._lr_first:
+            self._lr_views[g].fill(self.hyper(i)["lr"])
+
     def zero_grad(self):
         for p in self.params:
             p.grad = None
@@ -278,9 +308,9 @@ class SGD(Optimizer):
     _hyper = ("momentum", "nesterov", "weight_decay")
     _slots = ("momentum_buffer",)
 
+    device_lrs = True
+
     def __init__(self, params, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
-        self._lrs = None  # the groups' learning rates on the device (write_lrs), for the fused update
-        self.lr_written_by_owner = False
         super().__init__(params, lr)
         self.momentum = _nonneg("momentum", momentum)
         self.weight_decay = _nonneg("weight_decay", weight_decay)
@@ -319,30 +349,6 @@ class SGD(Optimizer):
             items.sort(key=lambda item: item[0].size)
             for k in range(0, len(items), SGD_TENSORS):
                 _launch_sgd(items[k:k + SGD_TENSORS], h, lr)
-
-    def write_lrs(self):
-        """Put each parameter group's learning rate (:meth:`hyper`'s, a float64) into the device
-        array the fused update reads: a fill per group, launched, no transfer. :meth:`step` does
-        it itself unless ``lr_written_by_owner`` (a captured step, whose owner calls this before
-        each replay so that the replay follows the schedule)."""
-        data = next((p.data for p in self.params), None)
-        if data is None or kernel_target(data) is None:
-            return
-        if not hasattr(self, "param_groups"):
-            self._finish_groups()
-        xp = get_array_module(data)
-        if self._lrs is None or get_array_module(self._lrs) is not xp:
-            self._lrs = xp.zeros(len(self.param_groups), np.float64)
-            # built once, not per step: a group's first parameter (its lr is the group's) and, per
-            # parameter, the one-element view of its group's entry that the kernel reads
-            firsts = {}
-            for i, g in enumerate(self._group_of):
-                firsts.setdefault(g, i)
-            self._lr_first = sorted(firsts.items())
-            self._lr_views = [self._lrs[g:g + 1] for g in range(len(self.param_groups))]
-            self._lr_of = {id(p): self._lr_views[g] for p, g in zip(self.params, self._group_of)}
-        for g, i in self._lr_first:
-            self._lr_views[g].fill(self.hyper(i)["lr"])
 
     def _update(self, p, state, h):
         if self._lrs is not None and _fused_sgd(p, state, h, self._lr_of[id(p)]):
@@ -474,7 +480,8 @@ def newton_schulz(g, steps=3, eps=1e-7):
     Newton-Schulz iterations ``X = a X + (b A + c A^2) X``, ``A = X X^T``, from ``g / ||g||_F``
     (Muon's coefficients, chosen for speed over exactness: the singular values land roughly in
     [0.5, 1.5] rather than at 1). Computed in float32 (float64 for float64 input), whatever the
-    storage type, per gpuconv's precision rule; airbench runs it in bfloat16."""
+    storage type, per gpuconv's precision rule (airbench runs it in bfloat16); on 'cuda' and
+    'sim' the products run on gpuconv's GEMM kernels."""
     xp = get_array_module(g)
     dt = np.float64 if g.dtype == np.float64 else np.float32
     x = g.astype(dt)
@@ -484,9 +491,20 @@ def newton_schulz(g, steps=3, eps=1e-7):
         x = x.T
     a, b, c = (dt(v) for v in NS_COEFFS)
     for _ in range(steps):
-        A = x @ x.T
-        x = a * x + (b * A + c * (A @ A)) @ x
+        A = _matmul(x, x.T)
+        x = a * x + _matmul(b * A + c * _matmul(A, A), x)
     return x.T if tall else x
+
+
+def _matmul(p, q):
+    """``p @ q`` (2-D): on 'cuda' and 'sim' through gpuconv's own GEMM kernels in strict float32
+    (float64 for float64; the linear layer's), so that no cuBLAS call sits in a step a CUDA graph
+    captures (CuPy refuses one there); NumPy's (or CuPy's) matmul elsewhere."""
+    if kernel_target(p, q) is None:
+        return p @ q
+    from .ops import linear_forward
+    return linear_forward(get_array_module(p).ascontiguousarray(p), get_array_module(q).ascontiguousarray(q.T),
+                          precision="fp32")[0]
 
 
 class Muon(Optimizer):
@@ -499,6 +517,8 @@ class Muon(Optimizer):
 
     _hyper = ("momentum", "nesterov", "steps", "normalize")
     _slots = ("momentum_buffer",)
+
+    device_lrs = True
 
     def __init__(self, params, lr=0.02, momentum=0.95, nesterov=True, steps=3, normalize=True):
         super().__init__(params, lr)
@@ -527,7 +547,15 @@ class Muon(Optimizer):
         if h["normalize"]:
             p.data *= (math.sqrt(p.shape[0]) / xp.sqrt(xp.sum(p.data.astype(np.float64) ** 2))).astype(p.dtype)
         update = newton_schulz(g.reshape(g.shape[0], -1), steps=int(h["steps"])).reshape(g.shape)
-        p.data -= (h["lr"] * update).astype(p.dtype)
+        # On 'cuda'/'sim' the lr is the group's device value (write_lrs), rounded to the update's
+        # type as a Python float would be: the same bits, and a replayed step follows the schedule.
+        lr = h["lr"] if self._lrs is None else self._lr_of[id(p)].astype(update.dtype)
+        p.data -= (lr * update).astype(p.dtype)
+
+    def step(self, skip=None):
+        if not self.lr_written_by_owner:
+            self.write_lrs()
+        super().step(skip)
 
 
 class Chain(Optimizer):
@@ -548,6 +576,23 @@ class Chain(Optimizer):
     def _lr_set(self):
         for o in getattr(self, "optimizers", ()):
             o.lr = o.initial_lr * self._lr / self.initial_lr
+
+    @property
+    def device_lrs(self):
+        return all(o.device_lrs for o in self.optimizers)
+
+    @property
+    def lr_written_by_owner(self):
+        return all(o.lr_written_by_owner for o in getattr(self, "optimizers", ()))
+
+    @lr_written_by_owner.setter
+    def lr_written_by_owner(self, value):
+        for o in getattr(self, "optimizers", ()):
+            o.lr_written_by_owner = value
+
+    def write_lrs(self):
+        for o in self.optimizers:
+            o.write_lrs()
 
     def find_group(self, params):
         for o in self.optimizers:

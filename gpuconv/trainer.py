@@ -141,7 +141,8 @@ class Trainer:
     0-based epoch before each epoch trains (a resumed one too), e.g. to freeze a parameter.
     ``cuda_graph``: replay the step as a CUDA graph (:class:`gpuconv.graphs.StepGraph`; on 'cuda',
     where a step's launches cost more host time than its kernels take; elsewhere the same path
-    runs the step itself). Captured at each epoch's second step; SGD only, no dropout, no fp16.
+    runs the step itself). Captured at each epoch's second step; SGD, Muon or a Chain of them, no
+    dropout, no fp16.
     ``autotune``: measure each convolution's "auto" variant at its first training step
     (:func:`gpuconv.kernels.autotuning`); 'auto' (default) does on 'cuda' unless an enclosing
     ``kernels.autotuning()`` block or ``$GPUCONV_AUTOTUNE`` says otherwise, True/False force it. The choices go into the checkpoint,
@@ -215,11 +216,11 @@ class Trainer:
             return None
         from .graphs import StepGraph
         from .layers import Dropout
-        from .optim import SGD
         why = None
-        if type(self.optimizer) is not SGD:
-            why = (f"the optimizer is {type(self.optimizer).__name__}; a replayed step reads only SGD's learning "
-                   "rates from the device (other optimizers' per-step values would be frozen at the capture)")
+        if not self.optimizer.device_lrs:
+            why = (f"the optimizer is {type(self.optimizer).__name__}; a replayed step reads only SGD's and Muon's "
+                   "learning rates from the device (other optimizers' per-step values would be frozen at the "
+                   "capture)")
         elif self.scaler is not None:
             why = "precision 'fp16' scales the loss with per-step host state; use 'bf16' (float32's range, no scaler)"
         elif any(isinstance(m, Dropout) and m.p > 0 for m in self.model.modules()):

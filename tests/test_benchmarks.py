@@ -327,11 +327,12 @@ def test_gpu_battery_caps_every_stage_and_publishes_after_each(tmp_path):
     assert proc.returncode == 1 and seconds < 120, proc.stdout[-3000:]
     assert names == ["precompile", "wgmma_probe", "smoke", "tests", "bench_conv2d", "bench_conv2d_airbench", "bench_ops", "bench_step",
                      "bench_step_autotune", "profile_step", "bench_cs231n", "bench_epoch", "sanitizer_memcheck",
-                     "sanitizer_racecheck", "airbench", "bench_airbench", "parity", "ncu", "bench_airbench96"], summary
+                     "sanitizer_racecheck", "airbench", "bench_airbench", "parity", "ncu", "bench_airbench96",
+                     "bench_airbench_muon"], summary
     status = [line.split()[0] for line in summary]
     # bench_ops is cut at its 40 s cap, though it would hang for 60; then the 56 s budget, less the
     # 10 s kept for the caches, leaves under 15 s: every later stage is skipped, none is run short.
-    assert status == ["ok", "ok", "ok", "ok", "ok", "ok", "TIMEOUT"] + ["SKIPPED"] * 12, summary
+    assert status == ["ok", "ok", "ok", "ok", "ok", "ok", "TIMEOUT"] + ["SKIPPED"] * 13, summary
     assert "GPUCONV_WGMMA=unset" in (out / "run_gpu.log").read_text()  # the probe passed: the tiles stay on
     assert sorted(p.name for p in out.iterdir()) == ["caches.tar.gz", "records.tar.gz", "run_gpu.log", "summary.txt"]
     with tarfile.open(out / "records.tar.gz") as tar:

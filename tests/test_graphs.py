@@ -1,6 +1,7 @@
 """Training steps replayed as CUDA graphs (gpuconv.graphs, Trainer(cuda_graph=True)): the same
 parameters as the eager steps, bit for bit, with a schedule changing the learning rate every
-step, two parameter groups, lookahead and a parameter frozen between epochs. On 'cuda' the
+step, two parameter groups (or a Muon/SGD chain with a group on its own schedule), lookahead and
+a parameter frozen between epochs. On 'cuda' the
 graph is captured and replayed; on 'sim' and the CPU the same path runs the step through the
 graph's input buffers and learning-rate writes."""
 from __future__ import annotations
@@ -14,7 +15,7 @@ from gpuconv.data import DeviceLoader
 from gpuconv.graphs import StepGraph
 from gpuconv.layers import BatchNorm2d, Conv2d, Dropout, Flatten, GELU, Linear, MaxPool2d, Sequential
 from gpuconv.lookahead import Lookahead
-from gpuconv.optim import SGD, Adam, OneCycleLR
+from gpuconv.optim import SGD, Adam, Chain, Muon, OneCycleLR
 from gpuconv.trainer import Trainer
 
 DEVICES = [pytest.param("sim"),
@@ -27,16 +28,25 @@ def _model():
                       Linear(64, 10, seed=1))
 
 
-def _run(device, cuda_graph, precision="fp32", epochs=2):
-    """Two epochs of 8 steps; the first conv's bias frozen from epoch 1 (the step changes)."""
+def _run(device, cuda_graph, precision="fp32", epochs=2, optimizer="sgd"):
+    """Two epochs of 8 steps; the first conv's bias frozen from epoch 1 (the step changes).
+    ``optimizer`` 'muon': airbench94_muon's kind of pair, Muon on the conv filter and SGD on the
+    rest, the conv bias in a group on a schedule of its own."""
     rng = np.random.default_rng(0)
     imgs, labels = rng.integers(0, 256, (40, 3, 8, 8), dtype=np.uint8), rng.integers(0, 10, 40)
     with gpuconv.default_device(device):
         model = _model()
         params = model.parameters()
-        opt = SGD([{"params": params[:2], "lr": 0.2, "weight_decay": 0.0}, {"params": params[2:]}], lr=0.05,
-                  momentum=0.9, nesterov=True, weight_decay=5e-4)
+        if optimizer == "muon":
+            sgd = SGD([{"params": [params[1]], "lr": 0.2}, {"params": params[2:]}], lr=0.05, momentum=0.85,
+                      nesterov=True, weight_decay=5e-4)
+            opt = Chain(Muon([params[0]], lr=0.1, momentum=0.6), sgd)
+        else:
+            opt = SGD([{"params": params[:2], "lr": 0.2, "weight_decay": 0.0}, {"params": params[2:]}], lr=0.05,
+                      momentum=0.9, nesterov=True, weight_decay=5e-4)
         sched = OneCycleLR(opt, max_lr=0.05, total_steps=8 * epochs)
+        if optimizer == "muon":
+            sched.own_schedule([params[1]], lambda step: max(0.0, 1 - step / 8))
         loader = DeviceLoader(imgs, labels, 5, seed=0, augment=True, channels_last=precision != "fp32")
 
         def freeze(epoch):
@@ -51,9 +61,10 @@ def _run(device, cuda_graph, precision="fp32", epochs=2):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_graph_steps_give_the_eager_steps_parameters_bit_for_bit(device, precision):
-    eager, _ = _run(device, False, precision)
-    graphed, trainer = _run(device, True, precision)
+@pytest.mark.parametrize("optimizer", ["sgd", "muon"])
+def test_graph_steps_give_the_eager_steps_parameters_bit_for_bit(device, precision, optimizer):
+    eager, _ = _run(device, False, precision, optimizer=optimizer)
+    graphed, trainer = _run(device, True, precision, optimizer=optimizer)
     assert eager.keys() == graphed.keys()
     for name in eager:
         np.testing.assert_array_equal(graphed[name], eager[name], err_msg=name)
@@ -63,13 +74,20 @@ def test_graph_steps_give_the_eager_steps_parameters_bit_for_bit(device, precisi
         assert graph.captures == 2 and graph.replays == 2 * 7  # captured anew after the epoch's callback
 
 
-def test_a_replay_reads_the_learning_rates_written_before_it():
-    """SGD in owner mode reads its groups' learning rates from the device: a step graph whose
-    ``before`` stopped writing them keeps the first step's rate, and the schedule is lost."""
+@pytest.mark.parametrize("optimizer", ["sgd", "muon"])
+def test_a_replay_reads_the_learning_rates_written_before_it(optimizer):
+    """SGD and Muon in owner mode read their groups' learning rates from the device: a step graph
+    whose ``before`` stopped writing them keeps the first step's rate, and the schedule is lost
+    (Muon's filter shows it, the SGD in its chain kept writing)."""
     def run(write_every_step):
         with gpuconv.default_device("sim"):
             model = _model()
-            opt = SGD(model.parameters(), lr=0.05, momentum=0.9)
+            if optimizer == "muon":
+                params = model.parameters()
+                muon = Muon([params[0]], lr=0.1, momentum=0.6)
+                opt = Chain(muon, SGD(params[1:], lr=0.05, momentum=0.9))
+            else:
+                opt = muon = SGD(model.parameters(), lr=0.05, momentum=0.9)
             sched = OneCycleLR(opt, max_lr=0.05, total_steps=6)
             opt.lr_written_by_owner = True
             calls = []
@@ -77,6 +95,8 @@ def test_a_replay_reads_the_learning_rates_written_before_it():
             def before():
                 if write_every_step or not calls:
                     opt.write_lrs()
+                else:
+                    [o.write_lrs() for o in getattr(opt, "optimizers", ()) if o is not muon]
                 calls.append(1)
 
             step = StepGraph(lambda x, y: gpuconv.amp.training_step(model, opt, x, y), before=before)
@@ -94,6 +114,10 @@ def test_cuda_graph_refuses_what_a_replay_would_freeze():
     model = _model()
     with pytest.raises(ValueError, match="cuda_graph=True: the optimizer is Adam"):
         Trainer(model, Adam(model.parameters()), progress=False, cuda_graph=True)
+    params = model.parameters()
+    with pytest.raises(ValueError, match="cuda_graph=True: the optimizer is Chain; a replayed step reads only SGD's "
+                                         "and Muon's learning rates"):
+        Trainer(model, Chain(Muon(params[:1]), Adam(params[1:])), progress=False, cuda_graph=True)
     with pytest.raises(ValueError, match="cuda_graph=True: precision 'fp16'"):
         Trainer(model, SGD(model.parameters(), lr=0.1), progress=False, precision="fp16", cuda_graph=True)
     dropped = Sequential(Flatten(), Dropout(0.5), Linear(192, 10))
