@@ -6,6 +6,7 @@ and on the CPU reach the same accuracy within noise, and the device's loss curve
     python benchmarks/parity.py --device sim --model seed --epochs 4 --save   # simulator, all images
     python benchmarks/parity.py --device cpu --precision bf16 --seeds 0 1 2 --save  # bf16 vs fp32 training
     python benchmarks/parity.py --device sim --tiny --model airbench94 --width 2   # the recipe's kernels
+    python benchmarks/parity.py --device sim --tiny --recipe airbench94_muon --width 8   # Muon, NS on the kernels
 
 ``--precision`` trains the compared run in that precision (``gpuconv train --precision``) while
 the CPU reference stays strict float32: the same checks then say that mixed-precision training
@@ -67,6 +68,7 @@ def build_parser():
                    help=f"a quick run ({TINY}); --device sim needs it or an explicit --model")
     p.add_argument("--data", default=None, help=f"CIFAR-10 directory (default $GPUCONV_DATA, else {DEFAULT_DATA})")
     p.add_argument("--model", default=None, help=f"gpuconv train --model (default {FULL['model']})")
+    p.add_argument("--recipe", default=None, help="gpuconv train --recipe (its network unless --model says)")
     p.add_argument("--epochs", type=int, default=None, help=f"default {FULL['epochs']}")
     p.add_argument("--limit", type=int, default=None, help="train on N images only (default: all)")
     p.add_argument("--width", type=int, default=None, help="gpuconv train --width (fast_net, airbench94)")
@@ -83,6 +85,10 @@ def settings(args):
     for key in ("model", "epochs", "limit", "width"):
         if getattr(args, key) is not None:
             s[key] = getattr(args, key)
+    s["recipe"] = args.recipe
+    if args.recipe and args.model is None:
+        from gpuconv.recipes import get_recipe
+        s["model"] = get_recipe(args.recipe)["model"]
     return s
 
 
@@ -100,6 +106,8 @@ def train(device, seed, s, data, out, precision="fp32"):
     cmd = [sys.executable, "-m", "gpuconv", "train", "--device", device, "--data", str(data), "--out", str(out),
            "--model", s["model"], "--epochs", str(s["epochs"]), "--seed", str(seed), "--val-split", s["val_split"],
            "--log-every", "1", "--no-progress", "--precision", precision]
+    if s.get("recipe"):
+        cmd += ["--recipe", s["recipe"]]
     for key in ("batch_size", "limit", "width"):
         if s.get(key) is not None:
             cmd += ["--" + key.replace("_", "-"), str(s[key])]
@@ -192,7 +200,7 @@ def compare(runs, device, checks: Checks, precision="fp32"):
 def table(rec):
     s = rec["settings"]
     n = rec["noise"]
-    print(f"parity: {s['model']}, {s['epochs']} epochs, CPU fp32 vs {rec['environment']['device']} "
+    print(f"parity: {s['model']}{' (recipe ' + s['recipe'] + ')' if s.get('recipe') else ''}, {s['epochs']} epochs, CPU fp32 vs {rec['environment']['device']} "
           f"{s.get('precision', 'fp32')} ({n.get('n_val')} held-out images)")
     print(f"{'seed':>4} {'device':>8} {'precision':>9} {'accuracy':>9} {'final loss':>11} {'seconds':>8}")
     for r in rec["runs"]:
