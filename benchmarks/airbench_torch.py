@@ -199,7 +199,10 @@ def Muon(torch, params, lr, momentum, steps=3):
                 for p in group["params"]:
                     if p.grad is None:
                         continue
-                    buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p.grad))
+                    state = self.state[p]
+                    if "momentum_buffer" not in state:
+                        state["momentum_buffer"] = torch.zeros_like(p.grad)
+                    buf = state["momentum_buffer"]
                     buf.mul_(group["momentum"]).add_(p.grad)
                     g = p.grad.add(buf, alpha=group["momentum"])
                     p.mul_(len(p) ** 0.5 / p.norm())

@@ -33,7 +33,7 @@ from . import kernels
 from .backend import copy_like, get_array_module, host_copy, kernel_target
 from .layers import Parameter
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "Muon", "Chain", "newton_schulz", "LRSchedule", "StepLR", "CosineLR", "OneCycleLR", "TriangularLR"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "Muon", "Chain", "newton_schulz", "replays_schedule", "LRSchedule", "StepLR", "CosineLR", "OneCycleLR", "TriangularLR"]
 
 
 def _nonneg(name, value):
@@ -67,7 +67,9 @@ class Optimizer:
     _slots: tuple = ()
     _counts_steps = False
     # Whether step() reads its groups' learning rates from the device (write_lrs) on a kernel
-    # target, so that a replayed step (gpuconv.graphs) follows the schedule.
+    # target, so that a replayed step (gpuconv.graphs) follows the schedule. A class says so
+    # itself (replays_schedule): a subclass whose update reads other per-step host values does not
+    # inherit it.
     device_lrs = False
 
     def __init__(self, params, lr):
@@ -161,7 +163,13 @@ class Optimizer:
 
     def set_group_lr(self, gi, lr):
         """Group ``gi`` steps with ``lr`` instead of following ``lr / initial_lr`` (None: follow it
-        again). A schedule's :meth:`LRSchedule.own_schedule` sets it every step."""
+        again). A schedule's :meth:`LRSchedule.own_schedule` sets it every step (and again when
+        its state is loaded: the value itself is not in the optimizer's state dict)."""
+        if not hasattr(self, "param_groups"):
+            self._finish_groups()
+        if not 0 <= gi < len(self.param_groups):
+            raise ValueError(f"{type(self).__name__}: parameter group {gi} does not exist (it has "
+                             f"{len(self.param_groups)})")
         if lr is None:
             self._own_lr.pop(gi, None)
         else:
@@ -186,7 +194,10 @@ class Optimizer:
         (a captured step, whose owner calls this before each replay so that the replay follows
         the schedule)."""
         data = next((p.data for p in self.params), None)
-        if not self.device_lrs or data is None or kernel_target(data) is None:
+        if not self.device_lrs or data is None:
+            return
+        if kernel_target(data) is None:  # the parameters moved to the CPU: the updates read hyper()'s
+            self._lrs = None
             return
         if not hasattr(self, "param_groups"):
             self._finish_groups()
@@ -475,6 +486,12 @@ class AdamW(Adam):
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
 
 
+def replays_schedule(optimizer) -> bool:
+    """Whether a captured step of ``optimizer`` follows its schedule when replayed: its class (not
+    a parent) declares ``device_lrs`` and it is true (SGD, Muon, a Chain of them)."""
+    return "device_lrs" in type(optimizer).__dict__ and bool(optimizer.device_lrs)
+
+
 def newton_schulz(g, steps=3, eps=1e-7):
     """An approximate orthogonalization of the matrix ``g`` (rows x columns): ``steps`` quintic
     Newton-Schulz iterations ``X = a X + (b A + c A^2) X``, ``A = X X^T``, from ``g / ||g||_F``
@@ -579,7 +596,7 @@ class Chain(Optimizer):
 
     @property
     def device_lrs(self):
-        return all(o.device_lrs for o in self.optimizers)
+        return all(replays_schedule(o) for o in self.optimizers)
 
     @property
     def lr_written_by_owner(self):

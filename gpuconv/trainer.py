@@ -216,8 +216,9 @@ class Trainer:
             return None
         from .graphs import StepGraph
         from .layers import Dropout
+        from .optim import replays_schedule
         why = None
-        if not self.optimizer.device_lrs:
+        if not replays_schedule(self.optimizer):
             why = (f"the optimizer is {type(self.optimizer).__name__}; a replayed step reads only SGD's and Muon's "
                    "learning rates from the device (other optimizers' per-step values would be frozen at the "
                    "capture)")

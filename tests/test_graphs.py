@@ -118,6 +118,11 @@ def test_cuda_graph_refuses_what_a_replay_would_freeze():
     with pytest.raises(ValueError, match="cuda_graph=True: the optimizer is Chain; a replayed step reads only SGD's "
                                          "and Muon's learning rates"):
         Trainer(model, Chain(Muon(params[:1]), Adam(params[1:])), progress=False, cuda_graph=True)
+
+    class HostLR(SGD):  # a subclass may read per-step host values: it says device_lrs itself, or is refused
+        pass
+    with pytest.raises(ValueError, match="cuda_graph=True: the optimizer is HostLR"):
+        Trainer(model, HostLR(params, lr=0.1), progress=False, cuda_graph=True)
     with pytest.raises(ValueError, match="cuda_graph=True: precision 'fp16'"):
         Trainer(model, SGD(model.parameters(), lr=0.1), progress=False, precision="fp16", cuda_graph=True)
     dropped = Sequential(Flatten(), Dropout(0.5), Linear(192, 10))

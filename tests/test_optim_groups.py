@@ -136,6 +136,27 @@ def test_a_group_on_a_schedule_of_its_own(backend):
         sgd.find_group([a, b])
     with pytest.raises(ValueError, match=r"Chain: none of its optimizers has a parameter group of exactly those 2"):
         sched.own_schedule([a, c], lambda step: 1.0)
+    with pytest.raises(ValueError, match=r"SGD: parameter group 2 does not exist \(it has 2\)"):
+        sgd.set_group_lr(2, 0.1)
+
+
+def test_muon_on_parameters_moved_off_the_device_follows_its_schedule():
+    """Muon reads its lr from the device on 'sim'; moved to the CPU, it follows hyper() again
+    rather than the last value written there."""
+    from gpuconv.optim import Muon
+    rng = np.random.default_rng(0)
+    w0 = rng.standard_normal((4, 2, 3, 3))
+    w = Parameter(w0.copy(), "w")  # NumPy arrays: 'sim' inside its default_device block, the CPU outside
+    opt = Muon([w], lr=0.1, momentum=0.6)
+    w.grad = w.data.copy()
+    with gpuconv.default_device("sim"):
+        opt.step()
+    opt.lr = 0.0
+    before = w.data.copy()
+    w.grad = np.ones_like(w.data)
+    opt.step()
+    # lr 0: only the renormalization to ||w|| = 2 moves the weights
+    np.testing.assert_allclose(w.data, before * (2.0 / np.linalg.norm(before)), rtol=1e-12)
 
 
 def test_adam_groups(backend):
