@@ -204,9 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", type=_device, default=_default_device(),
                    help="cpu | cuda | cuda:N | sim | auto (default: $GPUCONV_DEVICE, else auto)")
     e.add_argument("--batch-size", type=_positive_int, default=500, help="images per forward pass (default 500)")
-    e.add_argument("--tta", type=_tta, nargs="?", const=1, default=0,
-                   help="test-time augmentation: 0 none (default), 1 (or --tta alone) the mean with the mirrored "
-                        "image, 2 also the 1-pixel translations of both (airbench's six views)")
+    e.add_argument("--tta", type=_tta, nargs="?", const=1, default=None,
+                   help="test-time augmentation: 0 none, 1 (or --tta alone) the mean with the mirrored image, 2 also "
+                        "the 1-pixel translations of both (airbench's six views); default: the level the run's "
+                        "recipe evaluated at (2 for the airbench recipes, else 0)")
     e.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="compute precision (default: the one the checkpoint was trained in; auto: bf16 on a GPU "
                         "with bfloat16 tensor cores, else fp32)")
@@ -224,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--precision", choices=PRECISIONS, default=None,
                     help="compute precision (default: the one the checkpoint was trained in; auto: bf16 on a GPU "
                          "with bfloat16 tensor cores, else fp32)")
+    pr.add_argument("--tta", type=_tta, nargs="?", const=1, default=None,
+                    help="test-time augmentation as `gpuconv evaluate --tta` (default: the level the run's recipe "
+                         "evaluated at)")
 
     sm = sub.add_parser("summary", help="a model's layers, output shapes, parameters and FLOPs")
     sm.add_argument("--model", choices=sorted(MODELS), default="three_layer", help="network (default three_layer)")
@@ -567,6 +571,7 @@ def cmd_evaluate(args) -> int:
     from . import amp, backend
     from .checkpoint import load_checkpoint, read_config, section
     from .data import DeviceLoader
+    from .inference import recorded_tta
     from .trainer import evaluate
 
     arrays = load_checkpoint(args.checkpoint)
@@ -603,17 +608,20 @@ def cmd_evaluate(args) -> int:
                                           device)
         loader = DeviceLoader(images, labels, args.batch_size, shuffle=False, augment=False, device=device,
                               channels_last=amp.channels_last_for(precision))
-        result = evaluate(model, loader, tta=args.tta, precision=precision)
+        tta = recorded_tta(config) if args.tta is None else args.tta
+        result = evaluate(model, loader, tta=tta, precision=precision)
     classes = config.get("classes") or list(cifar.classes)
     per_class = {c: (None if math.isnan(a) else a) for c, a in zip(classes, result["per_class"])}
     if args.json:
         print(json.dumps({"accuracy": result["accuracy"], "loss": result["loss"], "n": result["n"], "precision": precision,
+                          "tta": tta,
                           "split": split_desc, "split_name": _split_name(split_name), "held_out": held_out, "model": config["model"], "epoch": int(arrays["meta/epoch"]),
                           "checkpoint": str(args.checkpoint), "classes": classes, "per_class": per_class,
                           "confusion": result["confusion"].tolist()}))
         return 0
+    level = f"test-time augmentation level {tta}" + (" (the run's)" if args.tta is None and tta else "")
     print(f"{config['model']} after {int(arrays['meta/epoch'])} epoch(s), on {split_desc}"
-          f"{'' if held_out else ' (NOT held out: trained on)'}, in {precision}")
+          f"{'' if held_out else ' (NOT held out: trained on)'}, in {precision}, {level}")
     print(f"accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}  ({result['n']} images)")
     print("per class: " + ", ".join(f"{c} {'-' if a is None else f'{a:.3f}'}" for c, a in per_class.items()))
     width = max(len(c) for c in classes)
@@ -645,8 +653,8 @@ def cmd_predict(args) -> int:
     precision = None if args.precision is None else resolve_precision(args.precision, device)
     with backend.default_device(device):
         model = load_model(args.checkpoint)
-        probs = model.predict(images, precision=precision)
-        labels = model.predict_classes(images, precision=precision)
+        probs = model.predict(images, precision=precision, tta=args.tta)
+        labels = probs.argmax(axis=1)
     k = min(args.top, probs.shape[1])
     rows = []
     for i, ((source, index), p, label) in enumerate(zip(sources, probs, labels)):

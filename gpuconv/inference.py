@@ -5,8 +5,9 @@ and arguments, the class names, the precision it trained in and the preprocessin
 applied (the per-channel mean and std of the 0-255 pixels). So a user gives raw uint8 images,
 (N, 32, 32, 3) as image files decode or (N, 3, 32, 32) as CIFAR-10's arrays are, and gets
 class probabilities; nothing about normalization has to be known. The images go through the
-same loader, batch size and precision as ``gpuconv evaluate``, so the predicted classes of the
-held-out images give exactly its accuracy.
+same loader, batch size, precision and test-time augmentation (by default the level the run's
+recipe evaluated at: 2 for the airbench recipes) as ``gpuconv evaluate``, so the predicted
+classes of the held-out images give exactly its accuracy.
 
 Image files (PNG, JPEG, anything Pillow reads) are converted to RGB and resized to the model's
 input size with Pillow (area averaging when shrinking): :func:`load_images`.
@@ -25,20 +26,27 @@ INPUT_HW = (32, 32)
 
 class TrainedModel:
     """A network with what it needs to classify raw images: ``classes``, ``mean``/``std`` (the
-    loader's normalization), ``precision`` (the one it trained in, the default for predicting)."""
+    loader's normalization), ``precision`` (the one it trained in, the default for predicting),
+    ``tta`` (the test-time augmentation level its run evaluated at, the default for predicting:
+    2 for the airbench recipes, whose accuracy is that of six views per image)."""
 
-    def __init__(self, net, classes, mean=CIFAR10_MEAN, std=CIFAR10_STD, precision="fp32", config=None):
+    def __init__(self, net, classes, mean=CIFAR10_MEAN, std=CIFAR10_STD, precision="fp32", config=None, tta=0):
+        from .trainer import check_tta
         self.net, self.classes = net.eval(), list(classes)
         self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
         self.precision, self.config = precision, dict(config or {})
+        self.tta = check_tta(tta)
         self.device = backend.get_default_device()  # where the weights live: 'sim' runs the kernels
 
     def __call__(self, x):
         return self.net(x)
 
-    def logits(self, images, batch_size=500, precision=None):
-        """Float32 logits (N, classes) on the host for uint8 ``images``; one readback."""
+    def logits(self, images, batch_size=500, precision=None, tta=None):
+        """Float32 logits (N, classes) on the host for uint8 ``images``; one readback. ``tta``:
+        the test-time augmentation level (:func:`gpuconv.trainer.tta_logits`; default ``self.tta``)."""
         from . import amp
+        from .trainer import check_tta, tta_logits
+        level = self.tta if tta is None else check_tta(tta)
         images = as_nchw(images)
         with backend.default_device(self.device):
             precision = precision or self.precision
@@ -48,22 +56,23 @@ class TrainedModel:
             out = []
             for x, _ in loader:
                 with amp.autocast(self.net, precision, backward=False) as dt:
-                    out.append(self.net(x if x.dtype == dt else x.astype(dt)).astype(np.float32))
+                    out.append(tta_logits(self.net, x if x.dtype == dt else x.astype(dt), level).astype(np.float32))
             xp = backend.get_array_module(out[0])
             return backend.asnumpy(xp.concatenate(out))
 
-    def predict(self, images, batch_size=500, precision=None):
-        """Class probabilities (N, classes), float32 on the host, for uint8 ``images``."""
-        z = self.logits(images, batch_size, precision)
+    def predict(self, images, batch_size=500, precision=None, tta=None):
+        """Class probabilities (N, classes), float32 on the host, for uint8 ``images`` (the softmax
+        of :meth:`logits`, test-time augmentation as there)."""
+        z = self.logits(images, batch_size, precision, tta)
         z = np.exp(z - z.max(axis=1, keepdims=True))
         return z / z.sum(axis=1, keepdims=True)
 
-    def predict_classes(self, images, batch_size=500, precision=None):
+    def predict_classes(self, images, batch_size=500, precision=None, tta=None):
         """The most likely class index per image (argmax of the logits, as ``evaluate`` counts)."""
-        return self.logits(images, batch_size, precision).argmax(axis=1)
+        return self.logits(images, batch_size, precision, tta).argmax(axis=1)
 
     def __repr__(self):
-        return f"TrainedModel({len(self.classes)} classes, precision={self.precision!r},\n{self.net!r})"
+        return f"TrainedModel({len(self.classes)} classes, precision={self.precision!r}, tta={self.tta},\n{self.net!r})"
 
 
 def load_model(path, device=None) -> TrainedModel:
@@ -85,7 +94,14 @@ def load_model(path, device=None) -> TrainedModel:
     pre = config.get("preprocess", {})
     from .data.formats import DEFAULT_CLASSES
     return TrainedModel(net, config.get("classes") or DEFAULT_CLASSES, pre.get("mean", CIFAR10_MEAN),
-                        pre.get("std", CIFAR10_STD), config.get("train_args", {}).get("precision", "fp32"), config)
+                        pre.get("std", CIFAR10_STD), config.get("train_args", {}).get("precision", "fp32"), config,
+                        tta=recorded_tta(config))
+
+
+def recorded_tta(config) -> int:
+    """The test-time augmentation level a checkpoint's run evaluated at (its recipe's, or its
+    ``--tta``), from the checkpoint's config; 0 where it does not say."""
+    return int(config.get("train_args", {}).get("tta", 0) or 0)
 
 
 def as_nchw(images) -> np.ndarray:

@@ -454,6 +454,9 @@ def test_predict_command_reads_images_and_arrays(trained, tmp_path, capsys):
         assert p["top"][0][1] >= p["top"][1][1] >= p["top"][2][1]
     rc, out, _ = run(["predict", "--checkpoint", trained / "checkpoint.npz", tmp_path / "three.npy"], capsys)
     assert rc == 0 and out.count("\n") == 3 and "three.npy[2]:" in out
+    rc, out, _ = run(["predict", "--checkpoint", trained / "checkpoint.npz", "--json", "--tta", "2", "--top", "3",
+                      tmp_path / "three.npy"], capsys)  # six views per image: other probabilities
+    assert rc == 0 and [p["top"] for p in json.loads(out)["predictions"]] != [p["top"] for p in preds[:3]]
     rc, _, err = run(["predict", "--checkpoint", trained / "checkpoint.npz", tmp_path / "nope.png"], capsys)
     assert rc == 1 and "nope.png does not exist" in err
 
@@ -558,3 +561,16 @@ def test_airbench94_recipe_trains_on_real_images(tmp_path, capsys):
     # 1,800 examples are two of airbench's 1024-example steps (its lr is per example): far from
     # trained, but above chance (0.1; 0.18 measured) when every piece works.
     assert acc > 0.15, err
+    # evaluate and predict score at the run's TTA level unless told otherwise: the accuracy train printed
+    rc, out, err = run(["evaluate", "--checkpoint", tmp_path / "checkpoint.npz", "--data", SUBSET, "--json"], capsys)
+    result = json.loads(out)
+    assert rc == 0 and result["tta"] == 2 and result["accuracy"] == pytest.approx(acc, abs=1e-4), (result, acc)
+    rc, out, _ = run(["evaluate", "--checkpoint", tmp_path / "checkpoint.npz", "--data", SUBSET, "--json", "--tta", "0"],
+                     capsys)
+    assert json.loads(out)["tta"] == 0 and json.loads(out)["loss"] != result["loss"]
+    import gpuconv
+    from gpuconv.data import load_cifar10, train_val_split
+    model = gpuconv.load_model(tmp_path / "checkpoint.npz")
+    _, val = train_val_split(load_cifar10(SUBSET.parent).train, val_batch=5)
+    assert model.tta == 2 and float((model.predict_classes(val.images) == val.labels).mean()) == result["accuracy"]
+    assert not np.array_equal(model.logits(val.images[:50]), model.logits(val.images[:50], tta=0))
