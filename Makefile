@@ -1,13 +1,13 @@
 # The two quickstart commands (README) and what they need. Both build .venv on first use.
 #   make train [DATA=path/to/cifar-10-batches-py or its parent] [ARGS="--epochs 5 ..."]
-#   make test [JOBS=n: pytest workers, default one per core; JOBS=0 runs in one process]
+#   make test [JOBS=n: pytest workers, default one per core up to 8; JOBS=0 runs in one process]
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # nvrtc: cupy + the NVRTC wheel, so every kernel is compile-checked even without a GPU.
 # On a GPU machine with a CUDA 12 driver use EXTRAS=dev,cuda12.
 EXTRAS ?= dev,nvrtc
-JOBS ?= auto
+JOBS ?= $(shell $(PYTHON) -c 'import os; print(min(8, os.cpu_count() or 1))')
 
 .PHONY: install train test clean gpu-data
 
