@@ -56,24 +56,21 @@ def _say(*parts):
 
 
 # ----------------------------------------------------------------------------- argument parsing
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer (1, 2, 3, ...)") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer (1, 2, 3, ...)")
-    return value
+def _int_from(low, what):
+    """An argparse type: an int >= ``low``, else an error naming ``what`` it must be."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+        return value
+    return parse
 
 
-def _nonneg_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 0 (0, 1, 2, ...)")
-    return value
+_positive_int = _int_from(1, "a positive integer (1, 2, 3, ...)")
+_nonneg_int = _int_from(0, "an integer >= 0 (0, 1, 2, ...)")
 
 
 def _number(text, low, high=None, high_open=False, what=""):
@@ -330,10 +327,8 @@ def build_model(name, seed=0, width=None, model_kwargs=None):
 def airbench_widths(name, width=None, model_kwargs=None):
     """An airbench network's three widths: the recipe's (``model_kwargs``) or else the published
     ones, scaled so that the first block is ``width`` wide (None: as they are)."""
-    import inspect  # noqa: PLC0415
-    from . import models  # noqa: PLC0415
-    base = (model_kwargs or {}).get("widths") or \
-        inspect.signature(getattr(models, MODELS[name][0])).parameters["widths"].default
+    from .models import PUBLISHED_WIDTHS
+    base = (model_kwargs or {}).get("widths") or PUBLISHED_WIDTHS[name]
     return [int(b) if not width else int(width) * int(b) // int(base[0]) for b in base]
 
 

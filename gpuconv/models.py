@@ -210,7 +210,11 @@ def _airbench(name, widths, num_classes, seed, batchnorm_momentum, bn_eps, scali
     return Sequential(layers)
 
 
-def airbench94(widths=(64, 256, 256), num_classes=10, seed=0, batchnorm_momentum=0.6, bn_eps=1e-12,
+# The airbench networks' published widths, their constructors' defaults.
+PUBLISHED_WIDTHS = {"airbench94": (64, 256, 256), "airbench96": (128, 384, 512)}
+
+
+def airbench94(widths=PUBLISHED_WIDTHS["airbench94"], num_classes=10, seed=0, batchnorm_momentum=0.6, bn_eps=1e-12,
                scaling_factor=1 / 9, head_std=None, whiten_bias="zeros"):
     """The airbench94 network (Keller Jordan), for 3 x 32 x 32 input:
 
@@ -237,7 +241,7 @@ def airbench94(widths=(64, 256, 256), num_classes=10, seed=0, batchnorm_momentum
                      residual=False, whiten_bias=whiten_bias)
 
 
-def airbench96(widths=(128, 384, 512), num_classes=10, seed=0, batchnorm_momentum=0.9, bn_eps=1e-12,
+def airbench96(widths=PUBLISHED_WIDTHS["airbench96"], num_classes=10, seed=0, batchnorm_momentum=0.9, bn_eps=1e-12,
                scaling_factor=1 / 9, head_std=None):
     """airbench96's network (Keller Jordan; 96.03% mean on CIFAR-10 in 34.7 s on an A100): airbench94's
     whitening, pools and head, wider, and each block with a third convolution and a residual
