@@ -29,18 +29,21 @@ OPTIM = {"sgd", "sgd_momentum", "rmsprop", "adam"}
 @pytest.mark.parametrize("package, layers", [
     ("gpuconv.compat.cs231n", LAYERS_2019),
     ("gpuconv.compat.cs231n.e2017", LAYERS_2019 - {"layernorm_forward", "layernorm_backward",
+                                                   "spatial_groupnorm_forward", "spatial_groupnorm_backward"}),
+    ("gpuconv.compat.cs231n.e2016", LAYERS_2019 - {"layernorm_forward", "layernorm_backward",
                                                    "spatial_groupnorm_forward", "spatial_groupnorm_backward"})])
 def test_submodules_export_exactly_the_starter_names(package, layers):
-    for name, want in (("layers", layers), ("fast_layers", FAST), ("layer_utils", UTILS), ("optim", OPTIM)):
+    utils = UTILS - {"conv_bn_relu_forward", "conv_bn_relu_backward"} if package.endswith("e2016") else UTILS
+    for name, want in (("layers", layers), ("fast_layers", FAST), ("layer_utils", utils), ("optim", OPTIM)):
         namespace = {}
         exec(f"from {package}.{name} import *", namespace)
         assert set(namespace) - {"__builtins__"} == want, name
-    assert (layers | FAST | UTILS | OPTIM) <= set(importlib.import_module(package).__all__)
+    assert (layers | FAST | utils | OPTIM) <= set(importlib.import_module(package).__all__)
 
 
 def test_editions():
-    assert C.edition(2022) is C and C.edition(2019) is C and C.edition(2017) is C.e2017
-    with pytest.raises(ValueError, match="edition 2015.*2017, 2019"):
+    assert all(C.edition(year) is C for year in range(2018, 2027)) and C.edition(2017) is C.e2017
+    with pytest.raises(ValueError, match=r"edition 2015 .*\[2016, 2017, 2018, .*2026\]"):
         C.edition(2015)
     E = C.edition(2017)
     assert list(inspect.signature(E.adam).parameters) == ["x", "dx", "config"]
@@ -52,9 +55,15 @@ def test_editions():
     kept_2017 = (E.dropout_forward(x, {"mode": "train", "p": 0.3})[0] != 0).mean()
     kept_latest = (C.dropout_forward(x, {"mode": "train", "p": 0.3})[0] != 0).mean()
     assert abs(kept_2017 - 0.7) < 0.01 and abs(kept_latest - 0.3) < 0.01
-    with pytest.raises(ValueError, match="DROP probability in the 2017 edition"):
+    with pytest.raises(ValueError, match="DROP probability in the 2016-2017 editions"):
         E.dropout_forward(x, {"mode": "train", "p": 1.0})
     assert E.Solver.UPDATE_RULES["adam"] is E.adam and C.Solver.UPDATE_RULES["adam"] is C.adam
+    # 2016: 2017's API (x, dx; p drops), but Adam's t from 0
+    S = C.edition(2016)
+    assert S is C.e2016 and S.dropout_forward is E.dropout_forward and S.rmsprop is E.rmsprop
+    assert list(inspect.signature(S.adam).parameters) == ["x", "dx", "config"] and S.adam(w, dw)[1]["t"] == 1
+    assert S.Solver.UPDATE_RULES["adam"] is S.adam and S.optim.adam is S.adam
+    assert set(S.__all__) == set(E.__all__) and "layernorm_forward" not in S.__all__
 
 
 def test_dropout_draws_from_numpys_global_generator():

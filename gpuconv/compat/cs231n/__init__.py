@@ -15,9 +15,10 @@ Same names, arguments, parameter dicts (``conv_param``, ``pool_param``, ``bn_par
 ``ln_param``, ``gn_param``, ``dropout_param``), return values and caches as the assignment, with
 the arithmetic done by :mod:`gpuconv.ops`.
 
-Editions: the default is the latest starter code (2019 on: dropout's ``p`` keeps a unit, update
-rules ``(w, dw, config)``, Adam's ``t`` from 0, layer and group norm). 2017 code:
-``edition(2017)`` (the module :mod:`gpuconv.compat.cs231n.e2017`), or ``redirect(edition=2017)``.
+Editions (2016-2026): the default is the latest starter code (2018 on: dropout's ``p`` keeps a
+unit, update rules ``(w, dw, config)``, Adam's ``t`` from 0, layer and group norm). 2017 code:
+``edition(2017)`` (the module :mod:`gpuconv.compat.cs231n.e2017`), or ``redirect(edition=2017)``;
+2016 code: ``edition(2016)`` (2017's semantics but Adam's ``t`` from 0).
 
 Devices: NumPy arrays run on the CPU and CuPy arrays on their GPU. ``use_device('cuda')`` runs
 the functions on the GPU with NumPy arrays in and out (``'sim'``: the kernels on the host

@@ -9,8 +9,8 @@ Dropout draws its mask from NumPy's global generator, ``np.random.rand(*x.shape)
 ``np.random.seed(dropout_param['seed'])`` when a seed is given, exactly as the assignment does:
 ``np.random.seed(0)`` then a forward reproduces a student's mask bit for bit. (CuPy arrays draw
 from ``cupy.random`` instead, so a device-resident model never waits for a host mask.) What
-``p`` means depends on the edition: the probability of KEEPING a unit (2019 on) or of DROPPING
-it (2017); see :func:`dropout_forward` and :func:`dropout_forward_2017`.
+``p`` means depends on the edition: the probability of KEEPING a unit (2018 on) or of DROPPING
+it (2016 and 2017); see :func:`dropout_forward` and :func:`dropout_forward_2017`.
 """
 from __future__ import annotations
 
@@ -188,7 +188,7 @@ def _normalize_rows_backward(dxhat, xhat, inv):
 
 # ----------------------------------------------------------------------------- dropout
 def dropout_forward(x, dropout_param):
-    """Inverted dropout; ``dropout_param``: ``'p'`` = probability of KEEPING a unit (2019 on),
+    """Inverted dropout; ``dropout_param``: ``'p'`` = probability of KEEPING a unit (2018 on),
     ``'mode'`` ('train'|'test'), optional ``'seed'`` (``np.random.seed(seed)`` first, as the
     assignment). Returns ``out, (dropout_param, mask)``; mask is the scaled keep mask (None in
     test mode), ``(np.random.rand(*x.shape) < p) / p``."""
@@ -196,7 +196,7 @@ def dropout_forward(x, dropout_param):
 
 
 def dropout_forward_2017(x, dropout_param):
-    """Inverted dropout of the 2017 edition: ``'p'`` is the probability of DROPPING a unit; mask
+    """Inverted dropout of the 2016 and 2017 editions: ``'p'`` is the probability of DROPPING a unit; mask
     ``(np.random.rand(*x.shape) >= p) / (1 - p)``. Otherwise as :func:`dropout_forward`."""
     return _dropout(x, dropout_param, drop=True)
 
@@ -210,11 +210,11 @@ def _dropout(x, dropout_param, drop):
     if mode != "train":
         raise ValueError(f"dropout_param['mode'] must be 'train' or 'test', got {mode!r}")
     if drop and not 0 <= p < 1:
-        raise ValueError(f"dropout_param['p'] is the DROP probability in the 2017 edition and must lie in [0, 1), "
-                         f"got {p!r} (for the later editions' keep probability use the default edition)")
+        raise ValueError(f"dropout_param['p'] is the DROP probability in the 2016-2017 editions and must lie in "
+                         f"[0, 1), got {p!r} (for the later editions' keep probability use the default edition)")
     if not drop and not 0 < p <= 1:
         raise ValueError(f"dropout_param['p'] is the KEEP probability and must lie in (0, 1], got {p!r} "
-                         f"(2017 code, where p is the drop probability: use gpuconv.compat.cs231n.edition(2017))")
+                         f"(2016-2017 code, where p is the drop probability: use gpuconv.compat.cs231n.edition(2017))")
     rnd = _random_module(x)
     if "seed" in dropout_param:
         rnd.seed(dropout_param["seed"])

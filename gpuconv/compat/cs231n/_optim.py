@@ -6,9 +6,10 @@ new steps only) where PyTorch's SGD keeps ``v = mu*v + dw``, and CS231n's RMSPro
 counterpart there. Each rule is the assignment's formula in xp, on the arrays where they are,
 with NumPy's dtype promotion (a float32 ``w`` and a float64 ``dw`` give a float64 ``next_w``).
 
-Editions: from 2019 every rule is ``rule(w, dw, config=None)`` and Adam's ``t`` starts at 0; in
-2017 ``rmsprop`` and ``adam`` take ``(x, dx, config=None)`` and Adam's ``t`` starts at 1. Both
-increment ``t`` before using it, as the assignment's notes ask.
+Editions: from 2018 every rule is ``rule(w, dw, config=None)`` and Adam's ``t`` starts at 0; in
+2016 and 2017 ``rmsprop`` and ``adam`` take ``(x, dx, config=None)``, and 2017's Adam starts ``t``
+at 1 (2016's at 0). Every edition increments ``t`` before using it (the notebooks' expected Adam
+values are computed so).
 """
 from __future__ import annotations
 
@@ -90,3 +91,8 @@ def adam_2017(x, dx, config=None):
     """Adam of the 2017 edition: arguments ``x, dx``; ``t`` starts at 1 (incremented before use,
     so the first step uses t = 2)."""
     return _adam(x, dx, config, t0=1)
+
+
+def adam_2016(x, dx, config=None):
+    """Adam of the 2016 edition: arguments ``x, dx``; ``t`` starts at 0, as from 2018."""
+    return _adam(x, dx, config, t0=0)

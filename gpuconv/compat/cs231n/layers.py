@@ -1,4 +1,4 @@
-"""``cs231n/layers.py`` on gpuconv (2019 edition on): the assignment's layer functions.
+"""``cs231n/layers.py`` on gpuconv (2018 edition on): the assignment's layer functions.
 
 Same names, arguments, parameter dicts and return values; the arithmetic is :mod:`gpuconv.ops`'
 (see :mod:`gpuconv.compat.cs231n` for dtypes, devices and caches). ``dropout_forward``'s ``p`` is

@@ -13,6 +13,9 @@ from cs231n.optim import adam, rmsprop, sgd_momentum
 from cs231n.solver import Solver
 
 EDITION = cs231n.EDITION
+# The classifiers' arguments by era: 2016-2017 (use_batchnorm, dropout = drop probability), 2019
+# (normalization, dropout = keep probability), 2022 (dropout_keep_ratio, from 2021).
+ERA = 2017 if EDITION <= 2017 else 2019 if EDITION < 2021 else 2022
 
 
 def rel_error(x, y):
@@ -94,7 +97,7 @@ def norm_checks():
     f = lambda x, gamma, beta: spatial_batchnorm_forward(x, gamma, beta, {'mode': 'train'})
     out['err_spatial_bn'], _ = grad_errors(f, (x, gamma, beta), np.random.randn(2, 3, 4, 5),
                                        spatial_batchnorm_backward, lambda: f(x, gamma, beta)[1])
-    if EDITION >= 2019:
+    if ERA >= 2019:
         x, gamma, beta = 5 * np.random.randn(4, 5) + 12, np.random.randn(5), np.random.randn(5)
         f = lambda x, gamma, beta: layernorm_forward(x, gamma, beta, {})
         out['err_ln'], _ = grad_errors(f, (x, gamma, beta), np.random.randn(4, 5), layernorm_backward,
@@ -146,10 +149,10 @@ def model_checks():
     np.random.seed(231)
     N, D, H1, H2, C = 2, 6, 7, 8, 4
     X, y = np.random.randn(N, D), np.random.randint(C, size=(N,))
-    kinds = [dict(), dict(normalization='batchnorm')] if EDITION >= 2019 else [dict(), dict(use_batchnorm=True)]
-    if EDITION >= 2019:
+    kinds = [dict(), dict(normalization='batchnorm')] if ERA >= 2019 else [dict(), dict(use_batchnorm=True)]
+    if ERA >= 2019:
         kinds.append(dict(normalization='layernorm'))
-    keep = {2017: ('dropout', 0.25), 2019: ('dropout', 0.75), 2022: ('dropout_keep_ratio', 0.75)}[EDITION]
+    keep = {2017: ('dropout', 0.25), 2019: ('dropout', 0.75), 2022: ('dropout_keep_ratio', 0.75)}[ERA]
     kinds.append({keep[0]: keep[1], 'seed': 123})
     for k, kw in enumerate(kinds):
         for reg in (0, 3.14):
@@ -181,8 +184,8 @@ def overfit_checks(data):
     out['cnn_loss_history'] = np.array(solver.loss_history, dtype=np.float64)
     out['cnn_train_acc'] = solver.train_acc_history
     np.random.seed(231)
-    keep = {2017: {'dropout': 0.1}, 2019: {'dropout': 0.9}, 2022: {'dropout_keep_ratio': 0.9}}[EDITION]
-    norm = {'use_batchnorm': True} if EDITION == 2017 else {'normalization': 'batchnorm'}
+    keep = {2017: {'dropout': 0.1}, 2019: {'dropout': 0.9}, 2022: {'dropout_keep_ratio': 0.9}}[ERA]
+    norm = {'use_batchnorm': True} if ERA == 2017 else {'normalization': 'batchnorm'}
     model = FullyConnectedNet([50, 50], weight_scale=5e-2, **norm, **keep)
     solver = Solver(model, small, num_epochs=10, batch_size=25, update_rule='sgd_momentum',
                     optim_config={'learning_rate': 1e-2}, verbose=False)
