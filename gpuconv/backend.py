@@ -289,8 +289,16 @@ def _counts_as_device(x) -> bool:
 
 
 def to_device(x, device=None):
-    """``x`` (array, list or scalar) as an array on ``device`` (default: the default device)."""
+    """``x`` (array, list or scalar) as an array on ``device`` (default: the default device).
+
+    'sim' arrays are NumPy arrays that run on the simulator while 'sim' is the default device, so
+    asking for 'sim' under another default is refused: the ops would quietly run NumPy's reference."""
     dev = Device(device) if device is not None else get_default_device()
+    if dev.kind == "sim" and get_default_device().kind != "sim":
+        raise RuntimeError(f"device 'sim' was asked for while the default device is {get_default_device()}: the "
+                           "simulator runs NumPy arrays while it is the default device, process-wide or in a block. "
+                           "Select it first: gpuconv.set_default_device('sim'), `with gpuconv.default_device('sim"
+                           "'):`, or GPUCONV_DEVICE=sim")
     if dev.is_cuda:
         cp = require_cupy()
         if is_cupy_array(x) and device_id(x) == dev.index:

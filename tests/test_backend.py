@@ -11,6 +11,7 @@ import pytest
 
 import gpuconv
 from gpuconv import backend as B
+from gpuconv.layers import Linear
 
 NO_GPU = pytest.mark.skipif(B.cuda_available(), reason="checks the behaviour without a usable GPU")
 
@@ -212,8 +213,14 @@ def test_to_device_on_host_and_device_of():
         B.transfers.reset()
         a = B.to_device([1.0, 2.0])
         assert isinstance(a, np.ndarray) and a.tolist() == [1.0, 2.0]
-        assert B.to_device(a, "sim") is a
         assert B.transfers.host_to_device == 0
+        # 'sim' is a default-device mode: asked for under another default, its ops would run NumPy's
+        with pytest.raises(RuntimeError, match=r"device 'sim' was asked for while the default device is .*cpu"):
+            B.to_device(a, "sim")
+        with pytest.raises(RuntimeError, match="set_default_device"):
+            Linear(2, 2).to("sim")
+    with gpuconv.default_device("sim"):
+        assert B.to_device(a, "sim") is a
     assert B.device_of(np.ones(1)) == B.Device("cpu")
     B.synchronize()  # a no-op without a GPU; must not raise
     B.synchronize(np.ones(1))
