@@ -249,6 +249,20 @@ class LossScaler:
         self.tracker = np.asarray(int(_scalar(d["tracker"])), np.int32)
 
 
+def cast_input(x, dt):
+    """The batch ``x`` in the compute dtype ``dt``: a floating array (any of gpuconv's dtypes), cast
+    when it is not already ``dt``. Raw pixels are refused: cast, a uint8 image trains on values
+    100x too large, its loss in the hundreds, with no error anywhere."""
+    if x.dtype not in precision.DTYPES:
+        if np.issubdtype(x.dtype, np.integer):
+            raise TypeError(f"the batch has dtype {x.dtype}: a network takes normalized float images, not raw pixels; "
+                            "normalize them first (gpuconv.data.normalize(images), or a gpuconv.data.DeviceLoader, "
+                            "which does it on the device)")
+        raise TypeError(f"the batch has dtype {x.dtype}, but a network takes {precision.DTYPE_NAMES} images: "
+                        "convert it, e.g. x.astype(np.float32)")
+    return x if x.dtype == dt else x.astype(dt)
+
+
 def training_step(model, optimizer, x, y, precision="fp32", scaler=None, label_smoothing=0.0,
                   count_correct=False):
     """One optimizer step of ``model`` on the batch ``(x, y)`` in ``precision``: forward, float32
@@ -261,7 +275,7 @@ def training_step(model, optimizer, x, y, precision="fp32", scaler=None, label_s
     from .ops import softmax_cross_entropy
     optimizer.zero_grad()
     with autocast(model, precision) as dt:
-        logits = model(x if x.dtype == dt else x.astype(dt))
+        logits = model(cast_input(x, dt))
         loss, dlogits, *correct = softmax_cross_entropy(logits, y, label_smoothing=label_smoothing,
                                                         count_correct=count_correct)  # float32 loss
         if scaler is not None:

@@ -56,7 +56,7 @@ class TrainedModel:
             out = []
             for x, _ in loader:
                 with amp.autocast(self.net, precision, backward=False) as dt:
-                    out.append(tta_logits(self.net, x if x.dtype == dt else x.astype(dt), level).astype(np.float32))
+                    out.append(tta_logits(self.net, amp.cast_input(x, dt), level).astype(np.float32))
             xp = backend.get_array_module(out[0])
             return backend.asnumpy(xp.concatenate(out))
 

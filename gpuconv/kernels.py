@@ -1230,7 +1230,8 @@ def contiguous_like(*arrays, outputs: int = 1, keep_channels_last: bool = False)
     xp = backend.get_array_module(*arrays)
     if keep_channels_last and layout.run_channels_last(*arrays):
         return arrays + tuple(layout.empty_like(arrays[0]) for _ in range(outputs))
-    arrays = tuple(xp.ascontiguousarray(a) for a in arrays)
+    # (ascontiguousarray would make a 0-d array 1-d; a 0-d array is always contiguous)
+    arrays = tuple(a if a.flags.c_contiguous else xp.ascontiguousarray(a) for a in arrays)
     return arrays + tuple(xp.empty_like(arrays[0]) for _ in range(outputs))
 
 

@@ -228,13 +228,10 @@ class Optimizer:
         is what its first real step expects), decided on the device: the host never reads it.
         A step count (Adam's ``t``) still advances."""
         if skip is None:
-            for i, (p, state) in enumerate(zip(self.params, self.state)):
-                if p.grad is not None and p.requires_grad:
-                    self._update(p, state, self.hyper(i))
+            for i, p, state in self._with_grads():
+                self._update(p, state, self.hyper(i))
             return
-        for i, (p, state) in enumerate(zip(self.params, self.state)):
-            if p.grad is None or not p.requires_grad:
-                continue
+        for i, p, state in self._with_grads():
             xp = get_array_module(p.data)
             before = {name: state[name].copy() for name in self._slots if name in state}
             data = p.data.copy()
@@ -244,6 +241,18 @@ class Optimizer:
                 if name in state:
                     old = before.get(name)
                     xp.copyto(state[name], old if old is not None else xp.zeros((), state[name].dtype), where=skip)
+
+    def _with_grads(self):
+        """``(index, parameter, state)`` of each parameter a step updates: one with a gradient, not
+        frozen. A gradient of another shape (set by hand) is refused: it would broadcast."""
+        for i, (p, state) in enumerate(zip(self.params, self.state)):
+            if p.grad is None or not p.requires_grad:
+                continue
+            if p.grad.shape != p.data.shape:
+                raise ValueError(f"{type(self).__name__}.step: parameter {i} ({getattr(p, 'name', '')!r}) has shape "
+                                 f"{tuple(p.data.shape)} but its .grad has shape {tuple(p.grad.shape)}: give it a "
+                                 "gradient of the parameter's shape")
+            yield i, p, state
 
     def _update(self, p, state, h):
         """One parameter's update with its hyperparameters ``h`` (:meth:`hyper`)."""
@@ -343,9 +352,7 @@ class SGD(Optimizer):
         # The fused update, several parameters of a group per launch (kernels/optim.cu); a
         # parameter the kernel does not take runs the array form.
         batches = {}
-        for i, (p, state) in enumerate(zip(self.params, self.state)):
-            if p.grad is None or not p.requires_grad:
-                continue
+        for i, p, state in self._with_grads():
             h = self.hyper(i)
             item = _fused_sgd_operands(p, state, h)
             if item is None:

@@ -314,17 +314,8 @@ class Trainer:
 
     def state_arrays(self) -> dict:
         """Everything a checkpoint holds, as flat host arrays."""
-        arrays = {f"model/{k}": np.asarray(v) for k, v in self.model.state_dict().items()}
-        arrays.update(ckpt.flatten_tree("optim", self.optimizer.state_dict()))
-        if self.scheduler is not None:
-            arrays.update(ckpt.flatten_tree("sched", self.scheduler.state_dict()))
-        if self.scaler is not None:
-            arrays.update(ckpt.flatten_tree("amp", self.scaler.state_dict()))
-        if self.lookahead is not None:
-            arrays.update({f"look/{k}": v for k, v in self.lookahead.state_dict().items()})
-        for name, gen in self._rng_owners():
-            arrays[f"rng/{name}"] = ckpt.rng_state(gen)
-        arrays.update(self._loader_state or {})
+        arrays = self._restorable()
+        arrays.update(self._loader_state or {})  # the loader as its epoch began
         arrays.update({"meta/format": np.asarray(ckpt.FORMAT, np.int64),
                        "meta/epoch": np.asarray(self.epoch, np.int64),
                        "meta/epoch_step": np.asarray(self.epoch_step, np.int64),
@@ -349,16 +340,28 @@ class Trainer:
             raise ValueError("save_checkpoint() needs a path, or out_dir= when the Trainer is built")
         return ckpt.save_checkpoint(path, self.state_arrays())
 
-    def load_checkpoint(self, path=None, loader=None):
-        """Restore model, optimizer, schedule, counters and RNGs from a checkpoint."""
-        path = Path(path) if path is not None else self.checkpoint_path
-        arrays = ckpt.load_checkpoint(path)
+    def _restorable(self, loader=None) -> dict:
+        """What :meth:`_restore` sets, as it is now, in host arrays: a checkpoint's training state (with
+        the live ``loader``'s), or what undoes a restore that failed."""
+        arrays = {f"model/{k}": np.asarray(v) for k, v in self.model.state_dict().items()}
+        arrays.update(ckpt.flatten_tree("optim", self.optimizer.state_dict()))
+        for key, part in (("sched", self.scheduler), ("amp", self.scaler)):
+            if part is not None:
+                arrays.update(ckpt.flatten_tree(key, part.state_dict()))
+        if self.lookahead is not None:
+            arrays.update({f"look/{k}": v for k, v in self.lookahead.state_dict().items()})
+        for name, gen in self._rng_owners(loader):
+            arrays[f"rng/{name}"] = ckpt.rng_state(gen)
+        if loader is not None and hasattr(loader, "state_dict"):
+            arrays.update(ckpt.flatten_tree("loader", loader.state_dict()))
+        arrays["meta/lr"] = np.asarray(float(self.optimizer.lr), np.float64)
+        return arrays
+
+    def _restore(self, arrays, loader=None):
+        """Model, optimizer, schedule, scaler, lookahead, lr, RNGs and ``loader`` from ``arrays``."""
         self.model.load_state_dict(ckpt.section(arrays, "model"))
         self.optimizer.load_state_dict(ckpt.unflatten_tree("optim", arrays))
         if self.scheduler is not None:
-            if "sched/__tree__" not in arrays:
-                raise ValueError(f"checkpoint {path} has no schedule state but this Trainer has a scheduler: "
-                                 "resume with the same setup as the run that wrote it")
             self.scheduler.load_state_dict(ckpt.unflatten_tree("sched", arrays))
         if self.scaler is not None and "amp/__tree__" in arrays:  # else a run switched to fp16: a fresh scale
             self.scaler.load_state_dict(ckpt.unflatten_tree("amp", arrays))
@@ -370,6 +373,22 @@ class Trainer:
                 ckpt.set_rng_state(gen, arrays[f"rng/{name}"])
         if loader is not None and hasattr(loader, "load_state_dict") and "loader/__tree__" in arrays:
             loader.load_state_dict(ckpt.unflatten_tree("loader", arrays))
+
+    def load_checkpoint(self, path=None, loader=None):
+        """Restore model, optimizer, schedule, counters and RNGs from a checkpoint. All or nothing:
+        a checkpoint that does not fit this Trainer (another optimizer, no schedule state where it
+        has a scheduler, another loader) raises with the Trainer and ``loader`` as they were."""
+        path = Path(path) if path is not None else self.checkpoint_path
+        arrays = ckpt.load_checkpoint(path)
+        if self.scheduler is not None and "sched/__tree__" not in arrays:
+            raise ValueError(f"checkpoint {path} has no schedule state but this Trainer has a scheduler: "
+                             "resume with the same setup as the run that wrote it")
+        before = self._restorable(loader)
+        try:
+            self._restore(arrays, loader)
+        except BaseException:
+            self._restore(before, loader)
+            raise
         self._loader_state = {k: v for k, v in arrays.items()
                               if k.startswith("loader/") or k.startswith("rng/loader.")}
         self.epoch, self.epoch_step = int(arrays["meta/epoch"]), int(arrays["meta/epoch_step"])
@@ -557,6 +576,7 @@ class Trainer:
         total = len(loader) if hasattr(loader, "__len__") else None
         bar = self._bar(total, skip, epochs)
         t_last = time.perf_counter()
+        b = None
         try:
             for b, (x, y) in enumerate(loader, start=skip - replay):
                 if b < skip:
@@ -574,6 +594,9 @@ class Trainer:
                     self.save_checkpoint()
                 if self._stop_requested:
                     self._interrupt()
+            if b is None and skip == 0:  # not one batch: an epoch would pass untrained, its loss None
+                raise ValueError(f"the training loader yielded no batches in epoch {self.epoch + 1} (len {total}): "
+                                 "fit needs a loader with at least one batch of images")
             self._log_interval(bar, t_last)
         finally:
             if bar is not None:
@@ -688,7 +711,7 @@ def evaluate(model, loader, tta=0, precision="fp32"):
         for x, y in loader:
             xp = backend.get_array_module(x, y)
             with amp.autocast(model, precision, backward=False) as dt:
-                x = x if x.dtype == dt else x.astype(dt)
+                x = amp.cast_input(x, dt)
                 logits = tta_logits(model, x, level)
             logits = logits.astype(np.float32, copy=False)  # scores compared in float32
             loss, _ = softmax_cross_entropy(logits, y)

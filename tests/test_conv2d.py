@@ -298,6 +298,8 @@ ERRORS = [
     (dict(padding=-1), ValueError, r"padding must be >= 0"),
     (dict(padding=(1, 2, 3)), TypeError, r"padding must be an int or an \(h, w\) pair"),
     (dict(w=np.ones((1, 1, 7, 3), np.float32)), ValueError, r"height: input size H=5, filter F=7.*< 1"),
+    (dict(w=np.ones((1, 1, 0, 3), np.float32)), ValueError, r"w has an empty filter: .*FH=0, FW=3"),  # the sim: SIGFPE
+    (dict(w=np.ones((1, 1, 3, 0), np.float32)), ValueError, r"w has an empty filter"),
     (dict(x=np.ones((1, 1, 5, 6), np.float32), stride=(1, 2)), ValueError,
      r"width: input size W=6, filter F=3, stride S=2, padding P=0 give \(W - F \+ 2P\)/S \+ 1 = "
      r"\(6 - 3 \+ 2\*0\)/2 \+ 1 = 2.5, not an integer"),

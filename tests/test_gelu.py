@@ -32,6 +32,9 @@ def test_hand_values(backend):
     dx = gelu_backward(backend.asarray(np.ones_like(x)), cache)
     np.testing.assert_allclose(backend.asnumpy(dx), _math_grad(x), rtol=1e-12)
     backend.assert_kernels_ran("gelu_forward", "gelu_backward")
+    y0, cache0 = gelu_forward(backend.asarray(x[3]))  # a 0-d array stays 0-d
+    assert y0.shape == () and gelu_backward(backend.asarray(np.ones(())), cache0).shape == ()
+    np.testing.assert_allclose(backend.asnumpy(y0), want[3], rtol=1e-12)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -220,6 +220,11 @@ def test_step_keeps_dtype_device_and_identity_and_skips_missing_grads(backend, m
     np.testing.assert_array_equal(backend.asnumpy(b.data), np.ones(4, np.float32))  # no grad: untouched
     opt.zero_grad()
     assert a.grad is None and b.grad is None
+    a.grad = backend.asarray(np.ones(2, np.float32))  # set by hand, of another shape: it would broadcast
+    stepped = backend.asnumpy(a.data).copy()
+    with pytest.raises(ValueError, match=r"parameter 0 \('a'\) has shape \(3, 2\) but its .grad has shape \(2,\)"):
+        opt.step()
+    np.testing.assert_array_equal(backend.asnumpy(a.data), stepped)
 
 
 def test_step_makes_no_host_readback():

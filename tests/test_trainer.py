@@ -17,7 +17,7 @@ from gpuconv import checkpoint as ckpt
 from gpuconv.data import DeviceLoader, load_cifar10, train_val_split
 from gpuconv.layers import BatchNorm2d, Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, Sequential
 from gpuconv.models import three_layer_convnet
-from gpuconv.optim import SGD, OneCycleLR
+from gpuconv.optim import SGD, CosineLR, OneCycleLR
 from gpuconv.syncguard import no_sync
 from gpuconv.trainer import (GPUOutOfMemory, Trainer, TrainingDiverged, TrainingInterrupted, evaluate,
                              oom_message)
@@ -286,6 +286,52 @@ def test_resume_after_an_epoch_is_bit_identical(cifar, tmp_path):
     lines = [json.loads(x) for x in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines if r["kind"] == "epoch"] == [1, 2, 3]
     assert [r["epoch"] for r in second.history] == [1, 2, 3]
+
+
+def test_a_checkpoint_that_does_not_fit_changes_nothing(cifar, tmp_path):
+    """load_checkpoint is all or nothing: a mismatch found late (the optimizer, the schedule) leaves the
+    weights, optimizer, schedule, RNGs and loader as they were."""
+    from gpuconv.optim import Adam
+    train, _ = cifar
+    images, labels = train.images[:96], train.labels[:96]
+    saved, loader = build(images, labels, tmp_path / "a", epochs=2)
+    saved.fit(loader, 1)  # writes a checkpoint one epoch in
+
+    def fresh(kind):
+        trainer, loader = build(images, labels, tmp_path / "b", epochs=2)
+        if kind == "adam":
+            trainer.optimizer = Adam(trainer.model.parameters(), lr=1e-3)
+            trainer.scheduler = None
+        else:  # another schedule: found after the weights and the optimizer state are in
+            trainer.scheduler = CosineLR(trainer.optimizer, total_steps=2 * len(loader))
+        trainer.fit(loader, 1)  # state of its own, unlike the checkpoint's
+        return trainer, loader
+
+    for kind, error in (("adam", "saved by optimizer 'SGD'"), ("schedule", "OneCycleLR")):
+        trainer, loader = fresh(kind)
+        before = trainer._restorable(loader)
+        with pytest.raises(ValueError, match=error):
+            trainer.load_checkpoint(tmp_path / "a" / "checkpoint.npz", loader=loader)
+        after = trainer._restorable(loader)
+        assert before.keys() == after.keys()
+        changed = [k for k in before if not np.array_equal(before[k], after[k])]
+        assert not changed, f"{kind}: {changed} changed by a load that failed"
+        assert trainer.step == len(loader) and trainer.epoch == 1
+
+
+def test_raw_pixels_and_an_empty_loader_are_refused(cifar):
+    """uint8 images cast to float would train on 0-255 values (loss in the hundreds, no error); an
+    empty loader would pass epochs untrained."""
+    train, _ = cifar
+    model = small_net()
+    trainer = Trainer(model, SGD(model.parameters(), lr=0.01), progress=False)
+    with pytest.raises(TypeError, match="dtype uint8: a network takes normalized float images.*normalize"):
+        trainer.train_step(train.images[:4], train.labels[:4])
+    with pytest.raises(TypeError, match="dtype uint8"):
+        evaluate(model, [(train.images[:4], train.labels[:4])])
+    with pytest.raises(ValueError, match="yielded no batches in epoch 1"):
+        trainer.fit([], 1)
+    assert trainer.step == 0 and trainer.history == []
 
 
 class SigintAt(DeviceLoader):

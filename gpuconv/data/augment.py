@@ -159,6 +159,19 @@ def random_cutout(images, size=12, rng=None):
                   size)
 
 
+def check_mean_std(mean, std, c):
+    """Host values of ``mean`` and ``std``: one finite value per channel each, every std > 0 (a
+    zero std fills the batch with infinities). Device arrays pass unread (no transfer in a step)."""
+    if np.size(mean) != c or np.size(std) != c:
+        raise ValueError(f"mean and std need one value per channel ({c}), got {np.size(mean)} and {np.size(std)}")
+    if is_cupy_array(mean) or is_cupy_array(std):
+        return
+    m, s = np.asarray(mean, dtype=np.float64).reshape(-1), np.asarray(std, dtype=np.float64).reshape(-1)
+    if not (np.isfinite(m).all() and np.isfinite(s).all() and (s > 0).all()):
+        raise ValueError(f"mean={m.tolist()} and std={s.tolist()} must be finite with every std > 0 (0-255 pixel "
+                         f"scale; CIFAR-10's are gpuconv.data.CIFAR10_MEAN and CIFAR10_STD)")
+
+
 def normalize(images, mean=CIFAR10_MEAN, std=CIFAR10_STD, dtype=np.float32):
     """(images - mean) / std per channel, as ``dtype`` (float32, float64, bfloat16 or float16), NCHW.
 
@@ -175,11 +188,9 @@ def normalize(images, mean=CIFAR10_MEAN, std=CIFAR10_STD, dtype=np.float32):
         raise TypeError(f"dtype={dtype} must be {precision.DTYPE_NAMES}")
     acc = precision.compute_dtype(dtype)
     c = images.shape[1]
+    check_mean_std(mean, std, c)
     mean = xp.asarray(mean, dtype=acc).reshape(-1)
     std = xp.asarray(std, dtype=acc).reshape(-1)
-    if mean.shape != (c,) or std.shape != (c,):
-        raise ValueError(f"mean and std need one value per channel ({c}), got {mean.shape[0]} and "
-                         f"{std.shape[0]}")
     out = images.astype(acc)
     out -= mean.reshape(1, c, 1, 1)
     out /= std.reshape(1, c, 1, 1)

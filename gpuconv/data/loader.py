@@ -23,7 +23,8 @@ from ..backend import Device, get_array_module, get_default_device, is_cupy_arra
 from ..backend import kernel_target as _kernel_target
 from ..counter_rng import splitmix64, uniform_below
 from ._launch_augment import augment_batch_kernel
-from .augment import CIFAR10_MEAN, CIFAR10_STD, check_cutout, check_padding_mode, crop_flip, cutout, normalize
+from .augment import (CIFAR10_MEAN, CIFAR10_STD, check_cutout, check_mean_std, check_padding_mode, crop_flip, cutout,
+                      normalize)
 
 
 def _check_int(name, value, low, fix):
@@ -97,9 +98,7 @@ class DeviceLoader:
             raise ValueError(f"images of shape {tuple(images.shape)} look channels-last (N, H, W, C) but the loader "
                              "takes channels-first (N, C, H, W) images, as gpuconv.data.load_cifar10 returns them: "
                              "pass images.transpose(0, 3, 1, 2)")
-        if np.size(mean) != c or np.size(std) != c:
-            raise ValueError(f"mean and std need one value per channel ({c}), got {np.size(mean)} and "
-                             f"{np.size(std)}")
+        check_mean_std(mean, std, c)
         self.device = Device(device) if device is not None else get_default_device()
         self.xp = self.device.xp
         # The only uploads: the data set (uint8, once) and the normalization constants.

@@ -94,6 +94,9 @@ def _check_conv_args(x, w, b, stride, padding):
                          f"expects C={w.shape[1]} (shape {tuple(w.shape)}, laid out K, C, FH, FW); "
                          f"make w.shape[1] equal x.shape[1]")
     check_bias(b, w, "filter")
+    if min(w.shape[2:]) < 1:
+        raise ValueError(f"w has an empty filter: shape {tuple(w.shape)} (K, C, FH, FW) has FH={w.shape[2]}, "
+                         f"FW={w.shape[3]}; a filter is at least 1x1")
     stride = pair("stride", stride, minimum=1)
     padding = pair("padding", padding, minimum=0)
     output_hw(x.shape, w.shape[2:], stride, padding)
