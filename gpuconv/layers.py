@@ -362,8 +362,9 @@ class Layer:
             value = state[name]
             if not is_cupy_array(value):
                 value = np.asarray(value)
-            if not np.issubdtype(value.dtype, np.number):
-                raise TypeError(f"load_state_dict: {name!r} has dtype {value.dtype}, expected a numeric array")
+            if not np.issubdtype(value.dtype, np.number) or np.issubdtype(value.dtype, np.complexfloating):
+                raise TypeError(f"load_state_dict: {name!r} has dtype {value.dtype}, expected a real numeric array "
+                                f"(the model holds {current.dtype})")
             if tuple(value.shape) != tuple(current.shape):
                 raise ValueError(
                     f"load_state_dict: {name!r} has shape {tuple(value.shape)} in the state dict but "
@@ -832,6 +833,10 @@ def _locate_error(exc, name, layer):
     if params and "cupy.ndarray" in message and "numpy.ndarray" in message:
         hint = (f" (the layer's parameters are on {device_of(params[0].data)}: move the model with "
                 "model.to(device) or the input with gpuconv.to_device(x, device))")
+    elif isinstance(leaf, Linear) and message.startswith("feature mismatch"):
+        hint = (f" (in a network this usually means the input images are not the size the network was built "
+                f"for: its layers before {path!r} turn them into this many features; build the network for "
+                "the images' size, or resize the images)")
     elif params and "has dtype" in message and "but x has dtype" in message:
         hint = (f" (the layer's parameters are {params[0].dtype}: pass x.astype(np.{params[0].dtype}), or convert "
                 "the model with model.astype(x.dtype))")

@@ -26,6 +26,7 @@ closed form of ``last_step`` and save/restore that position.
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 
@@ -444,7 +445,8 @@ class Adam(Optimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
         super().__init__(params, lr)
-        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+        if (not isinstance(betas, (tuple, list)) or len(betas) != 2
+                or not all(isinstance(b, numbers.Real) and 0.0 <= b < 1.0 for b in betas)):
             raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
         self.beta1, self.beta2 = float(betas[0]), float(betas[1])
         self.eps = _nonneg("eps", eps)
@@ -749,6 +751,10 @@ class CosineLR(LRSchedule):
             raise ValueError(f"warmup_steps must be an integer in [0, total_steps={self.total_steps}), "
                              f"got {warmup_steps!r}")
         self.warmup_steps = int(warmup_steps)
+        lr = getattr(optimizer, "lr", None)
+        if isinstance(lr, numbers.Real) and self.min_lr > lr:  # the "decay" would climb to min_lr
+            raise ValueError(f"min_lr={min_lr!r} is above the optimizer's lr {lr!r}: the cosine decays from the lr "
+                             "down to min_lr; give a smaller min_lr (0 by default)")
         super().__init__(optimizer)
 
     def lr_at(self, step):

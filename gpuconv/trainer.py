@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import signal
 import sys
@@ -163,7 +164,11 @@ class Trainer:
         self.lookahead, self.total_steps, self.epoch_start = lookahead, total_steps, epoch_start
         if not (isinstance(log_every, int) and log_every >= 1):
             raise ValueError(f"log_every={log_every!r}: must be an int >= 1 (steps between readbacks), e.g. 50")
-        if not 0.0 <= label_smoothing < 1.0:
+        if not all(callable(getattr(optimizer, m, None)) for m in ("step", "zero_grad")):
+            raise TypeError(f"optimizer={optimizer!r}: the Trainer needs an optimizer over the model's parameters, "
+                            "e.g. gpuconv.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)")
+        if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real) \
+                or not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing={label_smoothing!r}: must be in [0, 1), e.g. 0.1")
         if not (checkpoint_every in ("epoch", None) or (isinstance(checkpoint_every, int) and checkpoint_every > 0)):
             raise ValueError(f"checkpoint_every={checkpoint_every!r}: use 'epoch', a positive number of steps, "

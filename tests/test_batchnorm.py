@@ -86,6 +86,16 @@ def test_training_without_running_stats(backend):
     assert abs(float(backend.asnumpy(y).mean())) < 1e-12
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_no_channels_give_empty_results_everywhere(backend, training):
+    """C = 0: the reference's empty arrays (a kernel grid of 0 blocks would be no launch at all)."""
+    a = _args(backend, x=np.ones((2, 0, 3, 3), np.float32), gamma=np.ones(0, np.float32), beta=np.zeros(0, np.float32),
+              running_mean=np.zeros(0, np.float32), running_var=np.ones(0, np.float32))
+    y, cache = batchnorm2d_forward(**a, training=training)
+    dx, dgamma, dbeta = batchnorm2d_backward(backend.asarray(np.ones((2, 0, 3, 3), np.float32)), cache)
+    assert y.shape == dx.shape == (2, 0, 3, 3) and dgamma.shape == dbeta.shape == (0,)
+
+
 def _args(backend, **over):
     a = dict(x=np.ones((2, 3, 2, 2), np.float32), gamma=np.ones(3, np.float32), beta=np.zeros(3, np.float32),
              running_mean=np.zeros(3, np.float32), running_var=np.ones(3, np.float32))

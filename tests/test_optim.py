@@ -199,6 +199,8 @@ def test_adamw_default_weight_decay_and_bad_betas():
     assert Adam([p]).weight_decay == 0.0
     with pytest.raises(ValueError, match="betas"):
         Adam([p], betas=(0.9, 1.0))
+    with pytest.raises(ValueError, match="betas must be two numbers in \\[0, 1\\), got 0.9"):
+        Adam([p], betas=0.9)
 
 
 # ----------------------------------------------------------------------------- common behaviour
@@ -369,6 +371,10 @@ def test_cosine_lr_values_with_warmup():
     assert all(a >= b for a, b in zip(lrs[2:], lrs[3:]))
     with pytest.raises(ValueError, match="warmup_steps"):
         CosineLR(_opt(), total_steps=5, warmup_steps=5)
+    opt = _opt(0.1)
+    with pytest.raises(ValueError, match=r"min_lr=5.0 is above the optimizer's lr 0.1"):  # it would climb
+        CosineLR(opt, total_steps=5, min_lr=5.0)
+    assert opt.lr == 0.1
 
 
 def test_cosine_lr_without_warmup_matches_closed_form():

@@ -171,6 +171,8 @@ def test_pool_size_error_offers_no_padding(backend):
                                          r"\(H - F\)/S \+ 1.*pooling takes no padding") as info:
         max_pool2d_forward(x, 2)
     assert "P=" not in str(info.value) and "change the padding" not in str(info.value)
+    with pytest.raises(TypeError, match=r"floor must be True or False, got 'no'"):
+        max_pool2d_forward(x, 2, floor="no")
 
 
 

@@ -393,6 +393,10 @@ def test_bad_arguments_are_named():
         Trainer(model, opt, log_every=0)
     with pytest.raises(ValueError, match="label_smoothing"):
         Trainer(model, opt, label_smoothing=1.0)
+    with pytest.raises(ValueError, match="label_smoothing='0.1'"):
+        Trainer(model, opt, label_smoothing="0.1")
+    with pytest.raises(TypeError, match="optimizer=None: the Trainer needs an optimizer"):
+        Trainer(model, None)
     with pytest.raises(ValueError, match="checkpoint_every"):
         Trainer(model, opt, checkpoint_every="sometimes")
     with pytest.raises(ValueError, match="out_dir"):

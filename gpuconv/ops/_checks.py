@@ -17,8 +17,9 @@ def check_array(name, a):
     if type(a) is np.ndarray:  # the common case first: every op checks every array
         return a
     if not (hasattr(a, "dtype") and hasattr(a, "shape") and hasattr(a, "ndim")) or isinstance(a, np.generic):
+        dtype = "np.int64" if name in ("labels", "y") else "np.float32"  # class indices, or values
         raise TypeError(f"{name} must be a numpy or cupy array, got {type(a).__name__}: "
-                        f"wrap it first, e.g. {name} = np.asarray({name}, dtype=np.float32)")
+                        f"wrap it first, e.g. {name} = np.asarray({name}, dtype={dtype})")
     return a
 
 
@@ -121,8 +122,11 @@ def _conv_output_size(in_size, filt, stride, pad, axis_name, padded):
         fix = (f"change the padding or stride so that {A} - F + 2P is divisible by S" if padded else
                f"choose a stride that divides {A} - F = {span} (pooling takes no padding; crop or pad the input "
                "to another size instead)")
+        quotient = f"{span / stride + 1:g}"
+        if float(quotient).is_integer():  # too close to a whole number to show as a decimal
+            quotient = f"{span}/{stride} + 1"
         raise ValueError(f"the sizes do not fit along the {axis_name}: {sizes} give {rule} = {values} = "
-                         f"{span / stride + 1:g}, not an integer; {fix}")
+                         f"{quotient}, not an integer; {fix}")
     return span // stride + 1
 
 

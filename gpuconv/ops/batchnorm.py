@@ -89,7 +89,8 @@ def batchnorm2d_forward(x, gamma, beta, running_mean, running_var, training=True
     if training and count < 2:
         raise ValueError(f"training batch norm needs more than 1 value per channel to estimate a variance, got "
                          f"x of shape {tuple(x.shape)} (N*H*W = {count}); use a larger batch or training=False")
-    target = backend.kernel_target(x, gamma, beta, running_mean, running_var)
+    # No channels: nothing to launch (a grid of 0 blocks is no launch at all); the reference's empty result
+    target = backend.kernel_target(x, gamma, beta, running_mean, running_var) if c else None
     return _dispatch.call("batchnorm2d_forward", target, _batchnorm2d_forward_reference,
                           x, gamma, beta, running_mean, running_var, bool(training), float(momentum), float(eps),
                           activation)
@@ -103,7 +104,7 @@ def batchnorm2d_backward(dy, cache):
     if cache.xhat.dtype != compute_dtype(dy.dtype):
         raise TypeError(f"dy has dtype {dy.dtype} but x has dtype {cache.xhat.dtype} (the forward's normalized "
                         f"x, kept in its compute dtype): pass dy in the dtype of the forward's x")
-    target = backend.kernel_target(dy, cache.xhat)
+    target = backend.kernel_target(dy, cache.xhat) if dy.shape[1] else None  # no channels: as the forward
     return _dispatch.call("batchnorm2d_backward", target, _batchnorm2d_backward_reference, dy, cache)
 
 

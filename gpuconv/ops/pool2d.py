@@ -93,6 +93,8 @@ def _used(x, kernel_size, stride):
 
 
 def _check_pool_args(x, kernel_size, stride, floor=False):
+    if not isinstance(floor, (bool, np.bool_)):  # floor="no" would be true
+        raise TypeError(f"floor must be True or False, got {floor!r}")
     check_float("x", x)
     check_rank("x", x, 4, "N, C, H, W")
     kernel_size = pair("kernel_size", kernel_size, minimum=1)
