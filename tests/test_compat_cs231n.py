@@ -166,6 +166,8 @@ def test_losses_at_chance_and_svm_against_its_definition():
     margins = np.maximum(0, x - x[np.arange(5), y][:, None] + 1)
     margins[np.arange(5), y] = 0
     assert C.svm_loss(x, y)[0] == pytest.approx(margins.sum() / 5, rel=1e-12)
+    # labels as a list index like the array, as in the assignment's NumPy code
+    assert C.svm_loss(x, list(y))[0] == C.svm_loss(x, y)[0] and C.softmax_loss(x, list(y))[0] == C.softmax_loss(x, y)[0]
 
 
 # ----------------------------------------------------------------------------- numerical gradients
@@ -272,6 +274,10 @@ def test_backward_accepts_hand_built_caches():
     dout = randn(*out.shape)
     for got, want in zip(C.affine_backward(dout, (x, wa, ba)), C.affine_backward(dout, cache)):
         np.testing.assert_array_equal(got, want)
+    row, row_cache = C.affine_forward(x, wa, ba[None])  # a (1, M) bias broadcasts, as in NumPy
+    np.testing.assert_array_equal(row, out)
+    for got, want in zip(C.affine_backward(dout, row_cache), C.affine_backward(dout, cache)):
+        np.testing.assert_array_equal(got, want)
     pool_param = {"pool_height": 2, "pool_width": 2, "stride": 1}
     out, cache = C.max_pool_forward_naive(x, pool_param)
     dout = randn(*out.shape)
@@ -303,6 +309,30 @@ def test_batchnorm_running_stats_follow_cs231n_momentum(spatial):
     shape = (1, 3, 1, 1) if spatial else (1, 3)
     expected = 3 * (x - before.reshape(shape)) / np.sqrt(bn_param["running_var"].reshape(shape) + 1e-5) + 1
     assert rel_error(out, expected) < 1e-12 and np.array_equal(bn_param["running_mean"], before)
+    fresh = {"mode": "test"}  # the assignment stores the (zero) statistics it normalized with
+    fwd(x, gamma, beta, fresh)
+    assert np.array_equal(fresh["running_mean"], np.zeros(3)) and np.array_equal(fresh["running_var"], np.zeros(3))
+
+
+@pytest.mark.parametrize("spatial", [False, True])
+def test_batchnorm_of_one_value_per_channel_is_the_assignments(spatial):
+    """A batch of 1 (N*H*W = 1): the assignment's formulas give out = beta, a variance of 0 in the
+    running statistics and a zero input gradient, where gpuconv.ops (as PyTorch) refuses."""
+    x = randn(1, 3, 1, 1) if spatial else randn(1, 3)
+    fwd, bwd = ((C.spatial_batchnorm_forward, C.spatial_batchnorm_backward) if spatial
+                else (C.batchnorm_forward, C.batchnorm_backward))
+    gamma, beta, bn_param = randn(3), randn(3), {"mode": "train", "momentum": 0.8}
+    out, cache = fwd(x, gamma, beta, bn_param)
+    np.testing.assert_array_equal(out.reshape(3), beta)
+    np.testing.assert_allclose(bn_param["running_mean"], 0.2 * x.reshape(3), rtol=1e-15)
+    np.testing.assert_array_equal(bn_param["running_var"], np.zeros(3))
+    dout = randn(*x.shape)
+    dx, dgamma, dbeta = bwd(dout, cache)
+    num = C.eval_numerical_gradient_array(lambda v: fwd(v, gamma, beta, {"mode": "train"})[0], x.copy(), dout)
+    np.testing.assert_array_equal(dx, np.zeros_like(x))
+    np.testing.assert_array_equal(num, np.zeros_like(x))
+    np.testing.assert_array_equal(dgamma, np.zeros(3))
+    np.testing.assert_allclose(dbeta, dout.reshape(3), rtol=1e-15)
 
 
 def test_dropout_p_is_the_keep_probability():

@@ -40,6 +40,10 @@ Differences worth knowing (all deliberate):
 - ``load_CIFAR10`` on a directory with no ``test_batch`` (such as the 5,170-image subset used in
   CI) returns empty ``Xte``/``Yte`` and warns, instead of failing; no reader assumes 10,000
   images per batch.
+- Where a pooling window holds its maximum more than once, the gradient goes to the first of
+  them, in every pooling function; the assignment's ``max_pool_backward_reshape`` (the fast path
+  for stride = window) shares it out among the ties. The two agree wherever the window's values
+  differ, and after a ReLU (whose backward zeroes the gradient of the tied zeros) in any case.
 - ``get_CIFAR10_data`` takes the data directory as ``cifar10_dir=`` (the assignment hard-codes
   ``cs231n/datasets/cifar-10-batches-py``); without it, gpuconv's search ($GPUCONV_DATA,
   ``~/.cache/gpuconv``, else download). Asking for more images than the source holds is an error

@@ -28,10 +28,14 @@ def param(params, key, dict_name, example):
 
 # ----------------------------------------------------------------------------- affine, relu
 def affine_forward(x, w, b):
-    """``out = x.reshape(N, D) @ w + b`` with x (N, d_1, ..., d_k), w (D, M), b (M,); cache ``(x, w, b)``."""
+    """``out = x.reshape(N, D) @ w + b`` with x (N, d_1, ..., d_k), w (D, M), b (M,) (or (1, M), which
+    NumPy broadcasts alike); cache ``(x, w, b)``."""
     _check_affine(x, w)
     with Call(x, w, b) as c:
-        out, oc = ops.linear_forward(c.arg(x), c.param(w).T, c.param(b))
+        bias = c.param(b)
+        if getattr(bias, "ndim", 1) == 2 and bias.shape[0] == 1:
+            bias = bias.reshape(-1)
+        out, oc = ops.linear_forward(c.arg(x), c.param(w).T, bias)
         return c.out(out), c.cache((x, w, b), oc)
 
 
@@ -129,7 +133,7 @@ def softmax_loss(x, y):
     ``loss`` is a NumPy scalar of x's dtype for NumPy inputs, as in CS231n, and a 0-d CuPy array
     for CuPy inputs: turning it into a number would wait for the GPU on every call; ``float(loss)``
     does that when you want it (printing it does too)."""
-    _check_labels(x, y)
+    y = _check_labels(x, y)
     with Call(x) as c:
         loss, dx = ops.softmax_cross_entropy(c.arg(x), c.labels(y))
         return scalar(c.out(loss)), c.out(dx)
@@ -140,7 +144,7 @@ def svm_loss(x, y):
     (on CuPy, out-of-range labels give a NaN loss rather than a readback for the check).
 
     gpuconv.ops has no hinge loss, so this is its one implementation, in array-agnostic xp."""
-    _check_labels(x, y)
+    y = _check_labels(x, y)
     with Call(x) as c:
         xd = c.arg(x)
         yd = c.labels(y)
@@ -162,6 +166,9 @@ def svm_loss(x, y):
 
 
 def _check_labels(x, y):
+    """``y`` as an array (a list of labels indexes as in the assignment's NumPy code), checked."""
+    if isinstance(y, (list, tuple)):
+        y = np.asarray(y)
     if getattr(x, "ndim", None) != 2 or x.dtype.kind not in "fiub":
         raise TypeError(f"x must be a 2-D array of scores (N, C), got "
                         f"{getattr(x, 'dtype', type(x).__name__)} of shape {getattr(x, 'shape', None)}")
@@ -172,6 +179,7 @@ def _check_labels(x, y):
     if isinstance(y, np.ndarray) and y.size and (y.min() < 0 or y.max() >= x.shape[1]):
         raise ValueError(f"labels must lie in [0, {x.shape[1]}) (x has C={x.shape[1]} classes), got values in "
                          f"[{y.min()}, {y.max()}]")
+    return y
 
 
 def scalar(loss):

@@ -97,15 +97,27 @@ def _batchnorm(c, x4, gamma, beta, bn_param):
     running_var = bn_param.get("running_var", host.zeros(channels, dtype=c.dtype))
     g, b = c.param(gamma), c.param(beta)
     if mode == "test":
+        # the assignment stores the statistics it used, zeros when there were none
+        bn_param["running_mean"], bn_param["running_var"] = running_mean, running_var
         return ops.batchnorm2d_forward(x4, g, b, c.arg(running_mean), c.arg(running_var), training=False,
                                        momentum=0.0, eps=eps)
-    # The op keeps PyTorch's running statistics; with momentum 1 into fresh buffers it hands back
-    # exactly this batch's mean and unbiased variance, from which CS231n's update follows.
-    batch_mean = xp.zeros(channels, dtype=c.dtype)
-    batch_var = xp.zeros(channels, dtype=c.dtype)
-    out, oc = ops.batchnorm2d_forward(x4, g, b, batch_mean, batch_var, training=True, momentum=1.0, eps=eps)
     count = x4.size // channels
-    biased = batch_var * ((count - 1) / count)
+    if count == 1:
+        # One value per channel (a batch of 1): the assignment's formulas give mean = x, variance 0,
+        # out = beta and a zero input gradient, where the op (as PyTorch) refuses to estimate a
+        # variance. The op's eval mode on those statistics computes it; its cache, marked as a
+        # training one, gives the training backward (xhat = 0: dx = 0, dgamma = 0, dbeta = dout).
+        batch_mean = x4.reshape(channels).astype(c.dtype)
+        biased = xp.zeros(channels, dtype=c.dtype)
+        out, oc = ops.batchnorm2d_forward(x4, g, b, batch_mean, biased, training=False, momentum=0.0, eps=eps)
+        oc = oc._replace(training=True)
+    else:
+        # The op keeps PyTorch's running statistics; with momentum 1 into fresh buffers it hands back
+        # exactly this batch's mean and unbiased variance, from which CS231n's update follows.
+        batch_mean = xp.zeros(channels, dtype=c.dtype)
+        batch_var = xp.zeros(channels, dtype=c.dtype)
+        out, oc = ops.batchnorm2d_forward(x4, g, b, batch_mean, batch_var, training=True, momentum=1.0, eps=eps)
+        biased = batch_var * ((count - 1) / count)
     if on_host:
         batch_mean, biased = download(batch_mean), download(biased)
     bn_param["running_mean"] = momentum * running_mean + (1 - momentum) * batch_mean
