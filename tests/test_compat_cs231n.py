@@ -155,6 +155,34 @@ def test_conv_follows_the_assignment_definition():
     assert rel_error(out, expected) < 1e-12
 
 
+@pytest.mark.parametrize("h, w_, hh, stride, pad", [(8, 8, 3, 2, 1), (7, 9, 3, 2, 0), (8, 8, 3, 3, 1), (6, 5, 2, 4, 2)])
+def test_conv_sizes_that_do_not_divide_floor_as_the_assignment(h, w_, hh, stride, pad):
+    """1 + (H + 2P - HH) // S outputs, as conv_forward_fast (its strides form) and a student's loop
+    compute them (32x32, 3x3, stride 2, pad 1: 16x16), and the gradients of that function."""
+    x, w, b = randn(2, 3, h, w_), randn(4, 3, hh, hh), randn(4)
+    conv_param = {"stride": stride, "pad": pad}
+    xpad = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    oh, ow = 1 + (h + 2 * pad - hh) // stride, 1 + (w_ + 2 * pad - hh) // stride
+    expected = np.empty((2, 4, oh, ow))
+    for i in range(oh):
+        for j in range(ow):
+            window = xpad[:, :, stride * i:stride * i + hh, stride * j:stride * j + hh]
+            expected[:, :, i, j] = np.tensordot(window, w, axes=([1, 2, 3], [1, 2, 3])) + b
+    for forward, backward in ((C.conv_forward_naive, C.conv_backward_naive), (C.conv_forward_fast, C.conv_backward_fast)):
+        out, cache = forward(x, w, b, conv_param)
+        assert out.shape == expected.shape and rel_error(out, expected) < 1e-12
+        dout = randn(*out.shape)
+        dx, dw, db = backward(dout, cache)
+        for got, wrt in ((dx, 0), (dw, 1), (db, 2)):
+            args = [x, w, b]
+            num = C.eval_numerical_gradient_array(
+                lambda v: C.conv_forward_naive(*args[:wrt], v, *args[wrt + 1:], conv_param)[0], args[wrt].copy(), dout)
+            assert got.shape == args[wrt].shape and rel_error(got, num) < 1e-7
+    assert C.conv_forward_fast(x, w, b, conv_param)[1][4].shape == (3 * hh * hh, 2 * oh * ow)  # x_cols
+    pooled, _ = C.max_pool_forward_naive(x, {"pool_height": 2, "pool_width": 2, "stride": 2})
+    assert pooled.shape == (2, 3, h // 2, w_ // 2)
+
+
 def test_losses_at_chance_and_svm_against_its_definition():
     x, y = 0.001 * randn(200, 10), RNG.integers(0, 10, 200)
     loss, _ = C.softmax_loss(x, y)
@@ -476,8 +504,8 @@ def test_solver_overfits_100_real_images(subset_dir):
 # ----------------------------------------------------------------------------- bad input
 def test_bad_inputs_raise_the_ops_errors():
     x, w, b = randn(1, 3, 7, 7), randn(2, 3, 3, 3), randn(2)
-    with pytest.raises(ValueError, match=r"\([HW] - F \+ 2P\)/S \+ 1"):
-        C.conv_forward_naive(x, w, b, {"stride": 3, "pad": 0})     # (7 - 3)/3 + 1 is not whole
+    with pytest.raises(ValueError, match=r"\([HW] - F \+ 2P\)/S \+ 1.*< 1"):
+        C.conv_forward_naive(x, randn(2, 3, 9, 9), b, {"stride": 1, "pad": 0})     # a filter larger than x
     with pytest.raises(TypeError, match="real numbers.*astype"):
         C.affine_forward(randn(2, 3).astype(np.complex128), randn(3, 2), randn(2))
     with pytest.raises(KeyError, match="'pad'"):

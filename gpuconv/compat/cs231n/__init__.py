@@ -13,7 +13,8 @@ classifiers stay theirs)::
 
 Same names, arguments, parameter dicts (``conv_param``, ``pool_param``, ``bn_param``,
 ``ln_param``, ``gn_param``, ``dropout_param``), return values and caches as the assignment, with
-the arithmetic done by :mod:`gpuconv.ops`.
+the arithmetic done by :mod:`gpuconv.ops`. Output sizes floor as the assignment's code computes
+them, ``1 + (H + 2 * pad - HH) // stride`` (``gpuconv.ops`` itself refuses sizes that do not divide).
 
 Editions (2016-2026): the default is the latest starter code (2018 on: dropout's ``p`` keeps a
 unit, update rules ``(w, dw, config)``, Adam's ``t`` from 0, layer and group norm). 2017 code:

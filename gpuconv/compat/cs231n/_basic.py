@@ -83,12 +83,41 @@ _POOL_EXAMPLE = "{'pool_height': 2, 'pool_width': 2, 'stride': 2}"
 
 def conv_forward_naive(x, w, b, conv_param):
     """Convolution of x (N, C, H, W) with w (F, C, HH, WW) plus b (F,); ``conv_param`` has
-    ``'stride'`` and ``'pad'`` (zeros on every side). Returns ``out, (x, w, b, conv_param)``."""
+    ``'stride'`` and ``'pad'`` (zeros on every side). Returns ``out, (x, w, b, conv_param)``.
+
+    The output is ``1 + (H + 2 * pad - HH) // stride`` high (and wide likewise), floored as the
+    assignment's ``conv_forward_fast`` and students' naive loops compute it: where the division is
+    not whole, the last rows (columns) of the padded input that no window reaches are left out."""
     stride = param(conv_param, "stride", "conv_param", _CONV_EXAMPLE)
     pad = param(conv_param, "pad", "conv_param", _CONV_EXAMPLE)
     with Call(x, w, b) as c:
-        out, oc = ops.conv2d_forward(c.arg(x), c.param(w), c.param(b), stride=stride, padding=pad)
+        xin, padding = _floored_input(c.arg(x), w, stride, pad)
+        out, oc = ops.conv2d_forward(xin, c.param(w), c.param(b), stride=stride, padding=padding)
         return c.out(out), c.cache((x, w, b, conv_param), oc)
+
+
+def _floored_input(x, w, stride, pad):
+    """``(input, padding)`` for the op: ``(x, pad)`` when ``(H + 2 pad - HH) / stride`` is whole
+    along both axes (and wherever the op is to raise), else x zero-padded and cut to the rows and
+    columns the floored windows cover, with padding 0 (the op itself takes whole sizes only)."""
+    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 0 for v in (stride, pad)) \
+            or stride == 0 or getattr(x, "ndim", 0) != 4 or getattr(w, "ndim", 0) != 4:
+        return x, pad
+    spans = [x.shape[a] + 2 * pad - w.shape[a] for a in (2, 3)]
+    if min(spans) < 0 or not any(span % stride for span in spans):
+        return x, pad
+    xp = get_array_module(x)
+    padded = xp.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    (sh, sw) = (span - span % stride + w.shape[a] for span, a in zip(spans, (2, 3)))
+    return padded[:, :, :sh, :sw], 0
+
+
+def _unfloored(dx, x_shape, pad):
+    """The gradient of x from that of :func:`_floored_input`'s cut, padded input."""
+    n, ch, h, wd = x_shape
+    full = get_array_module(dx).zeros((n, ch, h + 2 * pad, wd + 2 * pad), dx.dtype)
+    full[:, :, :dx.shape[2], :dx.shape[3]] = dx
+    return full[:, :, pad:pad + h, pad:pad + wd]
 
 
 def conv_backward_naive(dout, cache):
@@ -101,6 +130,9 @@ def conv_backward(dout, cache, need_dx=True):
     c, oc = backward_call(dout, cache, lambda dt: conv_forward_naive(*cast_all(dt, x, w, b), conv_param)[1])
     with c:
         dx, dw, db = ops.conv2d_backward(c.arg(dout), oc, need_dx=need_dx)
+        pad = conv_param["pad"]
+        if dx is not None and (tuple(oc.x.shape) != tuple(x.shape) or tuple(oc.padding) != (pad, pad)):
+            dx = _unfloored(dx, x.shape, pad)  # the forward floored its output size
         return c.out(dx), c.out(dw), c.out(db)
 
 
@@ -113,8 +145,8 @@ def max_pool_forward_naive(x, pool_param):
     if x.dtype.kind in "biu":   # NumPy keeps integers; the maximum of integers is exact in float64
         out, cache = max_pool_forward_naive(x.astype(np.float64), pool_param)
         return out.astype(x.dtype), cache
-    with Call(x) as c:
-        out, oc = ops.max_pool2d_forward(c.arg(x), kernel_size=(ph, pw), stride=stride)
+    with Call(x) as c:  # floored output sizes, as the convolutions' (conv_forward_naive)
+        out, oc = ops.max_pool2d_forward(c.arg(x), kernel_size=(ph, pw), stride=stride, floor=True)
         return c.out(out), c.cache((x, pool_param), oc)
 
 
