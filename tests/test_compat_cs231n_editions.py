@@ -16,9 +16,10 @@ import pytest
 import gpuconv.compat.cs231n as G
 
 HERE = pathlib.Path(__file__).parent / "cs231n_editions"
-# An edition's files over those of the one it was changed from: 2016's starter code is 2017's
-# but for optim.py (Adam's t from 0).
+# An edition's files over those of the one it was changed from, and its edits to them: 2016's
+# starter code is 2017's but for Adam's t, which starts from 0.
 BASES = {2016: (2017,)}
+EDITS = {2016: {"cs231n/optim.py": ("config.setdefault('t', 1)", "config.setdefault('t', 0)")}}
 
 
 @contextlib.contextmanager
@@ -28,6 +29,10 @@ def student_package(tmp_path, year, redirect):
     shutil.copytree(HERE / "common", root)
     for layer in BASES.get(year, ()) + (year,):
         shutil.copytree(HERE / str(layer), root, dirs_exist_ok=True)
+    for name, (old, new) in EDITS.get(year, {}).items():
+        text = (root / name).read_text()
+        assert text.count(old) == 1, f"{name}: the edit's text is not there once"
+        (root / name).write_text(text.replace(old, new))
     saved = {k: v for k, v in sys.modules.items() if k == "cs231n" or k.startswith("cs231n.")}
     for k in saved:
         del sys.modules[k]
