@@ -7,11 +7,28 @@ import pathlib
 import tempfile
 
 
+def chmod_like_a_new_file(fd, path: pathlib.Path) -> None:
+    """Give the temporary file ``fd`` that will replace ``path`` the mode ``path`` has, else the one
+    ``open()`` would give (0666 less the umask): mkstemp creates it 0600, and after the rename a
+    checkpoint, a plot or a shared kernel cache would be unreadable to the group and others."""
+    if not hasattr(os, "fchmod"):  # Windows: no POSIX modes to fix
+        return
+    try:
+        mode = path.stat().st_mode & 0o777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    os.fchmod(fd, mode)
+
+
 def write_atomic(path: pathlib.Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same directory and ``os.replace``:
-    a concurrent reader sees no file or the whole file, never part of one."""
+    a concurrent reader sees no file or the whole file, never part of one; the file gets the mode a
+    plain write would give it."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     try:
+        chmod_like_a_new_file(fd, path)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._files import chmod_like_a_new_file
 from .backend import to_device
 
 FORMAT = 1
@@ -172,21 +173,6 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _chmod_like_a_new_file(fd, path: Path) -> None:
-    # mkstemp creates the file 0600; after the rename the checkpoint would be unreadable to the
-    # group and others, unlike any file np.savez writes. Keep the mode of the checkpoint being
-    # replaced, else use what open() would give (0666 less the umask).
-    if not hasattr(os, "fchmod"):  # Windows: no POSIX modes to fix
-        return
-    try:
-        mode = path.stat().st_mode & 0o777
-    except OSError:
-        umask = os.umask(0)
-        os.umask(umask)
-        mode = 0o666 & ~umask
-    os.fchmod(fd, mode)
-
-
 def save_checkpoint(path, arrays: dict) -> Path:
     """Write ``arrays`` to ``path`` as an ``.npz``, atomically; returns the path."""
     clean = {}
@@ -212,7 +198,7 @@ def _write_durably(path: Path, write) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        _chmod_like_a_new_file(fd, path)
+        chmod_like_a_new_file(fd, path)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume-if-exists", action="store_true",
                    help="continue from OUT/checkpoint.npz when it exists, else start a new run (for job scripts "
                         "that are restarted after a preemption)")
-    t.add_argument("--seed", type=int, default=None, help="seed for init, shuffling, augmentation (default 0)")
+    t.add_argument("--seed", type=_nonneg_int, default=None, help="seed for init, shuffling, augmentation (default 0)")
     t.add_argument("--limit", type=_positive_int, default=None, help="use only N training images, a seeded sample (quick runs; default: all)")
     t.add_argument("--val-split", default=None,
                    help="validation data: 'auto' (test_batch, else hold out data_batch_5, else 10%%), "
@@ -285,6 +285,10 @@ def resolve_split(cifar, spec, seed=0):
         return cifar.train, cifar.test, f"test_batch ({len(cifar.test)} images)", "test"
     kind, value = spec
     if kind == "batch":
+        batches = len(cifar.train.batch_sizes)
+        if not 1 <= value <= batches:
+            raise ValueError(f"--val-split batch{value}: {cifar.root} has training batches data_batch_1..{batches}: "
+                             f"use batch1..batch{batches}, or a fraction such as 0.1")
         train, val = train_val_split(cifar.train, val_batch=value)
         return train, val, f"data_batch_{value} held out of training ({len(val)} images)", ["batch", value]
     train, val = train_val_split(cifar.train, val_fraction=value, seed=seed)
@@ -439,6 +443,14 @@ def _settings(args, device=None):
     return s
 
 
+def _recorded_data(out) -> dict | None:
+    """The training data a run in ``out`` recorded (its path, image count and fingerprint); None for a
+    checkpoint written before runs recorded it."""
+    from .checkpoint import CHECKPOINT_NAME, load_checkpoint, read_config
+    path = Path(out) / CHECKPOINT_NAME
+    return read_config(load_checkpoint(path)).get("data") if path.exists() else None
+
+
 def _check_resume_flags(given, stored, ckpt_path):
     """A resumed run continues the saved one: its data, model and schedule cannot change midway
     (the optimizer and schedule state in the checkpoint would silently override new values)."""
@@ -474,8 +486,13 @@ def cmd_train(args) -> int:
     elif args.resume and not checkpoint_exists:
         raise FileNotFoundError(f"--resume: {Path(args.out) / CHECKPOINT_NAME} does not exist, so there is no run to "
                                 "continue there; drop --resume to start a new run, or use --resume-if-exists")
-    with directory_lock(args.out):
-        return _train(args)
+    created = not Path(args.out).exists()
+    try:
+        with directory_lock(args.out):
+            return _train(args)
+    finally:  # a run that failed before writing anything leaves no empty --out behind
+        if created and Path(args.out).is_dir() and not any(Path(args.out).iterdir()):
+            Path(args.out).rmdir()
 
 
 def _train(args) -> int:
@@ -491,10 +508,14 @@ def _train(args) -> int:
     if device.kind == "sim":
         _say("note: --device sim runs the CUDA kernels on the host simulator, one fiber per GPU thread: tens of "
              "images/s, meant for checking the kernels (--device cpu trains with NumPy, a hundred times faster)")
-    if not args.resume and (Path(args.out) / CHECKPOINT_NAME).exists():
-        _say(f"note: {args.out} holds an earlier run; this new run replaces its checkpoint and metrics "
-             "(use --resume to continue it instead)")
-    cifar = _load_data(args.data)
+    if args.cuda_graph and not device.is_cuda:
+        _say(f"note: --cuda-graph replays steps on a GPU; on {device} each step runs as it is")
+    recorded = _recorded_data(args.out) if args.resume else None
+    data = args.data
+    if data is None and recorded and Path(recorded["path"]).exists():
+        data = recorded["path"]  # a resumed run continues on its own data, not on whatever a search finds
+        _say(f"resuming on the run's data: {data}")
+    cifar = _load_data(data)
     if cifar.train is None:
         raise FileNotFoundError(f"{cifar.root} holds test_batch alone, no training batches (data_batch_1..5): it "
                                 "is enough to evaluate a checkpoint, not to train. Point --data at the full release")
@@ -503,12 +524,19 @@ def _train(args) -> int:
     if cifar.test is None and val is not None:
         _say(f"{cifar.root} has no test_batch: validating on {val_desc}")
     train = _limit(train, s["limit"], s["seed"])
+    trained_on = {"path": str(Path(cifar.root).resolve()), "train_images": len(train), "fingerprint": train.fingerprint()}
+    if recorded and recorded.get("fingerprint") != trained_on["fingerprint"]:
+        raise ValueError(f"--resume: {args.out} holds a run trained on {recorded['train_images']} images from "
+                         f"{recorded['path']}, but the training images found now ({len(train)} from {cifar.root}) "
+                         f"are not those: pass --data {recorded['path']} (or a copy of it) to continue that run, "
+                         "or train into a new --out")
+    if not args.resume and (Path(args.out) / CHECKPOINT_NAME).exists():
+        _say(f"note: {args.out} holds an earlier run; this new run replaces its checkpoint and metrics "
+             "(use --resume to continue it instead)")
     if s["optimizer"] == "airbench" and s["batch_size"] > len(train):
         _say(f"note: the {s['recipe']} recipe's lr and weight decay are per 1024 examples, scaled to batch "
              f"{s['batch_size']}")
-    if getattr(args, "width", None) is not None and s["model"] not in ("fast", *AIRBENCH_MODELS):
-        _say(f"warning: --width sets fast_net's and the airbench networks' channel widths; the {s['model']} model "
-             "ignores it")
+    _warn_unused_width(s["model"], getattr(args, "width", None))
     if s["cutout"] and not s["augment"]:
         _say(f"warning: --cutout {s['cutout']} applies with augmentation only, which this run has off (--augment)")
     if s["batch_size"] > len(train):
@@ -526,6 +554,7 @@ def _train(args) -> int:
     with backend.default_device(device):
         model, config = build_model(s["model"], seed=s["seed"], width=s.get("width"), model_kwargs=s["model_kwargs"])
         config["train_args"] = s
+        config["data"] = trained_on
         config["classes"] = list(cifar.classes)
         config["preprocess"] = {"mean": list(CIFAR10_MEAN), "std": list(CIFAR10_STD)}  # what the loaders apply
         nhwc = amp.channels_last_for(s["precision"])  # the layout the tensor-core convolutions read
@@ -542,7 +571,7 @@ def _train(args) -> int:
                           log_every=args.log_every, seed=s["seed"], progress="epoch" if args.no_progress else True,
                           config=config, precision=s["precision"], cuda_graph=args.cuda_graph,
                           autotune={"auto": "auto", "on": True, "off": False}[args.autotune], **extras)
-        resume_cmd = f"gpuconv train --out {args.out} --resume" + (f" --data {args.data}" if args.data else "")
+        resume_cmd = f"gpuconv train --out {args.out} --resume" + (f" --data {data}" if data else "")
         try:
             trainer.fit(train_loader, s["epochs"], val=val_loader, resume=args.resume)
         except TrainingInterrupted as exc:
@@ -665,7 +694,14 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def _warn_unused_width(model, width):
+    if width is not None and model not in ("fast", *AIRBENCH_MODELS):
+        _say(f"warning: --width sets fast_net's and the airbench networks' channel widths; the {model} model "
+             "ignores it")
+
+
 def cmd_summary(args) -> int:
+    _warn_unused_width(args.model, args.width)
     model, _ = build_model(args.model, width=args.width)
     print(model.summary((3, 32, 32)))
     return 0

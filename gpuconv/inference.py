@@ -123,6 +123,21 @@ def as_nchw(images) -> np.ndarray:
     return xp.ascontiguousarray(a)
 
 
+def _as_rgb8(im, path):
+    """An 8-bit RGB Pillow image of ``im``. 16-bit grayscale images (PNG's I;16) are scaled down
+    (65535 -> 255), where Pillow's own conversion clips every value above 255 to white; other
+    integer and float modes ('I', 'F'), whose range the file does not say, are refused."""
+    from PIL import Image
+    if im.mode.startswith("I;16"):
+        gray = (np.asarray(im, dtype=np.uint32) * 255 + 32767) // 65535  # rounded to nearest
+        return Image.fromarray(gray.astype(np.uint8), mode="L").convert("RGB")
+    if im.mode in ("I", "F"):
+        raise ValueError(f"{path} holds {'32-bit integer' if im.mode == 'I' else 'floating-point'} pixels (Pillow mode "
+                         f"{im.mode!r}), whose range the file does not give: save it as an 8-bit image, or pass a .npy "
+                         "array of uint8 images")
+    return im.convert("RGB")
+
+
 def load_images(paths):
     """(uint8 images (N, 3, 32, 32), [(source, index in source)]) from image files (converted to
     RGB, resized) and ``.npy`` files of uint8 images (N, 32, 32, 3) or (N, 3, 32, 32)."""
@@ -138,7 +153,7 @@ def load_images(paths):
             continue
         try:
             with Image.open(p) as im:
-                rgb = im.convert("RGB")
+                rgb = _as_rgb8(im, p)
                 if rgb.size != INPUT_HW[::-1]:
                     rgb = rgb.resize(INPUT_HW[::-1], Image.Resampling.BOX if min(rgb.size) > 32
                                      else Image.Resampling.BILINEAR)

@@ -156,6 +156,30 @@ def test_resume_reads_settings_from_the_checkpoint(trained, tmp_path, capsys):
     assert rc == 1 and "--epochs 3" in err and "schedule" in err
 
 
+def test_resume_continues_on_the_runs_own_data_or_refuses(trained, tmp_path, capsys, monkeypatch):
+    """The run records its training data (path, count, fingerprint): --resume without --data goes back
+    to it, whatever $GPUCONV_DATA says, and other images are refused, not trained on."""
+    import shutil
+    config = ckpt.read_config(ckpt.load_checkpoint(trained / "checkpoint.npz"))
+    assert config["data"]["path"] == str(SUBSET.resolve()) and config["data"]["train_images"] == 1000
+    other = tmp_path / "other"
+    shutil.copytree(SUBSET, other)
+    import pickle
+    with open(SUBSET / "data_batch_1", "rb") as f:
+        batch = pickle.load(f, encoding="bytes")
+    batch[b"data"], batch[b"labels"] = batch[b"data"][::-1].copy(), batch[b"labels"][::-1]  # the same images, reordered
+    with open(other / "data_batch_1", "wb") as f:
+        pickle.dump(batch, f)
+    run_dir = tmp_path / "again"
+    shutil.copytree(trained, run_dir)
+    monkeypatch.setenv("GPUCONV_DATA", str(other))
+    rc, _, err = run(["train", "--out", run_dir, "--resume"], capsys)
+    assert rc == 0, err
+    assert f"resuming on the run's data: {SUBSET.resolve()}" in err and "nothing to do" in err
+    rc, _, err = run(["train", "--out", run_dir, "--resume", "--data", other], capsys)
+    assert rc == 1 and "trained on 1000 images from" in err and f"pass --data {SUBSET.resolve()}" in err
+
+
 def test_flags_that_do_nothing_warn(tmp_path, capsys):
     rc, _, err = run(["train", "--model", "seed", "--width", "8", "--epochs", "1", "--limit", "40",
                       "--batch-size", "64", "--cutout", "4", "--data", SUBSET, "--out", tmp_path, "--no-progress"],
@@ -164,6 +188,9 @@ def test_flags_that_do_nothing_warn(tmp_path, capsys):
     assert "--cutout 4 applies with augmentation only, which this run has off" in err
     assert "--width sets fast_net's and the airbench networks' channel widths; the seed model ignores it" in err
     assert "--batch-size 64 is larger than the 40 training images" in err
+    rc, _, err = run(["train", "--model", "seed", "--epochs", "1", "--limit", "40", "--cuda-graph", "--device", "cpu",
+                      "--data", SUBSET, "--out", tmp_path / "g", "--no-progress"], capsys)
+    assert rc == 0 and "--cuda-graph replays steps on a GPU; on cpu each step runs as it is" in err
 
 
 def test_the_small_subset_note_suggests_a_smaller_batch(tmp_path, capsys, monkeypatch):
@@ -210,6 +237,10 @@ def test_bad_values_get_clear_errors(tmp_path, capsys):
             assert "no NVIDIA GPU driver found" in err
     rc, _, err = run(["train", "--val-split", "test", "--data", SUBSET, "--out", tmp_path, "--limit", "10"], capsys)
     assert rc == 1 and "no test_batch" in err
+    fresh = tmp_path / "fresh"
+    rc, _, err = run(["train", "--val-split", "batch9", "--data", SUBSET, "--out", fresh], capsys)
+    assert rc == 1 and "--val-split batch9:" in err and "use batch1..batch5" in err and "val_batch" not in err
+    assert not fresh.exists()  # a run that failed before writing anything leaves no empty --out
     rc, _, err = run(["evaluate", "--checkpoint", tmp_path / "nope.npz", "--data", SUBSET], capsys)
     assert rc == 1 and "does not exist" in err
     bare = ckpt.save_checkpoint(tmp_path / "bare.npz", {"meta/format": np.asarray(1), "meta/epoch": np.asarray(0)})
@@ -223,7 +254,7 @@ def test_bad_values_get_clear_errors(tmp_path, capsys):
     ("--lr", "-1", "must be a finite number >= 0"), ("--lr", "0", "a learning rate of 0 trains nothing"),
     ("--momentum", "-1", "in [0, 1)"), ("--weight-decay", "nan", "must be a finite number >= 0"),
     ("--label-smoothing", "2", "in [0, 1)"), ("--epochs", "1.5", "'1.5' is not a positive integer"),
-    ("--batch-size", "0", "is not a positive integer")])
+    ("--batch-size", "0", "is not a positive integer"), ("--seed", "-1", "argument --seed: '-1' is not an integer >= 0")])
 def test_bad_numbers_are_refused_before_any_data_is_read(capsys, monkeypatch, flag, value, says):
     monkeypatch.setattr(cli, "_load_data", lambda *a, **k: pytest.fail("data loaded before the flags were checked"))
     with pytest.raises(SystemExit) as info:
@@ -461,6 +492,21 @@ def test_predict_command_reads_images_and_arrays(trained, tmp_path, capsys):
     assert rc == 1 and "nope.png does not exist" in err
 
 
+def test_16_bit_and_float_images_are_scaled_or_refused(tmp_path):
+    """Pillow's convert('RGB') clips a 16-bit PNG's values to 255 (an all-white image, predicted
+    without a word); it is scaled to 8 bits, and pixels of unknown range are refused."""
+    from PIL import Image
+    from gpuconv.inference import load_images
+    gray16 = (np.arange(32 * 32).reshape(32, 32) * 64).astype(np.uint16)
+    Image.fromarray(gray16).save(tmp_path / "g16.png")
+    images, _ = load_images([tmp_path / "g16.png"])
+    want = np.round(gray16 / 257).astype(np.uint8)
+    assert images.shape == (1, 3, 32, 32) and all(np.array_equal(images[0, c], want) for c in range(3))
+    Image.fromarray(gray16.astype(np.float32)).save(tmp_path / "f.tiff")
+    with pytest.raises(ValueError, match="floating-point pixels.*8-bit image"):
+        load_images([tmp_path / "f.tiff"])
+
+
 def test_summary_counts_parameters_and_flops(capsys):
     from gpuconv import models
     net = models.three_layer_convnet()
@@ -470,6 +516,8 @@ def test_summary_counts_parameters_and_flops(capsys):
     assert f"{conv_flops:,}" in text
     rc, out, _ = run(["summary", "--model", "fast", "--width", "8"], capsys)
     assert rc == 0 and "Residual (x + inner)" in out and "total" in out
+    rc, out, err = run(["summary", "--model", "three_layer", "--width", "8"], capsys)
+    assert rc == 0 and "the three_layer model ignores it" in err
 
 
 def test_a_full_disk_loses_no_saved_work(tmp_path, capsys, monkeypatch):

@@ -626,3 +626,16 @@ def test_write_atomic_leaves_no_temporary_file_behind(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         _files.write_atomic(target, b"two")
     assert target.read_bytes() == b"one" and [p.name for p in tmp_path.iterdir()] == ["k.cubin"]
+
+
+def test_write_atomic_gives_the_mode_of_a_plain_write(tmp_path):
+    """Not mkstemp's 0600: a kernel cache or a run's plot is readable wherever a plain file would be."""
+    import os
+
+    from gpuconv import _files
+    old = os.umask(0o022)
+    try:
+        _files.write_atomic(tmp_path / "curves.png", b"png")
+        assert (tmp_path / "curves.png").stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(old)

@@ -8,6 +8,7 @@ is fetched into ``$GPUCONV_DATA`` (when set) or ``~/.cache/gpuconv`` and read fr
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import pathlib
 import warnings
@@ -49,6 +50,14 @@ class Split:
 
     def __len__(self):
         return len(self.labels)
+
+    def fingerprint(self) -> str:
+        """A short hash of the images and labels, in order: the same split, read again from any
+        copy of the same files, has the same one (a resumed run checks it trains on its own data)."""
+        h = hashlib.blake2b(digest_size=8)
+        h.update(np.ascontiguousarray(self.images).data)
+        h.update(np.ascontiguousarray(self.labels, dtype="<i8").data)
+        return h.hexdigest()
 
     def __repr__(self):
         return f"Split(images={self.images.shape}, labels={self.labels.shape}, batch_sizes={self.batch_sizes})"
