@@ -172,12 +172,14 @@ def resolve(family: str, dtype, tf32: bool, channels: int, target: str | None = 
     ``(device, geometry)`` and ``run(variant)`` runs it, see :func:`tuned_variant`), else by the
     channel rule of :func:`auto_variant`."""
     var = variant(family, dtype, tf32)
-    if var != "auto":
-        return var
-    if launch is None or target not in _TUNED_TARGETS or not autotune_enabled():
-        return auto_variant(family, dtype, tf32, channels)
-    device, geometry = launch()
-    return tuned_variant(family, dtype, tf32, channels, target, device, geometry, run)
+    if var == "auto" and launch is not None and target in _TUNED_TARGETS and autotune_enabled():
+        device, geometry = launch()
+        return tuned_variant(family, dtype, tf32, channels, target, device, geometry, run)
+    if var == "auto":
+        var = auto_variant(family, dtype, tf32, channels)
+    if var in TC_VARIANTS and target == "cuda" and not tensor_cores_available(target, launch()[0] if launch else None):
+        return auto_variant(family, np.float32, False, channels)  # the CUDA-core tiles, in the arrays' precision
+    return var
 
 
 # ----------------------------------------------------------------------------- autotuning
@@ -291,7 +293,7 @@ def clear_tuned():
 
 def tune_candidates(family: str, dtype, tf32: bool, target: str, device=None, channels: int = 0) -> tuple:
     """The variants autotuning times for ``family`` on ``dtype`` (see above)."""
-    if tf32 or np.dtype(dtype) in precision.LOW_PRECISION:
+    if (tf32 or np.dtype(dtype) in precision.LOW_PRECISION) and tensor_cores_available(target, device):
         return tuple(v for v in TC_VARIANTS if v not in _WGMMA_VARIANTS or wgmma_available(target, device))
     if family == "conv2d_backward_data" and channels < AUTO_V1_BELOW:
         return ("v1", "v2", "v3")
@@ -911,6 +913,25 @@ def wgmma_available(target: str, device: int | None = None) -> bool:
     return target == "sim" or (_env.flag("GPUCONV_WGMMA", default=True) and _arch_specific_build(device))
 
 
+# Files whose kernels are mma.sync/ldmatrix/cp.async (kernels/mma.cuh): they build for sm_80 and
+# newer only, and run on such GPUs only.
+TENSOR_CORE_FILES = tuple(f for f, headers in UNIT_HEADERS.items() if "mma.cuh" in headers)
+TENSOR_CORE_MIN_CC = 80
+
+
+def tensor_cores_available(target: str, device: int | None = None) -> bool:
+    """Whether the tensor-core kernels (:data:`TENSOR_CORE_FILES`: mma.sync needs compute capability
+    8.0) run on ``target``: on the simulator always; on a GPU from Ampere on. Elsewhere (a T4 or a
+    V100) bfloat16, float16 and TF32 convolutions run the CUDA-core tiles, which compute the same
+    precision rule, and the linear layer's GEMMs run as 1x1 convolutions."""
+    return target == "sim" or _compute_capability(device) >= TENSOR_CORE_MIN_CC
+
+
+@functools.lru_cache(maxsize=None)
+def _compute_capability(device) -> int:
+    return int(backend.require_cupy().cuda.Device(device).compute_capability)
+
+
 @functools.lru_cache(maxsize=None)
 def _arch_specific_build(device) -> bool:
     cc = backend.require_cupy().cuda.Device(device).compute_capability
@@ -1034,20 +1055,25 @@ def precompile(device: int | None = None, *, arch: str | None = None, files=KERN
     ``arch`` ('sm_90': no GPU needed), into the disk cache (:func:`cuda_cache_dir`), ``jobs`` at a
     time (default: one per CPU core; NVRTC releases the GIL): no launch later waits for a compile,
     which otherwise happens module by module at first use (some 10 s each for conv2d_tc's
-    tensor-core builds). Returns a record per build, ``{"file", "build", "arch", "seconds",
-    "cached"}``, in ``files``' order; raises the first compile error, after the other builds finish."""
+    tensor-core builds). For a GPU or arch below sm_80 the :data:`TENSOR_CORE_FILES` are left
+    out (nothing launches them there). Returns a record per build, ``{"file", "build", "arch",
+    "seconds", "cached"}``, in ``files``' order; raises the first compile error, after the other
+    builds finish."""
     import concurrent.futures
     unknown = sorted(set(files) - set(KERNEL_FILES))
     if unknown:
         raise ValueError(f"precompile: no kernel files {unknown}; they are {', '.join(KERNEL_FILES)}")
     wanted = set(_DTYPES) if dtypes is None else {np.dtype(d) for d in dtypes}
-    builds = [(f, dt, t) for f in files for dt in _DTYPES if dt in wanted
-              for t in ((False, True) if tf32 and dt == precision.float32 and f in TF32_FILES else (False,))]
     if arch is None:
         device = backend.require_cupy().cuda.Device(device).id
-        archs = {f: _device_arch(f, device) for f in files}
+        tensor_cores = tensor_cores_available("cuda", device)
     else:
-        archs = {f: _file_arch(f, arch) for f in files}
+        tensor_cores = int(arch.split("_")[1].rstrip("a")) >= TENSOR_CORE_MIN_CC
+    if not tensor_cores:  # never launched there (and mma.sync does not build for it)
+        files = tuple(f for f in files if f not in TENSOR_CORE_FILES)
+    archs = {f: _device_arch(f, device) if arch is None else _file_arch(f, arch) for f in files}
+    builds = [(f, dt, t) for f in files for dt in _DTYPES if dt in wanted
+              for t in ((False, True) if tf32 and dt == precision.float32 and f in TF32_FILES else (False,))]
 
     def one(build):
         f, dt, tf = build

@@ -318,12 +318,40 @@ def test_the_wgmma_tiles_can_be_switched_off_on_a_gpu(monkeypatch):
     them, as it keeps every kernel."""
     from gpuconv.ops import _launch_conv2d_tc as tc
     monkeypatch.setattr(kernels, "_arch_specific_build", lambda device: True)  # as on an H100/H200
+    monkeypatch.setattr(kernels, "_compute_capability", lambda device: 90)
     assert kernels.tune_candidates("conv2d_forward", BF16, False, "cuda", 0)[-4:] == ("tcwg", "tcwg256", "tcwgn64",
                                                                                      "tcwgm64")
     monkeypatch.setenv("GPUCONV_WGMMA", "0")
     assert kernels.tune_candidates("conv2d_forward", BF16, False, "cuda", 0) == ("tc", "tc128", "tc128w")
     assert tc.engine("tcwg256", BF16, False, "cuda", 0) == "tc128" and tc.engine("tcwgm64", BF16, False, "cuda", 0) == "tc"
     assert kernels.wgmma_available("sim") and tc.engine("tcwg", BF16, False, "sim", None) == "tcwg"
+
+
+def test_a_gpu_without_tensor_cores_runs_the_cuda_core_tiles(monkeypatch):
+    """mma.sync needs compute capability 8.0: on a T4 (7.5) or a V100 (7.0) a bfloat16, float16 or
+    TF32 convolution, asked for a tensor-core tile or "auto", runs v2/v3 (the same precision rule),
+    autotuning times those, the linear layer takes the 1x1 convolution, and precompile builds no
+    tensor-core file (mma.sync does not compile for them)."""
+    from gpuconv.ops import _launch_linear
+    monkeypatch.setattr(kernels, "_compute_capability", lambda device: 75)
+    assert not kernels.tensor_cores_available("cuda", 0) and kernels.tensor_cores_available("sim")
+    assert kernels.tune_candidates("conv2d_forward", BF16, False, "cuda", 0) == ("v2", "v3")
+    assert kernels.tune_candidates("conv2d_forward", np.float32, True, "cuda", 0) == ("v2", "v3")
+    launch = lambda: (0, ())  # noqa: E731  (device 0, no geometry: nothing is tuned)
+    for dtype, tf32 in ((BF16, False), (np.float16, False), (np.float32, True)):
+        assert kernels.resolve("conv2d_forward", dtype, tf32, 256, "cuda", launch=launch) == "v3"
+        assert kernels.resolve("conv2d_backward_data", dtype, tf32, 3, "cuda", launch=launch) == "v1"
+        with kernels.use_variant(conv2d_forward="tc128"):
+            assert kernels.resolve("conv2d_forward", dtype, tf32, 256, "cuda", launch=launch) == "v3"
+            assert kernels.resolve("conv2d_forward", dtype, tf32, 256, "sim", launch=launch) == "tc128"
+    monkeypatch.setattr(kernels, "array_device", lambda arrays: 0)
+    x, w = np.zeros((4, 8), BF16), np.zeros((2, 8), BF16)
+    assert not _launch_linear._on_gemm_tc(x, w, "cuda") and _launch_linear._on_gemm_tc(x, w, "sim")
+    monkeypatch.setattr(kernels, "_cached_binary", lambda src, f, dt, arch, where="", tf32=False: (None, None))
+    built = {r["file"] for r in kernels.precompile(arch="sm_75", dtypes=[BF16])}
+    assert built and not built & set(kernels.TENSOR_CORE_FILES) and "conv2d" in built
+    assert set(kernels.TENSOR_CORE_FILES) == {"conv2d_tc", "gemm_tc"}
+    assert set(kernels.TENSOR_CORE_FILES) <= {r["file"] for r in kernels.precompile(arch="sm_80", dtypes=[BF16])}
 
 
 def test_a_candidate_with_wrong_results_is_left_out_however_fast(fake_timer, monkeypatch):

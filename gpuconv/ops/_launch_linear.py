@@ -17,11 +17,13 @@ added there, each result rounded once to the operands' dtype.
   ones in TF32 (whose data gradient needs no .trans load there), with their deterministic
   split-K weight gradient.
 
-Sizes past the tensor-core GEMM's int indexing are declined (the reference runs).
+A bfloat16/float16 layer past the tensor-core GEMM's int indexing, or on a GPU without tensor cores
+(compute capability below 8.0: :func:`gpuconv.kernels.tensor_cores_available`), runs as the 1x1
+convolution too, on its CUDA-core tiles, in the same precision rule.
 """
 from __future__ import annotations
 
-from .. import precision
+from .. import kernels, precision
 from ..backend import get_array_module
 from ._dispatch import register_launcher
 from ._launch_conv2d import (conv2d_backward_bias_kernel, conv2d_backward_data_kernel, conv2d_backward_weight_kernel,
@@ -33,10 +35,12 @@ _ONE = (1, 1)  # the 1x1 convolution's stride
 _NONE = (0, 0)  # and padding
 
 
-def _on_gemm_tc(x, w):
-    """Whether the tensor-core GEMM takes the layer: its matrices' sizes within the kernel's int
-    indexing (x as (N, in), w (out, in); dy is (N, out))."""
-    return fits(x.itemsize, x.shape[0], *w.shape)
+def _on_gemm_tc(x, w, target):
+    """Whether the tensor-core GEMM takes the layer: a bfloat16/float16 one, on a target with tensor
+    cores (elsewhere the 1x1 convolution's CUDA-core tiles do), its matrices' sizes within the
+    kernel's int indexing (x as (N, in), w (out, in); dy is (N, out))."""
+    return (x.dtype in precision.LOW_PRECISION and fits(x.itemsize, x.shape[0], *w.shape)
+            and kernels.tensor_cores_available(target, kernels.array_device([x])))
 
 
 def _rows(x, w):
@@ -53,24 +57,19 @@ def _image(a):
 @register_launcher("linear_forward")
 def linear_forward_kernel(x, w, b, tf32=False, *, target):
     cache = LinearCache(x, w, b is not None)
-    if x.dtype not in precision.LOW_PRECISION:
-        w = get_array_module(w).ascontiguousarray(w)
-        y = conv2d_forward_kernel(_image(_rows(x, w)), _image(w), b, _ONE, _NONE, tf32, target=target)[0]
-        return y.reshape(y.shape[:2]), cache
-    if not _on_gemm_tc(x, w):
-        return NotImplemented
-    return gemm_tc(_rows(x, w), w, b_layout="nt", target=target, bias=b), cache
+    if _on_gemm_tc(x, w, target):
+        return gemm_tc(_rows(x, w), w, b_layout="nt", target=target, bias=b), cache
+    w = get_array_module(w).ascontiguousarray(w)
+    y = conv2d_forward_kernel(_image(_rows(x, w)), _image(w), b, _ONE, _NONE, tf32, target=target)[0]
+    return y.reshape(y.shape[:2]), cache
 
 
 @register_launcher("linear_backward")
 def linear_backward_kernel(dy, cache, tf32=False, *, target):
     x, w, has_bias = cache
-    low = x.dtype in precision.LOW_PRECISION
-    if low and not _on_gemm_tc(x, w):
-        return NotImplemented
     xp = get_array_module(dy, x, w)
     dy = xp.ascontiguousarray(dy)
-    if low:
+    if _on_gemm_tc(x, w, target):
         dx = gemm_tc(dy, w, b_layout="nn", target=target).reshape(x.shape)   # (N, out) @ (out, in)
         dw = gemm_tc(xp.ascontiguousarray(dy.T), _rows(x, w), b_layout="nn", target=target)  # (out, N) @ (N, in)
     else:
