@@ -96,6 +96,18 @@ def test_compiles_with_nvrtc(op_file, arch, build):
         assert re.search(r"st\.global\.[ub]16", ptx), "no 16-bit global store"
 
 
+@needs_nvrtc
+@pytest.mark.parametrize("build", ["bf16", "tf32"])
+def test_every_other_file_builds_for_gpus_without_tensor_cores(build):
+    """A T4 (compute capability 7.5) runs every file but the tensor-core ones
+    (kernels.TENSOR_CORE_FILES, never launched there), bfloat16, float16 and TF32 included."""
+    dtype, tf32 = BUILDS[build]
+    for op_file in kernels.KERNEL_FILES:
+        if op_file in kernels.TENSOR_CORE_FILES or (tf32 and op_file not in kernels.TF32_FILES):
+            continue
+        assert ".target sm_75" in kernels.nvrtc_check(op_file, "compute_75", dtype, tf32), op_file
+
+
 # The tensor-core operands' TF32 rounding (common.cuh's tf32_operand): half a TF32 ulp added to a
 # finite value's bits, predicated, then the low bits cleared.
 TF32_OPERAND = "@finite add.u32"
