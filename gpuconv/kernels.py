@@ -177,7 +177,8 @@ def resolve(family: str, dtype, tf32: bool, channels: int, target: str | None = 
         return tuned_variant(family, dtype, tf32, channels, target, device, geometry, run)
     if var == "auto":
         var = auto_variant(family, dtype, tf32, channels)
-    if var in TC_VARIANTS and target == "cuda" and not tensor_cores_available(target, launch()[0] if launch else None):
+    if (var in TC_VARIANTS and target == "cuda" and not _every_gpu_has_tensor_cores()
+            and not tensor_cores_available(target, launch()[0] if launch else None)):
         return auto_variant(family, np.float32, False, channels)  # the CUDA-core tiles, in the arrays' precision
     return var
 
@@ -930,6 +931,13 @@ def tensor_cores_available(target: str, device: int | None = None) -> bool:
 @functools.lru_cache(maxsize=None)
 def _compute_capability(device) -> int:
     return int(backend.require_cupy().cuda.Device(device).compute_capability)
+
+
+@functools.lru_cache(maxsize=None)
+def _every_gpu_has_tensor_cores() -> bool:
+    """Whether no GPU of this machine lacks them (the common case: then no launch looks up its device)."""
+    count = backend.require_cupy().cuda.runtime.getDeviceCount()
+    return all(_compute_capability(d) >= TENSOR_CORE_MIN_CC for d in range(count))
 
 
 @functools.lru_cache(maxsize=None)

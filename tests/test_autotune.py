@@ -334,6 +334,7 @@ def test_a_gpu_without_tensor_cores_runs_the_cuda_core_tiles(monkeypatch):
     tensor-core file (mma.sync does not compile for them)."""
     from gpuconv.ops import _launch_linear
     monkeypatch.setattr(kernels, "_compute_capability", lambda device: 75)
+    monkeypatch.setattr(kernels, "_every_gpu_has_tensor_cores", lambda: False)
     assert not kernels.tensor_cores_available("cuda", 0) and kernels.tensor_cores_available("sim")
     assert kernels.tune_candidates("conv2d_forward", BF16, False, "cuda", 0) == ("v2", "v3")
     assert kernels.tune_candidates("conv2d_forward", np.float32, True, "cuda", 0) == ("v2", "v3")
@@ -352,6 +353,10 @@ def test_a_gpu_without_tensor_cores_runs_the_cuda_core_tiles(monkeypatch):
     assert built and not built & set(kernels.TENSOR_CORE_FILES) and "conv2d" in built
     assert set(kernels.TENSOR_CORE_FILES) == {"conv2d_tc", "gemm_tc"}
     assert set(kernels.TENSOR_CORE_FILES) <= {r["file"] for r in kernels.precompile(arch="sm_80", dtypes=[BF16])}
+    # Where every GPU has them (the common case) a launch does not look its device up
+    monkeypatch.setattr(kernels, "_every_gpu_has_tensor_cores", lambda: True)
+    with kernels.use_variant(conv2d_forward="tc128"):
+        assert kernels.resolve("conv2d_forward", BF16, False, 256, "cuda", launch=lambda: pytest.fail("looked up")) == "tc128"
 
 
 def test_a_candidate_with_wrong_results_is_left_out_however_fast(fake_timer, monkeypatch):
