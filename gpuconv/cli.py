@@ -349,7 +349,7 @@ def _schedule(name, optimizer, lr, total_steps, kwargs=None):
     if kwargs and name != "triangular":
         raise ValueError(f"schedule {name!r} takes no arguments, got {kwargs}")
     if name == "onecycle":
-        return OneCycleLR(optimizer, max_lr=lr, total_steps=total_steps)
+        return OneCycleLR(optimizer, max_lr=lr, total_steps=total_steps, pct_start=0.25)  # a quarter rising
     if name == "cosine":
         return CosineLR(optimizer, total_steps=total_steps, warmup_steps=max(1, total_steps // 20))
     if name == "triangular":

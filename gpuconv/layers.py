@@ -71,6 +71,17 @@ def _padding_mode(padding, kernel_size, stride):
     return ((kernel_size[0] - 1) // 2, (kernel_size[1] - 1) // 2)
 
 
+def _only(layer, **given):
+    """PyTorch arguments gpuconv takes at their default value only: ``name=(value, default)``.
+    Accepted as PyTorch spells them (so positional arguments mean what they mean there), refused
+    by name otherwise."""
+    for name, (value, default) in given.items():
+        same = value == default if not isinstance(default, tuple) else _pair(name, value, 0) == default
+        if not same:
+            raise ValueError(f"{layer}({name}={value!r}) is not supported: gpuconv's {layer} computes with "
+                             f"{name}={default!r} only")
+
+
 def _kaiming_uniform(rng, shape, fan_in):
     # PyTorch's default for Conv2d/Linear: kaiming_uniform_(a=sqrt(5)), i.e. gain sqrt(2/(1+a^2))
     # and bound gain*sqrt(3/fan_in), which works out to 1/sqrt(fan_in).
@@ -167,12 +178,16 @@ class StateDictKeyError(KeyError):
 class Layer:
     """Base class: ``forward``/``backward``, parameters, buffers, modes, devices, state dicts.
 
-    Subclasses list their parameter attributes in ``_param_names`` (each a Parameter or None),
-    their buffers (arrays that are state but not trained, like running statistics) in
-    ``_buffer_names`` and their sub-layers through ``named_children()``."""
+    A subclass holds its sub-layers and parameters as attributes, as a PyTorch module does: every
+    ``Layer`` and ``Parameter`` set on it (``self.conv = Conv2d(...)``) is registered, in the order
+    they were set, for ``parameters()``, ``state_dict()``, ``train()``/``eval()``, ``to()``. It may
+    also list parameter attributes in ``_param_names`` (each a Parameter or None), and lists its
+    buffers (arrays that are state but not trained, like running statistics) in ``_buffer_names``.
+    (The built-in layers list theirs and declare ``_registers_attributes = False``: nothing to scan.)"""
 
     _param_names: tuple = ()
     _buffer_names: tuple = ()
+    _registers_attributes = True
     # Parameters that mixed-precision training computes with in bf16/fp16 (gpuconv.amp); the
     # others (batch norm's affine pair) stay float32, as the statistics do.
     _low_precision_params: tuple = ()
@@ -210,7 +225,10 @@ class Layer:
 
     # --- structure
     def named_children(self):
-        return []
+        """[(attribute, sub-layer)]: the Layers held as attributes, in the order they were set."""
+        if not self._registers_attributes:
+            return []
+        return [(name, v) for name, v in vars(self).items() if isinstance(v, Layer)]
 
     def children(self):
         return [child for _, child in self.named_children()]
@@ -246,7 +264,11 @@ class Layer:
                 for attr, gen in layer._own_generators()]
 
     def _own_parameters(self):
-        return [(n, getattr(self, n)) for n in self._param_names if getattr(self, n) is not None]
+        own = [(n, getattr(self, n)) for n in self._param_names if getattr(self, n) is not None]
+        if self._registers_attributes:
+            own += [(name, v) for name, v in vars(self).items()
+                    if isinstance(v, Parameter) and name not in self._param_names]
+        return own
 
     def named_parameters(self):
         """[(dotted name, Parameter)], e.g. ``('0.weight', p)``; a shared Parameter appears once."""
@@ -336,7 +358,8 @@ class Layer:
         return out
 
     def load_state_dict(self, state, strict=True):
-        """Copy arrays from ``state`` (NumPy or CuPy, any device) into this layer's own devices and dtypes.
+        """Copy arrays from ``state`` (NumPy or CuPy, any device, or PyTorch tensors) into this layer's
+        own devices and dtypes.
 
         With ``strict`` every key must match both ways; shapes must always match. Nothing is
         changed unless every check passes. Returns ``LoadResult(missing_keys, unexpected_keys)``."""
@@ -345,7 +368,10 @@ class Layer:
                             f"state_dict()), got {type(state).__name__}")
         slots = self._state_slots()
         missing = [k for k in slots if k not in state]
-        unexpected = [k for k in state if k not in slots]
+        # PyTorch's batch norm also saves a count of its batches, which gpuconv's does not keep (its
+        # momentum is never None): a state dict from an equivalent torch model loads as it is.
+        counts = {_join(name, "num_batches_tracked") for name, m in self.named_modules() if isinstance(m, BatchNorm2d)}
+        unexpected = [k for k in state if k not in slots and k not in counts]
         if strict and (missing or unexpected):
             parts = []
             if missing:
@@ -402,11 +428,14 @@ class Conv2d(Layer):
     ``padding`` is an int, an (h, w) pair, or as in PyTorch ``'valid'`` (0) or ``'same'``
     (output size = input size: stride 1 and odd kernel sizes, padding (k - 1) // 2)."""
 
+    _registers_attributes = False
     _param_names = ("weight", "bias")
     _low_precision_params = ("weight", "bias")
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True, seed=None):
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=True,
+                 padding_mode="zeros", *, seed=None):
         super().__init__()
+        _only("Conv2d", dilation=(dilation, (1, 1)), groups=(groups, 1), padding_mode=(padding_mode, "zeros"))
         self.in_channels = _int("in_channels", in_channels, 1)
         self.out_channels = _int("out_channels", out_channels, 1)
         self.kernel_size = _pair("kernel_size", kernel_size, 1)
@@ -443,10 +472,11 @@ class Conv2d(Layer):
 class Linear(Layer):
     """Fully connected layer ``y = x.reshape(N, -1) @ W.T + b`` with W as (out_features, in_features)."""
 
+    _registers_attributes = False
     _param_names = ("weight", "bias")
     _low_precision_params = ("weight", "bias")
 
-    def __init__(self, in_features, out_features, bias=True, seed=None):
+    def __init__(self, in_features, out_features, bias=True, *, seed=None):
         super().__init__()
         self.in_features = _int("in_features", in_features, 1)
         self.out_features = _int("out_features", out_features, 1)
@@ -484,11 +514,17 @@ class BatchNorm2d(Layer):
     activation's passes over memory (and its launches, on a GPU) saved; its parameters, buffers
     and state dict are those of the plain layer."""
 
+    _registers_attributes = False
     _param_names = ("weight", "bias")
     _buffer_names = ("running_mean", "running_var")
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, activation=None):
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True, *,
+                 activation=None):
         super().__init__()
+        if momentum is None:
+            raise ValueError("BatchNorm2d(momentum=None) (a cumulative average of every batch) is not supported: give "
+                             "the weight of the new batch statistic, a number in [0, 1] (0.1 by default)")
+        _only("BatchNorm2d", affine=(affine, True), track_running_stats=(track_running_stats, True))
         self.activation = ops.batchnorm.check_activation(activation)
         self.num_features = _int("num_features", num_features, 1)
         if not eps > 0:
@@ -525,8 +561,13 @@ class _Pool2d(Layer):
     """What max and average pooling share: the arguments (``stride`` defaults to ``kernel_size``)
     and the printout. A common base, so that an AvgPool2d is not an ``isinstance`` MaxPool2d."""
 
-    def __init__(self, kernel_size, stride=None):
+    _registers_attributes = False
+
+    def __init__(self, kernel_size, stride=None, floor=False):
         super().__init__()
+        if not isinstance(floor, (bool, np.bool_)):
+            raise TypeError(f"floor must be True or False, got {floor!r}")
+        self.floor = bool(floor)
         _pair("kernel_size", kernel_size, 1)
         if stride is not None:
             _pair("stride", stride, 1)
@@ -534,7 +575,8 @@ class _Pool2d(Layer):
 
     def extra_repr(self):
         # The stride in effect, as PyTorch prints it (None means "the kernel size").
-        return f"kernel_size={self.kernel_size}, stride={self.kernel_size if self.stride is None else self.stride}"
+        stride = self.kernel_size if self.stride is None else self.stride
+        return f"kernel_size={self.kernel_size}, stride={stride}" + (", floor=True" if self.floor else "")
 
 
 class MaxPool2d(_Pool2d):
@@ -545,9 +587,11 @@ class MaxPool2d(_Pool2d):
     columns past the last window are dropped (a 2x2 pool takes 31x31 to 15x15) and get a zero
     gradient."""
 
-    def __init__(self, kernel_size, stride=None, floor=False):
-        super().__init__(kernel_size, stride)
-        self.floor = bool(floor)
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False, ceil_mode=False, *,
+                 floor=False):
+        _only("MaxPool2d", padding=(padding, (0, 0)), dilation=(dilation, (1, 1)),
+              return_indices=(return_indices, False), ceil_mode=(ceil_mode, False))
+        super().__init__(kernel_size, stride, floor)
 
     def forward(self, x):
         y, cache = ops.max_pool2d_forward(x, kernel_size=self.kernel_size, stride=self.stride, floor=self.floor)
@@ -557,15 +601,13 @@ class MaxPool2d(_Pool2d):
     def backward(self, dy, need_dx=True):
         return ops.max_pool2d_backward(dy, self._take_cache())
 
-    def extra_repr(self):
-        return super().extra_repr() + (", floor=True" if self.floor else "")
-
 
 class LPPool2d(_Pool2d):
     """Power-average pooling, PyTorch's ``nn.LPPool2d(norm_type, kernel_size, stride=None)``:
     the p-norm of each window (``norm_type=2``: the L2 norm); ``stride`` defaults to ``kernel_size``."""
 
-    def __init__(self, norm_type, kernel_size, stride=None):
+    def __init__(self, norm_type, kernel_size, stride=None, ceil_mode=False):
+        _only("LPPool2d", ceil_mode=(ceil_mode, False))
         super().__init__(kernel_size, stride)
         from .ops.lp_pool2d import check_norm
         self.norm_type = check_norm(norm_type)
@@ -583,10 +625,17 @@ class LPPool2d(_Pool2d):
 
 
 class AvgPool2d(_Pool2d):
-    """Average pooling; ``stride`` defaults to ``kernel_size``."""
+    """Average pooling; ``stride`` defaults to ``kernel_size``; ``floor`` as for :class:`MaxPool2d`."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+                 divisor_override=None, *, floor=False):
+        # (count_include_pad only matters with padding, which is 0)
+        _only("AvgPool2d", padding=(padding, (0, 0)), ceil_mode=(ceil_mode, False),
+              divisor_override=(divisor_override, None))
+        super().__init__(kernel_size, stride, floor)
 
     def forward(self, x):
-        y, cache = ops.avg_pool2d_forward(x, kernel_size=self.kernel_size, stride=self.stride)
+        y, cache = ops.avg_pool2d_forward(x, kernel_size=self.kernel_size, stride=self.stride, floor=self.floor)
         self._keep(cache)
         return y
 
@@ -595,6 +644,14 @@ class AvgPool2d(_Pool2d):
 
 
 class ReLU(Layer):
+    """``max(x, 0)``. ``inplace`` is accepted as PyTorch spells it and changes nothing: the output
+    is always a new array (the backward reads the input)."""
+
+    _registers_attributes = False
+
+    def __init__(self, inplace=False):
+        super().__init__()
+
     def forward(self, x):
         y, cache = ops.relu_forward(x)
         self._keep(cache)
@@ -606,6 +663,12 @@ class ReLU(Layer):
 
 class GELU(Layer):
     """GELU, exact erf form (PyTorch's ``nn.GELU()`` default): ``x * Phi(x)``."""
+
+    _registers_attributes = False
+
+    def __init__(self, approximate="none"):
+        super().__init__()
+        _only("GELU", approximate=(approximate, "none"))
 
     def forward(self, x):
         y, cache = ops.gelu_forward(x)
@@ -619,6 +682,12 @@ class GELU(Layer):
 class Flatten(Layer):
     """(N, C, H, W) -> (N, C*H*W) in (C, H, W) order; a view, no copy, of an NCHW array (a
     channels_last one is gathered into that order). The gradient comes back in the input's layout."""
+
+    _registers_attributes = False
+
+    def __init__(self, start_dim=1, end_dim=-1):
+        super().__init__()
+        _only("Flatten", start_dim=(start_dim, 1), end_dim=(end_dim, -1))
 
     def forward(self, x):
         if x.ndim < 1:
@@ -637,6 +706,8 @@ class Scale(Layer):
 
     Scaling logits down keeps the softmax from saturating early (:func:`gpuconv.ops.scale_forward`:
     bfloat16/float16 multiplied in float32 and rounded once, one kernel launch on a GPU)."""
+
+    _registers_attributes = False
 
     def __init__(self, factor):
         super().__init__()
@@ -657,7 +728,8 @@ class Scale(Layer):
 
 class Dropout(Layer):
     """Inverted dropout: in training, zero each value with probability ``p`` and scale the rest
-    by 1/(1-p); identity in eval mode. ``seed`` (an int) makes the masks reproducible.
+    by 1/(1-p); identity in eval mode. ``seed`` (an int) makes the masks reproducible; ``inplace``,
+    as PyTorch spells it, changes nothing (the output is a new array).
 
     The layer owns ONE ``numpy.random.Generator`` (seeded by ``seed``) whatever the device: each
     training forward draws one 64-bit key from it on the host, and the mask is a hash of (key,
@@ -665,7 +737,9 @@ class Dropout(Layer):
     seed gives the same masks on 'cpu', 'sim' and 'cuda', and the trainer's checkpoints save and
     restore the generator (under ``rng/model.<name>._rngs.numpy``) for a bit-exact resume."""
 
-    def __init__(self, p=0.5, seed=None):
+    _registers_attributes = False
+
+    def __init__(self, p=0.5, inplace=False, *, seed=None):
         super().__init__()
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
             raise ValueError(f"Dropout(p={p!r}): p is the DROP probability and must be in [0, 1) "
@@ -705,6 +779,8 @@ class Sequential(Layer):
     'bn': l1})`` (any mapping with str keys) uses the given names. Indexable by position,
     slice or name; ``len()`` and iteration give the layers. Parameters get their full dotted
     names (``Parameter.name``) from the outermost container built."""
+
+    _registers_attributes = False
 
     def __init__(self, *layers):
         super().__init__()
@@ -764,6 +840,8 @@ class Sequential(Layer):
 
 class Residual(Layer):
     """``y = x + inner(x)``; backward ``dx = dy + inner.backward(dy)``. ``inner`` must keep the shape."""
+
+    _registers_attributes = False
 
     def __init__(self, inner):
         super().__init__()
@@ -838,8 +916,11 @@ def _locate_error(exc, name, layer):
                 f"for: its layers before {path!r} turn them into this many features; build the network for "
                 "the images' size, or resize the images)")
     elif params and "has dtype" in message and "but x has dtype" in message:
-        hint = (f" (the layer's parameters are {params[0].dtype}: pass x.astype(np.{params[0].dtype}), or convert "
-                "the model with model.astype(x.dtype))")
+        dt = params[0].value.dtype  # what the layer computes in: a mixed-precision copy's dtype under autocast
+        hint = (f" (the layer's parameters are {dt}: pass x.astype(np.{dt}), or convert the model with "
+                "model.astype(x.dtype))" if dt == params[0].dtype else
+                f" (under mixed precision the layer computes in {dt}: pass the batch in {dt}, e.g. "
+                f"gpuconv.amp.cast_input(x, {dt}), as gpuconv.amp.training_step does)")
     exc.args = (f"in layer {path!r} ({head}): {message}{hint}",)
 
 

@@ -220,14 +220,24 @@ class Optimizer:
         for p in self.params:
             p.grad = None
 
-    def step(self, skip=None):
-        """Update every parameter that has a gradient.
+    def step(self, closure=None, *, skip=None):
+        """Update every parameter that has a gradient; returns ``closure()``'s value, or None.
 
-        ``skip``: a 0-d boolean array on the parameters' device (mixed precision's "a gradient
-        overflowed", :class:`gpuconv.amp.LossScaler`). Where it is true the step leaves the
-        parameters and their state exactly as they were (a slot the step created is zero, which
-        is what its first real step expects), decided on the device: the host never reads it.
-        A step count (Adam's ``t``) still advances."""
+        ``closure``: as PyTorch's, a function that computes the loss and the gradients (forward,
+        backward) and returns the loss; it runs first. ``skip``: a 0-d boolean array on the
+        parameters' device (mixed precision's "a gradient overflowed", :class:`gpuconv.amp.LossScaler`).
+        Where it is true the step leaves the parameters and their state exactly as they were (a
+        slot the step created is zero, which is what its first real step expects), decided on the
+        device: the host never reads it. A step count (Adam's ``t``) still advances."""
+        if closure is not None and not callable(closure):
+            raise TypeError(f"step(closure): closure must be a function returning the loss, got {closure!r}; the "
+                            "mixed-precision overflow flag goes as step(skip=...)")
+        loss = None if closure is None else closure()
+        self._step(skip)
+        return loss
+
+    def _step(self, skip):
+        """The update of :meth:`step` (what a subclass overrides)."""
         if skip is None:
             for i, p, state in self._with_grads():
                 self._update(p, state, self.hyper(i))
@@ -321,7 +331,7 @@ class Optimizer:
 
 
 class SGD(Optimizer):
-    """Stochastic gradient descent, PyTorch's formulation (dampening 0).
+    """Stochastic gradient descent, PyTorch's formulation and argument order (``dampening`` 0 only).
 
     ``g = grad + weight_decay * p``; with momentum ``b = momentum * b + g`` (``b = g`` on the
     first step), then ``g = g + momentum * b`` (Nesterov) or ``g = b``; ``p -= lr * g``."""
@@ -331,7 +341,10 @@ class SGD(Optimizer):
 
     device_lrs = True
 
-    def __init__(self, params, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
+    def __init__(self, params, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False):
+        if dampening != 0:
+            raise ValueError(f"SGD(dampening={dampening!r}) is not supported: gpuconv's SGD computes with dampening 0 "
+                             "only (PyTorch's default)")
         super().__init__(params, lr)
         self.momentum = _nonneg("momentum", momentum)
         self.weight_decay = _nonneg("weight_decay", weight_decay)
@@ -344,11 +357,11 @@ class SGD(Optimizer):
             if group.get("nesterov", self.nesterov) and group.get("momentum", self.momentum) == 0:
                 raise ValueError(f"SGD: parameter group {gi} has nesterov=True and momentum 0; give it momentum > 0")
 
-    def step(self, skip=None):
+    def _step(self, skip):
         if not self.lr_written_by_owner:
             self.write_lrs()
         if skip is not None or self._lrs is None:
-            super().step(skip)
+            super()._step(skip)
             return
         # The fused update, several parameters of a group per launch (kernels/optim.cu); a
         # parameter the kernel does not take runs the array form.
@@ -443,7 +456,10 @@ class Adam(Optimizer):
     _slots = ("exp_avg", "exp_avg_sq")
     _decoupled = False
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False):
+        if amsgrad:
+            raise ValueError(f"{type(self).__name__}(amsgrad=True) is not supported: gpuconv's Adam computes without "
+                             "the AMSGrad maximum (PyTorch's default)")
         super().__init__(params, lr)
         if (not isinstance(betas, (tuple, list)) or len(betas) != 2
                 or not all(isinstance(b, numbers.Real) and 0.0 <= b < 1.0 for b in betas)):
@@ -488,8 +504,8 @@ class AdamW(Adam):
 
     _decoupled = True
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
-        super().__init__(params, lr, betas, eps, weight_decay)
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False):
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad)
 
 
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
@@ -578,10 +594,10 @@ class Muon(Optimizer):
         lr = h["lr"] if self._lrs is None else self._lr_of[id(p)].astype(update.dtype)
         p.data -= (lr * update).astype(p.dtype)
 
-    def step(self, skip=None):
+    def _step(self, skip):
         if not self.lr_written_by_owner:
             self.write_lrs()
-        super().step(skip)
+        super()._step(skip)
 
 
 class Chain(Optimizer):
@@ -633,9 +649,9 @@ class Chain(Optimizer):
         for o in self.optimizers:
             o.zero_grad()
 
-    def step(self, skip=None):
+    def _step(self, skip):
         for o in self.optimizers:
-            o.step(skip)
+            o._step(skip)
 
     def state_dict(self):
         out = {"optimizer": "Chain", "members": len(self.optimizers), "lr": self.lr}
@@ -772,12 +788,15 @@ class OneCycleLR(LRSchedule):
     step ``total_steps - 1``. ``anneal_strategy`` 'cos' (PyTorch's default) interpolates with
     ``end + (start - end) * (1 + cos(pi t)) / 2``, 'linear' with ``start + (end - start) t``.
     The optimizer's own lr is ignored. Unlike PyTorch, momentum is not cycled (as with
-    ``cycle_momentum=False``), and the step after the last (``total_steps``) keeps the final lr
-    where PyTorch extrapolates. Stepping past ``total_steps`` is an error, as in PyTorch."""
+    ``cycle_momentum=False``), the step after the last (``total_steps``) keeps the final lr
+    where PyTorch extrapolates, and parameter groups keep their lrs' ratios to the optimizer's
+    (as every gpuconv schedule drives them; PyTorch sends each group to ``max_lr``); the length is
+    ``total_steps`` (no ``epochs``/``steps_per_epoch`` form). Stepping past ``total_steps`` is an
+    error, as in PyTorch."""
 
     _hyper = ("max_lr", "total_steps", "pct_start", "div_factor", "final_div_factor", "anneal_strategy")
 
-    def __init__(self, optimizer, max_lr, total_steps, pct_start=0.25, div_factor=25.0, final_div_factor=1e4,
+    def __init__(self, optimizer, max_lr, total_steps, pct_start=0.3, div_factor=25.0, final_div_factor=1e4,
                  anneal_strategy="cos"):
         self.max_lr = _nonneg("max_lr", max_lr)
         self.total_steps = _positive_int("total_steps", total_steps)

@@ -9,8 +9,8 @@ import pytest
 import gpuconv
 from gpuconv import backend as B
 from gpuconv.gradcheck import numerical_gradient_array, relative_error
-from gpuconv.layers import (AvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten, Layer, Linear, MaxPool2d, Parameter,
-                            ReLU, Residual, Scale, Sequential, StateDictKeyError)
+from gpuconv.layers import (GELU, AvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten, Layer, Linear, MaxPool2d,
+                            Parameter, ReLU, Residual, Scale, Sequential, StateDictKeyError)
 
 TOL = 1e-6
 
@@ -395,6 +395,78 @@ def test_custom_layer_plugs_in():
     dx = net.backward(np.ones_like(y))
     np.testing.assert_allclose(dx, 2 * net[1].weight.data.sum(axis=0, keepdims=True), rtol=1e-6)
     assert isinstance(net[1].weight, Parameter) and net[1].weight.name == "1.weight"
+
+
+def test_a_subclass_registers_the_layers_and_parameters_it_holds():
+    """As a PyTorch module: sub-layers and Parameters set as attributes count for parameters(),
+    state_dict(), eval() (dropout off) and the printout, in the order they were set."""
+    class Net(Layer):
+        def __init__(self):
+            super().__init__()
+            self.temperature = Parameter(np.ones(1, np.float32), "temperature")
+            self.conv = Conv2d(3, 4, 3, seed=0)
+            self.drop = Dropout(0.5, seed=1)
+            self.head = Sequential(Flatten(), Linear(4 * 4 * 4, 2, seed=2))
+
+        def forward(self, x):
+            return self.head(self.drop(self.conv(x)))
+
+    net = Net()
+    assert [n for n, _ in net.named_parameters()] == ["temperature", "conv.weight", "conv.bias", "head.1.weight",
+                                                      "head.1.bias"]
+    assert list(net.state_dict()) == [n for n, _ in net.named_parameters()]
+    assert net.num_parameters() == 1 + 4 * 3 * 9 + 4 + 64 * 2 + 2
+    x = np.random.default_rng(0).standard_normal((2, 3, 6, 6)).astype(np.float32)
+    net.eval()
+    assert not net.drop.training and np.array_equal(net(x), net(x))  # dropout off: the same output twice
+    assert "(conv): Conv2d(3, 4" in repr(net) and "(drop): Dropout(p=0.5)" in repr(net)
+    copy = Net()
+    copy.conv.weight.data += 1
+    copy.temperature.data *= 3
+    copy.load_state_dict(net.state_dict())
+    assert copy.temperature.data[0] == 1
+    np.testing.assert_array_equal(copy.eval()(x), net(x))
+
+
+def test_constructor_arguments_are_pytorchs_in_pytorchs_order():
+    """A positional argument means what it means in torch.nn; options gpuconv does not compute
+    are refused by name (not a bare TypeError, and never taken as another argument)."""
+    assert Conv2d(3, 4, 3, 2, 1, 1, 1, False).bias is None  # (..., stride, padding, dilation, groups, bias)
+    assert MaxPool2d(2, 2, 0, 1, False, False).stride == 2 and AvgPool2d(2, 2, 0, False, True, None).stride == 2
+    bn = BatchNorm2d(4, 1e-3, 0.2, True, True)
+    assert (bn.eps, bn.momentum) == (1e-3, 0.2)
+    for make, says in ((lambda: Conv2d(16, 16, 3, 1, 2, 2), r"Conv2d\(dilation=2\) is not supported"),
+                       (lambda: Conv2d(16, 16, 3, 1, 1, 1, 16), r"Conv2d\(groups=16\)"),
+                       (lambda: Conv2d(3, 4, 3, padding_mode="reflect"), r"padding_mode='reflect'"),
+                       (lambda: MaxPool2d(3, 2, 1), r"MaxPool2d\(padding=1\) is not supported"),
+                       (lambda: MaxPool2d(2, ceil_mode=True), r"ceil_mode=True"),
+                       (lambda: AvgPool2d(2, divisor_override=3), r"divisor_override=3"),
+                       (lambda: BatchNorm2d(4, 1e-5, 0.1, False), r"BatchNorm2d\(affine=False\)"),
+                       (lambda: BatchNorm2d(4, momentum=None), r"momentum=None.*cumulative"),
+                       (lambda: GELU("tanh"), r"GELU\(approximate='tanh'\)"),
+                       (lambda: Flatten(0), r"Flatten\(start_dim=0\)")):
+        with pytest.raises(ValueError, match=says):
+            make()
+    ReLU(inplace=True), Dropout(0.5, True), GELU("none"), Flatten(1, -1)  # accepted: they change nothing here
+    x = np.arange(2 * 1 * 5 * 5, dtype=np.float32).reshape(2, 1, 5, 5)
+    assert AvgPool2d(2, floor=True)(x).shape == (2, 1, 2, 2) and "floor=True" in repr(AvgPool2d(2, floor=True))
+
+
+def test_a_pytorch_state_dict_loads_as_it_is():
+    """torch's batch norm also saves num_batches_tracked, which gpuconv's does not keep; an
+    equivalent torch model's state dict loads with strict=True and computes the same."""
+    torch = pytest.importorskip("torch")
+    theirs = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, 1, 1), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                 torch.nn.MaxPool2d(2, 2), torch.nn.Flatten(), torch.nn.Linear(64, 3))
+    theirs(torch.randn(8, 3, 8, 8))  # running statistics of its own
+    ours = Sequential(Conv2d(3, 4, 3, 1, 1), BatchNorm2d(4), ReLU(), MaxPool2d(2, 2), Flatten(), Linear(64, 3))
+    assert ours.load_state_dict(theirs.state_dict()) == ([], [])
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    want = theirs.eval()(torch.from_numpy(x)).detach().numpy()
+    np.testing.assert_allclose(ours.eval()(x), want, rtol=1e-5, atol=1e-6)
+    extra = dict(theirs.state_dict(), **{"5.num_batches_tracked": torch.tensor(3)})  # not a batch norm's
+    with pytest.raises(StateDictKeyError, match="5.num_batches_tracked"):
+        ours.load_state_dict(extra)
 
 
 # ----------------------------------------------------------------------------- errors inside a network

@@ -203,6 +203,26 @@ def test_adamw_default_weight_decay_and_bad_betas():
         Adam([p], betas=0.9)
 
 
+@pytest.mark.parametrize("make", [lambda ps: SGD(ps, lr=0.1, momentum=0.9), lambda ps: Adam(ps, lr=0.1)])
+def test_step_runs_a_closure_first_and_returns_its_loss(make):
+    """PyTorch's ``optimizer.step(closure)``: the closure computes the loss and the gradients, the
+    step uses them and returns the loss (a positional argument was once the overflow flag: a
+    function counted as true and every update was undone)."""
+    p = Parameter(np.ones(3, np.float32), "p")
+    opt = make([p])
+
+    def closure():
+        opt.zero_grad()
+        p.grad = 2 * p.data  # d/dp of sum(p^2)
+        return float((p.data ** 2).sum())
+
+    assert opt.step(closure) == 3.0 and (p.data < 1).all()
+    before = p.data.copy()
+    assert opt.step() is None and (p.data < before).all()  # the last gradient again
+    with pytest.raises(TypeError, match=r"closure must be a function.*step\(skip=...\)"):
+        opt.step(np.asarray(False))
+
+
 # ----------------------------------------------------------------------------- common behaviour
 @pytest.mark.parametrize("make", [lambda ps: SGD(ps, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3),
                                   lambda ps: Adam(ps, lr=1e-2, weight_decay=1e-3),
@@ -405,6 +425,8 @@ def test_one_cycle_values_match_pytorch_closed_form(strategy):
         assert lrs[6] == pytest.approx(1.0 - 0.48 * (1 + math.cos(math.pi / 4)))
     with pytest.raises(ValueError, match="past total_steps=100"):
         sched.step()
+    import inspect
+    assert inspect.signature(OneCycleLR).parameters["pct_start"].default == 0.3  # PyTorch's default
 
 
 def test_schedule_state_dict_roundtrip():
