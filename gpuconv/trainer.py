@@ -120,6 +120,17 @@ def _is_terminal(stream) -> bool:
         return False
 
 
+def _in_notebook() -> bool:
+    """Whether this runs in a Jupyter kernel: its output area redraws a progress bar (tqdm.auto's
+    widget, or text frames without ipywidgets) though stderr there is no terminal."""
+    ipython = sys.modules.get("IPython")
+    try:
+        shell = ipython.get_ipython() if ipython is not None else None
+    except Exception:  # noqa: BLE001  (an IPython that is half imported or shut down)
+        return False
+    return type(shell).__name__ == "ZMQInteractiveShell"
+
+
 class Trainer:
     """Fits a model with an optimizer (and optionally a per-step schedule).
 
@@ -633,9 +644,9 @@ class Trainer:
         return now
 
     def _plain_intervals(self):
-        """Progress on, but stderr is no terminal (a pipe, a log file): a plain line per log
-        interval instead of progress-bar frames."""
-        return self.progress is True and not _is_terminal(sys.stderr)
+        """Progress on, but stderr is no terminal (a pipe, a log file) nor a notebook's output: a
+        plain line per log interval instead of progress-bar frames."""
+        return self.progress is True and not (_is_terminal(sys.stderr) or _in_notebook())
 
     def _bar(self, total, initial, epochs):
         if not self.progress or self.progress == "epoch" or self._plain_intervals():

@@ -168,7 +168,8 @@ def test_conv_sizes_that_do_not_divide_floor_as_the_assignment(h, w_, hh, stride
         for j in range(ow):
             window = xpad[:, :, stride * i:stride * i + hh, stride * j:stride * j + hh]
             expected[:, :, i, j] = np.tensordot(window, w, axes=([1, 2, 3], [1, 2, 3])) + b
-    for forward, backward in ((C.conv_forward_naive, C.conv_backward_naive), (C.conv_forward_fast, C.conv_backward_fast)):
+    for forward, backward in ((C.conv_forward_naive, C.conv_backward_naive),
+                              (C.conv_forward_fast, C.conv_backward_fast)):
         out, cache = forward(x, w, b, conv_param)
         assert out.shape == expected.shape and rel_error(out, expected) < 1e-12
         dout = randn(*out.shape)

@@ -28,14 +28,19 @@ FIGURES = {
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def _bench_record(layer_rows):
+def _bench_record(layer_rows, date="2026-01-01T12:00:00+00:00"):
+    """A bench_conv2d record: per layer and direction, v1 and v2 in fp32 NCHW (v2 the faster) and tc
+    in bf16 channels_last, each against cuDNN in its own precision."""
     rows = []
     for layer in layer_rows:
         for direction in ("forward", "backward_data", "backward_weight"):
-            for variant, tflops in (("v1", 1.5), ("v2", 9.0)):
-                rows.append({"layer": layer, "batch": 512, "direction": direction, "variant": variant, "ms": 1.0,
-                             "tflops": tflops, "torch_ms": 0.8, "torch_tflops": 12.0, "speed_vs_torch": 0.8})
-    return {"benchmark": "conv2d", "environment": {"device": "Test GPU"}, "results": rows}
+            for precision, layout, variant, ms, torch_ms in (("fp32", "nchw", "v1", 2.0, 0.8),
+                                                             ("fp32", "nchw", "v2", 1.0, 0.8),
+                                                             ("bf16", "channels_last", "tc", 0.25, 0.2)):
+                rows.append({"precision": precision, "layout": layout, "layer": layer, "batch": 512,
+                             "direction": direction, "variant": variant, "ms": ms, "tflops": 9.0 / ms,
+                             "torch_ms": torch_ms, "torch_tflops": 9.0 / torch_ms, "speed_vs_torch": torch_ms / ms})
+    return {"benchmark": "conv2d", "environment": {"device": "Test GPU", "date": date}, "results": rows}
 
 
 def _run(name, tmp_path, monkeypatch, bench_records=None, data=None):
@@ -99,7 +104,13 @@ def test_kernels_notebook_without_benchmark_records(tmp_path, monkeypatch):
 
 
 def test_kernels_notebook_plots_benchmark_records(tmp_path, monkeypatch):
-    record = _bench_record(["3->64 @32x32", "64->128 @32x32"])
-    nb, figures = _run("04_kernels.ipynb", tmp_path, monkeypatch, bench_records=[record])
+    # The latest record by its date, whatever the file names sort as (the second file is the older run)
+    latest = _bench_record(["3->64 @32x32", "64->128 @32x32"], date="2026-01-02T09:00:00+00:00")
+    older = _bench_record(["3->64 @32x32"], date="2026-01-01T18:00:00+00:00")
+    nb, figures = _run("04_kernels.ipynb", tmp_path, monkeypatch, bench_records=[latest, older])
     _assert_figures(nb, figures, FIGURES["04_kernels.ipynb"] + ["04_benchmark.png"])
-    assert "v2 at 0.80x cuDNN's speed" in _text(nb)
+    text = _text(nb)
+    assert "Test GPU: conv2d-test-gpu-2026-01-01.json (2026-01-02T09:00:00+00:00)" in text
+    assert "fp32      nchw          forward          64->128 @32x32   v2          1.000  0.80x" in text  # the fastest
+    assert "bf16      channels_last backward_weight  64->128 @32x32   tc          0.250  0.80x" in text
+    assert " v1 " not in text.split("gpuconv's fastest variant per cell")[1]

@@ -334,6 +334,25 @@ def test_raw_pixels_and_an_empty_loader_are_refused(cifar):
     assert trainer.step == 0 and trainer.history == []
 
 
+def test_a_notebook_gets_the_progress_bar_a_pipe_does_not(monkeypatch):
+    """Jupyter's stderr is no terminal, but its output area redraws tqdm's bar: the plain line per
+    interval is for pipes and log files only."""
+    import sys
+    import types
+
+    import gpuconv.trainer as trainer_module
+    model = small_net()
+    trainer = Trainer(model, SGD(model.parameters(), lr=0.1), progress=True)
+    monkeypatch.setattr(trainer_module, "_is_terminal", lambda stream: False)
+    fake = types.ModuleType("IPython")
+    for shell, plain in (("ZMQInteractiveShell", False), ("TerminalInteractiveShell", True)):
+        fake.get_ipython = lambda shell=shell: type(shell, (), {})()
+        monkeypatch.setitem(sys.modules, "IPython", fake)
+        assert trainer._plain_intervals() is plain, shell
+    monkeypatch.delitem(sys.modules, "IPython")
+    assert trainer._plain_intervals()
+
+
 class SigintAt(DeviceLoader):
     """A DeviceLoader that sends this process SIGINT (as Ctrl-C does), or ``sig``, when it yields
     a given batch."""
