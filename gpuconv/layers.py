@@ -13,7 +13,9 @@ network would overwrite its own cache: build two layers instead.
 Parameters start on the default device (``gpuconv.get_default_device()``; 'cpu' and 'sim'
 give NumPy arrays, 'cuda' CuPy ones) in float32, initialized as PyTorch does
 (``kaiming_uniform_(a=sqrt(5))`` for weights, U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for biases)
-from a seeded NumPy generator, so a seed gives the same network on every device.
+from a seeded NumPy generator, so a seed gives the same network on every device. A layer built
+without ``seed=`` takes its seed from NumPy's global generator: ``np.random.seed(s)`` first makes
+a whole network reproducible (``torch.manual_seed``'s role).
 
 Beyond the PyTorch-like API: ``Layer.astype(dtype)`` converts parameters, gradients and
 buffers (float64 copies for gradient checks), ``Layer.num_parameters()`` counts them, and
@@ -80,6 +82,13 @@ def _only(layer, **given):
         if not same:
             raise ValueError(f"{layer}({name}={value!r}) is not supported: gpuconv's {layer} computes with "
                              f"{name}={default!r} only")
+
+
+def _layer_rng(seed):
+    """The generator a layer draws from: seeded by ``seed``, or (None) by a draw from NumPy's global
+    generator, so that ``np.random.seed(s)`` before building a network makes it reproducible, as
+    ``torch.manual_seed`` does."""
+    return np.random.default_rng(np.random.randint(0, 2**63 - 1, dtype=np.int64) if seed is None else seed)
 
 
 def _kaiming_uniform(rng, shape, fan_in):
@@ -442,7 +451,7 @@ class Conv2d(Layer):
         self.stride = _pair("stride", stride, 1)
         self.padding = _pair("padding", _padding_mode(padding, self.kernel_size, self.stride), 0)
         fan_in = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
-        rng = np.random.default_rng(seed)
+        rng = _layer_rng(seed)
         w = _kaiming_uniform(rng, (self.out_channels, self.in_channels) + self.kernel_size, fan_in)
         self.weight = Parameter(_on_default_device(w), "weight")
         self.bias = Parameter(_on_default_device(_bias_uniform(rng, self.out_channels, fan_in)), "bias") if bias else None
@@ -480,7 +489,7 @@ class Linear(Layer):
         super().__init__()
         self.in_features = _int("in_features", in_features, 1)
         self.out_features = _int("out_features", out_features, 1)
-        rng = np.random.default_rng(seed)
+        rng = _layer_rng(seed)
         w = _kaiming_uniform(rng, (self.out_features, self.in_features), self.in_features)
         self.weight = Parameter(_on_default_device(w), "weight")
         self.bias = (Parameter(_on_default_device(_bias_uniform(rng, self.out_features, self.in_features)), "bias")
@@ -748,7 +757,7 @@ class Dropout(Layer):
             _int("seed", seed, 0)
         self.p, self.seed = float(p), seed
         # Under the name checkpoints have always used (named_generators: "_rngs.numpy").
-        self._rngs = {"numpy": np.random.default_rng(seed)}
+        self._rngs = {"numpy": _layer_rng(seed)}
 
     def _own_generators(self):
         return [("_rngs.numpy", self._rngs["numpy"])]

@@ -13,6 +13,10 @@ Parameter groups, as in PyTorch: ``SGD([{"params": biases, "lr": 0.64, "weight_d
 {"params": weights}], lr=0.01, momentum=0.9)``; a group's keys override the optimizer's
 hyperparameters for its parameters. A group's ``lr`` follows ``optimizer.lr`` (which schedules
 set) in proportion: it is the group's lr while ``optimizer.lr`` is the lr given at construction.
+Unlike PyTorch's, ``optimizer.param_groups`` holds each group's overrides only (no ``'params'``,
+no defaults filled in): a whole optimizer's lr is ``optimizer.lr = x``, one group's
+``optimizer.set_group_lr(index, x)`` (PyTorch's ``group['lr'] = x``), and :meth:`Optimizer.hyper`
+gives a parameter's values in effect.
 
 ``state_dict()`` returns a flat dict of host NumPy arrays and Python scalars (it fits
 ``np.savez`` and loads with ``allow_pickle=False``); ``load_state_dict`` puts the state back

@@ -452,6 +452,19 @@ def test_constructor_arguments_are_pytorchs_in_pytorchs_order():
     assert AvgPool2d(2, floor=True)(x).shape == (2, 1, 2, 2) and "floor=True" in repr(AvgPool2d(2, floor=True))
 
 
+def test_np_random_seed_makes_unseeded_layers_reproducible():
+    """seed=None draws the layer's seed from NumPy's global generator (torch.manual_seed's role)."""
+    def build():
+        return Sequential(Conv2d(3, 4, 3), Dropout(0.5), Linear(4, 2))
+    np.random.seed(7)
+    a = build()
+    np.random.seed(7)
+    b, c = build(), build()
+    for (name, p), q, r in zip(a.named_parameters(), b.parameters(), c.parameters()):
+        assert np.array_equal(p.data, q.data) and not np.array_equal(p.data, r.data), name
+    assert a[1]._rng().integers(1 << 62) == b[1]._rng().integers(1 << 62)  # the dropout masks' keys too
+
+
 def test_a_pytorch_state_dict_loads_as_it_is():
     """torch's batch norm also saves num_batches_tracked, which gpuconv's does not keep; an
     equivalent torch model's state dict loads with strict=True and computes the same."""
