@@ -23,6 +23,19 @@ def load_model(path, device=None):
     return _load(path, device)
 
 
+# The submodules, imported at their first use as attributes (``import gpuconv; gpuconv.nn.Conv2d``,
+# as ``torch.nn``), so that ``import gpuconv`` stays light.
+_SUBMODULES = ("amp", "checkpoint", "compat", "data", "gradcheck", "graphs", "inference", "kernels", "layers", "layout",
+               "lookahead", "models", "nn", "ops", "optim", "precision", "recipes", "summary", "syncguard", "trainer")
+
+
+def __getattr__(name):
+    if name in _SUBMODULES:
+        import importlib
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'gpuconv' has no attribute {name!r}")
+
+
 __all__ = ["Device", "DeviceMismatchError", "DtypeMismatchError", "asnumpy", "cuda_available", "cuda_status", "default_device", "device_of",
            "get_array_module", "get_default_device", "item", "set_default_device", "to_device",
            "is_channels_last", "to_channels_last", "to_contiguous", "bfloat16", "get_precision", "precision_mode", "set_precision", "load_model", "__version__"]

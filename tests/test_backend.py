@@ -289,3 +289,15 @@ def test_the_gpu_suite_cannot_pass_by_skipping(tmp_path):
     env["GPUCONV_REQUIRE_GPU"] = "0"
     lenient = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=120)
     assert lenient.returncode == 0 and "1 skipped" in lenient.stdout
+
+
+def test_submodules_are_attributes_imported_at_first_use():
+    """``import gpuconv; gpuconv.nn.Conv2d`` as ``torch.nn``; ``import gpuconv`` alone imports none of them."""
+    import subprocess
+    import sys
+    code = ("import sys, gpuconv; assert 'gpuconv.trainer' not in sys.modules and 'gpuconv.layers' not in sys.modules; "
+            "from gpuconv.layers import Conv2d; assert gpuconv.nn.Conv2d is Conv2d and gpuconv.optim.SGD and gpuconv.amp\n"
+            "try:\n    gpuconv.nope\nexcept AttributeError as e:\n    assert \"no attribute 'nope'\" in str(e)\n"
+            "else:\n    raise SystemExit('gpuconv.nope did not raise')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=pathlib.Path(__file__).parents[1])
+    assert done.returncode == 0, done.stderr
