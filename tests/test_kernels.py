@@ -782,3 +782,17 @@ def test_the_variant_answers_follow_every_change_of_choice():
         assert kernels.variant("conv2d_forward", bf16) == before
     finally:
         kernels.set_variant("conv2d_forward", None, bf16)
+
+
+@pytest.mark.parametrize("backward, forward", [
+    ("conv2d_backward", "conv2d_forward"), ("linear_backward", "linear_forward"),
+    ("max_pool2d_backward", "max_pool2d_forward"), ("avg_pool2d_backward", "avg_pool2d_forward"),
+    ("lp_pool2d_backward", "lp_pool2d_forward"), ("relu_backward", "relu_forward"), ("gelu_backward", "gelu_forward"),
+    ("dropout_backward", "dropout_forward"), ("scale_backward", "scale_forward"),
+    ("batchnorm2d_backward", "batchnorm2d_forward")])
+def test_a_backward_given_something_else_than_its_cache_names_the_forward(backward, forward):
+    from gpuconv import ops
+    dy = np.ones((1, 1, 2, 2), np.float32)
+    for cache in (None, (dy,), np.ones(3)):
+        with pytest.raises(TypeError, match=f"cache must be the .*Cache that {forward} returned, got "):
+            getattr(ops, backward)(dy, cache)

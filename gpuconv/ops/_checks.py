@@ -138,6 +138,14 @@ def output_hw(x_shape, filt_hw, stride, padding=None):
             conv_output_size(x_shape[3], filt_hw[1], stride[1], pw, "width", padded))
 
 
+def check_cache(cache, cls, forward):
+    """``cache`` is what ``forward`` returned (a ``cls``): a backward given another object would
+    fail inside, reading a field it does not have."""
+    if not isinstance(cache, cls):
+        raise TypeError(f"cache must be the {cls.__name__} that {forward} returned, got {type(cache).__name__}: pass "
+                        f"the second value of y, cache = {forward}(...)")
+
+
 def check_bias(b, w, per):
     """``b`` is None or holds one value per row of ``w`` (``per`` names what a row is)."""
     if b is not None and tuple(b.shape) != (w.shape[0],):

@@ -33,7 +33,7 @@ from .. import backend
 from ..backend import get_array_module
 from ..precision import compute_dtype, round_once, upcast
 from . import _dispatch
-from ._checks import check_compute_dtype, check_float, check_rank, check_shape
+from ._checks import check_cache, check_compute_dtype, check_float, check_rank, check_shape
 from .gelu import GeluCache, _gelu_backward_reference, _gelu_forward_reference
 from .relu import ReluCache, _relu_backward_reference, _relu_forward_reference
 
@@ -98,6 +98,7 @@ def batchnorm2d_forward(x, gamma, beta, running_mean, running_var, training=True
 
 def batchnorm2d_backward(dy, cache):
     """``dx, dgamma, dbeta``."""
+    check_cache(cache, BatchNorm2dCache, "batchnorm2d_forward")
     check_float("dy", dy)
     if tuple(dy.shape) != tuple(cache.xhat.shape):
         raise ValueError(f"dy must have the forward output's shape {tuple(cache.xhat.shape)}, got {tuple(dy.shape)}")

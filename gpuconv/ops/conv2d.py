@@ -32,7 +32,7 @@ from .. import backend
 from ..backend import get_array_module
 from ..precision import multiplicands, round_once, upcast, use_tf32
 from . import _dispatch
-from ._checks import check_bias, check_float, check_rank, check_same_dtype, output_hw, pair
+from ._checks import check_bias, check_cache, check_float, check_rank, check_same_dtype, output_hw, pair
 
 Conv2dCache = namedtuple("Conv2dCache", "x w has_bias stride padding")
 
@@ -64,6 +64,7 @@ def conv2d_backward(dy, cache, need_dx=True, precision=None, need_dw=True, dw_dt
     :mod:`gpuconv.precision`) and then, for ``dw_dtype=float32``, widened exactly, which the
     tensor-core kernels do as they write it (a float32 master accumulates it without a cast).
     ``precision`` as in :func:`conv2d_forward`, chosen anew for the backward."""
+    check_cache(cache, Conv2dCache, "conv2d_forward")
     x, w = cache.x, cache.w
     check_float("dy", dy)
     check_rank("dy", dy, 4, "NKHW")

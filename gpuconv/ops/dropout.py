@@ -37,7 +37,7 @@ from ..backend import get_array_module
 from ..counter_rng import splitmix64
 from ..precision import compute_dtype, round_once, upcast
 from . import _dispatch
-from ._checks import check_float
+from ._checks import check_cache, check_float
 
 DropoutCache = namedtuple("DropoutCache", "mask")
 
@@ -76,6 +76,7 @@ def dropout_forward(x, p=0.5, training=True, rng=None, *, key=None):
 
 def dropout_backward(dy, cache):
     """``dx = dy * mask`` (``dy`` itself when the forward was the identity)."""
+    check_cache(cache, DropoutCache, "dropout_forward")
     check_float("dy", dy)
     if cache.mask is None:
         return dy

@@ -24,6 +24,7 @@ import numpy as np
 from ..backend import get_array_module
 from ..precision import round_once, upcast
 from . import _dispatch
+from ._checks import check_cache
 
 GeluCache = namedtuple("GeluCache", "x cdf", defaults=(None,))
 
@@ -41,6 +42,7 @@ def gelu_forward(x):
 
 def gelu_backward(dy, cache):
     """``dx = dy * (Phi(x) + x * phi(x))``."""
+    check_cache(cache, GeluCache, "gelu_forward")
     return _dispatch.call_elementwise_backward("gelu_backward", _gelu_backward_reference, dy, cache)
 
 

@@ -23,7 +23,7 @@ from .. import backend
 from ..backend import get_array_module
 from ..precision import multiplicands, round_once, upcast, use_tf32
 from . import _dispatch
-from ._checks import check_bias, check_float, check_rank, check_same_dtype
+from ._checks import check_bias, check_cache, check_float, check_rank, check_same_dtype
 
 LinearCache = namedtuple("LinearCache", "x w has_bias")
 
@@ -54,6 +54,7 @@ def linear_forward(x, w, b=None, precision=None):
 def linear_backward(dy, cache, precision=None):
     """``dx, dw, db``; ``dx`` has ``x``'s shape, ``db`` is None when the forward had no bias.
     ``precision`` as in :func:`linear_forward`, chosen anew for the backward."""
+    check_cache(cache, LinearCache, "linear_forward")
     check_float("dy", dy)
     check_rank("dy", dy, 2, "N, out_features")
     x, w = cache.x, cache.w

@@ -22,7 +22,7 @@ from .. import backend
 from ..backend import get_array_module
 from ..precision import round_once, upcast
 from . import _dispatch
-from ._checks import check_float, check_shape, output_hw
+from ._checks import check_cache, check_float, check_shape, output_hw
 from .pool2d import _check_pool_args, _taps
 
 LPPool2dCache = namedtuple("LPPool2dCache", "x y kernel_size stride norm_type")
@@ -45,6 +45,7 @@ def lp_pool2d_forward(x, norm_type, kernel_size, stride=None):
 
 def lp_pool2d_backward(dy, cache):
     """``dx`` for the output gradient ``dy`` of :func:`lp_pool2d_forward`."""
+    check_cache(cache, LPPool2dCache, "lp_pool2d_forward")
     check_float("dy", dy)
     check_shape("dy", dy, cache.y.shape, "the shape of the forward's output")
     if dy.dtype != cache.y.dtype:

@@ -30,7 +30,7 @@ from .. import backend, layout
 from ..backend import get_array_module
 from ..precision import round_once, upcast
 from . import _dispatch
-from ._checks import check_float, check_rank, output_hw, pair
+from ._checks import check_cache, check_float, check_rank, output_hw, pair
 
 MaxPool2dCache = namedtuple("MaxPool2dCache", "x_shape kernel_size stride argmax channels_last", defaults=(False,))
 AvgPool2dCache = namedtuple("AvgPool2dCache", "x_shape kernel_size stride channels_last", defaults=(False,))
@@ -51,6 +51,7 @@ def max_pool2d_forward(x, kernel_size=2, stride=None, floor=False):
 
 def max_pool2d_backward(dy, cache):
     """``dx``: each ``dy`` entry routed to the input pixel that won its window."""
+    check_cache(cache, MaxPool2dCache, "max_pool2d_forward")
     _check_pool_dy(dy, cache)
     target = backend.kernel_target(dy, cache.argmax)
     dx = _dispatch.call("max_pool2d_backward", target, _max_pool2d_backward_reference, dy, cache)
@@ -68,6 +69,7 @@ def avg_pool2d_forward(x, kernel_size=2, stride=None, floor=False):
 
 def avg_pool2d_backward(dy, cache):
     """``dx``: each ``dy`` entry spread evenly over its window."""
+    check_cache(cache, AvgPool2dCache, "avg_pool2d_forward")
     _check_pool_dy(dy, cache)
     target = backend.kernel_target(dy)
     dx = _dispatch.call("avg_pool2d_backward", target, _avg_pool2d_backward_reference, dy, cache)

@@ -12,6 +12,7 @@ from collections import namedtuple
 from ..backend import get_array_module
 from ..precision import round_once, upcast
 from . import _dispatch
+from ._checks import check_cache
 
 ReluCache = namedtuple("ReluCache", "x")
 
@@ -23,6 +24,7 @@ def relu_forward(x):
 
 def relu_backward(dy, cache):
     """``dx = dy * (x > 0)``."""
+    check_cache(cache, ReluCache, "relu_forward")
     return _dispatch.call_elementwise_backward("relu_backward", _relu_backward_reference, dy, cache)
 
 

@@ -15,7 +15,7 @@ from collections import namedtuple
 from ..backend import kernel_target
 from ..precision import compute_dtype, round_once, upcast
 from . import _dispatch
-from ._checks import check_float
+from ._checks import check_cache, check_float
 
 ScaleCache = namedtuple("ScaleCache", "factor")
 
@@ -34,6 +34,7 @@ def scale_forward(x, factor):
 
 def scale_backward(dy, cache):
     """``dx = factor * dy``: the forward's product, on ``dy``."""
+    check_cache(cache, ScaleCache, "scale_forward")
     check_float("dy", dy)
     return _dispatch.call("scale_forward", kernel_target(dy), _scale_forward_reference, dy, cache.factor)[0]
 
