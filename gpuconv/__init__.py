@@ -25,8 +25,9 @@ def load_model(path, device=None):
 
 # The submodules, imported at their first use as attributes (``import gpuconv; gpuconv.nn.Conv2d``,
 # as ``torch.nn``), so that ``import gpuconv`` stays light.
-_SUBMODULES = ("amp", "checkpoint", "compat", "data", "gradcheck", "graphs", "inference", "kernels", "layers", "layout",
-               "lookahead", "models", "nn", "ops", "optim", "precision", "recipes", "summary", "syncguard", "trainer")
+_SUBMODULES = ("amp", "checkpoint", "cli", "compat", "data", "gradcheck", "graphs", "hostsim", "inference", "kernels",
+               "layers", "layout", "lookahead", "models", "monitor", "nn", "ops", "optim", "plots", "precision", "recipes",
+               "summary", "syncguard", "trainer")
 
 
 def __getattr__(name):

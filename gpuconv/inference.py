@@ -91,11 +91,12 @@ def load_model(path, device=None) -> TrainedModel:
             net.load_state_dict(section(arrays, "model"))
         except (KeyError, ValueError) as exc:
             raise ValueError(f"{path}: its weights do not fit the model its config describes ({exc})") from None
-    pre = config.get("preprocess", {})
-    from .data.formats import DEFAULT_CLASSES
-    return TrainedModel(net, config.get("classes") or DEFAULT_CLASSES, pre.get("mean", CIFAR10_MEAN),
-                        pre.get("std", CIFAR10_STD), config.get("train_args", {}).get("precision", "fp32"), config,
-                        tta=recorded_tta(config))
+        pre = config.get("preprocess", {})
+        from .data.formats import DEFAULT_CLASSES
+        # built where the weights are: its .device is where predict runs ('sim' runs the kernels)
+        return TrainedModel(net, config.get("classes") or DEFAULT_CLASSES, pre.get("mean", CIFAR10_MEAN),
+                            pre.get("std", CIFAR10_STD), config.get("train_args", {}).get("precision", "fp32"),
+                            config, tta=recorded_tta(config))
 
 
 def recorded_tta(config) -> int:
@@ -125,10 +126,11 @@ def as_nchw(images) -> np.ndarray:
 
 def _as_rgb8(im, path):
     """An 8-bit RGB Pillow image of ``im``. 16-bit grayscale images (PNG's I;16) are scaled down
-    (65535 -> 255), where Pillow's own conversion clips every value above 255 to white; other
+    (65535 -> 255; a PNG has no 32-bit pixels, so older Pillow's mode "I" of a PNG is one), where
+    Pillow's own conversion clips every value above 255 to white; other
     integer and float modes ('I', 'F'), whose range the file does not say, are refused."""
     from PIL import Image
-    if im.mode.startswith("I;16"):
+    if im.mode.startswith("I;16") or (im.mode == "I" and im.format == "PNG"):  # older Pillow: 16-bit PNGs as "I"
         gray = (np.asarray(im, dtype=np.uint32) * 255 + 32767) // 65535  # rounded to nearest
         return Image.fromarray(gray.astype(np.uint8), mode="L").convert("RGB")
     if im.mode in ("I", "F"):

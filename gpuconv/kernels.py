@@ -174,8 +174,9 @@ def resolve(family: str, dtype, tf32: bool, channels: int, target: str | None = 
     var = variant(family, dtype, tf32)
     if var == "auto" and launch is not None and target in _TUNED_TARGETS and autotune_enabled():
         device, geometry = launch()
-        return tuned_variant(family, dtype, tf32, channels, target, device, geometry, run)
-    if var == "auto":
+        # (where it may not time, inside a capture or a no-sync block, the channel rule's choice)
+        var = tuned_variant(family, dtype, tf32, channels, target, device, geometry, run)
+    elif var == "auto":
         var = auto_variant(family, dtype, tf32, channels)
     if (var in TC_VARIANTS and target == "cuda" and not _every_gpu_has_tensor_cores()
             and not tensor_cores_available(target, launch()[0] if launch else None)):

@@ -91,6 +91,12 @@ def _layer_rng(seed):
     return np.random.default_rng(np.random.randint(0, 2**63 - 1, dtype=np.int64) if seed is None else seed)
 
 
+def _check_inplace(layer, inplace):
+    if not isinstance(inplace, (bool, np.bool_)):
+        raise TypeError(f"{layer}(inplace={inplace!r}): inplace is True or False, as in PyTorch (it changes nothing "
+                        f"here){'; the seed is a keyword: Dropout(p, seed=...)' if layer == 'Dropout' else ''}")
+
+
 def _kaiming_uniform(rng, shape, fan_in):
     # PyTorch's default for Conv2d/Linear: kaiming_uniform_(a=sqrt(5)), i.e. gain sqrt(2/(1+a^2))
     # and bound gain*sqrt(3/fan_in), which works out to 1/sqrt(fan_in).
@@ -190,7 +196,8 @@ class Layer:
     A subclass holds its sub-layers and parameters as attributes, as a PyTorch module does: every
     ``Layer`` and ``Parameter`` set on it (``self.conv = Conv2d(...)``) is registered, in the order
     they were set, for ``parameters()``, ``state_dict()``, ``train()``/``eval()``, ``to()``. It may
-    also list parameter attributes in ``_param_names`` (each a Parameter or None), and lists its
+    also list parameter attributes in ``_param_names`` (each a Parameter or None; these come first),
+    and lists its
     buffers (arrays that are state but not trained, like running statistics) in ``_buffer_names``.
     (The built-in layers list theirs and declare ``_registers_attributes = False``: nothing to scan.)"""
 
@@ -660,6 +667,7 @@ class ReLU(Layer):
 
     def __init__(self, inplace=False):
         super().__init__()
+        _check_inplace("ReLU", inplace)
 
     def forward(self, x):
         y, cache = ops.relu_forward(x)
@@ -750,6 +758,7 @@ class Dropout(Layer):
 
     def __init__(self, p=0.5, inplace=False, *, seed=None):
         super().__init__()
+        _check_inplace("Dropout", inplace)
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
             raise ValueError(f"Dropout(p={p!r}): p is the DROP probability and must be in [0, 1) "
                              "(p=1 would leave nothing to rescale); use p=0.5 for the usual rate")

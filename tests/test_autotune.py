@@ -345,6 +345,14 @@ def test_a_gpu_without_tensor_cores_runs_the_cuda_core_tiles(monkeypatch):
         with kernels.use_variant(conv2d_forward="tc128"):
             assert kernels.resolve("conv2d_forward", dtype, tf32, 256, "cuda", launch=launch) == "v3"
             assert kernels.resolve("conv2d_forward", dtype, tf32, 256, "sim", launch=launch) == "tc128"
+    # autotuning on: where it may not time (a no-sync block, a graph capture) its rule falls back too
+    monkeypatch.setattr(kernels, "autotune_enabled", lambda default=False: True)
+    monkeypatch.setattr(kernels, "_device_model", lambda target, device: "Tesla-T4")
+    with kernels.sync_forbidden():
+        for dtype, tf32 in ((BF16, False), (np.float32, True)):
+            geometry = ((2, 256, 8, 8), (256, 256, 3, 3), (1, 1), (1, 1), True)
+            assert kernels.resolve("conv2d_forward", dtype, tf32, 256, "cuda", launch=lambda: (0, geometry),
+                                   run=lambda var: pytest.fail("timed")) == "v3"
     monkeypatch.setattr(kernels, "array_device", lambda arrays: 0)
     x, w = np.zeros((4, 8), BF16), np.zeros((2, 8), BF16)
     assert not _launch_linear._on_gemm_tc(x, w, "cuda") and _launch_linear._on_gemm_tc(x, w, "sim")

@@ -465,6 +465,11 @@ def test_load_model_predicts_exactly_what_evaluate_counts(trained, capsys):
         model.predict(val.images.astype(np.float32))
     with pytest.raises(ValueError, match="the model takes 32x32"):
         model.predict(np.zeros((1, 3, 16, 16), np.uint8))
+    from gpuconv import kernels
+    on_sim = gpuconv.load_model(trained / "checkpoint.npz", device="sim")  # predicts where it was loaded
+    with kernels.launch_log() as log:
+        np.testing.assert_allclose(on_sim.predict(val.images[:2]), probs[:2], rtol=1e-4, atol=1e-6)
+    assert on_sim.device.kind == "sim" and any(n.startswith("conv2d_forward") for n in log.names)
 
 
 def test_predict_command_reads_images_and_arrays(trained, tmp_path, capsys):

@@ -448,6 +448,8 @@ def test_constructor_arguments_are_pytorchs_in_pytorchs_order():
         with pytest.raises(ValueError, match=says):
             make()
     ReLU(inplace=True), Dropout(0.5, True), GELU("none"), Flatten(1, -1)  # accepted: they change nothing here
+    with pytest.raises(TypeError, match=r"Dropout\(inplace=3\).*the seed is a keyword"):  # the old seed position
+        Dropout(0.5, 3)
     x = np.arange(2 * 1 * 5 * 5, dtype=np.float32).reshape(2, 1, 5, 5)
     assert AvgPool2d(2, floor=True)(x).shape == (2, 1, 2, 2) and "floor=True" in repr(AvgPool2d(2, floor=True))
 
