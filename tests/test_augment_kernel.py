@@ -245,6 +245,20 @@ def test_alternating_flips_follow_each_image_through_the_shuffle(fused):
     assert 10 < sum(flipped[0].values()) < 38  # a draw per image, not one for all
 
 
+@pytest.mark.parametrize("seed", [0, 7])
+def test_alternating_flips_are_independent_of_the_shuffle_order(seed):
+    """Each image's alternating flip is its own draw, not a bit of the key epoch 0's order sorts by:
+    every batch of every epoch holds about half flipped images (the flips and the shuffle shared
+    a key, and epoch 0 ran all its unflipped images first, then all the flipped ones)."""
+    n, batch = 4096, 512
+    loader = DeviceLoader(np.zeros((n, 3, 4, 4), np.uint8), np.zeros(n, np.int64), batch, augment=True,
+                          flip="alternate", seed=seed)
+    for epoch in range(3):
+        _, _, _, flip = loader.epoch_plan(epoch)
+        fractions = [float(np.mean(flip[i:i + batch])) for i in range(0, n, batch)]
+        assert all(0.4 < f < 0.6 for f in fractions), (epoch, fractions)
+
+
 def test_loader_cutout_fused_matches_the_array_path_and_is_drawn_per_image_and_epoch(launches):
     x = np.random.default_rng(9).integers(0, 256, (64, 3, 8, 8), dtype=np.uint8)
     kw = dict(batch_size=32, shuffle=True, augment=True, seed=4, padding=2, padding_mode="reflect",

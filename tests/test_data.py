@@ -265,6 +265,21 @@ def test_truncated_and_empty_tarballs(subset_dir, isolated):
         D.load_cifar10(empty, download=False)
 
 
+def test_a_tarball_with_a_flipped_bit_is_corrupt_not_loaded(subset_dir, isolated):
+    """gzip's CRC covers the whole stream and is checked at its end, which tarfile never reads to:
+    a flipped bit inside a member decompressed to wrong pixels without a word."""
+    tar = make_tarball(subset_dir, isolated / "full.tar.gz")
+    good = tar.read_bytes()
+    bad = isolated / "bad" / "cifar-10-python.tar.gz"
+    bad.parent.mkdir()
+    for pos in (len(good) // 3, len(good) // 2, len(good) - 100):
+        flipped = bytearray(good)
+        flipped[pos] ^= 0x10
+        bad.write_bytes(bytes(flipped))
+        with pytest.raises(D.CorruptDataError, match=f"{bad}.*truncated or corrupt"):
+            load_quiet(bad.parent, download=False)
+
+
 def test_meta_problems(isolated):
     d = tiny_dir(isolated)
     write_meta(d / "batches.meta", names=["a"] * 9)

@@ -169,7 +169,9 @@ def test_real_subset_batches_are_normalized(subset_dir, backend):
     ({"batch_size": True}, ValueError, "batch_size=True"),
     ({"batch_size": 8, "drop_last": True}, ValueError, "would yield no batch"),
     ({"seed": -1}, ValueError, "seed=-1"),
-    ({"mean": (1.0, 2.0)}, ValueError, r"one value per channel \(3\)"),
+    ({"mean": (1.0, 2.0)}, ValueError, r"one value per channel \(C=3 .*pass mean= and std= with 3 values"),
+    ({"std": (60.0, 0.0, 60.0)}, ValueError, r"finite with every std > 0"),
+    ({"labels": np.array([2**63 + 5, 1, 2, 3], np.uint64)}, ValueError, r"within int64"),
     ({"images": np.zeros((4, 32, 32, 3), np.uint8)}, ValueError, r"look channels-last.*transpose\(0, 3, 1, 2\)"),
     ({"dtype": np.int32}, TypeError, r"float64, float32, bfloat16 \(ml_dtypes.bfloat16\) or float16"),
 ])
@@ -177,6 +179,15 @@ def test_bad_arguments(kwargs, err, match):
     args = {"images": np.zeros((4, 3, 32, 32), np.uint8), "labels": np.arange(4), "batch_size": 2, **kwargs}
     with pytest.raises(err, match=match):
         DeviceLoader(**args)
+
+
+def test_labels_as_a_list_or_a_torch_tensor_and_a_0_1_scale_warning():
+    x = np.zeros((4, 3, 8, 8), np.uint8)
+    assert DeviceLoader(x, [0, 1, 2, 3], 4, shuffle=False).labels.tolist() == [0, 1, 2, 3]
+    torch = pytest.importorskip("torch")
+    assert DeviceLoader(x, torch.arange(4), 4, shuffle=False).labels.tolist() == [0, 1, 2, 3]
+    with pytest.warns(UserWarning, match="look like the 0-1 scale.*multiply both by 255"):
+        DeviceLoader(x, np.arange(4), 4, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 
 
 def test_bad_epoch_arguments():

@@ -8,6 +8,8 @@ offsets at once and apply them batch by batch.
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from .. import precision
@@ -163,13 +165,18 @@ def check_mean_std(mean, std, c):
     """Host values of ``mean`` and ``std``: one finite value per channel each, every std > 0 (a
     zero std fills the batch with infinities). Device arrays pass unread (no transfer in a step)."""
     if np.size(mean) != c or np.size(std) != c:
-        raise ValueError(f"mean and std need one value per channel ({c}), got {np.size(mean)} and {np.size(std)}")
+        raise ValueError(f"mean and std need one value per channel (C={c} of (N, C, H, W) images), got {np.size(mean)} "
+                         f"and {np.size(std)}: pass mean= and std= with {c} values each (the defaults are CIFAR-10's "
+                         "RGB ones), or give (N, H, W, C) images as images.transpose(0, 3, 1, 2)")
     if is_cupy_array(mean) or is_cupy_array(std):
         return
     m, s = np.asarray(mean, dtype=np.float64).reshape(-1), np.asarray(std, dtype=np.float64).reshape(-1)
     if not (np.isfinite(m).all() and np.isfinite(s).all() and (s > 0).all()):
         raise ValueError(f"mean={m.tolist()} and std={s.tolist()} must be finite with every std > 0 (0-255 pixel "
                          f"scale; CIFAR-10's are gpuconv.data.CIFAR10_MEAN and CIFAR10_STD)")
+    if 0 < m.max() <= 1 and s.max() <= 1:  # torchvision's (0.5, 0.5, 0.5) style
+        warnings.warn(f"mean={m.tolist()} and std={s.tolist()} look like the 0-1 scale, but they apply to 0-255 pixels "
+                      "here (normalized values in the hundreds): multiply both by 255", stacklevel=3)
 
 
 def normalize(images, mean=CIFAR10_MEAN, std=CIFAR10_STD, dtype=np.float32):

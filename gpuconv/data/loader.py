@@ -64,14 +64,16 @@ class DeviceLoader:
         n = images.shape[0]
         if n == 0:
             raise ValueError("images is empty (0 images); a loader needs at least one image")
-        get_array_module(images, labels if hasattr(labels, "shape") else None)
-        if not hasattr(labels, "shape"):
+        if not (isinstance(labels, np.ndarray) or is_cupy_array(labels)):  # a list, a torch tensor, ...
             labels = np.asarray(labels)
+        get_array_module(images, labels)
         if labels.ndim != 1 or labels.shape[0] != n or labels.dtype.kind not in "iu":
             raise ValueError(f"labels must be integers of shape ({n},) (one per image), got "
                              f"{labels.dtype} {tuple(labels.shape)}")
-        if isinstance(labels, np.ndarray) and labels.min() < 0:
-            raise ValueError(f"labels must be >= 0 (class indices), got minimum {labels.min()}")
+        if isinstance(labels, np.ndarray) and labels.size and (labels.min() < 0
+                                                               or labels.max() > np.iinfo(np.int64).max):
+            raise ValueError(f"labels must be class indices (>= 0, within int64), got values in "
+                             f"[{labels.min()}, {labels.max()}]")
         self.batch_size = _check_int("batch_size", batch_size, 1, "e.g. batch_size=512")
         if drop_last and self.batch_size > n:
             raise ValueError(f"batch_size={batch_size} with drop_last=True and only {n} images would yield "
@@ -158,7 +160,9 @@ class DeviceLoader:
         oy = uniform_below(bits[:, 0], span, high=True)
         ox = uniform_below(bits[:, 0], span, high=False)
         if self.flip == "alternate":  # one draw per image and seed, inverted on odd epochs
-            base = np.random.SeedSequence([self.seed]).generate_state(1, np.uint64)
+            # A key of its own (a spawned sequence): SeedSequence([seed]) is SeedSequence([seed, 0]), whose
+            # first word is epoch 0's shuffle key, which made epoch 0's flips follow its order.
+            base = np.random.SeedSequence([self.seed], spawn_key=(1,)).generate_state(1, np.uint64)
             flip = (splitmix64(base[0], n, xp) >> np.uint64(63)).astype(bool) ^ bool(epoch % 2)
             if order is not None:  # image order[i]'s flip, at position i: each image flips every epoch
                 flip = flip[order]
