@@ -6,7 +6,10 @@ correct count). Nothing is read back to the host there. Once per ``log_every`` s
 the end of an epoch, the buffer comes back in ONE readback (:meth:`Trainer._flush`): that
 updates the progress bar (loss, accuracy, images/s), appends a line to ``metrics.jsonl``,
 and is where a NaN/Inf loss is found and named by step. Checkpoints are written only after a
-flush found every loss finite, so the checkpoint on disk is always a good one.
+flush found every loss finite, of finite weights, and at an epoch's end only after a finite
+validation loss: a divergence keeps the last checkpoint that passed. (A step checkpoint holds
+the weights after that step's update, which no loss has measured yet: a resume that diverges at
+once says the learning rate is too high for them.)
 
 Resume is bit-identical: a checkpoint holds parameters, buffers, optimizer and schedule
 state, the epoch, the step within it, the loader's state as it was when that epoch began and
@@ -23,6 +26,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +37,8 @@ from .monitor import GPUMonitor, format_snapshot, metrics_fields
 
 
 class TrainingDiverged(FloatingPointError):
-    """The loss became NaN or Inf; ``step`` is the first bad step, the checkpoint on disk is the last good one."""
+    """The loss (training or validation) or the weights became NaN or Inf; ``step`` is the first bad
+    step, ``checkpoint`` the last one written (None: none was)."""
 
     def __init__(self, message, step=None, checkpoint=None):
         super().__init__(message)
@@ -296,14 +301,9 @@ class Trainer:
         if bad.size:
             step = first_step + int(bad[0])
             batch = self.epoch_step - k + int(bad[0]) + 1
-            where = (f"the last good checkpoint is kept at {self.checkpoint_path}" if self.checkpoint_path
-                     and self.checkpoint_path.exists() else "no checkpoint had been written yet")
-            raise TrainingDiverged(
-                f"the training loss became {vals[bad[0], 0]} at step {step} (epoch {self.epoch + 1}, batch "
-                f"{batch}), found at the readback of steps {first_step}-{self.step} (log_every="
-                f"{self.log_every}); {where}. Lower the learning rate (--lr), or check the inputs for "
-                f"NaN/Inf and the labels for values outside the classes (on a GPU a bad label makes the "
-                f"loss NaN instead of raising; gpuconv.ops.check_labels finds it)", step=step, checkpoint=self.checkpoint_path if where.startswith("the last") else None)
+            self._diverged(f"the training loss became {vals[bad[0], 0]} at step {step} (epoch {self.epoch + 1}, batch "
+                           f"{batch}), found at the readback of steps {first_step}-{self.step} (log_every="
+                           f"{self.log_every})", step)
         n = counts.sum()
         return {"loss": float((vals[:, 0] * counts).sum() / n), "correct": float(vals[:, 1].sum()),
                 "n": float(n), "steps": k}
@@ -351,10 +351,30 @@ class Trainer:
         return arrays
 
     def save_checkpoint(self, path=None):
+        """Write the training state to ``path`` (default ``out_dir/checkpoint.npz``) atomically;
+        :class:`TrainingDiverged` instead when the weights are no longer finite (the file on disk,
+        a good one, is kept)."""
         path = Path(path) if path is not None else self.checkpoint_path
         if path is None:
             raise ValueError("save_checkpoint() needs a path, or out_dir= when the Trainer is built")
-        return ckpt.save_checkpoint(path, self.state_arrays())
+        arrays = self.state_arrays()
+        bad = [k[len("model/"):] for k, v in arrays.items()
+               if k.startswith("model/") and v.dtype.kind == "f" and not np.isfinite(v).all()]
+        if bad:
+            self._diverged(f"the model's weights became NaN or Inf ({', '.join(bad[:3])}"
+                           f"{', ...' if len(bad) > 3 else ''}) by step {self.step}", self.step)
+        return ckpt.save_checkpoint(path, arrays)
+
+    def _diverged(self, what, step):
+        """Raise :class:`TrainingDiverged`: ``what`` happened at ``step``; the checkpoint on disk is kept."""
+        kept = self.checkpoint_path is not None and self.checkpoint_path.exists()
+        where = (f"the last checkpoint that passed is kept at {self.checkpoint_path} (if a resume from it diverges "
+                 "at once, its weights are already too far: start over)" if kept
+                 else "no checkpoint had been written yet")
+        raise TrainingDiverged(f"{what}; {where}. Lower the learning rate (--lr), or check the inputs for NaN/Inf and "
+                               "the labels for values outside the classes (on a GPU a bad label makes the loss NaN "
+                               "instead of raising; gpuconv.ops.check_labels finds it)", step=step,
+                               checkpoint=self.checkpoint_path if kept else None)
 
     def _restorable(self, loader=None) -> dict:
         """What :meth:`_restore` sets, as it is now, in host arrays: a checkpoint's training state (with
@@ -528,6 +548,11 @@ class Trainer:
         if self.epoch >= epochs:
             self._say(f"nothing to do: {self.epoch} epoch(s) already done (epochs={epochs})")
             return self.history
+        if self.lookahead is not None and hasattr(train_loader, "__len__") \
+                and epochs * len(train_loader) != self.total_steps:
+            warnings.warn(f"lookahead: total_steps={self.total_steps}, but this fit runs {epochs} x {len(train_loader)} = "
+                          f"{epochs * len(train_loader)} steps: the final average lands at step {self.total_steps} "
+                          "(give the Trainer total_steps=epochs * len(loader))", stacklevel=2)
         handler_set = threading.current_thread() is threading.main_thread()
         old_handlers = {sig: signal.signal(sig, self._on_stop_signal) for sig in self.STOP_SIGNALS} if handler_set else {}
         self._stop_requested = False
@@ -543,6 +568,9 @@ class Trainer:
                           "lr": float(self.optimizer.lr), "images_per_s": n / max(self._ep["t"], 1e-9)}
                 if val is not None:
                     ev = self.evaluate(val)
+                    if not math.isfinite(ev["loss"]):  # finite logits give a finite loss: the weights diverged
+                        self._diverged(f"the validation loss became {ev['loss']} after epoch {self.epoch + 1}",
+                                       self.step)
                     record.update(val_loss=ev["loss"], val_acc=ev["accuracy"], val_n=ev["n"])
                 self.epoch, self.epoch_step = self.epoch + 1, 0
                 self.elapsed = time.perf_counter() - self._t0

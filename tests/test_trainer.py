@@ -204,10 +204,37 @@ def test_nan_loss_names_the_step_and_keeps_the_last_good_checkpoint(cifar, tmp_p
     msg = str(info.value)
     assert info.value.step == 16
     assert "step 16" in msg and "epoch 2, batch 6" in msg and "steps 15-18" in msg and "--lr" in msg
-    assert "last good checkpoint" in msg
+    assert "last checkpoint that passed" in msg
     saved = ckpt.load_checkpoint(tmp_path / "checkpoint.npz")
     assert int(saved["meta/epoch"]) == 1 and int(saved["meta/step"]) == 10  # epoch 1's, untouched
     assert all(np.isfinite(v).all() for k, v in saved.items() if k.startswith("model/"))
+
+
+def test_diverged_weights_are_never_checkpointed(cifar, tmp_path):
+    """A finite training loss does not make the weights after its update good: an epoch's end
+    with a NaN validation loss, or weights gone NaN, raise and keep the checkpoint on disk."""
+    train, val = cifar
+    loader = DeviceLoader(train.images[:128], train.labels[:128], 64, shuffle=False)
+    val_loader = DeviceLoader(val.images[:64], val.labels[:64], 64, shuffle=False)
+    model = small_net()
+    trainer = Trainer(model, SGD(model.parameters(), lr=0.01), out_dir=tmp_path, progress=False)
+    trainer.fit(loader, 1, val=val_loader)
+    before = (tmp_path / "checkpoint.npz").read_bytes()
+    model[6].weight.data[0, 0] = np.inf  # the head's weights gone: every logit non-finite, the loss of the next steps too
+    with pytest.raises(TrainingDiverged, match=r"became (nan|inf)|NaN or Inf") as info:
+        trainer.fit(loader, 2, val=val_loader)
+    assert "last checkpoint that passed is kept" in str(info.value)
+    assert (tmp_path / "checkpoint.npz").read_bytes() == before
+    with pytest.raises(TrainingDiverged, match=r"the model's weights became NaN or Inf \(.*weight.*\) by step 4"):
+        trainer.save_checkpoint()
+    assert (tmp_path / "checkpoint.npz").read_bytes() == before
+    model = small_net()  # good weights, but a validation loss of NaN: the epoch is not saved
+    trainer2 = Trainer(model, SGD(model.parameters(), lr=0.01), out_dir=tmp_path / "b", progress=False)
+    nan_val = [(xb.copy(), yb) for xb, yb in val_loader]
+    nan_val[0][0][0, 0, 0, 0] = np.nan
+    with pytest.raises(TrainingDiverged, match="the validation loss became nan after epoch 1"):
+        trainer2.fit(loader, 1, val=nan_val)
+    assert not (tmp_path / "b" / "checkpoint.npz").exists()
 
 
 class FakeOOM(MemoryError):
@@ -351,6 +378,17 @@ def test_a_notebook_gets_the_progress_bar_a_pipe_does_not(monkeypatch):
         assert trainer._plain_intervals() is plain, shell
     monkeypatch.delitem(sys.modules, "IPython")
     assert trainer._plain_intervals()
+
+
+def test_a_lookahead_planned_for_another_length_is_warned_about(cifar):
+    from gpuconv.lookahead import Lookahead
+    train, _ = cifar
+    loader = DeviceLoader(train.images[:128], train.labels[:128], 64, shuffle=False)
+    model = small_net()
+    trainer = Trainer(model, SGD(model.parameters(), lr=0.01), progress=False, lookahead=Lookahead(model, every=2),
+                      total_steps=3)
+    with pytest.warns(UserWarning, match=r"total_steps=3, but this fit runs 2 x 2 = 4 steps"):
+        trainer.fit(loader, 2)
 
 
 class SigintAt(DeviceLoader):
