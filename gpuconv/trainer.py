@@ -471,7 +471,10 @@ class Trainer:
                 rec = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut off by a crash
-            if rec.get("step", 0) <= self.step:
+            # An epoch's line written after the checkpoint of its last step (a kill between that line
+            # and the epoch's own save) has the checkpoint's step but an epoch the checkpoint has not done.
+            after = rec.get("step", 0) > self.step or (rec.get("kind") == "epoch" and rec.get("epoch", 0) > self.epoch)
+            if not after:
                 kept.append(rec)
         tmp = self.metrics_path.with_suffix(".jsonl.tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
@@ -550,8 +553,9 @@ class Trainer:
             return self.history
         if self.lookahead is not None and hasattr(train_loader, "__len__") \
                 and epochs * len(train_loader) != self.total_steps:
-            warnings.warn(f"lookahead: total_steps={self.total_steps}, but this fit runs {epochs} x {len(train_loader)} = "
-                          f"{epochs * len(train_loader)} steps: the final average lands at step {self.total_steps} "
+            warnings.warn(f"lookahead: total_steps={self.total_steps}, but this fit runs {epochs} x "
+                          f"{len(train_loader)} = {epochs * len(train_loader)} steps: the final average lands at step "
+                          f"{self.total_steps} "
                           "(give the Trainer total_steps=epochs * len(loader))", stacklevel=2)
         handler_set = threading.current_thread() is threading.main_thread()
         old_handlers = {sig: signal.signal(sig, self._on_stop_signal) for sig in self.STOP_SIGNALS} if handler_set else {}

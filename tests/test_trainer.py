@@ -391,6 +391,22 @@ def test_a_lookahead_planned_for_another_length_is_warned_about(cifar):
         trainer.fit(loader, 2)
 
 
+def test_a_resume_drops_the_epoch_line_its_checkpoint_did_not_see(tmp_path):
+    """A step checkpoint at an epoch's last step, then the epoch's line, then a kill before the
+    epoch's own save: the line has the checkpoint's step but an epoch it has not done, and the
+    resumed run writes it again (it was there twice)."""
+    model = small_net()
+    trainer = Trainer(model, SGD(model.parameters(), lr=0.01), out_dir=tmp_path, progress=False)
+    lines = [{"kind": "interval", "epoch": 1, "step": 8}, {"kind": "epoch", "epoch": 1, "step": 8},
+             {"kind": "interval", "epoch": 2, "step": 16}, {"kind": "epoch", "epoch": 2, "step": 16},
+             {"kind": "interval", "epoch": 3, "step": 20}]
+    trainer.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    trainer.step, trainer.epoch = 16, 1  # the checkpoint: epoch 2's last step, epoch 2 not yet done
+    trainer._trim_metrics()
+    kept = [json.loads(x) for x in trainer.metrics_path.read_text().splitlines()]
+    assert kept == lines[:3] and [r["epoch"] for r in trainer.history] == [1]
+
+
 class SigintAt(DeviceLoader):
     """A DeviceLoader that sends this process SIGINT (as Ctrl-C does), or ``sig``, when it yields
     a given batch."""
