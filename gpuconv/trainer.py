@@ -481,6 +481,16 @@ class Trainer:
         os.replace(tmp, self.metrics_path)
         self.history = [r for r in kept if r.get("kind") == "epoch"]
 
+    def _repair_best(self):
+        """After a resume from an epoch's checkpoint: ``best.npz`` is that epoch's when its validation
+        accuracy is the best so far (a kill between the checkpoint and the copy left the older one)."""
+        accs = [(r.get("val_acc"), r["epoch"]) for r in self.history if r.get("val_acc") is not None]
+        if (not accs or self.epoch_step or self.best_path is None or not self.checkpoint_path.exists()
+                or max(accs)[1] != self.epoch):  # ties go to the later epoch, as _after_epoch_files does
+            return
+        if not self.best_path.exists() or int(ckpt.load_checkpoint(self.best_path)["meta/epoch"]) != self.epoch:
+            ckpt.copy_checkpoint(self.checkpoint_path, self.best_path)
+
     def _telemetry(self):
         fields = metrics_fields(self.monitor.snapshot()) if self.monitor is not None else {}
         cp = backend.cupy_module()
@@ -542,6 +552,7 @@ class Trainer:
             if self.checkpoint_path.exists():
                 self.load_checkpoint(loader=train_loader)
                 self._trim_metrics()
+                self._repair_best()
                 self._say(f"resuming from {self.checkpoint_path}: {self.epoch} epoch(s) and "
                           f"{self.epoch_step} batch(es) done, step {self.step}")
             else:

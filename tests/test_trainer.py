@@ -407,6 +407,22 @@ def test_a_resume_drops_the_epoch_line_its_checkpoint_did_not_see(tmp_path):
     assert kept == lines[:3] and [r["epoch"] for r in trainer.history] == [1]
 
 
+def test_a_resume_repairs_best_npz_a_kill_left_behind(cifar, tmp_path):
+    """A kill between an epoch's checkpoint and its copy to best.npz: the resume makes best.npz
+    that epoch's when it is the best so far."""
+    train, val = cifar
+    loader = DeviceLoader(train.images[:128], train.labels[:128], 64, shuffle=False)
+    val_loader = DeviceLoader(val.images[:64], val.labels[:64], 64, shuffle=False)
+    model = small_net()
+    trainer = Trainer(model, SGD(model.parameters(), lr=0.01), out_dir=tmp_path, progress=False)
+    trainer.fit(loader, 1, val=val_loader)
+    (tmp_path / "best.npz").unlink()  # as if the kill came before the copy
+    model = small_net()
+    resumed = Trainer(model, SGD(model.parameters(), lr=0.01), out_dir=tmp_path, progress=False)
+    resumed.fit(loader, 1, val=val_loader, resume=True)  # nothing left to train
+    assert (tmp_path / "best.npz").read_bytes() == (tmp_path / "checkpoint.npz").read_bytes()
+
+
 class SigintAt(DeviceLoader):
     """A DeviceLoader that sends this process SIGINT (as Ctrl-C does), or ``sig``, when it yields
     a given batch."""
