@@ -210,15 +210,21 @@ def test_nan_loss_names_the_step_and_keeps_the_last_good_checkpoint(cifar, tmp_p
     assert all(np.isfinite(v).all() for k, v in saved.items() if k.startswith("model/"))
 
 
-def test_diverged_weights_are_never_checkpointed(cifar, tmp_path):
-    """A finite training loss does not make the weights after its update good: an epoch's end
-    with a NaN validation loss, or weights gone NaN, raise and keep the checkpoint on disk."""
+def _one_epoch_run(cifar, out_dir):
+    """(model, trainer, loader, val_loader) after one epoch of 2 batches with validation into ``out_dir``."""
     train, val = cifar
     loader = DeviceLoader(train.images[:128], train.labels[:128], 64, shuffle=False)
     val_loader = DeviceLoader(val.images[:64], val.labels[:64], 64, shuffle=False)
     model = small_net()
-    trainer = Trainer(model, SGD(model.parameters(), lr=0.01), out_dir=tmp_path, progress=False)
+    trainer = Trainer(model, SGD(model.parameters(), lr=0.01), out_dir=out_dir, progress=False)
     trainer.fit(loader, 1, val=val_loader)
+    return model, trainer, loader, val_loader
+
+
+def test_diverged_weights_are_never_checkpointed(cifar, tmp_path):
+    """A finite training loss does not make the weights after its update good: an epoch's end
+    with a NaN validation loss, or weights gone NaN, raise and keep the checkpoint on disk."""
+    model, trainer, loader, val_loader = _one_epoch_run(cifar, tmp_path)
     before = (tmp_path / "checkpoint.npz").read_bytes()
     model[6].weight.data[0, 0] = np.inf  # the head's weights gone: every logit non-finite, the loss of the next steps too
     with pytest.raises(TrainingDiverged, match=r"became (nan|inf)|NaN or Inf") as info:
@@ -410,12 +416,7 @@ def test_a_resume_drops_the_epoch_line_its_checkpoint_did_not_see(tmp_path):
 def test_a_resume_repairs_best_npz_a_kill_left_behind(cifar, tmp_path):
     """A kill between an epoch's checkpoint and its copy to best.npz: the resume makes best.npz
     that epoch's when it is the best so far."""
-    train, val = cifar
-    loader = DeviceLoader(train.images[:128], train.labels[:128], 64, shuffle=False)
-    val_loader = DeviceLoader(val.images[:64], val.labels[:64], 64, shuffle=False)
-    model = small_net()
-    trainer = Trainer(model, SGD(model.parameters(), lr=0.01), out_dir=tmp_path, progress=False)
-    trainer.fit(loader, 1, val=val_loader)
+    model, trainer, loader, val_loader = _one_epoch_run(cifar, tmp_path)
     (tmp_path / "best.npz").unlink()  # as if the kill came before the copy
     model = small_net()
     resumed = Trainer(model, SGD(model.parameters(), lr=0.01), out_dir=tmp_path, progress=False)
