@@ -226,7 +226,7 @@ def test_diverged_weights_are_never_checkpointed(cifar, tmp_path):
     with a NaN validation loss, or weights gone NaN, raise and keep the checkpoint on disk."""
     model, trainer, loader, val_loader = _one_epoch_run(cifar, tmp_path)
     before = (tmp_path / "checkpoint.npz").read_bytes()
-    model[6].weight.data[0, 0] = np.inf  # the head's weights gone: every logit non-finite, the loss of the next steps too
+    model[6].weight.data[0, 0] = np.inf  # the head gone: every logit non-finite, the next steps' losses too
     with pytest.raises(TrainingDiverged, match=r"became (nan|inf)|NaN or Inf") as info:
         trainer.fit(loader, 2, val=val_loader)
     assert "last checkpoint that passed is kept" in str(info.value)
