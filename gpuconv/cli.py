@@ -842,8 +842,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except KeyboardInterrupt:  # outside the trainer's own handling (e.g. while loading data)
-        _say("interrupted")
+    except KeyboardInterrupt as exc:  # outside the trainer's own handling (loading data, a second Ctrl-C)
+        _say(f"interrupted{': ' + str(exc) if str(exc) else ''}")
         return 130
     except (ValueError, TypeError, KeyError, OSError, RuntimeError, MemoryError) as exc:  # KeyError: state-dict keys
         if _env.flag("GPUCONV_DEBUG"):

@@ -520,11 +520,14 @@ class Trainer:
     STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def _on_stop_signal(self, signum, frame):
-        if self._stop_requested:
-            raise KeyboardInterrupt  # a second signal: stop now, without saving
+        if self._stop_requested:  # a second signal: stop now, without saving
+            kept = self.checkpoint_path if self.checkpoint_path is not None and self.checkpoint_path.exists() else None
+            raise KeyboardInterrupt(f"stopped at once; the last checkpoint on disk is {kept}" if kept else
+                                    "stopped at once; no checkpoint was written")
         self._stop_requested = signum
         what = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-        sys.stderr.write(f"\n{what}: finishing the current step, then saving a checkpoint "
+        now = "the validation pass" if getattr(self, "_validating", False) else "the current step"
+        sys.stderr.write(f"\n{what}: finishing {now}, then saving a checkpoint "
                          "(press Ctrl-C again to stop at once without saving)\n")
 
     def _interrupt(self):
@@ -582,7 +585,11 @@ class Trainer:
                           "train_acc": self._ep["correct"] / n if n else None,
                           "lr": float(self.optimizer.lr), "images_per_s": n / max(self._ep["t"], 1e-9)}
                 if val is not None:
-                    ev = self.evaluate(val)
+                    self._validating = True
+                    try:
+                        ev = self.evaluate(val)
+                    finally:
+                        self._validating = False
                     if not math.isfinite(ev["loss"]):  # finite logits give a finite loss: the weights diverged
                         self._diverged(f"the validation loss became {ev['loss']} after epoch {self.epoch + 1}",
                                        self.step)

@@ -424,6 +424,15 @@ def test_a_resume_repairs_best_npz_a_kill_left_behind(cifar, tmp_path):
     assert (tmp_path / "best.npz").read_bytes() == (tmp_path / "checkpoint.npz").read_bytes()
 
 
+def test_stop_signal_messages_say_what_is_finished_and_what_is_kept(cifar, tmp_path, capsys):
+    model, trainer, _, _ = _one_epoch_run(cifar, tmp_path)
+    trainer._validating = True
+    trainer._on_stop_signal(signal.SIGINT, None)
+    assert "Ctrl-C: finishing the validation pass, then saving a checkpoint" in capsys.readouterr().err
+    with pytest.raises(KeyboardInterrupt, match=f"stopped at once; the last checkpoint on disk is {tmp_path}"):
+        trainer._on_stop_signal(signal.SIGINT, None)
+
+
 class SigintAt(DeviceLoader):
     """A DeviceLoader that sends this process SIGINT (as Ctrl-C does), or ``sig``, when it yields
     a given batch."""
