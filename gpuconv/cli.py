@@ -524,7 +524,8 @@ def _train(args) -> int:
     if cifar.test is None and val is not None:
         _say(f"{cifar.root} has no test_batch: validating on {val_desc}")
     train = _limit(train, s["limit"], s["seed"])
-    trained_on = {"path": str(Path(cifar.root).resolve()), "train_images": len(train), "fingerprint": train.fingerprint()}
+    trained_on = {"path": str(Path(cifar.root).resolve()), "train_images": len(train),
+                  "fingerprint": train.fingerprint()}
     if recorded and recorded.get("fingerprint") != trained_on["fingerprint"]:
         raise ValueError(f"--resume: {args.out} holds a run trained on {recorded['train_images']} images from "
                          f"{recorded['path']}, but the training images found now ({len(train)} from {cifar.root}) "
