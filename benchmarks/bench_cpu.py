@@ -432,7 +432,8 @@ def main(argv=None):
            "torch_threads": None if torch is None else torch.get_num_threads(), "batch": args.batch,
            "repeats": args.repeats, "warmup": args.warmup}
     header = (f"gpuconv {env['gpuconv']} NumPy path on {env['cpu_count']} CPU(s), numpy {env['numpy']}, "
-              f"torch {env['torch'] or 'not installed'}; threads {args.threads or 'default'}; batch {args.batch}, "
+              f"torch {env['torch'] or ('not used (--no-torch)' if args.no_torch else 'not installed')}; "
+              f"threads {args.threads or 'default'}; batch {args.batch}, "
               f"median of {args.repeats}; {env['cpu']}; load average {load_before} -> {env['load_average_1min'][1]}")
     if args.json == "-":
         print(json.dumps({"env": env, "results": rows}, indent=1))

@@ -349,7 +349,8 @@ def conv_layer_summary(rows):
 
 def table(rec):
     env = rec["environment"]
-    print(f"{env['device']}  fast_net width {rec['width']}, batch {rec['batch']}, fp32 (TF32 off)")
+    print(f"{env['device']}  fast_net width {rec['width']}, batch {rec['batch']}, fp32 (TF32 off) unless a row names "
+          "its dtype")
     common.print_table(rec["results"]["memory"], [
         ("op", "op", ""), ("shape", "shape", ""), ("ms", "ms", ".4f"), ("gbs", "GB/s", ".0f"),
         ("copy_gbs", "copy GB/s", ".0f"), ("vs_copy", "vs copy", ".2f"), ("torch_ms", "torch ms", ".4f"),

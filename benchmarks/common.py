@@ -51,7 +51,8 @@ def add_arguments(p: argparse.ArgumentParser, warmup=3, repeat=20):
                    help="cuda: validate and time on the GPU; sim: validate on the host simulator (needs --tiny)")
     p.add_argument("--tiny", action="store_true", help="tiny sizes and few steps: a validation run, no timing claims")
     p.add_argument("--warmup", type=int, default=warmup, help="untimed runs before timing")
-    p.add_argument("--repeat", type=int, default=repeat, help="timed runs (averaged between two CUDA events)")
+    p.add_argument("--repeat", type=int, default=repeat,
+                   help="timed calls, in five groups each between two CUDA events: the median group's time per call")
     p.add_argument("--json", action="store_true", help="print the record as one JSON document instead of the table")
     p.add_argument("--save", action="store_true", help=f"write the record under {RESULTS} (or $GPUCONV_BENCH_RESULTS)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
