@@ -36,8 +36,9 @@ import numpy as np
 from . import layout, ops
 from .backend import Device, copy_like, device_of, get_default_device, host_copy, is_cupy_array, to_device
 
-__all__ = ["Parameter", "Layer", "Conv2d", "MaxPool2d", "AvgPool2d", "LPPool2d", "ReLU", "GELU", "Flatten", "Linear",
-           "BatchNorm2d", "Dropout", "Scale", "Sequential", "Residual", "LoadResult", "StateDictKeyError"]
+__all__ = ["Parameter", "Layer", "Module", "Identity", "Conv2d", "MaxPool2d", "AvgPool2d", "LPPool2d", "ReLU", "GELU",
+           "Flatten", "Linear", "BatchNorm2d", "Dropout", "Scale", "Sequential", "Residual", "LoadResult",
+           "StateDictKeyError"]
 
 
 # ----------------------------------------------------------------------------- argument checks
@@ -155,6 +156,10 @@ class Parameter:
     @property
     def size(self):
         return self.data.size
+
+    def numel(self):
+        """The number of values (PyTorch's name for :attr:`size`)."""
+        return int(self.data.size)
 
     def accumulate(self, grad):
         """Set ``.grad`` on the first call, add in place afterwards (until ``zero_grad``); a
@@ -338,6 +343,20 @@ class Layer:
             m._cache = None  # a cache holds arrays of the old device or dtype
         return self
 
+    def cuda(self, index=None):
+        """``to('cuda')`` (``to('cuda:N')`` with ``index``), as a PyTorch module's."""
+        return self.to("cuda" if index is None else f"cuda:{int(index)}")
+
+    def cpu(self):
+        """``to('cpu')``, as a PyTorch module's."""
+        return self.to("cpu")
+
+    def requires_grad_(self, requires_grad=True):
+        """Freeze (False) or unfreeze every parameter, as a PyTorch module's; returns the layer."""
+        for p in self.parameters():
+            p.requires_grad = bool(requires_grad)
+        return self
+
     def to(self, device):
         """Move parameters, their gradients and buffers to ``device`` ('cpu', 'cuda:N', 'sim')."""
         dev = Device(device)
@@ -438,6 +457,10 @@ class Layer:
 
 
 # ----------------------------------------------------------------------------- layers with parameters
+# PyTorch's name: ``class Net(nn.Module)`` with sub-layers as attributes works as it does there.
+Module = Layer
+
+
 class Conv2d(Layer):
     """2-D convolution over NCHW input with OIHW weights (``gpuconv.ops.conv2d_forward``).
 
@@ -694,6 +717,21 @@ class GELU(Layer):
 
     def backward(self, dy, need_dx=True):
         return ops.gelu_backward(dy, self._take_cache())
+
+
+class Identity(Layer):
+    """``y = x``: a placeholder layer, as PyTorch's ``nn.Identity`` (any arguments are ignored)."""
+
+    _registers_attributes = False
+
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+
+    def forward(self, x):
+        return x
+
+    def backward(self, dy, need_dx=True):
+        return dy
 
 
 class Flatten(Layer):

@@ -454,6 +454,24 @@ def test_constructor_arguments_are_pytorchs_in_pytorchs_order():
     assert AvgPool2d(2, floor=True)(x).shape == (2, 1, 2, 2) and "floor=True" in repr(AvgPool2d(2, floor=True))
 
 
+def test_pytorchs_module_conveniences():
+    from gpuconv import nn
+    class Net(nn.Module):  # the name PyTorch code subclasses
+        def __init__(self):
+            super().__init__()
+            self.body, self.skip = nn.Linear(4, 4, seed=0), nn.Identity(4, anything="ignored")
+
+    net = Net()
+    assert nn.Module is Layer and [n for n, _ in net.named_parameters()] == ["body.weight", "body.bias"]
+    x = np.ones((2, 4), np.float32)
+    assert net.skip(x) is x and net.skip.backward(x) is x
+    assert net.requires_grad_(False) is net and not any(p.requires_grad for p in net.parameters())
+    assert net.body.weight.numel() == 16 and net.cpu() is net
+    if not gpuconv.cuda_available():
+        with pytest.raises(RuntimeError, match="CUDA"):
+            net.cuda()
+
+
 def test_np_random_seed_makes_unseeded_layers_reproducible():
     """seed=None draws the layer's seed from NumPy's global generator (torch.manual_seed's role)."""
     def build():
