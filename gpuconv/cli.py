@@ -414,19 +414,25 @@ def _recipe_setup(s, model, images, steps_per_epoch):
 
 
 # ----------------------------------------------------------------------------- train
-def _settings(args, device=None):
-    """The run's settings: flags given > the checkpoint's (with --resume) > the model's defaults;
-    the precision 'auto' made concrete for ``device`` (default: ``--device``'s)."""
-    from .amp import resolve_precision
+def _stored_config(args) -> dict:
+    """The config of the run ``--resume`` continues (read once: settings and data come from it), or {}."""
     from .checkpoint import CHECKPOINT_NAME, load_checkpoint, read_config
+    path = Path(args.out) / CHECKPOINT_NAME
+    return read_config(load_checkpoint(path)) if args.resume and path.exists() else {}
+
+
+def _settings(args, device=None, stored_config=None):
+    """The run's settings: flags given > the checkpoint's (with --resume; ``stored_config``, read
+    here when not given) > the model's defaults; the precision 'auto' made concrete for ``device``
+    (default: ``--device``'s)."""
+    from .amp import resolve_precision
+    from .checkpoint import CHECKPOINT_NAME
     device = args.device if device is None else device
     given = {k: getattr(args, k) for k in RESUMABLE if getattr(args, k, None) is not None}
     if "precision" in given:
         given["precision"] = resolve_precision(given["precision"], device)
-    stored = {}
     ckpt_path = Path(args.out) / CHECKPOINT_NAME
-    if args.resume and ckpt_path.exists():
-        stored = read_config(load_checkpoint(ckpt_path)).get("train_args", {})
+    stored = (_stored_config(args) if stored_config is None else stored_config).get("train_args", {})
     recipe = given.get("recipe") or stored.get("recipe") or given.get("model") or stored.get("model") or "three_layer"
     model = given.get("model") or stored.get("model") or get_recipe(recipe)["model"]
     if stored:
@@ -441,14 +447,6 @@ def _settings(args, device=None):
         s["schedule_kwargs"] = {}
     s["precision"] = resolve_precision(s["precision"], device)
     return s
-
-
-def _recorded_data(out) -> dict | None:
-    """The training data a run in ``out`` recorded (its path, image count and fingerprint); None for a
-    checkpoint written before runs recorded it."""
-    from .checkpoint import CHECKPOINT_NAME, load_checkpoint, read_config
-    path = Path(out) / CHECKPOINT_NAME
-    return read_config(load_checkpoint(path)).get("data") if path.exists() else None
 
 
 def _check_resume_flags(given, stored, ckpt_path):
@@ -502,7 +500,8 @@ def _train(args) -> int:
     from .trainer import Trainer, TrainingDiverged, TrainingInterrupted, GPUOutOfMemory
 
     device = backend.Device(args.device)
-    s = _settings(args, device)
+    stored = _stored_config(args)
+    s = _settings(args, device, stored)
     if device.is_cuda:
         backend.require_cupy()
     if device.kind == "sim":
@@ -510,7 +509,7 @@ def _train(args) -> int:
              "images/s, meant for checking the kernels (--device cpu trains with NumPy, a hundred times faster)")
     if args.cuda_graph and not device.is_cuda:
         _say(f"note: --cuda-graph replays steps on a GPU; on {device} each step runs as it is")
-    recorded = _recorded_data(args.out) if args.resume else None
+    recorded = stored.get("data")  # the training data the run recorded (None: written before runs did)
     data = args.data
     if data is None and recorded and Path(recorded["path"]).exists():
         data = recorded["path"]  # a resumed run continues on its own data, not on whatever a search finds
