@@ -943,8 +943,8 @@ def _every_gpu_has_tensor_cores() -> bool:
 
 @functools.lru_cache(maxsize=None)
 def _arch_specific_build(device) -> bool:
-    cc = backend.require_cupy().cuda.Device(device).compute_capability
-    return str(cc) == "90" and nvrtc_arch(cc, device) == "sm_90"
+    cc = _compute_capability(device)
+    return cc == 90 and nvrtc_arch(cc, device) == "sm_90"
 
 
 def nvrtc_arch(compute_capability, device: int | None = None) -> str:

@@ -237,6 +237,8 @@ class Optimizer:
             raise TypeError(f"step(closure): closure must be a function returning the loss, got {closure!r}; the "
                             "mixed-precision overflow flag goes as step(skip=...)")
         loss = None if closure is None else closure()
+        if not self.lr_written_by_owner:  # the groups' lrs into the device array the update reads
+            self.write_lrs()
         self._step(skip)
         return loss
 
@@ -362,8 +364,6 @@ class SGD(Optimizer):
                 raise ValueError(f"SGD: parameter group {gi} has nesterov=True and momentum 0; give it momentum > 0")
 
     def _step(self, skip):
-        if not self.lr_written_by_owner:
-            self.write_lrs()
         if skip is not None or self._lrs is None:
             super()._step(skip)
             return
@@ -598,10 +598,6 @@ class Muon(Optimizer):
         lr = h["lr"] if self._lrs is None else self._lr_of[id(p)].astype(update.dtype)
         p.data -= (lr * update).astype(p.dtype)
 
-    def _step(self, skip):
-        if not self.lr_written_by_owner:
-            self.write_lrs()
-        super()._step(skip)
 
 
 class Chain(Optimizer):

@@ -342,7 +342,6 @@ class Trainer:
                        "meta/epoch_sums": np.asarray([self._ep[k] for k in ("loss", "correct", "n", "t")]
                                                      if self.epoch_step and getattr(self, "_ep", None)
                                                      else [0.0] * 4, np.float64),
-                       "meta/lr": np.asarray(float(self.optimizer.lr), np.float64),
                        "meta/precision": np.asarray(self.precision),
                        "meta/config": ckpt.pack_json(self.config or {})})
         tuned = kernels.tuned_variants()
@@ -386,10 +385,10 @@ class Trainer:
                 arrays.update(ckpt.flatten_tree(key, part.state_dict()))
         if self.lookahead is not None:
             arrays.update({f"look/{k}": v for k, v in self.lookahead.state_dict().items()})
-        for name, gen in self._rng_owners(loader):
+        for name, gen in self._rng_owners():
             arrays[f"rng/{name}"] = ckpt.rng_state(gen)
-        if loader is not None and hasattr(loader, "state_dict"):
-            arrays.update(ckpt.flatten_tree("loader", loader.state_dict()))
+        if loader is not None:
+            arrays.update(self._capture_loader(loader))
         arrays["meta/lr"] = np.asarray(float(self.optimizer.lr), np.float64)
         return arrays
 

@@ -193,9 +193,15 @@ def normalize(images, mean=CIFAR10_MEAN, std=CIFAR10_STD, dtype=np.float32):
     dtype = np.dtype(dtype)
     if dtype not in precision.DTYPES:
         raise TypeError(f"dtype={dtype} must be {precision.DTYPE_NAMES}")
+    check_mean_std(mean, std, images.shape[1])
+    return normalized(images, mean, std, dtype)
+
+
+def normalized(images, mean, std, dtype):
+    """:func:`normalize` without its checks: the loader's per-batch form, its arguments checked once."""
+    xp = get_array_module(images)
     acc = precision.compute_dtype(dtype)
     c = images.shape[1]
-    check_mean_std(mean, std, c)
     mean = xp.asarray(mean, dtype=acc).reshape(-1)
     std = xp.asarray(std, dtype=acc).reshape(-1)
     out = images.astype(acc)

@@ -16,8 +16,6 @@ tarball costs a few seconds per load, small next to a training run.
 """
 from __future__ import annotations
 
-import bz2
-import gzip
 import lzma
 import pathlib
 import tarfile
@@ -61,23 +59,6 @@ class DirFiles:
                                     f"permissions or {_REFETCH}") from exc
 
 
-# A compressed tarball's stream, by its first bytes (a renamed file is recognized too).
-_COMPRESSED = ((b"\x1f\x8b", gzip.open), (b"BZh", bz2.open), (b"\xfd7zXZ\x00", lzma.open))
-
-
-def _check_compressed_stream(path: pathlib.Path) -> None:
-    """Read a compressed file to its end, so that its decompressor checks the stream's CRC: tarfile
-    reads no further than the members it is asked for, and a flipped bit inside one decompresses
-    to wrong pixels without a word (gzip's CRC covers the whole stream, checked at its end)."""
-    with open(path, "rb") as f:
-        head = f.read(6)
-    opener = next((op for magic, op in _COMPRESSED if head.startswith(magic)), None)
-    if opener is not None:
-        with opener(path, "rb") as stream:
-            while stream.read(1 << 22):
-                pass
-
-
 class TarFiles:
     """The regular-file members of a tarball, by base name (any top folder); a compressed tarball's
     checksum is verified when it is opened."""
@@ -90,7 +71,10 @@ class TarFiles:
             for m in self._tar.getmembers():  # reads the whole index: a truncated file fails here
                 if m.isfile():
                     self._members.setdefault(pathlib.PurePosixPath(m.name).name, m)
-            _check_compressed_stream(self.path)
+            # On to the end of the stream, where gzip/bz2/xz check their CRC: tarfile reads no further than
+            # the last member, and a flipped bit inside one decompressed to wrong pixels without a word.
+            while self._tar.fileobj.read(1 << 22):
+                pass
         except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as exc:
             raise CorruptDataError(
                 f"{self.path}: not a readable tarball ({type(exc).__name__}: {exc}); it is probably "

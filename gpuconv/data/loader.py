@@ -24,7 +24,7 @@ from ..backend import kernel_target as _kernel_target
 from ..counter_rng import splitmix64, uniform_below
 from ._launch_augment import augment_batch_kernel
 from .augment import (CIFAR10_MEAN, CIFAR10_STD, check_cutout, check_mean_std, check_padding_mode, crop_flip, cutout,
-                      normalize)
+                      normalized)
 
 
 def _check_int(name, value, low, fix):
@@ -223,7 +223,7 @@ class DeviceLoader:
             xb = self.images[idx]
             if self.augment:
                 xb = crop_flip(xb, oy[lo:hi], ox[lo:hi], flip[lo:hi], self.padding, self.padding_mode)
-            xb = normalize(xb, self._mean, self._std, self.dtype)
+            xb = normalized(xb, self._mean, self._std, self.dtype)  # (checked when the loader was built)
             if cuts:
                 xb = cutout(xb, cuts[0][lo:hi], cuts[1][lo:hi], self.cutout)
             yield (layout.to_channels_last(xb) if self.channels_last else xb), self.labels[idx]
