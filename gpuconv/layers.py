@@ -35,10 +35,11 @@ import numpy as np
 
 from . import layout, ops
 from .backend import Device, copy_like, device_of, get_default_device, host_copy, is_cupy_array, to_device
+from .ops.scale import check_factor
 
-__all__ = ["Parameter", "Layer", "Module", "Identity", "Conv2d", "MaxPool2d", "AvgPool2d", "LPPool2d", "ReLU", "GELU",
-           "Flatten", "Linear", "BatchNorm2d", "Dropout", "Scale", "Sequential", "Residual", "LoadResult",
-           "StateDictKeyError"]
+__all__ = ["Parameter", "Layer", "Module", "Identity", "Conv2d", "MaxPool2d", "AvgPool2d", "LPPool2d",
+           "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "ReLU", "GELU", "Flatten", "Linear", "BatchNorm2d", "Dropout",
+           "Scale", "Sequential", "Residual", "CrossEntropyLoss", "LoadResult", "StateDictKeyError"]
 
 
 # ----------------------------------------------------------------------------- argument checks
@@ -79,9 +80,13 @@ def _only(layer, **given):
     Accepted as PyTorch spells them (so positional arguments mean what they mean there), refused
     by name otherwise."""
     for name, (value, default) in given.items():
-        same = value == default if not isinstance(default, tuple) else _pair(name, value, 0) == default
+        if default is None:  # (an array compares elementwise)
+            same = value is None
+        else:
+            same = value == default if not isinstance(default, tuple) else _pair(name, value, 0) == default
         if not same:
-            raise ValueError(f"{layer}({name}={value!r}) is not supported: gpuconv's {layer} computes with "
+            shown = f"<{type(value).__name__}>" if hasattr(value, "shape") else repr(value)
+            raise ValueError(f"{layer}({name}={shown}) is not supported: gpuconv's {layer} computes with "
                              f"{name}={default!r} only")
 
 
@@ -228,8 +233,8 @@ class Layer:
         layer may then skip computing it and return None; parameter gradients are still made."""
         raise NotImplementedError(f"{type(self).__name__} does not define backward(dy)")
 
-    def __call__(self, x):
-        return self.forward(x)
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
 
     def _keep(self, cache):
         self._cache = cache if self.training else None
@@ -682,6 +687,75 @@ class AvgPool2d(_Pool2d):
         return ops.avg_pool2d_backward(dy, self._take_cache())
 
 
+class _AdaptivePool2d(Layer):
+    """What adaptive average and max pooling share: ``output_size`` (an int, or an (h, w) pair
+    whose None entries keep the input's size) and the equal windows that give it."""
+
+    _registers_attributes = False
+
+    def __init__(self, output_size):
+        super().__init__()
+        pair = output_size if isinstance(output_size, (tuple, list)) else (output_size, output_size)
+        if len(pair) != 2:
+            raise ValueError(f"{type(self).__name__}: output_size must be an int or an (h, w) pair, "
+                             f"got {output_size!r}")
+        self.output_size = tuple(None if v is None else _int("output_size", v, 1) for v in pair)
+
+    def _windows(self, x):
+        """The (kernel, stride) that pools ``x`` to ``output_size``: PyTorch's adaptive windows,
+        ``floor(i*H/OH)`` to ``ceil((i+1)*H/OH)``, which are equal and disjoint when OH divides H."""
+        if x.ndim != 4:
+            raise ValueError(f"{type(self).__name__}: x must be (N, C, H, W), got shape {tuple(x.shape)}")
+        window = []
+        for axis, size, out in (("H", x.shape[2], self.output_size[0]), ("W", x.shape[3], self.output_size[1])):
+            out = size if out is None else out
+            if size % out:
+                raise ValueError(
+                    f"{type(self).__name__}(output_size={self.output_size}): the input's {axis} = {size} is not a "
+                    f"multiple of the output's {out}, so PyTorch's windows would overlap and differ in size; "
+                    f"gpuconv pools equal windows only: choose an output size that divides the input "
+                    f"(1 pools globally), or pool explicitly with {type(self).__name__[8:]}(kernel_size, stride)")
+            window.append(size // out)
+        return tuple(window)
+
+    def extra_repr(self):
+        size = self.output_size
+        return f"output_size={size[0] if size[0] == size[1] else size}"
+
+
+class AdaptiveAvgPool2d(_AdaptivePool2d):
+    """PyTorch's ``nn.AdaptiveAvgPool2d(output_size)`` for output sizes that divide the input
+    (``AdaptiveAvgPool2d(1)``: global average pooling, a ResNet's last pool): average pooling with
+    a window and stride of ``H // OH`` by ``W // OW``. Other sizes are refused by name."""
+
+    def forward(self, x):
+        window = self._windows(x)
+        y, cache = ops.avg_pool2d_forward(x, kernel_size=window, stride=window)
+        self._keep(cache)
+        return y
+
+    def backward(self, dy, need_dx=True):
+        return ops.avg_pool2d_backward(dy, self._take_cache())
+
+
+class AdaptiveMaxPool2d(_AdaptivePool2d):
+    """PyTorch's ``nn.AdaptiveMaxPool2d(output_size)`` for output sizes that divide the input,
+    as :class:`AdaptiveAvgPool2d` (``return_indices=False`` only)."""
+
+    def __init__(self, output_size, return_indices=False):
+        _only("AdaptiveMaxPool2d", return_indices=(return_indices, False))
+        super().__init__(output_size)
+
+    def forward(self, x):
+        window = self._windows(x)
+        y, cache = ops.max_pool2d_forward(x, kernel_size=window, stride=window)
+        self._keep(cache)
+        return y
+
+    def backward(self, dy, need_dx=True):
+        return ops.max_pool2d_backward(dy, self._take_cache())
+
+
 class ReLU(Layer):
     """``max(x, 0)``. ``inplace`` is accepted as PyTorch spells it and changes nothing: the output
     is always a new array (the backward reads the input)."""
@@ -926,6 +1000,46 @@ class Residual(Layer):
         self._take_cache()
         dx_inner = call_backward(self.inner, dy, need_dx)
         return dy + dx_inner if need_dx else None
+
+
+# ----------------------------------------------------------------------------- loss
+class CrossEntropyLoss(Layer):
+    """PyTorch's ``nn.CrossEntropyLoss`` over logits (N, C) and integer class labels (N,): the
+    batch mean of softmax cross-entropy, ``label_smoothing`` as PyTorch defines it
+    (:func:`gpuconv.ops.softmax_cross_entropy`). The loss is a 0-d float32 array (float64 for
+    float64 logits) on the logits' device: reading it (``float(loss)``) is the only host trip.
+
+    The backward is explicit, as every layer's: ``loss = criterion(logits, labels)``, then
+    ``net.backward(criterion.backward())``; ``backward(g)`` scales the gradient by a Python number
+    ``g`` (a scaled loss). Class weights, other reductions and ``ignore_index`` are refused by name
+    (labels must be 0..C-1)."""
+
+    _registers_attributes = False
+
+    def __init__(self, weight=None, size_average=None, ignore_index=-100, reduce=None, reduction="mean",
+                 label_smoothing=0.0):
+        super().__init__()
+        _only("CrossEntropyLoss", weight=(weight, None), size_average=(size_average, None),
+              ignore_index=(ignore_index, -100), reduce=(reduce, None), reduction=(reduction, "mean"))
+        if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float, np.floating, np.integer)) \
+                or not 0.0 <= float(label_smoothing) <= 1.0:
+            raise ValueError(f"CrossEntropyLoss: label_smoothing must be a number in [0, 1], got {label_smoothing!r}")
+        self.label_smoothing = float(label_smoothing)
+
+    def forward(self, input, target):
+        loss, dlogits = ops.softmax_cross_entropy(input, target, label_smoothing=self.label_smoothing)
+        self._keep(dlogits)
+        return loss
+
+    def backward(self, dy=None, need_dx=True):
+        """The logits' gradient, ``dy`` times that of the last forward's loss (``dy`` None: 1)."""
+        dlogits = self._take_cache()
+        if dy is None:
+            return dlogits
+        return ops.scale_forward(dlogits, check_factor(dy, "CrossEntropyLoss.backward(dy)"))[0]
+
+    def extra_repr(self):
+        return f"label_smoothing={self.label_smoothing:g}" if self.label_smoothing else ""
 
 
 def _trains(layer) -> bool:

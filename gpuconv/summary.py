@@ -23,6 +23,8 @@ def _flops(layer, x, y) -> int:
         return out * (2 * layer.in_features + (layer.bias is not None))
     if isinstance(layer, L.BatchNorm2d):
         return 2 * out
+    if isinstance(layer, L._AdaptivePool2d):  # every input element in one window
+        return int(np.prod(x.shape[1:]))
     if isinstance(layer, L._Pool2d):
         k = layer.kernel_size if isinstance(layer.kernel_size, (tuple, list)) else (layer.kernel_size,) * 2
         return out * int(k[0]) * int(k[1])

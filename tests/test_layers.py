@@ -9,8 +9,9 @@ import pytest
 import gpuconv
 from gpuconv import backend as B
 from gpuconv.gradcheck import numerical_gradient_array, relative_error
-from gpuconv.layers import (GELU, AvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten, Layer, Linear, MaxPool2d,
-                            Parameter, ReLU, Residual, Scale, Sequential, StateDictKeyError)
+from gpuconv.layers import (GELU, AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, BatchNorm2d, Conv2d,
+                            CrossEntropyLoss, Dropout, Flatten, Layer, Linear, MaxPool2d, Parameter, ReLU, Residual,
+                            Scale, Sequential, StateDictKeyError)
 
 TOL = 1e-6
 
@@ -95,6 +96,113 @@ def test_max_pool2d_gradients(backend, kernel_size, stride, hw):
 def test_avg_pool2d_gradients(backend, kernel_size, stride, hw):
     rng = np.random.default_rng(4)
     check_layer_gradients(AvgPool2d(kernel_size, stride), rng.standard_normal((2, 2) + hw), backend)
+
+
+def _adaptive_reference(x, out_hw, reduce):
+    """PyTorch's adaptive pooling, written from its definition: output (i, j) reduces rows
+    floor(i*H/OH) .. ceil((i+1)*H/OH) and the columns likewise."""
+    n, c, h, w = x.shape
+    oh, ow = (h if out_hw[0] is None else out_hw[0]), (w if out_hw[1] is None else out_hw[1])
+    y = np.empty((n, c, oh, ow), x.dtype)
+    for i in range(oh):
+        for j in range(ow):
+            rows = slice(i * h // oh, -(-(i + 1) * h // oh))
+            cols = slice(j * w // ow, -(-(j + 1) * w // ow))
+            y[:, :, i, j] = reduce(x[:, :, rows, cols], axis=(2, 3))
+    return y
+
+
+@pytest.mark.parametrize("output_size,hw", [(1, (4, 6)), ((2, 3), (4, 6)), ((None, 2), (3, 4)), (2, (2, 2))])
+def test_adaptive_pools_follow_pytorchs_window_rule(backend, output_size, hw):
+    rng = np.random.default_rng(12)
+    x = _distinct(rng, (2, 3) + hw)
+    pair = output_size if isinstance(output_size, tuple) else (output_size, output_size)
+    for layer, reduce in ((AdaptiveAvgPool2d(output_size), np.mean), (AdaptiveMaxPool2d(output_size), np.max)):
+        y = layer(backend.asarray(x.astype(np.float32)))
+        np.testing.assert_allclose(backend.asnumpy(y), _adaptive_reference(x, pair, reduce), rtol=1e-6, atol=1e-7)
+        check_layer_gradients(layer, x, backend)
+
+
+def test_adaptive_pools_refuse_unequal_windows_and_keep_channels_last():
+    x = np.zeros((1, 2, 7, 8), np.float32)
+    with pytest.raises(ValueError, match=r"H = 7 is not a multiple of the output's 2.*AvgPool2d\(kernel_size"):
+        AdaptiveAvgPool2d(2)(x)
+    with pytest.raises(ValueError, match=r"W = 8 is not a multiple of the output's 3.*MaxPool2d"):
+        AdaptiveMaxPool2d((None, 3))(x)
+    with pytest.raises(ValueError, match="return_indices=True"):
+        AdaptiveMaxPool2d(1, return_indices=True)
+    with pytest.raises(ValueError, match="output_size"):
+        AdaptiveAvgPool2d(0)
+    with pytest.raises(ValueError, match="shape \\(2, 8\\)"):
+        AdaptiveAvgPool2d(1)(np.zeros((2, 8), np.float32))
+    xl = gpuconv.to_channels_last(np.random.default_rng(0).standard_normal((2, 4, 4, 4)).astype(np.float32))
+    pool = AdaptiveAvgPool2d(1)
+    y = pool(xl)
+    assert y.shape == (2, 4, 1, 1) and gpuconv.layout.is_channels_last(pool.backward(np.ones_like(y)))
+    assert repr(pool) == "AdaptiveAvgPool2d(output_size=1)"
+    assert repr(AdaptiveMaxPool2d((None, 2))) == "AdaptiveMaxPool2d(output_size=(None, 2))"
+
+
+def test_adaptive_pools_match_torch():
+    torch = pytest.importorskip("torch")
+    x = np.random.default_rng(13).standard_normal((2, 3, 8, 6)).astype(np.float32)
+    for size in (1, (4, 3), (None, 2)):
+        for ours, theirs in ((AdaptiveAvgPool2d(size), torch.nn.AdaptiveAvgPool2d(size)),
+                             (AdaptiveMaxPool2d(size), torch.nn.AdaptiveMaxPool2d(size))):
+            xt = torch.tensor(x, requires_grad=True)
+            yt = theirs(xt)
+            dy = np.random.default_rng(14).standard_normal(tuple(yt.shape)).astype(np.float32)
+            yt.backward(torch.from_numpy(dy))
+            np.testing.assert_allclose(ours(x), yt.detach().numpy(), rtol=1e-6, atol=1e-7)
+            np.testing.assert_allclose(ours.backward(dy), xt.grad.numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_cross_entropy_loss_module(backend):
+    """The loss and its logits' gradient are softmax_cross_entropy's; backward(g) scales them, and
+    the gradient is the loss's derivative (central differences in float64)."""
+    rng = np.random.default_rng(15)
+    logits = backend.asarray(rng.standard_normal((5, 4)))
+    labels = backend.asarray(np.array([0, 3, 1, 1, 2]))
+    crit = CrossEntropyLoss(label_smoothing=0.2)
+    loss = crit(logits, labels)
+    want, dwant = gpuconv.ops.softmax_cross_entropy(logits, labels, label_smoothing=0.2)
+    assert loss.shape == () and float(loss) == float(want)
+    dlogits = crit.backward()
+    np.testing.assert_array_equal(backend.asnumpy(dlogits), backend.asnumpy(dwant))
+    num = numerical_gradient_array(lambda a: CrossEntropyLoss(label_smoothing=0.2)(a, labels).copy(), logits)
+    assert relative_error(backend.asnumpy(dlogits), backend.asnumpy(num)) < TOL
+    crit(logits, labels)
+    np.testing.assert_allclose(backend.asnumpy(crit.backward(0.5)), 0.5 * backend.asnumpy(dwant), rtol=1e-12)
+    with pytest.raises(RuntimeError, match="without a cached forward"):
+        crit.backward()
+    net = Sequential(Flatten(), Linear(12, 4, seed=0)).to(backend.device)
+    x = backend.asarray(rng.standard_normal((5, 3, 2, 2)).astype(np.float32))
+    loss = crit(net(x), labels)  # the explicit chain: net.backward(criterion.backward())
+    net.backward(crit.backward())
+    assert net[1].weight.grad.shape == (4, 12) and np.isfinite(float(loss))
+
+
+def test_cross_entropy_loss_refuses_what_it_does_not_compute():
+    for kwargs, says in ((dict(reduction="sum"), "reduction='sum'"), (dict(weight=np.ones(4)), "weight=<ndarray>"),
+                         (dict(ignore_index=0), "ignore_index=0"), (dict(label_smoothing=1.5), r"\[0, 1\]"),
+                         (dict(label_smoothing="0.1"), r"\[0, 1\]")):
+        with pytest.raises(ValueError, match=says):
+            CrossEntropyLoss(**kwargs)
+    crit = CrossEntropyLoss()
+    with pytest.raises(ValueError, match="labels"):
+        crit(np.zeros((2, 3), np.float32), np.array([0, 3]))
+    crit(np.zeros((2, 3), np.float32), np.array([0, 2]))
+    with pytest.raises(ValueError, match=r"backward\(dy\)"):
+        crit.backward(np.float32(2.0) * np.ones(1))
+    torch = pytest.importorskip("torch")
+    logits = np.random.default_rng(16).standard_normal((6, 10)).astype(np.float32)
+    labels = np.arange(6)
+    lt = torch.tensor(logits, requires_grad=True)
+    want = torch.nn.CrossEntropyLoss(label_smoothing=0.1)(lt, torch.from_numpy(labels))
+    want.backward()
+    crit = CrossEntropyLoss(None, None, -100, None, "mean", 0.1)  # torch's positional order
+    np.testing.assert_allclose(float(crit(logits, labels)), want.item(), rtol=1e-6)
+    np.testing.assert_allclose(crit.backward(), lt.grad.numpy(), rtol=1e-5, atol=1e-8)
 
 
 def test_relu_flatten_scale_gradients(backend):
