@@ -13,10 +13,12 @@ Parameter groups, as in PyTorch: ``SGD([{"params": biases, "lr": 0.64, "weight_d
 {"params": weights}], lr=0.01, momentum=0.9)``; a group's keys override the optimizer's
 hyperparameters for its parameters. A group's ``lr`` follows ``optimizer.lr`` (which schedules
 set) in proportion: it is the group's lr while ``optimizer.lr`` is the lr given at construction.
-Unlike PyTorch's, ``optimizer.param_groups`` holds each group's overrides only (no ``'params'``,
-no defaults filled in): a whole optimizer's lr is ``optimizer.lr = x``, one group's
-``optimizer.set_group_lr(index, x)`` (PyTorch's ``group['lr'] = x``), and :meth:`Optimizer.hyper`
-gives a parameter's values in effect.
+``optimizer.param_groups`` shows the groups as PyTorch does, one dict-like :class:`ParamGroup` each,
+with ``'params'`` and every hyperparameter in effect (``group['lr']`` is the lr the next step
+takes). Writing one sets it for that group: ``for g in opt.param_groups: g['lr'] *= 0.1`` decays
+every group's lr, and a schedule then scales the new value (where a PyTorch scheduler would
+overwrite it at its next step). ``optimizer.lr = x`` sets the whole optimizer's lr, the groups'
+following in proportion, and :meth:`Optimizer.hyper` gives a parameter's values in effect.
 
 ``state_dict()`` returns a flat dict of host NumPy arrays and Python scalars (it fits
 ``np.savez`` and loads with ``allow_pickle=False``); ``load_state_dict`` puts the state back
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import MutableMapping
 
 import numpy as np
 
@@ -38,7 +41,7 @@ from . import kernels
 from .backend import copy_like, get_array_module, host_copy, kernel_target
 from .layers import Parameter
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "Muon", "Chain", "newton_schulz", "replays_schedule", "LRSchedule", "StepLR", "CosineLR", "OneCycleLR", "TriangularLR"]
+__all__ = ["Optimizer", "ParamGroup", "SGD", "Adam", "AdamW", "Muon", "Chain", "newton_schulz", "replays_schedule", "LRSchedule", "StepLR", "CosineLR", "OneCycleLR", "TriangularLR"]
 
 
 def _nonneg(name, value):
@@ -62,6 +65,56 @@ def _scalar(value):
 
 
 # ----------------------------------------------------------------------------- optimizers
+_MISSING = object()
+
+
+class ParamGroup(MutableMapping):
+    """One parameter group of an optimizer, as PyTorch's ``optimizer.param_groups[i]`` shows it:
+    ``'params'`` (its Parameters), ``'lr'`` (the lr its next step takes) and every other
+    hyperparameter in effect. A view: reading gives the optimizer's current values, writing a
+    hyperparameter sets it for this group (checked as the constructor checks it); the parameters
+    themselves are fixed at construction."""
+
+    def __init__(self, optimizer, index):
+        self._opt, self._index = optimizer, index
+
+    def _keys(self):
+        hyper = self._opt._hyper
+        return ("params", "lr") + (("betas",) if "beta1" in hyper else ()) + hyper
+
+    def __getitem__(self, key):
+        opt, gi = self._opt, self._index
+        if key == "params":
+            return [p for p, g in zip(opt.params, opt._group_of) if g == gi]
+        if key == "lr":
+            return opt._group_lr(gi)
+        if key == "betas" and "beta1" in opt._hyper:  # PyTorch's spelling of Adam's pair
+            return (self["beta1"], self["beta2"])
+        if key in opt._hyper:
+            return opt._groups[gi].get(key, getattr(opt, key))
+        raise KeyError(key)
+
+    def __setitem__(self, key, value):
+        if key == "params":
+            raise TypeError("a parameter group's 'params' are fixed when the optimizer is built; build a new "
+                            "optimizer over the parameters you want")
+        self._opt._set_group_value(self._index, key, value)
+
+    def __delitem__(self, key):
+        raise TypeError(f"a parameter group always has {key!r}; set it to another value instead")
+
+    def __iter__(self):
+        return iter(self._keys())
+
+    def __len__(self):
+        return len(self._keys())
+
+    def __repr__(self):
+        shown = ", ".join(f"{k!r}: " + (f"<{len(self[k])} parameters>" if k == "params" else repr(self[k]))
+                          for k in self._keys())
+        return "ParamGroup({" + shown + "})"
+
+
 class Optimizer:
     """Base class: holds the parameter list, ``lr``, per-parameter state and the state dict logic.
 
@@ -118,63 +171,120 @@ class Optimizer:
         """Check each group's overrides against ``_hyper`` (called once the subclass set its own
         hyperparameters) and index parameters to their groups."""
         allowed = ("lr",) + self._hyper
-        self.param_groups, self._group_of = [], []
-        for gi, (count, overrides) in enumerate(self._group_specs):
-            for key, value in overrides.items():
+        self._groups, self._group_of = [], []
+        for gi, (count, given) in enumerate(self._group_specs):
+            overrides = {}
+            for key, value in given.items():
+                if key == "betas" and "beta1" in self._hyper:  # PyTorch's spelling of Adam's pair
+                    overrides.update(zip(("beta1", "beta2"), self._group_betas(gi, value)))
+                    continue
                 if key not in allowed:
                     raise ValueError(f"{type(self).__name__}: parameter group {gi} sets {key!r}; a group may set "
                                      f"{', '.join(allowed)}")
-                if key == "nesterov":
-                    overrides[key] = bool(value)
-                else:
-                    overrides[key] = _nonneg(f"parameter group {gi}'s {key}", value)
+                overrides[key] = self._group_value(gi, key, value)
             if "lr" in overrides and self.initial_lr == 0:
                 raise ValueError(f"{type(self).__name__}: parameter group {gi} sets lr while the optimizer's lr is "
                                  "0; group lrs follow the optimizer's lr in proportion, so pass lr > 0 (say the "
                                  "main group's lr)")
-            self.param_groups.append(overrides)
+            self._groups.append(overrides)
             self._group_of += [gi] * count
 
     def hyper(self, index):
         """The hyperparameters of parameter ``index``: its group's overrides over the optimizer's
         own, with a group lr scaled by ``lr / initial_lr`` (the schedule's factor)."""
-        if not hasattr(self, "param_groups"):
+        if not hasattr(self, "_groups"):
             self._finish_groups()
         gi = self._group_of[index]
-        group = self.param_groups[gi]
+        group = self._groups[gi]
         out = {name: group.get(name, getattr(self, name)) for name in self._hyper}
-        if gi in self._own_lr:
-            out["lr"] = self._own_lr[gi]
-        else:
-            out["lr"] = group["lr"] * (self.lr / self.initial_lr) if "lr" in group else self.lr
+        out["lr"] = self._group_lr(gi)
         return out
+
+    def _group_value(self, gi, key, value):
+        """A group's ``key`` checked and of the optimizer's own value's type (bool, int or float)."""
+        kind = float if key == "lr" else type(getattr(self, key))
+        if kind is bool:
+            return bool(value)
+        v = _nonneg(f"parameter group {gi}'s {key}", value)
+        if kind is int and not v.is_integer():
+            raise ValueError(f"parameter group {gi}'s {key} must be a whole number, got {value!r}")
+        return int(v) if kind is int else v
+
+    def _group_betas(self, gi, value):
+        if not isinstance(value, (tuple, list)) or len(value) != 2:
+            raise ValueError(f"parameter group {gi}'s betas must be a pair (beta1, beta2), got {value!r}")
+        return [self._group_value(gi, key, v) for key, v in zip(("beta1", "beta2"), value)]
+
+    def _group_lr(self, gi):
+        """Group ``gi``'s lr in effect: pinned (set_group_lr), or its own scaled by the schedule's factor."""
+        if gi in self._own_lr:
+            return self._own_lr[gi]
+        group = self._groups[gi]
+        return group["lr"] * (self.lr / self.initial_lr) if "lr" in group else self.lr
+
+    @property
+    def param_groups(self):
+        """The parameter groups as PyTorch shows them: a :class:`ParamGroup` (a dict-like view:
+        ``'params'`` and every hyperparameter in effect, writable) per group."""
+        if not hasattr(self, "_groups"):
+            self._finish_groups()
+        return [ParamGroup(self, gi) for gi in range(len(self._groups))]
+
+    def _set_group_value(self, gi, key, value):
+        """``param_groups[gi][key] = value`` (checked as the constructor checks it)."""
+        if key == "lr":
+            lr = _nonneg(f"parameter group {gi}'s lr", value)
+            if gi in self._own_lr or self.lr == 0 or self.initial_lr == 0:
+                self.set_group_lr(gi, lr)  # a group on a schedule of its own, or no factor to scale by
+            else:  # the group's own lr, such that it takes ``lr`` now and the schedule scales it from there
+                self._groups[gi]["lr"] = lr * self.initial_lr / self.lr
+            return
+        group = self._groups[gi]
+        if key == "betas" and "beta1" in self._hyper:
+            new = dict(zip(("beta1", "beta2"), self._group_betas(gi, value)))
+        elif key in self._hyper:
+            new = {key: self._group_value(gi, key, value)}
+        else:
+            raise KeyError(f"{type(self).__name__}: a parameter group has {', '.join(ParamGroup(self, gi))}; "
+                           f"not {key!r}")
+        before = dict(group)
+        group.update(new)
+        try:
+            self._check_group(gi)
+        except ValueError:
+            group.clear()
+            group.update(before)
+            raise
+
+    def _check_group(self, gi):
+        """A subclass's check of group ``gi``'s values taken together (ValueError)."""
 
     def find_group(self, params):
         """(optimizer, group index) of the parameter group made of exactly ``params`` (a Chain
         looks in its members); a ValueError naming the groups otherwise."""
-        if not hasattr(self, "param_groups"):
+        if not hasattr(self, "_groups"):
             self._finish_groups()
         want = sorted(id(p) for p in params)
-        for gi in range(len(self.param_groups)):
+        for gi in range(len(self._groups)):
             if sorted(id(p) for p, g in zip(self.params, self._group_of) if g == gi) == want:
                 return self, gi
-        sizes = [self._group_of.count(gi) for gi in range(len(self.param_groups))]
+        sizes = [self._group_of.count(gi) for gi in range(len(self._groups))]
         raise ValueError(f"{type(self).__name__}: no parameter group holds exactly those {len(want)} parameters "
                          f"(its groups hold {sizes}); give them a group of their own")
 
     def group_initial_lr(self, gi):
         """Group ``gi``'s lr before any schedule: its own ``lr`` or the optimizer's ``initial_lr``."""
-        return self.param_groups[gi].get("lr", self.initial_lr)
+        return self._groups[gi].get("lr", self.initial_lr)
 
     def set_group_lr(self, gi, lr):
         """Group ``gi`` steps with ``lr`` instead of following ``lr / initial_lr`` (None: follow it
         again). A schedule's :meth:`LRSchedule.own_schedule` sets it every step (and again when
         its state is loaded: the value itself is not in the optimizer's state dict)."""
-        if not hasattr(self, "param_groups"):
+        if not hasattr(self, "_groups"):
             self._finish_groups()
-        if not 0 <= gi < len(self.param_groups):
+        if not 0 <= gi < len(self._groups):
             raise ValueError(f"{type(self).__name__}: parameter group {gi} does not exist (it has "
-                             f"{len(self.param_groups)})")
+                             f"{len(self._groups)})")
         if lr is None:
             self._own_lr.pop(gi, None)
         else:
@@ -204,18 +314,18 @@ class Optimizer:
         if kernel_target(data) is None:  # the parameters moved to the CPU: the updates read hyper()'s
             self._lrs = None
             return
-        if not hasattr(self, "param_groups"):
+        if not hasattr(self, "_groups"):
             self._finish_groups()
         xp = get_array_module(data)
         if self._lrs is None or get_array_module(self._lrs) is not xp:
-            self._lrs = xp.zeros(len(self.param_groups), np.float64)
+            self._lrs = xp.zeros(len(self._groups), np.float64)
             # built once, not per step: a group's first parameter (its lr is the group's) and, per
             # parameter, the one-element view of its group's entry that the update reads
             firsts = {}
             for i, g in enumerate(self._group_of):
                 firsts.setdefault(g, i)
             self._lr_first = sorted(firsts.items())
-            self._lr_views = [self._lrs[g:g + 1] for g in range(len(self.param_groups))]
+            self._lr_views = [self._lrs[g:g + 1] for g in range(len(self._groups))]
             self._lr_of = {id(p): self._lr_views[g] for p, g in zip(self.params, self._group_of)}
         for g, i in self._lr_first:
             self._lr_views[g].fill(self.hyper(i)["lr"])
@@ -276,13 +386,13 @@ class Optimizer:
         raise NotImplementedError
 
     def state_dict(self):
-        if not hasattr(self, "param_groups"):
+        if not hasattr(self, "_groups"):
             self._finish_groups()
         out = {"optimizer": type(self).__name__, "num_params": len(self.params), "lr": self.lr,
-               "initial_lr": self.initial_lr, "num_groups": len(self.param_groups)}
+               "initial_lr": self.initial_lr, "num_groups": len(self._groups)}
         for name in self._hyper:
             out[name] = getattr(self, name)
-        for gi, group in enumerate(self.param_groups):
+        for gi, group in enumerate(self._groups):
             out[f"group.{gi}.size"] = self._group_of.count(gi)
             for key, value in group.items():
                 out[f"group.{gi}.{key}"] = value
@@ -297,18 +407,18 @@ class Optimizer:
         if n != len(self.params):
             raise ValueError(f"{type(self).__name__}.load_state_dict: the state dict holds {n} parameters, this "
                              f"optimizer {len(self.params)}: build it over the same model's parameters()")
-        if not hasattr(self, "param_groups"):
+        if not hasattr(self, "_groups"):
             self._finish_groups()
         saved_sizes = [int(_scalar(d[f"group.{gi}.size"])) for gi in range(int(_scalar(d.get("num_groups", 1))))
                        if f"group.{gi}.size" in d]
-        sizes = [self._group_of.count(gi) for gi in range(len(self.param_groups))]
+        sizes = [self._group_of.count(gi) for gi in range(len(self._groups))]
         if saved_sizes and saved_sizes != sizes:
             raise ValueError(f"{type(self).__name__}.load_state_dict: the state dict's parameter groups hold "
                              f"{saved_sizes} parameters, this optimizer's {sizes}: build the same groups")
-        for gi, group in enumerate(self.param_groups):
-            for key in list(group):
+        for gi, group in enumerate(self._groups):
+            for key in ("lr",) + self._hyper:  # (a value written into param_groups since construction too)
                 if f"group.{gi}.{key}" in d:
-                    group[key] = type(group[key])(_scalar(d[f"group.{gi}.{key}"]))
+                    group[key] = self._group_value(gi, key, _scalar(d[f"group.{gi}.{key}"]))
         states = [dict() for _ in self.params]
         for key, value in d.items():
             if not key.startswith("state."):
@@ -359,9 +469,13 @@ class SGD(Optimizer):
             raise ValueError("SGD(nesterov=True) needs momentum > 0 (Nesterov is a momentum method); "
                              "pass momentum=0.9, say")
         self._finish_groups()
-        for gi, group in enumerate(self.param_groups):
-            if group.get("nesterov", self.nesterov) and group.get("momentum", self.momentum) == 0:
-                raise ValueError(f"SGD: parameter group {gi} has nesterov=True and momentum 0; give it momentum > 0")
+        for gi in range(len(self._groups)):
+            self._check_group(gi)
+
+    def _check_group(self, gi):
+        group = self._groups[gi]
+        if group.get("nesterov", self.nesterov) and group.get("momentum", self.momentum) == 0:
+            raise ValueError(f"SGD: parameter group {gi} has nesterov=True and momentum 0; give it momentum > 0")
 
     def _step(self, skip):
         if skip is not None or self._lrs is None:
@@ -472,6 +586,15 @@ class Adam(Optimizer):
         self.eps = _nonneg("eps", eps)
         self.weight_decay = _nonneg("weight_decay", weight_decay)
         self._finish_groups()
+        for gi in range(len(self._groups)):
+            self._check_group(gi)
+
+    def _check_group(self, gi):
+        group = self._groups[gi]
+        for key in ("beta1", "beta2"):
+            if group.get(key, 0.0) >= 1.0:
+                raise ValueError(f"{type(self).__name__}: parameter group {gi}'s {key} must be in [0, 1), "
+                                 f"got {group[key]!r}")
 
     @property
     def betas(self):
@@ -635,6 +758,11 @@ class Chain(Optimizer):
     def write_lrs(self):
         for o in self.optimizers:
             o.write_lrs()
+
+    @property
+    def param_groups(self):
+        """Every member's groups, in order (writing one sets it in its member)."""
+        return [g for o in self.optimizers for g in o.param_groups]
 
     def find_group(self, params):
         for o in self.optimizers:

@@ -9,7 +9,7 @@ import gpuconv
 from gpuconv import nn
 from gpuconv.layers import Parameter
 from gpuconv.lookahead import Lookahead, airbench_decay
-from gpuconv.optim import SGD, Adam, Chain, StepLR, TriangularLR
+from gpuconv.optim import SGD, Adam, Chain, Muon, StepLR, TriangularLR
 
 
 def _p(backend, values, name="p"):
@@ -100,6 +100,71 @@ def test_group_errors(backend):
         SGD([{"params": [a], "lr": 0.1}], lr=0.0)
     with pytest.raises(ValueError, match=r"parameter group 0's weight_decay must be a finite number >= 0"):
         Adam([{"params": [a], "weight_decay": -1}])
+
+
+def test_param_groups_read_and_write_as_in_pytorch(backend):
+    """``param_groups`` shows 'params' and every value in effect; ``g['lr'] *= 0.1`` decays a
+    group's step (the fused update on 'sim' reads it), and a schedule scales it from there."""
+    a, b = _p(backend, [1.0]), _p(backend, [1.0])
+    opt = SGD([{"params": [a], "lr": 1.0}, {"params": [b], "weight_decay": 0.0}], lr=0.1, momentum=0.0,
+              weight_decay=0.5)
+    groups = opt.param_groups
+    assert [g["params"] for g in groups] == [[a], [b]] and sorted(groups[0]) == sorted(
+        ["params", "lr", "momentum", "nesterov", "weight_decay"])
+    assert [g["lr"] for g in groups] == [1.0, 0.1] and [g["weight_decay"] for g in groups] == [0.5, 0.0]
+    for g in opt.param_groups:
+        g["lr"] *= 0.1
+    assert [g["lr"] for g in opt.param_groups] == [pytest.approx(0.1), pytest.approx(0.01)]
+    a.grad, b.grad = backend.asarray(np.array([1.0])), backend.asarray(np.array([1.0]))
+    opt.step()
+    assert backend.asnumpy(a.data)[0] == pytest.approx(1 - 0.1 * 1.5)
+    assert backend.asnumpy(b.data)[0] == pytest.approx(1 - 0.01)
+    sched = StepLR(opt, step_size=1, gamma=0.5)
+    sched.step()
+    assert [g["lr"] for g in opt.param_groups] == [pytest.approx(0.05), pytest.approx(0.005)]
+    opt.param_groups[1]["momentum"] = 0.9  # another hyperparameter, for that group only
+    assert opt.hyper(1)["momentum"] == 0.9 and opt.hyper(0)["momentum"] == 0.0
+    saved = opt.state_dict()  # written values are state: a rebuilt optimizer loads them
+    fresh = SGD([{"params": [a], "lr": 1.0}, {"params": [b], "weight_decay": 0.0}], lr=0.1, momentum=0.0,
+                weight_decay=0.5)
+    fresh.load_state_dict(saved)
+    assert [fresh.hyper(i) for i in (0, 1)] == [opt.hyper(i) for i in (0, 1)]
+    assert "'params': <1 parameters>" in repr(opt.param_groups[0])
+
+
+def test_param_group_writes_are_checked(backend):
+    a, b = _p(backend, [1.0]), _p(backend, [1.0])
+    opt = SGD([a], lr=0.1, momentum=0.9, nesterov=True)
+    group = opt.param_groups[0]
+    with pytest.raises(ValueError, match="nesterov=True and momentum 0"):
+        group["momentum"] = 0
+    assert group["momentum"] == 0.9  # a refused write changes nothing
+    with pytest.raises(ValueError, match="lr must be a finite number >= 0"):
+        group["lr"] = -1
+    with pytest.raises(KeyError, match="has params, lr, momentum, nesterov, weight_decay; not 'betas'"):
+        group["betas"] = (0.9, 0.99)
+    with pytest.raises(TypeError, match="fixed when the optimizer is built"):
+        group["params"] = [b]
+    with pytest.raises(TypeError, match="always has 'lr'"):
+        del group["lr"]
+    adam = Adam([{"params": [a], "betas": (0.8, 0.9)}, {"params": [b]}])  # PyTorch's spelling of the pair
+    assert adam.hyper(0)["beta1"] == 0.8 and adam.param_groups[1]["betas"] == (0.9, 0.999)
+    adam.param_groups[1]["betas"] = (0.5, 0.6)
+    assert (adam.hyper(1)["beta1"], adam.hyper(1)["beta2"]) == (0.5, 0.6)
+    with pytest.raises(ValueError, match="beta2 must be in \\[0, 1\\)"):
+        adam.param_groups[1]["betas"] = (0.5, 1.0)
+    assert adam.param_groups[1]["betas"] == (0.5, 0.6)
+    with pytest.raises(ValueError, match="beta1 must be in \\[0, 1\\)"):
+        Adam([{"params": [a], "beta1": 1.5}])
+    muon = Muon([_p(backend, [[1.0, 0.0], [0.0, 1.0]])])
+    muon.param_groups[0]["steps"] = 5
+    assert muon.hyper(0)["steps"] == 5
+    with pytest.raises(ValueError, match="steps must be a whole number"):
+        muon.param_groups[0]["steps"] = 2.5
+    chain = Chain(muon, SGD([a], lr=0.1))
+    assert [len(g["params"]) for g in chain.param_groups] == [1, 1]
+    chain.param_groups[1]["lr"] = 0.02
+    assert chain.optimizers[1].hyper(0)["lr"] == pytest.approx(0.02)
 
 
 def test_a_group_on_a_schedule_of_its_own(backend):
