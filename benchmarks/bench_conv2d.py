@@ -27,7 +27,7 @@ which variant was fastest on each layer (the evidence for changing a default in
 gpuconv/kernels.py). v1 is timed over at most 3 calls after 1 warm-up: one call takes tens of
 milliseconds at batch 512. ``--layers fast_net`` runs every distinct conv of fast_net (a superset
 of the four CIFAR layers), ``--layers airbench94`` (``airbench96``) those of that recipe's network.
-Results go to benchmarks/results/conv2d-<gpu>-<date>.json with the device, the date and the
+Results go to benchmarks/results/conv2d-<gpu>-<date>-<HHMM>.json with the device, the date and the
 versions of everything involved.
 """
 from __future__ import annotations

@@ -30,7 +30,7 @@ run is compared with the CPU run:
 
 A run that fails (or the device run's absence) is a failed check, not a crash. The CPU and the
 device run of a seed run side by side. The record (``--save``:
-``benchmarks/results/<date>-<device>-parity.json``, rewritten after every seed, so a run cut
+``benchmarks/results/<date>-<HHMM>-<device>-parity.json``, rewritten after every seed, so a run cut
 off by a time limit keeps what it measured; ``complete`` says whether every run finished) holds
 every curve. Exit status: 0 when every check passed, 1 when one failed, 2 when the device is
 not there.

@@ -1,6 +1,7 @@
-"""The ``gpuconv`` command: ``train``, ``evaluate``, ``info``, ``bench``.
+"""The ``gpuconv`` command: ``train``, ``evaluate``, ``predict``, ``summary``, ``info``,
+``precompile``, ``bench``.
 
-    gpuconv train --data DIR                      # three_layer_convnet, a few minutes on a CPU
+    gpuconv train --data DIR                      # three_layer_convnet, about a minute on a CPU
     gpuconv train --model fast --device cuda --data DIR --out runs/fast
     gpuconv train --recipe airbench94 --device cuda --data DIR --out runs/airbench
     gpuconv evaluate --checkpoint runs/fast/checkpoint.npz --data DIR --json --tta 2
@@ -137,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     t = sub.add_parser("train", help="train a model on CIFAR-10",
-                       description="Train on CIFAR-10; writes OUT/checkpoint.npz (latest) and OUT/metrics.jsonl.")
+                       description="Train on CIFAR-10; writes OUT/checkpoint.npz (latest), OUT/best.npz (the best "
+                                   "validation epoch), OUT/metrics.jsonl and OUT/curves.png.")
     t.add_argument("--recipe", choices=sorted(RECIPES), default=None,
                    help="a model and its hyperparameters (gpuconv.recipes.RECIPES); flags override its values "
                         "(default: the recipe of --model, else three_layer)")
@@ -148,11 +150,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=_positive_int, default=None,
                    help=f"images per step (default per model: {_defaults('batch_size')})")
     t.add_argument("--lr", type=_learning_rate, default=None,
-                   help=f"peak learning rate of the schedule (default per model: {_defaults('lr')})")
+                   help=f"peak learning rate of the schedule; the airbench recipes' is per 1024 examples, "
+                        f"not per step, and airbench94_muon's is Muon's, on the conv filters "
+                        f"(default per model: {_defaults('lr')})")
     t.add_argument("--weight-decay", type=_nonneg, default=None,
-                   help=f"L2 weight decay (default per model: {_defaults('weight_decay')})")
+                   help=f"weight decay: L2 added to the gradient; the airbench recipes' per 1024 examples, "
+                        f"decoupled from the lr, airbench94_muon's per example "
+                        f"(default per model: {_defaults('weight_decay')})")
     t.add_argument("--momentum", type=_momentum, default=None,
-                   help=f"SGD momentum, Nesterov when > 0 (default per model: {_defaults('momentum')})")
+                   help=f"momentum, Nesterov when > 0 (SGD's; airbench94_muon's is Muon's, its SGD groups "
+                        f"keeping the recipe's 0.85) (default per model: {_defaults('momentum')})")
     t.add_argument("--schedule", choices=("onecycle", "cosine", "triangular", "linear", "constant"), default=None,
                    help=f"learning-rate schedule (default per model: {_defaults('schedule')})")
     t.add_argument("--label-smoothing", type=_smoothing, default=None,

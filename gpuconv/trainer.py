@@ -140,8 +140,9 @@ class Trainer:
     """Fits a model with an optimizer (and optionally a per-step schedule).
 
     ``progress``: True (a bar per epoch and a summary line after it), ``'epoch'`` (the summary
-    lines only, for logs), False (quiet). ``out_dir`` receives ``checkpoint.npz`` (the latest)
-    and ``metrics.jsonl``; without it
+    lines only, for logs), False (quiet). ``out_dir`` receives ``checkpoint.npz`` (the latest),
+    ``best.npz`` (the epoch with the best validation accuracy), ``metrics.jsonl`` and
+    ``curves.png``; without it
     nothing is written. ``checkpoint_every`` is ``'epoch'``, a number of steps, or None (save
     only on Ctrl-C). ``config`` (JSON-able) is stored in the checkpoint as ``meta/config`` so
     a tool can rebuild the model. ``monitor``: 'auto' samples GPU telemetry when the model is

@@ -1,9 +1,10 @@
 """Finding and loading CIFAR-10: ``load_cifar10(root=None, download=True)``.
 
-Where the data is looked for, in order: ``root`` (the ``--data`` argument), ``$GPUCONV_DATA``,
+Where the data is looked for: ``root`` (the ``--data`` argument) when given, and only there (a
+typo must fail, not train on whatever a cache holds); otherwise ``$GPUCONV_DATA``, then
 ``~/.cache/gpuconv``. Each place may be a batches directory itself, a directory holding
 ``cifar-10-batches-py/``, ``cifar-10-batches-bin/`` or ``cifar-10-python.tar.gz``, or the
-tarball's own path. When none holds the data and ``download`` is true, the official tarball
+tarball's own path. When none holds the data, no ``root`` was given and ``download`` is true, the official tarball
 is fetched into ``$GPUCONV_DATA`` (when set) or ``~/.cache/gpuconv`` and read from there.
 """
 from __future__ import annotations
@@ -110,7 +111,8 @@ def _locate(p: pathlib.Path) -> pathlib.Path | None:
 
 
 def find_data_dir(root=None) -> pathlib.Path:
-    """The first CIFAR-10 source in: ``root``, ``$GPUCONV_DATA``, ``~/.cache/gpuconv``.
+    """The CIFAR-10 source at ``root`` when given (only there), else the first in ``$GPUCONV_DATA``,
+    ``~/.cache/gpuconv``.
 
     Returns a batches directory or a tarball path; raises DataNotFoundError naming every
     place searched when none holds the data."""

@@ -8,8 +8,9 @@ Where the arrays have a kernel target ('cuda', or 'sim' while it is the default 
 one fused kernel (kernels/augment.cu) instead of four array-module passes; both paths take the
 same random draws and give bit-identical batches (``fused=False`` forces the array path).
 
-Epoch ``e``'s order and augmentation are a pure function of ``(seed, e)``: both are drawn at
-the start of the epoch from generators seeded by ``SeedSequence([seed, e])``, so a resumed
+Epoch ``e``'s order and augmentation are a pure function of ``(seed, e)``: both are counter-based
+draws (SplitMix64 of the element's index under keys taken from ``SeedSequence([seed, e])``; see
+:func:`epoch_plan`), so a resumed
 run (``set_epoch(e, start_batch=k)``) sees exactly the batches an uninterrupted one would.
 """
 from __future__ import annotations

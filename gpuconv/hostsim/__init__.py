@@ -5,7 +5,7 @@ CuPy RawKernel is called.
     fn = mod.get_function("conv2d_forward_v1")
     fn(grid, block, (x, w, y, np.int32(n)), shared_mem=0, reverse=False)
 
-Design (GUIDE.md section 4):
+Design (the project guide's section 4, on the simulator):
 - g++ builds the translation unit as C++17 with ``cuda_sim.h`` force-included; that header maps
   ``__global__``/``__device__``/``__shared__``/``threadIdx``... onto plain C++. Python finds the
   ``extern "C" __global__`` kernels and appends an entry point per kernel that unpacks a

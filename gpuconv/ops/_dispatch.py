@@ -16,7 +16,7 @@ calls it a fallback (which the backend tests fail on 'sim').
     def relu_forward_kernel(x, *, target):
         ...
 
-Which ops have kernels. conv2d, max/avg pooling, ReLU, GELU, the scaling, dropout, batchnorm2d,
+Which ops have kernels. conv2d, max/avg/LP pooling, ReLU, GELU, the scaling, dropout, batchnorm2d,
 softmax_cross_entropy and linear (bfloat16/float16 on the tensor-core GEMM, float32 and float64
 as 1x1 convolutions) have launchers (kernels/*.cu), on 'cuda' and on 'sim'. So on 'sim' every
 ``kernels/*.cu`` kernel runs on the simulator, and the rest of a training step (the few array
