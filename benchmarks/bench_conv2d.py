@@ -100,10 +100,13 @@ PRECISIONS = {"fp32": (np.float32, False, False, ("v1", "v2", "v3")),
               "bf16": (precision.bfloat16, False, True, ("v2", "v3") + kernels.TC_VARIANTS)}
 
 
-def family_variants(family, variants=None, prec="fp32"):
-    """The variants of ``family`` to run in precision ``prec``: all it has there, or those of
-    ``variants`` among them."""
-    have = tuple(v for v in kernels.VARIANTS[family][0] if v in PRECISIONS[prec][3])
+def family_variants(family, variants=None, prec="fp32", target="sim"):
+    """The variants of ``family`` to run in precision ``prec`` on ``target``: all it has there,
+    or those of ``variants`` among them. The wgmma tiles only where they run (Hopper, unless
+    ``GPUCONV_WGMMA=0``): elsewhere their launcher runs another tile, which a row would time
+    under their name."""
+    have = tuple(v for v in kernels.VARIANTS[family][0] if v in PRECISIONS[prec][3]
+                 and (not v.startswith("tcwg") or kernels.wgmma_available(target)))
     return have if variants is None else tuple(v for v in variants if v in have)
 STRIDE, PAD, FILT = (1, 1), (1, 1), 3
 RESULTS = common.RESULTS
@@ -182,7 +185,7 @@ def validate(layers, batch, target, variants=None, precisions=("fp32",)):
             for direction, family in DIRECTIONS.items():
                 ref, mag, length = reference(direction, *arrays, tf32=tf32)
                 tol = (2.0 if target == "cuda" else 1.0) * reduction_tolerance(mag, ref, length, dtype)
-                for var in family_variants(family, variants, prec):
+                for var in family_variants(family, variants, prec, target):
                     try:
                         with kernels.use_variant(**{family: var}), kernels.use_variant("tf32", **{family: var}):
                             got = run_direction(direction, *dev, target, tf32)
@@ -234,7 +237,7 @@ def benchmark(batch, warmup, repeat, use_torch=True, layers=CIFAR_LAYERS, varian
                 if torch:
                     with torch.no_grad():
                         t_ms = cuda_time(tcalls[direction], warmup, repeat)  # torch shares CuPy's null stream
-                for var in family_variants(family, variants, prec):
+                for var in family_variants(family, variants, prec, "cuda"):
                     if (prec, direction, var) in wrong:
                         continue
                     # v1 (one thread per output) takes tens of ms per call at batch 512: few calls suffice.

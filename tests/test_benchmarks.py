@@ -341,6 +341,26 @@ def test_gpu_battery_caps_every_stage_and_publishes_after_each(tmp_path):
     assert all(m.count("/") <= 3 for m in members)
 
 
+def test_sanitize_gpu_expects_only_the_kernels_that_run_on_this_gpu(monkeypatch):
+    """On a GPU without the wgmma tiles (off Hopper, or GPUCONV_WGMMA=0 after a failed probe) or
+    without tensor cores, the launchers send other tiles: "every kernel launched" must not
+    count those as missing (the battery's smoke and sanitizer stages would fail by construction)."""
+    sanitize = load("sanitize_gpu")
+    from gpuconv import kernels
+    wgmma = {k for k in sanitize.EXPECTED if "_tcwg" in k}
+    assert len(wgmma) == 12 and sanitize.expected_here("sim") == (sanitize.EXPECTED, None)
+    monkeypatch.setattr(kernels, "tensor_cores_available", lambda target, device=None: True)
+    monkeypatch.setattr(kernels, "wgmma_available", lambda target, device=None: target == "sim")
+    expected, note = sanitize.expected_here("cuda")
+    assert expected == sanitize.EXPECTED - wgmma and note.startswith("12 wgmma kernels left out")
+    monkeypatch.setattr(kernels, "wgmma_available", lambda target, device=None: True)
+    assert sanitize.expected_here("cuda") == (sanitize.EXPECTED, None)
+    monkeypatch.setattr(kernels, "tensor_cores_available", lambda target, device=None: target == "sim")
+    expected, note = sanitize.expected_here("cuda")
+    assert not [k for k in expected if "_tc" in k or "gemm_tc" in k] and "conv2d_forward_v2" in expected
+    assert "compute capability below 8.0" in note
+
+
 def test_sanitize_gpu_runs_the_named_tiles_alone(capsys, monkeypatch):
     """The battery's wgmma probe: conv_tc's tiles named on the command line, nothing else."""
     sanitize = load("sanitize_gpu")

@@ -629,6 +629,7 @@ def test_benchmark_loop_times_every_variant_and_names_the_fastest(monkeypatch):
 
     monkeypatch.setattr(bench.B, "cupy_module", lambda: FakeCupy)
     monkeypatch.setattr(bench.common.B, "cupy_module", lambda: FakeCupy)
+    monkeypatch.setattr(kernels, "wgmma_available", lambda target, device=None: True)  # a Hopper, for the rows
     monkeypatch.setattr(bench, "run_direction",
                         lambda direction, *a: calls.append((direction, kernels.variant(bench.DIRECTIONS[direction]))))
     rows = bench.benchmark(2, warmup=2, repeat=5, use_torch=False, layers=[(3, 4, 8)])
@@ -648,6 +649,12 @@ def test_benchmark_loop_times_every_variant_and_names_the_fastest(monkeypatch):
                                                                     "tcwg256", "tcwgn64", "tcwgm64")
     assert bench.family_variants("conv2d_backward_weight", prec="tf32") == ("v2", "v3") + kernels.TC_VARIANTS
     assert bench.family_variants("conv2d_forward", prec="fp32") == ("v1", "v2", "v3")
+    # no wgmma rows where those tiles do not run: their launcher would run another tile under their name
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(kernels, "wgmma_available", lambda target, device=None: target == "sim")
+        assert bench.family_variants("conv2d_forward", prec="bf16", target="cuda") == ("v2", "v3", "tc", "tc128",
+                                                                                        "tc128w")
+        assert bench.family_variants("conv2d_forward", ("tc", "tcwg"), "bf16", "cuda") == ("tc",)
     rows = bench.benchmark(2, warmup=0, repeat=1, use_torch=False, layers=[(3, 4, 8)], precisions=("bf16",))
     assert {(r["precision"], r["layout"]) for r in rows} == {("bf16", "channels_last")}
     assert bench.fastest(rows)["bf16"]["forward"]["3->4 @8x8"] in ("v2", "v3") + kernels.TC_VARIANTS

@@ -17,14 +17,15 @@ import numpy as np
 import pytest
 
 from gpuconv import backend as B
-from gpuconv import hostsim, kernels
+from gpuconv import _env, hostsim, kernels
 from gpuconv.gradcheck import reduction_tolerance, within_tolerance
 
 EXTRA = pathlib.Path(__file__).with_name("kernels_extra")
 A_BYTES = B_BYTES = 16384
 HOPPER_WHY = None if B.cuda_available() else f"no GPU: {B.cuda_status()}"
 if HOPPER_WHY is None and not kernels.wgmma_available("cuda", 0):
-    HOPPER_WHY = "wgmma needs a Hopper GPU (compute capability 9.0)"
+    HOPPER_WHY = ("the wgmma tiles are off (GPUCONV_WGMMA=0)" if not _env.flag("GPUCONV_WGMMA", default=True)
+                  else "wgmma needs a Hopper GPU (compute capability 9.0)")
 TARGETS = [pytest.param("sim"),
            pytest.param("cuda", marks=[pytest.mark.gpu,
                                        pytest.mark.skipif(HOPPER_WHY is not None, reason=HOPPER_WHY or "")])]

@@ -147,7 +147,9 @@ def cutout(images, corner_y, corner_x, size):
     dy = xp.arange(h)[None, :] - corner_y.reshape(n, 1)
     dx = xp.arange(w)[None, :] - corner_x.reshape(n, 1)
     inside = ((dy >= 0) & (dy < size))[:, None, :, None] & ((dx >= 0) & (dx < size))[:, None, None, :]
-    return xp.where(inside, images.dtype.type(0), images)
+    # (CuPy's where has no bfloat16 loop and may compute it in float32: the values are the
+    # images' own and zeros, so the cast back is exact)
+    return xp.where(inside, images.dtype.type(0), images).astype(images.dtype, copy=False)
 
 
 def random_cutout(images, size=12, rng=None):
