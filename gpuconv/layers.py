@@ -470,16 +470,24 @@ class Conv2d(Layer):
     """2-D convolution over NCHW input with OIHW weights (``gpuconv.ops.conv2d_forward``).
 
     ``padding`` is an int, an (h, w) pair, or as in PyTorch ``'valid'`` (0) or ``'same'``
-    (output size = input size: stride 1 and odd kernel sizes, padding (k - 1) // 2)."""
+    (output size = input size: stride 1 and odd kernel sizes, padding (k - 1) // 2).
+
+    ``floor=False`` (the default) rejects sizes the windows do not tile, ``(H - F + 2P)/S + 1`` not
+    whole (no silent cropping); ``floor=True`` takes PyTorch's rule, ``floor((H - F + 2P)/S) + 1``:
+    a ResNet's stride-2 convolutions (3x3 with padding 1, or 1x1) take 32x32 to 16x16, the input
+    rows and columns no window reaches getting a zero gradient."""
 
     _registers_attributes = False
     _param_names = ("weight", "bias")
     _low_precision_params = ("weight", "bias")
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=True,
-                 padding_mode="zeros", *, seed=None):
+                 padding_mode="zeros", *, floor=False, seed=None):
         super().__init__()
         _only("Conv2d", dilation=(dilation, (1, 1)), groups=(groups, 1), padding_mode=(padding_mode, "zeros"))
+        if not isinstance(floor, (bool, np.bool_)):
+            raise TypeError(f"floor must be True or False, got {floor!r}")
+        self.floor = bool(floor)
         self.in_channels = _int("in_channels", in_channels, 1)
         self.out_channels = _int("out_channels", out_channels, 1)
         self.kernel_size = _pair("kernel_size", kernel_size, 1)
@@ -493,7 +501,7 @@ class Conv2d(Layer):
 
     def forward(self, x):
         y, cache = ops.conv2d_forward(x, self.weight.value, None if self.bias is None else self.bias.value,
-                                      stride=self.stride, padding=self.padding)
+                                      stride=self.stride, padding=self.padding, floor=self.floor)
         self._keep(cache)
         return y
 
@@ -510,7 +518,7 @@ class Conv2d(Layer):
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}, bias={self.bias is not None}")
+                f"padding={self.padding}, bias={self.bias is not None}" + (", floor=True" if self.floor else ""))
 
 
 class Linear(Layer):

@@ -119,6 +119,47 @@ def test_gradients_float64(backend, xs, ws, stride, padding):
     assert relative_error(db, num_db) < 1e-6
 
 
+FLOOR_CASES = [  # sizes the windows do not tile: PyTorch's rule drops what no window reaches
+    ((2, 3, 8, 8), (4, 3, 3), 2, 1),         # a ResNet's downsampling 3x3: 8x8 -> 4x4, a padding row unread
+    ((2, 4, 8, 8), (3, 1, 1), 2, 0),         # its 1x1 shortcut: the last input row and column unread
+    ((1, 2, 9, 10), (3, 3, 2), (2, 3), (0, 1)),
+]
+
+
+@pytest.mark.parametrize("xs, ws, stride, padding", FLOOR_CASES)
+def test_floor_takes_pytorchs_output_size(backend, xs, ws, stride, padding):
+    """``floor=True``: ``floor((H - F + 2P)/S) + 1`` outputs, each the definition's (direct_conv
+    floors); the input pixels no window reads get a zero gradient; float64 gradients against
+    central differences; every kernel family ran. Without floor the sizes are refused, naming it."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(xs)
+    w = rng.standard_normal((ws[0], xs[1]) + ws[1:])
+    b = rng.standard_normal(ws[0])
+    sp = lambda v: (v, v) if isinstance(v, int) else v  # noqa: E731
+    want = direct_conv(x, w, b, sp(stride), sp(padding))
+    X, W, Bb = (backend.asarray(a) for a in (x, w, b))
+    with pytest.raises(ValueError, match=r"not an integer.*or pass floor=True for PyTorch's rule"):
+        conv2d_forward(X, W, Bb, stride, padding)
+    y, cache = conv2d_forward(X, W, Bb, stride, padding, floor=True)
+    assert y.shape == want.shape and cache.floor
+    np.testing.assert_allclose(backend.asnumpy(y), want, rtol=1e-12, atol=1e-12)
+    dy = backend.asarray(rng.standard_normal(y.shape))
+    dx, dw, db = conv2d_backward(dy, cache)
+    (sh, sw), (ph, pw) = sp(stride), sp(padding)
+    rows = (y.shape[2] - 1) * sh + ws[1] - ph  # input rows (columns) some window reads
+    cols = (y.shape[3] - 1) * sw + ws[2] - pw
+    assert not backend.asnumpy(dx)[:, :, rows:].any() and not backend.asnumpy(dx)[:, :, :, cols:].any()
+    f = lambda a, b_=None: conv2d_forward(*a, stride, padding, floor=True)[0]  # noqa: E731
+    assert relative_error(dx, numerical_gradient_array(lambda a: f((a, W, Bb)), X, dy)) < 1e-6
+    assert relative_error(dw, numerical_gradient_array(lambda a: f((X, a, Bb)), W, dy)) < 1e-6
+    assert relative_error(db, numerical_gradient_array(lambda a: f((X, W, a)), Bb, dy)) < 1e-6
+    with pytest.raises(ValueError, match=r"dy must have the forward output's shape"):
+        conv2d_backward(backend.asarray(np.zeros(y.shape[:2] + (y.shape[2] + 1, y.shape[3]))), cache)
+    with pytest.raises(TypeError, match="floor must be True or False"):
+        conv2d_forward(X, W, Bb, stride, padding, floor="yes")
+    backend.assert_kernels_ran("conv2d_forward", "conv2d_backward_data", "conv2d_backward_weight")
+
+
 def test_no_bias_gives_db_none(backend):
     rng = np.random.default_rng(3)
     x = backend.asarray(rng.standard_normal((2, 2, 5, 5)).astype(np.float32))
@@ -241,7 +282,7 @@ def test_linearity_and_adjoint_identity(backend, g, c, k, seed):
 def test_registered_launcher_runs_on_its_target_only(backend, monkeypatch):
     calls = []
 
-    def launcher(x, w, b, stride, padding, tf32, *, target):
+    def launcher(x, w, b, stride, padding, tf32, floor, *, target):
         calls.append(target)
         return NotImplemented if stride == (2, 2) else ("kernel", target)
 

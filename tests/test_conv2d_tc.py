@@ -117,6 +117,37 @@ def test_tensor_core_conv_within_the_derived_bound(target, build, case, channels
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("case", [((2, 16, 8, 8), (24, 3, 3), (2, 2), (1, 1)), ((2, 16, 8, 8), (24, 1, 1), (2, 2), (0, 0))],
+                         ids=["3x3s2p1", "1x1s2"])
+def test_tensor_core_tiles_take_pytorchs_floored_sizes(target, case, channels_last, variant):
+    """``floor=True`` (8x8 -> 4x4 by a stride-2 3x3 with padding 1, a padding row and column
+    unread; by a stride-2 1x1, the input's last row and column unread) on every tile, small
+    integers in bf16: equal to the float64 definition bit for bit, the unread pixels' gradient 0."""
+    x, w, b = operands(case, BF16, np.random.default_rng(9), integers=True)
+    _, (k, fh, fw), stride, pad = case
+    oh, ow = conv_mod.output_hw(x.shape, (fh, fw), stride, pad, floor=True)
+    dy = np.random.default_rng(10).integers(-3, 4, (x.shape[0], k, oh, ow)).astype(BF16)
+    X, W, Bb, DY = on(target, x, w, b, dy)
+    if channels_last:
+        X, DY = gpuconv.to_channels_last(X), gpuconv.to_channels_last(DY)
+    families = {f: variant for f in ("conv2d_forward", "conv2d_backward_data", "conv2d_backward_weight")}
+    with kernels.launch_log() as log, kernels.use_variant(**families):
+        y, cache = LC.conv2d_forward_kernel(X, W, Bb, stride, pad, False, True, target=target)
+        dx, dw, _ = LC.conv2d_backward_kernel(DY, cache, True, False, target=target)
+    variant = TC.engine(variant, BF16, False, target, 0)
+    assert log.names[:3] == [f"conv2d_{d}_{variant}" for d in ("forward", "backward_data", "backward_weight")]
+    f64 = [np.asarray(a, np.float64) for a in (x, w, b, dy)]
+    ey, ecache = conv_mod._conv2d_forward_reference(*f64[:3], stride, pad, False, True)
+    edx, edw, _ = conv_mod._conv2d_backward_reference(f64[3], ecache)
+    assert y.shape == ey.shape == (2, k, oh, ow) and layout.is_channels_last(dx) == channels_last
+    for got, want in ((y, ey), (dx, edx), (dw, edw)):
+        assert np.array_equal(host(got).astype(np.float64), want)
+    if fh == 1:
+        assert not host(dx).astype(np.float64)[:, :, -1].any() and not host(dx).astype(np.float64)[:, :, :, -1].any()
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("build", list(BUILDS))
 def test_exact_when_every_partial_sum_is(target, build, variant):
     """Small integers: every product and partial sum is exact in float32, so every order of the

@@ -67,6 +67,38 @@ def test_conv2d_gradients(backend, kernel_size, stride, padding, bias):
     check_layer_gradients(layer, rng.standard_normal((2, 2, 4, 4)), backend)
 
 
+def test_conv2d_floor_takes_a_resnets_stride_2_convolutions(backend):
+    """ResNet's downsampling pair on an even input, a 3x3 stride-2 pad-1 and a 1x1 stride-2
+    shortcut, which the exact rule refuses (naming floor=True): both 8x8 -> 4x4 with floor=True."""
+    rng = np.random.default_rng(11)
+    x = backend.asarray(rng.standard_normal((2, 4, 8, 8)).astype(np.float32))
+    with pytest.raises(ValueError, match="pass floor=True"):
+        Conv2d(4, 8, 3, 2, 1)(x)
+    main, short = Conv2d(4, 8, 3, 2, 1, floor=True), Conv2d(4, 8, 1, 2, bias=False, floor=True)
+    assert main(x).shape == short(x).shape == (2, 8, 4, 4)
+    assert repr(short) == "Conv2d(4, 8, kernel_size=(1, 1), stride=(2, 2), padding=(0, 0), bias=False, floor=True)"
+    check_layer_gradients(Conv2d(2, 3, 3, 2, 1, floor=True, seed=4), rng.standard_normal((2, 2, 6, 6)), backend)
+    check_layer_gradients(Conv2d(2, 3, 1, 2, floor=True, seed=5), rng.standard_normal((2, 2, 6, 5)), backend)
+    with pytest.raises(TypeError, match="floor must be True or False"):
+        Conv2d(4, 8, 3, floor=1)
+
+
+def test_conv2d_floor_matches_torch():
+    torch = pytest.importorskip("torch")
+    x = np.random.default_rng(12).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    for args in ((3, 8, 3, 2, 1), (3, 8, 1, 2, 0), (3, 8, 7, 2, 3)):  # ResNet's: 3x3, shortcut, stem
+        theirs = torch.nn.Conv2d(*args)
+        ours = Conv2d(*args, floor=True)
+        ours.load_state_dict(theirs.state_dict())
+        xt = torch.tensor(x, requires_grad=True)
+        yt = theirs(xt)
+        dy = np.random.default_rng(13).standard_normal(tuple(yt.shape)).astype(np.float32)
+        yt.backward(torch.from_numpy(dy))
+        np.testing.assert_allclose(ours(x), yt.detach().numpy(), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(ours.backward(dy), xt.grad.numpy(), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(ours.weight.grad, theirs.weight.grad.numpy(), rtol=1e-4, atol=1e-4)
+
+
 def test_linear_gradients_flatten_trailing_axes(backend):
     rng = np.random.default_rng(1)
     layer = Linear(2 * 3 * 2, 4, seed=2)

@@ -94,20 +94,21 @@ def pair(name, v, minimum=0):
     return hw
 
 
-def conv_output_size(in_size, filt, stride, pad, axis_name="width", padded=True):
-    """``(W - F + 2P)/S + 1``, which must be a whole number >= 1 (CS231n's rule: no silent cropping).
-    The message names the axis's own letter (H for the height); ``padded=False`` (pooling, which
-    takes no padding) drops P from the rule and from the fix. Memoized per value and type (every
-    launch asks, about a network's few sizes; errors are not kept), so an answer has the type it
-    would have had computed."""
+def conv_output_size(in_size, filt, stride, pad, axis_name="width", padded=True, floor=False):
+    """``(W - F + 2P)/S + 1``, which must be a whole number >= 1 (CS231n's rule: no silent cropping),
+    or with ``floor`` PyTorch's ``floor((W - F + 2P)/S) + 1`` (the rows or columns past the last
+    window take no part). The message names the axis's own letter (H for the height);
+    ``padded=False`` (pooling, which takes no padding) drops P from the rule and from the fix.
+    Memoized per value and type (every launch asks, about a network's few sizes; errors are not
+    kept), so an answer has the type it would have had computed."""
     try:
-        return _conv_output_size(in_size, filt, stride, pad, axis_name, padded)
+        return _conv_output_size(in_size, filt, stride, pad, axis_name, padded, floor)
     except TypeError:  # an unhashable size (a 0-d array), or an error of the rule's own: computed as given
-        return _conv_output_size.__wrapped__(in_size, filt, stride, pad, axis_name, padded)
+        return _conv_output_size.__wrapped__(in_size, filt, stride, pad, axis_name, padded, floor)
 
 
 @functools.lru_cache(maxsize=4096, typed=True)
-def _conv_output_size(in_size, filt, stride, pad, axis_name, padded):
+def _conv_output_size(in_size, filt, stride, pad, axis_name, padded, floor=False):
     A = "H" if axis_name == "height" else "W"
     span = in_size - filt + 2 * pad
     rule, values = ((f"({A} - F + 2P)/S + 1", f"({in_size} - {filt} + 2*{pad})/{stride} + 1") if padded
@@ -118,10 +119,14 @@ def _conv_output_size(in_size, filt, stride, pad, axis_name, padded):
         fix = "use a smaller filter or more padding" if padded else "use a smaller window or a larger input"
         raise ValueError(f"the {'filter' if padded else 'window'} does not fit along the {axis_name}: {sizes} give "
                          f"{rule} = {values} = {span / stride + 1:g} < 1; {fix}")
-    if span % stride:
+    if span % stride and not floor:
         fix = (f"change the padding or stride so that {A} - F + 2P is divisible by S" if padded else
                f"choose a stride that divides {A} - F = {span} (pooling takes no padding; crop or pad the input "
                "to another size instead)")
+        left, unit = span % stride, "row" if A == "H" else "column"
+        fix += (f", or pass floor=True for PyTorch's rule, floor({rule[:-4]}) + 1 = {span // stride + 1} (the last "
+                f"{left} {unit}{'s' if left > 1 else ''} of the {'padded ' if padded else ''}input, which no window "
+                "reaches, take no part)")
         quotient = f"{span / stride + 1:g}"
         if float(quotient).is_integer():  # too close to a whole number to show as a decimal
             quotient = f"{span}/{stride} + 1"
@@ -130,12 +135,13 @@ def _conv_output_size(in_size, filt, stride, pad, axis_name, padded):
     return span // stride + 1
 
 
-def output_hw(x_shape, filt_hw, stride, padding=None):
-    """(OH, OW) for an NCHW input, checked along both axes; ``padding`` None: an op without padding."""
+def output_hw(x_shape, filt_hw, stride, padding=None, floor=False):
+    """(OH, OW) for an NCHW input, checked along both axes; ``padding`` None: an op without padding;
+    ``floor``: PyTorch's rule (see :func:`conv_output_size`)."""
     padded = padding is not None
     ph, pw = padding if padded else (0, 0)
-    return (conv_output_size(x_shape[2], filt_hw[0], stride[0], ph, "height", padded),
-            conv_output_size(x_shape[3], filt_hw[1], stride[1], pw, "width", padded))
+    return (conv_output_size(x_shape[2], filt_hw[0], stride[0], ph, "height", padded, floor),
+            conv_output_size(x_shape[3], filt_hw[1], stride[1], pw, "width", padded, floor))
 
 
 def check_cache(cache, cls, forward):

@@ -19,8 +19,8 @@ inputs' dtype. In TF32 mode (``precision="tf32"``, or the current setting when N
 and dy are rounded to TF32 before the GEMMs; the bias and its gradient, sums, are not.
 
 Cache (shared with the kernel launchers, see ``_dispatch``):
-``Conv2dCache(x, w, has_bias, stride, padding)`` with ``stride`` and ``padding`` as (h, w) pairs;
-x and w are the caller's arrays, in their own dtype.
+``Conv2dCache(x, w, has_bias, stride, padding, floor)`` with ``stride`` and ``padding`` as (h, w)
+pairs and ``floor`` the output-size rule; x and w are the caller's arrays, in their own dtype.
 """
 from __future__ import annotations
 
@@ -34,23 +34,26 @@ from ..precision import multiplicands, round_once, upcast, use_tf32
 from . import _dispatch
 from ._checks import check_bias, check_cache, check_float, check_rank, check_same_dtype, output_hw, pair
 
-Conv2dCache = namedtuple("Conv2dCache", "x w has_bias stride padding")
+Conv2dCache = namedtuple("Conv2dCache", "x w has_bias stride padding floor", defaults=(False,))
 
 # Bytes of column matrix per chunk. Measured on a 2-core EPYC (CIFAR 64->128ch 3x3): 4 MB runs the
 # forward at ~110-120 GFLOP/s (BLAS peak here ~130), 64 MB at ~95, unchunked (300 MB) at ~50.
 _COL_BYTES = 4 << 20
 
 
-def conv2d_forward(x, w, b=None, stride=1, padding=0, precision=None):
+def conv2d_forward(x, w, b=None, stride=1, padding=0, precision=None, floor=False):
     """``y, cache``: y[n, k] = sum_c x[n, c] (*) w[k, c] + b[k], of shape (N, K, OH, OW).
 
     ``stride`` and ``padding`` are an int or an (h, w) pair; sizes must satisfy
-    ``(W - F + 2P)/S + 1`` a whole number >= 1 along both axes. ``precision`` 'fp32' or 'tf32'
-    applies to float32 arrays (None: ``gpuconv.get_precision()``)."""
-    stride, padding = _check_conv_args(x, w, b, stride, padding)
+    ``(W - F + 2P)/S + 1`` a whole number >= 1 along both axes, or with ``floor=True`` PyTorch's
+    rule, ``floor((W - F + 2P)/S) + 1`` (a stride-2 3x3 convolution with padding 1 takes 32x32 to
+    16x16; the input rows and columns no window reaches get a zero gradient). ``precision``
+    'fp32' or 'tf32' applies to float32 arrays (None: ``gpuconv.get_precision()``)."""
+    stride, padding, floor = _check_conv_args(x, w, b, stride, padding, floor)
     tf32 = use_tf32(precision, x.dtype)
     target = backend.kernel_target(x, w, b)
-    return _dispatch.call("conv2d_forward", target, _conv2d_forward_reference, x, w, b, stride, padding, tf32)
+    return _dispatch.call("conv2d_forward", target, _conv2d_forward_reference, x, w, b, stride, padding, tf32,
+                          floor)
 
 
 def conv2d_backward(dy, cache, need_dx=True, precision=None, need_dw=True, dw_dtype=None):
@@ -68,7 +71,7 @@ def conv2d_backward(dy, cache, need_dx=True, precision=None, need_dw=True, dw_dt
     x, w = cache.x, cache.w
     check_float("dy", dy)
     check_rank("dy", dy, 4, "NKHW")
-    oh, ow = output_hw(x.shape, w.shape[2:], cache.stride, cache.padding)
+    oh, ow = output_hw(x.shape, w.shape[2:], cache.stride, cache.padding, cache.floor)
     expected = (x.shape[0], w.shape[0], oh, ow)
     if tuple(dy.shape) != expected:
         raise ValueError(f"dy must have the forward output's shape {expected}, got {tuple(dy.shape)}")
@@ -84,7 +87,9 @@ def conv2d_backward(dy, cache, need_dx=True, precision=None, need_dw=True, dw_dt
                           bool(need_dw), dw_dtype)
 
 
-def _check_conv_args(x, w, b, stride, padding):
+def _check_conv_args(x, w, b, stride, padding, floor=False):
+    if not isinstance(floor, (bool, np.bool_)):  # floor="no" would be true
+        raise TypeError(f"floor must be True or False, got {floor!r}")
     check_float("x", x)
     check_float("w", w)
     check_rank("x", x, 4, "N, C, H, W")
@@ -100,8 +105,8 @@ def _check_conv_args(x, w, b, stride, padding):
                          f"FW={w.shape[3]}; a filter is at least 1x1")
     stride = pair("stride", stride, minimum=1)
     padding = pair("padding", padding, minimum=0)
-    output_hw(x.shape, w.shape[2:], stride, padding)
-    return stride, padding
+    output_hw(x.shape, w.shape[2:], stride, padding, bool(floor))
+    return stride, padding, bool(floor)
 
 
 def _padded(xp, x, padding):
@@ -127,18 +132,18 @@ def _chunks(n, bytes_per_item, budget=None):
         yield lo, min(n, lo + step)
 
 
-def _conv2d_forward_reference(x, w, b, stride, padding, tf32=False):
+def _conv2d_forward_reference(x, w, b, stride, padding, tf32=False, floor=False):
     xc, wc = multiplicands(tf32, x, w)
-    y = _forward(xc, wc, upcast(b), stride, padding)
-    return round_once(y, x.dtype), Conv2dCache(x, w, b is not None, stride, padding)
+    y = _forward(xc, wc, upcast(b), stride, padding, floor)
+    return round_once(y, x.dtype), Conv2dCache(x, w, b is not None, stride, padding, floor)
 
 
-def _forward(x, w, b, stride, padding):
+def _forward(x, w, b, stride, padding, floor=False):
     """y in x's dtype (float32 or float64)."""
     xp = get_array_module(x, w, b)
     n, c = x.shape[:2]
     k, _, fh, fw = w.shape
-    oh, ow = output_hw(x.shape, (fh, fw), stride, padding)
+    oh, ow = output_hw(x.shape, (fh, fw), stride, padding, floor)
     if n == 0:  # an empty batch: an empty result, as on every device
         return xp.zeros((0, k, oh, ow), dtype=x.dtype)
     cff, length = c * fh * fw, oh * ow
@@ -170,7 +175,7 @@ def _forward(x, w, b, stride, padding):
 
 
 def _conv2d_backward_reference(dy, cache, need_dx=True, tf32=False, need_dw=True, dw_dtype=None):
-    x, w, has_bias, stride, padding = cache
+    x, w, has_bias, stride, padding = cache[:5]
     dyc, xc, wc = multiplicands(tf32, dy, x, w)
     dx, dw = _backward(dyc, xc, wc, stride, padding, need_dx, need_dw)
     db = upcast(dy).sum(axis=(0, 2, 3)) if has_bias else None  # a sum: never TF32-rounded

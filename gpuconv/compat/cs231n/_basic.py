@@ -91,33 +91,8 @@ def conv_forward_naive(x, w, b, conv_param):
     stride = param(conv_param, "stride", "conv_param", _CONV_EXAMPLE)
     pad = param(conv_param, "pad", "conv_param", _CONV_EXAMPLE)
     with Call(x, w, b) as c:
-        xin, padding = _floored_input(c.arg(x), w, stride, pad)
-        out, oc = ops.conv2d_forward(xin, c.param(w), c.param(b), stride=stride, padding=padding)
+        out, oc = ops.conv2d_forward(c.arg(x), c.param(w), c.param(b), stride=stride, padding=pad, floor=True)
         return c.out(out), c.cache((x, w, b, conv_param), oc)
-
-
-def _floored_input(x, w, stride, pad):
-    """``(input, padding)`` for the op: ``(x, pad)`` when ``(H + 2 pad - HH) / stride`` is whole
-    along both axes (and wherever the op is to raise), else x zero-padded and cut to the rows and
-    columns the floored windows cover, with padding 0 (the op itself takes whole sizes only)."""
-    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 0 for v in (stride, pad)) \
-            or stride == 0 or getattr(x, "ndim", 0) != 4 or getattr(w, "ndim", 0) != 4:
-        return x, pad
-    spans = [x.shape[a] + 2 * pad - w.shape[a] for a in (2, 3)]
-    if min(spans) < 0 or not any(span % stride for span in spans):
-        return x, pad
-    xp = get_array_module(x)
-    padded = xp.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-    (sh, sw) = (span - span % stride + w.shape[a] for span, a in zip(spans, (2, 3)))
-    return padded[:, :, :sh, :sw], 0
-
-
-def _unfloored(dx, x_shape, pad):
-    """The gradient of x from that of :func:`_floored_input`'s cut, padded input."""
-    n, ch, h, wd = x_shape
-    full = get_array_module(dx).zeros((n, ch, h + 2 * pad, wd + 2 * pad), dx.dtype)
-    full[:, :, :dx.shape[2], :dx.shape[3]] = dx
-    return full[:, :, pad:pad + h, pad:pad + wd]
 
 
 def conv_backward_naive(dout, cache):
@@ -130,9 +105,6 @@ def conv_backward(dout, cache, need_dx=True):
     c, oc = backward_call(dout, cache, lambda dt: conv_forward_naive(*cast_all(dt, x, w, b), conv_param)[1])
     with c:
         dx, dw, db = ops.conv2d_backward(c.arg(dout), oc, need_dx=need_dx)
-        pad = conv_param["pad"]
-        if dx is not None and (tuple(oc.x.shape) != tuple(x.shape) or tuple(oc.padding) != (pad, pad)):
-            dx = _unfloored(dx, x.shape, pad)  # the forward floored its output size
         return c.out(dx), c.out(dw), c.out(db)
 
 
