@@ -95,23 +95,24 @@ class Run(common.Checks):
 
 def conv(run, rng):
     LC.MIN_SPLIT_CHUNK = 8  # several backward-weight splits even at these sizes
-    for xs, ws, stride, pad in [((1, 5, 6, 13), (65, 5, 3, 3), (1, 1), (1, 1)),
-                                ((2, 3, 7, 9), (4, 3, 5, 3), (2, 3), (3, 0)),
-                                ((1, 2, 3, 3), (1, 2, 3, 3), (1, 1), (0, 0)),
-                                ((2, 3, 9, 9), (130, 3, 3, 3), (1, 1), (1, 1)),   # M, K > 128: v3 tile edges
-                                ((1, 16, 5, 5), (130, 16, 3, 3), (1, 1), (1, 1))]:  # C*FH*FW = 144 > 128
+    for xs, ws, stride, pad, floor in [((1, 5, 6, 13), (65, 5, 3, 3), (1, 1), (1, 1), False),
+                                       ((2, 3, 7, 9), (4, 3, 5, 3), (2, 3), (3, 0), False),
+                                       ((1, 2, 3, 3), (1, 2, 3, 3), (1, 1), (0, 0), False),
+                                       ((2, 3, 9, 9), (130, 3, 3, 3), (1, 1), (1, 1), False),  # M, K > 128: v3 tile edges
+                                       ((1, 16, 5, 5), (130, 16, 3, 3), (1, 1), (1, 1), False),  # C*FH*FW = 144 > 128
+                                       ((2, 3, 8, 9), (5, 3, 3, 3), (2, 2), (1, 1), True)]:  # PyTorch's floored sizes
         x, w = rng.standard_normal(xs).astype(np.float32), rng.standard_normal(ws).astype(np.float32)
         b = rng.standard_normal(ws[0]).astype(np.float32)
-        ry, rc = C._conv2d_forward_reference(x, w, b, stride, pad)
+        ry, rc = C._conv2d_forward_reference(x, w, b, stride, pad, False, floor)
         dy = rng.standard_normal(ry.shape).astype(np.float32)
         rdx, rdw, rdb = C._conv2d_backward_reference(dy, rc)
         X, W, Bb, DY = (run.dev(a) for a in (x, w, b, dy))
         for v in ("v1", "v2", "v3"):
             with kernels.use_variant(conv2d_forward=v, conv2d_backward_data=v, conv2d_backward_weight=v):
-                y, cache = LC.conv2d_forward_kernel(X, W, Bb, stride, pad, target=run.target)
-                yr, _ = LC.conv2d_forward_kernel(X, W, None, stride, pad, target=run.target, relu=True)
+                y, cache = LC.conv2d_forward_kernel(X, W, Bb, stride, pad, False, floor, target=run.target)
+                yr, _ = LC.conv2d_forward_kernel(X, W, None, stride, pad, False, floor, target=run.target, relu=True)
                 dx, dw, db = LC.conv2d_backward_kernel(DY, cache, target=run.target)
-            tag = f"conv2d {xs}*{ws} {v}"
+            tag = f"conv2d {xs}*{ws}{' floor' if floor else ''} {v}"
             run.close(f"{tag} forward", y, ry)
             run.close(f"{tag} forward+relu", yr, np.maximum(ry - b[None, :, None, None], 0))
             run.close(f"{tag} dx", dx, rdx)
@@ -155,11 +156,12 @@ def conv_tc(run, rng, variants=TC_VARIANTS):
     LC.MIN_SPLIT_CHUNK = 32
     builds = {"bf16": (ml_dtypes.bfloat16, False), "f16": (np.float16, False), "tf32": (np.float32, True)}
     for build, (dtype, tf32) in builds.items():
-        for xs, ws, stride, pad in [((2, 12, 7, 9), (130, 12, 3, 3), (1, 1), (1, 1)),
-                                    ((1, 3, 8, 7), (5, 3, 2, 3), (2, 1), (2, 0)),
-                                    ((1, 40, 9, 9), (8, 40, 1, 1), (1, 1), (0, 0))]:
+        for xs, ws, stride, pad, floor in [((2, 12, 7, 9), (130, 12, 3, 3), (1, 1), (1, 1), False),
+                                           ((1, 3, 8, 7), (5, 3, 2, 3), (2, 1), (2, 0), False),
+                                           ((1, 40, 9, 9), (8, 40, 1, 1), (1, 1), (0, 0), False),
+                                           ((1, 8, 8, 8), (8, 8, 1, 1), (2, 2), (0, 0), True)]:  # floored
             x, w, b = (rng.standard_normal(s).astype(dtype) for s in (xs, ws, ws[:1]))
-            ry, rc = C._conv2d_forward_reference(x, w, b, stride, pad, tf32)
+            ry, rc = C._conv2d_forward_reference(x, w, b, stride, pad, tf32, floor)
             dy = rng.standard_normal(ry.shape).astype(dtype)
             rdx, rdw, _ = C._conv2d_backward_reference(dy, rc, True, tf32)
             for channels_last, var in [(False, "tc")] * ("tc" in variants) + [(True, v) for v in variants]:
@@ -168,10 +170,10 @@ def conv_tc(run, rng, variants=TC_VARIANTS):
                     X, DY = gpuconv.to_channels_last(X), gpuconv.to_channels_last(DY)
                 families = {f: var for f in ("conv2d_forward", "conv2d_backward_data", "conv2d_backward_weight")}
                 with kernels.use_variant(**families), kernels.use_variant("tf32", **families):
-                    y, cache = LC.conv2d_forward_kernel(X, run.dev(w), run.dev(b), stride, pad, tf32,
+                    y, cache = LC.conv2d_forward_kernel(X, run.dev(w), run.dev(b), stride, pad, tf32, floor,
                                                         target=run.target)
                     dx, dw, _ = LC.conv2d_backward_kernel(DY, cache, True, tf32, target=run.target)
-                tag = f"conv2d {var} {build} {xs}*{ws} {'nhwc' if channels_last else 'nchw'}"
+                tag = f"conv2d {var} {build} {xs}*{ws}{' floor' if floor else ''} {'nhwc' if channels_last else 'nchw'}"
                 # one rounding to 8 (bf16) or 11 (fp16) bits on each side
                 for name, got, want in (("forward", y, ry), ("dx", dx, rdx), ("dw", dw, rdw)):
                     run.close(f"{tag} {name}", common.host(got).astype(np.float32), want.astype(np.float32),

@@ -45,46 +45,59 @@ class DirectoryLocked(RuntimeError):
     """Another live process holds the run directory's lock."""
 
 
-def _alive(pid: int) -> bool:
+def _holder(path: pathlib.Path) -> str:
+    """Who the lock file says holds it ("pid P on host H"), for the message."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, owned by someone else
-        return True
-    return True
+        fields = path.read_text().split()
+    except OSError:
+        fields = []
+    if not fields:
+        return "a process"
+    return f"pid {fields[0]}" + (f" on {fields[1]}" if len(fields) > 1 else "")
 
 
 @contextlib.contextmanager
 def directory_lock(directory: pathlib.Path, what: str = "gpuconv train"):
-    """Hold ``directory``'s lock file for the block: a second process that tries while this one
-    runs gets :class:`DirectoryLocked` naming it, instead of interleaving its files with ours. A
-    lock left by a process that died (its pid is gone) is taken over."""
+    """Hold ``directory``'s lock for the block: a second process that tries while this one runs
+    gets :class:`DirectoryLocked` naming it, instead of interleaving its files with ours.
+
+    The lock is the kernel's (``flock`` on the lock file), not a pid written down: it holds
+    across containers and pid namespaces on one machine, across machines on a file system that
+    supports it (NFS through its lock manager), and it ends with the process that held it, however
+    that process died (nothing stale to take over). The file names its holder for the message."""
+    import fcntl
+    import socket
+
     directory = pathlib.Path(directory)
     if directory.exists() and not directory.is_dir():
         raise NotADirectoryError(f"{directory} is a file, not a directory: give --out a directory path")
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / LOCK_NAME
-    for attempt in range(2):
+    while True:
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise DirectoryLocked(f"another {what} ({_holder(path)}) is writing to {directory}: wait for it to "
+                                  "finish, or choose another --out") from None
+        except OSError as exc:  # a file system without locks
+            os.close(fd)
+            raise DirectoryLocked(f"could not lock {path} ({exc}): this file system takes no locks; choose an "
+                                  "--out on a local disk") from None
+        # A holder that finished unlinked the file it locked: ours must still be the one at ``path``.
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
             break
-        except FileExistsError:
-            try:
-                pid = int(path.read_text().split()[0])
-            except (OSError, ValueError, IndexError):
-                pid = None
-            if pid is not None and pid != os.getpid() and _alive(pid) and attempt == 0:
-                raise DirectoryLocked(f"another {what} (pid {pid}) is writing to {directory}: wait for it to finish, "
-                                      f"or choose another --out (remove {path} if that process is gone)") from None
-            with contextlib.suppress(FileNotFoundError):  # a dead owner's lock: take it over
-                path.unlink()
-    else:
-        raise DirectoryLocked(f"could not take the lock {path}; remove it if no {what} is running")
-    with os.fdopen(fd, "w") as f:
-        f.write(f"{os.getpid()}\n")
+        os.close(fd)
     try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
         yield path
     finally:
         with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+            path.unlink()  # while still locked: a waiter then finds a new file, never this one
+        os.close(fd)

@@ -293,16 +293,27 @@ def test_resume_if_exists_starts_then_continues(tmp_path, capsys):
 
 
 def test_a_second_run_into_the_same_out_is_refused_while_the_first_runs(tmp_path, capsys):
+    """The kernel's lock on the run directory: refused while another process holds it (whatever
+    pid the file says), free once that process dies, even by SIGKILL (nothing stale is left)."""
+    import socket
+
     from gpuconv import _files
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from gpuconv._files import directory_lock\n"
+        f"with directory_lock({str(tmp_path)!r}):\n    print('held', flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
     try:
-        (tmp_path / _files.LOCK_NAME).write_text(f"{holder.pid}\n")
+        assert holder.stdout.readline().strip() == "held"
         rc, _, err = run(["train", "--out", tmp_path, "--data", SUBSET], capsys)
-        assert rc == 1 and f"another gpuconv train (pid {holder.pid}) is writing to {tmp_path}" in err
+        assert rc == 1 and (f"another gpuconv train (pid {holder.pid} on {socket.gethostname()}) is writing to "
+                            f"{tmp_path}") in err
+        (tmp_path / _files.LOCK_NAME).write_text(f"{os.getpid()}\n")  # the file's words do not make the lock
+        rc, _, err = run(["train", "--out", tmp_path, "--data", SUBSET], capsys)
+        assert rc == 1 and "is writing to" in err
     finally:
         holder.kill()
         holder.wait()
-    # Its owner is gone: the lock is stale, taken over, and released when the run ends.
+    assert (tmp_path / _files.LOCK_NAME).exists()  # a SIGKILLed holder's file: no lock on it any more
     rc, _, err = run(["train", "--model", "seed", "--epochs", "1", "--limit", "100", "--data", SUBSET,
                       "--out", tmp_path, "--no-progress"], capsys)
     assert rc == 0, err
