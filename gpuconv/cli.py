@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from . import _env
+from ._console import CONSOLE, silence
 from ._files import directory_lock
 from .data.augment import CIFAR10_MEAN, CIFAR10_STD
 from .recipes import RECIPES, get_recipe
@@ -53,7 +54,7 @@ PRECISION_HELP = ("fp32 (strict float32), tf32 (float32 with TF32 convolutions),
 
 
 def _say(*parts):
-    print(*parts, file=sys.stderr, flush=True)
+    print(*parts, file=CONSOLE, flush=True)
 
 
 # ----------------------------------------------------------------------------- argument parsing
@@ -852,6 +853,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt as exc:  # outside the trainer's own handling (loading data, a second Ctrl-C)
         _say(f"interrupted{': ' + str(exc) if str(exc) else ''}")
         return 130
+    except BrokenPipeError:  # the reader of our output left (`gpuconv info | head -1`): as SIGPIPE would
+        silence(sys.stdout)
+        return 141
     except (ValueError, TypeError, KeyError, OSError, RuntimeError, MemoryError) as exc:  # KeyError: state-dict keys
         if _env.flag("GPUCONV_DEBUG"):
             raise  # the full traceback, for bug reports

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from . import amp, backend, kernels
+from ._console import CONSOLE, _is_terminal
 from . import checkpoint as ckpt
 from .monitor import GPUMonitor, format_snapshot, metrics_fields
 
@@ -118,11 +119,6 @@ def _generators(obj, prefix):
     return found
 
 
-def _is_terminal(stream) -> bool:
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):  # a closed or unusual stream
-        return False
 
 
 def _in_notebook() -> bool:
@@ -527,7 +523,7 @@ class Trainer:
         self._stop_requested = signum
         what = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
         now = "the validation pass" if getattr(self, "_validating", False) else "the current step"
-        sys.stderr.write(f"\n{what}: finishing {now}, then saving a checkpoint "
+        CONSOLE.write(f"\n{what}: finishing {now}, then saving a checkpoint "
                          "(press Ctrl-C again to stop at once without saving)\n")
 
     def _interrupt(self):
@@ -684,7 +680,7 @@ class Trainer:
         self._write_metrics(rec)
         if bar is None and self._plain_intervals():
             print(f"epoch {rec['epoch']} step {rec['step']}: loss {rec['train_loss']:.4f} acc {rec['train_acc']:.4f} "
-                  f"lr {rec['lr']:.4g} | {rec['images_per_s']:.0f} img/s", file=sys.stderr, flush=True)
+                  f"lr {rec['lr']:.4g} | {rec['images_per_s']:.0f} img/s", file=CONSOLE, flush=True)
         if bar is not None:
             post = {"loss": f"{rec['train_loss']:.3f}", "acc": f"{rec['train_acc']:.3f}",
                     "img/s": f"{rec['images_per_s']:.0f}"}
@@ -703,11 +699,11 @@ class Trainer:
             return None
         from tqdm.auto import tqdm
         return tqdm(total=total, initial=initial, desc=f"epoch {self.epoch + 1}/{epochs}", unit="batch",
-                    dynamic_ncols=True, leave=True, file=sys.stderr)
+                    dynamic_ncols=True, leave=True, file=CONSOLE)
 
     def _say(self, text):
         # Rare, one-time notes (resuming, nothing to do): printed even without a progress bar.
-        print(text, file=sys.stderr, flush=True)
+        print(text, file=CONSOLE, flush=True)
 
     def _report_epoch(self, record):
         self.history.append(record)
@@ -719,7 +715,7 @@ class Trainer:
             if "val_acc" in record:
                 text += f" | val loss {record['val_loss']:.4f} acc {record['val_acc']:.4f}"
             text += f" | {record['images_per_s']:.0f} img/s | {record['elapsed_s']:.1f}s"
-            print(text, file=sys.stderr)
+            print(text, file=CONSOLE, flush=True)
 
     # ------------------------------------------------------------------ evaluate
     def evaluate(self, loader, tta=0, precision=None):

@@ -320,6 +320,25 @@ def test_a_second_run_into_the_same_out_is_refused_while_the_first_runs(tmp_path
     assert not (tmp_path / _files.LOCK_NAME).exists()
 
 
+def test_a_run_whose_log_reader_left_keeps_training_and_saving(tmp_path):
+    """``gpuconv train ... 2>&1 | tee log`` after the ssh session dropped: stderr's pipe has no
+    reader. The run goes on silently and writes its checkpoints (a BrokenPipeError used to end it
+    at the next progress line, with none); ``gpuconv info | head -1`` ends quietly."""
+    cmd = [sys.executable, "-m", "gpuconv", "train", "--model", "seed", "--epochs", "2", "--limit", "200",
+           "--batch-size", "50", "--log-every", "1", "--data", str(SUBSET), "--out", str(tmp_path), "--device", "cpu"]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    proc.stderr.close()  # the reader is gone before the first line
+    assert proc.wait(timeout=300) == 0
+    from gpuconv import checkpoint as ckpt
+    assert int(ckpt.load_checkpoint(tmp_path / "checkpoint.npz")["meta/epoch"]) == 2
+    info = subprocess.Popen([sys.executable, "-m", "gpuconv", "info"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+    info.stdout.close()
+    err = info.stderr.read().decode()
+    assert info.wait(timeout=120) == 141 and "Broken pipe" not in err and "Traceback" not in err
+
+
 def test_info_reports_versions_cuda_and_telemetry(capsys):
     rc, out, _ = run(["info"], capsys)
     assert rc == 0

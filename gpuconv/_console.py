@@ -1,0 +1,58 @@
+"""The console the command line and the trainer write their progress and messages to."""
+from __future__ import annotations
+
+import os
+import sys
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # a closed or unusual stream
+        return False
+
+
+def silence(stream) -> None:
+    """Point ``stream``'s file descriptor at /dev/null (its reader is gone): later writes, and the
+    interpreter's last flush, succeed instead of raising BrokenPipeError again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+class _Console:
+    """Where the trainer's progress goes (``sys.stderr`` as it is at each write). A write that
+    fails (the reading end of a pipe gone, as with ``nohup gpuconv train ... | tee log`` after the
+    ssh session dropped; a closed terminal) points stderr at /dev/null and training goes on: it
+    still saves its checkpoints, where an uncaught BrokenPipeError would end the run without one."""
+
+    broken = False
+
+    def _guard(self, op):
+        if self.broken:
+            return None
+        try:
+            return op()
+        except (OSError, ValueError):  # BrokenPipeError, EIO; ValueError: a closed stream
+            self.broken = True
+            silence(sys.stderr)
+            return None
+
+    def write(self, text):
+        self._guard(lambda: sys.stderr.write(text))
+        return len(text)
+
+    def flush(self):
+        self._guard(sys.stderr.flush)
+
+    def isatty(self):
+        return not self.broken and _is_terminal(sys.stderr)
+
+    def __getattr__(self, name):  # fileno, encoding, ... for tqdm
+        return getattr(sys.stderr, name)
+
+
+CONSOLE = _Console()
