@@ -22,6 +22,7 @@ import json
 import math
 import numbers
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -487,6 +488,24 @@ class Trainer:
         if not self.best_path.exists() or int(ckpt.load_checkpoint(self.best_path)["meta/epoch"]) != self.epoch:
             ckpt.copy_checkpoint(self.checkpoint_path, self.best_path)
 
+    def _set_aside_previous_run(self):
+        """A fresh run into a directory that holds another run's files: they move together into
+        ``previous/`` (replacing what an older run left there), so that none of them is taken for
+        this run's (its best.npz, its curves) and none is lost (its checkpoint, had --resume been
+        forgotten)."""
+        files = [p for p in (self.checkpoint_path, self.best_path, self.metrics_path, self.out_dir / "curves.png")
+                 if p.exists()]
+        if not files:
+            return
+        aside = self.out_dir / "previous"
+        if aside.exists():
+            shutil.rmtree(aside) if aside.is_dir() else aside.unlink()
+        aside.mkdir()
+        for p in files:
+            os.replace(p, aside / p.name)
+        self._say(f"{self.out_dir} held another run's files ({', '.join(p.name for p in files)}): moved to {aside} "
+                  "(pass --resume to continue a run instead)")
+
     def _telemetry(self):
         fields = metrics_fields(self.monitor.snapshot()) if self.monitor is not None else {}
         cp = backend.cupy_module()
@@ -556,8 +575,8 @@ class Trainer:
                           f"{self.epoch_step} batch(es) done, step {self.step}")
             else:
                 self._say(f"no checkpoint at {self.checkpoint_path}: starting from scratch")
-        elif self.metrics_path is not None and self.metrics_path.exists() and self.step == 0:
-            self.metrics_path.unlink()  # a fresh run starts a fresh history
+        elif self.out_dir is not None and self.step == 0:
+            self._set_aside_previous_run()
         if self.epoch >= epochs:
             self._say(f"nothing to do: {self.epoch} epoch(s) already done (epochs={epochs})")
             return self.history

@@ -339,6 +339,28 @@ def test_a_run_whose_log_reader_left_keeps_training_and_saving(tmp_path):
     assert info.wait(timeout=120) == 141 and "Broken pipe" not in err and "Traceback" not in err
 
 
+def test_a_fresh_run_sets_the_previous_runs_files_aside_together(tmp_path, capsys):
+    """A new run (no --resume) into an --out that holds another run's files: all four move into
+    previous/ at its start, so neither its best.npz nor its curves pass for the new run's, and its
+    checkpoint survives a forgotten --resume; a third run replaces previous/."""
+    from gpuconv import checkpoint as ckpt
+    base = ["train", "--epochs", "1", "--limit", "200", "--data", SUBSET, "--out", tmp_path, "--no-progress"]
+    assert run(base + ["--model", "seed"], capsys)[0] == 0
+    first = ckpt.load_checkpoint(tmp_path / "checkpoint.npz")
+    rc, _, err = run(base + ["--model", "three_layer"], capsys)
+    assert rc == 0 and f"moved to {tmp_path / 'previous'}" in err and "pass --resume" in err
+    names = {"checkpoint.npz", "best.npz", "metrics.jsonl", "curves.png"}
+    assert {p.name for p in (tmp_path / "previous").iterdir()} == names
+    kept = ckpt.load_checkpoint(tmp_path / "previous" / "checkpoint.npz")
+    model = lambda path: ckpt.read_config(ckpt.load_checkpoint(path))["model"]  # noqa: E731
+    assert model(tmp_path / "previous" / "checkpoint.npz") == "seed" and kept.keys() == first.keys()
+    assert model(tmp_path / "checkpoint.npz") == model(tmp_path / "best.npz") == "three_layer"
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == len(
+        (tmp_path / "previous" / "metrics.jsonl").read_text().splitlines())  # one run's lines each
+    assert run(base + ["--model", "seed"], capsys)[0] == 0
+    assert model(tmp_path / "previous" / "best.npz") == "three_layer"
+
+
 def test_info_reports_versions_cuda_and_telemetry(capsys):
     rc, out, _ = run(["info"], capsys)
     assert rc == 0
