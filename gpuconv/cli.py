@@ -178,8 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=WIDTH_HELP)
     t.add_argument("--device", type=_device, default=_default_device(),
                    help="cpu | cuda | cuda:N | sim | auto (default: $GPUCONV_DEVICE, else auto = a GPU if usable)")
-    t.add_argument("--data", default=None, help="CIFAR-10 directory or tarball (else $GPUCONV_DATA, "
-                   "~/.cache/gpuconv, or download)")
+    t.add_argument("--data", default=None, help="CIFAR-10 directory or tarball (else $GPUCONV_DATA when set, "
+                   "else ~/.cache/gpuconv; downloaded there when absent)")
     t.add_argument("--out", default="runs/latest", help="output directory (default runs/latest)")
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz (an error if there is none)")
     t.add_argument("--resume-if-exists", action="store_true",
@@ -204,8 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="evaluate a checkpoint on test_batch (or the held-out split)")
     e.add_argument("--checkpoint", required=True, help="a checkpoint.npz written by `gpuconv train`")
-    e.add_argument("--data", default=None, help="CIFAR-10 directory or tarball (else $GPUCONV_DATA, "
-                   "~/.cache/gpuconv, or download); without test_batch, the split held out in training")
+    e.add_argument("--data", default=None, help="CIFAR-10 directory or tarball (else $GPUCONV_DATA when set, "
+                   "else ~/.cache/gpuconv; downloaded there when absent); without test_batch, the split held "
+                   "out in training")
     e.add_argument("--device", type=_device, default=_default_device(),
                    help="cpu | cuda | cuda:N | sim | auto (default: $GPUCONV_DEVICE, else auto)")
     e.add_argument("--batch-size", type=_positive_int, default=500, help="images per forward pass (default 500)")

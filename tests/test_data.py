@@ -161,13 +161,16 @@ def test_python_dir_with_test_batch(subset_dir, subset, isolated):
 
 
 # ----------------------------------------------------------------------------- where data is found
-def test_search_order_root_then_env_then_cache(isolated, monkeypatch):
+def test_one_place_searched_root_else_env_else_cache(isolated, monkeypatch):
     a, b, home = isolated / "a", isolated / "b", isolated / "home"
     da, db = tiny_dir(a, seed=1), tiny_dir(b, seed=2)
     dc = tiny_dir(home / ".cache" / "gpuconv", seed=3)
     monkeypatch.setenv("GPUCONV_DATA", str(b))
     assert D.find_data_dir(a) == da
     assert D.find_data_dir() == db
+    monkeypatch.setenv("GPUCONV_DATA", str(isolated / "tpyo"))  # a typo: not the cache's copy instead
+    with pytest.raises(D.DataNotFoundError, match=r"\$GPUCONV_DATA"):
+        D.find_data_dir()
     monkeypatch.delenv("GPUCONV_DATA")
     assert D.find_data_dir() == dc
     np.testing.assert_array_equal(D.load_cifar10(download=False).train.images,

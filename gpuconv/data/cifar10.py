@@ -1,8 +1,8 @@
 """Finding and loading CIFAR-10: ``load_cifar10(root=None, download=True)``.
 
 Where the data is looked for: ``root`` (the ``--data`` argument) when given, and only there (a
-typo must fail, not train on whatever a cache holds); otherwise ``$GPUCONV_DATA``, then
-``~/.cache/gpuconv``. Each place may be a batches directory itself, a directory holding
+typo must fail, not train on whatever a cache holds); otherwise ``$GPUCONV_DATA`` when set, and
+only there, else ``~/.cache/gpuconv``. Each place may be a batches directory itself, a directory holding
 ``cifar-10-batches-py/``, ``cifar-10-batches-bin/`` or ``cifar-10-python.tar.gz``, or the
 tarball's own path. When none holds the data, no ``root`` was given and ``download`` is true, the official tarball
 is fetched into ``$GPUCONV_DATA`` (when set) or ``~/.cache/gpuconv`` and read from there.
@@ -85,11 +85,11 @@ def _search_places(root) -> list[tuple[str, pathlib.Path]]:
     # train on whatever the cache holds.
     if root is not None:
         return [("root argument (--data)", pathlib.Path(root).expanduser())]
-    places = []
+    # $GPUCONV_DATA likewise: a typo there must not train on the cache's copy either (an empty
+    # directory is where load_cifar10 downloads to).
     if os.environ.get("GPUCONV_DATA"):
-        places.append(("$GPUCONV_DATA", pathlib.Path(os.environ["GPUCONV_DATA"]).expanduser()))
-    places.append(("cache", default_cache_dir()))
-    return places
+        return [("$GPUCONV_DATA", pathlib.Path(os.environ["GPUCONV_DATA"]).expanduser())]
+    return [("cache", default_cache_dir())]
 
 
 def _locate(p: pathlib.Path) -> pathlib.Path | None:
@@ -111,8 +111,8 @@ def _locate(p: pathlib.Path) -> pathlib.Path | None:
 
 
 def find_data_dir(root=None) -> pathlib.Path:
-    """The CIFAR-10 source at ``root`` when given (only there), else the first in ``$GPUCONV_DATA``,
-    ``~/.cache/gpuconv``.
+    """The CIFAR-10 source at ``root`` when given, else at ``$GPUCONV_DATA`` when set, else in
+    ``~/.cache/gpuconv`` (one place only: a mistyped one fails instead of finding another copy).
 
     Returns a batches directory or a tarball path; raises DataNotFoundError naming every
     place searched when none holds the data."""
