@@ -111,7 +111,17 @@ def _device(text):
     try:
         backend.Device(text)
     except (ValueError, TypeError) as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+        where = " (from $GPUCONV_DEVICE, the default of --device)" if text == os.environ.get("GPUCONV_DEVICE") else ""
+        raise argparse.ArgumentTypeError(f"{exc}{where}") from None
+    return text
+
+
+def _arch(text):
+    """An argparse type: an NVRTC target, sm_NN or compute_NN (sm_90a: Hopper's arch-specific one)."""
+    import re
+    if not re.fullmatch(r"(sm|compute)_\d{2,3}a?", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an NVRTC target: write sm_NN or compute_NN with the "
+                                         "compute capability's digits, e.g. sm_90 (H100/H200) or sm_80 (A100)")
     return text
 
 
@@ -245,7 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     pc = sub.add_parser("precompile", help="compile every kernel for this GPU now, in parallel (else each "
                                            "compiles at its first use)")
     pc.add_argument("--device", type=int, default=None, help="the GPU (default: the current one, 0)")
-    pc.add_argument("--arch", default=None, help="build for this NVRTC target instead (e.g. sm_90, sm_80): no GPU needed")
+    pc.add_argument("--arch", type=_arch, default=None,
+                    help="build for this NVRTC target instead (e.g. sm_90, sm_80): no GPU needed")
     pc.add_argument("--jobs", type=_positive_int, default=None, help="compiles at once (default: one per CPU core)")
 
     b = sub.add_parser("bench", help="run a benchmark script of a source checkout (benchmarks/)")
@@ -806,6 +817,11 @@ def cmd_precompile(args) -> int:
               + ("in the cache" if r["cached"] else f"compiled in {r['seconds']:.1f} s"))
     built = sum(not r["cached"] for r in records)
     print(f"{len(records)} builds, {built} compiled, in {time.perf_counter() - start:.1f} s; cache: {kernels.cuda_cache_dir()}")
+    lost = sum(not r["stored"] for r in records)
+    if lost:
+        _say(f"gpuconv precompile: {lost} of the builds could not be stored in {kernels.cuda_cache_dir()} (not "
+             "writable): every process would compile them again; set GPUCONV_CUDA_CACHE to a writable directory")
+        return 1
     return 0
 
 

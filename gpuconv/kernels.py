@@ -642,7 +642,13 @@ def _check_variant(family, var, where="variant"):
 
 
 _variants: contextvars.ContextVar[dict] = contextvars.ContextVar("gpuconv_kernel_variants", default=None)
-_ENV_VARIANTS = _env_variants()
+
+
+@functools.lru_cache(maxsize=1)
+def _env_choices() -> dict:
+    """GPUCONV_KERNEL_VARIANTS, read at the first launch (a bad value is then an error of that
+    launch, which the command line reports in a line, not a traceback at import)."""
+    return _env_variants()
 
 
 def variant(family: str, dtype=None, tf32: bool = False) -> str:
@@ -658,7 +664,7 @@ def variant(family: str, dtype=None, tf32: bool = False) -> str:
     if family not in VARIANTS:
         raise ValueError(f"kernel family {family!r} has no variants; families: {', '.join(VARIANTS)}")
     specific, general = _key(family, "tf32" if tf32 else dtype), family
-    for chosen in (current or {}, _ENV_VARIANTS):
+    for chosen in (current or {}, _env_choices()):
         if specific in chosen:
             var = chosen[specific]
             break
@@ -967,9 +973,15 @@ def nvrtc_arch(compute_capability, device: int | None = None) -> str:
 
 # ----------------------------------------------------------------------------- the GPU path
 def cuda_cache_dir() -> pathlib.Path:
-    """Where compiled kernel binaries are kept: $GPUCONV_CUDA_CACHE, else ~/.cache/gpuconv/cuda."""
+    """Where compiled kernel binaries are kept: $GPUCONV_CUDA_CACHE, else ~/.cache/gpuconv/cuda (a
+    directory of this user's under the temporary one where there is no home directory)."""
     env = os.environ.get("GPUCONV_CUDA_CACHE")
-    return pathlib.Path(env) if env else pathlib.Path.home() / ".cache" / "gpuconv" / "cuda"
+    if env:
+        return pathlib.Path(env).expanduser()
+    try:
+        return pathlib.Path.home() / ".cache" / "gpuconv" / "cuda"
+    except RuntimeError:  # no home directory (an arbitrary container uid): _store warns if this fails too
+        return pathlib.Path(tempfile.gettempdir()) / f"gpuconv-cuda-{os.getuid() if hasattr(os, 'getuid') else 0}"
 
 
 _cache_warned = False
@@ -1066,7 +1078,7 @@ def precompile(device: int | None = None, *, arch: str | None = None, files=KERN
     which otherwise happens module by module at first use (some 10 s each for conv2d_tc's
     tensor-core builds). For a GPU or arch below sm_80 the :data:`TENSOR_CORE_FILES` are left
     out (nothing launches them there). Returns a record per build, ``{"file", "build", "arch",
-    "seconds", "cached"}``, in ``files``' order; raises the first compile error, after the other
+    "seconds", "cached", "stored"}`` (stored: in the disk cache now), in ``files``' order; raises the first compile error, after the other
     builds finish."""
     import concurrent.futures
     unknown = sorted(set(files) - set(KERNEL_FILES))
@@ -1087,9 +1099,9 @@ def precompile(device: int | None = None, *, arch: str | None = None, files=KERN
     def one(build):
         f, dt, tf = build
         start = time.perf_counter()
-        _, binary = _cached_binary(build_source(f, dt, tf), f, dt, archs[f], "", tf)
+        path, binary = _cached_binary(build_source(f, dt, tf), f, dt, archs[f], "", tf)
         return {"file": f, "build": _label(dt, tf), "arch": archs[f], "seconds": time.perf_counter() - start,
-                "cached": binary is None}
+                "cached": binary is None, "stored": path is not None}
 
     with concurrent.futures.ThreadPoolExecutor(jobs or os.cpu_count() or 1) as pool:
         futures = [pool.submit(one, b) for b in builds]

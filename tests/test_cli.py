@@ -361,6 +361,22 @@ def test_a_fresh_run_sets_the_previous_runs_files_aside_together(tmp_path, capsy
     assert model(tmp_path / "previous" / "best.npz") == "three_layer"
 
 
+def test_bad_environment_values_are_named_in_one_line(tmp_path):
+    """A bad GPUCONV_DEVICE names the variable (not only --device); a bad GPUCONV_KERNEL_VARIANTS
+    leaves `gpuconv info` working and fails a run with one line naming it, not an import traceback."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), GPUCONV_DEVICE="gpu")
+    out = subprocess.run([sys.executable, "-m", "gpuconv", "train"], env=env, capture_output=True, text=True)
+    assert out.returncode == 2 and "from $GPUCONV_DEVICE" in out.stderr
+    env = dict(os.environ, PYTHONPATH=str(REPO), GPUCONV_KERNEL_VARIANTS="bogus")
+    info = subprocess.run([sys.executable, "-m", "gpuconv", "info"], env=env, capture_output=True, text=True)
+    assert info.returncode == 0 and "gpuconv 0.1.0" in info.stdout
+    out = subprocess.run([sys.executable, "-m", "gpuconv", "train", "--device", "sim", "--model", "seed", "--epochs",
+                          "1", "--limit", "50", "--data", str(SUBSET), "--out", str(tmp_path), "--no-progress"],
+                         env=env, capture_output=True, text=True)
+    assert out.returncode == 1 and "GPUCONV_KERNEL_VARIANTS item 'bogus' must read" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
 def test_info_reports_versions_cuda_and_telemetry(capsys):
     rc, out, _ = run(["info"], capsys)
     assert rc == 0
@@ -378,12 +394,20 @@ def test_precompile_reports_each_build_and_needs_a_gpu_or_an_arch(capsys, monkey
     from gpuconv import backend, kernels
     asked = []
     monkeypatch.setattr(kernels, "precompile", lambda device, arch=None, jobs=None: asked.append((device, arch, jobs)) or [
-        {"file": "relu", "build": "float", "arch": "sm_80", "seconds": 0.25, "cached": False},
-        {"file": "relu", "build": "double", "arch": "sm_80", "seconds": 0.0, "cached": True}])
+        {"file": "relu", "build": "float", "arch": "sm_80", "seconds": 0.25, "cached": False, "stored": True},
+        {"file": "relu", "build": "double", "arch": "sm_80", "seconds": 0.0, "cached": True, "stored": True}])
     rc, out, _ = run(["precompile", "--arch", "sm_80", "--jobs", "3"], capsys)
     assert rc == 0 and asked == [(None, "sm_80", 3)]
     assert "relu         float       sm_80    compiled in 0.2 s" in out and "in the cache" in out
     assert "2 builds, 1 compiled" in out
+    monkeypatch.setattr(kernels, "precompile", lambda device, arch=None, jobs=None: [
+        {"file": "relu", "build": "float", "arch": "sm_80", "seconds": 0.25, "cached": False, "stored": False}])
+    rc, _, err = run(["precompile", "--arch", "sm_80"], capsys)  # compiled, but kept nowhere: not a success
+    assert rc == 1 and "could not be stored" in err and "GPUCONV_CUDA_CACHE" in err
+    for bad in ("90", "sm_xx", "sm90"):
+        with pytest.raises(SystemExit):
+            cli.main(["precompile", "--arch", bad])
+        assert "not an NVRTC target: write sm_NN" in capsys.readouterr().err
     if not backend.cuda_available():
         rc, _, err = run(["precompile"], capsys)
         assert rc == 1 and "name its target with --arch" in err and len(asked) == 1
@@ -398,7 +422,8 @@ def test_a_gpu_run_compiles_its_builds_first(capsys, monkeypatch):
 
     def fake(device, dtypes=None, tf32=True):
         asked.append((device, [np.dtype(d) for d in dtypes], tf32))
-        return [{"file": "relu", "build": "bfloat16", "arch": "sm_90", "seconds": 1.0, "cached": len(asked) > 1}]
+        return [{"file": "relu", "build": "bfloat16", "arch": "sm_90", "seconds": 1.0, "cached": len(asked) > 1,
+                 "stored": True}]
 
     monkeypatch.setattr(kernels, "precompile", fake)
     cli.precompile_for(1, "bf16")

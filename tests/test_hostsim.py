@@ -245,6 +245,40 @@ def test_build_cache_hit_without_recompile(tmp_path, monkeypatch):
     np.testing.assert_array_equal(y, 7.0)
 
 
+def test_build_cache_survives_what_shared_machines_do_to_it(tmp_path, monkeypatch):
+    """Libraries readable by everyone (a shared cache: not mkstemp's 0600); a truncated one (a
+    process killed while writing it elsewhere, a full disk) built again instead of failing every
+    later run; a cache directory that cannot be used replaced by a temporary one, with a warning
+    naming GPUCONV_SIM_CACHE; ``~`` in the variable expanded."""
+    from gpuconv.hostsim import _build
+    monkeypatch.setenv("GPUCONV_SIM_CACHE", str(tmp_path))
+    source = 'extern "C" __global__ void fill(float* y) { y[threadIdx.x] = 5.0f; }\n// shared cache test\n'
+    # built by another process (a library this one has loaded must not change under it)
+    subprocess.run([sys.executable, "-c", f"from gpuconv import hostsim; hostsim.compile({source!r}, name='sharedtest')"],
+                   check=True, env=dict(os.environ, PYTHONPATH=str(pathlib.Path(__file__).resolve().parents[1])))
+    (so,) = tmp_path.glob("sharedtest-*.so")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert so.stat().st_mode & 0o777 == 0o777 & ~umask
+    so.write_bytes(b"")  # truncated
+    hostsim._modules.clear()
+    mod = hostsim.compile(source, name="sharedtest")
+    y = np.zeros(2, np.float32)
+    mod.get_function("fill")(1, 2, (y,))
+    np.testing.assert_array_equal(y, 5.0)
+    assert so.stat().st_size > 0  # rebuilt in place
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    monkeypatch.setenv("GPUCONV_SIM_CACHE", str(blocked / "cache"))
+    monkeypatch.setattr(_build, "_fallback_warned", False)
+    with pytest.warns(RuntimeWarning, match="cannot be used.*Set GPUCONV_SIM_CACHE to a writable directory"):
+        where = _build.cache_dir()
+    assert where.is_dir() and os.access(where, os.W_OK) and "gpuconv-hostsim" in where.name
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("GPUCONV_SIM_CACHE", "~/simcache")
+    assert _build.cache_dir() == tmp_path / "home" / "simcache"
+
+
 def test_sanitized_build_refuses_plain_process():
     with pytest.raises(hostsim.SimulatorError, match="run_sanitized"):
         hostsim.compile('extern "C" __global__ void k(float* y) {}', sanitize=True)

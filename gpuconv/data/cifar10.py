@@ -77,7 +77,11 @@ class CIFAR10:
 
 
 def default_cache_dir() -> pathlib.Path:
-    return pathlib.Path.home() / ".cache" / "gpuconv"
+    try:
+        return pathlib.Path.home() / ".cache" / "gpuconv"
+    except RuntimeError as exc:  # no home directory (an arbitrary container uid)
+        raise DataNotFoundError(f"no home directory to look for CIFAR-10 in ({exc}): pass --data DIR or set "
+                                "GPUCONV_DATA to the data (or to where it should be downloaded)") from None
 
 
 def _search_places(root) -> list[tuple[str, pathlib.Path]]:

@@ -90,5 +90,12 @@ def compile(source: str, name: str = "module", sanitize: bool | None = None, opt
             kernels = _source.parse_kernels(source)
             text = _source.rewrite(source) + _source.glue(kernels)
             path, cached = _build.build(text, name, bool(sanitize), options)
-            mod = _modules[key] = SimModule(path, name, kernels, bool(sanitize), cached)
+            try:
+                mod = SimModule(path, name, kernels, bool(sanitize), cached)
+            except OSError:  # a cached library that does not load (truncated, unreadable): built again
+                if not cached:
+                    raise
+                path, cached = _build.build(text, name, bool(sanitize), options, rebuild=True)
+                mod = SimModule(path, name, kernels, bool(sanitize), cached)
+            _modules[key] = mod
     return mod

@@ -26,12 +26,39 @@ SANITIZE_FLAGS = ("-O1", "-g", "-shared", "-fPIC", "-std=c++17", "-fno-strict-al
 stats = {"compiles": 0, "disk_hits": 0}
 
 
+_fallback_warned = False
+
+
 def cache_dir() -> pathlib.Path:
-    """$GPUCONV_SIM_CACHE, else ~/.cache/gpuconv/hostsim."""
+    """$GPUCONV_SIM_CACHE, else ~/.cache/gpuconv/hostsim; where that cannot be written (a read-only
+    home, no home at all, a file in the way), a directory of this user's under the system's
+    temporary one, with a warning (once) that names the variable."""
+    global _fallback_warned
     env = os.environ.get("GPUCONV_SIM_CACHE")
-    path = pathlib.Path(env) if env else pathlib.Path.home() / ".cache" / "gpuconv" / "hostsim"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    try:
+        path = pathlib.Path(env).expanduser() if env else pathlib.Path.home() / ".cache" / "gpuconv" / "hostsim"
+        path.mkdir(parents=True, exist_ok=True)
+        if os.access(path, os.W_OK | os.X_OK):
+            return path
+        problem = f"{path} is not writable"
+    except (OSError, RuntimeError) as exc:  # RuntimeError: Path.home() without a home directory
+        problem = f"{env or '~/.cache/gpuconv/hostsim'}: {exc}"
+    fallback = pathlib.Path(tempfile.gettempdir()) / f"gpuconv-hostsim-{os.getuid() if hasattr(os, 'getuid') else 0}"
+    fallback.mkdir(mode=0o700, exist_ok=True)
+    if not _fallback_warned:
+        _fallback_warned = True
+        import warnings
+        warnings.warn(f"gpuconv: the simulator's build cache cannot be used ({problem}); building in {fallback} "
+                      "instead. Set GPUCONV_SIM_CACHE to a writable directory", RuntimeWarning, stacklevel=3)
+    return fallback
+
+
+def _library_mode() -> int:
+    """What a new executable file gets (0777 less the umask): mkstemp's 0600 plus the linker's x
+    bits would leave a shared cache's libraries unreadable to everyone else."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o777 & ~umask
 
 
 def compiler() -> str:
@@ -52,8 +79,10 @@ def flags(sanitize: bool, options=()) -> list[str]:
     return [*(SANITIZE_FLAGS if sanitize else BASE_FLAGS), *options, "-include", str(HEADER)]
 
 
-def build(text: str, name: str, sanitize: bool, options=()) -> tuple[pathlib.Path, bool]:
-    """Compiles `text` (a whole translation unit) to a shared object; returns (path, was_cached)."""
+def build(text: str, name: str, sanitize: bool, options=(), rebuild: bool = False) -> tuple[pathlib.Path, bool]:
+    """Compiles `text` (a whole translation unit) to a shared object; returns (path, was_cached).
+    ``rebuild``: the cached one would not load (truncated by a killed process, unreadable): build it
+    again, in place where the cache lets us replace it, else into a file of our own."""
     cxx = compiler()
     opts = [str(o) for o in options]
     key = hashlib.sha256("\0".join([
@@ -62,7 +91,7 @@ def build(text: str, name: str, sanitize: bool, options=()) -> tuple[pathlib.Pat
     stem = re.sub(r"[^\w.-]", "_", name)[:60] + ("-asan" if sanitize else "") + "-" + key
     root = cache_dir()
     so = root / f"{stem}.so"
-    if so.exists():
+    if so.exists() and not rebuild:
         stats["disk_hits"] += 1
         return so, True
     src = root / f"{stem}.cu"
@@ -75,7 +104,15 @@ def build(text: str, name: str, sanitize: bool, options=()) -> tuple[pathlib.Pat
         if res.returncode != 0:
             raise CompileError(f"g++ failed to compile {name!r} for the host simulator "
                                f"(source kept at {src}):\n{res.stderr.strip()}", res.stderr)
-        os.replace(tmp, so)  # atomic: a concurrent process sees no half-written library
+        os.chmod(tmp, _library_mode())
+        try:
+            os.replace(tmp, so)  # atomic: a concurrent process sees no half-written library
+        except PermissionError:  # another user's file in a sticky shared directory: keep ours aside
+            if not rebuild:
+                raise
+            own = root / f"{stem}-{os.getpid()}.so"
+            os.replace(tmp, own)
+            so = own
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
