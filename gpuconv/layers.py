@@ -222,6 +222,13 @@ class Layer:
         self.training = True
         self._cache = None
 
+    def __setattr__(self, name, value):
+        object.__setattr__(self, name, value)
+        # A subclass's sub-layers and parameters take their dotted names (``Parameter.name``, which
+        # errors and optimizers show) as they are set: ``layer2.0.conv1.weight``, not ``weight``.
+        if isinstance(value, (Layer, Parameter)) and type(self)._registers_attributes:
+            _name_parameters(self)
+
     # --- computation
     def forward(self, x):
         raise NotImplementedError(f"{type(self).__name__} does not define forward(x)")
@@ -245,7 +252,9 @@ class Layer:
             raise RuntimeError(
                 f"{type(self).__name__}.backward() was called without a cached forward pass: call forward(x) "
                 "in training mode (layer.train()) right before backward(dy); caches are not kept in eval "
-                "mode and are released by each backward")
+                "mode and are released by each backward. A layer used twice in one forward pass (one "
+                "self.relu applied after two convolutions) keeps only its last call's cache: give each "
+                "use a layer of its own")
         self._cache = None
         return cache
 

@@ -34,33 +34,42 @@ def _flops(layer, x, y) -> int:
 
 
 def summarize(model, input_shape) -> list[dict]:
-    """Rows ``{name, layer, shape, params, flops}`` in forward order, leaves and residual adds."""
+    """Rows ``{name, layer, shape, params, flops}`` in the order the forward pass calls them: every
+    leaf layer (one without sub-layers) and every residual addition, whatever container holds
+    them (Sequential, Residual, or a Layer subclass with its own forward). A layer called twice
+    gives two rows."""
     from . import layers as L
     params = model.parameters()
     xp = backend.get_array_module(params[0].data) if params else np
     rows = []
+    watched = []
 
-    def visit(layer, x, name):
-        if isinstance(layer, L.Sequential):
-            for child_name, child in layer.named_children():
-                x = visit(child, x, f"{name}.{child_name}" if name else child_name)
-            return x
-        if isinstance(layer, L.Residual):
-            inner = visit(layer.inner, x, f"{name}.inner" if name else "inner")
-            y = x + inner
-            rows.append({"name": name or "(residual)", "layer": "Residual (x + inner)", "shape": tuple(y.shape[1:]),
-                         "params": 0, "flops": int(np.prod(y.shape[1:]))})
+    def watch(name, layer):
+        forward = layer.forward
+
+        def recorded(x, *args, **kwargs):
+            y = forward(x, *args, **kwargs)
+            if isinstance(layer, L.Residual):
+                rows.append({"name": name or "(residual)", "layer": "Residual (x + inner)",
+                             "shape": tuple(y.shape[1:]), "params": 0, "flops": int(np.prod(y.shape[1:]))})
+            else:
+                rows.append({"name": name or "(model)", "layer": type(layer).__name__, "shape": tuple(y.shape[1:]),
+                             "params": layer.num_parameters(), "flops": _flops(layer, x, y)})
             return y
-        y = layer(x)
-        rows.append({"name": name or "(model)", "layer": type(layer).__name__, "shape": tuple(y.shape[1:]),
-                     "params": layer.num_parameters(), "flops": _flops(layer, x, y)})
-        return y
 
+        object.__setattr__(layer, "forward", recorded)  # this instance only, removed below
+        watched.append(layer)
+
+    for name, layer in model.named_modules():
+        if isinstance(layer, L.Residual) or not layer.named_children():
+            watch(name, layer)
     was_training = model.training
     model.eval()
     try:
-        visit(model, xp.zeros((1, *input_shape), dtype=np.float32), "")
+        model(xp.zeros((1, *input_shape), dtype=np.float32))
     finally:
+        for layer in watched:
+            del layer.__dict__["forward"]
         model.train(was_training)
     return rows
 

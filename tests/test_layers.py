@@ -594,6 +594,50 @@ def test_constructor_arguments_are_pytorchs_in_pytorchs_order():
     assert AvgPool2d(2, floor=True)(x).shape == (2, 1, 2, 2) and "floor=True" in repr(AvgPool2d(2, floor=True))
 
 
+def test_a_subclass_names_its_parameters_and_summarizes_its_own_forward():
+    """Parameters inside Layer subclasses get their full dotted names (what errors and optimizers
+    show); summary() follows the subclass's own forward, a layer used twice giving two rows; the
+    second backward through a reused layer says why it fails."""
+    from gpuconv import nn
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.relu, self.conv2 = nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 3, padding=1)
+
+        def forward(self, x):
+            return self.relu(self.conv2(self.relu(self.conv1(x))))
+
+        def backward(self, dy, need_dx=True):
+            return self.conv1.backward(self.relu.backward(self.conv2.backward(self.relu.backward(dy))))
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer1 = nn.Sequential(Block(), Block())
+            self.pool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(3, 10)
+
+        def forward(self, x):
+            return self.fc(self.pool(self.layer1(x)))
+
+    net = Net()
+    assert [p.name for p in net.parameters()] == [n for n, _ in net.named_parameters()]
+    assert net.layer1[1].conv2.weight.name == "layer1.1.conv2.weight"
+    text = net.summary((3, 8, 8))
+    lines = [line.split()[:2] for line in text.splitlines()[2:-3]]
+    assert lines == [["layer1.0.conv1", "Conv2d"], ["layer1.0.relu", "ReLU"], ["layer1.0.conv2", "Conv2d"],
+                     ["layer1.0.relu", "ReLU"], ["layer1.1.conv1", "Conv2d"], ["layer1.1.relu", "ReLU"],
+                     ["layer1.1.conv2", "Conv2d"], ["layer1.1.relu", "ReLU"], ["pool", "AdaptiveAvgPool2d"],
+                     ["fc", "Linear"]]
+    conv_flops = 2 * (8 * 8 * 8 * (2 * 3 * 9 + 1) + 3 * 8 * 8 * (2 * 8 * 9 + 1))
+    assert f"{net.num_parameters():,}" in text and f"{conv_flops + 2 * (8 + 3) * 64 + 192 + 70:,}" in text
+    assert "forward" not in vars(net.fc)  # the summary's watch is gone
+    block = Block()
+    block(np.ones((1, 3, 4, 4), np.float32))
+    with pytest.raises(RuntimeError, match="used twice in one forward pass"):
+        block.backward(np.ones((1, 3, 4, 4), np.float32))
+
+
 def test_pytorchs_module_conveniences():
     from gpuconv import nn
     class Net(nn.Module):  # the name PyTorch code subclasses
