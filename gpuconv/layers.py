@@ -34,12 +34,14 @@ from typing import NamedTuple
 import numpy as np
 
 from . import layout, ops
-from .backend import Device, copy_like, device_of, get_default_device, host_copy, is_cupy_array, to_device
+from .backend import (Device, copy_like, device_of, get_array_module, get_default_device, host_copy, is_cupy_array,
+                      to_device)
 from .ops.scale import check_factor
 
 __all__ = ["Parameter", "Layer", "Module", "Identity", "Conv2d", "MaxPool2d", "AvgPool2d", "LPPool2d",
            "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "ReLU", "GELU", "Flatten", "Linear", "BatchNorm2d", "Dropout",
-           "Scale", "Sequential", "Residual", "CrossEntropyLoss", "LoadResult", "StateDictKeyError"]
+           "Scale", "Sequential", "Residual", "CrossEntropyLoss", "LoadResult", "StateDictKeyError",
+           "clip_grad_norm_"]
 
 
 # ----------------------------------------------------------------------------- argument checks
@@ -328,10 +330,10 @@ class Layer:
         """[(dotted name, array)] of the non-trained state, e.g. ``('1.running_mean', a)``."""
         return [(_join(mname, b), getattr(m, b)) for mname, m in self.named_modules() for b in m._buffer_names]
 
-    def zero_grad(self):
-        """Forget accumulated gradients (``.grad = None``): the next backward sets them afresh."""
-        for p in self.parameters():
-            p.grad = None
+    def zero_grad(self, set_to_none=True):
+        """Forget accumulated gradients (``.grad = None``: the next backward sets them afresh), or
+        with ``set_to_none=False`` fill them with zeros, as PyTorch's."""
+        zero_grads(self.parameters(), set_to_none)
 
     # --- modes
     def train(self, mode=True):
@@ -1057,6 +1059,48 @@ class CrossEntropyLoss(Layer):
 
     def extra_repr(self):
         return f"label_smoothing={self.label_smoothing:g}" if self.label_smoothing else ""
+
+
+def zero_grads(params, set_to_none=True):
+    """``.grad = None`` for each parameter, or (``set_to_none=False``) its gradient zeroed in place."""
+    for p in params:
+        if set_to_none:
+            p.grad = None
+        elif p.grad is not None:
+            p.grad[...] = 0
+
+
+def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False):
+    """PyTorch's ``nn.utils.clip_grad_norm_``: scale the gradients of ``parameters`` (a
+    Parameter, or several) in place so that their joint ``norm_type``-norm (2, any p >= 1, or
+    ``inf``) is at most ``max_norm``; returns that norm before clipping as a 0-d array on the
+    gradients' device. Decided on the device: no readback, unless ``error_if_nonfinite`` asks
+    to raise on a NaN/Inf norm. Parameters without a gradient take no part. Under fp16 loss
+    scaling the gradients are still scaled: clip after the scaler has unscaled them."""
+    params = [parameters] if isinstance(parameters, Parameter) else list(parameters)
+    if isinstance(max_norm, bool) or not isinstance(max_norm, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(max_norm) or max_norm <= 0:
+        raise ValueError(f"clip_grad_norm_: max_norm must be a finite number > 0, got {max_norm!r}")
+    norm_type = float(norm_type)
+    if not (norm_type >= 1.0):
+        raise ValueError(f"clip_grad_norm_: norm_type must be >= 1 (2 for the Euclidean norm) or inf, got {norm_type!r}")
+    grads = [p.grad for p in params if isinstance(p, Parameter) and p.grad is not None]
+    if len(grads) != sum(1 for p in params if not isinstance(p, Parameter) or p.grad is not None):
+        raise TypeError("clip_grad_norm_: parameters must be gpuconv Parameters (model.parameters())")
+    if not grads:
+        return np.zeros((), np.float32)
+    xp = get_array_module(grads[0])
+    if math.isinf(norm_type):
+        total = xp.max(xp.stack([xp.max(xp.abs(g)) for g in grads]))
+    else:
+        total = sum(xp.sum(xp.abs(g) ** norm_type) for g in grads) ** (1.0 / norm_type)
+    if error_if_nonfinite and not math.isfinite(float(total)):
+        raise RuntimeError(f"clip_grad_norm_: the gradients' total {norm_type:g}-norm is {float(total)}: a "
+                           "NaN or Inf gradient (pass error_if_nonfinite=False to clip anyway)")
+    scale = xp.minimum(max_norm / (total + 1e-6), 1.0)
+    for g in grads:
+        g *= scale.astype(g.dtype)
+    return total
 
 
 def _trains(layer) -> bool:

@@ -33,13 +33,13 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 
 import numpy as np
 
 from . import kernels
 from .backend import copy_like, get_array_module, host_copy, kernel_target
-from .layers import Parameter
+from .layers import Parameter, zero_grads
 
 __all__ = ["Optimizer", "ParamGroup", "SGD", "Adam", "AdamW", "Muon", "Chain", "newton_schulz", "replays_schedule", "LRSchedule", "StepLR", "CosineLR", "OneCycleLR", "TriangularLR"]
 
@@ -53,7 +53,14 @@ def _nonneg(name, value):
 
 def _check_saved_by(obj, d, key):
     """A state dict loads only into the class that saved it (its name is stored under ``key``)."""
-    kind = str(_scalar(d.get(key, "")))
+    if not isinstance(d, Mapping) or key not in d:
+        torch_like = isinstance(d, Mapping) and {"state", "param_groups"} <= set(d)
+        raise ValueError(f"{type(obj).__name__}.load_state_dict: this is not a gpuconv {key}'s state dict (it has no "
+                         f"{key!r} entry)" + (": a PyTorch optimizer's (state, param_groups) holds its buffers by "
+                                                "parameter id, which gpuconv cannot map; load the model's weights "
+                                                "and start the optimizer afresh" if torch_like else
+                                                f": pass what {type(obj).__name__}.state_dict() returned"))
+    kind = str(_scalar(d[key]))
     if kind != type(obj).__name__:
         raise ValueError(f"{type(obj).__name__}.load_state_dict: the state dict was saved by {key} "
                          f"{kind!r}; build a {kind} to load it")
@@ -330,9 +337,9 @@ class Optimizer:
         for g, i in self._lr_first:
             self._lr_views[g].fill(self.hyper(i)["lr"])
 
-    def zero_grad(self):
-        for p in self.params:
-            p.grad = None
+    def zero_grad(self, set_to_none=True):
+        """As a model's :meth:`~gpuconv.layers.Layer.zero_grad`, over this optimizer's parameters."""
+        zero_grads(self.params, set_to_none)
 
     def step(self, closure=None, *, skip=None):
         """Update every parameter that has a gradient; returns ``closure()``'s value, or None.
@@ -773,9 +780,9 @@ class Chain(Optimizer):
         raise ValueError(f"Chain: none of its optimizers has a parameter group of exactly those {len(params)} "
                          "parameters; give them a group of their own")
 
-    def zero_grad(self):
+    def zero_grad(self, set_to_none=True):
         for o in self.optimizers:
-            o.zero_grad()
+            o.zero_grad(set_to_none)
 
     def _step(self, skip):
         for o in self.optimizers:

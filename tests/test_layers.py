@@ -638,6 +638,52 @@ def test_a_subclass_names_its_parameters_and_summarizes_its_own_forward():
         block.backward(np.ones((1, 3, 4, 4), np.float32))
 
 
+@pytest.mark.parametrize("norm_type", [2.0, 1.0, 3.0, float("inf")])
+def test_clip_grad_norm_scales_the_gradients_jointly(backend, norm_type):
+    from gpuconv import nn
+    net = nn.Sequential(nn.Linear(4, 3, seed=0), nn.ReLU(), nn.Linear(3, 2, seed=1)).to(backend.device)
+    x = backend.asarray(np.random.default_rng(2).standard_normal((5, 4)).astype(np.float32))
+    net(x)
+    net.backward(backend.asarray(np.ones((5, 2), np.float32)))
+    before = [backend.asnumpy(p.grad).astype(np.float64) for p in net.parameters()]
+    flat = np.concatenate([g.ravel() for g in before])
+    want = np.abs(flat).max() if np.isinf(norm_type) else (np.abs(flat) ** norm_type).sum() ** (1 / norm_type)
+    total = nn.clip_grad_norm_(net.parameters(), max_norm=want / 4, norm_type=norm_type)
+    assert total.shape == () and B.get_array_module(total) is backend.xp
+    np.testing.assert_allclose(float(total), want, rtol=1e-5)
+    for g, old in zip(net.parameters(), before):
+        np.testing.assert_allclose(backend.asnumpy(g.grad), old * (want / 4) / (want + 1e-6), rtol=1e-5)
+    nn.clip_grad_norm_(net.parameters(), max_norm=want)  # already below: unchanged
+    np.testing.assert_allclose(backend.asnumpy(net[0].weight.grad), before[0] / 4, rtol=1e-5)
+    net.zero_grad(set_to_none=False)
+    assert all(p.grad is not None and not backend.asnumpy(p.grad).any() for p in net.parameters())
+
+
+def test_clip_grad_norm_arguments_and_torch():
+    from gpuconv import nn
+    p = Parameter(np.ones(3, np.float32))
+    for bad in (0, -1.0, float("nan"), True):
+        with pytest.raises(ValueError, match="max_norm must be a finite number > 0"):
+            nn.clip_grad_norm_([p], bad)
+    with pytest.raises(ValueError, match="norm_type must be >= 1"):
+        nn.clip_grad_norm_([p], 1.0, norm_type=0.5)
+    assert float(nn.clip_grad_norm_(p, 1.0)) == 0.0  # no gradient: nothing to clip
+    p.grad = np.array([np.inf, 1, 1], np.float32)
+    with pytest.raises(RuntimeError, match="NaN or Inf gradient"):
+        nn.clip_grad_norm_(p, 1.0, error_if_nonfinite=True)
+    torch = pytest.importorskip("torch")
+    g = np.random.default_rng(3).standard_normal((2, 6)).astype(np.float32) * 3
+    ours = [Parameter(np.zeros(6, np.float32)) for _ in range(2)]
+    theirs = [torch.zeros(6, requires_grad=True) for _ in range(2)]
+    for o, t, row in zip(ours, theirs, g):
+        o.grad, t.grad = row.copy(), torch.from_numpy(row.copy())
+    for norm_type in (2.0, float("inf")):
+        np.testing.assert_allclose(float(nn.clip_grad_norm_(ours, 0.7, norm_type)),
+                                   float(torch.nn.utils.clip_grad_norm_(theirs, 0.7, norm_type)), rtol=1e-6)
+        for o, t in zip(ours, theirs):
+            np.testing.assert_allclose(o.grad, t.grad.numpy(), rtol=1e-6)
+
+
 def test_pytorchs_module_conveniences():
     from gpuconv import nn
     class Net(nn.Module):  # the name PyTorch code subclasses

@@ -351,6 +351,11 @@ def test_load_state_dict_errors():
     d = opt.state_dict()
     with pytest.raises(ValueError, match="saved by optimizer 'SGD'"):
         Adam([p]).load_state_dict(d)
+    torch_like = {"state": {}, "param_groups": [{"params": [0], "lr": 0.1}]}  # a PyTorch optimizer's
+    with pytest.raises(ValueError, match="not a gpuconv optimizer's state dict.*PyTorch optimizer's"):
+        SGD([p], lr=0.1).load_state_dict(torch_like)
+    with pytest.raises(ValueError, match="not a gpuconv schedule's state dict"):
+        StepLR(opt, 2).load_state_dict({})
     with pytest.raises(ValueError, match="holds 1 parameters"):
         SGD([p, q], lr=0.1, momentum=0.9).load_state_dict(d)
     with pytest.raises(ValueError, match="shape"):
