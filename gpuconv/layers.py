@@ -1151,7 +1151,9 @@ def _locate_error(exc, name, layer):
         hint = (f" (the layer's parameters are {dt}: pass x.astype(np.{dt}), or convert the model with "
                 "model.astype(x.dtype))" if dt == params[0].dtype else
                 f" (under mixed precision the layer computes in {dt}: pass the batch in {dt}, e.g. "
-                f"gpuconv.amp.cast_input(x, {dt}), as gpuconv.amp.training_step does)")
+                f"gpuconv.amp.cast_input(x, {dt}), as gpuconv.amp.training_step does; if the batch is {dt}, a "
+                "layer before this one computed in float32, such as a Layer subclass multiplying by a Parameter "
+                "of its own: name that parameter in the class's _low_precision_params so that amp casts it)")
     exc.args = (f"in layer {path!r} ({head}): {message}{hint}",)
 
 
