@@ -988,37 +988,52 @@ class Sequential(Layer):
 
 
 class Residual(Layer):
-    """``y = x + inner(x)``; backward ``dx = dy + inner.backward(dy)``. ``inner`` must keep the shape."""
+    """``y = x + inner(x)``; backward ``dx = dy + inner.backward(dy)``. ``inner`` must keep the shape.
+
+    ``shortcut`` (a layer, e.g. ``Sequential(Conv2d(64, 128, 1, 2, floor=True), BatchNorm2d(128))``,
+    a ResNet's projection) replaces the identity: ``y = shortcut(x) + inner(x)``, both of one shape,
+    and ``dx = shortcut.backward(dy) + inner.backward(dy)``."""
 
     _registers_attributes = False
 
-    def __init__(self, inner):
+    def __init__(self, inner, shortcut=None):
         super().__init__()
-        if not isinstance(inner, Layer):
-            raise TypeError(f"Residual(inner): inner must be a gpuconv Layer, got {type(inner).__name__}")
-        self.inner = inner
+        for what, layer in (("inner", inner), ("shortcut", shortcut)):
+            if not isinstance(layer, Layer) and (what == "inner" or layer is not None):
+                raise TypeError(f"Residual({what}): {what} must be a gpuconv Layer, got {type(layer).__name__}")
+        self.inner, self.shortcut = inner, shortcut
         _name_parameters(self)
 
     def named_children(self):
-        return [("inner", self.inner)]
+        return [("inner", self.inner)] + ([("shortcut", self.shortcut)] if self.shortcut is not None else [])
 
     def forward(self, x):
-        try:
-            y = self.inner(x)
-        except (ValueError, TypeError) as exc:
-            _locate_error(exc, "inner", self.inner)
-            raise
-        if y.shape != x.shape:
-            raise ValueError(
-                f"Residual: the inner block maps shape {tuple(x.shape)} to {tuple(y.shape)}, but y = x + inner(x) "
-                "needs equal shapes: keep the channel count and use stride 1 with padding (k - 1) // 2")
+        branches = []
+        for name, layer in self.named_children():
+            try:
+                branches.append(layer(x))
+            except (ValueError, TypeError) as exc:
+                _locate_error(exc, name, layer)
+                raise
+        y, skip = branches[0], (branches[1] if self.shortcut is not None else x)
+        if y.shape != skip.shape:
+            if self.shortcut is None:
+                raise ValueError(
+                    f"Residual: the inner block maps shape {tuple(x.shape)} to {tuple(y.shape)}, but y = x + inner(x) "
+                    "needs equal shapes: keep the channel count and use stride 1 with padding (k - 1) // 2, or "
+                    "give Residual a shortcut that maps x to the inner block's shape")
+            raise ValueError(f"Residual: inner(x) has shape {tuple(y.shape)} but shortcut(x) {tuple(skip.shape)}; "
+                             "y = shortcut(x) + inner(x) needs equal shapes (the same channels and strides)")
         self._keep(True)
-        return x + y  # a new array: inner's output may sit in a cache of its last layer
+        return skip + y  # a new array: inner's output may sit in a cache of its last layer
 
     def backward(self, dy, need_dx=True):
         self._take_cache()
         dx_inner = call_backward(self.inner, dy, need_dx)
-        return dy + dx_inner if need_dx else None
+        if self.shortcut is None:
+            return dy + dx_inner if need_dx else None
+        dx_skip = call_backward(self.shortcut, dy, need_dx)
+        return dx_skip + dx_inner if need_dx else None
 
 
 # ----------------------------------------------------------------------------- loss

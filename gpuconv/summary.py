@@ -50,7 +50,8 @@ def summarize(model, input_shape) -> list[dict]:
         def recorded(x, *args, **kwargs):
             y = forward(x, *args, **kwargs)
             if isinstance(layer, L.Residual):
-                rows.append({"name": name or "(residual)", "layer": "Residual (x + inner)",
+                added = "x + inner" if layer.shortcut is None else "shortcut + inner"
+                rows.append({"name": name or "(residual)", "layer": f"Residual ({added})",
                              "shape": tuple(y.shape[1:]), "params": 0, "flops": int(np.prod(y.shape[1:]))})
             else:
                 rows.append({"name": name or "(model)", "layer": type(layer).__name__, "shape": tuple(y.shape[1:]),

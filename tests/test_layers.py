@@ -269,6 +269,27 @@ def test_residual_gradients(backend):
     check_layer_gradients(block, rng.standard_normal((2, 2, 3, 3)), backend)
 
 
+def test_residual_with_a_projection_shortcut(backend):
+    """A ResNet block that downsamples: y = shortcut(x) + inner(x), the shortcut a stride-2 1x1
+    convolution; float64 gradients of x and of both branches' parameters; mismatched branches
+    refused with both shapes named."""
+    rng = np.random.default_rng(18)
+    block = Residual(Sequential(Conv2d(2, 3, 3, 2, 1, floor=True, seed=1), ReLU(), Conv2d(3, 3, 3, padding=1, seed=2)),
+                     shortcut=Conv2d(2, 3, 1, 2, floor=True, seed=3))
+    assert [n for n, _ in block.named_parameters()] == ["inner.0.weight", "inner.0.bias", "inner.2.weight",
+                                                        "inner.2.bias", "shortcut.weight", "shortcut.bias"]
+    dx = check_layer_gradients(block, rng.standard_normal((2, 2, 4, 4)), backend)
+    assert dx.shape == (2, 2, 4, 4)
+    bad = Residual(Conv2d(2, 3, 3, padding=1), shortcut=Conv2d(2, 3, 1, 2, floor=True)).to(backend.device)
+    with pytest.raises(ValueError, match=r"inner\(x\) has shape \(1, 3, 4, 4\) but shortcut\(x\) \(1, 3, 2, 2\)"):
+        bad(backend.asarray(np.zeros((1, 2, 4, 4), np.float32)))
+    with pytest.raises(TypeError, match="shortcut must be a gpuconv Layer"):
+        Residual(ReLU(), shortcut=lambda x: x)
+    with pytest.raises(ValueError, match="give Residual a shortcut"):
+        Residual(Conv2d(2, 3, 1)).to(backend.device)(backend.asarray(np.zeros((1, 2, 4, 4), np.float32)))
+    assert "Residual (shortcut + inner)" in block.astype(np.float32).summary((2, 4, 4))
+
+
 def test_gradients_accumulate_until_zero_grad(backend):
     rng = np.random.default_rng(9)
     layer = Linear(4, 3, seed=0)
