@@ -99,6 +99,51 @@ def test_conv2d_floor_matches_torch():
         np.testing.assert_allclose(ours.weight.grad, theirs.weight.grad.numpy(), rtol=1e-4, atol=1e-4)
 
 
+def test_a_resnet_from_the_layers_matches_torch():
+    """A CIFAR ResNet's shape (stem, a downsampling BasicBlock with a projection shortcut, global
+    average pooling, a linear head, cross-entropy) built from gpuconv.nn, with a torch twin of
+    the same state-dict keys: the loss, the logits' and the input's gradients and every weight
+    gradient agree."""
+    torch = pytest.importorskip("torch")
+    from gpuconv import nn
+    tnn = torch.nn
+
+    class TorchResidual(tnn.Module):
+        def __init__(self, inner, shortcut):
+            super().__init__()
+            self.inner, self.shortcut = inner, shortcut
+
+        def forward(self, x):
+            return self.inner(x) + self.shortcut(x)
+
+    def build(m, residual):
+        return m.Sequential(
+            m.Conv2d(3, 8, 3, 1, 1, bias=False, **({} if m is tnn else {"seed": 0})), m.BatchNorm2d(8), m.ReLU(),
+            residual(m.Sequential(m.Conv2d(8, 16, 3, 2, 1, bias=False, **({} if m is tnn else {"floor": True})),
+                                  m.BatchNorm2d(16), m.ReLU(), m.Conv2d(16, 16, 3, 1, 1, bias=False), m.BatchNorm2d(16)),
+                     m.Sequential(m.Conv2d(8, 16, 1, 2, bias=False, **({} if m is tnn else {"floor": True})),
+                                  m.BatchNorm2d(16))),
+            m.ReLU(), m.AdaptiveAvgPool2d(1), m.Flatten(), m.Linear(16, 10))
+
+    theirs = build(tnn, TorchResidual)
+    ours = build(nn, lambda inner, shortcut: nn.Residual(inner, shortcut=shortcut))
+    assert ours.load_state_dict(theirs.state_dict()) == ([], [])
+    rng = np.random.default_rng(19)
+    x = rng.standard_normal((4, 3, 12, 12)).astype(np.float32)  # 12 -> 6: no stride-2 size divides
+    labels = rng.integers(0, 10, 4)
+    xt = torch.tensor(x, requires_grad=True)
+    lt = tnn.CrossEntropyLoss(label_smoothing=0.1)(theirs(xt), torch.from_numpy(labels))
+    lt.backward()
+    crit = nn.CrossEntropyLoss(label_smoothing=0.1)
+    loss = crit(ours(x), labels)
+    dx = ours.backward(crit.backward())
+    np.testing.assert_allclose(float(loss), lt.item(), rtol=1e-5)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-4, atol=1e-6)
+    grads = dict(theirs.named_parameters())
+    for name, p in ours.named_parameters():
+        np.testing.assert_allclose(p.grad, grads[name].grad.numpy(), rtol=1e-4, atol=1e-5, err_msg=name)
+
+
 def test_linear_gradients_flatten_trailing_axes(backend):
     rng = np.random.default_rng(1)
     layer = Linear(2 * 3 * 2, 4, seed=2)
