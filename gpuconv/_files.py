@@ -7,6 +7,26 @@ import pathlib
 import tempfile
 
 
+def _umask() -> int:
+    """The process's umask: read from /proc on Linux (elsewhere reading it means setting it, which
+    briefly affects files that other threads create)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def new_file_mode(executable: bool = False) -> int:
+    """The mode ``open()`` (0666) or a linker (0777) gives a new file: less the umask."""
+    return (0o777 if executable else 0o666) & ~_umask()
+
+
 def chmod_like_a_new_file(fd, path: pathlib.Path) -> None:
     """Give the temporary file ``fd`` that will replace ``path`` the mode ``path`` has, else the one
     ``open()`` would give (0666 less the umask): mkstemp creates it 0600, and after the rename a
@@ -16,9 +36,7 @@ def chmod_like_a_new_file(fd, path: pathlib.Path) -> None:
     try:
         mode = path.stat().st_mode & 0o777
     except OSError:
-        umask = os.umask(0)
-        os.umask(umask)
-        mode = 0o666 & ~umask
+        mode = new_file_mode()
     os.fchmod(fd, mode)
 
 

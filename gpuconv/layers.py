@@ -437,6 +437,11 @@ class Layer:
             if name not in state:
                 continue
             value = state[name]
+            if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor, a Parameter's too
+                value = value.detach().cpu()
+                if str(value.dtype) == "torch.bfloat16":  # NumPy has no such dtype: widened, exactly
+                    value = value.float()
+                value = value.numpy()
             if not is_cupy_array(value):
                 value = np.asarray(value)
             if not np.issubdtype(value.dtype, np.number) or np.issubdtype(value.dtype, np.complexfloating):

@@ -542,8 +542,9 @@ class Trainer:
         self._stop_requested = signum
         what = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
         now = "the validation pass" if getattr(self, "_validating", False) else "the current step"
-        CONSOLE.write(f"\n{what}: finishing {now}, then saving a checkpoint "
-                         "(press Ctrl-C again to stop at once without saving)\n")
+        again = "press Ctrl-C again" if signum == signal.SIGINT else f"a second {what} or Ctrl-C"
+        CONSOLE.write(f"\n{what}: finishing {now}, then saving a checkpoint ({again} to stop at once without "
+                      "saving)\n")
 
     def _interrupt(self):
         saved = self.save_checkpoint() if self.out_dir is not None else None

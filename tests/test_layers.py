@@ -793,6 +793,11 @@ def test_a_pytorch_state_dict_loads_as_it_is():
     x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
     want = theirs.eval()(torch.from_numpy(x)).detach().numpy()
     np.testing.assert_allclose(ours.eval()(x), want, rtol=1e-5, atol=1e-6)
+    assert ours.load_state_dict(dict(theirs.named_parameters()), strict=False).missing_keys == [
+        "1.running_mean", "1.running_var"]  # parameters that require grad load too
+    half = {k: v.bfloat16() for k, v in theirs.state_dict().items()}  # no NumPy bfloat16: widened exactly
+    ours.load_state_dict(half)
+    np.testing.assert_array_equal(ours[0].weight.data, half["0.weight"].float().numpy())
     extra = dict(theirs.state_dict(), **{"5.num_batches_tracked": torch.tensor(3)})  # not a batch norm's
     with pytest.raises(StateDictKeyError, match="5.num_batches_tracked"):
         ours.load_state_dict(extra)

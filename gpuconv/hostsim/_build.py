@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import tempfile
 
-from .._files import write_atomic
+from .._files import new_file_mode, write_atomic
 from ._errors import CompileError
 
 HEADER = pathlib.Path(__file__).with_name("cuda_sim.h")
@@ -45,20 +45,14 @@ def cache_dir() -> pathlib.Path:
         problem = f"{env or '~/.cache/gpuconv/hostsim'}: {exc}"
     fallback = pathlib.Path(tempfile.gettempdir()) / f"gpuconv-hostsim-{os.getuid() if hasattr(os, 'getuid') else 0}"
     fallback.mkdir(mode=0o700, exist_ok=True)
+    if hasattr(os, "getuid") and fallback.stat().st_uid != os.getuid():  # not ours: never load libraries from it
+        fallback = pathlib.Path(tempfile.mkdtemp(prefix="gpuconv-hostsim-"))
     if not _fallback_warned:
         _fallback_warned = True
         import warnings
         warnings.warn(f"gpuconv: the simulator's build cache cannot be used ({problem}); building in {fallback} "
                       "instead. Set GPUCONV_SIM_CACHE to a writable directory", RuntimeWarning, stacklevel=3)
     return fallback
-
-
-def _library_mode() -> int:
-    """What a new executable file gets (0777 less the umask): mkstemp's 0600 plus the linker's x
-    bits would leave a shared cache's libraries unreadable to everyone else."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o777 & ~umask
 
 
 def compiler() -> str:
@@ -104,7 +98,7 @@ def build(text: str, name: str, sanitize: bool, options=(), rebuild: bool = Fals
         if res.returncode != 0:
             raise CompileError(f"g++ failed to compile {name!r} for the host simulator "
                                f"(source kept at {src}):\n{res.stderr.strip()}", res.stderr)
-        os.chmod(tmp, _library_mode())
+        os.chmod(tmp, new_file_mode(executable=True))  # not mkstemp's 0600: a shared cache's users load it
         try:
             os.replace(tmp, so)  # atomic: a concurrent process sees no half-written library
         except PermissionError:  # another user's file in a sticky shared directory: keep ours aside
