@@ -1,6 +1,7 @@
 """The console the command line and the trainer write their progress and messages to."""
 from __future__ import annotations
 
+import errno
 import os
 import sys
 
@@ -32,11 +33,15 @@ class _Console:
     broken = False
 
     def _guard(self, op):
-        if self.broken:
+        if self.broken or sys.stderr is None:  # None: started with stderr closed (2>&-), or pythonw
             return None
         try:
             return op()
-        except (OSError, ValueError):  # BrokenPipeError, EIO; ValueError: a closed stream
+        except BlockingIOError:  # a full non-blocking pipe: this line is dropped, the next may pass
+            return None
+        except (OSError, ValueError) as exc:  # ValueError: a closed stream
+            if isinstance(exc, OSError) and exc.errno not in (errno.EPIPE, errno.EIO, errno.EBADF):
+                raise
             self.broken = True
             silence(sys.stderr)
             return None
@@ -46,10 +51,10 @@ class _Console:
         return len(text)
 
     def flush(self):
-        self._guard(sys.stderr.flush)
+        self._guard(lambda: sys.stderr.flush())
 
     def isatty(self):
-        return not self.broken and _is_terminal(sys.stderr)
+        return not self.broken and sys.stderr is not None and _is_terminal(sys.stderr)
 
     def __getattr__(self, name):  # fileno, encoding, ... for tqdm
         return getattr(sys.stderr, name)

@@ -40,6 +40,30 @@ def chmod_like_a_new_file(fd, path: pathlib.Path) -> None:
     os.fchmod(fd, mode)
 
 
+_private_dirs: dict = {}
+
+
+def private_temp_dir(name: str) -> pathlib.Path:
+    """A directory of this user's alone under the system's temporary one, for caches that have
+    nowhere else to go: ``<tmp>/<name>-<uid>``, made 0700, kept across processes; where that path
+    is taken (another user's directory, which could plant binaries for us to load, or a file), a
+    fresh one for this process."""
+    if name in _private_dirs:
+        return _private_dirs[name]
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    path = pathlib.Path(tempfile.gettempdir()) / f"{name}-{uid}"
+    try:
+        path.mkdir(mode=0o700, exist_ok=True)
+        st = path.stat()
+        ours = path.is_dir() and (not hasattr(os, "getuid") or (st.st_uid == uid and not st.st_mode & 0o022))
+    except OSError:
+        ours = False
+    if not ours:
+        path = pathlib.Path(tempfile.mkdtemp(prefix=f"{name}-"))
+    _private_dirs[name] = path
+    return path
+
+
 def write_atomic(path: pathlib.Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same directory and ``os.replace``:
     a concurrent reader sees no file or the whole file, never part of one; the file gets the mode a
@@ -116,6 +140,7 @@ def directory_lock(directory: pathlib.Path, what: str = "gpuconv train"):
         os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
         yield path
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()  # while still locked: a waiter then finds a new file, never this one
+        with contextlib.suppress(OSError):  # ours only (someone may have removed it and another run made one)
+            if os.path.samestat(os.fstat(fd), os.stat(path)):
+                path.unlink()  # while still locked: a waiter then finds a new file, never this one
         os.close(fd)

@@ -87,7 +87,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import _env
-from ._files import write_atomic
+from ._files import private_temp_dir, write_atomic
 from . import backend  # attribute access at call time: tests fake CuPy by patching it
 from . import layout, precision
 
@@ -980,8 +980,8 @@ def cuda_cache_dir() -> pathlib.Path:
         return pathlib.Path(env).expanduser()
     try:
         return pathlib.Path.home() / ".cache" / "gpuconv" / "cuda"
-    except RuntimeError:  # no home directory (an arbitrary container uid): _store warns if this fails too
-        return pathlib.Path(tempfile.gettempdir()) / f"gpuconv-cuda-{os.getuid() if hasattr(os, 'getuid') else 0}"
+    except RuntimeError:  # no home directory (an arbitrary container uid)
+        return private_temp_dir("gpuconv-cuda")
 
 
 _cache_warned = False

@@ -36,6 +36,7 @@ import numpy as np
 from . import layout, ops
 from .backend import (Device, copy_like, device_of, get_array_module, get_default_device, host_copy, is_cupy_array,
                       to_device)
+from .ops._checks import check_floor
 from .ops.scale import check_factor
 
 __all__ = ["Parameter", "Layer", "Module", "Identity", "Conv2d", "MaxPool2d", "AvgPool2d", "LPPool2d",
@@ -228,8 +229,14 @@ class Layer:
         object.__setattr__(self, name, value)
         # A subclass's sub-layers and parameters take their dotted names (``Parameter.name``, which
         # errors and optimizers show) as they are set: ``layer2.0.conv1.weight``, not ``weight``.
-        if isinstance(value, (Layer, Parameter)) and type(self)._registers_attributes:
-            _name_parameters(self)
+        # Only the subtree set is renamed (under this attribute): the names grow as the model is
+        # put together, at a cost proportional to its size times its depth.
+        if type(self)._registers_attributes:
+            if isinstance(value, Parameter):
+                value.name = name
+            elif isinstance(value, Layer):
+                for sub, p in value.named_parameters():
+                    p.name = _join(name, sub)
 
     # --- computation
     def forward(self, x):
@@ -501,9 +508,7 @@ class Conv2d(Layer):
                  padding_mode="zeros", *, floor=False, seed=None):
         super().__init__()
         _only("Conv2d", dilation=(dilation, (1, 1)), groups=(groups, 1), padding_mode=(padding_mode, "zeros"))
-        if not isinstance(floor, (bool, np.bool_)):
-            raise TypeError(f"floor must be True or False, got {floor!r}")
-        self.floor = bool(floor)
+        self.floor = check_floor(floor)
         self.in_channels = _int("in_channels", in_channels, 1)
         self.out_channels = _int("out_channels", out_channels, 1)
         self.kernel_size = _pair("kernel_size", kernel_size, 1)
@@ -633,9 +638,7 @@ class _Pool2d(Layer):
 
     def __init__(self, kernel_size, stride=None, floor=False):
         super().__init__()
-        if not isinstance(floor, (bool, np.bool_)):
-            raise TypeError(f"floor must be True or False, got {floor!r}")
-        self.floor = bool(floor)
+        self.floor = check_floor(floor)
         _pair("kernel_size", kernel_size, 1)
         if stride is not None:
             _pair("stride", stride, 1)
@@ -864,7 +867,6 @@ class Scale(Layer):
 
     def __init__(self, factor):
         super().__init__()
-        from .ops.scale import check_factor
         self.factor = check_factor(factor, "Scale(factor=...)")
 
     def forward(self, x):
@@ -1110,16 +1112,20 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
     if not grads:
         return np.zeros((), np.float32)
     xp = get_array_module(grads[0])
+    # Summed in float32 at least: a float16 sum of squares overflows past a norm of 256 (every
+    # gradient would be scaled to 0), a bfloat16 one stalls (and would never clip).
+    acc = np.float64 if any(g.dtype == np.float64 for g in grads) else np.float32
     if math.isinf(norm_type):
-        total = xp.max(xp.stack([xp.max(xp.abs(g)) for g in grads]))
+        total = xp.max(xp.stack([xp.max(xp.abs(g)).astype(acc) for g in grads]))
     else:
-        total = sum(xp.sum(xp.abs(g) ** norm_type) for g in grads) ** (1.0 / norm_type)
+        total = sum(xp.sum(xp.abs(g.astype(acc)) ** norm_type) for g in grads) ** (1.0 / norm_type)
+    total = xp.asarray(total, dtype=acc)
     if error_if_nonfinite and not math.isfinite(float(total)):
         raise RuntimeError(f"clip_grad_norm_: the gradients' total {norm_type:g}-norm is {float(total)}: a "
                            "NaN or Inf gradient (pass error_if_nonfinite=False to clip anyway)")
     scale = xp.minimum(max_norm / (total + 1e-6), 1.0)
     for g in grads:
-        g *= scale.astype(g.dtype)
+        g[...] = (g.astype(acc) * scale).astype(g.dtype)
     return total
 
 

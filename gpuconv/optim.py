@@ -17,7 +17,9 @@ set) in proportion: it is the group's lr while ``optimizer.lr`` is the lr given 
 with ``'params'`` and every hyperparameter in effect (``group['lr']`` is the lr the next step
 takes). Writing one sets it for that group: ``for g in opt.param_groups: g['lr'] *= 0.1`` decays
 every group's lr, and a schedule then scales the new value (where a PyTorch scheduler would
-overwrite it at its next step). ``optimizer.lr = x`` sets the whole optimizer's lr, the groups'
+overwrite it at its next step). Refused, with the way out: an lr written while the optimizer's lr
+is 0 (nothing to scale it by), the lr of a group on a schedule of its own, and any other value
+of a step captured as a CUDA graph. ``optimizer.lr = x`` sets the whole optimizer's lr, the groups'
 following in proportion, and :meth:`Optimizer.hyper` gives a parameter's values in effect.
 
 ``state_dict()`` returns a flat dict of host NumPy arrays and Python scalars (it fits
@@ -239,12 +241,22 @@ class Optimizer:
 
     def _set_group_value(self, gi, key, value):
         """``param_groups[gi][key] = value`` (checked as the constructor checks it)."""
+        if self.lr_written_by_owner and key != "lr":
+            raise RuntimeError(f"{type(self).__name__}: parameter group {gi}'s {key} cannot change while a captured "
+                               "training step (a CUDA graph, gpuconv.graphs) replays it with the value it was "
+                               "captured with; set it before training, or train without --cuda-graph")
         if key == "lr":
             lr = _nonneg(f"parameter group {gi}'s lr", value)
-            if gi in self._own_lr or self.lr == 0 or self.initial_lr == 0:
-                self.set_group_lr(gi, lr)  # a group on a schedule of its own, or no factor to scale by
-            else:  # the group's own lr, such that it takes ``lr`` now and the schedule scales it from there
-                self._groups[gi]["lr"] = lr * self.initial_lr / self.lr
+            if gi in self._own_lr:
+                raise ValueError(f"{type(self).__name__}: parameter group {gi} follows a schedule of its own "
+                                 "(LRSchedule.own_schedule), which sets its lr at every step; change that "
+                                 "schedule's factor instead")
+            if self.lr == 0 or self.initial_lr == 0:
+                raise ValueError(f"{type(self).__name__}: the optimizer's lr is 0 now (a schedule's warm-up start or "
+                                 f"its end), and a group's lr follows it in proportion: group {gi}'s lr cannot be "
+                                 "set to another value; set optimizer.lr, or write the group's lr when the lr is "
+                                 "above 0")
+            self._groups[gi]["lr"] = lr * self.initial_lr / self.lr  # it takes ``lr`` now; a schedule scales it
             return
         group = self._groups[gi]
         if key == "betas" and "beta1" in self._hyper:
@@ -710,6 +722,15 @@ class Muon(Optimizer):
             raise ValueError(f"steps must be an integer >= 1 (Newton-Schulz iterations), got {steps!r}")
         self.steps, self.normalize = int(steps), bool(normalize)
         self._finish_groups()
+        for gi in range(len(self._groups)):
+            self._check_group(gi)
+
+    def _check_group(self, gi):
+        group = self._groups[gi]
+        if group.get("nesterov", self.nesterov) and group.get("momentum", self.momentum) == 0:
+            raise ValueError(f"Muon: parameter group {gi} has nesterov=True and momentum 0; give it momentum > 0")
+        if group.get("steps", self.steps) < 1:
+            raise ValueError(f"Muon: parameter group {gi}'s steps must be >= 1 (Newton-Schulz iterations)")
 
     def _update(self, p, state, h):
         xp = get_array_module(p.data)

@@ -58,8 +58,8 @@ def summarize(model, input_shape) -> list[dict]:
                              "params": layer.num_parameters(), "flops": _flops(layer, x, y)})
             return y
 
-        object.__setattr__(layer, "forward", recorded)  # this instance only, removed below
-        watched.append(layer)
+        watched.append((layer, layer.__dict__.get("forward")))  # a forward set on the instance itself, if any
+        object.__setattr__(layer, "forward", recorded)  # this instance only, undone below
 
     for name, layer in model.named_modules():
         if isinstance(layer, L.Residual) or not layer.named_children():
@@ -69,8 +69,11 @@ def summarize(model, input_shape) -> list[dict]:
     try:
         model(xp.zeros((1, *input_shape), dtype=np.float32))
     finally:
-        for layer in watched:
-            del layer.__dict__["forward"]
+        for layer, own in watched:
+            if own is None:
+                del layer.__dict__["forward"]
+            else:
+                object.__setattr__(layer, "forward", own)
         model.train(was_training)
     return rows
 

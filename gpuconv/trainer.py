@@ -22,7 +22,6 @@ import json
 import math
 import numbers
 import os
-import shutil
 import signal
 import sys
 import threading
@@ -490,16 +489,18 @@ class Trainer:
 
     def _set_aside_previous_run(self):
         """A fresh run into a directory that holds another run's files: they move together into
-        ``previous/`` (replacing what an older run left there), so that none of them is taken for
-        this run's (its best.npz, its curves) and none is lost (its checkpoint, had --resume been
-        forgotten)."""
+        ``previous-<time they were last written>/``, so that none of them is taken for this run's
+        (its best.npz, its curves) and none is lost (its checkpoint, had --resume been forgotten,
+        even twice)."""
         files = [p for p in (self.checkpoint_path, self.best_path, self.metrics_path, self.out_dir / "curves.png")
                  if p.exists()]
         if not files:
             return
-        aside = self.out_dir / "previous"
-        if aside.exists():
-            shutil.rmtree(aside) if aside.is_dir() else aside.unlink()
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(max(p.stat().st_mtime for p in files)))
+        aside, k = self.out_dir / f"previous-{stamp}", 1
+        while aside.exists():
+            k += 1
+            aside = self.out_dir / f"previous-{stamp}-{k}"
         aside.mkdir()
         for p in files:
             os.replace(p, aside / p.name)

@@ -320,6 +320,30 @@ def test_a_second_run_into_the_same_out_is_refused_while_the_first_runs(tmp_path
     assert not (tmp_path / _files.LOCK_NAME).exists()
 
 
+def test_a_finishing_run_removes_only_its_own_lock_file(tmp_path):
+    """Someone removed the lock file of a running run A and a run B made and locked a new one: A,
+    finishing, leaves B's file (and lock) alone, so a third run is still refused."""
+    from gpuconv import _files
+    a = _files.directory_lock(tmp_path)
+    a.__enter__()
+    (tmp_path / _files.LOCK_NAME).unlink()
+    with _files.directory_lock(tmp_path):  # B
+        a.__exit__(None, None, None)
+        assert (tmp_path / _files.LOCK_NAME).exists()
+        with pytest.raises(_files.DirectoryLocked, match="is writing to"):
+            with _files.directory_lock(tmp_path):
+                pass
+    assert not (tmp_path / _files.LOCK_NAME).exists()
+
+
+def test_the_console_takes_a_missing_stderr(monkeypatch):
+    """Started with stderr closed (2>&-) or under pythonw, sys.stderr is None: progress is dropped."""
+    from gpuconv._console import CONSOLE
+    monkeypatch.setattr(sys, "stderr", None)
+    print("a progress line", file=CONSOLE, flush=True)
+    assert not CONSOLE.isatty()
+
+
 def test_a_run_whose_log_reader_left_keeps_training_and_saving(tmp_path):
     """``gpuconv train ... 2>&1 | tee log`` after the ssh session dropped: stderr's pipe has no
     reader. The run goes on silently and writes its checkpoints (a BrokenPipeError used to end it
@@ -341,24 +365,25 @@ def test_a_run_whose_log_reader_left_keeps_training_and_saving(tmp_path):
 
 def test_a_fresh_run_sets_the_previous_runs_files_aside_together(tmp_path, capsys):
     """A new run (no --resume) into an --out that holds another run's files: all four move into
-    previous/ at its start, so neither its best.npz nor its curves pass for the new run's, and its
-    checkpoint survives a forgotten --resume; a third run replaces previous/."""
+    previous-<time>/ at its start, so neither its best.npz nor its curves pass for the new run's,
+    and its checkpoint survives a forgotten --resume; a third run keeps both older ones."""
     from gpuconv import checkpoint as ckpt
     base = ["train", "--epochs", "1", "--limit", "200", "--data", SUBSET, "--out", tmp_path, "--no-progress"]
     assert run(base + ["--model", "seed"], capsys)[0] == 0
     first = ckpt.load_checkpoint(tmp_path / "checkpoint.npz")
     rc, _, err = run(base + ["--model", "three_layer"], capsys)
-    assert rc == 0 and f"moved to {tmp_path / 'previous'}" in err and "pass --resume" in err
+    (prev,) = tmp_path.glob("previous-*")
+    assert rc == 0 and f"moved to {prev}" in err and "pass --resume" in err
     names = {"checkpoint.npz", "best.npz", "metrics.jsonl", "curves.png"}
-    assert {p.name for p in (tmp_path / "previous").iterdir()} == names
-    kept = ckpt.load_checkpoint(tmp_path / "previous" / "checkpoint.npz")
+    assert {p.name for p in prev.iterdir()} == names
+    kept = ckpt.load_checkpoint(prev / "checkpoint.npz")
     model = lambda path: ckpt.read_config(ckpt.load_checkpoint(path))["model"]  # noqa: E731
-    assert model(tmp_path / "previous" / "checkpoint.npz") == "seed" and kept.keys() == first.keys()
+    assert model(prev / "checkpoint.npz") == "seed" and kept.keys() == first.keys()
     assert model(tmp_path / "checkpoint.npz") == model(tmp_path / "best.npz") == "three_layer"
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == len(
-        (tmp_path / "previous" / "metrics.jsonl").read_text().splitlines())  # one run's lines each
+        (prev / "metrics.jsonl").read_text().splitlines())  # one run's lines each
     assert run(base + ["--model", "seed"], capsys)[0] == 0
-    assert model(tmp_path / "previous" / "best.npz") == "three_layer"
+    assert sorted(model(p / "best.npz") for p in tmp_path.glob("previous-*")) == ["seed", "three_layer"]
 
 
 def test_bad_environment_values_are_named_in_one_line(tmp_path):

@@ -122,6 +122,7 @@ def test_gradients_float64(backend, xs, ws, stride, padding):
 FLOOR_CASES = [  # sizes the windows do not tile: PyTorch's rule drops what no window reaches
     ((2, 3, 8, 8), (4, 3, 3), 2, 1),         # a ResNet's downsampling 3x3: 8x8 -> 4x4, a padding row unread
     ((2, 4, 8, 8), (3, 1, 1), 2, 0),         # its 1x1 shortcut: the last input row and column unread
+    ((1, 2, 8, 8), (3, 3, 3), 2, 0),         # a 3x3 without padding: the last input row and column unread
     ((1, 2, 9, 10), (3, 3, 2), (2, 3), (0, 1)),
 ]
 
@@ -149,6 +150,7 @@ def test_floor_takes_pytorchs_output_size(backend, xs, ws, stride, padding):
     rows = (y.shape[2] - 1) * sh + ws[1] - ph  # input rows (columns) some window reads
     cols = (y.shape[3] - 1) * sw + ws[2] - pw
     assert not backend.asnumpy(dx)[:, :, rows:].any() and not backend.asnumpy(dx)[:, :, :, cols:].any()
+    assert rows == xs[2] or backend.asnumpy(dx)[:, :, :rows].any()  # (the read ones do get a gradient)
     f = lambda a, b_=None: conv2d_forward(*a, stride, padding, floor=True)[0]  # noqa: E731
     assert relative_error(dx, numerical_gradient_array(lambda a: f((a, W, Bb)), X, dy)) < 1e-6
     assert relative_error(dw, numerical_gradient_array(lambda a: f((X, a, Bb)), W, dy)) < 1e-6

@@ -698,6 +698,11 @@ def test_a_subclass_names_its_parameters_and_summarizes_its_own_forward():
     conv_flops = 2 * (8 * 8 * 8 * (2 * 3 * 9 + 1) + 3 * 8 * 8 * (2 * 8 * 9 + 1))
     assert f"{net.num_parameters():,}" in text and f"{conv_flops + 2 * (8 + 3) * 64 + 192 + 70:,}" in text
     assert "forward" not in vars(net.fc)  # the summary's watch is gone
+    own = net.fc.forward  # a forward set on an instance (a user's own hook) is put back as it was
+    net.fc.forward = lambda x: own(x)
+    hook = net.fc.forward
+    net.summary((3, 8, 8))
+    assert vars(net.fc)["forward"] is hook
     block = Block()
     block(np.ones((1, 3, 4, 4), np.float32))
     with pytest.raises(RuntimeError, match="used twice in one forward pass"):
@@ -723,6 +728,23 @@ def test_clip_grad_norm_scales_the_gradients_jointly(backend, norm_type):
     np.testing.assert_allclose(backend.asnumpy(net[0].weight.grad), before[0] / 4, rtol=1e-5)
     net.zero_grad(set_to_none=False)
     assert all(p.grad is not None and not backend.asnumpy(p.grad).any() for p in net.parameters())
+
+
+@pytest.mark.parametrize("dtype", [np.float16, "bfloat16"])
+def test_clip_grad_norm_of_half_precision_gradients_sums_in_float32(dtype):
+    """A float16 sum of squares overflows past a norm of 256 (every gradient would become 0), a
+    bfloat16 one stalls (and would never clip): the norm is summed in float32."""
+    import ml_dtypes
+    from gpuconv import nn
+    dt = np.dtype(ml_dtypes.bfloat16) if dtype == "bfloat16" else np.dtype(dtype)
+    p = Parameter(np.zeros(100_000, dt))
+    p.grad = np.full(100_000, 10.0 if dt == np.float16 else 0.01, dt)
+    want = np.sqrt(100_000) * (10.0 if dt == np.float16 else float(dt.type(0.01)))
+    total = nn.clip_grad_norm_(p, max_norm=1.0)
+    assert total.dtype == np.float32 and total.shape == ()
+    np.testing.assert_allclose(float(total), want, rtol=1e-3)
+    assert p.grad.dtype == dt
+    np.testing.assert_allclose(np.sqrt((p.grad.astype(np.float64) ** 2).sum()), 1.0, rtol=1e-2)
 
 
 def test_clip_grad_norm_arguments_and_torch():

@@ -165,6 +165,33 @@ def test_param_group_writes_are_checked(backend):
     assert [len(g["params"]) for g in chain.param_groups] == [1, 1]
     chain.param_groups[1]["lr"] = 0.02
     assert chain.optimizers[1].hyper(0)["lr"] == pytest.approx(0.02)
+    with pytest.raises(ValueError, match="nesterov=True and momentum 0"):
+        Muon([{"params": [_p(backend, [[1.0]])], "momentum": 0}])
+    with pytest.raises(ValueError, match="steps must be"):
+        muon.param_groups[0]["steps"] = 0
+
+
+def test_param_group_lr_writes_that_no_schedule_could_keep_are_refused(backend):
+    """Where the optimizer's lr is 0 (a warm-up's start, a decay's end) a group's lr, which follows
+    it in proportion, cannot be given another value; a group on a schedule of its own has its lr
+    set by that schedule; a step captured as a CUDA graph keeps the other values it was captured
+    with. Each is refused with the way out, and changes nothing."""
+    a, b = _p(backend, [1.0]), _p(backend, [1.0])
+    opt = SGD([{"params": [a]}, {"params": [b]}], lr=0.1, momentum=0.9)
+    opt.lr = 0.0
+    with pytest.raises(ValueError, match="the optimizer's lr is 0 now"):
+        opt.param_groups[0]["lr"] = 0.05
+    opt.lr = 0.1
+    assert [g["lr"] for g in opt.param_groups] == [0.1, 0.1]
+    sched = TriangularLR(opt, total_steps=10)
+    sched.own_schedule([b], lambda step: 1.0 - step / 10)
+    with pytest.raises(ValueError, match="follows a schedule of its own"):
+        opt.param_groups[1]["lr"] = 0.5
+    opt.lr_written_by_owner = True  # what a captured step (gpuconv.graphs.StepGraph) sets
+    with pytest.raises(RuntimeError, match="captured training step"):
+        opt.param_groups[0]["momentum"] = 0.5
+    assert opt.hyper(0)["momentum"] == 0.9
+    opt.param_groups[0]["lr"] = 0.01  # the lr lives on the device: the graph reads it at each replay
 
 
 def test_a_group_on_a_schedule_of_its_own(backend):

@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import tempfile
 
-from .._files import new_file_mode, write_atomic
+from .._files import new_file_mode, private_temp_dir, write_atomic
 from ._errors import CompileError
 
 HEADER = pathlib.Path(__file__).with_name("cuda_sim.h")
@@ -43,10 +43,7 @@ def cache_dir() -> pathlib.Path:
         problem = f"{path} is not writable"
     except (OSError, RuntimeError) as exc:  # RuntimeError: Path.home() without a home directory
         problem = f"{env or '~/.cache/gpuconv/hostsim'}: {exc}"
-    fallback = pathlib.Path(tempfile.gettempdir()) / f"gpuconv-hostsim-{os.getuid() if hasattr(os, 'getuid') else 0}"
-    fallback.mkdir(mode=0o700, exist_ok=True)
-    if hasattr(os, "getuid") and fallback.stat().st_uid != os.getuid():  # not ours: never load libraries from it
-        fallback = pathlib.Path(tempfile.mkdtemp(prefix="gpuconv-hostsim-"))
+    fallback = private_temp_dir("gpuconv-hostsim")
     if not _fallback_warned:
         _fallback_warned = True
         import warnings

@@ -94,10 +94,11 @@ def pair(name, v, minimum=0):
     return hw
 
 
-def conv_output_size(in_size, filt, stride, pad, axis_name="width", padded=True, floor=False):
+def conv_output_size(in_size, filt, stride, pad, axis_name="width", padded=True, floor=None):
     """``(W - F + 2P)/S + 1``, which must be a whole number >= 1 (CS231n's rule: no silent cropping),
     or with ``floor`` PyTorch's ``floor((W - F + 2P)/S) + 1`` (the rows or columns past the last
-    window take no part). The message names the axis's own letter (H for the height);
+    window take no part; None: an op that has no such option, whose message does not offer it).
+    The message names the axis's own letter (H for the height);
     ``padded=False`` (pooling, which takes no padding) drops P from the rule and from the fix.
     Memoized per value and type (every launch asks, about a network's few sizes; errors are not
     kept), so an answer has the type it would have had computed."""
@@ -108,7 +109,7 @@ def conv_output_size(in_size, filt, stride, pad, axis_name="width", padded=True,
 
 
 @functools.lru_cache(maxsize=4096, typed=True)
-def _conv_output_size(in_size, filt, stride, pad, axis_name, padded, floor=False):
+def _conv_output_size(in_size, filt, stride, pad, axis_name, padded, floor=None):
     A = "H" if axis_name == "height" else "W"
     span = in_size - filt + 2 * pad
     rule, values = ((f"({A} - F + 2P)/S + 1", f"({in_size} - {filt} + 2*{pad})/{stride} + 1") if padded
@@ -124,7 +125,7 @@ def _conv_output_size(in_size, filt, stride, pad, axis_name, padded, floor=False
                f"choose a stride that divides {A} - F = {span} (pooling takes no padding; crop or pad the input "
                "to another size instead)")
         left, unit = span % stride, "row" if A == "H" else "column"
-        fix += (f", or pass floor=True for PyTorch's rule, floor({rule[:-4]}) + 1 = {span // stride + 1} (the last "
+        fix += "" if floor is None else (f", or pass floor=True for PyTorch's rule, floor({rule[:-4]}) + 1 = {span // stride + 1} (the last "
                 f"{left} {unit}{'s' if left > 1 else ''} of the {'padded ' if padded else ''}input, which no window "
                 "reaches, take no part)")
         quotient = f"{span / stride + 1:g}"
@@ -135,13 +136,20 @@ def _conv_output_size(in_size, filt, stride, pad, axis_name, padded, floor=False
     return span // stride + 1
 
 
-def output_hw(x_shape, filt_hw, stride, padding=None, floor=False):
+def output_hw(x_shape, filt_hw, stride, padding=None, floor=None):
     """(OH, OW) for an NCHW input, checked along both axes; ``padding`` None: an op without padding;
-    ``floor``: PyTorch's rule (see :func:`conv_output_size`)."""
+    ``floor``: PyTorch's rule (see :func:`conv_output_size`; None: the op has no floor option)."""
     padded = padding is not None
     ph, pw = padding if padded else (0, 0)
     return (conv_output_size(x_shape[2], filt_hw[0], stride[0], ph, "height", padded, floor),
             conv_output_size(x_shape[3], filt_hw[1], stride[1], pw, "width", padded, floor))
+
+
+def check_floor(floor) -> bool:
+    """``floor`` as a bool: True or False only (``floor="no"`` would be true)."""
+    if not isinstance(floor, (bool, np.bool_)):
+        raise TypeError(f"floor must be True or False, got {floor!r}")
+    return bool(floor)
 
 
 def check_cache(cache, cls, forward):

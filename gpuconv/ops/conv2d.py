@@ -32,7 +32,8 @@ from .. import backend
 from ..backend import get_array_module
 from ..precision import multiplicands, round_once, upcast, use_tf32
 from . import _dispatch
-from ._checks import check_bias, check_cache, check_float, check_rank, check_same_dtype, output_hw, pair
+from ._checks import (check_bias, check_cache, check_float, check_floor, check_rank, check_same_dtype, output_hw,
+                      pair)
 
 Conv2dCache = namedtuple("Conv2dCache", "x w has_bias stride padding floor", defaults=(False,))
 
@@ -88,8 +89,7 @@ def conv2d_backward(dy, cache, need_dx=True, precision=None, need_dw=True, dw_dt
 
 
 def _check_conv_args(x, w, b, stride, padding, floor=False):
-    if not isinstance(floor, (bool, np.bool_)):  # floor="no" would be true
-        raise TypeError(f"floor must be True or False, got {floor!r}")
+    floor = check_floor(floor)
     check_float("x", x)
     check_float("w", w)
     check_rank("x", x, 4, "N, C, H, W")
@@ -105,8 +105,8 @@ def _check_conv_args(x, w, b, stride, padding, floor=False):
                          f"FW={w.shape[3]}; a filter is at least 1x1")
     stride = pair("stride", stride, minimum=1)
     padding = pair("padding", padding, minimum=0)
-    output_hw(x.shape, w.shape[2:], stride, padding, bool(floor))
-    return stride, padding, bool(floor)
+    output_hw(x.shape, w.shape[2:], stride, padding, floor)
+    return stride, padding, floor
 
 
 def _padded(xp, x, padding):

@@ -30,7 +30,7 @@ from .. import backend, layout
 from ..backend import get_array_module
 from ..precision import round_once, upcast
 from . import _dispatch
-from ._checks import check_cache, check_float, check_rank, output_hw, pair
+from ._checks import check_cache, check_float, check_floor, check_rank, output_hw, pair
 
 MaxPool2dCache = namedtuple("MaxPool2dCache", "x_shape kernel_size stride argmax channels_last", defaults=(False,))
 AvgPool2dCache = namedtuple("AvgPool2dCache", "x_shape kernel_size stride channels_last", defaults=(False,))
@@ -78,13 +78,10 @@ def avg_pool2d_backward(dy, cache):
 
 def pooled_hw(x_shape, kernel_size, stride, floor=False):
     """(OH, OW) of a pooling of an NCHW input. ``floor=False``: ``(H - F)/S + 1`` must be a whole
-    number (no silent cropping: the error says which size does not fit); ``floor=True``:
-    PyTorch's default rule, ``floor((H - F)/S) + 1`` windows, the rows and columns past the last
-    window taking no part (their gradient is 0). The window must fit the input either way."""
-    if floor:
-        (h, w), (kh, kw), (sh, sw) = x_shape[2:], kernel_size, stride
-        x_shape = tuple(x_shape[:2]) + (h - max(h - kh, 0) % sh, w - max(w - kw, 0) % sw)
-    return output_hw(x_shape, kernel_size, stride)
+    number (no silent cropping: the error says which size does not fit, and offers floor=True);
+    ``floor=True``: PyTorch's default rule, ``floor((H - F)/S) + 1`` windows, the rows and columns
+    past the last window taking no part (their gradient is 0). The window must fit the input either way."""
+    return output_hw(x_shape, kernel_size, stride, floor=bool(floor))
 
 
 def _used(x, kernel_size, stride):
@@ -95,8 +92,7 @@ def _used(x, kernel_size, stride):
 
 
 def _check_pool_args(x, kernel_size, stride, floor=False):
-    if not isinstance(floor, (bool, np.bool_)):  # floor="no" would be true
-        raise TypeError(f"floor must be True or False, got {floor!r}")
+    check_floor(floor)
     check_float("x", x)
     check_rank("x", x, 4, "N, C, H, W")
     kernel_size = pair("kernel_size", kernel_size, minimum=1)
