@@ -716,7 +716,10 @@ class AvgPool2d(_Pool2d):
 
 class _AdaptivePool2d(Layer):
     """What adaptive average and max pooling share: ``output_size`` (an int, or an (h, w) pair
-    whose None entries keep the input's size) and the equal windows that give it."""
+    whose None entries keep the input's size), the equal windows that give it, and the pooling op
+    over them (``_pool``: the ops' name)."""
+
+    _pool: str = ""
 
     _registers_attributes = False
 
@@ -745,6 +748,15 @@ class _AdaptivePool2d(Layer):
             window.append(size // out)
         return tuple(window)
 
+    def forward(self, x):
+        window = self._windows(x)
+        y, cache = getattr(ops, f"{self._pool}_forward")(x, kernel_size=window, stride=window)
+        self._keep(cache)
+        return y
+
+    def backward(self, dy, need_dx=True):
+        return getattr(ops, f"{self._pool}_backward")(dy, self._take_cache())
+
     def extra_repr(self):
         size = self.output_size
         return f"output_size={size[0] if size[0] == size[1] else size}"
@@ -755,32 +767,18 @@ class AdaptiveAvgPool2d(_AdaptivePool2d):
     (``AdaptiveAvgPool2d(1)``: global average pooling, a ResNet's last pool): average pooling with
     a window and stride of ``H // OH`` by ``W // OW``. Other sizes are refused by name."""
 
-    def forward(self, x):
-        window = self._windows(x)
-        y, cache = ops.avg_pool2d_forward(x, kernel_size=window, stride=window)
-        self._keep(cache)
-        return y
-
-    def backward(self, dy, need_dx=True):
-        return ops.avg_pool2d_backward(dy, self._take_cache())
+    _pool = "avg_pool2d"
 
 
 class AdaptiveMaxPool2d(_AdaptivePool2d):
     """PyTorch's ``nn.AdaptiveMaxPool2d(output_size)`` for output sizes that divide the input,
     as :class:`AdaptiveAvgPool2d` (``return_indices=False`` only)."""
 
+    _pool = "max_pool2d"
+
     def __init__(self, output_size, return_indices=False):
         _only("AdaptiveMaxPool2d", return_indices=(return_indices, False))
         super().__init__(output_size)
-
-    def forward(self, x):
-        window = self._windows(x)
-        y, cache = ops.max_pool2d_forward(x, kernel_size=window, stride=window)
-        self._keep(cache)
-        return y
-
-    def backward(self, dy, need_dx=True):
-        return ops.max_pool2d_backward(dy, self._take_cache())
 
 
 class ReLU(Layer):

@@ -197,6 +197,8 @@ class Optimizer:
                                  "main group's lr)")
             self._groups.append(overrides)
             self._group_of += [gi] * count
+        for gi in range(len(self._groups)):
+            self._check_group(gi)
 
     def hyper(self, index):
         """The hyperparameters of parameter ``index``: its group's overrides over the optimizer's
@@ -277,6 +279,12 @@ class Optimizer:
 
     def _check_group(self, gi):
         """A subclass's check of group ``gi``'s values taken together (ValueError)."""
+
+    def _check_nesterov(self, gi):
+        group = self._groups[gi]
+        if group.get("nesterov", self.nesterov) and group.get("momentum", self.momentum) == 0:
+            raise ValueError(f"{type(self).__name__}: parameter group {gi} has nesterov=True and momentum 0; give it "
+                             "momentum > 0")
 
     def find_group(self, params):
         """(optimizer, group index) of the parameter group made of exactly ``params`` (a Chain
@@ -488,13 +496,9 @@ class SGD(Optimizer):
             raise ValueError("SGD(nesterov=True) needs momentum > 0 (Nesterov is a momentum method); "
                              "pass momentum=0.9, say")
         self._finish_groups()
-        for gi in range(len(self._groups)):
-            self._check_group(gi)
 
     def _check_group(self, gi):
-        group = self._groups[gi]
-        if group.get("nesterov", self.nesterov) and group.get("momentum", self.momentum) == 0:
-            raise ValueError(f"SGD: parameter group {gi} has nesterov=True and momentum 0; give it momentum > 0")
+        self._check_nesterov(gi)
 
     def _step(self, skip):
         if skip is not None or self._lrs is None:
@@ -605,8 +609,6 @@ class Adam(Optimizer):
         self.eps = _nonneg("eps", eps)
         self.weight_decay = _nonneg("weight_decay", weight_decay)
         self._finish_groups()
-        for gi in range(len(self._groups)):
-            self._check_group(gi)
 
     def _check_group(self, gi):
         group = self._groups[gi]
@@ -722,14 +724,10 @@ class Muon(Optimizer):
             raise ValueError(f"steps must be an integer >= 1 (Newton-Schulz iterations), got {steps!r}")
         self.steps, self.normalize = int(steps), bool(normalize)
         self._finish_groups()
-        for gi in range(len(self._groups)):
-            self._check_group(gi)
 
     def _check_group(self, gi):
-        group = self._groups[gi]
-        if group.get("nesterov", self.nesterov) and group.get("momentum", self.momentum) == 0:
-            raise ValueError(f"Muon: parameter group {gi} has nesterov=True and momentum 0; give it momentum > 0")
-        if group.get("steps", self.steps) < 1:
+        self._check_nesterov(gi)
+        if self._groups[gi].get("steps", self.steps) < 1:
             raise ValueError(f"Muon: parameter group {gi}'s steps must be >= 1 (Newton-Schulz iterations)")
 
     def _update(self, p, state, h):
