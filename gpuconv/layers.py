@@ -41,7 +41,7 @@ from .ops.scale import check_factor
 
 __all__ = ["Parameter", "Layer", "Module", "Identity", "Conv2d", "MaxPool2d", "AvgPool2d", "LPPool2d",
            "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "ReLU", "GELU", "Flatten", "Linear", "BatchNorm2d", "Dropout",
-           "Scale", "Sequential", "Residual", "CrossEntropyLoss", "LoadResult", "StateDictKeyError",
+           "Scale", "Sequential", "ModuleList", "Residual", "CrossEntropyLoss", "LoadResult", "StateDictKeyError",
            "clip_grad_norm_"]
 
 
@@ -990,6 +990,57 @@ class Sequential(Layer):
         for i in range(len(layers) - 1, first - 1, -1):
             dy = call_backward(layers[i], dy, need_dx or i > first)
         return dy if first == 0 else None
+
+
+class ModuleList(Layer):
+    """PyTorch's ``nn.ModuleList``: layers held in a list, registered (``parameters()``,
+    ``state_dict()`` keys ``'0.weight'``..., ``train()``, ``to()``) but not called in any order of
+    its own: the layer that holds it writes the forward and the backward. Indexable, iterable,
+    ``append`` and ``extend``."""
+
+    _registers_attributes = False
+
+    def __init__(self, layers=()):
+        super().__init__()
+        self._list = []
+        self.extend(layers)
+
+    def append(self, layer):
+        if not isinstance(layer, Layer):
+            raise TypeError(f"ModuleList: a {type(layer).__name__} is not a gpuconv Layer")
+        self._list.append(layer)
+        for sub, p in layer.named_parameters():
+            p.name = _join(str(len(self._list) - 1), sub)
+        return self
+
+    def extend(self, layers):
+        for layer in layers:
+            self.append(layer)
+        return self
+
+    def named_children(self):
+        return [(str(i), layer) for i, layer in enumerate(self._list)]
+
+    def __len__(self):
+        return len(self._list)
+
+    def __iter__(self):
+        return iter(self._list)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            sub = ModuleList()  # a view of the same layers: their names stay the holder's
+            sub._list = self._list[index]
+            return sub
+        return self._list[index]
+
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError("ModuleList has no forward of its own: call its layers from the forward of the "
+                                  "layer that holds it (or use Sequential, which calls them in order)")
+
+    def backward(self, dy, need_dx=True):
+        raise NotImplementedError("ModuleList has no backward of its own: the layer that holds it calls its "
+                                  "layers' backward in reverse order")
 
 
 class Residual(Layer):

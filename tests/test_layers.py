@@ -774,6 +774,41 @@ def test_clip_grad_norm_arguments_and_torch():
             np.testing.assert_allclose(o.grad, t.grad.numpy(), rtol=1e-6)
 
 
+def test_module_list_registers_layers_its_holder_calls(backend):
+    """nn.ModuleList: its layers' parameters, state-dict keys and modes belong to the holder, whose
+    own forward and backward call them (float64 gradients through them); called itself, it says
+    what to do instead."""
+    from gpuconv import nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.ModuleList([nn.Linear(4, 4, seed=i) for i in range(2)])
+            self.blocks.append(nn.ReLU()).extend([nn.Linear(4, 3, seed=5)])
+
+        def forward(self, x):
+            for block in self.blocks:
+                x = block(x)
+            return x
+
+        def backward(self, dy, need_dx=True):
+            for block in reversed(list(self.blocks)):
+                dy = block.backward(dy)
+            return dy
+
+    net = Net()
+    assert len(net.blocks) == 4 and isinstance(net.blocks[1:], nn.ModuleList) and net.blocks[-1].out_features == 3
+    assert list(net.state_dict()) == ["blocks.0.weight", "blocks.0.bias", "blocks.1.weight", "blocks.1.bias",
+                                      "blocks.3.weight", "blocks.3.bias"]
+    assert net.blocks[1].weight.name == "blocks.1.weight" and not net.eval().blocks[2].training
+    net.train()
+    check_layer_gradients(net, np.random.default_rng(20).standard_normal((3, 4)), backend)
+    with pytest.raises(NotImplementedError, match="call its layers from the forward"):
+        net.blocks(np.zeros((1, 4)))
+    with pytest.raises(TypeError, match="not a gpuconv Layer"):
+        nn.ModuleList([lambda x: x])
+
+
 def test_pytorchs_module_conveniences():
     from gpuconv import nn
     class Net(nn.Module):  # the name PyTorch code subclasses
