@@ -225,18 +225,14 @@ class Layer:
         self.training = True
         self._cache = None
 
-    def __setattr__(self, name, value):
-        object.__setattr__(self, name, value)
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
         # A subclass's sub-layers and parameters take their dotted names (``Parameter.name``, which
         # errors and optimizers show) as they are set: ``layer2.0.conv1.weight``, not ``weight``.
-        # Only the subtree set is renamed (under this attribute): the names grow as the model is
-        # put together, at a cost proportional to its size times its depth.
-        if type(self)._registers_attributes:
-            if isinstance(value, Parameter):
-                value.name = name
-            elif isinstance(value, Layer):
-                for sub, p in value.named_parameters():
-                    p.name = _join(name, sub)
+        # Only on classes that register their attributes: a built-in layer sets its cache at every
+        # forward, which must stay a plain attribute store.
+        if cls._registers_attributes and "__setattr__" not in vars(cls):
+            cls.__setattr__ = _naming_setattr
 
     # --- computation
     def forward(self, x):
@@ -1230,6 +1226,18 @@ def _locate_error(exc, name, layer):
                 "layer before this one computed in float32, such as a Layer subclass multiplying by a Parameter "
                 "of its own: name that parameter in the class's _low_precision_params so that amp casts it)")
     exc.args = (f"in layer {path!r} ({head}): {message}{hint}",)
+
+
+def _naming_setattr(layer, name, value):
+    """``layer.name = value``, and the parameters set with it named under ``name`` (only the
+    subtree set is renamed: the names grow as the model is put together, at a cost proportional to
+    its size times its depth)."""
+    object.__setattr__(layer, name, value)
+    if isinstance(value, Parameter):
+        value.name = name
+    elif isinstance(value, Layer):
+        for sub, p in value.named_parameters():
+            p.name = _join(name, sub)
 
 
 def _name_parameters(container):
