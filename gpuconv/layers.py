@@ -1163,14 +1163,14 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
     if math.isinf(norm_type):
         total = xp.max(xp.stack([xp.max(xp.abs(g)).astype(acc) for g in grads]))
     else:
-        total = sum(xp.sum(xp.abs(g.astype(acc)) ** norm_type) for g in grads) ** (1.0 / norm_type)
+        total = sum(xp.sum(xp.abs(g.astype(acc, copy=False)) ** norm_type) for g in grads) ** (1.0 / norm_type)
     total = xp.asarray(total, dtype=acc)
     if error_if_nonfinite and not math.isfinite(float(total)):
         raise RuntimeError(f"clip_grad_norm_: the gradients' total {norm_type:g}-norm is {float(total)}: a "
                            "NaN or Inf gradient (pass error_if_nonfinite=False to clip anyway)")
     scale = xp.minimum(max_norm / (total + 1e-6), 1.0)
     for g in grads:
-        g[...] = (g.astype(acc) * scale).astype(g.dtype)
+        g[...] = (g.astype(acc, copy=False) * scale).astype(g.dtype, copy=False)
     return total
 
 
