@@ -103,14 +103,14 @@ def conv(run, rng):
                                        ((2, 3, 8, 9), (5, 3, 3, 3), (2, 2), (1, 1), True)]:  # PyTorch's floored sizes
         x, w = rng.standard_normal(xs).astype(np.float32), rng.standard_normal(ws).astype(np.float32)
         b = rng.standard_normal(ws[0]).astype(np.float32)
-        ry, rc = C._conv2d_forward_reference(x, w, b, stride, pad, False, floor)
+        ry, rc = C._conv2d_forward_reference(x, w, b, stride, pad)
         dy = rng.standard_normal(ry.shape).astype(np.float32)
         rdx, rdw, rdb = C._conv2d_backward_reference(dy, rc)
         X, W, Bb, DY = (run.dev(a) for a in (x, w, b, dy))
         for v in ("v1", "v2", "v3"):
             with kernels.use_variant(conv2d_forward=v, conv2d_backward_data=v, conv2d_backward_weight=v):
-                y, cache = LC.conv2d_forward_kernel(X, W, Bb, stride, pad, False, floor, target=run.target)
-                yr, _ = LC.conv2d_forward_kernel(X, W, None, stride, pad, False, floor, target=run.target, relu=True)
+                y, cache = LC.conv2d_forward_kernel(X, W, Bb, stride, pad, target=run.target)
+                yr, _ = LC.conv2d_forward_kernel(X, W, None, stride, pad, target=run.target, relu=True)
                 dx, dw, db = LC.conv2d_backward_kernel(DY, cache, target=run.target)
             tag = f"conv2d {xs}*{ws}{' floor' if floor else ''} {v}"
             run.close(f"{tag} forward", y, ry)
@@ -161,7 +161,7 @@ def conv_tc(run, rng, variants=TC_VARIANTS):
                                            ((1, 40, 9, 9), (8, 40, 1, 1), (1, 1), (0, 0), False),
                                            ((1, 8, 8, 8), (8, 8, 1, 1), (2, 2), (0, 0), True)]:  # floored
             x, w, b = (rng.standard_normal(s).astype(dtype) for s in (xs, ws, ws[:1]))
-            ry, rc = C._conv2d_forward_reference(x, w, b, stride, pad, tf32, floor)
+            ry, rc = C._conv2d_forward_reference(x, w, b, stride, pad, tf32)
             dy = rng.standard_normal(ry.shape).astype(dtype)
             rdx, rdw, _ = C._conv2d_backward_reference(dy, rc, True, tf32)
             for channels_last, var in [(False, "tc")] * ("tc" in variants) + [(True, v) for v in variants]:
@@ -170,7 +170,7 @@ def conv_tc(run, rng, variants=TC_VARIANTS):
                     X, DY = gpuconv.to_channels_last(X), gpuconv.to_channels_last(DY)
                 families = {f: var for f in ("conv2d_forward", "conv2d_backward_data", "conv2d_backward_weight")}
                 with kernels.use_variant(**families), kernels.use_variant("tf32", **families):
-                    y, cache = LC.conv2d_forward_kernel(X, run.dev(w), run.dev(b), stride, pad, tf32, floor,
+                    y, cache = LC.conv2d_forward_kernel(X, run.dev(w), run.dev(b), stride, pad, tf32,
                                                         target=run.target)
                     dx, dw, _ = LC.conv2d_backward_kernel(DY, cache, True, tf32, target=run.target)
                 tag = f"conv2d {var} {build} {xs}*{ws}{' floor' if floor else ''} {'nhwc' if channels_last else 'nchw'}"

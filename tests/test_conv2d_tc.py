@@ -133,12 +133,12 @@ def test_tensor_core_tiles_take_pytorchs_floored_sizes(target, case, channels_la
         X, DY = gpuconv.to_channels_last(X), gpuconv.to_channels_last(DY)
     families = {f: variant for f in ("conv2d_forward", "conv2d_backward_data", "conv2d_backward_weight")}
     with kernels.launch_log() as log, kernels.use_variant(**families):
-        y, cache = LC.conv2d_forward_kernel(X, W, Bb, stride, pad, False, True, target=target)
+        y, cache = LC.conv2d_forward_kernel(X, W, Bb, stride, pad, False, target=target)
         dx, dw, _ = LC.conv2d_backward_kernel(DY, cache, True, False, target=target)
     variant = TC.engine(variant, BF16, False, target, 0)
     assert log.names[:3] == [f"conv2d_{d}_{variant}" for d in ("forward", "backward_data", "backward_weight")]
     f64 = [np.asarray(a, np.float64) for a in (x, w, b, dy)]
-    ey, ecache = conv_mod._conv2d_forward_reference(*f64[:3], stride, pad, False, True)
+    ey, ecache = conv_mod._conv2d_forward_reference(*f64[:3], stride, pad)
     edx, edw, _ = conv_mod._conv2d_backward_reference(f64[3], ecache)
     assert y.shape == ey.shape == (2, k, oh, ow) and layout.is_channels_last(dx) == channels_last
     for got, want in ((y, ey), (dx, edx), (dw, edw)):

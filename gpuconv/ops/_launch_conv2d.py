@@ -37,11 +37,11 @@ BLOCK = kernels.BLOCK  # GPUCONV_BLOCK
 MIN_SPLIT_CHUNK = 256
 
 
-def _dims(x_shape, w_shape, stride, padding, floor=False, out_hw=None):
-    """The sizes every conv2d kernel takes; ``out_hw`` (a backward's dy) gives OH, OW as they are."""
+def _dims(x_shape, w_shape, stride, padding):
+    """The sizes every conv2d kernel takes (OH, OW by the floor rule: the op checked the sizes)."""
     n, c, h, w = x_shape
     k, _, fh, fw = w_shape
-    oh, ow = output_hw(x_shape, (fh, fw), stride, padding, floor) if out_hw is None else out_hw
+    oh, ow = output_hw(x_shape, (fh, fw), stride, padding, floor=True)
     return n, c, h, w, k, fh, fw, oh, ow
 
 
@@ -103,24 +103,24 @@ def _weight_splits(l_total, tiles, sms, step, per_sm, min_chunk):
 
 
 @register_launcher("conv2d_forward")
-def conv2d_forward_kernel(x, w, b, stride, padding, tf32=False, floor=False, *, target, relu=False):
-    run = functools.partial(_forward, x, w, b, stride, padding, tf32, relu, target, floor=floor)
+def conv2d_forward_kernel(x, w, b, stride, padding, tf32=False, *, target, relu=False):
+    run = functools.partial(_forward, x, w, b, stride, padding, tf32, relu, target)
     var = kernels.resolve("conv2d_forward", x.dtype, tf32, w.shape[0], target, run=run, launch=lambda: (
         kernels.array_device([x]), (x.shape, w.shape, stride, padding, layout.is_channels_last(x))))
-    return run(var), Conv2dCache(x, w, b is not None, stride, padding, floor)
+    return run(var), Conv2dCache(x, w, b is not None, stride, padding)
 
 
-def _forward(x, w, b, stride, padding, tf32, relu, target, var, floor=False):
+def _forward(x, w, b, stride, padding, tf32, relu, target, var):
     """y of variant ``var`` (a tensor-core one falls back to v2 where it does not compute)."""
     if var in tc.SHAPES:
-        y = tc.forward(x, w, b, stride, padding, tf32, relu, target=target, variant=var, floor=floor)
+        y = tc.forward(x, w, b, stride, padding, tf32, relu, target=target, variant=var)
         if y is not None:
             return y
         var = "v2"  # no tensor-core format for this dtype
     xp = get_array_module(x, w, b)
     x, w = xp.ascontiguousarray(x), xp.ascontiguousarray(w)
     b = None if b is None else xp.ascontiguousarray(b)
-    n, c, h, wd, k, fh, fw, oh, ow = _dims(x.shape, w.shape, stride, padding, floor)
+    n, c, h, wd, k, fh, fw, oh, ow = _dims(x.shape, w.shape, stride, padding)
     y = xp.empty((n, k, oh, ow), dtype=x.dtype)
     if y.size:
         dims = _i32(n, c, h, wd, k, fh, fw, oh, ow, *stride, *padding, b is not None, relu)
@@ -136,7 +136,7 @@ def _forward(x, w, b, stride, padding, tf32, relu, target, var, floor=False):
 
 @register_launcher("conv2d_backward")
 def conv2d_backward_kernel(dy, cache, need_dx=True, tf32=False, need_dw=True, dw_dtype=None, *, target):
-    x, w, has_bias, stride, padding = cache[:5]
+    x, w, has_bias, stride, padding = cache
     dx = conv2d_backward_data_kernel(dy, w, x.shape, stride, padding, tf32, target=target, like=x) if need_dx else None
     dw = None
     if need_dw:
@@ -166,7 +166,7 @@ def _backward_data(dy, w, x_shape, stride, padding, tf32, like, target, var):
         var = "v2"
     xp = get_array_module(dy, w)
     dy, w = xp.ascontiguousarray(dy), xp.ascontiguousarray(w)
-    n, c, h, wd, k, fh, fw, oh, ow = _dims(x_shape, w.shape, stride, padding, out_hw=dy.shape[2:])
+    n, c, h, wd, k, fh, fw, oh, ow = _dims(x_shape, w.shape, stride, padding)
     dx = xp.empty(tuple(x_shape), dtype=dy.dtype)
     if not dx.size:
         return dx
@@ -207,7 +207,7 @@ def _backward_weight(dy, x, w_shape, stride, padding, tf32, target, dw_dtype, va
         var = "v2"  # no tensor-core format for this dtype
     xp = get_array_module(dy, x)
     dy, x = xp.ascontiguousarray(dy), xp.ascontiguousarray(x)
-    n, c, h, wd, k, fh, fw, oh, ow = _dims(x.shape, w_shape, stride, padding, out_hw=dy.shape[2:])
+    n, c, h, wd, k, fh, fw, oh, ow = _dims(x.shape, w_shape, stride, padding)
     dw = xp.empty(tuple(w_shape), dtype=dy.dtype)
     dims = _i32(n, c, h, wd, k, fh, fw, oh, ow, *stride, *padding)
     rows, l_total = c * fh * fw, n * oh * ow

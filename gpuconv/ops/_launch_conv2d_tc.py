@@ -144,14 +144,14 @@ def _i32(*values):
     return kernels.int32_args(values)
 
 
-def forward(x, w, b, stride, padding, tf32, relu, *, target, variant="tc", floor=False):
+def forward(x, w, b, stride, padding, tf32, relu, *, target, variant="tc"):
     """y = conv2d(x, w) + b (ReLU when ``relu``) on tensor cores, or None (see the module doc);
     ``variant`` 'tc' (64x64 tiles), 'tc128' (128x128, 8 warps), 'tc128w' (128x128, 4 warps), 'tcwg'
     (128x128, 2 warpgroups on wgmma), 'tcwg256' (128x256, the same), 'tcwgn64' (256x64, the same) or
     'tcwgm64' (64x128, one warpgroup)."""
     n, c, h, wd = x.shape
     k, _, fh, fw = w.shape
-    oh, ow = output_hw(x.shape, (fh, fw), stride, padding, floor)
+    oh, ow = output_hw(x.shape, (fh, fw), stride, padding, floor=True)  # (sizes checked by the op)
     if not supports(x.dtype, tf32) or not _fits(x.itemsize, n * oh * ow, k, fh * fw * (c + 8), h * wd * (c + 8)):
         return None
     xp = get_array_module(x, w, b)

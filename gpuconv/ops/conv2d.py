@@ -19,8 +19,12 @@ inputs' dtype. In TF32 mode (``precision="tf32"``, or the current setting when N
 and dy are rounded to TF32 before the GEMMs; the bias and its gradient, sums, are not.
 
 Cache (shared with the kernel launchers, see ``_dispatch``):
-``Conv2dCache(x, w, has_bias, stride, padding, floor)`` with ``stride`` and ``padding`` as (h, w)
-pairs and ``floor`` the output-size rule; x and w are the caller's arrays, in their own dtype.
+``Conv2dCache(x, w, has_bias, stride, padding)`` with ``stride`` and ``padding`` as (h, w) pairs;
+x and w are the caller's arrays, in their own dtype.
+
+Output sizes: the op checks the exact rule, or PyTorch's floor with ``floor=True``, once, at its
+entry; past that check the floor rule gives the size either way (on whole sizes the two agree),
+so the reference, the launchers and the backward compute it alone.
 """
 from __future__ import annotations
 
@@ -35,7 +39,7 @@ from . import _dispatch
 from ._checks import (check_bias, check_cache, check_float, check_floor, check_rank, check_same_dtype, output_hw,
                       pair)
 
-Conv2dCache = namedtuple("Conv2dCache", "x w has_bias stride padding floor", defaults=(False,))
+Conv2dCache = namedtuple("Conv2dCache", "x w has_bias stride padding")
 
 # Bytes of column matrix per chunk. Measured on a 2-core EPYC (CIFAR 64->128ch 3x3): 4 MB runs the
 # forward at ~110-120 GFLOP/s (BLAS peak here ~130), 64 MB at ~95, unchunked (300 MB) at ~50.
@@ -50,11 +54,10 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, precision=None, floor=Fals
     rule, ``floor((W - F + 2P)/S) + 1`` (a stride-2 3x3 convolution with padding 1 takes 32x32 to
     16x16; the input rows and columns no window reaches get a zero gradient). ``precision``
     'fp32' or 'tf32' applies to float32 arrays (None: ``gpuconv.get_precision()``)."""
-    stride, padding, floor = _check_conv_args(x, w, b, stride, padding, floor)
+    stride, padding = _check_conv_args(x, w, b, stride, padding, floor)
     tf32 = use_tf32(precision, x.dtype)
     target = backend.kernel_target(x, w, b)
-    return _dispatch.call("conv2d_forward", target, _conv2d_forward_reference, x, w, b, stride, padding, tf32,
-                          floor)
+    return _dispatch.call("conv2d_forward", target, _conv2d_forward_reference, x, w, b, stride, padding, tf32)
 
 
 def conv2d_backward(dy, cache, need_dx=True, precision=None, need_dw=True, dw_dtype=None):
@@ -72,7 +75,7 @@ def conv2d_backward(dy, cache, need_dx=True, precision=None, need_dw=True, dw_dt
     x, w = cache.x, cache.w
     check_float("dy", dy)
     check_rank("dy", dy, 4, "NKHW")
-    oh, ow = output_hw(x.shape, w.shape[2:], cache.stride, cache.padding, cache.floor)
+    oh, ow = output_hw(x.shape, w.shape[2:], cache.stride, cache.padding, floor=True)
     expected = (x.shape[0], w.shape[0], oh, ow)
     if tuple(dy.shape) != expected:
         raise ValueError(f"dy must have the forward output's shape {expected}, got {tuple(dy.shape)}")
@@ -106,7 +109,7 @@ def _check_conv_args(x, w, b, stride, padding, floor=False):
     stride = pair("stride", stride, minimum=1)
     padding = pair("padding", padding, minimum=0)
     output_hw(x.shape, w.shape[2:], stride, padding, floor)
-    return stride, padding, floor
+    return stride, padding
 
 
 def _padded(xp, x, padding):
@@ -132,18 +135,18 @@ def _chunks(n, bytes_per_item, budget=None):
         yield lo, min(n, lo + step)
 
 
-def _conv2d_forward_reference(x, w, b, stride, padding, tf32=False, floor=False):
+def _conv2d_forward_reference(x, w, b, stride, padding, tf32=False):
     xc, wc = multiplicands(tf32, x, w)
-    y = _forward(xc, wc, upcast(b), stride, padding, floor)
-    return round_once(y, x.dtype), Conv2dCache(x, w, b is not None, stride, padding, floor)
+    y = _forward(xc, wc, upcast(b), stride, padding)
+    return round_once(y, x.dtype), Conv2dCache(x, w, b is not None, stride, padding)
 
 
-def _forward(x, w, b, stride, padding, floor=False):
+def _forward(x, w, b, stride, padding):
     """y in x's dtype (float32 or float64)."""
     xp = get_array_module(x, w, b)
     n, c = x.shape[:2]
     k, _, fh, fw = w.shape
-    oh, ow = output_hw(x.shape, (fh, fw), stride, padding, floor)
+    oh, ow = output_hw(x.shape, (fh, fw), stride, padding, floor=True)
     if n == 0:  # an empty batch: an empty result, as on every device
         return xp.zeros((0, k, oh, ow), dtype=x.dtype)
     cff, length = c * fh * fw, oh * ow
@@ -175,7 +178,7 @@ def _forward(x, w, b, stride, padding, floor=False):
 
 
 def _conv2d_backward_reference(dy, cache, need_dx=True, tf32=False, need_dw=True, dw_dtype=None):
-    x, w, has_bias, stride, padding = cache[:5]
+    x, w, has_bias, stride, padding = cache
     dyc, xc, wc = multiplicands(tf32, dy, x, w)
     dx, dw = _backward(dyc, xc, wc, stride, padding, need_dx, need_dw)
     db = upcast(dy).sum(axis=(0, 2, 3)) if has_bias else None  # a sum: never TF32-rounded
