@@ -41,7 +41,7 @@ import numpy as np
 
 from . import kernels
 from .backend import copy_like, get_array_module, host_copy, kernel_target
-from .layers import Parameter, zero_grads
+from .layers import Parameter, _only, zero_grads
 
 __all__ = ["Optimizer", "ParamGroup", "SGD", "Adam", "AdamW", "Muon", "Chain", "newton_schulz", "replays_schedule", "LRSchedule", "StepLR", "CosineLR", "OneCycleLR", "TriangularLR"]
 
@@ -281,10 +281,12 @@ class Optimizer:
         """A subclass's check of group ``gi``'s values taken together (ValueError)."""
 
     def _check_nesterov(self, gi):
+        """Nesterov is a momentum method: a group with nesterov=True needs momentum > 0 (checked per
+        group, with its overrides: a group's own momentum may make the optimizer's 0 fine)."""
         group = self._groups[gi]
         if group.get("nesterov", self.nesterov) and group.get("momentum", self.momentum) == 0:
-            raise ValueError(f"{type(self).__name__}: parameter group {gi} has nesterov=True and momentum 0; give it "
-                             "momentum > 0")
+            raise ValueError(f"{type(self).__name__}: parameter group {gi} has nesterov=True and momentum 0 "
+                             "(Nesterov is a momentum method); give it momentum > 0, e.g. 0.9")
 
     def find_group(self, params):
         """(optimizer, group index) of the parameter group made of exactly ``params`` (a Chain
@@ -346,16 +348,12 @@ class Optimizer:
         xp = get_array_module(data)
         if self._lrs is None or get_array_module(self._lrs) is not xp:
             self._lrs = xp.zeros(len(self._groups), np.float64)
-            # built once, not per step: a group's first parameter (its lr is the group's) and, per
-            # parameter, the one-element view of its group's entry that the update reads
-            firsts = {}
-            for i, g in enumerate(self._group_of):
-                firsts.setdefault(g, i)
-            self._lr_first = sorted(firsts.items())
+            # built once, not per step: per parameter, the one-element view of its group's entry
+            # that the update reads
             self._lr_views = [self._lrs[g:g + 1] for g in range(len(self._groups))]
             self._lr_of = {id(p): self._lr_views[g] for p, g in zip(self.params, self._group_of)}
-        for g, i in self._lr_first:
-            self._lr_views[g].fill(self.hyper(i)["lr"])
+        for g, view in enumerate(self._lr_views):
+            view.fill(self._group_lr(g))
 
     def zero_grad(self, set_to_none=True):
         """As a model's :meth:`~gpuconv.layers.Layer.zero_grad`, over this optimizer's parameters."""
@@ -485,16 +483,11 @@ class SGD(Optimizer):
     device_lrs = True
 
     def __init__(self, params, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False):
-        if dampening != 0:
-            raise ValueError(f"SGD(dampening={dampening!r}) is not supported: gpuconv's SGD computes with dampening 0 "
-                             "only (PyTorch's default)")
+        _only("SGD", dampening=(dampening, 0))
         super().__init__(params, lr)
         self.momentum = _nonneg("momentum", momentum)
         self.weight_decay = _nonneg("weight_decay", weight_decay)
         self.nesterov = bool(nesterov)
-        if self.nesterov and self.momentum == 0:
-            raise ValueError("SGD(nesterov=True) needs momentum > 0 (Nesterov is a momentum method); "
-                             "pass momentum=0.9, say")
         self._finish_groups()
 
     def _check_group(self, gi):
@@ -598,9 +591,7 @@ class Adam(Optimizer):
     _decoupled = False
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False):
-        if amsgrad:
-            raise ValueError(f"{type(self).__name__}(amsgrad=True) is not supported: gpuconv's Adam computes without "
-                             "the AMSGrad maximum (PyTorch's default)")
+        _only(type(self).__name__, amsgrad=(amsgrad, False))
         super().__init__(params, lr)
         if (not isinstance(betas, (tuple, list)) or len(betas) != 2
                 or not all(isinstance(b, numbers.Real) and 0.0 <= b < 1.0 for b in betas)):
@@ -718,8 +709,6 @@ class Muon(Optimizer):
                                  "matrices and filter banks (2 or more dimensions): give 1-D parameters to SGD")
         self.momentum = _nonneg("momentum", momentum)
         self.nesterov = bool(nesterov)
-        if self.nesterov and self.momentum == 0:
-            raise ValueError("Muon(nesterov=True) needs momentum > 0; pass momentum=0.6, say")
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps must be an integer >= 1 (Newton-Schulz iterations), got {steps!r}")
         self.steps, self.normalize = int(steps), bool(normalize)

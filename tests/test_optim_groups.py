@@ -9,7 +9,7 @@ import gpuconv
 from gpuconv import nn
 from gpuconv.layers import Parameter
 from gpuconv.lookahead import Lookahead, airbench_decay
-from gpuconv.optim import SGD, Adam, Chain, Muon, StepLR, TriangularLR
+from gpuconv.optim import SGD, Adam, AdamW, Chain, Muon, StepLR, TriangularLR
 
 
 def _p(backend, values, name="p"):
@@ -90,6 +90,14 @@ def test_group_errors(backend):
     a, b = _p(backend, [1.0]), _p(backend, [1.0])
     with pytest.raises(ValueError, match=r"group 0 sets 'betas'; a group may set lr, momentum, nesterov, weight_decay"):
         SGD([{"params": [a], "betas": (0.9, 0.9)}], lr=0.1)
+    with pytest.raises(ValueError, match=r"SGD\(dampening=0.1\) is not supported"):
+        SGD([a], lr=0.1, dampening=0.1)
+    with pytest.raises(ValueError, match=r"AdamW\(amsgrad=True\) is not supported"):
+        AdamW([a], amsgrad=True)
+    with pytest.raises(ValueError, match="group 0 has nesterov=True and momentum 0"):
+        SGD([a], lr=0.1, nesterov=True)
+    # the optimizer's momentum 0 is fine where every Nesterov group has its own
+    assert SGD([{"params": [a], "momentum": 0.9}], lr=0.1, nesterov=True).hyper(0)["momentum"] == 0.9
     with pytest.raises(ValueError, match=r"group 1 has no 'params' key"):
         SGD([{"params": [a]}, {"lr": 0.1}], lr=0.1)
     with pytest.raises(TypeError, match=r"mixes group dicts and Parameters"):
