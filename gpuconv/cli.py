@@ -515,7 +515,6 @@ def cmd_train(args) -> int:
 
 def _train(args) -> int:
     from . import amp, backend
-    from .checkpoint import CHECKPOINT_NAME
     from .data import DeviceLoader
     from .trainer import Trainer, TrainingDiverged, TrainingInterrupted, GPUOutOfMemory
 
@@ -550,9 +549,6 @@ def _train(args) -> int:
                          f"{recorded['path']}, but the training images found now ({len(train)} from {cifar.root}) "
                          f"are not those: pass --data {recorded['path']} (or a copy of it) to continue that run, "
                          "or train into a new --out")
-    if not args.resume and (Path(args.out) / CHECKPOINT_NAME).exists():
-        _say(f"note: {args.out} holds an earlier run; this new run replaces its checkpoint and metrics "
-             "(use --resume to continue it instead)")
     if s["optimizer"] == "airbench" and s["batch_size"] > len(train):
         _say(f"note: the {s['recipe']} recipe's lr and weight decay are per 1024 examples, scaled to batch "
              f"{s['batch_size']}")

@@ -1005,8 +1005,7 @@ class ModuleList(Layer):
         if not isinstance(layer, Layer):
             raise TypeError(f"ModuleList: a {type(layer).__name__} is not a gpuconv Layer")
         self._list.append(layer)
-        for sub, p in layer.named_parameters():
-            p.name = _join(str(len(self._list) - 1), sub)
+        _name_parameters(layer, str(len(self._list) - 1))
         return self
 
     def extend(self, layers):
@@ -1162,15 +1161,19 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
     acc = np.float64 if any(g.dtype == np.float64 for g in grads) else np.float32
     if math.isinf(norm_type):
         total = xp.max(xp.stack([xp.max(xp.abs(g)).astype(acc) for g in grads]))
-    else:
-        total = sum(xp.sum(xp.abs(g.astype(acc, copy=False)) ** norm_type) for g in grads) ** (1.0 / norm_type)
+    else:  # one sum per gradient, added up in one reduction
+        total = xp.sum(xp.stack([xp.sum(xp.abs(g.astype(acc, copy=False)) ** norm_type) for g in grads])) \
+            ** (1.0 / norm_type)
     total = xp.asarray(total, dtype=acc)
     if error_if_nonfinite and not math.isfinite(float(total)):
         raise RuntimeError(f"clip_grad_norm_: the gradients' total {norm_type:g}-norm is {float(total)}: a "
                            "NaN or Inf gradient (pass error_if_nonfinite=False to clip anyway)")
     scale = xp.minimum(max_norm / (total + 1e-6), 1.0)
     for g in grads:
-        g[...] = (g.astype(acc, copy=False) * scale).astype(g.dtype, copy=False)
+        if g.dtype == acc:
+            g *= scale
+        else:  # a half-precision gradient: the product in float32, rounded once
+            g[...] = (g.astype(acc) * scale).astype(g.dtype)
     return total
 
 
@@ -1236,10 +1239,10 @@ def _naming_setattr(layer, name, value):
     if isinstance(value, Parameter):
         value.name = name
     elif isinstance(value, Layer):
-        for sub, p in value.named_parameters():
-            p.name = _join(name, sub)
+        _name_parameters(value, name)
 
 
-def _name_parameters(container):
+def _name_parameters(container, prefix=""):
+    """Each parameter of ``container`` named by its dotted path, under ``prefix``."""
     for name, p in container.named_parameters():
-        p.name = name
+        p.name = _join(prefix, name)
