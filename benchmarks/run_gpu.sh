@@ -182,15 +182,7 @@ fi
 
 # ---------------------------------------------------------------- the GPU tests
 if want tests; then
-    # Without the wgmma tiles, test_wgmma.py's GPU cases skip, which GPUCONV_REQUIRE_GPU counts as
-    # failures (37 of them, past --maxfail): the probe stage has already said why they are off.
-    no_wgmma=()
-    if [ "${GPUCONV_WGMMA:-1}" = 0 ]; then
-        no_wgmma=(--ignore=tests/test_wgmma.py)
-        log "tests: tests/test_wgmma.py left out (GPUCONV_WGMMA=0)"
-    fi
-    stage tests 100 "$PY" -m pytest -m gpu -q -p no:cacheprovider -n 8 --timeout 90 --maxfail 20 -o addopts=-ra \
-        ${no_wgmma[@]+"${no_wgmma[@]}"}
+    stage tests 100 "$PY" -m pytest -m gpu -q -p no:cacheprovider -n 8 --timeout 90 --maxfail 20 -o addopts=-ra
 fi
 
 # ---------------------------------------------------------------- benchmarks (each validates first, then times)
