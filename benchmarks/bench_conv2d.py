@@ -102,11 +102,11 @@ PRECISIONS = {"fp32": (np.float32, False, False, ("v1", "v2", "v3")),
 
 def family_variants(family, variants=None, prec="fp32", target="sim"):
     """The variants of ``family`` to run in precision ``prec`` on ``target``: all it has there,
-    or those of ``variants`` among them. The wgmma tiles only where they run (Hopper, unless
-    ``GPUCONV_WGMMA=0``): elsewhere their launcher runs another tile, which a row would time
-    under their name."""
+    or those of ``variants`` among them; only those that run as themselves there
+    (:func:`gpuconv.kernels.runs_as`: no wgmma tile off Hopper or under ``GPUCONV_WGMMA=0``, no
+    tensor-core tile below compute capability 8.0), as a row would time another tile under its name."""
     have = tuple(v for v in kernels.VARIANTS[family][0] if v in PRECISIONS[prec][3]
-                 and (not v.startswith("tcwg") or kernels.wgmma_available(target)))
+                 and kernels.runs_as(v, target) == v)
     return have if variants is None else tuple(v for v in variants if v in have)
 STRIDE, PAD, FILT = (1, 1), (1, 1), 3
 RESULTS = common.RESULTS

@@ -140,6 +140,8 @@ AUTO_V1_BELOW = 16     # channels below which v1 wins the data gradient (CUDA co
 # tcwgn64 is for GEMMs of 64 columns or fewer (the forward into, the data gradient into 64
 # channels), tcwgm64 for those of 64 rows or fewer (the weight gradient of 64 filters).
 _WGMMA_VARIANTS = ("tcwg", "tcwg256", "tcwgn64", "tcwgm64")
+# the mma.sync tile of each wgmma tile's width, which runs where wgmma does not (another GPU)
+WGMMA_FALLBACK = {"tcwg": "tc128", "tcwg256": "tc128", "tcwgn64": "tc", "tcwgm64": "tc"}
 TC_VARIANTS = ("tc", "tc128", "tc128w") + _WGMMA_VARIANTS  # the tensor-core convolutions (conv2d_tc.cu)
 _CONV_VARIANTS = ("auto", "v1", "v2", "v3") + TC_VARIANTS
 _CONV_DEFAULTS = {"*": "auto", "float64": "v2"}
@@ -925,6 +927,18 @@ def wgmma_available(target: str, device: int | None = None) -> bool:
 # newer only, and run on such GPUs only.
 TENSOR_CORE_FILES = tuple(f for f, headers in UNIT_HEADERS.items() if "mma.cuh" in headers)
 TENSOR_CORE_MIN_CC = 80
+
+
+def runs_as(variant: str, target: str, device: int | None = None) -> str | None:
+    """The conv2d variant that launches when ``variant`` is asked for on ``target``: itself, a wgmma
+    tile's mma.sync fallback (:data:`WGMMA_FALLBACK`) where wgmma does not run, None for any
+    tensor-core tile on a GPU without tensor cores (a CUDA-core tile then runs, chosen by the
+    channel rule)."""
+    if variant in TC_VARIANTS and not tensor_cores_available(target, device):
+        return None
+    if variant in WGMMA_FALLBACK and not wgmma_available(target, device):
+        return WGMMA_FALLBACK[variant]
+    return variant
 
 
 def tensor_cores_available(target: str, device: int | None = None) -> bool:

@@ -26,9 +26,6 @@ from ._checks import output_hw
 # conv2d_tc.cu instantiates per suffix (tests check the pairing).
 _TILES = {"tc": "TcTile64", "tc128": "TcTile128", "tc128w": "TcTile128w", "tcwg": "TcTileWg",
           "tcwg256": "TcTileWg256", "tcwgn64": "TcTileWgN64", "tcwgm64": "TcTileWgM64"}
-# The tiles multiplying with Hopper's wgmma (bf16, fp16 and TF32) on sm_90a and the simulator,
-# and the mma.sync tile of their width that runs instead elsewhere (another GPU).
-_WG_FALLBACK = {"tcwg": "tc128", "tcwg256": "tc128", "tcwgn64": "tc", "tcwgm64": "tc"}
 SHAPES = {v: (kernels.tile_shapes()[t].bm, kernels.tile_shapes()[t].bn, kernels.tile_shapes()[t].threads)
           for v, t in _TILES.items()}  # variant -> (BM, BN, threads)
 # variant -> bytes of dynamic shared memory its launches pass (0: its stages are static): the
@@ -126,8 +123,8 @@ def _back(y_nhwc, like):
 def engine(variant, dtype, tf32, target, device):
     """``variant`` as it runs for ``dtype`` on ``target``: where wgmma does not (a GPU other than
     Hopper), tcwg and tcwg256 run as tc128, tcwgn64 and tcwgm64 as tc."""
-    if variant in _WG_FALLBACK and not kernels.wgmma_available(target, device):
-        return _WG_FALLBACK[variant]
+    if variant in kernels.WGMMA_FALLBACK and not kernels.wgmma_available(target, device):
+        return kernels.WGMMA_FALLBACK[variant]
     return variant
 
 
