@@ -118,10 +118,11 @@ def _device(text):
 
 def _arch(text):
     """An argparse type: an NVRTC target, sm_NN or compute_NN (sm_90a: Hopper's arch-specific one)."""
-    import re
-    if not re.fullmatch(r"(sm|compute)_\d{2,3}a?", text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not an NVRTC target: write sm_NN or compute_NN with the "
-                                         "compute capability's digits, e.g. sm_90 (H100/H200) or sm_80 (A100)")
+    from . import kernels
+    try:
+        kernels.arch_capability(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return text
 
 

@@ -929,6 +929,16 @@ TENSOR_CORE_FILES = tuple(f for f, headers in UNIT_HEADERS.items() if "mma.cuh" 
 TENSOR_CORE_MIN_CC = 80
 
 
+def arch_capability(arch: str) -> int:
+    """The compute capability (90 for sm_90, sm_90a, compute_90) of an NVRTC target; a ValueError
+    that says how to write one otherwise."""
+    m = re.fullmatch(r"(?:sm|compute)_(\d{2,3})a?", str(arch))
+    if m is None:
+        raise ValueError(f"{arch!r} is not an NVRTC target: write sm_NN or compute_NN with the compute "
+                         "capability's digits, e.g. sm_90 (H100/H200) or sm_80 (A100)")
+    return int(m.group(1))
+
+
 def runs_as(variant: str, target: str, device: int | None = None) -> str | None:
     """The conv2d variant that launches when ``variant`` is asked for on ``target``: itself, a wgmma
     tile's mma.sync fallback (:data:`WGMMA_FALLBACK`) where wgmma does not run, None for any
@@ -1103,7 +1113,7 @@ def precompile(device: int | None = None, *, arch: str | None = None, files=KERN
         device = backend.require_cupy().cuda.Device(device).id
         tensor_cores = tensor_cores_available("cuda", device)
     else:
-        tensor_cores = int(arch.split("_")[1].rstrip("a")) >= TENSOR_CORE_MIN_CC
+        tensor_cores = arch_capability(arch) >= TENSOR_CORE_MIN_CC
     if not tensor_cores:  # never launched there (and mma.sync does not build for it)
         files = tuple(f for f in files if f not in TENSOR_CORE_FILES)
     archs = {f: _device_arch(f, device) if arch is None else _file_arch(f, arch) for f in files}
