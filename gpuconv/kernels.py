@@ -180,8 +180,7 @@ def resolve(family: str, dtype, tf32: bool, channels: int, target: str | None = 
         var = tuned_variant(family, dtype, tf32, channels, target, device, geometry, run)
     elif var == "auto":
         var = auto_variant(family, dtype, tf32, channels)
-    if (var in TC_VARIANTS and target == "cuda" and not _every_gpu_has_tensor_cores()
-            and not tensor_cores_available(target, launch()[0] if launch else None)):
+    if var in TC_VARIANTS and not tensor_cores_for(target, lambda: launch()[0] if launch else None):
         return auto_variant(family, np.float32, False, channels)  # the CUDA-core tiles, in the arrays' precision
     return var
 
@@ -965,6 +964,12 @@ def _compute_capability(device) -> int:
 
 
 @functools.lru_cache(maxsize=None)
+def tensor_cores_for(target: str, device) -> bool:
+    """:func:`tensor_cores_available` for a launch, looking its device up (``device()``) only on a
+    machine where some GPU lacks them: every launch asks, and most machines have no such GPU."""
+    return target != "cuda" or _every_gpu_has_tensor_cores() or tensor_cores_available(target, device())
+
+
 def _every_gpu_has_tensor_cores() -> bool:
     """Whether no GPU of this machine lacks them (the common case: then no launch looks up its device)."""
     count = backend.require_cupy().cuda.runtime.getDeviceCount()

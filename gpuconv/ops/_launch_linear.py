@@ -40,7 +40,7 @@ def _on_gemm_tc(x, w, target):
     cores (elsewhere the 1x1 convolution's CUDA-core tiles do), its matrices' sizes within the
     kernel's int indexing (x as (N, in), w (out, in); dy is (N, out))."""
     return (x.dtype in precision.LOW_PRECISION and fits(x.itemsize, x.shape[0], *w.shape)
-            and kernels.tensor_cores_available(target, kernels.array_device([x])))
+            and kernels.tensor_cores_for(target, lambda: kernels.array_device([x])))
 
 
 def _rows(x, w):
