@@ -627,19 +627,28 @@ def _env_variants() -> dict:
             raise ValueError(f"GPUCONV_KERNEL_VARIANTS item {item!r} must read family=variant or "
                              "family[dtype]=variant, e.g. conv2d_forward=v1 or conv2d_forward[bfloat16]=v1")
         family, dtype = m.groups()
-        _check_variant(family, var.strip(), "GPUCONV_KERNEL_VARIANTS")
         try:
-            chosen[_key(family, dtype)] = var.strip()
+            key = _key(family, dtype)
         except TypeError as exc:
             raise ValueError(f"GPUCONV_KERNEL_VARIANTS item {item!r}: {exc}") from None
+        _check_variant(family, var.strip(), "GPUCONV_KERNEL_VARIANTS", dtype)
+        chosen[key] = var.strip()
     return chosen
 
 
-def _check_variant(family, var, where="variant"):
+def _check_variant(family, var, where="variant", dtype=None):
+    """A known variant of a known family; a tensor-core tile chosen for one dtype only where that
+    dtype has a tensor-core format (chosen for every dtype, it runs v2 on the others)."""
     if family not in VARIANTS:
         raise ValueError(f"{where}: kernel family {family!r} has no variants; families: {', '.join(VARIANTS)}")
     if var not in VARIANTS[family].variants:
         raise ValueError(f"{where}: {family} has variants {', '.join(VARIANTS[family].variants)}, not {var!r}")
+    name = _dtype_name(dtype)
+    if var in TC_VARIANTS and name in ("float32", "float64"):
+        cuda_cores = ", ".join(v for v in VARIANTS[family].variants if v not in TC_VARIANTS)
+        raise ValueError(f"{where}: {family}[{name}]={var} would never run: the tensor-core tiles take "
+                         f"bfloat16, float16 and TF32 operands, not strict {name}; choose {family}[tf32]={var} "
+                         f"for float32 arrays in TF32 mode, or a CUDA-core variant ({cuda_cores})")
 
 
 _variants: contextvars.ContextVar[dict] = contextvars.ContextVar("gpuconv_kernel_variants", default=None)
@@ -692,7 +701,7 @@ def set_variant(family: str, var: str | None, dtype=None):
     if var is None:
         chosen.pop(_key(family, dtype), None)
     else:
-        _check_variant(family, var)
+        _check_variant(family, var, dtype=dtype)
         chosen[_key(family, dtype)] = var
     _variants.set(chosen)
 
@@ -703,7 +712,7 @@ def use_variant(dtype=None, **families):
     conv2d_forward='v1')`` chooses for bfloat16 arrays only."""
     chosen = dict(_variants.get() or {})
     for family, var in families.items():
-        _check_variant(family, var)
+        _check_variant(family, var, dtype=dtype)
         chosen[_key(family, dtype)] = var
     token = _variants.set(chosen)
     try:

@@ -506,6 +506,22 @@ def test_variant_selection_and_errors(monkeypatch):
     monkeypatch.setenv("GPUCONV_KERNEL_VARIANTS", "relu_forward")
     with pytest.raises(ValueError, match="must read family=variant"):
         kernels._env_variants()
+    # A tensor-core tile chosen for strict float32 or float64 alone would never run: refused, with
+    # the TF32 key named; chosen for every dtype (or for TF32, bfloat16) it is taken.
+    for dt in (np.float32, np.float64):
+        with pytest.raises(ValueError, match=r"conv2d_forward\[float(32|64)\]=tc128 would never run.*"
+                                             r"conv2d_forward\[tf32\]=tc128.*\(auto, v1, v2, v3\)"):
+            kernels.set_variant("conv2d_forward", "tc128", dtype=dt)
+        with pytest.raises(ValueError, match="would never run"), kernels.use_variant(dt, conv2d_backward_weight="tc"):
+            pass
+    monkeypatch.setenv("GPUCONV_KERNEL_VARIANTS", "conv2d_forward[float32]=tc")
+    with pytest.raises(ValueError, match=r"GPUCONV_KERNEL_VARIANTS: conv2d_forward\[float32\]=tc would never run"):
+        kernels._env_variants()
+    monkeypatch.setenv("GPUCONV_KERNEL_VARIANTS", "conv2d_forward[tf32]=tc,conv2d_forward[bfloat16]=tcwg,conv2d_forward=tc128")
+    assert kernels._env_variants() == {"conv2d_forward[tf32]": "tc", "conv2d_forward[bfloat16]": "tcwg",
+                                       "conv2d_forward": "tc128"}
+    with kernels.use_variant(conv2d_forward="tc"):
+        assert kernels.variant("conv2d_forward", np.float32) == "tc"
 
 
 def test_registry_sources_and_memoization():
