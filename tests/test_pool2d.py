@@ -161,8 +161,13 @@ def test_backward_rejects_wrong_dy(backend, kind):
     _, cache = fwd(backend.asarray(np.ones((1, 1, 4, 4), np.float32)), 2)
     with pytest.raises(ValueError, match=r"dy must have the forward output's shape \(1, 1, 2, 2\)"):
         bwd(backend.asarray(np.ones((1, 1, 3, 3), np.float32)), cache)
-    with pytest.raises(TypeError, match=r"dy has dtype int32"):
+    with pytest.raises(TypeError, match=r"dy has dtype int32, but ops take"):
         bwd(backend.asarray(np.ones((1, 1, 2, 2), np.int32)), cache)
+    # dx comes back in dy's dtype, so a dy of another precision than the forward's is refused
+    for dt in (np.float64, np.float16):
+        with pytest.raises(TypeError, match=rf"dy has dtype {np.dtype(dt)} but the forward's output had dtype "
+                                            r"float32: .* pass dy.astype\(float32\)"):
+            bwd(backend.asarray(np.ones((1, 1, 2, 2), dt)), cache)
 
 
 def test_pool_size_error_offers_no_padding(backend):

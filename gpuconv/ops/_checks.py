@@ -49,6 +49,14 @@ def check_same_dtype(ref_name, ref, **others):
                             "precision keep the float32 master copy and pass its cast)")
 
 
+def check_dy_dtype(dy, dtype):
+    """The output gradient ``dy`` has ``dtype``, the forward output's (:class:`DtypeMismatchError`
+    otherwise: a backward runs in its forward's precision and returns dx in it)."""
+    if dy.dtype != dtype:
+        raise DtypeMismatchError(f"dy has dtype {dy.dtype} but the forward's output had dtype {np.dtype(dtype)}: "
+                                 f"a backward runs in its forward's precision, so pass dy.astype({np.dtype(dtype)})")
+
+
 def check_compute_dtype(ref_name, ref, why, **others):
     """All of ``others`` (None skipped) have the dtype ``ref``'s values are computed in: float64
     for float64, float32 for the rest (``why`` says what keeps them there)."""

@@ -69,7 +69,7 @@ def max_pool2d_forward_kernel(x, kernel_size, stride, floor=False, *, target):
     out_shape, dims = _dims(x.shape, kernel_size, stride, floor)
     y, argmax = layout.empty(xp, out_shape, x.dtype, cl), layout.empty(xp, out_shape, np.int32, cl)
     _run("max_pool2d_forward", y.size, target, (x, y, argmax), dims, cl)
-    return y, MaxPool2dCache(tuple(x.shape), kernel_size, stride, argmax, cl)
+    return y, MaxPool2dCache(tuple(x.shape), kernel_size, stride, argmax, cl, x.dtype)
 
 
 @register_launcher("max_pool2d_backward")
@@ -89,7 +89,7 @@ def avg_pool2d_forward_kernel(x, kernel_size, stride, floor=False, *, target):
     out_shape, dims = _dims(x.shape, kernel_size, stride, floor)
     y = layout.empty(xp, out_shape, x.dtype, cl)
     _run("avg_pool2d_forward", y.size, target, (x, y), dims, cl)
-    return y, AvgPool2dCache(tuple(x.shape), kernel_size, stride, cl)
+    return y, AvgPool2dCache(tuple(x.shape), kernel_size, stride, cl, x.dtype)
 
 
 @register_launcher("avg_pool2d_backward")

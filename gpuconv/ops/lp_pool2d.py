@@ -22,7 +22,7 @@ from .. import backend
 from ..backend import get_array_module
 from ..precision import round_once, upcast
 from . import _dispatch
-from ._checks import check_cache, check_float, check_shape, output_hw
+from ._checks import check_cache, check_dy_dtype, check_float, check_shape, output_hw
 from .pool2d import _check_pool_args, _taps
 
 LPPool2dCache = namedtuple("LPPool2dCache", "x y kernel_size stride norm_type")
@@ -48,8 +48,7 @@ def lp_pool2d_backward(dy, cache):
     check_cache(cache, LPPool2dCache, "lp_pool2d_forward")
     check_float("dy", dy)
     check_shape("dy", dy, cache.y.shape, "the shape of the forward's output")
-    if dy.dtype != cache.y.dtype:
-        raise TypeError(f"dy has dtype {dy.dtype}, the forward's output {cache.y.dtype}: pass dy.astype({cache.y.dtype})")
+    check_dy_dtype(dy, cache.y.dtype)
     return _dispatch.call("lp_pool2d_backward", backend.kernel_target(dy, cache.x), _lp_pool2d_backward_reference,
                           dy, cache)
 

@@ -18,7 +18,8 @@ shape holding the window-local index ``kh * KW + kw`` of each maximum (the "swit
 the first tap in row-major order; a NaN in a window makes its output NaN), and
 ``AvgPool2dCache(x_shape, kernel_size, stride)``; sizes are (h, w) pairs. Both end in
 ``channels_last``: whether x was (gpuconv.layout), so that dx comes back in x's layout even where
-dy cannot tell (1x1 outputs, whose two layouts are the same memory).
+dy cannot tell (1x1 outputs, whose two layouts are the same memory), and ``dtype``: x's, which
+dy must have (None: not checked).
 """
 from __future__ import annotations
 
@@ -30,10 +31,11 @@ from .. import backend, layout
 from ..backend import get_array_module
 from ..precision import round_once, upcast
 from . import _dispatch
-from ._checks import check_cache, check_float, check_floor, check_rank, output_hw, pair
+from ._checks import check_cache, check_dy_dtype, check_float, check_floor, check_rank, output_hw, pair
 
-MaxPool2dCache = namedtuple("MaxPool2dCache", "x_shape kernel_size stride argmax channels_last", defaults=(False,))
-AvgPool2dCache = namedtuple("AvgPool2dCache", "x_shape kernel_size stride channels_last", defaults=(False,))
+MaxPool2dCache = namedtuple("MaxPool2dCache", "x_shape kernel_size stride argmax channels_last dtype",
+                            defaults=(False, None))
+AvgPool2dCache = namedtuple("AvgPool2dCache", "x_shape kernel_size stride channels_last dtype", defaults=(False, None))
 
 # Tap planes per batch chunk: the reference works a chunk at a time so that its contiguous
 # per-tap copies are still in cache when compared (a 2x2 pool of 64x128x32x32: 40 -> ~12 ms).
@@ -108,6 +110,8 @@ def _check_pool_dy(dy, cache):
     expected = (n, c) + pooled_hw(cache.x_shape, cache.kernel_size, cache.stride, floor=True)
     if tuple(dy.shape) != expected:
         raise ValueError(f"dy must have the forward output's shape {expected}, got {tuple(dy.shape)}")
+    if cache.dtype is not None:
+        check_dy_dtype(dy, cache.dtype)
 
 
 def _taps(kernel_size, stride, out_hw):
@@ -151,7 +155,7 @@ def _batch_chunks(n, bytes_per_item):
 def _max_pool2d_forward_reference(x, kernel_size, stride, floor=False):
     y, argmax = _max_forward(upcast(_used(x, kernel_size, stride) if floor else x), kernel_size, stride)
     return round_once(y, x.dtype), MaxPool2dCache(tuple(x.shape), kernel_size, stride, argmax,
-                                                  layout.is_channels_last(x))
+                                                  layout.is_channels_last(x), x.dtype)
 
 
 def _max_forward(x, kernel_size, stride):
@@ -235,7 +239,8 @@ def _avg_pool2d_forward_reference(x, kernel_size, stride, floor=False):
     for _, sl in _taps(kernel_size, stride, out_hw):
         y += xc[sl]
     y *= xc.dtype.type(1.0 / (kernel_size[0] * kernel_size[1]))
-    return round_once(y, x.dtype), AvgPool2dCache(tuple(x.shape), kernel_size, stride, layout.is_channels_last(x))
+    return round_once(y, x.dtype), AvgPool2dCache(tuple(x.shape), kernel_size, stride, layout.is_channels_last(x),
+                                                  x.dtype)
 
 
 def _avg_pool2d_backward_reference(dy, cache):
