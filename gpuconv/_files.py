@@ -64,20 +64,45 @@ def private_temp_dir(name: str) -> pathlib.Path:
     return path
 
 
-def write_atomic(path: pathlib.Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory and ``os.replace``:
-    a concurrent reader sees no file or the whole file, never part of one; the file gets the mode a
-    plain write would give it."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+def write_atomic(path: pathlib.Path, data, durable: bool = False) -> pathlib.Path:
+    """Write ``data`` (bytes, or a function writing into the binary file it is given) to ``path``
+    through a hidden temporary file in the same directory and ``os.replace``: a concurrent reader
+    sees no file or the whole file, never part of one; the file gets the mode a plain write would
+    give it. ``durable``: the file and then the rename are fsynced before returning, so that a
+    power cut leaves the old file or the new one (checkpoints); caches skip that cost."""
+    path = pathlib.Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         chmod_like_a_new_file(fd, path)
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            if callable(data):
+                data(f)
+            else:
+                f.write(data)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    if durable:
+        _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(directory: pathlib.Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # e.g. Windows cannot open directories; the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 LOCK_NAME = ".gpuconv-train.lock"

@@ -21,15 +21,13 @@ directory), so a crash or Ctrl-C mid-write leaves the previous checkpoint intact
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from ._files import chmod_like_a_new_file
+from ._files import write_atomic
 from .backend import to_device
 
 FORMAT = 1
@@ -160,19 +158,6 @@ def set_rng_state(gen, arr) -> None:
 
 
 # ----------------------------------------------------------------------------- files
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # e.g. Windows cannot open directories; the rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(path, arrays: dict) -> Path:
     """Write ``arrays`` to ``path`` as an ``.npz``, atomically; returns the path."""
     clean = {}
@@ -196,22 +181,7 @@ def copy_checkpoint(src, dst) -> Path:
 def _write_durably(path: Path, write) -> Path:
     """``write(file)`` into a temporary file beside ``path``, fsync, then rename over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        chmod_like_a_new_file(fd, path)
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-    return path
+    return write_atomic(path, write, durable=True)
 
 
 def load_checkpoint(path) -> dict[str, np.ndarray]:

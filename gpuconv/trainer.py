@@ -33,6 +33,7 @@ import numpy as np
 
 from . import amp, backend, kernels
 from ._console import CONSOLE, _is_terminal
+from ._files import write_atomic
 from . import checkpoint as ckpt
 from .monitor import GPUMonitor, format_snapshot, metrics_fields
 
@@ -472,9 +473,7 @@ class Trainer:
             after = rec.get("step", 0) > self.step or (rec.get("kind") == "epoch" and rec.get("epoch", 0) > self.epoch)
             if not after:
                 kept.append(rec)
-        tmp = self.metrics_path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        os.replace(tmp, self.metrics_path)
+        write_atomic(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept).encode(), durable=True)
         self.history = [r for r in kept if r.get("kind") == "epoch"]
 
     def _repair_best(self):
