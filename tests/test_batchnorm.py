@@ -43,6 +43,35 @@ def test_training_normalizes_per_channel_float32(backend):
     np.testing.assert_allclose(backend.asnumpy(args[4]), 0.9 + 0.1 * x64.var((0, 2, 3), ddof=1), rtol=1e-5)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_statistics_and_sums_are_accurate_in_either_layout(backend, channels_last):
+    """A mean of 1000 standard deviations over 512x32x32 positions per channel: the variance and the
+    backward's sums within a few float32 roundings of float64's, whatever the memory layout (a
+    float32 sum that adds the positions one at a time is off by far more there)."""
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((512, 2, 32, 32)) + 1000).astype(np.float32)
+    dy = (rng.standard_normal(x.shape) + 100).astype(np.float32)
+    if channels_last:
+        x, dy = gpuconv.to_channels_last(x), gpuconv.to_channels_last(dy)
+    gamma, beta = np.ones(2, np.float32), np.zeros(2, np.float32)
+    rm, rv = np.zeros(2, np.float32), np.zeros(2, np.float32)
+    args = [backend.asarray(a) for a in (x, gamma, beta, rm, rv)]
+    y, cache = batchnorm2d_forward(*args, True, 1.0, 1e-5)
+    x64 = np.asarray(x, np.float64)
+    n = x64.size // 2
+    np.testing.assert_allclose(backend.asnumpy(args[3]), x64.mean((0, 2, 3)), rtol=1e-6)
+    np.testing.assert_allclose(backend.asnumpy(args[4]), x64.var((0, 2, 3), ddof=1), rtol=2e-3)
+    assert abs(float(np.asarray(backend.asnumpy(y), np.float64).std()) - 1) < 2e-3
+    _, dgamma, dbeta = batchnorm2d_backward(backend.asarray(dy), cache)
+    np.testing.assert_allclose(backend.asnumpy(dbeta), np.asarray(dy, np.float64).sum((0, 2, 3)), rtol=1e-6)
+    from gpuconv.ops import conv2d_backward, conv2d_forward
+    w = np.zeros((2, 2, 1, 1), np.float32)
+    _, ccache = conv2d_forward(args[0], backend.asarray(w), backend.asarray(beta))
+    _, _, db = conv2d_backward(backend.asarray(dy), ccache)
+    np.testing.assert_allclose(backend.asnumpy(db), np.asarray(dy, np.float64).sum((0, 2, 3)), rtol=1e-6)
+    assert n == 512 * 32 * 32
+
+
 def test_eval_uses_running_stats_and_leaves_them(backend):
     rng = np.random.default_rng(1)
     x = rng.standard_normal((2, 2, 3, 3))
