@@ -378,7 +378,8 @@ conv2d_forward_v2(const storage_t* x, const storage_t* w, const storage_t* b, st
     __shared__ acc_t As[CONV_BK][CONV_SROW];
     __shared__ acc_t Bs[CONV_BK][CONV_SROW];
     const int M = N * OH * OW, R = C * FH * FW;
-    const int row0 = blockIdx.x * CONV_BM, col0 = blockIdx.y * CONV_BN;
+    int row0, col0;
+    if (!tile_origin(M, K, CONV_BM, CONV_BN, &row0, &col0)) return;
     PatchRowLoader la(x, row0 + threadIdx.x, M, C, H, W, FH, FW, OH, OW, sh, sw, ph, pw);
     FilterColLoader lb(w, col0, K, R);
     acc_t acc[CONV_TM][CONV_TN];
@@ -423,7 +424,8 @@ conv2d_backward_data_v2(const storage_t* dy, const storage_t* w, storage_t* dx,
     __shared__ acc_t As[CONV_BK][CONV_SROW];
     __shared__ acc_t Bs[CONV_BK][CONV_SROW];
     const int M = N * H * W, L = K * FH * FW;
-    const int row0 = blockIdx.x * CONV_BM, col0 = blockIdx.y * CONV_BN;
+    int row0, col0;
+    if (!tile_origin(M, C, CONV_BM, CONV_BN, &row0, &col0)) return;
     GradGatherRowLoader la(dy, row0 + threadIdx.x, M, H, W, K, FH, FW, OH, OW, sh, sw, ph, pw);
     FilterBwdColLoader lb(w, col0, C, FH * FW);
     acc_t acc[CONV_TM][CONV_TN];
@@ -453,7 +455,7 @@ conv2d_backward_weight_v1(const storage_t* dy, const storage_t* x, storage_t* dw
                 for (int ow = 0; ow < OW; ++ow) {
                     int iw = ow * sw - pw + fw;
                     if (iw < 0 || iw >= W) continue;
-                    acc += gemm_operand(dyk[oh * OW + ow]) * gemm_operand(xc[(index_t)ih * W + iw]);
+                    acc += gemm_operand(dyk[(index_t)oh * OW + ow]) * gemm_operand(xc[(index_t)ih * W + iw]);
                 }
             }
         }
@@ -470,9 +472,10 @@ conv2d_backward_weight_v2(const storage_t* dy, const storage_t* x, acc_t* ws,
     __shared__ acc_t As[CONV_BK][CONV_SROW];
     __shared__ acc_t Bs[CONV_BK][CONV_SROW];
     const int R = C * FH * FW, L = N * OH * OW;
-    const int row0 = blockIdx.x * CONV_BM, col0 = blockIdx.y * CONV_BN;
-    const int lbegin = blockIdx.z * chunk;
-    const int lend = imin(L, lbegin + chunk);
+    int row0, col0;
+    if (!tile_origin(R, K, CONV_BM, CONV_BN, &row0, &col0)) return;
+    int lbegin, lend;
+    split_range(L, chunk, &lbegin, &lend);
     PatchColLoader la(x, row0, C, H, W, FH, FW, OH, OW, sh, sw, ph, pw);
     GradColLoader lb(dy, col0, K, OH * OW);
     acc_t acc[CONV_TM][CONV_TN];
@@ -789,7 +792,8 @@ conv2d_forward_v3(const storage_t* x, const storage_t* w, const storage_t* b, st
     __shared__ acc4 As[2][CONV3_BK][CONV3_SROW / 4];
     __shared__ acc4 Bs[2][CONV3_BK][CONV3_SROW / 4];
     const int M = N * OH * OW, R = C * FH * FW;
-    const int row0 = blockIdx.x * CONV3_BM, col0 = blockIdx.y * CONV3_BN;
+    int row0, col0;
+    if (!tile_origin(M, K, CONV3_BM, CONV3_BN, &row0, &col0)) return;
     PatchRowLoader3 la(x, row0, M, C, H, W, FH, FW, OH, OW, sh, sw, ph, pw);
     FilterColLoader3 lb(w, col0, K, R);
     acc_t acc[8][8];
@@ -807,7 +811,8 @@ conv2d_backward_data_v3(const storage_t* dy, const storage_t* w, storage_t* dx,
     __shared__ acc4 As[2][CONV3_BK][CONV3_SROW / 4];
     __shared__ acc4 Bs[2][CONV3_BK][CONV3_SROW / 4];
     const int M = N * H * W, L = K * FH * FW;
-    const int row0 = blockIdx.x * CONV3_BM, col0 = blockIdx.y * CONV3_BN;
+    int row0, col0;
+    if (!tile_origin(M, C, CONV3_BM, CONV3_BN, &row0, &col0)) return;
     GradGatherRowLoader3 la(dy, row0, M, H, W, K, FH, FW, OH, OW, sh, sw, ph, pw);
     FilterBwdColLoader3 lb(w, col0, C, FH * FW);
     acc_t acc[8][8];
@@ -882,9 +887,10 @@ conv2d_backward_weight_v3(const storage_t* dy, const storage_t* x, acc_t* ws,
     __shared__ acc4 As[2][CONV3_BK][CONV3_SROW / 4];
     __shared__ acc4 Bs[2][CONV3_BK][CONV3_SROW / 4];
     const int R = C * FH * FW, L = N * OH * OW;
-    const int row0 = blockIdx.x * CONV3_BM, col0 = blockIdx.y * CONV3_BN;
-    const int lbegin = blockIdx.z * chunk;
-    const int lend = imin(L, lbegin + chunk);
+    int row0, col0;
+    if (!tile_origin(R, K, CONV3_BM, CONV3_BN, &row0, &col0)) return;
+    int lbegin, lend;
+    split_range(L, chunk, &lbegin, &lend);
     PatchColLoader3 la(x, row0, C, H, W, FH, FW, OH, OW, sh, sw, ph, pw);
     GradColLoader3 lb(dy, col0, K, OH * OW);
     acc_t acc[8][8];

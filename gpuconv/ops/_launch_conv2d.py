@@ -63,7 +63,7 @@ def geometry(kernel, target, device=None, *, rows=0, cols=0, splits=1, elements=
     The rest (v1, conv2d_reduce_splits) are grid-stride loops over ``elements``."""
     if kernel.endswith(("_v2", "_v3")):
         tile, threads = (TILE3, GEMM3_THREADS) if kernel.endswith("_v3") else (TILE, GEMM_THREADS)
-        return (-(-rows // tile), -(-cols // tile), splits), (threads, 1, 1)
+        return kernels.tile_grid(rows, cols, tile, tile, splits), (threads, 1, 1)
     if kernel == "conv2d_backward_bias":
         return (cols, 1, 1), (BLOCK, 1, 1)
     return kernels.grid_1d(elements, BLOCK, target, device)

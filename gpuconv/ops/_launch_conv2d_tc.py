@@ -132,7 +132,7 @@ def _launch(name, variant, dtype, target, rows, cols, args, tf32, device, splits
     """One tensor-core conv launch: a block per output tile of the rows x cols GEMM."""
     variant = engine(variant, dtype, tf32, target, device)
     bm, bn, threads = SHAPES[variant]
-    grid = (-(-rows // bm), -(-cols // bn), splits)
+    grid = kernels.tile_grid(rows, cols, bm, bn, splits)
     kernels.launch("conv2d_tc", f"{name}_{variant}", dtype, target, grid, (threads, 1, 1), args, device=device,
                    tf32=tf32, shared_mem=DYNAMIC_SHARED[variant])
 

@@ -91,7 +91,7 @@ def gemm_tc(a, b, *, b_layout: str = "nt", out_dtype=None, tf32: bool = False, t
     c = xp.empty((m, n), dtype=out)
     if m == 0 or n == 0:
         return c
-    grid = (-(-m // TILE), -(-n // TILE), 1)
+    grid = kernels.tile_grid(m, n, TILE, TILE)
     store, store32 = (c, None) if out == dt else (None, c)
     kernels.launch("gemm_tc", f"gemm_tc_{b_layout}", dt, target, grid, (THREADS, 1, 1),
                    (a, b, bias, store, store32, np.int32(m), np.int32(n), np.int32(k),
