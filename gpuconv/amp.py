@@ -219,12 +219,15 @@ class LossScaler:
         return xp.stack(bad).any()
 
     def update(self, found_inf):
-        """The next step's ``S``: backed off after an overflow, grown after a clean run."""
+        """The next step's ``S``: backed off after an overflow, grown after a clean run, unless
+        growing would overflow float32 (as PyTorch's GradScaler: an infinite S would turn every
+        gradient into inf or NaN, every later step skipped, for good)."""
         xp = backend.get_array_module(found_inf)
         grown = self.tracker + 1
         grow = grown >= self.growth_interval
+        larger = self.scale_ * np.float32(self.growth_factor)
         self.scale_ = xp.where(found_inf, self.scale_ * np.float32(self.backoff_factor),
-                               xp.where(grow, self.scale_ * np.float32(self.growth_factor), self.scale_)
+                               xp.where(grow & xp.isfinite(larger), larger, self.scale_)
                                ).astype(np.float32)
         self.tracker = xp.where(found_inf | grow, 0, grown).astype(np.int32)
 

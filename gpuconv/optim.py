@@ -630,7 +630,7 @@ class Adam(Optimizer):
         m *= beta1
         m += (1.0 - beta1) * g
         v *= beta2
-        v += (1.0 - beta2) * (g * g)
+        v += ((1.0 - beta2) * g) * g  # as PyTorch's addcmul: g * g alone overflows float32 from |g| = 1.8e19
         denom = xp.sqrt(v)
         denom /= math.sqrt(1.0 - beta2 ** t)
         denom += h["eps"]
@@ -729,7 +729,9 @@ class Muon(Optimizer):
         buf += g
         g = g + h["momentum"] * buf if h["nesterov"] else buf
         if h["normalize"]:
-            p.data *= (math.sqrt(p.shape[0]) / xp.sqrt(xp.sum(p.data.astype(np.float64) ** 2))).astype(p.dtype)
+            # (a weight of all zeros, which has no direction to keep, is left as it is)
+            norm = xp.sqrt(xp.sum(p.data.astype(np.float64) ** 2))
+            p.data *= xp.where(norm > 0, math.sqrt(p.shape[0]) / xp.where(norm > 0, norm, 1.0), 1.0).astype(p.dtype)
         update = newton_schulz(g.reshape(g.shape[0], -1), steps=int(h["steps"])).reshape(g.shape)
         # On 'cuda'/'sim' the lr is the group's device value (write_lrs), rounded to the update's
         # type as a Python float would be: the same bits, and a replayed step follows the schedule.

@@ -142,6 +142,18 @@ def test_loss_scaler_backs_off_on_overflow_and_grows_after_clean_steps():
     assert s.scale(d).dtype == np.float16 and (s.scale(d) == 8).all()
 
 
+def test_loss_scale_never_grows_past_float32():
+    """Clean steps at the top of float32's range (all-zero gradients do that): the scale stays
+    finite, and an overflow then backs it off (an infinite scale would stay infinite)."""
+    s = amp.LossScaler(init_scale=2.0 ** 126, growth_interval=1)
+    s._ensure(np.zeros(1, np.float32))
+    for _ in range(3):
+        s.update(np.asarray(False))
+    assert s.current_scale == 2.0 ** 127
+    s.update(np.asarray(True))
+    assert s.current_scale == 2.0 ** 126
+
+
 # ----------------------------------------------------------------------------- the trainer
 @pytest.fixture(scope="module")
 def images(request):

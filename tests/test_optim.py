@@ -193,6 +193,19 @@ def test_adam_several_steps_match_textbook_formula(backend, cls, wd):
     np.testing.assert_allclose(backend.asnumpy(p.data), expect, rtol=1e-12)
 
 
+def test_adam_second_moment_of_a_huge_float32_gradient_stays_finite(backend):
+    """|g| = 2e19: g*g overflows float32 but (1 - b2) g * g = 4e35 does not (PyTorch's order); an
+    infinite second moment would never decay again and freeze the weight."""
+    p = _param(backend, np.zeros(3), np.float32)
+    opt = Adam([p], lr=0.1)
+    for g in ([1, 1, 1], [2e19, 1, 1], [1, 1, 1], [1, 1, 1]):
+        p.grad = backend.asarray(np.asarray(g, np.float32))
+        before = float(backend.asnumpy(p.data)[0])
+        opt.step()
+    assert np.isfinite(float(backend.asnumpy(p.data)[0]))
+    assert float(backend.asnumpy(p.data)[0]) < before - 1e-3  # still moving
+
+
 def test_adamw_default_weight_decay_and_bad_betas():
     p = Parameter(np.zeros(2), "p")
     assert AdamW([p]).weight_decay == 1e-2

@@ -392,5 +392,11 @@ def test_muon_step_and_state(backend):
     opt2 = Muon([Parameter(backend.asarray(backend.asnumpy(w.data).copy()), "w")], lr=0.1, momentum=0.6)
     opt2.load_state_dict(saved)
     np.testing.assert_array_equal(backend.asnumpy(opt2.state[0]["momentum_buffer"]), g)
+    # a weight of zeros has no norm to rescale: it takes the update alone (0/0 made it NaN)
+    z = Parameter(backend.asarray(np.zeros((4, 2, 3, 3))), "z")
+    z.grad = backend.asarray(g)
+    Muon([z], lr=0.1, momentum=0.6).step()
+    np.testing.assert_allclose(backend.asnumpy(z.data), -0.1 * newton_schulz(1.6 * g.reshape(4, -1)).reshape(g.shape),
+                               rtol=1e-10, atol=1e-12)
     with pytest.raises(ValueError, match=r"Muon: params\[0\] \('b'\) has shape \(4,\).*give 1-D parameters to SGD"):
         Muon([Parameter(backend.asarray(np.zeros(4)), "b")])
