@@ -512,6 +512,10 @@ class Trainer:
         if cp is not None and self._xp() is cp:
             # Pool size per interval: it should stop growing after the first steps.
             fields["pool_total_gib"] = round(cp.get_default_memory_pool().total_bytes() / float(1 << 30), 4)
+        if self.scaler is not None:
+            # fp16's loss scale: halved at each step skipped for an overflow, so a run whose steps
+            # are all skipped (a flat loss) shows a scale falling toward 0
+            fields["loss_scale"] = self.scaler.current_scale
         return fields
 
     def _start_monitor(self):

@@ -211,6 +211,7 @@ def test_fp16_overflow_skips_the_step_on_the_device_and_backs_off(images):
         trainer._flush()
         assert all((p.data == s).all() for p, s in zip(net.parameters(), start))
         assert trainer.scaler.current_scale == 2.0 ** 39
+        assert trainer._telemetry()["loss_scale"] == 2.0 ** 39  # in every metrics record: skipped steps show
         for _ in range(40):
             trainer.train_step(xb, yb)
             trainer._flush()
