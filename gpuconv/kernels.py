@@ -1283,19 +1283,22 @@ def grid_1d(n: int, block: int = BLOCK, target: str = "sim", device: int | None 
 GRID_X_MAX, GRID_Y_MAX, GRID_Z_MAX = 2**31 - 1, 65535, 65535  # CUDA's grid limits (compute capability >= 3.0)
 
 
+def tile_grid_fits(rows: int, cols: int, bm: int, bn: int, splits: int = 1) -> bool:
+    """Whether a tiled GEMM kernel's grid (:func:`tile_grid`) fits CUDA's limits: at most 65535
+    column tiles on y (4M columns at 64 a tile: a linear layer's in_features after a flatten,
+    which the launchers then send to the untiled v1 kernels) and 65535 splits on z."""
+    return (-(-int(rows) // bm) <= GRID_X_MAX and -(-int(cols) // bn) <= GRID_Y_MAX
+            and int(splits) <= GRID_Z_MAX)
+
+
 def tile_grid(rows: int, cols: int, bm: int, bn: int, splits: int = 1):
     """The grid of a tiled GEMM kernel over a ``rows`` x ``cols`` output in ``bm`` x ``bn`` tiles
-    and ``splits`` reduction splits on z: row tiles on x and column tiles on y, the column tiles
-    folded onto x where there are more than grid.y holds (kernels/common.cuh's tile_origin reads
-    the fold back). A ValueError names the sizes where even that does not fit."""
-    row_tiles, col_tiles = max(1, -(-int(rows) // bm)), max(1, -(-int(cols) // bn))
-    fold = -(-col_tiles // GRID_Y_MAX)
-    grid = (row_tiles * fold, -(-col_tiles // fold), int(splits))
-    if grid[0] > GRID_X_MAX or grid[2] > GRID_Z_MAX:
-        raise ValueError(f"a GEMM of {rows} x {cols} outputs in {bm}x{bn} tiles ({row_tiles} x {col_tiles} "
-                         f"blocks, {splits} splits) does not fit a CUDA grid ({GRID_X_MAX} x {GRID_Y_MAX} x "
-                         f"{GRID_Z_MAX}): split the batch into smaller ones")
-    return grid
+    and ``splits`` reduction splits: row tiles on x, column tiles on y, splits on z (a ValueError
+    naming the sizes where that does not fit: the launchers check :func:`tile_grid_fits` first)."""
+    if not tile_grid_fits(rows, cols, bm, bn, splits):
+        raise ValueError(f"a GEMM of {rows} x {cols} outputs in {bm}x{bn} tiles, {splits} splits, does not fit a "
+                         f"CUDA grid ({GRID_X_MAX} x {GRID_Y_MAX} x {GRID_Z_MAX} blocks)")
+    return -(-int(rows) // bm), -(-int(cols) // bn), int(splits)
 
 
 def launch_1d(op_file: str, kernel: str, target: str, arrays, scalars=(), per_thread: int = 1):

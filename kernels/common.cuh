@@ -44,31 +44,6 @@ typedef long long index_t;
 __device__ inline int imin(int a, int b) { return a < b ? a : b; }
 __device__ inline int imax(int a, int b) { return a > b ? a : b; }
 
-// The CTA's output tile in a tiled GEMM of rows x cols: row tiles on grid.x, column tiles on
-// grid.y, except that grid.y holds at most 65535 blocks, fewer than the column tiles of 4M
-// columns (a linear layer's in_features after a flatten, at 64 a tile). The launchers
-// (gpuconv.kernels.tile_grid) then fold them: grid.x = row tiles * fold, and the column tile is
-// blockIdx.y * fold + blockIdx.x / row tiles. With fold 1 (every GEMM of fewer columns) this is
-// the plain 2-D grid in its order. False for a block past the last column tile (the fold's
-// remainder), which has nothing to do and returns before any barrier.
-__device__ inline bool tile_origin(int rows, int cols, int bm, int bn, int* row0, int* col0) {
-    const unsigned row_tiles = rows > 0 ? (unsigned)((rows - 1) / bm + 1) : 1u;
-    const unsigned fold = gridDim.x / row_tiles;
-    const unsigned tile = blockIdx.y * fold + blockIdx.x / row_tiles;
-    *row0 = (int)(blockIdx.x % row_tiles) * bm;
-    *col0 = (int)tile * bn;
-    return (index_t)tile * bn < cols;
-}
-
-// Split blockIdx.z's part [*begin, *end) of a split reduction over L positions in chunks of
-// `chunk` (end <= begin for a split past the end), computed in 64 bits: the launchers round the
-// chunks up, so splits * chunk may pass INT_MAX where L does not.
-__device__ inline void split_range(int L, int chunk, int* begin, int* end) {
-    const index_t b = (index_t)blockIdx.z * chunk;
-    *begin = (int)(b < L ? b : L);
-    *end = (int)(b + chunk < L ? b + chunk : L);
-}
-
 // Floor division that is right for negative numerators (C's / truncates toward zero).
 __device__ inline int floor_div(int a, int b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 

@@ -378,8 +378,7 @@ conv2d_forward_v2(const storage_t* x, const storage_t* w, const storage_t* b, st
     __shared__ acc_t As[CONV_BK][CONV_SROW];
     __shared__ acc_t Bs[CONV_BK][CONV_SROW];
     const int M = N * OH * OW, R = C * FH * FW;
-    int row0, col0;
-    if (!tile_origin(M, K, CONV_BM, CONV_BN, &row0, &col0)) return;
+    const int row0 = blockIdx.x * CONV_BM, col0 = blockIdx.y * CONV_BN;
     PatchRowLoader la(x, row0 + threadIdx.x, M, C, H, W, FH, FW, OH, OW, sh, sw, ph, pw);
     FilterColLoader lb(w, col0, K, R);
     acc_t acc[CONV_TM][CONV_TN];
@@ -424,8 +423,7 @@ conv2d_backward_data_v2(const storage_t* dy, const storage_t* w, storage_t* dx,
     __shared__ acc_t As[CONV_BK][CONV_SROW];
     __shared__ acc_t Bs[CONV_BK][CONV_SROW];
     const int M = N * H * W, L = K * FH * FW;
-    int row0, col0;
-    if (!tile_origin(M, C, CONV_BM, CONV_BN, &row0, &col0)) return;
+    const int row0 = blockIdx.x * CONV_BM, col0 = blockIdx.y * CONV_BN;
     GradGatherRowLoader la(dy, row0 + threadIdx.x, M, H, W, K, FH, FW, OH, OW, sh, sw, ph, pw);
     FilterBwdColLoader lb(w, col0, C, FH * FW);
     acc_t acc[CONV_TM][CONV_TN];
@@ -472,10 +470,9 @@ conv2d_backward_weight_v2(const storage_t* dy, const storage_t* x, acc_t* ws,
     __shared__ acc_t As[CONV_BK][CONV_SROW];
     __shared__ acc_t Bs[CONV_BK][CONV_SROW];
     const int R = C * FH * FW, L = N * OH * OW;
-    int row0, col0;
-    if (!tile_origin(R, K, CONV_BM, CONV_BN, &row0, &col0)) return;
-    int lbegin, lend;
-    split_range(L, chunk, &lbegin, &lend);
+    const int row0 = blockIdx.x * CONV_BM, col0 = blockIdx.y * CONV_BN;
+    const int lbegin = blockIdx.z * chunk;
+    const int lend = imin(L, lbegin + chunk);
     PatchColLoader la(x, row0, C, H, W, FH, FW, OH, OW, sh, sw, ph, pw);
     GradColLoader lb(dy, col0, K, OH * OW);
     acc_t acc[CONV_TM][CONV_TN];
@@ -792,8 +789,7 @@ conv2d_forward_v3(const storage_t* x, const storage_t* w, const storage_t* b, st
     __shared__ acc4 As[2][CONV3_BK][CONV3_SROW / 4];
     __shared__ acc4 Bs[2][CONV3_BK][CONV3_SROW / 4];
     const int M = N * OH * OW, R = C * FH * FW;
-    int row0, col0;
-    if (!tile_origin(M, K, CONV3_BM, CONV3_BN, &row0, &col0)) return;
+    const int row0 = blockIdx.x * CONV3_BM, col0 = blockIdx.y * CONV3_BN;
     PatchRowLoader3 la(x, row0, M, C, H, W, FH, FW, OH, OW, sh, sw, ph, pw);
     FilterColLoader3 lb(w, col0, K, R);
     acc_t acc[8][8];
@@ -811,8 +807,7 @@ conv2d_backward_data_v3(const storage_t* dy, const storage_t* w, storage_t* dx,
     __shared__ acc4 As[2][CONV3_BK][CONV3_SROW / 4];
     __shared__ acc4 Bs[2][CONV3_BK][CONV3_SROW / 4];
     const int M = N * H * W, L = K * FH * FW;
-    int row0, col0;
-    if (!tile_origin(M, C, CONV3_BM, CONV3_BN, &row0, &col0)) return;
+    const int row0 = blockIdx.x * CONV3_BM, col0 = blockIdx.y * CONV3_BN;
     GradGatherRowLoader3 la(dy, row0, M, H, W, K, FH, FW, OH, OW, sh, sw, ph, pw);
     FilterBwdColLoader3 lb(w, col0, C, FH * FW);
     acc_t acc[8][8];
@@ -887,10 +882,9 @@ conv2d_backward_weight_v3(const storage_t* dy, const storage_t* x, acc_t* ws,
     __shared__ acc4 As[2][CONV3_BK][CONV3_SROW / 4];
     __shared__ acc4 Bs[2][CONV3_BK][CONV3_SROW / 4];
     const int R = C * FH * FW, L = N * OH * OW;
-    int row0, col0;
-    if (!tile_origin(R, K, CONV3_BM, CONV3_BN, &row0, &col0)) return;
-    int lbegin, lend;
-    split_range(L, chunk, &lbegin, &lend);
+    const int row0 = blockIdx.x * CONV3_BM, col0 = blockIdx.y * CONV3_BN;
+    const int lbegin = blockIdx.z * chunk;
+    const int lend = imin(L, lbegin + chunk);
     PatchColLoader3 la(x, row0, C, H, W, FH, FW, OH, OW, sh, sw, ph, pw);
     GradColLoader3 lb(dy, col0, K, OH * OW);
     acc_t acc[8][8];

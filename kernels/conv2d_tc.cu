@@ -514,8 +514,7 @@ __device__ void conv2d_forward_tc_body(const storage_t* x, const storage_t* w, c
                                        int ph, int pw, int has_bias, int relu) {
     TC_DECLARE_STAGES(S, As, Bs);
     const int M = N * OH * OW, R = FH * FW * Cp;
-    int m0, n0;
-    if (!tile_origin(M, K, S::BM, S::BN, &m0, &n0)) return;
+    const int m0 = blockIdx.x * S::BM, n0 = blockIdx.y * S::BN;
     const int rbytes = R * (int)sizeof(storage_t);
     PatchRows<S> la(x, m0, M, H, W, Cp, FH, FW, OH, OW, sh, sw, ph, pw);
     DenseTileLoader<S::BN, TC_KBYTES, S::THREADS> lb((const unsigned char*)(w + (index_t)n0 * R), rbytes, K - n0,
@@ -532,8 +531,7 @@ __device__ void conv2d_backward_data_tc_body(const storage_t* dy, const storage_
                                              int ph, int pw) {
     TC_DECLARE_STAGES(S, As, Bs);
     const int M = N * H * W, L = FH * FW * Kp;
-    int m0, n0;
-    if (!tile_origin(M, C, S::BM, S::BN, &m0, &n0)) return;
+    const int m0 = blockIdx.x * S::BM, n0 = blockIdx.y * S::BN;
     const int lbytes = L * (int)sizeof(storage_t);
     DenseTileLoader<S::BN, TC_KBYTES, S::THREADS> lb((const unsigned char*)(wt + (index_t)n0 * L), lbytes, C - n0,
                                                      lbytes);
@@ -555,10 +553,8 @@ __device__ void conv2d_backward_weight_tc_body(const storage_t* dy, const storag
                                                int ph, int pw, int chunk, int vec_dy) {
     TC_DECLARE_STAGES(S, As, Bs);
     const int L = N * OH * OW, R = FH * FW * Cp;
-    int m0, n0;
-    if (!tile_origin(K, R, S::BM, S::BN, &m0, &n0)) return;
-    int l0, l_end;
-    split_range(L, chunk, &l0, &l_end);
+    const int m0 = blockIdx.x * S::BM, n0 = blockIdx.y * S::BN;
+    const int l0 = blockIdx.z * chunk, l_end = imin(L, l0 + chunk);
     const int es = (int)sizeof(storage_t);
     float acc[S::MI][S::NI][4] = {};
     const int ktiles = imax((l_end - l0 + TC_KBYTES / es - 1) / (TC_KBYTES / es), 0);

@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import kernels, layout
 from ..backend import get_array_module
-from ..precision import compute_dtype
+from ..precision import accurate_sum, compute_dtype, round_once, upcast
 from ._checks import output_hw
 from . import _launch_conv2d_tc as tc
 from ._dispatch import register_launcher
@@ -52,6 +52,13 @@ def _i32(*values):
 def _fits_int(*sizes):
     """The tiled kernels index GEMM rows/columns with int, a tile's overhang included."""
     return kernels.int_indexable(*sizes, spare=TILE3)
+
+
+def _tiles_fit(var, rows, cols, reduction):
+    """Whether tiled variant ``var`` takes a rows x cols GEMM over ``reduction``: int indices and
+    a grid within CUDA's limits (else v1, whose indices are 64-bit and whose grid strides)."""
+    tile = TILE3 if var == "v3" else TILE
+    return _fits_int(rows, reduction) and kernels.tile_grid_fits(rows, cols, tile, tile)
 
 
 def geometry(kernel, target, device=None, *, rows=0, cols=0, splits=1, elements=0):
@@ -125,7 +132,7 @@ def _forward(x, w, b, stride, padding, tf32, relu, target, var):
     if y.size:
         dims = _i32(n, c, h, wd, k, fh, fw, oh, ow, *stride, *padding, b is not None, relu)
         args = (x, w, w if b is None else b, y) + dims  # w stands in for a missing bias (never read)
-        if var == "v1" or not _fits_int(n * oh * ow, c * fh * fw):
+        if var == "v1" or not _tiles_fit(var, n * oh * ow, k, c * fh * fw):
             var = "v1"  # the tiled kernels index GEMM rows in int; v1's indices are 64-bit
         name = f"conv2d_forward_{var}"
         device = kernels.array_device([x])
@@ -174,7 +181,7 @@ def _backward_data(dy, w, x_shape, stride, padding, tf32, like, target, var):
         dx[...] = 0
         return dx
     args = (dy, w, dx) + _i32(n, c, h, wd, k, fh, fw, oh, ow, *stride, *padding)
-    if var == "v1" or not _fits_int(n * h * wd, k * fh * fw):
+    if var == "v1" or not _tiles_fit(var, n * h * wd, c, k * fh * fw):
         var = "v1"
     name = f"conv2d_backward_data_{var}"
     device = kernels.array_device([dy])
@@ -213,11 +220,13 @@ def _backward_weight(dy, x, w_shape, stride, padding, tf32, target, dw_dtype, va
     rows, l_total = c * fh * fw, n * oh * ow
     device = kernels.array_device([dy])
     # v2/v3 keep per-image offsets (C*H*W) in int and pack (fh, fw) into one int.
-    if var in ("v2", "v3") and _fits_int(rows, l_total, c * h * wd) and max(fh, fw) < 2**15:
+    splits = chunk = None
+    if var in ("v2", "v3") and _tiles_fit(var, rows, k, l_total) and _fits_int(c * h * wd) and max(fh, fw) < 2**15:
         name, tile = f"conv2d_backward_weight_{var}", TILE3 if var == "v3" else TILE
         threads = GEMM3_THREADS if var == "v3" else GEMM_THREADS
         per_sm = kernels.resident_blocks("conv2d", name, dy.dtype, threads, target, device, tf32)
         splits, chunk = weight_splits(l_total, -(-rows // tile) * -(-k // tile), target, device, per_sm=per_sm)
+    if splits is not None and kernels.int_indexable(splits * chunk):  # the kernels' end of the last split
         acc = compute_dtype(dy.dtype)
         direct = splits == 1 and acc == dy.dtype
         ws = dw if direct else xp.empty((splits, k, rows), dtype=acc)
@@ -236,8 +245,11 @@ def _backward_weight(dy, x, w_shape, stride, padding, tf32, target, dw_dtype, va
 
 
 def conv2d_backward_bias_kernel(dy, *, target):
-    """db[k] = sum of dy over n, oh, ow: one block per channel."""
+    """db[k] = sum of dy over n, oh, ow: one block per channel (the kernel takes a plane's
+    OH*OW as an int: a larger plane, a gigapixel image's, is summed as the reference sums it)."""
     xp = get_array_module(dy)
+    if not kernels.int_indexable(dy.shape[2] * dy.shape[3]):
+        return round_once(accurate_sum(upcast(dy), (0, 2, 3)), dy.dtype)
     cl = layout.is_channels_last(dy)
     dy = layout.memory_order(dy) if cl else xp.ascontiguousarray(dy)
     n, k, oh, ow = (dy.shape[0], dy.shape[3], dy.shape[1], dy.shape[2]) if cl else dy.shape

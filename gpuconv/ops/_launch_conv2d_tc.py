@@ -44,10 +44,12 @@ def supports(dtype, tf32: bool) -> bool:
 
 
 
-def _fits(itemsize, rows, cols, reduction, image) -> bool:
+def _fits(itemsize, rows, cols, reduction, image, tiles) -> bool:
     """GEMM rows, columns and the reduction, their byte counts (the dense loaders' rows), and one
-    image's elements (the loaders' offsets within an image) are ints in the kernels."""
-    return kernels.int_indexable(rows, cols * itemsize, reduction * itemsize, image, spare=256)  # a tile's overhang
+    image's elements (the loaders' offsets within an image) are ints in the kernels; the output
+    ``tiles`` (rows, columns) make a grid within CUDA's limits at the narrowest tile's 64."""
+    return (kernels.int_indexable(rows, cols * itemsize, reduction * itemsize, image, spare=256)  # a tile's overhang
+            and kernels.tile_grid_fits(*tiles, 64, 64))
 
 
 def padded_channels(channels, dtype) -> int:
@@ -149,7 +151,8 @@ def forward(x, w, b, stride, padding, tf32, relu, *, target, variant="tc"):
     n, c, h, wd = x.shape
     k, _, fh, fw = w.shape
     oh, ow = output_hw(x.shape, (fh, fw), stride, padding, floor=True)  # (sizes checked by the op)
-    if not supports(x.dtype, tf32) or not _fits(x.itemsize, n * oh * ow, k, fh * fw * (c + 8), h * wd * (c + 8)):
+    if not supports(x.dtype, tf32) or not _fits(x.itemsize, n * oh * ow, k, fh * fw * (c + 8), h * wd * (c + 8),
+                                                 (n * oh * ow, k)):
         return None
     xp = get_array_module(x, w, b)
     xh = _nhwc_padded(x)
@@ -168,7 +171,8 @@ def backward_data(dy, w, x_shape, stride, padding, tf32, like, *, target, varian
     n, c, h, wd = x_shape
     k, _, fh, fw = w.shape
     oh, ow = dy.shape[2:]
-    if not supports(dy.dtype, tf32) or not _fits(dy.itemsize, n * h * wd, c, fh * fw * (k + 8), oh * ow * (k + 8)):
+    if not supports(dy.dtype, tf32) or not _fits(dy.itemsize, n * h * wd, c, fh * fw * (k + 8), oh * ow * (k + 8),
+                                                  (n * h * wd, c)):
         return None
     xp = get_array_module(dy, w)
     dyh = _nhwc_padded(dy)
@@ -191,7 +195,8 @@ def backward_weight(dy, x, w_shape, stride, padding, tf32, *, target, variant="t
     n, c, h, wd = x.shape
     k, _, fh, fw = w_shape
     oh, ow = dy.shape[2:]
-    if not supports(dy.dtype, tf32) or not _fits(dy.itemsize, n * oh * ow, k, fh * fw * (c + 8), h * wd * (c + 8)):
+    if not supports(dy.dtype, tf32) or not _fits(dy.itemsize, n * oh * ow, k, fh * fw * (c + 8), h * wd * (c + 8),
+                                                  (k, fh * fw * (c + 8))):
         return None
     xp = get_array_module(dy, x)
     dyh = layout.nhwc(dy)
@@ -212,6 +217,8 @@ def backward_weight(dy, x, w_shape, stride, padding, tf32, *, target, variant="t
                                      device, tf32, DYNAMIC_SHARED[variant])
     splits, chunk = weight_splits(l_total, -(-rows // bm) * -(-cols // bn), target, device,
                                   step=KBYTES // dy.itemsize, per_sm=per_sm)
+    if not kernels.int_indexable(splits * chunk):  # the kernel's end of the last split
+        return None
     ws = xp.empty((splits, rows, cols), dtype=np.float32)
     vec_dy = next(v for v in (16, 8, 4, 2) if (k * dy.itemsize) % v == 0 and kernels.address(dyh) % v == 0)
     args = (dyh, xh, ws) + _i32(n, cp, h, wd, k, fh, fw, oh, ow, *stride, *padding, chunk, vec_dy)

@@ -28,7 +28,7 @@ from ..backend import get_array_module
 from ._dispatch import register_launcher
 from ._launch_conv2d import (conv2d_backward_bias_kernel, conv2d_backward_data_kernel, conv2d_backward_weight_kernel,
                              conv2d_forward_kernel)
-from ._launch_gemm_tc import fits, gemm_tc
+from ._launch_gemm_tc import TILE, fits, gemm_tc
 from .linear import LinearCache
 
 _ONE = (1, 1)  # the 1x1 convolution's stride
@@ -38,8 +38,11 @@ _NONE = (0, 0)  # and padding
 def _on_gemm_tc(x, w, target):
     """Whether the tensor-core GEMM takes the layer: a bfloat16/float16 one, on a target with tensor
     cores (elsewhere the 1x1 convolution's CUDA-core tiles do), its matrices' sizes within the
-    kernel's int indexing (x as (N, in), w (out, in); dy is (N, out))."""
-    return (x.dtype in precision.LOW_PRECISION and fits(x.itemsize, x.shape[0], *w.shape)
+    kernel's int indexing (x as (N, in), w (out, in); dy is (N, out)) and its three products' grids
+    (N x out, N x in, out x in) within CUDA's limits."""
+    n, (out, inp) = x.shape[0], w.shape
+    return (x.dtype in precision.LOW_PRECISION and fits(x.itemsize, n, out, inp)
+            and all(kernels.tile_grid_fits(r, c, TILE, TILE) for r, c in ((n, out), (n, inp), (out, inp)))
             and kernels.tensor_cores_for(target, lambda: kernels.array_device([x])))
 
 
