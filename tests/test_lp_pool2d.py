@@ -45,6 +45,23 @@ def test_gradients_float64(backend, p, k, s):
     assert relative_error(lp_pool2d_backward(dy, cache), num) < 1e-6
 
 
+@pytest.mark.parametrize("dtype, c", [(np.float32, 4), (np.float64, 2), (bfloat16, 8), (np.float16, 16)])
+def test_channels_last_whole_pieces_of_channels(backend, dtype, c):
+    """channels_last with the channels in whole 16-byte pieces (where the other pooling kernels
+    take their vector form): the same values as the NCHW input's, in the input's layout."""
+    import gpuconv
+    x = np.random.default_rng(4).uniform(0.1, 2, (2, c, 6, 6)).astype(dtype)
+    y0, cache0 = lp_pool2d_forward(backend.asarray(x), 2, 2)
+    y1, cache1 = lp_pool2d_forward(gpuconv.to_channels_last(backend.asarray(x)), 2, 2)
+    assert gpuconv.is_channels_last(y1)
+    np.testing.assert_array_equal(backend.asnumpy(y1), backend.asnumpy(y0))
+    dy = np.random.default_rng(5).standard_normal(y0.shape).astype(dtype)
+    dx0 = lp_pool2d_backward(backend.asarray(dy), cache0)
+    dx1 = lp_pool2d_backward(gpuconv.to_channels_last(backend.asarray(dy)), cache1)
+    assert gpuconv.is_channels_last(dx1)
+    np.testing.assert_array_equal(backend.asnumpy(dx1), backend.asnumpy(dx0))
+
+
 def test_l2_of_a_zero_window_is_zero_with_zero_gradient(backend):
     x = np.zeros((1, 1, 4, 4), np.float32)
     x[0, 0, 2:, 2:] = [[3, 4], [0, 0]]  # one window holds (3, 4): norm 5

@@ -18,7 +18,7 @@ def lp_pool2d_forward_kernel(x, norm_type, kernel_size, stride, *, target):
     (x,), cl = _inputs(x)
     out_shape, dims = _dims(x.shape, kernel_size, stride)
     y = layout.empty(xp, out_shape, x.dtype, cl)
-    _run("lp_pool2d_forward", y.size, target, (x, y), dims, cl, (np.float64(norm_type),))
+    _run("lp_pool2d_forward", y.size, target, (x, y), dims, cl, (np.float64(norm_type),), vec=False)
     return y, LPPool2dCache(x, y, kernel_size, stride, norm_type)
 
 
@@ -28,5 +28,6 @@ def lp_pool2d_backward_kernel(dy, cache, *, target):
     (dy, x, y), cl = _inputs(dy, cache.x, cache.y)
     _, dims = _dims(x.shape, cache.kernel_size, cache.stride)
     dx = layout.empty(xp, x.shape, dy.dtype, cl)
-    _run("lp_pool2d_backward", dx.size, target, (dy, x, y, dx), dims, cl, (np.float64(cache.norm_type),))
+    _run("lp_pool2d_backward", dx.size, target, (dy, x, y, dx), dims, cl, (np.float64(cache.norm_type),),
+         vec=False)
     return dx

@@ -37,14 +37,14 @@ def _dims(x_shape, kernel_size, stride, floor=False):
     return (n, c, oh, ow), dims
 
 
-def _run(kernel, elements, target, arrays, dims, channels_last, scalars=()):
+def _run(kernel, elements, target, arrays, dims, channels_last, scalars=(), vec=True):
     """One thread per element (outputs forward, inputs backward), or per VEC16 channels of a
-    pixel in the ``_vec`` form where it applies (:func:`gpuconv.kernels.vec_lanes`), grid-stride
-    beyond the cap; ``arrays[0]`` (x or dy) gives the dtype and the device. Arrays go as their
-    memory."""
+    pixel in the ``_vec`` form where it applies (:func:`gpuconv.kernels.vec_lanes`; ``vec`` False
+    for a kernel without one), grid-stride beyond the cap; ``arrays[0]`` (x or dy) gives the dtype
+    and the device. Arrays go as their memory."""
     if elements:
         device = kernels.array_device(arrays[:1])
-        lanes = kernels.vec_lanes(arrays, int(dims[1]), channels_last)
+        lanes = kernels.vec_lanes(arrays, int(dims[1]), channels_last) if vec else 1
         grid, block = kernels.grid_1d(elements // lanes, kernels.BLOCK, target, device)
         args = tuple(layout.memory_order(a) for a in arrays) + tuple(scalars) + dims + (np.int32(channels_last),)
         kernels.launch("pool2d", kernel + ("_vec" if lanes > 1 else ""), arrays[0].dtype, target, grid, block, args,
