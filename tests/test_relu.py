@@ -1,6 +1,7 @@
 """ReLU: exact values, the gradient mask (0 at the kink), gradients, errors."""
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -32,6 +33,18 @@ def test_bit_exact_against_numpy(backend, x):
     dy = np.ones_like(x)
     dx = relu_backward(backend.asarray(dy), cache)
     np.testing.assert_array_equal(backend.asnumpy(dx), (x > 0).astype(np.float32))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, ml_dtypes.bfloat16, np.float16])
+def test_inactive_units_pass_a_positive_zero_whatever_dy(backend, dtype):
+    """dy where x > 0, else +0, for a negative, infinite or NaN dy too (PyTorch's and the kernels'
+    answer; a product with the mask gives -0 and NaN there)."""
+    x = np.array([-1, 0, -3, -2, 2, 1], dtype)
+    dy = np.array([-5, np.nan, np.inf, -np.inf, -7, np.inf], dtype)
+    _, cache = relu_forward(backend.asarray(x))
+    dx = backend.asnumpy(relu_backward(backend.asarray(dy), cache))
+    assert dx.dtype == dtype
+    assert dx.tobytes() == np.array([0, 0, 0, 0, -7, np.inf], dtype).tobytes()
 
 
 def test_gradient_float64(backend):

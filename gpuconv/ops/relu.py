@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections import namedtuple
 
+import numpy as np
+
 from ..backend import get_array_module
 from ..precision import round_once, upcast
 from . import _dispatch
@@ -35,8 +37,15 @@ def _relu_forward_reference(x):
 
 
 def _relu_backward_reference(dy, cache):
-    # A multiply by the mask: 10 ms against 37 ms for xp.where on a CIFAR 128x64x32x32 batch.
-    return round_once(upcast(dy) * (upcast(cache.x) > 0), dy.dtype)
+    # dy where x > 0, else +0 (an inf or NaN dy of an inactive unit included, as the kernels and
+    # PyTorch give; a multiply by the mask gave -0 and NaN there): dy's bits ANDed with a mask of
+    # all ones or zeros, as fast as that multiply (10 ms on a 128x64x32x32 batch, xp.where 37).
+    xp = get_array_module(dy)
+    bits = np.dtype(f"i{dy.dtype.itemsize}")
+    mask = xp.asarray(cache.x > 0).astype(bits)  # (a 0-d comparison gives a scalar)
+    xp.negative(mask, out=mask)
+    xp.bitwise_and(mask, dy.view(bits), out=mask)
+    return mask.view(dy.dtype)
 
 
 # This op's CUDA kernel launchers, for the 'cuda' and 'sim' targets; last, as they import the names above.
