@@ -808,7 +808,12 @@ def cmd_precompile(args) -> int:
              "(sm_90 for an H100/H200, sm_80 for an A100)")
         return 1
     start = time.perf_counter()
-    records = kernels.precompile(args.device, arch=args.arch, jobs=args.jobs)
+    try:
+        records = kernels.precompile(args.device, arch=args.arch, jobs=args.jobs)
+    except ImportError as exc:  # --arch without a GPU: NVRTC's binding comes with CuPy
+        _say(f"gpuconv precompile: NVRTC could not be imported ({exc}); install CuPy and NVRTC: from a checkout "
+             "`make install EXTRAS=dev,nvrtc`, or pip install cupy-cuda13x nvidia-cuda-nvrtc")
+        return 1
     for r in records:
         print(f"{r['file']:12s} {r['build']:11s} {r['arch']:8s} "
               + ("in the cache" if r["cached"] else f"compiled in {r['seconds']:.1f} s"))

@@ -1006,7 +1006,7 @@ def nvrtc_arch(compute_capability, device: int | None = None) -> str:
     raise KernelCompileError(
         f"device {device} has compute capability {cc // 10}.{cc % 10} (sm_{cc}), and NVRTC {_nvrtc_version(nvrtc)} "
         f"compiles only for sm_{', sm_'.join(map(str, archs))}: install an NVRTC that still targets sm_{cc}, "
-        "e.g. the CUDA 12 stack (pip install 'gpuconv[cuda12]' nvidia-cuda-nvrtc-cu12), or run on Device('sim')")
+        "e.g. the CUDA 12 stack (pip install cupy-cuda12x nvidia-cuda-nvrtc-cu12), or run on Device('sim')")
 
 
 # ----------------------------------------------------------------------------- the GPU path

@@ -104,7 +104,7 @@ def test_probe_turns_driver_errors_into_false(monkeypatch):
 def test_probe_without_cupy(monkeypatch):
     monkeypatch.setattr(B, "_import_cupy", lambda: (None, "cupy is not importable (ImportError: x)"))
     ok, why = B._cuda_probe.__wrapped__()
-    assert ok is False and "install gpuconv[cuda12] or gpuconv[cuda13]" in why
+    assert ok is False and "make install EXTRAS=dev,cuda12" in why and "cupy-cuda12x nvidia-cuda-nvrtc-cu12" in why
 
 
 # ---------------------------------------------------------------- get_array_module

@@ -429,6 +429,13 @@ def test_precompile_reports_each_build_and_needs_a_gpu_or_an_arch(capsys, monkey
         {"file": "relu", "build": "float", "arch": "sm_80", "seconds": 0.25, "cached": False, "stored": False}])
     rc, _, err = run(["precompile", "--arch", "sm_80"], capsys)  # compiled, but kept nowhere: not a success
     assert rc == 1 and "could not be stored" in err and "GPUCONV_CUDA_CACHE" in err
+
+    def no_cupy(device, arch=None, jobs=None):
+        raise ModuleNotFoundError("No module named 'cupy_backends'")
+    monkeypatch.setattr(kernels, "precompile", no_cupy)
+    rc, _, err = run(["precompile", "--arch", "sm_90"], capsys)  # a line, not a traceback
+    assert rc == 1 and "NVRTC could not be imported (No module named 'cupy_backends')" in err
+    assert "make install EXTRAS=dev,nvrtc" in err and "Traceback" not in err
     for bad in ("90", "sm_xx", "sm90"):
         with pytest.raises(SystemExit):
             cli.main(["precompile", "--arch", bad])

@@ -3,6 +3,7 @@ run one kernel from the installed copy on the host simulator."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -10,6 +11,19 @@ import textwrap
 import pytest
 
 from conftest import REPO
+
+
+def _declared_packages():
+    text = (REPO / "pyproject.toml").read_text()
+    line = next(l for l in text.splitlines() if l.startswith("packages = ["))
+    return set(re.findall(r'"([\w.]+)"', line))
+
+
+def test_the_wheel_lists_every_package_in_the_tree():
+    """A package left out of pyproject's list is missing from every wheel and sdist (an installed
+    gpuconv then fails to import it), while the checkout, where the tests run, has it."""
+    tree = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "gpuconv").rglob("__init__.py")}
+    assert tree | {"gpuconv.kernels_src"} == _declared_packages()
 
 
 @pytest.mark.slow
@@ -24,8 +38,10 @@ def test_installed_wheel_finds_and_runs_its_kernels(tmp_path):
     assert (site / "gpuconv" / "kernels_src" / "conv2d.cu").is_file()
 
     script = textwrap.dedent("""
-        import numpy as np, gpuconv, gpuconv.kernels as K
+        import importlib, numpy as np, gpuconv, gpuconv.kernels as K
         from gpuconv import ops
+        for name in PACKAGES:
+            assert importlib.import_module(name).__file__.startswith(SITE), name
         assert gpuconv.__file__.startswith(SITE), gpuconv.__file__
         assert str(K.kernel_dir()).startswith(SITE), K.kernel_dir()
         x = np.random.default_rng(0).standard_normal((1, 2, 5, 5)).astype(np.float32)
@@ -33,7 +49,7 @@ def test_installed_wheel_finds_and_runs_its_kernels(tmp_path):
             y, _ = ops.relu_forward(x)
         assert np.array_equal(y, np.maximum(x, 0))
         print('ok', K.kernel_dir())
-    """).replace("SITE", repr(str(site)))
+    """).replace("SITE", repr(str(site))).replace("PACKAGES", repr(sorted(_declared_packages() - {"gpuconv.kernels_src"})))
     env = dict(os.environ, PYTHONPATH=str(site), GPUCONV_SIM_CACHE=str(tmp_path / "simcache"))
     out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env,
                          capture_output=True, text=True)

@@ -71,8 +71,9 @@ class DeviceLoader:
         if labels.ndim != 1 or labels.shape[0] != n or labels.dtype.kind not in "iu":
             raise ValueError(f"labels must be integers of shape ({n},) (one per image), got "
                              f"{labels.dtype} {tuple(labels.shape)}")
-        if isinstance(labels, np.ndarray) and labels.size and (labels.min() < 0
-                                                               or labels.max() > np.iinfo(np.int64).max):
+        # (Python ints: NumPy 1.x compared a uint64 with an int64 bound as float64, never above it)
+        if isinstance(labels, np.ndarray) and labels.size and (int(labels.min()) < 0
+                                                               or int(labels.max()) > np.iinfo(np.int64).max):
             raise ValueError(f"labels must be class indices (>= 0, within int64), got values in "
                              f"[{labels.min()}, {labels.max()}]")
         self.batch_size = _check_int("batch_size", batch_size, 1, "e.g. batch_size=512")
