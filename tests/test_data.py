@@ -11,6 +11,8 @@ import hashlib
 import http.server
 import os
 import pickle
+import subprocess
+import sys
 import tarfile
 import threading
 import warnings
@@ -316,6 +318,43 @@ def test_crafted_pickle_is_refused_not_run(isolated, protocol, target):
     with pytest.raises(pickle.UnpicklingError, match=asks):
         D.load_cifar10(d, download=False)
     assert not marker.exists()
+
+
+_OBJECT_ARRAYS = """
+import pickle, sys, numpy as np
+from numpy._core import multiarray as ma
+from gpuconv.data import load_pickle
+from gpuconv.data.errors import CorruptDataError
+class Direct:  # ndarray(shape, dtype('O'), buffer): "pointers" from the file's bytes
+    def __reduce__(self): return (np.ndarray, ((1,), np.dtype('O'), b'A' * 8))
+class Called:  # the array class called, even with a plain dtype
+    def __reduce__(self): return (np.ndarray, ((8,), np.dtype('u1'), b'A' * 8))
+class Rebuilt:  # _reconstruct, then an object dtype in the BUILD state
+    def __reduce__(self): return (ma._reconstruct, (np.ndarray, (0,), b'b'), (1, (1,), np.dtype('O'), False, b'A' * 8))
+class Scalar:
+    def __reduce__(self): return (ma.scalar, (np.dtype('O'), b'A' * 8))
+class Flagged:  # a void dtype given object flags by its BUILD state
+    def __reduce__(self): return (np.dtype, ('V8', False, True), (3, '|', None, None, None, 8, 1, 63))
+refused = 0
+for cls in (Direct, Called, Rebuilt, Scalar, Flagged):
+    for protocol in (2, 5):
+        payload = pickle.dumps({b'data': np.zeros((1, 3072), np.uint8), b'labels': cls()}, protocol=protocol)
+        try:
+            got = load_pickle(payload, 'evil')
+        except CorruptDataError:
+            refused += 1
+        else:
+            np.asarray(got[b'labels'], np.int64)  # what the loader does next (it crashed here)
+print('refused', refused)
+"""
+
+
+def test_no_object_array_can_be_built_from_a_batch():
+    """Pickles that build object arrays (elements are pointers, here the file's own bytes, which
+    NumPy dereferences and frees) through the admitted NumPy names: all refused as corrupt, in a
+    subprocess, since what they do otherwise is crash the interpreter."""
+    out = subprocess.run([sys.executable, "-c", _OBJECT_ARRAYS], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.split() == ["refused", "10"], (out.returncode, out.stdout, out.stderr)
 
 
 @pytest.mark.parametrize("protocol", [2, 3, 5])

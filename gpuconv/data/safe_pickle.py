@@ -3,7 +3,8 @@
 ``pickle.load`` runs whatever callable a file names, so a file downloaded from anywhere
 is code. The CIFAR-10 batches (Python 2 pickles: dicts of bytes keys, lists of ints and
 one uint8 array) need only NumPy's array reconstruction; ``find_class`` admits exactly
-that and refuses everything else before it is imported, let alone called.
+that, through stand-ins that build plain numeric arrays from bytes and nothing else, and
+refuses everything else before it is imported, let alone called.
 """
 from __future__ import annotations
 
@@ -21,24 +22,109 @@ except ImportError:  # pragma: no cover - NumPy 1.x
 
 import _codecs
 
-# (module, name) as written in the file -> the object to hand back. Both spellings of the
-# array reconstructor map to the real one, so a NumPy 1 file loads on NumPy 2 without the
-# numpy.core deprecation warning.
+class _ArrayClass:
+    """What the file gets for ``numpy.ndarray``: a token that only :func:`_reconstruct` accepts.
+    (The class itself would let a file call ``ndarray(shape, dtype('O'), buffer)``: an object
+    array whose "pointers" are the file's bytes, which NumPy dereferences later.)"""
+
+
+_ARRAY_CLASS = _ArrayClass()
+
+
+class _DType:
+    """What the file gets for ``numpy.dtype(spec, align, copy)``: a plain numeric dtype (bool,
+    integer or float, no fields, no subarray, never object), kept apart from NumPy's own until
+    used, so that the file's BUILD state (dtype.__setstate__, which can set a dtype's object
+    flags) only picks the byte order."""
+
+    def __init__(self, spec, align=False, copy=False):
+        if not isinstance(spec, (str, bytes)):
+            raise TypeError(f"dtype spec {spec!r}: only a type string such as 'u1' or 'i8'")
+        self.dtype = _plain(np.dtype(spec.decode("ascii") if isinstance(spec, bytes) else spec))
+
+    def __setstate__(self, state):
+        if not isinstance(state, tuple) or len(state) < 5 or any(v is not None for v in state[2:5]):
+            raise TypeError("a dtype state with fields or a subarray")
+        order = state[1].decode("ascii") if isinstance(state[1], bytes) else state[1]
+        if order in ("<", ">"):
+            self.dtype = self.dtype.newbyteorder(order)
+        elif order not in ("|", "="):
+            raise TypeError(f"a dtype byte order {order!r}")
+
+
+def _plain(dt):
+    if dt.kind not in "biuf" or dt.hasobject or dt.fields is not None or dt.subdtype is not None:
+        raise TypeError(f"dtype {dt}: a CIFAR-10 batch holds only numbers")
+    return dt
+
+
+def _real(dtype):
+    if not isinstance(dtype, _DType):
+        raise TypeError(f"{dtype!r} where a dtype belongs")
+    return dtype.dtype
+
+
+class _Array(np.ndarray):
+    """The array :func:`_reconstruct` makes: its BUILD state goes through the real
+    ndarray.__setstate__ with the plain dtype of a :class:`_DType` and raw bytes only."""
+
+    def __setstate__(self, state):
+        if not isinstance(state, tuple) or len(state) != 5 or not isinstance(state[4], (bytes, bytearray)):
+            raise TypeError("an array state other than (version, shape, dtype, fortran, raw bytes)")
+        version, shape, dtype, fortran, raw = state
+        np.ndarray.__setstate__(self, (version, shape, _real(dtype), bool(fortran), raw))
+
+
+def _reconstruct(cls, shape, typecode):
+    if cls is not _ARRAY_CLASS:
+        raise TypeError("_reconstruct of something other than an ndarray")
+    return _multiarray._reconstruct(_Array, shape, typecode)
+
+
+def _scalar(dtype, data=None):
+    if not isinstance(data, bytes):
+        raise TypeError("a scalar without its bytes")
+    return _multiarray.scalar(_real(dtype), data)
+
+
+def _frombuffer(buf, dtype, shape, order):
+    return _numeric._frombuffer(buf, _real(dtype), shape, order)
+
+
+# (module, name) as written in the file -> what the file gets. Both spellings of NumPy's
+# modules map to the same stand-ins, so a NumPy 1 file loads on NumPy 2 without the numpy.core
+# deprecation warning. Each stand-in builds only plain numeric arrays from bytes: no object
+# array (whose elements are pointers) can be made, let alone freed.
 _ALLOWED = {
-    ("numpy.core.multiarray", "_reconstruct"): _multiarray._reconstruct,
-    ("numpy._core.multiarray", "_reconstruct"): _multiarray._reconstruct,
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
     # Scalars are not in the official files but are what np.int64 labels pickle to.
-    ("numpy.core.multiarray", "scalar"): _multiarray.scalar,
-    ("numpy._core.multiarray", "scalar"): _multiarray.scalar,
+    ("numpy.core.multiarray", "scalar"): _scalar,
+    ("numpy._core.multiarray", "scalar"): _scalar,
     # Protocol 5 writes arrays as _frombuffer(bytes, dtype, shape, order): a copy, no code.
-    ("numpy.core.numeric", "_frombuffer"): _numeric._frombuffer,
-    ("numpy._core.numeric", "_frombuffer"): _numeric._frombuffer,
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
+    ("numpy.core.numeric", "_frombuffer"): _frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): _frombuffer,
+    ("numpy", "ndarray"): _ARRAY_CLASS,
+    ("numpy", "dtype"): _DType,
     # Python 3 writes bytes at protocol <= 2 as _codecs.encode(str, 'latin1'); it only
     # turns a string into bytes, so re-pickled batches load too.
     ("_codecs", "encode"): _codecs.encode,
 }
+
+
+def _unwrapped(obj):
+    """The loaded structure with plain ndarrays for the stand-ins' (a dtype left over is an error)."""
+    if isinstance(obj, dict):
+        return {k: _unwrapped(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_unwrapped(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_unwrapped(v) for v in obj)
+    if isinstance(obj, _Array):
+        return obj.view(np.ndarray)
+    if isinstance(obj, (_DType, _ArrayClass)):
+        raise TypeError("a dtype or the array class outside an array")
+    return obj
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -65,7 +151,7 @@ def load_pickle(data: bytes, source: str):
     Python 2 pickles need ``encoding='bytes'``: their str objects (dict keys, the array's
     raw buffer) come back as bytes instead of being decoded as ASCII text."""
     try:
-        return RestrictedUnpickler(io.BytesIO(data), source=source, encoding="bytes").load()
+        return _unwrapped(RestrictedUnpickler(io.BytesIO(data), source=source, encoding="bytes").load())
     except UnsafePickleError:
         raise
     except (EOFError, pickle.UnpicklingError, ValueError, TypeError, IndexError, KeyError,
