@@ -239,7 +239,8 @@ fi
 # ---------------------------------------------------------------- the airbench94 recipe end to end
 if want airbench; then
     stage airbench 120 "$PY" -m gpuconv train --recipe airbench94 --device cuda --data "${GPUCONV_DATA:-.gpu-data}" \
-        --out "${TMPDIR:-/tmp}/gpuconv-airbench" --no-progress  # the checkpoint stays out of the records
+        --out "$(mktemp -d "${TMPDIR:-/tmp}/gpuconv-airbench.XXXXXX")" --no-progress  # out of the records; a fresh
+        # directory of our own (a fixed name under /tmp could be another user's, with links planted in it)
     stage bench_airbench 200 "$PY" benchmarks/bench_airbench.py --save
 fi
 

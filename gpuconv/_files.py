@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
+import stat
 import tempfile
 
 
@@ -23,8 +24,39 @@ def _umask() -> int:
 
 
 def new_file_mode(executable: bool = False) -> int:
-    """The mode ``open()`` (0666) or a linker (0777) gives a new file: less the umask."""
-    return (0o777 if executable else 0o666) & ~_umask()
+    """The mode ``open()`` (0666) or a linker (0777) gives a new file: less the umask, and never
+    writable by every user (a cached binary others could change is not loaded, see
+    :func:`trusted_binary`)."""
+    return (0o777 if executable else 0o666) & ~_umask() & ~0o002
+
+
+def _uid():
+    return os.getuid() if hasattr(os, "getuid") else None
+
+
+def shared_with_everyone(st) -> bool:
+    """Whether a directory of this ``stat`` lets every user replace its files: writable by others
+    and not sticky (a sticky one, as /tmp, lets each remove only their own)."""
+    return bool(st.st_mode & 0o002) and not st.st_mode & stat.S_ISVTX
+
+
+def trusted_binary(path) -> bool:
+    """Whether the cached binary at ``path`` may be loaded (it is code this process runs): a
+    regular file, not a link, not writable by every user, owned by this user, root or the owner of
+    its directory, in a directory where others cannot replace it; in a directory every user writes
+    to (a sticky one: a shared cache under /tmp), this user's or root's own only."""
+    uid = _uid()
+    try:
+        st = os.lstat(path)
+        dst = os.stat(os.path.dirname(os.fspath(path)) or ".")
+    except OSError:
+        return False
+    if not stat.S_ISREG(st.st_mode) or st.st_mode & 0o002 or shared_with_everyone(dst):
+        return False
+    if uid is None:  # no POSIX owners (Windows)
+        return True
+    owners = {uid, 0} if dst.st_mode & 0o002 else {uid, 0, dst.st_uid}
+    return st.st_uid in owners
 
 
 def chmod_like_a_new_file(fd, path: pathlib.Path) -> None:
@@ -34,7 +66,7 @@ def chmod_like_a_new_file(fd, path: pathlib.Path) -> None:
     if not hasattr(os, "fchmod"):  # Windows: no POSIX modes to fix
         return
     try:
-        mode = path.stat().st_mode & 0o777
+        mode = path.stat().st_mode & 0o775  # (never writable by every user)
     except OSError:
         mode = new_file_mode()
     os.fchmod(fd, mode)
@@ -54,8 +86,8 @@ def private_temp_dir(name: str) -> pathlib.Path:
     path = pathlib.Path(tempfile.gettempdir()) / f"{name}-{uid}"
     try:
         path.mkdir(mode=0o700, exist_ok=True)
-        st = path.stat()
-        ours = path.is_dir() and (not hasattr(os, "getuid") or (st.st_uid == uid and not st.st_mode & 0o022))
+        st = os.lstat(path)  # not through a link: another user's link could be turned elsewhere later
+        ours = stat.S_ISDIR(st.st_mode) and (not hasattr(os, "getuid") or (st.st_uid == uid and not st.st_mode & 0o022))
     except OSError:
         ours = False
     if not ours:
@@ -106,6 +138,21 @@ def _fsync_dir(directory: pathlib.Path) -> None:
 
 
 LOCK_NAME = ".gpuconv-train.lock"
+NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)  # opening a link fails (ELOOP) instead of writing where it points
+
+
+def check_own_directory(directory: pathlib.Path) -> None:
+    """A run directory must be this user's and not writable by every user: in another user's, or
+    one anyone can write to, they could plant links named as the run's files and have it
+    overwrite, or copy, files of this user's (a PermissionError saying so)."""
+    uid = _uid()
+    st = os.stat(directory)
+    if uid is not None and st.st_uid != uid:
+        raise PermissionError(f"{directory} belongs to another user (uid {st.st_uid}): a run writes only into a "
+                              "directory of your own; choose another --out")
+    if st.st_mode & 0o002:
+        raise PermissionError(f"{directory} is writable by every user, who could plant links there to files of "
+                              f"yours: choose another --out, or chmod o-w {directory}")
 
 
 class DirectoryLocked(RuntimeError):
@@ -139,9 +186,16 @@ def directory_lock(directory: pathlib.Path, what: str = "gpuconv train"):
     if directory.exists() and not directory.is_dir():
         raise NotADirectoryError(f"{directory} is a file, not a directory: give --out a directory path")
     directory.mkdir(parents=True, exist_ok=True)
+    check_own_directory(directory)
     path = directory / LOCK_NAME
     while True:
-        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_RDWR | NOFOLLOW, 0o644)
+        except OSError as exc:
+            if not os.path.islink(path):
+                raise
+            raise PermissionError(f"{path} is a symbolic link, which gpuconv does not write through: remove it, "
+                                  "or choose another --out") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -87,7 +87,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import _env
-from ._files import private_temp_dir, write_atomic
+from ._files import private_temp_dir, trusted_binary, write_atomic
 from . import backend  # attribute access at call time: tests fake CuPy by patching it
 from . import layout, precision
 
@@ -1060,7 +1060,7 @@ def _cached_binary(src, op_file, dt, arch, where="", tf32=False):
                          .encode()).hexdigest()
     label = _label(dt, tf32).replace("+", "-")
     path = cuda_cache_dir() / f"{op_file}-{label}-{arch}-{key[:24]}.{'cubin' if arch.startswith('sm_') else 'ptx'}"
-    if path.is_file() and _whole_binary(path):
+    if trusted_binary(path) and _whole_binary(path):  # (one another user could have put there is compiled again)
         return path, None
     binary = nvrtc_compile(src, op_file, dt, arch, where, tf32)
     return (path if _store(path, binary) else None), binary

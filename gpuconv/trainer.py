@@ -33,7 +33,7 @@ import numpy as np
 
 from . import amp, backend, kernels
 from ._console import CONSOLE, _is_terminal
-from ._files import write_atomic
+from ._files import NOFOLLOW, new_file_mode, write_atomic
 from . import checkpoint as ckpt
 from .monitor import GPUMonitor, format_snapshot, metrics_fields
 
@@ -455,7 +455,9 @@ class Trainer:
         if self.metrics_path is None:
             return
         self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.metrics_path, "a") as f:
+        # never through a link (a planted one would append the records to the file it points at)
+        fd = os.open(self.metrics_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | NOFOLLOW, new_file_mode())
+        with os.fdopen(fd, "a") as f:
             f.write(json.dumps(record, allow_nan=True) + "\n")
 
     def _trim_metrics(self):
@@ -463,7 +465,9 @@ class Trainer:
         if self.metrics_path is None or not self.metrics_path.exists():
             return
         kept = []
-        for line in self.metrics_path.read_text().splitlines():
+        with os.fdopen(os.open(self.metrics_path, os.O_RDONLY | NOFOLLOW)) as f:
+            text = f.read()
+        for line in text.splitlines():
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError:

@@ -336,6 +336,40 @@ def test_a_finishing_run_removes_only_its_own_lock_file(tmp_path):
     assert not (tmp_path / _files.LOCK_NAME).exists()
 
 
+def test_a_run_writes_through_no_planted_link_and_only_into_its_own_directory(tmp_path, capsys, monkeypatch):
+    """Links planted as the lock or the metrics file (by another user of a shared directory) are
+    not written through; an --out that every user can write to, or another user's, is refused."""
+    from gpuconv import _files
+    secret = tmp_path / "secret"
+    secret.write_text("mine\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / _files.LOCK_NAME).symlink_to(secret)
+    rc, _, err = run(["train", "--out", out, "--data", SUBSET], capsys)
+    assert rc == 1 and "is a symbolic link, which gpuconv does not write through" in err
+    assert secret.read_text() == "mine\n"
+    (out / _files.LOCK_NAME).unlink()
+    (out / "metrics.jsonl").symlink_to(secret)  # before the run: set aside with the other old files
+    rc, _, err = run(["train", "--model", "seed", "--epochs", "1", "--limit", "100", "--data", SUBSET,
+                      "--out", out, "--no-progress"], capsys)
+    assert rc == 0 and secret.read_text() == "mine\n" and not (out / "metrics.jsonl").is_symlink()
+    from types import SimpleNamespace
+    from gpuconv.trainer import Trainer
+    (out / "metrics.jsonl").unlink()
+    (out / "metrics.jsonl").symlink_to(secret)  # during a run
+    with pytest.raises(OSError):
+        Trainer._write_metrics(SimpleNamespace(metrics_path=out / "metrics.jsonl"), {"kind": "epoch"})
+    assert secret.read_text() == "mine\n"
+    (out / "metrics.jsonl").unlink()
+    out.chmod(0o777)
+    rc, _, err = run(["train", "--out", out, "--data", SUBSET], capsys)
+    assert rc == 1 and "is writable by every user" in err and "chmod o-w" in err
+    out.chmod(0o755)
+    monkeypatch.setattr(_files, "_uid", lambda: os.stat(out).st_uid + 4242)
+    rc, _, err = run(["train", "--out", out, "--data", SUBSET], capsys)
+    assert rc == 1 and "belongs to another user" in err
+
+
 def test_the_console_takes_a_missing_stderr(monkeypatch):
     """Started with stderr closed (2>&-) or under pythonw, sys.stderr is None: progress is dropped."""
     from gpuconv._console import CONSOLE

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -259,7 +260,7 @@ def test_build_cache_survives_what_shared_machines_do_to_it(tmp_path, monkeypatc
     (so,) = tmp_path.glob("sharedtest-*.so")
     umask = os.umask(0)
     os.umask(umask)
-    assert so.stat().st_mode & 0o777 == 0o777 & ~umask
+    assert so.stat().st_mode & 0o777 == 0o777 & ~umask & ~0o002  # never writable by every user
     so.write_bytes(b"")  # truncated
     hostsim._modules.clear()
     mod = hostsim.compile(source, name="sharedtest")
@@ -277,6 +278,57 @@ def test_build_cache_survives_what_shared_machines_do_to_it(tmp_path, monkeypatc
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("GPUCONV_SIM_CACHE", "~/simcache")
     assert _build.cache_dir() == tmp_path / "home" / "simcache"
+
+
+def test_a_library_another_user_could_have_planted_is_built_again_not_loaded(tmp_path, monkeypatch):
+    """A cached library is code the process runs: one that every user can write, or a link, or
+    (in a directory every user writes to) another user's, is compiled again instead of loaded; a
+    cache directory every user can replace files in is not used at all."""
+    from gpuconv import _files
+    from gpuconv.hostsim import _build
+    fill = 'extern "C" __global__ void fill(float* y) {{ y[threadIdx.x] = {}f; }}\n// planted test\n'
+    elsewhere = tmp_path / "elsewhere"
+    monkeypatch.setenv("GPUCONV_SIM_CACHE", str(elsewhere))
+    hostsim.compile(fill.format(9.0), name="plantedtest")
+    (evil,) = elsewhere.glob("plantedtest-*.so")
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("GPUCONV_SIM_CACHE", str(cache))
+
+    def run():
+        hostsim._modules.clear()
+        y = np.zeros(2, np.float32)
+        hostsim.compile(fill.format(5.0), name="plantedtest").get_function("fill")(1, 2, (y,))
+        return y[0]
+    assert run() == 5.0
+    (so,) = cache.glob("plantedtest-*.so")
+    for plant in ("writable", "link"):
+        so.unlink()
+        if plant == "writable":
+            shutil.copyfile(evil, so)
+            so.chmod(0o666)
+        else:
+            so.symlink_to(evil)
+        before = hostsim.stats["compiles"]
+        assert run() == 5.0 and hostsim.stats["compiles"] == before + 1, plant  # built again, not 9.0
+        assert not so.is_symlink() and not so.stat().st_mode & 0o002
+    assert _files.trusted_binary(so)
+    cache.chmod(0o1777)  # a sticky shared cache: this user's libraries are loaded, another user's not
+    assert _files.trusted_binary(so)
+    if os.getuid() == 0:  # the library and the directory become another user's
+        os.chown(so, 4242, -1)
+        os.chown(cache, 4242, -1)
+    else:  # this process becomes another user
+        monkeypatch.setattr(_files, "_uid", lambda: os.getuid() + 4242)
+    assert not _files.trusted_binary(so)
+    cache.chmod(0o755)  # a directory only its owner writes to: the owner's libraries
+    assert _files.trusted_binary(so)
+    monkeypatch.undo()
+    monkeypatch.setenv("GPUCONV_SIM_CACHE", str(cache))
+    cache.chmod(0o777)
+    monkeypatch.setattr(_build, "_fallback_warned", False)
+    with pytest.warns(RuntimeWarning, match="writable by every user, who could replace the libraries"):
+        assert _build.cache_dir() != cache
+    cache.chmod(0o755)
 
 
 def test_sanitized_build_refuses_plain_process():

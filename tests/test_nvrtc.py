@@ -548,6 +548,10 @@ def test_a_truncated_cached_cubin_is_never_loaded(fake_gpu):
     kernels.clear_cache()
     again = kernels.get_module("relu", np.float32, "cuda", device=0)
     assert again.binary == mod.binary and len(fake_gpu.calls) == 2  # compiled and stored again
+    path.chmod(0o666)  # a whole cubin, but every user could have changed it: compiled again, never loaded
+    kernels.clear_cache()
+    kernels.get_module("relu", np.float32, "cuda", device=0)
+    assert len(fake_gpu.calls) == 3 and not path.stat().st_mode & 0o002
 
 
 @needs_nvrtc

@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import tempfile
 
-from .._files import new_file_mode, private_temp_dir, write_atomic
+from .._files import new_file_mode, private_temp_dir, shared_with_everyone, trusted_binary, write_atomic
 from ._errors import CompileError
 
 HEADER = pathlib.Path(__file__).with_name("cuda_sim.h")
@@ -38,9 +38,12 @@ def cache_dir() -> pathlib.Path:
     try:
         path = pathlib.Path(env).expanduser() if env else pathlib.Path.home() / ".cache" / "gpuconv" / "hostsim"
         path.mkdir(parents=True, exist_ok=True)
-        if os.access(path, os.W_OK | os.X_OK):
+        if shared_with_everyone(path.stat()):
+            problem = f"{path} is writable by every user, who could replace the libraries it loads"
+        elif os.access(path, os.W_OK | os.X_OK):
             return path
-        problem = f"{path} is not writable"
+        else:
+            problem = f"{path} is not writable"
     except (OSError, RuntimeError) as exc:  # RuntimeError: Path.home() without a home directory
         problem = f"{env or '~/.cache/gpuconv/hostsim'}: {exc}"
     fallback = private_temp_dir("gpuconv-hostsim")
@@ -82,9 +85,11 @@ def build(text: str, name: str, sanitize: bool, options=(), rebuild: bool = Fals
     stem = re.sub(r"[^\w.-]", "_", name)[:60] + ("-asan" if sanitize else "") + "-" + key
     root = cache_dir()
     so = root / f"{stem}.so"
-    if so.exists() and not rebuild:
+    if not rebuild and trusted_binary(so):
         stats["disk_hits"] += 1
         return so, True
+    # (a library there that another user could have put or changed is built again, never loaded)
+    replace_any = rebuild or os.path.lexists(so)
     src = root / f"{stem}.cu"
     write_atomic(src, text.encode())
     fd, tmp = tempfile.mkstemp(prefix=stem, suffix=".so.tmp", dir=root)
@@ -99,7 +104,7 @@ def build(text: str, name: str, sanitize: bool, options=(), rebuild: bool = Fals
         try:
             os.replace(tmp, so)  # atomic: a concurrent process sees no half-written library
         except PermissionError:  # another user's file in a sticky shared directory: keep ours aside
-            if not rebuild:
+            if not replace_any:
                 raise
             own = root / f"{stem}-{os.getpid()}.so"
             os.replace(tmp, own)
