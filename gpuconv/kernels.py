@@ -972,13 +972,14 @@ def _compute_capability(device) -> int:
     return int(backend.require_cupy().cuda.Device(device).compute_capability)
 
 
-@functools.lru_cache(maxsize=None)
 def tensor_cores_for(target: str, device) -> bool:
     """:func:`tensor_cores_available` for a launch, looking its device up (``device()``) only on a
-    machine where some GPU lacks them: every launch asks, and most machines have no such GPU."""
+    machine where some GPU lacks them: every launch asks, and most machines have no such GPU.
+    (Not memoized itself: ``device`` is a new closure over the launch's arrays at every call.)"""
     return target != "cuda" or _every_gpu_has_tensor_cores() or tensor_cores_available(target, device())
 
 
+@functools.lru_cache(maxsize=None)
 def _every_gpu_has_tensor_cores() -> bool:
     """Whether no GPU of this machine lacks them (the common case: then no launch looks up its device)."""
     count = backend.require_cupy().cuda.runtime.getDeviceCount()

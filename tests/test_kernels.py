@@ -824,3 +824,24 @@ def test_a_backward_given_something_else_than_its_cache_names_the_forward(backwa
     for cache in (None, (dy,), np.ones(3)):
         with pytest.raises(TypeError, match=f"cache must be the .*Cache that {forward} returned, got "):
             getattr(ops, backward)(dy, cache)
+
+
+def test_a_launch_keeps_none_of_its_arrays_alive():
+    """After a bf16 convolution and linear layer on the simulator (the launches that ask whether
+    the target has tensor cores, with a closure over their arrays), nothing holds the inputs: a
+    memo of those closures kept every launch's arrays, device memory on a GPU, for good."""
+    import gc
+    import weakref
+    from gpuconv import ops
+    BF = ml_dtypes.bfloat16
+    with gpuconv.default_device("sim"):
+        x, w = np.ones((1, 8, 4, 4), BF), np.ones((8, 8, 3, 3), BF)
+        xl, wl = np.ones((2, 16), BF), np.ones((4, 16), BF)
+        refs = [weakref.ref(a) for a in (x, w, xl, wl)]
+        y, cache = ops.conv2d_forward(x, w, padding=1)
+        ops.conv2d_backward(y, cache)
+        yl, cl = ops.linear_forward(xl, wl)
+        ops.linear_backward(yl, cl)
+        del x, w, xl, wl, y, cache, yl, cl
+    gc.collect()
+    assert [r() is None for r in refs] == [True] * 4
