@@ -26,6 +26,8 @@ no scaling.
 from __future__ import annotations
 
 import contextlib
+import threading
+import weakref
 
 import numpy as np
 
@@ -161,14 +163,30 @@ def autocast(model, precision: str, backward: bool = True):
     from .precision import precision_mode
     dt = compute_dtype(precision)
     low = dt != np.float32
-    if low:
-        cast_parameters(model, dt, backward)
-    try:
-        with precision_mode("tf32" if precision == "tf32" else "fp32"):
-            yield dt
-    finally:
-        if low:
-            cast_parameters(model, None)
+    with model_lock(model):  # the copies live on the shared parameters: one block at a time
+        try:
+            if low:  # (inside: copies made before a failure, an out-of-memory, are cleared too)
+                cast_parameters(model, dt, backward)
+            with precision_mode("tf32" if precision == "tf32" else "fp32"):
+                yield dt
+        finally:
+            if low:
+                cast_parameters(model, None)
+
+
+_model_locks: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_model_locks_guard = threading.Lock()
+
+
+def model_lock(model) -> threading.RLock:
+    """The lock that :func:`autocast` and evaluation hold on ``model``: both change state of the
+    shared model (its parameters' compute copies, its train/eval mode), so threads that predict
+    or evaluate with one model take turns instead of reading each other's half-made copies."""
+    with _model_locks_guard:
+        lock = _model_locks.get(model)
+        if lock is None:
+            lock = _model_locks[model] = threading.RLock()
+        return lock
 
 
 class LossScaler:

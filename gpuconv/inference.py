@@ -54,9 +54,17 @@ class TrainedModel:
                                   mean=self.mean, std=self.std, device=self.device,
                                   channels_last=amp.channels_last_for(precision))
             out = []
-            for x, _ in loader:
-                with amp.autocast(self.net, precision, backward=False) as dt:
-                    out.append(tta_logits(self.net, amp.cast_input(x, dt), level).astype(np.float32))
+            # in eval mode whatever the net's mode now (a net being trained in another thread), one
+            # call at a time per net (the evaluation's lock: both switch its mode)
+            with amp.model_lock(self.net):
+                was_training = getattr(self.net, "training", False)
+                self.net.eval()
+                try:
+                    for x, _ in loader:
+                        with amp.autocast(self.net, precision, backward=False) as dt:
+                            out.append(tta_logits(self.net, amp.cast_input(x, dt), level).astype(np.float32))
+                finally:
+                    self.net.train(was_training)
             xp = backend.get_array_module(out[0])
             return backend.asnumpy(xp.concatenate(out))
 

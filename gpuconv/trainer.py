@@ -791,8 +791,13 @@ def tta_logits(model, x, level):
 def evaluate(model, loader, tta=0, precision="fp32"):
     """Evaluate ``model`` on ``loader`` (see :meth:`Trainer.evaluate`), computing in ``precision``
     (a model trained in one precision evaluates in any other: its parameters are float32)."""
-    from .ops import softmax_cross_entropy
     level = check_tta(tta)
+    with amp.model_lock(model):  # it switches the shared model to eval mode and back
+        return _evaluate(model, loader, level, precision)
+
+
+def _evaluate(model, loader, level, precision):
+    from .ops import softmax_cross_entropy
     was_training = getattr(model, "training", True)
     model.eval()
     loss_sum = conf = None

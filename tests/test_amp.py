@@ -354,3 +354,67 @@ def test_trainer_precision_auto_follows_the_models_device(monkeypatch):
     assert asked == [("auto", backend.Device("cuda:1"))]
     with pytest.raises(ValueError, match="precision='half': use one of"):
         Trainer(net, SGD(net.parameters(), lr=0.1), progress=False, precision="half")
+
+
+def test_threads_predicting_and_evaluating_with_one_model_take_turns():
+    """bf16 inference writes compute copies onto the shared parameters, and evaluation switches the
+    model's mode: four threads predicting and evaluating with one model each get the
+    single-threaded answers (they got dtype errors, NaN probabilities, and a model left in eval
+    mode), and the model is left as it was."""
+    import threading
+    from gpuconv.inference import TrainedModel
+    from gpuconv.trainer import evaluate
+    with gpuconv.default_device("cpu"):
+        net = small_net()
+        images = np.random.default_rng(3).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
+        model = TrainedModel(net, [str(i) for i in range(10)], precision="bf16")
+        want = model.predict(images, batch_size=4)
+        net.train()
+        x, y = batch(8)
+        loader = [(x, y), (x[:4], y[:4])]
+        want_eval = evaluate(net, loader, precision="bf16")
+        results, errors = [], []
+
+        def work(i):
+            try:
+                for _ in range(3):
+                    if i % 2:
+                        results.append(("eval", evaluate(net, loader, precision="bf16")))
+                    else:
+                        results.append(("predict", model.predict(images, batch_size=4)))
+            except Exception as exc:  # noqa: BLE001  (reported below)
+                errors.append(exc)
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert errors == [] and len(results) == 12
+    for kind, got in results:
+        if kind == "predict":
+            np.testing.assert_array_equal(got, want)
+        else:
+            assert got.keys() == want_eval.keys()
+            for key in got:
+                np.testing.assert_array_equal(got[key], want_eval[key], err_msg=key)
+    assert net.training and all(p.compute is None for p in net.parameters())
+
+
+def test_a_failed_cast_leaves_no_low_precision_copy_behind(monkeypatch):
+    """An error (a GPU out of memory) while autocast makes the copies: the ones made are cleared,
+    so the next float32 forward does not meet a bfloat16 weight."""
+    net = small_net()
+    calls = []
+    real = amp._castable
+
+    def fail_second(a, dt):
+        calls.append(1)
+        if len(calls) == 2:
+            raise MemoryError("out of memory while casting")
+        return real(a, dt)
+    monkeypatch.setattr(amp, "_castable", fail_second)
+    with pytest.raises(MemoryError):
+        with amp.autocast(net, "bf16"):
+            pass
+    assert all(p.compute is None for p in net.parameters())
+    net(batch(2)[0])  # float32 again
