@@ -41,6 +41,7 @@ class StepGraph:
 
     def __init__(self, fn, before=None):
         self.fn, self.before = fn, before
+        self.optimizer = None    # for_optimizer's: its learning rates written by this graph while in use
         self.captures = 0        # graphs captured so far (a test and a log can see re-captures)
         self.replays = 0
         self.reset()
@@ -50,8 +51,17 @@ class StepGraph:
         """The graph of a step ``fn`` that updates with ``optimizer`` (one whose per-step learning
         rates live on the device, ``device_lrs``: SGD, Muon, a Chain of them): the optimizer no
         longer writes them inside the step, the graph writes them before each call."""
+        graph = cls(fn, before=optimizer.write_lrs)
+        graph.optimizer = optimizer
         optimizer.lr_written_by_owner = True
-        return cls(fn, before=optimizer.write_lrs)
+        return graph
+
+    def release(self):
+        """Give the optimizer back: its step writes its learning rates again and its hyperparameters
+        may change; the next call takes it again and captures anew. The trainer releases at the end
+        of every fit, so an optimizer outlives its graph intact."""
+        if self.optimizer is not None:
+            self.optimizer.lr_written_by_owner = False
 
     def reset(self):
         """Drop the graph: the next call runs eagerly, the one after captures anew."""
@@ -63,6 +73,9 @@ class StepGraph:
         return tuple((a.shape, str(a.dtype), a.strides) for a in (x, y))
 
     def __call__(self, x, y):
+        if self.optimizer is not None and not self.optimizer.lr_written_by_owner:  # released since
+            self.reset()
+            self.optimizer.lr_written_by_owner = True
         key = self._signature(x, y)
         if key != self._key:
             self.reset()

@@ -635,6 +635,8 @@ class Trainer:
                 raise GPUOutOfMemory(oom_message(exc, bs, checkpoint=self.checkpoint_path)) from exc
             raise
         finally:
+            if self._graph is not None:
+                self._graph.release()  # the optimizer outlives the fit as it was
             for sig, handler in old_handlers.items():
                 signal.signal(sig, handler)
             if self.monitor is not None and not isinstance(self.monitor_mode, GPUMonitor):

@@ -74,6 +74,25 @@ def test_graph_steps_give_the_eager_steps_parameters_bit_for_bit(device, precisi
         assert graph.captures == 2 and graph.replays == 2 * 7  # captured anew after the epoch's callback
 
 
+def test_the_optimizer_outlives_a_graphed_fit_as_it_was():
+    """After a fit with cuda_graph=True the optimizer writes its own learning rates again (it kept
+    the graph's owner mode: a later lr of 0 still moved the weights, a schedule was ignored), and
+    a second fit takes it back."""
+    _, trainer = _run("sim", True, epochs=1)
+    opt, model = trainer.optimizer, trainer.model
+    assert not opt.lr_written_by_owner
+    opt.lr = 0.0
+    rng = np.random.default_rng(2)
+    x, y = rng.standard_normal((5, 3, 8, 8)).astype(np.float32), rng.integers(0, 10, 5)
+    with gpuconv.default_device("sim"):
+        before = {n: B.asnumpy(p.data).copy() for n, p in model.named_parameters()}
+        gpuconv.amp.training_step(model, opt, x, y)
+    for n, p in model.named_parameters():
+        np.testing.assert_array_equal(B.asnumpy(p.data), before[n], err_msg=n)
+    trainer._graph(x, y)
+    assert opt.lr_written_by_owner
+
+
 @pytest.mark.parametrize("optimizer", ["sgd", "muon"])
 def test_a_replay_reads_the_learning_rates_written_before_it(optimizer):
     """SGD and Muon in owner mode read their groups' learning rates from the device: a step graph
