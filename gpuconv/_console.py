@@ -30,7 +30,13 @@ class _Console:
     ssh session dropped; a closed terminal) points stderr at /dev/null and training goes on: it
     still saves its checkpoints, where an uncaught BrokenPipeError would end the run without one."""
 
-    broken = False
+    _failed = None  # the stream whose write failed: given up on while it is sys.stderr
+
+    @property
+    def broken(self) -> bool:
+        """Whether the current sys.stderr failed a write (a stream put in its place is written to:
+        a notebook or a test that swapped a closed one in once does not silence later runs)."""
+        return self._failed is not None and self._failed is sys.stderr
 
     def _guard(self, op):
         if self.broken or sys.stderr is None:  # None: started with stderr closed (2>&-), or pythonw
@@ -42,7 +48,7 @@ class _Console:
         except (OSError, ValueError) as exc:  # ValueError: a closed stream
             if isinstance(exc, OSError) and exc.errno not in (errno.EPIPE, errno.EIO, errno.EBADF):
                 raise
-            self.broken = True
+            self._failed = sys.stderr
             silence(sys.stderr)
             return None
 

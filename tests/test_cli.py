@@ -370,6 +370,23 @@ def test_a_run_writes_through_no_planted_link_and_only_into_its_own_directory(tm
     assert rc == 1 and "belongs to another user" in err
 
 
+def test_the_console_gives_up_only_on_the_stream_that_failed(monkeypatch):
+    """A write to a closed stderr is dropped and that stream given up on; a stream put in its place
+    afterwards (a notebook's, a test's) gets the progress again."""
+    import io
+    from gpuconv._console import CONSOLE
+    closed = io.StringIO()
+    closed.close()
+    monkeypatch.setattr(sys, "stderr", closed)
+    print("lost", file=CONSOLE, flush=True)
+    assert CONSOLE.broken
+    fresh = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", fresh)
+    assert not CONSOLE.broken
+    print("seen", file=CONSOLE, flush=True)
+    assert fresh.getvalue() == "seen\n"
+
+
 def test_the_console_takes_a_missing_stderr(monkeypatch):
     """Started with stderr closed (2>&-) or under pythonw, sys.stderr is None: progress is dropped."""
     from gpuconv._console import CONSOLE
