@@ -65,6 +65,7 @@ class TarFiles:
 
     def __init__(self, path: pathlib.Path):
         self.path = pathlib.Path(path)
+        self._tar = None
         try:
             self._tar = tarfile.open(self.path, "r:*")
             self._members = {}
@@ -76,6 +77,8 @@ class TarFiles:
             while self._tar.fileobj.read(1 << 22):
                 pass
         except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as exc:
+            if self._tar is not None:  # (its file, else open for each failed load in a long session)
+                self._tar.close()
             raise CorruptDataError(
                 f"{self.path}: not a readable tarball ({type(exc).__name__}: {exc}); it is probably "
                 f"truncated or corrupt. Delete it and {_REFETCH}") from exc
