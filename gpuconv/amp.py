@@ -183,10 +183,16 @@ def model_lock(model) -> threading.RLock:
     shared model (its parameters' compute copies, its train/eval mode), so threads that predict
     or evaluate with one model take turns instead of reading each other's half-made copies."""
     with _model_locks_guard:
-        lock = _model_locks.get(model)
-        if lock is None:
-            lock = _model_locks[model] = threading.RLock()
+        try:
+            lock = _model_locks.get(model)
+            if lock is None:
+                lock = _model_locks[model] = threading.RLock()
+        except TypeError:  # a model of the user's own that is unhashable or takes no weak reference
+            lock = _SHARED_LOCK
         return lock
+
+
+_SHARED_LOCK = threading.RLock()
 
 
 class LossScaler:
@@ -243,7 +249,8 @@ class LossScaler:
         xp = backend.get_array_module(found_inf)
         grown = self.tracker + 1
         grow = grown >= self.growth_interval
-        larger = self.scale_ * np.float32(self.growth_factor)
+        with np.errstate(over="ignore"):  # (an overflow to inf is what the isfinite below catches)
+            larger = self.scale_ * np.float32(self.growth_factor)
         self.scale_ = xp.where(found_inf, self.scale_ * np.float32(self.backoff_factor),
                                xp.where(grow & xp.isfinite(larger), larger, self.scale_)
                                ).astype(np.float32)

@@ -418,3 +418,17 @@ def test_a_failed_cast_leaves_no_low_precision_copy_behind(monkeypatch):
             pass
     assert all(p.compute is None for p in net.parameters())
     net(batch(2)[0])  # float32 again
+
+
+def test_a_model_that_cannot_be_a_dictionary_key_still_evaluates():
+    """A model of the user's own that is unhashable (a dataclass) or has __slots__ without weak
+    references shares one lock instead of failing."""
+    from gpuconv.trainer import evaluate
+
+    class Unhashable(Sequential):
+        __hash__ = None
+
+    net = Unhashable(*small_net())
+    x, y = batch(4)
+    assert amp.model_lock(net) is amp._SHARED_LOCK
+    assert evaluate(net, [(x, y)], precision="bf16")["n"] == 4

@@ -333,10 +333,12 @@ class Rebuilt:  # _reconstruct, then an object dtype in the BUILD state
     def __reduce__(self): return (ma._reconstruct, (np.ndarray, (0,), b'b'), (1, (1,), np.dtype('O'), False, b'A' * 8))
 class Scalar:
     def __reduce__(self): return (ma.scalar, (np.dtype('O'), b'A' * 8))
+class Unbuilt:  # _reconstruct with an object typecode and no BUILD: an array of None
+    def __reduce__(self): return (ma._reconstruct, (np.ndarray, (2,), b'O'))
 class Flagged:  # a void dtype given object flags by its BUILD state
     def __reduce__(self): return (np.dtype, ('V8', False, True), (3, '|', None, None, None, 8, 1, 63))
 refused = 0
-for cls in (Direct, Called, Rebuilt, Scalar, Flagged):
+for cls in (Direct, Called, Rebuilt, Unbuilt, Scalar, Flagged):
     for protocol in (2, 5):
         payload = pickle.dumps({b'data': np.zeros((1, 3072), np.uint8), b'labels': cls()}, protocol=protocol)
         try:
@@ -354,7 +356,7 @@ def test_no_object_array_can_be_built_from_a_batch():
     NumPy dereferences and frees) through the admitted NumPy names: all refused as corrupt, in a
     subprocess, since what they do otherwise is crash the interpreter."""
     out = subprocess.run([sys.executable, "-c", _OBJECT_ARRAYS], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0 and out.stdout.split() == ["refused", "10"], (out.returncode, out.stdout, out.stderr)
+    assert out.returncode == 0 and out.stdout.split() == ["refused", "12"], (out.returncode, out.stdout, out.stderr)
 
 
 @pytest.mark.parametrize("protocol", [2, 3, 5])

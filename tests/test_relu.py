@@ -45,6 +45,12 @@ def test_inactive_units_pass_a_positive_zero_whatever_dy(backend, dtype):
     dx = backend.asnumpy(relu_backward(backend.asarray(dy), cache))
     assert dx.dtype == dtype
     assert dx.tobytes() == np.array([0, 0, 0, 0, -7, np.inf], dtype).tobytes()
+    # dx in dy's layout (x channels_last, dy not), as the kernels give it
+    import gpuconv
+    x4 = gpuconv.to_channels_last(np.arange(-8, 8, dtype=np.float32).reshape(1, 2, 2, 4))
+    _, cache = relu_forward(backend.asarray(x4))
+    dx4 = backend.asnumpy(relu_backward(backend.asarray(np.ones((1, 2, 2, 4), np.float32)), cache))
+    assert dx4.flags.c_contiguous and (dx4 == (backend.asnumpy(x4) > 0)).all()
 
 
 def test_gradient_float64(backend):

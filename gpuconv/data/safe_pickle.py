@@ -78,6 +78,9 @@ class _Array(np.ndarray):
 def _reconstruct(cls, shape, typecode):
     if cls is not _ARRAY_CLASS:
         raise TypeError("_reconstruct of something other than an ndarray")
+    if not isinstance(typecode, (str, bytes)):
+        raise TypeError("an array typecode other than a type string")
+    _plain(np.dtype(typecode.decode("ascii") if isinstance(typecode, bytes) else typecode))
     return _multiarray._reconstruct(_Array, shape, typecode)
 
 
@@ -121,6 +124,7 @@ def _unwrapped(obj):
     if isinstance(obj, tuple):
         return tuple(_unwrapped(v) for v in obj)
     if isinstance(obj, _Array):
+        _plain(obj.dtype)  # (one that no BUILD gave a dtype keeps its typecode's, checked above)
         return obj.view(np.ndarray)
     if isinstance(obj, (_DType, _ArrayClass)):
         raise TypeError("a dtype or the array class outside an array")

@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import kernels, layout
 from ..backend import get_array_module
-from ..precision import accurate_sum, compute_dtype, round_once, upcast
+from ..precision import channel_sum, compute_dtype, round_once, upcast
 from ._checks import output_hw
 from . import _launch_conv2d_tc as tc
 from ._dispatch import register_launcher
@@ -249,7 +249,7 @@ def conv2d_backward_bias_kernel(dy, *, target):
     OH*OW as an int: a larger plane, a gigapixel image's, is summed as the reference sums it)."""
     xp = get_array_module(dy)
     if not kernels.int_indexable(dy.shape[2] * dy.shape[3]):
-        return round_once(accurate_sum(upcast(dy), (0, 2, 3)), dy.dtype)
+        return round_once(channel_sum(upcast(dy)), dy.dtype)
     cl = layout.is_channels_last(dy)
     dy = layout.memory_order(dy) if cl else xp.ascontiguousarray(dy)
     n, k, oh, ow = (dy.shape[0], dy.shape[3], dy.shape[1], dy.shape[2]) if cl else dy.shape

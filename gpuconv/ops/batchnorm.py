@@ -31,7 +31,7 @@ import numbers
 
 from .. import backend
 from ..backend import get_array_module
-from ..precision import accurate_sum, compute_dtype, round_once, upcast
+from ..precision import channel_sum, compute_dtype, round_once, upcast
 from . import _dispatch
 from ._checks import check_cache, check_compute_dtype, check_float, check_rank, check_shape
 from .gelu import GeluCache, _gelu_backward_reference, _gelu_forward_reference
@@ -121,10 +121,10 @@ def _batchnorm2d_forward_reference(x, gamma, beta, running_mean, running_var, tr
     # Large temporaries are reused in place (out=): each fresh N*C*H*W array costs page faults
     # on top of its pass over memory. The arithmetic is unchanged, operation for operation.
     if training:
-        mean = accurate_sum(x, (0, 2, 3), mean=True)
+        mean = channel_sum(x, mean=True)
         centered = x - _per_channel(mean)
         work = xp.multiply(centered, centered)
-        var = accurate_sum(work, (0, 2, 3), mean=True)
+        var = channel_sum(work, mean=True)
         if running_mean is not None:
             count = x.shape[0] * x.shape[2] * x.shape[3]
             # In place, so a layer's buffers (and a caller's references to them) see the update.
@@ -163,9 +163,9 @@ def _batchnorm2d_backward_reference(dy, cache):
         dy = backward(dy, act_cache(z) if cdf is None else act_cache(z, cdf))
     dtype, dy = dy.dtype, upcast(dy)
     xp = get_array_module(dy, xhat)
-    dbeta = accurate_sum(dy, (0, 2, 3))
+    dbeta = channel_sum(dy)
     work = dy * xhat
-    dgamma = accurate_sum(work, (0, 2, 3))
+    dgamma = channel_sum(work)
     scale = _per_channel(gamma * inv_std)
     if not training:
         return round_once(xp.multiply(dy, scale, out=work), dtype), dgamma, dbeta

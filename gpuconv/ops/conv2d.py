@@ -34,7 +34,7 @@ import numpy as np
 
 from .. import backend
 from ..backend import get_array_module
-from ..precision import accurate_sum, multiplicands, round_once, upcast, use_tf32
+from ..precision import channel_sum, multiplicands, round_once, upcast, use_tf32
 from . import _dispatch
 from ._checks import (check_bias, check_cache, check_float, check_floor, check_rank, check_same_dtype, output_hw,
                       pair)
@@ -181,7 +181,7 @@ def _conv2d_backward_reference(dy, cache, need_dx=True, tf32=False, need_dw=True
     x, w, has_bias, stride, padding = cache
     dyc, xc, wc = multiplicands(tf32, dy, x, w)
     dx, dw = _backward(dyc, xc, wc, stride, padding, need_dx, need_dw)
-    db = accurate_sum(upcast(dy), (0, 2, 3)) if has_bias else None  # a sum: never TF32-rounded
+    db = channel_sum(upcast(dy)) if has_bias else None  # a sum: never TF32-rounded
     dw = round_once(dw, w.dtype)
     if dw is not None and dw_dtype is not None:
         dw = dw.astype(dw_dtype, copy=False)  # exact: a widening

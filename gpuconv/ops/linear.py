@@ -21,7 +21,7 @@ import numpy as np
 
 from .. import backend
 from ..backend import get_array_module
-from ..precision import accurate_sum, multiplicands, round_once, upcast, use_tf32
+from ..precision import multiplicands, round_once, upcast, use_tf32
 from . import _dispatch
 from ._checks import check_bias, check_cache, check_float, check_rank, check_same_dtype
 
@@ -82,7 +82,7 @@ def _linear_backward_reference(dy, cache, tf32=False):
     xp = get_array_module(dyc, xc, wc)
     dx = xp.matmul(dyc, wc).reshape(x.shape)
     dw = xp.matmul(dyc.T, xc.reshape(x.shape[0], int(np.prod(x.shape[1:]))))
-    db = accurate_sum(upcast(dy), 0) if has_bias else None  # a sum: never TF32-rounded
+    db = upcast(dy).sum(axis=0) if has_bias else None  # a sum: never TF32-rounded
     return round_once(dx, x.dtype), round_once(dw, w.dtype), round_once(db, dy.dtype)
 
 

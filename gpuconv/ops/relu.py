@@ -42,7 +42,8 @@ def _relu_backward_reference(dy, cache):
     # all ones or zeros, as fast as that multiply (10 ms on a 128x64x32x32 batch, xp.where 37).
     xp = get_array_module(dy)
     bits = np.dtype(f"i{dy.dtype.itemsize}")
-    mask = xp.asarray(cache.x > 0).astype(bits)  # (a 0-d comparison gives a scalar)
+    mask = xp.empty_like(dy, dtype=bits)  # dx in dy's layout, as the kernels return it
+    xp.copyto(mask, cache.x > 0, casting="unsafe")
     xp.negative(mask, out=mask)
     xp.bitwise_and(mask, dy.view(bits), out=mask)
     return mask.view(dy.dtype)
