@@ -238,9 +238,12 @@ fi
 
 # ---------------------------------------------------------------- the airbench94 recipe end to end
 if want airbench; then
+    # out of the records, in a fresh directory of our own (a fixed name under /tmp could be another
+    # user's, with links planted in it), removed afterwards
+    airbench_out=$(mktemp -d "${TMPDIR:-/tmp}/gpuconv-airbench.XXXXXX")
     stage airbench 120 "$PY" -m gpuconv train --recipe airbench94 --device cuda --data "${GPUCONV_DATA:-.gpu-data}" \
-        --out "$(mktemp -d "${TMPDIR:-/tmp}/gpuconv-airbench.XXXXXX")" --no-progress  # out of the records; a fresh
-        # directory of our own (a fixed name under /tmp could be another user's, with links planted in it)
+        --out "$airbench_out" --no-progress
+    rm -rf "$airbench_out"
     stage bench_airbench 200 "$PY" benchmarks/bench_airbench.py --save
 fi
 

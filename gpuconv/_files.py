@@ -36,8 +36,44 @@ def _uid():
 
 def shared_with_everyone(st) -> bool:
     """Whether a directory of this ``stat`` lets every user replace its files: writable by others
-    and not sticky (a sticky one, as /tmp, lets each remove only their own)."""
-    return bool(st.st_mode & 0o002) and not st.st_mode & stat.S_ISVTX
+    and not sticky (a sticky one, as /tmp, lets each remove only their own). Never on Windows,
+    whose modes say nothing of other users."""
+    return _uid() is not None and bool(st.st_mode & 0o002) and not st.st_mode & stat.S_ISVTX
+
+
+def untrusted_cache_dir(path) -> str | None:
+    """Why the binaries of the cache directory ``path`` could be another user's to choose (None:
+    they cannot, or it does not exist yet): it lets every user replace its files, or it is a
+    sticky shared one whose owner, another user, may rename them."""
+    uid = _uid()
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if shared_with_everyone(st):
+        return f"{path} is writable by every user, who could replace the binaries it holds (chmod o-w)"
+    if uid is not None and st.st_mode & 0o002 and st.st_uid not in (uid, 0):
+        return f"{path} is writable by every user and belongs to another (uid {st.st_uid}), who may rename its files"
+    return None
+
+
+def make_dirs(path) -> pathlib.Path:
+    """``path.mkdir(parents=True, exist_ok=True)``, the directories it creates never writable by
+    every user whatever the umask (a cache or run directory of ours that others could write to
+    would be refused: :func:`trusted_binary`, :func:`check_own_directory`)."""
+    path = pathlib.Path(path)
+    created, p = [], path
+    while not os.path.lexists(p) and p.parent != p:
+        created.append(p)
+        p = p.parent
+    path.mkdir(parents=True, exist_ok=True)
+    if _uid() is not None:
+        for p in created:
+            with contextlib.suppress(OSError):
+                mode = stat.S_IMODE(os.stat(p).st_mode)
+                if mode & 0o002:
+                    os.chmod(p, mode & ~0o002)
+    return path
 
 
 def trusted_binary(path) -> bool:
@@ -51,12 +87,13 @@ def trusted_binary(path) -> bool:
         dst = os.stat(os.path.dirname(os.fspath(path)) or ".")
     except OSError:
         return False
+    if uid is None:  # Windows: no POSIX owners or modes to go by
+        return stat.S_ISREG(st.st_mode)
     if not stat.S_ISREG(st.st_mode) or st.st_mode & 0o002 or shared_with_everyone(dst):
         return False
-    if uid is None:  # no POSIX owners (Windows)
-        return True
-    owners = {uid, 0} if dst.st_mode & 0o002 else {uid, 0, dst.st_uid}
-    return st.st_uid in owners
+    if dst.st_mode & 0o002:  # sticky and shared: its owner may still rename files, so it must be trusted too
+        return st.st_uid in (uid, 0) and dst.st_uid in (uid, 0)
+    return st.st_uid in (uid, 0, dst.st_uid)
 
 
 def chmod_like_a_new_file(fd, path: pathlib.Path) -> None:
@@ -142,15 +179,13 @@ NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)  # opening a link fails (ELOOP) instead 
 
 
 def check_own_directory(directory: pathlib.Path) -> None:
-    """A run directory must be this user's and not writable by every user: in another user's, or
-    one anyone can write to, they could plant links named as the run's files and have it
-    overwrite, or copy, files of this user's (a PermissionError saying so)."""
-    uid = _uid()
+    """A run directory must not be writable by every user, who could plant links there named as
+    the run's files and have it overwrite, or copy, files of this user's (a PermissionError
+    saying so; a directory made by gpuconv never is, see :func:`make_dirs`). Another user's
+    directory that this user may write to (a colleague's, a container's bind mount) is taken: the
+    run opens no file there through a link."""
     st = os.stat(directory)
-    if uid is not None and st.st_uid != uid:
-        raise PermissionError(f"{directory} belongs to another user (uid {st.st_uid}): a run writes only into a "
-                              "directory of your own; choose another --out")
-    if st.st_mode & 0o002:
+    if _uid() is not None and st.st_mode & 0o002:
         raise PermissionError(f"{directory} is writable by every user, who could plant links there to files of "
                               f"yours: choose another --out, or chmod o-w {directory}")
 
@@ -185,7 +220,7 @@ def directory_lock(directory: pathlib.Path, what: str = "gpuconv train"):
     directory = pathlib.Path(directory)
     if directory.exists() and not directory.is_dir():
         raise NotADirectoryError(f"{directory} is a file, not a directory: give --out a directory path")
-    directory.mkdir(parents=True, exist_ok=True)
+    make_dirs(directory)
     check_own_directory(directory)
     path = directory / LOCK_NAME
     while True:

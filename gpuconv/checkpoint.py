@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._files import write_atomic
+from ._files import make_dirs, write_atomic
 from .backend import to_device
 
 FORMAT = 1
@@ -180,7 +180,7 @@ def copy_checkpoint(src, dst) -> Path:
 
 def _write_durably(path: Path, write) -> Path:
     """``write(file)`` into a temporary file beside ``path``, fsync, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     return write_atomic(path, write, durable=True)
 
 

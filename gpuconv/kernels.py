@@ -87,7 +87,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import _env
-from ._files import private_temp_dir, trusted_binary, write_atomic
+from ._files import make_dirs, private_temp_dir, trusted_binary, untrusted_cache_dir, write_atomic
 from . import backend  # attribute access at call time: tests fake CuPy by patching it
 from . import layout, precision
 
@@ -1014,13 +1014,23 @@ def nvrtc_arch(compute_capability, device: int | None = None) -> str:
 def cuda_cache_dir() -> pathlib.Path:
     """Where compiled kernel binaries are kept: $GPUCONV_CUDA_CACHE, else ~/.cache/gpuconv/cuda (a
     directory of this user's under the temporary one where there is no home directory)."""
+    global _cache_dir_warned
     env = os.environ.get("GPUCONV_CUDA_CACHE")
-    if env:
-        return pathlib.Path(env).expanduser()
     try:
-        return pathlib.Path.home() / ".cache" / "gpuconv" / "cuda"
+        path = pathlib.Path(env).expanduser() if env else pathlib.Path.home() / ".cache" / "gpuconv" / "cuda"
     except RuntimeError:  # no home directory (an arbitrary container uid)
         return private_temp_dir("gpuconv-cuda")
+    problem = untrusted_cache_dir(path)
+    if problem is None:
+        return path
+    if not _cache_dir_warned:
+        _cache_dir_warned = True
+        warnings.warn(f"gpuconv: the CUDA kernel cache cannot be trusted ({problem}); using "
+                      f"{private_temp_dir('gpuconv-cuda')} instead", RuntimeWarning, stacklevel=3)
+    return private_temp_dir("gpuconv-cuda")
+
+
+_cache_dir_warned = False
 
 
 _cache_warned = False
@@ -1030,7 +1040,7 @@ def _store(path: pathlib.Path, binary: bytes) -> bool:
     """Put ``binary`` in the cache at ``path``; False (and a warning, once) where it is not writable."""
     global _cache_warned
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(path.parent)
         write_atomic(path, binary)
         return True
     except OSError as exc:

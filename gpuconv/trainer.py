@@ -33,7 +33,7 @@ import numpy as np
 
 from . import amp, backend, kernels
 from ._console import CONSOLE, _is_terminal
-from ._files import NOFOLLOW, new_file_mode, write_atomic
+from ._files import NOFOLLOW, make_dirs, new_file_mode, write_atomic
 from . import checkpoint as ckpt
 from .monitor import GPUMonitor, format_snapshot, metrics_fields
 
@@ -454,7 +454,7 @@ class Trainer:
     def _write_metrics(self, record):
         if self.metrics_path is None:
             return
-        self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.metrics_path.parent)
         # never through a link (a planted one would append the records to the file it points at)
         fd = os.open(self.metrics_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | NOFOLLOW, new_file_mode())
         with os.fdopen(fd, "a") as f:

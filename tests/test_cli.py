@@ -338,7 +338,8 @@ def test_a_finishing_run_removes_only_its_own_lock_file(tmp_path):
 
 def test_a_run_writes_through_no_planted_link_and_only_into_its_own_directory(tmp_path, capsys, monkeypatch):
     """Links planted as the lock or the metrics file (by another user of a shared directory) are
-    not written through; an --out that every user can write to, or another user's, is refused."""
+    not written through; an --out that every user can write to is refused, and one the run makes
+    never is."""
     from gpuconv import _files
     secret = tmp_path / "secret"
     secret.write_text("mine\n")
@@ -365,9 +366,14 @@ def test_a_run_writes_through_no_planted_link_and_only_into_its_own_directory(tm
     rc, _, err = run(["train", "--out", out, "--data", SUBSET], capsys)
     assert rc == 1 and "is writable by every user" in err and "chmod o-w" in err
     out.chmod(0o755)
-    monkeypatch.setattr(_files, "_uid", lambda: os.stat(out).st_uid + 4242)
-    rc, _, err = run(["train", "--out", out, "--data", SUBSET], capsys)
-    assert rc == 1 and "belongs to another user" in err
+    old = os.umask(0)  # a directory the run makes is never writable by every user, whatever the umask
+    try:
+        rc, _, err = run(["train", "--model", "seed", "--epochs", "1", "--limit", "100", "--data", SUBSET,
+                          "--out", tmp_path / "new" / "run", "--no-progress"], capsys)
+    finally:
+        os.umask(old)
+    assert rc == 0, err
+    assert not (tmp_path / "new").stat().st_mode & 0o002 and not (tmp_path / "new" / "run").stat().st_mode & 0o002
 
 
 def test_the_console_gives_up_only_on_the_stream_that_failed(monkeypatch):

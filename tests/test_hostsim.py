@@ -301,6 +301,7 @@ def test_a_library_another_user_could_have_planted_is_built_again_not_loaded(tmp
         return y[0]
     assert run() == 5.0
     (so,) = cache.glob("plantedtest-*.so")
+    mine = so.with_name(f"{so.stem}-u{os.getuid()}.so")
     for plant in ("writable", "link"):
         so.unlink()
         if plant == "writable":
@@ -310,8 +311,12 @@ def test_a_library_another_user_could_have_planted_is_built_again_not_loaded(tmp
             so.symlink_to(evil)
         before = hostsim.stats["compiles"]
         assert run() == 5.0 and hostsim.stats["compiles"] == before + 1, plant  # built again, not 9.0
-        assert not so.is_symlink() and not so.stat().st_mode & 0o002
-    assert _files.trusted_binary(so)
+        assert _files.trusted_binary(mine) and not _files.trusted_binary(so)  # ours beside it, under our name
+        before = hostsim.stats["compiles"]
+        assert run() == 5.0 and hostsim.stats["compiles"] == before  # and found there by the next process
+        mine.unlink()
+    so.unlink()
+    assert run() == 5.0 and _files.trusted_binary(so)
     cache.chmod(0o1777)  # a sticky shared cache: this user's libraries are loaded, another user's not
     assert _files.trusted_binary(so)
     if os.getuid() == 0:  # the library and the directory become another user's
@@ -326,9 +331,37 @@ def test_a_library_another_user_could_have_planted_is_built_again_not_loaded(tmp
     monkeypatch.setenv("GPUCONV_SIM_CACHE", str(cache))
     cache.chmod(0o777)
     monkeypatch.setattr(_build, "_fallback_warned", False)
-    with pytest.warns(RuntimeWarning, match="writable by every user, who could replace the libraries"):
+    with pytest.warns(RuntimeWarning, match=r"writable by every user, who could replace the binaries it holds \(chmod o-w\)"):
         assert _build.cache_dir() != cache
     cache.chmod(0o755)
+
+
+def test_two_users_of_a_sticky_shared_cache_each_build_their_own(tmp_path, monkeypatch):
+    """In a sticky cache every user writes to (as /tmp), another user's library and source under
+    the shared name are left alone: this user's build goes beside them, under a name of its own,
+    and is found there by the next process."""
+    from gpuconv import _files
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    cache.chmod(0o1777)
+    monkeypatch.setenv("GPUCONV_SIM_CACHE", str(cache))
+    source = 'extern "C" __global__ void fill(float* y) { y[threadIdx.x] = 3.0f; }\n// sticky test\n'
+    hostsim.compile(source, name="stickytest")  # the other user's build
+    (theirs,) = cache.glob("stickytest-*.so")
+    me = os.getuid()
+    for f in cache.iterdir():  # another user's (as root), else one every user could have changed
+        os.chown(f, 4242, -1) if me == 0 else f.chmod(0o666)
+    assert not _files.trusted_binary(theirs)
+    hostsim._modules.clear()
+    before = hostsim.stats["compiles"]
+    y = np.zeros(2, np.float32)
+    hostsim.compile(source, name="stickytest").get_function("fill")(1, 2, (y,))
+    assert (y == 3.0).all() and hostsim.stats["compiles"] == before + 1
+    mine = theirs.with_name(f"{theirs.stem}-u{me}.so")
+    assert mine.is_file() and mine.with_suffix(".cu").is_file()
+    hostsim._modules.clear()
+    hostsim.compile(source, name="stickytest")
+    assert hostsim.stats["compiles"] == before + 1  # found under its own name
 
 
 def test_sanitized_build_refuses_plain_process():

@@ -25,7 +25,7 @@ try:
     _NVRTC_WHY = None
 except Exception as exc:  # ImportError, or the NVRTC shared library missing
     nvrtc = None
-    _NVRTC_WHY = f"the NVRTC binding is unavailable ({type(exc).__name__}: {exc}); install gpuconv[nvrtc]"
+    _NVRTC_WHY = f"the NVRTC binding is unavailable ({type(exc).__name__}: {exc}); install it: make install EXTRAS=dev,nvrtc"
 
 needs_nvrtc = pytest.mark.skipif(_NVRTC_WHY is not None, reason=_NVRTC_WHY or "")
 
@@ -655,3 +655,16 @@ def test_write_atomic_gives_the_mode_of_a_plain_write(tmp_path):
         assert (tmp_path / "curves.png").stat().st_mode & 0o777 == 0o644
     finally:
         os.umask(old)
+
+
+def test_a_cuda_cache_every_user_can_write_to_is_not_used(tmp_path, monkeypatch):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    monkeypatch.setenv("GPUCONV_CUDA_CACHE", str(shared))
+    monkeypatch.setattr(kernels, "_cache_dir_warned", False)
+    with pytest.warns(RuntimeWarning, match=r"cannot be trusted .*writable by every user.*chmod o-w"):
+        where = kernels.cuda_cache_dir()
+    assert where != shared and "gpuconv-cuda" in where.name
+    shared.chmod(0o755)
+    assert kernels.cuda_cache_dir() == shared

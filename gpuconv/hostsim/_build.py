@@ -10,7 +10,8 @@ import shutil
 import subprocess
 import tempfile
 
-from .._files import new_file_mode, private_temp_dir, shared_with_everyone, trusted_binary, write_atomic
+from .. import _files
+from .._files import make_dirs, new_file_mode, private_temp_dir, trusted_binary, untrusted_cache_dir, write_atomic
 from ._errors import CompileError
 
 HEADER = pathlib.Path(__file__).with_name("cuda_sim.h")
@@ -37,9 +38,10 @@ def cache_dir() -> pathlib.Path:
     env = os.environ.get("GPUCONV_SIM_CACHE")
     try:
         path = pathlib.Path(env).expanduser() if env else pathlib.Path.home() / ".cache" / "gpuconv" / "hostsim"
-        path.mkdir(parents=True, exist_ok=True)
-        if shared_with_everyone(path.stat()):
-            problem = f"{path} is writable by every user, who could replace the libraries it loads"
+        make_dirs(path)
+        problem = untrusted_cache_dir(path)
+        if problem:
+            pass
         elif os.access(path, os.W_OK | os.X_OK):
             return path
         else:
@@ -88,10 +90,21 @@ def build(text: str, name: str, sanitize: bool, options=(), rebuild: bool = Fals
     if not rebuild and trusted_binary(so):
         stats["disk_hits"] += 1
         return so, True
-    # (a library there that another user could have put or changed is built again, never loaded)
-    replace_any = rebuild or os.path.lexists(so)
-    src = root / f"{stem}.cu"
-    write_atomic(src, text.encode())
+    # A library there that another user could have put or changed is never loaded: this user's own
+    # build goes beside it, under a name of this user's (a sticky shared cache: one per user).
+    mine = root / f"{stem}-u{_files._uid()}.so"
+    if os.path.lexists(so) and not trusted_binary(so):
+        if not rebuild and trusted_binary(mine):
+            stats["disk_hits"] += 1
+            return mine, True
+        so = mine
+    src = so.with_suffix(".cu")
+    try:
+        write_atomic(src, text.encode())
+    except PermissionError:  # another user's source in a sticky shared directory
+        so = mine
+        src = so.with_suffix(".cu")
+        write_atomic(src, text.encode())
     fd, tmp = tempfile.mkstemp(prefix=stem, suffix=".so.tmp", dir=root)
     os.close(fd)
     cmd = [cxx, *flags(sanitize, opts), "-x", "c++", str(src), "-o", tmp]
@@ -103,12 +116,9 @@ def build(text: str, name: str, sanitize: bool, options=(), rebuild: bool = Fals
         os.chmod(tmp, new_file_mode(executable=True))  # not mkstemp's 0600: a shared cache's users load it
         try:
             os.replace(tmp, so)  # atomic: a concurrent process sees no half-written library
-        except PermissionError:  # another user's file in a sticky shared directory: keep ours aside
-            if not replace_any:
-                raise
-            own = root / f"{stem}-{os.getpid()}.so"
-            os.replace(tmp, own)
-            so = own
+        except PermissionError:  # another user's library in a sticky shared directory: ours beside it
+            so = mine
+            os.replace(tmp, so)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
