@@ -39,7 +39,8 @@ def _relu_forward_reference(x):
 def _relu_backward_reference(dy, cache):
     # dy where x > 0, else +0 (an inf or NaN dy of an inactive unit included, as the kernels and
     # PyTorch give; a multiply by the mask gave -0 and NaN there): dy's bits ANDed with a mask of
-    # all ones or zeros, as fast as that multiply (10 ms on a 128x64x32x32 batch, xp.where 37).
+    # all ones or zeros, nearly as fast as that multiply (14 ms against 12 on a 128x64x32x32 float32
+    # batch; xp.where takes 45).
     xp = get_array_module(dy)
     bits = np.dtype(f"i{dy.dtype.itemsize}")
     mask = xp.empty_like(dy, dtype=bits)  # dx in dy's layout, as the kernels return it
