@@ -465,6 +465,9 @@ class Trainer:
         if self.metrics_path is None or not self.metrics_path.exists():
             return
         kept = []
+        if self.metrics_path.is_symlink():
+            raise PermissionError(f"{self.metrics_path} is a symbolic link, which gpuconv does not read or write "
+                                  "through: remove it, or choose another --out")
         with os.fdopen(os.open(self.metrics_path, os.O_RDONLY | NOFOLLOW)) as f:
             text = f.read()
         for line in text.splitlines():
@@ -598,9 +601,9 @@ class Trainer:
         handler_set = threading.current_thread() is threading.main_thread()
         old_handlers = {sig: signal.signal(sig, self._on_stop_signal) for sig in self.STOP_SIGNALS} if handler_set else {}
         self._stop_requested = False
-        self._start_monitor()
-        self._t0 = time.perf_counter() - self.elapsed
-        try:
+        try:  # (the monitor's start too: a failure there restores the signal handlers below)
+            self._start_monitor()
+            self._t0 = time.perf_counter() - self.elapsed
             while self.epoch < epochs:
                 self._run_epoch(train_loader, epochs)
                 n = self._ep["n"]  # 0 only when a resume found the epoch's batches all done

@@ -447,6 +447,19 @@ class SigintAt(DeviceLoader):
             yield batch
 
 
+def test_a_fit_that_fails_to_start_its_monitor_puts_the_signal_handlers_back(cifar, tmp_path, monkeypatch):
+    train, _ = cifar
+    trainer, loader = build(train.images[:64], train.labels[:64], tmp_path, epochs=1)
+    old = {sig: signal.getsignal(sig) for sig in trainer.STOP_SIGNALS}
+
+    def broken():
+        raise RuntimeError("NVML went away")
+    monkeypatch.setattr(trainer, "_start_monitor", broken)
+    with pytest.raises(RuntimeError, match="NVML went away"):
+        trainer.fit(loader, 1)
+    assert {sig: signal.getsignal(sig) for sig in trainer.STOP_SIGNALS} == old
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_ctrl_c_mid_epoch_saves_and_resumes_bit_identically(cifar, tmp_path, sig):
     train, _ = cifar
