@@ -82,18 +82,17 @@ def trusted_binary(path) -> bool:
     its directory, in a directory where others cannot replace it; in a directory every user writes
     to (a sticky one: a shared cache under /tmp), this user's or root's own only."""
     uid = _uid()
+    directory = os.path.dirname(os.fspath(path)) or "."
     try:
-        st = os.lstat(path)
-        dst = os.stat(os.path.dirname(os.fspath(path)) or ".")
+        st, dst = os.lstat(path), os.stat(directory)
     except OSError:
         return False
     if uid is None:  # Windows: no POSIX owners or modes to go by
         return stat.S_ISREG(st.st_mode)
-    if not stat.S_ISREG(st.st_mode) or st.st_mode & 0o002 or shared_with_everyone(dst):
+    if not stat.S_ISREG(st.st_mode) or st.st_mode & 0o002 or untrusted_cache_dir(directory):
         return False
-    if dst.st_mode & 0o002:  # sticky and shared: its owner may still rename files, so it must be trusted too
-        return st.st_uid in (uid, 0) and dst.st_uid in (uid, 0)
-    return st.st_uid in (uid, 0, dst.st_uid)
+    # in a sticky shared directory (its owner trusted) any user may add files: only ours and root's count
+    return st.st_uid in ((uid, 0) if dst.st_mode & 0o002 else (uid, 0, dst.st_uid))
 
 
 def chmod_like_a_new_file(fd, path: pathlib.Path) -> None:
@@ -119,12 +118,12 @@ def private_temp_dir(name: str) -> pathlib.Path:
     fresh one for this process."""
     if name in _private_dirs:
         return _private_dirs[name]
-    uid = os.getuid() if hasattr(os, "getuid") else 0
-    path = pathlib.Path(tempfile.gettempdir()) / f"{name}-{uid}"
+    uid = _uid()
+    path = pathlib.Path(tempfile.gettempdir()) / f"{name}-{uid or 0}"
     try:
         path.mkdir(mode=0o700, exist_ok=True)
         st = os.lstat(path)  # not through a link: another user's link could be turned elsewhere later
-        ours = stat.S_ISDIR(st.st_mode) and (not hasattr(os, "getuid") or (st.st_uid == uid and not st.st_mode & 0o022))
+        ours = stat.S_ISDIR(st.st_mode) and (uid is None or (st.st_uid == uid and not st.st_mode & 0o022))
     except OSError:
         ours = False
     if not ours:

@@ -1023,11 +1023,12 @@ def cuda_cache_dir() -> pathlib.Path:
     problem = untrusted_cache_dir(path)
     if problem is None:
         return path
+    fallback = private_temp_dir("gpuconv-cuda")
     if not _cache_dir_warned:
         _cache_dir_warned = True
-        warnings.warn(f"gpuconv: the CUDA kernel cache cannot be trusted ({problem}); using "
-                      f"{private_temp_dir('gpuconv-cuda')} instead", RuntimeWarning, stacklevel=3)
-    return private_temp_dir("gpuconv-cuda")
+        warnings.warn(f"gpuconv: the CUDA kernel cache cannot be trusted ({problem}); using {fallback} instead",
+                      RuntimeWarning, stacklevel=3)
+    return fallback
 
 
 _cache_dir_warned = False

@@ -39,13 +39,10 @@ def cache_dir() -> pathlib.Path:
     try:
         path = pathlib.Path(env).expanduser() if env else pathlib.Path.home() / ".cache" / "gpuconv" / "hostsim"
         make_dirs(path)
-        problem = untrusted_cache_dir(path)
-        if problem:
-            pass
-        elif os.access(path, os.W_OK | os.X_OK):
+        problem = untrusted_cache_dir(path) or (None if os.access(path, os.W_OK | os.X_OK)
+                                                else f"{path} is not writable")
+        if problem is None:
             return path
-        else:
-            problem = f"{path} is not writable"
     except (OSError, RuntimeError) as exc:  # RuntimeError: Path.home() without a home directory
         problem = f"{env or '~/.cache/gpuconv/hostsim'}: {exc}"
     fallback = private_temp_dir("gpuconv-hostsim")
