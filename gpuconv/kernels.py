@@ -954,6 +954,12 @@ def runs_as(variant: str, target: str, device: int | None = None) -> str | None:
     channel rule)."""
     if variant in TC_VARIANTS and not tensor_cores_available(target, device):
         return None
+    return tensor_core_tile(variant, target, device)
+
+
+def tensor_core_tile(variant: str, target: str, device: int | None = None) -> str:
+    """The tile a tensor-core ``variant`` launches as on ``target``: itself, or where wgmma does not
+    run (a GPU other than Hopper) its mma.sync fallback (:data:`WGMMA_FALLBACK`)."""
     if variant in WGMMA_FALLBACK and not wgmma_available(target, device):
         return WGMMA_FALLBACK[variant]
     return variant

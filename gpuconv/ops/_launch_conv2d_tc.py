@@ -125,9 +125,7 @@ def _back(y_nhwc, like):
 def engine(variant, dtype, tf32, target, device):
     """``variant`` as it runs for ``dtype`` on ``target``: where wgmma does not (a GPU other than
     Hopper), tcwg and tcwg256 run as tc128, tcwgn64 and tcwgm64 as tc."""
-    if variant in kernels.WGMMA_FALLBACK and not kernels.wgmma_available(target, device):
-        return kernels.WGMMA_FALLBACK[variant]
-    return variant
+    return kernels.tensor_core_tile(variant, target, device)
 
 
 def _launch(name, variant, dtype, target, rows, cols, args, tf32, device, splits=1):
