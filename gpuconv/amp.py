@@ -198,7 +198,9 @@ _SHARED_LOCK = threading.RLock()
 class LossScaler:
     """Dynamic loss scaling, all on the device (PyTorch GradScaler's rule and defaults).
 
-    Per step: :meth:`scale` multiplies the loss gradient by ``S``; after the backward
+    Per step: the loss gradient is multiplied by ``S`` (:meth:`factor` passed to the loss as
+    ``softmax_cross_entropy(..., grad_scale=...)``, which scales it before rounding it to
+    float16; or :meth:`scale` on a loss gradient of one's own); after the backward
     :meth:`unscale` divides the float32 gradients by ``S`` and returns a 0-d boolean device
     array, true when any of them is Inf/NaN; the optimizer skips the step on the device where
     it is true (``optimizer.step(skip=found_inf)``); :meth:`update` then halves ``S`` (overflow)
@@ -223,8 +225,15 @@ class LossScaler:
             self.scale_ = backend.to_device(np.asarray(scale, np.float32), backend.device_of(like))
             self.tracker = backend.to_device(np.asarray(tracker, np.int32), backend.device_of(like))
 
+    def factor(self, like):
+        """``S``: a 0-d float32 array on ``like``'s device, for the loss's ``grad_scale``."""
+        self._ensure(like)
+        return self.scale_
+
     def scale(self, dloss):
-        """``dloss * S``, computed in float32 and rounded once to ``dloss``'s dtype."""
+        """``dloss * S``, computed in float32 and rounded once to ``dloss``'s dtype. A float16
+        ``dloss`` was rounded before it was scaled: what lay below float16's range is lost
+        already; the loss's ``grad_scale`` (:meth:`factor`) scales before that rounding."""
         self._ensure(dloss)
         return (dloss.astype(np.float32) * self.scale_).astype(dloss.dtype)
 
@@ -304,10 +313,9 @@ def training_step(model, optimizer, x, y, precision="fp32", scaler=None, label_s
     optimizer.zero_grad()
     with autocast(model, precision) as dt:
         logits = model(cast_input(x, dt))
-        loss, dlogits, *correct = softmax_cross_entropy(logits, y, label_smoothing=label_smoothing,
-                                                        count_correct=count_correct)  # float32 loss
-        if scaler is not None:
-            dlogits = scaler.scale(dlogits)
+        loss, dlogits, *correct = softmax_cross_entropy(  # float32 loss; dlogits scaled, then rounded
+            logits, y, label_smoothing=label_smoothing, count_correct=count_correct,
+            grad_scale=None if scaler is None else scaler.factor(logits))
         call_backward(model, dlogits, need_dx=False)
     if scaler is None:
         optimizer.step()

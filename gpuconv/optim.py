@@ -40,7 +40,7 @@ from collections.abc import Mapping, MutableMapping
 import numpy as np
 
 from . import kernels
-from .backend import copy_like, get_array_module, host_copy, kernel_target
+from .backend import copy_like, device_of, get_array_module, host_copy, kernel_target, to_device
 from .layers import Parameter, _only, zero_grads
 
 __all__ = ["Optimizer", "ParamGroup", "SGD", "Adam", "AdamW", "Muon", "Chain", "newton_schulz", "replays_schedule", "LRSchedule", "StepLR", "CosineLR", "OneCycleLR", "TriangularLR"]
@@ -128,10 +128,12 @@ class Optimizer:
     """Base class: holds the parameter list, ``lr``, per-parameter state and the state dict logic.
 
     Subclasses name their hyperparameters in ``_hyper`` and their per-parameter arrays in
-    ``_slots`` (plus an integer ``step`` count where the update needs it)."""
+    ``_slots`` (plus an integer ``step`` count where the update needs it, named in
+    ``_slots_at_skip``: a skippable step keeps it on the device)."""
 
     _hyper: tuple = ()
     _slots: tuple = ()
+    _slots_at_skip: tuple = ()
     _counts_steps = False
     # Whether step() reads its groups' learning rates from the device (write_lrs) on a kernel
     # target, so that a replayed step (gpuconv.graphs) follows the schedule. A class says so
@@ -367,7 +369,9 @@ class Optimizer:
         parameters' device (mixed precision's "a gradient overflowed", :class:`gpuconv.amp.LossScaler`).
         Where it is true the step leaves the parameters and their state exactly as they were (a
         slot the step created is zero, which is what its first real step expects), decided on the
-        device: the host never reads it. A step count (Adam's ``t``) still advances."""
+        device: the host never reads it. A step count (Adam's ``t``) does not advance either, as
+        with PyTorch's GradScaler, which skips the whole step: it moves to the device, a 0-d
+        array the skipped step leaves as it was."""
         if closure is not None and not callable(closure):
             raise TypeError(f"step(closure): closure must be a function returning the loss, got {closure!r}; the "
                             "mixed-precision overflow flag goes as step(skip=...)")
@@ -385,11 +389,15 @@ class Optimizer:
             return
         for i, p, state in self._with_grads():
             xp = get_array_module(p.data)
-            before = {name: state[name].copy() for name in self._slots if name in state}
+            if "step" in self._slots_at_skip and not hasattr(state.get("step", 0), "shape"):
+                # the count moves to the device, so that the skip can keep it as it was
+                state["step"] = to_device(np.asarray(state.get("step", 0), np.int64), device_of(p.data))
+            names = self._slots + self._slots_at_skip
+            before = {name: state[name].copy() for name in names if name in state}
             data = p.data.copy()
             self._update(p, state, self.hyper(i))
             xp.copyto(p.data, data, where=skip)
-            for name in self._slots:
+            for name in names:
                 if name in state:
                     old = before.get(name)
                     xp.copyto(state[name], old if old is not None else xp.zeros((), state[name].dtype), where=skip)
@@ -423,7 +431,7 @@ class Optimizer:
                 out[f"group.{gi}.{key}"] = value
         for i, state in enumerate(self.state):
             for key, value in state.items():
-                out[f"state.{i}.{key}"] = value if key == "step" else host_copy(value)
+                out[f"state.{i}.{key}"] = int(value) if key == "step" else host_copy(value)  # (a read back)
         return out
 
     def load_state_dict(self, d):
@@ -588,6 +596,7 @@ class Adam(Optimizer):
 
     _hyper = ("beta1", "beta2", "eps", "weight_decay")
     _slots = ("exp_avg", "exp_avg_sq")
+    _slots_at_skip = ("step",)
     _decoupled = False
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False):
@@ -624,17 +633,22 @@ class Adam(Optimizer):
         if "exp_avg" not in state:
             state["exp_avg"] = xp.zeros_like(p.data)
             state["exp_avg_sq"] = xp.zeros_like(p.data)
-            state["step"] = 0
+            state.setdefault("step", 0)
         state["step"] += 1
         t, m, v = state["step"], state["exp_avg"], state["exp_avg_sq"]
         m *= beta1
         m += (1.0 - beta1) * g
         v *= beta2
         v += ((1.0 - beta2) * g) * g  # as PyTorch's addcmul: g * g alone overflows float32 from |g| = 1.8e19
+        if isinstance(t, int):
+            root2, step_size = math.sqrt(1.0 - beta2 ** t), lr / (1.0 - beta1 ** t)
+        else:  # a count on the device (a skippable step): the same float64 values, rounded as a Python float is
+            root2 = xp.sqrt(1.0 - beta2 ** t).astype(p.data.dtype)
+            step_size = (lr / (1.0 - beta1 ** t)).astype(p.data.dtype)
         denom = xp.sqrt(v)
-        denom /= math.sqrt(1.0 - beta2 ** t)
+        denom /= root2
         denom += h["eps"]
-        p.data -= (lr / (1.0 - beta1 ** t)) * (m / denom)
+        p.data -= step_size * (m / denom)
 
 
 class AdamW(Adam):

@@ -5,13 +5,16 @@
 //
 //   per row i, with m = max_j z_ij, s = sum_j exp(z_ij - m), lp_ij = (z_ij - m) - log s:
 //     loss_i   = -(1 - eps) * lp_i,label  -  (eps / C) * sum_j lp_ij      (second term when eps != 0)
-//     dz_ij    = ((exp(z_ij - m) / s - eps / C  - [j == label] (1 - eps)) * (1 / N)
+//     dz_ij    = ((exp(z_ij - m) / s - eps / C  - [j == label] (1 - eps)) * (1 / N)  [* g]
 //   loss = sum_i loss_i / N
 // A label outside 0..C-1 makes its row's loss and gradient NaN (the loss then is NaN): the GPU
 // never reads labels back to check them. With ``hits`` (else null) the launch also counts the
 // rows whose prediction is right: hits[0] = #{i : argmax_j z_ij == label_i}, argmax as NumPy's
 // (the first maximal index; a NaN counts as the maximum, its first one wins), a training step's
-// accuracy without the argmax, compare and sum launches of its own.
+// accuracy without the argmax, compare and sum launches of its own. With ``grad_scale`` (else
+// null) each gradient is multiplied by g = grad_scale[0] before its rounding to storage_t: fp16's
+// loss scale, applied while the gradient is still float32 (a gradient rounded to float16 first
+// would lose what lies below float16's range, which is what the scale is there to keep).
 //
 // Launch: a 1-D grid of GPUCONV_BLOCK threads, one warp per row (lanes stride over the classes;
 // the max and the sums are xor-shuffle trees, a fixed order), rows grid-strided. Each row's loss
@@ -29,7 +32,7 @@
 // reference to rounding.
 //
 // Registers on sm_90 (ptxas 13, tests/test_nvrtc.py): 32 in the float32, bf16 and fp16 builds,
-// 58 in float64; 2 KiB of shared memory (3 KiB in float64); no spills.
+// 56 in float64; 2 KiB of shared memory (3 KiB in float64); no spills.
 //
 // Kernels (extern "C"): softmax_cross_entropy.
 
@@ -73,9 +76,10 @@ __device__ inline int warp_argmax(acc_t& v, int j, int C) {
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
 softmax_cross_entropy(const storage_t* logits, const long long* labels, acc_t* row_loss, acc_t* loss,
                       storage_t* dlogits, int* row_hits, int* hits, unsigned* ticket, int N, int C, acc_t keep,
-                      acc_t eps_c, int smooth, acc_t inv_n) {
+                      acc_t eps_c, int smooth, acc_t inv_n, const acc_t* grad_scale) {
     const int lane = threadIdx.x & 31;
     const acc_t nan = (acc_t)0 / (acc_t)0;
+    const acc_t gs = grad_scale ? *grad_scale : (acc_t)1;
     for (int row = blockIdx.x * LOSS_WARPS + (threadIdx.x >> 5); row < N; row += gridDim.x * LOSS_WARPS) {
         const storage_t* z = logits + (index_t)row * C;
         acc_t m = -(acc_t)1 / (acc_t)0;  // the lane's maximum, then the row's
@@ -113,7 +117,9 @@ softmax_cross_entropy(const storage_t* logits, const long long* labels, acc_t* r
             acc_t g = loss_exp(to_acc(z[j]) - m) / s;
             if (smooth) g -= eps_c;
             if (j == label) g -= keep;
-            d[j] = from_acc(valid ? mul_rn(g, inv_n) : nan);
+            g = mul_rn(g, inv_n);
+            if (grad_scale) g = mul_rn(g, gs);
+            d[j] = from_acc(valid ? g : nan);
         }
     }
 

@@ -104,7 +104,7 @@ def test_optimizer_skip_leaves_parameters_and_state_as_they_were(make):
             assert not state[name].any()
     twin, twin_opt = small_net(), make(small_net().parameters())
     twin_opt = make(twin.parameters())
-    for _ in range(2):  # the skipped step changed nothing SGD sees; Adam's step count t advanced
+    for _ in range(2):  # the skipped step changed nothing: Adam's step count t did not advance either
         for net_, opt_ in ((net, opt), (twin, twin_opt)):
             opt_.zero_grad()
             _, d = ops.softmax_cross_entropy(net_(x), y)
@@ -113,9 +113,12 @@ def test_optimizer_skip_leaves_parameters_and_state_as_they_were(make):
         opt.step(skip=np.asarray(False))
         twin_opt.step()
         assert any((p.data != b).any() for p, b in zip(net.parameters(), before))
-    if isinstance(opt, SGD):
-        for p, q in zip(net.parameters(), twin.parameters()):
-            np.testing.assert_array_equal(p.data, q.data)
+    for p, q in zip(net.parameters(), twin.parameters()):
+        np.testing.assert_array_equal(p.data, q.data)
+    saved, twin_saved = opt.state_dict(), twin_opt.state_dict()
+    assert saved.keys() == twin_saved.keys()
+    for key in saved:  # Adam's counts read 2 in both, a Python int in the state dict
+        assert np.array_equal(saved[key], twin_saved[key]) and type(saved[key]) is type(twin_saved[key]), key
 
 
 # ----------------------------------------------------------------------------- the loss scaler
@@ -153,6 +156,38 @@ def test_loss_scale_never_grows_past_float32():
     s.update(np.asarray(True))
     assert s.current_scale == 2.0 ** 126
 
+
+
+@pytest.mark.parametrize("device", ["cpu", "sim"])
+def test_fp16_step_scales_the_loss_gradient_before_rounding_it(device):
+    """fp16's training step scales dlogits while it is float32, then rounds it once: at a batch
+    of 4096 most unscaled dlogits are float16 subnormals, so scaling after the rounding would
+    keep a few bits of each (and flush the smallest to zero)."""
+    from gpuconv.ops.loss import _softmax_cross_entropy_reference
+
+    class Recording(Sequential):
+        def forward(self, x):
+            self.logits = super().forward(x)
+            return self.logits
+
+        def backward(self, dy, need_dx=True):
+            self.dy = dy
+            return super().backward(dy, need_dx=need_dx)
+
+    rng = np.random.default_rng(0)
+    n, k = 4096, 16
+    x, y = rng.standard_normal((n, k)).astype(np.float32), rng.integers(0, 10, n)
+    with gpuconv.default_device(device):
+        net, scaler = Recording(Linear(k, 10, seed=1)), amp.LossScaler()
+        amp.training_step(net, SGD(net.parameters(), lr=0.0), backend.to_device(x, device),
+                          backend.to_device(y, device), "fp16", scaler)
+    logits, dy = backend.asnumpy(net.logits), backend.asnumpy(net.dy)
+    assert logits.dtype == dy.dtype == np.float16
+    g32 = _softmax_cross_entropy_reference(logits.astype(np.float32), y, 0.0)[1]
+    want = (g32 * np.float32(scaler.init_scale)).astype(np.float16)  # S = 2^16: exact in float32
+    assert (np.abs(g32) < 2.0 ** -14).mean() > 0.5  # mostly below float16's normal range, unscaled
+    ulp = np.spacing(np.abs(want)).astype(np.float64)  # the kernel's exp/log: an ulp of float16 at most
+    assert np.all(np.abs(dy.astype(np.float64) - want) <= (0 if device == "cpu" else 1) * ulp)
 
 # ----------------------------------------------------------------------------- the trainer
 @pytest.fixture(scope="module")

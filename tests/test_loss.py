@@ -239,3 +239,47 @@ def test_count_correct_is_the_same_in_either_schedule():
             counts.append(int(softmax_cross_entropy(z, labels, count_correct=True)[2]))
         assert log.names == ["softmax_cross_entropy"]
     assert counts[0] == counts[1] == int((np.argmax(z, axis=1) == labels).sum())
+
+
+# ----------------------------------------------------------------------------- grad_scale (fp16's loss scale)
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, ml_dtypes.bfloat16, np.float64])
+def test_grad_scale_scales_before_the_rounding(backend, dtype):
+    """dlogits with ``grad_scale=S`` is the float32 gradient times S, rounded once to the logits'
+    dtype: at N=4096 most of float16's unscaled gradients are subnormal or zero, so scaling the
+    rounded float16 gradient (what a scale applied afterwards does) keeps far fewer bits. The
+    loss is unchanged; the scale is read on the device (a 0-d array there) or given as a number."""
+    rng = np.random.default_rng(3)
+    n, c = 4096, 10
+    logits = (rng.standard_normal((n, c)) * 3).astype(dtype)
+    labels = rng.integers(0, c, n)
+    s = 2.0 ** 16
+    acc = np.float64 if dtype == np.float64 else np.float32
+    x, y = backend.asarray(logits), backend.asarray(labels)
+    loss1, d1 = softmax_cross_entropy(x, y, 0.1)
+    loss_s, d_s = softmax_cross_entropy(x, y, 0.1, grad_scale=backend.asarray(np.asarray(s, np.float32)))
+    loss_n, d_n = softmax_cross_entropy(x, y, 0.1, grad_scale=s)
+    assert backend.asnumpy(loss_s).tobytes() == backend.asnumpy(loss1).tobytes()
+    assert backend.asnumpy(d_s).tobytes() == backend.asnumpy(d_n).tobytes() and d_s.dtype == dtype
+    want = _softmax_cross_entropy_reference(logits, labels, 0.1)[1]  # (rounded: the comparison's scale)
+    exact = (reference(logits, labels, 0.1)[1] * s).astype(np.float64)
+    got = backend.asnumpy(d_s).astype(np.float64)
+    # float32 gradient within C-length sums, then one rounding to dtype (S a power of two: exact)
+    tol = unit_roundoff(acc) * (c + 16) * (np.abs(exact) + s / n) + unit_roundoff(dtype) * np.abs(exact)
+    assert np.all(np.abs(got - exact) <= tol)
+    if dtype == np.float16:  # the unscaled float16 gradient, scaled afterwards, lost most of its bits
+        late = backend.asnumpy(d1).astype(np.float64) * s
+        rel = lambda d: (np.abs(d - exact) / np.abs(exact)).max()  # noqa: E731
+        assert rel(got) < 2 * unit_roundoff(np.float16) < 0.1 < rel(late)
+        assert (np.asarray(want) == 0).any() and not (got == 0).any()
+
+
+@pytest.mark.parametrize("bad, exc, match", [
+    (np.ones(2, np.float32), TypeError, "0-d float array"),
+    (np.asarray(3, np.int32), TypeError, "0-d float array"),
+    ("2", TypeError, "grad_scale"),
+])
+def test_grad_scale_errors(backend, bad, exc, match):
+    x = backend.asarray(np.zeros((2, 3), np.float32))
+    y = backend.asarray(np.array([0, 1]))
+    with pytest.raises(exc, match=match):
+        softmax_cross_entropy(x, y, grad_scale=bad if isinstance(bad, str) else backend.asarray(bad))

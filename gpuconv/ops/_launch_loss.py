@@ -14,7 +14,7 @@ from ..precision import compute_dtype
 from ._dispatch import register_launcher
 
 @register_launcher("softmax_cross_entropy")
-def softmax_cross_entropy_kernel(logits, labels, eps, count_correct=False, *, target):
+def softmax_cross_entropy_kernel(logits, labels, eps, count_correct=False, grad_scale=None, *, target):
     n, c = logits.shape
     if not kernels.int_indexable(n * max(c, 1)):
         return NotImplemented  # rows are int in the kernel
@@ -32,5 +32,5 @@ def softmax_cross_entropy_kernel(logits, labels, eps, count_correct=False, *, ta
     grid, block = kernels.grid_1d(32 * n, kernels.BLOCK, target, device)  # a warp per row
     kernels.launch("loss", "softmax_cross_entropy", logits.dtype, target, grid, block,
                    (logits, labels, row_loss, loss, dlogits, row_hits, correct, kernels.tickets(logits, 1),
-                    np.int32(n), np.int32(c), keep, eps_c, np.int32(bool(eps)), inv_n), device=device)
+                    np.int32(n), np.int32(c), keep, eps_c, np.int32(bool(eps)), inv_n, grad_scale), device=device)
     return (loss, dlogits, correct) if count_correct else (loss, dlogits)

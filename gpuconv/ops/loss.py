@@ -14,20 +14,23 @@ wants the check at once calls :func:`check_labels`, which reads back.
 
 Precision (gpuconv.precision): the softmax and the loss are computed in float32 for bfloat16 and
 float16 logits (upcast exactly), the loss is a float32 0-d array, and dlogits comes back in the
-logits' dtype, rounded once. float64 logits stay float64 throughout.
+logits' dtype, rounded once. float64 logits stay float64 throughout. ``grad_scale`` (float16
+training's loss scale, :class:`gpuconv.amp.LossScaler`) multiplies dlogits before that rounding.
 """
 from __future__ import annotations
+
+import numbers
 
 import numpy as np
 
 from .. import backend
 from ..backend import get_array_module, is_cupy_array
-from ..precision import round_once, upcast
+from ..precision import compute_dtype, round_once, upcast
 from . import _dispatch
 from ._checks import check_array, check_float, check_rank
 
 
-def softmax_cross_entropy(logits, labels, label_smoothing=0.0, count_correct=False):
+def softmax_cross_entropy(logits, labels, label_smoothing=0.0, count_correct=False, grad_scale=None):
     """``loss, dlogits`` for ``logits`` (N, C) and integer ``labels`` (N,) in 0..C-1; the loss is
     float32 for float32/bfloat16/float16 logits (float64 for float64), dlogits has the logits' dtype.
 
@@ -35,7 +38,12 @@ def softmax_cross_entropy(logits, labels, label_smoothing=0.0, count_correct=Fal
     ``dlogits = (softmax - target) / N``. ``count_correct=True`` returns ``loss, dlogits,
     correct`` with ``correct`` the 0-d int32 count of rows whose ``argmax`` (NumPy's: the first
     largest logit, a NaN counting as the largest) is their label: a training step's accuracy,
-    computed in the same pass (one kernel launch on a GPU for all three)."""
+    computed in the same pass (one kernel launch on a GPU for all three).
+
+    ``grad_scale``: a number, or a 0-d array on the logits' device (read there, never on the
+    host): ``dlogits`` is multiplied by it in the compute dtype, before it is rounded to the
+    logits' dtype. fp16's loss scale goes here, so gradients below float16's smallest numbers
+    are scaled up before they would flush to zero."""
     check_float("logits", logits)
     check_rank("logits", logits, 2, "N, C: batch, classes")
     check_array("labels", labels)
@@ -55,9 +63,24 @@ def softmax_cross_entropy(logits, labels, label_smoothing=0.0, count_correct=Fal
         raise ValueError("logits has no rows (N = 0): the mean loss over an empty batch is undefined")
     if not is_cupy_array(labels):
         check_labels(labels, c)
+    if grad_scale is not None:
+        grad_scale = _grad_scale(logits, grad_scale)
     target = backend.kernel_target(logits, labels)
     return _dispatch.call("softmax_cross_entropy", target, _softmax_cross_entropy_reference,
-                          logits, labels, float(label_smoothing), bool(count_correct))
+                          logits, labels, float(label_smoothing), bool(count_correct), grad_scale)
+
+
+def _grad_scale(logits, grad_scale):
+    """``grad_scale`` as a 0-d array of the compute dtype on the logits' device."""
+    acc = compute_dtype(logits.dtype)
+    if isinstance(grad_scale, numbers.Real) and not isinstance(grad_scale, bool):
+        return backend.to_device(np.asarray(grad_scale, acc), backend.device_of(logits))
+    check_array("grad_scale", grad_scale)
+    get_array_module(logits, grad_scale)  # a TypeError when one is on the GPU and the other is not
+    if grad_scale.ndim != 0 or grad_scale.dtype.kind != "f":
+        raise TypeError(f"grad_scale must be a number or a 0-d float array, got shape {tuple(grad_scale.shape)} "
+                        f"dtype {grad_scale.dtype}; e.g. LossScaler.factor(logits)")
+    return grad_scale if grad_scale.dtype == acc else grad_scale.astype(acc)
 
 
 def check_labels(labels, classes: int):
@@ -71,7 +94,7 @@ def check_labels(labels, classes: int):
                              f"columns), found {bad}; check the labels or the number of classes")
 
 
-def _softmax_cross_entropy_reference(logits, labels, eps, count_correct=False):
+def _softmax_cross_entropy_reference(logits, labels, eps, count_correct=False, grad_scale=None):
     dtype, logits = logits.dtype, upcast(logits)
     xp = get_array_module(logits, labels)
     n, c = logits.shape
@@ -96,6 +119,8 @@ def _softmax_cross_entropy_reference(logits, labels, eps, count_correct=False):
         dlogits = dlogits - dt(eps / c)
     dlogits[xp.arange(n), idx] -= dt(1.0 - eps)
     dlogits *= dt(1.0 / n)
+    if grad_scale is not None:
+        dlogits *= grad_scale
     dlogits = xp.where(valid[:, None], dlogits, dt(np.nan))
     if count_correct:
         correct = xp.asarray((xp.argmax(logits, axis=1) == labels).sum(), dtype=np.int32)
