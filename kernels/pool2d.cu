@@ -22,8 +22,9 @@
 //                         layout of gpuconv.ops.MaxPool2dCache): the first maximum in row-major
 //                         tap order wins ties, and a zero maximum is +0.0 (np.maximum returns
 //                         either of tied signed zeros, so the rule says which). A NaN makes the
-//                         output NaN (np.maximum) and freezes the switch at the largest tap
-//                         before it: the reference's rule.
+//                         output NaN (np.maximum) and takes the switch, the first NaN in tap
+//                         order (np.argmax's rule): the output's gradient goes to the input the
+//                         output is, as PyTorch routes it, never to a finite value that lost.
 //   max_pool2d_backward   one thread per INPUT element: gathers dy of every output whose window
 //                         covers it and whose switch points at it. Correct for overlapping
 //                         windows and deterministic (no atomics).
@@ -171,8 +172,9 @@ __device__ inline void max_forward(const storage_t* x, storage_t* y, int* argmax
                         best[l] = v;
                         best_at.v[l] = fh * kw + fw;
                     } else {
-                        // Strict > keeps the first of equal maxima and is false against a NaN.
-                        if (v > best[l]) best_at.v[l] = fh * kw + fw;
+                        // Strict > keeps the first of equal maxima; the first NaN takes the switch
+                        // (!(v <= best) is v > best or v a NaN) and keeps it (best is NaN from then on).
+                        if (!(v <= best[l]) && best[l] == best[l]) best_at.v[l] = fh * kw + fw;
                         if (v > best[l] || v != v) best[l] = v;  // np.maximum: a NaN on either side stays
                     }
                 }

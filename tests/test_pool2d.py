@@ -96,6 +96,30 @@ def test_max_pool_propagates_nan(backend):
     assert np.isnan(y[0, 0]) and not np.isnan(y[1:, :]).any() and y[0, 1] == 7
 
 
+@pytest.mark.parametrize("k, s", [(2, 2), (3, 2), (3, 1)])
+def test_max_pool_routes_a_nan_outputs_gradient_to_its_first_nan(backend, k, s):
+    """A NaN output is its window's first NaN (tap order, np.argmax's rule), and its gradient goes
+    there, as PyTorch routes it: never to a finite input that is not the output. Finite windows
+    keep the first-maximum rule. A NaN sits after a larger finite value in tap order."""
+    rng = np.random.default_rng(1)
+    hw = 8 if k == 2 else 7
+    x = rng.standard_normal((2, 3, hw, hw)).astype(np.float32)
+    x[0, 1, 2, 3] = x[1, 2, 5, 5] = x[1, 2, 5, 6] = x[1, 2, 6, 5] = np.nan
+    x[0, 1, 2, 2] = 9.0  # larger than all, before a NaN
+    y, cache = max_pool2d_forward(backend.asarray(x), k, s)
+    y, argmax = backend.asnumpy(y), backend.asnumpy(cache.argmax)
+    want_dx = np.zeros_like(x)
+    for idx in np.ndindex(*y.shape):
+        n, c, oh, ow = idx
+        window = x[n, c, oh * s:oh * s + k, ow * s:ow * s + k].reshape(-1)
+        assert argmax[idx] == np.argmax(window), idx  # NumPy's argmax: the first NaN, else the first maximum
+        assert np.array_equal(y[idx], window[argmax[idx]], equal_nan=True)
+        want_dx[n, c, oh * s + argmax[idx] // k, ow * s + argmax[idx] % k] += 1
+    assert np.isnan(y).sum() > 0
+    dx = backend.asnumpy(max_pool2d_backward(backend.asarray(np.ones(y.shape, np.float32)), cache))
+    np.testing.assert_array_equal(dx, want_dx)
+
+
 # ---------------------------------------------------------------- properties
 @HYPO
 @given(h=st.integers(1, 10), w=st.integers(1, 10), kh=st.integers(1, 4), kw=st.integers(1, 4),

@@ -15,7 +15,9 @@ float32 sum times the float32 reciprocal, rounded once.
 Caches (shared with the kernel launchers, see ``_dispatch``):
 ``MaxPool2dCache(x_shape, kernel_size, stride, argmax)`` where ``argmax`` is int32 of the output's
 shape holding the window-local index ``kh * KW + kw`` of each maximum (the "switches"; ties go to
-the first tap in row-major order; a NaN in a window makes its output NaN), and
+the first tap in row-major order; a NaN in a window makes its output NaN and takes the switch,
+the first NaN in tap order as ``np.argmax`` picks it, so the gradient goes to the input the
+output is, as in PyTorch), and
 ``AvgPool2dCache(x_shape, kernel_size, stride)``; sizes are (h, w) pairs. Both end in
 ``channels_last``: whether x was (gpuconv.layout), so that dx comes back in x's layout even where
 dy cannot tell (1x1 outputs, whose two layouts are the same memory), and ``dtype``: x's, which
@@ -181,6 +183,9 @@ def _max_forward(x, kernel_size, stride):
             xp.multiply(v > yb, np.int32(t), out=moved)
             xp.maximum(ab, moved, out=ab)
             xp.maximum(yb, v, out=yb)  # NaN-propagating, as PyTorch
+        nan = xp.isnan(yb)
+        if nan.any():  # a NaN output's switch is its window's first NaN (the loop above never moves to one)
+            ab[nan] = xp.argmax(xp.isnan(planes), axis=0)[nan]
         # Where +0.0 and -0.0 tie, np.maximum returns either (its second operand on x86, +0.0 on
         # ARM): a zero maximum is +0.0 by rule (adding 0 does it), in the kernels too.
         xp.add(yb, yb.dtype.type(0), out=yb)
