@@ -43,6 +43,8 @@ def test_installed_wheel_finds_and_runs_its_kernels(tmp_path):
         for name in PACKAGES:
             assert importlib.import_module(name).__file__.startswith(SITE), name
         assert gpuconv.__file__.startswith(SITE), gpuconv.__file__
+        from importlib.metadata import version
+        assert version('gpuconv') == gpuconv.__version__, (version('gpuconv'), gpuconv.__version__)
         assert str(K.kernel_dir()).startswith(SITE), K.kernel_dir()
         x = np.random.default_rng(0).standard_normal((1, 2, 5, 5)).astype(np.float32)
         with gpuconv.default_device('sim'):
