@@ -754,9 +754,14 @@ def info_lines() -> list[str]:
             name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
             lines.append(f"  cuda:{i} {name}, {props['totalGlobalMem'] / 2**30:.1f} GiB, "
                          f"compute {props['major']}.{props['minor']}")
-    gxx = shutil.which("g++")
-    lines.append(f"sim (CUDA kernels on the host simulator): {'g++ at ' + gxx if gxx else 'needs g++, not found'}")
-    lines.append(f"devices: cpu, sim{', cuda' if backend.cuda_available() else ''}; default "
+    from .hostsim._build import CompileError, compiler
+    try:
+        cxx = compiler()
+        sim = f"{cxx} at {shutil.which(cxx)}"
+    except CompileError as exc:
+        cxx, sim = None, f"not usable - {exc}"
+    lines.append(f"sim (CUDA kernels on the host simulator): {sim}")
+    lines.append(f"devices: cpu{', sim' if cxx else ''}{', cuda' if backend.cuda_available() else ''}; default "
                  f"{backend.get_default_device()} (GPUCONV_DEVICE={os.environ.get('GPUCONV_DEVICE', 'unset')}); "
                  f"'auto' means {backend.Device('auto')}")
     from .amp import resolve_precision

@@ -472,6 +472,15 @@ def test_info_reports_versions_cuda_and_telemetry(capsys):
     assert "'auto' means" in out
 
 
+def test_info_lists_sim_only_with_its_compiler(capsys, monkeypatch):
+    """Without the simulator's compiler, `gpuconv info` says why and leaves sim out of the devices."""
+    assert "devices: cpu, sim" in run(["info"], capsys)[1]
+    monkeypatch.setenv("GPUCONV_SIM_CXX", "no-such-compiler-here")
+    rc, out, _ = run(["info"], capsys)
+    assert rc == 0 and ("devices: cpu;" in out or "devices: cpu, cuda;" in out)
+    assert "sim (CUDA kernels on the host simulator): not usable" in out and "'no-such-compiler-here'" in out
+
+
 def test_precompile_reports_each_build_and_needs_a_gpu_or_an_arch(capsys, monkeypatch):
     from gpuconv import backend, kernels
     asked = []
