@@ -156,6 +156,9 @@ def test_backward_rejects_wrong_dy(backend):
     _, cache = batchnorm2d_forward(**_args(backend))
     with pytest.raises(ValueError, match=r"dy must have the forward output's shape \(2, 3, 2, 2\)"):
         batchnorm2d_backward(backend.asarray(np.ones((2, 3, 2), np.float32)), cache)
+    for dt in (np.float64, ml_dtypes.bfloat16, np.float16):  # bf16/fp16 share float32's compute dtype, not x's
+        with pytest.raises(TypeError, match=rf"dy has dtype {np.dtype(dt)} but the forward's output had dtype float32"):
+            batchnorm2d_backward(backend.asarray(np.ones((2, 3, 2, 2), dt)), cache)
 
 
 # ----------------------------------------------------------------------------- fused activation

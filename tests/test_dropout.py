@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from fractions import Fraction
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -229,8 +230,12 @@ def test_other_errors(backend):
     _, cache = dropout_forward(x, 0.5, rng=np.random.default_rng(0))
     with pytest.raises(ValueError, match=r"dy must have the forward input's shape \(2, 3\)"):
         dropout_backward(backend.asarray(np.ones((3, 2), np.float32)), cache)
-    with pytest.raises(TypeError, match=r"dy has dtype float64 but mask has dtype float32"):
-        dropout_backward(backend.asarray(np.ones((2, 3))), cache)
+    for dt in (np.float64, ml_dtypes.bfloat16):  # the forward's dtype, also where the mask's compute dtype agrees
+        with pytest.raises(TypeError, match=rf"dy has dtype {np.dtype(dt)} but the forward's output had dtype float32"):
+            dropout_backward(backend.asarray(np.ones((2, 3), dt)), cache)
+    _, identity = dropout_forward(x, 0.5, training=False)
+    with pytest.raises(TypeError, match=r"dy has dtype float64 but the forward's output had dtype float32"):
+        dropout_backward(backend.asarray(np.ones((2, 3))), identity)
 
 
 # ----------------------------------------------------------------------------- the layer

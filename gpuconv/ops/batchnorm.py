@@ -22,7 +22,8 @@ Cache (shared with the kernel launchers, see ``_dispatch``):
 (in the compute dtype: float32 for a bfloat16/float16 x), the scale, ``1 / sqrt(var + eps)`` per
 channel (of the batch in training, of the running variance in eval), and, for a fused
 activation, the shift and the activation's name (``beta`` None and ``activation`` None without);
-``cdf``: the NumPy path's Phi(z) of a fused GELU (see ``gelu.py``; None from the kernels).
+``cdf``: the NumPy path's Phi(z) of a fused GELU (see ``gelu.py``; None from the kernels);
+``dtype``: the output's, which dy must have (set by :func:`batchnorm2d_forward`; None: not checked).
 """
 from __future__ import annotations
 
@@ -33,14 +34,14 @@ from .. import backend
 from ..backend import get_array_module
 from ..precision import channel_sum, compute_dtype, round_once, upcast
 from . import _dispatch
-from ._checks import check_cache, check_compute_dtype, check_float, check_rank, check_shape
+from ._checks import check_cache, check_compute_dtype, check_dy_dtype, check_float, check_rank, check_shape
 from .gelu import GeluCache, _gelu_backward_reference, _gelu_forward_reference
 from .relu import ReluCache, _relu_backward_reference, _relu_forward_reference
 
 _PARAMS_WHY = "batch norm keeps gamma, beta and the running statistics in its compute dtype"
 
-BatchNorm2dCache = namedtuple("BatchNorm2dCache", "xhat gamma inv_std training beta activation cdf",
-                              defaults=(None, None, None))
+BatchNorm2dCache = namedtuple("BatchNorm2dCache", "xhat gamma inv_std training beta activation cdf dtype",
+                              defaults=(None, None, None, None))
 
 # The activations batch norm can apply to its output (None: none); the kernels' ACT_* codes
 # (kernels/activation.cuh) are the indices here.
@@ -91,9 +92,10 @@ def batchnorm2d_forward(x, gamma, beta, running_mean, running_var, training=True
                          f"x of shape {tuple(x.shape)} (N*H*W = {count}); use a larger batch or training=False")
     # No channels: nothing to launch (a grid of 0 blocks is no launch at all); the reference's empty result
     target = backend.kernel_target(x, gamma, beta, running_mean, running_var) if c else None
-    return _dispatch.call("batchnorm2d_forward", target, _batchnorm2d_forward_reference,
-                          x, gamma, beta, running_mean, running_var, bool(training), float(momentum), float(eps),
-                          activation)
+    y, cache = _dispatch.call("batchnorm2d_forward", target, _batchnorm2d_forward_reference,
+                              x, gamma, beta, running_mean, running_var, bool(training), float(momentum), float(eps),
+                              activation)
+    return y, cache._replace(dtype=y.dtype)
 
 
 def batchnorm2d_backward(dy, cache):
@@ -102,6 +104,8 @@ def batchnorm2d_backward(dy, cache):
     check_float("dy", dy)
     if tuple(dy.shape) != tuple(cache.xhat.shape):
         raise ValueError(f"dy must have the forward output's shape {tuple(cache.xhat.shape)}, got {tuple(dy.shape)}")
+    if cache.dtype is not None:
+        check_dy_dtype(dy, cache.dtype)
     if cache.xhat.dtype != compute_dtype(dy.dtype):
         raise TypeError(f"dy has dtype {dy.dtype} but x has dtype {cache.xhat.dtype} (the forward's normalized "
                         f"x, kept in its compute dtype): pass dy in the dtype of the forward's x")
@@ -156,7 +160,7 @@ def _output(xhat, gamma, beta, dtype, out=None):
 
 
 def _batchnorm2d_backward_reference(dy, cache):
-    xhat, gamma, inv_std, training, beta, activation, cdf = cache
+    xhat, gamma, inv_std, training, beta, activation, cdf = cache[:7]
     if activation is not None:  # dy through the activation at the recomputed output, as its op returns it
         forward, backward, act_cache = _ACT_REFERENCE[activation]
         z = _output(xhat, gamma, beta, dy.dtype)

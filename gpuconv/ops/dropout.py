@@ -22,7 +22,8 @@ element is scaled by 1/(1-p) rounded to float32, not to 8 or 11 bits.
 
 Cache (shared with the kernel launchers, see ``_dispatch``): ``DropoutCache(mask)`` where ``mask``
 holds ``0`` or ``1 / (1 - p)`` in x's compute dtype (float32 for a bfloat16/float16 x), or is
-None when the forward was the identity (eval mode or ``p == 0``).
+None when the forward was the identity (eval mode or ``p == 0``), and ``dtype``, x's, which dy
+must have (set by :func:`dropout_forward`; None: not checked).
 """
 from __future__ import annotations
 
@@ -37,9 +38,9 @@ from ..backend import get_array_module
 from ..counter_rng import splitmix64
 from ..precision import compute_dtype, round_once, upcast
 from . import _dispatch
-from ._checks import check_cache, check_float
+from ._checks import check_cache, check_dy_dtype, check_float
 
-DropoutCache = namedtuple("DropoutCache", "mask")
+DropoutCache = namedtuple("DropoutCache", "mask dtype", defaults=(None,))
 
 KEEP_BITS = 53  # u's resolution: the keep probability is 1 - ceil(p * 2^53) / 2^53, within 2^-53 of 1 - p
 _S_KEEP = np.uint64(64 - KEEP_BITS)
@@ -67,17 +68,20 @@ def dropout_forward(x, p=0.5, training=True, rng=None, *, key=None):
             "hashed from one 64-bit key drawn on the host, for NumPy and CuPy arrays alike, so one generator "
             "serves every device and its state can be checkpointed; pass numpy.random.default_rng(seed)")
     if not training or p == 0:
-        return x, DropoutCache(None)
+        return x, DropoutCache(None, x.dtype)
     if key is None:
         key = draw_key(rng if rng is not None else np.random.default_rng())
     target = backend.kernel_target(x)
-    return _dispatch.call("dropout_forward", target, _dropout_forward_reference, x, float(p), key)
+    y, cache = _dispatch.call("dropout_forward", target, _dropout_forward_reference, x, float(p), key)
+    return y, cache._replace(dtype=x.dtype)
 
 
 def dropout_backward(dy, cache):
     """``dx = dy * mask`` (``dy`` itself when the forward was the identity)."""
     check_cache(cache, DropoutCache, "dropout_forward")
     check_float("dy", dy)
+    if cache.dtype is not None:
+        check_dy_dtype(dy, cache.dtype)
     if cache.mask is None:
         return dy
     if tuple(dy.shape) != tuple(cache.mask.shape):

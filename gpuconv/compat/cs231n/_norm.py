@@ -69,7 +69,7 @@ def _bn_backward_call(dout, cache, forward_name):
     def widen(dt):   # a dout wider than the forward: NumPy would compute in dt from the same cache
         oc = cache.ops
         return Cache(cache, oc._replace(xhat=oc.xhat.astype(dt), gamma=oc.gamma.astype(dt),
-                                        inv_std=oc.inv_std.astype(dt)), dt, cache.device)
+                                        inv_std=oc.inv_std.astype(dt), dtype=np.dtype(dt)), dt, cache.device)
     _forward_cache(cache, forward_name)
     return backward_call(dout, cache, widen)
 
