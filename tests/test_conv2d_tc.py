@@ -450,3 +450,43 @@ def test_bias_gradient_of_a_plane_past_int(monkeypatch):
         got = L.conv2d_backward_bias_kernel(dy, target="sim")
     assert log.names == [] and got.dtype == BF16
     np.testing.assert_array_equal(got.astype(np.float32), want.astype(np.float32))
+
+
+def misaligned_copy(target, a, order=None):
+    """``a``'s values in a view whose data starts 4 bytes past a 16-byte boundary (a slice of a
+    larger buffer, as a user's view may), laid out in memory as ``a.transpose(order)`` is."""
+    xp = np if target == "sim" else B_cupy()
+    t = a if order is None else a.transpose(order)
+    buf = xp.zeros(t.size + 32, a.dtype)
+    skip = (-kernels.address(buf) % 16 + 4) // a.itemsize
+    view = buf[skip:skip + t.size].reshape(t.shape)
+    view[...] = xp.asarray(t)
+    assert kernels.address(view) % 16 == 4
+    return view if order is None else view.transpose(np.argsort(order))
+
+
+def B_cupy():
+    return gpuconv.backend.cupy_module()
+
+
+@pytest.mark.parametrize("build", ["bf16", "tf32"])
+def test_filters_not_on_a_16_byte_boundary_are_copied_for_the_loaders(target, build):
+    """A 1x1 filter array that is already KRSC (any OIHW 1x1 array) or CRSK in memory needs no
+    repacking, but cp.async reads it in 16-byte pieces: a view starting off a 16-byte boundary
+    is copied first (a GPU would fault, the simulator reports it), and the results are those of
+    an aligned copy."""
+    dtype, tf32 = BUILDS[build]
+    rng = np.random.default_rng(7)
+    x, w, b = operands(((2, 8, 4, 4), (8, 1, 1), (1, 1), (0, 0)), dtype, rng)
+    dy = rng.standard_normal((2, 8, 4, 4)).astype(dtype)
+    want, _ = run_conv(target, x, w, b, dy, (1, 1), (0, 0), tf32)
+    for order in (None, (1, 2, 3, 0)):  # KRSC memory (the forward's), CRSK memory (the data gradient's)
+        wm = misaligned_copy(target, w, order)
+        X, Bb, DY = on(target, x, b, dy)
+        with kernels.use_variant(conv2d_forward="tc", conv2d_backward_data="tc", conv2d_backward_weight="tc"), \
+                kernels.use_variant("tf32", conv2d_forward="tc", conv2d_backward_data="tc",
+                                    conv2d_backward_weight="tc"):
+            y, cache = LC.conv2d_forward_kernel(X, wm, Bb, (1, 1), (0, 0), tf32, target=target)
+            dx, dw, _ = LC.conv2d_backward_kernel(DY, cache, True, tf32, target=target)
+        for g, e in zip((y, dx, dw), want):
+            assert np.asarray(host(g)).tobytes() == np.asarray(host(e)).tobytes()

@@ -76,11 +76,13 @@ def _nhwc_padded(x):
 
 def _repacked(w, axes, channels, padded):
     """The filters transposed to ``axes`` with their last axis (``channels`` long) zero-padded
-    to ``padded``: KRSC (forward) or CRSK (data gradient)."""
+    to ``padded``: KRSC (forward) or CRSK (data gradient), starting on a 16-byte boundary (the
+    loaders' cp.async pieces; a view of the caller's array need not)."""
     xp = get_array_module(w)
     t = w.transpose(axes)
     if padded == channels:
-        return xp.ascontiguousarray(t)
+        t = xp.ascontiguousarray(t)
+        return t if kernels.address(t) % PIECE == 0 else t.copy()
     out = xp.zeros(t.shape[:3] + (padded,), dtype=w.dtype)
     out[..., :channels] = t
     return out
