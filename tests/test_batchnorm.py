@@ -115,6 +115,24 @@ def test_training_without_running_stats(backend):
     assert abs(float(backend.asnumpy(y).mean())) < 1e-12
 
 
+@pytest.mark.parametrize("which", ["running_mean", "running_var"])
+def test_read_only_running_stats_are_refused_before_any_update(which):
+    """A read-only running statistic (np.broadcast_to, a memory-mapped checkpoint) cannot take
+    the in-place update: refused by name on every device, with neither statistic changed (the
+    NumPy path used to update running_mean, then fail on running_var inside NumPy; the simulator
+    failed inside its launch)."""
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 4))
+    for device in ("cpu", "sim"):
+        stats = {"running_mean": np.zeros(3), "running_var": np.ones(3)}
+        stats[which].flags.writeable = False
+        with gpuconv.default_device(device), pytest.raises(ValueError, match=f"{which} is read-only.*copy"):
+            batchnorm2d_forward(x, np.ones(3), np.zeros(3), stats["running_mean"], stats["running_var"])
+        assert np.array_equal(stats["running_mean"], np.zeros(3)) and np.array_equal(stats["running_var"], np.ones(3))
+        y, _ = batchnorm2d_forward(x, np.ones(3), np.zeros(3), stats["running_mean"], stats["running_var"],
+                                   training=False)  # eval mode only reads them
+        assert y.shape == x.shape
+
+
 @pytest.mark.parametrize("training", [True, False])
 def test_no_channels_give_empty_results_everywhere(backend, training):
     """C = 0: the reference's empty arrays (a kernel grid of 0 blocks would be no launch at all)."""

@@ -82,6 +82,10 @@ def batchnorm2d_forward(x, gamma, beta, running_mean, running_var, training=True
                          "None: pass the running statistics, or use training=True")
     if (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var go together: pass both or neither")
+    for name, a in (("running_mean", running_mean), ("running_var", running_var)):
+        if training and a is not None and not getattr(a.flags, "writeable", True):  # (CuPy arrays are)
+            raise ValueError(f"{name} is read-only, but training updates the running statistics in place: pass a "
+                             f"writeable array ({name}.copy()), or training=False to normalize with them unchanged")
     if not (isinstance(momentum, numbers.Real) and 0.0 <= momentum <= 1.0):
         raise ValueError(f"momentum must be a number in [0, 1] (weight of the new batch statistic), got {momentum!r}")
     if not (isinstance(eps, numbers.Real) and eps > 0):
