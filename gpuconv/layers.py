@@ -36,7 +36,7 @@ import numpy as np
 from . import layout, ops
 from .backend import (Device, copy_like, device_of, get_array_module, get_default_device, host_copy, is_cupy_array,
                       to_device)
-from .ops._checks import check_floor
+from .ops._checks import check_array, check_floor
 from .ops.scale import check_factor
 
 __all__ = ["Parameter", "Layer", "Module", "Identity", "Conv2d", "MaxPool2d", "AvgPool2d", "LPPool2d",
@@ -730,6 +730,7 @@ class _AdaptivePool2d(Layer):
     def _windows(self, x):
         """The (kernel, stride) that pools ``x`` to ``output_size``: PyTorch's adaptive windows,
         ``floor(i*H/OH)`` to ``ceil((i+1)*H/OH)``, which are equal and disjoint when OH divides H."""
+        check_array("x", x)
         if x.ndim != 4:
             raise ValueError(f"{type(self).__name__}: x must be (N, C, H, W), got shape {tuple(x.shape)}")
         window = []
@@ -840,6 +841,7 @@ class Flatten(Layer):
         _only("Flatten", start_dim=(start_dim, 1), end_dim=(end_dim, -1))
 
     def forward(self, x):
+        check_array("x", x)
         if x.ndim < 1:
             raise ValueError("Flatten: x must have a batch axis (N, ...), got a 0-d array")
         self._keep((x.shape, layout.is_channels_last(x)))

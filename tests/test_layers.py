@@ -429,6 +429,15 @@ def test_wrong_input_gets_the_ops_error(backend):
         Residual(Conv2d(4, 8, 3, padding=1))(x)
 
 
+
+@pytest.mark.parametrize("make", [lambda: Flatten(), lambda: AdaptiveAvgPool2d(1), lambda: AdaptiveMaxPool2d(1),
+                                  lambda: Sequential(Flatten(), Linear(4, 2))])
+def test_a_list_is_refused_by_name_by_the_layers_that_reshape(make):
+    """Flatten and the adaptive pools read x's shape themselves: a nested list gets the ops' error
+    (wrap it with np.asarray), not an AttributeError from inside the layer."""
+    with pytest.raises(TypeError, match=r"x must be a numpy or cupy array, got list.*np\.asarray"):
+        make()([[[[1.0, 2.0], [3.0, 4.0]]]])
+
 # ----------------------------------------------------------------------------- structure
 def test_names_of_parameters_and_buffers():
     net = Sequential(Conv2d(3, 4, 3), ReLU(), BatchNorm2d(4),
