@@ -1224,8 +1224,9 @@ def _locate_error(exc, name, layer):
                 "the images' size, or resize the images)")
     elif params and "has dtype" in message and "but x has dtype" in message:
         dt = params[0].value.dtype  # what the layer computes in: a mixed-precision copy's dtype under autocast
-        hint = (f" (the layer's parameters are {dt}: pass x.astype(np.{dt}), or convert the model with "
-                "model.astype(x.dtype))" if dt == params[0].dtype else
+        hint = (f" (the layer's parameters are {dt}: pass x.astype(np.{dt}); for a float64 x, convert the model "
+                "with model.astype(np.float64); for bfloat16 or float16, run it in mixed precision, e.g. `with "
+                "gpuconv.amp.autocast(model, 'bf16') as dt: model(x.astype(dt))`)" if dt == params[0].dtype else
                 f" (under mixed precision the layer computes in {dt}: pass the batch in {dt}, e.g. "
                 f"gpuconv.amp.cast_input(x, {dt}), as gpuconv.amp.training_step does; if the batch is {dt}, a "
                 "layer before this one computed in float32, such as a Layer subclass multiplying by a Parameter "

@@ -891,6 +891,20 @@ def test_errors_inside_a_network_name_the_layer_path():
     assert str(info.value).count("in layer") == 1
 
 
+def test_a_half_precision_batch_in_a_float32_network_gets_a_fix_that_works():
+    """The hint for a bfloat16 batch used to offer model.astype(x.dtype), which layers refuse (they
+    hold float32 or float64): it names mixed precision, and what it names runs."""
+    net = Sequential(Conv2d(3, 4, 3, padding=1), Flatten(), Linear(4 * 8 * 8, 2))
+    x = np.ones((2, 3, 8, 8), gpuconv.bfloat16)
+    with pytest.raises(TypeError, match=r"in layer '0' .*parameters are float32: pass x.astype\(np.float32\); "
+                                        r"for a float64 x, convert the model with model.astype\(np.float64\); for "
+                                        r"bfloat16 or float16, run it in mixed precision.*gpuconv.amp.autocast") as info:
+        net(x)
+    assert "astype(x.dtype))" not in str(info.value)
+    with gpuconv.amp.autocast(net, "bf16") as dt:
+        assert net(x.astype(dt)).dtype == gpuconv.bfloat16
+
+
 def test_device_mixing_inside_a_network_says_how_to_move(monkeypatch):
     # No GPU here: let a marked NumPy subclass pass for a CuPy array at the backend boundary.
     class FakeCupy(np.ndarray):
