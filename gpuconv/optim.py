@@ -376,10 +376,21 @@ class Optimizer:
             raise TypeError(f"step(closure): closure must be a function returning the loss, got {closure!r}; the "
                             "mixed-precision overflow flag goes as step(skip=...)")
         loss = None if closure is None else closure()
+        self._check_writeable()
         if not self.lr_written_by_owner:  # the groups' lrs into the device array the update reads
             self.write_lrs()
         self._step(skip)
         return loss
+
+    def _check_writeable(self):
+        """Every parameter a step updates can be written in place (a read-only ``.data``, such as a
+        memory-mapped or broadcast array, would fail midway, after the others were updated)."""
+        for i, p in enumerate(self.params):
+            flags = getattr(p.data, "flags", None)  # (CuPy arrays are always writeable)
+            if p.grad is not None and p.requires_grad and not getattr(flags, "writeable", True):
+                raise ValueError(f"{type(self).__name__}.step: parameter {i} ({getattr(p, 'name', '')!r}) is a read-only "
+                                 "array, but the optimizer updates parameters in place: give it a writeable copy "
+                                 "(p.data = p.data.copy()), or freeze it (p.requires_grad = False)")
 
     def _step(self, skip):
         """The update of :meth:`step` (what a subclass overrides)."""

@@ -262,6 +262,26 @@ def test_step_keeps_dtype_device_and_identity_and_skips_missing_grads(backend, m
     np.testing.assert_array_equal(backend.asnumpy(a.data), stepped)
 
 
+
+@pytest.mark.parametrize("make", [lambda ps: SGD(ps, lr=0.1, momentum=0.9), lambda ps: Adam(ps, lr=1e-2),
+                                  lambda ps: AdamW(ps, lr=1e-2)])
+@pytest.mark.parametrize("device", ["cpu", "sim"])
+def test_a_read_only_parameter_is_refused_before_any_update(make, device):
+    """A read-only ``.data`` (a broadcast or memory-mapped array) cannot be updated in place: the
+    step names it before touching any parameter (the NumPy path used to update the others, then
+    fail inside NumPy; a second step would then update them twice)."""
+    with gpuconv.default_device(device):
+        a = Parameter(np.ones((3, 2), np.float32), "a")
+        b = Parameter(np.broadcast_to(np.float32(1.0), (4,)), "b")
+        opt = make([a, b])
+        a.grad, b.grad = np.full((3, 2), 0.5, np.float32), np.full(4, 0.5, np.float32)
+        with pytest.raises(ValueError, match=r"parameter 1 \('b'\) is a read-only array.*p.data = p.data.copy\(\)"):
+            opt.step()
+        np.testing.assert_array_equal(a.data, np.ones((3, 2), np.float32))
+        b.requires_grad = False  # frozen: the step leaves it alone, and runs
+        opt.step()
+        assert (a.data < 1).all()
+
 def test_step_makes_no_host_readback():
     # On 'sim', NumPy arrays stand for device arrays and every readback through the backend counts.
     with gpuconv.default_device("sim"):
