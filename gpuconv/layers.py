@@ -671,16 +671,18 @@ class MaxPool2d(_Pool2d):
 
 class LPPool2d(_Pool2d):
     """Power-average pooling, PyTorch's ``nn.LPPool2d(norm_type, kernel_size, stride=None)``:
-    the p-norm of each window (``norm_type=2``: the L2 norm); ``stride`` defaults to ``kernel_size``."""
+    the p-norm of each window (``norm_type=2``: the L2 norm); ``stride`` defaults to ``kernel_size``;
+    ``floor`` as for :class:`MaxPool2d`."""
 
-    def __init__(self, norm_type, kernel_size, stride=None, ceil_mode=False):
+    def __init__(self, norm_type, kernel_size, stride=None, ceil_mode=False, *, floor=False):
         _only("LPPool2d", ceil_mode=(ceil_mode, False))
-        super().__init__(kernel_size, stride)
+        super().__init__(kernel_size, stride, floor)
         from .ops.lp_pool2d import check_norm
         self.norm_type = check_norm(norm_type)
 
     def forward(self, x):
-        y, cache = ops.lp_pool2d_forward(x, self.norm_type, kernel_size=self.kernel_size, stride=self.stride)
+        y, cache = ops.lp_pool2d_forward(x, self.norm_type, kernel_size=self.kernel_size, stride=self.stride,
+                                         floor=self.floor)
         self._keep(cache)
         return y
 

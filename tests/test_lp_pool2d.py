@@ -99,3 +99,26 @@ def test_layer_matches_the_op_and_prints_like_pytorch(backend):
 def test_bad_norm(backend, p, match):
     with pytest.raises(ValueError, match=match):
         lp_pool2d_forward(backend.asarray(np.ones((1, 1, 4, 4), np.float32)), p, 2)
+
+
+@pytest.mark.parametrize("p, shape, k, s", [(2, (2, 3, 5, 7), (2, 2), (2, 2)), (3, (1, 2, 6, 8), (3, 3), (2, 2)),
+                                            (1.5, (1, 2, 7, 6), (2, 3), (2, 2))])
+def test_floor_takes_pytorchs_rule(backend, p, shape, k, s):
+    """floor=True pools the windows that fit, as PyTorch's lp_pool2d (and max/avg pooling's
+    floor=True) do: the rows and columns past the last window get a zero gradient."""
+    x = np.random.default_rng(6).uniform(0.2, 1.5, shape)
+    with pytest.raises(ValueError, match="floor=True"):
+        lp_pool2d_forward(backend.asarray(x), p, k, s)
+    y, cache = lp_pool2d_forward(backend.asarray(x), p, k, s, floor=True)
+    np.testing.assert_allclose(backend.asnumpy(y), direct(x, p, k, s), rtol=1e-12)
+    dy = np.random.default_rng(7).standard_normal(y.shape)
+    dx = backend.asnumpy(lp_pool2d_backward(backend.asarray(dy), cache))
+    backend.assert_kernels_ran("lp_pool2d_forward", "lp_pool2d_backward")
+    used_h, used_w = (y.shape[2] - 1) * s[0] + k[0], (y.shape[3] - 1) * s[1] + k[1]
+    assert (dx[:, :, used_h:] == 0).all() and (dx[:, :, :, used_w:] == 0).all()
+    num = numerical_gradient_array(lambda a: lp_pool2d_forward(a, p, k, s, floor=True)[0], backend.asarray(x),
+                                   backend.asarray(dy))
+    assert relative_error(dx, backend.asnumpy(num)) < 1e-6
+    layer = nn.LPPool2d(p, k, s, floor=True)
+    assert repr(layer).endswith("floor=True)")
+    np.testing.assert_array_equal(backend.asnumpy(layer(backend.asarray(x))), backend.asnumpy(y))

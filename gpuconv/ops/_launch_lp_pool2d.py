@@ -16,7 +16,7 @@ from .lp_pool2d import LPPool2dCache
 def lp_pool2d_forward_kernel(x, norm_type, kernel_size, stride, *, target):
     xp = get_array_module(x)
     (x,), cl = _inputs(x)
-    out_shape, dims = _dims(x.shape, kernel_size, stride)
+    out_shape, dims = _dims(x.shape, kernel_size, stride, floor=True)  # the op checked the exact rule if asked
     y = layout.empty(xp, out_shape, x.dtype, cl)
     _run("lp_pool2d_forward", y.size, target, (x, y), dims, cl, (np.float64(norm_type),), vec=False)
     return y, LPPool2dCache(x, y, kernel_size, stride, norm_type)
@@ -26,7 +26,7 @@ def lp_pool2d_forward_kernel(x, norm_type, kernel_size, stride, *, target):
 def lp_pool2d_backward_kernel(dy, cache, *, target):
     xp = get_array_module(dy, cache.x)
     (dy, x, y), cl = _inputs(dy, cache.x, cache.y)
-    _, dims = _dims(x.shape, cache.kernel_size, cache.stride)
+    _, dims = _dims(x.shape, cache.kernel_size, cache.stride, floor=True)  # dy's shape was checked
     dx = layout.empty(xp, x.shape, dy.dtype, cl)
     _run("lp_pool2d_backward", dx.size, target, (dy, x, y, dx), dims, cl, (np.float64(cache.norm_type),),
          vec=False)

@@ -2,7 +2,9 @@
 
 ``y = (sum over each KH x KW window of x^p)^(1/p)`` for a norm ``p >= 1`` (p = 2: the L2 norm of
 the window, ``sqrt(sum x^2)``; p = 1: the sum). No padding; the stride defaults to the kernel
-size. As in PyTorch, ``x^p`` of a negative ``x`` is NaN for a non-integer ``p``.
+size; sizes the windows do not tile are refused unless ``floor=True`` (PyTorch's rule, as for
+max and average pooling: the rows and columns past the last window take no part). As in
+PyTorch, ``x^p`` of a negative ``x`` is NaN for a non-integer ``p``.
 
 Gradient: ``dy/dx = x^(p-1) * y^(1-p)`` for each window covering ``x``; a window whose norm ``y``
 is 0 (all zeros) contributes 0, where the derivative of the norm is undefined: the choice
@@ -35,10 +37,11 @@ def check_norm(norm_type):
     return float(norm_type)
 
 
-def lp_pool2d_forward(x, norm_type, kernel_size, stride=None):
-    """``y, cache``: the p-norm of each KH x KW window, of shape (N, C, OH, OW)."""
+def lp_pool2d_forward(x, norm_type, kernel_size, stride=None, floor=False):
+    """``y, cache``: the p-norm of each KH x KW window, of shape (N, C, OH, OW); ``floor`` as for
+    :func:`gpuconv.ops.max_pool2d_forward`."""
     p = check_norm(norm_type)
-    kernel_size, stride = _check_pool_args(x, kernel_size, stride)
+    kernel_size, stride = _check_pool_args(x, kernel_size, stride, floor)
     return _dispatch.call("lp_pool2d_forward", backend.kernel_target(x), _lp_pool2d_forward_reference,
                           x, p, kernel_size, stride)
 
@@ -60,7 +63,7 @@ def _powers(xp, a, p):
 def _lp_pool2d_forward_reference(x, p, kernel_size, stride):
     xc = upcast(x)
     xp = get_array_module(xc)
-    out_hw = output_hw(x.shape, kernel_size, stride)
+    out_hw = output_hw(x.shape, kernel_size, stride, floor=True)  # the entry checked the exact rule if asked
     s = xp.zeros(x.shape[:2] + out_hw, dtype=xc.dtype)
     for _, sl in _taps(kernel_size, stride, out_hw):
         s += _powers(xp, xc[sl], p)
