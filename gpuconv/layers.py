@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import numbers
 from collections.abc import Mapping
 from typing import NamedTuple
 
@@ -895,7 +896,7 @@ class Dropout(Layer):
     def __init__(self, p=0.5, inplace=False, *, seed=None):
         super().__init__()
         _check_inplace("Dropout", inplace)
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
+        if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Real) or not 0.0 <= p < 1.0:
             raise ValueError(f"Dropout(p={p!r}): p is the DROP probability and must be in [0, 1) "
                              "(p=1 would leave nothing to rescale); use p=0.5 for the usual rate")
         if seed is not None:

@@ -482,6 +482,14 @@ def test_dropout_train_and_eval(backend):
     np.testing.assert_array_equal(backend.asnumpy(d(x)), backend.asnumpy(x))
 
 
+@pytest.mark.parametrize("p", [np.float32(0.25), np.float64(0.25), np.int64(0)], ids=["f32", "f64", "i64"])
+def test_dropout_takes_numpy_numbers(backend, p):
+    """A NumPy scalar p (read from a config array) is the number it holds, as in PyTorch, and the
+    same Python number's masks come out."""
+    x = backend.asarray(np.ones((20, 50), np.float32))
+    np.testing.assert_array_equal(backend.asnumpy(Dropout(p, seed=3)(x)), backend.asnumpy(Dropout(float(p), seed=3)(x)))
+
+
 def test_batchnorm_train_updates_running_stats_and_eval_uses_them(backend):
     rng = np.random.default_rng(10)
     xh = (rng.standard_normal((4, 2, 3, 3)) * [[[[2.0]], [[0.5]]]] + [[[[1.0]], [[-3.0]]]]).astype(np.float32)
