@@ -882,7 +882,10 @@ class LRSchedule:
         self._set_own()
 
     def get_last_lr(self):
-        return self.optimizer.lr
+        """The lr each parameter group steps with now, a list in the groups' order, as PyTorch's
+        ``get_last_lr()`` (``optimizer.lr``, the schedule's own value, is the first group's unless
+        that group sets an lr of its own)."""
+        return [g["lr"] for g in self.optimizer.param_groups]
 
     def state_dict(self):
         out = {"schedule": type(self).__name__, "last_step": self.last_step, "base_lr": self.base_lr}

@@ -418,6 +418,16 @@ def test_step_lr_values():
     assert lrs[2] == 0.1 and lrs[3] == 0.05 and lrs[9] == 0.0125
 
 
+def test_get_last_lr_lists_every_groups_lr_as_pytorch():
+    a, b = Parameter(np.zeros(2), "a"), Parameter(np.zeros(3), "b")
+    opt = SGD([{"params": [a]}, {"params": [b], "lr": 0.5}], lr=0.1)
+    sched = StepLR(opt, step_size=1, gamma=0.1)
+    assert sched.get_last_lr() == [0.1, 0.5]
+    sched.step()
+    np.testing.assert_allclose(sched.get_last_lr(), [0.01, 0.05], rtol=1e-15)
+    assert sched.get_last_lr()[1] == opt.param_groups[1]["lr"]
+
+
 def test_cosine_lr_values_with_warmup():
     sched = CosineLR(_opt(1.0), total_steps=10, min_lr=0.1, warmup_steps=2)
     lrs = _lrs(sched, 13)
