@@ -963,15 +963,29 @@ class OneCycleLR(LRSchedule):
     The optimizer's own lr is ignored. Unlike PyTorch, momentum is not cycled (as with
     ``cycle_momentum=False``), the step after the last (``total_steps``) keeps the final lr
     where PyTorch extrapolates, and parameter groups keep their lrs' ratios to the optimizer's
-    (as every gpuconv schedule drives them; PyTorch sends each group to ``max_lr``); the length is
-    ``total_steps`` (no ``epochs``/``steps_per_epoch`` form). Stepping past ``total_steps`` is an
+    (as every gpuconv schedule drives them; PyTorch sends each group to ``max_lr``). The length is
+    ``total_steps``, or as in PyTorch ``epochs * steps_per_epoch``; the arguments are PyTorch's, in
+    its order, and those of what gpuconv does not compute (``cycle_momentum=True``,
+    ``three_phase=True``, ``last_epoch``) are refused by name. Stepping past ``total_steps`` is an
     error, as in PyTorch."""
 
     _hyper = ("max_lr", "total_steps", "pct_start", "div_factor", "final_div_factor", "anneal_strategy")
 
-    def __init__(self, optimizer, max_lr, total_steps, pct_start=0.3, div_factor=25.0, final_div_factor=1e4,
-                 anneal_strategy="cos"):
+    def __init__(self, optimizer, max_lr, total_steps=None, epochs=None, steps_per_epoch=None, pct_start=0.3,
+                 anneal_strategy="cos", cycle_momentum=False, base_momentum=0.85, max_momentum=0.95, div_factor=25.0,
+                 final_div_factor=1e4, three_phase=False, last_epoch=-1):
+        # (base_momentum and max_momentum only matter with cycle_momentum=True, as in PyTorch)
+        _only("OneCycleLR", cycle_momentum=(cycle_momentum, False), three_phase=(three_phase, False),
+              last_epoch=(last_epoch, -1))
         self.max_lr = _nonneg("max_lr", max_lr)
+        if total_steps is None:
+            if epochs is None or steps_per_epoch is None:
+                raise ValueError("OneCycleLR: give the length as total_steps, or as epochs and steps_per_epoch "
+                                 "(total_steps = epochs * steps_per_epoch)")
+            total_steps = _positive_int("epochs", epochs) * _positive_int("steps_per_epoch", steps_per_epoch)
+        elif epochs is not None or steps_per_epoch is not None:
+            raise ValueError(f"OneCycleLR: total_steps={total_steps!r} and epochs/steps_per_epoch both give the length; "
+                             "pass one of the two forms")
         self.total_steps = _positive_int("total_steps", total_steps)
         if not 0.0 < pct_start < 1.0:
             raise ValueError(f"pct_start must be in (0, 1) (the fraction of steps spent rising), got {pct_start!r}")

@@ -477,6 +477,27 @@ def test_one_cycle_values_match_pytorch_closed_form(strategy):
     assert inspect.signature(OneCycleLR).parameters["pct_start"].default == 0.3  # PyTorch's default
 
 
+def test_one_cycle_takes_pytorchs_arguments():
+    """PyTorch's OneCycleLR call forms: epochs * steps_per_epoch for the length, the momentum
+    options at the values gpuconv computes; the others refused by name."""
+    import inspect
+    a = OneCycleLR(_opt(), max_lr=0.3, epochs=5, steps_per_epoch=10, cycle_momentum=False, three_phase=False)
+    b = OneCycleLR(_opt(), max_lr=0.3, total_steps=50)
+    assert a.total_steps == 50 and _lrs(a, 50) == _lrs(b, 50)
+    torch_order = ["optimizer", "max_lr", "total_steps", "epochs", "steps_per_epoch", "pct_start", "anneal_strategy",
+                   "cycle_momentum", "base_momentum", "max_momentum", "div_factor", "final_div_factor", "three_phase",
+                   "last_epoch"]
+    assert list(inspect.signature(OneCycleLR).parameters) == torch_order
+    with pytest.raises(ValueError, match=r"OneCycleLR\(cycle_momentum=True\) is not supported"):
+        OneCycleLR(_opt(), max_lr=0.3, total_steps=50, cycle_momentum=True)
+    with pytest.raises(ValueError, match=r"OneCycleLR\(three_phase=True\) is not supported"):
+        OneCycleLR(_opt(), max_lr=0.3, total_steps=50, three_phase=True)
+    with pytest.raises(ValueError, match="total_steps, or as epochs and steps_per_epoch"):
+        OneCycleLR(_opt(), max_lr=0.3, epochs=5)
+    with pytest.raises(ValueError, match="pass one of the two forms"):
+        OneCycleLR(_opt(), max_lr=0.3, total_steps=50, epochs=5, steps_per_epoch=10)
+
+
 def test_schedule_state_dict_roundtrip():
     a = OneCycleLR(_opt(), max_lr=0.3, total_steps=50)
     _lrs(a, 17)
