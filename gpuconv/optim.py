@@ -501,8 +501,10 @@ class SGD(Optimizer):
 
     device_lrs = True
 
-    def __init__(self, params, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False):
+    def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, *,
+                 maximize=False, foreach=None, differentiable=False, fused=None):
         _only("SGD", dampening=(dampening, 0))
+        _torch_switches("SGD", maximize, differentiable)
         super().__init__(params, lr)
         self.momentum = _nonneg("momentum", momentum)
         self.weight_decay = _nonneg("weight_decay", weight_decay)
@@ -610,8 +612,15 @@ class Adam(Optimizer):
     _slots_at_skip = ("step",)
     _decoupled = False
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False):
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, *,
+                 foreach=None, maximize=False, capturable=False, differentiable=False, fused=None,
+                 decoupled_weight_decay=None):
         _only(type(self).__name__, amsgrad=(amsgrad, False))
+        _torch_switches(type(self).__name__, maximize, differentiable)
+        if decoupled_weight_decay is not None and bool(decoupled_weight_decay) != self._decoupled:
+            raise ValueError(f"{type(self).__name__}(decoupled_weight_decay={decoupled_weight_decay!r}) is not "
+                             f"supported: use {'AdamW' if decoupled_weight_decay else 'Adam'}, whose weight decay "
+                             f"is {'decoupled' if decoupled_weight_decay else 'added to the gradient'}")
         super().__init__(params, lr)
         if (not isinstance(betas, (tuple, list)) or len(betas) != 2
                 or not all(isinstance(b, numbers.Real) and 0.0 <= b < 1.0 for b in betas)):
@@ -668,8 +677,8 @@ class AdamW(Adam):
 
     _decoupled = True
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False):
-        super().__init__(params, lr, betas, eps, weight_decay, amsgrad)
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, **switches):
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, **switches)
 
 
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
@@ -902,6 +911,14 @@ class LRSchedule:
         self._set_own()
 
 
+def _torch_switches(name, maximize, differentiable):
+    """PyTorch's optimizer switches: ``maximize`` and ``differentiable`` (what the update computes)
+    at their defaults only; ``foreach``, ``fused`` and ``capturable`` (how PyTorch schedules the
+    same arithmetic) are taken as given: gpuconv's step is one device-side pass, capturable in a
+    CUDA graph, whatever they say."""
+    _only(name, maximize=(maximize, False), differentiable=(differentiable, False))
+
+
 def _positive_int(name, value):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
@@ -913,7 +930,8 @@ class StepLR(LRSchedule):
 
     _hyper = ("step_size", "gamma")
 
-    def __init__(self, optimizer, step_size, gamma=0.1):
+    def __init__(self, optimizer, step_size, gamma=0.1, last_epoch=-1):
+        _only("StepLR", last_epoch=(last_epoch, -1))
         self.step_size = _positive_int("step_size", step_size)
         self.gamma = _nonneg("gamma", gamma)
         super().__init__(optimizer)

@@ -498,6 +498,29 @@ def test_one_cycle_takes_pytorchs_arguments():
         OneCycleLR(_opt(), max_lr=0.3, total_steps=50, epochs=5, steps_per_epoch=10)
 
 
+def test_optimizers_take_pytorchs_switches():
+    """PyTorch's keyword switches: foreach, fused and capturable (scheduling only) taken as given;
+    maximize and differentiable at their defaults only, refused by name; Adam's
+    decoupled_weight_decay pointing to AdamW; SGD's lr defaulting to PyTorch's 1e-3."""
+    ps = lambda: gpuconv.layers.Conv2d(1, 1, 1).parameters()  # noqa: E731
+    assert SGD(ps()).lr == 1e-3
+    SGD(ps(), 0.1, foreach=True, fused=False, maximize=False, differentiable=False)
+    Adam(ps(), foreach=False, fused=True, capturable=True, decoupled_weight_decay=False)
+    AdamW(ps(), fused=True, decoupled_weight_decay=True)
+    for make, name in ((SGD, "SGD"), (Adam, "Adam"), (AdamW, "AdamW")):
+        with pytest.raises(ValueError, match=rf"{name}\(maximize=True\) is not supported"):
+            make(ps(), maximize=True)
+        with pytest.raises(ValueError, match=rf"{name}\(differentiable=True\) is not supported"):
+            make(ps(), differentiable=True)
+    with pytest.raises(ValueError, match=r"use AdamW, whose weight decay is decoupled"):
+        Adam(ps(), decoupled_weight_decay=True)
+    with pytest.raises(ValueError, match=r"use Adam, whose weight decay is added to the gradient"):
+        AdamW(ps(), decoupled_weight_decay=False)
+    StepLR(SGD(ps()), 10, last_epoch=-1)
+    with pytest.raises(ValueError, match=r"StepLR\(last_epoch=4\) is not supported"):
+        StepLR(SGD(ps()), 10, last_epoch=4)
+
+
 def test_schedule_state_dict_roundtrip():
     a = OneCycleLR(_opt(), max_lr=0.3, total_steps=50)
     _lrs(a, 17)
