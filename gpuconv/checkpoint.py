@@ -200,6 +200,10 @@ def load_checkpoint(path) -> dict[str, np.ndarray]:
         raise ValueError(f"checkpoint {path} is {what}: pass the checkpoint.npz that `gpuconv train` wrote; "
                          "gpuconv writes checkpoints atomically, so a damaged one was changed afterwards")
     try:
+        _check_expansion(path)
+    except (zipfile.BadZipFile, EOFError, OSError):
+        pass  # a damaged archive: np.load's failure below says so
+    try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
     except (zipfile.BadZipFile, EOFError, OSError) as exc:
@@ -215,6 +219,25 @@ def load_checkpoint(path) -> dict[str, np.ndarray]:
         raise ValueError(f"checkpoint {path} has format {int(arrays['meta/format'])}, newer than this gpuconv "
                          f"reads ({FORMAT}): upgrade gpuconv")
     return arrays
+
+
+# A compressed archive may unpack to this many times its size (and past _EXPANSION_FLOOR bytes)
+# before it is refused unread: gpuconv writes checkpoints uncompressed (np.savez, 1x), and trained
+# float weights deflate by a few percent, while a "zip bomb" of zeros inflates about 1000x.
+_EXPANSION_RATIO = 50
+_EXPANSION_FLOOR = 1 << 28
+
+
+def _check_expansion(path: Path) -> None:
+    """Refuse an archive whose members would unpack to far more memory than the file's size,
+    reading only the zip directory (a file from elsewhere must not fill the machine's memory)."""
+    with zipfile.ZipFile(path) as z:
+        unpacked = sum(info.file_size for info in z.infolist())
+    size = path.stat().st_size
+    if unpacked > max(_EXPANSION_FLOOR, _EXPANSION_RATIO * size):
+        raise ValueError(f"checkpoint {path} would unpack {size:,} bytes into {unpacked:,} ({unpacked / size:.0f}x): "
+                         "not loaded, as such an archive is built to exhaust memory; gpuconv writes checkpoints "
+                         "uncompressed, so save yours with np.savez (not savez_compressed) if it is genuine")
 
 
 def section(arrays, prefix: str) -> dict[str, np.ndarray]:

@@ -171,6 +171,24 @@ def test_load_errors_say_what_and_what_to_do(tmp_path):
         ckpt.load_checkpoint(newer)
 
 
+def test_an_archive_that_would_unpack_far_past_its_size_is_refused_unread(tmp_path, monkeypatch):
+    """A compressed archive of zeros inflates ~1000x (a "zip bomb" sized to the machine's memory):
+    refused from the zip directory alone, before a byte is unpacked; a compressed archive of real
+    weights (a few percent smaller) loads. The floor is lowered so the test stays small."""
+    monkeypatch.setattr(ckpt, "_EXPANSION_FLOOR", 1 << 20)
+    bomb = tmp_path / "bomb.npz"
+    np.savez_compressed(bomb, **dict(_meta(), **{"model/w": np.zeros(1 << 21, np.float32)}))
+    monkeypatch.setattr(np, "load", lambda *a, **k: pytest.fail("the archive was opened for reading"))
+    with pytest.raises(ValueError, match=r"would unpack [\d,]+ bytes into 8,3[\d,]+ \(\d+x\): not loaded"):
+        ckpt.load_checkpoint(bomb)
+    monkeypatch.undo()
+    monkeypatch.setattr(ckpt, "_EXPANSION_FLOOR", 1 << 20)
+    weights = tmp_path / "weights.npz"
+    w = np.random.default_rng(0).standard_normal(1 << 21).astype(np.float32)
+    np.savez_compressed(weights, **dict(_meta(), **{"model/w": w}))
+    assert np.array_equal(ckpt.load_checkpoint(weights)["model/w"], w)
+
+
 def test_checkpoint_is_a_plain_zip_of_npy_files(tmp_path):
     path = ckpt.save_checkpoint(tmp_path / "c.npz", dict(_meta(), **{"sched/__tree__": ckpt.pack_json({"v": 1})}))
     with zipfile.ZipFile(path) as z:
