@@ -198,9 +198,11 @@ __device__ inline storage_t from_acc(acc_t v) { return storage_from(v, (storage_
 // are cleared to get a float32 holding exactly the TF32 value). The simulator's plain-C twin
 // adds half of the dropped part's weight to the magnitude bits and truncates: ties go away from
 // zero, a carry moves to the next binade, past the largest finite to inf. Inf passes through
-// unchanged and a NaN is returned as it came, on both sides.
+// unchanged and a NaN is returned as it came, on both sides. cvt to .tf32 needs sm_80: below it
+// (a T4's or a V100's TF32 convolutions, on CUDA cores) the GPU computes the twin too, which
+// ptxas would otherwise refuse ("Feature '.tf32' requires .target sm_80").
 __device__ inline float tf32_round(float x) {
-#ifdef __CUDA_ARCH__
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     unsigned r;
     asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
     // The NaN test on the bits, not x != x: with the float compare ptxas spills 8 bytes in

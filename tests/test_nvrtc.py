@@ -105,7 +105,9 @@ def test_every_other_file_builds_for_gpus_without_tensor_cores(build):
     for op_file in kernels.KERNEL_FILES:
         if op_file in kernels.TENSOR_CORE_FILES or (tf32 and op_file not in kernels.TF32_FILES):
             continue
-        assert ".target sm_75" in kernels.nvrtc_check(op_file, "compute_75", dtype, tf32), op_file
+        ptx = kernels.nvrtc_check(op_file, "compute_75", dtype, tf32)
+        # no instruction sm_75 lacks (the driver's JIT of this PTX would refuse it at load)
+        assert ".target sm_75" in ptx and ".tf32" not in ptx, op_file
 
 
 # The tensor-core operands' TF32 rounding (common.cuh's tf32_operand): half a TF32 ulp added to a
@@ -595,6 +597,17 @@ def test_gpu_path_falls_back_to_ptx_when_nvrtc_lacks_the_device_arch(fake_gpu, m
                        match=rf"device 3 has compute capability 7\.0 \(sm_70\), and NVRTC {re.escape(version)} "
                              r"compiles only for sm_75, sm_80, sm_86, sm_89: install an NVRTC"):
         kernels.nvrtc_arch("70", device=3)
+
+
+@needs_nvrtc
+def test_a_gpu_without_tf32_builds_the_tf32_convolutions(fake_gpu, monkeypatch):
+    """On a T4 (compute capability 7.5, no cvt to .tf32) float32 in TF32 mode runs conv2d.cu's
+    CUDA-core tiles in their TF32 build (the tensor-core files never launch there), whose operands
+    are rounded in plain integer arithmetic: the sm_75 CUBIN builds."""
+    monkeypatch.setattr(FakeDevice, "compute_capability", "75")
+    mod = kernels.get_module("conv2d", np.float32, "cuda", device=0, tf32=True)
+    assert "-float-tf32-sm_75-" in pathlib.Path(mod.path).name and mod.binary[:4] == b"\x7fELF"
+    assert fake_gpu.calls == [["--gpu-architecture=sm_75", *kernels.NVRTC_OPTIONS]]
 
 
 @needs_nvrtc
