@@ -27,8 +27,8 @@ extern "C" __global__ void stream_hold(const volatile int* release, int* timed_o
     long long spins = 0;
     int released = *release;
     while (!released && (long long)(hold_clock_ns(++spins) - start) < max_ns) {
-#ifdef __CUDA_ARCH__
-        __nanosleep(1000);  // sm_70+: stay off the memory system while waiting
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 700  // __nanosleep is sm_70+ (a P100 spins without it)
+        __nanosleep(1000);  // stay off the memory system while waiting
 #endif
         released = *release;
     }

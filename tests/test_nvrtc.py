@@ -110,6 +110,16 @@ def test_every_other_file_builds_for_gpus_without_tensor_cores(build):
         assert ".target sm_75" in ptx and ".tf32" not in ptx, op_file
 
 
+@needs_nvrtc
+def test_stream_hold_builds_for_every_arch_nvrtc_targets():
+    """syncguard's hold kernel builds for every arch the registry may be asked for: it sleeps
+    between its polls with __nanosleep from sm_70 on, and spins without it below (a P100, sm_60,
+    which only the CUDA 12 NVRTC still targets; NVRTC 13 starts at sm_75)."""
+    for cc in nvrtc.getSupportedArchs():
+        ptx = kernels.nvrtc_check("stream_hold", f"compute_{cc}")
+        assert ("nanosleep" in ptx) == (cc >= 70), cc
+
+
 # The tensor-core operands' TF32 rounding (common.cuh's tf32_operand): half a TF32 ulp added to a
 # finite value's bits, predicated, then the low bits cleared.
 TF32_OPERAND = "@finite add.u32"
