@@ -940,7 +940,7 @@ TENSOR_CORE_MIN_CC = 80
 def arch_capability(arch: str) -> int:
     """The compute capability (90 for sm_90, sm_90a, compute_90) of an NVRTC target; a ValueError
     that says how to write one otherwise."""
-    m = re.fullmatch(r"(?:sm|compute)_(\d{2,3})a?", str(arch))
+    m = re.fullmatch(r"(?:sm|compute)_(\d{2,3})[af]?", str(arch))  # (a: arch-specific, f: family; CUDA 12.9+)
     if m is None:
         raise ValueError(f"{arch!r} is not an NVRTC target: write sm_NN or compute_NN with the compute "
                          "capability's digits, e.g. sm_90 (H100/H200) or sm_80 (A100)")
@@ -1010,10 +1010,17 @@ def nvrtc_arch(compute_capability, device: int | None = None) -> str:
     older = [a for a in archs if a <= cc]
     if older:
         return f"compute_{older[-1]}"
-    raise KernelCompileError(
-        f"device {device} has compute capability {cc // 10}.{cc % 10} (sm_{cc}), and NVRTC {_nvrtc_version(nvrtc)} "
-        f"compiles only for sm_{', sm_'.join(map(str, archs))}: install an NVRTC that still targets sm_{cc}, "
-        "e.g. the CUDA 12 stack (pip install cupy-cuda12x nvidia-cuda-nvrtc-cu12), or run on Device('sim')")
+    raise _too_old_for_nvrtc(f"device {device} has compute capability {cc // 10}.{cc % 10} (sm_{cc})", cc)
+
+
+def _too_old_for_nvrtc(what: str, cc: int) -> KernelCompileError:
+    """The error for an arch below the oldest this NVRTC targets: ``what`` named, and the fix."""
+    from cupy_backends.cuda.libs import nvrtc
+    archs = sorted(int(a) for a in nvrtc.getSupportedArchs())
+    return KernelCompileError(
+        f"{what}, and NVRTC {_nvrtc_version(nvrtc)} compiles only for sm_{', sm_'.join(map(str, archs))}: install "
+        f"an NVRTC that still targets sm_{cc}, e.g. the CUDA 12 stack (pip install cupy-cuda12x "
+        "nvidia-cuda-nvrtc-cu12), or run on Device('sim')")
 
 
 # ----------------------------------------------------------------------------- the GPU path
@@ -1145,7 +1152,11 @@ def precompile(device: int | None = None, *, arch: str | None = None, files=KERN
         device = backend.require_cupy().cuda.Device(device).id
         tensor_cores = tensor_cores_available("cuda", device)
     else:
-        tensor_cores = arch_capability(arch) >= TENSOR_CORE_MIN_CC
+        cc = arch_capability(arch)
+        from cupy_backends.cuda.libs import nvrtc
+        if cc < min(int(a) for a in nvrtc.getSupportedArchs()):  # (a raw "invalid --gpu-architecture" otherwise)
+            raise _too_old_for_nvrtc(f"precompile(arch={arch!r}) asks for compute capability {cc // 10}.{cc % 10}", cc)
+        tensor_cores = cc >= TENSOR_CORE_MIN_CC
     if not tensor_cores:  # never launched there (and mma.sync does not build for it)
         files = tuple(f for f in files if f not in TENSOR_CORE_FILES)
     archs = {f: _device_arch(f, device) if arch is None else _file_arch(f, arch) for f in files}

@@ -471,6 +471,22 @@ def test_precompile_builds_for_the_arch_each_file_runs_in(fake_gpu, monkeypatch)
         kernels.precompile(arch="sm_90", files=("conv9",))
 
 
+@needs_nvrtc
+def test_precompile_names_an_arch_older_than_nvrtc_targets_and_takes_family_targets(monkeypatch):
+    """An --arch below NVRTC's oldest target gets the registry's fix (an older NVRTC, or 'sim')
+    before any compile, not NVRTC's raw "invalid value for --gpu-architecture"; CUDA 12.9's family
+    targets (sm_100f) are targets too."""
+    oldest = min(int(a) for a in nvrtc.getSupportedArchs())
+    older = f"sm_{oldest - 5 if oldest % 10 >= 5 else oldest - 10 + 5}"
+    monkeypatch.setattr(kernels, "_cached_binary", lambda *a: pytest.fail("compiled for an arch NVRTC lacks"))
+    with pytest.raises(kernels.KernelCompileError, match=rf"precompile\(arch='{older}'\) asks for compute "
+                       r"capability .* compiles only for sm_.*install an NVRTC that still targets"):
+        kernels.precompile(arch=older, files=("relu",))
+    assert kernels.arch_capability("sm_100f") == kernels.arch_capability("sm_100a") == 100
+    with pytest.raises(ValueError, match="is not an NVRTC target"):
+        kernels.arch_capability("sm_100x")
+
+
 def test_a_launch_past_48_kib_of_dynamic_shared_memory_raises_the_kernels_limit_once(monkeypatch):
     """CUDA refuses more than 48 KiB of dynamic shared memory unless the kernel's attribute is
     raised first (cudaFuncAttributeMaxDynamicSharedMemorySize): the launch does it, once per kernel."""
