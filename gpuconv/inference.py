@@ -48,6 +48,8 @@ class TrainedModel:
         from .trainer import check_tta, tta_logits
         level = self.tta if tta is None else check_tta(tta)
         images = as_nchw(images)
+        if len(images) == 0:  # (a loader needs an image; no batch, no logits)
+            return np.empty((0, len(self.classes)), np.float32)
         with backend.default_device(self.device):
             precision = precision or self.precision
             loader = DeviceLoader(images, np.zeros(len(images), np.int64), batch_size, shuffle=False, augment=False,
@@ -117,8 +119,9 @@ def as_nchw(images) -> np.ndarray:
     """uint8 images as (N, 3, H, W): from (N, H, W, 3) (image files, ``.npy`` exports) or already so."""
     a = np.asarray(images) if not backend.is_cupy_array(images) else images
     if a.dtype != np.uint8:
-        raise TypeError(f"images must be uint8 pixels 0-255, got dtype {a.dtype}; for float images in [0, 1] "
-                        "use (x * 255).round().astype(np.uint8)")
+        fix = ("for integer pixels 0-255 (a list of ints is int64) use np.asarray(images, dtype=np.uint8)"
+               if a.dtype.kind in "iu" else "for float images in [0, 1] use (x * 255).round().astype(np.uint8)")
+        raise TypeError(f"images must be uint8 pixels 0-255, got dtype {a.dtype}; {fix}")
     if a.ndim == 3:
         a = a[None]
     if a.ndim != 4 or 3 not in (a.shape[1], a.shape[3]):

@@ -25,7 +25,10 @@ NCHW = (0, 3, 1, 2)   # NHWC axes back in NCHW order
 
 def _check(x, what):
     if getattr(x, "ndim", None) != 4:
-        raise ValueError(f"{what} takes a 4-D (N, C, H, W) array; got shape {getattr(x, 'shape', type(x))}")
+        if not hasattr(x, "shape"):
+            raise TypeError(f"{what} takes a 4-D (N, C, H, W) numpy or cupy array, got a {type(x).__name__}: "
+                            "wrap it first, e.g. np.asarray(x, dtype=np.float32)")
+        raise ValueError(f"{what} takes a 4-D (N, C, H, W) array; got shape {tuple(x.shape)}")
 
 
 def _dense_in(x, order) -> bool:

@@ -636,8 +636,13 @@ def test_load_model_predicts_exactly_what_evaluate_counts(trained, capsys):
     assert float((model.predict_classes(val.images) == val.labels).mean()) == acc  # exactly
     hwc = val.images[:5].transpose(0, 2, 3, 1)  # the (N, 32, 32, 3) layout of image files
     np.testing.assert_allclose(model.predict(hwc), probs[:5], rtol=1e-5)  # another batch size: GEMM rounding
-    with pytest.raises(TypeError, match="uint8 pixels"):
+    with pytest.raises(TypeError, match=r"uint8 pixels.*for float images in \[0, 1\]"):
         model.predict(val.images.astype(np.float32))
+    with pytest.raises(TypeError, match=r"uint8 pixels.*np.asarray\(images, dtype=np.uint8\)"):
+        model.predict(val.images[:1].astype(int).tolist())  # a list of ints
+    empty = val.images[:0]
+    assert model.logits(empty).shape == model.predict(empty).shape == (0, 10)
+    assert model.predict_classes(empty).shape == (0,)
     with pytest.raises(ValueError, match="the model takes 32x32"):
         model.predict(np.zeros((1, 3, 16, 16), np.uint8))
     from gpuconv import kernels

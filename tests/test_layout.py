@@ -29,8 +29,10 @@ def test_to_channels_last_is_a_layout_not_a_new_shape():
     # one channel, or 1x1 images: both layouts are the same memory, NCHW is what it is called
     assert not gpuconv.is_channels_last(gpuconv.to_channels_last(np.zeros((2, 1, 3, 3), np.float32)))
     assert not gpuconv.is_channels_last(np.zeros((2, 3), np.float32))
-    with pytest.raises(ValueError, match=r"4-D \(N, C, H, W\)"):
+    with pytest.raises(ValueError, match=r"4-D \(N, C, H, W\) array; got shape \(3, 4, 5\)"):
         gpuconv.to_channels_last(np.zeros((3, 4, 5), np.float32))
+    with pytest.raises(TypeError, match=r"got a list: wrap it first, e.g. np.asarray"):
+        gpuconv.to_channels_last([[[[1.0]]]])
 
 
 def test_layout_checks_read_the_flags_of_the_transposes_they_skip():
