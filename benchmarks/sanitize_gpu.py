@@ -37,6 +37,7 @@ from gpuconv.data._launch_augment import augment_batch_kernel  # noqa: E402
 from gpuconv.ops import _launch_batchnorm as LB  # noqa: E402
 from gpuconv.ops import _launch_conv2d as LC  # noqa: E402
 from gpuconv.ops import _launch_dropout as LD  # noqa: E402
+from gpuconv.ops import _launch_adaptive_pool2d as LAP  # noqa: E402
 from gpuconv.ops import _launch_lp_pool2d as LPL  # noqa: E402
 from gpuconv.ops import _launch_pool2d as LP  # noqa: E402
 from gpuconv.ops import _launch_relu as LR  # noqa: E402
@@ -48,6 +49,7 @@ from gpuconv.ops._launch_gemm_tc import gemm_reference, gemm_tc  # noqa: E402
 from gpuconv.ops import batchnorm as BN  # noqa: E402
 from gpuconv.ops import conv2d as C  # noqa: E402
 from gpuconv.ops import dropout as D  # noqa: E402
+from gpuconv.ops import adaptive_pool2d as AP  # noqa: E402
 from gpuconv.ops import lp_pool2d as LPP  # noqa: E402
 from gpuconv.ops import pool2d as P  # noqa: E402
 
@@ -237,6 +239,22 @@ def pool(run, rng):
             run.close(f"lp_pool p={norm} {ks} {st} channels_last forward", y, ry)
             run.close(f"lp_pool p={norm} {ks} {st} channels_last backward",
                       LPL.lp_pool2d_backward_kernel(DYc, c, target=run.target), LPP._lp_pool2d_backward_reference(dy, rc))
+    # adaptive pooling to sizes that do not divide the input: windows of different sizes, overlapping
+    for hw, out in (((5, 7), (3, 4)), ((1, 1), (3, 2)), ((9, 5), (4, 3))):
+        x, dy = (rng.standard_normal((2, 3) + s).astype(np.float32) for s in (hw, out))
+        for kind in ("avg", "max"):
+            forward = getattr(LAP, f"adaptive_{kind}_pool2d_forward_kernel")
+            backward = getattr(LAP, f"adaptive_{kind}_pool2d_backward_kernel")
+            ry, rc = getattr(AP, f"_{kind}_forward_reference")(x, out)
+            rdx = getattr(AP, f"_{kind}_backward_reference")(dy, rc)
+            for channels_last in (False, True):
+                X, DY = run.dev(x), run.dev(dy)
+                if channels_last:
+                    X, DY = gpuconv.to_channels_last(X), gpuconv.to_channels_last(DY)
+                y, c = forward(X, out, target=run.target)
+                tag = f"adaptive {kind} {hw}->{out}{' channels_last' if channels_last else ''}"
+                run.close(f"{tag} forward", y, ry)
+                run.close(f"{tag} backward", backward(DY, c, target=run.target), rdx)
 
 
 def relu(run, rng):

@@ -715,8 +715,8 @@ class AvgPool2d(_Pool2d):
 
 class _AdaptivePool2d(Layer):
     """What adaptive average and max pooling share: ``output_size`` (an int, or an (h, w) pair
-    whose None entries keep the input's size), the equal windows that give it, and the pooling op
-    over them (``_pool``: the ops' name)."""
+    whose None entries keep the input's size) and the ops (``_pool``: their name), which take
+    PyTorch's windows for any output size (:mod:`gpuconv.ops.adaptive_pool2d`)."""
 
     _pool: str = ""
 
@@ -730,32 +730,14 @@ class _AdaptivePool2d(Layer):
                              f"got {output_size!r}")
         self.output_size = tuple(None if v is None else _int("output_size", v, 1) for v in pair)
 
-    def _windows(self, x):
-        """The (kernel, stride) that pools ``x`` to ``output_size``: PyTorch's adaptive windows,
-        ``floor(i*H/OH)`` to ``ceil((i+1)*H/OH)``, which are equal and disjoint when OH divides H."""
-        check_array("x", x)
-        if x.ndim != 4:
-            raise ValueError(f"{type(self).__name__}: x must be (N, C, H, W), got shape {tuple(x.shape)}")
-        window = []
-        for axis, size, out in (("H", x.shape[2], self.output_size[0]), ("W", x.shape[3], self.output_size[1])):
-            out = size if out is None else out
-            if size % out:
-                raise ValueError(
-                    f"{type(self).__name__}(output_size={self.output_size}): the input's {axis} = {size} is not a "
-                    f"multiple of the output's {out}, so PyTorch's windows would overlap and differ in size; "
-                    f"gpuconv pools equal windows only: choose an output size that divides the input "
-                    f"(1 pools globally), or pool explicitly with {type(self).__name__[8:]}(kernel_size, stride)")
-            window.append(size // out)
-        return tuple(window)
-
     def forward(self, x):
-        window = self._windows(x)
-        y, cache = getattr(ops, f"{self._pool}_forward")(x, kernel_size=window, stride=window)
+        check_array("x", x)
+        y, cache = getattr(ops, f"adaptive_{self._pool}_forward")(x, self.output_size)
         self._keep(cache)
         return y
 
     def backward(self, dy, need_dx=True):
-        return getattr(ops, f"{self._pool}_backward")(dy, self._take_cache())
+        return getattr(ops, f"adaptive_{self._pool}_backward")(dy, self._take_cache())
 
     def extra_repr(self):
         size = self.output_size
@@ -763,16 +745,17 @@ class _AdaptivePool2d(Layer):
 
 
 class AdaptiveAvgPool2d(_AdaptivePool2d):
-    """PyTorch's ``nn.AdaptiveAvgPool2d(output_size)`` for output sizes that divide the input
-    (``AdaptiveAvgPool2d(1)``: global average pooling, a ResNet's last pool): average pooling with
-    a window and stride of ``H // OH`` by ``W // OW``. Other sizes are refused by name."""
+    """PyTorch's ``nn.AdaptiveAvgPool2d(output_size)``: ``AdaptiveAvgPool2d(1)`` is global average
+    pooling (a ResNet's last pool); output sizes that divide the input pool equal windows (average
+    pooling with a window and stride of ``H // OH`` by ``W // OW``), others PyTorch's windows of
+    different sizes."""
 
     _pool = "avg_pool2d"
 
 
 class AdaptiveMaxPool2d(_AdaptivePool2d):
-    """PyTorch's ``nn.AdaptiveMaxPool2d(output_size)`` for output sizes that divide the input,
-    as :class:`AdaptiveAvgPool2d` (``return_indices=False`` only)."""
+    """PyTorch's ``nn.AdaptiveMaxPool2d(output_size)``, windows as :class:`AdaptiveAvgPool2d`'s
+    (``return_indices=False`` only)."""
 
     _pool = "max_pool2d"
 

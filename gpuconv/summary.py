@@ -23,8 +23,10 @@ def _flops(layer, x, y) -> int:
         return out * (2 * layer.in_features + (layer.bias is not None))
     if isinstance(layer, L.BatchNorm2d):
         return 2 * out
-    if isinstance(layer, L._AdaptivePool2d):  # every input element in one window
-        return int(np.prod(x.shape[1:]))
+    if isinstance(layer, L._AdaptivePool2d):  # the taps of every output's window (overlapping ones counted each time)
+        from .ops.adaptive_pool2d import windows
+        taps = [sum(b - a for a, b in windows(size, out)) for size, out in zip(x.shape[2:], y.shape[2:])]
+        return int(x.shape[1]) * taps[0] * taps[1]
     if isinstance(layer, L._Pool2d):
         k = layer.kernel_size if isinstance(layer.kernel_size, (tuple, list)) else (layer.kernel_size,) * 2
         return out * int(k[0]) * int(k[1])

@@ -37,6 +37,9 @@
 //   avg_pool2d_forward    one thread per output: window sum * (1/(kh*kw)).
 //   avg_pool2d_backward   one thread per input element: sum of dy * (1/(kh*kw)) over the windows
 //                         covering it (gather, deterministic).
+//   adaptive_{avg,max}_pool2d_{forward,backward}
+//                         PyTorch's adaptive pooling to an output size that need not divide
+//                         the input's (windows of different sizes, overlapping): see there.
 //   lp_pool2d_forward     one thread per output: y = (sum over the window of x^p)^(1/p) (x*x and
 //                         sqrt for p = 2), PyTorch's lp_pool2d; non-integer p of a negative x is
 //                         NaN there too.
@@ -358,6 +361,108 @@ extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
 avg_pool2d_backward_disjoint_vec(const storage_t* dy, storage_t* dx,
     int N, int C, int H, int W, int OH, int OW, int kh, int kw, int sh, int sw, int ph, int pw, int cl) {
     disjoint_backward<VEC16>(dx, N, C, H, W, OH, OW, kh, kw, cl, AvgShare<VEC16>{dy, avg_inv(kh, kw)});
+}
+
+// Adaptive pooling (PyTorch's adaptive_avg_pool2d / adaptive_max_pool2d) to an OH x OW output
+// whose size need not divide the input's: output row i pools input rows [floor(i*H/OH),
+// ceil((i+1)*H/OH)), likewise for columns, so windows differ in size and may overlap. (When OH
+// divides H they are the fixed windows of the kernels above, which the launcher uses then.)
+// Forward: one thread per output, taps in row-major order; the average is the float32 (float64)
+// sum times the rounded reciprocal of its window's size, the max takes the first maximum, or the
+// first NaN, with a zero maximum +0.0 (max_forward's rules), and its switch is the input's index
+// ih * W + iw within the plane. Backward: one thread per input, summing over the outputs whose
+// windows cover it in increasing order (row-major), each its dy times its own reciprocal (average)
+// or dy where the switch points at this input (max): the reference's order, bit for bit.
+__device__ inline int adaptive_start(int i, int in, int out) { return (int)(((long long)i * in) / out); }
+__device__ inline int adaptive_end(int i, int in, int out) {
+    return (int)(((long long)(i + 1) * in + out - 1) / out);
+}
+// The outputs whose windows cover input row r: floor(r*O/I) .. ceil((r+1)*O/I) - 1.
+__device__ inline void adaptive_covering(int r, int in, int out, int* lo, int* hi) {
+    *lo = (int)(((long long)r * out) / in);
+    *hi = imin(out - 1, (int)(((long long)(r + 1) * out + in - 1) / in) - 1);
+}
+
+extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
+adaptive_avg_pool2d_forward(const storage_t* x, storage_t* y, int N, int C, int H, int W, int OH, int OW, int cl) {
+    const index_t total = (index_t)N * C * OH * OW;
+    const Act4 in = {C, H, W, cl}, out = {C, OH, OW, cl};
+    for (index_t i = global_thread_index(); i < total; i += global_thread_count()) {
+        int c, oh, ow;
+        const index_t n = out.split(i, &c, &oh, &ow);
+        const int h0 = adaptive_start(oh, H, OH), h1 = adaptive_end(oh, H, OH);
+        const int w0 = adaptive_start(ow, W, OW), w1 = adaptive_end(ow, W, OW);
+        acc_t s = 0;
+        for (int ih = h0; ih < h1; ++ih)
+            for (int iw = w0; iw < w1; ++iw) s += to_acc(x[in.at(n, c, ih, iw)]);
+        y[i] = from_acc(s * avg_inv(h1 - h0, w1 - w0));
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
+adaptive_max_pool2d_forward(const storage_t* x, storage_t* y, int* argmax, int N, int C, int H, int W, int OH,
+                            int OW, int cl) {
+    const index_t total = (index_t)N * C * OH * OW;
+    const Act4 in = {C, H, W, cl}, out = {C, OH, OW, cl};
+    for (index_t i = global_thread_index(); i < total; i += global_thread_count()) {
+        int c, oh, ow;
+        const index_t n = out.split(i, &c, &oh, &ow);
+        const int h0 = adaptive_start(oh, H, OH), h1 = adaptive_end(oh, H, OH);
+        const int w0 = adaptive_start(ow, W, OW), w1 = adaptive_end(ow, W, OW);
+        acc_t best = to_acc(x[in.at(n, c, h0, w0)]);  // every window holds at least one input
+        int at = h0 * W + w0;
+        for (int ih = h0; ih < h1; ++ih)
+            for (int iw = w0; iw < w1; ++iw) {
+                const acc_t v = to_acc(x[in.at(n, c, ih, iw)]);
+                if (!(v <= best) && best == best) at = ih * W + iw;  // as max_forward: first max, first NaN
+                if (v > best || v != v) best = v;
+            }
+        y[i] = from_acc(best != best ? best : best + (acc_t)0);
+        argmax[i] = at;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
+adaptive_avg_pool2d_backward(const storage_t* dy, storage_t* dx, int N, int C, int H, int W, int OH, int OW,
+                             int cl) {
+    const index_t total = (index_t)N * C * H * W;
+    const Act4 in = {C, H, W, cl}, out = {C, OH, OW, cl};
+    for (index_t i = global_thread_index(); i < total; i += global_thread_count()) {
+        int c, ih, iw, oh_lo, oh_hi, ow_lo, ow_hi;
+        const index_t n = in.split(i, &c, &ih, &iw);
+        adaptive_covering(ih, H, OH, &oh_lo, &oh_hi);
+        adaptive_covering(iw, W, OW, &ow_lo, &ow_hi);
+        acc_t s = 0;
+        for (int oh = oh_lo; oh <= oh_hi; ++oh) {
+            const int rows = adaptive_end(oh, H, OH) - adaptive_start(oh, H, OH);
+            for (int ow = ow_lo; ow <= ow_hi; ++ow) {
+                const int cols = adaptive_end(ow, W, OW) - adaptive_start(ow, W, OW);
+                s += mul_rn(to_acc(dy[out.at(n, c, oh, ow)]), avg_inv(rows, cols));
+            }
+        }
+        dx[i] = from_acc(s);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
+adaptive_max_pool2d_backward(const storage_t* dy, const int* argmax, storage_t* dx, int N, int C, int H, int W,
+                             int OH, int OW, int cl) {
+    const index_t total = (index_t)N * C * H * W;
+    const Act4 in = {C, H, W, cl}, out = {C, OH, OW, cl};
+    for (index_t i = global_thread_index(); i < total; i += global_thread_count()) {
+        int c, ih, iw, oh_lo, oh_hi, ow_lo, ow_hi;
+        const index_t n = in.split(i, &c, &ih, &iw);
+        adaptive_covering(ih, H, OH, &oh_lo, &oh_hi);
+        adaptive_covering(iw, W, OW, &ow_lo, &ow_hi);
+        const int self = ih * W + iw;
+        acc_t s = 0;
+        for (int oh = oh_lo; oh <= oh_hi; ++oh)
+            for (int ow = ow_lo; ow <= ow_hi; ++ow) {
+                const index_t o = out.at(n, c, oh, ow);
+                s += argmax[o] == self ? to_acc(dy[o]) : (acc_t)0;
+            }
+        dx[i] = from_acc(s);
+    }
 }
 
 // x^p in the accumulator type, with the exact forms for the common norms.

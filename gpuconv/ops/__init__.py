@@ -9,6 +9,8 @@ its arguments, then runs a CUDA kernel launcher when one is registered for the a
 """
 from ._checks import conv_output_size
 from ._dispatch import get_launcher, register_launcher
+from .adaptive_pool2d import (AdaptivePool2dCache, adaptive_avg_pool2d_backward, adaptive_avg_pool2d_forward,
+                              adaptive_max_pool2d_backward, adaptive_max_pool2d_forward)
 from .batchnorm import BatchNorm2dCache, batchnorm2d_backward, batchnorm2d_forward
 from .conv2d import Conv2dCache, conv2d_backward, conv2d_forward
 from .dropout import DropoutCache, dropout_backward, dropout_forward
@@ -25,6 +27,8 @@ __all__ = [
     "conv2d_forward", "conv2d_backward",
     "max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward",
     "lp_pool2d_forward", "lp_pool2d_backward", "LPPool2dCache",
+    "adaptive_avg_pool2d_forward", "adaptive_avg_pool2d_backward", "adaptive_max_pool2d_forward",
+    "adaptive_max_pool2d_backward", "AdaptivePool2dCache",
     "relu_forward", "relu_backward",
     "gelu_forward", "gelu_backward", "GeluCache",
     "scale_forward", "scale_backward", "ScaleCache",

@@ -1,0 +1,149 @@
+"""Adaptive pooling to any output size: PyTorch's windows, gradients, the kernels, layouts, errors."""
+from __future__ import annotations
+
+import math
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+import gpuconv
+from gpuconv import nn, ops
+from gpuconv.gradcheck import numerical_gradient_array, relative_error
+from gpuconv.ops.adaptive_pool2d import (AdaptivePool2dCache, _avg_backward_reference, _avg_forward_reference,
+                                         _max_backward_reference, _max_forward_reference)
+from gpuconv.ops.pool2d import AvgPool2dCache, MaxPool2dCache
+
+# (input H, W) -> (OH, OW) that do not divide: windows of different sizes, overlapping ones too
+SIZES = [((5, 7), (3, 4)), ((1, 1), (7, 7)), ((6, 6), (4, 4)), ((9, 5), (2, 3)), ((3, 8), (3, 3)), ((4, 4), (3, 5))]
+
+
+def direct(x, out, kind):
+    """PyTorch's definition in float64, one window at a time: rows floor(i*H/OH) .. ceil((i+1)*H/OH)."""
+    n, c, h, w = x.shape
+    y = np.empty((n, c) + out)
+    for i in range(out[0]):
+        for j in range(out[1]):
+            win = x[:, :, i * h // out[0]:math.ceil((i + 1) * h / out[0]),
+                    j * w // out[1]:math.ceil((j + 1) * w / out[1])].astype(np.float64)
+            y[:, :, i, j] = win.mean(axis=(2, 3)) if kind == "avg" else win.max(axis=(2, 3))
+    return y
+
+
+def bits(a):
+    return np.ascontiguousarray(a).view(np.uint8)
+
+
+def fwd(kind):
+    return getattr(ops, f"adaptive_{kind}_pool2d_forward")
+
+
+def bwd(kind):
+    return getattr(ops, f"adaptive_{kind}_pool2d_backward")
+
+
+@pytest.mark.parametrize("kind", ["avg", "max"])
+@pytest.mark.parametrize("hw, out", SIZES)
+def test_matches_pytorchs_definition(backend, kind, hw, out):
+    x = np.random.default_rng(0).standard_normal((2, 3) + hw).astype(np.float32)
+    y, cache = fwd(kind)(backend.asarray(x), out)
+    assert isinstance(cache, AdaptivePool2dCache) and y.shape == (2, 3) + out and y.dtype == np.float32
+    np.testing.assert_allclose(backend.asnumpy(y), direct(x, out, kind), rtol=1e-6, atol=1e-7)
+    backend.assert_kernels_ran(f"adaptive_{kind}_pool2d_forward")
+
+
+@pytest.mark.parametrize("kind", ["avg", "max"])
+@pytest.mark.parametrize("hw, out", SIZES[:4])
+def test_gradients_float64(backend, kind, hw, out):
+    x = backend.asarray(np.random.default_rng(1).permutation(2 * 2 * hw[0] * hw[1]).reshape((2, 2) + hw) * 0.1)
+    y, cache = fwd(kind)(x, out)
+    dy = backend.asarray(np.random.default_rng(2).standard_normal(y.shape))
+    num = numerical_gradient_array(lambda a: fwd(kind)(a, out)[0], x, dy)  # distinct values: no ties
+    assert relative_error(bwd(kind)(dy, cache), num) < 1e-8
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, ml_dtypes.bfloat16, np.float16])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("kind", ["avg", "max"])
+def test_kernels_give_the_references_bits(backend, dtype, channels_last, kind):
+    """Same bits as the references, in every dtype and layout, with ties, signed zeros, inf and NaN
+    in x and dy; the results keep x's layout."""
+    if backend.name == "numpy":
+        pytest.skip("the kernels run on 'sim' and 'cupy'")
+    rng = np.random.default_rng(3)
+    x = rng.integers(-3, 4, (2, 8, 7, 5)).astype(np.float32)  # small integers: many ties
+    x[0, 1, 2, :4] = [np.nan, -0.0, 0.0, np.inf]
+    x[1, 2, 3, 1], x[1, 3, :, :] = np.nan, -0.0
+    x = x.astype(dtype)
+    xd = backend.asarray(x)
+    if channels_last:
+        xd = gpuconv.to_channels_last(xd)
+    y, cache = fwd(kind)(xd, (3, 4))
+    ref = {"avg": _avg_forward_reference, "max": _max_forward_reference}[kind]
+    want_y, want_cache = ref(x, (3, 4))
+    assert gpuconv.is_channels_last(y) == channels_last
+    np.testing.assert_array_equal(bits(backend.asnumpy(y)), bits(want_y))
+    if kind == "max":
+        np.testing.assert_array_equal(backend.asnumpy(cache.argmax), want_cache.argmax)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dy[0, 0, 0, :2] = [np.inf, -0.0]
+    dyd = backend.asarray(dy)
+    dx = bwd(kind)(gpuconv.to_channels_last(dyd) if channels_last else dyd, cache)
+    want_dx = {"avg": _avg_backward_reference, "max": _max_backward_reference}[kind](dy, want_cache)
+    assert gpuconv.is_channels_last(dx) == channels_last and dx.dtype == dtype
+    got, want = backend.asnumpy(dx).astype(np.float64), want_dx.astype(np.float64)
+    nan = np.isnan(want)  # a sum's NaN: a NaN, whatever its payload
+    assert np.array_equal(np.isnan(got), nan)
+    np.testing.assert_array_equal(bits(backend.asnumpy(dx)[~nan]), bits(want_dx[~nan]))
+    backend.assert_kernels_ran(f"adaptive_{kind}_pool2d_forward", f"adaptive_{kind}_pool2d_backward")
+
+
+def test_max_switches_are_plane_indices_first_max_first_nan(backend):
+    """PyTorch's return_indices: ih * W + iw; ties go to the first in row-major order, a NaN wins."""
+    x = np.zeros((1, 1, 3, 3), np.float32)
+    x[0, 0] = [[1, 5, 5], [5, 2, np.nan], [0, 7, 7]]
+    y, cache = ops.adaptive_max_pool2d_forward(backend.asarray(x), (2, 2))  # windows rows 0-1 / 1-2, cols 0-1 / 1-2
+    assert backend.asnumpy(cache.argmax).tolist() == [[[[1, 5], [7, 5]]]]
+    out = backend.asnumpy(y)[0, 0]
+    assert out[0, 0] == 5 and np.isnan(out[0, 1]) and out[1, 0] == 7 and np.isnan(out[1, 1])
+    dx = ops.adaptive_max_pool2d_backward(backend.asarray(np.ones((1, 1, 2, 2), np.float32)), cache)
+    assert backend.asnumpy(dx)[0, 0].tolist() == [[0, 1, 0], [0, 0, 2], [0, 1, 0]]  # overlapping windows add
+
+
+@pytest.mark.parametrize("kind, cache_type", [("avg", AvgPool2dCache), ("max", MaxPool2dCache)])
+def test_sizes_that_divide_are_the_fixed_window_ops(backend, kind, cache_type):
+    x = backend.asarray(np.random.default_rng(4).standard_normal((2, 3, 8, 6)).astype(np.float32))
+    y, cache = fwd(kind)(x, (4, None))  # None: the input's width
+    assert isinstance(cache, cache_type) and cache.kernel_size == cache.stride == (2, 1) and y.shape == (2, 3, 4, 6)
+    np.testing.assert_allclose(backend.asnumpy(y), direct(backend.asnumpy(x), (4, 6), kind), rtol=1e-6)
+    assert bwd(kind)(backend.asarray(np.ones(y.shape, np.float32)), cache).shape == x.shape
+
+
+@pytest.mark.parametrize("layer, kind", [(nn.AdaptiveAvgPool2d, "avg"), (nn.AdaptiveMaxPool2d, "max")])
+def test_layers_take_any_output_size(backend, layer, kind):
+    """A torchvision VGG's head on CIFAR's 1x1 feature map (7x7 from 1x1), and 3 from 5."""
+    rng = np.random.default_rng(5)
+    for hw, size in (((1, 1), 7), ((5, 5), (3, None))):
+        x = rng.standard_normal((2, 4) + hw).astype(np.float32)
+        m = layer(size)
+        y = m(backend.asarray(x))
+        out = (7, 7) if size == 7 else (3, 5)
+        np.testing.assert_allclose(backend.asnumpy(y), direct(x, out, kind), rtol=1e-6, atol=1e-7)
+        assert m.backward(backend.asarray(np.ones(y.shape, np.float32))).shape == x.shape
+
+
+def test_errors(backend):
+    x = backend.asarray(np.ones((1, 2, 5, 5), np.float32))
+    with pytest.raises(ValueError, match="output_size must hold integers >= 1"):
+        ops.adaptive_avg_pool2d_forward(x, (0, 3))
+    with pytest.raises(ValueError, match="output_size must be an int or an \\(h, w\\) pair"):
+        ops.adaptive_max_pool2d_forward(x, (1, 2, 3))
+    with pytest.raises(ValueError, match="needs H and W >= 1"):
+        ops.adaptive_avg_pool2d_forward(backend.asarray(np.ones((1, 2, 0, 5), np.float32)), 3)
+    y, cache = ops.adaptive_avg_pool2d_forward(x, 3)
+    with pytest.raises(ValueError, match=r"dy must have the forward output's shape \(1, 2, 3, 3\)"):
+        ops.adaptive_avg_pool2d_backward(backend.asarray(np.ones((1, 2, 3, 2), np.float32)), cache)
+    with pytest.raises(TypeError, match="dy has dtype float64 but the forward's output had dtype float32"):
+        ops.adaptive_avg_pool2d_backward(backend.asarray(np.ones((1, 2, 3, 3))), cache)
+    with pytest.raises(TypeError, match="pass it to adaptive_avg_pool2d_backward"):
+        ops.adaptive_max_pool2d_backward(backend.asarray(np.ones((1, 2, 3, 3), np.float32)), cache)
