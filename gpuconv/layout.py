@@ -31,18 +31,23 @@ def _check(x, what):
         raise ValueError(f"{what} takes a 4-D (N, C, H, W) array; got shape {tuple(x.shape)}")
 
 
-def _dense_in(x, order) -> bool:
-    """Whether ``x``'s axes, taken in ``order`` (slowest first), are C-contiguous: the flag of its
-    transpose, read off shape and strides without making the transposed view (an op checks the
-    layout of every array it launches on, and a CuPy view costs microseconds of host time).
-    Axes of length 1 take any stride and an empty array is contiguous, as NumPy and CuPy say.
-    The answers are memoized per (shape, strides, element size, order): a network asks about
-    the same few geometries at every step."""
-    return _dense_by_strides(x.shape, x.strides, x.itemsize, order)
+def _orders(x) -> tuple:
+    """``(C-contiguous, NHWC memory)`` of the 4-D ``x``: whether its axes taken in NCHW order, and
+    in NHWC order, are C-contiguous (the flags of ``x`` and of its NHWC transpose), read off shape
+    and strides without making the transposed view (an op checks the layout of every array it
+    launches on, and a CuPy view costs microseconds of host time). Axes of length 1 take any
+    stride and an empty array is contiguous, as NumPy and CuPy say. Both answers come from one
+    lookup, memoized per (shape, strides, element size): a network asks about the same few
+    geometries at every step, several times per launch."""
+    return _orders_by_strides(x.shape, x.strides, x.itemsize)
 
 
 @functools.lru_cache(maxsize=4096)
-def _dense_by_strides(shape, strides, itemsize, order) -> bool:
+def _orders_by_strides(shape, strides, itemsize) -> tuple:
+    return _dense(shape, strides, itemsize, (0, 1, 2, 3)), _dense(shape, strides, itemsize, NHWC)
+
+
+def _dense(shape, strides, itemsize, order) -> bool:
     if 0 in shape:
         return True
     expected = itemsize
@@ -59,19 +64,28 @@ def is_channels_last(x) -> bool:
     it is not also plain C-contiguous (a tensor with C == 1 or H == W == 1 is both: NCHW wins)."""
     if getattr(x, "ndim", None) != 4:
         return False
-    return _dense_in(x, NHWC) and not _dense_in(x, (0, 1, 2, 3))
+    nchw, nhwc_ = _orders(x)
+    return nhwc_ and not nchw
 
 
 def nhwc_memory(x) -> bool:
     """Whether the 4-D ``x``'s memory is in NHWC order: channels_last, or a shape whose two
     layouts are the same memory (one channel, or 1x1 images)."""
-    return getattr(x, "ndim", None) == 4 and _dense_in(x, NHWC)
+    return getattr(x, "ndim", None) == 4 and _orders(x)[1]
 
 
 def run_channels_last(*arrays) -> bool:
     """Whether a kernel reading ``arrays`` together should read them as NHWC memory: every one of
     them is in NHWC order and at least one is channels_last (not merely ambiguous)."""
-    return all(nhwc_memory(a) for a in arrays) and any(is_channels_last(a) for a in arrays)
+    channels_last = False
+    for a in arrays:
+        if getattr(a, "ndim", None) != 4:
+            return False
+        nchw, nhwc_ = _orders(a)
+        if not nhwc_:
+            return False
+        channels_last = channels_last or not nchw
+    return channels_last
 
 
 def to_channels_last(x):
@@ -121,6 +135,8 @@ def empty_like(x):
 def memory_order(x):
     """A C-contiguous view over ``x``'s memory: the NHWC view of a channels_last array, ``x``
     itself otherwise (what a kernel that walks flat memory is given)."""
-    if getattr(x, "ndim", None) == 4 and not _dense_in(x, (0, 1, 2, 3)) and _dense_in(x, NHWC):
-        return x.transpose(NHWC)
+    if getattr(x, "ndim", None) == 4:
+        nchw, nhwc_ = _orders(x)
+        if nhwc_ and not nchw:
+            return x.transpose(NHWC)
     return x

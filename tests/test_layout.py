@@ -56,6 +56,19 @@ def test_layout_checks_read_the_flags_of_the_transposes_they_skip():
     assert seen > 10  # channels_last arrays were drawn, not only the others
 
 
+
+def test_run_channels_last_is_every_array_nhwc_and_one_channels_last():
+    """run_channels_last over arrays of every memory order (and non-4-D ones) answers what the
+    flags of their NHWC transposes say: every one of them NHWC memory, at least one channels_last."""
+    rng = np.random.default_rng(6)
+    arrays = [np.zeros(tuple(int(v) for v in rng.choice([1, 2, 3], 4)), np.float32).transpose(tuple(rng.permutation(4)))
+              for _ in range(40)] + [np.zeros((2, 3), np.float32), np.zeros((0, 2, 2, 2), np.float32)]
+    for _ in range(400):
+        group = [arrays[i] for i in rng.integers(0, len(arrays), int(rng.integers(1, 4)))]
+        nhwc = [a.ndim == 4 and bool(a.transpose(layout.NHWC).flags.c_contiguous) for a in group]
+        cl = [n and not a.flags.c_contiguous for n, a in zip(nhwc, group)]
+        assert layout.run_channels_last(*group) == (all(nhwc) and any(cl)), [(a.shape, a.strides) for a in group]
+
 def _network_step(x, w, bias, gamma, beta):
     """conv -> batchnorm -> ReLU -> max pool -> average pool -> dropout, and back."""
     y, c1 = conv2d_forward(x, w, bias, 1, 1)
