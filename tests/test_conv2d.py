@@ -395,3 +395,20 @@ def test_conv_output_size_answers_in_the_types_asked_whatever_asked_first():
     for _ in range(2):
         with pytest.raises(ValueError, match="not an integer"):
             conv_output_size(np.int32(6), 3, 2, 1)
+
+
+@pytest.mark.parametrize("value, minimum, want", [
+    (2, 1, (2, 2)), ((1, 3), 1, (1, 3)), ([1, 3], 1, (1, 3)), ((np.int64(2), 1), 1, (2, 1)), (np.int32(0), 0, (0, 0)),
+    ((0, 0), 0, (0, 0)), ((0, 1), 1, ValueError), ((-1, 0), 0, ValueError), (0, 1, ValueError),
+    ((True, 1), 1, TypeError), (True, 1, TypeError), ((1.0, 1), 1, TypeError), ((1, 2, 3), 1, TypeError),
+    ((1,), 1, TypeError), ("2", 1, TypeError)])
+def test_stride_and_padding_pairs_take_ints_only(value, minimum, want):
+    """The (h, w) check every convolution and pooling call makes: an int or two ints (NumPy's too),
+    each >= the minimum, as a tuple of Python ints; bools, floats and other lengths refused."""
+    from gpuconv.ops._checks import pair
+    if isinstance(want, type):
+        with pytest.raises(want):
+            pair("stride", value, minimum)
+    else:
+        got = pair("stride", value, minimum)
+        assert got == want and type(got) is tuple and all(type(v) is int for v in got)

@@ -90,6 +90,8 @@ def check_shape(name, a, shape, why):
 
 def pair(name, v, minimum=0):
     """An int or an (h, w) pair of ints, each >= ``minimum``, as a tuple ``(h, w)``."""
+    if type(v) is tuple and len(v) == 2 and type(v[0]) is int and type(v[1]) is int and min(v) >= minimum:
+        return v  # a layer's own pair, checked at every call: answered without the abstract-class checks
     if isinstance(v, (numbers.Integral,)) and not isinstance(v, bool):
         hw = (int(v), int(v))
     elif (isinstance(v, (tuple, list)) and len(v) == 2
