@@ -348,3 +348,14 @@ def test_floor_mode_pools_the_windows_that_fit_and_zeroes_the_rest(backend, kind
     np.testing.assert_array_equal(backend.asnumpy(y), want_y)
     assert np.ascontiguousarray(backend.asnumpy(dx)).tobytes() == want_dx.tobytes()
     backend.assert_kernels_ran(f"{kind}_pool2d_forward", f"{kind}_pool2d_backward{'_disjoint' if k == s else ''}")
+
+
+def test_pool_launch_sizes_are_int32_made_once_per_geometry():
+    """The pooling kernels' size arguments (N, C, H, W, OH, OW, window, stride, padding) as np.int32,
+    made once per geometry (every pooling launch of every step passes them) and, in floor mode,
+    with the windows that fit."""
+    from gpuconv.ops._launch_pool2d import _dims
+    out, dims = _dims((2, 3, 9, 6), (2, 2), (2, 3), floor=True)
+    assert out == (2, 3, 4, 2)
+    assert all(type(v) is np.int32 for v in dims) and [int(v) for v in dims] == [2, 3, 9, 6, 4, 2, 2, 2, 2, 3, 0, 0]
+    assert _dims((2, 3, 9, 6), (2, 2), (2, 3), floor=True)[1] is dims

@@ -33,7 +33,7 @@ def _dims(x_shape, kernel_size, stride, floor=False):
     (``floor``) are in H and W, and the kernels never read them; the backward's are zeros."""
     n, c, h, w = x_shape
     oh, ow = pooled_hw(x_shape, kernel_size, stride, floor)
-    dims = tuple(np.int32(v) for v in (n, c, h, w, oh, ow, *kernel_size, *stride, 0, 0))
+    dims = kernels.int32_args((n, c, h, w, oh, ow, *kernel_size, *stride, 0, 0))  # made once per geometry
     return (n, c, oh, ow), dims
 
 
