@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import layout
+from .. import kernels, layout
 from ..backend import get_array_module
 from ._dispatch import register_launcher
 from ._launch_pool2d import _inputs, _run
@@ -14,7 +14,7 @@ from .adaptive_pool2d import AdaptivePool2dCache
 
 
 def _dims(x_shape, out_hw):
-    return tuple(np.int32(v) for v in (*x_shape, *out_hw))
+    return kernels.int32_args((*x_shape, *out_hw))  # made once per geometry
 
 
 @register_launcher("adaptive_avg_pool2d_forward")
