@@ -385,9 +385,8 @@ class Optimizer:
     def _check_writeable(self):
         """Every parameter a step updates can be written in place (a read-only ``.data``, such as a
         memory-mapped or broadcast array, would fail midway, after the others were updated)."""
-        for i, p in enumerate(self.params):
-            flags = getattr(p.data, "flags", None)  # (CuPy arrays are always writeable)
-            if p.grad is not None and p.requires_grad and not getattr(flags, "writeable", True):
+        for i, p in enumerate(self.params):  # (CuPy arrays are always writeable: one isinstance per step each)
+            if isinstance(p.data, np.ndarray) and not p.data.flags.writeable and p.grad is not None and p.requires_grad:
                 raise ValueError(f"{type(self).__name__}.step: parameter {i} ({getattr(p, 'name', '')!r}) is a read-only "
                                  "array, but the optimizer updates parameters in place: give it a writeable copy "
                                  "(p.data = p.data.copy()), or freeze it (p.requires_grad = False)")
