@@ -354,10 +354,11 @@ def test_mixed_dtypes_are_a_type_error_naming_both():
                                         r"float32 for a bfloat16 x: pass gamma.astype\(np.float32\)"):
         batchnorm2d_forward(x, g, np.zeros(2, np.float32), None, None)
     _, cache = dropout_forward(np.ones(4, BF16), 0.5, key=1)
-    with pytest.raises(TypeError, match=r"dy has dtype float64 but mask has dtype float32: the mask is kept in the "
-                                        r"forward input's compute dtype \(float64 for a float64 x\)"):
-        dropout_backward(np.ones(4, np.float64), cache)
-    dropout_backward(np.ones(4, F16), cache)  # float16 and bfloat16 both compute in float32: accepted
+    for dt in (np.float64, F16):  # float16 computes in float32 as bfloat16 does, but dx would come back float16
+        with pytest.raises(TypeError, match=rf"dy has dtype {np.dtype(dt)} but the forward's output had dtype "
+                                            r"bfloat16: a backward runs in its forward's precision"):
+            dropout_backward(np.ones(4, dt), cache)
+    dropout_backward(np.ones(4, BF16), cache)
 
 
 # ----------------------------------------------------------------------------- the kernels' builds and variants
