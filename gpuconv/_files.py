@@ -193,6 +193,32 @@ class DirectoryLocked(RuntimeError):
     """Another live process holds the run directory's lock."""
 
 
+_WINDOWS_LOCK_BYTE = 1 << 30  # past anything the file holds: a Windows lock also bars reading the bytes it covers
+
+
+def _lock_nonblocking(fd: int) -> None:
+    """Lock the open file ``fd`` for this process, not waiting: BlockingIOError when another holds
+    it. ``flock`` where there is one; on Windows (no fcntl) msvcrt's lock of one byte past the
+    holder's name, which the lock would otherwise make unreadable to the process it refuses. Both
+    end with the process that held them."""
+    try:
+        import fcntl
+    except ImportError:
+        import errno
+        import msvcrt
+        os.lseek(fd, _WINDOWS_LOCK_BYTE, os.SEEK_SET)
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError as exc:
+            if exc.errno in (errno.EACCES, errno.EDEADLK):  # (EDEADLOCK: the region is locked)
+                raise BlockingIOError(exc.errno, str(exc)) from None
+            raise
+        finally:
+            os.lseek(fd, 0, os.SEEK_SET)
+        return
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
 def _holder(path: pathlib.Path) -> str:
     """Who the lock file says holds it ("pid P on host H"), for the message."""
     try:
@@ -209,11 +235,10 @@ def directory_lock(directory: pathlib.Path, what: str = "gpuconv train"):
     """Hold ``directory``'s lock for the block: a second process that tries while this one runs
     gets :class:`DirectoryLocked` naming it, instead of interleaving its files with ours.
 
-    The lock is the kernel's (``flock`` on the lock file), not a pid written down: it holds
+    The lock is the kernel's (``flock`` on the lock file; on Windows, msvcrt's), not a pid written down: it holds
     across containers and pid namespaces on one machine, across machines on a file system that
     supports it (NFS through its lock manager), and it ends with the process that held it, however
     that process died (nothing stale to take over). The file names its holder for the message."""
-    import fcntl
     import socket
 
     directory = pathlib.Path(directory)
@@ -231,7 +256,7 @@ def directory_lock(directory: pathlib.Path, what: str = "gpuconv train"):
             raise PermissionError(f"{path} is a symbolic link, which gpuconv does not write through: remove it, "
                                   "or choose another --out") from exc
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _lock_nonblocking(fd)
         except BlockingIOError:
             os.close(fd)
             raise DirectoryLocked(f"another {what} ({_holder(path)}) is writing to {directory}: wait for it to "

@@ -336,6 +336,36 @@ def test_a_finishing_run_removes_only_its_own_lock_file(tmp_path):
     assert not (tmp_path / _files.LOCK_NAME).exists()
 
 
+def test_the_run_directory_lock_works_without_fcntl(tmp_path, monkeypatch):
+    """Windows has no fcntl: the lock is msvcrt's there (mandatory, so on a byte past the holder's
+    name, which a refused run reads for its message)."""
+    import errno
+    import types
+
+    from gpuconv import _files
+    held = {}  # (file, byte) -> the descriptor holding it, as the OS keeps it per open file
+
+    def locking(fd, mode, nbytes):
+        st = os.fstat(fd)
+        key = (st.st_dev, st.st_ino, os.lseek(fd, 0, os.SEEK_CUR))
+        if mode == msvcrt.LK_NBLCK:
+            if held.get(key, fd) != fd:
+                raise PermissionError(errno.EACCES, "Permission denied")
+            held[key] = fd
+        else:
+            held.pop(key, None)
+
+    msvcrt = types.SimpleNamespace(LK_NBLCK=2, LK_UNLCK=0, locking=locking)
+    monkeypatch.setitem(sys.modules, "fcntl", None)
+    monkeypatch.setitem(sys.modules, "msvcrt", msvcrt)
+    with _files.directory_lock(tmp_path) as path:
+        assert path.read_text().split()[0] == str(os.getpid())
+        with pytest.raises(_files.DirectoryLocked, match=f"another gpuconv train \\(pid {os.getpid()} on "):
+            with _files.directory_lock(tmp_path):
+                pass
+    assert held and not (tmp_path / _files.LOCK_NAME).exists()
+
+
 def test_a_run_writes_through_no_planted_link_and_only_into_its_own_directory(tmp_path, capsys, monkeypatch):
     """Links planted as the lock or the metrics file (by another user of a shared directory) are
     not written through; an --out that every user can write to is refused, and one the run makes
