@@ -175,6 +175,7 @@ def _fsync_dir(directory: pathlib.Path) -> None:
 
 LOCK_NAME = ".gpuconv-train.lock"
 NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)  # opening a link fails (ELOOP) instead of writing where it points
+BINARY = getattr(os, "O_BINARY", 0)  # Windows: os.open's descriptors otherwise turn each "\n" written into "\r\n"
 
 
 def check_own_directory(directory: pathlib.Path) -> None:

@@ -33,7 +33,7 @@ import numpy as np
 
 from . import amp, backend, kernels
 from ._console import CONSOLE, _is_terminal
-from ._files import NOFOLLOW, make_dirs, new_file_mode, write_atomic
+from ._files import BINARY, NOFOLLOW, make_dirs, new_file_mode, write_atomic
 from . import checkpoint as ckpt
 from .monitor import GPUMonitor, format_snapshot, metrics_fields
 
@@ -456,9 +456,9 @@ class Trainer:
             return
         make_dirs(self.metrics_path.parent)
         # never through a link (a planted one would append the records to the file it points at)
-        fd = os.open(self.metrics_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | NOFOLLOW, new_file_mode())
-        with os.fdopen(fd, "a") as f:
-            f.write(json.dumps(record, allow_nan=True) + "\n")
+        fd = os.open(self.metrics_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | NOFOLLOW | BINARY, new_file_mode())
+        with os.fdopen(fd, "ab") as f:  # one "\n" per line on every platform, as _trim_metrics rewrites them
+            f.write((json.dumps(record, allow_nan=True) + "\n").encode())
 
     def _trim_metrics(self):
         """Drop lines written after the checkpoint we resume from (a crash left them behind)."""
@@ -468,8 +468,8 @@ class Trainer:
         if self.metrics_path.is_symlink():
             raise PermissionError(f"{self.metrics_path} is a symbolic link, which gpuconv does not read or write "
                                   "through: remove it, or choose another --out")
-        with os.fdopen(os.open(self.metrics_path, os.O_RDONLY | NOFOLLOW)) as f:
-            text = f.read()
+        with os.fdopen(os.open(self.metrics_path, os.O_RDONLY | NOFOLLOW | BINARY), "rb") as f:
+            text = f.read().decode("utf-8", "replace")
         for line in text.splitlines():
             try:
                 rec = json.loads(line)

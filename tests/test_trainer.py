@@ -413,6 +413,33 @@ def test_a_resume_drops_the_epoch_line_its_checkpoint_did_not_see(tmp_path):
     assert kept == lines[:3] and [r["epoch"] for r in trainer.history] == [1]
 
 
+def test_metrics_lines_end_in_one_newline_on_windows(tmp_path, monkeypatch):
+    """Windows' os.open gives a text-mode descriptor unless O_BINARY is asked for, whose writes put a
+    second carriage return before each line feed of the text wrapper's CRLF (a blank line between
+    records for read_text().splitlines()): the metrics file is opened in binary mode, one LF a line."""
+    O_BINARY = 0x8000  # Windows' value; on Linux x86-64 O_LARGEFILE, which changes nothing here
+    monkeypatch.setattr(os, "O_BINARY", O_BINARY, raising=False)
+    import gpuconv.trainer
+    monkeypatch.setattr(gpuconv.trainer, "BINARY", O_BINARY, raising=False)
+    flags, real_open = [], os.open
+
+    def recording_open(path, f, *args, **kwargs):
+        if str(path).endswith("metrics.jsonl"):
+            flags.append(f)
+        return real_open(path, f, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", recording_open)
+    model = small_net()
+    trainer = Trainer(model, SGD(model.parameters(), lr=0.01), out_dir=tmp_path, progress=False)
+    trainer._write_metrics({"kind": "interval", "epoch": 1, "step": 1})
+    trainer._write_metrics({"kind": "epoch", "epoch": 1, "step": 1})
+    trainer.step, trainer.epoch = 1, 1
+    trainer._trim_metrics()
+    assert flags and all(f & O_BINARY for f in flags)
+    assert trainer.metrics_path.read_bytes().count(b"\n") == 2 and b"\r" not in trainer.metrics_path.read_bytes()
+    assert [r["epoch"] for r in trainer.history] == [1]
+
+
 def test_a_resume_repairs_best_npz_a_kill_left_behind(cifar, tmp_path):
     """A kill between an epoch's checkpoint and its copy to best.npz: the resume makes best.npz
     that epoch's when it is the best so far."""
