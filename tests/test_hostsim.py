@@ -230,6 +230,22 @@ def test_compile_error_names_file_and_line():
         hostsim.compile(source, name="broken")
 
 
+@pytest.mark.parametrize("platform", ["darwin", "win32"])
+def test_the_simulator_says_it_is_linux_only_on_macos_and_windows(monkeypatch, platform):
+    """A Mac's g++ is clang building Mach-O, where the shared-memory section has no start and stop
+    symbols: the simulator is refused by name (and `gpuconv info` lists no 'sim'), not left to fail
+    in a compiler diagnostic at the first launch."""
+    from gpuconv import cli
+    from gpuconv.hostsim import _build
+    monkeypatch.setattr(sys, "platform", platform)
+    with pytest.raises(hostsim.CompileError, match=f"runs on Linux .*not on {platform}: use device 'cpu'"):
+        _build.compiler()
+    lines = cli.info_lines()
+    assert any(line.startswith("sim (CUDA kernels on the host simulator): not usable - the host simulator runs "
+                               "on Linux") for line in lines)
+    assert any(line.startswith("devices: cpu;") for line in lines)
+
+
 def test_build_cache_hit_without_recompile(tmp_path, monkeypatch):
     monkeypatch.setenv("GPUCONV_SIM_CACHE", str(tmp_path))
     source = 'extern "C" __global__ void fill(float* y) { y[threadIdx.x] = 7.0f; }\n// cache test\n'

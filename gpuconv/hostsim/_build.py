@@ -8,6 +8,7 @@ import pathlib
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 
 from .. import _files
@@ -54,7 +55,16 @@ def cache_dir() -> pathlib.Path:
     return fallback
 
 
+# Mach-O and PE: no __start_/__stop_ symbols for the shared-memory section (section names need a
+# segment on macOS), and on Windows no ucontext fibers or mmap'd stacks either.
+_NOT_ELF_PLATFORMS = ("darwin", "win32", "cygwin", "msys")
+
+
 def compiler() -> str:
+    if sys.platform.startswith(_NOT_ELF_PLATFORMS):
+        raise CompileError(f"the host simulator runs on Linux (it builds the kernels as ELF shared objects with "
+                           f"ucontext fibers), not on {sys.platform}: use device 'cpu' (the NumPy reference) or "
+                           "'cuda' here, and the simulator on Linux (on Windows: in WSL2)")
     cxx = os.environ.get("GPUCONV_SIM_CXX", "g++")
     if shutil.which(cxx) is None:
         raise CompileError(f"the host simulator needs a C++17 compiler, and {cxx!r} is not on PATH: install g++ "
