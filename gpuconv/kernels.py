@@ -886,7 +886,12 @@ def _nvrtc_library():
     for path in sorted(paths):
         if "builtins" not in os.path.basename(path):
             return ctypes.CDLL(path)
-    found = ctypes.util.find_library("nvrtc")
+    try:  # no /proc (Windows, where the DLL is nvrtc64_<major>0_0.dll): CuPy's loader's memoized answer
+        from cuda.pathfinder import load_nvidia_dynamic_lib
+        found = load_nvidia_dynamic_lib("nvrtc").abs_path
+    except Exception:  # noqa: BLE001  (CuPy older than 14 loads NVRTC without cuda.pathfinder)
+        found = None
+    found = found or ctypes.util.find_library("nvrtc")
     if found:
         return ctypes.CDLL(found)
     raise KernelCompileError("the NVRTC library CuPy uses could not be located to read a CUBIN; reinstall "

@@ -569,6 +569,29 @@ def test_cubin_is_the_whole_elf_image(op_file):
 
 
 @needs_nvrtc
+def test_a_cubin_builds_where_there_is_no_proc_and_find_library_finds_no_nvrtc(monkeypatch):
+    """Windows: no /proc/self/maps to find the NVRTC CuPy loaded, and find_library("nvrtc") looks
+    for nvrtc.dll where the library is nvrtc64_130_0.dll: the CUBIN still builds, read through the
+    library CuPy's loader (cuda.pathfinder) found."""
+    import builtins
+    import ctypes.util
+
+    def no_proc(path, *args, **kwargs):
+        if str(path).startswith("/proc/"):
+            raise FileNotFoundError(2, "No such file or directory", path)
+        return builtins.open(path, *args, **kwargs)
+
+    monkeypatch.setattr(kernels, "open", no_proc, raising=False)
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: None)
+    kernels._nvrtc_library.cache_clear()
+    try:
+        image = kernels.nvrtc_compile(kernels.build_source("relu", np.float32), "relu", np.float32, "sm_80")
+    finally:
+        kernels._nvrtc_library.cache_clear()
+    assert kernels.elf_image_end(image) <= len(image)
+
+
+@needs_nvrtc
 def test_a_truncated_cached_cubin_is_never_loaded(fake_gpu):
     mod = kernels.get_module("relu", np.float32, "cuda", device=0)
     path = pathlib.Path(mod.path)
