@@ -706,7 +706,8 @@ def cmd_predict(args) -> int:
         print(json.dumps({"predictions": rows}))
         return 0
     for r in rows:
-        where = r["source"] if r["index"] == 0 and not r["source"].endswith(".npy") else f"{r['source']}[{r['index']}]"
+        where = (r["source"] if r["index"] == 0 and not r["source"].lower().endswith(".npy")  # as load_images tells them
+                 else f"{r['source']}[{r['index']}]")
         print(f"{where}: {r['label']}  (" + ", ".join(f"{c} {p:.3f}" for c, p in r["top"]) + ")")
     return 0
 

@@ -700,6 +700,10 @@ def test_predict_command_reads_images_and_arrays(trained, tmp_path, capsys):
         assert p["top"][0][1] >= p["top"][1][1] >= p["top"][2][1]
     rc, out, _ = run(["predict", "--checkpoint", trained / "checkpoint.npz", tmp_path / "three.npy"], capsys)
     assert rc == 0 and out.count("\n") == 3 and "three.npy[2]:" in out
+    with open(tmp_path / "ONE.NPY", "wb") as f:  # an upper-case name (Windows, macOS): still an array, indexed
+        np.save(f, images[:1])
+    rc, out, _ = run(["predict", "--checkpoint", trained / "checkpoint.npz", tmp_path / "ONE.NPY"], capsys)
+    assert rc == 0 and out.startswith(f"{tmp_path / 'ONE.NPY'}[0]: ")
     rc, out, _ = run(["predict", "--checkpoint", trained / "checkpoint.npz", "--json", "--tta", "2", "--top", "3",
                       tmp_path / "three.npy"], capsys)  # six views per image: other probabilities
     assert rc == 0 and [p["top"] for p in json.loads(out)["predictions"]] != [p["top"] for p in preds[:3]]
