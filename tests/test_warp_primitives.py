@@ -9,6 +9,7 @@ layout error in either shows up on the simulator, and the GPU checks both agains
 from __future__ import annotations
 
 import pathlib
+import re
 import shutil
 import textwrap
 
@@ -77,6 +78,32 @@ def test_probe_compiles_with_nvrtc(probe_env):
                      "cp.async.ca.shared.global", "cp.async.cg.shared.global", "cp.async.wait_group 2",
                      "cp.async.wait_all"):
             assert insn in ptx, (arch, insn)
+
+
+def test_gpu_forms_wire_the_fragment_registers_in_order():
+    """The inline PTX of mma.sync and ldmatrix is compiled only by NVRTC, never run on the
+    simulator: a register out of place there (a[1] before a[0], a .trans form without .trans,
+    an .x2 writing three registers) assembles and passes every simulator test. Each mma's
+    operands must be d[0..3] <- a[0..3], b[0..1], c[0..3] in the order of its PTX template, and
+    each ldmatrix form's name, matrix count, .trans flag, PTX text and registers must agree."""
+    text = (kernels.kernel_dir() / "mma.cuh").read_text()
+    mmas = re.findall(r'asm volatile\("(mma\.sync\.aligned\.[^"]+)\s*"\s*"([^"]*)"\s*:([^;]*)\);', text)
+    assert len(mmas) == 3, "the three mma.sync GPU forms (bf16, f16, tf32)"
+    operands = ([f'"=f"(d[{i}])' for i in range(4)], [f'"r"(a[{i}])' for i in range(4)] +
+                [f'"r"(b[{i}])' for i in range(2)] + [f'"f"(c[{i}])' for i in range(4)])
+    for insn, template, wiring in mmas:
+        assert template == "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%11,%12,%13};", insn
+        outs, ins = (re.findall(r'"[=a-z]+"\([a-z]\[\d\]\)', part) for part in wiring.split(":"))
+        assert (outs, ins) == operands, f"{insn}: operands {outs} : {ins}"
+    forms = re.findall(r'GPUCONV_LDMATRIX\((ldmatrix_x(\d)(_trans)?), (\d), (true|false), "([^"]+)", "([^"]+)",'
+                       r'\s*([^)]*\)(?:, "=r"\(r\[\d\]\))*)\)', text)
+    assert len(forms) == 6, "ldmatrix .x1/.x2/.x4, with and without .trans"
+    for name, n, trans, num, flag, ptx, outs, regs in forms:
+        n = int(n)
+        want = f"ldmatrix.sync.aligned.m8n8.x{n}{'.trans' if trans else ''}.shared.b16"
+        assert (int(num), flag == "true", ptx) == (n, bool(trans), want), name
+        assert outs == "{" + ",".join(f"%{j}" for j in range(n)) + "}", name
+        assert re.findall(r'"=r"\(r\[(\d)\]\)', regs) == [str(j) for j in range(n)], name
 
 
 # ----------------------------------------------------------------------------- PTX layouts
