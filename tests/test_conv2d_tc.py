@@ -147,6 +147,29 @@ def test_tensor_core_tiles_take_pytorchs_floored_sizes(target, case, channels_la
         assert not host(dx).astype(np.float64)[:, :, -1].any() and not host(dx).astype(np.float64)[:, :, :, -1].any()
 
 
+def assert_rounded_once(name, got, want, dtype):
+    """Small integers: the float32 sums are exact, so each output is the float64 value rounded once
+    to the output's dtype; non-finite exactly where the float64 convolution is."""
+    got, finite = host(got).astype(np.float64), np.isfinite(want)
+    assert np.array_equal(np.isfinite(got), finite), f"{name}: non-finite at other places"
+    assert np.array_equal(got[finite], want[finite].astype(dtype).astype(np.float64)), name
+
+
+@pytest.mark.parametrize("stride", [(1, 2), (2, 1)], ids=["s12", "s21"])
+def test_data_gradient_with_one_unit_stride_takes_the_strided_rows(target, stride):
+    """The data gradient's unit-stride loader (no division by the stride) is for sh = sw = 1 alone:
+    a stride of 1 in one direction only takes the strided one, whichever direction it is."""
+    case = ((2, 8, 7, 7), (8, 3, 3), stride, (1, 1))
+    rng = np.random.default_rng(11)
+    x, w, b = operands(case, BF16, rng, integers=True)
+    oh, ow = conv_mod.output_hw(x.shape, (3, 3), stride, (1, 1))
+    dy = rng.integers(-3, 4, (2, 8, oh, ow)).astype(BF16)
+    (y, dx, dw), log = run_conv(target, x, w, b, dy, stride, (1, 1), False)
+    assert "conv2d_backward_data_tc" in log.names
+    for name, got, want in zip(("y", "dx", "dw"), (y, dx, dw), exact(x, w, b, dy, stride, (1, 1), False)[0]):
+        assert_rounded_once(name, got, want, BF16)
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("build", list(BUILDS))
 def test_exact_when_every_partial_sum_is(target, build, variant):
