@@ -170,6 +170,27 @@ def test_data_gradient_with_one_unit_stride_takes_the_strided_rows(target, strid
         assert_rounded_once(name, got, want, BF16)
 
 
+@pytest.mark.parametrize("build", ["bf16", "tf32"])
+def test_taps_past_the_filter_are_not_read(target, build):
+    """3x3 taps of 8 channels are 72 reduction elements; the last k-tile runs on to 96 (16-bit) or
+    80 (TF32), taps of a fourth filter row that the zero-filled filter columns multiply. Those taps
+    must not be read all the same: an infinity in the pixel row below a window (in the dy row above
+    a dx row's) would make inf x 0 = NaN of an output that never sees it."""
+    dtype, tf32 = BUILDS[build]
+    case = ((1, 8, 6, 6), (4, 3, 3), (1, 1), (0, 0))
+    rng = np.random.default_rng(12)
+    x, w, b = operands(case, dtype, rng, integers=True)
+    dy = rng.integers(-3, 4, (1, 4, 4, 4)).astype(dtype)
+    x[0, 0, 5, 1] = np.inf  # row 5: in y's row 3 windows; below row 2's, its fourth-row tap
+    dy[0, 0, 0, 1] = np.inf  # row 0: reaches dx rows 0-2; above row 3's fourth-row tap
+    with np.errstate(invalid="ignore", over="ignore"):
+        got, _ = run_conv(target, x, w, b, dy, (1, 1), (0, 0), tf32)
+        want = exact(x, w, b, dy, (1, 1), (0, 0), tf32)[0]
+    assert np.isfinite(want[0][:, :, :3]).all() and np.isfinite(want[1][:, :, 3:]).all()
+    for name, g, e in zip(("y", "dx", "dw"), got, want):
+        assert_rounded_once(name, g, e, np.float32 if tf32 else dtype)
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("build", list(BUILDS))
 def test_exact_when_every_partial_sum_is(target, build, variant):
