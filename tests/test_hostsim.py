@@ -522,3 +522,40 @@ def test_portable_ucontext_switch_gives_same_results(basics):
     np.testing.assert_array_equal(total, expect[1])
     with pytest.raises(hostsim.BarrierDivergence):
         mod.get_function("divergent_barrier")((1,), (32,), (np.zeros(32, np.float32),))
+
+
+def _fma_options():
+    """The g++ options that make the build's target fuse a*b + c into one FMA instruction: none
+    on aarch64 (FMA is in its baseline), -mfma on an x86-64 CPU that has it; None elsewhere."""
+    import platform
+    machine = platform.machine()
+    if machine in ("aarch64", "arm64"):
+        return ()
+    if machine in ("x86_64", "AMD64"):
+        try:
+            flags = pathlib.Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return None
+        return ("-mfma",) if " fma " in flags.replace("\n", " ") else None
+    return None
+
+
+def test_mul_rn_rounds_its_product_on_a_target_with_fma():
+    """Kernels write mul_rn(a, b) + c where the reference rounds the product on its own (NVRTC
+    contracts a plain a*b + c into an FMA). The simulator's __fmul_rn is a plain product, so g++
+    must not contract it either: with FMA in the target (aarch64's baseline, or -mfma) and GCC's
+    default -ffp-contract=fast for C++, w - __fmul_rn(lr, g) became one fnmadd, and every
+    bit-for-bit test of such a kernel (SGD's, batchnorm's) failed there."""
+    options = _fma_options()
+    if options is None:
+        pytest.skip("no FMA instruction on this host CPU to contract into")
+    src = textwrap.dedent("""
+        extern "C" __global__ void sub_product(const float* w, const float* a, const float* b, float* out) {
+            out[threadIdx.x] = w[threadIdx.x] - __fmul_rn(a[threadIdx.x], b[threadIdx.x]);
+        }
+    """)
+    mod = hostsim.compile(src, name="sub_product", options=options)
+    a = np.array([1 + 2.0 ** -12], np.float32)  # a * a = 1 + 2^-11 + 2^-24: a tie, rounds to 1 + 2^-11
+    w, out = (a * a).astype(np.float32), np.full(1, np.nan, np.float32)
+    mod.get_function("sub_product")((1,), (1,), (w, a, a, out))
+    assert out[0] == 0.0, f"w - mul_rn(a, a) = {out[0]!r}: the product was fused into the subtraction"

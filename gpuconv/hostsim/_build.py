@@ -18,10 +18,16 @@ from ._errors import CompileError
 HEADER = pathlib.Path(__file__).with_name("cuda_sim.h")
 RUNTIME = pathlib.Path(__file__).with_name("cuda_sim_runtime.h")
 # -fno-strict-aliasing: kernels read float arrays through float4 pointers, as CUDA code does.
-BASE_FLAGS = ("-O2", "-shared", "-fPIC", "-std=c++17", "-fno-strict-aliasing", "-fvisibility=hidden")
+# -ffp-contract=off: the simulator's __fmul_rn/__dmul_rn (mul_rn) are plain products, which g++
+# would fuse with an add into one FMA wherever the target has one (aarch64 always, x86-64 with
+# -mfma): GCC's default for C++ is -ffp-contract=fast. Off, every product is rounded on its own,
+# as mul_rn promises on a GPU and the NumPy references compute.
+BASE_FLAGS = ("-O2", "-shared", "-fPIC", "-std=c++17", "-fno-strict-aliasing", "-ffp-contract=off",
+              "-fvisibility=hidden")
 # -O1 -g keeps ASan reports readable; -fsanitize-sections gives static __shared__ arrays
 # redzones, so an overrun of a shared tile is reported like one of a global array.
-SANITIZE_FLAGS = ("-O1", "-g", "-shared", "-fPIC", "-std=c++17", "-fno-strict-aliasing", "-fvisibility=hidden",
+SANITIZE_FLAGS = ("-O1", "-g", "-shared", "-fPIC", "-std=c++17", "-fno-strict-aliasing", "-ffp-contract=off",
+                  "-fvisibility=hidden",
                   "-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all",
                   "-fsanitize-sections=gpuconv_shared")
 

@@ -308,7 +308,7 @@ inline float __fdividef(float x, float y) { return x / y; }
 inline float __frcp_rn(float x) { return 1.0f / x; }
 inline float __fsqrt_rn(float x) { return sqrtf(x); }
 inline float __fmul_rn(float x, float y) { return x * y; }
-inline double __dmul_rn(double x, double y) { return x * y; }  // g++ without -mfma never contracts
+inline double __dmul_rn(double x, double y) { return x * y; }  // never contracted: the build passes -ffp-contract=off
 inline double __dadd_rn(double x, double y) { return x + y; }
 inline float __fadd_rn(float x, float y) { return x + y; }
 inline float __fmaf_rn(float x, float y, float z) { return fmaf(x, y, z); }
