@@ -10,6 +10,7 @@ against the hardware.
 from __future__ import annotations
 
 import pathlib
+import re
 import shutil
 
 import ml_dtypes
@@ -55,6 +56,34 @@ def probe_env(probe_dir, monkeypatch):
 @pytest.fixture(params=TARGETS)
 def target(request, probe_env):
     return request.param
+
+
+def test_gpu_forms_number_their_operands_in_order():
+    """The inline PTX of wgmma.mma_async is compiled by NVRTC only, never run on the simulator: an
+    accumulator register listed out of order, or the A and B descriptors' operand numbers swapped,
+    assembles and passes every simulator test. The accumulator lists name %0 .. %(ACC - 1) and
+    d[0] .. d[ACC - 1] in order, and each form (ACC = N / 2 accumulators) numbers its descriptors
+    ACC and ACC + 1 (A, then B: the order "l"(da), "l"(db) binds them), the scale-d source ACC + 2
+    and the 16-bit types' two transpose flags ACC + 3 and ACC + 4."""
+    text = (kernels.kernel_dir() / "wgmma.cuh").read_text()
+    gpu = text[text.index("#define GPUCONV_WGMMA_REGS32"):text.index("#define GPUCONV_WGMMA_INSN")]
+    regs, outs = {}, {}
+    for acc in (32, 64, 128):
+        body = lambda name: gpu[gpu.index(f"#define {name}{acc}"):].split("#define", 2)[1]  # noqa: E731
+        regs[acc] = [int(r) for r in re.findall(r"%(\d+)", body("GPUCONV_WGMMA_REGS"))]
+        outs[acc] = [int(r) for r in re.findall(r'"\+f"\(d\[(\d+)\]\)', body("GPUCONV_WGMMA_OUTS"))]
+        lower = acc // 2 if acc > 32 else 0  # each list extends the one before by name
+        assert regs[acc] == list(range(lower, acc)) and outs[acc] == list(range(lower, acc)), acc
+    assert '"l"(da), "l"(db), "r"(1)' in text and '"n"(TA), "n"(TB))' in text
+    forms = re.findall(r'^GPUCONV_WGMMA_(16|TF32)\((wgmma_m64n(\d+)k(\d+)_(\w+)), (\d+), (\d+), (?:"(\w+)", )?'
+                       r'"%(\d+), %(\d+)", "%(\d+)"(?:, "%(\d+), %(\d+)")?\)$', text, re.M)
+    assert len(forms) == 9, "m64n{64,128,256} in bf16, f16 and tf32"
+    for kind, name, n, k, dtype, big_n, acc, ty, da, db, scale, ta, tb in forms:
+        acc = int(acc)
+        assert int(n) == int(big_n) == 2 * acc and int(k) == (8 if kind == "TF32" else 16), name
+        assert (dtype, ty) == ("tf32", "") if kind == "TF32" else dtype == ty, name
+        numbers = [int(v) for v in (da, db, scale, ta, tb) if v]
+        assert numbers == list(range(acc, acc + (3 if kind == "TF32" else 5))), f"{name}: operands {numbers}"
 
 
 def test_probe_compiles_for_sm_90a_only(probe_env):
