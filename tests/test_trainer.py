@@ -514,6 +514,25 @@ def test_ctrl_c_mid_epoch_saves_and_resumes_bit_identically(cifar, tmp_path, sig
         assert second.history[-1][key] == pytest.approx(full.history[-1][key], rel=1e-12), key
 
 
+def test_fit_again_after_a_stop_reports_the_whole_epoch(cifar, tmp_path):
+    """Ctrl-C, then fit() again on the same Trainer (a notebook's interrupt and rerun, no resume=True):
+    training continues where it stopped, and the interrupted epoch's record counts its batches
+    before the stop too, as the uninterrupted run's does."""
+    train, _ = cifar
+    images, labels = train.images[:192], train.labels[:192]
+    full, loader = build(images, labels, tmp_path / "full", epochs=1)
+    full.fit(loader, 1)
+    trainer, _ = build(images, labels, tmp_path / "cut", epochs=1)
+    killer = SigintAt(images, labels, 32, shuffle=True, augment=True, seed=7)
+    killer.kill_at = (0, 2)
+    with pytest.raises(TrainingInterrupted):
+        trainer.fit(killer, 1)
+    trainer.fit(killer, 1)
+    assert_same_state(full, trainer)
+    assert [(r["train_loss"], r["train_acc"]) for r in trainer.history] == \
+        [(r["train_loss"], r["train_acc"]) for r in full.history]
+
+
 def test_step_checkpoints_and_resume_without_a_checkpoint(cifar, tmp_path, capsys):
     train, _ = cifar
     trainer, loader = build(train.images[:96], train.labels[:96], tmp_path, epochs=1, checkpoint_every=2)
