@@ -142,7 +142,7 @@ class Trainer:
     ``curves.png``; without it
     nothing is written. ``checkpoint_every`` is ``'epoch'``, a number of steps, or None (save
     only on Ctrl-C). ``config`` (JSON-able) is stored in the checkpoint as ``meta/config`` so
-    a tool can rebuild the model. ``monitor``: 'auto' samples GPU telemetry when the model is
+    a tool can rebuild the model (a resume keeps the checkpoint's when none is given). ``monitor``: 'auto' samples GPU telemetry when the model is
     on CUDA; True/False force it; a :class:`GPUMonitor` is used as given. ``seed`` seeds the
     trainer's own generator ``self.rng`` (saved and restored with the checkpoint, for code that
     extends the trainer); the model and the loader take their own seeds, so runs repeat exactly.
@@ -429,7 +429,7 @@ class Trainer:
         sums = arrays.get("meta/epoch_sums")  # absent in checkpoints of older versions
         self._resumed_sums = (dict(zip(("loss", "correct", "n", "t"), map(float, sums)))
                               if sums is not None and self.epoch_step else None)
-        self.config = ckpt.read_config(arrays) or self.config
+        self.config = self.config or ckpt.read_config(arrays)  # the settings the run goes on with, if given
         if "meta/autotune" in arrays:
             kernels.load_tuned_variants(ckpt.unpack_json(arrays["meta/autotune"]))
         return arrays

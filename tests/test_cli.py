@@ -156,6 +156,21 @@ def test_resume_reads_settings_from_the_checkpoint(trained, tmp_path, capsys):
     assert rc == 1 and "--epochs 3" in err and "schedule" in err
 
 
+def test_a_run_extended_on_resume_records_its_new_length(tmp_path, capsys):
+    """A constant learning rate may run for more epochs (--resume --epochs N): the checkpoints then hold
+    the run's settings as it now runs, so a plain --resume after a stop finishes N epochs, not the old count."""
+    out = tmp_path / "run"
+    rc, _, err = run(["train", "--model", "seed", "--schedule", "constant", "--epochs", "1", "--limit", "100",
+                      "--batch-size", "50", "--val-split", "none", "--device", "cpu", "--data", SUBSET, "--out", out,
+                      "--no-progress"], capsys)
+    assert rc == 0, err
+    rc, _, err = run(["train", "--out", out, "--resume", "--epochs", "2", "--data", SUBSET, "--no-progress"], capsys)
+    assert rc == 0, err
+    assert ckpt.read_config(ckpt.load_checkpoint(out))["train_args"]["epochs"] == 2
+    rc, _, err = run(["train", "--out", out, "--resume", "--data", SUBSET, "--no-progress"], capsys)
+    assert rc == 0 and "nothing to do: 2 epoch(s) already done (epochs=2)" in err, err
+
+
 def test_resume_continues_on_the_runs_own_data_or_refuses(trained, tmp_path, capsys, monkeypatch):
     """The run records its training data (path, count, fingerprint): --resume without --data goes back
     to it, whatever $GPUCONV_DATA says, and other images are refused, not trained on."""
