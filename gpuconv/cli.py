@@ -480,8 +480,8 @@ def _check_resume_flags(given, stored, ckpt_path):
             old = tuple(old) if isinstance(old, list) else old
             if value == "auto":
                 continue
-        if key == "epochs" and stored.get("schedule") == "constant":
-            continue  # a constant learning rate can run for more epochs
+        if key == "epochs" and stored.get("schedule") == "constant" and not stored.get("lookahead"):
+            continue  # a constant learning rate can run for more epochs (a lookahead's decay cannot)
         if key == "precision":
             if old is not None and value != old:
                 _say(f"note: {ckpt_path} was trained in {old}; continuing in {value} (its weights are float32 "
@@ -489,7 +489,11 @@ def _check_resume_flags(given, stored, ckpt_path):
             continue
         if old is not None and value != old:
             flag = "--" + key.replace("_", "-")
-            why = (" (its learning-rate schedule was laid out for that many epochs)" if key == "epochs" else "")
+            why = ""
+            if key == "epochs":
+                why = (" (its lookahead's weight average was laid out over that many epochs)"
+                       if stored.get("schedule") == "constant" else
+                       " (its learning-rate schedule was laid out for that many epochs)")
             raise ValueError(f"--resume: {ckpt_path} holds a run with {flag} {old}{why}, but {flag} {value} was "
                              f"given; drop {flag} to continue that run, or train into a new --out")
 

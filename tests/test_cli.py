@@ -171,6 +171,20 @@ def test_a_run_extended_on_resume_records_its_new_length(tmp_path, capsys):
     assert rc == 0 and "nothing to do: 2 epoch(s) already done (epochs=2)" in err, err
 
 
+def test_more_epochs_on_resume_only_where_nothing_was_laid_out_over_the_run(tmp_path):
+    """--resume --epochs N changes a run's length: allowed for a constant lr, refused where the lookahead's
+    weight average (airbench's, its decay laid out over the run's steps, the model put on it at the last)
+    would then follow another plan than the one it started on."""
+    def resumed(recipe):
+        first = cli.build_parser().parse_args(["train", "--recipe", recipe, "--schedule", "constant", "--epochs", "2"])
+        stored = {"train_args": cli._settings(first, stored_config={})}
+        args = cli.build_parser().parse_args(["train", "--out", str(tmp_path), "--resume", "--epochs", "3"])
+        return cli._settings(args, stored_config=stored)
+    assert resumed("three_layer")["epochs"] == 3
+    with pytest.raises(ValueError, match="--epochs 2 .*lookahead.*--epochs 3"):
+        resumed("airbench94")
+
+
 def test_resume_continues_on_the_runs_own_data_or_refuses(trained, tmp_path, capsys, monkeypatch):
     """The run records its training data (path, count, fingerprint): --resume without --data goes back
     to it, whatever $GPUCONV_DATA says, and other images are refused, not trained on."""
