@@ -383,19 +383,47 @@ __device__ inline void adaptive_covering(int r, int in, int out, int* lo, int* h
     *hi = imin(out - 1, (int)(((long long)(r + 1) * out + in - 1) / in) - 1);
 }
 
+// Output i of an N x C x OH x OW grid (memory order) and its window [h0, h1) x [w0, w1) of the input.
+struct AdaptiveWindow {
+    index_t n;
+    int c, h0, h1, w0, w1;
+    __device__ AdaptiveWindow(index_t i, const Act4& out, int H, int W) {
+        int oh, ow;
+        n = out.split(i, &c, &oh, &ow);
+        h0 = adaptive_start(oh, H, out.H), h1 = adaptive_end(oh, H, out.H);
+        w0 = adaptive_start(ow, W, out.W), w1 = adaptive_end(ow, W, out.W);
+    }
+};
+
+// Input i of an N x C x H x W grid: the sum over the outputs whose windows cover it
+// (row-major, increasing) of f(output's memory index, its window's rows, its window's columns).
+template <class F>
+__device__ inline acc_t adaptive_gather(index_t i, const Act4& in, const Act4& out, F f) {
+    int c, ih, iw, oh_lo, oh_hi, ow_lo, ow_hi;
+    const index_t n = in.split(i, &c, &ih, &iw);
+    adaptive_covering(ih, in.H, out.H, &oh_lo, &oh_hi);
+    adaptive_covering(iw, in.W, out.W, &ow_lo, &ow_hi);
+    acc_t s = 0;
+    for (int oh = oh_lo; oh <= oh_hi; ++oh) {
+        const int rows = adaptive_end(oh, in.H, out.H) - adaptive_start(oh, in.H, out.H);
+        for (int ow = ow_lo; ow <= ow_hi; ++ow) {
+            const int cols = adaptive_end(ow, in.W, out.W) - adaptive_start(ow, in.W, out.W);
+            s += f(out.at(n, c, oh, ow), ih * in.W + iw, rows, cols);
+        }
+    }
+    return s;
+}
+
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
 adaptive_avg_pool2d_forward(const storage_t* x, storage_t* y, int N, int C, int H, int W, int OH, int OW, int cl) {
     const index_t total = (index_t)N * C * OH * OW;
     const Act4 in = {C, H, W, cl}, out = {C, OH, OW, cl};
     for (index_t i = global_thread_index(); i < total; i += global_thread_count()) {
-        int c, oh, ow;
-        const index_t n = out.split(i, &c, &oh, &ow);
-        const int h0 = adaptive_start(oh, H, OH), h1 = adaptive_end(oh, H, OH);
-        const int w0 = adaptive_start(ow, W, OW), w1 = adaptive_end(ow, W, OW);
+        const AdaptiveWindow a(i, out, H, W);
         acc_t s = 0;
-        for (int ih = h0; ih < h1; ++ih)
-            for (int iw = w0; iw < w1; ++iw) s += to_acc(x[in.at(n, c, ih, iw)]);
-        y[i] = from_acc(s * avg_inv(h1 - h0, w1 - w0));
+        for (int ih = a.h0; ih < a.h1; ++ih)
+            for (int iw = a.w0; iw < a.w1; ++iw) s += to_acc(x[in.at(a.n, a.c, ih, iw)]);
+        y[i] = from_acc(s * avg_inv(a.h1 - a.h0, a.w1 - a.w0));
     }
 }
 
@@ -405,15 +433,12 @@ adaptive_max_pool2d_forward(const storage_t* x, storage_t* y, int* argmax, int N
     const index_t total = (index_t)N * C * OH * OW;
     const Act4 in = {C, H, W, cl}, out = {C, OH, OW, cl};
     for (index_t i = global_thread_index(); i < total; i += global_thread_count()) {
-        int c, oh, ow;
-        const index_t n = out.split(i, &c, &oh, &ow);
-        const int h0 = adaptive_start(oh, H, OH), h1 = adaptive_end(oh, H, OH);
-        const int w0 = adaptive_start(ow, W, OW), w1 = adaptive_end(ow, W, OW);
-        acc_t best = to_acc(x[in.at(n, c, h0, w0)]);  // every window holds at least one input
-        int at = h0 * W + w0;
-        for (int ih = h0; ih < h1; ++ih)
-            for (int iw = w0; iw < w1; ++iw) {
-                const acc_t v = to_acc(x[in.at(n, c, ih, iw)]);
+        const AdaptiveWindow a(i, out, H, W);
+        acc_t best = to_acc(x[in.at(a.n, a.c, a.h0, a.w0)]);  // every window holds at least one input
+        int at = a.h0 * W + a.w0;
+        for (int ih = a.h0; ih < a.h1; ++ih)
+            for (int iw = a.w0; iw < a.w1; ++iw) {
+                const acc_t v = to_acc(x[in.at(a.n, a.c, ih, iw)]);
                 if (!(v <= best) && best == best) at = ih * W + iw;  // as max_forward: first max, first NaN
                 if (v > best || v != v) best = v;
             }
@@ -422,26 +447,28 @@ adaptive_max_pool2d_forward(const storage_t* x, storage_t* y, int* argmax, int N
     }
 }
 
+struct AdaptiveAvgShare {  // an output's dy times its own window's reciprocal
+    const storage_t* dy;
+    __device__ acc_t operator()(index_t o, int, int rows, int cols) const {
+        return mul_rn(to_acc(dy[o]), avg_inv(rows, cols));
+    }
+};
+
+struct AdaptiveMaxRoute {  // an output's dy where its switch is this input
+    const storage_t* dy;
+    const int* argmax;
+    __device__ acc_t operator()(index_t o, int self, int, int) const {
+        return argmax[o] == self ? to_acc(dy[o]) : (acc_t)0;
+    }
+};
+
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
 adaptive_avg_pool2d_backward(const storage_t* dy, storage_t* dx, int N, int C, int H, int W, int OH, int OW,
                              int cl) {
     const index_t total = (index_t)N * C * H * W;
     const Act4 in = {C, H, W, cl}, out = {C, OH, OW, cl};
-    for (index_t i = global_thread_index(); i < total; i += global_thread_count()) {
-        int c, ih, iw, oh_lo, oh_hi, ow_lo, ow_hi;
-        const index_t n = in.split(i, &c, &ih, &iw);
-        adaptive_covering(ih, H, OH, &oh_lo, &oh_hi);
-        adaptive_covering(iw, W, OW, &ow_lo, &ow_hi);
-        acc_t s = 0;
-        for (int oh = oh_lo; oh <= oh_hi; ++oh) {
-            const int rows = adaptive_end(oh, H, OH) - adaptive_start(oh, H, OH);
-            for (int ow = ow_lo; ow <= ow_hi; ++ow) {
-                const int cols = adaptive_end(ow, W, OW) - adaptive_start(ow, W, OW);
-                s += mul_rn(to_acc(dy[out.at(n, c, oh, ow)]), avg_inv(rows, cols));
-            }
-        }
-        dx[i] = from_acc(s);
-    }
+    for (index_t i = global_thread_index(); i < total; i += global_thread_count())
+        dx[i] = from_acc(adaptive_gather(i, in, out, AdaptiveAvgShare{dy}));
 }
 
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
@@ -449,20 +476,8 @@ adaptive_max_pool2d_backward(const storage_t* dy, const int* argmax, storage_t* 
                              int OH, int OW, int cl) {
     const index_t total = (index_t)N * C * H * W;
     const Act4 in = {C, H, W, cl}, out = {C, OH, OW, cl};
-    for (index_t i = global_thread_index(); i < total; i += global_thread_count()) {
-        int c, ih, iw, oh_lo, oh_hi, ow_lo, ow_hi;
-        const index_t n = in.split(i, &c, &ih, &iw);
-        adaptive_covering(ih, H, OH, &oh_lo, &oh_hi);
-        adaptive_covering(iw, W, OW, &ow_lo, &ow_hi);
-        const int self = ih * W + iw;
-        acc_t s = 0;
-        for (int oh = oh_lo; oh <= oh_hi; ++oh)
-            for (int ow = ow_lo; ow <= ow_hi; ++ow) {
-                const index_t o = out.at(n, c, oh, ow);
-                s += argmax[o] == self ? to_acc(dy[o]) : (acc_t)0;
-            }
-        dx[i] = from_acc(s);
-    }
+    for (index_t i = global_thread_index(); i < total; i += global_thread_count())
+        dx[i] = from_acc(adaptive_gather(i, in, out, AdaptiveMaxRoute{dy, argmax}));
 }
 
 // x^p in the accumulator type, with the exact forms for the common norms.

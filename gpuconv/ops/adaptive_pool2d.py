@@ -74,45 +74,44 @@ def _fixed(x_shape, out_hw):
 
 def adaptive_avg_pool2d_forward(x, output_size):
     """``y, cache``: the mean of each adaptive window, of shape (N, C, OH, OW)."""
-    out_hw = _check(x, output_size)
-    window = _fixed(x.shape, out_hw)
-    if window is not None:
-        return avg_pool2d_forward(x, window, window)
-    y, cache = _dispatch.call("adaptive_avg_pool2d_forward", backend.kernel_target(x), _avg_forward_reference,
-                              x, out_hw)
-    return layout.like(x, y), cache
+    return _forward("avg", x, output_size)
 
 
 def adaptive_avg_pool2d_backward(dy, cache):
     """``dx``: each ``dy`` entry spread evenly over its window."""
-    if isinstance(cache, AvgPool2dCache):
-        return avg_pool2d_backward(dy, cache)
-    _check_dy(dy, cache, "adaptive_avg_pool2d_forward")
-    dx = _dispatch.call("adaptive_avg_pool2d_backward", backend.kernel_target(dy), _avg_backward_reference, dy,
-                        cache)
-    return layout.to_channels_last(dx) if cache.channels_last else dx
+    return _backward("avg", dy, cache)
 
 
 def adaptive_max_pool2d_forward(x, output_size):
     """``y, cache``: the maximum of each adaptive window, of shape (N, C, OH, OW)."""
-    out_hw = _check(x, output_size)
-    window = _fixed(x.shape, out_hw)
-    if window is not None:
-        return max_pool2d_forward(x, window, window)
-    y, cache = _dispatch.call("adaptive_max_pool2d_forward", backend.kernel_target(x), _max_forward_reference,
-                              x, out_hw)
-    return layout.like(x, y), cache
+    return _forward("max", x, output_size)
 
 
 def adaptive_max_pool2d_backward(dy, cache):
     """``dx``: each ``dy`` entry routed to the input that won its window."""
-    if isinstance(cache, MaxPool2dCache):
-        return max_pool2d_backward(dy, cache)
-    _check_dy(dy, cache, "adaptive_max_pool2d_forward")
-    if cache.argmax is None:
-        raise TypeError("this cache is adaptive_avg_pool2d_forward's: pass it to adaptive_avg_pool2d_backward")
-    dx = _dispatch.call("adaptive_max_pool2d_backward", backend.kernel_target(dy, cache.argmax),
-                        _max_backward_reference, dy, cache)
+    return _backward("max", dy, cache)
+
+
+def _forward(kind, x, output_size):
+    out_hw = _check(x, output_size)
+    window = _fixed(x.shape, out_hw)
+    if window is not None:
+        return _FIXED[kind][0](x, window, window)
+    y, cache = _dispatch.call(f"adaptive_{kind}_pool2d_forward", backend.kernel_target(x), _REFERENCE[kind][0],
+                              x, out_hw)
+    return layout.like(x, y), cache
+
+
+def _backward(kind, dy, cache):
+    fixed_backward, fixed_cache = _FIXED[kind][1:]
+    if isinstance(cache, fixed_cache):
+        return fixed_backward(dy, cache)
+    _check_dy(dy, cache, f"adaptive_{kind}_pool2d_forward")
+    if (cache.argmax is None) != (kind == "avg"):
+        other = "max" if kind == "avg" else "avg"
+        raise TypeError(f"this cache is adaptive_{other}_pool2d_forward's: pass it to adaptive_{other}_pool2d_backward")
+    dx = _dispatch.call(f"adaptive_{kind}_pool2d_backward", backend.kernel_target(dy, cache.argmax),
+                        _REFERENCE[kind][1], dy, cache)
     return layout.to_channels_last(dx) if cache.channels_last else dx
 
 
@@ -190,6 +189,13 @@ def _max_backward_reference(dy, cache):
     for i, j, _, _ in _cells(cache.x_shape, cache.output_size):  # one switch per plane: no index repeats
         dx[planes, cache.argmax[:, :, i, j].reshape(-1)] += dyc[:, :, i, j].reshape(-1)
     return round_once(dx.reshape(cache.x_shape), dy.dtype)
+
+
+# kind -> the fixed-window ops (forward, backward, cache type), and the references (forward, backward)
+_FIXED = {"avg": (avg_pool2d_forward, avg_pool2d_backward, AvgPool2dCache),
+          "max": (max_pool2d_forward, max_pool2d_backward, MaxPool2dCache)}
+_REFERENCE = {"avg": (_avg_forward_reference, _avg_backward_reference),
+              "max": (_max_forward_reference, _max_backward_reference)}
 
 
 # The kernel launchers, for the 'cuda' and 'sim' targets; last, as they import the names above.
