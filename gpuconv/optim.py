@@ -661,7 +661,8 @@ class Adam(Optimizer):
         v += ((1.0 - beta2) * g) * g  # as PyTorch's addcmul: g * g alone overflows float32 from |g| = 1.8e19
         if isinstance(t, int):
             root2, step_size = math.sqrt(1.0 - beta2 ** t), lr / (1.0 - beta1 ** t)
-        else:  # a count on the device (a skippable step): the same float64 values, rounded as a Python float is
+        else:  # a count on the device (a skippable step): the float64 values, rounded as a Python float is
+            # (NumPy's pow is the host's; a GPU's double pow may differ from it in the last bit)
             root2 = xp.sqrt(1.0 - beta2 ** t).astype(p.data.dtype)
             step_size = (lr / (1.0 - beta1 ** t)).astype(p.data.dtype)
         denom = xp.sqrt(v)

@@ -183,9 +183,11 @@ def _max_forward(x, kernel_size, stride):
             xp.multiply(v > yb, np.int32(t), out=moved)
             xp.maximum(ab, moved, out=ab)
             xp.maximum(yb, v, out=yb)  # NaN-propagating, as PyTorch
+        # A NaN output's switch is its window's first NaN (the loop above never moves to one): a
+        # select, never a readback on CuPy; on NumPy only in a chunk that has a NaN.
         nan = xp.isnan(yb)
-        if nan.any():  # a NaN output's switch is its window's first NaN (the loop above never moves to one)
-            ab[nan] = xp.argmax(xp.isnan(planes), axis=0)[nan]
+        if backend.is_cupy_array(yb) or nan.any():
+            xp.copyto(ab, xp.argmax(xp.isnan(planes), axis=0), where=nan, casting="unsafe")
         # Where +0.0 and -0.0 tie, np.maximum returns either (its second operand on x86, +0.0 on
         # ARM): a zero maximum is +0.0 by rule (adding 0 does it), in the kernels too.
         xp.add(yb, yb.dtype.type(0), out=yb)
