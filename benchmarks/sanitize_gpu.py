@@ -297,6 +297,15 @@ def loss(run, rng):
             run.close(f"{tag} loss", got[0], want[0], 1e-5)
             run.close(f"{tag} dlogits", got[1], want[1], 1e-2 if dtype == ml_dtypes.bfloat16 else 1e-5)
             run.close(f"{tag} right predictions", got[2], want[2], 0)
+        # fp16's loss scale read on the device, and the per-row losses of reduction='none'
+        z = (4 * rng.standard_normal((n, c))).astype(np.float16)
+        y = rng.integers(0, c, n)
+        s = run.dev(np.asarray(1024.0, np.float32))
+        got = LL.softmax_cross_entropy_kernel(run.dev(z), run.dev(y), eps, False, s, "none", target=run.target)
+        want = L._softmax_cross_entropy_reference(z, y, eps, False, np.asarray(1024.0, np.float32), "none")
+        tag = f"softmax_cross_entropy {n}x{c} eps={eps} float16 grad_scale reduction='none'"
+        run.close(f"{tag} row losses", got[0], want[0], 1e-5)
+        run.close(f"{tag} dlogits", got[1], want[1], 1e-2)
 
 
 def scale(run, rng):

@@ -1084,8 +1084,9 @@ class CrossEntropyLoss(Layer):
 
     The backward is explicit, as every layer's: ``loss = criterion(logits, labels)``, then
     ``net.backward(criterion.backward())``; ``backward(g)`` scales the gradient by a Python number
-    ``g`` (a scaled loss). Class weights, other reductions and ``ignore_index`` are refused by name
-    (labels must be 0..C-1)."""
+    ``g`` (a scaled loss). ``reduction='sum'`` adds the rows' losses; ``'none'`` returns them, (N,),
+    and ``backward(dy)`` takes their upstream gradient, an (N,) array (None: ones). Class weights
+    and ``ignore_index`` are refused by name (labels must be 0..C-1)."""
 
     _registers_attributes = False
 
@@ -1093,26 +1094,42 @@ class CrossEntropyLoss(Layer):
                  label_smoothing=0.0):
         super().__init__()
         _only("CrossEntropyLoss", weight=(weight, None), size_average=(size_average, None),
-              ignore_index=(ignore_index, -100), reduce=(reduce, None), reduction=(reduction, "mean"))
+              ignore_index=(ignore_index, -100), reduce=(reduce, None))
+        if reduction not in ops.loss.REDUCTIONS:
+            raise ValueError(f"CrossEntropyLoss: reduction must be one of {ops.loss.REDUCTIONS}, got {reduction!r}")
+        self.reduction = reduction
         if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float, np.floating, np.integer)) \
                 or not 0.0 <= float(label_smoothing) <= 1.0:
             raise ValueError(f"CrossEntropyLoss: label_smoothing must be a number in [0, 1], got {label_smoothing!r}")
         self.label_smoothing = float(label_smoothing)
 
     def forward(self, input, target):
-        loss, dlogits = ops.softmax_cross_entropy(input, target, label_smoothing=self.label_smoothing)
+        loss, dlogits = ops.softmax_cross_entropy(input, target, label_smoothing=self.label_smoothing,
+                                                  reduction=self.reduction)
         self._keep(dlogits)
         return loss
 
     def backward(self, dy=None, need_dx=True):
-        """The logits' gradient, ``dy`` times that of the last forward's loss (``dy`` None: 1)."""
+        """The logits' gradient, ``dy`` times that of the last forward's loss (``dy`` None: 1); with
+        ``reduction='none'``, row i times ``dy[i]``."""
         dlogits = self._take_cache()
         if dy is None:
             return dlogits
-        return ops.scale_forward(dlogits, check_factor(dy, "CrossEntropyLoss.backward(dy)"))[0]
+        if self.reduction != "none":
+            return ops.scale_forward(dlogits, check_factor(dy, "CrossEntropyLoss.backward(dy)"))[0]
+        check_array("dy", dy)
+        get_array_module(dlogits, dy)  # a TypeError when one is on the GPU and the other is not
+        if tuple(dy.shape) != dlogits.shape[:1]:
+            raise ValueError(f"CrossEntropyLoss(reduction='none').backward(dy): dy must hold one value per row, shape "
+                             f"{dlogits.shape[:1]}, got {tuple(dy.shape)}")
+        from .precision import round_once, upcast
+        d = upcast(dlogits)  # each row times its dy in the compute dtype, rounded once
+        return round_once(d * upcast(dy)[:, None].astype(d.dtype, copy=False), dlogits.dtype)
 
     def extra_repr(self):
-        return f"label_smoothing={self.label_smoothing:g}" if self.label_smoothing else ""
+        parts = [f"label_smoothing={self.label_smoothing:g}"] if self.label_smoothing else []
+        parts += [f"reduction={self.reduction!r}"] if self.reduction != "mean" else []
+        return ", ".join(parts)
 
 
 def zero_grads(params, set_to_none=True):

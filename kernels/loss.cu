@@ -6,7 +6,7 @@
 //   per row i, with m = max_j z_ij, s = sum_j exp(z_ij - m), lp_ij = (z_ij - m) - log s:
 //     loss_i   = -(1 - eps) * lp_i,label  -  (eps / C) * sum_j lp_ij      (second term when eps != 0)
 //     dz_ij    = ((exp(z_ij - m) / s - eps / C  - [j == label] (1 - eps)) * (1 / N)  [* g]
-//   loss = sum_i loss_i / N
+//   loss = sum_i loss_i / N   (with mean = 0: sum_i loss_i, and the launcher passes 1 for 1 / N)
 // A label outside 0..C-1 makes its row's loss and gradient NaN (the loss then is NaN): the GPU
 // never reads labels back to check them. With ``hits`` (else null) the launch also counts the
 // rows whose prediction is right: hits[0] = #{i : argmax_j z_ij == label_i}, argmax as NumPy's
@@ -76,7 +76,7 @@ __device__ inline int warp_argmax(acc_t& v, int j, int C) {
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
 softmax_cross_entropy(const storage_t* logits, const long long* labels, acc_t* row_loss, acc_t* loss,
                       storage_t* dlogits, int* row_hits, int* hits, unsigned* ticket, int N, int C, acc_t keep,
-                      acc_t eps_c, int smooth, acc_t inv_n, const acc_t* grad_scale) {
+                      acc_t eps_c, int smooth, acc_t inv_n, const acc_t* grad_scale, int mean) {
     const int lane = threadIdx.x & 31;
     const acc_t nan = (acc_t)0 / (acc_t)0;
     const acc_t gs = grad_scale ? *grad_scale : (acc_t)1;
@@ -146,7 +146,7 @@ softmax_cross_entropy(const storage_t* logits, const long long* labels, acc_t* r
             __syncthreads();
         }
         if (threadIdx.x == 0) {
-            loss[0] = part[0] / (acc_t)N;
+            loss[0] = mean ? part[0] / (acc_t)N : part[0];
             if (hits) hits[0] = hit_part[0];
         }
     }

@@ -283,3 +283,27 @@ def test_grad_scale_errors(backend, bad, exc, match):
     y = backend.asarray(np.array([0, 1]))
     with pytest.raises(exc, match=match):
         softmax_cross_entropy(x, y, grad_scale=bad if isinstance(bad, str) else backend.asarray(bad))
+
+
+@pytest.mark.parametrize("reduction", ["sum", "none"])
+@pytest.mark.parametrize("dtype", [np.float32, ml_dtypes.bfloat16])
+def test_reductions_kernel_against_reference(backend, reduction, dtype):
+    """'sum': the rows' losses added, dlogits = softmax - target (no 1/N); 'none': the (N,) row
+    losses; the kernel's agree with the reference within the sums' rounding."""
+    rng = np.random.default_rng(8)
+    n, c = 300, 10
+    logits = (rng.standard_normal((n, c)) * 3).astype(dtype)
+    labels = rng.integers(0, c, n)
+    loss, d = softmax_cross_entropy(backend.asarray(logits), backend.asarray(labels), 0.1, reduction=reduction)
+    want_loss, want_d = _softmax_cross_entropy_reference(logits, labels, 0.1, reduction=reduction)
+    mean_d = _softmax_cross_entropy_reference(logits.astype(np.float32), labels, 0.1)[1]
+    loss = backend.asnumpy(loss)
+    assert loss.shape == ((n,) if reduction == "none" else ()) and loss.dtype == np.float32
+    u = unit_roundoff(np.float32)
+    scale = np.abs(want_loss).sum() if reduction == "sum" else np.abs(want_loss)
+    assert np.all(np.abs(loss - want_loss) <= u * (n + c + 16) * scale)
+    got_d = backend.asnumpy(d).astype(np.float64)
+    np.testing.assert_allclose(got_d, want_d.astype(np.float64), rtol=4 * unit_roundoff(dtype), atol=1e-6)
+    np.testing.assert_allclose(want_d.astype(np.float64), mean_d * n, rtol=4 * unit_roundoff(dtype), atol=1e-6)
+    with pytest.raises(ValueError, match=r"reduction must be one of \('mean', 'sum', 'none'\)"):
+        softmax_cross_entropy(backend.asarray(logits), backend.asarray(labels), reduction="max")

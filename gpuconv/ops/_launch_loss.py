@@ -14,7 +14,8 @@ from ..precision import compute_dtype
 from ._dispatch import register_launcher
 
 @register_launcher("softmax_cross_entropy")
-def softmax_cross_entropy_kernel(logits, labels, eps, count_correct=False, grad_scale=None, *, target):
+def softmax_cross_entropy_kernel(logits, labels, eps, count_correct=False, grad_scale=None, reduction="mean", *,
+                                 target):
     n, c = logits.shape
     if not kernels.int_indexable(n * max(c, 1)):
         return NotImplemented  # rows are int in the kernel
@@ -28,9 +29,12 @@ def softmax_cross_entropy_kernel(logits, labels, eps, count_correct=False, grad_
     row_loss = xp.empty(n, dtype=acc)
     correct, row_hits = (xp.empty((), dtype=np.int32), xp.empty(n, dtype=np.int32)) if count_correct else (None, None)
     # The constants as the reference rounds them: Python floats against acc arrays.
-    keep, eps_c, inv_n = (acc.type(v) for v in (1.0 - eps, eps / c, 1.0 / n))
+    keep, eps_c, inv_n = (acc.type(v) for v in (1.0 - eps, eps / c, 1.0 / n if reduction == "mean" else 1.0))
     grid, block = kernels.grid_1d(32 * n, kernels.BLOCK, target, device)  # a warp per row
     kernels.launch("loss", "softmax_cross_entropy", logits.dtype, target, grid, block,
                    (logits, labels, row_loss, loss, dlogits, row_hits, correct, kernels.tickets(logits, 1),
-                    np.int32(n), np.int32(c), keep, eps_c, np.int32(bool(eps)), inv_n, grad_scale), device=device)
+                    np.int32(n), np.int32(c), keep, eps_c, np.int32(bool(eps)), inv_n, grad_scale,
+                    np.int32(reduction == "mean")), device=device)
+    if reduction == "none":
+        loss = row_loss
     return (loss, dlogits, correct) if count_correct else (loss, dlogits)

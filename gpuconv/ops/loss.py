@@ -30,7 +30,11 @@ from . import _dispatch
 from ._checks import check_array, check_float, check_rank
 
 
-def softmax_cross_entropy(logits, labels, label_smoothing=0.0, count_correct=False, grad_scale=None):
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def softmax_cross_entropy(logits, labels, label_smoothing=0.0, count_correct=False, grad_scale=None,
+                          reduction="mean"):
     """``loss, dlogits`` for ``logits`` (N, C) and integer ``labels`` (N,) in 0..C-1; the loss is
     float32 for float32/bfloat16/float16 logits (float64 for float64), dlogits has the logits' dtype.
 
@@ -43,7 +47,11 @@ def softmax_cross_entropy(logits, labels, label_smoothing=0.0, count_correct=Fal
     ``grad_scale``: a number, or a 0-d array on the logits' device (read there, never on the
     host): ``dlogits`` is multiplied by it in the compute dtype, before it is rounded to the
     logits' dtype. fp16's loss scale goes here, so gradients below float16's smallest numbers
-    are scaled up before they would flush to zero."""
+    are scaled up before they would flush to zero.
+
+    ``reduction`` (PyTorch's): 'mean' (the default) as above; 'sum': the rows' losses added and
+    ``dlogits = softmax - target``; 'none': the (N,) losses of the rows, and dlogits the gradient
+    of their sum (a row's gradient is its loss's; multiply row i by an upstream ``dy[i]``)."""
     check_float("logits", logits)
     check_rank("logits", logits, 2, "N, C: batch, classes")
     check_array("labels", labels)
@@ -59,6 +67,8 @@ def softmax_cross_entropy(logits, labels, label_smoothing=0.0, count_correct=Fal
             isinstance(label_smoothing, (int, float, np.floating)) and 0.0 <= float(label_smoothing) <= 1.0):
         raise ValueError(f"label_smoothing must be a number in [0, 1], got {label_smoothing!r}; 0 disables it, "
                          f"0.1 is a common choice")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS} (PyTorch's), got {reduction!r}")
     if n == 0:
         raise ValueError("logits has no rows (N = 0): the mean loss over an empty batch is undefined")
     if not is_cupy_array(labels):
@@ -67,7 +77,7 @@ def softmax_cross_entropy(logits, labels, label_smoothing=0.0, count_correct=Fal
         grad_scale = _grad_scale(logits, grad_scale)
     target = backend.kernel_target(logits, labels)
     return _dispatch.call("softmax_cross_entropy", target, _softmax_cross_entropy_reference,
-                          logits, labels, float(label_smoothing), bool(count_correct), grad_scale)
+                          logits, labels, float(label_smoothing), bool(count_correct), grad_scale, reduction)
 
 
 def _grad_scale(logits, grad_scale):
@@ -94,7 +104,7 @@ def check_labels(labels, classes: int):
                              f"columns), found {bad}; check the labels or the number of classes")
 
 
-def _softmax_cross_entropy_reference(logits, labels, eps, count_correct=False, grad_scale=None):
+def _softmax_cross_entropy_reference(logits, labels, eps, count_correct=False, grad_scale=None, reduction="mean"):
     dtype, logits = logits.dtype, upcast(logits)
     xp = get_array_module(logits, labels)
     n, c = logits.shape
@@ -112,13 +122,17 @@ def _softmax_cross_entropy_reference(logits, labels, eps, count_correct=False, g
         per_row = per_row - (eps / c) * log_probs.sum(axis=1)
     per_row = xp.where(valid, per_row, dt(np.nan))
     # xp.asarray keeps a 0-d array (NumPy's sum would give a scalar); on CuPy it stays on the GPU.
-    loss = xp.asarray(per_row.sum() / dt(n), dtype=logits.dtype)
+    if reduction == "none":
+        loss = per_row
+    else:
+        loss = xp.asarray(per_row.sum() / dt(n) if reduction == "mean" else per_row.sum(), dtype=logits.dtype)
 
     dlogits = probs
     if eps:
         dlogits = dlogits - dt(eps / c)
     dlogits[xp.arange(n), idx] -= dt(1.0 - eps)
-    dlogits *= dt(1.0 / n)
+    if reduction == "mean":
+        dlogits *= dt(1.0 / n)
     if grad_scale is not None:
         dlogits *= grad_scale
     dlogits = xp.where(valid[:, None], dlogits, dt(np.nan))
