@@ -88,7 +88,7 @@ def cast_parameters(model, dtype, backward: bool = True):
     them in, so the forward takes them without a repacking copy; the same launches write each
     filter also as the tensor-core data gradient reads it (CRSK, K padded to the kernels' 16-byte
     piece; ``_launch_conv2d_tc.pack_for_data_gradient``), which it would otherwise repack per
-    call (``backward=False``, for evaluation: not). Anything else is cast by ``astype``."""
+    call (``backward=False``, for evaluation, or a GPU without tensor cores: not). Anything else is cast by ``astype``."""
     dt = None if dtype is None else np.dtype(dtype)
     batch = []
     for m in model.modules():
@@ -105,7 +105,7 @@ def cast_parameters(model, dtype, backward: bool = True):
                 with backend.array_device_context((p.data,)):  # CuPy allocates on the current device
                     p.compute = layout.empty(xp, p.data.shape, dt, channels_last=True) if p.data.ndim == 4 \
                         else xp.empty(p.data.shape, dt)
-                    packed = _data_gradient_filters(xp, p.data, dt) if backward else None
+                    packed = _data_gradient_filters(xp, p.data, dt) if backward and _tensor_cores(p.data) else None
                 batch.append((p.data, p.compute, 0))
                 if packed is not None:
                     tc.pack_for_data_gradient(p.compute, packed)
@@ -117,6 +117,12 @@ def cast_parameters(model, dtype, backward: bool = True):
                 p.compute = p.data.astype(dt)
     if batch:
         _launch_cast(batch)
+
+
+def _tensor_cores(data) -> bool:
+    """Whether ``data``'s device runs the tensor-core convolutions, the only readers of the data
+    gradient's packed filters (a T4's or a V100's bf16/fp16 convolutions run on CUDA cores)."""
+    return kernels.tensor_cores_for(backend.kernel_target(data), lambda: kernels.array_device([data]))
 
 
 def _castable(data, dt) -> bool:

@@ -350,6 +350,28 @@ def test_a_packed_copy_lives_as_long_as_its_compute_copy_and_evaluation_casts_no
     assert log.names == ["cast_parameters"]
 
 
+def test_a_gpu_without_tensor_cores_gets_no_packed_filters(monkeypatch):
+    """On a T4 or a V100 the bf16/fp16 convolutions run on CUDA cores, which never read the data
+    gradient's packed filters: the cast writes none (one copy per filter fewer each step), and the
+    step's gradients are those of a cast that writes them."""
+    from gpuconv.ops import _launch_conv2d_tc as TC
+    monkeypatch.setattr(kernels, "tensor_cores_for", lambda target, device: False)  # a T4 (on the simulator)
+    x, y = batch()
+    grads, asks_the_device = [], amp._tensor_cores
+    for pack in (True, False):  # before: packed all the same; now: the device's answer
+        monkeypatch.setattr(amp, "_tensor_cores", (lambda data: True) if pack else asks_the_device)
+        with gpuconv.default_device("sim"), kernels.launch_log() as log:
+            model = small_net()
+            amp.cast_parameters(model, BF16)
+            assert [id(p.compute) in TC._PACKED for p in (model[0].weight, model[4].weight)] == [pack] * 2
+            amp.cast_parameters(model, None)
+            amp.training_step(model, SGD(model.parameters(), lr=0.0), x, y, "bf16")
+        assert not any("_tc" in name for name in log.names)  # the CUDA-core convolutions ran
+        grads.append([p.grad.copy() for p in model.parameters()])
+    for a, b in zip(*grads):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_the_data_gradient_reads_the_cast_copy_with_the_repacks_bits(monkeypatch):
     """In a bf16 step the tensor-core data gradient takes the filters as the cast wrote them (no
     repacking copy) and computes the same bits as from its own repack."""
