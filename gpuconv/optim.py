@@ -128,12 +128,11 @@ class Optimizer:
     """Base class: holds the parameter list, ``lr``, per-parameter state and the state dict logic.
 
     Subclasses name their hyperparameters in ``_hyper`` and their per-parameter arrays in
-    ``_slots`` (plus an integer ``step`` count where the update needs it, named in
-    ``_slots_at_skip``: a skippable step keeps it on the device)."""
+    ``_slots`` (plus an integer ``step`` count where the update needs it, ``_counts_steps``: a
+    skippable step keeps it on the device)."""
 
     _hyper: tuple = ()
     _slots: tuple = ()
-    _slots_at_skip: tuple = ()
     _counts_steps = False
     # Whether step() reads its groups' learning rates from the device (write_lrs) on a kernel
     # target, so that a replayed step (gpuconv.graphs) follows the schedule. A class says so
@@ -399,10 +398,10 @@ class Optimizer:
             return
         for i, p, state in self._with_grads():
             xp = get_array_module(p.data)
-            if "step" in self._slots_at_skip and not hasattr(state.get("step", 0), "shape"):
+            if self._counts_steps and not hasattr(state.get("step", 0), "shape"):
                 # the count moves to the device, so that the skip can keep it as it was
                 state["step"] = to_device(np.asarray(state.get("step", 0), np.int64), device_of(p.data))
-            names = self._slots + self._slots_at_skip
+            names = self._slots + (("step",) if self._counts_steps else ())
             before = {name: state[name].copy() for name in names if name in state}
             data = p.data.copy()
             self._update(p, state, self.hyper(i))
@@ -608,7 +607,7 @@ class Adam(Optimizer):
 
     _hyper = ("beta1", "beta2", "eps", "weight_decay")
     _slots = ("exp_avg", "exp_avg_sq")
-    _slots_at_skip = ("step",)
+    _counts_steps = True
     _decoupled = False
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, *,
