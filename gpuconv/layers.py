@@ -39,6 +39,7 @@ from .backend import (Device, copy_like, device_of, get_array_module, get_defaul
                       to_device)
 from .ops._checks import check_array, check_floor
 from .ops.scale import check_factor
+from .precision import round_once, upcast
 
 __all__ = ["Parameter", "Layer", "Module", "Identity", "Conv2d", "MaxPool2d", "AvgPool2d", "LPPool2d",
            "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "ReLU", "GELU", "Flatten", "Linear", "BatchNorm2d", "Dropout",
@@ -1122,7 +1123,6 @@ class CrossEntropyLoss(Layer):
         if tuple(dy.shape) != dlogits.shape[:1]:
             raise ValueError(f"CrossEntropyLoss(reduction='none').backward(dy): dy must hold one value per row, shape "
                              f"{dlogits.shape[:1]}, got {tuple(dy.shape)}")
-        from .precision import round_once, upcast
         d = upcast(dlogits)  # each row times its dy in the compute dtype, rounded once
         return round_once(d * upcast(dy)[:, None].astype(d.dtype, copy=False), dlogits.dtype)
 
