@@ -145,7 +145,8 @@ class Trainer:
     a tool can rebuild the model (a resume keeps the checkpoint's when none is given).
     ``monitor``: 'auto' samples GPU telemetry when the model is on CUDA; True/False force it; a
     :class:`GPUMonitor` is used as given. ``seed`` seeds the trainer's own generator ``self.rng``
-    (saved and restored with the checkpoint, for code that extends the trainer); the model and the loader take their own seeds, so runs repeat exactly.
+    (saved and restored with the checkpoint, for code that extends the trainer); the model and
+    the loader take their own seeds, so runs repeat exactly.
     ``precision``: 'fp32', 'tf32', 'bf16', 'fp16' or 'auto' (:mod:`gpuconv.amp`: bf16 where the
     model's parameters are on a GPU with bfloat16 tensor cores, else fp32; default: the float32
     mode in effect, :func:`gpuconv.get_precision`); fp16 scales the loss with ``loss_scaler``
