@@ -1,4 +1,4 @@
-"""Yes/no settings read from environment variables, one reading rule for all of them."""
+"""Settings read from environment variables: yes/no flags and sizes, one reading rule for each kind."""
 from __future__ import annotations
 
 import os
@@ -19,3 +19,18 @@ def flag(name: str, default: bool = False) -> bool:
     if value in _OFF:
         return False
     raise ValueError(f"{name}={raw!r}: give 1 (or true, yes, on) to turn it on, 0 (or false, no, off) to turn it off")
+
+
+def mebibytes(name: str, default: int) -> int | None:
+    """``$name`` as a size in MiB (a whole number; 0 means no limit, returned as None), ``default``
+    when unset or empty; anything else is an error naming the variable."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ValueError(f"{name}={raw!r}: give a whole number of MiB (e.g. {default}), or 0 for no limit")
+    return value or None

@@ -6,6 +6,9 @@ import os
 import pathlib
 import stat
 import tempfile
+import time
+
+from . import _env
 
 
 def _umask() -> int:
@@ -93,6 +96,63 @@ def trusted_binary(path) -> bool:
         return False
     # in a sticky shared directory (its owner trusted) any user may add files: only ours and root's count
     return st.st_uid in ((uid, 0) if dst.st_mode & 0o002 else (uid, 0, dst.st_uid))
+
+
+CACHE_LIMIT_MB = 2048  # per cache directory; $GPUCONV_CACHE_LIMIT_MB overrides (0: no limit)
+CACHE_KEEP_S = 3600.0   # a file used within the last hour is never pruned (another process may be loading it)
+
+
+def mark_used(path) -> None:
+    """Record a cache hit in the file's modification time, which the pruning reads as its last
+    use (access times are not kept on most mounts). Another user's file stays as it is."""
+    with contextlib.suppress(OSError):
+        os.utime(path)
+
+
+def cache_limit() -> int | None:
+    """Bytes a kernel cache directory may hold before its least recently used binaries are deleted:
+    $GPUCONV_CACHE_LIMIT_MB (0: no limit), else 2 GiB."""
+    mib = _env.mebibytes("GPUCONV_CACHE_LIMIT_MB", CACHE_LIMIT_MB)
+    return None if mib is None else mib << 20
+
+
+def prune_cache(directory, names, limit_bytes: int | None = -1, keep_s: float = CACHE_KEEP_S) -> int:
+    """Deletes the least recently used files of ``directory`` whose names match ``names`` (a
+    compiled regular expression: only the cache's own files, whatever else the directory holds)
+    once they total more than ``limit_bytes``, oldest first, down to three quarters of it. Files
+    used within ``keep_s`` seconds stay; a file this user may not delete is skipped. Returns the
+    bytes freed. ``limit_bytes`` None: no limit; left out: ``cache_limit()``."""
+    if limit_bytes == -1:
+        limit_bytes = cache_limit()
+    if limit_bytes is None:
+        return 0
+    entries, total = [], 0
+    try:
+        with os.scandir(directory) as it:
+            for entry in it:
+                if not names.match(entry.name):
+                    continue
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if stat.S_ISREG(st.st_mode):
+                    entries.append((st.st_mtime, st.st_size, entry.path))
+                    total += st.st_size
+    except OSError:
+        return 0
+    if total <= limit_bytes:
+        return 0
+    cutoff, target, freed = time.time() - keep_s, limit_bytes * 3 // 4, 0
+    for mtime, size, path in sorted(entries):
+        if total - freed <= target or mtime > cutoff:
+            break
+        try:
+            os.unlink(path)
+        except OSError:
+            continue
+        freed += size
+    return freed
 
 
 def chmod_like_a_new_file(fd, path: pathlib.Path) -> None:

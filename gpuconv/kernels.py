@@ -86,7 +86,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _env
+from . import _env, _files
 from ._files import make_dirs, private_temp_dir, trusted_binary, untrusted_cache_dir, write_atomic
 from . import backend  # attribute access at call time: tests fake CuPy by patching it
 from . import layout, precision
@@ -1050,6 +1050,8 @@ def cuda_cache_dir() -> pathlib.Path:
 
 
 _cache_dir_warned = False
+# The cache's own files: <op>-<build>-<arch>-<key>.cubin/.ptx, and write_atomic's leftovers of them.
+CACHE_FILES = re.compile(r"^\.?[\w.+-]+-[0-9a-f]{24}\.(cubin|ptx)(\.\w+\.tmp)?$")
 
 
 _cache_warned = False
@@ -1091,9 +1093,13 @@ def _cached_binary(src, op_file, dt, arch, where="", tf32=False):
     label = _label(dt, tf32).replace("+", "-")
     path = cuda_cache_dir() / f"{op_file}-{label}-{arch}-{key[:24]}.{'cubin' if arch.startswith('sm_') else 'ptx'}"
     if trusted_binary(path) and _whole_binary(path):  # (one another user could have put there is compiled again)
+        _files.mark_used(path)
         return path, None
     binary = nvrtc_compile(src, op_file, dt, arch, where, tf32)
-    return (path if _store(path, binary) else None), binary
+    if not _store(path, binary):
+        return None, binary
+    _files.prune_cache(path.parent, CACHE_FILES)
+    return path, binary
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -260,6 +261,69 @@ def test_build_cache_hit_without_recompile(tmp_path, monkeypatch):
     y = np.zeros(3, np.float32)
     second.get_function("fill")(1, 3, (y,))
     np.testing.assert_array_equal(y, 7.0)
+
+
+def test_build_cache_keeps_under_its_limit_deleting_the_least_recently_used(tmp_path, monkeypatch):
+    """A developer's edits leave one build per version of each kernel file: past
+    $GPUCONV_CACHE_LIMIT_MB the builds used longest ago go, down to three quarters of the limit;
+    a hit counts as a use; builds used within the hour stay whatever the size; files that are not
+    the cache's own stay whatever their age; 0 turns the limit off."""
+    from gpuconv import _files
+    from gpuconv.hostsim import _build
+    monkeypatch.setenv("GPUCONV_SIM_CACHE", str(tmp_path))
+    day = 86400
+    now = time.time()
+    old = []
+    for i in range(8):  # 8 old builds of 1 MiB, used i days ago (the .cu kept beside each)
+        so = tmp_path / f"kernels_conv2d.cu_float_-{i:020x}.so"
+        so.write_bytes(b"\0" * (1 << 20))
+        so.with_suffix(".cu").write_text("// source")
+        for f in (so, so.with_suffix(".cu")):
+            os.utime(f, (now - (i + 1) * day, now - (i + 1) * day))
+        old.append(so)
+    leftover = tmp_path / "kernels_relu.cu_float_-0123456789abcdef0123k3j_x9q2.so.tmp"  # a killed build's
+    leftover.write_bytes(b"\0" * 100)
+    os.utime(leftover, (now - 30 * day, now - 30 * day))
+    theirs = tmp_path / "notes.txt"  # not the cache's: never deleted
+    theirs.write_bytes(b"\0" * (1 << 20))
+    os.utime(theirs, (now - 90 * day, now - 90 * day))
+    assert all(_build.CACHE_FILES.match(f.name) for f in (*old, old[0].with_suffix(".cu"), leftover))
+    assert not _build.CACHE_FILES.match(theirs.name)
+
+    source = 'extern "C" __global__ void fill(float* y) { y[threadIdx.x] = 3.0f; }\n// prune test\n'
+    hostsim._modules.clear()
+    monkeypatch.setenv("GPUCONV_CACHE_LIMIT_MB", "6")
+    new = hostsim.compile(source, name="prunetest")  # a miss: prunes after its build
+    left = sorted(f.name for f in tmp_path.glob("kernels_conv2d*.so"))
+    total = sum(f.stat().st_size for f in tmp_path.iterdir() if _build.CACHE_FILES.match(f.name))
+    assert total <= 6 * (1 << 20) * 3 // 4
+    assert left == sorted(f.name for f in old[:len(left)])  # the most recently used kept
+    assert len(left) == 4 and not leftover.exists() and theirs.exists() and pathlib.Path(new.path).exists()
+
+    # a hit is a use: the oldest build, used now, outlives newer ones at the next prune
+    keep = old[len(left) - 1]
+    hostsim._modules.clear()
+    before = keep.stat().st_mtime
+    _files.mark_used(keep)
+    assert keep.stat().st_mtime > before
+    monkeypatch.setenv("GPUCONV_CACHE_LIMIT_MB", "3")
+    assert _files.prune_cache(tmp_path, _build.CACHE_FILES) >= 2 << 20
+    assert keep.exists() and old[0].exists() and not old[1].exists() and not old[2].exists()
+
+    # used within the hour: kept even past the limit; no limit with 0
+    monkeypatch.setenv("GPUCONV_CACHE_LIMIT_MB", "1")
+    assert _files.prune_cache(tmp_path, _build.CACHE_FILES) >= 1 << 20 and not old[0].exists()
+    assert _files.prune_cache(tmp_path, _build.CACHE_FILES) == 0 and keep.exists()
+    assert pathlib.Path(new.path).exists()
+    os.utime(keep, (now - day, now - day))
+    monkeypatch.setenv("GPUCONV_CACHE_LIMIT_MB", "0")
+    assert _files.prune_cache(tmp_path, _build.CACHE_FILES) == 0 and keep.exists()
+    monkeypatch.setenv("GPUCONV_CACHE_LIMIT_MB", "1")
+    assert _files.prune_cache(tmp_path, _build.CACHE_FILES) >= 1 << 20 and not keep.exists()
+    for bad in ("-1", "2GB", "1.5"):
+        monkeypatch.setenv("GPUCONV_CACHE_LIMIT_MB", bad)
+        with pytest.raises(ValueError, match="GPUCONV_CACHE_LIMIT_MB=.*whole number of MiB.*0 for no limit"):
+            _files.cache_limit()
 
 
 def test_build_cache_survives_what_shared_machines_do_to_it(tmp_path, monkeypatch):

@@ -426,6 +426,33 @@ def test_gpu_path_builds_a_cubin_for_the_device_and_caches_it_on_disk(fake_gpu):
 
 
 @needs_nvrtc
+def test_the_cuda_cache_drops_its_least_recently_used_binaries_past_its_limit(fake_gpu, monkeypatch):
+    """Past $GPUCONV_CACHE_LIMIT_MB a compile that stores a new binary deletes the binaries used
+    longest ago (a load counts as a use); other files in the directory stay."""
+    import os
+    import time
+    old = time.time() - 7 * 86400
+    mod = kernels.get_module("relu", np.float32, "cuda", device=0)
+    cache = fake_gpu.cache
+    stale = [cache / f"conv2d-float-sm_90-{i:024x}.cubin" for i in range(3)]
+    for f in stale:
+        f.write_bytes(b"\0" * (1 << 20))
+    theirs = cache / "README"
+    theirs.write_bytes(b"\0" * (1 << 20))
+    for i, f in enumerate((*stale, theirs, pathlib.Path(mod.path))):
+        os.utime(f, (old - i * 86400, old - i * 86400))  # stale[2] the least recently used
+    assert all(kernels.CACHE_FILES.match(f.name) for f in (*stale, pathlib.Path(mod.path)))
+    kernels.clear_cache()
+    assert kernels.get_module("relu", np.float32, "cuda", device=0).path == mod.path  # a hit: used now
+    assert pathlib.Path(mod.path).stat().st_mtime > old + 86400
+    monkeypatch.setenv("GPUCONV_CACHE_LIMIT_MB", "2")
+    kernels.get_module("relu", np.float64, "cuda", device=0)  # a compile: the cache is pruned
+    assert [f.exists() for f in stale] == [True, False, False]  # down to 3/4 of the limit, oldest first
+    assert theirs.exists() and pathlib.Path(mod.path).exists()
+    assert len(fake_gpu.calls) == 2
+
+
+@needs_nvrtc
 def test_hopper_builds_the_wgmma_file_for_sm_90a_and_the_others_for_sm_90(fake_gpu):
     """conv2d_tc (its tcwg kernels use wgmma) is built for the arch-specific sm_90a on a
     compute-capability-9.0 device; every other file keeps the portable sm_90 CUBIN."""

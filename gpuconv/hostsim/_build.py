@@ -33,6 +33,10 @@ SANITIZE_FLAGS = ("-O1", "-g", "-shared", "-fPIC", "-std=c++17", "-fno-strict-al
 
 stats = {"compiles": 0, "disk_hits": 0}
 
+# The cache's own files: builds (<name>-<key>[-u<uid>].so and their .cu sources) and what a killed
+# build leaves behind (mkstemp's <name>-<key>XXXXXXXX.so.tmp, write_atomic's .<file>.XXXXXXXX.tmp).
+CACHE_FILES = re.compile(r"^\.?[\w.-]+-[0-9a-f]{20}(-u\d+)?(\.(so|cu)(\.\w+\.tmp)?|\w*\.so\.tmp)$")
+
 
 _fallback_warned = False
 
@@ -102,6 +106,7 @@ def build(text: str, name: str, sanitize: bool, options=(), rebuild: bool = Fals
     so = root / f"{stem}.so"
     if not rebuild and trusted_binary(so):
         stats["disk_hits"] += 1
+        _files.mark_used(so)
         return so, True
     # A library there that another user could have put or changed is never loaded: this user's own
     # build goes beside it, under a name of this user's (a sticky shared cache: one per user).
@@ -109,6 +114,7 @@ def build(text: str, name: str, sanitize: bool, options=(), rebuild: bool = Fals
     if os.path.lexists(so) and not trusted_binary(so):
         if not rebuild and trusted_binary(mine):
             stats["disk_hits"] += 1
+            _files.mark_used(mine)
             return mine, True
         so = mine
     src = so.with_suffix(".cu")
@@ -136,5 +142,6 @@ def build(text: str, name: str, sanitize: bool, options=(), rebuild: bool = Fals
         if os.path.exists(tmp):
             os.unlink(tmp)
     stats["compiles"] += 1
+    _files.prune_cache(root, CACHE_FILES)
     return so, False
 
