@@ -306,6 +306,18 @@ def loss(run, rng):
         tag = f"softmax_cross_entropy {n}x{c} eps={eps} float16 grad_scale reduction='none'"
         run.close(f"{tag} row losses", got[0], want[0], 1e-5)
         run.close(f"{tag} dlogits", got[1], want[1], 1e-2)
+        # PyTorch's class weights and ignore_index: the weights and the divisor read on the device
+        z = (4 * rng.standard_normal((n, c))).astype(np.float32)
+        y = rng.integers(0, c, n)
+        y[1::3] = -100
+        w = (rng.random(c) + 0.5).astype(np.float32)
+        got = LL.softmax_cross_entropy_kernel(run.dev(z), run.dev(y), eps, True, None, "mean", run.dev(w), -100,
+                                              target=run.target)
+        want = L._softmax_cross_entropy_reference(z, y, eps, True, None, "mean", w, -100)
+        tag = f"softmax_cross_entropy {n}x{c} eps={eps} float32 weight ignore_index"
+        run.close(f"{tag} loss", got[0], want[0], 1e-5)
+        run.close(f"{tag} dlogits", got[1], want[1], 1e-5)
+        run.close(f"{tag} right predictions", got[2], want[2], 0)
 
 
 def scale(run, rng):

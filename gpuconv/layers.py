@@ -1086,16 +1086,26 @@ class CrossEntropyLoss(Layer):
     The backward is explicit, as every layer's: ``loss = criterion(logits, labels)``, then
     ``net.backward(criterion.backward())``; ``backward(g)`` scales the gradient by a Python number
     ``g`` (a scaled loss). ``reduction='sum'`` adds the rows' losses; ``'none'`` returns them, (N,),
-    and ``backward(dy)`` takes their upstream gradient, an (N,) array (None: ones). Class weights
-    and ``ignore_index`` are refused by name (labels must be 0..C-1)."""
+    and ``backward(dy)`` takes their upstream gradient, an (N,) array (None: ones). ``weight``, a
+    (C,) float array of class weights on the logits' device, and ``ignore_index`` (default -100,
+    PyTorch's: rows with that label add nothing and leave the mean's divisor) as PyTorch defines
+    them."""
 
     _registers_attributes = False
 
     def __init__(self, weight=None, size_average=None, ignore_index=-100, reduce=None, reduction="mean",
                  label_smoothing=0.0):
         super().__init__()
-        _only("CrossEntropyLoss", weight=(weight, None), size_average=(size_average, None),
-              ignore_index=(ignore_index, -100), reduce=(reduce, None))
+        _only("CrossEntropyLoss", size_average=(size_average, None), reduce=(reduce, None))
+        if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer)):
+            raise TypeError(f"CrossEntropyLoss: ignore_index must be an int (PyTorch's default -100), got "
+                            f"{ignore_index!r}")
+        if weight is not None:
+            check_array("weight", weight)
+            if weight.ndim != 1 or weight.dtype.kind != "f":
+                raise ValueError(f"CrossEntropyLoss: weight must be a 1-D float array of one weight per class, got "
+                                 f"shape {tuple(weight.shape)} dtype {weight.dtype}")
+        self.weight, self.ignore_index = weight, int(ignore_index)
         if reduction not in ops.loss.REDUCTIONS:
             raise ValueError(f"CrossEntropyLoss: reduction must be one of {ops.loss.REDUCTIONS}, got {reduction!r}")
         self.reduction = reduction
@@ -1106,7 +1116,8 @@ class CrossEntropyLoss(Layer):
 
     def forward(self, input, target):
         loss, dlogits = ops.softmax_cross_entropy(input, target, label_smoothing=self.label_smoothing,
-                                                  reduction=self.reduction)
+                                                  reduction=self.reduction, weight=self.weight,
+                                                  ignore_index=self.ignore_index)
         self._keep(dlogits)
         return loss
 
@@ -1129,6 +1140,8 @@ class CrossEntropyLoss(Layer):
     def extra_repr(self):
         parts = [f"label_smoothing={self.label_smoothing:g}"] if self.label_smoothing else []
         parts += [f"reduction={self.reduction!r}"] if self.reduction != "mean" else []
+        parts += [f"weight=({self.weight.shape[0]},)"] if self.weight is not None else []
+        parts += [f"ignore_index={self.ignore_index}"] if self.ignore_index != -100 else []
         return ", ".join(parts)
 
 

@@ -16,6 +16,15 @@
 // loss scale, applied while the gradient is still float32 (a gradient rounded to float16 first
 // would lose what lies below float16's range, which is what the scale is there to keep).
 //
+// PyTorch's class weights and ignore_index: with ``class_w`` (else null) a row's loss is
+//     loss_i = -(1 - eps) * (w_label * lp_i,label)  -  (eps / C) * sum_j (w_j * lp_ij)
+//     dz_ij  = (p_ij * ((1 - eps) w_label + (eps / C) W) - (eps / C) w_j - [j == label] (1 - eps) w_label) * (1 / D)
+// (W = wstats[0], the weights' sum); a row whose label is ``ignore_label`` (when ``has_ignore``) has
+// loss 0, gradient 0 and is never a hit. With ``wstats`` (else null) the mean divides by
+// D = wstats[1], the kept rows' weights summed (their count without weights), where it divides by N
+// otherwise. Both sums come from the launcher (array reductions of the weights and labels), so
+// the kernel and the reference divide by the same bits.
+//
 // Launch: a 1-D grid of GPUCONV_BLOCK threads, one warp per row (lanes stride over the classes;
 // the max and the sums are xor-shuffle trees, a fixed order), rows grid-strided. Each row's loss
 // goes to row_loss[i]; the last block to finish (a ticket taken with atomicAdd after a fence)
@@ -31,8 +40,8 @@
 // own, mul_rn); exp and log are the device's (expf/logf: a few ulp), so results agree with the
 // reference to rounding.
 //
-// Registers on sm_90 (ptxas 13, tests/test_nvrtc.py): 32 in the float32, bf16 and fp16 builds,
-// 56 in float64; 2 KiB of shared memory (3 KiB in float64); no spills.
+// Registers on sm_90 (ptxas 13, tests/test_nvrtc.py): 40 in the float32, bf16 and fp16 builds,
+// 64 in float64; 2 KiB of shared memory (3 KiB in float64); no spills.
 //
 // Kernels (extern "C"): softmax_cross_entropy.
 
@@ -76,10 +85,12 @@ __device__ inline int warp_argmax(acc_t& v, int j, int C) {
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
 softmax_cross_entropy(const storage_t* logits, const long long* labels, acc_t* row_loss, acc_t* loss,
                       storage_t* dlogits, int* row_hits, int* hits, unsigned* ticket, int N, int C, acc_t keep,
-                      acc_t eps_c, int smooth, acc_t inv_n, const acc_t* grad_scale, int mean) {
+                      acc_t eps_c, int smooth, acc_t inv_n, const acc_t* grad_scale, int mean,
+                      const acc_t* class_w, const acc_t* wstats, long long ignore_label, int has_ignore) {
     const int lane = threadIdx.x & 31;
     const acc_t nan = (acc_t)0 / (acc_t)0;
     const acc_t gs = grad_scale ? *grad_scale : (acc_t)1;
+    if (wstats) inv_n = mean ? (acc_t)1 / wstats[1] : (acc_t)1;
     for (int row = blockIdx.x * LOSS_WARPS + (threadIdx.x >> 5); row < N; row += gridDim.x * LOSS_WARPS) {
         const storage_t* z = logits + (index_t)row * C;
         acc_t m = -(acc_t)1 / (acc_t)0;  // the lane's maximum, then the row's
@@ -98,28 +109,40 @@ softmax_cross_entropy(const storage_t* logits, const long long* labels, acc_t* r
         const acc_t log_s = loss_log(s);
         acc_t lp_sum = 0;
         if (smooth) {
-            for (int j = lane; j < C; j += 32) lp_sum += (to_acc(z[j]) - m) - log_s;
+            for (int j = lane; j < C; j += 32) {
+                const acc_t lp = (to_acc(z[j]) - m) - log_s;
+                lp_sum += class_w ? mul_rn(class_w[j], lp) : lp;
+            }
             lp_sum = warp_sum(lp_sum);
         }
         const long long label = labels[row];
-        const bool valid = label >= 0 && label < C;
+        const bool ignored = has_ignore && label == ignore_label;
+        const bool valid = ignored || (label >= 0 && label < C);
+        const acc_t w_label = class_w && valid && !ignored ? class_w[label] : (acc_t)1;
+        const acc_t keep_w = class_w ? mul_rn(keep, w_label) : keep;  // (1 - eps) w_label
         if (lane == 0) {
             acc_t r = nan;
-            if (valid) {
-                r = mul_rn(-keep, (to_acc(z[label]) - m) - log_s);
+            if (ignored) {
+                r = 0;
+            } else if (valid) {
+                const acc_t lp = (to_acc(z[label]) - m) - log_s;
+                r = mul_rn(-keep, class_w ? mul_rn(w_label, lp) : lp);
                 if (smooth) r -= mul_rn(eps_c, lp_sum);
             }
             row_loss[row] = r;
-            if (hits) row_hits[row] = arg == label;
+            if (hits) row_hits[row] = !ignored && arg == label;
         }
+        // the softmax's coefficient: 1 without weights, (1 - eps) w_label + (eps / C) W with them
+        const acc_t coef = class_w ? keep_w + (smooth ? mul_rn(eps_c, wstats[0]) : (acc_t)0) : (acc_t)1;
         storage_t* d = dlogits + (index_t)row * C;
         for (int j = lane; j < C; j += 32) {
             acc_t g = loss_exp(to_acc(z[j]) - m) / s;
-            if (smooth) g -= eps_c;
-            if (j == label) g -= keep;
+            if (class_w) g = mul_rn(g, coef);
+            if (smooth) g -= class_w ? mul_rn(eps_c, class_w[j]) : eps_c;
+            if (j == label) g -= keep_w;
             g = mul_rn(g, inv_n);
             if (grad_scale) g = mul_rn(g, gs);
-            d[j] = from_acc(valid ? g : nan);
+            d[j] = from_acc(ignored ? (acc_t)0 : valid ? g : nan);
         }
     }
 
@@ -146,7 +169,7 @@ softmax_cross_entropy(const storage_t* logits, const long long* labels, acc_t* r
             __syncthreads();
         }
         if (threadIdx.x == 0) {
-            loss[0] = mean ? part[0] / (acc_t)N : part[0];
+            loss[0] = !mean ? part[0] : part[0] / (wstats ? wstats[1] : (acc_t)N);
             if (hits) hits[0] = hit_part[0];
         }
     }

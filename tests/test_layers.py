@@ -296,11 +296,14 @@ def test_cross_entropy_loss_reductions(backend, reduction):
 
 
 def test_cross_entropy_loss_refuses_what_it_does_not_compute():
-    for kwargs, says in ((dict(reduction="max"), "reduction must be one of"), (dict(weight=np.ones(4)), "weight=<ndarray>"),
-                         (dict(ignore_index=0), "ignore_index=0"), (dict(label_smoothing=1.5), r"\[0, 1\]"),
-                         (dict(label_smoothing="0.1"), r"\[0, 1\]")):
+    for kwargs, says in ((dict(reduction="max"), "reduction must be one of"), (dict(size_average=True), "size_average"),
+                         (dict(weight=np.ones((2, 2))), "weight must be a 1-D float array"),
+                         (dict(weight=np.ones(3, np.int64)), "weight must be a 1-D float array"),
+                         (dict(label_smoothing=1.5), r"\[0, 1\]"), (dict(label_smoothing="0.1"), r"\[0, 1\]")):
         with pytest.raises(ValueError, match=says):
             CrossEntropyLoss(**kwargs)
+    with pytest.raises(TypeError, match="ignore_index must be an int"):
+        CrossEntropyLoss(ignore_index=None)
     crit = CrossEntropyLoss()
     with pytest.raises(ValueError, match="labels"):
         crit(np.zeros((2, 3), np.float32), np.array([0, 3]))
@@ -314,6 +317,16 @@ def test_cross_entropy_loss_refuses_what_it_does_not_compute():
     want = torch.nn.CrossEntropyLoss(label_smoothing=0.1)(lt, torch.from_numpy(labels))
     want.backward()
     crit = CrossEntropyLoss(None, None, -100, None, "mean", 0.1)  # torch's positional order
+    np.testing.assert_allclose(float(crit(logits, labels)), want.item(), rtol=1e-6)
+    np.testing.assert_allclose(crit.backward(), lt.grad.numpy(), rtol=1e-5, atol=1e-8)
+    # class weights, and -100 ignored by default, as PyTorch's module does
+    weight = np.linspace(0.5, 2.0, 10).astype(np.float32)
+    labels[1] = -100
+    lt = torch.tensor(logits, requires_grad=True)
+    want = torch.nn.CrossEntropyLoss(torch.from_numpy(weight), label_smoothing=0.1)(lt, torch.from_numpy(labels))
+    want.backward()
+    crit = CrossEntropyLoss(weight, label_smoothing=0.1)
+    assert repr(crit) == "CrossEntropyLoss(label_smoothing=0.1, weight=(10,))"
     np.testing.assert_allclose(float(crit(logits, labels)), want.item(), rtol=1e-6)
     np.testing.assert_allclose(crit.backward(), lt.grad.numpy(), rtol=1e-5, atol=1e-8)
 

@@ -307,3 +307,135 @@ def test_reductions_kernel_against_reference(backend, reduction, dtype):
     np.testing.assert_allclose(want_d.astype(np.float64), mean_d * n, rtol=4 * unit_roundoff(dtype), atol=1e-6)
     with pytest.raises(ValueError, match=r"reduction must be one of \('mean', 'sum', 'none'\)"):
         softmax_cross_entropy(backend.asarray(logits), backend.asarray(labels), reduction="max")
+
+
+def weighted_definition(logits, labels, eps, weight, ignore_index, reduction):
+    """PyTorch's cross_entropy with class weights and ignore_index, written from its definition in
+    float64: a kept row's loss is -sum_j q_ij w_j log p_ij with q the smoothed target, the label's
+    term weighted by w_label, the smoothing's by each class's own weight; the mean divides by the
+    kept rows' w_label summed."""
+    z = logits.astype(np.float64)
+    n, c = z.shape
+    w = np.ones(c) if weight is None else weight.astype(np.float64)
+    logp = z - z.max(1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+    kept = labels != ignore_index if ignore_index is not None else np.ones(n, bool)
+    rows = np.zeros(n)
+    for i in np.flatnonzero(kept):
+        rows[i] = -(1 - eps) * w[labels[i]] * logp[i, labels[i]] - (eps / c) * (w * logp[i]).sum()
+    if reduction == "none":
+        return rows
+    return rows.sum() / (w[labels[kept]].sum() if reduction == "mean" else 1.0)
+
+
+CLASS_WEIGHT_CASES = [  # (weights?, ignore_index, smoothing)
+    (True, None, 0.0), (True, None, 0.2), (False, -100, 0.0), (False, 2, 0.2), (True, -100, 0.2), (True, 0, 0.0)]
+
+
+@pytest.mark.parametrize("weighted, ignore_index, eps", CLASS_WEIGHT_CASES)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_class_weights_and_ignore_index_float64(backend, weighted, ignore_index, eps, reduction):
+    """PyTorch's weight= and ignore_index= in float64: the loss is the definition's; dlogits is its
+    gradient by central differences (ignored rows: exactly 0); the right-prediction count leaves
+    ignored rows out."""
+    rng = np.random.default_rng(11)
+    n, c = 9, 5
+    logits = rng.standard_normal((n, c)) * 2
+    labels = rng.integers(0, c, n)
+    if ignore_index == -100:
+        labels[[1, 4]] = -100
+    elif ignore_index is not None:  # an ignored row whose prediction is its label: not counted
+        labels[0] = ignore_index
+        logits[0, ignore_index] += 10
+    weight = rng.random(c) + 0.3 if weighted else None
+    dev_w = None if weight is None else backend.asarray(weight)
+    loss, d, correct = softmax_cross_entropy(backend.asarray(logits), backend.asarray(labels), eps, True,
+                                             reduction=reduction, weight=dev_w, ignore_index=ignore_index)
+    want = weighted_definition(logits, labels, eps, weight, ignore_index, reduction)
+    np.testing.assert_allclose(backend.asnumpy(loss), want, rtol=1e-12, atol=1e-14)
+    kept = labels != ignore_index if ignore_index is not None else np.ones(n, bool)
+    assert int(backend.asnumpy(correct)) == int(((logits.argmax(1) == labels) & kept).sum())
+    got_d = backend.asnumpy(d)
+    assert np.all(got_d[~kept] == 0)
+    f = (lambda z: weighted_definition(z, labels, eps, weight, ignore_index, reduction).sum())
+    num = numerical_gradient_array(lambda z: np.asarray(f(z)), logits.copy())
+    assert relative_error(got_d, num) < 1e-6
+
+
+def test_every_row_ignored_gives_a_nan_mean_and_zero_gradients(backend):
+    logits = backend.asarray(np.ones((3, 4), np.float32))
+    labels = backend.asarray(np.array([-100, -100, -100]))
+    loss, d = softmax_cross_entropy(logits, labels, ignore_index=-100)
+    assert np.isnan(float(backend.asnumpy(loss))) and np.all(backend.asnumpy(d) == 0)
+    loss, _ = softmax_cross_entropy(logits, labels, ignore_index=-100, reduction="sum")
+    assert float(backend.asnumpy(loss)) == 0.0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, ml_dtypes.bfloat16, np.float16, np.float64])
+@pytest.mark.parametrize("weighted, ignore_index, eps", CLASS_WEIGHT_CASES)
+def test_class_weights_kernel_against_reference(backend, dtype, weighted, ignore_index, eps):
+    """The kernel's weighted and ignoring loss and dlogits against the reference (the same
+    rounding rule, the same divisor bits) within the reduction lengths; 600 rows: 75 blocks."""
+    if backend.name == "numpy":
+        pytest.skip("the kernel runs on 'sim' and 'cupy'")
+    rng = np.random.default_rng(12)
+    n, c = 600, 10
+    logits = (rng.standard_normal((n, c)) * 3).astype(dtype)
+    labels = rng.integers(0, c, n)
+    if ignore_index == -100:
+        labels[rng.random(n) < 0.2] = -100
+    acc = np.float64 if dtype == np.float64 else np.float32
+    weight = (rng.random(c) + 0.3).astype(acc) if weighted else None
+    with kernels.launch_log() as log:
+        loss, d = softmax_cross_entropy(backend.asarray(logits), backend.asarray(labels), eps,
+                                        weight=None if weight is None else backend.asarray(weight),
+                                        ignore_index=ignore_index)
+    assert "softmax_cross_entropy" in log.names
+    want_loss, want_d = _softmax_cross_entropy_reference(logits, labels, eps, weight=weight, ignore_index=ignore_index)
+    u = unit_roundoff(acc)
+    assert abs(float(backend.asnumpy(loss)) - float(want_loss)) <= u * (n + c + 16) * max(1.0, abs(float(want_loss)))
+    got_d, want_d = backend.asnumpy(d).astype(np.float64), want_d.astype(np.float64)
+    tol = u * (c + 16) * (np.abs(want_d) + 2.0 / n) + unit_roundoff(dtype) * np.abs(want_d) + smallest_subnormal(dtype)
+    assert np.all(np.abs(got_d - want_d) <= tol), np.max(np.abs(got_d - want_d) / tol)
+    if ignore_index is not None:
+        assert np.all(got_d[labels == ignore_index] == 0)
+
+
+def test_class_weights_and_ignore_index_against_pytorch(backend):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(13)
+    n, c = 50, 7
+    logits = rng.standard_normal((n, c)) * 2
+    labels = rng.integers(0, c, n)
+    labels[::5] = -100
+    weight = rng.random(c) + 0.2
+    for reduction in ("mean", "sum", "none"):
+        z = torch.tensor(logits, requires_grad=True)
+        want = torch.nn.functional.cross_entropy(z, torch.tensor(labels), weight=torch.tensor(weight),
+                                                 ignore_index=-100, label_smoothing=0.1, reduction=reduction)
+        (want_d,) = torch.autograd.grad(want.sum(), z)
+        loss, d = softmax_cross_entropy(backend.asarray(logits), backend.asarray(labels), 0.1, reduction=reduction,
+                                        weight=backend.asarray(weight), ignore_index=-100)
+        np.testing.assert_allclose(backend.asnumpy(loss), want.detach().numpy(), rtol=1e-12)
+        np.testing.assert_allclose(backend.asnumpy(d), want_d.numpy(), rtol=1e-10, atol=1e-15)
+
+
+@pytest.mark.parametrize("kw, exc, match", [
+    ({"weight": np.ones(3)}, ValueError, r"weight must be a float array of one weight per class, shape \(4,\)"),
+    ({"weight": np.ones(4, np.int64)}, ValueError, "weight must be a float array.*dtype int64"),
+    ({"weight": [1.0, 1, 1, 1]}, TypeError, "weight"),
+    ({"ignore_index": 1.5}, TypeError, r"ignore_index must be an int .*or None, got 1.5"),
+    ({"ignore_index": True}, TypeError, "ignore_index must be an int"),
+])
+def test_class_weight_and_ignore_index_errors(backend, kw, exc, match):
+    kw = {k: backend.asarray(v) if isinstance(v, np.ndarray) else v for k, v in kw.items()}
+    with pytest.raises(exc, match=match):
+        softmax_cross_entropy(backend.asarray(np.zeros((2, 4), np.float32)), backend.asarray(np.array([0, 1])), **kw)
+
+
+def test_an_ignored_label_passes_the_label_check_and_others_still_fail():
+    check_labels(np.array([0, -100, 3]), 4, ignore_index=-100)
+    with pytest.raises(ValueError, match=r"0..3 or the ignored label -100 .*found 7"):
+        check_labels(np.array([0, -100, 7]), 4, ignore_index=-100)
+    with pytest.raises(ValueError, match=r"found -100"):
+        softmax_cross_entropy(np.zeros((2, 4)), np.array([0, -100]))

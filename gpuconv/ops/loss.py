@@ -34,7 +34,7 @@ REDUCTIONS = ("mean", "sum", "none")
 
 
 def softmax_cross_entropy(logits, labels, label_smoothing=0.0, count_correct=False, grad_scale=None,
-                          reduction="mean"):
+                          reduction="mean", weight=None, ignore_index=None):
     """``loss, dlogits`` for ``logits`` (N, C) and integer ``labels`` (N,) in 0..C-1; the loss is
     float32 for float32/bfloat16/float16 logits (float64 for float64), dlogits has the logits' dtype.
 
@@ -51,7 +51,14 @@ def softmax_cross_entropy(logits, labels, label_smoothing=0.0, count_correct=Fal
 
     ``reduction`` (PyTorch's): 'mean' (the default) as above; 'sum': the rows' losses added and
     ``dlogits = softmax - target``; 'none': the (N,) losses of the rows, and dlogits the gradient
-    of their sum (a row's gradient is its loss's; multiply row i by an upstream ``dy[i]``)."""
+    of their sum (a row's gradient is its loss's; multiply row i by an upstream ``dy[i]``).
+
+    ``weight`` (PyTorch's): a (C,) float array of class weights on the logits' device; row i's
+    loss is weighted by ``weight[labels[i]]``, the smoothing term's classes by their own weights,
+    and the mean divides by the rows' weights summed instead of N. ``ignore_index``: rows with
+    this label have loss 0 and gradient 0, are never counted as correct, and the mean leaves
+    them out of its divisor (every row ignored: a NaN mean, as PyTorch's). ``None`` (the
+    default here; PyTorch's module uses -100): every label must be a class."""
     check_float("logits", logits)
     check_rank("logits", logits, 2, "N, C: batch, classes")
     check_array("labels", labels)
@@ -71,13 +78,48 @@ def softmax_cross_entropy(logits, labels, label_smoothing=0.0, count_correct=Fal
         raise ValueError(f"reduction must be one of {REDUCTIONS} (PyTorch's), got {reduction!r}")
     if n == 0:
         raise ValueError("logits has no rows (N = 0): the mean loss over an empty batch is undefined")
+    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral)):
+        raise TypeError(f"ignore_index must be an int (the label of the rows to leave out, e.g. -100) or None, "
+                        f"got {ignore_index!r}")
+    ignore_index = None if ignore_index is None else int(ignore_index)
     if not is_cupy_array(labels):
-        check_labels(labels, c)
+        check_labels(labels, c, ignore_index)
     if grad_scale is not None:
         grad_scale = _grad_scale(logits, grad_scale)
+    if weight is not None:
+        weight = _class_weights(logits, weight)
     target = backend.kernel_target(logits, labels)
     return _dispatch.call("softmax_cross_entropy", target, _softmax_cross_entropy_reference,
-                          logits, labels, float(label_smoothing), bool(count_correct), grad_scale, reduction)
+                          logits, labels, float(label_smoothing), bool(count_correct), grad_scale, reduction,
+                          weight, ignore_index)
+
+
+def _class_weights(logits, weight):
+    """``weight`` as a contiguous (C,) array of the compute dtype on the logits' device."""
+    c = logits.shape[1]
+    check_array("weight", weight)
+    xp = get_array_module(logits, weight)  # a TypeError when one is on the GPU and the other is not
+    if tuple(weight.shape) != (c,) or weight.dtype.kind != "f":
+        raise ValueError(f"weight must be a float array of one weight per class, shape ({c},), got shape "
+                         f"{tuple(weight.shape)} dtype {weight.dtype}")
+    return xp.ascontiguousarray(weight, dtype=compute_dtype(logits.dtype))
+
+
+def weight_stats(labels, weight, ignore_index, dtype):
+    """What the weighted or ignoring mean needs, as a (2,) array of ``dtype`` on the labels'
+    device: the class weights' sum (0 without weights) and the mean's divisor (the kept rows'
+    weights summed; their count without weights). None when there are neither weights nor an
+    ignored label. One computation for the kernels and the reference, so both divide by the
+    same bits."""
+    if weight is None and ignore_index is None:
+        return None
+    xp = get_array_module(labels)
+    kept = labels != ignore_index if ignore_index is not None else xp.ones(labels.shape, bool)
+    if weight is None:
+        return xp.stack([xp.zeros((), dtype), kept.sum().astype(dtype)])
+    c = weight.shape[0]
+    idx = xp.where(kept & (labels >= 0) & (labels < c), labels, 0)
+    return xp.stack([weight.sum(), xp.where(kept, weight[idx], 0).sum()]).astype(dtype, copy=False)
 
 
 def _grad_scale(logits, grad_scale):
@@ -93,18 +135,23 @@ def _grad_scale(logits, grad_scale):
     return grad_scale if grad_scale.dtype == acc else grad_scale.astype(acc)
 
 
-def check_labels(labels, classes: int):
-    """Raise ValueError unless every label is a class index in 0..classes-1. On a GPU this reads
-    two numbers back (a sync): :func:`softmax_cross_entropy` skips it there and yields NaN."""
+def check_labels(labels, classes: int, ignore_index: int | None = None):
+    """Raise ValueError unless every label is a class index in 0..classes-1 (or ``ignore_index``).
+    On a GPU this reads two numbers back (a sync): :func:`softmax_cross_entropy` skips it there
+    and yields NaN."""
+    if ignore_index is not None:
+        labels = labels[labels != ignore_index]
     if labels.size:
         lo, hi = int(labels.min()), int(labels.max())
         if lo < 0 or hi >= classes:
             bad = lo if lo < 0 else hi
-            raise ValueError(f"labels must be class indices in 0..{classes - 1} (logits have C={classes} "
+            ignoring = "" if ignore_index is None else f" or the ignored label {ignore_index}"
+            raise ValueError(f"labels must be class indices in 0..{classes - 1}{ignoring} (logits have C={classes} "
                              f"columns), found {bad}; check the labels or the number of classes")
 
 
-def _softmax_cross_entropy_reference(logits, labels, eps, count_correct=False, grad_scale=None, reduction="mean"):
+def _softmax_cross_entropy_reference(logits, labels, eps, count_correct=False, grad_scale=None, reduction="mean",
+                                     weight=None, ignore_index=None):
     dtype, logits = logits.dtype, upcast(logits)
     xp = get_array_module(logits, labels)
     n, c = logits.shape
@@ -114,30 +161,48 @@ def _softmax_cross_entropy_reference(logits, labels, eps, count_correct=False, g
     sums = exp.sum(axis=1, keepdims=True)
     log_probs = shifted - xp.log(sums)
     probs = exp / sums
-    valid = (labels >= 0) & (labels < c)
-    idx = xp.where(valid, labels, 0).astype(xp.int64, copy=False)
+    ignored = labels == ignore_index if ignore_index is not None else xp.zeros(labels.shape, bool)
+    valid = ignored | ((labels >= 0) & (labels < c))
+    idx = xp.where(valid & ~ignored, labels, 0).astype(xp.int64, copy=False)
     picked = xp.take_along_axis(log_probs, idx[:, None], axis=1)[:, 0]
-    per_row = -(1.0 - eps) * picked
+    stats = weight_stats(labels, weight, ignore_index, logits.dtype)
+    keep, eps_c = dt(1.0 - eps), dt(eps / c)
+    if weight is None:
+        per_row = -keep * picked
+        smooth = log_probs.sum(axis=1)
+    else:
+        w_label = weight[idx]
+        per_row = -keep * (w_label * picked)
+        smooth = (log_probs * weight).sum(axis=1)
     if eps:
-        per_row = per_row - (eps / c) * log_probs.sum(axis=1)
-    per_row = xp.where(valid, per_row, dt(np.nan))
+        per_row = per_row - eps_c * smooth
+    per_row = xp.where(ignored, dt(0), xp.where(valid, per_row, dt(np.nan)))
+    divisor = dt(n) if stats is None else stats[1]
     # xp.asarray keeps a 0-d array (NumPy's sum would give a scalar); on CuPy it stays on the GPU.
     if reduction == "none":
         loss = per_row
     else:
-        loss = xp.asarray(per_row.sum() / dt(n) if reduction == "mean" else per_row.sum(), dtype=logits.dtype)
+        loss = xp.asarray(per_row.sum() / divisor if reduction == "mean" else per_row.sum(), dtype=logits.dtype)
 
-    dlogits = probs
-    if eps:
-        dlogits = dlogits - dt(eps / c)
-    dlogits[xp.arange(n), idx] -= dt(1.0 - eps)
+    if weight is None:
+        dlogits = probs
+        if eps:
+            dlogits = dlogits - eps_c
+        dlogits[xp.arange(n), idx] -= keep
+    else:  # p (1 - eps) w_label + p (eps / C) W - (eps / C) w_j - [j == label] (1 - eps) w_label
+        keep_w = keep * w_label
+        coef = keep_w + eps_c * stats[0] if eps else keep_w
+        dlogits = probs * coef[:, None]
+        if eps:
+            dlogits = dlogits - eps_c * weight
+        dlogits[xp.arange(n), idx] -= keep_w
     if reduction == "mean":
-        dlogits *= dt(1.0 / n)
+        dlogits *= dt(1.0 / n) if stats is None else dt(1) / stats[1]
     if grad_scale is not None:
         dlogits *= grad_scale
-    dlogits = xp.where(valid[:, None], dlogits, dt(np.nan))
+    dlogits = xp.where(ignored[:, None], dt(0), xp.where(valid[:, None], dlogits, dt(np.nan)))
     if count_correct:
-        correct = xp.asarray((xp.argmax(logits, axis=1) == labels).sum(), dtype=np.int32)
+        correct = xp.asarray(((xp.argmax(logits, axis=1) == labels) & ~ignored).sum(), dtype=np.int32)
         return loss, round_once(dlogits, dtype), correct
     return loss, round_once(dlogits, dtype)
 
