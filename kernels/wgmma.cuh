@@ -52,7 +52,9 @@
 // in order k = 0..15 (0..7 for tf32), each addition rounded, then C added: a k16 step of wgmma and one of
 // mma.sync give the same bits. The simulator reports an mma_async without a wgmma.fence since
 // the warp's last wait_group, descriptors that differ between lanes, an address outside the
-// block's shared arrays, and more than 8 operations in flight per warp.
+// block's shared arrays, more than 8 operations in flight per warp, a wgmma instruction in a
+// warpgroup the block does not hold whole, and warps of one warpgroup that have executed other
+// wgmma instructions (call sites, descriptors) than the rest by a __syncthreads or the block's end.
 
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define GPUCONV_WGMMA 0
@@ -95,13 +97,70 @@ struct WarpQueue {
     Op ops[8];
     unsigned nops, groups;      // queued operations; groups committed so far
     bool fenced;                // a wgmma.fence since the last wait_group
+    unsigned count;             // wgmma instructions executed in this block (fence, mma_async, commit, wait)
+    unsigned long long trace;   // ... folded with their call sites and operands (see step)
 };
 static WarpQueue queues[32];
 
 inline WarpQueue& queue() {
     WarpQueue& q = queues[gpuconv_sim::rt.insn_warp % 32];
-    if (q.serial != gpuconv_sim::block_serial()) q = WarpQueue{gpuconv_sim::block_serial(), {}, 0, 0, false};
+    if (q.serial != gpuconv_sim::block_serial()) q = WarpQueue{gpuconv_sim::block_serial(), {}, 0, 0, false, 0, 0};
     return q;
+}
+
+// The warps of each warpgroup have executed the same wgmma instructions (block_check, run once
+// every thread waits at a __syncthreads or has returned): each is .sync.aligned over the
+// warpgroup, its 4 warps executing it together, at one place, with the same operands. A warp
+// that skips one, or passes another descriptor than the other 3, is reported here, by the
+// barrier or the block's end that follows it.
+inline int check_warpgroups(const char* file, int line) {
+    using gpuconv_sim::rt;
+    static const WarpQueue none = {};
+    const unsigned warps = (rt.n + 31) / 32;
+    for (unsigned g = 0; 4 * g < warps; ++g) {
+        const WarpQueue* w[4];
+        bool differ = false;
+        for (unsigned i = 0; i < 4; ++i) {
+            const unsigned k = 4 * g + i;
+            w[i] = k < warps && queues[k % 32].serial == gpuconv_sim::block_serial() ? &queues[k % 32] : &none;
+            differ |= w[i]->count != w[0]->count || w[i]->trace != w[0]->trace;
+        }
+        if (!differ) continue;
+        char by[256];
+        if (file) snprintf(by, sizeof by, "__syncthreads (%s:%d)", file, line);
+        else snprintf(by, sizeof by, "the end of the block");
+        snprintf(rt.msg, sizeof rt.msg,
+                 "kernel %s, block (%u,%u,%u): warpgroup divergence: by %s, the 4 warps of warpgroup %u (warps %u-%u) "
+                 "have executed different wgmma instructions (warp %u: %u, warp %u: %u, warp %u: %u, warp %u: %u "
+                 "instructions; the same counts: other call sites or operands). A wgmma instruction is executed by "
+                 "all 4 warps of a warpgroup together, at the same place, with the same descriptors: keep it out of "
+                 "warp-dependent branches and launch whole warpgroups (multiples of 128 threads).",
+                 rt.kernel, blockIdx.x, blockIdx.y, blockIdx.z, by, g, 4 * g, 4 * g + 3, 4 * g, w[0]->count, 4 * g + 1,
+                 w[1]->count, 4 * g + 2, w[2]->count, 4 * g + 3, w[3]->count);
+        return rt.status = gpuconv_sim::DIVERGENCE;
+    }
+    return 0;
+}
+
+// One wgmma instruction of the warp, folded into its trace with its call site and operands a, b.
+// A warp of a warpgroup the block does not hold whole is reported at once.
+inline bool step(WarpQueue& q, unsigned long long a, unsigned long long b = 0) {
+    using gpuconv_sim::rt;
+    const unsigned warp = rt.insn_warp, threads = 128 * (warp / 4 + 1);
+    if (rt.n < threads) {
+        gpuconv_sim::insn_error("warp %u belongs to warpgroup %u, which needs %u threads, and the block has %u: a wgmma "
+                                "instruction is executed by all 4 warps of a warpgroup together: launch whole "
+                                "warpgroups (multiples of 128 threads)", warp, warp / 4, threads, rt.n);
+        return false;
+    }
+    rt.block_check = check_warpgroups;
+    const unsigned long long site = (unsigned long long)(uintptr_t)rt.insn_lane0->insn_file * 31 + rt.insn_lane0->insn_line;
+    for (unsigned long long v : {(unsigned long long)(uintptr_t)rt.insn_lane0->insn, site, a, b}) {
+        q.trace = (q.trace ^ v) * 0x9E3779B97F4A7C15ull;
+        q.trace ^= q.trace >> 29;
+    }
+    ++q.count;
+    return true;
 }
 
 // The shared address of element (row, k) of an operand of `bytes`-byte elements (rows: M of A, N of
@@ -181,6 +240,7 @@ void mma_lanes(void* const* ops) {
             return;
         }
     }
+    if (!step(q, l0->da, l0->db ^ (unsigned long long)(TA << 1 | TB) << 46)) return;  // bits 46-48 are unused
     if (!q.fenced) {
         gpuconv_sim::insn_error("no wgmma.fence since the warp's last wgmma.wait_group: fence before the first "
                                 "mma_async of a batch (the accumulators were touched by other instructions)");
@@ -196,12 +256,19 @@ void mma_lanes(void* const* ops) {
     for (int l = 0; l < 32; ++l) op.d[l] = ((const MmaLane*)ops[l])->d;
 }
 
-inline void fence_lanes(void* const*) { queue().fenced = true; }
-inline void commit_lanes(void* const*) { ++queue().groups; }
+inline void fence_lanes(void* const*) {
+    WarpQueue& q = queue();
+    if (step(q, 0)) q.fenced = true;
+}
+inline void commit_lanes(void* const*) {
+    WarpQueue& q = queue();
+    if (step(q, 0)) ++q.groups;
+}
 
 template <int KEEP>
 void wait_lanes(void* const*) {
     WarpQueue& q = queue();
+    if (!step(q, KEEP)) return;
     unsigned kept = 0;
     for (unsigned i = 0; i < q.nops; ++i) {
         if (q.ops[i].group + KEEP < q.groups) {  // committed, and older than the KEEP newest groups

@@ -359,8 +359,18 @@ def test_shared_memory_is_read_at_the_wait(probe_env):
     (3, {}, r"wgmma\.mma_async.*\(.*wgmma_probe\.cu:\d+\): no wgmma\.fence since the warp's last wgmma\.wait_group"),
     (4, {}, r"lane 5 passes descriptors .* a warpgroup's operands are one matrix"),
     (0, {"b": (64, 0, 262128)}, r"operand B, element \(8, 0\): shared address \d+ .* is not in a shared array"),
+    (0, {"threads": 64}, r"wgmma\.fence.*: warp 0 belongs to warpgroup 0, which needs 128 threads, and the block has 64"),
+    (0, {"threads": 192}, r"wgmma\.fence.*: warp 4 belongs to warpgroup 1, which needs 256 threads, and the block has 192"),
+    (5, {}, r"warpgroup divergence: by the end of the block, the 4 warps of warpgroup 0 \(warps 0-3\) have executed "
+            r"different wgmma instructions \(warp 0: 4, warp 1: 4, warp 2: 4, warp 3: 4 instructions"),
+    (6, {"threads": 256}, r"warpgroup divergence: .* warpgroup 0 .*\(warp 0: 4, warp 1: 4, warp 2: 4, warp 3: 3 "),
 ])
 def test_wgmma_misuse_is_reported(probe_env, mode, kw, match):
+    """Including a warpgroup that is not whole (the block's threads not a multiple of 128) and warps
+    of one warpgroup that execute other wgmma instructions than the rest (PTX ISA: wgmma is
+    .sync.aligned over the 4 warps of a warpgroup, which execute each one together with the same
+    operands): on a GPU undefined, and in the simulator each warp would compute its own rows."""
     A, Bm, C = integer_operands(ml_dtypes.bfloat16, np.random.default_rng(11))
+    c = np.concatenate([to_fragments(C)] * (kw.get("threads", 128) // 128 + 1))
     with pytest.raises(hostsim.SimulatorError, match=match):
-        launch("sim", image(A, "K", 64, 16, 512), image(Bm, "K", 64, 16, 512), to_fragments(C), mode=mode, **kw)
+        launch("sim", image(A, "K", 64, 16, 512), image(Bm, "K", 64, 16, 512), c, mode=mode, **kw)

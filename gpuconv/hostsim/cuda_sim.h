@@ -158,6 +158,10 @@ struct Runtime {
   unsigned insn_warp;       // the warp whose instruction is being executed (for its messages)
   const Fiber* insn_lane0;  // ... and its lane 0 (the instruction's name and call site)
   unsigned long long block_serial;  // counts the blocks run since the module loaded
+  // Checks state that warp instructions keep per warp outside the fibers (wgmma's warpgroups) once
+  // every thread has reached a __syncthreads or returned; nonzero with status and msg set. Null
+  // until a kernel's first such instruction installs it.
+  int (*block_check)(const char* file, int line);
 };
 static Runtime rt;
 // Dynamic shared memory. CUDA promises the extern array 16-byte alignment, no more (whatever its

@@ -440,7 +440,7 @@ static int run_block() {
       done += f->state == DONE;
       if (f->state == AT_BARRIER) { ++bar; count += f->pred; if (!site) site = f; }
     }
-    if (done == rt.n) return OK;
+    if (done == rt.n) return rt.block_check && rt.block_check(nullptr, 0) ? rt.status : OK;
     for (unsigned first = 0; first < rt.n; first += 32)
       for (unsigned l = 0; l < 32 && first + l < rt.n; ++l)
         if (rt.fibers[first + l]->state == AT_WARP && rt.fibers[first + l]->wop == W_INSN)
@@ -449,6 +449,7 @@ static int run_block() {
     if (done) return barrier_divergence(site);
     for (unsigned i = 0; i < rt.n; ++i)
       if (rt.fibers[i]->line != site->line || strcmp(rt.fibers[i]->file, site->file)) return barrier_divergence(site);
+    if (rt.block_check && rt.block_check(site->file, site->line)) return rt.status;
     rt.bar_count = (int)count;
     for (unsigned i = 0; i < rt.n; ++i) rt.fibers[i]->state = READY;
   }

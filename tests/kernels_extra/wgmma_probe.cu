@@ -14,7 +14,9 @@
 //      C in the simulator), the results going to d[64 * threads + 64t ..];
 //   2: as 0, and A's shared image zeroed between commit and wait (read at the wait: D = C);
 //   3: no wgmma.fence (reported);
-//   4: lane 5 of each warp passes another B descriptor (reported).
+//   4: lane 5 of each warp passes another B descriptor (reported);
+//   5: warp 1 of each warpgroup passes another B descriptor (reported);
+//   6: warp 3 of each warpgroup skips the mma_async (reported).
 #define A_BYTES 16384
 #define B_BYTES 16384
 
@@ -75,9 +77,9 @@ extern "C" __global__ void wgmma_probe(const unsigned char* a_img, const unsigne
     for (int i = 0; i < 64; ++i) acc[i] = c[64 * t + i];
     const unsigned long long da = descriptor(sa + g * a_group + a_skip, swizzle_a, lbo_a, sbo_a);
     unsigned long long db = descriptor(sb, swizzle_b, lbo_b, sbo_b);
-    if (mode == 4 && t % 32 == 5) db += 2;
+    if ((mode == 4 && t % 32 == 5) || (mode == 5 && t / 32 % 4 == 1)) db += 2;
     if (mode != 3) wgmma_fence();
-    probe_mma<128>(kind, ta, tb, acc, da, db);
+    if (mode != 6 || t / 32 % 4 != 3) probe_mma<128>(kind, ta, tb, acc, da, db);
     wgmma_commit();
     float* out = d;
     if (mode == 1) {
