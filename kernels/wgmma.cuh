@@ -52,9 +52,10 @@
 // in order k = 0..15 (0..7 for tf32), each addition rounded, then C added: a k16 step of wgmma and one of
 // mma.sync give the same bits. The simulator reports an mma_async without a wgmma.fence since
 // the warp's last wait_group, descriptors that differ between lanes, an address outside the
-// block's shared arrays, more than 8 operations in flight per warp, a wgmma instruction in a
-// warpgroup the block does not hold whole, and warps of one warpgroup that have executed other
-// wgmma instructions (call sites, descriptors) than the rest by a __syncthreads or the block's end.
+// block's shared arrays, more than 8 operations in flight per warp, accumulators written between
+// an mma_async and the wait_group that retires it, a wgmma instruction in a warpgroup the block
+// does not hold whole, and warps of one warpgroup that have executed other wgmma instructions
+// (call sites, descriptors) than the rest by a __syncthreads or the block's end.
 
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define GPUCONV_WGMMA 0
@@ -91,6 +92,7 @@ struct Op {
     float (*to_float)(unsigned);
     float* d[32];
     unsigned group;
+    unsigned long long held;  // the accumulators' bits as the operation left them queued (see accumulators)
 };
 struct WarpQueue {
     unsigned long long serial;  // the block it belongs to (gpuconv_sim::block_serial)
@@ -217,6 +219,17 @@ inline bool perform(const Op& op, unsigned warp) {
     return true;
 }
 
+// The bits of an operation's accumulators (32 lanes x N / 2), hashed. They are the operation's
+// from its issue to the wait that retires it: an ordinary write to them then is undefined on a GPU
+// (and in the simulator would change what it adds to), so the wait compares them with what they
+// were at the issue, or after the last queued operation on the same registers.
+inline unsigned long long accumulators(const Op& op) {
+    unsigned long long h = 0;
+    for (int l = 0; l < 32; ++l)
+        for (int i = 0; i < op.n / 2; ++i) h = (h ^ __float_as_uint(op.d[l][i])) * 0x9E3779B97F4A7C15ull, h ^= h >> 29;
+    return h;
+}
+
 // One lane's operands of an mma_async.
 struct MmaLane { unsigned long long da, db; float* d; };
 
@@ -252,8 +265,9 @@ void mma_lanes(void* const* ops) {
         return;
     }
     Op& op = q.ops[q.nops++];
-    op = Op{l0->da, l0->db, N, K, K == 16 ? 2 : 4, TA, TB, TO_FLOAT, {}, q.groups};
+    op = Op{l0->da, l0->db, N, K, K == 16 ? 2 : 4, TA, TB, TO_FLOAT, {}, q.groups, 0};
     for (int l = 0; l < 32; ++l) op.d[l] = ((const MmaLane*)ops[l])->d;
+    op.held = accumulators(op);
 }
 
 inline void fence_lanes(void* const*) {
@@ -272,7 +286,16 @@ void wait_lanes(void* const*) {
     unsigned kept = 0;
     for (unsigned i = 0; i < q.nops; ++i) {
         if (q.ops[i].group + KEEP < q.groups) {  // committed, and older than the KEEP newest groups
+            if (accumulators(q.ops[i]) != q.ops[i].held) {
+                gpuconv_sim::insn_error("the accumulators of an mma_async of commit group %u were written before this "
+                                        "wait retired it (the mma reads and writes them until then): touch them only "
+                                        "after the wgmma.wait_group that retires their group, then wgmma.fence",
+                                        q.ops[i].group);
+                return;
+            }
             if (!perform(q.ops[i], gpuconv_sim::rt.insn_warp)) return;
+            for (unsigned j = i + 1; j < q.nops; ++j)  // later operations on the same registers start from here
+                if (q.ops[j].d[0] == q.ops[i].d[0]) q.ops[j].held = accumulators(q.ops[j]);
         } else {
             q.ops[kept++] = q.ops[i];
         }

@@ -364,12 +364,16 @@ def test_shared_memory_is_read_at_the_wait(probe_env):
     (5, {}, r"warpgroup divergence: by the end of the block, the 4 warps of warpgroup 0 \(warps 0-3\) have executed "
             r"different wgmma instructions \(warp 0: 4, warp 1: 4, warp 2: 4, warp 3: 4 instructions"),
     (6, {"threads": 256}, r"warpgroup divergence: .* warpgroup 0 .*\(warp 0: 4, warp 1: 4, warp 2: 4, warp 3: 3 "),
+    (7, {}, r"wgmma\.wait_group.*: the accumulators of an mma_async of commit group 0 were written before this wait "
+            r"retired it"),
 ])
 def test_wgmma_misuse_is_reported(probe_env, mode, kw, match):
     """Including a warpgroup that is not whole (the block's threads not a multiple of 128) and warps
     of one warpgroup that execute other wgmma instructions than the rest (PTX ISA: wgmma is
     .sync.aligned over the 4 warps of a warpgroup, which execute each one together with the same
-    operands): on a GPU undefined, and in the simulator each warp would compute its own rows."""
+    operands): on a GPU undefined, and in the simulator each warp would compute its own rows. And
+    accumulators written while their mma_async is in flight (until the wait_group that retires
+    it): the simulator, which adds at the wait, would add to the new values and hide the bug."""
     A, Bm, C = integer_operands(ml_dtypes.bfloat16, np.random.default_rng(11))
     c = np.concatenate([to_fragments(C)] * (kw.get("threads", 128) // 128 + 1))
     with pytest.raises(hostsim.SimulatorError, match=match):

@@ -16,7 +16,9 @@
 //   3: no wgmma.fence (reported);
 //   4: lane 5 of each warp passes another B descriptor (reported);
 //   5: warp 1 of each warpgroup passes another B descriptor (reported);
-//   6: warp 3 of each warpgroup skips the mma_async (reported).
+//   6: warp 3 of each warpgroup skips the mma_async (reported);
+//   7: the accumulators zeroed between commit and wait, while the mma_async may still read and
+//      write them (reported).
 #define A_BYTES 16384
 #define B_BYTES 16384
 
@@ -86,6 +88,8 @@ extern "C" __global__ void wgmma_probe(const unsigned char* a_img, const unsigne
         for (int i = 0; i < 64; ++i) d[64 * t + i] = acc[i];
         out = d + 64 * blockDim.x;
     }
+    if (mode == 7)
+        for (int i = 0; i < 64; ++i) acc[i] = 0.0f;
     if (mode == 2)  // every thread zeroes all of it (a race on a GPU; the simulator runs warps in turn)
         for (int i = 0; i < A_BYTES; ++i) sa[i] = 0;
     wgmma_wait<0>();
