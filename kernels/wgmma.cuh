@@ -52,10 +52,11 @@
 // in order k = 0..15 (0..7 for tf32), each addition rounded, then C added: a k16 step of wgmma and one of
 // mma.sync give the same bits. The simulator reports an mma_async without a wgmma.fence since
 // the warp's last wait_group, descriptors that differ between lanes, an address outside the
-// block's shared arrays, more than 8 operations in flight per warp, accumulators written between
-// an mma_async and the wait_group that retires it, a wgmma instruction in a warpgroup the block
-// does not hold whole, and warps of one warpgroup that have executed other wgmma instructions
-// (call sites, descriptors) than the rest by a __syncthreads or the block's end.
+// block's shared arrays, a swizzled operand whose swizzle pattern does not start on its boundary
+// (or a nonzero base offset), more than 8 operations in flight per warp, accumulators written
+// between an mma_async and the wait_group that retires it, a wgmma instruction in a warpgroup the
+// block does not hold whole, and warps of one warpgroup that have executed other wgmma
+// instructions (call sites, descriptors) than the rest by a __syncthreads or the block's end.
 
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define GPUCONV_WGMMA 0
@@ -183,6 +184,30 @@ inline unsigned element_address(unsigned long long desc, bool mn_major, int byte
     return a;
 }
 
+// A swizzle of W bytes repeats every 8 W bytes, and its XOR reads absolute address bits; the PTX ISA
+// has each pattern start on a multiple of 8 W where the descriptor's base offset (bits 49-51) is 0,
+// the only value the kernels write and the simulator reads. The operand's row 0 lies in its
+// pattern's first row (the start W-aligned, or moved on by less: a k16 step, or columns of an
+// MN-major row), so the pattern begins at the start rounded down to 8 W.
+inline bool pattern_aligned(unsigned long long desc, const char* which) {
+    const unsigned start = (unsigned)(desc & 0x3FFF) << 4, base = (unsigned)(desc >> 49 & 7), mode = (unsigned)(desc >> 62);
+    const unsigned w = mode == 1 ? 128 : mode == 2 ? 64 : mode == 3 ? 32 : 0;
+    if (w && base) {
+        gpuconv_sim::insn_error("operand %s's descriptor 0x%016llx has base offset %u: the simulator reads swizzle "
+                                "patterns that start on their %u-byte boundary (base offset 0): align the operand's "
+                                "stage instead", which, desc, base, 8 * w);
+        return false;
+    }
+    if (w && start % (8 * w) >= w) {
+        gpuconv_sim::insn_error("operand %s (descriptor 0x%016llx, %u-byte swizzle) starts at shared address %u, in a "
+                                "swizzle pattern that does not begin on a %u-byte boundary, which base offset 0 "
+                                "requires: start the operand's swizzle atoms on such boundaries (__align__(1024) "
+                                "stages)", which, desc, w, start, 8 * w);
+        return false;
+    }
+    return true;
+}
+
 inline bool load_operand(unsigned long long desc, bool mn_major, int rows, int row0, const Op& op, float out[][16],
                          const char* which) {
     for (int r = 0; r < rows; ++r)
@@ -254,6 +279,7 @@ void mma_lanes(void* const* ops) {
         }
     }
     if (!step(q, l0->da, l0->db ^ (unsigned long long)(TA << 1 | TB) << 46)) return;  // bits 46-48 are unused
+    if (!pattern_aligned(l0->da, "A") || !pattern_aligned(l0->db, "B")) return;
     if (!q.fenced) {
         gpuconv_sim::insn_error("no wgmma.fence since the warp's last wgmma.wait_group: fence before the first "
                                 "mma_async of a batch (the accumulators were touched by other instructions)");

@@ -366,6 +366,10 @@ def test_shared_memory_is_read_at_the_wait(probe_env):
     (6, {"threads": 256}, r"warpgroup divergence: .* warpgroup 0 .*\(warp 0: 4, warp 1: 4, warp 2: 4, warp 3: 3 "),
     (7, {}, r"wgmma\.wait_group.*: the accumulators of an mma_async of commit group 0 were written before this wait "
             r"retired it"),
+    (0, {"a_skip": 512, "a": (128, 16, 1024)}, r"operand A \(descriptor 0x[0-9a-f]+, 128-byte swizzle\) starts at "
+                                                r"shared address \d+, in a swizzle pattern that does not begin on a "
+                                                r"1024-byte boundary"),
+    (8, {}, r"operand B's descriptor 0x[0-9a-f]+ has base offset 1"),
 ])
 def test_wgmma_misuse_is_reported(probe_env, mode, kw, match):
     """Including a warpgroup that is not whole (the block's threads not a multiple of 128) and warps
@@ -373,7 +377,10 @@ def test_wgmma_misuse_is_reported(probe_env, mode, kw, match):
     .sync.aligned over the 4 warps of a warpgroup, which execute each one together with the same
     operands): on a GPU undefined, and in the simulator each warp would compute its own rows. And
     accumulators written while their mma_async is in flight (until the wait_group that retires
-    it): the simulator, which adds at the wait, would add to the new values and hide the bug."""
+    it): the simulator, which adds at the wait, would add to the new values and hide the bug. And a
+    swizzled operand whose swizzle pattern starts off its 8 W-byte boundary with base offset 0 (PTX
+    ISA, "Matrix Descriptor Format"), or a nonzero base offset, which the simulator does not read:
+    data swizzled by its absolute addresses there reads right in the simulator, not on a GPU."""
     A, Bm, C = integer_operands(ml_dtypes.bfloat16, np.random.default_rng(11))
     c = np.concatenate([to_fragments(C)] * (kw.get("threads", 128) // 128 + 1))
     with pytest.raises(hostsim.SimulatorError, match=match):

@@ -18,7 +18,8 @@
 //   5: warp 1 of each warpgroup passes another B descriptor (reported);
 //   6: warp 3 of each warpgroup skips the mma_async (reported);
 //   7: the accumulators zeroed between commit and wait, while the mma_async may still read and
-//      write them (reported).
+//      write them (reported);
+//   8: B's descriptor with base offset 1 (reported).
 #define A_BYTES 16384
 #define B_BYTES 16384
 
@@ -80,6 +81,7 @@ extern "C" __global__ void wgmma_probe(const unsigned char* a_img, const unsigne
     const unsigned long long da = descriptor(sa + g * a_group + a_skip, swizzle_a, lbo_a, sbo_a);
     unsigned long long db = descriptor(sb, swizzle_b, lbo_b, sbo_b);
     if ((mode == 4 && t % 32 == 5) || (mode == 5 && t / 32 % 4 == 1)) db += 2;
+    if (mode == 8) db |= 1ull << 49;
     if (mode != 3) wgmma_fence();
     if (mode != 6 || t / 32 % 4 != 3) probe_mma<128>(kind, ta, tb, acc, da, db);
     wgmma_commit();
