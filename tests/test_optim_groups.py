@@ -400,3 +400,63 @@ def test_muon_step_and_state(backend):
                                rtol=1e-10, atol=1e-12)
     with pytest.raises(ValueError, match=r"Muon: params\[0\] \('b'\) has shape \(4,\).*give 1-D parameters to SGD"):
         Muon([Parameter(backend.asarray(np.zeros(4)), "b")])
+
+
+def test_a_group_lr_written_mid_schedule_is_the_lr_its_next_step_takes(backend):
+    """``g['lr'] = x`` while a schedule has the optimizer's lr away from its initial value: the
+    group steps with x now, and the schedule scales x from there on."""
+    a = _p(backend, [1.0])
+    opt = SGD([{"params": [a], "lr": 1.0}], lr=0.1)
+    sched = StepLR(opt, step_size=1, gamma=0.5)
+    sched.step()  # the schedule's factor is 0.5 now
+    opt.param_groups[0]["lr"] = 0.2
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.2)
+    a.grad = backend.asarray(np.array([1.0]))
+    opt.step()
+    assert backend.asnumpy(a.data)[0] == pytest.approx(1 - 0.2)
+    sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1)
+
+
+def test_a_loaded_state_dict_brings_the_initial_lr_the_group_lrs_follow(backend):
+    """Group lrs scale by ``lr / initial_lr``; the state dict carries both, so an optimizer built
+    with another lr continues with the saved one's group lrs."""
+    def build(lr):
+        return SGD([{"params": [_p(backend, [1.0])], "lr": 1.0}, {"params": [_p(backend, [1.0])]}], lr=lr)
+    opt = build(0.1)
+    opt.lr = 0.05  # as a schedule sets it
+    fresh = build(0.2)
+    fresh.load_state_dict(opt.state_dict())
+    assert fresh.initial_lr == 0.1
+    assert [g["lr"] for g in fresh.param_groups] == [pytest.approx(0.5), pytest.approx(0.05)]
+
+
+def test_chain_state_dict_restores_its_lr():
+    """A Chain's lr (the schedule's handle) comes back with its state dict, as its members' do."""
+    def build():
+        return Chain(Muon([Parameter(np.ones((2, 2)), "w")], lr=0.2),
+                     SGD([Parameter(np.ones(2), "b")], lr=0.1))
+    chain = build()
+    chain.lr = 0.5
+    loaded = build()
+    loaded.load_state_dict(chain.state_dict())
+    assert loaded.lr == 0.5
+    assert [o.lr for o in loaded.optimizers] == [pytest.approx(0.1), pytest.approx(0.05)]
+
+
+def test_muon_momentum_decays_the_buffer_between_steps(backend):
+    """Two steps: ``b = momentum * b + g`` keeps the first gradient at weight ``momentum`` in the
+    second step's update (Nesterov: ``g2 + momentum * b``)."""
+    from gpuconv.optim import newton_schulz
+    rng = np.random.default_rng(3)
+    w0, g1, g2 = (rng.standard_normal((3, 4)) for _ in range(3))
+    w = Parameter(backend.asarray(w0.copy()), "w")
+    opt = Muon([w], lr=0.1, momentum=0.6, nesterov=True, normalize=False)
+    for g in (g1, g2):
+        w.grad = backend.asarray(g)
+        opt.step()
+    b1 = g1
+    b2 = 0.6 * b1 + g2
+    want = w0 - 0.1 * newton_schulz(1.6 * g1) - 0.1 * newton_schulz(g2 + 0.6 * b2)
+    np.testing.assert_allclose(backend.asnumpy(opt.state[0]["momentum_buffer"]), b2, rtol=1e-12)
+    np.testing.assert_allclose(backend.asnumpy(w.data), want, rtol=1e-10, atol=1e-12)
