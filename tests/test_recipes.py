@@ -118,6 +118,12 @@ def test_triangular_schedule():
     assert lrs[0] == pytest.approx(0.4) and lrs[2] == pytest.approx(2.0)
     assert lrs[1] == pytest.approx(2.0 * (0.2 + 0.8 * 11 / 23))
     assert lrs[3] == pytest.approx(2.0 * (1 - 0.93 * 27 / 77)) and lrs[4] == pytest.approx(0.14) == lrs[5]
+    # airbench94's own table, np.interp over [0, int(0.23 * total), total], where int() and round()
+    # of the warm-up length differ (7 * 0.23 = 1.61)
+    for total in (7, 10, 97):
+        sched = TriangularLR(SGD(p, lr=1.0), total_steps=total)
+        want = np.interp(np.arange(total + 1), [0, int(0.23 * total), total], [0.2, 1.0, 0.07])
+        np.testing.assert_allclose([sched.lr_at(s) for s in range(total + 1)], want, rtol=1e-12)
 
 
 def test_tta_levels():
