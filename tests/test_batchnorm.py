@@ -14,15 +14,15 @@ from gpuconv.ops import (batchnorm2d_backward, batchnorm2d_forward, gelu_backwar
 
 def test_hand_values_and_running_update(backend):
     x = np.array([1.0, 2.0, 3.0, 4.0]).reshape(4, 1, 1, 1)  # mean 2.5, biased var 1.25, unbiased 5/3
-    rm, rv = backend.asarray(np.zeros(1)), backend.asarray(np.ones(1))
+    rm, rv = backend.asarray(np.ones(1)), backend.asarray(np.full(1, 2.0))  # old values the update decays
     rm_ref, rv_ref = rm, rv
     y, _ = batchnorm2d_forward(backend.asarray(x), backend.asarray(np.array([2.0])),
                                backend.asarray(np.array([0.5])), rm, rv, momentum=0.1, eps=1e-5)
     np.testing.assert_allclose(backend.asnumpy(y).ravel(), 2 * (x.ravel() - 2.5) / np.sqrt(1.25 + 1e-5) + 0.5,
                                rtol=1e-12)
     assert rm is rm_ref and rv is rv_ref  # updated in place, not rebound
-    np.testing.assert_allclose(backend.asnumpy(rm), [0.25], rtol=1e-12)
-    np.testing.assert_allclose(backend.asnumpy(rv), [0.9 + 0.1 * 5 / 3], rtol=1e-12)
+    np.testing.assert_allclose(backend.asnumpy(rm), [0.9 * 1.0 + 0.1 * 2.5], rtol=1e-12)
+    np.testing.assert_allclose(backend.asnumpy(rv), [0.9 * 2.0 + 0.1 * 5 / 3], rtol=1e-12)
 
 
 def test_training_normalizes_per_channel_float32(backend):
