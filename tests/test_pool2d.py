@@ -359,3 +359,15 @@ def test_pool_launch_sizes_are_int32_made_once_per_geometry():
     assert out == (2, 3, 4, 2)
     assert all(type(v) is np.int32 for v in dims) and [int(v) for v in dims] == [2, 3, 9, 6, 4, 2, 2, 2, 2, 3, 0, 0]
     assert _dims((2, 3, 9, 6), (2, 2), (2, 3), floor=True)[1] is dims
+
+
+def test_max_pool_of_signed_zeros_is_plus_zero(backend):
+    """A window whose maximum is zero gives +0.0 whatever the signs of its zeros (all -0.0, or
+    -0.0 and +0.0 in either order): the rule every backend follows, where np.maximum alone
+    returns either operand of a tie."""
+    x = np.array([[-0.0, -0.0, -0.0, 0.0, 0.0, -0.0],
+                  [-0.0, -0.0, -0.0, -0.0, -0.0, -0.0]], np.float32)[None, None]
+    y, _ = max_pool2d_forward(backend.asarray(x), 2)
+    y = backend.asnumpy(y)
+    np.testing.assert_array_equal(y, np.zeros((1, 1, 1, 3), np.float32))
+    assert not np.signbit(y).any(), y
