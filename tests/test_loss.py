@@ -439,3 +439,15 @@ def test_an_ignored_label_passes_the_label_check_and_others_still_fail():
         check_labels(np.array([0, -100, 7]), 4, ignore_index=-100)
     with pytest.raises(ValueError, match=r"found -100"):
         softmax_cross_entropy(np.zeros((2, 4)), np.array([0, -100]))
+
+
+def test_a_minus_inf_logit_off_the_label_gives_a_finite_loss_without_smoothing(backend):
+    """Without smoothing the loss reads only the label's log-probability: a -inf logit in another
+    column (a masked class) has probability 0 and leaves the loss and dlogits finite, as in
+    PyTorch (with smoothing, its log-probability -inf enters the loss, which is then inf)."""
+    logits = np.array([[0.0, -np.inf, 1.0], [2.0, 0.5, -np.inf]], np.float32)
+    labels = np.array([0, 1])
+    loss, d = softmax_cross_entropy(backend.asarray(logits), backend.asarray(labels))
+    want_loss, want_d = reference(np.where(np.isinf(logits), -1e30, logits), labels, 0.0)
+    np.testing.assert_allclose(float(backend.asnumpy(loss)), want_loss, rtol=1e-6)
+    np.testing.assert_allclose(backend.asnumpy(d), want_d, rtol=1e-6, atol=1e-7)
