@@ -7,7 +7,7 @@ import pytest
 
 from gpuconv import cli, models, ops
 from gpuconv.data import DeviceLoader
-from gpuconv.lookahead import Lookahead
+from gpuconv.lookahead import Lookahead, airbench_decay
 from gpuconv.optim import SGD, TriangularLR
 from gpuconv.recipes import RECIPES, airbench_param_groups, get_recipe
 from gpuconv.trainer import Trainer, check_tta, evaluate, tta_logits
@@ -156,9 +156,13 @@ def test_recipe_training_run_lookahead_and_whitening_bias(tmp_path):
     start = extras["epoch_start"]
     extras["epoch_start"] = lambda e: (start(e), seen.append(net["whiten"].bias.requires_grad))
     trainer = Trainer(net, opt, sched, label_smoothing=0.2, progress=False, **extras)
+    decays, update = [], trainer.lookahead.update
+    trainer.lookahead.update = lambda decay: (decays.append(decay), update(decay))
     trainer.fit(loader, 1)
     assert net["whiten"].bias.grad is not None
     trainer.fit(loader, s["epochs"])
+    # every 5 steps of the 12 (4 epochs of 3 batches) with airbench's decay, then onto the average
+    assert decays == [pytest.approx(airbench_decay(5, 12)), pytest.approx(airbench_decay(10, 12)), 1.0]
     assert seen == [True, False, False, False]  # trained the first epoch only
     assert net["whiten"].bias.grad is None  # frozen: no gradient kept (the lookahead still averages it)
     np.testing.assert_array_equal(net["whiten"].weight.data, w_whiten)  # frozen throughout
@@ -203,6 +207,8 @@ def test_muon_recipe_builds_a_chain_and_trains():
     assert all(len(p.shape) == 4 and p.requires_grad for p in muon.params) and len(muon.params) == 6
     assert sgd.hyper(0)["lr"] == pytest.approx(0.053 * 16) and sgd.hyper(len(sgd.params) - 1)["lr"] == pytest.approx(0.67 * 16)
     assert sgd.find_group([net["whiten"].bias]) == (sgd, 0)  # a group of its own, for its own decay
+    # weight decay 2e-6 per example: 2e-6 * 16 per step for every SGD group, whatever its lr
+    assert [g["lr"] * g["weight_decay"] for g in sgd.param_groups] == [pytest.approx(2e-6 * 16)] * 3
     trainer = Trainer(net, opt, sched, label_smoothing=0.2, progress=False, **extras)
     w0 = net["block1"]["conv1"].weight.data.copy()
     trainer.fit(loader, 2)
