@@ -26,6 +26,8 @@ def test_structure_and_frozen_parameters():
             assert bn.eps == 1e-12 and bn.momentum == pytest.approx(0.4)
     assert params["fc.weight"].shape == (10, 256)
     assert net["scale"].factor == pytest.approx(1 / 9)
+    # scaling_factor=None (airbench94_muon's head): 1 / the head's input width, the last block's
+    assert models.airbench94(widths=(4, 8, 12), scaling_factor=None)["scale"].factor == pytest.approx(1 / 12)
     # conv weights of the published widths, + whitening bias, BN biases, head
     convs = 64 * 24 * 9 + 64 * 64 * 9 + 256 * 64 * 9 + 256 * 256 * 9 + 256 * 256 * 9 + 256 * 256 * 9
     assert net.num_parameters() == convs + 24 + 2 * (64 + 256 + 256) + 2560
