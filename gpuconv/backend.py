@@ -182,6 +182,12 @@ def _make_current(dev: Device):
 
 
 def set_default_device(device) -> Device:
+    """Make ``device`` the default for the rest of this context (a script, a notebook's later
+    cells) and return it: ``'cpu'``, ``'cuda'``, ``'cuda:N'``, ``'sim'`` (NumPy arrays run the
+    CUDA kernels on the host simulator) or ``'auto'`` (a GPU when one answers, else the CPU).
+
+    New parameters and loaders' batches go there; ``with default_device(...):`` changes it for
+    one block only. Starts as ``$GPUCONV_DEVICE`` (default ``'cpu'``)."""
     dev = Device(device)
     _make_current(dev)
     _default_device.set(dev)

@@ -301,3 +301,13 @@ def test_submodules_are_attributes_imported_at_first_use():
             "else:\n    raise SystemExit('gpuconv.nope did not raise')")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=pathlib.Path(__file__).parents[1])
     assert done.returncode == 0, done.stderr
+
+
+def test_every_top_level_entry_point_has_a_docstring():
+    """``help(gpuconv.set_default_device)`` and the rest of ``gpuconv.__all__`` say what they do."""
+    import inspect
+    undocumented = [name for name in gpuconv.__all__
+                    if callable(getattr(gpuconv, name)) and getattr(gpuconv, name).__module__.startswith("gpuconv")
+                    and not inspect.getdoc(getattr(gpuconv, name))]
+    assert undocumented == []
+    assert "'auto'" in inspect.getdoc(gpuconv.set_default_device)
