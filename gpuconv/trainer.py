@@ -566,8 +566,13 @@ class Trainer:
                  "or Trainer.fit(..., resume=True)" if saved else "no out_dir was given, so nothing was saved")
         signum = self._stop_requested if self._stop_requested in self.STOP_SIGNALS else signal.SIGINT
         how = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
-        raise TrainingInterrupted(f"training {how} at epoch {self.epoch + 1}, batch {self.epoch_step} "
-                                  f"(step {self.step}); {where}", checkpoint=saved, epoch=self.epoch,
+        if self.epoch >= self._fit_epochs and not self.epoch_step:  # the signal came after the last step
+            at, where = (f"after its last epoch ({self.epoch} of {self._fit_epochs}, step {self.step}): the run is "
+                         "complete", f"checkpoint saved to {saved}" if saved else "no out_dir was given, so nothing "
+                         "was saved")
+        else:
+            at = f"at epoch {self.epoch + 1}, batch {self.epoch_step} (step {self.step})"
+        raise TrainingInterrupted(f"training {how} {at}; {where}", checkpoint=saved, epoch=self.epoch,
                                   step=self.step, signal=signum)
 
     # ------------------------------------------------------------------ fit
@@ -592,6 +597,7 @@ class Trainer:
                 self._say(f"no checkpoint at {self.checkpoint_path}: starting from scratch")
         elif self.out_dir is not None and self.step == 0:
             self._set_aside_previous_run()
+        self._fit_epochs = epochs
         if self.epoch >= epochs:
             self._say(f"nothing to do: {self.epoch} epoch(s) already done (epochs={epochs})")
             return self.history

@@ -533,6 +533,21 @@ def test_fit_again_after_a_stop_reports_the_whole_epoch(cifar, tmp_path):
         [(r["train_loss"], r["train_acc"]) for r in full.history]
 
 
+
+def test_ctrl_c_in_the_last_validation_pass_says_the_run_is_complete(cifar, tmp_path):
+    """A stop that comes while the last epoch is validated finds nothing left to train: the message
+    says the run is complete (not "at epoch 3" of a 2-epoch run, nor to resume it)."""
+    train, val = cifar
+    trainer, loader = build(train.images[:64], train.labels[:64], tmp_path, epochs=2)
+    val_loader = SigintAt(val.images[:50], val.labels[:50], 50, shuffle=False)
+    val_loader.kill_at = (1, 0)  # the second validation pass: the last epoch's
+    with pytest.raises(TrainingInterrupted) as info:
+        trainer.fit(loader, 2, val=val_loader)
+    assert str(info.value) == (f"training interrupted after its last epoch (2 of 2, step 4): the run is complete; "
+                               f"checkpoint saved to {tmp_path / 'checkpoint.npz'}")
+    assert trainer.epoch == 2 and len(trainer.history) == 2 and int(ckpt.load_checkpoint(
+        info.value.checkpoint)["meta/epoch"]) == 2
+
 def test_step_checkpoints_and_resume_without_a_checkpoint(cifar, tmp_path, capsys):
     train, _ = cifar
     trainer, loader = build(train.images[:96], train.labels[:96], tmp_path, epochs=1, checkpoint_every=2)
