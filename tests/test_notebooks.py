@@ -5,7 +5,8 @@ with this interpreter), from ``notebooks/`` as the working directory. Figures, t
 benchmark records are redirected into the test's temporary directory through the notebooks'
 environment variables (``GPUCONV_NB_FIGURES``, ``GPUCONV_NB_RUNS``, ``GPUCONV_BENCH_RESULTS``), so
 a test run never rewrites files in the checkout. ``GPUCONV_NB_FULL`` is cleared: CI runs the
-small versions (about a minute or two for all four on a CPU).
+small versions (about a minute or two for all four on a CPU). 02 and 03 also run with the kernel
+interrupted in their training cell, as a user stops a run, and the cells after it must still run.
 """
 from __future__ import annotations
 
@@ -43,12 +44,20 @@ def _bench_record(layer_rows, date="2026-01-01T12:00:00+00:00"):
     return {"benchmark": "conv2d", "environment": {"device": "Test GPU", "date": date}, "results": rows}
 
 
-def _run(name, tmp_path, monkeypatch, bench_records=None, data=None):
+def _run(name, tmp_path, monkeypatch, bench_records=None, data=None, stop_at_step=None):
     nb = nbformat.read(NB_DIR / name, as_version=4)
     for cell in nb.cells:
         if cell.cell_type == "code":
             assert cell.outputs == [] and cell.execution_count is None, (
                 f"{name} is stored with outputs: clear them before committing (outputs belong to a run)")
+    if stop_at_step is not None:  # the kernel interrupted (its stop button: SIGINT) during the training cell
+        train = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code" and "trainer.fit(" in c.source)
+        nb.cells[train].metadata.setdefault("tags", []).append("raises-exception")
+        nb.cells.insert(train, nbformat.v4.new_code_cell(
+            "import os, signal\nfrom gpuconv.trainer import Trainer\n_step = Trainer.train_step\n"
+            "def _interrupted(self, x, y):\n    _step(self, x, y)\n"
+            f"    if self.step == {stop_at_step}:\n        os.kill(os.getpid(), signal.SIGINT)\n"
+            "Trainer.train_step = _interrupted"))
     figures = tmp_path / "figures"
     bench = tmp_path / "bench"
     bench.mkdir()
@@ -66,6 +75,9 @@ def _run(name, tmp_path, monkeypatch, bench_records=None, data=None):
                             resources={"metadata": {"path": str(NB_DIR)}})
     client.execute()  # raises CellExecutionError (with the cell and traceback) on any error
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    if stop_at_step is not None:
+        assert [o.ename for o in errors] == ["TrainingInterrupted"], errors
+        errors = []
     assert not errors, errors
     return nb, figures
 
@@ -92,6 +104,20 @@ def test_notebook_runs_and_draws(name, tmp_path, monkeypatch, subset_dir):
         text = _text(nb)
         assert "epoch 1:" in text and "final validation accuracy" in text
         assert (tmp_path / "runs" / "02_train_cifar10" / "metrics.jsonl").is_file()
+
+
+@pytest.mark.parametrize("name", ["02_train_cifar10.ipynb", "03_inside_the_convnet.ipynb"])
+def test_the_cells_after_an_interrupted_training_run(name, tmp_path, monkeypatch, subset_dir):
+    """The kernel interrupted in the first epoch of the training cell: the cells below it run and
+    describe the steps that were trained, not a finished run."""
+    nb, figures = _run(name, tmp_path, monkeypatch, data=subset_dir, stop_at_step=3)
+    _assert_figures(nb, figures, FIGURES[name])
+    text = _text(nb)
+    stops = [o.evalue for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert len(stops) == 1 and stops[0].startswith("training interrupted at epoch 1, batch 3 (step 3)"), stops
+    if name == "02_train_cifar10.ipynb":
+        assert "no epoch finished: training stopped at step 3; trainer.fit(...) continues it" in text
+        assert "final validation accuracy" not in text
 
 
 def test_kernels_notebook_without_benchmark_records(tmp_path, monkeypatch):
