@@ -99,6 +99,16 @@ _OOM_MARKERS = ("CUBLAS_STATUS_ALLOC_FAILED", "CUDA_ERROR_OUT_OF_MEMORY", "cudaE
                 "CUSOLVER_STATUS_ALLOC_FAILED", "out of memory")
 
 
+def _check_batches(loader, name):
+    """``(images, labels)`` passed where an iterable of batches goes would iterate over the images
+    (an unpacking error about values): named, with what to pass instead."""
+    if isinstance(loader, (tuple, list)) and len(loader) == 2 and all(hasattr(a, "ndim") for a in loader):
+        shapes = " and ".join(str(tuple(a.shape)) for a in loader)
+        raise TypeError(f"{name} is a pair of arrays ({shapes}), not an iterable of (x, y) batches: wrap them in a "
+                        "loader, e.g. gpuconv.data.DeviceLoader(images, labels, batch_size=64) for uint8 images, "
+                        "or pass a list of (x, y) batches")
+
+
 def _is_oom(exc) -> bool:
     if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
         return True
@@ -584,6 +594,8 @@ class Trainer:
         :class:`TrainingInterrupted` after Ctrl-C (checkpoint saved), :class:`GPUOutOfMemory`."""
         if not (isinstance(epochs, int) and epochs >= 1):
             raise ValueError(f"epochs={epochs!r}: must be an int >= 1")
+        _check_batches(train_loader, "train_loader")
+        _check_batches(val, "val")
         if resume:
             if self.out_dir is None:
                 raise ValueError("resume=True needs out_dir=, the directory holding checkpoint.npz")
@@ -806,6 +818,7 @@ def evaluate(model, loader, tta=0, precision="fp32"):
     """Evaluate ``model`` on ``loader`` (see :meth:`Trainer.evaluate`), computing in ``precision``
     (a model trained in one precision evaluates in any other: its parameters are float32)."""
     level = check_tta(tta)
+    _check_batches(loader, "loader")
     with amp.model_lock(model):  # it switches the shared model to eval mode and back
         return _evaluate(model, loader, level, precision)
 

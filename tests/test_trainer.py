@@ -367,6 +367,21 @@ def test_raw_pixels_and_an_empty_loader_are_refused(cifar):
     assert trainer.step == 0 and trainer.history == []
 
 
+def test_a_pair_of_arrays_for_a_loader_is_named(cifar):
+    """fit((images, labels)) would iterate over the images and fail on unpacking one of them."""
+    train, _ = cifar
+    model = small_net()
+    trainer = Trainer(model, SGD(model.parameters(), lr=0.01), progress=False)
+    pair = (train.images[:4], train.labels[:4])
+    loader = DeviceLoader(*pair, 2)
+    for call, name in ((lambda: trainer.fit(pair, 1), "train_loader"), (lambda: trainer.fit(loader, 1, val=pair), "val"),
+                       (lambda: trainer.evaluate(list(pair)), "loader")):
+        with pytest.raises(TypeError, match=rf"^{name} is a pair of arrays \(\(4, 3, 32, 32\) and \(4,\)\), not an "
+                                            r"iterable of \(x, y\) batches: wrap them in a loader, e.g. gpuconv.data.DeviceLoader"):
+            call()
+    assert trainer.step == 0
+
+
 def test_a_notebook_gets_the_progress_bar_a_pipe_does_not(monkeypatch):
     """Jupyter's stderr is no terminal, but its output area redraws tqdm's bar: the plain line per
     interval is for pipes and log files only."""
