@@ -128,8 +128,8 @@ def find_data_dir(root=None) -> pathlib.Path:
     if root is not None:
         why = "holds no CIFAR-10 data" if places[0][1].exists() else "does not exist"
         raise DataNotFoundError(
-            f"--data {root} {why} (looked for cifar-10-batches-py/, cifar-10-batches-bin/ or {TARBALL_NAME} "
-            f"in it). Fix: point --data at the directory holding them, or leave --data out to use "
+            f"root={str(root)!r} (--data) {why} (looked for cifar-10-batches-py/, cifar-10-batches-bin/ or "
+            f"{TARBALL_NAME} in it). Fix: point root (--data) at the directory holding them, or leave it out to use "
             f"$GPUCONV_DATA or {default_cache_dir()} (downloading {CIFAR10_URL} there when absent)")
     searched = "; ".join(f"{label}: {p}" for label, p in places)
     raise DataNotFoundError(
