@@ -624,6 +624,8 @@ class Trainer:
         self._stop_requested = False
         try:  # (the monitor's start too: a failure there restores the signal handlers below)
             self._start_monitor()
+            if callable(getattr(self.model, "train", None)):
+                self.model.train()  # left in eval mode (a cell that looked at predictions) it keeps no caches for backward
             self._t0 = time.perf_counter() - self.elapsed
             while self.epoch < epochs:
                 self._run_epoch(train_loader, epochs)

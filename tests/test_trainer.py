@@ -367,6 +367,19 @@ def test_raw_pixels_and_an_empty_loader_are_refused(cifar):
     assert trainer.step == 0 and trainer.history == []
 
 
+def test_fit_trains_a_model_left_in_eval_mode(cifar, tmp_path):
+    """model.eval() to look at predictions (or a cell stopped before its model.train()), then fit
+    again: the model trains as it would have from training mode, and is in training mode after."""
+    train, _ = cifar
+    images, labels = train.images[:64], train.labels[:64]
+    reference, loader = build(images, labels, tmp_path / "ref", epochs=1)
+    reference.fit(loader, 1)
+    trainer, loader = build(images, labels, tmp_path / "eval", epochs=1)
+    trainer.model.eval()
+    trainer.fit(loader, 1)
+    assert_same_state(reference, trainer)
+    assert trainer.model.training and all(m.training for m in trainer.model.modules())
+
 def test_a_pair_of_arrays_for_a_loader_is_named(cifar):
     """fit((images, labels)) would iterate over the images and fail on unpacking one of them."""
     train, _ = cifar
