@@ -59,7 +59,7 @@ def three_layer_convnet(num_filters=32, filter_size=7, hidden_dim=100, num_class
     - RELU - POOL (2x2 max) - AFFINE (hidden_dim) - RELU - AFFINE (num_classes).
 
     CS231n assignment 2's ``ThreeLayerConvNet``; with the defaults: 32x32x3 -> 32x32x32 ->
-    16x16x32 -> 100 -> 10, about 824k parameters (8192 x 100 in the first affine layer).
+    16x16x32 -> 100 -> 10, about 825k parameters (8192 x 100 in the first affine layer).
     Weights use PyTorch's default initialization rather than the assignment's ``weight_scale``."""
     c, h, w = _input_dim(input_dim)
     if not isinstance(filter_size, (int, np.integer)) or filter_size < 1 or filter_size % 2 == 0:

@@ -25,6 +25,7 @@ def test_parameter_counts_match_the_architectures():
     count = lambda m: sum(p.size for p in m.parameters())  # noqa: E731
     assert count(models.seed_net()) == (12 * 3 * 9 + 12) + (12 * 16 * 16 * 10 + 10)
     assert count(models.three_layer_convnet()) == (32 * 3 * 49 + 32) + (32 * 16 * 16 * 100 + 100) + (100 * 10 + 10)
+    assert "about 825k parameters" in " ".join(models.three_layer_convnet.__doc__.split())  # 825,046, as help() says
     w = 64  # ResNet-9: bias-free 3x3 convs, BN (2 params per channel), bias-free classifier
     convs = 3 * w + w * 2 * w + 2 * (2 * w) ** 2 + 2 * w * 4 * w + 4 * w * 8 * w + 2 * (8 * w) ** 2
     bn_channels = w + 2 * w + 2 * 2 * w + 4 * w + 8 * w + 2 * 8 * w
