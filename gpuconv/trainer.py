@@ -607,12 +607,13 @@ class Trainer:
                           f"{self.epoch_step} batch(es) done, step {self.step}")
             else:
                 self._say(f"no checkpoint at {self.checkpoint_path}: starting from scratch")
-        elif self.out_dir is not None and self.step == 0:
-            self._set_aside_previous_run()
         self._fit_epochs = epochs
         if self.epoch >= epochs:
             self._say(f"nothing to do: {self.epoch} epoch(s) already done (epochs={epochs})")
             return self.history
+        self._check_schedule_length(train_loader, epochs)
+        if not resume and self.out_dir is not None and self.step == 0:
+            self._set_aside_previous_run()
         if self.lookahead is not None and hasattr(train_loader, "__len__") \
                 and epochs * len(train_loader) != self.total_steps:
             warnings.warn(f"lookahead: total_steps={self.total_steps}, but this fit runs {epochs} x "
@@ -669,6 +670,24 @@ class Trainer:
                 self.monitor.stop()
             self.monitor = None
         return self.history
+
+    def _check_schedule_length(self, loader, epochs):
+        """A schedule that refuses steps past its end (OneCycleLR) would stop the fit there, after an
+        optimizer step it did not count: such a fit is refused before its first step instead."""
+        sched = self.scheduler
+        if sched is None or not hasattr(loader, "__len__") or not callable(getattr(sched, "lr_at", None)) \
+                or not isinstance(getattr(sched, "last_step", None), int):
+            return
+        steps = (epochs - self.epoch) * len(loader) - self.epoch_step
+        try:
+            sched.lr_at(sched.last_step + steps)
+        except ValueError:
+            raise ValueError(
+                f"fit(epochs={epochs}) would run {steps} more steps, to step {sched.last_step + steps}, past the end of "
+                f"its {type(sched).__name__} (total_steps={getattr(sched, 'total_steps', None)}, at step "
+                f"{sched.last_step} now); nothing was trained. A schedule that has run its course cannot go on: "
+                "build a new model, optimizer and schedule for a new run, or give the schedule "
+                "total_steps=epochs * len(loader)") from None
 
     def _run_epoch(self, loader, epochs):
         skip, replay = self.epoch_step, self.epoch_step

@@ -380,6 +380,19 @@ def test_fit_trains_a_model_left_in_eval_mode(cifar, tmp_path):
     assert_same_state(reference, trainer)
     assert trainer.model.training and all(m.training for m in trainer.model.modules())
 
+def test_a_fit_past_the_end_of_its_schedule_is_refused_before_a_step(cifar, tmp_path):
+    """fit(loader, 3) after a 2-epoch one-cycle run (a notebook's "train some more") stopped at its first
+    step with the schedule's error, that step's update applied and not counted; it trains nothing now."""
+    train, _ = cifar
+    trainer, loader = build(train.images[:64], train.labels[:64], tmp_path, epochs=2)
+    trainer.fit(loader, 2)
+    before = {k: np.array(v) for k, v in trainer.model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"^fit\(epochs=3\) would run 2 more steps, to step 6, past the end of its "
+                                         r"OneCycleLR \(total_steps=4, at step 4 now\); nothing was trained"):
+        trainer.fit(loader, 3)
+    assert trainer.step == 4 and trainer.scheduler.last_step == 4
+    assert all(np.array_equal(before[k], v) for k, v in trainer.model.state_dict().items())
+
 def test_a_pair_of_arrays_for_a_loader_is_named(cifar):
     """fit((images, labels)) would iterate over the images and fail on unpacking one of them."""
     train, _ = cifar
