@@ -43,8 +43,11 @@ def test_submodules_export_exactly_the_starter_names(package, layers):
 
 def test_editions():
     assert all(C.edition(year) is C for year in range(2018, 2027)) and C.edition(2017) is C.e2017
-    with pytest.raises(ValueError, match=r"edition 2015 .*\[2016, 2017, 2018, .*2026\]"):
-        C.edition(2015)
+    with pytest.raises(ValueError, match=r"edition 2014 .*\[2015, 2016, 2017, 2018, .*2026\]"):
+        C.edition(2014)
+    # 2015's dropout p keeps a unit (its convnets pass p = 1.0 for none): the latest semantics
+    assert C.edition(2015) is C and (C.edition(2015).dropout_forward(np.ones((3, 4)), {"mode": "train", "p": 1.0})[0]
+                                     == 1).all()
     E = C.edition(2017)
     assert list(inspect.signature(E.adam).parameters) == ["x", "dx", "config"]
     assert list(inspect.signature(E.optim.rmsprop).parameters) == ["x", "dx", "config"]

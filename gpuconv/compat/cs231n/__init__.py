@@ -16,8 +16,9 @@ Same names, arguments, parameter dicts (``conv_param``, ``pool_param``, ``bn_par
 the arithmetic done by :mod:`gpuconv.ops`. Output sizes floor as the assignment's code computes
 them, ``1 + (H + 2 * pad - HH) // stride`` (``gpuconv.ops`` itself refuses sizes that do not divide).
 
-Editions (2016-2026): the default is the latest starter code (2018 on: dropout's ``p`` keeps a
-unit, update rules ``(w, dw, config)``, Adam's ``t`` from 0, layer and group norm). 2017 code:
+Editions (2015-2026): the default is the latest starter code (2018 on: dropout's ``p`` keeps a
+unit, update rules ``(w, dw, config)``, Adam's ``t`` from 0, layer and group norm), which is 2015's
+too (``p`` keeps a unit there as well). 2017 code:
 ``edition(2017)`` (the module :mod:`gpuconv.compat.cs231n.e2017`), or ``redirect(edition=2017)``;
 2016 code: ``edition(2016)`` (2017's semantics but Adam's ``t`` from 0).
 
