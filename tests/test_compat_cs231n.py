@@ -290,6 +290,31 @@ def test_caches_hold_what_the_assignment_caches_hold():
     assert len(pool_cache[1]) == 3
 
 
+def test_caches_copy_and_pickle_as_the_assignments_tuples():
+    """A model that keeps its caches can be deep-copied (as the best model) or pickled (a Solver
+    checkpoint), as with the assignment's plain tuples: the fast layers' caches too."""
+    import copy
+    import pickle
+
+    x, w, b = randn(2, 3, 4, 4), randn(2, 3, 3, 3), randn(2)
+    conv_param, pool_param = {"stride": 1, "pad": 1}, {"pool_height": 2, "pool_width": 2, "stride": 1}
+    dout = randn(2, 2, 4, 4)
+    for forward, backward in ((C.conv_forward_fast, C.conv_backward_fast),
+                              (C.conv_forward_im2col, C.conv_backward_im2col)):
+        _, cache = forward(x, w, b, conv_param)
+        want = backward(dout, cache)
+        for copied in (copy.copy(cache), copy.deepcopy(cache), pickle.loads(pickle.dumps(cache))):
+            assert len(copied) == 5 and np.array_equal(copied[4], cache[4])
+            for got, ref in zip(backward(dout, copied), want):
+                np.testing.assert_array_equal(got, ref)
+    _, cache = C.max_pool_forward_im2col(x, pool_param)
+    copied = copy.deepcopy(cache)
+    assert copied[3] == pool_param and np.array_equal(copied[2], cache[2])
+    dpool = randn(2, 3, 3, 3)
+    np.testing.assert_array_equal(C.max_pool_backward_im2col(dpool, copied), C.max_pool_backward_im2col(dpool, cache))
+    pickle.loads(pickle.dumps(C.conv_relu_pool_forward(x, w, b, conv_param, {**pool_param, "stride": 2})[1]))
+
+
 def test_backward_accepts_hand_built_caches():
     """Code that builds ``(x, w, b)`` itself (as the assignment's caches are) gets the same gradients."""
     x, w, b = randn(2, 3, 5, 5), randn(2, 3, 3, 3), randn(2)

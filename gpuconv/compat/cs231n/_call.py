@@ -165,5 +165,11 @@ class LazyCache(Cache):
     def __iter__(self):
         return (self[i] for i in range(len(self)))
 
+    def __reduce__(self):
+        # The assignment's caches are plain tuples that copy.deepcopy and pickle take (a model
+        # keeping its caches, deep-copied as the best one); copied, this one is a plain Cache of
+        # all its items, the lazy ones built now (the functions building them do not pickle).
+        return Cache, (tuple(self), self.ops, self.dtype, self.device)
+
     def __repr__(self):
         return f"{type(self).__name__}({len(self)} items)"
