@@ -536,8 +536,14 @@ class SGD(Optimizer):
                 _launch_sgd(items[k:k + SGD_TENSORS], h, lr)
 
     def _update(self, p, state, h):
-        if self._lrs is not None and _fused_sgd(p, state, h, self._lr_of[id(p)]):
-            return
+        lr = h["lr"]
+        if self._lrs is not None:
+            if _fused_sgd(p, state, h, self._lr_of[id(p)]):
+                return
+            # A parameter the kernel does not take (a non-contiguous one) reads the group's device lr
+            # too, rounded to its type as a Python float would be: the same bits, and a replayed step
+            # (gpuconv.graphs) follows the schedule instead of keeping the lr of its capture.
+            lr = self._lr_of[id(p)].astype(p.data.dtype).reshape(())
         g = p.grad
         if h["weight_decay"]:
             g = g + h["weight_decay"] * p.data
@@ -549,7 +555,7 @@ class SGD(Optimizer):
                 buf *= h["momentum"]
                 buf += g
             g = g + h["momentum"] * buf if h["nesterov"] else buf
-        p.data -= h["lr"] * g
+        p.data -= lr * g
 
 
 # Parameters per launch of the fused update (SGD_TENSORS in kernels/optim.cu).

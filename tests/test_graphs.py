@@ -129,6 +129,27 @@ def test_a_replay_reads_the_learning_rates_written_before_it(optimizer):
     assert not np.array_equal(run(True), run(False))
 
 
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_sgd_reads_the_device_lr_for_a_parameter_the_fused_kernel_does_not_take(order):
+    """In owner mode a replay runs with the learning rate last written to the device, for every
+    parameter: one the fused kernel does not take (not C-contiguous, as a transposed (in, out)
+    or HWIO weight stays after load_state_dict) runs the array form, which read the host's lr,
+    a number a CUDA graph keeps at its capture's value."""
+    with gpuconv.default_device("sim"):
+        w = np.arange(12, dtype=np.float32).reshape(3, 4) / 10
+        fc = Linear(4, 3)
+        fc.load_state_dict({"weight": np.asarray(w, order=order), "bias": np.zeros(3, np.float32)})
+        assert fc.weight.data.flags.c_contiguous == (order == "C")
+        opt = SGD(fc.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+        opt.lr_written_by_owner = True
+        opt.write_lrs()  # the device holds 0.1, what a replay would read
+        opt.lr = 0.5     # the schedule's next value, not yet written
+        fc.weight.grad, fc.bias.grad = np.ones((3, 4), np.float32), np.ones(3, np.float32)
+        opt.step()
+        expected = w - np.float32(0.1) * (np.float32(1) + np.float32(5e-4) * w)
+        np.testing.assert_array_equal(B.asnumpy(fc.weight.data), expected)
+
+
 def test_cuda_graph_refuses_what_a_replay_would_freeze():
     model = _model()
     with pytest.raises(ValueError, match="cuda_graph=True: the optimizer is Adam"):
