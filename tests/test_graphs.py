@@ -6,11 +6,15 @@ graph is captured and replayed; on 'sim' and the CPU the same path runs the step
 graph's input buffers and learning-rate writes."""
 from __future__ import annotations
 
+import tracemalloc
+import weakref
+
 import numpy as np
 import pytest
 
 import gpuconv
 from gpuconv import backend as B
+from gpuconv import kernels
 from gpuconv.data import DeviceLoader
 from gpuconv.graphs import StepGraph
 from gpuconv.layers import BatchNorm2d, Conv2d, Dropout, Flatten, GELU, Linear, MaxPool2d, Sequential
@@ -72,6 +76,74 @@ def test_graph_steps_give_the_eager_steps_parameters_bit_for_bit(device, precisi
     assert graph._inputs is not None  # the steps after each epoch's first ran through the graph's buffers
     if device == "cuda":
         assert graph.captures == 2 and graph.replays == 2 * 7  # captured anew after the epoch's callback
+
+
+@pytest.mark.parametrize("precision,optimizer", [("fp32", "sgd"), ("bf16", "muon")])
+def test_each_replay_launches_what_its_capture_launched(monkeypatch, precision, optimizer):
+    """What a CUDA graph freezes, checked where the step runs itself at every call ('sim'): each
+    step after a capture makes the capture's kernel launches with the same scalars (a per-step
+    number passed by value would keep the capture's value at every replay), and an array a
+    captured launch took that was made before the capture (a parameter, a buffer, an optimizer
+    slot) is the same array at every replay and stays alive (freed, the pool would give the
+    memory the graph writes to other arrays). tracemalloc, traced over each step's own run,
+    tells the arrays the step allocated from older ones (the graph's input buffers, the
+    learning rates written before it)."""
+    if tracemalloc.is_tracing():
+        pytest.skip("tracemalloc is tracing already: this test restarts it at each step")
+    steps = []
+    launch, call = kernels.launch, StepGraph.__call__
+
+    def arg(a):
+        if not isinstance(a, np.ndarray):
+            return "value", repr(a)
+        while isinstance(a.base, np.ndarray):
+            a = a.base
+        return ("older" if tracemalloc.get_object_traceback(a) is None else "own"), weakref.ref(a)
+
+    def recording_launch(op_file, kernel, dtype, target, grid, block, args, *more, **kw):
+        if steps and steps[-1][1] is not None:
+            steps[-1][1].append((kernel, tuple(grid), tuple(block), [arg(a) for a in args]))
+        return launch(op_file, kernel, dtype, target, grid, block, args, *more, **kw)
+
+    def recording_call(graph, x, y):
+        phase = ("eager" if not graph._eager_done or graph._signature(x, y) != graph._key
+                 else "capture" if graph._inputs is None else "replay")
+        steps.append((phase, []))
+        step = graph.fn
+
+        def traced(*inputs):  # what a capture records: the step itself, after the input copies and lr writes
+            tracemalloc.start()
+            try:
+                return step(*inputs)
+            finally:
+                tracemalloc.stop()
+        graph.fn = traced
+        try:
+            return call(graph, x, y)
+        finally:
+            graph.fn = step
+            steps.append(("between", None))
+
+    monkeypatch.setattr(kernels, "launch", recording_launch)
+    monkeypatch.setattr(StepGraph, "__call__", recording_call)
+    _, trainer = _run("sim", True, precision, epochs=1, optimizer=optimizer)  # (kept: its arrays stay alive)
+    phases = [phase for phase, _ in steps if phase != "between"]
+    assert phases == ["eager", "capture"] + ["replay"] * 6
+    captured = next(launches for phase, launches in steps if phase == "capture")
+    for phase, launches in steps:
+        if phase != "replay":
+            continue
+        assert [c[:3] for c in launches] == [c[:3] for c in captured]
+        for (kernel, _, _, at_capture), (_, _, _, at_replay) in zip(captured, launches):
+            for i, ((kind, a), (kind_r, b)) in enumerate(zip(at_capture, at_replay)):
+                where = f"{kernel} argument {i}"
+                if kind == "value":
+                    assert (kind_r, b) == (kind, a), f"{where}: {a} at the capture, {b} at a replay"
+                elif kind == "older":
+                    assert a() is not None, f"{where}: an array made before the capture was freed"
+                    assert kind_r != "own" and b() is a(), f"{where}: another array at a replay"
+                else:  # the graph's own at the capture: its own at a replay too (or the same array)
+                    assert kind_r == "own" or b() is a(), f"{where}: an array made outside the step at a replay"
 
 
 def test_the_optimizer_outlives_a_graphed_fit_as_it_was():
