@@ -49,17 +49,17 @@ class StepGraph:
     @classmethod
     def for_optimizer(cls, fn, optimizer):
         """The graph of a step ``fn`` that updates with ``optimizer`` (one whose per-step learning
-        rates live on the device, ``device_lrs``: SGD, Muon, a Chain of them): the optimizer no
-        longer writes them inside the step, the graph writes them before each call."""
+        rates live on the device, ``device_lrs``: SGD, Muon, a Chain of them): from the graph's
+        first call on, the optimizer no longer writes them inside the step (nor takes another
+        hyperparameter), the graph writes them before each call."""
         graph = cls(fn, before=optimizer.write_lrs)
         graph.optimizer = optimizer
-        optimizer.lr_written_by_owner = True
         return graph
 
     def release(self):
         """Give the optimizer back: its step writes its learning rates again and its hyperparameters
-        may change; the next call takes it again and captures anew. The trainer releases at the end
-        of every fit, so an optimizer outlives its graph intact."""
+        may change; the next call takes it again and captures anew. The trainer releases before each
+        epoch's callback and at the end of every fit, so an optimizer outlives its graph intact."""
         if self.optimizer is not None:
             self.optimizer.lr_written_by_owner = False
 

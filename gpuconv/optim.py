@@ -75,6 +75,9 @@ def _scalar(value):
 
 # ----------------------------------------------------------------------------- optimizers
 _MISSING = object()
+_CAPTURED_WAY_OUT = ("a captured training step (a CUDA graph, gpuconv.graphs) replays it with the value it was "
+                     "captured with; set it before training or in the Trainer's epoch_start (a new capture "
+                     "follows), or train without --cuda-graph")
 
 
 class ParamGroup(MutableMapping):
@@ -159,6 +162,15 @@ class Optimizer:
         self.state = [dict() for _ in params]  # per parameter: slot name -> array, 'step' -> int
         self._group_specs = groups  # [(parameter count, {key: value})], checked in _finish_groups
         self._own_lr = {}  # group index -> the lr it takes instead of the schedule's (set_group_lr)
+
+    def __setattr__(self, name, value):
+        # A hyperparameter reaches the update by value, so a captured step (gpuconv.graphs) keeps
+        # the one of its capture: changing it while the graph's owner holds the optimizer is refused,
+        # as a parameter group's is (a replay would train on the old value, the simulator on the new).
+        if name in type(self)._hyper and name in self.__dict__ and getattr(self, "lr_written_by_owner", False) \
+                and self.__dict__[name] != value:
+            raise RuntimeError(f"{type(self).__name__}: {name} cannot change while " + _CAPTURED_WAY_OUT)
+        super().__setattr__(name, value)
 
     def _split_groups(self, params):
         """A flat list of Parameters, or of group dicts: (the flat list, [(count, overrides)])."""
@@ -245,9 +257,8 @@ class Optimizer:
     def _set_group_value(self, gi, key, value):
         """``param_groups[gi][key] = value`` (checked as the constructor checks it)."""
         if self.lr_written_by_owner and key != "lr":
-            raise RuntimeError(f"{type(self).__name__}: parameter group {gi}'s {key} cannot change while a captured "
-                               "training step (a CUDA graph, gpuconv.graphs) replays it with the value it was "
-                               "captured with; set it before training, or train without --cuda-graph")
+            raise RuntimeError(f"{type(self).__name__}: parameter group {gi}'s {key} cannot change while "
+                               + _CAPTURED_WAY_OUT)
         if key == "lr":
             lr = _nonneg(f"parameter group {gi}'s lr", value)
             if gi in self._own_lr:

@@ -691,6 +691,8 @@ class Trainer:
 
     def _run_epoch(self, loader, epochs):
         skip, replay = self.epoch_step, self.epoch_step
+        if self._graph is not None:
+            self._graph.release()  # the callback may change a hyperparameter: the optimizer is free meanwhile
         if self.epoch_start is not None:
             self.epoch_start(self.epoch)
         if self._graph is not None:

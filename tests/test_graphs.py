@@ -201,6 +201,45 @@ def test_a_replay_reads_the_learning_rates_written_before_it(optimizer):
     assert not np.array_equal(run(True), run(False))
 
 
+def test_a_hyperparameter_changed_while_a_graph_replays_is_refused_and_free_between_epochs():
+    """SGD's momentum (its weight decay, Nesterov; Muon's steps) reaches the update by value: a
+    replay keeps the captured one, where the simulator's step reads the new one. Written as an
+    attribute during a graphed epoch (a per-step schedule of one's own) it is refused, as a
+    parameter group's write is; before the fit and in epoch_start (the epoch captures anew) both
+    ways are free, and the run trains as the eager one."""
+    rng = np.random.default_rng(0)
+    imgs, labels = rng.integers(0, 256, (20, 3, 8, 8), dtype=np.uint8), rng.integers(0, 10, 20)
+
+    class MomentumSchedule:  # the lr constant, the momentum falling at every step
+        def __init__(self, opt):
+            self.opt = opt
+
+        def step(self):
+            self.opt.momentum = self.opt.momentum - 0.01
+
+    def run(cuda_graph, scheduled=False):
+        with gpuconv.default_device("sim"):
+            model = _model()
+            opt = SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True)
+
+            def epoch_start(epoch):
+                opt.momentum = 0.9 - 0.1 * epoch
+                opt.param_groups[0]["weight_decay"] = 1e-3 * epoch
+
+            trainer = Trainer(model, opt, MomentumSchedule(opt) if scheduled else None, progress=False,
+                              log_every=4, epoch_start=None if scheduled else epoch_start, cuda_graph=cuda_graph)
+            opt.momentum = 0.85  # before the fit: nothing is captured yet
+            opt.param_groups[0]["nesterov"] = False
+            trainer.fit(DeviceLoader(imgs, labels, 5, seed=0), 2)
+            return {n: B.asnumpy(p.data).copy() for n, p in model.named_parameters()}
+
+    eager, graphed = run(False), run(True)
+    for name in eager:
+        np.testing.assert_array_equal(graphed[name], eager[name], err_msg=name)
+    with pytest.raises(RuntimeError, match="SGD: momentum cannot change while a captured training step"):
+        run(True, scheduled=True)
+
+
 @pytest.mark.parametrize("order", ["C", "F"])
 def test_sgd_reads_the_device_lr_for_a_parameter_the_fused_kernel_does_not_take(order):
     """In owner mode a replay runs with the learning rate last written to the device, for every
