@@ -4,8 +4,8 @@ A step of the CIFAR networks in bf16 is some 70-90 gpuconv kernel launches, plus
 elementwise operations between them, which a GPU runs faster than Python can submit them (benchmarks/profile_step.py measures both), so the GPU waits on
 the host. The step is already device-resident (no readback, no synchronization, a memory pool
 that stops growing), which is what CUDA stream capture needs: the whole step is recorded once
-into a graph, and each later step is three launches (the batch copied into the graph's input
-buffers, the learning rates written, the graph).
+into a graph, and each later step is a handful of launches: two copies of the batch into the
+graph's input buffers, one fill per parameter group writing its learning rate, and the graph.
 
     step = StepGraph.for_optimizer(lambda x, y: amp.training_step(model, opt, x, y, "bf16"), opt)
     loss, logits = step(x, y)    # step 1 runs eagerly; step 2 is captured, then every step replays
