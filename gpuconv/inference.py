@@ -4,10 +4,12 @@ A checkpoint written by ``gpuconv train`` holds the float32 weights, the model's
 and arguments, the class names, the precision it trained in and the preprocessing the loader
 applied (the per-channel mean and std of the 0-255 pixels). So a user gives raw uint8 images,
 (N, 32, 32, 3) as image files decode or (N, 3, 32, 32) as CIFAR-10's arrays are, and gets
-class probabilities; nothing about normalization has to be known. The images go through the
-same loader, batch size, precision and test-time augmentation (by default the level the run's
-recipe evaluated at: 2 for the airbench recipes) as ``gpuconv evaluate``, so the predicted
-classes of the held-out images give exactly its accuracy.
+class probabilities; nothing about normalization has to be known. A network built for other
+images (``input_dim=(1, 28, 28)`` of ``seed_net`` or ``three_layer_convnet``) takes those: the
+channels are the normalization's, the size the config's ``input_dim`` (32x32 without one).
+The images go through the same loader, batch size, precision and test-time augmentation (by
+default the level the run's recipe evaluated at: 2 for the airbench recipes) as ``gpuconv
+evaluate``, so the predicted classes of the held-out images give exactly its accuracy.
 
 Image files (PNG, JPEG, anything Pillow reads) are converted to RGB and resized to the model's
 input size with Pillow (area averaging when shrinking): :func:`load_images`.
@@ -28,12 +30,19 @@ class TrainedModel:
     """A network with what it needs to classify raw images: ``classes``, ``mean``/``std`` (the
     loader's normalization), ``precision`` (the one it trained in, the default for predicting),
     ``tta`` (the test-time augmentation level its run evaluated at, the default for predicting:
-    2 for the airbench recipes, whose accuracy is that of six views per image)."""
+    2 for the airbench recipes, whose accuracy is that of six views per image). ``input_size``:
+    the (height, width) of the images the network takes (default 32x32, CIFAR-10's; a config's
+    ``kwargs['input_dim']`` gives it); the channels are those of ``mean`` and ``std``."""
 
-    def __init__(self, net, classes, mean=CIFAR10_MEAN, std=CIFAR10_STD, precision="fp32", config=None, tta=0):
+    def __init__(self, net, classes, mean=CIFAR10_MEAN, std=CIFAR10_STD, precision="fp32", config=None, tta=0,
+                 input_size=None):
         from .trainer import check_tta
         self.net, self.classes = net.eval(), list(classes)
         self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+        if input_size is None:
+            input_dim = (config or {}).get("kwargs", {}).get("input_dim")
+            input_size = tuple(input_dim)[1:] if input_dim is not None else INPUT_HW
+        self.input_size = tuple(int(v) for v in input_size)
         self.precision, self.config = precision, dict(config or {})
         self.tta = check_tta(tta)
         self.device = backend.get_default_device()  # where the weights live: 'sim' runs the kernels
@@ -47,7 +56,7 @@ class TrainedModel:
         from . import amp
         from .trainer import check_tta, tta_logits
         level = self.tta if tta is None else check_tta(tta)
-        images = as_nchw(images)
+        images = as_nchw(images, (len(self.mean), *self.input_size))
         if len(images) == 0:  # (a loader needs an image; no batch, no logits)
             return np.empty((0, len(self.classes)), np.float32)
         with backend.default_device(self.device):
@@ -115,8 +124,9 @@ def recorded_tta(config) -> int:
     return int(config.get("train_args", {}).get("tta", 0) or 0)
 
 
-def as_nchw(images) -> np.ndarray:
-    """uint8 images as (N, 3, H, W): from (N, H, W, 3) (image files, ``.npy`` exports) or already so."""
+def as_nchw(images, input_dim=(3, *INPUT_HW)) -> np.ndarray:
+    """uint8 images as (N, C, H, W): from (N, H, W, C) (image files, ``.npy`` exports) or already so;
+    ``input_dim`` is the (C, H, W) the model takes."""
     a = np.asarray(images) if not backend.is_cupy_array(images) else images
     if a.dtype != np.uint8:
         fix = ("for integer pixels 0-255 (a list of ints is int64) use np.asarray(images, dtype=np.uint8)"
@@ -124,13 +134,17 @@ def as_nchw(images) -> np.ndarray:
         raise TypeError(f"images must be uint8 pixels 0-255, got dtype {a.dtype}; {fix}")
     if a.ndim == 3:
         a = a[None]
-    if a.ndim != 4 or 3 not in (a.shape[1], a.shape[3]):
-        raise ValueError(f"images must be shaped (N, 32, 32, 3) or (N, 3, 32, 32), got {tuple(a.shape)}")
-    if a.shape[1] != 3:
+    c, h, w = input_dim
+    if a.ndim != 4 or c not in (a.shape[1], a.shape[3]):
+        raise ValueError(f"images must be shaped (N, {h}, {w}, {c}) or (N, {c}, {h}, {w}), got {tuple(a.shape)}"
+                         + ("" if c == 3 else f" (the model takes {c}-channel images: as many as its mean and std have)"))
+    if a.shape[1] != c:
         a = a.transpose(0, 3, 1, 2)
-    if tuple(a.shape[2:]) != INPUT_HW:
-        raise ValueError(f"images are {a.shape[2]}x{a.shape[3]}; the model takes {INPUT_HW[0]}x{INPUT_HW[1]}: "
-                         "resize them (image files given to `gpuconv predict` or load_images are resized)")
+    if tuple(a.shape[2:]) != (h, w):
+        raise ValueError(f"images are {a.shape[2]}x{a.shape[3]}; the model takes {h}x{w}: resize them (image files "
+                         "given to `gpuconv predict` or load_images are resized), or, for a network built for "
+                         f"{a.shape[2]}x{a.shape[3]} images, give TrainedModel input_size=({a.shape[2]}, {a.shape[3]}) "
+                         "(load_model reads it from the config's kwargs['input_dim'])")
     xp = backend.get_array_module(a)
     return xp.ascontiguousarray(a)
 

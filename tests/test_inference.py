@@ -1,0 +1,47 @@
+"""gpuconv.inference with models trained through the Python API on images other than CIFAR-10's."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gpuconv
+from gpuconv import models
+from gpuconv.data import DeviceLoader
+from gpuconv.optim import SGD
+from gpuconv.trainer import Trainer, evaluate
+
+
+def _checkpoint(tmp_path, kwargs, mean, std, extra=None, n=16):
+    """A one-epoch run of three_layer_convnet(**kwargs) on random images; (images, labels, checkpoint path)."""
+    c, h, w = kwargs["input_dim"]
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (n, c, h, w), dtype=np.uint8)
+    y = rng.integers(0, kwargs.get("num_classes", 10), n)
+    net = models.three_layer_convnet(num_filters=4, filter_size=3, hidden_dim=8, **kwargs)
+    config = {"constructor": "three_layer_convnet",
+              "kwargs": dict(kwargs, num_filters=4, filter_size=3, hidden_dim=8),
+              "preprocess": {"mean": list(mean), "std": list(std)}, **(extra or {})}
+    trainer = Trainer(net, SGD(net.parameters(), lr=0.01), out_dir=tmp_path, progress=False, config=config)
+    trainer.fit(DeviceLoader(x, y, 8, mean=mean, std=std), 1)
+    return x, y, tmp_path / "checkpoint.npz"
+
+
+@pytest.mark.parametrize("input_dim", [(1, 28, 28), (3, 64, 64)], ids=["mnist", "tiny-imagenet"])
+def test_a_model_built_for_other_images_predicts_them(tmp_path, input_dim):
+    mean, std = (33.0,) * input_dim[0], (78.0,) * input_dim[0]
+    x, y, path = _checkpoint(tmp_path, {"input_dim": input_dim}, mean, std)
+    model = gpuconv.load_model(path)
+    assert model.input_size == input_dim[1:]
+    probs = model.predict(x)
+    assert probs.shape == (len(x), 10)
+    np.testing.assert_allclose(model.predict(x.transpose(0, 2, 3, 1)), probs, rtol=1e-5)  # (N, H, W, C) too
+    acc = evaluate(model.net, DeviceLoader(x, y, 8, shuffle=False, mean=mean, std=std))["accuracy"]
+    assert float((model.predict_classes(x) == y).mean()) == acc
+    with pytest.raises(ValueError, match=rf"the model takes {input_dim[1]}x{input_dim[2]}"):
+        model.predict(np.zeros((1, input_dim[0], 32, 48), np.uint8))
+    # built in Python: 32x32 unless told; the error names the assumption and the fix
+    direct = gpuconv.inference.TrainedModel(model.net, model.classes, mean, std)
+    with pytest.raises(ValueError, match=rf"the model takes 32x32.*input_size=\({input_dim[1]}, {input_dim[2]}\)"):
+        direct.predict(x)
+    direct = gpuconv.inference.TrainedModel(model.net, model.classes, mean, std, input_size=input_dim[1:])
+    np.testing.assert_array_equal(direct.predict(x), probs)
