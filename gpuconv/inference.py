@@ -76,6 +76,9 @@ class TrainedModel:
                             out.append(tta_logits(self.net, amp.cast_input(x, dt), level).astype(np.float32))
                 finally:
                     self.net.train(was_training)
+            if out[0].shape[1] != len(self.classes):
+                raise ValueError(f"the network gives {out[0].shape[1]} class scores per image but classes has "
+                                 f"{len(self.classes)} names: give TrainedModel one name per output of the network")
             xp = backend.get_array_module(out[0])
             return backend.asnumpy(xp.concatenate(out))
 
@@ -112,8 +115,12 @@ def load_model(path, device=None) -> TrainedModel:
             raise ValueError(f"{path}: its weights do not fit the model its config describes ({exc})") from None
         pre = config.get("preprocess", {})
         from .data.formats import DEFAULT_CLASSES
+        # (CIFAR-10's names only for a 10-class network: another data set's classes go by index)
+        num_classes = int(config.get("kwargs", {}).get("num_classes", len(DEFAULT_CLASSES)))
+        classes = config.get("classes") or (DEFAULT_CLASSES if num_classes == len(DEFAULT_CLASSES)
+                                            else [str(i) for i in range(num_classes)])
         # built where the weights are: its .device is where predict runs ('sim' runs the kernels)
-        return TrainedModel(net, config.get("classes") or DEFAULT_CLASSES, pre.get("mean", CIFAR10_MEAN),
+        return TrainedModel(net, classes, pre.get("mean", CIFAR10_MEAN),
                             pre.get("std", CIFAR10_STD), config.get("train_args", {}).get("precision", "fp32"),
                             config, tta=recorded_tta(config))
 

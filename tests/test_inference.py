@@ -45,3 +45,15 @@ def test_a_model_built_for_other_images_predicts_them(tmp_path, input_dim):
         direct.predict(x)
     direct = gpuconv.inference.TrainedModel(model.net, model.classes, mean, std, input_size=input_dim[1:])
     np.testing.assert_array_equal(direct.predict(x), probs)
+
+
+def test_a_checkpoint_without_class_names_names_its_classes_by_index(tmp_path):
+    """CIFAR-10's ten names are the fallback of a 10-class network only: a 100-class one (CIFAR-100)
+    had ten names for 100 scores, and `gpuconv predict` failed on a label past the tenth."""
+    x, _, path = _checkpoint(tmp_path, {"input_dim": (3, 32, 32), "num_classes": 100}, (120.0,) * 3, (60.0,) * 3)
+    model = gpuconv.load_model(path)
+    assert model.classes == [str(i) for i in range(100)]
+    assert model.predict(x).shape == (len(x), 100)
+    wrong = gpuconv.inference.TrainedModel(model.net, model.classes[:10], model.mean, model.std)
+    with pytest.raises(ValueError, match="gives 100 class scores per image but classes has 10 names"):
+        wrong.predict(x)
