@@ -249,6 +249,33 @@ def test_damaged_batches(isolated, case, match):
         assert "Download or extract the CIFAR-10 release again" in str(info.value)
 
 
+def test_the_cifar100_release_is_refused_saying_so_and_how_to_read_it(isolated):
+    """CIFAR-100's python release (cifar-100-python/: train, test, meta, with 'fine_labels') under
+    each name a user may give: the folder above it, the folder, the tarball, a file of it. Each
+    failed as 'no CIFAR-10 data', and its 'train' file was called a corrupt tarball to delete."""
+    d = isolated / "data" / "cifar-100-python"
+    d.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name, n in (("train", 8), ("test", 4)):
+        (d / name).write_bytes(pickle.dumps({b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                                             b"fine_labels": rng.integers(0, 100, n).tolist(),
+                                             b"coarse_labels": rng.integers(0, 20, n).tolist()}, protocol=2))
+    (d / "meta").write_bytes(pickle.dumps({b"fine_label_names": [b"apple"] * 100}, protocol=2))
+    tarball = make_tarball(d, isolated / "data" / "cifar-100-python.tar.gz", top="cifar-100-python")
+    for root in (d.parent, d, tarball, d / "train"):
+        with pytest.raises(D.DataNotFoundError, match=r"it holds CIFAR-100 .*d\[b'fine_labels'\].*num_classes=100"):
+            D.load_cifar10(root, download=False)
+    # the recipe the message gives works
+    batch = D.load_pickle((d / "train").read_bytes(), "train")
+    loader = D.DeviceLoader(batch[b"data"].reshape(-1, 3, 32, 32), batch[b"fine_labels"], 4)
+    assert next(iter(loader))[0].shape == (4, 3, 32, 32)
+    # CIFAR-10 beside it is still found
+    c10 = tiny_dir(isolated / "data")
+    assert len(load_quiet(isolated / "data", download=False).train) == 20
+    tarball10 = make_tarball(c10, isolated / "data" / "cifar-10-python.tar.gz")
+    assert len(load_quiet(tarball10, download=False).train) == 20
+
+
 def test_truncated_binary_batch(subset, isolated):
     d = make_binary_dir(subset, isolated)
     raw = (d / "data_batch_4.bin").read_bytes()

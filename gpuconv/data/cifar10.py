@@ -102,7 +102,9 @@ def _locate(p: pathlib.Path) -> pathlib.Path | None:
         # A batch file itself (root=.../data_batch_1) stands for its directory; any other file
         # is taken for a tarball (and reported as unreadable if it is not one).
         names = formats.TRAIN_BATCHES + (formats.TEST_BATCH,)
-        return p.parent if p.name in names or p.name in {n + ".bin" for n in names} else p
+        if p.name in names or p.name in {n + ".bin" for n in names}:
+            return p.parent
+        return None if _cifar100_at(p) else p  # a CIFAR-100 file is no tarball
     if not p.is_dir():
         return None
     for d in (p,) + tuple(p / s for s in _SUBDIRS):
@@ -112,6 +114,17 @@ def _locate(p: pathlib.Path) -> pathlib.Path | None:
         if (p / t).is_file():
             return p / t
     return None
+
+
+def _cifar100_at(p: pathlib.Path) -> bool:
+    """Whether ``p`` is (or holds, or is a file of) a CIFAR-100 release rather than CIFAR-10's."""
+    if p.is_file():
+        return p.name in formats.CIFAR100_FILES and _cifar100_at(p.parent)
+    if not p.is_dir():
+        return False
+    return (formats.is_cifar100({c.name for c in p.iterdir() if c.is_file()})
+            or any((p / s).is_dir() for s in formats.CIFAR100_SUBDIRS)
+            or any((p / t).is_file() for t in formats.CIFAR100_TARBALLS))
 
 
 def find_data_dir(root=None) -> pathlib.Path:
@@ -126,6 +139,9 @@ def find_data_dir(root=None) -> pathlib.Path:
         if found is not None:
             return found
     if root is not None:
+        p = places[0][1]
+        if _cifar100_at(p):
+            raise DataNotFoundError(f"root={str(root)!r} (--data): {formats.CIFAR100_HINT}")
         why = "holds no CIFAR-10 data" if places[0][1].exists() else "does not exist"
         raise DataNotFoundError(
             f"root={str(root)!r} (--data) {why} (looked for cifar-10-batches-py/, cifar-10-batches-bin/ or "
@@ -144,6 +160,8 @@ def read_cifar10(source) -> CIFAR10:
     files = formats.TarFiles(source) if source.is_file() else formats.DirFiles(source)
     try:
         fmt = formats.detect_format(files.names())
+        if fmt is None and formats.is_cifar100(files.names()):
+            raise DataNotFoundError(f"{source}: {formats.CIFAR100_HINT}")
         if fmt is None:
             raise DataNotFoundError(
                 f"{source}: holds no CIFAR-10 batches (data_batch_1..5 [.bin], test_batch [.bin]). "

@@ -109,6 +109,21 @@ def detect_format(names: set[str]) -> str | None:
     return None
 
 
+CIFAR100_SUBDIRS = ("cifar-100-python", "cifar-100-binary")
+CIFAR100_TARBALLS = ("cifar-100-python.tar.gz", "cifar-100-binary.tar.gz")
+CIFAR100_FILES = ("train", "test", "meta", "train.bin", "test.bin")
+CIFAR100_HINT = ("it holds CIFAR-100 (train, test and meta files), which load_cifar10 does not read (CIFAR-10 "
+                 "only). For CIFAR-100: d = gpuconv.data.load_pickle(open('.../cifar-100-python/train', 'rb').read(), "
+                 "'train'), then DeviceLoader(d[b'data'].reshape(-1, 3, 32, 32), d[b'fine_labels'], ...) and a model "
+                 "built with num_classes=100")
+
+
+def is_cifar100(names: set[str]) -> bool:
+    """Whether the file names are those of a CIFAR-100 release (python or binary)."""
+    return bool({"train", "test"} & names and "meta" in names
+                or {"train.bin", "test.bin"} & names and "fine_label_names.txt" in names)
+
+
 def _check_labels(labels: np.ndarray, where: str) -> np.ndarray:
     if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
         bad = labels[(labels < 0) | (labels >= NUM_CLASSES)][0]
