@@ -608,6 +608,7 @@ class Trainer:
             else:
                 self._say(f"no checkpoint at {self.checkpoint_path}: starting from scratch")
         self._fit_epochs = epochs
+        self._record_preprocess(train_loader)
         if self.epoch >= epochs:
             self._say(f"nothing to do: {self.epoch} epoch(s) already done (epochs={epochs})")
             return self.history
@@ -670,6 +671,15 @@ class Trainer:
                 self.monitor.stop()
             self.monitor = None
         return self.history
+
+    def _record_preprocess(self, loader):
+        """A run's config without the normalization its images had (written by hand, not by `gpuconv
+        train`) gets the training loader's mean and std: the checkpoint's model then predicts with
+        them (gpuconv.load_model), not with CIFAR-10's."""
+        mean, std = getattr(loader, "mean", None), getattr(loader, "std", None)
+        if isinstance(self.config, dict) and "preprocess" not in self.config \
+                and isinstance(mean, tuple) and isinstance(std, tuple):
+            self.config["preprocess"] = {"mean": list(mean), "std": list(std)}
 
     def _check_schedule_length(self, loader, epochs):
         """A schedule that refuses steps past its end (OneCycleLR) would stop the fit there, after an

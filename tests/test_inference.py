@@ -11,7 +11,7 @@ from gpuconv.optim import SGD
 from gpuconv.trainer import Trainer, evaluate
 
 
-def _checkpoint(tmp_path, kwargs, mean, std, extra=None, n=16):
+def _checkpoint(tmp_path, kwargs, mean, std, extra=None, n=16, drop_preprocess=False):
     """A one-epoch run of three_layer_convnet(**kwargs) on random images; (images, labels, checkpoint path)."""
     c, h, w = kwargs["input_dim"]
     rng = np.random.default_rng(0)
@@ -21,6 +21,8 @@ def _checkpoint(tmp_path, kwargs, mean, std, extra=None, n=16):
     config = {"constructor": "three_layer_convnet",
               "kwargs": dict(kwargs, num_filters=4, filter_size=3, hidden_dim=8),
               "preprocess": {"mean": list(mean), "std": list(std)}, **(extra or {})}
+    if drop_preprocess:
+        del config["preprocess"]
     trainer = Trainer(net, SGD(net.parameters(), lr=0.01), out_dir=tmp_path, progress=False, config=config)
     trainer.fit(DeviceLoader(x, y, 8, mean=mean, std=std), 1)
     return x, y, tmp_path / "checkpoint.npz"
@@ -57,3 +59,14 @@ def test_a_checkpoint_without_class_names_names_its_classes_by_index(tmp_path):
     wrong = gpuconv.inference.TrainedModel(model.net, model.classes[:10], model.mean, model.std)
     with pytest.raises(ValueError, match="gives 100 class scores per image but classes has 10 names"):
         wrong.predict(x)
+
+
+def test_a_run_config_without_its_normalization_records_the_loaders(tmp_path):
+    """A config written by hand, without "preprocess": the checkpoint records the training
+    loader's mean and std, and load_model predicts with them (it used CIFAR-10's)."""
+    mean, std = (120.0, 115.0, 100.0), (50.0, 51.0, 52.0)
+    x, _, path = _checkpoint(tmp_path, {"input_dim": (3, 32, 32)}, mean, std, drop_preprocess=True)
+    model = gpuconv.load_model(path)
+    assert tuple(model.mean) == mean and tuple(model.std) == std
+    assert gpuconv.checkpoint.read_config(gpuconv.checkpoint.load_checkpoint(path))["preprocess"] == \
+        {"mean": list(mean), "std": list(std)}

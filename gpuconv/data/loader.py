@@ -103,6 +103,8 @@ class DeviceLoader:
                              "takes channels-first (N, C, H, W) images, as gpuconv.data.load_cifar10 returns them: "
                              "pass images.transpose(0, 3, 1, 2)")
         check_mean_std(mean, std, c)
+        # as given, per channel: what a checkpoint records for prediction (Trainer.fit)
+        self.mean, self.std = tuple(float(v) for v in np.ravel(mean)), tuple(float(v) for v in np.ravel(std))
         self.device = Device(device) if device is not None else get_default_device()
         self.xp = self.device.xp
         # The only uploads: the data set (uint8, once) and the normalization constants.
