@@ -679,7 +679,7 @@ class Trainer:
         mean, std = getattr(loader, "mean", None), getattr(loader, "std", None)
         if isinstance(self.config, dict) and "preprocess" not in self.config \
                 and isinstance(mean, tuple) and isinstance(std, tuple):
-            self.config["preprocess"] = {"mean": list(mean), "std": list(std)}
+            self.config = {**self.config, "preprocess": {"mean": list(mean), "std": list(std)}}  # (not the caller's dict)
 
     def _check_schedule_length(self, loader, epochs):
         """A schedule that refuses steps past its end (OneCycleLR) would stop the fit there, after an
