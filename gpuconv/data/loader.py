@@ -50,7 +50,10 @@ class DeviceLoader:
     and flips every image the other way on odd epochs, so each image is seen both ways every
     two epochs. ``cutout``: with ``augment``, a ``cutout`` x ``cutout`` square of each augmented
     image set to 0 (the mean color, after normalization), at a corner drawn uniformly per image
-    and epoch (airbench96: 12); 0 for none.
+    and epoch (airbench96: 12); 0 for none. ``mean`` and ``std``: per channel, on the 0-255
+    pixel scale; the defaults are CIFAR-10's training set's (3 channels): give your own data
+    set's (``images.mean(axis=(0, 2, 3))`` and ``.std(...)``) for anything else. Kept as given in
+    ``.mean``/``.std``; a Trainer records them in its checkpoint for prediction.
     """
 
     def __init__(self, images, labels, batch_size, shuffle=True, augment=False, drop_last=False, seed=0,
