@@ -30,6 +30,12 @@
 //                   tensor-core convolutions read, with the same values. reflect: reflect
 //                   padding instead of zeros (airbench's translation). cut_y/cut_x (B,) int64
 //                   in [0, H - cutout] and [0, W - cutout], read only when cutout > 0.
+//
+// Resources per kernel and build (ptxas of CUDA 13.0 for sm_90, the registry's NVRTC options;
+// tests/test_nvrtc.py holds every figure to ptxas's report): registers / static shared memory
+// in bytes / bytes spilled (stores + loads); "-": no such build (TF32: conv2d, conv2d_tc, gemm_tc).
+//   ptxas 13.0     f32          f64          bf16         f16          tf32
+//   augment_batch  30/0/0       36/0/0       30/0/0       29/0/0       -
 
 __device__ inline acc_t augment_nan() {
     // A quiet NaN from its bit pattern (no math header, and no 0/0 for UBSan to flag).

@@ -50,6 +50,18 @@
 // its own (mul_rn: NVRTC would otherwise contract a*b + c into one FMA), so with the same
 // statistics the kernels give the reference's bits; the sums differ from NumPy's pairwise
 // order by rounding only (tests derive the bound from the reduction length).
+//
+// Resources per kernel and build (ptxas of CUDA 13.0 for sm_90, the registry's NVRTC options;
+// tests/test_nvrtc.py holds every figure to ptxas's report): registers / static shared memory
+// in bytes / bytes spilled (stores + loads); "-": no such build (TF32: conv2d, conv2d_tc, gemm_tc).
+//   ptxas 13.0                   f32          f64          bf16         f16          tf32
+//   batchnorm2d_stats            32/6148/0    48/12296/0   32/6148/0    32/6148/0    -
+//   batchnorm2d_eval_inv_std     14/0/0       18/0/0       14/0/0       14/0/0       -
+//   batchnorm2d_normalize        40/0/0       40/0/0       32/0/0       31/0/0       -
+//   batchnorm2d_normalize_vec    48/0/0       52/0/0       70/0/0       64/0/0       -
+//   batchnorm2d_backward_sums    32/3076/0    58/6152/0    32/3076/0    32/3076/0    -
+//   batchnorm2d_backward_dx      32/0/0       56/0/0       31/0/0       31/0/0       -
+//   batchnorm2d_backward_dx_vec  55/0/0       80/0/80      71/0/0       72/0/0       -
 
 
 #define BN_LANES 32  // channels per block in the NHWC sums and per group of pass 2

@@ -56,6 +56,22 @@
 // 167, backward-weight 204, 4352 B of shared memory per block (at 168 registers the register
 // file holds 12 warps = 6 blocks per SM); v3 forward and backward-data 127 registers, 16896 B
 // (2 blocks = 16 warps per SM), backward-weight 130 (1 block = 8 warps per SM). No spills.
+//
+// Resources per kernel and build (ptxas of CUDA 13.0 for sm_90, the registry's NVRTC options;
+// tests/test_nvrtc.py holds every figure to ptxas's report): registers / static shared memory
+// in bytes / bytes spilled (stores + loads).
+//   ptxas 13.0                 f32          f64          bf16         f16          tf32
+//   conv2d_forward_v1          48/0/0       48/0/0       46/0/0       44/0/0       48/0/0
+//   conv2d_forward_v2          168/4352/0   244/8704/0   168/4352/0   130/4352/0   150/4352/0
+//   conv2d_forward_v3          127/16896/0  228/33792/0  123/16896/0  123/16896/0  127/16896/0
+//   conv2d_backward_data_v1    48/0/0       48/0/0       48/0/0       46/0/0       48/0/0
+//   conv2d_backward_data_v2    167/4352/0   242/8704/0   156/4352/0   130/4352/0   167/4352/0
+//   conv2d_backward_data_v3    127/16896/0  230/33792/0  126/16896/0  130/16896/0  130/16896/0
+//   conv2d_backward_weight_v1  47/0/0       48/0/0       46/0/0       39/0/0       38/0/0
+//   conv2d_backward_weight_v2  204/4352/0   254/8704/0   202/4352/0   167/4352/0   168/4352/0
+//   conv2d_backward_weight_v3  130/16896/0  248/33792/0  143/16896/0  147/16896/0  139/16896/0
+//   conv2d_reduce_splits       32/0/0       32/0/0       32/0/0       32/0/0       32/0/0
+//   conv2d_backward_bias       32/1024/0    40/2048/0    32/1024/0    32/1024/0    32/1024/0
 
 #define CONV_BM 64        // output-tile rows (the contiguous output dimension: m, or r for dW)
 #define CONV_BN 64        // output-tile columns

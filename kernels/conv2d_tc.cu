@@ -82,6 +82,33 @@
 // Two bodies pick between two instances of their loop at run time: the data gradient's
 // unit-stride rows (no division by the stride), and the weight gradient's 16-byte dY copies
 // (channel counts that are multiples of 8).
+//
+// Resources per kernel and build (ptxas of CUDA 13.0 for sm_90a, the registry's NVRTC options;
+// tests/test_nvrtc.py holds every figure to ptxas's report): registers / static shared memory
+// in bytes / bytes spilled (stores + loads); the tile kernels trap in float32 and float64.
+//   ptxas 13.0                      f32          f64          bf16         f16          tf32
+//   conv2d_forward_tc               4/0/0        4/0/0        80/24576/0   80/24576/0   80/24576/0
+//   conv2d_backward_data_tc         4/0/0        4/0/0        96/24576/0   96/24576/0   96/24576/0
+//   conv2d_backward_weight_tc       4/0/0        4/0/0        94/24576/0   94/24576/0   128/24576/0
+//   conv2d_forward_tc128            4/0/0        4/0/0        128/49152/0  128/49152/0  127/49152/0
+//   conv2d_backward_data_tc128      4/0/0        4/0/0        124/49152/0  124/49152/0  124/49152/0
+//   conv2d_backward_weight_tc128    4/0/0        4/0/0        126/49152/0  126/49152/0  128/49152/0
+//   conv2d_forward_tc128w           4/0/0        4/0/0        238/49152/0  238/49152/0  237/49152/0
+//   conv2d_backward_data_tc128w     4/0/0        4/0/0        234/49152/0  234/49152/0  234/49152/0
+//   conv2d_backward_weight_tc128w   4/0/0        4/0/0        238/49152/0  238/49152/0  246/49152/0
+//   conv2d_forward_tcwg             4/0/0        4/0/0        112/0/0      112/0/0      116/0/0
+//   conv2d_backward_data_tcwg       4/0/0        4/0/0        115/0/0      115/0/0      116/0/0
+//   conv2d_backward_weight_tcwg     4/0/0        4/0/0        120/0/0      120/0/0      128/0/0
+//   conv2d_forward_tcwg256          4/0/0        4/0/0        176/0/0      176/0/0      176/0/0
+//   conv2d_backward_data_tcwg256    4/0/0        4/0/0        184/0/0      184/0/0      189/0/0
+//   conv2d_backward_weight_tcwg256  4/0/0        4/0/0        193/0/0      193/0/0      218/0/0
+//   conv2d_forward_tcwgn64          4/0/0        4/0/0        124/0/0      124/0/0      128/0/0
+//   conv2d_backward_data_tcwgn64    4/0/0        4/0/0        127/0/0      127/0/0      128/0/0
+//   conv2d_backward_weight_tcwgn64  4/0/0        4/0/0        120/0/0      120/0/0      128/0/0
+//   conv2d_forward_tcwgm64          4/0/0        4/0/0        116/49152/0  116/49152/0  128/49152/0
+//   conv2d_backward_data_tcwgm64    4/0/0        4/0/0        119/49152/0  119/49152/0  128/49152/0
+//   conv2d_backward_weight_tcwgm64  4/0/0        4/0/0        120/49152/0  120/49152/0  158/49152/0
+//   conv2d_tc_weight_reduce         32/0/0       32/0/0       32/0/0       32/0/0       32/0/0
 
 // ------------------------------------------------------------------------------------------
 // Operand loaders of the implicit GEMMs. Each moves 16-byte pieces (cp.async.cg): an mk stage of

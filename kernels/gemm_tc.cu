@@ -26,6 +26,13 @@
 // The tile machinery (the 64x64 CTA tile of 4 warps, k-tiles of 64 bytes, the dense loader,
 // the fragment readers, the 3-stage cp.async pipeline) is kernels/tc_tile.cuh, shared with the
 // implicit-GEMM convolutions of kernels/conv2d_tc.cu.
+//
+// Resources per kernel and build (ptxas of CUDA 13.0 for sm_90, the registry's NVRTC options;
+// tests/test_nvrtc.py holds every figure to ptxas's report): registers / static shared memory
+// in bytes / bytes spilled (stores + loads); the GEMMs trap in float32 and float64 (gemm_tc_nn in TF32 too).
+//   ptxas 13.0  f32          f64          bf16         f16          tf32
+//   gemm_tc_nt  4/0/0        4/0/0        72/24576/0   77/24576/0   78/24576/0
+//   gemm_tc_nn  4/0/0        4/0/0        80/24576/0   80/24576/0   4/0/0
 
 // The kernel body on the 64x64 tile: LoaderB and FragB fix B's layout.
 typedef TcTile64 GemmTile;

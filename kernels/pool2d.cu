@@ -63,6 +63,29 @@
 // dy * (1/(kh*kw)) rounded on its own before it is added (the reference's `share`): NVRTC
 // contracts a*b + c into one FMA by default (--fmad=true), so it goes through mul_rn, whose
 // __fmul_rn/__dmul_rn are never contracted.
+//
+// Resources per kernel and build (ptxas of CUDA 13.0 for sm_90, the registry's NVRTC options;
+// tests/test_nvrtc.py holds every figure to ptxas's report): registers / static shared memory
+// in bytes / bytes spilled (stores + loads); "-": no such build (TF32: conv2d, conv2d_tc, gemm_tc).
+//   ptxas 13.0                        f32          f64          bf16         f16          tf32
+//   max_pool2d_forward                48/0/0       47/0/0       48/0/0       40/0/0       -
+//   max_pool2d_forward_vec            40/0/0       40/0/0       48/0/0       48/0/0       -
+//   max_pool2d_backward               40/0/0       40/0/0       48/0/0       48/0/28      -
+//   max_pool2d_backward_vec           54/0/0       56/0/0       64/0/0       56/0/0       -
+//   max_pool2d_backward_disjoint      40/0/0       40/0/0       40/0/0       48/0/0       -
+//   max_pool2d_backward_disjoint_vec  62/0/0       48/0/0       54/0/0       78/0/0       -
+//   avg_pool2d_forward                40/0/0       40/0/0       40/0/0       48/0/0       -
+//   avg_pool2d_forward_vec            64/0/0       64/0/0       40/0/0       40/0/0       -
+//   avg_pool2d_backward               34/0/0       32/0/0       32/0/0       37/0/0       -
+//   avg_pool2d_backward_vec           46/0/0       48/0/0       48/0/0       40/0/0       -
+//   avg_pool2d_backward_disjoint      35/0/0       40/0/0       40/0/0       40/0/0       -
+//   avg_pool2d_backward_disjoint_vec  48/0/0       48/0/0       40/0/0       64/0/0       -
+//   lp_pool2d_forward                 32/0/0       54/0/0       32/0/0       33/0/0       -
+//   lp_pool2d_backward                40/0/0       54/0/0       40/0/0       37/0/0       -
+//   adaptive_avg_pool2d_forward       32/0/0       32/0/0       32/0/0       32/0/0       -
+//   adaptive_avg_pool2d_backward      63/0/0       64/0/16      63/0/0       52/0/0       -
+//   adaptive_max_pool2d_forward       40/0/0       39/0/0       36/0/0       32/0/0       -
+//   adaptive_max_pool2d_backward      40/0/0       40/0/0       40/0/0       32/0/0       -
 
 
 // An N x C x H x W activation, NCHW or channels_last: memory index <-> (n, c, h, w).

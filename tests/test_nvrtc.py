@@ -1,12 +1,14 @@
 """Every kernel file compiles with NVRTC for compute_80 and compute_90 in every build (float32,
 float64, bfloat16, float16, and the TF32 build), without a GPU; the tensor-core GEMM's PTX holds
 the mma.sync/ldmatrix/cp.async of its build and an sm_90 CUBIN builds; with nvcc present, ptxas
-reports registers and shared memory per kernel and the tuned convolution kernels and the
+reports registers, shared memory and spills per kernel (each kernel header's table states them,
+figure for figure) and the tuned convolution kernels and the
 tensor-core GEMM of every float32-accumulating build do not spill to local memory. The GPU path (CuPy faked, NVRTC real)
 builds a CUBIN for the device's arch (PTX where NVRTC lacks it) without flush-to-zero, caches it
 on disk in $GPUCONV_CUDA_CACHE, and reports compile and load errors with file and line."""
 from __future__ import annotations
 
+import functools
 import pathlib
 import re
 import shutil
@@ -266,12 +268,51 @@ def _ptxas_report(op_file, dtype, tmp_path, tf32=False):
     return report
 
 
+# Each kernel file's header states ptxas's figures for every entry point and build in one table:
+#   //   ptxas 13.0   f32  f64  bf16  f16  tf32          (the CUDA release the figures are from)
+#   //   <kernel>     <registers>/<static shared bytes>/<spilled bytes> per build, "-" where not built
+PTXAS_HEADING = re.compile(r"^//\s+ptxas (\d+\.\d+)\s+" + r"\s+".join(BUILDS) + r"\s*$", re.M)
+PTXAS_ROW = re.compile(r"//\s+(\w+)" + r"\s+(\d+/\d+/\d+|-)" * len(BUILDS) + r"\s*$")
+_reports = {}  # build -> {op_file: ptxas report}, filled by test_ptxas_resource_usage
+
+
+def header_ptxas_table(op_file):
+    """(release, {build: {kernel: {"registers", "smem", "spill"}}}) from kernels/<op_file>.cu's header."""
+    text = (kernels.kernel_dir() / f"{op_file}.cu").read_text()
+    headings = list(PTXAS_HEADING.finditer(text))
+    assert len(headings) == 1, f"kernels/{op_file}.cu has {len(headings)} ptxas tables; its header needs one"
+    table = {build: {} for build in BUILDS}
+    for line in text[headings[0].end():].lstrip("\n").splitlines():
+        m = PTXAS_ROW.fullmatch(line)
+        if not m:
+            break
+        for build, cell in zip(BUILDS, m.groups()[1:]):
+            if cell != "-":
+                table[build][m.group(1)] = dict(zip(("registers", "smem", "spill"), map(int, cell.split("/"))))
+    return headings[0].group(1), table
+
+
+@functools.lru_cache(maxsize=None)
+def nvcc_release():
+    out = subprocess.run(["nvcc", "--version"], capture_output=True, text=True, timeout=60).stdout
+    return re.search(r"release (\d+\.\d+)", out).group(1)
+
+
+@pytest.mark.parametrize("op_file", kernels.KERNEL_FILES)
+def test_every_kernel_header_has_a_ptxas_table_of_its_entry_points(op_file):
+    """A row per entry point, a figure in every build that test_ptxas_resource_usage compiles."""
+    _, table = header_ptxas_table(op_file)
+    for build, (dtype, tf32) in BUILDS.items():
+        built = not tf32 or op_file in kernels.TF32_FILES
+        assert list(table[build]) == (ENTRIES[op_file] if built else []), (op_file, build, list(table[build]))
+
+
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH (ptxas resource report needs it)")
 @pytest.mark.parametrize("build", list(BUILDS))
 def test_ptxas_resource_usage(tmp_path, build, capsys):
     dtype, tf32 = BUILDS[build]
     lines, reports = [], {}
-    for op_file in kernels.KERNEL_FILES if not tf32 else ["conv2d", "conv2d_tc", "gemm_tc"]:
+    for op_file in kernels.KERNEL_FILES if not tf32 else kernels.TF32_FILES:
         report = reports[op_file] = _ptxas_report(op_file, dtype, tmp_path, tf32)
         # Beside the entry points, ptxas reports the math library's own non-inlined routines
         # (double pow's __internal_accurate_pow, reached by LP pooling's float64 build).
@@ -283,6 +324,7 @@ def test_ptxas_resource_usage(tmp_path, build, capsys):
             assert r["registers"] <= 255
     with capsys.disabled():
         print("\n" + "\n".join(lines))
+    _reports[build] = reports
     # float64 doubles the register tiles; the builds that accumulate in float32 must not spill
     # (bf16/fp16 stage float32 tiles: the same registers and shared memory as float32).
     if build != "f64":
@@ -361,6 +403,30 @@ def test_ptxas_resource_usage(tmp_path, build, capsys):
             most = 168 if build == "tf32" and name == "conv2d_backward_weight_tcwgm64" else 128
             assert r["spill"] == 0 and r["smem"] == 49152 and r["registers"] <= most, (build, name, r)
 
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH (ptxas resource report needs it)")
+@pytest.mark.parametrize("build", list(BUILDS))
+def test_kernel_headers_state_what_ptxas_reports(tmp_path, build):
+    """Every figure of every header's ptxas table is ptxas's (the reports test_ptxas_resource_usage
+    compiled, where it ran first): a change that moves a kernel's registers, shared memory or spills
+    updates its header in the same commit."""
+    dtype, tf32 = BUILDS[build]
+    files = kernels.KERNEL_FILES if not tf32 else kernels.TF32_FILES
+    reports = _reports.get(build) or {f: _ptxas_report(f, dtype, tmp_path, tf32) for f in files}
+    wrong = []
+    for op_file in files:
+        release, table = header_ptxas_table(op_file)
+        if release != nvcc_release():
+            pytest.skip(f"kernels/{op_file}.cu states ptxas {release}'s figures; this nvcc is {nvcc_release()}'s")
+        stated = table[build]
+        for name in ENTRIES[op_file]:
+            got = {k: reports[op_file][name].get(k, 0) for k in ("registers", "smem", "spill")}
+            if stated.get(name) != got:
+                have = "/".join(str(stated[name][k]) for k in got) if name in stated else "nothing"
+                wrong.append(f"kernels/{op_file}.cu {name} {build}: the header says {have}, ptxas "
+                             f"{got['registers']}/{got['smem']}/{got['spill']}")
+    assert not wrong, "update the ptxas table in the kernel's header:\n" + "\n".join(wrong)
 
 # ----------------------------------------------------------------------------- the GPU path, faked
 # No GPU here: CuPy is faked (a device of compute capability 9.0, a RawModule that loads a file),
