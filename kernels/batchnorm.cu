@@ -42,9 +42,10 @@
 // the fused layer gives the bits of BatchNorm2d followed by the activation layer, without the
 // activation's two passes over memory (and two launches) and without keeping z.
 // Registers on sm_90 (ptxas 13, tests/test_nvrtc.py): 14-40 per kernel in the float32, bf16 and
-// fp16 builds (the _vec forms 48-72: a channel group's statistics and the inlined GELU), up to 64
-// in float64; at most 6 KiB of shared memory per block (12 KiB in float64, batchnorm2d_stats); no
-// spills but in float64's backward_dx_vec (80 bytes around the double erfc call).
+// fp16 builds (the _vec forms 48-72: a channel group's statistics and the inlined GELU); in float64
+// 18-58, the _vec forms 52 and 80; at most 6 KiB of shared memory per block and the last-block flag (12 KiB
+// in float64, batchnorm2d_stats); no spills but in float64's backward_dx_vec (80 bytes around the
+// double erfc call). The table below has every figure.
 //
 // Elementwise arithmetic follows the reference operation for operation, each product rounded on
 // its own (mul_rn: NVRTC would otherwise contract a*b + c into one FMA), so with the same
