@@ -57,8 +57,9 @@
 // trap, and the launcher never sends them there.
 // GEMM rows and columns are int (the launcher checks the sizes); element offsets are index_t.
 //
-// Resources on sm_90 (ptxas 13.0; tests/test_nvrtc.py checks the bounds and the absence of spills).
-// TcTile64: forward 78-80 registers, backward-data 96, backward-weight 94 (TF32: 128, its loads
+// Resources on sm_90a (ptxas 13.0; tests/test_nvrtc.py checks the bounds, the absence of spills and
+// the table below).
+// TcTile64: forward 80 registers, backward-data 96, backward-weight 94 (TF32: 128, its loads
 // held in registers across the mmas); 24576 B of static shared memory; at 96 registers the register
 // file holds 5 blocks of 4 warps per SM, at 128 four. TcTile128 (warp tiles of 64x32: 64
 // accumulators per thread): 124-128 registers in every build (the weight gradient bounded to it),
@@ -68,10 +69,10 @@
 // registers, 65536 B of dynamic stages (and 1 KiB to align them), 2 blocks of 8 warps per SM; its
 // bf16 loops issue 112-124 instructions a k-tile per warp around 2 HGMMAs (tc128: 150-170 around 32
 // HMMAs and 12 ldmatrix, the same multiply-adds; TF32 236-274, its operands rounded in the stages).
-// TcTileWg256: 176-232 registers, 98304 B, one block per SM; 126-196 instructions a k-tile for
+// TcTileWg256: 176-218 registers, 98304 B, one block per SM; 126-196 instructions a k-tile for
 // twice the work. TcTileWgN64: 120-128 registers, 81920 B of dynamic stages, 2 blocks per SM;
 // 125-139 instructions a k-tile around 4 HGMMAs of 64 columns (tcwg's multiply-adds). TcTileWgM64:
-// 116-128 registers (TF32 weight gradient 159: 3 blocks), 49152 B static, 4 blocks of 4 warps per
+// 116-128 registers (TF32 weight gradient 158: 3 blocks), 49152 B static, 4 blocks of 4 warps per
 // SM; 122-185 instructions a k-tile per warp around 2 HGMMAs (a quarter of tcwg's CTA work in half
 // its warps). The pipelined waits keep ptxas from serializing the HGMMAs (tests/test_nvrtc.py fails
 // on its C7514 warning). The loaders keep their rows' addresses and coordinates, their pieces'
