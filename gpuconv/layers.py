@@ -974,6 +974,9 @@ class Sequential(Layer):
         first = 0 if need_dx else next((i for i, layer in enumerate(layers) if _trains(layer)), len(layers))
         for i in range(len(layers) - 1, first - 1, -1):
             dy = call_backward(layers[i], dy, need_dx or i > first)
+        for layer in layers[:first]:  # their forward caches (activations) are released as a backward would
+            for m in layer.modules():
+                m._cache = None
         return dy if first == 0 else None
 
 

@@ -1023,6 +1023,21 @@ def test_backward_without_input_gradient_keeps_parameter_gradients(backend):
     assert inner.backward(backend.asarray(np.ones((1, 4, 3, 3), np.float32)), need_dx=False) is None
 
 
+def test_backward_releases_the_caches_of_frozen_layers_it_does_not_run():
+    """With need_dx=False the frozen layers in front of the first trainable one are not run
+    backward (airbench94's whitening conv and its GELU once the bias is frozen); their forward
+    caches, a batch of activations each, are released all the same: after the backward no layer
+    holds a cache."""
+    frozen = Conv2d(3, 4, 2, seed=0)
+    frozen.requires_grad_(False)
+    net = Sequential(frozen, GELU(), Sequential(Conv2d(4, 4, 3, padding=1, seed=1), ReLU()),
+                     Residual(Sequential(Conv2d(4, 4, 3, padding=1, seed=2))), Flatten(), Linear(4 * 4 * 4, 3, seed=3))
+    y = net(np.random.default_rng(0).standard_normal((2, 3, 5, 5)).astype(np.float32))
+    assert net.backward(np.ones_like(y), need_dx=False) is None
+    assert [name for name, m in net.named_modules() if m._cache is not None] == []
+    assert net[2][0].weight.grad is not None and frozen.weight.grad is None
+
+
 def test_an_empty_batch_gives_empty_results_on_every_backend(backend):
     """N = 0 flows through every op forward and backward with empty outputs and zero parameter
     gradients, the same on every device (batch-norm training is the exception: a variance of
