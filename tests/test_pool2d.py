@@ -350,6 +350,27 @@ def test_floor_mode_pools_the_windows_that_fit_and_zeroes_the_rest(backend, kind
     backend.assert_kernels_ran(f"{kind}_pool2d_forward", f"{kind}_pool2d_backward{'_disjoint' if k == s else ''}")
 
 
+def test_floor_max_pool_backward_allocates_one_input_gradient():
+    """The NumPy backward of a floor max pool (airbench94's 2x2 pools of 31x31 and 15x15 maps)
+    writes the windows' gradient into dx itself: its memory is dx and a chunk of tap planes, not
+    a second input-sized array for the tiled part (which made it the peak of an airbench94 step)."""
+    import tracemalloc
+    x = np.random.default_rng(0).standard_normal((32, 64, 31, 31)).astype(np.float32)
+    y, cache = max_pool2d_forward(x, 2, floor=True)
+    dy = np.ones_like(y)
+    want = np.zeros_like(x)
+    want[:, :, :30, :30] = max_pool2d_backward(dy, max_pool2d_forward(np.ascontiguousarray(x[:, :, :30, :30]), 2)[1])
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        dx = max_pool2d_backward(dy, cache)
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    assert peak < dx.nbytes + 2 * pool_mod._CHUNK_BYTES, f"{peak} bytes for a {dx.nbytes}-byte dx"
+    assert dx.tobytes() == want.tobytes()
+
+
 def test_pool_launch_sizes_are_int32_made_once_per_geometry():
     """The pooling kernels' size arguments (N, C, H, W, OH, OW, window, stride, padding) as np.int32,
     made once per geometry (every pooling launch of every step passes them) and, in floor mode,

@@ -198,7 +198,8 @@ def _max_pool2d_backward_reference(dy, cache):
     return round_once(_max_backward(upcast(dy), cache), dy.dtype)
 
 
-def _max_backward(dy, cache):
+def _max_backward(dy, cache, out=None):
+    """dx; ``out`` (the tiled case only): the array, or view, it is written into."""
     xp = get_array_module(dy, cache.argmax)
     (kh, kw), taps = cache.kernel_size, cache.kernel_size[0] * cache.kernel_size[1]
     if dy.size == 0:
@@ -206,9 +207,12 @@ def _max_backward(dy, cache):
     n, c, oh, ow = dy.shape
     used = (n, c, oh * kh, ow * kw)
     if tuple(cache.stride) == (kh, kw) and used != tuple(cache.x_shape):
-        # Floor pooling with rows or columns past the last window: the tiled part, then zeros.
-        dx = xp.zeros(cache.x_shape, dtype=dy.dtype)
-        dx[:, :, :used[2], :used[3]] = _max_backward(dy, cache._replace(x_shape=used))
+        # Floor pooling with rows or columns past the last window: the tiled part written in place
+        # (a separate array of it would be a second dx at the backward's peak), then zeros.
+        dx = xp.empty(cache.x_shape, dtype=dy.dtype)
+        dx[:, :, used[2]:] = 0
+        dx[:, :, :used[2], used[3]:] = 0
+        _max_backward(dy, cache._replace(x_shape=used), out=dx[:, :, :used[2], :used[3]])
         return dx
     if not _tiles(cache.x_shape, cache.kernel_size, cache.stride):
         # Overlapping windows: scatter-add tap by tap (taps in order, as the kernel sums them),
@@ -223,7 +227,7 @@ def _max_backward(dy, cache):
     # Each input pixel is in exactly one window: build the gradient tap-major and contiguous,
     # then one transposing pass into dx. Adding 0 in that pass keeps the loop form's result bit
     # for bit: 0 + (-0.0) is +0.0, where a plain copy would leave a routed -0.0.
-    dx = xp.empty(cache.x_shape, dtype=dy.dtype)
+    dx = xp.empty(cache.x_shape, dtype=dy.dtype) if out is None else out
     planes = None
     for b in _batch_chunks(n, taps * dy[0].size * dy.itemsize):
         dyb, ab = dy[b], cache.argmax[b]
@@ -234,8 +238,16 @@ def _max_backward(dy, cache):
             xp.copyto(planes[t], dyb, where=ab == t)
         m = dyb.shape[0]
         xp.add(planes.reshape(kh, kw, m, c, oh, ow), dy.dtype.type(0),
-               out=dx[b].reshape(m, c, oh, kh, ow, kw).transpose(3, 5, 0, 1, 2, 4))
+               out=_window_axes(xp, dx[b], kh, kw).transpose(3, 5, 0, 1, 2, 4))
     return dx
+
+
+def _window_axes(xp, a, kh, kw):
+    """(M, C, OH, KH, OW, KW) view of the (M, C, OH*KH, OW*KW) array ``a``, whatever its strides (a
+    reshape of a strided view may copy, and the writes would go to the copy)."""
+    m, c, h, w = a.shape
+    sn, sc, sh, sw = a.strides
+    return xp.lib.stride_tricks.as_strided(a, (m, c, h // kh, kh, w // kw, kw), (sn, sc, sh * kh, sh, sw * kw, sw))
 
 
 def _avg_pool2d_forward_reference(x, kernel_size, stride, floor=False):
