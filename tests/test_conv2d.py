@@ -188,6 +188,29 @@ def test_need_dx_false_skips_dx_and_keeps_dw_db(backend, stride, padding, k):
     np.testing.assert_array_equal(backend.asnumpy(db2), backend.asnumpy(db))
 
 
+def test_bias_gradient_alone_makes_no_multiplicand_copies():
+    """The NumPy backward asked for the bias gradient alone (need_dx=False, need_dw=False: frozen
+    filters on data, airbench94's whitening conv while its bias trains) reads dy only: no float32
+    copies of a bfloat16 dy and x for GEMMs that do not run, one float32 dy for the sum."""
+    import tracemalloc
+    import ml_dtypes
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((64, 3, 32, 32)).astype(ml_dtypes.bfloat16)
+    w = rng.standard_normal((24, 3, 2, 2)).astype(ml_dtypes.bfloat16)
+    y, cache = conv2d_forward(x, w, np.zeros(24, ml_dtypes.bfloat16))
+    dy = rng.standard_normal(y.shape).astype(ml_dtypes.bfloat16)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        dx, dw, db = conv2d_backward(dy, cache, need_dx=False, need_dw=False)
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    assert dx is None and dw is None
+    assert peak < 1.5 * 2 * dy.nbytes, f"{peak} bytes for the bias gradient of a {dy.nbytes}-byte dy"
+    np.testing.assert_array_equal(db, conv2d_backward(dy, cache)[2])
+
+
 @pytest.mark.parametrize("need_dx", [True, False])
 def test_need_dw_false_skips_dw_and_keeps_dx_db(backend, need_dx):
     """Frozen filters need no weight gradient: ``need_dw=False`` gives dw None, the same dx and db,

@@ -179,8 +179,11 @@ def _forward(x, w, b, stride, padding):
 
 def _conv2d_backward_reference(dy, cache, need_dx=True, tf32=False, need_dw=True, dw_dtype=None):
     x, w, has_bias, stride, padding = cache
-    dyc, xc, wc = multiplicands(tf32, dy, x, w)
-    dx, dw = _backward(dyc, xc, wc, stride, padding, need_dx, need_dw)
+    dx = dw = None
+    if need_dx or need_dw:  # (the bias gradient alone, of frozen filters on data, reads dy only)
+        dyc, xc, wc = multiplicands(tf32, dy, x, w)
+        dx, dw = _backward(dyc, xc, wc, stride, padding, need_dx, need_dw)
+        del dyc, xc, wc  # upcast or TF32 copies: gone before the bias gradient's
     db = channel_sum(upcast(dy)) if has_bias else None  # a sum: never TF32-rounded
     dw = round_once(dw, w.dtype)
     if dw is not None and dw_dtype is not None:
