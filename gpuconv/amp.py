@@ -276,6 +276,10 @@ class LossScaler:
         """``S`` as a Python float (a readback: for logs and tests, not for the step)."""
         return self.init_scale if self.scale_ is None else float(backend.asnumpy(self.scale_))
 
+    def __repr__(self):
+        return (f"LossScaler(scale={self.current_scale}, growth_factor={self.growth_factor}, "
+                f"backoff_factor={self.backoff_factor}, growth_interval={self.growth_interval})")
+
     def state_dict(self):
         return {"scaler": "LossScaler", "scale": self.current_scale,
                 "tracker": 0 if self.tracker is None else int(backend.asnumpy(self.tracker)),

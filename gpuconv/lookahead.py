@@ -72,6 +72,9 @@ class Lookahead:
             for k in range(0, len(pairs), LOOKAHEAD_TENSORS):
                 _launch_update(pairs[k:k + LOOKAHEAD_TENSORS], rate, device)
 
+    def __repr__(self):
+        return f"Lookahead({type(self.model).__name__}, {len(self.ema)} arrays, every={self.every})"
+
     def state_dict(self):
         """The average as host NumPy arrays, under ``ema.<name>``."""
         return {f"ema.{name}": host_copy(a) for name, a in self.ema.items()}

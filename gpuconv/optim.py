@@ -912,6 +912,10 @@ class LRSchedule:
         that group sets an lr of its own)."""
         return [g["lr"] for g in self.optimizer.param_groups]
 
+    def __repr__(self):
+        hyper = "".join(f"{n}={getattr(self, n)!r}, " for n in self._hyper)
+        return f"{type(self).__name__}({hyper}last_step={self.last_step}, lr={self.optimizer.lr:g})"
+
     def state_dict(self):
         out = {"schedule": type(self).__name__, "last_step": self.last_step, "base_lr": self.base_lr}
         out.update({n: getattr(self, n) for n in self._hyper})

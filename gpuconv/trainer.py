@@ -226,6 +226,16 @@ class Trainer:
         self._stop_requested = False
         self._loader_state = None
 
+    def __repr__(self):
+        model = type(self.model).__name__
+        if callable(getattr(self.model, "num_parameters", None)):
+            model += f" ({self.model.num_parameters():,} parameters)"
+        extras = "".join(f", {name}={value!r}" for name, value in
+                         (("scheduler", self.scheduler), ("lookahead", self.lookahead)) if value is not None)
+        out = f"'{self.out_dir}'" if self.out_dir is not None else None
+        return (f"Trainer(model={model}, optimizer={self.optimizer!r}{extras}, precision={self.precision!r}, "
+                f"epoch={self.epoch}, step={self.step}, out_dir={out})")
+
     # ------------------------------------------------------------------ paths
     @property
     def checkpoint_path(self):

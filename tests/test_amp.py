@@ -122,6 +122,14 @@ def test_optimizer_skip_leaves_parameters_and_state_as_they_were(make):
 
 
 # ----------------------------------------------------------------------------- the loss scaler
+def test_loss_scaler_repr_shows_its_scale_and_rule():
+    scaler = amp.LossScaler(init_scale=1024.0, growth_interval=3)
+    assert repr(scaler) == "LossScaler(scale=1024.0, growth_factor=2.0, backoff_factor=0.5, growth_interval=3)"
+    scaler.factor(np.zeros(1, np.float32))
+    scaler.update(np.asarray(True))  # an overflow halves the scale
+    assert repr(scaler).startswith("LossScaler(scale=512.0,")
+
+
 def test_loss_scaler_backs_off_on_overflow_and_grows_after_clean_steps():
     s = amp.LossScaler(init_scale=8.0, growth_interval=3)
     p = Conv2d(1, 1, 1).weight

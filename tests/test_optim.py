@@ -418,6 +418,17 @@ def test_step_lr_values():
     assert lrs[2] == 0.1 and lrs[3] == 0.05 and lrs[9] == 0.0125
 
 
+def test_schedules_repr_their_arguments_step_and_lr():
+    opt = _opt(0.1)
+    sched = OneCycleLR(opt, max_lr=0.1, total_steps=10)
+    sched.step()
+    assert repr(sched) == ("OneCycleLR(max_lr=0.1, total_steps=10, pct_start=0.3, div_factor=25.0, "
+                           f"final_div_factor=10000.0, anneal_strategy='cos', last_step=1, lr={opt.lr:g})")
+    assert repr(StepLR(_opt(0.1), 3)) == "StepLR(step_size=3, gamma=0.1, last_step=0, lr=0.1)"
+    assert repr(CosineLR(_opt(1.0), 10, warmup_steps=2)).startswith("CosineLR(total_steps=10, min_lr=0.0, warmup_steps=2")
+    assert repr(gpuconv.optim.TriangularLR(_opt(1.0), 10)).endswith("last_step=0, lr=0.2)")
+
+
 def test_get_last_lr_lists_every_groups_lr_as_pytorch():
     a, b = Parameter(np.zeros(2), "a"), Parameter(np.zeros(3), "b")
     opt = SGD([{"params": [a]}, {"params": [b], "lr": 0.5}], lr=0.1)

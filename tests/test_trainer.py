@@ -99,6 +99,17 @@ def test_three_layer_convnet_learns_on_real_images(cifar, tmp_path, capsys, monk
     assert int(saved["meta/epoch"]) == 2 and int(saved["meta/step"]) == 2 * len(loader)
 
 
+def test_trainer_repr_names_the_model_optimizer_schedule_and_progress():
+    from gpuconv.lookahead import Lookahead
+    net = Sequential(Flatten(), Linear(12, 3))
+    opt = SGD(net.parameters(), lr=0.1)
+    trainer = Trainer(net, opt, scheduler=CosineLR(opt, 10), lookahead=Lookahead(net), total_steps=10, progress=False)
+    assert repr(trainer) == (
+        "Trainer(model=Sequential (39 parameters), optimizer=SGD(2 params, lr=0.1, momentum=0.0, nesterov=False, "
+        "weight_decay=0.0), scheduler=CosineLR(total_steps=10, min_lr=0.0, warmup_steps=0, last_step=0, lr=0.1), "
+        "lookahead=Lookahead(Sequential, 2 arrays, every=5), precision='fp32', epoch=0, step=0, out_dir=None)")
+
+
 def test_evaluate_matches_a_numpy_recount(cifar):
     train, val = cifar
     model = small_net()
