@@ -142,6 +142,13 @@ def test_iterating_under_sim_reads_nothing_back():
         assert B.transfers.device_to_host == 1
 
 
+def test_repr_shows_dtype_and_layout():
+    images, labels = np.zeros((4, 3, 8, 8), np.uint8), np.zeros(4, np.int64)
+    text = repr(DeviceLoader(images, labels, 2, device="cpu", dtype="bfloat16", channels_last=True))
+    assert "dtype=bfloat16, channels_last=True" in text
+    assert "dtype=float32, channels_last=False" in repr(DeviceLoader(images, labels, 2, device="cpu"))
+
+
 def test_real_subset_batches_are_normalized(subset_dir, backend):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)

@@ -238,4 +238,5 @@ class DeviceLoader:
     def __repr__(self):
         return (f"DeviceLoader({self.num_samples} images, batch_size={self.batch_size}, shuffle={self.shuffle}, "
                 f"augment={self.augment}, padding={self.padding}, padding_mode={self.padding_mode!r}, "
-                f"flip={self.flip!r}, cutout={self.cutout}, drop_last={self.drop_last}, seed={self.seed}, device='{self.device}')")
+                f"flip={self.flip!r}, cutout={self.cutout}, drop_last={self.drop_last}, seed={self.seed}, dtype={self.dtype}, "
+                f"channels_last={self.channels_last}, device='{self.device}')")
