@@ -474,12 +474,13 @@ class Layer:
     def extra_repr(self):
         return ""
 
-    def __repr__(self):
+    def __repr__(self):  # PyTorch's layout: extra_repr's lines, then one line per child
         children = self.named_children()
-        if not children:
-            return f"{type(self).__name__}({self.extra_repr()})"
-        lines = [f"  ({name}): " + repr(child).replace("\n", "\n  ") for name, child in children]
-        return f"{type(self).__name__}(\n" + "\n".join(lines) + "\n)"
+        extra = self.extra_repr()
+        if not children and "\n" not in extra:
+            return f"{type(self).__name__}({extra})"
+        lines = (extra.split("\n") if extra else []) + [f"({name}): " + repr(child) for name, child in children]
+        return f"{type(self).__name__}(\n" + "\n".join("  " + line.replace("\n", "\n  ") for line in lines) + "\n)"
 
 
 # ----------------------------------------------------------------------------- layers with parameters

@@ -987,6 +987,15 @@ def test_num_parameters_and_pytorch_like_repr():
     assert not isinstance(AvgPool2d(2), MaxPool2d) and not isinstance(MaxPool2d(2), AvgPool2d)
 
 
+def test_repr_of_a_layer_with_children_keeps_its_extra_repr():
+    class Block(Sequential):  # a user's container with settings of its own, as in PyTorch
+        def extra_repr(self):
+            return "width=4"
+    assert repr(Block(ReLU(), Sequential(Flatten()))) == (
+        "Block(\n  width=4\n  (0): ReLU()\n  (1): Sequential(\n    (0): Flatten()\n  )\n)")
+    assert repr(Sequential(ReLU())) == "Sequential(\n  (0): ReLU()\n)"
+
+
 def test_conv_padding_same_and_valid_as_in_pytorch():
     x = np.zeros((1, 2, 9, 7), np.float32)
     assert Conv2d(2, 3, (5, 3), padding="same").padding == (2, 1)
