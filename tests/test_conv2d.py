@@ -60,6 +60,12 @@ def test_alexnet_first_layer_227_to_55(backend):
     np.testing.assert_allclose(backend.asnumpy(y), ref, rtol=1e-4, atol=1e-6 * 3 * 11 * 11)
 
 
+def test_cache_repr_shows_shapes_not_values():
+    _, cache = conv2d_forward(np.ones((2, 3, 8, 8), np.float32), np.ones((4, 3, 3, 3), np.float32), padding=1)
+    assert repr(cache) == ("Conv2dCache(x=array(shape=(2, 3, 8, 8), dtype=float32), w=array(shape=(4, 3, 3, 3), "
+                           "dtype=float32), has_bias=False, stride=(1, 1), padding=(1, 1))")
+
+
 def test_hand_worked_numbers(backend):
     x = np.array([[1, 2, 0], [0, 1, 3], [2, 1, 0]], np.float64)[None, None]
     w = np.array([[1, -1], [2, 0]], np.float64)[None, None]

@@ -170,6 +170,15 @@ def check_cache(cache, cls, forward):
                         f"the second value of y, cache = {forward}(...)")
 
 
+def cache_repr(cache) -> str:
+    """A cache's fields with each array shown as its dtype and shape (a whole activation printed
+    fills a notebook's output)."""
+    def show(v):
+        return f"array(shape={tuple(v.shape)}, dtype={v.dtype})" if hasattr(v, "shape") and hasattr(v, "dtype") \
+            else repr(v)
+    return f"{type(cache).__name__}(" + ", ".join(f"{k}={show(v)}" for k, v in zip(cache._fields, cache)) + ")"
+
+
 def check_bias(b, w, per):
     """``b`` is None or holds one value per row of ``w`` (``per`` names what a row is)."""
     if b is not None and tuple(b.shape) != (w.shape[0],):

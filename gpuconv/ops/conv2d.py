@@ -36,10 +36,14 @@ from .. import backend
 from ..backend import get_array_module
 from ..precision import channel_sum, multiplicands, round_once, upcast, use_tf32
 from . import _dispatch
-from ._checks import (check_bias, check_cache, check_float, check_floor, check_rank, check_same_dtype, output_hw,
-                      pair)
+from ._checks import (cache_repr, check_bias, check_cache, check_float, check_floor, check_rank, check_same_dtype,
+                      output_hw, pair)
 
-Conv2dCache = namedtuple("Conv2dCache", "x w has_bias stride padding")
+
+class Conv2dCache(namedtuple("Conv2dCache", "x w has_bias stride padding")):
+    __slots__ = ()
+    __repr__ = cache_repr  # the arrays' shapes and dtypes, not their values
+
 
 # Bytes of column matrix per chunk. Measured on a 2-core EPYC (CIFAR 64->128ch 3x3): 4 MB runs the
 # forward at ~110-120 GFLOP/s (BLAS peak here ~130), 64 MB at ~95, unchunked (300 MB) at ~50.
