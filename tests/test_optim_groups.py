@@ -293,6 +293,12 @@ def test_lookahead_pulls_weights_and_buffers_to_the_average(backend):
         look.load_state_dict({})
 
 
+def test_lookahead_of_a_parameter_list_says_it_takes_the_model():
+    net = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+    with pytest.raises(TypeError, match=r"must be a gpuconv Layer .* got list: pass the model itself, Lookahead\(net\)"):
+        Lookahead(net.parameters())
+
+
 class _Arrays:
     """A stand-in model for Lookahead: named float parameters and buffers of many sizes."""
 
