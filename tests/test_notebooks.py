@@ -140,3 +140,16 @@ def test_kernels_notebook_plots_benchmark_records(tmp_path, monkeypatch):
     assert "fp32      nchw          forward          64->128 @32x32   v2          1.000  0.80x" in text  # the fastest
     assert "bf16      channels_last backward_weight  64->128 @32x32   tc          0.250  0.80x" in text
     assert " v1 " not in text.split("gpuconv's fastest variant per cell")[1]
+
+
+@pytest.mark.parametrize("name", sorted(FIGURES))
+def test_the_setup_cell_takes_the_device_from_gpuconv_device(name, tmp_path, monkeypatch):
+    """$GPUCONV_DEVICE, the default device's variable, picks a notebook's device ('auto' when unset)."""
+    nb = nbformat.read(NB_DIR / name, as_version=4)
+    setup = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code" and "set_default_device" in c.source)
+    nb.cells = nb.cells[:setup + 1]
+    monkeypatch.setenv("GPUCONV_DEVICE", "sim")
+    monkeypatch.setenv("GPUCONV_NB_FIGURES", str(tmp_path / "figures"))
+    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(NB_DIR)}}).execute()
+    assert "| device: sim |" in _text(nb)
