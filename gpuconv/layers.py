@@ -37,7 +37,7 @@ import numpy as np
 from . import layout, ops
 from .backend import (Device, copy_like, device_of, get_array_module, get_default_device, host_copy, is_cupy_array,
                       to_device)
-from .ops._checks import check_array, check_floor
+from .ops._checks import check_array, check_floor, whole_float_hint
 from .ops.scale import check_factor
 from .precision import round_once, upcast
 
@@ -50,7 +50,7 @@ __all__ = ["Parameter", "Layer", "Module", "Identity", "Conv2d", "MaxPool2d", "A
 # ----------------------------------------------------------------------------- argument checks
 def _int(name, value, minimum):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
+        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__}){whole_float_hint(value)}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return int(value)

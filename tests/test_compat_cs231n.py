@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import pytest
 
-from gpuconv import ops
+from gpuconv import nn, ops
 from gpuconv.compat import cs231n as C
 from gpuconv.gradcheck import relative_error
 
@@ -528,6 +528,18 @@ def test_solver_overfits_100_real_images(subset_dir):
 
 
 # ----------------------------------------------------------------------------- bad input
+def test_a_python2_float_pad_is_told_to_use_floor_division():
+    x, w, b = randn(1, 3, 8, 8), randn(2, 3, 7, 7), randn(2)
+    conv_param = {"stride": 1, "pad": (7 - 1) / 2}   # a Python 2 convnet's pad, run on Python 3: 3.0
+    for forward in (C.conv_forward_naive, C.conv_forward_fast):
+        with pytest.raises(TypeError, match=r"got 3\.0; a float, as / gives in Python 3 .* divide with // instead"):
+            forward(x, w, b, conv_param)
+    with pytest.raises(TypeError, match=r"got 3\.0 \(float\); a float, .*\(filter_size - 1\) // 2"):
+        nn.Conv2d(3, 2, 7, padding=(7 - 1) / 2)
+    with pytest.raises(TypeError, match=r"got 2\.5$"):  # not a whole number: no such hint
+        C.conv_forward_naive(x, w, b, {"stride": 1, "pad": 2.5})
+
+
 def test_bad_inputs_raise_the_ops_errors():
     x, w, b = randn(1, 3, 7, 7), randn(2, 3, 3, 3), randn(2)
     with pytest.raises(ValueError, match=r"\([HW] - F \+ 2P\)/S \+ 1.*< 1"):

@@ -88,6 +88,15 @@ def check_shape(name, a, shape, why):
     return a
 
 
+def whole_float_hint(v) -> str:
+    """For a whole float where an int belongs (or a pair holding one): how it came about and the fix."""
+    values = v if isinstance(v, (tuple, list)) else (v,)
+    if any(isinstance(e, float) and e.is_integer() for e in values):
+        return ("; a float, as / gives in Python 3 (code written for Python 2, e.g. (filter_size - 1) / 2): "
+                "divide with // instead, e.g. (filter_size - 1) // 2")
+    return ""
+
+
 def pair(name, v, minimum=0):
     """An int or an (h, w) pair of ints, each >= ``minimum``, as a tuple ``(h, w)``."""
     if type(v) is tuple and len(v) == 2 and type(v[0]) is int and type(v[1]) is int and min(v) >= minimum:
@@ -98,7 +107,7 @@ def pair(name, v, minimum=0):
           and all(isinstance(e, numbers.Integral) and not isinstance(e, bool) for e in v)):
         hw = (int(v[0]), int(v[1]))
     else:
-        raise TypeError(f"{name} must be an int or an (h, w) pair of ints, got {v!r}")
+        raise TypeError(f"{name} must be an int or an (h, w) pair of ints, got {v!r}{whole_float_hint(v)}")
     if min(hw) < minimum:
         raise ValueError(f"{name} must be >= {minimum} in both directions, got {v!r}")
     return hw
