@@ -569,3 +569,15 @@ def test_bad_inputs_raise_the_ops_errors():
         C.Solver(model, data, update_rule="adagrad")
     with pytest.raises(KeyError, match="X_val"):
         C.Solver(model, {k: v for k, v in data.items() if k != "X_val"})
+
+
+def _tiny_model_and_data():
+    model = C.ThreeLayerConvNet(input_dim=(3, 8, 8), num_filters=2, filter_size=3, hidden_dim=4)
+    return model, {"X_train": randn(4, 3, 8, 8), "y_train": np.zeros(4, int), "X_val": randn(2, 3, 8, 8),
+                   "y_val": np.zeros(2, int)}
+
+
+def test_solver_refuses_unknown_arguments_as_the_assignment():
+    model, data = _tiny_model_and_data()
+    with pytest.raises(ValueError, match=r'^Unrecognized arguments "learning_rate", "momentum": .*optim_config'):
+        C.Solver(model, data, learning_rate=1e-3, momentum=0.9)

@@ -95,11 +95,16 @@ class Solver:
 
     def __init__(self, model, data, update_rule="sgd", optim_config=None, lr_decay=1.0, batch_size=100,
                  num_epochs=10, num_train_samples=1000, num_val_samples=None, checkpoint_name=None,
-                 print_every=10, verbose=True):
+                 print_every=10, verbose=True, **kwargs):
         self.model = model
         missing = [k for k in ("X_train", "y_train", "X_val", "y_val") if k not in data]
         if missing:
             raise KeyError(f"data is missing {missing}: pass a dict with X_train, y_train, X_val and y_val")
+        if kwargs:  # the assignment's error, for the assignment's **kwargs
+            raise ValueError("Unrecognized arguments " + ", ".join(f'"{k}"' for k in kwargs) + ": the Solver takes "
+                             "update_rule, optim_config, lr_decay, batch_size, num_epochs, num_train_samples, "
+                             "num_val_samples, checkpoint_name, print_every and verbose (a learning rate goes in "
+                             "optim_config={'learning_rate': ...})")
         on_gpu = any(is_cupy_array(v) for v in model.params.values())
         for key in ("X_train", "y_train", "X_val", "y_val"):
             arr = data[key]
