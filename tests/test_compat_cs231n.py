@@ -581,3 +581,21 @@ def test_solver_refuses_unknown_arguments_as_the_assignment():
     model, data = _tiny_model_and_data()
     with pytest.raises(ValueError, match=r'^Unrecognized arguments "learning_rate", "momentum": .*optim_config'):
         C.Solver(model, data, learning_rate=1e-3, momentum=0.9)
+
+
+@pytest.mark.parametrize("edition", [None, 2017, 2016])
+def test_solver_takes_any_function_of_the_editions_optim_by_name(edition, monkeypatch):
+    """As the assignment's getattr(optim, update_rule): a rule added to cs231n.optim is found by name."""
+    E = C if edition is None else C.edition(edition)
+    model, data = _tiny_model_and_data()
+
+    def sgd_halved(w, dw, config=None):
+        return E.optim.sgd(w, 0.5 * dw, config)
+    monkeypatch.setattr(E.optim, "sgd_halved", sgd_halved, raising=False)
+    assert E.Solver(model, data, update_rule="sgd_halved").update_rule is sgd_halved
+    assert E.Solver(model, data, update_rule="adam").update_rule is E.adam  # the edition's own rules first
+    with pytest.raises(ValueError, match=r"update_rule 'adagrad' is unknown: .*'sgd_halved'.* \(the functions of "
+                                         r"gpuconv\.compat\.cs231n\.(e201[67]\.)?optim\)"):
+        E.Solver(model, data, update_rule="adagrad")
+    with pytest.raises(ValueError, match="update_rule 'annotations' is unknown"):  # not a function
+        E.Solver(model, data, update_rule="annotations")

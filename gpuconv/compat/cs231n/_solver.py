@@ -8,11 +8,13 @@ transfer (the losses are read back in one batch at each print and at each epoch'
 from __future__ import annotations
 
 import pickle
+import types
 
 import numpy as np
 
 from ...backend import Device, device_of, get_array_module, get_default_device, is_cupy_array, to_device
 from ._basic import affine_backward, affine_forward, softmax_loss
+from . import optim
 from ._optim import adam, rmsprop, sgd, sgd_momentum
 from .layer_utils import affine_relu_backward, affine_relu_forward, conv_relu_pool_backward_to, conv_relu_pool_forward
 
@@ -81,8 +83,9 @@ def _host_float(v):
 class Solver:
     """Minibatch training of a CS231n-style model (``model.params`` dict, ``model.loss(X, y)``).
 
-    ``data`` holds ``X_train``, ``y_train``, ``X_val``, ``y_val``. ``update_rule`` is a name from
-    ``sgd``, ``sgd_momentum``, ``rmsprop``, ``adam`` (or a callable with their signature);
+    ``data`` holds ``X_train``, ``y_train``, ``X_val``, ``y_val``. ``update_rule`` is the name of a
+    function in the edition's ``optim`` (``sgd``, ``sgd_momentum``, ``rmsprop``, ``adam``, or one
+    added to that module), or a callable with their signature;
     ``optim_config`` is copied per parameter; ``lr_decay`` multiplies each learning rate after
     every epoch. After ``train()``: ``loss_history`` (floats), ``train_acc_history``,
     ``val_acc_history``, ``best_val_acc``, ``best_params``, and ``model.params`` set to the best
@@ -92,6 +95,7 @@ class Solver:
     the GPU for a host model are refused (that would be a hidden copy back)."""
 
     UPDATE_RULES = UPDATE_RULES   # the edition's rules by name (the 2017 Solver has its own)
+    OPTIM = optim                 # the edition's cs231n.optim: update_rule may name any function in it
 
     def __init__(self, model, data, update_rule="sgd", optim_config=None, lr_decay=1.0, batch_size=100,
                  num_epochs=10, num_train_samples=1000, num_val_samples=None, checkpoint_name=None,
@@ -115,10 +119,7 @@ class Solver:
                                 f"the model on the GPU (device='cuda') or pass data[{key!r}].get()")
             setattr(self, key, arr)
         if isinstance(update_rule, str):
-            if update_rule not in self.UPDATE_RULES:
-                raise ValueError(f"update_rule {update_rule!r} is unknown: use one of "
-                                 f"{sorted(self.UPDATE_RULES)} or a callable rule(w, dw, config) -> (next_w, config)")
-            update_rule = self.UPDATE_RULES[update_rule]
+            update_rule = self._rule_named(update_rule)
         self.update_rule = update_rule
         self.optim_config = dict(optim_config or {})
         self.lr_decay = lr_decay
@@ -130,6 +131,19 @@ class Solver:
         self.print_every = print_every
         self.verbose = verbose
         self._reset()
+
+    def _rule_named(self, name):
+        """The edition's rule of that name, else a function of the edition's ``optim`` module (the
+        assignment takes any function of its ``cs231n.optim``, one a student added there too)."""
+        if name in self.UPDATE_RULES:
+            return self.UPDATE_RULES[name]
+        rules = {n: f for n, f in vars(self.OPTIM).items()
+                 if not n.startswith("_") and callable(f) and not isinstance(f, (type, types.ModuleType))}
+        if name not in rules:
+            known = sorted(set(self.UPDATE_RULES) | set(rules))
+            raise ValueError(f"update_rule {name!r} is unknown: use one of {known} (the functions of "
+                             f"{self.OPTIM.__name__}) or a callable rule(w, dw, config) -> (next_w, config)")
+        return rules[name]
 
     def _reset(self):
         self.epoch = 0

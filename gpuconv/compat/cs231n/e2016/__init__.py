@@ -10,6 +10,7 @@ from __future__ import annotations
 from ..e2017 import *  # noqa: F401,F403
 from ..e2017 import Solver as _Solver2017
 from ..e2017 import __all__  # noqa: F401
+from . import optim
 from .optim import adam, rmsprop, sgd, sgd_momentum
 
 
@@ -17,6 +18,7 @@ class Solver(_Solver2017):
     """The Solver with the 2016 update rules by name (``update_rule='adam'``: Adam's t from 0)."""
 
     UPDATE_RULES = {"sgd": sgd, "sgd_momentum": sgd_momentum, "rmsprop": rmsprop, "adam": adam}
+    OPTIM = optim
 
 
 YEAR = 2016

@@ -10,6 +10,7 @@ from .. import __all__ as _latest_all
 from .. import *  # noqa: F401,F403
 from .. import Solver as _Solver
 from .layers import dropout_forward  # noqa: F401
+from . import optim
 from .optim import adam, rmsprop, sgd, sgd_momentum
 
 
@@ -17,6 +18,7 @@ class Solver(_Solver):
     """The Solver with the 2017 update rules by name (``update_rule='adam'``: Adam's t from 1)."""
 
     UPDATE_RULES = {"sgd": sgd, "sgd_momentum": sgd_momentum, "rmsprop": rmsprop, "adam": adam}
+    OPTIM = optim
 
 
 YEAR = 2017
