@@ -121,6 +121,36 @@ def test_threshold_rule_is_exact():
     assert D.keep_scale(0.3, np.float64) == 1 / 0.7
 
 
+def _key_whose_first_hash_is(h):
+    """The key with ``dropout_hash(key, 1)[0] == h``: SplitMix64's mix is a bijection, undone step by
+    step (an xorshift by re-applying it, a multiplication by the inverse modulo 2^64)."""
+    m = 2**64 - 1
+
+    def unxorshift(y, s):
+        x = y
+        for _ in range(64 // s + 1):
+            x = y ^ (x >> s)
+        return x
+    z = unxorshift(h, 31)
+    z = unxorshift((z * pow(0x94D049BB133111EB, -1, 2**64)) & m, 27)
+    z = unxorshift((z * pow(0xBF58476D1CE4E5B9, -1, 2**64)) & m, 30)
+    return (z - 0x9E3779B97F4A7C15) & m
+
+
+@pytest.mark.parametrize("p", [0.3, 0.5])
+def test_an_element_at_the_threshold_is_kept(backend, p):
+    """keep iff (h >> 11) >= threshold: an element whose 53 bits equal the threshold is kept (its
+    uniform is p rounded up to 2^-53), one below it dropped, whatever the 11 low bits."""
+    t = int(D.keep_threshold(p))
+    x = backend.asarray(np.ones(3, np.float32))
+    for top, kept in ((t, True), (t - 1, False)):
+        for low in (0, 2**11 - 1):
+            key = _key_whose_first_hash_is((top << 11) | low)
+            assert int(D.dropout_hash(key, 1)[0]) >> 11 == top
+            mask = backend.asnumpy(dropout_forward(x, p, key=key)[1].mask)
+            assert mask[0] == (D.keep_scale(p, np.float32) if kept else 0), (top - t, low)
+
+
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
 def test_rate_and_inverted_scaling(backend, p):
     x = backend.asarray(np.ones((1000, 1000), np.float32))
