@@ -826,6 +826,30 @@ def test_a_backward_given_something_else_than_its_cache_names_the_forward(backwa
             getattr(ops, backward)(dy, cache)
 
 
+def test_every_ops_cache_prints_its_arrays_as_shapes_and_copies_and_pickles():
+    """A cache shown in a notebook (the second value of each forward) prints its arrays' shapes and
+    dtypes, not their values, and copies and pickles as the tuple it is."""
+    import copy
+    import pickle
+    from gpuconv import ops
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((2, 4, 8, 8)) + 9).astype(np.float32)  # values whose text would show
+    caches = [ops.conv2d_forward(x, x[:, :, :3, :3].copy(), None, 1, 1)[1],
+              ops.linear_forward(x.reshape(2, -1), np.full((5, 256), 9.5, np.float32))[1],
+              ops.max_pool2d_forward(x, 2)[1], ops.avg_pool2d_forward(x, 2)[1], ops.lp_pool2d_forward(x, 2, 2)[1],
+              ops.adaptive_max_pool2d_forward(x, 3)[1], ops.relu_forward(x)[1], ops.gelu_forward(x)[1],
+              ops.dropout_forward(x, 0.5, rng=np.random.default_rng(1))[1], ops.scale_forward(x, 0.5)[1],
+              ops.batchnorm2d_forward(x, np.ones(4, np.float32), np.zeros(4, np.float32), np.zeros(4, np.float32),
+                                      np.ones(4, np.float32), training=True)[1]]
+    for cache in caches:
+        text = repr(cache)
+        assert text.startswith(type(cache).__name__ + "(") and "9." not in text, text
+        arrays = [v for v in cache if hasattr(v, "shape") and hasattr(v, "dtype")]
+        assert all(f"array(shape={tuple(v.shape)}, dtype={v.dtype})" in text for v in arrays), text
+        for again in (copy.deepcopy(cache), pickle.loads(pickle.dumps(cache))):
+            assert type(again) is type(cache) and again._fields == cache._fields
+
+
 def test_a_launch_keeps_none_of_its_arrays_alive():
     """After a bf16 convolution and linear layer on the simulator (the launches that ask whether
     the target has tensor cores, with a closure over their arrays), nothing holds the inputs: a

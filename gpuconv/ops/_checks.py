@@ -4,6 +4,8 @@ Each error names the argument, the value it got, the rule it broke and how to fi
 """
 from __future__ import annotations
 
+from collections import namedtuple
+
 import functools
 import numbers
 
@@ -177,6 +179,13 @@ def check_cache(cache, cls, forward):
     if not isinstance(cache, cls):
         raise TypeError(f"cache must be the {cls.__name__} that {forward} returned, got {type(cache).__name__}: pass "
                         f"the second value of y, cache = {forward}(...)")
+
+
+def cache_type(name: str, fields: str, module: str, defaults=None):
+    """The namedtuple type of an op's cache (``module``: the defining module's ``__name__``, where
+    pickle finds it), printed by :func:`cache_repr`."""
+    base = namedtuple(name, fields, defaults=defaults, module=module)
+    return type(name, (base,), {"__slots__": (), "__repr__": cache_repr, "__module__": module})
 
 
 def cache_repr(cache) -> str:

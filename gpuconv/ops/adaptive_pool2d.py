@@ -27,7 +27,6 @@ take either.
 from __future__ import annotations
 
 import numbers
-from collections import namedtuple
 
 import numpy as np
 
@@ -35,11 +34,11 @@ from .. import backend, layout
 from ..backend import get_array_module
 from ..precision import round_once, upcast
 from . import _dispatch
-from ._checks import check_cache, check_dy_dtype, check_float, check_rank
+from ._checks import cache_type, check_cache, check_dy_dtype, check_float, check_rank
 from .pool2d import (AvgPool2dCache, MaxPool2dCache, avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward,
                      max_pool2d_forward)
 
-AdaptivePool2dCache = namedtuple("AdaptivePool2dCache", "x_shape output_size argmax channels_last dtype")
+AdaptivePool2dCache = cache_type("AdaptivePool2dCache", "x_shape output_size argmax channels_last dtype", __name__)
 
 
 def adaptive_output_size(x_shape, output_size) -> tuple[int, int]:

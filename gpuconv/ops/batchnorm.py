@@ -27,20 +27,19 @@ activation, the shift and the activation's name (``beta`` None and ``activation`
 """
 from __future__ import annotations
 
-from collections import namedtuple
 import numbers
 
 from .. import backend
 from ..backend import get_array_module
 from ..precision import channel_sum, compute_dtype, round_once, upcast
 from . import _dispatch
-from ._checks import check_cache, check_compute_dtype, check_dy_dtype, check_float, check_rank, check_shape
+from ._checks import cache_type, check_cache, check_compute_dtype, check_dy_dtype, check_float, check_rank, check_shape
 from .gelu import GeluCache, _gelu_backward_reference, _gelu_forward_reference
 from .relu import ReluCache, _relu_backward_reference, _relu_forward_reference
 
 _PARAMS_WHY = "batch norm keeps gamma, beta and the running statistics in its compute dtype"
 
-BatchNorm2dCache = namedtuple("BatchNorm2dCache", "xhat gamma inv_std training beta activation cdf dtype",
+BatchNorm2dCache = cache_type("BatchNorm2dCache", "xhat gamma inv_std training beta activation cdf dtype", __name__,
                               defaults=(None, None, None, None))
 
 # The activations batch norm can apply to its output (None: none); the kernels' ACT_* codes

@@ -28,7 +28,6 @@ so the reference, the launchers and the backward compute it alone.
 """
 from __future__ import annotations
 
-from collections import namedtuple
 
 import numpy as np
 
@@ -36,13 +35,11 @@ from .. import backend
 from ..backend import get_array_module
 from ..precision import channel_sum, multiplicands, round_once, upcast, use_tf32
 from . import _dispatch
-from ._checks import (cache_repr, check_bias, check_cache, check_float, check_floor, check_rank, check_same_dtype,
+from ._checks import (cache_type, check_bias, check_cache, check_float, check_floor, check_rank, check_same_dtype,
                       output_hw, pair)
 
 
-class Conv2dCache(namedtuple("Conv2dCache", "x w has_bias stride padding")):
-    __slots__ = ()
-    __repr__ = cache_repr  # the arrays' shapes and dtypes, not their values
+Conv2dCache = cache_type("Conv2dCache", "x w has_bias stride padding", __name__)  # printed without its arrays' values
 
 
 # Bytes of column matrix per chunk. Measured on a 2-core EPYC (CIFAR 64->128ch 3x3): 4 MB runs the

@@ -27,7 +27,6 @@ must have (set by :func:`dropout_forward`; None: not checked).
 """
 from __future__ import annotations
 
-from collections import namedtuple
 import math
 import numbers
 
@@ -38,9 +37,9 @@ from ..backend import get_array_module
 from ..counter_rng import splitmix64
 from ..precision import compute_dtype, round_once, upcast
 from . import _dispatch
-from ._checks import check_cache, check_dy_dtype, check_float
+from ._checks import cache_type, check_cache, check_dy_dtype, check_float
 
-DropoutCache = namedtuple("DropoutCache", "mask dtype", defaults=(None,))
+DropoutCache = cache_type("DropoutCache", "mask dtype", __name__, defaults=(None,))
 
 KEEP_BITS = 53  # u's resolution: the keep probability is 1 - ceil(p * 2^53) / 2^53, within 2^-53 of 1 - p
 _S_KEEP = np.uint64(64 - KEEP_BITS)

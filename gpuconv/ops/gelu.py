@@ -17,16 +17,15 @@ memory traffic, not arithmetic, is what they save. Both give the same bits.
 from __future__ import annotations
 
 import math
-from collections import namedtuple
 
 import numpy as np
 
 from ..backend import get_array_module
 from ..precision import round_once, upcast
 from . import _dispatch
-from ._checks import check_cache
+from ._checks import cache_type, check_cache
 
-GeluCache = namedtuple("GeluCache", "x cdf", defaults=(None,))
+GeluCache = cache_type("GeluCache", "x cdf", __name__, defaults=(None,))
 
 _SQRT_HALF = 0.7071067811865476
 _INV_SQRT_2PI = 0.3989422804014327

@@ -15,7 +15,6 @@ Cache (shared with the kernel launchers, see ``_dispatch``): ``LinearCache(x, w,
 """
 from __future__ import annotations
 
-from collections import namedtuple
 
 import numpy as np
 
@@ -23,9 +22,9 @@ from .. import backend
 from ..backend import get_array_module
 from ..precision import multiplicands, round_once, upcast, use_tf32
 from . import _dispatch
-from ._checks import check_bias, check_cache, check_float, check_rank, check_same_dtype
+from ._checks import cache_type, check_bias, check_cache, check_float, check_rank, check_same_dtype
 
-LinearCache = namedtuple("LinearCache", "x w has_bias")
+LinearCache = cache_type("LinearCache", "x w has_bias", __name__)
 
 
 def linear_forward(x, w, b=None, precision=None):

@@ -18,16 +18,15 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections import namedtuple
 
 from .. import backend
 from ..backend import get_array_module
 from ..precision import round_once, upcast
 from . import _dispatch
-from ._checks import check_cache, check_dy_dtype, check_float, check_shape, output_hw
+from ._checks import cache_type, check_cache, check_dy_dtype, check_float, check_shape, output_hw
 from .pool2d import _check_pool_args, _taps
 
-LPPool2dCache = namedtuple("LPPool2dCache", "x y kernel_size stride norm_type")
+LPPool2dCache = cache_type("LPPool2dCache", "x y kernel_size stride norm_type", __name__)
 
 
 def check_norm(norm_type):

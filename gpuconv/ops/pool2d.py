@@ -25,7 +25,6 @@ dy must have (None: not checked).
 """
 from __future__ import annotations
 
-from collections import namedtuple
 
 import numpy as np
 
@@ -33,11 +32,11 @@ from .. import backend, layout
 from ..backend import get_array_module
 from ..precision import round_once, upcast
 from . import _dispatch
-from ._checks import check_cache, check_dy_dtype, check_float, check_floor, check_rank, output_hw, pair
+from ._checks import cache_type, check_cache, check_dy_dtype, check_float, check_floor, check_rank, output_hw, pair
 
-MaxPool2dCache = namedtuple("MaxPool2dCache", "x_shape kernel_size stride argmax channels_last dtype",
+MaxPool2dCache = cache_type("MaxPool2dCache", "x_shape kernel_size stride argmax channels_last dtype", __name__,
                             defaults=(False, None))
-AvgPool2dCache = namedtuple("AvgPool2dCache", "x_shape kernel_size stride channels_last dtype", defaults=(False, None))
+AvgPool2dCache = cache_type("AvgPool2dCache", "x_shape kernel_size stride channels_last dtype", __name__, defaults=(False, None))
 
 # Tap planes per batch chunk: the reference works a chunk at a time so that its contiguous
 # per-tap copies are still in cache when compared (a 2x2 pool of 64x128x32x32: 40 -> ~12 ms).

@@ -7,16 +7,15 @@ Cache (shared with the kernel launchers, see ``_dispatch``): ``ReluCache(x)``.
 """
 from __future__ import annotations
 
-from collections import namedtuple
 
 import numpy as np
 
 from ..backend import get_array_module
 from ..precision import round_once, upcast
 from . import _dispatch
-from ._checks import check_cache
+from ._checks import cache_type, check_cache
 
-ReluCache = namedtuple("ReluCache", "x")
+ReluCache = cache_type("ReluCache", "x", __name__)
 
 
 def relu_forward(x):

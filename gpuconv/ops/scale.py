@@ -10,14 +10,13 @@ Cache (shared with the kernel launchers, see ``_dispatch``): ``ScaleCache(factor
 from __future__ import annotations
 
 import math
-from collections import namedtuple
 
 from ..backend import kernel_target
 from ..precision import compute_dtype, round_once, upcast
 from . import _dispatch
-from ._checks import check_cache, check_float
+from ._checks import cache_type, check_cache, check_float
 
-ScaleCache = namedtuple("ScaleCache", "factor")
+ScaleCache = cache_type("ScaleCache", "factor", __name__)
 
 
 def check_factor(factor, where="scale factor") -> float:
