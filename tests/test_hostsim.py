@@ -623,3 +623,49 @@ def test_mul_rn_rounds_its_product_on_a_target_with_fma():
     w, out = (a * a).astype(np.float32), np.full(1, np.nan, np.float32)
     mod.get_function("sub_product")((1,), (1,), (w, a, a, out))
     assert out[0] == 0.0, f"w - mul_rn(a, a) = {out[0]!r}: the product was fused into the subtraction"
+
+
+def _forked_exit(child) -> str:
+    """Runs ``child()`` (an exit code) in a forked process, killed after 10 s; how it ended."""
+    import signal
+    pid = os.fork()
+    if pid == 0:
+        code = 4
+        try:
+            signal.alarm(10)  # a child that hangs ends by SIGALRM
+            code = child()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return f"exit {os.WEXITSTATUS(status)}" if os.WIFEXITED(status) else f"signal {os.WTERMSIG(status)}"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_fork_waits_for_another_threads_launch_and_the_child_launches():
+    """A process forked while another thread is inside a launch (a training thread, a fork-based
+    worker pool started beside it) used to find the launch lock taken for good: its first launch
+    hung. The fork now waits for that launch to end."""
+    import threading
+    source = ('extern "C" __global__ void wait_flag(int* flag) {\n'
+              '  volatile int* f = flag;\n  f[1] = 1;\n  while (f[0] == 0) {}\n}\n// fork test\n')
+    wait_flag = hostsim.compile(source, name="forktest").get_function("wait_flag")
+    flag = np.zeros(2, np.int32)
+    busy = threading.Thread(target=wait_flag, args=(1, 1, (flag,)))
+    busy.start()
+    deadline = time.monotonic() + 30
+    while flag[1] == 0 and time.monotonic() < deadline:  # the launch is in flight
+        time.sleep(0.001)
+    release = threading.Timer(0.2, flag.__setitem__, (0, 1))  # the launch ends, unless the fork hangs first
+    release.start()
+
+    def child():
+        mine = np.array([1, 0], np.int32)
+        wait_flag(1, 1, (mine,))
+        return 0 if mine[1] == 1 else 3
+
+    try:
+        assert _forked_exit(child) == "exit 0"
+    finally:
+        flag[0] = 1
+        busy.join()
+        release.join()

@@ -28,7 +28,13 @@ _C_NAME = {"f4": "float", "f8": "double", "i1": "signed char", "i2": "short", "i
            "u1": "unsigned char", "u2": "unsigned short", "u4": "unsigned", "u8": "unsigned long long",
            "b1": "bool", "void": "void"}
 MAX_DYNAMIC_SHARED = 232448  # GPUCONV_DYN_SMEM_MAX in cuda_sim.h
-_LOCK = threading.Lock()     # one launch at a time: the scheduler's state is global in each module
+# One launch at a time: the scheduler's state is global in each module. A fork waits for the
+# launch in flight (another thread's): a child forked mid-launch would find the lock taken for
+# good and the fibers stopped inside that kernel. (Reentrant: a signal handler that forks while
+# its own thread holds the lock between two bytecodes goes ahead; no launch is running then.)
+_LOCK = threading.RLock()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_LOCK.acquire, after_in_parent=_LOCK.release, after_in_child=_LOCK.release)
 
 
 @dataclasses.dataclass(frozen=True)
