@@ -756,6 +756,9 @@ class _SimModuleHandle:
     def _module(self, sanitize):
         if sanitize is None:
             sanitize = _env.flag("GPUCONV_SIM_SANITIZE")
+        mod = self._mods.get(sanitize)  # every launch asks: no lock (a fork could find it held)
+        if mod is not None:
+            return mod
         with self._lock:
             mod = self._mods.get(sanitize)
             if mod is None:

@@ -869,3 +869,30 @@ def test_a_launch_keeps_none_of_its_arrays_alive():
         del x, w, xl, wl, y, cache, yl, cl
     gc.collect()
     assert [r() is None for r in refs] == [True] * 4
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_a_launch_takes_no_lock_of_its_module_a_fork_could_inherit_held():
+    """Every simulator launch used to take its module's lock to look the build up; a process forked
+    while another thread held it (between two launches of a training thread) found it taken for
+    good and hung at its first launch of that kernel file. A built module is looked up without it."""
+    import os
+    import signal
+
+    from gpuconv import ops
+    x = np.array([-1.0, 2.0], np.float32)
+    with gpuconv.default_device("sim"):
+        ops.relu_forward(x)
+    handle = kernels._cache[("relu", np.dtype(np.float32), False, "sim", None, os.environ.get("GPUCONV_KERNELS_DIR"))]
+    with handle._lock:  # as another thread holds it at the fork
+        pid = os.fork()
+        if pid == 0:
+            code = 4
+            try:
+                signal.alarm(10)  # a child that hangs ends by SIGALRM
+                with gpuconv.default_device("sim"):
+                    code = 0 if ops.relu_forward(x)[0].tolist() == [0.0, 2.0] else 3
+            finally:
+                os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert (os.WIFEXITED(status), os.WEXITSTATUS(status)) == (True, 0), f"the child ended with status {status}"
