@@ -669,3 +669,19 @@ def test_a_fork_waits_for_another_threads_launch_and_the_child_launches():
         flag[0] = 1
         busy.join()
         release.join()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_child_forked_during_another_threads_compile_compiles():
+    """hostsim.compile holds the module table's lock through g++ (seconds); a process forked
+    meanwhile (by another thread) used to find it taken for good and hang at its first compile,
+    a cached module's included."""
+    source = 'extern "C" __global__ void fill(float* y) { y[threadIdx.x] = 2.0f; }\n// fork compile test\n'
+
+    def child():
+        y = np.zeros(2, np.float32)
+        hostsim.compile(source, name="forkcompile").get_function("fill")(1, 2, (y,))
+        return 0 if y.tolist() == [2.0, 2.0] else 3
+
+    with hostsim._modules_lock:  # as a compiling thread holds it at the fork
+        assert _forked_exit(child) == "exit 0"

@@ -49,6 +49,7 @@ Environment: GPUCONV_SIM_CACHE (build cache, default ~/.cache/gpuconv/hostsim), 
 """
 from __future__ import annotations
 
+import os
 import threading
 
 from .. import _env
@@ -65,6 +66,17 @@ __all__ = ["compile", "SimModule", "SimKernel", "ArgType", "CompileError", "Barr
 parse_kernels = _source.parse_kernels
 _modules: dict[tuple, SimModule] = {}
 _modules_lock = threading.Lock()
+
+
+def _unlock_after_fork():
+    # A compile in another thread holds the lock for seconds (g++); a child forked meanwhile would
+    # find it taken for good. The table itself is whole (a module goes in once built).
+    global _modules_lock
+    _modules_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_unlock_after_fork)
 
 
 def compile(source: str, name: str = "module", sanitize: bool | None = None, options=()) -> SimModule:  # noqa: A001
