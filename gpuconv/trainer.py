@@ -637,7 +637,8 @@ class Trainer:
         try:  # (the monitor's start too: a failure there restores the signal handlers below)
             self._start_monitor()
             if callable(getattr(self.model, "train", None)):
-                self.model.train()  # left in eval mode (a cell that looked at predictions) it keeps no caches for backward
+                with amp.model_lock(self.model):  # not in the middle of another thread's evaluation
+                    self.model.train()  # left in eval mode (a cell that looked at predictions) it keeps no caches for backward
             self._t0 = time.perf_counter() - self.elapsed
             while self.epoch < epochs:
                 self._run_epoch(train_loader, epochs)

@@ -391,6 +391,34 @@ def test_fit_trains_a_model_left_in_eval_mode(cifar, tmp_path):
     assert_same_state(reference, trainer)
     assert trainer.model.training and all(m.training for m in trainer.model.modules())
 
+def test_fit_started_during_another_threads_evaluation_leaves_it_in_eval_mode(monkeypatch):
+    """Trainer.fit put the model in training mode without the evaluation's lock: started in one
+    thread while another evaluated the same model, the evaluation's later batches ran in training
+    mode (batch statistics, dropout, running statistics updated) and gave another loss."""
+    import threading
+    import time
+    model = small_net()
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((8, 3, 32, 32)).astype(np.float32), rng.integers(0, 10, 8)
+    want = evaluate(model, [(x, y)] * 3)
+    modes, forward = [], model.forward
+    monkeypatch.setattr(model, "forward", lambda a: (modes.append(model.training), forward(a))[1])
+    trainer = Trainer(model, SGD(model.parameters(), lr=0.01), progress=False)
+    fit = threading.Thread(target=trainer.fit, args=([(x, y)], 1))
+
+    def loader():
+        yield x, y
+        fit.start()
+        time.sleep(0.3)  # fit begins while the evaluation is between two batches
+        yield x, y
+        yield x, y
+
+    got = evaluate(model, loader())
+    fit.join()
+    assert modes[:3] == [False] * 3 and trainer.step == 1 and model.training
+    assert got["loss"] == want["loss"]
+
+
 def test_a_fit_past_the_end_of_its_schedule_is_refused_before_a_step(cifar, tmp_path):
     """fit(loader, 3) after a 2-epoch one-cycle run (a notebook's "train some more") stopped at its first
     step with the schedule's error, that step's update applied and not counted; it trains nothing now."""
