@@ -685,3 +685,40 @@ def test_a_child_forked_during_another_threads_compile_compiles():
 
     with hostsim._modules_lock:  # as a compiling thread holds it at the fork
         assert _forked_exit(child) == "exit 0"
+
+
+def test_threads_asking_for_one_kernel_at_once_read_its_signature_one_at_a_time(monkeypatch):
+    """A kernel's signature is written into a static buffer at its first call; threads asking for
+    the kernel at once (a registry's first use from several threads) read it concurrently, and one
+    could take the other's half-written text: 'conv2d_forward_v2(const ) takes 1 arguments, got
+    19' at every later launch. The signature is read once, by one thread at a time."""
+    import ctypes
+    import threading
+    source = 'extern "C" __global__ void fill(float* y, int n) { y[threadIdx.x] = 4.0f; }\n// signature test\n'
+    mod = hostsim.compile(source, name="sigtest")
+    real, active, most = mod._lib, [0], [0]
+
+    class SlowSignatures:  # the signature call made slow, as a long parameter list makes it
+        def __getattr__(self, name):
+            fn = getattr(real, name)
+            if not name.startswith("gpuconv_sim_sig__"):
+                return fn
+
+            def sig():
+                active[0] += 1
+                most[0] = max(most[0], active[0])
+                time.sleep(0.05)
+                fn.restype = ctypes.c_char_p
+                active[0] -= 1
+                return fn()
+            return sig
+
+    monkeypatch.setattr(mod, "_lib", SlowSignatures())
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(mod.get_function("fill"))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert most[0] == 1 and len(got) == 4 and all(fn is got[0] for fn in got)
+    assert [str(t) for t in got[0].arg_types] == ["float*", "int"]

@@ -208,11 +208,14 @@ class SimModule:
                    if decl else "no such __global__ function")
             raise AttributeError(f"module {self.name!r} has no kernel {name!r} ({why}); its extern \"C\" kernels: "
                                  f"{', '.join(found) or 'none'}")
-        sig = getattr(self._lib, "gpuconv_sim_sig__" + name)
-        sig.restype = ctypes.c_char_p
-        fn = SimKernel(self, decl, parse_signature(sig().decode()))
-        self._functions[name] = fn
-        return fn
+        # The signature is written into a static buffer at its first call (cuda_sim.h), which two
+        # threads must not do at once: one would read the other's half-written text.
+        with _LOCK:
+            if name not in self._functions:
+                sig = getattr(self._lib, "gpuconv_sim_sig__" + name)
+                sig.restype = ctypes.c_char_p
+                self._functions[name] = SimKernel(self, decl, parse_signature(sig().decode()))
+        return self._functions[name]
 
     def __repr__(self):
         return f"<SimModule {self.name!r} kernels={sorted(self.kernels)} sanitize={self.sanitize}>"
