@@ -17,7 +17,10 @@ optimizer from writing them inside it), and calls :meth:`StepGraph.reset` whenev
 structure changes (a parameter frozen or thawed, an epoch's callback): the next call runs
 eagerly and captures again. A batch of another shape or layout does that by itself. The
 Trainer refuses what a graph would silently freeze: dropout's per-step keys, fp16's loss
-scaler, optimizers other than SGD and Muon (and a Chain of them).
+scaler, optimizers other than SGD and Muon (and a Chain of them); and while the graph holds the
+optimizer and the model (from its first call until :meth:`StepGraph.release`), a change to a
+number a kernel takes by value (a hyperparameter, batch norm's momentum and eps, Scale's factor,
+LPPool2d's norm_type, the Trainer's label smoothing).
 
 Memory: the captured step allocates from a pool of its own, kept with the graph, so that no
 array outside the graph is ever given memory the graph writes into. Arrays allocated before the
@@ -33,7 +36,12 @@ from __future__ import annotations
 
 from . import backend, layout
 
-__all__ = ["StepGraph"]
+__all__ = ["StepGraph", "REPLAYED_WAY_OUT"]
+
+# What an error refusing a change to a value a captured step took by value says after "cannot change while".
+REPLAYED_WAY_OUT = ("a captured training step (a CUDA graph, gpuconv.graphs) replays it with the value it was "
+                    "captured with; set it before training or in the Trainer's epoch_start (a new capture "
+                    "follows), or train without --cuda-graph")
 
 
 class StepGraph:
@@ -42,26 +50,41 @@ class StepGraph:
     def __init__(self, fn, before=None):
         self.fn, self.before = fn, before
         self.optimizer = None    # for_optimizer's: its learning rates written by this graph while in use
+        self.model = None        # for_optimizer's: its layers' numbers held with the optimizer
         self.captures = 0        # graphs captured so far (a test and a log can see re-captures)
         self.replays = 0
         self.reset()
 
     @classmethod
-    def for_optimizer(cls, fn, optimizer):
+    def for_optimizer(cls, fn, optimizer, model=None):
         """The graph of a step ``fn`` that updates with ``optimizer`` (one whose per-step learning
         rates live on the device, ``device_lrs``: SGD, Muon, a Chain of them): from the graph's
         first call on, the optimizer no longer writes them inside the step (nor takes another
-        hyperparameter), the graph writes them before each call."""
+        hyperparameter), the graph writes them before each call. The layers of ``model`` are held
+        with it: a number their kernels take by value (batch norm's momentum and eps, Scale's
+        factor, LPPool2d's norm_type) is refused a change until :meth:`release`."""
         graph = cls(fn, before=optimizer.write_lrs)
-        graph.optimizer = optimizer
+        graph.optimizer, graph.model = optimizer, model
         return graph
 
+    @property
+    def holds(self):
+        """Whether the graph holds its optimizer (and model) now: between its first call and :meth:`release`."""
+        return self.optimizer is not None and self.optimizer.lr_written_by_owner
+
+    def _hold_model(self, held):
+        if self.model is not None:
+            for layer in self.model.modules():
+                layer._held_by_graph = held
+
     def release(self):
-        """Give the optimizer back: its step writes its learning rates again and its hyperparameters
-        may change; the next call takes it again and captures anew. The trainer releases before each
-        epoch's callback and at the end of every fit, so an optimizer outlives its graph intact."""
+        """Give the optimizer and the model back: its step writes its learning rates again and their
+        hyperparameters may change; the next call takes them again and captures anew. The trainer
+        releases before each epoch's callback and at the end of every fit, so an optimizer and a
+        model outlive their graph intact."""
         if self.optimizer is not None:
             self.optimizer.lr_written_by_owner = False
+            self._hold_model(False)
 
     def reset(self):
         """Drop the graph: the next call runs eagerly, the one after captures anew."""
@@ -76,6 +99,7 @@ class StepGraph:
         if self.optimizer is not None and not self.optimizer.lr_written_by_owner:  # released since
             self.reset()
             self.optimizer.lr_written_by_owner = True
+            self._hold_model(True)
         key = self._signature(x, y)
         if key != self._key:
             self.reset()

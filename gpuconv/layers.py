@@ -37,6 +37,7 @@ import numpy as np
 from . import layout, ops
 from .backend import (Device, copy_like, device_of, get_array_module, get_default_device, host_copy, is_cupy_array,
                       to_device)
+from .graphs import REPLAYED_WAY_OUT
 from .ops._checks import check_array, check_floor, whole_float_hint
 from .ops.scale import check_factor
 from .precision import round_once, upcast
@@ -127,6 +128,29 @@ def _on_default_device(host_array):
 
 def _join(prefix, name):
     return f"{prefix}.{name}" if prefix else name
+
+
+class _Replayed:
+    """A layer's number that its kernels take by value (batch norm's momentum): a CUDA graph replays
+    the value of its capture, so a change while a captured step holds the layer (``StepGraph``, from
+    its first call until released) is refused; the simulator's step would read the new value."""
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def __get__(self, layer, owner=None):
+        if layer is None:
+            return self
+        try:
+            return layer.__dict__[self.name]
+        except KeyError:
+            raise AttributeError(f"{type(layer).__name__} has no {self.name} yet") from None
+
+    def __set__(self, layer, value):
+        state = layer.__dict__
+        if state.get("_held_by_graph") and self.name in state and state[self.name] != value:
+            raise RuntimeError(f"{type(layer).__name__}: {self.name} cannot change while " + REPLAYED_WAY_OUT)
+        state[self.name] = value
 
 
 # ----------------------------------------------------------------------------- parameters
@@ -589,6 +613,7 @@ class BatchNorm2d(Layer):
     _registers_attributes = False
     _param_names = ("weight", "bias")
     _buffer_names = ("running_mean", "running_var")
+    eps, momentum = _Replayed(), _Replayed()
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True, *,
                  activation=None):
@@ -676,6 +701,8 @@ class LPPool2d(_Pool2d):
     """Power-average pooling, PyTorch's ``nn.LPPool2d(norm_type, kernel_size, stride=None)``:
     the p-norm of each window (``norm_type=2``: the L2 norm); ``stride`` defaults to ``kernel_size``;
     ``floor`` as for :class:`MaxPool2d`."""
+
+    norm_type = _Replayed()
 
     def __init__(self, norm_type, kernel_size, stride=None, ceil_mode=False, *, floor=False):
         _only("LPPool2d", ceil_mode=(ceil_mode, False))
@@ -848,6 +875,7 @@ class Scale(Layer):
     bfloat16/float16 multiplied in float32 and rounded once, one kernel launch on a GPU)."""
 
     _registers_attributes = False
+    factor = _Replayed()
 
     def __init__(self, factor):
         super().__init__()

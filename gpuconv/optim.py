@@ -41,6 +41,7 @@ import numpy as np
 
 from . import kernels
 from .backend import copy_like, device_of, get_array_module, host_copy, kernel_target, to_device
+from .graphs import REPLAYED_WAY_OUT
 from .layers import Parameter, _only, zero_grads
 
 __all__ = ["Optimizer", "ParamGroup", "SGD", "Adam", "AdamW", "Muon", "Chain", "newton_schulz", "replays_schedule", "LRSchedule", "StepLR", "CosineLR", "OneCycleLR", "TriangularLR"]
@@ -75,9 +76,6 @@ def _scalar(value):
 
 # ----------------------------------------------------------------------------- optimizers
 _MISSING = object()
-_CAPTURED_WAY_OUT = ("a captured training step (a CUDA graph, gpuconv.graphs) replays it with the value it was "
-                     "captured with; set it before training or in the Trainer's epoch_start (a new capture "
-                     "follows), or train without --cuda-graph")
 
 
 class ParamGroup(MutableMapping):
@@ -169,7 +167,7 @@ class Optimizer:
         # as a parameter group's is (a replay would train on the old value, the simulator on the new).
         if name in type(self)._hyper and name in self.__dict__ and getattr(self, "lr_written_by_owner", False) \
                 and self.__dict__[name] != value:
-            raise RuntimeError(f"{type(self).__name__}: {name} cannot change while " + _CAPTURED_WAY_OUT)
+            raise RuntimeError(f"{type(self).__name__}: {name} cannot change while " + REPLAYED_WAY_OUT)
         super().__setattr__(name, value)
 
     def _split_groups(self, params):
@@ -258,7 +256,7 @@ class Optimizer:
         """``param_groups[gi][key] = value`` (checked as the constructor checks it)."""
         if self.lr_written_by_owner and key != "lr":
             raise RuntimeError(f"{type(self).__name__}: parameter group {gi}'s {key} cannot change while "
-                               + _CAPTURED_WAY_OUT)
+                               + REPLAYED_WAY_OUT)
         if key == "lr":
             lr = _nonneg(f"parameter group {gi}'s lr", value)
             if gi in self._own_lr:

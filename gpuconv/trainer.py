@@ -35,6 +35,7 @@ from . import amp, backend, kernels
 from ._console import CONSOLE, _is_terminal
 from ._files import BINARY, NOFOLLOW, make_dirs, new_file_mode, write_atomic
 from . import checkpoint as ckpt
+from .graphs import REPLAYED_WAY_OUT
 from .monitor import GPUMonitor, format_snapshot, metrics_fields
 
 
@@ -168,7 +169,9 @@ class Trainer:
     ``cuda_graph``: replay the step as a CUDA graph (:class:`gpuconv.graphs.StepGraph`; on 'cuda',
     where a step's launches cost more host time than its kernels take; elsewhere the same path
     runs the step itself). Captured at each epoch's second step; SGD, Muon or a Chain of them, no
-    dropout, no fp16.
+    dropout, no fp16. A number a kernel takes by value (the optimizer's hyperparameters, batch
+    norm's momentum and eps, Scale's factor, LPPool2d's norm_type, ``label_smoothing``) changes
+    before the fit or in ``epoch_start``; changed during a graphed epoch, it is refused.
     ``autotune``: measure each convolution's "auto" variant at its first training step
     (:func:`gpuconv.kernels.autotuning`); 'auto' (default) does on 'cuda' unless an enclosing
     ``kernels.autotuning()`` block or ``$GPUCONV_AUTOTUNE`` says otherwise, True/False force it. The choices go into the checkpoint,
@@ -246,6 +249,17 @@ class Trainer:
         return self.out_dir / "metrics.jsonl" if self.out_dir is not None else None
 
     # ------------------------------------------------------------------ the step
+    @property
+    def label_smoothing(self):
+        return self._label_smoothing
+
+    @label_smoothing.setter
+    def label_smoothing(self, value):
+        # The loss kernel takes it by value: a CUDA graph replays the captured one (gpuconv.graphs).
+        if getattr(self, "_graph", None) is not None and self._graph.holds and value != self._label_smoothing:
+            raise RuntimeError("Trainer: label_smoothing cannot change while " + REPLAYED_WAY_OUT)
+        self._label_smoothing = float(value)
+
     def _xp(self):
         params = self.model.parameters()
         return backend.get_array_module(params[0].data) if params else np
@@ -268,7 +282,7 @@ class Trainer:
             why = "the model has dropout, whose per-step keys a replay would freeze"
         if why is not None:
             raise ValueError(f"cuda_graph=True: {why}; train without it (cuda_graph=False, no --cuda-graph)")
-        return StepGraph.for_optimizer(self._eager_step, self.optimizer)
+        return StepGraph.for_optimizer(self._eager_step, self.optimizer, self.model)
 
     def _eager_step(self, x, y):
         # "auto": an enclosing autotuning() block's word or $GPUCONV_AUTOTUNE's, else on for a GPU

@@ -17,7 +17,7 @@ from gpuconv import backend as B
 from gpuconv import kernels
 from gpuconv.data import DeviceLoader
 from gpuconv.graphs import StepGraph
-from gpuconv.layers import BatchNorm2d, Conv2d, Dropout, Flatten, GELU, Linear, MaxPool2d, Sequential
+from gpuconv.layers import BatchNorm2d, Conv2d, Dropout, Flatten, GELU, Linear, LPPool2d, MaxPool2d, Scale, Sequential
 from gpuconv.lookahead import Lookahead
 from gpuconv.optim import SGD, Adam, Chain, Muon, OneCycleLR
 from gpuconv.trainer import Trainer
@@ -238,6 +238,65 @@ def test_a_hyperparameter_changed_while_a_graph_replays_is_refused_and_free_betw
         np.testing.assert_array_equal(graphed[name], eager[name], err_msg=name)
     with pytest.raises(RuntimeError, match="SGD: momentum cannot change while a captured training step"):
         run(True, scheduled=True)
+
+
+def _run_changing(cuda_graph, change, scheduled=False):
+    """Two epochs of 4 steps of a net whose layers take numbers by value (batch norm's momentum and
+    eps, LPPool2d's norm_type, Scale's factor; the loss its label smoothing): ``change(model,
+    trainer, epoch)`` before the fit (epoch None) and in epoch_start, or after every step
+    (``scheduled``)."""
+    rng = np.random.default_rng(0)
+    imgs, labels = rng.integers(0, 256, (20, 3, 8, 8), dtype=np.uint8), rng.integers(0, 10, 20)
+    with gpuconv.default_device("sim"):
+        model = Sequential(Conv2d(3, 4, 3, padding=1, seed=0), BatchNorm2d(4), GELU(), LPPool2d(2, 2), Flatten(),
+                           Linear(64, 10, seed=1), Scale(0.5))
+        opt = SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True)
+
+        class EveryStep:
+            def step(self):
+                change(model, trainer, trainer.step)
+
+        trainer = Trainer(model, opt, EveryStep() if scheduled else None, progress=False, log_every=4,
+                          label_smoothing=0.1, epoch_start=None if scheduled else lambda e: change(model, trainer, e),
+                          cuda_graph=cuda_graph)
+        change(model, trainer, None)  # before the fit: nothing is captured yet
+        trainer.fit(DeviceLoader(imgs, labels, 5, seed=0), 2)
+        return {n: B.asnumpy(p.data).copy() for n, p in model.named_parameters()}, model, trainer
+
+
+def _change_all(model, trainer, epoch):
+    k = 0 if epoch is None else epoch + 1
+    model[1].momentum, model[1].eps = 0.1 + 0.2 * k, 1e-5 * 10 ** k
+    model[3].norm_type = 2 + 2 * k  # even: a window of negative GELU outputs has a p-norm
+    model[6].factor = 0.5 / (1 + k)
+    trainer.label_smoothing = 0.1 * k
+
+
+@pytest.mark.parametrize("name", ["momentum", "eps", "norm_type", "factor", "label_smoothing"])
+def test_a_number_a_kernel_takes_by_value_changed_while_a_graph_replays_is_refused(name):
+    """Batch norm's momentum and eps, LPPool2d's norm_type, Scale's factor and the Trainer's label
+    smoothing reach their kernels by value: a replay keeps the captured one, where the simulator's
+    step reads the new one. Changed during a graphed epoch, each is refused."""
+    owner = {"momentum": 1, "eps": 1, "norm_type": 3, "factor": 6}
+
+    def change(model, trainer, step):
+        if step is not None:
+            target = trainer if name == "label_smoothing" else model[owner[name]]
+            setattr(target, name, getattr(target, name) + 2 if name == "norm_type" else getattr(target, name) * 0.9)
+
+    _run_changing(False, change, scheduled=True)  # an eager run takes every change
+    with pytest.raises(RuntimeError, match=f": {name} cannot change while a captured training step"):
+        _run_changing(True, change, scheduled=True)
+
+
+def test_numbers_a_kernel_takes_by_value_are_free_before_the_fit_and_between_epochs():
+    """Set before the fit and in epoch_start (the epoch captures anew), the graphed run trains as the
+    eager one, and after the fit the layers and the trainer take changes again."""
+    (eager, _, _), (graphed, model, trainer) = _run_changing(False, _change_all), _run_changing(True, _change_all)
+    for name in eager:
+        np.testing.assert_array_equal(graphed[name], eager[name], err_msg=name)
+    model[1].momentum, model[6].factor, trainer.label_smoothing = 0.5, 0.25, 0.0
+    assert (model[1].momentum, model[6].factor, trainer.label_smoothing) == (0.5, 0.25, 0.0)
 
 
 @pytest.mark.parametrize("order", ["C", "F"])
