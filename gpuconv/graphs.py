@@ -93,7 +93,8 @@ class StepGraph:
 
     @staticmethod
     def _signature(x, y):
-        return tuple((a.shape, str(a.dtype), a.strides) for a in (x, y))
+        return tuple((a.shape, str(a.dtype), a.strides, backend.device_id(a) if backend.is_cupy_array(a) else None)
+                     for a in (x, y))
 
     def __call__(self, x, y):
         if self.optimizer is not None and not self.optimizer.lr_written_by_owner:  # released since
@@ -104,6 +105,12 @@ class StepGraph:
         if key != self._key:
             self.reset()
             self._key = key
+        # The batch's GPU current (a no-op on the host): CuPy makes the input buffers, the capture's
+        # stream and the learning rates' writes on the current device, whatever the batch's.
+        with backend.array_device_context((x,)):
+            return self._step(x, y)
+
+    def _step(self, x, y):
         if self.before is not None:
             self.before()
         if not self._eager_done:  # the first step: the optimizer's state, the kernels' modules, the pools

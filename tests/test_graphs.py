@@ -6,7 +6,9 @@ graph is captured and replayed; on 'sim' and the CPU the same path runs the step
 graph's input buffers and learning-rate writes."""
 from __future__ import annotations
 
+import contextlib
 import tracemalloc
+import types
 import weakref
 
 import numpy as np
@@ -339,3 +341,74 @@ def test_cuda_graph_refuses_what_a_replay_would_freeze():
     with pytest.raises(ValueError, match="cuda_graph=True: the model has dropout"):
         Trainer(dropped, SGD(dropped.parameters(), lr=0.1), progress=False, cuda_graph=True)
     assert Trainer(model, SGD(model.parameters(), lr=0.1), progress=False)._graph is None
+
+
+def test_a_graph_is_captured_and_replayed_on_the_batchs_gpu(monkeypatch):
+    """CuPy makes arrays, streams and captures on its current device: a step on cuda:1 while cuda:0
+    is current (a fit outside default_device('cuda:1')) made its input buffers, its stream and its
+    graph on GPU 0. CuPy is faked (the arrays 'on cuda:1' a NumPy subclass); a batch on another GPU
+    captures anew."""
+    current, seen = [0], []
+
+    class FakeArray(np.ndarray):
+        pass
+
+    class Device:
+        def __init__(self, i=None):
+            self.id = current[0] if i is None else i
+
+        def __enter__(self):
+            self.prev, current[0] = current[0], self.id
+            return self
+
+        def __exit__(self, *exc):
+            current[0] = self.prev
+
+    class Stream:
+        def __init__(self, non_blocking=False):
+            self.device = current[0]
+
+        def record(self):
+            return None
+
+        def wait_event(self, event):
+            pass
+
+        def begin_capture(self):
+            seen.append(("capture", self.device, current[0]))
+
+        def end_capture(self):
+            return types.SimpleNamespace(launch=lambda stream: seen.append(("launch", stream.device, current[0])))
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    def empty_like(a):
+        seen.append(("buffer", current[0]))
+        return np.empty_like(a).view(FakeArray)
+
+    fake = types.SimpleNamespace(ndarray=FakeArray, empty_like=empty_like, copyto=np.copyto,
+                                 cuda=types.SimpleNamespace(Device=Device, Stream=Stream,
+                                                            MemoryPool=lambda: types.SimpleNamespace(malloc=None),
+                                                            using_allocator=lambda malloc: contextlib.nullcontext(),
+                                                            get_current_stream=Stream))
+    on = {}
+    monkeypatch.setattr(B, "_import_cupy", lambda: (fake, None))
+    monkeypatch.setattr(B, "device_id", lambda a: on[id(a.base if a.base is not None else a)])
+
+    def step(x, y):
+        seen.append(("step", current[0]))
+        return (x,)
+
+    graph = StepGraph(step)
+    for gpu in (1, 1, 1, 2, 2):
+        x, y = np.zeros((2, 3, 4, 4), np.float32), np.zeros(2, np.int64)
+        on[id(x)] = on[id(y)] = gpu
+        graph(x.view(FakeArray), y.view(FakeArray))
+    assert current == [0]
+    assert seen == [("step", 1), ("buffer", 1), ("buffer", 1), ("capture", 1, 1), ("step", 1), ("launch", 1, 1),
+                    ("launch", 1, 1), ("step", 2), ("buffer", 2), ("buffer", 2), ("capture", 2, 2), ("step", 2),
+                    ("launch", 2, 2)]
