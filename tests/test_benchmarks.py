@@ -488,10 +488,33 @@ def test_airbench_bench_without_torch_times_gpuconv_alone_and_says_so(tmp_path):
     assert r["torch_s"] is None and r["gpuconv_s"] is None and np.isfinite(r["gpuconv_loss"])
     assert np.isfinite(r["graph_loss"]) and r["graph_s"] is None
     assert [c["name"] for c in rec["validation"]["checks"]] == [
-        "fp32: cuda-graph steps give the eager steps' parameters (one epoch, bit for bit)",
+        "fp32: cuda-graph steps give the eager steps' parameters (2 epochs, the whitening bias frozen in the second, "
+        "bit for bit)",
         "fp32 gpuconv: final loss finite", "fp32 graph: final loss finite"]
     assert rec["validation"]["checks"][0]["error"] == 0.0
     assert len(list(tmp_path.glob("*-bench_airbench.json"))) == 1
+
+
+def test_airbench_graph_check_reaches_the_whitening_bias_freeze(monkeypatch):
+    """validate_graph compares the eager and the graphed run over two epochs, the whitening bias
+    trained in the first and frozen in the second (the step changes: on a GPU a new capture, checked
+    bit for bit), not over one epoch that the recipe's freeze (after 3) never reaches."""
+    bench = load("bench_airbench")
+    args = bench.common.parse(bench.parser(), ["--device", "sim", "--tiny"])
+    images, labels = bench.synthetic(bench.TINY["images"])
+    runs, setup = [], bench.gpuconv_setup
+
+    def recording_setup(*a, **k):
+        model, loader, trainer = setup(*a, **k)
+        runs.append((model._layers["whiten"].bias, trainer))
+        return model, loader, trainer
+
+    monkeypatch.setattr(bench, "gpuconv_setup", recording_setup)
+    checks = bench.validate_graph(images, labels, bench.recipe(args), args, ["fp32"], 2)
+    assert checks.passed, checks.failures()
+    assert [t._graph is not None for _, t in runs] == [False, True] and runs[1][1]._graph._inputs is not None
+    for bias, trainer in runs:
+        assert trainer.epoch == 2 and not bias.requires_grad  # the second epoch trained with the bias frozen
 
 
 def test_airbench_baseline_takes_the_recipes_steps_and_the_check_can_fail(monkeypatch, capsys):
