@@ -341,11 +341,21 @@ def host_copy(x):
 
 
 def copy_like(value, like):
-    """``value`` (host or device array) as a fresh array on ``like``'s device with ``like``'s dtype:
-    how saved state goes back into a live parameter, buffer or optimizer slot."""
+    """``value`` (host or device array) as a fresh array on ``like``'s device with ``like``'s dtype
+    and memory layout: how saved state goes back into a live parameter, buffer or optimizer slot.
+    The layout is the destination's, as PyTorch's ``copy_`` keeps it (a C-contiguous weight stays
+    C-contiguous after a transposed source, a channels_last one channels_last): a parameter left
+    in the source's order would take the kernels' slower paths (the fused update, the casts)."""
     if get_array_module(like) is np:
-        return np.array(asnumpy(value), dtype=like.dtype, copy=True)
-    return to_device(value, device_of(like)).astype(like.dtype)
+        out = np.array(asnumpy(value), dtype=like.dtype, copy=True)
+    else:
+        out = to_device(value, device_of(like)).astype(like.dtype)
+    if out.strides == like.strides:
+        return out
+    with array_device_context((like,)):  # CuPy allocates and copies on the current device
+        dest = get_array_module(like).empty_like(like)  # like's strides (order 'K')
+        dest[...] = out
+    return dest
 
 
 def item(x) -> float:

@@ -304,13 +304,13 @@ def test_numbers_a_kernel_takes_by_value_are_free_before_the_fit_and_between_epo
 @pytest.mark.parametrize("order", ["C", "F"])
 def test_sgd_reads_the_device_lr_for_a_parameter_the_fused_kernel_does_not_take(order):
     """In owner mode a replay runs with the learning rate last written to the device, for every
-    parameter: one the fused kernel does not take (not C-contiguous, as a transposed (in, out)
-    or HWIO weight stays after load_state_dict) runs the array form, which read the host's lr,
-    a number a CUDA graph keeps at its capture's value."""
+    parameter: one the fused kernel does not take (not C-contiguous: a weight set through
+    ``.data`` from a transposed array) runs the array form, which read the host's lr, a number a
+    CUDA graph keeps at its capture's value."""
     with gpuconv.default_device("sim"):
         w = np.arange(12, dtype=np.float32).reshape(3, 4) / 10
         fc = Linear(4, 3)
-        fc.load_state_dict({"weight": np.asarray(w, order=order), "bias": np.zeros(3, np.float32)})
+        fc.weight.data, fc.bias.data = np.array(w, order=order), np.zeros(3, np.float32)
         assert fc.weight.data.flags.c_contiguous == (order == "C")
         opt = SGD(fc.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
         opt.lr_written_by_owner = True

@@ -622,6 +622,24 @@ def test_state_dict_round_trip(backend):
     assert b[0].weight.data.dtype == np.float32
 
 
+def test_load_state_dict_keeps_the_models_memory_layout(backend):
+    """Loading copies values, not the source's memory order (PyTorch's ``copy_`` keeps the
+    destination's): a transposed (in, out) or OHWI source left a Linear/Conv2d weight
+    non-contiguous, on the slower paths of the update, lookahead and casts; a channels_last
+    weight lost its layout to a C-ordered source."""
+    rng = np.random.default_rng(0)
+    net = Sequential(Conv2d(3, 4, 3, seed=0), Conv2d(4, 2, 3, seed=1), Flatten(), Linear(2, 5, seed=2))
+    net[1].weight.data = gpuconv.to_channels_last(net[1].weight.data)
+    state = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in net.state_dict().items()}
+    given = dict(state, **{"0.weight": gpuconv.to_channels_last(state["0.weight"]),
+                           "3.weight": np.asfortranarray(state["3.weight"])})
+    net.load_state_dict({k: backend.asarray(v) for k, v in given.items()})
+    for k, v in net.state_dict().items():
+        np.testing.assert_array_equal(v, state[k], err_msg=k)
+    assert net[0].weight.data.flags.c_contiguous and net[3].weight.data.flags.c_contiguous
+    assert gpuconv.is_channels_last(net[1].weight.data) and not net[1].weight.data.flags.c_contiguous
+
+
 def test_load_state_dict_errors_leave_the_model_unchanged():
     net = _small_net()
     before = net.state_dict()

@@ -376,6 +376,23 @@ def test_restored_state_is_a_copy():
     assert opt2.state[0]["momentum_buffer"][0] == 123.0
 
 
+def test_load_state_dict_gives_each_slot_its_parameters_layout():
+    """A saved slot in another memory order (a transposed source) is loaded in its parameter's
+    layout, as the parameters are: a C-contiguous weight's momentum stays C-contiguous (the fused
+    update takes only those), a channels_last one's stays channels_last."""
+    rng = np.random.default_rng(0)
+    params = [Parameter(rng.standard_normal((3, 4)).astype(np.float32)),
+              Parameter(gpuconv.to_channels_last(rng.standard_normal((2, 3, 3, 3)).astype(np.float32)))]
+    opt = SGD(params, lr=0.1, momentum=0.9)
+    saved = opt.state_dict()
+    buffers = [rng.standard_normal(p.shape).astype(np.float32) for p in params]
+    saved.update({f"state.{i}.momentum_buffer": np.asfortranarray(b) for i, b in enumerate(buffers)})
+    opt.load_state_dict(saved)
+    for i, p in enumerate(params):
+        np.testing.assert_array_equal(opt.state[i]["momentum_buffer"], buffers[i])
+        assert opt.state[i]["momentum_buffer"].strides == p.data.strides, i
+
+
 def test_load_state_dict_errors():
     p, q = Parameter(np.ones(3), "p"), Parameter(np.ones(2), "q")
     opt = SGD([p], lr=0.1, momentum=0.9)
