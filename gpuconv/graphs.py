@@ -20,7 +20,7 @@ Trainer refuses what a graph would silently freeze: dropout's per-step keys, fp1
 scaler, optimizers other than SGD and Muon (and a Chain of them); and while the graph holds the
 optimizer and the model (from its first call until :meth:`StepGraph.release`), a change to a
 number a kernel takes by value (a hyperparameter, batch norm's momentum and eps, Scale's factor,
-LPPool2d's norm_type, the Trainer's label smoothing).
+LPPool2d's norm_type, the Trainer's label smoothing) or to which parameters train (``requires_grad``).
 
 Memory: the captured step allocates from a pool of its own, kept with the graph, so that no
 array outside the graph is ever given memory the graph writes into. Arrays allocated before the
@@ -76,6 +76,8 @@ class StepGraph:
         if self.model is not None:
             for layer in self.model.modules():
                 layer._held_by_graph = held
+            for p in self.model.parameters():  # which of them train is the step's structure
+                p._held_by_graph = held
 
     def release(self):
         """Give the optimizer and the model back: its step writes its learning rates again and their

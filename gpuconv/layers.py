@@ -164,16 +164,31 @@ class Parameter:
 
     ``requires_grad=False`` freezes it (PyTorch's flag): backward keeps no gradient for it
     (``.grad`` stays None) and optimizers leave it as it is; it can be switched at any step
-    (a bias trained for the first epochs only)."""
+    (a bias trained for the first epochs only), except while a captured training step holds it
+    (gpuconv.graphs): the graph replays the updates of its capture, so switch between epochs."""
 
-    __slots__ = ("data", "grad", "name", "compute", "requires_grad")
+    __slots__ = ("data", "grad", "name", "compute", "_requires_grad", "_held_by_graph")
 
     def __init__(self, data, name="param", requires_grad=True):
         self.data = data
         self.grad = None
         self.name = name
         self.compute = None
-        self.requires_grad = bool(requires_grad)
+        self._held_by_graph = False
+        self._requires_grad = bool(requires_grad)
+
+    @property
+    def requires_grad(self):
+        return self._requires_grad
+
+    @requires_grad.setter
+    def requires_grad(self, value):
+        value = bool(value)
+        if self._held_by_graph and value != self._requires_grad:
+            # which parameters the step updates is the graph's structure: a replay would go on
+            # updating a parameter frozen mid-epoch (or leave a thawed one as it is)
+            raise RuntimeError(f"Parameter {self.name!r}: requires_grad cannot change while " + REPLAYED_WAY_OUT)
+        self._requires_grad = value
 
     @property
     def value(self):

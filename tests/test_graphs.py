@@ -291,6 +291,29 @@ def test_a_number_a_kernel_takes_by_value_changed_while_a_graph_replays_is_refus
         _run_changing(True, change, scheduled=True)
 
 
+def test_a_parameter_frozen_while_a_graph_replays_is_refused_and_free_between_epochs():
+    """Which parameters a step updates is the captured graph's structure: a parameter frozen (or
+    thawed) mid-epoch would go on being updated by every replay until the next capture. Refused
+    during a graphed epoch; between epochs (epoch_start, where airbench freezes its whitening
+    bias) the graphed run trains as the eager one."""
+    def freeze_mid_epoch(model, trainer, step):
+        if step == 2:
+            model[0].bias.requires_grad = False
+
+    _run_changing(False, freeze_mid_epoch, scheduled=True)
+    with pytest.raises(RuntimeError, match="Parameter .*requires_grad cannot change while a captured training step"):
+        _run_changing(True, freeze_mid_epoch, scheduled=True)
+
+    def freeze_between(model, trainer, epoch):
+        model[0].bias.requires_grad = epoch is None or epoch < 1
+
+    (eager, _, _), (graphed, model, _) = _run_changing(False, freeze_between), _run_changing(True, freeze_between)
+    for name in eager:
+        np.testing.assert_array_equal(graphed[name], eager[name], err_msg=name)
+    model[0].bias.requires_grad = True  # after the fit: free again
+    assert model[0].bias.requires_grad
+
+
 def test_numbers_a_kernel_takes_by_value_are_free_before_the_fit_and_between_epochs():
     """Set before the fit and in epoch_start (the epoch captures anew), the graphed run trains as the
     eager one, and after the fit the layers and the trainer take changes again."""
