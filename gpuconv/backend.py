@@ -187,7 +187,11 @@ def set_default_device(device) -> Device:
     CUDA kernels on the host simulator) or ``'auto'`` (a GPU when one answers, else the CPU).
 
     New parameters and loaders' batches go there; ``with default_device(...):`` changes it for
-    one block only. Starts as ``$GPUCONV_DEVICE`` (default ``'cpu'``)."""
+    one block only. Starts as ``$GPUCONV_DEVICE`` (default ``'cpu'``). It is a context variable,
+    as a ``decimal`` context is: a thread started afterwards begins from ``$GPUCONV_DEVICE`` again
+    (a background training thread after ``set_default_device('sim')`` would run NumPy's
+    reference), unless it runs in a copy of this context (``contextvars.copy_context().run``) or
+    sets its own."""
     dev = Device(device)
     _make_current(dev)
     _default_device.set(dev)
