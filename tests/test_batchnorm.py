@@ -215,20 +215,32 @@ def test_fused_activation_gives_the_separate_ops_bits(backend, activation, dtype
     backend.assert_kernels_ran("batchnorm2d_normalize", "batchnorm2d_backward_dx")
 
 
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("activation", [None, "relu", "gelu"])
 @pytest.mark.parametrize("training", [True, False])
-def test_fused_gelu_gradients_float64(backend, training):
+def test_fused_activation_gradients_float64(backend, training, activation, channels_last):
+    """Each mode and fused activation against central differences in float64, in both layouts
+    (channels_last: x's NHWC memory perturbed in place; dx keeps the layout)."""
     rng = np.random.default_rng(11)
     xp = backend.xp
-    x = backend.asarray(rng.standard_normal((3, 2, 4, 3)) * 2 + 1)
+    put = (lambda a: gpuconv.to_channels_last(backend.asarray(a))) if channels_last else backend.asarray
+    x = put(rng.standard_normal((3, 2, 4, 3)) * 2 + 1)
     gamma, beta = backend.asarray(rng.standard_normal(2)), backend.asarray(rng.standard_normal(2))
     rm0, rv0 = backend.asarray(rng.standard_normal(2)), backend.asarray(rng.random(2) + 0.5)
 
     def f(a, g, b):
-        return batchnorm2d_forward(a, g, b, xp.array(rm0), xp.array(rv0), training=training, activation="gelu")[0]
+        return batchnorm2d_forward(a, g, b, xp.array(rm0), xp.array(rv0), training=training, activation=activation)[0]
 
-    _, cache = batchnorm2d_forward(x, gamma, beta, xp.array(rm0), xp.array(rv0), training=training, activation="gelu")
-    dy = backend.asarray(rng.standard_normal(x.shape))
+    _, cache = batchnorm2d_forward(x, gamma, beta, xp.array(rm0), xp.array(rv0), training=training,
+                                   activation=activation)
+    dy = put(rng.standard_normal(x.shape))
     dx, dgamma, dbeta = batchnorm2d_backward(dy, cache)
-    assert relative_error(dx, numerical_gradient_array(lambda a: f(a, gamma, beta), x, dy)) < 1e-6
+    assert gpuconv.is_channels_last(dx) == channels_last
+    if channels_last:  # gradcheck perturbs a C-contiguous array: x's NHWC memory
+        num = numerical_gradient_array(lambda a: f(a.transpose(gpuconv.layout.NCHW), gamma, beta),
+                                       gpuconv.layout.nhwc(x), dy).transpose(gpuconv.layout.NCHW)
+    else:
+        num = numerical_gradient_array(lambda a: f(a, gamma, beta), x, dy)
+    assert relative_error(dx, num) < 1e-6
     assert relative_error(dgamma, numerical_gradient_array(lambda a: f(x, a, beta), gamma, dy)) < 1e-6
     assert relative_error(dbeta, numerical_gradient_array(lambda a: f(x, gamma, a), beta, dy)) < 1e-6

@@ -10,8 +10,8 @@ import gpuconv
 from gpuconv import backend as B
 from gpuconv.gradcheck import numerical_gradient_array, relative_error
 from gpuconv.layers import (GELU, AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, BatchNorm2d, Conv2d,
-                            CrossEntropyLoss, Dropout, Flatten, Layer, Linear, MaxPool2d, Parameter, ReLU, Residual,
-                            Scale, Sequential, StateDictKeyError)
+                            CrossEntropyLoss, Dropout, Flatten, Layer, Linear, LPPool2d, MaxPool2d, Parameter, ReLU,
+                            Residual, Scale, Sequential, StateDictKeyError)
 
 TOL = 1e-6
 
@@ -41,27 +41,44 @@ def assert_like_torch(ours, theirs, x, tol):
     np.testing.assert_allclose(ours.backward(dy), xt.grad.numpy(), rtol=tol, atol=tol / 10)
 
 
-def check_layer_gradients(layer, x_host, backend, seed=0, make=None):
+def check_layer_gradients(layer, x_host, backend, seed=0, make=None, channels_last=False):
     """Analytic dx and parameter gradients of ``layer`` vs central differences, in float64.
 
     ``make`` (optional) builds a fresh layer for every evaluation (Dropout: the same seed gives
-    the same mask)."""
+    the same mask). ``channels_last``: x goes in channels_last, the output and dx must keep that
+    layout (a 4-D output), and dx is checked by perturbing x's NHWC memory. Frozen parameters
+    (requires_grad=False) must get no gradient."""
     layer.astype(np.float64)
     x = backend.asarray(np.ascontiguousarray(x_host, dtype=np.float64))
+    if channels_last:
+        x = gpuconv.to_channels_last(x)
     fresh = (lambda: make().to(backend.device).astype(np.float64)) if make else (lambda: layer)
 
     y = layer(x)
     dy = backend.asarray(np.random.default_rng(seed).standard_normal(y.shape))
+    if channels_last and y.ndim == 4:
+        assert gpuconv.is_channels_last(y), "the output lost the channels_last layout"
+        dy = gpuconv.to_channels_last(dy)
     layer.zero_grad()
     dx = layer.backward(dy)
     assert dx.shape == x.shape and dx.dtype == np.float64
     assert B.get_array_module(dx) is backend.xp
+    if channels_last:
+        assert gpuconv.is_channels_last(dx), "dx lost the channels_last layout"
 
     # .copy(): a layer may return a view of its input (Flatten), which the perturbation would move
-    num_dx = numerical_gradient_array(lambda a: fresh().forward(a).copy(), x, dy)
+    if channels_last:  # perturb the NHWC memory in place (gradcheck needs a C-contiguous array)
+        nhwc = gpuconv.layout.nhwc(x)
+        num_dx = numerical_gradient_array(lambda a: fresh().forward(a.transpose(gpuconv.layout.NCHW)).copy(), nhwc,
+                                          dy).transpose(gpuconv.layout.NCHW)
+    else:
+        num_dx = numerical_gradient_array(lambda a: fresh().forward(a).copy(), x, dy)
     err = relative_error(backend.asnumpy(dx), backend.asnumpy(num_dx))
     assert err < TOL, f"dx relative error {err:.2e}"
     for name, p in layer.named_parameters():
+        if not p.requires_grad:
+            assert p.grad is None, f"{name} is frozen but got a gradient"
+            continue
         assert p.grad is not None and p.grad.shape == p.shape, name
         num = numerical_gradient_array(lambda _: layer.forward(x), p.data, dy)
         err = relative_error(backend.asnumpy(p.grad), backend.asnumpy(num))
@@ -382,6 +399,99 @@ def test_residual_with_a_projection_shortcut(backend):
     with pytest.raises(ValueError, match="give Residual a shortcut"):
         Residual(Conv2d(2, 3, 1)).to(backend.device)(backend.asarray(np.zeros((1, 2, 4, 4), np.float32)))
     assert "Residual (shortcut + inner)" in block.astype(np.float32).summary((2, 4, 4))
+
+
+# Every option that changes the math, in both layouts: (layer, input shape, input kind). Inputs of
+# max pooling are distinct (no ties); those of ReLU away from its kink; LP pooling's positive. 4
+# float64 channels are 32 bytes (the channels_last _vec kernels on 'sim'/'cupy'), 3 are not.
+OPTION_CASES = {
+    "conv-3x3-pad1": (lambda: Conv2d(4, 2, 3, padding=1, seed=1), (2, 4, 4, 4), "normal"),
+    "conv-2x3-stride21-nobias": (lambda: Conv2d(3, 2, (2, 3), (2, 1), (0, 1), bias=False, seed=2), (2, 3, 4, 3),
+                                 "normal"),
+    "conv-3x3-stride2-floor": (lambda: Conv2d(3, 2, 3, 2, 1, floor=True, seed=3), (1, 3, 6, 5), "normal"),
+    "maxpool-3-stride2": (lambda: MaxPool2d(3, 2), (2, 4, 5, 5), "distinct"),
+    "maxpool-2-floor": (lambda: MaxPool2d(2, floor=True), (2, 4, 5, 7), "distinct"),
+    "maxpool-3-stride2-floor": (lambda: MaxPool2d(3, 2, floor=True), (1, 3, 6, 6), "distinct"),
+    "maxpool-2x3-stride12": (lambda: MaxPool2d((2, 3), (1, 2)), (1, 3, 4, 5), "distinct"),
+    "avgpool-3-stride2": (lambda: AvgPool2d(3, 2), (2, 4, 5, 5), "normal"),
+    "avgpool-2-floor": (lambda: AvgPool2d(2, floor=True), (2, 4, 5, 7), "normal"),
+    "avgpool-3x2-stride21-floor": (lambda: AvgPool2d((3, 2), (2, 1), floor=True), (1, 4, 6, 4), "normal"),
+    "lppool-2-stride1": (lambda: LPPool2d(2, 2, 1), (1, 4, 4, 4), "positive"),
+    "lppool-1-signed": (lambda: LPPool2d(1, (2, 3), (2, 1)), (1, 3, 4, 4), "normal"),
+    "lppool-3-2x3-floor": (lambda: LPPool2d(3, (2, 3), 2, floor=True), (1, 3, 5, 7), "positive"),
+    "adaptive-avg-3": (lambda: AdaptiveAvgPool2d(3), (1, 4, 5, 4), "normal"),
+    "adaptive-max-2x3": (lambda: AdaptiveMaxPool2d((2, 3)), (1, 4, 5, 4), "distinct"),
+    "batchnorm-train": (lambda: BatchNorm2d(4), (2, 4, 3, 3), "normal"),
+    "relu": (lambda: ReLU(), (2, 3, 3, 3), "away"),
+    "gelu": (lambda: GELU(), (2, 3, 3, 3), "normal"),
+    "scale": (lambda: Scale(0.125), (2, 3, 3, 3), "normal"),
+    "dropout-train": (lambda: Dropout(0.3, seed=11), (2, 4, 3, 3), "normal"),
+    "flatten-linear": (lambda: Sequential(Flatten(), Linear(3 * 2 * 3, 2, seed=4)), (2, 3, 2, 3), "normal"),
+    "residual-projection": (lambda: Residual(Sequential(Conv2d(2, 4, 3, 2, 1, floor=True, seed=5), GELU()),
+                                             shortcut=Conv2d(2, 4, 1, 2, bias=False, floor=True, seed=6)),
+                            (2, 2, 4, 3), "normal"),
+}
+
+
+def _option_input(kind, shape, rng):
+    if kind == "distinct":
+        return _distinct(rng, shape)
+    if kind == "away":
+        return _away_from_zero(rng, shape)
+    if kind == "positive":
+        return rng.uniform(0.2, 1.5, shape)
+    return rng.standard_normal(shape)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("case", list(OPTION_CASES))
+def test_every_option_gradients_float64(backend, case, channels_last):
+    """Each layer option that changes the math (strides, padding, floor=True, asymmetric and
+    overlapping windows, bias off, the p of LP pooling) against central differences in float64,
+    in NCHW and in channels_last (batch norm's modes and fused activations: test_batchnorm.py;
+    layers in eval mode keep no cache for a backward)."""
+    make, shape, kind = OPTION_CASES[case]
+    with gpuconv.default_device(backend.device):
+        layer = make()
+    seeded = case.startswith("dropout")  # the same seed: the same mask on every evaluation
+    check_layer_gradients(layer, _option_input(kind, shape, np.random.default_rng(31)), backend,
+                          make=make if seeded else None, channels_last=channels_last)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("need_dx", [True, False])
+def test_frozen_parts_gradients_float64(backend, need_dx, channels_last):
+    """A network with frozen parts (a frozen first convolution whose bias trains, as airbench94's
+    whitening; a frozen block inside): the trainable parameters' gradients against central
+    differences, the frozen ones none, with and without the input gradient."""
+    rng = np.random.default_rng(32)
+    with gpuconv.default_device(backend.device):
+        net = Sequential(Conv2d(2, 3, 2, seed=1), GELU(), Conv2d(3, 3, 3, padding=1, seed=2), BatchNorm2d(3),
+                         ReLU(), Conv2d(3, 2, 1, seed=3), Flatten(), Linear(2 * 3 * 3, 2, seed=4))
+    net[0].weight.requires_grad = False
+    net[2].requires_grad_(False)
+    net.astype(np.float64)
+    x = backend.asarray(rng.standard_normal((2, 2, 4, 4)))
+    if channels_last:
+        x = gpuconv.to_channels_last(x)
+    y = net(x)
+    dy = backend.asarray(rng.standard_normal(y.shape))
+    net.zero_grad()
+    dx = net.backward(dy, need_dx=need_dx)
+    assert (dx is None) == (not need_dx)
+    if need_dx:
+        assert gpuconv.is_channels_last(dx) == channels_last
+        nchw = gpuconv.layout.NCHW
+        num = (numerical_gradient_array(lambda a: net.forward(a.transpose(nchw)), gpuconv.layout.nhwc(x), dy)
+               .transpose(nchw) if channels_last else numerical_gradient_array(lambda a: net.forward(a), x, dy))
+        assert relative_error(backend.asnumpy(dx), backend.asnumpy(num)) < TOL
+    for name, p in net.named_parameters():
+        if not p.requires_grad:
+            assert p.grad is None, name
+            continue
+        num = numerical_gradient_array(lambda _: net.forward(x), p.data, dy)
+        err = relative_error(backend.asnumpy(p.grad), backend.asnumpy(num))
+        assert err < TOL, f"{name}: relative error {err:.2e}"
 
 
 def test_gradients_accumulate_until_zero_grad(backend):
