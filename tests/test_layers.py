@@ -426,6 +426,7 @@ OPTION_CASES = {
     "gelu": (lambda: GELU(), (2, 3, 3, 3), "normal"),
     "scale": (lambda: Scale(0.125), (2, 3, 3, 3), "normal"),
     "dropout-train": (lambda: Dropout(0.3, seed=11), (2, 4, 3, 3), "normal"),
+    "linear-4d": (lambda: Linear(3 * 2 * 3, 2, seed=4), (2, 3, 2, 3), "normal"),
     "flatten-linear": (lambda: Sequential(Flatten(), Linear(3 * 2 * 3, 2, seed=4)), (2, 3, 2, 3), "normal"),
     "residual-projection": (lambda: Residual(Sequential(Conv2d(2, 4, 3, 2, 1, floor=True, seed=5), GELU()),
                                              shortcut=Conv2d(2, 4, 1, 2, bias=False, floor=True, seed=6)),

@@ -1,6 +1,7 @@
 """Linear (affine) layer: flattening, values, gradients for x, w, b, errors."""
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -48,6 +49,22 @@ def test_gradients_float64(backend, shape):
     assert relative_error(dx, numerical_gradient_array(lambda a: linear_forward(a, w, b)[0], x, dy)) < 1e-6
     assert relative_error(dw, numerical_gradient_array(lambda a: linear_forward(x, a, b)[0], w, dy)) < 1e-6
     assert relative_error(db, numerical_gradient_array(lambda a: linear_forward(x, w, a)[0], b, dy)) < 1e-6
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, ml_dtypes.bfloat16])
+def test_channels_last_input_gets_a_channels_last_dx(backend, dtype):
+    """A 4-D channels_last x (the last feature map of a channels_last network) gets dx in its own
+    layout, with the values of the NCHW x's dx, so the layers before keep the layout."""
+    import gpuconv
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 3, 2, 2)).astype(dtype)
+    w, b = (backend.asarray(a.astype(dtype)) for a in (rng.standard_normal((4, 12)), rng.standard_normal(4)))
+    dy = backend.asarray(rng.standard_normal((2, 4)).astype(dtype))
+    want = linear_backward(dy, linear_forward(backend.asarray(x), w, b)[1])
+    got = linear_backward(dy, linear_forward(gpuconv.to_channels_last(backend.asarray(x)), w, b)[1])
+    assert gpuconv.is_channels_last(got[0]) and not gpuconv.is_channels_last(want[0])
+    for g, h in zip(got, want):
+        np.testing.assert_array_equal(backend.asnumpy(g), backend.asnumpy(h))
 
 
 def test_without_bias(backend):

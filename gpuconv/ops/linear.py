@@ -1,7 +1,8 @@
 """Fully connected layer: ``y = x_flat @ w.T + b`` with ``w`` as (out_features, in_features).
 
 ``x`` of any shape (N, ...) is flattened to (N, in_features), as the CS231n affine layer and a
-PyTorch ``Flatten`` + ``Linear`` do; ``dx`` comes back in ``x``'s original shape.
+PyTorch ``Flatten`` + ``Linear`` do; ``dx`` comes back in ``x``'s original shape and layout (a
+channels_last x gets a channels_last dx, as from ``Flatten``).
 
 Precision (gpuconv.precision): x, w, b (and dy) share one dtype; bfloat16/float16 operands are
 upcast to float32, multiplied and summed there, and y, dx, dw, db rounded once to that dtype. In
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import backend
+from .. import backend, layout
 from ..backend import get_array_module
 from ..precision import multiplicands, round_once, upcast, use_tf32
 from . import _dispatch
@@ -63,7 +64,9 @@ def linear_backward(dy, cache, precision=None):
     check_same_dtype("x", x, dy=dy)
     tf32 = use_tf32(precision, dy.dtype)
     target = backend.kernel_target(dy, x, w)
-    return _dispatch.call("linear_backward", target, _linear_backward_reference, dy, cache, tf32)
+    dx, dw, db = _dispatch.call("linear_backward", target, _linear_backward_reference, dy, cache, tf32)
+    # The products give dx in logical (NCHW) order; the layer before keeps its layout only if dx does
+    return (layout.to_channels_last(dx) if layout.is_channels_last(x) else dx), dw, db
 
 
 def _linear_forward_reference(x, w, b, tf32=False):
