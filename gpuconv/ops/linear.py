@@ -9,8 +9,9 @@ upcast to float32, multiplied and summed there, and y, dx, dw, db rounded once t
 TF32 mode (``precision="tf32"``, or the current setting when None) float32 x, w and dy are
 rounded to TF32 before the matrix products; the bias and its gradient, sums, are not.
 
-On 'cuda' and 'sim', bfloat16/float16 layers run on the tensor-core GEMM (``_launch_linear``:
-one launch forward, two or three backward); float32 and float64 run this NumPy/CuPy form.
+On 'cuda' and 'sim' every dtype runs gpuconv's kernels (``_launch_linear``): bfloat16/float16
+the tensor-core GEMM (one launch forward, two or three backward), float32 and float64 the
+convolution kernels, as a 1x1 convolution of (N, features, 1, 1) images.
 
 Cache (shared with the kernel launchers, see ``_dispatch``): ``LinearCache(x, w, has_bias)``.
 """
