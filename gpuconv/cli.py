@@ -232,7 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("predict", help="classify image files or .npy arrays with a trained checkpoint",
                         description="Classify images with a checkpoint of `gpuconv train`: PNG/JPEG files (any size: "
-                                    "converted to RGB, resized to 32x32) or .npy uint8 arrays (N, 32, 32, 3).")
+                                    "converted to RGB, or to grayscale for a one-channel network, and resized to "
+                                    "the network's input, 32x32 for CIFAR-10's) or .npy uint8 arrays (N, H, W, C).")
     pr.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or .npy arrays")
     pr.add_argument("--checkpoint", required=True, help="a checkpoint.npz written by `gpuconv train`")
     pr.add_argument("--top", type=_positive_int, default=1, help="the K most likely classes per image (default 1)")
@@ -693,11 +694,11 @@ def cmd_predict(args) -> int:
     from . import backend
     from .amp import resolve_precision
     from .inference import load_images, load_model
-    images, sources = load_images(args.inputs)
     device = backend.Device(args.device)
     precision = None if args.precision is None else resolve_precision(args.precision, device)
     with backend.default_device(device):
         model = load_model(args.checkpoint)
+        images, sources = load_images(args.inputs, model.input_dim)  # the size and channels its network takes
         probs = model.predict(images, precision=precision, tta=args.tta)
         labels = probs.argmax(axis=1)
     k = min(args.top, probs.shape[1])

@@ -47,6 +47,11 @@ class TrainedModel:
         self.tta = check_tta(tta)
         self.device = backend.get_default_device()  # where the weights live: 'sim' runs the kernels
 
+    @property
+    def input_dim(self):
+        """(channels, height, width) of the images the network takes (:func:`load_images` makes them)."""
+        return (len(self.mean), *self.input_size)
+
     def __call__(self, x):
         return self.net(x)
 
@@ -56,7 +61,7 @@ class TrainedModel:
         from . import amp
         from .trainer import check_tta, tta_logits
         level = self.tta if tta is None else check_tta(tta)
-        images = as_nchw(images, (len(self.mean), *self.input_size))
+        images = as_nchw(images, self.input_dim)
         if len(images) == 0:  # (a loader needs an image; no batch, no logits)
             return np.empty((0, len(self.classes)), np.float32)
         with backend.default_device(self.device):
@@ -172,26 +177,35 @@ def _as_rgb8(im, path):
     return im.convert("RGB")
 
 
-def load_images(paths):
-    """(uint8 images (N, 3, 32, 32), [(source, index in source)]) from image files (converted to
-    RGB, resized) and ``.npy`` files of uint8 images (N, 32, 32, 3) or (N, 3, 32, 32)."""
+def load_images(paths, input_dim=(3, *INPUT_HW)):
+    """(uint8 images (N, C, H, W), [(source, index in source)]) from image files (converted to RGB,
+    or to grayscale for one channel, and resized to H x W) and ``.npy`` files of uint8 images
+    (N, H, W, C) or (N, C, H, W). ``input_dim``: the (C, H, W) the model takes (a TrainedModel's
+    ``input_dim``; CIFAR-10's by default)."""
     from PIL import Image
+    c, h, w = input_dim
     out, sources = [], []
     for p in map(pathlib.Path, paths):
         if not p.is_file():
             raise FileNotFoundError(f"{p} does not exist (give image files or .npy arrays of uint8 images)")
         if p.suffix.lower() == ".npy":
-            arr = as_nchw(np.load(p, allow_pickle=False))
+            arr = as_nchw(np.load(p, allow_pickle=False), input_dim)
             out.append(arr)
             sources += [(str(p), i) for i in range(len(arr))]
             continue
+        if c not in (1, 3):
+            raise ValueError(f"{p}: an image file gives 1 (grayscale) or 3 (RGB) channels, and the model takes {c}: "
+                             f"pass a .npy array of uint8 images shaped (N, {c}, {h}, {w}) instead")
         try:
             with Image.open(p) as im:
                 rgb = _as_rgb8(im, p)
-                if rgb.size != INPUT_HW[::-1]:
-                    rgb = rgb.resize(INPUT_HW[::-1], Image.Resampling.BOX if min(rgb.size) > 32
+                if c == 1:
+                    rgb = rgb.convert("L")  # (exact for a grayscale file: its RGB copy has R = G = B)
+                if rgb.size != (w, h):
+                    rgb = rgb.resize((w, h), Image.Resampling.BOX if min(rgb.size) > min(h, w)
                                      else Image.Resampling.BILINEAR)
-                out.append(np.asarray(rgb, np.uint8).transpose(2, 0, 1)[None])
+                pixels = np.asarray(rgb, np.uint8)
+                out.append(pixels[None, None] if c == 1 else pixels.transpose(2, 0, 1)[None])
         except OSError as exc:
             raise ValueError(f"{p} is not an image Pillow can read ({exc}); give PNG/JPEG files or .npy arrays") from None
         sources.append((str(p), 0))

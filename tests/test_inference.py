@@ -70,3 +70,33 @@ def test_a_run_config_without_its_normalization_records_the_loaders(tmp_path):
     assert tuple(model.mean) == mean and tuple(model.std) == std
     assert gpuconv.checkpoint.read_config(gpuconv.checkpoint.load_checkpoint(path))["preprocess"] == \
         {"mean": list(mean), "std": list(std)}
+
+
+def test_image_files_and_arrays_are_made_the_size_and_channels_the_network_takes(tmp_path, capsys):
+    """load_images (behind `gpuconv predict`) made every image 3x32x32, so the checkpoint of a
+    network built for 28x28 grayscale images refused every image file and .npy array given."""
+    import json
+
+    from PIL import Image
+    from gpuconv import cli
+    from gpuconv.inference import load_images
+    x, _, path = _checkpoint(tmp_path, {"input_dim": (1, 28, 28)}, (33.0,), (78.0,))
+    Image.fromarray(x[0, 0]).save(tmp_path / "digit.png")  # grayscale, the network's size
+    Image.fromarray(np.repeat(np.kron(x[1, 0], np.ones((2, 2), np.uint8))[..., None], 3, axis=2)).save(
+        tmp_path / "big.png")  # RGB, twice the size: shrunk by area averaging
+    np.save(tmp_path / "digits.npy", x[:3].transpose(0, 2, 3, 1))  # (N, H, W, C)
+    capsys.readouterr()
+    rc = cli.main(["predict", "--checkpoint", str(path), "--json", str(tmp_path / "digit.png"),
+                   str(tmp_path / "digits.npy")])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert len(json.loads(out)["predictions"]) == 4
+    model = gpuconv.load_model(path)
+    assert model.input_dim == (1, 28, 28)
+    images, sources = load_images([tmp_path / "digit.png", tmp_path / "big.png", tmp_path / "digits.npy"],
+                                  model.input_dim)
+    assert images.shape == (5, 1, 28, 28) and len(sources) == 5
+    np.testing.assert_array_equal(images, x[[0, 1, 0, 1, 2]])
+    with pytest.raises(ValueError, match=r"1 \(grayscale\) or 3 \(RGB\) channels, and the model takes 4.*\.npy"):
+        load_images([tmp_path / "digit.png"], (4, 28, 28))
+    assert load_images([tmp_path / "digit.png"])[0].shape == (1, 3, 32, 32)  # CIFAR-10's without a model
