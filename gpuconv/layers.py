@@ -1134,7 +1134,8 @@ class CrossEntropyLoss(Layer):
     ``net.backward(criterion.backward())``; ``backward(g)`` scales the gradient by a Python number
     ``g`` (a scaled loss). ``reduction='sum'`` adds the rows' losses; ``'none'`` returns them, (N,),
     and ``backward(dy)`` takes their upstream gradient, an (N,) array (None: ones). ``weight``, a
-    (C,) float array of class weights on the logits' device, and ``ignore_index`` (default -100,
+    (C,) float array of class weights on the logits' device (a buffer: ``to(device)`` moves it,
+    ``state_dict()`` holds it), and ``ignore_index`` (default -100,
     PyTorch's: rows with that label add nothing and leave the mean's divisor) as PyTorch defines
     them."""
 
@@ -1153,6 +1154,8 @@ class CrossEntropyLoss(Layer):
                 raise ValueError(f"CrossEntropyLoss: weight must be a 1-D float array of one weight per class, got "
                                  f"shape {tuple(weight.shape)} dtype {weight.dtype}")
         self.weight, self.ignore_index = weight, int(ignore_index)
+        # a buffer, as PyTorch's: to(device) moves it with the logits, state_dict() holds it
+        self._buffer_names = ("weight",) if weight is not None else ()
         if reduction not in ops.loss.REDUCTIONS:
             raise ValueError(f"CrossEntropyLoss: reduction must be one of {ops.loss.REDUCTIONS}, got {reduction!r}")
         self.reduction = reduction

@@ -312,6 +312,20 @@ def test_cross_entropy_loss_reductions(backend, reduction):
     np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
+def test_cross_entropy_loss_class_weights_are_a_buffer(monkeypatch):
+    """As PyTorch's module registers them: criterion.to(device) moved nothing, so weights given on
+    the host met GPU logits, and state_dict() left them out (PyTorch's holds 'weight')."""
+    w = np.linspace(0.5, 2.0, 10).astype(np.float32)
+    crit = CrossEntropyLoss(weight=w)
+    assert [n for n, _ in crit.named_buffers()] == ["weight"] and list(crit.state_dict()) == ["weight"]
+    moved = []
+    monkeypatch.setattr(gpuconv.layers, "to_device", lambda a, dev: (moved.append((a.shape, str(dev))), a.copy())[1])
+    assert crit.to("cuda:1") is crit and moved == [((10,), "cuda:1")] and crit.weight is not w
+    crit.load_state_dict({"weight": 2 * w})
+    np.testing.assert_array_equal(crit.weight, 2 * w)
+    assert CrossEntropyLoss().named_buffers() == [] and CrossEntropyLoss().state_dict() == {}
+
+
 def test_cross_entropy_loss_refuses_what_it_does_not_compute():
     for kwargs, says in ((dict(reduction="max"), "reduction must be one of"), (dict(size_average=True), "size_average"),
                          (dict(weight=np.ones((2, 2))), "weight must be a 1-D float array"),
