@@ -14,8 +14,10 @@ What a replay does not do is run Python, so everything a step decides on the hos
 the capture: the caller keeps per-step values on the device (the learning rates: ``before``
 writes them, outside the graph, before every step; ``opt.lr_written_by_owner`` keeps the
 optimizer from writing them inside it), and calls :meth:`StepGraph.reset` whenever the step's
-structure changes (a parameter frozen or thawed, an epoch's callback): the next call runs
-eagerly and captures again. A batch of another shape or layout does that by itself. The
+structure changes (an epoch's callback): the next call runs eagerly and captures again. A graph
+of :meth:`StepGraph.for_optimizer` is given :meth:`StepGraph.release` instead, before the change
+(a parameter frozen or thawed, a hyperparameter), which it refuses while it holds them; its next
+call captures anew. A batch of another shape or layout does that by itself. The
 Trainer refuses what a graph would silently freeze: dropout's per-step keys, fp16's loss
 scaler, optimizers other than SGD and Muon (and a Chain of them); and while the graph holds the
 optimizer and the model (from its first call until :meth:`StepGraph.release`), a change to a
@@ -41,7 +43,7 @@ __all__ = ["StepGraph", "REPLAYED_WAY_OUT"]
 # What an error refusing a change to a value a captured step took by value says after "cannot change while".
 REPLAYED_WAY_OUT = ("a captured training step (a CUDA graph, gpuconv.graphs) replays it with the value it was "
                     "captured with; set it before training or in the Trainer's epoch_start (a new capture "
-                    "follows), or train without --cuda-graph")
+                    "follows), or train without --cuda-graph (a StepGraph of one's own: release() it first)")
 
 
 class StepGraph:

@@ -170,8 +170,9 @@ class Trainer:
     where a step's launches cost more host time than its kernels take; elsewhere the same path
     runs the step itself). Captured at each epoch's second step; SGD, Muon or a Chain of them, no
     dropout, no fp16. A number a kernel takes by value (the optimizer's hyperparameters, batch
-    norm's momentum and eps, Scale's factor, LPPool2d's norm_type, ``label_smoothing``) changes
-    before the fit or in ``epoch_start``; changed during a graphed epoch, it is refused.
+    norm's momentum and eps, Scale's factor, LPPool2d's norm_type, ``label_smoothing``) and which
+    parameters train (``requires_grad``) change before the fit or in ``epoch_start``; changed
+    during a graphed epoch, they are refused.
     ``autotune``: measure each convolution's "auto" variant at its first training step
     (:func:`gpuconv.kernels.autotuning`); 'auto' (default) does on 'cuda' unless an enclosing
     ``kernels.autotuning()`` block or ``$GPUCONV_AUTOTUNE`` says otherwise, True/False force it. The choices go into the checkpoint,

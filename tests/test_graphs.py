@@ -314,6 +314,27 @@ def test_a_parameter_frozen_while_a_graph_replays_is_refused_and_free_between_ep
     assert model[0].bias.requires_grad
 
 
+def test_a_graph_of_ones_own_is_released_not_reset_before_a_parameter_is_frozen():
+    """Outside the Trainer, a StepGraph.for_optimizer holding a model refuses a parameter frozen after
+    reset() (which the module's docstring named for that); release() frees it, the next call
+    captures anew, and the refusal says so."""
+    with gpuconv.default_device("sim"):
+        net = Sequential(Flatten(), Linear(12, 3, seed=0))
+        opt = SGD(net.parameters(), lr=0.1)
+        step = StepGraph.for_optimizer(lambda x, y: gpuconv.amp.training_step(net, opt, x, y), opt, net)
+        x, y = np.ones((2, 3, 2, 2), np.float32), np.array([0, 1])
+        step(x, y), step(x, y)
+        step.reset()
+        with pytest.raises(RuntimeError, match=r"requires_grad cannot change while .*StepGraph of one's own: "
+                                                r"release\(\) it first"):
+            net[1].bias.requires_grad = False
+        step.release()
+        net[1].bias.requires_grad = False
+        step(x, y)
+        assert step.holds and step._eager_done and step._inputs is None  # ran eagerly: the next call captures anew
+        assert "release" in gpuconv.graphs.__doc__.split("Memory:")[0].split("reset")[1]
+
+
 def test_numbers_a_kernel_takes_by_value_are_free_before_the_fit_and_between_epochs():
     """Set before the fit and in epoch_start (the epoch captures anew), the graphed run trains as the
     eager one, and after the fit the layers and the trainer take changes again."""
