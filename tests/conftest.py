@@ -23,6 +23,22 @@ SUBSET = pathlib.Path(os.environ.get(
     "GPUCONV_TEST_DATA", REPO.parent / "shared" / "data" / "cifar10-subset" / "cifar-10-batches-py"))
 
 
+
+def forked_exit(child) -> str:
+    """Runs ``child()`` (an exit code) in a forked process, killed after 10 s; how it ended
+    ('exit N' or 'signal N'): the fork tests' way to see a child hang on a lock it inherited held."""
+    import signal
+    pid = os.fork()
+    if pid == 0:
+        code = 4
+        try:
+            signal.alarm(10)  # a child that hangs ends by SIGALRM
+            code = child()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return f"exit {os.WEXITSTATUS(status)}" if os.WIFEXITED(status) else f"signal {os.WTERMSIG(status)}"
+
 # GPUCONV_REQUIRE_GPU=1 (the GPU battery, benchmarks/run_gpu.sh): a GPU test that skips has failed,
 # so a machine whose CUDA is unusable cannot pass the GPU suite by skipping all of it.
 REQUIRE_GPU = _env.flag("GPUCONV_REQUIRE_GPU")

@@ -13,6 +13,7 @@ import time
 import numpy as np
 import pytest
 
+from conftest import forked_exit
 from gpuconv import hostsim
 
 KERNELS = pathlib.Path(__file__).with_name("hostsim_kernels")
@@ -625,21 +626,6 @@ def test_mul_rn_rounds_its_product_on_a_target_with_fma():
     assert out[0] == 0.0, f"w - mul_rn(a, a) = {out[0]!r}: the product was fused into the subtraction"
 
 
-def _forked_exit(child) -> str:
-    """Runs ``child()`` (an exit code) in a forked process, killed after 10 s; how it ended."""
-    import signal
-    pid = os.fork()
-    if pid == 0:
-        code = 4
-        try:
-            signal.alarm(10)  # a child that hangs ends by SIGALRM
-            code = child()
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return f"exit {os.WEXITSTATUS(status)}" if os.WIFEXITED(status) else f"signal {os.WTERMSIG(status)}"
-
-
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_fork_waits_for_another_threads_launch_and_the_child_launches():
     """A process forked while another thread is inside a launch (a training thread, a fork-based
@@ -664,7 +650,7 @@ def test_a_fork_waits_for_another_threads_launch_and_the_child_launches():
         return 0 if mine[1] == 1 else 3
 
     try:
-        assert _forked_exit(child) == "exit 0"
+        assert forked_exit(child) == "exit 0"
     finally:
         flag[0] = 1
         busy.join()
@@ -684,7 +670,7 @@ def test_a_child_forked_during_another_threads_compile_compiles():
         return 0 if y.tolist() == [2.0, 2.0] else 3
 
     with hostsim._modules_lock:  # as a compiling thread holds it at the fork
-        assert _forked_exit(child) == "exit 0"
+        assert forked_exit(child) == "exit 0"
 
 
 def test_threads_asking_for_one_kernel_at_once_read_its_signature_one_at_a_time(monkeypatch):

@@ -877,22 +877,17 @@ def test_a_launch_takes_no_lock_of_its_module_a_fork_could_inherit_held():
     while another thread held it (between two launches of a training thread) found it taken for
     good and hung at its first launch of that kernel file. A built module is looked up without it."""
     import os
-    import signal
 
+    from conftest import forked_exit
     from gpuconv import ops
     x = np.array([-1.0, 2.0], np.float32)
     with gpuconv.default_device("sim"):
         ops.relu_forward(x)
     handle = kernels._cache[("relu", np.dtype(np.float32), False, "sim", None, os.environ.get("GPUCONV_KERNELS_DIR"))]
+
+    def child():
+        with gpuconv.default_device("sim"):
+            return 0 if ops.relu_forward(x)[0].tolist() == [0.0, 2.0] else 3
+
     with handle._lock:  # as another thread holds it at the fork
-        pid = os.fork()
-        if pid == 0:
-            code = 4
-            try:
-                signal.alarm(10)  # a child that hangs ends by SIGALRM
-                with gpuconv.default_device("sim"):
-                    code = 0 if ops.relu_forward(x)[0].tolist() == [0.0, 2.0] else 3
-            finally:
-                os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert (os.WIFEXITED(status), os.WEXITSTATUS(status)) == (True, 0), f"the child ended with status {status}"
+        assert forked_exit(child) == "exit 0"
