@@ -249,10 +249,11 @@ def test_damaged_batches(isolated, case, match):
         assert "Download or extract the CIFAR-10 release again" in str(info.value)
 
 
-def test_the_cifar100_release_is_refused_saying_so_and_how_to_read_it(isolated):
+def test_the_cifar100_release_is_refused_saying_so_and_how_to_read_it(isolated, monkeypatch):
     """CIFAR-100's python release (cifar-100-python/: train, test, meta, with 'fine_labels') under
-    each name a user may give: the folder above it, the folder, the tarball, a file of it. Each
-    failed as 'no CIFAR-10 data', and its 'train' file was called a corrupt tarball to delete."""
+    each name a user may give: the folder above it, the folder, the tarball, a file of it, and
+    $GPUCONV_DATA naming a folder. Each failed as 'no CIFAR-10 data', its 'train' file was called
+    a corrupt tarball to delete, and $GPUCONV_DATA's folder had CIFAR-10 downloaded into it."""
     d = isolated / "data" / "cifar-100-python"
     d.mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -265,6 +266,13 @@ def test_the_cifar100_release_is_refused_saying_so_and_how_to_read_it(isolated):
     for root in (d.parent, d, tarball, d / "train"):
         with pytest.raises(D.DataNotFoundError, match=r"it holds CIFAR-100 .*d\[b'fine_labels'\].*num_classes=100"):
             D.load_cifar10(root, download=False)
+    import gpuconv.data.cifar10 as cifar10_module
+    monkeypatch.setattr(cifar10_module, "download_cifar10", lambda *a, **k: pytest.fail("CIFAR-10 was downloaded"))
+    for env in (d.parent, d):
+        monkeypatch.setenv("GPUCONV_DATA", str(env))
+        with pytest.raises(D.DataNotFoundError, match=r"^\$GPUCONV_DATA='.*': it holds CIFAR-100 .*num_classes=100"):
+            D.load_cifar10()
+    monkeypatch.delenv("GPUCONV_DATA")
     # the recipe the message gives works
     batch = D.load_pickle((d / "train").read_bytes(), "train")
     loader = D.DeviceLoader(batch[b"data"].reshape(-1, 3, 32, 32), batch[b"fine_labels"], 4)

@@ -138,10 +138,11 @@ def find_data_dir(root=None) -> pathlib.Path:
         found = _locate(p)
         if found is not None:
             return found
+    label, p = places[0]
+    if label != "cache" and _cifar100_at(p):  # the one place the user named holds the other release
+        where = f"root={str(root)!r} (--data)" if root is not None else f"$GPUCONV_DATA={str(p)!r}"
+        raise DataNotFoundError(f"{where}: {formats.CIFAR100_HINT}")
     if root is not None:
-        p = places[0][1]
-        if _cifar100_at(p):
-            raise DataNotFoundError(f"root={str(root)!r} (--data): {formats.CIFAR100_HINT}")
         why = "holds no CIFAR-10 data" if places[0][1].exists() else "does not exist"
         raise DataNotFoundError(
             f"root={str(root)!r} (--data) {why} (looked for cifar-10-batches-py/, cifar-10-batches-bin/ or "
@@ -191,10 +192,10 @@ def load_cifar10(root=None, download=True, *, url=CIFAR10_URL, md5=CIFAR10_MD5, 
     try:
         source = find_data_dir(root)
     except DataNotFoundError:
-        if not download or root is not None:
-            raise
         env = os.environ.get("GPUCONV_DATA")
         dest = pathlib.Path(env).expanduser() if env else default_cache_dir()
+        if not download or root is not None or (env and _cifar100_at(dest)):  # (CIFAR-100's: refused by name)
+            raise
         source = download_cifar10(dest, url=url, md5=md5, progress=progress)
     return read_cifar10(source)
 
