@@ -1098,10 +1098,11 @@ def _cached_binary(src, op_file, dt, arch, where="", tf32=False):
     if trusted_binary(path) and _whole_binary(path):  # (one another user could have put there is compiled again)
         _files.mark_used(path)
         return path, None
+    limit = _files.cache_limit()  # (a bad $GPUCONV_CACHE_LIMIT_MB is an error before the compile, not after)
     binary = nvrtc_compile(src, op_file, dt, arch, where, tf32)
     if not _store(path, binary):
         return None, binary
-    _files.prune_cache(path.parent, CACHE_FILES)
+    _files.prune_cache(path.parent, CACHE_FILES, limit)
     return path, binary
 
 

@@ -325,6 +325,12 @@ def test_build_cache_keeps_under_its_limit_deleting_the_least_recently_used(tmp_
         monkeypatch.setenv("GPUCONV_CACHE_LIMIT_MB", bad)
         with pytest.raises(ValueError, match="GPUCONV_CACHE_LIMIT_MB=.*whole number of MiB.*0 for no limit"):
             _files.cache_limit()
+    # named before a build, not after one that then stays in the cache unnoticed
+    hostsim._modules.clear()
+    compiles = hostsim.stats["compiles"]
+    with pytest.raises(ValueError, match="GPUCONV_CACHE_LIMIT_MB"):
+        hostsim.compile(source.replace("prune test", "prune test 2"), name="prunetest")
+    assert hostsim.stats["compiles"] == compiles
 
 
 def test_build_cache_survives_what_shared_machines_do_to_it(tmp_path, monkeypatch):

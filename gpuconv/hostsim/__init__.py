@@ -43,7 +43,8 @@ Design (the project guide's section 4, on the simulator):
   module loads only in a process started by ``run_sanitized`` (libasan preloaded), which
   reports an out-of-bounds access with the kernel, block and thread named.
 
-Environment: GPUCONV_SIM_CACHE (build cache, default ~/.cache/gpuconv/hostsim), GPUCONV_SIM_CXX
+Environment: GPUCONV_SIM_CACHE (build cache, default ~/.cache/gpuconv/hostsim; it keeps under
+GPUCONV_CACHE_LIMIT_MB, default 2048, 0 for no limit, dropping the builds used longest ago), GPUCONV_SIM_CXX
 (compiler, default g++), GPUCONV_SIM_STACK (fiber stack, default 64k), GPUCONV_SIM_SCHEDULE
 (forward|reverse), GPUCONV_SIM_SANITIZE=1 (every compile sanitized; set by run_sanitized).
 """

@@ -97,6 +97,7 @@ def build(text: str, name: str, sanitize: bool, options=(), rebuild: bool = Fals
     ``rebuild``: the cached one would not load (truncated by a killed process, unreadable): build it
     again, in place where the cache lets us replace it, else into a file of our own."""
     cxx = compiler()
+    limit = _files.cache_limit()  # (a bad $GPUCONV_CACHE_LIMIT_MB is an error before the compile, not after)
     opts = [str(o) for o in options]
     key = hashlib.sha256("\0".join([
         "gpuconv-hostsim-1", _compiler_id(cxx), *flags(sanitize, opts), HEADER.read_text(), RUNTIME.read_text(), text,
@@ -142,6 +143,6 @@ def build(text: str, name: str, sanitize: bool, options=(), rebuild: bool = Fals
         if os.path.exists(tmp):
             os.unlink(tmp)
     stats["compiles"] += 1
-    _files.prune_cache(root, CACHE_FILES)
+    _files.prune_cache(root, CACHE_FILES, limit)
     return so, False
 
