@@ -116,14 +116,12 @@ def cache_limit() -> int | None:
     return None if mib is None else mib << 20
 
 
-def prune_cache(directory, names, limit_bytes: int | None = -1, keep_s: float = CACHE_KEEP_S) -> int:
+def prune_cache(directory, names, limit_bytes: int | None, keep_s: float = CACHE_KEEP_S) -> int:
     """Deletes the least recently used files of ``directory`` whose names match ``names`` (a
     compiled regular expression: only the cache's own files, whatever else the directory holds)
     once they total more than ``limit_bytes``, oldest first, down to three quarters of it. Files
     used within ``keep_s`` seconds stay; a file this user may not delete is skipped. Returns the
-    bytes freed. ``limit_bytes`` None: no limit; left out: ``cache_limit()``."""
-    if limit_bytes == -1:
-        limit_bytes = cache_limit()
+    bytes freed. ``limit_bytes`` None (``cache_limit()`` of 0): no limit."""
     if limit_bytes is None:
         return 0
     entries, total = [], 0

@@ -308,19 +308,19 @@ def test_build_cache_keeps_under_its_limit_deleting_the_least_recently_used(tmp_
     _files.mark_used(keep)
     assert keep.stat().st_mtime > before
     monkeypatch.setenv("GPUCONV_CACHE_LIMIT_MB", "3")
-    assert _files.prune_cache(tmp_path, _build.CACHE_FILES) >= 2 << 20
+    assert _files.prune_cache(tmp_path, _build.CACHE_FILES, _files.cache_limit()) >= 2 << 20
     assert keep.exists() and old[0].exists() and not old[1].exists() and not old[2].exists()
 
     # used within the hour: kept even past the limit; no limit with 0
     monkeypatch.setenv("GPUCONV_CACHE_LIMIT_MB", "1")
-    assert _files.prune_cache(tmp_path, _build.CACHE_FILES) >= 1 << 20 and not old[0].exists()
-    assert _files.prune_cache(tmp_path, _build.CACHE_FILES) == 0 and keep.exists()
+    assert _files.prune_cache(tmp_path, _build.CACHE_FILES, _files.cache_limit()) >= 1 << 20 and not old[0].exists()
+    assert _files.prune_cache(tmp_path, _build.CACHE_FILES, _files.cache_limit()) == 0 and keep.exists()
     assert pathlib.Path(new.path).exists()
     os.utime(keep, (now - day, now - day))
     monkeypatch.setenv("GPUCONV_CACHE_LIMIT_MB", "0")
-    assert _files.prune_cache(tmp_path, _build.CACHE_FILES) == 0 and keep.exists()
+    assert _files.prune_cache(tmp_path, _build.CACHE_FILES, _files.cache_limit()) == 0 and keep.exists()
     monkeypatch.setenv("GPUCONV_CACHE_LIMIT_MB", "1")
-    assert _files.prune_cache(tmp_path, _build.CACHE_FILES) >= 1 << 20 and not keep.exists()
+    assert _files.prune_cache(tmp_path, _build.CACHE_FILES, _files.cache_limit()) >= 1 << 20 and not keep.exists()
     for bad in ("-1", "2GB", "1.5"):
         monkeypatch.setenv("GPUCONV_CACHE_LIMIT_MB", bad)
         with pytest.raises(ValueError, match="GPUCONV_CACHE_LIMIT_MB=.*whole number of MiB.*0 for no limit"):
