@@ -190,6 +190,15 @@ class Parameter:
             raise RuntimeError(f"Parameter {self.name!r}: requires_grad cannot change while " + REPLAYED_WAY_OUT)
         self._requires_grad = value
 
+    def __getstate__(self):
+        # A copy (copy.deepcopy, pickle) is held by no graph, whatever holds this parameter now.
+        return None, {name: getattr(self, name) for name in Parameter.__slots__ if name != "_held_by_graph"}
+
+    def __setstate__(self, state):
+        for name, value in state[1].items():
+            setattr(self, name, value)
+        self._held_by_graph = False
+
     @property
     def value(self):
         return self.data if self.compute is None else self.compute
@@ -265,6 +274,12 @@ class Layer:
     def __init__(self):
         self.training = True
         self._cache = None
+
+    def __getstate__(self):
+        # A copy (copy.deepcopy, pickle) is held by no graph, whatever holds this layer now.
+        state = dict(self.__dict__)
+        state.pop("_held_by_graph", None)
+        return state
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

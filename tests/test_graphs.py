@@ -7,6 +7,8 @@ graph's input buffers and learning-rate writes."""
 from __future__ import annotations
 
 import contextlib
+import copy
+import pickle
 import tracemalloc
 import types
 import weakref
@@ -312,6 +314,29 @@ def test_a_parameter_frozen_while_a_graph_replays_is_refused_and_free_between_ep
         np.testing.assert_array_equal(graphed[name], eager[name], err_msg=name)
     model[0].bias.requires_grad = True  # after the fit: free again
     assert model[0].bias.requires_grad
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_a_copy_of_a_held_model_is_held_by_no_graph(how):
+    """A model copied during a graphed epoch (a snapshot of the best weights, an EMA's start) is held
+    by no graph: the copy's parameters and layers take changes a replay would freeze, while the live
+    model still refuses them."""
+    copier = copy.deepcopy if how == "deepcopy" else (lambda m: pickle.loads(pickle.dumps(m)))
+    with gpuconv.default_device("sim"):
+        net = Sequential(Conv2d(3, 2, 1, seed=0), BatchNorm2d(2), Flatten(), Linear(8, 3, seed=1))
+        opt = SGD(net.parameters(), lr=0.1)
+        step = StepGraph.for_optimizer(lambda x, y: gpuconv.amp.training_step(net, opt, x, y), opt, net)
+        x, y = np.ones((2, 3, 2, 2), np.float32), np.array([0, 1])
+        step(x, y)
+        twin = copier(net)
+    twin[3].bias.requires_grad = False
+    twin[1].momentum = 0.5
+    assert not twin[3].bias.requires_grad and twin[1].momentum == 0.5
+    np.testing.assert_array_equal(B.asnumpy(twin[3].weight.data), B.asnumpy(net[3].weight.data))
+    with pytest.raises(RuntimeError, match="requires_grad cannot change while"):
+        net[3].bias.requires_grad = False
+    with pytest.raises(RuntimeError, match="momentum cannot change while"):
+        net[1].momentum = 0.5
 
 
 def test_a_graph_of_ones_own_is_released_not_reset_before_a_parameter_is_frozen():
