@@ -170,6 +170,17 @@ class Optimizer:
             raise RuntimeError(f"{type(self).__name__}: {name} cannot change while " + REPLAYED_WAY_OUT)
         super().__setattr__(name, value)
 
+    def __getstate__(self):
+        # A copy (copy.deepcopy, pickle) is held by no graph, and its first step makes its own device
+        # learning rates (these are looked up by the parameters' ids, which a copy's are not).
+        state = dict(self.__dict__)
+        for name in ("_lr_views", "_lr_of"):
+            state.pop(name, None)
+        state["_lrs"] = None
+        if "lr_written_by_owner" in state:  # (a Chain's is its members')
+            state["lr_written_by_owner"] = False
+        return state
+
     def _split_groups(self, params):
         """A flat list of Parameters, or of group dicts: (the flat list, [(count, overrides)])."""
         if not params or not all(isinstance(g, dict) for g in params):

@@ -1,8 +1,10 @@
 """Optimizers and schedules: hand-computed steps, PyTorch's formulas, state save/restore, no readbacks."""
 from __future__ import annotations
 
+import copy
 import io
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ import pytest
 import gpuconv
 from gpuconv import backend as B
 from gpuconv.layers import Parameter
-from gpuconv.optim import SGD, Adam, AdamW, CosineLR, OneCycleLR, StepLR
+from gpuconv.optim import SGD, Adam, AdamW, CosineLR, Muon, OneCycleLR, StepLR
 
 
 def _param(backend, values, dtype=np.float64):
@@ -374,6 +376,32 @@ def test_restored_state_is_a_copy():
     opt2.load_state_dict(d)
     d["state.0.momentum_buffer"][:] = 7.0
     assert opt2.state[0]["momentum_buffer"][0] == 123.0
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+@pytest.mark.parametrize("name", ["SGD", "Muon"])
+def test_a_copied_optimizer_steps_as_the_original(how, name):
+    """A copy (copy.deepcopy, pickle) of an optimizer that has stepped on a kernel target steps over
+    its own parameters with the original's bits (its device learning rates, looked up by the
+    parameters' ids, are made anew), and one copied while a captured step held the original
+    (gpuconv.graphs) is held by nothing: it writes its own lrs and takes hyperparameters."""
+    copier = copy.deepcopy if how == "deepcopy" else (lambda o: pickle.loads(pickle.dumps(o)))
+    with gpuconv.default_device("sim"):
+        p = Parameter(B.to_device(np.arange(12, dtype=np.float32).reshape(3, 4) / 10, "sim"), "w")
+        opt = SGD([p], lr=0.1, momentum=0.9) if name == "SGD" else Muon([p], lr=0.1, momentum=0.9)
+        p.grad = p.data * 0 + 1
+        opt.step()
+        opt.lr_written_by_owner = True  # as StepGraph.for_optimizer's first call leaves it
+        twin = copier(opt)
+        assert not twin.lr_written_by_owner
+        twin.momentum = 0.9  # the same value: a change would be free too
+        for o in (opt, twin):
+            o.lr = 0.05
+            o.params[0].grad = o.params[0].data * 0 + 1
+        opt.write_lrs()  # the owner's write before its step
+        opt.step(), twin.step()
+        np.testing.assert_array_equal(B.asnumpy(twin.params[0].data), B.asnumpy(p.data))
+        twin.momentum = 0.5
 
 
 def test_load_state_dict_gives_each_slot_its_parameters_layout():
