@@ -22,7 +22,9 @@ Trainer refuses what a graph would silently freeze: dropout's per-step keys, fp1
 scaler, optimizers other than SGD and Muon (and a Chain of them); and while the graph holds the
 optimizer and the model (from its first call until :meth:`StepGraph.release`), a change to a
 number a kernel takes by value (a hyperparameter, batch norm's momentum and eps, Scale's factor,
-LPPool2d's norm_type, the Trainer's label smoothing) or to which parameters train (``requires_grad``).
+LPPool2d's norm_type, the Trainer's label smoothing), to which parameters train (``requires_grad``),
+or a state loaded into them (``load_state_dict``, the Trainer's ``load_checkpoint``: every replay
+reads and writes the arrays of its capture).
 
 Memory: the captured step allocates from a pool of its own, kept with the graph, so that no
 array outside the graph is ever given memory the graph writes into. Arrays allocated before the

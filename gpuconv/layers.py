@@ -476,6 +476,11 @@ class Layer:
         if not isinstance(state, Mapping):
             raise TypeError(f"load_state_dict: state must be a mapping of names to arrays (as returned by "
                             f"state_dict()), got {type(state).__name__}")
+        if any(m.__dict__.get("_held_by_graph") for m in self.modules()):
+            # a captured step computes with the arrays of its capture: new ones would go unread by
+            # every replay (and unchanged by its updates)
+            raise RuntimeError(f"{type(self).__name__}.load_state_dict: the state cannot be replaced while "
+                               + REPLAYED_WAY_OUT)
         slots = self._state_slots()
         missing = [k for k in slots if k not in state]
         # PyTorch's batch norm also saves a count of its batches, which gpuconv's does not keep (its

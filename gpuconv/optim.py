@@ -464,6 +464,11 @@ class Optimizer:
         return out
 
     def load_state_dict(self, d):
+        if self.lr_written_by_owner:
+            # a captured step reads the slots of its capture (and its hyperparameters by value): new
+            # arrays would go unread by every replay, and a refusal halfway would leave half of them
+            raise RuntimeError(f"{type(self).__name__}.load_state_dict: the state cannot be replaced while "
+                               + REPLAYED_WAY_OUT)
         _check_saved_by(self, d, "optimizer")
         n = int(_scalar(d["num_params"]))
         if n != len(self.params):

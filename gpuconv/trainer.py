@@ -171,8 +171,9 @@ class Trainer:
     runs the step itself). Captured at each epoch's second step; SGD, Muon or a Chain of them, no
     dropout, no fp16. A number a kernel takes by value (the optimizer's hyperparameters, batch
     norm's momentum and eps, Scale's factor, LPPool2d's norm_type, ``label_smoothing``) and which
-    parameters train (``requires_grad``) change before the fit or in ``epoch_start``; changed
-    during a graphed epoch, they are refused.
+    parameters train (``requires_grad``) change, and a state is loaded (the model's, the optimizer's,
+    :meth:`load_checkpoint`), before the fit or in ``epoch_start``; during a graphed epoch, they are
+    refused.
     ``autotune``: measure each convolution's "auto" variant at its first training step
     (:func:`gpuconv.kernels.autotuning`); 'auto' (default) does on 'cuda' unless an enclosing
     ``kernels.autotuning()`` block or ``$GPUCONV_AUTOTUNE`` says otherwise, True/False force it. The choices go into the checkpoint,
@@ -447,6 +448,8 @@ class Trainer:
         """Restore model, optimizer, schedule, counters and RNGs from a checkpoint. All or nothing:
         a checkpoint that does not fit this Trainer (another optimizer, no schedule state where it
         has a scheduler, another loader) raises with the Trainer and ``loader`` as they were."""
+        if self._graph is not None and self._graph.holds:  # a callback's load during a graphed epoch
+            raise RuntimeError("Trainer.load_checkpoint: the training state cannot be replaced while " + REPLAYED_WAY_OUT)
         path = Path(path) if path is not None else self.checkpoint_path
         arrays = ckpt.load_checkpoint(path)
         if self.scheduler is not None and "sched/__tree__" not in arrays:

@@ -360,6 +360,52 @@ def test_a_graph_of_ones_own_is_released_not_reset_before_a_parameter_is_frozen(
         assert "release" in gpuconv.graphs.__doc__.split("Memory:")[0].split("reset")[1]
 
 
+def test_state_loaded_while_a_graph_replays_is_refused_whole_and_free_between_epochs(tmp_path):
+    """A captured step computes with the arrays of its capture (parameters, buffers, optimizer slots)
+    and takes the hyperparameters by value: a load_state_dict during a graphed epoch replaced the
+    arrays (on a GPU every replay went on with the old ones) or, with another hyperparameter, was
+    refused halfway (the lr and a group's weight decay loaded). Refused whole, the model's, the
+    optimizer's and the Trainer's checkpoint alike; in epoch_start the graphed run loads and trains
+    as the eager one."""
+    refused = []
+
+    def load_mid_epoch(model, trainer, step):
+        if step != 2:
+            return
+        opt = trainer.optimizer
+        state = opt.state_dict()
+        other = dict(state, momentum=0.5, lr=0.3, **{"group.0.weight_decay": 0.5})
+        kept = [opt.lr, opt.param_groups[0]["weight_decay"], trainer.epoch_step]
+        arrays = [opt.state[0]["momentum_buffer"], model[0].weight.data, model[1].running_mean]
+        for load in (lambda: opt.load_state_dict(other), lambda: opt.load_state_dict(state),
+                     lambda: model.load_state_dict(model.state_dict()),
+                     lambda: trainer.load_checkpoint(tmp_path / "none.npz")):  # refused before it is read
+            with pytest.raises(RuntimeError, match=r"\.load_\w+: the (training )?state cannot be replaced while a "
+                                                   r"captured training step"):
+                load()
+        assert [opt.lr, opt.param_groups[0]["weight_decay"], trainer.epoch_step] == kept
+        assert all(a is b for a, b in zip([opt.state[0]["momentum_buffer"], model[0].weight.data,
+                                           model[1].running_mean], arrays))
+        refused.append(step)
+
+    _run_changing(True, load_mid_epoch, scheduled=True)
+    assert refused == [2]
+    saved = {}
+
+    def load_between(model, trainer, epoch):
+        if epoch is None:
+            return
+        if epoch == 0:
+            saved.update(model=model.state_dict(), optim=trainer.optimizer.state_dict())
+        else:
+            model.load_state_dict(saved["model"])
+            trainer.optimizer.load_state_dict(saved["optim"])
+
+    (eager, _, _), (graphed, _, _) = _run_changing(False, load_between), _run_changing(True, load_between)
+    for name in eager:
+        np.testing.assert_array_equal(graphed[name], eager[name], err_msg=name)
+
+
 def test_numbers_a_kernel_takes_by_value_are_free_before_the_fit_and_between_epochs():
     """Set before the fit and in epoch_start (the epoch captures anew), the graphed run trains as the
     eager one, and after the fit the layers and the trainer take changes again."""
