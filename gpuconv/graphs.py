@@ -27,10 +27,11 @@ or a state loaded into them (``load_state_dict``, the Trainer's ``load_checkpoin
 reads and writes the arrays of its capture).
 
 Memory: the captured step allocates from a pool of its own, kept with the graph, so that no
-array outside the graph is ever given memory the graph writes into. Arrays allocated before the
-capture (parameters, optimizer state, the input buffers) are the graph's fixed inputs; the
-outputs returned are the graph's own arrays, rewritten by every replay (copy what must outlive
-the next step).
+array outside the graph is ever given memory the graph writes into; the blocks CuPy's default
+pool caches for no array (the eager step's) are released first, so the two pools do not add
+up. Arrays allocated before the capture (parameters, optimizer state, the input buffers) are the
+graph's fixed inputs; the outputs returned are the graph's own arrays, rewritten by every replay
+(copy what must outlive the next step).
 
 On 'sim' and the CPU there are no graphs: the same calls run the step every time, through the
 same input buffers and the same ``before`` (so the simulator tests what the graph path relies
@@ -141,6 +142,11 @@ class StepGraph:
         caller = cp.cuda.get_current_stream()
         stream = cp.cuda.Stream(non_blocking=True)
         stream.wait_event(caller.record())  # the input copies and the learning rates come first
+        # The eager step's freed blocks, cached by CuPy's default pool, go back to the device: the
+        # capture allocates the step anew from a pool of its own, which would otherwise add a
+        # second step's memory to the peak that eager training reached. Only blocks no array holds
+        # are freed (the graph's fixed inputs are live arrays); on the batch's device.
+        cp.get_default_memory_pool().free_all_blocks()
         self._pool = cp.cuda.MemoryPool()
         with cp.cuda.using_allocator(self._pool.malloc), stream:
             stream.begin_capture()
