@@ -18,11 +18,12 @@ structure changes (an epoch's callback): the next call runs eagerly and captures
 of :meth:`StepGraph.for_optimizer` is given :meth:`StepGraph.release` instead, before the change
 (a parameter frozen or thawed, a hyperparameter), which it refuses while it holds them; its next
 call captures anew. A batch of another shape or layout does that by itself. The
-Trainer refuses what a graph would silently freeze: dropout's per-step keys, fp16's loss
-scaler, optimizers other than SGD and Muon (and a Chain of them); and while the graph holds the
-optimizer and the model (from its first call until :meth:`StepGraph.release`), a change to a
-number a kernel takes by value (a hyperparameter, batch norm's momentum and eps, Scale's factor,
-LPPool2d's norm_type, the Trainer's label smoothing), to which parameters train (``requires_grad``),
+Trainer refuses what a graph would silently freeze, when built and at each epoch's start:
+dropout's per-step keys, fp16's loss scaler, optimizers other than SGD and Muon (and a Chain of
+them); and while the graph holds the optimizer and the model (from its first call until
+:meth:`StepGraph.release`), a change to a number a kernel takes by value (a hyperparameter, batch
+norm's momentum and eps, Scale's factor, LPPool2d's norm_type, dropout's rate, the Trainer's label
+smoothing), to which parameters train (``requires_grad``),
 or a state loaded into them (``load_state_dict``, the Trainer's ``load_checkpoint``: every replay
 reads and writes the arrays of its capture).
 

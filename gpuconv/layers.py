@@ -940,6 +940,7 @@ class Dropout(Layer):
     restore the generator (under ``rng/model.<name>._rngs.numpy``) for a bit-exact resume."""
 
     _registers_attributes = False
+    p = _Replayed()  # a graphed Trainer refuses a rate > 0 at each epoch's start, and a change mid-epoch
 
     def __init__(self, p=0.5, inplace=False, *, seed=None):
         super().__init__()

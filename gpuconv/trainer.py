@@ -271,6 +271,12 @@ class Trainer:
         if not wanted:
             return None
         from .graphs import StepGraph
+        self._check_graphable()
+        return StepGraph.for_optimizer(self._eager_step, self.optimizer, self.model)
+
+    def _check_graphable(self):
+        """Refuse what a replayed step would freeze (when the Trainer is built, and at each epoch's
+        start: the code before the fit or ``epoch_start`` may have given dropout a rate)."""
         from .layers import Dropout
         from .optim import replays_schedule
         why = None
@@ -284,7 +290,6 @@ class Trainer:
             why = "the model has dropout, whose per-step keys a replay would freeze"
         if why is not None:
             raise ValueError(f"cuda_graph=True: {why}; train without it (cuda_graph=False, no --cuda-graph)")
-        return StepGraph.for_optimizer(self._eager_step, self.optimizer, self.model)
 
     def _eager_step(self, x, y):
         # "auto": an enclosing autotuning() block's word or $GPUCONV_AUTOTUNE's, else on for a GPU
@@ -735,6 +740,7 @@ class Trainer:
         if self.epoch_start is not None:
             self.epoch_start(self.epoch)
         if self._graph is not None:
+            self._check_graphable()
             self._graph.reset()  # the callback may have changed the step (a parameter frozen): capture anew
         if skip == 0 or self._loader_state is None:
             if hasattr(loader, "set_epoch"):

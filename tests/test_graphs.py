@@ -458,6 +458,36 @@ def test_cuda_graph_refuses_what_a_replay_would_freeze():
     assert Trainer(model, SGD(model.parameters(), lr=0.1), progress=False)._graph is None
 
 
+@pytest.mark.parametrize("when", ["before the fit", "epoch_start", "mid-epoch"])
+def test_dropout_given_a_rate_after_the_trainer_is_built_is_refused(when):
+    """A graphed Trainer refuses a model with dropout (a replay would freeze its per-step mask keys),
+    and refused it only when built: a rate given afterwards (before the fit, in epoch_start, by a
+    per-step schedule) trained every replay with the capture's mask, or none."""
+    rng = np.random.default_rng(0)
+    imgs, labels = rng.integers(0, 256, (10, 3, 2, 2), dtype=np.uint8), rng.integers(0, 10, 10)
+    with gpuconv.default_device("sim"):
+        net = Sequential(Flatten(), Dropout(0.0), Linear(12, 10, seed=0))
+
+        def give_rate(*_):
+            net[1].p = 0.5
+
+        class MidEpoch:
+            def step(self):
+                if trainer.step == 2:
+                    give_rate()
+
+        trainer = Trainer(net, SGD(net.parameters(), lr=0.1), MidEpoch() if when == "mid-epoch" else None,
+                          progress=False, log_every=4, cuda_graph=True,
+                          epoch_start=give_rate if when == "epoch_start" else None)
+        if when == "before the fit":
+            give_rate()
+        refusal = ("Dropout: p cannot change while a captured training step" if when == "mid-epoch"
+                   else "cuda_graph=True: the model has dropout")
+        with pytest.raises((RuntimeError, ValueError), match=refusal):
+            trainer.fit(DeviceLoader(imgs, labels, 2, seed=0), 1)
+    net[1].p = 0.25  # after the fit: free again
+
+
 def test_a_graph_is_captured_and_replayed_on_the_batchs_gpu(monkeypatch):
     """CuPy makes arrays, streams and captures on its current device: a step on cuda:1 while cuda:0
     is current (a fit outside default_device('cuda:1')) made its input buffers, its stream and its
