@@ -24,8 +24,8 @@ them); and while the graph holds the optimizer and the model (from its first cal
 :meth:`StepGraph.release`), a change to a number a kernel takes by value (a hyperparameter, batch
 norm's momentum and eps, Scale's factor, LPPool2d's norm_type, dropout's rate, the Trainer's label
 smoothing), to which parameters train (``requires_grad``),
-or a state loaded into them (``load_state_dict``, the Trainer's ``load_checkpoint``: every replay
-reads and writes the arrays of its capture).
+or a state loaded into them (``load_state_dict``, the Trainer's ``load_checkpoint``) or the model
+moved or cast (``to()``, ``astype()``): every replay reads and writes the arrays of its capture.
 
 Memory: the captured step allocates from a pool of its own, kept with the graph, so that no
 array outside the graph is ever given memory the graph writes into; the blocks CuPy's default

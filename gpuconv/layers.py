@@ -407,6 +407,14 @@ class Layer:
 
     # --- devices and dtypes
     def _convert(self, fn):
+        if any(m.__dict__.get("_held_by_graph") for m in self.modules()):
+            # a captured step computes with the arrays of its capture: a model moved (cpu() then
+            # cuda() around a save) or cast would no longer be the one its replays train
+            arrays = [a for m in self.modules() for a in [p.data for _, p in m._own_parameters()]
+                      + [getattr(m, b) for b in m._buffer_names]]
+            if any(fn(a) is not a for a in arrays):
+                raise RuntimeError(f"{type(self).__name__}: its arrays cannot be moved or cast while "
+                                   + REPLAYED_WAY_OUT)
         for m in self.modules():
             for _, p in m._own_parameters():
                 p.data = fn(p.data)

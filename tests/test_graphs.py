@@ -406,6 +406,28 @@ def test_state_loaded_while_a_graph_replays_is_refused_whole_and_free_between_ep
         np.testing.assert_array_equal(graphed[name], eager[name], err_msg=name)
 
 
+def test_a_held_model_is_not_moved_or_cast_and_free_once_released():
+    """A captured step trains the arrays of its capture: a model cast (astype) or moved (cpu() then
+    cuda() around a save, a PyTorch habit) while a graph holds it got new arrays, which on a GPU no
+    replay trained. Refused, untouched; a move to where it is changes nothing and is free; released,
+    the model converts."""
+    with gpuconv.default_device("sim"):
+        net = Sequential(Conv2d(3, 2, 1, seed=0), BatchNorm2d(2), Flatten(), Linear(8, 3, seed=1))
+        opt = SGD(net.parameters(), lr=0.1)
+        step = StepGraph.for_optimizer(lambda x, y: gpuconv.amp.training_step(net, opt, x, y), opt, net)
+        x, y = np.ones((2, 3, 2, 2), np.float32), np.array([0, 1])
+        step(x, y)
+        arrays = [net[3].weight.data, net[1].running_mean]
+        with pytest.raises(RuntimeError, match="Sequential: its arrays cannot be moved or cast while a captured"):
+            net.astype(np.float32)
+        assert all(a is b for a, b in zip([net[3].weight.data, net[1].running_mean], arrays))
+        net.to("sim")  # where it is: the same arrays
+        assert net[3].weight.data is arrays[0]
+        step.release()
+        net.astype(np.float64)
+        assert net[3].weight.dtype == np.float64
+
+
 def test_numbers_a_kernel_takes_by_value_are_free_before_the_fit_and_between_epochs():
     """Set before the fit and in epoch_start (the epoch captures anew), the graphed run trains as the
     eager one, and after the fit the layers and the trainer take changes again."""
