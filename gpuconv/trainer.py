@@ -170,7 +170,7 @@ class Trainer:
     where a step's launches cost more host time than its kernels take; elsewhere the same path
     runs the step itself). Captured at each epoch's second step; SGD, Muon or a Chain of them, no
     dropout, no fp16. A number a kernel takes by value (the optimizer's hyperparameters, batch
-    norm's momentum and eps, Scale's factor, LPPool2d's norm_type, ``label_smoothing``) and which
+    norm's momentum and eps, Scale's factor, LPPool2d's norm_type, ``label_smoothing``, ``precision``) and which
     parameters train (``requires_grad``) change, and a state is loaded (the model's, the optimizer's,
     :meth:`load_checkpoint`), before the fit or in ``epoch_start``; during a graphed epoch, they are
     refused.
@@ -251,6 +251,17 @@ class Trainer:
         return self.out_dir / "metrics.jsonl" if self.out_dir is not None else None
 
     # ------------------------------------------------------------------ the step
+    @property
+    def precision(self):
+        return self._precision
+
+    @precision.setter
+    def precision(self, value):
+        # The step's casts and kernels follow it: a CUDA graph replays the captured ones (gpuconv.graphs).
+        if getattr(self, "_graph", None) is not None and self._graph.holds and value != self._precision:
+            raise RuntimeError("Trainer: precision cannot change while " + REPLAYED_WAY_OUT)
+        self._precision = value
+
     @property
     def label_smoothing(self):
         return self._label_smoothing

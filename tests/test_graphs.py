@@ -274,19 +274,23 @@ def _change_all(model, trainer, epoch):
     model[3].norm_type = 2 + 2 * k  # even: a window of negative GELU outputs has a p-norm
     model[6].factor = 0.5 / (1 + k)
     trainer.label_smoothing = 0.1 * k
+    trainer.precision = ("fp32", "bf16")[k % 2]
 
 
-@pytest.mark.parametrize("name", ["momentum", "eps", "norm_type", "factor", "label_smoothing"])
+@pytest.mark.parametrize("name", ["momentum", "eps", "norm_type", "factor", "label_smoothing", "precision"])
 def test_a_number_a_kernel_takes_by_value_changed_while_a_graph_replays_is_refused(name):
     """Batch norm's momentum and eps, LPPool2d's norm_type, Scale's factor and the Trainer's label
-    smoothing reach their kernels by value: a replay keeps the captured one, where the simulator's
-    step reads the new one. Changed during a graphed epoch, each is refused."""
+    smoothing reach their kernels by value (its precision chooses the step's casts and kernels): a
+    replay keeps the captured one, where the simulator's step reads the new one. Changed during a
+    graphed epoch, each is refused."""
     owner = {"momentum": 1, "eps": 1, "norm_type": 3, "factor": 6}
 
     def change(model, trainer, step):
         if step is not None:
-            target = trainer if name == "label_smoothing" else model[owner[name]]
-            setattr(target, name, getattr(target, name) + 2 if name == "norm_type" else getattr(target, name) * 0.9)
+            target = trainer if name in ("label_smoothing", "precision") else model[owner[name]]
+            value = getattr(target, name)
+            setattr(target, name, value + 2 if name == "norm_type" else ("bf16" if value == "fp32" else "fp32")
+                    if name == "precision" else value * 0.9)
 
     _run_changing(False, change, scheduled=True)  # an eager run takes every change
     with pytest.raises(RuntimeError, match=f": {name} cannot change while a captured training step"):
@@ -434,8 +438,8 @@ def test_numbers_a_kernel_takes_by_value_are_free_before_the_fit_and_between_epo
     (eager, _, _), (graphed, model, trainer) = _run_changing(False, _change_all), _run_changing(True, _change_all)
     for name in eager:
         np.testing.assert_array_equal(graphed[name], eager[name], err_msg=name)
-    model[1].momentum, model[6].factor, trainer.label_smoothing = 0.5, 0.25, 0.0
-    assert (model[1].momentum, model[6].factor, trainer.label_smoothing) == (0.5, 0.25, 0.0)
+    model[1].momentum, model[6].factor, trainer.label_smoothing, trainer.precision = 0.5, 0.25, 0.0, "fp32"
+    assert (model[1].momentum, model[6].factor, trainer.label_smoothing, trainer.precision) == (0.5, 0.25, 0.0, "fp32")
 
 
 @pytest.mark.parametrize("order", ["C", "F"])
