@@ -204,15 +204,17 @@ def validate(layers, batch, target, variants=None, precisions=("fp32",)):
 
 def torch_calls(torch, x, w, b, dy, prec="fp32"):
     """cuDNN through PyTorch in ``prec``: TF32 allowed only for 'tf32'; bfloat16 tensors for
-    'bf16'; channels_last memory where the precision runs it."""
+    'bf16'; channels_last memory (input, weight and gradient) where the precision runs it."""
     torch.backends.cudnn.allow_tf32 = prec == "tf32"
     torch.backends.cuda.matmul.allow_tf32 = prec == "tf32"
     if prec == "bf16":  # DLPack has no bfloat16 in every version: hand the bits over
         tx, tw, tb, tdy = (torch.from_dlpack(a.view(np.uint16)).view(torch.bfloat16) for a in (x, w, b, dy))
     else:
         tx, tw, tb, tdy = (torch.from_dlpack(a) for a in (x, w, b, dy))
-    if PRECISIONS[prec][2]:
-        tx, tdy = (t.contiguous(memory_format=torch.channels_last) for t in (tx, tdy))
+    if PRECISIONS[prec][2]:  # the weight too, as model.to(memory_format=torch.channels_last) leaves it: PyTorch
+        # picks a convolution's layout from input and weight, and the data gradient's input is a
+        # shape alone, so an NCHW weight would run cuDNN's backward-data in NCHW (dy copied there)
+        tx, tw, tdy = (t.contiguous(memory_format=torch.channels_last) for t in (tx, tw, tdy))
     F, grad = torch.nn.functional, torch.nn.grad
     return {"forward": lambda: F.conv2d(tx, tw, tb, stride=STRIDE, padding=PAD),
             "backward_data": lambda: grad.conv2d_input(tx.shape, tw, tdy, stride=STRIDE, padding=PAD),

@@ -233,6 +233,20 @@ def test_the_conv_layer_sets_are_the_networks_own():
     assert set(bench.CIFAR_LAYERS) <= set(bench.fast_net_layers())
 
 
+def test_cudnn_baseline_runs_every_direction_in_the_precisions_layout():
+    """tf32 and bf16 are timed channels_last on both sides: PyTorch's weight too (as a
+    channels_last model holds it), else cuDNN's data gradient, whose input is a shape alone, runs
+    in NCHW from the NCHW weight; fp32 stays NCHW."""
+    torch = pytest.importorskip("torch")
+    bench = load("bench_conv2d")
+    for prec in ("fp32", "tf32", "bf16"):
+        x, w, b, dy = bench.on_device(bench.make_layer(2, 4, 8, 5, prec=prec), "sim", prec)
+        for direction, call in bench.torch_calls(torch, x, w, b, dy, prec).items():
+            out = call()
+            cl = out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+            assert cl == bench.PRECISIONS[prec][2], (prec, direction, out.stride())
+
+
 def test_cuda_time_keeps_a_host_stall_to_one_group(monkeypatch):
     """A 150 ms stall in one of 20 calls of a 1 ms kernel: the median of the timing groups stays
     1 ms (one mean over all calls said 8.5 ms), and the spread names the noisy row."""
