@@ -38,7 +38,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import bench_conv2d  # noqa: E402
 import common  # noqa: E402
 import gpuconv  # noqa: E402
-from gpuconv import kernels, models  # noqa: E402
+from gpuconv import models  # noqa: E402
 from gpuconv import layers as L  # noqa: E402
 from gpuconv.ops import _launch_batchnorm as LB  # noqa: E402
 from gpuconv.ops import _launch_lp_pool2d as LPL  # noqa: E402
@@ -321,22 +321,25 @@ def _memory_row(op, shape, nbytes, fn, tfn, args):
 
 
 def conv_rows(args, conv_layers, batch, torch):
+    """The variants gpuconv runs by default, per layer and direction ("auto" made concrete by the
+    channel rule: kernels.variant names no variant to time), against cuDNN."""
     if args.device != "cuda":
         return []  # bench_conv2d.benchmark times on the GPU only; the simulator validated above
-    defaults = tuple(kernels.variant(f) for f in bench_conv2d.DIRECTIONS.values())
-    rows = bench_conv2d.benchmark(batch, args.warmup, args.repeat, use_torch=torch is not None,
-                                  layers=conv_layers, variants=tuple(dict.fromkeys(defaults)))
+    rows = []
+    for c, k, h in conv_layers:
+        chosen = {d: bench_conv2d.default_variant(f, "fp32", c, k) for d, f in bench_conv2d.DIRECTIONS.items()}
+        timed = bench_conv2d.benchmark(batch, args.warmup, args.repeat, use_torch=torch is not None,
+                                       layers=[(c, k, h)], variants=tuple(dict.fromkeys(chosen.values())))
+        rows += [r for r in timed if r["variant"] == chosen[r["direction"]]]
     for r in rows:
         r["op"] = f"conv2d {r['direction']}"
     return rows
 
 
 def conv_layer_summary(rows):
-    """Per layer: forward + backward-data + backward-weight of the production variants vs cuDNN."""
+    """Per layer: forward + backward-data + backward-weight of the default variants vs cuDNN."""
     out = {}
     for r in rows:
-        if r["variant"] != kernels.variant(bench_conv2d.DIRECTIONS[r["direction"]]):
-            continue
         s = out.setdefault(r["layer"], {"layer": r["layer"], "ms": 0.0, "torch_ms": 0.0})
         s["ms"] += r["ms"]
         s["torch_ms"] = s["torch_ms"] + r["torch_ms"] if r["torch_ms"] is not None and s["torch_ms"] is not None \

@@ -247,6 +247,27 @@ def test_cudnn_baseline_runs_every_direction_in_the_precisions_layout():
             assert cl == bench.PRECISIONS[prec][2], (prec, direction, out.stride())
 
 
+def test_ops_conv_rows_time_the_variants_auto_runs(monkeypatch):
+    """bench_ops' conv rows and per-layer sums are the concrete variants "auto" runs at each layer
+    (the channel rule), one row per layer and direction: "auto" itself is no variant to time."""
+    bench = load("bench_ops")
+    BC = bench.bench_conv2d
+
+    def fake_benchmark(batch, warmup, repeat, use_torch=True, layers=(), variants=None, **kw):
+        return [{"precision": "fp32", "layer": BC.layer_label(*layer), "direction": d, "variant": v, "ms": 1.0,
+                 "torch_ms": 2.0} for layer in layers for d, f in BC.DIRECTIONS.items()
+                for v in BC.family_variants(f, variants, "fp32", "sim")]
+
+    monkeypatch.setattr(BC, "benchmark", fake_benchmark)
+    layers = [(3, 64, 32), (128, 256, 16)]
+    args = type("Args", (), {"device": "cuda", "warmup": 1, "repeat": 1})
+    rows = bench.conv_rows(args, layers, 8, None)
+    assert [(r["layer"], r["direction"], r["variant"]) for r in rows] == [
+        (BC.layer_label(c, k, h), d, BC.default_variant(f, "fp32", c, k))
+        for c, k, h in layers for d, f in BC.DIRECTIONS.items()]
+    assert [(s["ms"], s["speed_vs_torch"]) for s in bench.conv_layer_summary(rows)] == [(3.0, 2.0)] * 2
+
+
 def test_cuda_time_keeps_a_host_stall_to_one_group(monkeypatch):
     """A 150 ms stall in one of 20 calls of a 1 ms kernel: the median of the timing groups stays
     1 ms (one mean over all calls said 8.5 ms), and the spread names the noisy row."""
