@@ -10,7 +10,8 @@ Validation first: one step from the same weights against a float64 NumPy copy of
 (loss and every gradient within 1e-3 relative, every parameter after the SGD update within 1e-5)
 and, when torch runs, against the PyTorch mirror (loss and gradients within 1e-3: float32 through
 batch norm). Then ``--warmup + --repeat`` steps run on fresh weights; the last ``--repeat`` are
-timed between CUDA events. Along the way two device-residency checks, both required to pass:
+timed as PyTorch's are (common.cuda_time: five groups between CUDA events, the median group).
+Along the way two device-residency checks, both required to pass:
 ``gpuconv.backend.transfers`` stays at zero host transfers in either direction during the steps,
 CuPy's memory pool does not grow between step 3 and the last step (``used_bytes`` and
 ``total_bytes``: buffers are reused, not reallocated), and two more steps run under
@@ -159,6 +160,17 @@ def validate_precision(name, factory, x, y, precision, args, checks):
     checks.close(f"{name} {precision} loss vs float64 NumPy", loss, ref_loss, 3e-2)
 
 
+def steps_ms(step, args):
+    """Milliseconds per step of ``args.repeat`` more steps: on a GPU the statistic PyTorch's side
+    is timed with (common.cuda_time: the median of five groups, so a host stall stays in one
+    group, not in the ratio); None on the simulator, where the steps still run."""
+    if args.device == "cuda":
+        return common.cuda_time(step, 0, args.repeat)
+    for _ in range(args.repeat):
+        step()
+    return None
+
+
 def run_gpuconv(factory, x, y, args, precision="fp32"):
     """Warm-up + timed steps on fresh weights; the residency checks along the way."""
     model = factory()
@@ -168,16 +180,17 @@ def run_gpuconv(factory, x, y, args, precision="fp32"):
     step = functools.partial(make_step(model, SGD(model.parameters(), **HYPER), precision), xd, yd)
     total = args.warmup + args.repeat
     B.transfers.reset()
-    at_check = None
-    for i in range(1, args.warmup + 1):
-        loss = step()
-        if i == POOL_CHECK_STEP:
-            at_check = pool_usage(args)
-    with common.EventTimer(args) as t:
-        for i in range(args.warmup + 1, total + 1):
-            loss = step()
-            if i == POOL_CHECK_STEP:
-                at_check = pool_usage(args)
+    run = {"steps": 0, "loss": None, "at_check": None}
+
+    def counted():
+        run["loss"] = step()
+        run["steps"] += 1
+        if run["steps"] == POOL_CHECK_STEP:
+            run["at_check"] = pool_usage(args)
+    for _ in range(args.warmup):
+        counted()
+    ms = steps_ms(counted, args)
+    loss, at_check = run["loss"], run["at_check"]
     transfers = {"device_to_host": B.transfers.device_to_host, "host_to_device": B.transfers.host_to_device}
     synced = guarded_steps(step, GUARDED_STEPS)
     at_end = pool_usage(args)
@@ -185,7 +198,7 @@ def run_gpuconv(factory, x, y, args, precision="fp32"):
     stable = None
     if at_check is not None and at_end is not None:
         stable = at_end["used_bytes"] <= at_check["used_bytes"] and at_end["total_bytes"] <= at_check["total_bytes"]
-    return {"ms": t.ms / args.repeat if t.ms is not None else None, "steps": total, "transfers": transfers,
+    return {"ms": ms, "steps": total, "transfers": transfers,
             "sync_in_step": synced, "pool_at_step3": at_check, "pool_at_end": at_end, "pool_stable": stable, "final_loss": final_loss}
 
 
@@ -221,10 +234,7 @@ def run_graph(factory, x, y, args, precision, checks, name):
     checks.add(label, worst == 0.0, worst, 0.0)
     if worst != 0.0 or args.device != "cuda":
         return None
-    with common.EventTimer(args) as t:
-        for _ in range(args.repeat):
-            gstep()
-    return t.ms / args.repeat
+    return steps_ms(gstep, args)
 
 
 def run_torch(torch, factory, x, y, args, precision="fp32"):

@@ -304,6 +304,34 @@ def test_cuda_time_keeps_a_host_stall_to_one_group(monkeypatch):
     assert common.cuda_time(kernel, 0, 7, groups=3) == pytest.approx(1.0)
     assert common.cuda_time.last_spread == pytest.approx(1.0)
 
+def test_step_times_gpuconv_with_the_statistic_of_its_pytorch_side(monkeypatch):
+    """bench_step's ratio divides two times of one kind: gpuconv's eager steps go through
+    common.cuda_time (the median of five groups) as PyTorch's do, so a host stall in one group
+    cannot sink only gpuconv's side; the steps and the pool check at step 3 still all run."""
+    import gpuconv
+    bench = load("bench_step")
+    timed = []
+
+    def cuda_time(fn, warmup, repeat, groups=5):
+        for _ in range(warmup + repeat):
+            fn()
+        timed.append(repeat)
+        return 1.25
+
+    monkeypatch.setattr(bench.common, "cuda_time", cuda_time)
+    monkeypatch.setattr(bench.common, "to_dev", lambda a, args: np.asarray(a))
+    monkeypatch.setattr(bench, "pool_usage", lambda args: {"used_bytes": 1, "total_bytes": 1})
+    monkeypatch.setattr(bench, "guarded_steps", lambda step, n: None)
+    args = bench.common.parse(bench.common.add_arguments(__import__("argparse").ArgumentParser()),
+                              ["--warmup", "1", "--repeat", "4"])
+    factory, shape = bench.MODELS["fast_net"][1]
+    x, y = bench.batch_data(shape, 2)
+    with gpuconv.default_device("cpu"):
+        res = bench.run_gpuconv(factory, x, y, args)
+    assert res["ms"] == 1.25 and timed == [4] and res["steps"] == 5
+    assert res["pool_stable"] is True and np.isfinite(res["final_loss"])
+
+
 def run_battery(tmp_path, **env):
     out, results = tmp_path / "out", tmp_path / "results"
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHON": sys.executable, "OUT": str(out),
