@@ -293,10 +293,15 @@ class Checks:
 
 # ----------------------------------------------------------------------------- records
 def _git_commit():
+    """HEAD's short hash, with "-dirty" when tracked files differ from it (as ``git describe
+    --dirty`` writes it): the code that ran was not that commit's. None outside a checkout."""
+    def git(*argv):
+        return subprocess.run(["git", *argv], capture_output=True, text=True, cwd=REPO, timeout=10).stdout.strip()
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO,
-                             timeout=10)
-        return out.stdout.strip() or None
+        commit = git("rev-parse", "--short", "HEAD") or None
+        if commit and git("status", "--porcelain", "--untracked-files=no"):
+            commit += "-dirty"
+        return commit
     except (OSError, subprocess.SubprocessError):
         return None
 

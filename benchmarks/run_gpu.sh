@@ -150,6 +150,7 @@ from gpuconv import backend
 print("gpuconv", gpuconv.__version__, "|", backend.cuda_status())
 EOF
     git rev-parse --short HEAD 2>/dev/null | sed 's/^/git commit /'
+    [ -z "$(git status --porcelain --untracked-files=no 2>/dev/null)" ] || echo "git: tracked files differ from that commit"
 } 2>&1 | tee "$LOGS/versions.log" >>"$LOGS/run_gpu.log"
 cat "$LOGS/versions.log"
 if ! "$PY" -c "from gpuconv import backend; raise SystemExit(0 if backend.cuda_available() else 1)" 2>/dev/null; then

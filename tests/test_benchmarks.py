@@ -268,6 +268,28 @@ def test_ops_conv_rows_time_the_variants_auto_runs(monkeypatch):
     assert [(s["ms"], s["speed_vs_torch"]) for s in bench.conv_layer_summary(rows)] == [(3.0, 2.0)] * 2
 
 
+def test_record_commit_says_when_tracked_files_differ_from_it(tmp_path, monkeypatch):
+    """A record names the commit it ran, "-dirty" added when tracked files were edited after it
+    (the device runs the working tree as it is); untracked files (new records) do not count."""
+    common = load("common")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = lambda *a: subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *a], cwd=repo,  # noqa: E731
+                                    check=True, capture_output=True, text=True).stdout.strip()
+    git("init", "-q")
+    (repo / "k.cu").write_text("a\n")
+    git("add", "k.cu")
+    git("commit", "-q", "-m", "k")
+    monkeypatch.setattr(common, "REPO", repo)
+    head = git("rev-parse", "--short", "HEAD")
+    (repo / "record.json").write_text("{}")
+    assert common._git_commit() == head
+    (repo / "k.cu").write_text("b\n")
+    assert common._git_commit() == head + "-dirty"
+    monkeypatch.setattr(common, "REPO", tmp_path)  # no checkout
+    assert common._git_commit() is None
+
+
 def test_cuda_time_keeps_a_host_stall_to_one_group(monkeypatch):
     """A 150 ms stall in one of 20 calls of a 1 ms kernel: the median of the timing groups stays
     1 ms (one mean over all calls said 8.5 ms), and the spread names the noisy row."""
