@@ -18,7 +18,7 @@ Precisions (``--precisions``, default all three):
 Each variant of each direction (forward, backward-data, backward-weight), as listed in
 ``gpuconv.kernels.VARIANTS``, is first checked against the float64 convolution of its operands as
 the precision takes them on a 4-image slice of the layer (full channel counts, so every tile edge
-of the real shape is hit), within gpuconv.gradcheck's bound for the reduction length (twice that
+of the real shape is hit; the weight gradient's reduction split in parts, as at the full batch), within gpuconv.gradcheck's bound for the reduction length (twice that
 on a GPU, whose tensor cores truncate), then timed with CUDA events over --repeat launches after
 --warmup. PyTorch runs the same shapes, precision and layout on the same GPU (cudnn.benchmark
 on, so it picks its best algorithm) when it is importable. Printed: ms per call, TFLOP/s
@@ -173,9 +173,23 @@ class Failure(str):
         return self
 
 
+# The backward-weight reduction splits by its length, N*OH*OW positions, at least this many per
+# split in validation: a 4-image slice of a late layer (64 positions at 4x4) would otherwise run
+# unsplit while the batch-512 timing splits it, and the split path would be timed unchecked.
+VALIDATE_SPLIT_CHUNK = 8
+
+
 def validate(layers, batch, target, variants=None, precisions=("fp32",)):
     """Every variant and direction in each precision against the float64 reference, within the
     derived bound (twice it on a GPU); returns a list of failure strings (empty: all good)."""
+    chunk, LC.MIN_SPLIT_CHUNK = LC.MIN_SPLIT_CHUNK, min(LC.MIN_SPLIT_CHUNK, VALIDATE_SPLIT_CHUNK)
+    try:
+        return _validate(layers, batch, target, variants, precisions)
+    finally:
+        LC.MIN_SPLIT_CHUNK = chunk
+
+
+def _validate(layers, batch, target, variants, precisions):
     failures = []
     for prec in precisions:
         dtype, tf32 = PRECISIONS[prec][:2]

@@ -290,6 +290,19 @@ def test_record_commit_says_when_tracked_files_differ_from_it(tmp_path, monkeypa
     assert common._git_commit() is None
 
 
+def test_conv_validation_splits_the_weight_gradient_as_the_timed_batch_does(monkeypatch):
+    """bench_conv2d validates on 4-image slices and times batch 512: the weight gradient's
+    reduction (N*OH*OW positions) must split in validation too, or its split path is timed
+    unchecked; the launchers' own minimum comes back afterwards."""
+    bench = load("bench_conv2d")
+    LC, seen = bench.LC, []
+    plan = LC._weight_splits
+    monkeypatch.setattr(LC, "_weight_splits", lambda *a: seen.append(plan(*a)[0]) or plan(*a))
+    chunk = LC.MIN_SPLIT_CHUNK
+    assert bench.validate([(8, 16, 4)], 4, "sim", ("v2",), ("fp32",)) == []
+    assert max(seen) > 1 and LC.MIN_SPLIT_CHUNK == chunk
+
+
 def test_cuda_time_keeps_a_host_stall_to_one_group(monkeypatch):
     """A 150 ms stall in one of 20 calls of a 1 ms kernel: the median of the timing groups stays
     1 ms (one mean over all calls said 8.5 ms), and the spread names the noisy row."""
