@@ -424,8 +424,8 @@ def test_gpu_battery_caps_every_stage_and_publishes_after_each(tmp_path):
     names = [line.split()[1] for line in summary]
     assert proc.returncode == 1 and seconds < 120, proc.stdout[-3000:]
     assert names == ["precompile", "wgmma_probe", "smoke", "tests", "bench_conv2d", "bench_conv2d_airbench", "bench_ops", "bench_step",
-                     "bench_step_autotune", "profile_step", "bench_cs231n", "bench_epoch", "sanitizer_memcheck",
-                     "sanitizer_racecheck", "airbench", "bench_airbench", "parity", "ncu", "bench_airbench96",
+                     "bench_step_autotune", "profile_step", "bench_cs231n", "airbench", "bench_airbench", "bench_epoch",
+                     "sanitizer_memcheck", "sanitizer_racecheck", "parity", "ncu", "bench_airbench96",
                      "bench_airbench_muon"], summary
     status = [line.split()[0] for line in summary]
     # bench_ops is cut at its 40 s cap, though it would hang for 60; then the 56 s budget, less the
