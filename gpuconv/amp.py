@@ -318,11 +318,12 @@ def training_step(model, optimizer, x, y, precision="fp32", scaler=None, label_s
     as device arrays: nothing is read back; with ``count_correct``, ``(loss, logits, correct)``,
     the batch's right predictions counted by the loss's own launch. The step the trainer and the
     benchmarks run."""
-    from .layers import call_backward
+    from .layers import call_backward, input_is_data
     from .ops import softmax_cross_entropy
     optimizer.zero_grad()
     with autocast(model, precision) as dt:
-        logits = model(cast_input(x, dt))
+        with input_is_data(model):
+            logits = model(cast_input(x, dt))
         loss, dlogits, *correct = softmax_cross_entropy(  # float32 loss; dlogits scaled, then rounded
             logits, y, label_smoothing=label_smoothing, count_correct=count_correct,
             grad_scale=None if scaler is None else scaler.factor(logits))

@@ -25,6 +25,8 @@ dotted path (``in layer 'layer1.conv' (Conv2d(8, 16, ...))``), with the op's mes
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import inspect
 import math
@@ -45,7 +47,7 @@ from .precision import round_once, upcast
 __all__ = ["Parameter", "Layer", "Module", "Identity", "Conv2d", "MaxPool2d", "AvgPool2d", "LPPool2d",
            "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "ReLU", "GELU", "Flatten", "Linear", "BatchNorm2d", "Dropout",
            "Scale", "Sequential", "ModuleList", "Residual", "CrossEntropyLoss", "LoadResult", "StateDictKeyError",
-           "clip_grad_norm_"]
+           "clip_grad_norm_", "input_is_data"]
 
 
 # ----------------------------------------------------------------------------- argument checks
@@ -1031,12 +1033,21 @@ class Sequential(Layer):
         return items[index][1]
 
     def forward(self, x):
-        for name, layer in self._layers.items():
+        # Called on data (input_is_data): the frozen layers in front of the first trainable one
+        # keep no caches (their backward never runs), and that one's input is data in its turn.
+        first = _first_trained(self) if _data_input(self) else -1
+        for i, (name, layer) in enumerate(self._layers.items()):
             try:
-                x = layer(x)
+                if i == first:
+                    with _input_is_data(layer):
+                        x = layer(x)
+                else:
+                    x = layer(x)
             except (ValueError, TypeError) as exc:
                 _locate_error(exc, name, layer)
                 raise
+            if i < first:
+                _drop_caches(layer)
         return x
 
     def backward(self, dy, need_dx=True):
@@ -1044,12 +1055,11 @@ class Sequential(Layer):
         # Without need_dx, nothing before the first layer that trains wants a gradient: that layer
         # skips its input gradient and those before it are not run backward at all (as autograd
         # leaves out what requires no grad), e.g. airbench94's whitening once its bias is frozen.
-        first = 0 if need_dx else next((i for i, layer in enumerate(layers) if _trains(layer)), len(layers))
+        first = 0 if need_dx else _first_trained(self)
         for i in range(len(layers) - 1, first - 1, -1):
             dy = call_backward(layers[i], dy, need_dx or i > first)
         for layer in layers[:first]:  # their forward caches (activations) are released as a backward would
-            for m in layer.modules():
-                m._cache = None
+            _drop_caches(layer)
         return dy if first == 0 else None
 
 
@@ -1125,9 +1135,11 @@ class Residual(Layer):
 
     def forward(self, x):
         branches = []
+        data = _data_input(self)  # then each branch's input is data too (backward(need_dx=False) tells them)
         for name, layer in self.named_children():
             try:
-                branches.append(layer(x))
+                with _input_is_data(layer) if data else contextlib.nullcontext():
+                    branches.append(layer(x))
             except (ValueError, TypeError) as exc:
                 _locate_error(exc, name, layer)
                 raise
@@ -1277,6 +1289,48 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
 def _trains(layer) -> bool:
     """Whether any parameter of ``layer`` (or of the layers inside it) takes a gradient."""
     return any(p.requires_grad for p in layer.parameters())
+
+
+def _first_trained(seq):
+    """The index of the first layer of the Sequential ``seq`` that takes a gradient (its length: none)."""
+    layers = list(seq._layers.values())
+    return next((i for i, layer in enumerate(layers) if _trains(layer)), len(layers))
+
+
+def _drop_caches(layer):
+    for m in layer.modules():
+        m._cache = None
+
+
+# The layer whose input, in the forward running now, is data: no gradient of it is wanted, and
+# its backward will be told so (need_dx=False). Set by input_is_data; a Sequential passes it on
+# to its first trainable layer, a Residual to its branches.
+_DATA_INPUT = contextvars.ContextVar("gpuconv_data_input", default=None)
+
+
+def _data_input(container) -> bool:
+    """Whether ``container``'s input in this forward is data, for a backward that hears need_dx."""
+    return _DATA_INPUT.get() is container and _takes_need_dx(type(container))
+
+
+@contextlib.contextmanager
+def _input_is_data(layer):
+    token = _DATA_INPUT.set(layer)
+    try:
+        yield
+    finally:
+        _DATA_INPUT.reset(token)
+
+
+def input_is_data(model):
+    """A context for a forward of ``model`` on data, whose backward will be called with
+    ``need_dx=False`` (``call_backward(model, dy, need_dx=False)``, as a training step does): no
+    layer keeps a cache that only an input gradient would read. A Sequential keeps none for the
+    frozen layers in front of its first trainable one, which that backward never runs
+    (airbench94's whitening conv and its GELU once the bias is frozen: a batch of activations
+    each, from the forward to the backward). A backward with ``need_dx=True`` after such a
+    forward finds those caches missing (a RuntimeError)."""
+    return _input_is_data(model)
 
 
 def call_backward(layer, dy, need_dx):

@@ -1190,6 +1190,78 @@ def test_backward_releases_the_caches_of_frozen_layers_it_does_not_run():
     assert net[2][0].weight.grad is not None and frozen.weight.grad is None
 
 
+def _frozen_prefix_net(probe=None):
+    frozen = Conv2d(3, 4, 2, seed=0)
+    frozen.requires_grad_(False)
+    tail = [probe] if probe is not None else []
+    return Sequential(frozen, GELU(), Sequential(Conv2d(4, 4, 3, padding=1, seed=1), ReLU()),
+                      Residual(Sequential(Conv2d(4, 4, 3, padding=1, seed=2))), Flatten(),
+                      Linear(4 * 4 * 4, 3, seed=3), *tail)
+
+
+def test_a_forward_on_data_keeps_no_caches_for_the_frozen_layers_in_front():
+    """Under input_is_data (a training step's forward) the frozen layers in front of the first
+    trainable one keep no caches from the forward on (their backward never runs: the whitening
+    conv's and its GELU's batch of activations each, held to the backward, were airbench94's
+    largest caches); the gradients are those of a forward that kept them."""
+    from gpuconv.layers import input_is_data
+    x = np.random.default_rng(0).standard_normal((2, 3, 5, 5)).astype(np.float32)
+    grads = []
+    for data in (False, True):
+        net = _frozen_prefix_net()
+        if data:
+            with input_is_data(net):
+                y = net(x)
+        else:
+            y = net(x)
+        cached = [name for name, m in net.named_modules() if m._cache is not None]
+        assert ("0" in cached, "1" in cached) == (not data, not data)
+        assert {"2.0", "2.1", "3", "3.inner.0", "5"} <= set(cached)
+        assert net.backward(np.ones_like(y), need_dx=False) is None
+        grads.append({n: p.grad for n, p in net.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) == 6
+    for name in grads[0]:
+        np.testing.assert_array_equal(grads[1][name], grads[0][name], err_msg=name)
+
+
+def test_a_training_step_keeps_no_caches_for_the_frozen_layers_in_front():
+    """amp.training_step runs its forward on data: at the loss, the frozen prefix holds no cache. A
+    layer of one's own whose backward does not pass need_dx on keeps its Sequential's caches (its
+    backward runs them all)."""
+    from gpuconv import amp, optim
+    seen = []
+
+    class Probe(Layer):
+        def forward(self, x):
+            seen.append([name for name, m in net.named_modules() if m._cache is not None])
+            return x
+
+        def backward(self, dy, need_dx=True):
+            return dy
+
+    class Own(Layer):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x)
+
+        def backward(self, dy):
+            return self.inner.backward(dy)
+
+    x = np.random.default_rng(0).standard_normal((2, 3, 5, 5)).astype(np.float32)
+    y = np.array([0, 2])
+    net = _frozen_prefix_net(Probe())
+    amp.training_step(net, optim.SGD(net.parameters(), lr=0.1), x, y)
+    assert "0" not in seen[-1] and "1" not in seen[-1] and "2.0" in seen[-1]
+    inner = _frozen_prefix_net()
+    net = Sequential(Own(inner), Probe())
+    amp.training_step(net, optim.SGD(net.parameters(), lr=0.1), x, y)
+    assert "0.inner.0" in seen[-1] and "0.inner.1" in seen[-1]
+    assert inner[2][0].weight.grad is not None
+
+
 def test_an_empty_batch_gives_empty_results_on_every_backend(backend):
     """N = 0 flows through every op forward and backward with empty outputs and zero parameter
     gradients, the same on every device (batch-norm training is the exception: a variance of
