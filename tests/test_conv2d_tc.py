@@ -381,6 +381,21 @@ def test_no_tensor_core_format_is_declined_not_trapped(bad):
                               False, target="sim") is None
 
 
+@pytest.mark.parametrize("build", list(BUILDS))
+def test_no_input_channels_give_the_bias(target, build):
+    """x with C = 0 channels: an empty reduction, y = b everywhere (the loaders would divide by the
+    channel count: a SIGFPE on the simulator), dx empty, dw empty, db the sum of dy."""
+    dtype, tf32 = BUILDS[build]
+    x, w, b = on(target, np.ones((2, 0, 4, 4), dtype), np.ones((3, 0, 3, 3), dtype), np.arange(3).astype(dtype))
+    with kernels.use_variant(conv2d_forward="tc"), kernels.use_variant("tf32", conv2d_forward="tc"):
+        y, cache = LC.conv2d_forward_kernel(x, w, b, (1, 1), (1, 1), tf32, target=target)
+        dx, dw, db = LC.conv2d_backward_kernel(on(target, np.ones((2, 3, 4, 4), dtype))[0], cache, True, tf32,
+                                               target=target)
+    assert np.array_equal(host(y).astype(np.float64), np.broadcast_to(np.arange(3.0)[:, None, None], (2, 3, 4, 4)))
+    assert dx.shape == (2, 0, 4, 4) and dw.shape == (3, 0, 3, 3)
+    assert np.array_equal(host(db).astype(np.float64), np.full(3, 32.0))
+
+
 @settings(max_examples=12, deadline=None)
 @given(n=st.integers(1, 2), c=st.integers(1, 20), k=st.integers(1, 70), fh=st.integers(1, 3), fw=st.integers(1, 3),
        sh=st.integers(1, 3), sw=st.integers(1, 2), ph=st.integers(0, 2), pw=st.integers(0, 2), oh=st.integers(1, 5),
