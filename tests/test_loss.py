@@ -88,6 +88,19 @@ def test_errors(backend, logits, labels, kw, exc, match):
         softmax_cross_entropy(backend.asarray(logits), backend.asarray(labels), **kw)
 
 
+@pytest.mark.parametrize("reduction", ["sum", "none"])
+def test_an_empty_batch_sums_to_zero_as_pytorchs(backend, reduction):
+    """N = 0 (the last batch of a filtered data set): PyTorch's 'sum' is 0 and 'none' has no rows,
+    dlogits is empty and nothing is correct; only the mean (of no rows) is refused, naming the way out."""
+    logits, labels = backend.asarray(np.zeros((0, 3), np.float32)), backend.asarray(np.zeros(0, np.int64))
+    loss, d, correct = softmax_cross_entropy(logits, labels, 0.1, count_correct=True, reduction=reduction)
+    loss = backend.asnumpy(loss)
+    assert loss.shape == (() if reduction == "sum" else (0,)) and loss.sum() == 0
+    assert tuple(d.shape) == (0, 3) and int(backend.asnumpy(correct)) == 0
+    with pytest.raises(ValueError, match=r"N = 0.*reduction='sum'"):
+        softmax_cross_entropy(logits, labels)
+
+
 @pytest.mark.parametrize("labels, bad", [([0, 3, 1], 3), ([-1, 0, 2], -1)])
 def test_out_of_range_label(backend, labels, bad):
     """On the host a bad label is a ValueError; on a GPU (no readback per step) the loss and the

@@ -51,7 +51,8 @@ def softmax_cross_entropy(logits, labels, label_smoothing=0.0, count_correct=Fal
 
     ``reduction`` (PyTorch's): 'mean' (the default) as above; 'sum': the rows' losses added and
     ``dlogits = softmax - target``; 'none': the (N,) losses of the rows, and dlogits the gradient
-    of their sum (a row's gradient is its loss's; multiply row i by an upstream ``dy[i]``).
+    of their sum (a row's gradient is its loss's; multiply row i by an upstream ``dy[i]``). An empty
+    batch (N = 0) sums to 0 and has no rows' losses, as in PyTorch; its mean is refused.
 
     ``weight`` (PyTorch's): a (C,) float array of class weights on the logits' device; row i's
     loss is weighted by ``weight[labels[i]]``, the smoothing term's classes by their own weights,
@@ -76,8 +77,9 @@ def softmax_cross_entropy(logits, labels, label_smoothing=0.0, count_correct=Fal
                          f"0.1 is a common choice")
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS} (PyTorch's), got {reduction!r}")
-    if n == 0:
-        raise ValueError("logits has no rows (N = 0): the mean loss over an empty batch is undefined")
+    if n == 0 and reduction == "mean":
+        raise ValueError("logits has no rows (N = 0): the mean loss over an empty batch is undefined; skip the empty "
+                         "batch, or pass reduction='sum' (0 for no rows) or 'none' (no rows' losses)")
     if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral)):
         raise TypeError(f"ignore_index must be an int (the label of the rows to leave out, e.g. -100) or None, "
                         f"got {ignore_index!r}")
