@@ -65,6 +65,9 @@ def softmax_cross_entropy(logits, labels, label_smoothing=0.0, count_correct=Fal
     check_array("labels", labels)
     get_array_module(logits, labels)  # a TypeError when one is on the GPU and the other is not
     n, c = logits.shape
+    if c == 0:
+        raise ValueError(f"logits has no columns (C = 0, shape {tuple(logits.shape)}): a softmax needs at least one "
+                         "class; give one score per class, shape (N, classes)")
     if labels.dtype.kind not in "iu":
         raise TypeError(f"labels has dtype {labels.dtype}, but class labels must be integers in 0..{c - 1}: "
                         f"convert them with labels.astype(np.int64)")
