@@ -910,6 +910,8 @@ def _evaluate(model, loader, level, precision):
     classes = n = 0
     try:
         for x, y in loader:
+            if x.shape[0] == 0 and len(y) == 0:  # an empty batch (the last of a filtered data set) counts nothing
+                continue
             xp = backend.get_array_module(x, y)
             with amp.autocast(model, precision, backward=False) as dt:
                 x = amp.cast_input(x, dt)
@@ -936,7 +938,8 @@ def _evaluate(model, loader, level, precision):
     finally:
         model.train(was_training)
     if conf is None:
-        raise ValueError("evaluate(): the loader yielded no batches; give it at least one image")
+        raise ValueError("evaluate(): the loader yielded no images (no batches, or only empty ones); give it at least "
+                         "one image")
     xp = backend.get_array_module(conf)
     host = backend.asnumpy(xp.concatenate([loss_sum.reshape(1), conf.reshape(-1).astype(np.float64)]))  # one readback
     confusion = host[1:].round().astype(np.int64).reshape(classes, classes)

@@ -133,6 +133,22 @@ def test_evaluate_matches_a_numpy_recount(cifar):
     assert model.training is True
 
 
+def test_evaluate_skips_empty_batches():
+    """A batch of 0 images (the last of a filtered data set) counts nothing: the result is that of
+    the other batches; a loader of empty batches only is refused as one of no batches is."""
+    rng = np.random.default_rng(0)
+    model = small_net()
+    x, y = rng.standard_normal((3, 3, 32, 32)).astype(np.float32), np.array([1, 2, 3])
+    empty = (np.zeros((0, 3, 32, 32), np.float32), np.zeros(0, np.int64))
+    want = evaluate(model, [(x, y)])
+    for batches in ([(x, y), empty], [empty, (x, y)]):
+        got = evaluate(model, batches)
+        assert got["n"] == 3 and got["loss"] == want["loss"]
+        np.testing.assert_array_equal(got["confusion"], want["confusion"])
+    with pytest.raises(ValueError, match="yielded no images"):
+        evaluate(model, [empty])
+
+
 # ----------------------------------------------------------------------------- device residency
 def _tiny_sim_setup(log_every):
     rng = np.random.default_rng(0)
