@@ -112,6 +112,31 @@ def test_every_op_keeps_channels_last_and_its_values(backend, dtype):
                                    rtol=tol, atol=tol)
 
 
+def test_conv2d_layouts_of_every_mix_of_x_w_and_dy(backend):
+    """Over every mix of layouts of x, w and dy, on every backend, the NumPy reference's rule: y is
+    channels_last when x is; dx when x or dy is (x's gradient keeps x's layout, as pooling's
+    does); dw is contiguous OIHW; the values are those of the all-NCHW call."""
+    rng = np.random.default_rng(3)
+    x0, w0 = rng.standard_normal((2, 4, 5, 5)).astype(np.float32), rng.standard_normal((3, 4, 3, 3)).astype(np.float32)
+    dy0 = rng.standard_normal((2, 3, 5, 5)).astype(np.float32)
+
+    def put(a, cl):
+        a = backend.asarray(a)
+        return gpuconv.to_channels_last(a) if cl else a
+
+    y0, cache0 = conv2d_forward(x0, w0, None, 1, 1)
+    want = [y0] + list(conv2d_backward(dy0, cache0)[:2])
+    for x_cl, w_cl, dy_cl in np.ndindex(2, 2, 2):
+        y, cache = conv2d_forward(put(x0, x_cl), put(w0, w_cl), None, 1, 1)
+        dx, dw, _ = conv2d_backward(put(dy0, dy_cl), cache)
+        mix = f"x {'NHWC' if x_cl else 'NCHW'}, w {'NHWC' if w_cl else 'NCHW'}, dy {'NHWC' if dy_cl else 'NCHW'}"
+        assert gpuconv.is_channels_last(y) == bool(x_cl), mix
+        assert gpuconv.is_channels_last(dx) == bool(x_cl or dy_cl), mix
+        assert dw.flags.c_contiguous, mix
+        for got, ref in zip((y, dx, dw), want):
+            np.testing.assert_allclose(backend.asnumpy(got), ref, rtol=1e-5, atol=1e-5, err_msg=mix)
+
+
 def test_layers_keep_the_layout(backend):
     rng = np.random.default_rng(1)
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(128, 10))

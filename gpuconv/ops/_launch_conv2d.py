@@ -156,12 +156,12 @@ def conv2d_backward_kernel(dy, cache, need_dx=True, tf32=False, need_dw=True, dw
 
 def conv2d_backward_data_kernel(dy, w, x_shape, stride, padding, tf32=False, *, target, like=None):
     """dx of shape ``x_shape`` from ``dy`` and the filters ``w`` (channels_last when ``like``,
-    the forward input, is; NCHW otherwise)."""
+    the forward input, is; NCHW otherwise: the CUDA-core kernels write NCHW, converted then)."""
     like = dy if like is None else like
     run = functools.partial(_backward_data, dy, w, x_shape, stride, padding, tf32, like, target)
     var = kernels.resolve("conv2d_backward_data", dy.dtype, tf32, x_shape[1], target, run=run, launch=lambda: (
         kernels.array_device([dy]), (tuple(x_shape), w.shape, stride, padding, layout.is_channels_last(like))))
-    return run(var)
+    return layout.like(like, run(var))
 
 
 def _backward_data(dy, w, x_shape, stride, padding, tf32, like, target, var):
