@@ -135,3 +135,17 @@ def test_the_numpy_backward_reuses_the_forwards_cdf(monkeypatch, dtype):
     again = batchnorm2d_backward(dy, bn_cache._replace(cdf=None))
     assert all(a.tobytes() == c.tobytes() for a, c in zip(bn_dx, again)) and calls == [x.size] * 2
     assert batchnorm.BatchNorm2dCache(*bn_cache[:6]).cdf is None  # the kernels' caches: recomputed
+
+
+def test_dx_takes_dys_layout(backend):
+    """An elementwise backward returns dx in dy's layout (as ReLU's does), whatever x's, on every
+    backend: x channels_last with dy NCHW gives an NCHW dx."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 4, 3, 3)).astype(np.float32)
+    for x_cl, dy_cl in np.ndindex(2, 2):
+        xa = layout.to_channels_last(backend.asarray(x)) if x_cl else backend.asarray(x)
+        y, cache = gelu_forward(xa)
+        dy = backend.asarray(np.ones_like(x))
+        dx = gelu_backward(layout.to_channels_last(dy) if dy_cl else dy, cache)
+        assert layout.is_channels_last(dx) == bool(dy_cl), (x_cl, dy_cl)
+        np.testing.assert_allclose(backend.asnumpy(dx), _math_grad(x.astype(np.float64)), rtol=1e-5, atol=1e-6)

@@ -94,7 +94,7 @@ def _gelu_backward_reference(dy, cache):
     xc, g = upcast(cache.x, dy)
     xp = get_array_module(xc)
     f = xc.dtype.type
-    d = xp.multiply(xc, xc, out=xp.empty_like(xc))
+    d = xp.multiply(xc, xc, out=xp.empty_like(g))  # dx in dy's layout, as ReLU's and the kernels
     d *= f(-0.5)
     xp.exp(d, out=d)
     xp.multiply(f(_INV_SQRT_2PI), d, out=d)  # phi(x)
