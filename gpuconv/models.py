@@ -79,6 +79,13 @@ def three_layer_convnet(num_filters=32, filter_size=7, hidden_dim=100, num_class
     )
 
 
+def _in_channels(name, in_channels):
+    if isinstance(in_channels, bool) or not isinstance(in_channels, (int, np.integer)) or in_channels < 1:
+        raise ValueError(f"{name}: in_channels must be a positive int (3 for RGB images, 1 for grayscale), "
+                         f"got {in_channels!r}")
+    return int(in_channels)
+
+
 def _conv_bn(c_in, c_out, seed, pool=False):
     # conv -> [pool] -> bn -> relu. Pooling before the batch norm (as airbench and the later
     # Myrtle.ai versions do) runs BN and ReLU on a quarter of the pixels; max pool commutes
@@ -91,7 +98,7 @@ def _conv_bn(c_in, c_out, seed, pool=False):
     return Sequential(layers)
 
 
-def fast_net(width=64, num_classes=10, seed=0, output_scale=0.125):
+def fast_net(width=64, num_classes=10, seed=0, output_scale=0.125, in_channels=3):
     """ResNet-9 (Myrtle.ai's DAWNBench net, "How to train your ResNet") with ``width`` = w:
 
     ====================  =====================================================  ============
@@ -110,7 +117,7 @@ def fast_net(width=64, num_classes=10, seed=0, output_scale=0.125):
     Convolutions are 3x3, stride 1, pad 1 and bias-free (the batch norm that follows has the
     shift). ``output_scale`` (0.125 as in ResNet-9; None for none) keeps the logits small
     early in training. ``width=64`` is the published net (6.5M parameters); tests use
-    ``width=8``. Input must be 3 x 32 x 32. A recipe that reaches about 94% in ~24 epochs:
+    ``width=8``. Input must be ``in_channels`` x 32 x 32 (3: RGB). A recipe that reaches about 94% in ~24 epochs:
     batch 512, SGD(momentum 0.9, Nesterov, weight_decay 5e-4), one-cycle lr peaking near 0.4,
     label smoothing 0.2, random crop (pad 4) and flip."""
     if isinstance(width, bool) or not isinstance(width, (int, np.integer)) or width < 1:
@@ -118,7 +125,7 @@ def fast_net(width=64, num_classes=10, seed=0, output_scale=0.125):
     w = int(width)
     s = _seeds(seed, 9)
     layers = {
-        "prep": _conv_bn(3, w, s[0]),
+        "prep": _conv_bn(_in_channels("fast_net", in_channels), w, s[0]),
         "layer1": _conv_bn(w, 2 * w, s[1], pool=True),
         "layer1_res": Residual(Sequential(_conv_bn(2 * w, 2 * w, s[2]), _conv_bn(2 * w, 2 * w, s[3]))),
         "layer2": _conv_bn(2 * w, 4 * w, s[4], pool=True),
@@ -173,7 +180,7 @@ def _airbench_block(c_in, c_out, seed, bn_momentum, bn_eps, residual=False):
 
 
 def _airbench(name, widths, num_classes, seed, batchnorm_momentum, bn_eps, scaling_factor, head_std, residual,
-              whiten_bias="zeros"):
+              whiten_bias="zeros", in_channels=3):
     if len(widths) != 3 or not all(isinstance(w, (int, np.integer)) and w >= 1 for w in widths):
         raise ValueError(f"{name}: widths must be three positive ints, got {widths!r}")
     if not 0.0 <= batchnorm_momentum <= 1.0:
@@ -185,14 +192,15 @@ def _airbench(name, widths, num_classes, seed, batchnorm_momentum, bn_eps, scali
     w1, w2, w3 = (int(w) for w in widths)
     s = _seeds(seed, 5)
     momentum = 1.0 - float(batchnorm_momentum)
-    whiten = Conv2d(3, 24, 2, padding=0, bias=True, seed=s[0])
+    c = _in_channels(name, in_channels)
+    whiten = Conv2d(c, 8 * c, 2, padding=0, bias=True, seed=s[0])  # 2 x 2 patches: 4c filters and their negations
     whiten.weight.requires_grad = False
     if whiten_bias == "zeros":
         whiten.bias.data[...] = 0
     layers = {
         "whiten": whiten,
         "gelu0": GELU(),
-        "block1": _airbench_block(24, w1, s[1], momentum, bn_eps, residual),
+        "block1": _airbench_block(8 * c, w1, s[1], momentum, bn_eps, residual),
         "block2": _airbench_block(w1, w2, s[2], momentum, bn_eps, residual),
         "block3": _airbench_block(w2, w3, s[3], momentum, bn_eps, residual),
         "pool": MaxPool2d(3),
@@ -215,8 +223,9 @@ PUBLISHED_WIDTHS = {"airbench94": (64, 256, 256), "airbench96": (128, 384, 512)}
 
 
 def airbench94(widths=PUBLISHED_WIDTHS["airbench94"], num_classes=10, seed=0, batchnorm_momentum=0.6, bn_eps=1e-12,
-               scaling_factor=1 / 9, head_std=None, whiten_bias="zeros"):
-    """The airbench94 network (Keller Jordan), for 3 x 32 x 32 input:
+               scaling_factor=1 / 9, head_std=None, whiten_bias="zeros", in_channels=3):
+    """The airbench94 network (Keller Jordan), for 3 x 32 x 32 input (``in_channels`` x H x W: the
+    whitening conv takes ``8 * in_channels`` filters; 28 x 28 images pool to 1 x 1 as well):
 
     ==========  ====================================================  ===========
     name        layers                                                output
@@ -238,11 +247,11 @@ def airbench94(widths=PUBLISHED_WIDTHS["airbench94"], num_classes=10, seed=0, ba
     momentum 1 - 0.6 = 0.4), ``bn_eps`` its 1e-12. The whitening weights are only a placeholder
     until :func:`init_whitening` sets them from training images (``gpuconv train`` does)."""
     return _airbench("airbench94", widths, num_classes, seed, batchnorm_momentum, bn_eps, scaling_factor, head_std,
-                     residual=False, whiten_bias=whiten_bias)
+                     residual=False, whiten_bias=whiten_bias, in_channels=in_channels)
 
 
 def airbench96(widths=PUBLISHED_WIDTHS["airbench96"], num_classes=10, seed=0, batchnorm_momentum=0.9, bn_eps=1e-12,
-               scaling_factor=1 / 9, head_std=None):
+               scaling_factor=1 / 9, head_std=None, in_channels=3):
     """airbench96's network (Keller Jordan; 96.03% mean on CIFAR-10 in 34.7 s on an A100): airbench94's
     whitening, pools and head, wider, and each block with a third convolution and a residual
     connection over its last two:
@@ -262,7 +271,7 @@ def airbench96(widths=PUBLISHED_WIDTHS["airbench96"], num_classes=10, seed=0, ba
     (the published net leaves PyTorch's default momentum, 0.1); the other arguments as
     :func:`airbench94`'s."""
     return _airbench("airbench96", widths, num_classes, seed, batchnorm_momentum, bn_eps, scaling_factor, head_std,
-                     residual=True)
+                     residual=True, in_channels=in_channels)
 
 
 def init_whitening(conv, images, eps=5e-4, max_images=5000):

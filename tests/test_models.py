@@ -97,6 +97,24 @@ def test_small_inputs_and_bad_arguments():
         models.seed_net(input_dim=(3, 7, 7))
 
 
+def test_fast_net_and_airbench_take_other_channel_counts():
+    """Grayscale (1 channel) and 4-channel images without editing a model: fast_net's first conv
+    and airbench's whitening conv (8 * in_channels filters, which init_whitening fills) take them."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 4, 32, 32)).astype(np.float32)
+    net = models.fast_net(width=2, num_classes=7, in_channels=4)
+    assert net(x).shape == (2, 7)
+    gray = rng.standard_normal((2, 1, 28, 28)).astype(np.float32)  # MNIST-sized: 27, 13, 6, 3, 1
+    for build in (models.airbench94, models.airbench96):
+        net = build(widths=(4, 4, 4), in_channels=1)
+        models.init_whitening(net["whiten"], gray)
+        assert net["whiten"].weight.shape == (8, 1, 2, 2) and net(gray).shape == (2, 10)
+    with pytest.raises(ValueError, match=r"fast_net: in_channels must be a positive int .* got 0"):
+        models.fast_net(in_channels=0)
+    with pytest.raises(ValueError, match=r"airbench94: in_channels must be a positive int"):
+        models.airbench94(in_channels=True)
+
+
 def test_fast_net_eval_mode_is_deterministic_and_keeps_running_stats():
     net = models.fast_net(width=4)
     x = _images(4, seed=2)
