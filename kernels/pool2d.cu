@@ -70,22 +70,22 @@
 //   ptxas 13.0                        f32          f64          bf16         f16          tf32
 //   max_pool2d_forward                48/0/0       47/0/0       48/0/0       40/0/0       -
 //   max_pool2d_forward_vec            40/0/0       40/0/0       48/0/0       48/0/0       -
-//   max_pool2d_backward               40/0/0       40/0/0       48/0/0       48/0/28      -
-//   max_pool2d_backward_vec           54/0/0       56/0/0       64/0/0       56/0/0       -
+//   max_pool2d_backward               32/0/0       28/0/0       31/0/0       28/0/0       -
+//   max_pool2d_backward_vec           44/0/0       48/0/0       62/0/0       44/0/0       -
 //   max_pool2d_backward_disjoint      40/0/0       40/0/0       40/0/0       48/0/0       -
 //   max_pool2d_backward_disjoint_vec  62/0/0       48/0/0       54/0/0       78/0/0       -
 //   avg_pool2d_forward                40/0/0       40/0/0       40/0/0       48/0/0       -
 //   avg_pool2d_forward_vec            64/0/0       64/0/0       40/0/0       40/0/0       -
-//   avg_pool2d_backward               34/0/0       32/0/0       32/0/0       37/0/0       -
-//   avg_pool2d_backward_vec           46/0/0       48/0/0       48/0/0       40/0/0       -
+//   avg_pool2d_backward               28/0/0       32/0/0       28/0/0       31/0/0       -
+//   avg_pool2d_backward_vec           40/0/0       48/0/0       43/0/0       31/0/0       -
 //   avg_pool2d_backward_disjoint      35/0/0       40/0/0       40/0/0       40/0/0       -
 //   avg_pool2d_backward_disjoint_vec  48/0/0       48/0/0       40/0/0       64/0/0       -
 //   lp_pool2d_forward                 32/0/0       54/0/0       32/0/0       33/0/0       -
-//   lp_pool2d_backward                40/0/0       54/0/0       40/0/0       37/0/0       -
-//   adaptive_avg_pool2d_forward       32/0/0       32/0/0       32/0/0       32/0/0       -
-//   adaptive_avg_pool2d_backward      63/0/0       64/0/16      63/0/0       52/0/0       -
-//   adaptive_max_pool2d_forward       40/0/0       39/0/0       36/0/0       32/0/0       -
-//   adaptive_max_pool2d_backward      40/0/0       40/0/0       40/0/0       32/0/0       -
+//   lp_pool2d_backward                31/0/0       45/0/0       31/0/0       29/0/0       -
+//   adaptive_avg_pool2d_forward       32/0/0       32/0/0       32/0/0       30/0/0       -
+//   adaptive_avg_pool2d_backward      47/0/0       48/0/0       48/0/0       35/0/0       -
+//   adaptive_max_pool2d_forward       32/0/0       32/0/0       32/0/0       32/0/0       -
+//   adaptive_max_pool2d_backward      40/0/0       40/0/0       40/0/0       40/0/0       -
 
 
 // An N x C x H x W activation, NCHW or channels_last: memory index <-> (n, c, h, w).
@@ -103,13 +103,14 @@ struct Act4 {
 // The outputs whose windows cover input row i: oh*s - p <= i <= oh*s - p + k - 1, so
 // ceil((i + p - k + 1) / s) <= oh <= (i + p) / s, within [0, O). Every division here is of a
 // non-negative int (the first numerator is tested against 0 before it is divided), where C's
-// truncation is the floor. (Written as max(0, ceil_div(...)) with a floor division of a signed
-// numerator, NVRTC 13.0's build gave lo = 0 for every input, seen on an H200; NVRTC 13.5 and
-// the host simulator build that form right.)
+// truncation is the floor; they divide unsigned, whose sequence is shorter than a signed division's
+// and holds fewer registers (float16 max_pool2d_backward spilled with signed ones). (Written as
+// max(0, ceil_div(...)) with a floor division of a signed numerator, NVRTC 13.0's build gave lo = 0
+// for every input, seen on an H200; NVRTC 13.5 and the host simulator build that form right.)
 __device__ inline void covering_range(int i, int k, int s, int p, int O, int* lo, int* hi) {
     const int first = i + p - k + 1;
-    *lo = first > 0 ? (first + s - 1) / s : 0;
-    *hi = imin(O - 1, (i + p) / s);
+    *lo = first > 0 ? (int)(((unsigned)first + s - 1) / (unsigned)s) : 0;
+    *hi = imin(O - 1, (int)((unsigned)(i + p) / (unsigned)s));
 }
 
 // Per lane of V channels, the sum over the outputs whose windows cover input (n, c.., ih, iw) of
@@ -123,13 +124,16 @@ __device__ inline void covering_sum(index_t n, int c, int ih, int iw, const Act4
     covering_range(iw, kw, sw, pw, out.W, &ow_lo, &ow_hi);
 #pragma unroll
     for (int l = 0; l < V; ++l) s[l] = 0;
-    for (int oh = oh_hi; oh >= oh_lo; --oh)
+    const index_t px = out.cl ? out.C : 1, base = out.at(n, c, 0, 0);  // plane (n, c) of the outputs
+    for (int oh = oh_hi; oh >= oh_lo; --oh) {
+        const index_t row = base + (index_t)oh * out.W * px;
         for (int ow = ow_hi; ow >= ow_lo; --ow) {
-            const typename F::Loaded at = f.load(out.at(n, c, oh, ow));
+            const typename F::Loaded at = f.load(row + ow * px);
             const int tap = (ih + ph - oh * sh) * kw + (iw + pw - ow * sw);
 #pragma unroll
             for (int l = 0; l < V; ++l) s[l] += f.term(at, tap, l);
         }
+    }
 }
 
 // Per covering output: max pooling routes dy to the switch's tap, average pooling shares it.
@@ -396,14 +400,15 @@ avg_pool2d_backward_disjoint_vec(const storage_t* dy, storage_t* dx,
 // ih * W + iw within the plane. Backward: one thread per input, summing over the outputs whose
 // windows cover it in increasing order (row-major), each its dy times its own reciprocal (average)
 // or dy where the switch points at this input (max): the reference's order, bit for bit.
-__device__ inline int adaptive_start(int i, int in, int out) { return (int)(((long long)i * in) / out); }
-__device__ inline int adaptive_end(int i, int in, int out) {
-    return (int)(((long long)(i + 1) * in + out - 1) / out);
-}
+// Window bounds are computed in 32-bit unsigned arithmetic, i * in + in + out - 1 < (in + 1) *
+// (out + 1): the launcher takes only sizes where that is at most 2^32 (any up to 65535), whose
+// bounds need no 64-bit division (a called routine, around which float64's backward spilled).
+__device__ inline int adaptive_start(int i, int in, int out) { return (int)((unsigned)i * in / out); }
+__device__ inline int adaptive_end(int i, int in, int out) { return (int)(((unsigned)i * in + in + out - 1) / out); }
 // The outputs whose windows cover input row r: floor(r*O/I) .. ceil((r+1)*O/I) - 1.
 __device__ inline void adaptive_covering(int r, int in, int out, int* lo, int* hi) {
-    *lo = (int)(((long long)r * out) / in);
-    *hi = imin(out - 1, (int)(((long long)(r + 1) * out + in - 1) / in) - 1);
+    *lo = (int)((unsigned)r * out / in);
+    *hi = imin(out - 1, (int)(((unsigned)r * out + out + in - 1) / in) - 1);
 }
 
 // Output i of an N x C x OH x OW grid (memory order) and its window [h0, h1) x [w0, w1) of the input.

@@ -132,6 +132,22 @@ def test_layers_take_any_output_size(backend, layer, kind):
         assert m.backward(backend.asarray(np.ones(y.shape, np.float32))).shape == x.shape
 
 
+@pytest.mark.parametrize("kind", ["avg", "max"])
+def test_sizes_past_the_kernels_32_bit_bounds_run_the_reference(kind, launches):
+    """The kernels compute window bounds in 32 bits, (in + 1) * (out + 1) <= 2^32: 70001 rows pooled
+    to 70000 (overlapping windows of two) are past that, and the launcher declines them; the
+    reference's values come back."""
+    x = np.random.default_rng(6).standard_normal((1, 1, 70001, 1)).astype(np.float32)
+    lo, hi = x[..., :-1, :], x[..., 1:, :]
+    want = np.maximum(lo, hi) if kind == "max" else (lo + hi) * np.float32(0.5)
+    with gpuconv.default_device("sim"):
+        y, cache = fwd(kind)(x, (70000, 1))
+        dx = bwd(kind)(np.ones(y.shape, np.float32), cache)
+    np.testing.assert_allclose(y, want, rtol=1e-6)
+    assert dx.shape == x.shape and dx.sum() == 70000
+    assert [e for e in launches.names if e.startswith("adaptive")] == []
+
+
 def test_errors(backend):
     x = backend.asarray(np.ones((1, 2, 5, 5), np.float32))
     with pytest.raises(ValueError, match="output_size must hold integers >= 1"):

@@ -329,6 +329,15 @@ def test_ptxas_resource_usage(tmp_path, build, capsys):
         if not stated:
             print(f"(the kernel headers state ptxas figures of another release than this nvcc's {nvcc_release()}: "
                   "not compared)")
+    # No kernel spills to local memory in any build, but for two written down in their headers: the
+    # float32 build of amp's cast_parameters (never launched: the launcher runs bf16 and fp16) and
+    # the float64 batch-norm _vec kernels (gradient checks only; see below).
+    for op_file, report in reports.items():
+        for name in ENTRIES[op_file]:
+            excused = (op_file, name, build) == ("amp", "cast_parameters", "f32") or (
+                op_file == "batchnorm" and build == "f64" and name.endswith("_vec"))
+            assert excused or report[name]["spill"] == 0, \
+                f"kernels/{op_file}.cu {name} ({build}) spills {report[name]['spill']} bytes to local memory"
     # float64 doubles the register tiles; the builds that accumulate in float32 must not spill
     # (bf16/fp16 stage float32 tiles: the same registers and shared memory as float32).
     if build != "f64":

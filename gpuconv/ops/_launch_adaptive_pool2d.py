@@ -17,8 +17,16 @@ def _dims(x_shape, out_hw):
     return kernels.int32_args((*x_shape, *out_hw))  # made once per geometry
 
 
+def _bounds_fit(x_shape, out_hw):
+    """Whether the kernels' 32-bit window bounds hold: (in + 1) * (out + 1) <= 2^32 along both axes
+    (true for any sizes up to 65535); larger ones run the reference."""
+    return all((i + 1) * (o + 1) <= 2**32 for i, o in zip(x_shape[2:], out_hw))
+
+
 @register_launcher("adaptive_avg_pool2d_forward")
 def adaptive_avg_pool2d_forward_kernel(x, out_hw, *, target):
+    if not _bounds_fit(x.shape, out_hw):
+        return NotImplemented
     xp = get_array_module(x)
     (x,), cl = _inputs(x)
     y = layout.empty(xp, x.shape[:2] + out_hw, x.dtype, cl)
@@ -28,6 +36,8 @@ def adaptive_avg_pool2d_forward_kernel(x, out_hw, *, target):
 
 @register_launcher("adaptive_max_pool2d_forward")
 def adaptive_max_pool2d_forward_kernel(x, out_hw, *, target):
+    if not _bounds_fit(x.shape, out_hw):
+        return NotImplemented
     xp = get_array_module(x)
     (x,), cl = _inputs(x)
     shape = x.shape[:2] + out_hw
@@ -38,6 +48,8 @@ def adaptive_max_pool2d_forward_kernel(x, out_hw, *, target):
 
 @register_launcher("adaptive_avg_pool2d_backward")
 def adaptive_avg_pool2d_backward_kernel(dy, cache, *, target):
+    if not _bounds_fit(cache.x_shape, cache.output_size):
+        return NotImplemented
     xp = get_array_module(dy)
     (dy,), cl = _inputs(dy, was_channels_last=cache.channels_last)
     dx = layout.empty(xp, cache.x_shape, dy.dtype, cl)
@@ -48,6 +60,8 @@ def adaptive_avg_pool2d_backward_kernel(dy, cache, *, target):
 
 @register_launcher("adaptive_max_pool2d_backward")
 def adaptive_max_pool2d_backward_kernel(dy, cache, *, target):
+    if not _bounds_fit(cache.x_shape, cache.output_size):
+        return NotImplemented
     xp = get_array_module(dy, cache.argmax)
     (dy, argmax), cl = _inputs(dy, cache.argmax.astype(np.int32, copy=False), was_channels_last=cache.channels_last)
     dx = layout.empty(xp, cache.x_shape, dy.dtype, cl)
