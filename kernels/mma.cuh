@@ -17,6 +17,10 @@
 //     A 16x16 (row):  a[0] = A[g][2t, 2t+1]    a[1] = A[g+8][2t, 2t+1]
 //                     a[2] = A[g][2t+8, 2t+9]  a[3] = A[g+8][2t+8, 2t+9]
 //     B 16x8 (col):   b[0] = B[2t, 2t+1][g]    b[1] = B[2t+8, 2t+9][g]
+//   mma.m16n8k8 .f16 (sm_75): A 16x8 (row):  a[0] = A[g][2t, 2t+1]  a[1] = A[g+8][2t, 2t+1]
+//                             B 8x8 (col):   b[0] = B[2t, 2t+1][g]
+//     so an m16n8k16 fragment is two of them: a[0], a[1] with b[0] hold k 0-7, a[2], a[3] with b[1]
+//     k 8-15 (CUTLASS's SM75_16x8x8_F32F16F16F32_TN layouts say the same).
 //   mma.m16n8k8 .tf32: one element per register:
 //     A 16x8:  a[0] = A[g][t]  a[1] = A[g+8][t]  a[2] = A[g][t+4]  a[3] = A[g+8][t+4]
 //     B 8x8:   b[0] = B[t][g]  b[1] = B[t+4][g]
@@ -80,15 +84,23 @@ inline float bf16_bits(unsigned h) { return __uint_as_float(h << 16); }
 inline float f16_bits(unsigned h) { half_t v; v.bits = (unsigned short)h; return half_to_float(v); }
 inline float tf32_bits(unsigned u) { return __uint_as_float(u & 0xffffe000u); }
 
-// D = A B + C for one m16n8k16 (.bf16 or .f16, TO_FLOAT widening one 16-bit element) or
-// m16n8k8 (.tf32) over the 32 lanes' fragments, laid out as in the table at the top.
-template <int K, float (*TO_FLOAT)(unsigned)>
+// D = A B + C for one m16n8k16 (.bf16 or .f16, TO_FLOAT widening one 16-bit element), m16n8k8
+// .f16 (PAIRS: two elements per register) or m16n8k8 .tf32 over the 32 lanes' fragments, laid
+// out as in the table at the top.
+template <int K, float (*TO_FLOAT)(unsigned), bool PAIRS = K == 16>
 void mma_lanes(void* const* ops) {
     float A[16][16], B[16][8], C[16][8];
     for (int l = 0; l < 32; ++l) {
         const MmaLane* p = (const MmaLane*)ops[l];
         const int g = l >> 2, t = l & 3;
-        if (K == 16) {
+        if (K == 8 && PAIRS) {
+            for (int r = 0; r < 2; ++r) {  // a[r]: row g (+8 for r = 1), columns 2t, 2t+1
+                A[g + 8 * r][2 * t] = TO_FLOAT(p->a[r] & 0xffffu);
+                A[g + 8 * r][2 * t + 1] = TO_FLOAT(p->a[r] >> 16);
+            }
+            B[2 * t][g] = TO_FLOAT(p->b[0] & 0xffffu);  // b[0]: rows 2t, 2t+1, column g
+            B[2 * t + 1][g] = TO_FLOAT(p->b[0] >> 16);
+        } else if (K == 16) {
             for (int r = 0; r < 4; ++r) {  // a[r]: rows g (+8 for r odd), columns 2t (+8 for r >= 2)
                 const int row = g + 8 * (r & 1), col = 2 * t + 8 * (r >> 1);
                 A[row][col] = TO_FLOAT(p->a[r] & 0xffffu);
@@ -117,13 +129,15 @@ void mma_lanes(void* const* ops) {
     }
 }
 
-template <int K, float (*TO_FLOAT)(unsigned)>
-inline void mma(float d[4], const unsigned a[4], const unsigned b[2], const float c[4], const char* name,
+// A_REGS and B_REGS: the fragment registers the shape has (m16n8k8 .f16: 2 and 1).
+template <int K, float (*TO_FLOAT)(unsigned), int A_REGS = 4, int B_REGS = 2>
+inline void mma(float d[4], const unsigned* a, const unsigned* b, const float c[4], const char* name,
                 const char* file, int line) {
-    MmaLane op;
-    for (int r = 0; r < 4; ++r) { op.a[r] = a[r]; op.c[r] = c[r]; }
-    op.b[0] = b[0]; op.b[1] = b[1];
-    gpuconv_sim::warp_instruction(name, mma_lanes<K, TO_FLOAT>, &op, file, line);
+    MmaLane op = {};
+    for (int r = 0; r < 4; ++r) op.c[r] = c[r];
+    for (int r = 0; r < A_REGS; ++r) op.a[r] = a[r];
+    for (int r = 0; r < B_REGS; ++r) op.b[r] = b[r];
+    gpuconv_sim::warp_instruction(name, mma_lanes<K, TO_FLOAT, A_REGS == 2>, &op, file, line);
     for (int r = 0; r < 4; ++r) d[r] = op.d[r];
 }
 
@@ -193,6 +207,21 @@ inline void cp_async(void* dst, const void* src, int bytes, int src_bytes, const
 
 // ------------------------------------------------------------------------------------------
 // mma.sync: d = a * b + c over the warp's fragments (d may be c: accumulate in place).
+
+// m16n8k8 .f16 (sm_75 on): a[0..1], b[0] as in the table at the top.
+__device__ inline void mma_m16n8k8_f16(float d[4], const unsigned a[2], const unsigned b[1],
+                                       const float c[4] GPUCONV_SITE) {
+#ifdef __CUDA_ARCH__
+    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 "
+                 "{%0,%1,%2,%3}, {%4,%5}, {%6}, {%7,%8,%9,%10};"
+                 : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(b[0]), "f"(c[0]), "f"(c[1]), "f"(c[2]), "f"(c[3]));
+#else
+    mma_sim::mma<8, mma_sim::f16_bits, 2, 1>(d, a, b, c, "mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32",
+                                             site_file, site_line);
+#endif
+}
+
 __device__ inline void mma_m16n8k16_bf16(float d[4], const unsigned a[4], const unsigned b[2],
                                          const float c[4] GPUCONV_SITE) {
 #ifdef __CUDA_ARCH__

@@ -73,6 +73,7 @@ def test_probe_compiles_with_nvrtc(probe_env):
         src = kernels.build_source("warp_probe")
         ptx = kernels.nvrtc_compile(src, "warp_probe", np.float32, arch).decode()
         for insn in ("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32", "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32",
+                     "mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32",
                      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32", "ldmatrix.sync.aligned.m8n8.x1.shared.b16",
                      "ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16", "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16",
                      "cp.async.ca.shared.global", "cp.async.cg.shared.global", "cp.async.wait_group 2",
@@ -88,11 +89,14 @@ def test_gpu_forms_wire_the_fragment_registers_in_order():
     each ldmatrix form's name, matrix count, .trans flag, PTX text and registers must agree."""
     text = (kernels.kernel_dir() / "mma.cuh").read_text()
     mmas = re.findall(r'asm volatile\("(mma\.sync\.aligned\.[^"]+)\s*"\s*"([^"]*)"\s*:([^;]*)\);', text)
-    assert len(mmas) == 3, "the three mma.sync GPU forms (bf16, f16, tf32)"
-    operands = ([f'"=f"(d[{i}])' for i in range(4)], [f'"r"(a[{i}])' for i in range(4)] +
-                [f'"r"(b[{i}])' for i in range(2)] + [f'"f"(c[{i}])' for i in range(4)])
+    assert len(mmas) == 4, "the four mma.sync GPU forms (bf16, f16, tf32; sm_75's k8 f16)"
     for insn, template, wiring in mmas:
-        assert template == "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%11,%12,%13};", insn
+        na, nb = (2, 1) if "m16n8k8" in insn and ".f16" in insn else (4, 2)  # m16n8k8 .f16: 2 A, 1 B register
+        operands = ([f'"=f"(d[{i}])' for i in range(4)], [f'"r"(a[{i}])' for i in range(na)] +
+                    [f'"r"(b[{i}])' for i in range(nb)] + [f'"f"(c[{i}])' for i in range(4)])
+        regs = iter(range(4 + na + nb + 4))
+        groups = [",".join(f"%{next(regs)}" for _ in range(n)) for n in (4, na, nb, 4)]
+        assert template == "{" + "}, {".join(groups) + "};", insn
         outs, ins = (re.findall(r'"[=a-z]+"\([a-z]\[\d\]\)', part) for part in wiring.split(":"))
         assert (outs, ins) == operands, f"{insn}: operands {outs} : {ins}"
     forms = re.findall(r'GPUCONV_LDMATRIX\((ldmatrix_x(\d)(_trans)?), (\d), (true|false), "([^"]+)", "([^"]+)",'
@@ -138,6 +142,21 @@ def frags_m16n8k8_tf32(A, Bm, C):
         for i in range(4):  # a0 (g, t), a1 (g+8, t), a2 (g, t+4), a3 (g+8, t+4)
             a[lane, i] = ab[g + (8 if i in (1, 3) else 0), t + (4 if i >= 2 else 0)]
         b[lane] = bb[t, g], bb[t + 4, g]
+        for i in range(4):
+            c[lane, i] = C[g + (8 if i >= 2 else 0), 2 * t + (i & 1)]
+    return a, b, c
+
+
+def frags_m16n8k8_f16(A, Bm, C):
+    """Per-lane registers for mma.m16n8k8 .f16 (sm_75 on): A 16x8, B 8x8, C 16x8."""
+    a, b, c = np.zeros((32, 2), np.uint32), np.zeros((32, 1), np.uint32), np.zeros((32, 4), np.float32)
+    ab, bb = bits16(A), bits16(Bm)
+    for lane in range(32):
+        g, t = lane >> 2, lane % 4
+        for i in range(4):  # a_i: row groupID for i < 2, else groupID + 8; column threadID_in_group * 2 + (i & 1)
+            a[lane, i // 2] |= ab[g + (8 if i >= 2 else 0), 2 * t + (i & 1)] << (16 * (i % 2))
+        for i in range(2):  # b_i: row threadID_in_group * 2 + i, column groupID
+            b[lane, 0] |= bb[2 * t + i, g] << (16 * i)
         for i in range(4):
             c[lane, i] = C[g + (8 if i >= 2 else 0), 2 * t + (i & 1)]
     return a, b, c
@@ -425,3 +444,43 @@ def test_swizzle_is_a_conflict_free_permutation_of_16_byte_chunks(run, row_bytes
     # Unswizzled, the same reads would conflict: the check can fail.
     plain = (np.arange(8)[:, None] * row_bytes + np.arange(chunks) * 16) % 128 // 16
     assert len(set(plain[:, 0])) < 8
+
+
+# ----------------------------------------------------------------------------- sm_75 (Turing)
+def f16_operands(rng, k, integers):
+    if integers:  # every product and partial sum exact in float32
+        A, Bm, C = rng.integers(-8, 9, (16, k)), rng.integers(-8, 9, (k, 8)), rng.integers(-64, 65, (16, 8))
+    else:
+        A, Bm, C = rng.standard_normal((16, k)), rng.standard_normal((k, 8)), rng.standard_normal((16, 8))
+    return A.astype(np.float16), Bm.astype(np.float16), C.astype(np.float32)
+
+
+def check_product(got, A, Bm, C, integers, factor=1.0):
+    a64, b64 = A.astype(np.float64), Bm.astype(np.float64)
+    want = a64 @ b64 + C
+    if integers:
+        np.testing.assert_array_equal(got, want.astype(np.float32))
+        return
+    tol = factor * reduction_tolerance(np.abs(a64) @ np.abs(b64) + np.abs(C), want, A.shape[1] + 1, np.float32)
+    ok, worst = within_tolerance(got, want, tol)
+    assert ok, f"error {worst:.3g} x the bound"
+
+
+@pytest.mark.parametrize("integers", [True, False], ids=["exact", "bound"])
+def test_mma_m16n8k8_f16_gives_each_lane_its_product(run, integers):
+    """sm_75's mma.m16n8k8 .f16 on fragments laid out from the PTX formulas, against NumPy."""
+    rng = np.random.default_rng(11)
+    for _ in range(1 if integers else 3):
+        A, Bm, C = f16_operands(rng, 8, integers)
+        a, b, c = frags_m16n8k8_f16(A, Bm, C)
+        d = run("mma_k8_probe", a.ravel(), b.ravel(), c.ravel(), np.full(128, np.nan, np.float32))[3]
+        check_product(unfrag_c(d.reshape(32, 4)), A, Bm, C, integers, 2.0 if run.target == "cuda" else 1.0)
+
+
+def test_mma_m16n8k8_f16_layout_is_not_the_tf32_one(sim):
+    """The k8 layout test can fail: B's pair taken from rows t and t+4 (the tf32 layout's) gives
+    a different product."""
+    A, Bm, C = f16_operands(np.random.default_rng(12), 8, True)
+    a, b, c = frags_m16n8k8_f16(A, Bm[[0, 4, 1, 5, 2, 6, 3, 7]], C)
+    d = sim("mma_k8_probe", a.ravel(), b.ravel(), c.ravel(), np.zeros(128, np.float32))[3]
+    assert not np.array_equal(unfrag_c(d.reshape(32, 4)), A.astype(np.float32) @ Bm.astype(np.float32) + C)

@@ -16,6 +16,15 @@ extern "C" __global__ void mma_probe(const unsigned* a, const unsigned* b, const
     for (int r = 0; r < 4; ++r) d[4 * l + r] = rd[r];
 }
 
+// One mma.m16n8k8 .f16 (sm_75's): lane l's A and B fragments are a[2l..], b[l]; C c[4l..], D d[4l..].
+extern "C" __global__ void mma_k8_probe(const unsigned* a, const unsigned* b, const float* c, float* d) {
+    const int l = threadIdx.x;
+    unsigned ra[2] = {a[2 * l], a[2 * l + 1]}, rb[1] = {b[l]};
+    float rc[4] = {c[4 * l], c[4 * l + 1], c[4 * l + 2], c[4 * l + 3]}, rd[4];
+    mma_m16n8k8_f16(rd, ra, rb, rc);
+    for (int r = 0; r < 4; ++r) d[4 * l + r] = rd[r];
+}
+
 // ldmatrix of a 64-row tile of 16-byte rows copied from src (64 x 8 16-bit values): lane l's
 // address is the tile's byte offsets[l] (global_lane: that lane passes a global address
 // instead); out[4l + j] receives register j. num: 1, 2 or 4; trans: 0 or 1.
