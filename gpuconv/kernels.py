@@ -23,9 +23,9 @@ host simulator compiles the same text with g++); the registry builds::
 
 so a compiler message names the kernel's own file and line. ``kernels/mma.cuh`` (the
 tensor-core instructions, mma.sync/ldmatrix/cp.async, with their simulator forms) goes only into
-the files that use it (:data:`UNIT_HEADERS`): it needs sm_80, and the other files keep building
-for any arch. Every build of a file exports the same entry points; a kernel that computes only
-with tensor cores (``gemm_tc.cu``) traps in the builds without them (``#if
+the files that use it (:data:`UNIT_HEADERS`): it needs sm_75 (float16 only there; bf16, TF32 and
+cp.async from sm_80), and the other files keep building for any arch. Every build of a file
+exports the same entry points; a kernel that computes only with tensor cores (``gemm_tc.cu``) traps in the builds without them (``#if
 GPUCONV_TENSOR_CORES``), and its launcher refuses those dtypes first. Entry points are ``extern "C"``
 with the element types fixed by the defines, one module per build: the four storage dtypes of
 :mod:`gpuconv.precision` (float64, float32, bfloat16, float16) and float32 with ``tf32=True``.
@@ -68,6 +68,9 @@ at the same level, and every explicit choice beats the defaults.
 Simulator schedule. :func:`sim_schedule` (a context manager) makes simulator launches run the
 threads of each block, and the blocks, in reversed order (``'reverse'``), which flushes out races
 that the forward order hides; ``sanitize=True`` routes them through the AddressSanitizer build.
+:func:`sim_arch` (``with sim_arch(75):``) makes them run the sm_75 build of the tensor-core files
+(``#define GPUCONV_SIM_SM75 1``: mma.cuh's Turing forms, float16 tensor cores only, no wgmma, which
+:func:`wgmma_available` then answers as a T4 does).
 """
 from __future__ import annotations
 
@@ -579,14 +582,17 @@ def _label(dtype, tf32=False) -> str:
     return _build(dtype, tf32).name + ("+tf32" if tf32 else "")
 
 
-def build_source(op_file: str, dtype=np.float32, tf32: bool = False) -> str:
+def build_source(op_file: str, dtype=np.float32, tf32: bool = False, sim_sm75: bool = False) -> str:
     """The translation unit for ``kernels/<op_file>.cu`` storing ``dtype`` (float64, float32,
-    bfloat16 or float16), computing in its accumulator type, with TF32 operands when ``tf32``."""
+    bfloat16 or float16), computing in its accumulator type, with TF32 operands when ``tf32``;
+    ``sim_sm75``: the simulator's sm_75 build (:func:`sim_arch`)."""
     stem = op_file[:-3] if op_file.endswith(".cu") else op_file
     build = _build(dtype, tf32)
     tensor_cores = int(bool(tf32) or np.dtype(dtype) in precision.LOW_PRECISION)
     headers = "".join(f'#line 1 "kernels/{h}"\n{_read(h)}\n' for h in (COMMON, *UNIT_HEADERS.get(stem, ())))
-    return (f"#define GPUCONV_STORAGE {build.storage}\n#define GPUCONV_ACC {build.acc}\n"
+    sim_sm75 = sim_sm75 and "mma.cuh" in UNIT_HEADERS.get(stem, ())  # (the other files have no sm_75 forms)
+    return (("#define GPUCONV_SIM_SM75 1\n" if sim_sm75 else "") +
+            f"#define GPUCONV_STORAGE {build.storage}\n#define GPUCONV_ACC {build.acc}\n"
             f"#define GPUCONV_TF32 {int(bool(tf32))}\n#define GPUCONV_TENSOR_CORES {tensor_cores}\n"
             f'{headers}#line 1 "kernels/{stem}.cu"\n{_read(stem + ".cu")}')
 
@@ -744,6 +750,31 @@ def _sim_options() -> dict:
     return _sim_opts.get() or {"reverse": None, "sanitize": None}
 
 
+# The compute capability the simulator stands for (None: every instruction, wgmma included).
+SIM_ARCHS = (75,)
+_sim_arch: contextvars.ContextVar = contextvars.ContextVar("gpuconv_sim_arch", default=None)
+
+
+@contextlib.contextmanager
+def sim_arch(cc: int | None):
+    """Simulator launches in this block build and run as on a GPU of compute capability ``cc``
+    (75: the sm_75 forms of kernels/mma.cuh, float16 tensor cores only, no wgmma: the wgmma tiles
+    run as their mma.sync fallbacks, as on a T4); None: the full simulator."""
+    if cc is not None and cc not in SIM_ARCHS:
+        raise ValueError(f"sim_arch {cc!r}: the simulator builds for compute capability "
+                         f"{', '.join(map(str, SIM_ARCHS))} or None (every instruction)")
+    token = _sim_arch.set(cc)
+    try:
+        yield
+    finally:
+        _sim_arch.reset(token)
+
+
+def sim_compute_capability() -> int | None:
+    """The compute capability :func:`sim_arch` set for this context (None: the full simulator)."""
+    return _sim_arch.get()
+
+
 class _SimModuleHandle:
     """Simulator modules (plain / sanitized, built on first use) with launches honouring
     :func:`sim_schedule`."""
@@ -796,14 +827,15 @@ def get_module(op_file: str, dtype=np.float32, target: str = "cuda", device: int
         raise ValueError(f"kernel target {target!r}: use 'cuda' (a GPU) or 'sim' (the host simulator)")
     if target == "cuda" and device is None:
         device = backend.require_cupy().cuda.Device().id
-    key = (op_file, dt, tf32, target, device if target == "cuda" else None, os.environ.get("GPUCONV_KERNELS_DIR"))
+    sim_cc = _sim_arch.get() if target == "sim" else None
+    key = (op_file, dt, tf32, target, device if target == "cuda" else sim_cc, os.environ.get("GPUCONV_KERNELS_DIR"))
     with _cache_lock:
         mod = _cache.get(key)
     if mod is not None:
         return mod
-    src = build_source(op_file, dt, tf32)
+    src = build_source(op_file, dt, tf32, sim_sm75=sim_cc == 75)
     if target == "sim":
-        mod = _SimModuleHandle(src, f"kernels/{op_file}.cu[{_label(dt, tf32)}]")
+        mod = _SimModuleHandle(src, f"kernels/{op_file}.cu[{_label(dt, tf32)}{', sm_75' if sim_cc == 75 else ''}]")
         mod._module(_sim_options()["sanitize"])  # build now: a compile error surfaces here
     else:
         mod = _compile_cuda(src, op_file, dt, device, tf32)
@@ -817,7 +849,8 @@ _functions: dict = {}
 def get_function(op_file: str, name: str, dtype, target: str, device: int | None = None, tf32: bool = False):
     """``get_module(op_file, dtype, target, device, tf32).get_function(name)``, memoized: the
     launchers call this once per launch."""
-    key = (op_file, name, np.dtype(dtype), bool(tf32), target, device, os.environ.get("GPUCONV_KERNELS_DIR"))
+    key = (op_file, name, np.dtype(dtype), bool(tf32), target, device if target == "cuda" else _sim_arch.get(),
+           os.environ.get("GPUCONV_KERNELS_DIR"))
     fn = _functions.get(key)
     if fn is None:
         fn = _functions[key] = get_module(op_file, dtype, target, device, tf32).get_function(name)
@@ -935,8 +968,11 @@ def wgmma_available(target: str, device: int | None = None) -> bool:
     Hopper, with an NVRTC that targets sm_90), the build _compile_cuda makes. Anywhere else their
     entry points trap, which would end the process's CUDA context: the launchers never send them.
     ``GPUCONV_WGMMA=0`` turns them off on a GPU (tc128 runs where one is asked for, autotuning
-    leaves them out): the switch for a GPU or driver where they fail."""
-    return target == "sim" or (_env.flag("GPUCONV_WGMMA", default=True) and _arch_specific_build(device))
+    leaves them out): the switch for a GPU or driver where they fail. (Not in the simulator's sm_75
+    build, :func:`sim_arch`.)"""
+    if target == "sim":
+        return _sim_arch.get() is None
+    return _env.flag("GPUCONV_WGMMA", default=True) and _arch_specific_build(device)
 
 
 # Files whose kernels are mma.sync/ldmatrix/cp.async (kernels/mma.cuh): they build for sm_80 and

@@ -110,6 +110,34 @@
 //   conv2d_backward_data_tcwgm64    4/0/0        4/0/0        119/49152/0  119/49152/0  128/49152/0
 //   conv2d_backward_weight_tcwgm64  4/0/0        4/0/0        120/49152/0  120/49152/0  158/49152/0
 //   conv2d_tc_weight_reduce         32/0/0       32/0/0       32/0/0       32/0/0       32/0/0
+//
+// The sm_75 build (a T4: float16 alone, each m16n8k16 two m16n8k8, cp.async synchronous copies;
+// the wgmma tiles trap), ptxas 13.0 for sm_75, checked by tests/test_nvrtc.py as the table above.
+// On its SM (64 KiB of shared memory, 64K registers, 1024 threads) the 128x128 tiles run one
+// block of 8 warps, TcTile64 two of 4 warps (shared memory the limit).
+//   ptxas 13.0 sm_75                f16
+//   conv2d_forward_tc               106/24576/0
+//   conv2d_backward_data_tc         102/24576/0
+//   conv2d_backward_weight_tc       115/24576/0
+//   conv2d_forward_tc128            148/49152/0
+//   conv2d_backward_data_tc128      146/49152/0
+//   conv2d_backward_weight_tc128    158/49152/0
+//   conv2d_forward_tc128w           230/49152/0
+//   conv2d_backward_data_tc128w     228/49152/0
+//   conv2d_backward_weight_tc128w   234/49152/0
+//   conv2d_forward_tcwg             4/0/0
+//   conv2d_backward_data_tcwg       4/0/0
+//   conv2d_backward_weight_tcwg     4/0/0
+//   conv2d_forward_tcwg256          4/0/0
+//   conv2d_backward_data_tcwg256    4/0/0
+//   conv2d_backward_weight_tcwg256  4/0/0
+//   conv2d_forward_tcwgn64          4/0/0
+//   conv2d_backward_data_tcwgn64    4/0/0
+//   conv2d_backward_weight_tcwgn64  4/0/0
+//   conv2d_forward_tcwgm64          4/0/0
+//   conv2d_backward_data_tcwgm64    4/0/0
+//   conv2d_backward_weight_tcwgm64  4/0/0
+//   conv2d_tc_weight_reduce         47/0/0
 
 // ------------------------------------------------------------------------------------------
 // Operand loaders of the implicit GEMMs. Each moves 16-byte pieces (cp.async.cg): an mk stage of
@@ -657,8 +685,15 @@ conv2d_backward_data_tc128(const storage_t* dy, const storage_t* wt, storage_t* 
 // K * sizeof and dy's address; dy needs no channel padding, it is read as a dense [L][K] matrix).
 // Bounded to 2 blocks per SM (128 registers a thread): unbounded, ptxas spends up to 168 on this
 // loop (the TF32 build, whose loads stay in registers across the mmas, and the 16-bit builds
-// alike) and the SM holds one block of 8 warps. (The bound on the other two spills them.)
-extern "C" __global__ void __launch_bounds__(TcTile128::THREADS, 2)
+// alike) and the SM holds one block of 8 warps. (The bound on the other two spills them.) Not on
+// sm_75, whose SM holds 64 KiB of shared memory: every 128x128 tile runs one block per SM there,
+// and bounded this one spilled 140 bytes.
+#if GPUCONV_MMA_SM75
+#define TC128_WEIGHT_MIN_BLOCKS 1
+#else
+#define TC128_WEIGHT_MIN_BLOCKS 2
+#endif
+extern "C" __global__ void __launch_bounds__(TcTile128::THREADS, TC128_WEIGHT_MIN_BLOCKS)
 conv2d_backward_weight_tc128(const storage_t* dy, const storage_t* x, float* ws, int N, int Cp, int H, int W,
     int K, int FH, int FW, int OH, int OW, int sh, int sw, int ph, int pw, int chunk, int vec_dy) {
     TC_BODY((conv2d_backward_weight_tc_body<TcTile128>(dy, x, ws, N, Cp, H, W, K, FH, FW, OH, OW, sh, sw, ph, pw, chunk,

@@ -1,5 +1,5 @@
-// mma.cuh: the warp-level tensor-core instructions of sm_80 (sm_90 runs them too) and the
-// shared-memory swizzle their tiles use. Each instruction has ONE GPU form (inline PTX) and ONE
+// mma.cuh: the warp-level tensor-core instructions of sm_80 (sm_90 runs them too), their sm_75
+// (Turing: T4, RTX 20xx) forms, and the shared-memory swizzle their tiles use. Each instruction has ONE GPU form (inline PTX) and ONE
 // simulator form (C++ over the 32 lanes of a warp, on gpuconv/hostsim's warp_instruction and
 // deferred-copy queue), chosen by __CUDA_ARCH__, which NVRTC defines and the simulator does not.
 // The registry adds this header after common.cuh to the units that list it
@@ -55,12 +55,29 @@
 // wait and the barrier after it (this thread or another, a consumer of the stage's previous tile
 // included) sees NaN/garbage and fails the tests.
 //
+// The sm_75 build (GPUCONV_MMA_SM75: NVRTC for compute capability 7.5, or the simulator's sm_75
+// build, GPUCONV_SIM_SM75, which gpuconv.kernels.sim_arch(75) asks for): Turing's tensor cores
+// multiply float16 only, in mma.m16n8k8 (PTX ISA: .m16n8k8 .f16 needs sm_75; .m16n8k16, .bf16 and
+// .tf32 sm_80), and it has ldmatrix (.trans included) but no cp.async. So there
+// mma_m16n8k16_f16 is two m16n8k8 .f16 (k 0-7, then k 8-15 added to that), the bf16 and TF32
+// forms do not exist (TensorCoreOp of those types stops the compile by name), cp.async is a
+// synchronous copy with the same zero fill (commit and wait do nothing: the data is in shared
+// memory when the copy returns, and the pipeline's barriers order it for the other threads), and
+// wgmma.cuh builds no wgmma. The simulator runs the same forms in its sm_75 build.
+//
 // A warp instruction reached by fewer than 32 lanes, or by lanes at different call sites, is
 // reported by the simulator as warp divergence naming the kernel, block, warp, instruction and
 // line (the call site is the caller's line, passed by default arguments in the simulator form).
 
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
-#error "kernels/mma.cuh needs sm_80 or newer (cp.async, bf16 and tf32 mma.sync): compile for compute_80+"
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 750
+#error "kernels/mma.cuh needs sm_75 or newer (mma.sync .f16 and ldmatrix; bf16, tf32 and cp.async sm_80): compile for compute_75+"
+#endif
+#ifdef __CUDA_ARCH__
+#define GPUCONV_MMA_SM75 (__CUDA_ARCH__ < 800)
+#elif defined(GPUCONV_SIM_SM75) && GPUCONV_SIM_SM75
+#define GPUCONV_MMA_SM75 1
+#else
+#define GPUCONV_MMA_SM75 0
 #endif
 
 #ifdef __CUDA_ARCH__
@@ -199,8 +216,14 @@ inline void cp_async(void* dst, const void* src, int bytes, int src_bytes, const
     unsigned char probe[16];
     if (src_bytes) memcpy(probe, src, (size_t)src_bytes);
 #endif
+#if GPUCONV_MMA_SM75
+    // sm_75 has no cp.async: the copy happens now (mma.cuh's cp_async_sync on the GPU).
+    if (src_bytes > 0 && src_bytes <= bytes) memcpy(dst, src, (size_t)src_bytes);
+    if (src_bytes >= 0 && src_bytes < bytes) memset((char*)dst + src_bytes, 0, (size_t)(bytes - src_bytes));
+#else
     memset(dst, 0xFF, (size_t)bytes);
     gpuconv_sim::defer_copy(dst, src, (unsigned)bytes, (unsigned)src_bytes);
+#endif
 }
 }  // namespace mma_sim
 #endif
@@ -222,6 +245,14 @@ __device__ inline void mma_m16n8k8_f16(float d[4], const unsigned a[2], const un
 #endif
 }
 
+#if GPUCONV_MMA_SM75
+// sm_75: k 0-7 (a[0], a[1], b[0]), then k 8-15 (a[2], a[3], b[1]) added to that.
+__device__ inline void mma_m16n8k16_f16(float d[4], const unsigned a[4], const unsigned b[2],
+                                        const float c[4] GPUCONV_SITE) {
+    mma_m16n8k8_f16(d, a, b, c GPUCONV_SITE_FWD);
+    mma_m16n8k8_f16(d, a + 2, b + 1, d GPUCONV_SITE_FWD);
+}
+#else
 __device__ inline void mma_m16n8k16_bf16(float d[4], const unsigned a[4], const unsigned b[2],
                                          const float c[4] GPUCONV_SITE) {
 #ifdef __CUDA_ARCH__
@@ -264,6 +295,7 @@ __device__ inline void mma_m16n8k8_tf32(float d[4], const unsigned a[4], const u
                                         site_file, site_line);
 #endif
 }
+#endif  // GPUCONV_MMA_SM75
 
 // ------------------------------------------------------------------------------------------
 // ldmatrix.sync.aligned.m8n8.{x1,x2,x4}[.trans].shared.b16: `row` is this lane's row address (a
@@ -299,10 +331,34 @@ GPUCONV_LDMATRIX(ldmatrix_x4_trans, 4, true, "ldmatrix.sync.aligned.m8n8.x4.tran
 // the edge; gmem must still be a valid, aligned address). Both addresses aligned to BYTES.
 // .ca (4, 8 or 16 bytes) caches in L1 and L2; .cg (16 bytes only) in L2 alone, for tiles that
 // each block reads once.
+// On sm_75 (no cp.async) each is cp_async_sync: the same bytes, copied before it returns.
+#if GPUCONV_MMA_SM75 && defined(__CUDA_ARCH__)
+template <int BYTES> struct CopyVector;
+template <> struct CopyVector<4> { typedef unsigned type; };
+template <> struct CopyVector<8> { typedef uint2 type; };
+template <> struct CopyVector<16> { typedef uint4 type; };
+
+template <int BYTES>
+__device__ inline void cp_async_sync(void* smem, const void* gmem, int src_bytes) {
+    typedef typename CopyVector<BYTES>::type V;
+    if (src_bytes == BYTES) {
+        *(V*)smem = *(const V*)gmem;
+    } else if (src_bytes <= 0) {
+        *(V*)smem = V();
+    } else {  // a row's last bytes (the general loader's narrow edges): byte by byte, zeros after
+#pragma unroll
+        for (int i = 0; i < BYTES; ++i)
+            ((unsigned char*)smem)[i] = i < src_bytes ? ((const unsigned char*)gmem)[i] : (unsigned char)0;
+    }
+}
+#endif
+
 template <int BYTES>
 __device__ inline void cp_async_ca(void* smem, const void* gmem, int src_bytes) {
     static_assert(BYTES == 4 || BYTES == 8 || BYTES == 16, "cp.async copies 4, 8 or 16 bytes");
-#ifdef __CUDA_ARCH__
+#if GPUCONV_MMA_SM75 && defined(__CUDA_ARCH__)
+    cp_async_sync<BYTES>(smem, gmem, src_bytes);
+#elif defined(__CUDA_ARCH__)
     asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;"
                  :: "r"(smem_address(smem)), "l"(gmem), "n"(BYTES), "r"(src_bytes) : "memory");
 #else
@@ -311,7 +367,9 @@ __device__ inline void cp_async_ca(void* smem, const void* gmem, int src_bytes) 
 }
 
 __device__ inline void cp_async_cg(void* smem, const void* gmem, int src_bytes) {
-#ifdef __CUDA_ARCH__
+#if GPUCONV_MMA_SM75 && defined(__CUDA_ARCH__)
+    cp_async_sync<16>(smem, gmem, src_bytes);
+#elif defined(__CUDA_ARCH__)
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;"
                  :: "r"(smem_address(smem)), "l"(gmem), "r"(src_bytes) : "memory");
 #else
@@ -321,7 +379,8 @@ __device__ inline void cp_async_cg(void* smem, const void* gmem, int src_bytes) 
 
 // Closes the group of this thread's cp.async issued since the last commit (possibly empty).
 __device__ inline void cp_async_commit() {
-#ifdef __CUDA_ARCH__
+#if GPUCONV_MMA_SM75
+#elif defined(__CUDA_ARCH__)
     asm volatile("cp.async.commit_group;" ::: "memory");
 #else
     gpuconv_sim::commit_copies();
@@ -331,7 +390,8 @@ __device__ inline void cp_async_commit() {
 // Waits until at most N of this thread's committed groups are still in flight (the N newest).
 template <int N>
 __device__ inline void cp_async_wait() {
-#ifdef __CUDA_ARCH__
+#if GPUCONV_MMA_SM75
+#elif defined(__CUDA_ARCH__)
     asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory");
 #else
     gpuconv_sim::complete_copies(N);
@@ -340,7 +400,8 @@ __device__ inline void cp_async_wait() {
 
 // Waits for every cp.async of this thread, committed or not.
 __device__ inline void cp_async_wait_all() {
-#ifdef __CUDA_ARCH__
+#if GPUCONV_MMA_SM75
+#elif defined(__CUDA_ARCH__)
     asm volatile("cp.async.wait_all;" ::: "memory");
 #else
     gpuconv_sim::commit_copies();
@@ -371,13 +432,19 @@ __device__ inline int swizzle_offset(int row, int byte) {
 
 // ------------------------------------------------------------------------------------------
 // The tensor-core operation of a storage type, the one place a kernel's dtype picks the mma:
-// bf16_t -> m16n8k16 .bf16, half_t -> m16n8k16 .f16, float (the TF32 build) -> m16n8k8 .tf32.
+// bf16_t -> m16n8k16 .bf16, half_t -> m16n8k16 .f16, float (the TF32 build) -> m16n8k8 .tf32; the
+// sm_75 build has half_t alone (its m16n8k16 being two m16n8k8).
 // Every shape takes 32 bytes of K per mma, A fragments of 4 and B fragments of 2 registers, and
 // accumulates float32. prepare() turns fragment registers loaded from storage into the
 // instruction's operand format (TF32: rounded with cvt.rna, the precision rule's rounding);
 // ROUNDS_FRAGMENTS says whether it does anything.
-template <class T> struct TensorCoreOp;
+template <class T> struct TensorCoreOp {
+    static_assert(sizeof(T) == 0, "no tensor-core multiply for this storage type in this build: the sm_75 build "
+                  "(compute capability 7.5) multiplies float16 only; bfloat16 and TF32 need compute capability 8.0 "
+                  "and run on the CUDA-core kernels below it (gpuconv.kernels.tensor_cores_available)");
+};
 
+#if !GPUCONV_MMA_SM75
 template <> struct TensorCoreOp<bf16_t> {
     typedef bf16_t storage;
     static constexpr bool ROUNDS_FRAGMENTS = false;
@@ -386,6 +453,8 @@ template <> struct TensorCoreOp<bf16_t> {
         mma_m16n8k16_bf16(acc, a, b, acc GPUCONV_SITE_FWD);
     }
 };
+
+#endif
 
 template <> struct TensorCoreOp<half_t> {
     typedef half_t storage;
@@ -396,6 +465,7 @@ template <> struct TensorCoreOp<half_t> {
     }
 };
 
+#if !GPUCONV_MMA_SM75
 template <> struct TensorCoreOp<float> {
     typedef float storage;
     static constexpr bool ROUNDS_FRAGMENTS = true;
@@ -406,6 +476,7 @@ template <> struct TensorCoreOp<float> {
         mma_m16n8k8_tf32(acc, a, b, acc GPUCONV_SITE_FWD);
     }
 };
+#endif
 
 // Op with its operands already in the instruction's format in shared memory: TF32 values rounded
 // once per k-tile by the threads that copied them (tc_tile.cuh's TcMultiply::prepare), so the

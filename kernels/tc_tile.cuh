@@ -570,6 +570,10 @@ struct TcMultiply<S, Op, FragA, FragB, true> {
 //   issue tile kt + D, then multiply tile kt while it streams in, then land tile kt + D (stores
 //                    from registers, before the barrier of k-tile kt + 1, so before the one of
 //                    kt + D that publishes the stage).
+// On sm_75 (mma.cuh: no cp.async) the copies of tile kt + D complete as they are issued, so a warp
+// waits for their global loads before it multiplies tile kt: only the other warps hide that
+// latency there (a loader that stages its loads in registers across the mmas, as the TF32
+// weight gradient's do, would overlap them; not measured on a T4).
 template <class S, class Op, class FragA, class FragB, class LoaderA, class LoaderB>
 __device__ void tc_gemm_mainloop(const LoaderA& la, const LoaderB& lb, int ktiles, int vec_a, int vec_b,
                                  unsigned char* As, unsigned char* Bs, float acc[S::MI][S::NI][4]) {

@@ -4,7 +4,8 @@
 // gpuconv/hostsim's warp_instruction), chosen by __CUDA_ARCH__. The registry adds this header after
 // mma.cuh to the units that list it (gpuconv.kernels.UNIT_HEADERS); it includes nothing itself.
 // wgmma exists only in the arch-specific sm_90a target: GPUCONV_WGMMA is 1 there and in the
-// simulator, 0 in every other build (compute_80, compute_90, sm_100 ...), where this header
+// simulator (but its sm_75 build), 0 in every other build (compute_75, compute_80, compute_90,
+// sm_100 ...), where this header
 // declares only the descriptors and the kernels that need it trap (the launchers never send them
 // there).
 //
@@ -58,7 +59,7 @@
 // block does not hold whole, and warps of one warpgroup that have executed other wgmma
 // instructions (call sites, descriptors) than the rest by a __syncthreads or the block's end.
 
-#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL) || GPUCONV_MMA_SM75
 #define GPUCONV_WGMMA 0
 #else
 #define GPUCONV_WGMMA 1

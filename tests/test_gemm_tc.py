@@ -160,3 +160,20 @@ def test_sizes_past_int_indexing_are_refused_before_any_copy():
     a = np.broadcast_to(np.zeros((1, 1), bf), (4, 2**30))
     with pytest.raises(ValueError, match=r"shapes \(4, 1073741824\), \(4, 1073741824\) of bfloat16 reach 2\^31 bytes"):
         gemm_tc(a, a)
+
+
+@pytest.mark.parametrize("layout", ["nt", "nn"])
+def test_sm75_build_multiplies_float16_within_the_bound(layout):
+    """The simulator's sm_75 build (a T4's: two m16n8k8 per m16n8k16, the stages copied by
+    synchronous loads and stores with cp.async's zero fill) over every copy width of the loader and
+    partial tiles in M, N and K."""
+    rng = np.random.default_rng(5)
+    with kernels.sim_arch(75):
+        for shape in [(7, 7, 7), (63, 65, 130), (65, 63, 36), (70, 66, 136)]:
+            a, b = operands(f"f16-{layout}", shape, rng)
+            ref, mag = gemm_reference(a, b, b_layout=layout)
+            with kernels.launch_log() as log:
+                got = gemm_tc(a, b, b_layout=layout, target="sim")
+            assert log.names == [f"gemm_tc_{layout}"] and got.dtype == np.float16
+            ok, worst = within_tolerance(got, ref, reduction_tolerance(mag, ref, shape[2], np.float16))
+            assert ok, f"{shape}: error {worst:.3g} x the bound"

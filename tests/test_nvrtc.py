@@ -1,6 +1,8 @@
 """Every kernel file compiles with NVRTC for compute_80 and compute_90 in every build (float32,
 float64, bfloat16, float16, and the TF32 build), without a GPU; the tensor-core GEMM's PTX holds
-the mma.sync/ldmatrix/cp.async of its build and an sm_90 CUBIN builds; with nvcc present, ptxas
+the mma.sync/ldmatrix/cp.async of its build and an sm_90 CUBIN builds; the tensor-core files' float16
+build compiles for compute_75 (a T4) with sm_75's instructions alone, their bfloat16 and TF32 builds
+stop there with a message naming the rule; with nvcc present, ptxas
 reports registers, shared memory and spills per kernel (each kernel header's table states them,
 figure for figure) and the tuned convolution kernels and the
 tensor-core GEMM of every float32-accumulating build do not spill to local memory. The GPU path (CuPy faked, NVRTC real)
@@ -167,6 +169,42 @@ def test_tensor_core_files_run_on_tensor_cores(op_file, arch, build):
         assert len(re.findall(TF32_CLEARED, ptx)) >= ptx.count(TF32_OPERAND) > 0
 
 
+SM75_MMA = "mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32"
+
+
+@needs_nvrtc
+@pytest.mark.parametrize("build", ["f16", "f32", "f64"])
+@pytest.mark.parametrize("op_file", ["gemm_tc", "conv2d_tc"])
+def test_tensor_core_files_build_for_sm_75_on_its_float16_mma(op_file, build):
+    """compute_75 (Turing: a T4): the float16 build multiplies with m16n8k8 .f16 (each m16n8k16 two
+    of them), reads fragments with ldmatrix (.trans too) and copies its stages with plain loads and
+    stores (no cp.async before sm_80); the wgmma tiles and the builds without a tensor-core format
+    trap."""
+    ptx = kernels.nvrtc_check(op_file, "compute_75", *BUILDS[build])
+    assert ".target sm_75" in ptx and set(re.findall(r"\.entry\s+(\w+)", ptx)) == set(ENTRIES[op_file])
+    assert "cp.async" not in ptx and "wgmma" not in ptx.replace("_tcwg", "") and ".tf32" not in ptx
+    if build != "f16":
+        assert "mma.sync" not in ptx and "trap" in ptx
+        return
+    assert SM75_MMA in ptx and "mma.sync" not in ptx.replace(SM75_MMA, "")
+    assert "ldmatrix.sync.aligned.m8n8.x4.shared.b16" in ptx and "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16" in ptx
+    for name in ENTRIES[op_file]:
+        body = ptx.split(f".entry {name}(")[1].split(".entry ")[0]
+        tiled = name.endswith(("_tc", "_tc128", "_tc128w", "_nt", "_nn"))
+        assert (SM75_MMA in body) == tiled and ("st.shared.v4" in body) == tiled, name
+        assert ("trap" in body) == ("_tcwg" in name), name
+
+
+@needs_nvrtc
+@pytest.mark.parametrize("build", ["bf16", "tf32"])
+def test_tensor_core_files_name_the_rule_where_sm_75_lacks_the_format(build):
+    """No bfloat16 or TF32 mma on sm_75: the build stops at TensorCoreOp, naming the rule, instead
+    of assembling instructions the GPU would refuse (the registry never asks for it)."""
+    with pytest.raises(kernels.KernelCompileError, match=r"static assertion failed.*sm_75 build \(compute "
+                                                         r"capability 7\.5\) multiplies float16 only"):
+        kernels.nvrtc_check("gemm_tc", "compute_75", *BUILDS[build])
+
+
 @needs_nvrtc
 @pytest.mark.parametrize("build", ["bf16", "tf32"])
 @pytest.mark.parametrize("op_file", ["gemm_tc", "conv2d_tc"])
@@ -241,10 +279,11 @@ def test_compile_error_names_file_and_line(broken_kernels):
         kernels.nvrtc_check("broken", "compute_80", np.float32)
 
 
-def _ptxas_report(op_file, dtype, tmp_path, tf32=False):
+def _ptxas_report(op_file, dtype, tmp_path, tf32=False, arch=None):
     cu = tmp_path / f"{op_file}.cu"
     cu.write_text(kernels.build_source(op_file, dtype, tf32))
-    arch = "sm_90a" if op_file in kernels.ARCH_SPECIFIC else "sm_90"  # as a Hopper GPU builds it
+    if arch is None:
+        arch = "sm_90a" if op_file in kernels.ARCH_SPECIFIC else "sm_90"  # as a Hopper GPU builds it
     proc = subprocess.run(["nvcc", "-cubin", f"-arch={arch}", *kernels.NVRTC_OPTIONS, "--resource-usage", str(cu),
                            "-o", str(tmp_path / f"{op_file}.cubin")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
@@ -261,7 +300,7 @@ def _ptxas_report(op_file, dtype, tmp_path, tf32=False):
         m = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", line)
         if m and current:
             report[current]["spill"] = int(m.group(1)) + int(m.group(2))
-        m = re.search(r"Used (\d+) registers.*?(?:(\d+) bytes smem)?$", line)
+        m = re.search(r"Used (\d+) registers(?:.*?(\d+) bytes smem)?", line)
         if m and current:
             report[current]["registers"] = int(m.group(1))
             report[current]["smem"] = int(m.group(2) or 0)
@@ -423,6 +462,53 @@ def test_ptxas_resource_usage(tmp_path, build, capsys):
             most = 168 if build == "tf32" and name == "conv2d_backward_weight_tcwgm64" else 128
             assert r["spill"] == 0 and r["smem"] == 49152 and r["registers"] <= most, (build, name, r)
 
+
+
+# The tensor-core files' headers state their sm_75 float16 build (a T4's) in a second table:
+#   //   ptxas 13.0 sm_75   f16
+#   //   <kernel>           <registers>/<static shared bytes>/<spilled bytes>
+PTXAS75_HEADING = re.compile(r"^//\s+ptxas (\d+\.\d+) sm_75\s+f16\s*$", re.M)
+PTXAS75_ROW = re.compile(r"//\s+(\w+)\s+(\d+/\d+/\d+)\s*$")
+
+
+def header_sm75_table(op_file):
+    """(release, {kernel: {"registers", "smem", "spill"}}) of kernels/<op_file>.cu's sm_75 table."""
+    text = (kernels.kernel_dir() / f"{op_file}.cu").read_text()
+    headings = list(PTXAS75_HEADING.finditer(text))
+    assert len(headings) == 1, f"kernels/{op_file}.cu has {len(headings)} sm_75 ptxas tables; its header needs one"
+    table = {}
+    for line in text[headings[0].end():].lstrip("\n").splitlines():
+        m = PTXAS75_ROW.fullmatch(line)
+        if not m:
+            break
+        table[m.group(1)] = dict(zip(("registers", "smem", "spill"), map(int, m.group(2).split("/"))))
+    return headings[0].group(1), table
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH (ptxas resource report needs it)")
+def test_ptxas_resource_usage_sm_75(tmp_path, capsys):
+    """The tensor-core files' float16 build for sm_75 (a T4): no spill, the stages' static shared
+    memory as on sm_90, and every figure as the header's sm_75 table states it."""
+    wrong, lines = [], []
+    for op_file in kernels.TENSOR_CORE_FILES:
+        report = _ptxas_report(op_file, np.float16, tmp_path, arch="sm_75")
+        release, table = header_sm75_table(op_file)
+        assert list(table) == ENTRIES[op_file], (op_file, list(table))
+        for name in ENTRIES[op_file]:
+            got = {k: report[name].get(k, 0) for k in ("registers", "smem", "spill")}
+            lines.append(f"sm_75 f16   {name:32s} {got['registers']:4d} registers {got['smem']:6d} B smem  "
+                         f"{got['spill']} B spilled")
+            assert got["spill"] == 0 and got["registers"] <= 255, (name, got)
+            if "_tcwg" not in name and name != "conv2d_tc_weight_reduce":
+                assert got["smem"] == (49152 if "_tc128" in name else 24576), (name, got)
+            if release == nvcc_release() and table[name] != got:
+                wrong.append(f"kernels/{op_file}.cu {name} sm_75 f16: the header says "
+                             f"{'/'.join(str(v) for v in table[name].values())}, ptxas "
+                             f"{got['registers']}/{got['smem']}/{got['spill']}")
+    with capsys.disabled():
+        print("\n" + "\n".join(lines))
+    assert not wrong, "update the sm_75 ptxas table in the kernel's header:\n" + "\n".join(wrong)
 
 
 def check_header_tables(build, reports):

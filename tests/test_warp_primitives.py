@@ -1,5 +1,6 @@
 """The tensor-core instructions of kernels/mma.cuh, each alone (tests/kernels_extra/warp_probe.cu),
-on the simulator and, when one is present, a GPU.
+on the simulator and, when one is present, a GPU; and the sm_75 (Turing) forms in the simulator's
+sm_75 build (kernels.sim_arch(75)): m16n8k16 .f16 as two m16n8k8, cp.async as a synchronous copy.
 
 The expected lane -> element mappings are written here a second time, straight from the PTX
 ISA's formulas ("Matrix Fragments for mma.m16n8k16 with floating point type", "Matrix Fragments
@@ -64,6 +65,19 @@ def sim(probe_env):
         kernels.launch("warp_probe", kernel, np.float32, "sim", (1, 1, 1), (block, 1, 1), tuple(args))
         return args
     return launch
+
+
+def test_probe_compiles_for_sm_75_with_the_turing_forms(probe_env):
+    """In the compute_75 build mma.cuh gives m16n8k8 .f16 (its m16n8k16 .f16 being two of them),
+    ldmatrix, and plain loads and stores for cp.async: nothing a T4 lacks."""
+    pytest.importorskip("cupy_backends.cuda.libs.nvrtc")
+    ptx = kernels.nvrtc_compile(kernels.build_source("warp_probe"), "warp_probe", np.float32, "compute_75").decode()
+    assert ".target sm_75" in ptx and "mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32" in ptx
+    assert "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16" in ptx
+    for absent in ("m16n8k16", ".bf16", ".tf32", "cp.async"):
+        assert absent not in ptx, absent
+    probe = ptx.split(".entry mma_probe(")[1].split(".entry ")[0]
+    assert probe.count("mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32") == 2
 
 
 def test_probe_compiles_with_nvrtc(probe_env):
@@ -484,3 +498,45 @@ def test_mma_m16n8k8_f16_layout_is_not_the_tf32_one(sim):
     a, b, c = frags_m16n8k8_f16(A, Bm[[0, 4, 1, 5, 2, 6, 3, 7]], C)
     d = sim("mma_k8_probe", a.ravel(), b.ravel(), c.ravel(), np.zeros(128, np.float32))[3]
     assert not np.array_equal(unfrag_c(d.reshape(32, 4)), A.astype(np.float32) @ Bm.astype(np.float32) + C)
+
+
+@pytest.mark.parametrize("integers", [True, False], ids=["exact", "bound"])
+def test_sm75_build_multiplies_m16n8k16_f16_as_two_k8(sim, integers):
+    """In the sm_75 build mma_m16n8k16_f16 takes the m16n8k16 fragments as they are (the same
+    tiles feed it) and gives the same product."""
+    rng = np.random.default_rng(13)
+    with kernels.sim_arch(75):
+        for _ in range(1 if integers else 3):
+            A, Bm, C = f16_operands(rng, 16, integers)
+            check_product(run_mma(sim, "f16", A, Bm, C), A, Bm, C, integers)
+
+
+def test_sm75_build_sums_k_0_to_7_with_c_then_k_8_to_15(sim):
+    """The order pins the split: products 2^24 at k = 0 and -2^24 at k = 8, C = 1. One m16n8k16
+    sums the products first (0) then adds C: 1. Two m16n8k8 add C to the first half (2^24 + 1
+    rounds to 2^24), then the second half: 0."""
+    A = np.zeros((16, 16), np.float16)
+    Bm = np.zeros((16, 8), np.float16)
+    A[0, 0], A[0, 8] = 4096, -4096
+    Bm[0, 0] = Bm[8, 0] = 4096
+    C = np.zeros((16, 8), np.float32)
+    C[0, 0] = 1.0
+    assert run_mma(sim, "f16", A, Bm, C)[0, 0] == 1.0
+    with kernels.sim_arch(75):
+        assert run_mma(sim, "f16", A, Bm, C)[0, 0] == 0.0
+
+
+@pytest.mark.parametrize("src_bytes", [0, 4, 8, 12, 16])
+def test_sm75_build_copies_synchronously_with_the_zero_fill(sim, src_bytes):
+    """sm_75 has no cp.async: its form copies before it returns (no poison, every snapshot the
+    data), zero-fills past src-size as cp.async does, and still checks the operands."""
+    with kernels.sim_arch(75):
+        src, snaps, tail = run_cp_async(sim, src_bytes)
+        t = np.arange(32)
+        g0 = src[:128].reshape(32, 4).copy()
+        g0[:, src_bytes // 4:] = 0
+        for name in SNAP:
+            np.testing.assert_array_equal(snaps[name], [g0[:, 0], src[128 + 2 * t], src[192 + t]], err_msg=name)
+        np.testing.assert_array_equal(tail, g0)
+        with pytest.raises(hostsim.SimulatorError, match=r"issues cp\.async\.cg\.shared\.global with src-size 20"):
+            sim("cp_async_misuse", np.zeros(16, np.float32), np.int32(0))

@@ -1,7 +1,9 @@
 // warp_probe.cu: each instruction of kernels/mma.cuh alone, for tests/test_warp_primitives.py.
 // Built by the kernel registry like kernels/*.cu (GPUCONV_KERNELS_DIR pointed at a copy of
 // common.cuh and mma.cuh beside this file, with mma.cuh in its UNIT_HEADERS), float32 build; the
-// instructions do not depend on the build. One warp per block unless a test says otherwise.
+// instructions do not depend on the build. One warp per block unless a test says otherwise. In the
+// simulator's sm_75 build (kernels.sim_arch(75)) the bf16 and tf32 mma do not exist: those probes
+// trap there.
 
 // One mma over registers the test laid out: lane l's A, B and C fragments are a[4l..], b[2l..],
 // c[4l..]; D goes to d[4l..]. kind: 0 bf16 m16n8k16, 1 fp16 m16n8k16, 2 tf32 m16n8k8 (the
@@ -10,9 +12,14 @@ extern "C" __global__ void mma_probe(const unsigned* a, const unsigned* b, const
     const int l = threadIdx.x;
     unsigned ra[4] = {a[4 * l], a[4 * l + 1], a[4 * l + 2], a[4 * l + 3]}, rb[2] = {b[2 * l], b[2 * l + 1]};
     float rc[4] = {c[4 * l], c[4 * l + 1], c[4 * l + 2], c[4 * l + 3]}, rd[4];
+#if GPUCONV_MMA_SM75
+    if (kind != 1) __trap();
+    mma_m16n8k16_f16(rd, ra, rb, rc);
+#else
     if (kind == 0) mma_m16n8k16_bf16(rd, ra, rb, rc);
     else if (kind == 1) mma_m16n8k16_f16(rd, ra, rb, rc);
     else mma_m16n8k8_tf32(rd, ra, rb, rc);
+#endif
     for (int r = 0; r < 4; ++r) d[4 * l + r] = rd[r];
 }
 
@@ -117,6 +124,10 @@ extern "C" __global__ void partial_warp(float* d, int active, int how, int insn)
     const int l = threadIdx.x % 32;
     unsigned a[4] = {0, 0, 0, 0}, b[2] = {0, 0};
     float c[4] = {0, 0, 0, 0};
+#if GPUCONV_MMA_SM75
+    if (insn == 0) __trap();
+#define mma_m16n8k16_bf16 mma_m16n8k16_f16
+#endif
     if ((int)threadIdx.x < active) {
         if (insn == 0) mma_m16n8k16_bf16(c, a, b, c);
         else ldmatrix_x4(a, tile + 8 * l);
