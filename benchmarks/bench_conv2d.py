@@ -104,9 +104,11 @@ def family_variants(family, variants=None, prec="fp32", target="sim"):
     """The variants of ``family`` to run in precision ``prec`` on ``target``: all it has there,
     or those of ``variants`` among them; only those that run as themselves there
     (:func:`gpuconv.kernels.runs_as`: no wgmma tile off Hopper or under ``GPUCONV_WGMMA=0``, no
-    tensor-core tile below compute capability 8.0), as a row would time another tile under its name."""
+    tensor-core tile where the GPU has no tensor cores for the precision: bf16 and TF32 below
+    compute capability 8.0), as a row would time another tile under its name."""
+    dtype, tf32 = PRECISIONS[prec][:2]
     have = tuple(v for v in kernels.VARIANTS[family][0] if v in PRECISIONS[prec][3]
-                 and kernels.runs_as(v, target) == v)
+                 and kernels.runs_as(v, target, dtype=dtype, tf32=tf32) == v)
     return have if variants is None else tuple(v for v in variants if v in have)
 STRIDE, PAD, FILT = (1, 1), (1, 1), 3
 RESULTS = common.RESULTS

@@ -67,14 +67,14 @@ EXPECTED = expected_kernels()
 
 def expected_here(target: str) -> tuple[set[str], str | None]:
     """The kernels that run on ``target`` (the launchers send no other), and a note naming the
-    ones left out: no tensor-core kernel on a GPU below compute capability 8.0 (the CUDA-core
-    tiles run instead), no wgmma tile where :func:`gpuconv.kernels.wgmma_available` says no (off
+    ones left out: no tensor-core kernel on a GPU below compute capability 7.5 (the CUDA-core
+    tiles run instead; from 7.5 the float16 cases launch every mma.sync one), no wgmma tile where :func:`gpuconv.kernels.wgmma_available` says no (off
     Hopper, or ``GPUCONV_WGMMA=0``: tc128/tc run instead)."""
     if target == "sim":
         return EXPECTED, None
-    if not kernels.tensor_cores_available(target):
+    if not kernels.tensor_cores_available(target, dtype=np.float16):
         left = expected_kernels(kernels.TENSOR_CORE_FILES)
-        return EXPECTED - left, f"{len(left)} tensor-core kernels left out (compute capability below 8.0)"
+        return EXPECTED - left, f"{len(left)} tensor-core kernels left out (compute capability below 7.5)"
     if not kernels.wgmma_available(target):
         left = {n for n in EXPECTED if any(n.endswith(f"_{v}") for v in kernels.WGMMA_FALLBACK)}
         return EXPECTED - left, f"{len(left)} wgmma kernels left out (not Hopper, or GPUCONV_WGMMA=0)"

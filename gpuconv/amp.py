@@ -105,7 +105,7 @@ def cast_parameters(model, dtype, backward: bool = True):
                 with backend.array_device_context((p.data,)):  # CuPy allocates on the current device
                     p.compute = layout.empty(xp, p.data.shape, dt, channels_last=True) if p.data.ndim == 4 \
                         else xp.empty(p.data.shape, dt)
-                    packed = _data_gradient_filters(xp, p.data, dt) if backward and _tensor_cores(p.data) else None
+                    packed = _data_gradient_filters(xp, p.data, dt) if backward and _tensor_cores(p.data, dt) else None
                 batch.append((p.data, p.compute, 0))
                 if packed is not None:
                     tc.pack_for_data_gradient(p.compute, packed)
@@ -119,10 +119,11 @@ def cast_parameters(model, dtype, backward: bool = True):
         _launch_cast(batch)
 
 
-def _tensor_cores(data) -> bool:
-    """Whether ``data``'s device runs the tensor-core convolutions, the only readers of the data
-    gradient's packed filters (a T4's or a V100's bf16/fp16 convolutions run on CUDA cores)."""
-    return kernels.tensor_cores_for(backend.kernel_target(data), lambda: kernels.array_device([data]))
+def _tensor_cores(data, dtype) -> bool:
+    """Whether ``data``'s device runs the tensor-core convolutions of ``dtype``, the only readers of
+    the data gradient's packed filters (a V100's bf16/fp16 and a T4's bf16 convolutions run on
+    CUDA cores)."""
+    return kernels.tensor_cores_for(backend.kernel_target(data), lambda: kernels.array_device([data]), dtype)
 
 
 def _castable(data, dt) -> bool:

@@ -69,8 +69,8 @@ Simulator schedule. :func:`sim_schedule` (a context manager) makes simulator lau
 threads of each block, and the blocks, in reversed order (``'reverse'``), which flushes out races
 that the forward order hides; ``sanitize=True`` routes them through the AddressSanitizer build.
 :func:`sim_arch` (``with sim_arch(75):``) makes them run the sm_75 build of the tensor-core files
-(``#define GPUCONV_SIM_SM75 1``: mma.cuh's Turing forms, float16 tensor cores only, no wgmma, which
-:func:`wgmma_available` then answers as a T4 does).
+(``#define GPUCONV_SIM_SM75 1``: mma.cuh's Turing forms, float16 tensor cores only, no wgmma), so
+that the simulator answers :func:`tensor_cores_available` and :func:`wgmma_available` as a T4 does.
 """
 from __future__ import annotations
 
@@ -183,7 +183,7 @@ def resolve(family: str, dtype, tf32: bool, channels: int, target: str | None = 
         var = tuned_variant(family, dtype, tf32, channels, target, device, geometry, run)
     elif var == "auto":
         var = auto_variant(family, dtype, tf32, channels)
-    if var in TC_VARIANTS and not tensor_cores_for(target, lambda: launch()[0] if launch else None):
+    if var in TC_VARIANTS and not tensor_cores_for(target, lambda: launch()[0] if launch else None, dtype, tf32):
         return auto_variant(family, np.float32, False, channels)  # the CUDA-core tiles, in the arrays' precision
     return var
 
@@ -299,7 +299,7 @@ def clear_tuned():
 
 def tune_candidates(family: str, dtype, tf32: bool, target: str, device=None, channels: int = 0) -> tuple:
     """The variants autotuning times for ``family`` on ``dtype`` (see above)."""
-    if (tf32 or np.dtype(dtype) in precision.LOW_PRECISION) and tensor_cores_available(target, device):
+    if (tf32 or np.dtype(dtype) in precision.LOW_PRECISION) and tensor_cores_available(target, device, dtype, tf32):
         return tuple(v for v in TC_VARIANTS if v not in _WGMMA_VARIANTS or wgmma_available(target, device))
     if family == "conv2d_backward_data" and channels < AUTO_V1_BELOW:
         return ("v1", "v2", "v3")
@@ -758,8 +758,9 @@ _sim_arch: contextvars.ContextVar = contextvars.ContextVar("gpuconv_sim_arch", d
 @contextlib.contextmanager
 def sim_arch(cc: int | None):
     """Simulator launches in this block build and run as on a GPU of compute capability ``cc``
-    (75: the sm_75 forms of kernels/mma.cuh, float16 tensor cores only, no wgmma: the wgmma tiles
-    run as their mma.sync fallbacks, as on a T4); None: the full simulator."""
+    (75: the sm_75 forms of kernels/mma.cuh, float16 tensor cores only, no wgmma; the registry
+    then routes bfloat16 and TF32 convolutions to the CUDA-core tiles and wgmma tiles to their
+    mma.sync fallbacks, as on a T4); None: the full simulator."""
     if cc is not None and cc not in SIM_ARCHS:
         raise ValueError(f"sim_arch {cc!r}: the simulator builds for compute capability "
                          f"{', '.join(map(str, SIM_ARCHS))} or None (every instruction)")
@@ -975,10 +976,21 @@ def wgmma_available(target: str, device: int | None = None) -> bool:
     return _env.flag("GPUCONV_WGMMA", default=True) and _arch_specific_build(device)
 
 
-# Files whose kernels are mma.sync/ldmatrix/cp.async (kernels/mma.cuh): they build for sm_80 and
-# newer only, and run on such GPUs only.
+# Files whose kernels are mma.sync/ldmatrix/cp.async (kernels/mma.cuh): they build for sm_75 and
+# newer, and run on such GPUs only, in the builds whose tensor-core format the GPU multiplies:
+# float16 from compute capability 7.5 (Turing's mma.m16n8k8 .f16, the T4 of Colab's free tier),
+# bfloat16 and TF32 from 8.0 (Ampere's mma .bf16 and .tf32). wgmma: sm_90a only (ARCH_SPECIFIC).
 TENSOR_CORE_FILES = tuple(f for f, headers in UNIT_HEADERS.items() if "mma.cuh" in headers)
-TENSOR_CORE_MIN_CC = 80
+TENSOR_CORE_MIN_CC = {"float16": 75, "bfloat16": 80, "tf32": 80}
+
+
+def tensor_core_min_cc(dtype=None, tf32: bool = False) -> int:
+    """The compute capability from which ``dtype``'s convolutions and GEMMs run on tensor cores
+    (``tf32``: float32 in TF32 mode): 75 for float16, 80 for bfloat16 and TF32, and 80 for None
+    (every tensor-core format)."""
+    if dtype is None:
+        return max(TENSOR_CORE_MIN_CC.values())
+    return TENSOR_CORE_MIN_CC.get("tf32" if tf32 else np.dtype(dtype).name, max(TENSOR_CORE_MIN_CC.values()))
 
 
 def arch_capability(arch: str) -> int:
@@ -991,12 +1003,13 @@ def arch_capability(arch: str) -> int:
     return int(m.group(1))
 
 
-def runs_as(variant: str, target: str, device: int | None = None) -> str | None:
-    """The conv2d variant that launches when ``variant`` is asked for on ``target``: itself, a wgmma
-    tile's mma.sync fallback (:data:`WGMMA_FALLBACK`) where wgmma does not run, None for any
-    tensor-core tile on a GPU without tensor cores (a CUDA-core tile then runs, chosen by the
-    channel rule)."""
-    if variant in TC_VARIANTS and not tensor_cores_available(target, device):
+def runs_as(variant: str, target: str, device: int | None = None, dtype=None, tf32: bool = False) -> str | None:
+    """The conv2d variant that launches when ``variant`` is asked for on ``target`` for ``dtype``
+    (None: every tensor-core format; ``tf32``: float32 in TF32 mode): itself, a wgmma tile's
+    mma.sync fallback (:data:`WGMMA_FALLBACK`) where wgmma does not run, None for any tensor-core
+    tile on a GPU without tensor cores for it (a CUDA-core tile then runs, chosen by the channel
+    rule)."""
+    if variant in TC_VARIANTS and not tensor_cores_available(target, device, dtype, tf32):
         return None
     return tensor_core_tile(variant, target, device)
 
@@ -1009,12 +1022,17 @@ def tensor_core_tile(variant: str, target: str, device: int | None = None) -> st
     return variant
 
 
-def tensor_cores_available(target: str, device: int | None = None) -> bool:
-    """Whether the tensor-core kernels (:data:`TENSOR_CORE_FILES`: mma.sync needs compute capability
-    8.0) run on ``target``: on the simulator always; on a GPU from Ampere on. Elsewhere (a T4 or a
-    V100) bfloat16, float16 and TF32 convolutions run the CUDA-core tiles, which compute the same
-    precision rule, and the linear layer's GEMMs run as 1x1 convolutions."""
-    return target == "sim" or _compute_capability(device) >= TENSOR_CORE_MIN_CC
+def tensor_cores_available(target: str, device: int | None = None, dtype=None, tf32: bool = False) -> bool:
+    """Whether the tensor-core kernels (:data:`TENSOR_CORE_FILES`) run ``dtype`` (``tf32``: float32
+    in TF32 mode; None: every tensor-core format) on ``target``: on the simulator always (in its
+    sm_75 build, :func:`sim_arch`, as on a T4); on a GPU of compute capability 7.5 or newer for
+    float16 (Turing: a T4, RTX 20xx), 8.0 or newer for bfloat16 and TF32 (Ampere on). Elsewhere (a
+    T4's bfloat16 and TF32, a V100) the convolutions run the CUDA-core tiles, which compute the
+    same precision rule, and the linear layer's GEMMs run as 1x1 convolutions."""
+    if target == "sim":
+        cc = _sim_arch.get()
+        return cc is None or cc >= tensor_core_min_cc(dtype, tf32)
+    return _compute_capability(device) >= tensor_core_min_cc(dtype, tf32)
 
 
 @functools.lru_cache(maxsize=None)
@@ -1022,18 +1040,22 @@ def _compute_capability(device) -> int:
     return int(backend.require_cupy().cuda.Device(device).compute_capability)
 
 
-def tensor_cores_for(target: str, device) -> bool:
-    """:func:`tensor_cores_available` for a launch, looking its device up (``device()``) only on a
-    machine where some GPU lacks them: every launch asks, and most machines have no such GPU.
-    (Not memoized itself: ``device`` is a new closure over the launch's arrays at every call.)"""
-    return target != "cuda" or _every_gpu_has_tensor_cores() or tensor_cores_available(target, device())
+def tensor_cores_for(target: str, device, dtype=None, tf32: bool = False) -> bool:
+    """:func:`tensor_cores_available` for a launch of ``dtype``, looking its device up (``device()``)
+    only on a machine where some GPU lacks them: every launch asks, and most machines have no such
+    GPU. (Not memoized itself: ``device`` is a new closure over the launch's arrays at every call.)"""
+    if target != "cuda":
+        return tensor_cores_available(target, None, dtype, tf32)
+    min_cc = tensor_core_min_cc(dtype, tf32)
+    return _every_gpu_has_tensor_cores(min_cc) or _compute_capability(device()) >= min_cc
 
 
 @functools.lru_cache(maxsize=None)
-def _every_gpu_has_tensor_cores() -> bool:
-    """Whether no GPU of this machine lacks them (the common case: then no launch looks up its device)."""
+def _every_gpu_has_tensor_cores(min_cc: int) -> bool:
+    """Whether every GPU of this machine is of compute capability ``min_cc`` or newer (the common
+    case: then no launch looks up its device)."""
     count = backend.require_cupy().cuda.runtime.getDeviceCount()
-    return all(_compute_capability(d) >= TENSOR_CORE_MIN_CC for d in range(count))
+    return all(_compute_capability(d) >= min_cc for d in range(count))
 
 
 @functools.lru_cache(maxsize=None)
@@ -1190,8 +1212,9 @@ def precompile(device: int | None = None, *, arch: str | None = None, files=KERN
     ``arch`` ('sm_90': no GPU needed), into the disk cache (:func:`cuda_cache_dir`), ``jobs`` at a
     time (default: one per CPU core; NVRTC releases the GIL): no launch later waits for a compile,
     which otherwise happens module by module at first use (some 10 s each for conv2d_tc's
-    tensor-core builds). For a GPU or arch below sm_80 the :data:`TENSOR_CORE_FILES` are left
-    out (nothing launches them there). Returns a record per build, ``{"file", "build", "arch",
+    tensor-core builds). The :data:`TENSOR_CORE_FILES` build only where the GPU or arch runs
+    them: from sm_75 their float16 and trapping (float32, float64) builds, from sm_80 all
+    (nothing launches the others there, and mma.cuh's sm_75 build has no bfloat16 or TF32 form). Returns a record per build, ``{"file", "build", "arch",
     "seconds", "cached", "stored"}`` (stored: in the disk cache now), in ``files``' order; raises the first compile error, after the other
     builds finish."""
     import concurrent.futures
@@ -1201,18 +1224,23 @@ def precompile(device: int | None = None, *, arch: str | None = None, files=KERN
     wanted = set(_DTYPES) if dtypes is None else {np.dtype(d) for d in dtypes}
     if arch is None:
         device = backend.require_cupy().cuda.Device(device).id
-        tensor_cores = tensor_cores_available("cuda", device)
+        cc = _compute_capability(device)
     else:
         cc = arch_capability(arch)
         from cupy_backends.cuda.libs import nvrtc
         if cc < min(int(a) for a in nvrtc.getSupportedArchs()):  # (a raw "invalid --gpu-architecture" otherwise)
             raise _too_old_for_nvrtc(f"precompile(arch={arch!r}) asks for compute capability {cc // 10}.{cc % 10}", cc)
-        tensor_cores = cc >= TENSOR_CORE_MIN_CC
-    if not tensor_cores:  # never launched there (and mma.sync does not build for it)
+    if cc < min(TENSOR_CORE_MIN_CC.values()):  # never launched there (and mma.sync does not build for it)
         files = tuple(f for f in files if f not in TENSOR_CORE_FILES)
     archs = {f: _device_arch(f, device) if arch is None else _file_arch(f, arch) for f in files}
+
+    def runs(f, dt, t):  # a tensor-core file's build of a format this GPU lacks: never launched, nor built
+        low = t or dt in precision.LOW_PRECISION
+        return f not in TENSOR_CORE_FILES or not low or cc >= tensor_core_min_cc(dt, t)
+
     builds = [(f, dt, t) for f in files for dt in _DTYPES if dt in wanted
-              for t in ((False, True) if tf32 and dt == precision.float32 and f in TF32_FILES else (False,))]
+              for t in ((False, True) if tf32 and dt == precision.float32 and f in TF32_FILES else (False,))
+              if runs(f, dt, t)]
 
     def one(build):
         f, dt, tf = build

@@ -359,15 +359,15 @@ def test_a_packed_copy_lives_as_long_as_its_compute_copy_and_evaluation_casts_no
 
 
 def test_a_gpu_without_tensor_cores_gets_no_packed_filters(monkeypatch):
-    """On a T4 or a V100 the bf16/fp16 convolutions run on CUDA cores, which never read the data
+    """On a V100 (and a T4 in bf16) the bf16/fp16 convolutions run on CUDA cores, which never read the data
     gradient's packed filters: the cast writes none (one copy per filter fewer each step), and the
     step's gradients are those of a cast that writes them."""
     from gpuconv.ops import _launch_conv2d_tc as TC
-    monkeypatch.setattr(kernels, "tensor_cores_for", lambda target, device: False)  # a T4 (on the simulator)
+    monkeypatch.setattr(kernels, "tensor_cores_for", lambda target, device, dtype=None, tf32=False: False)  # a V100
     x, y = batch()
     grads, asks_the_device = [], amp._tensor_cores
     for pack in (True, False):  # before: packed all the same; now: the device's answer
-        monkeypatch.setattr(amp, "_tensor_cores", (lambda data: True) if pack else asks_the_device)
+        monkeypatch.setattr(amp, "_tensor_cores", (lambda data, dtype: True) if pack else asks_the_device)
         with gpuconv.default_device("sim"), kernels.launch_log() as log:
             model = small_net()
             amp.cast_parameters(model, BF16)

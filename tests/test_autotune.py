@@ -328,23 +328,28 @@ def test_the_wgmma_tiles_can_be_switched_off_on_a_gpu(monkeypatch):
 
 
 def test_a_gpu_without_tensor_cores_runs_the_cuda_core_tiles(monkeypatch):
-    """mma.sync needs compute capability 8.0: on a T4 (7.5) or a V100 (7.0) a bfloat16, float16 or
-    TF32 convolution, asked for a tensor-core tile or "auto", runs v2/v3 (the same precision rule),
-    autotuning times those, the linear layer takes the 1x1 convolution, and precompile builds no
-    tensor-core file (mma.sync does not compile for them)."""
+    """bfloat16 and TF32 mma.sync need compute capability 8.0, float16's 7.5: on a T4 (7.5) a
+    bfloat16 or TF32 convolution, asked for a tensor-core tile or "auto", runs v2/v3 (the same
+    precision rule), autotuning times those, the linear layer takes the 1x1 convolution, and
+    precompile builds no bfloat16 or TF32 tensor-core file (sm_75 has no such mma); its float16
+    runs on the tensor cores (tc, tc128; a wgmma tile as its mma.sync fallback)."""
     from gpuconv.ops import _launch_linear
     monkeypatch.setattr(kernels, "_compute_capability", lambda device: 75)
-    monkeypatch.setattr(kernels, "_every_gpu_has_tensor_cores", lambda: False)
+    monkeypatch.setattr(kernels, "_every_gpu_has_tensor_cores", lambda min_cc: min_cc <= 75)
     assert not kernels.tensor_cores_available("cuda", 0) and kernels.tensor_cores_available("sim")
+    assert not kernels.tensor_cores_available("cuda", 0, BF16) and kernels.tensor_cores_available("cuda", 0, np.float16)
     assert kernels.tune_candidates("conv2d_forward", BF16, False, "cuda", 0) == ("v2", "v3")
     assert kernels.tune_candidates("conv2d_forward", np.float32, True, "cuda", 0) == ("v2", "v3")
+    assert kernels.tune_candidates("conv2d_forward", np.float16, False, "cuda", 0) == ("tc", "tc128", "tc128w")
     launch = lambda: (0, ())  # noqa: E731  (device 0, no geometry: nothing is tuned)
-    for dtype, tf32 in ((BF16, False), (np.float16, False), (np.float32, True)):
+    for dtype, tf32 in ((BF16, False), (np.float32, True)):
         assert kernels.resolve("conv2d_forward", dtype, tf32, 256, "cuda", launch=launch) == "v3"
         assert kernels.resolve("conv2d_backward_data", dtype, tf32, 3, "cuda", launch=launch) == "v1"
         with kernels.use_variant(conv2d_forward="tc128"):
             assert kernels.resolve("conv2d_forward", dtype, tf32, 256, "cuda", launch=launch) == "v3"
             assert kernels.resolve("conv2d_forward", dtype, tf32, 256, "sim", launch=launch) == "tc128"
+    assert kernels.resolve("conv2d_forward", np.float16, False, 256, "cuda", launch=launch) == "tc128"
+    assert kernels.resolve("conv2d_backward_data", np.float16, False, 3, "cuda", launch=launch) == "tc"
     # autotuning on: where it may not time (a no-sync block, a graph capture) its rule falls back too
     monkeypatch.setattr(kernels, "autotune_enabled", lambda default=False: True)
     monkeypatch.setattr(kernels, "_device_model", lambda target, device: "Tesla-T4")
@@ -356,13 +361,17 @@ def test_a_gpu_without_tensor_cores_runs_the_cuda_core_tiles(monkeypatch):
     monkeypatch.setattr(kernels, "array_device", lambda arrays: 0)
     x, w = np.zeros((4, 8), BF16), np.zeros((2, 8), BF16)
     assert not _launch_linear._on_gemm_tc(x, w, "cuda") and _launch_linear._on_gemm_tc(x, w, "sim")
+    assert _launch_linear._on_gemm_tc(x.astype(np.float16), w.astype(np.float16), "cuda")
     monkeypatch.setattr(kernels, "_cached_binary", lambda src, f, dt, arch, where="", tf32=False: (None, None))
     built = {r["file"] for r in kernels.precompile(arch="sm_75", dtypes=[BF16])}
     assert built and not built & set(kernels.TENSOR_CORE_FILES) and "conv2d" in built
     assert set(kernels.TENSOR_CORE_FILES) == {"conv2d_tc", "gemm_tc"}
+    builds = {(r["file"], r["build"]) for r in kernels.precompile(arch="sm_75", dtypes=[np.float16, np.float32])}
+    assert {("conv2d_tc", "float16"), ("gemm_tc", "float16"), ("conv2d", "float+tf32")} <= builds
+    assert not {b for b in builds if b[0] in kernels.TENSOR_CORE_FILES and b[1] == "float+tf32"}
     assert set(kernels.TENSOR_CORE_FILES) <= {r["file"] for r in kernels.precompile(arch="sm_80", dtypes=[BF16])}
     # Where every GPU has them (the common case) a launch does not look its device up
-    monkeypatch.setattr(kernels, "_every_gpu_has_tensor_cores", lambda: True)
+    monkeypatch.setattr(kernels, "_every_gpu_has_tensor_cores", lambda min_cc: True)
     with kernels.use_variant(conv2d_forward="tc128"):
         assert kernels.resolve("conv2d_forward", BF16, False, 256, "cuda", launch=lambda: pytest.fail("looked up")) == "tc128"
 

@@ -447,16 +447,23 @@ def test_sanitize_gpu_expects_only_the_kernels_that_run_on_this_gpu(monkeypatch)
     from gpuconv import kernels
     wgmma = {k for k in sanitize.EXPECTED if "_tcwg" in k}
     assert len(wgmma) == 12 and sanitize.expected_here("sim") == (sanitize.EXPECTED, None)
-    monkeypatch.setattr(kernels, "tensor_cores_available", lambda target, device=None: True)
+    monkeypatch.setattr(kernels, "tensor_cores_available", lambda target, device=None, dtype=None, tf32=False: True)
     monkeypatch.setattr(kernels, "wgmma_available", lambda target, device=None: target == "sim")
     expected, note = sanitize.expected_here("cuda")
     assert expected == sanitize.EXPECTED - wgmma and note.startswith("12 wgmma kernels left out")
     monkeypatch.setattr(kernels, "wgmma_available", lambda target, device=None: True)
     assert sanitize.expected_here("cuda") == (sanitize.EXPECTED, None)
-    monkeypatch.setattr(kernels, "tensor_cores_available", lambda target, device=None: target == "sim")
+    monkeypatch.setattr(kernels, "tensor_cores_available",  # a V100
+                        lambda target, device=None, dtype=None, tf32=False: target == "sim")
     expected, note = sanitize.expected_here("cuda")
     assert not [k for k in expected if "_tc" in k or "gemm_tc" in k] and "conv2d_forward_v2" in expected
-    assert "compute capability below 8.0" in note
+    assert "compute capability below 7.5" in note
+    # a T4: its float16 cases launch every mma.sync kernel, the wgmma ones left out
+    monkeypatch.undo()  # the real tensor_cores_available, on a faked compute capability
+    monkeypatch.setattr(kernels, "_compute_capability", lambda device: 75)
+    monkeypatch.setattr(kernels, "wgmma_available", lambda target, device=None: target == "sim")
+    expected, note = sanitize.expected_here("cuda")
+    assert expected == sanitize.EXPECTED - wgmma and "gemm_tc_nn" in expected and "wgmma" in note
 
 
 def test_sanitize_gpu_runs_the_named_tiles_alone(capsys, monkeypatch):

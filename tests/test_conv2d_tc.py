@@ -549,3 +549,37 @@ def test_filters_not_on_a_16_byte_boundary_are_copied_for_the_loaders(target, bu
             dx, dw, _ = LC.conv2d_backward_kernel(DY, cache, True, tf32, target=target)
         for g, e in zip((y, dx, dw), want):
             assert np.asarray(host(g)).tobytes() == np.asarray(host(e)).tobytes()
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("case", [CASES[1], CASES[3]], ids=[IDS[1], IDS[3]])
+def test_sm75_build_runs_float16_on_tensor_cores_and_the_rest_on_cuda_cores(case, channels_last, monkeypatch):
+    """The simulator's sm_75 build (a T4: float16 tensor cores alone, each m16n8k16 two m16n8k8,
+    synchronous stage copies, no wgmma): a float16 convolution runs the mma.sync tiles (a wgmma
+    tile as its fallback) in all three directions within the derived bound, over odd sizes and
+    channel counts that are not multiples of 8; bfloat16 and TF32, asked for the same tiles, run
+    the CUDA-core ones."""
+    monkeypatch.setattr(LC, "MIN_SPLIT_CHUNK", 32)
+    rng = np.random.default_rng([7, CASES.index(case)])
+    _, (k, fh, fw), stride, pad = case
+    with kernels.sim_arch(75):
+        assert not kernels.wgmma_available("sim") and TC.engine("tcwg", np.float16, False, "sim", None) == "tc128"
+        for variant, runs in (("tc", "tc"), ("tcwg", "tc128")):
+            x, w, b = operands(case, np.float16, rng)
+            oh, ow = conv_mod.output_hw(x.shape, (fh, fw), stride, pad)
+            dy = rng.standard_normal((x.shape[0], k, oh, ow)).astype(np.float16)
+            (y, dx, dw), log = run_conv("sim", x, w, b, dy, stride, pad, False, channels_last, variant)
+            assert log.names[:3] == [f"conv2d_{d}_{runs}" for d in ("forward", "backward_data", "backward_weight")]
+            assert layout.is_channels_last(y) == channels_last
+            (ey, edx, edw), (my, mdx, mdw) = exact(x, w, b, dy, stride, pad, False)
+            assert_bound("y", y, ey, my + np.abs(b.astype(np.float64))[None, :, None, None], x.shape[1] * fh * fw + 1,
+                         np.float16, 1.0)
+            assert_bound("dx", dx, edx, mdx, k * fh * fw, np.float16, 1.0)
+            assert_bound("dw", dw, edw, mdw, x.shape[0] * oh * ow, np.float16, 1.0)
+        if channels_last:
+            return
+        for dtype, tf32 in ((BF16, False), (np.dtype(np.float32), True)):
+            x, w, b = operands(case, dtype, rng)
+            dy = rng.standard_normal((x.shape[0], k, oh, ow)).astype(dtype)
+            _, log = run_conv("sim", x, w, b, dy, stride, pad, tf32, channels_last, "tc")
+            assert not [n for n in log.names if "_tc" in n], (dtype, log.names)

@@ -646,7 +646,7 @@ def test_benchmark_loop_times_every_variant_and_names_the_fastest(monkeypatch):
     monkeypatch.setattr(bench.B, "cupy_module", lambda: FakeCupy)
     monkeypatch.setattr(bench.common.B, "cupy_module", lambda: FakeCupy)
     monkeypatch.setattr(kernels, "wgmma_available", lambda target, device=None: True)  # a Hopper, for the rows
-    monkeypatch.setattr(kernels, "tensor_cores_available", lambda target, device=None: True)
+    monkeypatch.setattr(kernels, "tensor_cores_available", lambda target, device=None, dtype=None, tf32=False: True)
     monkeypatch.setattr(bench, "run_direction",
                         lambda direction, *a: calls.append((direction, kernels.variant(bench.DIRECTIONS[direction]))))
     rows = bench.benchmark(2, warmup=2, repeat=5, use_torch=False, layers=[(3, 4, 8)])
@@ -673,7 +673,8 @@ def test_benchmark_loop_times_every_variant_and_names_the_fastest(monkeypatch):
                                                                                         "tc128w")
         assert bench.family_variants("conv2d_forward", ("tc", "tcwg"), "bf16", "cuda") == ("tc",)
         assert [kernels.runs_as(v, "cuda") for v in ("v2", "tc", "tcwg", "tcwgn64")] == ["v2", "tc", "tc128", "tc"]
-        mp.setattr(kernels, "tensor_cores_available", lambda target, device=None: target == "sim")  # a T4, a V100
+        mp.setattr(kernels, "tensor_cores_available",  # a V100 (a T4's bf16)
+                   lambda target, device=None, dtype=None, tf32=False: target == "sim")
         assert bench.family_variants("conv2d_forward", prec="bf16", target="cuda") == ("v2", "v3")
         assert kernels.runs_as("tc", "cuda") is None and kernels.runs_as("tcwg", "sim") == "tcwg"
     rows = bench.benchmark(2, warmup=0, repeat=1, use_torch=False, layers=[(3, 4, 8)], precisions=("bf16",))

@@ -151,6 +151,18 @@ def test_low_precision_runs_the_tensor_core_gemm_within_the_reduction_bound(targ
     assert log.names == ["gemm_tc_nt", "gemm_tc_nn", "gemm_tc_nn"] + (["conv2d_backward_bias"] if bias else [])
 
 
+def test_sm75_build_runs_float16_on_the_gemm_and_bfloat16_as_the_1x1_convolution():
+    """On the simulator's sm_75 build (a T4's tensor cores: float16 alone) float16 takes the
+    tensor-core GEMM, bfloat16 the CUDA-core 1x1 convolution, both within the bound."""
+    from gpuconv import kernels
+    bf16, f16 = _low_dtypes()
+    with kernels.sim_arch(75):
+        log = _run_and_check("sim", f16, (7, 2, 3, 3), 10, True)
+        assert log.names == ["gemm_tc_nt", "gemm_tc_nn", "gemm_tc_nn", "conv2d_backward_bias"]
+        log = _run_and_check("sim", bf16, (7, 2, 3, 3), 10, True)
+        assert not [n for n in log.names if "_tc" in n] and "conv2d_forward_v2" in log.names
+
+
 @pytest.mark.parametrize("dtype, prec", [(np.float32, "fp32"), (np.float32, "tf32"), (np.float64, None)],
                          ids=["fp32", "tf32", "f64"])
 @pytest.mark.parametrize("x_shape, out, bias", [((5, 3), 2, True), ((7, 2, 3, 3), 10, False), ((33, 70), 13, True)])

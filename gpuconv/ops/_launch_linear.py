@@ -18,8 +18,9 @@ added there, each result rounded once to the operands' dtype.
   split-K weight gradient.
 
 A bfloat16/float16 layer past the tensor-core GEMM's int indexing, or on a GPU without tensor cores
-(compute capability below 8.0: :func:`gpuconv.kernels.tensor_cores_available`), runs as the 1x1
-convolution too, on its CUDA-core tiles, in the same precision rule.
+for its dtype (float16 below compute capability 7.5, bfloat16 below 8.0:
+:func:`gpuconv.kernels.tensor_cores_available`), runs as the 1x1 convolution too, on its CUDA-core
+tiles, in the same precision rule.
 """
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ def _on_gemm_tc(x, w, target):
     n, (out, inp) = x.shape[0], w.shape
     return (x.dtype in precision.LOW_PRECISION and fits(x.itemsize, n, out, inp)
             and all(kernels.tile_grid_fits(r, c, TILE, TILE) for r, c in ((n, out), (n, inp), (out, inp)))
-            and kernels.tensor_cores_for(target, lambda: kernels.array_device([x])))
+            and kernels.tensor_cores_for(target, lambda: kernels.array_device([x]), x.dtype))
 
 
 def _rows(x, w):
