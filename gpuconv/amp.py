@@ -5,8 +5,9 @@ A training precision is one of:
 - ``'tf32'``: float32 arrays, with conv2d and linear rounding their inputs to TF32 inside the
   GEMM (:func:`gpuconv.precision_mode`, like PyTorch's ``allow_tf32``);
 - ``'auto'`` (:func:`resolve_precision`): ``'bf16'`` on a GPU with bfloat16 tensor cores
-  (compute capability 8.0 or newer), ``'fp32'`` anywhere else (the CPU, the simulator, older
-  GPUs); what the speed recipes (fast, the airbench ones) train in;
+  (compute capability 8.0 or newer), ``'fp16'`` on one with float16 tensor cores only (7.5: a
+  T4, an RTX 20xx; with the loss scaler), ``'fp32'`` anywhere else (the CPU, the simulator,
+  older GPUs); what the speed recipes (fast, the airbench ones) train in;
 - ``'bf16'`` / ``'fp16'``: the parameters stay float32 masters, held and updated by the
   optimizer; once per step each conv/linear parameter is cast to the low precision on the
   device (:func:`cast_parameters`), the batch too, and forward and backward compute with those
@@ -59,16 +60,20 @@ def resolve_precision(precision, device=None) -> str:
     """``precision`` checked, with ``'auto'`` made concrete for ``device`` (a
     :class:`gpuconv.backend.Device` or its spec; default: the default device): ``'bf16'`` on a
     CUDA device of compute capability 8.0 or newer, whose tensor cores multiply bfloat16 (the
-    convolutions 4-5x faster than strict float32 there, to float32's accuracy: RESULTS.md), else
-    ``'fp32'``: NumPy and the simulator compute bfloat16 in software, and older GPUs have no
-    bfloat16 tensor cores."""
+    convolutions 4-5x faster than strict float32 there, to float32's accuracy: RESULTS.md);
+    ``'fp16'`` on one of 7.5 (Turing: a T4, an RTX 20xx), whose tensor cores multiply float16
+    alone (65 TFLOP/s on a T4 against 8 in float32; the trainer scales the loss for fp16's range,
+    :class:`LossScaler`); else ``'fp32'``: NumPy and the simulator compute the low precisions in
+    software, and older GPUs have no tensor cores for them (:func:`gpuconv.kernels.tensor_cores_available`)."""
     if precision != "auto":
         return check_precision(precision)
     device = backend.get_default_device() if device is None else backend.Device(device)
     if not device.is_cuda:
         return "fp32"
-    cc = backend.require_cupy().cuda.Device(device.index).compute_capability
-    return "bf16" if int(cc) >= 80 else "fp32"
+    cc = int(backend.require_cupy().cuda.Device(device.index).compute_capability)
+    if cc >= kernels.TENSOR_CORE_MIN_CC["bfloat16"]:
+        return "bf16"
+    return "fp16" if cc >= kernels.TENSOR_CORE_MIN_CC["float16"] else "fp32"
 
 
 def check_precision(precision, where="precision"):

@@ -159,7 +159,8 @@ class Trainer:
     (saved and restored with the checkpoint, for code that extends the trainer); the model and
     the loader take their own seeds, so runs repeat exactly.
     ``precision``: 'fp32', 'tf32', 'bf16', 'fp16' or 'auto' (:mod:`gpuconv.amp`: bf16 where the
-    model's parameters are on a GPU with bfloat16 tensor cores, else fp32; default: the float32
+    model's parameters are on a GPU with bfloat16 tensor cores, fp16 on one with float16 tensor
+    cores alone (a T4), else fp32; default: the float32
     mode in effect, :func:`gpuconv.get_precision`); fp16 scales the loss with ``loss_scaler``
     (default: a :class:`gpuconv.amp.LossScaler`).
     ``lookahead``: a :class:`gpuconv.lookahead.Lookahead` updated every ``lookahead.every`` steps
@@ -206,6 +207,7 @@ class Trainer:
         if precision is None:  # the float32 compute mode in effect ('fp32', or 'tf32' after set_precision)
             from .precision import get_precision
             precision = get_precision()
+        self._auto_precision = precision == "auto"
         if precision == "auto":  # decided by the device the model's parameters live on
             params = model.parameters()
             precision = amp.resolve_precision("auto", backend.device_of(params[0].data) if params else None)
@@ -296,7 +298,10 @@ class Trainer:
                    "learning rates from the device (other optimizers' per-step values would be frozen at the "
                    "capture)")
         elif self.scaler is not None:
-            why = "precision 'fp16' scales the loss with per-step host state; use 'bf16' (float32's range, no scaler)"
+            why = ("precision 'fp16'" + (" (what 'auto' chose: this GPU's tensor cores multiply float16 alone)"
+                                         if self._auto_precision else "")
+                   + " scales the loss with per-step host state; use 'bf16' (float32's range, no scaler; on "
+                   "tensor cores from compute capability 8.0) or 'fp32'")
         elif any(isinstance(m, Dropout) and m.p > 0 for m in self.model.modules()):
             why = "the model has dropout, whose per-step keys a replay would freeze"
         if why is not None:

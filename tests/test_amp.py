@@ -409,7 +409,8 @@ def test_the_data_gradient_reads_the_cast_copy_with_the_repacks_bits(monkeypatch
 
 def test_trainer_precision_auto_follows_the_models_device(monkeypatch):
     """'auto' is decided where the parameters live: fp32 for NumPy arrays (the CPU and the
-    simulator compute bfloat16 in software), bf16 for a GPU of compute capability 8.0 or newer."""
+    simulator compute bfloat16 in software), bf16 for a GPU of compute capability 8.0 or newer,
+    fp16 for a T4 (7.5), which turns the loss scaler on."""
     net = small_net()
     assert Trainer(net, SGD(net.parameters(), lr=0.1), progress=False, precision="auto").precision == "fp32"
     asked = []
@@ -417,6 +418,11 @@ def test_trainer_precision_auto_follows_the_models_device(monkeypatch):
     monkeypatch.setattr(amp, "resolve_precision", lambda p, d: asked.append((p, d)) or "bf16")
     assert Trainer(net, SGD(net.parameters(), lr=0.1), progress=False, precision="auto").precision == "bf16"
     assert asked == [("auto", backend.Device("cuda:1"))]
+    monkeypatch.setattr(amp, "resolve_precision", lambda p, d: "fp16")  # a T4
+    t = Trainer(net, SGD(net.parameters(), lr=0.1), progress=False, precision="auto")
+    assert t.precision == "fp16" and isinstance(t.scaler, amp.LossScaler)
+    with pytest.raises(ValueError, match=r"cuda_graph=True: precision 'fp16' \(what 'auto' chose: .*or 'fp32'"):
+        Trainer(net, SGD(net.parameters(), lr=0.1), progress=False, precision="auto", cuda_graph=True)
     with pytest.raises(ValueError, match="precision='half': use one of"):
         Trainer(net, SGD(net.parameters(), lr=0.1), progress=False, precision="half")
 

@@ -72,8 +72,10 @@ class _FakeCupy:
         self.cuda = type("cuda", (), {"Device": lambda _, i=0: type("D", (), {"compute_capability": cc})()})()
 
 
-@pytest.mark.parametrize("cc, want", [("90", "bf16"), ("80", "bf16"), ("75", "fp32")])
+@pytest.mark.parametrize("cc, want", [("90", "bf16"), ("80", "bf16"), ("75", "fp16"), ("70", "fp32")])
 def test_precision_auto_is_bf16_on_a_gpu_with_bfloat16_tensor_cores(monkeypatch, cc, want):
+    """'auto' is bf16 from compute capability 8.0, fp16 on 7.5 (a T4: float16 tensor cores only),
+    fp32 below and off the GPU."""
     from gpuconv import amp, backend
     monkeypatch.setattr(backend, "require_cupy", lambda: _FakeCupy(cc))
     cuda = backend.Device("cuda")
