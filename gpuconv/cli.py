@@ -49,7 +49,8 @@ WIDTH_HELP = ("channel width of fast_net (default 64), or of an airbench network
               "in the recipe's ratio (airbench94: W, 4W, 4W; airbench95: W, 3W, 3W; airbench96: W, 3W, 4W)")
 PRECISION_HELP = ("fp32 (strict float32), tf32 (float32 with TF32 convolutions), bf16 or fp16 (mixed precision: "
                   "float32 master weights, low-precision compute; fp16 with loss scaling), or auto (bf16 on a GPU "
-                  "with bfloat16 tensor cores, compute capability >= 8.0, else fp32). Default: the recipe's "
+                  "with bfloat16 tensor cores, compute capability >= 8.0; fp16 on 7.5, a T4; else fp32). Default: "
+                  "the recipe's "
                   "(auto for fast and the airbench recipes; fp32 for the others)")
 
 

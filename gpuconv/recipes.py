@@ -38,7 +38,8 @@ Keys of a recipe:
                    (airbench94_muon)
   tta              the test-time augmentation level of the final evaluation (0, 1, 2)
   precision        'fp32', 'tf32', 'bf16', 'fp16', or 'auto': bf16 on a GPU with bfloat16 tensor
-                   cores, fp32 on the CPU, the simulator and older GPUs (:func:`amp.resolve_precision`);
+                   cores, fp16 on one with float16 tensor cores alone (a T4), fp32 on the CPU, the
+                   simulator and older GPUs (:func:`amp.resolve_precision`);
                    the speed recipes say 'auto' (airbench94 itself trains in float16)
 """
 from __future__ import annotations
