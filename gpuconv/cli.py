@@ -32,7 +32,7 @@ from . import _env
 from ._console import CONSOLE, silence
 from ._files import directory_lock
 from .data.augment import CIFAR10_MEAN, CIFAR10_STD
-from .recipes import RECIPES, get_recipe
+from .recipes import DEFAULTS, RECIPES, get_recipe
 
 # name -> (constructor in gpuconv.models, its extra keyword arguments).
 MODELS = {"seed": ("seed_net", {}), "three_layer": ("three_layer_convnet", {}), "fast": ("fast_net", {}),
@@ -465,6 +465,10 @@ def _settings(args, device=None, stored_config=None):
         s["model_kwargs"] = {}
     s["model"] = model
     s.update({k: v for k, v in stored.items() if k in RESUMABLE})
+    if stored:  # the run goes on as it was set up, whatever the recipe says now; a setting older
+        # versions did not record had the default's behavior then (it came with the setting)
+        s.update({k: stored.get(k, DEFAULTS.get(k, s[k])) for k in get_recipe(recipe) if k not in RESUMABLE})
+        s.update({k: v for k, v in DEFAULTS.items() if k in RESUMABLE and k not in stored})
     s.update(given)
     if s["schedule"] != get_recipe(recipe)["schedule"]:  # the recipe's schedule arguments are for its own
         s["schedule_kwargs"] = {}

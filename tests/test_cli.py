@@ -185,6 +185,23 @@ def test_more_epochs_on_resume_only_where_nothing_was_laid_out_over_the_run(tmp_
         resumed("airbench94")
 
 
+def test_resume_keeps_the_runs_recipe_settings_after_the_recipe_changed(tmp_path):
+    """--resume continues a run as it was set up: a recipe value changed since (airbench94_muon's head,
+    its whitening bias's lr) does not reach it, and a setting an older version did not record takes
+    the default, the behavior that version had, not the recipe's value of today."""
+    first = cli.build_parser().parse_args(["train", "--recipe", "airbench94_muon"])
+    old = cli._settings(first, stored_config={})
+    for key in ("model_kwargs", "whiten_bias_lr", "schedule_kwargs", "cutout", "precision"):
+        del old[key]  # not in the train_args of checkpoints written before these settings existed
+    old["head_lr"] = 0.5  # a value the recipe has changed since
+    args = cli.build_parser().parse_args(["train", "--out", str(tmp_path), "--resume"])
+    s = cli._settings(args, stored_config={"train_args": old})
+    assert s["model_kwargs"] == {} and s["whiten_bias_lr"] == "schedule" and s["cutout"] == 0
+    assert s["head_lr"] == 0.5 and s["precision"] == "fp32"
+    assert cli._settings(args, stored_config={"train_args": cli._settings(first, stored_config={})}) == \
+        cli._settings(first, stored_config={})  # a run of this version goes on exactly as it started
+
+
 def test_resume_continues_on_the_runs_own_data_or_refuses(trained, tmp_path, capsys, monkeypatch):
     """The run records its training data (path, count, fingerprint): --resume without --data goes back
     to it, whatever $GPUCONV_DATA says, and other images are refused, not trained on."""
