@@ -16,6 +16,8 @@ so a seed gives bit-identical initial weights on every device.
 """
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 
 from .backend import asnumpy, copy_like
@@ -313,5 +315,12 @@ def from_config(config):
     if not callable(fn):
         raise ValueError(f"model config names constructor {name!r}, which gpuconv.models does not have: "
                          "the checkpoint comes from another gpuconv version or was edited")
-    return fn(**config.get("kwargs", {}))
+    kwargs = config.get("kwargs", {})
+    params = inspect.signature(fn).parameters
+    unknown = sorted(k for k in kwargs if k not in params)
+    if unknown and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        raise ValueError(f"model config gives {name}() the argument(s) {', '.join(unknown)}, which this gpuconv's "
+                         f"{name}() does not take: the checkpoint was written by a newer gpuconv (upgrade gpuconv to "
+                         "read it) or was edited")
+    return fn(**kwargs)
 

@@ -215,3 +215,13 @@ def test_a_sequential_without_need_dx_starts_at_its_first_trained_layer():
     calls.clear()
     y = net(np.ones((1, 3, 6, 6), np.float32))
     assert net.backward(np.ones_like(y)).shape == (1, 3, 6, 6) and calls == [True, True]  # need_dx: all of it
+
+
+def test_a_config_with_arguments_the_constructor_does_not_take_says_a_newer_gpuconv_wrote_it():
+    """A checkpoint of a newer gpuconv can record constructor arguments this version's network
+    does not have (airbench94's head_std once): the error names them and says to upgrade, where
+    the call's TypeError said only 'unexpected keyword argument'."""
+    config = {"constructor": "seed_net", "kwargs": {"seed": 0, "head_std": 1.0, "whiten_bias": "uniform"}}
+    with pytest.raises(ValueError, match=r"seed_net\(\) the argument\(s\) head_std, whiten_bias.*newer gpuconv"):
+        models.from_config(config)
+    assert isinstance(models.from_config({"constructor": "seed_net", "kwargs": {"seed": 0}}), Sequential)
