@@ -274,6 +274,17 @@ def tuning_times() -> dict:
 def load_tuned_variants(table: dict, replace: bool = False):
     """Take the choices of ``table`` (from :func:`tuned_variants`, e.g. a checkpoint's), over the
     current ones (all of them dropped first when ``replace``)."""
+    checked = check_tuned_variants(table)
+    with _tune_lock:
+        if replace:
+            _tuned.clear()
+        _tuned.update(checked)
+        _tuned_fast.clear()
+
+
+def check_tuned_variants(table: dict) -> dict:
+    """``table`` as :func:`load_tuned_variants` takes it, ``{str: str}``; a ValueError naming the
+    first entry whose family or variant this version does not have."""
     checked = {}
     for key, var in dict(table).items():
         family = str(key).split("[", 1)[0]
@@ -282,11 +293,7 @@ def load_tuned_variants(table: dict, replace: bool = False):
             raise ValueError(f"autotuning table entry {key!r}: 'auto' is what the table resolves, not a variant "
                              "to run; give a concrete one (tc, tc128, v2, ...)")
         checked[str(key)] = str(var)
-    with _tune_lock:
-        if replace:
-            _tuned.clear()
-        _tuned.update(checked)
-        _tuned_fast.clear()
+    return checked
 
 
 def clear_tuned():

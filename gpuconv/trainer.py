@@ -476,6 +476,14 @@ class Trainer:
         if self.scheduler is not None and "sched/__tree__" not in arrays:
             raise ValueError(f"checkpoint {path} has no schedule state but this Trainer has a scheduler: "
                              "resume with the same setup as the run that wrote it")
+        tuned = ckpt.unpack_json(arrays["meta/autotune"]) if "meta/autotune" in arrays else None
+        if tuned is not None:  # checked before anything is restored, as the rest is
+            try:
+                tuned = kernels.check_tuned_variants(tuned)
+            except ValueError as exc:
+                raise ValueError(f"checkpoint {path} records an autotuned kernel variant this gpuconv does not have "
+                                 f"({exc}): it was written by another gpuconv version; continue it with that "
+                                 "version, or train into a new --out") from None
         before = self._restorable(loader)
         try:
             self._restore(arrays, loader)
@@ -490,8 +498,8 @@ class Trainer:
         self._resumed_sums = (dict(zip(("loss", "correct", "n", "t"), map(float, sums)))
                               if sums is not None and self.epoch_step else None)
         self.config = self.config or ckpt.read_config(arrays)  # the settings the run goes on with, if given
-        if "meta/autotune" in arrays:
-            kernels.load_tuned_variants(ckpt.unpack_json(arrays["meta/autotune"]))
+        if tuned is not None:
+            kernels.load_tuned_variants(tuned)
         return arrays
 
     @property

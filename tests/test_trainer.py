@@ -379,6 +379,27 @@ def test_a_checkpoint_that_does_not_fit_changes_nothing(cifar, tmp_path):
         assert trainer.step == len(loader) and trainer.epoch == 1
 
 
+def test_a_checkpoint_naming_an_unknown_autotuned_variant_changes_nothing(cifar, tmp_path):
+    """A checkpoint's autotuning table naming a variant this version does not have (one deleted since
+    the run was written) is refused before anything is restored, naming the checkpoint: it used to
+    raise after the weights, optimizer and counters were in."""
+    from gpuconv import kernels
+    train, _ = cifar
+    images, labels = train.images[:64], train.labels[:64]
+    saved, loader = build(images, labels, tmp_path / "a", epochs=2)
+    saved.fit(loader, 1)
+    arrays = ckpt.load_checkpoint(tmp_path / "a" / "checkpoint.npz")
+    arrays["meta/autotune"] = ckpt.pack_json({"conv2d_forward[float32] sim N32 C3 H32 W32 K8 F3x3 S1x1 P1x1": "v0"})
+    ckpt.save_checkpoint(tmp_path / "old.npz", arrays)
+    trainer, loader = build(images, labels, tmp_path / "b", epochs=2)
+    before = trainer._restorable(loader)
+    with pytest.raises(ValueError, match=r"old\.npz records an autotuned kernel variant.*not 'v0'.*another gpuconv"):
+        trainer.load_checkpoint(tmp_path / "old.npz", loader=loader)
+    after = trainer._restorable(loader)
+    assert not [k for k in before if not np.array_equal(before[k], after[k])] and trainer.step == 0
+    assert "v0" not in kernels.tuned_variants().values()
+
+
 def test_raw_pixels_and_an_empty_loader_are_refused(cifar):
     """uint8 images cast to float would train on 0-255 values (loss in the hundreds, no error); an
     empty loader would pass epochs untrained."""
