@@ -4,8 +4,12 @@
 // unbiased one; eval normalizes with the running statistics.
 //
 // Element types (common.cuh): x, y, dy, dx are storage_t; the statistics, gamma, beta, the
-// running statistics, dgamma, dbeta, the partial sums and the cached xhat are acc_t (float32 for
+// running statistics, dgamma, dbeta and the partial sums are acc_t (float32 for
 // bfloat16/float16/float32 storage, double for float64). y and dx are rounded once.
+// The backward reads x (storage_t, as the forward read it) and the mean and recomputes
+// xhat = (x - mean) * inv_std with the forward's operations (bn_xhat), so the forward keeps no
+// acc_t xhat: for bf16/fp16 x, 2 bytes cached per element instead of 4, and 2 fewer bytes read
+// per element by each backward kernel and 4 fewer written by normalize.
 //
 // Reductions, deterministic by construction (no float atomics; every sum has one fixed order that
 // depends on the shape only, not on the device or on which block finishes first, so 'sim' and
@@ -30,22 +34,23 @@
 //             batch mean (Chan et al.: M2 = sum_s M2_s + n_s (mean_s - mean)^2), var = M2 /
 //             count, the biased variance of the reference's mean((x - mean)^2) (never E[x^2] -
 //             mean^2, which cancels); inv_std; the running statistics
-//   normalize y and xhat, elementwise.
-// Eval: eval_inv_std -> normalize. Backward, 2 launches: backward_sums (dy and dy * xhat in one
-// read; dgamma and dbeta in each group's last block) -> backward_dx. normalize and backward_dx
+//   normalize y, elementwise.
+// Eval: eval_inv_std -> normalize. Backward, 2 launches: backward_sums (dy and x in one read for
+// dy and dy * xhat; dgamma and dbeta in each group's last block) -> backward_dx. normalize and backward_dx
 // have a _vec form for channels_last (16 bytes of channels per thread, their statistics hoisted:
-// one load per element where the element kernels make five).
+// they load x, or dy and x, per element, where the element kernels also load five or six
+// per-channel values).
 // A fused activation (act = ACT_RELU or ACT_GELU, activation.cuh): normalize writes y = act(z),
 // z the normalization's output rounded to storage_t as the separate op would return it; the
-// backward recomputes z from the cached xhat (and gamma, beta) in backward_sums and backward_dx
+// backward recomputes z from the recomputed xhat (and gamma, beta) in backward_sums and backward_dx
 // and takes dz = act's backward at z, rounded to storage_t as the separate op returns it. So
 // the fused layer gives the bits of BatchNorm2d followed by the activation layer, without the
 // activation's two passes over memory (and two launches) and without keeping z.
-// Registers on sm_90 (ptxas 13, tests/test_nvrtc.py): 14-40 per kernel in the float32, bf16 and
-// fp16 builds (the _vec forms 48-72: a channel group's statistics and the inlined GELU); in float64
-// 18-58, the _vec forms 52 and 80; at most 6 KiB of shared memory per block and the last-block flag (12 KiB
-// in float64, batchnorm2d_stats); no spills but in float64's backward_dx_vec (80 bytes around the
-// double erfc call). The table below has every figure.
+// Registers on sm_90 (ptxas 13, tests/test_nvrtc.py): 14-32 per kernel in the float32, bf16 and
+// fp16 builds (the _vec forms 40-80: a channel group's statistics and the inlined GELU); in
+// float64 18-64, the _vec forms 46 and 80; at most 6 KiB of shared memory per block and the
+// last-block flag (12 KiB in float64, batchnorm2d_stats); no spills but in float64's
+// backward_dx_vec (160 bytes around the double erfc call). The table below has every figure.
 //
 // Elementwise arithmetic follows the reference operation for operation, each product rounded on
 // its own (mul_rn: NVRTC would otherwise contract a*b + c into one FMA), so with the same
@@ -58,11 +63,11 @@
 //   ptxas 13.0                   f32          f64          bf16         f16          tf32
 //   batchnorm2d_stats            32/6148/0    48/12296/0   32/6148/0    32/6148/0    -
 //   batchnorm2d_eval_inv_std     14/0/0       18/0/0       14/0/0       14/0/0       -
-//   batchnorm2d_normalize        40/0/0       40/0/0       32/0/0       31/0/0       -
-//   batchnorm2d_normalize_vec    48/0/0       52/0/0       70/0/0       64/0/0       -
-//   batchnorm2d_backward_sums    32/3076/0    58/6152/0    32/3076/0    32/3076/0    -
-//   batchnorm2d_backward_dx      32/0/0       56/0/0       31/0/0       31/0/0       -
-//   batchnorm2d_backward_dx_vec  55/0/0       80/0/80      71/0/0       72/0/0       -
+//   batchnorm2d_normalize        32/0/0       40/0/0       32/0/0       29/0/0       -
+//   batchnorm2d_normalize_vec    40/0/0       46/0/0       63/0/0       56/0/0       -
+//   batchnorm2d_backward_sums    32/3076/0    64/6152/0    32/3076/0    32/3076/0    -
+//   batchnorm2d_backward_dx      32/0/0       56/0/0       31/0/0       32/0/0       -
+//   batchnorm2d_backward_dx_vec  56/0/0       80/0/160     80/0/0       80/0/0       -
 
 
 #define BN_LANES 32  // channels per block in the NHWC sums and per group of pass 2
@@ -206,8 +211,11 @@ struct CenteredSquare {
     }
 };
 
+// xhat = (x - mean) * inv_std: the forward's, and the backward's recomputation of it (the same bits).
+__device__ inline acc_t bn_xhat(storage_t x, acc_t mean, acc_t inv_std) { return mul_rn(to_acc(x) - mean, inv_std); }
+
 // The forward's output z of the normalization, as rounded to storage_t before the activation,
-// recomputed from the cached xhat exactly as batchnorm2d_normalize computed it.
+// recomputed from xhat exactly as batchnorm2d_normalize computed it.
 __device__ inline storage_t bn_output(acc_t h, acc_t gamma, acc_t beta) { return from_acc(mul_rn(h, gamma) + beta); }
 
 // The gradient reaching the normalization's output: dy through the fused activation's backward
@@ -218,11 +226,11 @@ __device__ inline acc_t bn_output_grad(storage_t dy, acc_t h, acc_t gamma, acc_t
 
 struct DyAndDyXhat {
     const storage_t* dy;
-    const acc_t* xhat;
-    acc_t gamma, beta;  // the thread's channel's (fused activation only)
+    const storage_t* x;
+    acc_t mean, inv_std, gamma, beta;  // the thread's channel's (gamma, beta: fused activation only)
     int act;
     __device__ void operator()(index_t i, acc_t* a, acc_t* b) const {
-        const acc_t h = xhat[i];
+        const acc_t h = bn_xhat(x[i], mean, inv_std);
         const acc_t g = bn_output_grad(dy[i], h, gamma, beta, act);
         *a = g;
         *b = mul_rn(g, h);
@@ -311,28 +319,27 @@ struct ChannelWalk {
     }
 };
 
-// xhat = (x - mean) * inv_std (acc_t, kept for the backward), z = xhat * gamma + beta rounded once,
-// y = act(z) (activation.cuh; y = z without one); one thread per element in memory order
+// xhat = (x - mean) * inv_std (acc_t, recomputed by the backward), z = xhat * gamma + beta rounded
+// once, y = act(z) (activation.cuh; y = z without one); one thread per element in memory order
 // (grid-stride).
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
 batchnorm2d_normalize(const storage_t* x, const acc_t* mean, const acc_t* inv_std, const acc_t* gamma,
-                      const acc_t* beta, storage_t* y, acc_t* xhat, index_t total, int C, int HW, int act, int cl) {
+                      const acc_t* beta, storage_t* y, index_t total, int C, int HW, int act, int cl) {
     ChannelWalk walk(C, HW, cl);
     for (index_t i = global_thread_index(); i < total; i += global_thread_count(), walk.step()) {
         const int c = walk.c;
-        const acc_t h = mul_rn(to_acc(x[i]) - mean[c], inv_std[c]);
-        xhat[i] = h;
+        const acc_t h = bn_xhat(x[i], mean[c], inv_std[c]);
         y[i] = act_forward(bn_output(h, gamma[c], beta[c]), act);
     }
 }
 
 // The same, channels_last with C a multiple of VEC16 and every array 16-byte aligned (the launcher
-// checks): VEC16 channels of one pixel per thread, x and y as 16 bytes, xhat as VEC16 acc_t, and
-// the channels' statistics read again only when the thread's channel group changes (never, when
+// checks): VEC16 channels of one pixel per thread, x and y as 16 bytes, and the channels'
+// statistics read again only when the thread's channel group changes (never, when
 // the grid's thread count is a multiple of C / VEC16). The same arithmetic per element.
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
 batchnorm2d_normalize_vec(const storage_t* x, const acc_t* mean, const acc_t* inv_std, const acc_t* gamma,
-                          const acc_t* beta, storage_t* y, acc_t* xhat, index_t groups, int C, int act) {
+                          const acc_t* beta, storage_t* y, index_t groups, int C, int act) {
     typedef Lanes<storage_t, VEC16> S;
     typedef Lanes<acc_t, VEC16> A;
     ChannelWalk walk(C / VEC16, 1, 1);
@@ -344,30 +351,29 @@ batchnorm2d_normalize_vec(const storage_t* x, const acc_t* mean, const acc_t* in
             m = ((const A*)mean)[c], s = ((const A*)inv_std)[c], g = ((const A*)gamma)[c], b = ((const A*)beta)[c];
         }
         const S xv = ((const S*)x)[i];
-        A h;
         S yv;
 #pragma unroll
-        for (int l = 0; l < VEC16; ++l) {
-            h.v[l] = mul_rn(to_acc(xv.v[l]) - m.v[l], s.v[l]);
-            yv.v[l] = act_forward(bn_output(h.v[l], g.v[l], b.v[l]), act);
-        }
-        ((A*)xhat)[i] = h;
+        for (int l = 0; l < VEC16; ++l)
+            yv.v[l] = act_forward(bn_output(bn_xhat(xv.v[l], m.v[l], s.v[l]), g.v[l], b.v[l]), act);
         ((S*)y)[i] = yv;
     }
 }
 
 // Pass 1: partial[s][c] = sum of dz and partial[S + s][c] = sum of dz * xhat over split s (one
-// read), dz the gradient at the normalization's output (bn_output_grad: dy, or dy through the fused
-// activation); pass 2, in the group's last block: dbeta[c] = sum of dz, dgamma[c] = sum of
-// dz * xhat over the splits.
+// read of dy and x; xhat recomputed, bn_xhat), dz the gradient at the normalization's output
+// (bn_output_grad: dy, or dy through the fused activation); pass 2, in the group's last block:
+// dbeta[c] = sum of dz, dgamma[c] = sum of dz * xhat over the splits.
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
-batchnorm2d_backward_sums(const storage_t* dy, const acc_t* xhat, const acc_t* gamma, const acc_t* beta,
-                          acc_t* partial, acc_t* dgamma, acc_t* dbeta, unsigned* tickets, int S, int C, int HW,
-                          int count, int chunk, int act, int cl) {
+batchnorm2d_backward_sums(const storage_t* dy, const storage_t* x, const acc_t* mean, const acc_t* inv_std,
+                          const acc_t* gamma, const acc_t* beta, acc_t* partial, acc_t* dgamma, acc_t* dbeta,
+                          unsigned* tickets, int S, int C, int HW, int count, int chunk, int act, int cl) {
     const SplitBlock b(C, count, chunk, cl);
     const bool in = b.c < C;  // a lane past the last channel reads no parameters (and sums nothing)
     acc_t sum_dy, sum_dy_xhat;
-    block_channel_sums(b, C, HW, cl, DyAndDyXhat{dy, xhat, in ? gamma[b.c] : (acc_t)0, in ? beta[b.c] : (acc_t)0, act},
+    const acc_t zero = 0;
+    block_channel_sums(b, C, HW, cl,
+                       DyAndDyXhat{dy, x, in ? mean[b.c] : zero, in ? inv_std[b.c] : zero, in ? gamma[b.c] : zero,
+                                   in ? beta[b.c] : zero, act},
                        &sum_dy, &sum_dy_xhat);
     if ((int)threadIdx.x < b.lanes && b.c < C) {
         partial[(index_t)b.s * C + b.c] = sum_dy;
@@ -387,17 +393,19 @@ batchnorm2d_backward_sums(const storage_t* dy, const acc_t* xhat, const acc_t* g
 
 // Training: dx = (dz - dbeta * (1/count) - xhat * (dgamma * (1/count))) * (gamma * inv_std);
 // eval: dx = dz * (gamma * inv_std); in the reference's order, rounded once to storage_t. dz: dy,
-// or dy through the fused activation (bn_output_grad, recomputed as backward_sums computed it).
+// or dy through the fused activation (bn_output_grad, recomputed as backward_sums computed it);
+// xhat recomputed from x (bn_xhat).
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
-batchnorm2d_backward_dx(const storage_t* dy, const acc_t* xhat, const acc_t* gamma, const acc_t* beta,
-                        const acc_t* inv_std, const acc_t* dgamma, const acc_t* dbeta, storage_t* dx, index_t total,
-                        int C, int HW, int count, int training, int act, int cl) {
+batchnorm2d_backward_dx(const storage_t* dy, const storage_t* x, const acc_t* mean, const acc_t* gamma,
+                        const acc_t* beta, const acc_t* inv_std, const acc_t* dgamma, const acc_t* dbeta, storage_t* dx,
+                        index_t total, int C, int HW, int count, int training, int act, int cl) {
     const acc_t inv_count = (acc_t)(1.0 / (double)count);
     ChannelWalk walk(C, HW, cl);
     for (index_t i = global_thread_index(); i < total; i += global_thread_count(), walk.step()) {
         const int c = walk.c;
         const acc_t scale = mul_rn(gamma[c], inv_std[c]);
-        const acc_t h = training || act != ACT_NONE ? xhat[i] : (acc_t)0;  // eval without one reads no xhat
+        // eval without a fused activation reads no x
+        const acc_t h = training || act != ACT_NONE ? bn_xhat(x[i], mean[c], inv_std[c]) : (acc_t)0;
         acc_t g = bn_output_grad(dy[i], h, gamma[c], beta[c], act);
         if (training) {
             g = g - mul_rn(dbeta[c], inv_count);
@@ -409,40 +417,42 @@ batchnorm2d_backward_dx(const storage_t* dy, const acc_t* xhat, const acc_t* gam
 
 // The same, channels_last, VEC16 channels of one pixel per thread (as batchnorm2d_normalize_vec).
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
-batchnorm2d_backward_dx_vec(const storage_t* dy, const acc_t* xhat, const acc_t* gamma, const acc_t* beta,
-                            const acc_t* inv_std, const acc_t* dgamma, const acc_t* dbeta, storage_t* dx,
-                            index_t groups, int C, int count, int training, int act) {
+batchnorm2d_backward_dx_vec(const storage_t* dy, const storage_t* x, const acc_t* mean, const acc_t* gamma,
+                            const acc_t* beta, const acc_t* inv_std, const acc_t* dgamma, const acc_t* dbeta,
+                            storage_t* dx, index_t groups, int C, int count, int training, int act) {
     typedef Lanes<storage_t, VEC16> S;
     typedef Lanes<acc_t, VEC16> A;
     const acc_t inv_count = (acc_t)(1.0 / (double)count);
     ChannelWalk walk(C / VEC16, 1, 1);
     int c = -1;
-    A scale, db, dg, gm, bt;
+    A is, mn, db, dg, gm, bt;
     for (index_t i = global_thread_index(); i < groups; i += global_thread_count(), walk.step()) {
         if (walk.c != c) {
             c = walk.c;
-            const A is = ((const A*)inv_std)[c];
+            is = ((const A*)inv_std)[c], mn = ((const A*)mean)[c];
             gm = ((const A*)gamma)[c], bt = ((const A*)beta)[c];
             db = ((const A*)dbeta)[c], dg = ((const A*)dgamma)[c];
 #pragma unroll
             for (int l = 0; l < VEC16; ++l) {
-                scale.v[l] = mul_rn(gm.v[l], is.v[l]);
                 db.v[l] = mul_rn(db.v[l], inv_count);
                 dg.v[l] = mul_rn(dg.v[l], inv_count);
             }
         }
         const S d = ((const S*)dy)[i];
-        A h;
-        if (training || act != ACT_NONE) h = ((const A*)xhat)[i];  // eval without one reads no xhat
+        S xv;
+        if (training || act != ACT_NONE) xv = ((const S*)x)[i];  // eval without one reads no x
         S out;
 #pragma unroll
         for (int l = 0; l < VEC16; ++l) {
-            acc_t g = act == ACT_NONE ? to_acc(d.v[l]) : bn_output_grad(d.v[l], h.v[l], gm.v[l], bt.v[l], act);
+            const acc_t h = training || act != ACT_NONE ? bn_xhat(xv.v[l], mn.v[l], is.v[l]) : (acc_t)0;
+            acc_t g = act == ACT_NONE ? to_acc(d.v[l]) : bn_output_grad(d.v[l], h, gm.v[l], bt.v[l], act);
             if (training) {
                 g = g - db.v[l];
-                g = g - mul_rn(h.v[l], dg.v[l]);
+                g = g - mul_rn(h, dg.v[l]);
             }
-            out.v[l] = from_acc(mul_rn(g, scale.v[l]));
+            // the scale gamma * inv_std per element: kept as a seventh vector, it took the bf16 and
+            // fp16 builds to 91-99 registers, past the 80 that leave 3 blocks of 256 per SM
+            out.v[l] = from_acc(mul_rn(g, mul_rn(gm.v[l], is.v[l])));
         }
         ((S*)dx)[i] = out;
     }

@@ -179,6 +179,35 @@ def test_backward_rejects_wrong_dy(backend):
             batchnorm2d_backward(backend.asarray(np.ones((2, 3, 2, 2), dt)), cache)
 
 
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_the_cache_keeps_x_and_the_mean_not_a_float32_xhat(backend, channels_last, training):
+    """A bfloat16 forward keeps x (2 bytes an element) and per-channel float32 vectors, not a float32
+    xhat (4 bytes an element): the backward recomputes xhat as the forward computed it. The mean an
+    eval forward keeps is a copy: the running statistics changing before the backward (another
+    training forward) leave its results alone."""
+    rng = np.random.default_rng(11)
+    shape, c = (4, 16, 3, 5), 16
+    x = (rng.standard_normal(shape) * 3 + 2).astype(ml_dtypes.bfloat16)
+    dy = rng.standard_normal(shape).astype(ml_dtypes.bfloat16)
+    if channels_last:
+        x, dy = gpuconv.to_channels_last(x), gpuconv.to_channels_last(dy)
+    gamma, beta = rng.uniform(0.5, 2, c).astype(np.float32), rng.standard_normal(c).astype(np.float32)
+    rm, rv = rng.standard_normal(c).astype(np.float32), rng.uniform(0.5, 2, c).astype(np.float32)
+    results = []
+    for change_running in (False, True):
+        params = [backend.asarray(a.copy()) for a in (gamma, beta, rm, rv)]
+        _, cache = batchnorm2d_forward(backend.asarray(x), *params, training=training, activation="relu")
+        kept = [a for a in cache if hasattr(a, "nbytes")]
+        assert cache.x.dtype == x.dtype and cache.mean.dtype == np.float32
+        assert sum(a.nbytes for a in kept) == x.nbytes + 4 * c * 4  # x; mean, gamma, inv_std, beta
+        if change_running:
+            params[2] += 1
+            params[3] *= 2
+        results.append([backend.asnumpy(a).tobytes() for a in batchnorm2d_backward(backend.asarray(dy), cache)])
+    assert results[0] == results[1]
+
+
 # ----------------------------------------------------------------------------- fused activation
 ACT_OPS = {"relu": (relu_forward, relu_backward), "gelu": (gelu_forward, gelu_backward)}
 

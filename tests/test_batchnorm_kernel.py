@@ -108,12 +108,13 @@ def test_training_forward_and_backward_within_derived_bounds(target, shape, dtyp
     n = x.size // x.shape[1]
     mean, var, d_mean, d_var, d_inv_rel = stats_bounds(x, dtype)
     assert layout.is_channels_last(y) == layout.is_channels_last(x)
-    assert host(y).dtype == np.dtype(dtype) and host(cache.xhat).dtype == gamma.dtype
+    assert host(y).dtype == np.dtype(dtype) and host(cache.x).dtype == np.dtype(dtype)
+    assert host(cache.mean).dtype == gamma.dtype
     inv = 1 / np.sqrt(var + EPS)
     assert np.all(np.abs(f64(cache.inv_std) - inv) <= 2 * d_inv_rel * inv)
     xhat = (f64(x) - per(mean)) * per(inv)
     d_xhat = per(d_mean * inv) + np.abs(xhat) * per(d_inv_rel + 2 * u)
-    assert np.all(np.abs(f64(cache.xhat) - xhat) <= 2 * d_xhat)
+    assert np.all(np.abs(f64(bn.normalized(cache)) - xhat) <= 2 * d_xhat)
     y64 = xhat * per(gamma) + per(beta)
     d_y = np.abs(per(gamma)) * d_xhat + 2 * u * (np.abs(xhat * per(gamma)) + np.abs(per(beta)))
     assert np.all(np.abs(f64(y) - y64) <= 2 * d_y + us * np.abs(y64))
@@ -126,7 +127,7 @@ def test_training_forward_and_backward_within_derived_bounds(target, shape, dtyp
     # backward against float64 on the kernels' own cache: the sums' n*u, then dx's few roundings
     dx, dgamma, dbeta = LB.batchnorm2d_backward_kernel(to(target, dy), cache, target=target)
     assert layout.is_channels_last(dx) == layout.is_channels_last(x) and host(dx).dtype == np.dtype(dtype)
-    XH, DY, inv_k = f64(cache.xhat), f64(dy), f64(cache.inv_std)
+    XH, DY, inv_k = f64(bn.normalized(cache)), f64(dy), f64(cache.inv_std)
     dg64, db64 = (DY * XH).sum((0, 2, 3)), DY.sum((0, 2, 3))
     d_dg, d_db = n * u * np.abs(DY * XH).sum((0, 2, 3)), n * u * np.abs(DY).sum((0, 2, 3))
     assert np.all(np.abs(f64(dgamma) - dg64) <= d_dg) and np.all(np.abs(f64(dbeta) - db64) <= d_db)
@@ -147,7 +148,8 @@ def test_eval_mode_uses_running_stats_and_leaves_them(target, dtype, cl):
     # no reduction: the reference's elementwise arithmetic, operation for operation, same bits
     y_ref, c_ref = bn._batchnorm2d_forward_reference(host(x), gamma, beta, rm.copy(), rv.copy(), False, MOMENTUM, EPS)
     assert host(y).dtype == y_ref.dtype and np.array_equal(f64(y), f64(y_ref))
-    assert np.array_equal(f64(cache.xhat), f64(c_ref.xhat)) and np.array_equal(f64(cache.inv_std), f64(c_ref.inv_std))
+    assert np.array_equal(f64(cache.mean), f64(rm)) and np.array_equal(f64(cache.inv_std), f64(c_ref.inv_std))
+    assert np.array_equal(f64(bn.normalized(cache)), f64(bn.normalized(c_ref)))
     dx, dgamma, dbeta = LB.batchnorm2d_backward_kernel(to(target, dy), cache, target=target)
     assert np.array_equal(f64(dx), f64(bn._batchnorm2d_backward_reference(host(dy), c_ref)[0]))
 
@@ -158,8 +160,8 @@ def test_eval_mode_uses_running_stats_and_leaves_them(target, dtype, cl):
 def test_low_precision_outputs_are_rounded_once_from_float32(target, dtype, cl):
     x, gamma, beta, rm, rv, dy = make((4, 6, 5, 5), dtype, cl, seed=2)
     y, cache, _, _ = run_forward(target, x, gamma, beta, rm, rv, True)
-    xhat = host(cache.xhat)
-    assert xhat.dtype == np.float32
+    xhat = host(bn.normalized(cache))
+    assert xhat.dtype == np.float32 and host(cache.x).dtype == np.dtype(dtype)
     f32 = np.float32
     want_y = (xhat * gamma[None, :, None, None] + beta[None, :, None, None]).astype(dtype)
     assert np.array_equal(host(y).view(np.uint16), want_y.view(np.uint16))
@@ -180,7 +182,7 @@ def test_deterministic_across_runs_and_simulator_schedules(cl):
         with kernels.sim_schedule(order):
             y, cache, rm_k, rv_k = run_forward("sim", x, gamma, beta, rm, rv, True)
             dx, dg, db = LB.batchnorm2d_backward_kernel(dy, cache, target="sim")
-        outs.append([np.ascontiguousarray(a).tobytes() for a in (y, cache.xhat, cache.inv_std, rm_k, rv_k, dx, dg, db)])
+        outs.append([np.ascontiguousarray(a).tobytes() for a in (y, cache.mean, cache.inv_std, rm_k, rv_k, dx, dg, db)])
     assert outs[0] == outs[1] == outs[2]
     # 37 channels: two 32-channel groups (the second of 5), many blocks each (NCHW: a block per
     # channel; NHWC: several splits); every group's last block left its ticket at 0 for the next launch
@@ -251,18 +253,18 @@ def test_elementwise_kernels_carry_the_channel_across_grid_strides(cl):
     n, c, h, w = 3, 5, 17, 19
     mem_shape = (n, h, w, c) if cl else (n, c, h, w)
     ch = (lambda v: v[None, None, None, :]) if cl else (lambda v: v[None, :, None, None])
-    x, dy, xhat = (rng.standard_normal(mem_shape).astype(np.float32) for _ in range(3))
+    x, dy = (rng.standard_normal(mem_shape).astype(np.float32) for _ in range(2))
     mean, inv, g, b = (rng.uniform(0.5, 2, c).astype(np.float32) for _ in range(4))
     dg, db = rng.standard_normal(c).astype(np.float32), rng.standard_normal(c).astype(np.float32)
-    y, xh, dx = np.empty_like(x), np.empty_like(x), np.empty_like(x)
+    y, dx = np.empty_like(x), np.empty_like(x)
     dims = (np.int64(x.size), np.int32(c), np.int32(h * w))
     kernels.launch("batchnorm", "batchnorm2d_normalize", np.float32, "sim", (2, 1, 1), (256, 1, 1),
-                   (x, mean, inv, g, b, y, xh) + dims + (np.int32(0), np.int32(cl)))
-    want = (x - ch(mean)) * ch(inv)
-    assert np.array_equal(xh, want) and np.array_equal(y, want * ch(g) + ch(b))
+                   (x, mean, inv, g, b, y) + dims + (np.int32(0), np.int32(cl)))
+    xhat = (x - ch(mean)) * ch(inv)
+    assert np.array_equal(y, xhat * ch(g) + ch(b))
     count = n * h * w
     kernels.launch("batchnorm", "batchnorm2d_backward_dx", np.float32, "sim", (2, 1, 1), (256, 1, 1),
-                   (dy, xhat, g, b, inv, dg, db, dx) + dims + (np.int32(count), np.int32(1), np.int32(0), np.int32(cl)))
+                   (dy, x, mean, g, b, inv, dg, db, dx) + dims + (np.int32(count), np.int32(1), np.int32(0), np.int32(cl)))
     inv_n = np.float32(1.0 / count)
     want = (dy - ch(db * inv_n) - xhat * ch(dg * inv_n)) * ch(g * inv)
     assert np.array_equal(dx, want)
@@ -273,7 +275,7 @@ def test_elementwise_kernels_carry_the_channel_across_grid_strides(cl):
 @pytest.mark.parametrize("act", [0, 1, 2], ids=["none", "relu", "gelu"])
 def test_vec_kernels_give_the_element_kernels_bits(dtype, grid, act):
     """normalize_vec and backward_dx_vec (16 bytes of channels per thread, channels_last) compute
-    each element as the element kernels do: the same bits, xhat included, in training and eval,
+    each element as the element kernels do: the same bits, in training and eval,
     with and without a fused activation.
     C = 40 makes 5 (bf16/fp16), 10 (float32) or 20 (float64) channel groups, so with 2 blocks
     a thread's group changes from stride to stride (its statistics are reloaded then)."""
@@ -281,22 +283,21 @@ def test_vec_kernels_give_the_element_kernels_bits(dtype, grid, act):
     n, c, h, w = 3, 40, 5, 7
     cd = np.float64 if np.dtype(dtype) == np.float64 else np.float32
     x, dy = (rng.standard_normal((n, h, w, c)).astype(dtype) for _ in range(2))
-    xhat = rng.standard_normal((n, h, w, c)).astype(cd)
     mean, inv, g, b, dg, db = (rng.uniform(0.5, 2, c).astype(cd) for _ in range(6))
     lanes = 16 // np.dtype(dtype).itemsize
     groups = x.size // lanes
     outs = {}
     for form in ("", "_vec"):
-        y, xh, dx0, dx1 = np.empty_like(x), np.empty_like(xhat), np.empty_like(x), np.empty_like(x)
+        y, dx0, dx1 = np.empty_like(x), np.empty_like(x), np.empty_like(x)
         size = (np.int64(x.size), np.int32(c), np.int32(h * w)) if not form else (np.int64(groups), np.int32(c))
         tail = (np.int32(1),) if not form else ()
         kernels.launch("batchnorm", "batchnorm2d_normalize" + form, dtype, "sim", (grid, 1, 1), (256, 1, 1),
-                       (x, mean, inv, g, b, y, xh) + size + (np.int32(act),) + tail)
+                       (x, mean, inv, g, b, y) + size + (np.int32(act),) + tail)
         for training, dx in ((1, dx0), (0, dx1)):
             kernels.launch("batchnorm", "batchnorm2d_backward_dx" + form, dtype, "sim", (grid, 1, 1), (256, 1, 1),
-                           (dy, xhat, g, b, inv, dg, db, dx) + size
+                           (dy, x, mean, g, b, inv, dg, db, dx) + size
                            + (np.int32(n * h * w), np.int32(training), np.int32(act)) + tail)
-        outs[form] = [a.tobytes() for a in (y, xh, dx0, dx1)]
+        outs[form] = [a.tobytes() for a in (y, dx0, dx1)]
     assert outs[""] == outs["_vec"]
 
 

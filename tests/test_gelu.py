@@ -134,7 +134,7 @@ def test_the_numpy_backward_reuses_the_forwards_cdf(monkeypatch, dtype):
     assert dx.tobytes() == gelu_backward(dy, cache._replace(cdf=None)).tobytes() and calls == [x.size]
     again = batchnorm2d_backward(dy, bn_cache._replace(cdf=None))
     assert all(a.tobytes() == c.tobytes() for a, c in zip(bn_dx, again)) and calls == [x.size] * 2
-    assert batchnorm.BatchNorm2dCache(*bn_cache[:6]).cdf is None  # the kernels' caches: recomputed
+    assert batchnorm.BatchNorm2dCache(*bn_cache[:7]).cdf is None  # the kernels' caches: recomputed
 
 
 def test_dx_takes_dys_layout(backend):

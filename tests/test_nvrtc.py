@@ -395,8 +395,8 @@ def test_ptxas_resource_usage(tmp_path, build, capsys):
     # Batch norm: streaming reductions and elementwise passes, no register tiles; a few dozen
     # registers (14-64 on sm_90 with ptxas 13) and at most six 256-entry acc_t reduction buffers
     # (batchnorm2d_stats: two pairs, one per pass over its chunk, and one per pass-2 sum; 6 KiB
-    # in float32), so occupancy is bounded by threads, not registers or shared memory. The _vec kernels keep 4-5 x 16 bytes of a channel group's
-    # statistics and parameters and inline the fused GELU: 48-72 registers (at most 80 keeps 3
+    # in float32), so occupancy is bounded by threads, not registers or shared memory. The _vec kernels keep 4-6 x 16 bytes of a channel group's
+    # statistics and parameters and inline the fused GELU: 40-80 registers (at most 80 keeps 3
     # blocks of 256 threads per SM). No spills (the elementwise kernels carry the channel without
     # a 64-bit division, whose out-of-line routine spilled), except in the float64 build of the
     # _vec data gradient (gradient checks only), where the double erfc is a call that saves

@@ -1,12 +1,13 @@
 """Kernel launchers for batch normalization (kernels/batchnorm.cu), registered for 'cuda' and 'sim'.
 
 Same arguments, results and cache (``BatchNorm2dCache``) as the NumPy reference in
-``batchnorm.py``, so a forward on one path and a backward on the other agree. xhat is kept in
-the compute dtype (float32 for bfloat16/float16 x) in x's layout. A fused activation is one more
-argument of the normalization and backward kernels (its ACT_* code), not another pass.
+``batchnorm.py``, so a forward on one path and a backward on the other agree: the cache keeps x
+(as the kernels read it) and the mean, and the backward kernels recompute xhat as the forward's.
+A fused activation is one more argument of the normalization and backward kernels (its ACT_*
+code), not another pass.
 
-Layouts: a channels_last x (gpuconv.layout) is normalized as it lies, and y, xhat and dx come
-back channels_last; anything else is made C-contiguous (NCHW).
+Layouts: a channels_last x (gpuconv.layout) is normalized as it lies, and y and dx come back
+channels_last; anything else is made C-contiguous (NCHW).
 
 Reductions are two passes with a fixed order in one launch (see the header of kernels/batchnorm.cu:
 the last block of each 32-channel group to finish pass 1 runs pass 2); the split count S below
@@ -121,43 +122,43 @@ def batchnorm2d_forward_kernel(x, gamma, beta, running_mean, running_var, traini
         if has_running and rv is not running_var:
             running_var[...] = rv
     else:
-        mean = rm
+        mean = rm.copy()  # the backward's; the running statistics may change before it
         grid, block, _ = geometry("batchnorm2d_eval_inv_std", target, c=c)
         _launch("batchnorm2d_eval_inv_std", dtype, target, grid, block, (rv, inv_std, np.int32(c), np.float64(eps)),
                 device)
-    y, xhat = layout.empty(xp, x.shape, dtype, cl), layout.empty(xp, x.shape, cd, cl)
+    y = layout.empty(xp, x.shape, dtype, cl)
     if x.size:
-        _elementwise("batchnorm2d_normalize", dtype, target, (x, mean, inv_std, gamma, beta, y, xhat),
+        _elementwise("batchnorm2d_normalize", dtype, target, (x, mean, inv_std, gamma, beta, y),
                      (np.int32(ACTIVATIONS.index(activation)),), c, hw, cl, device)
     if activation is None:
-        return y, BatchNorm2dCache(xhat, gamma, inv_std, training)
-    return y, BatchNorm2dCache(xhat, gamma, inv_std, training, beta, activation)
+        return y, BatchNorm2dCache(x, mean, gamma, inv_std, training)
+    return y, BatchNorm2dCache(x, mean, gamma, inv_std, training, beta, activation)
 
 
 @register_launcher("batchnorm2d_backward")
 def batchnorm2d_backward_kernel(dy, cache, *, target):
-    xhat, gamma, inv_std, training, beta, activation = cache[:6]  # the kernels recompute the GELU cdf
+    x, mean, gamma, inv_std, training, beta, activation = cache[:7]  # the kernels recompute the GELU cdf
     n, c, h, w = dy.shape
     count, hw = n * h * w, h * w
     if count > _MAX_COUNT:
         return NotImplemented
-    xp = get_array_module(dy, xhat)
+    xp = get_array_module(dy, x)
     cd = compute_dtype(dy.dtype)
-    (dy, xhat), cl = _layout(dy, xhat, was_channels_last=layout.is_channels_last(xhat))
+    (dy, x), cl = _layout(dy, x, was_channels_last=layout.is_channels_last(x))
     device = kernels.array_device((dy,))
-    gamma, inv_std = _vec(xp, gamma, cd), _vec(xp, inv_std, cd)
+    mean, gamma, inv_std = _vec(xp, mean, cd), _vec(xp, gamma, cd), _vec(xp, inv_std, cd)
     beta = gamma if beta is None else _vec(xp, beta, cd)  # read only under a fused activation
     act = np.int32(ACTIVATIONS.index(activation))
     dgamma, dbeta = xp.empty(c, cd), xp.empty(c, cd)
     dtype = dy.dtype
     if count:
-        _reduce("batchnorm2d_backward_sums", dtype, target, (dy, xhat, gamma, beta), (dgamma, dbeta), cd, c, hw, count,
-                cl, device, act)
+        _reduce("batchnorm2d_backward_sums", dtype, target, (dy, x, mean, inv_std, gamma, beta), (dgamma, dbeta), cd, c,
+                hw, count, cl, device, act)
     else:
         dgamma[...] = 0
         dbeta[...] = 0
     dx = layout.empty(xp, dy.shape, dtype, cl)
     if dy.size:
-        _elementwise("batchnorm2d_backward_dx", dtype, target, (dy, xhat, gamma, beta, inv_std, dgamma, dbeta, dx),
+        _elementwise("batchnorm2d_backward_dx", dtype, target, (dy, x, mean, gamma, beta, inv_std, dgamma, dbeta, dx),
                      (np.int32(count), np.int32(bool(training)), act), c, hw, cl, device)
     return dx, dgamma, dbeta

@@ -14,14 +14,17 @@ its batch-norm parameters and statistics in float32.
 Fused activation: ``activation='relu'`` or ``'gelu'`` applies that activation to the output,
 ``y = act(z)``, with z the normalization's output rounded to x's dtype: exactly BatchNorm2d
 followed by the ReLU/GELU op, bit for bit, in one pass where the kernels run (the backward
-recomputes z from xhat instead of keeping it). Networks that follow every batch norm with an
+recomputes z instead of keeping it). Networks that follow every batch norm with an
 activation (fast_net, airbench94) save the activation's passes over memory and its launches.
 
 Cache (shared with the kernel launchers, see ``_dispatch``):
-``BatchNorm2dCache(xhat, gamma, inv_std, training, beta, activation, cdf)``: the normalized input
-(in the compute dtype: float32 for a bfloat16/float16 x), the scale, ``1 / sqrt(var + eps)`` per
-channel (of the batch in training, of the running variance in eval), and, for a fused
-activation, the shift and the activation's name (``beta`` None and ``activation`` None without);
+``BatchNorm2dCache(x, mean, gamma, inv_std, training, beta, activation, cdf)``: the input (in its
+own dtype and layout), the mean it was centered on, the scale and ``1 / sqrt(var + eps)`` per
+channel (mean and inv_std of the batch in training; of the running statistics in eval, the mean
+copied), and, for a fused activation, the shift and the activation's name (``beta`` None and ``activation`` None
+without). The backward recomputes xhat = (x - mean) * inv_std with the forward's operations
+(:func:`normalized`), so it gets the forward's bits while the cache holds x's bytes (2 per element
+for bfloat16/float16 x) instead of a float32 xhat (4);
 ``cdf``: the NumPy path's Phi(z) of a fused GELU (see ``gelu.py``; None from the kernels);
 ``dtype``: the output's, which dy must have (set by :func:`batchnorm2d_forward`; None: not checked).
 """
@@ -39,7 +42,7 @@ from .relu import ReluCache, _relu_backward_reference, _relu_forward_reference
 
 _PARAMS_WHY = "batch norm keeps gamma, beta and the running statistics in its compute dtype"
 
-BatchNorm2dCache = cache_type("BatchNorm2dCache", "xhat gamma inv_std training beta activation cdf dtype", __name__,
+BatchNorm2dCache = cache_type("BatchNorm2dCache", "x mean gamma inv_std training beta activation cdf dtype", __name__,
                               defaults=(None, None, None, None))
 
 # The activations batch norm can apply to its output (None: none); the kernels' ACT_* codes
@@ -105,14 +108,14 @@ def batchnorm2d_backward(dy, cache):
     """``dx, dgamma, dbeta``."""
     check_cache(cache, BatchNorm2dCache, "batchnorm2d_forward")
     check_float("dy", dy)
-    if tuple(dy.shape) != tuple(cache.xhat.shape):
-        raise ValueError(f"dy must have the forward output's shape {tuple(cache.xhat.shape)}, got {tuple(dy.shape)}")
+    if tuple(dy.shape) != tuple(cache.x.shape):
+        raise ValueError(f"dy must have the forward output's shape {tuple(cache.x.shape)}, got {tuple(dy.shape)}")
     if cache.dtype is not None:
         check_dy_dtype(dy, cache.dtype)
-    if cache.xhat.dtype != compute_dtype(dy.dtype):
-        raise TypeError(f"dy has dtype {dy.dtype} but x has dtype {cache.xhat.dtype} (the forward's normalized "
-                        f"x, kept in its compute dtype): pass dy in the dtype of the forward's x")
-    target = backend.kernel_target(dy, cache.xhat) if dy.shape[1] else None  # no channels: as the forward
+    if cache.x.dtype != dy.dtype:
+        raise TypeError(f"dy has dtype {dy.dtype} but the forward's x (kept for the backward) has dtype "
+                        f"{cache.x.dtype}: pass dy in the dtype of the forward's x")
+    target = backend.kernel_target(dy, cache.x) if dy.shape[1] else None  # no channels: as the forward
     return _dispatch.call("batchnorm2d_backward", target, _batchnorm2d_backward_reference, dy, cache)
 
 
@@ -122,7 +125,7 @@ def _per_channel(v):
 
 def _batchnorm2d_forward_reference(x, gamma, beta, running_mean, running_var, training, momentum, eps,
                                    activation=None):
-    dtype, x = x.dtype, upcast(x)
+    x_in, dtype, x = x, x.dtype, upcast(x)
     xp = get_array_module(x, gamma, beta, running_mean, running_var)
     dt = x.dtype.type
     # Large temporaries are reused in place (out=): each fresh N*C*H*W array costs page faults
@@ -140,7 +143,8 @@ def _batchnorm2d_forward_reference(x, gamma, beta, running_mean, running_var, tr
             running_var *= dt(1.0 - momentum)
             running_var += dt(momentum * count / (count - 1)) * var
     else:
-        centered = x - _per_channel(running_mean)
+        mean = running_mean.copy()  # the backward's; the running statistics may change before it
+        centered = x - _per_channel(mean)
         var = running_var
         work = xp.empty_like(centered)
     inv_std = dt(1.0) / xp.sqrt(var + dt(eps))
@@ -148,10 +152,18 @@ def _batchnorm2d_forward_reference(x, gamma, beta, running_mean, running_var, tr
     xhat *= _per_channel(inv_std)
     z = _output(xhat, gamma, beta, dtype, out=work)
     if activation is None:
-        return z, BatchNorm2dCache(xhat, gamma, inv_std, training)
+        return z, BatchNorm2dCache(x_in, mean, gamma, inv_std, training)
     y, act = _ACT_REFERENCE[activation][0](z)
-    # z is recomputed from xhat in the backward; GELU's Phi(z) is kept (recomputing it is an erfc)
-    return y, BatchNorm2dCache(xhat, gamma, inv_std, training, beta, activation, getattr(act, "cdf", None))
+    # z is recomputed in the backward; GELU's Phi(z) is kept (recomputing it is an erfc)
+    return y, BatchNorm2dCache(x_in, mean, gamma, inv_std, training, beta, activation, getattr(act, "cdf", None))
+
+
+def normalized(cache):
+    """xhat = (x - mean) * inv_std of a :class:`BatchNorm2dCache`, in the compute dtype and x's
+    layout: the forward's operations in its order, so the forward's bits on every path."""
+    xhat = upcast(cache.x) - _per_channel(cache.mean)
+    xhat *= _per_channel(cache.inv_std)
+    return xhat
 
 
 def _output(xhat, gamma, beta, dtype, out=None):
@@ -163,7 +175,8 @@ def _output(xhat, gamma, beta, dtype, out=None):
 
 
 def _batchnorm2d_backward_reference(dy, cache):
-    xhat, gamma, inv_std, training, beta, activation, cdf = cache[:7]
+    gamma, inv_std, training, beta, activation, cdf = cache[2:8]
+    xhat = normalized(cache)
     if activation is not None:  # dy through the activation at the recomputed output, as its op returns it
         forward, backward, act_cache = _ACT_REFERENCE[activation]
         z = _output(xhat, gamma, beta, dy.dtype)

@@ -67,9 +67,13 @@ def spatial_batchnorm_backward(dout, cache):
 
 def _bn_backward_call(dout, cache, forward_name):
     def widen(dt):   # a dout wider than the forward: NumPy would compute in dt from the same cache
+        # the forward's xhat, widened, as x about a zero mean with unit inv_std, and gamma * inv_std
+        # as gamma: the op's backward then reads that xhat and scale unchanged (no fused activation)
         oc = cache.ops
-        return Cache(cache, oc._replace(xhat=oc.xhat.astype(dt), gamma=oc.gamma.astype(dt),
-                                        inv_std=oc.inv_std.astype(dt), dtype=np.dtype(dt)), dt, cache.device)
+        xp = get_array_module(oc.x)
+        return Cache(cache, oc._replace(x=ops.batchnorm.normalized(oc).astype(dt), mean=xp.zeros_like(oc.mean, dt),
+                                        gamma=oc.gamma.astype(dt) * oc.inv_std.astype(dt),
+                                        inv_std=xp.ones_like(oc.inv_std, dt), dtype=np.dtype(dt)), dt, cache.device)
     _forward_cache(cache, forward_name)
     return backward_call(dout, cache, widen)
 
