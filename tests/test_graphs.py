@@ -320,6 +320,15 @@ def test_a_parameter_frozen_while_a_graph_replays_is_refused_and_free_between_ep
     assert model[0].bias.requires_grad
 
 
+def _held_net():
+    """A small net on 'sim' and the StepGraph that holds it after one step (call under the device)."""
+    net = Sequential(Conv2d(3, 2, 1, seed=0), BatchNorm2d(2), Flatten(), Linear(8, 3, seed=1))
+    opt = SGD(net.parameters(), lr=0.1)
+    step = StepGraph.for_optimizer(lambda x, y: gpuconv.amp.training_step(net, opt, x, y), opt, net)
+    step(np.ones((2, 3, 2, 2), np.float32), np.array([0, 1]))
+    return net, step
+
+
 @pytest.mark.parametrize("how", ["deepcopy", "pickle"])
 def test_a_copy_of_a_held_model_is_held_by_no_graph(how):
     """A model copied during a graphed epoch (a snapshot of the best weights, an EMA's start) is held
@@ -327,11 +336,7 @@ def test_a_copy_of_a_held_model_is_held_by_no_graph(how):
     model still refuses them."""
     copier = copy.deepcopy if how == "deepcopy" else (lambda m: pickle.loads(pickle.dumps(m)))
     with gpuconv.default_device("sim"):
-        net = Sequential(Conv2d(3, 2, 1, seed=0), BatchNorm2d(2), Flatten(), Linear(8, 3, seed=1))
-        opt = SGD(net.parameters(), lr=0.1)
-        step = StepGraph.for_optimizer(lambda x, y: gpuconv.amp.training_step(net, opt, x, y), opt, net)
-        x, y = np.ones((2, 3, 2, 2), np.float32), np.array([0, 1])
-        step(x, y)
+        net, step = _held_net()
         twin = copier(net)
     twin[3].bias.requires_grad = False
     twin[1].momentum = 0.5
@@ -416,11 +421,7 @@ def test_a_held_model_is_not_moved_or_cast_and_free_once_released():
     replay trained. Refused, untouched; a move to where it is changes nothing and is free; released,
     the model converts."""
     with gpuconv.default_device("sim"):
-        net = Sequential(Conv2d(3, 2, 1, seed=0), BatchNorm2d(2), Flatten(), Linear(8, 3, seed=1))
-        opt = SGD(net.parameters(), lr=0.1)
-        step = StepGraph.for_optimizer(lambda x, y: gpuconv.amp.training_step(net, opt, x, y), opt, net)
-        x, y = np.ones((2, 3, 2, 2), np.float32), np.array([0, 1])
-        step(x, y)
+        net, step = _held_net()
         arrays = [net[3].weight.data, net[1].running_mean]
         with pytest.raises(RuntimeError, match="Sequential: its arrays cannot be moved or cast while a captured"):
             net.astype(np.float32)
