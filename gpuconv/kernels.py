@@ -1051,8 +1051,10 @@ def tensor_cores_for(target: str, device, dtype=None, tf32: bool = False) -> boo
     """:func:`tensor_cores_available` for a launch of ``dtype``, looking its device up (``device()``)
     only on a machine where some GPU lacks them: every launch asks, and most machines have no such
     GPU. (Not memoized itself: ``device`` is a new closure over the launch's arrays at every call.)"""
-    if target != "cuda":
+    if target == "sim":
         return tensor_cores_available(target, None, dtype, tf32)
+    if target != "cuda":  # a choice asked of no device (resolve() without a target): the registry's
+        return True
     min_cc = tensor_core_min_cc(dtype, tf32)
     return _every_gpu_has_tensor_cores(min_cc) or _compute_capability(device()) >= min_cc
 
