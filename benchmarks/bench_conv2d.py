@@ -5,7 +5,7 @@
     python benchmarks/bench_conv2d.py --precisions bf16 --variants v2 tc   # a subset
     python benchmarks/bench_conv2d.py --validate-only --target sim   # no GPU: tiny layers, simulator
 
-Precisions (``--precisions``, default all three):
+Precisions (``--precisions``, default fp32, tf32 and bf16):
   fp32  float32, strict: v1 (one thread per output), v2 (64x64-tile implicit GEMM), v3 (128x128
         tiles, 256 threads); cuDNN with TF32 off; NCHW.
   tf32  float32 arrays, TF32 multiplicands: v2, v3 (CUDA cores, TF32-rounded operands), tc,
@@ -15,6 +15,9 @@ Precisions (``--precisions``, default all three):
   bf16  bfloat16 arrays: v2, v3, tc, tc128 and tc128w (tensor cores, mma.sync m16n8k16), tcwg,
         tcwg256, tcwgn64 and tcwgm64 (128x128, 128x256, 256x64 and 64x128 tiles on Hopper's wgmma
         m64nNk16; tc128 or tc on other GPUs); cuDNN in bfloat16; channels_last.
+  fp16  float16 arrays, the same variants as bf16 (m16n8k16 .f16; on a Turing GPU such as the T4,
+        the only tensor-core type it has, each as two m16n8k8); cuDNN in float16; channels_last.
+        Not in the default list: ``--precisions fp16`` (the GPU to run it on is a T4).
 Each variant of each direction (forward, backward-data, backward-weight), as listed in
 ``gpuconv.kernels.VARIANTS``, is first checked against the float64 convolution of its operands as
 the precision takes them on a 4-image slice of the layer (full channel counts, so every tile edge
@@ -97,7 +100,9 @@ VARIANTS = tuple(dict.fromkeys(v for f in DIRECTIONS.values() for v in kernels.V
 # precision -> (array dtype, TF32 multiplicands, channels_last, the variants that compute in it)
 PRECISIONS = {"fp32": (np.float32, False, False, ("v1", "v2", "v3")),
               "tf32": (np.float32, True, True, ("v2", "v3") + kernels.TC_VARIANTS),
-              "bf16": (precision.bfloat16, False, True, ("v2", "v3") + kernels.TC_VARIANTS)}
+              "bf16": (precision.bfloat16, False, True, ("v2", "v3") + kernels.TC_VARIANTS),
+              "fp16": (np.float16, False, True, ("v2", "v3") + kernels.TC_VARIANTS)}
+DEFAULT_PRECISIONS = ("fp32", "tf32", "bf16")
 
 
 def family_variants(family, variants=None, prec="fp32", target="sim"):
@@ -220,7 +225,7 @@ def _validate(layers, batch, target, variants, precisions):
 
 def torch_calls(torch, x, w, b, dy, prec="fp32"):
     """cuDNN through PyTorch in ``prec``: TF32 allowed only for 'tf32'; bfloat16 tensors for
-    'bf16'; channels_last memory (input, weight and gradient) where the precision runs it."""
+    'bf16', float16 for 'fp16'; channels_last memory (input, weight and gradient) where the precision runs it."""
     torch.backends.cudnn.allow_tf32 = prec == "tf32"
     torch.backends.cuda.matmul.allow_tf32 = prec == "tf32"
     if prec == "bf16":  # DLPack has no bfloat16 in every version: hand the bits over
@@ -320,9 +325,9 @@ def main(argv=None):
                         "1024)")
     p.add_argument("--variants", nargs="+", choices=VARIANTS, default=None,
                    help="variants to validate and time (default: every variant of every direction)")
-    p.add_argument("--precisions", nargs="+", choices=tuple(PRECISIONS), default=list(PRECISIONS),
-                   help="fp32 (strict, NCHW), tf32 (TF32 multiplicands, channels_last), bf16 (channels_last); "
-                        "default: all three")
+    p.add_argument("--precisions", nargs="+", choices=tuple(PRECISIONS), default=list(DEFAULT_PRECISIONS),
+                   help="fp32 (strict, NCHW), tf32 (TF32 multiplicands, channels_last), bf16, fp16 (channels_last); "
+                        "default: fp32 tf32 bf16")
     p.add_argument("--validate-only", action="store_true", help="check every variant against NumPy, time nothing")
     p.add_argument("--target", choices=("cuda", "sim"), default="cuda",
                    help="where --validate-only runs ('sim': tiny layers on the host simulator, no GPU needed)")

@@ -303,6 +303,18 @@ def test_conv_validation_splits_the_weight_gradient_as_the_timed_batch_does(monk
     assert max(seen) > 1 and LC.MIN_SPLIT_CHUNK == chunk
 
 
+def test_conv_bench_checks_float16_on_tensor_cores_and_keeps_it_out_of_the_default_run(monkeypatch):
+    """--precisions fp16 (a T4's one tensor-core type) validates the tensor-core tiles in float16
+    against the reference, where a wrong result fails; the default run stays fp32, tf32, bf16."""
+    bench = load("bench_conv2d")
+    assert bench.validate([(8, 16, 4)], 4, "sim", ("tc",), ("fp16",)) == []
+    run = bench.run_direction
+    monkeypatch.setattr(bench, "run_direction", lambda *a, **k: run(*a, **k) * np.float16(1.01))
+    failures = bench.validate([(8, 16, 4)], 4, "sim", ("tc",), ("fp16",))
+    assert len(failures) == 3 and all(f.key[0] == "fp16" and f.key[2] == "tc" for f in failures), failures
+    assert bench.DEFAULT_PRECISIONS == ("fp32", "tf32", "bf16") and "fp16" in bench.PRECISIONS
+
+
 def test_cuda_time_keeps_a_host_stall_to_one_group(monkeypatch):
     """A 150 ms stall in one of 20 calls of a 1 ms kernel: the median of the timing groups stays
     1 ms (one mean over all calls said 8.5 ms), and the spread names the noisy row."""
