@@ -42,6 +42,19 @@ def forked_exit(child) -> str:
 # GPUCONV_REQUIRE_GPU=1 (the GPU battery, benchmarks/run_gpu.sh): a GPU test that skips has failed,
 # so a machine whose CUDA is unusable cannot pass the GPU suite by skipping all of it.
 REQUIRE_GPU = _env.flag("GPUCONV_REQUIRE_GPU")
+# ... except a case this GPU cannot run (a format its tensor cores lack: a T4's bfloat16 and TF32),
+# skipped by skip_without_tensor_cores with this reason: a launch of it would not build (or trap).
+NOT_ON_THIS_GPU = "not on this GPU: "
+
+
+def skip_without_tensor_cores(target, dtype, tf32=False, device=None):
+    """Skips a 'cuda' case of a tensor-core kernel (mma.sync in ``dtype``; ``tf32``: float32 in
+    TF32 mode) on a GPU whose tensor cores do not multiply that format."""
+    if target == "cuda" and not kernels.tensor_cores_available("cuda", device, dtype, tf32):
+        fmt = "TF32" if tf32 else np.dtype(dtype).name
+        cc = kernels.tensor_core_min_cc(dtype, tf32)
+        pytest.skip(f"{NOT_ON_THIS_GPU}its tensor cores do not multiply {fmt} (compute capability "
+                    f"{cc // 10}.{cc % 10} does)")
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -50,6 +63,8 @@ def pytest_runtest_makereport(item, call):
     report = outcome.get_result()
     if REQUIRE_GPU and report.skipped and item.get_closest_marker("gpu") is not None:
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        if NOT_ON_THIS_GPU in reason:
+            return
         report.outcome = "failed"
         report.longrepr = f"GPUCONV_REQUIRE_GPU=1: this GPU test skipped instead of running ({reason})"
 

@@ -27,6 +27,8 @@ from gpuconv.ops import conv2d as conv_mod
 from gpuconv.precision import multiplicands
 from test_gemm_tc import GPU_FACTOR, host, on, target  # noqa: F401  (target: the sim/cuda fixture)
 
+from conftest import skip_without_tensor_cores
+
 BF16 = np.dtype(ml_dtypes.bfloat16)
 # (dtype, tf32)
 BUILDS = {"bf16": (BF16, False), "f16": (np.dtype(np.float16), False), "tf32": (np.dtype(np.float32), True)}
@@ -90,6 +92,7 @@ def assert_bound(name, got, want, mag, length, dtype, factor):
 def test_tensor_core_conv_within_the_derived_bound(target, build, case, channels_last, variant, monkeypatch):
     monkeypatch.setattr(LC, "MIN_SPLIT_CHUNK", 32)  # several weight-gradient splits at these sizes
     dtype, tf32 = BUILDS[build]
+    skip_without_tensor_cores(target, dtype, tf32)
     rng = np.random.default_rng([list(BUILDS).index(build), CASES.index(case)])
     x, w, b = operands(case, dtype, rng)
     _, (k, fh, fw), stride, pad = case
@@ -124,6 +127,7 @@ def test_tensor_core_tiles_take_pytorchs_floored_sizes(target, case, channels_la
     """``floor=True`` (8x8 -> 4x4 by a stride-2 3x3 with padding 1, a padding row and column
     unread; by a stride-2 1x1, the input's last row and column unread) on every tile, small
     integers in bf16: equal to the float64 definition bit for bit, the unread pixels' gradient 0."""
+    skip_without_tensor_cores(target, BF16)
     x, w, b = operands(case, BF16, np.random.default_rng(9), integers=True)
     _, (k, fh, fw), stride, pad = case
     oh, ow = conv_mod.output_hw(x.shape, (fh, fw), stride, pad, floor=True)
@@ -161,6 +165,7 @@ def test_data_gradient_with_one_unit_stride_takes_the_strided_rows(target, strid
     a stride of 1 in one direction only takes the strided one, whichever direction it is."""
     case = ((2, 8, 7, 7), (8, 3, 3), stride, (1, 1))
     rng = np.random.default_rng(11)
+    skip_without_tensor_cores(target, BF16)
     x, w, b = operands(case, BF16, rng, integers=True)
     oh, ow = conv_mod.output_hw(x.shape, (3, 3), stride, (1, 1))
     dy = rng.integers(-3, 4, (2, 8, oh, ow)).astype(BF16)
@@ -177,6 +182,7 @@ def test_taps_past_the_filter_are_not_read(target, build):
     must not be read all the same: an infinity in the pixel row below a window (in the dy row above
     a dx row's) would make inf x 0 = NaN of an output that never sees it."""
     dtype, tf32 = BUILDS[build]
+    skip_without_tensor_cores(target, dtype, tf32)
     case = ((1, 8, 6, 6), (4, 3, 3), (1, 1), (0, 0))
     rng = np.random.default_rng(12)
     x, w, b = operands(case, dtype, rng, integers=True)
@@ -197,6 +203,7 @@ def test_exact_when_every_partial_sum_is(target, build, variant):
     """Small integers: every product and partial sum is exact in float32, so every order of the
     sums gives the same value and the results equal the float64 convolution bit for bit."""
     dtype, tf32 = BUILDS[build]
+    skip_without_tensor_cores(target, dtype, tf32)
     case = CASES[4]
     x, w, b = operands(case, dtype, np.random.default_rng(7), integers=True)
     dy = np.random.default_rng(8).integers(-3, 4, (1, 5, 9, 9)).astype(dtype)
@@ -221,6 +228,7 @@ def test_tf32_operands_round_by_the_rule_special_values_included(target, variant
     patches and filters; data gradient: dy and filters; weight gradient: dy and patches) shows
     its rounding bit for bit against round_tf32, the special values included (an infinity times
     the zeros of its row makes NaNs there, on both sides)."""
+    skip_without_tensor_cores(target, np.float32, True)
     rng = np.random.default_rng(5)
     n = len(TF32_SPECIALS)
     vals = rng.standard_normal((n, n)).astype(np.float32).view(np.uint32) | np.uint32(0x0AAA)
@@ -253,6 +261,7 @@ def test_the_128_row_tiles_give_the_same_bits_in_every_layout_and_engine(target,
     # the same weight-gradient splits for both (on a GPU the split rule reads each kernel's occupancy)
     monkeypatch.setattr(kernels, "resident_blocks", lambda *args, **kw: 2)
     dtype, tf32 = BUILDS[build]
+    skip_without_tensor_cores(target, dtype, tf32)
     rng = np.random.default_rng(13)
     x, w, b = operands(((2, 24, 12, 11), (136, 3, 3), (1, 1), (1, 1)), dtype, rng)  # M = 264, N = 136
     dy = rng.standard_normal((2, 136, 12, 11)).astype(dtype)
@@ -535,6 +544,7 @@ def test_filters_not_on_a_16_byte_boundary_are_copied_for_the_loaders(target, bu
     is copied first (a GPU would fault, the simulator reports it), and the results are those of
     an aligned copy."""
     dtype, tf32 = BUILDS[build]
+    skip_without_tensor_cores(target, dtype, tf32)
     rng = np.random.default_rng(7)
     x, w, b = operands(((2, 8, 4, 4), (8, 1, 1), (1, 1), (0, 0)), dtype, rng)
     dy = rng.standard_normal((2, 8, 4, 4)).astype(dtype)

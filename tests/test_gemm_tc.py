@@ -17,6 +17,8 @@ from gpuconv import kernels
 from gpuconv.gradcheck import reduction_tolerance, within_tolerance
 from gpuconv.ops._launch_gemm_tc import gemm_reference, gemm_tc, vector_bytes
 
+from conftest import skip_without_tensor_cores
+
 BF16 = np.dtype(ml_dtypes.bfloat16)
 TARGETS = [pytest.param("sim"),
            pytest.param("cuda", marks=[pytest.mark.gpu,
@@ -62,6 +64,7 @@ def operands(case, shape, rng, integers=False):
 @pytest.mark.parametrize("case", list(CASES))
 def test_gemm_matches_the_float64_product(target, case, shape):
     dtype, tf32, layout = CASES[case]
+    skip_without_tensor_cores(target, dtype, tf32)
     a, b = operands(case, shape, np.random.default_rng([list(CASES).index(case), SHAPES.index(shape)]))
     ref, mag = gemm_reference(a, b, b_layout=layout, tf32=tf32)
     A, Bm = on(target, a, b)
@@ -81,6 +84,7 @@ def test_gemm_is_exact_when_every_partial_sum_is(target, case):
     """Small integers: every product and partial sum is exact in float32, so the float32 output
     is the exact product and the 16-bit output that product rounded once."""
     dtype, tf32, layout = CASES[case]
+    skip_without_tensor_cores(target, dtype, tf32)
     rng = np.random.default_rng(7)
     for shape in [(130, 70, 136), (33, 65, 65)]:
         a, b = operands(case, shape, rng, integers=True)
@@ -95,6 +99,7 @@ def test_gemm_is_exact_when_every_partial_sum_is(target, case):
 def test_tf32_operands_are_rounded_to_nearest_not_truncated(target):
     """1 + 2^-11 + 2^-12 rounds (cvt.rna) to 1 + 2^-10 in TF32 but truncates to 1: the kernel must
     round its fragments (the simulator's mma reads only the TF32 bits, as a GPU's does)."""
+    skip_without_tensor_cores(target, np.float32, True)
     k = 7
     a = np.full((5, k), 1 + 2.0 ** -11 + 2.0 ** -12, np.float32)
     b = np.ones((3, k), np.float32)
@@ -177,3 +182,29 @@ def test_sm75_build_multiplies_float16_within_the_bound(layout):
             assert log.names == [f"gemm_tc_{layout}"] and got.dtype == np.float16
             ok, worst = within_tolerance(got, ref, reduction_tolerance(mag, ref, shape[2], np.float16))
             assert ok, f"{shape}: error {worst:.3g} x the bound"
+
+
+def test_a_gpu_without_a_formats_tensor_cores_skips_its_cases(monkeypatch):
+    """On a T4 (compute capability 7.5) the 'cuda' cases of bfloat16 and TF32 tensor-core kernels
+    are skipped as not applying there (a launch would not build, and warp_probe's traps), and
+    GPUCONV_REQUIRE_GPU accepts that skip; float16 and the simulator run."""
+    import types
+
+    import conftest
+    monkeypatch.setattr(kernels, "_compute_capability", lambda device: 75)
+    for dtype, tf32, name in ((BF16, False, "bfloat16"), (np.float32, True, "TF32")):
+        with pytest.raises(pytest.skip.Exception, match=f"not on this GPU: its tensor cores do not multiply {name} "
+                                                        r"\(compute capability 8\.0 does\)"):
+            skip_without_tensor_cores("cuda", dtype, tf32)
+    skip_without_tensor_cores("cuda", np.float16)
+    skip_without_tensor_cores("sim", BF16)
+    monkeypatch.setattr(conftest, "REQUIRE_GPU", True)
+    item = types.SimpleNamespace(get_closest_marker=lambda name: name == "gpu" or None)
+    for reason, outcome in (("Skipped: not on this GPU: its tensor cores ...", "skipped"),
+                            ("Skipped: no GPU: CUDA unavailable", "failed")):
+        report = types.SimpleNamespace(skipped=True, outcome="skipped", longrepr=("file", 1, reason))
+        hook = conftest.pytest_runtest_makereport(item, None)
+        next(hook)
+        with pytest.raises(StopIteration):
+            hook.send(types.SimpleNamespace(get_result=lambda: report))
+        assert report.outcome == outcome, reason

@@ -23,6 +23,8 @@ from gpuconv import hostsim, kernels
 from gpuconv.gradcheck import reduction_tolerance, within_tolerance
 from gpuconv.precision import round_tf32
 
+from conftest import skip_without_tensor_cores
+
 EXTRA = pathlib.Path(__file__).with_name("kernels_extra")
 TARGETS = [pytest.param("sim"),
            pytest.param("cuda", marks=[pytest.mark.gpu,
@@ -201,6 +203,7 @@ def operands(kind, rng, integers=False):
 
 
 def run_mma(run, kind, A, Bm, C):
+    skip_without_tensor_cores(getattr(run, "target", "sim"), A.dtype, kind == "tf32")  # (a T4 traps on bf16, tf32)
     a, b, c = (frags_m16n8k8_tf32 if kind == "tf32" else frags_m16n8k16)(A, Bm, C)
     d = np.full((32, 4), np.nan, np.float32)
     d = run("mma_probe", a.ravel(), b.ravel(), c.ravel(), d.ravel(), np.int32(KINDS[kind]))[3]
