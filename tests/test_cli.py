@@ -887,3 +887,19 @@ def test_airbench94_recipe_trains_on_real_images(tmp_path, capsys):
     _, val = train_val_split(load_cifar10(SUBSET.parent).train, val_batch=5)
     assert model.tta == 2 and float((model.predict_classes(val.images) == val.labels).mean()) == result["accuracy"]
     assert not np.array_equal(model.logits(val.images[:50]), model.logits(val.images[:50], tta=0))
+
+
+def test_cuda_graph_names_where_its_refused_fp16_came_from(tmp_path, capsys, monkeypatch):
+    """--cuda-graph refuses fp16 before the data loads, and says which setting chose it: on a T4
+    (compute capability 7.5) the speed recipes' 'auto' is fp16, though no flag names it."""
+    from gpuconv import amp
+    real = amp.resolve_precision
+    monkeypatch.setattr(amp, "resolve_precision", lambda p, d=None: "fp16" if p == "auto" else real(p, d))
+    monkeypatch.setattr(cli, "_load_data", lambda data: pytest.fail("the data loaded before the refusal"))
+    argv = ["train", "--model", "fast", "--width", "2", "--epochs", "1", "--cuda-graph", "--out", tmp_path / "r",
+            "--no-progress"]
+    rc, _, err = run(argv, capsys)
+    assert rc == 1 and "--cuda-graph: precision 'auto' (the recipe's) chose fp16 on this GPU" in err
+    assert "pass --precision fp32" in err
+    rc, _, err = run(argv + ["--precision", "fp16"], capsys)
+    assert rc == 1 and "--cuda-graph: --precision fp16, and fp16 scales the loss" in err
