@@ -153,3 +153,13 @@ def test_the_setup_cell_takes_the_device_from_gpuconv_device(name, tmp_path, mon
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(NB_DIR)}}).execute()
     assert "| device: sim |" in _text(nb)
+
+
+def test_the_notebooks_say_what_precision_auto_chooses_on_a_t4():
+    """Where a notebook explains precision 'auto' (bf16 on bfloat16 tensor cores), it names the T4's
+    fp16 too: Colab's free GPU is a T4, where 'auto' trains in fp16 with the loss scaler."""
+    for path in sorted(NB_DIR.glob("*.ipynb")):
+        for cell in json.loads(path.read_text())["cells"]:
+            text = "".join(cell["source"])
+            if "auto" in text and "bf16 mixed precision" in text:
+                assert "fp16" in text and "T4" in text, f"{path.name}: {text[:300]}"
