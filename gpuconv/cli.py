@@ -228,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "recipe evaluated at (2 for the airbench recipes, else 0)")
     e.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="compute precision (default: the one the checkpoint was trained in; auto: bf16 on a GPU "
-                        "with bfloat16 tensor cores, else fp32)")
+                        "with bfloat16 tensor cores, compute capability >= 8.0; fp16 on 7.5, a T4; else fp32)")
     e.add_argument("--json", action="store_true", help="print one JSON object (accuracy in [0, 1])")
 
     pr = sub.add_parser("predict", help="classify image files or .npy arrays with a trained checkpoint",
@@ -243,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="cpu | cuda | cuda:N | sim | auto (default: $GPUCONV_DEVICE, else auto)")
     pr.add_argument("--precision", choices=PRECISIONS, default=None,
                     help="compute precision (default: the one the checkpoint was trained in; auto: bf16 on a GPU "
-                         "with bfloat16 tensor cores, else fp32)")
+                         "with bfloat16 tensor cores, compute capability >= 8.0; fp16 on 7.5, a T4; else fp32)")
     pr.add_argument("--tta", type=_tta, nargs="?", const=1, default=None,
                     help="test-time augmentation as `gpuconv evaluate --tta` (default: the level the run's recipe "
                          "evaluated at)")

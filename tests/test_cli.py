@@ -903,3 +903,11 @@ def test_cuda_graph_names_where_its_refused_fp16_came_from(tmp_path, capsys, mon
     assert "pass --precision fp32" in err
     rc, _, err = run(argv + ["--precision", "fp16"], capsys)
     assert rc == 1 and "--cuda-graph: --precision fp16, and fp16 scales the loss" in err
+
+
+def test_every_precision_flag_says_what_auto_is_on_a_t4():
+    """train's, evaluate's and predict's --precision help say what 'auto' resolves to, the T4's fp16 included."""
+    sub = next(a for a in cli.build_parser()._actions if a.choices and "evaluate" in a.choices).choices
+    for name in ("train", "evaluate", "predict"):
+        flag = next(a for a in sub[name]._actions if "--precision" in a.option_strings)
+        assert "bf16 on a GPU" in flag.help and "fp16 on 7.5, a T4" in flag.help, (name, flag.help)
