@@ -778,11 +778,6 @@ def sim_arch(cc: int | None):
         _sim_arch.reset(token)
 
 
-def sim_compute_capability() -> int | None:
-    """The compute capability :func:`sim_arch` set for this context (None: the full simulator)."""
-    return _sim_arch.get()
-
-
 class _SimModuleHandle:
     """Simulator modules (plain / sanitized, built on first use) with launches honouring
     :func:`sim_schedule`."""

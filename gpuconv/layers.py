@@ -407,9 +407,13 @@ class Layer:
     def eval(self):
         return self.train(False)
 
+    def _held(self) -> bool:
+        """Whether a captured training step (gpuconv.graphs.StepGraph) holds this layer or one inside it."""
+        return any(m.__dict__.get("_held_by_graph") for m in self.modules())
+
     # --- devices and dtypes
     def _convert(self, fn):
-        if any(m.__dict__.get("_held_by_graph") for m in self.modules()):
+        if self._held():
             # a captured step computes with the arrays of its capture: a model moved (cpu() then
             # cuda() around a save) or cast would no longer be the one its replays train
             arrays = [a for m in self.modules() for a in [p.data for _, p in m._own_parameters()]
@@ -486,7 +490,7 @@ class Layer:
         if not isinstance(state, Mapping):
             raise TypeError(f"load_state_dict: state must be a mapping of names to arrays (as returned by "
                             f"state_dict()), got {type(state).__name__}")
-        if any(m.__dict__.get("_held_by_graph") for m in self.modules()):
+        if self._held():
             # a captured step computes with the arrays of its capture: new ones would go unread by
             # every replay (and unchanged by its updates)
             raise RuntimeError(f"{type(self).__name__}.load_state_dict: the state cannot be replaced while "
@@ -1039,7 +1043,7 @@ class Sequential(Layer):
         for i, (name, layer) in enumerate(self._layers.items()):
             try:
                 if i == first:
-                    with _input_is_data(layer):
+                    with input_is_data(layer):
                         x = layer(x)
                 else:
                     x = layer(x)
@@ -1138,7 +1142,7 @@ class Residual(Layer):
         data = _data_input(self)  # then each branch's input is data too (backward(need_dx=False) tells them)
         for name, layer in self.named_children():
             try:
-                with _input_is_data(layer) if data else contextlib.nullcontext():
+                with input_is_data(layer) if data else contextlib.nullcontext():
                     branches.append(layer(x))
             except (ValueError, TypeError) as exc:
                 _locate_error(exc, name, layer)
@@ -1314,14 +1318,6 @@ def _data_input(container) -> bool:
 
 
 @contextlib.contextmanager
-def _input_is_data(layer):
-    token = _DATA_INPUT.set(layer)
-    try:
-        yield
-    finally:
-        _DATA_INPUT.reset(token)
-
-
 def input_is_data(model):
     """A context for a forward of ``model`` on data, whose backward will be called with
     ``need_dx=False`` (``call_backward(model, dy, need_dx=False)``, as a training step does): no
@@ -1330,7 +1326,11 @@ def input_is_data(model):
     (airbench94's whitening conv and its GELU once the bias is frozen: a batch of activations
     each, from the forward to the backward). A backward with ``need_dx=True`` after such a
     forward finds those caches missing (a RuntimeError)."""
-    return _input_is_data(model)
+    token = _DATA_INPUT.set(model)
+    try:
+        yield
+    finally:
+        _DATA_INPUT.reset(token)
 
 
 def call_backward(layer, dy, need_dx):

@@ -253,6 +253,14 @@ class Trainer:
         return self.out_dir / "metrics.jsonl" if self.out_dir is not None else None
 
     # ------------------------------------------------------------------ the step
+    def _graph_holds(self) -> bool:
+        """Whether a captured step (gpuconv.graphs) holds the optimizer and the model now."""
+        return getattr(self, "_graph", None) is not None and self._graph.holds
+
+    def _refuse_replayed(self, name, old, value):
+        if self._graph_holds() and value != old:
+            raise RuntimeError(f"Trainer: {name} cannot change while " + REPLAYED_WAY_OUT)
+
     @property
     def precision(self):
         return self._precision
@@ -260,8 +268,7 @@ class Trainer:
     @precision.setter
     def precision(self, value):
         # The step's casts and kernels follow it: a CUDA graph replays the captured ones (gpuconv.graphs).
-        if getattr(self, "_graph", None) is not None and self._graph.holds and value != self._precision:
-            raise RuntimeError("Trainer: precision cannot change while " + REPLAYED_WAY_OUT)
+        self._refuse_replayed("precision", getattr(self, "_precision", None), value)
         self._precision = value
 
     @property
@@ -271,8 +278,7 @@ class Trainer:
     @label_smoothing.setter
     def label_smoothing(self, value):
         # The loss kernel takes it by value: a CUDA graph replays the captured one (gpuconv.graphs).
-        if getattr(self, "_graph", None) is not None and self._graph.holds and value != self._label_smoothing:
-            raise RuntimeError("Trainer: label_smoothing cannot change while " + REPLAYED_WAY_OUT)
+        self._refuse_replayed("label_smoothing", getattr(self, "_label_smoothing", None), float(value))
         self._label_smoothing = float(value)
 
     def _xp(self):
@@ -469,7 +475,7 @@ class Trainer:
         """Restore model, optimizer, schedule, counters and RNGs from a checkpoint. All or nothing:
         a checkpoint that does not fit this Trainer (another optimizer, no schedule state where it
         has a scheduler, another loader) raises with the Trainer and ``loader`` as they were."""
-        if self._graph is not None and self._graph.holds:  # a callback's load during a graphed epoch
+        if self._graph_holds():  # a callback's load during a graphed epoch
             raise RuntimeError("Trainer.load_checkpoint: the training state cannot be replaced while " + REPLAYED_WAY_OUT)
         path = Path(path) if path is not None else self.checkpoint_path
         arrays = ckpt.load_checkpoint(path)
