@@ -712,6 +712,8 @@ def set_variant(family: str, var: str | None, dtype=None):
     (None) on every dtype; ``var`` None drops that choice (back to the default)."""
     chosen = dict(_variants.get() or {})
     if var is None:
+        if family not in VARIANTS:  # (a misspelt family would drop nothing, and the choice would stay)
+            raise ValueError(f"set_variant: kernel family {family!r} has no variants; families: {', '.join(VARIANTS)}")
         chosen.pop(_key(family, dtype), None)
     else:
         _check_variant(family, var, dtype=dtype)

@@ -501,6 +501,10 @@ def test_variant_selection_and_errors(monkeypatch):
         kernels.set_variant("conv2d_forward", "v9")
     with pytest.raises(ValueError, match=r"kernel family 'conv3d' has no variants"):
         kernels.variant("conv3d")
+    with kernels.use_variant(conv2d_forward="v1"):  # dropping a choice of a misspelt family: refused, not a no-op
+        with pytest.raises(ValueError, match=r"set_variant: kernel family 'conv2d_fwd' has no variants; families: conv2d_forward"):
+            kernels.set_variant("conv2d_fwd", None)
+        assert kernels.variant("conv2d_forward") == "v1"
     monkeypatch.setenv("GPUCONV_KERNEL_VARIANTS", "relu_forward=v1, conv2d_forward=v1")
     assert kernels._env_variants() == {"relu_forward": "v1", "conv2d_forward": "v1"}
     monkeypatch.setenv("GPUCONV_KERNEL_VARIANTS", "relu_forward")
