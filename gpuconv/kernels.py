@@ -62,7 +62,7 @@ H200 measurement). The launchers run :func:`resolve` (:func:`variant`, "auto" ma
 the default on every target (the simulator runs the production path), overridden by
 :func:`set_variant`, the :func:`use_variant` context manager, or the environment variable
 ``GPUCONV_KERNEL_VARIANTS="conv2d_forward=v1,relu_forward[bfloat16]=v1"`` (read at import; a
-``[dtype]`` suffix limits an item to that dtype, ``[tf32]`` to float32 in TF32 mode). A dtype-specific choice beats a general one
+``[dtype]`` suffix limits an item to that dtype, ``[tf32]`` to float32 in TF32 mode, the convolutions' alone). A dtype-specific choice beats a general one
 at the same level, and every explicit choice beats the defaults.
 
 Simulator schedule. :func:`sim_schedule` (a context manager) makes simulator launches run the
@@ -148,6 +148,8 @@ WGMMA_FALLBACK = {"tcwg": "tc128", "tcwg256": "tc128", "tcwgn64": "tc", "tcwgm64
 TC_VARIANTS = ("tc", "tc128", "tc128w") + _WGMMA_VARIANTS  # the tensor-core convolutions (conv2d_tc.cu)
 _CONV_VARIANTS = ("auto", "v1", "v2", "v3") + TC_VARIANTS
 _CONV_DEFAULTS = {"*": "auto", "float64": "v2"}
+# The families whose launchers look their variant up under "tf32" for float32 arrays in TF32 mode.
+TF32_FAMILIES = ("conv2d_forward", "conv2d_backward_data", "conv2d_backward_weight")
 VARIANTS = {
     "conv2d_forward": Family(_CONV_VARIANTS, _CONV_DEFAULTS),
     "conv2d_backward_data": Family(_CONV_VARIANTS, _CONV_DEFAULTS),
@@ -657,6 +659,9 @@ def _check_variant(family, var, where="variant", dtype=None):
     if var not in VARIANTS[family].variants:
         raise ValueError(f"{where}: {family} has variants {', '.join(VARIANTS[family].variants)}, not {var!r}")
     name = _dtype_name(dtype)
+    if name == "tf32" and family not in TF32_FAMILIES:
+        raise ValueError(f"{where}: {family}[tf32]={var} would never run: {family} has no TF32 mode (its kernels "
+                         f"run float32 arrays as float32 in every run); choose {family}[float32]={var}")
     if var in TC_VARIANTS and name in ("float32", "float64"):
         cuda_cores = ", ".join(v for v in VARIANTS[family].variants if v not in TC_VARIANTS)
         raise ValueError(f"{where}: {family}[{name}]={var} would never run: the tensor-core tiles take "

@@ -518,6 +518,14 @@ def test_variant_selection_and_errors(monkeypatch):
             kernels.set_variant("conv2d_forward", "tc128", dtype=dt)
         with pytest.raises(ValueError, match="would never run"), kernels.use_variant(dt, conv2d_backward_weight="tc"):
             pass
+    # A TF32 choice for a family with no TF32 mode (ReLU runs float32 arrays as float32) would never run: refused.
+    with pytest.raises(ValueError, match=r"relu_forward\[tf32\]=v1 would never run.*relu_forward\[float32\]=v1"):
+        kernels.set_variant("relu_forward", "v1", dtype="tf32")
+    with pytest.raises(ValueError, match="would never run"), kernels.use_variant("tf32", relu_backward="v1"):
+        pass
+    monkeypatch.setenv("GPUCONV_KERNEL_VARIANTS", "relu_forward[tf32]=v1")
+    with pytest.raises(ValueError, match=r"GPUCONV_KERNEL_VARIANTS: relu_forward\[tf32\]=v1 would never run"):
+        kernels._env_variants()
     monkeypatch.setenv("GPUCONV_KERNEL_VARIANTS", "conv2d_forward[float32]=tc")
     with pytest.raises(ValueError, match=r"GPUCONV_KERNEL_VARIANTS: conv2d_forward\[float32\]=tc would never run"):
         kernels._env_variants()
