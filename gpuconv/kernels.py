@@ -366,7 +366,7 @@ def tuned_variant(family: str, dtype, tf32: bool, channels: int, target: str, de
             return chosen
         candidates = tune_candidates(family, dtype, tf32, target, device, channels)
         token = _launch_logs.set(())  # the candidates' launches are not the op's
-        times, failed, first = {}, {}, None
+        times, failed, first, error = {}, {}, None, None
         try:
             for var in candidates:
                 try:
@@ -384,11 +384,12 @@ def tuned_variant(family: str, dtype, tf32: bool, channels: int, target: str, de
                     if not _dropped(key, var, exc, target):
                         raise
                     failed[var] = f"failed: {type(exc).__name__}: {exc}"
+                    error = error or exc
         finally:
             _launch_logs.reset(token)
             first = None  # the reference output's memory back before the op runs
-        if not times:
-            raise RuntimeError(f"autotuning {key}: every candidate failed: {failed}")
+        if not times:  # the first failure itself (each has had its warning): an out-of-memory stays one
+            raise error if error is not None else RuntimeError(f"autotuning {key}: every candidate failed: {failed}")
         chosen = min(times, key=times.__getitem__)  # a tie: the first candidate
         with _tune_lock:
             _tuned[key], _tune_times[key] = chosen, {**times, **failed}

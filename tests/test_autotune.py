@@ -262,7 +262,8 @@ def test_a_candidate_that_fails_is_left_out_with_a_warning(fake_timer, monkeypat
     """A candidate that raises while timed (a kernel that cannot launch or compile on this GPU) is
     dropped with a warning naming it, the others are timed and the fastest of them runs; its error
     is in the tuning's record. An error that leaves the device unusable propagates, and a geometry
-    whose every candidate fails is an error naming them."""
+    whose every candidate fails raises the first one's error (an out-of-memory stays one, for the
+    Trainer's advice), each named in its warning."""
     real = fake_timer
 
     def measure(run, var, target):
@@ -291,8 +292,16 @@ def test_a_candidate_that_fails_is_left_out_with_a_warning(fake_timer, monkeypat
     kernels.clear_tuned()
     monkeypatch.setattr(kernels, "_dropped", lambda *a: True)
     monkeypatch.setattr(kernels, "_measure", lambda run, var, target: measure(run, "tcwg", target))
-    with gpuconv.default_device("sim"), kernels.autotuning(), pytest.raises(RuntimeError, match="every candidate"):
+    with gpuconv.default_device("sim"), kernels.autotuning(), pytest.raises(RuntimeError, match="tcwg cannot"):
         ops.conv2d_forward(x, w, None, stride=1, padding=1)
+
+    def out_of_memory(run, var, target):
+        raise MemoryError(f"out of memory timing {var}")
+
+    monkeypatch.setattr(kernels, "_measure", out_of_memory)
+    with gpuconv.default_device("sim"), kernels.autotuning(), pytest.raises(MemoryError, match="timing tc$"):
+        ops.conv2d_forward(x, w, None, stride=1, padding=1)
+    assert kernels.tuned_variants() == {}
 
 
 @pytest.mark.parametrize("value, on", [("1", True), ("true", True), ("On", True), ("0", False), ("false", False),
