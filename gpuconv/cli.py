@@ -544,7 +544,7 @@ def cmd_train(args) -> int:
 
 
 def _train(args) -> int:
-    from . import amp, backend
+    from . import amp, backend, kernels
     from .data import DeviceLoader
     from .trainer import Trainer, TrainingDiverged, TrainingInterrupted, GPUOutOfMemory
 
@@ -552,6 +552,7 @@ def _train(args) -> int:
     stored = _stored_config(args)
     s = _settings(args, device, stored)
     _check_cuda_graph_precision(args, s, stored)
+    kernels.check_environment(autotune=args.autotune == "auto")  # a typo there fails now, not after the data loads
     if device.is_cuda:
         backend.require_cupy()
     if device.kind == "sim":

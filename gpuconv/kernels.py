@@ -680,6 +680,15 @@ def _env_choices() -> dict:
     return _env_variants()
 
 
+def check_environment(autotune: bool = True):
+    """Read GPUCONV_KERNEL_VARIANTS (and GPUCONV_AUTOTUNE when ``autotune``) now: a ValueError naming
+    a bad value before a run's slow start (the data set's load, the kernels' compile), not at its
+    first launch."""
+    _env_choices()
+    if autotune:
+        _env.flag("GPUCONV_AUTOTUNE")
+
+
 def variant(family: str, dtype=None, tf32: bool = False) -> str:
     """The variant the launchers run for ``family`` on ``dtype`` arrays (e.g. 'conv2d_forward' ->
     'v2'): a :func:`use_variant`/:func:`set_variant` choice, else a GPUCONV_KERNEL_VARIANTS one

@@ -535,6 +535,21 @@ def test_bad_environment_values_are_named_in_one_line(tmp_path):
     assert "Traceback" not in out.stderr
 
 
+@pytest.mark.parametrize("name, value", [("GPUCONV_KERNEL_VARIANTS", "conv2d_forward=v4"), ("GPUCONV_AUTOTUNE", "maybe")])
+def test_a_bad_kernel_setting_fails_train_before_the_data_loads(tmp_path, capsys, monkeypatch, name, value):
+    """Read at the first launch or step otherwise: after the data set's load (or download) and the
+    kernels' compile. A --data that does not exist shows which came first."""
+    from gpuconv import kernels
+    monkeypatch.setenv(name, value)
+    kernels._env_choices.cache_clear()
+    try:
+        rc, _, err = run(["train", "--device", "sim", "--data", tmp_path / "absent", "--out", tmp_path / "out",
+                          "--no-progress"], capsys)
+    finally:
+        kernels._env_choices.cache_clear()
+    assert rc == 1 and f"error: {name}" in err and "--data" not in err
+
+
 def test_info_reports_versions_cuda_and_telemetry(capsys):
     rc, out, _ = run(["info"], capsys)
     assert rc == 0
