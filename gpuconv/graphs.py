@@ -17,7 +17,9 @@ optimizer from writing them inside it), and calls :meth:`StepGraph.reset` whenev
 structure changes (an epoch's callback): the next call runs eagerly and captures again. A graph
 of :meth:`StepGraph.for_optimizer` is given :meth:`StepGraph.release` instead, before the change
 (a parameter frozen or thawed, a hyperparameter), which it refuses while it holds them; its next
-call captures anew. A batch of another shape or layout does that by itself. The
+call captures anew. A batch of another shape or layout does that by itself, as does another
+choice of kernel variants (``kernels.set_variant``, autotuning turned on or off, a table loaded:
+:func:`gpuconv.kernels.choices`) or of the precision mode. The
 Trainer refuses what a graph would silently freeze, when built and at each epoch's start:
 dropout's per-step keys, fp16's loss scaler, optimizers other than SGD and Muon (and a Chain of
 them); and while the graph holds the optimizer and the model (from its first call until
@@ -40,7 +42,7 @@ on: a replay that missed a learning-rate write would show).
 """
 from __future__ import annotations
 
-from . import backend, layout
+from . import backend, kernels, layout
 
 __all__ = ["StepGraph", "REPLAYED_WAY_OUT"]
 
@@ -101,8 +103,10 @@ class StepGraph:
 
     @staticmethod
     def _signature(x, y):
-        return tuple((a.shape, str(a.dtype), a.strides, backend.device_id(a) if backend.is_cupy_array(a) else None)
-                     for a in (x, y))
+        """What a capture is valid for: the batch's shapes, dtypes, layouts and GPU, and the host's
+        choice of kernels (a replay keeps the variants of its capture)."""
+        return (tuple((a.shape, str(a.dtype), a.strides, backend.device_id(a) if backend.is_cupy_array(a) else None)
+                      for a in (x, y)), kernels.choices())
 
     def __call__(self, x, y):
         if self.optimizer is not None and not self.optimizer.lr_written_by_owner:  # released since

@@ -220,6 +220,7 @@ _tuned: dict = {}        # table key -> variant
 _tuned_fast: dict = {}   # (family, dtype, tf32, target, device, geometry tuple) -> variant: the table, looked up per launch
 _tune_times: dict = {}   # table key -> {variant: seconds}, of the tunings this process ran
 _tune_lock = threading.Lock()      # the table
+_table_changes = 0  # load_tuned_variants and clear_tuned calls so far (choices() tells a graph of them)
 _measure_lock = threading.Lock()   # one tuning at a time: two would time each other
 _no_sync: contextvars.ContextVar = contextvars.ContextVar("gpuconv_no_sync", default=False)
 
@@ -276,8 +277,10 @@ def tuning_times() -> dict:
 def load_tuned_variants(table: dict, replace: bool = False):
     """Take the choices of ``table`` (from :func:`tuned_variants`, e.g. a checkpoint's), over the
     current ones (all of them dropped first when ``replace``)."""
+    global _table_changes
     checked = check_tuned_variants(table)
     with _tune_lock:
+        _table_changes += 1
         if replace:
             _tuned.clear()
         _tuned.update(checked)
@@ -300,7 +303,9 @@ def check_tuned_variants(table: dict) -> dict:
 
 def clear_tuned():
     """Forget every tuned choice (and its times)."""
+    global _table_changes
     with _tune_lock:
+        _table_changes += 1
         _tuned.clear()
         _tuned_fast.clear()
         _tune_times.clear()
@@ -687,6 +692,16 @@ def check_environment(autotune: bool = True):
     _env_choices()
     if autotune:
         _env.flag("GPUCONV_AUTOTUNE")
+
+
+def choices() -> tuple:
+    """What decides, on the host, which variant a launch runs, as a value equal to an earlier one
+    while none of it changed: the :func:`set_variant`/:func:`use_variant` choices, :func:`autotuning`
+    on or off, the changes made to the autotuning table from outside (:func:`load_tuned_variants`,
+    :func:`clear_tuned`; a geometry tuned for the first time changes no earlier launch's variant),
+    the precision mode (TF32). A captured training step (gpuconv.graphs.StepGraph) captures anew when
+    it differs: its replays would keep the variants of their capture."""
+    return _variants.get(), _autotune.get(), _table_changes, precision.get_precision()
 
 
 def variant(family: str, dtype=None, tf32: bool = False) -> str:

@@ -7,6 +7,7 @@ graph's input buffers and learning-rate writes."""
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import copy
 import pickle
 import tracemalloc
@@ -515,11 +516,10 @@ def test_dropout_given_a_rate_after_the_trainer_is_built_is_refused(when):
     net[1].p = 0.25  # after the fit: free again
 
 
-def test_a_graph_is_captured_and_replayed_on_the_batchs_gpu(monkeypatch):
-    """CuPy makes arrays, streams and captures on its current device: a step on cuda:1 while cuda:0
-    is current (a fit outside default_device('cuda:1')) made its input buffers, its stream and its
-    graph on GPU 0. CuPy is faked (the arrays 'on cuda:1' a NumPy subclass); a batch on another GPU
-    captures anew."""
+def _fake_cupy(monkeypatch):
+    """CuPy faked for a StepGraph (arrays 'on a GPU' a NumPy subclass): what the graph did, in order,
+    goes to ``seen``; ``on[id(array)]`` says which GPU an array is on; ``current[0]`` is CuPy's
+    current device."""
     current, seen = [0], []
 
     class FakeArray(np.ndarray):
@@ -572,6 +572,15 @@ def test_a_graph_is_captured_and_replayed_on_the_batchs_gpu(monkeypatch):
     on = {}
     monkeypatch.setattr(B, "_import_cupy", lambda: (fake, None))
     monkeypatch.setattr(B, "device_id", lambda a: on[id(a.base if a.base is not None else a)])
+    return seen, current, on, FakeArray
+
+
+def test_a_graph_is_captured_and_replayed_on_the_batchs_gpu(monkeypatch):
+    """CuPy makes arrays, streams and captures on its current device: a step on cuda:1 while cuda:0
+    is current (a fit outside default_device('cuda:1')) made its input buffers, its stream and its
+    graph on GPU 0. CuPy is faked (the arrays 'on cuda:1' a NumPy subclass); a batch on another GPU
+    captures anew."""
+    seen, current, on, FakeArray = _fake_cupy(monkeypatch)
 
     def step(x, y):
         seen.append(("step", current[0]))
@@ -588,3 +597,60 @@ def test_a_graph_is_captured_and_replayed_on_the_batchs_gpu(monkeypatch):
     assert seen == [("step", 1), ("buffer", 1), ("buffer", 1), ("free", 1), ("capture", 1, 1), ("step", 1),
                     ("launch", 1, 1), ("launch", 1, 1), ("step", 2), ("buffer", 2), ("buffer", 2), ("free", 2),
                     ("capture", 2, 2), ("step", 2), ("launch", 2, 2)]
+
+
+@pytest.mark.parametrize("change", ["set_variant", "use_variant", "autotuning", "table loaded", "table cleared",
+                                    "precision mode"])
+def test_another_choice_of_kernels_captures_anew(monkeypatch, change):
+    """A replay runs the kernels its capture launched: a variant chosen (set_variant, use_variant),
+    autotuning turned on, a table of tuned variants loaded or cleared, or TF32 turned on after a
+    capture made no difference to the replays on a GPU, while the simulator's step, which runs every
+    time, took it. The graph runs eagerly and captures anew instead, and again when the choice is
+    undone. CuPy is faked."""
+    seen, current, on, FakeArray = _fake_cupy(monkeypatch)
+
+    def step(x, y):
+        seen.append(("step", kernels.variant("conv2d_forward", np.float32), gpuconv.get_precision()))
+        return (x,)
+
+    def call(graph):
+        x, y = np.zeros((2, 3, 4, 4), np.float32), np.zeros(2, np.int64)
+        on[id(x)] = on[id(y)] = 0
+        graph(x.view(FakeArray), y.view(FakeArray))
+
+    def phases():
+        kinds = [e[0] for e in seen if e[0] in ("step", "capture", "launch")]
+        seen.clear()
+        return kinds
+
+    def changed():
+        if change == "set_variant":
+            kernels.set_variant("conv2d_forward", "v1")
+            return contextlib.nullcontext()
+        return {"use_variant": lambda: kernels.use_variant(conv2d_forward="v1"),
+                "autotuning": kernels.autotuning,
+                "table loaded": lambda: contextlib.nullcontext(kernels.load_tuned_variants({})),
+                "table cleared": lambda: contextlib.nullcontext(kernels.clear_tuned()),
+                "precision mode": lambda: gpuconv.precision_mode("tf32")}[change]()
+
+    def run():
+        graph = StepGraph(step)
+        call(graph), call(graph), call(graph)
+        assert phases() == ["step", "capture", "step", "launch", "launch"]
+        with changed():
+            call(graph), call(graph), call(graph)
+            assert phases() == ["step", "capture", "step", "launch", "launch"], f"{change}: not captured anew"
+        if change == "set_variant":
+            kernels.set_variant("conv2d_forward", None)
+        call(graph), call(graph)
+        again = phases()
+        if change in ("table loaded", "table cleared"):  # (a change to the table is not undone)
+            assert again == ["launch", "launch"]
+        else:
+            assert again == ["step", "capture", "step", "launch"], f"{change} undone: not captured anew"
+
+    tuned = kernels.tuned_variants()
+    try:
+        contextvars.copy_context().run(run)  # (set_variant's choice stays in that context)
+    finally:
+        kernels.load_tuned_variants(tuned, replace=True)
