@@ -178,7 +178,7 @@ class Trainer:
     ``autotune``: measure each convolution's "auto" variant at its first training step
     (:func:`gpuconv.kernels.autotuning`); 'auto' (default) does on 'cuda' unless an enclosing
     ``kernels.autotuning()`` block or ``$GPUCONV_AUTOTUNE`` says otherwise, True/False force it. The choices go into the checkpoint,
-    and a resumed run that autotunes takes them, so it continues bit for bit.
+    and a resumed run that autotunes takes them, so it continues bit for bit (one that does not is warned).
     """
 
     def __init__(self, model, optimizer, scheduler=None, out_dir=None, label_smoothing=0.0, log_every=50,
@@ -506,6 +506,14 @@ class Trainer:
         self.config = self.config or ckpt.read_config(arrays)  # the settings the run goes on with, if given
         if tuned is not None:
             kernels.load_tuned_variants(tuned)
+            off = self.autotune is False or (self.autotune == "auto" and not kernels.autotune_enabled(True))
+            params = self.model.parameters()  # (on the CPU no kernels run, so no variants either)
+            if tuned and off and params and backend.kernel_target(params[0].data) is not None:
+                warnings.warn(f"checkpoint {path} records the convolutions' autotuned variants, but this run does "
+                              "not autotune (autotune=False or GPUCONV_AUTOTUNE=0), so its convolutions take "
+                              "the default rule's variants, which sum in other orders: it goes on close to, not "
+                              "bit for bit as, the run it continues; autotune to take the recorded variants",
+                              RuntimeWarning, stacklevel=2)
         return arrays
 
     @property

@@ -757,3 +757,31 @@ def test_training_on_sim_tracks_the_cpu_run_on_real_images(cifar):
     np.testing.assert_allclose(sim_losses, cpu_losses, rtol=1e-4, atol=1e-5)
     for k in cpu_state:
         np.testing.assert_allclose(sim_state[k], cpu_state[k], rtol=1e-3, atol=1e-4, err_msg=k)
+
+
+@pytest.mark.parametrize("autotune", [False, True])
+def test_resuming_without_autotuning_warns_that_the_recorded_variants_are_not_taken(cifar, tmp_path, autotune):
+    """A checkpoint's table of autotuned variants is what lets a resumed run go on bit for bit; a run
+    resumed with autotuning off takes the default rule's variants instead, which it did silently."""
+    from gpuconv import kernels
+    train, _ = cifar
+    images, labels = train.images[:64], train.labels[:64]
+    with gpuconv.default_device("sim"):
+        saved, loader = build(images, labels, tmp_path / "a", epochs=2)
+        saved.fit(loader, 1)
+        arrays = ckpt.load_checkpoint(tmp_path / "a" / "checkpoint.npz")
+        arrays["meta/autotune"] = ckpt.pack_json({"conv2d_forward[float32] sim N32 C3 H32 W32 K8 F3x3 S1x1 P1x1": "v1"})
+        ckpt.save_checkpoint(tmp_path / "tuned.npz", arrays)
+        trainer, loader = build(images, labels, tmp_path / "b", epochs=2)
+        trainer.autotune = autotune
+        tuned = kernels.tuned_variants()
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                trainer.load_checkpoint(tmp_path / "tuned.npz", loader=loader)
+        finally:
+            kernels.load_tuned_variants(tuned, replace=True)
+    said = [str(w.message) for w in caught if "autotuned variants" in str(w.message)]
+    assert len(said) == (not autotune), said
+    if said:
+        assert "tuned.npz" in said[0] and "not bit for bit" in said[0]
