@@ -51,6 +51,9 @@ class DirFiles:
     def where(self, name: str) -> str:
         return str(self.path / name)
 
+    def offset(self, name: str) -> int:
+        return 0
+
     def read(self, name: str) -> bytes:
         try:
             return (self.path / name).read_bytes()
@@ -88,6 +91,11 @@ class TarFiles:
 
     def where(self, name: str) -> str:
         return f"{self.path}:{self._members[name].name}" if name in self._members else f"{self.path}:{name}"
+
+    def offset(self, name: str) -> int:
+        """Where the member's bytes start: reading members by offset decompresses the stream once,
+        where each step back would decompress it again from its start."""
+        return self._members[name].offset_data
 
     def read(self, name: str) -> bytes:
         try:
@@ -210,13 +218,19 @@ def read_batches(files, fmt: str):
     names = files.names()
     missing = [n + suffix for n in TRAIN_BATCHES if n + suffix not in names]
     test_name = TEST_BATCH + suffix
-    if len(missing) == len(TRAIN_BATCHES) and test_name in names:
-        return [], parse(files.read(test_name), files.where(test_name)), read_classes(files, fmt)
-    if missing:
+    test_only = len(missing) == len(TRAIN_BATCHES) and test_name in names
+    if missing and not test_only:
         raise DataNotFoundError(
             f"{files.path}: {', '.join(missing)} missing (found "
             f"{sorted(n for n in names if n.startswith(('data_batch', 'test_batch')))}); the copy is "
             f"incomplete. {_REFETCH_SENTENCE}")
-    train = [parse(files.read(n + suffix), files.where(n + suffix)) for n in TRAIN_BATCHES]
-    test = parse(files.read(test_name), files.where(test_name)) if test_name in names else None
-    return train, test, read_classes(files, fmt)
+    meta = "batches.meta" if fmt == "py" else "batches.meta.txt"
+    train_names = [] if test_only else [n + suffix for n in TRAIN_BATCHES]
+    wanted = train_names + [n for n in (test_name, meta) if n in names]
+    parts, classes = {}, None
+    for name in sorted(wanted, key=files.offset):  # in the tarball's order (the official one is not sorted)
+        if name == meta:
+            classes = read_classes(files, fmt)
+        else:
+            parts[name] = parse(files.read(name), files.where(name))
+    return [parts[n] for n in train_names], parts.get(test_name), classes
