@@ -127,6 +127,9 @@ def test_root_may_be_the_parent_or_the_batches_dir(subset_dir, subset, isolated)
     assert D.find_data_dir(subset_dir.parent) == subset_dir
     assert D.find_data_dir(str(subset_dir)) == subset_dir
     assert D.find_data_dir(subset_dir / "data_batch_1") == subset_dir
+    # the release's other files too (not taken for a corrupt tarball to delete)
+    assert D.find_data_dir(subset_dir / "batches.meta") == subset_dir
+    assert_same(load_quiet(subset_dir / "batches.meta", download=False), subset)
 
 
 def test_tarball_loads_identically(subset_dir, subset, isolated):

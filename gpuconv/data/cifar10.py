@@ -23,6 +23,7 @@ from .errors import DataNotFoundError
 
 _SUBDIRS = ("cifar-10-batches-py", "cifar-10-batches-bin")
 _TARBALLS = (TARBALL_NAME, "cifar-10-binary.tar.gz")
+_RELEASE_FILES = ("batches.meta", "batches.meta.txt", "readme.html")  # beside the batches in both releases
 
 
 @dataclass(eq=False)
@@ -99,10 +100,10 @@ def _search_places(root) -> list[tuple[str, pathlib.Path]]:
 def _locate(p: pathlib.Path) -> pathlib.Path | None:
     """The data source at ``p`` (a batches directory or a tarball), or None."""
     if p.is_file():
-        # A batch file itself (root=.../data_batch_1) stands for its directory; any other file
-        # is taken for a tarball (and reported as unreadable if it is not one).
+        # A file of an extracted release (root=.../data_batch_1, .../batches.meta) stands for its
+        # directory; any other file is taken for a tarball (and reported as unreadable if it is not one).
         names = formats.TRAIN_BATCHES + (formats.TEST_BATCH,)
-        if p.name in names or p.name in {n + ".bin" for n in names}:
+        if p.name in names or p.name in {n + ".bin" for n in names} or p.name in _RELEASE_FILES:
             return p.parent
         return None if _cifar100_at(p) else p  # a CIFAR-100 file is no tarball
     if not p.is_dir():
