@@ -226,6 +226,7 @@ def test_truncated_batch_names_the_file(subset_dir, isolated):
     ("length", "data_batch_3: 4 images but 3 labels"),
     ("float_data", "data_batch_3: 'data' is a float64 array"),
     ("not_dict", "data_batch_3: holds a list"),
+    ("channels_last", r"data_batch_3: 'data' is a uint8 array of shape \(4, 32, 32, 3\)"),
     ("missing", "data_batch_3 missing"),
 ])
 def test_damaged_batches(isolated, case, match):
@@ -243,6 +244,8 @@ def test_damaged_batches(isolated, case, match):
         p.write_bytes(pickle.dumps({b"data": imgs.astype(float), b"labels": [0] * 4}, protocol=2))
     elif case == "not_dict":
         p.write_bytes(pickle.dumps([imgs], protocol=2))
+    elif case == "channels_last":  # re-pickled as (N, H, W, C): refused, not read as scrambled pixels
+        p.write_bytes(pickle.dumps({b"data": imgs.reshape(4, 32, 32, 3), b"labels": [0] * 4}, protocol=2))
     else:
         p.unlink()
     err = D.DataNotFoundError if case == "missing" else D.CorruptDataError

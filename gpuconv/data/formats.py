@@ -157,12 +157,12 @@ def parse_python_batch(data: bytes, where: str) -> tuple[np.ndarray, np.ndarray]
         hint = " (fine_labels: this is CIFAR-100)" if "fine_labels" in keys else ""
         raise CorruptDataError(f"{where}: has keys {keys}{hint}; a CIFAR-10 batch has 'data' and "
                                f"'labels'. {_REFETCH_SENTENCE}")
-    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim not in (2, 4) \
-            or images.size != images.shape[0] * PIXELS:
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 \
+            or images.shape[1:] not in ((PIXELS,), IMAGE_SHAPE):  # (an (N, 32, 32, 3) array would be scrambled)
         desc = (f"{images.dtype} array of shape {images.shape}" if isinstance(images, np.ndarray)
                 else type(images).__name__)
         raise CorruptDataError(f"{where}: 'data' is a {desc}; a CIFAR-10 batch holds a uint8 array of "
-                               f"shape (N, 3072). {_REFETCH_SENTENCE}")
+                               f"shape (N, 3072) (or (N, 3, 32, 32), channels first). {_REFETCH_SENTENCE}")
     try:
         labels = np.asarray(labels, dtype=np.int64).reshape(-1)
     except (TypeError, ValueError) as exc:
