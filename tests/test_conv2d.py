@@ -357,6 +357,18 @@ def no_work(monkeypatch):
     monkeypatch.setattr(conv_mod, "_conv2d_forward_reference", boom)
 
 
+class TensorLike:
+    """A tensor of another library, as PyTorch's: a shape, an ndim, and a dtype that is not NumPy's
+    (which the dtype checks would print as 'has dtype torch.float32, but ops take ... float32')."""
+    dtype, shape, ndim = "torch.float32", (1, 1, 5, 5), 4
+
+    def detach(self):
+        return self
+
+    def cpu(self):
+        return self
+
+
 ERRORS = [
     (dict(x=np.ones((1, 1, 5, 5), np.int32)), TypeError, r"x has dtype int32.*astype\(np.float32\)"),
     (dict(w=np.ones((1, 1, 3, 3), np.float16)), TypeError, r"w has dtype float16"),
@@ -376,6 +388,8 @@ ERRORS = [
      r"width: input size W=6, filter F=3, stride S=2, padding P=0 give \(W - F \+ 2P\)/S \+ 1 = "
      r"\(6 - 3 \+ 2\*0\)/2 \+ 1 = 2.5, not an integer"),
     (dict(x=[[1.0]]), TypeError, r"x must be a numpy or cupy array, got list"),
+    (dict(x=TensorLike()), TypeError, r"x must be a numpy or cupy array, got .*TensorLike \(torch\.float32\): "
+     r"convert it first, e\.g\. x = x\.detach\(\)\.cpu\(\)\.numpy\(\)"),
 ]
 
 

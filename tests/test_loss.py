@@ -90,6 +90,23 @@ def test_errors(backend, logits, labels, kw, exc, match):
         softmax_cross_entropy(backend.asarray(logits), backend.asarray(labels), **kw)
 
 
+def test_labels_of_another_library_are_named(backend):
+    """Labels as a torch tensor (a dtype of its own, torch.int64) are refused by name with the
+    conversion, not with an AttributeError from reading that dtype's kind."""
+    class TensorLike:
+        dtype, shape, ndim = "torch.int64", (2,), 1
+
+        def detach(self):
+            return self
+
+        def cpu(self):
+            return self
+
+    with pytest.raises(TypeError, match=r"labels must be a numpy or cupy array, got .*TensorLike \(torch\.int64\): "
+                                        r"convert it first, e\.g\. labels = labels\.detach\(\)\.cpu\(\)\.numpy\(\)"):
+        softmax_cross_entropy(backend.asarray(np.zeros((2, 3), np.float32)), TensorLike())
+
+
 @pytest.mark.parametrize("reduction", ["sum", "none"])
 def test_an_empty_batch_sums_to_zero_as_pytorchs(backend, reduction):
     """N = 0 (the last batch of a filtered data set): PyTorch's 'sum' is 0 and 'none' has no rows,

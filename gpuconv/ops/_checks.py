@@ -15,10 +15,16 @@ from ..precision import DTYPE_NAMES, DTYPES, compute_dtype
 
 
 def check_array(name, a):
-    """``a`` must be a NumPy or CuPy array (anything with a dtype, a shape and ``ndim``)."""
+    """``a`` must be a NumPy or CuPy array (anything with a NumPy dtype, a shape and ``ndim``): a
+    tensor of another library (PyTorch's) has a dtype of its own, which no check would understand."""
     if type(a) is np.ndarray:  # the common case first: every op checks every array
         return a
-    if not (hasattr(a, "dtype") and hasattr(a, "shape") and hasattr(a, "ndim")) or isinstance(a, np.generic):
+    if not (isinstance(getattr(a, "dtype", None), np.dtype) and hasattr(a, "shape") and hasattr(a, "ndim")) \
+            or isinstance(a, np.generic):
+        if hasattr(a, "dtype") and hasattr(a, "detach") and hasattr(a, "cpu"):  # a torch.Tensor
+            raise TypeError(f"{name} must be a numpy or cupy array, got {type(a).__module__}.{type(a).__name__} "
+                            f"({a.dtype}): convert it first, e.g. {name} = {name}.detach().cpu().numpy() (a CUDA "
+                            f"tensor stays on its GPU as cupy.from_dlpack({name}))")
         dtype = "np.int64" if name in ("labels", "y") else "np.float32"  # class indices, or values
         raise TypeError(f"{name} must be a numpy or cupy array, got {type(a).__name__}: "
                         f"wrap it first, e.g. {name} = np.asarray({name}, dtype={dtype})")
