@@ -34,6 +34,7 @@ import numpy as np
 
 from . import backend, kernels, layout, precision
 from .ops import _launch_conv2d_tc as tc
+from .ops._checks import check_array
 
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 CAST_TENSORS = kernels.defines("amp.cu")["CAST_TENSORS"]  # parameters per launch of cast_parameters
@@ -306,6 +307,7 @@ def cast_input(x, dt):
     """The batch ``x`` in the compute dtype ``dt``: a floating array (any of gpuconv's dtypes), cast
     when it is not already ``dt``. Raw pixels are refused: cast, a uint8 image trains on values
     100x too large, its loss in the hundreds, with no error anywhere."""
+    check_array("x", x)  # a list of images, a torch tensor: named, not an AttributeError on .dtype
     if x.dtype not in precision.DTYPES:
         if np.issubdtype(x.dtype, np.integer):
             raise TypeError(f"the batch has dtype {x.dtype}: a network takes normalized float images, not raw pixels; "

@@ -37,6 +37,7 @@ from ._files import BINARY, NOFOLLOW, make_dirs, new_file_mode, write_atomic
 from . import checkpoint as ckpt
 from .graphs import REPLAYED_WAY_OUT
 from .monitor import GPUMonitor, format_snapshot, metrics_fields
+from .ops._checks import check_array
 
 
 class TrainingDiverged(FloatingPointError):
@@ -937,6 +938,7 @@ def _evaluate(model, loader, level, precision):
     classes = n = 0
     try:
         for x, y in loader:
+            check_array("x", x)  # (before its shape is read)
             if x.shape[0] == 0 and len(y) == 0:  # an empty batch (the last of a filtered data set) counts nothing
                 continue
             xp = backend.get_array_module(x, y)

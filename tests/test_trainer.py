@@ -415,6 +415,19 @@ def test_raw_pixels_and_an_empty_loader_are_refused(cifar):
     assert trainer.step == 0 and trainer.history == []
 
 
+
+def test_a_batch_of_lists_is_refused_by_name():
+    """Images as nested lists (or a tensor of another library) are named with the conversion, in
+    training and in evaluation, not an AttributeError on .dtype or .shape."""
+    model = small_net()
+    trainer = Trainer(model, SGD(model.parameters(), lr=0.01), progress=False)
+    x, y = np.zeros((2, 3, 32, 32), np.float32).tolist(), np.array([0, 1])
+    with pytest.raises(TypeError, match=r"x must be a numpy or cupy array, got list: wrap it first.*np\.asarray"):
+        trainer.fit([(x, y)], 1)
+    with pytest.raises(TypeError, match=r"x must be a numpy or cupy array, got list: wrap it first.*np\.asarray"):
+        evaluate(model, [(x, y)])
+    assert trainer.step == 0
+
 def test_fit_trains_a_model_left_in_eval_mode(cifar, tmp_path):
     """model.eval() to look at predictions (or a cell stopped before its model.train()), then fit
     again: the model trains as it would have from training mode, and is in training mode after."""
