@@ -113,6 +113,27 @@ def test_dtypes_follow_numpy():
     assert dx.dtype == np.float64 and np.allclose(dx, dout @ w32.T.astype(np.float64), rtol=1e-15)
 
 
+
+def test_big_endian_arrays_compute_as_numpys():
+    """Arrays in the other byte order ('>f8', as read from a big-endian file) compute as NumPy's
+    arithmetic does, whether every argument has that order or only some: the ops take native
+    arrays, so the call casts them, as it casts any other dtype."""
+    rng = np.random.default_rng(3)
+    x, w, b = rng.standard_normal((2, 3, 6, 6)), rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)
+    cp = {"stride": 1, "pad": 1}
+    big = [a.astype(">f8") for a in (x, w, b)]
+    ref, ref_cache = C.conv_forward_naive(x, w, b, cp)
+    out, cache = C.conv_forward_naive(*big, cp)
+    assert out.dtype == np.float64 and np.array_equal(out, ref)
+    dout = rng.standard_normal(ref.shape)
+    for got, want in zip(C.conv_backward_naive(dout.astype(">f8"), cache), C.conv_backward_naive(dout, ref_cache)):
+        assert got.dtype == np.float64 and np.array_equal(got, want)
+    s, y = rng.standard_normal((4, 5)), np.array([0, 1, 2, 3])
+    assert C.softmax_loss(s.astype(">f8"), y)[0] == C.softmax_loss(s, y)[0]
+    assert np.array_equal(C.relu_forward(s.astype(">f8"))[0], np.maximum(s, 0))
+    pool = {"pool_height": 2, "pool_width": 2, "stride": 2}
+    assert np.array_equal(C.max_pool_forward_naive(big[0], pool)[0], C.max_pool_forward_naive(x, pool)[0])
+
 def _numpy_strided_cols(x, w, conv_param):
     # The assignment's conv_forward_strides column matrix, built the way it builds it.
     N, Cc, H, W = x.shape

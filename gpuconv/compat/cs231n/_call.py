@@ -24,11 +24,13 @@ _CURRENT = object()
 
 
 def promote(*items):
-    """NumPy's result dtype of the arrays (and dtypes) given, as a floating type."""
+    """NumPy's result dtype of the arrays (and dtypes) given, as a floating type in the machine's
+    byte order (as NumPy's arithmetic gives it: a '>f8' array read from a big-endian file computes)."""
     dtypes = [np.dtype(a) if isinstance(a, (np.dtype, type)) else a.dtype for a in items
               if a is not None and not isinstance(a, (int, float, bool))]
     if all(d == dtypes[0] for d in dtypes) and dtypes[0].kind not in "biucOSUM":
-        return dtypes[0]          # one float dtype: kept as is (bfloat16, whose kind is 'V', included)
+        # one float dtype: kept (bfloat16, whose kind is 'V', included), in native byte order
+        return dtypes[0] if dtypes[0].isnative else dtypes[0].newbyteorder("=")
     dt = np.result_type(*dtypes)
     if dt.kind in "biu":
         dt = np.result_type(dt, np.float64)
