@@ -673,6 +673,10 @@ class BatchNorm2d(Layer):
         _only("BatchNorm2d", affine=(affine, True), track_running_stats=(track_running_stats, True))
         self.activation = ops.batchnorm.check_activation(activation)
         self.num_features = _int("num_features", num_features, 1)
+        for name, value in (("eps", eps), ("momentum", momentum)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):  # '1e-5' would fail at a comparison
+                raise TypeError(f"BatchNorm2d: {name} must be a number, got {value!r} ({type(value).__name__}): "
+                                f"pass e.g. {name}={'1e-5' if name == 'eps' else '0.1'}")
         if not eps > 0:
             raise ValueError(f"eps must be > 0 (it keeps 1/sqrt(var + eps) finite), got {eps!r}")
         if not 0.0 <= momentum <= 1.0:
