@@ -176,6 +176,12 @@ def autocast(model, precision: str, backward: bool = True):
     from .precision import precision_mode
     dt = compute_dtype(precision)
     low = dt != np.float32
+    if not low:  # the batch is cast to float32: a float64 model would be told to take float64, which it was given
+        wide = next((p for p in model.parameters() if p.data.dtype != np.float32), None)
+        if wide is not None:
+            raise TypeError(f"precision {precision!r} computes in float32, but the model's parameter {wide.name!r} is "
+                            f"{wide.data.dtype}: convert the model with model.astype(np.float32) (a float64 model is "
+                            "for gradient checks: call it directly, model(x.astype(np.float64)))")
     with model_lock(model):  # the copies live on the shared parameters: one block at a time
         try:
             if low:  # (inside: copies made before a failure, an out-of-memory, are cleared too)
