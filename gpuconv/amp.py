@@ -34,7 +34,7 @@ import numpy as np
 
 from . import backend, kernels, layout, precision
 from .ops import _launch_conv2d_tc as tc
-from .ops._checks import check_array
+from .ops._checks import DtypeMismatchError, check_array
 
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 CAST_TENSORS = kernels.defines("amp.cu")["CAST_TENSORS"]  # parameters per launch of cast_parameters
@@ -176,18 +176,21 @@ def autocast(model, precision: str, backward: bool = True):
     from .precision import precision_mode
     dt = compute_dtype(precision)
     low = dt != np.float32
-    if not low:  # the batch is cast to float32: a float64 model would be told to take float64, which it was given
-        wide = next((p for p in model.parameters() if p.data.dtype != np.float32), None)
-        if wide is not None:
-            raise TypeError(f"precision {precision!r} computes in float32, but the model's parameter {wide.name!r} is "
-                            f"{wide.data.dtype}: convert the model with model.astype(np.float32) (a float64 model is "
-                            "for gradient checks: call it directly, model(x.astype(np.float64)))")
     with model_lock(model):  # the copies live on the shared parameters: one block at a time
         try:
             if low:  # (inside: copies made before a failure, an out-of-memory, are cleared too)
                 cast_parameters(model, dt, backward)
             with precision_mode("tf32" if precision == "tf32" else "fp32"):
                 yield dt
+        except DtypeMismatchError as exc:
+            # the batch was cast to float32: a float64 model's first layer would say to pass float64,
+            # which the caller did (looked at only on failure: no walk of the model per step)
+            wide = None if low else next((p for p in model.parameters() if p.data.dtype != np.float32), None)
+            if wide is None:
+                raise
+            raise TypeError(f"precision {precision!r} computes in float32, but the model's parameter {wide.name!r} is "
+                            f"{wide.data.dtype}: convert the model with model.astype(np.float32) (a float64 model is "
+                            "for gradient checks: call it directly, model(x.astype(np.float64)))") from exc
         finally:
             if low:
                 cast_parameters(model, None)

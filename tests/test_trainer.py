@@ -443,6 +443,7 @@ def test_a_float64_model_in_float32_precision_is_named():
         evaluate(model, [(x, y)])
     assert trainer.step == 0
 
+
 def test_fit_trains_a_model_left_in_eval_mode(cifar, tmp_path):
     """model.eval() to look at predictions (or a cell stopped before its model.train()), then fit
     again: the model trains as it would have from training mode, and is in training mode after."""
