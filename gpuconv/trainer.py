@@ -529,8 +529,8 @@ class Trainer:
         if record.get("val_acc") is not None and record["val_acc"] >= max(accs):
             if self.checkpoint_every is not None and self.checkpoint_path.exists():
                 ckpt.copy_checkpoint(self.checkpoint_path, self.best_path)  # just written: no second readback
-            else:
-                ckpt.save_checkpoint(self.best_path, self.state_arrays())
+            else:  # (as the latest checkpoint: never of weights gone NaN or Inf)
+                self.save_checkpoint(self.best_path)
         plot_curves(self.history, self.out_dir / "curves.png")
 
     # ------------------------------------------------------------------ metrics history

@@ -270,6 +270,25 @@ def test_diverged_weights_are_never_checkpointed(cifar, tmp_path):
     assert not (tmp_path / "b" / "checkpoint.npz").exists()
 
 
+
+def test_best_npz_is_never_written_of_non_finite_weights(cifar, tmp_path):
+    """Without epoch checkpoints best.npz is saved on its own: it is held to the same check. A
+    batch variance past float32's range leaves a running_var inf while every loss stays finite
+    (the channel normalized by 1/sqrt(inf) = 0)."""
+    train, val = cifar
+    loader = DeviceLoader(train.images[:64], train.labels[:64], 64, shuffle=False)
+    val_loader = DeviceLoader(val.images[:64], val.labels[:64], 64, shuffle=False)
+    model = small_net()
+
+    def blow_up(epoch):
+        model[1].running_var[0] = np.inf
+
+    trainer = Trainer(model, SGD(model.parameters(), lr=0.01), out_dir=tmp_path, progress=False,
+                      checkpoint_every=None, epoch_start=blow_up)
+    with pytest.raises(TrainingDiverged, match=r"the model's weights became NaN or Inf \(1\.running_var\)"):
+        trainer.fit(loader, 1, val=val_loader)
+    assert not (tmp_path / "best.npz").exists()
+
 class FakeOOM(MemoryError):
     pass
 
