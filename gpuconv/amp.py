@@ -230,10 +230,16 @@ class LossScaler:
     and the clean-step count, so a resumed run scales exactly as the uninterrupted one."""
 
     def __init__(self, init_scale=2.0 ** 16, growth_factor=2.0, backoff_factor=0.5, growth_interval=2000):
-        if not (init_scale > 0 and growth_factor > 1 and 0 < backoff_factor < 1 and growth_interval >= 1):
+        # The scale is kept in float32, and unscale multiplies by its reciprocal: an init_scale past
+        # float32's largest value is inf (backing off keeps it inf), one below its smallest normal value
+        # is 0 or has an infinite reciprocal; either way every step would be skipped, for good.
+        f32 = np.finfo(np.float32)
+        if not (float(f32.tiny) <= init_scale <= float(f32.max) and growth_factor > 1 and 0 < backoff_factor < 1
+                and growth_interval >= 1):
             raise ValueError(f"LossScaler(init_scale={init_scale!r}, growth_factor={growth_factor!r}, "
                              f"backoff_factor={backoff_factor!r}, growth_interval={growth_interval!r}): need "
-                             "init_scale > 0, growth_factor > 1, 0 < backoff_factor < 1, growth_interval >= 1")
+                             "1.2e-38 <= init_scale <= 3.4e38 (a normal float32; 2**16 is the usual start), "
+                             "growth_factor > 1, 0 < backoff_factor < 1, growth_interval >= 1")
         self.init_scale, self.growth_factor = float(init_scale), float(growth_factor)
         self.backoff_factor, self.growth_interval = float(backoff_factor), int(growth_interval)
         self.scale_ = None    # 0-d float32 on the device, created at the first use

@@ -165,6 +165,19 @@ def test_loss_scale_never_grows_past_float32():
     assert s.current_scale == 2.0 ** 126
 
 
+@pytest.mark.parametrize("init_scale", [float("inf"), 1e39, 1e-39, 0.0, float("nan")])
+def test_a_loss_scale_float32_cannot_hold_is_refused(init_scale):
+    """Held in float32, 1e39 would be inf (and backing off keeps it inf), 1e-39 a scale whose
+    reciprocal is inf: every step skipped, the weights never trained, no error anywhere."""
+    with pytest.raises(ValueError, match=r"1\.2e-38 <= init_scale <= 3\.4e38"):
+        amp.LossScaler(init_scale=init_scale)
+    for ok in (2.0 ** -126, 2.0 ** 127):  # the normal float32 range's ends: both scale and unscale finitely
+        s = amp.LossScaler(init_scale=ok)
+        p = Conv2d(1, 1, 1).weight
+        p.grad = np.ones(p.shape, np.float32)
+        assert not bool(s.unscale([p])) and 0 < s.current_scale < np.inf
+
+
 
 @pytest.mark.parametrize("device", ["cpu", "sim"])
 def test_fp16_step_scales_the_loss_gradient_before_rounding_it(device):
