@@ -367,6 +367,13 @@ class Trainer:
             self._diverged(f"the training loss became {vals[bad[0], 0]} at step {step} (epoch {self.epoch + 1}, batch "
                            f"{batch}), found at the readback of steps {first_step}-{self.step} (log_every="
                            f"{self.log_every})", step)
+        if self.scaler is not None and self.scaler.scale_ is not None:
+            scale = self.scaler.current_scale  # (4 bytes more at a readback the step waits for anyway)
+            if not scale >= float(np.finfo(np.float32).tiny):
+                self._diverged(f"fp16's loss scale fell to {scale:g} by step {self.step}, below float32's normal "
+                               "range: the gradients overflowed float16 at every scale tried, and from here every "
+                               "step trains nothing, for good (scaled gradients vanish in float16, 1/scale "
+                               "overflows, the steps are skipped)", self.step)
         n = counts.sum()
         return {"loss": float((vals[:, 0] * counts).sum() / n), "correct": float(vals[:, 1].sum()),
                 "n": float(n), "steps": k}

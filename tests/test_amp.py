@@ -210,6 +210,28 @@ def test_fp16_step_scales_the_loss_gradient_before_rounding_it(device):
     ulp = np.spacing(np.abs(want)).astype(np.float64)  # the kernel's exp/log: an ulp of float16 at most
     assert np.all(np.abs(dy.astype(np.float64) - want) <= (0 if device == "cpu" else 1) * ulp)
 
+def test_a_loss_scale_fallen_out_of_float32s_range_stops_training():
+    """After about 140 overflows in a row the loss scale falls below float32's normal range, from
+    where no step trains again (the scaled gradients vanish in float16; a few halvings on, 1/S
+    overflows and every step is skipped), while the loss stays finite (it is computed before the
+    backward). The trainer stops with TrainingDiverged at the next readback instead of going on
+    training nothing."""
+    from gpuconv.trainer import TrainingDiverged
+    x, y = batch()
+    net = small_net()
+    scaler = amp.LossScaler(init_scale=2.0 ** -125)  # two halvings from the end of the normal range
+    trainer = Trainer(net, SGD(net.parameters(), lr=0.05), log_every=1, progress=False, precision="fp16",
+                      loss_scaler=scaler)
+    before = [p.data.copy() for p in net.parameters()]
+    trainer.train_step(x, y)
+    trainer._flush()  # the scale is still a normal float32 (2**-125, or 2**-126 after an overflow): goes on
+    scaler.scale_ = np.asarray(2.0 ** -127, np.float32)  # (what the next halving gives: subnormal)
+    trainer.train_step(x, y)
+    with pytest.raises(TrainingDiverged, match=r"loss scale fell to .* below float32's normal range.* trains nothing"):
+        trainer._flush()
+    assert all(np.array_equal(a, p.data) for a, p in zip(before, net.parameters()))
+
+
 # ----------------------------------------------------------------------------- the trainer
 @pytest.fixture(scope="module")
 def images(request):
