@@ -685,7 +685,7 @@ def cmd_evaluate(args) -> int:
     classes = config.get("classes") or list(cifar.classes)
     per_class = {c: (None if math.isnan(a) else a) for c, a in zip(classes, result["per_class"])}
     if args.json:
-        print(json.dumps({"accuracy": result["accuracy"], "loss": result["loss"], "n": result["n"], "precision": precision,
+        print(_json({"accuracy": result["accuracy"], "loss": result["loss"], "n": result["n"], "precision": precision,
                           "tta": tta,
                           "split": split_desc, "split_name": _split_name(split_name), "held_out": held_out, "model": config["model"], "epoch": int(arrays["meta/epoch"]),
                           "checkpoint": str(args.checkpoint), "classes": classes, "per_class": per_class,
@@ -702,6 +702,20 @@ def cmd_evaluate(args) -> int:
     for c, row in zip(classes, result["confusion"]):
         print(f"{c:>{width}} " + " ".join(f"{v:5d}" for v in row))
     return 0
+
+
+def _json(obj) -> str:
+    """``obj`` as strict JSON: a NaN or infinite number (the loss or probabilities of a model whose
+    logits overflowed) is null, where json.dumps would write NaN/Infinity, which JSON readers refuse."""
+    def finite(o):
+        if isinstance(o, float):
+            return o if math.isfinite(o) else None
+        if isinstance(o, dict):
+            return {k: finite(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return [finite(v) for v in o]
+        return o
+    return json.dumps(finite(obj), allow_nan=False)
 
 
 def _split_name(spec) -> str:
@@ -734,7 +748,7 @@ def cmd_predict(args) -> int:
         rows.append({"source": source, "index": index, "label": model.classes[label], "label_index": int(label),
                      "top": [[model.classes[j], round(float(p[j]), 6)] for j in order]})
     if args.json:
-        print(json.dumps({"predictions": rows}))
+        print(_json({"predictions": rows}))
         return 0
     for r in rows:
         where = (r["source"] if r["index"] == 0 and not r["source"].lower().endswith(".npy")  # as load_images tells them

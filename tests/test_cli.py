@@ -772,6 +772,31 @@ def test_predict_command_reads_images_and_arrays(trained, tmp_path, capsys):
     assert rc == 1 and "nope.png does not exist" in err
 
 
+def test_json_output_is_strict_json_when_the_logits_overflow(trained, tmp_path, capsys):
+    """A model whose logits overflow (weights finite but huge) gives NaN probabilities and loss:
+    --json wrote them as bare NaN tokens, which JSON readers (jq, JavaScript, Python's json with
+    parse_constant) refuse. They are null."""
+    arrays = ckpt.load_checkpoint(trained / "checkpoint.npz")
+    head = [k for k, v in arrays.items() if k.startswith("model/") and k.endswith("weight") and v.ndim == 2]
+    assert head
+    for k in head:
+        arrays[k] = (arrays[k] * np.float32(3e38)).astype(np.float32)  # finite; the logits are not
+    ckpt.save_checkpoint(tmp_path / "huge.npz", arrays)
+    from gpuconv.data import load_cifar10
+    np.save(tmp_path / "two.npy", load_cifar10(SUBSET.parent).train.images[:2].transpose(0, 2, 3, 1))
+
+    def strict(text):
+        return json.loads(text, parse_constant=lambda name: pytest.fail(f"not JSON: {name}"))
+    rc, out, err = run(["predict", "--checkpoint", tmp_path / "huge.npz", "--json", tmp_path / "two.npy"], capsys)
+    assert rc == 0, err
+    tops = [p["top"] for p in strict(out)["predictions"]]
+    assert any(prob is None for top in tops for _, prob in top)
+    rc, out, err = run(["evaluate", "--checkpoint", tmp_path / "huge.npz", "--data", SUBSET, "--json",
+                        "--device", "cpu"], capsys)
+    assert rc == 0, err
+    assert strict(out)["loss"] is None
+
+
 def test_16_bit_and_float_images_are_scaled_or_refused(tmp_path):
     """Pillow's convert('RGB') clips a 16-bit PNG's values to 255 (an all-white image, predicted
     without a word); it is scaled to 8 bits, and pixels of unknown range are refused."""
