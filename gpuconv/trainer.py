@@ -437,9 +437,11 @@ class Trainer:
     def _diverged(self, what, step):
         """Raise :class:`TrainingDiverged`: ``what`` happened at ``step``; the checkpoint on disk is kept."""
         kept = self.checkpoint_path is not None and self.checkpoint_path.exists()
+        best = self.best_path is not None and self.best_path.exists()
         where = (f"the last checkpoint that passed is kept at {self.checkpoint_path} (if a resume from it diverges "
                  "at once, its weights are already too far: start over)" if kept
-                 else "no checkpoint had been written yet")
+                 else f"no checkpoint was written (checkpoint_every=None), but the best epoch's is kept at "
+                      f"{self.best_path}" if best else "no checkpoint had been written yet")
         raise TrainingDiverged(f"{what}; {where}. Lower the learning rate (--lr), or check the inputs for NaN/Inf and "
                                "the labels for values outside the classes (on a GPU a bad label makes the loss NaN "
                                "instead of raising; gpuconv.ops.check_labels finds it)", step=step,

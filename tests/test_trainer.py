@@ -288,6 +288,19 @@ def test_best_npz_is_never_written_of_non_finite_weights(cifar, tmp_path):
     with pytest.raises(TrainingDiverged, match=r"the model's weights became NaN or Inf \(1\.running_var\)"):
         trainer.fit(loader, 1, val=val_loader)
     assert not (tmp_path / "best.npz").exists()
+    # a good epoch first: the error names the best epoch's checkpoint, the only one on disk
+    model = small_net()
+
+    def later(epoch):
+        if epoch == 1:
+            model[0].weight.data[0] = np.nan  # the loss is NaN at the next readback
+
+    trainer = Trainer(model, SGD(model.parameters(), lr=0.01), out_dir=tmp_path / "b", progress=False,
+                      checkpoint_every=None, epoch_start=later)
+    with pytest.raises(TrainingDiverged, match=r"no checkpoint was written .* best epoch's is kept at .*best\.npz"):
+        trainer.fit(loader, 2, val=val_loader)
+    assert (tmp_path / "b" / "best.npz").exists()
+
 
 class FakeOOM(MemoryError):
     pass
