@@ -16,8 +16,8 @@ Caches (shared with the kernel launchers, see ``_dispatch``):
 ``MaxPool2dCache(x_shape, kernel_size, stride, argmax)`` where ``argmax`` is int32 of the output's
 shape holding the window-local index ``kh * KW + kw`` of each maximum (the "switches"; ties go to
 the first tap in row-major order; a NaN in a window makes its output NaN and takes the switch,
-the first NaN in tap order as ``np.argmax`` picks it, so the gradient goes to the input the
-output is, as in PyTorch), and
+the first NaN in tap order as ``np.argmax`` picks it, so the gradient goes to an input the
+output is, as in PyTorch; where two NaNs share a window PyTorch picks the last), and
 ``AvgPool2dCache(x_shape, kernel_size, stride)``; sizes are (h, w) pairs. Both end in
 ``channels_last``: whether x was (gpuconv.layout), so that dx comes back in x's layout even where
 dy cannot tell (1x1 outputs, whose two layouts are the same memory), and ``dtype``: x's, which
