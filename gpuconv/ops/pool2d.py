@@ -227,16 +227,22 @@ def _max_backward(dy, cache, out=None):
     # then one transposing pass into dx. Adding 0 in that pass keeps the loop form's result bit
     # for bit: 0 + (-0.0) is +0.0, where a plain copy would leave a routed -0.0.
     dx = xp.empty(cache.x_shape, dtype=dy.dtype) if out is None else out
+    bits = np.dtype(f"i{dy.dtype.itemsize}")
     planes = None
     for b in _batch_chunks(n, taps * dy[0].size * dy.itemsize):
         dyb, ab = dy[b], cache.argmax[b]
         if planes is None or planes.shape[1] != dyb.shape[0]:
-            planes = xp.empty((taps,) + tuple(dyb.shape), dtype=dy.dtype)
-        for t in range(taps):  # dy at the switch, 0 elsewhere (a NaN or inf dy stays where it is routed)
-            planes[t] = 0
-            xp.copyto(planes[t], dyb, where=ab == t)
+            planes = xp.empty((taps,) + tuple(dyb.shape), dtype=bits)
+        dyb_bits = dyb.view(bits)
+        for t in range(taps):
+            # dy at the switch, +0 elsewhere (a NaN or inf dy stays where it is routed): dy's bits
+            # ANDed with a mask of all ones or zeros, as relu_backward; copyto(where=) took 15x as
+            # long (2x2 pool of 32x32x32x32 float32, the four taps: 8.2 ms against 0.59 on one core).
+            xp.copyto(planes[t], ab == t, casting="unsafe")
+            xp.negative(planes[t], out=planes[t])
+            xp.bitwise_and(planes[t], dyb_bits, out=planes[t])
         m = dyb.shape[0]
-        xp.add(planes.reshape(kh, kw, m, c, oh, ow), dy.dtype.type(0),
+        xp.add(planes.view(dy.dtype).reshape(kh, kw, m, c, oh, ow), dy.dtype.type(0),
                out=_window_axes(xp, dx[b], kh, kw).transpose(3, 5, 0, 1, 2, 4))
     return dx
 
