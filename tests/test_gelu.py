@@ -149,3 +149,18 @@ def test_dx_takes_dys_layout(backend):
         dx = gelu_backward(layout.to_channels_last(dy) if dy_cl else dy, cache)
         assert layout.is_channels_last(dx) == bool(dy_cl), (x_cl, dy_cl)
         np.testing.assert_allclose(backend.asnumpy(dx), _math_grad(x.astype(np.float64)), rtol=1e-5, atol=1e-6)
+
+
+def test_the_float32_erfc_in_chunks_gives_the_bits_of_one_pass(monkeypatch):
+    """The NumPy fit runs a large array a chunk at a time (for the cache): the same bits as one
+    pass over the whole array, in every chunk, a short last one, NaN, infinities and -0.0 included."""
+    from gpuconv.ops import gelu as G
+    monkeypatch.setattr(G, "_ERFC_CHUNK", 64)
+    z = (np.random.default_rng(5).standard_normal((3, 5, 7, 11)) * 4).astype(np.float32)
+    z.reshape(-1)[[0, 70, 200, 1154]] = [np.nan, np.inf, -np.inf, -0.0]
+    chunked = G.erfc(z)
+    monkeypatch.setattr(G, "_ERFC_CHUNK", z.size)
+    whole = G.erfc(z)
+    assert chunked.shape == z.shape and chunked.tobytes() == whole.tobytes()
+    noncontiguous = G.erfc(z.transpose(0, 2, 3, 1))  # a strided array: one pass, the same values
+    assert noncontiguous.transpose(0, 3, 1, 2).tobytes() == whole.tobytes()

@@ -32,6 +32,9 @@ _INV_SQRT_2PI = 0.3989422804014327
 _ERFC_COEFFS = (-1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806, 0.27886807, -1.13520398,
                 1.48851587, -0.82215223, 0.17087277)
 _erfc_exact = np.frompyfunc(math.erfc, 1, 1)
+# Elements per chunk of the float32 fit on NumPy (its three arrays: 768 KB, inside L2; 2^14 and 2^15
+# measured 8% and 3% slower).
+_ERFC_CHUNK = 1 << 16
 
 
 def gelu_forward(x):
@@ -53,6 +56,20 @@ def erfc(z):
             from cupyx.scipy.special import erfc as device_erfc
             return device_erfc(z)
         return np.asarray(_erfc_exact(z), dtype=np.float64)
+    if xp is np and z.size > _ERFC_CHUNK and z.flags.c_contiguous:
+        # The fit's two dozen passes a chunk at a time, so that its three arrays stay in cache between
+        # passes: elementwise operations, so the same bits (airbench94's whitening GELU input,
+        # 32x24x31x31 float32: 9.0 -> 6.2 ms on one core).
+        r = np.empty_like(z)
+        flat, out = z.reshape(-1), r.reshape(-1)
+        for lo in range(0, flat.size, _ERFC_CHUNK):
+            _erfc_fit(np, flat[lo:lo + _ERFC_CHUNK], out[lo:lo + _ERFC_CHUNK])
+        return r
+    return _erfc_fit(xp, z, xp.empty_like(z))
+
+
+def _erfc_fit(xp, z, r):
+    """The float32 fit of ``erfc(z)``, written into ``r`` on NumPy (returned), a new array on CuPy."""
     # The fit's Horner steps in place, in two arrays (t and the result r), not a temporary per
     # operation: the same operations on the same operands in the same order (a NaN's payload
     # comes from the first), so the same bits, with a fifth less time (no allocation per step).
@@ -62,7 +79,7 @@ def erfc(z):
     t = xp.multiply(a, f(0.5), out=xp.empty_like(z))
     t += f(1)
     xp.reciprocal(t, out=t)  # 1 / (1 + a / 2)
-    r = xp.multiply(t, f(_ERFC_COEFFS[-1]), out=xp.empty_like(z))
+    xp.multiply(t, f(_ERFC_COEFFS[-1]), out=r)
     r += f(_ERFC_COEFFS[-2])
     for c in _ERFC_COEFFS[-3::-1]:
         r *= t
