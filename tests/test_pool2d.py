@@ -392,3 +392,20 @@ def test_max_pool_of_signed_zeros_is_plus_zero(backend):
     y = backend.asnumpy(y)
     np.testing.assert_array_equal(y, np.zeros((1, 1, 1, 3), np.float32))
     assert not np.signbit(y).any(), y
+
+
+@pytest.mark.parametrize("k, s, hw", [(2, 2, 8), (3, 2, 9), (3, 1, 6)], ids=["disjoint", "overlapping", "stride1"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_numpy_max_pool_backward_is_the_tap_by_tap_definition_bit_for_bit(k, s, hw, dtype):
+    """The NumPy backward routes dy with a bit mask per tap: the bits of the definition's sum, tap by
+    tap, of dy where the switch is that tap and +0 elsewhere, NaN, inf and -0.0 included."""
+    from gpuconv.ops import pool2d
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, 3, hw, hw)).astype(dtype)
+    y, cache = max_pool2d_forward(x, k, s)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dy.reshape(-1)[[0, 3, 40, 11]] = [np.nan, np.inf, -np.inf, -0.0]  # -inf in another channel than inf
+    want = np.zeros(x.shape, dtype)
+    for t, sl in pool_mod._taps((k, k), (s, s), y.shape[2:]):
+        want[sl] += np.where(cache.argmax == t, dy, dtype(0))
+    assert max_pool2d_backward(dy, cache).tobytes() == want.tobytes()
