@@ -101,6 +101,33 @@ def test_conv2d_follows_the_rule(backend, dtype, variant, case, monkeypatch):
 
 
 @LOW
+@pytest.mark.parametrize("variant", ["v1", "v2", "v3"])
+def test_conv2d_rounds_each_output_once_to_nearest_even(backend, dtype, variant, monkeypatch):
+    """Integers up to 31: every product and partial sum is exact in float32 (below 2^24), so each
+    output is its float64 value rounded once, to nearest even, bit for bit. The derived bound of
+    the test above cannot tell that rounding from a truncation (at most one unit in the last
+    place, which its 2u|reference| term admits); here y, dx and dw have values past the formats'
+    exact integers (256, 2048), so a truncating or doubly rounding cast fails."""
+    monkeypatch.setattr(LC, "MIN_SPLIT_CHUNK", 8)  # split-K partials in v2/v3's weight gradient
+    xs, (k, fh, fw), stride, pad = CONV_CASES[0]
+    rng = np.random.default_rng(13)
+    x, w, b = (rng.integers(-31, 32, s).astype(dtype) for s in (xs, (k, xs[1], fh, fw), k))
+    with kernels.use_variant(**{f: variant for f in CONV_FAMILIES}):
+        y, cache = conv2d_forward(backend.asarray(x), backend.asarray(w), backend.asarray(b), stride, pad)
+        dy = rng.integers(-31, 32, y.shape).astype(dtype)
+        dx, dw, db = conv2d_backward(backend.asarray(dy), cache)
+    s, p = pair("stride", stride), pair("padding", pad)
+    ey, ecache = conv_mod._conv2d_forward_reference(f64(x), f64(w), f64(b), s, p)
+    exact = [ey, *conv_mod._conv2d_backward_reference(f64(dy), ecache)]
+    for name, got, want in zip(["y", "dx", "dw", "db"], (y, dx, dw, db), exact):
+        assert np.isfinite(want).all()
+        assert name == "db" or (f64(want.astype(dtype)) != want).any(), f"{name}: no output needs rounding"
+        np.testing.assert_array_equal(f64(backend.asnumpy(got)), f64(want.astype(dtype)), err_msg=name)
+    if backend.name == "sim":
+        assert {f"{f}_{variant}" for f in CONV_FAMILIES} <= set(backend.launches.names)
+
+
+@LOW
 @pytest.mark.parametrize("variant", ["v2", "v3"])
 def test_conv2d_weight_gradient_split_partials_stay_float32(dtype, variant, monkeypatch, launches):
     """Two images whose weight-gradient contributions cancel exactly: every float32 partial sum is
