@@ -81,7 +81,7 @@ def relative_error(a, b, floor=1e-12):
     return float(xp.max(xp.abs(a - b) / xp.maximum(xp.abs(a) + xp.abs(b), floor)))
 
 
-def reduction_tolerance(abs_sum, reference, length, dtype):
+def reduction_tolerance(abs_sum, reference, length, dtype, reference_rounded=True):
     """Elementwise bound on ``|result - reference|`` for outputs that are each a reduction of
     ``length`` terms computed by the precision rule (gpuconv.precision): terms formed exactly
     (a product of two bfloat16, float16 or TF32 values is exact in float32), summed in the
@@ -97,7 +97,13 @@ def reduction_tolerance(abs_sum, reference, length, dtype):
       gamma = length * u_acc / (1 - length * u_acc) (Higham, Accuracy and Stability of
       Numerical Algorithms, 2nd ed., section 4.2); two sides in different orders: twice that;
     - rounding to ``dtype`` errs by at most u * |value| (or half the smallest subnormal near
-      zero) on each side: 2 u |reference| plus one subnormal spacing.
+      zero) on each side: 2 u |reference| plus one subnormal spacing. With
+      ``reference_rounded=False`` (``reference`` the exact float64 value, never rounded) only the
+      result is rounded: u |reference| plus one subnormal spacing. (The result's rounding is u
+      times its float32 sum, which can exceed |reference| by the sum's error; that u-multiple of
+      it lies within the doubled sum bound, which an exact reference leaves half unused.) A
+      truncating cast errs by up to one unit in the last place (2 u |value|): only the
+      one-sided bound can reject it.
 
     The bound is rigorous, not statistical: a kernel that accumulates in the storage dtype or
     rounds a partial sum exceeds it on realistic sizes (tests check that it can fail). TF32
@@ -109,7 +115,8 @@ def reduction_tolerance(abs_sum, reference, length, dtype):
     tol = 2.0 * gamma * xp.asarray(abs_sum, dtype=xp.float64)
     if precision.is_low_precision(dtype):
         ref = xp.abs(xp.asarray(reference).astype(xp.float64))
-        tol = tol + 2.0 * precision.unit_roundoff(dtype) * ref + precision.smallest_subnormal(dtype)
+        sides = 2.0 if reference_rounded else 1.0
+        tol = tol + sides * precision.unit_roundoff(dtype) * ref + precision.smallest_subnormal(dtype)
     return tol
 
 

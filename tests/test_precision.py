@@ -43,8 +43,10 @@ def f64(a):
     return np.asarray(a).astype(np.float64)
 
 
-def assert_within(result, reference, abs_sum, length, dtype, what):
-    tol = reduction_tolerance(f64(abs_sum), f64(reference), length, dtype)
+def assert_within(result, reference, abs_sum, length, dtype, what, reference_rounded=False):
+    """``reference_rounded``: ``reference`` is itself a result in ``dtype`` (the NumPy reference),
+    not the exact float64 value."""
+    tol = reduction_tolerance(f64(abs_sum), f64(reference), length, dtype, reference_rounded)
     ok, worst = within_tolerance(f64(result), f64(reference), tol)
     assert ok, f"{what}: |result - reference| exceeds the derived bound (worst |diff|/bound = {worst:.3g})"
 
@@ -93,7 +95,7 @@ def test_conv2d_follows_the_rule(backend, dtype, variant, case, monkeypatch):
     for name, g, e, m, L, r in zip(["y", "dx", "dw", "db"], got, [exact, *exact_b], [mag, *mag_b], lengths, refs):
         assert_within(g, e, m, L, dtype, f"{name} against float64")
         if backend.name != "numpy":
-            assert_within(g, r, m, L, dtype, f"{name} against the NumPy reference")
+            assert_within(g, r, m, L, dtype, f"{name} against the NumPy reference", reference_rounded=True)
     # v1 reduces in one thread per output; the others add float32 split partials in a second kernel
     split_k = {"v1": (), "tc": ("conv2d_tc_weight_reduce",)}.get(variant, ("conv2d_reduce_splits",))
     families = [f"{f}_tc" for f in CONV_FAMILIES] if variant == "tc" else CONV_FAMILIES
@@ -159,7 +161,7 @@ def test_conv2d_fused_bias_relu_epilogue(dtype, variant, launches):
     ref = conv_mod._conv2d_forward_reference(x, w, b, (1, 1), (1, 1))[0]
     mag = conv_mod._conv2d_forward_reference(abs(f64(x)), abs(f64(w)), abs(f64(b)), (1, 1), (1, 1))[0]
     assert y.dtype == dtype and np.all(f64(y) >= 0) and not np.signbit(f64(y)).any()  # +0.0, never -0.0
-    assert_within(y, np.maximum(f64(ref), 0), mag, 4 * 9 + 1, dtype, "relu(conv + b)")
+    assert_within(y, np.maximum(f64(ref), 0), mag, 4 * 9 + 1, dtype, "relu(conv + b)", reference_rounded=True)
     assert {r.build for r in launches} == {dtype.name} and launches.names == [f"conv2d_forward_{variant}"]
 
 
@@ -442,8 +444,10 @@ def test_variants_are_chosen_per_dtype(monkeypatch, launches):
 
 # ----------------------------------------------------------------------------- the tolerance can fail
 def test_the_derived_bound_rejects_wrong_arithmetic():
-    """reduction_tolerance passes the rule's result and rejects (a) accumulating in bfloat16 and
-    (b) an error of three units in the last place in one output."""
+    """reduction_tolerance passes the rule's result and rejects (a) accumulating in bfloat16,
+    (b) an error of three units in the last place in one output and (c), held to the exact value
+    (``reference_rounded=False``), a cast to bfloat16 that truncates, whose error of up to one unit
+    in the last place the two-sided bound admits."""
     rng = np.random.default_rng(11)
     k = 576  # 64 channels x 3x3
     a, b = rand(rng, (64, k), BF16), rand(rng, (k, 32), BF16)
@@ -460,3 +464,8 @@ def test_the_derived_bound_rejects_wrong_arithmetic():
     i = np.unravel_index(np.argmax(np.abs(off)), off.shape)
     off[i] += 3 * 2.0 ** (np.floor(np.log2(abs(off[i]))) - 7)  # bfloat16 keeps 7 explicit mantissa bits
     assert not within_tolerance(off, exact, tol)[0]
+    one_sided = reduction_tolerance(mag, exact, k, BF16, reference_rounded=False)
+    assert within_tolerance(f64(rule), exact, one_sided)[0]
+    s = (a.astype(np.float32) @ b.astype(np.float32)).view(np.uint32)  # (c): the low 16 bits dropped
+    truncated = (s & np.uint32(0xFFFF0000)).view(np.float32).astype(BF16)
+    assert within_tolerance(f64(truncated), exact, tol)[0] and not within_tolerance(f64(truncated), exact, one_sided)[0]
