@@ -23,9 +23,13 @@ CONV_FAMILIES = ("conv2d_forward", "conv2d_backward_data", "conv2d_backward_weig
 
 
 def busy_mantissas(rng, shape):
-    """float32 values whose low 13 mantissa bits are not zero: TF32 changes every one of them."""
+    """float32 values whose low 13 mantissa bits are not zero: TF32 changes every one of them.
+    Every third one is a tie (those bits exactly 0x1000), which cvt.rna rounds away from zero
+    where ties to even would round half of them (an even kept mantissa) toward zero."""
     x = rng.standard_normal(shape).astype(np.float32)
     bits = x.view(np.uint32) | np.uint32(0x0AAA)
+    flat = bits.reshape(-1)
+    flat[::3] = flat[::3] & np.uint32(0xFFFFE000) | np.uint32(0x1000)
     return bits.view(np.float32)
 
 
