@@ -36,6 +36,7 @@ class TrainedModel:
 
     def __init__(self, net, classes, mean=CIFAR10_MEAN, std=CIFAR10_STD, precision="fp32", config=None, tta=0,
                  input_size=None):
+        from . import amp
         from .trainer import check_tta
         self.net, self.classes = net.eval(), list(classes)
         self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
@@ -43,9 +44,9 @@ class TrainedModel:
             input_dim = (config or {}).get("kwargs", {}).get("input_dim")
             input_size = tuple(input_dim)[1:] if input_dim is not None else INPUT_HW
         self.input_size = tuple(int(v) for v in input_size)
-        self.precision, self.config = precision, dict(config or {})
-        self.tta = check_tta(tta)
         self.device = backend.get_default_device()  # where the weights live: 'sim' runs the kernels
+        self.precision, self.config = amp.resolve_precision(precision, self.device), dict(config or {})
+        self.tta = check_tta(tta)
 
     @property
     def input_dim(self):
@@ -57,7 +58,9 @@ class TrainedModel:
 
     def logits(self, images, batch_size=500, precision=None, tta=None):
         """Float32 logits (N, classes) on the host for uint8 ``images``; one readback. ``tta``:
-        the test-time augmentation level (:func:`gpuconv.trainer.tta_logits`; default ``self.tta``)."""
+        the test-time augmentation level (:func:`gpuconv.trainer.tta_logits`; default ``self.tta``);
+        ``precision``: 'fp32', 'tf32', 'bf16', 'fp16' or 'auto' (the model's device decides it, as
+        ``gpuconv predict --precision auto``; default ``self.precision``)."""
         from . import amp
         from .trainer import check_tta, tta_logits
         level = self.tta if tta is None else check_tta(tta)
@@ -65,7 +68,7 @@ class TrainedModel:
         if len(images) == 0:  # (a loader needs an image; no batch, no logits)
             return np.empty((0, len(self.classes)), np.float32)
         with backend.default_device(self.device):
-            precision = precision or self.precision
+            precision = amp.resolve_precision(precision or self.precision, self.device)
             loader = DeviceLoader(images, np.zeros(len(images), np.int64), batch_size, shuffle=False, augment=False,
                                   mean=self.mean, std=self.std, device=self.device,
                                   channels_last=amp.channels_last_for(precision))

@@ -932,8 +932,12 @@ def tta_logits(model, x, level):
 
 def evaluate(model, loader, tta=0, precision="fp32"):
     """Evaluate ``model`` on ``loader`` (see :meth:`Trainer.evaluate`), computing in ``precision``
-    (a model trained in one precision evaluates in any other: its parameters are float32)."""
+    (a model trained in one precision evaluates in any other: its parameters are float32; 'auto':
+    the one the device of its parameters computes best, as in :class:`Trainer`)."""
     level = check_tta(tta)
+    if precision == "auto":
+        params = model.parameters()
+        precision = amp.resolve_precision("auto", backend.device_of(params[0].data) if params else None)
     _check_batches(loader, "loader")
     with amp.model_lock(model):  # it switches the shared model to eval mode and back
         return _evaluate(model, loader, level, precision)

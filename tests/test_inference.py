@@ -100,3 +100,19 @@ def test_image_files_and_arrays_are_made_the_size_and_channels_the_network_takes
     with pytest.raises(ValueError, match=r"1 \(grayscale\) or 3 \(RGB\) channels, and the model takes 4.*\.npy"):
         load_images([tmp_path / "digit.png"], (4, 28, 28))
     assert load_images([tmp_path / "digit.png"])[0].shape == (1, 3, 32, 32)  # CIFAR-10's without a model
+
+
+def test_precision_auto_is_resolved_for_the_models_device(tmp_path):
+    """`gpuconv predict --precision auto` resolves 'auto' for its device; model.predict(...,
+    precision='auto'), TrainedModel(precision='auto') and evaluate(precision='auto') refused it
+    with an error that listed 'auto' among the choices."""
+    x, y, path = _checkpoint(tmp_path, {"input_dim": (3, 32, 32)}, (120.0,) * 3, (60.0,) * 3, n=8)
+    model = gpuconv.load_model(path)
+    np.testing.assert_array_equal(model.predict(x, precision="auto"), model.predict(x, precision="fp32"))
+    direct = gpuconv.inference.TrainedModel(model.net, model.classes, model.mean, model.std, precision="auto")
+    assert direct.precision == "fp32"  # on the CPU
+    loader = DeviceLoader(x, y, 8, shuffle=False, mean=model.mean, std=model.std)
+    auto, fp32 = evaluate(model.net, loader, precision="auto"), evaluate(model.net, loader, precision="fp32")
+    assert (auto["loss"], auto["accuracy"]) == (fp32["loss"], fp32["accuracy"])
+    with pytest.raises(ValueError, match="precision='fp8'"):
+        model.predict(x, precision="fp8")
