@@ -233,8 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("predict", help="classify image files or .npy arrays with a trained checkpoint",
                         description="Classify images with a checkpoint of `gpuconv train`: PNG/JPEG files (any size: "
-                                    "converted to RGB, or to grayscale for a one-channel network, and resized to "
-                                    "the network's input, 32x32 for CIFAR-10's) or .npy uint8 arrays (N, H, W, C).")
+                                    "turned upright as their EXIF orientation says, converted to RGB, or to "
+                                    "grayscale for a one-channel network, and resized to the network's input, "
+                                    "32x32 for CIFAR-10's) or .npy uint8 arrays (N, H, W, C).")
     pr.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or .npy arrays")
     pr.add_argument("--checkpoint", required=True, help="a checkpoint.npz written by `gpuconv train`")
     pr.add_argument("--top", type=_positive_int, default=1, help="the K most likely classes per image (default 1)")

@@ -11,8 +11,9 @@ The images go through the same loader, batch size, precision and test-time augme
 default the level the run's recipe evaluated at: 2 for the airbench recipes) as ``gpuconv
 evaluate``, so the predicted classes of the held-out images give exactly its accuracy.
 
-Image files (PNG, JPEG, anything Pillow reads) are converted to RGB and resized to the model's
-input size with Pillow (area averaging when shrinking): :func:`load_images`.
+Image files (PNG, JPEG, anything Pillow reads) are turned upright as their EXIF orientation says
+(a phone's photo, as a viewer shows it), converted to RGB and resized to the model's input size
+with Pillow (area averaging when shrinking): :func:`load_images`.
 """
 from __future__ import annotations
 
@@ -180,11 +181,21 @@ def _as_rgb8(im, path):
     return im.convert("RGB")
 
 
+def _upright(im):
+    """``im`` turned as its EXIF orientation says: a camera stores its sensor's rows and a tag that
+    every viewer applies. An EXIF block Pillow cannot parse leaves the rows as stored."""
+    from PIL import ImageOps
+    try:
+        return ImageOps.exif_transpose(im)
+    except Exception:  # (Pillow raises SyntaxError, struct.error, ... for a damaged block)
+        return im
+
+
 def load_images(paths, input_dim=(3, *INPUT_HW)):
-    """(uint8 images (N, C, H, W), [(source, index in source)]) from image files (converted to RGB,
-    or to grayscale for one channel, and resized to H x W) and ``.npy`` files of uint8 images
-    (N, H, W, C) or (N, C, H, W). ``input_dim``: the (C, H, W) the model takes (a TrainedModel's
-    ``input_dim``; CIFAR-10's by default)."""
+    """(uint8 images (N, C, H, W), [(source, index in source)]) from image files (turned upright as
+    their EXIF orientation says, converted to RGB, or to grayscale for one channel, and resized to
+    H x W) and ``.npy`` files of uint8 images (N, H, W, C) or (N, C, H, W). ``input_dim``: the
+    (C, H, W) the model takes (a TrainedModel's ``input_dim``; CIFAR-10's by default)."""
     from PIL import Image
     c, h, w = input_dim
     out, sources = [], []
@@ -201,7 +212,7 @@ def load_images(paths, input_dim=(3, *INPUT_HW)):
                              f"pass a .npy array of uint8 images shaped (N, {c}, {h}, {w}) instead")
         try:
             with Image.open(p) as im:
-                rgb = _as_rgb8(im, p)
+                rgb = _upright(_as_rgb8(im, p))
                 if c == 1:
                     rgb = rgb.convert("L")  # (exact for a grayscale file: its RGB copy has R = G = B)
                 if rgb.size != (w, h):

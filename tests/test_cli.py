@@ -812,6 +812,26 @@ def test_16_bit_and_float_images_are_scaled_or_refused(tmp_path):
         load_images([tmp_path / "f.tiff"])
 
 
+
+def test_a_photo_is_read_upright_as_its_exif_orientation_says(tmp_path):
+    """A camera saves its sensor's rows with an EXIF orientation tag, and every viewer shows the
+    picture turned by it; load_images (behind `gpuconv predict`) read the rows as stored, so a
+    portrait photo was classified lying on its side."""
+    from PIL import Image
+    from gpuconv.inference import load_images
+    upright = np.kron(np.arange(64, dtype=np.uint8).reshape(8, 8) * 4, np.ones((4, 4), np.uint8))  # no symmetry
+    rgb = np.stack([upright, 255 - upright, upright // 2], axis=2)
+    Image.fromarray(rgb).save(tmp_path / "upright.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation 6: the stored rows are shown turned 90 degrees clockwise
+    Image.fromarray(np.rot90(rgb).copy()).save(tmp_path / "phone.jpg", exif=exif, quality=100, subsampling=0)
+    Image.fromarray(rgb).save(tmp_path / "damaged.jpg", exif=b"Exif\x00\x00not a TIFF header",
+                              quality=100, subsampling=0)
+    images, _ = load_images([tmp_path / "upright.png", tmp_path / "phone.jpg", tmp_path / "damaged.jpg"])
+    assert np.abs(images[0].astype(int) - images[1]).max() <= 4  # JPEG's rounding
+    assert np.abs(images[0].astype(int) - images[2]).max() <= 4  # an unreadable EXIF block: as stored
+
+
 def test_summary_counts_parameters_and_flops(capsys):
     from gpuconv import models
     net = models.three_layer_convnet()
