@@ -203,7 +203,10 @@ def load_images(paths, input_dim=(3, *INPUT_HW)):
         if not p.is_file():
             raise FileNotFoundError(f"{p} does not exist (give image files or .npy arrays of uint8 images)")
         if p.suffix.lower() == ".npy":
-            arr = as_nchw(np.load(p, allow_pickle=False), input_dim)
+            try:
+                arr = as_nchw(np.load(p, allow_pickle=False), input_dim)
+            except (TypeError, ValueError, OSError) as exc:  # (which of several files, as for an image file)
+                raise (TypeError if isinstance(exc, TypeError) else ValueError)(f"{p}: {exc}") from None
             out.append(arr)
             sources += [(str(p), i) for i in range(len(arr))]
             continue

@@ -832,6 +832,24 @@ def test_a_photo_is_read_upright_as_its_exif_orientation_says(tmp_path):
     assert np.abs(images[0].astype(int) - images[2]).max() <= 4  # an unreadable EXIF block: as stored
 
 
+
+def test_a_bad_npy_file_is_named_among_several(tmp_path):
+    """An .npy file of float pixels, of the wrong size or cut short was refused without its name
+    (image files' errors give theirs), so among several inputs the bad one was left to guess."""
+    from gpuconv.inference import load_images
+    good = tmp_path / "good.npy"
+    np.save(good, np.zeros((2, 32, 32, 3), np.uint8))
+    np.save(tmp_path / "floats.npy", np.zeros((2, 32, 32, 3), np.float32))
+    np.save(tmp_path / "big.npy", np.zeros((2, 64, 64, 3), np.uint8))
+    (tmp_path / "cut.npy").write_bytes(good.read_bytes()[:200])
+    with pytest.raises(TypeError, match=r"floats\.npy: images must be uint8"):
+        load_images([good, tmp_path / "floats.npy"])
+    with pytest.raises(ValueError, match=r"big\.npy: images are 64x64; the model takes 32x32"):
+        load_images([good, tmp_path / "big.npy"])
+    with pytest.raises(ValueError, match=r"cut\.npy: "):
+        load_images([good, tmp_path / "cut.npy"])
+
+
 def test_summary_counts_parameters_and_flops(capsys):
     from gpuconv import models
     net = models.three_layer_convnet()
