@@ -42,7 +42,7 @@ from .backend import (Device, copy_like, device_of, get_array_module, get_defaul
 from .graphs import REPLAYED_WAY_OUT
 from .ops._checks import check_array, check_floor, whole_float_hint
 from .ops.scale import check_factor
-from .precision import round_once, upcast
+from .precision import bfloat16, round_once, upcast
 
 __all__ = ["Parameter", "Layer", "Module", "Identity", "Conv2d", "MaxPool2d", "AvgPool2d", "LPPool2d",
            "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "ReLU", "GELU", "Flatten", "Linear", "BatchNorm2d", "Dropout",
@@ -522,6 +522,8 @@ class Layer:
                 value = value.numpy()
             if not is_cupy_array(value):
                 value = np.asarray(value)
+            if value.dtype == bfloat16:  # (ml_dtypes' type is no np.number) widened, exactly, as torch's is
+                value = value.astype(np.float32)
             if not np.issubdtype(value.dtype, np.number) or np.issubdtype(value.dtype, np.complexfloating):
                 raise TypeError(f"load_state_dict: {name!r} has dtype {value.dtype}, expected a real numeric array "
                                 f"(the model holds {current.dtype})")

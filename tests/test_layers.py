@@ -1072,6 +1072,18 @@ def test_a_pytorch_state_dict_loads_as_it_is():
         ours.load_state_dict(extra)
 
 
+
+def test_a_bfloat16_state_dict_loads():
+    """A state dict in ml_dtypes' bfloat16 (gpuconv.bfloat16, the type of the bf16 ops) was refused
+    as "not a real numeric array", while torch's bfloat16 tensors loaded: it is widened exactly."""
+    import ml_dtypes
+    net = Sequential(Conv2d(3, 4, 3, 1, 1), BatchNorm2d(4), Flatten(), Linear(4 * 8 * 8, 3))
+    half = {k: v.astype(ml_dtypes.bfloat16) for k, v in net.state_dict().items()}
+    assert net.load_state_dict(half) == ([], [])
+    for k, v in net.state_dict().items():
+        assert v.dtype == np.float32 and np.array_equal(v, half[k].astype(np.float32)), k
+
+
 # ----------------------------------------------------------------------------- errors inside a network
 def test_errors_inside_a_network_name_the_layer_path():
     net = Sequential({"stem": Sequential({"conv": Conv2d(3, 4, 3, padding=1)}), "flat": Flatten(),
