@@ -200,6 +200,9 @@ def load_images(paths, input_dim=(3, *INPUT_HW)):
     c, h, w = input_dim
     out, sources = [], []
     for p in map(pathlib.Path, paths):
+        if p.is_dir():
+            raise IsADirectoryError(f"{p} is a directory: give the image files or .npy arrays in it (e.g. "
+                                    f"{p / '*.png'}, which the shell expands)")
         if not p.is_file():
             raise FileNotFoundError(f"{p} does not exist (give image files or .npy arrays of uint8 images)")
         if p.suffix.lower() == ".npy":

@@ -850,6 +850,15 @@ def test_a_bad_npy_file_is_named_among_several(tmp_path):
         load_images([good, tmp_path / "cut.npy"])
 
 
+
+def test_a_directory_given_as_an_image_is_named_a_directory(tmp_path):
+    """`gpuconv predict photos/` said "photos does not exist" of a directory that does."""
+    from gpuconv.inference import load_images
+    (tmp_path / "photos").mkdir()
+    with pytest.raises(IsADirectoryError, match=r"photos is a directory: give the image files .* in it"):
+        load_images([tmp_path / "photos"])
+
+
 def test_summary_counts_parameters_and_flops(capsys):
     from gpuconv import models
     net = models.three_layer_convnet()
