@@ -685,15 +685,19 @@ def cmd_evaluate(args) -> int:
         result = evaluate(model, loader, tta=tta, precision=precision)
     classes = config.get("classes") or list(cifar.classes)
     per_class = {c: (None if math.isnan(a) else a) for c, a in zip(classes, result["per_class"])}
+    # an interrupted run's checkpoint holds the steps it took into its next epoch too
+    epoch, epoch_step = int(arrays["meta/epoch"]), int(arrays.get("meta/epoch_step", 0))
     if args.json:
         print(_json({"accuracy": result["accuracy"], "loss": result["loss"], "n": result["n"], "precision": precision,
                           "tta": tta,
-                          "split": split_desc, "split_name": _split_name(split_name), "held_out": held_out, "model": config["model"], "epoch": int(arrays["meta/epoch"]),
+                          "split": split_desc, "split_name": _split_name(split_name), "held_out": held_out, "model": config["model"], "epoch": epoch,
+                          "epoch_step": epoch_step,
                           "checkpoint": str(args.checkpoint), "classes": classes, "per_class": per_class,
                           "confusion": result["confusion"].tolist()}))
         return 0
     level = f"test-time augmentation level {tta}" + (" (the run's)" if args.tta is None and tta else "")
-    print(f"{config['model']} after {int(arrays['meta/epoch'])} epoch(s), on {split_desc}"
+    steps = f" and {epoch_step} step(s) of epoch {epoch + 1}" if epoch_step else ""
+    print(f"{config['model']} after {epoch} epoch(s){steps}, on {split_desc}"
           f"{'' if held_out else ' (NOT held out: trained on)'}, in {precision}, {level}")
     print(f"accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}  ({result['n']} images)")
     print("per class: " + ", ".join(f"{c} {'-' if a is None else f'{a:.3f}'}" for c, a in per_class.items()))

@@ -678,9 +678,13 @@ def test_a_stop_signal_during_training_saves_a_checkpoint_that_resumes(tmp_path,
     assert "Traceback" not in stderr
     assert said in stderr and f"gpuconv train --out {out} --resume" in stderr
     with np.load(out / "checkpoint.npz", allow_pickle=False) as z:
-        step, epoch = int(z["meta/step"]), int(z["meta/epoch"])
+        step, epoch, epoch_step = int(z["meta/step"]), int(z["meta/epoch"]), int(z["meta/epoch_step"])
     assert step > 0
     assert epoch < 3 and step < 3 * 94  # 1500 images / 16 -> 94 batches per epoch
+    # evaluate says what the weights trained: it said "after 0 epoch(s)" of a checkpoint steps into epoch 1
+    rc, said_eval, _ = run(["evaluate", "--checkpoint", out / "checkpoint.npz", "--data", SUBSET], capsys)
+    assert rc == 0 and (f"after {epoch} epoch(s)" + (f" and {epoch_step} step(s) of epoch {epoch + 1}, "
+                                                      if epoch_step else ", ")) in said_eval
     # Resume (in this process, to keep the test short): the stored settings finish the run.
     rc, _, err = run(["train", "--out", out, "--resume", "--data", SUBSET, "--no-progress"], capsys)
     assert rc == 0, err
