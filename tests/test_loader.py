@@ -87,6 +87,21 @@ def test_augmented_batches_are_crops_and_flips_of_their_images(backend):
     assert changed.mean() > 0.5
 
 
+def test_a_strided_data_set_is_stored_contiguous_once(backend):
+    """NHWC images given as images.transpose(0, 3, 1, 2) (the idiom the loader's error suggests) are
+    a strided view: the loader stores them C-contiguous once, as the fused kernel reads them, and
+    never copies the whole set per batch; the batches are those of the contiguous set."""
+    x, y = dataset(40)
+    strided = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    assert not strided.flags.c_contiguous
+    loader = DeviceLoader(strided, y, 16, augment=True, seed=4)
+    assert loader.images.flags.c_contiguous
+    want = epoch(DeviceLoader(x, y, 16, augment=True, seed=4), backend)
+    for (xa, ya), (xb, yb) in zip(epoch(loader, backend), want, strict=True):
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+
+
 def test_the_epoch_plan_is_the_same_on_every_backend(backend):
     """Counter-based: the shuffle, crops and flips are a function of (seed, epoch) only, so a GPU
     run sees exactly the batches a CPU run sees (what the CPU/GPU parity run relies on)."""

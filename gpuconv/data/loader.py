@@ -110,8 +110,10 @@ class DeviceLoader:
         self.mean, self.std = tuple(float(v) for v in np.ravel(mean)), tuple(float(v) for v in np.ravel(std))
         self.device = Device(device) if device is not None else get_default_device()
         self.xp = self.device.xp
-        # The only uploads: the data set (uint8, once) and the normalization constants.
-        self.images = to_device(images, self.device)
+        # The only uploads: the data set (uint8, once) and the normalization constants. C-contiguous
+        # once here (an NHWC set given as images.transpose(0, 3, 1, 2) is a strided view): the fused
+        # kernel reads a contiguous set and would otherwise copy all of it for every batch.
+        self.images = self.xp.ascontiguousarray(to_device(images, self.device))
         self.labels = to_device(labels.astype(np.int64, copy=False), self.device)
         # In the compute dtype: a bfloat16/float16 batch is normalized in float32, rounded once.
         self._mean = to_device(np.asarray(mean, dtype=precision.compute_dtype(self.dtype)), self.device)
