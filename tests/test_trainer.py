@@ -411,18 +411,25 @@ def test_a_checkpoint_that_does_not_fit_changes_nothing(cifar, tmp_path):
         assert trainer.step == len(loader) and trainer.epoch == 1
 
 
+def _with_tuned_variant(cifar, path, variant):
+    """Write ``path``: the checkpoint of one epoch on 64 images whose autotuning table names
+    ``variant`` for a convolution; the images and labels."""
+    train, _ = cifar
+    images, labels = train.images[:64], train.labels[:64]
+    saved, loader = build(images, labels, path.parent / "a", epochs=2)
+    saved.fit(loader, 1)
+    arrays = ckpt.load_checkpoint(path.parent / "a" / "checkpoint.npz")
+    arrays["meta/autotune"] = ckpt.pack_json({"conv2d_forward[float32] sim N32 C3 H32 W32 K8 F3x3 S1x1 P1x1": variant})
+    ckpt.save_checkpoint(path, arrays)
+    return images, labels
+
+
 def test_a_checkpoint_naming_an_unknown_autotuned_variant_changes_nothing(cifar, tmp_path):
     """A checkpoint's autotuning table naming a variant this version does not have (one deleted since
     the run was written) is refused before anything is restored, naming the checkpoint: it used to
     raise after the weights, optimizer and counters were in."""
     from gpuconv import kernels
-    train, _ = cifar
-    images, labels = train.images[:64], train.labels[:64]
-    saved, loader = build(images, labels, tmp_path / "a", epochs=2)
-    saved.fit(loader, 1)
-    arrays = ckpt.load_checkpoint(tmp_path / "a" / "checkpoint.npz")
-    arrays["meta/autotune"] = ckpt.pack_json({"conv2d_forward[float32] sim N32 C3 H32 W32 K8 F3x3 S1x1 P1x1": "v0"})
-    ckpt.save_checkpoint(tmp_path / "old.npz", arrays)
+    images, labels = _with_tuned_variant(cifar, tmp_path / "old.npz", "v0")
     trainer, loader = build(images, labels, tmp_path / "b", epochs=2)
     before = trainer._restorable(loader)
     with pytest.raises(ValueError, match=r"old\.npz records an autotuned kernel variant.*not 'v0'.*another gpuconv"):
@@ -825,14 +832,8 @@ def test_resuming_without_autotuning_warns_that_the_recorded_variants_are_not_ta
     """A checkpoint's table of autotuned variants is what lets a resumed run go on bit for bit; a run
     resumed with autotuning off takes the default rule's variants instead, which it did silently."""
     from gpuconv import kernels
-    train, _ = cifar
-    images, labels = train.images[:64], train.labels[:64]
     with gpuconv.default_device("sim"):
-        saved, loader = build(images, labels, tmp_path / "a", epochs=2)
-        saved.fit(loader, 1)
-        arrays = ckpt.load_checkpoint(tmp_path / "a" / "checkpoint.npz")
-        arrays["meta/autotune"] = ckpt.pack_json({"conv2d_forward[float32] sim N32 C3 H32 W32 K8 F3x3 S1x1 P1x1": "v1"})
-        ckpt.save_checkpoint(tmp_path / "tuned.npz", arrays)
+        images, labels = _with_tuned_variant(cifar, tmp_path / "tuned.npz", "v1")
         trainer, loader = build(images, labels, tmp_path / "b", epochs=2)
         trainer.autotune = autotune
         tuned = kernels.tuned_variants()
