@@ -366,6 +366,10 @@ def item(x) -> float:
     """A Python float from a 0-d (or 1-element) array: a host readback, counted as one."""
     if isinstance(x, (int, float)):
         return float(x)
+    size = getattr(x, "size", 1)
+    if size != 1:  # (host metadata: no readback to ask)
+        raise ValueError(f"item() reads one number, but x has shape {tuple(x.shape)} ({size} elements): "
+                         "index the one wanted (item(x[i])) or reduce the array first (item(x.sum()))")
     return float(asnumpy(x).reshape(-1)[0])
 
 

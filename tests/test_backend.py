@@ -311,3 +311,11 @@ def test_every_top_level_entry_point_has_a_docstring():
                     and not inspect.getdoc(getattr(gpuconv, name))]
     assert undocumented == []
     assert "'auto'" in inspect.getdoc(gpuconv.set_default_device)
+
+
+@pytest.mark.parametrize("shape", [(2,), (1, 3), (0,)])
+def test_item_refuses_arrays_of_other_than_one_element(shape):
+    # A (2,) array used to give its first element, as if it were the number asked for.
+    with pytest.raises(ValueError, match=r"reads one number.*elements"):
+        B.item(np.ones(shape))
+    assert B.item(np.ones((1, 1))) == 1.0
