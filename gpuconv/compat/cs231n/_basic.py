@@ -40,7 +40,8 @@ def affine_forward(x, w, b):
 
 
 def affine_backward(dout, cache):
-    """``dx, dw, db`` (shapes of x, w, b) for ``affine_forward``."""
+    """``dx, dw, db`` for ``affine_forward``: dx and dw of x's and w's shapes, db (M,) as the
+    assignment's ``dout.sum(axis=0)``, a (1, M) bias's too (an update broadcasts it alike)."""
     x, w, b = cache[:3]
     c, oc = backward_call(dout, cache, lambda dt: affine_forward(*cast_all(dt, x, w, b))[1])
     with c:
