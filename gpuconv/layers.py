@@ -754,8 +754,9 @@ class MaxPool2d(_Pool2d):
 
 class LPPool2d(_Pool2d):
     """Power-average pooling, PyTorch's ``nn.LPPool2d(norm_type, kernel_size, stride=None)``:
-    the p-norm of each window (``norm_type=2``: the L2 norm); ``stride`` defaults to ``kernel_size``;
-    ``floor`` as for :class:`MaxPool2d`."""
+    ``(sum of x^p)^(1/p)`` over each window, the p-norm of non-negative windows (``norm_type=2``: the
+    L2 norm; no absolute value is taken, as in PyTorch: :func:`gpuconv.ops.lp_pool2d_forward`);
+    ``stride`` defaults to ``kernel_size``; ``floor`` as for :class:`MaxPool2d`."""
 
     norm_type = _Replayed()
 

@@ -4,7 +4,8 @@
 the window, ``sqrt(sum x^2)``; p = 1: the sum). No padding; the stride defaults to the kernel
 size; sizes the windows do not tile are refused unless ``floor=True`` (PyTorch's rule, as for
 max and average pooling: the rows and columns past the last window take no part). As in
-PyTorch, ``x^p`` of a negative ``x`` is NaN for a non-integer ``p``.
+PyTorch, ``x^p`` of a negative ``x`` is NaN for a non-integer ``p``, and so is the root of a
+negative sum (odd ``p`` > 1); with p = 1 a negative sum stays negative.
 
 Gradient: ``dy/dx = x^(p-1) * y^(1-p)`` for each window covering ``x``; a window whose norm ``y``
 is 0 (all zeros) contributes 0, where the derivative of the norm is undefined: the choice
@@ -37,8 +38,9 @@ def check_norm(norm_type):
 
 
 def lp_pool2d_forward(x, norm_type, kernel_size, stride=None, floor=False):
-    """``y, cache``: the p-norm of each KH x KW window, of shape (N, C, OH, OW); ``floor`` as for
-    :func:`gpuconv.ops.max_pool2d_forward`."""
+    """``y, cache``: ``(sum of x^p)^(1/p)`` over each KH x KW window, of shape (N, C, OH, OW): the
+    p-norm of non-negative windows (no absolute value is taken, as in PyTorch: see the module
+    docstring for negative x); ``floor`` as for :func:`gpuconv.ops.max_pool2d_forward`."""
     p = check_norm(norm_type)
     kernel_size, stride = _check_pool_args(x, kernel_size, stride, floor)
     return _dispatch.call("lp_pool2d_forward", backend.kernel_target(x), _lp_pool2d_forward_reference,
