@@ -196,6 +196,9 @@ class Trainer:
         self.lookahead, self.total_steps, self.epoch_start = lookahead, total_steps, epoch_start
         if not (isinstance(log_every, int) and log_every >= 1):
             raise ValueError(f"log_every={log_every!r}: must be an int >= 1 (steps between readbacks), e.g. 50")
+        if not (isinstance(progress, bool) or progress == "epoch"):
+            raise ValueError(f"progress={progress!r}: use True (a bar per epoch and a summary line after it), "
+                             "'epoch' (the summary lines only, for logs) or False (quiet)")
         if not all(callable(getattr(optimizer, m, None)) for m in ("step", "zero_grad")):
             raise TypeError(f"optimizer={optimizer!r}: the Trainer needs an optimizer over the model's parameters, "
                             "e.g. gpuconv.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)")

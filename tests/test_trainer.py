@@ -757,6 +757,9 @@ def test_bad_arguments_are_named():
         Trainer(model, None)
     with pytest.raises(ValueError, match="checkpoint_every"):
         Trainer(model, opt, checkpoint_every="sometimes")
+    for progress in ("epochs", 1, None):  # (a typo once drew progress-bar frames into a log file)
+        with pytest.raises(ValueError, match=f"progress={progress!r}: use True"):
+            Trainer(model, opt, progress=progress)
     with pytest.raises(ValueError, match="out_dir"):
         Trainer(model, opt).fit([], 1, resume=True)
     with pytest.raises(ValueError, match="epochs"):
