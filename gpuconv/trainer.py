@@ -199,6 +199,9 @@ class Trainer:
         if not (isinstance(progress, bool) or progress == "epoch"):
             raise ValueError(f"progress={progress!r}: use True (a bar per epoch and a summary line after it), "
                              "'epoch' (the summary lines only, for logs) or False (quiet)")
+        if not (isinstance(monitor, (bool, GPUMonitor)) or monitor == "auto"):
+            raise ValueError(f"monitor={monitor!r}: use 'auto' (GPU telemetry when the model is on CUDA), True or "
+                             "False (always, never), or a gpuconv.monitor.GPUMonitor")
         if not all(callable(getattr(optimizer, m, None)) for m in ("step", "zero_grad")):
             raise TypeError(f"optimizer={optimizer!r}: the Trainer needs an optimizer over the model's parameters, "
                             "e.g. gpuconv.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)")

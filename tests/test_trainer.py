@@ -757,6 +757,8 @@ def test_bad_arguments_are_named():
         Trainer(model, None)
     with pytest.raises(ValueError, match="checkpoint_every"):
         Trainer(model, opt, checkpoint_every="sometimes")
+    with pytest.raises(ValueError, match="monitor='on': use 'auto'"):  # (it meant no telemetry, silently)
+        Trainer(model, opt, monitor="on")
     for progress in ("epochs", 1, None):  # (a typo once drew progress-bar frames into a log file)
         with pytest.raises(ValueError, match=f"progress={progress!r}: use True"):
             Trainer(model, opt, progress=progress)
