@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -485,6 +486,8 @@ def test_sanitizer_finds_out_of_bounds_with_block_and_thread(kernel, extra, repo
     assert "clean ok" in res.stdout and "not reached" not in res.stdout
     assert report in res.stderr, res.stderr[-3000:]
     assert res.location == f"kernel {kernel}, {where}", res.stderr[-3000:]
+    assert re.search(rf"#\d 0x[0-9a-f]+ in {kernel} tests/hostsim_kernels/basics\.cu:\d+", res.stderr), \
+        res.stderr[-3000:]  # the sanitized build's line tables (-g1): its frame names the source line
 
 
 def test_warp_collective_divergence_raises(basics):
