@@ -27,3 +27,17 @@ def test_readme_quickstart_is_two_make_commands_that_exist():
     makefile = (REPO / "Makefile").read_text()
     assert re.search(r"^train:", makefile, re.M) and re.search(r"^test:", makefile, re.M)
     assert "make test" in (REPO / ".ci" / "run").read_text()
+
+
+def test_make_test_gives_each_worker_one_blas_thread():
+    """With a pytest-xdist worker on every core, a multithreaded OpenBLAS in each spins on the
+    oversubscribed cores (a NumPy training test ran 4x slower): make test gives each worker one
+    thread, unless the environment names a count; one process (JOBS=0) keeps BLAS's default."""
+    def recipe(jobs):
+        out = subprocess.run(["make", "-n", "-o", ".venv/.installed", "test", f"JOBS={jobs}"], cwd=REPO,
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        assert f"{var}=${{{var}:-1}} " in recipe(2)
+    assert "NUM_THREADS" not in recipe(0)
