@@ -334,7 +334,8 @@ class Trainer:
         buffer, to be read back by the next flush."""
         xp = backend.get_array_module(x, y)
         if self._buf is None or backend.get_array_module(self._buf) is not xp:
-            self._buf = xp.zeros((self.log_every, 2), dtype=np.float64)
+            # (a row past the steps': fp16's loss scale, read back with their losses)
+            self._buf = xp.zeros((self.log_every + 1, 2), dtype=np.float64)
             self._pending, self._pending_n = 0, []
         if self._pending >= self.log_every:
             raise RuntimeError(f"{self._pending} steps are waiting for a readback: call Trainer._flush() "
@@ -362,7 +363,11 @@ class Trainer:
         k = getattr(self, "_pending", 0)
         if k == 0:
             return None
-        vals = backend.asnumpy(self._buf[:k])
+        scaled = self.scaler is not None and self.scaler.scale_ is not None
+        if scaled:  # copied on the device into the interval's one transfer: no readback of its own
+            self._buf[k, 0] = self.scaler.scale_
+        vals = backend.asnumpy(self._buf[:k + scaled])
+        scale, vals = (float(vals[k, 0]) if scaled else None), vals[:k]
         counts = np.asarray(self._pending_n, dtype=np.float64)
         first_step = self.step - k + 1
         self._pending, self._pending_n = 0, []
@@ -373,8 +378,7 @@ class Trainer:
             self._diverged(f"the training loss became {vals[bad[0], 0]} at step {step} (epoch {self.epoch + 1}, batch "
                            f"{batch}), found at the readback of steps {first_step}-{self.step} (log_every="
                            f"{self.log_every})", step)
-        if self.scaler is not None and self.scaler.scale_ is not None:
-            scale = self.scaler.current_scale  # (4 bytes more at a readback the step waits for anyway)
+        if scaled:
             if not scale >= float(np.finfo(np.float32).tiny):
                 self._diverged(f"fp16's loss scale fell to {scale:g} by step {self.step}, below float32's normal "
                                "range: the gradients overflowed float16 at every scale tried, and from here every "
