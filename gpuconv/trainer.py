@@ -526,14 +526,16 @@ class Trainer:
         self.config = self.config or ckpt.read_config(arrays)  # the settings the run goes on with, if given
         if tuned is not None:
             kernels.load_tuned_variants(tuned)
-            off = self.autotune is False or (self.autotune == "auto" and not kernels.autotune_enabled(True))
             params = self.model.parameters()  # (on the CPU no kernels run, so no variants either)
+            # as the step decides it (_eager_step): 'auto' is on for a GPU, off on the simulator
+            on_gpu = bool(params) and backend.is_cupy_array(params[0].data)
+            off = self.autotune is False or (self.autotune == "auto" and not kernels.autotune_enabled(on_gpu))
             if tuned and off and params and backend.kernel_target(params[0].data) is not None:
                 warnings.warn(f"checkpoint {path} records the convolutions' autotuned variants, but this run does "
-                              "not autotune (autotune=False or GPUCONV_AUTOTUNE=0), so its convolutions take "
-                              "the default rule's variants, which sum in other orders: it goes on close to, not "
-                              "bit for bit as, the run it continues; autotune to take the recorded variants",
-                              RuntimeWarning, stacklevel=2)
+                              "not autotune (autotune=False, GPUCONV_AUTOTUNE=0, or 'auto' off a GPU), so its "
+                              "convolutions take the default rule's variants, which sum in other orders: it goes on "
+                              "close to, not bit for bit as, the run it continues; autotune (autotune=True, "
+                              "--autotune on) to take the recorded variants", RuntimeWarning, stacklevel=2)
         return arrays
 
     @property
