@@ -173,7 +173,12 @@ def _as_rgb8(im, path):
     from PIL import Image
     if im.mode.startswith("I;16") or (im.mode == "I" and im.format == "PNG"):  # older Pillow: 16-bit PNGs as "I"
         gray = (np.asarray(im, dtype=np.uint32) * 255 + 32767) // 65535  # rounded to nearest
-        return Image.fromarray(gray.astype(np.uint8), mode="L").convert("RGB")
+        rgb = Image.fromarray(gray.astype(np.uint8), mode="L").convert("RGB")
+        try:  # the file's EXIF on the new image: its orientation, which _upright applies
+            rgb.info["exif"] = im.getexif().tobytes()
+        except Exception:  # (a block Pillow cannot parse: the rows as stored, as _upright leaves them)
+            pass
+        return rgb
     if im.mode in ("I", "F"):
         raise ValueError(f"{path} holds {'32-bit integer' if im.mode == 'I' else 'floating-point'} pixels (Pillow mode "
                          f"{im.mode!r}), whose range the file does not give: save it as an 8-bit image, or pass a .npy "

@@ -836,6 +836,21 @@ def test_a_photo_is_read_upright_as_its_exif_orientation_says(tmp_path):
     assert np.abs(images[0].astype(int) - images[2]).max() <= 4  # an unreadable EXIF block: as stored
 
 
+def test_a_16_bit_image_is_read_upright_too(tmp_path):
+    """A 16-bit image is scaled to 8 bits into a new image, which dropped the file's EXIF block, so
+    its orientation was never applied (PNG's eXIf chunk, a TIFF's orientation tag alike)."""
+    from PIL import Image, TiffImagePlugin
+    from gpuconv.inference import load_images
+    upright = (np.kron(np.arange(64).reshape(8, 8), np.ones((4, 4))) * 1000).astype(np.uint16)
+    Image.fromarray(upright).save(tmp_path / "upright.png")
+    exif, tags = Image.Exif(), TiffImagePlugin.ImageFileDirectory_v2()
+    exif[0x0112] = tags[0x0112] = 6  # the stored rows are shown turned 90 degrees clockwise
+    Image.fromarray(np.rot90(upright).copy()).save(tmp_path / "turned.png", exif=exif)
+    Image.fromarray(np.rot90(upright).copy()).save(tmp_path / "turned.tif", tiffinfo=tags)
+    images, _ = load_images([tmp_path / "upright.png", tmp_path / "turned.png", tmp_path / "turned.tif"])
+    assert np.array_equal(images[0], images[1]) and np.array_equal(images[0], images[2])
+
+
 
 def test_a_bad_npy_file_is_named_among_several(tmp_path):
     """An .npy file of float pixels, of the wrong size or cut short was refused without its name
