@@ -188,9 +188,10 @@ def autocast(model, precision: str, backward: bool = True):
             wide = None if low else next((p for p in model.parameters() if p.data.dtype != np.float32), None)
             if wide is None:
                 raise
-            raise TypeError(f"precision {precision!r} computes in float32, but the model's parameter {wide.name!r} is "
-                            f"{wide.data.dtype}: convert the model with model.astype(np.float32) (a float64 model is "
-                            "for gradient checks: call it directly, model(x.astype(np.float64)))") from exc
+            raise DtypeMismatchError(f"precision {precision!r} computes in float32, but the model's parameter "
+                                     f"{wide.name!r} is {wide.data.dtype}: convert the model with "
+                                     "model.astype(np.float32) (a float64 model is for gradient checks: call it "
+                                     "directly, model(x.astype(np.float64)))") from exc
         finally:
             if low:
                 cast_parameters(model, None)

@@ -471,14 +471,15 @@ def test_a_batch_of_lists_is_refused_by_name():
 def test_a_float64_model_in_float32_precision_is_named():
     """A float64 model (converted for a gradient check) in a float32 trainer: the batch is cast to
     float32, so the layers' hint 'pass x.astype(np.float64)' would tell the user to do what they
-    did. The precision and the model's dtype are named instead, with the conversion."""
+    did. The precision and the model's dtype are named instead, with the conversion, in the error
+    the layers raise for it (gpuconv.DtypeMismatchError, a TypeError)."""
     model = small_net().astype(np.float64)
     trainer = Trainer(model, SGD(model.parameters(), lr=0.01), progress=False)
     x, y = np.zeros((2, 3, 32, 32)), np.array([0, 1])
     match = r"precision 'fp32' computes in float32, but the model's parameter '0\.weight' is float64: .*model\.astype"
-    with pytest.raises(TypeError, match=match):
+    with pytest.raises(gpuconv.DtypeMismatchError, match=match):
         trainer.fit([(x, y)], 1)
-    with pytest.raises(TypeError, match=match):
+    with pytest.raises(gpuconv.DtypeMismatchError, match=match):
         evaluate(model, [(x, y)])
     assert trainer.step == 0
 
