@@ -213,7 +213,8 @@ def load_images(paths, input_dim=(3, *INPUT_HW)):
         if p.suffix.lower() == ".npy":
             try:
                 arr = as_nchw(np.load(p, allow_pickle=False), input_dim)
-            except (TypeError, ValueError, OSError) as exc:  # (which of several files, as for an image file)
+            except (TypeError, ValueError, OSError, EOFError) as exc:  # (which of several files, as for an image)
+                # (an empty file: NumPy's EOFError, which no caller expects of a bad input)
                 raise (TypeError if isinstance(exc, TypeError) else ValueError)(f"{p}: {exc}") from None
             out.append(arr)
             sources += [(str(p), i) for i in range(len(arr))]

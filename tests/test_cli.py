@@ -867,6 +867,9 @@ def test_a_bad_npy_file_is_named_among_several(tmp_path):
         load_images([good, tmp_path / "big.npy"])
     with pytest.raises(ValueError, match=r"cut\.npy: "):
         load_images([good, tmp_path / "cut.npy"])
+    (tmp_path / "empty.npy").write_bytes(b"")  # (NumPy's EOFError: `gpuconv predict` showed a traceback)
+    with pytest.raises(ValueError, match=r"empty\.npy: No data left"):
+        load_images([good, tmp_path / "empty.npy"])
 
 
 
