@@ -482,6 +482,11 @@ def test_a_float64_model_in_float32_precision_is_named():
     with pytest.raises(gpuconv.DtypeMismatchError, match=match):
         evaluate(model, [(x, y)])
     assert trainer.step == 0
+    # a network whose first layer is a batch norm (its parameters checked by their compute dtype)
+    model = Sequential(BatchNorm2d(3), Flatten(), Linear(3 * 32 * 32, 10)).astype(np.float64)
+    trainer = Trainer(model, SGD(model.parameters(), lr=0.01), progress=False)
+    with pytest.raises(gpuconv.DtypeMismatchError, match=match):
+        trainer.fit([(x, y)], 1)
 
 
 def test_fit_trains_a_model_left_in_eval_mode(cifar, tmp_path):

@@ -67,15 +67,16 @@ def check_dy_dtype(dy, dtype):
 
 def check_compute_dtype(ref_name, ref, why, **others):
     """All of ``others`` (None skipped) have the dtype ``ref``'s values are computed in: float64
-    for float64, float32 for the rest (``why`` says what keeps them there)."""
+    for float64, float32 for the rest (``why`` says what keeps them there);
+    :class:`DtypeMismatchError` otherwise, as for :func:`check_same_dtype`."""
     want = compute_dtype(ref.dtype)
     for name, a in others.items():
         if a is None:
             continue
         check_float(name, a)
         if a.dtype != want:
-            raise TypeError(f"{name} has dtype {a.dtype} but {ref_name} has dtype {ref.dtype}: {why}, so {name} "
-                            f"must be {want} for a {ref.dtype} {ref_name}: pass {name}.astype(np.{want})")
+            raise DtypeMismatchError(f"{name} has dtype {a.dtype} but {ref_name} has dtype {ref.dtype}: {why}, so "
+                                     f"{name} must be {want} for a {ref.dtype} {ref_name}: pass {name}.astype(np.{want})")
 
 
 def check_rank(name, a, ndim, layout=None):
