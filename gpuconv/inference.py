@@ -212,9 +212,13 @@ def load_images(paths, input_dim=(3, *INPUT_HW)):
             raise FileNotFoundError(f"{p} does not exist (give image files or .npy arrays of uint8 images)")
         if p.suffix.lower() == ".npy":
             try:
+                with open(p, "rb") as f:  # (NumPy takes any other file for a pickle, and says to load it unsafely)
+                    head = f.read(6)
+                if head != b"\x93NUMPY":
+                    raise ValueError(f"{'the file is empty' if not head else 'not a NumPy .npy file'}: give arrays "
+                                     "saved with np.save(path, images), or image files")
                 arr = as_nchw(np.load(p, allow_pickle=False), input_dim)
-            except (TypeError, ValueError, OSError, EOFError) as exc:  # (which of several files, as for an image)
-                # (an empty file: NumPy's EOFError, which no caller expects of a bad input)
+            except (TypeError, ValueError, OSError) as exc:  # (which of several files, as for an image file)
                 raise (TypeError if isinstance(exc, TypeError) else ValueError)(f"{p}: {exc}") from None
             out.append(arr)
             sources += [(str(p), i) for i in range(len(arr))]

@@ -868,8 +868,12 @@ def test_a_bad_npy_file_is_named_among_several(tmp_path):
     with pytest.raises(ValueError, match=r"cut\.npy: "):
         load_images([good, tmp_path / "cut.npy"])
     (tmp_path / "empty.npy").write_bytes(b"")  # (NumPy's EOFError: `gpuconv predict` showed a traceback)
-    with pytest.raises(ValueError, match=r"empty\.npy: No data left"):
+    with pytest.raises(ValueError, match=r"empty\.npy: the file is empty"):
         load_images([good, tmp_path / "empty.npy"])
+    # another file named .npy: NumPy took it for a pickle and said to load it unsafely (allow_pickle=True)
+    (tmp_path / "text.npy").write_bytes(b"label,path\n")
+    with pytest.raises(ValueError, match=r"text\.npy: not a NumPy \.npy file: give arrays saved with np\.save"):
+        load_images([good, tmp_path / "text.npy"])
 
 
 
