@@ -43,7 +43,8 @@ AIRBENCH_MODELS = ("airbench94", "airbench96")  # the networks of three widths t
 MODEL_DEFAULTS = {name: get_recipe(name) for name in MODELS}
 # Settings a resumed run takes from its checkpoint unless given again on the command line.
 RESUMABLE = ("recipe", "model", "epochs", "batch_size", "lr", "weight_decay", "momentum", "schedule",
-             "label_smoothing", "augment", "cutout", "width", "seed", "limit", "val_split", "precision", "tta")
+             "label_smoothing", "augment", "cutout", "width", "seed", "limit", "val_split", "precision", "tta",
+             "autotune")
 PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
 WIDTH_HELP = ("channel width of fast_net (default 64), or of an airbench network's first block, the others "
               "in the recipe's ratio (airbench94: W, 4W, 4W; airbench95: W, 3W, 3W; airbench96: W, 3W, 4W)")
@@ -207,9 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--cuda-graph", action="store_true",
                    help="replay each training step as a CUDA graph (a step's launches cost more host time than a "
                         "GPU takes to run them in bf16); SGD and Muon recipes without dropout, not fp16")
-    t.add_argument("--autotune", choices=("auto", "on", "off"), default="auto",
+    t.add_argument("--autotune", choices=("auto", "on", "off"), default=None,
                    help="time each convolution's kernel variants at its first step and run the fastest "
-                        "(default auto: on a GPU)")
+                        "(default auto: on a GPU; a resumed run as it was set)")
     t.add_argument("--no-progress", action="store_true",
                    help="no progress bar, one line per epoch (default: a bar on a terminal, a line per log interval "
                         "when piped)")
@@ -461,7 +462,7 @@ def _settings(args, device=None, stored_config=None):
     model = given.get("model") or stored.get("model") or get_recipe(recipe)["model"]
     if stored:
         _check_resume_flags(given, stored, ckpt_path)
-    s = dict(get_recipe(recipe), seed=0, limit=None, val_split="auto", recipe=recipe)
+    s = dict(get_recipe(recipe), seed=0, limit=None, val_split="auto", recipe=recipe, autotune="auto")
     if model != s["model"]:  # the recipe's constructor arguments are for its own network
         s["model_kwargs"] = {}
     s["model"] = model
@@ -513,6 +514,11 @@ def _check_resume_flags(given, stored, ckpt_path):
                 _say(f"note: {ckpt_path} was trained in {old}; continuing in {value} (its weights are float32 "
                      "masters, so any precision can continue them)")
             continue
+        if key == "autotune":
+            if old is not None and value != old:
+                _say(f"note: {ckpt_path} was trained with --autotune {old}; continuing with --autotune {value}, "
+                     "whose convolution variants may sum in other orders (close to, not bit for bit as, the run)")
+            continue
         if old is not None and value != old:
             flag = "--" + key.replace("_", "-")
             why = ""
@@ -553,7 +559,7 @@ def _train(args) -> int:
     stored = _stored_config(args)
     s = _settings(args, device, stored)
     _check_cuda_graph_precision(args, s, stored)
-    kernels.check_environment(autotune=args.autotune == "auto")  # a typo there fails now, not after the data loads
+    kernels.check_environment(autotune=s["autotune"] == "auto")  # a typo there fails now, not after the data loads
     if device.is_cuda:
         backend.require_cupy()
     if device.kind == "sim":
@@ -619,7 +625,7 @@ def _train(args) -> int:
         trainer = Trainer(model, opt, sched, out_dir=args.out, label_smoothing=s["label_smoothing"],
                           log_every=args.log_every, seed=s["seed"], progress="epoch" if args.no_progress else True,
                           config=config, precision=s["precision"], cuda_graph=args.cuda_graph,
-                          autotune={"auto": "auto", "on": True, "off": False}[args.autotune], **extras)
+                          autotune={"auto": "auto", "on": True, "off": False}[s["autotune"]], **extras)
         resume_cmd = f"gpuconv train --out {args.out} --resume" + (f" --data {data}" if data else "")
         try:
             trainer.fit(train_loader, s["epochs"], val=val_loader, resume=args.resume)

@@ -202,6 +202,25 @@ def test_resume_keeps_the_runs_recipe_settings_after_the_recipe_changed(tmp_path
         cli._settings(first, stored_config={})  # a run of this version goes on exactly as it started
 
 
+def test_resume_keeps_the_runs_autotune_setting(tmp_path, capsys):
+    """A run trained with --autotune off (the default rule's variants) and resumed without the flag
+    autotuned from the resume on: other variants, other summation orders, no word. The setting is
+    recorded and taken back; a flag given on the resume wins, with a note; a run of an older version
+    (none recorded) resumes with the default."""
+    first = cli.build_parser().parse_args(["train", "--model", "seed", "--autotune", "off"])
+    stored = {"train_args": cli._settings(first, stored_config={})}
+    assert stored["train_args"]["autotune"] == "off"
+    resume = ["train", "--out", str(tmp_path), "--resume"]
+    assert cli._settings(cli.build_parser().parse_args(resume), stored_config=stored)["autotune"] == "off"
+    capsys.readouterr()
+    args = cli.build_parser().parse_args(resume + ["--autotune", "on"])
+    assert cli._settings(args, stored_config=stored)["autotune"] == "on"
+    assert "was trained with --autotune off; continuing with --autotune on" in capsys.readouterr().err
+    del stored["train_args"]["autotune"]
+    assert cli._settings(cli.build_parser().parse_args(resume), stored_config=stored)["autotune"] == "auto"
+    assert cli._settings(cli.build_parser().parse_args(["train", "--model", "seed"]))["autotune"] == "auto"
+
+
 def test_resume_continues_on_the_runs_own_data_or_refuses(trained, tmp_path, capsys, monkeypatch):
     """The run records its training data (path, count, fingerprint): --resume without --data goes back
     to it, whatever $GPUCONV_DATA says, and other images are refused, not trained on."""
