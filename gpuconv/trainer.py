@@ -368,6 +368,7 @@ class Trainer:
             self._buf[k, 0] = self.scaler.scale_
         vals = backend.asnumpy(self._buf[:k + scaled])
         scale, vals = (float(vals[k, 0]) if scaled else None), vals[:k]
+        self._scale_read = (self.step, scale)  # (the metrics' loss_scale at this step: no readback of its own)
         counts = np.asarray(self._pending_n, dtype=np.float64)
         first_step = self.step - k + 1
         self._pending, self._pending_n = 0, []
@@ -383,7 +384,8 @@ class Trainer:
                 self._diverged(f"fp16's loss scale fell to {scale:g} by step {self.step}, below float32's normal "
                                "range: the gradients overflowed float16 at every scale tried, and from here every "
                                "step trains nothing, for good (scaled gradients vanish in float16, 1/scale "
-                               "overflows, the steps are skipped)", self.step)
+                               "overflows, the steps are skipped); bf16 (--precision bf16), with float32's range, "
+                               "needs no loss scale", self.step)
         n = counts.sum()
         return {"loss": float((vals[:, 0] * counts).sum() / n), "correct": float(vals[:, 1].sum()),
                 "n": float(n), "steps": k}
@@ -626,7 +628,9 @@ class Trainer:
         if self.scaler is not None:
             # fp16's loss scale: halved at each step skipped for an overflow, so a run whose steps
             # are all skipped (a flat loss) shows a scale falling toward 0
-            fields["loss_scale"] = self.scaler.current_scale
+            read = getattr(self, "_scale_read", None)
+            fields["loss_scale"] = read[1] if read and read[0] == self.step and read[1] is not None \
+                else self.scaler.current_scale
         return fields
 
     def _start_monitor(self):

@@ -234,7 +234,8 @@ def test_a_loss_scale_fallen_out_of_float32s_range_stops_training():
 
 def test_the_loss_scale_check_reads_nothing_back_of_its_own():
     """fp16's loss scale, checked at each readback of the interval's losses, comes back in that one
-    transfer: read on its own, it was a second readback (and sync) per interval."""
+    transfer, and the interval's metrics record takes it from there: read on its own, it was a
+    second readback (and sync) per interval."""
     with gpuconv.default_device("sim"):
         net = Sequential(Conv2d(3, 4, 3, padding=1), ReLU(), MaxPool2d(4), Flatten(), Linear(4 * 2 * 2, 10))
         x, y = (backend.to_device(a, "sim") for a in batch(n=2))
@@ -243,6 +244,8 @@ def test_the_loss_scale_check_reads_nothing_back_of_its_own():
         backend.transfers.reset()
         stats = trainer._flush()
         assert backend.transfers.device_to_host == 1 and stats["steps"] == 1
+        fields = trainer._telemetry()  # the interval's metrics record: the scale that came back, no readback
+        assert backend.transfers.device_to_host == 1 and fields["loss_scale"] == trainer.scaler.current_scale
 
 
 # ----------------------------------------------------------------------------- the trainer
