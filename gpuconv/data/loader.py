@@ -20,7 +20,7 @@ import math
 import numpy as np
 
 from .. import layout, precision
-from ..backend import Device, get_array_module, get_default_device, is_cupy_array, to_device
+from ..backend import Device, array_device_context, get_array_module, get_default_device, is_cupy_array, to_device
 from ..backend import kernel_target as _kernel_target
 from ..counter_rng import splitmix64, uniform_below
 from ._launch_augment import augment_batch_kernel
@@ -113,7 +113,9 @@ class DeviceLoader:
         # The only uploads: the data set (uint8, once) and the normalization constants. C-contiguous
         # once here (an NHWC set given as images.transpose(0, 3, 1, 2) is a strided view): the fused
         # kernel reads a contiguous set and would otherwise copy all of it for every batch.
-        self.images = self.xp.ascontiguousarray(to_device(images, self.device))
+        images = to_device(images, self.device)
+        with array_device_context((images,)):  # (CuPy copies onto its current GPU, not the array's)
+            self.images = self.xp.ascontiguousarray(images)
         self.labels = to_device(labels.astype(np.int64, copy=False), self.device)
         # In the compute dtype: a bfloat16/float16 batch is normalized in float32, rounded once.
         self._mean = to_device(np.asarray(mean, dtype=precision.compute_dtype(self.dtype)), self.device)
