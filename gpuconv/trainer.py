@@ -163,7 +163,8 @@ class Trainer:
     model's parameters are on a GPU with bfloat16 tensor cores, fp16 on one with float16 tensor
     cores alone (a T4), else fp32; default: the float32
     mode in effect, :func:`gpuconv.get_precision`); fp16 scales the loss with ``loss_scaler``
-    (default: a :class:`gpuconv.amp.LossScaler`).
+    (default: a :class:`gpuconv.amp.LossScaler`; ``trainer.precision`` set to 'fp16' later, as in
+    ``epoch_start``, brings a fresh one, set to another precision drops it).
     ``lookahead``: a :class:`gpuconv.lookahead.Lookahead` updated every ``lookahead.every`` steps
     with airbench's decay over ``total_steps`` (the run's step count), and a last time with decay
     1 at step ``total_steps``; saved with the checkpoint. ``epoch_start``: called with the
@@ -214,14 +215,15 @@ class Trainer:
         if precision is None:  # the float32 compute mode in effect ('fp32', or 'tf32' after set_precision)
             from .precision import get_precision
             precision = get_precision()
-        self._auto_precision = precision == "auto"
+        auto = precision == "auto"
         if precision == "auto":  # decided by the device the model's parameters live on
             params = model.parameters()
             precision = amp.resolve_precision("auto", backend.device_of(params[0].data) if params else None)
-        self.precision = amp.check_precision(precision)
         if loss_scaler is not None and precision != "fp16":
             raise ValueError(f"loss_scaler is for precision='fp16' (bf16 has float32's range), not {precision!r}")
-        self.scaler = loss_scaler if loss_scaler is not None else amp.LossScaler() if precision == "fp16" else None
+        self.scaler = loss_scaler
+        self.precision = precision  # (fp16 without loss_scaler gets a fresh LossScaler)
+        self._auto_precision = auto
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self._graph = self._step_graph(cuda_graph)
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -275,8 +277,14 @@ class Trainer:
     @precision.setter
     def precision(self, value):
         # The step's casts and kernels follow it: a CUDA graph replays the captured ones (gpuconv.graphs).
+        value = amp.check_precision(value)
         self._refuse_replayed("precision", getattr(self, "_precision", None), value)
-        self._precision = value
+        self._precision, self._auto_precision = value, False
+        # fp16 trains with a loss scaler, the others without: a switch (in epoch_start, say) brings one or drops it
+        if value != "fp16":
+            self.scaler = None
+        elif getattr(self, "scaler", None) is None:
+            self.scaler = amp.LossScaler()
 
     @property
     def label_smoothing(self):

@@ -482,6 +482,26 @@ def test_trainer_precision_auto_follows_the_models_device(monkeypatch):
         Trainer(net, SGD(net.parameters(), lr=0.1), progress=False, precision="half")
 
 
+def test_a_precision_set_on_the_trainer_brings_or_drops_the_loss_scaler():
+    """The precision may change before the fit or in epoch_start: set to fp16 it trained without a
+    loss scaler (and got past cuda_graph's refusal of fp16), set from fp16 to another it kept fp16's."""
+    x, y = batch()
+    net = small_net()
+    t = Trainer(net, SGD(net.parameters(), lr=0.1), progress=False)
+    t.precision = "fp16"
+    assert isinstance(t.scaler, amp.LossScaler)
+    t.precision = "bf16"
+    assert t.scaler is None
+    net = small_net()
+    t = Trainer(net, SGD(net.parameters(), lr=0.1), progress=False, cuda_graph=True,
+                epoch_start=lambda epoch: setattr(t, "precision", "fp16"))
+    with pytest.raises(ValueError, match="cuda_graph=True: precision 'fp16' scales the loss"):
+        t.fit([(x, y)], 1)
+    assert t.step == 0
+    with pytest.raises(ValueError, match="precision='half': use one of"):
+        t.precision = "half"
+
+
 def test_threads_predicting_and_evaluating_with_one_model_take_turns():
     """bf16 inference writes compute copies onto the shared parameters, and evaluation switches the
     model's mode: four threads predicting and evaluating with one model each get the
