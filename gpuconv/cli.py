@@ -526,6 +526,8 @@ def _check_resume_flags(given, stored, ckpt_path):
                 why = (" (its lookahead's weight average was laid out over that many epochs)"
                        if stored.get("schedule") == "constant" else
                        " (its learning-rate schedule was laid out for that many epochs)")
+            if key == "val_split":  # as the flag is written: batch5, 0.1
+                old, value = _val_split_flag(old), _val_split_flag(value)
             raise ValueError(f"--resume: {ckpt_path} holds a run with {flag} {old}{why}, but {flag} {value} was "
                              f"given; drop {flag} to continue that run, or train into a new --out")
 
@@ -727,6 +729,13 @@ def _json(obj) -> str:
             return [finite(v) for v in o]
         return o
     return json.dumps(finite(obj), allow_nan=False)
+
+
+def _val_split_flag(spec) -> str:
+    """A parsed --val-split as the flag writes it: 'test', 'none', 'batch5', '0.1'."""
+    if isinstance(spec, (tuple, list)) and len(spec) == 2:
+        return f"batch{spec[1]}" if spec[0] == "batch" else f"{spec[1]:g}"
+    return str(spec)
 
 
 def _split_name(spec) -> str:

@@ -185,6 +185,16 @@ def test_more_epochs_on_resume_only_where_nothing_was_laid_out_over_the_run(tmp_
         resumed("airbench94")
 
 
+def test_another_val_split_on_resume_is_named_as_the_flag_writes_it(tmp_path):
+    """The refusal of another --val-split names both as they are typed (it printed the parsed
+    tuples: "--val-split ('fraction', 0.1), but --val-split ('batch', 5) was given")."""
+    first = cli.build_parser().parse_args(["train", "--val-split", "0.1"])
+    stored = {"train_args": dict(cli._settings(first, stored_config={}), val_split=["fraction", 0.1])}
+    args = cli.build_parser().parse_args(["train", "--out", str(tmp_path), "--resume", "--val-split", "batch5"])
+    with pytest.raises(ValueError, match=r"with --val-split 0\.1, but --val-split batch5 was given"):
+        cli._settings(args, stored_config=stored)
+
+
 def test_resume_keeps_the_runs_recipe_settings_after_the_recipe_changed(tmp_path):
     """--resume continues a run as it was set up: a recipe value changed since (airbench94_muon's head,
     its whitening bias's lr) does not reach it, and a setting an older version did not record takes
