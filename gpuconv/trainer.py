@@ -769,6 +769,9 @@ class Trainer:
                 raise GPUOutOfMemory(oom_message(exc, bs, checkpoint=self.checkpoint_path)) from exc
             raise
         finally:
+            if self.epoch_step and getattr(self, "_ep", None) is not None and getattr(self, "_resumed_sums", None) is None:
+                # fit() again after an error (a loader's, a validation pass's) continues the epoch: its sums go on
+                self._resumed_sums = dict(self._ep)
             if self._graph is not None:
                 self._graph.release()  # the optimizer outlives the fit as it was
             for sig, handler in old_handlers.items():

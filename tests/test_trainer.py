@@ -725,6 +725,40 @@ def test_fit_again_after_a_stop_reports_the_whole_epoch(cifar, tmp_path):
 
 
 
+class FailsAt(DeviceLoader):
+    """A DeviceLoader that raises once when it is about to yield a given batch (a loader's error)."""
+
+    fail_at = None  # (epoch, batch)
+
+    def _batches(self, epoch, start):
+        for i, batch in enumerate(super()._batches(epoch, start), start=start):
+            if (epoch, i) == self.fail_at:
+                self.fail_at = None
+                raise OSError("the batch could not be read")
+            yield batch
+
+
+@pytest.mark.parametrize("where", ["train", "val"])
+def test_fit_again_after_an_error_reports_the_whole_epoch(cifar, tmp_path, where):
+    """An error mid-epoch (the training loader's) or in the validation pass, then fit() again on the
+    same Trainer: training went on from the step reached, but the epoch's record counted only the
+    batches after the last readback before the error (train_loss None after a validation error)."""
+    train, val = cifar
+    images, labels = train.images[:192], train.labels[:192]
+    full, loader = build(images, labels, None, epochs=1)
+    full.fit(loader, 1, val=DeviceLoader(val.images[:50], val.labels[:50], 50, shuffle=False))
+    trainer, _ = build(images, labels, None, epochs=1)
+    failing = FailsAt(images, labels, 32, shuffle=True, augment=True, seed=7)
+    val_loader = FailsAt(val.images[:50], val.labels[:50], 50, shuffle=False)
+    (failing if where == "train" else val_loader).fail_at = (0, 4) if where == "train" else (0, 0)
+    with pytest.raises(OSError):
+        trainer.fit(failing, 1, val=val_loader)
+    trainer.fit(failing, 1, val=val_loader)
+    assert_same_state(full, trainer)
+    assert [(r["train_loss"], r["train_acc"]) for r in trainer.history] == \
+        [(r["train_loss"], r["train_acc"]) for r in full.history]
+
+
 def test_ctrl_c_in_the_last_validation_pass_says_the_run_is_complete(cifar, tmp_path):
     """A stop that comes while the last epoch is validated finds nothing left to train: the message
     says the run is complete (not "at epoch 3" of a 2-epoch run, nor to resume it)."""
