@@ -194,6 +194,12 @@ class Trainer:
         self.autotune = autotune
         if lookahead is not None and not (isinstance(total_steps, int) and total_steps >= 1):
             raise ValueError(f"lookahead needs total_steps (the run's optimizer steps, >= 1), got {total_steps!r}")
+        if lookahead is not None and total_steps < lookahead.every:
+            warnings.warn(f"lookahead: its first update comes at step every={lookahead.every}, after the run's last "
+                          f"step (total_steps={total_steps}), so the average stays the initial weights and the last "
+                          "update (decay 1) puts the model back on them: the run trains nothing. Train at least "
+                          f"{lookahead.every} steps (more epochs or images, a smaller batch) or without lookahead",
+                          RuntimeWarning, stacklevel=2)
         self.lookahead, self.total_steps, self.epoch_start = lookahead, total_steps, epoch_start
         if not (isinstance(log_every, int) and log_every >= 1):
             raise ValueError(f"log_every={log_every!r}: must be an int >= 1 (steps between readbacks), e.g. 50")

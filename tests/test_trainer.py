@@ -588,6 +588,22 @@ def test_a_lookahead_planned_for_another_length_is_warned_about(cifar):
         trainer.fit(loader, 2)
 
 
+def test_a_lookahead_whose_first_update_comes_after_the_last_step_is_warned_about():
+    """A run shorter than the lookahead's interval (airbench94's every=5 on a few hundred images in
+    batches of 1024: a step per epoch) never updates the average, and its last update put the model
+    back on its initial weights: it ended untrained, without a word."""
+    from gpuconv.lookahead import Lookahead
+    model = small_net()
+    with pytest.warns(RuntimeWarning, match=r"first update comes at step every=5, after the run's last step "
+                                            r"\(total_steps=3\).*trains nothing"):
+        Trainer(model, SGD(model.parameters(), lr=0.01), progress=False, lookahead=Lookahead(model, every=5),
+                total_steps=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Trainer(model, SGD(model.parameters(), lr=0.01), progress=False, lookahead=Lookahead(model, every=5),
+                total_steps=5)
+
+
 def test_a_resume_drops_the_epoch_line_its_checkpoint_did_not_see(tmp_path):
     """A step checkpoint at an epoch's last step, then the epoch's line, then a kill before the
     epoch's own save: the line has the checkpoint's step but an epoch it has not done, and the
