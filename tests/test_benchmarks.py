@@ -640,6 +640,17 @@ def test_airbench_graph_check_reaches_the_whitening_bias_freeze(monkeypatch):
     assert [t._graph is not None for _, t in runs] == [False, True] and runs[1][1]._graph._inputs is not None
     for bias, trainer in runs:
         assert trainer.epoch == 2 and not bias.requires_grad  # the second epoch trained with the bias frozen
+    # A graphed second epoch that trains otherwise fails the check: its steps reach the compared
+    # parameters (the recipe's lookahead, every 5 steps, put 4 steps' model back on its initial weights)
+    def other_second_epoch(*a, **k):
+        model, loader, trainer = setup(*a, **k)
+        if trainer._graph is not None:
+            freeze = trainer.epoch_start
+            trainer.epoch_start = lambda epoch: (freeze(epoch), epoch and setattr(trainer, "label_smoothing", 0.1))
+        return model, loader, trainer
+
+    monkeypatch.setattr(bench, "gpuconv_setup", other_second_epoch)
+    assert not bench.validate_graph(images, labels, bench.recipe(args), args, ["fp32"], 2).passed
 
 
 def test_airbench_baseline_takes_the_recipes_steps_and_the_check_can_fail(monkeypatch, capsys):
