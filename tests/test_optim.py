@@ -14,6 +14,11 @@ from gpuconv import backend as B
 from gpuconv.layers import Parameter
 from gpuconv.optim import SGD, Adam, AdamW, CosineLR, Muon, OneCycleLR, StepLR
 
+# The kernel targets a fused update runs on: the simulator, and a GPU when one answers (the same
+# test bodies: GPUCONV_REQUIRE_GPU=1 fails them where they skip).
+KERNEL_DEVICES = ["sim", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not B.cuda_available(), reason=f"no GPU: {B.cuda_status()}")])]
+
 
 def _param(backend, values, dtype=np.float64):
     return Parameter(backend.asarray(np.array(values, dtype=dtype)), "p")  # a copy: steps are in place
@@ -63,22 +68,24 @@ def test_sgd_nesterov_matches_pytorch_formulation(backend):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("momentum,nesterov,wd", [(0.0, False, 0.0), (0.0, False, 5e-4), (0.9, False, 0.0),
                                                   (0.9, True, 5e-4), (0.85, True, 0.0)])
-def test_sgd_kernel_is_the_array_form_bit_for_bit(dtype, momentum, nesterov, wd):
+@pytest.mark.parametrize("target", KERNEL_DEVICES)
+def test_sgd_kernel_is_the_array_form_bit_for_bit(dtype, momentum, nesterov, wd, target):
     """On a kernel target SGD runs one fused kernel per parameter (kernels/optim.cu); on the host
-    simulator it gives the array form's bits (NumPy's), state included, step after step."""
+    simulator and on a GPU it gives the array form's bits (NumPy's), state included, step after step."""
     rng = np.random.default_rng(3)
     w0 = rng.standard_normal((5, 3, 3, 7)).astype(dtype)
     grads = [rng.standard_normal(w0.shape).astype(dtype) for _ in range(4)]
     runs = {}
-    for device in ("cpu", "sim"):
+    for device in ("cpu", target):
         with gpuconv.default_device(device), gpuconv.kernels.launch_log() as log:
-            p = Parameter(w0.copy(), "w")
+            p = Parameter(B.to_device(w0.copy(), device), "w")
             opt = SGD([p], lr=0.37, momentum=momentum, nesterov=nesterov, weight_decay=wd)
             for g in grads:
-                p.grad = g.copy()
+                p.grad = B.to_device(g.copy(), device)
                 opt.step()
-            runs[device] = (p.data.copy(), opt.state[0].get("momentum_buffer"), log.names)
-    (cpu, cbuf, cnames), (sim, sbuf, snames) = runs["cpu"], runs["sim"]
+            buf = opt.state[0].get("momentum_buffer")
+            runs[device] = (B.asnumpy(p.data).copy(), None if buf is None else B.asnumpy(buf), log.names)
+    (cpu, cbuf, cnames), (sim, sbuf, snames) = runs["cpu"], runs[target]
     assert cnames == [] and snames == ["sgd_update"] * len(grads)
     np.testing.assert_array_equal(sim, cpu)
     assert sim.dtype == dtype and not np.array_equal(sim, w0)

@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 
 import gpuconv
+from gpuconv import backend as B
 from gpuconv import nn
 from gpuconv.layers import Parameter
 from gpuconv.lookahead import Lookahead, airbench_decay
 from gpuconv.optim import SGD, Adam, AdamW, Chain, Muon, StepLR, TriangularLR
+from test_optim import KERNEL_DEVICES
 
 
 def _p(backend, values, name="p"):
@@ -312,11 +314,12 @@ class _Arrays:
         return []
 
 
+@pytest.mark.parametrize("target", KERNEL_DEVICES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_lookahead_kernel_gives_the_array_forms_bits(dtype):
-    """On a kernel target the update is lookahead_update, LOOKAHEAD_TENSORS arrays a launch, with
-    the array form's bits (the NumPy path on 'cpu'), decay 1 (the pull back, the average untouched,
-    infinities included), 0 and in between."""
+def test_lookahead_kernel_gives_the_array_forms_bits(dtype, target):
+    """On a kernel target (the simulator, a GPU) the update is lookahead_update, LOOKAHEAD_TENSORS
+    arrays a launch, with the array form's bits (the NumPy path on 'cpu'), decay 1 (the pull back,
+    the average untouched, infinities included), 0 and in between."""
     from gpuconv import kernels
     from gpuconv.lookahead import LOOKAHEAD_TENSORS
     rng = np.random.default_rng(4)
@@ -325,21 +328,22 @@ def test_lookahead_kernel_gives_the_array_forms_bits(dtype):
     steps = [[rng.standard_normal(n).astype(dtype) * 3 for n in sizes] for _ in range(3)]
     steps[2][4][5] = np.inf
     results = {}
-    for where in ("cpu", "sim"):
+    for where in ("cpu", target):
         with gpuconv.default_device(where):
-            model = _Arrays([a.copy() for a in start])
+            model = _Arrays([B.to_device(a.copy(), where) for a in start])
             look = Lookahead(model)
             with kernels.launch_log() as log:
                 for moves, decay in zip(steps, (0.3, 0.0, 1.0)):
                     for p, d in zip(model.params.values(), moves):
-                        p.data += d
+                        p.data += B.to_device(d, where)
                     look.update(decay)
-            results[where] = ([p.data.copy() for p in model.params.values()], [look.ema[k].copy() for k in look.ema])
-            if where == "sim":
+            results[where] = ([B.asnumpy(p.data).copy() for p in model.params.values()],
+                              [B.asnumpy(look.ema[k]).copy() for k in look.ema])
+            if where == target:
                 assert log.names == ["lookahead_update"] * 2 * 3 and LOOKAHEAD_TENSORS == 8
             else:
                 assert log.names == []
-    for a, b in zip(results["cpu"][0] + results["cpu"][1], results["sim"][0] + results["sim"][1]):
+    for a, b in zip(results["cpu"][0] + results["cpu"][1], results[target][0] + results[target][1]):
         assert a.tobytes() == b.tobytes()
 
 
