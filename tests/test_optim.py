@@ -6,6 +6,7 @@ import io
 import math
 import pickle
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -243,6 +244,67 @@ def test_step_runs_a_closure_first_and_returns_its_loss(make):
     assert opt.step() is None and (p.data < before).all()  # the last gradient again
     with pytest.raises(TypeError, match=r"closure must be a function.*step\(skip=...\)"):
         opt.step(np.asarray(False))
+
+
+# ----------------------------------------------------------------------------- Muon
+def _newton_schulz_reference(g, steps):
+    """Muon's orthogonalization written out in float64 (zeropower_via_newtonschulz5 of Keller
+    Jordan's airbench94_muon): g / ||g||_F, transposed when it has more rows than columns, then
+    ``steps`` times X = a X + (b A + c A A) X with A = X X^T."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = g / (np.linalg.norm(g) + 1e-7)
+    tall = x.shape[0] > x.shape[1]
+    x = x.T if tall else x
+    for _ in range(steps):
+        A = x @ x.T
+        x = a * x + (b * A + c * A @ A) @ x
+    return x.T if tall else x
+
+
+def _muon_reference(w, grads, lr, momentum, nesterov, steps, normalize):
+    """The weights after Muon's steps on ``grads`` (b = momentum b + g; Nesterov's g + momentum b
+    or b; w rescaled to ||w||_F = sqrt(rows); w -= lr NS(update as rows x rest)), in float64."""
+    w, buf = w.astype(np.float64), np.zeros(w.shape)
+    for g in grads:
+        buf = momentum * buf + g
+        u = g + momentum * buf if nesterov else buf
+        if normalize:
+            w = w * (np.sqrt(w.shape[0]) / np.linalg.norm(w))
+        w = w - lr * _newton_schulz_reference(u.reshape(len(u), -1), steps).reshape(w.shape)
+    return w
+
+
+@pytest.mark.parametrize("shape", [(4, 2, 3, 3), (7, 3), (3, 7)], ids=["filters", "tall", "wide"])
+@pytest.mark.parametrize("nesterov, normalize, steps", [(True, True, 3), (False, False, 5)],
+                         ids=["airbench", "plain-5-steps"])
+def test_muon_steps_are_the_float64_reference(backend, shape, nesterov, normalize, steps):
+    """Muon's update in float64 on every backend (on 'sim' and 'cuda' its products run on the
+    linear layer's kernels) against the formula written out with NumPy's matmul: a filter bank
+    (rows = output channels), a tall matrix (orthogonalized transposed) and a wide one; three steps
+    so that the momentum buffer and the renormalization of the weights take part."""
+    rng = np.random.default_rng(21)
+    w0 = rng.standard_normal(shape)
+    grads = [rng.standard_normal(shape) for _ in range(3)]
+    p = Parameter(backend.asarray(w0.copy()), "w")  # (a copy: the step is in place)
+    opt = Muon([p], lr=0.1, momentum=0.6, nesterov=nesterov, steps=steps, normalize=normalize)
+    for g in grads:
+        p.grad = backend.asarray(g)
+        opt.step()
+    want = _muon_reference(w0, grads, 0.1, 0.6, nesterov, steps, normalize)
+    # float64 sums in another order: a few units of 2^-53 of the values (about 1)
+    np.testing.assert_allclose(backend.asnumpy(p.data), want, rtol=1e-12, atol=1e-13)
+    backend.assert_kernels_ran("conv2d_forward")
+
+
+def test_newton_schulz_computes_low_precision_in_float32(backend):
+    """The precision rule: a bfloat16 or float16 momentum is orthogonalized in float32, exactly as
+    its float32 upcast is (the result is float32, with the upcast's bits)."""
+    from gpuconv.optim import newton_schulz
+    g = np.random.default_rng(22).standard_normal((5, 12)).astype(ml_dtypes.bfloat16)
+    want = backend.asnumpy(newton_schulz(backend.asarray(g.astype(np.float32))))
+    for dtype in (ml_dtypes.bfloat16, np.float16):
+        got = backend.asnumpy(newton_schulz(backend.asarray(g.astype(dtype))))
+        assert got.dtype == np.float32 and got.tobytes() == want.tobytes()
 
 
 # ----------------------------------------------------------------------------- common behaviour
