@@ -73,16 +73,54 @@ def test_l2_of_a_zero_window_is_zero_with_zero_gradient(backend):
 
 
 @pytest.mark.parametrize("dtype", [bfloat16, np.float16], ids=["bf16", "f16"])
-def test_low_precision_rounds_a_float32_result_once(backend, dtype):
-    x = np.random.default_rng(2).uniform(0.1, 2, (2, 3, 8, 8)).astype(dtype)
-    y, cache = lp_pool2d_forward(backend.asarray(x), 2, 2)
-    ref = direct(x.astype(np.float32), 2, (2, 2), (2, 2)).astype(np.float32).astype(dtype)
-    got = backend.asnumpy(y)
-    assert got.dtype == dtype
-    # One rounding of the float32 result: at most one unit in the last place of the format apart.
-    np.testing.assert_allclose(got.astype(np.float32), ref.astype(np.float32),
-                               rtol=2.0 ** (-7 if dtype == bfloat16 else -10))
-    assert lp_pool2d_backward(backend.asarray(np.ones(y.shape, dtype)), cache).dtype == dtype
+@pytest.mark.parametrize("p, k, s", [(2, (2, 2), (2, 2)), (2, (3, 3), (1, 2)), (3, (2, 3), (1, 3))])
+def test_low_precision_rounds_a_float32_result_once(backend, dtype, p, k, s):
+    """The precision rule, forward and backward: y and dx are float32 results rounded once, held
+    to the NumPy reference in the same dtype and (p = 2: squares, sums, a root, a division and
+    products, each rounded to nearest) to the float64 value of the same inputs, with the bound of
+    gradcheck.reduction_tolerance: a window's KH*KW terms plus the root's rounding (y); the windows
+    covering an input plus the roundings of y^(1-p), x^(p-1) and two products (dx)."""
+    from gpuconv.gradcheck import reduction_tolerance, within_tolerance
+    from gpuconv.ops import lp_pool2d as ref
+    rng = np.random.default_rng(2)
+    x = rng.uniform(0.1, 2, (2, 3, 8, 9)).astype(dtype)
+    y, cache = lp_pool2d_forward(backend.asarray(x), p, k, s, floor=True)
+    dy = rng.standard_normal(y.shape).astype(dtype)  # both signs: overlapping windows cancel
+    dx = backend.asnumpy(lp_pool2d_backward(backend.asarray(dy), cache))
+    y = backend.asnumpy(y)
+    assert y.dtype == dx.dtype == dtype
+    ref_y, ref_cache = ref._lp_pool2d_forward_reference(x, float(p), k, s)
+    ref_dx = ref._lp_pool2d_backward_reference(dy, ref_cache)
+    f64 = lambda a: np.asarray(a, np.float64)  # noqa: E731
+    # the backward's float64 value for these inputs and the forward's rounded y, and its terms' magnitudes
+    exact_dx = ref._lp_pool2d_backward_reference(f64(dy), ref._lp_pool2d_forward_reference(f64(x), p, k, s)[1]
+                                                  ._replace(y=f64(ref_y)))
+    mag_dx = ref._lp_pool2d_backward_reference(np.abs(f64(dy)), ref_cache._replace(x=f64(x), y=f64(ref_y)))
+    exact_y = direct(x, p, k, s)
+    covering = -(-k[0] // s[0]) * -(-k[1] // s[1])
+    checks = [("y", y, ref_y, exact_y, exact_y, k[0] * k[1] + 1), ("dx", dx, ref_dx, exact_dx, mag_dx, covering + 4)]
+    for name, got, want, exact, mag, length in checks:
+        ok, worst = within_tolerance(got, want, reduction_tolerance(mag, want, length, dtype))
+        assert ok, f"{name} against the NumPy reference: worst |diff|/bound = {worst:.3g}"
+        if p == 2:
+            ok, worst = within_tolerance(got, exact, reduction_tolerance(mag, exact, length, dtype,
+                                                                         reference_rounded=False))
+            assert ok, f"{name} against float64: worst |diff|/bound = {worst:.3g}"
+    backend.assert_kernels_ran("lp_pool2d_forward", "lp_pool2d_backward")
+
+
+def test_backward_errors(backend):
+    y, cache = lp_pool2d_forward(backend.asarray(np.ones((1, 2, 4, 4), np.float32)), 2, 2)
+    with pytest.raises(ValueError, match=r"dy must have shape \(1, 2, 2, 2\) \(the shape of the forward's output\), "
+                                         r"got \(1, 2, 4, 4\)"):
+        lp_pool2d_backward(backend.asarray(np.ones((1, 2, 4, 4), np.float32)), cache)
+    with pytest.raises(TypeError, match=r"dy has dtype float64 but the forward's output had dtype float32: .*"
+                                        r"pass dy.astype\(float32\)"):
+        lp_pool2d_backward(backend.asarray(np.ones((1, 2, 2, 2))), cache)
+    with pytest.raises(TypeError, match=r"dy has dtype int32, but ops take"):
+        lp_pool2d_backward(backend.asarray(np.ones((1, 2, 2, 2), np.int32)), cache)
+    with pytest.raises(TypeError, match="lp_pool2d_forward"):
+        lp_pool2d_backward(backend.asarray(np.ones((1, 2, 2, 2), np.float32)), cache.x)
 
 
 def test_layer_matches_the_op_and_prints_like_pytorch(backend):
