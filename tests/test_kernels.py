@@ -154,11 +154,16 @@ def test_conv2d_forward_no_bias_and_fused_relu(variant):
     assert (y1 >= 0).all() and (y1 == 0).any()
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, ml_dtypes.bfloat16, np.float16],
+                         ids=["f32", "f64", "bf16", "f16"])
 @pytest.mark.parametrize("variant", ["v2", "v3"])
-def test_conv2d_tiled_kernels_agree_in_both_schedule_orders(variant):
-    """Reversed thread order must give the same bits: the tiles are ordered by barriers, not luck."""
-    x, w, b, stride, pad = make_conv(CONV_CASES[6])
-    dy = np.random.default_rng(2).standard_normal((1, 65, 6, 13)).astype(np.float32)
+def test_conv2d_tiled_kernels_agree_in_both_schedule_orders(variant, dtype, monkeypatch):
+    """Reversed thread order must give the same bits, in every build (each has its own tile
+    widths and loaders): the tiles are ordered by barriers, not luck; the weight gradient in
+    several splits, so that the ordered second pass runs in both orders too."""
+    monkeypatch.setattr(LC, "MIN_SPLIT_CHUNK", 8)
+    x, w, b, stride, pad = make_conv(CONV_CASES[6], dtype)
+    dy = np.random.default_rng(2).standard_normal((1, 65, 6, 13)).astype(dtype)
     outs = []
     for order in ("forward", "reverse"):
         with kernels.sim_schedule(order), kernels.use_variant(**conv_variants(variant)):
