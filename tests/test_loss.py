@@ -185,15 +185,17 @@ def test_kernel_against_reference(backend, n, c, dtype, eps):
     assert np.all(np.abs(d.astype(np.float64) - want_d) <= tol), np.max(np.abs(d.astype(np.float64) - want_d) / tol)
 
 
-def test_kernel_sum_is_deterministic_and_leaves_its_ticket_at_zero(backend):
-    """The same bits from every launch, in either thread order, and the last block's ticket reset
-    (a ticket left over would make the next launch's sum come from a block that is not last)."""
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, ml_dtypes.bfloat16, np.float16])
+def test_kernel_sum_is_deterministic_and_leaves_its_ticket_at_zero(backend, dtype):
+    """The same bits from every launch, in either thread order, in every build, and the last
+    block's ticket reset (a ticket left over would make the next launch's sum come from a block
+    that is not last)."""
     if backend.name == "numpy":
         pytest.skip("the kernel runs on 'sim' and 'cupy'")
-    runs = [_kernel_case(backend, 3000, 10, np.float32, 0.2)[2:4] for _ in range(2)]
+    runs = [_kernel_case(backend, 3000, 10, dtype, 0.2)[2:4] for _ in range(2)]
     if backend.name == "sim":
         with kernels.sim_schedule("reverse"):
-            runs.append(_kernel_case(backend, 3000, 10, np.float32, 0.2)[2:4])
+            runs.append(_kernel_case(backend, 3000, 10, dtype, 0.2)[2:4])
     for loss, d in runs[1:]:
         assert loss.tobytes() == runs[0][0].tobytes() and d.tobytes() == runs[0][1].tobytes()
     assert all(not backend.asnumpy(t).any() for t in kernels._tickets.values())
