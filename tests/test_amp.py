@@ -17,6 +17,7 @@ from gpuconv.data import DeviceLoader
 from gpuconv.layers import BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential
 from gpuconv.optim import SGD, Adam
 from gpuconv.trainer import Trainer, evaluate
+from test_optim import KERNEL_DEVICES
 
 BF16 = amp.compute_dtype("bf16")
 
@@ -338,25 +339,26 @@ def test_a_checkpoint_trained_in_bf16_evaluates_in_any_precision(images, tmp_pat
     assert results["bf16"]["loss"] != results["fp32"]["loss"]  # it really computed in bf16
 
 
+@pytest.mark.parametrize("target", KERNEL_DEVICES)
 @pytest.mark.parametrize("dtype", [ml_dtypes.bfloat16, np.float16])
-def test_cast_parameters_kernel_gives_astypes_bits(dtype):
-    """On a kernel target the float32 masters are cast by kernels/amp.cu, up to 8 per launch: the
-    bits of astype (round to nearest even; subnormals, overflow to inf, NaN and signed zeros
-    included), for 11 parameters of mixed sizes: 2 launches."""
+def test_cast_parameters_kernel_gives_astypes_bits(dtype, target):
+    """On a kernel target (the simulator, a GPU) the float32 masters are cast by kernels/amp.cu, up
+    to 8 per launch: the bits of astype (round to nearest even; subnormals, overflow to inf, NaN
+    and signed zeros included), for 11 parameters of mixed sizes: 2 launches."""
     rng = np.random.default_rng(12)
     special = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1e-45, 3e38, 65520.0, 1 + 2 ** -8, 1 + 2 ** -11,
                         -5.96e-8], np.float32)
     sizes = [1, 7, 300, 5, 64, 9, 1000, 2, 11, 17, 3]
     arrays = [special] + [(rng.standard_normal(n) * 10 ** rng.uniform(-8, 6, n)).astype(np.float32) for n in sizes[1:]]
     layers = [gpuconv.layers.Linear(1, a.size, bias=False) for a in arrays]
-    with gpuconv.default_device("sim"), kernels.launch_log() as log:
+    with gpuconv.default_device(target), kernels.launch_log() as log:
         model = gpuconv.layers.Sequential(*layers)
         for layer, a in zip(layers, arrays):
-            layer.weight.data = a.reshape(a.size, 1).copy()
+            layer.weight.data = backend.to_device(a.reshape(a.size, 1).copy(), target)
         amp.cast_parameters(model, dtype)
     assert log.names == ["cast_parameters"] * 2
     for layer, a in zip(layers, arrays):
-        got = layer.weight.compute
+        got = backend.asnumpy(layer.weight.compute)
         assert got.dtype == np.dtype(dtype) and got.tobytes() == a.reshape(a.size, 1).astype(dtype).tobytes()
 
 
