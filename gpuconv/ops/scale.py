@@ -5,7 +5,8 @@ Precision (gpuconv.precision): bfloat16/float16 values are upcast to float32, mu
 factor rounded to float32, and rounded once (NumPy's own bfloat16 * float would round the
 factor to bfloat16 first, and CuPy would not: the rule makes both paths one function).
 
-Cache (shared with the kernel launchers, see ``_dispatch``): ``ScaleCache(factor)``.
+Cache (shared with the kernel launchers, see ``_dispatch``): ``ScaleCache(factor, dtype)``, the
+output's dtype, which the backward's ``dy`` must have.
 """
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ import math
 from ..backend import kernel_target
 from ..precision import compute_dtype, round_once, upcast
 from . import _dispatch
-from ._checks import cache_type, check_cache, check_float
+from ._checks import cache_type, check_cache, check_dy_dtype, check_float
 
-ScaleCache = cache_type("ScaleCache", "factor", __name__)
+ScaleCache = cache_type("ScaleCache", "factor dtype", __name__, defaults=(None,))
 
 
 def check_factor(factor, where="scale factor") -> float:
@@ -35,12 +36,14 @@ def scale_backward(dy, cache):
     """``dx = factor * dy``: the forward's product, on ``dy``."""
     check_cache(cache, ScaleCache, "scale_forward")
     check_float("dy", dy)
+    if cache.dtype is not None:
+        check_dy_dtype(dy, cache.dtype)
     return _dispatch.call("scale_forward", kernel_target(dy), _scale_forward_reference, dy, cache.factor)[0]
 
 
 def _scale_forward_reference(x, factor):
     xc = upcast(x)
-    return round_once(xc * compute_dtype(x.dtype).type(factor), x.dtype), ScaleCache(factor)
+    return round_once(xc * compute_dtype(x.dtype).type(factor), x.dtype), ScaleCache(factor, x.dtype)
 
 
 # This op's CUDA kernel launcher, for the 'cuda' and 'sim' targets; last, as it imports the names above.
