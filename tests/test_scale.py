@@ -26,7 +26,7 @@ def test_product_in_the_compute_dtype_rounded_once(backend, dtype, factor):
         want = (x.astype(acc) * acc(factor)).astype(dtype)
         y, cache = scale_forward(backend.asarray(x), factor)
         dx = scale_backward(backend.asarray(x), cache)
-    assert y.dtype == dtype and cache == ScaleCache(float(factor), np.dtype(dtype))
+    assert y.dtype == dtype and cache == ScaleCache(float(factor), np.dtype(dtype), (1000,))
     assert backend.asnumpy(y).tobytes() == want.tobytes() and backend.asnumpy(dx).tobytes() == want.tobytes()
     backend.assert_kernels_ran("scale_forward")
 
@@ -52,13 +52,17 @@ def test_a_factor_that_is_not_a_finite_python_number(factor):
 
 
 def test_backward_errors(backend):
-    """dy of another dtype than the forward's output is refused as every op's backward refuses it
-    (its product would be formed and rounded in dy's precision, not the forward's); a dy that is
-    not a float array, and a cache of another op, are named."""
+    """dy of another dtype or shape than the forward's output is refused as every op's backward
+    refuses it (its product would be formed and rounded in dy's precision, not the forward's; a dx
+    of another shape would fail later, far from here); a dy that is not a float array, and a cache
+    of another op, are named."""
     y, cache = scale_forward(backend.asarray(np.ones((2, 3), np.float32)), 0.5)
+    with pytest.raises(ValueError, match=r"dy must have the forward output's shape \(2, 3\), got \(3, 2\)"):
+        scale_backward(backend.asarray(np.ones((3, 2), np.float32)), cache)
     for dt in (np.float64, ml_dtypes.bfloat16):
         with pytest.raises(TypeError, match=rf"dy has dtype {np.dtype(dt)} but the forward's output had dtype float32: "
-                                            r"a backward runs in its forward's precision, so pass dy.astype\(float32\)"):
+                                            r"a backward runs in its forward's precision, "
+                                            r"so pass dy.astype\(float32\)"):
             scale_backward(backend.asarray(np.ones((2, 3), dt)), cache)
     with pytest.raises(TypeError, match=r"dy has dtype int32, but ops take .*dy.astype\(np.float32\)"):
         scale_backward(backend.asarray(np.ones((2, 3), np.int32)), cache)
@@ -66,4 +70,5 @@ def test_backward_errors(backend):
         scale_backward([1.0, 2.0], cache)
     with pytest.raises(TypeError, match=r"cache must be the ScaleCache that scale_forward returned, got float"):
         scale_backward(backend.asarray(np.ones((2, 3), np.float32)), 0.5)
-    np.testing.assert_array_equal(backend.asnumpy(scale_backward(backend.asarray(np.ones(4, np.float32)), cache)), 0.5)
+    np.testing.assert_array_equal(backend.asnumpy(scale_backward(backend.asarray(np.ones((2, 3), np.float32)), cache)),
+                                  0.5)
