@@ -19,6 +19,12 @@ from gpuconv.data import CIFAR10_MEAN, CIFAR10_STD, DeviceLoader, crop_flip, cut
 from gpuconv.data._launch_augment import augment_batch_kernel
 from gpuconv.precision import compute_dtype
 from test_nvrtc import needs_nvrtc
+from test_optim import KERNEL_DEVICES
+
+
+def on(target, *arrays):
+    """The arrays where ``target`` runs the kernel: CuPy's for 'cuda', as they are for 'sim'."""
+    return [a if a is None or target != "cuda" else B.to_device(a, "cuda") for a in arrays]
 
 
 def reference(images, idx, oy, ox, flip, padding, mean, std, dtype):
@@ -43,14 +49,16 @@ def draws(rng, n, b, padding, crop=True, do_flip=True):
     ((9, 3, 8, 8), 4, True, True, ml_dtypes.bfloat16),  # normalized in float32, rounded once
     ((9, 3, 8, 8), 4, True, True, np.float16),
 ])
-def test_kernel_matches_the_array_path_bit_for_bit(shape, padding, crop, do_flip, dtype):
+@pytest.mark.parametrize("target", KERNEL_DEVICES)
+def test_kernel_matches_the_array_path_bit_for_bit(shape, padding, crop, do_flip, dtype, target):
     rng = np.random.default_rng(sum(shape) + padding)
     images = rng.integers(0, 256, shape, dtype=np.uint8)
     c = shape[1]
     mean = rng.uniform(50, 200, c).astype(compute_dtype(dtype))
     std = rng.uniform(20, 80, c).astype(compute_dtype(dtype))
     idx, oy, ox, flip = draws(rng, shape[0], 11, padding, crop, do_flip)
-    got = augment_batch_kernel(images, idx, oy, ox, flip, mean, std, padding, dtype, target="sim")
+    got = B.asnumpy(augment_batch_kernel(*on(target, images, idx, oy, ox, flip, mean, std), padding, dtype,
+                                         target=target))
     want = reference(images, idx, oy, ox, flip, padding, mean, std, dtype)
     assert got.dtype == np.dtype(dtype) and got.shape == want.shape
     assert got.tobytes() == want.tobytes()
@@ -69,8 +77,9 @@ def test_every_crop_offset_and_flip_pattern_is_exact():
     np.testing.assert_array_equal(got, reference(images, idx, oy, ox, flip, p, mean, std, np.float32))
 
 
+@pytest.mark.parametrize("target", KERNEL_DEVICES)
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_reflect_translation_every_offset_matches_numpy_and_a_loop(channels_last):
+def test_reflect_translation_every_offset_matches_numpy_and_a_loop(channels_last, target):
     """airbench's translation: reflect padding (the edge not repeated), every offset, both flips."""
     p = 2
     images = np.random.default_rng(2).integers(0, 256, (2, 3, 5, 6), dtype=np.uint8)
@@ -79,8 +88,8 @@ def test_reflect_translation_every_offset_matches_numpy_and_a_loop(channels_last
     flip = np.repeat([False, True], oy.size // 2)
     idx = np.arange(oy.size) % 2
     mean, std = np.zeros(3, np.float32), np.ones(3, np.float32)
-    got = augment_batch_kernel(images, idx, oy, ox, flip, mean, std, p, np.float32, target="sim",
-                               channels_last=channels_last, padding_mode="reflect")
+    got = B.asnumpy(augment_batch_kernel(*on(target, images, idx, oy, ox, flip, mean, std), p, np.float32,
+                                         target=target, channels_last=channels_last, padding_mode="reflect"))
     want = normalize(crop_flip(images[idx], oy, ox, flip, p, "reflect"), mean, std)
     np.testing.assert_array_equal(got, want)
     # the reference itself, against a per-pixel loop of PyTorch's reflect rule
@@ -127,7 +136,8 @@ def test_bad_arguments_are_named(kwargs, match):
 
 @pytest.mark.parametrize("dtype, channels_last", [(np.float32, False), (np.float32, True),
                                                    (ml_dtypes.bfloat16, True), (np.float64, False)])
-def test_cutout_matches_the_array_path_and_a_loop(dtype, channels_last):
+@pytest.mark.parametrize("target", KERNEL_DEVICES)
+def test_cutout_matches_the_array_path_and_a_loop(dtype, channels_last, target):
     """airbench96's cutout: a square of the augmented image set to 0 (the normalized mean), every
     corner position including both edges, after the crop and the flip (output coordinates)."""
     size, p = 3, 2
@@ -138,8 +148,9 @@ def test_cutout_matches_the_array_path_and_a_loop(dtype, channels_last):
     idx, oy, ox, flip = draws(rng, 4, b, p)
     mean = np.full(3, 0.5, compute_dtype(dtype))  # no pixel normalizes to 0: every zero is the cutout's
     std = np.asarray(CIFAR10_STD, compute_dtype(dtype))
-    got = augment_batch_kernel(images, idx, oy, ox, flip, mean, std, p, dtype, target="sim",
-                               channels_last=channels_last, padding_mode="reflect", cutout=size, cut_y=cy, cut_x=cx)
+    got = B.asnumpy(augment_batch_kernel(*on(target, images, idx, oy, ox, flip, mean, std), p, dtype, target=target,
+                                         channels_last=channels_last, padding_mode="reflect", cutout=size,
+                                         cut_y=on(target, cy)[0], cut_x=on(target, cx)[0]))
     plain = normalize(crop_flip(images[idx], oy, ox, flip, p, "reflect"), mean, std, dtype)
     want = cutout(plain, cy, cx, size)
     assert got.dtype == want.dtype and np.ascontiguousarray(got).tobytes() == want.tobytes()
@@ -149,8 +160,9 @@ def test_cutout_matches_the_array_path_and_a_loop(dtype, channels_last):
         assert (want[k][:, inside] == 0).all() and (want[k][:, ~inside] == plain[k][:, ~inside]).all()
         assert (plain[k] != 0).all()
     # no cutout is the plain batch
-    none = augment_batch_kernel(images, idx, oy, ox, flip, mean, std, p, dtype, target="sim",
-                                padding_mode="reflect", cutout=0, cut_y=cy, cut_x=cx)
+    none = B.asnumpy(augment_batch_kernel(*on(target, images, idx, oy, ox, flip, mean, std), p, dtype, target=target,
+                                          padding_mode="reflect", cutout=0, cut_y=on(target, cy)[0],
+                                          cut_x=on(target, cx)[0]))
     assert none.tobytes() == plain.tobytes()
 
 
