@@ -131,6 +131,69 @@ def test_mixing_numpy_and_cupy_is_a_type_error(monkeypatch):
         B.get_array_module(_FakeCupyArray(0), _FakeCupyArray(1))
 
 
+class _OnGpu(np.ndarray):
+    """A NumPy array the backend takes for a CuPy one (with is_cupy_array patched): one argument of
+    an op 'on the GPU' while the others stay on the host."""
+
+
+def _gpu(a):
+    return np.asarray(a).view(_OnGpu)
+
+
+_X = np.random.default_rng(0).standard_normal((2, 4, 6, 6)).astype(np.float32)
+_W, _B, _LW = np.ones((3, 4, 3, 3), np.float32), np.ones(3, np.float32), np.ones((5, 144), np.float32)
+_C4 = np.ones(4, np.float32)
+_LOGITS, _LABELS = np.ones((3, 4), np.float32), np.array([0, 1, 2])
+# Each array argument of each op (a backward's dy against the arrays its cache holds) in turn on
+# the other device: make(ops) runs the forwards a backward needs, on the host, and returns the call.
+MIXED_DEVICE_CALLS = {
+    "conv2d w": lambda o: lambda: o.conv2d_forward(_X, _gpu(_W), _B, 1, 1),
+    "conv2d b": lambda o: lambda: o.conv2d_forward(_X, _W, _gpu(_B), 1, 1),
+    "conv2d dy": lambda o: (lambda c: lambda: o.conv2d_backward(_gpu(np.ones((2, 3, 6, 6), np.float32)), c))(
+        o.conv2d_forward(_X, _W, _B, 1, 1)[1]),
+    "linear w": lambda o: lambda: o.linear_forward(_X, _gpu(_LW), None),
+    "linear b": lambda o: lambda: o.linear_forward(_X, _LW, _gpu(np.ones(5, np.float32))),
+    "linear dy": lambda o: (lambda c: lambda: o.linear_backward(_gpu(np.ones((2, 5), np.float32)), c))(
+        o.linear_forward(_X, _LW, None)[1]),
+    "batchnorm gamma": lambda o: lambda: o.batchnorm2d_forward(_X, _gpu(_C4), _C4 * 0, None, None),
+    "batchnorm beta": lambda o: lambda: o.batchnorm2d_forward(_X, _C4, _gpu(_C4 * 0), None, None),
+    "batchnorm running_mean": lambda o: lambda: o.batchnorm2d_forward(_X, _C4, _C4 * 0, _gpu(_C4 * 0), _C4.copy()),
+    "batchnorm running_var": lambda o: lambda: o.batchnorm2d_forward(_X, _C4, _C4 * 0, _C4 * 0, _gpu(_C4.copy())),
+    "batchnorm dy": lambda o: (lambda c: lambda: o.batchnorm2d_backward(_gpu(_X), c))(
+        o.batchnorm2d_forward(_X, _C4, _C4 * 0, None, None)[1]),
+    "loss labels": lambda o: lambda: o.softmax_cross_entropy(_LOGITS, _gpu(_LABELS)),
+    "loss weight": lambda o: lambda: o.softmax_cross_entropy(_LOGITS, _LABELS, weight=_gpu(_C4)),
+    "loss grad_scale": lambda o: lambda: o.softmax_cross_entropy(_LOGITS, _LABELS, grad_scale=_gpu(np.float32(2))),
+    "relu dy": lambda o: (lambda c: lambda: o.relu_backward(_gpu(_X), c))(o.relu_forward(_X)[1]),
+    "gelu dy": lambda o: (lambda c: lambda: o.gelu_backward(_gpu(_X), c))(o.gelu_forward(_X)[1]),
+    "dropout dy": lambda o: (lambda c: lambda: o.dropout_backward(_gpu(_X), c))(o.dropout_forward(_X, 0.5, key=1)[1]),
+    "max_pool2d dy": lambda o: (lambda c: lambda: o.max_pool2d_backward(_gpu(np.ones((2, 4, 3, 3), np.float32)), c))(
+        o.max_pool2d_forward(_X, 2)[1]),
+    "lp_pool2d dy": lambda o: (lambda c: lambda: o.lp_pool2d_backward(_gpu(np.ones((2, 4, 3, 3), np.float32)), c))(
+        o.lp_pool2d_forward(np.abs(_X), 2, 2)[1]),
+    "adaptive_max_pool2d dy": lambda o: (
+        lambda c: lambda: o.adaptive_max_pool2d_backward(_gpu(np.ones((2, 4, 4, 4), np.float32)), c))(
+        o.adaptive_max_pool2d_forward(_X, 4)[1]),
+}
+
+
+@pytest.mark.parametrize("device", ["cpu", "sim"])
+@pytest.mark.parametrize("call", list(MIXED_DEVICE_CALLS))
+def test_every_op_refuses_arrays_on_two_devices(monkeypatch, call, device):
+    """Every array an op reads (its parameters, batch norm's running statistics, the loss's labels,
+    class weights and loss scale, a backward's dy against its cache) is in its device check: one on
+    the GPU beside host arrays is a DeviceMismatchError saying how to move it, before any work,
+    whether the host arrays would have run the reference ('cpu') or the kernels ('sim')."""
+    from gpuconv import ops
+    with gpuconv.default_device(device):
+        mixed = MIXED_DEVICE_CALLS[call](ops)
+        monkeypatch.setattr(B, "is_cupy_array", lambda a: isinstance(a, _OnGpu))
+        monkeypatch.setattr(B, "cupy_module", lambda: "cupy")
+        with pytest.raises(gpuconv.DeviceMismatchError, match=r"is a numpy.ndarray \(host\) and argument \d is a "
+                                                              r"cupy.ndarray \(GPU\): put both on one device first"):
+            mixed()
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not B.cuda_available(), reason=f"no GPU: {B.cuda_status()}")
 def test_mixing_real_arrays_on_gpu():
