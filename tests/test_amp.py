@@ -180,7 +180,7 @@ def test_a_loss_scale_float32_cannot_hold_is_refused(init_scale):
 
 
 
-@pytest.mark.parametrize("device", ["cpu", "sim"])
+@pytest.mark.parametrize("device", ["cpu"] + KERNEL_DEVICES)
 def test_fp16_step_scales_the_loss_gradient_before_rounding_it(device):
     """fp16's training step scales dlogits while it is float32, then rounds it once: at a batch
     of 4096 most unscaled dlogits are float16 subnormals, so scaling after the rounding would
