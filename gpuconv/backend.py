@@ -217,12 +217,13 @@ class DeviceMismatchError(TypeError):
     """Arrays of one call live in different places (host and GPU, or two GPUs)."""
 
 
-def get_array_module(*arrays):
+def get_array_module(*arrays, names=None):
     """numpy or cupy, from the arrays given (None and Python scalars are ignored).
 
     Mixing NumPy and CuPy arrays, or CuPy arrays of two GPUs, in one call is a
-    :class:`DeviceMismatchError` (a TypeError) naming both. (Every op calls this, several times:
-    NumPy arrays and a machine without CuPy are answered first.)"""
+    :class:`DeviceMismatchError` (a TypeError) naming both: by ``names`` (one per array, as the
+    caller knows them, e.g. ``("x", "w", "b")``), else by position ('argument 0'). (Every op calls
+    this, several times: NumPy arrays and a machine without CuPy are answered first.)"""
     if cupy_module() is None:  # no CuPy: whatever was passed, the arrays are NumPy's
         return np
     first_np = first_cp = None
@@ -237,15 +238,20 @@ def get_array_module(*arrays):
             elif device_id(a) != device_id(arrays[first_cp]):
                 here, there = device_id(arrays[first_cp]), device_id(a)
                 raise DeviceMismatchError(
-                    f"argument {first_cp} is on cuda:{here} and argument {i} on cuda:{there}: put both on one "
-                    f"GPU first, e.g. gpuconv.to_device(x, 'cuda:{here}')")
+                    f"{_arg_name(names, first_cp)} is on cuda:{here} and {_arg_name(names, i)} on cuda:{there}: put "
+                    f"both on one GPU first, e.g. gpuconv.to_device(x, 'cuda:{here}')")
         elif isinstance(a, np.ndarray):
             first_np = i if first_np is None else first_np
     if first_cp is not None and first_np is not None:
         raise DeviceMismatchError(
-            f"argument {first_np} is a numpy.ndarray (host) and argument {first_cp} is a cupy.ndarray "
-            "(GPU): put both on one device first, e.g. gpuconv.to_device(x, 'cuda') or gpuconv.asnumpy(x)")
+            f"{_arg_name(names, first_np)} is a numpy.ndarray (host) and {_arg_name(names, first_cp)} is a "
+            "cupy.ndarray (GPU): put both on one device first, e.g. gpuconv.to_device(x, 'cuda') or "
+            "gpuconv.asnumpy(x)")
     return cupy_module() if first_cp is not None else np
+
+
+def _arg_name(names, i) -> str:
+    return names[i] if names else f"argument {i}"
 
 
 def device_id(a) -> int:
@@ -270,10 +276,11 @@ def device_of(x) -> Device:
     return Device("cpu")
 
 
-def kernel_target(*arrays) -> str | None:
+def kernel_target(*arrays, names=None) -> str | None:
     """How an op on these arrays runs: 'cuda' (CuPy kernels), 'sim' (the kernels on the host
-    simulator: NumPy arrays while the default device is 'sim') or None (the NumPy reference)."""
-    xp = get_array_module(*arrays)
+    simulator: NumPy arrays while the default device is 'sim') or None (the NumPy reference).
+    ``names``: as :func:`get_array_module`'s, for its error."""
+    xp = get_array_module(*arrays, names=names)
     if xp is not np:
         return "cuda"
     return "sim" if get_default_device().kind == "sim" else None

@@ -176,22 +176,50 @@ MIXED_DEVICE_CALLS = {
         o.adaptive_max_pool2d_forward(_X, 4)[1]),
 }
 
+# The arrays each call's DeviceMismatchError names: (the host one, the one 'on the GPU'),
+# the cache's as the backward's caller knows them.
+MIXED_DEVICE_NAMES = {
+    "conv2d w": ("x", "w"),
+    "conv2d b": ("x", "b"),
+    "conv2d dy": ("the forward's x (in the cache)", "dy"),
+    "linear w": ("x", "w"),
+    "linear b": ("x", "b"),
+    "linear dy": ("the forward's x (in the cache)", "dy"),
+    "batchnorm gamma": ("x", "gamma"),
+    "batchnorm beta": ("x", "beta"),
+    "batchnorm running_mean": ("x", "running_mean"),
+    "batchnorm running_var": ("x", "running_var"),
+    "batchnorm dy": ("the forward's x (in the cache)", "dy"),
+    "loss labels": ("logits", "labels"),
+    "loss weight": ("logits", "weight"),
+    "loss grad_scale": ("logits", "grad_scale"),
+    "relu dy": ("the forward's x (in the cache)", "dy"),
+    "gelu dy": ("the forward's x (in the cache)", "dy"),
+    "dropout dy": ("the forward's mask (in the cache)", "dy"),
+    "max_pool2d dy": ("the forward's argmax (in the cache)", "dy"),
+    "lp_pool2d dy": ("the forward's x (in the cache)", "dy"),
+    "adaptive_max_pool2d dy": ("the forward's argmax (in the cache)", "dy"),
+}
+
 
 @pytest.mark.parametrize("device", ["cpu", "sim"])
 @pytest.mark.parametrize("call", list(MIXED_DEVICE_CALLS))
 def test_every_op_refuses_arrays_on_two_devices(monkeypatch, call, device):
     """Every array an op reads (its parameters, batch norm's running statistics, the loss's labels,
     class weights and loss scale, a backward's dy against its cache) is in its device check: one on
-    the GPU beside host arrays is a DeviceMismatchError saying how to move it, before any work,
-    whether the host arrays would have run the reference ('cpu') or the kernels ('sim')."""
+    the GPU beside host arrays is a DeviceMismatchError naming both arrays as the caller knows them
+    and saying how to move one, before any work, whether the host arrays would have run the
+    reference ('cpu') or the kernels ('sim')."""
     from gpuconv import ops
     with gpuconv.default_device(device):
         mixed = MIXED_DEVICE_CALLS[call](ops)
         monkeypatch.setattr(B, "is_cupy_array", lambda a: isinstance(a, _OnGpu))
         monkeypatch.setattr(B, "cupy_module", lambda: "cupy")
-        with pytest.raises(gpuconv.DeviceMismatchError, match=r"is a numpy.ndarray \(host\) and argument \d is a "
-                                                              r"cupy.ndarray \(GPU\): put both on one device first"):
+        host, gpu = MIXED_DEVICE_NAMES[call]
+        with pytest.raises(gpuconv.DeviceMismatchError) as info:
             mixed()
+    assert str(info.value).startswith(f"{host} is a numpy.ndarray (host) and {gpu} is a cupy.ndarray (GPU): put both "
+                                      "on one device first, e.g. gpuconv.to_device("), str(info.value)
 
 
 @pytest.mark.gpu

@@ -180,6 +180,12 @@ def check_floor(floor) -> bool:
     return bool(floor)
 
 
+def cached(name: str) -> str:
+    """How an error names an array a backward takes from its forward's cache (a device check's
+    names: :func:`gpuconv.backend.kernel_target`)."""
+    return f"the forward's {name} (in the cache)"
+
+
 def check_cache(cache, cls, forward):
     """``cache`` is what ``forward`` returned (a ``cls``): a backward given another object would
     fail inside, reading a field it does not have."""

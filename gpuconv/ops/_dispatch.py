@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from .. import kernels, layout
 from ..backend import array_device_context, kernel_target
-from ._checks import check_float, check_same_dtype
+from ._checks import cached, check_float, check_same_dtype
 
 _TARGETS = ("cuda", "sim")
 _LAUNCHERS: dict[tuple[str, str], object] = {}
@@ -96,7 +96,7 @@ def call_elementwise_backward(op_name, reference, dy, cache):
     if tuple(dy.shape) != tuple(x.shape):
         raise ValueError(f"dy must have the forward input's shape {tuple(x.shape)}, got {tuple(dy.shape)}")
     check_same_dtype("x", x, dy=dy)
-    return call(op_name, kernel_target(dy, x), reference, dy, cache)
+    return call(op_name, kernel_target(dy, x, names=("dy", cached("x"))), reference, dy, cache)
 
 
 def _run(op_name, target, reference, args):

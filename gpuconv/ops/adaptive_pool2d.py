@@ -34,7 +34,7 @@ from .. import backend, layout
 from ..backend import get_array_module
 from ..precision import round_once, upcast
 from . import _dispatch
-from ._checks import cache_type, check_cache, check_dy_dtype, check_float, check_rank
+from ._checks import cache_type, cached, check_cache, check_dy_dtype, check_float, check_rank
 from .pool2d import (AvgPool2dCache, MaxPool2dCache, avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward,
                      max_pool2d_forward)
 
@@ -109,8 +109,8 @@ def _backward(kind, dy, cache):
     if (cache.argmax is None) != (kind == "avg"):
         other = "max" if kind == "avg" else "avg"
         raise TypeError(f"this cache is adaptive_{other}_pool2d_forward's: pass it to adaptive_{other}_pool2d_backward")
-    dx = _dispatch.call(f"adaptive_{kind}_pool2d_backward", backend.kernel_target(dy, cache.argmax),
-                        _REFERENCE[kind][1], dy, cache)
+    target = backend.kernel_target(dy, cache.argmax, names=("dy", cached("argmax")))
+    dx = _dispatch.call(f"adaptive_{kind}_pool2d_backward", target, _REFERENCE[kind][1], dy, cache)
     return layout.to_channels_last(dx) if cache.channels_last else dx
 
 

@@ -36,7 +36,8 @@ from .. import backend
 from ..backend import get_array_module
 from ..precision import channel_sum, compute_dtype, round_once, upcast
 from . import _dispatch
-from ._checks import cache_type, check_cache, check_compute_dtype, check_dy_dtype, check_float, check_rank, check_shape
+from ._checks import (cache_type, cached, check_cache, check_compute_dtype, check_dy_dtype, check_float, check_rank,
+                      check_shape)
 from .gelu import GeluCache, _gelu_backward_reference, _gelu_forward_reference
 from .relu import ReluCache, _relu_backward_reference, _relu_forward_reference
 
@@ -97,7 +98,8 @@ def batchnorm2d_forward(x, gamma, beta, running_mean, running_var, training=True
         raise ValueError(f"training batch norm needs more than 1 value per channel to estimate a variance, got "
                          f"x of shape {tuple(x.shape)} (N*H*W = {count}); use a larger batch or training=False")
     # No channels: nothing to launch (a grid of 0 blocks is no launch at all); the reference's empty result
-    target = backend.kernel_target(x, gamma, beta, running_mean, running_var) if c else None
+    target = backend.kernel_target(x, gamma, beta, running_mean, running_var,
+                                   names=("x", "gamma", "beta", "running_mean", "running_var")) if c else None
     y, cache = _dispatch.call("batchnorm2d_forward", target, _batchnorm2d_forward_reference,
                               x, gamma, beta, running_mean, running_var, bool(training), float(momentum), float(eps),
                               activation)
@@ -115,7 +117,8 @@ def batchnorm2d_backward(dy, cache):
     if cache.x.dtype != dy.dtype:
         raise TypeError(f"dy has dtype {dy.dtype} but the forward's x (kept for the backward) has dtype "
                         f"{cache.x.dtype}: pass dy in the dtype of the forward's x")
-    target = backend.kernel_target(dy, cache.x) if dy.shape[1] else None  # no channels: as the forward
+    # no channels: as the forward
+    target = backend.kernel_target(dy, cache.x, names=("dy", cached("x"))) if dy.shape[1] else None
     return _dispatch.call("batchnorm2d_backward", target, _batchnorm2d_backward_reference, dy, cache)
 
 

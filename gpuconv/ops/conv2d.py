@@ -35,8 +35,8 @@ from .. import backend
 from ..backend import get_array_module
 from ..precision import channel_sum, multiplicands, round_once, upcast, use_tf32
 from . import _dispatch
-from ._checks import (cache_type, check_bias, check_cache, check_float, check_floor, check_rank, check_same_dtype,
-                      output_hw, pair)
+from ._checks import (cache_type, cached, check_bias, check_cache, check_float, check_floor, check_rank,
+                      check_same_dtype, output_hw, pair)
 
 
 Conv2dCache = cache_type("Conv2dCache", "x w has_bias stride padding", __name__)  # printed without its arrays' values
@@ -57,7 +57,7 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, precision=None, floor=Fals
     'fp32' or 'tf32' applies to float32 arrays (None: ``gpuconv.get_precision()``)."""
     stride, padding = _check_conv_args(x, w, b, stride, padding, floor)
     tf32 = use_tf32(precision, x.dtype)
-    target = backend.kernel_target(x, w, b)
+    target = backend.kernel_target(x, w, b, names=("x", "w", "b"))
     return _dispatch.call("conv2d_forward", target, _conv2d_forward_reference, x, w, b, stride, padding, tf32)
 
 
@@ -82,7 +82,7 @@ def conv2d_backward(dy, cache, need_dx=True, precision=None, need_dw=True, dw_dt
         raise ValueError(f"dy must have the forward output's shape {expected}, got {tuple(dy.shape)}")
     check_same_dtype("x", x, dy=dy)
     tf32 = use_tf32(precision, dy.dtype)
-    target = backend.kernel_target(dy, x, w)
+    target = backend.kernel_target(dy, x, w, names=("dy", cached("x"), cached("w")))
     if dw_dtype is not None:
         dw_dtype = np.dtype(dw_dtype)
         if dw_dtype not in (w.dtype, np.float32, np.float64) or dw_dtype.itemsize < w.dtype.itemsize:

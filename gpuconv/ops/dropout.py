@@ -37,7 +37,7 @@ from ..backend import get_array_module
 from ..counter_rng import splitmix64
 from ..precision import compute_dtype, round_once, upcast
 from . import _dispatch
-from ._checks import cache_type, check_cache, check_dy_dtype, check_float
+from ._checks import cache_type, cached, check_cache, check_dy_dtype, check_float
 
 DropoutCache = cache_type("DropoutCache", "mask dtype", __name__, defaults=(None,))
 
@@ -89,7 +89,7 @@ def dropout_backward(dy, cache):
         raise TypeError(f"dy has dtype {dy.dtype} but mask has dtype {cache.mask.dtype}: the mask is kept in the "
                         f"forward input's compute dtype ({compute_dtype(dy.dtype)} for a {dy.dtype} x), so pass dy "
                         "in the dtype of the forward's x")
-    target = backend.kernel_target(dy, cache.mask)
+    target = backend.kernel_target(dy, cache.mask, names=("dy", cached("mask")))
     return _dispatch.call("dropout_backward", target, _dropout_backward_reference, dy, cache)
 
 

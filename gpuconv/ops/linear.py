@@ -24,7 +24,7 @@ from .. import backend, layout
 from ..backend import get_array_module
 from ..precision import multiplicands, round_once, upcast, use_tf32
 from . import _dispatch
-from ._checks import cache_type, check_bias, check_cache, check_float, check_rank, check_same_dtype
+from ._checks import cache_type, cached, check_bias, check_cache, check_float, check_rank, check_same_dtype
 
 LinearCache = cache_type("LinearCache", "x w has_bias", __name__)
 
@@ -48,7 +48,7 @@ def linear_forward(x, w, b=None, precision=None):
                          f"in_features={w.shape[1]}; make w.shape[1] equal prod(x.shape[1:])")
     check_bias(b, w, "output feature")
     tf32 = use_tf32(precision, x.dtype)
-    target = backend.kernel_target(x, w, b)
+    target = backend.kernel_target(x, w, b, names=("x", "w", "b"))
     return _dispatch.call("linear_forward", target, _linear_forward_reference, x, w, b, tf32)
 
 
@@ -64,7 +64,7 @@ def linear_backward(dy, cache, precision=None):
         raise ValueError(f"dy must have the forward output's shape {expected}, got {tuple(dy.shape)}")
     check_same_dtype("x", x, dy=dy)
     tf32 = use_tf32(precision, dy.dtype)
-    target = backend.kernel_target(dy, x, w)
+    target = backend.kernel_target(dy, x, w, names=("dy", cached("x"), cached("w")))
     dx, dw, db = _dispatch.call("linear_backward", target, _linear_backward_reference, dy, cache, tf32)
     # The products give dx in logical (NCHW) order; the layer before keeps its layout only if dx does
     return (layout.to_channels_last(dx) if layout.is_channels_last(x) else dx), dw, db

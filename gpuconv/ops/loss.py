@@ -63,7 +63,7 @@ def softmax_cross_entropy(logits, labels, label_smoothing=0.0, count_correct=Fal
     check_float("logits", logits)
     check_rank("logits", logits, 2, "N, C: batch, classes")
     check_array("labels", labels)
-    get_array_module(logits, labels)  # a TypeError when one is on the GPU and the other is not
+    get_array_module(logits, labels, names=("logits", "labels"))  # a TypeError when one is on the GPU, one not
     n, c = logits.shape
     if c == 0:
         raise ValueError(f"logits has no columns (C = 0, shape {tuple(logits.shape)}): a softmax needs at least one "
@@ -103,7 +103,7 @@ def _class_weights(logits, weight):
     """``weight`` as a contiguous (C,) array of the compute dtype on the logits' device."""
     c = logits.shape[1]
     check_array("weight", weight)
-    xp = get_array_module(logits, weight)  # a TypeError when one is on the GPU and the other is not
+    xp = get_array_module(logits, weight, names=("logits", "weight"))  # a TypeError when one is on the GPU, one not
     if tuple(weight.shape) != (c,) or weight.dtype.kind != "f":
         raise ValueError(f"weight must be a float array of one weight per class, shape ({c},), got shape "
                          f"{tuple(weight.shape)} dtype {weight.dtype}")
@@ -133,7 +133,7 @@ def _grad_scale(logits, grad_scale):
     if isinstance(grad_scale, numbers.Real) and not isinstance(grad_scale, bool):
         return backend.to_device(np.asarray(grad_scale, acc), backend.device_of(logits))
     check_array("grad_scale", grad_scale)
-    get_array_module(logits, grad_scale)  # a TypeError when one is on the GPU and the other is not
+    get_array_module(logits, grad_scale, names=("logits", "grad_scale"))  # a TypeError: one on the GPU, one not
     if grad_scale.ndim != 0 or grad_scale.dtype.kind != "f":
         raise TypeError(f"grad_scale must be a number or a 0-d float array, got shape {tuple(grad_scale.shape)} "
                         f"dtype {grad_scale.dtype}; e.g. LossScaler.factor(logits)")

@@ -24,7 +24,7 @@ from .. import backend
 from ..backend import get_array_module
 from ..precision import round_once, upcast
 from . import _dispatch
-from ._checks import cache_type, check_cache, check_dy_dtype, check_float, check_shape, output_hw
+from ._checks import cache_type, cached, check_cache, check_dy_dtype, check_float, check_shape, output_hw
 from .pool2d import _check_pool_args, _taps
 
 LPPool2dCache = cache_type("LPPool2dCache", "x y kernel_size stride norm_type", __name__)
@@ -53,7 +53,8 @@ def lp_pool2d_backward(dy, cache):
     check_float("dy", dy)
     check_shape("dy", dy, cache.y.shape, "the shape of the forward's output")
     check_dy_dtype(dy, cache.y.dtype)
-    return _dispatch.call("lp_pool2d_backward", backend.kernel_target(dy, cache.x), _lp_pool2d_backward_reference,
+    return _dispatch.call("lp_pool2d_backward", backend.kernel_target(dy, cache.x, names=("dy", cached("x"))),
+                          _lp_pool2d_backward_reference,
                           dy, cache)
 
 

@@ -32,7 +32,8 @@ from .. import backend, layout
 from ..backend import get_array_module
 from ..precision import round_once, upcast
 from . import _dispatch
-from ._checks import cache_type, check_cache, check_dy_dtype, check_float, check_floor, check_rank, output_hw, pair
+from ._checks import (cache_type, cached, check_cache, check_dy_dtype, check_float, check_floor, check_rank, output_hw,
+                      pair)
 
 MaxPool2dCache = cache_type("MaxPool2dCache", "x_shape kernel_size stride argmax channels_last dtype", __name__,
                             defaults=(False, None))
@@ -56,7 +57,7 @@ def max_pool2d_backward(dy, cache):
     """``dx``: each ``dy`` entry routed to the input pixel that won its window."""
     check_cache(cache, MaxPool2dCache, "max_pool2d_forward")
     _check_pool_dy(dy, cache)
-    target = backend.kernel_target(dy, cache.argmax)
+    target = backend.kernel_target(dy, cache.argmax, names=("dy", cached("argmax")))
     dx = _dispatch.call("max_pool2d_backward", target, _max_pool2d_backward_reference, dy, cache)
     return layout.to_channels_last(dx) if cache.channels_last else dx
 
