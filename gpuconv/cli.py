@@ -20,6 +20,7 @@ import math
 import os
 import platform
 import runpy
+import shlex
 import shutil
 import sys
 import time
@@ -628,7 +629,9 @@ def _train(args) -> int:
                           log_every=args.log_every, seed=s["seed"], progress="epoch" if args.no_progress else True,
                           config=config, precision=s["precision"], cuda_graph=args.cuda_graph,
                           autotune={"auto": "auto", "on": True, "off": False}[s["autotune"]], **extras)
-        resume_cmd = f"gpuconv train --out {args.out} --resume" + (f" --data {data}" if data else "")
+        # quoted as a shell reads it: an --out or --data with spaces or quotes is pasted back whole
+        resume_cmd = shlex.join(["gpuconv", "train", "--out", str(args.out), "--resume",
+                                 *(["--data", str(data)] if data else [])])
         try:
             trainer.fit(train_loader, s["epochs"], val=val_loader, resume=args.resume)
         except TrainingInterrupted as exc:

@@ -22,6 +22,7 @@ import json
 import math
 import numbers
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -683,7 +684,7 @@ class Trainer:
         saved = self.save_checkpoint() if self.out_dir is not None else None
         # fit() again on this Trainer (without resume=True) continues the epoch: its sums go on
         self._resumed_sums = dict(self._ep) if self.epoch_step else None
-        where = (f"checkpoint saved to {saved}; resume with `gpuconv train ... --out {self.out_dir} --resume` "
+        where = (f"checkpoint saved to {saved}; resume with `gpuconv train ... --out {shlex.quote(str(self.out_dir))} --resume` "
                  "or Trainer.fit(..., resume=True)" if saved else "no out_dir was given, so nothing was saved")
         signum = self._stop_requested if self._stop_requested in self.STOP_SIGNALS else signal.SIGINT
         how = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"

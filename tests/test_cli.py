@@ -1055,3 +1055,32 @@ def test_every_precision_flag_says_what_auto_is_on_a_t4():
     for name in ("train", "evaluate", "predict"):
         flag = next(a for a in sub[name]._actions if "--precision" in a.option_strings)
         assert "bf16 on a GPU" in flag.help and "fp16 on 7.5, a T4" in flag.help, (name, flag.help)
+
+
+def test_the_resume_command_printed_after_a_stop_runs_as_pasted_with_spaces_and_quotes(tmp_path, capsys,
+                                                                                      monkeypatch):
+    """An --out and --data with spaces, a quote and a non-ASCII letter: the "Resume with:" line is
+    quoted as a shell splits it, and run as pasted it finishes the run."""
+    import shlex
+    from gpuconv import trainer as T
+    out, data = tmp_path / "my runs" / "it's été", tmp_path / "cifar data"
+    data.symlink_to(SUBSET)
+    real_step = T.Trainer.train_step
+
+    def step_then_stop(self, x, y):
+        real_step(self, x, y)
+        self._stop_requested = signal.SIGINT  # as Ctrl-C after this step
+
+    monkeypatch.setattr(T.Trainer, "train_step", step_then_stop)
+    rc, _, err = run(["train", "--model", "seed", "--epochs", "2", "--limit", "128", "--batch-size", "64",
+                      "--data", data, "--out", out, "--no-progress", "--device", "cpu"], capsys)
+    assert rc == 130, err
+    said = [line.split("Resume with: ", 1)[1] for line in err.splitlines() if line.startswith("Resume with: ")]
+    assert len(said) == 1, err
+    argv = shlex.split(said[0])
+    assert argv[:2] == ["gpuconv", "train"] and argv[argv.index("--out") + 1] == str(out)
+    assert argv[argv.index("--data") + 1] == str(data)
+    monkeypatch.setattr(T.Trainer, "train_step", real_step)
+    rc, _, err = run(argv[1:] + ["--no-progress"], capsys)
+    assert rc == 0, err
+    assert int(ckpt.load_checkpoint(out)["meta/epoch"]) == 2
