@@ -135,6 +135,26 @@ def _generators(obj, prefix):
 
 
 
+def _metrics_record(line: str):
+    """The record a line of metrics.jsonl holds, or None for a line that holds none of ours: cut off
+    by a crash, or damaged (not a JSON object, a step or epoch that is not a whole number, a loss
+    or accuracy that is not a number), which the resume's trim, the best epoch and the curves
+    could not read."""
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(rec, dict) or (rec.get("kind") == "epoch" and "epoch" not in rec):
+        return None
+    for key in ("step", "epoch"):
+        if key in rec and (isinstance(rec[key], bool) or not isinstance(rec[key], int)):
+            return None
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
+        if rec.get(key) is not None and (isinstance(rec[key], bool) or not isinstance(rec[key], (int, float))):
+            return None
+    return rec
+
+
 def _in_notebook() -> bool:
     """Whether this runs in a Jupyter kernel: its output area redraws a progress bar (tqdm.auto's
     widget, or text frames without ipywidgets) though stderr there is no terminal."""
@@ -592,10 +612,9 @@ class Trainer:
         with os.fdopen(os.open(self.metrics_path, os.O_RDONLY | NOFOLLOW | BINARY), "rb") as f:
             text = f.read().decode("utf-8", "replace")
         for line in text.splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut off by a crash
+            rec = _metrics_record(line)
+            if rec is None:
+                continue  # a line cut off by a crash, or damaged
             # An epoch's line written after the checkpoint of its last step (a kill between that line
             # and the epoch's own save) has the checkpoint's step but an epoch the checkpoint has not done.
             after = rec.get("step", 0) > self.step or (rec.get("kind") == "epoch" and rec.get("epoch", 0) > self.epoch)

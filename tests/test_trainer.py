@@ -912,3 +912,20 @@ def test_resuming_without_autotuning_warns_that_the_recorded_variants_are_not_ta
     assert len(said) == (autotune is not True), said
     if said:
         assert "tuned.npz" in said[0] and "not bit for bit" in said[0]
+
+
+def test_a_resume_drops_metrics_lines_that_hold_no_record(tmp_path):
+    """Damaged lines of metrics.jsonl (JSON that is no object, a step that is no number, a
+    loss that is text, a cut-off line) are dropped as a cut-off line is: the resume's trim read
+    them with rec.get, an AttributeError that stopped the resume with a traceback."""
+    model = small_net()
+    trainer = Trainer(model, SGD(model.parameters(), lr=0.01), out_dir=tmp_path, progress=False)
+    good = [{"kind": "interval", "epoch": 1, "step": 4}, {"kind": "epoch", "epoch": 1, "step": 8, "val_acc": 0.25}]
+    damaged = ["3", '"text"', "null", "[1, 2]", '{"kind": "epoch", "epoch": 1, "step": "8"}',
+               '{"kind": "epoch", "step": 8}', '{"kind": "epoch", "epoch": 1, "step": 8, "val_acc": "0.5"}',
+               '{"kind": "epoch", "epoch": true, "step": 8}', '{"kind": "epo']
+    trainer.metrics_path.write_text(json.dumps(good[0]) + "\n" + "\n".join(damaged) + "\n" + json.dumps(good[1]) + "\n")
+    trainer.step, trainer.epoch = 8, 1
+    trainer._trim_metrics()
+    assert [json.loads(x) for x in trainer.metrics_path.read_text().splitlines()] == good
+    assert trainer.history == good[1:]
