@@ -18,6 +18,8 @@ loader up to the saved batch (same shuffle, same augmentation draws) without tra
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
 import numbers
@@ -479,7 +481,54 @@ class Trainer:
         if bad:
             self._diverged(f"the model's weights became NaN or Inf ({', '.join(bad[:3])}"
                            f"{', ...' if len(bad) > 3 else ''}) by step {self.step}", self.step)
-        return ckpt.save_checkpoint(path, arrays)
+        with self._writing(path):
+            return ckpt.save_checkpoint(path, arrays)
+
+    # How to go on after a write failed, by its errno (errno.EDQUOT: not on every platform)
+    _WRITE_FIXES = {errno.ENOSPC: "free space on its disk", getattr(errno, "EDQUOT", -1): "free space in your disk quota",
+                    errno.EROFS: "its file system is read-only now (remounted so after disk errors?): check the disk "
+                                 "and remount it read-write",
+                    errno.EACCES: "make its directory writable to you", errno.EPERM: "make its directory writable to you",
+                    errno.EIO: "the disk reported an input/output error: check it (dmesg)",
+                    errno.ELOOP: "it is a symbolic link, which gpuconv does not write through: remove it"}
+
+    @contextlib.contextmanager
+    def _writing(self, path):
+        """Around a write of the run's file ``path``: an OSError there (a full disk, a directory made
+        read-only or removed, a failing disk) says which file, which checkpoint is kept and how to go
+        on; it keeps the original's type and errno (and chains it)."""
+        try:
+            yield
+        except OSError as exc:
+            what, fix = exc.strerror or str(exc), self._WRITE_FIXES.get(exc.errno, "fix what stopped the write")
+            saved = self._checkpoint_position()
+            if self.out_dir is None:  # (save_checkpoint(path) of a Trainer that writes no run)
+                way_on = fix
+            elif saved:
+                way_on = (f"the checkpoint {saved} is intact at {self.checkpoint_path}: {fix}, then continue with "
+                          f"`gpuconv train ... --out {shlex.quote(str(self.out_dir))} --resume` or "
+                          "Trainer.fit(..., resume=True)")
+            else:
+                way_on = f"no checkpoint of this run is on disk yet: {fix}, then train again"
+            message = f"could not write {path} at step {self.step} ({what}); {way_on}"
+            try:
+                err = type(exc)(message)
+            except TypeError:  # a subclass with a constructor of its own
+                err = OSError(message)
+            err.errno = exc.errno  # (not strerror: str(err) is the message alone)
+            raise err from exc
+
+    def _checkpoint_position(self):
+        """Where the run's checkpoint on disk stands ("of epoch 2's end (step 40)"), None without one."""
+        if self.checkpoint_path is None:
+            return None
+        try:
+            with np.load(self.checkpoint_path, allow_pickle=False) as z:  # (reads these three entries alone)
+                epoch, epoch_step, step = (int(z[f"meta/{k}"]) for k in ("epoch", "epoch_step", "step"))
+        except Exception:  # noqa: BLE001  (none there, or one that is not a run's: nothing to promise)
+            return None
+        return (f"of epoch {epoch}'s end (step {step})" if not epoch_step
+                else f"of epoch {epoch + 1}, batch {epoch_step} (step {step})")
 
     def _diverged(self, what, step):
         """Raise :class:`TrainingDiverged`: ``what`` happened at ``step``; the checkpoint on disk is kept."""
@@ -586,20 +635,23 @@ class Trainer:
         accs = [r.get("val_acc") for r in self.history if r.get("val_acc") is not None]
         if record.get("val_acc") is not None and record["val_acc"] >= max(accs):
             if self.checkpoint_every is not None and self.checkpoint_path.exists():
-                ckpt.copy_checkpoint(self.checkpoint_path, self.best_path)  # just written: no second readback
+                with self._writing(self.best_path):
+                    ckpt.copy_checkpoint(self.checkpoint_path, self.best_path)  # just written: no second readback
             else:  # (as the latest checkpoint: never of weights gone NaN or Inf)
                 self.save_checkpoint(self.best_path)
-        plot_curves(self.history, self.out_dir / "curves.png")
+        with self._writing(self.out_dir / "curves.png"):
+            plot_curves(self.history, self.out_dir / "curves.png")
 
     # ------------------------------------------------------------------ metrics history
     def _write_metrics(self, record):
         if self.metrics_path is None:
             return
-        make_dirs(self.metrics_path.parent)
-        # never through a link (a planted one would append the records to the file it points at)
-        fd = os.open(self.metrics_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | NOFOLLOW | BINARY, new_file_mode())
-        with os.fdopen(fd, "ab") as f:  # one "\n" per line on every platform, as _trim_metrics rewrites them
-            f.write((json.dumps(record, allow_nan=True) + "\n").encode())
+        with self._writing(self.metrics_path):
+            make_dirs(self.metrics_path.parent)
+            # never through a link (a planted one would append the records to the file it points at)
+            fd = os.open(self.metrics_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | NOFOLLOW | BINARY, new_file_mode())
+            with os.fdopen(fd, "ab") as f:  # one "\n" per line on every platform, as _trim_metrics rewrites them
+                f.write((json.dumps(record, allow_nan=True) + "\n").encode())
 
     def _trim_metrics(self):
         """Drop lines written after the checkpoint we resume from (a crash left them behind)."""
@@ -620,7 +672,8 @@ class Trainer:
             after = rec.get("step", 0) > self.step or (rec.get("kind") == "epoch" and rec.get("epoch", 0) > self.epoch)
             if not after:
                 kept.append(rec)
-        write_atomic(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept).encode(), durable=True)
+        with self._writing(self.metrics_path):
+            write_atomic(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept).encode(), durable=True)
         self.history = [r for r in kept if r.get("kind") == "epoch"]
 
     def _repair_best(self):
@@ -631,7 +684,8 @@ class Trainer:
                 or max(accs)[1] != self.epoch):  # ties go to the later epoch, as _after_epoch_files does
             return
         if not self.best_path.exists() or int(ckpt.load_checkpoint(self.best_path)["meta/epoch"]) != self.epoch:
-            ckpt.copy_checkpoint(self.checkpoint_path, self.best_path)
+            with self._writing(self.best_path):
+                ckpt.copy_checkpoint(self.checkpoint_path, self.best_path)
 
     def _set_aside_previous_run(self):
         """A fresh run into a directory that holds another run's files: they move together into

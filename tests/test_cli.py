@@ -459,12 +459,14 @@ def test_a_run_writes_through_no_planted_link_and_only_into_its_own_directory(tm
     rc, _, err = run(["train", "--model", "seed", "--epochs", "1", "--limit", "100", "--data", SUBSET,
                       "--out", out, "--no-progress"], capsys)
     assert rc == 0 and secret.read_text() == "mine\n" and not (out / "metrics.jsonl").is_symlink()
-    from types import SimpleNamespace
+    from gpuconv.models import seed_net
+    from gpuconv.optim import SGD
     from gpuconv.trainer import Trainer
     (out / "metrics.jsonl").unlink()
     (out / "metrics.jsonl").symlink_to(secret)  # during a run
-    with pytest.raises(OSError):
-        Trainer._write_metrics(SimpleNamespace(metrics_path=out / "metrics.jsonl"), {"kind": "epoch"})
+    model = seed_net()
+    with pytest.raises(OSError, match="metrics.jsonl.*is a symbolic link, which gpuconv does not write through"):
+        Trainer(model, SGD(model.parameters(), lr=0.1), out_dir=out, progress=False)._write_metrics({"kind": "epoch"})
     assert secret.read_text() == "mine\n"
     (out / "metrics.jsonl").unlink()
     out.chmod(0o777)
@@ -948,6 +950,7 @@ def test_a_full_disk_loses_no_saved_work(tmp_path, capsys, monkeypatch):
     assert rc == 1
     errors = [line for line in err.splitlines() if "error:" in line]
     assert errors == [line for line in errors if "No space left on device" in line] and len(errors) == 1, err
+    assert f"could not write {tmp_path / 'checkpoint.npz'}" in errors[0] and "epoch 1's end" in errors[0]
     saved = ckpt.load_checkpoint(tmp_path / "checkpoint.npz")
     assert int(saved["meta/epoch"]) == 1
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [], "temporary files or lock left"

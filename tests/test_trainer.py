@@ -929,3 +929,43 @@ def test_a_resume_drops_metrics_lines_that_hold_no_record(tmp_path):
     trainer._trim_metrics()
     assert [json.loads(x) for x in trainer.metrics_path.read_text().splitlines()] == good
     assert trainer.history == good[1:]
+
+
+@pytest.mark.parametrize("fails, err", [("checkpoint.npz", "ENOSPC"), ("best.npz", "EIO"),
+                                        ("metrics.jsonl", "EROFS"), ("curves.png", "EDQUOT")])
+def test_a_failed_write_names_the_file_the_checkpoint_kept_and_the_way_on(cifar, tmp_path, monkeypatch, fails, err):
+    """A full disk, a disk error, a file system remounted read-only while epoch 2 ends: the error
+    (of the original's type and errno) names the file it could not write, the checkpoint that is
+    intact (epoch 1's, or epoch 2's where its own write had passed) and how to go on; the run's
+    files stay readable and no temporary file is left."""
+    import errno
+    number = getattr(errno, err, errno.ENOSPC)
+    model, trainer, loader, val_loader = _one_epoch_run(cifar, tmp_path)
+    real_open, real_savez = os.open, np.savez
+
+    def failing_open(path, *args, **kwargs):  # every file the trainer writes is opened (mkstemp, O_APPEND) here
+        name = os.path.basename(os.fspath(path))
+        if name == fails or name.startswith(f".{fails}."):
+            raise OSError(number, os.strerror(number), os.fspath(path))
+        return real_open(path, *args, **kwargs)
+
+    def partial_savez(f, **arrays):  # the disk fills halfway through the archive
+        f.write(b"PK\x03\x04 partial")
+        raise OSError(number, os.strerror(number))
+
+    if fails == "checkpoint.npz":
+        monkeypatch.setattr(np, "savez", partial_savez)
+    else:
+        monkeypatch.setattr(os, "open", failing_open)
+    with pytest.raises(OSError) as info:
+        trainer.fit(loader, 2, val=val_loader)
+    monkeypatch.setattr(os, "open", real_open)
+    monkeypatch.setattr(np, "savez", real_savez)
+    message = str(info.value)
+    assert info.value.errno == number and message.startswith(f"could not write {tmp_path / fails} at step 4 ")
+    assert os.strerror(number) in message and "[Errno" not in message
+    kept = 1 if fails in ("checkpoint.npz", "metrics.jsonl") else 2  # epoch 2's line comes before its checkpoint
+    assert f"the checkpoint of epoch {kept}'s end (step {2 * kept}) is intact at {tmp_path / 'checkpoint.npz'}" in message
+    assert f"--out {tmp_path} --resume" in message
+    assert int(ckpt.load_checkpoint(tmp_path / "checkpoint.npz")["meta/epoch"]) == kept
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [], "temporary files left"
