@@ -482,7 +482,25 @@ class Trainer:
             self._diverged(f"the model's weights became NaN or Inf ({', '.join(bad[:3])}"
                            f"{', ...' if len(bad) > 3 else ''}) by step {self.step}", self.step)
         with self._writing(path):
+            if path == self.checkpoint_path:
+                self._sync_metrics()
             return ckpt.save_checkpoint(path, arrays)
+
+    def _sync_metrics(self):
+        """fsync ``metrics.jsonl`` before a checkpoint is written (which is fsynced, and its directory):
+        after a power cut the lines of the steps a checkpoint holds are on disk as it is, not lost
+        (appends are written back later, lines a resume would never write again)."""
+        if self.metrics_path is None:
+            return
+        try:  # (for writing: Windows' fsync refuses a descriptor opened to read)
+            fd = os.open(self.metrics_path, os.O_WRONLY | os.O_APPEND | NOFOLLOW | BINARY)
+        except FileNotFoundError:
+            return
+        with self._writing(self.metrics_path):
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     # How to go on after a write failed, by its errno (errno.EDQUOT: not on every platform)
     _WRITE_FIXES = {errno.ENOSPC: "free space on its disk", getattr(errno, "EDQUOT", -1): "free space in your disk quota",

@@ -969,3 +969,25 @@ def test_a_failed_write_names_the_file_the_checkpoint_kept_and_the_way_on(cifar,
     assert f"--out {tmp_path} --resume" in message
     assert int(ckpt.load_checkpoint(tmp_path / "checkpoint.npz")["meta/epoch"]) == kept
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [], "temporary files left"
+
+
+def test_the_metrics_lines_are_on_disk_before_the_checkpoint_that_follows_them(cifar, tmp_path, monkeypatch):
+    """metrics.jsonl is appended to without fsync; a checkpoint is fsynced and renamed. A power cut
+    after the rename could keep the checkpoint and lose the lines of the epochs it holds, which a
+    resume never writes again: the metrics file is fsynced before each checkpoint's rename."""
+    events, real_fsync, real_replace = [], os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.fstat(fd).st_ino))
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", os.path.basename(dst)))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    _one_epoch_run(cifar, tmp_path)
+    metrics = os.stat(tmp_path / "metrics.jsonl").st_ino
+    saved = events.index(("replace", "checkpoint.npz"))
+    assert ("fsync", metrics) in events[:saved], events
