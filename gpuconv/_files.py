@@ -214,11 +214,12 @@ def write_atomic(path: pathlib.Path, data, durable: bool = False) -> pathlib.Pat
             os.unlink(tmp)
         raise
     if durable:
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     return path
 
 
-def _fsync_dir(directory: pathlib.Path) -> None:
+def fsync_dir(directory: pathlib.Path) -> None:
+    """Make the renames and new names in ``directory`` durable (a power cut keeps them)."""
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:  # e.g. Windows cannot open directories; the rename is still atomic

@@ -36,7 +36,7 @@ import numpy as np
 
 from . import amp, backend, kernels
 from ._console import CONSOLE, _is_terminal
-from ._files import BINARY, NOFOLLOW, make_dirs, new_file_mode, write_atomic
+from ._files import BINARY, NOFOLLOW, fsync_dir, make_dirs, new_file_mode, write_atomic
 from . import checkpoint as ckpt
 from .graphs import REPLAYED_WAY_OUT
 from .monitor import GPUMonitor, format_snapshot, metrics_fields
@@ -722,6 +722,8 @@ class Trainer:
         aside.mkdir()
         for p in files:
             os.replace(p, aside / p.name)
+        for directory in (aside, self.out_dir):  # durable before this run's first checkpoint is: a power cut
+            fsync_dir(directory)                  # must not keep the new names and lose the old run's moved ones
         self._say(f"{self.out_dir} held another run's files ({', '.join(p.name for p in files)}): moved to {aside} "
                   "(pass --resume to continue a run instead)")
 

@@ -991,3 +991,21 @@ def test_the_metrics_lines_are_on_disk_before_the_checkpoint_that_follows_them(c
     metrics = os.stat(tmp_path / "metrics.jsonl").st_ino
     saved = events.index(("replace", "checkpoint.npz"))
     assert ("fsync", metrics) in events[:saved], events
+
+
+def test_the_previous_runs_files_are_set_aside_durably_before_the_new_run_writes(cifar, tmp_path, monkeypatch):
+    """A fresh run moves the old run's files into previous-<time>/: those renames are fsynced (the
+    new directory, and the run directory) before the new run's first checkpoint, whose own fsync of
+    the run directory would otherwise make the old names' removal durable and not their new ones."""
+    import gpuconv.trainer as T
+    _one_epoch_run(cifar, tmp_path)
+    events, real_fsync_dir, real_replace = [], T.fsync_dir, os.replace
+    monkeypatch.setattr(T, "fsync_dir", lambda d: (events.append(("fsync", os.path.basename(d))), real_fsync_dir(d)))
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", os.path.basename(os.path.dirname(b)),
+                                                                    os.path.basename(b))), real_replace(a, b))[-1])
+    _one_epoch_run(cifar, tmp_path)
+    (aside,) = tmp_path.glob("previous-*")
+    first_save = events.index(("replace", tmp_path.name, "checkpoint.npz"))
+    moves = [i for i, e in enumerate(events) if e[:2] == ("replace", aside.name)]
+    assert len(moves) == 4 and max(moves) < events.index(("fsync", aside.name)) < first_save, events
+    assert max(moves) < events.index(("fsync", tmp_path.name)) < first_save, events
