@@ -701,7 +701,13 @@ class Trainer:
         if (not accs or self.epoch_step or self.best_path is None or not self.checkpoint_path.exists()
                 or max(accs)[1] != self.epoch):  # ties go to the later epoch, as _after_epoch_files does
             return
-        if not self.best_path.exists() or int(ckpt.load_checkpoint(self.best_path)["meta/epoch"]) != self.epoch:
+        try:
+            best = int(ckpt.load_checkpoint(self.best_path)["meta/epoch"]) if self.best_path.exists() else None
+        except ValueError:  # damaged (truncated, not an .npz): the checkpoint, of the same epoch, replaces it
+            self._say(f"{self.best_path} is damaged, no checkpoint gpuconv can read: written again from "
+                      f"{self.checkpoint_path}, of epoch {self.epoch}, the best so far")
+            best = None
+        if best != self.epoch:
             with self._writing(self.best_path):
                 ckpt.copy_checkpoint(self.checkpoint_path, self.best_path)
 

@@ -1009,3 +1009,17 @@ def test_the_previous_runs_files_are_set_aside_durably_before_the_new_run_writes
     moves = [i for i, e in enumerate(events) if e[:2] == ("replace", aside.name)]
     assert len(moves) == 4 and max(moves) < events.index(("fsync", aside.name)) < first_save, events
     assert max(moves) < events.index(("fsync", tmp_path.name)) < first_save, events
+
+
+def test_a_resume_writes_a_damaged_best_npz_again_from_its_checkpoint(cifar, tmp_path, capsys):
+    """best.npz truncated (a copy of the run made by hand, a disk error) where the resumed epoch is
+    the best one: the resume stopped on it ("use an intact copy, or retrain") though checkpoint.npz,
+    of that same epoch, was intact; it now writes best.npz again from it and says so."""
+    model, trainer, loader, val_loader = _one_epoch_run(cifar, tmp_path)
+    whole = (tmp_path / "best.npz").read_bytes()
+    (tmp_path / "best.npz").write_bytes(whole[:len(whole) // 2])
+    model = small_net()
+    resumed = Trainer(model, SGD(model.parameters(), lr=0.01), out_dir=tmp_path, progress=False)
+    resumed.fit(loader, 1, val=val_loader, resume=True)  # nothing left to train
+    assert (tmp_path / "best.npz").read_bytes() == (tmp_path / "checkpoint.npz").read_bytes()
+    assert f"{tmp_path / 'best.npz'} is damaged, no checkpoint gpuconv can read: written again" in capsys.readouterr().err
