@@ -444,7 +444,24 @@ def _stored_config(args) -> dict:
     """The config of the run ``--resume`` continues (read once: settings and data come from it), or {}."""
     from .checkpoint import CHECKPOINT_NAME, load_checkpoint, read_config
     path = Path(args.out) / CHECKPOINT_NAME
-    return read_config(load_checkpoint(path)) if args.resume and path.exists() else {}
+    if not (args.resume and path.exists()):
+        return {}
+    try:
+        return read_config(load_checkpoint(path))
+    except ValueError as exc:  # damaged: the run's best.npz, a whole training state too, may take over
+        raise ValueError(f"{exc}{_best_instead(path)}") from None
+
+
+def _best_instead(path) -> str:
+    """For a damaged checkpoint ``path``: how to continue from the run's best.npz where it is intact."""
+    from .checkpoint import load_checkpoint
+    best = Path(path).with_name("best.npz")
+    try:
+        epoch = int(load_checkpoint(best)["meta/epoch"])
+    except (OSError, ValueError, KeyError):
+        return ""
+    return (f". {best} is intact, the training state of epoch {epoch}: to continue the run from there (the epochs "
+            f"after it trained again), `cp {shlex.quote(str(best))} {shlex.quote(str(path))}` and --resume")
 
 
 def _settings(args, device=None, stored_config=None):

@@ -1087,3 +1087,26 @@ def test_the_resume_command_printed_after_a_stop_runs_as_pasted_with_spaces_and_
     rc, _, err = run(argv[1:] + ["--no-progress"], capsys)
     assert rc == 0, err
     assert int(ckpt.load_checkpoint(out)["meta/epoch"]) == 2
+
+
+def test_a_damaged_checkpoint_on_resume_points_to_the_runs_intact_best_npz(tmp_path, capsys):
+    """checkpoint.npz truncated after the run (a copy by hand, a disk error): --resume names it, and
+    the run's best.npz, a whole training state, as the way on; done as said, the run finishes."""
+    argv = ["train", "--model", "seed", "--epochs", "2", "--limit", "128", "--batch-size", "64", "--data", SUBSET,
+            "--out", tmp_path, "--no-progress", "--device", "cpu"]
+    assert run(argv, capsys)[0] == 0
+    best_epoch = int(ckpt.load_checkpoint(tmp_path / "best.npz")["meta/epoch"])
+    whole = (tmp_path / "checkpoint.npz").read_bytes()
+    (tmp_path / "checkpoint.npz").write_bytes(whole[:len(whole) // 3])
+    rc, _, err = run(argv + ["--resume"], capsys)
+    assert rc == 1 and f"checkpoint {tmp_path / 'checkpoint.npz'} is truncated" in err
+    assert f"{tmp_path / 'best.npz'} is intact, the training state of epoch {best_epoch}" in err
+    assert f"`cp {tmp_path / 'best.npz'} {tmp_path / 'checkpoint.npz'}` and --resume" in err
+    (tmp_path / "checkpoint.npz").write_bytes((tmp_path / "best.npz").read_bytes())
+    rc, _, err = run(argv + ["--resume"], capsys)
+    assert rc == 0, err
+    assert int(ckpt.load_checkpoint(tmp_path / "checkpoint.npz")["meta/epoch"]) == 2
+    (tmp_path / "best.npz").write_bytes(b"")  # both damaged: no way on through best.npz is offered
+    (tmp_path / "checkpoint.npz").write_bytes(b"")
+    rc, _, err = run(argv + ["--resume"], capsys)
+    assert rc == 1 and "is an empty file" in err and "best.npz is intact" not in err
