@@ -237,6 +237,25 @@ NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)  # opening a link fails (ELOOP) instead 
 BINARY = getattr(os, "O_BINARY", 0)  # Windows: os.open's descriptors otherwise turn each "\n" written into "\r\n"
 
 
+def restated(exc: OSError, message: str) -> OSError:
+    """``exc`` told as ``message`` (what was being written, and the way on), of its type
+    (PermissionError, ...) and errno, so that the except clauses that sort errors still do;
+    ``str()`` of it is the message alone. Raise it ``from exc``."""
+    try:
+        err = type(exc)(message)
+    except TypeError:  # a subclass with a constructor of its own
+        err = OSError(message)
+    err.errno = exc.errno  # (not strerror: with it, str() would be "[Errno N] strerror")
+    return err
+
+
+def _unwritable(directory, exc: OSError) -> OSError:
+    import errno
+    full = exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1))
+    fix = "free space on its disk" if full else "make it writable to you (a read-only mount?)"
+    return restated(exc, f"cannot write into {directory} ({exc.strerror or exc}): {fix}, or train into another --out")
+
+
 def check_own_directory(directory: pathlib.Path) -> None:
     """A run directory must not be writable by every user, who could plant links there named as
     the run's files and have it overwrite, or copy, files of this user's (a PermissionError
@@ -304,7 +323,10 @@ def directory_lock(directory: pathlib.Path, what: str = "gpuconv train"):
     directory = pathlib.Path(directory)
     if directory.exists() and not directory.is_dir():
         raise NotADirectoryError(f"{directory} is a file, not a directory: give --out a directory path")
-    make_dirs(directory)
+    try:
+        make_dirs(directory)
+    except OSError as exc:
+        raise _unwritable(directory, exc) from exc
     check_own_directory(directory)
     path = directory / LOCK_NAME
     while True:
@@ -312,7 +334,7 @@ def directory_lock(directory: pathlib.Path, what: str = "gpuconv train"):
             fd = os.open(path, os.O_CREAT | os.O_RDWR | NOFOLLOW, 0o644)
         except OSError as exc:
             if not os.path.islink(path):
-                raise
+                raise _unwritable(directory, exc) from exc
             raise PermissionError(f"{path} is a symbolic link, which gpuconv does not write through: remove it, "
                                   "or choose another --out") from exc
         try:
@@ -334,8 +356,11 @@ def directory_lock(directory: pathlib.Path, what: str = "gpuconv train"):
             break
         os.close(fd)
     try:
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+        except OSError as exc:
+            raise _unwritable(directory, exc) from exc
         yield path
     finally:
         with contextlib.suppress(OSError):  # ours only (someone may have removed it and another run made one)

@@ -36,7 +36,7 @@ import numpy as np
 
 from . import amp, backend, kernels
 from ._console import CONSOLE, _is_terminal
-from ._files import BINARY, NOFOLLOW, fsync_dir, make_dirs, new_file_mode, write_atomic
+from ._files import BINARY, NOFOLLOW, fsync_dir, make_dirs, new_file_mode, restated, write_atomic
 from . import checkpoint as ckpt
 from .graphs import REPLAYED_WAY_OUT
 from .monitor import GPUMonitor, format_snapshot, metrics_fields
@@ -528,13 +528,7 @@ class Trainer:
                           "Trainer.fit(..., resume=True)")
             else:
                 way_on = f"no checkpoint of this run is on disk yet: {fix}, then train again"
-            message = f"could not write {path} at step {self.step} ({what}); {way_on}"
-            try:
-                err = type(exc)(message)
-            except TypeError:  # a subclass with a constructor of its own
-                err = OSError(message)
-            err.errno = exc.errno  # (not strerror: str(err) is the message alone)
-            raise err from exc
+            raise restated(exc, f"could not write {path} at step {self.step} ({what}); {way_on}") from exc
 
     def _checkpoint_position(self):
         """Where the run's checkpoint on disk stands ("of epoch 2's end (step 40)"), None without one."""

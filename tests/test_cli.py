@@ -1110,3 +1110,38 @@ def test_a_damaged_checkpoint_on_resume_points_to_the_runs_intact_best_npz(tmp_p
     (tmp_path / "checkpoint.npz").write_bytes(b"")
     rc, _, err = run(argv + ["--resume"], capsys)
     assert rc == 1 and "is an empty file" in err and "best.npz is intact" not in err
+
+
+def test_an_out_that_cannot_be_written_is_named_with_the_way_on(tmp_path, capsys, monkeypatch):
+    """A read-only mount or a full disk under --out: the error names the directory and what to
+    do ('[Errno 30] Read-only file system: OUT/.gpuconv-train.lock' named a file of gpuconv's),
+    keeps the original's errno, and leaves no lock file behind."""
+    import errno
+    import pathlib
+    from gpuconv import _files
+
+    def refuse(number):
+        def fail(*args, **kwargs):
+            raise OSError(number, os.strerror(number))
+        return fail
+
+    real_open = os.open
+    monkeypatch.setattr(os, "open", lambda path, *a, **k: refuse(errno.EROFS)() if os.path.basename(path) ==
+                        _files.LOCK_NAME else real_open(path, *a, **k))
+    with pytest.raises(OSError) as info:
+        with _files.directory_lock(tmp_path):
+            pass
+    assert info.value.errno == errno.EROFS
+    assert str(info.value) == (f"cannot write into {tmp_path} (Read-only file system): make it writable to you "
+                               "(a read-only mount?), or train into another --out")
+    monkeypatch.setattr(os, "open", real_open)
+    monkeypatch.setattr(os, "write", refuse(errno.ENOSPC))  # the lock file made, its holder's line not written
+    with pytest.raises(OSError, match=rf"^cannot write into {tmp_path} \(No space left on device\): free space on "
+                                      r"its disk, or train into another --out$"):
+        with _files.directory_lock(tmp_path):
+            pass
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    monkeypatch.setattr(pathlib.Path, "mkdir", refuse(errno.EROFS))
+    rc, _, err = run(["train", "--out", tmp_path / "new", "--data", SUBSET], capsys)
+    assert rc == 1 and f"error: cannot write into {tmp_path / 'new'} (Read-only file system)" in err
