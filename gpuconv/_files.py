@@ -169,15 +169,17 @@ def chmod_like_a_new_file(fd, path: pathlib.Path) -> None:
 _private_dirs: dict = {}
 
 
-def private_temp_dir(name: str) -> pathlib.Path:
+def private_temp_dir(name: str, create: bool = True) -> pathlib.Path | None:
     """A directory of this user's alone under the system's temporary one, for caches that have
     nowhere else to go: ``<tmp>/<name>-<uid>``, made 0700, kept across processes; where that path
     is taken (another user's directory, which could plant binaries for us to load, or a file), a
-    fresh one for this process."""
+    fresh one for this process. ``create`` False: None where no process has made it yet."""
     if name in _private_dirs:
         return _private_dirs[name]
     uid = _uid()
     path = pathlib.Path(tempfile.gettempdir()) / f"{name}-{uid or 0}"
+    if not create and not os.path.lexists(path):
+        return None
     try:
         path.mkdir(mode=0o700, exist_ok=True)
         st = os.lstat(path)  # not through a link: another user's link could be turned elsewhere later

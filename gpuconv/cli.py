@@ -913,7 +913,8 @@ def cmd_precompile(args) -> int:
     lost = sum(not r["stored"] for r in records)
     if lost:
         _say(f"gpuconv precompile: {lost} of the builds could not be stored in {kernels.cuda_cache_dir()} (not "
-             "writable): every process would compile them again; set GPUCONV_CUDA_CACHE to a writable directory")
+             "writable): processes find them only in a temporary directory, or compile them again; set "
+             "GPUCONV_CUDA_CACHE to a writable directory")
         return 1
     return 0
 

@@ -1134,11 +1134,11 @@ def cuda_cache_dir() -> pathlib.Path:
     try:
         path = pathlib.Path(env).expanduser() if env else pathlib.Path.home() / ".cache" / "gpuconv" / "cuda"
     except RuntimeError:  # no home directory (an arbitrary container uid)
-        return private_temp_dir("gpuconv-cuda")
+        return private_temp_dir(_SPARE)
     problem = untrusted_cache_dir(path)
     if problem is None:
         return path
-    fallback = private_temp_dir("gpuconv-cuda")
+    fallback = private_temp_dir(_SPARE)
     if not _cache_dir_warned:
         _cache_dir_warned = True
         warnings.warn(f"gpuconv: the CUDA kernel cache cannot be trusted ({problem}); using {fallback} instead",
@@ -1154,20 +1154,37 @@ CACHE_FILES = re.compile(r"^\.?[\w.+-]+-[0-9a-f]{24}\.(cubin|ptx)(\.\w+\.tmp)?$"
 _cache_warned = False
 
 
-def _store(path: pathlib.Path, binary: bytes) -> bool:
-    """Put ``binary`` in the cache at ``path``; False (and a warning, once) where it is not writable."""
+def _store(path: pathlib.Path, binary: bytes) -> pathlib.Path | None:
+    """Put ``binary`` in the cache at ``path``; where the cache is not writable (a read-only home, a
+    full disk), in this user's private directory under the temporary one (which later processes
+    look in too), with a warning (once). Returns where it was stored, None where neither took it."""
     global _cache_warned
     try:
         make_dirs(path.parent)
-        write_atomic(path, binary)
-        return True
+        return write_atomic(path, binary)
     except OSError as exc:
+        spare, stored = private_temp_dir(_SPARE), None
+        if spare != path.parent:
+            with contextlib.suppress(OSError):
+                stored = write_atomic(spare / path.name, binary)
         if not _cache_warned:
             _cache_warned = True
-            warnings.warn(f"gpuconv: the CUDA kernel cache {path.parent} is not writable ({exc}); kernels are "
-                          "compiled again in every process. Set GPUCONV_CUDA_CACHE to a writable directory",
-                          RuntimeWarning, stacklevel=2)
-        return False
+            instead = (f"they are kept in {spare} instead (until the system cleans it)" if stored is not None
+                       else "kernels are compiled again in every process")
+            warnings.warn(f"gpuconv: the CUDA kernel cache {path.parent} is not writable ({exc}); {instead}. "
+                          "Set GPUCONV_CUDA_CACHE to a writable directory", RuntimeWarning, stacklevel=2)
+        return stored
+
+
+_SPARE = "gpuconv-cuda"  # the private temporary directory of the kernels the cache could not take
+
+
+def _cache_candidates(name: str) -> list:
+    """Where the cached binary ``name`` may be: the cache, then the spare directory where a process
+    put what the cache refused (only where one was made)."""
+    cache = cuda_cache_dir()
+    spare = private_temp_dir(_SPARE, create=False)
+    return [cache / name] + ([spare / name] if spare is not None and spare != cache else [])
 
 
 def _whole_binary(path: pathlib.Path) -> bool:
@@ -1188,13 +1205,15 @@ def _cached_binary(src, op_file, dt, arch, where="", tf32=False):
     key = hashlib.sha256("\0".join(["gpuconv-cuda-2", src, *NVRTC_OPTIONS, arch, _nvrtc_version(nvrtc)])
                          .encode()).hexdigest()
     label = _label(dt, tf32).replace("+", "-")
-    path = cuda_cache_dir() / f"{op_file}-{label}-{arch}-{key[:24]}.{'cubin' if arch.startswith('sm_') else 'ptx'}"
-    if trusted_binary(path) and _whole_binary(path):  # (one another user could have put there is compiled again)
-        _files.mark_used(path)
-        return path, None
+    candidates = _cache_candidates(f"{op_file}-{label}-{arch}-{key[:24]}.{'cubin' if arch.startswith('sm_') else 'ptx'}")
+    for path in candidates:
+        if trusted_binary(path) and _whole_binary(path):  # (one another user could have put there is compiled again)
+            _files.mark_used(path)
+            return path, None
     limit = _files.cache_limit()  # (a bad $GPUCONV_CACHE_LIMIT_MB is an error before the compile, not after)
     binary = nvrtc_compile(src, op_file, dt, arch, where, tf32)
-    if not _store(path, binary):
+    path = _store(candidates[0], binary)
+    if path is None:
         return None, binary
     _files.prune_cache(path.parent, CACHE_FILES, limit)
     return path, binary
@@ -1251,7 +1270,7 @@ def precompile(device: int | None = None, *, arch: str | None = None, files=KERN
     tensor-core builds). The :data:`TENSOR_CORE_FILES` build only where the GPU or arch runs
     them: from sm_75 their float16 and trapping (float32, float64) builds, from sm_80 all
     (nothing launches the others there, and mma.cuh's sm_75 build has no bfloat16 or TF32 form). Returns a record per build, ``{"file", "build", "arch",
-    "seconds", "cached", "stored"}`` (stored: in the disk cache now), in ``files``' order; raises the first compile error, after the other
+    "seconds", "cached", "stored"}`` (stored: in the disk cache now, not in the temporary spare of an unwritable one), in ``files``' order; raises the first compile error, after the other
     builds finish."""
     import concurrent.futures
     unknown = sorted(set(files) - set(KERNEL_FILES))
@@ -1283,7 +1302,7 @@ def precompile(device: int | None = None, *, arch: str | None = None, files=KERN
         start = time.perf_counter()
         path, binary = _cached_binary(build_source(f, dt, tf), f, dt, archs[f], "", tf)
         return {"file": f, "build": _label(dt, tf), "arch": archs[f], "seconds": time.perf_counter() - start,
-                "cached": binary is None, "stored": path is not None}
+                "cached": binary is None, "stored": path is not None and path.parent == cuda_cache_dir()}
 
     with concurrent.futures.ThreadPoolExecutor(jobs or os.cpu_count() or 1) as pool:
         futures = [pool.submit(one, b) for b in builds]

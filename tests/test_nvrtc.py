@@ -863,19 +863,48 @@ def test_a_gpu_without_tf32_builds_the_tf32_convolutions(fake_gpu, monkeypatch):
     assert fake_gpu.calls == [["--gpu-architecture=sm_75", *kernels.NVRTC_OPTIONS]]
 
 
+@pytest.fixture
+def spare_dir(tmp_path, monkeypatch):
+    """The system's temporary directory in tmp_path, and no private directory made in it yet."""
+    import tempfile
+    from gpuconv import _files
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    monkeypatch.setattr(_files, "_private_dirs", {})
+    monkeypatch.setattr(kernels, "_cache_warned", False)
+    return tmp_path / "tmp" / f"gpuconv-cuda-{_files._uid() or 0}"
+
+
 @needs_nvrtc
-def test_gpu_path_works_with_an_unwritable_cache_and_warns_once(fake_gpu, tmp_path, monkeypatch):
+def test_gpu_path_works_with_an_unwritable_cache_and_warns_once(fake_gpu, tmp_path, monkeypatch, spare_dir):
+    """A cache that cannot be written (a read-only home, a full disk): the kernels go to a private
+    temporary directory, said once, where the next process finds them instead of compiling again;
+    where that fails too, into a throwaway copy."""
     (tmp_path / "a-file").write_text("")
     monkeypatch.setenv("GPUCONV_CUDA_CACHE", str(tmp_path / "a-file" / "cache"))  # mkdir fails
-    monkeypatch.setattr(kernels, "_cache_warned", False)
-    with pytest.warns(RuntimeWarning, match=r"not writable.*Set GPUCONV_CUDA_CACHE"):
+    with pytest.warns(RuntimeWarning, match=rf"not writable.*they are kept in {re.escape(str(spare_dir))} instead.*"
+                                            r"Set GPUCONV_CUDA_CACHE"):
         mod = kernels.get_module("relu", np.float32, "cuda", device=0)
-    assert mod.loaded and mod.binary[:4] == b"\x7fELF"
-    assert not pathlib.Path(mod.path).exists()  # the throwaway copy is gone once loaded
+    assert mod.loaded and mod.binary[:4] == b"\x7fELF" and pathlib.Path(mod.path).parent == spare_dir
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert kernels.get_module("relu", np.float64, "cuda", device=0).loaded
     assert len(fake_gpu.calls) == 2
+    monkeypatch.setattr(kernels, "_cache", {})  # a new process: it finds both in the spare directory
+    from gpuconv import _files
+    monkeypatch.setattr(_files, "_private_dirs", {})
+    assert kernels.get_module("relu", np.float32, "cuda", device=0).loaded
+    assert len(fake_gpu.calls) == 2
+    monkeypatch.setattr(kernels, "_cache", {})
+    monkeypatch.setattr(kernels, "_cache_warned", False)
+    for p in spare_dir.iterdir():
+        p.unlink()
+    monkeypatch.setattr(_files, "_private_dirs", {"gpuconv-cuda": tmp_path / "a-file"})  # unwritable too
+    with pytest.warns(RuntimeWarning, match=r"not writable.*compiled again in every process"):
+        mod = kernels.get_module("relu", np.float32, "cuda", device=0)
+    assert mod.loaded and not pathlib.Path(mod.path).exists()  # the throwaway copy is gone once loaded
+    assert len(fake_gpu.calls) == 3
+
 
 
 @needs_nvrtc
