@@ -6,6 +6,7 @@ import os
 import pathlib
 import stat
 import tempfile
+import threading
 import time
 
 from . import _env
@@ -311,10 +312,15 @@ def _holder(path: pathlib.Path) -> str:
     return f"pid {fields[0]}" + (f" on {fields[1]}" if len(fields) > 1 else "")
 
 
+_held: dict = {}  # the run directories this process holds locked: real path -> (thread, token)
+
+
 @contextlib.contextmanager
-def directory_lock(directory: pathlib.Path, what: str = "gpuconv train"):
+def directory_lock(directory: pathlib.Path, what: str = "gpuconv train", reentrant: bool = False):
     """Hold ``directory``'s lock for the block: a second process that tries while this one runs
     gets :class:`DirectoryLocked` naming it, instead of interleaving its files with ours.
+    ``reentrant``: where this thread holds the lock already (``gpuconv train`` around its
+    ``Trainer.fit``), the block runs under that hold.
 
     The lock is the kernel's (``flock`` on the lock file; on Windows, msvcrt's), not a pid written down: it holds
     across containers and pid namespaces on one machine, across machines on a file system that
@@ -330,7 +336,10 @@ def directory_lock(directory: pathlib.Path, what: str = "gpuconv train"):
     except OSError as exc:
         raise _unwritable(directory, exc) from exc
     check_own_directory(directory)
-    path = directory / LOCK_NAME
+    path, key = directory / LOCK_NAME, os.path.realpath(directory)
+    if reentrant and _held.get(key, (None,))[0] == threading.get_ident():
+        yield path
+        return
     while True:
         try:
             fd = os.open(path, os.O_CREAT | os.O_RDWR | NOFOLLOW, 0o644)
@@ -357,14 +366,18 @@ def directory_lock(directory: pathlib.Path, what: str = "gpuconv train"):
         if same:
             break
         os.close(fd)
+    token = object()
     try:
         try:
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
         except OSError as exc:
             raise _unwritable(directory, exc) from exc
+        _held[key] = (threading.get_ident(), token)
         yield path
     finally:
+        if _held.get(key, (None, None))[1] is token:
+            del _held[key]
         with contextlib.suppress(OSError):  # ours only (someone may have removed it and another run made one)
             if os.path.samestat(os.fstat(fd), os.stat(path)):
                 path.unlink()  # while still locked: a waiter then finds a new file, never this one

@@ -563,7 +563,7 @@ def cmd_train(args) -> int:
                                 "continue there; drop --resume to start a new run, or use --resume-if-exists")
     created = not Path(args.out).exists()
     try:
-        with directory_lock(args.out):
+        with directory_lock(args.out):  # (its Trainer.fit takes it again, under this hold)
             return _train(args)
     finally:  # a run that failed before writing anything leaves no empty --out behind
         if created and Path(args.out).is_dir() and not any(Path(args.out).iterdir()):

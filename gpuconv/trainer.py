@@ -36,7 +36,7 @@ import numpy as np
 
 from . import amp, backend, kernels
 from ._console import CONSOLE, _is_terminal
-from ._files import BINARY, NOFOLLOW, fsync_dir, make_dirs, new_file_mode, restated, write_atomic
+from ._files import BINARY, NOFOLLOW, directory_lock, fsync_dir, make_dirs, new_file_mode, restated, write_atomic
 from . import checkpoint as ckpt
 from .graphs import REPLAYED_WAY_OUT
 from .monitor import GPUMonitor, format_snapshot, metrics_fields
@@ -801,9 +801,16 @@ class Trainer:
             raise ValueError(f"epochs={epochs!r}: must be an int >= 1")
         _check_batches(train_loader, "train_loader")
         _check_batches(val, "val")
+        if resume and self.out_dir is None:
+            raise ValueError("resume=True needs out_dir=, the directory holding checkpoint.npz")
+        # out_dir's lock, as `gpuconv train` takes it (and holds it around this fit): another process's
+        # run into the same directory is refused, not interleaved with this one's checkpoints
+        with (directory_lock(self.out_dir, "gpuconv training run", reentrant=True) if self.out_dir is not None
+              else contextlib.nullcontext()):
+            return self._fit(train_loader, epochs, val, resume)
+
+    def _fit(self, train_loader, epochs, val, resume):
         if resume:
-            if self.out_dir is None:
-                raise ValueError("resume=True needs out_dir=, the directory holding checkpoint.npz")
             if self.checkpoint_path.exists():
                 self.load_checkpoint(loader=train_loader)
                 self._trim_metrics()
@@ -825,7 +832,7 @@ class Trainer:
             warnings.warn(f"lookahead: total_steps={self.total_steps}, but this fit runs {epochs} x "
                           f"{len(train_loader)} = {epochs * len(train_loader)} steps: the final average lands at step "
                           f"{self.total_steps} "
-                          "(give the Trainer total_steps=epochs * len(loader))", stacklevel=2)
+                          "(give the Trainer total_steps=epochs * len(loader))", stacklevel=3)
         handler_set = threading.current_thread() is threading.main_thread()
         old_handlers = {sig: signal.signal(sig, self._on_stop_signal) for sig in self.STOP_SIGNALS} if handler_set else {}
         self._stop_requested = False

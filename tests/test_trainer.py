@@ -1023,3 +1023,30 @@ def test_a_resume_writes_a_damaged_best_npz_again_from_its_checkpoint(cifar, tmp
     resumed.fit(loader, 1, val=val_loader, resume=True)  # nothing left to train
     assert (tmp_path / "best.npz").read_bytes() == (tmp_path / "checkpoint.npz").read_bytes()
     assert f"{tmp_path / 'best.npz'} is damaged, no checkpoint gpuconv can read: written again" in capsys.readouterr().err
+
+
+def test_a_second_fit_into_the_same_out_dir_is_refused_while_the_first_runs(cifar, tmp_path):
+    """Trainer.fit takes out_dir's lock as `gpuconv train` does: a fit while another process (or
+    thread) trains into the same directory is refused, naming it, instead of interleaving their
+    checkpoints and metrics; the lock is free again once the fit ends, and `gpuconv train`'s own
+    hold covers the fit it runs."""
+    import subprocess
+    import sys
+    from conftest import REPO
+    from gpuconv import _files
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import time; from gpuconv._files import directory_lock\n"
+        f"with directory_lock({str(tmp_path)!r}):\n    print('held', flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(_files.DirectoryLocked, match=rf"\(pid {holder.pid} on .*\) is writing to {tmp_path}"):
+            _one_epoch_run(cifar, tmp_path)
+        assert sorted(p.name for p in tmp_path.iterdir()) == [_files.LOCK_NAME]  # nothing of the refused fit's
+    finally:
+        holder.kill()
+        holder.wait()
+    with _files.directory_lock(tmp_path):  # as gpuconv train holds it around its fit
+        _one_epoch_run(cifar, tmp_path)
+        assert (tmp_path / _files.LOCK_NAME).exists()
+    assert (tmp_path / "checkpoint.npz").exists() and not (tmp_path / _files.LOCK_NAME).exists()
