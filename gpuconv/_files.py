@@ -61,10 +61,12 @@ def untrusted_cache_dir(path) -> str | None:
     return None
 
 
-def make_dirs(path) -> pathlib.Path:
+def make_dirs(path, durable: bool = False) -> pathlib.Path:
     """``path.mkdir(parents=True, exist_ok=True)``, the directories it creates never writable by
     every user whatever the umask (a cache or run directory of ours that others could write to
-    would be refused: :func:`trusted_binary`, :func:`check_own_directory`)."""
+    would be refused: :func:`trusted_binary`, :func:`check_own_directory`). ``durable``: the
+    directories holding the new ones are fsynced, so that a power cut cannot take a run directory
+    away with the checkpoints fsynced into it."""
     path = pathlib.Path(path)
     created, p = [], path
     while not os.path.lexists(p) and p.parent != p:
@@ -77,6 +79,9 @@ def make_dirs(path) -> pathlib.Path:
                 mode = stat.S_IMODE(os.stat(p).st_mode)
                 if mode & 0o002:
                     os.chmod(p, mode & ~0o002)
+    if durable:
+        for p in created:  # (the deepest first: each entry is on disk before the one above is)
+            fsync_dir(p.parent)
     return path
 
 
@@ -332,7 +337,7 @@ def directory_lock(directory: pathlib.Path, what: str = "gpuconv train", reentra
     if directory.exists() and not directory.is_dir():
         raise NotADirectoryError(f"{directory} is a file, not a directory: give --out a directory path")
     try:
-        make_dirs(directory)
+        make_dirs(directory, durable=True)
     except OSError as exc:
         raise _unwritable(directory, exc) from exc
     check_own_directory(directory)

@@ -180,7 +180,7 @@ def copy_checkpoint(src, dst) -> Path:
 
 def _write_durably(path: Path, write) -> Path:
     """``write(file)`` into a temporary file beside ``path``, fsync, then rename over ``path``."""
-    make_dirs(path.parent)
+    make_dirs(path.parent, durable=True)
     return write_atomic(path, write, durable=True)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pathlib
 import pickle
 import zipfile
 
@@ -194,3 +195,18 @@ def test_checkpoint_is_a_plain_zip_of_npy_files(tmp_path):
     with zipfile.ZipFile(path) as z:
         assert sorted(z.namelist()) == sorted(["meta/format.npy", "meta/epoch.npy", "sched/__tree__.npy"])
     assert json.loads(np.load(path)["sched/__tree__"].tobytes()) == {"v": 1}
+
+
+def test_the_directories_a_checkpoint_or_a_run_makes_are_on_disk_before_it_is(tmp_path, monkeypatch):
+    """A checkpoint saved into directories it makes (or a run's --out, made with its lock): the
+    directories holding each new one are fsynced, so a power cut cannot take the run directory
+    away with the fsynced checkpoint inside it."""
+    from gpuconv import _files
+    synced, real = [], _files.fsync_dir
+    monkeypatch.setattr(_files, "fsync_dir", lambda d: (synced.append(pathlib.Path(d)), real(d))[1])
+    ckpt.save_checkpoint(tmp_path / "a" / "b" / "checkpoint.npz", _meta())
+    assert synced == [tmp_path / "a", tmp_path, tmp_path / "a" / "b"]  # then the checkpoint's own rename
+    synced.clear()
+    with _files.directory_lock(tmp_path / "run" / "x"):
+        pass
+    assert synced == [tmp_path / "run", tmp_path]
