@@ -637,7 +637,7 @@ def _train(args) -> int:
                                     augment=s["augment"], seed=s["seed"], device=device, channels_last=nhwc,
                                     dtype=amp.compute_dtype(s["precision"]),  # the step's dtype: no cast per step
                                     padding=s["padding"], padding_mode=s["padding_mode"], flip=s["flip"],
-                                    cutout=s["cutout"],
+                                    cutout=s["cutout"] if s["augment"] else 0,  # (warned above: it needs --augment)
                                     drop_last=drop_last(s, len(train)))
         val_loader = (DeviceLoader(val.images, val.labels, 500, shuffle=False, augment=False, device=device,
                                    channels_last=nhwc) if val is not None else None)

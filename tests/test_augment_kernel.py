@@ -180,6 +180,10 @@ def test_cutout_arguments_are_checked():
         cutout(images, np.zeros(2, np.int64), np.zeros(3, np.int64), 2)
     with pytest.raises(ValueError, match=r"cutout=9 is larger than the 8x8 images"):
         DeviceLoader(np.zeros((4, 3, 8, 8), np.uint8), np.arange(4), 2, augment=True, cutout=9)
+    # without augmentation there is no augmented image to cut: refused, not silently left out
+    with pytest.raises(ValueError, match=r"cutout=3 cuts its square out of the augmented images, and "
+                                         r"augment=False: pass augment=True .* or cutout=0"):
+        DeviceLoader(np.zeros((4, 3, 8, 8), np.uint8), np.arange(4), 2, cutout=3)
     # the whole image: every value the mean
     out = random_cutout(np.full((3, 1, 4, 4), 9.0, np.float32), 4, rng=0)
     assert (out == 0).all()
@@ -284,7 +288,7 @@ def test_loader_cutout_fused_matches_the_array_path_and_is_drawn_per_image_and_e
         assert launches.names == ["augment_batch"] * 4
         plans = [fused.cutout_plan(e) for e in range(2)]
         plain = DeviceLoader(x, np.arange(64), **dict(kw, cutout=0))
-        assert plain.cutout_plan(0) is None and DeviceLoader(x, np.arange(64), 8, cutout=3).cutout_plan(0) is None
+        assert plain.cutout_plan(0) is None
         with_cut, without = next(iter(DeviceLoader(x, np.arange(64), **kw))), next(iter(plain))
     assert (with_cut[0] != without[0]).any() and (with_cut[0][with_cut[0] != without[0]] == 0).all()
     assert "cutout=3" in repr(fused)

@@ -48,7 +48,7 @@ class DeviceLoader:
     'reflect' (airbench's translation: ``padding=2``, the borders mirrored). ``flip``: 'random'
     draws each image's flip afresh every epoch; 'alternate' (airbench) draws it once per seed
     and flips every image the other way on odd epochs, so each image is seen both ways every
-    two epochs. ``cutout``: with ``augment``, a ``cutout`` x ``cutout`` square of each augmented
+    two epochs. ``cutout``: with ``augment`` (an error without), a ``cutout`` x ``cutout`` square of each augmented
     image set to 0 (the mean color, after normalization), at a corner drawn uniformly per image
     and epoch (airbench96: 12); 0 for none. ``mean`` and ``std``: per channel, on the 0-255
     pixel scale; the defaults are CIFAR-10's training set's (3 channels): give your own data
@@ -93,6 +93,9 @@ class DeviceLoader:
         self.flip = flip
         self.cutout = check_cutout(cutout, images.shape[2], images.shape[3])
         self.shuffle, self.augment, self.drop_last = bool(shuffle), bool(augment), bool(drop_last)
+        if self.cutout and not self.augment:
+            raise ValueError(f"cutout={self.cutout} cuts its square out of the augmented images, and augment=False: "
+                             "pass augment=True (the random crop and flip come with it) to cut it out, or cutout=0")
         if fused not in (None, True, False):
             raise ValueError(f"fused={fused!r} must be None (the kernel where there is a target), True or False")
         self.fused = fused
