@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
                         f"drawn per image and epoch; 0 for none (default per model: {_defaults('cutout')})")
     t.add_argument("--tta", type=_tta, default=None,
                    help=f"test-time augmentation level of the final evaluation: 0, 1 or 2 (default per model: "
-                        f"{_defaults('tta')})")
+                        f"{_defaults('tta')}; a resumed run's own, or the one given, which its checkpoint records)")
     t.add_argument("--width", type=_positive_int, default=None,
                    help=WIDTH_HELP)
     t.add_argument("--device", type=_device, default=_default_device(),
@@ -532,6 +532,11 @@ def _check_resume_flags(given, stored, ckpt_path):
                 _say(f"note: {ckpt_path} was trained in {old}; continuing in {value} (its weights are float32 "
                      "masters, so any precision can continue them)")
             continue
+        if key == "tta":  # evaluation only: the training goes on as it was
+            if old is not None and value != old:
+                _say(f"note: {ckpt_path} was set to a final evaluation at test-time augmentation level {old}; "
+                     f"evaluating at --tta {value} instead, which the checkpoint now records")
+            continue
         if key == "autotune":
             if old is not None and value != old:
                 _say(f"note: {ckpt_path} was trained with --autotune {old}; continuing with --autotune {value}, "
@@ -663,8 +668,22 @@ def _train(args) -> int:
             print(f"accuracy {result['accuracy']:.4f}")  # the one accuracy line, on stdout for scripts
         elif trainer.history:
             print(f"train accuracy {trainer.history[-1]['train_acc']:.4f}")
+        if args.resume and stored.get("train_args", {}).get("tta", 0) != s["tta"]:
+            _record_tta(trainer.checkpoint_path, s["tta"])
         _say(f"checkpoint: {trainer.checkpoint_path}; metrics: {trainer.metrics_path}")
     return 0
+
+
+def _record_tta(path, tta):
+    """The checkpoint at ``path`` records ``tta`` as its run's final evaluation level: a resume that
+    changed --tta with nothing left to train wrote no checkpoint. Every other entry stays as it was."""
+    from .checkpoint import load_checkpoint, pack_json, read_config, save_checkpoint
+    arrays = load_checkpoint(path)
+    config = read_config(arrays)
+    if config.get("train_args", {}).get("tta", 0) != tta:
+        config.setdefault("train_args", {})["tta"] = tta
+        arrays["meta/config"] = pack_json(config)
+        save_checkpoint(path, arrays)
 
 
 # ----------------------------------------------------------------------------- evaluate

@@ -156,6 +156,26 @@ def test_resume_reads_settings_from_the_checkpoint(trained, tmp_path, capsys):
     assert rc == 1 and "--epochs 3" in err and "schedule" in err
 
 
+def test_resume_takes_another_tta_and_records_it(trained, tmp_path, capsys):
+    """Test-time augmentation is evaluation only: --resume --tta N (refused before, as a change of the
+    run) evaluates at level N, says so, and the checkpoint records it, its weights and state untouched,
+    so `gpuconv evaluate` takes it as the run's level."""
+    import shutil
+    run_dir = tmp_path / "again"
+    shutil.copytree(trained, run_dir)
+    before = ckpt.load_checkpoint(run_dir)
+    rc, _, err = run(["train", "--out", run_dir, "--resume", "--tta", "1", "--data", SUBSET, "--no-progress"], capsys)
+    assert rc == 0, err
+    assert "was set to a final evaluation at test-time augmentation level 0; evaluating at --tta 1" in err
+    assert "final validation (data_batch_5 held out of training (1017 images), test-time augmentation level 1)" in err
+    after = ckpt.load_checkpoint(run_dir)
+    assert ckpt.read_config(after)["train_args"] == dict(ckpt.read_config(before)["train_args"], tta=1)
+    assert after.keys() == before.keys()
+    assert all(np.array_equal(after[k], before[k]) for k in before if k != "meta/config")
+    rc, out, _ = run(["evaluate", "--checkpoint", run_dir / "checkpoint.npz", "--data", SUBSET], capsys)
+    assert rc == 0 and "test-time augmentation level 1 (the run's)" in out
+
+
 def test_a_run_extended_on_resume_records_its_new_length(tmp_path, capsys):
     """A constant learning rate may run for more epochs (--resume --epochs N): the checkpoints then hold
     the run's settings as it now runs, so a plain --resume after a stop finishes N epochs, not the old count."""
