@@ -663,7 +663,11 @@ def _train(args) -> int:
             _say(f"error: {exc}")
             return 1
         if val_loader is not None:
-            result = trainer.evaluate(val_loader, tta=s["tta"])
+            # fit() validated the weights it returned with on these images in this precision: at level
+            # 0 that is the final evaluation, not to be run twice
+            result = trainer.last_validation
+            if s["tta"] or result is None:  # (None: a resumed run with nothing left to train)
+                result = trainer.evaluate(val_loader, tta=s["tta"])
             _say(f"final validation ({val_desc}, test-time augmentation level {s['tta']}): loss {result['loss']:.4f}")
             print(f"accuracy {result['accuracy']:.4f}")  # the one accuracy line, on stdout for scripts
         elif trainer.history:

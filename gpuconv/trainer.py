@@ -267,6 +267,9 @@ class Trainer:
         self.step = 0           # optimizer steps in total
         self.elapsed = 0.0      # seconds of fit() across resumes
         self.history: list[dict] = []
+        # fit()'s validation after its last epoch (evaluate()'s result, at level 0), None when it
+        # ran none: the weights fit() returned with, so a final evaluation at level 0 need not repeat it
+        self.last_validation = None
         self._buf = None
         self._stop_requested = False
         self._loader_state = None
@@ -820,6 +823,7 @@ class Trainer:
             else:
                 self._say(f"no checkpoint at {self.checkpoint_path}: starting from scratch")
         self._fit_epochs = epochs
+        self.last_validation = None
         self._record_preprocess(train_loader)
         if self.epoch >= epochs:
             self._say(f"nothing to do: {self.epoch} epoch(s) already done (epochs={epochs})")
@@ -859,6 +863,7 @@ class Trainer:
                         self._diverged(f"the validation loss became {ev['loss']} after epoch {self.epoch + 1}",
                                        self.step)
                     record.update(val_loss=ev["loss"], val_acc=ev["accuracy"], val_n=ev["n"])
+                    self.last_validation = ev
                 self.epoch, self.epoch_step = self.epoch + 1, 0
                 self.elapsed = time.perf_counter() - self._t0
                 record.update(elapsed_s=round(self.elapsed, 3), **self._telemetry())

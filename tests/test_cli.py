@@ -59,6 +59,29 @@ def test_train_prints_accuracy_and_says_how_it_validates(tmp_path, capsys):
     assert (out + err).count("accuracy 0.") + (out + err).count("accuracy: 0.") == 1  # said once
 
 
+def test_the_final_evaluation_at_level_0_is_the_last_validation_not_a_second_pass(tmp_path, capsys, monkeypatch):
+    """At test-time augmentation level 0 the final evaluation is the validation fit() ran after the
+    last epoch (same weights, images, precision): its numbers are printed, not computed again. At
+    another level, or when a resume had nothing left to train, it runs."""
+    import gpuconv.trainer as trainer_mod
+    calls = []
+    evaluate = trainer_mod.evaluate
+    monkeypatch.setattr(trainer_mod, "evaluate", lambda *a, **kw: calls.append(kw.get("tta")) or evaluate(*a, **kw))
+    argv = ["train", "--model", "seed", "--epochs", "2", "--limit", "100", "--data", SUBSET, "--no-progress",
+            "--device", "cpu", "--out"]
+    rc, out, err = run(argv + [tmp_path], capsys)
+    assert rc == 0, err
+    assert calls == [0, 0]  # one validation per epoch, no third pass
+    last = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()][-1]
+    assert f"accuracy {last['val_acc']:.4f}" in out and f"level 0): loss {last['val_loss']:.4f}" in err
+    calls.clear()
+    rc, out, err = run(argv + [tmp_path, "--resume"], capsys)  # nothing to do: evaluated, as it was validated
+    assert rc == 0 and "nothing to do" in err and calls == [0] and f"accuracy {last['val_acc']:.4f}" in out
+    calls.clear()
+    rc, _, err = run(argv + [tmp_path / "tta", "--tta", "1"], capsys)
+    assert rc == 0 and calls == [0, 0, 1], err
+
+
 def test_piped_output_gets_plain_lines_not_bar_frames(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "gpuconv", "train", "--model", "seed", "--epochs", "1", "--limit",
                            "256", "--batch-size", "32", "--log-every", "2", "--data", str(SUBSET), "--out",

@@ -82,6 +82,9 @@ def test_three_layer_convnet_learns_on_real_images(cifar, tmp_path, capsys, monk
     result = trainer.evaluate(val_loader)
     assert result["accuracy"] > 0.30, result["accuracy"]  # chance is 0.10
     assert result["accuracy"] == pytest.approx(history[-1]["val_acc"])
+    last = trainer.last_validation  # the last epoch's validation, what the CLI prints at tta 0: the same, exactly
+    assert (last["loss"], last["accuracy"], last["n"]) == (result["loss"], result["accuracy"], result["n"])
+    assert np.array_equal(last["confusion"], result["confusion"]) and last["per_class"] == result["per_class"]
 
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     intervals = [r for r in lines if r["kind"] == "interval"]
