@@ -210,8 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replay each training step as a CUDA graph (a step's launches cost more host time than a "
                         "GPU takes to run them in bf16); SGD and Muon recipes without dropout, not fp16")
     t.add_argument("--autotune", choices=("auto", "on", "off"), default=None,
-                   help="time each convolution's kernel variants at its first step and run the fastest "
-                        "(default auto: on a GPU; a resumed run as it was set)")
+                   help="time each convolution's kernel variants at its first step and run the fastest, on a GPU "
+                        "(on sim and cpu it does nothing) (default auto: on a GPU; a resumed run as it was set)")
     t.add_argument("--no-progress", action="store_true",
                    help="no progress bar, one line per epoch (default: a bar on a terminal, a line per log interval "
                         "when piped)")
@@ -555,6 +555,16 @@ def _check_resume_flags(given, stored, ckpt_path):
                              f"given; drop {flag} to continue that run, or train into a new --out")
 
 
+def _note_autotune_off_gpu(autotune, device):
+    """--autotune on (given, or the resumed run's) times kernel variants on a GPU alone: elsewhere it
+    would change nothing without a word."""
+    if autotune != "on" or device.is_cuda:
+        return
+    why = ("the simulator's timings say nothing about a GPU's, so its convolutions run the default rule's variants"
+           if device.kind == "sim" else "the NumPy path has no kernel variants to choose from")
+    _say(f"note: --autotune on times the convolutions' kernel variants on a GPU; on {device} it does nothing: {why}")
+
+
 def cmd_train(args) -> int:
     """Checks what can be checked before the data set loads, then trains holding OUT's lock."""
     from .checkpoint import CHECKPOINT_NAME
@@ -592,6 +602,7 @@ def _train(args) -> int:
              "images/s, meant for checking the kernels (--device cpu trains with NumPy, a hundred times faster)")
     if args.cuda_graph and not device.is_cuda:
         _say(f"note: --cuda-graph replays steps on a GPU; on {device} each step runs as it is")
+    _note_autotune_off_gpu(s["autotune"], device)
     recorded = stored.get("data")  # the training data the run recorded (None: written before runs did)
     data = args.data
     if data is None and recorded and Path(recorded["path"]).exists():

@@ -298,6 +298,22 @@ def test_resume_continues_on_the_runs_own_data_or_refuses(trained, tmp_path, cap
     assert rc == 1 and "trained on 1000 images from" in err and f"pass --data {SUBSET.resolve()}" in err
 
 
+def test_autotune_on_off_a_gpu_says_it_does_nothing(tmp_path, capsys):
+    """--autotune on times kernel variants on a GPU only: on the simulator or the NumPy path it changed
+    nothing, without a word; a note now says so (and nothing where it tunes, or was not asked for)."""
+    from gpuconv import backend
+    rc, _, err = run(["train", "--model", "seed", "--epochs", "1", "--limit", "40", "--val-split", "none",
+                      "--autotune", "on", "--device", "cpu", "--data", SUBSET, "--out", tmp_path, "--no-progress"],
+                     capsys)
+    assert rc == 0, err
+    assert "--autotune on times the convolutions' kernel variants on a GPU; on cpu it does nothing: the NumPy" in err
+    cli._note_autotune_off_gpu("on", backend.Device("sim"))
+    assert "on sim it does nothing: the simulator's timings say nothing about a GPU's" in capsys.readouterr().err
+    for setting in ("auto", "off"):
+        cli._note_autotune_off_gpu(setting, backend.Device("sim"))
+    assert capsys.readouterr().err == ""
+
+
 def test_flags_that_do_nothing_warn(tmp_path, capsys):
     rc, _, err = run(["train", "--model", "seed", "--width", "8", "--epochs", "1", "--limit", "40",
                       "--batch-size", "64", "--cutout", "4", "--data", SUBSET, "--out", tmp_path, "--no-progress"],
