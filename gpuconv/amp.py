@@ -348,15 +348,24 @@ def training_step(model, optimizer, x, y, precision="fp32", scaler=None, label_s
     with autocast(model, precision) as dt:
         with input_is_data(model):
             logits = model(cast_input(x, dt))
-        loss, dlogits, *correct = softmax_cross_entropy(  # float32 loss; dlogits scaled, then rounded
-            logits, y, label_smoothing=label_smoothing, count_correct=count_correct,
-            grad_scale=None if scaler is None else scaler.factor(logits))
-        call_backward(model, dlogits, need_dx=False)
+        with _scaled_gradients(scaler):
+            loss, dlogits, *correct = softmax_cross_entropy(  # float32 loss; dlogits scaled, then rounded
+                logits, y, label_smoothing=label_smoothing, count_correct=count_correct,
+                grad_scale=None if scaler is None else scaler.factor(logits))
+            call_backward(model, dlogits, need_dx=False)
     if scaler is None:
         optimizer.step()
     else:  # the float32 gradients unscaled; an overflowed step leaves everything as it was
-        found_inf = scaler.unscale(optimizer.params)
-        optimizer.step(skip=found_inf)
+        with _scaled_gradients(scaler):
+            found_inf = scaler.unscale(optimizer.params)
+            optimizer.step(skip=found_inf)
         scaler.update(found_inf)
     return (loss, logits, *correct)
+
+
+def _scaled_gradients(scaler):
+    """Where the loss scaler's gradients may overflow float16 by design (their infs and NaNs are what
+    :meth:`LossScaler.unscale` finds, and the step is skipped): NumPy's overflow and invalid-value
+    warnings silenced there alone. The forward's stay: an overflow there is no scale's doing."""
+    return np.errstate(over="ignore", invalid="ignore") if scaler is not None else contextlib.nullcontext()
 
