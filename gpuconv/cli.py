@@ -226,8 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=_positive_int, default=500, help="images per forward pass (default 500)")
     e.add_argument("--tta", type=_tta, nargs="?", const=1, default=None,
                    help="test-time augmentation: 0 none, 1 (or --tta alone) the mean with the mirrored image, 2 also "
-                        "the 1-pixel translations of both (airbench's six views); default: the level the run's "
-                        "recipe evaluated at (2 for the airbench recipes, else 0)")
+                        "the 1-pixel translations of both (airbench's six views); default: the level the run "
+                        "evaluated at, its --tta, else its recipe's (2 for the airbench recipes, else 0)")
     e.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="compute precision (default: the one the checkpoint was trained in; auto: bf16 on a GPU "
                         "with bfloat16 tensor cores, compute capability >= 8.0; fp16 on 7.5, a T4; else fp32)")
@@ -248,8 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="compute precision (default: the one the checkpoint was trained in; auto: bf16 on a GPU "
                          "with bfloat16 tensor cores, compute capability >= 8.0; fp16 on 7.5, a T4; else fp32)")
     pr.add_argument("--tta", type=_tta, nargs="?", const=1, default=None,
-                    help="test-time augmentation as `gpuconv evaluate --tta` (default: the level the run's recipe "
-                         "evaluated at)")
+                    help="test-time augmentation as `gpuconv evaluate --tta` (default: the level the run "
+                         "evaluated at, its --tta, else its recipe's)")
 
     sm = sub.add_parser("summary", help="a model's layers, output shapes, parameters and FLOPs")
     sm.add_argument("--model", choices=sorted(MODELS), default="three_layer", help="network (default three_layer)")

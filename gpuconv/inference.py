@@ -8,7 +8,7 @@ class probabilities; nothing about normalization has to be known. A network buil
 images (``input_dim=(1, 28, 28)`` of ``seed_net`` or ``three_layer_convnet``) takes those: the
 channels are the normalization's, the size the config's ``input_dim`` (32x32 without one).
 The images go through the same loader, batch size, precision and test-time augmentation (by
-default the level the run's recipe evaluated at: 2 for the airbench recipes) as ``gpuconv
+default the level the run evaluated at, its ``--tta`` or its recipe's: 2 for the airbench recipes) as ``gpuconv
 evaluate``, so the predicted classes of the held-out images give exactly its accuracy.
 
 Image files (PNG, JPEG, anything Pillow reads) are turned upright as their EXIF orientation says

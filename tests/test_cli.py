@@ -794,6 +794,11 @@ def test_version_and_help_show_the_per_model_defaults(capsys):
         cli.main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "default per model: seed 8, three_layer 8, fast 16" in text and "fast 512" in text
+    for command in ("evaluate", "predict"):  # the checkpoint's level: the run's --tta, not only its recipe's
+        with pytest.raises(SystemExit):
+            cli.main([command, "--help"])
+        assert "default: the level the run evaluated at, its --tta, else its recipe's" in \
+            " ".join(capsys.readouterr().out.split())
 
 
 # ----------------------------------------------------------------------------- using a trained model
