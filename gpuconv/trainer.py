@@ -204,6 +204,9 @@ class Trainer:
     (:func:`gpuconv.kernels.autotuning`); 'auto' (default) does on 'cuda' unless an enclosing
     ``kernels.autotuning()`` block or ``$GPUCONV_AUTOTUNE`` says otherwise, True/False force it. The choices go into the checkpoint,
     and a resumed run that autotunes takes them, so it continues bit for bit (one that does not is warned).
+    ``last_validation``: after a fit(), :meth:`evaluate`'s result (test-time augmentation level 0) of the
+    validation after its last epoch, on the weights it returned with; None when that fit validated no epoch
+    (no ``val``, nothing left to train, or stopped by an error before the epoch's validation).
     """
 
     def __init__(self, model, optimizer, scheduler=None, out_dir=None, label_smoothing=0.0, log_every=50,
@@ -267,9 +270,7 @@ class Trainer:
         self.step = 0           # optimizer steps in total
         self.elapsed = 0.0      # seconds of fit() across resumes
         self.history: list[dict] = []
-        # fit()'s validation after its last epoch (evaluate()'s result, at level 0), None when it
-        # ran none: the weights fit() returned with, so a final evaluation at level 0 need not repeat it
-        self.last_validation = None
+        self.last_validation = None  # see the class's docstring
         self._buf = None
         self._stop_requested = False
         self._loader_state = None
@@ -823,7 +824,7 @@ class Trainer:
             else:
                 self._say(f"no checkpoint at {self.checkpoint_path}: starting from scratch")
         self._fit_epochs = epochs
-        self.last_validation = None
+        self.last_validation = None  # (and at each epoch: the result of weights no longer there is dropped)
         self._record_preprocess(train_loader)
         if self.epoch >= epochs:
             self._say(f"nothing to do: {self.epoch} epoch(s) already done (epochs={epochs})")
@@ -847,6 +848,7 @@ class Trainer:
                     self.model.train()  # left in eval mode (a cell that looked at predictions) it keeps no caches for backward
             self._t0 = time.perf_counter() - self.elapsed
             while self.epoch < epochs:
+                self.last_validation = None
                 self._run_epoch(train_loader, epochs)
                 n = self._ep["n"]  # 0 only when a resume found the epoch's batches all done
                 record = {"kind": "epoch", "epoch": self.epoch + 1, "step": self.step,

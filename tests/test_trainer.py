@@ -778,6 +778,27 @@ def test_fit_again_after_an_error_reports_the_whole_epoch(cifar, tmp_path, where
         [(r["train_loss"], r["train_acc"]) for r in full.history]
 
 
+def test_last_validation_is_of_the_weights_the_fit_returned_with(cifar):
+    """Trainer.last_validation (what gpuconv train prints at test-time augmentation level 0 instead of
+    evaluating again) is the last epoch's validation after a fit, and None after an error past an
+    epoch's validation: that result was of weights trained on since."""
+    train, val = cifar
+    images, labels = train.images[:96], train.labels[:96]
+    trainer, _ = build(images, labels, None, epochs=2)
+    failing = FailsAt(images, labels, 32, shuffle=True, augment=True, seed=7)
+    failing.fail_at = (1, 1)  # the second epoch's second batch
+    val_loader = DeviceLoader(val.images[:50], val.labels[:50], 50, shuffle=False)
+    with pytest.raises(OSError):
+        trainer.fit(failing, 2, val=val_loader)
+    assert trainer.epoch == 1 and trainer.step == 4 and trainer.last_validation is None
+    trainer.fit(failing, 2, val=val_loader)
+    fresh = trainer.evaluate(val_loader)
+    assert (trainer.last_validation["loss"], trainer.last_validation["accuracy"]) == (fresh["loss"], fresh["accuracy"])
+    assert trainer.history[-1]["val_loss"] == fresh["loss"]
+    trainer.fit(failing, 2, val=val_loader)  # nothing left to train: nothing validated
+    assert trainer.last_validation is None
+
+
 def test_ctrl_c_in_the_last_validation_pass_says_the_run_is_complete(cifar, tmp_path):
     """A stop that comes while the last epoch is validated finds nothing left to train: the message
     says the run is complete (not "at epoch 3" of a 2-epoch run, nor to resume it)."""
