@@ -2,6 +2,7 @@
 
     python benchmarks/compare_conv.py NEW.json                 # against the newest older record of its GPU
     python benchmarks/compare_conv.py NEW.json --against OLD.json
+    python benchmarks/compare_conv.py NEW.json --other-gpu-ok  # the newest of another GPU where its own has none
     python benchmarks/compare_conv.py NEW.json --variants      # every variant, not only each cell's fastest
     python benchmarks/compare_conv.py NEW.json --json
 
@@ -11,7 +12,9 @@ variant's milliseconds in the old record and in the new (its variant named when 
 and direction the geometric mean of the speedups, and how many cells reach 0.8x cuDNN, the
 target of the tensor-core work. Timings of different GPUs are not compared: the default old
 record is the newest one of the same device (``environment.device``) timed before the new one
-that shares cells with it; --against names another (a warning says when its device differs).
+that shares cells with it; --against names another, --other-gpu-ok falls back to the newest of another
+GPU where there is none (a warning says when its device differs: the speedups then compare two GPUs,
+while the columns against cuDNN, each timed on its own GPU, still compare).
 The battery (run_gpu.sh) prints this after its conv stage.
 """
 from __future__ import annotations
@@ -52,9 +55,10 @@ def fastest(variants: dict) -> dict:
     return min(variants.values(), key=lambda r: r["ms"])
 
 
-def previous_record(new_path, results_dir=None):
+def previous_record(new_path, results_dir=None, other_gpu_ok=False):
     """The newest conv2d record of the same device as ``new_path``'s, timed before it, that
-    shares at least one cell with it (None if there is none)."""
+    shares at least one cell with it (None if there is none); with ``other_gpu_ok``, where the
+    device has none, the newest such record of any other device."""
     new_path = pathlib.Path(new_path)
     new = load(new_path)
     new_cells = set(cells(new))
@@ -68,9 +72,11 @@ def previous_record(new_path, results_dir=None):
         except (ValueError, SystemExit):
             continue
         env = old.get("environment", {})
-        if env.get("device") == device and env.get("date", "") < date and new_cells & set(cells(old)):
-            found.append((env["date"], path))
-    return max(found)[1] if found else None
+        if env.get("date", "") < date and new_cells & set(cells(old)):
+            found.append((env.get("device") == device, env["date"], path))
+    if not other_gpu_ok:
+        found = [f for f in found if f[0]]
+    return max(found)[2] if found else None  # the same device's first
 
 
 def compare(new: dict, old: dict, per_variant: bool = False) -> list:
@@ -113,14 +119,20 @@ def main(argv=None):
     p.add_argument("new", help="a bench_conv2d record (benchmarks/results/conv2d-*.json)")
     p.add_argument("--against", default=None,
                    help="the older record (default: the newest earlier record of the same GPU sharing cells)")
+    p.add_argument("--other-gpu-ok", action="store_true",
+                   help="where no earlier record of the same GPU shares a cell, the newest of another GPU (with a "
+                        "warning: its speedups compare two GPUs; the columns against cuDNN, each timed on its own "
+                        "GPU, still compare)")
     p.add_argument("--variants", action="store_true", help="compare every variant timed in both, not the fastest")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     args = p.parse_args(argv)
     new = load(args.new)
-    old_path = args.against or previous_record(args.new)
+    old_path = args.against or previous_record(args.new, other_gpu_ok=args.other_gpu_ok)
     if old_path is None:
-        print(f"compare_conv: no earlier conv2d record of {new['environment']['device']} shares a cell with "
-              f"{args.new}; name one with --against", file=sys.stderr)
+        print(f"compare_conv: no earlier conv2d record of {new['environment']['device']} "
+              f"{'or of another GPU ' if args.other_gpu_ok else ''}shares a cell with {args.new}; name one "
+              f"with --against{'' if args.other_gpu_ok else ' (or allow another GPU with --other-gpu-ok)'}",
+              file=sys.stderr)
         return 2
     old = load(old_path)
     if old["environment"].get("device") != new["environment"].get("device"):

@@ -863,3 +863,16 @@ def test_compare_conv_reads_two_records_cell_by_cell(tmp_path, capsys):
     assert compare_conv.main([str(path), "--against", str(old)]) == 0
     assert "compare two GPUs" in capsys.readouterr().err
     assert compare_conv.main([str(path)]) == 2
+    assert "--other-gpu-ok" in capsys.readouterr().err
+    # the battery's fallback on a GPU timed for the first time: the newest earlier record of another GPU
+    assert compare_conv.previous_record(path, results, other_gpu_ok=True) == old
+    assert compare_conv.main([str(path), "--other-gpu-ok"]) == 0
+    assert "compare two GPUs" in capsys.readouterr().err
+    # ... but a record of its own GPU, older still, comes first
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    own = json.loads(old.read_text())
+    own["environment"] = {**own["environment"], "device": "NVIDIA A100", "date": "2026-01-01T00:00:00+00:00"}
+    (mixed / "conv2d-a100-old.json").write_text(json.dumps(own))
+    (mixed / old.name).write_text(old.read_text())
+    assert compare_conv.previous_record(path, mixed, other_gpu_ok=True) == mixed / "conv2d-a100-old.json"
