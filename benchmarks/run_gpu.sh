@@ -7,52 +7,63 @@
 #     PYTHONPATH=. bash benchmarks/run_gpu.sh          # run it under a 540 s limit
 #
 # Stages, in order, each capped in time inside one overall budget (GPU_RUN_BUDGET_S, default 480 s);
-# a stage gets min(its cap, what is left), and is skipped (a failure) when under 15 s are left:
-#   smoke     versions; every kernel build compiled at once (gpuconv precompile, in parallel); on a
+# a stage gets min(its cap, what is left), and is skipped (a failure) when under 15 s are left. The
+# order is what a first look at a GPU needs most, first: a run cut short (a slow machine start, a
+# stage at its cap) loses the stages measured before, last. A group name (STAGES) in brackets.
+#   [smoke]   versions (and the Python modules the battery imports that are missing); every kernel
+#             build compiled at once (gpuconv precompile, in parallel); on a
 #             Hopper GPU the wgmma tiles against NumPy in a process of their own, the rest of the
 #             battery without them (GPUCONV_WGMMA=0) if they fail; every
 #             kernel file loads; every kernel launched once against
 #             NumPy (benchmarks/sanitize_gpu.py), family by family. A failed check is reported and
 #             the battery goes on. On a machine without a usable GPU it ends here, in seconds.
-#   tests     pytest -m gpu in parallel (xdist), a per-test timeout, GPUCONV_REQUIRE_GPU=1: a GPU
-#             test that skips counts as failed
-#   conv      bench_conv2d: every conv2d variant and direction at every fast_net layer, batch 512, vs
+#   [tests]   pytest -m gpu in parallel (xdist), tests/test_graphs.py, test_wgmma.py and
+#             test_autotune.py first, every test named as it ends, a per-test timeout,
+#             GPUCONV_REQUIRE_GPU=1: a GPU test that skips counts as failed
+#   [conv]    bench_conv2d: every conv2d variant and direction at every fast_net layer, batch 512, vs
 #             cuDNN through PyTorch in the same precision and layout (fp32 NCHW with TF32 off; TF32
-#             and bf16 channels_last, where the tensor-core kernels run); the airbench94 network's
-#             layers the same way in bf16 at its batch 1024; then bench_ops --skip-conv (pooling,
-#             ReLU: GB/s against a device-to-device copy); then compare_conv: each layer's speedup
-#             over this GPU's previous conv2d record, and the cells at 0.8x cuDNN
-#   step      bench_step: images/s of a training step vs PyTorch eager, eager and replayed as a
+#             and bf16 channels_last, where the tensor-core kernels run); then compare_conv: each
+#             layer's speedup over this GPU's previous conv2d record (another GPU's where it has
+#             none), and the cells at 0.8x cuDNN
+#   [airbench] bench_airbench: the airbench94 recipe's seconds on 50,000 synthetic images, fp32 and
+#             bf16, eager and with every step replayed as a CUDA graph (after checking the two train
+#             alike), against the same recipe in PyTorch eager (benchmarks/airbench_torch.py); then
+#             `gpuconv train --recipe airbench94` (bf16 here) end to end on the real subset (GELU,
+#             the reflect translation, lookahead, TTA level 2): its log holds seconds per epoch and
+#             the accuracy
+#   [conv]    the airbench94 network's layers as bench_conv2d's above, in bf16 at its batch 1024,
+#             and compare_conv on them
+#   [step]    bench_step: images/s of a training step vs PyTorch eager, eager and replayed as a
 #             CUDA graph (checked bit for bit against eager steps first); no host transfer, no sync
 #             (syncguard), the memory pool stops growing; the fast_net bf16 step again with its
-#             convolutions autotuned (GPUCONV_AUTOTUNE=1: every tensor-core tile timed per layer, wgmma's
-#             included; the record, *-autotune.json, holds the choices and their times); profile_step: the step's milliseconds per
-#             layer kind, forward and backward (CUDA events), of fast_net and of the airbench94
-#             network; then bench_cs231n: seconds per iteration
-#             of a student-style CS231n ThreeLayerConvNet, CPU vs use_device('cuda'), NumPy in and out
-#   airbench  `gpuconv train --recipe airbench94` (bf16 here) end to end on the real subset (GELU, the reflect
-#             translation, lookahead, TTA level 2): its log holds seconds per epoch and the accuracy;
-#             then bench_airbench: the recipe's seconds on 50,000 synthetic images, fp32 and bf16,
-#             eager and with every step replayed as a CUDA graph (after checking the two train
-#             alike), against the same recipe in PyTorch eager (benchmarks/airbench_torch.py)
-#   epoch     bench_epoch: one device-resident epoch of 50,000 synthetic CIFAR-shaped images
-#   sanitizer compute-sanitizer memcheck and racecheck over every kernel at small shapes;
-#             initcheck and synccheck when time is left
-#   parity    CPU vs GPU training on the real subset (benchmarks/parity.py), shortened to fit
-#   ncu       Nsight Compute over one fast_net layer's three conv directions, gpuconv's kernels and
+#             convolutions autotuned (GPUCONV_AUTOTUNE=1: every tensor-core tile timed per layer,
+#             wgmma's included; the record, *-autotune.json, holds the choices and their times)
+#   [sanitizer] compute-sanitizer memcheck and racecheck over every kernel at small shapes
+#   then what was measured before, in what time is left:
+#   [step]    profile_step: the step's milliseconds per layer kind, forward and backward (CUDA
+#             events), of fast_net and of the airbench94 network
+#   [conv]    bench_ops --skip-conv (pooling, ReLU: GB/s against a device-to-device copy)
+#   [step]    bench_cs231n: seconds per iteration of a student-style CS231n ThreeLayerConvNet, CPU
+#             vs use_device('cuda'), NumPy in and out
+#   [epoch]   bench_epoch: one device-resident epoch of 50,000 synthetic CIFAR-shaped images
+#   [sanitizer] initcheck and synccheck, when 150 s are left
+#   [parity]  CPU vs GPU training on the real subset (benchmarks/parity.py), shortened to fit
+#   [ncu]     Nsight Compute over one fast_net layer's three conv directions, gpuconv's kernels and
 #             cuDNN's (benchmarks/profile_kernels.py): throughput, occupancy, stalls, bank conflicts
-#   airbench96 (with the airbench stages, in what time is left) bench_airbench --recipe airbench96:
-#             one bf16 epoch of 25,000 synthetic images, validated against and timed beside the
-#             same recipe in PyTorch eager; then bench_airbench --recipe airbench94_muon: two bf16
-#             epochs of 20,000 images, eager, as a CUDA graph (Muon's lrs on the device, its
-#             Newton-Schulz GEMMs on gpuconv's kernels) and PyTorch's
-#   caches    CuPy's and gpuconv's kernel caches, tarred for the next run
-# STAGES="tests conv" (say) runs the smoke stage and those; default: all of them.
+#   [airbench] bench_airbench --recipe airbench96: one bf16 epoch of 25,000 synthetic images,
+#             validated against and timed beside the same recipe in PyTorch eager; then
+#             bench_airbench --recipe airbench94_muon: two bf16 epochs of 20,000 images, eager, as
+#             a CUDA graph (Muon's lrs on the device, its Newton-Schulz GEMMs on gpuconv's kernels)
+#             and PyTorch's
+#   [caches]  CuPy's and gpuconv's kernel caches, tarred for the next run
+# STAGES="tests conv" (say) runs the smoke stage and those groups; default: all of them.
 #
 # What comes back: $OUT (the device tool's folder, at most 8 files) is rewritten after EVERY stage,
-# so a run cut short still returns what finished: summary.txt (one line a stage), run_gpu.log (all
-# output), records.tar.gz (the JSON records of this run and the per-stage logs, to unpack into
-# benchmarks/results/), caches.tar.gz (last stage). Exit status 0 when every stage passed.
+# so a run cut short still returns what finished: summary.txt (one line a stage; a stage that did
+# not pass with its log's last line: pytest's counts, the exception, where a cut stage was),
+# run_gpu.log (all output), records.tar.gz (the JSON records of this run and the per-stage logs,
+# to unpack into benchmarks/results/), caches.tar.gz (last stage). Exit status 0 when every stage
+# passed.
 #
 # Environment: PYTHON (default python3, the image's interpreter with cupy and torch),
 # GPU_RUN_BUDGET_S, GPUCONV_BENCH_RESULTS (default benchmarks/results), STAGES; GPUCONV_WGMMA=0
@@ -88,6 +99,15 @@ FAILED=0
 want() { [ "$STAGES" = all ] || case " $STAGES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 log() { echo "[run_gpu $(date -u +%H:%M:%S) +$((SECONDS - START))s] $*" | tee -a "$LOGS/run_gpu.log"; }
 left() { echo $((BUDGET - KEEP_FOR_CACHES - (SECONDS - START))); }
+# why STATUS LOG: for a stage that did not pass, its log's last line (pytest's counts, an exception,
+# where a cut stage was), so that summary.txt alone says what went wrong; nothing for one that passed.
+why() {
+    [ "$1" = ok ] && return 0
+    local last
+    last=$(grep -v '^[[:space:]]*$' "$2" 2>/dev/null | tail -n 1 | tr -s ' \t=' ' ' | sed 's/^ //; s/ $//' | cut -c1-160)
+    [ "$1" = TIMEOUT ] && last="last output: ${last:-none}"
+    echo "  ${last:-(no output)}"
+}
 
 publish() {  # everything so far into $OUT: called after every stage
     [ -n "${OUT:-}" ] || return 0
@@ -121,7 +141,7 @@ stage() {
     tail -n 25 "$LOGS/$name.log"
     if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then status="TIMEOUT"; elif [ "$rc" -ne 0 ]; then status="FAILED(rc=$rc)"; fi
     [ "$status" = "ok" ] || FAILED=1
-    printf '%-14s %-28s %4ds\n' "$status" "$name" $((SECONDS - t0)) | tee -a "$SUMMARY"
+    printf '%-14s %-28s %4ds%s\n' "$status" "$name" $((SECONDS - t0)) "$(why "$status" "$LOGS/$name.log")" | tee -a "$SUMMARY"
     publish
     [ "$status" = "ok" ]
 }
@@ -129,10 +149,15 @@ stage() {
 # ---------------------------------------------------------------- smoke
 log "versions"
 {
-    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 || echo "nvidia-smi: not found"
-    "$PY" - <<'EOF' 2>&1
-import platform, numpy
+    timeout 20 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 ||
+        echo "nvidia-smi: not found or no answer"
+    timeout -k 5 60 "$PY" - <<'EOF' 2>&1
+import importlib.util, platform, numpy
 print("python", platform.python_version(), "numpy", numpy.__version__)
+# What the battery imports (nothing is pip-installed on a lent GPU: the image's packages are all there is)
+needed = ("cupy", "torch", "ml_dtypes", "pytest", "xdist", "pytest_timeout", "hypothesis", "tqdm", "pynvml",
+          "matplotlib", "PIL")
+print("python modules missing:", ", ".join(m for m in needed if importlib.util.find_spec(m) is None) or "none")
 try:
     import cupy as cp
     print("cupy", cp.__version__, "CUDA runtime", cp.cuda.runtime.runtimeGetVersion(),
@@ -153,9 +178,14 @@ EOF
     [ -z "$(git status --porcelain --untracked-files=no 2>/dev/null)" ] || echo "git: tracked files differ from that commit"
 } 2>&1 | tee "$LOGS/versions.log" >>"$LOGS/run_gpu.log"
 cat "$LOGS/versions.log"
-if ! "$PY" -c "from gpuconv import backend; raise SystemExit(0 if backend.cuda_available() else 1)" 2>/dev/null; then
-    log "no usable GPU: $("$PY" -c 'from gpuconv import backend; print(backend.cuda_status())' 2>&1 | tail -n 1)"
-    printf '%-14s %-28s %4ds\n' "FAILED" "smoke: no usable GPU" $((SECONDS - START)) >>"$SUMMARY"
+publish  # the versions, before anything can hang
+# (nothing before the first stage runs untimed: a driver that hangs ends the battery with a reason)
+if ! timeout -k 5 60 "$PY" -c "from gpuconv import backend; raise SystemExit(0 if backend.cuda_available() else 1)" \
+    2>/dev/null; then
+    reason=$(timeout -k 5 60 "$PY" -c 'from gpuconv import backend; print(backend.cuda_status())' 2>&1 | tail -n 1)
+    [ -n "$reason" ] || reason="no answer from CUDA in 60 s"
+    log "no usable GPU: $reason"
+    printf '%-14s %-28s %4ds  %s\n' "FAILED" "smoke: no usable GPU" $((SECONDS - START)) "$(echo "$reason" | cut -c1-160)" >>"$SUMMARY"
     publish
     log "stopping: nothing after the smoke stage can pass"
     exit 1
@@ -168,7 +198,7 @@ stage precompile 60 "$PY" -m gpuconv precompile || log "precompile failed; each 
 # every later stage that reaches them (bench_conv2d times them, autotuning tries them). If they
 # fail, the rest of the battery runs without them (GPUCONV_WGMMA=0: tc128 where one is asked for).
 HOPPER="from gpuconv import kernels; raise SystemExit(0 if kernels.wgmma_available('cuda', 0) else 1)"
-if [ "${GPUCONV_WGMMA:-1}" != 0 ] && "$PY" -c "$HOPPER" 2>/dev/null; then
+if [ "${GPUCONV_WGMMA:-1}" != 0 ] && timeout -k 5 60 "$PY" -c "$HOPPER" 2>/dev/null; then
     if ! stage wgmma_probe 45 "$PY" benchmarks/sanitize_gpu.py --only conv_tc \
         --variants tcwg tcwg256 tcwgn64 tcwgm64; then
         export GPUCONV_WGMMA=0
@@ -181,73 +211,108 @@ if ! stage smoke 90 "$PY" benchmarks/sanitize_gpu.py; then
     log "the smoke stage failed (above); going on: each later stage stands on its own"
 fi
 
+# The stages in the order of what a first look at this GPU most needs, so that a run cut short (a
+# slow machine start, a stage at its cap) loses the nice-to-haves, not the first measurements: the
+# GPU tests (CUDA-graph capture first), conv2d against cuDNN and against the last record, the
+# airbench94 recipe eager, as CUDA graphs and in PyTorch; then the step, the sanitizers, the rest.
+
 # ---------------------------------------------------------------- the GPU tests
+has_module() { "$PY" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('$1') is None)" 2>/dev/null; }
 if want tests; then
-    stage tests 100 "$PY" -m pytest -m gpu -q -p no:cacheprovider -n 8 --timeout 90 --maxfail 20 -o addopts=-ra
+    # Verbose, so that a stage cut at its cap still names each test that ran; every test reported
+    # (no --maxfail: one kernel's sticky CUDA error fails the rest of its worker's tests, and
+    # stopping there would hide every other file's results). A hung test is ended by a thread
+    # (a hang inside a CUDA call never returns to a signal handler) and named as its worker's crash.
+    PYTEST=(-m gpu -v --tb=short -p no:cacheprovider -o addopts=-ra)
+    if has_module xdist; then PYTEST+=(-n 8); else log "pytest-xdist missing: the GPU tests run in one process"; fi
+    if has_module pytest_timeout; then PYTEST+=(--timeout 60 --timeout-method thread)
+    else log "pytest-timeout missing: no per-test timeout (only the stage's cap)"; fi
+    # the first hardware runs first (collection order is the order xdist hands tests out in)
+    FIRST=(tests/test_graphs.py tests/test_wgmma.py tests/test_autotune.py)
+    REST=()
+    for f in tests/test_*.py; do case " ${FIRST[*]} " in *" $f "*) ;; *) REST+=("$f") ;; esac; done
+    stage tests 150 "$PY" -m pytest "${PYTEST[@]}" "${FIRST[@]}" "${REST[@]}"
 fi
 
 # ---------------------------------------------------------------- benchmarks (each validates first, then times)
+# compare_conv KIND: what each layer and direction of the conv2d record this run just wrote gained
+# since the last one of this GPU (or, on a GPU with none, of the newest other GPU: its columns
+# against cuDNN still compare). A report, not a pass/fail stage.
+compare_conv() {
+    local new_conv
+    if [ "$1" = airbench94 ]; then
+        new_conv=$(find "$RESULTS" -maxdepth 1 -name 'conv2d-*-airbench94.json' -newer "$MARK" | sort | tail -n 1)
+    else
+        new_conv=$(find "$RESULTS" -maxdepth 1 -name 'conv2d-*.json' ! -name '*-airbench*.json' -newer "$MARK" |
+            sort | tail -n 1)
+    fi
+    [ -n "$new_conv" ] || return 0
+    timeout 30 "$PY" benchmarks/compare_conv.py "$new_conv" --other-gpu-ok >"$LOGS/compare_conv_$1.log" 2>&1 || true
+    tail -n 40 "$LOGS/compare_conv_$1.log"
+    cat "$LOGS/compare_conv_$1.log" >>"$LOGS/run_gpu.log"
+    publish
+}
 if want conv; then
     stage bench_conv2d 110 "$PY" benchmarks/bench_conv2d.py --layers fast_net --warmup 2 --repeat 10
-    stage bench_conv2d_airbench 45 "$PY" benchmarks/bench_conv2d.py --layers airbench94 --batch 1024 --precisions bf16 \
-        --variants tc tc128 tc128w tcwg tcwg256 tcwgn64 tcwgm64 --warmup 2 --repeat 10
-    stage bench_ops 40 "$PY" benchmarks/bench_ops.py --save --skip-conv --warmup 3 --repeat 20  # conv: above
-    # What each layer and direction gained since this GPU's last timing (compare_conv.py; a
-    # report, not a pass/fail stage: a first run of a GPU has nothing to compare with).
-    for kind in fast_net airbench94; do
-        if [ "$kind" = airbench94 ]; then
-            new_conv=$(find "$RESULTS" -maxdepth 1 -name 'conv2d-*-airbench94.json' -newer "$MARK" | sort | tail -n 1)
-        else
-            new_conv=$(find "$RESULTS" -maxdepth 1 -name 'conv2d-*.json' ! -name '*-airbench*.json' -newer "$MARK" |
-                sort | tail -n 1)
-        fi
-        [ -n "$new_conv" ] || continue
-        timeout 30 "$PY" benchmarks/compare_conv.py "$new_conv" >"$LOGS/compare_conv_$kind.log" 2>&1 || true
-        tail -n 40 "$LOGS/compare_conv_$kind.log"
-        cat "$LOGS/compare_conv_$kind.log" >>"$LOGS/run_gpu.log"
-    done
-fi
-if want step; then
-    stage bench_step 70 "$PY" benchmarks/bench_step.py --save --warmup 5 --repeat 20
-    stage bench_step_autotune 45 env GPUCONV_AUTOTUNE=1 \
-        "$PY" benchmarks/bench_step.py --save --models fast_net --precisions bf16 --warmup 5 --repeat 20
-    stage profile_step 60 "$PY" benchmarks/profile_step.py --models fast_net airbench94 --host-top 25 --save
-    stage bench_cs231n 30 "$PY" benchmarks/bench_cs231n.py --save --warmup 2 --repeat 5
+    compare_conv fast_net
 fi
 # ---------------------------------------------------------------- the airbench94 recipe end to end
-# (before the epoch and sanitizer stages: the headline goal, and the first timing of the CUDA-graph
-# step, come first when a run is cut short)
 if want airbench; then
+    stage bench_airbench 200 "$PY" benchmarks/bench_airbench.py --save
     # out of the records, in a fresh directory of our own (a fixed name under /tmp could be another
     # user's, with links planted in it), removed afterwards
     airbench_out=$(mktemp -d "${TMPDIR:-/tmp}/gpuconv-airbench.XXXXXX")
     stage airbench 120 "$PY" -m gpuconv train --recipe airbench94 --device cuda --data "${GPUCONV_DATA:-.gpu-data}" \
         --out "$airbench_out" --no-progress
     rm -rf "$airbench_out"
-    stage bench_airbench 200 "$PY" benchmarks/bench_airbench.py --save
 fi
-
-if want epoch; then
-    stage bench_epoch 60 "$PY" benchmarks/bench_epoch.py --save --warmup 3 --repeat 1
+if want conv; then
+    stage bench_conv2d_airbench 45 "$PY" benchmarks/bench_conv2d.py --layers airbench94 --batch 1024 --precisions bf16 \
+        --variants tc tc128 tc128w tcwg tcwg256 tcwgn64 tcwgm64 --warmup 2 --repeat 10
+    compare_conv airbench94
+fi
+if want step; then
+    stage bench_step 70 "$PY" benchmarks/bench_step.py --save --warmup 5 --repeat 20
+    stage bench_step_autotune 45 env GPUCONV_AUTOTUNE=1 \
+        "$PY" benchmarks/bench_step.py --save --models fast_net --precisions bf16 --warmup 5 --repeat 20
 fi
 
 # ---------------------------------------------------------------- compute-sanitizer
 SANITIZER="$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n 1)"
+# sanitizer TOOL...: each under compute-sanitizer over every kernel at small shapes (no --leak-check:
+# CuPy frees some arrays only at interpreter exit, which would read as leaks)
+sanitizer() {
+    for tool in "$@"; do
+        stage "sanitizer_$tool" 40 "$SANITIZER" --tool "$tool" --error-exitcode 99 --print-limit 20 \
+            "$PY" benchmarks/sanitize_gpu.py --no-guard
+    done
+}
 if want sanitizer; then
     if [ -n "$SANITIZER" ]; then
         "$SANITIZER" --version 2>&1 | tail -n 1 | tee -a "$LOGS/versions.log"
-        # No --leak-check: CuPy frees some arrays only at interpreter exit, which would read as leaks.
-        for tool in memcheck racecheck initcheck synccheck; do
-            cap=40
-            case "$tool" in initcheck | synccheck) [ "$(left)" -lt 150 ] && { log "no time for $tool"; continue; } ;; esac
-            stage "sanitizer_$tool" "$cap" "$SANITIZER" --tool "$tool" --error-exitcode 99 --print-limit 20 \
-                "$PY" benchmarks/sanitize_gpu.py --no-guard
-        done
+        sanitizer memcheck racecheck
     else
         log "compute-sanitizer not found (PATH, /usr/local/cuda*/bin)"
         printf '%-14s %-28s %4ds\n' "FAILED" "sanitizer: not installed" 0 >>"$SUMMARY"
         FAILED=1
     fi
+fi
+
+# ---------------------------------------------------------------- measured before: again, in what time is left
+if want step; then
+    stage profile_step 60 "$PY" benchmarks/profile_step.py --models fast_net airbench94 --host-top 25 --save
+fi
+if want conv; then
+    stage bench_ops 40 "$PY" benchmarks/bench_ops.py --save --skip-conv --warmup 3 --repeat 20  # conv: above
+fi
+if want step; then
+    stage bench_cs231n 30 "$PY" benchmarks/bench_cs231n.py --save --warmup 2 --repeat 5
+fi
+if want epoch; then
+    stage bench_epoch 60 "$PY" benchmarks/bench_epoch.py --save --warmup 3 --repeat 1
+fi
+if want sanitizer && [ -n "$SANITIZER" ]; then
+    if [ "$(left)" -ge 150 ]; then sanitizer initcheck synccheck; else log "no time for initcheck and synccheck"; fi
 fi
 
 # ---------------------------------------------------------------- accuracy parity, CPU vs GPU
@@ -272,7 +337,7 @@ if want ncu; then
     fi
 fi
 
-# ---------------------------------------------------------------- airbench96, in what time is left
+# ---------------------------------------------------------------- airbench96 and airbench94_muon, in what time is left
 if want airbench; then
     stage bench_airbench96 60 "$PY" benchmarks/bench_airbench.py --recipe airbench96 --epochs 1 --images 25000 \
         --precisions bf16 --save

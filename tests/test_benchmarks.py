@@ -403,18 +403,25 @@ def test_gpu_battery_without_a_gpu_fails_in_seconds_and_still_reports(tmp_path):
         pytest.skip("a GPU is present: this test checks the no-GPU flow")
     proc, out, seconds = run_battery(tmp_path)
     assert proc.returncode == 1 and seconds < 60, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert re.match(r"FAILED\s+smoke: no usable GPU", (out / "summary.txt").read_text())
+    summary = (out / "summary.txt").read_text()
+    assert re.match(r"FAILED\s+smoke: no usable GPU", summary)
+    assert B.cuda_status()[:60] in summary  # why, in the summary itself
     assert sorted(p.name for p in out.iterdir()) == ["records.tar.gz", "run_gpu.log", "summary.txt"]
-    assert "numpy" in (out / "run_gpu.log").read_text() and "stopping" in proc.stdout
+    log = (out / "run_gpu.log").read_text()
+    assert "numpy" in log and "python modules missing:" in log and "stopping" in proc.stdout
 
 
 FAKE_PYTHON = """#!/usr/bin/env bash
 # Stands in for python on a GPU machine: every command passes at once, except bench_ops, which hangs,
-# and the wgmma probe where FAKE_WGMMA_FAILS is set.
+# the wgmma probe where FAKE_WGMMA_FAILS is set, and the precompile where FAKE_PRECOMPILE_HANGS is.
 case "$*" in
-  *bench_ops*) sleep 60 ;;
-  *"--only conv_tc"*) [ -z "${FAKE_WGMMA_FAILS:-}" ] || exit 1; echo "fake python: wgmma probe" ;;
-  *bench_conv2d*) mkdir -p "$GPUCONV_BENCH_RESULTS"; echo '{"name": "conv2d"}' > "$GPUCONV_BENCH_RESULTS/conv2d.json" ;;
+  *bench_ops*) echo "fake python: timing max pool"; sleep 60 ;;
+  *"--only conv_tc"*) [ -z "${FAKE_WGMMA_FAILS:-}" ] || { echo "CUDARuntimeError: illegal instruction" >&2; exit 1; }
+     echo "fake python: wgmma probe" ;;
+  *"gpuconv precompile"*) [ -z "${FAKE_PRECOMPILE_HANGS:-}" ] || sleep 60; echo "fake python: precompile" ;;
+  *"bench_conv2d.py --layers airbench94"*) mkdir -p "$GPUCONV_BENCH_RESULTS"
+     echo '{"name": "conv2d"}' > "$GPUCONV_BENCH_RESULTS/conv2d-fake-gpu-airbench94.json" ;;
+  *bench_conv2d*) mkdir -p "$GPUCONV_BENCH_RESULTS"; echo '{"name": "conv2d"}' > "$GPUCONV_BENCH_RESULTS/conv2d-fake-gpu.json" ;;
   -) cat >/dev/null; echo "fake python: versions" ;;
   *) echo "fake python: $* (GPUCONV_WGMMA=${GPUCONV_WGMMA:-unset})" ;;
 esac
@@ -443,20 +450,60 @@ def test_gpu_battery_caps_every_stage_and_publishes_after_each(tmp_path):
     summary = (out / "summary.txt").read_text().splitlines()
     names = [line.split()[1] for line in summary]
     assert proc.returncode == 1 and seconds < 120, proc.stdout[-3000:]
-    assert names == ["precompile", "wgmma_probe", "smoke", "tests", "bench_conv2d", "bench_conv2d_airbench", "bench_ops", "bench_step",
-                     "bench_step_autotune", "profile_step", "bench_cs231n", "airbench", "bench_airbench", "bench_epoch",
-                     "sanitizer_memcheck", "sanitizer_racecheck", "parity", "ncu", "bench_airbench96",
-                     "bench_airbench_muon"], summary
+    # the first measurements of a GPU first (tests, conv2d against the last record, the airbench94
+    # recipe eager, graphed and in PyTorch), what was measured before last
+    assert names == ["precompile", "wgmma_probe", "smoke", "tests", "bench_conv2d", "bench_airbench", "airbench",
+                     "bench_conv2d_airbench", "bench_step", "bench_step_autotune", "sanitizer_memcheck",
+                     "sanitizer_racecheck", "profile_step", "bench_ops", "bench_cs231n", "bench_epoch", "parity", "ncu",
+                     "bench_airbench96", "bench_airbench_muon"], summary
     status = [line.split()[0] for line in summary]
     # bench_ops is cut at its 40 s cap, though it would hang for 60; then the 56 s budget, less the
     # 10 s kept for the caches, leaves under 15 s: every later stage is skipped, none is run short.
-    assert status == ["ok", "ok", "ok", "ok", "ok", "ok", "TIMEOUT"] + ["SKIPPED"] * 13, summary
-    assert "GPUCONV_WGMMA=unset" in (out / "run_gpu.log").read_text()  # the probe passed: the tiles stay on
+    assert status == ["ok"] * 13 + ["TIMEOUT"] + ["SKIPPED"] * 6, summary
+    assert summary[13].endswith("last output: fake python: timing max pool")  # where the cut stage was
+    assert all(len(line.split()) == 3 for line in summary[:13])
+    log = (out / "run_gpu.log").read_text()
+    assert "GPUCONV_WGMMA=unset" in log  # the probe passed: the tiles stay on
+    # every GPU test reported (no --maxfail), named as it ends, a hung one ended by a thread; the
+    # first hardware runs (the CUDA-graph capture, the wgmma tiles, autotuning) handed out first
+    tests = next(line for line in log.splitlines() if "START tests" in line)
+    assert "--maxfail" not in tests and " -v " in tests and "--timeout-method thread" in tests
+    assert "tests/test_graphs.py tests/test_wgmma.py tests/test_autotune.py tests/test_adaptive_pool2d.py" in tests
+    assert tests.count("tests/test_graphs.py") == 1
+    # each conv2d record compared as soon as it is written, with another GPU's where this one has none
+    order = [log.index(s) for s in ("START bench_conv2d ", "compare_conv.py", "START bench_airbench ",
+                                    "START bench_conv2d_airbench ", "conv2d-fake-gpu-airbench94.json --other-gpu-ok",
+                                    "START bench_step ")]
+    assert order == sorted(order) and "conv2d-fake-gpu.json --other-gpu-ok" in log
     assert sorted(p.name for p in out.iterdir()) == ["caches.tar.gz", "records.tar.gz", "run_gpu.log", "summary.txt"]
     with tarfile.open(out / "records.tar.gz") as tar:
         members = tar.getnames()
-    assert "./conv2d.json" in members and any(m.endswith("/bench_ops.log") for m in members)
+    assert "./conv2d-fake-gpu.json" in members and any(m.endswith("/bench_ops.log") for m in members)
     assert all(m.count("/") <= 3 for m in members)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="bash script")
+def test_gpu_battery_publishes_the_versions_before_its_first_stage(tmp_path):
+    """$OUT holds the versions (and an empty summary) before the first stage starts: a battery whose
+    first stage hangs and whose call is cut still says what machine and software it ran on."""
+    import signal
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OUT": str(out), "GPUCONV_BENCH_RESULTS": str(tmp_path / "results"),
+           "HOME": str(tmp_path / "home"), "FAKE_PRECOMPILE_HANGS": "1", **_fake_tools(tmp_path)}
+    proc = subprocess.Popen(["bash", str(BENCH / "run_gpu.sh")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=env, cwd=REPO, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (out / "run_gpu.log").exists() and "fake python: versions" in (out / "run_gpu.log").read_text():
+                break
+            time.sleep(0.5)
+        assert proc.poll() is None, "the battery ended before its precompile stage hung"
+        assert "fake python: versions" in (out / "run_gpu.log").read_text()
+        assert (out / "summary.txt").read_text() == ""
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def test_sanitize_gpu_expects_only_the_kernels_that_run_on_this_gpu(monkeypatch):
@@ -502,6 +549,7 @@ def test_gpu_battery_runs_on_without_the_wgmma_tiles_when_their_probe_fails(tmp_
     summary = (out / "summary.txt").read_text().splitlines()
     assert [line.split()[:2] for line in summary] == [["ok", "precompile"], ["FAILED(rc=1)", "wgmma_probe"],
                                                       ["ok", "smoke"], ["ok", "tests"]], summary
+    assert summary[1].endswith("CUDARuntimeError: illegal instruction")  # why, in the summary itself
     log = (out / "run_gpu.log").read_text()
     assert "every later stage runs without them (GPUCONV_WGMMA=0)" in log
     assert "sanitize_gpu.py (GPUCONV_WGMMA=0)" in log and "GPUCONV_WGMMA=unset" not in log.split("wgmma_probe")[-1]
