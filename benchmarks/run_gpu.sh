@@ -191,9 +191,12 @@ if ! timeout -k 5 60 "$PY" -c "from gpuconv import backend; raise SystemExit(0 i
     exit 1
 fi
 # Every kernel build for this GPU at once, in parallel (NVRTC, one compile per core): the stages
-# below then load binaries instead of compiling module by module (some 10 s for each tensor-core
-# build of conv2d_tc; nothing when the carried caches have them).
-stage precompile 60 "$PY" -m gpuconv precompile || log "precompile failed; each module compiles at first use"
+# below then load binaries instead of compiling module by module (nothing when the carried caches
+# have them). Its time is its longest build's, whatever the cores: conv2d_tc's sm_90a builds, with
+# every wgmma tile in them, took 53 to 93 s each with NVRTC 13.5 on a shared 2-core host (the sm_80
+# builds, without wgmma, 20 s all 59); cut short, the wgmma probe below would compile them inside
+# its own 45 s, time out, and switch the tiles off for the whole battery.
+stage precompile 150 "$PY" -m gpuconv precompile || log "precompile failed; each module compiles at first use"
 # The Hopper wgmma tiles first, in a process of their own: an illegal instruction there would end
 # every later stage that reaches them (bench_conv2d times them, autotuning tries them). If they
 # fail, the rest of the battery runs without them (GPUCONV_WGMMA=0: tc128 where one is asked for).

@@ -550,6 +550,9 @@ def test_gpu_battery_runs_on_without_the_wgmma_tiles_when_their_probe_fails(tmp_
     assert [line.split()[:2] for line in summary] == [["ok", "precompile"], ["FAILED(rc=1)", "wgmma_probe"],
                                                       ["ok", "smoke"], ["ok", "tests"]], summary
     assert summary[1].endswith("CUDARuntimeError: illegal instruction")  # why, in the summary itself
+    # the precompile's time is its longest build's (conv2d_tc's sm_90a builds, a minute or more on a
+    # slow core): cut short, the probe would compile them inside its own cap and misread a timeout
+    assert "START precompile (limit 150s)" in (out / "run_gpu.log").read_text()
     log = (out / "run_gpu.log").read_text()
     assert "every later stage runs without them (GPUCONV_WGMMA=0)" in log
     assert "sanitize_gpu.py (GPUCONV_WGMMA=0)" in log and "GPUCONV_WGMMA=unset" not in log.split("wgmma_probe")[-1]
