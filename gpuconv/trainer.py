@@ -174,7 +174,7 @@ class Trainer:
     ``progress``: True (a bar per epoch and a summary line after it), ``'epoch'`` (the summary
     lines only, for logs), False (quiet). ``out_dir`` receives ``checkpoint.npz`` (the latest),
     ``best.npz`` (the epoch with the best validation accuracy), ``metrics.jsonl`` and
-    ``curves.png``; without it
+    ``curves.png`` (where matplotlib imports; a warning where it does not); without it
     nothing is written. ``checkpoint_every`` is ``'epoch'``, a number of steps, or None (save
     only on Ctrl-C). ``config`` (JSON-able) is stored in the checkpoint as ``meta/config`` so
     a tool can rebuild the model (a resume keeps the checkpoint's when none is given).
@@ -655,8 +655,15 @@ class Trainer:
                     ckpt.copy_checkpoint(self.checkpoint_path, self.best_path)  # just written: no second readback
             else:  # (as the latest checkpoint: never of weights gone NaN or Inf)
                 self.save_checkpoint(self.best_path)
-        with self._writing(self.out_dir / "curves.png"):
-            plot_curves(self.history, self.out_dir / "curves.png")
+        try:
+            with self._writing(self.out_dir / "curves.png"):
+                plot_curves(self.history, self.out_dir / "curves.png")
+        except ImportError as exc:  # matplotlib missing (a machine's bare interpreter): the run goes on
+            if not getattr(self, "_curves_warned", False):
+                self._curves_warned = True
+                warnings.warn(f"{self.out_dir / 'curves.png'} is not drawn: matplotlib is not importable ({exc}); "
+                              "the training, its checkpoints and metrics.jsonl go on without it (pip install "
+                              "matplotlib for the curves)", RuntimeWarning, stacklevel=2)
 
     # ------------------------------------------------------------------ metrics history
     def _write_metrics(self, record):

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import signal
+import sys
 import warnings
 
 import numpy as np
@@ -1074,3 +1075,23 @@ def test_a_second_fit_into_the_same_out_dir_is_refused_while_the_first_runs(cifa
         _one_epoch_run(cifar, tmp_path)
         assert (tmp_path / _files.LOCK_NAME).exists()
     assert (tmp_path / "checkpoint.npz").exists() and not (tmp_path / _files.LOCK_NAME).exists()
+
+
+def test_training_goes_on_without_matplotlib(tmp_path, monkeypatch):
+    """Without matplotlib (a bare interpreter, such as a lent GPU machine's) a run with an out_dir
+    trains, checkpoints and logs every epoch, warning once that curves.png is not drawn; it used to
+    end with ModuleNotFoundError after its first epoch."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib... raises ImportError
+    monkeypatch.setitem(sys.modules, "matplotlib.backends.backend_agg", None)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (64, 3, 32, 32), dtype=np.uint8)
+    labels = rng.integers(0, 10, 64)
+    trainer, loader = build(images, labels, tmp_path, epochs=2)
+    val = DeviceLoader(images[:32], labels[:32], 32, shuffle=False)
+    with pytest.warns(RuntimeWarning, match="curves.png is not drawn: matplotlib is not importable") as caught:
+        trainer.fit(loader, 2, val=val)
+    assert len([w for w in caught if "curves.png" in str(w.message)]) == 1
+    assert trainer.epoch == 2 and not (tmp_path / "curves.png").exists()
+    assert (tmp_path / "checkpoint.npz").exists() and (tmp_path / "best.npz").exists()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records if r.get("kind") != "interval"] == [1, 2]
