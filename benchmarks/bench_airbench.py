@@ -306,6 +306,7 @@ def main(argv=None):
     for c in steps.as_dict()["checks"] + graph_checks.as_dict()["checks"]:
         checks.add(c["name"], c["ok"], c.get("error"), c.get("tolerance"), detail=c.get("detail"))
     warm_r = dict(r, epochs=1)
+    name = NAME if args.recipe == "airbench94" else f"{NAME}-{args.recipe}"  # its own record file
     results = {}
     for prec in precisions:
         res = {}
@@ -318,6 +319,9 @@ def main(argv=None):
             runs = [fn(*((torch,) if side == "torch" else ()), images, labels, r, prec, args, width)
                     for _ in range(args.repeat)]
             timed = args.device == "cuda"
+            # as each side ends, not only in the table at the end: a run cut short keeps what it timed
+            print(f"{name} {prec} {side}: " + (f"{min(s for s, _ in runs):.2f} s, " if timed else "")
+                  + f"last epoch's loss {common.fmt(runs[-1][1], '.4f')}", file=sys.stderr, flush=True)
             res[f"{side}_runs_s"] = [s for s, _ in runs] if timed else None
             res[f"{side}_s"] = min(s for s, _ in runs) if timed else None
             res[f"{side}_loss"] = runs[-1][1]
@@ -330,7 +334,6 @@ def main(argv=None):
              else None}
     if torch is not None and args.device == "cuda":
         extra["torch_fp32"] = common.torch_tf32_settings(torch)
-    name = NAME if args.recipe == "airbench94" else f"{NAME}-{args.recipe}"  # its own record file
     rec = common.record(name, args, checks, results, images=n, epochs=r["epochs"], batch_size=r["batch_size"],
                         width=width, widths=list(widths_of(r, width)),
                         recipe={k: v for k, v in r.items() if k != "model"}, **extra)

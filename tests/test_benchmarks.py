@@ -475,6 +475,7 @@ def test_gpu_battery_caps_every_stage_and_publishes_after_each(tmp_path):
                                     "START bench_conv2d_airbench ", "conv2d-fake-gpu-airbench94.json --other-gpu-ok",
                                     "START bench_step ")]
     assert order == sorted(order) and "conv2d-fake-gpu.json --other-gpu-ok" in log
+    assert "bench_airbench.py --precisions bf16,fp32 --save" in log  # the recipe's precision first
     assert sorted(p.name for p in out.iterdir()) == ["caches.tar.gz", "records.tar.gz", "run_gpu.log", "summary.txt"]
     with tarfile.open(out / "records.tar.gz") as tar:
         members = tar.getnames()
@@ -669,6 +670,10 @@ def test_airbench_bench_without_torch_times_gpuconv_alone_and_says_so(tmp_path):
         "fp32 gpuconv: final loss finite", "fp32 graph: final loss finite"]
     assert rec["validation"]["checks"][0]["error"] == 0.0
     assert len(list(tmp_path.glob("*-bench_airbench.json"))) == 1
+    # each side on stderr as it ends (the battery's log keeps them when the stage is cut at its cap)
+    said = [line for line in proc.stderr.splitlines() if line.startswith("bench_airbench fp32 ")]
+    assert said == [f"bench_airbench fp32 gpuconv: last epoch's loss {r['gpuconv_loss']:.4f}",
+                    f"bench_airbench fp32 graph: last epoch's loss {r['graph_loss']:.4f}"], proc.stderr[-2000:]
 
 
 def test_airbench_graph_check_reaches_the_whitening_bias_freeze(monkeypatch):
