@@ -120,6 +120,19 @@ publish() {  # everything so far into $OUT: called after every stage
         mv "$OUT/records.tar.gz.tmp" "$OUT/records.tar.gz"
 }
 
+# CuPy's and gpuconv's kernel caches into $OUT/caches.tar.gz (whole, or the previous one kept): after
+# the precompile stage, which builds every gpuconv kernel, so a call cut short still hands them on,
+# and again at the end with CuPy's kernels of every stage.
+save_caches() {
+    want caches && [ -n "${OUT:-}" ] || return 0
+    mkdir -p "$OUT" "$CUPY_CACHE_DIR" "$GPUCONV_CUDA_CACHE"
+    (cd "$HOME" && tar -czf "$OUT/caches.tar.gz.tmp" --ignore-failed-read \
+        "${CUPY_CACHE_DIR#"$HOME"/}" "${GPUCONV_CUDA_CACHE#"$HOME"/}" 2>/dev/null) &&
+        mv "$OUT/caches.tar.gz.tmp" "$OUT/caches.tar.gz"
+    rm -f "$OUT/caches.tar.gz.tmp"
+    log "caches: $(du -h "$OUT/caches.tar.gz" 2>/dev/null | cut -f1) (carry as .gpu-cache/caches.tar.gz next time)"
+}
+
 # stage NAME CAP COMMAND...: runs with min(CAP, time left) as its limit; one summary line.
 stage() {
     local name="$1" cap="$2"
@@ -129,7 +142,7 @@ stage() {
     [ "$cap" -lt "$limit" ] && limit=$cap
     if [ "$limit" -lt 15 ]; then
         log "SKIP $name: only $(left)s of the ${BUDGET}s budget left"
-        printf '%-14s %-28s %4ds\n' "SKIPPED" "$name" 0 >>"$SUMMARY"
+        printf '%-14s %-28s %4ds  %s\n' "SKIPPED" "$name" 0 "$(left)s of the budget left" >>"$SUMMARY"
         FAILED=1
         publish
         return 1
@@ -197,6 +210,7 @@ fi
 # builds, without wgmma, 20 s all 59); cut short, the wgmma probe below would compile them inside
 # its own 45 s, time out, and switch the tiles off for the whole battery.
 stage precompile 150 "$PY" -m gpuconv precompile || log "precompile failed; each module compiles at first use"
+save_caches
 # The Hopper wgmma tiles first, in a process of their own: an illegal instruction there would end
 # every later stage that reaches them (bench_conv2d times them, autotuning tries them). If they
 # fail, the rest of the battery runs without them (GPUCONV_WGMMA=0: tc128 where one is asked for).
@@ -351,12 +365,7 @@ if want airbench; then
 fi
 
 # ---------------------------------------------------------------- kernel caches for the next run
-if want caches && [ -n "${OUT:-}" ]; then
-    mkdir -p "$CUPY_CACHE_DIR" "$GPUCONV_CUDA_CACHE"
-    (cd "$HOME" && tar -czf "$OUT/caches.tar.gz" --ignore-failed-read \
-        "${CUPY_CACHE_DIR#"$HOME"/}" "${GPUCONV_CUDA_CACHE#"$HOME"/}" 2>/dev/null)
-    log "caches: $(du -h "$OUT/caches.tar.gz" 2>/dev/null | cut -f1) (carry as .gpu-cache/caches.tar.gz next time)"
-fi
+save_caches
 
 log "done in $((SECONDS - START))s; summary:"
 tee -a "$LOGS/run_gpu.log" <"$SUMMARY"

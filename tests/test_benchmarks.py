@@ -413,12 +413,13 @@ def test_gpu_battery_without_a_gpu_fails_in_seconds_and_still_reports(tmp_path):
 
 FAKE_PYTHON = """#!/usr/bin/env bash
 # Stands in for python on a GPU machine: every command passes at once, except bench_ops, which hangs,
-# the wgmma probe where FAKE_WGMMA_FAILS is set, and the precompile where FAKE_PRECOMPILE_HANGS is.
+# the wgmma probe where FAKE_WGMMA_FAILS is set, and the command that FAKE_HANG names.
 case "$*" in
+  *"${FAKE_HANG:-no such command}"*) echo "fake python: hanging"; sleep 60 ;;
   *bench_ops*) echo "fake python: timing max pool"; sleep 60 ;;
   *"--only conv_tc"*) [ -z "${FAKE_WGMMA_FAILS:-}" ] || { echo "CUDARuntimeError: illegal instruction" >&2; exit 1; }
      echo "fake python: wgmma probe" ;;
-  *"gpuconv precompile"*) [ -z "${FAKE_PRECOMPILE_HANGS:-}" ] || sleep 60; echo "fake python: precompile" ;;
+  *"gpuconv precompile"*) mkdir -p "$GPUCONV_CUDA_CACHE"; echo "fake cubin" > "$GPUCONV_CUDA_CACHE/conv2d_tc.cubin" ;;
   *"bench_conv2d.py --layers airbench94"*) mkdir -p "$GPUCONV_BENCH_RESULTS"
      echo '{"name": "conv2d"}' > "$GPUCONV_BENCH_RESULTS/conv2d-fake-gpu-airbench94.json" ;;
   *bench_conv2d*) mkdir -p "$GPUCONV_BENCH_RESULTS"; echo '{"name": "conv2d"}' > "$GPUCONV_BENCH_RESULTS/conv2d-fake-gpu.json" ;;
@@ -461,6 +462,7 @@ def test_gpu_battery_caps_every_stage_and_publishes_after_each(tmp_path):
     # 10 s kept for the caches, leaves under 15 s: every later stage is skipped, none is run short.
     assert status == ["ok"] * 13 + ["TIMEOUT"] + ["SKIPPED"] * 6, summary
     assert summary[13].endswith("last output: fake python: timing max pool")  # where the cut stage was
+    assert all(re.search(r"\d+s of the budget left$", line) for line in summary[14:])
     assert all(len(line.split()) == 3 for line in summary[:13])
     log = (out / "run_gpu.log").read_text()
     assert "GPUCONV_WGMMA=unset" in log  # the probe passed: the tiles stay on
@@ -484,24 +486,36 @@ def test_gpu_battery_caps_every_stage_and_publishes_after_each(tmp_path):
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="bash script")
-def test_gpu_battery_publishes_the_versions_before_its_first_stage(tmp_path):
-    """$OUT holds the versions (and an empty summary) before the first stage starts: a battery whose
-    first stage hangs and whose call is cut still says what machine and software it ran on."""
+@pytest.mark.parametrize("hang", ["gpuconv precompile", "tests/test_graphs.py"])
+def test_gpu_battery_publishes_the_versions_and_the_caches_before_a_stage_hangs(tmp_path, hang):
+    """$OUT holds the versions (and an empty summary) before the first stage starts, and the kernel
+    caches as soon as the precompile stage has built them: a call cut during a hung stage still says
+    what machine and software it ran on, and hands the compiled kernels to the next run."""
     import signal
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OUT": str(out), "GPUCONV_BENCH_RESULTS": str(tmp_path / "results"),
-           "HOME": str(tmp_path / "home"), "FAKE_PRECOMPILE_HANGS": "1", **_fake_tools(tmp_path)}
+           "HOME": str(tmp_path / "home"), "FAKE_HANG": hang, **_fake_tools(tmp_path)}
     proc = subprocess.Popen(["bash", str(BENCH / "run_gpu.sh")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=env, cwd=REPO, start_new_session=True)
+    def text(name):
+        return (out / name).read_text() if (out / name).exists() else ""
+
+    # published by then: the versions (before the precompile), the smoke stage's line (before the tests)
+    ready = ((lambda: "fake python: versions" in text("run_gpu.log")) if hang.startswith("gpuconv")
+             else (lambda: " smoke " in text("summary.txt")))
     try:
         deadline = time.monotonic() + 40
-        while time.monotonic() < deadline and proc.poll() is None:
-            if (out / "run_gpu.log").exists() and "fake python: versions" in (out / "run_gpu.log").read_text():
-                break
-            time.sleep(0.5)
-        assert proc.poll() is None, "the battery ended before its precompile stage hung"
+        while time.monotonic() < deadline and proc.poll() is None and not ready():
+            time.sleep(0.2)
+        time.sleep(1)
+        assert proc.poll() is None, f"the battery ended before {hang} hung"
         assert "fake python: versions" in (out / "run_gpu.log").read_text()
-        assert (out / "summary.txt").read_text() == ""
+        if hang.startswith("gpuconv"):
+            assert (out / "summary.txt").read_text() == "" and not (out / "caches.tar.gz").exists()
+        else:
+            assert (out / "summary.txt").read_text().split()[:2] == ["ok", "precompile"]
+            with tarfile.open(out / "caches.tar.gz") as tar:
+                assert ".cache/gpuconv/cuda/conv2d_tc.cubin" in tar.getnames()
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
