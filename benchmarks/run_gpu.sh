@@ -241,14 +241,25 @@ if want tests; then
     # stopping there would hide every other file's results). A hung test is ended by a thread
     # (a hang inside a CUDA call never returns to a signal handler) and named as its worker's crash.
     PYTEST=(-m gpu -v --tb=short -p no:cacheprovider -o addopts=-ra)
-    if has_module xdist; then PYTEST+=(-n 8); else log "pytest-xdist missing: the GPU tests run in one process"; fi
+    # BLAS threads: the cores shared among the workers (as `make test` does; NumPy's references on
+    # OpenBLAS's default, a thread per core in each of 8 workers, spin against each other: one test
+    # 6 s alone, 27 s beside a second worker on 2 cores), unless the environment says
+    BLAS=()
+    if has_module xdist; then
+        PYTEST+=(-n 8)
+        per=$(($(nproc 2>/dev/null || echo 8) / 8))
+        [ "$per" -ge 1 ] || per=1
+        for v in OPENBLAS_NUM_THREADS OMP_NUM_THREADS MKL_NUM_THREADS; do BLAS+=("$v=${!v:-$per}"); done
+    else
+        log "pytest-xdist missing: the GPU tests run in one process"
+    fi
     if has_module pytest_timeout; then PYTEST+=(--timeout 60 --timeout-method thread)
     else log "pytest-timeout missing: no per-test timeout (only the stage's cap)"; fi
     # the first hardware runs first (collection order is the order xdist hands tests out in)
     FIRST=(tests/test_graphs.py tests/test_wgmma.py tests/test_autotune.py)
     REST=()
     for f in tests/test_*.py; do case " ${FIRST[*]} " in *" $f "*) ;; *) REST+=("$f") ;; esac; done
-    stage tests 150 "$PY" -m pytest "${PYTEST[@]}" "${FIRST[@]}" "${REST[@]}"
+    stage tests 150 env "${BLAS[@]}" "$PY" -m pytest "${PYTEST[@]}" "${FIRST[@]}" "${REST[@]}"
 fi
 
 # ---------------------------------------------------------------- benchmarks (each validates first, then times)

@@ -472,6 +472,9 @@ def test_gpu_battery_caps_every_stage_and_publishes_after_each(tmp_path):
     assert "--maxfail" not in tests and " -v " in tests and "--timeout-method thread" in tests
     assert "tests/test_graphs.py tests/test_wgmma.py tests/test_autotune.py tests/test_adaptive_pool2d.py" in tests
     assert tests.count("tests/test_graphs.py") == 1
+    # the cores shared among the 8 workers' BLAS threads (NumPy's references spin otherwise)
+    per = max(1, len(os.sched_getaffinity(0)) // 8)  # (nproc)
+    assert all(f"{v}={os.environ.get(v, per)} " in tests for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"))
     # each conv2d record compared as soon as it is written, with another GPU's where this one has none
     order = [log.index(s) for s in ("START bench_conv2d ", "compare_conv.py", "START bench_airbench ",
                                     "START bench_conv2d_airbench ", "conv2d-fake-gpu-airbench94.json --other-gpu-ok",
