@@ -1236,8 +1236,12 @@ def _binary_file(src, op_file, dt, arch, device, tf32=False):
 
 def _file_arch(op_file, arch) -> str:
     """What ``kernels/<op_file>.cu`` is built for where the others build for ``arch``: sm_90a
-    for the :data:`ARCH_SPECIFIC` files on Hopper (wgmma exists only there), else ``arch``."""
-    return "sm_90a" if arch == "sm_90" and op_file in ARCH_SPECIFIC else arch
+    for the :data:`ARCH_SPECIFIC` files on Hopper (wgmma exists only there), else ``arch``. With
+    ``GPUCONV_WGMMA=0`` (the tiles off: :func:`wgmma_available`) they keep the portable sm_90
+    build, which compiles no wgmma: a GPU, driver or NVRTC where the sm_90a build fails to compile
+    or load still runs every other tensor-core kernel of those files."""
+    wgmma = op_file in ARCH_SPECIFIC and _env.flag("GPUCONV_WGMMA", default=True)
+    return "sm_90a" if arch == "sm_90" and wgmma else arch
 
 
 def _device_arch(op_file, device) -> str:

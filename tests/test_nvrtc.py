@@ -663,6 +663,14 @@ def test_precompile_builds_for_the_arch_each_file_runs_in(fake_gpu, monkeypatch)
     kernels.precompile(0, files=("conv2d_tc", "relu"))  # a Hopper device (the fake's capability 9.0)
     assert set(seen) == {("conv2d_tc", "sm_90a"), ("relu", "sm_90")}
     seen.clear()
+    # the wgmma tiles off (the battery after a failed probe): the portable build, which holds no
+    # wgmma, so that an sm_90a build that fails to compile or load takes no other kernel with it
+    with monkeypatch.context() as m:
+        m.setenv("GPUCONV_WGMMA", "0")
+        kernels.precompile(0, files=("conv2d_tc", "relu"))
+        kernels.precompile(arch="sm_90", files=("conv2d_tc",))
+    assert set(seen) == {("conv2d_tc", "sm_90"), ("relu", "sm_90")}
+    seen.clear()
     kernels.precompile(arch="sm_80", files=("conv2d_tc",))  # no GPU needed
     assert set(seen) == {("conv2d_tc", "sm_80")} and len(seen) == 5  # four dtypes and TF32
     seen.clear()
