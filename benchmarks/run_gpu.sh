@@ -13,7 +13,8 @@
 #   [smoke]   versions (and the Python modules the battery imports that are missing); every kernel
 #             build compiled at once (gpuconv precompile, in parallel); on a
 #             Hopper GPU the wgmma tiles against NumPy in a process of their own, the rest of the
-#             battery without them (GPUCONV_WGMMA=0) if they fail; every
+#             battery without them (GPUCONV_WGMMA=0, conv2d_tc built again without wgmma) if they
+#             fail; every
 #             kernel file loads; every kernel launched once against
 #             NumPy (benchmarks/sanitize_gpu.py), family by family. A failed check is reported and
 #             the battery goes on. On a machine without a usable GPU it ends here, in seconds.
@@ -30,7 +31,7 @@
 #             alike), against the same recipe in PyTorch eager (benchmarks/airbench_torch.py); then
 #             `gpuconv train --recipe airbench94` (bf16 here) end to end on the real subset (GELU,
 #             the reflect translation, lookahead, TTA level 2): its log holds seconds per epoch and
-#             the accuracy
+#             the accuracy; then the same with --cuda-graph
 #   [conv]    the airbench94 network's layers as bench_conv2d's above, in bf16 at its batch 1024,
 #             and compare_conv on them
 #   [step]    bench_step: images/s of a training step vs PyTorch eager, eager and replayed as a
@@ -188,6 +189,8 @@ from gpuconv import backend
 print("gpuconv", gpuconv.__version__, "|", backend.cuda_status())
 EOF
     git rev-parse --short HEAD 2>/dev/null | sed 's/^/git commit /'
+    echo "data: ${GPUCONV_DATA:-none: no .gpu-data/cifar-10-batches-py (make gpu-data, carry .gpu-data); the real-subset \
+stages and tests will fail}"
     [ -z "$(git status --porcelain --untracked-files=no 2>/dev/null)" ] || echo "git: tracked files differ from that commit"
 } 2>&1 | tee "$LOGS/versions.log" >>"$LOGS/run_gpu.log"
 cat "$LOGS/versions.log"
@@ -220,6 +223,9 @@ if [ "${GPUCONV_WGMMA:-1}" != 0 ] && timeout -k 5 60 "$PY" -c "$HOPPER" 2>/dev/n
         --variants tcwg tcwg256 tcwgn64 tcwgm64; then
         export GPUCONV_WGMMA=0
         log "the wgmma tiles failed (wgmma_probe.log): every later stage runs without them (GPUCONV_WGMMA=0)"
+        # which builds conv2d_tc for sm_90, without wgmma: its builds at once, not one by one inside
+        # the first stages that launch them
+        stage precompile_without_wgmma 90 "$PY" -m gpuconv precompile && save_caches
     fi
 fi
 if ! stage smoke 90 "$PY" benchmarks/sanitize_gpu.py; then
@@ -256,7 +262,8 @@ if want tests; then
     if has_module pytest_timeout; then PYTEST+=(--timeout 60 --timeout-method thread)
     else log "pytest-timeout missing: no per-test timeout (only the stage's cap)"; fi
     # the first hardware runs first (collection order is the order xdist hands tests out in)
-    FIRST=(tests/test_graphs.py tests/test_wgmma.py tests/test_autotune.py)
+    FIRST=()
+    for f in tests/test_graphs.py tests/test_wgmma.py tests/test_autotune.py; do [ ! -f "$f" ] || FIRST+=("$f"); done
     REST=()
     for f in tests/test_*.py; do case " ${FIRST[*]} " in *" $f "*) ;; *) REST+=("$f") ;; esac; done
     stage tests 150 env "${BLAS[@]}" "$PY" -m pytest "${PYTEST[@]}" "${FIRST[@]}" "${REST[@]}"
@@ -293,7 +300,10 @@ if want airbench; then
     # user's, with links planted in it), removed afterwards
     airbench_out=$(mktemp -d "${TMPDIR:-/tmp}/gpuconv-airbench.XXXXXX")
     stage airbench 120 "$PY" -m gpuconv train --recipe airbench94 --device cuda --data "${GPUCONV_DATA:-.gpu-data}" \
-        --out "$airbench_out" --no-progress
+        --out "$airbench_out/eager" --no-progress
+    # the same run with every step replayed as a CUDA graph, through the command line's flag
+    stage airbench_graph 120 "$PY" -m gpuconv train --recipe airbench94 --device cuda --data "${GPUCONV_DATA:-.gpu-data}" \
+        --out "$airbench_out/graph" --no-progress --cuda-graph
     rm -rf "$airbench_out"
 fi
 if want conv; then

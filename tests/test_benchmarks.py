@@ -409,6 +409,7 @@ def test_gpu_battery_without_a_gpu_fails_in_seconds_and_still_reports(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["records.tar.gz", "run_gpu.log", "summary.txt"]
     log = (out / "run_gpu.log").read_text()
     assert "numpy" in log and "python modules missing:" in log and "stopping" in proc.stdout
+    assert "data: " in log  # the real subset's path, or what its absence costs
 
 
 FAKE_PYTHON = """#!/usr/bin/env bash
@@ -419,7 +420,8 @@ case "$*" in
   *bench_ops*) echo "fake python: timing max pool"; sleep 60 ;;
   *"--only conv_tc"*) [ -z "${FAKE_WGMMA_FAILS:-}" ] || { echo "CUDARuntimeError: illegal instruction" >&2; exit 1; }
      echo "fake python: wgmma probe" ;;
-  *"gpuconv precompile"*) mkdir -p "$GPUCONV_CUDA_CACHE"; echo "fake cubin" > "$GPUCONV_CUDA_CACHE/conv2d_tc.cubin" ;;
+  *"gpuconv precompile"*) mkdir -p "$GPUCONV_CUDA_CACHE"
+     echo "fake cubin" > "$GPUCONV_CUDA_CACHE/conv2d_tc-${GPUCONV_WGMMA:-1}.cubin" ;;
   *"bench_conv2d.py --layers airbench94"*) mkdir -p "$GPUCONV_BENCH_RESULTS"
      echo '{"name": "conv2d"}' > "$GPUCONV_BENCH_RESULTS/conv2d-fake-gpu-airbench94.json" ;;
   *bench_conv2d*) mkdir -p "$GPUCONV_BENCH_RESULTS"; echo '{"name": "conv2d"}' > "$GPUCONV_BENCH_RESULTS/conv2d-fake-gpu.json" ;;
@@ -454,16 +456,16 @@ def test_gpu_battery_caps_every_stage_and_publishes_after_each(tmp_path):
     # the first measurements of a GPU first (tests, conv2d against the last record, the airbench94
     # recipe eager, graphed and in PyTorch), what was measured before last
     assert names == ["precompile", "wgmma_probe", "smoke", "tests", "bench_conv2d", "bench_airbench", "airbench",
-                     "bench_conv2d_airbench", "bench_step", "bench_step_autotune", "sanitizer_memcheck",
+                     "airbench_graph", "bench_conv2d_airbench", "bench_step", "bench_step_autotune", "sanitizer_memcheck",
                      "sanitizer_racecheck", "profile_step", "bench_ops", "bench_cs231n", "bench_epoch", "parity", "ncu",
                      "bench_airbench96", "bench_airbench_muon"], summary
     status = [line.split()[0] for line in summary]
     # bench_ops is cut at its 40 s cap, though it would hang for 60; then the 56 s budget, less the
     # 10 s kept for the caches, leaves under 15 s: every later stage is skipped, none is run short.
-    assert status == ["ok"] * 13 + ["TIMEOUT"] + ["SKIPPED"] * 6, summary
-    assert summary[13].endswith("last output: fake python: timing max pool")  # where the cut stage was
-    assert all(re.search(r"\d+s of the budget left$", line) for line in summary[14:])
-    assert all(len(line.split()) == 3 for line in summary[:13])
+    assert status == ["ok"] * 14 + ["TIMEOUT"] + ["SKIPPED"] * 6, summary
+    assert summary[14].endswith("last output: fake python: timing max pool")  # where the cut stage was
+    assert all(re.search(r"\d+s of the budget left$", line) for line in summary[15:])
+    assert all(len(line.split()) == 3 for line in summary[:14])
     log = (out / "run_gpu.log").read_text()
     assert "GPUCONV_WGMMA=unset" in log  # the probe passed: the tiles stay on
     # every GPU test reported (no --maxfail), named as it ends, a hung one ended by a thread; the
@@ -481,6 +483,8 @@ def test_gpu_battery_caps_every_stage_and_publishes_after_each(tmp_path):
                                     "START bench_step ")]
     assert order == sorted(order) and "conv2d-fake-gpu.json --other-gpu-ok" in log
     assert "bench_airbench.py --precisions bf16,fp32 --save" in log  # the recipe's precision first
+    graph = next(line for line in log.splitlines() if "START airbench_graph" in line)  # the CLI's flag, on real data
+    assert graph.endswith("--no-progress --cuda-graph") and "--recipe airbench94" in graph
     assert sorted(p.name for p in out.iterdir()) == ["caches.tar.gz", "records.tar.gz", "run_gpu.log", "summary.txt"]
     with tarfile.open(out / "records.tar.gz") as tar:
         members = tar.getnames()
@@ -518,7 +522,7 @@ def test_gpu_battery_publishes_the_versions_and_the_caches_before_a_stage_hangs(
         else:
             assert (out / "summary.txt").read_text().split()[:2] == ["ok", "precompile"]
             with tarfile.open(out / "caches.tar.gz") as tar:
-                assert ".cache/gpuconv/cuda/conv2d_tc.cubin" in tar.getnames()
+                assert ".cache/gpuconv/cuda/conv2d_tc-1.cubin" in tar.getnames()
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -563,10 +567,11 @@ def test_sanitize_gpu_runs_the_named_tiles_alone(capsys, monkeypatch):
 
 @pytest.mark.skipif(sys.platform != "linux", reason="bash script")
 def test_gpu_battery_runs_on_without_the_wgmma_tiles_when_their_probe_fails(tmp_path):
-    proc, out, _ = run_battery(tmp_path, STAGES="tests", FAKE_WGMMA_FAILS="1", **_fake_tools(tmp_path))
+    proc, out, _ = run_battery(tmp_path, STAGES="tests caches", FAKE_WGMMA_FAILS="1", **_fake_tools(tmp_path))
     summary = (out / "summary.txt").read_text().splitlines()
     assert [line.split()[:2] for line in summary] == [["ok", "precompile"], ["FAILED(rc=1)", "wgmma_probe"],
-                                                      ["ok", "smoke"], ["ok", "tests"]], summary
+                                                      ["ok", "precompile_without_wgmma"], ["ok", "smoke"],
+                                                      ["ok", "tests"]], summary
     assert summary[1].endswith("CUDARuntimeError: illegal instruction")  # why, in the summary itself
     # the precompile's time is its longest build's (conv2d_tc's sm_90a builds, a minute or more on a
     # slow core): cut short, the probe would compile them inside its own cap and misread a timeout
@@ -574,6 +579,9 @@ def test_gpu_battery_runs_on_without_the_wgmma_tiles_when_their_probe_fails(tmp_
     log = (out / "run_gpu.log").read_text()
     assert "every later stage runs without them (GPUCONV_WGMMA=0)" in log
     assert "sanitize_gpu.py (GPUCONV_WGMMA=0)" in log and "GPUCONV_WGMMA=unset" not in log.split("wgmma_probe")[-1]
+    # conv2d_tc built again, for sm_90 without wgmma, at once; and handed on with the first builds
+    with tarfile.open(out / "caches.tar.gz") as tar:
+        assert {".cache/gpuconv/cuda/conv2d_tc-1.cubin", ".cache/gpuconv/cuda/conv2d_tc-0.cubin"} <= set(tar.getnames())
     assert proc.returncode == 1
 
 
