@@ -60,7 +60,8 @@
 # STAGES="tests conv" (say) runs the smoke stage and those groups; default: all of them.
 #
 # What comes back: $OUT (the device tool's folder, at most 8 files) is rewritten after EVERY stage,
-# so a run cut short still returns what finished: summary.txt (one line a stage; a stage that did
+# so a run cut short still returns what finished (and the running stage's output so far, in
+# running_stage.log, every GPU_RUN_PUBLISH_EVERY_S=10 s): summary.txt (one line a stage; a stage that did
 # not pass with its log's last line: pytest's counts, the exception, where a cut stage was),
 # run_gpu.log (all output), records.tar.gz (the JSON records of this run and the per-stage logs,
 # to unpack into benchmarks/results/), caches.tar.gz (last stage). Exit status 0 when every stage
@@ -86,6 +87,7 @@ PY="${PYTHON:-python3}"
 STAGES="${STAGES:-all}"
 BUDGET="${GPU_RUN_BUDGET_S:-480}"
 KEEP_FOR_CACHES=10
+EVERY="${GPU_RUN_PUBLISH_EVERY_S:-10}"  # seconds between copies of a running stage's output into $OUT
 START=$SECONDS
 STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
 RESULTS="${GPUCONV_BENCH_RESULTS:-benchmarks/results}"  # the benchmark scripts honour the same variable
@@ -149,8 +151,24 @@ stage() {
         return 1
     fi
     log "START $name (limit ${limit}s): $*"
+    # The stage's output so far into $OUT/running_stage.log every few seconds: a call cut by the
+    # device's own limit (a slow machine start leaves less than the budget) returns the stage it
+    # was in as far as it got (pytest's tests that ran, bench_airbench's sides timed).
+    local watcher=""
+    if [ -n "${OUT:-}" ]; then
+        (while sleep "$EVERY"; do
+            { echo "== $name, running (limit ${limit}s): $*"; cat "$LOGS/$name.log"; } >"$OUT/running_stage.log.tmp" 2>/dev/null &&
+                mv "$OUT/running_stage.log.tmp" "$OUT/running_stage.log"
+        done) &
+        watcher=$!
+    fi
     timeout --kill-after=5 "$limit" "$@" >"$LOGS/$name.log" 2>&1
     rc=$?
+    if [ -n "$watcher" ]; then
+        kill "$watcher" 2>/dev/null
+        wait "$watcher" 2>/dev/null
+        rm -f "$OUT/running_stage.log" "$OUT/running_stage.log.tmp"
+    fi
     cat "$LOGS/$name.log" >>"$LOGS/run_gpu.log"
     tail -n 25 "$LOGS/$name.log"
     if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then status="TIMEOUT"; elif [ "$rc" -ne 0 ]; then status="FAILED(rc=$rc)"; fi

@@ -495,13 +495,14 @@ def test_gpu_battery_caps_every_stage_and_publishes_after_each(tmp_path):
 @pytest.mark.skipif(sys.platform != "linux", reason="bash script")
 @pytest.mark.parametrize("hang", ["gpuconv precompile", "tests/test_graphs.py"])
 def test_gpu_battery_publishes_the_versions_and_the_caches_before_a_stage_hangs(tmp_path, hang):
-    """$OUT holds the versions (and an empty summary) before the first stage starts, and the kernel
-    caches as soon as the precompile stage has built them: a call cut during a hung stage still says
-    what machine and software it ran on, and hands the compiled kernels to the next run."""
+    """$OUT holds the versions (and an empty summary) before the first stage starts, the kernel
+    caches as soon as the precompile stage has built them, and a running stage's output so far: a
+    call cut during a hung stage still says what machine and software it ran on, how far that stage
+    got, and hands the compiled kernels to the next run."""
     import signal
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OUT": str(out), "GPUCONV_BENCH_RESULTS": str(tmp_path / "results"),
-           "HOME": str(tmp_path / "home"), "FAKE_HANG": hang, **_fake_tools(tmp_path)}
+           "HOME": str(tmp_path / "home"), "FAKE_HANG": hang, "GPU_RUN_PUBLISH_EVERY_S": "1", **_fake_tools(tmp_path)}
     proc = subprocess.Popen(["bash", str(BENCH / "run_gpu.sh")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=env, cwd=REPO, start_new_session=True)
     def text(name):
@@ -514,8 +515,12 @@ def test_gpu_battery_publishes_the_versions_and_the_caches_before_a_stage_hangs(
         deadline = time.monotonic() + 40
         while time.monotonic() < deadline and proc.poll() is None and not ready():
             time.sleep(0.2)
-        time.sleep(1)
+        time.sleep(2.5)
         assert proc.poll() is None, f"the battery ended before {hang} hung"
+        # the hung stage's output so far, under its name
+        running = text("running_stage.log")
+        assert running.startswith(f"== {'precompile' if hang.startswith('gpuconv') else 'tests'}, running (limit ")
+        assert running.rstrip().endswith("fake python: hanging")
         assert "fake python: versions" in (out / "run_gpu.log").read_text()
         if hang.startswith("gpuconv"):
             assert (out / "summary.txt").read_text() == "" and not (out / "caches.tar.gz").exists()
