@@ -417,6 +417,7 @@ FAKE_PYTHON = """#!/usr/bin/env bash
 # the wgmma probe where FAKE_WGMMA_FAILS is set, and the command that FAKE_HANG names.
 case "$*" in
   *"${FAKE_HANG:-no such command}"*) echo "fake python: hanging"; sleep 60 ;;
+  *"find_spec('${FAKE_MISSING:-no such module}')"*) exit 1 ;;
   *bench_ops*) echo "fake python: timing max pool"; sleep 60 ;;
   *"--only conv_tc"*) [ -z "${FAKE_WGMMA_FAILS:-}" ] || { echo "CUDARuntimeError: illegal instruction" >&2; exit 1; }
      echo "fake python: wgmma probe" ;;
@@ -588,6 +589,23 @@ def test_gpu_battery_runs_on_without_the_wgmma_tiles_when_their_probe_fails(tmp_
     with tarfile.open(out / "caches.tar.gz") as tar:
         assert {".cache/gpuconv/cuda/conv2d_tc-1.cubin", ".cache/gpuconv/cuda/conv2d_tc-0.cubin"} <= set(tar.getnames())
     assert proc.returncode == 1
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="bash script")
+@pytest.mark.parametrize("missing", ["xdist", "pytest_timeout"])
+def test_gpu_battery_runs_its_tests_without_a_missing_pytest_plugin(tmp_path, missing):
+    """Nothing is pip-installed on a lent GPU: without pytest-xdist the GPU tests run in one process
+    (no -n, no BLAS thread split), without pytest-timeout with no per-test timeout, each said in the
+    log, where the unknown option would have failed the whole stage."""
+    proc, out, _ = run_battery(tmp_path, STAGES="tests", FAKE_MISSING=missing, **_fake_tools(tmp_path))
+    log = (out / "run_gpu.log").read_text()
+    tests = next(line for line in log.splitlines() if "START tests" in line)
+    assert (out / "summary.txt").read_text().splitlines()[-1].split()[:2] == ["ok", "tests"]
+    if missing == "xdist":
+        assert "pytest-xdist missing" in log and " -n " not in tests and "OPENBLAS_NUM_THREADS" not in tests
+        assert "--timeout 60" in tests
+    else:
+        assert "pytest-timeout missing" in log and "--timeout" not in tests and " -n 8 " in tests
 
 
 @pytest.mark.gpu
