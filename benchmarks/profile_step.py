@@ -6,6 +6,8 @@ gpuconv training step on the GPU, in each precision.
     python benchmarks/profile_step.py --models fast_net airbench94   # airbench94 at its batch 1024
     python benchmarks/profile_step.py --precisions bf16 --host-top 25  # and the host's costliest functions
     python benchmarks/profile_step.py --device sim --tiny   # no GPU: the mechanics, no times
+    python benchmarks/profile_step.py --device sim --tiny --stub-kernels --batch 8 --host-top 25
+        # no GPU: the Python host work of a step alone (the simulator's kernels do nothing)
 
 The step is gpuconv.amp.training_step, the trainer's. Two CUDA events are recorded around every
 leaf layer's forward and backward and around the whole step; events only record, so nothing
@@ -19,19 +21,31 @@ step launches (``launches_per_step``, by name; on the simulator too), beside whi
 operations (a few casts, copies and fills; the data gradient's filter repacks outside mixed
 precision) add launches on a GPU.
 
+With ``--stub-kernels`` (the simulator only) the step is also run with every simulator kernel call
+made a no-op, after the validated steps: what remains is the host work of the layers, the
+launchers and the optimizer, the Python a GPU step pays before CuPy's own submit. The record's
+``host_stubbed`` holds, per model and precision, the function calls per step as cProfile counts
+them (``calls_per_step``; ``python_calls_per_step``: those of Python functions, without builtins
+and C methods) and the milliseconds per step of this CPU (the best of ``--repeat`` rounds of
+``STUB_STEPS`` steps, without the profiler); ``--host-top`` then profiles the stubbed step. The
+weights after stubbed steps are garbage: nothing is checked after them.
+
 Validation: the profiled step computes the same loss as an unprofiled one from the same weights
 (the wrapping changes nothing), and every leaf layer ran forward and backward in each step.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import pathlib
 import sys
+import time
 from collections import Counter, defaultdict
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import common  # noqa: E402
+import numpy as np  # noqa: E402
 import gpuconv  # noqa: E402
 from gpuconv import amp  # noqa: E402
 from gpuconv import backend as B  # noqa: E402
@@ -42,6 +56,7 @@ from bench_step import HYPER, MODELS, batch_data  # noqa: E402
 
 NAME = "profile_step"
 PER_LAYER_TOP = 10  # layers the table shows per model and precision (the record keeps them all)
+STUB_STEPS = 20  # steps per timed round with --stub-kernels
 
 
 def _airbench(width=None):
@@ -138,10 +153,14 @@ def profile(factory, x, y, precision, args, checks, label):
     # Host time to submit a step (no synchronization; the layers unwrapped): near the step's GPU
     # time, the GPU waited on Python and the per-layer split shows launch gaps, not kernels.
     host_ms = common.host_submit_ms(lambda: step(xd, yd), args)
-    host_top = host_functions(lambda: step(xd, yd), args.repeat, args.host_top) if args.host_top else None
     with kernels.launch_log() as log:  # what one step launches: our kernels, by name
         step(xd, yd)
     launches = dict(sorted(Counter(log.names).items()))
+    stubbed = None
+    with stubbed_sim_kernels(args.stub_kernels):  # the last steps: the weights are garbage after them
+        if args.stub_kernels:
+            stubbed = stubbed_host(lambda: step(xd, yd), args.repeat)
+        host_top = host_functions(lambda: step(xd, yd), args.repeat, args.host_top) if args.host_top else None
     checks.close(f"{label}: the profiled step's loss equals an unprofiled one", loss, want, 1e-6)
     missing = [(n, d) for n, _ in clock.leaves for d in ("forward", "backward") if clock.calls[(n, d)] != args.repeat]
     checks.add(f"{label}: every leaf layer ran forward and backward in every step", not missing,
@@ -157,7 +176,49 @@ def profile(factory, x, y, precision, args, checks, label):
                  "share": (step_ms - layers_ms) / step_ms if step_ms else None})
     per_layer = [{"layer": n, "kind": v["kind"], "forward_ms": v["forward"], "backward_ms": v["backward"]}
                  for n, v in clock.per_layer(args.repeat).items()]
-    return rows, step_ms, host_ms, host_top, launches, per_layer
+    return rows, step_ms, host_ms, host_top, launches, per_layer, stubbed
+
+
+@contextlib.contextmanager
+def stubbed_sim_kernels(on=True):
+    """Inside, every simulator kernel call returns at once (``on``; else nothing changes): a step's
+    host work without the kernels' execution. Floating-point warnings of the garbage the untouched
+    outputs hold are silenced."""
+    if not on:
+        yield
+        return
+    from gpuconv.hostsim import _launch  # noqa: PLC0415
+    real = _launch.SimKernel.__call__
+    _launch.SimKernel.__call__ = lambda self, grid, block, args, shared_mem=0, reverse=None, stack_size=None: None
+    try:
+        with np.errstate(all="ignore"):
+            yield
+    finally:
+        _launch.SimKernel.__call__ = real
+
+
+def stubbed_host(fn, rounds):
+    """Host work of ``fn`` (a step, kernels stubbed): ``{"calls_per_step", "python_calls_per_step",
+    "ms_per_step"}``, the calls counted by cProfile over STUB_STEPS steps, the time the best of
+    ``rounds`` rounds of STUB_STEPS steps without the profiler."""
+    import cProfile  # noqa: PLC0415
+    import pstats  # noqa: PLC0415
+    fn()  # first-call memos filled
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(STUB_STEPS):
+            fn()
+        best = min(best, (time.perf_counter() - t0) * 1e3 / STUB_STEPS)
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(STUB_STEPS):
+        fn()
+    prof.disable()
+    stats = pstats.Stats(prof).stats
+    return {"calls_per_step": sum(v[1] for v in stats.values()) / STUB_STEPS,
+            "python_calls_per_step": sum(v[1] for (f, _, _), v in stats.items() if f != "~") / STUB_STEPS,
+            "ms_per_step": best}
 
 
 def host_functions(fn, steps, top):
@@ -205,6 +266,10 @@ def table(rec):
             common.print_table(sorted(timed, key=lambda r: -(r["forward_ms"] + r["backward_ms"]))[:PER_LAYER_TOP],
                                [("layer", "layer", ""), ("kind", "kind", ""), ("forward_ms", "fwd ms", ".3f"),
                                 ("backward_ms", "bwd ms", ".3f")])
+    for label, host in rec.get("host_stubbed", {}).items():
+        print(f"{label}, kernels stubbed: {host['calls_per_step']:.0f} function calls per step "
+              f"({host['python_calls_per_step']:.0f} of Python functions), {host['ms_per_step']:.3f} ms per step "
+              f"of host time on this CPU (best of {rec['repeat']} rounds of {STUB_STEPS} steps)")
     for label, top in rec["host_functions"].items():
         print(f"{label}: the host's costliest functions (cProfile, per step)")
         common.print_table(top, [("function", "function", ""), ("calls_per_step", "calls", ".0f"),
@@ -219,14 +284,19 @@ def main(argv=None):
     p.add_argument("--precisions", nargs="+", choices=amp.PRECISIONS, default=["fp32", "bf16"])
     p.add_argument("--host-top", type=int, default=0, metavar="N",
                    help="also profile the step's host time (cProfile) and record its N costliest functions")
+    p.add_argument("--stub-kernels", action="store_true",
+                   help="(--device sim) also measure the step's host work with the simulator's kernels stubbed out: "
+                        "function calls and ms per step (host_stubbed); --host-top then profiles that")
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--tiny" in argv and not any(a.startswith(("--warmup", "--repeat")) for a in argv):
         argv += ["--warmup", "1", "--repeat", "2"]
     args = common.parse(p, argv)
+    if args.stub_kernels and args.device != "sim":
+        p.error("--stub-kernels stubs the host simulator's kernels: add --device sim --tiny")
     rc = common.require_device(NAME, args)
     if rc is not None:
         return rc
-    checks, rows, steps, batches, hosts, tops, launches, layers = common.Checks(), [], {}, {}, {}, {}, {}, {}
+    checks, rows, steps, batches, hosts, tops, launches, layers, stubs = common.Checks(), [], {}, {}, {}, {}, {}, {}, {}
     with common.device_context(args):
         for name in args.models:
             factory, shape = PROFILED[name][1 if args.tiny else 0]
@@ -234,12 +304,14 @@ def main(argv=None):
             x, y = batch_data(shape, batch, seed=3)
             for precision in args.precisions:
                 label = f"{name} {precision}"
-                got, steps[label], hosts[label], tops[label], launches[label], layers[label] = profile(
+                got, steps[label], hosts[label], tops[label], launches[label], layers[label], stubbed = profile(
                     factory, x, y, precision, args, checks, label)
+                if stubbed is not None:
+                    stubs[label] = stubbed
                 rows += [dict(r, batch=batch) for r in got]
     rec = common.record(NAME, args, checks, rows, batch=batches, step_ms=steps, host_submit_ms=hosts,
                         host_functions={k: v for k, v in tops.items() if v is not None}, launches_per_step=launches,
-                        per_layer=layers)
+                        per_layer=layers, **({"host_stubbed": stubs} if stubs else {}))
     return common.finish(rec, args, table, checks)  # the record stands when a check failed: exit 1
 
 

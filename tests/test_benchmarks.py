@@ -130,6 +130,23 @@ def test_profile_step_on_the_simulator_wraps_every_layer_and_changes_nothing():
                                                   if m == "airbench94" and p == "bf16" and r["layers"]}
 
 
+def test_profile_step_stub_kernels_measures_the_host_work_alone():
+    """--stub-kernels: after the validated steps, the step's host work with the simulator's
+    kernels made no-ops: calls and ms per step, and the profile holds no simulator execution."""
+    proc = run_script("profile_step", "--device", "sim", "--tiny", "--json", "--models", "airbench94",
+                      "--precisions", "bf16", "--batch", "8", "--repeat", "1", "--stub-kernels", "--host-top", "400")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rec = json.loads(proc.stdout)
+    assert rec["validation"]["passed"]
+    host = rec["host_stubbed"]["airbench94 bf16"]
+    assert host["calls_per_step"] > host["python_calls_per_step"] > 0 and host["ms_per_step"] > 0
+    functions = [t["function"] for t in rec["host_functions"]["airbench94 bf16"]]
+    assert any(f.startswith("kernels.py") and f.endswith("(launch)") for f in functions)
+    assert not any(f.startswith("_launch.py") and "_pack" in f for f in functions)  # no argument was packed
+    proc = run_script("profile_step", "--stub-kernels")
+    assert proc.returncode == 2 and "--stub-kernels stubs the host simulator's kernels" in proc.stderr
+
+
 def test_profile_step_table_names_the_costliest_layers(capsys):
     """With GPU times (here made up), the table lists each run's costliest layers, forward plus
     backward, most first."""
