@@ -31,20 +31,25 @@ def _check(x, what):
         raise ValueError(f"{what} takes a 4-D (N, C, H, W) array; got shape {tuple(x.shape)}")
 
 
-def _orders(x) -> tuple:
-    """``(C-contiguous, NHWC memory)`` of the 4-D ``x``: whether its axes taken in NCHW order, and
-    in NHWC order, are C-contiguous (the flags of ``x`` and of its NHWC transpose), read off shape
-    and strides without making the transposed view (an op checks the layout of every array it
-    launches on, and a CuPy view costs microseconds of host time). Axes of length 1 take any
-    stride and an empty array is contiguous, as NumPy and CuPy say. Both answers come from one
-    lookup, memoized per (shape, strides, element size): a network asks about the same few
-    geometries at every step, several times per launch."""
-    return _orders_by_strides(x.shape, x.strides, x.itemsize)
-
-
 @functools.lru_cache(maxsize=4096)
 def _orders_by_strides(shape, strides, itemsize) -> tuple:
+    """``(C-contiguous, NHWC memory)`` of a 4-D array of this shape, strides and element size:
+    whether its axes taken in NCHW order, and in NHWC order, are C-contiguous (the flags of the
+    array and of its NHWC transpose), read off shape and strides without making the transposed
+    view (an op checks the layout of every array it launches on, and a CuPy view costs
+    microseconds of host time). Axes of length 1 take any stride and an empty array is
+    contiguous, as NumPy and CuPy say. Both answers come from one lookup, memoized: a network
+    asks about the same few geometries at every step, several times per launch (the predicates
+    below call it directly and read ``ndim`` as an attribute: no other Python call on that path)."""
     return _dense(shape, strides, itemsize, (0, 1, 2, 3)), _dense(shape, strides, itemsize, NHWC)
+
+
+def _ndim(x):
+    """``x.ndim``, None for what has none (None, a Python scalar)."""
+    try:
+        return x.ndim
+    except AttributeError:
+        return None
 
 
 def _dense(shape, strides, itemsize, order) -> bool:
@@ -62,16 +67,19 @@ def _dense(shape, strides, itemsize, order) -> bool:
 def is_channels_last(x) -> bool:
     """Whether the 4-D array ``x`` is stored NHWC: its (N, H, W, C) transpose is C-contiguous and
     it is not also plain C-contiguous (a tensor with C == 1 or H == W == 1 is both: NCHW wins)."""
-    if getattr(x, "ndim", None) != 4:
+    try:
+        if x.ndim != 4:
+            return False
+    except AttributeError:
         return False
-    nchw, nhwc_ = _orders(x)
+    nchw, nhwc_ = _orders_by_strides(x.shape, x.strides, x.itemsize)
     return nhwc_ and not nchw
 
 
 def nhwc_memory(x) -> bool:
     """Whether the 4-D ``x``'s memory is in NHWC order: channels_last, or a shape whose two
     layouts are the same memory (one channel, or 1x1 images)."""
-    return getattr(x, "ndim", None) == 4 and _orders(x)[1]
+    return _ndim(x) == 4 and _orders_by_strides(x.shape, x.strides, x.itemsize)[1]
 
 
 def run_channels_last(*arrays) -> bool:
@@ -79,9 +87,12 @@ def run_channels_last(*arrays) -> bool:
     them is in NHWC order and at least one is channels_last (not merely ambiguous)."""
     channels_last = False
     for a in arrays:
-        if getattr(a, "ndim", None) != 4:
+        try:
+            if a.ndim != 4:
+                return False
+        except AttributeError:
             return False
-        nchw, nhwc_ = _orders(a)
+        nchw, nhwc_ = _orders_by_strides(a.shape, a.strides, a.itemsize)
         if not nhwc_:
             return False
         channels_last = channels_last or not nchw
@@ -91,10 +102,20 @@ def run_channels_last(*arrays) -> bool:
 def to_channels_last(x):
     """``x`` with NHWC memory (logically NCHW still); ``x`` itself when it already is."""
     _check(x, "to_channels_last")
-    if nhwc_memory(x):
-        return x
-    xp = get_array_module(x)
-    return xp.ascontiguousarray(x.transpose(NHWC)).transpose(NCHW)
+    return nhwc_memory_of(x)
+
+
+def nhwc_memory_of(y):
+    """A 4-D ``y`` with NHWC memory (itself when it has it; else a copy), anything else as it is:
+    :func:`to_channels_last` without its argument check, for the ops' own results."""
+    try:
+        if y.ndim != 4:
+            return y
+    except AttributeError:
+        return y
+    if _orders_by_strides(y.shape, y.strides, y.itemsize)[1]:
+        return y
+    return get_array_module(y).ascontiguousarray(y.transpose(NHWC)).transpose(NCHW)
 
 
 def to_contiguous(x):
@@ -105,15 +126,14 @@ def to_contiguous(x):
 def nhwc(x):
     """The (N, H, W, C) array over the same values, C-contiguous: a view of a channels_last ``x``,
     a transposing copy otherwise."""
-    _check(x, "nhwc")
+    if _ndim(x) != 4:
+        _check(x, "nhwc")
     return get_array_module(x).ascontiguousarray(x.transpose(NHWC))
 
 
 def like(ref, y):
     """``y`` (4-D) in the layout of ``ref``: channels_last when ``ref`` is, else as it is."""
-    if y is None or getattr(y, "ndim", None) != 4 or not is_channels_last(ref) or nhwc_memory(y):
-        return y
-    return to_channels_last(y)
+    return nhwc_memory_of(y) if is_channels_last(ref) else y
 
 
 def empty(xp, shape, dtype, channels_last=False):
@@ -135,8 +155,10 @@ def empty_like(x):
 def memory_order(x):
     """A C-contiguous view over ``x``'s memory: the NHWC view of a channels_last array, ``x``
     itself otherwise (what a kernel that walks flat memory is given)."""
-    if getattr(x, "ndim", None) == 4:
-        nchw, nhwc_ = _orders(x)
-        if nhwc_ and not nchw:
-            return x.transpose(NHWC)
-    return x
+    try:
+        if x.ndim != 4:
+            return x
+    except AttributeError:
+        return x
+    nchw, nhwc_ = _orders_by_strides(x.shape, x.strides, x.itemsize)
+    return x.transpose(NHWC) if nhwc_ and not nchw else x

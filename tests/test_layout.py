@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import gpuconv
-from gpuconv import layout, nn
+from gpuconv import kernels, layout, nn
 from gpuconv.ops import (avg_pool2d_backward, avg_pool2d_forward, batchnorm2d_backward, batchnorm2d_forward,
                          conv2d_backward, conv2d_forward, dropout_backward, dropout_forward, max_pool2d_backward,
                          max_pool2d_forward, relu_backward, relu_forward)
@@ -52,8 +52,14 @@ def test_layout_checks_read_the_flags_of_the_transposes_they_skip():
         assert layout.is_channels_last(x) == want_cl, (x.shape, x.strides)
         m = layout.memory_order(x)
         assert (m.flags.c_contiguous and m.base is not None) if want_cl else m is x
+        nm = layout.nhwc_memory_of(x)  # the ops' results made channels_last: a copy only where needed
+        assert nm is x if want_nhwc else (nm.transpose(layout.NHWC).flags.c_contiguous and np.array_equal(nm, x))
+        assert kernels.address(x) == x.ctypes.data
         seen += want_cl
     assert seen > 10  # channels_last arrays were drawn, not only the others
+    for other in (None, 3, 2.5, np.float32(1), np.zeros((2, 3), np.float32)):  # no 4-D array: no layout
+        assert not layout.is_channels_last(other) and not layout.nhwc_memory(other)
+        assert layout.memory_order(other) is other and layout.nhwc_memory_of(other) is other
 
 
 

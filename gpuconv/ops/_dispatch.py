@@ -100,7 +100,7 @@ def call_elementwise_backward(op_name, reference, dy, cache):
 
 
 def _run(op_name, target, reference, args):
-    launcher = get_launcher(op_name, target)
+    launcher = None if target is None else _LAUNCHERS.get((op_name, target))  # get_launcher(op_name, target)
     if launcher is not None:
         out = launcher(*args, target=target)
         if out is not NotImplemented:
@@ -117,12 +117,16 @@ def _keep_layout(args, out):
     """``out`` with its activation (the result itself, or the first of a tuple: y of (y, cache),
     dx of (dx, dw, db)) channels_last when the first 4-D array among ``args`` is. Parameter
     gradients keep the parameters' own layout."""
-    ref = next((a for a in args if getattr(a, "ndim", None) == 4), None)
-    if ref is None or not layout.is_channels_last(ref):
+    for ref in args:  # the first 4-D array
+        if getattr(ref, "ndim", None) == 4:
+            break
+    else:
+        return out
+    if not layout.is_channels_last(ref):
         return out
     if type(out) is tuple:
-        return (layout.like(ref, out[0]),) + out[1:]
-    return layout.like(ref, out)
+        return (layout.nhwc_memory_of(out[0]),) + out[1:]
+    return layout.nhwc_memory_of(out)
 
 
 def has_kernels(op_name) -> bool:
