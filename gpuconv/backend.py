@@ -224,7 +224,8 @@ def get_array_module(*arrays, names=None):
     :class:`DeviceMismatchError` (a TypeError) naming both: by ``names`` (one per array, as the
     caller knows them, e.g. ``("x", "w", "b")``), else by position ('argument 0'). (Every op calls
     this, several times: NumPy arrays and a machine without CuPy are answered first.)"""
-    if cupy_module() is None:  # no CuPy: whatever was passed, the arrays are NumPy's
+    cp = cupy_module()
+    if cp is None:  # no CuPy: whatever was passed, the arrays are NumPy's
         return np
     first_np = first_cp = None
     for i, a in enumerate(arrays):
@@ -247,7 +248,7 @@ def get_array_module(*arrays, names=None):
             f"{_arg_name(names, first_np)} is a numpy.ndarray (host) and {_arg_name(names, first_cp)} is a "
             "cupy.ndarray (GPU): put both on one device first, e.g. gpuconv.to_device(x, 'cuda') or "
             "gpuconv.asnumpy(x)")
-    return cupy_module() if first_cp is not None else np
+    return cp if first_cp is not None else np
 
 
 def _arg_name(names, i) -> str:
@@ -283,7 +284,8 @@ def kernel_target(*arrays, names=None) -> str | None:
     xp = get_array_module(*arrays, names=names)
     if xp is not np:
         return "cuda"
-    return "sim" if get_default_device().kind == "sim" else None
+    dev = _default_device.get()  # get_default_device()'s answer, read without a call once it is set
+    return "sim" if (dev if dev is not None else get_default_device()).kind == "sim" else None
 
 
 # ----------------------------------------------------------------------------- transfers

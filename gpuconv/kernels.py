@@ -159,6 +159,7 @@ VARIANTS = {
 }
 
 
+@functools.lru_cache(maxsize=1024)  # asked at every convolution launch, of a few geometries
 def auto_variant(family: str, dtype, tf32: bool, channels: int) -> str:
     """The variant "auto" runs for ``family`` on ``dtype`` (TF32 mode when ``tf32``) when the
     GEMM's output-channel count is ``channels`` (see the rule above VARIANTS)."""
@@ -1443,8 +1444,12 @@ def _function_handle(fn) -> int:
 def grid_1d(n: int, block: int = BLOCK, target: str = "sim", device: int | None = None):
     """(grid, block) for the grid-stride elementwise kernels: one thread per element up to
     32 blocks per SM (beyond that the loop strides; more blocks only add scheduling)."""
-    blocks = max(1, min(-(-int(n) // block), 32 * sm_count(target, device)))
-    return (blocks, 1, 1), (block, 1, 1)
+    return _grid_1d(int(n), block, sm_count(target, device))
+
+
+@functools.lru_cache(maxsize=4096)
+def _grid_1d(n: int, block: int, sms: int):
+    return (max(1, min(-(-n // block), 32 * sms)), 1, 1), (block, 1, 1)
 
 
 GRID_X_MAX, GRID_Y_MAX, GRID_Z_MAX = 2**31 - 1, 65535, 65535  # CUDA's grid limits (compute capability >= 3.0)
@@ -1477,7 +1482,7 @@ def launch_1d(op_file: str, kernel: str, target: str, arrays, scalars=(), per_th
         return
     device = array_device(arrays[:1])
     grid, block = grid_1d(-(-n // per_thread), BLOCK, target, device)
-    memory = tuple(layout.memory_order(a) for a in arrays)  # channels_last arrays as their NHWC views
+    memory = tuple([layout.memory_order(a) for a in arrays])  # channels_last arrays as their NHWC views
     launch(op_file, kernel, arrays[0].dtype, target, grid, block, memory + (np.int64(n),) + tuple(scalars),
            device=device)
 
@@ -1489,8 +1494,8 @@ def launch_slots(op_file: str, kernel: str, dtype, target: str, slots, sizes, wi
     their element counts, ``idle`` the tuple that fills each unused slot (arrays of the first,
     no elements), ``extra`` the arguments after the slots. Grid y picks the slot, x strides over
     its elements (:func:`grid_1d` for the largest)."""
-    args = tuple(a for slot in slots for a in slot) + tuple(idle) * (width - len(slots)) + tuple(extra)
-    grid, block = grid_1d(max(int(n) for n in sizes), BLOCK, target, device)
+    args = tuple([a for slot in slots for a in slot]) + tuple(idle) * (width - len(slots)) + tuple(extra)
+    grid, block = grid_1d(max([int(n) for n in sizes]), BLOCK, target, device)
     launch(op_file, kernel, dtype, target, (grid[0], len(slots), 1), block, args, device=device)
 
 
@@ -1514,7 +1519,11 @@ INT_MAX = 2**31 - 1  # the kernels index rows, columns and offsets with int
 def int_indexable(*sizes, spare: int = 0) -> bool:
     """Whether every size (element or byte counts, as the kernel indexes them), with ``spare`` more
     for a tile's overhang past its last row, stays an int."""
-    return all(s <= INT_MAX - spare for s in sizes)
+    limit = INT_MAX - spare
+    for s in sizes:
+        if s > limit:
+            return False
+    return True
 
 
 @functools.lru_cache(maxsize=4096)
@@ -1526,6 +1535,8 @@ def int32_args(values: tuple) -> tuple:
 
 def address(a) -> int:
     """The address of a NumPy or CuPy array's first element (what alignment rules are about)."""
+    if type(a) is np.ndarray:  # read off the array interface: no ctypes object made per launch
+        return a.__array_interface__["data"][0]
     return a.data.ptr if backend.is_cupy_array(a) else a.ctypes.data
 
 
@@ -1538,8 +1549,12 @@ def vec_lanes(arrays, channels: int, channels_last: bool) -> int:
     them where the arrays are channels_last, ``channels`` is a multiple and every array is aligned
     to VEC_BYTES; else 1, the element kernel. ``arrays[0]`` gives the element size."""
     lanes = VEC_BYTES // arrays[0].itemsize
-    ok = channels_last and channels % lanes == 0 and all(address(a) % VEC_BYTES == 0 for a in arrays)
-    return lanes if ok else 1
+    if not channels_last or channels % lanes:
+        return 1
+    for a in arrays:
+        if address(a) % VEC_BYTES:
+            return 1
+    return lanes
 
 
 # The last-block tickets per device (see tickets): every array ever handed out stays referenced, so
@@ -1571,7 +1586,7 @@ def array_device(arrays) -> int | None:
     if cp is not None:
         ndarray = cp.ndarray  # looked up once: this runs on every launch
         for a in arrays:
-            if isinstance(a, ndarray):
+            if type(a) is not np.ndarray and isinstance(a, ndarray):  # (NumPy's: the simulator's)
                 return backend.device_id(a)
     return None
 

@@ -544,8 +544,13 @@ class SGD(Optimizer):
         # The fused update, several parameters of a group per launch (kernels/optim.cu); a
         # parameter the kernel does not take runs the array form.
         batches = {}
+        hypers = {}  # per parameter group: hyper(i) is the group's for each of its parameters
+        if not hasattr(self, "_groups"):
+            self._finish_groups()
         for i, p, state in self._with_grads():
-            h = self.hyper(i)
+            h = hypers.get(self._group_of[i])
+            if h is None:
+                h = hypers[self._group_of[i]] = self.hyper(i)
             item = _fused_sgd_operands(p, state, h)
             if item is None:
                 self._update(p, state, h)

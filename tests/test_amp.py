@@ -585,3 +585,59 @@ def test_a_model_that_cannot_be_a_dictionary_key_still_evaluates():
     x, y = batch(4)
     assert amp.model_lock(net) is amp._SHARED_LOCK
     assert evaluate(net, [(x, y)], precision="bf16")["n"] == 4
+
+
+# ----------------------------------------------------------------------------- the host's memos
+def _forget_host_memos():
+    """Every memo of the launch path emptied: the next launch computes its layouts, grid, variant,
+    output sizes and int32 arguments anew."""
+    from gpuconv import layout
+    from gpuconv.ops import _checks
+    layout._orders_by_strides.cache_clear()
+    kernels._grid_1d.cache_clear()
+    kernels.auto_variant.cache_clear()
+    kernels.int32_args.cache_clear()
+    kernels._variant_memo.clear()
+    _checks._conv_output_size.cache_clear()
+
+
+def test_training_steps_with_the_host_memos_equal_steps_that_compute_everything_anew(monkeypatch):
+    """The launch path's memos change no launch and no bit: steps of airbench94 and fast_net on the
+    simulator, bf16 and fp32 interleaved (so that the memos hold several geometries and dtypes at
+    once), launch the same kernels with the same grids and blocks and give the same losses and
+    weights, bit for bit, as the same steps with every memo emptied before each launch."""
+    from gpuconv import cli, models
+    factories = {"airbench94": lambda: cli.build_model("airbench94", width=2)[0],
+                 "fast_net": lambda: models.fast_net(width=2)}
+    x, y = batch(6, seed=3)
+
+    def run():
+        losses, launches = [], []
+        with gpuconv.default_device("sim"):
+            nets = {(name, p): make() for name, make in factories.items() for p in ("bf16", "fp32")}
+            opts = {k: SGD(net.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
+                    for k, net in nets.items()}
+            for _ in range(2):
+                for (name, precision), net in nets.items():
+                    xd = gpuconv.to_channels_last(x) if amp.channels_last_for(precision) else x
+                    with kernels.launch_log() as log:
+                        losses.append(amp.training_step(net, opts[(name, precision)], xd, y, precision)[0].copy())
+                    launches.append([(r.name, r.grid, r.block) for r in log])
+            weights = {k: [p.data.copy() for p in net.parameters()] for k, net in nets.items()}
+        return losses, launches, weights
+
+    warm = run()
+    launch = kernels.launch
+
+    def cold_launch(*args, **kw):
+        _forget_host_memos()
+        return launch(*args, **kw)
+
+    monkeypatch.setattr(kernels, "launch", cold_launch)
+    cold = run()
+    assert warm[1] == cold[1] and len(warm[1]) == 8 and all(warm[1])
+    for a, b in zip(warm[0], cold[0]):
+        np.testing.assert_array_equal(a, b)
+    for k in warm[2]:
+        for a, b in zip(warm[2][k], cold[2][k]):
+            np.testing.assert_array_equal(a, b, err_msg=str(k))

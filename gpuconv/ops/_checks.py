@@ -33,7 +33,8 @@ def check_array(name, a):
 
 def check_float(name, a):
     """``a`` must be a float64, float32 (the default), bfloat16 or float16 array (gpuconv.precision)."""
-    check_array(name, a)
+    if type(a) is not np.ndarray:  # (check_array's own first test, without the call per array)
+        check_array(name, a)
     if a.dtype not in DTYPES:
         raise TypeError(f"{name} has dtype {a.dtype}, but ops take {DTYPE_NAMES} arrays (float32 is the "
                         f"default, float64 for gradient checks): convert it with {name}.astype(np.float32)")
@@ -169,8 +170,12 @@ def output_hw(x_shape, filt_hw, stride, padding=None, floor=None):
     ``floor``: PyTorch's rule (see :func:`conv_output_size`; None: the op has no floor option)."""
     padded = padding is not None
     ph, pw = padding if padded else (0, 0)
-    return (conv_output_size(x_shape[2], filt_hw[0], stride[0], ph, "height", padded, floor),
-            conv_output_size(x_shape[3], filt_hw[1], stride[1], pw, "width", padded, floor))
+    try:  # conv_output_size's memo, asked directly (every conv and pool asks, at every call)
+        return (_conv_output_size(x_shape[2], filt_hw[0], stride[0], ph, "height", padded, floor),
+                _conv_output_size(x_shape[3], filt_hw[1], stride[1], pw, "width", padded, floor))
+    except TypeError:  # as conv_output_size handles it
+        return (conv_output_size(x_shape[2], filt_hw[0], stride[0], ph, "height", padded, floor),
+                conv_output_size(x_shape[3], filt_hw[1], stride[1], pw, "width", padded, floor))
 
 
 def check_floor(floor) -> bool:

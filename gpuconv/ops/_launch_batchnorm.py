@@ -58,8 +58,11 @@ def _layout(*arrays, was_channels_last=False):
     return tuple(xp.ascontiguousarray(a) for a in arrays), False
 
 
-def _launch(kernel, dtype, target, grid, block, args, device):
-    args = tuple(layout.memory_order(a) if getattr(a, "ndim", 0) == 4 else a for a in args)
+def _launch(kernel, dtype, target, grid, block, args, device, cl=True):
+    """A launch with the 4-D arrays among ``args`` as their memory order (NHWC views of
+    channels_last ones); ``cl`` False: the arrays are C-contiguous, passed as they are."""
+    if cl:  # (every argument is an array or a NumPy scalar: each has ndim)
+        args = tuple([layout.memory_order(a) if a.ndim == 4 else a for a in args])
     kernels.launch("batchnorm", kernel, dtype, target, grid, block, args, device=device)
 
 
@@ -72,7 +75,7 @@ def _reduce(kernel, dtype, target, inputs, outputs, acc_dtype, c, hw, count, cl,
     tickets = kernels.tickets(inputs[0], -(-c // LANES))
     _launch(kernel, dtype, target, grid, block,
             inputs + (partial,) + outputs + (tickets, np.int32(splits), np.int32(c), np.int32(hw), np.int32(count),
-                                             np.int32(chunk)) + scalars + (np.int32(cl),), device)
+                                             np.int32(chunk)) + scalars + (np.int32(cl),), device, cl)
 
 
 def _vec(xp, a, dt):
@@ -87,11 +90,11 @@ def _elementwise(kernel, dtype, target, arrays, scalars, c, hw, cl, device):
     if lanes > 1:
         grid, block = kernels.grid_1d(total // lanes, kernels.BLOCK, target, device)
         _launch(kernel + "_vec", dtype, target, grid, block,
-                arrays + (np.int64(total // lanes), np.int32(c)) + scalars, device)
+                arrays + (np.int64(total // lanes), np.int32(c)) + scalars, device, cl)
     else:
         grid, block, _ = geometry(kernel, target, total=total, device=device)
         _launch(kernel, dtype, target, grid, block,
-                arrays + (np.int64(total), np.int32(c), np.int32(hw)) + scalars + (np.int32(cl),), device)
+                arrays + (np.int64(total), np.int32(c), np.int32(hw)) + scalars + (np.int32(cl),), device, cl)
 
 
 @register_launcher("batchnorm2d_forward")

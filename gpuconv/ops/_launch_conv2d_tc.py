@@ -63,13 +63,12 @@ def _nhwc_padded(x):
     """``x`` (logically NCHW) as a C-contiguous NHWC array whose channel count is padded with
     zeros to :func:`padded_channels`, starting on a 16-byte boundary; a view when ``x`` is
     channels_last with aligned channels already."""
-    xp = get_array_module(x)
     n, c, h, w = x.shape
     cp = padded_channels(c, x.dtype)
     a = layout.nhwc(x)
     if cp == c and kernels.address(a) % PIECE == 0:
         return a
-    out = xp.zeros((n, h, w, cp), dtype=x.dtype)
+    out = get_array_module(x).zeros((n, h, w, cp), dtype=x.dtype)
     out[..., :c] = a
     return out
 

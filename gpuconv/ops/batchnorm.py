@@ -89,9 +89,10 @@ def batchnorm2d_forward(x, gamma, beta, running_mean, running_var, training=True
         if training and a is not None and not getattr(a.flags, "writeable", True):  # (CuPy arrays are)
             raise ValueError(f"{name} is read-only, but training updates the running statistics in place: pass a "
                              f"writeable array ({name}.copy()), or training=False to normalize with them unchanged")
-    if not (isinstance(momentum, numbers.Real) and 0.0 <= momentum <= 1.0):
+    # (a float, the layers' own, first: the abstract-class check costs Python calls per layer per step)
+    if not ((type(momentum) is float or isinstance(momentum, numbers.Real)) and 0.0 <= momentum <= 1.0):
         raise ValueError(f"momentum must be a number in [0, 1] (weight of the new batch statistic), got {momentum!r}")
-    if not (isinstance(eps, numbers.Real) and eps > 0):
+    if not ((type(eps) is float or isinstance(eps, numbers.Real)) and eps > 0):
         raise ValueError(f"eps must be a positive number added to the variance, got {eps!r}; 1e-5 is the default")
     count = x.shape[0] * x.shape[2] * x.shape[3]
     if training and count < 2:
