@@ -95,32 +95,45 @@ def cast_parameters(model, dtype, backward: bool = True):
     filter also as the tensor-core data gradient reads it (CRSK, K padded to the kernels' 16-byte
     piece; ``_launch_conv2d_tc.pack_for_data_gradient``), which it would otherwise repack per
     call (``backward=False``, for evaluation, or a GPU without tensor cores: not). Anything else is cast by ``astype``."""
-    dt = None if dtype is None else np.dtype(dtype)
-    batch = []
+    _cast_each(_low_precision_parameters(model), dtype, backward)
+
+
+def _low_precision_parameters(model) -> list:
+    """The parameters :func:`cast_parameters` gives compute copies, in the model's order."""
+    out = []
     for m in model.modules():
         for name in getattr(m, "_low_precision_params", ()):
             p = getattr(m, name, None)
-            if p is None:
-                continue
-            if p.compute is not None:
-                tc.forget_packed(p.compute)
-            if dt is None or dt == p.data.dtype:
-                p.compute = None
-            elif _castable(p.data, dt):
-                xp = backend.get_array_module(p.data)
-                with backend.array_device_context((p.data,)):  # CuPy allocates on the current device
-                    p.compute = layout.empty(xp, p.data.shape, dt, channels_last=True) if p.data.ndim == 4 \
-                        else xp.empty(p.data.shape, dt)
-                    packed = _data_gradient_filters(xp, p.data, dt) if backward and _tensor_cores(p.data, dt) else None
-                batch.append((p.data, p.compute, 0))
-                if packed is not None:
-                    tc.pack_for_data_gradient(p.compute, packed)
-                    batch.append((p.data, packed, p.data.shape[0]))
-                while len(batch) >= CAST_TENSORS:
-                    _launch_cast(batch[:CAST_TENSORS])
-                    batch = batch[CAST_TENSORS:]
-            else:
-                p.compute = p.data.astype(dt)
+            if p is not None:
+                out.append(p)
+    return out
+
+
+def _cast_each(params, dtype, backward: bool = True):
+    """:func:`cast_parameters` over the list ``params`` (:func:`_low_precision_parameters`'s): a
+    step casts and clears the same parameters, from one walk of the model."""
+    dt = None if dtype is None else np.dtype(dtype)
+    batch = []
+    for p in params:
+        if p.compute is not None:
+            tc.forget_packed(p.compute)
+        if dt is None or dt == p.data.dtype:
+            p.compute = None
+        elif _castable(p.data, dt):
+            xp = backend.get_array_module(p.data)
+            with backend.array_device_context((p.data,)):  # CuPy allocates on the current device
+                p.compute = layout.empty(xp, p.data.shape, dt, channels_last=True) if p.data.ndim == 4 \
+                    else xp.empty(p.data.shape, dt)
+                packed = _data_gradient_filters(xp, p.data, dt) if backward and _tensor_cores(p.data, dt) else None
+            batch.append((p.data, p.compute, 0))
+            if packed is not None:
+                tc.pack_for_data_gradient(p.compute, packed)
+                batch.append((p.data, packed, p.data.shape[0]))
+            while len(batch) >= CAST_TENSORS:
+                _launch_cast(batch[:CAST_TENSORS])
+                batch = batch[CAST_TENSORS:]
+        else:
+            p.compute = p.data.astype(dt)
     if batch:
         _launch_cast(batch)
 
@@ -177,9 +190,10 @@ def autocast(model, precision: str, backward: bool = True):
     dt = compute_dtype(precision)
     low = dt != np.float32
     with model_lock(model):  # the copies live on the shared parameters: one block at a time
+        params = _low_precision_parameters(model) if low else []
         try:
             if low:  # (inside: copies made before a failure, an out-of-memory, are cleared too)
-                cast_parameters(model, dt, backward)
+                _cast_each(params, dt, backward)
             with precision_mode("tf32" if precision == "tf32" else "fp32"):
                 yield dt
         except DtypeMismatchError as exc:
@@ -194,7 +208,7 @@ def autocast(model, precision: str, backward: bool = True):
                                      "directly, model(x.astype(np.float64)))") from exc
         finally:
             if low:
-                cast_parameters(model, None)
+                _cast_each(params, None)
 
 
 _model_locks: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()

@@ -50,6 +50,23 @@ def test_autocast_makes_compute_copies_of_conv_and_linear_only_and_clears_them()
         assert dt == np.float32 and all(p.compute is None for p in net.parameters())
 
 
+def test_a_mixed_precision_step_walks_the_model_once_to_cast_and_clear(monkeypatch):
+    """autocast casts and clears the parameters of one walk of the model (each walk is a Python
+    call per layer, every step), and clears every copy it made, also after a failed forward."""
+    net = small_net()
+    params = net.parameters()
+    walks = []
+    real = Sequential.named_modules
+    monkeypatch.setattr(Sequential, "named_modules", lambda self, *a: walks.append(self) or real(self, *a))
+    with amp.autocast(net, "bf16"):
+        assert sum(p.compute is not None for p in params) == 6  # conv and linear weights and biases
+    assert walks == [net] and all(p.compute is None for p in params)
+    with pytest.raises(RuntimeError, match="in the forward"):
+        with amp.autocast(net, "bf16"):
+            raise RuntimeError("in the forward")
+    assert all(p.compute is None for p in params)
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_low_precision_backward_accumulates_float32_gradients(precision):
     net = small_net()
