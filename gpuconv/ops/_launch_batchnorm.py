@@ -55,7 +55,7 @@ def _layout(*arrays, was_channels_last=False):
     if layout.run_channels_last(*arrays) or (was_channels_last and all(map(layout.nhwc_memory, arrays))):
         return arrays, True
     xp = get_array_module(*arrays)
-    return tuple(xp.ascontiguousarray(a) for a in arrays), False
+    return tuple([xp.ascontiguousarray(a) for a in arrays]), False
 
 
 def _launch(kernel, dtype, target, grid, block, args, device, cl=True):
@@ -76,10 +76,6 @@ def _reduce(kernel, dtype, target, inputs, outputs, acc_dtype, c, hw, count, cl,
     _launch(kernel, dtype, target, grid, block,
             inputs + (partial,) + outputs + (tickets, np.int32(splits), np.int32(c), np.int32(hw), np.int32(count),
                                              np.int32(chunk)) + scalars + (np.int32(cl),), device, cl)
-
-
-def _vec(xp, a, dt):
-    return xp.ascontiguousarray(a, dtype=dt)
 
 
 def _elementwise(kernel, dtype, target, arrays, scalars, c, hw, cl, device):
@@ -108,12 +104,12 @@ def batchnorm2d_forward_kernel(x, gamma, beta, running_mean, running_var, traini
     cd = compute_dtype(x.dtype)
     (x,), cl = _layout(x)
     device = kernels.array_device((x,))
-    gamma, beta = _vec(xp, gamma, cd), _vec(xp, beta, cd)
+    gamma, beta = xp.ascontiguousarray(gamma, dtype=cd), xp.ascontiguousarray(beta, dtype=cd)
     inv_std = xp.empty(c, cd)
     has_running = running_mean is not None
     # The running statistics are updated in place: a non-contiguous one is updated through a copy.
-    rm = _vec(xp, running_mean, cd) if has_running else inv_std
-    rv = _vec(xp, running_var, cd) if has_running else inv_std
+    rm = xp.ascontiguousarray(running_mean, dtype=cd) if has_running else inv_std
+    rv = xp.ascontiguousarray(running_var, dtype=cd) if has_running else inv_std
     dtype = x.dtype
     if training:
         mean = xp.empty(c, cd)
@@ -149,8 +145,9 @@ def batchnorm2d_backward_kernel(dy, cache, *, target):
     cd = compute_dtype(dy.dtype)
     (dy, x), cl = _layout(dy, x, was_channels_last=layout.is_channels_last(x))
     device = kernels.array_device((dy,))
-    mean, gamma, inv_std = _vec(xp, mean, cd), _vec(xp, gamma, cd), _vec(xp, inv_std, cd)
-    beta = gamma if beta is None else _vec(xp, beta, cd)  # read only under a fused activation
+    mean, gamma = xp.ascontiguousarray(mean, dtype=cd), xp.ascontiguousarray(gamma, dtype=cd)
+    inv_std = xp.ascontiguousarray(inv_std, dtype=cd)
+    beta = gamma if beta is None else xp.ascontiguousarray(beta, dtype=cd)  # read only under a fused activation
     act = np.int32(ACTIVATIONS.index(activation))
     dgamma, dbeta = xp.empty(c, cd), xp.empty(c, cd)
     dtype = dy.dtype
