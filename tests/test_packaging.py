@@ -57,3 +57,20 @@ def test_installed_wheel_finds_and_runs_its_kernels(tmp_path):
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("ok")
+
+
+def test_the_checkout_tracks_no_virtual_environment():
+    """A `.venv` that is a symbolic link (a clone sharing another checkout's environment) is no
+    directory, so `.venv/` did not ignore it: `git add -A` committed the link, and checking that
+    commit out over a real environment replaced it (git overwrites ignored files) with a link to
+    itself. The link is untracked and `.venv` is ignored whether directory or link."""
+    git = ["git", "-C", str(REPO)]
+    if subprocess.run(git + ["rev-parse", "--git-dir"], capture_output=True).returncode:
+        pytest.skip("not a git checkout")
+    tracked = subprocess.run(git + ["ls-files", "--", ".venv"], capture_output=True, text=True,
+                             check=True).stdout.split()
+    assert tracked == []
+    # --no-index: ignored by the patterns whatever the index holds; a name with no trailing slash is
+    # matched as a file or link.
+    ignored = subprocess.run(git + ["check-ignore", "--no-index", "-q", ".venv"])
+    assert ignored.returncode == 0, ".gitignore must ignore .venv as a link, not only as a directory"
