@@ -485,9 +485,9 @@ class Trainer:
         if bad:
             self._diverged(f"the model's weights became NaN or Inf ({', '.join(bad[:3])}"
                            f"{', ...' if len(bad) > 3 else ''}) by step {self.step}", self.step)
+        if path == self.checkpoint_path:
+            self._sync_metrics()  # (its own error names metrics.jsonl)
         with self._writing(path):
-            if path == self.checkpoint_path:
-                self._sync_metrics()
             return ckpt.save_checkpoint(path, arrays)
 
     def _sync_metrics(self):
@@ -496,11 +496,11 @@ class Trainer:
         (appends are written back later, lines a resume would never write again)."""
         if self.metrics_path is None:
             return
-        try:  # (for writing: Windows' fsync refuses a descriptor opened to read)
-            fd = os.open(self.metrics_path, os.O_WRONLY | os.O_APPEND | NOFOLLOW | BINARY)
-        except FileNotFoundError:
-            return
         with self._writing(self.metrics_path):
+            try:  # (for writing: Windows' fsync refuses a descriptor opened to read)
+                fd = os.open(self.metrics_path, os.O_WRONLY | os.O_APPEND | NOFOLLOW | BINARY)
+            except FileNotFoundError:
+                return
             try:
                 os.fsync(fd)
             finally:

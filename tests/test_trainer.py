@@ -1095,3 +1095,26 @@ def test_training_goes_on_without_matplotlib(tmp_path, monkeypatch):
     assert (tmp_path / "checkpoint.npz").exists() and (tmp_path / "best.npz").exists()
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records if r.get("kind") != "interval"] == [1, 2]
+
+
+def test_a_failed_fsync_of_the_metrics_names_that_file_once(cifar, tmp_path, monkeypatch):
+    """The metrics' fsync before a checkpoint fails (a disk error surfaces at fsync, not at the
+    append): the error names metrics.jsonl, once, with the checkpoint still intact; it was
+    restated again as a failed write of checkpoint.npz around its own message."""
+    import errno
+    model, trainer, loader, val_loader = _one_epoch_run(cifar, tmp_path)
+    metrics, real_fsync = os.stat(tmp_path / "metrics.jsonl").st_ino, os.fsync
+
+    def fsync(fd):
+        if os.fstat(fd).st_ino == metrics:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(OSError) as info:
+        trainer.fit(loader, 2, val=val_loader)
+    message = str(info.value)
+    assert info.value.errno == errno.EIO
+    assert message.startswith(f"could not write {tmp_path / 'metrics.jsonl'} at step 4 ({os.strerror(errno.EIO)}); ")
+    assert message.count("could not write") == 1 and "checkpoint.npz at step" not in message, message
+    assert message.count(" is intact at ") == 1 and "the checkpoint of epoch 1's end (step 2)" in message
