@@ -154,9 +154,14 @@ stage() {
     # The stage's output so far into $OUT/running_stage.log every few seconds: a call cut by the
     # device's own limit (a slow machine start leaves less than the budget) returns the stage it
     # was in as far as it got (pytest's tests that ran, bench_airbench's sides timed).
+    # Ended by TERM: during its sleep at once (the sleep with it: one left running would hold the
+    # battery's stdout open), during a copy once the copy is done (a copy landing after the stage's
+    # end would leave a running_stage.log of a stage that has ended).
     local watcher=""
     if [ -n "${OUT:-}" ]; then
-        (while sleep "$EVERY"; do
+        (nap=""
+         trap 'kill "$nap" 2>/dev/null; exit 0' TERM
+         while sleep "$EVERY" & nap=$!; wait "$nap"; do
             { echo "== $name, running (limit ${limit}s): $*"; cat "$LOGS/$name.log"; } >"$OUT/running_stage.log.tmp" 2>/dev/null &&
                 mv "$OUT/running_stage.log.tmp" "$OUT/running_stage.log"
         done) &

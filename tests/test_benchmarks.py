@@ -6,6 +6,7 @@ paths run at tiny sizes with ``--device sim --tiny``.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -998,3 +999,33 @@ def test_compare_conv_reads_two_records_cell_by_cell(tmp_path, capsys):
     (mixed / "conv2d-a100-old.json").write_text(json.dumps(own))
     (mixed / old.name).write_text(old.read_text())
     assert compare_conv.previous_record(path, mixed, other_gpu_ok=True) == mixed / "conv2d-a100-old.json"
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="bash script")
+def test_gpu_battery_leaves_no_process_of_its_output_copier_behind(tmp_path):
+    """The loop that copies a running stage's output into $OUT is ended with its stage, and its sleep
+    with it: a sleep left running held the battery's stdout open (a caller reading it to the end
+    waited up to GPU_RUN_PUBLISH_EVERY_S more per stage) and a copy it was making could land after
+    the stage's end, leaving a running_stage.log of a stage that had ended."""
+    import signal
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OUT": str(out), "GPUCONV_BENCH_RESULTS": str(tmp_path / "results"),
+           "HOME": str(tmp_path / "home"), "STAGES": "tests", "GPU_RUN_PUBLISH_EVERY_S": "300", **_fake_tools(tmp_path)}
+    proc = subprocess.Popen(["bash", str(BENCH / "run_gpu.sh")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=env, cwd=REPO, start_new_session=True)
+    try:
+        assert proc.wait(timeout=120) == 0
+        left = []
+        for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # ended meanwhile
+            if int(fields[3]) == proc.pid:  # (the session: the battery's and every process it started)
+                left.append((stat.parent.name, (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ")))
+        assert left == [], left
+        assert sorted(p.name for p in out.iterdir()) == ["records.tar.gz", "run_gpu.log", "summary.txt"]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
