@@ -864,7 +864,8 @@ def get_module(op_file: str, dtype=np.float32, target: str = "cuda", device: int
     if target == "cuda" and device is None:
         device = backend.require_cupy().cuda.Device().id
     sim_cc = _sim_arch.get() if target == "sim" else None
-    key = (op_file, dt, tf32, target, device if target == "cuda" else sim_cc, os.environ.get("GPUCONV_KERNELS_DIR"))
+    key = (op_file, dt, tf32, target, device if target == "cuda" else sim_cc, os.environ.get("GPUCONV_KERNELS_DIR"),
+           _build_switch(op_file, target))
     with _cache_lock:
         mod = _cache.get(key)
     if mod is not None:
@@ -879,6 +880,13 @@ def get_module(op_file: str, dtype=np.float32, target: str = "cuda", device: int
         return _cache.setdefault(key, mod)
 
 
+def _build_switch(op_file, target):
+    """What else decides a GPU build of ``op_file``, for the memos' keys: GPUCONV_WGMMA for the
+    :data:`ARCH_SPECIFIC` files (:func:`_file_arch`: with it off, the build without wgmma, whose
+    entry points trap), None for the rest and on the simulator."""
+    return _env.flag("GPUCONV_WGMMA", default=True) if target == "cuda" and op_file in ARCH_SPECIFIC else None
+
+
 _functions: dict = {}
 
 
@@ -886,7 +894,7 @@ def get_function(op_file: str, name: str, dtype, target: str, device: int | None
     """``get_module(op_file, dtype, target, device, tf32).get_function(name)``, memoized: the
     launchers call this once per launch."""
     key = (op_file, name, np.dtype(dtype), bool(tf32), target, device if target == "cuda" else _sim_arch.get(),
-           os.environ.get("GPUCONV_KERNELS_DIR"))
+           os.environ.get("GPUCONV_KERNELS_DIR"), _build_switch(op_file, target))
     fn = _functions.get(key)
     if fn is None:
         fn = _functions[key] = get_module(op_file, dtype, target, device, tf32).get_function(name)

@@ -901,7 +901,7 @@ def test_a_launch_takes_no_lock_of_its_module_a_fork_could_inherit_held():
     x = np.array([-1.0, 2.0], np.float32)
     with gpuconv.default_device("sim"):
         ops.relu_forward(x)
-    handle = kernels._cache[("relu", np.dtype(np.float32), False, "sim", None, os.environ.get("GPUCONV_KERNELS_DIR"))]
+    handle = kernels._cache[("relu", np.dtype(np.float32), False, "sim", None, os.environ.get("GPUCONV_KERNELS_DIR"), None)]
 
     def child():
         with gpuconv.default_device("sim"):
@@ -909,3 +909,36 @@ def test_a_launch_takes_no_lock_of_its_module_a_fork_could_inherit_held():
 
     with handle._lock:  # as another thread holds it at the fork
         assert forked_exit(child) == "exit 0"
+
+
+def test_the_module_memo_keeps_the_builds_with_and_without_the_wgmma_tiles_apart(monkeypatch):
+    """GPUCONV_WGMMA=0 builds conv2d_tc without wgmma (sm_90, whose wgmma entry points trap): a
+    module or function memoized under one setting must not answer under the other, or a process
+    that turns the tiles back on sends them to the build without them (a trap ends its CUDA
+    context). The other files build alike either way: one module each."""
+    from gpuconv import _env
+    fake = types.SimpleNamespace(cuda=types.SimpleNamespace(Device=lambda *a: types.SimpleNamespace(id=0)))
+    monkeypatch.setattr(B, "require_cupy", lambda: fake)
+    monkeypatch.setattr(kernels, "_cache", {})
+    monkeypatch.setattr(kernels, "_functions", {})
+
+    class Built:  # what _compile_cuda made, and under which setting
+        def __init__(self, src, op_file, dt, device, tf32=False):
+            self.wgmma = _env.flag("GPUCONV_WGMMA", default=True)
+
+        def get_function(self, name):
+            return (name, self.wgmma)
+
+    monkeypatch.setattr(kernels, "_compile_cuda", Built)
+    bf16 = ml_dtypes.bfloat16
+    monkeypatch.setenv("GPUCONV_WGMMA", "0")
+    portable = kernels.get_module("conv2d_tc", bf16, "cuda", device=0)
+    relu = kernels.get_module("relu", bf16, "cuda", device=0)
+    assert not portable.wgmma and kernels.get_function("conv2d_tc", "k", bf16, "cuda", 0) == ("k", False)
+    monkeypatch.setenv("GPUCONV_WGMMA", "1")
+    hopper = kernels.get_module("conv2d_tc", bf16, "cuda", device=0)
+    assert hopper is not portable and hopper.wgmma
+    assert kernels.get_function("conv2d_tc", "k", bf16, "cuda", 0) == ("k", True)
+    assert kernels.get_module("relu", bf16, "cuda", device=0) is relu
+    monkeypatch.setenv("GPUCONV_WGMMA", "0")
+    assert kernels.get_module("conv2d_tc", bf16, "cuda", device=0) is portable
