@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import pathlib
 import stat
@@ -257,10 +258,15 @@ def restated(exc: OSError, message: str) -> OSError:
     return err
 
 
+# How to go on after a write failed, by its errno, where the cause is the disk's (errno.EDQUOT: not
+# on every platform); the callers add the fixes of their own for a directory that refuses the write.
+WRITE_FIXES = {errno.ENOSPC: "free space on its disk", getattr(errno, "EDQUOT", -1): "free space in your disk quota",
+               errno.EIO: "the disk reported an input/output error: check it (dmesg)",
+               errno.ELOOP: "it is a symbolic link, which gpuconv does not write through: remove it"}
+
+
 def _unwritable(directory, exc: OSError) -> OSError:
-    import errno
-    full = exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1))
-    fix = "free space on its disk" if full else "make it writable to you (a read-only mount?)"
+    fix = WRITE_FIXES.get(exc.errno, "make it writable to you (a read-only mount?)")
     return restated(exc, f"cannot write into {directory} ({exc.strerror or exc}): {fix}, or train into another --out")
 
 
@@ -291,7 +297,6 @@ def _lock_nonblocking(fd: int) -> None:
     try:
         import fcntl
     except ImportError:
-        import errno
         import msvcrt
         os.lseek(fd, _WINDOWS_LOCK_BYTE, os.SEEK_SET)
         try:

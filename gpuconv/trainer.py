@@ -36,7 +36,8 @@ import numpy as np
 
 from . import amp, backend, kernels
 from ._console import CONSOLE, _is_terminal
-from ._files import BINARY, NOFOLLOW, directory_lock, fsync_dir, make_dirs, new_file_mode, restated, write_atomic
+from ._files import (BINARY, NOFOLLOW, WRITE_FIXES, directory_lock, fsync_dir, make_dirs, new_file_mode, restated,
+                     write_atomic)
 from . import checkpoint as ckpt
 from .graphs import REPLAYED_WAY_OUT
 from .monitor import GPUMonitor, format_snapshot, metrics_fields
@@ -506,13 +507,12 @@ class Trainer:
             finally:
                 os.close(fd)
 
-    # How to go on after a write failed, by its errno (errno.EDQUOT: not on every platform)
-    _WRITE_FIXES = {errno.ENOSPC: "free space on its disk", getattr(errno, "EDQUOT", -1): "free space in your disk quota",
+    # How to go on after a write failed, by its errno: the disk's causes (WRITE_FIXES), and a run
+    # directory that refused a write it took before
+    _WRITE_FIXES = {**WRITE_FIXES,
                     errno.EROFS: "its file system is read-only now (remounted so after disk errors?): check the disk "
                                  "and remount it read-write",
-                    errno.EACCES: "make its directory writable to you", errno.EPERM: "make its directory writable to you",
-                    errno.EIO: "the disk reported an input/output error: check it (dmesg)",
-                    errno.ELOOP: "it is a symbolic link, which gpuconv does not write through: remove it"}
+                    errno.EACCES: "make its directory writable to you", errno.EPERM: "make its directory writable to you"}
 
     @contextlib.contextmanager
     def _writing(self, path):

@@ -1209,3 +1209,28 @@ def test_an_out_that_cannot_be_written_is_named_with_the_way_on(tmp_path, capsys
     monkeypatch.setattr(pathlib.Path, "mkdir", refuse(errno.EROFS))
     rc, _, err = run(["train", "--out", tmp_path / "new", "--data", SUBSET], capsys)
     assert rc == 1 and f"error: cannot write into {tmp_path / 'new'} (Read-only file system)" in err
+
+
+def test_an_out_that_fails_to_be_written_is_told_by_its_error(tmp_path, monkeypatch):
+    """The way on from an --out that cannot be written follows the error, as a failed write of a
+    run's files does (Trainer's messages): a disk error or a quota is not told to make the directory
+    writable, and a read-only mount still is."""
+    import errno
+    from gpuconv import _files
+
+    real_open = os.open
+    for number, fix in ((errno.EIO, "the disk reported an input/output error: check it (dmesg)"),
+                        (getattr(errno, "EDQUOT", errno.ENOSPC), "free space in your disk quota"
+                         if hasattr(errno, "EDQUOT") else "free space on its disk"),
+                        (errno.EROFS, "make it writable to you (a read-only mount?)")):
+        def fail(path, *a, number=number, **k):
+            if os.path.basename(path) == _files.LOCK_NAME:
+                raise OSError(number, os.strerror(number))
+            return real_open(path, *a, **k)
+
+        monkeypatch.setattr(os, "open", fail)
+        with pytest.raises(OSError) as info:
+            with _files.directory_lock(tmp_path):
+                pass
+        assert info.value.errno == number
+        assert str(info.value) == f"cannot write into {tmp_path} ({os.strerror(number)}): {fix}, or train into another --out"
