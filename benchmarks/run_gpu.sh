@@ -160,7 +160,7 @@ stage() {
     local watcher=""
     if [ -n "${OUT:-}" ]; then
         (nap=""
-         trap 'kill "$nap" 2>/dev/null; exit 0' TERM
+         trap 'kill "$nap" 2>/dev/null; wait "$nap" 2>/dev/null; exit 0' TERM
          while sleep "$EVERY" & nap=$!; wait "$nap"; do
             { echo "== $name, running (limit ${limit}s): $*"; cat "$LOGS/$name.log"; } >"$OUT/running_stage.log.tmp" 2>/dev/null &&
                 mv "$OUT/running_stage.log.tmp" "$OUT/running_stage.log"
