@@ -8,6 +8,14 @@ import sys
 from conftest import REPO
 
 
+def _shown_output(code):
+    """The comment lines right after a line that prints: the output the README shows ("..."
+    standing for text left out)."""
+    lines = code.splitlines()
+    return [after.strip()[2:] for line, after in zip(lines, lines[1:])
+            if "print(" in line and after.strip().startswith("# ")]
+
+
 def test_readme_python_blocks_run():
     text = (REPO / "README.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
@@ -17,6 +25,12 @@ def test_readme_python_blocks_run():
                              timeout=300)
         assert out.returncode == 0, out.stderr
         assert "(H - F + 2P)/S + 1" in out.stdout
+        shown = _shown_output(code)
+        assert shown, "the example shows no output of a print"
+        for expected in shown:
+            pattern = ".*".join(re.escape(part.strip()) for part in expected.split("..."))
+            assert any(re.fullmatch(f"\\s*{pattern}\\s*", line) for line in out.stdout.splitlines()), \
+                f"README shows {expected!r}, the code prints {out.stdout!r}"
 
 
 def test_readme_quickstart_is_two_make_commands_that_exist():
