@@ -417,7 +417,7 @@ def accuracy(torch, model, images_u8, labels, device, level, batch=500):
 
 def main(argv=None):
     import torch
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])  # the first paragraph
     p.add_argument("--recipe", choices=sorted(RECIPES), default="airbench94")
     p.add_argument("--images", type=int, default=50_000, help="synthetic CIFAR-shaped images")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")

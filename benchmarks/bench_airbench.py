@@ -270,7 +270,7 @@ def table(rec):
 
 
 def parser():
-    p = common.add_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]), warmup=1, repeat=1)
+    p = common.add_arguments(argparse.ArgumentParser(description=common.description(__doc__)), warmup=1, repeat=1)
     p.add_argument("--images", type=int, default=None, help="synthetic images (default 50,000; --tiny: 40)")
     p.add_argument("--recipe", choices=RECIPES, default="airbench94")
     p.add_argument("--epochs", type=int, default=None, help="epochs (default: the recipe's; --tiny: 2)")

@@ -56,7 +56,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/com
 
 import gpuconv  # noqa: E402
 from airbench_torch import torch_layers  # noqa: E402
-from common import rel_err  # noqa: E402  (max |got - want| / max |want|)
+from common import description, rel_err  # noqa: E402  (max |got - want| / max |want|)
 from gpuconv import layers as L  # noqa: E402
 from gpuconv import models, ops  # noqa: E402
 from gpuconv.optim import SGD  # noqa: E402
@@ -388,7 +388,7 @@ def print_table(rows, header):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=description(__doc__))
     p.add_argument("--batch", type=int, default=32, help="batch size of every case (default 32)")
     p.add_argument("--width", type=int, default=16, help="fast_net width for the training step (default 16)")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per case; the median is reported")

@@ -104,7 +104,7 @@ def validate(sizes, X, y, args, checks):
 
 
 def main(argv=None):
-    p = common.add_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]), warmup=2, repeat=5)
+    p = common.add_arguments(argparse.ArgumentParser(description=common.description(__doc__)), warmup=2, repeat=5)
     args = common.parse(p, argv)
     rc = common.require_device(NAME, args)
     if rc is not None:

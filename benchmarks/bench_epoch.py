@@ -128,7 +128,7 @@ def table(rec):
 
 
 def main(argv=None):
-    p = common.add_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]), warmup=5, repeat=1)
+    p = common.add_arguments(argparse.ArgumentParser(description=common.description(__doc__)), warmup=5, repeat=1)
     p.add_argument("--images", type=int, default=None, help="synthetic images (default 50,000; --tiny: 24)")
     p.add_argument("--batch", type=int, default=None, help="images per batch (default 512; --tiny: 8)")
     p.add_argument("--width", type=int, default=None, help="fast_net width (default 64; --tiny: 2)")

@@ -375,7 +375,7 @@ def table(rec):
 
 
 def main(argv=None):
-    p = common.add_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]), warmup=3, repeat=20)
+    p = common.add_arguments(argparse.ArgumentParser(description=common.description(__doc__)), warmup=3, repeat=20)
     p.add_argument("--batch", type=int, default=None, help="images per batch (default 512; --tiny: 2)")
     p.add_argument("--width", type=int, default=None, help="fast_net width (default 64; --tiny: 1)")
     p.add_argument("--skip-conv", action="store_true", help="pooling and ReLU only")

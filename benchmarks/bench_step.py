@@ -277,7 +277,7 @@ def table(rec):
 
 
 def main(argv=None):
-    p = common.add_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]), warmup=10, repeat=40)
+    p = common.add_arguments(argparse.ArgumentParser(description=common.description(__doc__)), warmup=10, repeat=40)
     p.add_argument("--batch", type=int, default=None, help="images per step (default 512; --tiny: 4)")
     p.add_argument("--models", nargs="+", choices=sorted(MODELS), default=sorted(MODELS))
     p.add_argument("--precisions", nargs="+", choices=amp.PRECISIONS, default=["fp32", "bf16"],

@@ -46,6 +46,12 @@ NO_GPU_EXIT = 2
 
 
 # ----------------------------------------------------------------------------- command line
+def description(doc: str) -> str:
+    """A script's ``--help`` description: its docstring's first paragraph (the first line alone
+    is often half a sentence)."""
+    return doc.split("\n\n")[0]
+
+
 def add_arguments(p: argparse.ArgumentParser, warmup=3, repeat=20):
     p.add_argument("--device", choices=("cuda", "sim"), default="cuda",
                    help="cuda: validate and time on the GPU; sim: validate on the host simulator (needs --tiny)")

@@ -115,7 +115,7 @@ def _ratio(x):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=common.description(__doc__))
     p.add_argument("new", help="a bench_conv2d record (benchmarks/results/conv2d-*.json)")
     p.add_argument("--against", default=None,
                    help="the older record (default: the newest earlier record of the same GPU sharing cells)")

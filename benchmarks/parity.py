@@ -58,7 +58,7 @@ TINY = dict(model="seed", epochs=2, batch_size=32, limit=96, val_split="0.02", w
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(description=common.description(__doc__),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=("cuda", "sim", "cpu"), default="cuda",
                    help="the device compared with the CPU (cpu: with --precision, the precision alone differs)")

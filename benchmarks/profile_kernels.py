@@ -24,7 +24,7 @@ from gpuconv import kernels  # noqa: E402
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=common.description(__doc__))
     p.add_argument("--layer", default="128,256,16", help="C,K,H: input channels, output channels, square size")
     p.add_argument("--batch", type=int, default=512)
     p.add_argument("--precision", choices=tuple(BC.PRECISIONS), default="bf16")

@@ -281,7 +281,7 @@ def table(rec):
 
 
 def main(argv=None):
-    p = common.add_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]), warmup=3, repeat=5)
+    p = common.add_arguments(argparse.ArgumentParser(description=common.description(__doc__)), warmup=3, repeat=5)
     p.add_argument("--batch", type=int, default=None,
                    help="images per step (default: the model's, 512, airbench94 1024; --tiny: 4)")
     p.add_argument("--models", nargs="+", choices=sorted(PROFILED), default=["fast_net"])

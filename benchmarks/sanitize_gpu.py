@@ -568,7 +568,7 @@ FAMILIES = (conv, conv_tc, gemm, pool, relu, gelu, scale, loss, optim, amp_cast,
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=common.description(__doc__))
     p.add_argument("--device", choices=("cuda", "sim"), default="cuda")
     p.add_argument("--no-guard", action="store_true",
                    help="skip syncguard's no-sync check (under compute-sanitizer, which serializes launches)")

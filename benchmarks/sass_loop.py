@@ -100,7 +100,7 @@ def loops(sass):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])  # the first paragraph
     p.add_argument("--build", choices=tuple(BUILDS), default="bf16")
     p.add_argument("--kernels", default=None, help="comma-separated kernel names (default: every one with HMMAs)")
     p.add_argument("--json", action="store_true")

@@ -1031,3 +1031,17 @@ def test_gpu_battery_leaves_no_process_of_its_output_copier_behind(tmp_path):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def test_each_scripts_help_opens_with_its_first_paragraph():
+    """`--help` describes a script by its docstring's first paragraph, not by its first line
+    (half a sentence in most: profile_step's ended "forward and backward, of a")."""
+    import ast
+    for path in sorted(BENCH.glob("*.py")):
+        if path.stem in ("common", "airbench_torch"):  # a module; the PyTorch baseline, which needs torch
+            continue
+        out = run_script(path.stem, "--help")
+        assert out.returncode == 0, (path.stem, out.stderr)
+        first = ast.get_docstring(ast.parse(path.read_text()), clean=False).split("\n\n")[0]
+        squeezed = re.sub(r"\s+", "", out.stdout)  # argparse rewraps, breaking lines at hyphens too
+        assert re.sub(r"\s+", "", first) in squeezed, (path.stem, out.stdout)
