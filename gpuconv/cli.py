@@ -135,7 +135,8 @@ def _default_device():
 
 
 def _defaults(key):
-    return ", ".join(f"{name} {d[key]}" for name, d in MODEL_DEFAULTS.items())
+    """Each recipe's value of ``key`` (``--recipe airbench95`` has defaults of its own, not its model's)."""
+    return ", ".join(f"{name} {get_recipe(name)[key]}" for name in RECIPES)
 
 
 def _tta(text):
@@ -161,32 +162,32 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--model", choices=sorted(MODELS), default=None,
                    help="network (default: the recipe's, else three_layer)")
     t.add_argument("--epochs", type=_positive_int, default=None,
-                   help=f"passes over the training set (default per model: {_defaults('epochs')})")
+                   help=f"passes over the training set (default per recipe: {_defaults('epochs')})")
     t.add_argument("--batch-size", type=_positive_int, default=None,
-                   help=f"images per step (default per model: {_defaults('batch_size')})")
+                   help=f"images per step (default per recipe: {_defaults('batch_size')})")
     t.add_argument("--lr", type=_learning_rate, default=None,
                    help=f"peak learning rate of the schedule; the airbench recipes' is per 1024 examples, "
                         f"not per step, and airbench94_muon's is Muon's, on the conv filters "
-                        f"(default per model: {_defaults('lr')})")
+                        f"(default per recipe: {_defaults('lr')})")
     t.add_argument("--weight-decay", type=_nonneg, default=None,
                    help=f"weight decay: L2 added to the gradient; the airbench recipes' per 1024 examples, "
                         f"decoupled from the lr, airbench94_muon's per example "
-                        f"(default per model: {_defaults('weight_decay')})")
+                        f"(default per recipe: {_defaults('weight_decay')})")
     t.add_argument("--momentum", type=_momentum, default=None,
                    help=f"momentum, Nesterov when > 0 (SGD's; airbench94_muon's is Muon's, its SGD groups "
-                        f"keeping the recipe's 0.85) (default per model: {_defaults('momentum')})")
+                        f"keeping the recipe's 0.85) (default per recipe: {_defaults('momentum')})")
     t.add_argument("--schedule", choices=("onecycle", "cosine", "triangular", "linear", "constant"), default=None,
-                   help=f"learning-rate schedule (default per model: {_defaults('schedule')})")
+                   help=f"learning-rate schedule (default per recipe: {_defaults('schedule')})")
     t.add_argument("--label-smoothing", type=_smoothing, default=None,
-                   help=f"label smoothing of the loss's targets (default per model: {_defaults('label_smoothing')})")
+                   help=f"label smoothing of the loss's targets (default per recipe: {_defaults('label_smoothing')})")
     t.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="random crop + horizontal flip on the device, padded and flipped as the recipe says "
-                        f"(default per model: {_defaults('augment')})")
+                        f"(default per recipe: {_defaults('augment')})")
     t.add_argument("--cutout", type=_nonneg_int, default=None,
                    help="with --augment, a square of this side set to the mean color in every training image, "
-                        f"drawn per image and epoch; 0 for none (default per model: {_defaults('cutout')})")
+                        f"drawn per image and epoch; 0 for none (default per recipe: {_defaults('cutout')})")
     t.add_argument("--tta", type=_tta, default=None,
-                   help=f"test-time augmentation level of the final evaluation: 0, 1 or 2 (default per model: "
+                   help=f"test-time augmentation level of the final evaluation: 0, 1 or 2 (default per recipe: "
                         f"{_defaults('tta')}; a resumed run's own, or the one given, which its checkpoint records)")
     t.add_argument("--width", type=_positive_int, default=None,
                    help=WIDTH_HELP)

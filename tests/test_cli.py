@@ -793,7 +793,9 @@ def test_version_and_help_show_the_per_model_defaults(capsys):
     with pytest.raises(SystemExit):
         cli.main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "default per model: seed 8, three_layer 8, fast 16" in text and "fast 512" in text
+    assert "default per recipe: seed 8, three_layer 8, fast 16" in text and "fast 512" in text
+    # a recipe of its own, not only a model's: airbench95 trains 15 epochs, airbench94_muon batch 2000
+    assert "airbench95 15," in text and "airbench94_muon 2000" in text
     for command in ("evaluate", "predict"):  # the checkpoint's level: the run's --tta, not only its recipe's
         with pytest.raises(SystemExit):
             cli.main([command, "--help"])
