@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model on CIFAR-10",
                        description="Train on CIFAR-10; writes OUT/checkpoint.npz (latest), OUT/best.npz (the best "
-                                   "validation epoch), OUT/metrics.jsonl and OUT/curves.png.")
+                                   "validation epoch; none with --val-split none), OUT/metrics.jsonl and OUT/curves.png.")
     t.add_argument("--recipe", choices=sorted(RECIPES), default=None,
                    help="a model and its hyperparameters (gpuconv.recipes.RECIPES); flags override its values "
                         "(default: the recipe of --model, else three_layer)")

@@ -174,9 +174,9 @@ class Trainer:
 
     ``progress``: True (a bar per epoch and a summary line after it), ``'epoch'`` (the summary
     lines only, for logs), False (quiet). ``out_dir`` receives ``checkpoint.npz`` (the latest),
-    ``best.npz`` (the epoch with the best validation accuracy), ``metrics.jsonl`` and
-    ``curves.png`` (where matplotlib imports; a warning where it does not); without it
-    nothing is written. ``checkpoint_every`` is ``'epoch'``, a number of steps, or None (save
+    ``best.npz`` (the epoch with the best validation accuracy; none without validation data),
+    ``metrics.jsonl`` and ``curves.png`` (where matplotlib imports; a warning where it does
+    not); without it nothing is written. ``checkpoint_every`` is ``'epoch'``, a number of steps, or None (save
     only on Ctrl-C). ``config`` (JSON-able) is stored in the checkpoint as ``meta/config`` so
     a tool can rebuild the model (a resume keeps the checkpoint's when none is given).
     ``monitor``: 'auto' samples GPU telemetry when the model is on CUDA; True/False force it; a

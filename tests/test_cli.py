@@ -127,6 +127,8 @@ def test_evaluate_says_when_the_images_were_trained_on(tmp_path, capsys):
     rc, _, err = run(["train", "--model", "seed", "--epochs", "1", "--limit", "300", "--val-split", "none",
                       "--data", SUBSET, "--out", tmp_path, "--no-progress"], capsys)
     assert rc == 0, err
+    # no validation, so no best epoch: the help and the README say best.npz is not written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.npz", "curves.png", "metrics.jsonl"]
     rc, out, err = run(["evaluate", "--checkpoint", tmp_path / "checkpoint.npz", "--data", SUBSET, "--json"], capsys)
     result = json.loads(out)
     assert rc == 0 and result["held_out"] is False and result["split_name"] == "data_batch_5"
