@@ -55,3 +55,41 @@ def test_make_test_gives_each_worker_one_blas_thread():
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         assert f"{var}=${{{var}:-1}} " in recipe(2)
     assert "NUM_THREADS" not in recipe(0)
+
+
+def _readme_commands():
+    """The README's command-line synopsis: each `gpuconv SUB ...` command, its continuation lines
+    joined and its comment dropped."""
+    text = (REPO / "README.md").read_text()
+    block = text.split("## The command line", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    joined = re.sub(r"\\\n\s*", " ", block)
+    return [line.split("#")[0].split() for line in joined.splitlines() if line.startswith("gpuconv ")]
+
+
+def _subparsers():
+    import argparse
+
+    from gpuconv import cli
+    action = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices
+
+
+def test_readme_synopsis_shows_the_flags_and_choices_the_command_line_has():
+    """Every flag the synopsis shows is one its command takes, with the same choices where the
+    parser has a fixed list; train, evaluate and predict show all of theirs."""
+    subparsers = _subparsers()
+    full = {"train", "evaluate", "predict"}
+    shown = {name: set() for name in subparsers}
+    for words in _readme_commands():
+        name = words[1]
+        assert name in subparsers, f"README shows `gpuconv {name}`, which is no command"
+        options = {s: a for a in subparsers[name]._actions for s in a.option_strings}
+        for flag, value in re.findall(r"(--[a-z][a-z0-9-]*)(?:[ =]([^\s\]]+))?", " ".join(words)):
+            assert flag in options, f"README shows `gpuconv {name} {flag}`, which {name} does not take"
+            shown[name].add(flag)
+            choices = options[flag].choices
+            if choices is not None and value and "|" in value:
+                assert set(value.split("|")) == set(choices), (name, flag, value, sorted(choices))
+    for name in full:
+        flags = {s for a in subparsers[name]._actions for s in a.option_strings if s.startswith("--")} - {"--help"}
+        assert flags <= shown[name], f"the README's synopsis of `gpuconv {name}` lacks {sorted(flags - shown[name])}"
