@@ -1045,3 +1045,31 @@ def test_each_scripts_help_opens_with_its_first_paragraph():
         first = ast.get_docstring(ast.parse(path.read_text()), clean=False).split("\n\n")[0]
         squeezed = re.sub(r"\s+", "", out.stdout)  # argparse rewraps, breaking lines at hyphens too
         assert re.sub(r"\s+", "", first) in squeezed, (path.stem, out.stdout)
+
+
+def test_the_readmes_commands_take_the_arguments_it_shows(monkeypatch):
+    """Every `python benchmarks/NAME.py ...` line of benchmarks/README.md parses with its script's
+    own parser (nothing runs: parsing stops there)."""
+    import argparse
+    import shlex
+
+    class Parsed(Exception):
+        pass
+
+    parse_args = argparse.ArgumentParser.parse_args
+
+    def parse_then_stop(self, args=None, namespace=None):
+        raise Parsed(parse_args(self, args, namespace))
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+    text = (BENCH / "README.md").read_text()
+    commands = re.findall(r"^(?:\w+=\S+ )*python benchmarks/(\w+)\.py([^#\n]*)", text, flags=re.M)
+    assert len(commands) >= 15, commands
+    for name, args in commands:
+        try:
+            load(name).main(shlex.split(args))
+        except Parsed:
+            continue
+        except SystemExit as exc:
+            pytest.fail(f"benchmarks/README.md's `python benchmarks/{name}.py{args}` is refused (exit {exc.code})")
+        pytest.fail(f"benchmarks/{name}.py returned without parsing its arguments")
