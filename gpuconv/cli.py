@@ -685,14 +685,17 @@ def _train(args) -> int:
         elif trainer.history:
             print(f"train accuracy {trainer.history[-1]['train_acc']:.4f}")
         if args.resume and stored.get("train_args", {}).get("tta", 0) != s["tta"]:
-            _record_tta(trainer.checkpoint_path, s["tta"])
+            for path in (trainer.checkpoint_path, trainer.best_path):  # best.npz: the same run's
+                if path.exists():
+                    _record_tta(path, s["tta"])
         _say(f"checkpoint: {trainer.checkpoint_path}; metrics: {trainer.metrics_path}")
     return 0
 
 
 def _record_tta(path, tta):
     """The checkpoint at ``path`` records ``tta`` as its run's final evaluation level: a resume that
-    changed --tta with nothing left to train wrote no checkpoint. Every other entry stays as it was."""
+    changed --tta with nothing left to train wrote no checkpoint, and best.npz may be an epoch's from
+    before the resume. Every other entry stays as it was."""
     from .checkpoint import load_checkpoint, pack_json, read_config, save_checkpoint
     arrays = load_checkpoint(path)
     config = read_config(arrays)

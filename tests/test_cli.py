@@ -184,7 +184,8 @@ def test_resume_reads_settings_from_the_checkpoint(trained, tmp_path, capsys):
 def test_resume_takes_another_tta_and_records_it(trained, tmp_path, capsys):
     """Test-time augmentation is evaluation only: --resume --tta N (refused before, as a change of the
     run) evaluates at level N, says so, and the checkpoint records it, its weights and state untouched,
-    so `gpuconv evaluate` takes it as the run's level."""
+    so `gpuconv evaluate` takes it as the run's level; best.npz too, a checkpoint of the same run
+    (it kept level 0, so evaluating it scored another thing than the run reported)."""
     import shutil
     run_dir = tmp_path / "again"
     shutil.copytree(trained, run_dir)
@@ -197,8 +198,9 @@ def test_resume_takes_another_tta_and_records_it(trained, tmp_path, capsys):
     assert ckpt.read_config(after)["train_args"] == dict(ckpt.read_config(before)["train_args"], tta=1)
     assert after.keys() == before.keys()
     assert all(np.array_equal(after[k], before[k]) for k in before if k != "meta/config")
-    rc, out, _ = run(["evaluate", "--checkpoint", run_dir / "checkpoint.npz", "--data", SUBSET], capsys)
-    assert rc == 0 and "test-time augmentation level 1 (the run's)" in out
+    for name in ("checkpoint.npz", "best.npz"):
+        rc, out, _ = run(["evaluate", "--checkpoint", run_dir / name, "--data", SUBSET], capsys)
+        assert rc == 0 and "test-time augmentation level 1 (the run's)" in out, (name, out)
 
 
 def test_a_run_extended_on_resume_records_its_new_length(tmp_path, capsys):
