@@ -253,7 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "evaluated at, its --tta, else its recipe's)")
 
     sm = sub.add_parser("summary", help="a model's layers, output shapes, parameters and FLOPs")
-    sm.add_argument("--model", choices=sorted(MODELS), default="three_layer", help="network (default three_layer)")
+    sm.add_argument("--recipe", choices=sorted(RECIPES), default=None,
+                    help="the network `gpuconv train --recipe` trains (airbench95's widths, airbench94_muon's head)")
+    sm.add_argument("--model", choices=sorted(MODELS), default=None,
+                    help="network (default: the recipe's, else three_layer)")
     sm.add_argument("--width", type=_positive_int, default=None,
                     help=WIDTH_HELP)
 
@@ -842,8 +845,11 @@ def _warn_unused_width(model, width):
 
 
 def cmd_summary(args) -> int:
-    _warn_unused_width(args.model, args.width)
-    model, _ = build_model(args.model, width=args.width)
+    recipe = get_recipe(args.recipe or args.model or "three_layer")
+    name = args.model or recipe["model"]
+    _warn_unused_width(name, args.width)
+    # the recipe's constructor arguments are for its own network, as in train
+    model, _ = build_model(name, width=args.width, model_kwargs=recipe["model_kwargs"] if name == recipe["model"] else None)
     print(model.summary((3, 32, 32)))
     return 0
 

@@ -997,6 +997,14 @@ def test_summary_counts_parameters_and_flops(capsys):
     assert rc == 0 and "Residual (x + inner)" in out and "total" in out
     rc, out, err = run(["summary", "--model", "three_layer", "--width", "8"], capsys)
     assert rc == 0 and "the three_layer model ignores it" in err
+    # a recipe's own network: airbench95 is airbench94's at 128/384/384, which --width 32 scales
+    # to 32/96/96 (its ratio, as --width's help says), not airbench94's 32/128/128
+    for width, widths in ((None, [128, 384, 384]), ("32", [32, 96, 96])):
+        rc, out, _ = run(["summary", "--recipe", "airbench95"] + (["--width", width] if width else []), capsys)
+        net = models.airbench94(widths=widths)
+        assert rc == 0 and f"{net.num_parameters():,}" in out, out
+    rc, out, _ = run(["summary", "--model", "airbench94"], capsys)
+    assert f"{models.airbench94().num_parameters():,}" in out
 
 
 def test_a_full_disk_loses_no_saved_work(tmp_path, capsys, monkeypatch):
