@@ -800,6 +800,11 @@ def test_version_and_help_show_the_per_model_defaults(capsys):
     assert "default per recipe: seed 8, three_layer 8, fast 16" in text and "fast 512" in text
     # a recipe of its own, not only a model's: airbench95 trains 15 epochs, airbench94_muon batch 2000
     assert "airbench95 15," in text and "airbench94_muon 2000" in text
+    for command in ("train", "evaluate", "predict", "summary", "info", "precompile", "bench"):
+        with pytest.raises(SystemExit):  # each command's own --help says what it does
+            cli.main([command, "--help"])
+        usage_and_description = capsys.readouterr().out.split("options:")[0].split("\n\n")
+        assert len(usage_and_description) >= 2 and usage_and_description[1].strip(), (command, usage_and_description)
     for command in ("evaluate", "predict"):  # the checkpoint's level: the run's --tta, not only its recipe's
         with pytest.raises(SystemExit):
             cli.main([command, "--help"])
