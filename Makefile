@@ -11,13 +11,22 @@ JOBS ?= $(shell $(PYTHON) -c 'import os; print(min(8, os.cpu_count() or 1))')
 
 .PHONY: install train test clean gpu-data
 
+# The stamp holds the extras installed. A changed pyproject.toml installs those again; `make install`
+# with other extras (EXTRAS=dev,cuda12 after a first `make train` installed nvrtc's CUDA 13 CuPy)
+# replaces them, CuPy's wheels first (two CuPy builds cannot share one environment).
+INSTALLED = $(shell cat $(VENV)/.installed 2>/dev/null)
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
-	touch $@
+	$(PY) -m pip install -q -e '.[$(or $(INSTALLED),$(EXTRAS))]'
+	echo '$(or $(INSTALLED),$(EXTRAS))' > $@
 
 install: $(VENV)/.installed
+	@if [ "$$(cat $(VENV)/.installed)" != '$(EXTRAS)' ]; then \
+		echo "replacing the installed extras [$$(cat $(VENV)/.installed)] with [$(EXTRAS)]"; \
+		$(PY) -m pip uninstall -q -y cupy-cuda12x cupy-cuda13x 2>/dev/null; \
+		$(PY) -m pip install -q -e '.[$(EXTRAS)]' && echo '$(EXTRAS)' > $(VENV)/.installed; \
+	fi
 
 train: $(VENV)/.installed
 	$(VENV)/bin/gpuconv train $(if $(DATA),--data $(DATA)) $(ARGS)

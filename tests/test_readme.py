@@ -93,3 +93,36 @@ def test_readme_synopsis_shows_the_flags_and_choices_the_command_line_has():
     for name in full:
         flags = {s for a in subparsers[name]._actions for s in a.option_strings if s.startswith("--")} - {"--help"}
         assert flags <= shown[name], f"the README's synopsis of `gpuconv {name}` lacks {sorted(flags - shown[name])}"
+
+
+def test_make_install_with_other_extras_replaces_the_installed_ones(tmp_path):
+    """The README's GPU step, `make install EXTRAS=dev,cuda12`, after the quickstart's `make train`
+    (which installed the default extras, nvrtc's CUDA 13 CuPy) said 'Nothing to be done': the
+    stamp was up to date. It now replaces the extras (CuPy's wheels first), once; `make train`
+    then keeps them, and a changed pyproject.toml installs those again, not the default ones."""
+    import os
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    log = tmp_path / "log"
+    python = venv / "bin" / "python"
+    python.write_text(f'#!/bin/sh\necho "$@" >> {log}\n')
+    python.chmod(0o755)
+    stamp = venv / ".installed"
+    stamp.write_text("dev,nvrtc\n")
+
+    def make(*args):
+        out = subprocess.run(["make", *args, f"VENV={venv}", f"PYTHON={python}", "JOBS=1"], cwd=REPO,
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    make("install", "EXTRAS=dev,cuda12")
+    calls = log.read_text().splitlines()
+    assert calls[0].startswith("-m pip uninstall") and "cupy-cuda13x" in calls[0]
+    assert calls[1:] == ["-m pip install -q -e .[dev,cuda12]"]
+    assert stamp.read_text().strip() == "dev,cuda12"
+    make("install", "EXTRAS=dev,cuda12")
+    assert len(log.read_text().splitlines()) == 2  # installed already: nothing again
+    assert "pip" not in make("-n", "train")
+    os.utime(stamp, (0, 0))  # older than pyproject.toml
+    assert "pip install -q -e '.[dev,cuda12]'" in make("-n", "train")
