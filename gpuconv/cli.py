@@ -196,8 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", default=None, help="CIFAR-10 directory or tarball (else $GPUCONV_DATA when set, "
                    "else ~/.cache/gpuconv; downloaded there when absent)")
     t.add_argument("--out", default="runs/latest", help="output directory (default runs/latest)")
-    t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz (an error if there is none)")
-    t.add_argument("--resume-if-exists", action="store_true",
+    resume = t.add_mutually_exclusive_group()  # one or the other: both together started a new run
+    resume.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz (an error if there is none)")
+    resume.add_argument("--resume-if-exists", action="store_true",
                    help="continue from OUT/checkpoint.npz when it exists, else start a new run (for job scripts "
                         "that are restarted after a preemption)")
     t.add_argument("--seed", type=_nonneg_int, default=None, help="seed for init, shuffling, augmentation (default 0)")

@@ -367,6 +367,9 @@ def test_bad_values_get_clear_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main(["train", "--device", "tpu", "--data", str(SUBSET), "--out", str(tmp_path)])
     assert "device 'tpu' is not understood" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # the README's [--resume|--resume-if-exists]: both silently started anew
+        cli.main(["train", "--resume", "--resume-if-exists", "--data", str(SUBSET), "--out", str(tmp_path)])
+    assert "--resume-if-exists: not allowed with argument --resume" in capsys.readouterr().err
     from gpuconv import backend
     if not backend.cuda_available():
         rc, _, err = run(["train", "--device", "cuda", "--data", SUBSET, "--out", tmp_path], capsys)
