@@ -7,8 +7,11 @@ NumPy reference computed under 'numpy'.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -23,6 +26,22 @@ SUBSET = pathlib.Path(os.environ.get(
     "GPUCONV_TEST_DATA", REPO.parent / "shared" / "data" / "cifar10-subset" / "cifar-10-batches-py"))
 
 
+
+@contextlib.contextmanager
+def lock_held_elsewhere(directory):
+    """Another process holding ``directory``'s run lock (as a running ``gpuconv train`` does),
+    its ``Popen`` yielded once it holds it; SIGKILLed on exit."""
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import time; from gpuconv._files import directory_lock\n"
+        f"with directory_lock({str(directory)!r}):\n    print('held', flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
 
 def forked_exit(child) -> str:
     """Runs ``child()`` (an exit code) in a forked process, killed after 10 s; how it ended

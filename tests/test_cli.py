@@ -440,22 +440,15 @@ def test_a_second_run_into_the_same_out_is_refused_while_the_first_runs(tmp_path
     pid the file says), free once that process dies, even by SIGKILL (nothing stale is left)."""
     import socket
 
+    from conftest import lock_held_elsewhere
     from gpuconv import _files
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from gpuconv._files import directory_lock\n"
-        f"with directory_lock({str(tmp_path)!r}):\n    print('held', flush=True); time.sleep(60)")],
-        stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with lock_held_elsewhere(tmp_path) as holder:
         rc, _, err = run(["train", "--out", tmp_path, "--data", SUBSET], capsys)
         assert rc == 1 and (f"another gpuconv train (pid {holder.pid} on {socket.gethostname()}) is writing to "
                             f"{tmp_path}") in err
         (tmp_path / _files.LOCK_NAME).write_text(f"{os.getpid()}\n")  # the file's words do not make the lock
         rc, _, err = run(["train", "--out", tmp_path, "--data", SUBSET], capsys)
         assert rc == 1 and "is writing to" in err
-    finally:
-        holder.kill()
-        holder.wait()
     assert (tmp_path / _files.LOCK_NAME).exists()  # a SIGKILLed holder's file: no lock on it any more
     rc, _, err = run(["train", "--model", "seed", "--epochs", "1", "--limit", "100", "--data", SUBSET,
                       "--out", tmp_path, "--no-progress"], capsys)

@@ -1055,22 +1055,12 @@ def test_a_second_fit_into_the_same_out_dir_is_refused_while_the_first_runs(cifa
     thread) trains into the same directory is refused, naming it, instead of interleaving their
     checkpoints and metrics; the lock is free again once the fit ends, and `gpuconv train`'s own
     hold covers the fit it runs."""
-    import subprocess
-    import sys
-    from conftest import REPO
+    from conftest import lock_held_elsewhere
     from gpuconv import _files
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import time; from gpuconv._files import directory_lock\n"
-        f"with directory_lock({str(tmp_path)!r}):\n    print('held', flush=True); time.sleep(60)")],
-        stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with lock_held_elsewhere(tmp_path) as holder:
         with pytest.raises(_files.DirectoryLocked, match=rf"\(pid {holder.pid} on .*\) is writing to {tmp_path}"):
             _one_epoch_run(cifar, tmp_path)
         assert sorted(p.name for p in tmp_path.iterdir()) == [_files.LOCK_NAME]  # nothing of the refused fit's
-    finally:
-        holder.kill()
-        holder.wait()
     with _files.directory_lock(tmp_path):  # as gpuconv train holds it around its fit
         _one_epoch_run(cifar, tmp_path)
         assert (tmp_path / _files.LOCK_NAME).exists()
