@@ -806,8 +806,12 @@ class Trainer:
         """Train until ``epochs`` epochs are complete; returns the per-epoch history (list of dicts).
 
         ``resume=True`` continues from ``out_dir/checkpoint.npz`` when it exists (else starts
-        fresh and says so). Raises :class:`TrainingDiverged` on a NaN/Inf loss,
-        :class:`TrainingInterrupted` after Ctrl-C (checkpoint saved), :class:`GPUOutOfMemory`."""
+        fresh and says so). With an ``out_dir`` the fit holds that directory's lock, as ``gpuconv
+        train`` does: a fit while another process trains into it raises
+        ``gpuconv._files.DirectoryLocked`` naming that process. Raises :class:`TrainingDiverged` on
+        a NaN/Inf loss, :class:`TrainingInterrupted` after Ctrl-C (checkpoint saved),
+        :class:`GPUOutOfMemory`, and an OSError naming the file and the intact checkpoint when a
+        write of the run's files fails (a full disk)."""
         if not (isinstance(epochs, int) and epochs >= 1):
             raise ValueError(f"epochs={epochs!r}: must be an int >= 1")
         _check_batches(train_loader, "train_loader")
