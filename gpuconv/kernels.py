@@ -180,7 +180,7 @@ def resolve(family: str, dtype, tf32: bool, channels: int, target: str | None = 
     ``(device, geometry)`` and ``run(variant)`` runs it, see :func:`tuned_variant`), else by the
     channel rule of :func:`auto_variant`."""
     var = variant(family, dtype, tf32)
-    if var == "auto" and launch is not None and target in _TUNED_TARGETS and autotune_enabled():
+    if var == "auto" and launch is not None and autotunes(target):
         device, geometry = launch()
         # (where it may not time, inside a capture or a no-sync block, the channel rule's choice)
         var = tuned_variant(family, dtype, tf32, channels, target, device, geometry, run)
@@ -244,6 +244,12 @@ def autotune_enabled(default: bool = False) -> bool:
     if on is None:
         return _env.flag("GPUCONV_AUTOTUNE", default)
     return on
+
+
+def autotunes(target: str | None) -> bool:
+    """Whether "auto" convolution variants on ``target`` are chosen by measurement now: autotuning
+    on (:func:`autotune_enabled`) for a target it times (a GPU)."""
+    return target in _TUNED_TARGETS and autotune_enabled()
 
 
 def set_autotune(enabled: bool | None):
@@ -1017,6 +1023,17 @@ def wgmma_available(target: str, device: int | None = None) -> bool:
     if target == "sim":
         return _sim_arch.get() is None
     return _env.flag("GPUCONV_WGMMA", default=True) and _arch_specific_build(device)
+
+
+def launch_setting(target: str):
+    """What, besides a launch's arrays, sizes and variant choices, decides how a convolution is
+    launched on ``target``, as a hashable value the launchers key their memoized launch plans by: on
+    the simulator its arch (:func:`sim_arch`: the tensor cores it has, wgmma or not); on a GPU
+    ``GPUCONV_WGMMA`` (:func:`wgmma_available`) and ``GPUCONV_KERNELS_DIR`` (the kernels built, whose
+    occupancy sizes split-K). (The device is keyed apart: the launch's own.)"""
+    if target == "sim":
+        return _sim_arch.get()
+    return os.environ.get("GPUCONV_WGMMA"), os.environ.get("GPUCONV_KERNELS_DIR")
 
 
 # Files whose kernels are mma.sync/ldmatrix/cp.async (kernels/mma.cuh): they build for sm_75 and

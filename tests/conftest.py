@@ -26,6 +26,15 @@ SUBSET = pathlib.Path(os.environ.get(
     "GPUCONV_TEST_DATA", REPO.parent / "shared" / "data" / "cifar10-subset" / "cifar-10-batches-py"))
 
 
+@pytest.fixture(autouse=True)
+def fresh_launch_plans(monkeypatch):
+    """Each test starts with empty convolution launch plans and variant choices, and those it made
+    go with it: a test that stands in for a GPU (monkeypatching kernels.tensor_cores_for, a grid
+    limit, the occupancy) plans under its stand-ins, and leaves no plan made under them behind."""
+    from gpuconv.ops import _launch_conv2d, _launch_conv2d_tc
+    monkeypatch.setattr(_launch_conv2d_tc, "_PLANS", {})
+    monkeypatch.setattr(_launch_conv2d, "_CHOSEN", {})
+
 
 @contextlib.contextmanager
 def lock_held_elsewhere(directory):

@@ -607,15 +607,17 @@ def test_a_model_that_cannot_be_a_dictionary_key_still_evaluates():
 # ----------------------------------------------------------------------------- the host's memos
 def _forget_host_memos():
     """Every memo of the launch path emptied: the next launch computes its layouts, grid, variant,
-    output sizes and int32 arguments anew."""
+    output sizes, int32 arguments and convolution launch plan anew."""
     from gpuconv import layout
-    from gpuconv.ops import _checks
+    from gpuconv.ops import _checks, _launch_conv2d, _launch_conv2d_tc
     layout._orders_by_strides.cache_clear()
     kernels._grid_1d.cache_clear()
     kernels.auto_variant.cache_clear()
     kernels.int32_args.cache_clear()
     kernels._variant_memo.clear()
     _checks._conv_output_size.cache_clear()
+    _launch_conv2d._CHOSEN.clear()
+    _launch_conv2d_tc._PLANS.clear()
 
 
 def test_training_steps_with_the_host_memos_equal_steps_that_compute_everything_anew(monkeypatch):

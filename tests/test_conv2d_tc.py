@@ -12,6 +12,9 @@ several weight-gradient splits, NCHW and channels_last inputs (whose layout the 
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import ml_dtypes
 import numpy as np
 import pytest
@@ -498,6 +501,7 @@ def test_more_column_tiles_than_grid_y_holds_run_untiled(target, variant, monkey
     dy = rng.standard_normal((2, 300, 4, 5)).astype(dtype)
     tiled, _ = run_conv(target, x, w, b, dy, (1, 1), (1, 1), tf32, variant=variant)
     monkeypatch.setattr(kernels, "GRID_Y_MAX", 1)
+    _forget_plans()  # (the plans hold the grid limit: a constant of CUDA's, which no run changes)
     untiled, log = run_conv(target, x, w, b, dy, (1, 1), (1, 1), tf32, variant=variant)
     assert log.names[:3] == ["conv2d_forward_v1", "conv2d_backward_data_v1", "conv2d_backward_weight_v1"]
     _, mags = exact(x, w, b, dy, (1, 1), (1, 1), tf32)
@@ -603,3 +607,142 @@ def test_sm75_build_runs_float16_on_tensor_cores_and_the_rest_on_cuda_cores(case
             dy = rng.standard_normal((x.shape[0], k, oh, ow)).astype(dtype)
             _, log = run_conv("sim", x, w, b, dy, stride, pad, tf32, channels_last, "tc")
             assert not [n for n in log.names if "_tc" in n], (dtype, log.names)
+
+
+# ----------------------------------------------------------------------------- launch plans
+def _recorded_launches(monkeypatch, target, dtype, tf32, through_ops=False):
+    """The launches (kernel, grid, block, shared memory, device) of a forward and backward of one
+    channels_last convolution geometry on ``target``, kernels stubbed (on 'cuda' nothing runs: the
+    arrays are NumPy's); ``through_ops``: by the public ops (the precision mode decides TF32)."""
+    seen = []
+
+    def record(op_file, kernel, dt, tgt, grid, block, args, shared_mem=0, device=None, tf32=False):
+        seen.append((kernel, tuple(grid), tuple(block), shared_mem, device, np.dtype(dt).name, tf32))
+
+    rng = np.random.default_rng(5)
+    x = layout.to_channels_last(rng.standard_normal((2, 8, 6, 6)).astype(dtype))
+    w = (rng.standard_normal((16, 8, 3, 3)) * 0.2).astype(dtype)
+    dy = layout.to_channels_last(rng.standard_normal((2, 16, 6, 6)).astype(dtype))
+    with monkeypatch.context() as m:
+        m.setattr(kernels, "launch", record)
+        if through_ops:
+            with gpuconv.default_device(target):
+                _, cache = gpuconv.ops.conv2d_forward(x, w, None, stride=1, padding=1)
+                gpuconv.ops.conv2d_backward(dy, cache)
+        else:
+            _, cache = LC.conv2d_forward_kernel(x, w, None, (1, 1), (1, 1), tf32, target=target)
+            LC.conv2d_backward_kernel(dy, cache, True, tf32, True, None, target=target)
+    return seen
+
+
+def _a_table(variant):
+    """An autotuning table that chooses ``variant`` for every direction of _recorded_launches' geometry."""
+    geometry = kernels.conv_geometry((2, 8, 6, 6), (16, 8, 3, 3), (1, 1), (1, 1), True)
+    return {kernels.tune_key(f, BF16, False, geometry, "sim"): variant
+            for f in ("conv2d_forward", "conv2d_backward_data", "conv2d_backward_weight")}
+
+
+def _fake_gpus(monkeypatch, device):
+    """'cuda' launches of NumPy arrays on fake GPUs: 0 a Hopper (wgmma, 132 SMs), 1 an A100 (108
+    SMs, no wgmma), 2 a T4 (no bfloat16 tensor cores); ``device[0]`` is the arrays' GPU."""
+    cc, sms = {0: 90, 1: 80, 2: 75}, {0: 132, 1: 108, 2: 40}
+    monkeypatch.setattr(kernels, "array_device", lambda arrays: device[0])
+    monkeypatch.setattr(kernels, "_compute_capability", lambda d: cc[d])
+    monkeypatch.setattr(kernels, "_every_gpu_has_tensor_cores", lambda min_cc: False)
+    monkeypatch.setattr(kernels, "_arch_specific_build", lambda d: cc[d] == 90)
+    monkeypatch.setattr(kernels, "_device_sms", lambda d: sms[d])
+    monkeypatch.setattr(kernels, "resident_blocks", lambda *args, **kw: 2)
+
+
+def _forget_plans():
+    LC._CHOSEN.clear()
+    TC._PLANS.clear()
+    kernels._variant_memo.clear()
+
+
+@pytest.mark.parametrize("change", ["set_variant", "use_variant", "autotuning on", "table loaded", "precision mode",
+                                    "sim_arch", "sim_arch tcwg", "GPUCONV_WGMMA", "device", "device T4",
+                                    "MIN_SPLIT_CHUNK"])
+def test_a_launch_plan_follows_every_change_of_what_decides_it(monkeypatch, change):
+    """The convolutions' memoized launch plans and variant choices are keyed by all that decides
+    them: a second forward and backward of the same shapes after a change (a variant chosen,
+    autotuning turned on, a tuning table loaded, the precision mode, the simulator's arch, the wgmma
+    switch, another GPU, the weight gradient's split minimum) launches what the same launches with
+    every memo emptied launch, which differs from the first's; with the change undone, the first's
+    launches again. 'cuda' runs on faked GPUs with the kernels stubbed."""
+    monkeypatch.setattr(kernels, "_TUNED_TARGETS", ("cuda", "sim"))  # (the table's choices count on 'sim')
+    device = [0]
+    target, dtype, tf32, through_ops = "sim", BF16, False, False
+    if change == "precision mode":
+        dtype, through_ops = np.dtype(np.float32), True
+    if change in ("GPUCONV_WGMMA", "device", "device T4"):
+        target = "cuda"
+        _fake_gpus(monkeypatch, device)
+    monkeypatch.delenv("GPUCONV_WGMMA", raising=False)
+
+    def apply(stack):
+        if change == "set_variant":
+            kernels.set_variant("conv2d_forward", "tc128")
+            stack.callback(kernels.set_variant, "conv2d_forward", None)
+        elif change == "use_variant":
+            stack.enter_context(kernels.use_variant(conv2d_backward_data="tcwg", conv2d_backward_weight="tc128w"))
+        elif change == "autotuning on":
+            stack.enter_context(kernels.autotuning())
+        elif change == "table loaded":
+            kernels.load_tuned_variants(_a_table("tc128"))
+            stack.callback(kernels.load_tuned_variants, _a_table("tc128w"))
+        elif change == "precision mode":
+            stack.enter_context(gpuconv.precision_mode("tf32"))
+        elif change in ("sim_arch", "sim_arch tcwg"):
+            stack.enter_context(kernels.sim_arch(75))
+        elif change == "MIN_SPLIT_CHUNK":  # (a benchmark's validation changes it)
+            stack.enter_context(monkeypatch.context()).setattr(LC, "MIN_SPLIT_CHUNK", 32)
+        elif change == "GPUCONV_WGMMA":
+            stack.enter_context(monkeypatch.context()).setenv("GPUCONV_WGMMA", "0")
+        else:
+            device[0] = 1 if change == "device" else 2
+            stack.callback(device.__setitem__, 0, 0)
+
+    def body():
+        if change == "table loaded":
+            kernels.set_autotune(True)
+            kernels.load_tuned_variants(_a_table("tc128w"))
+        elif change == "autotuning on":
+            kernels.load_tuned_variants(_a_table("tc128w"))
+        elif change == "precision mode":
+            gpuconv.set_precision("fp32")
+        elif change == "sim_arch tcwg":
+            kernels.set_variant("conv2d_forward", "tcwg", np.float16)
+        elif change in ("GPUCONV_WGMMA", "device"):
+            for family in ("conv2d_forward", "conv2d_backward_data", "conv2d_backward_weight"):
+                kernels.set_variant(family, "tcwg")
+        dt = np.dtype(np.float16) if change == "sim_arch tcwg" else dtype
+        record = lambda: _recorded_launches(monkeypatch, target, dt, tf32, through_ops)  # noqa: E731
+        first = record()
+        with contextlib.ExitStack() as stack:
+            apply(stack)
+            second = record()
+            _forget_plans()
+            anew = record()
+        assert second == anew, change
+        assert second != first, f"{change}: the case changes no launch"
+        assert record() == first, f"{change}: undone"
+        return first, second
+
+    try:
+        first, second = contextvars.copy_context().run(body)
+    finally:
+        kernels.clear_tuned()
+    names = lambda launches: [k[0] for k in launches]  # noqa: E731
+    expect = {"set_variant": ("conv2d_forward_tc", "conv2d_forward_tc128"),
+              "use_variant": ("conv2d_backward_data_tc", "conv2d_backward_data_tcwg"),
+              "autotuning on": ("conv2d_forward_tc", "conv2d_forward_tc128w"),
+              "table loaded": ("conv2d_forward_tc128w", "conv2d_forward_tc128"),
+              "precision mode": ("conv2d_forward_v2", "conv2d_forward_tc"),
+              "sim_arch": ("conv2d_forward_tc", "conv2d_forward_v2"),
+              "sim_arch tcwg": ("conv2d_forward_tcwg", "conv2d_forward_tc128"),
+              "GPUCONV_WGMMA": ("conv2d_forward_tcwg", "conv2d_forward_tc128"),
+              "device": ("conv2d_forward_tcwg", "conv2d_forward_tc128"),
+              "device T4": ("conv2d_forward_tc", "conv2d_forward_v2"),
+              "MIN_SPLIT_CHUNK": ("conv2d_backward_weight_tc", "conv2d_backward_weight_tc")}[change]
+    assert (expect[0] in names(first), expect[1] in names(second)) == (True, True), (names(first), names(second))

@@ -109,15 +109,43 @@ def _weight_splits(l_total, tiles, sms, step, per_sm, min_chunk):
     return -(-l_total // chunk), chunk
 
 
+# The variant kernels.resolve gives a launch where no measurement decides it (autotuning off, not
+# on this target, or a variant chosen), memoized: keyed by the variant asked for (kernels.variant:
+# set_variant/use_variant, GPUCONV_KERNEL_VARIANTS), the family, dtype, TF32 mode, output channels,
+# target, device and kernels.launch_setting (the simulator's arch: its tensor cores). Autotuning's
+# choices are its table's, looked up by kernels.resolve at every launch (a table loaded or cleared,
+# a geometry tuned, autotuning turned on: the next launch follows).
+_CHOSEN: dict = {}
+
+
+def _variant(family, dtype, tf32, channels, target, device, geometry, run):
+    """The variant a launch of ``family`` runs (:func:`gpuconv.kernels.resolve`); ``geometry()``
+    gives the launch's tuning geometry and ``run()`` the function that runs it in a variant, asked
+    only when autotuning decides."""
+    asked = kernels.variant(family, dtype, tf32)
+    if asked == "auto" and kernels.autotunes(target):
+        return kernels.resolve(family, dtype, tf32, channels, target, run=run(), launch=lambda: (device, geometry()))
+    key = (family, asked, dtype, tf32, channels, target, device, kernels.launch_setting(target))
+    var = _CHOSEN.get(key)
+    if var is None:
+        var = kernels.resolve(family, dtype, tf32, channels, target, launch=lambda: (device, None))
+        if len(_CHOSEN) >= 4096:
+            _CHOSEN.clear()
+        _CHOSEN[key] = var
+    return var
+
+
 @register_launcher("conv2d_forward")
 def conv2d_forward_kernel(x, w, b, stride, padding, tf32=False, *, target, relu=False):
-    run = functools.partial(_forward, x, w, b, stride, padding, tf32, relu, target)
-    var = kernels.resolve("conv2d_forward", x.dtype, tf32, w.shape[0], target, run=run, launch=lambda: (
-        kernels.array_device([x]), (x.shape, w.shape, stride, padding, layout.is_channels_last(x))))
-    return run(var), Conv2dCache(x, w, b is not None, stride, padding)
+    device = kernels.array_device([x])
+    var = _variant("conv2d_forward", x.dtype, tf32, w.shape[0], target, device,
+                   lambda: (x.shape, w.shape, stride, padding, layout.is_channels_last(x)),
+                   lambda: functools.partial(_forward, x, w, b, stride, padding, tf32, relu, target, device=device))
+    return _forward(x, w, b, stride, padding, tf32, relu, target, var, device), Conv2dCache(x, w, b is not None,
+                                                                                            stride, padding)
 
 
-def _forward(x, w, b, stride, padding, tf32, relu, target, var):
+def _forward(x, w, b, stride, padding, tf32, relu, target, var, device):
     """y of variant ``var`` (a tensor-core one falls back to v2 where it does not compute)."""
     if var in tc.SHAPES:
         y = tc.forward(x, w, b, stride, padding, tf32, relu, target=target, variant=var)
@@ -135,7 +163,6 @@ def _forward(x, w, b, stride, padding, tf32, relu, target, var):
         if var == "v1" or not _tiles_fit(var, n * oh * ow, k, c * fh * fw):
             var = "v1"  # the tiled kernels index GEMM rows in int; v1's indices are 64-bit
         name = f"conv2d_forward_{var}"
-        device = kernels.array_device([x])
         grid, block = geometry(name, target, device, rows=n * oh * ow, cols=k, elements=y.size)
         kernels.launch("conv2d", name, x.dtype, target, grid, block, args, device=device, tf32=tf32)
     return y
@@ -158,13 +185,15 @@ def conv2d_backward_data_kernel(dy, w, x_shape, stride, padding, tf32=False, *, 
     """dx of shape ``x_shape`` from ``dy`` and the filters ``w`` (channels_last when ``like``,
     the forward input, is; NCHW otherwise: the CUDA-core kernels write NCHW, converted then)."""
     like = dy if like is None else like
-    run = functools.partial(_backward_data, dy, w, x_shape, stride, padding, tf32, like, target)
-    var = kernels.resolve("conv2d_backward_data", dy.dtype, tf32, x_shape[1], target, run=run, launch=lambda: (
-        kernels.array_device([dy]), (tuple(x_shape), w.shape, stride, padding, layout.is_channels_last(like))))
-    return layout.like(like, run(var))
+    device = kernels.array_device([dy])
+    var = _variant("conv2d_backward_data", dy.dtype, tf32, x_shape[1], target, device,
+                   lambda: (tuple(x_shape), w.shape, stride, padding, layout.is_channels_last(like)),
+                   lambda: functools.partial(_backward_data, dy, w, x_shape, stride, padding, tf32, like, target,
+                                             device=device))
+    return layout.like(like, _backward_data(dy, w, x_shape, stride, padding, tf32, like, target, var, device))
 
 
-def _backward_data(dy, w, x_shape, stride, padding, tf32, like, target, var):
+def _backward_data(dy, w, x_shape, stride, padding, tf32, like, target, var, device):
     if var in tc.SHAPES and dy.size:
         dx = tc.backward_data(dy, w, x_shape, stride, padding, tf32, like, target=target, variant=var)
         if dx is not None:
@@ -184,7 +213,6 @@ def _backward_data(dy, w, x_shape, stride, padding, tf32, like, target, var):
     if var == "v1" or not _tiles_fit(var, n * h * wd, c, k * fh * fw):
         var = "v1"
     name = f"conv2d_backward_data_{var}"
-    device = kernels.array_device([dy])
     grid, block = geometry(name, target, device, rows=n * h * wd, cols=c, elements=dx.size)
     kernels.launch("conv2d", name, dy.dtype, target, grid, block, args, device=device, tf32=tf32)
     return dx
@@ -200,13 +228,15 @@ def conv2d_backward_weight_kernel(dy, x, w_shape, stride, padding, tf32=False, *
     partial sums are never rounded to 8 or 11 bits."""
     if dy.size == 0 or 0 in tuple(w_shape):  # an empty batch: the gradient is an empty sum
         return get_array_module(dy, x).zeros(tuple(w_shape), dtype=dy.dtype)
-    run = functools.partial(_backward_weight, dy, x, w_shape, stride, padding, tf32, target, dw_dtype)
-    var = kernels.resolve("conv2d_backward_weight", dy.dtype, tf32, w_shape[0], target, run=run, launch=lambda: (
-        kernels.array_device([dy]), (x.shape, tuple(w_shape), stride, padding, layout.is_channels_last(x))))
-    return run(var)
+    device = kernels.array_device([dy])
+    var = _variant("conv2d_backward_weight", dy.dtype, tf32, w_shape[0], target, device,
+                   lambda: (x.shape, tuple(w_shape), stride, padding, layout.is_channels_last(x)),
+                   lambda: functools.partial(_backward_weight, dy, x, w_shape, stride, padding, tf32, target, dw_dtype,
+                                             device=device))
+    return _backward_weight(dy, x, w_shape, stride, padding, tf32, target, dw_dtype, var, device)
 
 
-def _backward_weight(dy, x, w_shape, stride, padding, tf32, target, dw_dtype, var):
+def _backward_weight(dy, x, w_shape, stride, padding, tf32, target, dw_dtype, var, device):
     if var in tc.SHAPES:
         dw = tc.backward_weight(dy, x, w_shape, stride, padding, tf32, target=target, variant=var, dw_dtype=dw_dtype)
         if dw is not None:
@@ -218,7 +248,6 @@ def _backward_weight(dy, x, w_shape, stride, padding, tf32, target, dw_dtype, va
     dw = xp.empty(tuple(w_shape), dtype=dy.dtype)
     dims = _i32(n, c, h, wd, k, fh, fw, oh, ow, *stride, *padding)
     rows, l_total = c * fh * fw, n * oh * ow
-    device = kernels.array_device([dy])
     # v2/v3 keep per-image offsets (C*H*W) in int and pack (fh, fw) into one int.
     splits = chunk = None
     if var in ("v2", "v3") and _tiles_fit(var, rows, k, l_total) and _fits_int(c * h * wd) and max(fh, fw) < 2**15:

@@ -59,12 +59,13 @@ def padded_channels(channels, dtype) -> int:
     return -(-channels // step) * step
 
 
-def _nhwc_padded(x):
+def _nhwc_padded(x, cp=None):
     """``x`` (logically NCHW) as a C-contiguous NHWC array whose channel count is padded with
-    zeros to :func:`padded_channels`, starting on a 16-byte boundary; a view when ``x`` is
-    channels_last with aligned channels already."""
+    zeros to :func:`padded_channels` (``cp``, when the caller has it), starting on a 16-byte
+    boundary; a view when ``x`` is channels_last with aligned channels already."""
     n, c, h, w = x.shape
-    cp = padded_channels(c, x.dtype)
+    if cp is None:
+        cp = padded_channels(c, x.dtype)
     a = layout.nhwc(x)
     if cp == c and kernels.address(a) % PIECE == 0:
         return a
@@ -129,17 +130,56 @@ def engine(variant, dtype, tf32, target, device):
     return kernels.tensor_core_tile(variant, target, device)
 
 
-def _launch(name, variant, dtype, target, rows, cols, args, tf32, device, splits=1):
-    """One tensor-core conv launch: a block per output tile of the rows x cols GEMM."""
-    variant = engine(variant, dtype, tf32, target, device)
-    bm, bn, threads = SHAPES[variant]
-    grid = kernels.tile_grid(rows, cols, bm, bn, splits)
-    kernels.launch("conv2d_tc", f"{name}_{variant}", dtype, target, grid, (threads, 1, 1), args, device=device,
-                   tf32=tf32, shared_mem=DYNAMIC_SHARED[variant])
-
-
 def _i32(*values):
     return kernels.int32_args(values)
+
+
+# ----------------------------------------------------------------------------- launch plans
+# Everything a launch derives from its geometry, computed once per geometry and reused: the output
+# sizes, the size limits (a plan of None: the kernels do not take the case), the padded channels,
+# the tile the variant runs as, the grid, the split-K and the int32 arguments. A plan's key holds
+# all that decides it: the direction, the variant asked for, the shapes, dtype, TF32 mode, stride,
+# padding, the bias and ReLU flags (or dw's dtype and the split rule's MIN_SPLIT_CHUNK), the target,
+# the device and kernels.launch_setting (the simulator's arch; GPUCONV_WGMMA and GPUCONV_KERNELS_DIR on
+# a GPU). The arrays' layouts and addresses are not in it: what depends on them (the NHWC copies, the filters'
+# repacking, the weight gradient's vector width) is decided per call.
+_PLANS: dict = {}
+_PLANS_MAX = 4096  # geometries kept (a network has a few dozen); past it the memo starts over
+_NO_PLAN = object()
+
+
+class _Plan:
+    """One launch's precomputed part: ``kernel`` its name, ``grid``/``block``/``shared`` its
+    geometry, ``i32`` its int32 arguments, ``shape`` the NHWC output's (or dw's), ``padded`` the
+    channel stride of the operand :func:`_nhwc_padded` makes; for the weight gradient also the
+    workspace's shape, the reduction's launch and the int32 arguments per dy vector width."""
+    __slots__ = ("kernel", "grid", "block", "shared", "i32", "shape", "padded", "ws", "reduce", "vecs",
+                 "dw_dtype", "widen")
+
+
+def _plan(key, make, *args):
+    plan = _PLANS.get(key, _NO_PLAN)
+    if plan is _NO_PLAN:
+        plan = make(*args)
+        if len(_PLANS) >= _PLANS_MAX:
+            _PLANS.clear()
+        _PLANS[key] = plan
+    return plan
+
+
+def _launch_plan(name, variant, dtype, target, rows, cols, tf32, device, splits=1) -> _Plan:
+    """The launch of a block per output tile of the rows x cols GEMM, as a plan."""
+    variant = engine(variant, dtype, tf32, target, device)
+    bm, bn, threads = SHAPES[variant]
+    plan = _Plan()
+    plan.kernel, plan.block, plan.shared = f"{name}_{variant}", (threads, 1, 1), DYNAMIC_SHARED[variant]
+    plan.grid = kernels.tile_grid(rows, cols, bm, bn, splits)
+    return plan
+
+
+def _run(plan, dtype, target, args, tf32, device):
+    kernels.launch("conv2d_tc", plan.kernel, dtype, target, plan.grid, plan.block, args + plan.i32, device=device,
+                   tf32=tf32, shared_mem=plan.shared)
 
 
 def forward(x, w, b, stride, padding, tf32, relu, *, target, variant="tc"):
@@ -147,85 +187,167 @@ def forward(x, w, b, stride, padding, tf32, relu, *, target, variant="tc"):
     ``variant`` 'tc' (64x64 tiles), 'tc128' (128x128, 8 warps), 'tc128w' (128x128, 4 warps), 'tcwg'
     (128x128, 2 warpgroups on wgmma), 'tcwg256' (128x256, the same), 'tcwgn64' (256x64, the same) or
     'tcwgm64' (64x128, one warpgroup)."""
-    n, c, h, wd = x.shape
-    k, _, fh, fw = w.shape
-    oh, ow = output_hw(x.shape, (fh, fw), stride, padding, floor=True)  # (sizes checked by the op)
-    if c == 0:  # an empty reduction: the loaders divide by the channel count (the CUDA-core kernels give y = b)
-        return None
-    if not supports(x.dtype, tf32) or not _fits(x.itemsize, n * oh * ow, k, fh * fw * (c + 8), h * wd * (c + 8),
-                                                 (n * oh * ow, k)):
+    device = kernels.array_device([x])
+    has_bias = b is not None
+    plan = _plan(("forward", variant, x.shape, w.shape, x.dtype, tf32, stride, padding, has_bias, relu, target, device,
+                  kernels.launch_setting(target)),
+                 _forward_plan, x.shape, w.shape, x.dtype, tf32, stride, padding, has_bias, relu, target, device,
+                 variant)
+    if plan is None:
         return None
     xp = get_array_module(x, w, b)
-    xh = _nhwc_padded(x)
-    cp = xh.shape[3]
-    wk = _repacked(w, (0, 2, 3, 1), c, cp)
-    y = xp.empty((n, oh, ow, k), dtype=x.dtype)
-    if y.size:
-        args = (xh, wk, wk if b is None else xp.ascontiguousarray(b), y) + _i32(
-            n, cp, h, wd, k, fh, fw, oh, ow, *stride, *padding, b is not None, relu)
-        _launch("conv2d_forward", variant, x.dtype, target, n * oh * ow, k, args, tf32, kernels.array_device([x]))
+    xh = _nhwc_padded(x, plan.padded)
+    wk = _repacked(w, (0, 2, 3, 1), x.shape[1], plan.padded)
+    y = xp.empty(plan.shape, dtype=x.dtype)
+    if plan.grid is not None:
+        _run(plan, x.dtype, target, (xh, wk, wk if b is None else xp.ascontiguousarray(b), y), tf32, device)
     return _back(y, x)
+
+
+def _forward_plan(x_shape, w_shape, dtype, tf32, stride, padding, has_bias, relu, target, device, variant):
+    n, c, h, wd = x_shape
+    k, _, fh, fw = w_shape
+    oh, ow = output_hw(x_shape, (fh, fw), stride, padding, floor=True)  # (sizes checked by the op)
+    if c == 0:  # an empty reduction: the loaders divide by the channel count (the CUDA-core kernels give y = b)
+        return None
+    itemsize = np.dtype(dtype).itemsize
+    if not supports(dtype, tf32) or not _fits(itemsize, n * oh * ow, k, fh * fw * (c + 8), h * wd * (c + 8),
+                                              (n * oh * ow, k)):
+        return None
+    cp = padded_channels(c, dtype)
+    if n * oh * ow * k:
+        plan = _launch_plan("conv2d_forward", variant, dtype, target, n * oh * ow, k, tf32, device)
+        plan.i32 = _i32(n, cp, h, wd, k, fh, fw, oh, ow, *stride, *padding, has_bias, relu)
+    else:  # an empty output: nothing to launch
+        plan = _Plan()
+        plan.grid = None
+    plan.shape, plan.padded = (n, oh, ow, k), cp
+    return plan
 
 
 def backward_data(dy, w, x_shape, stride, padding, tf32, like, *, target, variant="tc"):
     """dx of shape ``x_shape`` (in the layout of ``like``) on tensor cores, or None."""
-    n, c, h, wd = x_shape
-    k, _, fh, fw = w.shape
-    oh, ow = dy.shape[2:]
-    if not supports(dy.dtype, tf32) or not _fits(dy.itemsize, n * h * wd, c, fh * fw * (k + 8), oh * ow * (k + 8),
-                                                  (n * h * wd, c)):
+    device = kernels.array_device([dy])
+    x_shape = tuple(x_shape)
+    plan = _plan(("backward_data", variant, dy.shape, w.shape, x_shape, dy.dtype, tf32, stride, padding, target,
+                  device, kernels.launch_setting(target)),
+                 _backward_data_plan, dy.shape, w.shape, x_shape, dy.dtype, tf32, stride, padding, target, device,
+                 variant)
+    if plan is None:
         return None
     xp = get_array_module(dy, w)
-    dyh = _nhwc_padded(dy)
-    kp = dyh.shape[3]
-    wt = _packed(w, (c, fh, fw, kp), dy.dtype)  # cast so by mixed precision, else repacked here
+    dyh = _nhwc_padded(dy, plan.padded)
+    n, c, h, wd = x_shape
+    k, _, fh, fw = w.shape
+    wt = _packed(w, (c, fh, fw, plan.padded), dy.dtype)  # cast so by mixed precision, else repacked here
     if wt is None:
-        wt = _repacked(w, (1, 2, 3, 0), k, kp)
-    dx = xp.empty((n, h, wd, c), dtype=dy.dtype)
-    if dx.size:
-        args = (dyh, wt, dx) + _i32(n, c, h, wd, kp, fh, fw, oh, ow, *stride, *padding)
-        _launch("conv2d_backward_data", variant, dy.dtype, target, n * h * wd, c, args, tf32,
-                kernels.array_device([dy]))
+        wt = _repacked(w, (1, 2, 3, 0), k, plan.padded)
+    dx = xp.empty(plan.shape, dtype=dy.dtype)
+    if plan.grid is not None:
+        _run(plan, dy.dtype, target, (dyh, wt, dx), tf32, device)
     return _back(dx, like)
+
+
+def _backward_data_plan(dy_shape, w_shape, x_shape, dtype, tf32, stride, padding, target, device, variant):
+    n, c, h, wd = x_shape
+    k, _, fh, fw = w_shape
+    oh, ow = dy_shape[2:]
+    itemsize = np.dtype(dtype).itemsize
+    if not supports(dtype, tf32) or not _fits(itemsize, n * h * wd, c, fh * fw * (k + 8), oh * ow * (k + 8),
+                                              (n * h * wd, c)):
+        return None
+    kp = padded_channels(k, dtype)
+    if n * h * wd * c:
+        plan = _launch_plan("conv2d_backward_data", variant, dtype, target, n * h * wd, c, tf32, device)
+        plan.i32 = _i32(n, c, h, wd, kp, fh, fw, oh, ow, *stride, *padding)
+    else:
+        plan = _Plan()
+        plan.grid = None
+    plan.shape, plan.padded = (n, h, wd, c), kp
+    return plan
 
 
 def backward_weight(dy, x, w_shape, stride, padding, tf32, *, target, variant="tc", dw_dtype=None):
     """dw (OIHW, shape ``w_shape``) on tensor cores, or None: split-K float32 partial sums, then
     conv2d_tc_weight_reduce adds them in a fixed order and rounds once to dy's dtype; with
     ``dw_dtype`` float32 (a bf16/fp16 dy) it delivers that rounded value widened to float32."""
-    n, c, h, wd = x.shape
-    k, _, fh, fw = w_shape
-    oh, ow = dy.shape[2:]
-    if not supports(dy.dtype, tf32) or not _fits(dy.itemsize, n * oh * ow, k, fh * fw * (c + 8), h * wd * (c + 8),
-                                                  (k, fh * fw * (c + 8))):
+    device = kernels.array_device([dy])
+    w_shape = tuple(w_shape)
+    split = _split_rule()
+    plan = _plan(("backward_weight", variant, dy.shape, x.shape, w_shape, dy.dtype, tf32, stride, padding, dw_dtype,
+                  target, device, kernels.launch_setting(target), split.MIN_SPLIT_CHUNK),
+                 _backward_weight_plan, dy.shape, x.shape, w_shape, dy.dtype, tf32, stride, padding, dw_dtype, target,
+                 device, variant)
+    if plan is None:
         return None
     xp = get_array_module(dy, x)
-    dyh = layout.nhwc(dy)
-    if kernels.address(dyh) % PIECE:
-        dyh = dyh.copy()
-    xh = _nhwc_padded(x)
-    cp = xh.shape[3]
-    rows, cols, l_total = k, fh * fw * cp, n * oh * ow
-    widen = dw_dtype is not None and np.dtype(dw_dtype) == np.float32 and dy.dtype != np.float32
-    dw = xp.empty(tuple(w_shape), dtype=np.float32 if widen else dy.dtype)
-    if not dw.size:
+    dw = xp.empty(w_shape, dtype=plan.dw_dtype)
+    if plan.grid is None:
         return dw
-    device = kernels.array_device([dy])
-    from ._launch_conv2d import weight_splits  # the split rule of every weight-gradient kernel
-    variant = engine(variant, dy.dtype, tf32, target, device)
-    bm, bn, threads = SHAPES[variant]
-    per_sm = kernels.resident_blocks("conv2d_tc", f"conv2d_backward_weight_{variant}", dy.dtype, threads, target,
-                                     device, tf32, DYNAMIC_SHARED[variant])
-    splits, chunk = weight_splits(l_total, -(-rows // bm) * -(-cols // bn), target, device,
-                                  step=KBYTES // dy.itemsize, per_sm=per_sm)
-    if not kernels.int_indexable(splits * chunk):  # the kernel's end of the last split
-        return None
-    ws = xp.empty((splits, rows, cols), dtype=np.float32)
-    vec_dy = next(v for v in (16, 8, 4, 2) if (k * dy.itemsize) % v == 0 and kernels.address(dyh) % v == 0)
-    args = (dyh, xh, ws) + _i32(n, cp, h, wd, k, fh, fw, oh, ow, *stride, *padding, chunk, vec_dy)
-    _launch("conv2d_backward_weight", variant, dy.dtype, target, rows, cols, args, tf32, device, splits)
-    grid, block = kernels.grid_1d(dw.size, kernels.BLOCK, target, device)
+    dyh = layout.nhwc(dy)
+    at = kernels.address(dyh)
+    if at % PIECE:
+        dyh = dyh.copy()
+        at = kernels.address(dyh)
+    xh = _nhwc_padded(x, plan.padded)
+    ws = xp.empty(plan.ws, dtype=np.float32)
+    vec_dy = next(v for v in plan.vecs if at % v == 0)
+    _run(plan, dy.dtype, target, (dyh, xh, ws) + plan.vecs[vec_dy], tf32, device)
+    grid, block, i32 = plan.reduce
     kernels.launch("conv2d_tc", "conv2d_tc_weight_reduce", dy.dtype, target, grid, block,
-                   (ws, None if widen else dw, dw if widen else None) + _i32(widen, splits, k, c, cp, fh, fw),
+                   (ws, None if plan.widen else dw, dw if plan.widen else None) + i32,
                    device=device, tf32=tf32)  # None: a null pointer (CuPy 14), for the output not written
     return dw
+
+
+_split_module = None
+
+
+def _split_rule():
+    """gpuconv.ops._launch_conv2d, whose weight_splits is the split rule of every weight-gradient
+    kernel and whose MIN_SPLIT_CHUNK (which a benchmark changes while it validates) keys the plans
+    (imported at the first use: it imports this module)."""
+    global _split_module
+    if _split_module is None:
+        from . import _launch_conv2d
+        _split_module = _launch_conv2d
+    return _split_module
+
+
+def _backward_weight_plan(dy_shape, x_shape, w_shape, dtype, tf32, stride, padding, dw_dtype, target, device, variant):
+    n, c, h, wd = x_shape
+    k, _, fh, fw = w_shape
+    oh, ow = dy_shape[2:]
+    dtype = np.dtype(dtype)
+    itemsize = dtype.itemsize
+    if not supports(dtype, tf32) or not _fits(itemsize, n * oh * ow, k, fh * fw * (c + 8), h * wd * (c + 8),
+                                              (k, fh * fw * (c + 8))):
+        return None
+    cp = padded_channels(c, dtype)
+    rows, cols, l_total = k, fh * fw * cp, n * oh * ow
+    widen = dw_dtype is not None and np.dtype(dw_dtype) == np.float32 and dtype != np.float32
+    size = k * c * fh * fw
+    if not size:
+        plan = _Plan()
+        plan.grid = None
+    else:
+        tile = engine(variant, dtype, tf32, target, device)
+        bm, bn, threads = SHAPES[tile]
+        per_sm = kernels.resident_blocks("conv2d_tc", f"conv2d_backward_weight_{tile}", dtype, threads, target,
+                                         device, tf32, DYNAMIC_SHARED[tile])
+        splits, chunk = _split_rule().weight_splits(l_total, -(-rows // bm) * -(-cols // bn), target, device,
+                                      step=KBYTES // itemsize, per_sm=per_sm)
+        if not kernels.int_indexable(splits * chunk):  # the kernel's end of the last split
+            return None
+        plan = _launch_plan("conv2d_backward_weight", variant, dtype, target, rows, cols, tf32, device, splits)
+        plan.i32 = ()
+        plan.ws = (splits, rows, cols)
+        # the int32 arguments per vector width of dy's loads: the widths k's row of bytes allows, widest
+        # first (the call takes the first that dy's address allows too)
+        plan.vecs = {v: _i32(n, cp, h, wd, k, fh, fw, oh, ow, *stride, *padding, chunk, v)
+                     for v in (16, 8, 4, 2) if (k * itemsize) % v == 0}
+        grid, block = kernels.grid_1d(size, kernels.BLOCK, target, device)
+        plan.reduce = grid, block, _i32(widen, splits, k, c, cp, fh, fw)
+    plan.padded, plan.widen = cp, widen
+    plan.dw_dtype = np.dtype(np.float32) if widen else dtype
+    return plan
