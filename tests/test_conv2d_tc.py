@@ -662,7 +662,7 @@ def _forget_plans():
 
 @pytest.mark.parametrize("change", ["set_variant", "use_variant", "autotuning on", "table loaded", "precision mode",
                                     "sim_arch", "sim_arch tcwg", "GPUCONV_WGMMA", "device", "device T4",
-                                    "MIN_SPLIT_CHUNK"])
+                                    "MIN_SPLIT_CHUNK", "MIN_SPLIT_CHUNK fp32", "device T4 tf32"])
 def test_a_launch_plan_follows_every_change_of_what_decides_it(monkeypatch, change):
     """The convolutions' memoized launch plans and variant choices are keyed by all that decides
     them: a second forward and backward of the same shapes after a change (a variant chosen,
@@ -675,7 +675,11 @@ def test_a_launch_plan_follows_every_change_of_what_decides_it(monkeypatch, chan
     target, dtype, tf32, through_ops = "sim", BF16, False, False
     if change == "precision mode":
         dtype, through_ops = np.dtype(np.float32), True
-    if change in ("GPUCONV_WGMMA", "device", "device T4"):
+    if change == "MIN_SPLIT_CHUNK fp32":  # the CUDA-core tiles' plans
+        dtype = np.dtype(np.float32)
+    if change == "device T4 tf32":
+        dtype, tf32 = np.dtype(np.float32), True
+    if change in ("GPUCONV_WGMMA", "device", "device T4", "device T4 tf32"):
         target = "cuda"
         _fake_gpus(monkeypatch, device)
     monkeypatch.delenv("GPUCONV_WGMMA", raising=False)
@@ -695,7 +699,7 @@ def test_a_launch_plan_follows_every_change_of_what_decides_it(monkeypatch, chan
             stack.enter_context(gpuconv.precision_mode("tf32"))
         elif change in ("sim_arch", "sim_arch tcwg"):
             stack.enter_context(kernels.sim_arch(75))
-        elif change == "MIN_SPLIT_CHUNK":  # (a benchmark's validation changes it)
+        elif change.startswith("MIN_SPLIT_CHUNK"):  # (a benchmark's validation changes it)
             stack.enter_context(monkeypatch.context()).setattr(LC, "MIN_SPLIT_CHUNK", 32)
         elif change == "GPUCONV_WGMMA":
             stack.enter_context(monkeypatch.context()).setenv("GPUCONV_WGMMA", "0")
@@ -744,5 +748,7 @@ def test_a_launch_plan_follows_every_change_of_what_decides_it(monkeypatch, chan
               "GPUCONV_WGMMA": ("conv2d_forward_tcwg", "conv2d_forward_tc128"),
               "device": ("conv2d_forward_tcwg", "conv2d_forward_tc128"),
               "device T4": ("conv2d_forward_tc", "conv2d_forward_v2"),
-              "MIN_SPLIT_CHUNK": ("conv2d_backward_weight_tc", "conv2d_backward_weight_tc")}[change]
+              "MIN_SPLIT_CHUNK": ("conv2d_backward_weight_tc", "conv2d_backward_weight_tc"),
+              "MIN_SPLIT_CHUNK fp32": ("conv2d_backward_weight_v2", "conv2d_reduce_splits"),
+              "device T4 tf32": ("conv2d_forward_tc", "conv2d_forward_v2")}[change]
     assert (expect[0] in names(first), expect[1] in names(second)) == (True, True), (names(first), names(second))

@@ -155,17 +155,30 @@ def _forward(x, w, b, stride, padding, tf32, relu, target, var, device):
     xp = get_array_module(x, w, b)
     x, w = xp.ascontiguousarray(x), xp.ascontiguousarray(w)
     b = None if b is None else xp.ascontiguousarray(b)
-    n, c, h, wd, k, fh, fw, oh, ow = _dims(x.shape, w.shape, stride, padding)
-    y = xp.empty((n, k, oh, ow), dtype=x.dtype)
-    if y.size:
-        dims = _i32(n, c, h, wd, k, fh, fw, oh, ow, *stride, *padding, b is not None, relu)
+    shape, run = tc._plan(("cuda-core forward", var, x.shape, w.shape, stride, padding, b is not None, relu, target,
+                           device), _forward_plan, x.shape, w.shape, stride, padding, b is not None, relu, target,
+                          device, var)
+    y = xp.empty(shape, dtype=x.dtype)
+    if run is not None:
+        name, grid, block, dims = run
         args = (x, w, w if b is None else b, y) + dims  # w stands in for a missing bias (never read)
-        if var == "v1" or not _tiles_fit(var, n * oh * ow, k, c * fh * fw):
-            var = "v1"  # the tiled kernels index GEMM rows in int; v1's indices are 64-bit
-        name = f"conv2d_forward_{var}"
-        grid, block = geometry(name, target, device, rows=n * oh * ow, cols=k, elements=y.size)
         kernels.launch("conv2d", name, x.dtype, target, grid, block, args, device=device, tf32=tf32)
     return y
+
+
+# The CUDA-core launches' plans, as the tensor-core ones (_launch_conv2d_tc's launch plans, in its
+# memo): the output's shape, and (kernel, grid, block, int32 arguments), None when there is nothing
+# to launch; the weight gradient's also the workspace and the reduction of its splits.
+def _forward_plan(x_shape, w_shape, stride, padding, has_bias, relu, target, device, var):
+    n, c, h, wd, k, fh, fw, oh, ow = _dims(x_shape, w_shape, stride, padding)
+    if not n * k * oh * ow:
+        return (n, k, oh, ow), None
+    dims = _i32(n, c, h, wd, k, fh, fw, oh, ow, *stride, *padding, has_bias, relu)
+    if var == "v1" or not _tiles_fit(var, n * oh * ow, k, c * fh * fw):
+        var = "v1"  # the tiled kernels index GEMM rows in int; v1's indices are 64-bit
+    name = f"conv2d_forward_{var}"
+    return (n, k, oh, ow), (name, *geometry(name, target, device, rows=n * oh * ow, cols=k, elements=n * k * oh * ow),
+                            dims)
 
 
 @register_launcher("conv2d_backward")
@@ -202,20 +215,26 @@ def _backward_data(dy, w, x_shape, stride, padding, tf32, like, target, var, dev
         var = "v2"
     xp = get_array_module(dy, w)
     dy, w = xp.ascontiguousarray(dy), xp.ascontiguousarray(w)
-    n, c, h, wd, k, fh, fw, oh, ow = _dims(x_shape, w.shape, stride, padding)
     dx = xp.empty(tuple(x_shape), dtype=dy.dtype)
     if not dx.size:
         return dx
     if dy.size == 0:  # K = 0 filters: nothing flows back
         dx[...] = 0
         return dx
-    args = (dy, w, dx) + _i32(n, c, h, wd, k, fh, fw, oh, ow, *stride, *padding)
+    name, grid, block, dims = tc._plan(("cuda-core backward_data", var, dx.shape, w.shape, stride, padding, target,
+                                        device), _backward_data_plan, dx.shape, w.shape, stride, padding, target,
+                                       device, var)
+    kernels.launch("conv2d", name, dy.dtype, target, grid, block, (dy, w, dx) + dims, device=device, tf32=tf32)
+    return dx
+
+
+def _backward_data_plan(x_shape, w_shape, stride, padding, target, device, var):
+    n, c, h, wd, k, fh, fw, oh, ow = _dims(x_shape, w_shape, stride, padding)
     if var == "v1" or not _tiles_fit(var, n * h * wd, c, k * fh * fw):
         var = "v1"
     name = f"conv2d_backward_data_{var}"
-    grid, block = geometry(name, target, device, rows=n * h * wd, cols=c, elements=dx.size)
-    kernels.launch("conv2d", name, dy.dtype, target, grid, block, args, device=device, tf32=tf32)
-    return dx
+    return (name, *geometry(name, target, device, rows=n * h * wd, cols=c, elements=n * c * h * wd),
+            _i32(n, c, h, wd, k, fh, fw, oh, ow, *stride, *padding))
 
 
 def conv2d_backward_weight_kernel(dy, x, w_shape, stride, padding, tf32=False, *, target, dw_dtype=None):
@@ -244,33 +263,43 @@ def _backward_weight(dy, x, w_shape, stride, padding, tf32, target, dw_dtype, va
         var = "v2"  # no tensor-core format for this dtype
     xp = get_array_module(dy, x)
     dy, x = xp.ascontiguousarray(dy), xp.ascontiguousarray(x)
-    n, c, h, wd, k, fh, fw, oh, ow = _dims(x.shape, w_shape, stride, padding)
-    dw = xp.empty(tuple(w_shape), dtype=dy.dtype)
+    w_shape = tuple(w_shape)
+    (name, grid, block, dims), ws_shape, reduce = tc._plan(
+        ("cuda-core backward_weight", var, x.shape, w_shape, dy.dtype, tf32, stride, padding, target, device,
+         kernels.launch_setting(target), MIN_SPLIT_CHUNK),
+        _backward_weight_plan, x.shape, w_shape, dy.dtype, tf32, stride, padding, target, device, var)
+    dw = xp.empty(w_shape, dtype=dy.dtype)
+    ws = dw if ws_shape is None else xp.empty(ws_shape, dtype=compute_dtype(dy.dtype))
+    kernels.launch("conv2d", name, dy.dtype, target, grid, block, (dy, x, ws) + dims, device=device, tf32=tf32)
+    if reduce is not None:
+        grid, block, tail = reduce
+        kernels.launch("conv2d", "conv2d_reduce_splits", dy.dtype, target, grid, block, (ws, dw) + tail,
+                       device=device, tf32=tf32)
+    return dw
+
+
+def _backward_weight_plan(x_shape, w_shape, dtype, tf32, stride, padding, target, device, var):
+    """(kernel, grid, block, int32 arguments), the split-K workspace's shape (None: the kernel writes
+    dw) and the reduction's (grid, block, arguments after ws and dw) or None."""
+    n, c, h, wd, k, fh, fw, oh, ow = _dims(x_shape, w_shape, stride, padding)
     dims = _i32(n, c, h, wd, k, fh, fw, oh, ow, *stride, *padding)
-    rows, l_total = c * fh * fw, n * oh * ow
+    rows, l_total, size = c * fh * fw, n * oh * ow, k * c * fh * fw
     # v2/v3 keep per-image offsets (C*H*W) in int and pack (fh, fw) into one int.
     splits = chunk = None
     if var in ("v2", "v3") and _tiles_fit(var, rows, k, l_total) and _fits_int(c * h * wd) and max(fh, fw) < 2**15:
         name, tile = f"conv2d_backward_weight_{var}", TILE3 if var == "v3" else TILE
         threads = GEMM3_THREADS if var == "v3" else GEMM_THREADS
-        per_sm = kernels.resident_blocks("conv2d", name, dy.dtype, threads, target, device, tf32)
+        per_sm = kernels.resident_blocks("conv2d", name, dtype, threads, target, device, tf32)
         splits, chunk = weight_splits(l_total, -(-rows // tile) * -(-k // tile), target, device, per_sm=per_sm)
     if splits is not None and kernels.int_indexable(splits * chunk):  # the kernels' end of the last split
-        acc = compute_dtype(dy.dtype)
-        direct = splits == 1 and acc == dy.dtype
-        ws = dw if direct else xp.empty((splits, k, rows), dtype=acc)
-        grid, block = geometry(name, target, device, rows=rows, cols=k, splits=splits)
-        kernels.launch("conv2d", name, dy.dtype, target, grid, block, (dy, x, ws) + dims + (np.int32(chunk),),
-                       device=device, tf32=tf32)
-        if not direct:
-            grid, block = geometry("conv2d_reduce_splits", target, device, elements=dw.size)
-            kernels.launch("conv2d", "conv2d_reduce_splits", dy.dtype, target, grid, block,
-                           (ws, dw, np.int32(splits), np.int64(dw.size)), device=device, tf32=tf32)
-    else:
-        grid, block = geometry("conv2d_backward_weight_v1", target, device, elements=dw.size)
-        kernels.launch("conv2d", "conv2d_backward_weight_v1", dy.dtype, target, grid, block, (dy, x, dw) + dims,
-                       device=device, tf32=tf32)
-    return dw
+        direct = splits == 1 and compute_dtype(dtype) == dtype
+        run = (name, *geometry(name, target, device, rows=rows, cols=k, splits=splits), dims + (np.int32(chunk),))
+        if direct:
+            return run, None, None
+        reduce = (*geometry("conv2d_reduce_splits", target, device, elements=size), (np.int32(splits), np.int64(size)))
+        return run, (splits, k, rows), reduce
+    name = "conv2d_backward_weight_v1"
+    return (name, *geometry(name, target, device, elements=size), dims), None, None
 
 
 def conv2d_backward_bias_kernel(dy, *, target):
