@@ -1025,15 +1025,22 @@ def wgmma_available(target: str, device: int | None = None) -> bool:
     return _env.flag("GPUCONV_WGMMA", default=True) and _arch_specific_build(device)
 
 
-def launch_setting(target: str):
+def launch_setting(target: str, occupancy: bool = False):
     """What, besides a launch's arrays, sizes and variant choices, decides how a convolution is
     launched on ``target``, as a hashable value the launchers key their memoized launch plans by: on
     the simulator its arch (:func:`sim_arch`: the tensor cores it has, wgmma or not); on a GPU
-    ``GPUCONV_WGMMA`` (:func:`wgmma_available`) and ``GPUCONV_KERNELS_DIR`` (the kernels built, whose
-    occupancy sizes split-K). (The device is keyed apart: the launch's own.)"""
+    ``GPUCONV_WGMMA`` (:func:`wgmma_available`), and with ``occupancy`` (a plan that asks
+    :func:`resident_blocks`) also ``GPUCONV_KERNELS_DIR``, the kernels built. (The device is keyed
+    apart: the launch's own.)"""
     if target == "sim":
         return _sim_arch.get()
-    return os.environ.get("GPUCONV_WGMMA"), os.environ.get("GPUCONV_KERNELS_DIR")
+    wgmma = os.environ.get("GPUCONV_WGMMA")
+    return (wgmma, os.environ.get("GPUCONV_KERNELS_DIR")) if occupancy else wgmma
+
+
+def current_sim_arch() -> int | None:
+    """The compute capability the simulator stands for here (:func:`sim_arch`; None: all of them)."""
+    return _sim_arch.get()
 
 
 # Files whose kernels are mma.sync/ldmatrix/cp.async (kernels/mma.cuh): they build for sm_75 and

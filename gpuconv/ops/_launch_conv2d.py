@@ -112,7 +112,7 @@ def _weight_splits(l_total, tiles, sms, step, per_sm, min_chunk):
 # The variant kernels.resolve gives a launch where no measurement decides it (autotuning off, not
 # on this target, or a variant chosen), memoized: keyed by the variant asked for (kernels.variant:
 # set_variant/use_variant, GPUCONV_KERNEL_VARIANTS), the family, dtype, TF32 mode, output channels,
-# target, device and kernels.launch_setting (the simulator's arch: its tensor cores). Autotuning's
+# target, device and the simulator's arch (kernels.sim_arch: its tensor cores). Autotuning's
 # choices are its table's, looked up by kernels.resolve at every launch (a table loaded or cleared,
 # a geometry tuned, autotuning turned on: the next launch follows).
 _CHOSEN: dict = {}
@@ -125,7 +125,8 @@ def _variant(family, dtype, tf32, channels, target, device, geometry, run):
     asked = kernels.variant(family, dtype, tf32)
     if asked == "auto" and kernels.autotunes(target):
         return kernels.resolve(family, dtype, tf32, channels, target, run=run(), launch=lambda: (device, geometry()))
-    key = (family, asked, dtype, tf32, channels, target, device, kernels.launch_setting(target))
+    key = (family, asked, dtype, tf32, channels, target, device,
+           kernels.current_sim_arch() if target == "sim" else None)
     var = _CHOSEN.get(key)
     if var is None:
         var = kernels.resolve(family, dtype, tf32, channels, target, launch=lambda: (device, None))
@@ -266,7 +267,7 @@ def _backward_weight(dy, x, w_shape, stride, padding, tf32, target, dw_dtype, va
     w_shape = tuple(w_shape)
     (name, grid, block, dims), ws_shape, reduce = tc._plan(
         ("cuda-core backward_weight", var, x.shape, w_shape, dy.dtype, tf32, stride, padding, target, device,
-         kernels.launch_setting(target), MIN_SPLIT_CHUNK),
+         kernels.launch_setting(target, occupancy=True), MIN_SPLIT_CHUNK),
         _backward_weight_plan, x.shape, w_shape, dy.dtype, tf32, stride, padding, target, device, var)
     dw = xp.empty(w_shape, dtype=dy.dtype)
     ws = dw if ws_shape is None else xp.empty(ws_shape, dtype=compute_dtype(dy.dtype))

@@ -140,8 +140,9 @@ def _i32(*values):
 # the tile the variant runs as, the grid, the split-K and the int32 arguments. A plan's key holds
 # all that decides it: the direction, the variant asked for, the shapes, dtype, TF32 mode, stride,
 # padding, the bias and ReLU flags (or dw's dtype and the split rule's MIN_SPLIT_CHUNK), the target,
-# the device and kernels.launch_setting (the simulator's arch; GPUCONV_WGMMA and GPUCONV_KERNELS_DIR on
-# a GPU). The arrays' layouts and addresses are not in it: what depends on them (the NHWC copies, the filters'
+# the device and kernels.launch_setting (the simulator's arch; GPUCONV_WGMMA on a GPU, and for the
+# weight gradient, whose split-K asks the kernel's occupancy, GPUCONV_KERNELS_DIR). The arrays'
+# layouts and addresses are not in it: what depends on them (the NHWC copies, the filters'
 # repacking, the weight gradient's vector width) is decided per call.
 _PLANS: dict = {}
 _PLANS_MAX = 4096  # geometries kept (a network has a few dozen); past it the memo starts over
@@ -275,7 +276,7 @@ def backward_weight(dy, x, w_shape, stride, padding, tf32, *, target, variant="t
     w_shape = tuple(w_shape)
     split = _split_rule()
     plan = _plan(("backward_weight", variant, dy.shape, x.shape, w_shape, dy.dtype, tf32, stride, padding, dw_dtype,
-                  target, device, kernels.launch_setting(target), split.MIN_SPLIT_CHUNK),
+                  target, device, kernels.launch_setting(target, occupancy=True), split.MIN_SPLIT_CHUNK),
                  _backward_weight_plan, dy.shape, x.shape, w_shape, dy.dtype, tf32, stride, padding, dw_dtype, target,
                  device, variant)
     if plan is None:
