@@ -4,13 +4,33 @@ from __future__ import annotations
 import os
 
 _ON = ("1", "true", "yes", "on")
+
+# os.environ's own storage (CPython's _Environ keeps its items in a dict of encoded keys that every
+# change made through os.environ updates): read directly, a variable asked at every kernel launch
+# costs one dict lookup instead of os.environ.get's four Python calls. Anything else (another
+# interpreter, os.environ replaced by another mapping) reads through os.environ.get.
+_environ = os.environ
+_data = getattr(_environ, "_data", None)
+_encode, _decode = getattr(_environ, "encodekey", None), getattr(_environ, "decodevalue", None)
+_keys: dict = {}
+
+
+def get(name: str) -> str | None:
+    """``os.environ.get(name)``, read without its Mapping machinery where that is safe."""
+    if os.environ is not _environ or not isinstance(_data, dict) or _encode is None or _decode is None:
+        return os.environ.get(name)
+    key = _keys.get(name)
+    if key is None:
+        key = _keys[name] = _encode(name)
+    raw = _data.get(key)
+    return None if raw is None else _decode(raw)
 _OFF = ("", "0", "false", "no", "off")
 
 
 def flag(name: str, default: bool = False) -> bool:
     """``$name`` as a yes/no setting: 1/true/yes/on or 0/false/no/off (any case; empty is off),
     ``default`` when unset; any other value is an error naming the variable."""
-    raw = os.environ.get(name)
+    raw = get(name)
     if raw is None:
         return default
     value = raw.strip().lower()
@@ -24,7 +44,7 @@ def flag(name: str, default: bool = False) -> bool:
 def mebibytes(name: str, default: int) -> int | None:
     """``$name`` as a size in MiB (a whole number; 0 means no limit, returned as None), ``default``
     when unset or empty; anything else is an error naming the variable."""
-    raw = os.environ.get(name, "").strip()
+    raw = (get(name) or "").strip()
     if not raw:
         return default
     try:

@@ -499,7 +499,7 @@ class KernelCompileError(RuntimeError):
 # ----------------------------------------------------------------------------- sources
 def kernel_dir() -> pathlib.Path:
     """The directory holding ``common.cuh`` and the ``.cu`` files (checkout, wheel, or override)."""
-    override = os.environ.get("GPUCONV_KERNELS_DIR")
+    override = _env.get("GPUCONV_KERNELS_DIR")
     if override:
         path = pathlib.Path(override)
         if not (path / COMMON).is_file():
@@ -870,7 +870,7 @@ def get_module(op_file: str, dtype=np.float32, target: str = "cuda", device: int
     if target == "cuda" and device is None:
         device = backend.require_cupy().cuda.Device().id
     sim_cc = _sim_arch.get() if target == "sim" else None
-    key = (op_file, dt, tf32, target, device if target == "cuda" else sim_cc, os.environ.get("GPUCONV_KERNELS_DIR"),
+    key = (op_file, dt, tf32, target, device if target == "cuda" else sim_cc, _env.get("GPUCONV_KERNELS_DIR"),
            _build_switch(op_file, target))
     with _cache_lock:
         mod = _cache.get(key)
@@ -900,7 +900,7 @@ def get_function(op_file: str, name: str, dtype, target: str, device: int | None
     """``get_module(op_file, dtype, target, device, tf32).get_function(name)``, memoized: the
     launchers call this once per launch."""
     key = (op_file, name, np.dtype(dtype), bool(tf32), target, device if target == "cuda" else _sim_arch.get(),
-           os.environ.get("GPUCONV_KERNELS_DIR"), _build_switch(op_file, target))
+           _env.get("GPUCONV_KERNELS_DIR"), _build_switch(op_file, target))
     fn = _functions.get(key)
     if fn is None:
         fn = _functions[key] = get_module(op_file, dtype, target, device, tf32).get_function(name)
@@ -1034,8 +1034,8 @@ def launch_setting(target: str, occupancy: bool = False):
     apart: the launch's own.)"""
     if target == "sim":
         return _sim_arch.get()
-    wgmma = os.environ.get("GPUCONV_WGMMA")
-    return (wgmma, os.environ.get("GPUCONV_KERNELS_DIR")) if occupancy else wgmma
+    wgmma = _env.get("GPUCONV_WGMMA")
+    return (wgmma, _env.get("GPUCONV_KERNELS_DIR")) if occupancy else wgmma
 
 
 def current_sim_arch() -> int | None:
@@ -1450,7 +1450,7 @@ def resident_blocks(op_file: str, name: str, dtype, threads: int, target: str, d
     if device is None:
         device = backend.require_cupy().cuda.Device().id
     key = (op_file, name, np.dtype(dtype), bool(tf32), device, int(threads), int(shared_mem),
-           os.environ.get("GPUCONV_KERNELS_DIR"))
+           _env.get("GPUCONV_KERNELS_DIR"))
     n = _resident.get(key)
     if n is None:
         with backend.cupy_module().cuda.Device(device):

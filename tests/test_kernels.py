@@ -942,3 +942,28 @@ def test_the_module_memo_keeps_the_builds_with_and_without_the_wgmma_tiles_apart
     assert kernels.get_module("relu", bf16, "cuda", device=0) is relu
     monkeypatch.setenv("GPUCONV_WGMMA", "0")
     assert kernels.get_module("conv2d_tc", bf16, "cuda", device=0) is portable
+
+
+def test_the_environment_reader_follows_every_change_of_the_environment(monkeypatch):
+    """_env.get reads os.environ's storage directly (the launchers ask it at every launch): it must
+    answer what os.environ.get answers after each kind of change, and read through a mapping that
+    replaced os.environ."""
+    import os
+    from gpuconv import _env
+    name = "GPUCONV_TEST_ENV_READER"
+    monkeypatch.delenv(name, raising=False)
+    assert _env.get(name) is None
+    monkeypatch.setenv(name, "one")
+    assert _env.get(name) == "one"
+    os.environ[name] = "dé/ü"  # a value that is no ASCII
+    assert _env.get(name) == os.environ.get(name) == "dé/ü"
+    monkeypatch.setenv(name, "")
+    assert _env.get(name) == ""
+    os.environ.update({name: "2"})
+    assert _env.get(name) == "2" and _env.flag(name.replace("READER", "FLAG")) is False
+    monkeypatch.setenv(name, "on")
+    assert _env.flag(name) is True
+    del os.environ[name]
+    assert _env.get(name) is None and _env.flag(name, default=True) is True
+    monkeypatch.setattr(os, "environ", {name: "3"})  # another mapping in os.environ's place
+    assert _env.get(name) == "3"
