@@ -40,16 +40,8 @@ def _orders_by_strides(shape, strides, itemsize) -> tuple:
     microseconds of host time). Axes of length 1 take any stride and an empty array is
     contiguous, as NumPy and CuPy say. Both answers come from one lookup, memoized: a network
     asks about the same few geometries at every step, several times per launch (the predicates
-    below call it directly and read ``ndim`` as an attribute: no other Python call on that path)."""
+    below call it directly: no other Python function on that path)."""
     return _dense(shape, strides, itemsize, (0, 1, 2, 3)), _dense(shape, strides, itemsize, NHWC)
-
-
-def _ndim(x):
-    """``x.ndim``, None for what has none (None, a Python scalar)."""
-    try:
-        return x.ndim
-    except AttributeError:
-        return None
 
 
 def _dense(shape, strides, itemsize, order) -> bool:
@@ -67,10 +59,7 @@ def _dense(shape, strides, itemsize, order) -> bool:
 def is_channels_last(x) -> bool:
     """Whether the 4-D array ``x`` is stored NHWC: its (N, H, W, C) transpose is C-contiguous and
     it is not also plain C-contiguous (a tensor with C == 1 or H == W == 1 is both: NCHW wins)."""
-    try:
-        if x.ndim != 4:
-            return False
-    except AttributeError:
+    if getattr(x, "ndim", None) != 4:
         return False
     nchw, nhwc_ = _orders_by_strides(x.shape, x.strides, x.itemsize)
     return nhwc_ and not nchw
@@ -79,7 +68,7 @@ def is_channels_last(x) -> bool:
 def nhwc_memory(x) -> bool:
     """Whether the 4-D ``x``'s memory is in NHWC order: channels_last, or a shape whose two
     layouts are the same memory (one channel, or 1x1 images)."""
-    return _ndim(x) == 4 and _orders_by_strides(x.shape, x.strides, x.itemsize)[1]
+    return getattr(x, "ndim", None) == 4 and _orders_by_strides(x.shape, x.strides, x.itemsize)[1]
 
 
 def run_channels_last(*arrays) -> bool:
@@ -87,10 +76,7 @@ def run_channels_last(*arrays) -> bool:
     them is in NHWC order and at least one is channels_last (not merely ambiguous)."""
     channels_last = False
     for a in arrays:
-        try:
-            if a.ndim != 4:
-                return False
-        except AttributeError:
+        if getattr(a, "ndim", None) != 4:
             return False
         nchw, nhwc_ = _orders_by_strides(a.shape, a.strides, a.itemsize)
         if not nhwc_:
@@ -108,10 +94,7 @@ def to_channels_last(x):
 def nhwc_memory_of(y):
     """A 4-D ``y`` with NHWC memory (itself when it has it; else a copy), anything else as it is:
     :func:`to_channels_last` without its argument check, for the ops' own results."""
-    try:
-        if y.ndim != 4:
-            return y
-    except AttributeError:
+    if getattr(y, "ndim", None) != 4:
         return y
     if _orders_by_strides(y.shape, y.strides, y.itemsize)[1]:
         return y
@@ -126,7 +109,7 @@ def to_contiguous(x):
 def nhwc(x):
     """The (N, H, W, C) array over the same values, C-contiguous: a view of a channels_last ``x``,
     a transposing copy otherwise."""
-    if _ndim(x) != 4:
+    if getattr(x, "ndim", None) != 4:
         _check(x, "nhwc")
     return get_array_module(x).ascontiguousarray(x.transpose(NHWC))
 
@@ -155,10 +138,7 @@ def empty_like(x):
 def memory_order(x):
     """A C-contiguous view over ``x``'s memory: the NHWC view of a channels_last array, ``x``
     itself otherwise (what a kernel that walks flat memory is given)."""
-    try:
-        if x.ndim != 4:
-            return x
-    except AttributeError:
+    if getattr(x, "ndim", None) != 4:
         return x
     nchw, nhwc_ = _orders_by_strides(x.shape, x.strides, x.itemsize)
     return x.transpose(NHWC) if nhwc_ and not nchw else x
