@@ -527,12 +527,14 @@ class Trainer:
             if self.out_dir is None:  # (save_checkpoint(path) of a Trainer that writes no run)
                 way_on = fix
             elif saved:
-                way_on = (f"the checkpoint {saved} is intact at {self.checkpoint_path}: {fix}, then continue with "
-                          f"`gpuconv train ... --out {shlex.quote(str(self.out_dir))} --resume` or "
-                          "Trainer.fit(..., resume=True)")
+                way_on = f"the checkpoint {saved} is intact at {self.checkpoint_path}: {fix}, then continue with {self._resume_how()}"
             else:
                 way_on = f"no checkpoint of this run is on disk yet: {fix}, then train again"
             raise restated(exc, f"could not write {path} at step {self.step} ({what}); {way_on}") from exc
+
+    def _resume_how(self):
+        """The two ways to continue this run, its --out quoted as a shell splits it."""
+        return f"`gpuconv train ... --out {shlex.quote(str(self.out_dir))} --resume` or Trainer.fit(..., resume=True)"
 
     def _checkpoint_position(self):
         """Where the run's checkpoint on disk stands ("of epoch 2's end (step 40)"), None without one."""
@@ -788,8 +790,8 @@ class Trainer:
         saved = self.save_checkpoint() if self.out_dir is not None else None
         # fit() again on this Trainer (without resume=True) continues the epoch: its sums go on
         self._resumed_sums = dict(self._ep) if self.epoch_step else None
-        where = (f"checkpoint saved to {saved}; resume with `gpuconv train ... --out {shlex.quote(str(self.out_dir))} --resume` "
-                 "or Trainer.fit(..., resume=True)" if saved else "no out_dir was given, so nothing was saved")
+        where = (f"checkpoint saved to {saved}; resume with {self._resume_how()}" if saved
+                 else "no out_dir was given, so nothing was saved")
         signum = self._stop_requested if self._stop_requested in self.STOP_SIGNALS else signal.SIGINT
         how = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
         if self.epoch >= self._fit_epochs and not self.epoch_step:  # the signal came after the last step
