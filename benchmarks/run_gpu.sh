@@ -79,9 +79,12 @@ if [ -d .gpu-data/cifar-10-batches-py ]; then
 fi
 export GPUCONV_CUDA_CACHE="${GPUCONV_CUDA_CACHE:-$HOME/.cache/gpuconv/cuda}"
 export CUPY_CACHE_DIR="${CUPY_CACHE_DIR:-$HOME/.cupy/kernel_cache}"
-if [ -f .gpu-cache/caches.tar.gz ]; then  # a previous run's compiled kernels: no NVRTC time here
+CARRIED="none (no .gpu-cache/caches.tar.gz: make gpu-cache builds one without a GPU)"
+if [ -f .gpu-cache/caches.tar.gz ]; then  # compiled kernels (a previous run's, or make gpu-cache's): no NVRTC time here
     mkdir -p "$GPUCONV_CUDA_CACHE" "$CUPY_CACHE_DIR"
     tar -xzf .gpu-cache/caches.tar.gz -C "$HOME" 2>/dev/null || true
+    CARRIED="$(find "$GPUCONV_CUDA_CACHE" -type f 2>/dev/null | wc -l) gpuconv and $(find "$CUPY_CACHE_DIR" -type f \
+2>/dev/null | wc -l) CuPy kernel files (.gpu-cache/caches.tar.gz; the precompile stage says which builds it found)"
 fi
 PY="${PYTHON:-python3}"
 STAGES="${STAGES:-all}"
@@ -197,8 +200,10 @@ needed = ("cupy", "torch", "ml_dtypes", "pytest", "xdist", "pytest_timeout", "hy
 print("python modules missing:", ", ".join(m for m in needed if importlib.util.find_spec(m) is None) or "none")
 try:
     import cupy as cp
+    from cupy_backends.cuda.libs import nvrtc
     print("cupy", cp.__version__, "CUDA runtime", cp.cuda.runtime.runtimeGetVersion(),
-          "driver", cp.cuda.runtime.driverGetVersion(), "devices", cp.cuda.runtime.getDeviceCount())
+          "driver", cp.cuda.runtime.driverGetVersion(), "devices", cp.cuda.runtime.getDeviceCount(),
+          "NVRTC", ".".join(map(str, nvrtc.getVersion())), "(the release make gpu-cache must build with)")
 except Exception as exc:
     print("cupy: unusable:", type(exc).__name__, exc)
 try:
@@ -212,6 +217,7 @@ from gpuconv import backend
 print("gpuconv", gpuconv.__version__, "|", backend.cuda_status())
 EOF
     git rev-parse --short HEAD 2>/dev/null | sed 's/^/git commit /'
+    echo "kernel caches carried: $CARRIED"
     echo "data: ${GPUCONV_DATA:-none: no .gpu-data/cifar-10-batches-py (make gpu-data, carry .gpu-data); the real-subset \
 stages and tests will fail}"
     [ -z "$(git status --porcelain --untracked-files=no 2>/dev/null)" ] || echo "git: tracked files differ from that commit"

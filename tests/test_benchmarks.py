@@ -610,6 +610,72 @@ def test_gpu_battery_runs_on_without_the_wgmma_tiles_when_their_probe_fails(tmp_
     assert proc.returncode == 1
 
 
+FAKE_BUILD_PYTHON = """#!/usr/bin/env bash
+# Stands in for python in make gpu-cache: pip installs an NVRTC wheel's layout, CuPy reports the
+# release FAKE_NVRTC (else 13.0), precompile writes one build per GPUCONV_WGMMA setting.
+case "$*" in
+  *"pip install"*) t=$(echo "$*" | sed -n 's/.*--target \\([^ ]*\\).*/\\1/p'); mkdir -p "$t/nvidia/cu13/lib"
+     : > "$t/nvidia/cu13/lib/libnvrtc.so.13"; : > "$t/nvidia/cu13/lib/libnvrtc-builtins.so.13.0"
+     echo "$*" > "$FAKE_LOG.pip" ;;
+  *getVersion*) echo "${FAKE_NVRTC:-13.0}"; echo "$LD_PRELOAD" > "$FAKE_LOG.preload" ;;
+  *"gpuconv precompile --arch sm_90"*) mkdir -p "$GPUCONV_CUDA_CACHE"
+     echo cubin > "$GPUCONV_CUDA_CACHE/conv2d_tc-built${GPUCONV_WGMMA:-1}.cubin"; echo "1 builds, 1 compiled" ;;
+  *) echo "unexpected: $*" >&2; exit 3 ;;
+esac
+"""
+
+
+def _build_gpu_cache(tmp_path, **env):
+    """benchmarks/gpu_cache.sh in a copy of the scripts under ``tmp_path/repo``, with a stand-in
+    python (FAKE_BUILD_PYTHON)."""
+    repo = tmp_path / "repo"
+    (repo / "benchmarks").mkdir(parents=True)
+    for name in ("gpu_cache.sh", "run_gpu.sh"):
+        (repo / "benchmarks" / name).write_text((BENCH / name).read_text())
+    fake = tmp_path / "build-python"
+    fake.write_text(FAKE_BUILD_PYTHON)
+    fake.chmod(0o755)
+    env = {**os.environ, "PYTHON": str(fake), "FAKE_LOG": str(tmp_path / "fake"), **env}
+    proc = subprocess.run(["bash", str(repo / "benchmarks" / "gpu_cache.sh")], capture_output=True, text=True,
+                          env=env, timeout=60, cwd=tmp_path)
+    return proc, repo
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="bash script")
+def test_gpu_cache_is_built_by_the_devices_nvrtc_and_found_where_the_battery_looks(tmp_path):
+    """make gpu-cache compiles with the NVRTC release of the GPU_NVRTC wheel (preloaded, checked
+    before any build), both with and without the wgmma tiles, into .gpu-cache/caches.tar.gz; the
+    battery unpacks it where its kernel cache is, says what it carried, and hands it on."""
+    proc, repo = _build_gpu_cache(tmp_path, GPU_NVRTC="13.0.48")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "nvidia-cuda-nvrtc==13.0.48" in (tmp_path / "fake.pip").read_text()
+    assert (tmp_path / "fake.preload").read_text().strip().split(":")[0].endswith("/nvidia/cu13/lib/libnvrtc.so.13")
+    assert "2 kernel builds (NVRTC 13.0, sm_90) in .gpu-cache/caches.tar.gz" in proc.stdout
+    with tarfile.open(repo / ".gpu-cache" / "caches.tar.gz") as tar:
+        built = {".cache/gpuconv/cuda/conv2d_tc-built1.cubin", ".cache/gpuconv/cuda/conv2d_tc-built0.cubin"}
+        assert built <= set(tar.getnames())
+    # the battery, run from that tree with the stand-in tools, unpacks it into its kernel cache
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OUT": str(out), "HOME": str(tmp_path / "home"),
+           "GPUCONV_BENCH_RESULTS": str(tmp_path / "results"), "STAGES": "caches", **_fake_tools(tmp_path)}
+    battery = subprocess.run(["bash", str(repo / "benchmarks" / "run_gpu.sh")], capture_output=True, text=True,
+                             env=env, timeout=120, cwd=repo)
+    log = (out / "run_gpu.log").read_text()
+    assert "kernel caches carried: 2 gpuconv and 0 CuPy kernel files" in log, battery.stdout[-2000:]
+    with tarfile.open(out / "caches.tar.gz") as tar:  # handed on with what the battery built
+        assert built | {".cache/gpuconv/cuda/conv2d_tc-1.cubin"} <= set(tar.getnames())
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="bash script")
+def test_gpu_cache_refuses_an_nvrtc_other_than_the_one_asked_for(tmp_path):
+    """A CuPy that loads another NVRTC than the wheel's would store builds under a key the device
+    never asks for: nothing is built, and the message says which release was loaded."""
+    proc, repo = _build_gpu_cache(tmp_path, FAKE_NVRTC="13.5")
+    assert proc.returncode == 1
+    assert "CuPy loaded NVRTC 13.5, not the 13.0" in proc.stderr
+    assert not (repo / ".gpu-cache").exists()
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="bash script")
 @pytest.mark.parametrize("missing", ["xdist", "pytest_timeout"])
 def test_gpu_battery_runs_its_tests_without_a_missing_pytest_plugin(tmp_path, missing):
