@@ -416,7 +416,6 @@ def accuracy(torch, model, images_u8, labels, device, level, batch=500):
 
 
 def main(argv=None):
-    import torch
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])  # the first paragraph
     p.add_argument("--recipe", choices=sorted(RECIPES), default="airbench94")
     p.add_argument("--images", type=int, default=50_000, help="synthetic CIFAR-shaped images")
@@ -430,6 +429,11 @@ def main(argv=None):
                    help="a cifar-10-batches-py folder: train on data_batch_1-4, report the accuracy on data_batch_5 "
                         "at TTA 0, 1, 2 (the split gpuconv train uses when the folder has no test_batch)")
     args = p.parse_args(argv)
+    try:
+        import torch
+    except ImportError as exc:  # after the arguments: --help needs no torch
+        p.exit(2, f"airbench_torch.py: the PyTorch baseline needs torch, which cannot be imported ({exc}): "
+                  "pip install torch (a CUDA build to time it on a GPU)\n")
     h = RECIPES[args.recipe]
     args.epochs = h["epochs"] if args.epochs is None else args.epochs
     args.batch_size = h["batch_size"] if args.batch_size is None else args.batch_size

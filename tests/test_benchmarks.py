@@ -892,6 +892,18 @@ def test_airbench_baseline_of_the_other_recipes_takes_their_steps(name):
         assert [f for f in steps.failures() if f.startswith("4 epochs on the same batches")]
 
 
+def test_airbench_torch_help_needs_no_torch_and_its_absence_is_named(tmp_path):
+    """--help works without torch; a run without it says what to install (exit 2), no traceback."""
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    (hide / "torch.py").write_text("raise ImportError('torch is hidden for this test')\n")
+    env = {"PYTHONPATH": f"{hide}{os.pathsep}{REPO}"}
+    assert "--recipe" in run_script("airbench_torch", "--help", env=env).stdout
+    proc = run_script("airbench_torch", "--images", "64", env=env)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "the PyTorch baseline needs torch" in proc.stderr and "pip install torch" in proc.stderr
+
+
 def test_airbench_torch_muon_network_starts_as_the_muon_recipes():
     """The muon baseline's head divides by its width from unit-std weights and its whitening bias
     keeps PyTorch's draw, as gpuconv's airbench94_muon network; airbench94's zeroes the bias."""
