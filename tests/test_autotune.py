@@ -328,6 +328,7 @@ def test_the_wgmma_tiles_can_be_switched_off_on_a_gpu(monkeypatch):
     from gpuconv.ops import _launch_conv2d_tc as tc
     monkeypatch.setattr(kernels, "_arch_specific_build", lambda device: True)  # as on an H100/H200
     monkeypatch.setattr(kernels, "_compute_capability", lambda device: 90)
+    monkeypatch.delenv("GPUCONV_WGMMA", raising=False)  # (a battery that switched them off runs this too)
     assert kernels.tune_candidates("conv2d_forward", BF16, False, "cuda", 0)[-4:] == ("tcwg", "tcwg256", "tcwgn64",
                                                                                      "tcwgm64")
     monkeypatch.setenv("GPUCONV_WGMMA", "0")

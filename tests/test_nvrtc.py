@@ -630,6 +630,7 @@ def test_hopper_builds_the_wgmma_file_for_sm_90a_and_the_others_for_sm_90(fake_g
     is the arch each file is built for: conv2d_tc's source is a one-line kernel here (its real
     sm_90a CUBIN, 10 s of NVRTC per dtype, is built by the warpgroup test above)."""
     assert kernels.ARCH_SPECIFIC == ("conv2d_tc",)
+    monkeypatch.delenv("GPUCONV_WGMMA", raising=False)  # the tiles on (GPUCONV_WGMMA=0 builds sm_90)
     real = kernels.build_source
     monkeypatch.setattr(kernels, "build_source", lambda op_file, *a, **k: real(op_file, *a, **k)
                         if op_file != "conv2d_tc" else 'extern "C" __global__ void conv2d_stub(float* y) { *y = 1.0f; }')
