@@ -34,13 +34,20 @@ array outside the graph is ever given memory the graph writes into; the blocks C
 pool caches for no array (the eager step's) are released first, so the two pools do not add
 up. Arrays allocated before the capture (parameters, optimizer state, the input buffers) are the
 graph's fixed inputs; the outputs returned are the graph's own arrays, rewritten by every replay
-(copy what must outlive the next step).
+(copy what must outlive the next step). The graph's pool lives as long as the StepGraph: a reset
+(every graphed epoch's start) and the StepGraph's end hand its cached blocks back to the GPU, as
+does each capture (the arrays of the capture before, a gradient, freed since). A pool merely
+dropped would keep them: in CuPy 14 a pool's cached blocks and their arena hold one another,
+out of reach of the pool and of the garbage collector, so each capture's step would stay
+allocated for the rest of the process.
 
 On 'sim' and the CPU there are no graphs: the same calls run the step every time, through the
 same input buffers and the same ``before`` (so the simulator tests what the graph path relies
 on: a replay that missed a learning-rate write would show).
 """
 from __future__ import annotations
+
+import weakref
 
 from . import backend, kernels, layout
 
@@ -61,6 +68,8 @@ class StepGraph:
         self.model = None        # for_optimizer's: its layers' numbers held with the optimizer
         self.captures = 0        # graphs captured so far (a test and a log can see re-captures)
         self.replays = 0
+        self._pool = None        # the captures' memory pool (CuPy's), made at the first capture
+        self._pool_gpus = set()  # the GPUs it allocated on
         self.reset()
 
     @classmethod
@@ -97,9 +106,12 @@ class StepGraph:
             self._hold_model(False)
 
     def reset(self):
-        """Drop the graph: the next call runs eagerly, the one after captures anew."""
-        self._key = self._graph = self._pool = self._outputs = self._inputs = None
+        """Drop the graph: the next call runs eagerly, the one after captures anew. The memory its
+        capture allocated and no array holds now goes back to the GPU."""
+        self._key = self._graph = self._outputs = self._inputs = None
         self._eager_done = False
+        if self._pool is not None:
+            _free_blocks(backend.cupy_module().cuda, self._pool, self._pool_gpus)
 
     @staticmethod
     def _signature(x, y):
@@ -152,7 +164,13 @@ class StepGraph:
         # second step's memory to the peak that eager training reached. Only blocks no array holds
         # are freed (the graph's fixed inputs are live arrays); on the batch's device.
         cp.get_default_memory_pool().free_all_blocks()
-        self._pool = cp.cuda.MemoryPool()
+        if self._pool is None:
+            self._pool = cp.cuda.MemoryPool()
+            # (the pool's blocks go back when this StepGraph goes; at the process's exit the driver takes them)
+            weakref.finalize(self, _free_blocks, cp.cuda, self._pool, self._pool_gpus).atexit = False
+        else:  # what an earlier capture's arrays left since its reset (a gradient the eager step replaced)
+            _free_blocks(cp.cuda, self._pool, self._pool_gpus)
+        self._pool_gpus.add(cp.cuda.Device().id)
         with cp.cuda.using_allocator(self._pool.malloc), stream:
             stream.begin_capture()
             try:
@@ -161,3 +179,11 @@ class StepGraph:
                 graph = stream.end_capture()
         self._graph, self._outputs = graph, outputs
         self.captures += 1
+
+
+def _free_blocks(cuda, pool, gpus):
+    """Hand the blocks ``pool`` (a ``cuda.MemoryPool``, ``cuda`` CuPy's) caches for no array back to
+    each of ``gpus`` (CuPy frees those of the current device's pool alone)."""
+    for gpu in sorted(gpus):
+        with cuda.Device(gpu):
+            pool.free_all_blocks()
