@@ -39,7 +39,9 @@ graph's fixed inputs; the outputs returned are the graph's own arrays, rewritten
 does each capture (the arrays of the capture before, a gradient, freed since). A pool merely
 dropped would keep them: in CuPy 14 a pool's cached blocks and their arena hold one another,
 out of reach of the pool and of the garbage collector, so each capture's step would stay
-allocated for the rest of the process.
+allocated for the rest of the process. A capture that finds the GPU full raises CuPy's
+OutOfMemoryError: the pool's own answer, freeing its cached blocks and trying again, would free
+blocks the kernels captured before write into.
 
 On 'sim' and the CPU there are no graphs: the same calls run the step every time, through the
 same input buffers and the same ``before`` (so the simulator tests what the graph path relies
@@ -52,6 +54,8 @@ import weakref
 from . import backend, kernels, layout
 
 __all__ = ["StepGraph", "REPLAYED_WAY_OUT"]
+
+_CUDA_ERROR_MEMORY_ALLOCATION = 2  # cudaErrorMemoryAllocation (CuPy's runtime module names it to Cython alone)
 
 # What an error refusing a change to a value a captured step took by value says after "cannot change while".
 REPLAYED_WAY_OUT = ("a captured training step (a CUDA graph, gpuconv.graphs) replays it with the value it was "
@@ -165,7 +169,7 @@ class StepGraph:
         # are freed (the graph's fixed inputs are live arrays); on the batch's device.
         cp.get_default_memory_pool().free_all_blocks()
         if self._pool is None:
-            self._pool = cp.cuda.MemoryPool()
+            self._pool = cp.cuda.MemoryPool(_capture_malloc(cp.cuda))
             # (the pool's blocks go back when this StepGraph goes; at the process's exit the driver takes them)
             weakref.finalize(self, _free_blocks, cp.cuda, self._pool, self._pool_gpus).atexit = False
         else:  # what an earlier capture's arrays left since its reset (a gradient the eager step replaced)
@@ -187,3 +191,21 @@ def _free_blocks(cuda, pool, gpus):
     for gpu in sorted(gpus):
         with cuda.Device(gpu):
             pool.free_all_blocks()
+
+
+def _capture_malloc(cuda):
+    """The allocator under a capture's pool (``cuda``: CuPy's): cudaMalloc, and where the GPU is
+    full CuPy's OutOfMemoryError at once. CuPy's pool answers a failed cudaMalloc by freeing the
+    blocks it caches and trying again (cupy/cuda/memory.pyx, SingleDeviceMemoryPool._try_malloc):
+    during a capture those are blocks that kernels captured before it write into, and a
+    cudaFree there either invalidates the capture (its error then hides the out-of-memory) or
+    gives them back to the GPU, where arrays outside the graph would get them and every replay
+    would overwrite them. An out-of-memory error passes through the pool untouched."""
+    def malloc(size):
+        try:
+            return cuda.MemoryPointer(cuda.Memory(size), 0)
+        except cuda.runtime.CUDARuntimeError as exc:
+            if exc.status != _CUDA_ERROR_MEMORY_ALLOCATION:
+                raise
+        raise cuda.memory.OutOfMemoryError(size, -1)
+    return malloc

@@ -520,7 +520,8 @@ def test_dropout_given_a_rate_after_the_trainer_is_built_is_refused(when):
 def _fake_cupy(monkeypatch):
     """CuPy faked for a StepGraph (arrays 'on a GPU' a NumPy subclass): what the graph did, in order,
     goes to ``seen``; ``on[id(array)]`` says which GPU an array is on; ``current[0]`` is CuPy's
-    current device."""
+    current device; ``cuda.allocator[0]`` the allocator of a capture, whose cudaMalloc fails while
+    ``cuda.gpu.full``."""
     current, seen = [0], []
 
     class FakeArray(np.ndarray):
@@ -563,18 +564,56 @@ def _fake_cupy(monkeypatch):
         seen.append(("buffer", current[0]))
         return np.empty_like(a).view(FakeArray)
 
-    class MemoryPool:  # a graph's own: its blocks go back to the current GPU alone, as CuPy's
-        malloc = None
+    class CUDARuntimeError(RuntimeError):
+        def __init__(self, status):
+            super().__init__(f"CUDA error {status}")
+            self.status = status
+
+    class OutOfMemoryError(MemoryError):
+        def __init__(self, size, total):
+            super().__init__(f"Out of memory allocating {size:,} bytes")
+
+    gpu = types.SimpleNamespace(full=False)  # cudaMalloc fails while the GPU is full
+
+    def malloc_memory(size):
+        if gpu.full:
+            raise CUDARuntimeError(2)  # cudaErrorMemoryAllocation
+        return types.SimpleNamespace(size=size)
+
+    class MemoryPool:  # a graph's own, as CuPy's: its blocks go back to the current GPU alone
+        def __init__(self, allocator=None):
+            self.allocator = allocator or (lambda size: (malloc_memory(size), 0))
+
+        def malloc(self, size):  # CuPy's pool at a failed cudaMalloc: its cached blocks freed, then once more
+            try:
+                return self.allocator(size)
+            except CUDARuntimeError as exc:
+                if exc.status != 2:
+                    raise
+                self.free_all_blocks()
+                return self.allocator(size)
 
         def free_all_blocks(self):
             seen.append(("free graph's", current[0]))
 
+    allocator = [None]  # what using_allocator set: the capture's pool's malloc
+
+    @contextlib.contextmanager
+    def using_allocator(malloc):
+        allocator[0], before = malloc, allocator[0]
+        try:
+            yield
+        finally:
+            allocator[0] = before
+
     pool = types.SimpleNamespace(free_all_blocks=lambda: seen.append(("free", current[0])))
+    cuda = types.SimpleNamespace(Device=Device, Stream=Stream, MemoryPool=MemoryPool, using_allocator=using_allocator,
+                                 allocator=allocator, get_current_stream=Stream, gpu=gpu, Memory=malloc_memory,
+                                 MemoryPointer=lambda memory, offset: (memory, offset),
+                                 runtime=types.SimpleNamespace(CUDARuntimeError=CUDARuntimeError),
+                                 memory=types.SimpleNamespace(OutOfMemoryError=OutOfMemoryError))
     fake = types.SimpleNamespace(ndarray=FakeArray, empty_like=empty_like, copyto=np.copyto,
-                                 get_default_memory_pool=lambda: pool,
-                                 cuda=types.SimpleNamespace(Device=Device, Stream=Stream, MemoryPool=MemoryPool,
-                                                            using_allocator=lambda malloc: contextlib.nullcontext(),
-                                                            get_current_stream=Stream))
+                                 get_default_memory_pool=lambda: pool, cuda=cuda)
     on = {}
     monkeypatch.setattr(B, "_import_cupy", lambda: (fake, None))
     monkeypatch.setattr(B, "device_id", lambda a: on[id(a.base if a.base is not None else a)])
@@ -634,6 +673,33 @@ def test_a_graphs_memory_goes_back_at_each_reset_and_when_the_graph_goes(monkeyp
     del graph
     gc.collect()
     assert seen == [("free graph's", 1)]
+
+
+def test_a_capture_out_of_gpu_memory_frees_none_of_the_graphs_blocks(monkeypatch):
+    """CuPy's pool answers a failed cudaMalloc by freeing the blocks it caches and trying again
+    (cupy/cuda/memory.pyx, SingleDeviceMemoryPool._try_malloc). Inside a capture, the graph's
+    pool caches blocks that kernels captured earlier write into: a cudaFree there invalidated the
+    capture (a CUDA error in place of the out-of-memory) or gave them to the GPU, where arrays
+    outside the graph would get them and every replay overwrite them. A capture out of memory
+    raises CuPy's OutOfMemoryError (which the trainer explains) and frees none of the graph's
+    blocks. CuPy is faked, its pool's retry as CuPy's."""
+    seen, current, on, FakeArray = _fake_cupy(monkeypatch)
+    cuda = B.cupy_module().cuda
+
+    def step(x, y):
+        if cuda.allocator[0] is not None:  # in the capture: two arrays, the GPU full at the second
+            cuda.allocator[0](512)
+            cuda.gpu.full = True
+            cuda.allocator[0](1 << 20)
+        return (x,)
+
+    graph = StepGraph(step)
+    x, y = np.zeros((2, 3, 4, 4), np.float32), np.zeros(2, np.int64)
+    on[id(x)] = on[id(y)] = 0
+    graph(x.view(FakeArray), y.view(FakeArray))
+    with pytest.raises(MemoryError, match="Out of memory allocating 1,048,576 bytes"):
+        graph(x.view(FakeArray), y.view(FakeArray))
+    assert ("free graph's", 0) not in seen[seen.index(("capture", 0, 0)):]
 
 
 @pytest.mark.parametrize("change", ["set_variant", "use_variant", "autotuning", "table loaded", "table cleared",
