@@ -37,7 +37,7 @@ graph's fixed inputs; the outputs returned are the graph's own arrays, rewritten
 (copy what must outlive the next step). The graph's pool lives as long as the StepGraph: a reset
 (every graphed epoch's start) and the StepGraph's end hand its cached blocks back to the GPU, as
 does each capture (the arrays of the capture before, a gradient, freed since). A pool merely
-dropped would keep them: in CuPy 14 a pool's cached blocks and their arena hold one another,
+dropped would keep them: since CuPy 14.1 a pool's cached blocks and their arena hold one another,
 out of reach of the pool and of the garbage collector, so each capture's step would stay
 allocated for the rest of the process. A capture that finds the GPU full raises CuPy's
 OutOfMemoryError: the pool's own answer, freeing its cached blocks and trying again, would free

@@ -648,7 +648,7 @@ def test_a_graph_is_captured_and_replayed_on_the_batchs_gpu(monkeypatch):
 
 
 def test_a_graphs_memory_goes_back_at_each_reset_and_when_the_graph_goes(monkeypatch):
-    """A captured step allocates from the graph's own CuPy memory pool. In CuPy 14 the blocks a
+    """A captured step allocates from the graph's own CuPy memory pool. Since CuPy 14.1 the blocks a
     pool caches for no array and their arena hold one another (cupy/cuda/memory.pyx: an arena
     lives as long as its chunks), out of the garbage collector's sight, and no pool frees them
     when it goes: a pool merely dropped, as each reset dropped the graph's (every graphed epoch's
