@@ -3,9 +3,9 @@ simulator and, on a Hopper GPU, the hardware.
 
 The shared-memory layouts are written here a second time, from the PTX ISA's table of canonical
 layouts ("Shared Memory Matrix Layout": CuTe (shape):(stride) pairs per major-ness and swizzle,
-evaluated generically below), and the accumulator layout from CUTLASS's CLayout_64xN, not from the
-simulator's C++: a layout error in either shows up on the simulator, and a Hopper GPU checks both
-against the hardware.
+evaluated generically below), the descriptors' bit fields from its "Matrix Descriptor Format" table,
+and the accumulator layout from CUTLASS's CLayout_64xN, not from the simulator's C++: a layout
+error in either shows up on the simulator, and a Hopper GPU checks both against the hardware.
 """
 from __future__ import annotations
 
@@ -334,6 +334,32 @@ def test_wgmma_matches_numpy_within_the_k_bound(target, dt):
                a=(128, 16, 1024), b=(128, 2048, 1024), kind=kind, tb=1)
     ok, worst = within_tolerance(from_fragments(d), want, tol)
     assert ok, f"error {worst:.3g} x the bound"
+
+
+# PTX ISA, "Matrix Descriptor Format": bits 13-0 the start address, 29-16 the leading and 45-32 the
+# stride dimension byte offsets, each matrix-descriptor-encode(x) = (x & 0x3FFFF) >> 4; 51-49 the
+# base offset; 63-62 the swizzle: 0 none, 1 128-byte, 2 64-byte, 3 32-byte; the other bits unused.
+ISA_SWIZZLE_MODE = {0: 0, 128: 1, 64: 2, 32: 3}
+
+
+def test_descriptors_put_each_field_where_the_ptx_isa_does(target):
+    """The layout tests build each operand's bytes from the ISA, but a descriptor's bits are packed
+    by kernels/wgmma.cuh and unpacked by the simulator, one reading of the ISA's table on both
+    sides: the 128- and 32-byte swizzle codes swapped, or the LBO and SBO fields, alike in both,
+    pass every other simulator test (these and the convolutions') and fail on a GPU. Here the
+    packing is read by the ISA's table alone."""
+    skip, lbo, sbo = 0x70, 0x1230, 0x4560  # 16-byte multiples, each field a different value
+    xp = B.cupy_module() if target == "cuda" else np
+    out = xp.zeros(5, np.uint64)
+    kernels.launch("wgmma_probe", "wgmma_descriptor_probe", np.float32, target, (1, 1, 1), (32, 1, 1),
+                   (out, np.int32(skip), np.int32(lbo), np.int32(sbo)))
+    got = [int(v) for v in (out.get() if target == "cuda" else out)]
+    base = got[4]
+    assert base >> 14 == 0 and base % (1024 >> 4) == 0, f"{base:#x}: the array's start alone, 1024-byte aligned"
+    for w, desc in zip((0, 32, 64, 128), got):
+        want = ((base + (skip >> 4)) & 0x3FFF | (lbo & 0x3FFFF) >> 4 << 16 | (sbo & 0x3FFFF) >> 4 << 32
+                | ISA_SWIZZLE_MODE[w] << 62)
+        assert desc == want, f"{w}-byte swizzle: descriptor {desc:#018x}, the PTX ISA's {want:#018x}"
 
 
 # ----------------------------------------------------------------------------- asynchrony, misuse

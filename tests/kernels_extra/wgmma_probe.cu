@@ -133,3 +133,16 @@ extern "C" __global__ void wgmma256_probe(const unsigned char* a_img, const unsi
                                           int sbo_b, int kind, int ta, int tb) {
     wgmma_n_probe<256>(a_img, b_img, c, d, swizzle_a, lbo_a, sbo_a, swizzle_b, lbo_b, sbo_b, kind, ta, tb);
 }
+
+// The descriptors wgmma_descriptor makes for a 1024-byte aligned shared array moved `skip` bytes
+// on, with LBO lbo and SBO sbo bytes: out[0 .. 3] for the swizzles 0, 32, 64 and 128 bytes, out[4]
+// the array's own (no swizzle, LBO and SBO 0). tests/test_wgmma.py reads their bits by the PTX
+// ISA's table, not by the simulator's decoding.
+extern "C" __global__ void wgmma_descriptor_probe(unsigned long long* out, int skip, int lbo, int sbo) {
+    __shared__ __align__(1024) unsigned char s[1024];
+    if (threadIdx.x == 0) {
+        const int widths[4] = {0, 32, 64, 128};
+        for (int i = 0; i < 4; ++i) out[i] = descriptor(s + skip, widths[i], lbo, sbo);
+        out[4] = descriptor(s, 0, 0, 0);
+    }
+}
