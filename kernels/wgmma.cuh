@@ -27,8 +27,9 @@
 //   byte, 2 64-byte, 3 32-byte. Bits 49-51 (the base offset) stay 0: every swizzle atom starts on a
 //   multiple of its repeat (8 rows x the swizzle width; kernels align their stages to 1024 bytes).
 // - A swizzle of width W bytes XORs address bits 4.. (the 16-byte chunk within a W-byte row) with
-//   bits 7.. (the row within the 8-row atom), log2(W / 16) bits of each, on the shared address
-//   itself: mma.cuh's swizzle_offset for W = 64 and 128, CUTLASS's Swizzle<2,4,3> and <3,4,3>.
+//   bits 7.. (the 128-byte line: for W = 128 the row within the 8-row atom, for W = 64 that row
+//   halved, for W = 32 quartered), log2(W / 16) bits of each, on the shared address itself:
+//   mma.cuh's swizzle_offset for W = 64 and 128, CUTLASS's Swizzle<2,4,3> and <3,4,3>.
 // - Layouts of an operand, 16-bit here (tf32: the same bytes, 4 elements per 16; K-major only),
 //   its rows being M (A) or N (B), its columns K, with "T" 16 bytes (8
 //   elements) and W the swizzle width (CUTLASS's canonical forms):
