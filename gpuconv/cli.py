@@ -32,6 +32,7 @@ import numpy as np
 from . import _env
 from ._console import CONSOLE, silence
 from ._files import directory_lock
+from .counter_rng import SEED_LIMIT
 from .data.augment import CIFAR10_MEAN, CIFAR10_STD
 from .recipes import DEFAULTS, RECIPES, get_recipe
 
@@ -61,14 +62,14 @@ def _say(*parts):
 
 
 # ----------------------------------------------------------------------------- argument parsing
-def _int_from(low, what):
-    """An argparse type: an int >= ``low``, else an error naming ``what`` it must be."""
+def _int_from(low, what, high=None):
+    """An argparse type: an int >= ``low`` (and < ``high``), else an error naming ``what`` it must be."""
     def parse(text):
         try:
             value = int(text)
         except ValueError:
             value = low - 1
-        if value < low:
+        if value < low or (high is not None and value >= high):
             raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
         return value
     return parse
@@ -76,6 +77,7 @@ def _int_from(low, what):
 
 _positive_int = _int_from(1, "a positive integer (1, 2, 3, ...)")
 _nonneg_int = _int_from(0, "an integer >= 0 (0, 1, 2, ...)")
+_seed = _int_from(0, f"a seed: an integer in [0, 2**64) (0 ... {SEED_LIMIT - 1})", high=SEED_LIMIT)
 
 
 def _number(text, low, high=None, high_open=False, what=""):
@@ -201,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--resume-if-exists", action="store_true",
                    help="continue from OUT/checkpoint.npz when it exists, else start a new run (for job scripts "
                         "that are restarted after a preemption)")
-    t.add_argument("--seed", type=_nonneg_int, default=None, help="seed for init, shuffling, augmentation (default 0)")
+    t.add_argument("--seed", type=_seed, default=None, help="seed for init, shuffling, augmentation (default 0)")
     t.add_argument("--limit", type=_positive_int, default=None, help="use only N training images, a seeded sample (quick runs; default: all)")
     t.add_argument("--val-split", default=None,
                    help="validation data: 'auto' (test_batch, else hold out data_batch_5, else 10%%), "

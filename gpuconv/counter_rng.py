@@ -14,12 +14,25 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["splitmix64", "uniform_below"]
+__all__ = ["splitmix64", "uniform_below", "check_seed", "SEED_LIMIT"]
 
 GAMMA = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio, SplitMix64's increment
 _MIX1, _MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 _S30, _S27, _S31, _S32 = (np.uint64(s) for s in (30, 27, 31, 32))
 _LOW32 = np.uint64(0xFFFFFFFF)
+SEED_LIMIT = 2**64  # seeds are integers in [0, SEED_LIMIT): one 64-bit key's worth, as torch.manual_seed takes
+
+
+def check_seed(value, name="seed"):
+    """``value`` as an int where it is a seed: an integer in ``[0, 2**64)``. Every user of a seed
+    (initial weights, the loader's plans, augmentation, the trainer's generator) keeps the whole
+    of it, so two seeds in the range never give the same run; outside it an error names the range."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name}={value!r} must be an integer in [0, 2**64), e.g. {name}=0")
+    if not 0 <= value < SEED_LIMIT:
+        raise ValueError(f"{name}={value} is out of range: a seed is an integer in [0, 2**64) "
+                         f"(0 ... {SEED_LIMIT - 1}), e.g. {name}=0")
+    return int(value)
 
 
 def splitmix64(key, n, xp=np):

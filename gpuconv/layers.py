@@ -39,6 +39,7 @@ import numpy as np
 from . import layout, ops
 from .backend import (Device, copy_like, device_of, get_array_module, get_default_device, host_copy, is_cupy_array,
                       to_device)
+from .counter_rng import check_seed
 from .graphs import REPLAYED_WAY_OUT
 from .ops._checks import check_array, check_floor, whole_float_hint
 from .ops.scale import check_factor
@@ -102,7 +103,7 @@ def _layer_rng(seed):
     """The generator a layer draws from: seeded by ``seed``, or (None) by a draw from NumPy's global
     generator, so that ``np.random.seed(s)`` before building a network makes it reproducible, as
     ``torch.manual_seed`` does."""
-    return np.random.default_rng(np.random.randint(0, 2**63 - 1, dtype=np.int64) if seed is None else seed)
+    return np.random.default_rng(np.random.randint(0, 2**63 - 1, dtype=np.int64) if seed is None else check_seed(seed))
 
 
 def _check_inplace(layer, inplace):
@@ -970,7 +971,7 @@ class Dropout(Layer):
             raise ValueError(f"Dropout(p={p!r}): p is the DROP probability and must be in [0, 1) "
                              "(p=1 would leave nothing to rescale); use p=0.5 for the usual rate")
         if seed is not None:
-            _int("seed", seed, 0)
+            seed = check_seed(seed)
         self.p, self.seed = float(p), seed
         # Under the name checkpoints have always used (named_generators: "_rngs.numpy").
         self._rngs = {"numpy": _layer_rng(seed)}

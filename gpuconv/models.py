@@ -21,13 +21,14 @@ import inspect
 import numpy as np
 
 from .backend import asnumpy, copy_like
+from .counter_rng import check_seed
 from .layers import GELU, BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU, Residual, Scale, Sequential
 
 __all__ = ["seed_net", "three_layer_convnet", "fast_net", "airbench94", "airbench96", "init_whitening"]
 
 
 def _seeds(seed, n):
-    return [int(s) for s in np.random.SeedSequence(seed).generate_state(n)]
+    return [int(s) for s in np.random.SeedSequence(check_seed(seed)).generate_state(n)]
 
 
 def _input_dim(input_dim):

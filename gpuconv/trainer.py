@@ -39,6 +39,7 @@ from ._console import CONSOLE, _is_terminal
 from ._files import (BINARY, NOFOLLOW, WRITE_FIXES, directory_lock, fsync_dir, make_dirs, new_file_mode, restated,
                      write_atomic)
 from . import checkpoint as ckpt
+from .counter_rng import check_seed
 from .graphs import REPLAYED_WAY_OUT
 from .monitor import GPUMonitor, format_snapshot, metrics_fields
 from .ops._checks import check_array
@@ -263,8 +264,8 @@ class Trainer:
         self.label_smoothing = float(label_smoothing)
         self.log_every, self.progress = log_every, progress
         self.checkpoint_every, self.config = checkpoint_every, config
-        self.seed = seed
-        self.rng = np.random.default_rng(seed)  # the trainer's own stream, saved with the rest
+        self.seed = None if seed is None else check_seed(seed)
+        self.rng = np.random.default_rng(self.seed)  # the trainer's own stream, saved with the rest
         self.monitor_mode, self.monitor = monitor, None
         self.epoch = 0          # completed epochs
         self.epoch_step = 0     # batches done in the current, incomplete epoch

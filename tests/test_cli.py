@@ -397,7 +397,8 @@ def test_bad_values_get_clear_errors(tmp_path, capsys):
     ("--lr", "-1", "must be a finite number >= 0"), ("--lr", "0", "a learning rate of 0 trains nothing"),
     ("--momentum", "-1", "in [0, 1)"), ("--weight-decay", "nan", "must be a finite number >= 0"),
     ("--label-smoothing", "2", "in [0, 1)"), ("--epochs", "1.5", "'1.5' is not a positive integer"),
-    ("--batch-size", "0", "is not a positive integer"), ("--seed", "-1", "argument --seed: '-1' is not an integer >= 0")])
+    ("--batch-size", "0", "is not a positive integer"), ("--seed", "-1", "argument --seed: '-1' is not a seed: an integer in [0, 2**64)"),
+    ("--seed", str(2**64), f"argument --seed: '{2**64}' is not a seed: an integer in [0, 2**64)")])
 def test_bad_numbers_are_refused_before_any_data_is_read(capsys, monkeypatch, flag, value, says):
     monkeypatch.setattr(cli, "_load_data", lambda *a, **k: pytest.fail("data loaded before the flags were checked"))
     with pytest.raises(SystemExit) as info:

@@ -115,6 +115,26 @@ def test_the_epoch_plan_is_the_same_on_every_backend(backend):
         assert a.dtype == b.dtype and np.array_equal(a, b), name
 
 
+def test_a_seed_of_2_32_or_more_is_kept_whole():
+    """SeedSequence([seed, epoch]) reads seed 5 + 3 * 2**32 as the words [5, 3]: its epoch 0 was
+    seed 5's epoch 3, crops, flips, cutouts and all. Seeds below 2**32 keep the keys they had."""
+    x, y = dataset(64)
+    def plans(seed, epoch):
+        loader = DeviceLoader(x, y, 8, augment=True, cutout=8, seed=seed)
+        return loader.epoch_plan(epoch) + loader.cutout_plan(epoch)
+    for (a, b) in [((5 + 3 * 2**32, 0), (5, 3)), ((2**32, 0), (0, 1)), ((2**64 - 1, 0), (2**32 - 1, 2**32 - 1))]:
+        for name, u, v in zip(("order", "offsets_y", "offsets_x", "flip", "cutout_y", "cutout_x"), plans(*a), plans(*b)):
+            assert not np.array_equal(u, v), (a, b, name)
+    order, oy, ox, flip, cy, cx = plans(11, 3)
+    from gpuconv.counter_rng import splitmix64
+    keys = np.random.SeedSequence([11, 3]).generate_state(3, np.uint64)
+    assert np.array_equal(order, np.argsort(splitmix64(keys[0], 64), kind="stable"))
+    assert np.array_equal(flip, (splitmix64(keys[1], 128)[1::2] >> np.uint64(63)).astype(bool))
+    for seed in (-1, 2**64):
+        with pytest.raises(ValueError, match=rf"seed={seed} is out of range: a seed is an integer in \[0, 2\*\*64\)"):
+            DeviceLoader(x, y, 8, seed=seed)
+
+
 def test_the_epoch_plan_is_uniform():
     x, y = dataset(4000)
     loader = DeviceLoader(x, y, 100, augment=True, seed=0)

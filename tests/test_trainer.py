@@ -103,6 +103,26 @@ def test_three_layer_convnet_learns_on_real_images(cifar, tmp_path, capsys, monk
     assert int(saved["meta/epoch"]) == 2 and int(saved["meta/step"]) == 2 * len(loader)
 
 
+@pytest.mark.parametrize("seed", [-1, 2**64, 2**70])
+def test_every_seed_taker_refuses_a_seed_outside_0_to_2_64_alike(seed):
+    """One rule for a seed wherever it goes (the CLI's --seed says the same): none is reduced or
+    wrapped silently, so two different seeds never give the same run."""
+    from gpuconv.data import random_flip
+    from gpuconv.models import seed_net
+    model = small_net()
+    opt = SGD(model.parameters(), lr=0.1)
+    x = np.zeros((4, 3, 8, 8), np.uint8)
+    takers = [lambda: Trainer(model, opt, seed=seed, progress=False), lambda: seed_net(seed=seed),
+              lambda: Conv2d(3, 4, 3, seed=seed), lambda: Linear(3, 4, seed=seed), lambda: Dropout(0.5, seed=seed),
+              lambda: DeviceLoader(x, np.arange(4), 2, seed=seed), lambda: random_flip(x, rng=seed),
+              lambda: train_val_split(gpuconv.data.Split(x, np.arange(4)), val_fraction=0.5, seed=seed)]
+    for make in takers:
+        with pytest.raises(ValueError, match=r"is out of range: a seed is an integer in \[0, 2\*\*64\)"):
+            make()
+    assert Trainer(model, opt, seed=2**64 - 1, progress=False).rng.integers(2**62) \
+        != Trainer(model, opt, seed=2**63 - 1, progress=False).rng.integers(2**62)
+
+
 def test_trainer_repr_names_the_model_optimizer_schedule_and_progress():
     from gpuconv.lookahead import Lookahead
     net = Sequential(Flatten(), Linear(12, 3))

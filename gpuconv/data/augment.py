@@ -14,6 +14,7 @@ import numpy as np
 
 from .. import precision
 from ..backend import device_of, get_array_module, is_cupy_array, to_device
+from ..counter_rng import check_seed
 
 # Per-channel (R, G, B) mean and standard deviation of the 50,000 CIFAR-10 training images,
 # on the 0-255 pixel scale: the std is over all pixels of a channel (not an average of
@@ -25,7 +26,7 @@ CIFAR10_STD = (62.993219278136884, 62.08870764001421, 66.70489964063091)
 def as_generator(rng, xp):
     """A Generator of ``xp``'s library from None, an int seed or a Generator."""
     if rng is None or isinstance(rng, (int, np.integer)):
-        return xp.random.default_rng(None if rng is None else int(rng))
+        return xp.random.default_rng(None if rng is None else check_seed(rng, "rng"))
     if not hasattr(rng, "integers"):
         raise TypeError(f"rng must be None, an int seed or a numpy/cupy random Generator, got "
                         f"{type(rng).__name__}; e.g. rng=np.random.default_rng(0)")

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..counter_rng import check_seed
 from . import formats
 from .download import CIFAR10_MD5, CIFAR10_URL, TARBALL_NAME, download_cifar10
 from .errors import DataNotFoundError
@@ -228,7 +229,7 @@ def train_val_split(split: Split, val_fraction: float | None = None, val_batch: 
     n_val = min(max(int(round(n * val_fraction)), 1), n - 1)
     if n < 2:
         raise ValueError(f"train_val_split: the split has {n} image(s); at least 2 are needed")
-    perm = np.random.default_rng(seed).permutation(n)
+    perm = np.random.default_rng(check_seed(seed)).permutation(n)
     val_idx, train_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
     return (Split(split.images[train_idx], split.labels[train_idx]),
             Split(split.images[val_idx], split.labels[val_idx]))

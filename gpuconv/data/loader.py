@@ -10,7 +10,7 @@ same random draws and give bit-identical batches (``fused=False`` forces the arr
 
 Epoch ``e``'s order and augmentation are a pure function of ``(seed, e)``: both are counter-based
 draws (SplitMix64 of the element's index under keys taken from ``SeedSequence([seed, e])``; see
-:func:`epoch_plan`), so a resumed
+:func:`epoch_plan` and :func:`_epoch_keys`), so a resumed
 run (``set_epoch(e, start_batch=k)``) sees exactly the batches an uninterrupted one would.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np
 from .. import layout, precision
 from ..backend import Device, array_device_context, get_array_module, get_default_device, is_cupy_array, to_device
 from ..backend import kernel_target as _kernel_target
-from ..counter_rng import splitmix64, uniform_below
+from ..counter_rng import check_seed, splitmix64, uniform_below
 from ._launch_augment import augment_batch_kernel
 from .augment import (CIFAR10_MEAN, CIFAR10_STD, check_cutout, check_mean_std, check_padding_mode, crop_flip, cutout,
                       normalized)
@@ -32,6 +32,15 @@ def _check_int(name, value, low, fix):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
         raise ValueError(f"{name}={value!r} must be an integer >= {low}; {fix}")
     return int(value)
+
+
+def _epoch_keys(seed, epoch, n):
+    """``n`` 64-bit keys of (seed, epoch). SeedSequence reads each int as its 32-bit words and pads
+    short entropy with zeros, so ``[seed, epoch]`` of a seed of two words ``[lo, hi]`` would be the
+    words of seed ``lo`` at epoch ``hi``: such seeds (2**32 and up) take a spawn key of their own
+    (2; the 'alternate' flips use 1), and seeds below 2**32 keep the keys they always had."""
+    spawn_key = () if seed < 2**32 else (2,)
+    return np.random.SeedSequence([seed, int(epoch)], spawn_key=spawn_key).generate_state(n, np.uint64)
 
 
 class DeviceLoader:
@@ -83,7 +92,7 @@ class DeviceLoader:
         if drop_last and self.batch_size > n:
             raise ValueError(f"batch_size={batch_size} with drop_last=True and only {n} images would yield "
                              f"no batch; use batch_size <= {n} or drop_last=False")
-        self.seed = _check_int("seed", seed, 0, "e.g. seed=0")
+        self.seed = check_seed(seed)
         self.padding = _check_int("padding", padding, 0, "e.g. padding=4")
         check_padding_mode(padding_mode, self.padding, images.shape[2], images.shape[3])
         self.padding_mode = padding_mode
@@ -149,7 +158,7 @@ class DeviceLoader:
         return {"seed": self.seed, "epoch": self.epoch, "start_batch": self.start_batch}
 
     def load_state_dict(self, state: dict):
-        self.seed = _check_int("state['seed']", state["seed"], 0, "use a state from state_dict()")
+        self.seed = check_seed(state["seed"], "state['seed']")
         self.set_epoch(state["epoch"], state.get("start_batch", 0))
 
     def epoch_plan(self, epoch):
@@ -165,7 +174,7 @@ class DeviceLoader:
         NumPy and CuPy (the shuffle keys never tie: SplitMix64 maps distinct indices to distinct
         keys): a CPU run and a GPU run see the same batches."""
         xp, n = self.xp, self.num_samples
-        keys = np.random.SeedSequence([self.seed, int(epoch)]).generate_state(2, np.uint64)
+        keys = _epoch_keys(self.seed, epoch, 2)
         order = xp.argsort(splitmix64(keys[0], n, xp), kind="stable") if self.shuffle else None
         if not self.augment:
             return order, None, None, None
@@ -191,7 +200,7 @@ class DeviceLoader:
         if not (self.augment and self.cutout):
             return None
         xp, n = self.xp, self.num_samples
-        key = np.random.SeedSequence([self.seed, int(epoch)]).generate_state(3, np.uint64)[2]
+        key = _epoch_keys(self.seed, epoch, 3)[2]
         bits = splitmix64(key, n, xp)
         h, w = self.images.shape[2:]
         return (uniform_below(bits, h - self.cutout + 1, high=True),
