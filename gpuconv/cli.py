@@ -48,6 +48,14 @@ RESUMABLE = ("recipe", "model", "epochs", "batch_size", "lr", "weight_decay", "m
              "label_smoothing", "augment", "cutout", "width", "seed", "limit", "val_split", "precision", "tta",
              "autotune")
 PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
+# A run stopped by Ctrl-C or SIGTERM whose checkpoint could not be written: sysexits.h's EX_IOERR,
+# apart from a saved stop (128 + the signal) and from an error (1).
+EXIT_STOPPED_UNSAVED = 74
+EXIT_STATUSES = ("Exit status: 0 when the run is done; 130 (Ctrl-C) or 143 (SIGTERM) when it was stopped and its "
+                 "checkpoint saved (continue with --resume; 130 also after a second signal, which stops at once without "
+                 "saving); 74 when it was stopped but that checkpoint could not be "
+                 "written (a full disk: the steps since the checkpoint on disk are lost); 1 on an error; 2 on a bad "
+                 "command line.")
 WIDTH_HELP = ("channel width of fast_net (default 64), or of an airbench network's first block, the others "
               "in the recipe's ratio (airbench94: W, 4W, 4W; airbench95: W, 3W, 3W; airbench96: W, 3W, 4W)")
 PRECISION_HELP = ("fp32 (strict float32), tf32 (float32 with TF32 convolutions), bf16 or fp16 (mixed precision: "
@@ -157,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model on CIFAR-10",
                        description="Train on CIFAR-10; writes OUT/checkpoint.npz (latest), OUT/best.npz (the best "
-                                   "validation epoch; none with --val-split none), OUT/metrics.jsonl and OUT/curves.png.")
+                                   "validation epoch; none with --val-split none), OUT/metrics.jsonl and OUT/curves.png.",
+                       epilog=EXIT_STATUSES)
     t.add_argument("--recipe", choices=sorted(RECIPES), default=None,
                    help="a model and its hyperparameters (gpuconv.recipes.RECIPES); flags override its values "
                         "(default: the recipe of --model, else three_layer)")
@@ -679,6 +688,10 @@ def _train(args) -> int:
         try:
             trainer.fit(train_loader, s["epochs"], val=val_loader, resume=args.resume)
         except TrainingInterrupted as exc:
+            if exc.save_error is not None:  # (its message names the file, the checkpoint intact, the way on)
+                kept = trainer.checkpoint_path.exists()
+                _say(f"\nerror: {exc.message}" + (f"\nResume with: {resume_cmd}" if kept else ""))
+                return EXIT_STOPPED_UNSAVED
             _say(f"\n{exc.message.split(';')[0]}; checkpoint saved to {exc.checkpoint}.\nResume with: {resume_cmd}")
             return 128 + int(exc.signal)  # 130 after Ctrl-C, 143 after SIGTERM, as the shell reports them
         except (TrainingDiverged, GPUOutOfMemory) as exc:

@@ -56,12 +56,14 @@ class TrainingDiverged(FloatingPointError):
 
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C (SIGINT) or SIGTERM (a scheduler's preemption, ``timeout``): the current step
-    finished and (with an ``out_dir``) a checkpoint was saved. ``signal`` names which came."""
+    finished and (with an ``out_dir``) a checkpoint was saved. ``signal`` names which came.
+    ``save_error``: the OSError that kept that checkpoint from being written (a full disk), else
+    None; then ``checkpoint`` is None and the steps since the checkpoint on disk are lost."""
 
-    def __init__(self, message, checkpoint=None, epoch=None, step=None, signal=signal.SIGINT):
+    def __init__(self, message, checkpoint=None, epoch=None, step=None, signal=signal.SIGINT, save_error=None):
         super().__init__(message)
         self.message, self.checkpoint, self.epoch, self.step = message, checkpoint, epoch, step
-        self.signal = signal
+        self.signal, self.save_error = signal, save_error
 
     def __str__(self):
         return self.message
@@ -788,7 +790,10 @@ class Trainer:
                       "saving)\n")
 
     def _interrupt(self):
-        saved = self.save_checkpoint() if self.out_dir is not None else None
+        try:
+            saved, failed = self.save_checkpoint() if self.out_dir is not None else None, None
+        except OSError as exc:  # (said by _writing: the file, the checkpoint that is intact, the way on)
+            saved, failed = None, exc
         # fit() again on this Trainer (without resume=True) continues the epoch: its sums go on
         self._resumed_sums = dict(self._ep) if self.epoch_step else None
         where = (f"checkpoint saved to {saved}; resume with {self._resume_how()}" if saved
@@ -801,6 +806,9 @@ class Trainer:
                          "was saved")
         else:
             at = f"at epoch {self.epoch + 1}, batch {self.epoch_step} (step {self.step})"
+        if failed is not None:
+            raise TrainingInterrupted(f"training {how} {at}; its progress was NOT saved: {failed}", epoch=self.epoch,
+                                      step=self.step, signal=signum, save_error=failed) from failed
         raise TrainingInterrupted(f"training {how} {at}; {where}", checkpoint=saved, epoch=self.epoch,
                                   step=self.step, signal=signum)
 

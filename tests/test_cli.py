@@ -1229,6 +1229,47 @@ def test_an_out_that_cannot_be_written_is_named_with_the_way_on(tmp_path, capsys
     assert rc == 1 and f"error: cannot write into {tmp_path / 'new'} (Read-only file system)" in err
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_stop_whose_checkpoint_cannot_be_written_exits_74_and_says_nothing_was_saved(tmp_path, capsys,
+                                                                                      monkeypatch, sig):
+    """A stopped run whose last save fails (a full disk) is neither a saved stop (130/143) nor an
+    ordinary error (1): it exits 74 (as --help and the README say), says its progress was not
+    saved, names the file and the checkpoint that is intact, and how to go on."""
+    import errno
+    from gpuconv import checkpoint as C
+    from gpuconv import trainer as T
+    out = tmp_path / "run"
+    real_step, real_save = T.Trainer.train_step, C.save_checkpoint
+    stopping = []
+
+    def step_then_stop(self, x, y):
+        real_step(self, x, y)
+        if self.epoch == 1 and self.epoch_step == 1:  # into epoch 2, with epoch 1's checkpoint on disk
+            self._stop_requested = sig
+            stopping.append(True)
+
+    def full_disk_once_stopped(path, arrays):
+        if stopping:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_save(path, arrays)
+
+    monkeypatch.setattr(T.Trainer, "train_step", step_then_stop)
+    monkeypatch.setattr(C, "save_checkpoint", full_disk_once_stopped)
+    rc, _, err = run(["train", "--model", "seed", "--epochs", "3", "--limit", "128", "--batch-size", "32",
+                      "--data", SUBSET, "--out", out, "--no-progress", "--device", "cpu"], capsys)
+    assert rc == cli.EXIT_STOPPED_UNSAVED == 74, err
+    assert "checkpoint saved" not in err and "Traceback" not in err
+    sub = next(a for a in cli.build_parser()._actions if a.choices and "train" in a.choices).choices
+    assert "74 when it was stopped but that checkpoint could not be written" in " ".join(sub["train"].format_help().split())
+    how = "interrupted" if sig == signal.SIGINT else "stopped by SIGTERM"
+    assert f"training {how} at epoch 2, batch 2 (step 6)" in err
+    assert f"could not write {out / 'checkpoint.npz'} at step 6 (No space left on device)" in err
+    assert "its progress was NOT saved" in err
+    assert f"the checkpoint of epoch 1's end (step 4) is intact at {out / 'checkpoint.npz'}: free space on its disk" in err
+    assert f"Resume with: gpuconv train --out {out} --resume --data {SUBSET}" in err
+    assert int(ckpt.load_checkpoint(out)["meta/step"]) == 4
+
+
 def test_an_out_that_fails_to_be_written_is_told_by_its_error(tmp_path, monkeypatch):
     """The way on from an --out that cannot be written follows the error, as a failed write of a
     run's files does (Trainer's messages): a disk error or a quota is not told to make the directory

@@ -745,6 +745,35 @@ def test_ctrl_c_mid_epoch_saves_and_resumes_bit_identically(cifar, tmp_path, sig
         assert second.history[-1][key] == pytest.approx(full.history[-1][key], rel=1e-12), key
 
 
+def test_a_stop_whose_checkpoint_cannot_be_written_says_so(cifar, tmp_path, monkeypatch):
+    """SIGTERM, then a full disk as the checkpoint is written: fit raises TrainingInterrupted (the
+    stop happened) with no checkpoint, the OSError as ``save_error``, and a message that says the
+    progress was not saved and which checkpoint is intact, never that one was saved."""
+    import errno
+    train, _ = cifar
+    images, labels = train.images[:192], train.labels[:192]  # 6 batches of 32 per epoch
+    trainer, _ = build(images, labels, tmp_path / "cut", epochs=2)
+    killer = SigintAt(images, labels, 32, shuffle=True, augment=True, seed=7)
+    killer.kill_at, killer.sig = (1, 2), signal.SIGTERM
+    real_save = ckpt.save_checkpoint
+
+    def full_disk_in_epoch_2(path, arrays):
+        if trainer.epoch_step:  # the stop's save, mid-epoch (epoch 1's end was saved)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real_save(path, arrays)
+
+    monkeypatch.setattr(ckpt, "save_checkpoint", full_disk_in_epoch_2)
+    with pytest.raises(TrainingInterrupted) as info:
+        trainer.fit(killer, 2)
+    exc = info.value
+    assert exc.checkpoint is None and exc.signal == signal.SIGTERM and exc.save_error.errno == errno.ENOSPC
+    assert exc.__cause__ is exc.save_error and "saved to" not in str(exc)
+    assert str(exc).startswith("training stopped by SIGTERM at epoch 2, batch 3 (step 9); its progress was NOT "
+                               f"saved: could not write {trainer.checkpoint_path} at step 9 (")
+    assert f"the checkpoint of epoch 1's end (step 6) is intact at {trainer.checkpoint_path}" in str(exc)
+    assert int(ckpt.load_checkpoint(trainer.checkpoint_path)["meta/step"]) == 6
+
+
 def test_fit_again_after_a_stop_reports_the_whole_epoch(cifar, tmp_path):
     """Ctrl-C, then fit() again on the same Trainer (a notebook's interrupt and rerun, no resume=True):
     training continues where it stopped, and the interrupted epoch's record counts its batches
