@@ -368,6 +368,65 @@ def test_build_cache_survives_what_shared_machines_do_to_it(tmp_path, monkeypatc
     assert _build.cache_dir() == tmp_path / "home" / "simcache"
 
 
+def test_a_build_cache_on_a_full_disk_builds_in_a_private_temporary_directory(tmp_path, monkeypatch):
+    """A cache that looks writable but whose disk is full (the source's write fails, or g++'s
+    output does): the build goes to this user's private temporary directory, said once with the
+    variable to set, and the next process finds it there; where that fails too, the error names
+    the cache, the cause and the variable, not a raw OSError from inside the build."""
+    import errno
+    import tempfile
+    from gpuconv import _files
+    from gpuconv.hostsim import _build
+    cache = tmp_path / "cache"
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setenv("GPUCONV_SIM_CACHE", str(cache))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    spare = tmp_path / "tmp" / f"gpuconv-hostsim-{_files._uid() or 0}"
+    full = {cache}
+    real_write = _build.write_atomic
+
+    def write_atomic(path, data, durable=False):
+        if pathlib.Path(path).parent in full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real_write(path, data, durable)
+
+    monkeypatch.setattr(_build, "write_atomic", write_atomic)
+    fill = 'extern "C" __global__ void fill(float* y) {{ y[threadIdx.x] = {}f; }}\n// full disk test\n'
+
+    def run(value, name="fulltest"):
+        hostsim._modules.clear()
+        monkeypatch.setattr(_files, "_private_dirs", {})  # a new process
+        monkeypatch.setattr(_build, "_fallback_warned", False)
+        monkeypatch.setattr(_build, "_unwritable", {})
+        y = np.zeros(2, np.float32)
+        mod = hostsim.compile(fill.format(value), name=name)
+        mod.get_function("fill")(1, 2, (y,))
+        return y[0], mod
+    with pytest.warns(RuntimeWarning, match=rf"build cache cannot be used \({re.escape(str(cache))}: No space left on "
+                                            rf"device\); building in {re.escape(str(spare))} instead.*GPUCONV_SIM_CACHE"):
+        assert run(3.0)[0] == 3.0
+    assert len(list(spare.glob("fulltest-*.so"))) == 1 and not list(cache.glob("*.so"))
+    before = hostsim.stats["compiles"]
+    assert run(3.0)[1].cached and hostsim.stats["compiles"] == before  # the next process finds it there
+    # g++ cannot write its output (the source fitted; the library does not)
+    full.clear()
+    script = tmp_path / "gxx"
+    script.write_text(f"#!/bin/sh\ncase \"$*\" in *{cache}/*) echo 'ld: final link failed: No space left on device' >&2; "
+                      "exit 1;; esac\nexec g++ \"$@\"\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("GPUCONV_SIM_CXX", str(script))
+    with pytest.warns(RuntimeWarning, match=rf"\({re.escape(str(cache))}: No space left on device \(g\+\+: ld: final link"):
+        assert run(4.0)[0] == 4.0
+    # and the temporary directory's disk is full as well
+    full.update({cache, spare})
+    with pytest.warns(RuntimeWarning), pytest.raises(OSError) as info:
+        run(5.0)
+    assert info.value.errno == errno.ENOSPC
+    assert str(info.value) == (f"the host simulator could not write its build of 'fulltest' into {cache} (No space "
+                               f"left on device), nor into {spare}: free space on its disk, or set GPUCONV_SIM_CACHE "
+                               "to a directory with room")
+
+
 def test_a_library_another_user_could_have_planted_is_built_again_not_loaded(tmp_path, monkeypatch):
     """A cached library is code the process runs: one that every user can write, or a link, or
     (in a directory every user writes to) another user's, is compiled again instead of loaded; a

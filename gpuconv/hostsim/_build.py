@@ -1,6 +1,7 @@
 """g++ invocation and the on-disk build cache (one shared object per source hash)."""
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import os
@@ -12,7 +13,8 @@ import sys
 import tempfile
 
 from .. import _files
-from .._files import make_dirs, new_file_mode, private_temp_dir, trusted_binary, untrusted_cache_dir, write_atomic
+from .._files import (WRITE_FIXES, make_dirs, new_file_mode, private_temp_dir, restated, trusted_binary,
+                      untrusted_cache_dir, write_atomic)
 from ._errors import CompileError
 
 HEADER = pathlib.Path(__file__).with_name("cuda_sim.h")
@@ -41,24 +43,28 @@ CACHE_FILES = re.compile(r"^\.?[\w.-]+-[0-9a-f]{20}(-u\d+)?(\.(so|cu)(\.\w+\.tmp
 
 
 _fallback_warned = False
+_SPARE = "gpuconv-hostsim"  # the private temporary directory of the builds the cache could not take
+# Cache directories a build could not write into though they looked writable (a full disk, a quota):
+# path -> why. The rest of the process builds in the spare directory.
+_unwritable: dict = {}
 
 
 def cache_dir() -> pathlib.Path:
     """$GPUCONV_SIM_CACHE, else ~/.cache/gpuconv/hostsim; where that cannot be written (a read-only
-    home, no home at all, a file in the way), a directory of this user's under the system's
-    temporary one, with a warning (once) that names the variable."""
+    home, no home at all, a file in the way, a full disk), a directory of this user's under the
+    system's temporary one, with a warning (once) that names the variable."""
     global _fallback_warned
     env = os.environ.get("GPUCONV_SIM_CACHE")
     try:
         path = pathlib.Path(env).expanduser() if env else pathlib.Path.home() / ".cache" / "gpuconv" / "hostsim"
         make_dirs(path)
-        problem = untrusted_cache_dir(path) or (None if os.access(path, os.W_OK | os.X_OK)
-                                                else f"{path} is not writable")
+        problem = _unwritable.get(path) or untrusted_cache_dir(path) or (
+            None if os.access(path, os.W_OK | os.X_OK) else f"{path} is not writable")
         if problem is None:
             return path
     except (OSError, RuntimeError) as exc:  # RuntimeError: Path.home() without a home directory
         problem = f"{env or '~/.cache/gpuconv/hostsim'}: {exc}"
-    fallback = private_temp_dir("gpuconv-hostsim")
+    fallback = private_temp_dir(_SPARE)
     if not _fallback_warned:
         _fallback_warned = True
         import warnings
@@ -106,11 +112,30 @@ def build(text: str, name: str, sanitize: bool, options=(), rebuild: bool = Fals
     ]).encode()).hexdigest()[:20]
     stem = re.sub(r"[^\w.-]", "_", name)[:60] + ("-asan" if sanitize else "") + "-" + key
     root = cache_dir()
+    spare = private_temp_dir(_SPARE, create=False)  # where a process put what a full cache refused
+    for so in [root / f"{stem}.so"] + ([spare / f"{stem}.so"] if spare not in (None, root) else []):
+        if not rebuild and trusted_binary(so):
+            stats["disk_hits"] += 1
+            _files.mark_used(so)
+            return so, True
+    try:
+        return _build_in(root, stem, text, name, [cxx, *flags(sanitize, opts)], limit, rebuild)
+    except OSError as exc:  # a cache that looked writable and is not (a full disk): the spare one, once
+        why = exc.strerror or str(exc)
+        if root != private_temp_dir(_SPARE):
+            _unwritable[root] = f"{root}: {why}"
+            return build(text, name, sanitize, options, rebuild)
+        tried = [p for p in _unwritable if p != root]
+        fix = WRITE_FIXES.get(exc.errno, "make it writable to you")
+        raise restated(exc, f"the host simulator could not write its build of {name!r} into "
+                            f"{tried[-1] if tried else root} ({why})" + (f", nor into {root}" if tried else "")
+                            + f": {fix}, or set GPUCONV_SIM_CACHE to a directory with room") from exc
+
+
+def _build_in(root: pathlib.Path, stem: str, text: str, name: str, cmd: list, limit,
+              rebuild: bool) -> tuple[pathlib.Path, bool]:
+    """:func:`build`'s work in the cache directory ``root``: an OSError where it cannot be written."""
     so = root / f"{stem}.so"
-    if not rebuild and trusted_binary(so):
-        stats["disk_hits"] += 1
-        _files.mark_used(so)
-        return so, True
     # A library there that another user could have put or changed is never loaded: this user's own
     # build goes beside it, under a name of this user's (a sticky shared cache: one per user).
     mine = root / f"{stem}-u{_files._uid()}.so"
@@ -129,9 +154,13 @@ def build(text: str, name: str, sanitize: bool, options=(), rebuild: bool = Fals
         write_atomic(src, text.encode())
     fd, tmp = tempfile.mkstemp(prefix=stem, suffix=".so.tmp", dir=root)
     os.close(fd)
-    cmd = [cxx, *flags(sanitize, opts), "-x", "c++", str(src), "-o", tmp]
+    cmd = [*cmd, "-x", "c++", str(src), "-o", tmp]
     try:
         res = subprocess.run(cmd, capture_output=True, text=True)
+        full = [e for e in (errno.ENOSPC, getattr(errno, "EDQUOT", None)) if e and os.strerror(e) in res.stderr]
+        if res.returncode != 0 and full:  # g++ could not write its output: the disk's fault, not the kernel's
+            said = next(line for line in res.stderr.splitlines() if os.strerror(full[0]) in line)
+            raise OSError(full[0], f"{os.strerror(full[0])} (g++: {said.strip()})")
         if res.returncode != 0:
             raise CompileError(f"g++ failed to compile {name!r} for the host simulator "
                                f"(source kept at {src}):\n{res.stderr.strip()}", res.stderr)
