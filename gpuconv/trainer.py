@@ -278,6 +278,7 @@ class Trainer:
         self._buf = None
         self._stop_requested = False
         self._loader_state = None
+        self._lock = None  # while fit holds out_dir's lock: (its lock file, that file's stat)
 
     def __repr__(self):
         model = type(self.model).__name__
@@ -522,6 +523,7 @@ class Trainer:
         """Around a write of the run's file ``path``: an OSError there (a full disk, a directory made
         read-only or removed, a failing disk) says which file, which checkpoint is kept and how to go
         on; it keeps the original's type and errno (and chains it)."""
+        self._check_lock()
         try:
             yield
         except OSError as exc:
@@ -534,6 +536,29 @@ class Trainer:
             else:
                 way_on = f"no checkpoint of this run is on disk yet: {fix}, then train again"
             raise restated(exc, f"could not write {path} at step {self.step} ({what}); {way_on}") from exc
+
+    def _check_lock(self):
+        """Before fit writes into out_dir: the lock file it took must still be there. A directory
+        removed (`rm -rf`) or moved away would otherwise be made again by the next write, a new
+        directory that no lock holds, where a second run could start beside this one."""
+        if self._lock is None:
+            return
+        lock, held = self._lock
+        try:
+            if os.path.samestat(os.stat(lock), held):
+                return
+        except FileNotFoundError:
+            pass
+        if not self.out_dir.is_dir():
+            message = (f"the run directory {self.out_dir} was removed or moved while this run trained: it stops at "
+                       f"step {self.step} rather than make a new one that no lock holds; where you moved it, continue "
+                       "with `gpuconv train ... --out NEW_DIR --resume` or Trainer(out_dir=NEW_DIR).fit(..., "
+                       "resume=True); where it was deleted, train again")
+        else:
+            message = (f"the lock file {lock} of this run was removed while it trained (another run may be writing to "
+                       f"{self.out_dir} now): this run stops at step {self.step} rather than write beside it; once "
+                       f"no other run is there, continue with {self._resume_how()}")
+        raise restated(FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(lock)), message)
 
     def _resume_how(self):
         """The two ways to continue this run, its --out quoted as a shell splits it."""
@@ -832,8 +857,12 @@ class Trainer:
         # out_dir's lock, as `gpuconv train` takes it (and holds it around this fit): another process's
         # run into the same directory is refused, not interleaved with this one's checkpoints
         with (directory_lock(self.out_dir, "gpuconv training run", reentrant=True) if self.out_dir is not None
-              else contextlib.nullcontext()):
-            return self._fit(train_loader, epochs, val, resume)
+              else contextlib.nullcontext()) as lock:
+            self._lock = None if lock is None else (lock, os.stat(lock))
+            try:
+                return self._fit(train_loader, epochs, val, resume)
+            finally:
+                self._lock = None
 
     def _fit(self, train_loader, epochs, val, resume):
         if resume:

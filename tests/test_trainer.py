@@ -2,6 +2,7 @@
 bit-identical resume (at an epoch boundary and after Ctrl-C mid-epoch), metrics history."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -1114,6 +1115,58 @@ def test_a_second_fit_into_the_same_out_dir_is_refused_while_the_first_runs(cifa
         _one_epoch_run(cifar, tmp_path)
         assert (tmp_path / _files.LOCK_NAME).exists()
     assert (tmp_path / "checkpoint.npz").exists() and not (tmp_path / _files.LOCK_NAME).exists()
+
+
+class RemoveAt(DeviceLoader):
+    """A DeviceLoader that runs ``remove()`` (an `rm -rf` of the run directory, ...) when it yields
+    a given batch."""
+
+    remove_at, remove = None, None  # (epoch, batch), a function
+
+    def _batches(self, epoch, start):
+        for i, batch in enumerate(super()._batches(epoch, start), start=start):
+            if (epoch, i) == self.remove_at:
+                self.remove()
+            yield batch
+
+
+@pytest.mark.parametrize("how", ["rm -rf", "mv", "lock file removed, another run in"])
+def test_a_run_directory_removed_during_the_run_is_not_made_again(cifar, tmp_path, how):
+    """`rm -rf runs/x` (or `mv runs/x runs/y`) while a run trains into it: the next write stops the
+    run, saying so and how to go on, instead of making a new runs/x that no lock holds (where a
+    second run could start and interleave its files with this one's); a lock file removed and
+    taken by another run is never written beside either."""
+    import shutil
+    from conftest import lock_held_elsewhere
+    from gpuconv import _files
+    train, _ = cifar
+    images, labels = train.images[:192], train.labels[:192]  # 6 batches of 32 per epoch
+    out = tmp_path / "run"
+    trainer, _ = build(images, labels, out, epochs=2, log_every=2)
+    loader = RemoveAt(images, labels, 32, shuffle=True, augment=True, seed=7)
+    loader.remove_at = (1, 3)
+    held = contextlib.ExitStack()
+    if how == "rm -rf":
+        loader.remove = lambda: shutil.rmtree(out)
+    elif how == "mv":
+        loader.remove = lambda: out.rename(tmp_path / "moved")
+    else:
+        loader.remove = lambda: ((out / _files.LOCK_NAME).unlink(), held.enter_context(lock_held_elsewhere(out)))
+    with held, pytest.raises(FileNotFoundError) as info:
+        trainer.fit(loader, 2)
+    message = str(info.value)
+    if how == "lock file removed, another run in":
+        assert message.startswith(f"the lock file {out / _files.LOCK_NAME} of this run was removed while it trained "
+                                  f"(another run may be writing to {out} now): this run stops at step ")
+        assert int(ckpt.load_checkpoint(out)["meta/step"]) == 6  # epoch 1's: nothing written there since
+    else:
+        assert not out.exists()
+        assert message.startswith(f"the run directory {out} was removed or moved while this run trained: it "
+                                  "stops at step ")
+        assert (f"where you moved it, continue with `gpuconv train ... --out NEW_DIR --resume` or "
+                f"Trainer(out_dir=NEW_DIR).fit(..., resume=True); where it was deleted, train again") in message
+    if how == "mv":
+        assert int(ckpt.load_checkpoint(tmp_path / "moved")["meta/step"]) == 6  # epoch 1's, as moved
 
 
 def test_training_goes_on_without_matplotlib(tmp_path, monkeypatch):
