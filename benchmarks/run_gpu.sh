@@ -68,7 +68,8 @@
 # passed.
 #
 # Environment: PYTHON (default python3, the image's interpreter with cupy and torch),
-# GPU_RUN_BUDGET_S, GPUCONV_BENCH_RESULTS (default benchmarks/results), STAGES; GPUCONV_WGMMA=0
+# GPU_RUN_BUDGET_S, GPUCONV_BENCH_RESULTS (default benchmarks/results), STAGES, GPU_RUN_CACHES (the
+# compiled kernels to unpack into $HOME first, default .gpu-cache/caches.tar.gz); GPUCONV_WGMMA=0
 # runs everything without the wgmma tiles (tcwg, tcwg256, tcwgn64, tcwgm64), as the battery itself
 # does when they fail their probe.
 set -u
@@ -79,12 +80,13 @@ if [ -d .gpu-data/cifar-10-batches-py ]; then
 fi
 export GPUCONV_CUDA_CACHE="${GPUCONV_CUDA_CACHE:-$HOME/.cache/gpuconv/cuda}"
 export CUPY_CACHE_DIR="${CUPY_CACHE_DIR:-$HOME/.cupy/kernel_cache}"
-CARRIED="none (no .gpu-cache/caches.tar.gz: make gpu-cache builds one without a GPU)"
-if [ -f .gpu-cache/caches.tar.gz ]; then  # compiled kernels (a previous run's, or make gpu-cache's): no NVRTC time here
+CACHES="${GPU_RUN_CACHES:-.gpu-cache/caches.tar.gz}"  # compiled kernels (a previous run's, or make gpu-cache's)
+CARRIED="none (no $CACHES: make gpu-cache builds one without a GPU)"
+if [ -f "$CACHES" ]; then  # no NVRTC time here for what it holds
     mkdir -p "$GPUCONV_CUDA_CACHE" "$CUPY_CACHE_DIR"
-    tar -xzf .gpu-cache/caches.tar.gz -C "$HOME" 2>/dev/null || true
+    tar -xzf "$CACHES" -C "$HOME" 2>/dev/null || true
     CARRIED="$(find "$GPUCONV_CUDA_CACHE" -type f 2>/dev/null | wc -l) gpuconv and $(find "$CUPY_CACHE_DIR" -type f \
-2>/dev/null | wc -l) CuPy kernel files (.gpu-cache/caches.tar.gz; the precompile stage says which builds it found)"
+2>/dev/null | wc -l) CuPy kernel files ($CACHES; the precompile stage says which builds it found)"
 fi
 PY="${PYTHON:-python3}"
 STAGES="${STAGES:-all}"

@@ -406,10 +406,17 @@ def test_step_times_gpuconv_with_the_statistic_of_its_pytorch_side(monkeypatch):
     assert res["pool_stable"] is True and np.isfinite(res["final_loss"])
 
 
+def battery_environ():
+    """This process's environment less what a battery run of its own would switch (the wgmma
+    tiles off, a kernel cache elsewhere)."""
+    return {k: v for k, v in os.environ.items() if k not in ("GPUCONV_WGMMA", "GPUCONV_CUDA_CACHE", "CUPY_CACHE_DIR")}
+
+
 def run_battery(tmp_path, **env):
     out, results = tmp_path / "out", tmp_path / "results"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHON": sys.executable, "OUT": str(out),
-           "GPUCONV_BENCH_RESULTS": str(results), "HOME": str(tmp_path / "home"), **env}
+    env = {**battery_environ(), "PYTHONPATH": str(REPO), "PYTHON": sys.executable, "OUT": str(out),
+           "GPUCONV_BENCH_RESULTS": str(results), "HOME": str(tmp_path / "home"),
+           "GPU_RUN_CACHES": str(tmp_path / "no-caches.tar.gz"), **env}
     t0 = time.monotonic()
     proc = subprocess.run(["bash", str(BENCH / "run_gpu.sh")], capture_output=True, text=True, env=env, timeout=180,
                           cwd=REPO)
@@ -521,7 +528,8 @@ def test_gpu_battery_publishes_the_versions_and_the_caches_before_a_stage_hangs(
     got, and hands the compiled kernels to the next run."""
     import signal
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OUT": str(out), "GPUCONV_BENCH_RESULTS": str(tmp_path / "results"),
+    env = {**battery_environ(), "GPU_RUN_CACHES": str(tmp_path / "none"), "PYTHONPATH": str(REPO), "OUT": str(out),
+           "GPUCONV_BENCH_RESULTS": str(tmp_path / "results"),
            "HOME": str(tmp_path / "home"), "FAKE_HANG": hang, "GPU_RUN_PUBLISH_EVERY_S": "1", **_fake_tools(tmp_path)}
     proc = subprocess.Popen(["bash", str(BENCH / "run_gpu.sh")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=env, cwd=REPO, start_new_session=True)
@@ -630,12 +638,11 @@ def _build_gpu_cache(tmp_path, **env):
     python (FAKE_BUILD_PYTHON)."""
     repo = tmp_path / "repo"
     (repo / "benchmarks").mkdir(parents=True)
-    for name in ("gpu_cache.sh", "run_gpu.sh"):
-        (repo / "benchmarks" / name).write_text((BENCH / name).read_text())
+    (repo / "benchmarks" / "gpu_cache.sh").write_text((BENCH / "gpu_cache.sh").read_text())
     fake = tmp_path / "build-python"
     fake.write_text(FAKE_BUILD_PYTHON)
     fake.chmod(0o755)
-    env = {**os.environ, "PYTHON": str(fake), "FAKE_LOG": str(tmp_path / "fake"), **env}
+    env = {**battery_environ(), "PYTHON": str(fake), "FAKE_LOG": str(tmp_path / "fake"), **env}
     proc = subprocess.run(["bash", str(repo / "benchmarks" / "gpu_cache.sh")], capture_output=True, text=True,
                           env=env, timeout=60, cwd=tmp_path)
     return proc, repo
@@ -654,12 +661,9 @@ def test_gpu_cache_is_built_by_the_devices_nvrtc_and_found_where_the_battery_loo
     with tarfile.open(repo / ".gpu-cache" / "caches.tar.gz") as tar:
         built = {".cache/gpuconv/cuda/conv2d_tc-built1.cubin", ".cache/gpuconv/cuda/conv2d_tc-built0.cubin"}
         assert built <= set(tar.getnames())
-    # the battery, run from that tree with the stand-in tools, unpacks it into its kernel cache
-    out = tmp_path / "out"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OUT": str(out), "HOME": str(tmp_path / "home"),
-           "GPUCONV_BENCH_RESULTS": str(tmp_path / "results"), "STAGES": "caches", **_fake_tools(tmp_path)}
-    battery = subprocess.run(["bash", str(repo / "benchmarks" / "run_gpu.sh")], capture_output=True, text=True,
-                             env=env, timeout=120, cwd=repo)
+    # the battery, with the stand-in tools, unpacks it into its kernel cache
+    battery, out, _ = run_battery(tmp_path, STAGES="caches", GPU_RUN_CACHES=str(repo / ".gpu-cache" / "caches.tar.gz"),
+                                  **_fake_tools(tmp_path))
     log = (out / "run_gpu.log").read_text()
     assert "kernel caches carried: 2 gpuconv and 0 CuPy kernel files" in log, battery.stdout[-2000:]
     with tarfile.open(out / "caches.tar.gz") as tar:  # handed on with what the battery built
@@ -1087,7 +1091,8 @@ def test_gpu_battery_leaves_no_process_of_its_output_copier_behind(tmp_path):
     the stage's end, leaving a running_stage.log of a stage that had ended."""
     import signal
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OUT": str(out), "GPUCONV_BENCH_RESULTS": str(tmp_path / "results"),
+    env = {**battery_environ(), "GPU_RUN_CACHES": str(tmp_path / "none"), "PYTHONPATH": str(REPO), "OUT": str(out),
+           "GPUCONV_BENCH_RESULTS": str(tmp_path / "results"),
            "HOME": str(tmp_path / "home"), "STAGES": "tests", "GPU_RUN_PUBLISH_EVERY_S": "300", **_fake_tools(tmp_path)}
     proc = subprocess.Popen(["bash", str(BENCH / "run_gpu.sh")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=env, cwd=REPO, start_new_session=True)
