@@ -175,19 +175,38 @@ class StepGraph:
         else:  # what an earlier capture's arrays left since its reset (a gradient the eager step replaced)
             _free_blocks(cp.cuda, self._pool, self._pool_gpus)
         self._pool_gpus.add(cp.cuda.Device().id)
-        with cp.cuda.using_allocator(self._pool.malloc), stream:
-            stream.begin_capture()
-            try:
-                outputs = self.fn(*self._inputs)
-            finally:
-                graph = stream.end_capture()
+        _capturing.append(self)
+        try:
+            with cp.cuda.using_allocator(self._pool.malloc), stream:
+                stream.begin_capture()
+                try:
+                    outputs = self.fn(*self._inputs)
+                finally:
+                    graph = stream.end_capture()
+        finally:
+            _capturing.pop()
+            while not _capturing and _deferred:  # what another graph's end left to free meanwhile
+                _free_blocks(*_deferred.pop())
         self._graph, self._outputs = graph, outputs
         self.captures += 1
 
 
+# The StepGraphs capturing now (in this process), and the frees of graphs that went meanwhile: a
+# graph collected by the garbage collector during another's capture (a Trainer and its graph
+# refer to one another, so the collector, which may run at any allocation, ends them) would
+# cudaFree inside that capture, which CUDA may refuse (the capture then invalid) or take as a
+# synchronization; its blocks go back once no capture runs.
+_capturing: list = []
+_deferred: list = []
+
+
 def _free_blocks(cuda, pool, gpus):
     """Hand the blocks ``pool`` (a ``cuda.MemoryPool``, ``cuda`` CuPy's) caches for no array back to
-    each of ``gpus`` (CuPy frees those of the current device's pool alone)."""
+    each of ``gpus`` (CuPy frees those of the current device's pool alone); during a capture, once
+    it has ended."""
+    if _capturing:
+        _deferred.append((cuda, pool, gpus))
+        return
     for gpu in sorted(gpus):
         with cuda.Device(gpu):
             pool.free_all_blocks()

@@ -675,6 +675,37 @@ def test_a_graphs_memory_goes_back_at_each_reset_and_when_the_graph_goes(monkeyp
     assert seen == [("free graph's", 1)]
 
 
+def test_a_graph_that_goes_during_another_graphs_capture_frees_its_memory_after_it(monkeypatch):
+    """A graph's end frees its pool's cached blocks (cudaFree). The garbage collector may end a
+    graph (a Trainer and its graph refer to one another) at any allocation, inside another graph's
+    capture, where a cudaFree may invalidate the capture or synchronize: its blocks go back once
+    the capture has ended. CuPy is faked."""
+    seen, current, on, FakeArray = _fake_cupy(monkeypatch)
+    old = StepGraph(lambda x, y: (x,))
+    holder = {"old": old}
+
+    def step(x, y):
+        if B.cupy_module().cuda.allocator[0] is not None and "old" in holder:  # in the new graph's capture
+            del holder["old"]
+            gc.collect()
+            seen.append(("collected", current[0]))
+        return (x,)
+
+    new = StepGraph(step)
+
+    def call(graph):
+        x, y = np.zeros((2, 3, 4, 4), np.float32), np.zeros(2, np.int64)
+        on[id(x)] = on[id(y)] = 1
+        graph(x.view(FakeArray), y.view(FakeArray))
+
+    call(old), call(old)  # old has captured: its pool exists, its end frees it
+    del old
+    seen.clear()
+    call(new), call(new)
+    assert seen[seen.index(("capture", 1, 1)):] == [("capture", 1, 1), ("collected", 1), ("free graph's", 1),
+                                                    ("launch", 1, 1)], seen
+
+
 def test_a_capture_out_of_gpu_memory_frees_none_of_the_graphs_blocks(monkeypatch):
     """CuPy's pool answers a failed cudaMalloc by freeing the blocks it caches and trying again
     (cupy/cuda/memory.pyx, SingleDeviceMemoryPool._try_malloc). Inside a capture, the graph's
