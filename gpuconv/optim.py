@@ -749,7 +749,8 @@ def newton_schulz(g, steps=3, eps=1e-7):
 def _matmul(p, q):
     """``p @ q`` (2-D): on 'cuda' and 'sim' through gpuconv's own GEMM kernels in strict float32
     (float64 for float64; the linear layer's), so that no cuBLAS call sits in a step a CUDA graph
-    captures (CuPy refuses one there); NumPy's (or CuPy's) matmul elsewhere."""
+    captures (CuPy refuses one there), nor anywhere on a GPU (the cuda12/cuda13 installs, CuPy and
+    NVRTC, have no cuBLAS); NumPy's matmul elsewhere."""
     if kernel_target(p, q) is None:
         return p @ q
     from .ops import linear_forward

@@ -42,6 +42,7 @@ from . import checkpoint as ckpt
 from .counter_rng import check_seed
 from .graphs import REPLAYED_WAY_OUT
 from .monitor import GPUMonitor, format_snapshot, metrics_fields
+from .optim import _matmul
 from .ops._checks import check_array
 
 
@@ -1160,10 +1161,12 @@ def _evaluate(model, loader, level, precision):
             loss_sum += loss * x.shape[0]
             # Confusion counts as one-hot(true)^T @ one-hot(predicted): no bincount, which on CuPy
             # reads the largest index back to size its output (a sync per batch). Exact: a batch's
-            # counts are integers below 2^24. A label outside [0, classes) is counted nowhere.
+            # counts are integers below 2^24. A label outside [0, classes) is counted nowhere. The
+            # product is gpuconv's GEMM on a kernel device: CuPy's matmul is cuBLAS, which the
+            # cuda12/cuda13 installs (CuPy and NVRTC alone) lack.
             true = (y[:, None] == class_ids).astype(np.float32)
             pred = (xp.argmax(logits, axis=1)[:, None] == class_ids).astype(np.float32)
-            conf += (true.T @ pred).astype(np.int64)
+            conf += _matmul(true.T, pred).astype(np.int64)
             n += int(x.shape[0])
     except Exception as exc:
         if _is_oom(exc):

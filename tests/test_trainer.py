@@ -174,6 +174,30 @@ def test_evaluate_skips_empty_batches():
         evaluate(model, [empty])
 
 
+
+class _LabelsWithoutLibraryGemm(np.ndarray):
+    """Device labels where a matrix product of them would be CuPy's: a cuBLAS call, which the
+    cuda12/cuda13 installs (CuPy and NVRTC alone) cannot make."""
+
+    def __matmul__(self, other):
+        raise ImportError("libcublas.so.13: cannot open shared object file (a library GEMM on device arrays)")
+
+    __rmatmul__ = __matmul__
+
+
+def test_evaluate_counts_the_confusion_matrix_without_a_library_gemm():
+    """The confusion counts of an evaluation on a kernel device go through gpuconv's own GEMM: on a
+    GPU, CuPy's matmul is cuBLAS, which a driver-only machine with the project's CUDA extras lacks.
+    The same counts as the CPU's."""
+    rng = np.random.default_rng(0)
+    model = Sequential(Conv2d(3, 4, 3, padding=1, seed=0), ReLU(), MaxPool2d(2), Flatten(), Linear(64, 10, seed=1))
+    x, y = rng.standard_normal((6, 3, 8, 8)).astype(np.float32), np.array([1, 2, 3, 3, 9, 0])
+    want = evaluate(model, [(x, y)])
+    with gpuconv.default_device("sim"):
+        got = evaluate(model, [(x, y.view(_LabelsWithoutLibraryGemm))])
+    np.testing.assert_array_equal(got["confusion"], want["confusion"])
+    assert got["confusion"].sum() == 6 and got["accuracy"] == want["accuracy"]
+
 # ----------------------------------------------------------------------------- device residency
 def _tiny_sim_setup(log_every):
     rng = np.random.default_rng(0)
