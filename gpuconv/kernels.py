@@ -924,7 +924,7 @@ def nvrtc_compile(src: str, op_file: str, dtype, arch: str, where: str = "", tf3
 
     Raises :class:`KernelCompileError` with the compiler log (file(line): message) on failure,
     and ImportError when the NVRTC binding (cupy_backends, the nvidia-cuda-nvrtc wheel) is absent."""
-    from cupy_backends.cuda.libs import nvrtc  # raises ImportError without CuPy
+    nvrtc = nvrtc_binding()
     prog = nvrtc.createProgram(src, f"{op_file}.cu", [], [])
     try:
         try:
@@ -936,6 +936,22 @@ def nvrtc_compile(src: str, op_file: str, dtype, arch: str, where: str = "", tf3
     finally:
         nvrtc.destroyProgram(prog)
     return out if isinstance(out, bytes) else out.encode()
+
+
+def nvrtc_binding():
+    """CuPy's NVRTC binding (``cupy_backends.cuda.libs.nvrtc``), its library loaded; ImportError,
+    naming the wheel to install, where either is missing. CuPy 14 imports the binding without the
+    library and loads libnvrtc at its first call, through cuda.pathfinder, whose
+    DynamicLibNotFoundError is a RuntimeError."""
+    from cupy_backends.cuda.libs import nvrtc  # raises ImportError without CuPy
+    try:
+        nvrtc.getVersion()
+    except Exception as exc:  # noqa: BLE001  (DynamicLibNotFoundError, an OSError of a broken install)
+        why = (str(exc).splitlines() or [""])[0]
+        raise ImportError(f"CuPy's NVRTC binding could not load the NVRTC library ({type(exc).__name__}: {why}): "
+                          "pip install nvidia-cuda-nvrtc (for cupy-cuda13x) or nvidia-cuda-nvrtc-cu12 (for "
+                          "cupy-cuda12x)") from exc
+    return nvrtc
 
 
 def _cubin(nvrtc, prog) -> bytes:
@@ -1137,7 +1153,7 @@ def nvrtc_arch(compute_capability, device: int | None = None) -> str:
     """The NVRTC target for a device of ``compute_capability`` (CuPy's string, e.g. '90'):
     ``'sm_90'`` (a CUBIN) when NVRTC supports that arch, else the highest supported virtual arch
     not above it, e.g. ``'compute_90'`` on a newer GPU (PTX, which the driver compiles at load)."""
-    from cupy_backends.cuda.libs import nvrtc
+    nvrtc = nvrtc_binding()
     cc = int(compute_capability)
     archs = sorted(int(a) for a in nvrtc.getSupportedArchs())
     if cc in archs:
@@ -1150,7 +1166,7 @@ def nvrtc_arch(compute_capability, device: int | None = None) -> str:
 
 def _too_old_for_nvrtc(what: str, cc: int) -> KernelCompileError:
     """The error for an arch below the oldest this NVRTC targets: ``what`` named, and the fix."""
-    from cupy_backends.cuda.libs import nvrtc
+    nvrtc = nvrtc_binding()
     archs = sorted(int(a) for a in nvrtc.getSupportedArchs())
     return KernelCompileError(
         f"{what}, and NVRTC {_nvrtc_version(nvrtc)} compiles only for sm_{', sm_'.join(map(str, archs))}: install "
@@ -1234,7 +1250,7 @@ def _whole_binary(path: pathlib.Path) -> bool:
 def _cached_binary(src, op_file, dt, arch, where="", tf32=False):
     """``(path, binary)``: the binary of ``src`` for ``arch`` in the disk cache (binary None: it was
     there already), or compiled now (path None when the cache is unwritable)."""
-    from cupy_backends.cuda.libs import nvrtc
+    nvrtc = nvrtc_binding()
     key = hashlib.sha256("\0".join(["gpuconv-cuda-2", src, *NVRTC_OPTIONS, arch, _nvrtc_version(nvrtc)])
                          .encode()).hexdigest()
     label = _label(dt, tf32).replace("+", "-")
@@ -1319,7 +1335,7 @@ def precompile(device: int | None = None, *, arch: str | None = None, files=KERN
         cc = _compute_capability(device)
     else:
         cc = arch_capability(arch)
-        from cupy_backends.cuda.libs import nvrtc
+        nvrtc = nvrtc_binding()
         if cc < min(int(a) for a in nvrtc.getSupportedArchs()):  # (a raw "invalid --gpu-architecture" otherwise)
             raise _too_old_for_nvrtc(f"precompile(arch={arch!r}) asks for compute capability {cc // 10}.{cc % 10}", cc)
     if cc < min(TENSOR_CORE_MIN_CC.values()):  # never launched there (and mma.sync does not build for it)

@@ -25,9 +25,9 @@ import pytest
 from gpuconv import backend, kernels
 
 try:
-    from cupy_backends.cuda.libs import nvrtc
+    nvrtc = kernels.nvrtc_binding()
     _NVRTC_WHY = None
-except Exception as exc:  # ImportError, or the NVRTC shared library missing
+except Exception as exc:  # ImportError (no CuPy, or the NVRTC library missing), or a broken install
     nvrtc = None
     _NVRTC_WHY = f"the NVRTC binding is unavailable ({type(exc).__name__}: {exc}); install it: make install EXTRAS=dev,nvrtc"
 
@@ -699,6 +699,31 @@ def test_precompile_names_an_arch_older_than_nvrtc_targets_and_takes_family_targ
     with pytest.raises(ValueError, match="is not an NVRTC target"):
         kernels.arch_capability("sm_100x")
 
+
+
+def test_an_nvrtc_binding_whose_library_is_missing_is_an_import_error_naming_the_fix(monkeypatch, capsys):
+    """CuPy 14 imports its NVRTC binding without libnvrtc and loads the library at the binding's
+    first call, through cuda.pathfinder, whose DynamicLibNotFoundError is a RuntimeError: CuPy
+    without the nvidia-cuda-nvrtc wheel gets the ImportError that names the package to install
+    (and `gpuconv precompile` its one line), as a machine without CuPy does."""
+    libs = pytest.importorskip("cupy_backends.cuda.libs")
+    pathfinder = pytest.importorskip("cuda.pathfinder")
+
+    class WithoutTheLibrary:
+        def __getattr__(self, name):
+            def call(*args):
+                raise pathfinder.DynamicLibNotFoundError('Failure finding "libnvrtc.so": No such file: libnvrtc.so*')
+            return call
+
+    monkeypatch.setattr(libs, "nvrtc", WithoutTheLibrary())
+    with pytest.raises(ImportError, match=r'libnvrtc\.so.*pip install nvidia-cuda-nvrtc'):
+        kernels.precompile(arch="sm_90", files=("relu",))
+    with pytest.raises(ImportError, match="pip install nvidia-cuda-nvrtc"):
+        kernels.nvrtc_compile("", "relu", np.float32, "compute_90")
+    from gpuconv import cli
+    assert cli.main(["precompile", "--arch", "sm_90"]) == 1
+    err = capsys.readouterr().err
+    assert "NVRTC could not be imported" in err and "nvidia-cuda-nvrtc" in err and "Traceback" not in err
 
 def test_a_launch_past_48_kib_of_dynamic_shared_memory_raises_the_kernels_limit_once(monkeypatch):
     """CUDA refuses more than 48 KiB of dynamic shared memory unless the kernel's attribute is
