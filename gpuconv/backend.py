@@ -383,8 +383,10 @@ def item(x) -> float:
 
 
 def synchronize(x=None):
-    """Wait for the GPU (a no-op for NumPy)."""
+    """Wait for the GPU, every stream of it: ``x``'s GPU for a CuPy array, the current one for
+    None (a no-op for NumPy). (The legacy default stream's wait alone leaves out work on a
+    non-blocking stream, such as one made current around a training loop.)"""
     if x is None or is_cupy_array(x):
         cp = cupy_module()
         if cp is not None and cuda_available():
-            cp.cuda.Stream.null.synchronize()
+            cp.cuda.Device(None if x is None else device_id(x)).synchronize()

@@ -5,6 +5,7 @@ import contextvars
 import dataclasses
 import os
 import pathlib
+import types
 
 import numpy as np
 import pytest
@@ -315,6 +316,33 @@ def test_to_device_on_host_and_device_of():
     assert B.device_of(np.ones(1)) == B.Device("cpu")
     B.synchronize()  # a no-op without a GPU; must not raise
     B.synchronize(np.ones(1))
+
+
+def test_synchronize_waits_for_every_stream_of_the_arrays_gpu(monkeypatch):
+    """synchronize waits for the whole device (cudaDeviceSynchronize), not the legacy default
+    stream alone, whose wait leaves out non-blocking streams; an array's own GPU, not the current
+    one. CuPy is faked."""
+    waited = []
+
+    class Device:
+        def __init__(self, i=None):
+            self.i = 0 if i is None else i
+
+        def synchronize(self):
+            waited.append(("device", self.i))
+
+    class FakeArray(np.ndarray):
+        pass
+
+    stream = types.SimpleNamespace(null=types.SimpleNamespace(synchronize=lambda: waited.append(("null stream",))))
+    fake = types.SimpleNamespace(ndarray=FakeArray, cuda=types.SimpleNamespace(Device=Device, Stream=stream))
+    monkeypatch.setattr(B, "_import_cupy", lambda: (fake, None))
+    monkeypatch.setattr(B, "cuda_available", lambda: True)
+    monkeypatch.setattr(B, "device_id", lambda a: 3)
+    B.synchronize()
+    B.synchronize(np.ones(2).view(FakeArray))
+    B.synchronize(np.ones(2))  # NumPy: nothing to wait for
+    assert waited == [("device", 0), ("device", 3)]
 
 
 def test_host_copy_and_copy_like_never_alias():
