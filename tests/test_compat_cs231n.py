@@ -4,6 +4,8 @@ parameter dicts, momentum and keep-probability semantics), and end to end: the S
 100 real CIFAR-10 images with the ThreeLayerConvNet, as the assignment's notebook expects."""
 from __future__ import annotations
 
+import contextlib
+import types
 import warnings
 
 import numpy as np
@@ -130,6 +132,102 @@ def test_solver_trains_on_the_gpu_without_per_step_readbacks():
     solver.train()
     assert len(solver.loss_history) == 12 and all(isinstance(v, float) for v in solver.loss_history)
     assert all(isinstance(v, cp.ndarray) for v in model.params.values())
+
+
+# ----------------------------------------------------------------------------- CuPy arrays without cuRAND
+class _OnGpu(np.ndarray):
+    """A NumPy array the backend takes for a CuPy one on GPU 0 (under ``cupy_without_curand``)."""
+
+    def get(self):
+        return np.asarray(self)
+
+
+class _CupyRandomWithoutCurand:
+    """``cupy.random`` where the cuda12/cuda13 installs put it (CuPy and NVRTC, no cuRAND): its
+    legacy functions (rand, choice, seed, ...) load cuRAND's host library, which is not there."""
+
+    def __getattr__(self, name):
+        raise ImportError(f"cupy.random.{name}: libcurand.so.10: cannot open shared object file: No such file "
+                          "or directory")
+
+
+class _CupyWithoutCurand(types.ModuleType):
+    ndarray = _OnGpu
+    random = _CupyRandomWithoutCurand()
+    cuda = types.SimpleNamespace(Device=lambda index: contextlib.nullcontext())
+
+    @staticmethod
+    def asarray(a, dtype=None):
+        return np.asarray(a, dtype).view(_OnGpu)
+
+    def __getattr__(self, name):  # the rest of CuPy's API is NumPy's
+        return getattr(np, name)
+
+
+@pytest.fixture
+def cupy_without_curand(monkeypatch):
+    """No GPU here: a stand-in CuPy (NumPy, whose ``_OnGpu`` arrays count as CuPy arrays on GPU 0)
+    whose ``cupy.random`` fails as it does without cuRAND. ``to_device`` uploads (counted)."""
+    from gpuconv import backend as B
+
+    fake = _CupyWithoutCurand("cupy")
+    monkeypatch.setattr(B, "cupy_module", lambda: fake)
+    monkeypatch.setattr(B, "require_cupy", lambda: fake)
+    monkeypatch.setattr(B, "device_id", lambda a: 0)
+    return fake
+
+
+class _RowRecorder:
+    """A CS231n model (``params``, ``loss``) whose data rows are their indices: it records the
+    rows of each call, minibatches and accuracy subsets alike, and learns nothing."""
+
+    def __init__(self, w):
+        self.params = {"W": w}
+        self.seen = []
+
+    def loss(self, X, y=None):
+        self.seen.append((type(X), np.asarray(X)[:, 0].astype(int).tolist()))
+        if y is None:
+            return X[:, :3]
+        return 0.5, {"W": self.params["W"] * 0}
+
+
+def _record_solver_run(device_array):
+    n = 20
+    X, y = np.repeat(np.arange(n, dtype=np.float64)[:, None], 3, axis=1), np.arange(n) % 3
+    model = _RowRecorder(device_array(np.zeros(3)))
+    data = {"X_train": X, "y_train": y, "X_val": X[:8], "y_val": y[:8]}
+    solver = C.Solver(model, data, update_rule=lambda w, dw, config: (w - dw, config),
+                      optim_config={"learning_rate": 1.0}, batch_size=5,
+                      num_epochs=2, num_train_samples=6, num_val_samples=4, verbose=False)
+    solver.train()
+    assert solver.loss_history == [0.5] * 8
+    return model.seen
+
+
+def test_a_solver_on_device_arrays_draws_its_minibatches_without_curand(cupy_without_curand):
+    """A device-resident Solver draws its minibatch indices and accuracy subsets on the host,
+    np.random.choice, and uploads them: ``cupy.random.choice`` needs cuRAND, which the cuda12/cuda13
+    installs lack (it was an ImportError at the first step)."""
+    from gpuconv import backend as B
+
+    B.transfers.reset()
+    seen = _record_solver_run(cupy_without_curand.asarray)
+    # 8 steps and 3 accuracy checks of a training and a validation subset: 14 draws, each uploaded
+    # (after the 4 arrays of the data set, uploaded once).
+    assert len(seen) == 14 and {t for t, _ in seen} == {_OnGpu}
+    assert B.transfers.host_to_device == 4 + 14 and B.transfers.device_to_host == 0
+
+
+def test_a_seeded_solver_takes_the_same_minibatches_on_the_device_as_on_the_cpu(cupy_without_curand):
+    """np.random.seed makes a device run draw what a CPU run draws, as the assignment's Solver:
+    the same minibatches and accuracy subsets, in the same order."""
+    np.random.seed(0)
+    on_cpu = _record_solver_run(np.asarray)
+    np.random.seed(0)
+    on_device = _record_solver_run(cupy_without_curand.asarray)
+    assert [rows for _, rows in on_device] == [rows for _, rows in on_cpu]
+    assert {t for t, _ in on_cpu} == {np.ndarray} and len({tuple(r) for _, r in on_cpu}) > 10
 
 
 def test_rel_error_is_the_assignments_formula():

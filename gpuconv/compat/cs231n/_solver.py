@@ -2,8 +2,13 @@
 
 Same signatures, defaults, dicts and histories as the assignment. Arrays stay on their device:
 a model built with ``device='cuda'`` keeps its params as CuPy arrays, the Solver uploads the
-data set to that device once, when it is constructed, and a training step then makes no host
-transfer (the losses are read back in one batch at each print and at each epoch's end).
+data set to that device once, when it is constructed, and a training step then reads nothing
+back (the losses are read back in one batch at each print and at each epoch's end).
+
+Minibatches and accuracy subsets are drawn as the assignment draws them, ``np.random.choice``
+from NumPy's global generator, on every device: a device run uploads its indices (``batch_size``
+int64s a step) and, after the same ``np.random.seed``, takes the same minibatches as a CPU run.
+(CuPy's ``cupy.random.choice`` would need cuRAND, which gpuconv's CUDA installs do not have.)
 """
 from __future__ import annotations
 
@@ -77,6 +82,13 @@ class ThreeLayerConvNet:
 
 def _host_float(v):
     return v if is_cupy_array(v) else float(v)
+
+
+def _choice(n, size, like):
+    """``np.random.choice(n, size)``, the assignment's draw from NumPy's global generator, on the
+    device of ``like`` (uploaded for a CuPy array: a host-to-device copy, never a readback)."""
+    idx = np.random.choice(n, size)
+    return to_device(idx, device_of(like)) if is_cupy_array(like) else idx
 
 
 # ----------------------------------------------------------------------------- the solver
@@ -156,8 +168,7 @@ class Solver:
         self.optim_configs = {p: dict(self.optim_config) for p in self.model.params}
 
     def _step(self):
-        xp = get_array_module(self.X_train)
-        mask = xp.random.choice(self.X_train.shape[0], self.batch_size)
+        mask = _choice(self.X_train.shape[0], self.batch_size, self.X_train)
         loss, grads = self.model.loss(self.X_train[mask], self.y_train[mask])
         self._record_loss(loss)
         for p, w in self.model.params.items():
@@ -197,7 +208,7 @@ class Solver:
         xp = get_array_module(X, y)
         n = X.shape[0]
         if num_samples is not None and n > num_samples:
-            mask = xp.random.choice(n, num_samples)
+            mask = _choice(n, num_samples, X)
             n, X, y = num_samples, X[mask], y[mask]
         if n == 0:
             raise ValueError("check_accuracy got 0 examples: pass a non-empty X (e.g. a validation split)")
