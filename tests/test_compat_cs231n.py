@@ -230,6 +230,39 @@ def test_a_seeded_solver_takes_the_same_minibatches_on_the_device_as_on_the_cpu(
     assert {t for t, _ in on_cpu} == {np.ndarray} and len({tuple(r) for _, r in on_cpu}) > 10
 
 
+@pytest.mark.parametrize("edition", [None, 2017])
+def test_dropout_on_device_arrays_hashes_its_mask_from_a_numpy_key_without_curand(edition, cupy_without_curand):
+    """Dropout on CuPy arrays takes gpuconv's counter-based keep bits (those of ops.dropout_forward
+    and kernels/dropout.cu) for one key drawn from NumPy's global generator, after
+    np.random.seed(dropout_param['seed']): no cupy.random (cuRAND), and a seed repeats the mask.
+    NumPy arrays keep the assignment's mask, bit for bit."""
+    E = C if edition is None else C.edition(edition)
+    p = 0.3
+    p_drop = p if edition == 2017 else 1 - p    # the 2016-2017 editions' p drops a unit
+    x = randn(40, 50).astype(np.float32) + 10
+    xg = cupy_without_curand.asarray(x)
+    out, cache = E.dropout_forward(xg, {"mode": "train", "p": p, "seed": 5})
+    mask = cache[1]
+    assert type(out) is _OnGpu and out.dtype == np.float32 and mask.dtype == np.float64  # as on the host
+
+    np.random.seed(5)
+    key = np.random.randint(0, 2**64, dtype=np.uint64)
+    keep = ops.dropout_forward(x, p=p_drop, key=key)[1].mask != 0
+    assert abs(keep.mean() - (1 - p_drop)) < 0.05
+    np.testing.assert_array_equal(mask, keep / (1 - p) if edition == 2017 else keep / p)
+    np.testing.assert_array_equal(out, (x * mask).astype(np.float32))
+    dout = cupy_without_curand.asarray(randn(40, 50))
+    np.testing.assert_array_equal(E.dropout_backward(dout, cache), dout * mask)
+
+    np.random.seed(5)  # the seed in the dict is np.random.seed's, as on the host
+    np.testing.assert_array_equal(E.dropout_forward(xg, {"mode": "train", "p": p})[1][1], mask)
+
+    _, (_, host_mask) = E.dropout_forward(x, {"mode": "train", "p": p, "seed": 5})
+    np.random.seed(5)
+    u = np.random.rand(40, 50)
+    np.testing.assert_array_equal(host_mask, (u >= p) / (1 - p) if edition == 2017 else (u < p) / p)
+
+
 def test_rel_error_is_the_assignments_formula():
     """max(|x - y| / max(1e-8, |x| + |y|)): 0.2 / 4.2 here; the floor keeps 0 vs 0 at 0, and a
     float32 input is measured in float64 (no float32 rounding in the yardstick)."""

@@ -123,10 +123,16 @@ def _check_key(key) -> np.uint64:
     return np.uint64(int(key))
 
 
+def keep_bits(key, p, shape, xp=np):
+    """The mask's keep decisions, a bool array of ``shape`` (``xp`` = numpy or cupy): element ``i``
+    (flat C-order) is kept iff ``u(key, i) >= p``, tested in integers as the kernel does."""
+    n = math.prod(shape)
+    return ((dropout_hash(key, n, xp) >> _S_KEEP) >= keep_threshold(p)).reshape(shape)
+
+
 def _dropout_forward_reference(x, p, key):
     xp = get_array_module(x)
-    keep = (dropout_hash(key, x.size, xp) >> _S_KEEP) >= keep_threshold(p)
-    mask = keep.reshape(x.shape).astype(compute_dtype(x.dtype))
+    mask = keep_bits(key, p, x.shape, xp).astype(compute_dtype(x.dtype))
     mask *= keep_scale(p, mask.dtype)
     return round_once(upcast(x) * mask, x.dtype), DropoutCache(mask)
 

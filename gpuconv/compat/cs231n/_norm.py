@@ -7,10 +7,14 @@ have no op: they are one row normalization each, written once in array-agnostic 
 
 Dropout draws its mask from NumPy's global generator, ``np.random.rand(*x.shape)``, after
 ``np.random.seed(dropout_param['seed'])`` when a seed is given, exactly as the assignment does:
-``np.random.seed(0)`` then a forward reproduces a student's mask bit for bit. (CuPy arrays draw
-from ``cupy.random`` instead, so a device-resident model never waits for a host mask.) What
-``p`` means depends on the edition: the probability of KEEPING a unit (2018 on) or of DROPPING
-it (2016 and 2017); see :func:`dropout_forward` and :func:`dropout_forward_2017`.
+``np.random.seed(0)`` then a forward reproduces a student's mask bit for bit. CuPy arrays take
+gpuconv's counter-based dropout mask instead (``ops.dropout.keep_bits``: the keep decisions of
+kernels/dropout.cu, hashed on the device, no host mask to upload) from ONE 64-bit key drawn from
+that same global generator, after the same ``np.random.seed``: a seed makes a device run
+reproducible too (its masks are not the host's), and cuRAND, which gpuconv's CUDA installs do
+not have, is never called. What ``p`` means depends on the edition: the probability of KEEPING
+a unit (2018 on) or of DROPPING it (2016 and 2017); see :func:`dropout_forward` and
+:func:`dropout_forward_2017`.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import numpy as np
 
 from ... import ops
 from ...backend import device_of, get_array_module, is_cupy_array, to_device
+from ...ops.dropout import keep_bits
 from ._basic import param
 from ._call import Call, Cache, backward_call
 from ._device import download
@@ -207,13 +212,16 @@ def dropout_forward(x, dropout_param):
     """Inverted dropout; ``dropout_param``: ``'p'`` = probability of KEEPING a unit (2018 on),
     ``'mode'`` ('train'|'test'), optional ``'seed'`` (``np.random.seed(seed)`` first, as the
     assignment). Returns ``out, (dropout_param, mask)``; mask is the scaled keep mask (None in
-    test mode), ``(np.random.rand(*x.shape) < p) / p``."""
+    test mode), ``(np.random.rand(*x.shape) < p) / p``; for a CuPy x, ``keep / p`` with ``keep``
+    gpuconv's counter-based keep bits for the drop probability ``1 - p`` and a key drawn by
+    ``np.random.randint`` (see the module's docstring)."""
     return _dropout(x, dropout_param, drop=False)
 
 
 def dropout_forward_2017(x, dropout_param):
     """Inverted dropout of the 2016 and 2017 editions: ``'p'`` is the probability of DROPPING a unit; mask
-    ``(np.random.rand(*x.shape) >= p) / (1 - p)``. Otherwise as :func:`dropout_forward`."""
+    ``(np.random.rand(*x.shape) >= p) / (1 - p)`` (for a CuPy x, ``keep / (1 - p)``, ``keep``
+    gpuconv's keep bits for the drop probability ``p``). Otherwise as :func:`dropout_forward`."""
     return _dropout(x, dropout_param, drop=True)
 
 
@@ -231,21 +239,19 @@ def _dropout(x, dropout_param, drop):
     if not drop and not 0 < p <= 1:
         raise ValueError(f"dropout_param['p'] is the KEEP probability and must lie in (0, 1], got {p!r} "
                          f"(2016-2017 code, where p is the drop probability: use gpuconv.compat.cs231n.edition(2017))")
-    rnd = _random_module(x)
     if "seed" in dropout_param:
-        rnd.seed(dropout_param["seed"])
-    u = rnd.rand(*x.shape)
-    mask = (u >= p) / (1 - p) if drop else (u < p) / p
-    if isinstance(mask, np.ndarray) and not isinstance(x, np.ndarray):
-        mask = to_device(mask, device_of(x))
+        np.random.seed(dropout_param["seed"])
+    if is_cupy_array(x):
+        # CuPy's own legacy random (cupy.random.rand) is cuRAND's host library, which gpuconv's CUDA
+        # installs lack: hash the mask on the device from one host key instead.
+        key = np.random.randint(0, 2**64, dtype=np.uint64)
+        keep = keep_bits(key, p if drop else 1 - p, x.shape, get_array_module(x))
+        mask = keep / (1 - p) if drop else keep / p
+    else:
+        u = np.random.rand(*x.shape)
+        mask = (u >= p) / (1 - p) if drop else (u < p) / p
     # The starter code ends with out.astype(x.dtype, copy=False): the output keeps x's dtype.
     return (x * mask).astype(x.dtype, copy=False), Cache((dropout_param, mask))
-
-
-def _random_module(x):
-    if is_cupy_array(x):
-        return get_array_module(x).random
-    return np.random
 
 
 def dropout_backward(dout, cache):
