@@ -37,10 +37,11 @@ def check_seed(value, name="seed"):
 
 def splitmix64(key, n, xp=np):
     """The uint64 array ``h(key, i)`` for ``i`` in ``[0, n)`` (``xp`` = numpy or cupy). Array
-    arithmetic wraps mod 2^64 without warnings."""
+    arithmetic wraps mod 2^64 without warnings. ``key`` may also be a one-element uint64 array
+    of ``xp``'s (a key kept on the device): it is added as an array, never read back."""
     z = xp.arange(1, n + 1, dtype=np.uint64)
     z *= GAMMA
-    z += np.uint64(key)
+    z += key if isinstance(key, xp.ndarray) else np.uint64(key)
     z ^= z >> _S30
     z *= _MIX1
     z ^= z >> _S27

@@ -18,14 +18,16 @@
 //
 // Kernels (extern "C"; 1-D grid-stride grids of GPUCONV_BLOCK threads,
 // one element per thread and step: both are bound by memory traffic, the hash is ~10 integer ops):
-//   dropout_forward    x, key, threshold, scale -> y, mask
+//   dropout_forward    x, key, threshold, scale, key_at -> y, mask
+//                      key_at: null, or a device word holding the key, read instead of key (a step
+//                      replayed as a CUDA graph takes its key from there: written before each replay)
 //   dropout_backward   dy, mask -> dx
 //
 // Resources per kernel and build (ptxas of CUDA 13.0 for sm_90, the registry's NVRTC options;
 // tests/test_nvrtc.py holds every figure to ptxas's report): registers / static shared memory
 // in bytes / bytes spilled (stores + loads); "-": no such build (TF32: conv2d, conv2d_tc, gemm_tc).
 //   ptxas 13.0        f32          f64          bf16         f16          tf32
-//   dropout_forward   30/0/0       32/0/0       32/0/0       28/0/0       -
+//   dropout_forward   32/0/0       32/0/0       30/0/0       28/0/0       -
 //   dropout_backward  28/0/0       32/0/0       28/0/0       24/0/0       -
 
 typedef unsigned long long u64_t;
@@ -38,7 +40,9 @@ __device__ inline u64_t dropout_hash(u64_t key, index_t i) {
 }
 
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
-dropout_forward(const storage_t* x, storage_t* y, acc_t* mask, long long n, u64_t key, u64_t threshold, acc_t scale) {
+dropout_forward(const storage_t* x, storage_t* y, acc_t* mask, long long n, u64_t key, u64_t threshold, acc_t scale,
+                const u64_t* key_at) {
+    if (key_at != nullptr) key = *key_at;  // the key written on the device before a replayed step
     for (index_t i = global_thread_index(); i < n; i += global_thread_count()) {
         const acc_t m = (dropout_hash(key, i) >> 11) >= threshold ? scale : (acc_t)0;
         mask[i] = m;

@@ -68,6 +68,59 @@ def test_non_contiguous_input_is_masked_in_c_order(backend, dtype):
     np.testing.assert_array_equal(want_mask.ravel() != 0, flat_keep)  # element i = flat C-order index i
 
 
+def _key_at(backend, key):
+    """The key in a one-element uint64 device array, filled there (as Dropout.write_key does)."""
+    key_at = backend.xp.zeros(1, np.uint64)
+    key_at.fill(np.uint64(key))
+    return key_at
+
+
+@DTYPES
+def test_a_key_read_from_the_device_gives_the_mask_of_the_key_by_value(backend, dtype):
+    """key_at (a step replayed as a CUDA graph reads its key there) makes the mask that the same key
+    passed by value makes, on the reference and the kernel, forward and backward."""
+    rng = np.random.default_rng(5)
+    x = backend.asarray(rng.standard_normal((3, 5, 7)).astype(dtype))
+    for key in (0, 1, 12345, 2**63, 2**64 - 1, int(D.draw_key(rng))):
+        y, cache = dropout_forward(x, 0.4, key=key)
+        y_at, cache_at = dropout_forward(x, 0.4, key_at=_key_at(backend, key))
+        assert_bits_equal(backend.asnumpy(y_at), backend.asnumpy(y))
+        assert_bits_equal(backend.asnumpy(cache_at.mask), backend.asnumpy(cache.mask))
+        assert_bits_equal(backend.asnumpy(y_at), reference(backend.asnumpy(x), 0.4, key)[0])
+        assert_bits_equal(backend.asnumpy(dropout_backward(x, cache_at)), backend.asnumpy(dropout_backward(x, cache)))
+    backend.assert_kernels_ran("dropout_forward")
+    y, cache = dropout_forward(x, 0.4, training=False, key_at=_key_at(backend, 3))  # eval: the identity still
+    assert y is x and cache.mask is None
+
+
+def test_the_kernel_reads_key_at_instead_of_the_key_by_value(backend):
+    """The kernel itself takes the key from key_at when it is given (the launcher passes a key of 0
+    by value then): launched with another key by value, the mask is key_at's."""
+    if backend.name == "numpy":
+        pytest.skip("the kernel's argument: 'sim' and 'cuda'")
+    x = backend.asarray(np.ones(300, np.float32))
+    y, mask = backend.xp.empty_like(x), backend.xp.empty_like(x)
+    from gpuconv import backend as B, kernels
+    for key_by_value, key_at in ((0, 99), (99, 2**64 - 1)):
+        kernels.launch_1d("dropout", "dropout_forward", B.kernel_target(x), (x, y, mask),
+                          (np.uint64(key_by_value), D.keep_threshold(0.5), np.float32(2), _key_at(backend, key_at)))
+        assert_bits_equal(backend.asnumpy(mask), reference(np.ones(300, np.float32), 0.5, key_at)[1])
+
+
+def test_bad_key_at(backend):
+    x = backend.asarray(np.ones(3, np.float32))
+    with pytest.raises(ValueError, match="pass key_at .* alone, without rng or key"):
+        dropout_forward(x, 0.5, key=1, key_at=_key_at(backend, 1))
+    with pytest.raises(ValueError, match="pass key_at .* alone, without rng or key"):
+        dropout_forward(x, 0.5, rng=np.random.default_rng(0), key_at=_key_at(backend, 1))
+    for bad in (backend.xp.zeros(1, np.int64), backend.xp.zeros(2, np.uint64), backend.xp.zeros((), np.uint64), 7):
+        with pytest.raises(ValueError, match="key_at must be a one-element uint64 array on x's device"):
+            dropout_forward(x, 0.5, key_at=bad)
+    if backend.name == "cupy":  # a host array for a GPU x
+        with pytest.raises(ValueError, match="key_at must be a one-element uint64 array on x's device"):
+            dropout_forward(x, 0.5, key_at=np.zeros(1, np.uint64))
+
+
 def test_the_grid_stride_loop_on_the_simulator(launches):
     """More elements than one grid covers (32 blocks per nominal SM): every thread loops."""
     x = np.random.default_rng(3).standard_normal(2**21 + 3).astype(np.float32)

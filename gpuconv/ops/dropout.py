@@ -14,7 +14,10 @@ mixer is Stafford's "Mix13"), which passes BigCrush. The test ``u >= p`` is made
 ``(h >> 11) >= ceil(p * 2^53)`` (exact: ``p * 2^53`` only rescales the double ``p``), with one
 rule for float32 and float64: a key gives the same mask in both dtypes, and the reference and
 the kernels agree bit for bit. Because the generator's state is one NumPy Generator whatever
-the device, a checkpoint can save it and a resumed CUDA run repeats its masks exactly.
+the device, a checkpoint can save it and a resumed CUDA run repeats its masks exactly. A step
+replayed as a CUDA graph cannot take a new key by value at each replay: it reads the key from a
+one-element device array instead (``key_at``), filled before each step with the generator's next
+draw (:meth:`gpuconv.layers.Dropout.write_key`), so its masks are the same.
 
 Precision (gpuconv.precision): the mask is kept in x's compute dtype (float64 for float64, float32
 otherwise) and a bfloat16/float16 ``x * mask`` is formed in float32 and rounded once, so a kept
@@ -45,18 +48,28 @@ KEEP_BITS = 53  # u's resolution: the keep probability is 1 - ceil(p * 2^53) / 2
 _S_KEEP = np.uint64(64 - KEEP_BITS)
 
 
-def dropout_forward(x, p=0.5, training=True, rng=None, *, key=None):
+def dropout_forward(x, p=0.5, training=True, rng=None, *, key=None, key_at=None):
     """``y, cache``. ``p`` is the DROP probability in [0, 1).
 
     The mask comes from one 64-bit key: ``key`` (an int in [0, 2^64)) when given, else one
     drawn from ``rng``, a ``numpy.random.Generator`` for NumPy and CuPy arrays alike (None: a
     fresh unseeded one). A key is drawn only when a mask is made (training and ``p > 0``), so a
-    seeded Generator gives the same masks on every device. Pass ``rng`` or ``key``, not both."""
+    seeded Generator gives the same masks on every device. Pass ``rng`` or ``key``, not both.
+
+    ``key_at``: instead of both, a one-element uint64 array on x's device holding the key, read
+    where the mask is made (by the kernel on 'cuda' and 'sim'; the reference adds it as an array):
+    a step replayed as a CUDA graph (gpuconv.graphs) takes its key from there, written on the
+    device before each replay (:meth:`gpuconv.layers.Dropout.write_key`). The same key gives the
+    same mask either way."""
     check_float("x", x)
     if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p < 1.0:
         raise ValueError(f"p is the probability of dropping an element and must be in [0, 1), got {p!r}; "
                          f"p=1 would drop everything (use p=0.5, or skip the layer)")
-    if key is not None:
+    if key_at is not None:
+        if key is not None or rng is not None:
+            raise ValueError("dropout_forward: pass key_at (the key in a device array) alone, without rng or key")
+        _check_key_at(x, key_at)
+    elif key is not None:
         if rng is not None:
             raise ValueError("dropout_forward: pass rng (a numpy.random.Generator that draws the key) or key "
                              "(the key itself), not both")
@@ -68,10 +81,12 @@ def dropout_forward(x, p=0.5, training=True, rng=None, *, key=None):
             "serves every device and its state can be checkpointed; pass numpy.random.default_rng(seed)")
     if not training or p == 0:
         return x, DropoutCache(None, x.dtype)
-    if key is None:
+    if key_at is not None:
+        key = np.uint64(0)  # (the kernel reads key_at instead)
+    elif key is None:
         key = draw_key(rng if rng is not None else np.random.default_rng())
     target = backend.kernel_target(x)
-    y, cache = _dispatch.call("dropout_forward", target, _dropout_forward_reference, x, float(p), key)
+    y, cache = _dispatch.call("dropout_forward", target, _dropout_forward_reference, x, float(p), key, key_at)
     return y, cache._replace(dtype=x.dtype)
 
 
@@ -112,7 +127,8 @@ def keep_scale(p, dtype):
 
 def dropout_hash(key, n, xp=np):
     """``h(key, i)`` for ``i`` in ``[0, n)`` as a uint64 array (``xp`` = numpy or cupy): SplitMix64's
-    output ``i + 1`` from state ``key`` (:func:`gpuconv.counter_rng.splitmix64`)."""
+    output ``i + 1`` from state ``key`` (:func:`gpuconv.counter_rng.splitmix64`; ``key`` may be a
+    one-element uint64 array of ``xp``'s, added as it is)."""
     return splitmix64(key, n, xp)
 
 
@@ -125,14 +141,28 @@ def _check_key(key) -> np.uint64:
 
 def keep_bits(key, p, shape, xp=np):
     """The mask's keep decisions, a bool array of ``shape`` (``xp`` = numpy or cupy): element ``i``
-    (flat C-order) is kept iff ``u(key, i) >= p``, tested in integers as the kernel does."""
+    (flat C-order) is kept iff ``u(key, i) >= p``, tested in integers as the kernel does. ``key``
+    may be a one-element uint64 array of ``xp``'s (added as an array: no read back)."""
     n = math.prod(shape)
     return ((dropout_hash(key, n, xp) >> _S_KEEP) >= keep_threshold(p)).reshape(shape)
 
 
-def _dropout_forward_reference(x, p, key):
+def _check_key_at(x, key_at):
+    if get_array_module(key_at) is not get_array_module(x) or getattr(key_at, "shape", None) != (1,) \
+            or key_at.dtype != np.uint64 \
+            or (backend.is_cupy_array(x) and backend.device_id(key_at) != backend.device_id(x)):
+        what = (f"a {type(key_at).__module__}.{type(key_at).__name__}" if not hasattr(key_at, "dtype")
+                else f"a {type(key_at).__module__}.{type(key_at).__name__} of shape {tuple(key_at.shape)} and dtype "
+                     f"{key_at.dtype}" + (f" on cuda:{backend.device_id(key_at)} (x: cuda:{backend.device_id(x)})"
+                                          if backend.is_cupy_array(key_at) and backend.is_cupy_array(x) else ""))
+        raise ValueError(f"key_at must be a one-element uint64 array on x's device (the mask key, written there "
+                         f"before the step), got {what}; make it with xp.zeros(1, numpy.uint64) where xp is x's "
+                         "array module, or pass key")
+
+
+def _dropout_forward_reference(x, p, key, key_at=None):
     xp = get_array_module(x)
-    mask = keep_bits(key, p, x.shape, xp).astype(compute_dtype(x.dtype))
+    mask = keep_bits(key if key_at is None else key_at, p, x.shape, xp).astype(compute_dtype(x.dtype))
     mask *= keep_scale(p, mask.dtype)
     return round_once(upcast(x) * mask, x.dtype), DropoutCache(mask)
 
