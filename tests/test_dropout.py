@@ -334,6 +334,38 @@ def test_layer_draws_one_key_per_training_forward(backend):
     assert layer(x) is x and layer._rng().bit_generator.state == state  # eval draws nothing
 
 
+def test_a_layer_reading_its_key_from_the_device_makes_the_masks_it_would_draw(backend):
+    """key_on_device (a captured step holds the layer): write_key draws the next key from the layer's
+    generator and fills the device array the training forward reads, so the masks are those the
+    layer draws itself; a forward with no key written (none, or a second use in one step) is
+    refused, eval mode is the identity, and a copy draws its keys itself."""
+    import copy
+    x = backend.asarray(np.ones((8, 9), np.float32))
+    eager, held = Dropout(0.5, seed=11), Dropout(0.5, seed=11)
+    held.key_on_device()
+    for _ in range(3):
+        held.write_key(backend.xp)
+        assert backend.xp is np or not isinstance(held._key_at, np.ndarray)  # on x's device
+        assert_bits_equal(backend.asnumpy(held(x)), backend.asnumpy(eager(x)))
+    assert held._rng().bit_generator.state == eager._rng().bit_generator.state
+    with pytest.raises(RuntimeError, match="no key was written for this forward: call write_key"):
+        held(x)  # the key was used
+    state = held._rng().bit_generator.state
+    held.eval()
+    assert held(x) is x and held._rng().bit_generator.state == state
+    held.train()
+    twin = copy.deepcopy(held)
+    assert not twin._key_on_device and twin._key_at is None
+    want = backend.asnumpy(eager(x))
+    assert_bits_equal(backend.asnumpy(twin(x)), want)  # drawn by the copy itself
+    held.write_key(backend.xp)
+    held.key_on_device(False)  # off: the written key is dropped, the forward draws the next one itself
+    assert not held._key_written
+    assert_bits_equal(backend.asnumpy(held(x)), backend.asnumpy(eager(x)))
+    if backend.name != "numpy":
+        backend.assert_kernels_ran("dropout_forward")
+
+
 # ----------------------------------------------------------------------------- training: resume, parity
 def _mlp_loader(cls=DeviceLoader):
     data = np.random.default_rng(0)
