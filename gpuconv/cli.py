@@ -221,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--log-every", type=_positive_int, default=50, help="steps between loss readbacks (default 50)")
     t.add_argument("--cuda-graph", action="store_true",
                    help="replay each training step as a CUDA graph (a step's launches cost more host time than a "
-                        "GPU takes to run them in bf16); SGD and Muon recipes without dropout, not fp16")
+                        "GPU takes to run them in bf16); SGD and Muon recipes, not fp16")
     t.add_argument("--autotune", choices=("auto", "on", "off"), default=None,
                    help="time each convolution's kernel variants at its first step and run the fastest, on a GPU "
                         "(on sim and cpu it does nothing) (default auto: on a GPU; a resumed run as it was set)")

@@ -5,7 +5,8 @@ elementwise operations between them, which a GPU runs faster than Python can sub
 the host. The step is already device-resident (no readback, no synchronization, a memory pool
 that stops growing), which is what CUDA stream capture needs: the whole step is recorded once
 into a graph, and each later step is a handful of launches: two copies of the batch into the
-graph's input buffers, one fill per parameter group writing its learning rate, and the graph.
+graph's input buffers, one fill per parameter group writing its learning rate, one per dropout
+layer writing its mask key, and the graph.
 
     step = StepGraph.for_optimizer(lambda x, y: amp.training_step(model, opt, x, y, "bf16"), opt)
     loss, logits = step(x, y)    # step 1 runs eagerly; step 2 is captured, then every step replays
@@ -13,7 +14,9 @@ graph's input buffers, one fill per parameter group writing its learning rate, a
 What a replay does not do is run Python, so everything a step decides on the host is frozen at
 the capture: the caller keeps per-step values on the device (the learning rates: ``before``
 writes them, outside the graph, before every step; ``opt.lr_written_by_owner`` keeps the
-optimizer from writing them inside it), and calls :meth:`StepGraph.reset` whenever the step's
+optimizer from writing them inside it; a graph of :meth:`StepGraph.for_optimizer` writes each
+training dropout layer's next mask key as well, drawn from the layer's own generator, which the
+layer's forward then reads on the device: the masks of the eager steps), and calls :meth:`StepGraph.reset` whenever the step's
 structure changes (an epoch's callback): the next call runs eagerly and captures again. A graph
 of :meth:`StepGraph.for_optimizer` is given :meth:`StepGraph.release` instead, before the change
 (a parameter frozen or thawed, a hyperparameter), which it refuses while it holds them; its next
@@ -21,8 +24,7 @@ call captures anew. A batch of another shape or layout does that by itself, as d
 choice of kernel variants (``kernels.set_variant``, autotuning turned on or off, a table loaded:
 :func:`gpuconv.kernels.choices`) or of the precision mode. The
 Trainer refuses what a graph would silently freeze, when built and at each epoch's start:
-dropout's per-step keys, fp16's loss scaler, optimizers other than SGD and Muon (and a Chain of
-them); and while the graph holds the optimizer and the model (from its first call until
+fp16's loss scaler, optimizers other than SGD and Muon (and a Chain of them); and while the graph holds the optimizer and the model (from its first call until
 :meth:`StepGraph.release`), a change to a number a kernel takes by value (a hyperparameter, batch
 norm's momentum and eps, Scale's factor, LPPool2d's norm_type, dropout's rate, the Trainer's label
 smoothing), to which parameters train (``requires_grad``),
@@ -44,8 +46,8 @@ OutOfMemoryError: the pool's own answer, freeing its cached blocks and trying ag
 blocks the kernels captured before write into.
 
 On 'sim' and the CPU there are no graphs: the same calls run the step every time, through the
-same input buffers and the same ``before`` (so the simulator tests what the graph path relies
-on: a replay that missed a learning-rate write would show).
+same input buffers and the same ``before`` and key writes (so the simulator tests what the graph
+path relies on: a replay that missed a learning-rate or a key write would show).
 """
 from __future__ import annotations
 
@@ -70,6 +72,7 @@ class StepGraph:
         self.fn, self.before = fn, before
         self.optimizer = None    # for_optimizer's: its learning rates written by this graph while in use
         self.model = None        # for_optimizer's: its layers' numbers held with the optimizer
+        self._dropouts = []      # for_optimizer's: the model's dropout layers, their keys written while held
         self.captures = 0        # graphs captured so far (a test and a log can see re-captures)
         self.replays = 0
         self._pool = None        # the captures' memory pool (CuPy's), made at the first capture
@@ -83,10 +86,20 @@ class StepGraph:
         first call on, the optimizer no longer writes them inside the step (nor takes another
         hyperparameter), the graph writes them before each call. The layers of ``model`` are held
         with it: a number their kernels take by value (batch norm's momentum and eps, Scale's
-        factor, LPPool2d's norm_type) is refused a change until :meth:`release`."""
+        factor, LPPool2d's norm_type) is refused a change until :meth:`release`. Its dropout layers
+        read their mask keys from the device meanwhile, each written before every call with the
+        next key of the layer's own generator (:meth:`gpuconv.layers.Dropout.write_key`), so the
+        masks are those of the eager steps."""
         graph = cls(fn, before=optimizer.write_lrs)
         graph.optimizer, graph.model = optimizer, model
         return graph
+
+    def _write_keys(self, xp):
+        """After ``before``, each held training dropout layer's next mask key, written into its
+        array of ``xp`` (the batch's) by a launched fill: no transfer, outside the graph."""
+        for layer in self._dropouts:
+            if layer.training and layer.p > 0:
+                layer.write_key(xp)
 
     @property
     def holds(self):
@@ -95,8 +108,12 @@ class StepGraph:
 
     def _hold_model(self, held):
         if self.model is not None:
+            from .layers import Dropout
+            self._dropouts = [m for m in self.model.modules() if isinstance(m, Dropout)] if held else []
             for layer in self.model.modules():
                 layer._held_by_graph = held
+                if isinstance(layer, Dropout):
+                    layer.key_on_device(held)  # (its keys written by _write_keys while held)
             for p in self.model.parameters():  # which of them train is the step's structure
                 p._held_by_graph = held
 
@@ -141,6 +158,8 @@ class StepGraph:
     def _step(self, x, y):
         if self.before is not None:
             self.before()
+        if self._dropouts:
+            self._write_keys(backend.get_array_module(x))
         if not self._eager_done:  # the first step: the optimizer's state, the kernels' modules, the pools
             self._eager_done = True
             return self.fn(x, y)

@@ -200,7 +200,8 @@ class Trainer:
     ``cuda_graph``: replay the step as a CUDA graph (:class:`gpuconv.graphs.StepGraph`; on 'cuda',
     where a step's launches cost more host time than its kernels take; elsewhere the same path
     runs the step itself). Captured at each epoch's second step; SGD, Muon or a Chain of them, no
-    dropout, no fp16. A number a kernel takes by value (the optimizer's hyperparameters, batch
+    fp16; dropout layers read their mask keys from the device, written before each step from
+    their own generators (the eager run's masks). A number a kernel takes by value (the optimizer's hyperparameters, batch
     norm's momentum and eps, Scale's factor, LPPool2d's norm_type, ``label_smoothing``, ``precision``) and which
     parameters train (``requires_grad``) change, and a state is loaded (the model's, the optimizer's,
     :meth:`load_checkpoint`), before the fit or in ``epoch_start``; during a graphed epoch, they are
@@ -349,8 +350,8 @@ class Trainer:
 
     def _check_graphable(self):
         """Refuse what a replayed step would freeze (when the Trainer is built, and at each epoch's
-        start: the code before the fit or ``epoch_start`` may have given dropout a rate)."""
-        from .layers import Dropout
+        start: the code before the fit or ``epoch_start`` may have set another precision, fp16's
+        with its loss scaler)."""
         from .optim import replays_schedule
         why = None
         if not replays_schedule(self.optimizer):
@@ -362,8 +363,6 @@ class Trainer:
                                          if self._auto_precision else "")
                    + " scales the loss with per-step host state; use 'bf16' (float32's range, no scaler; on "
                    "tensor cores from compute capability 8.0) or 'fp32'")
-        elif any(isinstance(m, Dropout) and m.p > 0 for m in self.model.modules()):
-            why = "the model has dropout, whose per-step keys a replay would freeze"
         if why is not None:
             raise ValueError(f"cuda_graph=True: {why}; train without it (cuda_graph=False, no --cuda-graph)")
 

@@ -331,6 +331,32 @@ def test_flags_that_do_nothing_warn(tmp_path, capsys):
     assert rc == 0 and "--cuda-graph replays steps on a GPU; on cpu each step runs as it is" in err
 
 
+def test_cuda_graph_trains_a_model_with_dropout_as_the_eager_run(tmp_path, capsys, monkeypatch):
+    """--cuda-graph takes a model with dropout (its mask keys written before each step from the
+    layer's generator): the run trains as one without it, bit for bit."""
+    from gpuconv import models
+    from gpuconv.layers import Dropout, Sequential
+    seed_net = models.seed_net
+
+    def seed_net_with_dropout(**kwargs):  # (no recipe has dropout: the seed model with one before its classifier)
+        layers = list(seed_net(**kwargs))
+        return Sequential(*layers[:-1], Dropout(0.5, seed=7), layers[-1])
+    monkeypatch.setattr(models, "seed_net", seed_net_with_dropout)
+    argv = ["train", "--model", "seed", "--epochs", "2", "--limit", "40", "--batch-size", "10", "--device", "cpu",
+            "--data", SUBSET, "--no-progress"]
+    weights = {}
+    for graphed in (False, True):
+        out = tmp_path / ("graphed" if graphed else "eager")
+        rc, _, err = run(argv + ["--out", out] + (["--cuda-graph"] if graphed else []), capsys)
+        assert rc == 0, err
+        arrays = ckpt.load_checkpoint(out / "checkpoint.npz")
+        assert "rng/model.4._rngs.numpy" in arrays  # the dropout layer's generator
+        weights[graphed] = {k: v for k, v in arrays.items() if k.startswith("model/")}
+    assert weights[True].keys() == weights[False].keys() and weights[True]
+    for k in weights[False]:
+        np.testing.assert_array_equal(weights[True][k], weights[False][k], err_msg=k)
+
+
 def test_the_small_subset_note_suggests_a_smaller_batch(tmp_path, capsys, monkeypatch):
     argv = ["train", "--model", "fast", "--width", "2", "--epochs", "1", "--limit", "300", "--data", SUBSET,
             "--out", tmp_path, "--no-progress", "--val-split", "0.1"]

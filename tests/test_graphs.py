@@ -26,26 +26,29 @@ from gpuconv.graphs import StepGraph
 from gpuconv.layers import BatchNorm2d, Conv2d, Dropout, Flatten, GELU, Linear, LPPool2d, MaxPool2d, Scale, Sequential
 from gpuconv.lookahead import Lookahead
 from gpuconv.optim import SGD, Adam, Chain, Muon, OneCycleLR
-from gpuconv.trainer import Trainer
+from gpuconv.trainer import Trainer, TrainingInterrupted
+from test_trainer import SigintAt, assert_same_state
 
 DEVICES = [pytest.param("sim"),
            pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not B.cuda_available(),
                                                                            reason=f"no GPU: {B.cuda_status()}")])]
 
 
-def _model():
+def _model(dropout=False):
+    """``dropout``: with a Dropout layer before the classifier (a mask per step)."""
+    head = [Dropout(0.25, seed=2)] if dropout else []
     return Sequential(Conv2d(3, 4, 3, padding=1, seed=0), BatchNorm2d(4), GELU(), MaxPool2d(2), Flatten(),
-                      Linear(64, 10, seed=1))
+                      *head, Linear(64, 10, seed=1))
 
 
-def _run(device, cuda_graph, precision="fp32", epochs=2, optimizer="sgd"):
+def _run(device, cuda_graph, precision="fp32", epochs=2, optimizer="sgd", dropout=False):
     """Two epochs of 8 steps; the first conv's bias frozen from epoch 1 (the step changes).
     ``optimizer`` 'muon': airbench94_muon's kind of pair, Muon on the conv filter and SGD on the
-    rest, the conv bias in a group on a schedule of its own."""
+    rest, the conv bias in a group on a schedule of its own. ``dropout``: the model has a Dropout."""
     rng = np.random.default_rng(0)
     imgs, labels = rng.integers(0, 256, (40, 3, 8, 8), dtype=np.uint8), rng.integers(0, 10, 40)
     with gpuconv.default_device(device):
-        model = _model()
+        model = _model(dropout)
         params = model.parameters()
         if optimizer == "muon":
             sgd = SGD([{"params": [params[1]], "lr": 0.2}, {"params": params[2:]}], lr=0.05, momentum=0.85,
@@ -84,11 +87,90 @@ def test_graph_steps_give_the_eager_steps_parameters_bit_for_bit(device, precisi
         assert graph.captures == 2 and graph.replays == 2 * 7  # captured anew after the epoch's callback
 
 
-@pytest.mark.parametrize("precision,optimizer", [("fp32", "sgd"), ("bf16", "muon")])
-def test_each_replay_launches_what_its_capture_launched(monkeypatch, precision, optimizer):
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_model_with_dropout_graphed_gives_the_eager_losses_and_parameters_bit_for_bit(device, precision):
+    """Each dropout layer reads its mask key from the device while the graph holds it, written before
+    every step from its own generator: the masks, hence the losses and the parameters, are the
+    eager run's over two epochs, and the generator ends where the eager run's does (a replay that
+    kept the capture's key would train on one mask)."""
+    eager, eager_trainer = _run(device, False, precision, dropout=True)
+    graphed, trainer = _run(device, True, precision, dropout=True)
+    losses = [[(r["kind"], r["step"], r["train_loss"]) for r in t.history] for t in (eager_trainer, trainer)]
+    assert losses[1] == losses[0] and len(losses[0]) == 2  # (each epoch's mean loss)
+    assert eager.keys() == graphed.keys()
+    for name in eager:
+        np.testing.assert_array_equal(graphed[name], eager[name], err_msg=name)
+    dropout = trainer.model[5]
+    assert dropout._rng().bit_generator.state == eager_trainer.model[5]._rng().bit_generator.state
+    assert trainer._graph._inputs is not None and not dropout._key_on_device  # released after the fit
+    if device == "cuda":
+        assert trainer._graph.captures == 2 and trainer._graph.replays == 2 * 7
+
+
+def _dropout_setup(out_dir, cuda_graph, loader_cls=DeviceLoader):
+    """A Trainer of the model with dropout over two epochs of 8 steps, and its loader."""
+    rng = np.random.default_rng(0)
+    imgs, labels = rng.integers(0, 256, (40, 3, 8, 8), dtype=np.uint8), rng.integers(0, 10, 40)
+    model = _model(dropout=True)
+    opt = SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True)
+    sched = OneCycleLR(opt, max_lr=0.05, total_steps=16)
+    trainer = Trainer(model, opt, sched, out_dir=out_dir, log_every=4, progress=False, cuda_graph=cuda_graph)
+    return trainer, loader_cls(imgs, labels, 5, seed=0, augment=True)
+
+
+def test_a_graphed_fit_with_dropout_resumes_from_its_checkpoint_bit_for_bit(tmp_path):
+    """Stopped in the middle of a graphed epoch (the step captured, each key written before its
+    step), the checkpoint holds the dropout generator as the eager run's after as many steps; the
+    graphed resume writes the following keys and ends where an eager fit without a stop does."""
+    with gpuconv.default_device("sim"):
+        full, loader = _dropout_setup(tmp_path / "full", False)
+        full.fit(loader, 2)
+
+        first, _ = _dropout_setup(tmp_path / "cut", True)
+        killer = _dropout_setup(None, True, SigintAt)[1]
+        killer.kill_at = (1, 4)  # Ctrl-C in the middle of epoch 2, after its capture
+        with pytest.raises(TrainingInterrupted):
+            first.fit(killer, 2)
+        assert first.epoch == 1 and first.epoch_step == 5
+
+        second, loader2 = _dropout_setup(tmp_path / "cut", True)
+        second.fit(loader2, 2, resume=True)
+    assert_same_state(full, second)
+    assert second.model[5]._rng().bit_generator.state == full.model[5]._rng().bit_generator.state
+
+
+def test_a_held_dropout_layer_in_eval_mode_is_the_identity_and_draws_nothing():
+    """While a graph holds the model its dropout reads keys from the device in training alone: in
+    eval mode (a validation between steps) it is the identity, draws no key and needs none written."""
+    rng = np.random.default_rng(1)
+    x, y = rng.standard_normal((5, 3, 8, 8)).astype(np.float32), rng.integers(0, 10, 5)
+    with gpuconv.default_device("sim"):
+        model = _model(dropout=True)
+        opt = SGD(model.parameters(), lr=0.05)
+        graph = StepGraph.for_optimizer(lambda a, b: gpuconv.amp.training_step(model, opt, a, b), opt, model)
+        graph(x, y)
+        dropout = model[5]
+        assert graph.holds and dropout._key_on_device
+        state = dropout._rng().bit_generator.state
+        model.eval()
+        h = rng.standard_normal((5, 64)).astype(np.float32)
+        assert dropout(h) is h and dropout(h) is h
+        assert dropout._rng().bit_generator.state == state
+        model.train()
+        graph(x, y)  # the next step's key written before it, as ever
+        assert dropout._rng().bit_generator.state != state
+        graph.release()
+        assert not dropout._key_on_device
+
+
+@pytest.mark.parametrize("precision,optimizer,dropout", [("fp32", "sgd", False), ("bf16", "muon", False),
+                                                         ("fp32", "sgd", True)])
+def test_each_replay_launches_what_its_capture_launched(monkeypatch, precision, optimizer, dropout):
     """What a CUDA graph freezes, checked where the step runs itself at every call ('sim'): each
     step after a capture makes the capture's kernel launches with the same scalars (a per-step
-    number passed by value would keep the capture's value at every replay), and an array a
+    number passed by value would keep the capture's value at every replay: dropout's mask key is
+    read from an array written before the step), and an array a
     captured launch took that was made before the capture (a parameter, a buffer, an optimizer
     slot) is the same array at every replay and stays alive (freed, the pool would give the
     memory the graph writes to other arrays). tracemalloc, traced over each step's own run,
@@ -132,10 +214,11 @@ def test_each_replay_launches_what_its_capture_launched(monkeypatch, precision, 
 
     monkeypatch.setattr(kernels, "launch", recording_launch)
     monkeypatch.setattr(StepGraph, "__call__", recording_call)
-    _, trainer = _run("sim", True, precision, epochs=1, optimizer=optimizer)  # (kept: its arrays stay alive)
+    _, trainer = _run("sim", True, precision, epochs=1, optimizer=optimizer, dropout=dropout)  # (kept: arrays alive)
     phases = [phase for phase, _ in steps if phase != "between"]
     assert phases == ["eager", "capture"] + ["replay"] * 6
     captured = next(launches for phase, launches in steps if phase == "capture")
+    assert dropout == any(kernel == "dropout_forward" for kernel, *_ in captured)
     for phase, launches in steps:
         if phase != "replay":
             continue
@@ -481,24 +564,22 @@ def test_cuda_graph_refuses_what_a_replay_would_freeze():
         Trainer(model, HostLR(params, lr=0.1), progress=False, cuda_graph=True)
     with pytest.raises(ValueError, match="cuda_graph=True: precision 'fp16'"):
         Trainer(model, SGD(model.parameters(), lr=0.1), progress=False, precision="fp16", cuda_graph=True)
-    dropped = Sequential(Flatten(), Dropout(0.5), Linear(192, 10))
-    with pytest.raises(ValueError, match="cuda_graph=True: the model has dropout"):
-        Trainer(dropped, SGD(dropped.parameters(), lr=0.1), progress=False, cuda_graph=True)
+    dropped = Sequential(Flatten(), Dropout(0.5), Linear(192, 10))  # its mask keys are written before each step
+    assert Trainer(dropped, SGD(dropped.parameters(), lr=0.1), progress=False, cuda_graph=True)._graph is not None
     assert Trainer(model, SGD(model.parameters(), lr=0.1), progress=False)._graph is None
 
 
-@pytest.mark.parametrize("when", ["before the fit", "epoch_start", "mid-epoch"])
-def test_dropout_given_a_rate_after_the_trainer_is_built_is_refused(when):
-    """A graphed Trainer refuses a model with dropout (a replay would freeze its per-step mask keys),
-    and refused it only when built: a rate given afterwards (before the fit, in epoch_start, by a
-    per-step schedule) trained every replay with the capture's mask, or none."""
+def _rate_run(when, cuda_graph):
+    """Two epochs of a net whose dropout is given a rate of 0.5 ``when``: before the fit (after the
+    Trainer is built), in epoch_start (from epoch 1), or mid-epoch by a per-step schedule."""
     rng = np.random.default_rng(0)
     imgs, labels = rng.integers(0, 256, (10, 3, 2, 2), dtype=np.uint8), rng.integers(0, 10, 10)
     with gpuconv.default_device("sim"):
-        net = Sequential(Flatten(), Dropout(0.0), Linear(12, 10, seed=0))
+        net = Sequential(Flatten(), Dropout(0.0, seed=3), Linear(12, 10, seed=0))
 
-        def give_rate(*_):
-            net[1].p = 0.5
+        def give_rate(epoch=None):
+            if epoch != 0:
+                net[1].p = 0.5
 
         class MidEpoch:
             def step(self):
@@ -506,15 +587,33 @@ def test_dropout_given_a_rate_after_the_trainer_is_built_is_refused(when):
                     give_rate()
 
         trainer = Trainer(net, SGD(net.parameters(), lr=0.1), MidEpoch() if when == "mid-epoch" else None,
-                          progress=False, log_every=4, cuda_graph=True,
+                          progress=False, log_every=4, cuda_graph=cuda_graph,
                           epoch_start=give_rate if when == "epoch_start" else None)
         if when == "before the fit":
             give_rate()
-        refusal = ("Dropout: p cannot change while a captured training step" if when == "mid-epoch"
-                   else "cuda_graph=True: the model has dropout")
-        with pytest.raises((RuntimeError, ValueError), match=refusal):
-            trainer.fit(DeviceLoader(imgs, labels, 2, seed=0), 1)
-    net[1].p = 0.25  # after the fit: free again
+        trainer.fit(DeviceLoader(imgs, labels, 2, seed=0), 2)
+    return net
+
+
+@pytest.mark.parametrize("when", ["before the fit", "epoch_start"])
+def test_dropout_given_a_rate_after_the_trainer_is_built_trains_as_the_eager_run(when):
+    """A rate given after the graphed Trainer is built (before the fit, in epoch_start: the graph
+    holds nothing then) has its mask keys written before each step from then on, as the eager run
+    draws them."""
+    eager, graphed = _rate_run(when, False), _rate_run(when, True)
+    assert graphed[1].p == 0.5
+    np.testing.assert_array_equal(graphed[2].weight.data, eager[2].weight.data)
+    assert graphed[1]._rng().bit_generator.state == eager[1]._rng().bit_generator.state
+    assert graphed[1]._rng().bit_generator.state != Dropout(seed=3)._rng().bit_generator.state  # keys were drawn
+
+
+def test_dropout_given_a_rate_mid_epoch_is_refused():
+    """A rate is taken by value by the kernel: a change while the graph holds the layer (a per-step
+    schedule) is refused, and free again once the fit has released it."""
+    with pytest.raises(RuntimeError, match="Dropout: p cannot change while a captured training step"):
+        _rate_run("mid-epoch", True)
+    net = _rate_run("mid-epoch", False)
+    net[1].p = 0.25
 
 
 def _fake_cupy(monkeypatch):
