@@ -1018,7 +1018,8 @@ class Dropout(Layer):
         step, outside a captured graph, so that every replay reads a new key."""
         from .ops.dropout import draw_key
         key = draw_key(self._rng())
-        if self._key_at is None or get_array_module(self._key_at) is not xp:
+        if self._key_at is None or get_array_module(self._key_at) is not xp \
+                or (xp is not np and self._key_at.device.id != xp.cuda.Device().id):  # (a model moved to another GPU)
             self._key_at = xp.zeros(1, np.uint64)
         self._key_at.fill(key)
         self._key_written = True
