@@ -37,8 +37,8 @@ from typing import NamedTuple
 import numpy as np
 
 from . import layout, ops
-from .backend import (Device, copy_like, device_of, get_array_module, get_default_device, host_copy, is_cupy_array,
-                      to_device)
+from .backend import (Device, copy_like, device_id, device_of, get_array_module, get_default_device, host_copy,
+                      is_cupy_array, to_device)
 from .counter_rng import check_seed
 from .graphs import REPLAYED_WAY_OUT
 from .ops._checks import check_array, check_floor, whole_float_hint
@@ -1019,7 +1019,7 @@ class Dropout(Layer):
         from .ops.dropout import draw_key
         key = draw_key(self._rng())
         if self._key_at is None or get_array_module(self._key_at) is not xp \
-                or (xp is not np and self._key_at.device.id != xp.cuda.Device().id):  # (a model moved to another GPU)
+                or (xp is not np and device_id(self._key_at) != xp.cuda.Device().id):  # (a model moved to another GPU)
             self._key_at = xp.zeros(1, np.uint64)
         self._key_at.fill(key)
         self._key_written = True

@@ -774,6 +774,31 @@ def test_a_graphs_memory_goes_back_at_each_reset_and_when_the_graph_goes(monkeyp
     assert seen == [("free graph's", 1)]
 
 
+def test_a_dropout_key_array_is_made_on_the_batchs_gpu(monkeypatch):
+    """write_key fills its key array on the current GPU (the batch's, in a graph's step): kept while
+    the GPU stays, made anew on another (a model moved between graphed fits), where the kernel
+    would otherwise read a key from the other GPU."""
+    _, current, on, FakeArray = _fake_cupy(monkeypatch)
+    fake = B.cupy_module()
+
+    def zeros(shape, dtype):
+        a = np.zeros(shape, dtype).view(FakeArray)
+        on[id(a.base)] = current[0]
+        return a
+    monkeypatch.setattr(fake, "zeros", zeros, raising=False)
+    monkeypatch.setattr(gpuconv.layers, "device_id", B.device_id)  # (the fake's, as the layer imported it)
+    layer, twin = Dropout(0.5, seed=4), Dropout(0.5, seed=4)
+    layer.write_key(fake)
+    first = layer._key_at
+    layer.write_key(fake)
+    assert layer._key_at is first
+    current[0] = 1
+    layer.write_key(fake)
+    assert layer._key_at is not first and B.device_id(layer._key_at) == 1
+    keys = [int(twin._rng().integers(0, 2**64, dtype=np.uint64)) for _ in range(3)]
+    assert int(layer._key_at[0]) == keys[-1]
+
+
 def test_a_graph_that_goes_during_another_graphs_capture_frees_its_memory_after_it(monkeypatch):
     """A graph's end frees its pool's cached blocks (cudaFree). The garbage collector may end a
     graph (a Trainer and its graph refer to one another) at any allocation, inside another graph's
