@@ -303,10 +303,12 @@ class LossScaler:
         grow = grown >= self.growth_interval
         with np.errstate(over="ignore"):  # (an overflow to inf is what the isfinite below catches)
             larger = self.scale_ * np.float32(self.growth_factor)
-        self.scale_ = xp.where(found_inf, self.scale_ * np.float32(self.backoff_factor),
-                               xp.where(grow & xp.isfinite(larger), larger, self.scale_)
-                               ).astype(np.float32)
-        self.tracker = xp.where(found_inf | grow, 0, grown).astype(np.int32)
+        scale = xp.where(found_inf, self.scale_ * np.float32(self.backoff_factor),
+                         xp.where(grow & xp.isfinite(larger), larger, self.scale_))
+        # In place: a step replayed as a CUDA graph (gpuconv.graphs) reads and writes the arrays of
+        # its capture; new ones would leave every replay the captured step's S.
+        xp.copyto(self.scale_, scale.astype(np.float32))
+        xp.copyto(self.tracker, xp.where(found_inf | grow, 0, grown).astype(np.int32))
 
     @property
     def current_scale(self) -> float:

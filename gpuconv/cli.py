@@ -221,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--log-every", type=_positive_int, default=50, help="steps between loss readbacks (default 50)")
     t.add_argument("--cuda-graph", action="store_true",
                    help="replay each training step as a CUDA graph (a step's launches cost more host time than a "
-                        "GPU takes to run them in bf16); SGD and Muon recipes, not fp16")
+                        "GPU takes to run them in bf16); SGD and Muon recipes")
     t.add_argument("--autotune", choices=("auto", "on", "off"), default=None,
                    help="time each convolution's kernel variants at its first step and run the fastest, on a GPU "
                         "(on sim and cpu it does nothing) (default auto: on a GPU; a resumed run as it was set)")
@@ -516,25 +516,6 @@ def _settings(args, device=None, stored_config=None):
     return s
 
 
-def _check_cuda_graph_precision(args, s, stored):
-    """--cuda-graph refuses fp16 (its loss scaler keeps per-step host state), before the data loads,
-    saying where fp16 came from: the flag, the resumed run, or 'auto' on a GPU whose tensor cores
-    multiply float16 alone (compute capability 7.5, a T4), where no flag named it."""
-    if not args.cuda_graph or s["precision"] != "fp16":
-        return
-    if args.precision == "fp16":
-        why = "--precision fp16"
-    elif args.precision is None and stored.get("train_args", {}).get("precision") == "fp16":
-        why = f"the run in {args.out} trains in fp16"
-    else:
-        source = "--precision auto" if args.precision else "the recipe's"
-        why = (f"precision 'auto' ({source}) chose fp16 on this GPU, whose tensor cores multiply float16 alone "
-               "(compute capability 7.5)")
-    raise ValueError(f"--cuda-graph: {why}, and fp16 scales the loss with per-step host state that a replayed step "
-                     "would freeze; pass --precision fp32 (or bf16 on compute capability 8.0 and newer) to train with "
-                     "--cuda-graph, or drop --cuda-graph to train in fp16")
-
-
 def _check_resume_flags(given, stored, ckpt_path):
     """A resumed run continues the saved one: its data, model and schedule cannot change midway
     (the optimizer and schedule state in the checkpoint would silently override new values)."""
@@ -613,7 +594,6 @@ def _train(args) -> int:
     device = backend.Device(args.device)
     stored = _stored_config(args)
     s = _settings(args, device, stored)
-    _check_cuda_graph_precision(args, s, stored)
     kernels.check_environment(autotune=s["autotune"] == "auto")  # a typo there fails now, not after the data loads
     if device.is_cuda:
         backend.require_cupy()

@@ -16,7 +16,8 @@ the capture: the caller keeps per-step values on the device (the learning rates:
 writes them, outside the graph, before every step; ``opt.lr_written_by_owner`` keeps the
 optimizer from writing them inside it; a graph of :meth:`StepGraph.for_optimizer` writes each
 training dropout layer's next mask key as well, drawn from the layer's own generator, which the
-layer's forward then reads on the device: the masks of the eager steps), and calls :meth:`StepGraph.reset` whenever the step's
+layer's forward then reads on the device: the masks of the eager steps; fp16's loss scale and
+its overflow skip are decided on the device, the scaler updating its arrays in place), and calls :meth:`StepGraph.reset` whenever the step's
 structure changes (an epoch's callback): the next call runs eagerly and captures again. A graph
 of :meth:`StepGraph.for_optimizer` is given :meth:`StepGraph.release` instead, before the change
 (a parameter frozen or thawed, a hyperparameter), which it refuses while it holds them; its next
@@ -24,7 +25,7 @@ call captures anew. A batch of another shape or layout does that by itself, as d
 choice of kernel variants (``kernels.set_variant``, autotuning turned on or off, a table loaded:
 :func:`gpuconv.kernels.choices`) or of the precision mode. The
 Trainer refuses what a graph would silently freeze, when built and at each epoch's start:
-fp16's loss scaler, optimizers other than SGD and Muon (and a Chain of them); and while the graph holds the optimizer and the model (from its first call until
+optimizers other than SGD and Muon (and a Chain of them); and while the graph holds the optimizer and the model (from its first call until
 :meth:`StepGraph.release`), a change to a number a kernel takes by value (a hyperparameter, batch
 norm's momentum and eps, Scale's factor, LPPool2d's norm_type, dropout's rate, the Trainer's label
 smoothing), to which parameters train (``requires_grad``),

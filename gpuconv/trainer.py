@@ -199,8 +199,9 @@ class Trainer:
     0-based epoch before each epoch trains (a resumed one too), e.g. to freeze a parameter.
     ``cuda_graph``: replay the step as a CUDA graph (:class:`gpuconv.graphs.StepGraph`; on 'cuda',
     where a step's launches cost more host time than its kernels take; elsewhere the same path
-    runs the step itself). Captured at each epoch's second step; SGD, Muon or a Chain of them, no
-    fp16; dropout layers read their mask keys from the device, written before each step from
+    runs the step itself). Captured at each epoch's second step; SGD, Muon or a Chain of them;
+    fp16's loss scale and overflow skips stay on the device (the scaler updates its arrays in
+    place); dropout layers read their mask keys from the device, written before each step from
     their own generators (the eager run's masks). A number a kernel takes by value (the optimizer's hyperparameters, batch
     norm's momentum and eps, Scale's factor, LPPool2d's norm_type, ``label_smoothing``, ``precision``) and which
     parameters train (``requires_grad``) change, and a state is loaded (the model's, the optimizer's,
@@ -253,7 +254,6 @@ class Trainer:
         if precision is None:  # the float32 compute mode in effect ('fp32', or 'tf32' after set_precision)
             from .precision import get_precision
             precision = get_precision()
-        auto = precision == "auto"
         if precision == "auto":  # decided by the device the model's parameters live on
             params = model.parameters()
             precision = amp.resolve_precision("auto", backend.device_of(params[0].data) if params else None)
@@ -261,7 +261,6 @@ class Trainer:
             raise ValueError(f"loss_scaler is for precision='fp16' (bf16 has float32's range), not {precision!r}")
         self.scaler = loss_scaler
         self.precision = precision  # (fp16 without loss_scaler gets a fresh LossScaler)
-        self._auto_precision = auto
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self._graph = self._step_graph(cuda_graph)
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -319,7 +318,7 @@ class Trainer:
         # The step's casts and kernels follow it: a CUDA graph replays the captured ones (gpuconv.graphs).
         value = amp.check_precision(value)
         self._refuse_replayed("precision", getattr(self, "_precision", None), value)
-        self._precision, self._auto_precision = value, False
+        self._precision = value
         # fp16 trains with a loss scaler, the others without: a switch (in epoch_start, say) brings one or drops it
         if value != "fp16":
             self.scaler = None
@@ -350,19 +349,13 @@ class Trainer:
 
     def _check_graphable(self):
         """Refuse what a replayed step would freeze (when the Trainer is built, and at each epoch's
-        start: the code before the fit or ``epoch_start`` may have set another precision, fp16's
-        with its loss scaler)."""
+        start: the code before the fit or ``epoch_start`` may have set another optimizer)."""
         from .optim import replays_schedule
         why = None
         if not replays_schedule(self.optimizer):
             why = (f"the optimizer is {type(self.optimizer).__name__}; a replayed step reads only SGD's and Muon's "
                    "learning rates from the device (other optimizers' per-step values would be frozen at the "
                    "capture)")
-        elif self.scaler is not None:
-            why = ("precision 'fp16'" + (" (what 'auto' chose: this GPU's tensor cores multiply float16 alone)"
-                                         if self._auto_precision else "")
-                   + " scales the loss with per-step host state; use 'bf16' (float32's range, no scaler; on "
-                   "tensor cores from compute capability 8.0) or 'fp32'")
         if why is not None:
             raise ValueError(f"cuda_graph=True: {why}; train without it (cuda_graph=False, no --cuda-graph)")
 

@@ -1144,20 +1144,21 @@ def test_airbench94_recipe_trains_on_real_images(tmp_path, capsys):
     assert not np.array_equal(model.logits(val.images[:50]), model.logits(val.images[:50], tta=0))
 
 
-def test_cuda_graph_names_where_its_refused_fp16_came_from(tmp_path, capsys, monkeypatch):
-    """--cuda-graph refuses fp16 before the data loads, and says which setting chose it: on a T4
-    (compute capability 7.5) the speed recipes' 'auto' is fp16, though no flag names it."""
-    from gpuconv import amp
-    real = amp.resolve_precision
-    monkeypatch.setattr(amp, "resolve_precision", lambda p, d=None: "fp16" if p == "auto" else real(p, d))
-    monkeypatch.setattr(cli, "_load_data", lambda data: pytest.fail("the data loaded before the refusal"))
-    argv = ["train", "--model", "fast", "--width", "2", "--epochs", "1", "--cuda-graph", "--out", tmp_path / "r",
-            "--no-progress"]
-    rc, _, err = run(argv, capsys)
-    assert rc == 1 and "--cuda-graph: precision 'auto' (the recipe's) chose fp16 on this GPU" in err
-    assert "pass --precision fp32" in err
-    rc, _, err = run(argv + ["--precision", "fp16"], capsys)
-    assert rc == 1 and "--cuda-graph: --precision fp16, and fp16 scales the loss" in err
+def test_cuda_graph_trains_fp16_as_the_eager_run(tmp_path, capsys):
+    """--cuda-graph takes fp16 (what 'auto' is on a T4): its loss scale and overflow skips stay
+    on the device, so the run trains as one without the flag, bit for bit, loss scale included."""
+    argv = ["train", "--model", "seed", "--epochs", "2", "--limit", "40", "--batch-size", "10", "--device", "cpu",
+            "--data", SUBSET, "--no-progress", "--precision", "fp16"]
+    saved = {}
+    for graphed in (False, True):
+        out = tmp_path / ("graphed" if graphed else "eager")
+        rc, _, err = run(argv + ["--out", out] + (["--cuda-graph"] if graphed else []), capsys)
+        assert rc == 0, err
+        saved[graphed] = {k: v for k, v in ckpt.load_checkpoint(out / "checkpoint.npz").items()
+                          if k.startswith(("model/", "amp/"))}
+    assert saved[True].keys() == saved[False].keys() and any(k.startswith("amp/") for k in saved[False])
+    for k in saved[False]:
+        np.testing.assert_array_equal(saved[True][k], saved[False][k], err_msg=k)
 
 
 def test_every_precision_flag_says_what_auto_is_on_a_t4():

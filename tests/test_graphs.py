@@ -41,10 +41,11 @@ def _model(dropout=False):
                       *head, Linear(64, 10, seed=1))
 
 
-def _run(device, cuda_graph, precision="fp32", epochs=2, optimizer="sgd", dropout=False):
+def _run(device, cuda_graph, precision="fp32", epochs=2, optimizer="sgd", dropout=False, loss_scaler=None):
     """Two epochs of 8 steps; the first conv's bias frozen from epoch 1 (the step changes).
     ``optimizer`` 'muon': airbench94_muon's kind of pair, Muon on the conv filter and SGD on the
-    rest, the conv bias in a group on a schedule of its own. ``dropout``: the model has a Dropout."""
+    rest, the conv bias in a group on a schedule of its own. ``dropout``: the model has a Dropout.
+    ``loss_scaler``: fp16's (default: a fresh LossScaler)."""
     rng = np.random.default_rng(0)
     imgs, labels = rng.integers(0, 256, (40, 3, 8, 8), dtype=np.uint8), rng.integers(0, 10, 40)
     with gpuconv.default_device(device):
@@ -67,13 +68,13 @@ def _run(device, cuda_graph, precision="fp32", epochs=2, optimizer="sgd", dropou
 
         trainer = Trainer(model, opt, sched, log_every=4, progress=False, precision=precision,
                           lookahead=Lookahead(model, every=3), total_steps=8 * epochs, epoch_start=freeze,
-                          cuda_graph=cuda_graph)
+                          cuda_graph=cuda_graph, loss_scaler=loss_scaler)
         trainer.fit(loader, epochs)
         return {n: B.asnumpy(p.data).copy() for n, p in model.named_parameters()}, trainer
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
 @pytest.mark.parametrize("optimizer", ["sgd", "muon"])
 def test_graph_steps_give_the_eager_steps_parameters_bit_for_bit(device, precision, optimizer):
     eager, _ = _run(device, False, precision, optimizer=optimizer)
@@ -85,6 +86,35 @@ def test_graph_steps_give_the_eager_steps_parameters_bit_for_bit(device, precisi
     assert graph._inputs is not None  # the steps after each epoch's first ran through the graph's buffers
     if device == "cuda":
         assert graph.captures == 2 and graph.replays == 2 * 7  # captured anew after the epoch's callback
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fp16_graphed_steps_back_off_and_grow_the_loss_scale_as_the_eager_steps(device, monkeypatch):
+    """fp16 under a graph: the loss scale and the skip of an overflowed step are decided on the
+    device, and the scaler writes its scale and clean-step count into the arrays the captured
+    step read (new arrays would leave every replay the capture's scale). A start too large
+    overflows the first steps (skipped, the scale halved each time), a short growth interval grows
+    it again, and it overflows again: the graphed run takes the eager run's scales step by step
+    and ends with its weights, bit for bit."""
+    from gpuconv.amp import LossScaler
+    update, scales = LossScaler.update, []
+
+    def recording_update(self, found_inf):
+        update(self, found_inf)
+        scales[-1].append((bool(B.asnumpy(found_inf)), float(B.asnumpy(self.scale_))))
+    monkeypatch.setattr(LossScaler, "update", recording_update)
+    runs = []
+    for graphed in (False, True):
+        scales.append([])
+        runs.append(_run(device, graphed, "fp16", loss_scaler=LossScaler(init_scale=2.0 ** 20, growth_interval=2)))
+    (eager, e), (graphed, g) = runs
+    assert scales[1] == scales[0] and len(scales[0]) == 16
+    skipped = [i for i, (overflow, _) in enumerate(scales[0]) if overflow]
+    assert skipped[0] == 0 and len(skipped) < 16  # overflowed steps, and clean ones
+    assert any(b > a for (_, a), (_, b) in zip(scales[0], scales[0][1:]))  # grown as well as backed off
+    for name in eager:
+        np.testing.assert_array_equal(graphed[name], eager[name], err_msg=name)
+    assert g.scaler.current_scale == e.scaler.current_scale
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -165,7 +195,7 @@ def test_a_held_dropout_layer_in_eval_mode_is_the_identity_and_draws_nothing():
 
 
 @pytest.mark.parametrize("precision,optimizer,dropout", [("fp32", "sgd", False), ("bf16", "muon", False),
-                                                         ("fp32", "sgd", True)])
+                                                         ("fp32", "sgd", True), ("fp16", "sgd", False)])
 def test_each_replay_launches_what_its_capture_launched(monkeypatch, precision, optimizer, dropout):
     """What a CUDA graph freezes, checked where the step runs itself at every call ('sim'): each
     step after a capture makes the capture's kernel launches with the same scalars (a per-step
@@ -562,8 +592,9 @@ def test_cuda_graph_refuses_what_a_replay_would_freeze():
         pass
     with pytest.raises(ValueError, match="cuda_graph=True: the optimizer is HostLR"):
         Trainer(model, HostLR(params, lr=0.1), progress=False, cuda_graph=True)
-    with pytest.raises(ValueError, match="cuda_graph=True: precision 'fp16'"):
-        Trainer(model, SGD(model.parameters(), lr=0.1), progress=False, precision="fp16", cuda_graph=True)
+    # fp16's loss scale and overflow skips live on the device, the scaler's arrays updated in place
+    assert Trainer(model, SGD(model.parameters(), lr=0.1), progress=False, precision="fp16",
+                   cuda_graph=True)._graph is not None
     dropped = Sequential(Flatten(), Dropout(0.5), Linear(192, 10))  # its mask keys are written before each step
     assert Trainer(dropped, SGD(dropped.parameters(), lr=0.1), progress=False, cuda_graph=True)._graph is not None
     assert Trainer(model, SGD(model.parameters(), lr=0.1), progress=False)._graph is None
