@@ -57,8 +57,12 @@
 // block's shared arrays, a swizzled operand whose swizzle pattern does not start on its boundary
 // (or a nonzero base offset), more than 8 operations in flight per warp, accumulators written
 // between an mma_async and the wait_group that retires it, a wgmma instruction in a warpgroup the
-// block does not hold whole, and warps of one warpgroup that have executed other wgmma
-// instructions (call sites, descriptors) than the rest by a __syncthreads or the block's end.
+// block does not hold whole, warps of one warpgroup that have executed other wgmma instructions
+// (call sites, descriptors) than the rest by a __syncthreads or the block's end, and an mma_async
+// that reads shared memory whose last generic-proxy write (a store, a landed cp.async) no
+// fence.proxy.async by its writer followed by a __syncthreads has published to the async proxy
+// (gpuconv/hostsim's model of the two proxies, checked at the warpgroup's issue; fence_proxy_async
+// is the fence).
 
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL) || GPUCONV_MMA_SM75
 #define GPUCONV_WGMMA 0
@@ -104,12 +108,16 @@ struct WarpQueue {
     bool fenced;                // a wgmma.fence since the last wait_group
     unsigned count;             // wgmma instructions executed in this block (fence, mma_async, commit, wait)
     unsigned long long trace;   // ... folded with their call sites and operands (see step)
+    unsigned issued;            // (the warpgroup's first warp) the instruction count of its last checked issue
 };
 static WarpQueue queues[32];
 
-inline WarpQueue& queue() {
-    WarpQueue& q = queues[gpuconv_sim::rt.insn_warp % 32];
-    if (q.serial != gpuconv_sim::block_serial()) q = WarpQueue{gpuconv_sim::block_serial(), {}, 0, 0, false, 0, 0};
+// This unit reads shared memory through the async proxy: the simulator tracks generic-proxy writes.
+static const bool unit_uses_async_proxy __attribute__((unused)) = gpuconv_sim::async_proxy_unit();
+
+inline WarpQueue& queue(unsigned warp = gpuconv_sim::rt.insn_warp) {
+    WarpQueue& q = queues[warp % 32];
+    if (q.serial != gpuconv_sim::block_serial()) q = WarpQueue{gpuconv_sim::block_serial(), {}, 0, 0, false, 0, 0, 0};
     return q;
 }
 
@@ -227,6 +235,31 @@ inline bool load_operand(unsigned long long desc, bool mn_major, int rows, int r
     return true;
 }
 
+// Whether every byte of rows row0 .. row0 + rows - 1 of an mma_async's operand has reached the async
+// proxy: its last generic-proxy write (a store, a landed cp.async) followed by fence.proxy.async in
+// the writing thread and a __syncthreads after that fence (hostsim's async-proxy model,
+// gpuconv_sim::async_proxy_unpublished). Checked at the issue, from which the hardware may read;
+// addresses outside the block's arrays are left to the wait (perform).
+inline bool operand_published(unsigned long long desc, bool mn_major, int rows, int row0, const Op& op,
+                              const char* which) {
+    for (int r = 0; r < rows; ++r)
+        for (int k = 0; k < op.k; ++k) {
+            const unsigned a = element_address(desc, mn_major, op.bytes, row0 + r, k);
+            const void* p = gpuconv_sim::shared_pointer(a, (size_t)op.bytes);
+            const void* late = p ? gpuconv_sim::async_proxy_unpublished(p, (size_t)op.bytes) : nullptr;
+            if (!late) continue;
+            char why[512];
+            gpuconv_sim::async_proxy_describe(late, why, sizeof why);
+            gpuconv_sim::insn_error("operand %s, element (%d, %d): shared address %u %s, so the async proxy, through "
+                                    "which wgmma reads its operands, need not see the write: missing "
+                                    "fence.proxy.async.shared::cta (fence_proxy_async) by the writing thread after its "
+                                    "writes, then a __syncthreads, before the wgmma",
+                                    which, row0 + r, k, a + (unsigned)((const char*)late - (const char*)p), why);
+            return false;
+        }
+    return true;
+}
+
 // Performs a queued operation for warp `warp` (its 16 rows of D).
 inline bool perform(const Op& op, unsigned warp) {
     const int q = (int)(warp % 4);
@@ -292,8 +325,17 @@ void mma_lanes(void* const* ops) {
                                 (int)(sizeof q.ops / sizeof q.ops[0]));
         return;
     }
-    Op& op = q.ops[q.nops++];
+    Op& op = q.ops[q.nops];
     op = Op{l0->da, l0->db, N, K, K == 16 ? 2 : 4, TA, TB, TO_FLOAT, {}, q.groups, 0};
+    // The hardware issues it once for the 4 warps; the simulator's schedule runs them one after
+    // another (a warp may run on past its issue before the next warp gets there): the warpgroup's
+    // first warp to issue an instruction checks the operands of all 64 rows.
+    WarpQueue& first = queue(gpuconv_sim::rt.insn_warp / 4 * 4);
+    if (q.count > first.issued) {
+        first.issued = q.count;
+        if (!operand_published(op.da, TA, 64, 0, op, "A") || !operand_published(op.db, TB, N, 0, op, "B")) return;
+    }
+    ++q.nops;
     for (int l = 0; l < 32; ++l) op.d[l] = ((const MmaLane*)ops[l])->d;
     op.held = accumulators(op);
 }
@@ -391,11 +433,14 @@ __device__ inline unsigned long long wgmma_opaque(unsigned long long v) {
 }
 
 // fence.proxy.async.shared::cta: this thread's generic-proxy writes to shared memory (stores,
-// completed cp.async) become visible to the async proxy (wgmma's operand reads). The simulator
-// has one proxy: nothing to do.
+// completed cp.async) become visible to the async proxy (wgmma's operand reads), to another
+// thread's wgmma once a barrier orders the two. The simulator tracks which writes each thread has
+// fenced, and mma_async reports a read of one that no fence and barrier published (operand_published).
 __device__ inline void fence_proxy_async() {
 #ifdef __CUDA_ARCH__
     asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+#else
+    gpuconv_sim::fence_proxy_async();
 #endif
 }
 

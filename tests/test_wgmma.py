@@ -411,3 +411,47 @@ def test_wgmma_misuse_is_reported(probe_env, mode, kw, match):
     c = np.concatenate([to_fragments(C)] * (kw.get("threads", 128) // 128 + 1))
     with pytest.raises(hostsim.SimulatorError, match=match):
         launch("sim", image(A, "K", 64, 16, 512), image(Bm, "K", 64, 16, 512), c, mode=mode, **kw)
+
+
+# The async proxy: wgmma reads its operands through it, and a generic-proxy write (a store, a landed
+# cp.async) reaches it only by fence.proxy.async in the writing thread and a barrier after that.
+UNPUBLISHED = (r"kernel wgmma_probe, block \(0,0,0\), warp \d+: wgmma\.mma_async\S* \(.*wgmma_probe\.cu:\d+\): "
+               r"operand A, element \(\d+, \d+\): shared address \d+ was last written through the generic proxy "
+               r"\(a store or a landed cp\.async\) by thread ")
+
+
+@pytest.mark.parametrize("order", ["forward", "reverse"])
+@pytest.mark.parametrize("mode, match", [
+    (9, r"\(\d+,0,0\) or another of the \d+ that ran with it \(each must fence\), with no fence\.proxy\.async by "
+        r"each since"),
+    (10, r"\(\d+,0,0\) or another of the \d+ that ran with it \(each must fence\), (with no fence\.proxy\.async by "
+         r"each since|whose fence\.proxy\.async after it no __syncthreads has ordered before this read)"),
+    (11, r"\(37,0,0\) or another of the 2 that ran with it \(each must fence\), with no fence\.proxy\.async by each "
+         r"since"),
+], ids=["no fence", "fence after the barrier", "one thread without the fence"])
+def test_a_write_not_published_to_the_async_proxy_is_reported(probe_env, mode, match, order):
+    """PTX ISA, memory consistency model ("proxies") and fence.proxy.async: the operand images are
+    stored by every thread through the generic proxy, and a wgmma reads them through the async
+    proxy, which sees them only after fence.proxy.async.shared::cta by the writing thread followed
+    by a barrier. Without the fence, with the fence after the barrier (another thread's store is not
+    ordered before the wgmma), or with one thread that skips it, the products come out right in
+    the simulator (one memory), and on an H100 they are a race: the simulator reports the read,
+    naming the kernel, the instruction, the shared address and the writer, in both schedule
+    orders; the published images (mode 0) are not reported."""
+    A, Bm, C = integer_operands(ml_dtypes.bfloat16, np.random.default_rng(15))
+    a_img, b_img, c = image(A, "K", 64, 16, 512), image(Bm, "K", 64, 16, 512), to_fragments(C)
+    with kernels.sim_schedule(order):
+        np.testing.assert_array_equal(from_fragments(launch("sim", a_img, b_img, c)), exact(A, Bm, C))
+        with pytest.raises(hostsim.SimulatorError, match=UNPUBLISHED + match):
+            launch("sim", a_img, b_img, c, mode=mode)
+
+
+def test_the_proxy_fence_in_the_same_barrier_interval_is_reported(probe_env):
+    """A store fenced by its own thread but read by a wgmma before any barrier after the fence (the
+    fence and the read in one barrier interval) is reported as such: threads 0-127 each store and
+    fence, then the wgmma runs before a __syncthreads orders the fences (mode 12)."""
+    A, Bm, C = integer_operands(ml_dtypes.bfloat16, np.random.default_rng(16))
+    with pytest.raises(hostsim.SimulatorError, match=UNPUBLISHED + r"\(\d+,0,0\), whose fence\.proxy\.async after it "
+                       r"no __syncthreads has ordered before this read \(fence and read are in the same barrier "
+                       r"interval\)"):
+        launch("sim", image(A, "K", 64, 16, 512), image(Bm, "K", 64, 16, 512), to_fragments(C), mode=12)

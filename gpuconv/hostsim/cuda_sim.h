@@ -146,6 +146,9 @@ struct Fiber {
   const char* insn; void (*insn_fn)(void* const*); void* insn_ops;  // pending warp instruction
   const char* insn_file; int insn_line;        // ... and where the kernel called it
   DeferredCopy* copies; unsigned ncopies, groups;  // cp.async in flight; groups committed so far
+  uint32_t* open; uint32_t nopen, cap_open;   // async proxy: the write intervals it has not fenced
+  uint32_t landed, ran_epoch;                  // ... its interval of landed cp.async; in the running set
+  bool proxy_fenced;                           // gave control back at fence.proxy.async
   void* fake_stack;
 };
 struct Runtime {
@@ -243,6 +246,22 @@ inline unsigned long long block_serial() { return rt.block_serial; }
 void defer_copy(void* dst, const void* src, unsigned bytes, unsigned src_bytes);
 void commit_copies();
 void complete_copies(unsigned keep);
+// The async proxy (wgmma's operand reads through matrix descriptors) as the PTX ISA's memory model
+// has it: a generic-proxy write to shared memory (a store, a landed cp.async) reaches an
+// async-proxy read only through fence.proxy.async.shared::cta by the writing thread and then a
+// barrier (__syncthreads) before the read. In a unit whose PTX mapping reads through the async
+// proxy (async_proxy_unit, called once by kernels/wgmma.cuh), the simulator attributes the changes
+// of shared memory to the threads that made them (comparing it with a shadow copy at each fence,
+// where the thread gives control back, and after each pass over a warp; a landed cp.async at once)
+// and keeps, per byte, its last writer and the barrier interval in which that writer fenced it.
+// fence_proxy_async is the fence; async_proxy_unpublished(p, n) returns the first of the n bytes at
+// p whose last generic write has not reached the async proxy (null when all have), and
+// async_proxy_describe says why, for the reading instruction's error. A kernel's first launch
+// learns whether it uses the async proxy; one that does not runs without the comparisons after.
+bool async_proxy_unit();
+void fence_proxy_async();
+const void* async_proxy_unpublished(const void* p, size_t n);
+void async_proxy_describe(const void* p, char* buf, size_t size);
 template <class T> inline uint64_t to_bits(T v) {
   static_assert(sizeof(T) <= 8 && std::is_trivially_copyable<T>::value, "shuffle of a type over 8 bytes");
   uint64_t b = 0; memcpy(&b, &v, sizeof(T)); return b;

@@ -50,6 +50,7 @@ void insn_error(const char* fmt, ...) {
   rt.status = TRAP;
 }
 
+static void proxy_var(char* p, size_t n);  // the async proxy tracks a variable registered mid-block
 // The __shared__ variables outside the section (see shared_var), for the life of the module.
 struct SharedVar { char* p; size_t n; };
 static SharedVar* shared_vars;
@@ -76,6 +77,7 @@ bool shared_var(void* p, size_t n) {
   }
   shared_vars[n_shared_vars++] = {(char*)p, n};
   memset(p, 0xFF, n);  // the first thread to reach the declaration: nobody has written it yet
+  proxy_var((char*)p, n);
   return true;
 }
 
@@ -124,6 +126,255 @@ void* shared_pointer(unsigned a, size_t n) {
   return nullptr;
 }
 
+// ---- the async proxy (see async_proxy_unit in cuda_sim.h) -------------------------------------
+// The block's shared memory as one tracked space: the static section, the registered variables and
+// the dynamic buffer, each a range at an offset `at` into the per-byte state: the shadow (the
+// contents as last compared) and the write interval of the byte's last write (0: not written in
+// this block). A write interval is the changes one comparison found: made by the threads that ran
+// since the comparison before (its members: one thread, told apart, or several). It is fenced once
+// every member has executed fence.proxy.async after it (whichever of them wrote a byte, its writer
+// did), in the barrier interval (the count of __syncthreads the block had passed) of the last of
+// those fences; a byte reaches the async proxy once its write interval was fenced in an earlier
+// barrier interval than the reader's.
+// Memory is compared at each fence.proxy.async (the thread gives control back there: its writes
+// since the last comparison, often its own alone, are then fenced at once) and after each pass of
+// the scheduler over a warp's ready lanes (before it releases the warp's instruction, collective or
+// barrier). A landed cp.async is its thread's at once. A write interval of several threads asks a
+// fence of each, also of one that wrote nothing (a lane that ran on to a barrier before the next
+// lane stored and fenced): a conservative rule, never a missed fence.
+struct ProxyRange { char* host; size_t n, at; };
+struct ProxyInterval { uint32_t fenced, pending, first, count; };  // fenced: the barrier interval, or UNFENCED
+#define GPUCONV_SIM_UNFENCED 0xFFFFFFFFu
+static struct AsyncProxy {
+  bool unit;           // the unit maps an instruction that reads through the async proxy
+  bool on;             // this launch tracks
+  ProxyRange ranges[64]; unsigned nranges;
+  size_t bytes, cap;
+  unsigned char* shadow; uint32_t* interval;  // per tracked byte
+  ProxyInterval* intervals; uint32_t nintervals, cap_intervals;  // of this block (0 unused)
+  uint32_t phase;      // __syncthreads passed by the block
+  unsigned* ran; unsigned nran, cap_ran;  // the threads that ran since the last comparison
+  uint32_t epoch;      // comparisons so far (a thread's ran_epoch: it is in `ran`)
+  struct Kernel { void (*entry)(void**); bool uses; } kernels[256], *kernel;  // launched so far; this launch's
+  unsigned nkernels;
+} proxy;
+
+bool async_proxy_unit() { return proxy.unit = true; }
+
+// Whether this launch tracks: always a kernel's first launch (it learns whether the kernel executes
+// an async-proxy instruction), later ones where it did; every launch once the table is full.
+static void proxy_launch() {
+  proxy.kernel = nullptr; proxy.on = false;
+  if (!proxy.unit) return;
+  for (unsigned i = 0; i < proxy.nkernels && !proxy.kernel; ++i)
+    if (proxy.kernels[i].entry == rt.entry) proxy.kernel = &proxy.kernels[i];
+  if (proxy.kernel) { proxy.on = proxy.kernel->uses; return; }
+  if (proxy.nkernels < sizeof proxy.kernels / sizeof proxy.kernels[0]) {
+    proxy.kernel = &proxy.kernels[proxy.nkernels++];
+    *proxy.kernel = {rt.entry, false};
+  }
+  proxy.on = true;
+}
+
+// An async-proxy instruction ran: the kernel uses the proxy (tracked from its next launch on, if
+// this one is not).
+static void proxy_used() {
+  if (proxy.kernel) proxy.kernel->uses = true;
+}
+
+template <class T> static bool proxy_grow(T*& p, uint32_t& cap, size_t need) {
+  if (need <= cap) return true;
+  size_t c = need > 2 * (size_t)cap ? need : 2 * (size_t)cap;
+  if (c > UINT32_MAX) return false;
+  T* grown = (T*)realloc(p, c * sizeof(T));
+  if (!grown) return false;
+  p = grown; cap = (uint32_t)c;
+  return true;
+}
+
+static bool proxy_add_range(char* host, size_t n) {
+  if (proxy.nranges == sizeof proxy.ranges / sizeof proxy.ranges[0]) return false;
+  size_t need = proxy.bytes + n;
+  if (need > proxy.cap) {
+    size_t cap = need > 2 * proxy.cap ? need : 2 * proxy.cap;
+    unsigned char* shadow = (unsigned char*)realloc(proxy.shadow, cap);
+    if (shadow) proxy.shadow = shadow;
+    uint32_t* interval = (uint32_t*)realloc(proxy.interval, cap * sizeof(uint32_t));
+    if (interval) proxy.interval = interval;
+    if (!shadow || !interval) return false;
+    proxy.cap = cap;
+  }
+  proxy.ranges[proxy.nranges++] = {host, n, proxy.bytes};
+  memset(proxy.shadow + proxy.bytes, 0xFF, n);  // as the block starts, or as shared_var poisons it
+  memset(proxy.interval + proxy.bytes, 0, n * sizeof(uint32_t));
+  proxy.bytes = need;
+  return true;
+}
+
+// The tracked offset of [p, p + n) (one array's bytes), or SIZE_MAX where they are not tracked.
+static size_t proxy_offset(const void* p, size_t n) {
+  const char* c = (const char*)p;
+  for (unsigned i = 0; i < proxy.nranges; ++i)
+    if (in_range(c, n, proxy.ranges[i].host, proxy.ranges[i].host + proxy.ranges[i].n))
+      return proxy.ranges[i].at + (size_t)(c - proxy.ranges[i].host);
+  return SIZE_MAX;
+}
+
+// A new write interval of `count` members (the first one `first`), each of which must fence it:
+// on each member's list of open intervals (a member whose list cannot grow never fences it).
+// 0 (no tracking from here on) when the table cannot grow.
+static uint32_t proxy_interval(const unsigned* members, unsigned count) {
+  if (!proxy_grow(proxy.intervals, proxy.cap_intervals, (size_t)proxy.nintervals + 1)) { proxy.on = false; return 0; }
+  const uint32_t id = proxy.nintervals++;
+  proxy.intervals[id] = {GPUCONV_SIM_UNFENCED, count, members[0], count};
+  for (unsigned i = 0; i < count; ++i) {
+    Fiber* f = rt.fibers[members[i]];
+    if (proxy_grow(f->open, f->cap_open, (size_t)f->nopen + 1)) f->open[f->nopen++] = id;
+  }
+  return id;
+}
+
+// The first multiple of 64 bytes from i (below n - 63) where the bytes at a and b differ, or the
+// end of those. The comparisons are most of the model's cost: glibc's memcmp, in 4 KiB pieces
+// (ASan's would check the section's redzones: word by word there).
+__attribute__((no_sanitize_address)) static size_t proxy_next_diff(const unsigned char* a, const unsigned char* b,
+                                                                   size_t i, size_t n) {
+#ifdef __SANITIZE_ADDRESS__
+  for (; i + 64 <= n; i += 64) {
+    uint64_t d = 0;
+    for (int j = 0; j < 64; j += 8) {
+      uint64_t x, y;
+      __builtin_memcpy(&x, a + i + j, 8); __builtin_memcpy(&y, b + i + j, 8);
+      d |= x ^ y;
+    }
+    if (d) return i;
+  }
+#else
+  while (i + 64 <= n) {
+    const size_t piece = (n - i) / 64 * 64 < 4096 ? (n - i) / 64 * 64 : 4096;
+    if (!memcmp(a + i, b + i, piece)) { i += piece; continue; }
+    for (const size_t end = i + piece; i < end; i += 64)
+      if (memcmp(a + i, b + i, 64)) return i;
+  }
+#endif
+  return i;
+}
+
+// Gives the bytes that changed since the last comparison a write interval of the threads that ran
+// since. Without ASan checks: the static section holds redzones between its arrays.
+__attribute__((no_sanitize_address)) static void proxy_scan() {
+  if (!proxy.nran) return;
+  uint32_t id = 0;
+  for (unsigned r = 0; r < proxy.nranges && proxy.on; ++r) {
+    const unsigned char* m = (const unsigned char*)proxy.ranges[r].host;
+    unsigned char* s = proxy.shadow + proxy.ranges[r].at;
+    uint32_t* iv = proxy.interval + proxy.ranges[r].at;
+    const size_t n = proxy.ranges[r].n;
+    for (size_t i = 0; i < n && proxy.on;) {
+      i = proxy_next_diff(m, s, i, n);
+      const size_t end = i + 64 <= n ? i + 64 : n;
+      for (; i < end; ++i) {
+        if (m[i] == s[i]) continue;
+        if (!id && !(id = proxy_interval(proxy.ran, proxy.nran))) break;
+        s[i] = m[i]; iv[i] = id;
+      }
+    }
+  }
+  proxy.nran = 0; ++proxy.epoch;
+}
+
+// Thread f runs next: a member of the next write interval.
+static void proxy_ran(Fiber* f) {
+  if (f->ran_epoch == proxy.epoch + 1) return;
+  if (!proxy_grow(proxy.ran, proxy.cap_ran, (size_t)proxy.nran + 1)) { proxy.on = false; return; }
+  proxy.ran[proxy.nran++] = f->warp * 32 + f->lane;
+  f->ran_epoch = proxy.epoch + 1;
+}
+
+// The n bytes at p were written by the calling thread (a landed cp.async: written even where the
+// bytes equal what was there), in its interval of landed copies since its last fence.
+static void proxy_store(const void* p, size_t n) {
+  Fiber* f = rt.cur;
+  const size_t at = proxy_offset(p, n);
+  if (at == SIZE_MAX) return;
+  if (!f->landed) {
+    const unsigned me = f->warp * 32 + f->lane;
+    if (!(f->landed = proxy_interval(&me, 1))) return;
+  }
+  memcpy(proxy.shadow + at, p, n);
+  for (size_t i = 0; i < n; ++i) proxy.interval[at + i] = f->landed;
+}
+
+// fence.proxy.async by the calling thread: it gives control back (staying ready) for the scheduler
+// to compare memory at once (proxy_fence), and runs on in the scheduler's next pass over its warp.
+void fence_proxy_async() {
+  proxy_used();
+  if (!proxy.on) return;
+  rt.cur->proxy_fenced = true;
+  switch_to_scheduler(rt.cur);
+}
+
+// The fence of thread f (which has just given control back): the write intervals it is a member of
+// (the changes just found among them), fenced once it is the last of their members to fence.
+static void proxy_fence(Fiber* f) {
+  f->proxy_fenced = false;
+  proxy_scan();
+  if (!proxy.on) return;
+  for (uint32_t i = 0; i < f->nopen; ++i) {
+    ProxyInterval& v = proxy.intervals[f->open[i]];
+    if (!--v.pending) v.fenced = proxy.phase;
+  }
+  f->nopen = 0; f->landed = 0;
+}
+
+const void* async_proxy_unpublished(const void* p, size_t n) {
+  proxy_used();
+  if (!proxy.on) return nullptr;
+  const size_t at = proxy_offset(p, n);
+  for (size_t i = 0; at != SIZE_MAX && i < n; ++i) {
+    const uint32_t id = proxy.interval[at + i];
+    if (id && proxy.intervals[id].fenced >= proxy.phase) return (const char*)p + i;  // UNFENCED is the largest
+  }
+  return nullptr;
+}
+
+void async_proxy_describe(const void* p, char* buf, size_t size) {
+  const size_t at = proxy_offset(p, 1);
+  const uint32_t id = at == SIZE_MAX ? 0 : proxy.interval[at];
+  if (!id) { snprintf(buf, size, "is published"); return; }
+  const ProxyInterval& v = proxy.intervals[id];
+  const Fiber* w = rt.fibers[v.first];
+  char who[192];
+  if (v.count == 1) snprintf(who, sizeof who, "thread (%u,%u,%u)", w->tid.x, w->tid.y, w->tid.z);
+  else snprintf(who, sizeof who, "thread (%u,%u,%u) or another of the %u that ran with it (each must fence)",
+                w->tid.x, w->tid.y, w->tid.z, v.count);
+  if (v.fenced == GPUCONV_SIM_UNFENCED)
+    snprintf(buf, size, "was last written through the generic proxy (a store or a landed cp.async) by %s, with no "
+             "fence.proxy.async by %s since", who, v.count == 1 ? "it" : "each");
+  else
+    snprintf(buf, size, "was last written through the generic proxy (a store or a landed cp.async) by %s, whose "
+             "fence.proxy.async after it no __syncthreads has ordered before this read (fence and read are in the same "
+             "barrier interval)", who);
+}
+
+static void proxy_var(char* p, size_t n) {
+  if (proxy.on && !proxy_add_range(p, n)) proxy.on = false;
+}
+
+// The block's shared memory tracked afresh, as poisoned, every byte unwritten.
+static void proxy_block_start() {
+  proxy.nranges = 0; proxy.bytes = 0; proxy.phase = 0; proxy.nran = 0; proxy.epoch = 0; proxy.nintervals = 1;
+  for (unsigned i = 0; i < rt.n; ++i) {
+    Fiber* f = rt.fibers[i];
+    f->nopen = 0; f->landed = 0; f->ran_epoch = 0; f->proxy_fenced = false;
+  }
+  bool ok = proxy_grow(proxy.intervals, proxy.cap_intervals, 1024) &&
+            proxy_add_range(__start_gpuconv_shared, (size_t)(__stop_gpuconv_shared - __start_gpuconv_shared)) &&
+            proxy_add_range((char*)dyn_smem, rt.dyn_bytes);
+  for (unsigned i = 0; ok && i < n_shared_vars; ++i) ok = proxy_add_range(shared_vars[i].p, shared_vars[i].n);
+  if (!ok) proxy.on = false;  // out of memory: no tracking (never a false report)
+}
+
 void defer_copy(void* dst, const void* src, unsigned bytes, unsigned src_bytes) {
   Fiber* f = rt.cur;
   if (!f->copies && !(f->copies = (DeferredCopy*)malloc(GPUCONV_SIM_COPIES_MAX * sizeof(DeferredCopy))))
@@ -144,6 +395,7 @@ void complete_copies(unsigned keep) {
     if (c.group + keep < f->groups) {  // committed, and older than the `keep` newest groups
       if (c.src_bytes) memcpy(c.dst, c.src, c.src_bytes);
       memset((char*)c.dst + c.src_bytes, 0, c.bytes - c.src_bytes);
+      if (proxy.on) proxy_store(c.dst, c.bytes);
     } else {
       f->copies[kept++] = c;
     }
@@ -183,7 +435,8 @@ static void resume(Fiber* f) {
 
 static void free_fibers() {
   for (unsigned i = 0; i < rt.capacity; ++i) {
-    munmap(rt.fibers[i]->map, rt.fibers[i]->map_size); free(rt.fibers[i]->copies); free(rt.fibers[i]);
+    munmap(rt.fibers[i]->map, rt.fibers[i]->map_size); free(rt.fibers[i]->copies); free(rt.fibers[i]->open);
+    free(rt.fibers[i]);
   }
   free(rt.fibers); rt.fibers = nullptr; rt.capacity = 0;
 }
@@ -425,12 +678,20 @@ static int run_block() {
     for (unsigned k = 0; k < warps; ++k) {
       const unsigned first = 32 * (rt.reverse ? warps - 1 - k : k), cnt = rt.n - first < 32 ? rt.n - first : 32;
       for (int r = 1; r > 0;) {
+        int fenced = 0;  // lanes that gave control back at fence.proxy.async: they run on in the next pass
         for (unsigned l = 0; l < cnt; ++l) {
           Fiber* f = rt.fibers[first + (rt.reverse ? cnt - 1 - l : l)];
-          if (f->state == READY) { resume(f); if (rt.status) return rt.status; }
+          if (f->state == READY) {
+            if (proxy.on) proxy_ran(f);
+            resume(f);
+            if (rt.status) return rt.status;
+            if (f->proxy_fenced) { proxy_fence(f); ++fenced; }
+          }
         }
+        if (proxy.on) proxy_scan();  // before the warp's instruction or collective reads or releases
         r = release_warp(first, cnt);
         if (r < 0) return rt.status;
+        r += fenced;
       }
     }
     unsigned done = 0, bar = 0, count = 0;
@@ -451,6 +712,8 @@ static int run_block() {
       if (rt.fibers[i]->line != site->line || strcmp(rt.fibers[i]->file, site->file)) return barrier_divergence(site);
     if (rt.block_check && rt.block_check(site->file, site->line)) return rt.status;
     rt.bar_count = (int)count;
+    if (proxy.on) proxy_scan();
+    ++proxy.phase;
     for (unsigned i = 0; i < rt.n; ++i) rt.fibers[i]->state = READY;
   }
 }
@@ -551,6 +814,9 @@ extern "C" __attribute__((visibility("default"))) int gpuconv_sim_launch(
 #else
   install_fault_handler();
 #endif
+  // A unit that maps async-proxy reads tracks a kernel's first launch, and later ones where the
+  // kernel used the proxy (see async_proxy_unit).
+  proxy_launch();
   rt.in_launch = 1;
   // Blocks run one after another, in index order, or (reverse) in the opposite order: a kernel may
   // not depend on the order blocks run in (a GPU gives none), and one that finishes a reduction
@@ -564,6 +830,7 @@ extern "C" __attribute__((visibility("default"))) int gpuconv_sim_launch(
         ++rt.block_serial;
         poison_static_shared();
         memset(dyn_smem, 0xFF, dyn_bytes);
+        if (proxy.on) proxy_block_start();
         for (unsigned i = 0; i < n; ++i) {
           Fiber* f = rt.fibers[i];
           f->state = READY; f->ncopies = 0; f->groups = 0;  // copies left in flight by the last block are dropped
@@ -571,6 +838,7 @@ extern "C" __attribute__((visibility("default"))) int gpuconv_sim_launch(
         rt.status = run_block();
       }
   rt.in_launch = 0;
+  proxy.on = false; proxy.kernel = nullptr;
 #ifndef __SANITIZE_ADDRESS__
   sigaction(SIGSEGV, &old_segv, nullptr); sigaction(SIGBUS, &old_bus, nullptr);
 #endif

@@ -19,17 +19,24 @@
 //   6: warp 3 of each warpgroup skips the mma_async (reported);
 //   7: the accumulators zeroed between commit and wait, while the mma_async may still read and
 //      write them (reported);
-//   8: B's descriptor with base offset 1 (reported).
+//   8: B's descriptor with base offset 1 (reported);
+//   9: the images stored without fence.proxy.async before the barrier (reported);
+//  10: fence.proxy.async after the barrier, not before it (reported);
+//  11: thread 37 alone skips fence.proxy.async (reported);
+//  12: each thread fences its stores, and no barrier follows before the wgmma (reported).
 #define A_BYTES 16384
 #define B_BYTES 16384
 
 #if GPUCONV_WGMMA
-// Both operand images into shared memory, published to the async proxy and the block.
-__device__ void load_images(unsigned char* sa, unsigned char* sb, const unsigned char* a_img, const unsigned char* b_img) {
+// Both operand images into shared memory, published to the async proxy and the block (but in
+// wgmma_probe's modes 9-12).
+__device__ void load_images(unsigned char* sa, unsigned char* sb, const unsigned char* a_img, const unsigned char* b_img,
+                            int mode = 0) {
     for (int i = threadIdx.x; i < A_BYTES; i += blockDim.x) sa[i] = a_img[i];
     for (int i = threadIdx.x; i < B_BYTES; i += blockDim.x) sb[i] = b_img[i];
-    fence_proxy_async();
-    __syncthreads();
+    if (mode != 9 && mode != 10 && (mode != 11 || threadIdx.x != 37)) fence_proxy_async();
+    if (mode != 12) __syncthreads();
+    if (mode == 10) fence_proxy_async();
 }
 #endif
 
@@ -75,7 +82,7 @@ extern "C" __global__ void wgmma_probe(const unsigned char* a_img, const unsigne
     __shared__ __align__(1024) unsigned char sa[A_BYTES];
     __shared__ __align__(1024) unsigned char sb[B_BYTES];
     const int t = threadIdx.x, g = t / 128;
-    load_images(sa, sb, a_img, b_img);
+    load_images(sa, sb, a_img, b_img, mode);
     float acc[64];
     for (int i = 0; i < 64; ++i) acc[i] = c[64 * t + i];
     const unsigned long long da = descriptor(sa + g * a_group + a_skip, swizzle_a, lbo_a, sbo_a);
