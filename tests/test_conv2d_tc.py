@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import shutil
 
 import ml_dtypes
 import numpy as np
@@ -22,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import gpuconv
-from gpuconv import kernels, layout
+from gpuconv import hostsim, kernels, layout
 from gpuconv.gradcheck import reduction_tolerance, within_tolerance
 from gpuconv.ops import _launch_conv2d as LC
 from gpuconv.ops import _launch_conv2d_tc as TC
@@ -317,6 +318,51 @@ def test_both_schedule_orders_give_the_same_bits(monkeypatch, build, variant):
             (y, dx, dw), _ = run_conv("sim", x, w, b, dy, (1, 1), (1, 1), tf32, variant=variant)
         results.append([np.asarray(a).tobytes() for a in (y, dx, dw)])
     assert results[0] == results[1]
+
+
+# The wgmma tiles' publication of each k-tile's stage to the async proxy (kernels/tc_tile.cuh: the
+# copies landed and rounded, then TcMultiply's publish(), fence.proxy.async.shared::cta in every
+# thread, then the barrier, then the wgmmas), and two ways to lose it: no fence, or the fence after
+# the barrier, where another thread's stores are not ordered before the wgmma.
+PROXY_MUTATIONS = {
+    "fence removed": ("__device__ static void publish() { fence_proxy_async(); }", "__device__ static void publish() {}"),
+    "fence after the barrier": ("multiply.publish();\n        __syncthreads();",
+                                "__syncthreads();\n        multiply.publish();"),
+}
+
+
+@pytest.mark.parametrize("build", ["bf16", "tf32"])
+@pytest.mark.parametrize("mutation", list(PROXY_MUTATIONS))
+def test_a_stage_not_published_to_the_async_proxy_is_reported(tmp_path, monkeypatch, build, mutation):
+    """wgmma reads its operands through the async proxy, which sees the stages' generic-proxy writes
+    (landed cp.async, the TF32 rounding stores) only after fence.proxy.async by each writing thread
+    and a barrier after it (PTX ISA, memory consistency model, "proxies"). One memory in the
+    simulator gives the right sums either way, and on an H100 a missing or late fence is a race: the
+    simulator reports the wgmma's read of an unpublished byte, naming the kernel, the instruction,
+    the shared address and the fence, in both schedule orders, and not for the kernel as it is."""
+    if not kernels.wgmma_available("sim"):
+        pytest.skip("the simulator runs the wgmma tiles as tc128 (an sm_75 build)")
+    dtype, tf32 = BUILDS[build]
+    rng = np.random.default_rng(6)
+    x, w, b = operands(CASES[4], dtype, rng)
+    dy = rng.standard_normal((1, 5, 9, 9)).astype(dtype)
+    for order in ("forward", "reverse"):
+        with kernels.sim_schedule(order):
+            run_conv("sim", x, w, b, dy, (1, 1), (1, 1), tf32, variant="tcwg")
+    kdir = tmp_path / "kernels"
+    shutil.copytree(kernels.kernel_dir(), kdir, ignore=shutil.ignore_patterns("__pycache__"))
+    old, new = PROXY_MUTATIONS[mutation]
+    text = (kdir / "tc_tile.cuh").read_text()
+    assert text.count(old) == 1, f"tc_tile.cuh no longer reads {old!r}: update the mutation"
+    (kdir / "tc_tile.cuh").write_text(text.replace(old, new))
+    monkeypatch.setenv("GPUCONV_KERNELS_DIR", str(kdir))
+    for order in ("forward", "reverse"):
+        with kernels.sim_schedule(order), pytest.raises(
+                hostsim.SimulatorError,
+                match=r"kernel conv2d_forward_tcwg, block \(\d+,\d+,\d+\), warp \d+: wgmma\.mma_async\S* \(.*tc_tile\.cuh:\d+\): "
+                      r"operand [AB], element \(\d+, \d+\): shared address \d+ was last written through the generic "
+                      r"proxy .* fence\.proxy\.async"):
+            run_conv("sim", x, w, b, dy, (1, 1), (1, 1), tf32, variant="tcwg")
 
 
 def test_weight_gradient_splits_add_in_a_fixed_order(monkeypatch, launches):
