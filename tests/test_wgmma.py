@@ -417,17 +417,18 @@ def test_wgmma_misuse_is_reported(probe_env, mode, kw, match):
 # cp.async) reaches it only by fence.proxy.async in the writing thread and a barrier after that.
 UNPUBLISHED = (r"kernel wgmma_probe, block \(0,0,0\), warp \d+: wgmma\.mma_async\S* \(.*wgmma_probe\.cu:\d+\): "
                r"operand A, element \(\d+, \d+\): shared address \d+ was last written through the generic proxy "
-               r"\(a store or a landed cp\.async\) by thread ")
+               r"\(a store or a landed cp\.async\) by ")
 
 
 @pytest.mark.parametrize("order", ["forward", "reverse"])
 @pytest.mark.parametrize("mode, match", [
-    (9, r"\(\d+,0,0\) or another of the \d+ that ran with it \(each must fence\), with no fence\.proxy\.async by "
-        r"each since"),
-    (10, r"\(\d+,0,0\) or another of the \d+ that ran with it \(each must fence\), (with no fence\.proxy\.async by "
-         r"each since|whose fence\.proxy\.async after it no __syncthreads has ordered before this read)"),
-    (11, r"\(37,0,0\) or another of the 2 that ran with it \(each must fence\), with no fence\.proxy\.async by each "
-         r"since"),
+    (9, r"one of threads \(\d+,0,0\) \.\.\. \[32 threads that ran between two of the simulator's comparisons, each "
+        r"of which must fence\], of which thread \(\d+,0,0\), .* \[32\] have executed no fence\.proxy\.async since"),
+    (10, r"one of threads \(\d+,0,0\) \.\.\. \[32 threads .*\], (of which .* \[32\] have executed no "
+         r"fence\.proxy\.async since|whose fence\.proxy\.async after it no __syncthreads has ordered before this "
+         r"read \(fence and read are in the same barrier interval\))"),
+    (11, r"one of threads \(\d+,0,0\) \.\.\. \[32 threads .*\], of which thread \(37,0,0\) \[1\] has executed no "
+         r"fence\.proxy\.async since"),
 ], ids=["no fence", "fence after the barrier", "one thread without the fence"])
 def test_a_write_not_published_to_the_async_proxy_is_reported(probe_env, mode, match, order):
     """PTX ISA, memory consistency model ("proxies") and fence.proxy.async: the operand images are
@@ -451,7 +452,7 @@ def test_the_proxy_fence_in_the_same_barrier_interval_is_reported(probe_env):
     fence and the read in one barrier interval) is reported as such: threads 0-127 each store and
     fence, then the wgmma runs before a __syncthreads orders the fences (mode 12)."""
     A, Bm, C = integer_operands(ml_dtypes.bfloat16, np.random.default_rng(16))
-    with pytest.raises(hostsim.SimulatorError, match=UNPUBLISHED + r"\(\d+,0,0\), whose fence\.proxy\.async after it "
+    with pytest.raises(hostsim.SimulatorError, match=UNPUBLISHED + r"one of threads \(\d+,0,0\) .*, whose fence\.proxy\.async after it "
                        r"no __syncthreads has ordered before this read \(fence and read are in the same barrier "
                        r"interval\)"):
         launch("sim", image(A, "K", 64, 16, 512), image(Bm, "K", 64, 16, 512), to_fragments(C), mode=12)

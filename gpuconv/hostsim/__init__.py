@@ -34,12 +34,13 @@ Design (the project guide's section 4, on the simulator):
   cp.async copies are queued per thread and land at the wait that retires their group; the
   destination is poison from issue to that wait.
 - The async proxy (wgmma's operand reads, kernels/wgmma.cuh): a unit that maps it tracks, per
-  shared byte, the threads whose generic-proxy write (a store, a landed cp.async) it last holds
-  (memory compared with a shadow copy at each ``fence.proxy.async``, where the thread gives control
-  back, and after each pass over a warp) and the barrier interval in which they fenced it; an
-  ``mma_async`` reading a byte that no fence by its writer and a later ``__syncthreads`` published
-  is a ``SimulatorError`` naming the kernel, the address and the fence. A kernel's first launch
-  learns whether it uses the proxy; the comparisons make the wgmma kernels about 2-3x slower.
+  shared byte, the threads its last generic-proxy write (a store, a landed cp.async) may be from
+  (memory compared with a shadow copy after each pass over a warp; a thread gives control back at
+  ``fence.proxy.async``, so a pass ends its run there) and the barrier interval in which they had
+  all fenced it; an ``mma_async`` reading a byte that no fence by its writer and a later
+  ``__syncthreads`` published is a ``SimulatorError`` naming the kernel, the address, the threads
+  and the fence. A kernel's first launch learns whether it uses the proxy; the comparisons make
+  the wgmma kernels about 1.3-1.5x slower.
 - g++ ignores the section attribute of a template's static locals, so every ``__shared__``
   variable is also registered after its declaration (source rewrite) and poisoned the same way.
 - Arguments are checked against the kernel's signature with CuPy's conversion rules: arrays

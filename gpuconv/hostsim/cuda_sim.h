@@ -251,9 +251,10 @@ void complete_copies(unsigned keep);
 // async-proxy read only through fence.proxy.async.shared::cta by the writing thread and then a
 // barrier (__syncthreads) before the read. In a unit whose PTX mapping reads through the async
 // proxy (async_proxy_unit, called once by kernels/wgmma.cuh), the simulator attributes the changes
-// of shared memory to the threads that made them (comparing it with a shadow copy at each fence,
-// where the thread gives control back, and after each pass over a warp; a landed cp.async at once)
-// and keeps, per byte, its last writer and the barrier interval in which that writer fenced it.
+// of shared memory to the threads that made them (comparing it with a shadow copy after each pass
+// of the scheduler over a warp, a thread giving control back at its fence so that a pass ends its
+// run there; a landed cp.async at once) and keeps, per byte, the threads its last write may be
+// from and the barrier interval in which all of them had fenced it.
 // fence_proxy_async is the fence; async_proxy_unpublished(p, n) returns the first of the n bytes at
 // p whose last generic write has not reached the async proxy (null when all have), and
 // async_proxy_describe says why, for the reading instruction's error. A kernel's first launch

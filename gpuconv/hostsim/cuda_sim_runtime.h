@@ -130,20 +130,21 @@ void* shared_pointer(unsigned a, size_t n) {
 // The block's shared memory as one tracked space: the static section, the registered variables and
 // the dynamic buffer, each a range at an offset `at` into the per-byte state: the shadow (the
 // contents as last compared) and the write interval of the byte's last write (0: not written in
-// this block). A write interval is the changes one comparison found: made by the threads that ran
-// since the comparison before (its members: one thread, told apart, or several). It is fenced once
-// every member has executed fence.proxy.async after it (whichever of them wrote a byte, its writer
-// did), in the barrier interval (the count of __syncthreads the block had passed) of the last of
-// those fences; a byte reaches the async proxy once its write interval was fenced in an earlier
-// barrier interval than the reader's.
-// Memory is compared at each fence.proxy.async (the thread gives control back there: its writes
-// since the last comparison, often its own alone, are then fenced at once) and after each pass of
-// the scheduler over a warp's ready lanes (before it releases the warp's instruction, collective or
-// barrier). A landed cp.async is its thread's at once. A write interval of several threads asks a
-// fence of each, also of one that wrote nothing (a lane that ran on to a barrier before the next
-// lane stored and fenced): a conservative rule, never a missed fence.
+// this block). A write interval is the changes one comparison found, made by the threads that ran
+// since the comparison before (its members: one thread, or several, told apart no further). It is
+// fenced once every member has executed fence.proxy.async after its part of it (whichever member
+// wrote a byte, its writer did), in the barrier interval (the count of __syncthreads the block had
+// passed) of the last of those fences; a byte reaches the async proxy once its write interval was
+// fenced in an earlier barrier interval than the reader's.
+// Memory is compared after each pass of the scheduler over a warp's ready lanes, before it releases
+// the warp's instruction, collective or barrier. A thread gives control back at fence.proxy.async,
+// so a pass holds each lane's run up to its fence, never past it: a lane that fenced in the pass has
+// fenced its part of the pass's interval, and any earlier ones. A landed cp.async is its thread's
+// at once. A member that wrote nothing owes its fence all the same (a lane that ran on to a
+// barrier in the pass where the others stored and fenced): a conservative rule, never a missed fence.
 struct ProxyRange { char* host; size_t n, at; };
-struct ProxyInterval { uint32_t fenced, pending, first, count; };  // fenced: the barrier interval, or UNFENCED
+struct ProxyInterval { uint32_t fenced, pending, members, count; };  // fenced: the barrier interval, or UNFENCED
+struct ProxyMember { uint32_t thread, interval; bool fenced; };
 #define GPUCONV_SIM_UNFENCED 0xFFFFFFFFu
 static struct AsyncProxy {
   bool unit;           // the unit maps an instruction that reads through the async proxy
@@ -152,6 +153,7 @@ static struct AsyncProxy {
   size_t bytes, cap;
   unsigned char* shadow; uint32_t* interval;  // per tracked byte
   ProxyInterval* intervals; uint32_t nintervals, cap_intervals;  // of this block (0 unused)
+  ProxyMember* members; uint32_t nmembers, cap_members;          // ... their members, interval by interval
   uint32_t phase;      // __syncthreads passed by the block
   unsigned* ran; unsigned nran, cap_ran;  // the threads that ran since the last comparison
   uint32_t epoch;      // comparisons so far (a thread's ran_epoch: it is in `ran`)
@@ -220,18 +222,35 @@ static size_t proxy_offset(const void* p, size_t n) {
   return SIZE_MAX;
 }
 
-// A new write interval of `count` members (the first one `first`), each of which must fence it:
-// on each member's list of open intervals (a member whose list cannot grow never fences it).
-// 0 (no tracking from here on) when the table cannot grow.
-static uint32_t proxy_interval(const unsigned* members, unsigned count) {
-  if (!proxy_grow(proxy.intervals, proxy.cap_intervals, (size_t)proxy.nintervals + 1)) { proxy.on = false; return 0; }
+// A new write interval of `count` members, each of which owes it a fence: on each member's list of
+// open intervals (a member whose list cannot grow never fences it). 0 (no tracking from here on)
+// when the tables cannot grow.
+static uint32_t proxy_interval(const unsigned* threads, unsigned count) {
+  if (!proxy_grow(proxy.intervals, proxy.cap_intervals, (size_t)proxy.nintervals + 1) ||
+      !proxy_grow(proxy.members, proxy.cap_members, (size_t)proxy.nmembers + count)) {
+    proxy.on = false;
+    return 0;
+  }
   const uint32_t id = proxy.nintervals++;
-  proxy.intervals[id] = {GPUCONV_SIM_UNFENCED, count, members[0], count};
+  proxy.intervals[id] = {GPUCONV_SIM_UNFENCED, count, proxy.nmembers, count};
   for (unsigned i = 0; i < count; ++i) {
-    Fiber* f = rt.fibers[members[i]];
-    if (proxy_grow(f->open, f->cap_open, (size_t)f->nopen + 1)) f->open[f->nopen++] = id;
+    Fiber* f = rt.fibers[threads[i]];
+    proxy.members[proxy.nmembers] = {threads[i], id, false};
+    if (proxy_grow(f->open, f->cap_open, (size_t)f->nopen + 1)) f->open[f->nopen++] = proxy.nmembers;
+    ++proxy.nmembers;
   }
   return id;
+}
+
+// Thread f's fence.proxy.async: its part of each of its open write intervals fenced; an interval of
+// which it is the last member to fence is fenced in this barrier interval.
+static void proxy_fence(Fiber* f) {
+  for (uint32_t i = 0; i < f->nopen; ++i) {
+    ProxyMember& m = proxy.members[f->open[i]];
+    m.fenced = true;
+    if (!--proxy.intervals[m.interval].pending) proxy.intervals[m.interval].fenced = proxy.phase;
+  }
+  f->nopen = 0; f->landed = 0;
 }
 
 // The first multiple of 64 bytes from i (below n - 63) where the bytes at a and b differ, or the
@@ -261,7 +280,8 @@ __attribute__((no_sanitize_address)) static size_t proxy_next_diff(const unsigne
 }
 
 // Gives the bytes that changed since the last comparison a write interval of the threads that ran
-// since. Without ASan checks: the static section holds redzones between its arrays.
+// since, then fences those of them that gave control back at a fence (proxy_fence). Without ASan
+// checks: the static section holds redzones between its arrays.
 __attribute__((no_sanitize_address)) static void proxy_scan() {
   if (!proxy.nran) return;
   uint32_t id = 0;
@@ -279,6 +299,11 @@ __attribute__((no_sanitize_address)) static void proxy_scan() {
         s[i] = m[i]; iv[i] = id;
       }
     }
+  }
+  for (unsigned i = 0; i < proxy.nran; ++i) {  // (cleared also where tracking stopped: they count as passes)
+    Fiber* f = rt.fibers[proxy.ran[i]];
+    if (f->proxy_fenced && proxy.on) proxy_fence(f);
+    f->proxy_fenced = false;
   }
   proxy.nran = 0; ++proxy.epoch;
 }
@@ -305,26 +330,13 @@ static void proxy_store(const void* p, size_t n) {
   for (size_t i = 0; i < n; ++i) proxy.interval[at + i] = f->landed;
 }
 
-// fence.proxy.async by the calling thread: it gives control back (staying ready) for the scheduler
-// to compare memory at once (proxy_fence), and runs on in the scheduler's next pass over its warp.
+// fence.proxy.async by the calling thread: it gives control back (staying ready), its writes so far
+// fenced by the comparison that ends the scheduler's pass (proxy_scan), and runs on in the next pass.
 void fence_proxy_async() {
   proxy_used();
   if (!proxy.on) return;
   rt.cur->proxy_fenced = true;
   switch_to_scheduler(rt.cur);
-}
-
-// The fence of thread f (which has just given control back): the write intervals it is a member of
-// (the changes just found among them), fenced once it is the last of their members to fence.
-static void proxy_fence(Fiber* f) {
-  f->proxy_fenced = false;
-  proxy_scan();
-  if (!proxy.on) return;
-  for (uint32_t i = 0; i < f->nopen; ++i) {
-    ProxyInterval& v = proxy.intervals[f->open[i]];
-    if (!--v.pending) v.fenced = proxy.phase;
-  }
-  f->nopen = 0; f->landed = 0;
 }
 
 const void* async_proxy_unpublished(const void* p, size_t n) {
@@ -343,18 +355,31 @@ void async_proxy_describe(const void* p, char* buf, size_t size) {
   const uint32_t id = at == SIZE_MAX ? 0 : proxy.interval[at];
   if (!id) { snprintf(buf, size, "is published"); return; }
   const ProxyInterval& v = proxy.intervals[id];
-  const Fiber* w = rt.fibers[v.first];
-  char who[192];
-  if (v.count == 1) snprintf(who, sizeof who, "thread (%u,%u,%u)", w->tid.x, w->tid.y, w->tid.z);
-  else snprintf(who, sizeof who, "thread (%u,%u,%u) or another of the %u that ran with it (each must fence)",
-                w->tid.x, w->tid.y, w->tid.z, v.count);
-  if (v.fenced == GPUCONV_SIM_UNFENCED)
-    snprintf(buf, size, "was last written through the generic proxy (a store or a landed cp.async) by %s, with no "
-             "fence.proxy.async by %s since", who, v.count == 1 ? "it" : "each");
-  else
-    snprintf(buf, size, "was last written through the generic proxy (a store or a landed cp.async) by %s, whose "
-             "fence.proxy.async after it no __syncthreads has ordered before this read (fence and read are in the same "
-             "barrier interval)", who);
+  const ProxyMember* m = proxy.members + v.members;
+  const Fiber* w = rt.fibers[m[0].thread];
+  size_t at2 = 0;
+  auto put = [&](const char* fmt, auto... a) {
+    int k = at2 < size ? snprintf(buf + at2, size - at2, fmt, a...) : 0;
+    if (k > 0) at2 = at2 + k < size ? at2 + k : size - 1;
+  };
+  put("was last written through the generic proxy (a store or a landed cp.async) by ");
+  if (v.count == 1) put("thread (%u,%u,%u)", w->tid.x, w->tid.y, w->tid.z);
+  else put("one of threads (%u,%u,%u) ... [%u threads that ran between two of the simulator's comparisons, each of "
+           "which must fence]", w->tid.x, w->tid.y, w->tid.z, v.count);
+  if (v.fenced != GPUCONV_SIM_UNFENCED) {
+    put(", whose fence.proxy.async after it no __syncthreads has ordered before this read (fence and read are in the "
+        "same barrier interval)");
+    return;
+  }
+  put(v.count == 1 ? ", which has executed" : ", of which thread");
+  unsigned missing = 0;
+  for (uint32_t i = 0; i < v.count && v.count > 1; ++i) {
+    if (m[i].fenced) continue;
+    const Fiber* u = rt.fibers[m[i].thread];
+    if (missing++ < 6) put("%s (%u,%u,%u)", missing > 1 ? "," : "", u->tid.x, u->tid.y, u->tid.z);
+  }
+  if (v.count > 1) put("%s [%u] %s executed", missing > 6 ? " ..." : "", missing, missing == 1 ? "has" : "have");
+  put(" no fence.proxy.async since");
 }
 
 static void proxy_var(char* p, size_t n) {
@@ -364,6 +389,7 @@ static void proxy_var(char* p, size_t n) {
 // The block's shared memory tracked afresh, as poisoned, every byte unwritten.
 static void proxy_block_start() {
   proxy.nranges = 0; proxy.bytes = 0; proxy.phase = 0; proxy.nran = 0; proxy.epoch = 0; proxy.nintervals = 1;
+  proxy.nmembers = 0;
   for (unsigned i = 0; i < rt.n; ++i) {
     Fiber* f = rt.fibers[i];
     f->nopen = 0; f->landed = 0; f->ran_epoch = 0; f->proxy_fenced = false;
@@ -685,10 +711,10 @@ static int run_block() {
             if (proxy.on) proxy_ran(f);
             resume(f);
             if (rt.status) return rt.status;
-            if (f->proxy_fenced) { proxy_fence(f); ++fenced; }
+            fenced += f->proxy_fenced;
           }
         }
-        if (proxy.on) proxy_scan();  // before the warp's instruction or collective reads or releases
+        if (proxy.on || fenced) proxy_scan();  // before the warp's instruction or collective reads or releases
         r = release_warp(first, cnt);
         if (r < 0) return rt.status;
         r += fenced;
