@@ -429,13 +429,16 @@ UNPUBLISHED = (r"kernel wgmma_probe, block \(0,0,0\), warp \d+: wgmma\.mma_async
          r"read \(fence and read are in the same barrier interval\))"),
     (11, r"one of threads \(\d+,0,0\) \.\.\. \[32 threads .*\], of which thread \(37,0,0\) \[1\] has executed no "
          r"fence\.proxy\.async since"),
-], ids=["no fence", "fence after the barrier", "one thread without the fence"])
+    (13, r"one of threads \(\d+,0,0\) \.\.\. \[32 threads .*\], of which thread .* \[32\] have executed no "
+         r"fence\.proxy\.async since"),
+], ids=["no fence", "fence after the barrier", "one thread without the fence", "fence before the stores"])
 def test_a_write_not_published_to_the_async_proxy_is_reported(probe_env, mode, match, order):
     """PTX ISA, memory consistency model ("proxies") and fence.proxy.async: the operand images are
     stored by every thread through the generic proxy, and a wgmma reads them through the async
     proxy, which sees them only after fence.proxy.async.shared::cta by the writing thread followed
     by a barrier. Without the fence, with the fence after the barrier (another thread's store is not
-    ordered before the wgmma), or with one thread that skips it, the products come out right in
+    ordered before the wgmma), with one thread that skips it, or with the fence before the stores
+    instead of after them, the products come out right in
     the simulator (one memory), and on an H100 they are a race: the simulator reports the read,
     naming the kernel, the instruction, the shared address and the writer, in both schedule
     orders; the published images (mode 0) are not reported."""

@@ -23,18 +23,20 @@
 //   9: the images stored without fence.proxy.async before the barrier (reported);
 //  10: fence.proxy.async after the barrier, not before it (reported);
 //  11: thread 37 alone skips fence.proxy.async (reported);
-//  12: each thread fences its stores, and no barrier follows before the wgmma (reported).
+//  12: each thread fences its stores, and no barrier follows before the wgmma (reported);
+//  13: fence.proxy.async before the stores, not after them (reported).
 #define A_BYTES 16384
 #define B_BYTES 16384
 
 #if GPUCONV_WGMMA
 // Both operand images into shared memory, published to the async proxy and the block (but in
-// wgmma_probe's modes 9-12).
+// wgmma_probe's modes 9-13).
 __device__ void load_images(unsigned char* sa, unsigned char* sb, const unsigned char* a_img, const unsigned char* b_img,
                             int mode = 0) {
+    if (mode == 13) fence_proxy_async();
     for (int i = threadIdx.x; i < A_BYTES; i += blockDim.x) sa[i] = a_img[i];
     for (int i = threadIdx.x; i < B_BYTES; i += blockDim.x) sb[i] = b_img[i];
-    if (mode != 9 && mode != 10 && (mode != 11 || threadIdx.x != 37)) fence_proxy_async();
+    if (mode != 9 && mode != 10 && mode != 13 && (mode != 11 || threadIdx.x != 37)) fence_proxy_async();
     if (mode != 12) __syncthreads();
     if (mode == 10) fence_proxy_async();
 }
