@@ -25,7 +25,8 @@ call captures anew. A batch of another shape or layout does that by itself, as d
 choice of kernel variants (``kernels.set_variant``, autotuning turned on or off, a table loaded:
 :func:`gpuconv.kernels.choices`) or of the precision mode. The
 Trainer refuses what a graph would silently freeze, when built and at each epoch's start:
-optimizers other than SGD and Muon (and a Chain of them); and while the graph holds the optimizer and the model (from its first call until
+optimizers other than SGD, Muon, Adam and AdamW (and a Chain of them; Adam's step count lives on the device,
+incremented in place by the step); and while the graph holds the optimizer and the model (from its first call until
 :meth:`StepGraph.release`), a change to a number a kernel takes by value (a hyperparameter, batch
 norm's momentum and eps, Scale's factor, LPPool2d's norm_type, dropout's rate, the Trainer's label
 smoothing), to which parameters train (``requires_grad``),
@@ -83,7 +84,7 @@ class StepGraph:
     @classmethod
     def for_optimizer(cls, fn, optimizer, model=None):
         """The graph of a step ``fn`` that updates with ``optimizer`` (one whose per-step learning
-        rates live on the device, ``device_lrs``: SGD, Muon, a Chain of them): from the graph's
+        rates live on the device, ``device_lrs``: SGD, Muon, Adam, AdamW, a Chain of them): from the graph's
         first call on, the optimizer no longer writes them inside the step (nor takes another
         hyperparameter), the graph writes them before each call. The layers of ``model`` are held
         with it: a number their kernels take by value (batch norm's momentum and eps, Scale's

@@ -1,8 +1,10 @@
 """Optimizers (SGD, Adam, AdamW) and per-step learning-rate schedules.
 
 Updates follow PyTorch's formulas and run in place on the parameters' own device with the
-array module of each parameter: the learning rate and other hyperparameters are Python
-floats, so a step launches elementwise kernels and never reads a value back to the host. SGD on a
+array module of each parameter: the hyperparameters are Python floats, the learning rates on
+'cuda' and 'sim' float64 device arrays written before the step (and Adam's step count a device
+integer the step increments, so that a step replayed as a CUDA graph follows both), so a step
+launches elementwise kernels and never reads a value back to the host. SGD on a
 kernel target ('cuda', 'sim') runs its whole update as one kernel over up to 8 parameters of a
 group (kernels/optim.cu), with the array form's bits: its eight elementwise launches per
 parameter were host time in steps that a GPU runs faster than Python submits them.
@@ -40,7 +42,7 @@ from collections.abc import Mapping, MutableMapping
 import numpy as np
 
 from . import kernels
-from .backend import copy_like, device_of, get_array_module, host_copy, kernel_target, to_device
+from .backend import array_device_context, copy_like, get_array_module, host_copy, kernel_target
 from .graphs import REPLAYED_WAY_OUT
 from .layers import Parameter, _only, zero_grads
 
@@ -67,6 +69,17 @@ def _check_saved_by(obj, d, key):
     if kind != type(obj).__name__:
         raise ValueError(f"{type(obj).__name__}.load_state_dict: the state dict was saved by {key} "
                          f"{kind!r}; build a {kind} to load it")
+
+
+def _count_on_device(state, data):
+    """``state['step']`` (a step count, 0 when absent) as a 0-d int64 array on ``data``'s device,
+    where a step increments it in place: a Python int is made one by a fill (launched, no
+    transfer) and stays one. Saved as an int (``state_dict``), loaded as one."""
+    count = state.get("step", 0)
+    if not hasattr(count, "shape"):
+        with array_device_context((data,)):
+            count = state["step"] = get_array_module(data).full((), int(count), np.int64)
+    return count
 
 
 def _scalar(value):
@@ -130,7 +143,7 @@ class Optimizer:
 
     Subclasses name their hyperparameters in ``_hyper`` and their per-parameter arrays in
     ``_slots`` (plus an integer ``step`` count where the update needs it, ``_counts_steps``: a
-    skippable step keeps it on the device)."""
+    skippable step, and Adam's on a kernel target, keep it on the device; a state dict holds an int)."""
 
     _hyper: tuple = ()
     _slots: tuple = ()
@@ -418,9 +431,8 @@ class Optimizer:
             return
         for i, p, state in self._with_grads():
             xp = get_array_module(p.data)
-            if self._counts_steps and not hasattr(state.get("step", 0), "shape"):
-                # the count moves to the device, so that the skip can keep it as it was
-                state["step"] = to_device(np.asarray(state.get("step", 0), np.int64), device_of(p.data))
+            if self._counts_steps:  # the count moves to the device, so that the skip can keep it as it was
+                _count_on_device(state, p.data)
             names = self._slots + (("step",) if self._counts_steps else ())
             before = {name: state[name].copy() for name in names if name in state}
             data = p.data.copy()
@@ -646,6 +658,8 @@ class Adam(Optimizer):
     _counts_steps = True
     _decoupled = False
 
+    device_lrs = True
+
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, *,
                  foreach=None, maximize=False, capturable=False, differentiable=False, fused=None,
                  decoupled_weight_decay=None):
@@ -679,15 +693,27 @@ class Adam(Optimizer):
         xp = get_array_module(p.data)
         g = p.grad
         lr, beta1, beta2 = h["lr"], h["beta1"], h["beta2"]
+        on_device = self._lrs is not None
+        if on_device:
+            # On 'cuda'/'sim' the lr is the group's device value (write_lrs) and the count lives on the
+            # device, incremented in place, so that a replayed step (gpuconv.graphs) follows the
+            # schedule and counts its steps instead of keeping the values of its capture. The per-step
+            # values are float64 arrays of one element, rounded to the parameter's type as a Python
+            # float would be: the host's bits (NumPy's pow is the host's; a GPU's double pow may
+            # differ from it in the last bit, which the rounding to float32 almost always absorbs).
+            lr = self._lr_of[id(p)]
         if h["weight_decay"]:
             if self._decoupled:
-                p.data *= 1.0 - lr * h["weight_decay"]
+                p.data *= (1.0 - lr * h["weight_decay"]).astype(p.data.dtype).reshape(()) if on_device \
+                    else 1.0 - lr * h["weight_decay"]
             else:
                 g = g + h["weight_decay"] * p.data
         if "exp_avg" not in state:
             state["exp_avg"] = xp.zeros_like(p.data)
             state["exp_avg_sq"] = xp.zeros_like(p.data)
             state.setdefault("step", 0)
+        if on_device:
+            _count_on_device(state, p.data)
         state["step"] += 1
         t, m, v = state["step"], state["exp_avg"], state["exp_avg_sq"]
         m *= beta1
@@ -696,10 +722,11 @@ class Adam(Optimizer):
         v += ((1.0 - beta2) * g) * g  # as PyTorch's addcmul: g * g alone overflows float32 from |g| = 1.8e19
         if isinstance(t, int):
             root2, step_size = math.sqrt(1.0 - beta2 ** t), lr / (1.0 - beta1 ** t)
-        else:  # a count on the device (a skippable step): the float64 values, rounded as a Python float is
-            # (NumPy's pow is the host's; a GPU's double pow may differ from it in the last bit)
-            root2 = xp.sqrt(1.0 - beta2 ** t).astype(p.data.dtype)
-            step_size = (lr / (1.0 - beta1 ** t)).astype(p.data.dtype)
+        else:  # a count on the device (also a skippable step's on the CPU): one-element arrays (NumPy
+            # would make numbers of 0-d ones), 0-d once rounded (a 0-d parameter stays 0-d)
+            t = t.reshape(1)
+            root2 = xp.sqrt(1.0 - beta2 ** t).astype(p.data.dtype).reshape(())
+            step_size = (lr / (1.0 - beta1 ** t)).astype(p.data.dtype).reshape(())
         denom = xp.sqrt(v)
         denom /= root2
         denom += h["eps"]
@@ -712,6 +739,8 @@ class AdamW(Adam):
 
     _decoupled = True
 
+    device_lrs = True  # (its decoupled decay reads the device lr as well)
+
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, **switches):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, **switches)
 
@@ -721,7 +750,7 @@ NS_COEFFS = (3.4445, -4.7750, 2.0315)
 
 def replays_schedule(optimizer) -> bool:
     """Whether a captured step of ``optimizer`` follows its schedule when replayed: its class (not
-    a parent) declares ``device_lrs`` and it is true (SGD, Muon, a Chain of them)."""
+    a parent) declares ``device_lrs`` and it is true (SGD, Muon, Adam, AdamW, a Chain of them)."""
     return "device_lrs" in type(optimizer).__dict__ and bool(optimizer.device_lrs)
 
 

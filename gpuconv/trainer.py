@@ -199,7 +199,7 @@ class Trainer:
     0-based epoch before each epoch trains (a resumed one too), e.g. to freeze a parameter.
     ``cuda_graph``: replay the step as a CUDA graph (:class:`gpuconv.graphs.StepGraph`; on 'cuda',
     where a step's launches cost more host time than its kernels take; elsewhere the same path
-    runs the step itself). Captured at each epoch's second step; SGD, Muon or a Chain of them;
+    runs the step itself). Captured at each epoch's second step; SGD, Muon, Adam, AdamW or a Chain of them;
     fp16's loss scale and overflow skips stay on the device (the scaler updates its arrays in
     place); dropout layers read their mask keys from the device, written before each step from
     their own generators (the eager run's masks). A number a kernel takes by value (the optimizer's hyperparameters, batch
@@ -353,9 +353,9 @@ class Trainer:
         from .optim import replays_schedule
         why = None
         if not replays_schedule(self.optimizer):
-            why = (f"the optimizer is {type(self.optimizer).__name__}; a replayed step reads only SGD's and Muon's "
-                   "learning rates from the device (other optimizers' per-step values would be frozen at the "
-                   "capture)")
+            why = (f"the optimizer is {type(self.optimizer).__name__}; a replayed step reads only SGD's, Muon's, "
+                   "Adam's and AdamW's learning rates (and Adam's step count) from the device (other optimizers' "
+                   "per-step values would be frozen at the capture)")
         if why is not None:
             raise ValueError(f"cuda_graph=True: {why}; train without it (cuda_graph=False, no --cuda-graph)")
 

@@ -25,7 +25,7 @@ from gpuconv.data import DeviceLoader
 from gpuconv.graphs import StepGraph
 from gpuconv.layers import BatchNorm2d, Conv2d, Dropout, Flatten, GELU, Linear, LPPool2d, MaxPool2d, Scale, Sequential
 from gpuconv.lookahead import Lookahead
-from gpuconv.optim import SGD, Adam, Chain, Muon, OneCycleLR
+from gpuconv.optim import SGD, Adam, AdamW, Chain, Muon, OneCycleLR
 from gpuconv.trainer import Trainer, TrainingInterrupted
 from test_trainer import SigintAt, assert_same_state
 
@@ -44,7 +44,8 @@ def _model(dropout=False):
 def _run(device, cuda_graph, precision="fp32", epochs=2, optimizer="sgd", dropout=False, loss_scaler=None):
     """Two epochs of 8 steps; the first conv's bias frozen from epoch 1 (the step changes).
     ``optimizer`` 'muon': airbench94_muon's kind of pair, Muon on the conv filter and SGD on the
-    rest, the conv bias in a group on a schedule of its own. ``dropout``: the model has a Dropout.
+    rest, the conv bias in a group on a schedule of its own; 'adam'/'adamw': Adam/AdamW with the
+    'sgd' case's two groups (their step count on the device). ``dropout``: the model has a Dropout.
     ``loss_scaler``: fp16's (default: a fresh LossScaler)."""
     rng = np.random.default_rng(0)
     imgs, labels = rng.integers(0, 256, (40, 3, 8, 8), dtype=np.uint8), rng.integers(0, 10, 40)
@@ -55,10 +56,14 @@ def _run(device, cuda_graph, precision="fp32", epochs=2, optimizer="sgd", dropou
             sgd = SGD([{"params": [params[1]], "lr": 0.2}, {"params": params[2:]}], lr=0.05, momentum=0.85,
                       nesterov=True, weight_decay=5e-4)
             opt = Chain(Muon([params[0]], lr=0.1, momentum=0.6), sgd)
+        elif optimizer in ("adam", "adamw"):
+            opt = (Adam if optimizer == "adam" else AdamW)(
+                [{"params": params[:2], "lr": 0.02, "weight_decay": 0.0}, {"params": params[2:]}], lr=0.01,
+                betas=(0.8, 0.95), weight_decay=5e-2)
         else:
             opt = SGD([{"params": params[:2], "lr": 0.2, "weight_decay": 0.0}, {"params": params[2:]}], lr=0.05,
                       momentum=0.9, nesterov=True, weight_decay=5e-4)
-        sched = OneCycleLR(opt, max_lr=0.05, total_steps=8 * epochs)
+        sched = OneCycleLR(opt, max_lr=0.01 if optimizer.startswith("adam") else 0.05, total_steps=8 * epochs)
         if optimizer == "muon":
             sched.own_schedule([params[1]], lambda step: max(0.0, 1 - step / 8))
         loader = DeviceLoader(imgs, labels, 5, seed=0, augment=True, channels_last=precision != "fp32")
@@ -75,7 +80,7 @@ def _run(device, cuda_graph, precision="fp32", epochs=2, optimizer="sgd", dropou
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
-@pytest.mark.parametrize("optimizer", ["sgd", "muon"])
+@pytest.mark.parametrize("optimizer", ["sgd", "muon", "adam", "adamw"])
 def test_graph_steps_give_the_eager_steps_parameters_bit_for_bit(device, precision, optimizer):
     eager, _ = _run(device, False, precision, optimizer=optimizer)
     graphed, trainer = _run(device, True, precision, optimizer=optimizer)
@@ -195,7 +200,9 @@ def test_a_held_dropout_layer_in_eval_mode_is_the_identity_and_draws_nothing():
 
 
 @pytest.mark.parametrize("precision,optimizer,dropout", [("fp32", "sgd", False), ("bf16", "muon", False),
-                                                         ("fp32", "sgd", True), ("fp16", "sgd", False)])
+                                                         ("fp32", "sgd", True), ("fp16", "sgd", False),
+                                                         ("fp32", "adam", False), ("bf16", "adamw", False),
+                                                         ("fp16", "adam", False)])
 def test_each_replay_launches_what_its_capture_launched(monkeypatch, precision, optimizer, dropout):
     """What a CUDA graph freezes, checked where the step runs itself at every call ('sim'): each
     step after a capture makes the capture's kernel launches with the same scalars (a per-step
@@ -284,9 +291,9 @@ def test_the_optimizer_outlives_a_graphed_fit_as_it_was():
     assert opt.lr_written_by_owner
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "muon"])
+@pytest.mark.parametrize("optimizer", ["sgd", "muon", "adam", "adamw"])
 def test_a_replay_reads_the_learning_rates_written_before_it(optimizer):
-    """SGD and Muon in owner mode read their groups' learning rates from the device: a step graph
+    """SGD, Muon, Adam and AdamW (its decoupled decay too) in owner mode read their groups' learning rates from the device: a step graph
     whose ``before`` stopped writing them keeps the first step's rate, and the schedule is lost
     (Muon's filter shows it, the SGD in its chain kept writing)."""
     def run(write_every_step):
@@ -296,6 +303,8 @@ def test_a_replay_reads_the_learning_rates_written_before_it(optimizer):
                 params = model.parameters()
                 muon = Muon([params[0]], lr=0.1, momentum=0.6)
                 opt = Chain(muon, SGD(params[1:], lr=0.05, momentum=0.9))
+            elif optimizer in ("adam", "adamw"):
+                opt = muon = (Adam if optimizer == "adam" else AdamW)(model.parameters(), lr=0.05, weight_decay=0.1)
             else:
                 opt = muon = SGD(model.parameters(), lr=0.05, momentum=0.9)
             sched = OneCycleLR(opt, max_lr=0.05, total_steps=6)
@@ -581,17 +590,21 @@ def test_sgd_reads_the_device_lr_for_a_parameter_the_fused_kernel_does_not_take(
 
 def test_cuda_graph_refuses_what_a_replay_would_freeze():
     model = _model()
-    with pytest.raises(ValueError, match="cuda_graph=True: the optimizer is Adam"):
-        Trainer(model, Adam(model.parameters()), progress=False, cuda_graph=True)
     params = model.parameters()
-    with pytest.raises(ValueError, match="cuda_graph=True: the optimizer is Chain; a replayed step reads only SGD's "
-                                         "and Muon's learning rates"):
-        Trainer(model, Chain(Muon(params[:1]), Adam(params[1:])), progress=False, cuda_graph=True)
 
     class HostLR(SGD):  # a subclass may read per-step host values: it says device_lrs itself, or is refused
         pass
+
+    class HostAdam(Adam):
+        pass
     with pytest.raises(ValueError, match="cuda_graph=True: the optimizer is HostLR"):
         Trainer(model, HostLR(params, lr=0.1), progress=False, cuda_graph=True)
+    with pytest.raises(ValueError, match="cuda_graph=True: the optimizer is Chain; a replayed step reads only SGD's, "
+                                         "Muon's, Adam's and AdamW's learning rates"):
+        Trainer(model, Chain(Muon(params[:1]), HostAdam(params[1:])), progress=False, cuda_graph=True)
+    # Adam's and AdamW's learning rates and step counts live on the device
+    for opt in (Adam(params), AdamW(params), Chain(Muon(params[:1]), Adam(params[1:]))):
+        assert Trainer(model, opt, progress=False, cuda_graph=True)._graph is not None
     # fp16's loss scale and overflow skips live on the device, the scaler's arrays updated in place
     assert Trainer(model, SGD(model.parameters(), lr=0.1), progress=False, precision="fp16",
                    cuda_graph=True)._graph is not None
