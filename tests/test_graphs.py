@@ -41,16 +41,20 @@ def _model(dropout=False):
                       *head, Linear(64, 10, seed=1))
 
 
-def _run(device, cuda_graph, precision="fp32", epochs=2, optimizer="sgd", dropout=False, loss_scaler=None):
+def _run(device, cuda_graph, precision="fp32", epochs=2, optimizer="sgd", dropout=False, loss_scaler=None,
+         model_hook=None):
     """Two epochs of 8 steps; the first conv's bias frozen from epoch 1 (the step changes).
     ``optimizer`` 'muon': airbench94_muon's kind of pair, Muon on the conv filter and SGD on the
     rest, the conv bias in a group on a schedule of its own; 'adam'/'adamw': Adam/AdamW with the
     'sgd' case's two groups (their step count on the device). ``dropout``: the model has a Dropout.
-    ``loss_scaler``: fp16's (default: a fresh LossScaler)."""
+    ``loss_scaler``: fp16's (default: a fresh LossScaler). ``model_hook``: called with the model
+    before the optimizer is built."""
     rng = np.random.default_rng(0)
     imgs, labels = rng.integers(0, 256, (40, 3, 8, 8), dtype=np.uint8), rng.integers(0, 10, 40)
     with gpuconv.default_device(device):
         model = _model(dropout)
+        if model_hook is not None:
+            model_hook(model)
         params = model.parameters()
         if optimizer == "muon":
             sgd = SGD([{"params": [params[1]], "lr": 0.2}, {"params": params[2:]}], lr=0.05, momentum=0.85,
@@ -143,12 +147,14 @@ def test_a_model_with_dropout_graphed_gives_the_eager_losses_and_parameters_bit_
         assert trainer._graph.captures == 2 and trainer._graph.replays == 2 * 7
 
 
-def _dropout_setup(out_dir, cuda_graph, loader_cls=DeviceLoader):
-    """A Trainer of the model with dropout over two epochs of 8 steps, and its loader."""
+def _dropout_setup(out_dir, cuda_graph, loader_cls=DeviceLoader, optimizer="sgd"):
+    """A Trainer of the model with dropout over two epochs of 8 steps, and its loader (``optimizer``
+    'adamw': an AdamW, else an SGD)."""
     rng = np.random.default_rng(0)
     imgs, labels = rng.integers(0, 256, (40, 3, 8, 8), dtype=np.uint8), rng.integers(0, 10, 40)
     model = _model(dropout=True)
-    opt = SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True)
+    opt = AdamW(model.parameters(), lr=0.01, betas=(0.8, 0.95)) if optimizer == "adamw" else \
+        SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True)
     sched = OneCycleLR(opt, max_lr=0.05, total_steps=16)
     trainer = Trainer(model, opt, sched, out_dir=out_dir, log_every=4, progress=False, cuda_graph=cuda_graph)
     return trainer, loader_cls(imgs, labels, 5, seed=0, augment=True)
@@ -173,6 +179,34 @@ def test_a_graphed_fit_with_dropout_resumes_from_its_checkpoint_bit_for_bit(tmp_
         second.fit(loader2, 2, resume=True)
     assert_same_state(full, second)
     assert second.model[5]._rng().bit_generator.state == full.model[5]._rng().bit_generator.state
+
+
+def test_a_graphed_adamw_fit_resumes_from_its_checkpoint_bit_for_bit(tmp_path):
+    """AdamW's step count lives on the device, incremented by every replay: the checkpoint of a
+    graphed fit stopped mid-epoch holds it as an int, the count of the steps trained, and the
+    graphed resume (its count made on the device from the loaded int) ends where a fit without a
+    stop does, eager or graphed."""
+    with gpuconv.default_device("sim"):
+        full, loader = _dropout_setup(tmp_path / "full", False, optimizer="adamw")
+        full.fit(loader, 2)
+        graphed, loader = _dropout_setup(tmp_path / "graphed", True, optimizer="adamw")
+        graphed.fit(loader, 2)
+
+        first, _ = _dropout_setup(tmp_path / "cut", True, optimizer="adamw")
+        killer = _dropout_setup(None, True, SigintAt, optimizer="adamw")[1]
+        killer.kill_at = (1, 4)  # Ctrl-C in the middle of epoch 2, after its capture
+        with pytest.raises(TrainingInterrupted):
+            first.fit(killer, 2)
+        assert first.epoch == 1 and first.epoch_step == 5
+        saved = gpuconv.checkpoint.load_checkpoint(tmp_path / "cut" / "checkpoint.npz")
+        counts = {k: v for k, v in saved.items() if k.endswith(".step") and "state." in k}
+        assert counts and all(v.dtype.kind == "i" and int(v) == first.step == 13 for v in counts.values()), counts
+
+        second, loader2 = _dropout_setup(tmp_path / "cut", True, optimizer="adamw")
+        second.fit(loader2, 2, resume=True)
+    assert_same_state(full, second)
+    assert_same_state(graphed, second)
+    assert all(isinstance(v, int) for k, v in second.optimizer.state_dict().items() if k.endswith(".step"))
 
 
 def test_a_held_dropout_layer_in_eval_mode_is_the_identity_and_draws_nothing():
@@ -212,7 +246,10 @@ def test_each_replay_launches_what_its_capture_launched(monkeypatch, precision, 
     slot) is the same array at every replay and stays alive (freed, the pool would give the
     memory the graph writes to other arrays). tracemalloc, traced over each step's own run,
     tells the arrays the step allocated from older ones (the graph's input buffers, the
-    learning rates written before it)."""
+    learning rates written before it). Adam's update is array operations rather than kernels:
+    its parameters (and so its slots and every array computed from them) record the operations
+    they take part in, as launches named by the operation (a per-step number taken by value, such
+    as a bias correction computed on the host, would be frozen as a kernel's would)."""
     if tracemalloc.is_tracing():
         pytest.skip("tracemalloc is tracing already: this test restarts it at each step")
     steps = []
@@ -249,13 +286,31 @@ def test_each_replay_launches_what_its_capture_launched(monkeypatch, precision, 
             graph.fn = step
             steps.append(("between", None))
 
+    class Recording(np.ndarray):
+        """An array whose operations are recorded as launches of their operation."""
+        def __array_ufunc__(self, ufunc, method, *inputs, out=(), **kw):
+            if steps and steps[-1][1] is not None:
+                steps[-1][1].append((f"{ufunc.__name__}.{method}", (), (), [arg(a) for a in inputs + tuple(out)]))
+            plain = tuple(a.view(np.ndarray) if isinstance(a, Recording) else a for a in inputs)
+            outs = tuple(a.view(np.ndarray) if isinstance(a, Recording) else a for a in out)
+            result = getattr(ufunc, method)(*plain, **kw, **({"out": outs} if outs else {}))
+            if outs:
+                return out[0] if len(out) == 1 else out
+            return result.view(Recording) if isinstance(result, np.ndarray) else result
+
+    def recorded(model):
+        for p in model.parameters():
+            p.data = p.data.view(Recording)
+
     monkeypatch.setattr(kernels, "launch", recording_launch)
     monkeypatch.setattr(StepGraph, "__call__", recording_call)
-    _, trainer = _run("sim", True, precision, epochs=1, optimizer=optimizer, dropout=dropout)  # (kept: arrays alive)
+    _, trainer = _run("sim", True, precision, epochs=1, optimizer=optimizer, dropout=dropout,
+                      model_hook=recorded if optimizer.startswith("adam") else None)  # (kept: arrays alive)
     phases = [phase for phase, _ in steps if phase != "between"]
     assert phases == ["eager", "capture"] + ["replay"] * 6
     captured = next(launches for phase, launches in steps if phase == "capture")
     assert dropout == any(kernel == "dropout_forward" for kernel, *_ in captured)
+    assert optimizer.startswith("adam") == any(kernel == "sqrt.__call__" for kernel, *_ in captured)
     for phase, launches in steps:
         if phase != "replay":
             continue
