@@ -209,6 +209,28 @@ def test_a_graphed_adamw_fit_resumes_from_its_checkpoint_bit_for_bit(tmp_path):
     assert all(isinstance(v, int) for k, v in second.optimizer.state_dict().items() if k.endswith(".step"))
 
 
+def test_adams_hyperparameters_are_refused_a_change_while_a_graph_holds_it():
+    """Adam's betas, eps and weight decay reach its update by value, as SGD's momentum does: while
+    a graph holds it they are refused a change, as an attribute or through a parameter group
+    (its lr and step count are read from the device); released, they change."""
+    _, trainer = _run("sim", True, epochs=1, optimizer="adamw")
+    opt = trainer.optimizer
+    rng = np.random.default_rng(2)
+    x, y = rng.standard_normal((5, 3, 8, 8)).astype(np.float32), rng.integers(0, 10, 5)
+    with gpuconv.default_device("sim"):
+        trainer._graph(x, y)
+    assert opt.lr_written_by_owner
+    for name in ("beta1", "beta2", "eps", "weight_decay"):
+        with pytest.raises(RuntimeError, match=f"AdamW: {name} cannot change while a captured training step"):
+            setattr(opt, name, 0.5)
+    with pytest.raises(RuntimeError, match="parameter group 1's betas cannot change while"):
+        opt.param_groups[1]["betas"] = (0.5, 0.5)
+    assert opt.betas == (0.8, 0.95) and opt.eps == 1e-8
+    trainer._graph.release()
+    opt.eps, opt.param_groups[1]["betas"] = 1e-6, (0.5, 0.5)
+    assert opt.eps == 1e-6 and opt.param_groups[1]["betas"] == (0.5, 0.5)
+
+
 def test_a_held_dropout_layer_in_eval_mode_is_the_identity_and_draws_nothing():
     """While a graph holds the model its dropout reads keys from the device in training alone: in
     eval mode (a validation between steps) it is the identity, draws no key and needs none written."""
