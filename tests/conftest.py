@@ -75,6 +75,15 @@ REQUIRE_GPU = _env.flag("GPUCONV_REQUIRE_GPU")
 NOT_ON_THIS_GPU = "not on this GPU: "
 
 
+def nvrtc_or_skip():
+    """Skips a test that compiles with NVRTC where CuPy's binding or the NVRTC library is missing
+    (CuPy 14 imports the binding without the library: kernels.nvrtc_binding loads it)."""
+    try:
+        kernels.nvrtc_binding()
+    except ImportError as exc:
+        pytest.skip(f"no NVRTC: {exc}")
+
+
 def skip_without_tensor_cores(target, dtype, tf32=False, device=None):
     """Skips a 'cuda' case of a tensor-core kernel (mma.sync in ``dtype``; ``tf32``: float32 in
     TF32 mode) on a GPU whose tensor cores do not multiply that format."""

@@ -14,8 +14,8 @@ import time
 import numpy as np
 import pytest
 
-from conftest import forked_exit
-from gpuconv import hostsim
+from conftest import forked_exit, nvrtc_or_skip
+from gpuconv import hostsim, kernels
 
 KERNELS = pathlib.Path(__file__).with_name("hostsim_kernels")
 
@@ -631,7 +631,8 @@ def test_compiler_options_reach_the_build(basics):
 
 def test_fixture_kernels_also_compile_with_nvrtc():
     # The simulator must not accept CUDA that NVRTC rejects; the fixtures are real CUDA C.
-    nvrtc = pytest.importorskip("cupy_backends.cuda.libs.nvrtc", reason="NVRTC binding not installed")
+    nvrtc_or_skip()
+    nvrtc = kernels.nvrtc_binding()
     source = "typedef float real_t;\n" + (KERNELS / "basics.cu").read_text()
     prog = nvrtc.createProgram(source, "basics.cu", [], [])
     try:

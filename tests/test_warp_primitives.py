@@ -23,7 +23,7 @@ from gpuconv import hostsim, kernels
 from gpuconv.gradcheck import reduction_tolerance, within_tolerance
 from gpuconv.precision import round_tf32
 
-from conftest import skip_without_tensor_cores
+from conftest import nvrtc_or_skip, skip_without_tensor_cores
 
 EXTRA = pathlib.Path(__file__).with_name("kernels_extra")
 TARGETS = [pytest.param("sim"),
@@ -72,7 +72,7 @@ def sim(probe_env):
 def test_probe_compiles_for_sm_75_with_the_turing_forms(probe_env):
     """In the compute_75 build mma.cuh gives m16n8k8 .f16 (its m16n8k16 .f16 being two of them),
     ldmatrix, and plain loads and stores for cp.async: nothing a T4 lacks."""
-    pytest.importorskip("cupy_backends.cuda.libs.nvrtc")
+    nvrtc_or_skip()
     ptx = kernels.nvrtc_compile(kernels.build_source("warp_probe"), "warp_probe", np.float32, "compute_75").decode()
     assert ".target sm_75" in ptx and "mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32" in ptx
     assert "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16" in ptx
@@ -84,7 +84,7 @@ def test_probe_compiles_for_sm_75_with_the_turing_forms(probe_env):
 
 def test_probe_compiles_with_nvrtc(probe_env):
     """The GPU forms (inline PTX) assemble for sm_80 and sm_90 PTX, without a GPU."""
-    pytest.importorskip("cupy_backends.cuda.libs.nvrtc")
+    nvrtc_or_skip()
     for arch in ("compute_80", "compute_90"):
         src = kernels.build_source("warp_probe")
         ptx = kernels.nvrtc_compile(src, "warp_probe", np.float32, arch).decode()

@@ -17,6 +17,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+from conftest import nvrtc_or_skip
 from gpuconv import backend as B
 from gpuconv import _env, hostsim, kernels
 from gpuconv.gradcheck import reduction_tolerance, within_tolerance
@@ -88,7 +89,7 @@ def test_gpu_forms_number_their_operands_in_order():
 
 def test_probe_compiles_for_sm_90a_only(probe_env):
     """The GPU forms assemble for compute_90a; other archs build the file without them."""
-    pytest.importorskip("cupy_backends.cuda.libs.nvrtc")
+    nvrtc_or_skip()
     src = kernels.build_source("wgmma_probe")
     ptx = kernels.nvrtc_compile(src, "wgmma_probe", np.float32, "compute_90a").decode()
     shapes = [f"wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{t}.{t}" for n in (64, 128, 256) for t in ("bf16", "f16")]
