@@ -12,6 +12,7 @@ import numpy as np
 
 from . import precision
 from .backend import get_array_module
+from .ops._checks import check_array
 
 
 def numerical_gradient(f, x, h=1e-5):
@@ -24,9 +25,15 @@ def numerical_gradient_array(f, x, df=None, h=1e-5):
 
     ``df`` None means ``f`` returns a scalar. ``x`` is modified in place during the
     evaluation and restored exactly afterwards."""
+    check_array("x", x)
     xp = get_array_module(x)
+    if x.dtype.kind != "f" and x.dtype != precision.bfloat16:
+        raise TypeError(f"x has dtype {x.dtype}, whose values cannot move by h={h}: the differences would be "
+                        "meaningless; pass a float copy, e.g. x.astype(np.float64)")
     if not x.flags.c_contiguous:
         raise ValueError("x must be C-contiguous so it can be perturbed in place: pass xp.ascontiguousarray(x)")
+    if not getattr(x.flags, "writeable", True):
+        raise ValueError("x is read-only, and it is perturbed in place: pass a writable copy, x.copy()")
     grad = xp.zeros_like(x)
     flat_x = x.reshape(-1)
     flat_g = grad.reshape(-1)
@@ -38,6 +45,9 @@ def numerical_gradient_array(f, x, df=None, h=1e-5):
         minus = f(x)
         flat_x[i] = old
         diff = plus - minus
+        if df is None and getattr(diff, "size", 1) != 1:
+            raise ValueError(f"f returned an array of shape {tuple(diff.shape)}, not a scalar: for an array-valued f "
+                             "pass df, the gradient flowing into its output (numerical_gradient_array(f, x, df))")
         flat_g[i] = (diff if df is None else (diff * df).sum()) / (2 * h)
     return grad
 
@@ -49,15 +59,25 @@ def directional_derivative(model, x, labels, h=1e-6, seed=0):
     backward pass, ``numeric`` the central difference (L(+h) - L(-h)) / 2h; a right backward gives
     :func:`relative_error` below 1e-6 in float64, with ``h`` small enough that no ReLU or max-pool
     input crosses a kink along the direction (1e-6 or 1e-7 for the CIFAR networks). The
-    parameters are restored after; their gradients are those of ``(x, labels)``."""
+    parameters are restored after; their gradients are those of ``(x, labels)``. Every forward
+    draws the same dropout masks (each layer's generator is rewound to where it stood), and the
+    model's buffers (batch norm's running statistics) and generators are left as one training
+    forward leaves them."""
     from .ops import softmax_cross_entropy
     xp = get_array_module(x)
     rng = np.random.default_rng(seed)
     params = [p for p in model.parameters() if p.requires_grad]
     dirs = [xp.asarray(rng.standard_normal(p.shape)) for p in params]
     dir_x = xp.asarray(rng.standard_normal(x.shape))
+    generators = [gen for _, gen in model.named_generators()]
+    start = [gen.bit_generator.state for gen in generators]
+
+    def rewind():
+        for gen, state in zip(generators, start):
+            gen.bit_generator.state = state
 
     def loss_at(t):
+        rewind()
         saved = [p.data.copy() for p in params]
         for p, d in zip(params, dirs):
             p.data += t * d
@@ -70,7 +90,14 @@ def directional_derivative(model, x, labels, h=1e-6, seed=0):
     _, dlogits = softmax_cross_entropy(model(x), labels)
     dx = model.backward(dlogits)
     analytic = float(xp.sum(dx * dir_x)) + sum(float(xp.sum(p.grad * d)) for p, d in zip(params, dirs))
-    return analytic, (loss_at(h) - loss_at(-h)) / (2 * h)
+    after = [gen.bit_generator.state for gen in generators]
+    buffers = [(m, name, getattr(m, name).copy()) for m in model.modules() for name in m._buffer_names]
+    numeric = (loss_at(h) - loss_at(-h)) / (2 * h)
+    for gen, state in zip(generators, after):
+        gen.bit_generator.state = state
+    for m, name, value in buffers:
+        getattr(m, name)[...] = value
+    return analytic, numeric
 
 
 def relative_error(a, b, floor=1e-12):

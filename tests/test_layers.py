@@ -524,6 +524,45 @@ def test_gradients_accumulate_until_zero_grad(backend):
     assert layer.weight.grad is None and layer.bias.grad is None
 
 
+def test_directional_derivative_draws_one_dropout_mask_and_one_statistics_update():
+    """A network with dropout and batch norm in training mode: every forward of the check draws
+    the same masks (else the difference quotient compares two networks), and the running
+    statistics and the generators end as one training forward leaves them."""
+    from gpuconv.gradcheck import directional_derivative
+
+    def make():
+        return Sequential(Conv2d(3, 4, 3, padding=1, seed=1), BatchNorm2d(4), ReLU(), Dropout(0.5, seed=2),
+                          Flatten(), Linear(64, 3, seed=3)).astype(np.float64)
+    x = np.random.default_rng(4).standard_normal((2, 3, 4, 4))
+    net, once = make(), make()
+    analytic, numeric = directional_derivative(net, x, np.array([0, 2]))
+    assert relative_error(np.array(analytic), np.array(numeric)) < 1e-6
+    once(x)
+    for (name, a), (_, b) in zip(net.named_buffers(), once.named_buffers()):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+    assert net[3]._rngs["numpy"].random() == once[3]._rngs["numpy"].random()
+
+
+@pytest.mark.parametrize("x, f, exc, match", [
+    (np.array([1, 2, 3]), lambda v: float((v ** 2).sum()), TypeError, "dtype int64.*astype"),
+    ([1.0, 2.0], lambda v: float((v ** 2).sum()), TypeError, "numpy or cupy array"),
+    (np.array([1.0, 2.0]), lambda v: v ** 2, ValueError, "not a scalar.*numerical_gradient_array"),
+])
+def test_numerical_gradient_refuses_what_it_cannot_perturb(x, f, exc, match):
+    """Integers would move by a rounded-away h (a garbage gradient, silently); a list or an
+    array-valued f without df failed deep inside."""
+    from gpuconv.gradcheck import numerical_gradient
+    with pytest.raises(exc, match=match):
+        numerical_gradient(f, x)
+
+
+def test_numerical_gradient_refuses_a_read_only_array():
+    x = np.array([1.0, 2.0])
+    x.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only.*copy"):
+        numerical_gradient_array(lambda v: float((v ** 2).sum()), x)
+
+
 # ----------------------------------------------------------------------------- caches
 @pytest.mark.parametrize("make", [lambda: Conv2d(2, 2, 3), lambda: Linear(4, 2), lambda: ReLU(), lambda: Flatten(),
                                   lambda: MaxPool2d(2), lambda: AvgPool2d(2), lambda: BatchNorm2d(2),
