@@ -89,7 +89,10 @@ def directional_derivative(model, x, labels, h=1e-6, seed=0):
     model.zero_grad()
     _, dlogits = softmax_cross_entropy(model(x), labels)
     dx = model.backward(dlogits)
-    analytic = float(xp.sum(dx * dir_x)) + sum(float(xp.sum(p.grad * d)) for p, d in zip(params, dirs))
+    # (a parameter the backward gave no gradient counts as 0: unused, or a backward that missed it,
+    # which the numeric side then shows)
+    analytic = float(xp.sum(dx * dir_x)) + sum(float(xp.sum(p.grad * d)) for p, d in zip(params, dirs)
+                                               if p.grad is not None)
     after = [gen.bit_generator.state for gen in generators]
     buffers = [(m, name, getattr(m, name).copy()) for m in model.modules() for name in m._buffer_names]
     numeric = (loss_at(h) - loss_at(-h)) / (2 * h)

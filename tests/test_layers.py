@@ -543,6 +543,32 @@ def test_directional_derivative_draws_one_dropout_mask_and_one_statistics_update
     assert net[3]._rngs["numpy"].random() == once[3]._rngs["numpy"].random()
 
 
+def test_directional_derivative_counts_a_parameter_without_gradient_as_zero():
+    """A parameter the loss does not use has no .grad after the backward; the check treats it as 0
+    (and fails, as it should, where a backward forgot a parameter that the loss does use)."""
+    from gpuconv.gradcheck import directional_derivative
+
+    class Head(Layer):
+        def __init__(self, forget=False):
+            super().__init__()
+            self.fc, self.forget = Linear(6, 3, seed=1), forget
+            self.unused = Parameter(np.ones(2))
+
+        def forward(self, x):
+            return self.fc(x)
+
+        def backward(self, dy, need_dx=True):
+            dx = self.fc.backward(dy)
+            if self.forget:
+                self.fc.weight.grad = None
+            return dx
+    x = np.random.default_rng(5).standard_normal((4, 6))
+    analytic, numeric = directional_derivative(Head().astype(np.float64), x, np.array([0, 1, 2, 1]))
+    assert relative_error(np.array(analytic), np.array(numeric)) < 1e-6
+    analytic, numeric = directional_derivative(Head(forget=True).astype(np.float64), x, np.array([0, 1, 2, 1]))
+    assert relative_error(np.array(analytic), np.array(numeric)) > 1e-3
+
+
 @pytest.mark.parametrize("x, f, exc, match", [
     (np.array([1, 2, 3]), lambda v: float((v ** 2).sum()), TypeError, "dtype int64.*astype"),
     ([1.0, 2.0], lambda v: float((v ** 2).sum()), TypeError, "numpy or cupy array"),
