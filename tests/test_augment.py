@@ -117,6 +117,11 @@ def test_constants_agree_with_the_real_images(subset_dir):
     (lambda: random_flip(images(2), rng="seed"), TypeError, "rng must be None, an int seed"),
     (lambda: crop_flip(images(2), np.zeros(3, int), np.zeros(3, int)), ValueError, r"one value per image"),
     (lambda: crop_flip(images(2), np.zeros(2, int)), ValueError, "both offsets_y and offsets_x"),
+    # a negative offset indexed from the far border, silently; one past 2 * padding raised NumPy's IndexError
+    (lambda: crop_flip(images(2), np.array([-1, 0]), np.zeros(2, int), padding=2), ValueError,
+     r"offsets_y must lie in \[0, 2 \* padding\] = \[0, 4\].*\[-1, 0\]"),
+    (lambda: crop_flip(images(2), np.zeros(2, int), np.array([0, 5]), padding=2), ValueError,
+     r"offsets_x must lie in \[0, 2 \* padding\] = \[0, 4\].*\[0, 5\]"),
 ])
 def test_bad_arguments(call, err, match):
     with pytest.raises(err, match=match):

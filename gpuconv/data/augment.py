@@ -77,12 +77,17 @@ def crop_flip(images, offsets_y=None, offsets_x=None, flip=None, padding=4, padd
     xp = get_array_module(images)
     n, c, h, w = images.shape
     reflect = check_padding_mode(padding_mode, padding if offsets_y is not None else 0, h, w)
-    # Offset values are not range-checked: that would read device memory back per batch.
     for name, v in (("offsets_y", offsets_y), ("offsets_x", offsets_x), ("flip", flip)):
         if v is not None and tuple(v.shape) not in ((n,), (n, 1)):
             raise ValueError(f"{name} must hold one value per image, shape ({n},), got {tuple(v.shape)}")
     if (offsets_y is None) != (offsets_x is None):
         raise ValueError("crop_flip: give both offsets_y and offsets_x, or neither")
+    # Host offsets are range-checked (a negative one would index from the far border, silently);
+    # device ones are not: that would read device memory back per batch.
+    for name, v in (("offsets_y", offsets_y), ("offsets_x", offsets_x)):
+        if isinstance(v, np.ndarray) and v.size and (v.min() < 0 or v.max() > 2 * _check_padding(padding)):
+            raise ValueError(f"{name} must lie in [0, 2 * padding] = [0, {2 * padding}] (the window's corner in the "
+                             f"padded image; {padding} is no shift), got values in [{v.min()}, {v.max()}]")
     src, rows, cols = images, xp.arange(h)[None, :], xp.arange(w)[None, :]
     if offsets_y is not None:
         p = _check_padding(padding)
