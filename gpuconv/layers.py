@@ -11,7 +11,8 @@ instead of a silent gradient of stale data. One layer instance used at two place
 network would overwrite its own cache: build two layers instead.
 
 Parameters start on the default device (``gpuconv.get_default_device()``; 'cpu' and 'sim'
-give NumPy arrays, 'cuda' CuPy ones) in float32, initialized as PyTorch does
+give NumPy arrays, 'cuda' CuPy ones) in float32 (or, as in PyTorch, on ``device=`` in ``dtype=``
+of ``Conv2d``, ``Linear`` and ``BatchNorm2d``), initialized as PyTorch does
 (``kaiming_uniform_(a=sqrt(5))`` for weights, U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for biases)
 from a seeded NumPy generator, so a seed gives the same network on every device. A layer built
 without ``seed=`` takes its seed from NumPy's global generator: ``np.random.seed(s)`` first makes
@@ -127,6 +128,16 @@ def _bias_uniform(rng, n, fan_in):
 
 def _on_default_device(host_array):
     return to_device(host_array, get_default_device())
+
+
+def _factory(layer, device, dtype):
+    """PyTorch's factory arguments of a layer's constructor: ``device`` (else the default device)
+    and ``dtype`` (float32 or float64; else float32), as ``layer.to(device)`` and
+    ``layer.astype(dtype)`` give them."""
+    if device is not None:
+        layer.to(device)
+    if dtype is not None:
+        layer.astype(dtype)
 
 
 def _join(prefix, name):
@@ -580,7 +591,7 @@ class Conv2d(Layer):
     _low_precision_params = ("weight", "bias")
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=True,
-                 padding_mode="zeros", *, floor=False, seed=None):
+                 padding_mode="zeros", device=None, dtype=None, *, floor=False, seed=None):
         super().__init__()
         _only("Conv2d", dilation=(dilation, (1, 1)), groups=(groups, 1), padding_mode=(padding_mode, "zeros"))
         self.floor = check_floor(floor)
@@ -594,6 +605,7 @@ class Conv2d(Layer):
         w = _kaiming_uniform(rng, (self.out_channels, self.in_channels) + self.kernel_size, fan_in)
         self.weight = Parameter(_on_default_device(w), "weight")
         self.bias = Parameter(_on_default_device(_bias_uniform(rng, self.out_channels, fan_in)), "bias") if bias else None
+        _factory(self, device, dtype)
 
     def forward(self, x):
         y, cache = ops.conv2d_forward(x, self.weight.value, None if self.bias is None else self.bias.value,
@@ -624,7 +636,7 @@ class Linear(Layer):
     _param_names = ("weight", "bias")
     _low_precision_params = ("weight", "bias")
 
-    def __init__(self, in_features, out_features, bias=True, *, seed=None):
+    def __init__(self, in_features, out_features, bias=True, device=None, dtype=None, *, seed=None):
         super().__init__()
         self.in_features = _int("in_features", in_features, 1)
         self.out_features = _int("out_features", out_features, 1)
@@ -633,6 +645,7 @@ class Linear(Layer):
         self.weight = Parameter(_on_default_device(w), "weight")
         self.bias = (Parameter(_on_default_device(_bias_uniform(rng, self.out_features, self.in_features)), "bias")
                      if bias else None)
+        _factory(self, device, dtype)
 
     def forward(self, x):
         y, cache = ops.linear_forward(x, self.weight.value, None if self.bias is None else self.bias.value)
@@ -667,8 +680,8 @@ class BatchNorm2d(Layer):
     _buffer_names = ("running_mean", "running_var")
     eps, momentum = _Replayed(), _Replayed()
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True, *,
-                 activation=None):
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True, device=None,
+                 dtype=None, *, activation=None):
         super().__init__()
         if momentum is None:
             raise ValueError("BatchNorm2d(momentum=None) (a cumulative average of every batch) is not supported: give "
@@ -690,6 +703,7 @@ class BatchNorm2d(Layer):
         self.bias = Parameter(_on_default_device(np.zeros(n, np.float32)), "bias")
         self.running_mean = _on_default_device(np.zeros(n, np.float32))
         self.running_var = _on_default_device(np.ones(n, np.float32))
+        _factory(self, device, dtype)
 
     def forward(self, x):
         y, cache = ops.batchnorm2d_forward(x, self.weight.data, self.bias.data, self.running_mean, self.running_var,

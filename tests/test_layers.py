@@ -937,6 +937,21 @@ def test_constructor_arguments_are_pytorchs_in_pytorchs_order():
     assert AvgPool2d(2, floor=True)(x).shape == (2, 1, 2, 2) and "floor=True" in repr(AvgPool2d(2, floor=True))
 
 
+def test_pytorchs_factory_arguments_device_and_dtype():
+    """``device=`` and ``dtype=``, the last of torch.nn.Conv2d's, Linear's and BatchNorm2d's
+    arguments (positional there too), build the layer there and in that dtype; they were an
+    unexpected keyword."""
+    for layer in (Conv2d(3, 4, 3, 1, 0, 1, 1, True, "zeros", "cpu", np.float64), Linear(3, 4, True, "cpu", np.float64),
+                  BatchNorm2d(3, 1e-5, 0.1, True, True, "cpu", np.float64)):
+        arrays = [p.data for p in layer.parameters()] + [b for _, b in layer.named_buffers()]
+        assert all(type(a) is np.ndarray and a.dtype == np.float64 for a in arrays), layer
+    assert Linear(3, 4, dtype=np.float32).weight.dtype == np.float32
+    with gpuconv.default_device("sim"):
+        assert Conv2d(3, 4, 3, device="sim").weight.dtype == np.float32
+    with pytest.raises(TypeError, match="float32 or float64"):
+        Linear(3, 4, dtype=np.float16)
+
+
 def test_a_subclass_names_its_parameters_and_summarizes_its_own_forward():
     """Parameters inside Layer subclasses get their full dotted names (what errors and optimizers
     show); summary() follows the subclass's own forward, a layer used twice giving two rows; the
