@@ -44,7 +44,7 @@ from .counter_rng import check_seed
 from .graphs import REPLAYED_WAY_OUT
 from .ops._checks import check_array, check_floor, whole_float_hint
 from .ops.scale import check_factor
-from .precision import bfloat16, round_once, upcast
+from .precision import DTYPES, bfloat16, round_once, upcast
 
 __all__ = ["Parameter", "Layer", "Module", "Identity", "Conv2d", "MaxPool2d", "AvgPool2d", "LPPool2d",
            "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "ReLU", "GELU", "Flatten", "Linear", "BatchNorm2d", "Dropout",
@@ -184,6 +184,7 @@ class Parameter:
     __slots__ = ("data", "grad", "name", "compute", "_requires_grad", "_held_by_graph")
 
     def __init__(self, data, name="param", requires_grad=True):
+        _check_parameter_data(data, name)
         self.data = data
         self.grad = None
         self.name = name
@@ -252,6 +253,19 @@ class Parameter:
         frozen = "" if self.requires_grad else ", requires_grad=False"
         return (f"Parameter({self.name!r}, shape={tuple(self.shape)}, dtype={self.dtype}, "
                 f"device={device_of(self.data)}{frozen})")
+
+
+def _check_parameter_data(data, name):
+    """A parameter's array: a NumPy or CuPy array of a float dtype, which the optimizers update in
+    place (a list or a Python number failed in the first step, an integer array at its cast)."""
+    is_array = isinstance(getattr(data, "dtype", None), np.dtype) and hasattr(data, "shape") \
+        and not isinstance(data, np.generic)
+    if not is_array:
+        raise TypeError(f"Parameter {name!r}: data must be a numpy or cupy array, got {type(data).__name__}: wrap it "
+                        "first, e.g. Parameter(np.asarray(data, dtype=np.float32))")
+    if data.dtype not in DTYPES:
+        raise TypeError(f"Parameter {name!r}: data has dtype {data.dtype}, but parameters are updated by float "
+                        "arithmetic: pass data.astype(np.float32) (np.float64 for gradient checks)")
 
 
 class LoadResult(NamedTuple):

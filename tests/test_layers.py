@@ -952,6 +952,17 @@ def test_pytorchs_factory_arguments_device_and_dtype():
         Linear(3, 4, dtype=np.float16)
 
 
+@pytest.mark.parametrize("data, match", [([1.0, 2.0], "numpy or cupy array, got list.*np.asarray"),
+                                         (3.0, "numpy or cupy array, got float"),
+                                         (np.float32(3.0), "numpy or cupy array, got float32"),
+                                         (np.array([1, 2]), "dtype int64.*astype")])
+def test_a_parameter_of_a_list_a_number_or_integers_is_refused_by_name(data, match):
+    """A PyTorch user's nn.Parameter holds a tensor; here a list or a number failed at the first
+    optimizer step (an AttributeError on .shape, also in repr) and integers at SGD's cast."""
+    with pytest.raises(TypeError, match=match):
+        Parameter(data, "scale")
+
+
 def test_a_subclass_names_its_parameters_and_summarizes_its_own_forward():
     """Parameters inside Layer subclasses get their full dotted names (what errors and optimizers
     show); summary() follows the subclass's own forward, a layer used twice giving two rows; the
