@@ -63,6 +63,7 @@ class TrainedModel:
         ``precision``: 'fp32', 'tf32', 'bf16', 'fp16' or 'auto' (the model's device decides it, as
         ``gpuconv predict --precision auto``; default ``self.precision``)."""
         from . import amp
+        from .layers import eval_mode
         from .trainer import check_tta, tta_logits
         level = self.tta if tta is None else check_tta(tta)
         images = as_nchw(images, self.input_dim)
@@ -76,15 +77,10 @@ class TrainedModel:
             out = []
             # in eval mode whatever the net's mode now (a net being trained in another thread), one
             # call at a time per net (the evaluation's lock: both switch its mode)
-            with amp.model_lock(self.net):
-                was_training = getattr(self.net, "training", False)
-                self.net.eval()
-                try:
-                    for x, _ in loader:
-                        with amp.autocast(self.net, precision, backward=False) as dt:
-                            out.append(tta_logits(self.net, amp.cast_input(x, dt), level).astype(np.float32))
-                finally:
-                    self.net.train(was_training)
+            with amp.model_lock(self.net), eval_mode(self.net):  # (its modes and training caches as they were after)
+                for x, _ in loader:
+                    with amp.autocast(self.net, precision, backward=False) as dt:
+                        out.append(tta_logits(self.net, amp.cast_input(x, dt), level).astype(np.float32))
             if out[0].shape[1] != len(self.classes):
                 raise ValueError(f"the network gives {out[0].shape[1]} class scores per image but classes has "
                                  f"{len(self.classes)} names: give TrainedModel one name per output of the network")

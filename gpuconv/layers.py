@@ -49,7 +49,7 @@ from .precision import DTYPES, bfloat16, round_once, upcast
 __all__ = ["Parameter", "Layer", "Module", "Identity", "Conv2d", "MaxPool2d", "AvgPool2d", "LPPool2d",
            "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "ReLU", "GELU", "Flatten", "Linear", "BatchNorm2d", "Dropout",
            "Scale", "Sequential", "ModuleList", "Residual", "CrossEntropyLoss", "LoadResult", "StateDictKeyError",
-           "clip_grad_norm_", "input_is_data"]
+           "clip_grad_norm_", "eval_mode", "input_is_data"]
 
 
 # ----------------------------------------------------------------------------- argument checks
@@ -1402,6 +1402,36 @@ _DATA_INPUT = contextvars.ContextVar("gpuconv_data_input", default=None)
 def _data_input(container) -> bool:
     """Whether ``container``'s input in this forward is data, for a backward that hears need_dx."""
     return _DATA_INPUT.get() is container and _takes_need_dx(type(container))
+
+
+def switch_to_eval(model):
+    """Put ``model`` in eval mode; returns the function that puts every layer back in the mode and
+    with the training cache it had: a forward waiting for its backward keeps its caches (an
+    evaluation, a prediction or a summary in between changes nothing). A model of another kind
+    (no ``modules()``) goes back through its own ``train(mode)``."""
+    modules = model.modules() if callable(getattr(model, "modules", None)) else None
+    saved = [(m, m.training, m.__dict__.get("_cache")) for m in modules] if modules is not None else None
+    was_training = getattr(model, "training", True)
+    model.eval()
+
+    def restore():
+        if saved is None:
+            model.train(was_training)
+            return
+        for m, mode, cache in saved:
+            m.training, m._cache = mode, cache
+    return restore
+
+
+@contextlib.contextmanager
+def eval_mode(model):
+    """``with eval_mode(model):`` the block in eval mode, every layer's own mode and training
+    cache back after it (:func:`switch_to_eval`)."""
+    restore = switch_to_eval(model)
+    try:
+        yield model
+    finally:
+        restore()
 
 
 @contextlib.contextmanager

@@ -1,7 +1,8 @@
 """``model.summary((3, 32, 32))``: each layer's output shape, parameters and forward FLOPs per image.
 
-The shapes come from one forward pass of a zero image in eval mode (nothing is trained, no
-state changes). FLOPs count a multiply-add as two: a convolution 2 * C_in * k_h * k_w per output
+The shapes come from one forward pass of a zero image in eval mode, in the parameters' dtype
+(nothing is trained, no state changes: every layer's mode and training cache are as they were
+after it). FLOPs count a multiply-add as two: a convolution 2 * C_in * k_h * k_w per output
 element (plus one per element for its bias), a linear layer 2 * in_features per output, batch
 norm in eval mode 2 per element (a scale and a shift), pooling one comparison or addition per
 window element, ReLU and Scale one per element; reshaping layers and dropout count none.
@@ -66,17 +67,17 @@ def summarize(model, input_shape) -> list[dict]:
     for name, layer in model.named_modules():
         if isinstance(layer, L.Residual) or not layer.named_children():
             watch(name, layer)
-    was_training = model.training
-    model.eval()
+    # (in the parameters' dtype: a float64 model, a gradient check's, takes a float64 image)
+    dtype = params[0].data.dtype if params and params[0].data.dtype in (np.float32, np.float64) else np.float32
     try:
-        model(xp.zeros((1, *input_shape), dtype=np.float32))
+        with L.eval_mode(model):
+            model(xp.zeros((1, *input_shape), dtype=dtype))
     finally:
         for layer, own in watched:
             if own is None:
                 del layer.__dict__["forward"]
             else:
                 object.__setattr__(layer, "forward", own)
-        model.train(was_training)
     return rows
 
 

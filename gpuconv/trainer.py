@@ -1129,9 +1129,9 @@ def evaluate(model, loader, tta=0, precision="fp32"):
 
 
 def _evaluate(model, loader, level, precision):
+    from .layers import switch_to_eval
     from .ops import softmax_cross_entropy
-    was_training = getattr(model, "training", True)
-    model.eval()
+    restore = switch_to_eval(model)  # afterwards every layer's mode and training cache as they were
     loss_sum = conf = None
     classes = n = 0
     try:
@@ -1165,7 +1165,7 @@ def _evaluate(model, loader, level, precision):
             raise GPUOutOfMemory(oom_message(exc, getattr(loader, "batch_size", None), where="evaluation")) from exc
         raise
     finally:
-        model.train(was_training)
+        restore()
     if conf is None:
         raise ValueError("evaluate(): the loader yielded no images (no batches, or only empty ones); give it at least "
                          "one image")

@@ -158,6 +158,29 @@ def test_evaluate_matches_a_numpy_recount(cifar):
     assert model.training is True
 
 
+def test_evaluate_summary_and_predict_keep_a_pending_forwards_caches():
+    """A forward waiting for its backward keeps its caches through an evaluation, a summary or a
+    prediction (they switched the network to eval mode and back, which dropped them: the backward
+    raised 'without a cached forward pass'), and the network is in training mode again. A float64
+    model, a gradient check's, gets its summary (a float32 probe image was refused)."""
+    from gpuconv.inference import TrainedModel
+
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((4, 3, 8, 8)).astype(np.float32), np.array([1, 2, 3, 0])
+    images = rng.integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    for look in ("evaluate", "summary", "predict"):
+        model = Sequential(Conv2d(3, 4, 3, padding=1, seed=0), BatchNorm2d(4), ReLU(), Flatten(),
+                           Linear(256, 10, seed=1))
+        trained = TrainedModel(model, [str(i) for i in range(10)], input_size=(8, 8))  # (it puts model in eval mode)
+        logits = model.train()(x)
+        {"evaluate": lambda: evaluate(model, [(x, y)]), "summary": lambda: model.summary((3, 8, 8)),
+         "predict": lambda: trained.predict(images)}[look]()
+        assert all(m.training for m in model.modules())
+        assert model.backward(np.ones_like(logits)).shape == x.shape
+    model = Sequential(Conv2d(3, 4, 3, padding=1, seed=0), Flatten(), Linear(256, 10, seed=1)).astype(np.float64)
+    assert "Linear" in model.summary((3, 8, 8))
+
+
 def test_evaluate_skips_empty_batches():
     """A batch of 0 images (the last of a filtered data set) counts nothing: the result is that of
     the other batches; a loader of empty batches only is refused as one of no batches is."""
