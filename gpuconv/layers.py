@@ -1490,9 +1490,17 @@ def _locate_error(exc, name, layer):
                 "the images' size, or resize the images)")
     elif params and "has dtype" in message and "but x has dtype" in message:
         dt = params[0].value.dtype  # what the layer computes in: a mixed-precision copy's dtype under autocast
+        unlisted = [(type(m).__name__, n) for m in leaf.modules() for n, _ in m._own_parameters()
+                    if n not in getattr(m, "_low_precision_params", ())]
+        low_x = any(f"but x has dtype {name}" in message for name in ("bfloat16", "float16"))
         hint = (f" (the layer's parameters are {dt}: pass x.astype(np.{dt}); for a float64 x, convert the model "
                 "with model.astype(np.float64); for bfloat16 or float16, run it in mixed precision, e.g. `with "
-                "gpuconv.amp.autocast(model, 'bf16') as dt: model(x.astype(dt))`)" if dt == params[0].dtype else
+                "gpuconv.amp.autocast(model, 'bf16') as dt: model(x.astype(dt))`"
+                + ("; already in mixed precision (amp.autocast, a bf16/fp16 Trainer), this layer's parameters "
+                   + ", ".join(f"{c}.{n}" for c, n in unlisted) + " get no low-precision copy: name them in the "
+                   f"class's _low_precision_params, e.g. _low_precision_params = ({unlisted[0][1]!r},) in "
+                   f"{unlisted[0][0]}, as Conv2d lists ('weight', 'bias')" if low_x and unlisted else "")
+                + ")" if dt == params[0].dtype else
                 f" (under mixed precision the layer computes in {dt}: pass the batch in {dt}, e.g. "
                 f"gpuconv.amp.cast_input(x, {dt}), as gpuconv.amp.training_step does; if the batch is {dt}, a "
                 "layer before this one computed in float32, such as a Layer subclass multiplying by a Parameter "

@@ -50,6 +50,32 @@ def test_autocast_makes_compute_copies_of_conv_and_linear_only_and_clears_them()
         assert dt == np.float32 and all(p.compute is None for p in net.parameters())
 
 
+def test_a_layer_subclass_whose_parameter_amp_does_not_cast_is_told_to_list_it():
+    """A Layer subclass computing with a Parameter of its own that it does not name in
+    _low_precision_params meets a bfloat16 batch under autocast with a float32 weight: the message
+    said to run in mixed precision, which the step already does; it names the parameter and the
+    class attribute to list it in."""
+    from gpuconv import nn
+
+    class Mine(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(np.ones((4, 3, 3, 3), np.float32))
+
+        def forward(self, x):
+            y, self.cache = ops.conv2d_forward(x, self.w.value, padding=1)
+            return y
+
+    net = Sequential(Mine(), Flatten(), Linear(4 * 8 * 8, 3, seed=0))
+    x = np.ones((2, 3, 8, 8), np.float32)
+    with pytest.raises(TypeError, match=r"Mine\.w get no low-precision copy.*_low_precision_params = \('w',\) in Mine"):
+        with amp.autocast(net, "bf16") as dt:
+            net(amp.cast_input(x, dt))
+    Mine._low_precision_params = ("w",)
+    with amp.autocast(net, "bf16") as dt:
+        assert net(amp.cast_input(x, dt)).dtype == BF16
+
+
 def test_a_mixed_precision_step_walks_the_model_once_to_cast_and_clear(monkeypatch):
     """autocast casts and clears the parameters of one walk of the model (each walk is a Python
     call per layer, every step), and clears every copy it made, also after a failed forward."""
