@@ -440,6 +440,20 @@ def test_conv_output_size_answers_in_the_types_asked_whatever_asked_first():
             conv_output_size(np.int32(6), 3, 2, 1)
 
 
+@pytest.mark.parametrize("args, exc, match", [
+    ((32, 3, 1, -1), ValueError, "pad must be >= 0, got -1"),          # answered 28, silently
+    ((32, 3, 0, 1), ValueError, "stride must be >= 1, got 0"),         # a ZeroDivisionError
+    ((32.0, 3, 1, 1), TypeError, "in_size must be an int, got 32.0; a float, as / gives"),  # answered 32.0
+    (((32, 32), 3, 1, 1), TypeError, r"in_size must be an int, got \(32, 32\)"),  # an operand TypeError
+    ((32, True, 1, 1), TypeError, "filt must be an int, got True"),
+])
+def test_conv_output_size_checks_its_arguments(args, exc, match):
+    """The rule a notebook user tries by hand: a negative padding, a zero stride or a float size was
+    answered (wrongly) or failed inside the arithmetic; named now."""
+    with pytest.raises(exc, match=match):
+        conv_output_size(*args)
+
+
 @pytest.mark.parametrize("value, minimum, want", [
     (2, 1, (2, 2)), ((1, 3), 1, (1, 3)), ([1, 3], 1, (1, 3)), ((np.int64(2), 1), 1, (2, 1)), (np.int32(0), 0, (0, 0)),
     ((0, 0), 0, (0, 0)), ((0, 1), 1, ValueError), ((-1, 0), 0, ValueError), (0, 1, ValueError),

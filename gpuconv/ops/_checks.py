@@ -131,6 +131,12 @@ def conv_output_size(in_size, filt, stride, pad, axis_name="width", padded=True,
     ``padded=False`` (pooling, which takes no padding) drops P from the rule and from the fix.
     Memoized per value and type (every launch asks, about a network's few sizes; errors are not
     kept), so an answer has the type it would have had computed."""
+    for name, v, minimum in (("in_size", in_size, 0), ("filt", filt, 1), ("stride", stride, 1), ("pad", pad, 0)):
+        whole = isinstance(v, numbers.Integral) or (getattr(v, "ndim", None) == 0 and v.dtype.kind in "iu")
+        if isinstance(v, (bool, np.bool_)) or not whole:
+            raise TypeError(f"conv_output_size: {name} must be an int, got {v!r}{whole_float_hint(v)}")
+        if v < minimum:
+            raise ValueError(f"conv_output_size: {name} must be >= {minimum}, got {v}")
     try:
         return _conv_output_size(in_size, filt, stride, pad, axis_name, padded, floor)
     except TypeError:  # an unhashable size (a 0-d array), or an error of the rule's own: computed as given
