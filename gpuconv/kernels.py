@@ -252,15 +252,23 @@ def autotunes(target: str | None) -> bool:
     return target in _TUNED_TARGETS and autotune_enabled()
 
 
+def _switch(name, enabled):
+    """``enabled`` as a bool: True or False (NumPy's too) only; bool('off') is True."""
+    if not isinstance(enabled, (bool, np.bool_)):
+        raise TypeError(f"{name}(enabled={enabled!r}): give True or False (None: back to $GPUCONV_AUTOTUNE)"
+                        if name == "set_autotune" else f"{name}(enabled={enabled!r}): give True or False")
+    return bool(enabled)
+
+
 def set_autotune(enabled: bool | None):
     """Autotune from now on in this context (None: back to $GPUCONV_AUTOTUNE, default off)."""
-    _autotune.set(None if enabled is None else bool(enabled))
+    _autotune.set(None if enabled is None else _switch("set_autotune", enabled))
 
 
 @contextlib.contextmanager
 def autotuning(enabled: bool = True):
     """``with autotuning(): ...`` measures "auto" convolution variants inside the block."""
-    token = _autotune.set(bool(enabled))
+    token = _autotune.set(_switch("autotuning", enabled))
     try:
         yield
     finally:

@@ -311,6 +311,17 @@ def test_the_environment_switch_reads_yes_and_no(monkeypatch, value, on):
     assert kernels.autotune_enabled() is on
 
 
+@pytest.mark.parametrize("value", ["off", "no", 0, 1])
+def test_the_python_switches_take_true_or_false_only(value):
+    """set_autotune('off') turned autotuning on (bool('off') is True); a word or a number is refused."""
+    with pytest.raises(TypeError, match=r"give True or False"):
+        kernels.set_autotune(value)
+    with pytest.raises(TypeError, match=r"give True or False"):
+        with kernels.autotuning(value):
+            pass
+    assert kernels.autotune_enabled() is False
+
+
 def test_an_unreadable_environment_switch_is_an_error(monkeypatch):
     """... named when read, and by a Trainer when it is built (not at its first step)."""
     monkeypatch.setenv("GPUCONV_AUTOTUNE", "maybe")
