@@ -34,6 +34,12 @@ def _check_int(name, value, low, fix):
     return int(value)
 
 
+def _check_bool(name, value):
+    if not isinstance(value, (bool, np.bool_)):  # bool('no') is True: a word from a config would switch it on
+        raise TypeError(f"{name}={value!r} must be True or False")
+    return bool(value)
+
+
 def _epoch_keys(seed, epoch, n):
     """``n`` 64-bit keys of (seed, epoch). SeedSequence reads each int as its 32-bit words and pads
     short entropy with zeros, so ``[seed, epoch]`` of a seed of two words ``[lo, hi]`` would be the
@@ -89,6 +95,8 @@ class DeviceLoader:
             raise ValueError(f"labels must be class indices (>= 0, within int64), got values in "
                              f"[{labels.min()}, {labels.max()}]")
         self.batch_size = _check_int("batch_size", batch_size, 1, "e.g. batch_size=512")
+        self.shuffle, self.augment, self.drop_last = (_check_bool("shuffle", shuffle), _check_bool("augment", augment),
+                                                      _check_bool("drop_last", drop_last))
         if drop_last and self.batch_size > n:
             raise ValueError(f"batch_size={batch_size} with drop_last=True and only {n} images would yield "
                              f"no batch; use batch_size <= {n} or drop_last=False")
@@ -101,14 +109,13 @@ class DeviceLoader:
                              "once, every image flipped the other way on odd epochs)")
         self.flip = flip
         self.cutout = check_cutout(cutout, images.shape[2], images.shape[3])
-        self.shuffle, self.augment, self.drop_last = bool(shuffle), bool(augment), bool(drop_last)
         if self.cutout and not self.augment:
             raise ValueError(f"cutout={self.cutout} cuts its square out of the augmented images, and augment=False: "
                              "pass augment=True (the random crop and flip come with it) to cut it out, or cutout=0")
         if fused not in (None, True, False):
             raise ValueError(f"fused={fused!r} must be None (the kernel where there is a target), True or False")
         self.fused = fused
-        self.channels_last = bool(channels_last)
+        self.channels_last = _check_bool("channels_last", channels_last)
         self.dtype = np.dtype(dtype)
         if self.dtype not in precision.DTYPES:
             raise TypeError(f"dtype={self.dtype} must be {precision.DTYPE_NAMES}")
