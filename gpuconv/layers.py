@@ -1282,7 +1282,7 @@ class CrossEntropyLoss(Layer):
                             f"{ignore_index!r}")
         if weight is not None:
             check_array("weight", weight)
-            if weight.ndim != 1 or weight.dtype.kind != "f":
+            if weight.ndim != 1 or weight.dtype not in DTYPES:  # (bfloat16's kind is 'V', not 'f')
                 raise ValueError(f"CrossEntropyLoss: weight must be a 1-D float array of one weight per class, got "
                                  f"shape {tuple(weight.shape)} dtype {weight.dtype}")
         self.weight, self.ignore_index = weight, int(ignore_index)

@@ -467,6 +467,20 @@ def test_class_weight_and_ignore_index_errors(backend, kw, exc, match):
         softmax_cross_entropy(backend.asarray(np.zeros((2, 4), np.float32)), backend.asarray(np.array([0, 1])), **kw)
 
 
+def test_class_weights_in_bfloat16_are_taken_as_every_float_dtype_is(backend):
+    """A bfloat16 weight was refused as 'not a float array' (its NumPy kind is 'V'), by the op and by
+    CrossEntropyLoss, while float16 passed: it weighs as its float32 values do."""
+    from gpuconv.layers import CrossEntropyLoss
+    from gpuconv.precision import bfloat16
+    logits = backend.asarray(np.random.default_rng(3).standard_normal((4, 3)).astype(np.float32))
+    labels = backend.asarray(np.array([0, 1, 2, 1]))
+    w = np.array([0.5, 2.0, 1.25], np.float32)
+    want = backend.asnumpy(softmax_cross_entropy(logits, labels, weight=backend.asarray(w))[0])
+    got = backend.asnumpy(softmax_cross_entropy(logits, labels, weight=backend.asarray(w.astype(bfloat16)))[0])
+    assert got == want
+    assert backend.asnumpy(CrossEntropyLoss(weight=backend.asarray(w.astype(bfloat16)))(logits, labels)) == want
+
+
 def test_an_ignored_label_passes_the_label_check_and_others_still_fail():
     check_labels(np.array([0, -100, 3]), 4, ignore_index=-100)
     with pytest.raises(ValueError, match=r"0..3 or the ignored label -100 .*found 7"):

@@ -25,7 +25,7 @@ import numpy as np
 
 from .. import backend
 from ..backend import get_array_module, is_cupy_array
-from ..precision import compute_dtype, round_once, upcast
+from ..precision import DTYPES, compute_dtype, round_once, upcast
 from . import _dispatch
 from ._checks import check_array, check_float, check_rank
 
@@ -104,10 +104,10 @@ def _class_weights(logits, weight):
     c = logits.shape[1]
     check_array("weight", weight)
     xp = get_array_module(logits, weight, names=("logits", "weight"))  # a TypeError when one is on the GPU, one not
-    if tuple(weight.shape) != (c,) or weight.dtype.kind != "f":
+    if tuple(weight.shape) != (c,) or weight.dtype not in DTYPES:  # (bfloat16's kind is 'V', not 'f')
         raise ValueError(f"weight must be a float array of one weight per class, shape ({c},), got shape "
                          f"{tuple(weight.shape)} dtype {weight.dtype}")
-    return xp.ascontiguousarray(weight, dtype=compute_dtype(logits.dtype))
+    return xp.ascontiguousarray(upcast(weight), dtype=compute_dtype(logits.dtype))
 
 
 def weight_stats(labels, weight, ignore_index, dtype):
