@@ -942,8 +942,9 @@ class Flatten(Layer):
 
     def forward(self, x):
         check_array("x", x)
-        if x.ndim < 1:
-            raise ValueError("Flatten: x must have a batch axis (N, ...), got a 0-d array")
+        if x.ndim < 2:  # (a 1-D sample would be taken for a batch of one-feature rows, as PyTorch refuses it)
+            raise ValueError(f"Flatten: x must have shape (N, ...) with a batch axis and at least one feature axis, got "
+                             f"shape {tuple(x.shape)}: add the batch axis, e.g. x.reshape(1, -1)")
         self._keep((x.shape, layout.is_channels_last(x)))
         return x.reshape(x.shape[0], int(np.prod(x.shape[1:])))  # -1 fails for N = 0
 

@@ -678,6 +678,15 @@ def test_a_list_is_refused_by_name_by_the_layers_that_reshape(make):
     with pytest.raises(TypeError, match=r"x must be a numpy or cupy array, got list.*np\.asarray"):
         make()([[[[1.0, 2.0], [3.0, 4.0]]]])
 
+@pytest.mark.parametrize("shape", [(5,), ()])
+def test_flatten_refuses_an_input_without_a_batch_axis_as_linear_does(shape):
+    """One sample's feature vector (5,) was taken for a batch of five one-feature rows, (5, 1);
+    PyTorch's Flatten refuses it, and so does Linear here."""
+    with pytest.raises(ValueError, match=r"Flatten: x must have shape \(N, \.\.\.\).*x\.reshape\(1, -1\)"):
+        Flatten()(np.ones(shape, np.float32))
+    assert Flatten()(np.ones((2, 5), np.float32)).shape == (2, 5)
+
+
 # ----------------------------------------------------------------------------- structure
 def test_names_of_parameters_and_buffers():
     net = Sequential(Conv2d(3, 4, 3), ReLU(), BatchNorm2d(4),
