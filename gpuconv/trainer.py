@@ -759,7 +759,7 @@ class Trainer:
         for directory in (aside, self.out_dir):  # durable before this run's first checkpoint is: a power cut
             fsync_dir(directory)                  # must not keep the new names and lose the old run's moved ones
         self._say(f"{self.out_dir} held another run's files ({', '.join(p.name for p in files)}): moved to {aside} "
-                  "(pass --resume to continue a run instead)")
+                  "(pass --resume, in Python fit(..., resume=True), to continue a run instead)")
 
     def _telemetry(self):
         fields = metrics_fields(self.monitor.snapshot()) if self.monitor is not None else {}

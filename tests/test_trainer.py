@@ -1133,6 +1133,16 @@ def test_the_previous_runs_files_are_set_aside_durably_before_the_new_run_writes
     assert max(moves) < events.index(("fsync", tmp_path.name)) < first_save, events
 
 
+def test_setting_the_previous_run_aside_tells_a_python_user_how_to_resume(cifar, tmp_path, capsys):
+    """Trainer.fit's note named the command line's --resume only: a Python user reads fit's own
+    resume=True too."""
+    _one_epoch_run(cifar, tmp_path)
+    capsys.readouterr()
+    _one_epoch_run(cifar, tmp_path)
+    out = capsys.readouterr()
+    assert "moved to" in out.err + out.out and "fit(..., resume=True)" in out.err + out.out
+
+
 def test_a_resume_writes_a_damaged_best_npz_again_from_its_checkpoint(cifar, tmp_path, capsys):
     """best.npz truncated (a copy of the run made by hand, a disk error) where the resumed epoch is
     the best one: the resume stopped on it ("use an intact copy, or retrain") though checkpoint.npz,
