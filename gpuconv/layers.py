@@ -570,7 +570,7 @@ class Layer:
         """A table of every layer's output shape, parameter count and forward FLOPs per image for
         inputs of ``input_shape`` (C, H, W), with totals (:mod:`gpuconv.summary`)."""
         from .summary import summary_text
-        return summary_text(self, tuple(input_shape))
+        return summary_text(self, input_shape)
 
     def extra_repr(self):
         return ""

@@ -42,6 +42,7 @@ def summarize(model, input_shape) -> list[dict]:
     them (Sequential, Residual, or a Layer subclass with its own forward). A layer called twice
     gives two rows."""
     from . import layers as L
+    input_shape = _one_input(input_shape)
     params = model.parameters()
     xp = backend.get_array_module(params[0].data) if params else np
     rows = []
@@ -72,6 +73,11 @@ def summarize(model, input_shape) -> list[dict]:
     try:
         with L.eval_mode(model):
             model(xp.zeros((1, *input_shape), dtype=dtype))
+    except ValueError as exc:
+        if len(exc.args) == 1 and isinstance(exc.args[0], str):  # (which shape was tried, and how it was given)
+            exc.args = (f"{exc.args[0]} [summary ran one input of shape {tuple(input_shape)}, a batch of 1: "
+                        "input_shape is one input's shape without the batch axis, e.g. (3, 32, 32)]",)
+        raise
     finally:
         for layer, own in watched:
             if own is None:
@@ -81,7 +87,17 @@ def summarize(model, input_shape) -> list[dict]:
     return rows
 
 
+def _one_input(input_shape) -> tuple:
+    """``input_shape`` as a tuple of ints >= 1 (one input's shape, e.g. (3, 32, 32))."""
+    shape = tuple(input_shape) if isinstance(input_shape, (tuple, list)) else None
+    if not shape or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in shape):
+        raise TypeError(f"input_shape must be one input's shape, a tuple of ints >= 1 without the batch axis, e.g. "
+                        f"(3, 32, 32) for CIFAR images; got {input_shape!r}")
+    return tuple(int(v) for v in shape)
+
+
 def summary_text(model, input_shape) -> str:
+    input_shape = _one_input(input_shape)
     rows = summarize(model, input_shape)
     w = max([len("layer")] + [len(r["name"]) for r in rows])
     head = f"{'layer':<{w}} {'type':<22} {'output shape':<14} {'params':>10} {'FLOPs':>14}"
