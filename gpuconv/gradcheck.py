@@ -24,26 +24,28 @@ def numerical_gradient_array(f, x, df=None, h=1e-5):
     """The vector-Jacobian product ``sum(df * d f(x)/dx)`` for an array-valued ``f``.
 
     ``df`` None means ``f`` returns a scalar. ``x`` is modified in place during the
-    evaluation and restored exactly afterwards."""
+    evaluation and restored exactly afterwards; it may be any view (a transposed weight, a
+    channels_last batch): ``f`` often reads it from elsewhere (a model's parameter), so it is
+    perturbed where it lies, never copied."""
     check_array("x", x)
     xp = get_array_module(x)
     if x.dtype.kind != "f" and x.dtype != precision.bfloat16:
         raise TypeError(f"x has dtype {x.dtype}, whose values cannot move by h={h}: the differences would be "
                         "meaningless; pass a float copy, e.g. x.astype(np.float64)")
-    if not x.flags.c_contiguous:
-        raise ValueError("x must be C-contiguous so it can be perturbed in place: pass xp.ascontiguousarray(x)")
     if not getattr(x.flags, "writeable", True):
         raise ValueError("x is read-only, and it is perturbed in place: pass a writable copy, x.copy()")
-    grad = xp.zeros_like(x)
-    flat_x = x.reshape(-1)
-    flat_g = grad.reshape(-1)
-    for i in range(x.size):
-        old = flat_x[i].copy()
-        flat_x[i] = old + h
+    grad = xp.zeros(x.shape, dtype=x.dtype)
+    # (a C-contiguous x through its flat view, one index per element; any other view by its indices)
+    flat = x.flags.c_contiguous
+    target, indices = (x.reshape(-1), range(x.size)) if flat else (x, np.ndindex(*x.shape))
+    flat_g = grad.reshape(-1) if flat else grad
+    for i in indices:
+        old = target[i].copy()
+        target[i] = old + h
         plus = f(x)
-        flat_x[i] = old - h
+        target[i] = old - h
         minus = f(x)
-        flat_x[i] = old
+        target[i] = old
         diff = plus - minus
         if df is None and getattr(diff, "size", 1) != 1:
             raise ValueError(f"f returned an array of shape {tuple(diff.shape)}, not a scalar: for an array-valued f "

@@ -582,6 +582,19 @@ def test_numerical_gradient_refuses_what_it_cannot_perturb(x, f, exc, match):
         numerical_gradient(f, x)
 
 
+def test_numerical_gradient_perturbs_a_strided_array_where_it_lies():
+    """A transposed weight that f reads from its model (the assignment's gradient-check pattern) was
+    refused, with the advice to pass a contiguous copy, which f never reads: a zero gradient.
+    Perturbed in place now, as the assignment's np.nditer does, and restored exactly."""
+    from gpuconv.gradcheck import numerical_gradient
+    base = np.random.default_rng(3).standard_normal((3, 4))
+    params = {"W": base.T}
+    before = params["W"].copy()
+    grad = numerical_gradient(lambda _: float((params["W"] ** 3).sum()), params["W"])
+    assert grad.shape == (4, 3) and relative_error(grad, 3 * before ** 2) < 1e-8
+    np.testing.assert_array_equal(params["W"], before)
+
+
 def test_numerical_gradient_refuses_a_read_only_array():
     x = np.array([1.0, 2.0])
     x.flags.writeable = False
