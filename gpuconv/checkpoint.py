@@ -186,7 +186,7 @@ def _write_durably(path: Path, write) -> Path:
 
 def load_checkpoint(path) -> dict[str, np.ndarray]:
     """All arrays of a checkpoint, read with ``allow_pickle=False``."""
-    path = Path(path)
+    path = Path(path).expanduser()
     if path.is_dir():
         path = path / CHECKPOINT_NAME
     if not path.exists():

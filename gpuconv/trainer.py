@@ -263,7 +263,9 @@ class Trainer:
         self.precision = precision  # (fp16 without loss_scaler gets a fresh LossScaler)
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self._graph = self._step_graph(cuda_graph)
-        self.out_dir = Path(out_dir) if out_dir is not None else None
+        # ('~/runs/x' from Python: the home directory, as the shell gives --out and as load_cifar10 takes its
+        # root, not a directory named '~' in the working directory)
+        self.out_dir = Path(out_dir).expanduser() if out_dir is not None else None
         self.label_smoothing = float(label_smoothing)
         self.log_every, self.progress = log_every, progress
         self.checkpoint_every, self.config = checkpoint_every, config
@@ -474,7 +476,7 @@ class Trainer:
         """Write the training state to ``path`` (default ``out_dir/checkpoint.npz``) atomically;
         :class:`TrainingDiverged` instead when the weights are no longer finite (the file on disk,
         a good one, is kept)."""
-        path = Path(path) if path is not None else self.checkpoint_path
+        path = Path(path).expanduser() if path is not None else self.checkpoint_path
         if path is None:
             raise ValueError("save_checkpoint() needs a path, or out_dir= when the Trainer is built")
         arrays = self.state_arrays()

@@ -1133,6 +1133,25 @@ def test_the_previous_runs_files_are_set_aside_durably_before_the_new_run_writes
     assert max(moves) < events.index(("fsync", tmp_path.name)) < first_save, events
 
 
+def test_a_run_directory_and_checkpoint_paths_given_with_a_tilde_are_in_the_home_directory(tmp_path, monkeypatch):
+    """Trainer(out_dir='~/runs/x') from Python wrote into a directory named '~' in the working
+    directory (the shell expands --out's tilde, and load_cifar10 its root's); load_checkpoint and
+    save_checkpoint likewise took '~' literally."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir(), work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    rng = np.random.default_rng(0)
+    loader = DeviceLoader(rng.integers(0, 256, (8, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, 8), 4)
+    model = small_net()
+    trainer = Trainer(model, SGD(model.parameters(), lr=0.01), out_dir="~/runs/x", progress=False)
+    trainer.fit(loader, 1)
+    assert (home / "runs" / "x" / "checkpoint.npz").is_file() and not (work / "~").exists()
+    assert "model/0.weight" in ckpt.load_checkpoint("~/runs/x")
+    trainer.save_checkpoint("~/copy.npz")
+    assert (home / "copy.npz").is_file()
+
+
 def test_setting_the_previous_run_aside_tells_a_python_user_how_to_resume(cifar, tmp_path, capsys):
     """Trainer.fit's note named the command line's --resume only: a Python user reads fit's own
     resume=True too."""
