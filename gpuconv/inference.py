@@ -200,7 +200,7 @@ def load_images(paths, input_dim=(3, *INPUT_HW)):
     from PIL import Image
     c, h, w = input_dim
     out, sources = [], []
-    for p in map(pathlib.Path, paths):
+    for p in (pathlib.Path(q).expanduser() for q in paths):  # ('~/cat.png' from Python, as the shell gives it)
         if p.is_dir():
             raise IsADirectoryError(f"{p} is a directory: give the image files or .npy arrays in it (e.g. "
                                     f"{p / '*.png'}, which the shell expands)")

@@ -102,6 +102,15 @@ def test_image_files_and_arrays_are_made_the_size_and_channels_the_network_takes
     assert load_images([tmp_path / "digit.png"])[0].shape == (1, 3, 32, 32)  # CIFAR-10's without a model
 
 
+def test_image_paths_with_a_tilde_are_in_the_home_directory(tmp_path, monkeypatch):
+    """load_images(['~/digits.npy']) from Python said the file did not exist: '~' was taken literally."""
+    from gpuconv.inference import load_images
+    monkeypatch.setenv("HOME", str(tmp_path))
+    np.save(tmp_path / "digits.npy", np.zeros((2, 32, 32, 3), np.uint8))
+    images, sources = load_images(["~/digits.npy"])
+    assert images.shape == (2, 3, 32, 32) and sources[0] == (str(tmp_path / "digits.npy"), 0)
+
+
 def test_precision_auto_is_resolved_for_the_models_device(tmp_path):
     """`gpuconv predict --precision auto` resolves 'auto' for its device; model.predict(...,
     precision='auto'), TrainedModel(precision='auto') and evaluate(precision='auto') refused it
