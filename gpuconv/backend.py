@@ -191,7 +191,9 @@ def set_default_device(device) -> Device:
     as a ``decimal`` context is: a thread started afterwards begins from ``$GPUCONV_DEVICE`` again
     (a background training thread after ``set_default_device('sim')`` would run NumPy's
     reference), unless it runs in a copy of this context (``contextvars.copy_context().run``) or
-    sets its own."""
+    sets its own. A notebook cell with a top-level ``await`` runs as a task in a copy of the
+    notebook's context, so a device set there lasts for that cell only: set it in a cell of its
+    own."""
     dev = Device(device)
     _make_current(dev)
     _default_device.set(dev)
