@@ -265,7 +265,7 @@ def test_fused_activation_gradients_float64(backend, training, activation, chann
     dy = put(rng.standard_normal(x.shape))
     dx, dgamma, dbeta = batchnorm2d_backward(dy, cache)
     assert gpuconv.is_channels_last(dx) == channels_last
-    if channels_last:  # gradcheck perturbs a C-contiguous array: x's NHWC memory
+    if channels_last:  # gradcheck perturbs x through its C-contiguous NHWC memory
         num = numerical_gradient_array(lambda a: f(a.transpose(gpuconv.layout.NCHW), gamma, beta),
                                        gpuconv.layout.nhwc(x), dy).transpose(gpuconv.layout.NCHW)
     else:

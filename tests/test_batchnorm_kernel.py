@@ -209,7 +209,7 @@ def test_gradients_float64_channels_last_through_the_kernels(training):
     dy = gpuconv.to_channels_last(rng.standard_normal(x.shape))
     dx, dgamma, dbeta = LB.batchnorm2d_backward_kernel(dy, cache, target="sim")
     assert layout.is_channels_last(dx)
-    # perturb the NHWC memory itself (gradcheck needs a C-contiguous array), viewed as channels_last
+    # perturb the NHWC memory itself (C-contiguous: perturbed element by element), viewed as channels_last
     x_mem, dy_mem = layout.nhwc(x), layout.nhwc(dy)
     num = numerical_gradient_array(lambda a: layout.nhwc(f(a.transpose(layout.NCHW), gamma, beta)), x_mem, dy_mem)
     assert relative_error(layout.nhwc(dx), num) < 1e-6

@@ -67,7 +67,7 @@ def check_layer_gradients(layer, x_host, backend, seed=0, make=None, channels_la
         assert gpuconv.is_channels_last(dx), "dx lost the channels_last layout"
 
     # .copy(): a layer may return a view of its input (Flatten), which the perturbation would move
-    if channels_last:  # perturb the NHWC memory in place (gradcheck needs a C-contiguous array)
+    if channels_last:  # perturb the NHWC memory in place (through the C-contiguous NHWC memory, element by element)
         nhwc = gpuconv.layout.nhwc(x)
         num_dx = numerical_gradient_array(lambda a: fresh().forward(a.transpose(gpuconv.layout.NCHW)).copy(), nhwc,
                                           dy).transpose(gpuconv.layout.NCHW)
