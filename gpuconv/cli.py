@@ -156,6 +156,16 @@ def _tta(text):
     return int(text)
 
 
+def _val_split(text):
+    """An argparse type: a --val-split value as written, once it parses (a typo fails now, before the
+    data set loads or downloads, as a bad command line)."""
+    try:
+        parse_val_split(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--val-split ")) from None
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     p = argparse.ArgumentParser(prog="gpuconv", description="Convolutional networks on NumPy and CuPy.")
@@ -214,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "that are restarted after a preemption)")
     t.add_argument("--seed", type=_seed, default=None, help="seed for init, shuffling, augmentation (default 0)")
     t.add_argument("--limit", type=_positive_int, default=None, help="use only N training images, a seeded sample (quick runs; default: all)")
-    t.add_argument("--val-split", default=None,
+    t.add_argument("--val-split", type=_val_split, default=None,
                    help="validation data: 'auto' (test_batch, else hold out data_batch_5, else 10%%), "
                         "'test', 'batchK' (hold out data_batch_K), a fraction like 0.1, or 'none' (default auto)")
     t.add_argument("--precision", choices=PRECISIONS, default=None, help=PRECISION_HELP)

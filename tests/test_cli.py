@@ -386,6 +386,19 @@ def test_default_settings_are_a_sensible_main_job():
     assert fast["lr"] == 0.1 and fast["label_smoothing"] > 0 and fast["augment"] and fast["batch_size"] == 512
 
 
+def test_a_val_split_typo_is_a_bad_command_line_before_any_data_loads(tmp_path, capsys):
+    """--val-split 1 (or half) was parsed only after the data set loaded: with no data at hand,
+    the 163 MB download came first, and the typo then failed as an error (1), not as a bad
+    command line (2)."""
+    for typo in ("1", "half", "batch"):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(["train", "--val-split", typo, "--data", str(tmp_path / "no-data"), "--out", str(tmp_path / "o")])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and f"argument --val-split: {typo!r} is not understood" in err, err
+        assert "no-data" not in err and not (tmp_path / "o").exists()
+    assert cli.build_parser().parse_args(["train", "--val-split", "batch2"]).val_split == "batch2"  # as written
+
+
 def test_bad_values_get_clear_errors(tmp_path, capsys):
     with pytest.raises(ValueError, match="--val-split"):
         cli.parse_val_split("half")
