@@ -151,8 +151,10 @@ def _defaults(key):
 
 def _tta(text):
     if text not in ("0", "1", "2"):
+        # `predict --tta cat.png`: a bare --tta takes the input after it as its level
+        hint = f"; write the level before an input: --tta 1 {text}" if os.path.exists(text) else ""
         raise argparse.ArgumentTypeError(f"{text!r} is not a test-time augmentation level: 0 (none), 1 (mirror) or "
-                                         "2 (mirror + 1-pixel translations)")
+                                         f"2 (mirror + 1-pixel translations){hint}")
     return int(text)
 
 

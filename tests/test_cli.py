@@ -111,6 +111,19 @@ def test_evaluate_json_on_the_held_out_batch(trained, capsys):
     assert last["val_acc"] == pytest.approx(result["accuracy"])
 
 
+def test_a_bare_tta_before_an_input_says_to_write_the_level(trained, capsys):
+    """`predict --tta cat.png` read the file as --tta's level and said only that it is not one; the
+    error now says to write the level out before an input."""
+    image = trained / "img.npy"
+    np.save(image, np.zeros((1, 32, 32, 3), np.uint8))
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["predict", "--checkpoint", str(trained / "checkpoint.npz"), "--tta", str(image)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and f"write the level before an input: --tta 1 {image}" in err, err
+    rc, out, _ = run(["predict", "--checkpoint", trained / "checkpoint.npz", "--tta", "1", image], capsys)
+    assert rc == 0 and "img.npy[0]:" in out
+
+
 def test_evaluate_tta_levels(trained, capsys):
     accs = []
     for flags in ([], ["--tta"], ["--tta", "2"]):
