@@ -550,6 +550,12 @@ def _check_resume_flags(given, stored, ckpt_path):
                 _say(f"note: {ckpt_path} was set to a final evaluation at test-time augmentation level {old}; "
                      f"evaluating at --tta {value} instead, which the checkpoint now records")
             continue
+        if key == "width" and old is None and stored.get("model") in AIRBENCH_MODELS:
+            # the run's network at its recipe's widths: a --width that builds another cannot load its weights
+            widths = airbench_widths(stored["model"], None, stored.get("model_kwargs"))
+            if airbench_widths(stored["model"], value, stored.get("model_kwargs")) == widths:
+                continue
+            old = widths[0]  # the first block's width, as --width gives it
         if key == "autotune":
             if old is not None and value != old:
                 _say(f"note: {ckpt_path} was trained with --autotune {old}; continuing with --autotune {value}, "

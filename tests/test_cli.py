@@ -245,6 +245,21 @@ def test_more_epochs_on_resume_only_where_nothing_was_laid_out_over_the_run(tmp_
         resumed("airbench94")
 
 
+def test_resume_refuses_a_width_other_than_the_recipes_own(tmp_path):
+    """An airbench run at its recipe's widths records no --width: --resume --width 8 was let through
+    and failed at load_state_dict on the weights' shapes, after building the network, without naming
+    the flag. It is refused as any other change of the run; a --width giving the same network is not."""
+    for recipe, same in (("airbench94", "64"), ("airbench95", "128")):
+        first = cli.build_parser().parse_args(["train", "--recipe", recipe])
+        stored = {"train_args": cli._settings(first, stored_config={})}
+        assert stored["train_args"].get("width") is None
+        args = cli.build_parser().parse_args(["train", "--out", str(tmp_path), "--resume", "--width", "8"])
+        with pytest.raises(ValueError, match=rf"holds a run with --width {same}, but --width 8 was given; drop --width"):
+            cli._settings(args, stored_config=stored)
+        args = cli.build_parser().parse_args(["train", "--out", str(tmp_path), "--resume", "--width", same])
+        assert cli._settings(args, stored_config=stored)["width"] == int(same)
+
+
 def test_another_val_split_on_resume_is_named_as_the_flag_writes_it(tmp_path):
     """The refusal of another --val-split names both as they are typed (it printed the parsed
     tuples: "--val-split ('fraction', 0.1), but --val-split ('batch', 5) was given")."""
