@@ -570,7 +570,11 @@ def _check_resume_flags(given, stored, ckpt_path):
                        " (its learning-rate schedule was laid out for that many epochs)")
             if key == "val_split":  # as the flag is written: batch5, 0.1
                 old, value = _val_split_flag(old), _val_split_flag(value)
-            raise ValueError(f"--resume: {ckpt_path} holds a run with {flag} {old}{why}, but {flag} {value} was "
+            was, given_now = f"{flag} {old}", f"{flag} {value}"
+            if isinstance(value, bool):  # --augment / --no-augment, not "--augment False"
+                was, given_now = (f"--{'' if v else 'no-'}{key.replace('_', '-')}" for v in (old, value))
+                flag = given_now
+            raise ValueError(f"--resume: {ckpt_path} holds a run with {was}{why}, but {given_now} was "
                              f"given; drop {flag} to continue that run, or train into a new --out")
 
 

@@ -260,6 +260,18 @@ def test_resume_refuses_a_width_other_than_the_recipes_own(tmp_path):
         assert cli._settings(args, stored_config=stored)["width"] == int(same)
 
 
+def test_another_augment_on_resume_is_named_as_the_flag_writes_it(tmp_path):
+    """The refusal of --augment on a run without said "--augment False, but --augment True was
+    given", which no command line writes."""
+    first = cli.build_parser().parse_args(["train", "--no-augment"])
+    stored = {"train_args": cli._settings(first, stored_config={})}
+    for flag, other in (("--augment", "--no-augment"), ("--no-augment", "--augment")):
+        stored["train_args"]["augment"] = other == "--augment"
+        args = cli.build_parser().parse_args(["train", "--out", str(tmp_path), "--resume", flag])
+        with pytest.raises(ValueError, match=rf"holds a run with {other}, but {flag} was given; drop {flag} to"):
+            cli._settings(args, stored_config=stored)
+
+
 def test_another_val_split_on_resume_is_named_as_the_flag_writes_it(tmp_path):
     """The refusal of another --val-split names both as they are typed (it printed the parsed
     tuples: "--val-split ('fraction', 0.1), but --val-split ('batch', 5) was given")."""
