@@ -1022,9 +1022,18 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict
             "info": cmd_info, "precompile": cmd_precompile, "bench": cmd_bench}
 
 
+def _format_warning(message, category, filename, lineno, line=None):
+    """A Python warning as the command's own warnings read: its message, not the file, line and
+    source code of gpuconv that raised it (GPUCONV_DEBUG=1 shows those)."""
+    return f"warning: {message}\n"
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    formatwarning = warnings.formatwarning
+    if not _env.flag("GPUCONV_DEBUG"):
+        warnings.formatwarning = _format_warning
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt as exc:  # outside the trainer's own handling (loading data, a second Ctrl-C)
@@ -1038,6 +1047,8 @@ def main(argv=None) -> int:
             raise  # the full traceback, for bug reports
         _say(f"gpuconv {args.command}: error: {exc} (set GPUCONV_DEBUG=1 for a traceback)")
         return 1
+    finally:
+        warnings.formatwarning = formatwarning
 
 
 if __name__ == "__main__":  # pragma: no cover

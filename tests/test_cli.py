@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -80,6 +81,21 @@ def test_the_final_evaluation_at_level_0_is_the_last_validation_not_a_second_pas
     calls.clear()
     rc, _, err = run(argv + [tmp_path / "tta", "--tta", "1"], capsys)
     assert rc == 0 and calls == [0, 0, 1], err
+
+
+def test_a_python_warning_reads_as_the_commands_own(tmp_path):
+    """A warning raised inside gpuconv (here: a lookahead that never updates in 1 step) printed
+    "gpuconv/cli.py:671: RuntimeWarning: ..." and then that line's source code,
+    "trainer = Trainer(model, opt, ...)"; it now reads "warning: ..." as the command's own do."""
+    proc = subprocess.run([sys.executable, "-m", "gpuconv", "train", "--recipe", "airbench94", "--width", "4",
+                           "--epochs", "1", "--limit", "20", "--batch-size", "20", "--val-split", "none",
+                           "--data", str(SUBSET), "--out", str(tmp_path), "--device", "cpu", "--no-progress"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "\nwarning: lookahead: its first update comes at step every=5" in proc.stderr, proc.stderr
+    assert "RuntimeWarning" not in proc.stderr and "Trainer(" not in proc.stderr, proc.stderr
+    before = warnings.formatwarning
+    assert cli.main(["summary", "--model", "seed"]) == 0 and warnings.formatwarning is before  # put back
 
 
 def test_piped_output_gets_plain_lines_not_bar_frames(tmp_path):
