@@ -925,11 +925,17 @@ def info_lines() -> list[str]:
     else:
         lines.append(f"telemetry: {why}")
     try:
-        from .data import find_data_dir
+        from .data import default_cache_dir, find_data_dir
         lines.append(f"CIFAR-10 data: {find_data_dir()}")
     except Exception as exc:
-        lines.append(f"CIFAR-10 data: none found yet ({type(exc).__name__}); `gpuconv train` downloads it, or "
-                     "pass --data DIR / set GPUCONV_DATA")
+        # the one place searched: $GPUCONV_DATA when set (a wrong one is the usual cause), else the cache
+        env = os.environ.get("GPUCONV_DATA")
+        try:
+            where = f"$GPUCONV_DATA ({env})" if env else str(default_cache_dir())
+        except Exception:  # noqa: BLE001  (no home directory)
+            where = "the cache (no home directory)"
+        lines.append(f"CIFAR-10 data: none found yet in {where} ({type(exc).__name__}); `gpuconv train` downloads "
+                     "it there, or pass --data DIR / set GPUCONV_DATA to the data")
     return lines
 
 

@@ -751,6 +751,20 @@ def test_info_reports_versions_cuda_and_telemetry(capsys):
     assert "'auto' means" in out
 
 
+def test_info_names_where_it_looked_for_the_data(capsys, monkeypatch, tmp_path):
+    """With $GPUCONV_DATA set to a place without the data, info said "none found yet ...; set
+    GPUCONV_DATA", as if it were not set; it names the place searched."""
+    monkeypatch.setenv("GPUCONV_DATA", str(tmp_path / "nowhere"))
+    rc, out, _ = run(["info"], capsys)
+    assert rc == 0 and f"CIFAR-10 data: none found yet in $GPUCONV_DATA ({tmp_path / 'nowhere'})" in out, out
+    monkeypatch.delenv("GPUCONV_DATA")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    rc, out, _ = run(["info"], capsys)
+    assert rc == 0 and f"CIFAR-10 data: none found yet in {tmp_path / '.cache' / 'gpuconv'} (" in out, out
+    monkeypatch.setenv("GPUCONV_DATA", str(SUBSET))
+    assert f"CIFAR-10 data: {SUBSET}" in run(["info"], capsys)[1]
+
+
 def test_info_lists_sim_only_with_its_compiler(capsys, monkeypatch):
     """Without the simulator's compiler, `gpuconv info` says why and leaves sim out of the devices."""
     assert "devices: cpu, sim" in run(["info"], capsys)[1]
