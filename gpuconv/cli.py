@@ -206,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="random crop + horizontal flip on the device, padded and flipped as the recipe says "
                         f"(default per recipe: {_defaults('augment')})")
-    t.add_argument("--cutout", type=_nonneg_int, default=None,
+    t.add_argument("--cutout", type=_int_from(0, "a cutout side: 0 to 32 pixels (the images are 32x32)", high=33),
+                   default=None,
                    help="with --augment, a square of this side set to the mean color in every training image, "
                         f"drawn per image and epoch; 0 for none (default per recipe: {_defaults('cutout')})")
     t.add_argument("--tta", type=_tta, default=None,

@@ -455,6 +455,16 @@ def test_a_val_split_typo_is_a_bad_command_line_before_any_data_loads(tmp_path, 
     assert cli.build_parser().parse_args(["train", "--val-split", "batch2"]).val_split == "batch2"  # as written
 
 
+def test_a_cutout_larger_than_the_images_is_a_bad_command_line(tmp_path, capsys):
+    """--cutout 100 failed as an error (1) in the loader, after the data set loaded and the network
+    was built; it fails as the command line is read (2), naming the images' size."""
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["train", "--augment", "--cutout", "100", "--data", str(tmp_path / "no-data"), "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "'100' is not a cutout side: 0 to 32 pixels (the images are 32x32)" in err, err
+    assert cli.build_parser().parse_args(["train", "--cutout", "32"]).cutout == 32
+
+
 def test_bad_values_get_clear_errors(tmp_path, capsys):
     with pytest.raises(ValueError, match="--val-split"):
         cli.parse_val_split("half")
