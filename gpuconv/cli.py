@@ -245,8 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="evaluate a checkpoint on test_batch (or the held-out split)")
     e.add_argument("--checkpoint", required=True, help="a checkpoint.npz written by `gpuconv train`")
     e.add_argument("--data", default=None, help="CIFAR-10 directory or tarball (else $GPUCONV_DATA when set, "
-                   "else ~/.cache/gpuconv; downloaded there when absent); without test_batch, the split held "
-                   "out in training")
+                   "else the data the run trained on where it still is, else ~/.cache/gpuconv; downloaded there "
+                   "when absent); without test_batch, the split held out in training")
     e.add_argument("--device", type=_device, default=_default_device(),
                    help="cpu | cuda | cuda:N | sim | auto (default: $GPUCONV_DEVICE, else auto)")
     e.add_argument("--batch-size", type=_positive_int, default=500, help="images per forward pass (default 500)")
@@ -748,7 +748,12 @@ def cmd_evaluate(args) -> int:
     with backend.default_device(device):  # the weights are checked against the model before any data loads
         model = model_from_config(config)
         model.load_state_dict(section(arrays, "model"))
-    cifar = _load_data(args.data)
+    data = args.data
+    recorded = config.get("data")  # where the run's training data was (None: written before runs recorded it)
+    if data is None and not os.environ.get("GPUCONV_DATA") and recorded and Path(recorded["path"]).exists():
+        data = recorded["path"]  # its held-out split is there, not in a download
+        _say(f"evaluating on the run's data: {data} (--data picks other data)")
+    cifar = _load_data(data)
     if cifar.test is not None:
         images, labels, split_desc = cifar.test.images, cifar.test.labels, f"test_batch ({len(cifar.test)} images)"
         split_name, held_out = "test_batch", True

@@ -140,6 +140,21 @@ def test_a_bare_tta_before_an_input_says_to_write_the_level(trained, capsys):
     assert rc == 0 and "img.npy[0]:" in out
 
 
+def test_evaluate_without_data_takes_the_runs_own(trained, capsys, monkeypatch, tmp_path):
+    """evaluate without --data (nor $GPUCONV_DATA) looked in ~/.cache/gpuconv and downloaded the
+    163 MB release there, though the checkpoint records where its training data is: the split
+    the run held out is there, and train --resume continues on it."""
+    from gpuconv.data import cifar10
+    monkeypatch.delenv("GPUCONV_DATA", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(cifar10, "download_cifar10", lambda *a, **k: pytest.fail("evaluate downloaded the data"))
+    rc, out, err = run(["evaluate", "--checkpoint", trained / "checkpoint.npz", "--json"], capsys)
+    assert rc == 0 and f"evaluating on the run's data: {SUBSET.resolve()}" in err, err
+    alone = json.loads(out)
+    rc, out, _ = run(["evaluate", "--checkpoint", trained / "checkpoint.npz", "--json", "--data", SUBSET], capsys)
+    assert rc == 0 and json.loads(out) == alone
+
+
 def test_evaluate_tta_levels(trained, capsys):
     accs = []
     for flags in ([], ["--tta"], ["--tta", "2"]):
