@@ -282,6 +282,7 @@ class Trainer:
         self._stop_requested = False
         self._loader_state = None
         self._lock = None  # while fit holds out_dir's lock: (its lock file, that file's stat)
+        self._checkpointed = False  # whether out_dir holds a checkpoint of this run (resumed from, or written)
 
     def __repr__(self):
         model = type(self.model).__name__
@@ -488,7 +489,9 @@ class Trainer:
         if path == self.checkpoint_path:
             self._sync_metrics()  # (its own error names metrics.jsonl)
         with self._writing(path):
-            return ckpt.save_checkpoint(path, arrays)
+            saved = ckpt.save_checkpoint(path, arrays)
+        self._checkpointed = self._checkpointed or path == self.checkpoint_path
+        return saved
 
     def _sync_metrics(self):
         """fsync ``metrics.jsonl`` before a checkpoint is written (which is fsynced, and its directory):
@@ -545,10 +548,11 @@ class Trainer:
         except FileNotFoundError:
             pass
         if not self.out_dir.is_dir():
+            way_on = ("where you moved it, continue with `gpuconv train ... --out NEW_DIR --resume` or "
+                      "Trainer(out_dir=NEW_DIR).fit(..., resume=True); where it was deleted, train again"
+                      if self._checkpointed else "no checkpoint of this run had been written there: train again")
             message = (f"the run directory {self.out_dir} was removed or moved while this run trained: it stops at "
-                       f"step {self.step} rather than make a new one that no lock holds; where you moved it, continue "
-                       "with `gpuconv train ... --out NEW_DIR --resume` or Trainer(out_dir=NEW_DIR).fit(..., "
-                       "resume=True); where it was deleted, train again")
+                       f"step {self.step} rather than make a new one that no lock holds; {way_on}")
         else:
             message = (f"the lock file {lock} of this run was removed while it trained (another run may be writing to "
                        f"{self.out_dir} now): this run stops at step {self.step} rather than write beside it; once "
@@ -863,6 +867,7 @@ class Trainer:
         if resume:
             if self.checkpoint_path.exists():
                 self.load_checkpoint(loader=train_loader)
+                self._checkpointed = True
                 self._trim_metrics()
                 self._repair_best()
                 self._say(f"resuming from {self.checkpoint_path}: {self.epoch} epoch(s) and "

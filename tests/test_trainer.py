@@ -1245,6 +1245,23 @@ def test_a_run_directory_removed_during_the_run_is_not_made_again(cifar, tmp_pat
         assert int(ckpt.load_checkpoint(tmp_path / "moved")["meta/step"]) == 6  # epoch 1's, as moved
 
 
+def test_a_run_directory_moved_before_its_first_checkpoint_says_to_train_again(cifar, tmp_path):
+    """Moved away in the first epoch, before any checkpoint: the stop said "where you moved it,
+    continue with `gpuconv train ... --out NEW_DIR --resume`", which then found no checkpoint there."""
+    train, _ = cifar
+    images, labels = train.images[:192], train.labels[:192]
+    out = tmp_path / "run"
+    trainer, _ = build(images, labels, out, epochs=2, log_every=2)
+    loader = RemoveAt(images, labels, 32, shuffle=True, augment=True, seed=7)
+    loader.remove_at, loader.remove = (0, 1), lambda: out.rename(tmp_path / "moved")
+    with pytest.raises(FileNotFoundError) as info:
+        trainer.fit(loader, 2)
+    message = str(info.value)
+    assert not (tmp_path / "moved" / "checkpoint.npz").exists()
+    assert "--resume" not in message and message.endswith(
+        "no checkpoint of this run had been written there: train again"), message
+
+
 def test_training_goes_on_without_matplotlib(tmp_path, monkeypatch):
     """Without matplotlib (a bare interpreter, such as a lent GPU machine's) a run with an out_dir
     trains, checkpoints and logs every epoch, warning once that curves.png is not drawn; it used to
