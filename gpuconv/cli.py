@@ -848,6 +848,8 @@ def cmd_predict(args) -> int:
     with backend.default_device(device):
         model = load_model(args.checkpoint)
         images, sources = load_images(args.inputs, model.input_dim)  # the size and channels its network takes
+        for empty in dict.fromkeys(p for p in args.inputs if str(Path(p)) not in {s for s, _ in sources}):
+            _say(f"note: {empty} holds an array of 0 images: nothing to predict for it")  # (else: no line, no word)
         probs = model.predict(images, precision=precision, tta=args.tta)
         labels = probs.argmax(axis=1)
     k = min(args.top, probs.shape[1])

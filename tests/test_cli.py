@@ -155,6 +155,16 @@ def test_evaluate_without_data_takes_the_runs_own(trained, capsys, monkeypatch, 
     assert rc == 0 and json.loads(out) == alone
 
 
+def test_predict_names_an_input_that_holds_no_images(trained, capsys, tmp_path):
+    """An .npy of 0 images printed nothing at all for it (and nothing at all when alone), exit 0."""
+    empty, one = tmp_path / "empty.npy", tmp_path / "one.npy"
+    np.save(empty, np.zeros((0, 32, 32, 3), np.uint8))
+    np.save(one, np.zeros((1, 32, 32, 3), np.uint8))
+    rc, out, err = run(["predict", "--checkpoint", trained / "checkpoint.npz", one, empty], capsys)
+    assert rc == 0 and out.startswith(f"{one}[0]: ") and len(out.splitlines()) == 1
+    assert f"note: {empty} holds an array of 0 images: nothing to predict for it" in err and str(one) not in err
+
+
 def test_evaluate_tta_levels(trained, capsys):
     accs = []
     for flags in ([], ["--tta"], ["--tta", "2"]):
