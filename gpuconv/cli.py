@@ -978,6 +978,9 @@ def cmd_precompile(args) -> int:
         _say(f"gpuconv precompile: no GPU to compile for ({backend.cuda_status()}); name its target with --arch "
              "(sm_90 for an H100/H200, sm_80 for an A100)")
         return 1
+    # (a first run compiles for minutes and lists the builds at the end: said now, it is not taken for a hang)
+    _say(f"compiling the kernel builds for {args.arch or f'GPU {args.device or 0}'}, {args.jobs or os.cpu_count() or 1} "
+         "at a time (minutes the first time, seconds once they are cached); each is listed when all are done")
     start = time.perf_counter()
     try:
         records = kernels.precompile(args.device, arch=args.arch, jobs=args.jobs)
