@@ -890,7 +890,10 @@ class Trainer:
                           f"{self.total_steps} "
                           "(give the Trainer total_steps=epochs * len(loader))", stacklevel=3)
         handler_set = threading.current_thread() is threading.main_thread()
-        old_handlers = {sig: signal.signal(sig, self._on_stop_signal) for sig in self.STOP_SIGNALS} if handler_set else {}
+        # (a signal the process was started ignoring stays ignored, as Python leaves an ignored SIGINT:
+        # a job a script started in the background, whose Ctrl-C is meant for the foreground)
+        old_handlers = {sig: signal.signal(sig, self._on_stop_signal) for sig in self.STOP_SIGNALS
+                        if signal.getsignal(sig) != signal.SIG_IGN} if handler_set else {}
         self._stop_requested = False
         try:  # (the monitor's start too: a failure there restores the signal handlers below)
             self._start_monitor()

@@ -793,6 +793,23 @@ def test_ctrl_c_mid_epoch_saves_and_resumes_bit_identically(cifar, tmp_path, sig
         assert second.history[-1][key] == pytest.approx(full.history[-1][key], rel=1e-12), key
 
 
+def test_a_signal_the_process_ignores_stays_ignored(cifar, tmp_path):
+    """A job started in the background of a script ignores SIGINT (the shell's Ctrl-C is the
+    foreground's), as Python leaves it: fit keeps it ignored and trains on (SIGTERM, not ignored,
+    still stops it: the test above)."""
+    train, _ = cifar
+    images, labels = train.images[:96], train.labels[:96]
+    trainer, _ = build(images, labels, tmp_path, epochs=1)
+    killer = SigintAt(images, labels, 32, shuffle=True, augment=True, seed=7)
+    killer.kill_at = (0, 1)
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        trainer.fit(killer, 1)  # the SIGINT at batch 1 changes nothing
+        assert trainer.step == 3 and signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
 def test_a_stop_whose_checkpoint_cannot_be_written_says_so(cifar, tmp_path, monkeypatch):
     """SIGTERM, then a full disk as the checkpoint is written: fit raises TrainingInterrupted (the
     stop happened) with no checkpoint, the OSError as ``save_error``, and a message that says the
