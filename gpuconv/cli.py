@@ -770,9 +770,13 @@ def cmd_evaluate(args) -> int:
         if held_out:
             _say(f"{cifar.root} has no test_batch: evaluating on {split_desc}, as held out in training")
         else:
-            _say(f"warning: {cifar.root} has no test_batch, and this checkpoint trained on every training image "
-                 f"(--val-split {spec}): evaluating on {split_desc}, which it TRAINED on. This is not a held-out "
-                 "score; evaluate on a directory with test_batch for one")
+            limit = config.get("train_args", {}).get("limit")
+            how = (f"trained on a seeded sample of {limit} of the training images, these among them (--limit {limit}, "
+                   f"--val-split {spec}): evaluating on {split_desc}, some of which it TRAINED on" if limit else
+                   f"trained on every training image (--val-split {spec}): evaluating on {split_desc}, which it "
+                   "TRAINED on")
+            _say(f"warning: {cifar.root} has no test_batch, and this checkpoint {how}. This is not a held-out score; "
+                 "evaluate on a directory with test_batch for one")
     with backend.default_device(device):
         precision = amp.resolve_precision(args.precision or config.get("train_args", {}).get("precision", "fp32"),
                                           device)

@@ -186,7 +186,8 @@ def test_evaluate_says_when_the_images_were_trained_on(tmp_path, capsys):
     rc, out, err = run(["evaluate", "--checkpoint", tmp_path / "checkpoint.npz", "--data", SUBSET, "--json"], capsys)
     result = json.loads(out)
     assert rc == 0 and result["held_out"] is False and result["split_name"] == "data_batch_5"
-    assert "held out" not in result["split"] and "which it TRAINED on" in err
+    assert "held out" not in result["split"] and "a seeded sample of 300 of the training images" in err
+    assert "some of which it TRAINED on" in err and "every training image" not in err  # (--limit 300)
 
 
 def test_a_test_only_directory_evaluates_and_refuses_to_train(trained, tmp_path, capsys):
