@@ -181,6 +181,7 @@ def test_evaluate_says_when_the_images_were_trained_on(tmp_path, capsys):
     rc, _, err = run(["train", "--model", "seed", "--epochs", "1", "--limit", "300", "--val-split", "none",
                       "--data", SUBSET, "--out", tmp_path, "--no-progress"], capsys)
     assert rc == 0, err
+    assert "(300 images, 1 epoch, batch" in err  # (not "1 epochs")
     # no validation, so no best epoch: the help and the README say best.npz is not written
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.npz", "curves.png", "metrics.jsonl"]
     rc, out, err = run(["evaluate", "--checkpoint", tmp_path / "checkpoint.npz", "--data", SUBSET, "--json"], capsys)
