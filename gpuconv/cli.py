@@ -852,7 +852,9 @@ def cmd_predict(args) -> int:
     with backend.default_device(device):
         model = load_model(args.checkpoint)
         images, sources = load_images(args.inputs, model.input_dim)  # the size and channels its network takes
-        for empty in dict.fromkeys(p for p in args.inputs if str(Path(p)) not in {s for s, _ in sources}):
+        # (each source as load_images names it: '~/x.npy' is the home directory's)
+        named = {s for s, _ in sources}
+        for empty in dict.fromkeys(p for p in args.inputs if str(Path(p).expanduser()) not in named):
             _say(f"note: {empty} holds an array of 0 images: nothing to predict for it")  # (else: no line, no word)
         probs = model.predict(images, precision=precision, tta=args.tta)
         labels = probs.argmax(axis=1)

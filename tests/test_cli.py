@@ -165,6 +165,16 @@ def test_predict_names_an_input_that_holds_no_images(trained, capsys, tmp_path):
     assert f"note: {empty} holds an array of 0 images: nothing to predict for it" in err and str(one) not in err
 
 
+def test_predict_takes_an_input_with_a_tilde_for_the_images_it_holds(trained, capsys, tmp_path, monkeypatch):
+    """load_images reads '~/one.npy' in the home directory: its one image is predicted, and the input
+    is not said to hold no images."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    np.save(tmp_path / "one.npy", np.zeros((1, 32, 32, 3), np.uint8))
+    rc, out, err = run(["predict", "--checkpoint", trained / "checkpoint.npz", "~/one.npy"], capsys)
+    assert rc == 0 and out.startswith(f"{tmp_path / 'one.npy'}[0]: ") and len(out.splitlines()) == 1
+    assert "0 images" not in err
+
+
 def test_evaluate_tta_levels(trained, capsys):
     accs = []
     for flags in ([], ["--tta"], ["--tta", "2"]):
