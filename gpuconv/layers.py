@@ -1408,18 +1408,16 @@ def _data_input(container) -> bool:
 def switch_to_eval(model):
     """Put ``model`` in eval mode; returns the function that puts every layer back in the mode and
     with the training cache it had: a forward waiting for its backward keeps its caches (an
-    evaluation, a prediction or a summary in between changes nothing). A model of another kind
-    (no ``modules()``) goes back through its own ``train(mode)``."""
+    evaluation, a prediction or a summary in between changes nothing). The model goes back through
+    its own ``train(mode)`` first (a subclass's override runs, as it would without the caches)."""
     modules = model.modules() if callable(getattr(model, "modules", None)) else None
     saved = [(m, m.training, m.__dict__.get("_cache")) for m in modules] if modules is not None else None
     was_training = getattr(model, "training", True)
     model.eval()
 
     def restore():
-        if saved is None:
-            model.train(was_training)
-            return
-        for m, mode, cache in saved:
+        model.train(was_training)  # (through the model's own train(), which a subclass may extend)
+        for m, mode, cache in saved or ():
             m.training, m._cache = mode, cache
     return restore
 

@@ -181,6 +181,31 @@ def test_evaluate_summary_and_predict_keep_a_pending_forwards_caches():
     assert "Linear" in model.summary((3, 8, 8))
 
 
+def test_evaluate_summary_and_predict_put_a_network_back_through_its_own_train():
+    """A network whose class overrides train(mode) (to switch something of its own, as PyTorch
+    modules do) is put back in training mode through that override after an evaluation, a summary
+    or a prediction, as before they kept the caches; they set each layer's flag only, and the
+    network's own switch stayed off."""
+    from gpuconv.inference import TrainedModel
+
+    class Net(Sequential):
+        def train(self, mode=True):
+            self.jitter = bool(mode)  # (e.g. input noise used in training only)
+            return super().train(mode)
+
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((4, 3, 8, 8)).astype(np.float32), np.array([1, 2, 3, 0])
+    images = rng.integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    for look in ("evaluate", "summary", "predict"):
+        model = Net(Conv2d(3, 4, 3, padding=1, seed=0), ReLU(), Flatten(), Linear(256, 10, seed=1))
+        trained = TrainedModel(model, [str(i) for i in range(10)], input_size=(8, 8))
+        logits = model.train()(x)
+        {"evaluate": lambda: evaluate(model, [(x, y)]), "summary": lambda: model.summary((3, 8, 8)),
+         "predict": lambda: trained.predict(images)}[look]()
+        assert model.jitter is True and all(m.training for m in model.modules()), look
+        assert model.backward(np.ones_like(logits)).shape == x.shape
+
+
 def test_evaluate_skips_empty_batches():
     """A batch of 0 images (the last of a filtered data set) counts nothing: the result is that of
     the other batches; a loader of empty batches only is refused as one of no batches is."""
