@@ -93,6 +93,7 @@ from . import _env, _files
 from ._files import make_dirs, private_temp_dir, trusted_binary, untrusted_cache_dir, write_atomic
 from . import backend  # attribute access at call time: tests fake CuPy by patching it
 from . import layout, precision
+from .ops._checks import check_bool
 
 KERNEL_FILES = ("conv2d", "conv2d_tc", "pool2d", "relu", "gelu", "dropout", "augment", "stream_hold", "gemm_tc",
                 "batchnorm", "optim", "loss", "amp", "scale")
@@ -252,23 +253,16 @@ def autotunes(target: str | None) -> bool:
     return target in _TUNED_TARGETS and autotune_enabled()
 
 
-def _switch(name, enabled):
-    """``enabled`` as a bool: True or False (NumPy's too) only; bool('off') is True."""
-    if not isinstance(enabled, (bool, np.bool_)):
-        raise TypeError(f"{name}(enabled={enabled!r}): give True or False (None: back to $GPUCONV_AUTOTUNE)"
-                        if name == "set_autotune" else f"{name}(enabled={enabled!r}): give True or False")
-    return bool(enabled)
-
-
 def set_autotune(enabled: bool | None):
     """Autotune from now on in this context (None: back to $GPUCONV_AUTOTUNE, default off)."""
-    _autotune.set(None if enabled is None else _switch("set_autotune", enabled))
+    _autotune.set(None if enabled is None else check_bool("set_autotune(enabled)", enabled,
+                                                          " (None: back to $GPUCONV_AUTOTUNE)"))
 
 
 @contextlib.contextmanager
 def autotuning(enabled: bool = True):
     """``with autotuning(): ...`` measures "auto" convolution variants inside the block."""
-    token = _autotune.set(_switch("autotuning", enabled))
+    token = _autotune.set(check_bool("autotuning(enabled)", enabled))
     try:
         yield
     finally:

@@ -217,10 +217,10 @@ def test_real_subset_batches_are_normalized(subset_dir, backend):
     ({"images": np.zeros((4, 32, 32, 3), np.uint8)}, ValueError, r"look channels-last.*transpose\(0, 3, 1, 2\)"),
     ({"dtype": np.int32}, TypeError, r"float64, float32, bfloat16 \(ml_dtypes.bfloat16\) or float16"),
     # a word (from a config file) was taken for True: bool('no') is True
-    ({"shuffle": "no"}, TypeError, r"shuffle='no' must be True or False"),
-    ({"augment": "false"}, TypeError, r"augment='false' must be True or False"),
-    ({"drop_last": "no"}, TypeError, r"drop_last='no' must be True or False"),
-    ({"channels_last": 0}, TypeError, r"channels_last=0 must be True or False"),
+    ({"shuffle": "no"}, TypeError, r"shuffle must be True or False, got 'no'"),
+    ({"augment": "false"}, TypeError, r"augment must be True or False, got 'false'"),
+    ({"drop_last": "no"}, TypeError, r"drop_last must be True or False, got 'no'"),
+    ({"channels_last": 0}, TypeError, r"channels_last must be True or False, got 0"),
 ])
 def test_bad_arguments(kwargs, err, match):
     args = {"images": np.zeros((4, 3, 32, 32), np.uint8), "labels": np.arange(4), "batch_size": 2, **kwargs}

@@ -23,6 +23,7 @@ from .. import layout, precision
 from ..backend import Device, array_device_context, get_array_module, get_default_device, is_cupy_array, to_device
 from ..backend import kernel_target as _kernel_target
 from ..counter_rng import check_seed, splitmix64, uniform_below
+from ..ops._checks import check_bool
 from ._launch_augment import augment_batch_kernel
 from .augment import (CIFAR10_MEAN, CIFAR10_STD, check_cutout, check_mean_std, check_padding_mode, crop_flip, cutout,
                       normalized)
@@ -32,12 +33,6 @@ def _check_int(name, value, low, fix):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
         raise ValueError(f"{name}={value!r} must be an integer >= {low}; {fix}")
     return int(value)
-
-
-def _check_bool(name, value):
-    if not isinstance(value, (bool, np.bool_)):  # bool('no') is True: a word from a config would switch it on
-        raise TypeError(f"{name}={value!r} must be True or False")
-    return bool(value)
 
 
 def _epoch_keys(seed, epoch, n):
@@ -95,8 +90,8 @@ class DeviceLoader:
             raise ValueError(f"labels must be class indices (>= 0, within int64), got values in "
                              f"[{labels.min()}, {labels.max()}]")
         self.batch_size = _check_int("batch_size", batch_size, 1, "e.g. batch_size=512")
-        self.shuffle, self.augment, self.drop_last = (_check_bool("shuffle", shuffle), _check_bool("augment", augment),
-                                                      _check_bool("drop_last", drop_last))
+        self.shuffle, self.augment, self.drop_last = (check_bool("shuffle", shuffle), check_bool("augment", augment),
+                                                      check_bool("drop_last", drop_last))
         if drop_last and self.batch_size > n:
             raise ValueError(f"batch_size={batch_size} with drop_last=True and only {n} images would yield "
                              f"no batch; use batch_size <= {n} or drop_last=False")
@@ -115,7 +110,7 @@ class DeviceLoader:
         if fused not in (None, True, False):
             raise ValueError(f"fused={fused!r} must be None (the kernel where there is a target), True or False")
         self.fused = fused
-        self.channels_last = _check_bool("channels_last", channels_last)
+        self.channels_last = check_bool("channels_last", channels_last)
         self.dtype = np.dtype(dtype)
         if self.dtype not in precision.DTYPES:
             raise TypeError(f"dtype={self.dtype} must be {precision.DTYPE_NAMES}")

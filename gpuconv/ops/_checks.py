@@ -184,11 +184,17 @@ def output_hw(x_shape, filt_hw, stride, padding=None, floor=None):
                 conv_output_size(x_shape[3], filt_hw[1], stride[1], pw, "width", padded, floor))
 
 
+def check_bool(name, value, hint="") -> bool:
+    """``value`` as a bool: True or False (NumPy's too) only; a word from a config file would be
+    true whatever it says (``bool("no")`` is True), a number would pass for a switch."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}{hint}")
+    return bool(value)
+
+
 def check_floor(floor) -> bool:
     """``floor`` as a bool: True or False only (``floor="no"`` would be true)."""
-    if not isinstance(floor, (bool, np.bool_)):
-        raise TypeError(f"floor must be True or False, got {floor!r}")
-    return bool(floor)
+    return check_bool("floor", floor)
 
 
 def cached(name: str) -> str:
