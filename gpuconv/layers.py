@@ -42,7 +42,7 @@ from .backend import (Device, copy_like, device_id, device_of, get_array_module,
                       is_cupy_array, to_device)
 from .counter_rng import check_seed
 from .graphs import REPLAYED_WAY_OUT
-from .ops._checks import check_array, check_floor, whole_float_hint
+from .ops._checks import check_array, check_float, check_floor, whole_float_hint
 from .ops.scale import check_factor
 from .precision import DTYPES, bfloat16, round_once, upcast
 
@@ -258,14 +258,10 @@ class Parameter:
 def _check_parameter_data(data, name):
     """A parameter's array: a NumPy or CuPy array of a float dtype, which the optimizers update in
     place (a list or a Python number failed in the first step, an integer array at its cast)."""
-    is_array = isinstance(getattr(data, "dtype", None), np.dtype) and hasattr(data, "shape") \
-        and not isinstance(data, np.generic)
-    if not is_array:
-        raise TypeError(f"Parameter {name!r}: data must be a numpy or cupy array, got {type(data).__name__}: wrap it "
-                        "first, e.g. Parameter(np.asarray(data, dtype=np.float32))")
-    if data.dtype not in DTYPES:
-        raise TypeError(f"Parameter {name!r}: data has dtype {data.dtype}, but parameters are updated by float "
-                        "arithmetic: pass data.astype(np.float32) (np.float64 for gradient checks)")
+    try:
+        check_float("data", data)  # (a torch tensor is told how to convert it)
+    except TypeError as exc:
+        raise TypeError(f"Parameter {name!r}: {exc}") from None
 
 
 class LoadResult(NamedTuple):

@@ -974,10 +974,25 @@ def test_pytorchs_factory_arguments_device_and_dtype():
         Linear(3, 4, dtype=np.float16)
 
 
+class _FakeTensor:
+    """What check_array knows a torch.Tensor by (a dtype of its own, detach and cpu), without torch."""
+    __module__, dtype, shape, ndim = "torch", "torch.float32", (2,), 1
+
+    def detach(self):
+        return self
+
+    def cpu(self):
+        return self
+
+
+_FakeTensor.__name__ = "Tensor"
+
+
 @pytest.mark.parametrize("data, match", [([1.0, 2.0], "numpy or cupy array, got list.*np.asarray"),
                                          (3.0, "numpy or cupy array, got float"),
                                          (np.float32(3.0), "numpy or cupy array, got float32"),
-                                         (np.array([1, 2]), "dtype int64.*astype")])
+                                         (np.array([1, 2]), "dtype int64.*astype"),
+                                         (_FakeTensor(), r"got torch.Tensor.*data.detach\(\).cpu\(\).numpy\(\)")])
 def test_a_parameter_of_a_list_a_number_or_integers_is_refused_by_name(data, match):
     """A PyTorch user's nn.Parameter holds a tensor; here a list or a number failed at the first
     optimizer step (an AttributeError on .shape, also in repr) and integers at SGD's cast."""
