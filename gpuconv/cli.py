@@ -219,7 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cpu | cuda | cuda:N | sim | auto (default: $GPUCONV_DEVICE, else auto = a GPU if usable)")
     t.add_argument("--data", default=None, help="CIFAR-10 directory or tarball (else $GPUCONV_DATA when set, "
                    "else ~/.cache/gpuconv; downloaded there when absent)")
-    t.add_argument("--out", default="runs/latest", help="output directory (default runs/latest)")
+    # (expanded as the Trainer expands its out_dir: --out=~/runs/x, whose ~ no shell expands after '=')
+    t.add_argument("--out", type=os.path.expanduser, default="runs/latest",
+                   help="output directory (default runs/latest)")
     resume = t.add_mutually_exclusive_group()  # one or the other: both together started a new run
     resume.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz (an error if there is none)")
     resume.add_argument("--resume-if-exists", action="store_true",

@@ -187,6 +187,23 @@ def test_evaluate_tta_levels(trained, capsys):
         cli.build_parser().parse_args(["evaluate", "--checkpoint", "x", "--tta", "5"])
 
 
+def test_train_out_with_a_tilde_is_in_the_home_directory_for_the_command_as_for_the_trainer(tmp_path, capsys,
+                                                                                            monkeypatch):
+    """--out=~/run (no shell expands a ~ after '='): the Trainer wrote into the home directory while
+    the command locked, checked and resumed ./~/run, so --resume found no checkpoint there."""
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir(), cwd.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(cwd)
+    argv = ["train", "--model", "seed", "--epochs", "1", "--limit", "300", "--val-split", "none", "--data", SUBSET,
+            "--out=~/run", "--no-progress"]
+    rc, _, err = run(argv, capsys)
+    assert rc == 0, err
+    assert (home / "run" / "checkpoint.npz").exists() and not list(cwd.iterdir())
+    rc, _, err = run([*argv, "--resume"], capsys)
+    assert rc == 0 and "resuming from" in err, err
+
+
 def test_evaluate_says_when_the_images_were_trained_on(tmp_path, capsys):
     rc, _, err = run(["train", "--model", "seed", "--epochs", "1", "--limit", "300", "--val-split", "none",
                       "--data", SUBSET, "--out", tmp_path, "--no-progress"], capsys)
