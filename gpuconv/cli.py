@@ -1056,8 +1056,13 @@ def _format_warning(message, category, filename, lineno, line=None):
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:  # (read once, before the command: a typo there is named as any error is, not a traceback)
+        debug = _env.flag("GPUCONV_DEBUG")
+    except ValueError as exc:
+        _say(f"gpuconv {args.command}: error: {exc}")
+        return 1
     formatwarning = warnings.formatwarning
-    if not _env.flag("GPUCONV_DEBUG"):
+    if not debug:
         warnings.formatwarning = _format_warning
     try:
         return COMMANDS[args.command](args)
@@ -1068,7 +1073,7 @@ def main(argv=None) -> int:
         silence(sys.stdout)
         return 141
     except (ValueError, TypeError, KeyError, OSError, RuntimeError, MemoryError) as exc:  # KeyError: state-dict keys
-        if _env.flag("GPUCONV_DEBUG"):
+        if debug:
             raise  # the full traceback, for bug reports
         _say(f"gpuconv {args.command}: error: {exc} (set GPUCONV_DEBUG=1 for a traceback)")
         return 1

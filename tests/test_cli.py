@@ -98,6 +98,15 @@ def test_a_python_warning_reads_as_the_commands_own(tmp_path):
     assert cli.main(["summary", "--model", "seed"]) == 0 and warnings.formatwarning is before  # put back
 
 
+def test_a_gpuconv_debug_typo_is_named_not_a_traceback(monkeypatch, capsys):
+    """GPUCONV_DEBUG=maybe: main read it before the command to format warnings and raised its
+    ValueError as a traceback, even for a command that failed in nothing (gpuconv info ran before);
+    it is now named as the command's error, and no command runs."""
+    monkeypatch.setenv("GPUCONV_DEBUG", "maybe")
+    rc, out, err = run(["info"], capsys)
+    assert rc == 1 and out == "" and err.startswith("gpuconv info: error: GPUCONV_DEBUG='maybe': give 1"), err
+
+
 def test_piped_output_gets_plain_lines_not_bar_frames(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "gpuconv", "train", "--model", "seed", "--epochs", "1", "--limit",
                            "256", "--batch-size", "32", "--log-every", "2", "--data", str(SUBSET), "--out",
