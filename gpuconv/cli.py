@@ -217,8 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=WIDTH_HELP)
     t.add_argument("--device", type=_device, default=_default_device(),
                    help="cpu | cuda | cuda:N | sim | auto (default: $GPUCONV_DEVICE, else auto = a GPU if usable)")
-    t.add_argument("--data", default=None, help="CIFAR-10 directory or tarball (else $GPUCONV_DATA when set, "
-                   "else ~/.cache/gpuconv; downloaded there when absent)")
+    t.add_argument("--data", default=None, help="CIFAR-10 directory or tarball (a resumed run: else the data it "
+                   "trained on, where it still is; else $GPUCONV_DATA when set, else ~/.cache/gpuconv; downloaded "
+                   "there when absent)")
     # (expanded as the Trainer expands its out_dir: --out=~/runs/x, whose ~ no shell expands after '=')
     t.add_argument("--out", type=os.path.expanduser, default="runs/latest",
                    help="output directory (default runs/latest)")
@@ -246,8 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="evaluate a checkpoint on test_batch (or the held-out split)")
     e.add_argument("--checkpoint", required=True, help="a checkpoint.npz written by `gpuconv train`")
-    e.add_argument("--data", default=None, help="CIFAR-10 directory or tarball (else $GPUCONV_DATA when set, "
-                   "else the data the run trained on where it still is, else ~/.cache/gpuconv; downloaded there "
+    e.add_argument("--data", default=None, help="CIFAR-10 directory or tarball (else the data the run trained "
+                   "on, where it still is; else $GPUCONV_DATA when set, else ~/.cache/gpuconv; downloaded there "
                    "when absent); without test_batch, the split held out in training")
     e.add_argument("--device", type=_device, default=_default_device(),
                    help="cpu | cuda | cuda:N | sim | auto (default: $GPUCONV_DEVICE, else auto)")
@@ -629,10 +630,7 @@ def _train(args) -> int:
         _say(f"note: --cuda-graph replays steps on a GPU; on {device} each step runs as it is")
     _note_autotune_off_gpu(s["autotune"], device)
     recorded = stored.get("data")  # the training data the run recorded (None: written before runs did)
-    data = args.data
-    if data is None and recorded and Path(recorded["path"]).exists():
-        data = recorded["path"]  # a resumed run continues on its own data, not on whatever a search finds
-        _say(f"resuming on the run's data: {data}")
+    data = _runs_data(args.data, recorded, "resuming on")
     cifar = _load_data(data)
     if cifar.train is None:
         raise FileNotFoundError(f"{cifar.root} holds test_batch alone, no training batches (data_batch_1..5): it "
@@ -734,6 +732,17 @@ def _record_tta(path, tta):
 
 
 # ----------------------------------------------------------------------------- evaluate
+def _runs_data(data, recorded, doing):
+    """The data a command on a run's checkpoint loads: ``--data`` when given, else the data the run
+    recorded training on (``recorded``, None for a checkpoint written before runs recorded it) where
+    it still is, said with ``doing`` (a resumed run continues on its own images, an evaluation scores
+    the split it held out, not whatever $GPUCONV_DATA or the cache holds), else None (the search)."""
+    if data is None and recorded and Path(recorded["path"]).exists():
+        data = recorded["path"]
+        _say(f"{doing} the run's data: {data} (--data picks other data)")
+    return data
+
+
 def cmd_evaluate(args) -> int:
     from . import amp, backend
     from .checkpoint import load_checkpoint, read_config, section
@@ -750,12 +759,7 @@ def cmd_evaluate(args) -> int:
     with backend.default_device(device):  # the weights are checked against the model before any data loads
         model = model_from_config(config)
         model.load_state_dict(section(arrays, "model"))
-    data = args.data
-    recorded = config.get("data")  # where the run's training data was (None: written before runs recorded it)
-    if data is None and not os.environ.get("GPUCONV_DATA") and recorded and Path(recorded["path"]).exists():
-        data = recorded["path"]  # its held-out split is there, not in a download
-        _say(f"evaluating on the run's data: {data} (--data picks other data)")
-    cifar = _load_data(data)
+    cifar = _load_data(_runs_data(args.data, config.get("data"), "evaluating on"))
     if cifar.test is not None:
         images, labels, split_desc = cifar.test.images, cifar.test.labels, f"test_batch ({len(cifar.test)} images)"
         split_name, held_out = "test_batch", True

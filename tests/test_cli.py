@@ -150,7 +150,7 @@ def test_a_bare_tta_before_an_input_says_to_write_the_level(trained, capsys):
 
 
 def test_evaluate_without_data_takes_the_runs_own(trained, capsys, monkeypatch, tmp_path):
-    """evaluate without --data (nor $GPUCONV_DATA) looked in ~/.cache/gpuconv and downloaded the
+    """evaluate without --data looked in $GPUCONV_DATA or ~/.cache/gpuconv and downloaded the
     163 MB release there, though the checkpoint records where its training data is: the split
     the run held out is there, and train --resume continues on it."""
     from gpuconv.data import cifar10
@@ -162,6 +162,10 @@ def test_evaluate_without_data_takes_the_runs_own(trained, capsys, monkeypatch, 
     alone = json.loads(out)
     rc, out, _ = run(["evaluate", "--checkpoint", trained / "checkpoint.npz", "--json", "--data", SUBSET], capsys)
     assert rc == 0 and json.loads(out) == alone
+    # the run's data before $GPUCONV_DATA, as train --resume takes it: its held-out split is there
+    monkeypatch.setenv("GPUCONV_DATA", str(tmp_path / "other"))
+    rc, out, err = run(["evaluate", "--checkpoint", trained / "checkpoint.npz", "--json"], capsys)
+    assert rc == 0 and f"evaluating on the run's data: {SUBSET.resolve()}" in err and json.loads(out) == alone, err
 
 
 def test_predict_names_an_input_that_holds_no_images(trained, capsys, tmp_path):
