@@ -89,7 +89,9 @@ def summarize(model, input_shape) -> list[dict]:
 
 def _one_input(input_shape) -> tuple:
     """``input_shape`` as a tuple of ints >= 1 (one input's shape, e.g. (3, 32, 32))."""
-    shape = tuple(input_shape) if isinstance(input_shape, (tuple, list)) else None
+    one_d = isinstance(input_shape, np.ndarray) and input_shape.ndim == 1  # (np.array([3, 32, 32]), x.shape[1:]'s kin)
+    shape = tuple(input_shape.tolist() if one_d else input_shape) if one_d or isinstance(input_shape, (tuple, list)) \
+        else None
     if not shape or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in shape):
         raise TypeError(f"input_shape must be one input's shape, a tuple of ints >= 1 without the batch axis, e.g. "
                         f"(3, 32, 32) for CIFAR images; got {input_shape!r}")

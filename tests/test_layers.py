@@ -1002,14 +1002,14 @@ def test_a_parameter_of_a_list_a_number_or_integers_is_refused_by_name(data, mat
 
 def test_summary_says_its_input_shape_is_one_inputs_without_the_batch_axis():
     """torchinfo's (1, 3, 32, 32) got the first conv's 5-D complaint alone, and a bare 32 'int
-    object is not iterable'; both now say what input_shape is. A list and a 1-D shape (an MLP's)
-    are fine."""
+    object is not iterable'; both now say what input_shape is. A list, a 1-D NumPy array and a 1-D
+    shape (an MLP's) are fine."""
     net = Sequential(Conv2d(3, 4, 3, padding=1, seed=0), Flatten(), Linear(4 * 8 * 8, 2, seed=1))
     with pytest.raises(ValueError, match=r"got shape \(1, 1, 3, 8, 8\).*one input's shape without the batch axis"):
         net.summary((1, 3, 8, 8))
     with pytest.raises(TypeError, match=r"input_shape must be one input's shape.*got 32"):
         net.summary(32)
-    assert net.summary([3, 8, 8]) == net.summary((3, 8, 8))
+    assert net.summary([3, 8, 8]) == net.summary((3, 8, 8)) == net.summary(np.array([3, 8, 8]))
     assert "Linear" in Sequential(Linear(5, 2, seed=0)).summary((5,))
 
 

@@ -129,8 +129,9 @@ def conv_output_size(in_size, filt, stride, pad, axis_name="width", padded=True,
     window take no part; None: an op that has no such option, whose message does not offer it).
     The message names the axis's own letter (H for the height);
     ``padded=False`` (pooling, which takes no padding) drops P from the rule and from the fix.
-    Memoized per value and type (every launch asks, about a network's few sizes; errors are not
-    kept), so an answer has the type it would have had computed."""
+    Memoized per value and type (every convolution and pooling launch asks the memo, through
+    :func:`output_hw`, which skips this function's argument checks; errors are not kept), so an
+    answer has the type it would have had computed."""
     for name, v, minimum in (("in_size", in_size, 0), ("filt", filt, 1), ("stride", stride, 1), ("pad", pad, 0)):
         whole = isinstance(v, numbers.Integral) or (getattr(v, "ndim", None) == 0 and v.dtype.kind in "iu")
         if isinstance(v, (bool, np.bool_)) or not whole:
