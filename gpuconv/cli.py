@@ -660,7 +660,8 @@ def _train(args) -> int:
     if s["model"] == "fast" and s["batch_size"] > len(train) // 8 and suggest < s["batch_size"]:
         _say(f"note: batch size {s['batch_size']} gives only {math.ceil(len(train) / s['batch_size'])} steps per "
              f"epoch on {len(train)} images; --batch-size {suggest} suits a subset this small better")
-    _say(f"training {s['model']} (recipe {s['recipe']}) on {device} ({len(train)} images, {s['epochs']} epoch{'' if s['epochs'] == 1 else 's'}, batch {s['batch_size']}, "
+    epochs = f"{s['epochs']} epoch{'' if s['epochs'] == 1 else 's'}"
+    _say(f"training {s['model']} (recipe {s['recipe']}) on {device} ({len(train)} images, {epochs}, batch {s['batch_size']}, "
          f"lr {s['lr']}, {s['schedule']}, {s['precision']}); validation: {val_desc}; output: {args.out}")
 
     if device.is_cuda:
