@@ -17,6 +17,7 @@ with Pillow (area averaging when shrinking): :func:`load_images`.
 """
 from __future__ import annotations
 
+import os
 import pathlib
 
 import numpy as np
@@ -196,9 +197,12 @@ def load_images(paths, input_dim=(3, *INPUT_HW)):
     """(uint8 images (N, C, H, W), [(source, index in source)]) from image files (turned upright as
     their EXIF orientation says, converted to RGB, or to grayscale for one channel, and resized to
     H x W) and ``.npy`` files of uint8 images (N, H, W, C) or (N, C, H, W). ``input_dim``: the
-    (C, H, W) the model takes (a TrainedModel's ``input_dim``; CIFAR-10's by default)."""
+    (C, H, W) the model takes (a TrainedModel's ``input_dim``; CIFAR-10's by default). ``paths``: a
+    list of paths, or one path."""
     from PIL import Image
     c, h, w = input_dim
+    if isinstance(paths, (str, bytes, os.PathLike)):  # one file (iterating a str would give its characters)
+        paths = [paths]
     out, sources = [], []
     for p in (pathlib.Path(q).expanduser() for q in paths):  # ('~/cat.png' from Python, as the shell gives it)
         if p.is_dir():

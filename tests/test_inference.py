@@ -111,6 +111,18 @@ def test_image_paths_with_a_tilde_are_in_the_home_directory(tmp_path, monkeypatc
     assert images.shape == (2, 3, 32, 32) and sources[0] == (str(tmp_path / "digits.npy"), 0)
 
 
+def test_one_image_path_is_one_image(tmp_path):
+    """load_images("cat.png") iterated the string's characters and said '/' was a directory."""
+    from PIL import Image
+    from gpuconv.inference import load_images
+    x = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(x).save(tmp_path / "cat.png")
+    for path in (str(tmp_path / "cat.png"), tmp_path / "cat.png"):
+        images, sources = load_images(path)
+        np.testing.assert_array_equal(images, x.transpose(2, 0, 1)[None])
+        assert sources == [(str(tmp_path / "cat.png"), 0)]
+
+
 def test_precision_auto_is_resolved_for_the_models_device(tmp_path):
     """`gpuconv predict --precision auto` resolves 'auto' for its device; model.predict(...,
     precision='auto'), TrainedModel(precision='auto') and evaluate(precision='auto') refused it
