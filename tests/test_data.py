@@ -511,6 +511,8 @@ def test_train_val_split_by_fraction(subset):
     other = D.train_val_split(s, val_fraction=0.1, seed=4)[1]
     np.testing.assert_array_equal(again.images, val.images)
     assert not np.array_equal(other.labels, val.labels)
+    # a NumPy fraction (np.float32(0.1) read from an array) was refused as "not a number"
+    np.testing.assert_array_equal(D.train_val_split(s, val_fraction=np.float32(0.1), seed=3)[1].images, val.images)
 
 
 @pytest.mark.parametrize("kwargs, match", [

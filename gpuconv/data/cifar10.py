@@ -223,7 +223,9 @@ def train_val_split(split: Split, val_fraction: float | None = None, val_batch: 
         train_idx = np.setdiff1d(np.arange(n), val_idx, assume_unique=True)
         return (Split(split.images[train_idx], split.labels[train_idx], rest),
                 Split(split.images[val_idx], split.labels[val_idx]))
-    if not isinstance(val_fraction, (float, int)) or not 0 < val_fraction < 1:
+    # (NumPy scalars too: np.float32(0.1), a fraction read from an array, is no Python float)
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (float, int, np.floating, np.integer)) \
+            or not 0 < val_fraction < 1:
         raise ValueError(f"train_val_split: val_fraction={val_fraction!r} must be a number strictly "
                          "between 0 and 1, e.g. 0.1")
     n_val = min(max(int(round(n * val_fraction)), 1), n - 1)
