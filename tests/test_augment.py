@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpuconv.data import (CIFAR10_MEAN, CIFAR10_STD, crop_flip, normalize, random_crop, random_flip,
+from gpuconv.data import (CIFAR10_MEAN, CIFAR10_STD, crop_flip, cutout, normalize, random_crop, random_flip,
                           read_cifar10)
 
 
@@ -122,6 +122,16 @@ def test_constants_agree_with_the_real_images(subset_dir):
      r"offsets_y must lie in \[0, 2 \* padding\] = \[0, 4\].*\[-1, 0\]"),
     (lambda: crop_flip(images(2), np.zeros(2, int), np.array([0, 5]), padding=2), ValueError,
      r"offsets_x must lie in \[0, 2 \* padding\] = \[0, 4\].*\[0, 5\]"),
+    # float offsets failed deep inside with NumPy's "arrays used as indices must be of integer type"
+    (lambda: crop_flip(images(2), np.zeros(2), np.zeros(2), padding=2), TypeError,
+     r"offsets_y must hold integer pixel positions .* got dtype float64: pass offsets_y.astype\(np.int64\)"),
+    # a corner out of [0, H - size] cut part of a square, or none, silently
+    (lambda: cutout(images(2, h=8, w=8).astype(np.float32), np.array([-3, 0]), np.zeros(2, int), 4), ValueError,
+     r"corner_y must lie in \[0, H - size\] = \[0, 4\].*\[-3, 0\]"),
+    (lambda: cutout(images(2, h=8, w=8).astype(np.float32), np.zeros(2, int), np.array([0, 5]), 4), ValueError,
+     r"corner_x must lie in \[0, W - size\] = \[0, 4\].*\[0, 5\]"),
+    (lambda: cutout(images(2).astype(np.float32), np.full(2, 1.5), np.zeros(2, int), 4), TypeError,
+     r"corner_y must hold integer pixel positions"),
 ])
 def test_bad_arguments(call, err, match):
     with pytest.raises(err, match=match):

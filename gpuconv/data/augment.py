@@ -48,6 +48,20 @@ def _check_images(images, name="images"):
                          f"{getattr(images, 'shape', type(images).__name__)}; add a batch axis with x[None]")
 
 
+def _check_positions(name, v, bound, high, what):
+    """Integer pixel positions in [0, high] (``bound`` names ``high`` in the message). Host arrays are
+    range-checked (a negative one would index from the far border, silently); device ones are not:
+    that would read device memory back per batch."""
+    if v is None:
+        return
+    if v.dtype.kind not in "iu":
+        raise TypeError(f"{name} must hold integer pixel positions ({what}), got dtype {v.dtype}: "
+                        f"pass {name}.astype(np.int64) if its values are whole numbers")
+    if isinstance(v, np.ndarray) and v.size and (v.min() < 0 or v.max() > high):
+        raise ValueError(f"{name} must lie in [0, {bound}] = [0, {high}] ({what}), got values in "
+                         f"[{v.min()}, {v.max()}]")
+
+
 def _check_padding(padding):
     if isinstance(padding, bool) or not isinstance(padding, (int, np.integer)) or padding < 0:
         raise ValueError(f"padding={padding!r} must be an integer >= 0 (pixels of zeros on each side), e.g. 4")
@@ -82,12 +96,9 @@ def crop_flip(images, offsets_y=None, offsets_x=None, flip=None, padding=4, padd
             raise ValueError(f"{name} must hold one value per image, shape ({n},), got {tuple(v.shape)}")
     if (offsets_y is None) != (offsets_x is None):
         raise ValueError("crop_flip: give both offsets_y and offsets_x, or neither")
-    # Host offsets are range-checked (a negative one would index from the far border, silently);
-    # device ones are not: that would read device memory back per batch.
     for name, v in (("offsets_y", offsets_y), ("offsets_x", offsets_x)):
-        if isinstance(v, np.ndarray) and v.size and (v.min() < 0 or v.max() > 2 * _check_padding(padding)):
-            raise ValueError(f"{name} must lie in [0, 2 * padding] = [0, {2 * padding}] (the window's corner in the "
-                             f"padded image; {padding} is no shift), got values in [{v.min()}, {v.max()}]")
+        _check_positions(name, v, "2 * padding", 2 * _check_padding(padding) if v is not None else 0,
+                         f"the window's corner in the padded image; {padding} is no shift")
     src, rows, cols = images, xp.arange(h)[None, :], xp.arange(w)[None, :]
     if offsets_y is not None:
         p = _check_padding(padding)
@@ -150,6 +161,9 @@ def cutout(images, corner_y, corner_x, size):
     for name, v in (("corner_y", corner_y), ("corner_x", corner_x)):
         if tuple(v.shape) not in ((n,), (n, 1)):
             raise ValueError(f"{name} must hold one value per image, shape ({n},), got {tuple(v.shape)}")
+    # (out of range, a square was cut partly or not at all, silently)
+    _check_positions("corner_y", corner_y, "H - size", h - size, "the square's top row")
+    _check_positions("corner_x", corner_x, "W - size", w - size, "the square's left column")
     dy = xp.arange(h)[None, :] - corner_y.reshape(n, 1)
     dx = xp.arange(w)[None, :] - corner_x.reshape(n, 1)
     inside = ((dy >= 0) & (dy < size))[:, None, :, None] & ((dx >= 0) & (dx < size))[:, None, None, :]
