@@ -145,12 +145,26 @@ def as_nchw(images, input_dim=(3, *INPUT_HW)) -> np.ndarray:
         fix = ("for integer pixels 0-255 (a list of ints is int64) use np.asarray(images, dtype=np.uint8)"
                if a.dtype.kind in "iu" else "for float images in [0, 1] use (x * 255).round().astype(np.uint8)")
         raise TypeError(f"images must be uint8 pixels 0-255, got dtype {a.dtype}; {fix}")
+    given = tuple(a.shape)  # (as the caller gave it, for the message)
     if a.ndim == 3:
         a = a[None]
     c, h, w = input_dim
     if a.ndim != 4 or c not in (a.shape[1], a.shape[3]):
-        raise ValueError(f"images must be shaped (N, {h}, {w}, {c}) or (N, {c}, {h}, {w}), got {tuple(a.shape)}"
-                         + ("" if c == 3 else f" (the model takes {c}-channel images: as many as its mean and std have)"))
+        if a.ndim == 4 and c == 3 and 1 in (a.shape[1], a.shape[3]):
+            axis = 1 if a.shape[1] == 1 else 3
+            fix = f": for grayscale images repeat the channel, np.repeat(images, 3, axis={axis})"
+        elif a.ndim == 4 and c == 3 and a.shape[3] == 4:
+            fix = ": for RGBA images drop the alpha channel, images[..., :3]"
+        elif a.ndim == 4 and c == 3 and a.shape[1] == 4:
+            fix = ": for RGBA images drop the alpha channel, images[:, :3]"
+        elif len(given) == 3 and given[1:] == (h, w) and c == 1:
+            fix = ": for a batch of grayscale images (N, H, W) add the channel axis, images[:, None]"
+        elif len(given) == 3 and given[1:] == (h, w):
+            fix = (" (a 3-d array is one image): for a batch of grayscale images (N, H, W) use "
+                   f"np.repeat(images[:, None], {c}, axis=1)")
+        else:
+            fix = "" if c == 3 else f" (the model takes {c}-channel images: as many as its mean and std have)"
+        raise ValueError(f"images must be shaped (N, {h}, {w}, {c}) or (N, {c}, {h}, {w}), got {given}{fix}")
     if a.shape[1] != c:
         a = a.transpose(0, 3, 1, 2)
     if tuple(a.shape[2:]) != (h, w):

@@ -123,6 +123,23 @@ def test_one_image_path_is_one_image(tmp_path):
         assert sources == [(str(tmp_path / "cat.png"), 0)]
 
 
+@pytest.mark.parametrize("shape, input_dim, match", [
+    # a grayscale batch was reported as the (1, 2, 32, 32) it had been reshaped to
+    ((2, 32, 32), (3, 32, 32), r"got \(2, 32, 32\) \(a 3-d array is one image\).*np\.repeat\(images\[:, None\], 3, axis=1\)"),
+    ((2, 28, 28), (1, 28, 28), r"got \(2, 28, 28\): .* images\[:, None\]"),
+    ((2, 1, 32, 32), (3, 32, 32), r"got \(2, 1, 32, 32\): for grayscale .*np\.repeat\(images, 3, axis=1\)"),
+    ((2, 32, 32, 1), (3, 32, 32), r"np\.repeat\(images, 3, axis=3\)"),
+    ((2, 32, 32, 4), (3, 32, 32), r"got \(2, 32, 32, 4\): for RGBA .*images\[\.\.\., :3\]"),
+    ((2, 4, 32, 32), (3, 32, 32), r"images\[:, :3\]"),
+    ((2, 5, 32, 32), (3, 32, 32), r"got \(2, 5, 32, 32\)$"),
+])
+def test_images_of_other_channels_are_refused_with_the_fix(shape, input_dim, match):
+    """Grayscale and RGBA arrays were refused without saying how to make RGB ones."""
+    from gpuconv.inference import as_nchw
+    with pytest.raises(ValueError, match=match):
+        as_nchw(np.zeros(shape, np.uint8), input_dim)
+
+
 def test_precision_auto_is_resolved_for_the_models_device(tmp_path):
     """`gpuconv predict --precision auto` resolves 'auto' for its device; model.predict(...,
     precision='auto'), TrainedModel(precision='auto') and evaluate(precision='auto') refused it
