@@ -228,6 +228,9 @@ def test_truncated_batch_names_the_file(subset_dir, isolated):
     ("not_dict", "data_batch_3: holds a list"),
     ("channels_last", r"data_batch_3: 'data' is a uint8 array of shape \(4, 32, 32, 3\)"),
     ("missing", "data_batch_3 missing"),
+    # fractional labels were truncated to integers (7.7 read as class 7) without a word
+    ("float_labels", r"data_batch_3: 'labels' is not a list of integers \(it holds float64 values such as \[0.0, 1.5"),
+    ("str_labels", r"data_batch_3: 'labels' is not a list of integers \(it holds <U1 values"),
 ])
 def test_damaged_batches(isolated, case, match):
     d = tiny_dir(isolated)
@@ -242,6 +245,10 @@ def test_damaged_batches(isolated, case, match):
         write_batch(p, imgs, [0, 1, 2])
     elif case == "float_data":
         p.write_bytes(pickle.dumps({b"data": imgs.astype(float), b"labels": [0] * 4}, protocol=2))
+    elif case == "float_labels":
+        p.write_bytes(pickle.dumps({b"data": imgs, b"labels": [0.0, 1.5, 2.0, 3.0]}, protocol=2))
+    elif case == "str_labels":
+        p.write_bytes(pickle.dumps({b"data": imgs, b"labels": ["0", "1", "2", "3"]}, protocol=2))
     elif case == "not_dict":
         p.write_bytes(pickle.dumps([imgs], protocol=2))
     elif case == "channels_last":  # re-pickled as (N, H, W, C): refused, not read as scrambled pixels

@@ -164,7 +164,12 @@ def parse_python_batch(data: bytes, where: str) -> tuple[np.ndarray, np.ndarray]
         raise CorruptDataError(f"{where}: 'data' is a {desc}; a CIFAR-10 batch holds a uint8 array of "
                                f"shape (N, 3072) (or (N, 3, 32, 32), channels first). {_REFETCH_SENTENCE}")
     try:
-        labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+        raw = np.asarray(labels)
+        # (a cast would truncate a label 7.7 to 7, or turn '3' into 3, without a word)
+        if raw.dtype.kind not in "iuf" or (raw.dtype.kind == "f" and not np.all(raw == np.round(raw))):
+            bad = raw.ravel()[:3].tolist()
+            raise ValueError(f"it holds {raw.dtype} values such as {bad}")
+        labels = raw.astype(np.int64).reshape(-1)
     except (TypeError, ValueError) as exc:
         raise CorruptDataError(f"{where}: 'labels' is not a list of integers ({exc}). "
                                f"{_REFETCH_SENTENCE}") from exc
