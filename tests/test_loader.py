@@ -71,6 +71,10 @@ def test_same_seed_and_epoch_give_identical_batches(backend):
     assert len(tail) == 2 and d.state_dict() == {"seed": 5, "epoch": 2, "start_batch": 0}
     for (xa, _), (xb, _) in zip(runs[1][2:], tail, strict=True):
         np.testing.assert_array_equal(xa, xb)
+    # a state without its seed failed with a bare KeyError: 'seed'
+    with pytest.raises(KeyError, match=r"the state has no 'seed' \(it has \['epoch'\]\); pass the dict "
+                                       r"DeviceLoader.state_dict\(\) returned"):
+        d.load_state_dict({"epoch": 1})
 
 
 def test_augmented_batches_are_crops_and_flips_of_their_images(backend):

@@ -160,6 +160,10 @@ class DeviceLoader:
         return {"seed": self.seed, "epoch": self.epoch, "start_batch": self.start_batch}
 
     def load_state_dict(self, state: dict):
+        missing = [k for k in ("seed", "epoch") if k not in state]
+        if missing:
+            raise KeyError(f"DeviceLoader.load_state_dict: the state has no {' and no '.join(map(repr, missing))} (it "
+                           f"has {sorted(state)}); pass the dict DeviceLoader.state_dict() returned")
         self.seed = check_seed(state["seed"], "state['seed']")
         self.set_epoch(state["epoch"], state.get("start_batch", 0))
 
