@@ -122,6 +122,10 @@ def test_constants_agree_with_the_real_images(subset_dir):
      r"offsets_y must lie in \[0, 2 \* padding\] = \[0, 4\].*\[-1, 0\]"),
     (lambda: crop_flip(images(2), np.zeros(2, int), np.array([0, 5]), padding=2), ValueError,
      r"offsets_x must lie in \[0, 2 \* padding\] = \[0, 4\].*\[0, 5\]"),
+    # (N, H, W, C) images were flipped along their channels (RGB read as BGR) and cropped along W and C, silently
+    (lambda: random_flip(images(2).transpose(0, 2, 3, 1), rng=0), ValueError,
+     r"images of shape \(2, 32, 32, 3\) look channels-last .* images.transpose\(0, 3, 1, 2\)"),
+    (lambda: random_crop(images(2).transpose(0, 2, 3, 1), rng=0), ValueError, "look channels-last"),
     # float offsets failed deep inside with NumPy's "arrays used as indices must be of integer type"
     (lambda: crop_flip(images(2), np.zeros(2), np.zeros(2), padding=2), TypeError,
      r"offsets_y must hold integer pixel positions .* got dtype float64: pass offsets_y.astype\(np.int64\)"),

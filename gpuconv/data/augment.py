@@ -46,6 +46,11 @@ def _check_images(images, name="images"):
     if not hasattr(images, "ndim") or images.ndim != 4:
         raise ValueError(f"{name} must be a batch of shape (N, C, H, W), got shape "
                          f"{getattr(images, 'shape', type(images).__name__)}; add a batch axis with x[None]")
+    # (N, H, W, C) images would be cropped and flipped along W and C: the colors swapped, silently
+    if images.shape[3] in (1, 3, 4) and min(images.shape[1], images.shape[2]) > 4:
+        raise ValueError(f"{name} of shape {tuple(images.shape)} look channels-last (N, H, W, C); the augmentations "
+                         f"take channels-first (N, C, H, W) images, as gpuconv.data.load_cifar10 returns them: pass "
+                         f"{name}.transpose(0, 3, 1, 2)")
 
 
 def _check_positions(name, v, bound, high, what):
