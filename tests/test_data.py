@@ -541,5 +541,7 @@ def test_split_validation():
         D.Split(np.zeros((2, 3, 32, 32), np.uint8), np.zeros(2, np.int64), batch_sizes=(1, 2))
     single = D.Split(np.zeros((2, 3, 32, 32), np.uint8), np.zeros(2, np.int32))
     assert single.labels.dtype == np.int64 and single.batch_sizes == (2,) and len(single) == 2
+    with pytest.raises(ValueError, match=r"class indices within int64, got 9223372036854775808"):  # (wrapped to -2**63)
+        D.Split(np.zeros((1, 3, 32, 32), np.uint8), np.array([2**63], np.uint64))
     with pytest.raises(ValueError, match="single file"):
         D.train_val_split(single, val_batch=1)

@@ -45,6 +45,9 @@ class Split:
         if self.labels.ndim != 1 or self.labels.dtype.kind not in "iu" or len(self.labels) != len(self.images):
             raise ValueError(f"Split.labels must be integers of shape ({len(self.images)},), got "
                              f"{self.labels.dtype} {self.labels.shape}")
+        # (a uint64 label past int64's range would wrap to a negative class, silently)
+        if self.labels.dtype == np.uint64 and self.labels.size and int(self.labels.max()) > np.iinfo(np.int64).max:
+            raise ValueError(f"Split.labels must be class indices within int64, got {int(self.labels.max())}")
         self.labels = self.labels.astype(np.int64, copy=False)
         self.batch_sizes = (len(self.images),) if self.batch_sizes is None else tuple(map(int, self.batch_sizes))
         if sum(self.batch_sizes) != len(self.images):
