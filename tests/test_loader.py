@@ -194,6 +194,11 @@ def test_real_subset_batches_are_normalized(subset_dir, backend):
         train = read_cifar10(subset_dir).train
     loader = DeviceLoader.from_split(train, 512, drop_last=True)
     assert len(loader) == 10 and "5170 images" in repr(loader)
+    # the subset has no test_batch: from_split(cifar.test) failed with AttributeError: 'NoneType' ... 'images'
+    with pytest.raises(ValueError, match=r"split is None: .*no test_batch.*train_val_split\(cifar.train, val_batch=5\)"):
+        DeviceLoader.from_split(None, 512)
+    with pytest.raises(TypeError, match=r"got tuple; for arrays use DeviceLoader\(images, labels, batch_size\)"):
+        DeviceLoader.from_split((train.images, train.labels), 512)
     xb, yb = (backend.asnumpy(a) for a in next(iter(loader)))
     assert xb.shape == (512, 3, 32, 32) and yb.min() >= 0 and yb.max() <= 9
     assert abs(xb.mean()) < 0.15 and 0.85 < xb.std() < 1.15

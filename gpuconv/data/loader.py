@@ -141,6 +141,13 @@ class DeviceLoader:
     @classmethod
     def from_split(cls, split, batch_size, **kwargs):
         """A loader over a ``gpuconv.data.Split`` (``cifar.train``, ``cifar.test``)."""
+        if split is None:  # (a copy without test_batch has cifar.test None: an AttributeError on 'images' said nothing)
+            raise ValueError("split is None: the data has no such split (cifar.test is None where the copy holds no "
+                             "test_batch); hold out validation images with gpuconv.data.train_val_split(cifar.train, "
+                             "val_batch=5) and pass one of its parts")
+        if not (hasattr(split, "images") and hasattr(split, "labels")):
+            raise TypeError(f"split must be a gpuconv.data.Split (cifar.train, cifar.test), got {type(split).__name__}; "
+                            "for arrays use DeviceLoader(images, labels, batch_size)")
         return cls(split.images, split.labels, batch_size, **kwargs)
 
     def __len__(self):
