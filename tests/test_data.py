@@ -335,6 +335,13 @@ def test_truncated_and_empty_tarballs(subset_dir, isolated):
         t.add(subset_dir / "batches.meta", arcname="x/batches.meta")
     with pytest.raises(D.DataNotFoundError, match="holds no CIFAR-10 batches"):
         D.load_cifar10(empty, download=False)
+    # any other file was called a corrupt tarball to delete (--data README.md)
+    readme = isolated / "README.md"
+    readme.write_text("# my data\n")
+    with pytest.raises(D.DataNotFoundError, match=r"README.md: is neither a tarball nor a file of an extracted "
+                                                  r"CIFAR-10 release. Point root \(--data\) at") as info:
+        D.load_cifar10(readme, download=False)
+    assert "Delete" not in str(info.value) and readme.exists()
 
 
 def test_a_tarball_with_a_flipped_bit_is_corrupt_not_loaded(subset_dir, isolated):

@@ -62,6 +62,9 @@ class DirFiles:
                                     f"permissions or {_REFETCH}") from exc
 
 
+_TAR_SUFFIXES = (".tar", ".gz", ".tgz", ".bz2", ".tbz", ".tbz2", ".xz", ".txz")
+
+
 class TarFiles:
     """The regular-file members of a tarball, by base name (any top folder); a compressed tarball's
     checksum is verified when it is opened."""
@@ -82,6 +85,12 @@ class TarFiles:
         except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as exc:
             if self._tar is not None:  # (its file, else open for each failed load in a long session)
                 self._tar.close()
+            elif isinstance(exc, tarfile.ReadError) and not self.path.name.lower().endswith(_TAR_SUFFIXES):
+                # (--data README.md: no tarball at all, which "delete it" must not be said of)
+                raise DataNotFoundError(
+                    f"{self.path}: is neither a tarball nor a file of an extracted CIFAR-10 release. Point root "
+                    f"(--data) at the directory holding cifar-10-batches-py/ (or its data_batch_* files), or at "
+                    f"the cifar-10-python.tar.gz tarball") from exc
             raise CorruptDataError(
                 f"{self.path}: not a readable tarball ({type(exc).__name__}: {exc}); it is probably "
                 f"truncated or corrupt. Delete it and {_REFETCH}") from exc
