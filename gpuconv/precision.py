@@ -70,6 +70,21 @@ _UNIT_ROUNDOFF = {float64: 2.0 ** -53, float32: 2.0 ** -24, bfloat16: 2.0 ** -8,
 _TINY = {float64: 2.0 ** -1074, float32: 2.0 ** -149, bfloat16: 2.0 ** -133, float16: 2.0 ** -24}
 
 PRECISIONS = ("fp32", "tf32")
+_PRECISION_DTYPES = {"fp64": "float64", "fp32": "float32", "tf32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def check_dtype(dtype, where="dtype") -> np.dtype:
+    """``dtype`` as one of :data:`DTYPES`, or a TypeError naming them. None is refused (NumPy reads it as
+    float64, which a caller meaning "the default" never wants), and a precision name ('bf16') gets its dtype."""
+    name = _PRECISION_DTYPES.get(dtype) if isinstance(dtype, str) else None
+    hint = f": for the precision {dtype!r} pass dtype={name!r}" if name else ""
+    try:
+        dt = None if dtype is None or name else np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt is None or dt not in DTYPES:  # (not just `not in`: float64 == None is True, NumPy coercing None)
+        raise TypeError(f"{where}={dt if dt is not None else repr(dtype)} must be {DTYPE_NAMES}{hint}")
+    return dt
 
 
 def is_low_precision(dtype) -> bool:

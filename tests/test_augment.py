@@ -110,6 +110,10 @@ def test_constants_agree_with_the_real_images(subset_dir):
 @pytest.mark.parametrize("call, err, match", [
     (lambda: normalize(images(2).astype(np.float32)), TypeError, "must be uint8"),
     (lambda: normalize(images(2), dtype=np.int16), TypeError, r"float64, float32, bfloat16 \(ml_dtypes.bfloat16\) or float16"),
+    # a precision name failed in NumPy ("data type 'bf16' not understood"); None was read as float64, silently
+    (lambda: normalize(images(2), dtype="bf16"), TypeError, r"dtype='bf16' must be .*: for the precision 'bf16' pass "
+                                                            r"dtype='bfloat16'"),
+    (lambda: normalize(images(2), dtype=None), TypeError, r"dtype=None must be float64, float32"),
     (lambda: normalize(images(2, c=4)), ValueError, r"one value per channel \(C=4 "),
     (lambda: normalize(images(1)[0]), ValueError, r"\(N, C, H, W\).*x\[None\]"),
     (lambda: random_crop(images(2), padding=-1), ValueError, "padding=-1 must be an integer >= 0"),

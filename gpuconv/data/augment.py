@@ -217,9 +217,7 @@ def normalize(images, mean=CIFAR10_MEAN, std=CIFAR10_STD, dtype=np.float32):
     if images.dtype != np.uint8:
         raise TypeError(f"images must be uint8 (0-255 pixels; mean/std are on that scale), got "
                         f"{images.dtype}; pass the raw images, or images.astype(np.uint8) if they hold 0-255 values")
-    dtype = np.dtype(dtype)
-    if dtype not in precision.DTYPES:
-        raise TypeError(f"dtype={dtype} must be {precision.DTYPE_NAMES}")
+    dtype = precision.check_dtype(dtype)
     check_mean_std(mean, std, images.shape[1])
     return normalized(images, mean, std, dtype)
 

@@ -111,9 +111,7 @@ class DeviceLoader:
             raise ValueError(f"fused={fused!r} must be None (the kernel where there is a target), True or False")
         self.fused = fused
         self.channels_last = check_bool("channels_last", channels_last)
-        self.dtype = np.dtype(dtype)
-        if self.dtype not in precision.DTYPES:
-            raise TypeError(f"dtype={self.dtype} must be {precision.DTYPE_NAMES}")
+        self.dtype = precision.check_dtype(dtype)
         c = images.shape[1]
         if np.size(mean) != c and images.shape[3] == np.size(mean):
             raise ValueError(f"images of shape {tuple(images.shape)} look channels-last (N, H, W, C) but the loader "
