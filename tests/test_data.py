@@ -11,6 +11,7 @@ import hashlib
 import http.server
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -342,6 +343,19 @@ def test_truncated_and_empty_tarballs(subset_dir, isolated):
                                                   r"CIFAR-10 release. Point root \(--data\) at") as info:
         D.load_cifar10(readme, download=False)
     assert "Delete" not in str(info.value) and readme.exists()
+
+
+@pytest.mark.filterwarnings("ignore:.*no test batch:UserWarning")
+def test_a_half_extracted_directory_beside_its_tarball_reads_the_tarball(subset_dir, isolated, subset):
+    """An extraction cut short left cifar-10-batches-py/ with data_batch_1 alone next to the whole
+    tarball, and the load failed on the directory's missing batches."""
+    root = isolated / "half"
+    (root / "cifar-10-batches-py").mkdir(parents=True)
+    shutil.copy(subset_dir / "data_batch_1", root / "cifar-10-batches-py")
+    make_tarball(subset_dir, root / "cifar-10-python.tar.gz")
+    with pytest.warns(UserWarning, match=r"lacks data_batch_2, .*data_batch_5; reading .*cifar-10-python.tar.gz beside it"):
+        c = D.load_cifar10(root, download=False)
+    assert c.root == root / "cifar-10-python.tar.gz" and c.train.fingerprint() == subset.train.fingerprint()
 
 
 def test_a_tarball_with_a_flipped_bit_is_corrupt_not_loaded(subset_dir, isolated):

@@ -112,13 +112,19 @@ def _locate(p: pathlib.Path) -> pathlib.Path | None:
         return None if _cifar100_at(p) else p  # a CIFAR-100 file is no tarball
     if not p.is_dir():
         return None
+    tarball = next((p / t for t in _TARBALLS if (p / t).is_file()), None)
     for d in (p,) + tuple(p / s for s in _SUBDIRS):
-        if d.is_dir() and formats.detect_format({c.name for c in d.iterdir()}):
+        names = {c.name for c in d.iterdir()} if d.is_dir() else set()
+        fmt = formats.detect_format(names)
+        if fmt and tarball is not None and formats.is_incomplete(names, fmt):
+            # (an extraction cut short, the whole release beside it: read that, not fail on the part)
+            warnings.warn(f"{d} lacks {', '.join(formats.missing_batches(names, fmt))}; reading {tarball} beside it "
+                          "instead (delete the directory, or extract the tarball again, to read a directory)",
+                          UserWarning, stacklevel=4)
+            return tarball
+        if fmt:
             return d
-    for t in _TARBALLS:
-        if (p / t).is_file():
-            return p / t
-    return None
+    return tarball
 
 
 def _cifar100_at(p: pathlib.Path) -> bool:

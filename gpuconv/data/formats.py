@@ -223,6 +223,17 @@ def read_classes(files, fmt: str) -> list[str] | None:
     return names
 
 
+def missing_batches(names: set[str], fmt: str) -> list[str]:
+    """The training batch files of format ``fmt`` that ``names`` lacks."""
+    suffix = ".bin" if fmt == "bin" else ""
+    return [n + suffix for n in TRAIN_BATCHES if n + suffix not in names]
+
+
+def is_incomplete(names: set[str], fmt: str) -> bool:
+    """Whether a copy holds some training batches but not all (a copy of test_batch alone is complete)."""
+    return 0 < len(missing_batches(names, fmt)) < len(TRAIN_BATCHES)
+
+
 def read_batches(files, fmt: str):
     """(train parts [(images, labels), ...], test part or None, class names or None). A copy of
     the test split alone (test_batch, no data_batch_*) gives no train parts: evaluation needs
@@ -230,7 +241,7 @@ def read_batches(files, fmt: str):
     suffix = ".bin" if fmt == "bin" else ""
     parse = parse_binary_batch if fmt == "bin" else parse_python_batch
     names = files.names()
-    missing = [n + suffix for n in TRAIN_BATCHES if n + suffix not in names]
+    missing = missing_batches(names, fmt)
     test_name = TEST_BATCH + suffix
     test_only = len(missing) == len(TRAIN_BATCHES) and test_name in names
     if missing and not test_only:
