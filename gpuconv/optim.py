@@ -157,6 +157,10 @@ class Optimizer:
     def __init__(self, params, lr):
         self._lrs = None  # the groups' learning rates on the device (write_lrs)
         self.lr_written_by_owner = False
+        if isinstance(params, (Parameter, dict)) or not hasattr(params, "__iter__"):
+            what = "a Parameter" if isinstance(params, Parameter) else f"a {type(params).__name__}"
+            raise TypeError(f"{type(self).__name__}: params must be an iterable of Parameters or of group dicts, "
+                            f"got {what}; pass model.parameters() (or [p] for a single parameter)")
         params, groups = self._split_groups(list(params))
         if not params:
             raise ValueError(f"{type(self).__name__}: the parameter list is empty; pass model.parameters()")
@@ -206,7 +210,7 @@ class Optimizer:
             if "params" not in g:
                 raise ValueError(f"{type(self).__name__}: parameter group {gi} has no 'params' key; write "
                                  "{'params': [...], 'lr': ...}")
-            ps = list(g["params"])
+            ps = [g["params"]] if isinstance(g["params"], Parameter) else list(g["params"])  # (one, as PyTorch takes it)
             flat += ps
             groups.append((len(ps), {k: v for k, v in g.items() if k != "params"}))
         return flat, groups

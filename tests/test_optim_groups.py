@@ -112,6 +112,22 @@ def test_group_errors(backend):
         Adam([{"params": [a], "weight_decay": -1}])
 
 
+def test_params_that_are_not_an_iterable_of_parameters_are_named(backend):
+    """A single Parameter, or a model, given for ``params`` is refused by name with the fix (it
+    failed inside ``list()`` with "'Parameter' object is not iterable"); a group's ``'params'``
+    may be one Parameter, as PyTorch takes a single tensor there."""
+    from gpuconv.layers import Linear
+    a, b = _p(backend, [1.0]), _p(backend, [2.0])
+    with pytest.raises(TypeError, match=r"SGD: params must be an iterable .* got a Parameter; pass "
+                                        r"model.parameters\(\) \(or \[p\] for a single parameter\)"):
+        SGD(a, lr=0.1)
+    with pytest.raises(TypeError, match=r"Adam: params must be an iterable .* got a Linear; pass model.parameters"):
+        Adam(Linear(2, 2))
+    opt = SGD([{"params": a, "lr": 0.5}, {"params": [b]}], lr=0.1)
+    assert [g["params"] for g in opt.param_groups] == [[a], [b]]
+    assert [g["lr"] for g in opt.param_groups] == [0.5, 0.1]
+
+
 def test_param_groups_read_and_write_as_in_pytorch(backend):
     """``param_groups`` shows 'params' and every value in effect; ``g['lr'] *= 0.1`` decays a
     group's step (the fused update on 'sim' reads it), and a schedule scales it from there."""
