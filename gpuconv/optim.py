@@ -46,7 +46,7 @@ from .backend import array_device_context, copy_like, get_array_module, host_cop
 from .graphs import REPLAYED_WAY_OUT
 from .layers import Parameter, _only, zero_grads
 
-__all__ = ["Optimizer", "ParamGroup", "SGD", "Adam", "AdamW", "Muon", "Chain", "newton_schulz", "replays_schedule", "LRSchedule", "StepLR", "CosineLR", "OneCycleLR", "TriangularLR"]
+__all__ = ["Optimizer", "ParamGroup", "ParamStates", "SGD", "Adam", "AdamW", "Muon", "Chain", "newton_schulz", "replays_schedule", "LRSchedule", "StepLR", "CosineLR", "OneCycleLR", "TriangularLR"]
 
 
 def _nonneg(name, value):
@@ -138,6 +138,25 @@ class ParamGroup(MutableMapping):
         return "ParamGroup({" + shown + "})"
 
 
+class ParamStates(list):
+    """An optimizer's per-parameter states (dicts: slot name -> array, ``'step'`` -> count), a
+    list in the order of its parameters; indexed by a Parameter too, as PyTorch's
+    ``optimizer.state[p]``."""
+
+    def __init__(self, params, states):
+        super().__init__(states)
+        self._params = params
+
+    def __getitem__(self, key):
+        if isinstance(key, Parameter):
+            for i, p in enumerate(self._params):
+                if p is key:
+                    return super().__getitem__(i)
+            raise KeyError(f"parameter {key.name!r} is not one of this optimizer's; index the state of the "
+                           "optimizer built over it")
+        return super().__getitem__(key)
+
+
 class Optimizer:
     """Base class: holds the parameter list, ``lr``, per-parameter state and the state dict logic.
 
@@ -174,7 +193,7 @@ class Optimizer:
         self.params = params
         self.lr = lr
         self.initial_lr = self.lr
-        self.state = [dict() for _ in params]  # per parameter: slot name -> array, 'step' -> int
+        self.state = ParamStates(params, [dict() for _ in params])  # per parameter: slot name -> array, 'step' -> int
         self._group_specs = groups  # [(parameter count, {key: value})], checked in _finish_groups
         self._own_lr = {}  # group index -> the lr it takes instead of the schedule's (set_group_lr)
 
@@ -522,7 +541,7 @@ class Optimizer:
         for name in self._hyper:
             value = _scalar(d[name])
             setattr(self, name, type(getattr(self, name))(value))
-        self.state = states
+        self.state = ParamStates(self.params, states)
 
     def __repr__(self):
         hyper = ", ".join(f"{n}={getattr(self, n)}" for n in self._hyper)
@@ -857,6 +876,15 @@ class Chain(Optimizer):
         super().__init__([p for o in optimizers for p in o.params], lr=1.0)  # a parameter in two: an error
         self.optimizers = tuple(optimizers)
         self._finish_groups()
+
+    @property
+    def state(self):
+        """Every member's per-parameter states, in the chain's parameter order (the members' own dicts)."""
+        return ParamStates(self.params, [st for o in getattr(self, "optimizers", ()) for st in o.state])
+
+    @state.setter
+    def state(self, value):  # (the base class's empty list: the members hold the states)
+        pass
 
     def _lr_set(self):
         for o in getattr(self, "optimizers", ()):

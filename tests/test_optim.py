@@ -447,6 +447,28 @@ def test_restored_state_is_a_copy():
     assert opt2.state[0]["momentum_buffer"][0] == 123.0
 
 
+def test_state_is_indexed_by_parameter_as_in_pytorch_and_a_chain_shows_its_members():
+    """``opt.state[p]`` (PyTorch's spelling) is parameter ``p``'s state, the dict ``opt.state[i]``
+    is, before and after a load (it raised "list indices must be integers"); a Chain's ``state``
+    is its members' (it was a list of empty dicts of its own)."""
+    from gpuconv.optim import Chain
+    p, q, other = Parameter(np.ones((2, 2)), "p"), Parameter(np.ones(3), "q"), Parameter(np.ones(1), "other")
+    opt = SGD([p, q], lr=0.1, momentum=0.9)
+    p.grad, q.grad = np.ones((2, 2)), np.full(3, 2.0)
+    opt.step()
+    assert opt.state[q] is opt.state[1]
+    np.testing.assert_array_equal(opt.state[q]["momentum_buffer"], np.full(3, 2.0))
+    with pytest.raises(KeyError, match="parameter 'other' is not one of this optimizer's"):
+        opt.state[other]
+    opt.load_state_dict(opt.state_dict())
+    np.testing.assert_array_equal(opt.state[p]["momentum_buffer"], np.ones((2, 2)))
+    chain = Chain(Muon([p]), SGD([q], lr=0.1, momentum=0.9))
+    chain.step()
+    assert len(chain.state) == 2
+    assert chain.state[q] is chain.optimizers[1].state[0]
+    np.testing.assert_array_equal(chain.state[1]["momentum_buffer"], np.full(3, 2.0))
+
+
 @pytest.mark.parametrize("how", ["deepcopy", "pickle"])
 @pytest.mark.parametrize("name", ["SGD", "Muon"])
 def test_a_copied_optimizer_steps_as_the_original(how, name):
