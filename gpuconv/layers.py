@@ -1333,13 +1333,14 @@ def zero_grads(params, set_to_none=True):
             p.grad[...] = 0
 
 
-def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False):
+def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False, foreach=None):
     """PyTorch's ``nn.utils.clip_grad_norm_``: scale the gradients of ``parameters`` (a
     Parameter, or several) in place so that their joint ``norm_type``-norm (2, any p >= 1, or
     ``inf``) is at most ``max_norm``; returns that norm before clipping as a 0-d array on the
     gradients' device. Decided on the device: no readback, unless ``error_if_nonfinite`` asks
     to raise on a NaN/Inf norm. Parameters without a gradient take no part. Under fp16 loss
-    scaling the gradients are still scaled: clip after the scaler has unscaled them."""
+    scaling the gradients are still scaled: clip after the scaler has unscaled them. ``foreach``
+    (how PyTorch schedules the same arithmetic) is taken as given."""
     params = [parameters] if isinstance(parameters, Parameter) else list(parameters)
     if isinstance(max_norm, bool) or not isinstance(max_norm, (int, float, np.integer, np.floating)) \
             or not math.isfinite(max_norm) or max_norm <= 0:

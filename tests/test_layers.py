@@ -1109,6 +1109,9 @@ def test_clip_grad_norm_arguments_and_torch():
     with pytest.raises(ValueError, match="norm_type must be >= 1"):
         nn.clip_grad_norm_([p], 1.0, norm_type=0.5)
     assert float(nn.clip_grad_norm_(p, 1.0)) == 0.0  # no gradient: nothing to clip
+    p.grad = np.array([3, 4, 0], np.float32)  # PyTorch's foreach= (how it schedules the sums) is taken
+    assert float(nn.clip_grad_norm_(p, 1.0, 2.0, False, foreach=True)) == pytest.approx(5.0)
+    np.testing.assert_allclose(p.grad, [0.6, 0.8, 0], rtol=1e-5)
     p.grad = np.array([np.inf, 1, 1], np.float32)
     with pytest.raises(RuntimeError, match="NaN or Inf gradient"):
         nn.clip_grad_norm_(p, 1.0, error_if_nonfinite=True)
