@@ -234,7 +234,7 @@ class Trainer:
                           f"{lookahead.every} steps (more epochs or images, a smaller batch) or without lookahead",
                           RuntimeWarning, stacklevel=2)
         self.lookahead, self.total_steps, self.epoch_start = lookahead, total_steps, epoch_start
-        if not (isinstance(log_every, int) and log_every >= 1):
+        if isinstance(log_every, bool) or not (isinstance(log_every, int) and log_every >= 1):
             raise ValueError(f"log_every={log_every!r}: must be an int >= 1 (steps between readbacks), e.g. 50")
         if not (isinstance(progress, bool) or progress == "epoch"):
             raise ValueError(f"progress={progress!r}: use True (a bar per epoch and a summary line after it), "
@@ -248,7 +248,8 @@ class Trainer:
         if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real) \
                 or not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing={label_smoothing!r}: must be in [0, 1), e.g. 0.1")
-        if not (checkpoint_every in ("epoch", None) or (isinstance(checkpoint_every, int) and checkpoint_every > 0)):
+        if isinstance(checkpoint_every, bool) or not (checkpoint_every in ("epoch", None) or (
+                isinstance(checkpoint_every, int) and checkpoint_every > 0)):  # (True would save at every step)
             raise ValueError(f"checkpoint_every={checkpoint_every!r}: use 'epoch', a positive number of steps, "
                              "or None (save only on Ctrl-C)")
         if precision is None:  # the float32 compute mode in effect ('fp32', or 'tf32' after set_precision)
@@ -847,7 +848,7 @@ class Trainer:
         a NaN/Inf loss, :class:`TrainingInterrupted` after Ctrl-C (checkpoint saved),
         :class:`GPUOutOfMemory`, and an OSError naming the file and the intact checkpoint when a
         write of the run's files fails (a full disk)."""
-        if not (isinstance(epochs, int) and epochs >= 1):
+        if isinstance(epochs, bool) or not (isinstance(epochs, int) and epochs >= 1):
             raise ValueError(f"epochs={epochs!r}: must be an int >= 1")
         _check_batches(train_loader, "train_loader")
         _check_batches(val, "val")

@@ -977,6 +977,13 @@ def test_bad_arguments_are_named():
         Trainer(model, None)
     with pytest.raises(ValueError, match="checkpoint_every"):
         Trainer(model, opt, checkpoint_every="sometimes")
+    # a bool is no count (True was taken as 1: a checkpoint written at every step, a readback per step)
+    with pytest.raises(ValueError, match="checkpoint_every=True: use 'epoch'"):
+        Trainer(model, opt, checkpoint_every=True)
+    with pytest.raises(ValueError, match="log_every=True: must be an int >= 1"):
+        Trainer(model, opt, log_every=True)
+    with pytest.raises(ValueError, match="epochs=True: must be an int >= 1"):
+        Trainer(model, opt).fit([], True)
     with pytest.raises(ValueError, match="monitor='on': use 'auto'"):  # (it meant no telemetry, silently)
         Trainer(model, opt, monitor="on")
     for progress in ("epochs", 1, None):  # (a typo once drew progress-bar frames into a log file)
