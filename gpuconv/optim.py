@@ -517,10 +517,10 @@ class Optimizer:
         if saved_sizes and saved_sizes != sizes:
             raise ValueError(f"{type(self).__name__}.load_state_dict: the state dict's parameter groups hold "
                              f"{saved_sizes} parameters, this optimizer's {sizes}: build the same groups")
-        for gi, group in enumerate(self._groups):
-            for key in ("lr",) + self._hyper:  # (a value written into param_groups since construction too)
-                if f"group.{gi}.{key}" in d:
-                    group[key] = self._group_value(gi, key, _scalar(d[f"group.{gi}.{key}"]))
+        # The saved groups' overrides replace this optimizer's (a value written into param_groups since
+        # construction too; a key the saved group did not set follows the optimizer's value, as it did there)
+        groups = [{key: self._group_value(gi, key, _scalar(d[f"group.{gi}.{key}"])) for key in ("lr",) + self._hyper
+                   if f"group.{gi}.{key}" in d} if saved_sizes else dict(group) for gi, group in enumerate(self._groups)]
         states = [dict() for _ in self.params]
         for key, value in d.items():
             if not key.startswith("state."):
@@ -536,6 +536,9 @@ class Optimizer:
                 raise ValueError(f"{type(self).__name__}.load_state_dict: {key!r} has shape {tuple(np.shape(value))}, "
                                  f"parameter {i} ({p.name!r}) has {tuple(p.shape)}: the model differs")
             states[i][name] = copy_like(value, p.data)
+        for group, saved in zip(self._groups, groups):
+            group.clear()
+            group.update(saved)
         self.lr = float(_scalar(d["lr"]))
         self.initial_lr = float(_scalar(d.get("initial_lr", self.initial_lr)))
         for name in self._hyper:

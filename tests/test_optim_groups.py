@@ -88,6 +88,24 @@ def test_group_state_dict_round_trip(backend):
         other.load_state_dict(saved)
 
 
+def test_a_loaded_state_dict_brings_the_saved_groups_values_whole(backend):
+    """As PyTorch's load_state_dict replaces its param_groups' values: a group value the loading
+    optimizer set that the saved group did not (which followed its optimizer's) goes (it was kept:
+    a group trained with the weight decay and lr of neither run); a load that fails changes no group."""
+    a, b = _p(backend, [1.0, 2.0]), _p(backend, [3.0])
+    saved = SGD([{"params": [a]}, {"params": [b], "momentum": 0.5}], lr=0.1, momentum=0.9,
+                weight_decay=0.01).state_dict()
+    opt = SGD([{"params": [a], "lr": 0.5, "weight_decay": 0.0}, {"params": [b]}], lr=0.1, momentum=0.9,
+              weight_decay=0.01)
+    bad = dict(saved, **{"state.0.unknown": np.zeros(2)})
+    with pytest.raises(ValueError, match="unknown state entry 'state.0.unknown'"):
+        opt.load_state_dict(bad)
+    assert (opt.hyper(0)["lr"], opt.hyper(0)["weight_decay"], opt.hyper(1)["momentum"]) == (0.5, 0.0, 0.9)
+    opt.load_state_dict(saved)
+    assert opt.hyper(0) == {"lr": 0.1, "momentum": 0.9, "nesterov": False, "weight_decay": 0.01}
+    assert opt.hyper(1) == {"lr": 0.1, "momentum": 0.5, "nesterov": False, "weight_decay": 0.01}
+
+
 def test_group_errors(backend):
     a, b = _p(backend, [1.0]), _p(backend, [1.0])
     with pytest.raises(ValueError, match=r"group 0 sets 'betas'; a group may set lr, momentum, nesterov, weight_decay"):
