@@ -204,6 +204,16 @@ class Optimizer:
         if name in type(self)._hyper and name in self.__dict__ and getattr(self, "lr_written_by_owner", False) \
                 and self.__dict__[name] != value:
             raise RuntimeError(f"{type(self).__name__}: {name} cannot change while " + REPLAYED_WAY_OUT)
+        if name in type(self)._hyper and "_groups" in self.__dict__:  # a write after construction: checked as it is
+            before = self.__dict__[name]
+            super().__setattr__(name, self._hyper_value(name, name, value))
+            try:
+                for gi in range(len(self._groups)):
+                    self._check_group(gi)
+            except ValueError:
+                super().__setattr__(name, before)
+                raise
+            return
         super().__setattr__(name, value)
 
     def __getstate__(self):
@@ -271,12 +281,17 @@ class Optimizer:
 
     def _group_value(self, gi, key, value):
         """A group's ``key`` checked and of the optimizer's own value's type (bool, int or float)."""
+        return self._hyper_value(f"parameter group {gi}'s {key}", key, value)
+
+    def _hyper_value(self, label, key, value):
+        """``value`` for hyperparameter ``key`` (named ``label`` in the error) checked and of the
+        optimizer's own value's type (bool, int or float)."""
         kind = float if key == "lr" else type(getattr(self, key))
         if kind is bool:
             return bool(value)
-        v = _nonneg(f"parameter group {gi}'s {key}", value)
+        v = _nonneg(label, value)
         if kind is int and not v.is_integer():
-            raise ValueError(f"parameter group {gi}'s {key} must be a whole number, got {value!r}")
+            raise ValueError(f"{label} must be a whole number, got {value!r}")
         return int(v) if kind is int else v
 
     def _group_betas(self, gi, value):
@@ -541,9 +556,8 @@ class Optimizer:
             group.update(saved)
         self.lr = float(_scalar(d["lr"]))
         self.initial_lr = float(_scalar(d.get("initial_lr", self.initial_lr)))
-        for name in self._hyper:
-            value = _scalar(d[name])
-            setattr(self, name, type(getattr(self, name))(value))
+        for name in self._hyper:  # (together: one at a time, a check of the values taken together could refuse one)
+            self.__dict__[name] = type(getattr(self, name))(_scalar(d[name]))
         self.state = ParamStates(self.params, states)
 
     def __repr__(self):
@@ -707,9 +721,9 @@ class Adam(Optimizer):
     def _check_group(self, gi):
         group = self._groups[gi]
         for key in ("beta1", "beta2"):
-            if group.get(key, 0.0) >= 1.0:
+            if group.get(key, getattr(self, key)) >= 1.0:
                 raise ValueError(f"{type(self).__name__}: parameter group {gi}'s {key} must be in [0, 1), "
-                                 f"got {group[key]!r}")
+                                 f"got {group.get(key, getattr(self, key))!r}")
 
     @property
     def betas(self):

@@ -215,6 +215,32 @@ def test_param_group_writes_are_checked(backend):
         muon.param_groups[0]["steps"] = 0
 
 
+def test_hyperparameter_attribute_writes_are_checked_as_the_constructor_checks_them(backend):
+    """``opt.momentum = ...`` and the like were taken as given: a string broke the second step deep in
+    the update, a negative weight decay trained silently, Adam's beta1 = 1 divided by zero at the
+    step, nesterov=True with momentum 0 passed; each is now refused by name, the value kept."""
+    a = _p(backend, [[1.0, 2.0], [3.0, 4.0]])
+    sgd = SGD([a], lr=0.1, momentum=0.9)
+    with pytest.raises(ValueError, match=r"momentum must be a finite number >= 0, got '0.9'"):
+        sgd.momentum = "0.9"
+    with pytest.raises(ValueError, match=r"weight_decay must be a finite number >= 0, got -5"):
+        sgd.weight_decay = -5
+    assert (sgd.momentum, sgd.weight_decay) == (0.9, 0.0)
+    sgd.momentum = 0  # then nesterov=True: refused, and the momentum kept
+    with pytest.raises(ValueError, match="group 0 has nesterov=True and momentum 0"):
+        sgd.nesterov = True
+    assert sgd.nesterov is False
+    adam = Adam([a])
+    with pytest.raises(ValueError, match=r"group 0's beta1 must be in \[0, 1\), got 1.0"):
+        adam.beta1 = 1.0
+    assert adam.beta1 == 0.9
+    muon = Muon([a])
+    with pytest.raises(ValueError, match="steps must be a whole number, got 2.5"):
+        muon.steps = 2.5
+    muon.steps = 5.0
+    assert muon.steps == 5 and type(muon.steps) is int and muon.param_groups[0]["steps"] == 5
+
+
 def test_param_group_lr_writes_that_no_schedule_could_keep_are_refused(backend):
     """Where the optimizer's lr is 0 (a warm-up's start, a decay's end) a group's lr, which follows
     it in proportion, cannot be given another value; a group on a schedule of its own has its lr
