@@ -634,6 +634,9 @@ class Trainer:
         if self.scheduler is not None and "sched/__tree__" not in arrays:
             raise ValueError(f"checkpoint {path} has no schedule state but this Trainer has a scheduler: "
                              "resume with the same setup as the run that wrote it")
+        if self.lookahead is not None and not any(k.startswith("look/") for k in arrays):
+            raise ValueError(f"checkpoint {path} has no lookahead average but this Trainer has a lookahead: the run "
+                             "that wrote it trained without one; resume with the same setup (no lookahead=)")
         tuned = ckpt.unpack_json(arrays["meta/autotune"]) if "meta/autotune" in arrays else None
         if tuned is not None:  # checked before anything is restored, as the rest is
             try:

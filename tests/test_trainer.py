@@ -685,6 +685,22 @@ def test_a_lookahead_planned_for_another_length_is_warned_about(cifar):
         trainer.fit(loader, 2)
 
 
+def test_a_checkpoint_without_a_lookahead_is_refused_by_a_trainer_with_one_by_name(tmp_path):
+    """A Trainer with a lookahead loading a run's checkpoint written without one said "'ema....' is
+    missing; the state dict is of another model" (the model was the same); it now names the
+    lookahead, and the trainer is left as it was."""
+    from gpuconv.lookahead import Lookahead
+    model = small_net()
+    Trainer(model, SGD(model.parameters(), lr=0.01), out_dir=tmp_path, progress=False).save_checkpoint()
+    model2 = small_net(seed=3)
+    before = {k: v.copy() for k, v in model2.state_dict().items()}
+    trainer = Trainer(model2, SGD(model2.parameters(), lr=0.01), out_dir=tmp_path, progress=False,
+                      lookahead=Lookahead(model2, every=2), total_steps=4)
+    with pytest.raises(ValueError, match="has no lookahead average but this Trainer has a lookahead"):
+        trainer.load_checkpoint()
+    assert all(np.array_equal(v, model2.state_dict()[k]) for k, v in before.items())
+
+
 def test_a_lookahead_whose_first_update_comes_after_the_last_step_is_warned_about():
     """A run shorter than the lookahead's interval (airbench94's every=5 on a few hundred images in
     batches of 1024: a step per epoch) never updates the average, and its last update put the model
