@@ -91,6 +91,24 @@ def _scalar(value):
 _MISSING = object()
 
 
+_FIXED_PARAMS = ("a parameter group's 'params' are fixed when the optimizer is built; build a new optimizer over "
+                 "the parameters you want")
+
+
+class _GroupParams(list):
+    """A parameter group's ``'params'``, a list to read: a change (``append``, as a PyTorch script adds
+    a parameter) would reach no update, so it is refused."""
+
+    def _fixed(self, *args, **kwargs):
+        raise TypeError(_FIXED_PARAMS)
+
+    append = extend = insert = remove = pop = clear = sort = reverse = _fixed
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _fixed
+
+    def __reduce_ex__(self, protocol):  # a copy (copy, pickle) is a plain list: it belongs to no optimizer
+        return list, (list(self),)
+
+
 class ParamGroup(MutableMapping):
     """One parameter group of an optimizer, as PyTorch's ``optimizer.param_groups[i]`` shows it:
     ``'params'`` (its Parameters), ``'lr'`` (the lr its next step takes) and every other
@@ -108,7 +126,7 @@ class ParamGroup(MutableMapping):
     def __getitem__(self, key):
         opt, gi = self._opt, self._index
         if key == "params":
-            return [p for p, g in zip(opt.params, opt._group_of) if g == gi]
+            return _GroupParams(p for p, g in zip(opt.params, opt._group_of) if g == gi)
         if key == "lr":
             return opt._group_lr(gi)
         if key == "betas" and "beta1" in opt._hyper:  # PyTorch's spelling of Adam's pair
@@ -119,8 +137,7 @@ class ParamGroup(MutableMapping):
 
     def __setitem__(self, key, value):
         if key == "params":
-            raise TypeError("a parameter group's 'params' are fixed when the optimizer is built; build a new "
-                            "optimizer over the parameters you want")
+            raise TypeError(_FIXED_PARAMS)
         self._opt._set_group_value(self._index, key, value)
 
     def __delitem__(self, key):

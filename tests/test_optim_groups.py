@@ -215,6 +215,24 @@ def test_param_group_writes_are_checked(backend):
         muon.param_groups[0]["steps"] = 0
 
 
+def test_a_groups_params_cannot_be_changed_in_place(backend):
+    """``opt.param_groups[0]['params'].append(p)`` (a PyTorch script's way to add a parameter) changed a
+    fresh list and nothing else: ``p`` was never trained, without a word. The list reads as one and
+    refuses a change by name; its copies are plain lists."""
+    import copy
+    a, b = _p(backend, [1.0]), _p(backend, [2.0])
+    params = SGD([a], lr=0.1).param_groups[0]["params"]
+    assert params == [a] and params[0] is a and len(params) == 1
+    for change in (lambda: params.append(b), lambda: params.extend([b]), lambda: params.__iadd__([b]),
+                   lambda: params.__setitem__(0, b), lambda: params.pop()):
+        with pytest.raises(TypeError, match="a parameter group's 'params' are fixed when the optimizer is built"):
+            change()
+    assert params == [a]
+    mine = copy.deepcopy(params)
+    mine.append(b)
+    assert type(mine) is list and len(mine) == 2
+
+
 def test_hyperparameter_attribute_writes_are_checked_as_the_constructor_checks_them(backend):
     """``opt.momentum = ...`` and the like were taken as given: a string broke the second step deep in
     the update, a negative weight decay trained silently, Adam's beta1 = 1 divided by zero at the
