@@ -245,6 +245,15 @@ class Trainer:
         if not all(callable(getattr(optimizer, m, None)) for m in ("step", "zero_grad")):
             raise TypeError(f"optimizer={optimizer!r}: the Trainer needs an optimizer over the model's parameters, "
                             "e.g. gpuconv.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)")
+        if scheduler is not None and getattr(scheduler, "optimizer", optimizer) is not optimizer:
+            raise ValueError(f"scheduler={scheduler!r} drives another optimizer than optimizer={optimizer!r}: its "
+                             "steps would set that one's lr, not the one that trains; build the schedule over the "
+                             "optimizer you pass")
+        if callable(getattr(model, "parameters", None)) and isinstance(getattr(optimizer, "params", None), list):
+            mine = {id(p) for p in model.parameters()}
+            if not any(id(p) in mine for p in optimizer.params):
+                raise ValueError(f"optimizer={optimizer!r} holds none of the model's parameters: it would train "
+                                 "another model's; build it over model.parameters()")
         if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real) \
                 or not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing={label_smoothing!r}: must be in [0, 1), e.g. 0.1")

@@ -993,6 +993,11 @@ def test_bad_arguments_are_named():
         Trainer(model, None)
     with pytest.raises(ValueError, match="checkpoint_every"):
         Trainer(model, opt, checkpoint_every="sometimes")
+    # a schedule or an optimizer of something else trained the model at a constant lr, or not at all
+    with pytest.raises(ValueError, match="drives another optimizer than optimizer=SGD"):
+        Trainer(model, opt, CosineLR(SGD(model.parameters(), lr=0.1), 10))
+    with pytest.raises(ValueError, match="holds none of the model's parameters"):
+        Trainer(model, SGD(small_net().parameters(), lr=0.1))
     # a bool is no count (True was taken as 1: a checkpoint written at every step, a readback per step)
     with pytest.raises(ValueError, match="checkpoint_every=True: use 'epoch'"):
         Trainer(model, opt, checkpoint_every=True)
