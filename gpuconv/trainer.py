@@ -249,6 +249,9 @@ class Trainer:
             raise ValueError(f"scheduler={scheduler!r} drives another optimizer than optimizer={optimizer!r}: its "
                              "steps would set that one's lr, not the one that trains; build the schedule over the "
                              "optimizer you pass")
+        if lookahead is not None and getattr(lookahead, "model", model) is not model:
+            raise ValueError(f"lookahead={lookahead!r} averages another model than the one trained: its updates "
+                             "would leave this one as it is; build it over the model you pass, Lookahead(model)")
         if callable(getattr(model, "parameters", None)) and isinstance(getattr(optimizer, "params", None), list):
             mine = {id(p) for p in model.parameters()}
             if not any(id(p) in mine for p in optimizer.params):

@@ -998,6 +998,9 @@ def test_bad_arguments_are_named():
         Trainer(model, opt, CosineLR(SGD(model.parameters(), lr=0.1), 10))
     with pytest.raises(ValueError, match="holds none of the model's parameters"):
         Trainer(model, SGD(small_net().parameters(), lr=0.1))
+    from gpuconv.lookahead import Lookahead
+    with pytest.raises(ValueError, match="averages another model than the one trained"):
+        Trainer(model, opt, lookahead=Lookahead(small_net()), total_steps=10)
     # a bool is no count (True was taken as 1: a checkpoint written at every step, a readback per step)
     with pytest.raises(ValueError, match="checkpoint_every=True: use 'epoch'"):
         Trainer(model, opt, checkpoint_every=True)
