@@ -974,8 +974,14 @@ class Chain(Optimizer):
         if int(_scalar(d["members"])) != len(self.optimizers):
             raise ValueError(f"Chain.load_state_dict: the state dict holds {int(_scalar(d['members']))} optimizers, "
                              f"this chain {len(self.optimizers)}: build the same chain")
-        for i, o in enumerate(self.optimizers):
-            o.load_state_dict({k[len(f"{i}."):]: v for k, v in d.items() if k.startswith(f"{i}.")})
+        before = [o.state_dict() for o in self.optimizers]  # all or nothing: a member refusing its part undoes the rest
+        try:
+            for i, o in enumerate(self.optimizers):
+                o.load_state_dict({k[len(f"{i}."):]: v for k, v in d.items() if k.startswith(f"{i}.")})
+        except BaseException:
+            for o, saved in zip(self.optimizers, before):
+                o.load_state_dict(saved)
+            raise
         self._lr = float(_scalar(d["lr"]))
 
     def __repr__(self):

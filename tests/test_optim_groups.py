@@ -532,6 +532,26 @@ def test_chain_state_dict_restores_its_lr():
     assert [o.lr for o in loaded.optimizers] == [pytest.approx(0.1), pytest.approx(0.05)]
 
 
+def test_a_chain_load_refused_by_a_member_changes_no_member():
+    """A Chain's state dict whose second member's part is refused left the first member loaded (half a
+    run's state, half another's); the load is now all or nothing, as a single optimizer's is."""
+    w, b = Parameter(np.ones((2, 2)), "w"), Parameter(np.ones(2), "b")
+    chain = Chain(Muon([w], lr=0.2), SGD([b], lr=0.1, momentum=0.9))
+    w.grad, b.grad = np.ones((2, 2)), np.ones(2)
+    chain.step()
+    saved = chain.state_dict()
+    w.grad, b.grad = np.full((2, 2), 3.0), np.full(2, 3.0)
+    chain.step()
+    chain.lr = 0.5
+    buffers = [st["momentum_buffer"].copy() for st in chain.state]
+    bad = dict(saved, **{"1.state.0.unknown": np.zeros(2)})
+    with pytest.raises(ValueError, match="unknown state entry 'state.0.unknown'"):
+        chain.load_state_dict(bad)
+    for st, before in zip(chain.state, buffers):
+        np.testing.assert_array_equal(st["momentum_buffer"], before)
+    assert [o.lr for o in chain.optimizers] == [pytest.approx(0.1), pytest.approx(0.05)]
+
+
 def test_muon_momentum_decays_the_buffer_between_steps(backend):
     """Two steps: ``b = momentum * b + g`` keeps the first gradient at weight ``momentum`` in the
     second step's update (Nesterov: ``g2 + momentum * b``)."""
