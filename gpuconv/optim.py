@@ -975,11 +975,13 @@ class Chain(Optimizer):
             raise ValueError(f"Chain.load_state_dict: the state dict holds {int(_scalar(d['members']))} optimizers, "
                              f"this chain {len(self.optimizers)}: build the same chain")
         before = [o.state_dict() for o in self.optimizers]  # all or nothing: a member refusing its part undoes the rest
+        done = 0
         try:
             for i, o in enumerate(self.optimizers):
                 o.load_state_dict({k[len(f"{i}."):]: v for k, v in d.items() if k.startswith(f"{i}.")})
+                done += 1
         except BaseException:
-            for o, saved in zip(self.optimizers, before):
+            for o, saved in zip(self.optimizers[:done], before):
                 o.load_state_dict(saved)
             raise
         self._lr = float(_scalar(d["lr"]))
