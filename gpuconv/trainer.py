@@ -225,7 +225,8 @@ class Trainer:
         if autotune == "auto":
             kernels.autotune_enabled()  # an unreadable $GPUCONV_AUTOTUNE is an error now, not at the first step
         self.autotune = autotune
-        if lookahead is not None and not (isinstance(total_steps, int) and total_steps >= 1):
+        if lookahead is not None and (isinstance(total_steps, bool) or not (isinstance(total_steps, int)
+                                                                          and total_steps >= 1)):
             raise ValueError(f"lookahead needs total_steps (the run's optimizer steps, >= 1), got {total_steps!r}")
         if lookahead is not None and total_steps < lookahead.every:
             warnings.warn(f"lookahead: its first update comes at step every={lookahead.every}, after the run's last "

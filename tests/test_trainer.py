@@ -1001,6 +1001,9 @@ def test_bad_arguments_are_named():
     from gpuconv.lookahead import Lookahead
     with pytest.raises(ValueError, match="averages another model than the one trained"):
         Trainer(model, opt, lookahead=Lookahead(small_net()), total_steps=10)
+    for steps in (None, 0, True):  # (True was taken as 1 step)
+        with pytest.raises(ValueError, match=f"lookahead needs total_steps .*, got {steps!r}"):
+            Trainer(model, opt, lookahead=Lookahead(model), total_steps=steps)
     # a bool is no count (True was taken as 1: a checkpoint written at every step, a readback per step)
     with pytest.raises(ValueError, match="checkpoint_every=True: use 'epoch'"):
         Trainer(model, opt, checkpoint_every=True)
