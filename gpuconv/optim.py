@@ -1046,11 +1046,17 @@ class LRSchedule:
 
     def load_state_dict(self, d):
         _check_saved_by(self, d, "schedule")
-        for name in self._hyper:
-            setattr(self, name, type(getattr(self, name))(_scalar(d[name])))
-        self.base_lr = float(_scalar(d["base_lr"]))
-        self.last_step = int(_scalar(d["last_step"]))
-        self.optimizer.lr = self.lr_at(self.last_step)
+        before = {n: self.__dict__[n] for n in (*self._hyper, "base_lr", "last_step")}
+        try:  # all or nothing: a saved state lr_at refuses leaves the schedule as it was
+            for name in self._hyper:
+                setattr(self, name, type(getattr(self, name))(_scalar(d[name])))
+            self.base_lr = float(_scalar(d["base_lr"]))
+            self.last_step = int(_scalar(d["last_step"]))
+            lr = self.lr_at(self.last_step)
+        except BaseException:
+            self.__dict__.update(before)
+            raise
+        self.optimizer.lr = lr
         self._set_own()
 
 

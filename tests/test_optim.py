@@ -676,3 +676,15 @@ def test_schedule_state_dict_roundtrip():
     b.load_state_dict(d)
     assert b.last_step == 17 and b.optimizer.lr == a.optimizer.lr
     assert _lrs(a, 10) == _lrs(b, 10)
+
+
+def test_a_refused_schedule_state_leaves_the_schedule_as_it_was():
+    """A saved state whose step lies past its total_steps is refused by lr_at; the schedule keeps
+    its own settings, step and lr (it took the saved total_steps and step before the refusal)."""
+    a = OneCycleLR(_opt(), max_lr=0.3, total_steps=50)
+    _lrs(a, 7)
+    before, lr = a.state_dict(), a.optimizer.lr
+    bad = dict(before, total_steps=5, last_step=8)
+    with pytest.raises(ValueError, match="past total_steps=5"):
+        a.load_state_dict(bad)
+    assert a.state_dict() == before and a.optimizer.lr == lr
