@@ -683,8 +683,14 @@ def test_bad_inputs_raise_the_ops_errors():
         C.conv_forward_naive(x, w, b, {"stride": 1})
     with pytest.raises(KeyError, match="pool_width"):
         C.max_pool_forward_naive(x, {"pool_height": 2, "stride": 2})
+    for pool in (C.max_pool_forward_fast, C.max_pool_forward_reshape, C.max_pool_forward_im2col):
+        with pytest.raises(KeyError, match=r"pool_param has no 'pool_width' .*pool_param=\{'pool_height': 2, "):
+            pool(x, {"pool_height": 2, "stride": 2})
     with pytest.raises(ValueError, match=r"\(D, M\)"):
         C.affine_forward(x, randn(100, 4), randn(4))
+    # the bias against w as the caller laid it out, (D, M), not as the ops hold it
+    with pytest.raises(ValueError, match=r"b must have shape \(4,\), one bias per output feature .*w \(147, 4\)"):
+        C.affine_forward(x, randn(147, 4), randn(3))
     with pytest.raises(ValueError, match="KEEP probability.*edition\\(2017\\)"):
         C.dropout_forward(x, {"mode": "train", "p": 0.0})
     with pytest.raises(ValueError, match="'train' or 'test'"):

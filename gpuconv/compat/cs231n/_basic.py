@@ -30,7 +30,7 @@ def param(params, key, dict_name, example):
 def affine_forward(x, w, b):
     """``out = x.reshape(N, D) @ w + b`` with x (N, d_1, ..., d_k), w (D, M), b (M,) (or (1, M), which
     NumPy broadcasts alike); cache ``(x, w, b)``."""
-    _check_affine(x, w)
+    _check_affine(x, w, b)
     with Call(x, w, b) as c:
         bias = c.param(b)
         if getattr(bias, "ndim", 1) == 2 and bias.shape[0] == 1:
@@ -49,7 +49,7 @@ def affine_backward(dout, cache):
         return c.out(dx), c.out(dw_t.T), c.out(db)
 
 
-def _check_affine(x, w):
+def _check_affine(x, w, b=None):
     if getattr(w, "ndim", None) != 2:
         raise ValueError(f"w must be 2-D (D, M) as in CS231n's affine_forward, got shape "
                          f"{getattr(w, 'shape', type(w).__name__)}")
@@ -57,6 +57,10 @@ def _check_affine(x, w):
     if d is not None and d != w.shape[0]:
         raise ValueError(f"x of shape {tuple(x.shape)} flattens to D={d} features per example but w has "
                          f"shape {tuple(w.shape)} = (D, M) with D={w.shape[0]}: make w.shape[0] == {d}")
+    m = w.shape[1]
+    if getattr(b, "shape", None) is not None and tuple(b.shape) not in ((m,), (1, m)):
+        raise ValueError(f"b must have shape ({m},), one bias per output feature (column) of w {tuple(w.shape)} = "
+                         f"(D, M), got {tuple(b.shape)}")
 
 
 def relu_forward(x):

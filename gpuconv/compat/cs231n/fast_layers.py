@@ -17,7 +17,8 @@ cache reads them). Any backward here accepts any of these caches, ours or built 
 from __future__ import annotations
 
 from ...backend import get_array_module
-from ._basic import conv_backward, conv_forward_naive, max_pool_backward_naive, max_pool_forward_naive
+from ._basic import (_POOL_EXAMPLE, conv_backward, conv_forward_naive, max_pool_backward_naive,
+                     max_pool_forward_naive, param)
 from ._call import Cache, LazyCache
 
 __all__ = [
@@ -69,7 +70,7 @@ conv_backward_fast = conv_backward_strides
 
 
 def _pool_sizes(pool_param):
-    return pool_param["pool_height"], pool_param["pool_width"], pool_param["stride"]
+    return tuple(param(pool_param, key, "pool_param", _POOL_EXAMPLE) for key in ("pool_height", "pool_width", "stride"))
 
 
 def max_pool_forward_reshape(x, pool_param):
