@@ -722,7 +722,7 @@ def test_solver_refuses_unknown_arguments_as_the_assignment():
         C.Solver(model, data, learning_rate=1e-3, momentum=0.9)
 
 
-@pytest.mark.parametrize("edition", [None, 2017, 2016])
+@pytest.mark.parametrize("edition", [None, 2017, 2016, 2025])
 def test_solver_takes_any_function_of_the_editions_optim_by_name(edition, monkeypatch):
     """As the assignment's getattr(optim, update_rule): a rule added to cs231n.optim is found by name."""
     E = C if edition is None else C.edition(edition)
@@ -734,7 +734,7 @@ def test_solver_takes_any_function_of_the_editions_optim_by_name(edition, monkey
     assert E.Solver(model, data, update_rule="sgd_halved").update_rule is sgd_halved
     assert E.Solver(model, data, update_rule="adam").update_rule is E.adam  # the edition's own rules first
     with pytest.raises(ValueError, match=r"update_rule 'adagrad' is unknown: .*'sgd_halved'.* \(the functions of "
-                                         r"gpuconv\.compat\.cs231n\.(e201[67]\.)?optim\)"):
+                                         r"gpuconv\.compat\.cs231n\.(e20\d\d\.)?optim\)"):
         E.Solver(model, data, update_rule="adagrad")
     with pytest.raises(ValueError, match="update_rule 'annotations' is unknown"):  # not a function
         E.Solver(model, data, update_rule="annotations")

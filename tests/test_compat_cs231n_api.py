@@ -31,7 +31,8 @@ OPTIM = {"sgd", "sgd_momentum", "rmsprop", "adam"}
     ("gpuconv.compat.cs231n.e2017", LAYERS_2019 - {"layernorm_forward", "layernorm_backward",
                                                    "spatial_groupnorm_forward", "spatial_groupnorm_backward"}),
     ("gpuconv.compat.cs231n.e2016", LAYERS_2019 - {"layernorm_forward", "layernorm_backward",
-                                                   "spatial_groupnorm_forward", "spatial_groupnorm_backward"})])
+                                                   "spatial_groupnorm_forward", "spatial_groupnorm_backward"}),
+    ("gpuconv.compat.cs231n.e2025", LAYERS_2019)])
 def test_submodules_export_exactly_the_starter_names(package, layers):
     utils = UTILS - {"conv_bn_relu_forward", "conv_bn_relu_backward"} if package.endswith("e2016") else UTILS
     for name, want in (("layers", layers), ("fast_layers", FAST), ("layer_utils", utils), ("optim", OPTIM)):
@@ -42,7 +43,7 @@ def test_submodules_export_exactly_the_starter_names(package, layers):
 
 
 def test_editions():
-    assert all(C.edition(year) is C for year in range(2018, 2027)) and C.edition(2017) is C.e2017
+    assert all(C.edition(year) is C for year in range(2018, 2027) if year != 2025) and C.edition(2017) is C.e2017
     with pytest.raises(ValueError, match=r"edition 2014 .*\[2015, 2016, 2017, 2018, .*2026\]"):
         C.edition(2014)
     # 2015's dropout p keeps a unit (its convnets pass p = 1.0 for none): the latest semantics
@@ -67,6 +68,37 @@ def test_editions():
     assert list(inspect.signature(S.adam).parameters) == ["x", "dx", "config"] and S.adam(w, dw)[1]["t"] == 1
     assert S.Solver.UPDATE_RULES["adam"] is S.adam and S.optim.adam is S.adam
     assert set(S.__all__) == set(E.__all__) and "layernorm_forward" not in S.__all__
+    # 2025: the layers of 2018 on, the update rules of the optim.py assignment 2 ships written
+    F = C.edition(2025)
+    assert F is C.e2025 and F.dropout_forward is C.dropout_forward and set(F.__all__) == set(C.__all__)
+    assert F.Solver.UPDATE_RULES["adam"] is F.adam and F.optim.adam is F.adam and F.sgd is C.sgd
+
+
+def test_the_2025_update_rules_work_in_place_as_that_editions_optim_py():
+    """2025's assignment 2 ships optim.py written: its rules update w (and the velocity and the
+    RMSProp cache) in place, keeping their dtype, and return w itself; its Adam folds the bias
+    corrections into the step size, so epsilon sits beside sqrt(v), not sqrt(v_hat)."""
+    F = C.edition(2025)
+    w0 = np.linspace(-0.4, 0.6, 20).reshape(4, 5).astype(np.float32)
+    dw = np.linspace(-0.6, 0.4, 20).reshape(4, 5) * 1e-4       # float64, small: epsilon matters
+    for name in ("sgd_momentum", "rmsprop", "adam"):
+        w, config = w0.copy(), {"velocity": np.zeros((4, 5), np.float32)} if name == "sgd_momentum" else {}
+        velocity = config.get("velocity")
+        next_w, config = getattr(F, name)(w, dw, config)
+        assert next_w is w and w.dtype == np.float32, name
+        assert not np.array_equal(w, w0), name
+        if name == "sgd_momentum":
+            assert config["velocity"] is velocity and velocity.dtype == np.float32
+        if name == "rmsprop":
+            assert config["cache"].dtype == np.float32
+    # Adam, step 1: lr * sqrt(1 - b2) / (1 - b1) * m / (sqrt(v) + eps), with m = (1 - b1) dw, v = (1 - b2) dw^2
+    w = w0.astype(np.float64)
+    next_w, config = F.adam(w.copy(), dw, {"learning_rate": 1e-3})
+    m, v = 0.1 * dw, 0.001 * dw * dw
+    want = w - 1e-3 * np.sqrt(0.001) / 0.1 * (m / (np.sqrt(v) + 1e-8))
+    np.testing.assert_allclose(next_w, want, rtol=1e-15, atol=1e-18)
+    other = C.adam(w.copy(), dw, {"learning_rate": 1e-3})[0]     # epsilon beside sqrt(v_hat)
+    assert np.abs(other - next_w).max() > 1e-9 and config["t"] == 1
 
 
 def test_dropout_draws_from_numpys_global_generator():

@@ -17,8 +17,9 @@ import gpuconv.compat.cs231n as G
 
 HERE = pathlib.Path(__file__).parent / "cs231n_editions"
 # An edition's files over those of the one it was changed from, and its edits to them: 2016's
-# starter code is 2017's but for Adam's t, which starts from 0.
-BASES = {2016: (2017,)}
+# starter code is 2017's but for Adam's t, which starts from 0; 2025's is 2022's with the optim.py
+# that assignment 2 ships written (in place; Adam's bias corrections in the step size).
+BASES = {2016: (2017,), 2025: (2022,)}
 EDITS = {2016: {"cs231n/optim.py": ("config.setdefault('t', 1)", "config.setdefault('t', 0)")}}
 
 
@@ -91,7 +92,7 @@ def _run(checks, data):
                 "optim": checks.optim_checks(), "model": checks.model_checks(), "overfit": checks.overfit_checks(data)}
 
 
-@pytest.mark.parametrize("year", [2016, 2017, 2019, 2022])
+@pytest.mark.parametrize("year", [2016, 2017, 2019, 2022, 2025])
 def test_edition_solutions_run_unchanged_on_gpuconv(year, tmp_path, cifar):
     with student_package(tmp_path, year, redirect=False) as checks:
         plain = _run(checks, cifar)

@@ -20,7 +20,9 @@ Editions (2015-2026): the default is the latest starter code (2018 on: dropout's
 unit, update rules ``(w, dw, config)``, Adam's ``t`` from 0, layer and group norm), which is 2015's
 too (``p`` keeps a unit there as well). 2017 code:
 ``edition(2017)`` (the module :mod:`gpuconv.compat.cs231n.e2017`), or ``redirect(edition=2017)``;
-2016 code: ``edition(2016)`` (2017's semantics but Adam's ``t`` from 0).
+2016 code: ``edition(2016)`` (2017's semantics but Adam's ``t`` from 0). 2025 code:
+``edition(2025)`` (these layers; the update rules of the ``optim.py`` assignment 2 ships written that
+year, in place, with Adam's bias corrections folded into the step size).
 
 Devices: NumPy arrays run on the CPU and CuPy arrays on their GPU. ``use_device('cuda')`` runs
 the functions on the GPU with NumPy arrays in and out (``'sim'``: the kernels on the host
