@@ -288,11 +288,14 @@ class LossScaler:
         self._ensure(grads[0])
         xp = backend.get_array_module(grads[0])
         inv = (1.0 / self.scale_).astype(np.float32)
-        bad = []
-        for g in grads:
+        # One flag per gradient written into a vector, not a stack of flags: CuPy joins more than 8
+        # arrays in one kernel whose table of their addresses it uploads from the host, which the
+        # capture of a CUDA graph (gpuconv.graphs) refuses.
+        finite = xp.empty(len(grads), dtype=bool)
+        for i, g in enumerate(grads):
             g *= inv.astype(g.dtype)
-            bad.append(~xp.isfinite(g).all())
-        return xp.stack(bad).any()
+            finite[i] = xp.isfinite(g).all()
+        return ~finite.all()
 
     def update(self, found_inf):
         """The next step's ``S``: backed off after an overflow, grown after a clean run, unless

@@ -1357,11 +1357,16 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
     # Summed in float32 at least: a float16 sum of squares overflows past a norm of 256 (every
     # gradient would be scaled to 0), a bfloat16 one stalls (and would never clip).
     acc = np.float64 if any(g.dtype == np.float64 for g in grads) else np.float32
-    if math.isinf(norm_type):
-        total = xp.max(xp.stack([xp.max(xp.abs(g)).astype(acc) for g in grads]))
-    else:  # one sum per gradient, added up in one reduction
-        total = xp.sum(xp.stack([xp.sum(xp.abs(g.astype(acc, copy=False)) ** norm_type) for g in grads])) \
-            ** (1.0 / norm_type)
+    # One norm per gradient written into a vector, then one reduction over it (a stack of them: CuPy
+    # joins more than 8 arrays in one kernel whose table of their addresses it uploads from the host,
+    # which the capture of a CUDA graph refuses).
+    parts = xp.empty(len(grads), dtype=acc)
+    for i, g in enumerate(grads):
+        if math.isinf(norm_type):
+            parts[i] = xp.max(xp.abs(g)).astype(acc)
+        else:
+            parts[i] = xp.sum(xp.abs(g.astype(acc, copy=False)) ** norm_type)
+    total = xp.max(parts) if math.isinf(norm_type) else xp.sum(parts) ** (1.0 / norm_type)
     total = xp.asarray(total, dtype=acc)
     if error_if_nonfinite and not math.isfinite(float(total)):
         raise RuntimeError(f"clip_grad_norm_: the gradients' total {norm_type:g}-norm is {float(total)}: a "

@@ -127,6 +127,62 @@ def test_fp16_graphed_steps_back_off_and_grow_the_loss_scale_as_the_eager_steps(
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_unscaling_and_clipping_many_gradients_can_be_captured(device, monkeypatch):
+    """LossScaler.unscale and clip_grad_norm_ over more gradients than CuPy joins without an upload:
+    CuPy stacks or concatenates more than 8 arrays in one kernel whose table of their addresses it
+    uploads from the host (cupy/_core/_routines_manipulation.pyx, _concatenate_single_kernel), and
+    inside a CUDA graph's capture it refuses that upload ("the current stream is capturing, so H2D
+    transfers are disallowed"): fp16 training under --cuda-graph of a network with more than 8
+    gradients (airbench94's) failed at its capture. On 'cuda' both run inside a capture, replayed;
+    on 'sim' NumPy's joins stand for CuPy's, one of more than 8 arrays failing the test. Either
+    way the gradients and the results are those computed here in NumPy."""
+    from gpuconv.amp import LossScaler
+    from gpuconv.layers import Parameter, clip_grad_norm_
+    rng = np.random.default_rng(0)
+    grads = [rng.standard_normal((3, 5)).astype(np.float32) for _ in range(12)]
+    scale = 2.0 ** 4
+    with gpuconv.default_device(device):
+        params = [Parameter(gpuconv.to_device(np.zeros((3, 5), np.float32), device)) for _ in grads]
+        for p, g in zip(params, grads):
+            p.grad = gpuconv.to_device(g * scale, device)
+        scaler = LossScaler(init_scale=scale)
+        scaler.factor(params[0].grad)  # the scale on the device, before any capture
+
+        def step():
+            return scaler.unscale(params), clip_grad_norm_(params, max_norm=1.0), clip_grad_norm_(
+                params, max_norm=1.0, norm_type=np.inf)
+
+        if device == "cuda":
+            cp = B.cupy_module()
+            stream = cp.cuda.Stream(non_blocking=True)
+            with stream:
+                stream.begin_capture()
+                try:
+                    outputs = step()
+                finally:
+                    graph = stream.end_capture()
+                graph.launch(stream)
+            stream.synchronize()
+        else:
+            for name in ("stack", "concatenate"):
+                join = getattr(np, name)
+
+                def counted(arrays, *args, join=join, name=name, **kwargs):
+                    assert len(arrays) <= 8, f"np.{name} of {len(arrays)} arrays: CuPy would upload their addresses"
+                    return join(arrays, *args, **kwargs)
+                monkeypatch.setattr(np, name, counted)
+            outputs = step()
+        found, total2, total_inf = (float(B.asnumpy(v)) for v in outputs)
+        clipped = [B.asnumpy(p.grad) for p in params]
+    want2 = np.sqrt(sum(float(np.sum(g.astype(np.float64) ** 2)) for g in grads))
+    assert found == 0.0 and total2 == pytest.approx(want2, rel=1e-5)
+    factor = min(1.0, 1.0 / (want2 + 1e-6))
+    assert total_inf == pytest.approx(max(float(np.abs(g).max()) for g in grads) * factor, rel=1e-5)
+    for got, g in zip(clipped, grads):
+        np.testing.assert_allclose(got, g * factor, rtol=1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_a_model_with_dropout_graphed_gives_the_eager_losses_and_parameters_bit_for_bit(device, precision):
     """Each dropout layer reads its mask key from the device while the graph holds it, written before
