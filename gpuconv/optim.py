@@ -21,7 +21,9 @@ takes). Writing one sets it for that group: ``for g in opt.param_groups: g['lr']
 every group's lr, and a schedule then scales the new value (where a PyTorch scheduler would
 overwrite it at its next step). Refused, with the way out: an lr written while the optimizer's lr
 is 0 (nothing to scale it by), the lr of a group on a schedule of its own, and any other value
-of a step captured as a CUDA graph. ``optimizer.lr = x`` sets the whole optimizer's lr, the groups'
+of a step captured as a CUDA graph. ``optimizer.add_param_group({'params': [...], ...})`` adds a
+group (its lr the one its next step takes, following ``optimizer.lr`` in proportion from there;
+refused while a captured step holds the optimizer). ``optimizer.lr = x`` sets the whole optimizer's lr, the groups'
 following in proportion, and :meth:`Optimizer.hyper` gives a parameter's values in effect.
 
 ``state_dict()`` returns a flat dict of host NumPy arrays and Python scalars (it fits
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import weakref
 from collections.abc import Mapping, MutableMapping
 
 import numpy as np
@@ -91,8 +94,9 @@ def _scalar(value):
 _MISSING = object()
 
 
-_FIXED_PARAMS = ("a parameter group's 'params' are fixed when the optimizer is built; build a new optimizer over "
-                 "the parameters you want")
+_FIXED_PARAMS = ("a parameter group's 'params' are fixed when the optimizer is built; give new parameters a group "
+                 "of their own, optimizer.add_param_group({'params': [...]}), or build a new optimizer over the "
+                 "parameters you want")
 
 
 class _GroupParams(list):
@@ -237,7 +241,7 @@ class Optimizer:
         # A copy (copy.deepcopy, pickle) is held by no graph, and its first step makes its own device
         # learning rates (these are looked up by the parameters' ids, which a copy's are not).
         state = dict(self.__dict__)
-        for name in ("_lr_views", "_lr_of"):
+        for name in ("_lr_views", "_lr_of", "_chain"):  # (a Chain links its members again, __setstate__)
             state.pop(name, None)
         state["_lrs"] = None
         if "lr_written_by_owner" in state:  # (a Chain's is its members')
@@ -390,6 +394,95 @@ class Optimizer:
         raise ValueError(f"{type(self).__name__}: no parameter group holds exactly those {len(want)} parameters "
                          f"(its groups hold {sizes}); give them a group of their own")
 
+    def add_param_group(self, param_group):
+        """Add a parameter group, as PyTorch's ``optimizer.add_param_group`` (say, a backbone thawed
+        for fine-tuning): ``{'params': [...], 'lr': ..., <hyperparameter>: ...}``, checked as the
+        constructor checks a group; a key it leaves out takes the optimizer's value. Its ``lr`` is
+        the lr its next step takes (what ``param_groups[-1]['lr']`` then reads); from there it
+        follows ``optimizer.lr`` in proportion, as every group does, so a schedule drives it with
+        the others. Without an ``lr`` it steps with the optimizer's lr. A parameter already in a
+        group (of this optimizer, or of another member of its :class:`Chain`) is refused by name.
+        Its parameters' states start empty, and take the next indices of the state dict (a saved
+        state loads into an optimizer given the same groups)."""
+        name = type(self).__name__
+        if self.lr_written_by_owner:
+            raise RuntimeError(f"{name}.add_param_group: a group cannot be added while " + REPLAYED_WAY_OUT)
+        if not isinstance(param_group, Mapping):
+            raise TypeError(f"{name}.add_param_group: param_group must be a dict, {{'params': [...], 'lr': ...}}, "
+                            f"got a {type(param_group).__name__}")
+        if not hasattr(self, "_groups"):
+            self._finish_groups()
+        gi = len(self._groups)
+        if "params" not in param_group:
+            raise ValueError(f"{name}.add_param_group: the group has no 'params' key; write "
+                             "{'params': [...], 'lr': ...}")
+        given = param_group["params"]
+        if isinstance(given, (set, frozenset)):  # (PyTorch's rule: a set's order changes between runs)
+            raise TypeError(f"{name}.add_param_group: the group's 'params' is a set, whose order differs between "
+                            "runs (and so would the state dict's indices); pass a list")
+        params = [given] if isinstance(given, Parameter) else list(given)
+        if not params:
+            raise ValueError(f"{name}.add_param_group: the group's 'params' is empty; pass the parameters to "
+                             "train, e.g. model.layer.parameters()")
+        for i, p in enumerate(params):
+            if not isinstance(p, Parameter):
+                raise TypeError(f"{name}.add_param_group: the group's params[{i}] is a {type(p).__name__}, not a "
+                                "gpuconv Parameter; pass layer.parameters()")
+            self._check_param(len(self.params) + i, p)
+        taken = {id(p): (o, o._group_of[j]) for o in self._members_of_chain()
+                 for j, p in enumerate(o.params) if hasattr(o, "_group_of")}
+        for i, p in enumerate(params):
+            if id(p) in taken:
+                o, where = taken[id(p)]
+                member = "" if o is self else f" of the chain's {type(o).__name__}"
+                raise ValueError(f"{name}.add_param_group: parameter {getattr(p, 'name', '')!r} is already in "
+                                 f"parameter group {where}{member}; a parameter belongs to one group (it would be "
+                                 "updated twice per step): leave it out, or change that group's hyperparameters "
+                                 "through optimizer.param_groups")
+            if any(q is p for q in params[:i]):
+                raise ValueError(f"{name}.add_param_group: parameter {getattr(p, 'name', '')!r} appears twice in "
+                                 "the group; each would be updated twice per step")
+        allowed = ("lr",) + self._hyper
+        overrides = {}
+        for key, value in param_group.items():
+            if key == "params":
+                continue
+            if key == "betas" and "beta1" in self._hyper:
+                overrides.update(zip(("beta1", "beta2"), self._group_betas(gi, value)))
+            elif key in allowed:
+                overrides[key] = _nonneg(f"parameter group {gi}'s lr", value) if key == "lr" \
+                    else self._group_value(gi, key, value)
+            else:
+                raise ValueError(f"{name}.add_param_group: the group sets {key!r}; a group may set "
+                                 f"{', '.join(allowed)}")
+        if "lr" in overrides:  # the lr it takes now, kept as the lr it takes at initial_lr (as the others are)
+            if self.lr == 0 or self.initial_lr == 0:
+                raise ValueError(f"{name}.add_param_group: the optimizer's lr is 0 now, and a group's lr follows "
+                                 "it in proportion, so a group's own lr has nothing to follow; leave 'lr' out (the "
+                                 "group then steps with the optimizer's lr), or add the group when the lr is above 0")
+            overrides["lr"] = overrides["lr"] * self.initial_lr / self.lr
+        self._groups.append(overrides)
+        try:
+            self._check_group(gi)
+        except ValueError:
+            self._groups.pop()
+            raise
+        self._group_specs.append((len(params), {k: v for k, v in param_group.items() if k != "params"}))
+        self.params.extend(params)
+        self._group_of += [gi] * len(params)
+        self.state.extend(dict() for _ in params)
+        self._lrs = None  # the device learning rates are made again, a group longer, at the next step
+
+    def _check_param(self, index, p):
+        """A subclass's check of a parameter it is given (``index``: its position in ``params``)."""
+
+    def _members_of_chain(self):
+        """The optimizers whose parameters must stay apart from this one's: the members of the
+        :class:`Chain` it is in, or itself alone."""
+        chain = self.__dict__.get("_chain")
+        chain = chain() if chain is not None else None
+        return chain.optimizers if chain is not None else (self,)
+
     def group_initial_lr(self, gi):
         """Group ``gi``'s lr before any schedule: its own ``lr`` or the optimizer's ``initial_lr``."""
         return self._groups[gi].get("lr", self.initial_lr)
@@ -540,7 +633,8 @@ class Optimizer:
         n = int(_scalar(d["num_params"]))
         if n != len(self.params):
             raise ValueError(f"{type(self).__name__}.load_state_dict: the state dict holds {n} parameters, this "
-                             f"optimizer {len(self.params)}: build it over the same model's parameters()")
+                             f"optimizer {len(self.params)}: build it over the same model's parameters() (and "
+                             "add_param_group the groups the saved one was given since, before loading)")
         if not hasattr(self, "_groups"):
             self._finish_groups()
         saved_sizes = [int(_scalar(d[f"group.{gi}.size"])) for gi in range(int(_scalar(d.get("num_groups", 1))))
@@ -860,15 +954,18 @@ class Muon(Optimizer):
     def __init__(self, params, lr=0.02, momentum=0.95, nesterov=True, steps=3, normalize=True):
         super().__init__(params, lr)
         for i, p in enumerate(self.params):
-            if len(p.shape) < 2:
-                raise ValueError(f"Muon: params[{i}] ({p.name!r}) has shape {tuple(p.shape)}; Muon orthogonalizes "
-                                 "matrices and filter banks (2 or more dimensions): give 1-D parameters to SGD")
+            self._check_param(i, p)
         self.momentum = _nonneg("momentum", momentum)
         self.nesterov = bool(nesterov)
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps must be an integer >= 1 (Newton-Schulz iterations), got {steps!r}")
         self.steps, self.normalize = int(steps), bool(normalize)
         self._finish_groups()
+
+    def _check_param(self, index, p):
+        if len(p.shape) < 2:
+            raise ValueError(f"Muon: params[{index}] ({p.name!r}) has shape {tuple(p.shape)}; Muon orthogonalizes "
+                             "matrices and filter banks (2 or more dimensions): give 1-D parameters to SGD")
 
     def _check_group(self, gi):
         self._check_nesterov(gi)
@@ -910,6 +1007,32 @@ class Chain(Optimizer):
         super().__init__([p for o in optimizers for p in o.params], lr=1.0)  # a parameter in two: an error
         self.optimizers = tuple(optimizers)
         self._finish_groups()
+        self._link_members()
+
+    def _link_members(self):
+        # A member's add_param_group refuses a parameter another member holds (weakly: a member
+        # outlives a chain it was lent to).
+        for o in self.optimizers:
+            o._chain = weakref.ref(self)
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._link_members()
+
+    @property
+    def params(self):
+        """Every member's parameters, in order (a group a member adds, add_param_group, among them)."""
+        return [p for o in getattr(self, "optimizers", ()) for p in o.params]
+
+    @params.setter
+    def params(self, value):  # (the base class's list: the members hold the parameters)
+        pass
+
+    def add_param_group(self, param_group):
+        raise TypeError("Chain.add_param_group: a chain's groups belong to its optimizers, each with its own update "
+                        "(Muon takes matrices and filter banks, SGD the rest); add the group to one of them, e.g. "
+                        "chain.optimizers[-1].add_param_group({'params': [...]}): the chain, its schedule and its "
+                        "state dict take it from there")
 
     @property
     def state(self):

@@ -568,3 +568,174 @@ def test_muon_momentum_decays_the_buffer_between_steps(backend):
     want = w0 - 0.1 * newton_schulz(1.6 * g1) - 0.1 * newton_schulz(g2 + 0.6 * b2)
     np.testing.assert_allclose(backend.asnumpy(opt.state[0]["momentum_buffer"]), b2, rtol=1e-12)
     np.testing.assert_allclose(backend.asnumpy(w.data), want, rtol=1e-10, atol=1e-12)
+
+
+def test_add_param_group_as_in_pytorch(backend):
+    """``opt.add_param_group({...})`` (a layer thawed for fine-tuning) was missing. The new group's lr
+    is the lr its next step takes, as ``param_groups[-1]['lr']`` reads it; from there the schedule
+    drives it in proportion, as it drives the others; a key it leaves out takes the optimizer's
+    value. On 'sim' the device learning rates gain the group (the fused SGD kernel reads them)."""
+    a, b, c = _p(backend, [1.0], "a"), _p(backend, [2.0], "b"), _p(backend, [3.0], "c")
+    opt = SGD([a], lr=0.1, momentum=0.9)
+    sched = StepLR(opt, step_size=1, gamma=0.5)
+    a.grad = backend.asarray(np.array([1.0]))
+    opt.step()
+    sched.step()  # the optimizer's lr 0.05 now
+    opt.add_param_group({"params": [b], "lr": 0.4, "weight_decay": 0.5})
+    opt.add_param_group({"params": c})  # (one Parameter, as PyTorch takes it): the optimizer's lr and values
+    assert len(opt.param_groups) == 3 and opt.param_groups[1]["params"][0] is b
+    assert [g["lr"] for g in opt.param_groups] == [pytest.approx(0.05), pytest.approx(0.4), pytest.approx(0.05)]
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.0, 0.5, 0.0]
+    assert opt.param_groups[2]["momentum"] == 0.9 and sched.get_last_lr()[1] == pytest.approx(0.4)
+    for p in (a, b, c):
+        p.grad = backend.asarray(np.array([1.0]))
+    opt.step()
+    assert backend.asnumpy(b.data)[0] == pytest.approx(2.0 - 0.4 * (1 + 0.5 * 2.0))  # a first step: buffer = g
+    assert backend.asnumpy(c.data)[0] == pytest.approx(3.0 - 0.05)
+    np.testing.assert_allclose(backend.asnumpy(opt.state[b]["momentum_buffer"]), [2.0])
+    sched.step()  # every group halves with the schedule
+    assert [g["lr"] for g in opt.param_groups] == [pytest.approx(0.025), pytest.approx(0.2), pytest.approx(0.025)]
+    opt.step()
+    assert backend.asnumpy(c.data)[0] == pytest.approx(3.0 - 0.05 - 0.025 * (1 + 0.9))
+
+
+def test_add_param_group_refuses_what_pytorch_refuses(backend):
+    a, b = _p(backend, [1.0], "a"), _p(backend, [1.0], "b")
+    opt = SGD([{"params": [a]}], lr=0.1)
+    with pytest.raises(ValueError, match=r"add_param_group: parameter 'a' is already in parameter group 0"):
+        opt.add_param_group({"params": [b, a]})
+    with pytest.raises(ValueError, match=r"parameter 'b' appears twice in the group"):
+        opt.add_param_group({"params": [b, b]})
+    with pytest.raises(TypeError, match=r"'params' is a set, whose order differs between runs"):
+        opt.add_param_group({"params": {b}})
+    with pytest.raises(TypeError, match=r"params\[0\] is a ndarray, not a gpuconv Parameter"):
+        opt.add_param_group({"params": [b.data]})
+    with pytest.raises(ValueError, match=r"the group has no 'params' key"):
+        opt.add_param_group({"lr": 0.1})
+    with pytest.raises(ValueError, match=r"the group's 'params' is empty"):
+        opt.add_param_group({"params": []})
+    with pytest.raises(ValueError, match=r"the group sets 'betas'; a group may set lr, momentum, nesterov"):
+        opt.add_param_group({"params": [b], "betas": (0.9, 0.9)})
+    with pytest.raises(ValueError, match=r"parameter group 1's weight_decay must be a finite number >= 0"):
+        opt.add_param_group({"params": [b], "weight_decay": -1})
+    with pytest.raises(ValueError, match=r"group 1 has nesterov=True and momentum 0"):
+        opt.add_param_group({"params": [b], "nesterov": True})
+    with pytest.raises(TypeError, match=r"param_group must be a dict"):
+        opt.add_param_group([b])
+    opt.lr = 0.0
+    with pytest.raises(ValueError, match=r"the optimizer's lr is 0 now"):
+        opt.add_param_group({"params": [b], "lr": 0.1})
+    assert len(opt.param_groups) == 1 and opt.params == [a] and len(opt.state) == 1  # nothing refused was added
+    with pytest.raises(ValueError, match=r"Muon orthogonalizes matrices"):
+        Muon([_p(backend, [[1.0, 2.0]])], lr=0.1).add_param_group({"params": [b]})
+    adam = Adam([a], lr=0.01)
+    adam.add_param_group({"params": [b], "betas": (0.5, 0.6)})
+    assert adam.param_groups[1]["betas"] == (0.5, 0.6) and adam.param_groups[1]["eps"] == adam.eps
+
+
+def test_a_chain_sees_the_group_a_member_adds():
+    """In a Chain, a group goes to one member (each has its own update), a parameter another
+    member holds is refused by name, and the chain's parameters, states, groups and state dict
+    take the new one; a copy of the chain keeps its members linked."""
+    import copy
+    w, v = Parameter(np.ones((2, 2)), "w"), Parameter(np.ones((2, 3)), "v")
+    b, c = Parameter(np.ones(2), "b"), Parameter(np.ones(2), "c")
+    chain = Chain(Muon([w], lr=0.1), SGD([b], lr=0.1, momentum=0.9))
+    sched = StepLR(chain, step_size=1, gamma=0.5)
+    with pytest.raises(TypeError, match=r"add the group to one of them, e.g. chain.optimizers\[-1\].add_param_group"):
+        chain.add_param_group({"params": [c]})
+    with pytest.raises(ValueError, match=r"parameter 'w' is already in parameter group 0 of the chain's Muon"):
+        chain.optimizers[1].add_param_group({"params": [w]})
+    chain.optimizers[1].add_param_group({"params": [c], "lr": 0.3})
+    chain.optimizers[0].add_param_group({"params": [v]})
+    assert [id(p) for p in chain.params] == [id(w), id(v), id(b), id(c)] and len(chain.state) == 4
+    assert [g["lr"] for g in chain.param_groups] == [pytest.approx(0.1), pytest.approx(0.1), pytest.approx(0.1),
+                                                     pytest.approx(0.3)]
+    for p in chain.params:
+        p.grad = np.ones_like(p.data)
+    chain.step()
+    sched.step()
+    assert sched.get_last_lr()[3] == pytest.approx(0.15) and chain.state[c]["momentum_buffer"] is not None
+    saved = chain.state_dict()
+    twin = copy.deepcopy(chain)
+    with pytest.raises(ValueError, match=r"parameter 'w' is already in parameter group 0 of the chain's Muon"):
+        twin.optimizers[1].add_param_group({"params": [twin.optimizers[0].params[0]]})
+    fresh = Chain(Muon([Parameter(np.ones((2, 2)))], lr=0.1), SGD([Parameter(np.ones(2))], lr=0.1, momentum=0.9))
+    with pytest.raises(ValueError, match=r"holds 2 parameters, this optimizer 1: .*add_param_group the groups"):
+        fresh.load_state_dict(saved)
+    fresh.optimizers[0].add_param_group({"params": [Parameter(np.ones((2, 3)))]})
+    fresh.optimizers[1].add_param_group({"params": [Parameter(np.ones(2))], "lr": 0.3})
+    fresh.load_state_dict(saved)
+    assert [g["lr"] for g in fresh.param_groups] == [g["lr"] for g in chain.param_groups]
+
+
+def test_add_param_group_state_dict_round_trip(backend):
+    """A state dict saved after add_param_group loads into an optimizer given the same groups and
+    continues bit for bit (Adam's step counts and moments of the new group too)."""
+    def build(with_group, lr=0.01):
+        a, b = _p(backend, [1.0, 2.0]), _p(backend, [3.0])
+        opt = Adam([a], lr=lr, weight_decay=0.1)
+        sched = StepLR(opt, step_size=2, gamma=0.5)
+        if with_group:
+            opt.add_param_group({"params": [b], "lr": 0.05, "betas": (0.8, 0.9)})
+        return a, b, opt, sched
+
+    a, b, opt, sched = build(False)
+    for step in range(5):
+        if step == 2:
+            opt.add_param_group({"params": [b], "lr": 0.05, "betas": (0.8, 0.9)})
+        a.grad, b.grad = a.data * 0.5, b.data * 0.5
+        opt.step()
+        sched.step()
+    a2, b2, opt2, sched2 = build(True, lr=0.7)
+    a2.data[...], b2.data[...] = a.data, b.data
+    opt2.load_state_dict(opt.state_dict())
+    sched2.load_state_dict(sched.state_dict())
+    assert opt2.param_groups[1]["lr"] == opt.param_groups[1]["lr"] and opt2.lr == opt.lr
+    for _ in range(3):
+        for x in (a, b, a2, b2):
+            x.grad = x.data * 0.5
+        opt.step(), opt2.step(), sched.step(), sched2.step()
+    np.testing.assert_array_equal(backend.asnumpy(a.data), backend.asnumpy(a2.data))
+    np.testing.assert_array_equal(backend.asnumpy(b.data), backend.asnumpy(b2.data))
+    assert int(opt2.state[1]["step"]) == 6
+
+
+def test_a_group_added_while_a_graph_holds_the_optimizer_is_refused_and_free_between_epochs():
+    """A captured step updates the parameters of its capture: a group added mid-epoch would go
+    untrained by every replay. Refused while a graph holds the optimizer; in epoch_start (the graph
+    released, a new capture follows) the graphed run trains the new group as the eager one does."""
+    from gpuconv.data import DeviceLoader
+    from gpuconv.graphs import StepGraph
+    from gpuconv.trainer import Trainer
+    rng = np.random.default_rng(0)
+    imgs, labels = rng.integers(0, 256, (12, 3, 4, 4), dtype=np.uint8), rng.integers(0, 10, 12)
+
+    def run(cuda_graph):
+        model = nn.Sequential(nn.Conv2d(3, 2, 1, seed=0), nn.Flatten(), nn.Linear(32, 10, seed=1))
+        opt = SGD(model[0].parameters(), lr=0.05, momentum=0.9)
+        head = model[2].parameters()
+        before = [p.data.copy() for p in head]
+
+        def thaw(epoch):
+            if epoch == 1:
+                opt.add_param_group({"params": head, "lr": 0.1})
+
+        Trainer(model, opt, log_every=3, progress=False, epoch_start=thaw, cuda_graph=cuda_graph).fit(
+            DeviceLoader(imgs, labels, 4, seed=0), 2)
+        assert not all(np.array_equal(p.data, q) for p, q in zip(head, before))  # the head trained
+        return [p.data for p in model.parameters()]
+
+    for eager, graphed in zip(run(False), run(True)):
+        np.testing.assert_array_equal(graphed, eager)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(12, 3, seed=1))
+    opt = SGD(net[1].parameters()[:1], lr=0.1)
+    step = StepGraph.for_optimizer(lambda x, y: gpuconv.amp.training_step(net, opt, x, y), opt, net)
+    step(np.ones((2, 3, 2, 2), np.float32), np.array([0, 1]))
+    with pytest.raises(RuntimeError, match=r"SGD.add_param_group: a group cannot be added while a captured "
+                                           r"training step .* release\(\) it first"):
+        opt.add_param_group({"params": net[1].parameters()[1:]})
+    assert len(opt.params) == 1
+    step.release()
+    opt.add_param_group({"params": net[1].parameters()[1:]})
+    assert len(opt.param_groups) == 2
