@@ -30,6 +30,7 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -173,6 +174,15 @@ def _in_notebook() -> bool:
     return type(shell).__name__ == "ZMQInteractiveShell"
 
 
+def _lrs_text(record):
+    """A record's lr for a line of text: the groups' where they differ from ``lr`` (a recipe's batch
+    norm biases at 64 times the lr, a Chain's members), else ``lr``."""
+    groups = record.get("group_lrs") or [record["lr"]]
+    if all(lr == record["lr"] for lr in groups):
+        return f"{record['lr']:.4g}"
+    return "/".join(f"{lr:.4g}" for lr in groups) + " (groups)"
+
+
 class Trainer:
     """Fits a model with an optimizer (and optionally a per-step schedule).
 
@@ -180,7 +190,11 @@ class Trainer:
     lines only, for logs), False (quiet). ``out_dir`` receives ``checkpoint.npz`` (the latest),
     ``best.npz`` (the epoch with the best validation accuracy; none without validation data),
     ``metrics.jsonl`` and ``curves.png`` (where matplotlib imports; a warning where it does
-    not); without it nothing is written. ``checkpoint_every`` is ``'epoch'``, a number of steps, or None (save
+    not); without it nothing is written. Each record (``history``, ``metrics.jsonl``) holds ``lr``,
+    ``optimizer.lr`` (the schedule's value: the lr of the groups without one of their own, a Chain's
+    factor on its members' lrs), and ``group_lrs``, each parameter group's lr as
+    ``optimizer.param_groups[i]['lr']`` reads it, both those of the step that comes next.
+    ``checkpoint_every`` is ``'epoch'``, a number of steps, or None (save
     only on Ctrl-C). ``config`` (JSON-able) is stored in the checkpoint as ``meta/config`` so
     a tool can rebuild the model (a resume keeps the checkpoint's when none is given).
     ``monitor``: 'auto' samples GPU telemetry when the model is on CUDA; True/False force it; a
@@ -925,7 +939,7 @@ class Trainer:
                 record = {"kind": "epoch", "epoch": self.epoch + 1, "step": self.step,
                           "train_loss": self._ep["loss"] / n if n else None,
                           "train_acc": self._ep["correct"] / n if n else None,
-                          "lr": float(self.optimizer.lr), "images_per_s": n / max(self._ep["t"], 1e-9)}
+                          **self._lr_record(), "images_per_s": n / max(self._ep["t"], 1e-9)}
                 if val is not None:
                     self._validating = True
                     try:
@@ -1056,13 +1070,13 @@ class Trainer:
             self._ep[key] += stats[key] * (1 if key != "loss" else stats["n"])
         self._ep["t"] += dt
         rec = {"kind": "interval", "epoch": self.epoch + 1, "step": self.step, "train_loss": stats["loss"],
-               "train_acc": stats["correct"] / stats["n"], "lr": float(self.optimizer.lr),
+               "train_acc": stats["correct"] / stats["n"], **self._lr_record(),
                "images_per_s": stats["n"] / max(dt, 1e-9),
                "elapsed_s": round(now - self._t0, 3), **self._telemetry()}
         self._write_metrics(rec)
         if bar is None and self._plain_intervals():
             print(f"epoch {rec['epoch']} step {rec['step']}: loss {rec['train_loss']:.4f} acc {rec['train_acc']:.4f} "
-                  f"lr {rec['lr']:.4g} | {rec['images_per_s']:.0f} img/s", file=CONSOLE, flush=True)
+                  f"lr {_lrs_text(rec)} | {rec['images_per_s']:.0f} img/s", file=CONSOLE, flush=True)
         if bar is not None:
             post = {"loss": f"{rec['train_loss']:.3f}", "acc": f"{rec['train_acc']:.3f}",
                     "img/s": f"{rec['images_per_s']:.0f}"}
@@ -1070,6 +1084,17 @@ class Trainer:
                 post["gpu"] = format_snapshot(self.monitor.snapshot())
             bar.set_postfix(post, refresh=False)
         return now
+
+    def _lr_record(self):
+        """The metrics' learning rates: ``lr``, ``optimizer.lr`` (the value the schedule sets: the
+        lr of the groups that set none of their own, a Chain's factor on its members' lrs), and
+        ``group_lrs``, each parameter group's, as ``optimizer.param_groups[i]['lr']`` reads it (the
+        lr its next step takes), where the optimizer has groups."""
+        out = {"lr": float(self.optimizer.lr)}
+        groups = getattr(self.optimizer, "param_groups", None)
+        if isinstance(groups, list) and all(isinstance(g, Mapping) and "lr" in g for g in groups):
+            out["group_lrs"] = [float(g["lr"]) for g in groups]
+        return out
 
     def _plain_intervals(self):
         """Progress on, but stderr is no terminal (a pipe, a log file) nor a notebook's output: a

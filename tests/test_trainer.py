@@ -19,7 +19,7 @@ from gpuconv import checkpoint as ckpt
 from gpuconv.data import DeviceLoader, load_cifar10, train_val_split
 from gpuconv.layers import BatchNorm2d, Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, Sequential
 from gpuconv.models import three_layer_convnet
-from gpuconv.optim import SGD, CosineLR, OneCycleLR
+from gpuconv.optim import SGD, CosineLR, OneCycleLR, StepLR
 from gpuconv.syncguard import no_sync
 from gpuconv.trainer import (GPUOutOfMemory, Trainer, TrainingDiverged, TrainingInterrupted, evaluate,
                              oom_message)
@@ -1379,3 +1379,31 @@ def test_a_failed_fsync_of_the_metrics_names_that_file_once(cifar, tmp_path, mon
     assert message.startswith(f"could not write {tmp_path / 'metrics.jsonl'} at step 4 ({os.strerror(errno.EIO)}); ")
     assert message.count("could not write") == 1 and "checkpoint.npz at step" not in message, message
     assert message.count(" is intact at ") == 1 and "the checkpoint of epoch 1's end (step 2)" in message
+
+
+def test_the_metrics_log_each_parameter_groups_lr(tmp_path, monkeypatch, capsys):
+    """With per-group lrs (airbench's batch-norm biases at 64 times the lr) the records' ``lr`` was
+    the schedule's value alone, the lr of no group that set its own, and a Chain's was the factor on
+    its members' lrs: the log named one lr where the groups trained with others. Each record now
+    also holds ``group_lrs``, every group's as ``param_groups[i]['lr']`` reads it (the next step's),
+    and a plain log line shows those; ``lr`` keeps its meaning for the readers of old logs."""
+    import gpuconv.trainer as trainer_module
+    monkeypatch.setattr(trainer_module, "_is_terminal", lambda stream: False)  # plain lines, as in a log file
+    rng = np.random.default_rng(0)
+    imgs, labels = rng.integers(0, 256, (8, 3, 4, 4), dtype=np.uint8), rng.integers(0, 10, 8)
+    net = Sequential(Conv2d(3, 2, 1, seed=0), BatchNorm2d(2), Flatten(), Linear(32, 10, seed=1))
+    opt = SGD([{"params": net[1].parameters(), "lr": 6.4}, {"params": net[0].parameters() + net[3].parameters()}],
+              lr=0.1, momentum=0.9)
+    sched = StepLR(opt, step_size=1, gamma=0.5)
+    trainer = Trainer(net, opt, sched, out_dir=tmp_path, log_every=1, progress=True, checkpoint_every=None)
+    history = trainer.fit(DeviceLoader(imgs, labels, 4, seed=0), 1)
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    first, epoch = lines[0], lines[-1]
+    assert first["kind"] == "interval" and first["lr"] == pytest.approx(0.05)
+    assert first["group_lrs"] == [pytest.approx(3.2), pytest.approx(0.05)]
+    assert epoch["kind"] == "epoch" and epoch["group_lrs"] == [pytest.approx(1.6), pytest.approx(0.025)]
+    assert history[-1]["group_lrs"] == epoch["group_lrs"] and history[-1]["lr"] == pytest.approx(0.025)
+    assert "lr 3.2/0.05 (groups) |" in capsys.readouterr().err
+    one = SGD(net.parameters(), lr=0.1)
+    Trainer(net, one, log_every=1, progress=True).fit(DeviceLoader(imgs, labels, 4, seed=0), 1)
+    assert "lr 0.1 |" in capsys.readouterr().err  # one lr for all: as before
