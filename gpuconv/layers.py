@@ -390,18 +390,20 @@ class Layer:
                     if isinstance(v, Parameter) and name not in self._param_names]
         return own
 
-    def named_parameters(self):
-        """[(dotted name, Parameter)], e.g. ``('0.weight', p)``; a shared Parameter appears once."""
+    def named_parameters(self, prefix="", recurse=True):
+        """[(dotted name, Parameter)], e.g. ``('0.weight', p)``; a shared Parameter appears once.
+        As PyTorch's: ``prefix`` goes before every name, ``recurse=False`` gives this layer's own
+        parameters alone (not its sub-layers')."""
         out, seen = [], set()
-        for mname, m in self.named_modules():
+        for mname, m in (self.named_modules(prefix) if recurse else [(prefix, self)]):
             for pname, p in m._own_parameters():
                 if id(p) not in seen:
                     seen.add(id(p))
                     out.append((_join(mname, pname), p))
         return out
 
-    def parameters(self):
-        return [p for _, p in self.named_parameters()]
+    def parameters(self, recurse=True):
+        return [p for _, p in self.named_parameters(recurse=recurse)]
 
     def num_parameters(self, trainable_only=True):
         """The number of scalar parameters (with ``trainable_only=False``, frozen parameters and
@@ -409,9 +411,22 @@ class Layer:
         n = sum(int(p.size) for p in self.parameters() if p.requires_grad or not trainable_only)
         return n if trainable_only else n + sum(int(b.size) for _, b in self.named_buffers())
 
-    def named_buffers(self):
-        """[(dotted name, array)] of the non-trained state, e.g. ``('1.running_mean', a)``."""
-        return [(_join(mname, b), getattr(m, b)) for mname, m in self.named_modules() for b in m._buffer_names]
+    def named_buffers(self, prefix="", recurse=True):
+        """[(dotted name, array)] of the non-trained state, e.g. ``('1.running_mean', a)`` (``prefix``
+        and ``recurse`` as in :meth:`named_parameters`)."""
+        return [(_join(mname, b), getattr(m, b)) for mname, m in
+                (self.named_modules(prefix) if recurse else [(prefix, self)]) for b in m._buffer_names]
+
+    def buffers(self, recurse=True):
+        return [b for _, b in self.named_buffers(recurse=recurse)]
+
+    def apply(self, fn):
+        """``fn(layer)`` for every sub-layer, then this layer (PyTorch's order: children first), e.g.
+        an initialization that looks at each layer's type; returns this layer."""
+        for child in self.children():
+            child.apply(fn)
+        fn(self)
+        return self
 
     def zero_grad(self, set_to_none=True):
         """Forget accumulated gradients (``.grad = None``: the next backward sets them afresh), or
@@ -1101,6 +1116,30 @@ class Sequential(Layer):
 
     def named_children(self):
         return list(self._layers.items())
+
+    def append(self, layer):
+        """Add ``layer`` at the end (named by its position, as PyTorch's ``Sequential.append``);
+        returns the Sequential. An optimizer built before trains none of its parameters: give them
+        a group, ``optimizer.add_param_group({'params': layer.parameters()})``."""
+        name = str(len(self._layers))
+        if not isinstance(layer, Layer):
+            raise TypeError(f"Sequential.append: a {type(layer).__name__} is not a gpuconv Layer; wrap it in a Layer "
+                            "subclass with forward and backward")
+        if name in self._layers:
+            raise ValueError(f"Sequential.append: the new layer's name {name!r} (its position) is taken by another "
+                             "layer (a Sequential built from a mapping, or a slice, keeps its layers' names); build a "
+                             "Sequential with the layer in it, Sequential(*seq, layer)")
+        if self._held():  # the captured step calls the layers of its capture
+            raise RuntimeError("Sequential.append: the layers cannot change while " + REPLAYED_WAY_OUT)
+        self._layers[name] = layer
+        _name_parameters(layer, name)
+        return self
+
+    def extend(self, layers):
+        """``append`` each of ``layers``; returns the Sequential."""
+        for layer in layers:
+            self.append(layer)
+        return self
 
     def __len__(self):
         return len(self._layers)

@@ -1445,3 +1445,61 @@ def test_named_generators_names_each_random_layer_once_under_its_checkpoint_key(
     assert names == ["model.block.inner.1._rngs.numpy"]  # a shared layer once, under its first name
     assert net.named_generators("model")[0][1] is drop._rngs["numpy"]
     assert Linear(2, 2).named_generators() == []
+
+
+def test_apply_buffers_and_own_parameters_as_in_pytorch():
+    """``model.apply(init)``, ``buffers()`` and ``parameters(recurse=False)`` /
+    ``named_parameters(prefix=...)`` were missing (AttributeError, TypeError): a PyTorch script's
+    weight initialization and its look at one layer's own parameters stopped there."""
+    net = Sequential(Conv2d(3, 4, 3, seed=0), BatchNorm2d(4), Sequential(ReLU(), Flatten()))
+    seen = []
+    assert net.apply(seen.append) is net
+    assert [type(m).__name__ for m in seen] == ["Conv2d", "BatchNorm2d", "ReLU", "Flatten", "Sequential", "Sequential"]
+    assert seen[-1] is net and seen[-2] is net[2]  # children first, as PyTorch's
+
+    def init(m):
+        if isinstance(m, Conv2d):
+            m.weight.data[...] = 0.5
+    net.apply(init)
+    assert float(net[0].weight.data.min()) == 0.5
+    assert [b is a for b, (_, a) in zip(net.buffers(), net.named_buffers())] == [True, True]
+    assert [n for n, _ in net.named_buffers(prefix="model")] == ["model.1.running_mean", "model.1.running_var"]
+    assert net.parameters(recurse=False) == [] and net.buffers(recurse=False) == []
+    assert [n for n, _ in net[0].named_parameters(recurse=False)] == ["weight", "bias"]
+    assert [n for n, _ in net.named_parameters(prefix="m")][:2] == ["m.0.weight", "m.0.bias"]
+
+
+def test_sequential_append_and_extend_as_in_pytorch():
+    """``Sequential.append`` / ``extend`` (PyTorch's) were missing. The new layers take the next
+    positions as names (state dict keys, parameter names), run in forward and backward, and an
+    optimizer built before takes them through ``add_param_group``; a name taken (a slice keeps its
+    layers' names) and a model held by a captured step are refused."""
+    from gpuconv import ops
+    from gpuconv.graphs import StepGraph
+    from gpuconv.optim import SGD
+    net = Sequential(Conv2d(3, 2, 1, seed=0), Flatten())
+    opt = SGD(net.parameters(), lr=0.1)
+    head = Linear(8, 3, seed=1)
+    assert net.append(head) is net and len(net) == 3 and net[2] is head and net[-1] is head
+    net.extend([ReLU()])
+    assert [type(m).__name__ for m in net] == ["Conv2d", "Flatten", "Linear", "ReLU"]
+    assert list(net.state_dict()) == ["0.weight", "0.bias", "2.weight", "2.bias"] and head.weight.name == "2.weight"
+    opt.add_param_group({"params": head.parameters()})
+    before = head.weight.data.copy()
+    x = np.random.default_rng(0).standard_normal((2, 3, 2, 2)).astype(np.float32)
+    loss, dlogits = ops.softmax_cross_entropy(net(x), np.array([0, 1]))
+    net.backward(dlogits)
+    opt.step()
+    assert not np.array_equal(head.weight.data, before)
+    with pytest.raises(TypeError, match="Sequential.append: a int is not a gpuconv Layer"):
+        net.append(3)
+    with pytest.raises(ValueError, match=r"the new layer's name '2' \(its position\) is taken by another layer"):
+        net[1:3].append(ReLU())  # (names '1', '2')
+    step = StepGraph.for_optimizer(lambda x, y: gpuconv.amp.training_step(net, opt, x, y), opt, net)
+    step(x, np.array([0, 1]))
+    with pytest.raises(RuntimeError, match="Sequential.append: the layers cannot change while a captured training"):
+        net.append(ReLU())
+    assert len(net) == 4
+    step.release()
+    net.append(ReLU())
+    assert len(net) == 5
