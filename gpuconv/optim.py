@@ -41,6 +41,7 @@ import math
 import numbers
 import weakref
 from collections.abc import Mapping, MutableMapping
+from types import MappingProxyType
 
 import numpy as np
 
@@ -482,6 +483,18 @@ class Optimizer:
         chain = self.__dict__.get("_chain")
         chain = chain() if chain is not None else None
         return chain.optimizers if chain is not None else (self,)
+
+    @property
+    def defaults(self):
+        """The optimizer's own values, as PyTorch's ``optimizer.defaults``: ``lr`` as given at
+        construction (``initial_lr``; a schedule sets ``optimizer.lr``) and every hyperparameter
+        (``betas`` too for Adam), those a group leaves out. Read-only: set ``optimizer.momentum``
+        (say) to change one."""
+        out = {"lr": self.initial_lr}
+        if "beta1" in self._hyper:
+            out["betas"] = (self.beta1, self.beta2)
+        out.update((name, getattr(self, name)) for name in self._hyper)
+        return MappingProxyType(out)
 
     def group_initial_lr(self, gi):
         """Group ``gi``'s lr before any schedule: its own ``lr`` or the optimizer's ``initial_lr``."""

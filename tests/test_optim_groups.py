@@ -739,3 +739,18 @@ def test_a_group_added_while_a_graph_holds_the_optimizer_is_refused_and_free_bet
     step.release()
     opt.add_param_group({"params": net[1].parameters()[1:]})
     assert len(opt.param_groups) == 2
+
+
+def test_defaults_as_in_pytorch(backend):
+    """``optimizer.defaults`` (PyTorch's: the values a group leaves out, read by code that builds
+    groups) was missing: an AttributeError. It reads the constructor's lr and every hyperparameter
+    in effect, and refuses a write (which would change nothing) by raising."""
+    a = _p(backend, [1.0])
+    opt = SGD([a], lr=0.1, momentum=0.9)
+    StepLR(opt, step_size=1, gamma=0.5).step()
+    assert dict(opt.defaults) == {"lr": 0.1, "momentum": 0.9, "nesterov": False, "weight_decay": 0.0}
+    opt.momentum = 0.5
+    assert opt.defaults["momentum"] == 0.5
+    with pytest.raises(TypeError):
+        opt.defaults["lr"] = 1.0
+    assert Adam([a], lr=0.01, betas=(0.8, 0.9)).defaults["betas"] == (0.8, 0.9)
