@@ -1149,6 +1149,9 @@ class Sequential(Layer):
 
     def __getitem__(self, index):
         if isinstance(index, str):
+            if index not in self._layers:
+                raise KeyError(f"Sequential has no layer named {index!r}; its layers are named "
+                               f"{', '.join(map(repr, self._layers))}")
             return self._layers[index]
         items = list(self._layers.items())
         if isinstance(index, slice):
@@ -1157,7 +1160,11 @@ class Sequential(Layer):
             sub._layers = dict(items[index])
             sub.training = self.training
             return sub
-        return items[index][1]
+        try:
+            return items[index][1]
+        except IndexError:
+            held = f"{len(items)} layers (indices {-len(items)} to {len(items) - 1})" if items else "no layers"
+            raise IndexError(f"Sequential index {index} is out of range: it holds {held}") from None
 
     def forward(self, x):
         # Called on data (input_is_data): the frozen layers in front of the first trainable one

@@ -1503,3 +1503,18 @@ def test_sequential_append_and_extend_as_in_pytorch():
     step.release()
     net.append(ReLU())
     assert len(net) == 5
+
+
+def test_a_sequential_index_out_of_range_is_named():
+    """``net[10]`` said only "list index out of range" (``net['9']``: KeyError '9'); both now name
+    the index and what the Sequential holds."""
+    net = Sequential(ReLU(), Flatten())
+    with pytest.raises(IndexError, match=r"Sequential index 2 is out of range: it holds 2 layers \(indices -2 to 1\)"):
+        net[2]
+    with pytest.raises(IndexError, match=r"index -3 is out of range: it holds 2 layers"):
+        net[-3]
+    with pytest.raises(KeyError, match=r"no layer named 'fc'; its layers are named '0', '1'"):
+        net["fc"]
+    with pytest.raises(IndexError, match=r"it holds no layers"):
+        Sequential()[0]
+    assert net[-1] is net[1] and net["0"] is net[0]
