@@ -323,7 +323,10 @@ class Layer:
 
         ``need_dx=False`` says nobody uses the input gradient (the network's input is data): a
         layer may then skip computing it and return None; parameter gradients are still made."""
-        raise NotImplementedError(f"{type(self).__name__} does not define backward(dy)")
+        raise NotImplementedError(f"{type(self).__name__} does not define backward(dy): gpuconv has no autograd, so a "
+                                  "Layer subclass writes its backward, its layers' backward calls in reverse order "
+                                  "(def backward(self, dy, need_dx=True): return self.fc.backward(dy, need_dx) for a "
+                                  "forward that ends with self.fc), or is built as a Sequential, which has one")
 
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)

@@ -1518,3 +1518,21 @@ def test_a_sequential_index_out_of_range_is_named():
     with pytest.raises(IndexError, match=r"it holds no layers"):
         Sequential()[0]
     assert net[-1] is net[1] and net["0"] is net[0]
+
+
+def test_a_subclass_without_backward_says_how_to_write_one():
+    """A PyTorch user's Module subclass defines forward only (autograd does the rest there): its
+    backward said "Net does not define backward(dy)"; it now says why and what to write."""
+    class Net(Layer):
+        def __init__(self):
+            super().__init__()
+            self.fc = Linear(4, 2, seed=0)
+
+        def forward(self, x):
+            return self.fc(x)
+
+    net = Net()
+    net(np.ones((1, 4), np.float32))
+    with pytest.raises(NotImplementedError, match=r"Net does not define backward\(dy\): gpuconv has no autograd.*"
+                                                  r"reverse order.*Sequential"):
+        net.backward(np.ones((1, 2), np.float32))
