@@ -114,6 +114,22 @@ class _GroupParams(list):
         return list, (list(self),)
 
 
+class _GroupList(list):
+    """``optimizer.param_groups``, a list to read: a group appended (or removed) there would reach no
+    update, so a change is refused, naming add_param_group."""
+
+    def _fixed(self, *args, **kwargs):
+        raise TypeError("optimizer.param_groups is made afresh from the optimizer's groups at each read, so a change "
+                        "to the list reaches no update: add a group with optimizer.add_param_group({'params': "
+                        "[...], 'lr': ...}), or change a group's values through param_groups[i][key] = value")
+
+    append = extend = insert = remove = pop = clear = sort = reverse = _fixed
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _fixed
+
+    def __reduce_ex__(self, protocol):  # a copy (copy, pickle) is a plain list
+        return list, (list(self),)
+
+
 class ParamGroup(MutableMapping):
     """One parameter group of an optimizer, as PyTorch's ``optimizer.param_groups[i]`` shows it:
     ``'params'`` (its Parameters), ``'lr'`` (the lr its next step takes) and every other
@@ -334,7 +350,7 @@ class Optimizer:
         ``'params'`` and every hyperparameter in effect, writable) per group."""
         if not hasattr(self, "_groups"):
             self._finish_groups()
-        return [ParamGroup(self, gi) for gi in range(len(self._groups))]
+        return _GroupList(ParamGroup(self, gi) for gi in range(len(self._groups)))
 
     def _set_group_value(self, gi, key, value):
         """``param_groups[gi][key] = value`` (checked as the constructor checks it)."""
@@ -1080,7 +1096,7 @@ class Chain(Optimizer):
     @property
     def param_groups(self):
         """Every member's groups, in order (writing one sets it in its member)."""
-        return [g for o in self.optimizers for g in o.param_groups]
+        return _GroupList(g for o in self.optimizers for g in o.param_groups)
 
     def find_group(self, params):
         for o in self.optimizers:

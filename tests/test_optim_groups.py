@@ -754,3 +754,18 @@ def test_defaults_as_in_pytorch(backend):
     with pytest.raises(TypeError):
         opt.defaults["lr"] = 1.0
     assert Adam([a], lr=0.01, betas=(0.8, 0.9)).defaults["betas"] == (0.8, 0.9)
+
+
+def test_a_group_appended_to_param_groups_is_refused_naming_add_param_group(backend):
+    """``opt.param_groups.append({...})`` appended to a list made for that read and nothing else: the
+    group never trained, without a word. The list refuses a change, naming add_param_group."""
+    a, b = _p(backend, [1.0]), _p(backend, [2.0])
+    opt = SGD([a], lr=0.1)
+    for groups in (opt.param_groups, Chain(opt).param_groups):
+        for change in (lambda: groups.append({"params": [b]}), lambda: groups.extend([{"params": [b]}]),
+                       lambda: groups.pop(), lambda: groups.__delitem__(0), lambda: groups.__iadd__([{}])):
+            with pytest.raises(TypeError, match=r"param_groups is made afresh .* add a group with "
+                                                r"optimizer.add_param_group"):
+                change()
+    assert len(opt.param_groups) == 1 and opt.param_groups[0]["params"] == [a]
+    assert type(__import__("copy").copy(opt.param_groups)) is list
