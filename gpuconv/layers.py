@@ -234,6 +234,16 @@ class Parameter:
         """The number of values (PyTorch's name for :attr:`size`)."""
         return int(self.data.size)
 
+    @property
+    def device(self):
+        """The :class:`~gpuconv.backend.Device` its array lives on (PyTorch's ``p.device``)."""
+        return device_of(self.data)
+
+    def requires_grad_(self, requires_grad=True):
+        """Freeze (False) or unfreeze it, as a PyTorch tensor's; returns the parameter."""
+        self.requires_grad = requires_grad
+        return self
+
     def accumulate(self, grad):
         """Set ``.grad`` on the first call, add in place afterwards (until ``zero_grad``); a
         frozen parameter (``requires_grad=False``) drops ``grad``."""

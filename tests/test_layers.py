@@ -1536,3 +1536,14 @@ def test_a_subclass_without_backward_says_how_to_write_one():
     with pytest.raises(NotImplementedError, match=r"Net does not define backward\(dy\): gpuconv has no autograd.*"
                                                   r"reverse order.*Sequential"):
         net.backward(np.ones((1, 2), np.float32))
+
+
+def test_a_parameters_requires_grad_and_device_as_a_pytorch_tensors():
+    """``p.requires_grad_(False)`` (a PyTorch script freezing a backbone parameter by parameter) and
+    ``p.device`` raised AttributeError; both now work as on a tensor."""
+    net = Sequential(Linear(3, 2, seed=0))
+    for p in net.parameters():
+        assert p.requires_grad_(False) is p
+    assert [p.requires_grad for p in net.parameters()] == [False, False]
+    net[0].weight.requires_grad_()
+    assert net[0].weight.requires_grad and str(net[0].weight.device) == "cpu"
