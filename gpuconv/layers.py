@@ -1148,6 +1148,22 @@ class Sequential(Layer):
         _name_parameters(layer, name)
         return self
 
+    def __setitem__(self, index, layer):
+        """``seq[i] = layer`` (a position, or a name): the layer there replaced, under its name (a
+        fine-tuned head, as in PyTorch). An optimizer built before trains the old layer's
+        parameters, not the new one's: give them a group (``optimizer.add_param_group``) or build
+        the optimizer after."""
+        if not isinstance(layer, Layer):
+            raise TypeError(f"Sequential[{index!r}] = ...: a {type(layer).__name__} is not a gpuconv Layer")
+        if isinstance(index, slice):
+            raise TypeError("Sequential[a:b] = ...: a slice cannot be assigned; assign one position at a time")
+        self[index]  # (an IndexError or KeyError naming what the Sequential holds)
+        name = index if isinstance(index, str) else list(self._layers)[index]
+        if self._held():  # the captured step calls the layers of its capture
+            raise RuntimeError("Sequential: a layer cannot be replaced while " + REPLAYED_WAY_OUT)
+        self._layers[name] = layer
+        _name_parameters(layer, name)
+
     def extend(self, layers):
         """``append`` each of ``layers``; returns the Sequential."""
         for layer in layers:

@@ -1499,6 +1499,8 @@ def test_sequential_append_and_extend_as_in_pytorch():
     step(x, np.array([0, 1]))
     with pytest.raises(RuntimeError, match="Sequential.append: the layers cannot change while a captured training"):
         net.append(ReLU())
+    with pytest.raises(RuntimeError, match="Sequential: a layer cannot be replaced while a captured training"):
+        net[3] = ReLU()
     assert len(net) == 4
     step.release()
     net.append(ReLU())
@@ -1547,3 +1549,30 @@ def test_a_parameters_requires_grad_and_device_as_a_pytorch_tensors():
     assert [p.requires_grad for p in net.parameters()] == [False, False]
     net[0].weight.requires_grad_()
     assert net[0].weight.requires_grad and str(net[0].weight.device) == "cpu"
+
+
+def test_a_sequentials_layer_replaced_by_index_as_in_pytorch():
+    """``net[-1] = Linear(...)`` (a new head for fine-tuning, as with PyTorch's Sequential) raised
+    TypeError (no item assignment). The new layer takes the old one's name (state dict keys,
+    parameter names) and trains; an optimizer built before takes it through add_param_group."""
+    from gpuconv import ops
+    from gpuconv.optim import SGD
+    net = Sequential(Conv2d(3, 2, 1, seed=0), Flatten(), Linear(8, 10, seed=1))
+    net[-1] = Linear(8, 3, seed=2)
+    net["1"] = Flatten()
+    assert net[2].out_features == 3 and list(net.state_dict())[-2:] == ["2.weight", "2.bias"]
+    assert net[2].weight.name == "2.weight"
+    opt = SGD(net[0].parameters(), lr=0.1)
+    opt.add_param_group({"params": net[2].parameters()})
+    x = np.random.default_rng(0).standard_normal((2, 3, 2, 2)).astype(np.float32)
+    before = net[2].weight.data.copy()
+    net.backward(ops.softmax_cross_entropy(net(x), np.array([0, 2]))[1])
+    opt.step()
+    assert not np.array_equal(before, net[2].weight.data)
+    with pytest.raises(IndexError, match="Sequential index 3 is out of range"):
+        net[3] = ReLU()
+    with pytest.raises(KeyError, match="no layer named 'head'"):
+        net["head"] = ReLU()
+    with pytest.raises(TypeError, match=r"Sequential\[0\] = \.\.\.: a int is not a gpuconv Layer"):
+        net[0] = 3
+    assert len(net) == 3
