@@ -1389,6 +1389,7 @@ def test_the_metrics_log_each_parameter_groups_lr(tmp_path, monkeypatch, capsys)
     and a plain log line shows those; ``lr`` keeps its meaning for the readers of old logs."""
     import gpuconv.trainer as trainer_module
     monkeypatch.setattr(trainer_module, "_is_terminal", lambda stream: False)  # plain lines, as in a log file
+    monkeypatch.setattr("gpuconv.plots.plot_curves", lambda history, path: None)  # (matplotlib's import: a second)
     rng = np.random.default_rng(0)
     imgs, labels = rng.integers(0, 256, (8, 3, 4, 4), dtype=np.uint8), rng.integers(0, 10, 8)
     net = Sequential(Conv2d(3, 2, 1, seed=0), BatchNorm2d(2), Flatten(), Linear(32, 10, seed=1))
