@@ -1145,7 +1145,7 @@ class Sequential(Layer):
         if self._held():  # the captured step calls the layers of its capture
             raise RuntimeError("Sequential.append: the layers cannot change while " + REPLAYED_WAY_OUT)
         self._layers[name] = layer
-        _name_parameters(layer, name)
+        _name_parameters(layer, _path(self, name))
         return self
 
     def __setitem__(self, index, layer):
@@ -1162,7 +1162,7 @@ class Sequential(Layer):
         if self._held():  # the captured step calls the layers of its capture
             raise RuntimeError("Sequential: a layer cannot be replaced while " + REPLAYED_WAY_OUT)
         self._layers[name] = layer
-        _name_parameters(layer, name)
+        _name_parameters(layer, _path(self, name))
 
     def extend(self, layers):
         """``append`` each of ``layers``; returns the Sequential."""
@@ -1243,7 +1243,7 @@ class ModuleList(Layer):
         if not isinstance(layer, Layer):
             raise TypeError(f"ModuleList: a {type(layer).__name__} is not a gpuconv Layer")
         self._list.append(layer)
-        _name_parameters(layer, str(len(self._list) - 1))
+        _name_parameters(layer, _path(self, str(len(self._list) - 1)))
         return self
 
     def extend(self, layers):
@@ -1596,6 +1596,14 @@ def _naming_setattr(layer, name, value):
 
 
 def _name_parameters(container, prefix=""):
-    """Each parameter of ``container`` named by its dotted path, under ``prefix``."""
+    """Each parameter of ``container`` named by its dotted path, under ``prefix``; each layer in it
+    keeps its own path, under which a layer a container is given later (``append``) is named."""
+    for name, m in container.named_modules():
+        m.__dict__["_path"] = _join(prefix, name) if name else prefix  # (not an attribute to register)
     for name, p in container.named_parameters():
         p.name = _join(prefix, name)
+
+
+def _path(layer, name):
+    """The dotted path of ``layer``'s child ``name`` (``layer``'s own as its container named it)."""
+    return _join(layer.__dict__.get("_path", ""), name)

@@ -1576,3 +1576,26 @@ def test_a_sequentials_layer_replaced_by_index_as_in_pytorch():
     with pytest.raises(TypeError, match=r"Sequential\[0\] = \.\.\.: a int is not a gpuconv Layer"):
         net[0] = 3
     assert len(net) == 3
+
+
+def test_a_layer_appended_to_a_held_container_is_named_under_its_path():
+    """PyTorch's pattern ``self.blocks = nn.ModuleList()`` then ``self.blocks.append(conv)`` named the
+    appended parameters '0.weight', not 'blocks.0.weight' (the names errors and optimizers show),
+    and so did an append to (or a layer set into) a Sequential inside a model."""
+    from gpuconv.layers import ModuleList
+
+    class Net(Layer):
+        def __init__(self):
+            super().__init__()
+            self.features = Sequential(Conv2d(3, 2, 1, seed=0))
+            self.blocks = ModuleList()
+            for i in range(2):
+                self.blocks.append(Sequential(Conv2d(2, 2, 1, seed=i)))
+
+    net = Net()
+    net.features.append(ReLU()).append(Conv2d(2, 2, 1, seed=3))
+    net.blocks[1][0] = Conv2d(2, 2, 1, seed=4)
+    outer = Sequential(net)
+    outer[0].blocks.append(Conv2d(2, 2, 1, seed=5))
+    assert [p.name for _, p in outer.named_parameters()] == [n for n, _ in outer.named_parameters()]
+    assert outer[0].blocks[2].weight.name == "0.blocks.2.weight"
