@@ -1588,11 +1588,16 @@ def _naming_setattr(layer, name, value):
     """``layer.name = value``, and the parameters set with it named under ``name`` (only the
     subtree set is renamed: the names grow as the model is put together, at a cost proportional to
     its size times its depth)."""
+    old = layer.__dict__.get(name)
+    if old is not value and (isinstance(value, (Parameter, Layer)) or isinstance(old, (Parameter, Layer))) \
+            and layer.__dict__.get("_held_by_graph"):  # a captured step computes with the layers of its capture
+        raise RuntimeError(f"{type(layer).__name__}.{name}: a sub-layer or parameter cannot be replaced while "
+                           + REPLAYED_WAY_OUT)
     object.__setattr__(layer, name, value)
     if isinstance(value, Parameter):
-        value.name = name
+        value.name = _path(layer, name)
     elif isinstance(value, Layer):
-        _name_parameters(value, name)
+        _name_parameters(value, _path(layer, name))
 
 
 def _name_parameters(container, prefix=""):

@@ -1599,3 +1599,39 @@ def test_a_layer_appended_to_a_held_container_is_named_under_its_path():
     outer[0].blocks.append(Conv2d(2, 2, 1, seed=5))
     assert [p.name for _, p in outer.named_parameters()] == [n for n, _ in outer.named_parameters()]
     assert outer[0].blocks[2].weight.name == "0.blocks.2.weight"
+
+
+def test_a_sub_layer_replaced_while_a_graph_holds_the_model_is_refused():
+    """``model.fc = Linear(...)`` during a graphed epoch left every replay computing with the old
+    layer while the model showed the new one (the simulator and the CPU ran the new one): refused
+    while a captured step holds the model, free once released; set into a model already built,
+    its parameters are named under the full path."""
+    from gpuconv.graphs import StepGraph
+    from gpuconv.optim import SGD
+
+    class Head(Layer):
+        def __init__(self):
+            super().__init__()
+            self.fc = Linear(12, 3, seed=1)
+
+        def forward(self, x):
+            return self.fc(x)
+
+        def backward(self, dy, need_dx=True):
+            return self.fc.backward(dy, need_dx)
+
+    net = Sequential(Flatten(), Head())
+    opt = SGD(net.parameters(), lr=0.1)
+    step = StepGraph.for_optimizer(lambda x, y: gpuconv.amp.training_step(net, opt, x, y), opt, net)
+    step(np.ones((2, 3, 2, 2), np.float32), np.array([0, 1]))
+    old = net[1].fc
+    for change in (lambda: setattr(net[1], "fc", Linear(12, 3, seed=2)), lambda: setattr(net[1], "fc", None),
+                   lambda: setattr(net[1], "scale", Parameter(np.ones(1, np.float32)))):
+        with pytest.raises(RuntimeError, match=r"Head\.(fc|scale): a sub-layer or parameter cannot be replaced while a "
+                                               r"captured training step"):
+            change()
+    assert net[1].fc is old
+    net[1].tag = "kept"  # (any other attribute is free)
+    step.release()
+    net[1].fc = Linear(12, 3, seed=2)
+    assert net[1].fc.weight.name == "1.fc.weight"
