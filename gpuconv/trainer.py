@@ -218,7 +218,7 @@ class Trainer:
     place); dropout layers read their mask keys from the device, written before each step from
     their own generators (the eager run's masks). A number a kernel takes by value (the optimizer's hyperparameters, batch
     norm's momentum and eps, Scale's factor, LPPool2d's norm_type, ``label_smoothing``, ``precision``) and which
-    parameters train (``requires_grad``) change, and a state is loaded (the model's, the optimizer's,
+    parameters train (``requires_grad``) change, layers or parameter groups are added, and a state is loaded (the model's, the optimizer's,
     :meth:`load_checkpoint`), before the fit or in ``epoch_start``; during a graphed epoch, they are
     refused.
     ``autotune``: measure each convolution's "auto" variant at its first training step
