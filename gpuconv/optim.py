@@ -154,7 +154,9 @@ class ParamGroup(MutableMapping):
             return (self["beta1"], self["beta2"])
         if key in opt._hyper:
             return opt._groups[gi].get(key, getattr(opt, key))
-        raise KeyError(key)
+        hint = (f"; the lr it takes before any schedule (PyTorch's 'initial_lr'), which a schedule scales, is "
+                f"optimizer.group_initial_lr({gi})" if key == "initial_lr" else "")
+        raise KeyError(f"a parameter group has {', '.join(self._keys())}; not {key!r}{hint}")
 
     def __setitem__(self, key, value):
         if key == "params":

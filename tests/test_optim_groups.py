@@ -769,3 +769,13 @@ def test_a_group_appended_to_param_groups_is_refused_naming_add_param_group(back
                 change()
     assert len(opt.param_groups) == 1 and opt.param_groups[0]["params"] == [a]
     assert type(__import__("copy").copy(opt.param_groups)) is list
+
+
+def test_a_key_a_group_lacks_is_named_with_the_keys_it_has(backend):
+    """``g['initial_lr']`` (PyTorch's schedulers set it; hand-written warm-ups read it) raised a bare
+    KeyError 'initial_lr'; it now names the group's keys and where gpuconv keeps that lr."""
+    opt = SGD([{"params": [_p(backend, [1.0])], "lr": 0.5}], lr=0.1)
+    with pytest.raises(KeyError, match=r"a parameter group has params, lr, momentum, nesterov, weight_decay; not "
+                                       r"'initial_lr'; .* optimizer.group_initial_lr\(0\)"):
+        opt.param_groups[0]["initial_lr"]
+    assert opt.param_groups[0].get("initial_lr") is None and opt.group_initial_lr(0) == 0.5
