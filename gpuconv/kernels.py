@@ -1040,7 +1040,11 @@ def wgmma_available(target: str, device: int | None = None) -> bool:
     build, :func:`sim_arch`.)"""
     if target == "sim":
         return _sim_arch.get() is None
-    return _env.flag("GPUCONV_WGMMA", default=True) and _arch_specific_build(device)
+    if not _env.flag("GPUCONV_WGMMA", default=True):
+        return False
+    if device is None:  # the current GPU, asked at each call (the answer is cached per GPU)
+        device = backend.require_cupy().cuda.Device().id
+    return _arch_specific_build(int(device))
 
 
 def launch_setting(target: str, occupancy: bool = False):
@@ -1120,8 +1124,16 @@ def tensor_cores_available(target: str, device: int | None = None, dtype=None, t
     return _compute_capability(device) >= tensor_core_min_cc(dtype, tf32)
 
 
-@functools.lru_cache(maxsize=None)
 def _compute_capability(device) -> int:
+    """The compute capability of GPU ``device`` (None: the current one, looked up at each call, so
+    a process that switches between GPUs of different architectures asks the right one)."""
+    if device is None:
+        device = backend.require_cupy().cuda.Device().id
+    return _compute_capability_of(int(device))
+
+
+@functools.lru_cache(maxsize=None)
+def _compute_capability_of(device: int) -> int:
     return int(backend.require_cupy().cuda.Device(device).compute_capability)
 
 

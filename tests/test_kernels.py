@@ -967,3 +967,39 @@ def test_the_environment_reader_follows_every_change_of_the_environment(monkeypa
     assert _env.get(name) is None and _env.flag(name, default=True) is True
     monkeypatch.setattr(os, "environ", {name: "3"})  # another mapping in os.environ's place
     assert _env.get(name) == "3"
+
+
+def test_the_current_gpus_capability_is_asked_at_each_call(monkeypatch):
+    """``_compute_capability(None)`` and ``wgmma_available('cuda')`` mean the current GPU: a process
+    that moves from a Hopper to an A100 (``cupy.cuda.Device(1).use()``) gets the A100's answers, not
+    the first GPU's remembered under None. Per GPU the answers are memoized."""
+    current, asked = [0], []
+    cc = {0: "90", 1: "80"}
+
+    class Device:
+        def __init__(self, device=None):
+            self.id = current[0] if device is None else device
+            if device is not None:
+                asked.append(device)
+
+        @property
+        def compute_capability(self):
+            return cc[self.id]
+
+    fake = types.SimpleNamespace(cuda=types.SimpleNamespace(Device=Device))
+    monkeypatch.setattr(B, "require_cupy", lambda: fake)
+    monkeypatch.setattr(kernels, "nvrtc_arch", lambda c, device=None: f"sm_{c}")
+    monkeypatch.delenv("GPUCONV_WGMMA", raising=False)
+    kernels._compute_capability_of.cache_clear()
+    kernels._arch_specific_build.cache_clear()
+    try:
+        assert kernels._compute_capability(None) == 90 and kernels.wgmma_available("cuda")
+        current[0] = 1
+        assert kernels._compute_capability(None) == 80 and not kernels.wgmma_available("cuda")
+        assert kernels.tensor_cores_available("cuda", None, ml_dtypes.bfloat16)
+        current[0] = 0
+        assert kernels._compute_capability(None) == 90 and kernels.wgmma_available("cuda")
+        assert sorted(asked) == [0, 1]  # each GPU looked up once
+    finally:
+        kernels._compute_capability_of.cache_clear()
+        kernels._arch_specific_build.cache_clear()
