@@ -268,6 +268,10 @@ def test_identity_cases_draw_no_key(backend, training, p):
     assert y is x and cache.mask is None and rng.bit_generator.state == before
     dy = backend.asarray(np.ones((2, 3)))
     assert dropout_backward(dy, cache) is dy
+    # an identity forward's backward checks dy's shape as a masking one does: a (3, 2) dy came back
+    # as the input gradient of a (2, 3) x
+    with pytest.raises(ValueError, match=r"dy must have the forward input's shape \(2, 3\), got \(3, 2\)"):
+        dropout_backward(backend.asarray(np.ones((3, 2))), cache)
 
 
 def test_gradient_float64(backend):

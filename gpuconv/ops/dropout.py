@@ -25,8 +25,9 @@ element is scaled by 1/(1-p) rounded to float32, not to 8 or 11 bits.
 
 Cache (shared with the kernel launchers, see ``_dispatch``): ``DropoutCache(mask)`` where ``mask``
 holds ``0`` or ``1 / (1 - p)`` in x's compute dtype (float32 for a bfloat16/float16 x), or is
-None when the forward was the identity (eval mode or ``p == 0``), and ``dtype``, x's, which dy
-must have (set by :func:`dropout_forward`; None: not checked).
+None when the forward was the identity (eval mode or ``p == 0``), and ``dtype`` and ``shape``, x's,
+which dy must have (set by :func:`dropout_forward`; None: not checked). The identity's cache holds
+no mask, so its shape is what checks dy there.
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ from ..precision import compute_dtype, round_once, upcast
 from . import _dispatch
 from ._checks import cache_type, cached, check_cache, check_dy_dtype, check_float
 
-DropoutCache = cache_type("DropoutCache", "mask dtype", __name__, defaults=(None,))
+DropoutCache = cache_type("DropoutCache", "mask dtype shape", __name__, defaults=(None, None))
 
 KEEP_BITS = 53  # u's resolution: the keep probability is 1 - ceil(p * 2^53) / 2^53, within 2^-53 of 1 - p
 _S_KEEP = np.uint64(64 - KEEP_BITS)
@@ -80,7 +81,7 @@ def dropout_forward(x, p=0.5, training=True, rng=None, *, key=None, key_at=None)
             "hashed from one 64-bit key drawn on the host, for NumPy and CuPy arrays alike, so one generator "
             "serves every device and its state can be checkpointed; pass numpy.random.default_rng(seed)")
     if not training or p == 0:
-        return x, DropoutCache(None, x.dtype)
+        return x, DropoutCache(None, x.dtype, tuple(x.shape))
     if key_at is not None:
         key = np.uint64(0)  # (the kernel reads key_at instead)
     elif key is None:
@@ -96,10 +97,11 @@ def dropout_backward(dy, cache):
     check_float("dy", dy)
     if cache.dtype is not None:
         check_dy_dtype(dy, cache.dtype)
+    shape = cache.shape if cache.mask is None else tuple(cache.mask.shape)
+    if shape is not None and tuple(dy.shape) != shape:
+        raise ValueError(f"dy must have the forward input's shape {shape}, got {tuple(dy.shape)}")
     if cache.mask is None:
         return dy
-    if tuple(dy.shape) != tuple(cache.mask.shape):
-        raise ValueError(f"dy must have the forward input's shape {tuple(cache.mask.shape)}, got {tuple(dy.shape)}")
     if cache.mask.dtype != compute_dtype(dy.dtype):
         raise TypeError(f"dy has dtype {dy.dtype} but mask has dtype {cache.mask.dtype}: the mask is kept in the "
                         f"forward input's compute dtype ({compute_dtype(dy.dtype)} for a {dy.dtype} x), so pass dy "
