@@ -974,6 +974,11 @@ class Flatten(Layer):
 
     def backward(self, dy, need_dx=True):
         shape, channels_last = self._take_cache()
+        check_array("dy", dy)
+        flat = (shape[0], int(np.prod(shape[1:])))
+        if tuple(dy.shape) != flat:  # a reshape would take any dy of as many values (a transposed one too)
+            raise ValueError(f"Flatten.backward: dy must have the forward output's shape {flat} (x {tuple(shape)} "
+                             f"flattened), got {tuple(dy.shape)}")
         dx = dy.reshape(shape)
         return layout.to_channels_last(dx) if channels_last else dx
 

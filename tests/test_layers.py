@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -698,6 +699,18 @@ def test_flatten_refuses_an_input_without_a_batch_axis_as_linear_does(shape):
     with pytest.raises(ValueError, match=r"Flatten: x must have shape \(N, \.\.\.\).*x\.reshape\(1, -1\)"):
         Flatten()(np.ones(shape, np.float32))
     assert Flatten()(np.ones((2, 5), np.float32)).shape == (2, 5)
+
+
+@pytest.mark.parametrize("dy_shape", [(3, 2), (6,), (2, 3, 1), (1, 3)])
+def test_flatten_backward_refuses_a_dy_of_another_shape(backend, dy_shape):
+    """dy was reshaped to x's shape whatever its own: a transposed (3, 2) gradient of a (2, 3)
+    output (as many values) came back as x's gradient scrambled, another size as NumPy's
+    'cannot reshape array of size 3'."""
+    layer = Flatten()
+    assert layer(backend.asarray(np.ones((2, 3, 1, 1), np.float32))).shape == (2, 3)
+    with pytest.raises(ValueError, match=rf"Flatten.backward: dy must have the forward output's shape \(2, 3\) "
+                                         rf"\(x \(2, 3, 1, 1\) flattened\), got {re.escape(str(dy_shape))}"):
+        layer.backward(backend.asarray(np.ones(dy_shape, np.float32)))
 
 
 # ----------------------------------------------------------------------------- structure
