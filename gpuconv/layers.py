@@ -42,7 +42,7 @@ from .backend import (Device, copy_like, device_id, device_of, get_array_module,
                       is_cupy_array, to_device)
 from .counter_rng import check_seed
 from .graphs import REPLAYED_WAY_OUT
-from .ops._checks import check_array, check_float, check_floor, whole_float_hint
+from .ops._checks import check_array, check_bool, check_float, check_floor, whole_float_hint
 from .ops.scale import check_factor
 from .precision import DTYPES, bfloat16, round_once, upcast
 
@@ -448,8 +448,9 @@ class Layer:
 
     # --- modes
     def train(self, mode=True):
+        mode = check_bool("train(mode)", mode, " (True: training mode, False: eval mode, as eval() sets)")
         for m in self.modules():
-            m.training = bool(mode)
+            m.training = mode
             if not mode:
                 m._cache = None
         return self

@@ -163,6 +163,7 @@ def _args(backend, **over):
     (dict(eps=0.0), ValueError, r"eps must be a positive number"),
     (dict(activation="tanh"), ValueError, r"activation='tanh'.*None \(no activation\), 'relu' or 'gelu'"),
     (dict(x=np.ones((1, 3, 1, 1), np.float32)), ValueError, r"more than 1 value per channel.*N\*H\*W = 1"),
+    (dict(training="False"), TypeError, r"training must be True or False, got 'False'"),  # it trained
 ])
 def test_errors_before_work(backend, monkeypatch, over, exc, match):
     monkeypatch.setattr(bn_mod, "_batchnorm2d_forward_reference", lambda *a: pytest.fail("ran before checks"))

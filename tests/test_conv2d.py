@@ -414,6 +414,10 @@ def test_backward_rejects_wrong_dy(backend):
     with pytest.raises(TypeError, match=r"dy has dtype float64 but x has dtype float32"):
         conv2d_backward(backend.asarray(np.ones((1, 1, 3, 3))), cache)
 
+    for flag in ("need_dx", "need_dw"):  # a word or a number was taken as a switch ("no" is true)
+        with pytest.raises(TypeError, match=rf"{flag} must be True or False, got 'no'"):
+            conv2d_backward(backend.asarray(np.ones((1, 1, 3, 3), np.float32)), cache, **{flag: "no"})
+
 
 def test_error_hints_fit_the_argument(backend):
     x = backend.asarray(np.zeros((1, 3, 8, 7), np.float32))

@@ -314,6 +314,8 @@ def test_other_errors(backend):
         dropout_forward(backend.asarray(np.ones(3, np.int64)), 0.5)
     with pytest.raises(ValueError, match="pass rng .* or key .*, not both"):
         dropout_forward(x, 0.5, rng=np.random.default_rng(0), key=1)
+    with pytest.raises(TypeError, match=r"training must be True or False, got 'False'"):  # it dropped
+        dropout_forward(x, 0.5, training="False", key=1)
     _, cache = dropout_forward(x, 0.5, rng=np.random.default_rng(0))
     with pytest.raises(ValueError, match=r"dy must have the forward input's shape \(2, 3\)"):
         dropout_backward(backend.asarray(np.ones((3, 2), np.float32)), cache)

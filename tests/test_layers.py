@@ -743,6 +743,11 @@ def test_train_eval_recursive():
     assert net.eval() is net and not any(m.training for m in net.modules())
     net.train()
     assert all(m.training for m in net.modules())
+    net.eval()
+    with pytest.raises(TypeError, match=r"train\(mode\) must be True or False, got 'False'"):  # it trained
+        net.train("False")
+    assert not any(m.training for m in net.modules())
+    assert net.train(np.bool_(True)) is net and all(m.training for m in net.modules())
 
 
 def test_dropout_train_and_eval(backend):

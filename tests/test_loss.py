@@ -84,6 +84,8 @@ def test_gradient_float64(backend, eps):
     (np.zeros((0, 3), np.float32), np.zeros(0, np.int64), {}, ValueError, r"N = 0"),
     (np.zeros((2, 0), np.float32), np.zeros(2, np.int64), {}, ValueError, r"no columns \(C = 0.*at least one class"),
     (np.zeros((0, 0), np.float32), np.zeros(0, np.int64), dict(reduction="sum"), ValueError, r"C = 0"),
+    (np.zeros((2, 3), np.float32), np.array([0, 1]), dict(count_correct="no"), TypeError,  # was true
+     r"count_correct must be True or False, got 'no'"),
 ])
 def test_errors(backend, logits, labels, kw, exc, match):
     with pytest.raises(exc, match=match):

@@ -36,8 +36,8 @@ from .. import backend
 from ..backend import get_array_module
 from ..precision import channel_sum, compute_dtype, round_once, upcast
 from . import _dispatch
-from ._checks import (cache_type, cached, check_cache, check_compute_dtype, check_dy_dtype, check_float, check_rank,
-                      check_shape)
+from ._checks import (cache_type, cached, check_bool, check_cache, check_compute_dtype, check_dy_dtype, check_float,
+                      check_rank, check_shape)
 from .gelu import GeluCache, _gelu_backward_reference, _gelu_forward_reference
 from .relu import ReluCache, _relu_backward_reference, _relu_forward_reference
 
@@ -69,6 +69,7 @@ def batchnorm2d_forward(x, gamma, beta, running_mean, running_var, training=True
     ``running_mean``/``running_var`` (C,) are updated in place when ``training``; they may be
     None in training (no running statistics kept) but are required in eval mode."""
     check_activation(activation)
+    training = check_bool("training", training)
     check_float("x", x)
     check_rank("x", x, 4, "N, C, H, W")
     c = x.shape[1]

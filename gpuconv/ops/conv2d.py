@@ -35,7 +35,7 @@ from .. import backend
 from ..backend import get_array_module
 from ..precision import channel_sum, multiplicands, round_once, upcast, use_tf32
 from . import _dispatch
-from ._checks import (cache_type, cached, check_bias, check_cache, check_float, check_floor, check_rank,
+from ._checks import (cache_type, cached, check_bias, check_bool, check_cache, check_float, check_floor, check_rank,
                       check_same_dtype, output_hw, pair)
 
 
@@ -73,6 +73,7 @@ def conv2d_backward(dy, cache, need_dx=True, precision=None, need_dw=True, dw_dt
     tensor-core kernels do as they write it (a float32 master accumulates it without a cast).
     ``precision`` as in :func:`conv2d_forward`, chosen anew for the backward."""
     check_cache(cache, Conv2dCache, "conv2d_forward")
+    need_dx, need_dw = check_bool("need_dx", need_dx), check_bool("need_dw", need_dw)
     x, w = cache.x, cache.w
     check_float("dy", dy)
     check_rank("dy", dy, 4, "NKHW")

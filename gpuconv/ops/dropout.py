@@ -41,7 +41,7 @@ from ..backend import get_array_module
 from ..counter_rng import splitmix64
 from ..precision import compute_dtype, round_once, upcast
 from . import _dispatch
-from ._checks import cache_type, cached, check_cache, check_dy_dtype, check_float
+from ._checks import cache_type, cached, check_bool, check_cache, check_dy_dtype, check_float
 
 DropoutCache = cache_type("DropoutCache", "mask dtype shape", __name__, defaults=(None, None))
 
@@ -63,6 +63,7 @@ def dropout_forward(x, p=0.5, training=True, rng=None, *, key=None, key_at=None)
     device before each replay (:meth:`gpuconv.layers.Dropout.write_key`). The same key gives the
     same mask either way."""
     check_float("x", x)
+    training = check_bool("training", training)
     if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p < 1.0:
         raise ValueError(f"p is the probability of dropping an element and must be in [0, 1), got {p!r}; "
                          f"p=1 would drop everything (use p=0.5, or skip the layer)")

@@ -27,7 +27,7 @@ from .. import backend
 from ..backend import get_array_module, is_cupy_array
 from ..precision import DTYPES, compute_dtype, round_once, upcast
 from . import _dispatch
-from ._checks import check_array, check_float, check_rank
+from ._checks import check_array, check_bool, check_float, check_rank
 
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -61,6 +61,7 @@ def softmax_cross_entropy(logits, labels, label_smoothing=0.0, count_correct=Fal
     them out of its divisor (every row ignored: a NaN mean, as PyTorch's). ``None`` (the
     default here; PyTorch's module uses -100): every label must be a class."""
     check_float("logits", logits)
+    count_correct = check_bool("count_correct", count_correct)
     check_rank("logits", logits, 2, "N, C: batch, classes")
     check_array("labels", labels)
     get_array_module(logits, labels, names=("logits", "labels"))  # a TypeError when one is on the GPU, one not
