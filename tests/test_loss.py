@@ -462,6 +462,7 @@ def test_class_weights_and_ignore_index_against_pytorch(backend):
     ({"weight": [1.0, 1, 1, 1]}, TypeError, "weight"),
     ({"ignore_index": 1.5}, TypeError, r"ignore_index must be an int .*or None, got 1.5"),
     ({"ignore_index": True}, TypeError, "ignore_index must be an int"),
+    ({"ignore_index": 2**63}, ValueError, r"ignore_index=9223372036854775808 is not an int64 label"),  # sim: OverflowError
 ])
 def test_class_weight_and_ignore_index_errors(backend, kw, exc, match):
     kw = {k: backend.asarray(v) if isinstance(v, np.ndarray) else v for k, v in kw.items()}

@@ -88,6 +88,9 @@ def softmax_cross_entropy(logits, labels, label_smoothing=0.0, count_correct=Fal
         raise TypeError(f"ignore_index must be an int (the label of the rows to leave out, e.g. -100) or None, "
                         f"got {ignore_index!r}")
     ignore_index = None if ignore_index is None else int(ignore_index)
+    if ignore_index is not None and not -2**63 <= ignore_index < 2**63:  # the kernels compare it as an int64
+        raise ValueError(f"ignore_index={ignore_index} is not an int64 label and matches no row: pass the label of the "
+                         "rows to leave out (e.g. -100, PyTorch's), or None")
     if not is_cupy_array(labels):
         check_labels(labels, c, ignore_index)
     if grad_scale is not None:
