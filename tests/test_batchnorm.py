@@ -154,6 +154,8 @@ def _args(backend, **over):
     (dict(x=np.ones((2, 3, 2, 2), np.int16)), TypeError, r"x has dtype int16.*astype\(np.float32\)"),
     (dict(x=np.ones((2, 3, 4), np.float32)), ValueError, r"x must have 4 dimensions"),
     (dict(gamma=np.ones(2, np.float32)), ValueError, r"gamma must have shape \(3,\).*got \(2,\)"),
+    (dict(x=np.ones((2, 2, 2, 3), np.float32)), ValueError,  # HWC images: gamma has the last axis's length
+     r"gamma must have shape \(2,\).*x looks laid out N, H, W, C .*x\.transpose\(0, 3, 1, 2\).*got \(3,\)"),
     (dict(running_var=np.ones(4, np.float32)), ValueError, r"running_var must have shape \(3,\)"),
     (dict(beta=np.zeros(3)), TypeError, r"beta has dtype float64 but x has dtype float32"),
     (dict(running_var=None, training=False), ValueError, r"eval mode.*running_mean and running_var"),

@@ -376,6 +376,8 @@ ERRORS = [
     (dict(x=np.ones((1, 5, 5), np.float32)), ValueError, r"x must have 4 dimensions.*\(1, 5, 5\)"),
     (dict(w=np.ones((1, 3, 3), np.float32)), ValueError, r"w must have 4 dimensions"),
     (dict(w=np.ones((1, 2, 3, 3), np.float32)), ValueError, r"channel mismatch: x has C=1.*w expects C=2"),
+    (dict(x=np.ones((1, 5, 5, 2), np.float32), w=np.ones((1, 2, 3, 3), np.float32)), ValueError,  # HWC images
+     r"channel mismatch: x has C=5 .*x looks laid out N, H, W, C .*x\.transpose\(0, 3, 1, 2\)"),
     (dict(b=np.ones(2, np.float32)), ValueError, r"b must have shape \(1,\).*got \(2,\)"),
     (dict(stride=0), ValueError, r"stride must be >= 1"),
     (dict(stride=1.5), TypeError, r"stride must be an int or an \(h, w\) pair"),

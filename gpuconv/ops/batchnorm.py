@@ -76,7 +76,11 @@ def batchnorm2d_forward(x, gamma, beta, running_mean, running_var, training=True
     for name, a in (("gamma", gamma), ("beta", beta), ("running_mean", running_mean), ("running_var", running_var)):
         if a is not None:
             check_float(name, a)
-            check_shape(name, a, (c,), f"one value per channel of x {tuple(x.shape)}")
+            why = f"one value per channel of x {tuple(x.shape)}, laid out N, C, H, W"
+            if tuple(a.shape) == (x.shape[3],) != (c,):  # images given as N, H, W, C
+                why += (f"; x looks laid out N, H, W, C (its last axis has {x.shape[3]} values, as {name} does): pass "
+                        "it as N, C, H, W: x.transpose(0, 3, 1, 2), a view that keeps its NHWC memory (channels_last)")
+            check_shape(name, a, (c,), why)
     check_compute_dtype("x", x, _PARAMS_WHY, gamma=gamma, beta=beta, running_mean=running_mean,
                         running_var=running_var)
     if gamma is None or beta is None:

@@ -101,9 +101,11 @@ def _check_conv_args(x, w, b, stride, padding, floor=False):
     check_rank("w", w, 4, "K, C, FH, FW: out channels, in channels, filter height, filter width")
     check_same_dtype("x", x, w=w, b=b)
     if x.shape[1] != w.shape[1]:
-        raise ValueError(f"channel mismatch: x has C={x.shape[1]} channels (shape {tuple(x.shape)}) but w "
-                         f"expects C={w.shape[1]} (shape {tuple(w.shape)}, laid out K, C, FH, FW); "
-                         f"make w.shape[1] equal x.shape[1]")
+        fix = (f"x looks laid out N, H, W, C (its last axis holds the {w.shape[1]} channels w expects): pass it as "
+               "N, C, H, W: x.transpose(0, 3, 1, 2), a view that keeps its NHWC memory (channels_last)"
+               if x.shape[3] == w.shape[1] else "make w.shape[1] equal x.shape[1]")
+        raise ValueError(f"channel mismatch: x has C={x.shape[1]} channels (shape {tuple(x.shape)}, laid out N, C, H, "
+                         f"W) but w expects C={w.shape[1]} (shape {tuple(w.shape)}, laid out K, C, FH, FW); {fix}")
     check_bias(b, w, "filter")
     if min(w.shape[2:]) < 1:
         raise ValueError(f"w has an empty filter: shape {tuple(w.shape)} (K, C, FH, FW) has FH={w.shape[2]}, "
