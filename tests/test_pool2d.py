@@ -173,6 +173,8 @@ def no_work(monkeypatch):
      r"input size H=8, window F=3, stride S=2 give.*= 3.5, not an integer"),
     (np.ones((1, 1, 4, 4), np.float32), dict(kernel_size=5), ValueError, r"window F=5.*< 1"),
     (np.ones((1, 1, 4, 4), np.float32), dict(kernel_size="2"), TypeError, r"kernel_size must be an int"),
+    (np.ones((1, 1, 4, 4), np.float32), dict(kernel_size=2, stride=2**31, floor=True), ValueError,  # sim: int32
+     r"stride must be at most 2\*\*31 - 1 .*got 2147483648; a stride as large as the \(padded\) input"),
 ])
 def test_bad_arguments(backend, no_work, kind, x, kwargs, exc, match):
     with pytest.raises(exc, match=match):

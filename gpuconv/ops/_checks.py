@@ -107,9 +107,13 @@ def whole_float_hint(v) -> str:
     return ""
 
 
+_INT_MAX = 2**31 - 1
+
+
 def pair(name, v, minimum=0):
     """An int or an (h, w) pair of ints, each >= ``minimum``, as a tuple ``(h, w)``."""
-    if type(v) is tuple and len(v) == 2 and type(v[0]) is int and type(v[1]) is int and min(v) >= minimum:
+    if (type(v) is tuple and len(v) == 2 and type(v[0]) is int and type(v[1]) is int and min(v) >= minimum
+            and max(v) <= _INT_MAX):
         return v  # a layer's own pair, checked at every call: answered without the abstract-class checks
     if isinstance(v, (numbers.Integral,)) and not isinstance(v, bool):
         hw = (int(v), int(v))
@@ -120,6 +124,9 @@ def pair(name, v, minimum=0):
         raise TypeError(f"{name} must be an int or an (h, w) pair of ints, got {v!r}{whole_float_hint(v)}")
     if min(hw) < minimum:
         raise ValueError(f"{name} must be >= {minimum} in both directions, got {v!r}")
+    if max(hw) > _INT_MAX:  # the kernels take it as an int
+        fix = "; a stride as large as the (padded) input gives the same single window" if name == "stride" else ""
+        raise ValueError(f"{name} must be at most 2**31 - 1 (the kernels take it as an int), got {v!r}{fix}")
     return hw
 
 
