@@ -72,7 +72,10 @@ class TrainedModel:
             return np.empty((0, len(self.classes)), np.float32)
         with backend.default_device(self.device):
             precision = amp.resolve_precision(precision or self.precision, self.device)
-            loader = DeviceLoader(images, np.zeros(len(images), np.int64), batch_size, shuffle=False, augment=False,
+            # (placeholder labels where the images are: CuPy images beside NumPy labels are refused)
+            with backend.array_device_context((images,)):
+                labels = backend.get_array_module(images).zeros(len(images), np.int64)
+            loader = DeviceLoader(images, labels, batch_size, shuffle=False, augment=False,
                                   mean=self.mean, std=self.std, device=self.device,
                                   channels_last=amp.channels_last_for(precision))
             out = []

@@ -154,3 +154,33 @@ def test_precision_auto_is_resolved_for_the_models_device(tmp_path):
     assert (auto["loss"], auto["accuracy"]) == (fp32["loss"], fp32["accuracy"])
     with pytest.raises(ValueError, match="precision='fp8'"):
         model.predict(x, precision="fp8")
+
+
+class _OnGpu(np.ndarray):
+    """A NumPy array the backend takes for a CuPy one (with cupy faked below)."""
+
+    def get(self):
+        return np.asarray(self).view(np.ndarray).copy()
+
+
+def test_images_on_the_gpu_are_predicted(monkeypatch):
+    """TrainedModel.logits takes CuPy images (as_nchw keeps them on their device): the loader it
+    builds got NumPy labels beside them, a DeviceMismatchError naming arrays the caller never gave.
+    Here a NumPy subclass stands for CuPy, the model on the host (the images are read back once)."""
+    import contextlib
+    import types
+
+    from gpuconv import backend as B
+    net = models.three_layer_convnet(input_dim=(3, 8, 8), num_filters=4, filter_size=3, hidden_dim=8)
+    model = gpuconv.inference.TrainedModel(net, [str(i) for i in range(10)], (120.0,) * 3, (60.0,) * 3,
+                                           input_size=(8, 8))
+    x = np.random.default_rng(0).integers(0, 256, (5, 3, 8, 8), dtype=np.uint8)
+    want = model.logits(x)
+    fake = types.SimpleNamespace(ndarray=_OnGpu, zeros=lambda *a, **k: np.zeros(*a, **k).view(_OnGpu),
+                                 ascontiguousarray=lambda a: np.ascontiguousarray(a).view(_OnGpu))
+    monkeypatch.setattr(B, "cupy_module", lambda: fake)
+    monkeypatch.setattr(B, "array_device_context", lambda arrays: contextlib.nullcontext())
+    monkeypatch.setattr(B, "device_id", lambda a: 0)
+    got = model.logits(x.view(_OnGpu))
+    assert type(got) is np.ndarray
+    np.testing.assert_array_equal(got, want)
