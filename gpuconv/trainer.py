@@ -890,7 +890,12 @@ class Trainer:
               else contextlib.nullcontext()) as lock:
             self._lock = None if lock is None else (lock, os.stat(lock))
             try:
-                return self._fit(train_loader, epochs, val, resume)
+                # The model's GPU current (a no-op on the host): CuPy allocates the optimizer's state, the
+                # step's loss buffer and every array between the kernels on its current device, and refuses
+                # (or reads across the bus) arrays of another, so a model on cuda:1 trained while cuda:0 is
+                # current failed at its first step.
+                with backend.array_device_context([p.data for p in self.model.parameters()[:1]]):
+                    return self._fit(train_loader, epochs, val, resume)
             finally:
                 self._lock = None
 
@@ -1177,7 +1182,8 @@ def evaluate(model, loader, tta=0, precision="fp32"):
         precision = amp.resolve_precision("auto", backend.device_of(params[0].data) if params else None)
     _check_batches(loader, "loader")
     with amp.model_lock(model):  # it switches the shared model to eval mode and back
-        return _evaluate(model, loader, level, precision)
+        with backend.array_device_context([p.data for p in model.parameters()[:1]]):  # (as Trainer.fit)
+            return _evaluate(model, loader, level, precision)
 
 
 def _evaluate(model, loader, level, precision):
