@@ -267,3 +267,51 @@ def test_a_low_precision_loader_gives_the_float32_batches_rounded_once(backend):
     for (xw, yw), (xn, yn) in zip(epoch(wide, backend), epoch(narrow, backend)):
         assert xn.dtype == ml_dtypes.bfloat16 and np.array_equal(yw, yn)
         assert xw.astype(ml_dtypes.bfloat16).tobytes() == np.ascontiguousarray(xn).tobytes()
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["kernel", "array-path"])
+def test_batches_are_made_on_the_images_gpu(monkeypatch, fused):
+    """CuPy allocates on its current device: a loader on cuda:1 iterated while cuda:0 was current
+    made its epoch plan, its batches and the kernel's placeholders on GPU 0, where the kernel
+    launched on GPU 1 could not read them. Each batch is made with the images' GPU current, and
+    the caller's device is current again between batches. CuPy is faked: the images 'on cuda:1'
+    are a NumPy subclass."""
+    import types
+
+    import gpuconv.data.loader as loader_module
+    from gpuconv import backend as B
+
+    class OnGpu(np.ndarray):
+        pass
+
+    current = [0]
+
+    class Device:
+        def __init__(self, i=None):
+            self.i = current[0] if i is None else i
+
+        def __enter__(self):
+            self.prev, current[0] = current[0], self.i
+            return self
+
+        def __exit__(self, *exc):
+            current[0] = self.prev
+
+    rng = np.random.default_rng(0)
+    loader = DeviceLoader(rng.integers(0, 256, (6, 3, 4, 4), dtype=np.uint8), np.arange(6), 4, augment=True,
+                          padding=1, fused=False)
+    loader.images = loader.images.view(OnGpu)
+    monkeypatch.setattr(B, "is_cupy_array", lambda a: isinstance(a, OnGpu))
+    monkeypatch.setattr(B, "cupy_module", lambda: types.SimpleNamespace(cuda=types.SimpleNamespace(Device=Device)))
+    monkeypatch.setattr(B, "device_id", lambda a: 1)
+    made = []
+    if fused:
+        monkeypatch.setattr(loader, "kernel_target", lambda: "cuda")
+        monkeypatch.setattr(loader_module, "augment_batch_kernel", lambda *a, **k: made.append(current[0]) or a[0])
+    else:
+        loader.augment = False  # (the crop's arrays would meet the fake's images)
+        real = loader_module.normalized
+        monkeypatch.setattr(loader_module, "normalized",
+                            lambda xb, *a: made.append(current[0]) or real(np.asarray(xb), *a))
+    between = [current[0] for _ in loader]
+    assert made == [1, 1] and between == [0, 0]

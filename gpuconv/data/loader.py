@@ -234,25 +234,35 @@ class DeviceLoader:
         return self._batches(epoch, start)
 
     def _batches(self, epoch, start):
+        # Each batch made with the images' GPU current (a no-op on the host), the consumer's own
+        # device left current between batches: CuPy allocates the epoch's plan, the batch and its
+        # placeholders on its current device, so a loader on cuda:1 iterated while cuda:0 was
+        # current made them on GPU 0, where the kernel launched on GPU 1 could not read them.
+        def on_device(make, *args):
+            with array_device_context((self.images,)):
+                return make(*args)
+
         target = self.kernel_target()
-        order, oy, ox, flip = self.epoch_plan(epoch)
-        cuts = self.cutout_plan(epoch)
+        order, oy, ox, flip = on_device(self.epoch_plan, epoch)
+        cuts = on_device(self.cutout_plan, epoch)
         n, bs = self.num_samples, self.batch_size
         if target is not None:
             if order is None:  # the kernel gathers by index: the identity, once per epoch
-                order = self.xp.arange(n, dtype=np.int64)
-            for i in range(start, len(self)):
-                lo, hi = i * bs, min((i + 1) * bs, n)
+                order = on_device(lambda: self.xp.arange(n, dtype=np.int64))
+
+            def fused(lo, hi):
                 idx = order[lo:hi]
                 crop = (oy[lo:hi], ox[lo:hi], flip[lo:hi]) if self.augment else (None, None, None)
                 cut = dict(cutout=self.cutout, cut_y=cuts[0][lo:hi], cut_x=cuts[1][lo:hi]) if cuts else {}
-                yield augment_batch_kernel(self.images, idx, *crop, self._mean, self._std, self.padding,
-                                           self.dtype, target=target, channels_last=self.channels_last,
-                                           padding_mode=self.padding_mode, **cut), \
-                    self.labels[idx]
+                return augment_batch_kernel(self.images, idx, *crop, self._mean, self._std, self.padding,
+                                            self.dtype, target=target, channels_last=self.channels_last,
+                                            padding_mode=self.padding_mode, **cut), self.labels[idx]
+
+            for i in range(start, len(self)):
+                yield on_device(fused, i * bs, min((i + 1) * bs, n))
             return
-        for i in range(start, len(self)):
-            lo, hi = i * bs, min((i + 1) * bs, n)
+
+        def gathered(lo, hi):
             idx = order[lo:hi] if order is not None else slice(lo, hi)
             xb = self.images[idx]
             if self.augment:
@@ -260,7 +270,10 @@ class DeviceLoader:
             xb = normalized(xb, self._mean, self._std, self.dtype)  # (checked when the loader was built)
             if cuts:
                 xb = cutout(xb, cuts[0][lo:hi], cuts[1][lo:hi], self.cutout)
-            yield (layout.to_channels_last(xb) if self.channels_last else xb), self.labels[idx]
+            return (layout.to_channels_last(xb) if self.channels_last else xb), self.labels[idx]
+
+        for i in range(start, len(self)):
+            yield on_device(gathered, i * bs, min((i + 1) * bs, n))
 
     def __repr__(self):
         return (f"DeviceLoader({self.num_samples} images, batch_size={self.batch_size}, shuffle={self.shuffle}, "
