@@ -184,3 +184,20 @@ def test_images_on_the_gpu_are_predicted(monkeypatch):
     got = model.logits(x.view(_OnGpu))
     assert type(got) is np.ndarray
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not gpuconv.backend.cuda_available(), reason=f"no GPU: {gpuconv.backend.cuda_status()}")
+def test_cupy_images_are_predicted_on_the_gpu():
+    """A model on the GPU predicts CuPy uint8 images as it predicts their host copy."""
+    from gpuconv import backend as B
+    cp = B.cupy_module()
+    with gpuconv.default_device("cuda"):
+        net = models.three_layer_convnet(input_dim=(3, 8, 8), num_filters=4, filter_size=3, hidden_dim=8)
+        model = gpuconv.inference.TrainedModel(net, [str(i) for i in range(10)], (120.0,) * 3, (60.0,) * 3,
+                                               input_size=(8, 8))
+    x = np.random.default_rng(0).integers(0, 256, (5, 3, 8, 8), dtype=np.uint8)
+    want = model.logits(x)
+    got = model.logits(cp.asarray(x))
+    assert type(got) is np.ndarray
+    np.testing.assert_array_equal(got, want)

@@ -1446,3 +1446,24 @@ def test_fit_and_evaluate_run_with_the_models_gpu_current(monkeypatch):
     trainer.fit([], 1)
     evaluate(net, [])
     assert seen == [("fit", 1), ("evaluate", 1)] and current == [0]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not backend.cuda_available() or backend.cupy_module().cuda.runtime.getDeviceCount() < 2,
+                    reason="needs two GPUs")
+def test_a_model_and_loader_on_the_second_gpu_train_while_the_first_is_current():
+    """A fit of a model and a loader on cuda:1 outside default_device('cuda:1') (GPU 0 current):
+    the optimizer's state, the loss buffer and the batches are made on GPU 1, and GPU 0 is
+    current again afterwards."""
+    cp = backend.cupy_module()
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (32, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, 32)
+    model = three_layer_convnet(seed=0, num_filters=4, hidden_dim=8).to("cuda:1")
+    opt = SGD(model.parameters(), lr=0.01, momentum=0.9)
+    with cp.cuda.Device(0):
+        loader = DeviceLoader(x, y, 16, augment=True, device="cuda:1")
+        history = Trainer(model, opt, progress=False).fit(loader, 1)
+        assert cp.cuda.Device().id == 0
+        assert np.isfinite(history[-1]["train_loss"])
+        assert {backend.device_id(s) for st in opt.state for s in st.values() if backend.is_cupy_array(s)} == {1}
+        assert np.isfinite(evaluate(model, DeviceLoader(x, y, 16, shuffle=False, device="cuda:1"))["loss"])
