@@ -364,7 +364,8 @@ def copy_like(value, like):
     if get_array_module(like) is np:
         out = np.array(asnumpy(value), dtype=like.dtype, copy=True)
     else:
-        out = to_device(value, device_of(like)).astype(like.dtype)
+        with array_device_context((like,)):  # astype makes its copy on the current device, not the array's
+            out = to_device(value, device_of(like)).astype(like.dtype)
     if out.strides == like.strides:
         return out
     with array_device_context((like,)):  # CuPy allocates and copies on the current device
