@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import kernels
-from .backend import copy_like, get_array_module, host_copy, kernel_target
+from .backend import array_device_context, copy_like, get_array_module, host_copy, kernel_target
 
 LOOKAHEAD_TENSORS = kernels.defines("optim.cu")["LOOKAHEAD_TENSORS"]  # arrays per launch
 
@@ -46,7 +46,7 @@ class Lookahead:
             raise ValueError(f"Lookahead: every must be an integer >= 1 (steps between updates), got {every!r}")
         self.model = model
         self.every = every
-        self.ema = {name: a.copy() for name, a in self._arrays()}
+        self.ema = {name: _copy(a) for name, a in self._arrays()}
 
     def _arrays(self):
         """(name, array) of the model's parameters and floating-point buffers, looked up afresh:
@@ -92,6 +92,14 @@ class Lookahead:
                 raise ValueError(f"Lookahead.load_state_dict: {key!r} has shape {tuple(np.shape(d[key]))}, "
                                  f"the model {tuple(a.shape)}")
             self.ema[name] = copy_like(d[key], a)
+
+
+def _copy(a):
+    """A copy of ``a`` where ``a`` lives: CuPy's ``copy()`` makes it on the current device, so the
+    average of a model on cuda:1 built while cuda:0 was current landed on GPU 0, and every update
+    was refused as arrays on two GPUs."""
+    with array_device_context((a,)):
+        return a.copy()
 
 
 def _fusable(w, ema) -> bool:

@@ -260,3 +260,42 @@ def test_whitening_bias_lr_setting_is_checked():
         net, _ = cli.build_model(s["model"], width=4, model_kwargs=s["model_kwargs"])
         with pytest.raises(ValueError, match=match):
             cli._recipe_setup(s, net, images, 1)
+
+
+def test_a_lookahead_average_is_made_on_the_models_gpu(monkeypatch):
+    """CuPy's copy() makes its copy on the current device: the average of a model on cuda:1 built
+    while cuda:0 was current landed on GPU 0, and every update was refused as arrays on two GPUs.
+    CuPy is faked: the parameters 'on cuda:1' are a NumPy subclass whose copy records the current
+    device."""
+    import types
+
+    from gpuconv import backend as B
+    from gpuconv.layers import Linear
+
+    current, made_on = [0], []
+
+    class Device:
+        def __init__(self, i=None):
+            self.i = current[0] if i is None else i
+
+        def __enter__(self):
+            self.prev, current[0] = current[0], self.i
+            return self
+
+        def __exit__(self, *exc):
+            current[0] = self.prev
+
+    class OnGpu(np.ndarray):
+        def copy(self, *args, **kwargs):
+            made_on.append(current[0])
+            return np.asarray(self).copy(*args, **kwargs).view(OnGpu)
+
+    net = Linear(3, 2)
+    for p in net.parameters():
+        p.data = p.data.view(OnGpu)
+    monkeypatch.setattr(B, "is_cupy_array", lambda a: isinstance(a, OnGpu))
+    monkeypatch.setattr(B, "cupy_module", lambda: types.SimpleNamespace(ndarray=OnGpu,
+                                                                        cuda=types.SimpleNamespace(Device=Device)))
+    monkeypatch.setattr(B, "device_id", lambda a: 1)
+    Lookahead(net)
+    assert made_on == [1, 1] and current == [0]
