@@ -588,9 +588,12 @@ class Optimizer:
                             "mixed-precision overflow flag goes as step(skip=...)")
         loss = None if closure is None else closure()
         self._check_writeable()
-        if not self.lr_written_by_owner:  # the groups' lrs into the device array the update reads
-            self.write_lrs()
-        self._step(skip)
+        # The parameters' GPU current (a no-op on the host): CuPy makes the state, the learning rates'
+        # array and every temporary on its current device, and refuses another's arrays in a kernel.
+        with array_device_context([p.data for p in self.params[:1]]):
+            if not self.lr_written_by_owner:  # the groups' lrs into the device array the update reads
+                self.write_lrs()
+            self._step(skip)
         return loss
 
     def _check_writeable(self):
