@@ -315,3 +315,46 @@ def test_batches_are_made_on_the_images_gpu(monkeypatch, fused):
                             lambda xb, *a: made.append(current[0]) or real(np.asarray(xb), *a))
     between = [current[0] for _ in loader]
     assert made == [1, 1] and between == [0, 0]
+
+
+def test_a_mean_and_std_on_the_gpu_are_taken(monkeypatch):
+    """The loader's documented mean for other data, ``images.mean(axis=(0, 2, 3))``, is a CuPy array
+    for CuPy images, which NumPy refuses to convert implicitly: the loader failed with CuPy's
+    'Implicit conversion to a NumPy array is not allowed'. Device values are read back once, at
+    construction. CuPy is faked by an array-like whose __array__ refuses, as CuPy's does."""
+    from gpuconv import backend as B
+
+    class OnGpu:
+        def __init__(self, values):
+            self._host = np.asarray(values, np.float64)
+            self.shape, self.size, self.ndim, self.dtype = self._host.shape, self._host.size, 1, self._host.dtype
+
+        def __array__(self, *args, **kwargs):
+            raise TypeError("Implicit conversion to a NumPy array is not allowed. Please use `.get()` to construct "
+                            "a NumPy array explicitly.")
+
+        def get(self):
+            return self._host.copy()
+
+    import gpuconv.data.loader as loader_module
+    for module in (B, loader_module):
+        monkeypatch.setattr(module, "is_cupy_array", lambda a: isinstance(a, OnGpu))
+    images = np.random.default_rng(0).integers(0, 256, (4, 3, 4, 4), dtype=np.uint8)
+    mean, std = (100.0, 110.0, 120.0), (50.0, 60.0, 70.0)
+    loader = DeviceLoader(images, np.arange(4), 4, shuffle=False, mean=OnGpu(mean), std=OnGpu(std))
+    assert loader.mean == mean and loader.std == std
+    (x, _), = loader
+    np.testing.assert_array_equal(x, normalize(images, mean, std))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not B.cuda_available(), reason=f"no GPU: {B.cuda_status()}")
+def test_a_loader_of_cupy_images_takes_their_own_mean_and_std():
+    """The docstring's recipe on the GPU: CuPy images with their own per-channel mean and std."""
+    cp = B.cupy_module()
+    images = cp.asarray(np.random.default_rng(0).integers(0, 256, (8, 3, 4, 4), dtype=np.uint8))
+    mean, std = images.mean(axis=(0, 2, 3)), images.std(axis=(0, 2, 3))
+    loader = DeviceLoader(images, cp.arange(8), 8, shuffle=False, device="cuda", mean=mean, std=std)
+    (x, _), = loader
+    assert loader.mean == tuple(float(v) for v in mean.get())
+    np.testing.assert_allclose(B.asnumpy(x), normalize(images.get(), mean.get(), std.get()), rtol=1e-6, atol=1e-6)

@@ -20,7 +20,8 @@ import math
 import numpy as np
 
 from .. import layout, precision
-from ..backend import Device, array_device_context, get_array_module, get_default_device, is_cupy_array, to_device
+from ..backend import (Device, array_device_context, asnumpy, get_array_module, get_default_device, is_cupy_array,
+                       to_device)
 from ..backend import kernel_target as _kernel_target
 from ..counter_rng import check_seed, splitmix64, uniform_below
 from ..ops._checks import check_bool
@@ -113,6 +114,10 @@ class DeviceLoader:
         self.channels_last = check_bool("channels_last", channels_last)
         self.dtype = precision.check_dtype(dtype)
         c = images.shape[1]
+        # Kept on the host (a checkpoint records them, each batch takes them from the device copy
+        # below): a device array, as the mean of CuPy images is, is read back once, here (NumPy
+        # refuses to convert a CuPy array implicitly).
+        mean, std = (asnumpy(v) if is_cupy_array(v) else v for v in (mean, std))
         if np.size(mean) != c and images.shape[3] == np.size(mean):
             raise ValueError(f"images of shape {tuple(images.shape)} look channels-last (N, H, W, C) but the loader "
                              "takes channels-first (N, C, H, W) images, as gpuconv.data.load_cifar10 returns them: "
