@@ -41,9 +41,10 @@ def cupy_module():
 def _cuda_probe():
     cp, why = _import_cupy()
     if cp is None:
-        return False, why + ("; install CuPy and NVRTC for the machine's CUDA: from a checkout `make install "
-                             "EXTRAS=dev,cuda12` (or cuda13), or pip install cupy-cuda12x nvidia-cuda-nvrtc-cu12 "
-                             "(cupy-cuda13x nvidia-cuda-nvrtc for CUDA 13)")
+        return False, why + ("; install CuPy, NVRTC and the CUDA runtime headers for the machine's CUDA: from a "
+                             "checkout `make install EXTRAS=dev,cuda12` (or cuda13), or pip install cupy-cuda12x "
+                             "nvidia-cuda-nvrtc-cu12 "
+                             "nvidia-cuda-runtime-cu12 (cupy-cuda13x nvidia-cuda-nvrtc nvidia-cuda-runtime for CUDA 13)")
     try:
         n = cp.cuda.runtime.getDeviceCount()
     except Exception as exc:  # no driver, driver too old, no device

@@ -74,3 +74,23 @@ def test_the_checkout_tracks_no_virtual_environment():
     # matched as a file or link.
     ignored = subprocess.run(git + ["check-ignore", "--no-index", "-q", ".venv"])
     assert ignored.returncode == 0, ".gitignore must ignore .venv as a link, not only as a directory"
+
+
+def test_every_cupy_extra_brings_nvrtc_and_the_cuda_runtime_headers():
+    """CuPy 14's wheels leave NVRTC and the CUDA headers to a toolkit, and CuPy compiles each of its
+    own kernels (an elementwise operation, a cast) against cuda_runtime.h, raising "Failed to find
+    CUDA headers" where none is found: an extra that installs a CuPy for a machine with only the
+    driver brings NVRTC and the runtime's headers of the same CUDA major, from PyPI."""
+    import tomllib
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    checked = 0
+    for name, reqs in extras.items():
+        cupy = [r for r in reqs if r.startswith("cupy-cuda")]
+        if not cupy:
+            continue
+        major = re.match(r"cupy-cuda(\d+)x", cupy[0]).group(1)
+        suffix = "-cu12" if major == "12" else ""  # (CUDA 13's wheels dropped the suffix)
+        names = {re.split(r"[<>=!~\[; ]", r)[0] for r in reqs}
+        assert {f"nvidia-cuda-nvrtc{suffix}", f"nvidia-cuda-runtime{suffix}"} <= names, (name, reqs)
+        checked += 1
+    assert checked == 3  # cuda12, cuda13, nvrtc
