@@ -177,6 +177,13 @@ def _make_current(dev: Device):
     if not dev.is_cuda:
         return None
     cp = require_cupy()
+    try:
+        count = cp.cuda.runtime.getDeviceCount()
+    except Exception:  # noqa: BLE001  (no count to check against: CuPy's own error at use() then)
+        count = None
+    if count is not None and dev.index >= count:  # (CuPy says only "invalid device ordinal", at its first use)
+        raise ValueError(f"device '{dev}': CuPy sees {count} CUDA device(s), cuda:0 to cuda:{count - 1}; use one of "
+                         "them (CUDA_VISIBLE_DEVICES, when set, renumbers the GPUs it lists from cuda:0)")
     prev = cp.cuda.Device()
     cp.cuda.Device(dev.index).use()
     return prev

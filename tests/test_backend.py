@@ -471,3 +471,25 @@ def test_copy_like_copies_onto_the_live_arrays_gpu(monkeypatch):
     loaded = B.copy_like(np.arange(3, dtype=np.float32).view(OnGpu), live)
     assert made_on == [1] and current == [0]
     assert type(loaded) is OnGpu and loaded.tolist() == [0.0, 1.0, 2.0]
+
+
+def test_a_gpu_index_past_the_visible_ones_is_named(monkeypatch):
+    """'cuda:3' on a machine showing CuPy one GPU failed with CuPy's bare 'invalid device ordinal';
+    the error names the device, the GPUs there are and CUDA_VISIBLE_DEVICES' renumbering."""
+    used = []
+
+    class FakeDevice:
+        def __init__(self, index=None):
+            self.id = 0 if index is None else index
+
+        def use(self):
+            used.append(self.id)
+
+    fake = types.SimpleNamespace(cuda=types.SimpleNamespace(Device=FakeDevice,
+                                                            runtime=types.SimpleNamespace(getDeviceCount=lambda: 1)))
+    monkeypatch.setattr(B, "require_cupy", lambda: fake)
+    with pytest.raises(ValueError, match=r"device 'cuda:3': CuPy sees 1 CUDA device\(s\), cuda:0 to cuda:0; .*"
+                                         r"CUDA_VISIBLE_DEVICES"):
+        B.set_default_device("cuda:3")
+    with B.default_device("cuda:0"):
+        assert used == [0]
