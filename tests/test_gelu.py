@@ -164,3 +164,43 @@ def test_the_float32_erfc_in_chunks_gives_the_bits_of_one_pass(monkeypatch):
     assert chunked.shape == z.shape and chunked.tobytes() == whole.tobytes()
     noncontiguous = G.erfc(z.transpose(0, 2, 3, 1))  # a strided array: one pass, the same values
     assert noncontiguous.transpose(0, 3, 1, 2).tobytes() == whole.tobytes()
+
+
+def _erfc_fit_masked(z):
+    """The float32 fit with its last step as the masked subtract it was first written with: the
+    reference for the bitwise select that replaced it."""
+    from gpuconv.ops import gelu as G
+    shape, z = z.shape, z.reshape(-1)  # (a 0-d array's operations would give scalars)
+    f = z.dtype.type
+    a = np.absolute(z)
+    t = np.reciprocal(a * f(0.5) + f(1))
+    r = t * f(G._ERFC_COEFFS[-1]) + f(G._ERFC_COEFFS[-2])
+    for c in G._ERFC_COEFFS[-3::-1]:
+        r *= t
+        r += f(c)
+    r -= a * a
+    r = t * np.exp(r)
+    np.subtract(f(2), r, out=r, where=z < 0)
+    return r.reshape(shape)
+
+
+@pytest.mark.parametrize("shape", [(), (1,), (7,), (3, 5, 7, 11), (2, 3, 31, 31)])
+def test_the_float32_erfc_selects_the_negative_tail_as_a_masked_subtract(shape):
+    """erfc(-|z|) = 2 - erfc(|z|) for z < 0 is taken by a bitwise select: the bits of the masked
+    subtract, on both signs, +-0.0, infinities, NaN, tiny and huge values, a strided input."""
+    from gpuconv.ops import gelu as G
+    rng = np.random.default_rng(11)
+    z = np.asarray((rng.standard_normal(shape) * 4).astype(np.float32))
+    special = np.array([np.nan, -np.nan, np.inf, -np.inf, -0.0, 0.0, 1e-30, -1e-30, 12.0, -12.0, 3e38, -3e38],
+                       np.float32)
+    if z.size >= special.size:
+        z.reshape(-1)[:special.size] = special
+    with np.errstate(over="ignore", invalid="ignore"):
+        got, want = G.erfc(z), _erfc_fit_masked(z)
+        assert got.dtype == np.float32 and got.shape == z.shape
+        assert got.tobytes() == want.tobytes()
+        if z.ndim == 4:  # the strided path (one pass, no chunks)
+            strided = G.erfc(z.transpose(0, 2, 3, 1))
+            assert strided.transpose(0, 3, 1, 2).tobytes() == want.tobytes()
+    if z.size > 1:
+        assert (got[z < -0.1] > 1).all() and (got[z > 0.1] < 1).all()  # both branches were taken

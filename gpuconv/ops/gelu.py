@@ -89,7 +89,19 @@ def _erfc_fit(xp, z, r):
     xp.exp(r, out=r)
     xp.multiply(t, r, out=r)  # erfc(|z|)
     if xp is np:
-        np.subtract(f(2), r, out=r, where=z < 0)  # erfc(-|z|) = 2 - erfc(|z|); a NaN stays
+        # erfc(-|z|) = 2 - erfc(|z|) where z < 0 (a NaN stays): 2 - r everywhere, kept where z < 0
+        # by a bitwise select, r ^ ((r ^ (2 - r)) & mask) with the mask all ones or all zeros. The
+        # bits of np.subtract(2, r, out=r, where=z < 0), which NumPy runs as a masked loop, not SIMD:
+        # that one pass was 60% of the fit's time (64K float32 in cache: 406 us, the select 52).
+        bits = np.dtype(f"i{z.dtype.itemsize}")
+        other = np.subtract(f(2), r, out=t).view(bits)
+        mask = a.view(bits)
+        np.copyto(mask, z < 0, casting="unsafe")
+        np.negative(mask, out=mask)
+        rb = r.view(bits)
+        np.bitwise_xor(other, rb, out=other)
+        np.bitwise_and(other, mask, out=other)
+        np.bitwise_xor(rb, other, out=rb)
         return r
     return xp.where(z >= 0, r, f(2) - r)
 
