@@ -5,7 +5,9 @@ Cases (batch ``--batch``, CIFAR-10 sizes, float32):
       and ResNet-9 (fast_net at width 64);
   max pooling forward + backward (2x2 and the overlapping 3x3 stride 2);
   one full training step (forward, softmax cross-entropy, backward, SGD with Nesterov momentum)
-      of three_layer_convnet and a narrow fast_net (``--width``).
+      of three_layer_convnet, a narrow fast_net (``--width``) and airbench94's network
+      (``--models`` picks among them; ``--per-layer`` adds where gpuconv's step spends its time:
+      milliseconds per leaf layer, forward and backward, the minimum over ``--repeats`` steps).
 
 Every case is checked before it is timed: against PyTorch when ``import torch`` works (the same
 weights copied in), else against an independent float64 NumPy reference (convolution and
@@ -20,6 +22,7 @@ The ratio is gpuconv time / PyTorch time (below 1: gpuconv is faster). The issue
     python benchmarks/bench_cpu.py --quick         # small batch, fewer cases (a smoke run)
     python benchmarks/bench_cpu.py --json out.json # also the results as JSON ('-' for stdout)
     python benchmarks/bench_cpu.py --threads 1     # one BLAS/torch thread (stable on a busy machine)
+    python benchmarks/bench_cpu.py --threads 1 --only train --models airbench94 --batch 256 --per-layer
 """
 from __future__ import annotations
 
@@ -77,6 +80,7 @@ POOL_CASES = [
     ("maxpool 2x2 128ch @32", 128, 32, 2, 2),
     ("maxpool 3x3 s2 64ch @33", 64, 33, 3, 2),
 ]
+TRAIN_MODELS = ("three_layer_convnet", "fast_net", "airbench94")
 QUICK_CONV = {"three_layer conv 3->32 7x7", "resnet9 res1 128->128 3x3"}
 QUICK_POOL = {"maxpool 2x2 128ch @32"}
 
@@ -169,6 +173,8 @@ def torch_mirror(torch, layer):
         return Scale(layer.factor)
     if isinstance(layer, L.ReLU):
         return nn.ReLU()
+    if isinstance(layer, L.GELU):
+        return nn.GELU()
     if isinstance(layer, L.Flatten):
         return nn.Flatten()
     if isinstance(layer, L.AvgPool2d):
@@ -190,6 +196,8 @@ def torch_mirror(torch, layer):
         m.weight.copy_(t(layer.weight.data))
         if layer.bias is not None:
             m.bias.copy_(t(layer.bias.data))
+    for name, p in m.named_parameters(recurse=False):  # frozen stays frozen (airbench's whitening, BN scales)
+        p.requires_grad_(getattr(layer, name).requires_grad)
     return m
 
 
@@ -313,7 +321,8 @@ def train_case(name, make_model, args, torch):
         tgrads = dict(tm.named_parameters())
         err = rel_err(loss, tloss.item())
         for pname, p in model.named_parameters():
-            err = max(err, rel_err(p.grad, tgrads[pname].grad.numpy()))
+            if p.requires_grad:
+                err = max(err, rel_err(p.grad, tgrads[pname].grad.numpy()))
         check, tol = "torch", 1e-3  # gradients of a deep float32 net through batch norm
     else:
         ref = make_model().astype(np.float64)
@@ -324,7 +333,8 @@ def train_case(name, make_model, args, torch):
         refgrads = dict(ref.named_parameters())
         err = rel_err(loss, ref_loss)
         for pname, p in model.named_parameters():
-            err = max(err, rel_err(p.grad, refgrads[pname].grad))
+            if p.requires_grad:
+                err = max(err, rel_err(p.grad, refgrads[pname].grad))
         check, tol = "float64", 1e-3
     _, fwd = forward_flops(make_model(), x)
 
@@ -342,7 +352,64 @@ def train_case(name, make_model, args, torch):
             topt.zero_grad()
             torch.nn.functional.cross_entropy(tm(xt), yt).backward()
             topt.step()
-    return time_row(row, ours, theirs, args)
+    time_row(row, ours, theirs, args)
+    if args.per_layer:
+        row["per_layer_ms"] = per_layer_times(model, ours, args.repeats)
+    return row
+
+
+def per_layer_times(model, step, repeats):
+    """{leaf layer name: {"kind", "forward": ms, "backward": ms}}: time.perf_counter around every
+    leaf layer's forward and backward during ``repeats`` calls of ``step``, the minimum of each
+    (what no layer accounts for, the loss and the optimizer, is the step's time less their sum)."""
+    leaves = [(n, m) for n, m in model.named_modules() if n and not list(m.children())]
+    times, current = {}, {}
+
+    def wrap(layer, name, direction):
+        inner = getattr(layer, direction)
+
+        def timed(*a, **kw):
+            t0 = time.perf_counter()
+            out = inner(*a, **kw)
+            current[name, direction] = current.get((name, direction), 0.0) + time.perf_counter() - t0
+            return out
+        setattr(layer, direction, timed)  # an instance attribute, removed below
+
+    for name, layer in leaves:
+        wrap(layer, name, "forward")
+        wrap(layer, name, "backward")
+    try:
+        for _ in range(repeats):
+            current.clear()
+            step()
+            for key, s in current.items():
+                times[key] = min(times.get(key, s), s)
+    finally:
+        for _, layer in leaves:
+            vars(layer).pop("forward", None)
+            vars(layer).pop("backward", None)
+    return {name: {"kind": type(layer).__name__, "forward": 1e3 * times.get((name, "forward"), 0.0),
+                   "backward": 1e3 * times.get((name, "backward"), 0.0)} for name, layer in leaves}
+
+
+def print_per_layer(rows):
+    for r in rows:
+        layers = r.get("per_layer_ms")
+        if not layers:
+            continue
+        total = sum(v["forward"] + v["backward"] for v in layers.values())
+        print(f"\n{r['case']} ({r['shape']}): gpuconv step {1e3 * r['gpuconv_min_s']:.1f} ms (min), "
+              f"{total:.1f} ms in the layers; ms per step by layer kind, then the costliest layers")
+        kinds = {}
+        for v in layers.values():
+            k = kinds.setdefault(v["kind"], [0.0, 0.0])
+            k[0] += v["forward"]
+            k[1] += v["backward"]
+        for kind, (f, b) in sorted(kinds.items(), key=lambda kv: -sum(kv[1])):
+            print(f"  {kind:<12} forward {f:9.2f}  backward {b:9.2f}  ({100 * (f + b) / total:4.1f}%)")
+        top = sorted(layers.items(), key=lambda kv: -(kv[1]["forward"] + kv[1]["backward"]))[:8]
+        for name, v in top:
+            print(f"  {name:<20} {v['kind']:<12} forward {v['forward']:9.2f}  backward {v['backward']:9.2f}")
 
 
 # ----------------------------------------------------------------------------- report
@@ -399,6 +466,10 @@ def main(argv=None):
                    help="threads for BLAS (OpenBLAS/MKL/OpenMP) and torch; default: their own defaults")
     p.add_argument("--only", choices=["conv", "pool", "train"], action="append",
                    help="run only these groups (repeatable)")
+    p.add_argument("--models", nargs="+", choices=TRAIN_MODELS, default=list(TRAIN_MODELS),
+                   help="the training steps to time (default: all three)")
+    p.add_argument("--per-layer", action="store_true",
+                   help="also time gpuconv's training steps layer by layer (forward and backward of each leaf layer)")
     p.add_argument("--json", metavar="PATH", nargs="?", const="-",
                    help="also write the results as JSON to PATH ('-' or no value: stdout)")
     args = p.parse_args(argv)
@@ -421,9 +492,13 @@ def main(argv=None):
         if "pool" in groups:
             rows += [pool_case(*c, args=args, torch=torch) for c in POOL_CASES if not args.quick or c[0] in QUICK_POOL]
         if "train" in groups:
-            rows.append(train_case("three_layer_convnet", models.three_layer_convnet, args, torch))
-            rows.append(train_case(f"fast_net width {args.width}", lambda: models.fast_net(width=args.width),
-                                   args, torch))
+            if "three_layer_convnet" in args.models:
+                rows.append(train_case("three_layer_convnet", models.three_layer_convnet, args, torch))
+            if "fast_net" in args.models:
+                rows.append(train_case(f"fast_net width {args.width}", lambda: models.fast_net(width=args.width),
+                                       args, torch))
+            if "airbench94" in args.models:
+                rows.append(train_case("airbench94", models.airbench94, args, torch))
 
     env = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "python": platform.python_version(),
            "numpy": np.__version__, "gpuconv": gpuconv.__version__, "cpu": cpu_model(),
@@ -439,6 +514,7 @@ def main(argv=None):
         print(json.dumps({"env": env, "results": rows}, indent=1))
     else:
         print_table(rows, header)
+        print_per_layer(rows)
         if args.json:
             with open(args.json, "w") as fh:
                 json.dump({"env": env, "results": rows}, fh, indent=1)
