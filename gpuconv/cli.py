@@ -623,6 +623,9 @@ def _train(args) -> int:
     kernels.check_environment(autotune=s["autotune"] == "auto")  # a typo there fails now, not after the data loads
     if device.is_cuda:
         backend.require_cupy()
+    if device.kind == "cpu":  # the NumPy path: freed arrays' memory kept for the next step (gpuconv._hostmem)
+        from ._hostmem import keep_freed_memory
+        keep_freed_memory()
     if device.kind == "sim":
         _say("note: --device sim runs the CUDA kernels on the host simulator, one fiber per GPU thread: tens of "
              "images/s, meant for checking the kernels (--device cpu trains with NumPy, a hundred times faster)")
