@@ -483,6 +483,10 @@ def main(argv=None):
     if args.threads is not None and os.environ.get("OPENBLAS_NUM_THREADS") != str(args.threads):
         print("note: --threads sets the BLAS thread count only when this file runs as a script", file=sys.stderr)
     torch = load_torch(not args.no_torch, args.threads)
+    # As `gpuconv train` on the CPU: freed arrays' memory kept for the next step (both libraries'
+    # allocations go through glibc here, so both sides get it).
+    from gpuconv._hostmem import keep_freed_memory
+    keep_freed_memory()
     load_before = load_average()
 
     with gpuconv.default_device("cpu"):
