@@ -81,7 +81,10 @@ def test_every_cupy_extra_brings_nvrtc_and_the_cuda_runtime_headers():
     own kernels (an elementwise operation, a cast) against cuda_runtime.h, raising "Failed to find
     CUDA headers" where none is found: an extra that installs a CuPy for a machine with only the
     driver brings NVRTC and the runtime's headers of the same CUDA major, from PyPI."""
-    import tomllib
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        tomllib = pytest.importorskip("tomli")
     extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     checked = 0
     for name, reqs in extras.items():
