@@ -163,3 +163,35 @@ def test_the_notebooks_say_what_precision_auto_chooses_on_a_t4():
             text = "".join(cell["source"])
             if "auto" in text and "bf16 mixed precision" in text:
                 assert "fp16" in text and "T4" in text, f"{path.name}: {text[:300]}"
+
+
+def _cell(name, marker):
+    cells = [c.source for c in nbformat.read(NB_DIR / name, as_version=4).cells
+             if c.cell_type == "code" and marker in c.source]
+    assert len(cells) == 1, f"{name}: {len(cells)} code cells hold {marker!r}"
+    return cells[0]
+
+
+@pytest.mark.parametrize("stopped_at, epochs_done, expected", [
+    (3, 0, "no epoch finished: training stopped at step 3; trainer.fit(...) continues it"),
+    (40, 1, "validation accuracy after epoch 1 of 4: 0.300; training stopped at step 40; trainer.fit(...) continues it"),
+    (128, 4, "final validation accuracy: 0.600 after 8 s (500 training images/s), epoch 4 of 4"),
+], ids=["stopped in the first epoch", "stopped in the second epoch", "finished"])
+def test_the_curves_cell_says_whether_training_finished(stopped_at, epochs_done, expected, tmp_path, capsys):
+    """02's curves cell, run on the metrics of a training cell stopped in the first epoch, in a later
+    one, or finished: only a finished run's last validation result reads as the final one. (The
+    cell runs here in-process on a stand-in trainer and pyplot: no kernel, no training.)"""
+    from types import SimpleNamespace
+    from unittest import mock
+
+    records = [{"kind": "interval", "step": s, "train_loss": 2.0, "train_acc": 0.2} for s in range(8, stopped_at + 1, 8)]
+    records += [{"kind": "epoch", "epoch": e, "step": 32 * e, "train_loss": 2.0, "train_acc": 0.2, "val_loss": 1.9,
+                 "val_acc": 0.2 + 0.1 * e, "elapsed_s": 2.0 * e, "images_per_s": 500.0} for e in range(1, epochs_done + 1)]
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in records))
+    plt = mock.MagicMock()
+    plt.subplots.return_value = (mock.MagicMock(), (mock.MagicMock(), mock.MagicMock()))
+    exec(_cell("02_train_cifar10.ipynb", "final validation accuracy"), {
+        "trainer": SimpleNamespace(metrics_path=metrics, step=stopped_at), "train_loader": range(32),
+        "hp": {"epochs": 4}, "plt": plt, "save": lambda fig, name: None})
+    assert capsys.readouterr().out.strip() == expected
