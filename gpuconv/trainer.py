@@ -838,9 +838,15 @@ class Trainer:
             raise KeyboardInterrupt(f"stopped at once; the last checkpoint on disk is {kept}" if kept else
                                     "stopped at once; no checkpoint was written")
         self._stop_requested = signum
-        what = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
         now = "the validation pass" if getattr(self, "_validating", False) else "the current step"
-        again = "press Ctrl-C again" if signum == signal.SIGINT else f"a second {what} or Ctrl-C"
+        # In a notebook SIGINT is the kernel's interrupt (its stop button, or I, I); Ctrl-C there copies text
+        notebook = _in_notebook()
+        if signum == signal.SIGINT:
+            what, again = (("kernel interrupted", "interrupt the kernel again") if notebook
+                           else ("Ctrl-C", "press Ctrl-C again"))
+        else:
+            what = signal.Signals(signum).name
+            again = f"a second {what} or " + ("a kernel interrupt" if notebook else "Ctrl-C")
         CONSOLE.write(f"\n{what}: finishing {now}, then saving a checkpoint ({again} to stop at once without "
                       "saving)\n")
 

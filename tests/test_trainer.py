@@ -780,6 +780,25 @@ def test_stop_signal_messages_say_what_is_finished_and_what_is_kept(cifar, tmp_p
         trainer._on_stop_signal(signal.SIGINT, None)
 
 
+def test_stop_signal_messages_in_a_notebook_name_the_kernel_interrupt(tmp_path, capsys, monkeypatch):
+    """In a Jupyter kernel SIGINT comes from the kernel's interrupt (its stop button): the way to stop at
+    once is to interrupt it again, not Ctrl-C (which copies text in a browser)."""
+    import sys
+    import types
+    fake = types.ModuleType("IPython")
+    fake.get_ipython = lambda: type("ZMQInteractiveShell", (), {})()
+    monkeypatch.setitem(sys.modules, "IPython", fake)
+    for signum, expected in ((signal.SIGINT, "kernel interrupted: finishing the current step, then saving a checkpoint "
+                                             "(interrupt the kernel again to stop at once without saving)"),
+                             (signal.SIGTERM, "SIGTERM: finishing the current step, then saving a checkpoint (a second "
+                                              "SIGTERM or a kernel interrupt to stop at once without saving)")):
+        model = small_net()
+        trainer = Trainer(model, SGD(model.parameters(), lr=0.01), out_dir=tmp_path, progress=False)
+        trainer._on_stop_signal(signum, None)
+        err = capsys.readouterr().err
+        assert expected in err and "Ctrl-C" not in err, err
+
+
 class SigintAt(DeviceLoader):
     """A DeviceLoader that sends this process SIGINT (as Ctrl-C does), or ``sig``, when it yields
     a given batch."""
