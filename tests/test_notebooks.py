@@ -195,3 +195,36 @@ def test_the_curves_cell_says_whether_training_finished(stopped_at, epochs_done,
         "trainer": SimpleNamespace(metrics_path=metrics, step=stopped_at), "train_loader": range(32),
         "hp": {"epochs": 4}, "plt": plt, "save": lambda fig, name: None})
     assert capsys.readouterr().out.strip() == expected
+
+
+def test_the_quickstart_compares_the_simulator_with_numpy_under_the_sim_default(capsys):
+    """01's device cell with the default device 'sim' (as $GPUCONV_DEVICE=sim makes it): its NumPy
+    reference still runs NumPy, so 'max |sim - NumPy|' compares the kernels with the reference and
+    not the simulator with itself. The only launches are those of the simulated block."""
+    import numpy as np
+
+    import gpuconv
+    from gpuconv import kernels, ops
+    rng = np.random.default_rng(0)
+    ns = {"gpuconv": gpuconv, "np": np, "ops": ops, "x": rng.random((1, 3, 32, 32), dtype=np.float32),
+          "w": rng.standard_normal((2, 3, 3, 3)).astype(np.float32)}
+    with gpuconv.default_device("sim"), kernels.launch_log() as everything:
+        exec(_cell("01_quickstart.ipynb", "max |sim - NumPy|"), ns)
+    assert "the simulator ran the CUDA kernels" in capsys.readouterr().out
+    assert everything.names == ns["launches"].names and len(everything.names) == 3, everything.names
+    with gpuconv.default_device("cpu"):
+        assert np.array_equal(ns["reference"], ns["features"](ns["x"], ns["w"]))
+
+
+def test_the_kernels_notebook_takes_its_reference_from_numpy_under_the_sim_default(monkeypatch):
+    """04's float64 reference (the 'max rel. error vs float64 NumPy' of each variant) is NumPy's
+    with the default device 'sim' too: no kernel runs in that cell."""
+    import numpy as np
+
+    import gpuconv
+    from gpuconv import kernels, ops
+    monkeypatch.setattr(gpuconv, "cuda_available", lambda: False)  # the cell's small CPU shapes
+    ns = {"gpuconv": gpuconv, "np": np, "ops": ops, "FULL": False}
+    with gpuconv.default_device("sim"), kernels.launch_log() as log:
+        exec(_cell("04_kernels.ipynb", "y_ref, cache_ref = "), ns)
+    assert log.names == [] and ns["y_ref"].dtype == np.float64 and ns["dw_ref"].shape == (16, 8, 3, 3)
