@@ -858,7 +858,8 @@ class Trainer:
         # fit() again on this Trainer (without resume=True) continues the epoch: its sums go on
         self._resumed_sums = dict(self._ep) if self.epoch_step else None
         where = (f"checkpoint saved to {saved}; resume with {self._resume_how()}" if saved
-                 else "no out_dir was given, so nothing was saved")
+                 else "no out_dir was given, so nothing was saved to disk; fit(...) again on this Trainer continues "
+                      "the run in this process")
         signum = self._stop_requested if self._stop_requested in self.STOP_SIGNALS else signal.SIGINT
         how = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
         if self.epoch >= self._fit_epochs and not self.epoch_step:  # the signal came after the last step

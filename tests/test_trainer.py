@@ -853,6 +853,22 @@ def test_ctrl_c_mid_epoch_saves_and_resumes_bit_identically(cifar, tmp_path, sig
         assert second.history[-1][key] == pytest.approx(full.history[-1][key], rel=1e-12), key
 
 
+def test_ctrl_c_without_an_out_dir_says_that_fit_again_continues(cifar):
+    """Without an out_dir nothing is saved; the message says how to go on (a notebook's cell
+    below: fit again on the same Trainer), and that continues the run where it stopped."""
+    train, _ = cifar
+    images, labels = train.images[:64], train.labels[:64]  # 2 batches of 32 per epoch
+    model = small_net()
+    trainer = Trainer(model, SGD(model.parameters(), lr=0.01), progress=False)
+    killer = SigintAt(images, labels, 32, shuffle=False)
+    killer.kill_at = (0, 0)
+    with pytest.raises(TrainingInterrupted, match=r"at epoch 1, batch 1 \(step 1\); no out_dir was given, so nothing "
+                       r"was saved to disk; fit\(\.\.\.\) again on this Trainer continues the run in this process"):
+        trainer.fit(killer, 1)
+    trainer.fit(DeviceLoader(images, labels, 32, shuffle=False), 1)
+    assert trainer.step == 2 and trainer.epoch == 1 and len(trainer.history) == 1
+
+
 def test_a_signal_the_process_ignores_stays_ignored(cifar, tmp_path):
     """A job started in the background of a script ignores SIGINT (the shell's Ctrl-C is the
     foreground's), as Python leaves it: fit keeps it ignored and trains on (SIGTERM, not ignored,
