@@ -228,3 +228,20 @@ def test_the_kernels_notebook_takes_its_reference_from_numpy_under_the_sim_defau
     with gpuconv.default_device("sim"), kernels.launch_log() as log:
         exec(_cell("04_kernels.ipynb", "y_ref, cache_ref = "), ns)
     assert log.names == [] and ns["y_ref"].dtype == np.float64 and ns["dw_ref"].shape == (16, 8, 3, 3)
+
+
+def test_the_training_notebook_builds_the_model_its_hyperparameters_name(capsys):
+    """02's hyperparameter cell: hp["model"] names the network new_run() builds (a user who sets
+    "three_layer_convnet" there trains that one, not the seed net the printed hp would deny)."""
+    import numpy as np
+
+    import gpuconv
+    from gpuconv.data import DeviceLoader
+    from gpuconv.data.cifar10 import Split
+    split = Split(np.zeros((64, 3, 32, 32), np.uint8), np.zeros(64, np.int64))
+    ns = {"FULL": False, "train": split, "val": split, "device": gpuconv.Device("cpu"), "DeviceLoader": DeviceLoader}
+    exec(_cell("02_train_cifar10.ipynb", "def new_run():"), ns)
+    assert "'model': 'seed_net'" in capsys.readouterr().out and len(ns["model"]) == 5   # CONV-RELU-POOL-FLATTEN-FC
+    ns["hp"]["model"] = "three_layer_convnet"
+    model, optimizer, _ = ns["new_run"]()
+    assert tuple(model[0].weight.shape) == (32, 3, 7, 7) and len(optimizer.param_groups[0]["params"]) == 6
