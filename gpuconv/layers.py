@@ -42,7 +42,7 @@ from .backend import (Device, copy_like, device_id, device_of, get_array_module,
                       is_cupy_array, to_device)
 from .counter_rng import check_seed
 from .graphs import REPLAYED_WAY_OUT
-from .ops._checks import check_array, check_bool, check_float, check_floor, whole_float_hint
+from .ops._checks import check_array, check_bool, check_float, check_floor, conv_padding, whole_float_hint
 from .ops.scale import check_factor
 from .precision import DTYPES, bfloat16, round_once, upcast
 
@@ -68,21 +68,6 @@ def _pair(name, value, minimum):
         return (_int(f"{name}[0]", value[0], minimum), _int(f"{name}[1]", value[1], minimum))
     v = _int(name, value, minimum)
     return (v, v)
-
-
-def _padding_mode(padding, kernel_size, stride):
-    """PyTorch's string paddings as numbers: 'valid' is 0, 'same' keeps the spatial size."""
-    if not isinstance(padding, str):
-        return padding
-    if padding == "valid":
-        return 0
-    if padding != "same":
-        raise ValueError(f"padding={padding!r}: use an int, an (h, w) pair, 'valid' or 'same'")
-    if stride != (1, 1) or kernel_size[0] % 2 == 0 or kernel_size[1] % 2 == 0:
-        # An even kernel would need more zeros on one side than the other, which the op does not do.
-        raise ValueError(f"padding='same' needs stride 1 and odd kernel sizes (it pads (k - 1) // 2 on every "
-                         f"side), got kernel_size={kernel_size}, stride={stride}: give the padding as a number")
-    return ((kernel_size[0] - 1) // 2, (kernel_size[1] - 1) // 2)
 
 
 def _only(layer, **given):
@@ -638,7 +623,7 @@ class Conv2d(Layer):
         self.out_channels = _int("out_channels", out_channels, 1)
         self.kernel_size = _pair("kernel_size", kernel_size, 1)
         self.stride = _pair("stride", stride, 1)
-        self.padding = _pair("padding", _padding_mode(padding, self.kernel_size, self.stride), 0)
+        self.padding = _pair("padding", conv_padding(padding, self.kernel_size, self.stride), 0)
         fan_in = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
         rng = _layer_rng(seed)
         w = _kaiming_uniform(rng, (self.out_channels, self.in_channels) + self.kernel_size, fan_in)

@@ -434,6 +434,32 @@ def test_error_hints_fit_the_argument(backend):
 
 
 
+@pytest.mark.parametrize("fh, fw", [(3, 3), (5, 1)])
+def test_padding_same_and_valid_as_in_pytorch_and_the_layer(backend, fh, fw):
+    """F.conv2d's string paddings: 'same' keeps the size (stride 1, odd filters: (F - 1) // 2 on every
+    side, the values PyTorch gives), 'valid' is 0; refused where Conv2d refuses them, with its
+    message. Before, the op took only numbers: "padding must be an int or an (h, w) pair of ints"."""
+    from gpuconv.layers import Conv2d
+    rng = np.random.default_rng(5)
+    x, w = rng.standard_normal((1, 2, 5, 4)), rng.standard_normal((2, 2, fh, fw))
+    for padding, pad in (("same", ((fh - 1) // 2, (fw - 1) // 2)), ("valid", (0, 0))):
+        y, cache = conv2d_forward(backend.asarray(x), backend.asarray(w), padding=padding)
+        assert cache.padding == pad and y.shape == direct_conv(x, w, None, (1, 1), pad).shape
+        np.testing.assert_allclose(backend.asnumpy(y), direct_conv(x, w, None, (1, 1), pad), rtol=1e-12, atol=1e-12)
+        assert conv2d_backward(backend.asarray(np.ones(y.shape)), cache)[0].shape == x.shape
+    assert conv2d_forward(backend.asarray(x), backend.asarray(w), padding="same")[0].shape[2:] == x.shape[2:]
+    messages = []
+    for w_hw, stride, padding in (((4, 3), 1, "same"), ((3, 3), 2, "same"), ((3, 3), 1, "full")):
+        with pytest.raises(ValueError) as layer_error:
+            Conv2d(2, 2, w_hw, stride=stride, padding=padding)
+        with pytest.raises(ValueError) as op_error:
+            conv2d_forward(backend.asarray(x), backend.asarray(np.ones((2, 2) + w_hw)), stride=stride, padding=padding)
+        assert str(op_error.value) == str(layer_error.value)
+        messages.append(str(op_error.value))
+    assert "kernel_size=(4, 3), stride=(1, 1): for PyTorch's result pad x yourself, (k - 1) // 2 zeros" in messages[0]
+    assert "stride=(2, 2): give the padding as a number" in messages[1]
+    assert "padding='full': use an int, an (h, w) pair, 'valid' or 'same'" in messages[2]
+
 def test_conv_output_size_answers_in_the_types_asked_whatever_asked_first():
     """The rule is memoized per value and type: NumPy integer sizes asked first do not make later
     answers NumPy's; a 0-d array still works; errors are raised every time."""

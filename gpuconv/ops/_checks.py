@@ -130,6 +130,26 @@ def pair(name, v, minimum=0):
     return hw
 
 
+def conv_padding(padding, kernel_size, stride):
+    """PyTorch's string paddings of a convolution as numbers (anything else unchanged, for
+    :func:`pair` to check): 'valid' is 0, 'same' keeps the spatial size, (k - 1) // 2 on every
+    side, for stride 1 and odd kernel sizes. ``kernel_size`` and ``stride`` are (h, w) pairs."""
+    if not isinstance(padding, str):
+        return padding
+    if padding == "valid":
+        return 0
+    if padding != "same":
+        raise ValueError(f"padding={padding!r}: use an int, an (h, w) pair, 'valid' or 'same'")
+    if stride != (1, 1) or kernel_size[0] % 2 == 0 or kernel_size[1] % 2 == 0:
+        # An even kernel would need more zeros on one side than the other, which the op does not do.
+        fix = ("give the padding as a number" if stride != (1, 1) else
+               "for PyTorch's result pad x yourself, (k - 1) // 2 zeros before and k // 2 after along each even "
+               "axis, e.g. np.pad(x, ((0, 0), (0, 0), (1, 2), (1, 2))) for a 4x4 kernel, and use padding=0")
+        raise ValueError(f"padding='same' needs stride 1 and odd kernel sizes (it pads (k - 1) // 2 on every "
+                         f"side), got kernel_size={tuple(kernel_size)}, stride={tuple(stride)}: {fix}")
+    return ((kernel_size[0] - 1) // 2, (kernel_size[1] - 1) // 2)
+
+
 def conv_output_size(in_size, filt, stride, pad, axis_name="width", padded=True, floor=None):
     """``(W - F + 2P)/S + 1``, which must be a whole number >= 1 (CS231n's rule: no silent cropping),
     or with ``floor`` PyTorch's ``floor((W - F + 2P)/S) + 1`` (the rows or columns past the last

@@ -36,7 +36,7 @@ from ..backend import get_array_module
 from ..precision import channel_sum, multiplicands, round_once, upcast, use_tf32
 from . import _dispatch
 from ._checks import (cache_type, cached, check_bias, check_bool, check_cache, check_float, check_floor, check_rank,
-                      check_same_dtype, output_hw, pair)
+                      check_same_dtype, conv_padding, output_hw, pair)
 
 
 Conv2dCache = cache_type("Conv2dCache", "x w has_bias stride padding", __name__)  # printed without its arrays' values
@@ -50,7 +50,8 @@ _COL_BYTES = 4 << 20
 def conv2d_forward(x, w, b=None, stride=1, padding=0, precision=None, floor=False):
     """``y, cache``: y[n, k] = sum_c x[n, c] (*) w[k, c] + b[k], of shape (N, K, OH, OW).
 
-    ``stride`` and ``padding`` are an int or an (h, w) pair; sizes must satisfy
+    ``stride`` and ``padding`` are an int or an (h, w) pair, ``padding`` also, as in PyTorch and
+    :class:`gpuconv.layers.Conv2d`, 'valid' (0) or 'same' (stride 1 and odd filter sizes); sizes must satisfy
     ``(W - F + 2P)/S + 1`` a whole number >= 1 along both axes, or with ``floor=True`` PyTorch's
     rule, ``floor((W - F + 2P)/S) + 1`` (a stride-2 3x3 convolution with padding 1 takes 32x32 to
     16x16; the input rows and columns no window reaches get a zero gradient). ``precision``
@@ -111,7 +112,7 @@ def _check_conv_args(x, w, b, stride, padding, floor=False):
         raise ValueError(f"w has an empty filter: shape {tuple(w.shape)} (K, C, FH, FW) has FH={w.shape[2]}, "
                          f"FW={w.shape[3]}; a filter is at least 1x1")
     stride = pair("stride", stride, minimum=1)
-    padding = pair("padding", padding, minimum=0)
+    padding = pair("padding", conv_padding(padding, w.shape[2:], stride), minimum=0)
     output_hw(x.shape, w.shape[2:], stride, padding, floor)
     return stride, padding
 
