@@ -278,7 +278,8 @@ class LossScaler:
         ``dloss`` was rounded before it was scaled: what lay below float16's range is lost
         already; the loss's ``grad_scale`` (:meth:`factor`) scales before that rounding."""
         self._ensure(dloss)
-        return (dloss.astype(np.float32) * self.scale_).astype(dloss.dtype)
+        with backend.array_device_context((dloss,)):  # (CuPy allocates on its current device)
+            return (dloss.astype(np.float32) * self.scale_).astype(dloss.dtype)
 
     def unscale(self, params):
         """Divide every ``.grad`` by ``S`` in place; a 0-d bool device array: any non-finite?"""
@@ -287,21 +288,26 @@ class LossScaler:
             raise ValueError("LossScaler.unscale: no parameter has a gradient; call it after the backward")
         self._ensure(grads[0])
         xp = backend.get_array_module(grads[0])
-        inv = (1.0 / self.scale_).astype(np.float32)
-        # One flag per gradient written into a vector, not a stack of flags: CuPy joins more than 8
-        # arrays in one kernel whose table of their addresses it uploads from the host, which the
-        # capture of a CUDA graph (gpuconv.graphs) refuses.
-        finite = xp.empty(len(grads), dtype=bool)
-        for i, g in enumerate(grads):
-            g *= inv.astype(g.dtype)
-            finite[i] = xp.isfinite(g).all()
-        return ~finite.all()
+        with backend.array_device_context(grads[:1]):  # the flags on the gradients' GPU, not the current one
+            inv = (1.0 / self.scale_).astype(np.float32)
+            # One flag per gradient written into a vector, not a stack of flags: CuPy joins more than 8
+            # arrays in one kernel whose table of their addresses it uploads from the host, which the
+            # capture of a CUDA graph (gpuconv.graphs) refuses.
+            finite = xp.empty(len(grads), dtype=bool)
+            for i, g in enumerate(grads):
+                g *= inv.astype(g.dtype)
+                finite[i] = xp.isfinite(g).all()
+            return ~finite.all()
 
     def update(self, found_inf):
         """The next step's ``S``: backed off after an overflow, grown after a clean run, unless
         growing would overflow float32 (as PyTorch's GradScaler: an infinite S would turn every
         gradient into inf or NaN, every later step skipped, for good)."""
         xp = backend.get_array_module(found_inf)
+        with backend.array_device_context((found_inf, self.scale_)):  # (CuPy allocates on its current device)
+            self._update(xp, found_inf)
+
+    def _update(self, xp, found_inf):
         grown = self.tracker + 1
         grow = grown >= self.growth_interval
         with np.errstate(over="ignore"):  # (an overflow to inf is what the isfinite below catches)
@@ -363,23 +369,29 @@ def training_step(model, optimizer, x, y, precision="fp32", scaler=None, label_s
     benchmarks run."""
     from .layers import call_backward, input_is_data
     from .ops import softmax_cross_entropy
-    optimizer.zero_grad()
-    with autocast(model, precision) as dt:
-        with input_is_data(model):
-            logits = model(cast_input(x, dt))
-        with _scaled_gradients(scaler):
-            loss, dlogits, *correct = softmax_cross_entropy(  # float32 loss; dlogits scaled, then rounded
-                logits, y, label_smoothing=label_smoothing, count_correct=count_correct,
-                grad_scale=None if scaler is None else scaler.factor(logits))
-            call_backward(model, dlogits, need_dx=False)
-    if scaler is None:
-        optimizer.step()
-    else:  # the float32 gradients unscaled; an overflowed step leaves everything as it was
-        with _scaled_gradients(scaler):
-            found_inf = scaler.unscale(optimizer.params)
-            optimizer.step(skip=found_inf)
-        scaler.update(found_inf)
-    return (loss, logits, *correct)
+    # The parameters' GPU current (a no-op on the host): CuPy makes the loss, the scaler's flags and
+    # every temporary between the kernels on its current device, so a model on cuda:1 stepped while
+    # cuda:0 was current made them on GPU 0, which its kernels refused. (The optimizer's list of
+    # parameters: model.parameters() walks the model, some 0.1 ms a step for airbench94.)
+    first = optimizer.params[:1] if hasattr(optimizer, "params") else model.parameters()[:1]
+    with backend.array_device_context([p.data for p in first]):
+        optimizer.zero_grad()
+        with autocast(model, precision) as dt:
+            with input_is_data(model):
+                logits = model(cast_input(x, dt))
+            with _scaled_gradients(scaler):
+                loss, dlogits, *correct = softmax_cross_entropy(  # float32 loss; dlogits scaled, then rounded
+                    logits, y, label_smoothing=label_smoothing, count_correct=count_correct,
+                    grad_scale=None if scaler is None else scaler.factor(logits))
+                call_backward(model, dlogits, need_dx=False)
+        if scaler is None:
+            optimizer.step()
+        else:  # the float32 gradients unscaled; an overflowed step leaves everything as it was
+            with _scaled_gradients(scaler):
+                found_inf = scaler.unscale(optimizer.params)
+                optimizer.step(skip=found_inf)
+            scaler.update(found_inf)
+        return (loss, logits, *correct)
 
 
 def _scaled_gradients(scaler):

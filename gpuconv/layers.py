@@ -38,7 +38,8 @@ from typing import NamedTuple
 import numpy as np
 
 from . import layout, ops
-from .backend import (Device, copy_like, device_id, device_of, get_array_module, get_default_device, host_copy,
+from .backend import (Device, array_device_context, copy_like, device_id, device_of, get_array_module, get_default_device,
+                      host_copy,
                       is_cupy_array, to_device)
 from .counter_rng import check_seed
 from .graphs import REPLAYED_WAY_OUT
@@ -1419,7 +1420,12 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
         raise TypeError("clip_grad_norm_: parameters must be gpuconv Parameters (model.parameters())")
     if not grads:
         return np.zeros((), np.float32)
-    xp = get_array_module(grads[0])
+    with array_device_context(grads[:1]):  # CuPy makes the norms and temporaries on its current device
+        return _clip(grads, xp=get_array_module(grads[0]), max_norm=max_norm, norm_type=norm_type,
+                     error_if_nonfinite=error_if_nonfinite)
+
+
+def _clip(grads, xp, max_norm, norm_type, error_if_nonfinite):
     # Summed in float32 at least: a float16 sum of squares overflows past a norm of 256 (every
     # gradient would be scaled to 0), a bfloat16 one stalls (and would never clip).
     acc = np.float64 if any(g.dtype == np.float64 for g in grads) else np.float32

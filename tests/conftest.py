@@ -52,6 +52,56 @@ def lock_held_elsewhere(directory):
         holder.wait()
         holder.stdout.close()
 
+class FakeSecondGpu:
+    """CuPy faked with a second GPU: arrays ``on(a)`` (a NumPy subclass) live on cuda:1, GPU 0 is
+    current (``current[0]``) until a ``cuda.Device`` context changes it, and ``calls`` records
+    ``(name, current GPU)`` for every function taken from the fake module (an ``xp.empty``, an
+    ``xp.isfinite``), so a test sees on which GPU CuPy would have allocated and launched."""
+
+    class OnGpu(np.ndarray):
+        def __array_wrap__(self, obj, context=None, return_scalar=False):
+            return np.asarray(obj).view(type(self))  # a reduction gives a 0-d array, as CuPy's do
+
+    def __init__(self, monkeypatch):
+        import types
+        self.current, self.calls = [0], []
+        current = self.current
+
+        class Device:
+            def __init__(self, i=None):
+                self.i = current[0] if i is None else i
+
+            def __enter__(self):
+                self.prev, current[0] = current[0], self.i
+                return self
+
+            def __exit__(self, *exc):
+                current[0] = self.prev
+
+        calls, OnGpu = self.calls, self.OnGpu
+
+        class Module(types.SimpleNamespace):
+            def __getattr__(self, name):  # (attributes not set: NumPy's function, its call recorded)
+                def call(*args, **kwargs):
+                    calls.append((name, current[0]))
+                    out = getattr(np, name)(*args, **kwargs)
+                    return np.asarray(out).view(OnGpu) if isinstance(out, (np.ndarray, np.generic)) else out
+                return call
+
+        module = Module(cuda=types.SimpleNamespace(Device=Device), ndarray=self.OnGpu)
+        monkeypatch.setattr(B, "is_cupy_array", lambda a: isinstance(a, self.OnGpu))
+        monkeypatch.setattr(B, "cupy_module", lambda: module)
+        monkeypatch.setattr(B, "device_id", lambda a: 1)
+
+    def on(self, a):
+        return np.asarray(a).view(self.OnGpu)
+
+
+@pytest.fixture
+def fake_second_gpu(monkeypatch):
+    return FakeSecondGpu(monkeypatch)
+
+
 def forked_exit(child) -> str:
     """Runs ``child()`` (an exit code) in a forked process, killed after 10 s; how it ended
     ('exit N' or 'signal N'): the fork tests' way to see a child hang on a lock it inherited held."""

@@ -686,3 +686,54 @@ def test_training_steps_with_the_host_memos_equal_steps_that_compute_everything_
     for k in warm[2]:
         for a, b in zip(warm[2][k], cold[2][k]):
             np.testing.assert_array_equal(a, b, err_msg=str(k))
+
+
+def test_the_scaler_and_a_training_step_run_with_the_parameters_gpu_current(fake_second_gpu, monkeypatch):
+    """CuPy allocates on its current device and refuses another's arrays in a kernel: unscale's
+    flags, update's new scale and training_step's loss and temporaries for a model on cuda:1 were
+    made on GPU 0 while it was current (outside a Trainer, which makes the model's GPU current). They
+    run with the parameters' GPU current now. CuPy is faked (conftest.FakeSecondGpu)."""
+    from gpuconv.layers import Layer, Parameter
+    gpu = fake_second_gpu
+    scaler = amp.LossScaler(init_scale=4.0)
+    scaler.scale_, scaler.tracker = gpu.on(np.float32(4.0)), gpu.on(np.int32(0))
+    p = Parameter(gpu.on(np.ones(3, np.float32)), "w")
+    p.grad = gpu.on(np.full(3, 8.0, np.float32))
+    found_inf = scaler.unscale([p])
+    scaler.update(found_inf)
+    scaler.scale(gpu.on(np.ones(2, np.float32)))
+    assert {name for name, _ in gpu.calls} >= {"empty", "isfinite", "where", "copyto"}
+    assert {on for _, on in gpu.calls} == {1} and gpu.current == [0]
+    assert np.asarray(p.grad).tolist() == [2.0, 2.0, 2.0] and not found_inf
+
+    seen = []
+
+    class Net(Layer):  # a model on cuda:1 whose every step records the current GPU
+        def __init__(self):
+            super().__init__()
+            self.w = p
+
+        def forward(self, x):
+            seen.append(("forward", gpu.current[0]))
+            return x
+
+        def backward(self, dy, need_dx=True):
+            seen.append(("backward", gpu.current[0]))
+
+    class Optimizer:
+        params = [p]
+
+        def zero_grad(self):
+            seen.append(("zero_grad", gpu.current[0]))
+
+        def step(self, skip=None):
+            seen.append(("step", gpu.current[0]))
+
+    def loss(logits, y, **kwargs):
+        seen.append(("loss", gpu.current[0]))
+        return gpu.on(np.float32(0)), logits
+
+    monkeypatch.setattr(ops, "softmax_cross_entropy", loss)
+    amp.training_step(Net(), Optimizer(), gpu.on(np.ones((2, 3), np.float32)), np.zeros(2, np.int64))
+    assert seen == [("zero_grad", 1), ("forward", 1), ("loss", 1), ("backward", 1), ("step", 1)]
+    assert gpu.current == [0]

@@ -1080,6 +1080,34 @@ def test_a_subclass_names_its_parameters_and_summarizes_its_own_forward():
         block.backward(np.ones((1, 3, 4, 4), np.float32))
 
 
+def test_clip_grad_norm_and_summary_run_with_the_parameters_gpu_current(fake_second_gpu):
+    """CuPy allocates on its current device: clip_grad_norm_'s norms and summary()'s zero image, for
+    a model on cuda:1 while cuda:0 was current, were made on GPU 0 (the image then refused by the
+    model's first layer as on another GPU). Both run with the parameters' GPU current now. CuPy is
+    faked (conftest.FakeSecondGpu)."""
+    from gpuconv import nn
+    from gpuconv.summary import summarize
+    gpu, seen = fake_second_gpu, []
+
+    class Net(nn.Module):  # a model on cuda:1 that records the GPU current in its forward
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(gpu.on(np.ones(3, np.float32)), "w")
+
+        def forward(self, x):
+            seen.append((type(x).__name__, gpu.current[0]))
+            return x
+
+    net = Net()
+    net.w.grad = gpu.on(np.full(3, 4.0, np.float32))
+    total = nn.clip_grad_norm_(net.parameters(), max_norm=1.0)
+    assert {"empty", "sum"} <= {name for name, _ in gpu.calls} and {on for _, on in gpu.calls} == {1}
+    np.testing.assert_allclose(np.asarray(total), np.sqrt(48.0), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(net.w.grad), 4.0 / (np.sqrt(48.0) + 1e-6), rtol=1e-6)
+    del gpu.calls[:]
+    assert [row["shape"] for row in summarize(net, (3,))] == [(3,)]
+    assert gpu.calls == [("zeros", 1)] and seen == [("OnGpu", 1)] and gpu.current == [0]
+
 @pytest.mark.parametrize("norm_type", [2.0, 1.0, 3.0, float("inf")])
 def test_clip_grad_norm_scales_the_gradients_jointly(backend, norm_type):
     from gpuconv import nn
