@@ -38,12 +38,12 @@ from typing import NamedTuple
 import numpy as np
 
 from . import layout, ops
-from .backend import (Device, array_device_context, copy_like, device_id, device_of, get_array_module, get_default_device,
-                      host_copy,
-                      is_cupy_array, to_device)
+from .backend import (Device, array_device_context, copy_like, device_id, device_of, get_array_module,
+                      get_default_device, host_copy, is_cupy_array, to_device)
 from .counter_rng import check_seed
 from .graphs import REPLAYED_WAY_OUT
 from .ops._checks import check_array, check_bool, check_float, check_floor, conv_padding, whole_float_hint
+from .ops._checks import only_defaults as _only
 from .ops.scale import check_factor
 from .precision import DTYPES, bfloat16, round_once, upcast
 
@@ -69,21 +69,6 @@ def _pair(name, value, minimum):
         return (_int(f"{name}[0]", value[0], minimum), _int(f"{name}[1]", value[1], minimum))
     v = _int(name, value, minimum)
     return (v, v)
-
-
-def _only(layer, **given):
-    """PyTorch arguments gpuconv takes at their default value only: ``name=(value, default)``.
-    Accepted as PyTorch spells them (so positional arguments mean what they mean there), refused
-    by name otherwise."""
-    for name, (value, default) in given.items():
-        if default is None:  # (an array compares elementwise)
-            same = value is None
-        else:
-            same = value == default if not isinstance(default, tuple) else _pair(name, value, 0) == default
-        if not same:
-            shown = f"<{type(value).__name__}>" if hasattr(value, "shape") else repr(value)
-            raise ValueError(f"{layer}({name}={shown}) is not supported: gpuconv's {layer} computes with "
-                             f"{name}={default!r} only")
 
 
 def _layer_rng(seed):

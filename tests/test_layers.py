@@ -9,6 +9,7 @@ import pytest
 
 import gpuconv
 from gpuconv import backend as B
+from gpuconv import ops
 from gpuconv.gradcheck import numerical_gradient_array, relative_error
 from gpuconv.layers import (GELU, AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, BatchNorm2d, Conv2d,
                             CrossEntropyLoss, Dropout, Flatten, Layer, Linear, LPPool2d, MaxPool2d, Parameter, ReLU,
@@ -950,6 +951,36 @@ def test_a_subclass_registers_the_layers_and_parameters_it_holds():
     assert copy.temperature.data[0] == 1
     np.testing.assert_array_equal(copy.eval()(x), net(x))
 
+
+@pytest.mark.parametrize("layer, op, args, keyword, default, other", [
+    (lambda **k: Conv2d(1, 2, 3, seed=0, **k), "conv2d_forward", "weight bias", "dilation", (1, 1), 2),
+    (lambda **k: Conv2d(1, 2, 3, seed=0, **k), "conv2d_forward", "weight bias", "groups", 1, 2),
+    (lambda **k: MaxPool2d(2, **k), "max_pool2d_forward", (2,), "padding", 0, 1),
+    (lambda **k: MaxPool2d(2, **k), "max_pool2d_forward", (2,), "dilation", (1, 1), 2),
+    (lambda **k: MaxPool2d(2, **k), "max_pool2d_forward", (2,), "ceil_mode", False, True),
+    (lambda **k: MaxPool2d(2, **k), "max_pool2d_forward", (2,), "return_indices", False, True),
+    (lambda **k: AvgPool2d(2, **k), "avg_pool2d_forward", (2,), "padding", (0, 0), 1),
+    (lambda **k: AvgPool2d(2, **k), "avg_pool2d_forward", (2,), "ceil_mode", False, True),
+    (lambda **k: AvgPool2d(2, **k), "avg_pool2d_forward", (2,), "divisor_override", None, 3),
+    (lambda **k: LPPool2d(2, 2, **k), "lp_pool2d_forward", (2, 2), "ceil_mode", False, True),
+    (lambda **k: AdaptiveMaxPool2d(1, **k), "adaptive_max_pool2d_forward", (1,), "return_indices", False, True),
+])
+def test_the_ops_take_the_pytorch_keywords_their_layers_take(layer, op, args, keyword, default, other):
+    """F.conv2d's and F.max_pool2d's keywords at their defaults (dilation=1, groups=1, padding=0,
+    ceil_mode=False, ...), which the layers accept, were a bare "unexpected keyword argument" from
+    the ops; both take them now, and refuse other values with one message."""
+    x = np.ones((1, 1, 4, 4), np.float32)
+    want = layer()(x)
+    if args == "weight bias":  # (the layer's own parameters)
+        args = (layer().weight.data, layer().bias.data)
+    np.testing.assert_array_equal(getattr(ops, op)(x, *args, **{keyword: default})[0], want)
+    np.testing.assert_array_equal(layer(**{keyword: default})(x), want)
+    with pytest.raises(ValueError) as layer_error:
+        layer(**{keyword: other})
+    with pytest.raises(ValueError) as op_error:
+        getattr(ops, op)(x, *args, **{keyword: other})
+    assert f"({keyword}={other!r}) is not supported: gpuconv's {op} computes with {keyword}=" in str(op_error.value)
+    assert str(op_error.value) == str(layer_error.value).replace(type(layer()).__name__, op)
 
 def test_constructor_arguments_are_pytorchs_in_pytorchs_order():
     """A positional argument means what it means in torch.nn; options gpuconv does not compute

@@ -130,6 +130,21 @@ def pair(name, v, minimum=0):
     return hw
 
 
+def only_defaults(where, **given):
+    """PyTorch arguments gpuconv takes at their default value only: ``name=(value, default)``.
+    Accepted as PyTorch spells them (so a layer's positional arguments mean what they mean there,
+    and an op takes F.conv2d's or F.max_pool2d's keywords), refused by name otherwise."""
+    for name, (value, default) in given.items():
+        if default is None:  # (an array compares elementwise)
+            same = value is None
+        else:
+            same = value == default if not isinstance(default, tuple) else pair(name, value, 0) == default
+        if not same:
+            shown = f"<{type(value).__name__}>" if hasattr(value, "shape") else repr(value)
+            raise ValueError(f"{where}({name}={shown}) is not supported: gpuconv's {where} computes with "
+                             f"{name}={default!r} only")
+
+
 def conv_padding(padding, kernel_size, stride):
     """PyTorch's string paddings of a convolution as numbers (anything else unchanged, for
     :func:`pair` to check): 'valid' is 0, 'same' keeps the spatial size, (k - 1) // 2 on every

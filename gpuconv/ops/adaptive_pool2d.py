@@ -34,7 +34,7 @@ from .. import backend, layout
 from ..backend import get_array_module
 from ..precision import round_once, upcast
 from . import _dispatch
-from ._checks import cache_type, cached, check_cache, check_dy_dtype, check_float, check_rank
+from ._checks import cache_type, cached, check_cache, check_dy_dtype, check_float, check_rank, only_defaults
 from .pool2d import (AvgPool2dCache, MaxPool2dCache, avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward,
                      max_pool2d_forward)
 
@@ -81,8 +81,11 @@ def adaptive_avg_pool2d_backward(dy, cache):
     return _backward("avg", dy, cache)
 
 
-def adaptive_max_pool2d_forward(x, output_size):
-    """``y, cache``: the maximum of each adaptive window, of shape (N, C, OH, OW)."""
+def adaptive_max_pool2d_forward(x, output_size, *, return_indices=False):
+    """``y, cache``: the maximum of each adaptive window, of shape (N, C, OH, OW); ``return_indices``
+    False only, as by AdaptiveMaxPool2d (the switches are in the cache)."""
+    if return_indices is not False:
+        only_defaults("adaptive_max_pool2d_forward", return_indices=(return_indices, False))
     return _forward("max", x, output_size)
 
 

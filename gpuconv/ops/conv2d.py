@@ -36,7 +36,7 @@ from ..backend import get_array_module
 from ..precision import channel_sum, multiplicands, round_once, upcast, use_tf32
 from . import _dispatch
 from ._checks import (cache_type, cached, check_bias, check_bool, check_cache, check_float, check_floor, check_rank,
-                      check_same_dtype, conv_padding, output_hw, pair)
+                      check_same_dtype, conv_padding, only_defaults, output_hw, pair)
 
 
 Conv2dCache = cache_type("Conv2dCache", "x w has_bias stride padding", __name__)  # printed without its arrays' values
@@ -47,7 +47,7 @@ Conv2dCache = cache_type("Conv2dCache", "x w has_bias stride padding", __name__)
 _COL_BYTES = 4 << 20
 
 
-def conv2d_forward(x, w, b=None, stride=1, padding=0, precision=None, floor=False):
+def conv2d_forward(x, w, b=None, stride=1, padding=0, precision=None, floor=False, *, dilation=1, groups=1):
     """``y, cache``: y[n, k] = sum_c x[n, c] (*) w[k, c] + b[k], of shape (N, K, OH, OW).
 
     ``stride`` and ``padding`` are an int or an (h, w) pair, ``padding`` also, as in PyTorch and
@@ -55,7 +55,10 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, precision=None, floor=Fals
     ``(W - F + 2P)/S + 1`` a whole number >= 1 along both axes, or with ``floor=True`` PyTorch's
     rule, ``floor((W - F + 2P)/S) + 1`` (a stride-2 3x3 convolution with padding 1 takes 32x32 to
     16x16; the input rows and columns no window reaches get a zero gradient). ``precision``
-    'fp32' or 'tf32' applies to float32 arrays (None: ``gpuconv.get_precision()``)."""
+    'fp32' or 'tf32' applies to float32 arrays (None: ``gpuconv.get_precision()``). ``dilation``
+    and ``groups``, F.conv2d's keywords, are taken at 1 only, as by Conv2d."""
+    if not (type(dilation) is int and dilation == 1 and type(groups) is int and groups == 1):
+        only_defaults("conv2d_forward", dilation=(dilation, (1, 1)), groups=(groups, 1))
     stride, padding = _check_conv_args(x, w, b, stride, padding, floor)
     tf32 = use_tf32(precision, x.dtype)
     target = backend.kernel_target(x, w, b, names=("x", "w", "b"))

@@ -24,7 +24,7 @@ from .. import backend
 from ..backend import get_array_module
 from ..precision import round_once, upcast
 from . import _dispatch
-from ._checks import cache_type, cached, check_cache, check_dy_dtype, check_float, check_shape, output_hw
+from ._checks import cache_type, cached, check_cache, check_dy_dtype, check_float, check_shape, only_defaults, output_hw
 from .pool2d import _check_pool_args, _taps
 
 LPPool2dCache = cache_type("LPPool2dCache", "x y kernel_size stride norm_type", __name__)
@@ -37,10 +37,13 @@ def check_norm(norm_type):
     return float(norm_type)
 
 
-def lp_pool2d_forward(x, norm_type, kernel_size, stride=None, floor=False):
+def lp_pool2d_forward(x, norm_type, kernel_size, stride=None, floor=False, *, ceil_mode=False):
     """``y, cache``: ``(sum of x^p)^(1/p)`` over each KH x KW window, of shape (N, C, OH, OW): the
     p-norm of non-negative windows (no absolute value is taken, as in PyTorch: see the module
-    docstring for negative x); ``floor`` as for :func:`gpuconv.ops.max_pool2d_forward`."""
+    docstring for negative x); ``floor`` as for :func:`gpuconv.ops.max_pool2d_forward`; ``ceil_mode``
+    False only, as by LPPool2d."""
+    if ceil_mode is not False:
+        only_defaults("lp_pool2d_forward", ceil_mode=(ceil_mode, False))
     p = check_norm(norm_type)
     kernel_size, stride = _check_pool_args(x, kernel_size, stride, floor)
     return _dispatch.call("lp_pool2d_forward", backend.kernel_target(x), _lp_pool2d_forward_reference,

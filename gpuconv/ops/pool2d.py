@@ -32,8 +32,8 @@ from .. import backend, layout
 from ..backend import get_array_module
 from ..precision import round_once, upcast
 from . import _dispatch
-from ._checks import (cache_type, cached, check_cache, check_dy_dtype, check_float, check_floor, check_rank, output_hw,
-                      pair)
+from ._checks import (cache_type, cached, check_cache, check_dy_dtype, check_float, check_floor, check_rank,
+                      only_defaults, output_hw, pair)
 
 MaxPool2dCache = cache_type("MaxPool2dCache", "x_shape kernel_size stride argmax channels_last dtype", __name__,
                             defaults=(False, None))
@@ -44,9 +44,14 @@ AvgPool2dCache = cache_type("AvgPool2dCache", "x_shape kernel_size stride channe
 _CHUNK_BYTES = 1 << 20
 
 
-def max_pool2d_forward(x, kernel_size=2, stride=None, floor=False):
+def max_pool2d_forward(x, kernel_size=2, stride=None, floor=False, *, padding=0, dilation=1, ceil_mode=False,
+                       return_indices=False):
     """``y, cache``: the maximum of each KH x KW window, of shape (N, C, OH, OW). ``floor``: see
-    :func:`pooled_hw` (sizes the windows do not tile are an error without it)."""
+    :func:`pooled_hw` (sizes the windows do not tile are an error without it). F.max_pool2d's
+    other keywords are taken at their defaults only, as by MaxPool2d (the switches are in the cache)."""
+    if (padding, dilation, ceil_mode, return_indices) != (0, 1, False, False):
+        only_defaults("max_pool2d_forward", padding=(padding, (0, 0)), dilation=(dilation, (1, 1)),
+                      ceil_mode=(ceil_mode, False), return_indices=(return_indices, False))
     kernel_size, stride = _check_pool_args(x, kernel_size, stride, floor)
     target = backend.kernel_target(x)
     return _dispatch.call("max_pool2d_forward", target, _max_pool2d_forward_reference, x, kernel_size, stride,
@@ -62,9 +67,13 @@ def max_pool2d_backward(dy, cache):
     return layout.to_channels_last(dx) if cache.channels_last else dx
 
 
-def avg_pool2d_forward(x, kernel_size=2, stride=None, floor=False):
+def avg_pool2d_forward(x, kernel_size=2, stride=None, floor=False, *, padding=0, ceil_mode=False,
+                       count_include_pad=True, divisor_override=None):
     """``y, cache``: the mean of each KH x KW window, of shape (N, C, OH, OW); ``floor`` as for
-    max pooling."""
+    max pooling; F.avg_pool2d's other keywords at their defaults only, as by AvgPool2d."""
+    if (padding, ceil_mode, divisor_override) != (0, False, None):  # (count_include_pad: no padding to count)
+        only_defaults("avg_pool2d_forward", padding=(padding, (0, 0)), ceil_mode=(ceil_mode, False),
+                      divisor_override=(divisor_override, None))
     kernel_size, stride = _check_pool_args(x, kernel_size, stride, floor)
     target = backend.kernel_target(x)
     return _dispatch.call("avg_pool2d_forward", target, _avg_pool2d_forward_reference, x, kernel_size, stride,
