@@ -1293,15 +1293,17 @@ class Residual(Layer):
             raise ValueError(f"Residual: inner(x) has shape {tuple(y.shape)} but shortcut(x) {tuple(skip.shape)}; "
                              "y = shortcut(x) + inner(x) needs equal shapes (the same channels and strides)")
         self._keep(True)
-        return skip + y  # a new array: inner's output may sit in a cache of its last layer
+        with array_device_context((y,)):  # (CuPy makes the sum on its current device, not the arrays')
+            return skip + y  # a new array: inner's output may sit in a cache of its last layer
 
     def backward(self, dy, need_dx=True):
         self._take_cache()
         dx_inner = call_backward(self.inner, dy, need_dx)
-        if self.shortcut is None:
-            return dy + dx_inner if need_dx else None
-        dx_skip = call_backward(self.shortcut, dy, need_dx)
-        return dx_skip + dx_inner if need_dx else None
+        dx_skip = dy if self.shortcut is None else call_backward(self.shortcut, dy, need_dx)
+        if not need_dx:
+            return None
+        with array_device_context((dy,)):
+            return dx_skip + dx_inner
 
 
 # ----------------------------------------------------------------------------- loss

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 
-from .backend import get_array_module
+from .backend import array_device_context, get_array_module
 
 NHWC = (0, 2, 3, 1)   # NCHW axes in NHWC order
 NCHW = (0, 3, 1, 2)   # NHWC axes back in NCHW order
@@ -98,12 +98,14 @@ def nhwc_memory_of(y):
         return y
     if _orders_by_strides(y.shape, y.strides, y.itemsize)[1]:
         return y
-    return get_array_module(y).ascontiguousarray(y.transpose(NHWC)).transpose(NCHW)
+    with array_device_context((y,)):  # CuPy copies onto its current device, not the array's
+        return get_array_module(y).ascontiguousarray(y.transpose(NHWC)).transpose(NCHW)
 
 
 def to_contiguous(x):
     """``x`` with plain C-contiguous (NCHW) memory."""
-    return get_array_module(x).ascontiguousarray(x)
+    with array_device_context((x,)):  # (a copy, for a channels_last x: on x's GPU)
+        return get_array_module(x).ascontiguousarray(x)
 
 
 def nhwc(x):
@@ -111,7 +113,8 @@ def nhwc(x):
     a transposing copy otherwise."""
     if getattr(x, "ndim", None) != 4:
         _check(x, "nhwc")
-    return get_array_module(x).ascontiguousarray(x.transpose(NHWC))
+    with array_device_context((x,)):  # (a copy, for an NCHW x: on x's GPU)
+        return get_array_module(x).ascontiguousarray(x.transpose(NHWC))
 
 
 def like(ref, y):

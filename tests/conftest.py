@@ -56,16 +56,21 @@ class FakeSecondGpu:
     """CuPy faked with a second GPU: arrays ``on(a)`` (a NumPy subclass) live on cuda:1, GPU 0 is
     current (``current[0]``) until a ``cuda.Device`` context changes it, and ``calls`` records
     ``(name, current GPU)`` for every function taken from the fake module (an ``xp.empty``, an
-    ``xp.isfinite``), so a test sees on which GPU CuPy would have allocated and launched."""
-
-    class OnGpu(np.ndarray):
-        def __array_wrap__(self, obj, context=None, return_scalar=False):
-            return np.asarray(obj).view(type(self))  # a reduction gives a 0-d array, as CuPy's do
+    ``xp.isfinite``) and every ufunc on its arrays (``a + b``: 'add'), so a test sees on which GPU
+    CuPy would have allocated and launched."""
 
     def __init__(self, monkeypatch):
         import types
         self.current, self.calls = [0], []
-        current = self.current
+        current, calls = self.current, self.calls
+
+        class OnGpu(np.ndarray):
+            def __array_wrap__(self, obj, context=None, return_scalar=False):
+                if context is not None:
+                    calls.append((context[0].__name__, current[0]))
+                return np.asarray(obj).view(type(self))  # a reduction gives a 0-d array, as CuPy's do
+
+        self.OnGpu = OnGpu
 
         class Device:
             def __init__(self, i=None):
@@ -77,8 +82,6 @@ class FakeSecondGpu:
 
             def __exit__(self, *exc):
                 current[0] = self.prev
-
-        calls, OnGpu = self.calls, self.OnGpu
 
         class Module(types.SimpleNamespace):
             def __getattr__(self, name):  # (attributes not set: NumPy's function, its call recorded)

@@ -1139,6 +1139,28 @@ def test_clip_grad_norm_and_summary_run_with_the_parameters_gpu_current(fake_sec
     assert [row["shape"] for row in summarize(net, (3,))] == [(3,)]
     assert gpu.calls == [("zeros", 1)] and seen == [("OnGpu", 1)] and gpu.current == [0]
 
+def test_a_residual_sum_and_a_layout_copy_are_made_on_their_arrays_gpu(fake_second_gpu):
+    """CuPy makes a sum and a copy on its current device: a ResNet on cuda:1 called while cuda:0 was
+    current added its residual branches on GPU 0 (forward and backward), and to_channels_last /
+    to_contiguous of an array on cuda:1 copied it to GPU 0. Each runs with its arrays' GPU current
+    now. CuPy is faked (conftest.FakeSecondGpu)."""
+    from gpuconv import nn
+    gpu = fake_second_gpu
+
+    class Same(nn.Module):  # an inner block that computes nothing itself
+        def forward(self, x):
+            return x
+
+        def backward(self, dy, need_dx=True):
+            return dy
+
+    block, x = nn.Residual(Same()), gpu.on(np.ones((1, 2, 3, 3), np.float32))
+    assert float(block(x)[0, 0, 0, 0]) == 2.0 and float(block.backward(x)[0, 0, 0, 0]) == 2.0
+    nhwc = gpuconv.to_channels_last(x)
+    assert gpuconv.is_channels_last(nhwc) and not gpuconv.is_channels_last(gpuconv.to_contiguous(nhwc))
+    assert gpu.calls == [("add", 1), ("add", 1), ("ascontiguousarray", 1), ("ascontiguousarray", 1)]
+    assert gpu.current == [0]
+
 @pytest.mark.parametrize("norm_type", [2.0, 1.0, 3.0, float("inf")])
 def test_clip_grad_norm_scales_the_gradients_jointly(backend, norm_type):
     from gpuconv import nn
