@@ -941,8 +941,11 @@ class Flatten(Layer):
         if x.ndim < 2:  # (a 1-D sample would be taken for a batch of one-feature rows, as PyTorch refuses it)
             raise ValueError(f"Flatten: x must have shape (N, ...) with a batch axis and at least one feature axis, got "
                              f"shape {tuple(x.shape)}: add the batch axis, e.g. x.reshape(1, -1)")
-        self._keep((x.shape, layout.is_channels_last(x)))
-        return x.reshape(x.shape[0], int(np.prod(x.shape[1:])))  # -1 fails for N = 0
+        channels_last = layout.is_channels_last(x)
+        self._keep((x.shape, channels_last))
+        # (channels_last: a gathering copy, made on x's GPU)
+        with array_device_context((x,)) if channels_last else contextlib.nullcontext():
+            return x.reshape(x.shape[0], int(np.prod(x.shape[1:])))  # -1 fails for N = 0
 
     def backward(self, dy, need_dx=True):
         shape, channels_last = self._take_cache()

@@ -56,7 +56,7 @@ class FakeSecondGpu:
     """CuPy faked with a second GPU: arrays ``on(a)`` (a NumPy subclass) live on cuda:1, GPU 0 is
     current (``current[0]``) until a ``cuda.Device`` context changes it, and ``calls`` records
     ``(name, current GPU)`` for every function taken from the fake module (an ``xp.empty``, an
-    ``xp.isfinite``) and every ufunc on its arrays (``a + b``: 'add'), so a test sees on which GPU
+    ``xp.isfinite``), every ufunc on its arrays (``a + b``: 'add') and reshape, so a test sees on which GPU
     CuPy would have allocated and launched."""
 
     def __init__(self, monkeypatch):
@@ -69,6 +69,10 @@ class FakeSecondGpu:
                 if context is not None:
                     calls.append((context[0].__name__, current[0]))
                 return np.asarray(obj).view(type(self))  # a reduction gives a 0-d array, as CuPy's do
+
+            def reshape(self, *shape, **kwargs):  # (a copy where the memory order needs one)
+                calls.append(("reshape", current[0]))
+                return super().reshape(*shape, **kwargs)
 
         self.OnGpu = OnGpu
 

@@ -1142,8 +1142,8 @@ def test_clip_grad_norm_and_summary_run_with_the_parameters_gpu_current(fake_sec
 def test_a_residual_sum_and_a_layout_copy_are_made_on_their_arrays_gpu(fake_second_gpu):
     """CuPy makes a sum and a copy on its current device: a ResNet on cuda:1 called while cuda:0 was
     current added its residual branches on GPU 0 (forward and backward), and to_channels_last /
-    to_contiguous of an array on cuda:1 copied it to GPU 0. Each runs with its arrays' GPU current
-    now. CuPy is faked (conftest.FakeSecondGpu)."""
+    to_contiguous of an array on cuda:1, or Flatten of a channels_last one, copied it to GPU 0. Each
+    runs with its arrays' GPU current now. CuPy is faked (conftest.FakeSecondGpu)."""
     from gpuconv import nn
     gpu = fake_second_gpu
 
@@ -1158,7 +1158,8 @@ def test_a_residual_sum_and_a_layout_copy_are_made_on_their_arrays_gpu(fake_seco
     assert float(block(x)[0, 0, 0, 0]) == 2.0 and float(block.backward(x)[0, 0, 0, 0]) == 2.0
     nhwc = gpuconv.to_channels_last(x)
     assert gpuconv.is_channels_last(nhwc) and not gpuconv.is_channels_last(gpuconv.to_contiguous(nhwc))
-    assert gpu.calls == [("add", 1), ("add", 1), ("ascontiguousarray", 1), ("ascontiguousarray", 1)]
+    assert nn.Flatten()(nhwc).shape == (1, 18)  # (channels_last: a gathering copy)
+    assert gpu.calls == [("add", 1), ("add", 1), ("ascontiguousarray", 1), ("ascontiguousarray", 1), ("reshape", 1)]
     assert gpu.current == [0]
 
 @pytest.mark.parametrize("norm_type", [2.0, 1.0, 3.0, float("inf")])
