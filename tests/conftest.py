@@ -52,17 +52,45 @@ def lock_held_elsewhere(directory):
         holder.wait()
         holder.stdout.close()
 
+
+def fake_cupy_second_gpu(monkeypatch, array_type=None):
+    """CuPy faked for a check of which GPU is current while work is done: arrays of ``array_type``
+    (a NumPy subclass; a plain one when None) stand for CuPy arrays, all of them on cuda:1, and
+    ``cupy.cuda.Device(i)`` as a context makes GPU ``i`` current in ``current[0]`` (GPU 0 at
+    first), the previous one again after. Returns ``(cupy, current)``; ``cupy.ndarray`` is the
+    array type."""
+    import types
+    if array_type is None:
+        class array_type(np.ndarray):
+            pass
+    current = [0]
+
+    class Device:
+        def __init__(self, i=None):
+            self.id = current[0] if i is None else i
+
+        def __enter__(self):
+            self.prev, current[0] = current[0], self.id
+            return self
+
+        def __exit__(self, *exc):
+            current[0] = self.prev
+
+    cupy = types.SimpleNamespace(ndarray=array_type, cuda=types.SimpleNamespace(Device=Device))
+    monkeypatch.setattr(B, "_import_cupy", lambda: (cupy, None))
+    monkeypatch.setattr(B, "device_id", lambda a: 1)
+    return cupy, current
+
 class FakeSecondGpu:
-    """CuPy faked with a second GPU: arrays ``on(a)`` (a NumPy subclass) live on cuda:1, GPU 0 is
-    current (``current[0]``) until a ``cuda.Device`` context changes it, and ``calls`` records
-    ``(name, current GPU)`` for every function taken from the fake module (an ``xp.empty``, an
-    ``xp.isfinite``), every ufunc on its arrays (``a + b``: 'add') and reshape, so a test sees on which GPU
-    CuPy would have allocated and launched."""
+    """:func:`fake_cupy_second_gpu` whose module records its calls: arrays ``on(a)`` (a NumPy
+    subclass) live on cuda:1, GPU 0 is current (``current[0]``) until a ``cuda.Device`` context
+    changes it, and ``calls`` records ``(name, current GPU)`` for every function taken from the fake
+    module (an ``xp.empty``, an ``xp.isfinite``), every ufunc on its arrays (``a + b``: 'add') and
+    reshape, so a test sees on which GPU CuPy would have allocated and launched."""
 
     def __init__(self, monkeypatch):
         import types
-        self.current, self.calls = [0], []
-        current, calls = self.current, self.calls
+        self.calls = calls = []
 
         class OnGpu(np.ndarray):
             def __array_wrap__(self, obj, context=None, return_scalar=False):
@@ -75,17 +103,8 @@ class FakeSecondGpu:
                 return super().reshape(*shape, **kwargs)
 
         self.OnGpu = OnGpu
-
-        class Device:
-            def __init__(self, i=None):
-                self.i = current[0] if i is None else i
-
-            def __enter__(self):
-                self.prev, current[0] = current[0], self.i
-                return self
-
-            def __exit__(self, *exc):
-                current[0] = self.prev
+        cupy, self.current = fake_cupy_second_gpu(monkeypatch, OnGpu)
+        current = self.current
 
         class Module(types.SimpleNamespace):
             def __getattr__(self, name):  # (attributes not set: NumPy's function, its call recorded)
@@ -95,10 +114,8 @@ class FakeSecondGpu:
                     return np.asarray(out).view(OnGpu) if isinstance(out, (np.ndarray, np.generic)) else out
                 return call
 
-        module = Module(cuda=types.SimpleNamespace(Device=Device), ndarray=self.OnGpu)
-        monkeypatch.setattr(B, "is_cupy_array", lambda a: isinstance(a, self.OnGpu))
-        monkeypatch.setattr(B, "cupy_module", lambda: module)
-        monkeypatch.setattr(B, "device_id", lambda a: 1)
+        module = Module(**vars(cupy))
+        monkeypatch.setattr(B, "_import_cupy", lambda: (module, None))
 
     def on(self, a):
         return np.asarray(a).view(self.OnGpu)

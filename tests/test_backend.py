@@ -445,28 +445,16 @@ def test_copy_like_copies_onto_the_live_arrays_gpu(monkeypatch):
     while cuda:0 was current (load_state_dict outside default_device('cuda:1')) came back on GPU 0,
     or failed there. The copy is made with the live array's GPU current. CuPy is faked: the arrays
     'on cuda:1' are a NumPy subclass whose astype records the current device."""
-    current, made_on = [0], []
-
-    class Device:
-        def __init__(self, i=None):
-            self.i = current[0] if i is None else i
-
-        def __enter__(self):
-            self.prev, current[0] = current[0], self.i
-            return self
-
-        def __exit__(self, *exc):
-            current[0] = self.prev
+    from conftest import fake_cupy_second_gpu
+    made_on = []
 
     class OnGpu(np.ndarray):
         def astype(self, dtype, *args, **kwargs):
             made_on.append(current[0])
             return np.asarray(self).astype(dtype, *args, **kwargs).view(OnGpu)
 
-    fake = types.SimpleNamespace(ndarray=OnGpu, cuda=types.SimpleNamespace(Device=Device))
-    monkeypatch.setattr(B, "_import_cupy", lambda: (fake, None))
+    _, current = fake_cupy_second_gpu(monkeypatch, OnGpu)
     monkeypatch.setattr(B, "cuda_available", lambda: True)
-    monkeypatch.setattr(B, "device_id", lambda a: 1)
     live = np.zeros(3, np.float32).view(OnGpu)
     loaded = B.copy_like(np.arange(3, dtype=np.float32).view(OnGpu), live)
     assert made_on == [1] and current == [0]

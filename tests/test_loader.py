@@ -276,34 +276,14 @@ def test_batches_are_made_on_the_images_gpu(monkeypatch, fused):
     launched on GPU 1 could not read them. Each batch is made with the images' GPU current, and
     the caller's device is current again between batches. CuPy is faked: the images 'on cuda:1'
     are a NumPy subclass."""
-    import types
-
     import gpuconv.data.loader as loader_module
-    from gpuconv import backend as B
+    from conftest import fake_cupy_second_gpu
 
-    class OnGpu(np.ndarray):
-        pass
-
-    current = [0]
-
-    class Device:
-        def __init__(self, i=None):
-            self.i = current[0] if i is None else i
-
-        def __enter__(self):
-            self.prev, current[0] = current[0], self.i
-            return self
-
-        def __exit__(self, *exc):
-            current[0] = self.prev
-
+    cupy, current = fake_cupy_second_gpu(monkeypatch)
     rng = np.random.default_rng(0)
     loader = DeviceLoader(rng.integers(0, 256, (6, 3, 4, 4), dtype=np.uint8), np.arange(6), 4, augment=True,
                           padding=1, fused=False)
-    loader.images = loader.images.view(OnGpu)
-    monkeypatch.setattr(B, "is_cupy_array", lambda a: isinstance(a, OnGpu))
-    monkeypatch.setattr(B, "cupy_module", lambda: types.SimpleNamespace(cuda=types.SimpleNamespace(Device=Device)))
-    monkeypatch.setattr(B, "device_id", lambda a: 1)
+    loader.images = loader.images.view(cupy.ndarray)
     made = []
     if fused:
         monkeypatch.setattr(loader, "kernel_target", lambda: "cuda")

@@ -695,32 +695,15 @@ def test_a_step_runs_with_the_parameters_gpu_current(monkeypatch):
     the current device and refuses another's arrays in a kernel: a step of parameters on cuda:1
     while cuda:0 was current failed, or left state on GPU 0. The step runs with the parameters'
     GPU current. CuPy is faked: the parameters 'on cuda:1' are a NumPy subclass."""
-    import types
-
+    from conftest import fake_cupy_second_gpu
     from gpuconv.layers import Linear
-    current, seen = [0], []
-
-    class Device:
-        def __init__(self, i=None):
-            self.i = current[0] if i is None else i
-
-        def __enter__(self):
-            self.prev, current[0] = current[0], self.i
-            return self
-
-        def __exit__(self, *exc):
-            current[0] = self.prev
-
-    class OnGpu(np.ndarray):
-        pass
+    seen = []
 
     net = Linear(3, 2)
     opt = gpuconv.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    cupy, current = fake_cupy_second_gpu(monkeypatch)
     for p in net.parameters():
-        p.data = p.data.view(OnGpu)
-    monkeypatch.setattr(B, "is_cupy_array", lambda a: isinstance(a, OnGpu))
-    monkeypatch.setattr(B, "cupy_module", lambda: types.SimpleNamespace(cuda=types.SimpleNamespace(Device=Device)))
-    monkeypatch.setattr(B, "device_id", lambda a: 1)
+        p.data = p.data.view(cupy.ndarray)
     monkeypatch.setattr(opt, "write_lrs", lambda: seen.append(("lrs", current[0])))
     monkeypatch.setattr(opt, "_step", lambda skip: seen.append(("step", current[0])))
     opt.step()

@@ -267,23 +267,10 @@ def test_a_lookahead_average_is_made_on_the_models_gpu(monkeypatch):
     while cuda:0 was current landed on GPU 0, and every update was refused as arrays on two GPUs.
     CuPy is faked: the parameters 'on cuda:1' are a NumPy subclass whose copy records the current
     device."""
-    import types
-
-    from gpuconv import backend as B
+    from conftest import fake_cupy_second_gpu
     from gpuconv.layers import Linear
 
-    current, made_on = [0], []
-
-    class Device:
-        def __init__(self, i=None):
-            self.i = current[0] if i is None else i
-
-        def __enter__(self):
-            self.prev, current[0] = current[0], self.i
-            return self
-
-        def __exit__(self, *exc):
-            current[0] = self.prev
+    made_on = []
 
     class OnGpu(np.ndarray):
         def copy(self, *args, **kwargs):
@@ -293,9 +280,6 @@ def test_a_lookahead_average_is_made_on_the_models_gpu(monkeypatch):
     net = Linear(3, 2)
     for p in net.parameters():
         p.data = p.data.view(OnGpu)
-    monkeypatch.setattr(B, "is_cupy_array", lambda a: isinstance(a, OnGpu))
-    monkeypatch.setattr(B, "cupy_module", lambda: types.SimpleNamespace(ndarray=OnGpu,
-                                                                        cuda=types.SimpleNamespace(Device=Device)))
-    monkeypatch.setattr(B, "device_id", lambda a: 1)
+    _, current = fake_cupy_second_gpu(monkeypatch, OnGpu)
     Lookahead(net)
     assert made_on == [1, 1] and current == [0]

@@ -1450,31 +1450,13 @@ def test_fit_and_evaluate_run_with_the_models_gpu_current(monkeypatch):
     in a kernel: a model on cuda:1 trained or evaluated while cuda:0 was current made its optimizer
     state and loss buffer on GPU 0, and its first step failed. fit and evaluate make the model's GPU
     current. CuPy is faked: the parameters 'on cuda:1' are a NumPy subclass."""
-    import types
-
-    class OnGpu(np.ndarray):
-        pass
-
-    current = [0]
-
-    class Device:
-        def __init__(self, i=None):
-            self.i = current[0] if i is None else i
-
-        def __enter__(self):
-            self.prev, current[0] = current[0], self.i
-            return self
-
-        def __exit__(self, *exc):
-            current[0] = self.prev
+    from conftest import fake_cupy_second_gpu
 
     net = small_net()
     trainer = Trainer(net, SGD(net.parameters(), lr=0.01), progress=False)
+    cupy, current = fake_cupy_second_gpu(monkeypatch)
     for p in net.parameters():
-        p.data = p.data.view(OnGpu)
-    monkeypatch.setattr(backend, "is_cupy_array", lambda a: isinstance(a, OnGpu))
-    monkeypatch.setattr(backend, "cupy_module", lambda: types.SimpleNamespace(cuda=types.SimpleNamespace(Device=Device)))
-    monkeypatch.setattr(backend, "device_id", lambda a: 1)
+        p.data = p.data.view(cupy.ndarray)
     seen = []
     monkeypatch.setattr(Trainer, "_fit", lambda self, *args: seen.append(("fit", current[0])))
     monkeypatch.setattr(gpuconv.trainer, "_evaluate", lambda *args: seen.append(("evaluate", current[0])))
