@@ -139,6 +139,12 @@ class _Replayed:
 
 
 # ----------------------------------------------------------------------------- parameters
+def _check_requires_grad(value) -> bool:
+    """``requires_grad`` as a bool: True or False only, as PyTorch's (a word from a config file,
+    ``'False'``, would train the parameter by its truth)."""
+    return check_bool("requires_grad", value, " (False freezes the parameter, True trains it)")
+
+
 class Parameter:
     """A trainable array: ``.data``, its gradient ``.grad`` (None until a backward) and ``.name``.
 
@@ -161,7 +167,7 @@ class Parameter:
         self.name = name
         self.compute = None
         self._held_by_graph = False
-        self._requires_grad = bool(requires_grad)
+        self._requires_grad = _check_requires_grad(requires_grad)
 
     @property
     def requires_grad(self):
@@ -169,7 +175,7 @@ class Parameter:
 
     @requires_grad.setter
     def requires_grad(self, value):
-        value = bool(value)
+        value = _check_requires_grad(value)
         if self._held_by_graph and value != self._requires_grad:
             # which parameters the step updates is the graph's structure: a replay would go on
             # updating a parameter frozen mid-epoch (or leave a thawed one as it is)
@@ -464,8 +470,9 @@ class Layer:
 
     def requires_grad_(self, requires_grad=True):
         """Freeze (False) or unfreeze every parameter, as a PyTorch module's; returns the layer."""
+        requires_grad = _check_requires_grad(requires_grad)
         for p in self.parameters():
-            p.requires_grad = bool(requires_grad)
+            p.requires_grad = requires_grad
         return self
 
     def to(self, device):

@@ -1651,6 +1651,23 @@ def test_a_parameters_requires_grad_and_device_as_a_pytorch_tensors():
     assert net[0].weight.requires_grad and str(net[0].weight.device) == "cpu"
 
 
+def test_requires_grad_takes_true_or_false_only():
+    """``requires_grad`` is an on/off switch, as PyTorch's: ``'False'`` (a word from a config file)
+    trained the parameter by its truth, through ``p.requires_grad_``, ``p.requires_grad = ...``,
+    ``Parameter(requires_grad=...)`` and a layer's ``requires_grad_``. Each is a TypeError now,
+    leaving the parameters as they were."""
+    net = Sequential(Linear(3, 2, seed=0))
+    w = net[0].weight
+    w.requires_grad_(False)
+    freeze = [lambda: w.requires_grad_("False"), lambda: setattr(w, "requires_grad", 1),
+              lambda: net.requires_grad_("no"), lambda: Parameter(np.zeros(2, np.float32), requires_grad="False")]
+    for call in freeze:
+        with pytest.raises(TypeError, match=r"requires_grad must be True or False, got .*False freezes"):
+            call()
+    assert [p.requires_grad for p in net.parameters()] == [False, True]
+    assert w.requires_grad_(np.bool_(True)) is w and w.requires_grad is True
+
+
 def test_a_sequentials_layer_replaced_by_index_as_in_pytorch():
     """``net[-1] = Linear(...)`` (a new head for fine-tuning, as with PyTorch's Sequential) raised
     TypeError (no item assignment). The new layer takes the old one's name (state dict keys,
