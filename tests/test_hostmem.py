@@ -7,9 +7,13 @@ import sys
 from conftest import REPO
 
 _STEPS = """
-import resource, sys
+import importlib.util, resource, sys
 import numpy as np
-from gpuconv._hostmem import keep_freed_memory
+# the module alone, from its file: importing the gpuconv package would take most of the test's time
+spec = importlib.util.spec_from_file_location("_hostmem", "gpuconv/_hostmem.py")
+_hostmem = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(_hostmem)
+keep_freed_memory = _hostmem.keep_freed_memory
 
 def faults():  # five 'steps', each allocating and freeing six 8 MB arrays (every page written)
     r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
