@@ -280,6 +280,14 @@ def array_device_context(arrays):
     return contextlib.nullcontext()
 
 
+def parameters_device_context(params):
+    """:func:`array_device_context` of the first of ``params`` (a list of Parameters: their
+    ``.data``): the GPU of a model or an optimizer current while it trains or evaluates (CuPy
+    allocates the optimizer's state, a step's buffers and every temporary on its current device,
+    and refuses another's arrays in a kernel); a no-op context on the host."""
+    return array_device_context([p.data for p in params[:1]])
+
+
 def device_of(x) -> Device:
     """Where an array lives: Device('cuda:N') for CuPy arrays, Device('cpu') for NumPy ones."""
     if is_cupy_array(x):

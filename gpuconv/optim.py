@@ -46,7 +46,8 @@ from types import MappingProxyType
 import numpy as np
 
 from . import kernels
-from .backend import array_device_context, copy_like, get_array_module, host_copy, kernel_target
+from .backend import (array_device_context, copy_like, get_array_module, host_copy, kernel_target,
+                      parameters_device_context)
 from .graphs import REPLAYED_WAY_OUT
 from .layers import Parameter, _only, zero_grads
 
@@ -590,7 +591,7 @@ class Optimizer:
         self._check_writeable()
         # The parameters' GPU current (a no-op on the host): CuPy makes the state, the learning rates'
         # array and every temporary on its current device, and refuses another's arrays in a kernel.
-        with array_device_context([p.data for p in self.params[:1]]):
+        with parameters_device_context(self.params):
             if not self.lr_written_by_owner:  # the groups' lrs into the device array the update reads
                 self.write_lrs()
             self._step(skip)

@@ -901,7 +901,7 @@ class Trainer:
                 # step's loss buffer and every array between the kernels on its current device, and refuses
                 # (or reads across the bus) arrays of another, so a model on cuda:1 trained while cuda:0 is
                 # current failed at its first step.
-                with backend.array_device_context([p.data for p in self.model.parameters()[:1]]):
+                with backend.parameters_device_context(self.model.parameters()):
                     return self._fit(train_loader, epochs, val, resume)
             finally:
                 self._lock = None
@@ -1189,7 +1189,7 @@ def evaluate(model, loader, tta=0, precision="fp32"):
         precision = amp.resolve_precision("auto", backend.device_of(params[0].data) if params else None)
     _check_batches(loader, "loader")
     with amp.model_lock(model):  # it switches the shared model to eval mode and back
-        with backend.array_device_context([p.data for p in model.parameters()[:1]]):  # (as Trainer.fit)
+        with backend.parameters_device_context(model.parameters()):  # (as Trainer.fit)
             return _evaluate(model, loader, level, precision)
 
 
