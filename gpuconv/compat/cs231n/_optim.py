@@ -1,4 +1,4 @@
-"""CS231n's update rules (``optim.py``), both editions.
+"""CS231n's update rules (``optim.py``), every edition's.
 
 Written out here, not taken from :mod:`gpuconv.optim`, on purpose: CS231n's momentum keeps
 ``v = mu*v - lr*dw`` (the velocity already carries the learning rate, so an ``lr_decay`` acts on
@@ -9,7 +9,8 @@ with NumPy's dtype promotion (a float32 ``w`` and a float64 ``dw`` give a float6
 Editions: from 2018 every rule is ``rule(w, dw, config=None)`` and Adam's ``t`` starts at 0; in
 2016 and 2017 ``rmsprop`` and ``adam`` take ``(x, dx, config=None)``, and 2017's Adam starts ``t``
 at 1 (2016's at 0). Every edition increments ``t`` before using it (the notebooks' expected Adam
-values are computed so).
+values are computed so). 2025's rules work in place and fold Adam's bias corrections into its step
+size (below). Every edition has the same defaults.
 """
 from __future__ import annotations
 
@@ -17,52 +18,52 @@ import numpy as np
 
 from ...backend import get_array_module
 
+_MOMENTUM = {"learning_rate": 1e-2, "momentum": 0.9}
+_RMSPROP = {"learning_rate": 1e-2, "decay_rate": 0.99, "epsilon": 1e-8}
+_ADAM = {"learning_rate": 1e-3, "beta1": 0.9, "beta2": 0.999, "epsilon": 1e-8}
+
+
+def _config(config, defaults, **more):
+    """The rule's ``config`` (a new dict for None), the defaults set for the keys it lacks."""
+    config = {} if config is None else config
+    for key, value in {**defaults, **more}.items():
+        config.setdefault(key, value)
+    return config
+
+
+def _slot(config, key, w):
+    """``config[key]``, or zeros like ``w`` before the rule's first step made it."""
+    value = config.get(key)
+    return get_array_module(w).zeros_like(w) if value is None else value
+
 
 def sgd(w, dw, config=None):
     """Vanilla SGD, in place. config: learning_rate (1e-2)."""
-    config = {} if config is None else config
-    config.setdefault("learning_rate", 1e-2)
+    config = _config(config, {"learning_rate": 1e-2})
     w -= config["learning_rate"] * dw
     return w, config
 
 
 def sgd_momentum(w, dw, config=None):
     """SGD with momentum. config: learning_rate (1e-2), momentum (0.9), velocity (zeros)."""
-    config = {} if config is None else config
-    config.setdefault("learning_rate", 1e-2)
-    config.setdefault("momentum", 0.9)
-    v = config.get("velocity")
-    v = get_array_module(w).zeros_like(w) if v is None else v
-    v = config["momentum"] * v - config["learning_rate"] * dw
+    config = _config(config, _MOMENTUM)
+    v = config["momentum"] * _slot(config, "velocity", w) - config["learning_rate"] * dw
     config["velocity"] = v
     return w + v, config
 
 
 def _rmsprop(w, dw, config):
-    config = {} if config is None else config
-    config.setdefault("learning_rate", 1e-2)
-    config.setdefault("decay_rate", 0.99)
-    config.setdefault("epsilon", 1e-8)
+    config = _config(config, _RMSPROP)
     xp = get_array_module(w, dw)
-    cache = config.get("cache")
-    cache = xp.zeros_like(w) if cache is None else cache
-    cache = config["decay_rate"] * cache + (1 - config["decay_rate"]) * dw * dw
+    cache = config["decay_rate"] * _slot(config, "cache", w) + (1 - config["decay_rate"]) * dw * dw
     config["cache"] = cache
     return w - config["learning_rate"] * dw / (xp.sqrt(cache) + config["epsilon"]), config
 
 
 def _adam(w, dw, config, t0):
-    config = {} if config is None else config
-    config.setdefault("learning_rate", 1e-3)
-    config.setdefault("beta1", 0.9)
-    config.setdefault("beta2", 0.999)
-    config.setdefault("epsilon", 1e-8)
-    config.setdefault("t", t0)
+    config = _config(config, _ADAM, t=t0)
     xp = get_array_module(w, dw)
-    m = config.get("m")
-    v = config.get("v")
-    m = xp.zeros_like(w) if m is None else m
-    v = xp.zeros_like(w) if v is None else v
+    m, v = _slot(config, "m", w), _slot(config, "v", w)
     b1, b2 = config["beta1"], config["beta2"]
     config["t"] += 1
     m = b1 * m + (1 - b1) * dw
@@ -111,11 +112,8 @@ def adam_2016(x, dx, config=None):
 
 def sgd_momentum_2025(w, dw, config=None):
     """SGD with momentum, in place (w and the velocity are updated where they are)."""
-    config = {} if config is None else config
-    config.setdefault("learning_rate", 1e-2)
-    config.setdefault("momentum", 0.9)
-    v = config.get("velocity")
-    v = get_array_module(w).zeros_like(w) if v is None else v
+    config = _config(config, _MOMENTUM)
+    v = _slot(config, "velocity", w)
     v *= config["momentum"]
     v -= config["learning_rate"] * dw
     w += v
@@ -125,13 +123,9 @@ def sgd_momentum_2025(w, dw, config=None):
 
 def rmsprop_2025(w, dw, config=None):
     """RMSProp, in place (w and the cache are updated where they are)."""
-    config = {} if config is None else config
-    config.setdefault("learning_rate", 1e-2)
-    config.setdefault("decay_rate", 0.99)
-    config.setdefault("epsilon", 1e-8)
+    config = _config(config, _RMSPROP)
     xp = get_array_module(w, dw)
-    if config.get("cache") is None:
-        config["cache"] = xp.zeros_like(w)
+    config["cache"] = _slot(config, "cache", w)
     rho = config["decay_rate"]
     config["cache"] *= rho
     config["cache"] += (1.0 - rho) * dw ** 2
@@ -142,17 +136,9 @@ def rmsprop_2025(w, dw, config=None):
 def adam_2025(w, dw, config=None):
     """Adam, w updated in place, the bias corrections folded into the step size; ``t`` from 0,
     incremented before use."""
-    config = {} if config is None else config
-    config.setdefault("learning_rate", 1e-3)
-    config.setdefault("beta1", 0.9)
-    config.setdefault("beta2", 0.999)
-    config.setdefault("epsilon", 1e-8)
-    config.setdefault("t", 0)
+    config = _config(config, _ADAM, t=0)
     xp = get_array_module(w, dw)
-    m = config.get("m")
-    v = config.get("v")
-    m = xp.zeros_like(w) if m is None else m
-    v = xp.zeros_like(w) if v is None else v
+    m, v = _slot(config, "m", w), _slot(config, "v", w)
     b1, b2 = config["beta1"], config["beta2"]
     m = b1 * m + (1 - b1) * dw
     v = b2 * v + (1 - b2) * (dw * dw)
