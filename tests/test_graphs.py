@@ -798,21 +798,9 @@ def _fake_cupy(monkeypatch):
     goes to ``seen``; ``on[id(array)]`` says which GPU an array is on; ``current[0]`` is CuPy's
     current device; ``cuda.allocator[0]`` the allocator of a capture, whose cudaMalloc fails while
     ``cuda.gpu.full``."""
-    current, seen = [0], []
-
-    class FakeArray(np.ndarray):
-        pass
-
-    class Device:
-        def __init__(self, i=None):
-            self.id = current[0] if i is None else i
-
-        def __enter__(self):
-            self.prev, current[0] = current[0], self.id
-            return self
-
-        def __exit__(self, *exc):
-            current[0] = self.prev
+    from conftest import fake_second_gpu
+    fake, current = fake_second_gpu(monkeypatch)
+    FakeArray, seen = fake.ndarray, []
 
     class Stream:
         def __init__(self, non_blocking=False):
@@ -883,15 +871,13 @@ def _fake_cupy(monkeypatch):
             allocator[0] = before
 
     pool = types.SimpleNamespace(free_all_blocks=lambda: seen.append(("free", current[0])))
-    cuda = types.SimpleNamespace(Device=Device, Stream=Stream, MemoryPool=MemoryPool, using_allocator=using_allocator,
-                                 allocator=allocator, get_current_stream=Stream, gpu=gpu, Memory=malloc_memory,
-                                 MemoryPointer=lambda memory, offset: (memory, offset),
-                                 runtime=types.SimpleNamespace(CUDARuntimeError=CUDARuntimeError),
-                                 memory=types.SimpleNamespace(OutOfMemoryError=OutOfMemoryError))
-    fake = types.SimpleNamespace(ndarray=FakeArray, empty_like=empty_like, copyto=np.copyto,
-                                 get_default_memory_pool=lambda: pool, cuda=cuda)
+    vars(fake.cuda).update(Stream=Stream, MemoryPool=MemoryPool, using_allocator=using_allocator, allocator=allocator,
+                           get_current_stream=Stream, gpu=gpu, Memory=malloc_memory,
+                           MemoryPointer=lambda memory, offset: (memory, offset),
+                           runtime=types.SimpleNamespace(CUDARuntimeError=CUDARuntimeError),
+                           memory=types.SimpleNamespace(OutOfMemoryError=OutOfMemoryError))
+    vars(fake).update(empty_like=empty_like, copyto=np.copyto, get_default_memory_pool=lambda: pool)
     on = {}
-    monkeypatch.setattr(B, "_import_cupy", lambda: (fake, None))
     monkeypatch.setattr(B, "device_id", lambda a: on[id(a.base if a.base is not None else a)])
     return seen, current, on, FakeArray
 
