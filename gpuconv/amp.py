@@ -374,7 +374,7 @@ def training_step(model, optimizer, x, y, precision="fp32", scaler=None, label_s
     # cuda:0 was current made them on GPU 0, which its kernels refused. (The optimizer's list of
     # parameters: model.parameters() walks the model, some 0.1 ms a step for airbench94.)
     first = optimizer.params[:1] if hasattr(optimizer, "params") else model.parameters()[:1]
-    with backend.array_device_context([p.data for p in first]):
+    with backend.parameters_device_context(first):
         optimizer.zero_grad()
         with autocast(model, precision) as dt:
             with input_is_data(model):

@@ -74,7 +74,7 @@ def summarize(model, input_shape) -> list[dict]:
         # The parameters' GPU current (a no-op on the host): CuPy makes the zero image and every
         # activation on its current device, so a model on cuda:1 summarized while cuda:0 was current
         # got an image on GPU 0 that its first layer refused.
-        with L.eval_mode(model), backend.array_device_context([p.data for p in params[:1]]):
+        with L.eval_mode(model), backend.parameters_device_context(params):
             model(xp.zeros((1, *input_shape), dtype=dtype))
     except ValueError as exc:
         if len(exc.args) == 1 and isinstance(exc.args[0], str):  # (which shape was tried, and how it was given)

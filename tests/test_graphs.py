@@ -798,8 +798,8 @@ def _fake_cupy(monkeypatch):
     goes to ``seen``; ``on[id(array)]`` says which GPU an array is on; ``current[0]`` is CuPy's
     current device; ``cuda.allocator[0]`` the allocator of a capture, whose cudaMalloc fails while
     ``cuda.gpu.full``."""
-    from conftest import fake_second_gpu
-    fake, current = fake_second_gpu(monkeypatch)
+    from conftest import fake_cupy_second_gpu
+    fake, current = fake_cupy_second_gpu(monkeypatch)
     FakeArray, seen = fake.ndarray, []
 
     class Stream:
