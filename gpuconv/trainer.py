@@ -685,7 +685,10 @@ class Trainer:
         sums = arrays.get("meta/epoch_sums")  # absent in checkpoints of older versions
         self._resumed_sums = (dict(zip(("loss", "correct", "n", "t"), map(float, sums)))
                               if sums is not None and self.epoch_step else None)
-        self.config = self.config or ckpt.read_config(arrays)  # the settings the run goes on with, if given
+        # The settings the run goes on with, if given; a run saved without any ({}) goes on without, as it
+        # began: an empty dict would take the loader's normalization (_record_preprocess), and the resumed
+        # run's checkpoints would differ from those of the run left uninterrupted.
+        self.config = self.config or ckpt.read_config(arrays) or None
         if tuned is not None:
             kernels.load_tuned_variants(tuned)
             params = self.model.parameters()  # (on the CPU no kernels run, so no variants either)

@@ -471,6 +471,13 @@ def test_resume_after_an_epoch_is_bit_identical(cifar, tmp_path):
     second, loader2 = build(images, labels, tmp_path / "split", epochs=3)  # a new process
     second.fit(loader2, 3, resume=True)
     assert_same_state(full, second)
+    # The checkpoint files hold the same arrays, every one (the time spent aside), the config too: a
+    # run given none keeps none (an empty one, read back from the checkpoint, took the loader's
+    # normalization, and the resumed run's files differed from the uninterrupted run's).
+    a, b = (ckpt.load_checkpoint(tmp_path / d / "checkpoint.npz") for d in ("full", "split"))
+    assert sorted(a) == sorted(b) and ckpt.read_config(b) == {}
+    assert [k for k in a if k != "meta/elapsed" and (a[k].dtype != b[k].dtype or a[k].tobytes() != b[k].tobytes())] \
+        == []
     # The history reads as one run.
     lines = [json.loads(x) for x in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines if r["kind"] == "epoch"] == [1, 2, 3]
