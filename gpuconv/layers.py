@@ -1390,6 +1390,7 @@ class CrossEntropyLoss(Layer):
 
 def zero_grads(params, set_to_none=True):
     """``.grad = None`` for each parameter, or (``set_to_none=False``) its gradient zeroed in place."""
+    set_to_none = check_bool("zero_grad(set_to_none)", set_to_none)
     for p in params:
         if set_to_none:
             p.grad = None

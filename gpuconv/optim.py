@@ -50,6 +50,7 @@ from .backend import (array_device_context, copy_like, get_array_module, host_co
                       parameters_device_context)
 from .graphs import REPLAYED_WAY_OUT
 from .layers import Parameter, _only, zero_grads
+from .ops._checks import check_bool
 
 __all__ = ["Optimizer", "ParamGroup", "ParamStates", "SGD", "Adam", "AdamW", "Muon", "Chain", "newton_schulz", "replays_schedule", "LRSchedule", "StepLR", "CosineLR", "OneCycleLR", "TriangularLR"]
 
@@ -329,7 +330,7 @@ class Optimizer:
         optimizer's own value's type (bool, int or float)."""
         kind = float if key == "lr" else type(getattr(self, key))
         if kind is bool:
-            return bool(value)
+            return check_bool(label, value)
         v = _nonneg(label, value)
         if kind is int and not v.is_integer():
             raise ValueError(f"{label} must be a whole number, got {value!r}")
@@ -729,7 +730,7 @@ class SGD(Optimizer):
         super().__init__(params, lr)
         self.momentum = _nonneg("momentum", momentum)
         self.weight_decay = _nonneg("weight_decay", weight_decay)
-        self.nesterov = bool(nesterov)
+        self.nesterov = check_bool("nesterov", nesterov)
         self._finish_groups()
 
     def _check_group(self, gi):
@@ -991,10 +992,10 @@ class Muon(Optimizer):
         for i, p in enumerate(self.params):
             self._check_param(i, p)
         self.momentum = _nonneg("momentum", momentum)
-        self.nesterov = bool(nesterov)
+        self.nesterov = check_bool("nesterov", nesterov)
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps must be an integer >= 1 (Newton-Schulz iterations), got {steps!r}")
-        self.steps, self.normalize = int(steps), bool(normalize)
+        self.steps, self.normalize = int(steps), check_bool("normalize", normalize)
         self._finish_groups()
 
     def _check_param(self, index, p):

@@ -708,3 +708,26 @@ def test_a_step_runs_with_the_parameters_gpu_current(monkeypatch):
     monkeypatch.setattr(opt, "_step", lambda skip: seen.append(("step", current[0])))
     opt.step()
     assert seen == [("lrs", 1), ("step", 1)] and current == [0]
+
+
+@pytest.mark.parametrize("where", ["SGD", "Muon", "Muon normalize", "group", "attribute", "zero_grad"])
+def test_optimizer_switches_take_true_or_false_only(where):
+    """``nesterov='no'``, ``normalize='False'`` or ``zero_grad(set_to_none='no')`` (a word from a
+    config file) would be true by its truth and switch Nesterov momentum, the normalization or the
+    gradients' release on; PyTorch refuses them, and so does gpuconv, naming the switch."""
+    from gpuconv.layers import Parameter
+    p = Parameter(np.ones((2, 2), np.float32))
+    with pytest.raises(TypeError, match="must be True or False, got 'no'"):
+        if where == "SGD":
+            SGD([p], lr=0.1, momentum=0.9, nesterov="no")
+        elif where == "Muon":
+            Muon([p], nesterov="no")
+        elif where == "Muon normalize":
+            Muon([p], normalize="no")
+        elif where == "group":
+            SGD([p], lr=0.1, momentum=0.9).param_groups[0]["nesterov"] = "no"
+        elif where == "attribute":
+            SGD([p], lr=0.1, momentum=0.9).nesterov = "no"
+        else:
+            SGD([p], lr=0.1).zero_grad(set_to_none="no")
+    assert SGD([p], lr=0.1, momentum=0.9, nesterov=np.bool_(True)).nesterov is True
