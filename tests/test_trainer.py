@@ -1474,7 +1474,7 @@ def test_fit_and_evaluate_run_with_the_models_gpu_current(monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not backend.cuda_available() or backend.cupy_module().cuda.runtime.getDeviceCount() < 2,
-                    reason="needs two GPUs")
+                    reason="not on this GPU: needs two GPUs")  # (conftest.NOT_ON_THIS_GPU: the battery's one GPU passes)
 def test_a_model_and_loader_on_the_second_gpu_train_while_the_first_is_current():
     """A fit of a model and a loader on cuda:1 outside default_device('cuda:1') (GPU 0 current):
     the optimizer's state, the loss buffer and the batches are made on GPU 1, and GPU 0 is
