@@ -113,6 +113,10 @@ def nhwc(x):
     a transposing copy otherwise."""
     if getattr(x, "ndim", None) != 4:
         _check(x, "nhwc")
+    if _orders_by_strides(x.shape, x.strides, x.itemsize)[1]:
+        # A view: nothing is allocated, so no GPU need be made current (the tensor-core convolutions
+        # ask for the NHWC view of every input and gradient, four times per layer a step).
+        return x.transpose(NHWC)
     with array_device_context((x,)):  # (a copy, for an NCHW x: on x's GPU)
         return get_array_module(x).ascontiguousarray(x.transpose(NHWC))
 

@@ -190,3 +190,21 @@ def test_a_channels_last_training_step_converts_nothing(monkeypatch, launches):
     names = launches.names
     assert {"conv2d_forward_tc", "conv2d_backward_data_tc", "conv2d_backward_weight_tc"} <= set(names)
     assert not any(n.startswith("conv2d_forward_v") for n in names)
+
+
+def test_nhwc_switches_the_gpu_only_to_copy(fake_second_gpu, monkeypatch):
+    """The NHWC view of a channels_last array allocates nothing: it is answered without making the
+    array's GPU current (the tensor-core convolutions ask for it four times per layer a step); an
+    NCHW array's transposing copy is made on its own GPU. CuPy is faked (conftest.FakeSecondGpu)."""
+    gpu, entered = fake_second_gpu, []
+    real = layout.array_device_context
+    monkeypatch.setattr(layout, "array_device_context", lambda arrays: entered.append(len(arrays)) or real(arrays))
+    x = gpu.on(np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 3, 4, 5))
+    last = layout.to_channels_last(x)
+    del entered[:], gpu.calls[:]
+    view = layout.nhwc(last)
+    assert entered == [] and gpu.calls == [] and np.shares_memory(view, last)
+    copy = layout.nhwc(x)
+    assert entered == [1] and gpu.calls == [("ascontiguousarray", 1)] and gpu.current == [0]
+    for a in (view, copy):
+        assert a.flags.c_contiguous and np.array_equal(np.asarray(a), np.asarray(x).transpose(0, 2, 3, 1))
