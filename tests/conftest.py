@@ -81,6 +81,7 @@ def fake_cupy_second_gpu(monkeypatch, array_type=None):
     monkeypatch.setattr(B, "device_id", lambda a: 1)
     return cupy, current
 
+
 class FakeSecondGpu:
     """:func:`fake_cupy_second_gpu` whose module records its calls: arrays ``on(a)`` (a NumPy
     subclass) live on cuda:1, GPU 0 is current (``current[0]``) until a ``cuda.Device`` context
