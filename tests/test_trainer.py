@@ -1473,7 +1473,8 @@ def test_fit_and_evaluate_run_with_the_models_gpu_current(monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not backend.cuda_available() or backend.cupy_module().cuda.runtime.getDeviceCount() < 2,
+@pytest.mark.skipif(not backend.cuda_available(), reason=f"no GPU: {backend.cuda_status()}")
+@pytest.mark.skipif(backend.cuda_available() and backend.cupy_module().cuda.runtime.getDeviceCount() < 2,
                     reason="not on this GPU: needs two GPUs")  # (conftest.NOT_ON_THIS_GPU: the battery's one GPU passes)
 def test_a_model_and_loader_on_the_second_gpu_train_while_the_first_is_current():
     """A fit of a model and a loader on cuda:1 outside default_device('cuda:1') (GPU 0 current):
@@ -1491,3 +1492,17 @@ def test_a_model_and_loader_on_the_second_gpu_train_while_the_first_is_current()
         assert np.isfinite(history[-1]["train_loss"])
         assert {backend.device_id(s) for st in opt.state for s in st.values() if backend.is_cupy_array(s)} == {1}
         assert np.isfinite(evaluate(model, DeviceLoader(x, y, 16, shuffle=False, device="cuda:1"))["loss"])
+
+
+def test_the_two_gpu_test_skips_as_not_on_this_gpu_only_where_a_gpu_answers():
+    """GPUCONV_REQUIRE_GPU=1 accepts a GPU test's skip whose reason says 'not on this GPU' (one GPU
+    where two are needed); where CUDA is unusable the two-GPU test must skip as any GPU test does
+    ('no GPU: ...'), so that the strict GPU suite fails there instead of passing it as skipped."""
+    from conftest import NOT_ON_THIS_GPU
+    marks = test_a_model_and_loader_on_the_second_gpu_train_while_the_first_is_current.pytestmark
+    applied = [m.kwargs["reason"] for m in marks if m.name == "skipif" and m.args[0]]
+    if backend.cuda_available():
+        two = backend.cupy_module().cuda.runtime.getDeviceCount() >= 2
+        assert applied == ([] if two else ["not on this GPU: needs two GPUs"])
+    else:
+        assert applied == [f"no GPU: {backend.cuda_status()}"] and NOT_ON_THIS_GPU not in applied[0]
