@@ -34,7 +34,8 @@ class TrainedModel:
     ``tta`` (the test-time augmentation level its run evaluated at, the default for predicting:
     2 for the airbench recipes, whose accuracy is that of six views per image). ``input_size``:
     the (height, width) of the images the network takes (default 32x32, CIFAR-10's; a config's
-    ``kwargs['input_dim']`` gives it); the channels are those of ``mean`` and ``std``."""
+    ``kwargs['input_dim']`` gives it, else its ``input_size``, the size of the images a
+    ``Trainer.fit`` trained on); the channels are those of ``mean`` and ``std``."""
 
     def __init__(self, net, classes, mean=CIFAR10_MEAN, std=CIFAR10_STD, precision="fp32", config=None, tta=0,
                  input_size=None):
@@ -44,7 +45,8 @@ class TrainedModel:
         self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
         if input_size is None:
             input_dim = (config or {}).get("kwargs", {}).get("input_dim")
-            input_size = tuple(input_dim)[1:] if input_dim is not None else INPUT_HW
+            input_size = (tuple(input_dim)[1:] if input_dim is not None
+                          else (config or {}).get("input_size", INPUT_HW))  # (recorded by Trainer.fit)
         self.input_size = tuple(int(v) for v in input_size)
         self.device = backend.get_default_device()  # where the weights live: 'sim' runs the kernels
         self.precision, self.config = amp.resolve_precision(precision, self.device), dict(config or {})
@@ -174,7 +176,8 @@ def as_nchw(images, input_dim=(3, *INPUT_HW)) -> np.ndarray:
         raise ValueError(f"images are {a.shape[2]}x{a.shape[3]}; the model takes {h}x{w}: resize them (image files "
                          "given to `gpuconv predict` or load_images are resized), or, for a network built for "
                          f"{a.shape[2]}x{a.shape[3]} images, give TrainedModel input_size=({a.shape[2]}, {a.shape[3]}) "
-                         "(load_model reads it from the config's kwargs['input_dim'])")
+                         "(load_model reads it from the config's kwargs['input_dim'], else from its input_size, which "
+                         "Trainer.fit records)")
     xp = backend.get_array_module(a)
     return xp.ascontiguousarray(a)
 

@@ -998,11 +998,17 @@ class Trainer:
     def _record_preprocess(self, loader):
         """A run's config without the normalization its images had (written by hand, not by `gpuconv
         train`) gets the training loader's mean and std: the checkpoint's model then predicts with
-        them (gpuconv.load_model), not with CIFAR-10's."""
+        them (gpuconv.load_model), not with CIFAR-10's. One without ``input_size`` gets the (height,
+        width) of the loader's images: a network whose constructor takes no ``input_dim`` (airbench94
+        or airbench96 on 28x28 images) then predicts images of that size, not 32x32 ones."""
+        if not isinstance(self.config, dict):
+            return
         mean, std = getattr(loader, "mean", None), getattr(loader, "std", None)
-        if isinstance(self.config, dict) and "preprocess" not in self.config \
-                and isinstance(mean, tuple) and isinstance(std, tuple):
+        if "preprocess" not in self.config and isinstance(mean, tuple) and isinstance(std, tuple):
             self.config = {**self.config, "preprocess": {"mean": list(mean), "std": list(std)}}  # (not the caller's dict)
+        images = getattr(loader, "images", None)
+        if "input_size" not in self.config and getattr(images, "ndim", None) == 4:
+            self.config = {**self.config, "input_size": [int(v) for v in images.shape[2:]]}
 
     def _check_schedule_length(self, loader, epochs):
         """A schedule that refuses steps past its end (OneCycleLR) would stop the fit there, after an

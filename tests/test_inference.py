@@ -201,3 +201,24 @@ def test_cupy_images_are_predicted_on_the_gpu():
     got = model.logits(cp.asarray(x))
     assert type(got) is np.ndarray
     np.testing.assert_array_equal(got, want)
+
+
+def test_a_network_without_input_dim_predicts_the_size_it_trained_on(tmp_path):
+    """airbench94 takes no input_dim, and 28x28 grayscale images pool to 1x1 in it as 32x32 ones do:
+    Trainer.fit records the training images' size, and load_model predicts at it (it took 32x32 and
+    refused every 28x28 image)."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (12, 1, 28, 28), dtype=np.uint8)
+    y = rng.integers(0, 10, 12).astype(np.uint8)
+    kwargs = {"widths": [4, 4, 4], "in_channels": 1}
+    net = models.airbench94(**kwargs)
+    trainer = Trainer(net, SGD(net.parameters(), lr=0.01), out_dir=tmp_path, progress=False,
+                      config={"constructor": "airbench94", "kwargs": kwargs})
+    loader = DeviceLoader(x, y, 5, shuffle=False, mean=(30.0,), std=(70.0,))
+    trainer.fit(loader, 1)
+    model = gpuconv.load_model(tmp_path / "checkpoint.npz")
+    assert model.input_dim == (1, 28, 28)
+    acc = evaluate(model.net, loader)["accuracy"]
+    assert float((model.predict_classes(x) == y).mean()) == acc
+    assert float((model.predict_classes(x.transpose(0, 2, 3, 1)) == y).mean()) == acc  # (N, H, W, 1) too
+
