@@ -125,14 +125,15 @@ def load_model(path, device=None) -> TrainedModel:
         except (KeyError, ValueError) as exc:
             raise ValueError(f"{path}: its weights do not fit the model its config describes ({exc})") from None
         pre = config.get("preprocess", {})
+        mean, std = pre.get("mean", CIFAR10_MEAN), pre.get("std", CIFAR10_STD)
         from .data.formats import DEFAULT_CLASSES
-        # (CIFAR-10's names only for a 10-class network: another data set's classes go by index)
+        # (CIFAR-10's names only for a 10-class network of RGB images: another data set's classes, a
+        # grayscale one's digits among them, go by index)
         num_classes = int(config.get("kwargs", {}).get("num_classes", len(DEFAULT_CLASSES)))
-        classes = config.get("classes") or (DEFAULT_CLASSES if num_classes == len(DEFAULT_CLASSES)
-                                            else [str(i) for i in range(num_classes)])
+        cifar_like = num_classes == len(DEFAULT_CLASSES) and len(mean) == 3
+        classes = config.get("classes") or (DEFAULT_CLASSES if cifar_like else [str(i) for i in range(num_classes)])
         # built where the weights are: its .device is where predict runs ('sim' runs the kernels)
-        return TrainedModel(net, classes, pre.get("mean", CIFAR10_MEAN),
-                            pre.get("std", CIFAR10_STD), config.get("train_args", {}).get("precision", "fp32"),
+        return TrainedModel(net, classes, mean, std, config.get("train_args", {}).get("precision", "fp32"),
                             config, tta=recorded_tta(config))
 
 

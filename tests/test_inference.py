@@ -222,3 +222,9 @@ def test_a_network_without_input_dim_predicts_the_size_it_trained_on(tmp_path):
     assert float((model.predict_classes(x) == y).mean()) == acc
     assert float((model.predict_classes(x.transpose(0, 2, 3, 1)) == y).mean()) == acc  # (N, H, W, 1) too
 
+
+def test_a_grayscale_network_of_ten_classes_names_them_by_index(tmp_path):
+    """CIFAR-10's names are the fallback of a 10-class RGB network: an MNIST-like one's digits were
+    labelled 'airplane', 'automobile', ... by load_model and `gpuconv predict`."""
+    _, _, path = _checkpoint(tmp_path, {"input_dim": (1, 28, 28)}, (33.0,), (78.0,))
+    assert gpuconv.load_model(path).classes == [str(i) for i in range(10)]
