@@ -210,6 +210,10 @@ def test_real_subset_batches_are_normalized(subset_dir, backend):
 
 @pytest.mark.parametrize("kwargs, err, match", [
     ({"images": np.zeros((4, 3, 32, 32), np.float32)}, TypeError, "must be a uint8 array.*normalizes"),
+    # float pixels, already normalized or in [0, 1], and grayscale without a channel axis: the fix for each
+    ({"images": np.zeros((4, 1, 28, 28), np.float32)}, TypeError,
+     r"float32 \(4, 1, 28, 28\); for float images in \[0, 1\] pass \(images \* 255\).*already normalized undo it"),
+    ({"images": np.zeros((4, 28, 28), np.uint8)}, TypeError, r"grayscale images \(N, H, W\) add the channel axis"),
     ({"images": np.zeros((4, 3072), np.uint8)}, TypeError, r"\(N, C, H, W\)"),
     ({"images": np.zeros((0, 3, 32, 32), np.uint8), "labels": np.zeros(0, np.int64)}, ValueError, "empty"),
     ({"labels": np.arange(5)}, ValueError, r"shape \(4,\)"),

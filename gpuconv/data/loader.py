@@ -36,6 +36,18 @@ def _check_int(name, value, low, fix):
     return int(value)
 
 
+def _images_fix(images):
+    """What to do with ``images`` the loader refuses: the fix for float pixels, for grayscale images
+    without a channel axis, else an example."""
+    kind, ndim = getattr(getattr(images, "dtype", None), "kind", None), getattr(images, "ndim", None)
+    if kind == "f":
+        return ("for float images in [0, 1] pass (images * 255).round().astype(np.uint8), and for images already "
+                "normalized undo it first (images * std + mean, on the 0-255 scale), with mean= and std= per channel")
+    if ndim == 3:
+        return "for grayscale images (N, H, W) add the channel axis, images[:, None]"
+    return "e.g. cifar.train.images"
+
+
 def _epoch_keys(seed, epoch, n):
     """``n`` 64-bit keys of (seed, epoch). SeedSequence reads each int as its 32-bit words and pads
     short entropy with zeros, so ``[seed, epoch]`` of a seed of two words ``[lo, hi]`` would be the
@@ -75,7 +87,7 @@ class DeviceLoader:
             raise TypeError(
                 "images must be a uint8 array of shape (N, C, H, W) (the raw 0-255 pixels; the loader "
                 f"normalizes), got {getattr(images, 'dtype', type(images).__name__)} "
-                f"{getattr(images, 'shape', '')}; e.g. cifar.train.images")
+                f"{getattr(images, 'shape', '')}; {_images_fix(images)}")
         n = images.shape[0]
         if n == 0:
             raise ValueError("images is empty (0 images); a loader needs at least one image")
