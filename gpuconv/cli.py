@@ -751,7 +751,7 @@ def cmd_evaluate(args) -> int:
     from . import amp, backend
     from .checkpoint import load_checkpoint, read_config, section
     from .data import DeviceLoader
-    from .inference import recorded_tta
+    from .inference import recorded_input_dim, recorded_tta
     from .trainer import evaluate
 
     arrays = load_checkpoint(args.checkpoint)
@@ -759,6 +759,14 @@ def cmd_evaluate(args) -> int:
     if "constructor" not in config:
         raise ValueError(f"{args.checkpoint} has no model config (meta/config): it was not written by "
                          "`gpuconv train`; rebuild the model in Python and call Trainer.evaluate")
+    input_dim = recorded_input_dim(config)
+    if input_dim != (3, 32, 32):  # (a Trainer.fit run on other images: CIFAR-10's would fail inside a layer)
+        raise ValueError(f"{args.checkpoint}: its network takes {'x'.join(map(str, input_dim))} images, and gpuconv "
+                         "evaluate scores CIFAR-10's 3x32x32 ones: evaluate it on its own images in Python, "
+                         "gpuconv.trainer.evaluate(model.net, DeviceLoader(images, labels, 500, shuffle=False, "
+                         "mean=model.mean, std=model.std)) with model = gpuconv.load_model(checkpoint)")
+    preprocess = config.get("preprocess", {})  # (a Trainer.fit run's own normalization, else CIFAR-10's)
+    mean, std = preprocess.get("mean", CIFAR10_MEAN), preprocess.get("std", CIFAR10_STD)
     device = backend.Device(args.device)
     with backend.default_device(device):  # the weights are checked against the model before any data loads
         model = model_from_config(config)
@@ -791,7 +799,7 @@ def cmd_evaluate(args) -> int:
         precision = amp.resolve_precision(args.precision or config.get("train_args", {}).get("precision", "fp32"),
                                           device)
         loader = DeviceLoader(images, labels, args.batch_size, shuffle=False, augment=False, device=device,
-                              channels_last=amp.channels_last_for(precision))
+                              mean=mean, std=std, channels_last=amp.channels_last_for(precision))
         tta = recorded_tta(config) if args.tta is None else args.tta
         result = evaluate(model, loader, tta=tta, precision=precision)
     classes = config.get("classes") or list(cifar.classes)

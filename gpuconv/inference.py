@@ -6,7 +6,8 @@ applied (the per-channel mean and std of the 0-255 pixels). So a user gives raw 
 (N, 32, 32, 3) as image files decode or (N, 3, 32, 32) as CIFAR-10's arrays are, and gets
 class probabilities; nothing about normalization has to be known. A network built for other
 images (``input_dim=(1, 28, 28)`` of ``seed_net`` or ``three_layer_convnet``) takes those: the
-channels are the normalization's, the size the config's ``input_dim`` (32x32 without one).
+channels are the normalization's, the size the config's ``input_dim``, else the size of the images
+a ``Trainer.fit`` run trained on (its ``input_size``; 32x32 without either).
 The images go through the same loader, batch size, precision and test-time augmentation (by
 default the level the run evaluated at, its ``--tta`` or its recipe's: 2 for the airbench recipes) as ``gpuconv
 evaluate``, so the predicted classes of the held-out images give exactly its accuracy.
@@ -44,9 +45,7 @@ class TrainedModel:
         self.net, self.classes = net.eval(), list(classes)
         self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
         if input_size is None:
-            input_dim = (config or {}).get("kwargs", {}).get("input_dim")
-            input_size = (tuple(input_dim)[1:] if input_dim is not None
-                          else (config or {}).get("input_size", INPUT_HW))  # (recorded by Trainer.fit)
+            input_size = recorded_input_dim(config or {})[1:]
         self.input_size = tuple(int(v) for v in input_size)
         self.device = backend.get_default_device()  # where the weights live: 'sim' runs the kernels
         self.precision, self.config = amp.resolve_precision(precision, self.device), dict(config or {})
@@ -135,6 +134,16 @@ def load_model(path, device=None) -> TrainedModel:
         # built where the weights are: its .device is where predict runs ('sim' runs the kernels)
         return TrainedModel(net, classes, mean, std, config.get("train_args", {}).get("precision", "fp32"),
                             config, tta=recorded_tta(config))
+
+
+def recorded_input_dim(config) -> tuple:
+    """(channels, height, width) of the images a checkpoint's network takes, from its config: the
+    channels those of its normalization (``preprocess``), the size its constructor's ``input_dim``,
+    else the ``input_size`` Trainer.fit recorded, else 32x32 (CIFAR-10's)."""
+    c = len(config.get("preprocess", {}).get("mean", CIFAR10_MEAN))
+    input_dim = config.get("kwargs", {}).get("input_dim")
+    h, w = tuple(input_dim)[1:] if input_dim is not None else tuple(config.get("input_size", INPUT_HW))
+    return c, int(h), int(w)
 
 
 def recorded_tta(config) -> int:

@@ -1493,3 +1493,32 @@ def test_an_out_that_fails_to_be_written_is_told_by_its_error(tmp_path, monkeypa
                 pass
         assert info.value.errno == number
         assert str(info.value) == f"cannot write into {tmp_path} ({os.strerror(number)}): {fix}, or train into another --out"
+
+
+def test_evaluate_normalizes_as_the_run_recorded_and_refuses_other_images(trained, tmp_path, capsys):
+    """A Trainer.fit run records its own normalization and image size: `gpuconv evaluate` scored it
+    with CIFAR-10's mean and std (not what load_model predicts with), and a network of 1x28x28
+    images failed inside its first layer on CIFAR-10's."""
+    import gpuconv
+    from gpuconv.data import DeviceLoader
+    from gpuconv.trainer import evaluate
+    arrays = ckpt.load_checkpoint(trained / "checkpoint.npz")
+    config = ckpt.read_config(arrays)
+    config["preprocess"] = {"mean": [100.0, 110.0, 90.0], "std": [50.0, 55.0, 60.0]}
+    arrays["meta/config"] = ckpt.pack_json(config)
+    own = ckpt.save_checkpoint(tmp_path / "own.npz", arrays)
+    rc, out, err = run(["evaluate", "--checkpoint", own, "--data", SUBSET, "--json"], capsys)
+    assert rc == 0, err
+    _, val, _, _ = cli.resolve_split(cli._load_data(SUBSET), config["train_args"]["val_split"], seed=0)
+    model = gpuconv.load_model(own)
+    expect = evaluate(model.net, DeviceLoader(val.images, val.labels, 500, shuffle=False, mean=model.mean,
+                                              std=model.std))
+    assert json.loads(out)["loss"] == pytest.approx(expect["loss"], rel=1e-6)
+    config["kwargs"] = {"input_dim": [1, 28, 28]}
+    config["preprocess"] = {"mean": [33.0], "std": [78.0]}
+    arrays = {k: v for k, v in arrays.items() if not k.startswith("model/")}
+    arrays.update({f"model/{k}": v for k, v in gpuconv.models.seed_net(input_dim=(1, 28, 28)).state_dict().items()})
+    arrays["meta/config"] = ckpt.pack_json(config)
+    gray = ckpt.save_checkpoint(tmp_path / "gray.npz", arrays)
+    rc, _, err = run(["evaluate", "--checkpoint", gray, "--data", SUBSET], capsys)
+    assert rc == 1 and "its network takes 1x28x28 images, and gpuconv evaluate scores CIFAR-10's 3x32x32" in err
