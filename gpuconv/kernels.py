@@ -856,6 +856,18 @@ class _SimModuleHandle:
 
 _cache: dict = {}
 _cache_lock = threading.Lock()
+# key -> the lock its one compile holds: threads asking for a module being built wait for it rather
+# than build it again (NVRTC takes some 10 s for a tensor-core file).
+_compiling: dict = {}
+
+
+def _forget_compiles():
+    # A child forked while another thread compiled would find that module's lock taken for good.
+    _compiling.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_compiles)
 
 
 def get_module(op_file: str, dtype=np.float32, target: str = "cuda", device: int | None = None,
@@ -876,16 +888,29 @@ def get_module(op_file: str, dtype=np.float32, target: str = "cuda", device: int
            _build_switch(op_file, target))
     with _cache_lock:
         mod = _cache.get(key)
+        if mod is None:
+            compiling = _compiling.setdefault(key, threading.Lock())
     if mod is not None:
         return mod
-    src = build_source(op_file, dt, tf32, sim_sm75=sim_cc == 75)
-    if target == "sim":
-        mod = _SimModuleHandle(src, f"kernels/{op_file}.cu[{_label(dt, tf32)}{', sm_75' if sim_cc == 75 else ''}]")
-        mod._module(_sim_options()["sanitize"])  # build now: a compile error surfaces here
-    else:
-        mod = _compile_cuda(src, op_file, dt, device, tf32)
-    with _cache_lock:
-        return _cache.setdefault(key, mod)
+    with compiling:
+        with _cache_lock:
+            mod = _cache.get(key)  # built by the thread this one waited for
+        if mod is not None:
+            return mod
+        try:
+            src = build_source(op_file, dt, tf32, sim_sm75=sim_cc == 75)
+            if target == "sim":
+                mod = _SimModuleHandle(src, f"kernels/{op_file}.cu[{_label(dt, tf32)}"
+                                            f"{', sm_75' if sim_cc == 75 else ''}]")
+                mod._module(_sim_options()["sanitize"])  # build now: a compile error surfaces here
+            else:
+                mod = _compile_cuda(src, op_file, dt, device, tf32)
+        finally:
+            with _cache_lock:
+                if mod is not None:
+                    _cache.setdefault(key, mod)
+                _compiling.pop(key, None)  # (after a failure each waiting thread tries, and reports, its own)
+    return mod
 
 
 def _build_switch(op_file, target):
@@ -904,8 +929,8 @@ def get_function(op_file: str, name: str, dtype, target: str, device: int | None
     key = (op_file, name, np.dtype(dtype), bool(tf32), target, device if target == "cuda" else _sim_arch.get(),
            _env.get("GPUCONV_KERNELS_DIR"), _build_switch(op_file, target))
     fn = _functions.get(key)
-    if fn is None:
-        fn = _functions[key] = get_module(op_file, dtype, target, device, tf32).get_function(name)
+    if fn is None:  # (threads asking at once all get the one kept: limits raised on it stay with it)
+        fn = _functions.setdefault(key, get_module(op_file, dtype, target, device, tf32).get_function(name))
     return fn
 
 

@@ -944,6 +944,41 @@ def test_the_module_memo_keeps_the_builds_with_and_without_the_wgmma_tiles_apart
     assert kernels.get_module("conv2d_tc", bf16, "cuda", device=0) is portable
 
 
+def test_threads_launching_a_kernel_first_at_once_compile_its_module_once(monkeypatch):
+    """The first launches of a web service's thread pool ask for a module at once: each used to
+    compile it (NVRTC, some 10 s for a tensor-core file, once per thread) and each kept a function
+    of its own. The first compiles; the others wait for it and get its module and function."""
+    import threading
+    import time
+    fake = types.SimpleNamespace(cuda=types.SimpleNamespace(Device=lambda *a: types.SimpleNamespace(id=0)))
+    monkeypatch.setattr(B, "require_cupy", lambda: fake)
+    monkeypatch.setattr(kernels, "_cache", {})
+    monkeypatch.setattr(kernels, "_functions", {})
+    compiles = []
+
+    class Built:  # a compile that takes a while, as NVRTC's does
+        def __init__(self, src, op_file, dt, device, tf32=False):
+            compiles.append(op_file)
+            time.sleep(0.1)
+
+        def get_function(self, name):
+            return object()
+
+    monkeypatch.setattr(kernels, "_compile_cuda", Built)
+    start, got = threading.Barrier(4), []
+
+    def first_launch():
+        start.wait()
+        got.append(kernels.get_function("relu", "relu_forward_v1", np.float32, "cuda", 0))
+
+    threads = [threading.Thread(target=first_launch) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert compiles == ["relu"] and len(got) == 4 and all(fn is got[0] for fn in got)
+
+
 def test_the_environment_reader_follows_every_change_of_the_environment(monkeypatch):
     """_env.get reads os.environ's storage directly (the launchers ask it at every launch): it must
     answer what os.environ.get answers after each kind of change, and read through a mapping that
