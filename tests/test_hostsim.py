@@ -777,3 +777,46 @@ def test_threads_asking_for_one_kernel_at_once_read_its_signature_one_at_a_time(
         t.join()
     assert most[0] == 1 and len(got) == 4 and all(fn is got[0] for fn in got)
     assert [str(t) for t in got[0].arg_types] == ["float*", "int"]
+
+
+def test_threads_launching_at_once_run_one_launch_at_a_time(monkeypatch):
+    """A launch runs on the module's process-global fiber scheduler and shared-memory section: two
+    threads inside launches at once (a thread pool predicting on 'sim') crash each other's fibers.
+    Launches from several threads take turns, and each gets its own result."""
+    import threading
+    source = 'extern "C" __global__ void scale(float* y, float a) { y[threadIdx.x] *= a; }\n// turns test\n'
+    mod = hostsim.compile(source, name="turnstest")
+    fn = mod.get_function("scale")
+    real, active, most = mod._lib, [0], [0]
+
+    class SlowLaunches:  # a launch made long enough for the threads to meet inside it
+        def __getattr__(self, name):
+            if name != "gpuconv_sim_launch":
+                return getattr(real, name)
+
+            def launch(*args):
+                active[0] += 1
+                most[0] = max(most[0], active[0])
+                time.sleep(0.02)
+                status = real.gpuconv_sim_launch(*args)
+                active[0] -= 1
+                return status
+            return launch
+
+    monkeypatch.setattr(mod, "_lib", SlowLaunches())
+    start = threading.Barrier(4)
+    ys = [np.full(8, i + 1, np.float32) for i in range(4)]
+
+    def work(i):
+        start.wait()
+        for _ in range(2):
+            fn(1, 8, (ys[i], np.float32(3)))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert most[0] == 1
+    for i, y in enumerate(ys):
+        np.testing.assert_array_equal(y, np.full(8, 9.0 * (i + 1), np.float32))
