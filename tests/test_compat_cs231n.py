@@ -738,3 +738,29 @@ def test_solver_takes_any_function_of_the_editions_optim_by_name(edition, monkey
         E.Solver(model, data, update_rule="adagrad")
     with pytest.raises(ValueError, match="update_rule 'annotations' is unknown"):  # not a function
         E.Solver(model, data, update_rule="annotations")
+
+
+def test_loading_in_a_thread_leaves_the_warnings_machinery_as_it_was(subset_dir, monkeypatch):
+    """load_CIFAR10 in a data thread while the main thread is inside its own catch_warnings block
+    (NumPy's, a notebook's): the blocks ended out of order, and every later warning of the process
+    went into the thread's record list, shown nowhere. The loader changes no process-wide filters."""
+    import threading
+    import gpuconv.data
+    inside, go = threading.Event(), threading.Event()
+    real = gpuconv.data.find_data_dir
+
+    def slow(*args, **kwargs):  # the read takes a while, as a full data set's does
+        inside.set()
+        go.wait(5)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(gpuconv.data, "find_data_dir", slow)
+    show, filters = warnings._showwarnmsg_impl, list(warnings.filters)
+    got = []
+    loader = threading.Thread(target=lambda: got.append(C.load_CIFAR10(subset_dir)))
+    loader.start()
+    inside.wait(5)
+    with warnings.catch_warnings():
+        go.set()
+        loader.join()
+    assert warnings._showwarnmsg_impl is show and warnings.filters == filters
+    assert len(got) == 1 and got[0][0].shape == (5170, 32, 32, 3)

@@ -168,6 +168,16 @@ def find_data_dir(root=None) -> pathlib.Path:
 
 def read_cifar10(source) -> CIFAR10:
     """Load a source found by find_data_dir: a batches directory or a tarball."""
+    data, notes = _read_cifar10(source)
+    for note in notes.values():
+        warnings.warn(note, UserWarning, stacklevel=3)
+    return data
+
+
+def _read_cifar10(source) -> tuple[CIFAR10, dict]:
+    """:func:`read_cifar10`'s data and, instead of its warnings, their texts by what they say is
+    missing ('test', 'meta'): a caller that words them itself warns without catch_warnings, whose
+    process-wide filters a thread's block would swap under another thread's."""
     source = pathlib.Path(source)
     files = formats.TarFiles(source) if source.is_file() else formats.DirFiles(source)
     try:
@@ -186,14 +196,15 @@ def read_cifar10(source) -> CIFAR10:
     train = (Split(np.concatenate([im for im, _ in train_parts]), np.concatenate([lb for _, lb in train_parts]),
                    batch_sizes=[len(lb) for _, lb in train_parts]) if train_parts else None)
     test = Split(*test_part) if test_part is not None else None
+    notes = {}
     if test is None:
-        warnings.warn(f"{source}: no test batch; training works, and validation must be split from the "
-                      "training set (gpuconv.data.train_val_split)", UserWarning, stacklevel=3)
+        notes["test"] = (f"{source}: no test batch; training works, and validation must be split from the "
+                         "training set (gpuconv.data.train_val_split)")
     if classes is None:
         meta = "batches.meta" if fmt == "py" else "batches.meta.txt"
-        warnings.warn(f"{source}: no {meta}; using the standard CIFAR-10 class names", UserWarning, stacklevel=3)
+        notes["meta"] = f"{source}: no {meta}; using the standard CIFAR-10 class names"
         classes = list(formats.DEFAULT_CLASSES)
-    return CIFAR10(train=train, test=test, classes=classes, root=source, format=fmt)
+    return CIFAR10(train=train, test=test, classes=classes, root=source, format=fmt), notes
 
 
 def load_cifar10(root=None, download=True, *, url=CIFAR10_URL, md5=CIFAR10_MD5, progress=True) -> CIFAR10:

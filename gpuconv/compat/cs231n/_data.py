@@ -39,24 +39,29 @@ def load_CIFAR10(ROOT):  # noqa: N802,N803 (the assignment's names)
     Reading is gpuconv.data's. When ``ROOT`` has no ``test_batch`` (the CI subset), ``Xte`` and
     ``Yte`` are empty, of shapes (0, 32, 32, 3) and (0,), and a UserWarning says so: hold out test
     images from ``Xtr`` in that case."""
-    from ...data import find_data_dir, load_cifar10
+    return _load_cifar10(ROOT, stacklevel=3)
+
+
+def _load_cifar10(ROOT, stacklevel):  # noqa: N803
+    # Warnings go straight to the caller's line (``stacklevel``), not through catch_warnings: its
+    # filters are process-wide, and a data thread's block ending inside another thread's left every
+    # later warning of the process recorded into a list nobody reads.
+    from ...data import find_data_dir
+    from ...data.cifar10 import _read_cifar10
 
     root = pathlib.Path(ROOT).expanduser().resolve()
     missing = FileNotFoundError(f"load_CIFAR10: {root} holds no CIFAR-10 batches; pass the cifar-10-batches-py "
                                 "directory (the extracted cifar-10-python.tar.gz)")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            source = pathlib.Path(find_data_dir(root)).resolve() if root.exists() else None
-        except FileNotFoundError as exc:
-            raise missing from exc
-        # The assignment reads ROOT or fails: never gpuconv's fallbacks ($GPUCONV_DATA, the cache).
-        if source is None or not (source == root or root in source.parents):
-            raise missing
-        data = load_cifar10(source, download=False)
-    for w in caught:
-        if "no test batch" not in str(w.message):
-            warnings.warn(w.message, w.category, stacklevel=2)
+    try:
+        source = pathlib.Path(find_data_dir(root)).resolve() if root.exists() else None
+    except FileNotFoundError as exc:
+        raise missing from exc
+    # The assignment reads ROOT or fails: never gpuconv's fallbacks ($GPUCONV_DATA, the cache).
+    if source is None or not (source == root or root in source.parents):
+        raise missing
+    data, notes = _read_cifar10(source)
+    if "meta" in notes:  # (the missing test batch has its own warning below)
+        warnings.warn(notes["meta"], UserWarning, stacklevel=stacklevel)
     if data.train is None:
         raise FileNotFoundError(f"load_CIFAR10: {root} holds test_batch alone; the assignment trains on "
                                 "data_batch_1..5: download the full cifar-10-python release into it")
@@ -64,7 +69,7 @@ def load_CIFAR10(ROOT):  # noqa: N802,N803 (the assignment's names)
     if data.test is None:
         warnings.warn(f"load_CIFAR10: {root} has no test_batch, so Xte and Yte are empty (shapes (0, 32, 32, 3) "
                       f"and (0,)); hold out test images from the {len(ytr)} training images instead",
-                      UserWarning, stacklevel=2)
+                      UserWarning, stacklevel=stacklevel)
         return xtr, ytr, np.empty((0,) + xtr.shape[1:]), np.empty((0,), dtype=np.int64)
     return xtr, ytr, _channels_last(data.test.images), data.test.labels
 
@@ -97,11 +102,7 @@ def get_CIFAR10_data(num_training=49000, num_validation=1000, num_test=1000, sub
             cifar10_dir = download_cifar10(pathlib.Path(env).expanduser() if env else default_cache_dir())
         if cifar10_dir.is_file():  # a tarball: load_CIFAR10 takes the directory holding it
             cifar10_dir = cifar10_dir.parent
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        X_train, y_train, X_test, y_test = load_CIFAR10(cifar10_dir)  # noqa: N806
-    for w in caught:
-        warnings.warn(w.message, w.category, stacklevel=2)
+    X_train, y_train, X_test, y_test = _load_cifar10(cifar10_dir, stacklevel=3)  # noqa: N806
     if num_training + num_validation > len(X_train):
         raise ValueError(f"get_CIFAR10_data: num_training={num_training} + num_validation={num_validation} exceeds "
                          f"the {len(X_train)} training images in {cifar10_dir}; ask for fewer, e.g. "
