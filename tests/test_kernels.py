@@ -979,6 +979,32 @@ def test_threads_launching_a_kernel_first_at_once_compile_its_module_once(monkey
     assert compiles == ["relu"] and len(got) == 4 and all(fn is got[0] for fn in got)
 
 
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_a_child_forked_while_another_thread_compiles_a_module_compiles_it(monkeypatch):
+    """A module's compile lock, held by another thread at a fork, is not the child's: its first
+    launch of that file compiles instead of waiting for good."""
+    import os
+    import threading
+
+    from conftest import forked_exit
+    from gpuconv import ops
+    monkeypatch.setattr(kernels, "_cache", {})
+    monkeypatch.setattr(kernels, "_functions", {})
+    key = ("relu", np.dtype(np.float32), False, "sim", None, os.environ.get("GPUCONV_KERNELS_DIR"), None)
+    x = np.array([-1.0, 2.0], np.float32)
+
+    def child():
+        with gpuconv.default_device("sim"):
+            return 0 if ops.relu_forward(x)[0].tolist() == [0.0, 2.0] else 3
+
+    held = kernels._compiling.setdefault(key, threading.Lock())
+    try:
+        with held:  # as a compiling thread holds it at the fork
+            assert forked_exit(child) == "exit 0"
+    finally:
+        kernels._compiling.pop(key, None)
+
+
 def test_the_environment_reader_follows_every_change_of_the_environment(monkeypatch):
     """_env.get reads os.environ's storage directly (the launchers ask it at every launch): it must
     answer what os.environ.get answers after each kind of change, and read through a mapping that
