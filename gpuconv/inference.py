@@ -57,7 +57,11 @@ class TrainedModel:
         return (len(self.mean), *self.input_size)
 
     def __call__(self, x):
-        return self.net(x)
+        from . import amp
+        # (one call at a time with predict's: a bf16 predict in another thread puts its compute
+        # copies on the shared parameters, which a float32 forward would meet)
+        with amp.model_lock(self.net):
+            return self.net(x)
 
     def logits(self, images, batch_size=500, precision=None, tta=None):
         """Float32 logits (N, classes) on the host for uint8 ``images``; one readback. ``tta``:

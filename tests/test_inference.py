@@ -228,3 +228,37 @@ def test_a_grayscale_network_of_ten_classes_names_them_by_index(tmp_path):
     labelled 'airplane', 'automobile', ... by load_model and `gpuconv predict`."""
     _, _, path = _checkpoint(tmp_path, {"input_dim": (1, 28, 28)}, (33.0,), (78.0,))
     assert gpuconv.load_model(path).classes == [str(i) for i in range(10)]
+
+
+def test_calling_the_model_while_another_thread_predicts_in_bf16_waits_for_it():
+    """A bf16 predict puts bfloat16 compute copies on the shared parameters for its block; a
+    float32 ``model(x)`` from another thread meanwhile met them (a dtype error). It waits its turn
+    and gets the float32 answer."""
+    import threading
+    from gpuconv import amp
+    from gpuconv.inference import TrainedModel
+    with gpuconv.default_device("cpu"):
+        net = models.seed_net()
+        model = TrainedModel(net, [str(i) for i in range(10)], precision="bf16")
+        x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+        want = model(x)
+        inside, done, got = threading.Event(), threading.Event(), []
+
+        def predicting():  # as predict holds its autocast block
+            with amp.autocast(net, "bf16", backward=False):
+                inside.set()
+                done.wait(0.2)
+
+        def calling():
+            try:
+                got.append(model(x))
+            except Exception as exc:  # noqa: BLE001  (reported below)
+                got.append(exc)
+            done.set()
+        other = threading.Thread(target=predicting)
+        other.start()
+        inside.wait(5)
+        calling()
+        other.join()
+    assert len(got) == 1 and not isinstance(got[0], Exception), got
+    np.testing.assert_array_equal(got[0], want)
