@@ -261,12 +261,16 @@ class LossScaler:
         self.tracker = None   # 0-d int32: clean steps since the last change of scale
 
     def _ensure(self, like):
-        xp = backend.get_array_module(like)
-        if self.scale_ is None or backend.get_array_module(self.scale_) is not xp:
-            scale = self.init_scale if self.scale_ is None else float(backend.asnumpy(self.scale_))
-            tracker = 0 if self.tracker is None else int(backend.asnumpy(self.tracker))
-            self.scale_ = backend.to_device(np.asarray(scale, np.float32), backend.device_of(like))
-            self.tracker = backend.to_device(np.asarray(tracker, np.int32), backend.device_of(like))
+        """``S`` and the clean-step count where ``like`` lives: made at the first use, moved (not
+        restarted) when the scaler is used for a model in another place, the host or another GPU
+        (CuPy refuses another GPU's array in a kernel, and the scaler has no device of its own)."""
+        dev = backend.device_of(like)
+        if self.scale_ is None:
+            self.scale_ = backend.to_device(np.asarray(self.init_scale, np.float32), dev)
+            self.tracker = backend.to_device(np.asarray(0, np.int32), dev)
+        elif backend.device_of(self.scale_) != dev:
+            self.scale_ = backend.to_device(self.scale_, dev)
+            self.tracker = backend.to_device(self.tracker, dev)
 
     def factor(self, like):
         """``S``: a 0-d float32 array on ``like``'s device, for the loss's ``grad_scale``."""

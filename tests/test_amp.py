@@ -737,3 +737,37 @@ def test_the_scaler_and_a_training_step_run_with_the_parameters_gpu_current(fake
     amp.training_step(Net(), Optimizer(), gpu.on(np.ones((2, 3), np.float32)), np.zeros(2, np.int64))
     assert seen == [("zero_grad", 1), ("forward", 1), ("loss", 1), ("backward", 1), ("step", 1)]
     assert gpu.current == [0]
+
+
+def test_a_scaler_used_for_a_model_on_another_gpu_moves_its_scale_there(monkeypatch):
+    """A LossScaler used for a model on cuda:0, then (the same object, as a notebook reuses one)
+    for a model on cuda:1 kept its scale and count on GPU 0, where CuPy would refuse them in
+    cuda:1's kernels; it moves them, keeping their values, to the GPU of the arrays it is given.
+    CuPy is faked: each array remembers the GPU current when it was made."""
+    from conftest import fake_cupy_second_gpu
+
+    class OnGpu(np.ndarray):
+        def __array_finalize__(self, obj):  # (made, copied or viewed: on the current GPU)
+            self.gpu = current[0]
+
+        def get(self):
+            return np.array(self)
+
+    cupy, current = fake_cupy_second_gpu(monkeypatch, OnGpu)
+    monkeypatch.setattr(backend, "device_id", lambda a: a.gpu)
+    monkeypatch.setattr(cupy, "asarray", lambda a: np.array(a).view(OnGpu), raising=False)
+    monkeypatch.setattr(backend, "require_cupy", lambda: cupy)
+
+    def on(gpu, a):
+        with cupy.cuda.Device(gpu):
+            return np.array(a).view(OnGpu)
+
+    scaler = amp.LossScaler(init_scale=8.0, growth_interval=3)
+    assert scaler.factor(on(0, np.ones(2, np.float32))).gpu == 0
+    scaler.tracker[...] = 2  # two clean steps counted on GPU 0
+    scaler.scale_[...] = 32.0
+    s = scaler.factor(on(1, np.ones(2, np.float32)))
+    assert s.gpu == 1 and scaler.tracker.gpu == 1
+    assert float(s) == 32.0 and int(scaler.tracker) == 2 and current == [0]
+    # and back to the host (a scaler reused for a NumPy model after a GPU one)
+    assert type(scaler.factor(np.ones(2, np.float32))) is np.ndarray and scaler.current_scale == 32.0
