@@ -596,7 +596,10 @@ class Conv2d(Layer):
     """2-D convolution over NCHW input with OIHW weights (``gpuconv.ops.conv2d_forward``).
 
     ``padding`` is an int, an (h, w) pair, or as in PyTorch ``'valid'`` (0) or ``'same'``
-    (output size = input size: stride 1 and odd kernel sizes, padding (k - 1) // 2).
+    (output size = input size, at stride 1 only): k - 1 zeros along each axis, (k - 1) // 2
+    before and the rest after. ``layer.padding`` is then the (h, w) pair of an odd kernel
+    size, ``(k - 1) // 2`` on every side, and for an even one (more zeros after than before) the
+    string ``'same'``, as PyTorch keeps it; the op pads such an input itself (a copy of it).
 
     ``floor=False`` (the default) rejects sizes the windows do not tile, ``(H - F + 2P)/S + 1`` not
     whole (no silent cropping); ``floor=True`` takes PyTorch's rule, ``floor((H - F + 2P)/S) + 1``:
@@ -616,7 +619,8 @@ class Conv2d(Layer):
         self.out_channels = _int("out_channels", out_channels, 1)
         self.kernel_size = _pair("kernel_size", kernel_size, 1)
         self.stride = _pair("stride", stride, 1)
-        self.padding = _pair("padding", conv_padding(padding, self.kernel_size, self.stride), 0)
+        padding = conv_padding(padding, self.kernel_size, self.stride)
+        self.padding = padding if isinstance(padding, str) else _pair("padding", padding, 0)  # (str: 'same', even k)
         fan_in = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
         rng = _layer_rng(seed)
         w = _kaiming_uniform(rng, (self.out_channels, self.in_channels) + self.kernel_size, fan_in)
@@ -643,7 +647,7 @@ class Conv2d(Layer):
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}, bias={self.bias is not None}" + (", floor=True" if self.floor else ""))
+                f"padding={self.padding!r}, bias={self.bias is not None}" + (", floor=True" if self.floor else ""))
 
 
 class Linear(Layer):
@@ -1298,8 +1302,8 @@ class Residual(Layer):
             if self.shortcut is None:
                 raise ValueError(
                     f"Residual: the inner block maps shape {tuple(x.shape)} to {tuple(y.shape)}, but y = x + inner(x) "
-                    "needs equal shapes: keep the channel count and use stride 1 with padding (k - 1) // 2, or "
-                    "give Residual a shortcut that maps x to the inner block's shape")
+                    "needs equal shapes: keep the channel count and use stride 1 with padding='same' ((k - 1) // 2 "
+                    "for an odd k), or give Residual a shortcut that maps x to the inner block's shape")
             raise ValueError(f"Residual: inner(x) has shape {tuple(y.shape)} but shortcut(x) {tuple(skip.shape)}; "
                              "y = shortcut(x) + inner(x) needs equal shapes (the same channels and strides)")
         self._keep(True)

@@ -135,6 +135,36 @@ def empty(xp, shape, dtype, channels_last=False):
     return xp.empty((n, h, w, c), dtype=dtype).transpose(NCHW)
 
 
+def zeros(xp, shape, dtype, channels_last=False):
+    """A zero-filled (N, C, H, W) array, as :func:`empty`."""
+    if not channels_last:
+        return xp.zeros(shape, dtype=dtype)
+    n, c, h, w = shape
+    return xp.zeros((n, h, w, c), dtype=dtype).transpose(NCHW)
+
+
+def pad_zeros(x, sides):
+    """The 4-D ``x`` with ``sides = ((top, bottom), (left, right))`` zeros around each image: a new
+    array of x's module, on x's device, in x's layout."""
+    (top, bottom), (left, right) = sides
+    n, c, h, w = x.shape
+    with array_device_context((x,)):
+        out = zeros(get_array_module(x), (n, c, h + top + bottom, w + left + right), x.dtype, is_channels_last(x))
+        out[:, :, top:top + h, left:left + w] = x
+    return out
+
+
+def crop(x, sides):
+    """:func:`pad_zeros` undone: the inner part of the 4-D ``x``, without ``sides`` rows and
+    columns, as a new dense array in x's layout (not a view of x's memory)."""
+    (top, bottom), (left, right) = sides
+    inner = x[:, :, top:x.shape[2] - bottom, left:x.shape[3] - right]
+    if is_channels_last(x):
+        return nhwc_memory_of(inner)
+    with array_device_context((x,)):
+        return get_array_module(x).ascontiguousarray(inner)
+
+
 def empty_like(x):
     """An uninitialized array of ``x``'s shape and dtype, in ``x``'s layout."""
     if is_channels_last(x):

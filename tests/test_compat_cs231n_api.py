@@ -179,6 +179,28 @@ def _numpy_strided_cols(x, w, conv_param):
     return np.ascontiguousarray(cols).reshape(Cc * HH * WW, N * oh * ow)
 
 
+@pytest.mark.parametrize("hh, ww, pad, sides", [(2, 2, "same", ((0, 1), (0, 1))), (4, 3, "same", ((1, 2), (1, 1))),
+                                                 (3, 3, (1, 0), ((1, 1), (0, 0))), (3, 3, "valid", ((0, 0), (0, 0)))])
+def test_fast_layer_cols_take_every_padding_the_op_takes(hh, ww, pad, sides):
+    """conv_param's 'pad' as gpuconv's op takes it (a pair, 'valid', 'same' with an even filter:
+    PyTorch's extra zero after the image): the output and x_cols are those of x padded by hand.
+    Before, x_cols failed on anything but an int (TypeError in 2 * pad)."""
+    rng = np.random.default_rng(4)
+    x, w, b = rng.standard_normal((2, 3, 6, 5)), rng.standard_normal((4, 3, hh, ww)), rng.standard_normal(4)
+    xpad = np.pad(x, ((0, 0), (0, 0)) + sides)
+    ref, ref_cache = C.conv_forward_fast(xpad, w, b, {"stride": 1, "pad": 0})
+    out, cache = C.conv_forward_fast(x, w, b, {"stride": 1, "pad": pad})
+    np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(cache[4], ref_cache[4])
+    dout = rng.standard_normal(out.shape)
+    dx, dw, db = C.conv_backward_fast(dout, cache)
+    rdx, rdw, rdb = C.conv_backward_fast(dout, ref_cache)
+    (top, _), (left, _) = sides
+    np.testing.assert_allclose(dx, rdx[:, :, top:top + 6, left:left + 5], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dw, rdw, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(db, rdb, rtol=1e-12, atol=1e-12)
+
+
 def test_fast_layer_caches_have_the_assignment_layout():
     rng = np.random.default_rng(2)
     x, w, b = rng.standard_normal((2, 3, 7, 7)), rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)

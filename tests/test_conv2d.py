@@ -63,7 +63,7 @@ def test_alexnet_first_layer_227_to_55(backend):
 def test_cache_repr_shows_shapes_not_values():
     _, cache = conv2d_forward(np.ones((2, 3, 8, 8), np.float32), np.ones((4, 3, 3, 3), np.float32), padding=1)
     assert repr(cache) == ("Conv2dCache(x=array(shape=(2, 3, 8, 8), dtype=float32), w=array(shape=(4, 3, 3, 3), "
-                           "dtype=float32), has_bias=False, stride=(1, 1), padding=(1, 1))")
+                           "dtype=float32), has_bias=False, stride=(1, 1), padding=(1, 1), crop=None)")
 
 
 def test_hand_worked_numbers(backend):
@@ -437,8 +437,9 @@ def test_error_hints_fit_the_argument(backend):
 @pytest.mark.parametrize("fh, fw", [(3, 3), (5, 1)])
 def test_padding_same_and_valid_as_in_pytorch_and_the_layer(backend, fh, fw):
     """F.conv2d's string paddings: 'same' keeps the size (stride 1, odd filters: (F - 1) // 2 on every
-    side, the values PyTorch gives), 'valid' is 0; refused where Conv2d refuses them, with its
-    message. Before, the op took only numbers: "padding must be an int or an (h, w) pair of ints"."""
+    side, the values PyTorch gives; even ones: test_padding_same_with_an_even_filter_pads_as_pytorch),
+    'valid' is 0; refused where Conv2d refuses them, with its message. Before, the op took only
+    numbers: "padding must be an int or an (h, w) pair of ints"."""
     from gpuconv.layers import Conv2d
     rng = np.random.default_rng(5)
     x, w = rng.standard_normal((1, 2, 5, 4)), rng.standard_normal((2, 2, fh, fw))
@@ -449,16 +450,91 @@ def test_padding_same_and_valid_as_in_pytorch_and_the_layer(backend, fh, fw):
         assert conv2d_backward(backend.asarray(np.ones(y.shape)), cache)[0].shape == x.shape
     assert conv2d_forward(backend.asarray(x), backend.asarray(w), padding="same")[0].shape[2:] == x.shape[2:]
     messages = []
-    for w_hw, stride, padding in (((4, 3), 1, "same"), ((3, 3), 2, "same"), ((3, 3), 1, "full")):
+    for w_hw, stride, padding in (((4, 5), 2, "same"), ((3, 3), 2, "same"), ((3, 3), 1, "full")):
         with pytest.raises(ValueError) as layer_error:
             Conv2d(2, 2, w_hw, stride=stride, padding=padding)
         with pytest.raises(ValueError) as op_error:
             conv2d_forward(backend.asarray(x), backend.asarray(np.ones((2, 2) + w_hw)), stride=stride, padding=padding)
         assert str(op_error.value) == str(layer_error.value)
         messages.append(str(op_error.value))
-    assert "kernel_size=(4, 3), stride=(1, 1): for PyTorch's result pad x yourself, (k - 1) // 2 zeros" in messages[0]
-    assert "stride=(2, 2): give the padding as a number" in messages[1]
+    assert ("padding='same' needs stride 1 (as in PyTorch: a strided convolution's output is smaller whatever the "
+            "padding), got kernel_size=(4, 5), stride=(2, 2): give the padding as a number, e.g. padding=(1, 2) "
+            "((k - 1) // 2, what 'same' pads at stride 1), with floor=True where the sizes do not divide") == messages[0]
+    assert "stride=(2, 2): give the padding as a number, e.g. padding=1 (" in messages[1]
     assert "padding='full': use an int, an (h, w) pair, 'valid' or 'same'" in messages[2]
+
+def _same_reference(x, w, b, dy):
+    """padding='same' by hand, as PyTorch pads it: F - 1 zeros per axis, (F - 1) // 2 of them
+    before, np.pad, then the op with padding 0 (its own tests check that), dx cropped back."""
+    (fh, fw) = w.shape[2:]
+    top, left = (fh - 1) // 2, (fw - 1) // 2
+    xpad = np.pad(x, ((0, 0), (0, 0), (top, fh - 1 - top), (left, fw - 1 - left)))
+    y, cache = conv2d_forward(xpad, w, b, padding=0)
+    dxpad, dw, db = conv2d_backward(dy, cache)
+    return y, dxpad[:, :, top:top + x.shape[2], left:left + x.shape[3]], dw, db
+
+
+@pytest.mark.parametrize("fh, fw, channels_last", [(2, 2, False), (4, 4, True), (3, 2, False), (2, 5, True)])
+def test_padding_same_with_an_even_filter_pads_as_pytorch(backend, fh, fw, channels_last):
+    """PyTorch's padding='same' for an even filter size: F - 1 zeros, (F - 1) // 2 before and the
+    extra one after (F.conv2d(x, w, padding='same') == F.conv2d(F.pad(x, (l, r, t, b)), w)); the
+    output keeps x's size and layout, and dx, dw, db are those of the padded convolution, dx
+    cropped. The cache keeps the padded x and the zeros it added. Before: "padding='same' needs
+    stride 1 and odd kernel sizes"."""
+    from gpuconv import layout
+    rng = np.random.default_rng(7)
+    x, w, b = rng.standard_normal((2, 3, 7, 6)), rng.standard_normal((4, 3, fh, fw)), rng.standard_normal(4)
+    dy = rng.standard_normal((2, 4, 7, 6))
+    ref = _same_reference(x, w, b, dy)
+    xd = backend.asarray(x)
+    if channels_last:
+        xd = layout.to_channels_last(xd)
+    y, cache = conv2d_forward(xd, backend.asarray(w), backend.asarray(b), padding="same")
+    assert y.shape == x.shape[:1] + (4,) + x.shape[2:] and layout.is_channels_last(y) == channels_last
+    top, left = (fh - 1) // 2, (fw - 1) // 2
+    assert cache.crop == ((top, fh - 1 - top), (left, fw - 1 - left)) and cache.padding == (0, 0)
+    assert cache.x.shape == (2, 3, 7 + fh - 1, 6 + fw - 1) and layout.is_channels_last(cache.x) == channels_last
+    dyd = backend.asarray(dy)
+    dx, dw, db = conv2d_backward(layout.to_channels_last(dyd) if channels_last else dyd, cache)
+    assert dx.shape == x.shape and layout.is_channels_last(dx) == channels_last
+    assert dx.flags.c_contiguous or layout.is_channels_last(dx)  # a dense array, not a view of the padded one
+    for got, want in zip((y, dx, dw, db), ref):
+        np.testing.assert_allclose(backend.asnumpy(got), want, rtol=1e-12, atol=1e-12)
+    none, dw2, db2 = conv2d_backward(dyd, cache, need_dx=False)
+    assert none is None
+    np.testing.assert_allclose(backend.asnumpy(dw2), ref[2], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(backend.asnumpy(db2), ref[3], rtol=1e-12, atol=1e-12)
+    y_floor, _ = conv2d_forward(xd, backend.asarray(w), backend.asarray(b), padding="same", floor=True)
+    np.testing.assert_array_equal(backend.asnumpy(y_floor), backend.asnumpy(y))
+    backend.assert_kernels_ran("conv2d_forward", "conv2d_backward")
+
+
+@pytest.mark.parametrize("fh, fw", [(2, 2), (4, 3)])
+def test_padding_same_with_an_even_filter_gradients_float64(backend, fh, fw):
+    rng = np.random.default_rng(8)
+    x = backend.asarray(rng.standard_normal((2, 2, 5, 4)))
+    w = backend.asarray(rng.standard_normal((3, 2, fh, fw)))
+    b = backend.asarray(rng.standard_normal(3))
+    y, cache = conv2d_forward(x, w, b, padding="same")
+    dy = backend.asarray(rng.standard_normal(y.shape))
+    dx, dw, db = conv2d_backward(dy, cache)
+    assert y.shape[2:] == x.shape[2:]
+    assert relative_error(dx, numerical_gradient_array(lambda a: conv2d_forward(a, w, b, padding="same")[0], x, dy)) < 1e-6
+    assert relative_error(dw, numerical_gradient_array(lambda a: conv2d_forward(x, a, b, padding="same")[0], w, dy)) < 1e-6
+    assert relative_error(db, numerical_gradient_array(lambda a: conv2d_forward(x, w, a, padding="same")[0], b, dy)) < 1e-6
+
+
+def test_padding_same_with_an_even_filter_on_an_empty_batch_and_a_one_pixel_image(backend):
+    """The padded copy of no image, and of a 1x1 image (the filter sees one pixel and zeros)."""
+    w = np.arange(1.0, 5.0).reshape(1, 1, 2, 2)
+    y, cache = conv2d_forward(backend.asarray(np.ones((0, 1, 3, 3))), backend.asarray(w), padding="same")
+    dx, dw, _ = conv2d_backward(backend.asarray(np.ones((0, 1, 3, 3))), cache)
+    assert y.shape == dx.shape == (0, 1, 3, 3) and not backend.asnumpy(dw).any()
+    y, cache = conv2d_forward(backend.asarray(np.full((1, 1, 1, 1), 2.0)), backend.asarray(w), padding="same")
+    assert backend.asnumpy(y).tolist() == [[[[2.0]]]]  # w[0, 0, 0, 0] * 2: the zeros are after the pixel
+    dx, dw, _ = conv2d_backward(backend.asarray(np.ones((1, 1, 1, 1))), cache)
+    assert backend.asnumpy(dx).tolist() == [[[[1.0]]]] and backend.asnumpy(dw).tolist() == [[[[2.0, 0], [0, 0]]]]
+
 
 def test_conv_output_size_answers_in_the_types_asked_whatever_asked_first():
     """The rule is memoized per value and type: NumPy integer sizes asked first do not make later

@@ -1403,12 +1403,67 @@ def test_conv_padding_same_and_valid_as_in_pytorch():
     assert Conv2d(2, 3, (5, 3), padding="same").padding == (2, 1)
     assert Conv2d(2, 3, (5, 3), padding="same")(x).shape == (1, 3, 9, 7)
     assert Conv2d(2, 3, 3, padding="valid")(x).shape == (1, 3, 7, 5)
-    with pytest.raises(ValueError, match="padding='same' needs stride 1 and odd kernel sizes"):
-        Conv2d(2, 3, 4, padding="same")
-    with pytest.raises(ValueError, match="padding='same' needs stride 1"):
+    with pytest.raises(ValueError, match="padding='same' needs stride 1 .*give the padding as a number, e.g. "
+                                         "padding=1 \\(\\(k - 1\\) // 2"):
         Conv2d(2, 3, 3, stride=2, padding="same")
+    with pytest.raises(ValueError, match="padding='same' needs stride 1 .*kernel_size=\\(4, 4\\), stride=\\(2, 1\\)"):
+        Conv2d(2, 3, 4, stride=(2, 1), padding="same")
     with pytest.raises(ValueError, match="use an int, an \\(h, w\\) pair, 'valid' or 'same'"):
         Conv2d(2, 3, 3, padding="full")
+
+
+@pytest.mark.parametrize("kernel_size", [2, 4, (3, 2)])
+def test_conv_padding_same_with_an_even_kernel_as_in_pytorch(backend, kernel_size, tmp_path):
+    """Conv2d(..., kernel_size=2, 4 or (3, 2), padding='same'): PyTorch's output and gradients, the
+    extra zero row/column after the image (F.conv2d(F.pad(x, (l, r, t, b)), w), checked here by
+    np.pad and the layer's own padding-0 convolution); ``layer.padding`` is 'same', as PyTorch keeps
+    it, in the repr too; the state dict, a checkpoint and a copy round-trip. Before: "padding='same'
+    needs stride 1 and odd kernel sizes"."""
+    import copy
+    import pickle
+    from gpuconv.checkpoint import FORMAT, load_checkpoint, save_checkpoint, section
+    layer = Conv2d(3, 4, kernel_size, padding="same", seed=3, dtype=np.float64)
+    kh, kw = layer.kernel_size
+    assert layer.padding == "same"
+    assert repr(layer) == f"Conv2d(3, 4, kernel_size={layer.kernel_size}, stride=(1, 1), padding='same', bias=True)"
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((2, 3, 6, 5))
+    y = layer(backend.asarray(x))
+    dy = rng.standard_normal(y.shape)
+    dx = layer.backward(backend.asarray(dy))
+    plain = Conv2d(3, 4, kernel_size, padding=0, dtype=np.float64)  # the reference: x padded by hand
+    plain.load_state_dict(layer.state_dict())
+    xpad = np.pad(x, ((0, 0), (0, 0), ((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2)))  # F.pad's (l, r, t, b)
+    want_y = plain(backend.asarray(xpad))
+    top, left = (kh - 1) // 2, (kw - 1) // 2
+    want_dx = B.asnumpy(plain.backward(backend.asarray(dy)))[:, :, top:top + 6, left:left + 5]
+    assert y.shape == (2, 4, 6, 5) and dx.shape == x.shape
+    for got, want in ((y, want_y), (dx, want_dx), (layer.weight.grad, plain.weight.grad), (layer.bias.grad, plain.bias.grad)):
+        np.testing.assert_allclose(B.asnumpy(got), B.asnumpy(want), rtol=1e-12, atol=1e-12)
+    layer.eval()
+    y_eval = B.asnumpy(layer(backend.asarray(x)))
+    for other in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
+        assert other.padding == "same" and repr(other) == repr(layer)
+        np.testing.assert_array_equal(B.asnumpy(other(backend.asarray(x))), y_eval)
+    fresh = Conv2d(3, 4, kernel_size, padding="same", seed=4, dtype=np.float64)
+    save_checkpoint(tmp_path / "c.npz", {"meta/format": np.array(FORMAT),
+                                         **{f"model/{k}": B.asnumpy(v) for k, v in layer.state_dict().items()}})
+    fresh.load_state_dict(section(load_checkpoint(tmp_path / "c.npz"), "model"))
+    np.testing.assert_array_equal(B.asnumpy(fresh.eval()(backend.asarray(x))), y_eval)
+    flops = 4 * 6 * 5 * (2 * 3 * kh * kw + 1)  # the output's size is the input's
+    assert re.search(rf"Conv2d +4x6x5 +{4 * 3 * kh * kw + 4} +{flops:,}\n", Sequential(layer).summary((3, 6, 5)))
+
+
+def test_conv_padding_same_with_an_even_kernel_gradients_float64():
+    layer = Conv2d(2, 3, (2, 4), padding="same", seed=5, dtype=np.float64)
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((2, 2, 4, 5))
+    dy = rng.standard_normal((2, 3, 4, 5))
+    layer(x)
+    dx = layer.backward(dy)
+    assert relative_error(dx, numerical_gradient_array(layer, x, dy)) < 1e-6
+    for p in (layer.weight, layer.bias):
+        assert relative_error(p.grad, numerical_gradient_array(lambda _: layer(x), p.data, dy)) < 1e-6
 
 
 def test_backward_without_input_gradient_keeps_parameter_gradients(backend):

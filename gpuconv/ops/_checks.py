@@ -147,22 +147,33 @@ def only_defaults(where, **given):
 
 def conv_padding(padding, kernel_size, stride):
     """PyTorch's string paddings of a convolution as numbers (anything else unchanged, for
-    :func:`pair` to check): 'valid' is 0, 'same' keeps the spatial size, (k - 1) // 2 on every
-    side, for stride 1 and odd kernel sizes. ``kernel_size`` and ``stride`` are (h, w) pairs."""
+    :func:`pair` to check): 'valid' is 0; 'same' keeps the spatial size at stride 1: (k - 1) // 2
+    on every side where every kernel size is odd, and the string 'same' itself where one is even,
+    whose zeros are not the same on both sides (:func:`same_padding_sides`). ``kernel_size`` and
+    ``stride`` are (h, w) pairs."""
     if not isinstance(padding, str):
         return padding
     if padding == "valid":
         return 0
     if padding != "same":
         raise ValueError(f"padding={padding!r}: use an int, an (h, w) pair, 'valid' or 'same'")
-    if stride != (1, 1) or kernel_size[0] % 2 == 0 or kernel_size[1] % 2 == 0:
-        # An even kernel would need more zeros on one side than the other, which the op does not do.
-        fix = ("give the padding as a number" if stride != (1, 1) else
-               "for PyTorch's result pad x yourself, (k - 1) // 2 zeros before and k // 2 after along each even "
-               "axis, e.g. np.pad(x, ((0, 0), (0, 0), (1, 2), (1, 2))) for a 4x4 kernel, and use padding=0")
-        raise ValueError(f"padding='same' needs stride 1 and odd kernel sizes (it pads (k - 1) // 2 on every "
-                         f"side), got kernel_size={tuple(kernel_size)}, stride={tuple(stride)}: {fix}")
+    if stride != (1, 1):
+        # PyTorch refuses it too: no padding keeps the size of a strided convolution's output.
+        pads = tuple((k - 1) // 2 for k in kernel_size)
+        raise ValueError(f"padding='same' needs stride 1 (as in PyTorch: a strided convolution's output is smaller "
+                         f"whatever the padding), got kernel_size={tuple(kernel_size)}, stride={tuple(stride)}: give "
+                         f"the padding as a number, e.g. padding={pads if pads[0] != pads[1] else pads[0]} "
+                         f"((k - 1) // 2, what 'same' pads at stride 1), with floor=True where the sizes do not divide")
+    if kernel_size[0] % 2 == 0 or kernel_size[1] % 2 == 0:
+        return "same"
     return ((kernel_size[0] - 1) // 2, (kernel_size[1] - 1) // 2)
+
+
+def same_padding_sides(kernel_size):
+    """The zeros padding='same' adds at stride 1, as PyTorch adds them: ``((top, bottom), (left,
+    right))``, ``k - 1`` along each axis, ``(k - 1) // 2`` before and the rest (one more, for an
+    even ``k``) after."""
+    return tuple(((k - 1) // 2, k // 2) for k in kernel_size)
 
 
 def conv_output_size(in_size, filt, stride, pad, axis_name="width", padded=True, floor=None):

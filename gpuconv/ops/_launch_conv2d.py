@@ -184,7 +184,7 @@ def _forward_plan(x_shape, w_shape, stride, padding, has_bias, relu, target, dev
 
 @register_launcher("conv2d_backward")
 def conv2d_backward_kernel(dy, cache, need_dx=True, tf32=False, need_dw=True, dw_dtype=None, *, target):
-    x, w, has_bias, stride, padding = cache
+    x, w, has_bias, stride, padding = cache[:5]  # (the op crops dx: see Conv2dCache)
     dx = conv2d_backward_data_kernel(dy, w, x.shape, stride, padding, tf32, target=target, like=x) if need_dx else None
     dw = None
     if need_dw:

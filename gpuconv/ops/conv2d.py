@@ -19,8 +19,12 @@ inputs' dtype. In TF32 mode (``precision="tf32"``, or the current setting when N
 and dy are rounded to TF32 before the GEMMs; the bias and its gradient, sums, are not.
 
 Cache (shared with the kernel launchers, see ``_dispatch``):
-``Conv2dCache(x, w, has_bias, stride, padding)`` with ``stride`` and ``padding`` as (h, w) pairs;
-x and w are the caller's arrays, in their own dtype.
+``Conv2dCache(x, w, has_bias, stride, padding, crop)`` with ``stride`` and ``padding`` as (h, w) pairs;
+x and w are the caller's arrays, in their own dtype, and ``crop`` is None; except for
+``padding='same'`` with an even filter size, whose zeros differ from one side to the other (one
+more after than before, as in PyTorch): the op pads x itself (a copy, in x's layout), convolves
+that with padding 0, and keeps the padded x, with ``crop = ((top, bottom), (left, right))`` the
+zeros it added, which the backward crops off dx.
 
 Output sizes: the op checks the exact rule, or PyTorch's floor with ``floor=True``, once, at its
 entry; past that check the floor rule gives the size either way (on whole sizes the two agree),
@@ -31,15 +35,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import backend
+from .. import backend, layout
 from ..backend import get_array_module
 from ..precision import channel_sum, multiplicands, round_once, upcast, use_tf32
 from . import _dispatch
 from ._checks import (cache_type, cached, check_bias, check_bool, check_cache, check_float, check_floor, check_rank,
-                      check_same_dtype, conv_padding, only_defaults, output_hw, pair)
+                      check_same_dtype, conv_padding, only_defaults, output_hw, pair, same_padding_sides)
 
 
-Conv2dCache = cache_type("Conv2dCache", "x w has_bias stride padding", __name__)  # printed without its arrays' values
+# printed without its arrays' values; crop: see the module's docstring
+Conv2dCache = cache_type("Conv2dCache", "x w has_bias stride padding crop", __name__, defaults=(None,))
 
 
 # Bytes of column matrix per chunk. Measured on a 2-core EPYC (CIFAR 64->128ch 3x3): 4 MB runs the
@@ -51,7 +56,8 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, precision=None, floor=Fals
     """``y, cache``: y[n, k] = sum_c x[n, c] (*) w[k, c] + b[k], of shape (N, K, OH, OW).
 
     ``stride`` and ``padding`` are an int or an (h, w) pair, ``padding`` also, as in PyTorch and
-    :class:`gpuconv.layers.Conv2d`, 'valid' (0) or 'same' (stride 1 and odd filter sizes); sizes must satisfy
+    :class:`gpuconv.layers.Conv2d`, 'valid' (0) or 'same' (stride 1: the output keeps x's size, with
+    F - 1 zeros along each axis, (F - 1) // 2 before and the rest after, as in PyTorch); sizes must satisfy
     ``(W - F + 2P)/S + 1`` a whole number >= 1 along both axes, or with ``floor=True`` PyTorch's
     rule, ``floor((W - F + 2P)/S) + 1`` (a stride-2 3x3 convolution with padding 1 takes 32x32 to
     16x16; the input rows and columns no window reaches get a zero gradient). ``precision``
@@ -62,6 +68,11 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, precision=None, floor=Fals
     stride, padding = _check_conv_args(x, w, b, stride, padding, floor)
     tf32 = use_tf32(precision, x.dtype)
     target = backend.kernel_target(x, w, b, names=("x", "w", "b"))
+    if isinstance(padding, str):  # 'same', an even filter size: more zeros after than before (not the kernels' rule)
+        crop = same_padding_sides(w.shape[2:])
+        y, cache = _dispatch.call("conv2d_forward", target, _conv2d_forward_reference, layout.pad_zeros(x, crop), w, b,
+                                  stride, (0, 0), tf32)
+        return y, cache._replace(crop=crop)
     return _dispatch.call("conv2d_forward", target, _conv2d_forward_reference, x, w, b, stride, padding, tf32)
 
 
@@ -93,8 +104,11 @@ def conv2d_backward(dy, cache, need_dx=True, precision=None, need_dw=True, dw_dt
         if dw_dtype not in (w.dtype, np.float32, np.float64) or dw_dtype.itemsize < w.dtype.itemsize:
             raise ValueError(f"dw_dtype={dw_dtype}: the weight gradient is delivered in w's dtype ({w.dtype}) or "
                              "widened to float32/float64, never narrowed")
-    return _dispatch.call("conv2d_backward", target, _conv2d_backward_reference, dy, cache, bool(need_dx), tf32,
-                          bool(need_dw), dw_dtype)
+    dx, dw, db = _dispatch.call("conv2d_backward", target, _conv2d_backward_reference, dy, cache, bool(need_dx),
+                                tf32, bool(need_dw), dw_dtype)
+    if cache.crop is not None and dx is not None:  # the gradient of the zeros the forward added goes nowhere
+        dx = layout.crop(dx, cache.crop)
+    return dx, dw, db
 
 
 def _check_conv_args(x, w, b, stride, padding, floor=False):
@@ -115,7 +129,13 @@ def _check_conv_args(x, w, b, stride, padding, floor=False):
         raise ValueError(f"w has an empty filter: shape {tuple(w.shape)} (K, C, FH, FW) has FH={w.shape[2]}, "
                          f"FW={w.shape[3]}; a filter is at least 1x1")
     stride = pair("stride", stride, minimum=1)
-    padding = pair("padding", conv_padding(padding, w.shape[2:], stride), minimum=0)
+    padding = conv_padding(padding, w.shape[2:], stride)
+    if isinstance(padding, str):  # 'same', an even filter size: checked as it runs, x padded with padding 0
+        (top, bottom), (left, right) = same_padding_sides(w.shape[2:])
+        padded = x.shape[:2] + (x.shape[2] + top + bottom, x.shape[3] + left + right)
+        output_hw(padded, w.shape[2:], stride, (0, 0), floor)
+        return stride, padding
+    padding = pair("padding", padding, minimum=0)
     output_hw(x.shape, w.shape[2:], stride, padding, floor)
     return stride, padding
 
@@ -186,7 +206,7 @@ def _forward(x, w, b, stride, padding):
 
 
 def _conv2d_backward_reference(dy, cache, need_dx=True, tf32=False, need_dw=True, dw_dtype=None):
-    x, w, has_bias, stride, padding = cache
+    x, w, has_bias, stride, padding = cache[:5]  # (the op crops dx: see Conv2dCache)
     dx = dw = None
     if need_dx or need_dw:  # (the bias gradient alone, of frozen filters on data, reads dy only)
         dyc, xc, wc = multiplicands(tf32, dy, x, w)

@@ -88,7 +88,8 @@ _POOL_EXAMPLE = "{'pool_height': 2, 'pool_width': 2, 'stride': 2}"
 
 def conv_forward_naive(x, w, b, conv_param):
     """Convolution of x (N, C, H, W) with w (F, C, HH, WW) plus b (F,); ``conv_param`` has
-    ``'stride'`` and ``'pad'`` (zeros on every side). Returns ``out, (x, w, b, conv_param)``.
+    ``'stride'`` and ``'pad'`` (zeros on every side; or, as ``gpuconv.ops.conv2d_forward`` takes
+    them, an (h, w) pair, 'valid' or 'same'). Returns ``out, (x, w, b, conv_param)``.
 
     The output is ``1 + (H + 2 * pad - HH) // stride`` high (and wide likewise), floored as the
     assignment's ``conv_forward_fast`` and students' naive loops compute it: where the division is

@@ -17,6 +17,7 @@ cache reads them). Any backward here accepts any of these caches, ours or built 
 from __future__ import annotations
 
 from ...backend import get_array_module
+from ...ops._checks import conv_padding, pair, same_padding_sides
 from ._basic import (_POOL_EXAMPLE, conv_backward, conv_forward_naive, max_pool_backward_naive,
                      max_pool_forward_naive, param)
 from ._call import Cache, LazyCache
@@ -33,14 +34,25 @@ def _conv_cols(x, w, conv_param, order):
     xp = get_array_module(x)
     n, ch, h, wd = x.shape
     hh, ww = w.shape[2:]
-    s, p = conv_param["stride"], conv_param["pad"]
-    oh, ow = (h + 2 * p - hh) // s + 1, (wd + 2 * p - ww) // s + 1
-    xpad = xp.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
-    taps = xp.stack([xpad[:, :, i:i + s * (oh - 1) + 1:s, j:j + s * (ow - 1) + 1:s]
+    xpad = xp.pad(x, ((0, 0), (0, 0)) + _pad_sides(conv_param, (hh, ww)))
+    sh, sw = pair("stride", conv_param["stride"], 1)
+    oh, ow = (xpad.shape[2] - hh) // sh + 1, (xpad.shape[3] - ww) // sw + 1
+    taps = xp.stack([xpad[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
                      for i in range(hh) for j in range(ww)])              # (HH*WW, N, C, oh, ow)
     taps = taps.reshape(hh, ww, n, ch, oh, ow)
     axes = (3, 0, 1, 2, 4, 5) if order == "strides" else (3, 0, 1, 4, 5, 2)
     return xp.ascontiguousarray(taps.transpose(axes)).reshape(ch * hh * ww, n * oh * ow)
+
+
+def _pad_sides(conv_param, filt):
+    """``((top, bottom), (left, right))``: the zeros of ``conv_param['pad']`` in any form the op
+    takes (an int, an (h, w) pair, 'valid', or 'same', whose even filter sizes get the extra
+    zero after the image)."""
+    pad = conv_padding(conv_param["pad"], filt, pair("stride", conv_param["stride"], 1))
+    if isinstance(pad, str):
+        return same_padding_sides(filt)
+    ph, pw = pair("pad", pad)
+    return (ph, ph), (pw, pw)
 
 
 def _conv_forward(x, w, b, conv_param, order):
