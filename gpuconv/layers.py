@@ -689,7 +689,9 @@ class BatchNorm2d(Layer):
 
     Training mode normalizes with the batch statistics and updates ``running_mean`` /
     ``running_var`` in place (PyTorch's rule: unbiased variance, ``momentum`` weight on the new
-    value); eval mode normalizes with the running statistics.
+    value); eval mode normalizes with the running statistics. As in PyTorch, an empty batch gives an
+    empty output and leaves the running statistics unchanged; one value per channel (N*H*W == 1)
+    in training is refused.
 
     ``activation='relu'`` or ``'gelu'`` applies that activation to the output in the same pass:
     the layer then equals ``BatchNorm2d`` followed by ``ReLU()``/``GELU()``, bit for bit, with the

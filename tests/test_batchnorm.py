@@ -143,6 +143,36 @@ def test_no_channels_give_empty_results_everywhere(backend, training):
     assert y.shape == dx.shape == (2, 0, 3, 3) and dgamma.shape == dbeta.shape == (0,)
 
 
+@pytest.mark.parametrize("shape, dtype, channels_last", [((0, 3, 4, 4), np.float32, False),
+                                                   ((2, 3, 0, 4), np.float32, False),
+                                                   ((0, 3, 4, 4), ml_dtypes.bfloat16, True),
+                                                   ((0, 3, 4, 4), np.float64, False)])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("activation", [None, "gelu"])
+def test_an_empty_batch_gives_an_empty_output_and_leaves_the_running_stats(backend, shape, dtype, channels_last,
+                                                                             training, activation):
+    """As PyTorch: a batch without values (N = 0, or H = 0) gives an empty output in training and
+    eval mode, the running statistics unchanged (no batch statistic to blend in), and its backward
+    an empty dx with zero dgamma, dbeta. Before, training refused it: "needs more than 1 value per
+    channel ... (N*H*W = 0)"."""
+    from gpuconv import layout
+    cd = np.float64 if dtype == np.float64 else np.float32
+    rm, rv = np.array([0.5, -1.0, 2.0], cd), np.array([2.0, 0.25, 1.0], cd)
+    a = _args(backend, x=np.ones(shape, dtype), gamma=np.full(3, 1.5, cd), beta=np.full(3, 0.5, cd),
+              running_mean=rm.copy(), running_var=rv.copy())
+    if channels_last:
+        a["x"] = layout.to_channels_last(a["x"])
+    y, cache = batchnorm2d_forward(**a, training=training, activation=activation)
+    assert y.shape == shape and y.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(backend.asnumpy(a["running_mean"]), rm)
+    np.testing.assert_array_equal(backend.asnumpy(a["running_var"]), rv)
+    dx, dgamma, dbeta = batchnorm2d_backward(backend.asarray(np.ones(shape, dtype)), cache)
+    assert dx.shape == shape and dx.dtype == np.dtype(dtype)
+    for g in (dgamma, dbeta):
+        assert g.dtype == np.dtype(cd)
+        np.testing.assert_array_equal(backend.asnumpy(g), np.zeros(3))
+
+
 def _args(backend, **over):
     a = dict(x=np.ones((2, 3, 2, 2), np.float32), gamma=np.ones(3, np.float32), beta=np.zeros(3, np.float32),
              running_mean=np.zeros(3, np.float32), running_var=np.ones(3, np.float32))

@@ -500,6 +500,24 @@ def test_batchnorm_running_stats_follow_cs231n_momentum(spatial):
 
 
 @pytest.mark.parametrize("spatial", [False, True])
+def test_batchnorm_of_an_empty_batch_leaves_the_running_statistics(spatial):
+    """An empty training batch: an empty out, bn_param's running statistics as they were (the
+    assignment's formulas would make them NaN; the op, as PyTorch, leaves its own unchanged), an
+    empty dx and zero dgamma, dbeta."""
+    x = np.zeros((0, 3, 2, 2)) if spatial else np.zeros((0, 3))
+    fwd, bwd = ((C.spatial_batchnorm_forward, C.spatial_batchnorm_backward) if spatial
+                else (C.batchnorm_forward, C.batchnorm_backward))
+    rm, rv = randn(3), np.abs(randn(3))
+    bn_param = {"mode": "train", "running_mean": rm.copy(), "running_var": rv.copy()}
+    out, cache = fwd(x, randn(3), randn(3), bn_param)
+    assert out.shape == x.shape
+    np.testing.assert_array_equal(bn_param["running_mean"], rm)
+    np.testing.assert_array_equal(bn_param["running_var"], rv)
+    dx, dgamma, dbeta = bwd(np.zeros(x.shape), cache)
+    assert dx.shape == x.shape and not dgamma.any() and not dbeta.any()
+
+
+@pytest.mark.parametrize("spatial", [False, True])
 def test_batchnorm_of_one_value_per_channel_is_the_assignments(spatial):
     """A batch of 1 (N*H*W = 1): the assignment's formulas give out = beta, a variance of 0 in the
     running statistics and a zero input gradient, where gpuconv.ops (as PyTorch) refuses."""

@@ -1578,8 +1578,9 @@ def test_a_training_step_keeps_no_caches_for_the_frozen_layers_in_front():
 
 def test_an_empty_batch_gives_empty_results_on_every_backend(backend):
     """N = 0 flows through every op forward and backward with empty outputs and zero parameter
-    gradients, the same on every device (batch-norm training is the exception: a variance of
-    no values is undefined, a ValueError everywhere)."""
+    gradients, the same on every device; batch norm too, in training as PyTorch: its running
+    statistics unchanged (the variance of no values is undefined; one value per channel, whose
+    variance is 0, is refused as PyTorch refuses it)."""
     from gpuconv import models
     net = models.seed_net(input_dim=(3, 8, 8))
     x = backend.asarray(np.zeros((0, 3, 8, 8), np.float32))
@@ -1588,8 +1589,15 @@ def test_an_empty_batch_gives_empty_results_on_every_backend(backend):
     dx = net.backward(backend.asarray(np.zeros((0, 10), np.float32)))
     assert tuple(dx.shape) == (0, 3, 8, 8)
     assert all(float(np.abs(backend.asnumpy(p.grad)).sum()) == 0 for p in net.parameters())
+    bn = BatchNorm2d(3)
+    bn.running_mean[...] = 0.5
+    y = bn(x)
+    dx = bn.backward(backend.asarray(np.zeros((0, 3, 8, 8), np.float32)))
+    assert tuple(y.shape) == tuple(dx.shape) == (0, 3, 8, 8)
+    assert backend.asnumpy(bn.running_mean).tolist() == [0.5] * 3 and backend.asnumpy(bn.running_var).tolist() == [1] * 3
+    assert not backend.asnumpy(bn.weight.grad).any() and not backend.asnumpy(bn.bias.grad).any()
     with pytest.raises(ValueError, match="more than 1 value per channel"):
-        BatchNorm2d(3)(x)
+        BatchNorm2d(3)(backend.asarray(np.zeros((1, 3, 1, 1), np.float32)))
 
 
 def test_named_generators_names_each_random_layer_once_under_its_checkpoint_key():

@@ -5,6 +5,12 @@ statistics in place with the *unbiased* variance (``n / (n - 1)``), exactly as
 ``torch.nn.BatchNorm2d``: ``running = (1 - momentum) * running + momentum * batch_stat``.
 Evaluation normalizes with the running statistics and leaves them alone.
 
+Batches without values, as PyTorch treats them: an empty batch (N, H or W zero) gives an empty
+output in either mode, and in training leaves the running statistics as they were (there is no
+batch statistic to blend in); its backward gives an empty dx and zero dgamma and dbeta. One value
+per channel (N*H*W == 1) in training is refused, as PyTorch refuses it ("Expected more than 1
+value per channel when training"): its variance would be 0 and the unbiased one 0/0.
+
 Precision (gpuconv.precision): the statistics and the normalization are computed in x's compute
 dtype, float32 for a bfloat16/float16 x (upcast exactly), and y and dx are rounded once to x's
 dtype. gamma, beta, the running statistics, dgamma and dbeta stay in the compute dtype: float32
@@ -32,7 +38,7 @@ from __future__ import annotations
 
 import numbers
 
-from .. import backend
+from .. import backend, layout
 from ..backend import get_array_module
 from ..precision import channel_sum, compute_dtype, round_once, upcast
 from . import _dispatch
@@ -67,7 +73,8 @@ def batchnorm2d_forward(x, gamma, beta, running_mean, running_var, training=True
     through ``activation`` ('relu' or 'gelu') when one is given.
 
     ``running_mean``/``running_var`` (C,) are updated in place when ``training``; they may be
-    None in training (no running statistics kept) but are required in eval mode."""
+    None in training (no running statistics kept) but are required in eval mode. An empty batch
+    gives an empty ``y`` and leaves them unchanged, as in PyTorch."""
     check_activation(activation)
     training = check_bool("training", training)
     check_float("x", x)
@@ -100,9 +107,12 @@ def batchnorm2d_forward(x, gamma, beta, running_mean, running_var, training=True
     if not ((type(eps) is float or isinstance(eps, numbers.Real)) and eps > 0):
         raise ValueError(f"eps must be a positive number added to the variance, got {eps!r}; 1e-5 is the default")
     count = x.shape[0] * x.shape[2] * x.shape[3]
-    if training and count < 2:
+    if training and count == 1:
         raise ValueError(f"training batch norm needs more than 1 value per channel to estimate a variance, got "
-                         f"x of shape {tuple(x.shape)} (N*H*W = {count}); use a larger batch or training=False")
+                         f"x of shape {tuple(x.shape)} (N*H*W = 1); use a larger batch or training=False")
+    if training and count == 0:
+        y, cache = _empty_batch(x, gamma, beta, activation)
+        return y, cache._replace(dtype=y.dtype)
     # No channels: nothing to launch (a grid of 0 blocks is no launch at all); the reference's empty result
     target = backend.kernel_target(x, gamma, beta, running_mean, running_var,
                                    names=("x", "gamma", "beta", "running_mean", "running_var")) if c else None
@@ -126,6 +136,16 @@ def batchnorm2d_backward(dy, cache):
     # no channels: as the forward
     target = backend.kernel_target(dy, cache.x, names=("dy", cached("x"))) if dy.shape[1] else None
     return _dispatch.call("batchnorm2d_backward", target, _batchnorm2d_backward_reference, dy, cache)
+
+
+def _empty_batch(x, gamma, beta, activation):
+    """A training batch without values (N, H or W zero): an empty y in x's layout, no statistic
+    (the running ones stay as they were: PyTorch's rule). The cache's mean and inv_std are zeros,
+    read by nothing: the backward of no values is an empty dx and zero dgamma and dbeta."""
+    with backend.array_device_context((x,)):
+        y = layout.empty_like(x)
+        zeros = get_array_module(x).zeros(x.shape[1], compute_dtype(x.dtype))
+    return y, BatchNorm2dCache(x, zeros, gamma, zeros, True, beta if activation else None, activation)
 
 
 def _per_channel(v):
@@ -196,7 +216,7 @@ def _batchnorm2d_backward_reference(dy, cache):
     work = dy * xhat
     dgamma = channel_sum(work)
     scale = _per_channel(gamma * inv_std)
-    if not training:
+    if not training or not dy.size:  # (no values, in training: an empty dx, where 1 / count below is undefined)
         return round_once(xp.multiply(dy, scale, out=work), dtype), dgamma, dbeta
     # The batch mean and variance depend on every input: d/dx of the normalization subtracts the
     # mean of dy and the projection of dy on xhat (the standard simplified form):

@@ -110,7 +110,12 @@ def _batchnorm(c, x4, gamma, beta, bn_param):
         bn_param["running_mean"], bn_param["running_var"] = running_mean, running_var
         return ops.batchnorm2d_forward(x4, g, b, c.arg(running_mean), c.arg(running_var), training=False,
                                        momentum=0.0, eps=eps)
-    count = x4.size // channels
+    count = x4.shape[0] * x4.shape[2] * x4.shape[3]
+    if count == 0:
+        # An empty batch: an empty out, and no batch statistic to blend in (the assignment's
+        # formulas would make the running statistics NaN); the op, as PyTorch, leaves them unchanged.
+        bn_param["running_mean"], bn_param["running_var"] = running_mean, running_var
+        return ops.batchnorm2d_forward(x4, g, b, None, None, training=True, momentum=0.0, eps=eps)
     if count == 1:
         # One value per channel (a batch of 1): the assignment's formulas give mean = x, variance 0,
         # out = beta and a zero input gradient, where the op (as PyTorch) refuses to estimate a
