@@ -1438,7 +1438,8 @@ def test_conv_padding_same_with_an_even_kernel_as_in_pytorch(backend, kernel_siz
     top, left = (kh - 1) // 2, (kw - 1) // 2
     want_dx = B.asnumpy(plain.backward(backend.asarray(dy)))[:, :, top:top + 6, left:left + 5]
     assert y.shape == (2, 4, 6, 5) and dx.shape == x.shape
-    for got, want in ((y, want_y), (dx, want_dx), (layer.weight.grad, plain.weight.grad), (layer.bias.grad, plain.bias.grad)):
+    pairs = (y, want_y), (dx, want_dx), (layer.weight.grad, plain.weight.grad), (layer.bias.grad, plain.bias.grad)
+    for got, want in pairs:
         np.testing.assert_allclose(B.asnumpy(got), B.asnumpy(want), rtol=1e-12, atol=1e-12)
     layer.eval()
     y_eval = B.asnumpy(layer(backend.asarray(x)))
@@ -1594,7 +1595,8 @@ def test_an_empty_batch_gives_empty_results_on_every_backend(backend):
     y = bn(x)
     dx = bn.backward(backend.asarray(np.zeros((0, 3, 8, 8), np.float32)))
     assert tuple(y.shape) == tuple(dx.shape) == (0, 3, 8, 8)
-    assert backend.asnumpy(bn.running_mean).tolist() == [0.5] * 3 and backend.asnumpy(bn.running_var).tolist() == [1] * 3
+    assert backend.asnumpy(bn.running_mean).tolist() == [0.5] * 3
+    assert backend.asnumpy(bn.running_var).tolist() == [1] * 3
     assert not backend.asnumpy(bn.weight.grad).any() and not backend.asnumpy(bn.bias.grad).any()
     with pytest.raises(ValueError, match="more than 1 value per channel"):
         BatchNorm2d(3)(backend.asarray(np.zeros((1, 3, 1, 1), np.float32)))
