@@ -41,7 +41,6 @@ import math
 import numbers
 import weakref
 from collections.abc import Mapping, MutableMapping
-from types import MappingProxyType
 
 import numpy as np
 
@@ -130,6 +129,20 @@ class _GroupList(list):
 
     def __reduce_ex__(self, protocol):  # a copy (copy, pickle) is a plain list
         return list, (list(self),)
+
+
+class _Defaults(dict):
+    """``optimizer.defaults``: a dict (JSON, copy and pickle take it, as PyTorch's), refusing a
+    write, which would reach no update."""
+
+    def _fixed(self, *args, **kwargs):
+        raise TypeError("optimizer.defaults is read-only (a copy of the optimizer's values): set optimizer.momentum "
+                        "(say) to change one, or write a group's value through optimizer.param_groups[i][key]")
+
+    __setitem__ = __delitem__ = __ior__ = update = pop = popitem = setdefault = clear = _fixed
+
+    def __reduce_ex__(self, protocol):  # a copy (copy, pickle) is a plain dict
+        return dict, (dict(self),)
 
 
 class ParamGroup(MutableMapping):
@@ -514,7 +527,7 @@ class Optimizer:
         if "beta1" in self._hyper:
             out["betas"] = (self.beta1, self.beta2)
         out.update((name, getattr(self, name)) for name in self._hyper)
-        return MappingProxyType(out)
+        return _Defaults(out)
 
     def group_initial_lr(self, gi):
         """Group ``gi``'s lr before any schedule: its own ``lr`` or the optimizer's ``initial_lr``."""

@@ -756,6 +756,30 @@ def test_defaults_as_in_pytorch(backend):
     assert Adam([a], lr=0.01, betas=(0.8, 0.9)).defaults["betas"] == (0.8, 0.9)
 
 
+def test_defaults_is_a_dict_that_logs_copies_and_pickles(backend):
+    """``optimizer.defaults`` is a dict, as PyTorch's: code that logs the hyperparameters
+    (json.dumps, a run's config), copies them (copy.deepcopy) or pickles them takes it; the read-only
+    view it was refused all three ('mappingproxy' is not JSON serializable, cannot be pickled). A
+    write is still refused, and a copy is a plain dict to change."""
+    import copy
+    import json
+    import pickle
+    opt = SGD([_p(backend, [1.0])], lr=0.1, momentum=0.9)
+    assert isinstance(opt.defaults, dict)
+    want = {"lr": 0.1, "momentum": 0.9, "nesterov": False, "weight_decay": 0.0}
+    assert json.loads(json.dumps(opt.defaults)) == want
+    for copied in (copy.deepcopy(opt.defaults), copy.copy(opt.defaults), pickle.loads(pickle.dumps(opt.defaults))):
+        assert type(copied) is dict and copied == want
+        copied["lr"] = 1.0  # (the copy's own)
+    assert opt.defaults["lr"] == 0.1
+    for write in (lambda d: d.__setitem__("lr", 1.0), lambda d: d.update(lr=1.0), lambda d: d.pop("lr"),
+                  lambda d: d.setdefault("eps", 1.0), lambda d: d.clear(), lambda d: d.__delitem__("lr"),
+                  lambda d: d.popitem(), lambda d: d.__ior__({"lr": 1.0})):
+        with pytest.raises(TypeError, match="set optimizer.momentum"):
+            write(opt.defaults)
+    assert dict(opt.defaults) == want
+
+
 def test_a_group_appended_to_param_groups_is_refused_naming_add_param_group(backend):
     """``opt.param_groups.append({...})`` appended to a list made for that read and nothing else: the
     group never trained, without a word. The list refuses a change, naming add_param_group."""
