@@ -412,8 +412,9 @@ class Layer:
 
     def apply(self, fn):
         """``fn(layer)`` for every sub-layer, then this layer (PyTorch's order: children first), e.g.
-        an initialization that looks at each layer's type; returns this layer."""
-        for child in self.children():
+        an initialization that looks at each layer's type; returns this layer. A layer this one holds
+        twice (under two names) is one child, visited once, as PyTorch's."""
+        for child in {id(c): c for c in self.children()}.values():
             child.apply(fn)
         fn(self)
         return self

@@ -1634,6 +1634,37 @@ def test_apply_buffers_and_own_parameters_as_in_pytorch():
     assert [n for n, _ in net.named_parameters(prefix="m")][:2] == ["m.0.weight", "m.0.bias"]
 
 
+def test_apply_visits_a_layer_held_twice_by_one_container_once():
+    """A layer held twice by one container (a block reused, Sequential(block, block), or one layer
+    set under two names) is one child to PyTorch's ``apply``, so an initialization that scales
+    weights scales them once; gpuconv's applied ``fn`` to it once per name (weights scaled twice).
+    Held by two containers it is visited under each, as in PyTorch."""
+    block = Linear(2, 2, seed=0)
+    seen = []
+    Sequential(block, block).apply(seen.append)
+    assert [type(m).__name__ for m in seen] == ["Linear", "Sequential"]
+
+    class Tied(Layer):
+        def __init__(self):
+            super().__init__()
+            self.encode = block
+            self.decode = block
+    seen = []
+    Tied().apply(seen.append)
+    assert [type(m).__name__ for m in seen] == ["Linear", "Tied"]
+    w = block.weight.data.copy()
+
+    def halve(m):
+        if isinstance(m, Linear):
+            m.weight.data *= 0.5
+    from gpuconv.layers import ModuleList
+    ModuleList([block, block]).apply(halve)
+    np.testing.assert_array_equal(block.weight.data, w * 0.5)
+    seen = []
+    Sequential(Sequential(block), Sequential(block)).apply(seen.append)  # two containers: under each
+    assert [type(m).__name__ for m in seen] == ["Linear", "Sequential", "Linear", "Sequential", "Sequential"]
+
+
 def test_sequential_append_and_extend_as_in_pytorch():
     """``Sequential.append`` / ``extend`` (PyTorch's) were missing. The new layers take the next
     positions as names (state dict keys, parameter names), run in forward and backward, and an
