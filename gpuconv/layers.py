@@ -1236,6 +1236,8 @@ class ModuleList(Layer):
     def append(self, layer):
         if not isinstance(layer, Layer):
             raise TypeError(f"ModuleList: a {type(layer).__name__} is not a gpuconv Layer")
+        if self._held():  # the captured step calls the layers of its capture
+            raise RuntimeError("ModuleList.append: the layers cannot change while " + REPLAYED_WAY_OUT)
         self._list.append(layer)
         _name_parameters(layer, _path(self, str(len(self._list) - 1)))
         return self

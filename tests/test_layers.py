@@ -1814,6 +1814,43 @@ def test_a_layer_appended_to_a_held_container_is_named_under_its_path():
     assert outer[0].blocks[2].weight.name == "0.blocks.2.weight"
 
 
+def test_a_layer_appended_to_a_module_list_while_a_graph_holds_the_model_is_refused():
+    """``model.blocks.append(layer)`` (a ModuleList) during a graphed epoch was taken: every replay
+    computed with the layers of its capture while the model's forward (the simulator's, the CPU's)
+    ran the new one too, and its parameters went untrained by the replays. Refused while a captured
+    step holds the model, as Sequential.append is; free once released."""
+    from gpuconv.graphs import StepGraph
+    from gpuconv.layers import ModuleList
+    from gpuconv.optim import SGD
+
+    class Net(Layer):
+        def __init__(self):
+            super().__init__()
+            self.blocks = ModuleList([Flatten(), Linear(12, 3, seed=1)])
+
+        def forward(self, x):
+            for block in self.blocks:
+                x = block(x)
+            return x
+
+        def backward(self, dy, need_dx=True):
+            for block in reversed(list(self.blocks)):
+                dy = block.backward(dy)
+            return dy
+
+    net = Net()
+    opt = SGD(net.parameters(), lr=0.1)
+    step = StepGraph.for_optimizer(lambda x, y: gpuconv.amp.training_step(net, opt, x, y), opt, net)
+    step(np.ones((2, 3, 2, 2), np.float32), np.array([0, 1]))
+    for change in (lambda: net.blocks.append(ReLU()), lambda: net.blocks.extend([ReLU()])):
+        with pytest.raises(RuntimeError, match="ModuleList.append: the layers cannot change while a captured training"):
+            change()
+    assert len(net.blocks) == 2
+    step.release()
+    net.blocks.append(ReLU())
+    assert len(net.blocks) == 3
+
+
 def test_a_sub_layer_replaced_while_a_graph_holds_the_model_is_refused():
     """``model.fc = Linear(...)`` during a graphed epoch left every replay computing with the old
     layer while the model showed the new one (the simulator and the CPU ran the new one): refused
