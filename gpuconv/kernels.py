@@ -862,7 +862,10 @@ _compiling: dict = {}
 
 
 def _forget_compiles():
-    # A child forked while another thread compiled would find that module's lock taken for good.
+    # A child forked while another thread compiled would find that module's lock taken for good,
+    # and one forked while another thread looked a module up, the table's.
+    global _cache_lock
+    _cache_lock = threading.Lock()
     _compiling.clear()
 
 

@@ -1005,6 +1005,24 @@ def test_a_child_forked_while_another_thread_compiles_a_module_compiles_it(monke
         kernels._compiling.pop(key, None)
 
 
+def test_a_child_forked_while_another_thread_holds_the_module_table_lock_compiles(monkeypatch):
+    """The module table's lock, held by another thread at a fork (between its look-up and its
+    entry of a compile), is not the child's: its first launch of a file compiles instead of waiting
+    for good, as with a module's compile lock."""
+    from conftest import forked_exit
+    from gpuconv import ops
+    monkeypatch.setattr(kernels, "_cache", {})
+    monkeypatch.setattr(kernels, "_functions", {})
+    x = np.array([-1.0, 2.0], np.float32)
+
+    def child():
+        with gpuconv.default_device("sim"):
+            return 0 if ops.relu_forward(x)[0].tolist() == [0.0, 2.0] else 3
+
+    with kernels._cache_lock:  # as another thread holds it at the fork
+        assert forked_exit(child) == "exit 0"
+
+
 def test_the_environment_reader_follows_every_change_of_the_environment(monkeypatch):
     """_env.get reads os.environ's storage directly (the launchers ask it at every launch): it must
     answer what os.environ.get answers after each kind of change, and read through a mapping that
