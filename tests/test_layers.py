@@ -982,6 +982,31 @@ def test_the_ops_take_the_pytorch_keywords_their_layers_take(layer, op, args, ke
     assert f"({keyword}={other!r}) is not supported: gpuconv's {op} computes with {keyword}=" in str(op_error.value)
     assert str(op_error.value) == str(layer_error.value).replace(type(layer()).__name__, op)
 
+def test_an_op_called_with_pytorchs_positional_arguments_names_the_keyword():
+    """``conv2d_forward(x, w, b, 1, 1, 1)`` (F.conv2d's order: stride, padding, dilation, groups)
+    put dilation into gpuconv's precision and groups into floor, and the errors named their values
+    ("precision=1: use 'fp32' ... or 'tf32'", "floor must be True or False, got 1"), a fix for an
+    argument the caller never meant; ``max_pool2d_forward(x, 3, 2, 1)`` (F.max_pool2d's padding)
+    likewise. A number there now says which argument of PyTorch's it stands for and its keyword."""
+    x = np.ones((1, 1, 4, 4), np.float32)
+    w, b = np.ones((2, 1, 3, 3), np.float32), np.zeros(2, np.float32)
+    for call, says in ((lambda: ops.conv2d_forward(x, w, b, 1, 1, 1),
+                        r"conv2d_forward\(precision=1\): a number where F.conv2d takes dilation; .* dilation by keyword "
+                        r"only \(dilation=1\)"),
+                       (lambda: ops.conv2d_forward(x, w, b, 1, 1, None, 1),
+                        r"conv2d_forward\(floor=1\): a number where F.conv2d takes groups; .*\(groups=1\)"),
+                       (lambda: ops.max_pool2d_forward(x, 3, 2, 1),
+                        r"max_pool2d_forward\(floor=1\): a number where F.max_pool2d takes padding; .*\(padding=0\)"),
+                       (lambda: ops.avg_pool2d_forward(x, 2, 2, 0),
+                        r"avg_pool2d_forward\(floor=0\): a number where F.avg_pool2d takes padding")):
+        with pytest.raises(TypeError, match=says):
+            call()
+    assert ops.conv2d_forward(x, w, b, 1, 1, "fp32", np.True_)[0].shape == (1, 2, 4, 4)  # gpuconv's own values
+    assert ops.max_pool2d_forward(x, 2, 2, np.False_)[0].shape == (1, 1, 2, 2)
+    with pytest.raises(TypeError, match="floor must be True or False, got 'no'"):  # (not a number: floor's own check)
+        ops.max_pool2d_forward(x, 2, 2, "no")
+
+
 def test_constructor_arguments_are_pytorchs_in_pytorchs_order():
     """A positional argument means what it means in torch.nn; options gpuconv does not compute
     are refused by name (not a bare TypeError, and never taken as another argument)."""

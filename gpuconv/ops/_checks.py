@@ -145,6 +145,19 @@ def only_defaults(where, **given):
                              f"{name}={default!r} only")
 
 
+def torch_positions(where, torch_op, **given):
+    """``name=(value, torch_name, default)``: a number given as ``where``'s ``name`` (a precision
+    or a switch, never a number) where ``torch_op`` takes ``torch_name`` at the same position
+    (F.conv2d's dilation where conv2d_forward takes precision) is that argument of PyTorch's, called
+    in its order: refused naming the keyword that gives it. Any other value is left to ``name``'s
+    own check."""
+    for name, (value, torch_name, default) in given.items():
+        if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{where}({name}={value!r}): a number where {torch_op} takes {torch_name}; gpuconv's "
+                            f"{where} takes {name} at that position, and {torch_name} by keyword only "
+                            f"({torch_name}={default!r})")
+
+
 def conv_padding(padding, kernel_size, stride):
     """PyTorch's string paddings of a convolution as numbers (anything else unchanged, for
     :func:`pair` to check): 'valid' is 0; 'same' keeps the spatial size at stride 1: (k - 1) // 2

@@ -40,7 +40,8 @@ from ..backend import get_array_module
 from ..precision import channel_sum, multiplicands, round_once, upcast, use_tf32
 from . import _dispatch
 from ._checks import (cache_type, cached, check_bias, check_bool, check_cache, check_float, check_floor, check_rank,
-                      check_same_dtype, conv_padding, only_defaults, output_hw, pair, same_padding_sides)
+                      check_same_dtype, conv_padding, only_defaults, output_hw, pair, same_padding_sides,
+                      torch_positions)
 
 
 # printed without its arrays' values; crop: see the module's docstring
@@ -63,6 +64,8 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, precision=None, floor=Fals
     16x16; the input rows and columns no window reaches get a zero gradient). ``precision``
     'fp32' or 'tf32' applies to float32 arrays (None: ``gpuconv.get_precision()``). ``dilation``
     and ``groups``, F.conv2d's keywords, are taken at 1 only, as by Conv2d."""
+    if not (precision is None or type(precision) is str) or type(floor) is not bool:  # (F.conv2d's order?)
+        torch_positions("conv2d_forward", "F.conv2d", precision=(precision, "dilation", 1), floor=(floor, "groups", 1))
     if not (type(dilation) is int and dilation == 1 and type(groups) is int and groups == 1):
         only_defaults("conv2d_forward", dilation=(dilation, (1, 1)), groups=(groups, 1))
     stride, padding = _check_conv_args(x, w, b, stride, padding, floor)

@@ -33,7 +33,7 @@ from ..backend import get_array_module
 from ..precision import round_once, upcast
 from . import _dispatch
 from ._checks import (cache_type, cached, check_cache, check_dy_dtype, check_float, check_floor, check_rank,
-                      only_defaults, output_hw, pair)
+                      only_defaults, output_hw, pair, torch_positions)
 
 MaxPool2dCache = cache_type("MaxPool2dCache", "x_shape kernel_size stride argmax channels_last dtype", __name__,
                             defaults=(False, None))
@@ -49,6 +49,8 @@ def max_pool2d_forward(x, kernel_size=2, stride=None, floor=False, *, padding=0,
     """``y, cache``: the maximum of each KH x KW window, of shape (N, C, OH, OW). ``floor``: see
     :func:`pooled_hw` (sizes the windows do not tile are an error without it). F.max_pool2d's
     other keywords are taken at their defaults only, as by MaxPool2d (the switches are in the cache)."""
+    if type(floor) is not bool:  # (F.max_pool2d's order: its padding here?)
+        torch_positions("max_pool2d_forward", "F.max_pool2d", floor=(floor, "padding", 0))
     if (padding, dilation, ceil_mode, return_indices) != (0, 1, False, False):
         only_defaults("max_pool2d_forward", padding=(padding, (0, 0)), dilation=(dilation, (1, 1)),
                       ceil_mode=(ceil_mode, False), return_indices=(return_indices, False))
@@ -71,6 +73,8 @@ def avg_pool2d_forward(x, kernel_size=2, stride=None, floor=False, *, padding=0,
                        count_include_pad=True, divisor_override=None):
     """``y, cache``: the mean of each KH x KW window, of shape (N, C, OH, OW); ``floor`` as for
     max pooling; F.avg_pool2d's other keywords at their defaults only, as by AvgPool2d."""
+    if type(floor) is not bool:  # (F.avg_pool2d's order: its padding here?)
+        torch_positions("avg_pool2d_forward", "F.avg_pool2d", floor=(floor, "padding", 0))
     if (padding, ceil_mode, divisor_override) != (0, False, None):  # (count_include_pad: no padding to count)
         only_defaults("avg_pool2d_forward", padding=(padding, (0, 0)), ceil_mode=(ceil_mode, False),
                       divisor_override=(divisor_override, None))
