@@ -1,6 +1,7 @@
 """gpuconv._hostmem: glibc keeps the memory of freed arrays for the next step (no page faults)."""
 from __future__ import annotations
 
+import platform
 import subprocess
 import sys
 
@@ -37,8 +38,12 @@ def test_freed_arrays_memory_is_reused_without_page_faults():
                          env={"PYTHONPATH": str(REPO), "OPENBLAS_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr
     applied, before, after, again = out.stdout.split()
-    if not sys.platform.startswith("linux"):
-        assert applied == again == "False"  # no glibc mallopt: nothing changed
+    if not (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc" and sys.maxsize > 2 ** 32):
+        # another OS or C library (musl has no mallopt), or 32-bit glibc, which refuses a 32 MB
+        # threshold: the settings are not taken, nothing is asserted of the faults
+        assert again == applied and applied in ("True", "False")
+        if not sys.platform.startswith("linux"):
+            assert applied == "False"
         return
     assert applied == again == "True", out.stdout
     before, after = int(before), int(after)
