@@ -1404,7 +1404,8 @@ def zero_grads(params, set_to_none=True):
         if set_to_none:
             p.grad = None
         elif p.grad is not None:
-            p.grad[...] = 0
+            with array_device_context((p.grad,)):  # (CuPy fills on its current device)
+                p.grad[...] = 0
 
 
 def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False, foreach=None):

@@ -69,9 +69,10 @@ class Lookahead:
             if _fusable(w, ema):
                 fused.setdefault((kernels.array_device([w]), w.dtype), []).append((w, ema))
                 continue
-            if rate:
-                ema += (w - ema).astype(ema.dtype) * ema.dtype.type(rate)
-            get_array_module(w).copyto(w, ema)
+            with array_device_context((w,)):  # (CuPy makes the temporaries on its current device)
+                if rate:
+                    ema += (w - ema).astype(ema.dtype) * ema.dtype.type(rate)
+                get_array_module(w).copyto(w, ema)
         for (device, _), pairs in fused.items():
             for k in range(0, len(pairs), LOOKAHEAD_TENSORS):
                 _launch_update(pairs[k:k + LOOKAHEAD_TENSORS], rate, device)

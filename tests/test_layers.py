@@ -1164,6 +1164,37 @@ def test_clip_grad_norm_and_summary_run_with_the_parameters_gpu_current(fake_sec
     assert [row["shape"] for row in summarize(net, (3,))] == [(3,)]
     assert gpu.calls == [("zeros", 1)] and seen == [("OnGpu", 1)] and gpu.current == [0]
 
+def test_zeroed_gradients_and_a_lookahead_without_its_kernel_run_on_the_arrays_gpu(fake_second_gpu, monkeypatch):
+    """CuPy fills and computes on its current device: zero_grad(set_to_none=False) of a model on
+    cuda:1 while cuda:0 was current filled its gradients from GPU 0, and a Lookahead over float16
+    weights (which its fused kernel does not take) made its temporaries and copies there. Both run
+    with the arrays' GPU current now. CuPy is faked (conftest.FakeSecondGpu)."""
+    from gpuconv import nn
+    from gpuconv.lookahead import Lookahead
+    gpu = fake_second_gpu
+    filled = []
+    monkeypatch.setattr(gpu.OnGpu, "__setitem__",
+                        lambda self, key, value: filled.append(gpu.current[0]) or np.ndarray.__setitem__(self, key, value),
+                        raising=False)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(gpu.on(np.ones(3, np.float16)), "w")
+
+    net = Net()
+    net.w.grad = gpu.on(np.full(3, 2.0, np.float16))
+    net.zero_grad(set_to_none=False)
+    assert filled == [1] and np.asarray(net.w.grad).tolist() == [0.0, 0.0, 0.0] and gpu.current == [0]
+    avg = Lookahead(net)
+    net.w.data[...] = 3.0
+    del gpu.calls[:]
+    avg.update(0.5)
+    assert {"subtract", "multiply", "add", "copyto"} <= {name for name, _ in gpu.calls}
+    assert {on for _, on in gpu.calls} == {1} and gpu.current == [0]
+    assert np.asarray(net.w.data).tolist() == [2.0, 2.0, 2.0]
+
+
 def test_a_residual_sum_and_a_layout_copy_are_made_on_their_arrays_gpu(fake_second_gpu):
     """CuPy makes a sum and a copy on its current device: a ResNet on cuda:1 called while cuda:0 was
     current added its residual branches on GPU 0 (forward and backward), and to_channels_last /
