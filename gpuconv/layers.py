@@ -264,6 +264,32 @@ class StateDictKeyError(KeyError):
 
 
 # ----------------------------------------------------------------------------- the base class
+class _Walk(list):
+    """What ``parameters()``, ``named_parameters()``, ``buffers()``, ``children()``, ``modules()`` and
+    their kin return: a list (``len``, indexing, ``+``; iterated afresh each time, so it can be kept
+    and walked twice) that is also an iterator, as PyTorch's generators are:
+    ``next(model.parameters()).device`` reads the first parameter. Each call makes a new one, so
+    each ``next`` walk starts at the first item. Once ``next`` has been called on it, iterating it
+    goes on from there, as a partly consumed generator would (``it = m.parameters(); next(it);
+    rest = list(it)``); indexing and ``len`` still see the whole list."""
+
+    _cursor = None  # (set on the first next(): the position of the next item)
+
+    def __next__(self):
+        i = self._cursor or 0
+        if i >= len(self):
+            self._cursor = i
+            raise StopIteration
+        self._cursor = i + 1
+        return list.__getitem__(self, i)
+
+    def __iter__(self):
+        return list.__iter__(self) if self._cursor is None else self
+
+    def __reduce_ex__(self, protocol):  # a copy (copy, pickle) is a plain list
+        return list, (list(self),)
+
+
 class Layer:
     """Base class: ``forward``/``backward``, parameters, buffers, modes, devices, state dicts.
 
@@ -337,11 +363,13 @@ class Layer:
     def named_children(self):
         """[(attribute, sub-layer)]: the Layers held as attributes, in the order they were set."""
         if not self._registers_attributes:
-            return []
-        return [(name, v) for name, v in vars(self).items() if isinstance(v, Layer)]
+            return _Walk()
+        return _Walk((name, v) for name, v in vars(self).items() if isinstance(v, Layer))
 
     def children(self):
-        return [child for _, child in self.named_children()]
+        """The sub-layers of :meth:`named_children` (a list that is also an iterator, as every
+        structure walk here returns: ``next(model.children())`` works as in PyTorch)."""
+        return _Walk(child for _, child in self.named_children())
 
     def named_modules(self, prefix=""):
         """[(dotted name, layer)] for this layer and every sub-layer, each layer once."""
@@ -356,10 +384,10 @@ class Layer:
                 visit(_join(name, child_name), child)
 
         visit(prefix, self)
-        return out
+        return _Walk(out)
 
     def modules(self):
-        return [m for _, m in self.named_modules()]
+        return _Walk(m for _, m in self.named_modules())
 
     def _own_generators(self):
         """[(attribute path, numpy.random.Generator)] this layer itself draws from: none here;
@@ -370,8 +398,8 @@ class Layer:
         """[(dotted name, numpy.random.Generator)] of this layer and every sub-layer: the random
         state a checkpoint saves for a bit-exact resume (``model.drop._rngs.numpy`` with
         ``prefix='model'``)."""
-        return [(_join(name, attr), gen) for name, layer in self.named_modules(prefix)
-                for attr, gen in layer._own_generators()]
+        return _Walk((_join(name, attr), gen) for name, layer in self.named_modules(prefix)
+                     for attr, gen in layer._own_generators())
 
     def _own_parameters(self):
         own = [(n, getattr(self, n)) for n in self._param_names if getattr(self, n) is not None]
@@ -390,10 +418,12 @@ class Layer:
                 if id(p) not in seen:
                     seen.add(id(p))
                     out.append((_join(mname, pname), p))
-        return out
+        return _Walk(out)
 
     def parameters(self, recurse=True):
-        return [p for _, p in self.named_parameters(recurse=recurse)]
+        """The Parameters of :meth:`named_parameters`: a list (``len``, indexing, ``+``) that is
+        also an iterator, as PyTorch's generator is: ``next(model.parameters()).device`` works."""
+        return _Walk(p for _, p in self.named_parameters(recurse=recurse))
 
     def num_parameters(self, trainable_only=True):
         """The number of scalar parameters (with ``trainable_only=False``, frozen parameters and
@@ -404,11 +434,11 @@ class Layer:
     def named_buffers(self, prefix="", recurse=True):
         """[(dotted name, array)] of the non-trained state, e.g. ``('1.running_mean', a)`` (``prefix``
         and ``recurse`` as in :meth:`named_parameters`)."""
-        return [(_join(mname, b), getattr(m, b)) for mname, m in
-                (self.named_modules(prefix) if recurse else [(prefix, self)]) for b in m._buffer_names]
+        return _Walk((_join(mname, b), getattr(m, b)) for mname, m in
+                     (self.named_modules(prefix) if recurse else [(prefix, self)]) for b in m._buffer_names)
 
     def buffers(self, recurse=True):
-        return [b for _, b in self.named_buffers(recurse=recurse)]
+        return _Walk(b for _, b in self.named_buffers(recurse=recurse))
 
     def apply(self, fn):
         """``fn(layer)`` for every sub-layer, then this layer (PyTorch's order: children first), e.g.
@@ -1122,7 +1152,7 @@ class Sequential(Layer):
         _name_parameters(self)
 
     def named_children(self):
-        return list(self._layers.items())
+        return _Walk(self._layers.items())
 
     def append(self, layer):
         """Add ``layer`` at the end (named by its position, as PyTorch's ``Sequential.append``);
@@ -1248,7 +1278,7 @@ class ModuleList(Layer):
         return self
 
     def named_children(self):
-        return [(str(i), layer) for i, layer in enumerate(self._list)]
+        return _Walk((str(i), layer) for i, layer in enumerate(self._list))
 
     def __len__(self):
         return len(self._list)
@@ -1290,7 +1320,7 @@ class Residual(Layer):
         _name_parameters(self)
 
     def named_children(self):
-        return [("inner", self.inner)] + ([("shortcut", self.shortcut)] if self.shortcut is not None else [])
+        return _Walk([("inner", self.inner)] + ([("shortcut", self.shortcut)] if self.shortcut is not None else []))
 
     def forward(self, x):
         branches = []

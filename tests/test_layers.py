@@ -1,7 +1,9 @@
 """Layers: gradients against central differences in float64, composition, modes, devices, state."""
 from __future__ import annotations
 
+import copy
 import math
+import pickle
 import re
 
 import numpy as np
@@ -730,6 +732,30 @@ def test_names_of_parameters_and_buffers():
     head = net[:2]
     assert len(head) == 2 and head[0] is net[0] and net.parameters()[0].name == "0.weight"
     assert "Conv2d(3, 4, kernel_size=(3, 3)" in repr(net)
+
+
+def test_structure_walks_are_lists_and_iterators_as_pytorchs_generators():
+    net = Sequential(Conv2d(3, 4, 3), BatchNorm2d(4), ReLU(), Flatten(), Linear(4, 2))
+    # PyTorch's idioms on its generators
+    assert next(net.parameters()) is net[0].weight and next(net.parameters()).device == B.Device("cpu")
+    assert next(net.named_parameters()) == ("0.weight", net[0].weight)
+    assert next(net.named_parameters(prefix="model"))[0] == "model.0.weight"
+    assert next(net.buffers()) is net[1].running_mean and next(net.named_buffers())[0] == "1.running_mean"
+    assert next(net.children()) is net[0] and next(net.named_children()) == ("0", net[0])
+    assert next(net.modules()) is net and next(net.named_modules()) == ("", net)
+    assert next(net[2].parameters(), None) is None  # (a layer without parameters: the default)
+    assert sum(p.numel() for p in net.parameters()) == net.num_parameters() == 4 * 27 + 4 + 8 + 4 * 2 + 2
+    it = net.parameters()
+    assert next(it) is net[0].weight and next(it) is net[0].bias
+    assert list(it) == [net[1].weight, net[1].bias, net[4].weight, net[4].bias]  # goes on, as a generator
+    assert list(it) == [] and next(it, None) is None
+    # gpuconv's lists as before: kept and walked twice, indexed, measured, added
+    ps = net.parameters()
+    assert len(ps) == 6 and ps[-1] is net[4].bias and list(ps) == list(ps) == ps
+    assert net[0].parameters() + net[4].parameters() == [net[0].weight, net[0].bias, net[4].weight, net[4].bias]
+    assert len(net.modules()) == 6 and net.children()[1] is net[1] and dict(net.named_buffers())["1.running_var"] \
+        is net[1].running_var
+    assert type(copy.deepcopy(ps)) is list and type(pickle.loads(pickle.dumps(net.modules()))) is list
 
 
 def test_shared_layer_parameters_are_listed_once():

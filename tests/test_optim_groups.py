@@ -373,6 +373,27 @@ def test_lookahead_pulls_weights_and_buffers_to_the_average(backend):
         look.load_state_dict({})
 
 
+@pytest.mark.parametrize("make", [lambda ps, **kw: SGD(ps, lr=0.1, momentum=0.9, **kw), lambda ps, **kw: Adam(ps, lr=0.1, **kw),
+                                  lambda ps, **kw: AdamW(ps, lr=0.1, **kw)])
+def test_optimizers_take_parameters_as_pytorch_scripts_pass_them(make):
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, seed=0), nn.Flatten(), nn.Linear(4, 2, seed=1))
+    every = list(net.parameters())
+    assert make(net.parameters()).params == every
+    assert make(p for p in net.parameters() if p.requires_grad).params == every  # a generator, read once
+    assert make(filter(lambda p: p.requires_grad, net.parameters())).params == every
+    it = net.parameters()
+    next(it)
+    assert make(it).params == every[1:]  # what is left of it, as of PyTorch's generator
+    opt = make([{"params": (p for p in net[0].parameters()), "lr": 0.2}, {"params": iter(net[2].parameters())}])
+    assert opt.params == every and [len(g["params"]) for g in opt.param_groups] == [2, 2]
+    assert opt.param_groups[0]["lr"] == 0.2
+    opt = make(net[0].parameters())
+    opt.add_param_group({"params": (p for p in net[2].parameters()), "lr": 0.05})
+    assert opt.params == every and opt.param_groups[1]["lr"] == pytest.approx(0.05)
+    with pytest.raises(ValueError, match=r"the parameter list is empty; pass model.parameters\(\)"):
+        make(p for p in net.parameters() if p.data.ndim == 0)
+
+
 def test_lookahead_of_a_parameter_list_says_it_takes_the_model():
     net = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
     with pytest.raises(TypeError, match=r"must be a gpuconv Layer .* got list: pass the model itself, Lookahead\(net\)"):
