@@ -1131,8 +1131,10 @@ class Sequential(Layer):
 
     ``Sequential(l0, l1, ...)`` names its children '0', '1', ...; ``Sequential({'conv': l0,
     'bn': l1})`` (any mapping with str keys) uses the given names. Indexable by position,
-    slice or name; ``len()`` and iteration give the layers. Parameters get their full dotted
-    names (``Parameter.name``) from the outermost container built."""
+    slice or name; ``len()`` and iteration give the layers. ``append``, ``extend``, ``insert``,
+    ``pop``, ``del seq[i]``, ``seq[i] = layer``, ``+`` and ``+=`` change it as PyTorch's do (the
+    layers after a change renumbered). Parameters get their full dotted names (``Parameter.name``)
+    from the outermost container built."""
 
     _registers_attributes = False
 
@@ -1194,6 +1196,95 @@ class Sequential(Layer):
             self.append(layer)
         return self
 
+    def __iadd__(self, other):
+        """``seq += layers``: ``extend`` in place, as PyTorch's."""
+        return self.extend(other)
+
+    def __add__(self, other):
+        """``a + b``: a new Sequential of ``a``'s layers, then ``b``'s (the same layer objects, named by
+        their new positions, as PyTorch's)."""
+        if not isinstance(other, Sequential):
+            return NotImplemented
+        return Sequential(*self, *other)
+
+    def __mul__(self, count):
+        raise TypeError("Sequential * n would hold each layer n times, and a layer keeps the cache of its last "
+                        "call only (its backward would take the wrong input): build the copies, e.g. "
+                        "Sequential(*[layer for _ in range(n) for layer in (Conv2d(8, 8, 3, padding=1), ReLU())])")
+
+    __rmul__ = __imul__ = __mul__
+
+    def _positional(self) -> bool:
+        """Whether the layers are named by their positions ('0', '1', ...), as PyTorch names them."""
+        return all(name == str(i) for i, name in enumerate(self._layers))
+
+    def _changing(self, what):
+        if self._held():  # the captured step calls the layers of its capture
+            raise RuntimeError(f"{what}: the layers cannot change while " + REPLAYED_WAY_OUT)
+
+    def _renumber(self, layers, start):
+        """The layers named by their new positions (state dict keys and parameter names, as PyTorch
+        renumbers them); those from ``start`` on moved."""
+        self._layers = {str(i): layer for i, layer in enumerate(layers)}
+        for i, layer in enumerate(layers[start:], start):
+            _name_parameters(layer, _path(self, str(i)))
+
+    def insert(self, index, layer):
+        """Put ``layer`` before position ``index`` (``len(seq)``: at the end; negative: counted from the
+        end), as PyTorch's ``Sequential.insert``; the layers after it are renumbered (their state dict
+        keys move up by one, as in PyTorch). Returns the Sequential. A Sequential built from a mapping
+        keeps its names: build a new one with the layer in it. An optimizer built before trains none
+        of the new layer's parameters: give them a group (``optimizer.add_param_group``)."""
+        if not isinstance(layer, Layer):
+            raise TypeError(f"Sequential.insert: a {type(layer).__name__} is not a gpuconv Layer; wrap it in a Layer "
+                            "subclass with forward and backward")
+        n = len(self._layers)
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+            raise TypeError(f"Sequential.insert(index, layer): index must be an int position, got {index!r}")
+        if not -n <= index <= n:
+            raise IndexError(f"Sequential.insert: index {index} is out of range: it holds {n} layers, so a new one "
+                             f"goes at {-n} to {n} ({n}: at the end)")
+        if not self._positional():
+            raise ValueError(f"Sequential.insert: the layers are named ({', '.join(map(repr, self._layers))}), not "
+                             "numbered by position, so the new layer has no name; build a new Sequential with it, "
+                             "e.g. Sequential({'conv': conv, 'new': layer, ...})")
+        self._changing("Sequential.insert")
+        index = int(index) + n if index < 0 else int(index)
+        layers = list(self._layers.values())
+        layers.insert(index, layer)
+        self._renumber(layers, index)
+        return self
+
+    def __delitem__(self, index):
+        """``del seq[i]`` (a position, a slice or a name): the layers taken out; as in PyTorch, the
+        layers after them are renumbered (their state dict keys move down). A Sequential built from
+        a mapping keeps its names (PyTorch's would number its layers)."""
+        self._remove(index, f"del Sequential[{index!r}]")
+
+    def pop(self, index=-1):
+        """Take out and return the layer at ``index`` (a position or a name; the last by default), as
+        PyTorch's ``Sequential.pop``; the layers after it renumbered as by ``del seq[i]``."""
+        if isinstance(index, slice):
+            raise TypeError("Sequential.pop: a slice takes out several layers: read them with seq[a:b], then "
+                            "del seq[a:b]")
+        layer = self[index]  # (an IndexError or KeyError naming what the Sequential holds)
+        self._remove(index, "Sequential.pop")
+        return layer
+
+    def _remove(self, index, what):
+        names = list(self._layers)
+        if isinstance(index, slice):
+            gone = names[index]
+        else:
+            self[index]  # (an IndexError or KeyError naming what the Sequential holds)
+            gone = [index if isinstance(index, str) else names[index]]
+        self._changing(what)
+        positional = self._positional()
+        for name in gone:
+            del self._layers[name]
+        if positional and gone:
+            self._renumber(list(self._layers.values()), min(names.index(name) for name in gone))
+
     def __len__(self):
         return len(self._layers)
 
@@ -1253,8 +1344,9 @@ class Sequential(Layer):
 class ModuleList(Layer):
     """PyTorch's ``nn.ModuleList``: layers held in a list, registered (``parameters()``,
     ``state_dict()`` keys ``'0.weight'``..., ``train()``, ``to()``) but not called in any order of
-    its own: the layer that holds it writes the forward and the backward. Indexable, iterable,
-    ``append`` and ``extend``."""
+    its own: the layer that holds it writes the forward and the backward. Indexable, iterable;
+    ``append``, ``extend``, ``insert``, ``pop``, ``del ml[i]``, ``ml[i] = layer``, ``+`` and ``+=``
+    as PyTorch's (the layers after a change renumbered)."""
 
     _registers_attributes = False
 
@@ -1263,19 +1355,78 @@ class ModuleList(Layer):
         self._list = []
         self.extend(layers)
 
+    def _changing(self, what, layer=None):
+        if what in ("append", "insert", "__setitem__") and not isinstance(layer, Layer):
+            raise TypeError(f"ModuleList.{what}: a {type(layer).__name__} is not a gpuconv Layer")
+        if self._held():  # the layer holding the list calls the layers of the capture
+            raise RuntimeError(f"ModuleList.{what}: the layers cannot change while " + REPLAYED_WAY_OUT)
+
+    def _renumber(self, start, stop=None):
+        """The layers from ``start`` on named by their new positions (as PyTorch renumbers them)."""
+        for i, layer in enumerate(self._list[start:stop], start):
+            _name_parameters(layer, _path(self, str(i)))
+
     def append(self, layer):
-        if not isinstance(layer, Layer):
-            raise TypeError(f"ModuleList: a {type(layer).__name__} is not a gpuconv Layer")
-        if self._held():  # the captured step calls the layers of its capture
-            raise RuntimeError("ModuleList.append: the layers cannot change while " + REPLAYED_WAY_OUT)
+        self._changing("append", layer)
         self._list.append(layer)
-        _name_parameters(layer, _path(self, str(len(self._list) - 1)))
+        self._renumber(len(self._list) - 1)
         return self
 
     def extend(self, layers):
         for layer in layers:
             self.append(layer)
         return self
+
+    def __iadd__(self, layers):
+        """``mlist += layers``: ``extend`` in place, as PyTorch's."""
+        return self.extend(layers)
+
+    def __add__(self, other):
+        """A new ModuleList of this one's layers, then ``other``'s (the same layer objects), as PyTorch's."""
+        if not isinstance(other, (ModuleList, list, tuple)):
+            return NotImplemented
+        return ModuleList(list(self) + list(other))
+
+    def insert(self, index, layer):
+        """Put ``layer`` before position ``index`` (``len``: at the end; negative: counted from the end);
+        the layers after it are renumbered (their state dict keys move up by one, as in PyTorch)."""
+        n = len(self._list)
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+            raise TypeError(f"ModuleList.insert(index, layer): index must be an int position, got {index!r}")
+        if not -n <= index <= n:
+            raise IndexError(f"ModuleList.insert: index {index} is out of range: it holds {n} layers, so a new one "
+                             f"goes at {-n} to {n} ({n}: at the end)")
+        self._changing("insert", layer)
+        index = int(index) + n if index < 0 else int(index)
+        self._list.insert(index, layer)
+        self._renumber(index)
+
+    def __setitem__(self, index, layer):
+        """``mlist[i] = layer``: the layer at position ``i`` replaced, under its name."""
+        if isinstance(index, slice):
+            raise TypeError("ModuleList[a:b] = ...: a slice cannot be assigned; assign one position at a time")
+        self[index]  # (an IndexError naming what the list holds)
+        self._changing("__setitem__", layer)
+        index = int(index) % len(self._list)
+        self._list[index] = layer
+        self._renumber(index, index + 1)
+
+    def __delitem__(self, index):
+        """``del mlist[i]`` (a position or a slice); the layers after it are renumbered, as in PyTorch."""
+        self[index]  # (an IndexError naming what the list holds)
+        self._changing("__delitem__")
+        gone = range(len(self._list))[index]
+        del self._list[index]
+        self._renumber(min(gone, default=len(self._list)) if isinstance(gone, range) else gone)
+
+    def pop(self, index=-1):
+        """Take out and return the layer at position ``index`` (the last by default), as PyTorch's."""
+        if isinstance(index, slice):
+            raise TypeError("ModuleList.pop: a slice takes out several layers: read them with mlist[a:b], then "
+                            "del mlist[a:b]")
+        layer = self[index]
+        del self[index]
+        return layer
 
     def named_children(self):
         return _Walk((str(i), layer) for i, layer in enumerate(self._list))
@@ -1291,7 +1442,14 @@ class ModuleList(Layer):
             sub = ModuleList()  # a view of the same layers: their names stay the holder's
             sub._list = self._list[index]
             return sub
-        return self._list[index]
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+            raise TypeError(f"ModuleList indices are int positions or slices, got {index!r}")
+        try:
+            return self._list[index]
+        except IndexError:
+            n = len(self._list)
+            held = f"{n} layers (indices {-n} to {n - 1})" if n else "no layers"
+            raise IndexError(f"ModuleList index {index} is out of range: it holds {held}") from None
 
     def forward(self, *args, **kwargs):
         raise NotImplementedError("ModuleList has no forward of its own: call its layers from the forward of the "

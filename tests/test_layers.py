@@ -1345,6 +1345,45 @@ def test_module_list_registers_layers_its_holder_calls(backend):
         nn.ModuleList([lambda x: x])
 
 
+def test_module_list_insert_pop_del_and_setitem_as_in_pytorch():
+    """PyTorch's ModuleList changes: the layers after the change renumbered (state dict keys and
+    parameter names under the holder, as PyTorch keys them); out-of-range positions named."""
+    from gpuconv.layers import ModuleList
+
+    class Net(Layer):
+        def __init__(self):
+            super().__init__()
+            self.blocks = ModuleList([Linear(2, 2, seed=i) for i in range(3)])
+
+    net = Net()
+    a, b, c = net.blocks
+    del net.blocks[0]
+    assert list(net.blocks) == [b, c] and list(net.state_dict()) == ["blocks.0.weight", "blocks.0.bias",
+                                                                     "blocks.1.weight", "blocks.1.bias"]
+    assert c.weight.name == "blocks.1.weight"
+    net.blocks.insert(0, a)
+    assert list(net.blocks) == [a, b, c] and c.weight.name == "blocks.2.weight" and a.bias.name == "blocks.0.bias"
+    net.blocks.insert(-1, ReLU())  # before the last, as list.insert
+    assert [type(m).__name__ for m in net.blocks] == ["Linear", "Linear", "ReLU", "Linear"]
+    assert net.blocks.pop(2).__class__ is ReLU and net.blocks.pop() is c and list(net.blocks) == [a, b]
+    d = Linear(2, 2, seed=9)
+    net.blocks[-1] = d
+    assert list(net.blocks) == [a, d] and d.weight.name == "blocks.1.weight"
+    net.blocks += [c]
+    assert len(net.blocks) == 3 and c.weight.name == "blocks.2.weight"
+    del net.blocks[:2]
+    assert list(net.blocks) == [c] and c.weight.name == "blocks.0.weight"
+    assert isinstance(net.blocks + ModuleList([ReLU()]), ModuleList) and len(net.blocks + [ReLU()]) == 2
+    with pytest.raises(IndexError, match=r"ModuleList index 1 is out of range: it holds 1 layers \(indices -1 to 0\)"):
+        net.blocks.pop(1)
+    with pytest.raises(IndexError, match=r"ModuleList.insert: index -2 is out of range"):
+        net.blocks.insert(-2, ReLU())
+    with pytest.raises(TypeError, match="ModuleList.__setitem__: a str is not a gpuconv Layer"):
+        net.blocks[0] = "relu"
+    with pytest.raises(TypeError, match="ModuleList indices are int positions or slices, got '0'"):
+        net.blocks["0"]
+
+
 def test_pytorchs_module_conveniences():
     from gpuconv import nn
     class Net(nn.Module):  # the name PyTorch code subclasses
@@ -1783,6 +1822,102 @@ def test_sequential_append_and_extend_as_in_pytorch():
     step.release()
     net.append(ReLU())
     assert len(net) == 5
+
+
+def test_sequential_insert_pop_and_del_renumber_as_in_pytorch():
+    """PyTorch's ``insert``, ``pop`` and ``del seq[i]`` (and ``+``, ``+=``): the layers after the
+    change are renumbered, state dict keys and parameter names alike (PyTorch's keys, checked
+    against torch 2.14); a Sequential built from a mapping keeps its names; a layer with no name
+    to take, an index out of range and ``seq * n`` (one layer at n places) are refused."""
+    def net():
+        return Sequential(Conv2d(3, 4, 3, seed=0), BatchNorm2d(4), ReLU(), Flatten(), Linear(4, 10, seed=1))
+
+    seq = net()
+    conv, bn, fc = seq[0], seq[1], seq[4]
+    del seq[1]
+    assert list(seq) == [conv, seq[1], seq[2], fc] and [n for n, _ in seq.named_children()] == ["0", "1", "2", "3"]
+    assert list(seq.state_dict()) == ["0.weight", "0.bias", "3.weight", "3.bias"] and fc.weight.name == "3.weight"
+    assert seq.insert(1, bn) is seq and list(seq.state_dict()) == list(net().state_dict()) and bn.weight.name == \
+        "1.weight"
+    assert seq.pop(1) is bn and seq.pop() is fc and len(seq) == 3 and seq.append(fc)[3] is fc
+    seq.insert(-1, GELU())  # before the last, as list.insert
+    assert [type(m).__name__ for m in seq] == ["Conv2d", "ReLU", "Flatten", "GELU", "Linear"]
+    assert list(seq.state_dict()) == ["0.weight", "0.bias", "4.weight", "4.bias"] and fc.bias.name == "4.bias"
+    seq.insert(len(seq), ReLU()).insert(-len(seq), Scale(2.0))
+    assert type(seq[0]).__name__ == "Scale" and type(seq[-1]).__name__ == "ReLU" and seq[1] is conv
+    del seq[0:2]
+    assert len(seq) == 5 and list(seq.state_dict()) == ["3.weight", "3.bias"] and fc.weight.name == "3.weight"
+    del seq[-1]
+    del seq["0"]
+    assert [type(m).__name__ for m in seq] == ["Flatten", "GELU", "Linear"] and fc.weight.name == "2.weight"
+    sliced = net()[1:3]  # a Sequential, the layers keeping their keys, as PyTorch's
+    assert isinstance(sliced, Sequential) and [n for n, _ in sliced.named_children()] == ["1", "2"]
+    both = net() + net()
+    assert isinstance(both, Sequential) and len(both) == 10 and list(both.state_dict())[-1] == "9.bias"
+    grown = net()
+    grown += [ReLU(), Linear(10, 2, seed=2)]
+    assert len(grown) == 7 and list(grown.state_dict())[-1] == "6.bias"
+    named = Sequential({"conv": Conv2d(3, 4, 3, seed=0), "act": ReLU(), "flat": Flatten()})
+    assert type(named.pop("act")).__name__ == "ReLU" and list(named.named_children())[1][0] == "flat"
+    del named[0]
+    assert [n for n, _ in named.named_children()] == ["flat"]
+    with pytest.raises(ValueError, match=r"Sequential.insert: the layers are named \('flat'\), not numbered by "
+                                         r"position, so the new layer has no name; build a new Sequential"):
+        named.insert(0, ReLU())
+    with pytest.raises(IndexError, match=r"Sequential.insert: index 6 is out of range: it holds 5 layers, so a new "
+                                         r"one goes at -5 to 5"):
+        net().insert(6, ReLU())
+    with pytest.raises(TypeError, match="Sequential.insert: a int is not a gpuconv Layer"):
+        net().insert(0, 3)
+    with pytest.raises(TypeError, match=r"index must be an int position, got '1'"):
+        net().insert("1", ReLU())
+    with pytest.raises(IndexError, match=r"Sequential index 5 is out of range: it holds 5 layers"):
+        net().pop(5)
+    with pytest.raises(IndexError, match=r"Sequential index -4 is out of range"):
+        del seq[-4]
+    with pytest.raises(KeyError, match=r"no layer named 'fc'"):
+        del seq["fc"]
+    with pytest.raises(TypeError, match=r"a layer keeps the cache of its last call only .* build the copies"):
+        net() * 2
+
+
+def test_sequential_and_module_list_changes_while_a_graph_holds_the_model_are_refused():
+    from gpuconv import ops
+    from gpuconv.graphs import StepGraph
+    from gpuconv.layers import ModuleList
+    from gpuconv.optim import SGD
+
+    class Net(Layer):
+        def __init__(self):
+            super().__init__()
+            self.seq = Sequential(Conv2d(3, 2, 1, seed=0), Flatten())
+            self.heads = ModuleList([Linear(8, 3, seed=1)])
+
+        def forward(self, x):
+            return self.heads[0](self.seq(x))
+
+        def backward(self, dy, need_dx=True):
+            return self.seq.backward(self.heads[0].backward(dy), need_dx)
+
+    net = Net()
+    opt = SGD(net.parameters(), lr=0.1)
+    x = np.random.default_rng(0).standard_normal((2, 3, 2, 2)).astype(np.float32)
+    step = StepGraph.for_optimizer(lambda x, y: gpuconv.amp.training_step(net, opt, x, y), opt, net)
+    step(x, np.array([0, 1]))
+    held = r"the layers cannot change while a captured training step"
+    for change, what in [(lambda: net.seq.insert(0, ReLU()), "Sequential.insert"),
+                         (lambda: net.seq.pop(), "Sequential.pop"),
+                         (lambda: net.seq.__delitem__(0), re.escape("del Sequential[0]")),
+                         (lambda: net.heads.append(ReLU()), "ModuleList.append"),
+                         (lambda: net.heads.insert(0, ReLU()), "ModuleList.insert"),
+                         (lambda: net.heads.pop(), "ModuleList.__delitem__"),
+                         (lambda: net.heads.__setitem__(0, Linear(8, 3)), "ModuleList.__setitem__")]:
+        with pytest.raises(RuntimeError, match=f"{what}: {held}"):
+            change()
+    assert len(net.seq) == 2 and len(net.heads) == 1
+    step.release()
+    assert net.seq.pop() is not None and net.heads.insert(0, ReLU()) is None and len(net.heads) == 2
+    del ops
 
 
 def test_a_sequential_index_out_of_range_is_named():
