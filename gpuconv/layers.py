@@ -205,7 +205,17 @@ class Parameter:
 
     @property
     def size(self):
-        return self.data.size
+        """The number of values, as NumPy's ``a.size`` (``sum(p.size for p in model.parameters())``);
+        called, the shape, as PyTorch's ``p.size()`` (``p.size(0)``: the length of axis 0)."""
+        return _Size(self.data.size, self.data.shape)
+
+    @property
+    def ndim(self):
+        return self.data.ndim
+
+    def dim(self):
+        """The number of axes (PyTorch's name for :attr:`ndim`)."""
+        return self.data.ndim
 
     def numel(self):
         """The number of values (PyTorch's name for :attr:`size`)."""
@@ -240,6 +250,28 @@ class Parameter:
         frozen = "" if self.requires_grad else ", requires_grad=False"
         return (f"Parameter({self.name!r}, shape={tuple(self.shape)}, dtype={self.dtype}, "
                 f"device={device_of(self.data)}{frozen})")
+
+
+class _Size(int):
+    """``Parameter.size``: the number of values (NumPy's ``a.size``), which called gives the shape
+    (PyTorch's ``p.size()``, ``p.size(dim)``)."""
+
+    def __new__(cls, count, shape):
+        size = super().__new__(cls, count)
+        size._shape = tuple(shape)
+        return size
+
+    def __call__(self, dim=None):
+        if dim is None:
+            return self._shape
+        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or not -len(self._shape) <= dim < len(
+                self._shape):
+            raise IndexError(f"Parameter.size(dim): dim must be an int axis in [{-len(self._shape)}, "
+                             f"{len(self._shape) - 1}] for shape {self._shape}, got {dim!r}")
+        return self._shape[dim]
+
+    def __reduce__(self):  # a copy (copy, pickle) is a plain int
+        return int, (int(self),)
 
 
 def _check_parameter_data(data, name):

@@ -1402,6 +1402,16 @@ def test_pytorchs_module_conveniences():
             net.cuda()
 
 
+def test_parameter_shape_queries_as_in_pytorch():
+    p = Parameter(np.zeros((4, 3, 2), np.float32))
+    assert p.ndim == p.dim() == 3 and p.size() == (4, 3, 2) and p.size(0) == 4 and p.size(-1) == 2
+    assert p.size == 24 == p.numel() and p.size + 1 == 25 and sum(q.size for q in (p, p)) == 48  # NumPy's size
+    assert type(pickle.loads(pickle.dumps(p.size))) is int
+    with pytest.raises(IndexError, match=r"Parameter.size\(dim\): dim must be an int axis in \[-3, 2\] for shape "
+                                         r"\(4, 3, 2\), got 3"):
+        p.size(3)
+
+
 def test_np_random_seed_makes_unseeded_layers_reproducible():
     """seed=None draws the layer's seed from NumPy's global generator (torch.manual_seed's role)."""
     def build():
