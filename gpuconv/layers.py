@@ -111,6 +111,21 @@ def _factory(layer, device, dtype):
         layer.astype(dtype)
 
 
+def _layer_dtype(where, dtype):
+    """``dtype`` as the NumPy dtype layers hold: float32 or float64."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"{where}({dtype!r}): expected a device ('cpu', 'cuda:N', 'sim') or a dtype "
+                        "(np.float32, np.float64)" if where.endswith(".to") else
+                        f"{where}(dtype={dtype!r}): not a dtype; use np.float32 or np.float64") from None
+    if dt not in (np.float32, np.float64):
+        raise TypeError(f"{where}(dtype={dtype!r}): layers hold float32 or float64 arrays; "
+                        "use np.float32 (training) or np.float64 (gradient checks); bfloat16 and float16 training "
+                        "runs in mixed precision (gpuconv.amp)")
+    return dt
+
+
 def _join(prefix, name):
     return f"{prefix}.{name}" if prefix else name
 
@@ -538,18 +553,49 @@ class Layer:
             p.requires_grad = requires_grad
         return self
 
-    def to(self, device):
-        """Move parameters, their gradients and buffers to ``device`` ('cpu', 'cuda:N', 'sim')."""
-        dev = Device(device)
-        return self._convert(lambda a: to_device(a, dev))
+    def to(self, *args, device=None, dtype=None, non_blocking=False):
+        """Move parameters, their gradients and buffers to ``device`` ('cpu', 'cuda:N', 'sim') and/or
+        convert them to ``dtype`` (float32 or float64, as :meth:`astype`), as PyTorch's
+        ``to(device)``, ``to(dtype)``, ``to(device, dtype)`` and their keywords; returns the layer.
+        ``non_blocking`` (how PyTorch schedules the copy) is taken as given."""
+        if len(args) > 2:
+            raise TypeError(f"{type(self).__name__}.to() takes a device and a dtype, got {len(args)} arguments")
+        check_bool("to(non_blocking)", non_blocking)
+        for arg in args:
+            if isinstance(arg, (str, Device)):
+                if device is not None:
+                    raise TypeError(f"{type(self).__name__}.to(): the device was given twice ({device!r}, {arg!r})")
+                device = arg
+            elif dtype is not None:
+                raise TypeError(f"{type(self).__name__}.to(): the dtype was given twice ({dtype!r}, {arg!r})")
+            else:
+                dtype = arg
+        dt = None if dtype is None else _layer_dtype(f"{type(self).__name__}.to", dtype)
+        if device is not None:
+            dev = Device(device)
+            self._convert(lambda a: to_device(a, dev))
+        return self if dt is None else self._convert(lambda a: a.astype(dt, copy=False))
 
     def astype(self, dtype):
         """Convert parameters, gradients and buffers to float32 or float64 (new arrays)."""
-        dt = np.dtype(dtype)
-        if dt not in (np.float32, np.float64):
-            raise TypeError(f"astype(dtype={dtype!r}): layers hold float32 or float64 arrays; "
-                            "use np.float32 (training) or np.float64 (gradient checks)")
+        dt = _layer_dtype("astype", dtype)
         return self._convert(lambda a: a.astype(dt))
+
+    def double(self):
+        """``to(dtype=np.float64)``, as a PyTorch module's (float64 for gradient checks)."""
+        return self.to(dtype=np.float64)
+
+    def float(self):
+        """``to(dtype=np.float32)``, as a PyTorch module's."""
+        return self.to(dtype=np.float32)
+
+    def half(self):
+        raise TypeError(f"{type(self).__name__}.half(): layers keep float32 parameters and train in float16 or "
+                        "bfloat16 through mixed precision, which casts a copy per step: `with "
+                        "gpuconv.amp.autocast(model, 'fp16') as dt: model(x.astype(dt))`, or the Trainer's "
+                        "precision='fp16' (or 'bf16')")
+
+    bfloat16 = half
 
     # --- state
     def _state_slots(self):

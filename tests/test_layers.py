@@ -1402,6 +1402,28 @@ def test_pytorchs_module_conveniences():
             net.cuda()
 
 
+def test_to_takes_a_dtype_as_pytorchs_with_double_and_float():
+    """``model.to(dtype)``, ``to(device, dtype)``, their keywords, ``double()`` and ``float()``, as in
+    PyTorch; half precision is named the way it trains here (mixed precision)."""
+    net = Sequential(Conv2d(3, 4, 3, seed=0), BatchNorm2d(4))
+    w = net[0].weight.data
+    assert net.to(np.float32) is net and net[0].weight.data is w  # no conversion, no copy
+    assert net.to(np.float64) is net and net[0].weight.dtype == np.float64 and net[1].running_var.dtype == np.float64
+    np.testing.assert_array_equal(net[0].weight.data, w)
+    assert net.to("cpu", np.float32)[0].weight.dtype == np.float32 and net.float() is net
+    assert net.to(device="cpu", dtype="float64")[1].weight.dtype == np.float64
+    assert net.float().double()[0].bias.dtype == np.float64 and net.to(non_blocking=True) is net
+    with pytest.raises(TypeError, match=r"layers hold float32 or float64 arrays; .* mixed precision"):
+        net.to(np.float16)
+    with pytest.raises(TypeError, match=r"Sequential.to\(3\): expected a device \('cpu', 'cuda:N', 'sim'\) or a dtype"):
+        net.to(3)
+    with pytest.raises(TypeError, match=r"the dtype was given twice"):
+        net.to(np.float32, np.float64)
+    with pytest.raises(TypeError, match=r"Sequential.half\(\): layers keep float32 parameters .*autocast"):
+        net.half()
+    assert net[0].weight.dtype == np.float64
+
+
 def test_parameter_shape_queries_as_in_pytorch():
     p = Parameter(np.zeros((4, 3, 2), np.float32))
     assert p.ndim == p.dim() == 3 and p.size() == (4, 3, 2) and p.size(0) == 4 and p.size(-1) == 2
