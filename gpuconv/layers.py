@@ -436,6 +436,96 @@ class Layer:
     def modules(self):
         return _Walk(m for _, m in self.named_modules())
 
+    def get_submodule(self, target):
+        """The sub-layer at the dotted path ``target`` (``'layer1.0.conv'``; ``''``: this layer), as
+        PyTorch's; an AttributeError names the part of the path that is missing."""
+        if not isinstance(target, str):
+            raise TypeError(f"get_submodule(target): target must be a dotted str path such as 'layer1.0', got "
+                            f"{target!r}")
+        return self._submodule(target, f"get_submodule({target!r})")
+
+    def _submodule(self, target, what):
+        layer, path = self, []
+        for part in target.split(".") if target else ():
+            children = dict(layer.named_children())
+            if part not in children:
+                where = f"at {'.'.join(path)!r}" if path else "here"
+                raise AttributeError(f"{what}: the {type(layer).__name__} {where} has no sub-layer "
+                                     f"{part!r}; its sub-layers are "
+                                     + (", ".join(map(repr, children)) or "none"))
+            layer = children[part]
+            path.append(part)
+        return layer
+
+    def get_parameter(self, target):
+        """The Parameter at the dotted path ``target`` (``'0.weight'``), as PyTorch's."""
+        return self._get_state(target, "get_parameter", "parameter", lambda m: dict(m._own_parameters()))
+
+    def get_buffer(self, target):
+        """The buffer at the dotted path ``target`` (``'1.running_mean'``), as PyTorch's."""
+        return self._get_state(target, "get_buffer", "buffer", lambda m: {b: getattr(m, b) for b in m._buffer_names})
+
+    def _get_state(self, target, what, kind, own):
+        if not isinstance(target, str):
+            raise TypeError(f"{what}(target): target must be a dotted str path such as '0.weight', got {target!r}")
+        path, _, name = target.rpartition(".")
+        layer = self._submodule(path, f"{what}({target!r})")
+        found = own(layer)
+        if name not in found:
+            raise AttributeError(f"{what}({target!r}): {type(layer).__name__} has no {kind} {name!r}; its {kind}s "
+                                 f"are " + (", ".join(map(repr, found)) or "none"))
+        return found[name]
+
+    # PyTorch's explicit registration; attributes set on a Layer subclass register themselves
+    def add_module(self, name, module):
+        """``self.<name> = module``, as PyTorch's (a name made at run time: ``add_module(f'conv{i}', ...)``);
+        on a Sequential, the layer appended under ``name``."""
+        self._check_new_name("add_module", name)
+        if not isinstance(module, Layer) and module is not None:
+            raise TypeError(f"add_module({name!r}, ...): a {type(module).__name__} is not a gpuconv Layer")
+        self._registering("add_module")
+        setattr(self, name, module)
+
+    register_module = add_module
+
+    def register_parameter(self, name, param):
+        """``self.<name> = param`` (a Parameter, or None for none), as PyTorch's."""
+        self._check_new_name("register_parameter", name)
+        if not isinstance(param, Parameter) and param is not None:
+            raise TypeError(f"register_parameter({name!r}, ...): a {type(param).__name__} is not a gpuconv Parameter; "
+                            f"wrap the array, Parameter(array)")
+        self._registering("register_parameter")
+        setattr(self, name, param)
+
+    def register_buffer(self, name, tensor, persistent=True):
+        """A buffer (state that is not trained, such as running statistics) named ``name``, as
+        PyTorch's: an attribute that ``to()`` moves, ``astype()`` converts and ``state_dict()`` holds."""
+        self._check_new_name("register_buffer", name, buffer=True)
+        if persistent is not True:
+            raise ValueError(f"register_buffer({name!r}, ..., persistent={persistent!r}): every buffer is saved in "
+                             "the state dict here; keep an array that is not state as a plain attribute")
+        check_array(f"register_buffer({name!r}, tensor)", tensor)
+        self._registering("register_buffer")
+        if name not in self._buffer_names:
+            self._buffer_names = tuple(self._buffer_names) + (name,)
+        object.__setattr__(self, name, tensor)
+
+    def _check_new_name(self, what, name, buffer=False):
+        if not isinstance(name, str) or not name or "." in name:
+            raise (TypeError if not isinstance(name, str) else KeyError)(
+                f"{what}: the name must be a non-empty str without '.', got {name!r}")
+        taken = name in vars(self) and not (name in self._buffer_names if buffer else
+                                            isinstance(vars(self)[name], (Layer, Parameter, type(None))))
+        if taken or (name not in vars(self) and hasattr(type(self), name)):
+            raise KeyError(f"{what}: {type(self).__name__} already has an attribute {name!r}; pick another name")
+
+    def _registering(self, what):
+        if not self._registers_attributes:
+            raise TypeError(f"{type(self).__name__}.{what}: a built-in {type(self).__name__} holds no attributes of "
+                            f"your own; subclass Layer (class Net(nn.Module)) and register them there")
+        if self._held():
+            raise RuntimeError(f"{type(self).__name__}.{what}: the layer cannot change while " + REPLAYED_WAY_OUT)
+
     def _own_generators(self):
         """[(attribute path, numpy.random.Generator)] this layer itself draws from: none here;
         a layer with randomness (Dropout) names its generators."""
@@ -1273,6 +1363,21 @@ class Sequential(Layer):
         for layer in layers:
             self.append(layer)
         return self
+
+    def add_module(self, name, module):
+        """``module`` added at the end under ``name``, as PyTorch's ``Sequential.add_module``."""
+        if not isinstance(name, str) or not name or "." in name:
+            raise KeyError(f"Sequential.add_module: the name must be a non-empty str without '.', got {name!r}")
+        if not isinstance(module, Layer):
+            raise TypeError(f"Sequential.add_module({name!r}, ...): a {type(module).__name__} is not a gpuconv Layer")
+        if name in self._layers:
+            raise KeyError(f"Sequential.add_module: a layer is named {name!r} already; pick another name (seq[{name!r}] "
+                           "= layer replaces it)")
+        self._changing("Sequential.add_module")
+        self._layers[name] = module
+        _name_parameters(module, _path(self, name))
+
+    register_module = add_module
 
     def __iadd__(self, other):
         """``seq += layers``: ``extend`` in place, as PyTorch's."""

@@ -1424,6 +1424,67 @@ def test_to_takes_a_dtype_as_pytorchs_with_double_and_float():
     assert net[0].weight.dtype == np.float64
 
 
+def test_get_submodule_parameter_and_buffer_by_dotted_path():
+    net = Sequential(Conv2d(3, 4, 3, seed=0), Residual(Sequential({"conv": Conv2d(4, 4, 3, padding=1, bias=False),
+                                                                    "bn": BatchNorm2d(4)})))
+    assert net.get_submodule("") is net and net.get_submodule("1.inner.bn") is net[1].inner["bn"]
+    assert net.get_parameter("1.inner.conv.weight") is net[1].inner["conv"].weight
+    assert net.get_parameter("0.bias") is net[0].bias
+    assert net.get_buffer("1.inner.bn.running_mean") is net[1].inner["bn"].running_mean
+    with pytest.raises(AttributeError, match=r"get_submodule\('1.inner.fc'\): the Sequential at '1.inner' has no "
+                                             r"sub-layer 'fc'; its sub-layers are 'conv', 'bn'"):
+        net.get_submodule("1.inner.fc")
+    with pytest.raises(AttributeError, match=r"get_parameter\('1.inner.conv.bias'\): Conv2d has no parameter 'bias'; "
+                                             r"its parameters are 'weight'"):
+        net.get_parameter("1.inner.conv.bias")
+    with pytest.raises(AttributeError, match=r"get_buffer\('2.running_mean'\): the Sequential here has no sub-layer '2'"):
+        net.get_buffer("2.running_mean")
+
+
+def test_explicit_registration_as_in_pytorch():
+    """``add_module``/``register_module``, ``register_parameter`` and ``register_buffer``: a name made
+    at run time registers as an attribute does (a buffer moves, converts and saves with the layer);
+    ``Sequential.add_module`` appends under the name."""
+    class Net(Layer):
+        def __init__(self):
+            super().__init__()
+            for i in range(2):
+                self.add_module(f"conv{i}", Conv2d(2, 2, 1, seed=i))
+            self.register_module("act", ReLU())
+            self.register_parameter("gain", Parameter(np.ones(2, np.float32)))
+            self.register_parameter("offset", None)
+            self.register_buffer("seen", np.zeros(2, np.float32))
+
+    net = Net()
+    assert [n for n, _ in net.named_children()] == ["conv0", "conv1", "act"] and net.gain.name == "gain"
+    assert list(net.state_dict()) == ["gain", "seen", "conv0.weight", "conv0.bias", "conv1.weight", "conv1.bias"]
+    assert net.double().seen.dtype == np.float64 and net.get_buffer("seen") is net.seen
+    outer = Sequential(net)
+    assert outer[0].conv1.weight.name == "0.conv1.weight"
+    net.register_buffer("seen", np.ones(2))  # a buffer replaced, as PyTorch's
+    assert net.seen[0] == 1 and type(net)._buffer_names == ()
+    with pytest.raises(KeyError, match=r"Net already has an attribute 'training'"):
+        net.register_buffer("training", np.zeros(1))
+    with pytest.raises(KeyError, match=r"Net already has an attribute 'forward'"):
+        net.add_module("forward", ReLU())
+    with pytest.raises(KeyError, match=r"the name must be a non-empty str without '.', got 'a.b'"):
+        net.add_module("a.b", ReLU())
+    with pytest.raises(TypeError, match=r"register_parameter\('w', ...\): a ndarray is not a gpuconv Parameter"):
+        net.register_parameter("w", np.zeros(2, np.float32))
+    with pytest.raises(ValueError, match=r"persistent=False\): every buffer is saved"):
+        net.register_buffer("tmp", np.zeros(1), persistent=False)
+    with pytest.raises(TypeError, match=r"register_buffer\('tmp', tensor\) must be a numpy or cupy array"):
+        net.register_buffer("tmp", [0.0])
+    with pytest.raises(TypeError, match=r"Conv2d.register_buffer: a built-in Conv2d holds no attributes of your own"):
+        Conv2d(1, 1, 1).register_buffer("extra", np.zeros(1))
+    seq = Sequential()
+    seq.add_module("conv", Conv2d(3, 4, 1, seed=0))
+    seq.add_module("act", ReLU())
+    assert [n for n, _ in seq.named_children()] == ["conv", "act"] and seq["conv"].weight.name == "conv.weight"
+    with pytest.raises(KeyError, match=r"Sequential.add_module: a layer is named 'act' already"):
+        seq.add_module("act", ReLU())
+
+
 def test_parameter_shape_queries_as_in_pytorch():
     p = Parameter(np.zeros((4, 3, 2), np.float32))
     assert p.ndim == p.dim() == 3 and p.size() == (4, 3, 2) and p.size(0) == 4 and p.size(-1) == 2
