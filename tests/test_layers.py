@@ -1495,6 +1495,57 @@ def test_parameter_shape_queries_as_in_pytorch():
         p.size(3)
 
 
+def test_nn_init_fills_parameters_in_place_as_pytorchs(backend):
+    """``nn.init``: PyTorch's initializers over ``model.modules()``, each filling the parameter's own
+    array on its device and in its dtype and returning the parameter; PyTorch's gains and bounds
+    (values of torch 2.14's calculate_gain), reproducible under ``np.random.seed``."""
+    from gpuconv import nn
+    init = nn.init
+    assert init.calculate_gain("relu") == math.sqrt(2) and init.calculate_gain("tanh") == 5 / 3
+    assert init.calculate_gain("conv2d") == 1 and init.calculate_gain("selu") == 0.75
+    assert init.calculate_gain("leaky_relu") == pytest.approx(1.4141428569978354, rel=1e-15)
+    assert init.calculate_gain("leaky_relu", 0.2) == pytest.approx(1.3867504905630728, rel=1e-15)
+    net = Sequential(Conv2d(16, 64, 3, seed=0), BatchNorm2d(64), Flatten(), Linear(64, 500, seed=1)).to(backend.device)
+    net[3].astype(np.float64)
+    arrays = [p.data for p in net.parameters()]
+    np.random.seed(3)
+    for m in net.modules():
+        if isinstance(m, Conv2d):
+            assert init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu") is m.weight
+            init.zeros_(m.bias)
+        elif isinstance(m, BatchNorm2d):
+            init.constant_(m.weight, 1)
+            init.constant_(m.bias, 0)
+        elif isinstance(m, Linear):
+            init.xavier_uniform_(m.weight, gain=2)
+            init.uniform_(m.bias, -0.5, 0.5)
+    assert all(p.data is a for p, a in zip(net.parameters(), arrays))  # in place, on its device
+    w = backend.asnumpy(net[0].weight.data)
+    assert w.dtype == np.float32 and abs(w.std() / math.sqrt(2 / (64 * 9)) - 1) < 0.05 and abs(w.mean()) < 0.005
+    assert not backend.asnumpy(net[0].bias.data).any() and (backend.asnumpy(net[1].weight.data) == 1).all()
+    fc = backend.asnumpy(net[3].weight.data)
+    bound = 2 * math.sqrt(6 / (64 + 500))
+    assert fc.dtype == np.float64 and np.abs(fc).max() <= bound and np.abs(fc).max() > 0.99 * bound
+    assert -0.5 <= backend.asnumpy(net[3].bias.data).min() and backend.asnumpy(net[3].bias.data).max() < 0.5
+    np.random.seed(3)
+    again = init.kaiming_normal_(Parameter(backend.asarray(np.empty((64, 16, 3, 3), np.float32))), mode="fan_out",
+                                 nonlinearity="relu")
+    np.testing.assert_array_equal(backend.asnumpy(again.data), w)
+    k = init.kaiming_uniform_(np.empty((2000, 50), np.float64), a=math.sqrt(5))  # the layers' own default
+    assert np.abs(k).max() <= 1 / math.sqrt(50) and np.abs(k).max() > 0.99 / math.sqrt(50)
+    n = init.normal_(np.empty(20000), 1.0, 0.5)
+    assert abs(n.mean() - 1) < 0.02 and abs(n.std() - 0.5) < 0.02 and init.ones_(n) is n and (n == 1).all()
+    with pytest.raises(ValueError, match=r"kaiming_normal_: fan in and fan out need a weight of 2 or more dimensions .* "
+                                         r"got shape \(64,\); initialize a bias with uniform_ or constant_"):
+        init.kaiming_normal_(net[0].bias)
+    with pytest.raises(ValueError, match=r"mode must be 'fan_in' .* or 'fan_out' .*, got 'fan_avg'"):
+        init.kaiming_uniform_(net[0].weight, mode="fan_avg")
+    with pytest.raises(ValueError, match=r"unsupported nonlinearity 'swish'"):
+        init.calculate_gain("swish")
+    with pytest.raises(TypeError, match=r"nn.init.zeros_: tensor must be a numpy or cupy array, got list"):
+        init.zeros_([1.0, 2.0])
+
+
 def test_np_random_seed_makes_unseeded_layers_reproducible():
     """seed=None draws the layer's seed from NumPy's global generator (torch.manual_seed's role)."""
     def build():
