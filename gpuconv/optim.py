@@ -37,6 +37,7 @@ closed form of ``last_step`` and save/restore that position.
 """
 from __future__ import annotations
 
+import bisect
 import math
 import numbers
 import weakref
@@ -51,7 +52,7 @@ from .graphs import REPLAYED_WAY_OUT
 from .layers import Parameter, _only, zero_grads
 from .ops._checks import check_bool
 
-__all__ = ["Optimizer", "ParamGroup", "ParamStates", "SGD", "Adam", "AdamW", "Muon", "Chain", "newton_schulz", "replays_schedule", "LRSchedule", "StepLR", "CosineLR", "OneCycleLR", "TriangularLR"]
+__all__ = ["Optimizer", "ParamGroup", "ParamStates", "SGD", "Adam", "AdamW", "Muon", "Chain", "newton_schulz", "replays_schedule", "LRSchedule", "StepLR", "MultiStepLR", "CosineAnnealingLR", "LambdaLR", "CosineLR", "OneCycleLR", "TriangularLR"]
 
 
 def _nonneg(name, value):
@@ -1259,6 +1260,94 @@ class StepLR(LRSchedule):
 
     def lr_at(self, step):
         return self.base_lr * self.gamma ** (step // self.step_size)
+
+
+class MultiStepLR(LRSchedule):
+    """PyTorch's ``MultiStepLR``: ``lr = base_lr * gamma ** (the number of milestones <= step)``
+    (a milestone given twice counts twice, as there), e.g. ``milestones=[100, 150]`` for the
+    schedules of CIFAR ResNet papers (stepped once per epoch)."""
+
+    _hyper = ("gamma",)
+
+    def __init__(self, optimizer, milestones, gamma=0.1, last_epoch=-1):
+        _only("MultiStepLR", last_epoch=(last_epoch, -1))
+        self.milestones = _milestones(milestones)
+        self.gamma = _nonneg("gamma", gamma)
+        super().__init__(optimizer)
+
+    def lr_at(self, step):
+        return self.base_lr * self.gamma ** bisect.bisect_right(self.milestones, step)
+
+    def __repr__(self):
+        return super().__repr__().replace("(", f"(milestones={list(self.milestones)}, ", 1)
+
+    def state_dict(self):
+        out = super().state_dict()
+        out["milestones"] = np.asarray(self.milestones, np.int64)  # (np.savez keeps it as it is)
+        return out
+
+    def load_state_dict(self, d):
+        _check_saved_by(self, d, "schedule")
+        before = self.milestones
+        self.milestones = _milestones(np.asarray(d["milestones"]).reshape(-1).tolist())
+        try:
+            super().load_state_dict(d)
+        except BaseException:
+            self.milestones = before
+            raise
+
+
+def _milestones(milestones):
+    if isinstance(milestones, (str, bytes)) or not hasattr(milestones, "__iter__"):
+        raise TypeError(f"MultiStepLR: milestones must be a list of steps (ints >= 0), e.g. [100, 150], got "
+                        f"{milestones!r}")
+    out = list(milestones)
+    for m in out:
+        if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 0:
+            raise ValueError(f"MultiStepLR: milestones must be steps, ints >= 0, got {m!r} in {out!r}")
+    return tuple(sorted(int(m) for m in out))
+
+
+class CosineAnnealingLR(LRSchedule):
+    """PyTorch's ``CosineAnnealingLR``: ``lr = eta_min + (base_lr - eta_min) * (1 + cos(pi * step /
+    T_max)) / 2``, the closed form PyTorch's steps follow, rising again after ``T_max`` as there
+    (:class:`CosineLR` holds ``min_lr`` instead, and warms up)."""
+
+    _hyper = ("T_max", "eta_min")
+
+    def __init__(self, optimizer, T_max, eta_min=0.0, last_epoch=-1):
+        _only("CosineAnnealingLR", last_epoch=(last_epoch, -1))
+        self.T_max = _positive_int("T_max", T_max)
+        self.eta_min = _nonneg("eta_min", eta_min)
+        super().__init__(optimizer)
+
+    def lr_at(self, step):
+        return self.eta_min + (self.base_lr - self.eta_min) * 0.5 * (1.0 + math.cos(math.pi * step / self.T_max))
+
+
+class LambdaLR(LRSchedule):
+    """PyTorch's ``LambdaLR``: ``lr = base_lr * lr_lambda(step)`` (a warm-up: ``lambda s: min(1, (s +
+    1) / 500)``). The function is code, not state: a state dict holds the step, and loads into a
+    LambdaLR built with the same function, as PyTorch's does for a lambda."""
+
+    def __init__(self, optimizer, lr_lambda, last_epoch=-1):
+        _only("LambdaLR", last_epoch=(last_epoch, -1))
+        if isinstance(lr_lambda, (list, tuple)):
+            raise TypeError("LambdaLR: one function per parameter group is not supported; give the schedule one "
+                            "function, and a group a factor of its own with sched.own_schedule(params, factor)")
+        if not callable(lr_lambda):
+            raise TypeError(f"LambdaLR: lr_lambda must be a function of the step giving a factor of the lr, got "
+                            f"{type(lr_lambda).__name__}")
+        self.lr_lambda = lr_lambda
+        super().__init__(optimizer)
+
+    def lr_at(self, step):
+        factor = self.lr_lambda(step)
+        if isinstance(factor, bool) or not isinstance(factor, numbers.Real) or not math.isfinite(factor) \
+                or factor < 0:
+            raise ValueError(f"LambdaLR: lr_lambda({step}) gave {factor!r}; it must give a finite number >= 0 (a "
+                             "Python float: the factor of the lr at that step)")
+        return self.base_lr * float(factor)
 
 
 class CosineLR(LRSchedule):

@@ -592,6 +592,43 @@ def test_cosine_lr_values_with_warmup():
     assert opt.lr == 0.1
 
 
+def test_pytorchs_multistep_cosine_annealing_and_lambda_schedules():
+    """PyTorch's MultiStepLR, CosineAnnealingLR and LambdaLR under their names and arguments: the
+    lrs torch 2.14 steps through (a repeated milestone counting twice; the cosine rising again
+    after T_max), a state dict that continues through np.savez, and bad arguments named."""
+    from gpuconv.optim import CosineAnnealingLR, LambdaLR, MultiStepLR
+    sched = MultiStepLR(_opt(0.1), [8, 5, 3, 5], gamma=0.5)
+    np.testing.assert_allclose(_lrs(sched, 10), [0.1, 0.1, 0.1, 0.05, 0.05, 0.0125, 0.0125, 0.0125, 0.00625,
+                                                 0.00625, 0.00625], rtol=1e-15)
+    assert repr(sched) == "MultiStepLR(milestones=[3, 5, 5, 8], gamma=0.5, last_step=10, lr=0.00625)"
+    again = MultiStepLR(_opt(0.1), [1], gamma=0.1)
+    again.load_state_dict(_roundtrip_npz(MultiStepLR(_opt(0.1), [3, 5, 5, 8], gamma=0.5).state_dict()))
+    assert again.milestones == (3, 5, 5, 8) and _lrs(again, 5)[-1] == pytest.approx(0.0125, rel=1e-15)
+    cos = _lrs(CosineAnnealingLR(_opt(0.1), T_max=5, eta_min=0.01), 14)
+    torch_values = [0.1, 0.09140576474687263, 0.06890576474687263, 0.04109423525312736, 0.018594235253127367, 0.01,
+                    0.018594235253127367, 0.04109423525312739, 0.06890576474687267, 0.09140576474687269,
+                    0.10000000000000006, 0.09140576474687272, 0.06890576474687268, 0.0410942352531274,
+                    0.01859423525312738]
+    np.testing.assert_allclose(cos, torch_values, rtol=1e-14)
+    warm = LambdaLR(_opt(0.1), lambda s: min(1.0, (s + 1) / 4))
+    np.testing.assert_allclose(_lrs(warm, 6), [0.025, 0.05, 0.075, 0.1, 0.1, 0.1, 0.1], rtol=1e-15)
+    resumed = LambdaLR(_opt(0.1), lambda s: min(1.0, (s + 1) / 4))
+    resumed.load_state_dict(_roundtrip_npz(LambdaLR(_opt(0.1), lambda s: min(1.0, (s + 1) / 4)).state_dict()))
+    assert resumed.last_step == 0 and resumed.optimizer.lr == pytest.approx(0.025)
+    with pytest.raises(ValueError, match=r"milestones must be steps, ints >= 0, got -1"):
+        MultiStepLR(_opt(), [-1, 3])
+    with pytest.raises(TypeError, match=r"milestones must be a list of steps"):
+        MultiStepLR(_opt(), 30)
+    with pytest.raises(ValueError, match=r"T_max must be an integer >= 1, got 0"):
+        CosineAnnealingLR(_opt(), 0)
+    with pytest.raises(ValueError, match=r"LambdaLR: lr_lambda\(0\) gave nan; it must give a finite number >= 0"):
+        LambdaLR(_opt(), lambda s: float("nan"))
+    with pytest.raises(TypeError, match=r"one function per parameter group is not supported; .*own_schedule"):
+        LambdaLR(_opt(), [lambda s: 1.0])
+    with pytest.raises(ValueError, match=r"MultiStepLR\(last_epoch=4\) is not supported"):
+        MultiStepLR(_opt(), [3], last_epoch=4)
+
+
 def test_cosine_lr_without_warmup_matches_closed_form():
     lrs = _lrs(CosineLR(_opt(0.4), total_steps=20), 20)
     expect = [0.4 * 0.5 * (1 + math.cos(math.pi * s / 20)) for s in range(21)]
