@@ -131,6 +131,11 @@ class Device:
     def is_cuda(self) -> bool:
         return self.kind == "cuda"
 
+    @property
+    def type(self) -> str:
+        """PyTorch's name for :attr:`kind` (``next(model.parameters()).device.type == 'cuda'``)."""
+        return self.kind
+
     def __str__(self):
         return f"cuda:{self.index}" if self.kind == "cuda" else self.kind
 

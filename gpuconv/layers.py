@@ -241,6 +241,11 @@ class Parameter:
         """The :class:`~gpuconv.backend.Device` its array lives on (PyTorch's ``p.device``)."""
         return device_of(self.data)
 
+    @property
+    def is_cuda(self):
+        """Whether its array is on a GPU (PyTorch's ``p.is_cuda``)."""
+        return is_cupy_array(self.data)
+
     def requires_grad_(self, requires_grad=True):
         """Freeze (False) or unfreeze it, as a PyTorch tensor's; returns the parameter."""
         self.requires_grad = requires_grad

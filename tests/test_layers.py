@@ -1495,6 +1495,14 @@ def test_parameter_shape_queries_as_in_pytorch():
         p.size(3)
 
 
+def test_parameter_device_queries_as_in_pytorch(backend):
+    """``next(model.parameters()).device.type`` and ``.is_cuda``, as PyTorch scripts pick a device."""
+    p = next(Sequential(Linear(3, 2, seed=0)).to(backend.device).parameters())
+    on_gpu = backend.device.startswith("cuda")
+    assert p.is_cuda is on_gpu and p.device.type == ("cuda" if on_gpu else "cpu")  # ('sim' holds NumPy arrays)
+    assert p.device.type == p.device.kind
+
+
 def test_nn_init_fills_parameters_in_place_as_pytorchs(backend):
     """``nn.init``: PyTorch's initializers over ``model.modules()``, each filling the parameter's own
     array on its device and in its dtype and returning the parameter; PyTorch's gains and bounds
