@@ -657,6 +657,8 @@ class Layer:
             raise TypeError(f"{type(self).__name__}.to() takes a device and a dtype, got {len(args)} arguments")
         check_bool("to(non_blocking)", non_blocking)
         for arg in args:
+            if arg is None:  # (np.dtype(None) would read as float64)
+                continue
             if isinstance(arg, (str, Device)):
                 if device is not None:
                     raise TypeError(f"{type(self).__name__}.to(): the device was given twice ({device!r}, {arg!r})")

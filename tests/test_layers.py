@@ -1413,6 +1413,7 @@ def test_to_takes_a_dtype_as_pytorchs_with_double_and_float():
     assert net.to("cpu", np.float32)[0].weight.dtype == np.float32 and net.float() is net
     assert net.to(device="cpu", dtype="float64")[1].weight.dtype == np.float64
     assert net.float().double()[0].bias.dtype == np.float64 and net.to(non_blocking=True) is net
+    assert net.to(None)[0].weight.dtype == np.float64 and net.float().to(None, None)[0].weight.dtype == np.float32
     with pytest.raises(TypeError, match=r"layers hold float32 or float64 arrays; .* mixed precision"):
         net.to(np.float16)
     with pytest.raises(TypeError, match=r"Sequential.to\(3\): expected a device \('cpu', 'cuda:N', 'sim'\) or a dtype"):
@@ -1421,7 +1422,7 @@ def test_to_takes_a_dtype_as_pytorchs_with_double_and_float():
         net.to(np.float32, np.float64)
     with pytest.raises(TypeError, match=r"Sequential.half\(\): layers keep float32 parameters .*autocast"):
         net.half()
-    assert net[0].weight.dtype == np.float64
+    assert net[0].weight.dtype == np.float32  # (as it was)
 
 
 def test_get_submodule_parameter_and_buffer_by_dotted_path():
