@@ -1378,8 +1378,8 @@ class Sequential(Layer):
         if not isinstance(module, Layer):
             raise TypeError(f"Sequential.add_module({name!r}, ...): a {type(module).__name__} is not a gpuconv Layer")
         if name in self._layers:
-            raise KeyError(f"Sequential.add_module: a layer is named {name!r} already; pick another name (seq[{name!r}] "
-                           "= layer replaces it)")
+            raise KeyError(f"Sequential.add_module: a layer is named {name!r} already; pick another name "
+                           f"(seq[{name!r}] = layer replaces it)")
         self._changing("Sequential.add_module")
         self._layers[name] = module
         _name_parameters(module, _path(self, name))

@@ -41,7 +41,8 @@ class Lookahead:
         if not all(callable(getattr(model, m, None)) for m in ("named_parameters", "named_buffers")):
             raise TypeError(f"Lookahead: model must be a gpuconv Layer (the average covers its named parameters and "
                             f"floating-point buffers, batch norm's running statistics too), got "
-                            f"{'list' if isinstance(model, list) else type(model).__name__}: pass the model itself, Lookahead(net), not net.parameters()")
+                            f"{'list' if isinstance(model, list) else type(model).__name__}: "
+                            f"pass the model itself, Lookahead(net), not net.parameters()")
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"Lookahead: every must be an integer >= 1 (steps between updates), got {every!r}")
         self.model = model

@@ -1438,7 +1438,8 @@ def test_get_submodule_parameter_and_buffer_by_dotted_path():
     with pytest.raises(AttributeError, match=r"get_parameter\('1.inner.conv.bias'\): Conv2d has no parameter 'bias'; "
                                              r"its parameters are 'weight'"):
         net.get_parameter("1.inner.conv.bias")
-    with pytest.raises(AttributeError, match=r"get_buffer\('2.running_mean'\): the Sequential here has no sub-layer '2'"):
+    with pytest.raises(AttributeError, match=r"get_buffer\('2.running_mean'\): the Sequential here has no "
+                                             r"sub-layer '2'"):
         net.get_buffer("2.running_mean")
 
 
@@ -1544,8 +1545,8 @@ def test_nn_init_fills_parameters_in_place_as_pytorchs(backend):
     assert np.abs(k).max() <= 1 / math.sqrt(50) and np.abs(k).max() > 0.99 / math.sqrt(50)
     n = init.normal_(np.empty(20000), 1.0, 0.5)
     assert abs(n.mean() - 1) < 0.02 and abs(n.std() - 0.5) < 0.02 and init.ones_(n) is n and (n == 1).all()
-    with pytest.raises(ValueError, match=r"kaiming_normal_: fan in and fan out need a weight of 2 or more dimensions .* "
-                                         r"got shape \(64,\); initialize a bias with uniform_ or constant_"):
+    with pytest.raises(ValueError, match=r"kaiming_normal_: fan in and fan out need a weight of 2 or more "
+                                         r"dimensions .* got shape \(64,\); initialize a bias with uniform_ or constant_"):
         init.kaiming_normal_(net[0].bias)
     with pytest.raises(ValueError, match=r"mode must be 'fan_in' .* or 'fan_out' .*, got 'fan_avg'"):
         init.kaiming_uniform_(net[0].weight, mode="fan_avg")

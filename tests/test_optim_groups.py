@@ -373,8 +373,8 @@ def test_lookahead_pulls_weights_and_buffers_to_the_average(backend):
         look.load_state_dict({})
 
 
-@pytest.mark.parametrize("make", [lambda ps, **kw: SGD(ps, lr=0.1, momentum=0.9, **kw), lambda ps, **kw: Adam(ps, lr=0.1, **kw),
-                                  lambda ps, **kw: AdamW(ps, lr=0.1, **kw)])
+@pytest.mark.parametrize("make", [lambda ps: SGD(ps, lr=0.1, momentum=0.9), lambda ps: Adam(ps, lr=0.1),
+                                  lambda ps: AdamW(ps, lr=0.1)])
 def test_optimizers_take_parameters_as_pytorch_scripts_pass_them(make):
     net = nn.Sequential(nn.Conv2d(3, 4, 3, seed=0), nn.Flatten(), nn.Linear(4, 2, seed=1))
     every = list(net.parameters())
