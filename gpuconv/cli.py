@@ -69,6 +69,25 @@ def _say(*parts):
     print(*parts, file=CONSOLE, flush=True)
 
 
+def _program():
+    """The words that run this gpuconv again, for a command printed to be pasted: ``gpuconv`` where
+    the shell finds this very script by that name; else the path it was started by (``make train``
+    runs ``.venv/bin/gpuconv``, which no activated environment has put on PATH: a bare ``gpuconv``
+    would not be found, or would be another install's); ``python -m gpuconv`` with this interpreter
+    when it was started so. Called from Python (``main(argv)``): ``gpuconv``."""
+    def found_as(path):  # (abspath, not realpath: a venv's python links to the one outside it)
+        on_path = shutil.which(Path(path).name)
+        return Path(path).name if on_path and os.path.abspath(on_path) == os.path.abspath(path) else str(path)
+
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and spec.name == "gpuconv.__main__" and sys.executable:
+        return [found_as(sys.executable), "-m", "gpuconv"]
+    script = sys.argv[0] if sys.argv else ""
+    if Path(script).stem == "gpuconv" and os.path.isfile(script):
+        return [found_as(script)]
+    return ["gpuconv"]
+
+
 # ----------------------------------------------------------------------------- argument parsing
 def _int_from(low, what, high=None):
     """An argparse type: an int >= ``low`` (and < ``high``), else an error naming ``what`` it must be."""
@@ -690,7 +709,7 @@ def _train(args) -> int:
                           config=config, precision=s["precision"], cuda_graph=args.cuda_graph,
                           autotune={"auto": "auto", "on": True, "off": False}[s["autotune"]], **extras)
         # quoted as a shell reads it: an --out or --data with spaces or quotes is pasted back whole
-        resume_cmd = shlex.join(["gpuconv", "train", "--out", str(args.out), "--resume",
+        resume_cmd = shlex.join([*_program(), "train", "--out", str(args.out), "--resume",
                                  *(["--data", str(data)] if data else [])])
         try:
             trainer.fit(train_loader, s["epochs"], val=val_loader, resume=args.resume)

@@ -1371,6 +1371,46 @@ def test_the_resume_command_printed_after_a_stop_runs_as_pasted_with_spaces_and_
     assert int(ckpt.load_checkpoint(out)["meta/epoch"]) == 2
 
 
+def test_the_resume_command_names_the_gpuconv_the_run_was_started_by(tmp_path, capsys, monkeypatch):
+    """`make train` runs .venv/bin/gpuconv, which no activated environment has put on PATH: the
+    "Resume with:" line starts with that path (a bare `gpuconv` is not found there, or is another
+    install's), and with `gpuconv` where the shell finds this same script by that name;
+    `python -m gpuconv` is told as it was started."""
+    import shlex
+    import types
+    from gpuconv import trainer as T
+    script = tmp_path / "clone" / ".venv" / "bin" / "gpuconv"
+    script.parent.mkdir(parents=True)
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    real_step = T.Trainer.train_step
+
+    def step_then_stop(self, x, y):
+        real_step(self, x, y)
+        self._stop_requested = signal.SIGINT  # as Ctrl-C after this step
+
+    monkeypatch.setattr(T.Trainer, "train_step", step_then_stop)
+    monkeypatch.setattr(sys, "argv", [str(script), "train"])
+    monkeypatch.setenv("PATH", str(tmp_path / "elsewhere"))  # no gpuconv on PATH, as after `make train`
+    rc, _, err = run(["train", "--model", "seed", "--epochs", "1", "--limit", "128", "--batch-size", "64",
+                      "--data", SUBSET, "--out", tmp_path / "run", "--no-progress", "--device", "cpu"], capsys)
+    assert rc == 130, err
+    said = [line.split("Resume with: ", 1)[1] for line in err.splitlines() if line.startswith("Resume with: ")]
+    assert len(said) == 1 and shlex.split(said[0])[:3] == [str(script), "train", "--out"], err
+    monkeypatch.setenv("PATH", str(script.parent))  # an activated environment: this script is `gpuconv`
+    assert cli._program() == ["gpuconv"]
+    other = tmp_path / "other" / "gpuconv"  # PATH's gpuconv is another install's
+    other.parent.mkdir()
+    other.write_text("#!/bin/sh\n")
+    other.chmod(0o755)
+    monkeypatch.setenv("PATH", str(other.parent))
+    assert cli._program() == [str(script)]
+    monkeypatch.setitem(sys.modules, "__main__",
+                        types.SimpleNamespace(__spec__=types.SimpleNamespace(name="gpuconv.__main__")))
+    monkeypatch.setattr(sys, "argv", [str(REPO / "gpuconv" / "__main__.py"), "train"])
+    assert cli._program() == [sys.executable, "-m", "gpuconv"]  # (its python is not on this PATH)
+
+
 def test_a_damaged_checkpoint_on_resume_points_to_the_runs_intact_best_npz(tmp_path, capsys):
     """checkpoint.npz truncated after the run (a copy by hand, a disk error): --resume names it, and
     the run's best.npz, a whole training state, as the way on; done as said, the run finishes."""
