@@ -777,7 +777,8 @@ def cmd_evaluate(args) -> int:
     config = read_config(arrays)
     if "constructor" not in config:
         raise ValueError(f"{args.checkpoint} has no model config (meta/config): it was not written by "
-                         "`gpuconv train`; rebuild the model in Python and call Trainer.evaluate")
+                         "`gpuconv train`, nor by a Trainer given config={'constructor': ..., 'kwargs': ...}; rebuild "
+                         "the model in Python and call Trainer.evaluate")
     input_dim = recorded_input_dim(config)
     if input_dim != (3, 32, 32):  # (a Trainer.fit run on other images: CIFAR-10's would fail inside a layer)
         raise ValueError(f"{args.checkpoint}: its network takes {'x'.join(map(str, input_dim))} images, and gpuconv "
@@ -794,6 +795,13 @@ def cmd_evaluate(args) -> int:
     if cifar.test is not None:
         images, labels, split_desc = cifar.test.images, cifar.test.labels, f"test_batch ({len(cifar.test)} images)"
         split_name, held_out = "test_batch", True
+    elif "model" not in config and "train_args" not in config:  # a Trainer.fit run: its split is not recorded
+        _, val, _, split_name = resolve_split(cifar, "auto")
+        images, labels, held_out = val.images, val.labels, None
+        split_desc = f"{_split_name(split_name)} ({len(val)} images)"
+        _say(f"warning: {cifar.root} has no test_batch, and this checkpoint (written by Trainer.fit, not `gpuconv "
+             f"train`) does not record which training images it held out: evaluating on {split_desc}, a held-out "
+             "score only if the run kept those images out of its training")
     else:
         spec = config.get("train_args", {}).get("val_split", "auto")
         # Trained on every training image (--val-split none), or with test_batch as validation: no
@@ -822,21 +830,22 @@ def cmd_evaluate(args) -> int:
         tta = recorded_tta(config) if args.tta is None else args.tta
         result = evaluate(model, loader, tta=tta, precision=precision)
     classes = config.get("classes") or list(cifar.classes)
+    name = config.get("model") or config["constructor"]  # (a Trainer.fit run's config names its constructor)
     per_class = {c: (None if math.isnan(a) else a) for c, a in zip(classes, result["per_class"])}
     # an interrupted run's checkpoint holds the steps it took into its next epoch too
     epoch, epoch_step = int(arrays["meta/epoch"]), int(arrays.get("meta/epoch_step", 0))
     if args.json:
         print(_json({"accuracy": result["accuracy"], "loss": result["loss"], "n": result["n"], "precision": precision,
                           "tta": tta,
-                          "split": split_desc, "split_name": _split_name(split_name), "held_out": held_out, "model": config["model"], "epoch": epoch,
+                          "split": split_desc, "split_name": _split_name(split_name), "held_out": held_out, "model": name, "epoch": epoch,
                           "epoch_step": epoch_step,
                           "checkpoint": str(args.checkpoint), "classes": classes, "per_class": per_class,
                           "confusion": result["confusion"].tolist()}))
         return 0
     level = f"test-time augmentation level {tta}" + (" (the run's)" if args.tta is None and tta else "")
     steps = f" and {epoch_step} step(s) of epoch {epoch + 1}" if epoch_step else ""
-    print(f"{config['model']} after {epoch} epoch(s){steps}, on {split_desc}"
-          f"{'' if held_out else ' (NOT held out: trained on)'}, in {precision}, {level}")
+    told = {True: "", False: " (NOT held out: trained on)", None: " (held out or not: the run did not record it)"}
+    print(f"{name} after {epoch} epoch(s){steps}, on {split_desc}{told[held_out]}, in {precision}, {level}")
     print(f"accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}  ({result['n']} images)")
     print("per class: " + ", ".join(f"{c} {'-' if a is None else f'{a:.3f}'}" for c, a in per_class.items()))
     width = max(len(c) for c in classes)

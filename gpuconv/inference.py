@@ -119,8 +119,9 @@ def load_model(path, device=None) -> TrainedModel:
     arrays = load_checkpoint(path)
     config = read_config(arrays)
     if "constructor" not in config:
-        raise ValueError(f"{path} has no model config (meta/config): it was not written by `gpuconv train`; build "
-                         "the model in Python and load_state_dict the checkpoint's model/ arrays")
+        raise ValueError(f"{path} has no model config (meta/config): it was not written by `gpuconv train`, nor by "
+                         "a Trainer given config={'constructor': ..., 'kwargs': ...}; build the model in Python and "
+                         "load_state_dict the checkpoint's model/ arrays")
     with backend.default_device(device if device is not None else backend.get_default_device()):
         net = from_config(config)
         try:

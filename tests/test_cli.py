@@ -1535,6 +1535,37 @@ def test_an_out_that_fails_to_be_written_is_told_by_its_error(tmp_path, monkeypa
         assert str(info.value) == f"cannot write into {tmp_path} ({os.strerror(number)}): {fix}, or train into another --out"
 
 
+def test_evaluate_scores_a_trainer_fit_run_and_says_its_split_is_unrecorded(tmp_path, capsys):
+    """A checkpoint of Trainer(..., config={"constructor": ..., "kwargs": ...}).fit, which load_model
+    and `gpuconv predict` read: `gpuconv evaluate` scored it and then failed naming 'model' (the
+    key `gpuconv train` adds to the config); it names the constructor, and on data without
+    test_batch it does not call data_batch_5 held out, which the checkpoint does not say."""
+    import gpuconv
+    from gpuconv.data import DeviceLoader, load_cifar10, train_val_split
+    from gpuconv.optim import SGD
+    from gpuconv.trainer import Trainer, evaluate
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (the subset has no test_batch)
+        cifar = load_cifar10(SUBSET)
+    train, val = train_val_split(cifar.train, val_batch=5)
+    net = gpuconv.models.seed_net(seed=0)
+    trainer = Trainer(net, SGD(net.parameters(), lr=0.01), out_dir=tmp_path, progress=False,
+                      config={"constructor": "seed_net", "kwargs": {}})
+    trainer.fit(DeviceLoader(train.images[:128], train.labels[:128], 64), 1)
+    rc, out, err = run(["evaluate", "--checkpoint", tmp_path / "checkpoint.npz", "--data", SUBSET], capsys)
+    assert rc == 0, err
+    assert "seed_net after 1 epoch(s), on data_batch_5 (1017 images) (held out or not: the run did not record it)" in out
+    assert "does not record which training images it held out: evaluating on data_batch_5 (1017 images)" in err
+    rc, out, err = run(["evaluate", "--checkpoint", tmp_path / "checkpoint.npz", "--data", SUBSET, "--json"], capsys)
+    assert rc == 0, err
+    said = json.loads(out)
+    assert said["model"] == "seed_net" and said["held_out"] is None and said["split_name"] == "data_batch_5"
+    model = gpuconv.load_model(tmp_path / "checkpoint.npz")
+    expect = evaluate(model.net, DeviceLoader(val.images, val.labels, 500, shuffle=False, mean=model.mean,
+                                              std=model.std))
+    assert said["accuracy"] == expect["accuracy"] and said["n"] == len(val) == 1017
+
+
 def test_evaluate_normalizes_as_the_run_recorded_and_refuses_other_images(trained, tmp_path, capsys):
     """A Trainer.fit run records its own normalization and image size: `gpuconv evaluate` scored it
     with CIFAR-10's mean and std (not what load_model predicts with), and a network of 1x28x28
