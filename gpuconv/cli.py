@@ -502,9 +502,15 @@ def _stored_config(args) -> dict:
     if not (args.resume and path.exists()):
         return {}
     try:
-        return read_config(load_checkpoint(path))
+        config = read_config(load_checkpoint(path))
     except ValueError as exc:  # damaged: the run's best.npz, a whole training state too, may take over
         raise ValueError(f"{exc}{_best_instead(path)}") from None
+    if "model" not in config and "train_args" not in config:  # checked before the data loads (or downloads)
+        raise ValueError(f"--resume: {path} was not written by `gpuconv train` but by Trainer.fit in Python (its "
+                         "config records no recipe, flags or data), so the network, optimizer and images to "
+                         "continue it with are not known here: continue it in Python, trainer.fit(loader, epochs, "
+                         "resume=True) with the same setup, or train into a new --out")
+    return config
 
 
 def _best_instead(path) -> str:

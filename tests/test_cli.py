@@ -1566,6 +1566,33 @@ def test_evaluate_scores_a_trainer_fit_run_and_says_its_split_is_unrecorded(tmp_
     assert said["accuracy"] == expect["accuracy"] and said["n"] == len(val) == 1017
 
 
+@pytest.mark.parametrize("flag", ["--resume", "--resume-if-exists"])
+def test_resuming_a_trainer_fit_run_is_refused_before_the_data_loads(tmp_path, capsys, monkeypatch, flag):
+    """`gpuconv train --out DIR --resume` on a Trainer.fit run's checkpoint (notebook 02's, say): it
+    loaded, or downloaded, CIFAR-10, built the default three_layer recipe and failed inside the
+    resume (a missing schedule state, the other network's missing keys); it is refused first, with
+    the way on."""
+    import gpuconv
+    from gpuconv.data import DeviceLoader
+    from gpuconv.optim import SGD
+    from gpuconv.trainer import Trainer
+    rng = np.random.default_rng(0)
+    net = gpuconv.models.seed_net(seed=0)
+    Trainer(net, SGD(net.parameters(), lr=0.01), out_dir=tmp_path, progress=False).fit(
+        DeviceLoader(rng.integers(0, 256, (16, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, 16), 8), 1)
+    before = sorted(p.name for p in tmp_path.iterdir())
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data set was loaded")
+
+    monkeypatch.setattr(cli, "_load_data", no_data)
+    rc, _, err = run(["train", "--out", tmp_path, flag, "--no-progress", "--device", "cpu"], capsys)
+    assert rc == 1, err
+    assert (f"--resume: {tmp_path / 'checkpoint.npz'} was not written by `gpuconv train` but by Trainer.fit in Python"
+            in err and "trainer.fit(loader, epochs, resume=True)" in err), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # the run's files as they were
+
+
 def test_evaluate_normalizes_as_the_run_recorded_and_refuses_other_images(trained, tmp_path, capsys):
     """A Trainer.fit run records its own normalization and image size: `gpuconv evaluate` scored it
     with CIFAR-10's mean and std (not what load_model predicts with), and a network of 1x28x28
