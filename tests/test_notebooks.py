@@ -104,6 +104,12 @@ def test_notebook_runs_and_draws(name, tmp_path, monkeypatch, subset_dir):
         text = _text(nb)
         assert "epoch 1:" in text and "final validation accuracy" in text
         assert (tmp_path / "runs" / "02_train_cifar10" / "metrics.jsonl").is_file()
+        # its Trainer records the network's constructor: load_model (and `gpuconv predict`) rebuild it
+        import numpy as np
+
+        import gpuconv
+        model = gpuconv.load_model(tmp_path / "runs" / "02_train_cifar10" / "best.npz")
+        assert len(model.net) == 5 and model.predict(np.zeros((2, 32, 32, 3), np.uint8)).shape == (2, 10)
 
 
 @pytest.mark.parametrize("name", ["02_train_cifar10.ipynb", "03_inside_the_convnet.ipynb"])
