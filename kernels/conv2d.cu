@@ -24,8 +24,9 @@
 //   conv2d_forward_v3          the same GEMM with 128x128 tiles, CONV3_THREADS (256) threads of
 //                              8x8 outputs, acc4 shared-memory reads, double-buffered tiles
 //                              (one barrier per round); grid = (ceil(M/128), ceil(K/128)).
-//                              Selectable, not the default until timed on a GPU (see the v3
-//                              section at the end of this file).
+//                              "auto" runs it for float32 from 128 output channels on, as the
+//                              H200 measured (gpuconv.kernels.auto_variant; the v3 section at
+//                              the end of this file).
 //   conv2d_backward_data_v1    one thread per input element, gathering every (oh, ow, k) whose
 //                              window covers it (stride/padding handled by divisibility tests).
 //   conv2d_backward_data_v2    implicit GEMM  dX[m, c] = G[m, l] W'[l, c]  with m = (n, ih, iw),
@@ -553,8 +554,8 @@ conv2d_backward_bias(const storage_t* dy, storage_t* db, int N, int K, int OHW, 
 // (2 FMAs per loaded scalar become 4), and the two shared buffers let the stores of the next
 // tile go to the idle buffer, so one __syncthreads per round suffices (v2 needs two).
 // Shared memory: 2 buffers x 2 operands x 8 x 132 values (16.9 KB float, 33.8 KB double).
-// It is selectable (kernels.use_variant(conv2d_forward='v3')) and not the default until a GPU
-// measurement says it is faster: benchmarks/bench_conv2d.py times every variant.
+// The H200's measurement (benchmarks/bench_conv2d.py, which times every variant) made it "auto"'s
+// choice for float32 from 128 output channels on (gpuconv.kernels.auto_variant); below that, v2.
 //
 // Thread (tx, ty) = (t % 16, t / 16) owns rows  {tx*4 + i, 64 + tx*4 + i}  and columns
 // {ty*4 + j, 64 + ty*4 + j}, i, j in [0, 4): the rows of one thread are two runs of four, so
