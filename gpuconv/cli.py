@@ -837,13 +837,15 @@ def cmd_evaluate(args) -> int:
         result = evaluate(model, loader, tta=tta, precision=precision)
     classes = config.get("classes") or list(cifar.classes)
     name = config.get("model") or config["constructor"]  # (a Trainer.fit run's config names its constructor)
+    recipe = config.get("train_args", {}).get("recipe")
+    label = name if recipe in (None, name) else f"{name} (recipe {recipe})"  # (airbench94_muon trains airbench94)
     per_class = {c: (None if math.isnan(a) else a) for c, a in zip(classes, result["per_class"])}
     # an interrupted run's checkpoint holds the steps it took into its next epoch too
     epoch, epoch_step = int(arrays["meta/epoch"]), int(arrays.get("meta/epoch_step", 0))
     if args.json:
         print(_json({"accuracy": result["accuracy"], "loss": result["loss"], "n": result["n"], "precision": precision,
                           "tta": tta,
-                          "split": split_desc, "split_name": _split_name(split_name), "held_out": held_out, "model": name, "epoch": epoch,
+                          "split": split_desc, "split_name": _split_name(split_name), "held_out": held_out, "model": name, "recipe": recipe, "epoch": epoch,
                           "epoch_step": epoch_step,
                           "checkpoint": str(args.checkpoint), "classes": classes, "per_class": per_class,
                           "confusion": result["confusion"].tolist()}))
@@ -851,7 +853,7 @@ def cmd_evaluate(args) -> int:
     level = f"test-time augmentation level {tta}" + (" (the run's)" if args.tta is None and tta else "")
     steps = f" and {epoch_step} step(s) of epoch {epoch + 1}" if epoch_step else ""
     told = {True: "", False: " (NOT held out: trained on)", None: " (held out or not: the run did not record it)"}
-    print(f"{name} after {epoch} epoch(s){steps}, on {split_desc}{told[held_out]}, in {precision}, {level}")
+    print(f"{label} after {epoch} epoch(s){steps}, on {split_desc}{told[held_out]}, in {precision}, {level}")
     print(f"accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}  ({result['n']} images)")
     print("per class: " + ", ".join(f"{c} {'-' if a is None else f'{a:.3f}'}" for c, a in per_class.items()))
     width = max(len(c) for c in classes)

@@ -1593,6 +1593,25 @@ def test_resuming_a_trainer_fit_run_is_refused_before_the_data_loads(tmp_path, c
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # the run's files as they were
 
 
+def test_evaluate_names_the_recipe_where_it_is_not_the_networks_name(trained, tmp_path, capsys):
+    """airbench94_muon trains the airbench94 network: `gpuconv evaluate` of such a run called it
+    "airbench94", as if the other recipe had trained it. It names the recipe beside the network
+    (and in --json) where the two differ; a run whose recipe is its network's name reads as before.
+    The recipe is set in a copy of the shared run's checkpoint."""
+    arrays = dict(ckpt.load_checkpoint(trained / "checkpoint.npz"))
+    config = ckpt.read_config(arrays)
+    rc, out, err = run(["evaluate", "--checkpoint", trained / "checkpoint.npz", "--data", SUBSET], capsys)
+    assert rc == 0 and out.startswith("seed after 3 epoch(s)"), (out, err)
+    config["train_args"]["recipe"] = "seed_sgd"  # (any recipe name other than the network's)
+    arrays["meta/config"] = ckpt.pack_json(config)
+    ckpt.save_checkpoint(tmp_path / "checkpoint.npz", arrays)
+    rc, out, err = run(["evaluate", "--checkpoint", tmp_path / "checkpoint.npz", "--data", SUBSET], capsys)
+    assert rc == 0 and out.startswith("seed (recipe seed_sgd) after 3 epoch(s)"), (out, err)
+    rc, out, err = run(["evaluate", "--checkpoint", tmp_path / "checkpoint.npz", "--data", SUBSET, "--json"], capsys)
+    said = json.loads(out)
+    assert rc == 0 and said["model"] == "seed" and said["recipe"] == "seed_sgd"
+
+
 def test_evaluate_normalizes_as_the_run_recorded_and_refuses_other_images(trained, tmp_path, capsys):
     """A Trainer.fit run records its own normalization and image size: `gpuconv evaluate` scored it
     with CIFAR-10's mean and std (not what load_model predicts with), and a network of 1x28x28
