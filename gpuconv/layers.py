@@ -49,7 +49,7 @@ from .precision import DTYPES, bfloat16, round_once, upcast
 
 __all__ = ["Parameter", "Layer", "Module", "Identity", "Conv2d", "MaxPool2d", "AvgPool2d", "LPPool2d",
            "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "ReLU", "GELU", "Flatten", "Linear", "BatchNorm2d", "Dropout",
-           "Scale", "Sequential", "ModuleList", "Residual", "CrossEntropyLoss", "LoadResult", "StateDictKeyError",
+           "Scale", "Sequential", "ModuleList", "ModuleDict", "Residual", "CrossEntropyLoss", "LoadResult", "StateDictKeyError",
            "clip_grad_norm_", "eval_mode", "input_is_data"]
 
 
@@ -1647,6 +1647,154 @@ class ModuleList(Layer):
 
     def backward(self, dy, need_dx=True):
         raise NotImplementedError("ModuleList has no backward of its own: the layer that holds it calls its "
+                                  "layers' backward in reverse order")
+
+
+class ModuleDict(Layer):
+    """PyTorch's ``nn.ModuleDict``: layers held under names, in the order they were put there,
+    registered (``parameters()``, ``state_dict()`` keys ``'<name>.weight'``, ``train()``, ``to()``)
+    but not called in any order of its own: the layer that holds it writes the forward and the
+    backward (``self.heads[task](x)``). ``md[name]``, ``md[name] = layer`` (a name held already: the
+    layer replaced in its place), ``del md[name]``, ``in``, ``len()``, iteration over the names,
+    ``keys()``, ``items()``, ``values()``, ``update()``, ``pop()``, ``clear()`` and ``md.name`` as
+    PyTorch's. A name is a non-empty str without '.' that is no attribute of the ModuleDict
+    (``'keys'``, ``'training'``), as PyTorch requires."""
+
+    _registers_attributes = False
+
+    def __init__(self, modules=None):
+        super().__init__()
+        object.__setattr__(self, "_named", {})
+        if modules is not None:
+            self.update(modules)
+
+    def _check_name(self, name):
+        if not isinstance(name, str):
+            raise TypeError(f"ModuleDict: a layer's name must be a str, got {type(name).__name__} {name!r}")
+        if not name or "." in name:
+            raise KeyError(f"ModuleDict: a layer's name must be a non-empty str without '.' (a dotted path "
+                           f"would address a sub-layer), got {name!r}")
+        if name not in self._named and hasattr(self, name):
+            raise KeyError(f"ModuleDict: the name {name!r} is an attribute of the ModuleDict, which "
+                           f"md.{name} would read instead of the layer; pick another name")
+
+    def _changing(self, what):
+        if self._held():  # the layer holding the dict calls the layers of the capture
+            raise RuntimeError(f"ModuleDict.{what}: the layers cannot change while " + REPLAYED_WAY_OUT)
+
+    def _pairs(self, modules):
+        """``modules`` (a mapping, or an iterable of (name, layer) pairs) as checked pairs."""
+        if isinstance(modules, (Mapping, ModuleDict)):
+            pairs = list(modules.items())
+        elif isinstance(modules, (str, bytes)) or not hasattr(modules, "__iter__"):
+            raise TypeError(f"ModuleDict.update: give a mapping of names to layers or an iterable of (name, layer) "
+                            f"pairs, got {type(modules).__name__}")
+        else:
+            pairs = []
+            for i, pair in enumerate(modules):
+                if isinstance(pair, (str, bytes)) or not hasattr(pair, "__iter__"):
+                    raise TypeError(f"ModuleDict.update: element #{i} is a {type(pair).__name__}, not a (name, "
+                                    "layer) pair")
+                pair = tuple(pair)
+                if len(pair) != 2:
+                    raise ValueError(f"ModuleDict.update: element #{i} has length {len(pair)}; a (name, layer) pair "
+                                     "has 2")
+                pairs.append(pair)
+        for name, layer in pairs:
+            self._check_name(name)
+            if not isinstance(layer, Layer):
+                raise TypeError(f"ModuleDict[{name!r}]: a {type(layer).__name__} is not a gpuconv Layer")
+        return pairs
+
+    def update(self, modules):
+        """Each (name, layer) of ``modules`` (a mapping, a ModuleDict, or an iterable of pairs) put
+        in, in its order, as PyTorch's: a name held already keeps its place, with the new layer.
+        Nothing changes unless every name and layer is good."""
+        pairs = self._pairs(modules)
+        if pairs:
+            self._changing("update")
+        for name, layer in pairs:
+            self._named[name] = layer
+            _name_parameters(layer, _path(self, name))
+
+    def __setitem__(self, name, layer):
+        """``md[name] = layer``: added at the end, or replacing the layer of that name in its place. An
+        optimizer built before trains none of the new layer's parameters: give them a group
+        (``optimizer.add_param_group``) or build the optimizer after."""
+        (name, layer), = self._pairs([(name, layer)])
+        self._changing("__setitem__")
+        self._named[name] = layer
+        _name_parameters(layer, _path(self, name))
+
+    def __getitem__(self, name):
+        try:
+            return self._named[name]
+        except (KeyError, TypeError):
+            raise KeyError(f"ModuleDict has no layer named {name!r}; its layers are named "
+                           + (", ".join(map(repr, self._named)) or "none")) from None
+
+    def __delitem__(self, name):
+        self[name]  # (a KeyError naming what the dict holds)
+        self._changing("__delitem__")
+        del self._named[name]
+
+    def pop(self, name):
+        """Take out and return the layer named ``name``, as PyTorch's."""
+        layer = self[name]
+        del self[name]
+        return layer
+
+    def clear(self):
+        """Take out every layer, as PyTorch's."""
+        if self._named:
+            self._changing("clear")
+        self._named.clear()
+
+    def keys(self):
+        return self._named.keys()
+
+    def items(self):
+        return self._named.items()
+
+    def values(self):
+        return self._named.values()
+
+    def __len__(self):
+        return len(self._named)
+
+    def __iter__(self):
+        return iter(self._named)
+
+    def __contains__(self, name):
+        return name in self._named
+
+    def __getattr__(self, name):  # md.conv, as PyTorch's (only for names not found the usual way)
+        named = self.__dict__.get("_named")
+        if named is not None and name in named:
+            return named[name]
+        raise AttributeError(f"'ModuleDict' object has no attribute {name!r}")
+
+    def __setattr__(self, name, value):  # md.conv = layer registers it, as PyTorch's
+        if isinstance(value, Layer) or name in self.__dict__.get("_named", ()):
+            self[name] = value
+        else:
+            object.__setattr__(self, name, value)
+
+    def __delattr__(self, name):
+        if name in self.__dict__.get("_named", ()):
+            del self[name]
+        else:
+            object.__delattr__(self, name)
+
+    def named_children(self):
+        return _Walk(self._named.items())
+
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError("ModuleDict has no forward of its own: call its layers from the forward of the "
+                                  "layer that holds it (self.heads[name](x))")
+
+    def backward(self, dy, need_dx=True):
+        raise NotImplementedError("ModuleDict has no backward of its own: the layer that holds it calls its "
                                   "layers' backward in reverse order")
 
 

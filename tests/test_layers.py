@@ -1384,6 +1384,85 @@ def test_module_list_insert_pop_del_and_setitem_as_in_pytorch():
         net.blocks["0"]
 
 
+def test_module_dict_holds_named_layers_as_pytorchs(backend):
+    """nn.ModuleDict: named layers registered with the holder (state dict keys 'heads.<name>.weight',
+    parameter names, modes, float64 gradients through a forward the holder writes), changed as a
+    dict is (a replaced name keeps its place), names PyTorch refuses refused, and no forward of its
+    own; a torch ModuleDict's state dict loads as it is."""
+    from gpuconv import nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Linear(4, 4, seed=0)
+            self.heads = nn.ModuleDict({"cls": nn.Linear(4, 3, seed=1), "act": nn.ReLU()})
+
+        def forward(self, x):
+            return self.heads["cls"](self.heads.act(self.body(x)))
+
+        def backward(self, dy, need_dx=True):
+            return self.body.backward(self.heads["act"].backward(self.heads["cls"].backward(dy)))
+
+    net = Net()
+    heads = net.heads
+    assert len(heads) == 2 and "cls" in heads and "fc" not in heads and list(heads) == ["cls", "act"]
+    assert list(heads.keys()) == ["cls", "act"] and [type(m).__name__ for m in heads.values()] == ["Linear", "ReLU"]
+    assert [(k, v) for k, v in heads.items()] == [("cls", heads["cls"]), ("act", heads.act)]
+    assert list(net.state_dict()) == ["body.weight", "body.bias", "heads.cls.weight", "heads.cls.bias"]
+    assert heads["cls"].weight.name == "heads.cls.weight" and not net.eval().heads.cls.training
+    assert repr(heads) == "ModuleDict(\n  (cls): Linear(4, 3, bias=True)\n  (act): ReLU()\n)"
+    net.train()
+    check_layer_gradients(net, np.random.default_rng(21).standard_normal((3, 4)), backend)
+    old = heads["cls"]
+    heads["act"] = nn.GELU()  # replaced in its place
+    heads["aux"] = nn.Linear(4, 2, seed=2)
+    heads.update([("cls", nn.Linear(4, 5, seed=3)), ("drop", nn.Dropout(0.1))])
+    assert list(heads) == ["cls", "act", "aux", "drop"] and heads.cls is not old and heads.cls.out_features == 5
+    assert heads["aux"].bias.name == "heads.aux.bias" and isinstance(heads.act, nn.GELU)
+    heads.extra = nn.Identity()  # an attribute set to a layer registers it, as in PyTorch
+    assert list(heads)[-1] == "extra" and "heads.extra" in dict(net.named_modules())
+    del heads.extra
+    assert isinstance(heads.pop("drop"), nn.Dropout) and "drop" not in heads
+    del heads["act"]
+    assert list(net.state_dict()) == ["body.weight", "body.bias", "heads.cls.weight", "heads.cls.bias",
+                                      "heads.aux.weight", "heads.aux.bias"]
+    other = nn.ModuleDict([("b", nn.ReLU())])
+    other.update(nn.ModuleDict({"a": nn.ReLU()}))
+    assert list(other) == ["b", "a"] and nn.ModuleDict().__len__() == 0
+    other.clear()
+    assert len(other) == 0 and other.state_dict() == {}
+    with pytest.raises(KeyError, match=r"ModuleDict has no layer named 'fc'; its layers are named 'cls', 'aux'"):
+        heads["fc"]
+    with pytest.raises(KeyError, match="no layer named 'act'"):
+        heads.pop("act")
+    with pytest.raises(AttributeError, match="'ModuleDict' object has no attribute 'fc'"):
+        heads.fc
+    with pytest.raises(TypeError, match="ModuleDict: a layer's name must be a str, got int 1"):
+        heads[1] = nn.ReLU()
+    for bad in ("a.b", ""):
+        with pytest.raises(KeyError, match="a layer's name must be a non-empty str without '.'"):
+            heads[bad] = nn.ReLU()
+    for taken in ("keys", "training", "forward"):
+        with pytest.raises(KeyError, match=f"the name '{taken}' is an attribute of the ModuleDict"):
+            nn.ModuleDict({taken: nn.ReLU()})
+    with pytest.raises(TypeError, match=r"ModuleDict\['x'\]: a int is not a gpuconv Layer"):
+        heads["x"] = 3
+    with pytest.raises(TypeError, match="give a mapping of names to layers or an iterable of .name, layer. pairs"):
+        heads.update(3)
+    with pytest.raises(ValueError, match="element #1 has length 3; a .name, layer. pair has 2"):
+        heads.update([("r", nn.ReLU()), ("s", nn.ReLU(), 1)])
+    assert "r" not in heads  # nothing changed by a bad update
+    with pytest.raises(NotImplementedError, match="ModuleDict has no forward of its own"):
+        heads(np.zeros((1, 4)))
+    restored = copy.deepcopy(net)
+    assert list(restored.heads) == ["cls", "aux"] and restored.heads.cls is not net.heads.cls
+    torch = pytest.importorskip("torch")
+    theirs = torch.nn.ModuleDict({"cls": torch.nn.Linear(4, 5), "aux": torch.nn.Linear(4, 2)})
+    assert list(theirs.state_dict()) == list(heads.state_dict())
+    heads.load_state_dict(theirs.state_dict())
+    np.testing.assert_array_equal(backend.asnumpy(heads.aux.weight.data), theirs.aux.weight.detach().numpy())
+
+
 def test_pytorchs_module_conveniences():
     from gpuconv import nn
     class Net(nn.Module):  # the name PyTorch code subclasses
@@ -2038,7 +2117,7 @@ def test_sequential_insert_pop_and_del_renumber_as_in_pytorch():
 def test_sequential_and_module_list_changes_while_a_graph_holds_the_model_are_refused():
     from gpuconv import ops
     from gpuconv.graphs import StepGraph
-    from gpuconv.layers import ModuleList
+    from gpuconv.layers import ModuleDict, ModuleList
     from gpuconv.optim import SGD
 
     class Net(Layer):
@@ -2046,6 +2125,7 @@ def test_sequential_and_module_list_changes_while_a_graph_holds_the_model_are_re
             super().__init__()
             self.seq = Sequential(Conv2d(3, 2, 1, seed=0), Flatten())
             self.heads = ModuleList([Linear(8, 3, seed=1)])
+            self.named = ModuleDict({"act": ReLU()})
 
         def forward(self, x):
             return self.heads[0](self.seq(x))
@@ -2065,12 +2145,18 @@ def test_sequential_and_module_list_changes_while_a_graph_holds_the_model_are_re
                          (lambda: net.heads.append(ReLU()), "ModuleList.append"),
                          (lambda: net.heads.insert(0, ReLU()), "ModuleList.insert"),
                          (lambda: net.heads.pop(), "ModuleList.__delitem__"),
-                         (lambda: net.heads.__setitem__(0, Linear(8, 3)), "ModuleList.__setitem__")]:
+                         (lambda: net.heads.__setitem__(0, Linear(8, 3)), "ModuleList.__setitem__"),
+                         (lambda: net.named.__setitem__("fc", Linear(8, 3)), "ModuleDict.__setitem__"),
+                         (lambda: net.named.update({"act": GELU()}), "ModuleDict.update"),
+                         (lambda: net.named.pop("act"), "ModuleDict.__delitem__"),
+                         (lambda: net.named.clear(), "ModuleDict.clear")]:
         with pytest.raises(RuntimeError, match=f"{what}: {held}"):
             change()
-    assert len(net.seq) == 2 and len(net.heads) == 1
+    assert len(net.seq) == 2 and len(net.heads) == 1 and list(net.named) == ["act"]
     step.release()
     assert net.seq.pop() is not None and net.heads.insert(0, ReLU()) is None and len(net.heads) == 2
+    net.named["fc"] = Linear(8, 3)
+    assert list(net.named) == ["act", "fc"]
     del ops
 
 
