@@ -50,7 +50,7 @@ from .precision import DTYPES, bfloat16, round_once, upcast
 __all__ = ["Parameter", "Layer", "Module", "Identity", "Conv2d", "MaxPool2d", "AvgPool2d", "LPPool2d",
            "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "ReLU", "GELU", "Flatten", "Linear", "BatchNorm2d", "Dropout",
            "Scale", "Sequential", "ModuleList", "ModuleDict", "Residual", "CrossEntropyLoss", "LoadResult", "StateDictKeyError",
-           "clip_grad_norm_", "eval_mode", "input_is_data"]
+           "clip_grad_norm_", "clip_grad_value_", "eval_mode", "input_is_data"]
 
 
 # ----------------------------------------------------------------------------- argument checks
@@ -1984,6 +1984,29 @@ def _clip(grads, xp, max_norm, norm_type, error_if_nonfinite):
         else:  # a half-precision gradient: the product in float32, rounded once
             g[...] = (g.astype(acc) * scale).astype(g.dtype)
     return total
+
+
+def clip_grad_value_(parameters, clip_value, foreach=None):
+    """PyTorch's ``nn.utils.clip_grad_value_``: every gradient element of ``parameters`` (a
+    Parameter, or several) clamped in place to ``[-clip_value, clip_value]``, on the gradients'
+    device, with no readback (one elementwise launch per gradient, capturable in a CUDA graph);
+    returns None, as PyTorch's. A NaN stays a NaN, an infinity becomes the bound. Parameters
+    without a gradient take no part. Under fp16 loss scaling the gradients are still scaled: clip
+    after the scaler has unscaled them. ``foreach`` (how PyTorch schedules the same arithmetic) is
+    taken as given."""
+    params = [parameters] if isinstance(parameters, Parameter) else list(parameters)
+    if isinstance(clip_value, bool) or not isinstance(clip_value, numbers.Real) or not clip_value >= 0:
+        raise ValueError(f"clip_grad_value_: clip_value must be a number >= 0 (the gradients are clamped to "
+                         f"[-clip_value, clip_value]), got {clip_value!r}")
+    grads = [p.grad for p in params if isinstance(p, Parameter) and p.grad is not None]
+    if len(grads) != sum(1 for p in params if not isinstance(p, Parameter) or p.grad is not None):
+        raise TypeError("clip_grad_value_: parameters must be gpuconv Parameters (model.parameters())")
+    bound = float(clip_value)
+    for g in grads:
+        # The bounds go to the kernel by value (nothing uploaded); the comparison is in the
+        # gradient's dtype, so a float16 or bfloat16 gradient gets the bound rounded once.
+        with array_device_context((g,)):  # CuPy launches on its current device
+            get_array_module(g).clip(g, -bound, bound, out=g)
 
 
 def _trains(layer) -> bool:

@@ -1165,8 +1165,8 @@ def test_a_subclass_names_its_parameters_and_summarizes_its_own_forward():
 def test_clip_grad_norm_and_summary_run_with_the_parameters_gpu_current(fake_second_gpu):
     """CuPy allocates on its current device: clip_grad_norm_'s norms and summary()'s zero image, for
     a model on cuda:1 while cuda:0 was current, were made on GPU 0 (the image then refused by the
-    model's first layer as on another GPU). Both run with the parameters' GPU current now. CuPy is
-    faked (conftest.FakeSecondGpu)."""
+    model's first layer as on another GPU). Both run with the parameters' GPU current now, and so
+    does clip_grad_value_'s clamp. CuPy is faked (conftest.FakeSecondGpu)."""
     from gpuconv import nn
     from gpuconv.summary import summarize
     gpu, seen = fake_second_gpu, []
@@ -1186,6 +1186,9 @@ def test_clip_grad_norm_and_summary_run_with_the_parameters_gpu_current(fake_sec
     assert {"empty", "sum"} <= {name for name, _ in gpu.calls} and {on for _, on in gpu.calls} == {1}
     np.testing.assert_allclose(np.asarray(total), np.sqrt(48.0), rtol=1e-6)
     np.testing.assert_allclose(np.asarray(net.w.grad), 4.0 / (np.sqrt(48.0) + 1e-6), rtol=1e-6)
+    del gpu.calls[:]
+    nn.utils.clip_grad_value_(net.parameters(), 0.25)
+    assert set(gpu.calls) == {("clip", 1)} and gpu.current == [0] and (np.asarray(net.w.grad) == 0.25).all()
     del gpu.calls[:]
     assert [row["shape"] for row in summarize(net, (3,))] == [(3,)]
     assert gpu.calls == [("zeros", 1)] and seen == [("OnGpu", 1)] and gpu.current == [0]
@@ -1308,6 +1311,55 @@ def test_clip_grad_norm_arguments_and_torch():
                                    float(torch.nn.utils.clip_grad_norm_(theirs, 0.7, norm_type)), rtol=1e-6)
         for o, t in zip(ours, theirs):
             np.testing.assert_allclose(o.grad, t.grad.numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, "bfloat16"])
+def test_clip_grad_value_clamps_every_gradient_in_place(backend, dtype):
+    """nn.utils.clip_grad_value_: each gradient element clamped to [-c, c] in place on its device,
+    in its dtype (the bound rounded once, as PyTorch's clamp of a half-precision gradient), a NaN
+    kept, an infinity clamped; None returned and parameters without a gradient skipped, as PyTorch's."""
+    import ml_dtypes
+    from gpuconv import nn
+    dt = np.dtype(ml_dtypes.bfloat16) if dtype == "bfloat16" else np.dtype(dtype)
+    rows = np.array([[3.0, -4.0, 0.05, -0.05], [np.inf, -np.inf, np.nan, 0.3]])
+    params = [Parameter(backend.asarray(np.zeros(4, dt))) for _ in range(3)]
+    for p, row in zip(params, rows):
+        p.grad = backend.asarray(row.astype(dt))
+    grads = [p.grad for p in params[:2]]
+    assert nn.utils.clip_grad_value_(iter(params), 0.1) is None
+    c = float(dt.type(0.1))
+    want = [[c, -c, float(dt.type(0.05)), -float(dt.type(0.05))], [c, -c, np.nan, c]]
+    for p, g, row in zip(params, grads, want):
+        assert p.grad is g and p.grad.dtype == dt and B.get_array_module(p.grad) is backend.xp
+        np.testing.assert_array_equal(backend.asnumpy(p.grad).astype(np.float64), row)
+    assert params[2].grad is None
+    nn.utils.clip_grad_value_(params[0], 0)  # one Parameter, a bound of 0: every element 0
+    assert not backend.asnumpy(params[0].grad).astype(np.float64).any()
+
+
+def test_clip_grad_value_arguments_and_torch():
+    from gpuconv import nn
+    from gpuconv.nn.utils import clip_grad_value_
+    p = Parameter(np.ones(3, np.float32))
+    p.grad = np.array([3.0, -4.0, 0.5], np.float32)
+    for bad in (-1.0, float("nan"), True, "1", None):
+        with pytest.raises(ValueError, match=r"clip_value must be a number >= 0 \(the gradients are clamped to "
+                                             r"\[-clip_value, clip_value\]\), got"):
+            clip_grad_value_(p, bad)
+    with pytest.raises(TypeError, match=r"clip_grad_value_: parameters must be gpuconv Parameters"):
+        clip_grad_value_([p.grad], 1.0)
+    clip_grad_value_(p, np.float32(np.inf), foreach=True)  # (PyTorch's foreach= is taken)
+    np.testing.assert_array_equal(p.grad, [3.0, -4.0, 0.5])
+    assert nn.utils.clip_grad_norm_ is nn.clip_grad_norm_ and clip_grad_value_ is nn.clip_grad_value_
+    torch = pytest.importorskip("torch")
+    g = np.random.default_rng(4).standard_normal((2, 6)).astype(np.float32) * 3
+    ours = [Parameter(np.zeros(6, np.float32)) for _ in range(2)]
+    theirs = [torch.zeros(6, requires_grad=True) for _ in range(2)]
+    for o, t, row in zip(ours, theirs, g):
+        o.grad, t.grad = row.copy(), torch.from_numpy(row.copy())
+    assert clip_grad_value_(ours, 1.5) is torch.nn.utils.clip_grad_value_(theirs, 1.5) is None
+    for o, t in zip(ours, theirs):
+        np.testing.assert_array_equal(o.grad, t.grad.numpy())
 
 
 def test_module_list_registers_layers_its_holder_calls(backend):

@@ -1,0 +1,18 @@
+"""PyTorch's dotted namespaces (``torch.nn.utils``, ``torch.optim.lr_scheduler``) over names
+gpuconv defines elsewhere. ``gpuconv.nn`` and ``gpuconv.optim`` are modules, not packages: the
+namespace is a module object registered under its dotted name, so that ``from gpuconv.nn import
+utils``, ``import gpuconv.nn.utils`` and ``from gpuconv.nn.utils import clip_grad_norm_`` all
+work, as they do in PyTorch scripts."""
+from __future__ import annotations
+
+import sys
+import types
+
+
+def namespace(name, doc, members):
+    """A module named ``name`` (dotted, under an imported module) holding ``members`` (a dict)."""
+    module = types.ModuleType(name, doc)
+    module.__dict__.update(members)
+    module.__all__ = list(members)
+    sys.modules[name] = module
+    return module
