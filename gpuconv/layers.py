@@ -49,8 +49,8 @@ from .precision import DTYPES, bfloat16, round_once, upcast
 
 __all__ = ["Parameter", "Layer", "Module", "Identity", "Conv2d", "MaxPool2d", "AvgPool2d", "LPPool2d",
            "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "ReLU", "GELU", "Flatten", "Linear", "BatchNorm2d", "Dropout",
-           "Scale", "Sequential", "ModuleList", "ModuleDict", "Residual", "CrossEntropyLoss", "LoadResult", "StateDictKeyError",
-           "clip_grad_norm_", "clip_grad_value_", "eval_mode", "input_is_data"]
+           "Scale", "Sequential", "ModuleList", "ModuleDict", "Residual", "CrossEntropyLoss", "LoadResult",
+           "StateDictKeyError", "clip_grad_norm_", "clip_grad_value_", "eval_mode", "input_is_data"]
 
 
 # ----------------------------------------------------------------------------- argument checks
