@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 
 import numpy as np
 
@@ -19,8 +20,8 @@ from .backend import array_device_context, copy_like
 from .layers import Parameter
 from .ops._checks import check_float
 
-__all__ = ["calculate_gain", "uniform_", "normal_", "constant_", "ones_", "zeros_", "xavier_uniform_",
-           "xavier_normal_", "kaiming_uniform_", "kaiming_normal_"]
+__all__ = ["calculate_gain", "uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "xavier_uniform_",
+           "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_"]
 
 _LINEAR = ("linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
            "sigmoid")
@@ -97,6 +98,50 @@ def normal_(tensor, mean=0.0, std=1.0):
     return _fill(tensor, "normal_", lambda shape: np.random.normal(mean, std, size=shape))
 
 
+def trunc_normal_(tensor, mean=0.0, std=1.0, a=-2.0, b=2.0):
+    """Values from N(mean, std^2) truncated to [a, b], bounds in absolute units (not in stds: the
+    default [-2, 2] leaves ``std=0.02``, a vision transformer's, untruncated in effect), by
+    PyTorch's rejection sampling: where the window holds more than 30% of the normal's mass, draws
+    out of [a, b] are drawn again; where it holds less, uniform draws in [a, b] are kept with
+    probability pdf(x) / pdf(mode). As PyTorch's, it warns when ``mean`` lies more than 2 std
+    outside [a, b] (the draws then take long)."""
+    mean, std = _number("trunc_normal_", "mean", mean), _number("trunc_normal_", "std", std)
+    a, b = _number("trunc_normal_", "a", a), _number("trunc_normal_", "b", b)
+    if std <= 0:
+        raise ValueError(f"nn.init.trunc_normal_: std must be > 0, got {std}")
+    if not a < b:
+        raise ValueError(f"nn.init.trunc_normal_: the bounds must have a < b (absolute values, e.g. a=-2 * std, "
+                         f"b=2 * std), got a={a}, b={b}")
+    if mean < a - 2 * std or mean > b + 2 * std:
+        warnings.warn("mean is more than 2 std from [a, b] in nn.init.trunc_normal_. The distribution of values may "
+                      "be incorrect.", stacklevel=2)
+
+    def cdf(x):
+        return (1.0 + math.erf((x - mean) / (std * math.sqrt(2.0)))) / 2.0
+
+    def draw(shape):
+        if cdf(b) - cdf(a) > 0.3:
+            out = np.random.normal(mean, std, size=shape)
+            redo = (out < a) | (out > b)
+            while redo.any():
+                out[redo] = np.random.normal(mean, std, size=int(redo.sum()))
+                redo = (out < a) | (out > b)
+            return out
+        log_peak = -0.5 * ((max(a, min(mean, b)) - mean) / std) ** 2
+
+        def rejected(x):
+            return np.log(np.random.uniform(size=x.shape)) > -0.5 * ((x - mean) / std) ** 2 - log_peak
+
+        out = np.random.uniform(a, b, size=shape)
+        redo = rejected(out)
+        while redo.any():
+            out[redo] = np.random.uniform(a, b, size=int(redo.sum()))
+            redo[redo] = rejected(out[redo])
+        return out
+
+    return _fill(tensor, "trunc_normal_", draw)
+
+
 def constant_(tensor, val):
     """Every value ``val``."""
     val = _number("constant_", "val", val)
@@ -145,3 +190,29 @@ def kaiming_normal_(tensor, a=0, mode="fan_in", nonlinearity="leaky_relu"):
     for the convolutions of a ResNet."""
     std = _kaiming_std(tensor, "kaiming_normal_", a, mode, nonlinearity)
     return _fill(tensor, "kaiming_normal_", lambda shape: np.random.normal(0.0, std, size=shape))
+
+
+def orthogonal_(tensor, gain=1.0):
+    """A (semi-)orthogonal matrix times ``gain`` (Saxe et al., 2013), as PyTorch's: the trailing
+    dimensions flattened (a convolution's (out, in * kh * kw)), Q of the QR factorization of a
+    standard normal matrix of that shape (transposed where it is wide), each column's sign set so
+    that R's diagonal is positive (Q then uniform over the orthogonal matrices). An empty tensor is
+    left as it is."""
+    data = _data(tensor, "orthogonal_")
+    gain = _number("orthogonal_", "gain", gain)
+    if data.ndim < 2:
+        raise ValueError(f"nn.init.orthogonal_: needs a weight of 2 or more dimensions (Linear's (out, in), "
+                         f"Conv2d's (out, in, kh, kw)), got shape {tuple(data.shape)}")
+    if data.size == 0:
+        return tensor
+
+    def draw(shape):
+        rows = shape[0]
+        cols = int(np.prod(shape)) // rows
+        flat = np.random.normal(0.0, 1.0, size=(rows, cols))
+        wide = rows < cols
+        q, r = np.linalg.qr(flat.T if wide else flat)
+        q *= np.sign(np.diag(r))
+        return (gain * (q.T if wide else q)).reshape(shape)
+
+    return _fill(tensor, "orthogonal_", draw)

@@ -1687,6 +1687,91 @@ def test_nn_init_fills_parameters_in_place_as_pytorchs(backend):
         init.zeros_([1.0, 2.0])
 
 
+def _truncated_normal_moments(mean, std, a, b):
+    """The mean and standard deviation of N(mean, std^2) truncated to [a, b] (closed forms)."""
+    alpha, beta = (a - mean) / std, (b - mean) / std
+    pdf = [math.exp(-t * t / 2) / math.sqrt(2 * math.pi) for t in (alpha, beta)]
+    mass = (math.erf(beta / math.sqrt(2)) - math.erf(alpha / math.sqrt(2))) / 2
+    shift = (pdf[0] - pdf[1]) / mass
+    var = 1 + (alpha * pdf[0] - beta * pdf[1]) / mass - shift ** 2
+    return mean + std * shift, std * math.sqrt(var)
+
+
+@pytest.mark.parametrize("mean, std, a, b", [(0.0, 1.0, -2.0, 2.0), (0.5, 2.0, 1.0, 1.5), (0.0, 1.0, 1.0, 3.0),
+                                             (0.0, 0.02, -2.0, 2.0)])
+def test_nn_init_trunc_normal_draws_pytorchs_truncated_normal(backend, mean, std, a, b):
+    """nn.init.trunc_normal_: every value in [a, b] (absolute units: std=0.02 in the default [-2, 2] is
+    a plain normal in effect), with the truncated normal's mean and std, through both of PyTorch's
+    samplers (a window holding more than 30% of the mass: normal draws redrawn; less: uniform draws
+    kept by the density), in place on the parameter's device and dtype, reproducible under
+    np.random.seed; torch's draws have the same moments."""
+    from gpuconv.nn.init import trunc_normal_
+    p = Parameter(backend.asarray(np.empty((400, 500), np.float32)))
+    array = p.data
+    np.random.seed(5)
+    assert trunc_normal_(p, mean, std, a, b) is p and p.data is array
+    got = backend.asnumpy(p.data).astype(np.float64)
+    assert backend.asnumpy(p.data).dtype == np.float32
+    want_mean, want_std = _truncated_normal_moments(mean, std, a, b)
+    assert a <= got.min() and got.max() <= b
+    assert abs(got.mean() - want_mean) < 5 * want_std / math.sqrt(got.size)
+    assert abs(got.std() / want_std - 1) < 0.01
+    np.random.seed(5)
+    np.testing.assert_array_equal(trunc_normal_(np.empty((400, 500), np.float32), mean, std, a, b), got)
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    theirs = torch.nn.init.trunc_normal_(torch.empty(400, 500, dtype=torch.float64), mean, std, a, b).numpy()
+    assert a <= theirs.min() and theirs.max() <= b
+    assert abs(theirs.mean() - want_mean) < 5 * want_std / math.sqrt(theirs.size)
+    assert abs(theirs.std() / want_std - 1) < 0.01
+
+
+def test_nn_init_trunc_normal_arguments():
+    from gpuconv import nn
+    w = np.empty(10)
+    for kwargs, match in [({"std": 0.0}, "std must be > 0, got 0.0"), ({"a": 1.0, "b": 1.0}, "must have a < b"),
+                          ({"a": 2.0, "b": -2.0}, r"a < b \(absolute values"), ({"b": float("nan")}, "b must be a "
+                                                                                    "finite number, got nan")]:
+        with pytest.raises((ValueError, TypeError), match=match):
+            nn.init.trunc_normal_(w, **kwargs)
+    with pytest.warns(UserWarning, match="mean is more than 2 std from"):
+        nn.init.trunc_normal_(w, mean=5.0, std=1.0, a=0.0, b=1.0)
+    assert (0 <= w).all() and (w <= 1).all()
+
+
+@pytest.mark.parametrize("shape", [(10, 4), (4, 3, 2, 2), (6, 6)])
+def test_nn_init_orthogonal_is_pytorchs_qr_with_the_sign_correction(backend, shape, monkeypatch):
+    """nn.init.orthogonal_: the trailing dimensions flattened, Q of the normal matrix's QR (of its
+    transpose where it is wide) with each column's sign making R's diagonal positive, times gain;
+    in place on the parameter's device and dtype. Given torch's own normal draws it gives torch's
+    matrix."""
+    from gpuconv import nn
+    rows, cols = shape[0], int(np.prod(shape[1:]))
+    p = Parameter(backend.asarray(np.empty(shape, np.float32)))
+    array = p.data
+    np.random.seed(6)
+    assert nn.init.orthogonal_(p, gain=2.0) is p and p.data is array
+    w = backend.asnumpy(p.data).astype(np.float64).reshape(rows, cols) / 2
+    assert backend.asnumpy(p.data).dtype == np.float32
+    np.random.seed(6)
+    drawn = np.random.normal(0.0, 1.0, size=(rows, cols))
+    q, m = (w.T, drawn.T) if rows < cols else (w, drawn)
+    np.testing.assert_allclose(q.T @ q, np.eye(q.shape[1]), atol=1e-6)  # orthonormal columns
+    r = q.T @ m  # R of m = QR: upper triangular with a positive diagonal
+    np.testing.assert_allclose(np.tril(r, -1), 0, atol=1e-5)
+    assert (np.diag(r) > 0).all()
+    with pytest.raises(ValueError, match=r"orthogonal_: needs a weight of 2 or more dimensions .* got shape \(3,\)"):
+        nn.init.orthogonal_(np.empty(3, np.float32))
+    assert nn.init.orthogonal_(np.empty((0, 3))).shape == (0, 3)  # empty: left as it is, as PyTorch's
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(1)
+    theirs = torch.nn.init.orthogonal_(torch.empty(shape), gain=0.5).numpy()
+    torch.manual_seed(1)
+    normal = torch.empty(rows, cols).normal_(0, 1).numpy().astype(np.float64)  # the draws orthogonal_ made
+    monkeypatch.setattr(np.random, "normal", lambda loc, scale, size: normal if size == (rows, cols) else None)
+    np.testing.assert_allclose(backend.asnumpy(nn.init.orthogonal_(p, gain=0.5).data), theirs, atol=2e-6)
+
+
 def test_np_random_seed_makes_unseeded_layers_reproducible():
     """seed=None draws the layer's seed from NumPy's global generator (torch.manual_seed's role)."""
     def build():
