@@ -33,7 +33,8 @@ bit for bit. Per-parameter keys are ``state.<index>.<name>`` with the parameter'
 in the list given to the optimizer.
 
 Schedules step once per iteration (after ``optimizer.step()``), set ``optimizer.lr`` from a
-closed form of ``last_step`` and save/restore that position.
+closed form of ``last_step`` and save/restore that position. Those PyTorch has are also in
+``gpuconv.optim.lr_scheduler``, as in ``torch.optim.lr_scheduler``.
 """
 from __future__ import annotations
 
@@ -46,13 +47,14 @@ from collections.abc import Mapping, MutableMapping
 import numpy as np
 
 from . import kernels
+from ._namespace import namespace
 from .backend import (array_device_context, copy_like, get_array_module, host_copy, kernel_target,
                       parameters_device_context)
 from .graphs import REPLAYED_WAY_OUT
 from .layers import Parameter, _only, zero_grads
 from .ops._checks import check_bool
 
-__all__ = ["Optimizer", "ParamGroup", "ParamStates", "SGD", "Adam", "AdamW", "Muon", "Chain", "newton_schulz", "replays_schedule", "LRSchedule", "StepLR", "MultiStepLR", "CosineAnnealingLR", "LambdaLR", "CosineLR", "OneCycleLR", "TriangularLR"]
+__all__ = ["Optimizer", "ParamGroup", "ParamStates", "SGD", "Adam", "AdamW", "Muon", "Chain", "newton_schulz", "replays_schedule", "LRSchedule", "StepLR", "MultiStepLR", "CosineAnnealingLR", "LambdaLR", "CosineLR", "OneCycleLR", "TriangularLR", "lr_scheduler"]
 
 
 def _nonneg(name, value):
@@ -1468,3 +1470,14 @@ class TriangularLR(LRSchedule):
             return self.base_lr * (self.start * (1 - frac) + self.peak * frac)
         frac = min(1.0, (step - warmup) / max(1, self.total_steps - warmup))
         return self.base_lr * (self.peak * (1 - frac) + self.end * frac)
+
+
+# PyTorch's ``torch.optim.lr_scheduler`` namespace, with the schedules above that it names as gpuconv
+# does: ``from gpuconv.optim import lr_scheduler; lr_scheduler.StepLR(opt, 30)`` and ``from
+# gpuconv.optim.lr_scheduler import OneCycleLR`` port as written. gpuconv's own schedules (CosineLR,
+# TriangularLR) stay in gpuconv.optim, where PyTorch has no such names.
+lr_scheduler = namespace(__name__ + ".lr_scheduler", "``gpuconv.optim.lr_scheduler``: the schedules of "
+                         "PyTorch's ``torch.optim.lr_scheduler`` that gpuconv has, under PyTorch's names "
+                         "(:mod:`gpuconv.optim` holds them and gpuconv's own).",
+                         {name: globals()[name] for name in ("StepLR", "MultiStepLR", "CosineAnnealingLR",
+                                                             "LambdaLR", "OneCycleLR")})

@@ -629,6 +629,28 @@ def test_pytorchs_multistep_cosine_annealing_and_lambda_schedules():
         MultiStepLR(_opt(), [3], last_epoch=4)
 
 
+def test_lr_scheduler_namespace_holds_pytorchs_schedule_names():
+    """``from gpuconv.optim import lr_scheduler`` (and ``from gpuconv.optim.lr_scheduler import ...``)
+    reach the schedules PyTorch's torch.optim.lr_scheduler names as gpuconv does, stepping through
+    torch 2.14's lrs; gpuconv's own (CosineLR, TriangularLR) are not in it. With torch at hand: the
+    namespace holds every gpuconv.optim name torch's has, and only those."""
+    import gpuconv.optim as optim
+    from gpuconv.optim import lr_scheduler
+    from gpuconv.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, MultiStepLR
+    assert (lr_scheduler.StepLR, lr_scheduler.OneCycleLR, CosineAnnealingLR, LambdaLR, MultiStepLR) == (
+        StepLR, OneCycleLR, optim.CosineAnnealingLR, optim.LambdaLR, optim.MultiStepLR)
+    assert sorted(lr_scheduler.__all__) == ["CosineAnnealingLR", "LambdaLR", "MultiStepLR", "OneCycleLR", "StepLR"]
+    assert not hasattr(lr_scheduler, "CosineLR") and "lr_scheduler" in optim.__all__
+    np.testing.assert_allclose(_lrs(lr_scheduler.StepLR(_opt(0.1), 3, 0.5), 7),
+                               [0.1, 0.1, 0.1, 0.05, 0.05, 0.05, 0.025, 0.025], rtol=1e-15)
+    torch_one_cycle = [0.0040000000000000036, 0.052000000000000005, 0.1, 0.09504846320134738, 0.0811745653949763,
+                       0.06112620219362893, 0.03887419780637107, 0.0188258346050237, 0.004951936798652629, 4e-07]
+    np.testing.assert_allclose(_lrs(lr_scheduler.OneCycleLR(_opt(0.1), max_lr=0.1, total_steps=10), 9),
+                               torch_one_cycle, rtol=1e-13)
+    torch = pytest.importorskip("torch")
+    assert set(lr_scheduler.__all__) == set(optim.__all__) & set(torch.optim.lr_scheduler.__all__)
+
+
 def test_cosine_lr_without_warmup_matches_closed_form():
     lrs = _lrs(CosineLR(_opt(0.4), total_steps=20), 20)
     expect = [0.4 * 0.5 * (1 + math.cos(math.pi * s / 20)) for s in range(21)]
