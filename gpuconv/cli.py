@@ -667,6 +667,9 @@ def _train(args) -> int:
     s["val_split"] = val_spec
     if cifar.test is None and val is not None:
         _say(f"{cifar.root} has no test_batch: validating on {val_desc}")
+    if s["limit"] is not None and s["limit"] > len(train):
+        _say(f"note: --limit {s['limit']} is more than the {len(train)} training images there are: training on all "
+             f"{len(train)}")
     train = _limit(train, s["limit"], s["seed"])
     trained_on = {"path": str(Path(cifar.root).resolve()), "train_images": len(train),
                   "fingerprint": train.fingerprint()}

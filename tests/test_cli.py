@@ -49,6 +49,16 @@ def test_train_writes_checkpoint_and_metrics(trained):
     assert all(0 <= r["val_acc"] <= 1 for r in epochs)
 
 
+def test_a_limit_past_the_training_images_says_it_trains_on_all_of_them(tmp_path, capsys, monkeypatch):
+    """--limit larger than the training set was capped without a word: the run said nothing of
+    training on fewer images than asked for. It says so, and trains on all of them."""
+    monkeypatch.setattr("gpuconv.plots.plot_curves", lambda history, path: None)
+    rc, _, err = run(["train", "--model", "seed", "--epochs", "1", "--limit", "999999", "--data", SUBSET,
+                      "--device", "cpu", "--out", tmp_path, "--no-progress"], capsys)
+    assert rc == 0, err
+    assert "note: --limit 999999 is more than the 4153 training images there are: training on all 4153" in err
+
+
 def test_train_on_the_cpu_keeps_freed_memory_for_the_next_step(tmp_path, capsys, monkeypatch):
     """A CPU run has glibc keep its freed arrays' memory (gpuconv._hostmem): no page faults per step."""
     from gpuconv import _hostmem
