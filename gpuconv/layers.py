@@ -126,6 +126,12 @@ def _layer_dtype(where, dtype):
     return dt
 
 
+def _cast_floats(dt, copy=True):
+    """An array converted to ``dt`` if it holds floating-point values; another (an integer or bool
+    buffer: an index, a mask) unchanged, as PyTorch's ``to(dtype)`` leaves it."""
+    return lambda a: a.astype(dt, copy=copy) if a.dtype in DTYPES else a  # (the float dtypes, bfloat16 too)
+
+
 def _join(prefix, name):
     return f"{prefix}.{name}" if prefix else name
 
@@ -671,12 +677,13 @@ class Layer:
         if device is not None:
             dev = Device(device)
             self._convert(lambda a: to_device(a, dev))
-        return self if dt is None else self._convert(lambda a: a.astype(dt, copy=False))
+        return self if dt is None else self._convert(_cast_floats(dt, copy=False))
 
     def astype(self, dtype):
-        """Convert parameters, gradients and buffers to float32 or float64 (new arrays)."""
+        """Convert parameters, gradients and floating-point buffers to float32 or float64 (new
+        arrays); integer and bool buffers (an index, a mask) stay as they are, as in PyTorch."""
         dt = _layer_dtype("astype", dtype)
-        return self._convert(lambda a: a.astype(dt))
+        return self._convert(_cast_floats(dt))
 
     def double(self):
         """``to(dtype=np.float64)``, as a PyTorch module's (float64 for gradient checks)."""

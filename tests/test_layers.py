@@ -1556,6 +1556,30 @@ def test_to_takes_a_dtype_as_pytorchs_with_double_and_float():
     assert net[0].weight.dtype == np.float32  # (as it was)
 
 
+def test_a_dtype_conversion_leaves_integer_and_bool_buffers_as_pytorchs():
+    """``to(dtype)``, ``double()``, ``float()`` and ``astype`` convert the floating-point arrays only,
+    as PyTorch's ``to(dtype)`` does: a registered index or mask buffer stays int or bool, so the
+    forward that indexes with it still runs. Before, they became float64 and indexing raised."""
+    class Picker(Layer):
+        def __init__(self):
+            super().__init__()
+            self.fc = Linear(3, 2, seed=0)
+            self.register_buffer("idx", np.array([2, 0, 1]))
+            self.register_buffer("keep", np.array([True, False, True]))
+            self.register_buffer("scale", np.ones(3, np.float32))
+
+        def forward(self, x):
+            return self.fc(x[:, self.idx] * self.keep * self.scale)
+
+    net = Picker()
+    for convert in (lambda m: m.double(), lambda m: m.to(np.float64), lambda m: m.to("cpu", np.float32),
+                    lambda m: m.float(), lambda m: m.astype(np.float64)):
+        convert(net)
+        assert net.idx.dtype == np.int64 and net.keep.dtype == np.bool_
+        assert net.scale.dtype == net.fc.weight.dtype
+        assert net(np.ones((2, 3), net.fc.weight.dtype)).shape == (2, 2)
+
+
 def test_get_submodule_parameter_and_buffer_by_dotted_path():
     net = Sequential(Conv2d(3, 4, 3, seed=0), Residual(Sequential({"conv": Conv2d(4, 4, 3, padding=1, bias=False),
                                                                     "bn": BatchNorm2d(4)})))
