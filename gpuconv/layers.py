@@ -766,7 +766,12 @@ class Layer:
                 value = np.asarray(value)
             if value.dtype == bfloat16:  # (ml_dtypes' type is no np.number) widened, exactly, as torch's is
                 value = value.astype(np.float32)
-            if not np.issubdtype(value.dtype, np.number) or np.issubdtype(value.dtype, np.complexfloating):
+            if (value.dtype == np.bool_) != (current.dtype == np.bool_):  # a mask (register_buffer) is loaded as one
+                raise TypeError(f"load_state_dict: {name!r} has dtype {value.dtype}, expected a "
+                                f"{'bool' if current.dtype == np.bool_ else 'real numeric'} array (the model holds "
+                                f"{current.dtype})")
+            if value.dtype != np.bool_ and (not np.issubdtype(value.dtype, np.number)
+                                            or np.issubdtype(value.dtype, np.complexfloating)):
                 raise TypeError(f"load_state_dict: {name!r} has dtype {value.dtype}, expected a real numeric array "
                                 f"(the model holds {current.dtype})")
             if tuple(value.shape) != tuple(current.shape):

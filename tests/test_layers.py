@@ -1580,6 +1580,27 @@ def test_a_dtype_conversion_leaves_integer_and_bool_buffers_as_pytorchs():
         assert net(np.ones((2, 3), net.fc.weight.dtype)).shape == (2, 2)
 
 
+def test_a_registered_bool_buffer_loads_from_its_state_dict():
+    """A bool buffer (a mask) that register_buffer took saves and loads back, as in PyTorch; a
+    number where the model holds a mask, or a mask where it holds numbers, is still refused.
+    Before, load_state_dict refused the model's own state dict: "'mask' has dtype bool"."""
+    class Masked(Layer):
+        def __init__(self, keep):
+            super().__init__()
+            self.fc = Linear(3, 2, seed=0)
+            self.register_buffer("mask", np.array(keep))
+
+    saved = Masked([True, False, True]).state_dict()
+    net = Masked([False, False, False])
+    net.load_state_dict(saved)
+    assert net.mask.dtype == np.bool_ and net.mask.tolist() == [True, False, True]
+    with pytest.raises(TypeError, match=r"'mask' has dtype float64, expected a bool array \(the model holds bool\)"):
+        net.load_state_dict({**saved, "mask": np.ones(3)})
+    with pytest.raises(TypeError, match=r"'fc.bias' has dtype bool, expected a real numeric array"):
+        net.load_state_dict({**saved, "fc.bias": np.ones(2, bool)})
+    assert net.mask.tolist() == [True, False, True]
+
+
 def test_get_submodule_parameter_and_buffer_by_dotted_path():
     net = Sequential(Conv2d(3, 4, 3, seed=0), Residual(Sequential({"conv": Conv2d(4, 4, 3, padding=1, bias=False),
                                                                     "bn": BatchNorm2d(4)})))
