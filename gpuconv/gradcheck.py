@@ -96,7 +96,7 @@ def directional_derivative(model, x, labels, h=1e-6, seed=0):
     analytic = float(xp.sum(dx * dir_x)) + sum(float(xp.sum(p.grad * d)) for p, d in zip(params, dirs)
                                                if p.grad is not None)
     after = [gen.bit_generator.state for gen in generators]
-    buffers = [(m, name, getattr(m, name).copy()) for m in model.modules() for name in m._buffer_names]
+    buffers = [(m, name, b.copy()) for m in model.modules() for name, b in m._own_buffers()]
     numeric = (loss_at(h) - loss_at(-h)) / (2 * h)
     for gen, state in zip(generators, after):
         gen.bit_generator.state = state

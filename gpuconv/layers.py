@@ -510,12 +510,17 @@ class Layer:
 
     def register_buffer(self, name, tensor, persistent=True):
         """A buffer (state that is not trained, such as running statistics) named ``name``, as
-        PyTorch's: an attribute that ``to()`` moves, ``astype()`` converts and ``state_dict()`` holds."""
+        PyTorch's: an attribute that ``to()`` moves, ``astype()`` converts and ``state_dict()`` holds;
+        None (as PyTorch's) for state set later, left out of them all until it is an array."""
         self._check_new_name("register_buffer", name, buffer=True)
         if persistent is not True:
             raise ValueError(f"register_buffer({name!r}, ..., persistent={persistent!r}): every buffer is saved in "
                              "the state dict here; keep an array that is not state as a plain attribute")
-        check_array(f"register_buffer({name!r}, tensor)", tensor)
+        if tensor is not None:
+            try:
+                check_array("tensor", tensor)
+            except TypeError as exc:
+                raise TypeError(f"register_buffer({name!r}, tensor): {exc}") from None
         self._registering("register_buffer")
         if name not in self._buffer_names:
             self._buffer_names = tuple(self._buffer_names) + (name,)
@@ -548,6 +553,11 @@ class Layer:
         ``prefix='model'``)."""
         return _Walk((_join(name, attr), gen) for name, layer in self.named_modules(prefix)
                      for attr, gen in layer._own_generators())
+
+    def _own_buffers(self):
+        """[(name, array)] of this layer's own buffers; one set to None (``register_buffer(name,
+        None)``, PyTorch's buffer without state yet) is left out, as there."""
+        return [(b, getattr(self, b)) for b in self._buffer_names if getattr(self, b) is not None]
 
     def _own_parameters(self):
         own = [(n, getattr(self, n)) for n in self._param_names if getattr(self, n) is not None]
@@ -582,8 +592,8 @@ class Layer:
     def named_buffers(self, prefix="", recurse=True):
         """[(dotted name, array)] of the non-trained state, e.g. ``('1.running_mean', a)`` (``prefix``
         and ``recurse`` as in :meth:`named_parameters`)."""
-        return _Walk((_join(mname, b), getattr(m, b)) for mname, m in
-                     (self.named_modules(prefix) if recurse else [(prefix, self)]) for b in m._buffer_names)
+        return _Walk((_join(mname, b), a) for mname, m in
+                     (self.named_modules(prefix) if recurse else [(prefix, self)]) for b, a in m._own_buffers())
 
     def buffers(self, recurse=True):
         return _Walk(b for _, b in self.named_buffers(recurse=recurse))
@@ -624,7 +634,7 @@ class Layer:
             # a captured step computes with the arrays of its capture: a model moved (cpu() then
             # cuda() around a save) or cast would no longer be the one its replays train
             arrays = [a for m in self.modules() for a in [p.data for _, p in m._own_parameters()]
-                      + [getattr(m, b) for b in m._buffer_names]]
+                      + [a for _, a in m._own_buffers()]]
             if any(fn(a) is not a for a in arrays):
                 raise RuntimeError(f"{type(self).__name__}: its arrays cannot be moved or cast while "
                                    + REPLAYED_WAY_OUT)
@@ -634,8 +644,8 @@ class Layer:
                 p.compute = None  # a low-precision copy of the old array: recast at the next step
                 if p.grad is not None:
                     p.grad = fn(p.grad)
-            for b in m._buffer_names:
-                setattr(m, b, fn(getattr(m, b)))
+            for b, a in m._own_buffers():
+                setattr(m, b, fn(a))
             m._cache = None  # a cache holds arrays of the old device or dtype
         return self
 
@@ -712,8 +722,8 @@ class Layer:
                     continue
                 seen.add(id(p))
                 slots[_join(mname, pname)] = (p.data, lambda v, p=p: setattr(p, "data", v))
-            for b in m._buffer_names:
-                slots[_join(mname, b)] = (getattr(m, b), lambda v, m=m, b=b: setattr(m, b, v))
+            for b, a in m._own_buffers():
+                slots[_join(mname, b)] = (a, lambda v, m=m, b=b: setattr(m, b, v))
         return slots
 
     def state_dict(self):

@@ -1601,6 +1601,41 @@ def test_a_registered_bool_buffer_loads_from_its_state_dict():
     assert net.mask.tolist() == [True, False, True]
 
 
+def test_a_buffer_registered_as_none_is_left_out_until_set_as_pytorchs():
+    """``register_buffer(name, None)``, PyTorch's idiom for state made later (or a buffer set to None
+    again): no array yet, so ``buffers()``, ``state_dict()``, ``to()`` and the gradient check leave it
+    out, and ``get_buffer`` reads None; once an array is set it is a buffer as any. Before,
+    register_buffer refused None with a garbled fix ("e.g. register_buffer('mask', tensor) =
+    np.asarray(...)"), and a buffer set to None put an object array in the state dict and broke to()."""
+    from gpuconv.gradcheck import directional_derivative, relative_error
+    class Gated(Layer):
+        def __init__(self):
+            super().__init__()
+            self.fc = Linear(3, 2, seed=0)
+            self.register_buffer("mask", None)
+
+        def forward(self, x):
+            return self.fc(x if self.mask is None else x * self.mask)
+
+        def backward(self, dy, need_dx=True):
+            dx = self.fc.backward(dy, need_dx)
+            return dx if self.mask is None or dx is None else dx * self.mask
+
+    net = Gated()
+    assert net.get_buffer("mask") is None and net.buffers() == [] and list(net.state_dict()) == ["fc.weight", "fc.bias"]
+    assert net.double() is net and net.to("cpu").fc.weight.dtype == np.float64
+    x = np.random.default_rng(0).standard_normal((2, 3))
+    assert relative_error(*directional_derivative(net, x, np.array([0, 1]))) < 1e-6
+    net.mask = np.array([1.0, 0.0, 1.0])
+    assert [n for n, _ in net.named_buffers()] == ["mask"] and list(net.state_dict())[0] == "mask"
+    assert net.float().mask.dtype == np.float32
+    net.mask = None
+    assert "mask" not in net.state_dict() and net.to(np.float64).fc.bias.dtype == np.float64
+    with pytest.raises(TypeError, match=r"register_buffer\('tmp', tensor\): tensor must be a numpy or cupy array, got "
+                                        r"list: wrap it first, e.g. tensor = np.asarray\(tensor"):
+        net.register_buffer("tmp", [0.0])
+
+
 def test_get_submodule_parameter_and_buffer_by_dotted_path():
     net = Sequential(Conv2d(3, 4, 3, seed=0), Residual(Sequential({"conv": Conv2d(4, 4, 3, padding=1, bias=False),
                                                                     "bn": BatchNorm2d(4)})))
@@ -1651,7 +1686,7 @@ def test_explicit_registration_as_in_pytorch():
         net.register_parameter("w", np.zeros(2, np.float32))
     with pytest.raises(ValueError, match=r"persistent=False\): every buffer is saved"):
         net.register_buffer("tmp", np.zeros(1), persistent=False)
-    with pytest.raises(TypeError, match=r"register_buffer\('tmp', tensor\) must be a numpy or cupy array"):
+    with pytest.raises(TypeError, match=r"register_buffer\('tmp', tensor\): tensor must be a numpy or cupy array"):
         net.register_buffer("tmp", [0.0])
     with pytest.raises(TypeError, match=r"Conv2d.register_buffer: a built-in Conv2d holds no attributes of your own"):
         Conv2d(1, 1, 1).register_buffer("extra", np.zeros(1))
