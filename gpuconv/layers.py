@@ -1450,18 +1450,12 @@ class Sequential(Layer):
         if not isinstance(layer, Layer):
             raise TypeError(f"Sequential.insert: a {type(layer).__name__} is not a gpuconv Layer; wrap it in a Layer "
                             "subclass with forward and backward")
-        n = len(self._layers)
-        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
-            raise TypeError(f"Sequential.insert(index, layer): index must be an int position, got {index!r}")
-        if not -n <= index <= n:
-            raise IndexError(f"Sequential.insert: index {index} is out of range: it holds {n} layers, so a new one "
-                             f"goes at {-n} to {n} ({n}: at the end)")
+        index = _insert_position("Sequential", index, len(self._layers))
         if not self._positional():
             raise ValueError(f"Sequential.insert: the layers are named ({', '.join(map(repr, self._layers))}), not "
                              "numbered by position, so the new layer has no name; build a new Sequential with it, "
                              "e.g. Sequential({'conv': conv, 'new': layer, ...})")
         self._changing("Sequential.insert")
-        index = int(index) + n if index < 0 else int(index)
         layers = list(self._layers.values())
         layers.insert(index, layer)
         self._renumber(layers, index)
@@ -1553,6 +1547,17 @@ class Sequential(Layer):
         return dy if first == 0 else None
 
 
+def _insert_position(container, index, n):
+    """``index`` of ``container.insert(index, layer)`` as a position in ``0..n`` (``n`` layers held;
+    a negative one counted from the end, as ``list.insert``), or an error naming the valid ones."""
+    if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+        raise TypeError(f"{container}.insert(index, layer): index must be an int position, got {index!r}")
+    if not -n <= index <= n:
+        raise IndexError(f"{container}.insert: index {index} is out of range: it holds {n} layers, so a new one "
+                         f"goes at {-n} to {n} ({n}: at the end)")
+    return int(index) + n if index < 0 else int(index)
+
+
 class ModuleList(Layer):
     """PyTorch's ``nn.ModuleList``: layers held in a list, registered (``parameters()``,
     ``state_dict()`` keys ``'0.weight'``..., ``train()``, ``to()``) but not called in any order of
@@ -1602,14 +1607,8 @@ class ModuleList(Layer):
     def insert(self, index, layer):
         """Put ``layer`` before position ``index`` (``len``: at the end; negative: counted from the end);
         the layers after it are renumbered (their state dict keys move up by one, as in PyTorch)."""
-        n = len(self._list)
-        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
-            raise TypeError(f"ModuleList.insert(index, layer): index must be an int position, got {index!r}")
-        if not -n <= index <= n:
-            raise IndexError(f"ModuleList.insert: index {index} is out of range: it holds {n} layers, so a new one "
-                             f"goes at {-n} to {n} ({n}: at the end)")
+        index = _insert_position("ModuleList", index, len(self._list))
         self._changing("insert", layer)
-        index = int(index) + n if index < 0 else int(index)
         self._list.insert(index, layer)
         self._renumber(index)
 
