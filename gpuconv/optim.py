@@ -1267,7 +1267,9 @@ class StepLR(LRSchedule):
 class MultiStepLR(LRSchedule):
     """PyTorch's ``MultiStepLR``: ``lr = base_lr * gamma ** (the number of milestones <= step)``
     (a milestone given twice counts twice, as there), e.g. ``milestones=[100, 150]`` for the
-    schedules of CIFAR ResNet papers (stepped once per epoch)."""
+    schedules of CIFAR ResNet papers (stepped once per epoch). A :class:`~gpuconv.trainer.Trainer`
+    steps its scheduler after every batch, as it steps every schedule here: give it milestones in
+    batches, ``[100 * len(loader), 150 * len(loader)]``."""
 
     _hyper = ("gamma",)
 
@@ -1313,7 +1315,9 @@ def _milestones(milestones):
 class CosineAnnealingLR(LRSchedule):
     """PyTorch's ``CosineAnnealingLR``: ``lr = eta_min + (base_lr - eta_min) * (1 + cos(pi * step /
     T_max)) / 2``, the closed form PyTorch's steps follow, rising again after ``T_max`` as there
-    (:class:`CosineLR` holds ``min_lr`` instead, and warms up)."""
+    (:class:`CosineLR` holds ``min_lr`` instead, and warms up). ``T_max`` counts the schedule's
+    steps: a :class:`~gpuconv.trainer.Trainer` steps it after every batch (``T_max = epochs *
+    len(loader)``), a loop of one's own where it calls ``step()``."""
 
     _hyper = ("T_max", "eta_min")
 
@@ -1329,8 +1333,9 @@ class CosineAnnealingLR(LRSchedule):
 
 class LambdaLR(LRSchedule):
     """PyTorch's ``LambdaLR``: ``lr = base_lr * lr_lambda(step)`` (a warm-up: ``lambda s: min(1, (s +
-    1) / 500)``). The function is code, not state: a state dict holds the step, and loads into a
-    LambdaLR built with the same function, as PyTorch's does for a lambda."""
+    1) / 500)``; a :class:`~gpuconv.trainer.Trainer` steps it after every batch, so its argument
+    counts batches there). The function is code, not state: a state dict holds the step, and loads
+    into a LambdaLR built with the same function, as PyTorch's does for a lambda."""
 
     def __init__(self, optimizer, lr_lambda, last_epoch=-1):
         _only("LambdaLR", last_epoch=(last_epoch, -1))
