@@ -1389,7 +1389,7 @@ class Sequential(Layer):
 
     def extend(self, layers):
         """``append`` each of ``layers``; returns the Sequential."""
-        for layer in layers:
+        for layer in list(layers):  # (the layers given, read before any is added: seq.extend(seq))
             self.append(layer)
         return self
 
@@ -1590,7 +1590,7 @@ class ModuleList(Layer):
         return self
 
     def extend(self, layers):
-        for layer in layers:
+        for layer in list(layers):  # (the layers given, read before any is added: mlist += mlist)
             self.append(layer)
         return self
 

@@ -1515,6 +1515,32 @@ def test_module_dict_holds_named_layers_as_pytorchs(backend):
     np.testing.assert_array_equal(backend.asnumpy(heads.aux.weight.data), theirs.aux.weight.detach().numpy())
 
 
+def test_a_container_extended_by_itself_holds_its_layers_twice_as_its_sum():
+    """``seq += seq``, ``mlist.extend(mlist)``: the layers it held when the call began, appended once
+    more (as ``seq + seq`` and Python's ``l += l``). Before, a ModuleList appended to the list it was
+    reading until memory ran out, and a Sequential raised "dictionary changed size during
+    iteration" with one layer appended."""
+    import signal
+    from gpuconv.layers import ModuleList
+
+    def stop(signum, frame):
+        raise TimeoutError("the extend did not end")
+
+    before = signal.signal(signal.SIGALRM, stop)
+    signal.setitimer(signal.ITIMER_REAL, 5.0)
+    try:
+        a, b = Linear(2, 2, seed=0), ReLU()
+        mlist = ModuleList([a, b])
+        mlist += mlist
+        assert list(mlist) == [a, b, a, b]
+        seq = Sequential(a, b)
+        seq.extend(seq)
+        assert list(seq) == [a, b, a, b] and list(seq._layers) == ["0", "1", "2", "3"]
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, before)
+
+
 def test_pytorchs_module_conveniences():
     from gpuconv import nn
     class Net(nn.Module):  # the name PyTorch code subclasses
