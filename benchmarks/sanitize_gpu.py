@@ -283,6 +283,33 @@ def gelu(run, rng):
                       G._gelu_backward_reference(dy, rc), rtol)
 
 
+def activations(run, rng):
+    """LeakyReLU, Sigmoid, Tanh and SiLU over one element and a partial block, float32 and float64:
+    LeakyReLU, and Sigmoid's and Tanh's backward (from the reference's output), bit for bit; exp
+    and tanh (CUDA's against NumPy's) within a few ulp."""
+    from gpuconv.ops import _launch_activations as LA  # noqa: PLC0415
+    from gpuconv.ops import activations as A  # noqa: PLC0415
+    for dtype, rtol in ((np.float32, 1e-6), (np.float64, 1e-14)):
+        for n in (1, 257):
+            xh = (4 * rng.standard_normal(n)).astype(dtype)
+            dy = rng.standard_normal(n).astype(dtype)
+            for name, args in (("leaky_relu", (0.1,)), ("sigmoid", ()), ("tanh", ()), ("silu", ())):
+                y, _ = getattr(LA, f"{name}_forward_kernel")(run.dev(xh), *args, target=run.target)
+                ry, rc = getattr(A, f"_{name}_forward_reference")(xh, *args)
+                on_device = type(rc)(*[run.dev(v) if hasattr(v, "shape") else v for v in rc])
+                dx = getattr(LA, f"{name}_backward_kernel")(run.dev(dy), on_device, target=run.target)
+                rdx = getattr(A, f"_{name}_backward_reference")(dy, rc)
+                tag = f"{name} n={n} {np.dtype(dtype).name}"
+                if name == "leaky_relu":
+                    run.exact(f"{tag} forward", y, ry)
+                else:
+                    run.close(f"{tag} forward", y, ry, rtol)
+                if name == "silu":  # (exp again; relative to the largest |dx|, past the cancellation near -1.28)
+                    run.close(f"{tag} backward", dx, rdx, rtol)
+                else:
+                    run.exact(f"{tag} backward", dx, rdx)
+
+
 def loss(run, rng):
     """Softmax cross-entropy: one row, a row of fewer classes than lanes, and 300 rows over 38
     blocks (the last-block sum of other blocks' rows), with and without smoothing."""
@@ -563,8 +590,8 @@ def stream_hold(run, rng):
     run.add("stream_hold: released at once, no time-out", int(timed_out[0]) == 0)
 
 
-FAMILIES = (conv, conv_tc, gemm, pool, relu, gelu, scale, loss, optim, amp_cast, dropout, augment, batchnorm,
-            stream_hold)
+FAMILIES = (conv, conv_tc, gemm, pool, relu, gelu, activations, scale, loss, optim, amp_cast, dropout, augment,
+            batchnorm, stream_hold)
 
 
 def main(argv=None):

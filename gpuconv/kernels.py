@@ -95,12 +95,12 @@ from . import backend  # attribute access at call time: tests fake CuPy by patch
 from . import layout, precision
 from .ops._checks import check_bool
 
-KERNEL_FILES = ("conv2d", "conv2d_tc", "pool2d", "relu", "gelu", "dropout", "augment", "stream_hold", "gemm_tc",
-                "batchnorm", "optim", "loss", "amp", "scale")
+KERNEL_FILES = ("conv2d", "conv2d_tc", "pool2d", "relu", "gelu", "activations", "dropout", "augment", "stream_hold",
+                "gemm_tc", "batchnorm", "optim", "loss", "amp", "scale")
 # The headers a file's translation unit gets after common.cuh, in order (see build_source).
 _TC_HEADERS = ("mma.cuh", "wgmma.cuh", "tc_tile.cuh")
 UNIT_HEADERS = {"gemm_tc": _TC_HEADERS, "conv2d_tc": _TC_HEADERS, "relu": ("activation.cuh",),
-                "gelu": ("activation.cuh",), "batchnorm": ("activation.cuh",)}
+                "gelu": ("activation.cuh",), "activations": ("activation.cuh",), "batchnorm": ("activation.cuh",)}
 COMMON = "common.cuh"
 # Files built for the arch-specific sm_90a on a Hopper GPU (compute capability 9.0), for its
 # wgmma (kernels/wgmma.cuh); every other file, and these on other GPUs, build for sm_XX.

@@ -44,13 +44,15 @@ from .counter_rng import check_seed
 from .graphs import REPLAYED_WAY_OUT
 from .ops._checks import check_array, check_bool, check_float, check_floor, conv_padding, whole_float_hint
 from .ops._checks import only_defaults as _only
+from .ops.activations import check_negative_slope
 from .ops.scale import check_factor
 from .precision import DTYPES, bfloat16, round_once, upcast
 
 __all__ = ["Parameter", "Layer", "Module", "Identity", "Conv2d", "MaxPool2d", "AvgPool2d", "LPPool2d",
-           "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "ReLU", "GELU", "Flatten", "Linear", "BatchNorm2d", "Dropout",
-           "Scale", "Sequential", "ModuleList", "ModuleDict", "Residual", "CrossEntropyLoss", "LoadResult",
-           "StateDictKeyError", "clip_grad_norm_", "clip_grad_value_", "eval_mode", "input_is_data"]
+           "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "ReLU", "GELU", "LeakyReLU", "SiLU", "Sigmoid", "Tanh", "Flatten",
+           "Linear", "BatchNorm2d", "Dropout", "Scale", "Sequential", "ModuleList", "ModuleDict", "Residual",
+           "CrossEntropyLoss", "LoadResult", "StateDictKeyError", "clip_grad_norm_", "clip_grad_value_", "eval_mode",
+           "input_is_data"]
 
 
 # ----------------------------------------------------------------------------- argument checks
@@ -1150,6 +1152,78 @@ class GELU(Layer):
 
     def backward(self, dy, need_dx=True):
         return ops.gelu_backward(dy, self._take_cache())
+
+
+class LeakyReLU(Layer):
+    """``x`` where ``x > 0``, else ``negative_slope * x`` (PyTorch's ``nn.LeakyReLU``, whose gradient
+    at 0 takes the slope too). ``inplace`` is accepted as PyTorch spells it and changes nothing:
+    the output is always a new array (the backward reads the input)."""
+
+    _registers_attributes = False
+    negative_slope = _Replayed()
+
+    def __init__(self, negative_slope=0.01, inplace=False):
+        super().__init__()
+        self.negative_slope = check_negative_slope(negative_slope, "LeakyReLU")
+        _check_inplace("LeakyReLU", inplace)
+
+    def forward(self, x):
+        y, cache = ops.leaky_relu_forward(x, self.negative_slope)
+        self._keep(cache)
+        return y
+
+    def backward(self, dy, need_dx=True):
+        return ops.leaky_relu_backward(dy, self._take_cache())
+
+    def extra_repr(self):
+        return f"negative_slope={self.negative_slope}"
+
+
+class SiLU(Layer):
+    """``x * sigmoid(x)`` (PyTorch's ``nn.SiLU``, also called swish). ``inplace`` is accepted as
+    PyTorch spells it and changes nothing: the output is always a new array."""
+
+    _registers_attributes = False
+
+    def __init__(self, inplace=False):
+        super().__init__()
+        _check_inplace("SiLU", inplace)
+
+    def forward(self, x):
+        y, cache = ops.silu_forward(x)
+        self._keep(cache)
+        return y
+
+    def backward(self, dy, need_dx=True):
+        return ops.silu_backward(dy, self._take_cache())
+
+
+class Sigmoid(Layer):
+    """``1 / (1 + exp(-x))``, overflow-free (PyTorch's ``nn.Sigmoid``); the backward reads the output."""
+
+    _registers_attributes = False
+
+    def forward(self, x):
+        y, cache = ops.sigmoid_forward(x)
+        self._keep(cache)
+        return y
+
+    def backward(self, dy, need_dx=True):
+        return ops.sigmoid_backward(dy, self._take_cache())
+
+
+class Tanh(Layer):
+    """``tanh(x)`` (PyTorch's ``nn.Tanh``); the backward reads the output."""
+
+    _registers_attributes = False
+
+    def forward(self, x):
+        y, cache = ops.tanh_forward(x)
+        self._keep(cache)
+        return y
+
+    def backward(self, dy, need_dx=True):
+        return ops.tanh_backward(dy, self._take_cache())
 
 
 class Identity(Layer):

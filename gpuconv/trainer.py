@@ -217,7 +217,8 @@ class Trainer:
     fp16's loss scale and overflow skips stay on the device (the scaler updates its arrays in
     place); dropout layers read their mask keys from the device, written before each step from
     their own generators (the eager run's masks). A number a kernel takes by value (the optimizer's hyperparameters, batch
-    norm's momentum and eps, Scale's factor, LPPool2d's norm_type, ``label_smoothing``, ``precision``) and which
+    norm's momentum and eps, Scale's factor, LPPool2d's norm_type, LeakyReLU's negative_slope, ``label_smoothing``,
+    ``precision``) and which
     parameters train (``requires_grad``) change, layers or parameter groups are added, and a state is loaded (the model's, the optimizer's,
     :meth:`load_checkpoint`), before the fit or in ``epoch_start``; during a graphed epoch, they are
     refused.

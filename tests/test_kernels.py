@@ -835,7 +835,8 @@ def test_the_variant_answers_follow_every_change_of_choice():
     ("max_pool2d_backward", "max_pool2d_forward"), ("avg_pool2d_backward", "avg_pool2d_forward"),
     ("lp_pool2d_backward", "lp_pool2d_forward"), ("relu_backward", "relu_forward"), ("gelu_backward", "gelu_forward"),
     ("dropout_backward", "dropout_forward"), ("scale_backward", "scale_forward"),
-    ("batchnorm2d_backward", "batchnorm2d_forward")])
+    ("batchnorm2d_backward", "batchnorm2d_forward"), ("leaky_relu_backward", "leaky_relu_forward"),
+    ("sigmoid_backward", "sigmoid_forward"), ("tanh_backward", "tanh_forward"), ("silu_backward", "silu_forward")])
 def test_a_backward_given_something_else_than_its_cache_names_the_forward(backward, forward):
     from gpuconv import ops
     dy = np.ones((1, 1, 2, 2), np.float32)
@@ -857,6 +858,8 @@ def test_every_ops_cache_prints_its_arrays_as_shapes_and_copies_and_pickles():
               ops.max_pool2d_forward(x, 2)[1], ops.avg_pool2d_forward(x, 2)[1], ops.lp_pool2d_forward(x, 2, 2)[1],
               ops.adaptive_max_pool2d_forward(x, 3)[1], ops.relu_forward(x)[1], ops.gelu_forward(x)[1],
               ops.dropout_forward(x, 0.5, rng=np.random.default_rng(1))[1], ops.scale_forward(x, 0.5)[1],
+              ops.leaky_relu_forward(x, 0.2)[1], ops.sigmoid_forward(x)[1], ops.tanh_forward(x)[1],
+              ops.silu_forward(x)[1],
               ops.batchnorm2d_forward(x, np.ones(4, np.float32), np.zeros(4, np.float32), np.zeros(4, np.float32),
                                       np.ones(4, np.float32), training=True)[1]]
     for cache in caches:

@@ -14,8 +14,8 @@ from gpuconv import backend as B
 from gpuconv import ops
 from gpuconv.gradcheck import numerical_gradient_array, relative_error
 from gpuconv.layers import (GELU, AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, BatchNorm2d, Conv2d,
-                            CrossEntropyLoss, Dropout, Flatten, Layer, Linear, LPPool2d, MaxPool2d, Parameter, ReLU,
-                            Residual, Scale, Sequential, StateDictKeyError)
+                            CrossEntropyLoss, Dropout, Flatten, Layer, LeakyReLU, Linear, LPPool2d, MaxPool2d,
+                            Parameter, ReLU, Residual, Scale, Sequential, Sigmoid, SiLU, StateDictKeyError, Tanh)
 
 TOL = 1e-6
 
@@ -442,6 +442,10 @@ OPTION_CASES = {
     "batchnorm-train": (lambda: BatchNorm2d(4), (2, 4, 3, 3), "normal"),
     "relu": (lambda: ReLU(), (2, 3, 3, 3), "away"),
     "gelu": (lambda: GELU(), (2, 3, 3, 3), "normal"),
+    "leaky-relu-0.2": (lambda: LeakyReLU(0.2), (2, 3, 3, 3), "away"),
+    "silu": (lambda: SiLU(), (2, 3, 3, 3), "normal"),
+    "sigmoid": (lambda: Sigmoid(), (2, 3, 3, 3), "normal"),
+    "tanh": (lambda: Tanh(), (2, 3, 3, 3), "normal"),
     "scale": (lambda: Scale(0.125), (2, 3, 3, 3), "normal"),
     "dropout-train": (lambda: Dropout(0.3, seed=11), (2, 4, 3, 3), "normal"),
     "linear-4d": (lambda: Linear(3 * 2 * 3, 2, seed=4), (2, 3, 2, 3), "normal"),
@@ -1053,6 +1057,7 @@ def test_constructor_arguments_are_pytorchs_in_pytorchs_order():
         with pytest.raises(ValueError, match=says):
             make()
     ReLU(inplace=True), Dropout(0.5, True), GELU("none"), Flatten(1, -1)  # accepted: they change nothing here
+    assert LeakyReLU(0.2, True).negative_slope == 0.2 and SiLU(True)  # (negative_slope, inplace), as in PyTorch
     with pytest.raises(TypeError, match=r"Dropout\(inplace=3\).*the seed is a keyword"):  # the old seed position
         Dropout(0.5, 3)
     x = np.arange(2 * 1 * 5 * 5, dtype=np.float32).reshape(2, 1, 5, 5)

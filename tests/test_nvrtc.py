@@ -55,6 +55,7 @@ ENTRIES = {
     "augment": ["augment_batch"],
     "relu": ["relu_forward_v1", "relu_forward_v2", "relu_backward_v1", "relu_backward_v2"],
     "gelu": ["gelu_forward", "gelu_backward"],
+    "activations": [f"{a}_{d}" for a in ("leaky_relu", "sigmoid", "tanh", "silu") for d in ("forward", "backward")],
     "scale": ["scale_forward"],
     "optim": ["sgd_update", "lookahead_update"],
     "loss": ["softmax_cross_entropy"],

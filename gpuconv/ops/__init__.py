@@ -9,6 +9,8 @@ its arguments, then runs a CUDA kernel launcher when one is registered for the a
 """
 from ._checks import conv_output_size
 from ._dispatch import get_launcher, register_launcher
+from .activations import (LeakyReluCache, SigmoidCache, SiluCache, TanhCache, leaky_relu_backward, leaky_relu_forward,
+                          sigmoid_backward, sigmoid_forward, silu_backward, silu_forward, tanh_backward, tanh_forward)
 from .adaptive_pool2d import (AdaptivePool2dCache, adaptive_avg_pool2d_backward, adaptive_avg_pool2d_forward,
                               adaptive_max_pool2d_backward, adaptive_max_pool2d_forward)
 from .batchnorm import BatchNorm2dCache, batchnorm2d_backward, batchnorm2d_forward
@@ -31,6 +33,9 @@ __all__ = [
     "adaptive_max_pool2d_backward", "AdaptivePool2dCache",
     "relu_forward", "relu_backward",
     "gelu_forward", "gelu_backward", "GeluCache",
+    "leaky_relu_forward", "leaky_relu_backward", "LeakyReluCache",
+    "sigmoid_forward", "sigmoid_backward", "SigmoidCache",
+    "tanh_forward", "tanh_backward", "TanhCache", "silu_forward", "silu_backward", "SiluCache",
     "scale_forward", "scale_backward", "ScaleCache",
     "linear_forward", "linear_backward",
     "softmax_cross_entropy",

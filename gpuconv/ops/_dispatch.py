@@ -16,9 +16,9 @@ calls it a fallback (which the backend tests fail on 'sim').
     def relu_forward_kernel(x, *, target):
         ...
 
-Which ops have kernels. conv2d, max/avg/LP pooling, ReLU, GELU, the scaling, dropout, batchnorm2d,
-softmax_cross_entropy and linear (bfloat16/float16 on the tensor-core GEMM, float32 and float64
-as 1x1 convolutions) have launchers (kernels/*.cu), on 'cuda' and on 'sim'. So on 'sim' every
+Which ops have kernels. conv2d, max/avg/LP pooling, ReLU, GELU, LeakyReLU, Sigmoid, Tanh, SiLU, the
+scaling, dropout, batchnorm2d, softmax_cross_entropy and linear (bfloat16/float16 on the tensor-core
+GEMM, float32 and float64 as 1x1 convolutions) have launchers (kernels/*.cu), on 'cuda' and on 'sim'. So on 'sim' every
 ``kernels/*.cu`` kernel runs on the simulator, and the rest of a training step (the few array
 operations between the ops) is plain NumPy, exactly as on 'cuda' it is plain CuPy, with no
 library GEMM (cuBLAS), which CuPy would refuse inside a CUDA graph capture.
@@ -88,15 +88,17 @@ def call_elementwise(op_name, reference, x, *scalars):
     return call(op_name, kernel_target(x), reference, x, *scalars)
 
 
-def call_elementwise_backward(op_name, reference, dy, cache):
-    """Its backward: ``dy`` checked against the forward input ``cache.x`` (shape, dtype), then
+def call_elementwise_backward(op_name, reference, dy, cache, saved="x"):
+    """Its backward: ``dy`` checked against the array the forward kept, ``cache.x`` (its input) or,
+    with ``saved='y'``, ``cache.y`` (its output: Sigmoid's and Tanh's), in shape and dtype, then
     :func:`call` on their target."""
     check_float("dy", dy)
-    x = cache.x
-    if tuple(dy.shape) != tuple(x.shape):
-        raise ValueError(f"dy must have the forward input's shape {tuple(x.shape)}, got {tuple(dy.shape)}")
-    check_same_dtype("x", x, dy=dy)
-    return call(op_name, kernel_target(dy, x, names=("dy", cached("x"))), reference, dy, cache)
+    a = getattr(cache, saved)
+    if tuple(dy.shape) != tuple(a.shape):
+        which = "input" if saved == "x" else "output"
+        raise ValueError(f"dy must have the forward {which}'s shape {tuple(a.shape)}, got {tuple(dy.shape)}")
+    check_same_dtype(saved, a, dy=dy)
+    return call(op_name, kernel_target(dy, a, names=("dy", cached(saved))), reference, dy, cache)
 
 
 def _run(op_name, target, reference, args):
