@@ -287,3 +287,38 @@ def test_errors(backend):
     for make in (lambda: nn.LeakyReLU(0.1, 2), lambda: nn.SiLU("yes")):
         with pytest.raises(TypeError, match=r"inplace is True or False"):
             make()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, ml_dtypes.bfloat16], ids=["f32", "bf16"])
+def test_against_pytorch(dtype):
+    """Where PyTorch is installed: its functional ops and autograd on the same values, NaN and the
+    infinities included. LeakyReLU's bits; the others within 8 float32 units of roundoff (exp and
+    tanh are other libraries' there) and one rounding of the storage type."""
+    torch = pytest.importorskip("torch", reason="PyTorch is optional: this compares against it where installed")
+    F = torch.nn.functional
+    rng = np.random.default_rng(6)
+    x = (6 * rng.standard_normal(500)).astype(dtype)
+    x[:6] = [0.0, -0.0, np.inf, -np.inf, np.nan, 1e-30]
+    dy = rng.standard_normal(500).astype(dtype)
+    tdtype = torch.float32 if dtype == np.float32 else torch.bfloat16
+    to_torch = (lambda a: torch.from_numpy(a.astype(np.float32)).to(tdtype))  # (bf16 values exact in float32)
+    funcs = {"leaky_relu": lambda t: F.leaky_relu(t, 0.2), "sigmoid": torch.sigmoid, "tanh": torch.tanh,
+             "silu": F.silu}
+    u = 8 * unit_roundoff(np.float32) + (0 if dtype == np.float32 else 2 * unit_roundoff(dtype))
+    for name, f in funcs.items():
+        t = to_torch(x).requires_grad_(True)
+        ty = f(t)
+        (tdx,) = torch.autograd.grad(ty, t, to_torch(dy))
+        fwd, bwd = _ops(name, 0.2)
+        y, cache = fwd(x)
+        dx = bwd(dy, cache)
+        for got, want, scale in ((y, ty, None), (dx, tdx, np.abs(dy.astype(np.float64)))):
+            got, want = got.astype(np.float64), want.detach().double().numpy()
+            assert (np.isnan(got) == np.isnan(want)).all(), name
+            ok = np.isfinite(want)
+            assert (got[~ok] == want[~ok]).sum() == np.isinf(want).sum(), name  # the same infinities
+            if name == "leaky_relu":  # every value, and the sign of every zero (a NaN's payload aside)
+                assert (got[ok] == want[ok]).all() and (np.signbit(got[ok]) == np.signbit(want[ok])).all(), name
+                continue
+            got, want, tol = got[ok], want[ok], u * (np.abs(want) if scale is None else np.abs(want) + scale)[ok]
+            assert (np.abs(got - want) <= tol + 1e-38).all(), (name, np.max(np.abs(got - want) / tol))
