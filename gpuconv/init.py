@@ -82,6 +82,14 @@ def _number(what, name, value):
     return float(value)
 
 
+def _bound(name, value):
+    """A bound of trunc_normal_: a number, or an infinity leaving that side open (as PyTorch takes it)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value):
+        raise TypeError(f"nn.init.trunc_normal_: {name} must be a number (-inf or inf leaves that side open), got "
+                        f"{value!r}")
+    return float(value)
+
+
 def uniform_(tensor, a=0.0, b=1.0):
     """Values from U(a, b)."""
     a, b = _number("uniform_", "a", a), _number("uniform_", "b", b)
@@ -103,10 +111,12 @@ def trunc_normal_(tensor, mean=0.0, std=1.0, a=-2.0, b=2.0):
     default [-2, 2] leaves ``std=0.02``, a vision transformer's, untruncated in effect), by
     PyTorch's rejection sampling: where the window holds more than 30% of the normal's mass, draws
     out of [a, b] are drawn again; where it holds less, uniform draws in [a, b] are kept with
-    probability pdf(x) / pdf(mode). As PyTorch's, it warns when ``mean`` lies more than 2 std
-    outside [a, b] (the draws then take long)."""
+    probability pdf(x) / pdf(mode). An infinite bound leaves that side open (``a=0, b=math.inf``:
+    a half-normal), as in PyTorch, where the window holds enough of the mass for the first
+    sampler. As PyTorch's, it warns when ``mean`` lies more than 2 std outside [a, b] (the draws
+    then take long)."""
     mean, std = _number("trunc_normal_", "mean", mean), _number("trunc_normal_", "std", std)
-    a, b = _number("trunc_normal_", "a", a), _number("trunc_normal_", "b", b)
+    a, b = _bound("a", a), _bound("b", b)
     if std <= 0:
         raise ValueError(f"nn.init.trunc_normal_: std must be > 0, got {std}")
     if not a < b:
@@ -127,6 +137,11 @@ def trunc_normal_(tensor, mean=0.0, std=1.0, a=-2.0, b=2.0):
                 out[redo] = np.random.normal(mean, std, size=int(redo.sum()))
                 redo = (out < a) | (out > b)
             return out
+        if math.isinf(a) or math.isinf(b):
+            raise ValueError(f"nn.init.trunc_normal_: [a, b] = [{a}, {b}] holds {cdf(b) - cdf(a):.1%} of the normal's "
+                             f"mass (mean={mean}, std={std}), too little for redrawing normal values, and PyTorch's "
+                             f"sampler for that case draws uniformly in [a, b], which needs both bounds finite: give a "
+                             f"finite bound in place of {'a' if math.isinf(a) else 'b'}={a if math.isinf(a) else b}")
         log_peak = -0.5 * ((max(a, min(mean, b)) - mean) / std) ** 2
 
         def rejected(x):

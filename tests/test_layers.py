@@ -1842,12 +1842,37 @@ def test_nn_init_trunc_normal_arguments():
     w = np.empty(10)
     for kwargs, match in [({"std": 0.0}, "std must be > 0, got 0.0"), ({"a": 1.0, "b": 1.0}, "must have a < b"),
                           ({"a": 2.0, "b": -2.0}, r"a < b \(absolute values"), ({"b": float("nan")}, "b must be a "
-                                                                                    "finite number, got nan")]:
+                                                                                    "number .*, got nan")]:
         with pytest.raises((ValueError, TypeError), match=match):
             nn.init.trunc_normal_(w, **kwargs)
     with pytest.warns(UserWarning, match="mean is more than 2 std from"):
         nn.init.trunc_normal_(w, mean=5.0, std=1.0, a=0.0, b=1.0)
     assert (0 <= w).all() and (w <= 1).all()
+
+
+def test_nn_init_trunc_normal_takes_an_open_side_as_pytorchs(backend):
+    """An infinite bound leaves that side open, as in PyTorch: trunc_normal_(w, a=0, b=inf) draws a
+    half-normal and a=-inf, b=inf a plain normal (both through the sampler that redraws normal
+    values); they were refused as 'a must be a finite number'. Where the window holds too little
+    of the mass for that sampler, its uniform draws need finite bounds: a clear error (PyTorch's
+    says 'to is out of bounds for float'). A NaN bound is refused as before."""
+    from gpuconv.nn.init import trunc_normal_
+    p = Parameter(backend.asarray(np.empty((200, 500), np.float32)))
+    np.random.seed(1)
+    assert trunc_normal_(p, 0.0, 2.0, 0.0, math.inf) is p
+    got = backend.asnumpy(p.data).astype(np.float64)
+    assert got.min() >= 0 and np.isfinite(got).all()
+    half_mean, half_std = 2.0 * math.sqrt(2 / math.pi), 2.0 * math.sqrt(1 - 2 / math.pi)
+    assert abs(got.mean() - half_mean) < 5 * half_std / math.sqrt(got.size)
+    assert abs(got.std() / half_std - 1) < 0.01
+    got = trunc_normal_(np.empty(100000), 1.0, 3.0, -math.inf, math.inf)
+    assert abs(got.mean() - 1.0) < 5 * 3.0 / math.sqrt(got.size) and abs(got.std() / 3.0 - 1) < 0.01
+    with pytest.raises(ValueError, match=r"holds 2\.3% of the normal's mass.*give a finite bound in place of b=inf"):
+        trunc_normal_(np.empty(10), 0.0, 1.0, 2.0, math.inf)
+    with pytest.raises(TypeError, match="a must be a number .*, got nan"):
+        trunc_normal_(np.empty(10), a=math.nan)
+    with pytest.raises(TypeError, match="mean must be a finite number, got inf"):
+        trunc_normal_(np.empty(10), mean=math.inf)
 
 
 @pytest.mark.parametrize("shape", [(10, 4), (4, 3, 2, 2), (6, 6)])
