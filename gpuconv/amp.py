@@ -344,8 +344,16 @@ class LossScaler:
         for name in ("init_scale", "growth_factor", "backoff_factor"):
             setattr(self, name, float(_scalar(d[name])))
         self.growth_interval = int(_scalar(d["growth_interval"]))
-        self.scale_ = np.asarray(float(_scalar(d["scale"])), np.float32)   # moved to the device at first use
-        self.tracker = np.asarray(int(_scalar(d["tracker"])), np.int32)
+        scale, tracker = float(_scalar(d["scale"])), int(_scalar(d["tracker"]))
+        if self.scale_ is None:
+            self.scale_ = np.asarray(scale, np.float32)   # moved to the device at first use
+            self.tracker = np.asarray(tracker, np.int32)
+            return
+        # Into the arrays the scaler has, as PyTorch's GradScaler fills its own: a step replayed as a
+        # CUDA graph reads and writes the arrays of its capture (a fill is a launch, no host copy).
+        with backend.array_device_context((self.scale_,)):
+            self.scale_.fill(np.float32(scale))
+            self.tracker.fill(np.int32(tracker))
 
 
 def cast_input(x, dt):

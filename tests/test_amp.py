@@ -198,6 +198,32 @@ def test_loss_scaler_backs_off_on_overflow_and_grows_after_clean_steps():
     assert s.scale(d).dtype == np.float16 and (s.scale(d) == 8).all()
 
 
+@pytest.mark.parametrize("device", ["cpu"] + KERNEL_DEVICES)
+def test_a_scaler_state_loaded_after_its_first_use_is_written_into_its_arrays(device):
+    """LossScaler.load_state_dict once the scale is on the device writes the saved scale and count
+    into the arrays the scaler has, as PyTorch's GradScaler fills its own: it put new host arrays
+    in their place, so a step captured as a CUDA graph went on with the arrays of its capture (the
+    loaded scale never used, current_scale reporting it all the same), and a capture after the load
+    would have copied the new ones to the GPU inside the capture, which CUDA refuses."""
+    with gpuconv.default_device(device):
+        grad = backend.to_device(np.ones(3, np.float32))
+        saved = amp.LossScaler(init_scale=1024.0, growth_interval=3)
+        saved.factor(grad)
+        saved.update(backend.to_device(np.asarray(False)))  # one clean step counted
+        s = amp.LossScaler(init_scale=8.0, growth_interval=3)
+        scale, tracker = s.factor(grad), s.tracker
+        s.load_state_dict(saved.state_dict())
+        assert s.scale_ is scale and s.tracker is tracker  # (what a captured step reads and writes)
+        assert float(backend.asnumpy(scale)) == 1024.0 and int(backend.asnumpy(tracker)) == 1
+        assert s.state_dict() == saved.state_dict()
+        s.update(backend.to_device(np.asarray(False)))
+        s.update(backend.to_device(np.asarray(False)))
+        assert s.current_scale == 2048.0  # grown after the 3rd clean step, the loaded one counted
+    fresh = amp.LossScaler()
+    fresh.load_state_dict(saved.state_dict())  # (before any use: moved to the device at the first)
+    assert fresh.current_scale == 1024.0 and int(fresh.tracker) == 1
+
+
 def test_loss_scale_never_grows_past_float32():
     """Clean steps at the top of float32's range (all-zero gradients do that): the scale stays
     finite, and an overflow then backs it off (an infinite scale would stay infinite)."""
