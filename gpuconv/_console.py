@@ -3,7 +3,20 @@ from __future__ import annotations
 
 import errno
 import os
+import shlex
+import subprocess
 import sys
+
+
+def command_line(words, windows=None) -> str:
+    """``words`` as one line to paste into the shell: quoted for a POSIX shell (``shlex.join``),
+    or on Windows (``windows``: default, whether this is Windows) as cmd.exe splits a line, double
+    quotes around a word with a space or a quote and none otherwise (``subprocess.list2cmdline``),
+    which PowerShell reads alike but for a quoted first word (a program path with a space, which
+    it runs as ``& "..."``); shlex's single quotes, around every word with a backslash (every
+    Windows path), are part of the word to cmd.exe and make a first word an expression to PowerShell."""
+    windows = os.name == "nt" if windows is None else windows
+    return subprocess.list2cmdline([str(w) for w in words]) if windows else shlex.join(str(w) for w in words)
 
 
 def _is_terminal(stream) -> bool:

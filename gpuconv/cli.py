@@ -20,7 +20,6 @@ import math
 import os
 import platform
 import runpy
-import shlex
 import shutil
 import sys
 import time
@@ -30,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from . import _env
-from ._console import CONSOLE, silence
+from ._console import CONSOLE, command_line, silence
 from ._files import directory_lock
 from .counter_rng import SEED_LIMIT
 from .data.augment import CIFAR10_MEAN, CIFAR10_STD
@@ -77,13 +76,16 @@ def _program():
     when it was started so. Called from Python (``main(argv)``): ``gpuconv``."""
     def found_as(path):  # (abspath, not realpath: a venv's python links to the one outside it)
         on_path = shutil.which(Path(path).name)
-        return Path(path).name if on_path and os.path.abspath(on_path) == os.path.abspath(path) else str(path)
+        same = on_path and os.path.normcase(os.path.abspath(on_path)) in {
+            os.path.normcase(os.path.abspath(path) + ext) for ext in ("", ".exe")}  # (Windows: gpuconv.EXE)
+        return Path(path).name if same else str(path)
 
     spec = getattr(sys.modules.get("__main__"), "__spec__", None)
     if spec is not None and spec.name == "gpuconv.__main__" and sys.executable:
         return [found_as(sys.executable), "-m", "gpuconv"]
     script = sys.argv[0] if sys.argv else ""
-    if Path(script).stem == "gpuconv" and os.path.isfile(script):
+    # (pip's Windows launcher, gpuconv.exe, gives its path without '.exe': the shells run it so)
+    if Path(script).stem == "gpuconv" and (os.path.isfile(script) or os.path.isfile(script + ".exe")):
         return [found_as(script)]
     return ["gpuconv"]
 
@@ -522,7 +524,7 @@ def _best_instead(path) -> str:
     except (OSError, ValueError, KeyError):
         return ""
     return (f". {best} is intact, the training state of epoch {epoch}: to continue the run from there (the epochs "
-            f"after it trained again), `cp {shlex.quote(str(best))} {shlex.quote(str(path))}` and --resume")
+            f"after it trained again), `{command_line(['cp', best, path])}` and --resume")
 
 
 def _settings(args, device=None, stored_config=None):
@@ -718,8 +720,8 @@ def _train(args) -> int:
                           config=config, precision=s["precision"], cuda_graph=args.cuda_graph,
                           autotune={"auto": "auto", "on": True, "off": False}[s["autotune"]], **extras)
         # quoted as a shell reads it: an --out or --data with spaces or quotes is pasted back whole
-        resume_cmd = shlex.join([*_program(), "train", "--out", str(args.out), "--resume",
-                                 *(["--data", str(data)] if data else [])])
+        resume_cmd = command_line([*_program(), "train", "--out", str(args.out), "--resume",
+                                   *(["--data", str(data)] if data else [])])
         try:
             trainer.fit(train_loader, s["epochs"], val=val_loader, resume=args.resume)
         except TrainingInterrupted as exc:

@@ -24,7 +24,6 @@ import json
 import math
 import numbers
 import os
-import shlex
 import signal
 import sys
 import threading
@@ -36,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from . import amp, backend, kernels
-from ._console import CONSOLE, _is_terminal
+from ._console import CONSOLE, _is_terminal, command_line
 from ._files import (BINARY, NOFOLLOW, WRITE_FIXES, directory_lock, fsync_dir, make_dirs, new_file_mode, restated,
                      write_atomic)
 from . import checkpoint as ckpt
@@ -590,7 +589,7 @@ class Trainer:
 
     def _resume_how(self):
         """The two ways to continue this run, its --out quoted as a shell splits it."""
-        return f"`gpuconv train ... --out {shlex.quote(str(self.out_dir))} --resume` or Trainer.fit(..., resume=True)"
+        return f"`gpuconv train ... --out {command_line([self.out_dir])} --resume` or Trainer.fit(..., resume=True)"
 
     def _checkpoint_position(self):
         """Where the run's checkpoint on disk stands ("of epoch 2's end (step 40)"), None without one."""

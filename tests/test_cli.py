@@ -1421,6 +1421,29 @@ def test_the_resume_command_names_the_gpuconv_the_run_was_started_by(tmp_path, c
     assert cli._program() == [sys.executable, "-m", "gpuconv"]  # (its python is not on this PATH)
 
 
+def test_the_resume_command_is_quoted_for_the_windows_shells_and_names_the_exe_launcher(tmp_path, monkeypatch):
+    """On Windows the printed commands were quoted for a POSIX shell: shlex quotes every word with a
+    backslash (every Windows path) in single quotes, which cmd.exe keeps as part of the word and
+    which make a first word an expression to PowerShell. There they take double quotes where a word
+    has a space or a quote (subprocess.list2cmdline), and nothing otherwise. And pip's launcher
+    gpuconv.exe starts the run with sys.argv[0] the path without '.exe', which names no file: the
+    line said a bare `gpuconv` instead of the launcher that started it."""
+    import shlex
+
+    from gpuconv._console import command_line
+    words = [r"C:\Users\me\proj\.venv\Scripts\gpuconv", "train", "--out", r"D:\my runs\it's", "--resume"]
+    assert command_line(words, windows=True) == (r'C:\Users\me\proj\.venv\Scripts\gpuconv train --out '
+                                                 '"D:\\my runs\\it\'s" --resume')
+    assert command_line(words, windows=False) == shlex.join(words)
+    assert command_line(["gpuconv", "train", "--out", "runs/a b"]) == "gpuconv train --out 'runs/a b'"  # (POSIX)
+    launcher = tmp_path / "venv" / "Scripts" / "gpuconv.exe"
+    launcher.parent.mkdir(parents=True)
+    launcher.write_bytes(b"MZ")
+    monkeypatch.setattr(sys, "argv", [str(launcher.with_suffix("")), "train"])  # as pip's launcher leaves it
+    monkeypatch.setenv("PATH", str(tmp_path / "elsewhere"))
+    assert cli._program() == [str(launcher.with_suffix(""))]
+
+
 def test_a_damaged_checkpoint_on_resume_points_to_the_runs_intact_best_npz(tmp_path, capsys):
     """checkpoint.npz truncated after the run (a copy by hand, a disk error): --resume names it, and
     the run's best.npz, a whole training state, as the way on; done as said, the run finishes."""
