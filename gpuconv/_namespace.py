@@ -5,13 +5,16 @@ utils``, ``import gpuconv.nn.utils`` and ``from gpuconv.nn.utils import clip_gra
 work, as they do in PyTorch scripts."""
 from __future__ import annotations
 
+import importlib.machinery
 import sys
 import types
 
 
 def namespace(name, doc, members):
-    """A module named ``name`` (dotted, under an imported module) holding ``members`` (a dict)."""
+    """A module named ``name`` (dotted, under an imported module) holding ``members`` (a dict), with
+    a spec of its name, as an imported module has (``importlib.util.find_spec`` reads it)."""
     module = types.ModuleType(name, doc)
+    module.__spec__ = importlib.machinery.ModuleSpec(name, None)
     module.__dict__.update(members)
     module.__all__ = list(members)
     sys.modules[name] = module

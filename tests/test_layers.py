@@ -1342,6 +1342,24 @@ def test_clip_grad_value_clamps_every_gradient_in_place(backend, dtype):
     assert not backend.asnumpy(params[0].grad).astype(np.float64).any()
 
 
+def test_pytorchs_dotted_namespaces_are_found_as_modules():
+    """gpuconv.nn.utils and gpuconv.optim.lr_scheduler (module objects registered under their dotted
+    names) had no __spec__: importlib.util.find_spec, which tools and optional-dependency checks
+    ask, raised "ValueError: gpuconv.nn.utils.__spec__ is None". They carry one, as gpuconv.nn.init
+    (gpuconv.init's) does."""
+    import importlib.util
+    import sys
+
+    import gpuconv.nn.utils
+    import gpuconv.optim.lr_scheduler
+    from gpuconv.layers import clip_grad_value_
+    for name in ("gpuconv.nn.utils", "gpuconv.optim.lr_scheduler"):
+        spec = importlib.util.find_spec(name)
+        assert spec.name == name and sys.modules[name].__spec__ is spec
+    assert importlib.util.find_spec("gpuconv.nn.init").name == "gpuconv.init"
+    assert gpuconv.nn.utils.clip_grad_value_ is clip_grad_value_
+
+
 def test_clip_grad_value_arguments_and_torch():
     from gpuconv import nn
     from gpuconv.nn.utils import clip_grad_value_
