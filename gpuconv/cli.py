@@ -827,9 +827,11 @@ def cmd_evaluate(args) -> int:
             _say(f"{cifar.root} has no test_batch: evaluating on {split_desc}, as held out in training")
         else:
             limit = config.get("train_args", {}).get("limit")
+            past = f"--limit {limit} takes all {len(cifar.train)} there are, " if limit else ""
+            sampled = limit and limit < len(cifar.train)  # (a limit past the images trains on all of them)
             how = (f"trained on a seeded sample of {limit} of the training images, these among them (--limit {limit}, "
-                   f"--val-split {spec}): evaluating on {split_desc}, some of which it TRAINED on" if limit else
-                   f"trained on every training image (--val-split {spec}): evaluating on {split_desc}, which it "
+                   f"--val-split {spec}): evaluating on {split_desc}, some of which it TRAINED on" if sampled else
+                   f"trained on every training image ({past}--val-split {spec}): evaluating on {split_desc}, which it "
                    "TRAINED on")
             _say(f"warning: {cifar.root} has no test_batch, and this checkpoint {how}. This is not a held-out score; "
                  "evaluate on a directory with test_batch for one")

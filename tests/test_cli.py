@@ -252,6 +252,25 @@ def test_evaluate_says_when_the_images_were_trained_on(tmp_path, capsys):
     assert "some of which it TRAINED on" in err and "every training image" not in err  # (--limit 300)
 
 
+def test_evaluate_of_a_run_limited_past_its_images_says_it_trained_on_every_one(tmp_path, capsys):
+    """A --limit past the training images trains on all of them (as `gpuconv train` says): `gpuconv
+    evaluate` of such a run without test_batch said it "trained on a seeded sample of 100000 of the
+    training images" and evaluated on images "some of which it TRAINED on", of a directory of
+    5,000. The run's limit is set in a copy of a quick run's checkpoint."""
+    rc, _, err = run(["train", "--model", "seed", "--epochs", "1", "--limit", "300", "--val-split", "none",
+                      "--data", SUBSET, "--out", tmp_path, "--no-progress"], capsys)
+    assert rc == 0, err
+    arrays = dict(ckpt.load_checkpoint(tmp_path / "checkpoint.npz"))
+    config = ckpt.read_config(arrays)
+    config["train_args"]["limit"] = 100000
+    arrays["meta/config"] = ckpt.pack_json(config)
+    ckpt.save_checkpoint(tmp_path / "all.npz", arrays)
+    rc, out, err = run(["evaluate", "--checkpoint", tmp_path / "all.npz", "--data", SUBSET, "--json"], capsys)
+    assert rc == 0 and json.loads(out)["held_out"] is False, err
+    assert "trained on every training image (--limit 100000 takes all" in err and "which it TRAINED on" in err
+    assert "seeded sample" not in err and "some of which" not in err, err
+
+
 def test_a_test_only_directory_evaluates_and_refuses_to_train(trained, tmp_path, capsys):
     import shutil
     only = tmp_path / "cifar-10-batches-py"
