@@ -678,8 +678,8 @@ def _train(args) -> int:
     if recorded and recorded.get("fingerprint") != trained_on["fingerprint"]:
         raise ValueError(f"--resume: {args.out} holds a run trained on {recorded['train_images']} images from "
                          f"{recorded['path']}, but the training images found now ({len(train)} from {cifar.root}) "
-                         f"are not those: pass --data {recorded['path']} (or a copy of it) to continue that run, "
-                         "or train into a new --out")
+                         f"are not those: pass --data {command_line([recorded['path']])} (or a copy of it) to continue "
+                         "that run, or train into a new --out")
     if s["optimizer"] == "airbench" and s["batch_size"] > len(train):
         _say(f"note: the {s['recipe']} recipe's lr and weight decay are per 1024 examples, scaled to batch "
              f"{s['batch_size']}")

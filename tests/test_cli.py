@@ -465,6 +465,28 @@ def test_resume_continues_on_the_runs_own_data_or_refuses(trained, tmp_path, cap
     assert rc == 1 and "trained on 1000 images from" in err and f"pass --data {SUBSET.resolve()}" in err
 
 
+def test_the_data_a_resume_is_told_to_pass_is_quoted_as_a_shell_reads_it(tmp_path, capsys):
+    """A run trained on data in a directory with a space in its name, resumed on other images: the
+    refusal said "pass --data /…/cifar data (or a copy of it)", which a shell splits in two. The
+    path is quoted as in the "Resume with:" line."""
+    import pickle
+    import shlex
+    import shutil
+    data, other = tmp_path / "cifar data", tmp_path / "other"
+    shutil.copytree(SUBSET, data)
+    shutil.copytree(SUBSET, other)
+    with open(SUBSET / "data_batch_1", "rb") as f:
+        batch = pickle.load(f, encoding="bytes")
+    batch[b"data"], batch[b"labels"] = batch[b"data"][::-1].copy(), batch[b"labels"][::-1]  # reordered
+    with open(other / "data_batch_1", "wb") as f:
+        pickle.dump(batch, f)
+    argv = ["train", "--model", "seed", "--epochs", "1", "--limit", "128", "--batch-size", "64", "--out",
+            tmp_path / "run", "--no-progress", "--device", "cpu"]
+    assert run([*argv, "--data", data], capsys)[0] == 0
+    rc, _, err = run(["train", "--out", tmp_path / "run", "--resume", "--data", other], capsys)
+    assert rc == 1 and f"pass --data {shlex.quote(str(data.resolve()))} (or a copy of it)" in err, err
+
+
 def test_autotune_on_off_a_gpu_says_it_does_nothing(tmp_path, capsys):
     """--autotune on times kernel variants on a GPU only: on the simulator or the NumPy path it changed
     nothing, without a word; a note now says so (and nothing where it tunes, or was not asked for)."""
