@@ -5,7 +5,8 @@ The shapes come from one forward pass of a zero image in eval mode, in the param
 after it). FLOPs count a multiply-add as two: a convolution 2 * C_in * k_h * k_w per output
 element (plus one per element for its bias), a linear layer 2 * in_features per output, batch
 norm in eval mode 2 per element (a scale and a shift), pooling one comparison or addition per
-window element, ReLU and Scale one per element; reshaping layers and dropout count none.
+window element, ReLU and Scale one per element, a residual addition one per element; reshaping
+layers, dropout and a concatenation (a copy) count none.
 """
 from __future__ import annotations
 
@@ -38,9 +39,9 @@ def _flops(layer, x, y) -> int:
 
 def summarize(model, input_shape) -> list[dict]:
     """Rows ``{name, layer, shape, params, flops}`` in the order the forward pass calls them: every
-    leaf layer (one without sub-layers) and every residual addition, whatever container holds
-    them (Sequential, Residual, or a Layer subclass with its own forward). A layer called twice
-    gives two rows."""
+    leaf layer (one without sub-layers), every residual addition and every concatenation (after
+    its branches' rows), whatever container holds them (Sequential, Residual, Concat, or a Layer
+    subclass with its own forward). A layer called twice gives two rows."""
     from . import layers as L
     input_shape = _one_input(input_shape)
     params = model.parameters()
@@ -57,6 +58,9 @@ def summarize(model, input_shape) -> list[dict]:
                 added = "x + inner" if layer.shortcut is None else "shortcut + inner"
                 rows.append({"name": name or "(residual)", "layer": f"Residual ({added})",
                              "shape": tuple(y.shape[1:]), "params": 0, "flops": int(np.prod(y.shape[1:]))})
+            elif isinstance(layer, L.Concat):  # (its branches' rows came first; the join is a copy)
+                rows.append({"name": name or "(concat)", "layer": f"Concat ({len(layer)} branches)",
+                             "shape": tuple(y.shape[1:]), "params": 0, "flops": 0})
             else:
                 rows.append({"name": name or "(model)", "layer": type(layer).__name__, "shape": tuple(y.shape[1:]),
                              "params": layer.num_parameters(), "flops": _flops(layer, x, y)})
@@ -66,7 +70,7 @@ def summarize(model, input_shape) -> list[dict]:
         object.__setattr__(layer, "forward", recorded)  # this instance only, undone below
 
     for name, layer in model.named_modules():
-        if isinstance(layer, L.Residual) or not layer.named_children():
+        if isinstance(layer, (L.Residual, L.Concat)) or not layer.named_children():
             watch(name, layer)
     # (in the parameters' dtype: a float64 model, a gradient check's, takes a float64 image)
     dtype = params[0].data.dtype if params and params[0].data.dtype in (np.float32, np.float64) else np.float32
