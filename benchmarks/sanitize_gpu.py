@@ -187,25 +187,29 @@ def conv_tc(run, rng, variants=TC_VARIANTS):
                     run.exact(f"{tag} dw widened", wide, common.host(dw).astype(np.float32))
 
 
-def _pool_checks(run, x, dy, ks, st, channels_last=False, floor=False, tag=""):
+def _pool_checks(run, x, dy, ks, st, channels_last=False, floor=False, tag="", padding=(0, 0)):
     """Max pooling of ``x`` (values and switches exact) and average pooling (to rounding), forward
     and backward for ``dy``, the kernels against the references; ``channels_last``: the kernels
-    are fed NHWC memory (C a multiple of 4 float32 lanes takes the _vec kernels)."""
+    are fed NHWC memory (C a multiple of 4 float32 lanes takes the _vec kernels); ``padding``: the
+    element kernels, and the average's _exclude_pad pair as well."""
     X, DY = run.dev(x), run.dev(dy)
     if channels_last:
         X, DY = gpuconv.to_channels_last(X), gpuconv.to_channels_last(DY)
-    tag = f"{ks} {st}{' floor' if floor else ''}{' channels_last' if channels_last else ''} {tag}"
-    y, c = LP.max_pool2d_forward_kernel(X, ks, st, floor, target=run.target)
-    ry, rc = P._max_pool2d_forward_reference(x, ks, st, floor)
+    tag = f"{ks} {st}{f' padding {padding}' if padding != (0, 0) else ''}{' floor' if floor else ''}" \
+          f"{' channels_last' if channels_last else ''} {tag}"
+    y, c = LP.max_pool2d_forward_kernel(X, ks, st, floor, padding, target=run.target)
+    ry, rc = P._max_pool2d_forward_reference(x, ks, st, floor, padding)
     run.exact(f"max_pool {tag} forward", y, ry)
     run.exact(f"max_pool {tag} switches", c.argmax, rc.argmax)
     run.exact(f"max_pool {tag} backward", LP.max_pool2d_backward_kernel(DY, c, target=run.target),
               P._max_pool2d_backward_reference(dy, rc))
-    y, c = LP.avg_pool2d_forward_kernel(X, ks, st, floor, target=run.target)
-    ry, rc = P._avg_pool2d_forward_reference(x, ks, st, floor)
-    run.close(f"avg_pool {tag} forward", y, ry)
-    run.close(f"avg_pool {tag} backward", LP.avg_pool2d_backward_kernel(DY, c, target=run.target),
-              P._avg_pool2d_backward_reference(dy, rc))
+    for count_include_pad in (True, False) if padding != (0, 0) else (True,):
+        y, c = LP.avg_pool2d_forward_kernel(X, ks, st, floor, padding, count_include_pad, target=run.target)
+        ry, rc = P._avg_pool2d_forward_reference(x, ks, st, floor, padding, count_include_pad)
+        avg = f"avg_pool{'' if count_include_pad else ' count_include_pad=False'} {tag}"
+        run.close(f"{avg} forward", y, ry)
+        run.close(f"{avg} backward", LP.avg_pool2d_backward_kernel(DY, c, target=run.target),
+                  P._avg_pool2d_backward_reference(dy, rc))
 
 
 def pool(run, rng):
@@ -213,6 +217,14 @@ def pool(run, rng):
     # _disjoint backward kernels), each in both layouts, with 3 channels (the element kernels) and
     # channels_last with 8 (the _vec kernels); floor mode where the windows are disjoint (a row and
     # a column past the last window, which the disjoint kernels zero)
+    # padded windows (the ResNet stem's 3x3 stride 2 padding 1, floor; Inception's 3x3 stride 1
+    # padding 1, which keeps H and W; 2x2 stride 2 padding 1, whose windows are disjoint) in both layouts
+    for hw, ks, st, pad, floor in [((7, 9), (3, 3), (2, 2), (1, 1), True), ((6, 9), (3, 3), (1, 1), (1, 1), False),
+                                   ((6, 8), (2, 2), (2, 2), (1, 1), False)]:
+        x, dy = (rng.standard_normal((2, 8) + s).astype(np.float32)
+                 for s in (hw, P.pooled_hw((1, 1) + hw, ks, st, floor, pad)))
+        for channels_last in (False, True):
+            _pool_checks(run, x, dy, ks, st, channels_last, floor, padding=pad)
     for hw, ks, st in [((7, 9), (3, 3), (2, 2)), ((7, 9), (2, 3), (1, 3)), ((7, 9), (7, 9), (1, 1)),
                        ((6, 9), (2, 3), (2, 3)), ((6, 9), (3, 3), (3, 3))]:
         out_hw = P.pooled_hw((1, 1) + hw, ks, st)

@@ -985,36 +985,42 @@ class _Pool2d(Layer):
 
     _registers_attributes = False
 
-    def __init__(self, kernel_size, stride=None, floor=False):
+    def __init__(self, kernel_size, stride=None, floor=False, padding=0):
         super().__init__()
         self.floor = check_floor(floor)
-        _pair("kernel_size", kernel_size, 1)
+        k = _pair("kernel_size", kernel_size, 1)
         if stride is not None:
             _pair("stride", stride, 1)
-        self.kernel_size, self.stride = kernel_size, stride
+        from .ops.pool2d import check_pool_padding
+        self._padding = check_pool_padding(padding, k)
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
 
     def extra_repr(self):
-        # The stride in effect, as PyTorch prints it (None means "the kernel size").
+        # The stride in effect, as PyTorch prints it (None means "the kernel size"); a padding when there is one.
         stride = self.kernel_size if self.stride is None else self.stride
-        return f"kernel_size={self.kernel_size}, stride={stride}" + (", floor=True" if self.floor else "")
+        padding = "" if self._padding == (0, 0) else f", padding={self.padding}"
+        return f"kernel_size={self.kernel_size}, stride={stride}{padding}" + (", floor=True" if self.floor else "")
 
 
 class MaxPool2d(_Pool2d):
     """Max pooling; ``stride`` defaults to ``kernel_size``. Gradients go to the argmax of each window.
 
     ``floor=False`` (the default) rejects sizes the windows do not tile (no silent cropping);
-    ``floor=True`` takes PyTorch's default rule, ``floor((H - F) / S) + 1`` windows: the rows and
+    ``floor=True`` takes PyTorch's default rule, ``floor((H + 2P - F) / S) + 1`` windows: the rows and
     columns past the last window are dropped (a 2x2 pool takes 31x31 to 15x15) and get a zero
-    gradient."""
+    gradient. ``padding`` (an int or (h, w) pair, at most ``kernel_size // 2``): -inf around the
+    input, which no window takes as its maximum (``MaxPool2d(3, 1, padding=1)`` keeps H and W, the
+    pool branch of an Inception block; ``MaxPool2d(3, 2, padding=1, floor=True)``, the ResNet stem's)."""
 
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False, ceil_mode=False, *,
                  floor=False):
-        _only("MaxPool2d", padding=(padding, (0, 0)), dilation=(dilation, (1, 1)),
-              return_indices=(return_indices, False), ceil_mode=(ceil_mode, False))
-        super().__init__(kernel_size, stride, floor)
+        _only("MaxPool2d", dilation=(dilation, (1, 1)), return_indices=(return_indices, False),
+              ceil_mode=(ceil_mode, False))
+        super().__init__(kernel_size, stride, floor, padding)
 
     def forward(self, x):
-        y, cache = ops.max_pool2d_forward(x, kernel_size=self.kernel_size, stride=self.stride, floor=self.floor)
+        y, cache = ops.max_pool2d_forward(x, kernel_size=self.kernel_size, stride=self.stride, floor=self.floor,
+                                          padding=self.padding)
         self._keep(cache)
         return y
 
@@ -1050,22 +1056,27 @@ class LPPool2d(_Pool2d):
 
 
 class AvgPool2d(_Pool2d):
-    """Average pooling; ``stride`` defaults to ``kernel_size``; ``floor`` as for :class:`MaxPool2d`."""
+    """Average pooling; ``stride`` defaults to ``kernel_size``; ``floor`` and ``padding`` as for
+    :class:`MaxPool2d`, the padding zeros, counted in the divisor (``kernel_size`` taps) with
+    ``count_include_pad=True`` (PyTorch's default) and not with False (each window's in-bounds taps)."""
 
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
                  divisor_override=None, *, floor=False):
-        # (count_include_pad only matters with padding, which is 0)
-        _only("AvgPool2d", padding=(padding, (0, 0)), ceil_mode=(ceil_mode, False),
-              divisor_override=(divisor_override, None))
-        super().__init__(kernel_size, stride, floor)
+        _only("AvgPool2d", ceil_mode=(ceil_mode, False), divisor_override=(divisor_override, None))
+        super().__init__(kernel_size, stride, floor, padding)
+        self.count_include_pad = check_bool("count_include_pad", count_include_pad)
 
     def forward(self, x):
-        y, cache = ops.avg_pool2d_forward(x, kernel_size=self.kernel_size, stride=self.stride, floor=self.floor)
+        y, cache = ops.avg_pool2d_forward(x, kernel_size=self.kernel_size, stride=self.stride, floor=self.floor,
+                                          padding=self.padding, count_include_pad=self.count_include_pad)
         self._keep(cache)
         return y
 
     def backward(self, dy, need_dx=True):
         return ops.avg_pool2d_backward(dy, self._take_cache())
+
+    def extra_repr(self):
+        return super().extra_repr() + ("" if self.count_include_pad else ", count_include_pad=False")
 
 
 class _AdaptivePool2d(Layer):
@@ -2105,8 +2116,8 @@ def _join_channels(names, outs, x):
             raise ValueError(f"Concat: the branches give shapes {shapes}; joining channels needs the same batch "
                              "size, height and width from every branch: give the branches the same stride, and "
                              "convolutions padding that keeps the size (padding='same', or (k - 1) // 2 for an odd "
-                             "kernel k); gpuconv's pooling takes no padding, so a stride-1 pool of window k makes "
-                             "H and W k - 1 smaller")
+                             "kernel k), and a stride-1 pooling of window k the padding (k - 1) // 2 as well (an odd k: "
+                             "MaxPool2d(3, 1, padding=1))")
         if out.dtype != first.dtype:
             dtypes = ", ".join(f"branch {n!r} {o.dtype}" for n, o in zip(names, outs))
             raise TypeError(f"Concat: the branches give dtypes {dtypes}; their outputs are joined into one array, "

@@ -5,9 +5,12 @@
 // threads read neighbouring channels, coalesced in either layout); the taps of a window and their
 // order are the same in both layouts, so are the results, bit for bit.
 //
-// Windows are kh x kw with stride sh, sw and zero-or-more padding ph, pw (padded cells never win
-// a max and count in an average's divisor, as PyTorch's count_include_pad=True). Offsets are
-// 64-bit.
+// Windows are kh x kw with stride sh, sw and zero-or-more padding ph, pw, at most half the window
+// (PyTorch's rule, so every window holds an input): padded cells are skipped, so they never win a
+// max (PyTorch's -inf padding; where every input is -inf the first in-bounds tap takes the switch,
+// as in PyTorch), and count in an average's divisor (count_include_pad=True) except in the
+// _exclude_pad kernels. The launcher runs padded poolings on the element kernels only (not
+// _disjoint, not _vec). Offsets are 64-bit.
 //
 // Element types (common.cuh): x, y, dy, dx are storage_t; values are read into acc_t, compared
 // or summed there, and each output is rounded once to storage_t. Max pooling only compares and
@@ -37,6 +40,9 @@
 //   avg_pool2d_forward    one thread per output: window sum * (1/(kh*kw)).
 //   avg_pool2d_backward   one thread per input element: sum of dy * (1/(kh*kw)) over the windows
 //                         covering it (gather, deterministic).
+//   avg_pool2d_{forward,backward}_exclude_pad
+//                         the same with count_include_pad=False (padded poolings only): each
+//                         window's divisor is its in-bounds taps, 1/(rows*cols) rounded as above.
 //   adaptive_{avg,max}_pool2d_{forward,backward}
 //                         PyTorch's adaptive pooling to an output size that need not divide
 //                         the input's (windows of different sizes, overlapping): see there.
@@ -80,6 +86,8 @@
 //   avg_pool2d_backward_vec           40/0/0       48/0/0       43/0/0       31/0/0       -
 //   avg_pool2d_backward_disjoint      35/0/0       40/0/0       40/0/0       40/0/0       -
 //   avg_pool2d_backward_disjoint_vec  48/0/0       48/0/0       40/0/0       64/0/0       -
+//   avg_pool2d_forward_exclude_pad    40/0/0       40/0/0       40/0/0       48/0/0       -
+//   avg_pool2d_backward_exclude_pad   28/0/0       29/0/0       30/0/0       30/0/0       -
 //   lp_pool2d_forward                 32/0/0       54/0/0       32/0/0       33/0/0       -
 //   lp_pool2d_backward                31/0/0       45/0/0       31/0/0       29/0/0       -
 //   adaptive_avg_pool2d_forward       32/0/0       32/0/0       32/0/0       30/0/0       -
@@ -128,7 +136,7 @@ __device__ inline void covering_sum(index_t n, int c, int ih, int iw, const Act4
     for (int oh = oh_hi; oh >= oh_lo; --oh) {
         const index_t row = base + (index_t)oh * out.W * px;
         for (int ow = ow_hi; ow >= ow_lo; --ow) {
-            const typename F::Loaded at = f.load(row + ow * px);
+            const typename F::Loaded at = f.load(row + ow * px, oh, ow);
             const int tap = (ih + ph - oh * sh) * kw + (iw + pw - ow * sw);
 #pragma unroll
             for (int l = 0; l < V; ++l) s[l] += f.term(at, tap, l);
@@ -137,7 +145,7 @@ __device__ inline void covering_sum(index_t n, int c, int ih, int iw, const Act4
 }
 
 // Per covering output: max pooling routes dy to the switch's tap, average pooling shares it.
-// load(o) reads an output's V lanes once; term(.., tap, l) is lane l's share for that tap.
+// load(o, oh, ow) reads output (oh, ow)'s V lanes, at memory index o, once; term(.., tap, l) is lane l's share for that tap.
 template <int V>
 struct MaxRoute {
     const storage_t* dy;
@@ -146,7 +154,7 @@ struct MaxRoute {
         Lanes<storage_t, V> d;
         Lanes<int, V> a;
     };
-    __device__ Loaded load(index_t o) const {
+    __device__ Loaded load(index_t o, int, int) const {
         return {*(const Lanes<storage_t, V>*)(dy + o), *(const Lanes<int, V>*)(argmax + o)};
     }
     __device__ acc_t term(const Loaded& at, int tap, int l) const {
@@ -157,12 +165,34 @@ struct MaxRoute {
 // The average's divisor as the reference applies it: the float32 (or float64) reciprocal.
 __device__ inline acc_t avg_inv(int kh, int kw) { return (acc_t)(1.0 / (double)(kh * kw)); }
 
+// count_include_pad=False: the reciprocal of output (oh, ow)'s in-bounds taps (every window has one:
+// padding <= kernel // 2), as the reference rounds it.
+__device__ inline int taps_inside(int o, int s, int p, int k, int n) {
+    const int first = o * s - p;
+    return imin(first + k, n) - imax(first, 0);
+}
+struct InBounds {
+    int H, W, kh, kw, sh, sw, ph, pw;
+    __device__ acc_t inv(int oh, int ow) const {
+        return avg_inv(taps_inside(oh, sh, ph, kh, H), taps_inside(ow, sw, pw, kw, W));
+    }
+};
+
+// One lane: dy times its window's own reciprocal (count_include_pad=False), rounded on its own as AvgShare's.
+struct AvgShareInBounds {
+    const storage_t* dy;
+    InBounds b;
+    typedef acc_t Loaded;
+    __device__ acc_t load(index_t o, int oh, int ow) const { return mul_rn(to_acc(dy[o]), b.inv(oh, ow)); }
+    __device__ acc_t term(acc_t at, int, int) const { return at; }
+};
+
 template <int V>
 struct AvgShare {
     const storage_t* dy;
     acc_t inv;
     typedef Lanes<storage_t, V> Loaded;
-    __device__ Loaded load(index_t o) const { return *(const Lanes<storage_t, V>*)(dy + o); }
+    __device__ Loaded load(index_t o, int, int) const { return *(const Lanes<storage_t, V>*)(dy + o); }
     __device__ acc_t term(const Loaded& at, int, int l) const { return mul_rn(to_acc(at.v[l]), inv); }
 };
 
@@ -257,7 +287,7 @@ __device__ inline void disjoint_backward(storage_t* dx, int N, int C, int H, int
     for (index_t g = global_thread_index(); g < total; g += global_thread_count()) {
         int c, oh, ow;
         const index_t n = split_group<V>(g, C, OH, OW, cl, &c, &oh, &ow);
-        const typename F::Loaded at = f.load(g * V);
+        const typename F::Loaded at = f.load(g * V, oh, ow);
         const int rows = oh == OH - 1 ? H - oh * kh : kh, cols = ow == OW - 1 ? W - ow * kw : kw;
         for (int fh = 0; fh < rows; ++fh)
             for (int fw = 0; fw < cols; ++fw) {
@@ -295,17 +325,19 @@ struct Identity {
     __device__ acc_t operator()(acc_t v) const { return v; }
 };
 
-template <int V>
+// InBounds: count_include_pad=False, each window divided by its in-bounds taps (V = 1 only).
+template <int V, bool InBoundsDivisor = false>
 __device__ inline void avg_forward(const storage_t* x, storage_t* y, int N, int C, int H, int W, int OH, int OW,
                                    int kh, int kw, int sh, int sw, int ph, int pw, int cl) {
     const index_t total = (index_t)N * (C / V) * OH * OW;
     const Act4 in = {C, H, W, cl};
-    const acc_t inv = avg_inv(kh, kw);
+    const acc_t all = avg_inv(kh, kw);
     for (index_t g = global_thread_index(); g < total; g += global_thread_count()) {
         int c, oh, ow;
         const index_t n = split_group<V>(g, C, OH, OW, cl, &c, &oh, &ow);
         acc_t s[V];
         window_sum<V>(x, in, n, c, oh, ow, kh, kw, sh, sw, ph, pw, Identity(), s);
+        const acc_t inv = InBoundsDivisor ? InBounds{H, W, kh, kw, sh, sw, ph, pw}.inv(oh, ow) : all;
         Lanes<storage_t, V> out;
 #pragma unroll
         for (int l = 0; l < V; ++l) out.v[l] = from_acc(s[l] * inv);
@@ -363,6 +395,19 @@ extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
 avg_pool2d_forward_vec(const storage_t* x, storage_t* y,
     int N, int C, int H, int W, int OH, int OW, int kh, int kw, int sh, int sw, int ph, int pw, int cl) {
     avg_forward<VEC16>(x, y, N, C, H, W, OH, OW, kh, kw, sh, sw, ph, pw, cl);
+}
+
+extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
+avg_pool2d_forward_exclude_pad(const storage_t* x, storage_t* y,
+    int N, int C, int H, int W, int OH, int OW, int kh, int kw, int sh, int sw, int ph, int pw, int cl) {
+    avg_forward<1, true>(x, y, N, C, H, W, OH, OW, kh, kw, sh, sw, ph, pw, cl);
+}
+
+extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
+avg_pool2d_backward_exclude_pad(const storage_t* dy, storage_t* dx,
+    int N, int C, int H, int W, int OH, int OW, int kh, int kw, int sh, int sw, int ph, int pw, int cl) {
+    gather_backward<1>(dx, N, C, H, W, OH, OW, kh, kw, sh, sw, ph, pw, cl,
+                       AvgShareInBounds{dy, InBounds{H, W, kh, kw, sh, sw, ph, pw}});
 }
 
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
@@ -532,7 +577,7 @@ struct LpShare {
     const storage_t* y;
     acc_t p;
     typedef acc_t Loaded;
-    __device__ acc_t load(index_t o) const {
+    __device__ acc_t load(index_t o, int, int) const {
         const acc_t yv = to_acc(y[o]);
         if (yv == (acc_t)0) return 0;
         const acc_t scale = p == (acc_t)2 ? (acc_t)1 / yv : p == (acc_t)1 ? (acc_t)1 : pow(yv, (acc_t)1 - p);

@@ -985,11 +985,9 @@ def test_a_subclass_registers_the_layers_and_parameters_it_holds():
 @pytest.mark.parametrize("layer, op, args, keyword, default, other", [
     (lambda **k: Conv2d(1, 2, 3, seed=0, **k), "conv2d_forward", "weight bias", "dilation", (1, 1), 2),
     (lambda **k: Conv2d(1, 2, 3, seed=0, **k), "conv2d_forward", "weight bias", "groups", 1, 2),
-    (lambda **k: MaxPool2d(2, **k), "max_pool2d_forward", (2,), "padding", 0, 1),
     (lambda **k: MaxPool2d(2, **k), "max_pool2d_forward", (2,), "dilation", (1, 1), 2),
     (lambda **k: MaxPool2d(2, **k), "max_pool2d_forward", (2,), "ceil_mode", False, True),
     (lambda **k: MaxPool2d(2, **k), "max_pool2d_forward", (2,), "return_indices", False, True),
-    (lambda **k: AvgPool2d(2, **k), "avg_pool2d_forward", (2,), "padding", (0, 0), 1),
     (lambda **k: AvgPool2d(2, **k), "avg_pool2d_forward", (2,), "ceil_mode", False, True),
     (lambda **k: AvgPool2d(2, **k), "avg_pool2d_forward", (2,), "divisor_override", None, 3),
     (lambda **k: LPPool2d(2, 2, **k), "lp_pool2d_forward", (2, 2), "ceil_mode", False, True),
@@ -1042,12 +1040,14 @@ def test_constructor_arguments_are_pytorchs_in_pytorchs_order():
     are refused by name (not a bare TypeError, and never taken as another argument)."""
     assert Conv2d(3, 4, 3, 2, 1, 1, 1, False).bias is None  # (..., stride, padding, dilation, groups, bias)
     assert MaxPool2d(2, 2, 0, 1, False, False).stride == 2 and AvgPool2d(2, 2, 0, False, True, None).stride == 2
+    assert MaxPool2d(3, 2, 1).padding == 1 and not AvgPool2d(3, 1, 1, False, False).count_include_pad
     bn = BatchNorm2d(4, 1e-3, 0.2, True, True)
     assert (bn.eps, bn.momentum) == (1e-3, 0.2)
     for make, says in ((lambda: Conv2d(16, 16, 3, 1, 2, 2), r"Conv2d\(dilation=2\) is not supported"),
                        (lambda: Conv2d(16, 16, 3, 1, 1, 1, 16), r"Conv2d\(groups=16\)"),
                        (lambda: Conv2d(3, 4, 3, padding_mode="reflect"), r"padding_mode='reflect'"),
-                       (lambda: MaxPool2d(3, 2, 1), r"MaxPool2d\(padding=1\) is not supported"),
+                       (lambda: MaxPool2d(3, 2, 2), r"padding=2 is more than half of kernel_size=\(3, 3\).*"
+                                                    r"PyTorch's rule"),
                        (lambda: MaxPool2d(2, ceil_mode=True), r"ceil_mode=True"),
                        (lambda: AvgPool2d(2, divisor_override=3), r"divisor_override=3"),
                        (lambda: BatchNorm2d(4, 1e-5, 0.1, False), r"BatchNorm2d\(affine=False\)"),
@@ -2031,6 +2031,9 @@ def test_num_parameters_and_pytorch_like_repr():
     # Average pooling shares the arguments, not the type: code dispatching on isinstance(m, MaxPool2d)
     # (a PyTorch mirror, a FLOP counter) must not take it for max pooling.
     assert repr(AvgPool2d(2)) == "AvgPool2d(kernel_size=2, stride=2)"
+    assert repr(MaxPool2d(3, 1, padding=1)) == "MaxPool2d(kernel_size=3, stride=1, padding=1)"
+    assert repr(AvgPool2d(3, 1, (1, 0), count_include_pad=False, floor=True)) == \
+        "AvgPool2d(kernel_size=3, stride=1, padding=(1, 0), floor=True, count_include_pad=False)"
     assert not isinstance(AvgPool2d(2), MaxPool2d) and not isinstance(MaxPool2d(2), AvgPool2d)
 
 

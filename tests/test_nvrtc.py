@@ -50,7 +50,8 @@ ENTRIES = {
                   "conv2d_tc_weight_reduce"],
     "pool2d": [f"{k}{v}" for k in ("max_pool2d_forward", "max_pool2d_backward", "max_pool2d_backward_disjoint",
                                    "avg_pool2d_forward", "avg_pool2d_backward", "avg_pool2d_backward_disjoint")
-               for v in ("", "_vec")] + ["lp_pool2d_forward", "lp_pool2d_backward"]
+               for v in ("", "_vec")] + ["avg_pool2d_forward_exclude_pad", "avg_pool2d_backward_exclude_pad",
+                                         "lp_pool2d_forward", "lp_pool2d_backward"]
               + [f"adaptive_{k}_pool2d_{d}" for k in ("avg", "max") for d in ("forward", "backward")],
     "augment": ["augment_batch"],
     "relu": ["relu_forward_v1", "relu_forward_v2", "relu_backward_v1", "relu_backward_v2"],

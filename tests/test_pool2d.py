@@ -411,3 +411,147 @@ def test_numpy_max_pool_backward_is_the_tap_by_tap_definition_bit_for_bit(k, s, 
     for t, sl in pool_mod._taps((k, k), (s, s), y.shape[2:]):
         want[sl] += np.where(cache.argmax == t, dy, dtype(0))
     assert max_pool2d_backward(dy, cache).tobytes() == want.tobytes()
+
+
+# ----------------------------------------------------------------------------- padding
+PADDED = [((2, 3, 8, 8), 3, 2, 1, True), ((1, 2, 7, 6), 3, 1, 1, False), ((2, 2, 6, 5), (3, 2), (2, 1), (1, 1), True),
+          ((1, 2, 6, 6), 2, 2, 1, False), ((1, 3, 5, 4), (3, 5), 1, (0, 2), False)]
+
+
+def padded_direct_pool(x, k, s, p, kind, count_include_pad=True):
+    """Forward and the Jacobian d y / d x one window at a time over the explicitly padded input
+    (-inf for max, zeros for the average), routes into the padding dropped."""
+    (kh, kw), (sh, sw), (ph, pw) = (k if isinstance(k, tuple) else (k, k)), (s if isinstance(s, tuple) else (s, s)), \
+        (p if isinstance(p, tuple) else (p, p))
+    n, c, h, w = x.shape
+    xpad = np.full((n, c, h + 2 * ph, w + 2 * pw), -np.inf if kind == "max" else 0.0)
+    xpad[:, :, ph:ph + h, pw:pw + w] = x
+    oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    y = np.zeros((n, c, oh, ow))
+    route = np.zeros((n, c, oh, ow) + xpad.shape[2:])
+    inside = np.zeros(xpad.shape[2:], bool)
+    inside[ph:ph + h, pw:pw + w] = True
+    for i in range(oh):
+        for j in range(ow):
+            rows, cols = slice(i * sh, i * sh + kh), slice(j * sw, j * sw + kw)
+            win = xpad[:, :, rows, cols].reshape(n, c, -1)
+            if kind == "max":
+                y[:, :, i, j] = win.max(-1)
+                a = win.argmax(-1)
+                for nn in range(n):
+                    for cc in range(c):
+                        route[nn, cc, i, j, i * sh + a[nn, cc] // kw, j * sw + a[nn, cc] % kw] = 1
+            else:
+                count = kh * kw if count_include_pad else inside[rows, cols].sum()
+                y[:, :, i, j] = win.sum(-1) / count
+                route[:, :, i, j, rows, cols] = 1.0 / count
+    return y, route[..., ph:ph + h, pw:pw + w]
+
+
+def _pool_kwargs(kind, p, floor, count_include_pad=True):
+    return dict(padding=p, floor=floor, **({} if kind == "max" else {"count_include_pad": count_include_pad}))
+
+
+@pytest.mark.parametrize("case", PADDED, ids=[str(c[:4]) for c in PADDED])
+@pytest.mark.parametrize("kind, cip", [("max", True), ("avg", True), ("avg", False)], ids=["max", "avg", "avg-excl"])
+def test_padded_pooling_matches_the_explicitly_padded_loop_and_numerical_gradients(backend, case, kind, cip):
+    """PyTorch's padding: max pooling over -inf padding (no window's maximum is a padded cell),
+    the average over zeros counted in its divisor (count_include_pad=True) or not; the output
+    size floor((H + 2P - F)/S) + 1; dx the Jacobian's transpose, and float64 numerical gradients."""
+    shape, k, s, p, floor = case
+    fwd, bwd = OPS[kind]
+    rng = np.random.default_rng(11)
+    size = int(np.prod(shape))
+    x = (rng.permutation(size).reshape(shape) - size / 2) / size  # distinct, both signs: no ties
+    y_ref, route = padded_direct_pool(x, k, s, p, kind, cip)
+    kwargs = _pool_kwargs(kind, p, floor, cip)
+    y, cache = fwd(backend.asarray(x), k, s, **kwargs)
+    g = rng.standard_normal(y_ref.shape)
+    np.testing.assert_allclose(backend.asnumpy(y), y_ref, rtol=1e-12, atol=1e-12)
+    dx = bwd(backend.asarray(g), cache)
+    np.testing.assert_allclose(backend.asnumpy(dx), np.einsum("ncij,ncijhw->nchw", g, route), rtol=1e-12, atol=1e-12)
+    if case is PADDED[0] or case is PADDED[2]:
+        num = numerical_gradient_array(lambda a: fwd(a, k, s, **kwargs)[0], backend.asarray(x), backend.asarray(g))
+        assert relative_error(dx, num) < 1e-6
+    backend.assert_kernels_ran(f"{kind}_pool2d_forward", f"{kind}_pool2d_backward")
+    if backend.name != "numpy":  # padded: the element kernels (never _disjoint or _vec), _exclude_pad for avg-excl
+        suffix = "" if cip else "_exclude_pad"
+        assert set(backend.launches.names) == {f"{kind}_pool2d_forward{suffix}", f"{kind}_pool2d_backward{suffix}"}
+
+
+def test_padded_max_pool_of_an_all_minus_inf_window_routes_to_its_first_input(backend):
+    """A window whose inputs are all -inf ties them with the padding: its switch is its first
+    in-bounds tap, as PyTorch's index (F.max_pool2d(..., return_indices=True) gives 0, 1, 4, 10
+    here: x[0, 0], x[0, 1], x[1, 0], x[2, 2]), and the gradient lands there, never in the padding."""
+    x = np.full((1, 1, 4, 4), -np.inf)
+    x[0, 0, 2:, 2:] = 1.0
+    y, cache = max_pool2d_forward(backend.asarray(x), 3, 2, padding=1, floor=True)
+    np.testing.assert_array_equal(backend.asnumpy(y)[0, 0], [[-np.inf, -np.inf], [-np.inf, 1]])
+    np.testing.assert_array_equal(backend.asnumpy(cache.argmax)[0, 0], [[4, 3], [1, 4]])
+    dx = backend.asnumpy(max_pool2d_backward(backend.asarray(np.array([[[[1.0, 2], [3, 4]]]])), cache))
+    np.testing.assert_array_equal(dx[0, 0], [[1, 2, 0, 0], [3, 0, 0, 0], [0, 0, 4, 0], [0, 0, 0, 0]])
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, "bfloat16", np.float16])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("kind, cip", [("max", True), ("avg", True), ("avg", False)], ids=["max", "avg", "avg-excl"])
+def test_padded_kernels_keep_the_reference_bits_in_every_dtype_and_layout(kind, cip, channels_last, dtype):
+    """The kernels on 'sim' against the NumPy reference, bit for bit (ties, -inf, -0.0 included),
+    channels_last with 16 channels (where padding 0 takes the _vec kernels) as well as NCHW."""
+    import ml_dtypes
+
+    import gpuconv
+    from gpuconv import kernels
+    dt = np.dtype(ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype)
+    rng = np.random.default_rng(12)
+    x = (np.round(rng.standard_normal((2, 16, 7, 6)) * 2) / 2).astype(dt)
+    x[0, 0, :3, :3], x[1, 2, 0, :2] = -np.inf, -0.0
+    fwd, bwd = OPS[kind]
+    kwargs = _pool_kwargs(kind, (1, 1), True, cip)
+    want_y, want_cache = fwd(x, 3, 2, **kwargs)
+    dy = rng.standard_normal(want_y.shape).astype(dt)
+    want_dx = bwd(dy, want_cache)
+    with gpuconv.default_device("sim"), kernels.launch_log() as log:
+        xs = _channels_last_copy(np, x, 0) if channels_last else x
+        y, cache = fwd(xs, 3, 2, **kwargs)
+        dx = bwd(_channels_last_copy(np, dy, 0) if channels_last else dy, cache)
+    suffix = "" if cip else "_exclude_pad"
+    assert log.names == [f"{kind}_pool2d_forward{suffix}", f"{kind}_pool2d_backward{suffix}"]
+    assert gpuconv.is_channels_last(dx) == channels_last and cache.padding == (1, 1)
+    for got, want in [(y, want_y), (dx, want_dx)] + ([(cache.argmax, want_cache.argmax)] if kind == "max" else []):
+        assert _same_bits(got, want, False)
+
+
+def test_googlenet_pool_branch_keeps_height_and_width_and_resnet_stem_halves_them(backend):
+    from gpuconv.layers import AvgPool2d, MaxPool2d
+    x = backend.asarray(np.random.default_rng(3).standard_normal((1, 2, 8, 6)).astype(np.float32))
+    assert MaxPool2d(3, 1, padding=1)(x).shape == (1, 2, 8, 6)
+    assert AvgPool2d(3, 1, 1, count_include_pad=False)(x).shape == (1, 2, 8, 6)
+    assert MaxPool2d(3, 2, padding=1, floor=True)(x).shape == (1, 2, 4, 3)
+    with pytest.raises(ValueError, match=r"input size H=8, filter F=3, stride S=2, padding P=1 .* = 4.5, not an "
+                                         r"integer; .*floor=True"):
+        MaxPool2d(3, 2, padding=1)(x)  # floor=False: sizes that do not tile are refused, as without padding
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+@pytest.mark.parametrize("kwargs, exc, match", [
+    (dict(kernel_size=3, padding=2), ValueError, r"padding=2 is more than half of kernel_size=\(3, 3\): .*at most "
+                                                 r"kernel_size // 2 .*PyTorch's rule.*at most 1"),
+    (dict(kernel_size=(3, 4), padding=(1, 3)), ValueError, r"at most \(1, 2\)"),
+    (dict(kernel_size=3, padding=-1), ValueError, r"padding must be >= 0"),
+    (dict(kernel_size=3, padding=1.0), TypeError, r"padding must be an int or an \(h, w\) pair"),
+])
+def test_padding_rule_errors(backend, no_work, kind, kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        OPS[kind][0](backend.asarray(np.ones((1, 1, 6, 6), np.float32)), **kwargs)
+
+
+def test_count_include_pad_is_a_switch_and_divisor_override_stays_refused():
+    x = np.ones((1, 1, 3, 3), np.float32)
+    with pytest.raises(TypeError, match="count_include_pad must be True or False"):
+        avg_pool2d_forward(x, 3, 1, padding=1, count_include_pad="no")
+    with pytest.raises(ValueError, match=r"divisor_override=2\) is not supported"):
+        avg_pool2d_forward(x, 3, 1, padding=1, divisor_override=2)
+    # ones everywhere: the corner's window holds 4 inputs of 9 taps
+    assert avg_pool2d_forward(x, 3, 1, padding=1)[0][0, 0, 0, 0] == np.float32(4 / 9)
+    assert avg_pool2d_forward(x, 3, 1, padding=1, count_include_pad=False)[0][0, 0, 0, 0] == 1

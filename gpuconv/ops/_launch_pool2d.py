@@ -3,8 +3,11 @@
 
 Same arguments, results and caches as the NumPy references in ``pool2d.py``: the max-pool
 switches are int32 window-local taps ``fh * KW + fw`` of the output's shape, so a forward on
-one path and a backward on the other agree. Pooling here has no padding (the ops take none);
-the kernels accept one, passed as 0.
+one path and a backward on the other agree.
+
+Padding: a padded pooling runs the element-per-thread kernels only (``_disjoint`` and ``_vec`` are
+for padding 0, whose launches are unchanged), an average with ``count_include_pad=False`` the
+``_exclude_pad`` pair, which divide each window by its in-bounds taps.
 
 Layouts: channels_last inputs (gpuconv.layout) are pooled as they lie, and the outputs, the
 switches and the gradients come back channels_last; anything else is made C-contiguous (NCHW).
@@ -28,12 +31,12 @@ def _inputs(*arrays, was_channels_last=False):
     return tuple(xp.ascontiguousarray(a) for a in arrays), False
 
 
-def _dims(x_shape, kernel_size, stride, floor=False):
+def _dims(x_shape, kernel_size, stride, floor=False, padding=(0, 0)):
     """The output's shape and the kernels' size arguments. Rows and columns past the last window
     (``floor``) are in H and W, and the kernels never read them; the backward's are zeros."""
     n, c, h, w = x_shape
-    oh, ow = pooled_hw(x_shape, kernel_size, stride, floor)
-    dims = kernels.int32_args((n, c, h, w, oh, ow, *kernel_size, *stride, 0, 0))  # made once per geometry
+    oh, ow = pooled_hw(x_shape, kernel_size, stride, floor, padding)
+    dims = kernels.int32_args((n, c, h, w, oh, ow, *kernel_size, *stride, *padding))  # made once per geometry
     return (n, c, oh, ow), dims
 
 
@@ -55,48 +58,53 @@ def _run_backward(kernel, cache, dx, target, arrays, dims, channels_last):
     """Windows without overlap (stride = kernel): the ``_disjoint`` kernel, one thread per output
     writing its window (and the zeros of the rows and columns past the last window, in floor
     mode); otherwise one thread per input gathering over the windows that cover it. The same
-    bits either way."""
-    if tuple(cache.stride) == tuple(cache.kernel_size):
+    bits either way. Padded: the gather kernel, one element per thread."""
+    if tuple(cache.padding) != (0, 0):
+        _run(kernel, dx.size, target, arrays, dims, channels_last, vec=False)
+    elif tuple(cache.stride) == tuple(cache.kernel_size):
         _run(f"{kernel}_disjoint", arrays[0].size, target, arrays, dims, channels_last)
     else:
         _run(kernel, dx.size, target, arrays, dims, channels_last)
 
 
 @register_launcher("max_pool2d_forward")
-def max_pool2d_forward_kernel(x, kernel_size, stride, floor=False, *, target):
+def max_pool2d_forward_kernel(x, kernel_size, stride, floor=False, padding=(0, 0), *, target):
     xp = get_array_module(x)
     (x,), cl = _inputs(x)
-    out_shape, dims = _dims(x.shape, kernel_size, stride, floor)
+    out_shape, dims = _dims(x.shape, kernel_size, stride, floor, padding)
     y, argmax = layout.empty(xp, out_shape, x.dtype, cl), layout.empty(xp, out_shape, np.int32, cl)
-    _run("max_pool2d_forward", y.size, target, (x, y, argmax), dims, cl)
-    return y, MaxPool2dCache(tuple(x.shape), kernel_size, stride, argmax, cl, x.dtype)
+    _run("max_pool2d_forward", y.size, target, (x, y, argmax), dims, cl, vec=padding == (0, 0))
+    return y, MaxPool2dCache(tuple(x.shape), kernel_size, stride, argmax, cl, x.dtype, padding)
 
 
 @register_launcher("max_pool2d_backward")
 def max_pool2d_backward_kernel(dy, cache, *, target):
     xp = get_array_module(dy, cache.argmax)
     (dy, argmax), cl = _inputs(dy, cache.argmax.astype(np.int32, copy=False), was_channels_last=cache.channels_last)
-    _, dims = _dims(cache.x_shape, cache.kernel_size, cache.stride, floor=True)  # dy's shape was checked
+    _, dims = _dims(cache.x_shape, cache.kernel_size, cache.stride, True, cache.padding)  # dy's shape was checked
     dx = layout.empty(xp, cache.x_shape, dy.dtype, cl)
     _run_backward("max_pool2d_backward", cache, dx, target, (dy, argmax, dx), dims, cl)
     return dx
 
 
 @register_launcher("avg_pool2d_forward")
-def avg_pool2d_forward_kernel(x, kernel_size, stride, floor=False, *, target):
+def avg_pool2d_forward_kernel(x, kernel_size, stride, floor=False, padding=(0, 0), count_include_pad=True, *,
+                              target):
     xp = get_array_module(x)
     (x,), cl = _inputs(x)
-    out_shape, dims = _dims(x.shape, kernel_size, stride, floor)
+    out_shape, dims = _dims(x.shape, kernel_size, stride, floor, padding)
     y = layout.empty(xp, out_shape, x.dtype, cl)
-    _run("avg_pool2d_forward", y.size, target, (x, y), dims, cl)
-    return y, AvgPool2dCache(tuple(x.shape), kernel_size, stride, cl, x.dtype)
+    kernel = "avg_pool2d_forward" + ("" if count_include_pad else "_exclude_pad")
+    _run(kernel, y.size, target, (x, y), dims, cl, vec=padding == (0, 0))
+    return y, AvgPool2dCache(tuple(x.shape), kernel_size, stride, cl, x.dtype, padding, count_include_pad)
 
 
 @register_launcher("avg_pool2d_backward")
 def avg_pool2d_backward_kernel(dy, cache, *, target):
     xp = get_array_module(dy)
     (dy,), cl = _inputs(dy, was_channels_last=cache.channels_last)
-    _, dims = _dims(cache.x_shape, cache.kernel_size, cache.stride, floor=True)  # dy's shape was checked
+    _, dims = _dims(cache.x_shape, cache.kernel_size, cache.stride, True, cache.padding)  # dy's shape was checked
     dx = layout.empty(xp, cache.x_shape, dy.dtype, cl)
-    _run_backward("avg_pool2d_backward", cache, dx, target, (dy, dx), dims, cl)
+    kernel = "avg_pool2d_backward" + ("" if cache.count_include_pad else "_exclude_pad")
+    _run_backward(kernel, cache, dx, target, (dy, dx), dims, cl)
     return dx

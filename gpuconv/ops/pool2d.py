@@ -1,4 +1,6 @@
-"""2-D max and average pooling over NCHW tensors (no padding; stride defaults to the kernel size).
+"""2-D max and average pooling over NCHW tensors (stride defaults to the kernel size; optional padding,
+PyTorch's: at most half the window, -inf for max pooling, zeros for the average, counted in its divisor
+unless ``count_include_pad=False``).
 
 Both directions loop over the KH*KW window taps, each step a whole-tensor vectorized pass: a
 2x2 pool is 4 passes, never a loop over pixels. Max pooling first copies each tap's values into
@@ -21,7 +23,10 @@ output is, as in PyTorch; where two NaNs share a window PyTorch picks the last),
 ``AvgPool2dCache(x_shape, kernel_size, stride)``; sizes are (h, w) pairs. Both end in
 ``channels_last``: whether x was (gpuconv.layout), so that dx comes back in x's layout even where
 dy cannot tell (1x1 outputs, whose two layouts are the same memory), and ``dtype``: x's, which
-dy must have (None: not checked).
+dy must have (None: not checked), then ``padding`` ((h, w), default (0, 0)); the average's cache
+last ``count_include_pad``. With padding a switch counts the window's taps padded cells included (tap
+``kh * KW + kw`` of the window at (oh*S - P, ow*S - P)), and never points at a padded cell: where
+every input of a window is -inf, the first in-bounds tap takes it (PyTorch's choice as well).
 """
 from __future__ import annotations
 
@@ -32,12 +37,13 @@ from .. import backend, layout
 from ..backend import get_array_module
 from ..precision import round_once, upcast
 from . import _dispatch
-from ._checks import (cache_type, cached, check_cache, check_dy_dtype, check_float, check_floor, check_rank,
+from ._checks import (cache_type, cached, check_bool, check_cache, check_dy_dtype, check_float, check_floor, check_rank,
                       only_defaults, output_hw, pair, torch_positions)
 
-MaxPool2dCache = cache_type("MaxPool2dCache", "x_shape kernel_size stride argmax channels_last dtype", __name__,
-                            defaults=(False, None))
-AvgPool2dCache = cache_type("AvgPool2dCache", "x_shape kernel_size stride channels_last dtype", __name__, defaults=(False, None))
+MaxPool2dCache = cache_type("MaxPool2dCache", "x_shape kernel_size stride argmax channels_last dtype padding",
+                            __name__, defaults=(False, None, (0, 0)))
+AvgPool2dCache = cache_type("AvgPool2dCache", "x_shape kernel_size stride channels_last dtype padding count_include_pad",
+                            __name__, defaults=(False, None, (0, 0), True))
 
 # Tap planes per batch chunk: the reference works a chunk at a time so that its contiguous
 # per-tap copies are still in cache when compared (a 2x2 pool of 64x128x32x32: 40 -> ~12 ms).
@@ -48,16 +54,17 @@ def max_pool2d_forward(x, kernel_size=2, stride=None, floor=False, *, padding=0,
                        return_indices=False):
     """``y, cache``: the maximum of each KH x KW window, of shape (N, C, OH, OW). ``floor``: see
     :func:`pooled_hw` (sizes the windows do not tile are an error without it). F.max_pool2d's
-    other keywords are taken at their defaults only, as by MaxPool2d (the switches are in the cache)."""
+    other keywords are taken at their defaults only, as by MaxPool2d (the switches are in the cache).
+    ``padding``: an int or (h, w) pair of -inf rows and columns around the input, at most half the window."""
     if type(floor) is not bool:  # (F.max_pool2d's order: its padding here?)
         torch_positions("max_pool2d_forward", "F.max_pool2d", floor=(floor, "padding", 0))
-    if (padding, dilation, ceil_mode, return_indices) != (0, 1, False, False):
-        only_defaults("max_pool2d_forward", padding=(padding, (0, 0)), dilation=(dilation, (1, 1)),
-                      ceil_mode=(ceil_mode, False), return_indices=(return_indices, False))
-    kernel_size, stride = _check_pool_args(x, kernel_size, stride, floor)
+    if (dilation, ceil_mode, return_indices) != (1, False, False):
+        only_defaults("max_pool2d_forward", dilation=(dilation, (1, 1)), ceil_mode=(ceil_mode, False),
+                      return_indices=(return_indices, False))
+    kernel_size, stride, padding = _check_pool_args(x, kernel_size, stride, floor, padding)
     target = backend.kernel_target(x)
     return _dispatch.call("max_pool2d_forward", target, _max_pool2d_forward_reference, x, kernel_size, stride,
-                          bool(floor))
+                          bool(floor), padding)
 
 
 def max_pool2d_backward(dy, cache):
@@ -72,16 +79,18 @@ def max_pool2d_backward(dy, cache):
 def avg_pool2d_forward(x, kernel_size=2, stride=None, floor=False, *, padding=0, ceil_mode=False,
                        count_include_pad=True, divisor_override=None):
     """``y, cache``: the mean of each KH x KW window, of shape (N, C, OH, OW); ``floor`` as for
-    max pooling; F.avg_pool2d's other keywords at their defaults only, as by AvgPool2d."""
+    max pooling; ``padding`` zeros around the input (at most half the window), which count in the
+    divisor (kh * kw) with ``count_include_pad=True``, PyTorch's default, and not with False (each
+    window divides by its in-bounds taps); F.avg_pool2d's other keywords at their defaults only."""
     if type(floor) is not bool:  # (F.avg_pool2d's order: its padding here?)
         torch_positions("avg_pool2d_forward", "F.avg_pool2d", floor=(floor, "padding", 0))
-    if (padding, ceil_mode, divisor_override) != (0, False, None):  # (count_include_pad: no padding to count)
-        only_defaults("avg_pool2d_forward", padding=(padding, (0, 0)), ceil_mode=(ceil_mode, False),
-                      divisor_override=(divisor_override, None))
-    kernel_size, stride = _check_pool_args(x, kernel_size, stride, floor)
+    if (ceil_mode, divisor_override) != (False, None):
+        only_defaults("avg_pool2d_forward", ceil_mode=(ceil_mode, False), divisor_override=(divisor_override, None))
+    count_include_pad = check_bool("count_include_pad", count_include_pad)
+    kernel_size, stride, padding = _check_pool_args(x, kernel_size, stride, floor, padding)
     target = backend.kernel_target(x)
     return _dispatch.call("avg_pool2d_forward", target, _avg_pool2d_forward_reference, x, kernel_size, stride,
-                          bool(floor))
+                          bool(floor), padding, count_include_pad or padding == (0, 0))
 
 
 def avg_pool2d_backward(dy, cache):
@@ -93,12 +102,13 @@ def avg_pool2d_backward(dy, cache):
     return layout.to_channels_last(dx) if cache.channels_last else dx
 
 
-def pooled_hw(x_shape, kernel_size, stride, floor=False):
+def pooled_hw(x_shape, kernel_size, stride, floor=False, padding=(0, 0)):
     """(OH, OW) of a pooling of an NCHW input. ``floor=False``: ``(H - F)/S + 1`` must be a whole
     number (no silent cropping: the error says which size does not fit, and offers floor=True);
     ``floor=True``: PyTorch's default rule, ``floor((H - F)/S) + 1`` windows, the rows and columns
-    past the last window taking no part (their gradient is 0). The window must fit the input either way."""
-    return output_hw(x_shape, kernel_size, stride, floor=bool(floor))
+    past the last window taking no part (their gradient is 0). The window must fit the input either way.
+    ``padding`` (h, w) adds 2P to H and W: ``(H + 2P - F)/S + 1``."""
+    return output_hw(x_shape, kernel_size, stride, None if tuple(padding) == (0, 0) else padding, floor=bool(floor))
 
 
 def _used(x, kernel_size, stride):
@@ -108,21 +118,36 @@ def _used(x, kernel_size, stride):
     return x if (h, w) == tuple(x.shape[2:]) else x[:, :, :h, :w]
 
 
-def _check_pool_args(x, kernel_size, stride, floor=False):
+def _check_pool_args(x, kernel_size, stride, floor=False, padding=None):
+    """(kernel_size, stride), and the padding as a checked (h, w) pair after them where one is given."""
     check_floor(floor)
     check_float("x", x)
     check_rank("x", x, 4, "N, C, H, W")
     kernel_size = pair("kernel_size", kernel_size, minimum=1)
     stride = kernel_size if stride is None else pair("stride", stride, minimum=1)
-    pooled_hw(x.shape, kernel_size, stride, floor)
-    return kernel_size, stride
+    pad = (0, 0) if padding is None or (type(padding) is int and padding == 0) else \
+        check_pool_padding(padding, kernel_size)
+    pooled_hw(x.shape, kernel_size, stride, floor, pad)
+    return (kernel_size, stride) if padding is None else (kernel_size, stride, pad)
+
+
+def check_pool_padding(padding, kernel_size):
+    """``padding`` as an (h, w) pair, each at most half its window (PyTorch's rule: a wider padding
+    would make windows of padding only)."""
+    pad = pair("padding", padding, minimum=0)
+    if pad[0] > kernel_size[0] // 2 or pad[1] > kernel_size[1] // 2:
+        half = (kernel_size[0] // 2, kernel_size[1] // 2)
+        raise ValueError(f"padding={padding!r} is more than half of kernel_size={kernel_size}: pooling padding must be "
+                         f"at most kernel_size // 2 in each direction (PyTorch's rule: pad should be at most half of "
+                         f"effective kernel size), here at most {half[0] if half[0] == half[1] else half}")
+    return pad
 
 
 def _check_pool_dy(dy, cache):
     check_float("dy", dy)
     n, c, h, w = cache.x_shape
     # The floor rule: the forward checked the exact one when it was asked to, and both agree then.
-    expected = (n, c) + pooled_hw(cache.x_shape, cache.kernel_size, cache.stride, floor=True)
+    expected = (n, c) + pooled_hw(cache.x_shape, cache.kernel_size, cache.stride, True, cache.padding)
     if tuple(dy.shape) != expected:
         raise ValueError(f"dy must have the forward output's shape {expected}, got {tuple(dy.shape)}")
     if cache.dtype is not None:
@@ -167,10 +192,35 @@ def _batch_chunks(n, bytes_per_item):
         yield slice(lo, min(n, lo + step))
 
 
-def _max_pool2d_forward_reference(x, kernel_size, stride, floor=False):
-    y, argmax = _max_forward(upcast(_used(x, kernel_size, stride) if floor else x), kernel_size, stride)
+def _max_pool2d_forward_reference(x, kernel_size, stride, floor=False, padding=(0, 0)):
+    xc = _padded(upcast(x), padding, -np.inf)
+    y, argmax = _max_forward(_used(xc, kernel_size, stride) if floor else xc, kernel_size, stride)
+    if padding != (0, 0):
+        _switches_in_bounds(argmax, x.shape[2:], kernel_size, stride, padding)
     return round_once(y, x.dtype), MaxPool2dCache(tuple(x.shape), kernel_size, stride, argmax,
-                                                  layout.is_channels_last(x), x.dtype)
+                                                  layout.is_channels_last(x), x.dtype, padding)
+
+
+def _padded(x, padding, value):
+    """``x`` with ``padding`` (h, w) rows and columns of ``value`` on each side (``x`` itself at 0)."""
+    (ph, pw) = padding
+    if (ph, pw) == (0, 0):
+        return x
+    return get_array_module(x).pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=value)
+
+
+def _switches_in_bounds(argmax, hw, kernel_size, stride, padding):
+    """A switch on a padded -inf (its window's inputs all -inf, the padding first in tap order) moved
+    to the window's first in-bounds tap, where the kernels (and PyTorch) put it: the gradient goes
+    to an input, never into the padding. Every window has one (padding <= kernel_size // 2)."""
+    xp = get_array_module(argmax)
+    (kh, kw), (oh, ow) = kernel_size, argmax.shape[2:]
+    top = xp.arange(oh, dtype=np.int64)[:, None] * stride[0] - padding[0]
+    left = xp.arange(ow, dtype=np.int64)[None, :] * stride[1] - padding[1]
+    row, col = top + argmax // kw, left + argmax % kw
+    outside = (row < 0) | (row >= hw[0]) | (col < 0) | (col >= hw[1])
+    first = (xp.maximum(-top, 0) * kw + xp.maximum(-left, 0)).astype(np.int32)
+    xp.copyto(argmax, xp.broadcast_to(first, argmax.shape), where=outside)
 
 
 def _max_forward(x, kernel_size, stride):
@@ -208,7 +258,17 @@ def _max_forward(x, kernel_size, stride):
 
 
 def _max_pool2d_backward_reference(dy, cache):
-    return round_once(_max_backward(upcast(dy), cache), dy.dtype)
+    if tuple(cache.padding) == (0, 0):
+        return round_once(_max_backward(upcast(dy), cache), dy.dtype)
+    padded, inside = _padded_cache(cache)
+    return round_once(get_array_module(dy).ascontiguousarray(_max_backward(upcast(dy), padded)[inside]), dy.dtype)
+
+
+def _padded_cache(cache):
+    """(the cache of an unpadded pooling of the padded input, the slice of that input that is x)."""
+    (n, c, h, w), (ph, pw) = cache.x_shape, cache.padding
+    inside = (slice(None), slice(None), slice(ph, ph + h), slice(pw, pw + w))
+    return cache._replace(x_shape=(n, c, h + 2 * ph, w + 2 * pw), padding=(0, 0)), inside
 
 
 def _max_backward(dy, cache, out=None):
@@ -276,26 +336,42 @@ def _window_axes(xp, a, kh, kw):
     return xp.lib.stride_tricks.as_strided(a, (m, c, h // kh, kh, w // kw, kw), (sn, sc, sh * kh, sh, sw * kw, sw))
 
 
-def _avg_pool2d_forward_reference(x, kernel_size, stride, floor=False):
-    xc = upcast(_used(x, kernel_size, stride) if floor else x)
+def _avg_pool2d_forward_reference(x, kernel_size, stride, floor=False, padding=(0, 0), count_include_pad=True):
+    xc = _padded(upcast(x), padding, 0)
+    xc = _used(xc, kernel_size, stride) if floor else xc
     xp = get_array_module(xc)
     out_hw = output_hw(xc.shape, kernel_size, stride)
     y = xp.zeros(x.shape[:2] + out_hw, dtype=xc.dtype)
     for _, sl in _taps(kernel_size, stride, out_hw):
         y += xc[sl]
-    y *= xc.dtype.type(1.0 / (kernel_size[0] * kernel_size[1]))
+    y *= _avg_scale(xp, xc.dtype, x.shape[2:], kernel_size, stride, padding, count_include_pad, out_hw)
     return round_once(y, x.dtype), AvgPool2dCache(tuple(x.shape), kernel_size, stride, layout.is_channels_last(x),
-                                                  x.dtype)
+                                                  x.dtype, padding, count_include_pad)
+
+
+def _avg_scale(xp, dtype, hw, kernel_size, stride, padding, count_include_pad, out_hw):
+    """The rounded reciprocal of the divisor: 1/(kh*kw), or per window (an (OH, OW) array) 1/(its
+    in-bounds taps) where padding is not counted."""
+    (kh, kw) = kernel_size
+    if count_include_pad or tuple(padding) == (0, 0):
+        return dtype.type(1.0 / (kh * kw))
+    counts = []
+    for o, s, p, k, n in zip(out_hw, stride, padding, kernel_size, hw):
+        start = np.arange(o, dtype=np.int64) * s - p
+        counts.append(np.minimum(start + k, n) - np.maximum(start, 0))
+    return xp.asarray((1.0 / (counts[0][:, None] * counts[1][None, :])).astype(dtype))
 
 
 def _avg_pool2d_backward_reference(dy, cache):
     dyc = upcast(dy)
     xp = get_array_module(dyc)
-    dx = xp.zeros(cache.x_shape, dtype=dyc.dtype)
-    share = dyc * dyc.dtype.type(1.0 / (cache.kernel_size[0] * cache.kernel_size[1]))
+    padded, inside = _padded_cache(cache)
+    dx = xp.zeros(padded.x_shape, dtype=dyc.dtype)
+    share = dyc * _avg_scale(xp, dyc.dtype, cache.x_shape[2:], cache.kernel_size, cache.stride, cache.padding,
+                             cache.count_include_pad, dy.shape[2:])
     for _, sl in _taps(cache.kernel_size, cache.stride, dy.shape[2:]):
         dx[sl] += share
-    return round_once(dx, dy.dtype)
+    return round_once(xp.ascontiguousarray(dx[inside]), dy.dtype)
 
 
 # This op's CUDA kernel launchers, for the 'cuda' and 'sim' targets; last, as they import the names above.
