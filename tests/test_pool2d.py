@@ -196,10 +196,11 @@ def test_backward_rejects_wrong_dy(backend, kind):
             bwd(backend.asarray(np.ones((1, 1, 2, 2), dt)), cache)
 
 
-def test_pool_size_error_offers_no_padding(backend):
+def test_pool_size_error_without_padding_names_no_p_and_offers_padding(backend):
     x = backend.asarray(np.zeros((1, 1, 7, 8), np.float32))
     with pytest.raises(ValueError, match=r"along the height: input size H=7, window F=2, stride S=2 give "
-                                         r"\(H - F\)/S \+ 1.*pooling takes no padding") as info:
+                                         r"\(H - F\)/S \+ 1.*max and average pooling also take padding=P, "
+                                         r"which adds 2P to H") as info:
         max_pool2d_forward(x, 2)
     assert "P=" not in str(info.value) and "change the padding" not in str(info.value)
     with pytest.raises(TypeError, match=r"floor must be True or False, got 'no'"):
@@ -555,3 +556,34 @@ def test_count_include_pad_is_a_switch_and_divisor_override_stays_refused():
     # ones everywhere: the corner's window holds 4 inputs of 9 taps
     assert avg_pool2d_forward(x, 3, 1, padding=1)[0][0, 0, 0, 0] == np.float32(4 / 9)
     assert avg_pool2d_forward(x, 3, 1, padding=1, count_include_pad=False)[0][0, 0, 0, 0] == 1
+
+
+@pytest.mark.parametrize("k, s, p", [(3, 2, 1), (3, 1, 1), ((3, 2), (2, 1), (1, 1)), (2, 2, 1)])
+def test_padded_pooling_matches_torch_ties_and_minus_inf_included(k, s, p):
+    """F.max_pool2d's indices (PyTorch breaks ties to the first maximum in row-major order, as
+    gpuconv does, and gives an all -inf window its first in-bounds input) and gradients, and
+    F.avg_pool2d's with count_include_pad both ways."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(13)
+    x = rng.integers(-2, 3, (2, 3, 7, 6)).astype(np.float64)  # ties in most windows
+    x[0, 0, :2, :2], x[1, 1] = -np.inf, -np.inf
+    F = torch.nn.functional
+    y, cache = max_pool2d_forward(x, k, s, padding=p, floor=True)
+    (kh, kw), (sh, sw), (ph, pw) = cache.kernel_size, cache.stride, cache.padding
+    row = np.arange(y.shape[2])[:, None] * sh - ph + cache.argmax // kw
+    col = np.arange(y.shape[3])[None, :] * sw - pw + cache.argmax % kw
+    t = torch.tensor(x, requires_grad=True)
+    ty, index = F.max_pool2d(t, k, s, p, return_indices=True)
+    g = rng.standard_normal(y.shape)
+    ty.backward(torch.tensor(g))
+    np.testing.assert_array_equal(y, ty.detach().numpy())
+    np.testing.assert_array_equal(row * x.shape[3] + col, index.numpy())
+    np.testing.assert_allclose(max_pool2d_backward(g, cache), t.grad.numpy(), rtol=1e-12, atol=1e-12)
+    x = rng.standard_normal(x.shape)
+    for cip in (True, False):
+        y, cache = avg_pool2d_forward(x, k, s, padding=p, floor=True, count_include_pad=cip)
+        t = torch.tensor(x, requires_grad=True)
+        ty = F.avg_pool2d(t, k, s, p, count_include_pad=cip)
+        ty.backward(torch.tensor(g))
+        np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(avg_pool2d_backward(g, cache), t.grad.numpy(), rtol=1e-12, atol=1e-12)

@@ -194,7 +194,7 @@ def conv_output_size(in_size, filt, stride, pad, axis_name="width", padded=True,
     or with ``floor`` PyTorch's ``floor((W - F + 2P)/S) + 1`` (the rows or columns past the last
     window take no part; None: an op that has no such option, whose message does not offer it).
     The message names the axis's own letter (H for the height);
-    ``padded=False`` (pooling, which takes no padding) drops P from the rule and from the fix.
+    ``padded=False`` (a pooling without padding) drops P from the rule and from the fix.
     Memoized per value and type (every convolution and pooling launch asks the memo, through
     :func:`output_hw`, which skips this function's argument checks; errors are not kept), so an
     answer has the type it would have had computed."""
@@ -224,8 +224,8 @@ def _conv_output_size(in_size, filt, stride, pad, axis_name, padded, floor=None)
                          f"{rule} = {values} = {span / stride + 1:g} < 1; {fix}")
     if span % stride and not floor:
         fix = (f"change the padding or stride so that {A} - F + 2P is divisible by S" if padded else
-               f"choose a stride that divides {A} - F = {span} (pooling takes no padding; crop or pad the input "
-               "to another size instead)")
+               f"choose a stride that divides {A} - F = {span} (or crop or pad the input to another size; max "
+               f"and average pooling also take padding=P, which adds 2P to {A})")
         left, unit = span % stride, "row" if A == "H" else "column"
         fix += "" if floor is None else (f", or pass floor=True for PyTorch's rule, floor({rule[:-4]}) + 1 = {span // stride + 1} (the last "
                 f"{left} {unit}{'s' if left > 1 else ''} of the {'padded ' if padded else ''}input, which no window "
