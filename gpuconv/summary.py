@@ -5,8 +5,9 @@ The shapes come from one forward pass of a zero image in eval mode, in the param
 after it). FLOPs count a multiply-add as two: a convolution 2 * C_in * k_h * k_w per output
 element (plus one per element for its bias), a linear layer 2 * in_features per output, batch
 norm in eval mode 2 per element (a scale and a shift), pooling one comparison or addition per
-window element, ReLU and Scale one per element, a residual addition one per element; reshaping
-layers, dropout and a concatenation (a copy) count none.
+window element, ReLU, LeakyReLU and Scale one per element, a residual addition one per element;
+reshaping layers, dropout, a concatenation (a copy) and the smooth activations (GELU, SiLU, Sigmoid,
+Tanh: an erf, exp or tanh, no multiply-add) count none.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def _flops(layer, x, y) -> int:
     if isinstance(layer, L._Pool2d):
         k = layer.kernel_size if isinstance(layer.kernel_size, (tuple, list)) else (layer.kernel_size,) * 2
         return out * int(k[0]) * int(k[1])
-    if isinstance(layer, (L.ReLU, L.Scale)):
+    if isinstance(layer, (L.ReLU, L.LeakyReLU, L.Scale)):
         return out
     return 0
 

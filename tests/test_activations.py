@@ -322,3 +322,15 @@ def test_against_pytorch(dtype):
                 continue
             got, want, tol = got[ok], want[ok], u * (np.abs(want) if scale is None else np.abs(want) + scale)[ok]
             assert (np.abs(got - want) <= tol + 1e-38).all(), (name, np.max(np.abs(got - want) / tol))
+
+
+def test_summary_counts_leaky_relu_as_relu_and_the_smooth_ones_as_none():
+    """summary(): LeakyReLU counts one operation per element, as ReLU (swapping one for the other
+    changes no FLOP count); SiLU, Sigmoid and Tanh count none, as GELU (their exp or tanh is no
+    multiply-add)."""
+    def flops(act):
+        rows = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, seed=0), act).summary((3, 5, 5)).splitlines()
+        return int(rows[3].split()[-1].replace(",", ""))
+
+    assert flops(nn.ReLU()) == flops(nn.LeakyReLU(0.2)) == 4 * 5 * 5
+    assert flops(nn.SiLU()) == flops(nn.Sigmoid()) == flops(nn.Tanh()) == flops(nn.GELU()) == 0
