@@ -334,3 +334,14 @@ def test_summary_counts_leaky_relu_as_relu_and_the_smooth_ones_as_none():
 
     assert flops(nn.ReLU()) == flops(nn.LeakyReLU(0.2)) == 4 * 5 * 5
     assert flops(nn.SiLU()) == flops(nn.Sigmoid()) == flops(nn.Tanh()) == flops(nn.GELU()) == 0
+
+
+def test_leaky_relu_of_slope_zero_gives_torchs_nan_at_infinities_without_a_numpy_warning(backend):
+    """LeakyReLU(0): -inf * 0 is NaN (PyTorch's ``x * negval`` gives it too), forward at x = -inf and
+    backward at dy = +-inf where x <= 0, with no invalid-operation warning on NumPy (as SiLU's -inf * 0)."""
+    x = backend.asarray(np.array([-np.inf, -1.0, 0.0, 2.0], np.float32))
+    with np.errstate(all="raise"):
+        y, cache = ops.leaky_relu_forward(x, 0.0)
+        dx = ops.leaky_relu_backward(backend.asarray(np.array([1.0, np.inf, -np.inf, np.inf], np.float32)), cache)
+    np.testing.assert_array_equal(backend.asnumpy(y), np.float32([np.nan, -0.0, 0.0, 2.0]))
+    np.testing.assert_array_equal(backend.asnumpy(dx), np.float32([0.0, np.nan, np.nan, np.inf]))

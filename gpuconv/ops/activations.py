@@ -112,7 +112,8 @@ def sigmoid(xc):
 def _leaky_relu_forward_reference(x, negative_slope):
     xc = upcast(x)
     xp = get_array_module(xc)
-    y = xp.multiply(xc, compute_dtype(x.dtype).type(negative_slope), out=xp.empty_like(xc))
+    with np.errstate(invalid="ignore"):  # -inf * 0 (a slope of 0): NaN, as PyTorch's
+        y = xp.multiply(xc, compute_dtype(x.dtype).type(negative_slope), out=xp.empty_like(xc))
     xp.copyto(y, xc, where=xc > 0)
     return round_once(y, x.dtype), LeakyReluCache(x, negative_slope)
 
@@ -120,7 +121,8 @@ def _leaky_relu_forward_reference(x, negative_slope):
 def _leaky_relu_backward_reference(dy, cache):
     xc, g = upcast(cache.x, dy)
     xp = get_array_module(g)
-    d = xp.multiply(g, g.dtype.type(cache.negative_slope), out=xp.empty_like(g))  # dx in dy's layout
+    with np.errstate(invalid="ignore"):  # +-inf * 0 (a slope of 0): NaN, as PyTorch's
+        d = xp.multiply(g, g.dtype.type(cache.negative_slope), out=xp.empty_like(g))  # dx in dy's layout
     xp.copyto(d, g, where=xc > 0)
     return round_once(d, dy.dtype)
 
