@@ -47,7 +47,7 @@ from gpuconv.ops import _launch_pool2d as LP  # noqa: E402
 from gpuconv.ops import _launch_relu as LR  # noqa: E402
 from gpuconv.ops import batchnorm as BN  # noqa: E402
 from gpuconv.ops import lp_pool2d as LPP  # noqa: E402
-from gpuconv.ops import pool2d as P  # noqa: E402
+from gpuconv.ops import _pool2d_reference as P  # noqa: E402
 from gpuconv.ops import relu as R  # noqa: E402
 
 NAME = "bench_ops"

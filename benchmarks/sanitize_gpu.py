@@ -51,6 +51,7 @@ from gpuconv.ops import conv2d as C  # noqa: E402
 from gpuconv.ops import dropout as D  # noqa: E402
 from gpuconv.ops import adaptive_pool2d as AP  # noqa: E402
 from gpuconv.ops import lp_pool2d as LPP  # noqa: E402
+from gpuconv.ops import _pool2d_reference as PR  # noqa: E402
 from gpuconv.ops import pool2d as P  # noqa: E402
 
 
@@ -198,18 +199,18 @@ def _pool_checks(run, x, dy, ks, st, channels_last=False, floor=False, tag="", p
     tag = f"{ks} {st}{f' padding {padding}' if padding != (0, 0) else ''}{' floor' if floor else ''}" \
           f"{' channels_last' if channels_last else ''} {tag}"
     y, c = LP.max_pool2d_forward_kernel(X, ks, st, floor, padding, target=run.target)
-    ry, rc = P._max_pool2d_forward_reference(x, ks, st, floor, padding)
+    ry, rc = PR._max_pool2d_forward_reference(x, ks, st, floor, padding)
     run.exact(f"max_pool {tag} forward", y, ry)
     run.exact(f"max_pool {tag} switches", c.argmax, rc.argmax)
     run.exact(f"max_pool {tag} backward", LP.max_pool2d_backward_kernel(DY, c, target=run.target),
-              P._max_pool2d_backward_reference(dy, rc))
+              PR._max_pool2d_backward_reference(dy, rc))
     for count_include_pad in (True, False) if padding != (0, 0) else (True,):
         y, c = LP.avg_pool2d_forward_kernel(X, ks, st, floor, padding, count_include_pad, target=run.target)
-        ry, rc = P._avg_pool2d_forward_reference(x, ks, st, floor, padding, count_include_pad)
+        ry, rc = PR._avg_pool2d_forward_reference(x, ks, st, floor, padding, count_include_pad)
         avg = f"avg_pool{'' if count_include_pad else ' count_include_pad=False'} {tag}"
         run.close(f"{avg} forward", y, ry)
         run.close(f"{avg} backward", LP.avg_pool2d_backward_kernel(DY, c, target=run.target),
-                  P._avg_pool2d_backward_reference(dy, rc))
+                  PR._avg_pool2d_backward_reference(dy, rc))
 
 
 def pool(run, rng):

@@ -27,7 +27,7 @@ from gpuconv.ops import _dispatch
 from gpuconv.ops import _launch_conv2d as LC
 from gpuconv.ops import _launch_pool2d as LP
 from gpuconv.ops import _launch_relu as LR
-from gpuconv.ops import pool2d as pool_ref
+from gpuconv.ops import _pool2d_reference as pool_ref
 from gpuconv.ops import relu as relu_ref
 
 TARGETS = ["sim", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(

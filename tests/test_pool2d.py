@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from gpuconv.gradcheck import numerical_gradient_array, relative_error
 from gpuconv.ops import avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward, max_pool2d_forward
+from gpuconv.ops import _pool2d_reference as pool_ref
 from gpuconv.ops import pool2d as pool_mod
 
 HYPO = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -370,7 +371,7 @@ def test_floor_max_pool_backward_allocates_one_input_gradient():
         peak = tracemalloc.get_traced_memory()[1] - before
     finally:
         tracemalloc.stop()
-    assert peak < dx.nbytes + 2 * pool_mod._CHUNK_BYTES, f"{peak} bytes for a {dx.nbytes}-byte dx"
+    assert peak < dx.nbytes + 2 * pool_ref._CHUNK_BYTES, f"{peak} bytes for a {dx.nbytes}-byte dx"
     assert dx.tobytes() == want.tobytes()
 
 
@@ -402,14 +403,13 @@ def test_max_pool_of_signed_zeros_is_plus_zero(backend):
 def test_numpy_max_pool_backward_is_the_tap_by_tap_definition_bit_for_bit(k, s, hw, dtype):
     """The NumPy backward routes dy with a bit mask per tap: the bits of the definition's sum, tap by
     tap, of dy where the switch is that tap and +0 elsewhere, NaN, inf and -0.0 included."""
-    from gpuconv.ops import pool2d
     rng = np.random.default_rng(6)
     x = rng.standard_normal((2, 3, hw, hw)).astype(dtype)
     y, cache = max_pool2d_forward(x, k, s)
     dy = rng.standard_normal(y.shape).astype(dtype)
     dy.reshape(-1)[[0, 3, 40, 11]] = [np.nan, np.inf, -np.inf, -0.0]  # -inf in another channel than inf
     want = np.zeros(x.shape, dtype)
-    for t, sl in pool_mod._taps((k, k), (s, s), y.shape[2:]):
+    for t, sl in pool_ref._taps((k, k), (s, s), y.shape[2:]):
         want[sl] += np.where(cache.argmax == t, dy, dtype(0))
     assert max_pool2d_backward(dy, cache).tobytes() == want.tobytes()
 
@@ -587,3 +587,18 @@ def test_padded_pooling_matches_torch_ties_and_minus_inf_included(k, s, p):
         ty.backward(torch.tensor(g))
         np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(avg_pool2d_backward(g, cache), t.grad.numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_the_caches_keep_pool2ds_name_and_the_reference_never_imports_the_ops():
+    """The NumPy reference defines the caches it builds (so that pool2d imports it, never the
+    reverse); they still print, pickle and compare as ``gpuconv.ops.pool2d``'s, where users import them."""
+    import ast
+    import pickle
+    assert pool_mod.MaxPool2dCache is pool_ref.MaxPool2dCache and pool_mod.AvgPool2dCache is pool_ref.AvgPool2dCache
+    for forward in (max_pool2d_forward, avg_pool2d_forward):
+        cache = forward(np.ones((1, 1, 4, 4), np.float32), 2)[1]
+        assert type(cache).__module__ == "gpuconv.ops.pool2d"
+        assert type(pickle.loads(pickle.dumps(cache))) is type(cache)
+    tree = ast.parse(open(pool_ref.__file__, encoding="utf-8").read())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert not any(name and name.split(".")[-1] == "pool2d" for name in imported), imported

@@ -25,7 +25,7 @@ from gpuconv.ops import batchnorm as bn_mod
 from gpuconv.ops import conv2d as conv_mod
 from gpuconv.ops import dropout as drop_mod
 from gpuconv.ops import loss as loss_mod
-from gpuconv.ops import pool2d as pool_mod
+from gpuconv.ops import _pool2d_reference as pool_ref
 from gpuconv.ops import relu as relu_mod
 from gpuconv.ops._checks import pair
 from test_gemm_tc import GPU_FACTOR
@@ -187,10 +187,10 @@ def test_max_pool_is_exact(backend, dtype, ks, stride):
     dy = rand(rng, y.shape, dtype)
     dx = backend.asnumpy(max_pool2d_backward(backend.asarray(dy), cache))
     y, argmax = backend.asnumpy(y), backend.asnumpy(cache.argmax)
-    ref_y, ref_cache = pool_mod._max_pool2d_forward_reference(x, pair("k", ks), pair("s", stride or ks))
+    ref_y, ref_cache = pool_ref._max_pool2d_forward_reference(x, pair("k", ks), pair("s", stride or ks))
     assert_bits(y, ref_y)
     np.testing.assert_array_equal(argmax, ref_cache.argmax)
-    np.testing.assert_array_equal(f64(dx), f64(pool_mod._max_pool2d_backward_reference(dy, ref_cache)))
+    np.testing.assert_array_equal(f64(dx), f64(pool_ref._max_pool2d_backward_reference(dy, ref_cache)))
     # The definition, in float64: each output is its window's maximum (NaN where the window has one).
     sh, sw = stride or ks
     for i, j in np.ndindex(*y.shape[2:]):
@@ -211,11 +211,11 @@ def test_avg_pool_rounds_a_float32_mean_once(backend, dtype, ks, stride):
     dx = backend.asnumpy(avg_pool2d_backward(backend.asarray(dy), cache))
     y = backend.asnumpy(y)
     s = pair("s", stride or ks)
-    ref_y, ref_cache = pool_mod._avg_pool2d_forward_reference(x, ks, s)
+    ref_y, ref_cache = pool_ref._avg_pool2d_forward_reference(x, ks, s)
     assert_bits(y, ref_y)  # the same float32 sums in the same order, the same reciprocal, one rounding
-    assert_bits(dx, pool_mod._avg_pool2d_backward_reference(dy, ref_cache))
-    exact = pool_mod._avg_pool2d_forward_reference(f64(x), ks, s)[0]
-    mag = pool_mod._avg_pool2d_forward_reference(abs(f64(x)), ks, s)[0]
+    assert_bits(dx, pool_ref._avg_pool2d_backward_reference(dy, ref_cache))
+    exact = pool_ref._avg_pool2d_forward_reference(f64(x), ks, s)[0]
+    mag = pool_ref._avg_pool2d_forward_reference(abs(f64(x)), ks, s)[0]
     # ks taps, then the rounded reciprocal and its product: two more float32 roundings.
     assert_within(y, exact, mag, ks[0] * ks[1] + 2, dtype, "avg pool against float64")
     assert_low_precision_kernels(backend, dtype, "avg_pool2d_forward", "avg_pool2d_backward")

@@ -1,7 +1,7 @@
 """Kernel launchers for max and average pooling (kernels/pool2d.cu), registered for 'cuda' and
 'sim'; LP pooling's, on the same helpers, are in ``_launch_lp_pool2d.py``.
 
-Same arguments, results and caches as the NumPy references in ``pool2d.py``: the max-pool
+Same arguments, results and caches as the NumPy references in ``_pool2d_reference.py``: the max-pool
 switches are int32 window-local taps ``fh * KW + fw`` of the output's shape, so a forward on
 one path and a backward on the other agree.
 

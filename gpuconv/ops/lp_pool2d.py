@@ -25,7 +25,8 @@ from ..backend import get_array_module
 from ..precision import round_once, upcast
 from . import _dispatch
 from ._checks import cache_type, cached, check_cache, check_dy_dtype, check_float, check_shape, only_defaults, output_hw
-from .pool2d import _check_pool_args, _taps
+from ._pool2d_reference import _taps
+from .pool2d import _check_pool_args
 
 LPPool2dCache = cache_type("LPPool2dCache", "x y kernel_size stride norm_type", __name__)
 
