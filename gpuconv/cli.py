@@ -37,8 +37,9 @@ from .recipes import DEFAULTS, RECIPES, get_recipe
 
 # name -> (constructor in gpuconv.models, its extra keyword arguments).
 MODELS = {"seed": ("seed_net", {}), "three_layer": ("three_layer_convnet", {}), "fast": ("fast_net", {}),
-          "airbench94": ("airbench94", {}), "airbench96": ("airbench96", {})}
+          "resnet18": ("resnet18", {}), "airbench94": ("airbench94", {}), "airbench96": ("airbench96", {})}
 AIRBENCH_MODELS = ("airbench94", "airbench96")  # the networks of three widths that --width scales
+WIDTH_MODELS = ("fast", "resnet18")  # the networks of one width (their recipe's) that --width sets
 
 # Each model's recipe (gpuconv.recipes.RECIPES) gives its defaults.
 MODEL_DEFAULTS = {name: get_recipe(name) for name in MODELS}
@@ -55,13 +56,14 @@ EXIT_STATUSES = ("Exit status: 0 when the run is done; 130 (Ctrl-C) or 143 (SIGT
                  "saving); 74 when it was stopped but that checkpoint could not be "
                  "written (a full disk: the steps since the checkpoint on disk are lost); 1 on an error; 2 on a bad "
                  "command line.")
-WIDTH_HELP = ("channel width of fast_net (default 64), or of an airbench network's first block, the others "
+WIDTH_HELP = ("channel width of fast_net or of resnet18's first stage (default 64; resnet18's stages W, 2W, 4W, 8W), "
+              "or of an airbench network's first block, the others "
               "in the recipe's ratio (airbench94: W, 4W, 4W; airbench95: W, 3W, 3W; airbench96: W, 3W, 4W)")
 PRECISION_HELP = ("fp32 (strict float32), tf32 (float32 with TF32 convolutions), bf16 or fp16 (mixed precision: "
                   "float32 master weights, low-precision compute; fp16 with loss scaling), or auto (bf16 on a GPU "
                   "with bfloat16 tensor cores, compute capability >= 8.0; fp16 on 7.5, a T4; else fp32). Default: "
                   "the recipe's "
-                  "(auto for fast and the airbench recipes; fp32 for the others)")
+                  "(auto for fast, resnet18 and the airbench recipes; fp32 for the others)")
 
 
 def _say(*parts):
@@ -218,10 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
                         f"decoupled from the lr, airbench94_muon's per example "
                         f"(default per recipe: {_defaults('weight_decay')})")
     t.add_argument("--momentum", type=_momentum, default=None,
-                   help=f"momentum, Nesterov when > 0 (SGD's; airbench94_muon's is Muon's, its SGD groups "
+                   help=f"momentum, Nesterov when > 0 but in the resnet18 recipe (plain momentum, as kuangliu's) (SGD's; airbench94_muon's is Muon's, its SGD groups "
                         f"keeping the recipe's 0.85) (default per recipe: {_defaults('momentum')})")
     t.add_argument("--schedule", choices=("onecycle", "cosine", "triangular", "linear", "constant"), default=None,
-                   help=f"learning-rate schedule (default per recipe: {_defaults('schedule')})")
+                   help=f"learning-rate schedule; cosine warms up over the first 5%% of the steps but in the resnet18 "
+                        f"recipe (default per recipe: {_defaults('schedule')})")
     t.add_argument("--label-smoothing", type=_smoothing, default=None,
                    help=f"label smoothing of the loss's targets (default per recipe: {_defaults('label_smoothing')})")
     t.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
@@ -403,8 +406,8 @@ def build_model(name, seed=0, width=None, model_kwargs=None):
         raise ValueError(f"model {name!r} is not known: use one of {', '.join(sorted(MODELS))}")
     fn_name, kwargs = MODELS[name]
     kwargs = dict(kwargs, **(model_kwargs or {}), seed=int(seed))
-    if name == "fast":
-        kwargs["width"] = int(width or MODEL_DEFAULTS["fast"]["width"])
+    if name in WIDTH_MODELS:
+        kwargs["width"] = int(width or MODEL_DEFAULTS[name]["width"])
     if name in AIRBENCH_MODELS and width:  # the recipe's widths scaled down, for quick runs
         kwargs["widths"] = airbench_widths(name, width, model_kwargs)
     config = {"model": name, "constructor": fn_name, "kwargs": kwargs}
@@ -429,12 +432,19 @@ def _schedule(name, optimizer, lr, total_steps, kwargs=None):
     triangle: ``warmup_fraction``, ``end``)."""
     from .optim import CosineLR, OneCycleLR, TriangularLR
     kwargs = kwargs or {}
-    if kwargs and name != "triangular":
+    if name == "cosine" and set(kwargs) - {"warmup_fraction"}:
+        raise ValueError(f"schedule 'cosine' takes warmup_fraction alone (the share of the steps warming up, 0.05 by "
+                         f"default), got {kwargs}")
+    if kwargs and name not in ("triangular", "cosine"):
         raise ValueError(f"schedule {name!r} takes no arguments, got {kwargs}")
     if name == "onecycle":
         return OneCycleLR(optimizer, max_lr=lr, total_steps=total_steps, pct_start=0.25)  # a quarter rising
-    if name == "cosine":
-        return CosineLR(optimizer, total_steps=total_steps, warmup_steps=max(1, total_steps // 20))
+    if name == "cosine":  # a 5% linear warmup unless the recipe says (resnet18: none, as kuangliu's)
+        fraction = kwargs.get("warmup_fraction")
+        if fraction is not None and not (isinstance(fraction, (int, float)) and 0 <= fraction < 1):
+            raise ValueError(f"schedule 'cosine': warmup_fraction must be a number in [0, 1), got {fraction!r}")
+        warmup = max(1, total_steps // 20) if fraction is None else int(total_steps * fraction)
+        return CosineLR(optimizer, total_steps=total_steps, warmup_steps=warmup)
     if name == "triangular":
         return TriangularLR(optimizer, total_steps=total_steps, **kwargs)
     if name == "linear":  # a straight decay to 0
@@ -475,7 +485,8 @@ def _recipe_setup(s, model, images, steps_per_epoch):
         opt = muon_optimizer(model, s["lr"], s["momentum"], s["bias_lr"], s["head_lr"], s["sgd_momentum"],
                              s["weight_decay"], s["batch_size"], separate=[whiten.bias] if own_bias else ())
     else:
-        opt = SGD(model.parameters(), lr=s["lr"], momentum=s["momentum"], nesterov=s["momentum"] > 0,
+        opt = SGD(model.parameters(), lr=s["lr"], momentum=s["momentum"],
+                  nesterov=bool(s["nesterov"]) and s["momentum"] > 0,
                   weight_decay=s["weight_decay"])
     sched = _schedule(s["schedule"], opt, opt.lr, total_steps, s["schedule_kwargs"])
     if own_bias and sched is None:
@@ -690,7 +701,7 @@ def _train(args) -> int:
         _say(f"warning: --batch-size {s['batch_size']} is larger than the {len(train)} training images: each epoch is "
              f"one step of {len(train)} images")
     suggest = 1 << max(4, (max(1, len(train) // 8)).bit_length() - 1)  # a power of two giving >= 8 steps
-    if s["model"] == "fast" and s["batch_size"] > len(train) // 8 and suggest < s["batch_size"]:
+    if s["model"] in WIDTH_MODELS and s["batch_size"] > len(train) // 8 and suggest < s["batch_size"]:
         _say(f"note: batch size {s['batch_size']} gives only {math.ceil(len(train) / s['batch_size'])} steps per "
              f"epoch on {len(train)} images; --batch-size {suggest} suits a subset this small better")
     epochs = f"{s['epochs']} epoch{'' if s['epochs'] == 1 else 's'}"
@@ -936,8 +947,8 @@ def cmd_predict(args) -> int:
 
 
 def _warn_unused_width(model, width):
-    if width is not None and model not in ("fast", *AIRBENCH_MODELS):
-        _say(f"warning: --width sets fast_net's and the airbench networks' channel widths; the {model} model "
+    if width is not None and model not in (*WIDTH_MODELS, *AIRBENCH_MODELS):
+        _say(f"warning: --width sets fast_net's, resnet18's and the airbench networks' channel widths; the {model} model "
              "ignores it")
 
 

@@ -4,6 +4,8 @@
 - ``three_layer_convnet``: CS231n assignment 2's conv - relu - 2x2 max pool - affine - relu - affine.
 - ``fast_net``: a ResNet-9 in the style of "How to train your ResNet" (Myrtle.ai) and airbench,
   the architecture that reaches 94% on CIFAR-10 in a few epochs.
+- ``resnet18``: the CIFAR ResNet-18 of kuangliu/pytorch-cifar, the common CIFAR-10 baseline of
+  PyTorch tutorials and papers (four stages of two BasicBlocks, 11.2M parameters).
 - ``airbench94``: Keller Jordan's airbench94 network (arXiv 2404.00498): a frozen 2x2
   patch-whitening convolution (:func:`init_whitening`), three conv-pool-BN-GELU blocks with
   identity-initialized convolutions, and a 1/9-scaled linear head; its training recipe is
@@ -22,9 +24,10 @@ import numpy as np
 
 from .backend import asnumpy, copy_like
 from .counter_rng import check_seed
-from .layers import GELU, BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU, Residual, Scale, Sequential
+from .layers import (GELU, AvgPool2d, BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU, Residual, Scale,
+                     Sequential)
 
-__all__ = ["seed_net", "three_layer_convnet", "fast_net", "airbench94", "airbench96", "init_whitening"]
+__all__ = ["seed_net", "three_layer_convnet", "fast_net", "resnet18", "airbench94", "airbench96", "init_whitening"]
 
 
 def _seeds(seed, n):
@@ -140,6 +143,71 @@ def fast_net(width=64, num_classes=10, seed=0, output_scale=0.125, in_channels=3
     }
     if output_scale is not None:
         layers["scale"] = Scale(output_scale)
+    return Sequential(layers)
+
+
+def _basic_block(c_in, c_out, stride, seeds):
+    # BasicBlock: relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x)). bn1's ReLU is its fused
+    # activation (the same bits as a ReLU layer); bn2's is not fused: the ReLU comes after the sum.
+    # The shortcut is a 1x1 conv + BN projection where the block changes the shape, else the identity.
+    # floor=True: a stride-2 conv takes 32x32 to 16x16 as PyTorch's does.
+    inner = Sequential({
+        "conv1": Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False, floor=stride > 1, seed=seeds[0]),
+        "bn1": BatchNorm2d(c_out, activation="relu"),
+        "conv2": Conv2d(c_out, c_out, 3, padding=1, bias=False, seed=seeds[1]),
+        "bn2": BatchNorm2d(c_out),
+    })
+    shortcut = None
+    if stride != 1 or c_in != c_out:
+        shortcut = Sequential(Conv2d(c_in, c_out, 1, stride=stride, bias=False, floor=stride > 1, seed=seeds[2]),
+                              BatchNorm2d(c_out))
+    return Sequential({"res": Residual(inner, shortcut=shortcut), "relu": ReLU()})
+
+
+def resnet18(width=64, num_classes=10, seed=0, in_channels=3):
+    """The CIFAR ResNet-18 of kuangliu/pytorch-cifar (``ResNet18()``), with ``width`` = w:
+
+    ==============  ========================================================  ============
+    name            layers                                                    output
+    ==============  ========================================================  ============
+    conv1, bn1      conv3x3(w) - bn - relu                                    w x 32 x 32
+    layer1          2 BasicBlocks(w)                                          w x 32 x 32
+    layer2          2 BasicBlocks(2w), the first stride 2 with a projection   2w x 16 x 16
+    layer3          2 BasicBlocks(4w), the first stride 2 with a projection   4w x 8 x 8
+    layer4          2 BasicBlocks(8w), the first stride 2 with a projection   8w x 4 x 4
+    pool, flatten   avgpool4 (global average pool over the 4x4 map)           8w
+    linear          linear(8w -> num_classes, with bias)                      num_classes
+    ==============  ========================================================  ============
+
+    A BasicBlock is ``relu(bn(conv3x3(relu(bn(conv3x3(x))))) + shortcut(x))``: convolutions 3x3,
+    pad 1, bias-free; the shortcut the identity, or a bias-free 1x1 conv (stride 2) + BN where the
+    block halves the size and doubles the channels. ``layerK.B`` is block B of stage K: a
+    ``Sequential`` of ``res`` (a ``Residual``, its ``inner`` conv1, bn1, conv2, bn2 and its
+    ``shortcut``) and ``relu``; kuangliu's ``layerK.B.conv1.weight`` is ``layerK.B.res.inner.conv1.weight``
+    here and ``layerK.B.shortcut.0.weight`` is ``layerK.B.res.shortcut.0.weight``, the other keys
+    the same. ``width=64`` is the published net (11,173,962 parameters); tests use ``width=4``.
+    Input must be ``in_channels`` x 32 x 32 (3: RGB). Its recipe, ``RECIPES['resnet18']``
+    (kuangliu's): SGD (momentum 0.9, weight decay 5e-4) at lr 0.1 with cosine annealing over 200
+    epochs, batch 128, random crop (pad 4) and flip (about 95% on CIFAR-10)."""
+    if isinstance(width, bool) or not isinstance(width, (int, np.integer)) or width < 1:
+        raise ValueError(f"resnet18: width must be a positive int (64 for the published net), got {width!r}")
+    w = int(width)
+    s = _seeds(seed, 21)  # the stem, 2 convs per block, 3 projections, the linear layer
+    layers = {
+        "conv1": Conv2d(_in_channels("resnet18", in_channels), w, 3, padding=1, bias=False, seed=s[0]),
+        "bn1": BatchNorm2d(w, activation="relu"),
+    }
+    c_in, k = w, 1
+    for stage, c_out in enumerate((w, 2 * w, 4 * w, 8 * w), start=1):
+        blocks = []
+        for b in range(2):
+            stride = 2 if stage > 1 and b == 0 else 1
+            blocks.append(_basic_block(c_in, c_out, stride, s[k:k + 3]))
+            k += 3 if stride != 1 or c_in != c_out else 2
+            c_in = c_out
+        layers[f"layer{stage}"] = Sequential(*blocks)
+    layers.update(pool=AvgPool2d(4), flatten=Flatten(), linear=Linear(8 * w, num_classes, seed=s[20]))
+    assert k == 20
     return Sequential(layers)
 
 

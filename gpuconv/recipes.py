@@ -9,8 +9,8 @@ Keys of a recipe:
   model_kwargs     keyword arguments of that constructor the recipe sets (airbench94_muon: its
                    head, see :func:`gpuconv.models.airbench94`)
   epochs, batch_size
-  optimizer        'sgd': Nesterov SGD with ``lr``, ``weight_decay`` and ``momentum`` as given,
-                   the batch's MEAN loss. 'airbench': the same SGD with airbench's decoupled
+  optimizer        'sgd': SGD with ``lr``, ``weight_decay`` and ``momentum`` as given, Nesterov
+                   unless ``nesterov`` is False, the batch's MEAN loss. 'airbench': the same SGD with airbench's decoupled
                    hyperparameters (:func:`airbench_param_groups`): ``lr`` and ``weight_decay``
                    per 1024 examples, independent of the momentum and of each other, batch-norm
                    biases at ``bias_scaler`` times the lr. 'muon': airbench94_muon's pair
@@ -19,7 +19,8 @@ Keys of a recipe:
   schedule         'onecycle', 'cosine', 'constant', 'triangular' (:class:`optim.TriangularLR`) or
                    'linear' (a straight decay to 0)
   schedule_kwargs  arguments of the schedule the recipe sets (the triangle's ``warmup_fraction``,
-                   ``start``, ``peak``, ``end``); dropped when ``--schedule`` picks another
+                   ``start``, ``peak``, ``end``; the cosine's ``warmup_fraction``, 0.05 unless
+                   given); dropped when ``--schedule`` picks another
   label_smoothing
   augment          random crops of the image padded by ``padding`` pixels (``padding_mode``
                    'zeros' or 'reflect') and horizontal flips (``flip`` 'random' per image and
@@ -57,6 +58,20 @@ RECIPES = {
     "fast": dict(model="fast", epochs=16, batch_size=512, optimizer="sgd", lr=0.4, weight_decay=5e-4, momentum=0.9,
                  schedule="onecycle", label_smoothing=0.2, augment=True, padding=4, padding_mode="zeros", flip="random",
                  lookahead=None, tta=0, width=64, precision="auto"),
+    # The CIFAR ResNet-18 baseline as kuangliu/pytorch-cifar's main.py trains it (about 95% on
+    # CIFAR-10): SGD with momentum 0.9, not Nesterov, lr 0.1 and weight decay 5e-4 (its
+    # optim.SGD(..., lr=0.1, momentum=0.9, weight_decay=5e-4)); cosine annealing from 0.1 to 0 over
+    # the run with no warmup (its CosineAnnealingLR(T_max=200), stepped per epoch; here per batch,
+    # the same curve sampled finer); 200 epochs (its T_max and run length); batch 128 (its
+    # trainloader); random crop with 4 zero pixels of padding and random horizontal flip (its
+    # RandomCrop(32, padding=4), RandomHorizontalFlip()); no label smoothing, lookahead or TTA.
+    # kuangliu trains in float32: 'auto' is bf16 on a GPU with bfloat16 tensor cores, as the
+    # other GPU-sized recipes (--precision fp32 for kuangliu's arithmetic); width 64 is the
+    # published net (--width scales it for quick runs).
+    "resnet18": dict(model="resnet18", epochs=200, batch_size=128, optimizer="sgd", lr=0.1, weight_decay=5e-4,
+                     momentum=0.9, nesterov=False, schedule="cosine", schedule_kwargs=dict(warmup_fraction=0.0),
+                     label_smoothing=0.0, augment=True, padding=4, padding_mode="zeros", flip="random",
+                     lookahead=None, tta=0, width=64, precision="auto"),
     # Keller Jordan's airbench94 (arXiv 2404.00498; 94.01% mean on CIFAR-10 in 3.83 s on an A100).
     # The published run stops at 9.9 epochs; gpuconv trains whole epochs, so 10 with the schedule
     # laid out over them. lr 11.5 and weight decay 0.0153 are per 1024 examples in airbench's
@@ -98,7 +113,7 @@ RECIPES = {
 }
 
 # What a recipe leaves out takes these values.
-DEFAULTS = dict(optimizer="sgd", padding=4, padding_mode="zeros", flip="random", drop_last=False, lookahead=None, tta=0,
+DEFAULTS = dict(optimizer="sgd", nesterov=True, padding=4, padding_mode="zeros", flip="random", drop_last=False, lookahead=None, tta=0,
                 whiten_bias_epochs=0, whiten_bias_lr="schedule", bias_scaler=1.0, precision="fp32", model_kwargs={}, schedule_kwargs={}, cutout=0)
 
 

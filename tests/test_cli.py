@@ -509,7 +509,7 @@ def test_flags_that_do_nothing_warn(tmp_path, capsys):
                      capsys)
     assert rc == 0, err
     assert "--cutout 4 applies with augmentation only, which this run has off" in err
-    assert "--width sets fast_net's and the airbench networks' channel widths; the seed model ignores it" in err
+    assert "--width sets fast_net's, resnet18's and the airbench networks' channel widths; the seed model ignores it" in err
     assert "--batch-size 64 is larger than the 40 training images" in err
     rc, _, err = run(["train", "--model", "seed", "--epochs", "1", "--limit", "40", "--cuda-graph", "--device", "cpu",
                       "--data", SUBSET, "--out", tmp_path / "g", "--no-progress"], capsys)
@@ -560,6 +560,45 @@ def test_fast_net_with_label_smoothing_and_augmentation(tmp_path, capsys):
     assert config["kwargs"] == {"seed": 0, "width": 4}
     assert config["train_args"]["label_smoothing"] == 0.2 and config["train_args"]["augment"] is True
     assert "a seeded 0.05 of the training images" in err
+
+
+def test_resnet18_model_and_recipe_train_and_the_checkpoint_loads(tmp_path, capsys):
+    """gpuconv train --recipe resnet18 end to end, scaled down (width 4, 64 images, 2 steps): the
+    recipe's network, SGD without Nesterov and cosine schedule without warmup are what the run
+    records; the loss is finite; load_model rebuilds the network from the checkpoint and predicts."""
+    import gpuconv
+    from gpuconv import models
+    rc, _, err = run(["train", "--recipe", "resnet18", "--width", "4", "--epochs", "1", "--limit", "64",
+                      "--batch-size", "32", "--val-split", "none", "--device", "cpu", "--data", SUBSET,
+                      "--out", tmp_path, "--no-progress"], capsys)
+    assert rc == 0, err
+    assert "training resnet18 (recipe resnet18)" in err and "cosine" in err
+    config = ckpt.read_config(ckpt.load_checkpoint(tmp_path))
+    assert config["model"] == "resnet18" and config["constructor"] == "resnet18"
+    assert config["kwargs"] == {"seed": 0, "width": 4}
+    args = config["train_args"]
+    assert (args["lr"], args["momentum"], args["nesterov"], args["weight_decay"]) == (0.1, 0.9, False, 5e-4)
+    assert args["schedule_kwargs"] == {"warmup_fraction": 0.0} and args["augment"] is True
+    losses = [json.loads(x)["train_loss"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()
+              if json.loads(x)["kind"] == "epoch"]
+    assert len(losses) == 1 and np.isfinite(losses[0]), losses
+    model = gpuconv.load_model(tmp_path / "checkpoint.npz")
+    assert model.net.num_parameters() == models.resnet18(width=4).num_parameters()
+    probs = model.predict(np.random.default_rng(0).integers(0, 256, (3, 3, 32, 32), dtype=np.uint8))
+    assert probs.shape == (3, 10) and np.all(np.isfinite(probs))
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    # --model resnet18 takes the recipe of its name
+    s = cli._settings(cli.build_parser().parse_args(["train", "--model", "resnet18"]))
+    assert (s["recipe"], s["epochs"], s["batch_size"], s["width"]) == ("resnet18", 200, 128, 64)
+
+
+def test_summary_of_the_resnet18_model(capsys):
+    from gpuconv import models
+    rc, out, _ = run(["summary", "--model", "resnet18"], capsys)
+    assert rc == 0 and f"{models.resnet18().num_parameters():,}" in out.splitlines()[-2]  # the total line
+    assert "layer4.1.relu" in out and "Residual (shortcut + inner)" in out
+    rc, out, err = run(["summary", "--recipe", "resnet18", "--width", "4"], capsys)
+    assert rc == 0 and f"{models.resnet18(width=4).num_parameters():,}" in out and "ignores it" not in err
 
 
 def test_default_settings_are_a_sensible_main_job():

@@ -14,6 +14,7 @@ MODELS = {
     "seed": lambda **kw: models.seed_net(**kw),
     "three_layer": lambda **kw: models.three_layer_convnet(num_filters=4, hidden_dim=10, **kw),
     "fast": lambda **kw: models.fast_net(width=2, **kw),
+    "resnet18": lambda **kw: models.resnet18(width=2, **kw),
 }
 
 
@@ -32,6 +33,181 @@ def test_parameter_counts_match_the_architectures():
     assert count(models.fast_net()) == 9 * convs + 2 * bn_channels + 8 * w * 10 == 6_573_120
 
 
+def _resnet18_parameters(w, num_classes=10, in_channels=3):
+    """ResNet-18's parameter count from its architecture: bias-free convs, BN (weight and bias per
+    channel), a linear head with bias."""
+    conv = lambda c_in, c_out, k=3: c_in * c_out * k * k  # noqa: E731
+    bn = lambda c: 2 * c  # noqa: E731
+    total = conv(in_channels, w) + bn(w)  # stem
+    c_in = w
+    for c in (w, 2 * w, 4 * w, 8 * w):
+        for b in range(2):
+            total += conv(c_in, c) + bn(c) + conv(c, c) + bn(c)
+            if c_in != c:  # the first block of stages 2-4: 1x1 projection + BN
+                total += conv(c_in, c, 1) + bn(c)
+            c_in = c
+    return total + 8 * w * num_classes + num_classes
+
+
+def test_resnet18_parameter_count_follows_the_architecture():
+    count = lambda m: sum(p.size for p in m.parameters())  # noqa: E731
+    assert count(models.resnet18()) == _resnet18_parameters(64)
+    assert f"{_resnet18_parameters(64):,} parameters" in models.resnet18.__doc__  # 11,173,962: kuangliu's ResNet18()
+    assert count(models.resnet18(width=4, num_classes=7, in_channels=1)) == _resnet18_parameters(4, 7, 1)
+
+
+def test_resnet18_structure_and_shapes():
+    """kuangliu's layout: stem, four stages of two BasicBlocks, stride 2 and a 1x1 conv + BN
+    projection at the first block of stages 2-4 only, a ReLU after each residual sum (the block's
+    second BN not fused with it), avg_pool2d 4 and a linear head; each stage's output shape."""
+    net = models.resnet18(width=4)
+    assert list(net._layers) == ["conv1", "bn1", "layer1", "layer2", "layer3", "layer4", "pool", "flatten", "linear"]
+    assert net["bn1"].activation == "relu" and net["conv1"].bias is None and net["linear"].bias is not None
+    for stage in range(1, 5):
+        for b in range(2):
+            block = net[f"layer{stage}"][b]
+            assert list(block._layers) == ["res", "relu"] and isinstance(block["res"], Residual)
+            inner = block["res"].inner
+            assert (inner["bn1"].activation, inner["bn2"].activation) == ("relu", None)
+            downsamples = stage > 1 and b == 0
+            assert inner["conv1"].stride == ((2, 2) if downsamples else (1, 1))
+            assert (block["res"].shortcut is not None) == downsamples
+            if downsamples:
+                conv, norm = block["res"].shortcut
+                assert conv.kernel_size == (1, 1) and conv.stride == (2, 2) and conv.bias is None
+                assert norm.activation is None
+    assert "layer2.0.res.shortcut.1.running_var" in dict(net.named_buffers())
+    x = _images(2)
+    for name, shape in [("conv1", (4, 32, 32)), ("bn1", (4, 32, 32)), ("layer1", (4, 32, 32)),
+                        ("layer2", (8, 16, 16)), ("layer3", (16, 8, 8)), ("layer4", (32, 4, 4)), ("pool", (32, 1, 1)),
+                        ("flatten", (32,)), ("linear", (10,))]:
+        x = net[name](x)
+        assert x.shape == (2, *shape), name
+    assert models.resnet18(width=2, num_classes=5, in_channels=1)(_images(2)[:, :1]).shape == (2, 5)
+    with pytest.raises(ValueError, match="resnet18: width must be a positive int"):
+        models.resnet18(width=0)
+    with pytest.raises(ValueError, match="resnet18: in_channels must be a positive int"):
+        models.resnet18(in_channels=0)
+
+
+class _KuangliuResNet18:
+    """kuangliu/pytorch-cifar's models/resnet.py (BasicBlock, ResNet, ResNet18), as published."""
+
+    @staticmethod
+    def build(torch):
+        nn, F = torch.nn, torch.nn.functional
+
+        class BasicBlock(nn.Module):
+            expansion = 1
+
+            def __init__(self, in_planes, planes, stride=1):
+                super().__init__()
+                self.conv1 = nn.Conv2d(in_planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
+                self.bn1 = nn.BatchNorm2d(planes)
+                self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=1, padding=1, bias=False)
+                self.bn2 = nn.BatchNorm2d(planes)
+                self.shortcut = nn.Sequential()
+                if stride != 1 or in_planes != self.expansion * planes:
+                    self.shortcut = nn.Sequential(
+                        nn.Conv2d(in_planes, self.expansion * planes, kernel_size=1, stride=stride, bias=False),
+                        nn.BatchNorm2d(self.expansion * planes))
+
+            def forward(self, x):
+                out = F.relu(self.bn1(self.conv1(x)))
+                out = self.bn2(self.conv2(out))
+                out += self.shortcut(x)
+                out = F.relu(out)
+                return out
+
+        class ResNet(nn.Module):
+            def __init__(self, block, num_blocks, num_classes=10):
+                super().__init__()
+                self.in_planes = 64
+                self.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+                self.bn1 = nn.BatchNorm2d(64)
+                self.layer1 = self._make_layer(block, 64, num_blocks[0], stride=1)
+                self.layer2 = self._make_layer(block, 128, num_blocks[1], stride=2)
+                self.layer3 = self._make_layer(block, 256, num_blocks[2], stride=2)
+                self.layer4 = self._make_layer(block, 512, num_blocks[3], stride=2)
+                self.linear = nn.Linear(512 * block.expansion, num_classes)
+
+            def _make_layer(self, block, planes, num_blocks, stride):
+                strides = [stride] + [1] * (num_blocks - 1)
+                layers = []
+                for stride in strides:
+                    layers.append(block(self.in_planes, planes, stride))
+                    self.in_planes = planes * block.expansion
+                return nn.Sequential(*layers)
+
+            def forward(self, x):
+                out = F.relu(self.bn1(self.conv1(x)))
+                out = self.layer1(out)
+                out = self.layer2(out)
+                out = self.layer3(out)
+                out = self.layer4(out)
+                out = F.avg_pool2d(out, 4)
+                out = out.view(out.size(0), -1)
+                out = self.linear(out)
+                return out
+
+        return ResNet(BasicBlock, [2, 2, 2, 2])
+
+
+def _kuangliu_key(name):
+    """gpuconv's resnet18 state-dict key -> kuangliu's (the blocks' Residual and its inner block
+    are a level of names of their own here)."""
+    return name.replace(".res.inner.", ".").replace(".res.shortcut.", ".shortcut.")
+
+
+def test_resnet18_matches_kuangliu_resnet18_in_torch():
+    """gpuconv's weights loaded into kuangliu's ResNet18() (torch, training mode), both in float64:
+    the same logits, loss, input gradient, every weight gradient and updated running statistic, to
+    float64 rounding. (In float32 the logits agree to 1e-4; the input gradient, through 18 layers
+    of batch-norm backward over 2 images, to 6e-4 of its largest value: each library's rounding.)"""
+    torch = pytest.importorskip("torch", reason="compares against kuangliu's ResNet18 written in torch")
+    ours = models.resnet18(seed=3)
+    ours.astype(np.float64)
+    theirs = _KuangliuResNet18.build(torch).double()
+    state = {_kuangliu_key(k): torch.from_numpy(np.array(v)) for k, v in ours.state_dict().items()}
+    missing, unexpected = theirs.load_state_dict(state, strict=False)
+    assert [k for k in missing if not k.endswith("num_batches_tracked")] == [] and unexpected == []
+    assert sum(p.numel() for p in theirs.parameters()) == ours.num_parameters()
+    rng = np.random.default_rng(7)
+    x, labels = _images(2, seed=8).astype(np.float64), rng.integers(0, 10, 2)
+    xt = torch.tensor(x, requires_grad=True)
+    logits_t = theirs(xt)
+    loss_t = torch.nn.functional.cross_entropy(logits_t, torch.from_numpy(labels))
+    loss_t.backward()
+    logits = ours(x)
+    loss, dlogits = ops.softmax_cross_entropy(logits, labels)
+    dx = ours.backward(dlogits)
+    tol = dict(rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(logits, logits_t.detach().numpy(), **tol)
+    np.testing.assert_allclose(float(loss), loss_t.item(), **tol)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-8, atol=1e-12)
+    grads = dict(theirs.named_parameters())
+    for name, p in ours.named_parameters():
+        gt = grads[_kuangliu_key(name)].grad.numpy()
+        np.testing.assert_allclose(p.grad, gt, rtol=1e-8, atol=1e-10 * float(np.abs(gt).max()), err_msg=name)
+    buffers = dict(theirs.named_buffers())
+    for name, b in ours.named_buffers():
+        np.testing.assert_allclose(b, buffers[_kuangliu_key(name)].numpy(), **tol, err_msg=name)
+
+
+def test_resnet18_end_to_end_directional_derivative_float64():
+    """resnet18 (width 2) as the other models, in float64: its 20 convolutions, batch norms, projection
+    shortcuts, ReLUs after the sums, average pool and linear head. Along a direction of unit-variance
+    steps in every weight, 18 layers deep, the ReLU inputs move fast: kinks lie about 1e-6 apart,
+    and some inputs and directions put one within h of 0 (an error of a few percent at any h). This
+    input and direction were checked smooth over [-1e-6, 1e-6] (the slope on a grid of 1e-7 steps
+    varying by 3e-5 relative): a kink there would show here as an error far above 1e-6."""
+    net = models.resnet18(width=2)
+    net.astype(np.float64)
+    x = _images(3, seed=2).astype(np.float64)
+    analytic, numeric = directional_derivative(net, x, np.array([1, 7, 4]), h=1e-7, seed=3)
+    assert relative_error(np.array(analytic), np.array(numeric)) < 1e-6
+
+
 def test_fast_net_structure():
     net = models.fast_net(width=8)
     assert list(net._layers) == ["prep", "layer1", "layer1_res", "layer2", "layer3", "layer3_res", "pool", "flatten",
@@ -45,7 +221,7 @@ def test_fast_net_structure():
         models.fast_net(width=0)
 
 
-@pytest.mark.parametrize("name", ["seed", "three_layer", "fast"])
+@pytest.mark.parametrize("name", ["seed", "three_layer", "fast", "resnet18"])
 def test_forward_backward_shapes_and_gradients(backend, name):
     net = MODELS[name]()
     x = backend.asarray(_images(4))
@@ -77,12 +253,12 @@ def test_end_to_end_directional_derivative_float64(name):
     assert relative_error(np.array(analytic), np.array(numeric)) < 1e-6
 
 
-@pytest.mark.parametrize("name", ["seed", "three_layer", "fast"])
+@pytest.mark.parametrize("name", ["seed", "three_layer", "fast", "resnet18"])
 def test_seeding(name):
     a, b, c = MODELS[name](seed=0), MODELS[name](seed=0), MODELS[name](seed=1)
     sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
     assert all(np.array_equal(sa[k], sb[k]) for k in sa)
-    weights = [k for k in sa if k.endswith("weight") and "bn" not in k]
+    weights = [k for k in sa if k.endswith("weight") and sa[k].ndim > 1]  # (not the batch norms' ones)
     assert all(not np.array_equal(sa[k], sc[k]) for k in weights)
     assert len({sa[k].tobytes() for k in weights}) == len(weights)  # layers get distinct seeds
 

@@ -53,8 +53,8 @@ def test_airbench95_and_airbench96_recipes():
     sched = cli._schedule(s["schedule"], SGD(models.airbench94(widths=(2, 4, 4)).parameters(), lr=1.0), 1.0, 100,
                           s["schedule_kwargs"])
     assert [sched.lr_at(k) for k in (0, 5, 10, 55, 100)] == pytest.approx([0.2, 0.6, 1.0, 0.5, 0.0])
-    with pytest.raises(ValueError, match="schedule 'cosine' takes no arguments"):
-        cli._schedule("cosine", sched.optimizer, 1.0, 100, {"end": 0.0})
+    with pytest.raises(ValueError, match="schedule 'onecycle' takes no arguments"):
+        cli._schedule("onecycle", sched.optimizer, 1.0, 100, {"end": 0.0})
     # --width: the first block's width, the others in the recipe's ratio
     widths = lambda name, **kw: cli.build_model(name, **kw)[1]["kwargs"]["widths"]  # noqa: E731
     assert widths("airbench94", width=8) == [8, 32, 32]
@@ -63,6 +63,37 @@ def test_airbench95_and_airbench96_recipes():
     assert cli.build_model("airbench96")[1]["kwargs"] == {"seed": 0}  # the published widths
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["train", "--cutout", "-1"])
+
+
+def test_resnet18_recipe_is_kuanglius():
+    """kuangliu/pytorch-cifar's ResNet-18 training: SGD lr 0.1, momentum 0.9 without Nesterov, weight
+    decay 5e-4, batch 128, cosine annealing from 0.1 to 0 over the 200 epochs without warmup, random
+    crop (4 zero pixels) and flip. The optimizer the CLI builds steps plain momentum (the other SGD
+    recipes keep Nesterov), and the schedule starts at the full lr (the default cosine warms up)."""
+    s = _settings("--recipe", "resnet18")
+    assert s == _settings("--model", "resnet18")
+    assert (s["model"], s["epochs"], s["batch_size"], s["lr"], s["weight_decay"], s["momentum"]) == \
+        ("resnet18", 200, 128, 0.1, 5e-4, 0.9)
+    assert s["optimizer"] == "sgd" and s["nesterov"] is False and s["schedule"] == "cosine"
+    assert (s["augment"], s["padding"], s["padding_mode"], s["flip"], s["cutout"]) == (True, 4, "zeros", "random", 0)
+    assert (s["label_smoothing"], s["lookahead"], s["tta"], s["width"]) == (0.0, None, 0, 64)
+    net = models.resnet18(width=2)
+    opt, sched, _ = cli._recipe_setup(s, net, None, steps_per_epoch=10)
+    assert opt.param_groups[0]["nesterov"] is False and opt.param_groups[0]["momentum"] == 0.9
+    assert opt.param_groups[0]["weight_decay"] == 5e-4
+    total = 200 * 10
+    assert sched.lr_at(0) == 0.1 and sched.lr_at(total // 2) == pytest.approx(0.05) and sched.lr_at(total) == 0.0
+    assert sched.lr_at(total // 4) == pytest.approx(0.05 * (1 + np.cos(np.pi / 4)))
+    # the other SGD recipes: Nesterov, and the cosine (--schedule cosine) with its 5% warmup
+    fast = _settings("--model", "fast", "--schedule", "cosine")
+    opt, sched, _ = cli._recipe_setup(fast, models.fast_net(width=2), None, steps_per_epoch=10)
+    assert opt.param_groups[0]["nesterov"] is True and sched.warmup_steps == fast["epochs"] * 10 // 20
+    # --schedule onecycle drops the cosine's arguments; a cosine argument it does not take is named
+    assert _settings("--recipe", "resnet18", "--schedule", "onecycle")["schedule_kwargs"] == {}
+    with pytest.raises(ValueError, match="schedule 'cosine' takes warmup_fraction alone"):
+        cli._schedule("cosine", opt, 0.1, 100, {"end": 0.0})
+    with pytest.raises(ValueError, match=r"warmup_fraction must be a number in \[0, 1\), got 1.5"):
+        cli._schedule("cosine", opt, 0.1, 100, {"warmup_fraction": 1.5})
 
 
 class _FakeCupy:
