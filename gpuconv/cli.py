@@ -444,7 +444,8 @@ def _schedule(name, optimizer, lr, total_steps, kwargs=None):
         if fraction is not None and not (isinstance(fraction, (int, float)) and 0 <= fraction < 1):
             raise ValueError(f"schedule 'cosine': warmup_fraction must be a number in [0, 1), got {fraction!r}")
         warmup = max(1, total_steps // 20) if fraction is None else int(total_steps * fraction)
-        return CosineLR(optimizer, total_steps=total_steps, warmup_steps=warmup)
+        # (a run of one step has no room to warm up: it steps at the full lr)
+        return CosineLR(optimizer, total_steps=total_steps, warmup_steps=min(warmup, total_steps - 1))
     if name == "triangular":
         return TriangularLR(optimizer, total_steps=total_steps, **kwargs)
     if name == "linear":  # a straight decay to 0

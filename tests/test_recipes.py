@@ -96,6 +96,17 @@ def test_resnet18_recipe_is_kuanglius():
         cli._schedule("cosine", opt, 0.1, 100, {"warmup_fraction": 1.5})
 
 
+def test_a_cosine_schedule_of_one_step_runs_it_at_the_full_lr():
+    """--schedule cosine on a run of one step (one epoch of one batch) stopped with "warmup_steps must
+    be an integer in [0, total_steps=1), got 1": the 5% warmup's one step was all the run had. It
+    steps at the lr; two steps and more keep their warmup step."""
+    opt = SGD(models.seed_net().parameters(), lr=0.1)
+    assert cli._schedule("cosine", opt, 0.1, 1).lr_at(0) == 0.1
+    two = cli._schedule("cosine", opt, 0.1, 2)
+    assert two.warmup_steps == 1 and two.lr_at(0) == 0.1 and two.lr_at(1) == 0.1
+    assert cli._schedule("cosine", opt, 0.1, 100).warmup_steps == 5
+
+
 class _FakeCupy:
     """Stands in for CuPy where only a GPU's compute capability is asked."""
 
