@@ -109,14 +109,18 @@ def _one_input(input_shape) -> tuple:
 def summary_text(model, input_shape) -> str:
     input_shape = _one_input(input_shape)
     rows = summarize(model, input_shape)
+    shapes = ["x".join(map(str, r["shape"])) for r in rows]
+    # each column as wide as its longest entry ("Residual (shortcut + inner)", a ResNet's projection
+    # block, is wider than the usual 22), so that the numbers line up under their heads
     w = max([len("layer")] + [len(r["name"]) for r in rows])
-    head = f"{'layer':<{w}} {'type':<22} {'output shape':<14} {'params':>10} {'FLOPs':>14}"
+    t = max([22] + [len(r["layer"]) for r in rows])
+    o = max([14] + [len(shape) for shape in shapes])
+    head = f"{'layer':<{w}} {'type':<{t}} {'output shape':<{o}} {'params':>10} {'FLOPs':>14}"
     lines = [head, "-" * len(head)]
-    for r in rows:
-        shape = "x".join(map(str, r["shape"]))
-        lines.append(f"{r['name']:<{w}} {r['layer']:<22} {shape:<14} {r['params']:>10,} {r['flops']:>14,}")
+    for r, shape in zip(rows, shapes):
+        lines.append(f"{r['name']:<{w}} {r['layer']:<{t}} {shape:<{o}} {r['params']:>10,} {r['flops']:>14,}")
     total_p, total_f = model.num_parameters(), sum(r["flops"] for r in rows)
-    lines += ["-" * len(head), f"{'total':<{w + 38}} {total_p:>10,} {total_f:>14,}",
+    lines += ["-" * len(head), f"{'total':<{w + t + o + 2}} {total_p:>10,} {total_f:>14,}",
               f"input {'x'.join(map(str, input_shape))}; FLOPs are per image, forward (a multiply-add counts 2); "
               f"a training step costs about 3x that"]
     return "\n".join(lines)

@@ -597,6 +597,8 @@ def test_summary_of_the_resnet18_model(capsys):
     rc, out, _ = run(["summary", "--model", "resnet18"], capsys)
     assert rc == 0 and f"{models.resnet18().num_parameters():,}" in out.splitlines()[-2]  # the total line
     assert "layer4.1.relu" in out and "Residual (shortcut + inner)" in out
+    table = out.splitlines()[:-1]  # (the last line, a note)
+    assert {len(line) for line in table} == {len(table[0])}, "the columns do not line up"
     rc, out, err = run(["summary", "--recipe", "resnet18", "--width", "4"], capsys)
     assert rc == 0 and f"{models.resnet18(width=4).num_parameters():,}" in out and "ignores it" not in err
 
