@@ -593,6 +593,8 @@ def _check_resume_flags(given, stored, ckpt_path):
                 _say(f"note: {ckpt_path} was set to a final evaluation at test-time augmentation level {old}; "
                      f"evaluating at --tta {value} instead, which the checkpoint now records")
             continue
+        if key == "width" and old is None and stored.get("model") in WIDTH_MODELS:
+            old = MODEL_DEFAULTS[stored["model"]]["width"]  # a recipe without a width built it at its own
         if key == "width" and old is None and stored.get("model") in AIRBENCH_MODELS:
             # the run's network at its recipe's widths: a --width that builds another cannot load its weights
             widths = airbench_widths(stored["model"], None, stored.get("model_kwargs"))

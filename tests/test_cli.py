@@ -383,6 +383,22 @@ def test_resume_refuses_a_width_other_than_the_recipes_own(tmp_path):
         assert cli._settings(args, stored_config=stored)["width"] == int(same)
 
 
+def test_resume_refuses_a_width_other_than_the_one_a_widthless_recipe_built(tmp_path):
+    """fast_net or resnet18 trained by a recipe that sets no width (--model resnet18 --recipe
+    three_layer) is built at the network's own width, 64, and records none: --resume --width 8 was
+    let through and failed at load_state_dict on the weights' shapes without naming the flag. It
+    is refused as any other change of the run; --width 64, the same network, is not."""
+    for model in ("fast", "resnet18"):
+        first = cli.build_parser().parse_args(["train", "--model", model, "--recipe", "three_layer"])
+        stored = {"train_args": cli._settings(first, stored_config={})}
+        assert stored["train_args"].get("width") is None
+        args = cli.build_parser().parse_args(["train", "--out", str(tmp_path), "--resume", "--width", "8"])
+        with pytest.raises(ValueError, match=r"holds a run with --width 64, but --width 8 was given; drop --width"):
+            cli._settings(args, stored_config=stored)
+        args = cli.build_parser().parse_args(["train", "--out", str(tmp_path), "--resume", "--width", "64"])
+        assert cli._settings(args, stored_config=stored)["width"] == 64
+
+
 def test_another_augment_on_resume_is_named_as_the_flag_writes_it(tmp_path):
     """The refusal of --augment on a run without said "--augment False, but --augment True was
     given", which no command line writes."""
