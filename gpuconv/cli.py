@@ -220,10 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
                         f"decoupled from the lr, airbench94_muon's per example "
                         f"(default per recipe: {_defaults('weight_decay')})")
     t.add_argument("--momentum", type=_momentum, default=None,
-                   help=f"momentum, Nesterov when > 0 but in the resnet18 recipe (plain momentum, as kuangliu's) (SGD's; airbench94_muon's is Muon's, its SGD groups "
+                   help=f"momentum, Nesterov when > 0, except in the resnet18 recipe (plain momentum, as kuangliu's) (SGD's; airbench94_muon's is Muon's, its SGD groups "
                         f"keeping the recipe's 0.85) (default per recipe: {_defaults('momentum')})")
     t.add_argument("--schedule", choices=("onecycle", "cosine", "triangular", "linear", "constant"), default=None,
-                   help=f"learning-rate schedule; cosine warms up over the first 5%% of the steps but in the resnet18 "
+                   help=f"learning-rate schedule; cosine warms up over the first 5%% of the steps, except in the resnet18 "
                         f"recipe (default per recipe: {_defaults('schedule')})")
     t.add_argument("--label-smoothing", type=_smoothing, default=None,
                    help=f"label smoothing of the loss's targets (default per recipe: {_defaults('label_smoothing')})")
