@@ -1385,29 +1385,33 @@ def test_clip_grad_value_arguments_and_torch():
         np.testing.assert_array_equal(o.grad, t.grad.numpy())
 
 
+class _BlocksInOrder(Layer):
+    """A model holding a ModuleList as ``blocks`` and running it in order, as PyTorch scripts loop
+    over one in their forward."""
+
+    def __init__(self, blocks):
+        super().__init__()
+        self.blocks = blocks
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+    def backward(self, dy, need_dx=True):
+        for block in reversed(list(self.blocks)):
+            dy = block.backward(dy)
+        return dy
+
+
 def test_module_list_registers_layers_its_holder_calls(backend):
     """nn.ModuleList: its layers' parameters, state-dict keys and modes belong to the holder, whose
     own forward and backward call them (float64 gradients through them); called itself, it says
     what to do instead."""
     from gpuconv import nn
 
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.blocks = nn.ModuleList([nn.Linear(4, 4, seed=i) for i in range(2)])
-            self.blocks.append(nn.ReLU()).extend([nn.Linear(4, 3, seed=5)])
-
-        def forward(self, x):
-            for block in self.blocks:
-                x = block(x)
-            return x
-
-        def backward(self, dy, need_dx=True):
-            for block in reversed(list(self.blocks)):
-                dy = block.backward(dy)
-            return dy
-
-    net = Net()
+    blocks = nn.ModuleList([nn.Linear(4, 4, seed=i) for i in range(2)])
+    net = _BlocksInOrder(blocks.append(nn.ReLU()).extend([nn.Linear(4, 3, seed=5)]))
     assert len(net.blocks) == 4 and isinstance(net.blocks[1:], nn.ModuleList) and net.blocks[-1].out_features == 3
     assert list(net.state_dict()) == ["blocks.0.weight", "blocks.0.bias", "blocks.1.weight", "blocks.1.bias",
                                       "blocks.3.weight", "blocks.3.bias"]
@@ -2574,22 +2578,7 @@ def test_a_layer_appended_to_a_module_list_while_a_graph_holds_the_model_is_refu
     from gpuconv.layers import ModuleList
     from gpuconv.optim import SGD
 
-    class Net(Layer):
-        def __init__(self):
-            super().__init__()
-            self.blocks = ModuleList([Flatten(), Linear(12, 3, seed=1)])
-
-        def forward(self, x):
-            for block in self.blocks:
-                x = block(x)
-            return x
-
-        def backward(self, dy, need_dx=True):
-            for block in reversed(list(self.blocks)):
-                dy = block.backward(dy)
-            return dy
-
-    net = Net()
+    net = _BlocksInOrder(ModuleList([Flatten(), Linear(12, 3, seed=1)]))
     opt = SGD(net.parameters(), lr=0.1)
     step = StepGraph.for_optimizer(lambda x, y: gpuconv.amp.training_step(net, opt, x, y), opt, net)
     step(np.ones((2, 3, 2, 2), np.float32), np.array([0, 1]))

@@ -18,24 +18,9 @@ CS231N_X = np.array([[1, 1, 2, 4], [5, 6, 7, 8], [3, 2, 1, 0], [1, 2, 3, 4]], np
 
 
 def direct_pool(x, k, s, kind):
-    """Forward and a backward for dy = ``g``, one window at a time (first maximum wins)."""
-    n, c, h, w = x.shape
-    oh, ow = (h - k) // s + 1, (w - k) // s + 1
-    y = np.zeros((n, c, oh, ow))
-    route = np.zeros((n, c, oh, ow, h, w))  # d y[..., i, j] / d x
-    for i in range(oh):
-        for j in range(ow):
-            win = x[:, :, i * s:i * s + k, j * s:j * s + k].reshape(n, c, -1)
-            if kind == "max":
-                y[:, :, i, j] = win.max(-1)
-                a = win.argmax(-1)
-                for nn in range(n):
-                    for cc in range(c):
-                        route[nn, cc, i, j, i * s + a[nn, cc] // k, j * s + a[nn, cc] % k] = 1
-            else:
-                y[:, :, i, j] = win.mean(-1)
-                route[:, :, i, j, i * s:i * s + k, j * s:j * s + k] = 1.0 / (k * k)
-    return y, route
+    """Forward and a backward for dy = ``g``, one window at a time (first maximum wins): the
+    padded loop below without padding."""
+    return padded_direct_pool(x, k, s, 0, kind)
 
 
 def test_cs231n_max_pool_example(backend):
