@@ -15,6 +15,7 @@ from .adaptive_pool2d import (AdaptivePool2dCache, adaptive_avg_pool2d_backward,
                               adaptive_max_pool2d_backward, adaptive_max_pool2d_forward)
 from .batchnorm import BatchNorm2dCache, batchnorm2d_backward, batchnorm2d_forward
 from .conv2d import Conv2dCache, conv2d_backward, conv2d_forward
+from .conv_transpose2d import ConvTranspose2dCache, conv_transpose2d_backward, conv_transpose2d_forward
 from .dropout import DropoutCache, dropout_backward, dropout_forward
 from .gelu import GeluCache, gelu_backward, gelu_forward
 from .linear import LinearCache, linear_backward, linear_forward
@@ -26,7 +27,8 @@ from .relu import ReluCache, relu_backward, relu_forward
 from .scale import ScaleCache, scale_backward, scale_forward
 
 __all__ = [
-    "conv2d_forward", "conv2d_backward",
+    "conv2d_forward", "conv2d_backward", "conv_transpose2d_forward", "conv_transpose2d_backward",
+    "ConvTranspose2dCache",
     "max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward",
     "lp_pool2d_forward", "lp_pool2d_backward", "LPPool2dCache",
     "adaptive_avg_pool2d_forward", "adaptive_avg_pool2d_backward", "adaptive_max_pool2d_forward",

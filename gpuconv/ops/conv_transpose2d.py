@@ -1,0 +1,169 @@
+"""2-D transposed convolution (PyTorch's F.conv_transpose2d and nn.ConvTranspose2d), on conv2d's code.
+
+A transposed convolution is the gradient of a convolution with respect to its input, so it runs
+on the convolution's own references and kernels (no kernels of its own). PyTorch's weights are
+(C_in, C_out, FH, FW): read as a convolution's (K, C, FH, FW), its K is the transposed
+convolution's C_in and its C the C_out. With x (N, C_in, H, W), stride S, padding P and
+``output_padding`` OP (per axis):
+
+- forward: y = the convolution's data gradient for "dy" = x and the filters w, for an input of
+  shape (N, C_out, OH, OW), OH = (H - 1) S - 2P + FH + OP; plus b[co] on every pixel of channel co;
+- input gradient: dx = the convolution's forward of dy with w, no bias. Its floor rule gives
+  floor((OH + 2P - FH)/S) + 1 = H - 1 + floor(OP/S) + 1 = H back, as OP < S;
+- weight gradient: dw[ci, co, i, j] = sum over n, p, q of x[n, ci, p, q] dy[n, co, pS + i - P, qS + j - P],
+  which is the convolution's weight gradient, dw[k, c, i, j] = sum dy[n, k, p, q] x[n, c, pS + i - P,
+  qS + j - P], with the roles of x and dy swapped (its dy := x, its x := dy);
+- bias gradient: dy summed per channel.
+
+``output_padding`` adds OP rows at the bottom and columns at the right of the output, so that a
+stride-S transposed convolution can give back any of the S input sizes a stride-S convolution
+takes to H. It needs no padding: the data gradient is computed for the convolution input of the
+larger size itself, which the convolution's floor rule allows (the kernels compute it for every
+``floor=True`` convolution); its extra rows and columns get what the windows that reach them give
+(nothing but the bias where OP > P, PyTorch's values either way: PyTorch defines the op the same).
+
+Precision as conv2d's (gpuconv.precision): x, w, b (and dy) share one dtype; bfloat16/float16 are
+computed in float32; TF32 applies to float32 with ``precision='tf32'``. The reference rounds y
+once; on the kernels the data gradient comes rounded to x's dtype and the bias is added to it in
+float32 and rounded again, so a bfloat16/float16 y with a bias may differ from the reference by
+one unit in the last place (a layer without bias, as before a batch norm, rounds once).
+Layouts: y keeps x's (channels_last or NCHW), dx dy's, as every op (``_dispatch``).
+
+Cache: ``ConvTranspose2dCache(x, w, has_bias, stride, padding, output_padding)``, the caller's
+arrays and (h, w) pairs.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import backend
+from ..backend import get_array_module
+from ..precision import channel_sum, multiplicands, round_once, upcast, use_tf32
+from . import _dispatch
+from . import conv2d as _conv
+from ._checks import (cache_type, cached, check_bool, check_cache, check_float, check_rank, check_same_dtype,
+                      only_defaults, pair, torch_positions)
+
+ConvTranspose2dCache = cache_type("ConvTranspose2dCache", "x w has_bias stride padding output_padding", __name__)
+
+
+def conv_transpose2d_output_hw(in_hw, kernel_size, stride, padding, output_padding):
+    """(OH, OW): ``(H - 1) S - 2P + F + output_padding`` along each axis, checked to be >= 1."""
+    out = []
+    for axis, h, f, s, p, op in zip(("height", "width"), in_hw, kernel_size, stride, padding, output_padding):
+        size = (h - 1) * s - 2 * p + f + op
+        if size < 1:
+            a = "H" if axis == "height" else "W"
+            raise ValueError(f"the transposed convolution's output is empty along the {axis}: input size {a}={h}, "
+                             f"filter F={f}, stride S={s}, padding P={p}, output_padding={op} give ({a} - 1)S - 2P "
+                             f"+ F + output_padding = {size} < 1; use less padding")
+        out.append(size)
+    return tuple(out)
+
+
+def conv_transpose2d_forward(x, w, b=None, stride=1, padding=0, output_padding=0, precision=None, *, groups=1,
+                             dilation=1):
+    """``y, cache``: the transposed convolution of x (N, C_in, H, W) with w (C_in, C_out, FH, FW),
+    PyTorch's layout, plus b (C_out,): y of shape (N, C_out, OH, OW), OH = (H - 1) S - 2P + FH +
+    output_padding. ``stride``, ``padding`` and ``output_padding`` are ints or (h, w) pairs;
+    ``output_padding`` < ``stride`` (PyTorch's rule). ``precision`` as in
+    :func:`gpuconv.ops.conv2d_forward`. ``groups`` and ``dilation``, F.conv_transpose2d's keywords,
+    are taken at 1 only."""
+    if not (precision is None or type(precision) is str):  # F.conv_transpose2d's order: groups in its place
+        torch_positions("conv_transpose2d_forward", "F.conv_transpose2d", precision=(precision, "groups", 1))
+    if not (type(dilation) is int and dilation == 1 and type(groups) is int and groups == 1):
+        only_defaults("conv_transpose2d_forward", groups=(groups, 1), dilation=(dilation, (1, 1)))
+    stride, padding, output_padding = _check_args(x, w, b, stride, padding, output_padding)
+    out_hw = conv_transpose2d_output_hw(x.shape[2:], w.shape[2:], stride, padding, output_padding)
+    tf32 = use_tf32(precision, x.dtype)
+    target = backend.kernel_target(x, w, b, names=("x", "w", "b"))
+    return _dispatch.call("conv_transpose2d_forward", target, _forward_reference, x, w, b, stride, padding,
+                          output_padding, out_hw, tf32)
+
+
+def conv_transpose2d_backward(dy, cache, need_dx=True, need_dw=True, precision=None, dw_dtype=None):
+    """``dx, dw, db`` for :func:`conv_transpose2d_forward`'s output gradient ``dy``; ``db`` is None
+    without bias, ``dx`` None with ``need_dx=False``, ``dw`` None with ``need_dw=False``.
+    ``dw_dtype`` and ``precision`` as in :func:`gpuconv.ops.conv2d_backward`."""
+    check_cache(cache, ConvTranspose2dCache, "conv_transpose2d_forward")
+    need_dx, need_dw = check_bool("need_dx", need_dx), check_bool("need_dw", need_dw)
+    x, w = cache.x, cache.w
+    check_float("dy", dy)
+    check_rank("dy", dy, 4, "N, C_out, OH, OW")
+    expected = (x.shape[0], w.shape[1]) + conv_transpose2d_output_hw(x.shape[2:], w.shape[2:], cache.stride,
+                                                                      cache.padding, cache.output_padding)
+    if tuple(dy.shape) != expected:
+        raise ValueError(f"dy must have the forward output's shape {expected}, got {tuple(dy.shape)}")
+    check_same_dtype("x", x, dy=dy)
+    if dw_dtype is not None:
+        dw_dtype = np.dtype(dw_dtype)
+        if dw_dtype not in (w.dtype, np.float32, np.float64) or dw_dtype.itemsize < w.dtype.itemsize:
+            raise ValueError(f"dw_dtype={dw_dtype}: the weight gradient is delivered in w's dtype ({w.dtype}) or "
+                             "widened to float32/float64, never narrowed")
+    tf32 = use_tf32(precision, dy.dtype)
+    target = backend.kernel_target(dy, x, w, names=("dy", cached("x"), cached("w")))
+    return _dispatch.call("conv_transpose2d_backward", target, _backward_reference, dy, cache, need_dx, tf32,
+                          need_dw, dw_dtype)
+
+
+def _check_args(x, w, b, stride, padding, output_padding):
+    check_float("x", x)
+    check_float("w", w)
+    check_rank("x", x, 4, "N, C_in, H, W")
+    check_rank("w", w, 4, "C_in, C_out, FH, FW: in channels, out channels, filter height, filter width (PyTorch's "
+                          "ConvTranspose2d weight)")
+    check_same_dtype("x", x, w=w, b=b)
+    if x.shape[1] != w.shape[0]:
+        raise ValueError(f"channel mismatch: x has C_in={x.shape[1]} channels (shape {tuple(x.shape)}, laid out N, C, "
+                         f"H, W) but w expects C_in={w.shape[0]} (shape {tuple(w.shape)}, laid out C_in, C_out, FH, "
+                         "FW as PyTorch's ConvTranspose2d weight, whose in channels come first, unlike Conv2d's); "
+                         "make w.shape[0] equal x.shape[1]")
+    if b is not None and tuple(b.shape) != (w.shape[1],):
+        raise ValueError(f"b must have shape ({w.shape[1]},), one bias per output channel (w.shape[1] of w "
+                         f"{tuple(w.shape)}, laid out C_in, C_out, FH, FW), got {tuple(b.shape)}")
+    if min(w.shape[2:]) < 1:
+        raise ValueError(f"w has an empty filter: shape {tuple(w.shape)} (C_in, C_out, FH, FW) has FH={w.shape[2]}, "
+                         f"FW={w.shape[3]}; a filter is at least 1x1")
+    if isinstance(padding, str):
+        raise ValueError(f"padding={padding!r}: a transposed convolution takes an int or an (h, w) pair, as in "
+                         "PyTorch (no 'same' or 'valid')")
+    stride = pair("stride", stride, minimum=1)
+    padding = pair("padding", padding, minimum=0)
+    output_padding = pair("output_padding", output_padding, minimum=0)
+    if output_padding[0] >= stride[0] or output_padding[1] >= stride[1]:
+        raise ValueError(f"output_padding={output_padding} must be smaller than stride={stride} along each axis (as "
+                         "in PyTorch: it picks one of the stride's output sizes, (H - 1)S - 2P + F + output_padding); "
+                         "use output_padding=0 at stride 1")
+    return stride, padding, output_padding
+
+
+def _forward_reference(x, w, b, stride, padding, output_padding, out_hw, tf32=False):
+    xc, wc = multiplicands(tf32, x, w)
+    xp = get_array_module(xc, wc)
+    # The convolution whose data gradient this is: its input (zeros, read for its shape only; calloc'd
+    # pages never touched) and x as its output gradient.
+    conv_input = xp.zeros((x.shape[0], w.shape[1]) + out_hw, dtype=xc.dtype)
+    y, _ = _conv._backward(xc, conv_input, wc, stride, padding, True, False)
+    if b is not None:
+        y += upcast(b).reshape(1, -1, 1, 1)
+    return round_once(y, x.dtype), ConvTranspose2dCache(x, w, b is not None, stride, padding, output_padding)
+
+
+def _backward_reference(dy, cache, need_dx=True, tf32=False, need_dw=True, dw_dtype=None):
+    x, w, has_bias, stride, padding = cache[:5]
+    dx = dw = None
+    if need_dx or need_dw:
+        dyc, xc, wc = multiplicands(tf32, dy, x, w)
+        if need_dx:  # the convolution's forward of dy
+            dx = _conv._forward(dyc, wc, None, stride, padding)
+        if need_dw:  # the convolution's weight gradient, x as its output gradient and dy as its input
+            dw = _conv._backward(xc, dyc, wc, stride, padding, False, True)[1]
+    db = channel_sum(upcast(dy)) if has_bias else None
+    dw = round_once(dw, w.dtype)
+    if dw is not None and dw_dtype is not None:
+        dw = dw.astype(dw_dtype, copy=False)  # exact: a widening
+    return round_once(dx, x.dtype), dw, round_once(db, dy.dtype)
+
+
+# The launchers, on conv2d's kernels, for the 'cuda' and 'sim' targets; last, as they import the names above.
+from . import _launch_conv_transpose2d  # noqa: E402,F401  (registration)

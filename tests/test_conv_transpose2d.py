@@ -1,0 +1,208 @@
+"""conv_transpose2d: a direct-loop reference on every backend and dtype, both layouts, float64
+numerical gradients, the adjoint of conv2d, PyTorch's values (torch optional), errors."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+import gpuconv
+from gpuconv import layout
+from gpuconv.gradcheck import numerical_gradient_array, reduction_tolerance, relative_error, within_tolerance
+from gpuconv.ops import conv2d_forward, conv_transpose2d_backward, conv_transpose2d_forward
+from gpuconv.precision import bfloat16, float16, round_tf32, unit_roundoff
+
+DTYPES = [np.float64, np.float32, bfloat16, float16]
+
+
+def direct(x, w, b, stride, padding, output_padding):
+    """The definition, in float64: every input pixel scatters its filters onto the output."""
+    x, w = x.astype(np.float64), w.astype(np.float64)
+    (sh, sw), (ph, pw), (oph, opw) = stride, padding, output_padding
+    n, _, h, wd = x.shape
+    _, cout, fh, fw = w.shape
+    full = np.zeros((n, cout, (h - 1) * sh + fh + oph, (wd - 1) * sw + fw + opw))
+    for p in range(h):
+        for q in range(wd):
+            full[:, :, p * sh:p * sh + fh, q * sw:q * sw + fw] += np.einsum("nc,cokl->nokl", x[:, :, p, q], w)
+    oh, ow = (h - 1) * sh - 2 * ph + fh + oph, (wd - 1) * sw - 2 * pw + fw + opw
+    y = full[:, :, ph:ph + oh, pw:pw + ow]
+    return y if b is None else y + b.astype(np.float64)[None, :, None, None]
+
+
+def direct_grads(x, w, dy, stride, padding, output_padding):
+    """dx, dw, db of the definition, in float64, from its Jacobian (the loop above is linear)."""
+    x, w, dy = (a.astype(np.float64) for a in (x, w, dy))
+    dx = np.zeros_like(x)
+    for idx in np.ndindex(x.shape):
+        e = np.zeros_like(x)
+        e[idx] = 1
+        dx[idx] = (direct(e, w, None, stride, padding, output_padding) * dy).sum()
+    dw = np.zeros_like(w)
+    for idx in np.ndindex(w.shape):
+        e = np.zeros_like(w)
+        e[idx] = 1
+        dw[idx] = (direct(x, e, None, stride, padding, output_padding) * dy).sum()
+    return dx, dw, dy.sum(axis=(0, 2, 3))
+
+
+def _data(rng, n, cin, cout, h, wd, k, dtype=np.float64):
+    x = rng.standard_normal((n, cin, h, wd)).astype(dtype)
+    w = rng.standard_normal((cin, cout) + k).astype(dtype)
+    b = rng.standard_normal(cout).astype(dtype)
+    return x, w, b
+
+
+# ---------------------------------------------------------------- every backend, every dtype, both layouts
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_matches_the_definition_in_every_dtype_and_layout(backend, dtype, channels_last):
+    rng = np.random.default_rng(1)
+    x, w, b = _data(rng, 2, 3, 4, 3, 3, (3, 2), dtype)
+    args = ((2, 2), (1, 0), (1, 1))  # stride, padding, output_padding
+    dy = rng.standard_normal((2, 4, 6, 7)).astype(dtype)  # OH = 2 * 2 - 2 + 3 + 1, OW = 2 * 2 + 2 + 1
+    xd, dyd = backend.asarray(x), backend.asarray(dy)
+    if channels_last:
+        xd, dyd = layout.to_channels_last(xd), layout.to_channels_last(dyd)
+    y, cache = conv_transpose2d_forward(xd, backend.asarray(w), backend.asarray(b), *args)
+    dx, dw, db = conv_transpose2d_backward(dyd, cache)
+    assert y.shape == dy.shape and y.dtype == dx.dtype == dw.dtype == db.dtype == np.dtype(dtype)
+    assert layout.is_channels_last(y) == channels_last and layout.is_channels_last(dx) == channels_last
+    backend.assert_kernels_ran("conv2d_backward_data", "conv2d_forward", "conv2d_backward_weight",
+                               "conv2d_backward_bias")
+    # exact values of the rounded inputs, and each output's sum of term magnitudes
+    got = [backend.asnumpy(a) for a in (y, dx, dw, db)]
+    want = [direct(x, w, b, *args), *direct_grads(x, w, dy, *args)]
+    mags = [direct(abs(x), abs(w), abs(b), *args), *direct_grads(abs(x), abs(w), abs(dy), *args)]
+    lengths = (3 * 3 * 2 + 1, 4 * 3 * 2, 2 * 3 * 3, 2 * 6 * 7)  # generous: taps per output at most
+    for name, g, e, m, length in zip(("y", "dx", "dw", "db"), got, want, mags, lengths):
+        tol = reduction_tolerance(m, e, length, dtype, reference_rounded=False)
+        if name == "y" and np.dtype(dtype) in (bfloat16, float16):  # the kernels round the sum, then add the bias
+            tol = tol + unit_roundoff(dtype) * m
+        ok, worst = within_tolerance(g, e, tol)
+        assert ok, f"{name}: {worst:.3g} x the tolerance"
+
+
+def test_tf32_rounds_the_multiplicands(backend):
+    rng = np.random.default_rng(2)
+    x, w, _ = _data(rng, 2, 3, 2, 3, 3, (3, 3), np.float32)
+    y, cache = conv_transpose2d_forward(backend.asarray(x), backend.asarray(w), None, 2, 1, 1, precision="tf32")
+    want = direct(round_tf32(x), round_tf32(w), None, (2, 2), (1, 1), (1, 1))
+    mag = direct(abs(x), abs(w), None, (2, 2), (1, 1), (1, 1))
+    assert within_tolerance(backend.asnumpy(y), want, reduction_tolerance(mag, want, 27, np.float32))[0]
+    assert np.abs(backend.asnumpy(y) - direct(x, w, None, (2, 2), (1, 1), (1, 1))).max() > 1e-5  # TF32 did round
+
+
+def test_dw_dtype_and_skipped_gradients(backend):
+    rng = np.random.default_rng(3)
+    x, w, b = _data(rng, 1, 2, 3, 2, 2, (2, 2), bfloat16)
+    y, cache = conv_transpose2d_forward(backend.asarray(x), backend.asarray(w), backend.asarray(b), 2)
+    dy = backend.asarray(rng.standard_normal(y.shape).astype(bfloat16))
+    dx, dw, db = conv_transpose2d_backward(dy, cache, need_dx=False, dw_dtype=np.float32)
+    assert dx is None and dw.dtype == np.float32 and db.dtype == bfloat16
+    _, full, _ = conv_transpose2d_backward(dy, cache)
+    np.testing.assert_array_equal(backend.asnumpy(dw), backend.asnumpy(full).astype(np.float32))  # widened exactly
+    dx, dw, db = conv_transpose2d_backward(dy, cache, need_dw=False)
+    assert dw is None and dx.shape == x.shape
+
+
+# ---------------------------------------------------------------- float64: gradients, adjoint, output_padding
+@pytest.mark.parametrize("stride, padding, output_padding, k", [(1, 0, 0, 3), (2, 1, 1, 3), (2, 0, 1, 2),
+                                                                 ((3, 2), (2, 1), (2, 0), (4, 3))])
+def test_numerical_gradients(stride, padding, output_padding, k):
+    rng = np.random.default_rng(4)
+    x, w, b = _data(rng, 2, 3, 2, 3, 4, (k, k) if isinstance(k, int) else k)
+    y, cache = conv_transpose2d_forward(x, w, b, stride, padding, output_padding)
+    dy = rng.standard_normal(y.shape)
+    dx, dw, db = conv_transpose2d_backward(dy, cache)
+
+    def f(x_, w_, b_):
+        return conv_transpose2d_forward(x_, w_, b_, stride, padding, output_padding)[0]
+    assert relative_error(dx, numerical_gradient_array(lambda a: f(a, w, b), x, dy)) < 1e-7
+    assert relative_error(dw, numerical_gradient_array(lambda a: f(x, a, b), w, dy)) < 1e-7
+    assert relative_error(db, numerical_gradient_array(lambda a: f(x, w, a), b, dy)) < 1e-7
+
+
+@pytest.mark.parametrize("stride, padding, output_padding, k", [(1, 1, 0, 3), (2, 1, 1, 3), (2, 1, 0, 4),
+                                                                 (3, 0, 2, 2)])
+def test_adjoint_of_conv2d(stride, padding, output_padding, k):
+    """<convT(x), g> = <x, conv(g)>: the same filters, conv2d's floor rule taking OH back to H."""
+    rng = np.random.default_rng(5)
+    x, w, _ = _data(rng, 2, 3, 4, 5, 4, (k, k))
+    y, _ = conv_transpose2d_forward(x, w, None, stride, padding, output_padding)
+    g = rng.standard_normal(y.shape)
+    cg, _ = conv2d_forward(g, w, None, stride, padding, floor=True)
+    assert cg.shape == x.shape
+    np.testing.assert_allclose((y * g).sum(), (x * cg).sum(), rtol=1e-12)
+
+
+def test_output_padding_adds_rows_and_columns_of_bias_past_every_window():
+    x, w, b = _data(np.random.default_rng(6), 1, 2, 3, 3, 3, (2, 2))
+    y, _ = conv_transpose2d_forward(x, w, b, stride=2, padding=0, output_padding=1)
+    assert y.shape == (1, 3, 7, 7)  # (3 - 1) * 2 + 2 + 1
+    y0, _ = conv_transpose2d_forward(x, w, b, stride=2)
+    np.testing.assert_allclose(y[:, :, :6, :6], y0, rtol=1e-14)
+    np.testing.assert_array_equal(y[0, :, 6, :], np.repeat(b[:, None], 7, 1))  # no window reaches it
+    np.testing.assert_array_equal(y[0, :, :, 6], np.repeat(b[:, None], 7, 1))
+
+
+@pytest.mark.parametrize("stride, padding, output_padding, k", [
+    (s, p, op, k) for s, p, op, k in itertools.product((1, 2), (0, 1), (0, 1), (2, 3, 4)) if op < s])
+def test_matches_torch_float64(stride, padding, output_padding, k):
+    torch = pytest.importorskip("torch", reason="PyTorch (optional) is the reference of this comparison")
+    F = torch.nn.functional
+    rng = np.random.default_rng(7)
+    x, w, b = _data(rng, 2, 3, 5, 4, 3, (k, k))
+    y, cache = conv_transpose2d_forward(x, w, b, stride, padding, output_padding)
+    tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    ty = F.conv_transpose2d(tx, tw, tb, stride, padding, output_padding)
+    dy = rng.standard_normal(tuple(ty.shape))
+    ty.backward(torch.tensor(dy))
+    assert y.shape == tuple(ty.shape)
+    for got, want in zip((y,) + conv_transpose2d_backward(dy, cache), (ty, tx.grad, tw.grad, tb.grad)):
+        np.testing.assert_allclose(got, want.detach().numpy(), rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------- errors
+@pytest.mark.parametrize("kwargs, err, match", [
+    (dict(output_padding=2, stride=2), ValueError, r"output_padding=\(2, 2\) must be smaller than stride=\(2, 2\)"),
+    (dict(output_padding=1), ValueError, r"output_padding=\(1, 1\) must be smaller than stride=\(1, 1\).*"
+                                         r"output_padding=0 at stride 1"),
+    (dict(groups=2), ValueError, r"conv_transpose2d_forward\(groups=2\) is not supported.*groups=1 only"),
+    (dict(dilation=2), ValueError, r"conv_transpose2d_forward\(dilation=2\) is not supported"),
+    (dict(padding="same"), ValueError, r"padding='same': a transposed convolution takes an int or an \(h, w\) pair"),
+    (dict(padding=3), ValueError, r"output is empty along the height.*\(H - 1\)S - 2P \+ F \+ output_padding = -2 < 1"),
+    (dict(w=np.ones((4, 2, 3, 3))), ValueError, r"channel mismatch: x has C_in=3.*w expects C_in=4.*C_in, C_out, FH, "
+                                                r"FW as PyTorch's ConvTranspose2d weight"),
+    (dict(b=np.ones(3)), ValueError, r"b must have shape \(2,\), one bias per output channel"),
+    (dict(w=np.ones((3, 2, 3))), ValueError, r"w must have 4 dimensions \(C_in, C_out, FH, FW"),
+    (dict(w=np.ones((3, 2, 3, 3), np.float32)), TypeError, r"w has dtype float32 but x has dtype float64"),
+])
+def test_errors_name_the_problem(kwargs, err, match):
+    args = dict(x=np.ones((1, 3, 2, 2)), w=np.ones((3, 2, 3, 3)), b=None)
+    args.update(kwargs)
+    with pytest.raises(err, match=match):
+        conv_transpose2d_forward(**args)
+
+
+def test_precision_in_torchs_groups_position_is_refused():
+    with pytest.raises(TypeError, match=r"a number where F.conv_transpose2d takes groups.*groups=1"):
+        conv_transpose2d_forward(np.ones((1, 3, 2, 2)), np.ones((3, 2, 3, 3)), None, 1, 0, 0, 1)
+
+
+def test_backward_checks_dy_and_cache():
+    y, cache = conv_transpose2d_forward(np.ones((1, 3, 2, 2)), np.ones((3, 2, 3, 3)), None, 2, 0, 1)
+    with pytest.raises(ValueError, match=r"dy must have the forward output's shape \(1, 2, 6, 6\), got \(1, 2, 5, 5\)"):
+        conv_transpose2d_backward(np.ones((1, 2, 5, 5)), cache)
+    with pytest.raises(TypeError, match=r"cache must be the ConvTranspose2dCache that conv_transpose2d_forward"):
+        conv_transpose2d_backward(y, conv2d_forward(np.ones((1, 3, 3, 3)), np.ones((2, 3, 3, 3)))[1])
+    with pytest.raises(ValueError, match=r"dw_dtype=float16: .*never narrowed"):
+        conv_transpose2d_backward(y, cache, dw_dtype=np.float16)
+
+
+def test_ops_namespace_and_cache_repr():
+    _, cache = conv_transpose2d_forward(np.ones((1, 3, 2, 2), np.float32), np.ones((3, 2, 3, 3), np.float32))
+    assert gpuconv.ops.conv_transpose2d_forward is conv_transpose2d_forward
+    assert repr(cache) == ("ConvTranspose2dCache(x=array(shape=(1, 3, 2, 2), dtype=float32), w=array(shape=(3, 2, 3, "
+                           "3), dtype=float32), has_bias=False, stride=(1, 1), padding=(0, 0), output_padding=(0, 0))")
