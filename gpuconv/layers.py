@@ -12,7 +12,7 @@ network would overwrite its own cache: build two layers instead.
 
 Parameters start on the default device (``gpuconv.get_default_device()``; 'cpu' and 'sim'
 give NumPy arrays, 'cuda' CuPy ones) in float32 (or, as in PyTorch, on ``device=`` in ``dtype=``
-of ``Conv2d``, ``Linear`` and ``BatchNorm2d``), initialized as PyTorch does
+of ``Conv2d``, ``ConvTranspose2d``, ``Linear`` and ``BatchNorm2d``), initialized as PyTorch does
 (``kaiming_uniform_(a=sqrt(5))`` for weights, U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for biases)
 from a seeded NumPy generator, so a seed gives the same network on every device. A layer built
 without ``seed=`` takes its seed from NumPy's global generator: ``np.random.seed(s)`` first makes
@@ -50,11 +50,11 @@ from .ops.activations import check_negative_slope
 from .ops.scale import check_factor
 from .precision import DTYPES, bfloat16, round_once, upcast
 
-__all__ = ["Parameter", "Layer", "Module", "Identity", "Conv2d", "MaxPool2d", "AvgPool2d", "LPPool2d",
-           "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "ReLU", "GELU", "LeakyReLU", "SiLU", "Sigmoid", "Tanh", "Flatten",
-           "Linear", "BatchNorm2d", "Dropout", "Scale", "Sequential", "ModuleList", "ModuleDict", "Residual",
-           "Concat", "CrossEntropyLoss", "LoadResult", "StateDictKeyError", "clip_grad_norm_", "clip_grad_value_",
-           "eval_mode", "input_is_data"]
+__all__ = ["Parameter", "Layer", "Module", "Identity", "Conv2d", "ConvTranspose2d", "MaxPool2d", "AvgPool2d",
+           "LPPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "ReLU", "GELU", "LeakyReLU", "SiLU", "Sigmoid", "Tanh",
+           "Flatten", "Unflatten", "Linear", "BatchNorm2d", "Dropout", "Scale", "Sequential", "ModuleList",
+           "ModuleDict", "Residual", "Concat", "CrossEntropyLoss", "LoadResult", "StateDictKeyError", "clip_grad_norm_",
+           "clip_grad_value_", "eval_mode", "input_is_data"]
 
 
 # ----------------------------------------------------------------------------- argument checks
@@ -882,6 +882,84 @@ class Conv2d(Layer):
                 f"padding={self.padding!r}, bias={self.bias is not None}" + (", floor=True" if self.floor else ""))
 
 
+class ConvTranspose2d(Layer):
+    """2-D transposed convolution (``gpuconv.ops.conv_transpose2d_forward``), PyTorch's
+    ``nn.ConvTranspose2d``: weight (in_channels, out_channels, kH, kW), output size
+    ``(H - 1) * stride - 2 * padding + kernel_size + output_padding`` (``output_padding`` < ``stride``
+    picks one of the sizes a stride-``stride`` convolution takes to H). Initialized as PyTorch's:
+    kaiming_uniform_(a=sqrt(5)) with the fan-in PyTorch computes from this weight's dim 1,
+    out_channels * kH * kW, and the bias bound 1/sqrt of it. ``forward(x, output_size=(OH, OW))``
+    (or (N, C, OH, OW)) takes that size instead, as PyTorch's, giving the output_padding of that
+    call. ``groups``, ``dilation`` and ``padding_mode`` are taken at their defaults only."""
+
+    _registers_attributes = False
+    _param_names = ("weight", "bias")
+    _low_precision_params = ("weight", "bias")
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, output_padding=0, groups=1,
+                 bias=True, dilation=1, padding_mode="zeros", device=None, dtype=None, *, seed=None):
+        super().__init__()
+        _only("ConvTranspose2d", groups=(groups, 1), dilation=(dilation, (1, 1)), padding_mode=(padding_mode, "zeros"))
+        self.in_channels = _int("in_channels", in_channels, 1)
+        self.out_channels = _int("out_channels", out_channels, 1)
+        self.kernel_size = _pair("kernel_size", kernel_size, 1)
+        self.stride = _pair("stride", stride, 1)
+        if isinstance(padding, str):
+            raise ValueError(f"ConvTranspose2d(padding={padding!r}): an int or an (h, w) pair, as in PyTorch (no "
+                             "'same' or 'valid' for a transposed convolution)")
+        self.padding = _pair("padding", padding, 0)
+        self.output_padding = _pair("output_padding", output_padding, 0)
+        if any(op >= s for op, s in zip(self.output_padding, self.stride)):
+            raise ValueError(f"ConvTranspose2d(output_padding={output_padding!r}): output_padding must be smaller "
+                             f"than stride={self.stride} along each axis, as in PyTorch; use output_padding=0 at "
+                             "stride 1")
+        fan_in = self.out_channels * self.kernel_size[0] * self.kernel_size[1]  # PyTorch's: weight dim 1 * kH * kW
+        rng = _layer_rng(seed)
+        w = _kaiming_uniform(rng, (self.in_channels, self.out_channels) + self.kernel_size, fan_in)
+        self.weight = Parameter(_on_default_device(w), "weight")
+        self.bias = (Parameter(_on_default_device(_bias_uniform(rng, self.out_channels, fan_in)), "bias")
+                     if bias else None)
+        _factory(self, device, dtype)
+
+    def forward(self, x, output_size=None):
+        output_padding = self.output_padding if output_size is None else self._output_padding(x, output_size)
+        y, cache = ops.conv_transpose2d_forward(x, self.weight.value, None if self.bias is None else self.bias.value,
+                                                self.stride, self.padding, output_padding)
+        self._keep(cache)
+        return y
+
+    def _output_padding(self, x, output_size):
+        """The output_padding that gives ``output_size`` (PyTorch's ``forward(x, output_size)``)."""
+        check_array("x", x)
+        size = tuple(output_size)[-2:] if isinstance(output_size, (tuple, list)) else None
+        if size is None or len(tuple(output_size)) not in (2, 4) or not all(isinstance(v, int) for v in size):
+            raise TypeError(f"ConvTranspose2d: output_size must be (OH, OW) or (N, C, OH, OW), got {output_size!r}")
+        pads = []
+        for axis, have, want, k, s, p in zip(("height", "width"), x.shape[2:], size, self.kernel_size, self.stride,
+                                             self.padding):
+            smallest = (have - 1) * s - 2 * p + k
+            if not smallest <= want < smallest + s:
+                raise ValueError(f"ConvTranspose2d: output_size {want} along the {axis} is out of reach: this layer "
+                                 f"gives {smallest} to {smallest + s - 1} from an input of {have} (stride {s}, padding "
+                                 f"{p}, kernel {k})")
+            pads.append(want - smallest)
+        return tuple(pads)
+
+    def backward(self, dy, need_dx=True):
+        dx, dw, db = ops.conv_transpose2d_backward(dy, self._take_cache(), need_dx=need_dx,
+                                                   need_dw=self.weight.requires_grad, dw_dtype=self.weight.data.dtype)
+        if dw is not None:
+            self.weight.accumulate(dw)
+        if self.bias is not None:
+            self.bias.accumulate(db)
+        return dx
+
+    def extra_repr(self):
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}" + (f", output_padding={self.output_padding}" if any(self.output_padding)
+                                             else "") + f", bias={self.bias is not None}")
+
+
 class Linear(Layer):
     """Fully connected layer ``y = x.reshape(N, -1) @ W.T + b`` with W as (out_features, in_features)."""
 
@@ -1284,6 +1362,53 @@ class Flatten(Layer):
                              f"flattened), got {tuple(dy.shape)}")
         dx = dy.reshape(shape)
         return layout.to_channels_last(dx) if channels_last else dx
+
+
+class Unflatten(Layer):
+    """PyTorch's ``nn.Unflatten(dim, unflattened_size)``: axis ``dim`` of x split into
+    ``unflattened_size`` (a view, no copy, of a C-contiguous x): ``Unflatten(1, (128, 4, 4))`` turns a
+    generator's (N, 2048) Linear output into (N, 128, 4, 4) images. One size may be -1 (inferred).
+    The gradient comes back in x's shape."""
+
+    _registers_attributes = False
+
+    def __init__(self, dim, unflattened_size):
+        super().__init__()
+        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)):
+            raise TypeError(f"Unflatten: dim must be an int axis, got {dim!r}")
+        sizes = tuple(unflattened_size) if isinstance(unflattened_size, (tuple, list)) else None
+        if not sizes or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and (v >= 1 or v == -1)
+                                for v in sizes) or sizes.count(-1) > 1:
+            raise ValueError(f"Unflatten: unflattened_size must be a tuple of sizes >= 1 (one of them may be -1), got "
+                             f"{unflattened_size!r}, e.g. Unflatten(1, (128, 4, 4))")
+        self.dim, self.unflattened_size = int(dim), tuple(int(v) for v in sizes)
+
+    def forward(self, x):
+        check_array("x", x)
+        if not -x.ndim <= self.dim < x.ndim:
+            raise ValueError(f"Unflatten: dim={self.dim} is not an axis of x with shape {tuple(x.shape)}")
+        d = self.dim % x.ndim
+        known = int(np.prod([v for v in self.unflattened_size if v != -1]))
+        sizes = tuple(x.shape[d] // known if v == -1 else v for v in self.unflattened_size)
+        if int(np.prod(sizes)) != x.shape[d]:
+            raise ValueError(f"Unflatten: axis {self.dim} of x (shape {tuple(x.shape)}) has {x.shape[d]} values, which "
+                             f"unflattened_size {self.unflattened_size} does not split (it holds "
+                             f"{int(np.prod(sizes))})")
+        out = x.shape[:d] + sizes + x.shape[d + 1:]
+        self._keep((x.shape, out))
+        with array_device_context((x,)):  # (a copy where x's memory order needs one: on x's GPU)
+            return x.reshape(out)
+
+    def backward(self, dy, need_dx=True):
+        shape, out = self._take_cache()
+        check_array("dy", dy)
+        if tuple(dy.shape) != tuple(out):  # a reshape would take any dy of as many values
+            raise ValueError(f"Unflatten.backward: dy must have the forward output's shape {tuple(out)} (x "
+                             f"{tuple(shape)} unflattened), got {tuple(dy.shape)}")
+        return dy.reshape(shape)
+
+    def extra_repr(self):
+        return f"dim={self.dim}, unflattened_size={self.unflattened_size}"
 
 
 class Scale(Layer):

@@ -206,3 +206,113 @@ def test_ops_namespace_and_cache_repr():
     assert gpuconv.ops.conv_transpose2d_forward is conv_transpose2d_forward
     assert repr(cache) == ("ConvTranspose2dCache(x=array(shape=(1, 3, 2, 2), dtype=float32), w=array(shape=(3, 2, 3, "
                            "3), dtype=float32), has_bias=False, stride=(1, 1), padding=(0, 0), output_padding=(0, 0))")
+
+
+# ---------------------------------------------------------------- the layers: ConvTranspose2d, Unflatten
+def test_layer_shapes_init_and_state_dict_keys_are_pytorchs():
+    from gpuconv import nn
+    assert nn.ConvTranspose2d is gpuconv.layers.ConvTranspose2d and nn.Unflatten is gpuconv.layers.Unflatten
+    layer = nn.ConvTranspose2d(16, 8, 4, stride=2, padding=1, seed=0)
+    assert {k: tuple(v.shape) for k, v in layer.state_dict().items()} == {"weight": (16, 8, 4, 4), "bias": (8,)}
+    bound = 1 / np.sqrt(8 * 4 * 4)  # PyTorch's fan-in of this weight: dim 1 (out_channels) * kH * kW
+    w, b = layer.weight.data, layer.bias.data
+    assert w.dtype == b.dtype == np.float32 and np.abs(b).max() <= bound
+    assert 0.9 * bound < np.abs(w).max() <= bound  # (a fan-in from dim 0, 16 * 4 * 4, would bound it by 0.0625)
+    assert list(nn.ConvTranspose2d(3, 5, (2, 3), bias=False).state_dict()) == ["weight"]
+    assert repr(layer) == "ConvTranspose2d(16, 8, kernel_size=(4, 4), stride=(2, 2), padding=(1, 1), bias=True)"
+    y = layer(np.zeros((2, 16, 4, 4), np.float32))
+    assert y.shape == (2, 8, 8, 8)  # DCGAN's doubling: (4 - 1) * 2 - 2 + 4
+
+
+def test_layer_matches_torch_and_loads_its_state_dict():
+    torch = pytest.importorskip("torch", reason="PyTorch (optional) is the reference of this comparison")
+    from gpuconv import nn
+    theirs = torch.nn.ConvTranspose2d(4, 3, 3, stride=2, padding=1, output_padding=1).double()
+    assert torch.nn.init._calculate_fan_in_and_fan_out(theirs.weight)[0] == 3 * 3 * 3  # the fan-in the init uses
+    ours = nn.ConvTranspose2d(4, 3, 3, stride=2, padding=1, output_padding=1, dtype=np.float64)
+    ours.load_state_dict(theirs.state_dict())
+    x = np.random.default_rng(8).standard_normal((2, 4, 5, 5))
+    tx = torch.tensor(x, requires_grad=True)
+    ty = theirs(tx)
+    y = ours(x)
+    dy = np.random.default_rng(9).standard_normal(y.shape)
+    ty.backward(torch.tensor(dy))
+    dx = ours.backward(dy)
+    pairs = ((y, ty), (dx, tx.grad), (ours.weight.grad, theirs.weight.grad), (ours.bias.grad, theirs.bias.grad))
+    for got, want in pairs:
+        np.testing.assert_allclose(got, want.detach().numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(ours(x, output_size=(9, 10)), theirs(tx, output_size=(9, 10)).detach().numpy(),
+                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(nn.Unflatten(1, (2, 3))(np.arange(12.).reshape(2, 6)),
+                                  torch.nn.Unflatten(1, (2, 3))(torch.arange(12.).reshape(2, 6)).numpy())
+
+
+def test_layer_output_size_and_errors():
+    from gpuconv import nn
+    layer = nn.ConvTranspose2d(2, 3, 3, stride=2, padding=1, dtype=np.float64)
+    x = np.ones((1, 2, 4, 4))
+    assert layer(x, output_size=(1, 3, 8, 7)).shape == (1, 3, 8, 7)
+    dx = layer.backward(np.ones((1, 3, 8, 7)))  # the cache holds that call's output_padding
+    assert dx.shape == x.shape
+    with pytest.raises(ValueError, match=r"output_size 9 along the height is out of reach: this layer gives 7 to 8"):
+        layer(x, output_size=(9, 7))
+    with pytest.raises(ValueError, match=r"output_padding must be smaller than stride=\(2, 2\)"):
+        nn.ConvTranspose2d(2, 3, 3, stride=2, output_padding=2)
+    with pytest.raises(ValueError, match=r"ConvTranspose2d\(groups=2\) is not supported"):
+        nn.ConvTranspose2d(2, 4, 3, 1, 0, 0, 2)
+    with pytest.raises(ValueError, match=r"ConvTranspose2d\(dilation=2\) is not supported"):
+        nn.ConvTranspose2d(2, 4, 3, dilation=2)
+    with pytest.raises(ValueError, match=r"padding='same'\): an int or an \(h, w\) pair"):
+        nn.ConvTranspose2d(2, 4, 3, padding="same")
+
+
+def test_unflatten():
+    from gpuconv import nn
+    u = nn.Unflatten(1, (4, -1, 2))
+    x = np.arange(48.0).reshape(2, 24)
+    y = u(x)
+    assert y.shape == (2, 4, 3, 2) and np.shares_memory(x, y)
+    assert repr(u) == "Unflatten(dim=1, unflattened_size=(4, -1, 2))"
+    np.testing.assert_array_equal(u.backward(y), x)
+    assert nn.Unflatten(-1, (3, 2))(np.ones((2, 5, 6))).shape == (2, 5, 3, 2)
+    with pytest.raises(ValueError, match=r"axis 1 of x \(shape \(2, 10\)\) has 10 values, which unflattened_size"):
+        u(np.ones((2, 10)))
+    with pytest.raises(ValueError, match=r"unflattened_size must be a tuple of sizes >= 1"):
+        nn.Unflatten(1, (-1, -1))
+    u(x)
+    with pytest.raises(ValueError, match=r"dy must have the forward output's shape \(2, 4, 3, 2\)"):
+        u.backward(np.ones((2, 24)))
+
+
+def test_a_dcgan_generator_trains_on_numpy():
+    """Linear -> Unflatten -> ConvTranspose2d -> BatchNorm2d -> ReLU -> ConvTranspose2d -> Tanh, as a
+    DCGAN generator: a few steps fitting fixed 16x16 images lower the loss, and a float64 twin's
+    gradients match numerical ones."""
+    from gpuconv import nn, optim
+
+    def generator(dtype=np.float32):
+        return nn.Sequential(nn.Linear(8, 16 * 4 * 4, seed=0), nn.Unflatten(1, (16, 4, 4)),
+                             nn.ConvTranspose2d(16, 8, 4, 2, 1, bias=False, seed=1), nn.BatchNorm2d(8), nn.ReLU(),
+                             nn.ConvTranspose2d(8, 3, 4, 2, 1, seed=2), nn.Tanh()).astype(dtype)
+
+    rng = np.random.default_rng(10)
+    z = rng.standard_normal((6, 8)).astype(np.float32)
+    target = np.tanh(rng.standard_normal((6, 3, 16, 16))).astype(np.float32)
+    net = generator()
+    opt = optim.Adam(net.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(5):
+        y = net(z)
+        assert y.shape == (6, 3, 16, 16)
+        losses.append(float(((y - target) ** 2).mean()))
+        opt.zero_grad()
+        net.backward(2 * (y - target) / y.size)
+        opt.step()
+    assert losses[-1] < 0.9 * losses[0], losses
+    net64 = generator(np.float64)
+    z64, t64 = z.astype(np.float64), target.astype(np.float64)
+    y = net64(z64)
+    net64.backward(2 * (y - t64) / y.size)
+    w = net64[2].weight
+    num = numerical_gradient_array(lambda a: float(((net64(z64) - t64) ** 2).mean()), w.data)
+    assert np.linalg.norm(w.grad - num) < 1e-6 * np.linalg.norm(num)
