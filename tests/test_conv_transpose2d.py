@@ -316,3 +316,42 @@ def test_a_dcgan_generator_trains_on_numpy():
     w = net64[2].weight
     num = numerical_gradient_array(lambda a: float(((net64(z64) - t64) ** 2).mean()), w.data)
     assert np.linalg.norm(w.grad - num) < 1e-6 * np.linalg.norm(num)
+
+
+def test_mixed_precision_casts_the_layer_and_its_forward_reads_the_packed_filters(monkeypatch):
+    """Under bf16 autocast on 'sim' the forward (a convolution's data gradient) takes the filters as
+    the cast packed them for the data gradient, with the bits of the op on the cast weights, and
+    the weight gradient lands in the float32 master's dtype."""
+    from gpuconv import amp, nn
+    from gpuconv.ops import _launch_conv2d_tc as TC
+    repacks = []
+    real = TC._repacked
+    monkeypatch.setattr(TC, "_repacked", lambda w, axes, *a: repacks.append(axes) or real(w, axes, *a))
+    rng = np.random.default_rng(11)
+    x = layout.to_channels_last(rng.standard_normal((2, 6, 3, 3)).astype(bfloat16))
+    with gpuconv.default_device("sim"):
+        layer = nn.ConvTranspose2d(6, 5, 4, 2, 1, seed=1)
+        with amp.autocast(layer, "bf16") as dt:
+            assert dt == bfloat16 and layer.weight.compute is not None
+            y = layer(x)
+            dy = rng.standard_normal(y.shape).astype(bfloat16)
+            dx = layer.backward(dy)
+        assert (1, 2, 3, 0) not in repacks  # the forward's data gradient read the cast's packing
+        want, cache = conv_transpose2d_forward(x, layer.weight.data.astype(bfloat16), layer.bias.data.astype(bfloat16),
+                                               2, 1)
+        want_dx, want_dw, _ = conv_transpose2d_backward(dy, cache)
+    assert y.dtype == bfloat16 and layout.is_channels_last(y)
+    assert y.tobytes() == np.ascontiguousarray(want).tobytes() and dx.tobytes() == want_dx.tobytes()
+    assert layer.weight.grad.dtype == np.float32
+    np.testing.assert_array_equal(layer.weight.grad, want_dw.astype(np.float32))
+
+
+def test_summary_counts_a_transposed_convolution_as_the_convolution_it_is_the_gradient_of():
+    from gpuconv import nn
+    net = nn.Sequential(nn.Linear(8, 256, seed=0), nn.Unflatten(1, (16, 4, 4)),
+                        nn.ConvTranspose2d(16, 8, 4, 2, 1, bias=False, seed=1), nn.ReLU(),
+                        nn.ConvTranspose2d(8, 3, 4, 2, 1, seed=2))
+    rows = [line.split() for line in net.summary((8,)).splitlines()[2:7]]
+    assert rows[1][1:3] == ["Unflatten", "16x4x4"]
+    assert rows[2][1:] == ["ConvTranspose2d", "8x8x8", "2,048", f"{16 * 4 * 4 * 2 * 8 * 4 * 4:,}"]
+    assert rows[4][1:] == ["ConvTranspose2d", "3x16x16", "387", f"{8 * 8 * 8 * 2 * 3 * 4 * 4 + 3 * 16 * 16:,}"]
