@@ -78,10 +78,26 @@ def test_matches_the_definition_in_every_dtype_and_layout(backend, dtype, channe
     lengths = (3 * 3 * 2 + 1, 4 * 3 * 2, 2 * 3 * 3, 2 * 6 * 7)  # generous: taps per output at most
     for name, g, e, m, length in zip(("y", "dx", "dw", "db"), got, want, mags, lengths):
         tol = reduction_tolerance(m, e, length, dtype, reference_rounded=False)
-        if name == "y" and np.dtype(dtype) in (bfloat16, float16):  # the kernels round the sum, then add the bias
+        if name == "y" and np.dtype(dtype) in (bfloat16, float16):  # the rule rounds the sum, then adds the bias
             tol = tol + unit_roundoff(dtype) * m
         ok, worst = within_tolerance(g, e, tol)
         assert ok, f"{name}: {worst:.3g} x the tolerance"
+
+
+@pytest.mark.parametrize("dtype", [bfloat16, float16])
+def test_a_low_precision_bias_is_added_to_the_rounded_sum_on_every_backend(dtype):
+    """The reference rounds y twice, as the kernels do: the windows' sum (the convolution's data
+    gradient, rounded), then that plus the bias in float32, rounded again."""
+    rng = np.random.default_rng(3)
+    x, w, b = _data(rng, 2, 6, 5, 4, 4, (3, 3), dtype)
+    b = (np.asarray(b, np.float32) * 100 + 0.3).astype(dtype)  # a bias whose sum with y rounds noticeably
+    no_bias, _ = conv_transpose2d_forward(x, w, None, 2, 1, 1)
+    y, _ = conv_transpose2d_forward(x, w, b, 2, 1, 1)
+    twice = (no_bias.astype(np.float32) + b.astype(np.float32).reshape(1, -1, 1, 1)).astype(dtype)
+    once = (direct(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64), (2, 2), (1, 1), (1, 1))
+            .astype(np.float32).astype(dtype))
+    assert np.array_equal(y.view(np.uint16), twice.view(np.uint16))
+    assert not np.array_equal(y.view(np.uint16), once.view(np.uint16))  # the data tells the rules apart
 
 
 def test_tf32_rounds_the_multiplicands(backend):

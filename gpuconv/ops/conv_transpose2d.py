@@ -23,10 +23,11 @@ larger size itself, which the convolution's floor rule allows (the kernels compu
 (nothing but the bias where OP > P, PyTorch's values either way: PyTorch defines the op the same).
 
 Precision as conv2d's (gpuconv.precision): x, w, b (and dy) share one dtype; bfloat16/float16 are
-computed in float32; TF32 applies to float32 with ``precision='tf32'``. The reference rounds y
-once; on the kernels the data gradient comes rounded to x's dtype and the bias is added to it in
-float32 and rounded again, so a bfloat16/float16 y with a bias may differ from the reference by
-one unit in the last place (a layer without bias, as before a batch norm, rounds once).
+computed in float32; TF32 applies to float32 with ``precision='tf32'``. With a bias, a
+bfloat16/float16 y is rounded twice, on every backend: the sum over the windows is rounded to x's
+dtype (the convolution's data gradient, as its kernels deliver it), then the bias is added in
+float32 and the result rounded again (as a separate bias addition after cuDNN's data gradient
+rounds in PyTorch). Without a bias (before a batch norm) y is rounded once; dx, dw, db always are.
 Layouts: y keeps x's (channels_last or NCHW), dx dy's, as every op (``_dispatch``).
 
 Cache: ``ConvTranspose2dCache(x, w, has_bias, stride, padding, output_padding)``, the caller's
@@ -144,8 +145,8 @@ def _forward_reference(x, w, b, stride, padding, output_padding, out_hw, tf32=Fa
     # pages never touched) and x as its output gradient.
     conv_input = xp.zeros((x.shape[0], w.shape[1]) + out_hw, dtype=xc.dtype)
     y, _ = _conv._backward(xc, conv_input, wc, stride, padding, True, False)
-    if b is not None:
-        y += upcast(b).reshape(1, -1, 1, 1)
+    if b is not None:  # the sum rounded first (the module's docstring), then the bias added
+        y = upcast(round_once(y, x.dtype)) + upcast(b).reshape(1, -1, 1, 1)
     return round_once(y, x.dtype), ConvTranspose2dCache(x, w, b is not None, stride, padding, output_padding)
 
 
