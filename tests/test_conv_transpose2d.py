@@ -194,6 +194,9 @@ def test_matches_torch_float64(stride, padding, output_padding, k):
     (dict(b=np.ones(3)), ValueError, r"b must have shape \(2,\), one bias per output channel"),
     (dict(w=np.ones((3, 2, 3))), ValueError, r"w must have 4 dimensions \(C_in, C_out, FH, FW"),
     (dict(w=np.ones((3, 2, 3, 3), np.float32)), TypeError, r"w has dtype float32 but x has dtype float64"),
+    (dict(x=np.ones((1, 3, 0, 2))), ValueError, r"x has an empty image: shape \(1, 3, 0, 2\) \(N, C_in, H, W\) "
+                                                r"has H=0, W=2; .* at least 1x1 \(an empty batch, N=0, is fine\)"),
+    (dict(x=np.ones((1, 3, 2, 0)), stride=2), ValueError, r"x has an empty image: .* has H=2, W=0"),
 ])
 def test_errors_name_the_problem(kwargs, err, match):
     args = dict(x=np.ones((1, 3, 2, 2)), w=np.ones((3, 2, 3, 3)), b=None)

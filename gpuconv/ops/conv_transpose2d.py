@@ -114,6 +114,10 @@ def _check_args(x, w, b, stride, padding, output_padding):
     check_rank("w", w, 4, "C_in, C_out, FH, FW: in channels, out channels, filter height, filter width (PyTorch's "
                           "ConvTranspose2d weight)")
     check_same_dtype("x", x, w=w, b=b)
+    if 0 in tuple(x.shape[2:]):  # (an empty batch is fine; an empty image has no pixel to scatter)
+        raise ValueError(f"x has an empty image: shape {tuple(x.shape)} (N, C_in, H, W) has H={x.shape[2]}, "
+                         f"W={x.shape[3]}; a transposed convolution takes images of at least 1x1 (an empty batch, "
+                         "N=0, is fine)")
     if x.shape[1] != w.shape[0]:
         raise ValueError(f"channel mismatch: x has C_in={x.shape[1]} channels (shape {tuple(x.shape)}, laid out N, C, "
                          f"H, W) but w expects C_in={w.shape[0]} (shape {tuple(w.shape)}, laid out C_in, C_out, FH, "
