@@ -931,9 +931,16 @@ class ConvTranspose2d(Layer):
     def _output_padding(self, x, output_size):
         """The output_padding that gives ``output_size`` (PyTorch's ``forward(x, output_size)``)."""
         check_array("x", x)
-        size = tuple(output_size)[-2:] if isinstance(output_size, (tuple, list)) else None
-        if size is None or len(tuple(output_size)) not in (2, 4) or not all(isinstance(v, int) for v in size):
+        if not isinstance(output_size, (tuple, list)):
             raise TypeError(f"ConvTranspose2d: output_size must be (OH, OW) or (N, C, OH, OW), got {output_size!r}")
+        if len(output_size) not in (2, 4):  # PyTorch's error for another length is a ValueError
+            raise ValueError(f"ConvTranspose2d: output_size must have 2 elements (OH, OW) or 4 (N, C, OH, OW), got "
+                             f"{len(output_size)}: {tuple(output_size)!r}")
+        size = tuple(output_size)[-2:]
+        if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in size):  # np.int64 too
+            raise TypeError(f"ConvTranspose2d: output_size must hold ints, (OH, OW) or (N, C, OH, OW), got "
+                            f"{output_size!r}{whole_float_hint(size)}")
+        size = tuple(int(v) for v in size)
         pads = []
         for axis, have, want, k, s, p in zip(("height", "width"), x.shape[2:], size, self.kernel_size, self.stride,
                                              self.padding):

@@ -285,6 +285,24 @@ def test_layer_output_size_and_errors():
         nn.ConvTranspose2d(2, 4, 3, padding="same")
 
 
+def test_layer_output_size_takes_numpy_integers_and_refuses_other_lengths_as_torch():
+    """PyTorch takes any integers (a size computed with NumPy, np.int64) and answers a length other
+    than 2 or 4 with a ValueError."""
+    from gpuconv import nn
+    layer = nn.ConvTranspose2d(2, 3, 3, stride=2, padding=1, dtype=np.float64)
+    x = np.ones((1, 2, 4, 4))
+    assert layer(x, output_size=tuple(np.array([8, 7]))).shape == (1, 3, 8, 7)
+    assert layer(x, output_size=list(np.array([1, 3, 7, 8]))).shape == (1, 3, 7, 8)
+    for size in ((5, 7, 8), (8,)):
+        with pytest.raises(ValueError, match=r"output_size must have 2 elements \(OH, OW\) or 4 \(N, C, OH, OW\), got "
+                                              f"{len(size)}"):
+            layer(x, output_size=size)
+    with pytest.raises(TypeError, match=r"output_size must hold ints.*got \(8.0, 7\); a float, as / gives"):
+        layer(x, output_size=(8.0, 7))
+    with pytest.raises(TypeError, match=r"output_size must be \(OH, OW\) or \(N, C, OH, OW\), got 8"):
+        layer(x, output_size=8)
+
+
 def test_unflatten():
     from gpuconv import nn
     u = nn.Unflatten(1, (4, -1, 2))
