@@ -383,6 +383,27 @@ def test_mixed_precision_casts_the_layer_and_its_forward_reads_the_packed_filter
     np.testing.assert_array_equal(layer.weight.grad, want_dw.astype(np.float32))
 
 
+def test_autocast_for_evaluation_packs_the_filters_the_forward_reads(monkeypatch):
+    """autocast(backward=False) (evaluation, inference) skips the data gradient's packing of a
+    Conv2d's filters, which only its backward reads; a ConvTranspose2d's forward is that data
+    gradient, so its filters are packed all the same and no forward repacks them."""
+    from gpuconv import amp, nn
+    from gpuconv.ops import _launch_conv2d_tc as TC
+    repacks = []
+    real = TC._repacked
+    monkeypatch.setattr(TC, "_repacked", lambda w, axes, *a: repacks.append(axes) or real(w, axes, *a))
+    x = np.random.default_rng(12).standard_normal((2, 6, 3, 3)).astype(bfloat16)
+    with gpuconv.default_device("sim"):
+        net = nn.Sequential(nn.ConvTranspose2d(6, 5, 4, 2, 1, seed=1), nn.Conv2d(5, 4, 3, seed=2)).eval()
+        with amp.autocast(net, "bf16", backward=False):
+            y = net(x)
+            assert TC._packed(net[1].weight.compute, (5, 3, 3, TC.padded_channels(4, bfloat16)), bfloat16) is None
+        with amp.autocast(net, "bf16"):
+            want = net(x)
+    assert (1, 2, 3, 0) not in repacks  # the transposed convolution's forward read the cast's packing
+    assert y.tobytes() == want.tobytes()
+
+
 def test_summary_counts_a_transposed_convolution_as_the_convolution_it_is_the_gradient_of():
     from gpuconv import nn
     net = nn.Sequential(nn.Linear(8, 256, seed=0), nn.Unflatten(1, (16, 4, 4)),
