@@ -46,6 +46,7 @@ from .counter_rng import check_seed
 from .graphs import REPLAYED_WAY_OUT
 from .ops._checks import check_array, check_bool, check_float, check_floor, conv_padding, whole_float_hint
 from .ops._checks import only_defaults as _only
+from .ops import conv2d_grouped
 from .ops.activations import check_negative_slope
 from .ops.scale import check_factor
 from .precision import DTYPES, bfloat16, round_once, upcast
@@ -836,7 +837,13 @@ class Conv2d(Layer):
     ``floor=False`` (the default) rejects sizes the windows do not tile, ``(H - F + 2P)/S + 1`` not
     whole (no silent cropping); ``floor=True`` takes PyTorch's rule, ``floor((H - F + 2P)/S) + 1``:
     a ResNet's stride-2 convolutions (3x3 with padding 1, or 1x1) take 32x32 to 16x16, the input
-    rows and columns no window reaches getting a zero gradient."""
+    rows and columns no window reaches getting a zero gradient.
+
+    ``dilation`` spaces the filter taps (a 3x3 filter at dilation 2 reaches 5x5 pixels, which take
+    F's place in the size rule and in 'same'); ``groups`` splits the channels into groups that see
+    only their own filters, as in PyTorch: ``groups=in_channels`` is a depthwise convolution
+    (MobileNet), ``groups=32`` a ResNeXt block's. ``weight`` is then (out_channels,
+    in_channels // groups, kh, kw), PyTorch's shape, initialized with fan_in = in_channels // groups * kh * kw."""
 
     _registers_attributes = False
     _param_names = ("weight", "bias")
@@ -845,24 +852,32 @@ class Conv2d(Layer):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=True,
                  padding_mode="zeros", device=None, dtype=None, *, floor=False, seed=None):
         super().__init__()
-        _only("Conv2d", dilation=(dilation, (1, 1)), groups=(groups, 1), padding_mode=(padding_mode, "zeros"))
+        _only("Conv2d", padding_mode=(padding_mode, "zeros"))
         self.floor = check_floor(floor)
         self.in_channels = _int("in_channels", in_channels, 1)
         self.out_channels = _int("out_channels", out_channels, 1)
         self.kernel_size = _pair("kernel_size", kernel_size, 1)
         self.stride = _pair("stride", stride, 1)
-        padding = conv_padding(padding, self.kernel_size, self.stride)
+        self.dilation = _pair("dilation", dilation, 1)
+        self.groups = _int("groups", groups, 1)
+        for name, channels in (("in_channels", self.in_channels), ("out_channels", self.out_channels)):
+            if channels % self.groups:
+                raise ValueError(f"Conv2d: groups={self.groups} must divide {name}={channels} (each group takes "
+                                 f"{name} // groups channels): choose groups among the divisors of both channel counts")
+        padding = conv_padding(padding, conv2d_grouped.extent(self.kernel_size, self.dilation), self.stride)
         self.padding = padding if isinstance(padding, str) else _pair("padding", padding, 0)  # (str: 'same', even k)
-        fan_in = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
+        fan_in = self.in_channels // self.groups * self.kernel_size[0] * self.kernel_size[1]
         rng = _layer_rng(seed)
-        w = _kaiming_uniform(rng, (self.out_channels, self.in_channels) + self.kernel_size, fan_in)
+        shape = (self.out_channels, self.in_channels // self.groups) + self.kernel_size
+        w = _kaiming_uniform(rng, shape, fan_in)
         self.weight = Parameter(_on_default_device(w), "weight")
         self.bias = Parameter(_on_default_device(_bias_uniform(rng, self.out_channels, fan_in)), "bias") if bias else None
         _factory(self, device, dtype)
 
     def forward(self, x):
         y, cache = ops.conv2d_forward(x, self.weight.value, None if self.bias is None else self.bias.value,
-                                      stride=self.stride, padding=self.padding, floor=self.floor)
+                                      stride=self.stride, padding=self.padding, floor=self.floor,
+                                      dilation=self.dilation, groups=self.groups)
         self._keep(cache)
         return y
 
@@ -879,7 +894,9 @@ class Conv2d(Layer):
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding!r}, bias={self.bias is not None}" + (", floor=True" if self.floor else ""))
+                f"padding={self.padding!r}" + (f", dilation={self.dilation}" if self.dilation != (1, 1) else "")
+                + (f", groups={self.groups}" if self.groups != 1 else "")
+                + f", bias={self.bias is not None}" + (", floor=True" if self.floor else ""))
 
 
 class ConvTranspose2d(Layer):

@@ -3,13 +3,13 @@
 The shapes come from one forward pass of a zero image in eval mode, in the parameters' dtype
 (nothing is trained, no state changes: every layer's mode and training cache are as they were
 after it). FLOPs count a multiply-add as two: a convolution 2 * C_in * k_h * k_w per output
-element (plus one per element for its bias), a transposed convolution 2 * C_out * k_h * k_w per
-input element (the count of the convolution whose input gradient it is; plus one per output
-element for its bias), a linear layer 2 * in_features per output, batch norm in eval mode 2 per
-element (a scale and a shift), pooling one comparison or addition per window element, ReLU,
-LeakyReLU and Scale one per element, a residual addition one per element; reshaping layers,
-dropout, a concatenation (a copy) and the smooth activations (GELU, SiLU, Sigmoid, Tanh: an erf,
-exp or tanh, no multiply-add) count none.
+element (C_in // groups of a grouped one; plus one per element for its bias), a transposed
+convolution 2 * C_out * k_h * k_w per input element (the count of the convolution whose input
+gradient it is; plus one per output element for its bias), a linear layer 2 * in_features per
+output, batch norm in eval mode 2 per element (a scale and a shift), pooling one comparison or
+addition per window element, ReLU, LeakyReLU and Scale one per element, a residual addition one
+per element; reshaping layers, dropout, a concatenation (a copy) and the smooth activations (GELU,
+SiLU, Sigmoid, Tanh: an erf, exp or tanh, no multiply-add) count none.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def _flops(layer, x, y) -> int:
     from . import layers as L
     out = int(np.prod(y.shape[1:]))
     if isinstance(layer, L.Conv2d):
-        per = 2 * layer.in_channels * layer.kernel_size[0] * layer.kernel_size[1]
+        per = 2 * layer.in_channels // layer.groups * layer.kernel_size[0] * layer.kernel_size[1]
         return out * (per + (layer.bias is not None))
     if isinstance(layer, L.ConvTranspose2d):
         per = 2 * layer.out_channels * layer.kernel_size[0] * layer.kernel_size[1]

@@ -63,7 +63,8 @@ def test_alexnet_first_layer_227_to_55(backend):
 def test_cache_repr_shows_shapes_not_values():
     _, cache = conv2d_forward(np.ones((2, 3, 8, 8), np.float32), np.ones((4, 3, 3, 3), np.float32), padding=1)
     assert repr(cache) == ("Conv2dCache(x=array(shape=(2, 3, 8, 8), dtype=float32), w=array(shape=(4, 3, 3, 3), "
-                           "dtype=float32), has_bias=False, stride=(1, 1), padding=(1, 1), crop=None)")
+                           "dtype=float32), has_bias=False, stride=(1, 1), padding=(1, 1), crop=None, dilation=(1, 1), "
+                           "groups=1)")
 
 
 def test_hand_worked_numbers(backend):

@@ -1,37 +1,33 @@
 """2-D convolution (cross-correlation, as in PyTorch and CS231n): NCHW input, (K, C, FH, FW) weights.
 
 The reference path is im2col + BLAS. A strided *view* of the padded input exposes every
-receptive field as ``(N, C, FH, FW, OH, OW)`` without copying; one copy of that view per batch
-chunk gives the column matrix, laid out (C*FH*FW, chunk*OH*OW) so that each direction is ONE
-GEMM per chunk: the forward ``W2 @ cols``, the weight gradient ``dy @ cols^T`` (or its
-transpose, whichever puts the longer side first), the column gradient ``W2^T @ dy``. The batch
-is cut into chunks so the column buffer stays near ``_COL_BYTES``: a full CIFAR batch (128 x 64ch
-x 3x3 x 32x32) would otherwise need 300 MB, and the chunked loop is also faster because the
-columns are still in cache when the GEMM reads them. Backward recomputes the columns from the
-cached input instead of keeping them (memory over a cheap copy). The input gradient is either
-the column gradient scattered back (one strided add per filter tap, never a loop over pixels)
-or, for stride 1 with no more filters than channels, a "full" convolution of dy with the
-flipped filters (im2col of dy and one more GEMM), whichever moves fewer bytes.
+receptive field as ``(N, C, FH, FW, OH, OW)`` without copying; one copy of it per batch chunk gives
+the column matrix (C*FH*FW, chunk*OH*OW), so each direction is ONE GEMM per chunk: the forward
+``W2 @ cols``, the weight gradient ``dy @ cols^T`` (or its transpose, whichever puts the longer
+side first), the column gradient ``W2^T @ dy``. Chunks keep the columns near ``_COL_BYTES`` (a
+CIFAR batch, 128 x 64ch x 3x3 x 32x32, would need 300 MB; and the GEMM then reads them from
+cache). Backward recomputes the columns from the cached input. The input gradient is the column
+gradient scattered back (one strided add per filter tap) or, for stride 1 with no more filters
+than channels, a "full" convolution of dy with the flipped filters (one more GEMM), whichever
+moves fewer bytes.
 
 Precision (gpuconv.precision): x, w, b (and dy) share one dtype. bfloat16/float16 operands are
 upcast to float32, the float32 reference below runs, and y, dx, dw, db are rounded once to the
 inputs' dtype. In TF32 mode (``precision="tf32"``, or the current setting when None) float32 x, w
 and dy are rounded to TF32 before the GEMMs; the bias and its gradient, sums, are not.
 
-Cache (shared with the kernel launchers, see ``_dispatch``):
-``Conv2dCache(x, w, has_bias, stride, padding, crop)`` with ``stride`` and ``padding`` as (h, w) pairs;
-x and w are the caller's arrays, in their own dtype, and ``crop`` is None; except for
-``padding='same'`` with an even filter size, whose zeros differ from one side to the other (one
-more after than before, as in PyTorch): the op pads x itself (a copy, in x's layout), convolves
-that with padding 0, and keeps the padded x, with ``crop = ((top, bottom), (left, right))`` the
-zeros it added, which the backward crops off dx.
+Cache (shared with the kernel launchers, see ``_dispatch``): ``Conv2dCache(x, w, has_bias, stride,
+padding, crop, dilation, groups)`` with ``stride``, ``padding``, ``dilation`` as (h, w) pairs; x
+and w are the caller's arrays, in their own dtype, and ``crop`` is None; except for
+``padding='same'`` with an even filter extent (one more zero after than before, as in PyTorch):
+the op pads x itself (a copy, in x's layout), convolves that with padding 0, and keeps the padded
+x, with ``crop = ((top, bottom), (left, right))`` the zeros it added, which the backward crops off
+dx. ``groups`` > 1 or ``dilation`` > 1 run in conv2d_grouped.py (its reference; kernels/conv2d_grouped.cu).
 
-Output sizes: the op checks the exact rule, or PyTorch's floor with ``floor=True``, once, at its
-entry; past that check the floor rule gives the size either way (on whole sizes the two agree),
-so the reference, the launchers and the backward compute it alone.
+Output sizes: the op checks the exact rule (or the floor, ``floor=True``) once, at its entry; past
+it the floor rule gives the size (on whole sizes the two agree) to the reference, launchers, backward.
 """
 from __future__ import annotations
-
 
 import numpy as np
 
@@ -40,12 +36,12 @@ from ..backend import get_array_module
 from ..precision import channel_sum, multiplicands, round_once, upcast, use_tf32
 from . import _dispatch
 from ._checks import (cache_type, cached, check_bias, check_bool, check_cache, check_float, check_floor, check_rank,
-                      check_same_dtype, conv_padding, only_defaults, output_hw, pair, same_padding_sides,
-                      torch_positions)
+                      check_same_dtype, conv_padding, output_hw, pair, same_padding_sides, torch_positions)
 
 
 # printed without its arrays' values; crop: see the module's docstring
-Conv2dCache = cache_type("Conv2dCache", "x w has_bias stride padding crop", __name__, defaults=(None,))
+Conv2dCache = cache_type("Conv2dCache", "x w has_bias stride padding crop dilation groups", __name__,
+                         defaults=(None, (1, 1), 1))
 
 
 # Bytes of column matrix per chunk. Measured on a 2-core EPYC (CIFAR 64->128ch 3x3): 4 MB runs the
@@ -58,25 +54,25 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, precision=None, floor=Fals
 
     ``stride`` and ``padding`` are an int or an (h, w) pair, ``padding`` also, as in PyTorch and
     :class:`gpuconv.layers.Conv2d`, 'valid' (0) or 'same' (stride 1: the output keeps x's size, with
-    F - 1 zeros along each axis, (F - 1) // 2 before and the rest after, as in PyTorch); sizes must satisfy
-    ``(W - F + 2P)/S + 1`` a whole number >= 1 along both axes, or with ``floor=True`` PyTorch's
-    rule, ``floor((W - F + 2P)/S) + 1`` (a stride-2 3x3 convolution with padding 1 takes 32x32 to
-    16x16; the input rows and columns no window reaches get a zero gradient). ``precision``
-    'fp32' or 'tf32' applies to float32 arrays (None: ``gpuconv.get_precision()``). ``dilation``
-    and ``groups``, F.conv2d's keywords, are taken at 1 only, as by Conv2d."""
+    E - 1 zeros along each axis, (E - 1) // 2 before and the rest after, as in PyTorch); sizes must satisfy
+    ``(W - E + 2P)/S + 1`` a whole number >= 1 along both axes, or with ``floor=True`` PyTorch's
+    rule, ``floor((W - E + 2P)/S) + 1`` (a stride-2 3x3 convolution with padding 1 takes 32x32 to
+    16x16; the input rows and columns no window reaches get a zero gradient); E = D*(F - 1) + 1, the
+    extent of a filter at ``dilation`` D. ``groups`` G: filter k sees the C/G channels of its group
+    (w is (K, C/G, FH, FW); G divides C and K; G = C: depthwise), as in F.conv2d. ``precision``
+    'fp32' or 'tf32' applies to float32 arrays (None: ``gpuconv.get_precision()``)."""
     if not (precision is None or type(precision) is str) or type(floor) is not bool:  # (F.conv2d's order?)
         torch_positions("conv2d_forward", "F.conv2d", precision=(precision, "dilation", 1), floor=(floor, "groups", 1))
-    if not (type(dilation) is int and dilation == 1 and type(groups) is int and groups == 1):
-        only_defaults("conv2d_forward", dilation=(dilation, (1, 1)), groups=(groups, 1))
-    stride, padding = _check_conv_args(x, w, b, stride, padding, floor)
+    dilation, groups = conv2d_grouped.check_dilation_groups(dilation, groups)
+    stride, padding = _check_conv_args(x, w, b, stride, padding, floor, dilation, groups)
     tf32 = use_tf32(precision, x.dtype)
     target = backend.kernel_target(x, w, b, names=("x", "w", "b"))
-    if isinstance(padding, str):  # 'same', an even filter size: more zeros after than before (not the kernels' rule)
-        crop = same_padding_sides(w.shape[2:])
-        y, cache = _dispatch.call("conv2d_forward", target, _conv2d_forward_reference, layout.pad_zeros(x, crop), w, b,
-                                  stride, (0, 0), tf32)
+    op, ref, more = conv2d_grouped.route("forward", dilation, groups, _conv2d_forward_reference)
+    if isinstance(padding, str):  # 'same', an even extent: more zeros after than before (not the kernels' rule)
+        crop = same_padding_sides(conv2d_grouped.extent(w.shape[2:], dilation))
+        y, cache = _dispatch.call(op, target, ref, layout.pad_zeros(x, crop), w, b, stride, (0, 0), tf32, *more)
         return y, cache._replace(crop=crop)
-    return _dispatch.call("conv2d_forward", target, _conv2d_forward_reference, x, w, b, stride, padding, tf32)
+    return _dispatch.call(op, target, ref, x, w, b, stride, padding, tf32, *more)
 
 
 def conv2d_backward(dy, cache, need_dx=True, precision=None, need_dw=True, dw_dtype=None):
@@ -95,7 +91,7 @@ def conv2d_backward(dy, cache, need_dx=True, precision=None, need_dw=True, dw_dt
     x, w = cache.x, cache.w
     check_float("dy", dy)
     check_rank("dy", dy, 4, "NKHW")
-    oh, ow = output_hw(x.shape, w.shape[2:], cache.stride, cache.padding, floor=True)
+    oh, ow = output_hw(x.shape, conv2d_grouped.extent(w.shape[2:], cache.dilation), cache.stride, cache.padding, True)
     expected = (x.shape[0], w.shape[0], oh, ow)
     if tuple(dy.shape) != expected:
         raise ValueError(f"dy must have the forward output's shape {expected}, got {tuple(dy.shape)}")
@@ -107,39 +103,30 @@ def conv2d_backward(dy, cache, need_dx=True, precision=None, need_dw=True, dw_dt
         if dw_dtype not in (w.dtype, np.float32, np.float64) or dw_dtype.itemsize < w.dtype.itemsize:
             raise ValueError(f"dw_dtype={dw_dtype}: the weight gradient is delivered in w's dtype ({w.dtype}) or "
                              "widened to float32/float64, never narrowed")
-    dx, dw, db = _dispatch.call("conv2d_backward", target, _conv2d_backward_reference, dy, cache, bool(need_dx),
-                                tf32, bool(need_dw), dw_dtype)
+    op, ref, _ = conv2d_grouped.route("backward", cache.dilation, cache.groups, _conv2d_backward_reference)
+    dx, dw, db = _dispatch.call(op, target, ref, dy, cache, bool(need_dx), tf32, bool(need_dw), dw_dtype)
     if cache.crop is not None and dx is not None:  # the gradient of the zeros the forward added goes nowhere
         dx = layout.crop(dx, cache.crop)
     return dx, dw, db
 
 
-def _check_conv_args(x, w, b, stride, padding, floor=False):
+def _check_conv_args(x, w, b, stride, padding, floor=False, dilation=(1, 1), groups=1):
     floor = check_floor(floor)
     check_float("x", x)
     check_float("w", w)
     check_rank("x", x, 4, "N, C, H, W")
-    check_rank("w", w, 4, "K, C, FH, FW: out channels, in channels, filter height, filter width")
+    check_rank("w", w, 4, "K, C, FH, FW: out channels, in channels (per group), filter height, filter width")
     check_same_dtype("x", x, w=w, b=b)
-    if x.shape[1] != w.shape[1]:
-        fix = (f"x looks laid out N, H, W, C (its last axis holds the {w.shape[1]} channels w expects): pass it as "
-               "N, C, H, W: x.transpose(0, 3, 1, 2), a view that keeps its NHWC memory (channels_last)"
-               if x.shape[3] == w.shape[1] else "make w.shape[1] equal x.shape[1]")
-        raise ValueError(f"channel mismatch: x has C={x.shape[1]} channels (shape {tuple(x.shape)}, laid out N, C, H, "
-                         f"W) but w expects C={w.shape[1]} (shape {tuple(w.shape)}, laid out K, C, FH, FW); {fix}")
+    conv2d_grouped.check_weight(x, w, groups)
     check_bias(b, w, "filter")
-    if min(w.shape[2:]) < 1:
-        raise ValueError(f"w has an empty filter: shape {tuple(w.shape)} (K, C, FH, FW) has FH={w.shape[2]}, "
-                         f"FW={w.shape[3]}; a filter is at least 1x1")
-    stride = pair("stride", stride, minimum=1)
-    padding = conv_padding(padding, w.shape[2:], stride)
-    if isinstance(padding, str):  # 'same', an even filter size: checked as it runs, x padded with padding 0
-        (top, bottom), (left, right) = same_padding_sides(w.shape[2:])
-        padded = x.shape[:2] + (x.shape[2] + top + bottom, x.shape[3] + left + right)
-        output_hw(padded, w.shape[2:], stride, (0, 0), floor)
+    stride, extent = pair("stride", stride, minimum=1), conv2d_grouped.extent(w.shape[2:], dilation)
+    padding = conv_padding(padding, extent, stride)
+    if isinstance(padding, str):  # 'same', an even extent: checked as it runs, x padded with padding 0
+        (top, bottom), (left, right) = same_padding_sides(extent)
+        output_hw(x.shape[:2] + (x.shape[2] + top + bottom, x.shape[3] + left + right), extent, stride, (0, 0), floor)
         return stride, padding
     padding = pair("padding", padding, minimum=0)
-    output_hw(x.shape, w.shape[2:], stride, padding, floor)
+    output_hw(x.shape, extent, stride, padding, floor)
     return stride, padding
 
 
@@ -152,11 +139,11 @@ def _padded(xp, x, padding):
     return out
 
 
-def _windows(xp, xpad, fh, fw, oh, ow, stride):
-    """(N, C, FH, FW, OH, OW) view: element [n, c, i, j, p, q] = xpad[n, c, p*sh + i, q*sw + j]."""
+def _windows(xp, xpad, fh, fw, oh, ow, stride, dilation=(1, 1)):
+    """(N, C, FH, FW, OH, OW) view: element [n, c, i, j, p, q] = xpad[n, c, p*sh + i*dh, q*sw + j*dw]."""
     sn, sc, sh, sw = xpad.strides
     shape = xpad.shape[:2] + (fh, fw, oh, ow)
-    strides = (sn, sc, sh, sw, sh * stride[0], sw * stride[1])
+    strides = (sn, sc, sh * dilation[0], sw * dilation[1], sh * stride[0], sw * stride[1])
     return xp.lib.stride_tricks.as_strided(xpad, shape=shape, strides=strides)
 
 
@@ -288,10 +275,11 @@ def _dx_full(xp, dy, wf, filt, padding, out):
     out[...] = xp.matmul(wf, dcols).reshape(wf.shape[0], m, h, wd).transpose(1, 0, 2, 3)
 
 
-def _dx_scatter(xp, dcols, shape, stride, padding, out):
-    """col2im: add the column gradient (C*FH*FW, m*OH*OW) back onto the input's pixels, into out."""
+def _dx_scatter(xp, dcols, shape, stride, padding, out, dilation=(1, 1)):
+    """col2im: add the column gradient (C*FH*FW, m*OH*OW) back onto the input's pixels, into out
+    (``dilation``: the taps' spacing)."""
     c, fh, fw, m, oh, ow = shape
-    (sh, sw), (ph, pw) = stride, padding
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
     h, wd = out.shape[2:]
     dcols = dcols.reshape(shape)
     # The padded gradient is laid out (C, m, H, W) like dcols, so every tap adds matching blocks
@@ -301,9 +289,11 @@ def _dx_scatter(xp, dcols, shape, stride, padding, out):
     # strided += is a correct scatter-add even for overlapping windows.
     for i in range(fh):
         for j in range(fw):
-            dxpad[:, :, i:i + sh * oh:sh, j:j + sw * ow:sw] += dcols[:, i, j]
+            dxpad[:, :, i * dh:i * dh + sh * oh:sh, j * dw:j * dw + sw * ow:sw] += dcols[:, i, j]
     out[...] = dxpad[:, :, ph:ph + h, pw:pw + wd].transpose(1, 0, 2, 3)
 
 
-# This op's CUDA kernel launchers, for the 'cuda' and 'sim' targets; last, as they import the names above.
+# This op's CUDA kernel launchers, for the 'cuda' and 'sim' targets, and the grouped/dilated path; last,
+# as they import the names above.
 from . import _launch_conv2d  # noqa: E402,F401  (registration)
+from . import conv2d_grouped  # noqa: E402
