@@ -99,11 +99,16 @@ def _forward(x, w, b, stride, padding, dilation, groups):
     win = _windows(xp, _padded(xp, x, padding), fh, fw, oh, ow, stride, dilation)
     w3 = w.reshape(groups, k // groups, cff)
     y = xp.empty((n, k, length), dtype=x.dtype)
+    # One column buffer and one GEMM-output buffer for every chunk, as conv2d.py's (no page faults
+    # of a fresh multi-MB array per chunk: a depthwise 144ch@32 batch-128 forward 1.0 s -> 0.4 s).
+    step = next(_chunks(n, c * fh * fw * length * x.itemsize))[1]
+    col_buf, out_buf = xp.empty(c * fh * fw * step * length, x.dtype), xp.empty(k * step * length, x.dtype)
     for lo, hi in _chunks(n, c * fh * fw * length * x.itemsize):
         m = hi - lo
-        cols = xp.empty((c, fh, fw, m, oh, ow), dtype=x.dtype)
+        cols = col_buf[:c * fh * fw * m * length].reshape(c, fh, fw, m, oh, ow)
         cols[...] = win[lo:hi].transpose(1, 2, 3, 0, 4, 5)  # the one copy of im2col; C = (G, C/G) outermost
-        yk = xp.matmul(w3, cols.reshape(groups, cff, m * length))  # (G, K/G, m*OH*OW): one batched GEMM
+        yk = xp.matmul(w3, cols.reshape(groups, cff, m * length),  # (G, K/G, m*OH*OW): one batched GEMM
+                       out=out_buf[:k * m * length].reshape(groups, k // groups, m * length))
         yk = yk.reshape(k, m, length).transpose(1, 0, 2)
         if b is None:
             y[lo:hi] = yk
@@ -138,13 +143,26 @@ def _backward(dy, x, w, stride, padding, dilation, groups, need_dx, need_dw):
         return dx, None if dw3 is None else dw3.reshape(w.shape)
     cff, length = cg * fh * fw, oh * ow
     win = _windows(xp, _padded(xp, x, padding), fh, fw, oh, ow, stride, dilation)
+    # Stride 1 (padding at most the extent - 1): dx is the "full" grouped convolution of dy with the
+    # flipped filters, filter c taking its group's K/G gradients, one forward (depthwise 144ch@32,
+    # batch 128: 0.2 s against 0.7 s of the column gradient's scatter).
+    full = need_dx and stride == (1, 1) and all(p <= d * (f - 1) for p, d, f in zip(padding, dilation, (fh, fw)))
+    if full:
+        wf = w.reshape(groups, k // groups, cg, fh, fw)[..., ::-1, ::-1].transpose(0, 2, 1, 3, 4)
+        pads = (dilation[0] * (fh - 1) - padding[0], dilation[1] * (fw - 1) - padding[1])
+        dx[...] = _forward(dy, wf.reshape(c, k // groups, fh, fw), None, (1, 1), pads, dilation, groups)
     wt = w.reshape(groups, k // groups, cff).transpose(0, 2, 1)
+    step = next(_chunks(n, c * fh * fw * length * x.itemsize))[1]
+    col_buf = xp.empty(c * fh * fw * step * length, x.dtype) if need_dw else None
     for lo, hi in _chunks(n, c * fh * fw * length * x.itemsize):
         m = hi - lo
         dy_g = dy[lo:hi].reshape(m, k, length).transpose(1, 0, 2).reshape(groups, k // groups, m * length)
         if need_dw:
-            cols = win[lo:hi].transpose(1, 2, 3, 0, 4, 5).reshape(groups, cff, m * length)
+            cols = col_buf[:c * fh * fw * m * length].reshape(c, fh, fw, m, oh, ow)
+            cols[...] = win[lo:hi].transpose(1, 2, 3, 0, 4, 5)
+            cols = cols.reshape(groups, cff, m * length)
             dw3 += xp.matmul(dy_g, cols.transpose(0, 2, 1))  # (G, K/G, C/G*FH*FW), summed over the chunks
-        if need_dx:
-            _dx_scatter(xp, xp.matmul(wt, dy_g), (c, fh, fw, m, oh, ow), stride, padding, dx[lo:hi], dilation)
+        if need_dx and not full:  # (an inner dimension of 1, depthwise's K/G: NumPy's matmul is 6x slower there than einsum)
+            dcols = xp.einsum("grk,gkl->grl", wt, dy_g) if k == groups else xp.matmul(wt, dy_g)
+            _dx_scatter(xp, dcols, (c, fh, fw, m, oh, ow), stride, padding, dx[lo:hi], dilation)
     return dx, None if dw3 is None else dw3.reshape(w.shape)
