@@ -36,6 +36,7 @@ from gpuconv.data import crop_flip, cutout, normalize  # noqa: E402
 from gpuconv.data._launch_augment import augment_batch_kernel  # noqa: E402
 from gpuconv.ops import _launch_batchnorm as LB  # noqa: E402
 from gpuconv.ops import _launch_conv2d as LC  # noqa: E402
+from gpuconv.ops import _launch_conv2d_grouped as LCG  # noqa: E402
 from gpuconv.ops import _launch_dropout as LD  # noqa: E402
 from gpuconv.ops import _launch_adaptive_pool2d as LAP  # noqa: E402
 from gpuconv.ops import _launch_lp_pool2d as LPL  # noqa: E402
@@ -48,6 +49,7 @@ from gpuconv.ops import gelu as G  # noqa: E402
 from gpuconv.ops._launch_gemm_tc import gemm_reference, gemm_tc  # noqa: E402
 from gpuconv.ops import batchnorm as BN  # noqa: E402
 from gpuconv.ops import conv2d as C  # noqa: E402
+from gpuconv.ops import conv2d_grouped as CG  # noqa: E402
 from gpuconv.ops import dropout as D  # noqa: E402
 from gpuconv.ops import adaptive_pool2d as AP  # noqa: E402
 from gpuconv.ops import lp_pool2d as LPP  # noqa: E402
@@ -121,6 +123,34 @@ def conv(run, rng):
             run.close(f"{tag} dx", dx, rdx)
             run.close(f"{tag} dw", dw, rdw)
             run.close(f"{tag} db", db, rdb)
+
+
+def conv_grouped(run, rng):
+    """The grouped/dilated convolution (kernels/conv2d_grouped.cu): depthwise with a stride and a
+    channel multiplier, ResNeXt-like groups, dilation with and without groups, both layouts,
+    float32 and bfloat16, the weight gradient in several splits (a partial last one)."""
+    import ml_dtypes
+    LCG.MIN_SPLIT_CHUNK = 4
+    for xs, ws, stride, pad, dil, groups in [((2, 6, 7, 6), (12, 1, 3, 3), (2, 2), (1, 1), (1, 1), 6),
+                                             ((1, 64, 3, 3), (32, 4, 3, 3), (1, 1), (1, 1), (1, 1), 16),
+                                             ((2, 4, 9, 8), (6, 2, 3, 2), (1, 2), (2, 0), (2, 3), 2),
+                                             ((1, 3, 5, 5), (4, 3, 3, 3), (1, 1), (3, 3), (3, 3), 1)]:
+        for dtype, tol in ((np.float32, 2e-4), (ml_dtypes.bfloat16, 2e-2)):
+            x, w = rng.standard_normal(xs).astype(dtype), rng.standard_normal(ws).astype(dtype)
+            b = rng.standard_normal(ws[0]).astype(dtype)
+            ry, rc = CG.conv2d_grouped_forward_reference(x, w, b, stride, pad, False, dil, groups)
+            dy = rng.standard_normal(ry.shape).astype(dtype)
+            rdx, rdw, rdb = CG.conv2d_grouped_backward_reference(dy, rc)
+            for cl in (False, True):
+                X, W, Bb, DY = (run.dev(a) for a in (x, w, b, dy))
+                if cl:
+                    X, DY = gpuconv.to_channels_last(X), gpuconv.to_channels_last(DY)
+                y, cache = LCG.conv2d_grouped_forward_kernel(X, W, Bb, stride, pad, False, dil, groups,
+                                                             target=run.target)
+                dx, dw, db = LCG.conv2d_grouped_backward_kernel(DY, cache, target=run.target)
+                tag = f"conv2d_grouped {xs}*{ws} s{stride} d{dil} g{groups} {np.dtype(dtype).name}" + (" nhwc" * cl)
+                for what, got, want in (("y", y, ry), ("dx", dx, rdx), ("dw", dw, rdw), ("db", db, rdb)):
+                    run.close(f"{tag} {what}", B.asnumpy(got).astype(np.float64), want.astype(np.float64), tol)
 
 
 def gemm(run, rng):
@@ -603,7 +633,7 @@ def stream_hold(run, rng):
     run.add("stream_hold: released at once, no time-out", int(timed_out[0]) == 0)
 
 
-FAMILIES = (conv, conv_tc, gemm, pool, relu, gelu, activations, scale, loss, optim, amp_cast, dropout, augment,
+FAMILIES = (conv, conv_grouped, conv_tc, gemm, pool, relu, gelu, activations, scale, loss, optim, amp_cast, dropout, augment,
             batchnorm, stream_hold)
 
 

@@ -95,8 +95,8 @@ from . import backend  # attribute access at call time: tests fake CuPy by patch
 from . import layout, precision
 from .ops._checks import check_bool
 
-KERNEL_FILES = ("conv2d", "conv2d_tc", "pool2d", "relu", "gelu", "activations", "dropout", "augment", "stream_hold",
-                "gemm_tc", "batchnorm", "optim", "loss", "amp", "scale")
+KERNEL_FILES = ("conv2d", "conv2d_grouped", "conv2d_tc", "pool2d", "relu", "gelu", "activations", "dropout", "augment",
+                "stream_hold", "gemm_tc", "batchnorm", "optim", "loss", "amp", "scale")
 # The headers a file's translation unit gets after common.cuh, in order (see build_source).
 _TC_HEADERS = ("mma.cuh", "wgmma.cuh", "tc_tile.cuh")
 UNIT_HEADERS = {"gemm_tc": _TC_HEADERS, "conv2d_tc": _TC_HEADERS, "relu": ("activation.cuh",),
@@ -107,7 +107,7 @@ COMMON = "common.cuh"
 ARCH_SPECIFIC = ("conv2d_tc",)
 # Files launched in float32's TF32 build (tensor-core operands rounded to TF32) besides their
 # builds per dtype.
-TF32_FILES = ("conv2d", "conv2d_tc", "gemm_tc")
+TF32_FILES = ("conv2d", "conv2d_grouped", "conv2d_tc", "gemm_tc")
 # The only options any kernel is compiled with, on the GPU and in nvrtc_check alike. IEEE float
 # semantics on purpose: -ftz=false keeps subnormals (max/ReLU/pooling must match NumPy bit for
 # bit, 1e-45 included; CuPy's own RawModule compile would append -ftz=true), and division and

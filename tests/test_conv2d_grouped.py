@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import gpuconv
-from gpuconv import layout
+from gpuconv import kernels, layout
 from gpuconv.gradcheck import numerical_gradient_array, relative_error
 from gpuconv.layers import Conv2d, Sequential
 from gpuconv.ops import conv2d_backward, conv2d_forward
@@ -261,3 +261,49 @@ def test_layer_float64_gradients_and_channels_last(backend):
     yl = conv(layout.to_channels_last(backend.asarray(x)))
     assert layout.is_channels_last(yl)
     np.testing.assert_allclose(backend.asnumpy(yl), ref[0], rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------- the kernels (kernels/conv2d_grouped.cu)
+def test_grouped_convolutions_launch_their_kernels_and_plain_ones_do_not(launches):
+    """groups/dilation run conv2d_grouped.cu (the bias gradient and the splits' sum are conv2d.cu's);
+    groups == 1 and dilation == 1 launch exactly conv2d.cu's kernels, as before."""
+    from gpuconv.ops import _launch_conv2d_grouped as LG
+    x, w, b, kw = make("dilated_g2_s2", np.float32)
+    with gpuconv.default_device("sim"):
+        y, cache = conv2d_forward(x, w, b, **kw)
+        conv2d_backward(np.ones(y.shape, np.float32), cache)
+        assert launches.names == ["conv2d_grouped_forward", "conv2d_grouped_backward_data",
+                                  "conv2d_grouped_backward_weight", "conv2d_backward_bias"]
+        assert all(r[2] == (LG.BLOCK, 1, 1) == (kernels.BLOCK, 1, 1) for r in launches)  # GPUCONV_BLOCK threads
+        launches.clear()
+        y, cache = conv2d_forward(x, np.ones((4, 4, 3, 3), np.float32), b, padding=1)
+        conv2d_backward(np.ones(y.shape, np.float32), cache)
+        assert not any("grouped" in n for n in launches.names) and launches.names[0].startswith("conv2d_forward_")
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype", [np.float32, ml_dtypes.bfloat16], ids=["f32", "bf16"])
+def test_kernels_agree_in_both_fiber_orders_with_several_splits(monkeypatch, launches, dtype, channels_last):
+    """Reversed thread order gives the same bits (no thread reads what another writes), the weight
+    gradient in several splits added up in order by conv2d_reduce_splits, and equal to the reference."""
+    from gpuconv.ops import _launch_conv2d_grouped as LG
+    monkeypatch.setattr(LG, "MIN_SPLIT_CHUNK", 4)
+    x, w, b, kw = make("dilated_g2_s2", dtype, seed=13)
+    if channels_last:
+        x = layout.to_channels_last(x)
+    dy = np.random.default_rng(14).standard_normal(direct(x, w, None, **kw).shape).astype(dtype)
+    outs = []
+    for order in ("forward", "reverse"):
+        launches.clear()
+        with kernels.sim_schedule(order), gpuconv.default_device("sim"):
+            y, cache = conv2d_forward(x, w, b, **kw)
+            outs.append((y,) + conv2d_backward(dy, cache))
+        assert "conv2d_reduce_splits" in launches.names
+    weight = [r for r in launches if r[0] == "conv2d_grouped_backward_weight"][0]
+    assert weight[1][0] * weight[2][0] >= 2 * w.size  # several splits' threads
+    for a, r in zip(*outs):
+        np.testing.assert_array_equal(a, r)
+    ref = _reference(x, w, b, kw, dy)
+    rtol = 1e-5 if dtype == np.float32 else 1e-2
+    for a, r in zip(outs[0], ref):
+        np.testing.assert_allclose(_f64(a), _f64(r), rtol=rtol, atol=rtol * 10)

@@ -40,6 +40,7 @@ ENTRIES = {
                "conv2d_backward_weight_v1", "conv2d_backward_weight_v2", "conv2d_backward_weight_v3",
                "conv2d_reduce_splits",
                "conv2d_backward_bias"],
+    "conv2d_grouped": ["conv2d_grouped_forward", "conv2d_grouped_backward_data", "conv2d_grouped_backward_weight"],
     "conv2d_tc": ["conv2d_forward_tc", "conv2d_backward_data_tc", "conv2d_backward_weight_tc",
                   "conv2d_forward_tc128", "conv2d_backward_data_tc128", "conv2d_backward_weight_tc128",
                   "conv2d_forward_tc128w", "conv2d_backward_data_tc128w", "conv2d_backward_weight_tc128w",

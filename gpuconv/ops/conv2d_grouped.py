@@ -166,3 +166,7 @@ def _backward(dy, x, w, stride, padding, dilation, groups, need_dx, need_dw):
             dcols = xp.einsum("grk,gkl->grl", wt, dy_g) if k == groups else xp.matmul(wt, dy_g)
             _dx_scatter(xp, dcols, (c, fh, fw, m, oh, ow), stride, padding, dx[lo:hi], dilation)
     return dx, None if dw3 is None else dw3.reshape(w.shape)
+
+
+# The kernel launchers, for the 'cuda' and 'sim' targets; last, as they import the names above.
+from . import _launch_conv2d_grouped  # noqa: E402,F401  (registration)
