@@ -179,6 +179,25 @@ def test_ops_validation_failure_stops_before_timing(monkeypatch, capsys):
     assert "validation failed; nothing timed" in err and "relu forward (1, 32, 32)" in err
 
 
+def test_grouped_conv_bench_validates_every_layer_and_direction_and_can_fail(tmp_path, monkeypatch, capsys):
+    """bench_conv2d_grouped on the simulator: every tiny layer, precision and direction checked
+    against the float64 reference, the record saved; a wrong kernel result stops it before timing."""
+    bench = load("bench_conv2d_grouped")
+    monkeypatch.setenv("GPUCONV_BENCH_RESULTS", str(tmp_path))
+    assert bench.main(["--device", "sim", "--tiny", "--save"]) == 0
+    rec = json.loads(next(tmp_path.glob("*bench_conv2d_grouped.json")).read_text())
+    checks = rec["validation"]["checks"]
+    assert rec["validation"]["passed"] and len(checks) == len(bench.TINY_LAYERS) * len(bench.PRECISIONS) * 3
+    assert {(r["layer"], r["precision"], r["direction"]) for r in rec["results"]} == {
+        (layer[0], p, d) for layer in bench.TINY_LAYERS for p in bench.PRECISIONS for d in bench.DIRECTIONS}
+    assert all({"ms", "gbs", "tflops", "torch_ms", "vs_cudnn", "bytes", "flop"} <= set(r) for r in rec["results"])
+    assert {r["groups"] for r in rec["results"]} >= {1, 4, 8} and {r["dilation"] for r in rec["results"]} == {1, 2}
+    real = bench.calls
+    monkeypatch.setattr(bench, "calls", lambda *a: {**real(*a), "backward_weight": lambda: real(*a)["forward"]()})
+    assert bench.main(["--device", "sim", "--tiny"]) == 1
+    assert "validation failed; nothing timed" in capsys.readouterr().err
+
+
 def test_step_readback_inside_a_step_fails_the_transfer_check(monkeypatch, capsys):
     import gpuconv
     bench = load("bench_step")
@@ -483,16 +502,16 @@ def test_gpu_battery_caps_every_stage_and_publishes_after_each(tmp_path):
     # the first measurements of a GPU first (tests, conv2d against the last record, the airbench94
     # recipe eager, graphed and in PyTorch), what was measured before last
     assert names == ["precompile", "wgmma_probe", "smoke", "tests", "bench_conv2d", "bench_airbench", "airbench",
-                     "airbench_graph", "bench_conv2d_airbench", "bench_step", "bench_step_autotune", "sanitizer_memcheck",
+                     "airbench_graph", "bench_conv2d_airbench", "bench_conv2d_grouped", "bench_step", "bench_step_autotune", "sanitizer_memcheck",
                      "sanitizer_racecheck", "profile_step", "bench_ops", "bench_cs231n", "bench_epoch", "parity", "ncu",
                      "bench_airbench96", "bench_airbench_muon"], summary
     status = [line.split()[0] for line in summary]
     # bench_ops is cut at its 40 s cap, though it would hang for 60; then the 56 s budget, less the
     # 10 s kept for the caches, leaves under 15 s: every later stage is skipped, none is run short.
-    assert status == ["ok"] * 14 + ["TIMEOUT"] + ["SKIPPED"] * 6, summary
-    assert summary[14].endswith("last output: fake python: timing max pool")  # where the cut stage was
-    assert all(re.search(r"\d+s of the budget left$", line) for line in summary[15:])
-    assert all(len(line.split()) == 3 for line in summary[:14])
+    assert status == ["ok"] * 15 + ["TIMEOUT"] + ["SKIPPED"] * 6, summary
+    assert summary[15].endswith("last output: fake python: timing max pool")  # where the cut stage was
+    assert all(re.search(r"\d+s of the budget left$", line) for line in summary[16:])
+    assert all(len(line.split()) == 3 for line in summary[:15])
     log = (out / "run_gpu.log").read_text()
     assert "GPUCONV_WGMMA=unset" in log  # the probe passed: the tiles stay on
     # every GPU test reported (no --maxfail), named as it ends, a hung one ended by a thread; the
@@ -509,7 +528,7 @@ def test_gpu_battery_caps_every_stage_and_publishes_after_each(tmp_path):
     # each conv2d record compared as soon as it is written, with another GPU's where this one has none
     order = [log.index(s) for s in ("START bench_conv2d ", "compare_conv.py", "START bench_airbench ",
                                     "START bench_conv2d_airbench ", "conv2d-fake-gpu-airbench94.json --other-gpu-ok",
-                                    "START bench_step ")]
+                                    "START bench_conv2d_grouped ", "START bench_step ")]
     assert order == sorted(order) and "conv2d-fake-gpu.json --other-gpu-ok" in log
     assert "bench_airbench.py --precisions bf16,fp32 --save" in log  # the recipe's precision first
     graph = next(line for line in log.splitlines() if "START airbench_graph" in line)  # the CLI's flag, on real data
