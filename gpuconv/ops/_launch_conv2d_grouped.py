@@ -35,7 +35,8 @@ def _memory(xp, a, channels_last):
     return layout.nhwc(a) if channels_last else xp.ascontiguousarray(a)
 
 
-def _dims(x_shape, w_shape, stride, padding, dilation, groups, channels_last):
+def _dims(x_shape, w_shape, stride, padding, dilation, groups):
+    """The sizes (OH, OW by the floor rule: the op checked them) and the kernels' int32 arguments."""
     n, c, h, wd = x_shape
     k, _, fh, fw = w_shape
     oh, ow = output_hw(x_shape, extent((fh, fw), dilation), stride, padding, floor=True)
@@ -62,7 +63,7 @@ def conv2d_grouped_forward_kernel(x, w, b, stride, padding, tf32, dilation, grou
     xp = get_array_module(x, w, b)
     device = kernels.array_device([x])
     cl = layout.is_channels_last(x)
-    (n, c, h, wd, k, fh, fw, oh, ow), dims = _dims(x.shape, w.shape, stride, padding, dilation, groups, cl)
+    (n, c, h, wd, k, fh, fw, oh, ow), dims = _dims(x.shape, w.shape, stride, padding, dilation, groups)
     y = layout.empty(xp, (n, k, oh, ow), x.dtype, cl)
     if y.size:
         bias = w if b is None else xp.ascontiguousarray(b)  # w stands in for a missing bias (never read)
@@ -80,7 +81,7 @@ def conv2d_grouped_backward_kernel(dy, cache, need_dx=True, tf32=False, need_dw=
     xp = get_array_module(dy, x, w)
     device = kernels.array_device([dy])
     cl = layout.is_channels_last(x)
-    shapes, dims = _dims(x.shape, w.shape, stride, padding, dilation, groups, cl)
+    shapes, dims = _dims(x.shape, w.shape, stride, padding, dilation, groups)
     dym = _memory(xp, dy, cl) if dy.size else dy
     dx = dw = None
     if need_dx:
