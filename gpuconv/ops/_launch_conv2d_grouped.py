@@ -44,6 +44,12 @@ def _dims(x_shape, w_shape, stride, padding, dilation, groups):
         (n, c, h, wd, k, fh, fw, oh, ow, *stride, *padding, *dilation, groups))
 
 
+def geometry(elements, target, device=None):
+    """(grid, block) of every kernel this op launches, in this one place: 1-D grid-stride loops of
+    BLOCK threads over ``elements`` (outputs, dx elements, weight elements x splits, weights)."""
+    return kernels.grid_1d(elements, BLOCK, target, device)
+
+
 def weight_splits(count, positions, target, device=None):
     """(splits, chunk) of the weight gradient's first pass over ``positions`` = N*OH*OW: enough
     threads (count x splits) to fill the GPU, each summing at least MIN_SPLIT_CHUNK positions."""
@@ -69,7 +75,7 @@ def conv2d_grouped_forward_kernel(x, w, b, stride, padding, tf32, dilation, grou
         bias = w if b is None else xp.ascontiguousarray(b)  # w stands in for a missing bias (never read)
         args = (_memory(xp, x, cl), xp.ascontiguousarray(w), bias, layout.memory_order(y)) + dims + \
             kernels.int32_args((b is not None, cl))
-        grid, block = kernels.grid_1d(y.size, BLOCK, target, device)
+        grid, block = geometry(y.size, target, device)
         kernels.launch("conv2d_grouped", "conv2d_grouped_forward", x.dtype, target, grid, block, args, device=device,
                        tf32=tf32)
     return y, Conv2dCache(x, w, b is not None, stride, padding, None, dilation, groups)
@@ -89,7 +95,7 @@ def conv2d_grouped_backward_kernel(dy, cache, need_dx=True, tf32=False, need_dw=
         if dx.size and not dy.size:  # K = 0 filters: nothing flows back
             dx[...] = 0
         elif dx.size:
-            grid, block = kernels.grid_1d(dx.size, BLOCK, target, device)
+            grid, block = geometry(dx.size, target, device)
             kernels.launch("conv2d_grouped", "conv2d_grouped_backward_data", dy.dtype, target, grid, block,
                            (dym, xp.ascontiguousarray(w), layout.memory_order(dx)) + dims + kernels.int32_args((cl,)),
                            device=device, tf32=tf32)
@@ -116,12 +122,12 @@ def _backward_weight(xp, dy, x, w_shape, shapes, dims, cl, tf32, target, device)
     splits, chunk = weight_splits(count, positions, target, device)
     direct = splits == 1 and compute_dtype(dy.dtype) == dy.dtype
     ws = dw if direct else xp.empty((splits, count), dtype=compute_dtype(dy.dtype))
-    grid, block = kernels.grid_1d(count * splits, BLOCK, target, device)
+    grid, block = geometry(count * splits, target, device)
     kernels.launch("conv2d_grouped", "conv2d_grouped_backward_weight", dy.dtype, target, grid, block,
                    (dy, x, ws) + dims + kernels.int32_args((cl, splits)) + (np.int64(chunk),), device=device,
                    tf32=tf32)
     if not direct:
-        grid, block = kernels.grid_1d(count, BLOCK, target, device)
+        grid, block = geometry(count, target, device)
         kernels.launch("conv2d", "conv2d_reduce_splits", dy.dtype, target, grid, block,
                        (ws, dw, np.int32(splits), np.int64(count)), device=device, tf32=tf32)
     return dw
