@@ -209,7 +209,8 @@ def test_layer_loads_a_pytorch_grouped_conv2d_state_dict():
     ((1, 8, 4, 4), (8, 8, 3, 3), dict(dilation=0), r"dilation must be >= 1"),
     ((1, 8, 4, 4), (8, 8, 3, 3), dict(dilation=(1, -2)), r"dilation must be >= 1"),
     ((1, 8, 4, 4), (8, 8, 3, 3), dict(groups=0), r"groups must be >= 1"),
-    ((1, 8, 4, 4), (8, 8, 3, 3), dict(dilation=3), r"along the height: input size H=4.*F=7"),
+    ((1, 8, 4, 4), (8, 8, 3, 3), dict(dilation=3), r"along the height: input size H=4.*F=7.*at dilation=\(3, 3\), "
+                                                   r"F is the extent D\*\(F - 1\) \+ 1 of the 3x3 filter: 7x7"),
 ])
 def test_clear_errors(xs, ws, kw, says):
     with pytest.raises(ValueError, match=says):

@@ -23,7 +23,6 @@ and w are the caller's arrays, in their own dtype, and ``crop`` is None; except 
 the op pads x itself (a copy, in x's layout), convolves that with padding 0, and keeps the padded
 x, with ``crop = ((top, bottom), (left, right))`` the zeros it added, which the backward crops off
 dx. ``groups`` > 1 or ``dilation`` > 1 run in conv2d_grouped.py (its reference; kernels/conv2d_grouped.cu).
-
 Output sizes: the op checks the exact rule (or the floor, ``floor=True``) once, at its entry; past
 it the floor rule gives the size (on whole sizes the two agree) to the reference, launchers, backward.
 """
@@ -123,10 +122,11 @@ def _check_conv_args(x, w, b, stride, padding, floor=False, dilation=(1, 1), gro
     padding = conv_padding(padding, extent, stride)
     if isinstance(padding, str):  # 'same', an even extent: checked as it runs, x padded with padding 0
         (top, bottom), (left, right) = same_padding_sides(extent)
-        output_hw(x.shape[:2] + (x.shape[2] + top + bottom, x.shape[3] + left + right), extent, stride, (0, 0), floor)
+        padded = x.shape[:2] + (x.shape[2] + top + bottom, x.shape[3] + left + right)
+        conv2d_grouped.output_size(padded, w.shape[2:], dilation, stride, (0, 0), floor)
         return stride, padding
     padding = pair("padding", padding, minimum=0)
-    output_hw(x.shape, extent, stride, padding, floor)
+    conv2d_grouped.output_size(x.shape, w.shape[2:], dilation, stride, padding, floor)
     return stride, padding
 
 

@@ -56,6 +56,19 @@ def extent(filt_hw, dilation):
     return tuple(d * (f - 1) + 1 for f, d in zip(filt_hw, dilation))
 
 
+def output_size(x_shape, filt_hw, dilation, stride, padding, floor):
+    """(OH, OW) by the size rule with the dilated extent in F's place (``output_hw``), whose error
+    then says what F stands for."""
+    ext = extent(filt_hw, dilation)
+    try:
+        return output_hw(x_shape, ext, stride, padding, floor)
+    except ValueError as exc:
+        if tuple(dilation) == (1, 1):
+            raise
+        raise ValueError(f"{exc} (at dilation={tuple(dilation)}, F is the extent D*(F - 1) + 1 of the "
+                         f"{filt_hw[0]}x{filt_hw[1]} filter: {ext[0]}x{ext[1]})") from None
+
+
 def check_weight(x, w, groups):
     """x's C channels, w's (K, C/groups, FH, FW) shape and ``groups`` agree, and w's filters are not
     empty (clear errors otherwise)."""
