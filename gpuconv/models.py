@@ -6,6 +6,8 @@
   the architecture that reaches 94% on CIFAR-10 in a few epochs.
 - ``resnet18``: the CIFAR ResNet-18 of kuangliu/pytorch-cifar, the common CIFAR-10 baseline of
   PyTorch tutorials and papers (four stages of two BasicBlocks, 11.2M parameters).
+- ``mobilenetv2``: the CIFAR MobileNetV2 of kuangliu/pytorch-cifar: 17 inverted-residual blocks
+  (1x1 expansion, 3x3 depthwise, 1x1 projection), 2.3M parameters.
 - ``airbench94``: Keller Jordan's airbench94 network (arXiv 2404.00498): a frozen 2x2
   patch-whitening convolution (:func:`init_whitening`), three conv-pool-BN-GELU blocks with
   identity-initialized convolutions, and a 1/9-scaled linear head; its training recipe is
@@ -27,7 +29,8 @@ from .counter_rng import check_seed
 from .layers import (GELU, AvgPool2d, BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU, Residual, Scale,
                      Sequential)
 
-__all__ = ["seed_net", "three_layer_convnet", "fast_net", "resnet18", "airbench94", "airbench96", "init_whitening"]
+__all__ = ["seed_net", "three_layer_convnet", "fast_net", "resnet18", "mobilenetv2", "airbench94", "airbench96",
+           "init_whitening"]
 
 
 def _seeds(seed, n):
@@ -208,6 +211,91 @@ def resnet18(width=64, num_classes=10, seed=0, in_channels=3):
         layers[f"layer{stage}"] = Sequential(*blocks)
     layers.update(pool=AvgPool2d(4), flatten=Flatten(), linear=Linear(8 * w, num_classes, seed=s[20]))
     assert k == 20
+    return Sequential(layers)
+
+
+# kuangliu's MobileNetV2.cfg: (expansion, out_planes, num_blocks, stride of the first block); the
+# stride of the 24-channel stage is 1 for 32x32 input (2 in the ImageNet net).
+MOBILENETV2_CFG = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
+                   (6, 320, 1, 1))
+
+
+def _inverted_residual(c_in, c_out, expansion, stride, seeds):
+    # kuangliu's Block: bn3(conv3(relu(bn2(conv2(relu(bn1(conv1(x)))))))) [+ shortcut(x) at stride 1].
+    # conv2 is the depthwise 3x3 (groups = planes, one filter per channel); the ReLUs are the batch
+    # norms' fused activations, bn3 has none (the "linear bottleneck"). A stride-1 block adds its
+    # input (the identity, or a 1x1 conv + BN projection where the channels change); a stride-2
+    # block adds nothing. floor=True: the stride-2 depthwise conv takes 32x32 to 16x16 as PyTorch's.
+    planes = expansion * c_in
+    inner = Sequential({
+        "conv1": Conv2d(c_in, planes, 1, bias=False, seed=seeds[0]),
+        "bn1": BatchNorm2d(planes, activation="relu"),
+        "conv2": Conv2d(planes, planes, 3, stride=stride, padding=1, groups=planes, bias=False, floor=stride > 1,
+                        seed=seeds[1]),
+        "bn2": BatchNorm2d(planes, activation="relu"),
+        "conv3": Conv2d(planes, c_out, 1, bias=False, seed=seeds[2]),
+        "bn3": BatchNorm2d(c_out),
+    })
+    if stride != 1:
+        return inner
+    shortcut = None
+    if c_in != c_out:
+        shortcut = Sequential(Conv2d(c_in, c_out, 1, bias=False, seed=seeds[3]), BatchNorm2d(c_out))
+    return Residual(inner, shortcut=shortcut)
+
+
+def mobilenetv2(num_classes=10, seed=0, in_channels=3):
+    """The CIFAR MobileNetV2 of kuangliu/pytorch-cifar (``MobileNetV2()``, Sandler et al. 2018 with
+    the stem's and the second stage's strides 1 for 32x32 input):
+
+    ==============  ========================================================  ============
+    name            layers                                                    output
+    ==============  ========================================================  ============
+    conv1, bn1      conv3x3(32) - bn - relu                                   32 x 32 x 32
+    layers.0        1 block (expansion 1, 16 channels)                        16 x 32 x 32
+    layers.1-2      2 blocks (expansion 6, 24 channels)                       24 x 32 x 32
+    layers.3-5      3 blocks (expansion 6, 32), the first stride 2            32 x 16 x 16
+    layers.6-9      4 blocks (expansion 6, 64), the first stride 2            64 x 8 x 8
+    layers.10-12    3 blocks (expansion 6, 96)                                96 x 8 x 8
+    layers.13-15    3 blocks (expansion 6, 160), the first stride 2           160 x 4 x 4
+    layers.16       1 block (expansion 6, 320)                                320 x 4 x 4
+    conv2, bn2      conv1x1(1280) - bn - relu                                 1280 x 4 x 4
+    pool, flatten   avgpool4 (global average pool over the 4x4 map)           1280
+    linear          linear(1280 -> num_classes, with bias)                    num_classes
+    ==============  ========================================================  ============
+
+    A block of expansion t from c to c' channels (kuangliu's ``Block``, an inverted residual with
+    a linear bottleneck) is conv1x1(t c) - bn - relu - depthwise conv3x3 (``groups`` = t c, the
+    block's stride, pad 1) - bn - relu - conv1x1(c') - bn; a stride-1 block adds a shortcut: the
+    identity where c == c', else a 1x1 conv + BN (layers.0, 1, 10 and 16); a stride-2 block none.
+    The stages are ``MOBILENETV2_CFG`` (kuangliu's cfg). Convolutions are bias-free. A stride-1
+    block is a ``Residual`` (its ``inner`` conv1 ... bn3 and its ``shortcut``), a stride-2 block
+    the ``Sequential`` conv1 ... bn3: kuangliu's ``layers.N.conv1.weight`` is
+    ``layers.N.inner.conv1.weight`` here for a stride-1 block, the other keys the same.
+    2,296,922 parameters; there is no width argument (kuangliu's net has none). Input must be
+    ``in_channels`` x 32 x 32 (3: RGB). Its recipe, ``RECIPES['mobilenetv2']``, is kuangliu's
+    main.py, as resnet18's: SGD (momentum 0.9, weight decay 5e-4) at lr 0.1 with cosine annealing
+    over 200 epochs, batch 128, random crop (pad 4) and flip."""
+    c = _in_channels("mobilenetv2", in_channels)
+    blocks, c_in = [], 32  # (in, out, expansion, stride) of each block, as kuangliu's _make_layers lays them out
+    for t, c_out, n, stride in MOBILENETV2_CFG:
+        for b in range(n):
+            blocks.append((c_in, c_out, t, stride if b == 0 else 1))
+            c_in = c_out
+    projections = sum(stride == 1 and a != b for a, b, _, stride in blocks)
+    s = _seeds(seed, 3 + 3 * len(blocks) + projections)  # stem, 3 convs per block, projections, conv2, linear
+    layers = {
+        "conv1": Conv2d(c, 32, 3, padding=1, bias=False, seed=s[0]),
+        "bn1": BatchNorm2d(32, activation="relu"),
+    }
+    k, stack = 1, []
+    for a, b, t, stride in blocks:
+        stack.append(_inverted_residual(a, b, t, stride, s[k:k + 4]))
+        k += 4 if stride == 1 and a != b else 3
+    layers["layers"] = Sequential(*stack)
+    layers.update(conv2=Conv2d(320, 1280, 1, bias=False, seed=s[k]), bn2=BatchNorm2d(1280, activation="relu"),
+                  pool=AvgPool2d(4), flatten=Flatten(), linear=Linear(1280, num_classes, seed=s[k + 1]))
+    assert k + 2 == len(s)
     return Sequential(layers)
 
 

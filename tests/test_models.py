@@ -15,6 +15,7 @@ MODELS = {
     "three_layer": lambda **kw: models.three_layer_convnet(num_filters=4, hidden_dim=10, **kw),
     "fast": lambda **kw: models.fast_net(width=2, **kw),
     "resnet18": lambda **kw: models.resnet18(width=2, **kw),
+    "mobilenetv2": lambda **kw: models.mobilenetv2(**kw),  # (no width: the published net)
 }
 
 
@@ -208,6 +209,270 @@ def test_resnet18_end_to_end_directional_derivative_float64():
     assert relative_error(np.array(analytic), np.array(numeric)) < 1e-6
 
 
+# kuangliu's MobileNetV2.cfg, as published: (expansion, out_planes, num_blocks, stride)
+_KUANGLIU_MOBILENETV2_CFG = [(1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+                             (6, 160, 3, 2), (6, 320, 1, 1)]
+
+
+def _mobilenetv2_blocks():
+    """(in, out, expansion, stride) of each of the 17 blocks, as kuangliu's _make_layers lays them out."""
+    blocks, c_in = [], 32
+    for t, c_out, n, stride in _KUANGLIU_MOBILENETV2_CFG:
+        for s in [stride] + [1] * (n - 1):
+            blocks.append((c_in, c_out, t, s))
+            c_in = c_out
+    return blocks
+
+
+def _mobilenetv2_parameters(num_classes=10, in_channels=3):
+    """MobileNetV2's parameter count from its architecture: bias-free convs (a depthwise 3x3 has
+    one 3x3 filter per channel), BN (weight and bias per channel), a linear head with bias."""
+    conv = lambda c_in, c_out, k=1, groups=1: c_out * (c_in // groups) * k * k  # noqa: E731
+    bn = lambda c: 2 * c  # noqa: E731
+    total = conv(in_channels, 32, 3) + bn(32)  # stem
+    for c_in, c_out, t, stride in _mobilenetv2_blocks():
+        planes = t * c_in
+        total += conv(c_in, planes) + bn(planes) + conv(planes, planes, 3, groups=planes) + bn(planes)
+        total += conv(planes, c_out) + bn(c_out)
+        if stride == 1 and c_in != c_out:  # the projection shortcut
+            total += conv(c_in, c_out) + bn(c_out)
+    return total + conv(320, 1280) + bn(1280) + 1280 * num_classes + num_classes
+
+
+def test_mobilenetv2_parameter_count_follows_the_architecture():
+    count = lambda m: sum(p.size for p in m.parameters())  # noqa: E731
+    assert _mobilenetv2_parameters() == 2_296_922  # kuangliu's MobileNetV2()
+    assert count(models.mobilenetv2()) == _mobilenetv2_parameters()
+    assert f"{_mobilenetv2_parameters():,} parameters" in models.mobilenetv2.__doc__
+    assert count(models.mobilenetv2(num_classes=7, in_channels=1)) == _mobilenetv2_parameters(7, 1)
+
+
+def test_mobilenetv2_structure_and_shapes():
+    """kuangliu's layout: stem, 17 blocks of 1x1 expansion - BN+ReLU - 3x3 depthwise (groups = its
+    channels, the block's stride) - BN+ReLU - 1x1 projection - BN (no ReLU); a stride-1 block a
+    Residual (identity shortcut, or 1x1 conv + BN where the channels change), a stride-2 block none;
+    conv2 1x1 to 1280 - BN+ReLU, avg_pool2d 4, a linear head; each stage's output shape."""
+    net = models.mobilenetv2()
+    assert list(net._layers) == ["conv1", "bn1", "layers", "conv2", "bn2", "pool", "flatten", "linear"]
+    assert models.MOBILENETV2_CFG == tuple(_KUANGLIU_MOBILENETV2_CFG)
+    assert net["conv1"].stride == (1, 1) and net["conv1"].kernel_size == (3, 3) and net["conv1"].bias is None
+    assert (net["bn1"].activation, net["bn2"].activation) == ("relu", "relu") and net["linear"].bias is not None
+    assert net["conv2"].kernel_size == (1, 1) and net["conv2"].weight.shape == (1280, 320, 1, 1)
+    expected = _mobilenetv2_blocks()
+    assert len(net["layers"]) == len(expected) == 17
+    for block, (c_in, c_out, t, stride) in zip(net["layers"], expected):
+        inner = block.inner if stride == 1 else block
+        assert isinstance(block, Residual) == (stride == 1)
+        assert list(inner._layers) == ["conv1", "bn1", "conv2", "bn2", "conv3", "bn3"]
+        conv1, conv2, conv3 = inner["conv1"], inner["conv2"], inner["conv3"]
+        assert conv1.weight.shape == (t * c_in, c_in, 1, 1) and conv3.weight.shape == (c_out, t * c_in, 1, 1)
+        assert conv2.groups == t * c_in and conv2.weight.shape == (t * c_in, 1, 3, 3)
+        assert conv2.stride == (stride, stride) and conv2.padding == (1, 1)
+        assert all(c.bias is None for c in (conv1, conv2, conv3))
+        assert (inner["bn1"].activation, inner["bn2"].activation, inner["bn3"].activation) == ("relu", "relu", None)
+        if stride == 1:
+            assert (block.shortcut is not None) == (c_in != c_out)
+            if c_in != c_out:
+                conv, norm = block.shortcut
+                assert conv.weight.shape == (c_out, c_in, 1, 1) and conv.bias is None and norm.activation is None
+    assert [i for i, b in enumerate(net["layers"]) if isinstance(b, Residual) and b.shortcut is not None] == \
+        [0, 1, 10, 16]
+    buffers = dict(net.named_buffers())
+    assert "layers.16.shortcut.1.running_var" in buffers and "layers.3.bn2.running_var" in buffers
+    x = _images(2)
+    assert net["conv1"](x).shape == (2, 32, 32, 32)
+    x = net["bn1"](net["conv1"](x))
+    for i, block in enumerate(net["layers"]):
+        x = block(x)
+        hw = 32 // 2 ** sum(s == 2 for *_, s in expected[:i + 1])
+        assert x.shape == (2, expected[i][1], hw, hw), i
+    assert x.shape == (2, 320, 4, 4)
+    for name, shape in [("conv2", (1280, 4, 4)), ("bn2", (1280, 4, 4)), ("pool", (1280, 1, 1)), ("flatten", (1280,)),
+                        ("linear", (10,))]:
+        x = net[name](x)
+        assert x.shape == (2, *shape), name
+    assert models.mobilenetv2(num_classes=5, in_channels=1)(_images(2)[:, :1]).shape == (2, 5)
+    with pytest.raises(ValueError, match="mobilenetv2: in_channels must be a positive int"):
+        models.mobilenetv2(in_channels=0)
+
+
+class _KuangliuMobileNetV2:
+    """kuangliu/pytorch-cifar's models/mobilenetv2.py (Block, MobileNetV2), as published."""
+
+    @staticmethod
+    def build(torch):
+        nn, F = torch.nn, torch.nn.functional
+
+        class Block(nn.Module):
+            """expand + depthwise + pointwise"""
+
+            def __init__(self, in_planes, out_planes, expansion, stride):
+                super().__init__()
+                self.stride = stride
+                planes = expansion * in_planes
+                self.conv1 = nn.Conv2d(in_planes, planes, kernel_size=1, stride=1, padding=0, bias=False)
+                self.bn1 = nn.BatchNorm2d(planes)
+                self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=stride, padding=1, groups=planes,
+                                       bias=False)
+                self.bn2 = nn.BatchNorm2d(planes)
+                self.conv3 = nn.Conv2d(planes, out_planes, kernel_size=1, stride=1, padding=0, bias=False)
+                self.bn3 = nn.BatchNorm2d(out_planes)
+                self.shortcut = nn.Sequential()
+                if stride == 1 and in_planes != out_planes:
+                    self.shortcut = nn.Sequential(
+                        nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=1, padding=0, bias=False),
+                        nn.BatchNorm2d(out_planes))
+
+            def forward(self, x):
+                out = F.relu(self.bn1(self.conv1(x)))
+                out = F.relu(self.bn2(self.conv2(out)))
+                out = self.bn3(self.conv3(out))
+                out = out + self.shortcut(x) if self.stride == 1 else out
+                return out
+
+        class MobileNetV2(nn.Module):
+            cfg = _KUANGLIU_MOBILENETV2_CFG
+
+            def __init__(self, num_classes=10):
+                super().__init__()
+                self.conv1 = nn.Conv2d(3, 32, kernel_size=3, stride=1, padding=1, bias=False)
+                self.bn1 = nn.BatchNorm2d(32)
+                self.layers = self._make_layers(in_planes=32)
+                self.conv2 = nn.Conv2d(320, 1280, kernel_size=1, stride=1, padding=0, bias=False)
+                self.bn2 = nn.BatchNorm2d(1280)
+                self.linear = nn.Linear(1280, num_classes)
+
+            def _make_layers(self, in_planes):
+                layers = []
+                for expansion, out_planes, num_blocks, stride in self.cfg:
+                    strides = [stride] + [1] * (num_blocks - 1)
+                    for stride in strides:
+                        layers.append(Block(in_planes, out_planes, expansion, stride))
+                        in_planes = out_planes
+                return nn.Sequential(*layers)
+
+            def forward(self, x):
+                out = F.relu(self.bn1(self.conv1(x)))
+                out = self.layers(out)
+                out = F.relu(self.bn2(self.conv2(out)))
+                out = F.avg_pool2d(out, 4)
+                out = out.view(out.size(0), -1)
+                out = self.linear(out)
+                return out
+
+        return MobileNetV2()
+
+
+def _kuangliu_mobilenetv2_key(name):
+    """gpuconv's mobilenetv2 state-dict key -> kuangliu's (a stride-1 block's Residual puts its
+    conv1 ... bn3 under ``inner``)."""
+    return name.replace(".inner.", ".")
+
+
+def test_mobilenetv2_state_dict_keys_are_kuanglius_through_the_mapping():
+    """Without torch: the keys kuangliu's MobileNetV2() has (every block's conv1 ... bn3, the four
+    projection shortcuts' shortcut.0 and shortcut.1), from gpuconv's through the mapping."""
+    def bn(prefix):
+        return [f"{prefix}.{k}" for k in ("weight", "bias", "running_mean", "running_var")]
+    want = ["conv1.weight", *bn("bn1")]
+    for i, (c_in, c_out, _, stride) in enumerate(_mobilenetv2_blocks()):
+        for j in (1, 2, 3):
+            want += [f"layers.{i}.conv{j}.weight", *bn(f"layers.{i}.bn{j}")]
+        if stride == 1 and c_in != c_out:
+            want += [f"layers.{i}.shortcut.0.weight", *bn(f"layers.{i}.shortcut.1")]
+    want += ["conv2.weight", *bn("bn2"), "linear.weight", "linear.bias"]
+    got = [_kuangliu_mobilenetv2_key(k) for k in models.mobilenetv2().state_dict()]
+    assert got == want
+
+
+def test_mobilenetv2_matches_kuangliu_mobilenetv2_in_torch():
+    """gpuconv's weights loaded into kuangliu's MobileNetV2() (torch, training mode), both in
+    float64: the same logits, loss, input gradient, every weight gradient (the 17 depthwise
+    convolutions' included) and updated running statistic, to float64 rounding."""
+    torch = pytest.importorskip("torch", reason="compares against kuangliu's MobileNetV2 written in torch")
+    ours = models.mobilenetv2(seed=3)
+    ours.astype(np.float64)
+    theirs = _KuangliuMobileNetV2.build(torch).double()
+    state = {_kuangliu_mobilenetv2_key(k): torch.from_numpy(np.array(v)) for k, v in ours.state_dict().items()}
+    missing, unexpected = theirs.load_state_dict(state, strict=False)
+    assert [k for k in missing if not k.endswith("num_batches_tracked")] == [] and unexpected == []
+    assert sum(p.numel() for p in theirs.parameters()) == ours.num_parameters() == 2_296_922
+    rng = np.random.default_rng(7)
+    x, labels = _images(2, seed=8).astype(np.float64), rng.integers(0, 10, 2)
+    xt = torch.tensor(x, requires_grad=True)
+    logits_t = theirs(xt)
+    loss_t = torch.nn.functional.cross_entropy(logits_t, torch.from_numpy(labels))
+    loss_t.backward()
+    logits = ours(x)
+    loss, dlogits = ops.softmax_cross_entropy(logits, labels)
+    dx = ours.backward(dlogits)
+    tol = dict(rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(logits, logits_t.detach().numpy(), **tol)
+    np.testing.assert_allclose(float(loss), loss_t.item(), **tol)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-8, atol=1e-10 * float(np.abs(xt.grad.numpy()).max()))
+    grads = {k: p.grad.numpy() for k, p in theirs.named_parameters()}
+    # A bn3 bias whose block output reaches the loss only through batch norms (a stride-2 block or
+    # a projection next: layers.0.bn3's, layers.2.bn3's, ...) shifts every image's channel alike,
+    # which the next BN subtracts: its gradient is 0, rounding noise of 1e-16 in both libraries.
+    scale = max(float(np.abs(g).max()) for g in grads.values())
+    zero = [k for k, g in grads.items() if float(np.abs(g).max()) < 1e-12 * scale]
+    assert zero and all(k.endswith(("bn3.bias", "shortcut.1.bias")) for k in zero), zero
+    for name, p in ours.named_parameters():
+        gt = grads[_kuangliu_mobilenetv2_key(name)]
+        np.testing.assert_allclose(p.grad, gt, rtol=1e-8, atol=1e-12 * scale, err_msg=name)
+    buffers = dict(theirs.named_buffers())
+    for name, b in ours.named_buffers():
+        np.testing.assert_allclose(b, buffers[_kuangliu_mobilenetv2_key(name)].numpy(), **tol, err_msg=name)
+
+
+def test_mobilenetv2_end_to_end_directional_derivative_float64():
+    """mobilenetv2 (the published net: it has no width to shrink) as the other models, in float64,
+    at batch 2: its 56 convolutions (17 depthwise, three of them stride 2), batch norms, identity
+    and projection shortcuts, average pool and linear head. Along a direction of unit-variance
+    steps in all 2.3M weights, its millions of ReLU inputs put kinks about 1e-8 apart (another
+    input, seed 2, has one within 1e-9 of t = 0 along every direction tried). This input and
+    direction were checked smooth over [-1e-8, 1e-8] (central differences at h = 3e-10 ... 1e-8
+    agree to 1e-8; at 3e-8 a kink shows): a kink within h would show here as an error far above 1e-6."""
+    net = models.mobilenetv2()
+    net.astype(np.float64)
+    x = _images(2, seed=3).astype(np.float64)
+    analytic, numeric = directional_derivative(net, x, np.array([1, 7]), h=1e-9, seed=3)
+    assert relative_error(np.array(analytic), np.array(numeric)) < 1e-6
+
+
+def test_mobilenetv2_blocks_on_the_backend(backend):
+    """Three of the published net's blocks (layers.1: a stride-1 block with a projection, layers.2:
+    one with the identity, layers.3: a stride-2 block, its depthwise convolution of 144 channels
+    halving the size) forward and backward on the backend, in float64 on an 8x8 input (the whole
+    net on the simulator takes 20 s): the same output, input and weight gradients as on NumPy,
+    the depthwise convolutions through their own kernels."""
+    x = np.random.default_rng(4).standard_normal((2, 16, 8, 8))
+    dy = np.random.default_rng(5).standard_normal((2, 32, 4, 4))
+    results = []
+    for device in ("cpu", backend.device):
+        blocks = [models.mobilenetv2(seed=1)["layers"][i].to(device).astype(np.float64) for i in (1, 2, 3)]
+        y = backend.xp.asarray(x) if device != "cpu" else x
+        for block in blocks:
+            y = block(y)
+        d = backend.xp.asarray(dy) if device != "cpu" else dy
+        for block in blocks[::-1]:
+            d = block.backward(d)
+        grads = {f"{i}.{k}": backend.asnumpy(p.grad) for i, b in enumerate(blocks) for k, p in b.named_parameters()}
+        results.append((backend.asnumpy(y), backend.asnumpy(d), grads))
+    (y0, dx0, g0), (y1, dx1, g1) = results
+    assert y1.shape == (2, 32, 4, 4) and dx1.shape == x.shape
+    assert len(g1) == 3 * 9 + 3  # 3 blocks of 3 convs and 3 BNs (weight, bias), layers.1's projection
+    tol = dict(rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(y1, y0, **tol)
+    np.testing.assert_allclose(dx1, dx0, **tol)
+    for k in g0:
+        np.testing.assert_allclose(g1[k], g0[k], rtol=1e-10, atol=1e-12 * float(np.abs(g0[k]).max()) + 1e-30,
+                                   err_msg=k)
+    if backend.name != "numpy":
+        backend.assert_kernels_ran("conv2d_grouped_forward", "conv2d_grouped_backward_data",
+                                   "conv2d_grouped_backward_weight")
+
+
 def test_fast_net_structure():
     net = models.fast_net(width=8)
     assert list(net._layers) == ["prep", "layer1", "layer1_res", "layer2", "layer3", "layer3_res", "pool", "flatten",
@@ -253,7 +518,7 @@ def test_end_to_end_directional_derivative_float64(name):
     assert relative_error(np.array(analytic), np.array(numeric)) < 1e-6
 
 
-@pytest.mark.parametrize("name", ["seed", "three_layer", "fast", "resnet18"])
+@pytest.mark.parametrize("name", ["seed", "three_layer", "fast", "resnet18", "mobilenetv2"])
 def test_seeding(name):
     a, b, c = MODELS[name](seed=0), MODELS[name](seed=0), MODELS[name](seed=1)
     sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
