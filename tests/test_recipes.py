@@ -96,6 +96,33 @@ def test_resnet18_recipe_is_kuanglius():
         cli._schedule("cosine", opt, 0.1, 100, {"warmup_fraction": 1.5})
 
 
+def test_mobilenetv2_recipe_is_kuanglius():
+    """kuangliu/pytorch-cifar's main.py trains MobileNetV2 as it trains ResNet-18: SGD lr 0.1,
+    momentum 0.9 without Nesterov, weight decay 5e-4, batch 128, cosine annealing from 0.1 to 0 over
+    200 epochs without warmup, random crop (4 zero pixels) and flip; no width (his net has none)."""
+    s = _settings("--recipe", "mobilenetv2")
+    assert s == _settings("--model", "mobilenetv2")
+    assert (s["model"], s["epochs"], s["batch_size"], s["lr"], s["weight_decay"], s["momentum"]) == \
+        ("mobilenetv2", 200, 128, 0.1, 5e-4, 0.9)
+    assert s["optimizer"] == "sgd" and s["nesterov"] is False and s["schedule"] == "cosine"
+    assert s["schedule_kwargs"] == {"warmup_fraction": 0.0}
+    assert (s["augment"], s["padding"], s["padding_mode"], s["flip"], s["cutout"]) == (True, 4, "zeros", "random", 0)
+    assert (s["label_smoothing"], s["lookahead"], s["tta"]) == (0.0, None, 0)
+    assert RECIPES["mobilenetv2"]["precision"] == "auto"  # (bf16 on a GPU with bfloat16 tensor cores; fp32 here)
+    assert "width" not in RECIPES["mobilenetv2"] and s.get("width") is None
+    resnet = _settings("--recipe", "resnet18")
+    same = ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "momentum", "nesterov", "schedule",
+            "schedule_kwargs", "augment", "padding", "padding_mode", "flip", "label_smoothing", "drop_last")
+    assert {k: s[k] for k in same} == {k: resnet[k] for k in same}
+    net = models.mobilenetv2()
+    opt, sched, _ = cli._recipe_setup(s, net, None, steps_per_epoch=10)
+    assert opt.param_groups[0]["nesterov"] is False and opt.param_groups[0]["momentum"] == 0.9
+    assert opt.param_groups[0]["weight_decay"] == 5e-4
+    assert sum(p.size for g in opt.param_groups for p in g["params"]) == net.num_parameters()
+    total = 200 * 10
+    assert sched.lr_at(0) == 0.1 and sched.lr_at(total // 2) == pytest.approx(0.05) and sched.lr_at(total) == 0.0
+    assert sched.lr_at(total // 4) == pytest.approx(0.05 * (1 + np.cos(np.pi / 4)))
+
 def test_a_cosine_schedule_of_one_step_runs_it_at_the_full_lr():
     """--schedule cosine on a run of one step (one epoch of one batch) stopped with "warmup_steps must
     be an integer in [0, total_steps=1), got 1": the 5% warmup's one step was all the run had. It
