@@ -155,7 +155,7 @@ def test_precision_auto_is_bf16_on_a_gpu_with_bfloat16_tensor_cores(monkeypatch,
         amp.resolve_precision("bf32", cuda)
     args = lambda *argv: cli.build_parser().parse_args(["train", *argv])  # noqa: E731
     # the speed recipes say auto; the small nets train in fp32 everywhere; a flag overrides either
-    for recipe in ("airbench94", "airbench94_muon", "airbench95", "airbench96", "fast"):
+    for recipe in ("airbench94", "airbench94_muon", "airbench95", "airbench96", "fast", "mobilenetv2"):
         assert RECIPES[recipe]["precision"] == "auto"
         assert cli._settings(args("--recipe", recipe), cuda)["precision"] == want
         assert cli._settings(args("--recipe", recipe), backend.Device("cpu"))["precision"] == "fp32"
