@@ -53,7 +53,7 @@ from .precision import DTYPES, bfloat16, round_once, upcast
 
 __all__ = ["Parameter", "Layer", "Module", "Identity", "Conv2d", "ConvTranspose2d", "MaxPool2d", "AvgPool2d",
            "LPPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "ReLU", "GELU", "LeakyReLU", "SiLU", "Sigmoid", "Tanh",
-           "Flatten", "Unflatten", "Linear", "BatchNorm2d", "Dropout", "Scale", "Sequential", "ModuleList",
+           "Flatten", "Unflatten", "Linear", "BatchNorm2d", "GroupNorm", "Dropout", "Scale", "Sequential", "ModuleList",
            "ModuleDict", "Residual", "Concat", "CrossEntropyLoss", "LoadResult", "StateDictKeyError", "clip_grad_norm_",
            "clip_grad_value_", "eval_mode", "input_is_data"]
 
@@ -1079,6 +1079,49 @@ class BatchNorm2d(Layer):
     def extra_repr(self):
         act = "" if self.activation is None else f", activation={self.activation!r}"
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}{act}"
+
+
+class GroupNorm(Layer):
+    """Group normalization (PyTorch's ``nn.GroupNorm``): the ``num_channels`` channels fall into
+    ``num_groups`` groups of consecutive channels, and each (sample, group) is normalized with
+    the mean and biased variance of its values over the group's channels and every spatial
+    position, then scaled and shifted per channel (``weight`` ones and ``bias`` zeros at first;
+    ``affine=False``: neither). No running statistics: training and evaluation compute the same
+    thing, and a sample's output does not depend on the rest of the batch, which is why small-batch
+    training uses it. ``GroupNorm(1, C)`` is a LayerNorm over (C, H, W), ``GroupNorm(C, C)`` an
+    InstanceNorm. Inputs are (N, C, *); a channels_last input gives a channels_last output."""
+
+    _registers_attributes = False
+    _param_names = ("weight", "bias")
+
+    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, device=None, dtype=None):
+        super().__init__()
+        self.num_channels = _int("num_channels", num_channels, 1)
+        self.num_groups = ops.groupnorm.check_groups(num_groups, self.num_channels, "GroupNorm")
+        if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+            raise TypeError(f"GroupNorm: eps must be a number, got {eps!r} ({type(eps).__name__}): pass e.g. eps=1e-5")
+        self.eps = ops.groupnorm.check_eps(eps)
+        self.affine = check_bool("affine", affine, " (False: no weight and bias)")
+        n = self.num_channels
+        self.weight = Parameter(_on_default_device(np.ones(n, np.float32)), "weight") if self.affine else None
+        self.bias = Parameter(_on_default_device(np.zeros(n, np.float32)), "bias") if self.affine else None
+        _factory(self, device, dtype)
+
+    def forward(self, x):
+        y, cache = ops.groupnorm_forward(x, self.num_groups, None if self.weight is None else self.weight.data,
+                                         None if self.bias is None else self.bias.data, self.eps)
+        self._keep(cache)
+        return y
+
+    def backward(self, dy, need_dx=True):
+        dx, dweight, dbias = ops.groupnorm_backward(dy, self._take_cache())
+        if self.weight is not None:
+            self.weight.accumulate(dweight)
+            self.bias.accumulate(dbias)
+        return dx
+
+    def extra_repr(self):
+        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}"
 
 
 # ----------------------------------------------------------------------------- parameter-free layers

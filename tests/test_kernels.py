@@ -836,7 +836,8 @@ def test_the_variant_answers_follow_every_change_of_choice():
     ("lp_pool2d_backward", "lp_pool2d_forward"), ("relu_backward", "relu_forward"), ("gelu_backward", "gelu_forward"),
     ("dropout_backward", "dropout_forward"), ("scale_backward", "scale_forward"),
     ("batchnorm2d_backward", "batchnorm2d_forward"), ("leaky_relu_backward", "leaky_relu_forward"),
-    ("sigmoid_backward", "sigmoid_forward"), ("tanh_backward", "tanh_forward"), ("silu_backward", "silu_forward")])
+    ("sigmoid_backward", "sigmoid_forward"), ("tanh_backward", "tanh_forward"), ("silu_backward", "silu_forward"),
+    ("groupnorm_backward", "groupnorm_forward")])
 def test_a_backward_given_something_else_than_its_cache_names_the_forward(backward, forward):
     from gpuconv import ops
     dy = np.ones((1, 1, 2, 2), np.float32)
@@ -861,7 +862,8 @@ def test_every_ops_cache_prints_its_arrays_as_shapes_and_copies_and_pickles():
               ops.leaky_relu_forward(x, 0.2)[1], ops.sigmoid_forward(x)[1], ops.tanh_forward(x)[1],
               ops.silu_forward(x)[1],
               ops.batchnorm2d_forward(x, np.ones(4, np.float32), np.zeros(4, np.float32), np.zeros(4, np.float32),
-                                      np.ones(4, np.float32), training=True)[1]]
+                                      np.ones(4, np.float32), training=True)[1],
+              ops.groupnorm_forward(x, 2, np.ones(4, np.float32), np.zeros(4, np.float32))[1]]
     for cache in caches:
         text = repr(cache)
         assert text.startswith(type(cache).__name__ + "(") and "9." not in text, text

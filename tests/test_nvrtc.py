@@ -68,6 +68,8 @@ ENTRIES = {
     "batchnorm": ["batchnorm2d_stats", "batchnorm2d_eval_inv_std", "batchnorm2d_normalize",
                   "batchnorm2d_normalize_vec", "batchnorm2d_backward_sums", "batchnorm2d_backward_dx",
                   "batchnorm2d_backward_dx_vec"],
+    "groupnorm": ["groupnorm_stats", "groupnorm_normalize", "groupnorm_backward_sums", "groupnorm_backward_reduce",
+                  "groupnorm_backward_dx"],
 }
 # (dtype, tf32) of every build: the four storage dtypes, and float32 with TF32 operands (which only
 # conv2d's GEMMs use; the other files build it too, identically).
@@ -411,6 +413,11 @@ def test_ptxas_resource_usage(tmp_path, build, capsys):
             vec = name.endswith("_vec")
             assert r["spill"] == 0 or (build == "f64" and vec), (build, name, r)
             assert r["registers"] <= (80 if vec else 64) and r["smem"] <= 6 * 256 * acc_bytes + 8, (build, name, r)
+    # Group norm: block sums over 256-entry acc_t pairs (2 KiB in float32), elementwise passes, no spills.
+    if "groupnorm" in reports:
+        for name in ENTRIES["groupnorm"]:
+            r = reports["groupnorm"][name]
+            assert r["spill"] == 0 and r["registers"] <= 64 and r["smem"] <= 2 * 256 * (8 if build == "f64" else 4), r
     # The loss: a warp per row, 256-entry acc_t and int trees for the last block's sums (32-64 registers).
     if "loss" in reports:
         r = reports["loss"]["softmax_cross_entropy"]

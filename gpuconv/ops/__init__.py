@@ -18,6 +18,7 @@ from .conv2d import Conv2dCache, conv2d_backward, conv2d_forward
 from .conv_transpose2d import ConvTranspose2dCache, conv_transpose2d_backward, conv_transpose2d_forward
 from .dropout import DropoutCache, dropout_backward, dropout_forward
 from .gelu import GeluCache, gelu_backward, gelu_forward
+from .groupnorm import GroupNormCache, groupnorm_backward, groupnorm_forward
 from .linear import LinearCache, linear_backward, linear_forward
 from .loss import check_labels, softmax_cross_entropy
 from .lp_pool2d import LPPool2dCache, lp_pool2d_backward, lp_pool2d_forward
@@ -43,6 +44,7 @@ __all__ = [
     "softmax_cross_entropy",
     "check_labels",
     "batchnorm2d_forward", "batchnorm2d_backward",
+    "groupnorm_forward", "groupnorm_backward", "GroupNormCache",
     "dropout_forward", "dropout_backward",
     "Conv2dCache", "MaxPool2dCache", "AvgPool2dCache", "ReluCache", "LinearCache", "BatchNorm2dCache",
     "DropoutCache",

@@ -1,0 +1,123 @@
+"""Kernel launchers for group normalization (kernels/groupnorm.cu), registered for 'cuda' and 'sim'.
+
+Same arguments, results and cache (``GroupNormCache``) as the NumPy reference in ``groupnorm.py``,
+so a forward on one path and a backward on the other agree: the cache keeps x (as the kernels read
+it), the mean and rstd per (sample, group), and the backward kernels recompute xhat as the
+forward's. A missing weight or bias is passed to the kernels as ones or zeros.
+
+Layouts: a channels_last x (gpuconv.layout) is normalized as it lies, and y and dx come back
+channels_last; anything else is made C-contiguous (NCHW).
+
+Every sum has a fixed order that depends on the shape only (see the header of
+kernels/groupnorm.cu), so every device and the simulator sum alike.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import kernels, layout
+from ..backend import get_array_module
+from ..precision import compute_dtype
+from ._dispatch import register_launcher
+from .groupnorm import GroupNormCache
+
+LANES = kernels.defines("groupnorm.cu")["GN_LANES"]  # channels per block of the NHWC backward sums
+MIN_CHUNK = 4096          # positions per block of the elementwise kernels: 16 per thread of 256
+# A group's positions are int in the kernels (chunk ends reach M + chunk - 1): a wide margin.
+_MAX_COUNT = 2**30
+
+
+def geometry(kernel, *, n=0, c=0, groups=1, hw=0, channels_last=False):
+    """(grid, block, extra) of each groupnorm kernel: ``stats`` one block per (sample, group);
+    ``normalize`` and ``backward_dx`` (N * G, chunks), extra = (chunk,), the positions per block;
+    ``backward_sums`` one block per (sample, channel) NCHW, per (sample, 32 channels) NHWC;
+    ``backward_reduce`` one thread per channel and per (sample, group)."""
+    block = (kernels.BLOCK, 1, 1)
+    count = (c // groups) * hw
+    if kernel in ("groupnorm_normalize", "groupnorm_backward_dx"):
+        chunks = max(1, min(kernels.GRID_Y_MAX, -(-count // MIN_CHUNK)))
+        chunk = -(-count // chunks)
+        return (n * groups, -(-count // chunk), 1), block, (chunk,)
+    if kernel == "groupnorm_stats":
+        return (n * groups, 1, 1), block, ()
+    if kernel == "groupnorm_backward_sums":
+        return (n * (-(-c // LANES) if channels_last else c), 1, 1), block, ()
+    if kernel == "groupnorm_backward_reduce":
+        return (-(-(c + n * groups) // kernels.BLOCK), 1, 1), block, ()
+    raise ValueError(f"no groupnorm kernel {kernel!r}")
+
+
+def _fits(n, c, groups, hw, cl):
+    """Whether the kernels' int positions and CUDA's grid limits hold for this shape."""
+    blocks = n * max(c if not cl else -(-c // LANES), groups)
+    return (c // groups) * hw <= _MAX_COUNT and hw <= _MAX_COUNT and blocks <= kernels.GRID_X_MAX \
+        and c + n * groups <= _MAX_COUNT
+
+
+def _layout(*arrays, was_channels_last=False):
+    """(arrays in one layout, channels_last?), as the batch-norm launchers decide it."""
+    if layout.run_channels_last(*arrays) or (was_channels_last and all(map(layout.nhwc_memory, arrays))):
+        return arrays, True
+    xp = get_array_module(*arrays)
+    return tuple([xp.ascontiguousarray(a) for a in arrays]), False
+
+
+def _launch(kernel, dtype, target, args, device, **shape):
+    grid, block, extra = geometry(kernel, **shape)
+    args = tuple([layout.memory_order(a) if getattr(a, "ndim", 0) == 4 else a for a in args])
+    kernels.launch("groupnorm", kernel, dtype, target, grid, block, args + tuple(np.int32(e) for e in extra)
+                   + (np.int32(shape.get("channels_last", False)),), device=device)
+
+
+def _params(xp, weight, bias, c, cd):
+    w = xp.ones(c, cd) if weight is None else xp.ascontiguousarray(weight, dtype=cd)
+    b = xp.zeros(c, cd) if bias is None else xp.ascontiguousarray(bias, dtype=cd)
+    return w, b
+
+
+@register_launcher("groupnorm_forward")
+def groupnorm_forward_kernel(x, num_groups, weight, bias, eps, *, target):
+    n, c, h, w = x.shape
+    if not _fits(n, c, num_groups, h * w, layout.is_channels_last(x)):
+        return NotImplemented  # the kernels index a group's positions in 32 bits
+    xp = get_array_module(x)
+    cd = compute_dtype(x.dtype)
+    (x,), cl = _layout(x)
+    device = kernels.array_device((x,))
+    wt, b = _params(xp, weight, bias, c, cd)
+    mean, rstd = xp.empty((n, num_groups), cd), xp.empty((n, num_groups), cd)
+    shape = dict(n=n, c=c, groups=num_groups, hw=h * w, channels_last=cl)
+    dims = (np.int32(c), np.int32(h * w), np.int32(num_groups))
+    _launch("groupnorm_stats", x.dtype, target, (x, mean, rstd) + dims + (np.float64(eps),), device, **shape)
+    y = layout.empty(xp, x.shape, x.dtype, cl)
+    _launch("groupnorm_normalize", x.dtype, target, (x, mean, rstd, wt, b, y) + dims, device, **shape)
+    return y, GroupNormCache(x, mean, rstd, weight, bias, num_groups, tuple(x.shape))
+
+
+@register_launcher("groupnorm_backward")
+def groupnorm_backward_kernel(dy, cache, *, target):
+    x, mean, rstd, weight, bias, g = cache[:6]
+    n, c, h, w = dy.shape
+    if not _fits(n, c, g, h * w, layout.is_channels_last(dy)):
+        return NotImplemented
+    xp = get_array_module(dy, x)
+    cd = compute_dtype(dy.dtype)
+    (dy, x), cl = _layout(dy, x, was_channels_last=layout.is_channels_last(x))
+    device = kernels.array_device((dy,))
+    mean, rstd = xp.ascontiguousarray(mean, dtype=cd), xp.ascontiguousarray(rstd, dtype=cd)
+    wt, _ = _params(xp, weight, None, c, cd)
+    shape = dict(n=n, c=c, groups=g, hw=h * w, channels_last=cl)
+    dims = (np.int32(c), np.int32(h * w), np.int32(g))
+    sum_dy, sum_dy_xhat = xp.empty((n, c), cd), xp.empty((n, c), cd)
+    _launch("groupnorm_backward_sums", dy.dtype, target, (dy, x, mean, rstd, sum_dy, sum_dy_xhat) + dims, device,
+            **shape)
+    dweight, dbias = xp.empty(c, cd), xp.empty(c, cd)
+    group_dy, group_dy_xhat = xp.empty((n, g), cd), xp.empty((n, g), cd)
+    grid, block, _ = geometry("groupnorm_backward_reduce", **shape)
+    kernels.launch("groupnorm", "groupnorm_backward_reduce", dy.dtype, target, grid, block,
+                   (sum_dy, sum_dy_xhat, wt, dweight, dbias, group_dy, group_dy_xhat, np.int32(n), np.int32(c),
+                    np.int32(g)), device=device)
+    dx = layout.empty(xp, dy.shape, dy.dtype, cl)
+    _launch("groupnorm_backward_dx", dy.dtype, target, (dy, x, mean, rstd, wt, group_dy, group_dy_xhat, dx) + dims,
+            device, **shape)
+    return dx, None if weight is None else dweight, None if bias is None else dbias

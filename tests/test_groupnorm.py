@@ -1,0 +1,283 @@
+"""groupnorm with PyTorch's semantics: per-(sample, group) statistics, biased variance, per-channel
+weight and bias; the NumPy reference, the kernels (kernels/groupnorm.cu) on the simulator and on a
+GPU when one answers, and the GroupNorm layer."""
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+import gpuconv
+from gpuconv import kernels, layout, nn
+from gpuconv.gradcheck import numerical_gradient_array, relative_error
+from gpuconv.ops import _launch_groupnorm as LG
+from gpuconv.ops import groupnorm as gn
+from gpuconv.ops import groupnorm_backward, groupnorm_forward
+
+BF16 = ml_dtypes.bfloat16
+DTYPES = [pytest.param(np.float64, id="f64"), pytest.param(np.float32, id="f32"), pytest.param(BF16, id="bf16"),
+          pytest.param(np.float16, id="f16")]
+LAYOUTS = [pytest.param(False, id="nchw"), pytest.param(True, id="nhwc")]
+EPS = 1e-5
+
+
+def f64(a):
+    return np.asarray(a.get() if hasattr(a, "get") else a, np.float64)
+
+
+def compute(dtype):
+    return np.float64 if np.dtype(dtype) == np.float64 else np.float32
+
+
+def make(shape, dtype, cl, seed=0, loc=2.0, scale=3.0):
+    rng = np.random.default_rng(seed)
+    c = shape[1]
+    x = (rng.standard_normal(shape) * scale + loc).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    w, b = rng.uniform(0.5, 2, c).astype(compute(dtype)), rng.standard_normal(c).astype(compute(dtype))
+    if cl:
+        x, dy = gpuconv.to_channels_last(x), gpuconv.to_channels_last(dy)
+    return x, w, b, dy
+
+
+def formula(x, g, w=None, b=None, dy=None, eps=EPS):
+    """float64 group norm and, given dy, its gradients, written from the definition."""
+    x = f64(x)
+    n, c = x.shape[:2]
+    rows = x.reshape(n, g, -1)
+    mean, var = rows.mean(2, keepdims=True), rows.var(2, keepdims=True)
+    xhat = ((rows - mean) / np.sqrt(var + eps)).reshape(x.shape)
+    per = (lambda v: np.asarray(v, np.float64).reshape((1, c) + (1,) * (x.ndim - 2)))
+    w64, b64 = (np.ones(c) if w is None else w), (np.zeros(c) if b is None else b)
+    y = xhat * per(w64) + per(b64)
+    if dy is None:
+        return y
+    dy = f64(dy)
+    axes = (0,) + tuple(range(2, x.ndim))
+    dxhat = (dy * per(w64)).reshape(n, g, -1)
+    xh = xhat.reshape(n, g, -1)
+    dx = (dxhat - dxhat.mean(2, keepdims=True) - xh * (dxhat * xh).mean(2, keepdims=True)) / np.sqrt(var + eps)
+    return y, dx.reshape(x.shape), (dy * xhat).sum(axes), dy.sum(axes)
+
+
+def tolerance(dtype, m):
+    """Per-element bound against float64: the storage dtype's one rounding (relative) and the
+    accumulator's errors over a group's m values (absolute, relative to the normalized scale)."""
+    storage = {np.dtype(BF16): 2.0 ** -8, np.dtype(np.float16): 2.0 ** -11}.get(np.dtype(dtype), 0.0)
+    acc = 2.0 ** -53 if np.dtype(dtype) == np.float64 else 2.0 ** -24
+    return storage, 64 * m * acc + 2 * storage
+
+
+def close(got, want, dtype, m):
+    rel, ab = tolerance(dtype, m)
+    got = f64(got)
+    assert got.shape == want.shape
+    err = np.abs(got - want) - (rel * np.abs(want) + ab * (1 + np.abs(want).max()))
+    assert err.max() <= 0, f"off by {np.abs(got - want).max()}"
+
+
+@pytest.mark.parametrize("cl", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape, groups", [((2, 6, 5, 3), 3), ((3, 4, 2, 2), 1), ((2, 4, 3, 3), 4),
+                                           ((1, 64, 3, 2), 8), ((2, 6, 1, 1), 2)])
+def test_forward_and_backward_against_float64(backend, shape, groups, dtype, cl):
+    x, w, b, dy = make(shape, dtype, cl)
+    y, cache = groupnorm_forward(backend.asarray(x), groups, backend.asarray(w), backend.asarray(b))
+    dx, dw, db = groupnorm_backward(backend.asarray(dy), cache)
+    backend.assert_kernels_ran("groupnorm_stats", "groupnorm_backward_dx")
+    y64, dx64, dw64, db64 = formula(x, groups, w, b, dy)
+    m = shape[1] // groups * shape[2] * shape[3]
+    assert y.dtype == dx.dtype == np.dtype(dtype) and dw.dtype == db.dtype == compute(dtype)
+    assert cache.mean.shape == cache.rstd.shape == (shape[0], groups) and cache.mean.dtype == compute(dtype)
+    assert layout.is_channels_last(y) == layout.is_channels_last(dx) == (cl and shape[1] > 1 < shape[2] * shape[3])
+    close(y, y64, dtype, m)
+    close(dx, dx64, dtype, m)
+    close(dw, dw64, compute(dtype), m * shape[0])
+    close(db, db64, compute(dtype), m * shape[0])
+
+
+@pytest.mark.parametrize("cl", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_kernels_follow_the_precision_rule_and_the_reference(dtype, cl):
+    """On the simulator: statistics within rounding of the reference's, y exactly the reference's
+    arithmetic on the kernels' own statistics rounded once to x's dtype, the gradients within
+    rounding of the reference's; a kernel cache and a reference cache are interchangeable."""
+    x, w, b, dy = make((2, 8, 5, 7), dtype, cl, seed=1)
+    y, cache = LG.groupnorm_forward_kernel(x, 4, w, b, EPS, target="sim")
+    ry, rcache = gn._groupnorm_forward_reference(x, 4, w, b, EPS)
+    np.testing.assert_allclose(f64(cache.mean), f64(rcache.mean), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(f64(cache.rstd), f64(rcache.rstd), rtol=1e-5)
+    want = (gn.normalized(cache) * w[None, :, None, None] + b[None, :, None, None]).astype(dtype)
+    assert y.dtype == want.dtype and np.array_equal(f64(y), f64(want))
+    for c_from, c_to in ((cache, rcache), (rcache, cache)):
+        got = LG.groupnorm_backward_kernel(dy, c_from, target="sim")
+        ref = gn._groupnorm_backward_reference(dy, c_to)
+        for g, r in zip(got, ref):
+            close(g, f64(r), dtype if g.shape == dy.shape else compute(dtype), 70)
+
+
+@pytest.mark.parametrize("cl", LAYOUTS)
+@pytest.mark.parametrize("groups", [1, 2, 4])
+def test_gradients_float64(backend, groups, cl):
+    x, w, b, dy = make((2, 4, 3, 2), np.float64, cl, seed=2)
+    xs, ws, bs, dys = map(backend.asarray, (x, w, b, dy))
+
+    def f(a, ww, bb):
+        return backend.asnumpy(groupnorm_forward(backend.asarray(a), groups, backend.asarray(ww),
+                                                 backend.asarray(bb))[0])
+
+    _, cache = groupnorm_forward(xs, groups, ws, bs)
+    dx, dw, db = map(backend.asnumpy, groupnorm_backward(dys, cache))
+    assert relative_error(dx, numerical_gradient_array(lambda a: f(a, w, b), np.array(x), dy)) < 1e-6
+    assert relative_error(dw, numerical_gradient_array(lambda a: f(x, a, b), w.copy(), dy)) < 1e-6
+    assert relative_error(db, numerical_gradient_array(lambda a: f(x, w, a), b.copy(), dy)) < 1e-6
+
+
+@pytest.mark.parametrize("shape, groups, affine", [((2, 6, 5, 3), 3, True), ((3, 4, 2, 2), 1, True),
+                                                   ((3, 4, 2, 2), 4, True), ((2, 8, 7), 2, True),
+                                                   ((2, 4), 2, False), ((2, 6, 4, 4), 2, False)])
+def test_equals_torch_group_norm_float64(backend, shape, groups, affine):
+    torch = pytest.importorskip("torch", reason="PyTorch is optional: the comparison with F.group_norm needs it")
+    rng = np.random.default_rng(3)
+    x, dy = rng.standard_normal(shape) * 3 + 2, rng.standard_normal(shape)
+    w, b = (rng.standard_normal(shape[1]), rng.standard_normal(shape[1])) if affine else (None, None)
+    y, cache = groupnorm_forward(backend.asarray(x), groups, backend.asarray(w), backend.asarray(b), 1e-5)
+    dx, dw, db = groupnorm_backward(backend.asarray(dy), cache)
+    X = torch.tensor(x, requires_grad=True)
+    W, B = ((torch.tensor(w, requires_grad=True), torch.tensor(b, requires_grad=True)) if affine else (None, None))
+    Y = torch.nn.functional.group_norm(X, groups, W, B, 1e-5)
+    Y.backward(torch.tensor(dy))
+    np.testing.assert_allclose(backend.asnumpy(y), Y.detach().numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(backend.asnumpy(dx), X.grad.numpy(), rtol=1e-10, atol=1e-12)
+    if affine:
+        np.testing.assert_allclose(backend.asnumpy(dw), W.grad.numpy(), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(backend.asnumpy(db), B.grad.numpy(), rtol=1e-10, atol=1e-12)
+    else:
+        assert dw is None and db is None
+
+
+def test_layer_norm_and_instance_norm_special_cases(backend):
+    """GroupNorm(1, C) normalizes each sample over (C, H, W), as LayerNorm([C, H, W]) without its
+    elementwise affine; GroupNorm(C, C) each (sample, channel) over (H, W), as InstanceNorm2d."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3, 4, 5, 2)) * [[[[1.0]], [[5.0]], [[0.2]], [[3.0]]]] + 7
+    y1 = backend.asnumpy(nn.GroupNorm(1, 4, affine=False, dtype=np.float64)(backend.asarray(x)))
+    mean, var = x.mean((1, 2, 3), keepdims=True), x.var((1, 2, 3), keepdims=True)
+    np.testing.assert_allclose(y1, (x - mean) / np.sqrt(var + EPS), rtol=1e-12, atol=1e-12)
+    y4 = backend.asnumpy(nn.GroupNorm(4, 4, affine=False, dtype=np.float64)(backend.asarray(x)))
+    mean, var = x.mean((2, 3), keepdims=True), x.var((2, 3), keepdims=True)
+    np.testing.assert_allclose(y4, (x - mean) / np.sqrt(var + EPS), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("cl", LAYOUTS)
+def test_a_large_mean_stays_accurate_in_float32(backend, cl):
+    """1000 + noise of 0.01: the two-pass variance stays within float32's rounding (E[x^2] - mean^2
+    would lose every digit of a variance of 1e-4: E[x^2] = 1e6 has a spacing of 0.06), and y is
+    off by no more than the float32 mean's own rounding allows: 2^-24 * 1000 is 0.006 standard
+    deviations."""
+    rng = np.random.default_rng(5)
+    x = (1000 + 0.01 * rng.standard_normal((2, 8, 16, 16))).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    if cl:
+        x, dy = gpuconv.to_channels_last(x), gpuconv.to_channels_last(dy)
+    w, b = np.ones(8, np.float32), np.zeros(8, np.float32)
+    y, cache = groupnorm_forward(backend.asarray(x), 2, backend.asarray(w), backend.asarray(b))
+    dx, _, _ = groupnorm_backward(backend.asarray(dy), cache)
+    y64, dx64, _, _ = formula(x, 2, w, b, dy)  # of the float32 x as given
+    std = f64(x).reshape(2, 2, -1).std(2)
+    np.testing.assert_allclose(f64(backend.asnumpy(cache.rstd)), 1 / np.sqrt(std ** 2 + EPS), rtol=1e-3)
+    bound = 4 * 2.0 ** -24 * 1000 / std.min()  # a few roundings of the mean, in standard deviations
+    np.testing.assert_allclose(backend.asnumpy(y), y64, rtol=0, atol=bound)
+    np.testing.assert_allclose(backend.asnumpy(dx) / 100, dx64 / 100, rtol=0, atol=bound)  # dx ~ rstd = 100
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cl", LAYOUTS)
+def test_kernels_deterministic_in_either_simulator_order(cl, dtype):
+    """The same bits in either thread order of the simulator (the sums' fixed order is kept by
+    barriers, not by the order threads run in), with blocks of several chunks per group."""
+    x, w, b, dy = make((2, 4, 48, 48), dtype, cl, seed=6)
+    assert LG.geometry("groupnorm_normalize", n=2, c=4, groups=2, hw=48 * 48)[0][1] == 2
+    outs = []
+    for order in ("forward", "reverse"):
+        with kernels.sim_schedule(order):
+            y, cache = LG.groupnorm_forward_kernel(x, 2, w, b, EPS, target="sim")
+            dx, dw, db = LG.groupnorm_backward_kernel(dy, cache, target="sim")
+        outs.append([np.ascontiguousarray(a).tobytes() for a in (y, cache.mean, cache.rstd, dx, dw, db)])
+    assert outs[0] == outs[1]
+
+
+def test_launches_and_dispatch():
+    x, w, b, dy = make((2, 4, 3, 3), np.float32, False, seed=7)
+    with gpuconv.default_device("sim"), kernels.launch_log() as log:
+        y, cache = groupnorm_forward(x, 2, w, b)
+        groupnorm_backward(dy, cache)
+    assert log.names == ["groupnorm_stats", "groupnorm_normalize", "groupnorm_backward_sums",
+                         "groupnorm_backward_reduce", "groupnorm_backward_dx"]
+    assert not kernels.fallbacks(log)
+
+
+@pytest.mark.parametrize("shape", [(0, 4, 3, 3), (2, 4, 0, 3)])
+def test_an_empty_batch_gives_empty_results(backend, shape):
+    x = backend.asarray(np.zeros(shape, np.float32))
+    w, b = backend.asarray(np.ones(4, np.float32)), backend.asarray(np.zeros(4, np.float32))
+    y, cache = groupnorm_forward(x, 2, w, b)
+    dx, dw, db = groupnorm_backward(backend.asarray(np.zeros(shape, np.float32)), cache)
+    assert y.shape == dx.shape == shape and not backend.asnumpy(dw).any() and not backend.asnumpy(db).any()
+
+
+@pytest.mark.parametrize("call, exc, match", [
+    (lambda x, w: groupnorm_forward(x, 3, w, w), ValueError, r"num_channels \(4\) must be divisible by num_groups "
+                                                             r"\(3\).*divisors of 4 \(1, 2, 4\)"),
+    (lambda x, w: groupnorm_forward(x, 0, w, w), ValueError, "num_groups must be a positive int"),
+    (lambda x, w: groupnorm_forward(x, 2.0, w, w), ValueError, "num_groups must be a positive int"),
+    (lambda x, w: groupnorm_forward(x, 2, w[:3], w), ValueError, r"weight must have shape \(4,\)"),
+    (lambda x, w: groupnorm_forward(x, 2, w, w, eps=0), ValueError, "eps must be a positive number"),
+    (lambda x, w: groupnorm_forward(x[0, 0, 0], 2, w, w), ValueError, "at least 2 dimensions"),
+    (lambda x, w: groupnorm_forward(x.astype(BF16), 2, w.astype(BF16), None), TypeError,
+     "weight must be float32 for a bfloat16 x"),
+    (lambda x, w: groupnorm_backward(x[:1], groupnorm_forward(x, 2, w, w)[1]), ValueError,
+     "dy must have the forward output's shape"),
+    (lambda x, w: groupnorm_backward(x.astype(np.float64), groupnorm_forward(x, 2, w, w)[1]), TypeError,
+     "dy has dtype float64 but the forward's output had dtype float32"),
+    (lambda x, w: groupnorm_backward(x, (x,)), TypeError, "cache must be the .*GroupNormCache that groupnorm_forward"),
+])
+def test_errors_before_work(call, exc, match):
+    x, w = np.ones((2, 4, 3, 3), np.float32), np.ones(4, np.float32)
+    with pytest.raises(exc, match=match):
+        call(x, w)
+
+
+def test_layer_state_dict_repr_and_errors_as_torch():
+    m = nn.GroupNorm(2, 4)
+    assert list(m.state_dict()) == ["weight", "bias"] and repr(m) == "GroupNorm(2, 4, eps=1e-05, affine=True)"
+    assert np.array_equal(m.weight.data, np.ones(4)) and np.array_equal(m.bias.data, np.zeros(4))
+    assert m.num_parameters() == 8 and nn.GroupNorm(4, 4, affine=False).state_dict() == {}
+    assert gpuconv.layers.GroupNorm is nn.GroupNorm
+    with pytest.raises(ValueError, match=r"GroupNorm: num_channels \(6\) must be divisible by num_groups \(4\).*"
+                                         r"pick num_groups among the divisors of 6 \(1, 2, 3, 6\)"):
+        nn.GroupNorm(4, 6)
+    with pytest.raises(TypeError, match="eps must be a number"):
+        nn.GroupNorm(2, 4, eps="1e-5")
+    with pytest.raises(TypeError, match="affine must be True or False"):
+        nn.GroupNorm(2, 4, affine="no")
+
+
+def test_layer_trains_and_is_batch_independent(backend):
+    """The layer's gradients reach weight and bias (none without affine), and a sample's output
+    does not depend on the rest of the batch (no batch statistics, no running ones)."""
+    rng = np.random.default_rng(8)
+    x = backend.asarray(rng.standard_normal((3, 6, 4, 4)).astype(np.float32))
+    with gpuconv.default_device(backend.device):
+        m, plain = nn.GroupNorm(3, 6), nn.GroupNorm(3, 6, affine=False)
+    y = m(x)
+    np.testing.assert_allclose(backend.asnumpy(m(x[:1])), backend.asnumpy(y[:1]), rtol=1e-6, atol=1e-6)
+    m.eval()
+    np.testing.assert_allclose(backend.asnumpy(m(x)), backend.asnumpy(y), rtol=0, atol=0)
+    m.train()
+    m(x)
+    dx = m.backward(backend.asarray(np.ones(y.shape, np.float32)))
+    assert dx.shape == x.shape and m.weight.grad.shape == m.bias.grad.shape == (6,)
+    np.testing.assert_allclose(backend.asnumpy(m.bias.grad), np.full(6, 48.0))
+    plain(x)
+    assert plain.backward(backend.asarray(np.ones(y.shape, np.float32))).shape == x.shape
