@@ -17,7 +17,10 @@ writes y and the int32 switches, backward reads dy and the switches and writes d
 NCHW and bfloat16 channels_last, the training step's precision and layout) forward reads x once
 and writes y, backward reads dy and x (the cache keeps x, not a float32 xhat) and writes dx (the
 kernels read x three times in the forward and dy and x twice in the backward: vs copy shows what
-the two-pass reductions cost). The copy
+the two-pass reductions cost); group norm likewise (at the same shapes and cases, 32 groups or
+as many as the channels allow, gcd(32, C): GroupNorm(32, C) of small-batch ResNets; its kernels
+read x three times in the forward and dy and x twice in the backward), against PyTorch's
+native_group_norm and its backward on the same GPU. The copy
 baseline is ``cudaMemcpyAsync`` device-to-device moving the same bytes (half read, half written);
 the issue's target is >= 80% of it. The loss (softmax cross-entropy, airbench94's logits) is
 timed as one launch, as the array form it replaced and as PyTorch's forward + backward: at 10
@@ -28,6 +31,7 @@ fp32, TF32 off on both sides) and the speed ratio to cuDNN, per direction and pe
 from __future__ import annotations
 
 import argparse
+import math
 import pathlib
 import sys
 
@@ -42,10 +46,12 @@ import gpuconv  # noqa: E402
 from gpuconv import models  # noqa: E402
 from gpuconv import layers as L  # noqa: E402
 from gpuconv.ops import _launch_batchnorm as LB  # noqa: E402
+from gpuconv.ops import _launch_groupnorm as LGN  # noqa: E402
 from gpuconv.ops import _launch_lp_pool2d as LPL  # noqa: E402
 from gpuconv.ops import _launch_pool2d as LP  # noqa: E402
 from gpuconv.ops import _launch_relu as LR  # noqa: E402
 from gpuconv.ops import batchnorm as BN  # noqa: E402
+from gpuconv.ops import groupnorm as GN  # noqa: E402
 from gpuconv.ops import lp_pool2d as LPP  # noqa: E402
 from gpuconv.ops import _pool2d_reference as P  # noqa: E402
 from gpuconv.ops import relu as R  # noqa: E402
@@ -163,6 +169,24 @@ def validate(args, relu_shapes, pool_shapes, conv_layers, checks):
             checks.close(f"{tag} forward {shape}", y, ry, rtol)
             dx, _, _ = LB.batchnorm2d_backward_kernel(DY, cache, target=target)
             checks.close(f"{tag} backward {shape}", dx, BN._batchnorm2d_backward_reference(dy, rcache)[0], 10 * rtol)
+    for shape in relu_shapes:  # group norm at the same shapes and cases (the rows timed below)
+        for dtype, cl in BN_CASES:
+            x = (rng.standard_normal((batch, *shape)) + 3).astype(dtype)
+            dy = rng.standard_normal(x.shape).astype(dtype)
+            c, groups = shape[0], math.gcd(32, shape[0])
+            w, b = rng.uniform(0.5, 2, c).astype(np.float32), rng.standard_normal(c).astype(np.float32)
+            X, DY = (gpuconv.to_channels_last(common.to_dev(a, args)) if cl else common.to_dev(a, args)
+                     for a in (x, dy))
+            y, cache = LGN.groupnorm_forward_kernel(X, groups, common.to_dev(w, args), common.to_dev(b, args), 1e-5,
+                                                    target=target)
+            ry, rcache = GN._groupnorm_forward_reference(x, groups, w, b, 1e-5)
+            rtol = 1e-5 if dtype == np.float32 else 2.0 ** -7  # statistics summed in another order; bf16 y
+            tag = f"groupnorm G={groups} {np.dtype(dtype).name}{' channels_last' if cl else ''}"
+            checks.close(f"{tag} forward {shape}", y, ry, rtol)
+            dx, dw, db = LGN.groupnorm_backward_kernel(DY, cache, target=target)
+            rdx, rdw, rdb = GN._groupnorm_backward_reference(dy, rcache)
+            checks.close(f"{tag} backward dx {shape}", dx, rdx, 10 * rtol)
+            checks.close(f"{tag} backward dweight {shape}", dw, rdw, 1e-4)
     failures = bench_conv2d.validate(conv_layers, batch, target)
     checks.add(f"conv2d every variant and direction on {len(conv_layers)} layers (bench_conv2d.validate)",
                not failures, detail="; ".join(failures) or None)
@@ -308,6 +332,38 @@ def batchnorm_rows(args, relu_shapes, batch, torch):
     return rows
 
 
+def groupnorm_rows(args, relu_shapes, batch, torch):
+    """Group norm forward and backward at the ReLU shapes, GroupNorm(gcd(32, C), C), against
+    PyTorch's native_group_norm and native_group_norm_backward (float32: bfloat16 through DLPack is
+    not in every version). Bytes as batch norm's (:func:`batchnorm_bytes`)."""
+    rng = np.random.default_rng(3)
+    rows, target = [], args.device
+    for shape in relu_shapes:
+        full, c, groups = (batch, *shape), shape[0], math.gcd(32, shape[0])
+        for dtype, cl in BN_CASES:
+            x = common.to_dev(rng.standard_normal(full).astype(dtype), args)
+            dy = common.to_dev(rng.standard_normal(full).astype(dtype), args)
+            if cl:
+                x, dy = gpuconv.to_channels_last(x), gpuconv.to_channels_last(dy)
+            w, b = common.to_dev(np.ones(c, np.float32), args), common.to_dev(np.zeros(c, np.float32), args)
+            fwd = lambda: LGN.groupnorm_forward_kernel(x, groups, w, b, 1e-5, target=target)  # noqa: E731
+            _, cache = fwd()
+            calls = {"forward": fwd, "backward": lambda: LGN.groupnorm_backward_kernel(dy, cache, target=target)}
+            tcalls = {}
+            if torch is not None and dtype == np.float32:
+                tx, tdy, tw, tb = (torch.from_dlpack(a) for a in (x, dy, w, b))
+                hw = int(np.prod(shape[1:]))
+                _, tmean, trstd = torch.ops.aten.native_group_norm(tx, tw, tb, batch, c, hw, groups, 1e-5)
+                tcalls = {"forward": lambda: torch.ops.aten.native_group_norm(tx, tw, tb, batch, c, hw, groups, 1e-5),
+                          "backward": lambda: torch.ops.aten.native_group_norm_backward(
+                              tdy, tx, tmean, trstd, tw, batch, c, hw, groups, [True, True, True])}
+            name = f"groupnorm G={groups} {'bf16 cl' if cl else 'fp32'} {{}}"
+            for direction, fn in calls.items():
+                rows.append(_memory_row(name.format(direction), full, batchnorm_bytes(full, dtype, direction), fn,
+                                        tcalls.get(direction), args))
+    return rows
+
+
 def _memory_row(op, shape, nbytes, fn, tfn, args):
     ms = common.timed(fn, args)
     host_ms = common.host_submit_ms(fn, args)
@@ -396,6 +452,7 @@ def main(argv=None):
         torch = common.torch_module(args)
         memory = memory_rows(args, relu_shapes, pool_shapes, batch, torch)
         memory += batchnorm_rows(args, relu_shapes, batch, torch)
+        memory += groupnorm_rows(args, relu_shapes, batch, torch)
         conv = conv_rows(args, conv_layers, batch, torch)
     results = {"memory": memory, "conv2d": conv, "conv2d_layers": conv_layer_summary(conv)}
     rec = common.record(NAME, args, checks, results, width=width, batch=batch,

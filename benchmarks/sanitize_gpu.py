@@ -13,7 +13,8 @@ partial GEMM tiles in both dimensions, a partial reduction round, padding wider 
 filter, several backward-weight splits, overlapping pooling windows, ReLU lengths with a vector
 tail and a misaligned view, GELU over a partial block, the loss over several blocks, dropout over partial blocks, crops falling wholly into the padding, reflect-padded crops,
 tensor-core GEMM tiles cut in M, N and K with every copy width of its loader, tensor-core
-convolutions in each build and layout with padded channels and several weight splits.
+convolutions in each build and layout with padded channels and several weight splits, group
+norm with one group, a group per channel and a partial 32-channel block.
 Exit 0 when every kernel ran and matched; 1 naming the mismatch or the kernel that did not run.
 """
 from __future__ import annotations
@@ -35,6 +36,7 @@ from gpuconv import hostsim, kernels, syncguard  # noqa: E402
 from gpuconv.data import crop_flip, cutout, normalize  # noqa: E402
 from gpuconv.data._launch_augment import augment_batch_kernel  # noqa: E402
 from gpuconv.ops import _launch_batchnorm as LB  # noqa: E402
+from gpuconv.ops import _launch_groupnorm as LGN  # noqa: E402
 from gpuconv.ops import _launch_conv2d as LC  # noqa: E402
 from gpuconv.ops import _launch_conv2d_grouped as LCG  # noqa: E402
 from gpuconv.ops import _launch_dropout as LD  # noqa: E402
@@ -48,6 +50,7 @@ from gpuconv.ops import loss as L  # noqa: E402
 from gpuconv.ops import gelu as G  # noqa: E402
 from gpuconv.ops._launch_gemm_tc import gemm_reference, gemm_tc  # noqa: E402
 from gpuconv.ops import batchnorm as BN  # noqa: E402
+from gpuconv.ops import groupnorm as GN  # noqa: E402
 from gpuconv.ops import conv2d as C  # noqa: E402
 from gpuconv.ops import conv2d_grouped as CG  # noqa: E402
 from gpuconv.ops import dropout as D  # noqa: E402
@@ -603,6 +606,38 @@ def batchnorm(run, rng):
         run.exact(f"batchnorm2d_normalize grid-stride walk cl={cl} y", Y, want * per(g) + per(b))
 
 
+def groupnorm(run, rng):
+    """Both layouts; 37 channels in NHWC's backward sums (a partial 32-channel block); one group
+    (LayerNorm), a group per channel (InstanceNorm) and groups of several channels; a group of
+    5043 positions (two chunks of the elementwise kernels, the last partial); no weight and bias."""
+    import ml_dtypes
+    for shape, groups in (((3, 37, 5, 3), 37), ((2, 6, 5, 7), 3), ((2, 3, 41, 41), 1), ((2, 4, 3, 1), 2)):
+        for dtype in (np.float32, ml_dtypes.bfloat16):
+            for cl in (False, True):
+                x = (rng.standard_normal(shape) * 2 + 1).astype(dtype)
+                dy = rng.standard_normal(shape).astype(dtype)
+                w, b = rng.uniform(0.5, 2, shape[1]).astype(np.float32), rng.standard_normal(shape[1]).astype(np.float32)
+                if groups == 2:
+                    w = b = None
+                put = (lambda a: run.dev(gpuconv.to_channels_last(a))) if cl else run.dev
+                tag = f"groupnorm {shape} G={groups} {np.dtype(dtype).name}{' channels_last' if cl else ''}"
+                tol = 1e-2 if dtype != np.float32 else 2e-4
+                y, c = LGN.groupnorm_forward_kernel(put(x), groups, None if w is None else run.dev(w),
+                                                    None if b is None else run.dev(b), 1e-5, target=run.target)
+                ry, rc = GN._groupnorm_forward_reference(x, groups, w, b, 1e-5)
+                run.close(f"{tag} forward", y, ry, rtol=tol)
+                run.close(f"{tag} mean, rstd", np.concatenate([common.host(c.mean), common.host(c.rstd)]),
+                          np.concatenate([rc.mean, rc.rstd]))
+                dx, dw, db = LGN.groupnorm_backward_kernel(put(dy), c, target=run.target)
+                rdx, rdw, rdb = GN._groupnorm_backward_reference(dy, rc)
+                run.close(f"{tag} backward dx", dx, rdx, rtol=tol)
+                if w is not None:
+                    run.close(f"{tag} backward dweight, dbias", np.concatenate([common.host(dw), common.host(db)]),
+                              np.concatenate([rdw, rdb]))
+                else:
+                    run.add(f"{tag} backward: no dweight, dbias without weight and bias", dw is None and db is None)
+
+
 def stream_hold(run, rng):
     if run.target == "cuda" and not run.guard:
         # Under compute-sanitizer every launch waits for the one before it, so the guard would
@@ -633,8 +668,8 @@ def stream_hold(run, rng):
     run.add("stream_hold: released at once, no time-out", int(timed_out[0]) == 0)
 
 
-FAMILIES = (conv, conv_grouped, conv_tc, gemm, pool, relu, gelu, activations, scale, loss, optim, amp_cast, dropout, augment,
-            batchnorm, stream_hold)
+FAMILIES = (conv, conv_grouped, conv_tc, gemm, pool, relu, gelu, activations, scale, loss, optim, amp_cast, dropout,
+            augment, batchnorm, groupnorm, stream_hold)
 
 
 def main(argv=None):
