@@ -6,10 +6,12 @@ after it). FLOPs count a multiply-add as two: a convolution 2 * C_in * k_h * k_w
 element (C_in // groups of a grouped one; plus one per element for its bias), a transposed
 convolution 2 * C_out * k_h * k_w per input element (the count of the convolution whose input
 gradient it is; plus one per output element for its bias), a linear layer 2 * in_features per
-output, batch norm in eval mode 2 per element (a scale and a shift), pooling one comparison or
-addition per window element, ReLU, LeakyReLU and Scale one per element, a residual addition one
-per element; reshaping layers, dropout, a concatenation (a copy) and the smooth activations (GELU,
-SiLU, Sigmoid, Tanh: an erf, exp or tanh, no multiply-add) count none.
+output, batch norm in eval mode 2 per element (a scale and a shift), group norm 6 per element (its
+statistics, computed in every mode: an addition for the mean, a subtraction and a multiply-add for
+the variance, 4; then a scale and a shift, 2), pooling one comparison or addition per window
+element, ReLU, LeakyReLU and Scale one per element, a residual addition one per element; reshaping
+layers, dropout, a concatenation (a copy) and the smooth activations (GELU, SiLU, Sigmoid, Tanh: an
+erf, exp or tanh, no multiply-add) count none.
 """
 from __future__ import annotations
 
@@ -31,6 +33,8 @@ def _flops(layer, x, y) -> int:
         return out * (2 * layer.in_features + (layer.bias is not None))
     if isinstance(layer, L.BatchNorm2d):
         return 2 * out
+    if isinstance(layer, L.GroupNorm):
+        return 6 * out
     if isinstance(layer, L._AdaptivePool2d):  # the taps of every output's window (overlapping ones counted each time)
         from .ops.adaptive_pool2d import windows
         taps = [sum(b - a for a, b in windows(size, out)) for size, out in zip(x.shape[2:], y.shape[2:])]

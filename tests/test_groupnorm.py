@@ -281,3 +281,8 @@ def test_layer_trains_and_is_batch_independent(backend):
     np.testing.assert_allclose(backend.asnumpy(m.bias.grad), np.full(6, 48.0))
     plain(x)
     assert plain.backward(backend.asarray(np.ones(y.shape, np.float32))).shape == x.shape
+
+
+def test_summary_counts_group_norm():
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.GroupNorm(4, 8))
+    assert "GroupNorm" in net.summary((3, 6, 5)) and f"{6 * 8 * 6 * 5:,}" in net.summary((3, 6, 5)).split("GroupNorm")[1]
