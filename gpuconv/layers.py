@@ -1093,6 +1093,7 @@ class GroupNorm(Layer):
 
     _registers_attributes = False
     _param_names = ("weight", "bias")
+    num_groups, eps = _Replayed(), _Replayed()  # (the kernels take them by value: a CUDA graph replays its capture's)
 
     def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, device=None, dtype=None):
         super().__init__()

@@ -286,3 +286,28 @@ def test_layer_trains_and_is_batch_independent(backend):
 def test_summary_counts_group_norm():
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.GroupNorm(4, 8))
     assert "GroupNorm" in net.summary((3, 6, 5)) and f"{6 * 8 * 6 * 5:,}" in net.summary((3, 6, 5)).split("GroupNorm")[1]
+
+
+def test_numbers_a_captured_step_replays_cannot_change_under_it():
+    """eps and num_groups reach the kernels by value (num_groups also shapes their grids): a CUDA
+    graph replays its capture's, so a change while a captured step holds the layer is refused."""
+    layer = nn.GroupNorm(2, 4)
+    layer.eps = 1e-3
+    layer._held_by_graph = True
+    layer.eps = 1e-3  # the same value: nothing changes
+    for name, value in (("eps", 1e-4), ("num_groups", 4)):
+        with pytest.raises(RuntimeError, match=f"GroupNorm: {name} cannot change while a captured training step"):
+            setattr(layer, name, value)
+
+
+def test_a_strided_view_and_a_float64_layer(backend):
+    """A non-contiguous x (every other column) is normalized as its values say; a float64 layer
+    (dtype=) computes in float64."""
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((2, 4, 5, 8))
+    with gpuconv.default_device(backend.device):
+        m = nn.GroupNorm(2, 4, dtype=np.float64)
+    view = backend.asarray(x)[:, :, :, ::2]
+    y = m(view)
+    np.testing.assert_allclose(backend.asnumpy(y), formula(x[:, :, :, ::2], 2), rtol=1e-12, atol=1e-12)
+    assert m.weight.dtype == np.float64 and y.dtype == np.float64
