@@ -84,7 +84,7 @@ def test_forward_and_backward_against_float64(backend, shape, groups, dtype, cl)
     x, w, b, dy = make(shape, dtype, cl)
     y, cache = groupnorm_forward(backend.asarray(x), groups, backend.asarray(w), backend.asarray(b))
     dx, dw, db = groupnorm_backward(backend.asarray(dy), cache)
-    backend.assert_kernels_ran("groupnorm_stats", "groupnorm_backward_dx")
+    backend.assert_kernels_ran("groupnorm_group_stats", "groupnorm_backward_dx")
     y64, dx64, dw64, db64 = formula(x, groups, w, b, dy)
     m = shape[1] // groups * shape[2] * shape[3]
     assert y.dtype == dx.dtype == np.dtype(dtype) and dw.dtype == db.dtype == compute(dtype)
@@ -212,7 +212,8 @@ def test_launches_and_dispatch():
     with gpuconv.default_device("sim"), kernels.launch_log() as log:
         y, cache = groupnorm_forward(x, 2, w, b)
         groupnorm_backward(dy, cache)
-    assert log.names == ["groupnorm_stats", "groupnorm_normalize", "groupnorm_backward_sums",
+    assert log.names == ["groupnorm_channel_stats", "groupnorm_group_stats", "groupnorm_normalize",
+                         "groupnorm_backward_sums",
                          "groupnorm_backward_reduce", "groupnorm_backward_dx"]
     assert not kernels.fallbacks(log)
 

@@ -68,7 +68,7 @@ ENTRIES = {
     "batchnorm": ["batchnorm2d_stats", "batchnorm2d_eval_inv_std", "batchnorm2d_normalize",
                   "batchnorm2d_normalize_vec", "batchnorm2d_backward_sums", "batchnorm2d_backward_dx",
                   "batchnorm2d_backward_dx_vec"],
-    "groupnorm": ["groupnorm_stats", "groupnorm_normalize", "groupnorm_backward_sums", "groupnorm_backward_reduce",
+    "groupnorm": ["groupnorm_channel_stats", "groupnorm_group_stats", "groupnorm_normalize", "groupnorm_backward_sums", "groupnorm_backward_reduce",
                   "groupnorm_backward_dx"],
 }
 # (dtype, tf32) of every build: the four storage dtypes, and float32 with TF32 operands (which only

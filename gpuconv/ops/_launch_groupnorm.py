@@ -23,35 +23,35 @@ from .groupnorm import GroupNormCache
 
 LANES = kernels.defines("groupnorm.cu")["GN_LANES"]  # channels per block of the NHWC backward sums
 MIN_CHUNK = 4096          # positions per block of the elementwise kernels: 16 per thread of 256
-# A group's positions are int in the kernels (chunk ends reach M + chunk - 1): a wide margin.
+# An image's positions are int in the kernels (chunk ends reach C * H * W + chunk - 1): a wide margin.
 _MAX_COUNT = 2**30
 
 
 def geometry(kernel, *, n=0, c=0, groups=1, hw=0, channels_last=False):
-    """(grid, block, extra) of each groupnorm kernel: ``stats`` one block per (sample, group);
-    ``normalize`` and ``backward_dx`` (N * G, chunks), extra = (chunk,), the positions per block;
-    ``backward_sums`` one block per (sample, channel) NCHW, per (sample, 32 channels) NHWC;
-    ``backward_reduce`` one thread per channel and per (sample, group)."""
+    """(grid, block, extra) of each groupnorm kernel. The per-(sample, channel) reductions
+    (``channel_stats``, ``backward_sums``): one block per (sample, channel) NCHW, per (sample,
+    32 channels) NHWC. The per-(sample, group) and per-channel steps (``group_stats``,
+    ``backward_reduce``): one thread each. The elementwise kernels (``normalize``, ``backward_dx``):
+    extra = (chunk,), the positions per block; grid (N * G, chunks) over each group's values NCHW,
+    (N, chunks) over each image's NHWC, both contiguous in memory."""
     block = (kernels.BLOCK, 1, 1)
-    count = (c // groups) * hw
     if kernel in ("groupnorm_normalize", "groupnorm_backward_dx"):
+        count, rows = (c * hw, n) if channels_last else ((c // groups) * hw, n * groups)
         chunks = max(1, min(kernels.GRID_Y_MAX, -(-count // MIN_CHUNK)))
         chunk = -(-count // chunks)
-        return (n * groups, -(-count // chunk), 1), block, (chunk,)
-    if kernel == "groupnorm_stats":
-        return (n * groups, 1, 1), block, ()
-    if kernel == "groupnorm_backward_sums":
+        return (rows, -(-count // chunk), 1), block, (chunk,)
+    if kernel in ("groupnorm_channel_stats", "groupnorm_backward_sums"):
         return (n * (-(-c // LANES) if channels_last else c), 1, 1), block, ()
+    if kernel == "groupnorm_group_stats":
+        return (-(-(n * groups) // kernels.BLOCK), 1, 1), block, ()
     if kernel == "groupnorm_backward_reduce":
         return (-(-(c + n * groups) // kernels.BLOCK), 1, 1), block, ()
     raise ValueError(f"no groupnorm kernel {kernel!r}")
 
 
-def _fits(n, c, groups, hw, cl):
-    """Whether the kernels' int positions and CUDA's grid limits hold for this shape."""
-    blocks = n * max(c if not cl else -(-c // LANES), groups)
-    return (c // groups) * hw <= _MAX_COUNT and hw <= _MAX_COUNT and blocks <= kernels.GRID_X_MAX \
-        and c + n * groups <= _MAX_COUNT
+def _fits(n, c, groups, hw):
+    """Whether the kernels' int positions (an image's C * H * W) and CUDA's grid limits hold."""
+    return c * hw <= _MAX_COUNT and n * max(c, groups) <= kernels.GRID_X_MAX and c + n * groups <= _MAX_COUNT
 
 
 def _layout(*arrays, was_channels_last=False):
@@ -62,11 +62,14 @@ def _layout(*arrays, was_channels_last=False):
     return tuple([xp.ascontiguousarray(a) for a in arrays]), False
 
 
-def _launch(kernel, dtype, target, args, device, **shape):
+def _launch(kernel, dtype, target, args, device, cl=True, **shape):
+    """``kernel(*args, *extra, channels_last)`` (without the flag when ``cl`` is False), on the
+    memory order of the 4-D arrays among ``args`` and the grid of :func:`geometry`."""
     grid, block, extra = geometry(kernel, **shape)
     args = tuple([layout.memory_order(a) if getattr(a, "ndim", 0) == 4 else a for a in args])
-    kernels.launch("groupnorm", kernel, dtype, target, grid, block, args + tuple(np.int32(e) for e in extra)
-                   + (np.int32(shape.get("channels_last", False)),), device=device)
+    flag = (np.int32(shape["channels_last"]),) if cl else ()
+    kernels.launch("groupnorm", kernel, dtype, target, grid, block, args + tuple(np.int32(e) for e in extra) + flag,
+                   device=device)
 
 
 def _params(xp, weight, bias, c, cd):
@@ -78,8 +81,8 @@ def _params(xp, weight, bias, c, cd):
 @register_launcher("groupnorm_forward")
 def groupnorm_forward_kernel(x, num_groups, weight, bias, eps, *, target):
     n, c, h, w = x.shape
-    if not _fits(n, c, num_groups, h * w, layout.is_channels_last(x)):
-        return NotImplemented  # the kernels index a group's positions in 32 bits
+    if not _fits(n, c, num_groups, h * w):
+        return NotImplemented  # the kernels index an image's positions in 32 bits
     xp = get_array_module(x)
     cd = compute_dtype(x.dtype)
     (x,), cl = _layout(x)
@@ -88,7 +91,11 @@ def groupnorm_forward_kernel(x, num_groups, weight, bias, eps, *, target):
     mean, rstd = xp.empty((n, num_groups), cd), xp.empty((n, num_groups), cd)
     shape = dict(n=n, c=c, groups=num_groups, hw=h * w, channels_last=cl)
     dims = (np.int32(c), np.int32(h * w), np.int32(num_groups))
-    _launch("groupnorm_stats", x.dtype, target, (x, mean, rstd) + dims + (np.float64(eps),), device, **shape)
+    channel_sum, channel_m2 = xp.empty((n, c), cd), xp.empty((n, c), cd)
+    _launch("groupnorm_channel_stats", x.dtype, target, (x, channel_sum, channel_m2, np.int32(c), np.int32(h * w)),
+            device, **shape)
+    _launch("groupnorm_group_stats", x.dtype, target, (channel_sum, channel_m2, mean, rstd, np.int32(n)) + dims
+            + (np.float64(eps),), device, cl=False, **shape)
     y = layout.empty(xp, x.shape, x.dtype, cl)
     _launch("groupnorm_normalize", x.dtype, target, (x, mean, rstd, wt, b, y) + dims, device, **shape)
     return y, GroupNormCache(x, mean, rstd, weight, bias, num_groups, tuple(x.shape))
@@ -98,7 +105,7 @@ def groupnorm_forward_kernel(x, num_groups, weight, bias, eps, *, target):
 def groupnorm_backward_kernel(dy, cache, *, target):
     x, mean, rstd, weight, bias, g = cache[:6]
     n, c, h, w = dy.shape
-    if not _fits(n, c, g, h * w, layout.is_channels_last(dy)):
+    if not _fits(n, c, g, h * w):
         return NotImplemented
     xp = get_array_module(dy, x)
     cd = compute_dtype(dy.dtype)
@@ -113,10 +120,9 @@ def groupnorm_backward_kernel(dy, cache, *, target):
             **shape)
     dweight, dbias = xp.empty(c, cd), xp.empty(c, cd)
     group_dy, group_dy_xhat = xp.empty((n, g), cd), xp.empty((n, g), cd)
-    grid, block, _ = geometry("groupnorm_backward_reduce", **shape)
-    kernels.launch("groupnorm", "groupnorm_backward_reduce", dy.dtype, target, grid, block,
-                   (sum_dy, sum_dy_xhat, wt, dweight, dbias, group_dy, group_dy_xhat, np.int32(n), np.int32(c),
-                    np.int32(g)), device=device)
+    _launch("groupnorm_backward_reduce", dy.dtype, target, (sum_dy, sum_dy_xhat, wt, dweight, dbias, group_dy,
+                                                            group_dy_xhat, np.int32(n), np.int32(c), np.int32(g)),
+            device, cl=False, **shape)
     dx = layout.empty(xp, dy.shape, dy.dtype, cl)
     _launch("groupnorm_backward_dx", dy.dtype, target, (dy, x, mean, rstd, wt, group_dy, group_dy_xhat, dx) + dims,
             device, **shape)
