@@ -21,8 +21,8 @@ The rule, the same on every backend (the NumPy reference, the kernels on the sim
 - Some values stay float32 whatever the input: softmax cross-entropy computes in float32 and
   returns a float32 loss (dlogits in the logits' dtype, rounded once); batch norm computes its
   statistics and the normalization in float32 and keeps gamma, beta, their gradients and the
-  running statistics in float32 (its output and dx are rounded once to x's dtype); a dropout
-  mask holds 0 or 1/(1-p) in float32 (:func:`compute_dtype`).
+  running statistics in float32 (its output and dx are rounded once to x's dtype), group norm
+  its statistics, weight and bias likewise; a dropout mask holds 0 or 1/(1-p) in float32 (:func:`compute_dtype`).
 
 TF32 is a compute mode of float32 arrays, not a dtype: inside conv2d and linear the float32
 multiplicands are rounded to TF32 (10 explicit mantissa bits) before they are multiplied, and

@@ -312,3 +312,21 @@ def test_a_strided_view_and_a_float64_layer(backend):
     y = m(view)
     np.testing.assert_allclose(backend.asnumpy(y), formula(x[:, :, :, ::2], 2), rtol=1e-12, atol=1e-12)
     assert m.weight.dtype == np.float64 and y.dtype == np.float64
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_keeps_the_parameters_float32(backend, precision):
+    """Under amp.autocast a convolution computes in bf16/fp16 and GroupNorm takes its output as it
+    is: y and dx in that dtype, weight and bias (and their gradients) float32, as batch norm's."""
+    from gpuconv import amp
+    rng = np.random.default_rng(10)
+    with gpuconv.default_device(backend.device):
+        net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, seed=0), nn.GroupNorm(4, 8), nn.ReLU())
+    x = backend.asarray(rng.standard_normal((2, 3, 6, 6)).astype(np.float32))
+    with amp.autocast(net, precision) as dt:
+        y = net(x.astype(dt))
+        net.backward(backend.asarray(np.ones(y.shape, dt)))
+    gn_layer = net[1]
+    assert y.dtype == np.dtype(dt) and gn_layer.weight.dtype == np.float32
+    assert gn_layer.weight.grad.dtype == gn_layer.bias.grad.dtype == np.float32
+    assert np.isfinite(backend.asnumpy(gn_layer.weight.grad)).all()
