@@ -616,7 +616,8 @@ def groupnorm(run, rng):
             for cl in (False, True):
                 x = (rng.standard_normal(shape) * 2 + 1).astype(dtype)
                 dy = rng.standard_normal(shape).astype(dtype)
-                w, b = rng.uniform(0.5, 2, shape[1]).astype(np.float32), rng.standard_normal(shape[1]).astype(np.float32)
+                w = rng.uniform(0.5, 2, shape[1]).astype(np.float32)
+                b = rng.standard_normal(shape[1]).astype(np.float32)
                 if groups == 2:
                     w = b = None
                 put = (lambda a: run.dev(gpuconv.to_channels_last(a))) if cl else run.dev

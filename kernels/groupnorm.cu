@@ -266,5 +266,6 @@ groupnorm_backward_dx(const storage_t* dy, const storage_t* x, const acc_t* mean
                       const acc_t* weight, const acc_t* group_dy, const acc_t* group_dy_xhat, storage_t* dx, int C,
                       int HW, int G, int chunk, int cl) {
     const acc_t inv_count = (acc_t)(1.0 / ((double)(C / G) * (double)HW));
-    gn_elementwise(C, HW, G, chunk, cl, DataGradient{dy, x, mean, rstd, weight, group_dy, group_dy_xhat, dx, inv_count});
+    gn_elementwise(C, HW, G, chunk, cl,
+                   DataGradient{dy, x, mean, rstd, weight, group_dy, group_dy_xhat, dx, inv_count});
 }
