@@ -15,7 +15,7 @@
 //                              the threads walk its contiguous pixels; NHWC one per (n, 32
 //                              channels), lane = channel (a warp reads 32 adjacent channels of
 //                              a pixel), the 8 warps take every 8th pixel.
-//   groupnorm_group_stats      one thread per (n, g): mean = (sum of the channels' sums) / M;
+//   groupnorm_group_stats      one warp per (n, g): mean = (sum of the channels' sums) / M;
 //                              the channels' squared deviations combined about it (Chan et al.:
 //                              M2 = sum_c M2_c + HW (mean_c - mean)^2), var = M2 / M, rstd =
 //                              1 / sqrt(var + eps). Two-pass in effect, so accurate for a large
@@ -25,18 +25,21 @@
 //                              values NCHW, (N, chunks) over each image's NHWC.
 //   groupnorm_backward_sums    per (n, c), blocks as channel_stats': sum_dy and sum_dy_xhat
 //                              (xhat recomputed with the forward's operations).
-//   groupnorm_backward_reduce  1-D grid, one thread per channel and per (n, g): dbias[c] and
-//                              dweight[c] add sum_dy and sum_dy_xhat over n = 0, 1, ..., N - 1
-//                              in order; group_dy[n, g] and group_dy_xhat[n, g] add
-//                              weight[c] * sum_dy[n, c] (and * sum_dy_xhat) over the group's
-//                              channels in order.
+//   groupnorm_backward_reduce  one warp per channel and per (n, g): dbias[c] and dweight[c] add
+//                              sum_dy and sum_dy_xhat over n; group_dy[n, g] and
+//                              group_dy_xhat[n, g] add weight[c] * sum_dy[n, c] (and *
+//                              sum_dy_xhat) over the group's channels.
 //   groupnorm_backward_dx      dx = (dy * weight - group_dy / M - xhat * (group_dy_xhat / M)) *
 //                              rstd, in the reference's order; blocks as normalize's.
+// The warp-level sums (group_stats, backward_reduce): lane l adds terms l, l + 32, ... in order,
+// then an xor-shuffle tree (the same bits on every lane); a thread per output would wait for N
+// (or Cg) loads one after another (estimated, not measured: 512 L2 latencies are ~0.1 ms, more
+// than a pass over a batch of 512 fast_net activations).
 // Per-(n, c) partial sums make every reduction parallel over N * C blocks whatever the groups
 // (GroupNorm(1, C) of a batch of 2 fills the GPU as well as GroupNorm(C, C)), and let NHWC read
 // memory coalesced (a group's values are Cg channels apart from pixel to pixel).
 // Deterministic by construction: no float atomics; every sum has one fixed order (each thread in
-// index order, then a shared-memory tree in a fixed shape; the reductions over N sequential) that
+// index order, then a shared-memory or shuffle tree in a fixed shape) that
 // depends on the shape only, so 'sim' and every GPU give the same bits.
 // Positions within an image (C * H * W) are int (the launcher declines more than 2^30); memory
 // indices are 64-bit.
@@ -54,7 +57,7 @@
 // in bytes / bytes spilled (stores + loads); "-": no such build (TF32: conv2d, conv2d_tc, gemm_tc).
 //   ptxas 13.0                   f32          f64          bf16         f16          tf32
 //   groupnorm_channel_stats      30/2048/0    32/4096/0    30/2048/0    28/2048/0    -
-//   groupnorm_group_stats        31/0/0       43/0/0       31/0/0       31/0/0       -
+//   groupnorm_group_stats        31/0/0       40/0/0       31/0/0       31/0/0       -
 //   groupnorm_normalize          40/0/0       48/0/0       32/0/0       32/0/0       -
 //   groupnorm_backward_sums      32/2048/0    32/4096/0    32/2048/0    28/2048/0    -
 //   groupnorm_backward_reduce    32/0/0       32/0/0       32/0/0       32/0/0       -
@@ -63,6 +66,7 @@
 
 #define GN_LANES 32  // channels per block of the NHWC per-channel sums
 #define GN_ROWS (GPUCONV_BLOCK / GN_LANES)
+#define GN_FULL_MASK 0xffffffffu
 
 // The block's totals of a and b over the threads of each of `lanes` channels (lanes = 1: the
 // whole block): a shared-memory tree in a fixed order; the totals come back to every thread of
@@ -156,27 +160,42 @@ groupnorm_channel_stats(const storage_t* x, acc_t* channel_sum, acc_t* channel_m
     }
 }
 
-// One thread per (n, g): mean = (sum of its channels' sums) / M, M = Cg * HW (a true division, as
+// The sum over a warp's 32 lanes, the same bits on every lane (an xor-shuffle tree: lane l and
+// lane l ^ o add the same two values). Every lane of the warp calls it.
+__device__ inline acc_t gn_warp_sum(acc_t v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(GN_FULL_MASK, v, o);
+    return v;
+}
+
+// The warp's index in the grid (blocks of whole warps): the warp-level kernels give each output
+// to one warp, whose lanes stride over its terms in order, then gn_warp_sum.
+__device__ inline index_t gn_warp_index() { return global_thread_index() / 32; }
+
+// One warp per (n, g): mean = (sum of its channels' sums) / M, M = Cg * HW (a true division, as
 // NumPy's mean); the squared deviations combined about it (Chan et al.: M2 = sum_c M2_c + HW *
 // (mean_c - mean)^2, each product rounded on its own), var = M2 / M, rstd = 1 / sqrt(var + eps).
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
 groupnorm_group_stats(const acc_t* channel_sum, const acc_t* channel_m2, acc_t* mean, acc_t* rstd, int N, int C,
                       int HW, int G, double eps) {
-    const index_t i = global_thread_index();
-    if (i < (index_t)N * G) {
-        const int ng = (int)i, Cg = C / G;
+    const index_t w = gn_warp_index();
+    const int lane = threadIdx.x % 32;
+    if (w < (index_t)N * G) {  // warp-uniform: whole warps in or out
+        const int ng = (int)w, Cg = C / G;
         const index_t first = (index_t)ng * Cg;  // (n * C + g * Cg): the group's first channel
         const acc_t count = (acc_t)Cg * (acc_t)HW, pixels = (acc_t)HW;
         acc_t s = 0;
-        for (int j = 0; j < Cg; ++j) s += channel_sum[first + j];
-        const acc_t m = s / count;
+        for (int j = lane; j < Cg; j += 32) s += channel_sum[first + j];
+        const acc_t m = gn_warp_sum(s) / count;
         acc_t m2 = 0;
-        for (int j = 0; j < Cg; ++j) {
+        for (int j = lane; j < Cg; j += 32) {
             const acc_t d = channel_sum[first + j] / pixels - m;
             m2 += channel_m2[first + j] + mul_rn(pixels, mul_rn(d, d));
         }
-        mean[ng] = m;
-        rstd[ng] = (acc_t)1 / sqrt(m2 / count + (acc_t)eps);
+        m2 = gn_warp_sum(m2);
+        if (lane == 0) {
+            mean[ng] = m;
+            rstd[ng] = (acc_t)1 / sqrt(m2 / count + (acc_t)eps);
+        }
     }
 }
 
@@ -218,30 +237,39 @@ groupnorm_backward_sums(const storage_t* dy, const storage_t* x, const acc_t* me
     }
 }
 
-// Thread i < C: dbias[i] and dweight[i], the sums over n in order; thread C + ng (ng < N * G):
-// group_dy[ng] and group_dy_xhat[ng], the sums of weight[c] * sum_dy[n, c] (and of
-// weight[c] * sum_dy_xhat[n, c]) over the group's channels in order.
+// One warp per output. Warp i < C: dbias[i] and dweight[i], the sums of sum_dy[n, i] and
+// sum_dy_xhat[n, i] over n; warp C + ng (ng < N * G): group_dy[ng] and group_dy_xhat[ng], the sums
+// of weight[c] * sum_dy[n, c] (and of weight[c] * sum_dy_xhat[n, c]) over the group's channels.
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
 groupnorm_backward_reduce(const acc_t* sum_dy, const acc_t* sum_dy_xhat, const acc_t* weight, acc_t* dweight,
                           acc_t* dbias, acc_t* group_dy, acc_t* group_dy_xhat, int N, int C, int G) {
-    const index_t i = global_thread_index();
+    const index_t w = gn_warp_index();
+    const int lane = threadIdx.x % 32;
     acc_t a = 0, b = 0;
-    if (i < C) {
-        for (int n = 0; n < N; ++n) {
-            a += sum_dy[(index_t)n * C + i];
-            b += sum_dy_xhat[(index_t)n * C + i];
+    if (w < C) {  // warp-uniform branches
+        for (int n = lane; n < N; n += 32) {
+            a += sum_dy[(index_t)n * C + w];
+            b += sum_dy_xhat[(index_t)n * C + w];
         }
-        dbias[i] = a;
-        dweight[i] = b;
-    } else if (i < C + (index_t)N * G) {
-        const int ng = (int)(i - C), Cg = C / G, g = ng % G;
+        a = gn_warp_sum(a);
+        b = gn_warp_sum(b);
+        if (lane == 0) {
+            dbias[w] = a;
+            dweight[w] = b;
+        }
+    } else if (w < C + (index_t)N * G) {
+        const int ng = (int)(w - C), Cg = C / G, g = ng % G;
         const index_t first = (index_t)ng * Cg;  // (n * C + g * Cg)
-        for (int j = 0; j < Cg; ++j) {
+        for (int j = lane; j < Cg; j += 32) {
             a += mul_rn(sum_dy[first + j], weight[g * Cg + j]);
             b += mul_rn(sum_dy_xhat[first + j], weight[g * Cg + j]);
         }
-        group_dy[ng] = a;
-        group_dy_xhat[ng] = b;
+        a = gn_warp_sum(a);
+        b = gn_warp_sum(b);
+        if (lane == 0) {
+            group_dy[ng] = a;
+            group_dy_xhat[ng] = b;
+        }
     }
 }
 

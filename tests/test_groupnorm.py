@@ -79,8 +79,10 @@ def close(got, want, dtype, m):
 @pytest.mark.parametrize("cl", LAYOUTS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape, groups", [((2, 6, 5, 3), 3), ((3, 4, 2, 2), 1), ((2, 4, 3, 3), 4),
-                                           ((1, 64, 3, 2), 8), ((2, 6, 1, 1), 2)])
+                                           ((1, 64, 3, 2), 8), ((2, 6, 1, 1), 2), ((40, 72, 1, 2), 1)])
 def test_forward_and_backward_against_float64(backend, shape, groups, dtype, cl):
+    """(40, 72, 1, 2) in one group: the warp-level sums stride over more than 32 samples and
+    channels."""
     x, w, b, dy = make(shape, dtype, cl)
     y, cache = groupnorm_forward(backend.asarray(x), groups, backend.asarray(w), backend.asarray(b))
     dx, dw, db = groupnorm_backward(backend.asarray(dy), cache)

@@ -31,7 +31,7 @@ def geometry(kernel, *, n=0, c=0, groups=1, hw=0, channels_last=False):
     """(grid, block, extra) of each groupnorm kernel. The per-(sample, channel) reductions
     (``channel_stats``, ``backward_sums``): one block per (sample, channel) NCHW, per (sample,
     32 channels) NHWC. The per-(sample, group) and per-channel steps (``group_stats``,
-    ``backward_reduce``): one thread each. The elementwise kernels (``normalize``, ``backward_dx``):
+    ``backward_reduce``): one warp each. The elementwise kernels (``normalize``, ``backward_dx``):
     extra = (chunk,), the positions per block; grid (N * G, chunks) over each group's values NCHW,
     (N, chunks) over each image's NHWC, both contiguous in memory."""
     block = (kernels.BLOCK, 1, 1)
@@ -42,16 +42,17 @@ def geometry(kernel, *, n=0, c=0, groups=1, hw=0, channels_last=False):
         return (rows, -(-count // chunk), 1), block, (chunk,)
     if kernel in ("groupnorm_channel_stats", "groupnorm_backward_sums"):
         return (n * (-(-c // LANES) if channels_last else c), 1, 1), block, ()
+    warps = kernels.BLOCK // 32
     if kernel == "groupnorm_group_stats":
-        return (-(-(n * groups) // kernels.BLOCK), 1, 1), block, ()
+        return (-(-(n * groups) // warps), 1, 1), block, ()
     if kernel == "groupnorm_backward_reduce":
-        return (-(-(c + n * groups) // kernels.BLOCK), 1, 1), block, ()
+        return (-(-(c + n * groups) // warps), 1, 1), block, ()
     raise ValueError(f"no groupnorm kernel {kernel!r}")
 
 
 def _fits(n, c, groups, hw):
     """Whether the kernels' int positions (an image's C * H * W) and CUDA's grid limits hold."""
-    return c * hw <= _MAX_COUNT and n * max(c, groups) <= kernels.GRID_X_MAX and c + n * groups <= _MAX_COUNT
+    return c * hw <= _MAX_COUNT and n * max(c, groups) <= kernels.GRID_X_MAX and c + n * groups <= 2**31 // 32
 
 
 def _layout(*arrays, was_channels_last=False):
