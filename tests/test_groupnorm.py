@@ -220,7 +220,7 @@ def test_launches_and_dispatch():
     assert not kernels.fallbacks(log)
 
 
-@pytest.mark.parametrize("shape", [(0, 4, 3, 3), (2, 4, 0, 3)])
+@pytest.mark.parametrize("shape", [(0, 4, 3, 3), (2, 4, 0, 3), (0, 4), (0, 4, 5)])
 def test_an_empty_batch_gives_empty_results(backend, shape):
     x = backend.asarray(np.zeros(shape, np.float32))
     w, b = backend.asarray(np.ones(4, np.float32)), backend.asarray(np.zeros(4, np.float32))
@@ -236,6 +236,8 @@ def test_an_empty_batch_gives_empty_results(backend, shape):
     (lambda x, w: groupnorm_forward(x, 2.0, w, w), ValueError, "num_groups must be a positive int"),
     (lambda x, w: groupnorm_forward(x, 2, w[:3], w), ValueError, r"weight must have shape \(4,\)"),
     (lambda x, w: groupnorm_forward(x, 2, w, w, eps=0), ValueError, "eps must be a positive number"),
+    (lambda x, w: groupnorm_forward(np.ones((2, 3, 3, 4), np.float32), 2, w, w), ValueError,
+     r"x looks laid out N, H, W, C .* x.transpose\(0, 3, 1, 2\)"),
     (lambda x, w: groupnorm_forward(x[0, 0, 0], 2, w, w), ValueError, "at least 2 dimensions"),
     (lambda x, w: groupnorm_forward(x.astype(BF16), 2, w.astype(BF16), None), TypeError,
      "weight must be float32 for a bfloat16 x"),

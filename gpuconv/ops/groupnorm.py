@@ -18,7 +18,9 @@ as batch norm keeps its parameters. weight or bias None: no scale (1) or no shif
 gradient for it (None).
 
 The variance is two-pass: the mean first, then the mean of the squared deviations from it (never
-E[x^2] - mean^2, which cancels when the mean is large against the spread).
+E[x^2] - mean^2, which cancels when the mean is large against the spread); the kernels take two
+passes per (sample, channel) and combine the channels' squared deviations about the group's mean
+(kernels/groupnorm.cu), the same value up to rounding.
 
 Cache (shared with the kernel launchers, see ``_dispatch``): ``GroupNormCache(x, mean, rstd,
 weight, bias, num_groups, shape, dtype)``: x as 4-D (its own dtype and layout), the mean and
@@ -29,6 +31,7 @@ forward's operations (:func:`normalized`).
 """
 from __future__ import annotations
 
+import math
 import numbers
 
 from .. import backend, layout
@@ -70,15 +73,19 @@ def groupnorm_forward(x, num_groups, weight=None, bias=None, eps=1e-5):
         raise ValueError(f"x must have at least 2 dimensions (N, C, *), got shape {tuple(x.shape)}: e.g. x[None] "
                          "adds a leading batch axis")
     shape, c = tuple(x.shape), x.shape[1]
-    num_groups = check_groups(num_groups, c)
     for name, a in (("weight", weight), ("bias", bias)):
         if a is not None:
             check_float(name, a)
-            check_shape(name, a, (c,), f"one value per channel of x {shape}, laid out N, C, ...")
+            why = f"one value per channel of x {shape}, laid out N, C, ..."
+            if x.ndim == 4 and tuple(a.shape) == (x.shape[3],) != (c,):  # images given as N, H, W, C
+                why += (f"; x looks laid out N, H, W, C (its last axis has {x.shape[3]} values, as {name} does): pass "
+                        "it as N, C, H, W: x.transpose(0, 3, 1, 2), a view that keeps its NHWC memory (channels_last)")
+            check_shape(name, a, (c,), why)
+    num_groups = check_groups(num_groups, c)  # (after the shapes: an N, H, W, C x gets its hint first)
     check_compute_dtype("x", x, "group norm keeps weight and bias in its compute dtype", weight=weight, bias=bias)
     eps = check_eps(eps)
     if x.ndim != 4:  # (N, C, *) as (N, C, L, 1): the kernels' view
-        x = x.reshape(shape[0], c, -1, 1)
+        x = x.reshape(shape[0], c, math.prod(shape[2:]), 1)
     if not x.size:  # no values: an empty y, statistics of nothing (read by no one)
         with backend.array_device_context((x,)):
             zeros = get_array_module(x).zeros((x.shape[0], num_groups), compute_dtype(x.dtype))
