@@ -1086,16 +1086,16 @@ class GroupNorm(Layer):
     ``num_groups`` groups of consecutive channels, and each (sample, group) is normalized with
     the mean and biased variance of its values over the group's channels and every spatial
     position, then scaled and shifted per channel (``weight`` ones and ``bias`` zeros at first;
-    ``affine=False``: neither). No running statistics: training and evaluation compute the same
-    thing, and a sample's output does not depend on the rest of the batch, which is why small-batch
-    training uses it. ``GroupNorm(1, C)`` is a LayerNorm over (C, H, W), ``GroupNorm(C, C)`` an
+    ``affine=False``: neither; ``bias=False``, PyTorch's newer keyword: a weight only). No running
+    statistics: training and evaluation compute the same thing, and a sample's output does not
+    depend on the rest of the batch, which is why small-batch training uses it. ``GroupNorm(1, C)`` is a LayerNorm over (C, H, W), ``GroupNorm(C, C)`` an
     InstanceNorm. Inputs are (N, C, *); a channels_last input gives a channels_last output."""
 
     _registers_attributes = False
     _param_names = ("weight", "bias")
     num_groups, eps = _Replayed(), _Replayed()  # (the kernels take them by value: a CUDA graph replays its capture's)
 
-    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, device=None, dtype=None):
+    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, device=None, dtype=None, *, bias=True):
         super().__init__()
         self.num_channels = _int("num_channels", num_channels, 1)
         self.num_groups = ops.groupnorm.check_groups(num_groups, self.num_channels, "GroupNorm")
@@ -1103,9 +1103,10 @@ class GroupNorm(Layer):
             raise TypeError(f"GroupNorm: eps must be a number, got {eps!r} ({type(eps).__name__}): pass e.g. eps=1e-5")
         self.eps = ops.groupnorm.check_eps(eps)
         self.affine = check_bool("affine", affine, " (False: no weight and bias)")
+        with_bias = self.affine and check_bool("bias", bias, " (False: a weight and no bias)")
         n = self.num_channels
         self.weight = Parameter(_on_default_device(np.ones(n, np.float32)), "weight") if self.affine else None
-        self.bias = Parameter(_on_default_device(np.zeros(n, np.float32)), "bias") if self.affine else None
+        self.bias = Parameter(_on_default_device(np.zeros(n, np.float32)), "bias") if with_bias else None
         _factory(self, device, dtype)
 
     def forward(self, x):
@@ -1118,11 +1119,13 @@ class GroupNorm(Layer):
         dx, dweight, dbias = ops.groupnorm_backward(dy, self._take_cache())
         if self.weight is not None:
             self.weight.accumulate(dweight)
+        if self.bias is not None:
             self.bias.accumulate(dbias)
         return dx
 
     def extra_repr(self):
-        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}"
+        return (f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}, "
+                f"bias={self.bias is not None}")
 
 
 # ----------------------------------------------------------------------------- parameter-free layers

@@ -3,6 +3,8 @@ weight and bias; the NumPy reference, the kernels (kernels/groupnorm.cu) on the 
 GPU when one answers, and the GroupNorm layer."""
 from __future__ import annotations
 
+import inspect
+
 import ml_dtypes
 import numpy as np
 import pytest
@@ -255,7 +257,9 @@ def test_errors_before_work(call, exc, match):
 
 def test_layer_state_dict_repr_and_errors_as_torch():
     m = nn.GroupNorm(2, 4)
-    assert list(m.state_dict()) == ["weight", "bias"] and repr(m) == "GroupNorm(2, 4, eps=1e-05, affine=True)"
+    assert list(m.state_dict()) == ["weight", "bias"]
+    assert repr(m) == "GroupNorm(2, 4, eps=1e-05, affine=True, bias=True)"  # (PyTorch 2.14's)
+    assert list(nn.GroupNorm(2, 4, bias=False).state_dict()) == ["weight"]
     assert np.array_equal(m.weight.data, np.ones(4)) and np.array_equal(m.bias.data, np.zeros(4))
     assert m.num_parameters() == 8 and nn.GroupNorm(4, 4, affine=False).state_dict() == {}
     assert gpuconv.layers.GroupNorm is nn.GroupNorm
@@ -266,6 +270,8 @@ def test_layer_state_dict_repr_and_errors_as_torch():
         nn.GroupNorm(2, 4, eps="1e-5")
     with pytest.raises(TypeError, match="affine must be True or False"):
         nn.GroupNorm(2, 4, affine="no")
+    with pytest.raises(TypeError, match="bias must be True or False"):
+        nn.GroupNorm(2, 4, bias="no")
 
 
 def test_layer_trains_and_is_batch_independent(backend):
@@ -286,6 +292,11 @@ def test_layer_trains_and_is_batch_independent(backend):
     np.testing.assert_allclose(backend.asnumpy(m.bias.grad), np.full(6, 48.0))
     plain(x)
     assert plain.backward(backend.asarray(np.ones(y.shape, np.float32))).shape == x.shape
+    with gpuconv.default_device(backend.device):
+        scale_only = nn.GroupNorm(3, 6, bias=False)
+    scale_only(x)
+    scale_only.backward(backend.asarray(np.ones(y.shape, np.float32)))
+    assert scale_only.bias is None and scale_only.weight.grad.shape == (6,)
 
 
 def test_summary_counts_group_norm():
@@ -335,3 +346,19 @@ def test_mixed_precision_keeps_the_parameters_float32(backend, precision):
     assert y.dtype == np.dtype(dt) and gn_layer.weight.dtype == np.float32
     assert gn_layer.weight.grad.dtype == gn_layer.bias.grad.dtype == np.float32
     assert np.isfinite(backend.asnumpy(gn_layer.weight.grad)).all()
+
+
+def test_a_torch_group_norm_state_dict_loads_and_gives_its_output():
+    torch = pytest.importorskip("torch", reason="PyTorch is optional: the comparison with nn.GroupNorm needs it")
+    # (bias=False: PyTorch's newer keyword, a weight without a bias, where this PyTorch has it)
+    newer = "bias" in inspect.signature(torch.nn.GroupNorm).parameters
+    for kwargs in ({}, {"affine": False}) + (({"bias": False},) if newer else ()):
+        t = torch.nn.GroupNorm(4, 8, **kwargs).double()
+        with torch.no_grad():
+            for p in t.parameters():
+                p.uniform_(0.5, 2.0)
+        m = nn.GroupNorm(4, 8, dtype=np.float64, **kwargs)
+        m.load_state_dict({k: v.numpy() for k, v in t.state_dict().items()})
+        assert list(m.state_dict()) == list(t.state_dict()) and (repr(m) == repr(t) or not newer)
+        x = np.random.default_rng(11).standard_normal((2, 8, 3, 5))
+        np.testing.assert_allclose(m(x), t(torch.tensor(x)).detach().numpy(), rtol=1e-12, atol=1e-12)
