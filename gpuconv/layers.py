@@ -46,7 +46,6 @@ from .counter_rng import check_seed
 from .graphs import REPLAYED_WAY_OUT
 from .ops._checks import check_array, check_bool, check_float, check_floor, conv_padding, whole_float_hint
 from .ops._checks import only_defaults as _only
-from .ops import conv2d_grouped
 from .ops.activations import check_negative_slope
 from .ops.scale import check_factor
 from .precision import DTYPES, bfloat16, round_once, upcast
@@ -864,7 +863,7 @@ class Conv2d(Layer):
             if channels % self.groups:
                 raise ValueError(f"Conv2d: groups={self.groups} must divide {name}={channels} (each group takes "
                                  f"{name} // groups channels): choose groups among the divisors of both channel counts")
-        padding = conv_padding(padding, conv2d_grouped.extent(self.kernel_size, self.dilation), self.stride)
+        padding = conv_padding(padding, self.kernel_size, self.stride, self.dilation)
         self.padding = padding if isinstance(padding, str) else _pair("padding", padding, 0)  # (str: 'same', even k)
         fan_in = self.in_channels // self.groups * self.kernel_size[0] * self.kernel_size[1]
         rng = _layer_rng(seed)

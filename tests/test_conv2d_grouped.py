@@ -225,6 +225,19 @@ def test_type_errors():
             conv2d_forward(x, w, **kw)
 
 
+def test_same_padding_with_a_stride_names_the_filter_and_its_dilation():
+    """padding='same' at a stride is refused (as by PyTorch) naming the filter as given, its
+    dilation, and the number that pads as 'same' would: (e - 1) // 2 of the extent e."""
+    says = (r"got kernel_size=\(3, 3\), stride=\(2, 2\), dilation=\(2, 2\): give the padding as a number, "
+            r"e.g. padding=2 \(\(e - 1\) // 2 of the extent e = d\*\(k - 1\) \+ 1")
+    with pytest.raises(ValueError, match=says):
+        conv2d_forward(np.ones((1, 4, 8, 8)), np.ones((4, 2, 3, 3)), stride=2, padding="same", dilation=2, groups=2)
+    with pytest.raises(ValueError, match=says):
+        Conv2d(4, 4, 3, stride=2, padding="same", dilation=2)
+    with pytest.raises(ValueError, match=r"kernel_size=\(3, 3\), stride=\(2, 1\): give .* padding=1 \(\(k - 1\)"):
+        Conv2d(4, 4, 3, stride=(2, 1), padding="same")
+
+
 def test_layer_errors_name_the_fix():
     with pytest.raises(ValueError, match=r"groups=3 must divide in_channels=8"):
         Conv2d(8, 6, 3, groups=3)

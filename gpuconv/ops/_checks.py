@@ -158,28 +158,32 @@ def torch_positions(where, torch_op, **given):
                             f"({torch_name}={default!r})")
 
 
-def conv_padding(padding, kernel_size, stride):
+def conv_padding(padding, kernel_size, stride, dilation=(1, 1)):
     """PyTorch's string paddings of a convolution as numbers (anything else unchanged, for
-    :func:`pair` to check): 'valid' is 0; 'same' keeps the spatial size at stride 1: (k - 1) // 2
-    on every side where every kernel size is odd, and the string 'same' itself where one is even,
-    whose zeros are not the same on both sides (:func:`same_padding_sides`). ``kernel_size`` and
-    ``stride`` are (h, w) pairs."""
+    :func:`pair` to check): 'valid' is 0; 'same' keeps the spatial size at stride 1: (e - 1) // 2
+    on every side where every extent e = d*(k - 1) + 1 (the kernel size k at dilation d) is odd,
+    and the string 'same' itself where one is even, whose zeros are not the same on both sides
+    (:func:`same_padding_sides`). ``kernel_size``, ``stride`` and ``dilation`` are (h, w) pairs."""
     if not isinstance(padding, str):
         return padding
     if padding == "valid":
         return 0
     if padding != "same":
         raise ValueError(f"padding={padding!r}: use an int, an (h, w) pair, 'valid' or 'same'")
+    extent = tuple(d * (k - 1) + 1 for k, d in zip(kernel_size, dilation))
     if stride != (1, 1):
         # PyTorch refuses it too: no padding keeps the size of a strided convolution's output.
-        pads = tuple((k - 1) // 2 for k in kernel_size)
+        pads = tuple((e - 1) // 2 for e in extent)
+        dilated = tuple(dilation) != (1, 1)
         raise ValueError(f"padding='same' needs stride 1 (as in PyTorch: a strided convolution's output is smaller "
-                         f"whatever the padding), got kernel_size={tuple(kernel_size)}, stride={tuple(stride)}: give "
-                         f"the padding as a number, e.g. padding={pads if pads[0] != pads[1] else pads[0]} "
-                         f"((k - 1) // 2, what 'same' pads at stride 1), with floor=True where the sizes do not divide")
-    if kernel_size[0] % 2 == 0 or kernel_size[1] % 2 == 0:
+                         f"whatever the padding), got kernel_size={tuple(kernel_size)}, stride={tuple(stride)}"
+                         + (f", dilation={tuple(dilation)}" if dilated else "") + ": give the padding as a number, "
+                         f"e.g. padding={pads if pads[0] != pads[1] else pads[0]} "
+                         + ("((e - 1) // 2 of the extent e = d*(k - 1) + 1, " if dilated else "((k - 1) // 2, ")
+                         + "what 'same' pads at stride 1), with floor=True where the sizes do not divide")
+    if extent[0] % 2 == 0 or extent[1] % 2 == 0:
         return "same"
-    return ((kernel_size[0] - 1) // 2, (kernel_size[1] - 1) // 2)
+    return ((extent[0] - 1) // 2, (extent[1] - 1) // 2)
 
 
 def same_padding_sides(kernel_size):

@@ -119,7 +119,7 @@ def _check_conv_args(x, w, b, stride, padding, floor=False, dilation=(1, 1), gro
     conv2d_grouped.check_weight(x, w, groups)
     check_bias(b, w, "filter")
     stride, extent = pair("stride", stride, minimum=1), conv2d_grouped.extent(w.shape[2:], dilation)
-    padding = conv_padding(padding, extent, stride)
+    padding = conv_padding(padding, w.shape[2:], stride, dilation)
     if isinstance(padding, str):  # 'same', an even extent: checked as it runs, x padded with padding 0
         (top, bottom), (left, right) = same_padding_sides(extent)
         padded = x.shape[:2] + (x.shape[2] + top + bottom, x.shape[3] + left + right)
