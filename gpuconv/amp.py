@@ -94,7 +94,8 @@ def cast_parameters(model, dtype, backward: bool = True):
     them in, so the forward takes them without a repacking copy; the same launches write each
     filter also as the tensor-core data gradient reads it (CRSK, K padded to the kernels' 16-byte
     piece; ``_launch_conv2d_tc.pack_for_data_gradient``), which it would otherwise repack per
-    call (``backward=False``, for evaluation, or a GPU without tensor cores: not; with
+    call (``backward=False``, for evaluation, a GPU without tensor cores, or a grouped or dilated
+    Conv2d's filters, which kernels/conv2d_grouped.cu reads unpacked: not; with
     ``backward=False`` still for a ConvTranspose2d's filters, whose forward is that data
     gradient). Anything else is cast by ``astype``."""
     _cast_each(_low_precision_parameters(model), dtype, backward)
@@ -102,13 +103,15 @@ def cast_parameters(model, dtype, backward: bool = True):
 
 class _Parameters(list):
     """The parameters to cast, and ``forward_packed``: the ids of those whose layer's forward reads
-    the data gradient's packing of them (a transposed convolution's, which is a data gradient)."""
+    the data gradient's packing of them (a transposed convolution's, which is a data gradient);
+    ``unpacked``: of those no kernel reads packed (a grouped or dilated Conv2d's filters)."""
     forward_packed = frozenset()
+    unpacked = frozenset()
 
 
 def _low_precision_parameters(model) -> list:
     """The parameters :func:`cast_parameters` gives compute copies, in the model's order."""
-    out, forward_packed = _Parameters(), set()
+    out, forward_packed, unpacked = _Parameters(), set(), set()
     for m in model.modules():
         for name in getattr(m, "_low_precision_params", ()):
             p = getattr(m, name, None)
@@ -116,8 +119,12 @@ def _low_precision_parameters(model) -> list:
                 out.append(p)
                 if name in getattr(m, "_forward_reads_data_gradient_filters", ()):
                     forward_packed.add(id(p))
+                if name in getattr(m, "_filters_read_unpacked", ()):
+                    unpacked.add(id(p))
     if forward_packed:
         out.forward_packed = frozenset(forward_packed)
+    if unpacked:
+        out.unpacked = frozenset(unpacked)
     return out
 
 
@@ -125,7 +132,7 @@ def _cast_each(params, dtype, backward: bool = True):
     """:func:`cast_parameters` over the list ``params`` (:func:`_low_precision_parameters`'s): a
     step casts and clears the same parameters, from one walk of the model."""
     dt = None if dtype is None else np.dtype(dtype)
-    forward_packed = getattr(params, "forward_packed", ())
+    forward_packed, unpacked = getattr(params, "forward_packed", ()), getattr(params, "unpacked", ())
     batch = []
     for p in params:
         if p.compute is not None:
@@ -138,7 +145,7 @@ def _cast_each(params, dtype, backward: bool = True):
                 p.compute = layout.empty(xp, p.data.shape, dt, channels_last=True) if p.data.ndim == 4 \
                     else xp.empty(p.data.shape, dt)
                 packed = (_data_gradient_filters(xp, p.data, dt) if (backward or id(p) in forward_packed)
-                          and _tensor_cores(p.data, dt) else None)
+                          and id(p) not in unpacked and _tensor_cores(p.data, dt) else None)
             batch.append((p.data, p.compute, 0))
             if packed is not None:
                 tc.pack_for_data_gradient(p.compute, packed)

@@ -880,6 +880,12 @@ class Conv2d(Layer):
         self._keep(cache)
         return y
 
+    @property
+    def _filters_read_unpacked(self):
+        """gpuconv.amp packs no data-gradient copy of these: a grouped or dilated convolution runs
+        kernels/conv2d_grouped.cu, which reads the filters as they are (the packing is conv2d.cu's)."""
+        return ("weight",) if self.groups != 1 or self.dilation != (1, 1) else ()
+
     def backward(self, dy, need_dx=True):
         # Frozen filters: no dw. Otherwise dw comes in the master's dtype (a bf16/fp16 dw widened
         # as the kernel writes it: no cast to accumulate it).

@@ -797,3 +797,21 @@ def test_a_scaler_used_for_a_model_on_another_gpu_moves_its_scale_there(monkeypa
     assert float(s) == 32.0 and int(scaler.tracker) == 2 and current == [0]
     # and back to the host (a scaler reused for a NumPy model after a GPU one)
     assert type(scaler.factor(np.ones(2, np.float32))) is np.ndarray and scaler.current_scale == 32.0
+
+
+def test_grouped_and_dilated_convolutions_get_no_packed_filters(monkeypatch):
+    """Only conv2d.cu's tensor-core data gradient reads the cast's packed copy of a filter; a grouped
+    or dilated Conv2d runs kernels/conv2d_grouped.cu, which reads its filters as they are: its cast
+    writes no packed copy (a write per filter fewer each step), and its step is unchanged."""
+    from gpuconv.ops import _launch_conv2d_tc as TC
+    monkeypatch.setattr(amp, "_tensor_cores", lambda data, dtype: True)  # a GPU with tensor cores
+    x, y = batch(2)
+    with gpuconv.default_device("sim"):
+        model = Sequential(Conv2d(3, 6, 3, padding=1, seed=1), Conv2d(6, 6, 3, padding=1, groups=6, seed=2),
+                           Conv2d(6, 4, 3, padding=2, dilation=2, seed=3), ReLU(), MaxPool2d(8), Flatten(),
+                           Linear(4 * 4 * 4, 10, seed=4))
+        amp.cast_parameters(model, BF16)
+        assert [id(model[i].weight.compute) in TC._PACKED for i in range(3)] == [True, False, False]
+        amp.cast_parameters(model, None)
+        amp.training_step(model, SGD(model.parameters(), lr=0.0), x, y, "bf16")
+    assert all(np.isfinite(p.grad).all() for p in model.parameters())
