@@ -438,10 +438,15 @@ def init_whitening(conv, images, eps=5e-4, max_images=5000):
     floats, host or device; the first ``max_images`` are used): with ``P`` the matrix of every
     k x k patch (stride 1) flattened in (C, kh, kw) order, the eigenvectors of ``P^T P / n``
     by decreasing eigenvalue ``lambda``, each scaled by ``1 / sqrt(lambda + eps)``, as filters;
-    then the same filters negated (the conv has ``2 C k^2`` filters). Computed in float64 on the
-    host: a 12 x 12 covariance, summed over chunks of images."""
+    then the same filters negated (the conv has ``2 C k^2`` filters). A dilated conv's patches are
+    its taps', D pixels apart; a grouped conv is refused. Computed in float64 on the host: a
+    12 x 12 covariance, summed over chunks of images."""
     from .backend import asnumpy
     c, k = conv.in_channels, conv.kernel_size
+    dil, groups = getattr(conv, "dilation", (1, 1)), getattr(conv, "groups", 1)
+    if groups != 1:
+        raise ValueError(f"init_whitening: the conv has groups={groups}, whose filters see a group's channels only; "
+                         f"whitening decorrelates the patches of all {c} channels: use a conv with groups=1")
     d = c * k[0] * k[1]
     if conv.out_channels != 2 * d:
         raise ValueError(f"init_whitening: the conv has {conv.out_channels} filters; whitening {c} x {k[0]} x {k[1]} "
@@ -452,7 +457,8 @@ def init_whitening(conv, images, eps=5e-4, max_images=5000):
     cov, n = np.zeros((d, d)), 0
     for start in range(0, len(x), 500):
         chunk = np.asarray(x[start:start + 500], np.float64)
-        win = np.lib.stride_tricks.sliding_window_view(chunk, k, axis=(2, 3))  # N, C, OH, OW, kh, kw
+        reach = tuple(di * (ki - 1) + 1 for ki, di in zip(k, dil))  # a dilated filter's patch: taps D apart
+        win = np.lib.stride_tricks.sliding_window_view(chunk, reach, axis=(2, 3))[..., ::dil[0], ::dil[1]]
         patches = win.transpose(0, 2, 3, 1, 4, 5).reshape(-1, d)
         cov += patches.T @ patches
         n += len(patches)

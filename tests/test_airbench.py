@@ -63,6 +63,22 @@ def test_whitening_decorrelates_patches():
         models.init_whitening(nn.Conv2d(3, 12, 2), x)
 
 
+def test_whitening_a_dilated_conv_whitens_its_dilated_patches():
+    """A dilated whitening conv sees pixels D apart: its filters come from those patches (an
+    undilated patch's statistics would leave smooth images' outputs far from white); a grouped
+    conv, which sees a group's channels only, is refused."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((30, 3, 24, 24))
+    x = (x + np.roll(x, 1, 2) + np.roll(x, 1, 3) + 0.5 * x[:, ::-1]).astype(np.float32)  # correlated neighbours
+    conv = nn.Conv2d(3, 24, 2, dilation=2, bias=False)
+    models.init_whitening(conv, x, eps=1e-9)
+    y, _ = ops.conv2d_forward(x.astype(np.float64), conv.weight.data.astype(np.float64), None, dilation=2)
+    first = y[:, :12].transpose(1, 0, 2, 3).reshape(12, -1)
+    assert np.abs(first @ first.T / first.shape[1] - np.eye(12)).max() < 1e-3
+    with pytest.raises(ValueError, match=r"init_whitening: the conv has groups=3, .* groups=1"):
+        models.init_whitening(nn.Conv2d(3, 24, 2, groups=3), x)
+
+
 def test_floor_pooling_odd_sizes(backend):
     x = np.random.default_rng(1).standard_normal((2, 3, 7, 7)).astype(np.float32)
     for xin in (backend.asarray(x), layout.to_channels_last(backend.asarray(x))):
