@@ -847,6 +847,8 @@ class Conv2d(Layer):
     _registers_attributes = False
     _param_names = ("weight", "bias")
     _low_precision_params = ("weight", "bias")
+    # The kernels take them by value: a change while a captured step holds the layer is refused.
+    stride, padding, dilation, groups = _Replayed(), _Replayed(), _Replayed(), _Replayed()
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=True,
                  padding_mode="zeros", device=None, dtype=None, *, floor=False, seed=None):

@@ -261,6 +261,31 @@ def test_layer_shapes_init_repr_and_summary():
     assert f"{flops:,}" in Sequential(conv).summary((32, 6, 6))
 
 
+def test_conv_geometry_cannot_change_while_a_captured_step_holds_the_layer():
+    """stride, padding, dilation and groups reach the kernels by value: a CUDA graph's replay keeps
+    the captured ones, so a change while a StepGraph holds the layer is refused (the simulator's
+    step would take it); released, the layer takes it."""
+    from gpuconv import amp
+    from gpuconv.graphs import StepGraph
+    from gpuconv.layers import Flatten, Linear
+    from gpuconv.optim import SGD
+    rng = np.random.default_rng(2)
+    x, y = rng.standard_normal((2, 4, 5, 5)).astype(np.float32), rng.integers(0, 3, 2)
+    with gpuconv.default_device("sim"):
+        conv = Conv2d(4, 4, 3, padding=2, dilation=2, groups=2, seed=0)
+        model = Sequential(conv, Flatten(), Linear(4 * 5 * 5, 3, seed=1))
+        opt = SGD(model.parameters(), lr=0.1)
+        step = StepGraph.for_optimizer(lambda a, b: amp.training_step(model, opt, a, b), opt, model)
+        step(x, y)
+        for name, value in (("stride", (2, 2)), ("padding", (1, 1)), ("dilation", (1, 1)), ("groups", 1)):
+            with pytest.raises(RuntimeError, match=f"Conv2d: {name} cannot change while a captured training step"):
+                setattr(conv, name, value)
+        conv.dilation = (2, 2)  # the value it has: no change
+        step.release()
+        conv.padding, conv.dilation = (1, 1), (1, 1)
+        assert conv(x).shape == (2, 4, 5, 5)
+
+
 def test_layer_float64_gradients_and_channels_last(backend):
     conv = Conv2d(4, 6, 3, 1, "same", dilation=2, groups=2, seed=1).to(backend.device).astype(np.float64)
     x = np.random.default_rng(11).standard_normal((2, 4, 5, 5))
