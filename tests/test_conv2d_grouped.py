@@ -164,6 +164,17 @@ def test_need_dx_need_dw_and_dw_dtype(backend):
     assert dw is None and dx.shape == x.shape
 
 
+def test_filters_in_channels_last_memory_without_bias(backend):
+    """Filters that are not C-contiguous (amp's compute copies: OHWI memory) and no bias: the
+    kernel reads the filters as they were given contiguous."""
+    x, w, _, kw = make("g2_cg8")
+    want, _ = conv2d_forward(x, w, None, **kw)
+    wd = layout.to_channels_last(backend.asarray(w))
+    assert not wd.flags.c_contiguous
+    y, _ = conv2d_forward(backend.asarray(x), wd, None, **kw)
+    np.testing.assert_allclose(backend.asnumpy(y), want, rtol=1e-12, atol=1e-12)
+
+
 def test_empty_batch(backend):
     x, w, b, kw = make("g2_cg8")
     y, cache = conv2d_forward(backend.asarray(x[:0]), backend.asarray(w), backend.asarray(b), **kw)
