@@ -908,13 +908,15 @@ class Conv2d(Layer):
 
 class ConvTranspose2d(Layer):
     """2-D transposed convolution (``gpuconv.ops.conv_transpose2d_forward``), PyTorch's
-    ``nn.ConvTranspose2d``: weight (in_channels, out_channels, kH, kW), output size
-    ``(H - 1) * stride - 2 * padding + kernel_size + output_padding`` (``output_padding`` < ``stride``
-    picks one of the sizes a stride-``stride`` convolution takes to H). Initialized as PyTorch's:
+    ``nn.ConvTranspose2d``: weight (in_channels, out_channels // groups, kH, kW), output size
+    ``(H - 1) * stride - 2 * padding + dilation * (kernel_size - 1) + output_padding + 1``
+    (``output_padding`` < ``stride`` or < ``dilation`` picks one of the sizes a stride-``stride``
+    convolution takes to H). ``groups`` splits the channels as Conv2d's (``groups=in_channels``:
+    depthwise); both channel counts must be multiples of it. Initialized as PyTorch's:
     kaiming_uniform_(a=sqrt(5)) with the fan-in PyTorch computes from this weight's dim 1,
-    out_channels * kH * kW, and the bias bound 1/sqrt of it. ``forward(x, output_size=(OH, OW))``
-    (or (N, C, OH, OW)) takes that size instead, as PyTorch's, giving the output_padding of that
-    call. ``groups``, ``dilation`` and ``padding_mode`` are taken at their defaults only."""
+    out_channels // groups * kH * kW, and the bias bound 1/sqrt of it. ``forward(x,
+    output_size=(OH, OW))`` (or (N, C, OH, OW)) takes that size instead, as PyTorch's, giving the
+    output_padding of that call. ``padding_mode`` is taken at its default only."""
 
     _registers_attributes = False
     _param_names = ("weight", "bias")
@@ -924,23 +926,31 @@ class ConvTranspose2d(Layer):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, output_padding=0, groups=1,
                  bias=True, dilation=1, padding_mode="zeros", device=None, dtype=None, *, seed=None):
         super().__init__()
-        _only("ConvTranspose2d", groups=(groups, 1), dilation=(dilation, (1, 1)), padding_mode=(padding_mode, "zeros"))
+        _only("ConvTranspose2d", padding_mode=(padding_mode, "zeros"))
         self.in_channels = _int("in_channels", in_channels, 1)
         self.out_channels = _int("out_channels", out_channels, 1)
         self.kernel_size = _pair("kernel_size", kernel_size, 1)
         self.stride = _pair("stride", stride, 1)
+        self.dilation = _pair("dilation", dilation, 1)
+        self.groups = _int("groups", groups, 1)
+        for name, channels in (("in_channels", self.in_channels), ("out_channels", self.out_channels)):
+            if channels % self.groups:
+                raise ValueError(f"ConvTranspose2d: groups={self.groups} must divide {name}={channels} (each group "
+                                 f"takes {name} // groups channels): choose groups among the divisors of both "
+                                 "channel counts")
         if isinstance(padding, str):
             raise ValueError(f"ConvTranspose2d(padding={padding!r}): an int or an (h, w) pair, as in PyTorch (no "
                              "'same' or 'valid' for a transposed convolution)")
         self.padding = _pair("padding", padding, 0)
         self.output_padding = _pair("output_padding", output_padding, 0)
-        if any(op >= s for op, s in zip(self.output_padding, self.stride)):
+        if any(op >= s and op >= d for op, s, d in zip(self.output_padding, self.stride, self.dilation)):
             raise ValueError(f"ConvTranspose2d(output_padding={output_padding!r}): output_padding must be smaller "
-                             f"than stride={self.stride} along each axis, as in PyTorch; use output_padding=0 at "
-                             "stride 1")
-        fan_in = self.out_channels * self.kernel_size[0] * self.kernel_size[1]  # PyTorch's: weight dim 1 * kH * kW
+                             f"than stride={self.stride} or than dilation={self.dilation} along each axis, as in "
+                             "PyTorch; use output_padding=0 at stride 1 and dilation 1")
+        cout = self.out_channels // self.groups  # PyTorch's fan-in: weight dim 1 * kH * kW
+        fan_in = cout * self.kernel_size[0] * self.kernel_size[1]
         rng = _layer_rng(seed)
-        w = _kaiming_uniform(rng, (self.in_channels, self.out_channels) + self.kernel_size, fan_in)
+        w = _kaiming_uniform(rng, (self.in_channels, cout) + self.kernel_size, fan_in)
         self.weight = Parameter(_on_default_device(w), "weight")
         self.bias = (Parameter(_on_default_device(_bias_uniform(rng, self.out_channels, fan_in)), "bias")
                      if bias else None)
@@ -949,7 +959,8 @@ class ConvTranspose2d(Layer):
     def forward(self, x, output_size=None):
         output_padding = self.output_padding if output_size is None else self._output_padding(x, output_size)
         y, cache = ops.conv_transpose2d_forward(x, self.weight.value, None if self.bias is None else self.bias.value,
-                                                self.stride, self.padding, output_padding)
+                                                self.stride, self.padding, output_padding, groups=self.groups,
+                                                dilation=self.dilation)
         self._keep(cache)
         return y
 
@@ -967,13 +978,13 @@ class ConvTranspose2d(Layer):
                             f"{output_size!r}{whole_float_hint(size)}")
         size = tuple(int(v) for v in size)
         pads = []
-        for axis, have, want, k, s, p in zip(("height", "width"), x.shape[2:], size, self.kernel_size, self.stride,
-                                             self.padding):
-            smallest = (have - 1) * s - 2 * p + k
+        for axis, have, want, k, s, p, d in zip(("height", "width"), x.shape[2:], size, self.kernel_size,
+                                                self.stride, self.padding, self.dilation):
+            smallest = (have - 1) * s - 2 * p + d * (k - 1) + 1
             if not smallest <= want < smallest + s:
                 raise ValueError(f"ConvTranspose2d: output_size {want} along the {axis} is out of reach: this layer "
                                  f"gives {smallest} to {smallest + s - 1} from an input of {have} (stride {s}, padding "
-                                 f"{p}, kernel {k})")
+                                 f"{p}, kernel {k}" + (f", dilation {d})" if d != 1 else ")"))
             pads.append(want - smallest)
         return tuple(pads)
 
@@ -988,8 +999,10 @@ class ConvTranspose2d(Layer):
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}" + (f", output_padding={self.output_padding}" if any(self.output_padding)
-                                             else "") + f", bias={self.bias is not None}")
+                f"padding={self.padding}"
+                + (f", output_padding={self.output_padding}" if any(self.output_padding) else "")
+                + (f", dilation={self.dilation}" if self.dilation != (1, 1) else "")
+                + (f", groups={self.groups}" if self.groups != 1 else "") + f", bias={self.bias is not None}")
 
 
 class Linear(Layer):

@@ -5,13 +5,13 @@ The shapes come from one forward pass of a zero image in eval mode, in the param
 after it). FLOPs count a multiply-add as two: a convolution 2 * C_in * k_h * k_w per output
 element (C_in // groups of a grouped one; plus one per element for its bias), a transposed
 convolution 2 * C_out * k_h * k_w per input element (the count of the convolution whose input
-gradient it is; plus one per output element for its bias), a linear layer 2 * in_features per
-output, batch norm in eval mode 2 per element (a scale and a shift), group norm 6 per element (its
-statistics, computed in every mode: an addition for the mean, a subtraction and a multiply-add for
-the variance, 4; then a scale and a shift, 2), pooling one comparison or addition per window
-element, ReLU, LeakyReLU and Scale one per element, a residual addition one per element; reshaping
-layers, dropout, a concatenation (a copy) and the smooth activations (GELU, SiLU, Sigmoid, Tanh: an
-erf, exp or tanh, no multiply-add) count none.
+gradient it is: C_out // groups of a grouped one; plus one per output element for its bias), a
+linear layer 2 * in_features per output, batch norm in eval mode 2 per element (a scale and a
+shift), group norm 6 per element (its statistics, computed in every mode: an addition for the
+mean, a subtraction and a multiply-add for the variance, 4; then a scale and a shift, 2), pooling
+one comparison or addition per window element, ReLU, LeakyReLU and Scale one per element, a
+residual addition one per element; reshaping layers, dropout, a concatenation (a copy) and the
+smooth activations (GELU, SiLU, Sigmoid, Tanh: an erf, exp or tanh, no multiply-add) count none.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def _flops(layer, x, y) -> int:
         per = 2 * layer.in_channels // layer.groups * layer.kernel_size[0] * layer.kernel_size[1]
         return out * (per + (layer.bias is not None))
     if isinstance(layer, L.ConvTranspose2d):
-        per = 2 * layer.out_channels * layer.kernel_size[0] * layer.kernel_size[1]
+        per = 2 * layer.out_channels // layer.groups * layer.kernel_size[0] * layer.kernel_size[1]
         return int(np.prod(x.shape[1:])) * per + out * (layer.bias is not None)
     if isinstance(layer, L.Linear):
         return out * (2 * layer.in_features + (layer.bias is not None))

@@ -16,40 +16,44 @@ from gpuconv.precision import bfloat16, float16, round_tf32, unit_roundoff
 DTYPES = [np.float64, np.float32, bfloat16, float16]
 
 
-def direct(x, w, b, stride, padding, output_padding):
-    """The definition, in float64: every input pixel scatters its filters onto the output."""
+def direct(x, w, b, stride, padding, output_padding, dilation=(1, 1), groups=1):
+    """The definition, in float64: every input pixel scatters its filters onto the output (input
+    channel c of group g = c // (C_in/G) onto that group's C_out/G outputs, taps D apart)."""
     x, w = x.astype(np.float64), w.astype(np.float64)
-    (sh, sw), (ph, pw), (oph, opw) = stride, padding, output_padding
-    n, _, h, wd = x.shape
-    _, cout, fh, fw = w.shape
-    full = np.zeros((n, cout, (h - 1) * sh + fh + oph, (wd - 1) * sw + fw + opw))
-    for p in range(h):
-        for q in range(wd):
-            full[:, :, p * sh:p * sh + fh, q * sw:q * sw + fw] += np.einsum("nc,cokl->nokl", x[:, :, p, q], w)
-    oh, ow = (h - 1) * sh - 2 * ph + fh + oph, (wd - 1) * sw - 2 * pw + fw + opw
+    (sh, sw), (ph, pw), (oph, opw), (dh, dw) = stride, padding, output_padding, dilation
+    n, cin, h, wd = x.shape
+    _, cog, fh, fw = w.shape
+    eh, ew = dh * (fh - 1) + 1, dw * (fw - 1) + 1  # the dilated filter's extent
+    cg = cin // groups
+    full = np.zeros((n, cog * groups, (h - 1) * sh + eh + oph, (wd - 1) * sw + ew + opw))
+    for p, q, g in itertools.product(range(h), range(wd), range(groups)):
+        full[:, g * cog:(g + 1) * cog, p * sh:p * sh + eh:dh, q * sw:q * sw + ew:dw] += np.einsum(
+            "nc,cokl->nokl", x[:, g * cg:(g + 1) * cg, p, q], w[g * cg:(g + 1) * cg])
+    oh, ow = (h - 1) * sh - 2 * ph + eh + oph, (wd - 1) * sw - 2 * pw + ew + opw
     y = full[:, :, ph:ph + oh, pw:pw + ow]
     return y if b is None else y + b.astype(np.float64)[None, :, None, None]
 
 
-def direct_grads(x, w, dy, stride, padding, output_padding):
+def direct_grads(x, w, dy, stride, padding, output_padding, dilation=(1, 1), groups=1):
     """dx, dw, db of the definition, in float64, from its Jacobian (the loop above is linear)."""
     x, w, dy = (a.astype(np.float64) for a in (x, w, dy))
+    args = (stride, padding, output_padding, dilation, groups)
     dx = np.zeros_like(x)
     for idx in np.ndindex(x.shape):
         e = np.zeros_like(x)
         e[idx] = 1
-        dx[idx] = (direct(e, w, None, stride, padding, output_padding) * dy).sum()
+        dx[idx] = (direct(e, w, None, *args) * dy).sum()
     dw = np.zeros_like(w)
     for idx in np.ndindex(w.shape):
         e = np.zeros_like(w)
         e[idx] = 1
-        dw[idx] = (direct(x, e, None, stride, padding, output_padding) * dy).sum()
+        dw[idx] = (direct(x, e, None, *args) * dy).sum()
     return dx, dw, dy.sum(axis=(0, 2, 3))
 
 
-def _data(rng, n, cin, cout, h, wd, k, dtype=np.float64):
+def _data(rng, n, cin, cout, h, wd, k, dtype=np.float64, groups=1):
     x = rng.standard_normal((n, cin, h, wd)).astype(dtype)
-    w = rng.standard_normal((cin, cout) + k).astype(dtype)
+    w = rng.standard_normal((cin, cout // groups) + k).astype(dtype)
     b = rng.standard_normal(cout).astype(dtype)
     return x, w, b
 
@@ -79,6 +83,48 @@ def test_matches_the_definition_in_every_dtype_and_layout(backend, dtype, channe
     for name, g, e, m, length in zip(("y", "dx", "dw", "db"), got, want, mags, lengths):
         tol = reduction_tolerance(m, e, length, dtype, reference_rounded=False)
         if name == "y" and np.dtype(dtype) in (bfloat16, float16):  # the rule rounds the sum, then adds the bias
+            tol = tol + unit_roundoff(dtype) * m
+        ok, worst = within_tolerance(g, e, tol)
+        assert ok, f"{name}: {worst:.3g} x the tolerance"
+
+
+# groups and dilation: (C_in, C_out, k, stride, padding, output_padding, dilation, groups)
+GROUPED = {
+    "groups2": (4, 6, (3, 2), (2, 1), (1, 0), (1, 0), (1, 1), 2),
+    "depthwise": (4, 4, (3, 3), (2, 2), (1, 1), (1, 0), (1, 1), 4),
+    "dilation2": (3, 2, (3, 2), (1, 2), (1, 1), (1, 1), (2, 2), 1),  # output_padding >= stride, < dilation
+    "dilated_depthwise": (2, 4, (2, 2), (1, 1), (0, 1), (0, 1), (2, 3), 2),
+}
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, bfloat16], ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("case", ["groups2", "depthwise", "dilation2"])
+def test_groups_and_dilation_match_the_definition_in_every_dtype_and_layout(backend, dtype, channels_last, case):
+    """On the grouped/dilated convolution's reference and kernels (conv2d_grouped.cu on 'sim')."""
+    cin, cout, k, *args, groups = GROUPED[case]
+    args = tuple(args)  # stride, padding, output_padding, dilation
+    rng = np.random.default_rng(11)
+    x, w, b = _data(rng, 2, cin, cout, 3, 3, k, dtype, groups)
+    want_y = direct(x, w, b, *args, groups)
+    dy = rng.standard_normal(want_y.shape).astype(dtype)
+    xd, dyd = backend.asarray(x), backend.asarray(dy)
+    if channels_last:
+        xd, dyd = layout.to_channels_last(xd), layout.to_channels_last(dyd)
+    y, cache = conv_transpose2d_forward(xd, backend.asarray(w), backend.asarray(b), *args[:3], dilation=args[3],
+                                        groups=groups)
+    dx, dw, db = conv_transpose2d_backward(dyd, cache)
+    assert y.shape == dy.shape and dw.shape == w.shape and y.dtype == dx.dtype == dw.dtype == db.dtype == dtype
+    assert layout.is_channels_last(y) == channels_last and layout.is_channels_last(dx) == channels_last
+    backend.assert_kernels_ran("conv2d_grouped_backward_data", "conv2d_grouped_forward",
+                               "conv2d_grouped_backward_weight", "conv2d_backward_bias")
+    got = [backend.asnumpy(a) for a in (y, dx, dw, db)]
+    want = [want_y, *direct_grads(x, w, dy, *args, groups)]
+    mags = [direct(abs(x), abs(w), abs(b), *args, groups), *direct_grads(abs(x), abs(w), abs(dy), *args, groups)]
+    lengths = (cin * k[0] * k[1] + 1, cout * k[0] * k[1], 2 * 3 * 3, dy.shape[0] * dy.shape[2] * dy.shape[3])
+    for name, g, e, m, length in zip(("y", "dx", "dw", "db"), got, want, mags, lengths):
+        tol = reduction_tolerance(m, e, length, dtype, reference_rounded=False)
+        if name == "y" and np.dtype(dtype) == bfloat16:  # the sum rounded, then the bias added
             tol = tol + unit_roundoff(dtype) * m
         ok, worst = within_tolerance(g, e, tol)
         assert ok, f"{name}: {worst:.3g} x the tolerance"
@@ -163,6 +209,42 @@ def test_output_padding_adds_rows_and_columns_of_bias_past_every_window():
     np.testing.assert_array_equal(y[0, :, :, 6], np.repeat(b[:, None], 7, 1))
 
 
+@pytest.mark.parametrize("case", sorted(GROUPED))
+def test_groups_and_dilation_numerical_gradients(case):
+    cin, cout, k, stride, padding, output_padding, dilation, groups = GROUPED[case]
+    rng = np.random.default_rng(12)
+    x, w, b = _data(rng, 2, cin, cout, 3, 4, k, groups=groups)
+
+    def f(x_, w_, b_):
+        return conv_transpose2d_forward(x_, w_, b_, stride, padding, output_padding, groups=groups,
+                                        dilation=dilation)
+    y, cache = f(x, w, b)
+    dy = rng.standard_normal(y.shape)
+    dx, dw, db = conv_transpose2d_backward(dy, cache)
+    assert relative_error(dx, numerical_gradient_array(lambda a: f(a, w, b)[0], x, dy)) < 1e-7
+    assert relative_error(dw, numerical_gradient_array(lambda a: f(x, a, b)[0], w, dy)) < 1e-7
+    assert relative_error(db, numerical_gradient_array(lambda a: f(x, w, a)[0], b, dy)) < 1e-7
+
+
+@pytest.mark.parametrize("case", sorted(GROUPED) + ["dilation3_stride2"])
+def test_groups_and_dilation_match_torch_float64(case):
+    """F.conv_transpose2d's positional order: ..., output_padding, groups, dilation."""
+    torch = pytest.importorskip("torch", reason="PyTorch (optional) is the reference of this comparison")
+    F = torch.nn.functional
+    cin, cout, k, stride, padding, output_padding, dilation, groups = GROUPED.get(
+        case, (6, 3, (3, 3), (2, 2), (2, 1), (2, 1), (3, 3), 3))  # output_padding 2: >= stride, < dilation
+    rng = np.random.default_rng(13)
+    x, w, b = _data(rng, 2, cin, cout, 4, 3, k, groups=groups)
+    y, cache = conv_transpose2d_forward(x, w, b, stride, padding, output_padding, groups=groups, dilation=dilation)
+    tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    ty = F.conv_transpose2d(tx, tw, tb, stride, padding, output_padding, groups, dilation)
+    dy = rng.standard_normal(tuple(ty.shape))
+    ty.backward(torch.tensor(dy))
+    assert y.shape == tuple(ty.shape)
+    for got, want in zip((y,) + conv_transpose2d_backward(dy, cache), (ty, tx.grad, tw.grad, tb.grad)):
+        np.testing.assert_allclose(got, want.detach().numpy(), rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("stride, padding, output_padding, k", [
     (s, p, op, k) for s, p, op, k in itertools.product((1, 2), (0, 1), (0, 1), (2, 3, 4)) if op < s])
 def test_matches_torch_float64(stride, padding, output_padding, k):
@@ -185,8 +267,16 @@ def test_matches_torch_float64(stride, padding, output_padding, k):
     (dict(output_padding=2, stride=2), ValueError, r"output_padding=\(2, 2\) must be smaller than stride=\(2, 2\)"),
     (dict(output_padding=1), ValueError, r"output_padding=\(1, 1\) must be smaller than stride=\(1, 1\).*"
                                          r"output_padding=0 at stride 1"),
-    (dict(groups=2), ValueError, r"conv_transpose2d_forward\(groups=2\) is not supported.*groups=1 only"),
-    (dict(dilation=2), ValueError, r"conv_transpose2d_forward\(dilation=2\) is not supported"),
+    (dict(output_padding=2, dilation=2), ValueError, r"output_padding=\(2, 2\) must be smaller than stride=\(1, 1\) "
+                                                     r"or than dilation=\(2, 2\) along each axis"),
+    (dict(groups=2), ValueError, r"groups=2 must divide the input channels: x has C_in=3.*groups=C_in: depthwise"),
+    (dict(groups=0), ValueError, r"groups must be >= 1"),
+    (dict(groups=1.0), TypeError, r"groups must be an int"),
+    (dict(dilation=0), ValueError, r"dilation"),
+    (dict(groups=3, b=np.ones(2)), ValueError, r"b must have shape \(6,\), one bias per output channel \(w.shape\[1\] "
+                                               r"times groups=3 of w \(3, 2, 3, 3\), laid out C_in, C_out/groups"),
+    (dict(padding=3, dilation=2), ValueError, r"output is empty along the height.*= 0 < 1 \(F: the dilated extent "
+                                              r"D\(F - 1\) \+ 1 = 5 \(F=3, D=2\)\)"),
     (dict(padding="same"), ValueError, r"padding='same': a transposed convolution takes an int or an \(h, w\) pair"),
     (dict(padding=3), ValueError, r"output is empty along the height.*\(H - 1\)S - 2P \+ F \+ output_padding = -2 < 1"),
     (dict(w=np.ones((4, 2, 3, 3))), ValueError, r"channel mismatch: x has C_in=3.*w expects C_in=4.*C_in, C_out, FH, "
@@ -224,7 +314,8 @@ def test_ops_namespace_and_cache_repr():
     _, cache = conv_transpose2d_forward(np.ones((1, 3, 2, 2), np.float32), np.ones((3, 2, 3, 3), np.float32))
     assert gpuconv.ops.conv_transpose2d_forward is conv_transpose2d_forward
     assert repr(cache) == ("ConvTranspose2dCache(x=array(shape=(1, 3, 2, 2), dtype=float32), w=array(shape=(3, 2, 3, "
-                           "3), dtype=float32), has_bias=False, stride=(1, 1), padding=(0, 0), output_padding=(0, 0))")
+                           "3), dtype=float32), has_bias=False, stride=(1, 1), padding=(0, 0), output_padding=(0, 0), "
+                           "dilation=(1, 1), groups=1)")
 
 
 # ---------------------------------------------------------------- the layers: ConvTranspose2d, Unflatten
@@ -266,6 +357,39 @@ def test_layer_matches_torch_and_loads_its_state_dict():
                                   torch.nn.Unflatten(1, (2, 3))(torch.arange(12.).reshape(2, 6)).numpy())
 
 
+def test_grouped_dilated_layer_init_repr_and_torchs_state_dict():
+    from gpuconv import nn
+    layer = nn.ConvTranspose2d(8, 6, 3, 2, 1, 1, 2, True, 2, seed=0)  # PyTorch's positions: groups, bias, dilation
+    assert (layer.groups, layer.dilation) == (2, (2, 2))
+    assert {k: tuple(v.shape) for k, v in layer.state_dict().items()} == {"weight": (8, 3, 3, 3), "bias": (6,)}
+    bound = 1 / np.sqrt(3 * 3 * 3)  # PyTorch's fan-in: weight dim 1 (out_channels // groups) * kH * kW
+    assert 0.9 * bound < np.abs(layer.weight.data).max() <= bound and np.abs(layer.bias.data).max() <= bound
+    assert repr(layer) == ("ConvTranspose2d(8, 6, kernel_size=(3, 3), stride=(2, 2), padding=(1, 1), "
+                           "output_padding=(1, 1), dilation=(2, 2), groups=2, bias=True)")
+    assert layer(np.zeros((1, 8, 4, 4), np.float32)).shape == (1, 6, 10, 10)  # 3 * 2 - 2 + 2 * 2 + 1 + 1
+
+
+def test_grouped_dilated_layer_matches_torch_and_loads_its_state_dict():
+    torch = pytest.importorskip("torch", reason="PyTorch (optional) is the reference of this comparison")
+    from gpuconv import nn
+    theirs = torch.nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1, groups=2, dilation=2).double()
+    assert torch.nn.init._calculate_fan_in_and_fan_out(theirs.weight)[0] == 3 * 3 * 3  # what the init uses
+    ours = nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1, groups=2, dilation=2, dtype=np.float64)
+    ours.load_state_dict(theirs.state_dict())
+    x = np.random.default_rng(14).standard_normal((2, 4, 3, 4))
+    tx = torch.tensor(x, requires_grad=True)
+    ty = theirs(tx)
+    y = ours(x)
+    dy = np.random.default_rng(15).standard_normal(y.shape)
+    ty.backward(torch.tensor(dy))
+    dx = ours.backward(dy)
+    pairs = ((y, ty), (dx, tx.grad), (ours.weight.grad, theirs.weight.grad), (ours.bias.grad, theirs.bias.grad))
+    for got, want in pairs:
+        np.testing.assert_allclose(got, want.detach().numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(ours(x, output_size=(8, 9)), theirs(tx, output_size=(8, 9)).detach().numpy(),
+                               rtol=1e-12, atol=1e-12)
+
+
 def test_layer_output_size_and_errors():
     from gpuconv import nn
     layer = nn.ConvTranspose2d(2, 3, 3, stride=2, padding=1, dtype=np.float64)
@@ -277,10 +401,16 @@ def test_layer_output_size_and_errors():
         layer(x, output_size=(9, 7))
     with pytest.raises(ValueError, match=r"output_padding must be smaller than stride=\(2, 2\)"):
         nn.ConvTranspose2d(2, 3, 3, stride=2, output_padding=2)
-    with pytest.raises(ValueError, match=r"ConvTranspose2d\(groups=2\) is not supported"):
-        nn.ConvTranspose2d(2, 4, 3, 1, 0, 0, 2)
-    with pytest.raises(ValueError, match=r"ConvTranspose2d\(dilation=2\) is not supported"):
-        nn.ConvTranspose2d(2, 4, 3, dilation=2)
+    with pytest.raises(ValueError, match=r"ConvTranspose2d: groups=2 must divide out_channels=3"):
+        nn.ConvTranspose2d(2, 3, 3, 1, 0, 0, 2)  # PyTorch's positions: groups after output_padding
+    with pytest.raises(ValueError, match=r"ConvTranspose2d: groups=2 must divide in_channels=3"):
+        nn.ConvTranspose2d(3, 4, 3, groups=2)
+    with pytest.raises(ValueError, match=r"output_padding must be smaller than stride=\(1, 1\) or than "
+                                         r"dilation=\(2, 2\)"):
+        nn.ConvTranspose2d(2, 4, 3, output_padding=2, dilation=2)
+    with pytest.raises(ValueError, match=r"out of reach: this layer gives 8 to 8 from an input of 4 \(stride 1, "
+                                         r"padding 0, kernel 3, dilation 2\)"):
+        nn.ConvTranspose2d(2, 4, 3, dilation=2)(x, output_size=(9, 8))
     with pytest.raises(ValueError, match=r"padding='same'\): an int or an \(h, w\) pair"):
         nn.ConvTranspose2d(2, 4, 3, padding="same")
 
@@ -383,6 +513,27 @@ def test_mixed_precision_casts_the_layer_and_its_forward_reads_the_packed_filter
     np.testing.assert_array_equal(layer.weight.grad, want_dw.astype(np.float32))
 
 
+def test_mixed_precision_grouped_dilated_layer_on_the_grouped_kernels():
+    """Under bf16 autocast on 'sim' the grouped/dilated layer takes the cast filters (OHWI memory)
+    on the grouped convolution's kernels, with the bits of the op on the cast weights."""
+    from gpuconv import amp, nn
+    rng = np.random.default_rng(16)
+    x = rng.standard_normal((2, 4, 3, 3)).astype(bfloat16)
+    with gpuconv.default_device("sim"):
+        layer = nn.ConvTranspose2d(4, 6, 3, 1, 1, 1, 2, False, 2, seed=1)  # output_padding 1 at stride 1
+        with amp.autocast(layer, "bf16"):
+            assert not layer.weight.compute.flags.c_contiguous
+            y = layer(x)
+            dy = rng.standard_normal(y.shape).astype(bfloat16)
+            dx = layer.backward(dy)
+        want, cache = conv_transpose2d_forward(x, layer.weight.data.astype(bfloat16), None, 1, 1, 1, groups=2,
+                                               dilation=2)
+        want_dx, want_dw, _ = conv_transpose2d_backward(dy, cache)
+    assert y.dtype == bfloat16 and y.shape == (2, 6, 6, 6)
+    assert y.tobytes() == want.tobytes() and dx.tobytes() == want_dx.tobytes()
+    np.testing.assert_array_equal(layer.weight.grad, want_dw.astype(np.float32))
+
+
 def test_autocast_for_evaluation_packs_the_filters_the_forward_reads(monkeypatch):
     """autocast(backward=False) (evaluation, inference) skips the data gradient's packing of a
     Conv2d's filters, which only its backward reads; a ConvTranspose2d's forward is that data
@@ -413,3 +564,10 @@ def test_summary_counts_a_transposed_convolution_as_the_convolution_it_is_the_gr
     assert rows[1][1:3] == ["Unflatten", "16x4x4"]
     assert rows[2][1:] == ["ConvTranspose2d", "8x8x8", "2,048", f"{16 * 4 * 4 * 2 * 8 * 4 * 4:,}"]
     assert rows[4][1:] == ["ConvTranspose2d", "3x16x16", "387", f"{8 * 8 * 8 * 2 * 3 * 4 * 4 + 3 * 16 * 16:,}"]
+
+
+def test_summary_divides_a_grouped_transposed_convolution_as_the_convolution():
+    from gpuconv import nn
+    net = nn.Sequential(nn.ConvTranspose2d(8, 4, 3, groups=4, dilation=2, seed=0))
+    row = net.summary((8, 5, 5)).splitlines()[2].split()
+    assert row[1:] == ["ConvTranspose2d", "4x9x9", "76", f"{8 * 5 * 5 * 2 * (4 // 4) * 3 * 3 + 4 * 9 * 9:,}"]

@@ -30,8 +30,17 @@ float32 and the result rounded again (as a separate bias addition after cuDNN's 
 rounds in PyTorch). Without a bias (before a batch norm) y is rounded once; dx, dw, db always are.
 Layouts: y keeps x's (channels_last or NCHW), dx dy's, as every op (``_dispatch``).
 
-Cache: ``ConvTranspose2dCache(x, w, has_bias, stride, padding, output_padding)``, the caller's
-arrays and (h, w) pairs.
+``groups`` G and ``dilation`` D (F.conv_transpose2d's): w is (C_in, C_out/G, FH, FW), PyTorch's
+layout, which is the grouped convolution's (K, C/G, FH, FW) with K = C_in and C = C_out, so each
+direction above is the grouped/dilated convolution's (:mod:`gpuconv.ops.conv2d_grouped`: its
+reference and its kernels, no others). F's place takes the extent D(F - 1) + 1: OH = (H - 1) S -
+2P + D(F - 1) + OP + 1, and OP must be below S or below D (PyTorch's rule). An OP of S or more
+(below D) adds rows that the convolution's floor rule counts as OP // S more rows of its output
+gradient: x is then given OP // S zero rows (and columns) at the bottom (right), which change no
+sum, so that the floor rule's sizes hold, and dx drops them.
+
+Cache: ``ConvTranspose2dCache(x, w, has_bias, stride, padding, output_padding, dilation, groups)``,
+the caller's arrays, (h, w) pairs and groups.
 """
 from __future__ import annotations
 
@@ -42,44 +51,62 @@ from ..backend import get_array_module
 from ..precision import channel_sum, multiplicands, round_once, upcast, use_tf32
 from . import _dispatch
 from . import conv2d as _conv
-from ._checks import (cache_type, cached, check_bool, check_cache, check_float, check_rank, check_same_dtype,
-                      only_defaults, pair, torch_positions)
+from . import conv2d_grouped as _grouped
+from ._checks import (cache_type, cached, check_bool, check_cache, check_float, check_rank, check_same_dtype, pair,
+                      torch_positions)
 
-ConvTranspose2dCache = cache_type("ConvTranspose2dCache", "x w has_bias stride padding output_padding", __name__)
+ConvTranspose2dCache = cache_type("ConvTranspose2dCache", "x w has_bias stride padding output_padding dilation groups",
+                                  __name__)
 
 
-def conv_transpose2d_output_hw(in_hw, kernel_size, stride, padding, output_padding):
-    """(OH, OW): ``(H - 1) S - 2P + F + output_padding`` along each axis, checked to be >= 1."""
+def conv_transpose2d_output_hw(in_hw, kernel_size, stride, padding, output_padding, dilation=(1, 1)):
+    """(OH, OW): ``(H - 1) S - 2P + D (F - 1) + output_padding + 1`` along each axis (F's extent
+    D (F - 1) + 1 in F's place), checked to be >= 1."""
     out = []
-    for axis, h, f, s, p, op in zip(("height", "width"), in_hw, kernel_size, stride, padding, output_padding):
-        size = (h - 1) * s - 2 * p + f + op
+    for axis, h, f, s, p, op, d in zip(("height", "width"), in_hw, kernel_size, stride, padding, output_padding,
+                                       dilation):
+        size = (h - 1) * s - 2 * p + d * (f - 1) + op + 1
         if size < 1:
             a = "H" if axis == "height" else "W"
+            f_is = "F" if d == 1 else f"the dilated extent D(F - 1) + 1 = {d * (f - 1) + 1} (F={f}, D={d})"
             raise ValueError(f"the transposed convolution's output is empty along the {axis}: input size {a}={h}, "
                              f"filter F={f}, stride S={s}, padding P={p}, output_padding={op} give ({a} - 1)S - 2P "
-                             f"+ F + output_padding = {size} < 1; use less padding")
+                             f"+ F + output_padding = {size} < 1 (F: {f_is}); use less padding")
         out.append(size)
     return tuple(out)
+
+
+def extra_rows(stride, output_padding):
+    """The zero rows and columns x is given where output_padding reaches the stride (the module's
+    docstring): OP // S along each axis."""
+    return tuple(op // s for op, s in zip(output_padding, stride))
+
+
+def grown(xp, x, extra):
+    """x with ``extra`` (rows, columns) of zeros at the bottom and right (x itself for none)."""
+    if not any(extra):
+        return x
+    return xp.pad(x, ((0, 0), (0, 0), (0, extra[0]), (0, extra[1])))
 
 
 def conv_transpose2d_forward(x, w, b=None, stride=1, padding=0, output_padding=0, precision=None, *, groups=1,
                              dilation=1):
     """``y, cache``: the transposed convolution of x (N, C_in, H, W) with w (C_in, C_out, FH, FW),
-    PyTorch's layout, plus b (C_out,): y of shape (N, C_out, OH, OW), OH = (H - 1) S - 2P + FH +
-    output_padding. ``stride``, ``padding`` and ``output_padding`` are ints or (h, w) pairs;
-    ``output_padding`` < ``stride`` (PyTorch's rule). ``precision`` as in
-    :func:`gpuconv.ops.conv2d_forward`. ``groups`` and ``dilation``, F.conv_transpose2d's keywords,
-    are taken at 1 only."""
+    PyTorch's layout, plus b (C_out,): y of shape (N, C_out, OH, OW), OH = (H - 1) S - 2P +
+    D (FH - 1) + output_padding + 1. ``stride``, ``padding``, ``output_padding`` and ``dilation``
+    are ints or (h, w) pairs; ``output_padding`` < ``stride`` or < ``dilation`` along each axis
+    (PyTorch's rule). ``groups`` G splits the channels as F.conv_transpose2d's: w is then (C_in,
+    C_out/G, FH, FW). ``precision`` as in :func:`gpuconv.ops.conv2d_forward`; ``groups`` and
+    ``dilation`` by keyword (F.conv_transpose2d takes groups where this op takes precision)."""
     if not (precision is None or type(precision) is str):  # F.conv_transpose2d's order: groups in its place
         torch_positions("conv_transpose2d_forward", "F.conv_transpose2d", precision=(precision, "groups", 1))
-    if not (type(dilation) is int and dilation == 1 and type(groups) is int and groups == 1):
-        only_defaults("conv_transpose2d_forward", groups=(groups, 1), dilation=(dilation, (1, 1)))
-    stride, padding, output_padding = _check_args(x, w, b, stride, padding, output_padding)
-    out_hw = conv_transpose2d_output_hw(x.shape[2:], w.shape[2:], stride, padding, output_padding)
+    dilation, groups = _grouped.check_dilation_groups(dilation, groups)
+    stride, padding, output_padding = _check_args(x, w, b, stride, padding, output_padding, dilation, groups)
+    out_hw = conv_transpose2d_output_hw(x.shape[2:], w.shape[2:], stride, padding, output_padding, dilation)
     tf32 = use_tf32(precision, x.dtype)
     target = backend.kernel_target(x, w, b, names=("x", "w", "b"))
     return _dispatch.call("conv_transpose2d_forward", target, _forward_reference, x, w, b, stride, padding,
-                          output_padding, out_hw, tf32)
+                          output_padding, out_hw, tf32, dilation, groups)
 
 
 def conv_transpose2d_backward(dy, cache, need_dx=True, need_dw=True, precision=None, dw_dtype=None):
@@ -91,8 +118,8 @@ def conv_transpose2d_backward(dy, cache, need_dx=True, need_dw=True, precision=N
     x, w = cache.x, cache.w
     check_float("dy", dy)
     check_rank("dy", dy, 4, "N, C_out, OH, OW")
-    expected = (x.shape[0], w.shape[1]) + conv_transpose2d_output_hw(x.shape[2:], w.shape[2:], cache.stride,
-                                                                      cache.padding, cache.output_padding)
+    expected = (x.shape[0], w.shape[1] * cache.groups) + conv_transpose2d_output_hw(
+        x.shape[2:], w.shape[2:], cache.stride, cache.padding, cache.output_padding, cache.dilation)
     if tuple(dy.shape) != expected:
         raise ValueError(f"dy must have the forward output's shape {expected}, got {tuple(dy.shape)}")
     check_same_dtype("x", x, dy=dy)
@@ -107,7 +134,7 @@ def conv_transpose2d_backward(dy, cache, need_dx=True, need_dw=True, precision=N
                           need_dw, dw_dtype)
 
 
-def _check_args(x, w, b, stride, padding, output_padding):
+def _check_args(x, w, b, stride, padding, output_padding, dilation, groups):
     check_float("x", x)
     check_float("w", w)
     check_rank("x", x, 4, "N, C_in, H, W")
@@ -123,9 +150,14 @@ def _check_args(x, w, b, stride, padding, output_padding):
                          f"H, W) but w expects C_in={w.shape[0]} (shape {tuple(w.shape)}, laid out C_in, C_out, FH, "
                          "FW as PyTorch's ConvTranspose2d weight, whose in channels come first, unlike Conv2d's); "
                          "make w.shape[0] equal x.shape[1]")
-    if b is not None and tuple(b.shape) != (w.shape[1],):
-        raise ValueError(f"b must have shape ({w.shape[1]},), one bias per output channel (w.shape[1] of w "
-                         f"{tuple(w.shape)}, laid out C_in, C_out, FH, FW), got {tuple(b.shape)}")
+    if x.shape[1] % groups:
+        raise ValueError(f"groups={groups} must divide the input channels: x has C_in={x.shape[1]} (shape "
+                         f"{tuple(x.shape)}); choose groups among C_in's divisors (groups=C_in: depthwise)")
+    cout = w.shape[1] * groups  # (w is (C_in, C_out/groups, FH, FW), PyTorch's layout)
+    if b is not None and tuple(b.shape) != (cout,):
+        per = "" if groups == 1 else f" times groups={groups}"
+        raise ValueError(f"b must have shape ({cout},), one bias per output channel (w.shape[1]{per} of w "
+                         f"{tuple(w.shape)}, laid out C_in, C_out/groups, FH, FW), got {tuple(b.shape)}")
     if min(w.shape[2:]) < 1:
         raise ValueError(f"w has an empty filter: shape {tuple(w.shape)} (C_in, C_out, FH, FW) has FH={w.shape[2]}, "
                          f"FW={w.shape[3]}; a filter is at least 1x1")
@@ -135,34 +167,47 @@ def _check_args(x, w, b, stride, padding, output_padding):
     stride = pair("stride", stride, minimum=1)
     padding = pair("padding", padding, minimum=0)
     output_padding = pair("output_padding", output_padding, minimum=0)
-    if output_padding[0] >= stride[0] or output_padding[1] >= stride[1]:
-        raise ValueError(f"output_padding={output_padding} must be smaller than stride={stride} along each axis (as "
-                         "in PyTorch: it picks one of the stride's output sizes, (H - 1)S - 2P + F + output_padding); "
-                         "use output_padding=0 at stride 1")
+    if any(op >= s and op >= d for op, s, d in zip(output_padding, stride, dilation)):
+        raise ValueError(f"output_padding={output_padding} must be smaller than stride={stride} or than "
+                         f"dilation={dilation} along each axis (as in PyTorch: it picks one of the stride's output "
+                         "sizes, (H - 1)S - 2P + D(F - 1) + output_padding + 1); use output_padding=0 at stride 1 "
+                         "and dilation 1")
     return stride, padding, output_padding
 
 
-def _forward_reference(x, w, b, stride, padding, output_padding, out_hw, tf32=False):
+def _forward_reference(x, w, b, stride, padding, output_padding, out_hw, tf32=False, dilation=(1, 1), groups=1):
     xc, wc = multiplicands(tf32, x, w)
     xp = get_array_module(xc, wc)
     # The convolution whose data gradient this is: its input (zeros, read for its shape only; calloc'd
     # pages never touched) and x as its output gradient.
-    conv_input = xp.zeros((x.shape[0], w.shape[1]) + out_hw, dtype=xc.dtype)
-    y, _ = _conv._backward(xc, conv_input, wc, stride, padding, True, False)
+    conv_input = xp.zeros((x.shape[0], w.shape[1] * groups) + out_hw, dtype=xc.dtype)
+    if _grouped.grouped(dilation, groups):
+        xc = grown(xp, xc, extra_rows(stride, output_padding))
+        y = _grouped._backward(xc, conv_input, wc, stride, padding, dilation, groups, True, False)[0]
+    else:
+        y, _ = _conv._backward(xc, conv_input, wc, stride, padding, True, False)
     if b is not None:  # the sum rounded first (the module's docstring), then the bias added
         y = upcast(round_once(y, x.dtype)) + upcast(b).reshape(1, -1, 1, 1)
-    return round_once(y, x.dtype), ConvTranspose2dCache(x, w, b is not None, stride, padding, output_padding)
+    return round_once(y, x.dtype), ConvTranspose2dCache(x, w, b is not None, stride, padding, output_padding,
+                                                        dilation, groups)
 
 
 def _backward_reference(dy, cache, need_dx=True, tf32=False, need_dw=True, dw_dtype=None):
-    x, w, has_bias, stride, padding = cache[:5]
+    x, w, has_bias, stride, padding, output_padding, dilation, groups = cache
     dx = dw = None
     if need_dx or need_dw:
         dyc, xc, wc = multiplicands(tf32, dy, x, w)
-        if need_dx:  # the convolution's forward of dy
-            dx = _conv._forward(dyc, wc, None, stride, padding)
-        if need_dw:  # the convolution's weight gradient, x as its output gradient and dy as its input
-            dw = _conv._backward(xc, dyc, wc, stride, padding, False, True)[1]
+        if not _grouped.grouped(dilation, groups):
+            if need_dx:  # the convolution's forward of dy
+                dx = _conv._forward(dyc, wc, None, stride, padding)
+            if need_dw:  # the convolution's weight gradient, x as its output gradient and dy as its input
+                dw = _conv._backward(xc, dyc, wc, stride, padding, False, True)[1]
+        else:  # the same on the grouped convolution's reference, x grown by output_padding's rows (if any)
+            if need_dx:
+                dx = _grouped._forward(dyc, wc, None, stride, padding, dilation, groups)[:, :, :x.shape[2], :x.shape[3]]
+            if need_dw:
+                xg = grown(get_array_module(xc), xc, extra_rows(stride, output_padding))
+                dw = _grouped._backward(xg, dyc, wc, stride, padding, dilation, groups, False, True)[1]
     db = channel_sum(upcast(dy)) if has_bias else None
     dw = round_once(dw, w.dtype)
     if dw is not None and dw_dtype is not None:
