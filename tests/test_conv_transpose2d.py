@@ -130,6 +130,15 @@ def test_groups_and_dilation_match_the_definition_in_every_dtype_and_layout(back
         assert ok, f"{name}: {worst:.3g} x the tolerance"
 
 
+def test_groups_and_dilation_empty_batch(backend):
+    w = backend.asarray(np.ones((4, 3, 3, 3)))
+    y, cache = conv_transpose2d_forward(backend.asarray(np.zeros((0, 4, 3, 3))), w, backend.asarray(np.ones(6)), 1, 1,
+                                        1, groups=2, dilation=2)
+    assert y.shape == (0, 6, 6, 6)
+    dx, dw, db = conv_transpose2d_backward(backend.asarray(np.zeros(y.shape)), cache)
+    assert dx.shape == (0, 4, 3, 3) and not backend.asnumpy(dw).any() and not backend.asnumpy(db).any()
+
+
 @pytest.mark.parametrize("dtype", [bfloat16, float16])
 def test_a_low_precision_bias_is_added_to_the_rounded_sum_on_every_backend(dtype):
     """The reference rounds y twice, as the kernels do: the windows' sum (the convolution's data
