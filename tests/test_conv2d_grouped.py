@@ -361,12 +361,17 @@ def test_kernels_agree_in_both_fiber_orders_with_several_splits(monkeypatch, lau
 
 def test_weight_splits_fill_the_gpu_and_cover_every_position():
     """The weight gradient's first pass: about a full GPU of threads (count x splits), each split at
-    least MIN_SPLIT_CHUNK positions (one split below that), the splits covering N*OH*OW exactly."""
+    least MIN_SPLIT_CHUNK positions (one split below that), at most MAX_SPLITS_PER_SM per SM (the
+    second pass adds them one after another), the splits covering N*OH*OW exactly."""
     from gpuconv.ops import _launch_conv2d_grouped as LG
     full = kernels.NOMINAL_SMS * LG.THREADS_PER_SM
-    for count, positions in [(288, 131072), (4608, 131072), (1, 10), (100000, 64), (9, 1), (8640, 2048)]:
+    most = LG.MAX_SPLITS_PER_SM * kernels.NOMINAL_SMS
+    for count, positions in [(288, 131072), (4608, 131072), (1, 10), (100000, 64), (9, 1), (8640, 2048),
+                             (9, 131072), (32 * 9, 10 ** 6)]:
         splits, chunk = LG.weight_splits(count, positions, "sim")
         assert (splits - 1) * chunk < positions <= splits * chunk
         assert splits == 1 or chunk >= LG.MIN_SPLIT_CHUNK
+        assert splits <= most  # a short second pass
         assert count * splits < full + count  # not many more threads than a full GPU
-        assert count * splits > 0.95 * full or splits >= positions // LG.MIN_SPLIT_CHUNK  # else a full one
+        # else as many as the other limits allow
+        assert count * splits > 0.95 * full or splits >= min(positions // LG.MIN_SPLIT_CHUNK, most)

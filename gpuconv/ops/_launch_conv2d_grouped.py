@@ -26,6 +26,11 @@ from .conv2d_grouped import extent
 BLOCK = kernels.BLOCK
 # Each split of the weight gradient sums at least this many of the N*OH*OW positions per thread.
 MIN_SPLIT_CHUNK = 64
+# At most this many splits per SM, as conv2d's weight gradient: the second pass adds a weight's splits
+# in one thread, in order (deterministic), so its length is the split count; a depthwise layer of
+# few weights would otherwise ask for thousands (a 3x3 filter of one channel: 9 threads, 30,000
+# splits on 132 SMs) and spend longer adding them up than computing them.
+MAX_SPLITS_PER_SM = 2
 # Threads the weight gradient's first pass aims at per SM (a full H100/H200 SM holds 2048).
 THREADS_PER_SM = 2048
 
@@ -52,14 +57,15 @@ def geometry(elements, target, device=None):
 
 def weight_splits(count, positions, target, device=None):
     """(splits, chunk) of the weight gradient's first pass over ``positions`` = N*OH*OW: enough
-    threads (count x splits) to fill the GPU, each summing at least MIN_SPLIT_CHUNK positions."""
+    threads (count x splits) to fill the GPU, each summing at least MIN_SPLIT_CHUNK positions, and
+    at most MAX_SPLITS_PER_SM splits per SM (the second pass's length)."""
     return _weight_splits(count, positions, kernels.sm_count(target, device), MIN_SPLIT_CHUNK)
 
 
 @functools.lru_cache(maxsize=1024)
 def _weight_splits(count, positions, sms, min_chunk):
     want = -(-sms * THREADS_PER_SM // max(1, count))
-    splits = max(1, min(want, positions // min_chunk, 65535))
+    splits = max(1, min(want, positions // min_chunk, MAX_SPLITS_PER_SM * sms))
     chunk = -(-positions // splits)
     return -(-positions // chunk), chunk
 
