@@ -28,8 +28,8 @@ Trainer refuses what a graph would silently freeze, when built and at each epoch
 optimizers other than SGD, Muon, Adam and AdamW (and a Chain of them; Adam's step count lives on the device,
 incremented in place by the step); and while the graph holds the optimizer and the model (from its first call until
 :meth:`StepGraph.release`), a change to a number a kernel takes by value (a hyperparameter, batch
-norm's momentum and eps, Conv2d's stride, padding, dilation and groups, Scale's factor, LPPool2d's
-norm_type, LeakyReLU's negative_slope, dropout's
+norm's momentum and eps, Conv2d's and ConvTranspose2d's geometry (stride, padding, dilation,
+groups, output_padding), Scale's factor, LPPool2d's norm_type, LeakyReLU's negative_slope, dropout's
 rate, the Trainer's label smoothing), to which parameters train (``requires_grad``), to the layers themselves (one appended,
 replaced or set as an attribute) or the optimizer's groups (``add_param_group``),
 or a state loaded into them (``load_state_dict``, the Trainer's ``load_checkpoint``) or the model
@@ -89,7 +89,7 @@ class StepGraph:
         rates live on the device, ``device_lrs``: SGD, Muon, Adam, AdamW, a Chain of them): from the graph's
         first call on, the optimizer no longer writes them inside the step (nor takes another
         hyperparameter), the graph writes them before each call. The layers of ``model`` are held
-        with it: a number their kernels take by value (batch norm's momentum and eps, Conv2d's geometry, Scale's
+        with it: a number their kernels take by value (batch norm's momentum and eps, the convolutions' geometry, Scale's
         factor, LPPool2d's norm_type, LeakyReLU's negative_slope) is refused a change until :meth:`release`. Its dropout layers
         read their mask keys from the device meanwhile, each written before every call with the
         next key of the layer's own generator (:meth:`gpuconv.layers.Dropout.write_key`), so the

@@ -922,6 +922,8 @@ class ConvTranspose2d(Layer):
     _param_names = ("weight", "bias")
     _low_precision_params = ("weight", "bias")
     _forward_reads_data_gradient_filters = ("weight",)  # (gpuconv.amp packs them for evaluation too)
+    # The kernels take them by value: a change while a captured step holds the layer is refused.
+    stride, padding, output_padding, dilation, groups = _Replayed(), _Replayed(), _Replayed(), _Replayed(), _Replayed()
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, output_padding=0, groups=1,
                  bias=True, dilation=1, padding_mode="zeros", device=None, dtype=None, *, seed=None):

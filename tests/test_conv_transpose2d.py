@@ -580,3 +580,28 @@ def test_summary_divides_a_grouped_transposed_convolution_as_the_convolution():
     net = nn.Sequential(nn.ConvTranspose2d(8, 4, 3, groups=4, dilation=2, seed=0))
     row = net.summary((8, 5, 5)).splitlines()[2].split()
     assert row[1:] == ["ConvTranspose2d", "4x9x9", "76", f"{8 * 5 * 5 * 2 * (4 // 4) * 3 * 3 + 4 * 9 * 9:,}"]
+
+
+def test_geometry_cannot_change_while_a_captured_step_holds_the_layer():
+    """stride, padding, output_padding, dilation and groups reach the kernels by value, as Conv2d's:
+    a change while a StepGraph holds the layer is refused; released, the layer takes it."""
+    from gpuconv import amp
+    from gpuconv.graphs import StepGraph
+    from gpuconv.layers import ConvTranspose2d, Flatten, Linear, Sequential
+    from gpuconv.optim import SGD
+    rng = np.random.default_rng(2)
+    x, y = rng.standard_normal((2, 4, 3, 3)).astype(np.float32), rng.integers(0, 3, 2)
+    with gpuconv.default_device("sim"):
+        conv = ConvTranspose2d(4, 4, 3, stride=2, padding=1, output_padding=1, groups=2, seed=0)
+        model = Sequential(conv, Flatten(), Linear(4 * 6 * 6, 3, seed=1))
+        opt = SGD(model.parameters(), lr=0.1)
+        step = StepGraph.for_optimizer(lambda a, b: amp.training_step(model, opt, a, b), opt, model)
+        step(x, y)
+        for name, value in (("stride", (1, 1)), ("padding", (0, 0)), ("output_padding", (0, 0)),
+                            ("dilation", (2, 2)), ("groups", 1)):
+            with pytest.raises(RuntimeError,
+                               match=f"ConvTranspose2d: {name} cannot change while a captured training step"):
+                setattr(conv, name, value)
+        step.release()
+        conv.output_padding = (0, 0)
+        assert conv(x).shape == (2, 4, 5, 5)
