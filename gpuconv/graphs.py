@@ -89,8 +89,9 @@ class StepGraph:
         rates live on the device, ``device_lrs``: SGD, Muon, Adam, AdamW, a Chain of them): from the graph's
         first call on, the optimizer no longer writes them inside the step (nor takes another
         hyperparameter), the graph writes them before each call. The layers of ``model`` are held
-        with it: a number their kernels take by value (batch norm's momentum and eps, the convolutions' geometry, Scale's
-        factor, LPPool2d's norm_type, LeakyReLU's negative_slope) is refused a change until :meth:`release`. Its dropout layers
+        with it: a number their kernels take by value (batch norm's momentum and eps, the convolutions'
+        geometry, Scale's factor, LPPool2d's norm_type, LeakyReLU's negative_slope) is refused a change
+        until :meth:`release`. Its dropout layers
         read their mask keys from the device meanwhile, each written before every call with the
         next key of the layer's own generator (:meth:`gpuconv.layers.Dropout.write_key`), so the
         masks are those of the eager steps."""
