@@ -255,6 +255,24 @@ def test_errors_before_work(call, exc, match):
         call(x, w)
 
 
+@pytest.mark.parametrize("shape, groups", [((1, 4), 4), ((1, 4, 1, 1), 4), ((1, 6, 1), 6)])
+def test_a_batch_of_one_value_per_group_is_refused_as_torch(backend, shape, groups):
+    """One sample whose every group holds a single value: each normalizes to 0, so y would be the
+    bias whatever x (and dx zero); F.group_norm refuses it ("Expected more than 1 value per
+    channel"), and so does the op, on every path, before any work; two samples are accepted, as
+    PyTorch accepts them."""
+    x = backend.asarray(np.arange(np.prod(shape), dtype=np.float32).reshape(shape))
+    w = backend.asarray(np.ones(shape[1], np.float32))
+    with pytest.raises(ValueError, match=r"more than 1 value per group.*one value per \(sample, group\).*"
+                                         r"fewer groups"):
+        groupnorm_forward(x, groups, w, w)
+    with gpuconv.default_device(backend.device), pytest.raises(ValueError, match="more than 1 value per group"):
+        nn.GroupNorm(groups, shape[1])(x)
+    assert backend.launches.names == []
+    y, _ = groupnorm_forward(backend.asarray(np.ones((2,) + shape[1:], np.float32)), groups, w, w)
+    assert y.shape == (2,) + shape[1:]
+
+
 def test_layer_state_dict_repr_and_errors_as_torch():
     m = nn.GroupNorm(2, 4)
     assert list(m.state_dict()) == ["weight", "bias"]

@@ -6,7 +6,8 @@ values (the group's channels over every spatial position), then scaled and shift
 ``y = (x - mean[n, g]) / sqrt(var[n, g] + eps) * weight[c] + bias[c]``. There are no running
 statistics: training and evaluation compute the same thing, and the result of a sample does not
 depend on the rest of the batch (so a batch of 1 or 2 trains as well as a large one).
-``num_groups=1`` is a LayerNorm over (C, H, W); ``num_groups=C`` an InstanceNorm.
+``num_groups=1`` is a LayerNorm over (C, H, W); ``num_groups=C`` an InstanceNorm. A batch of
+one sample whose groups hold a single value each is refused, as PyTorch refuses it.
 
 x is (N, C), (N, C, L) or (N, C, H, W) (any rank from 2, as PyTorch: the axes past C are the
 spatial ones, flattened); a 4-D x keeps its layout (NCHW or channels_last, gpuconv.layout).
@@ -82,6 +83,11 @@ def groupnorm_forward(x, num_groups, weight=None, bias=None, eps=1e-5):
                         "it as N, C, H, W: x.transpose(0, 3, 1, 2), a view that keeps its NHWC memory (channels_last)")
             check_shape(name, a, (c,), why)
     num_groups = check_groups(num_groups, c)  # (after the shapes: an N, H, W, C x gets its hint first)
+    if shape[0] * (c // num_groups) * math.prod(shape[2:]) == 1:  # F.group_norm's own refusal
+        raise ValueError(f"group_norm: expected more than 1 value per group, got x of shape {shape} with "
+                         f"{num_groups} groups: one value per (sample, group), which normalizes to 0 whatever it is "
+                         "(y would be the bias, dx zero); use fewer groups (each of several channels) or inputs "
+                         "with spatial positions")
     check_compute_dtype("x", x, "group norm keeps weight and bias in its compute dtype", weight=weight, bias=bias)
     eps = check_eps(eps)
     if x.ndim != 4:  # (N, C, *) as (N, C, L, 1): the kernels' view
