@@ -14,7 +14,7 @@ filter, several backward-weight splits, overlapping pooling windows, ReLU length
 tail and a misaligned view, GELU over a partial block, the loss over several blocks, dropout over partial blocks, crops falling wholly into the padding, reflect-padded crops,
 tensor-core GEMM tiles cut in M, N and K with every copy width of its loader, tensor-core
 convolutions in each build and layout with padded channels and several weight splits, group
-norm with one group, a group per channel and a partial 32-channel block.
+norm with one group, a group per channel, a partial 32-channel block and split pixels.
 Exit 0 when every kernel ran and matched; 1 naming the mismatch or the kernel that did not run.
 """
 from __future__ import annotations
@@ -609,9 +609,13 @@ def batchnorm(run, rng):
 def groupnorm(run, rng):
     """Both layouts; 37 channels in NHWC's backward sums (a partial 32-channel block); one group
     (LayerNorm), a group per channel (InstanceNorm) and groups of several channels; a group of
-    5043 positions (two chunks of the elementwise kernels, the last partial); no weight and bias."""
+    5043 positions (two chunks of the elementwise kernels, the last partial); no weight and bias;
+    a sample's pixels split over several blocks of the per-channel sums (a small batch, the last
+    split shorter); 40 samples of 72 channels in one group (the warp sums' lanes take two or
+    three terms each, then shuffle)."""
     import ml_dtypes
-    for shape, groups in (((3, 37, 5, 3), 37), ((2, 6, 5, 7), 3), ((2, 3, 41, 41), 1), ((2, 4, 3, 1), 2)):
+    for shape, groups in (((3, 37, 5, 3), 37), ((2, 6, 5, 7), 3), ((2, 3, 41, 41), 1), ((2, 4, 3, 1), 2),
+                          ((1, 2, 47, 47), 1), ((40, 72, 1, 2), 1)):
         for dtype in (np.float32, ml_dtypes.bfloat16):
             for cl in (False, True):
                 x = (rng.standard_normal(shape) * 2 + 1).astype(dtype)

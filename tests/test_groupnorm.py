@@ -81,10 +81,12 @@ def close(got, want, dtype, m):
 @pytest.mark.parametrize("cl", LAYOUTS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape, groups", [((2, 6, 5, 3), 3), ((3, 4, 2, 2), 1), ((2, 4, 3, 3), 4),
-                                           ((1, 64, 3, 2), 8), ((2, 6, 1, 1), 2), ((40, 72, 1, 2), 1)])
+                                           ((1, 64, 3, 2), 8), ((2, 6, 1, 1), 2), ((40, 72, 1, 2), 1),
+                                           ((1, 40, 13, 11), 4), ((1, 2, 47, 47), 1)])
 def test_forward_and_backward_against_float64(backend, shape, groups, dtype, cl):
     """(40, 72, 1, 2) in one group: the warp-level sums stride over more than 32 samples and
-    channels."""
+    channels; (1, 40, 13, 11) channels_last and (1, 2, 47, 47) in either layout: a sample's pixels split
+    over several blocks of the per-channel sums, the last split shorter."""
     x, w, b, dy = make(shape, dtype, cl)
     y, cache = groupnorm_forward(backend.asarray(x), groups, backend.asarray(w), backend.asarray(b))
     dx, dw, db = groupnorm_backward(backend.asarray(dy), cache)
@@ -209,6 +211,20 @@ def test_kernels_deterministic_in_either_simulator_order(cl, dtype):
             dx, dw, db = LG.groupnorm_backward_kernel(dy, cache, target="sim")
         outs.append([np.ascontiguousarray(a).tobytes() for a in (y, cache.mean, cache.rstd, dx, dw, db)])
     assert outs[0] == outs[1]
+
+
+def test_a_small_batch_spreads_its_sums_over_the_gpu():
+    """GroupNorm's use is the small batch: a batch of 2 with 64 channels of 56 x 56 gives the
+    per-(sample, channel) sums at least a block per SM of an H100 (132) in either layout (one
+    block per sample and channel gave 128 NCHW, one per sample and 32 channels 4 channels_last),
+    each split no longer than needed and none empty; a large batch is not split."""
+    for cl in (False, True):
+        for kernel in ("groupnorm_channel_stats", "groupnorm_backward_sums"):
+            grid, _, (span,) = LG.geometry(kernel, n=2, c=64, groups=32, hw=56 * 56, channels_last=cl)
+            assert grid[0] * grid[1] >= 132 and (grid[1] - 1) * span < 56 * 56 <= grid[1] * span, (cl, grid, span)
+        grid, _, (span,) = LG.geometry("groupnorm_channel_stats", n=512, c=64, groups=32, hw=56 * 56,
+                                       channels_last=cl)
+        assert grid[1] == 1 and span == 56 * 56
 
 
 def test_launches_and_dispatch():

@@ -23,17 +23,36 @@ from .groupnorm import GroupNormCache
 
 LANES = kernels.defines("groupnorm.cu")["GN_LANES"]  # channels per block of the NHWC backward sums
 MIN_CHUNK = 4096          # positions per block of the elementwise kernels: 16 per thread of 256
+# The per-(sample, channel) sums split an image's pixels over several blocks when the samples and
+# channels give fewer than SPREAD_BLOCKS blocks (a small batch, channels_last's 32 channels a
+# block), each block taking at least MIN_SPLIT_VALUES values (4 per thread of 256). A rule of the
+# shape alone, so every GPU sums in the same order.
+SPREAD_BLOCKS = 1024
+MIN_SPLIT_VALUES = 1024
 # An image's positions are int in the kernels (chunk ends reach C * H * W + chunk - 1): a wide margin.
 _MAX_COUNT = 2**30
+
+
+def splits(n, c, hw, channels_last=False):
+    """``(splits, span)``: the per-(sample, channel) sums cut each image's ``hw`` pixels into
+    ``splits`` spans of ``span`` pixels (the last one may be shorter), enough to give the GPU
+    about SPREAD_BLOCKS blocks where N * C (NCHW) or N * C / 32 (NHWC) blocks would not, none
+    with fewer than MIN_SPLIT_VALUES values."""
+    units = n * (-(-c // LANES) if channels_last else c)
+    per_pixel = LANES if channels_last else 1
+    most = max(1, min(kernels.GRID_Y_MAX, hw * per_pixel // MIN_SPLIT_VALUES, -(-SPREAD_BLOCKS // max(units, 1))))
+    span = -(-hw // most) if hw else 1
+    return (-(-hw // span) if hw else 1), span
 
 
 def geometry(kernel, *, n=0, c=0, groups=1, hw=0, channels_last=False):
     """(grid, block, extra) of each groupnorm kernel. The per-(sample, channel) reductions
     (``channel_stats``, ``backward_sums``): one block per (sample, channel) NCHW, per (sample,
-    32 channels) NHWC. The per-(sample, group) and per-channel steps (``group_stats``,
-    ``backward_reduce``): one warp each. The elementwise kernels (``normalize``, ``backward_dx``):
-    extra = (chunk,), the positions per block; grid (N * G, chunks) over each group's values NCHW,
-    (N, chunks) over each image's NHWC, both contiguous in memory."""
+    32 channels) NHWC, times the :func:`splits` of the pixels (grid y); extra = (span,). The
+    per-(sample, group) and per-channel steps (``group_stats``, ``backward_reduce``): one warp
+    each. The elementwise kernels (``normalize``, ``backward_dx``): extra = (chunk,), the
+    positions per block; grid (N * G, chunks) over each group's values NCHW, (N, chunks) over
+    each image's NHWC, both contiguous in memory."""
     block = (kernels.BLOCK, 1, 1)
     if kernel in ("groupnorm_normalize", "groupnorm_backward_dx"):
         count, rows = (c * hw, n) if channels_last else ((c // groups) * hw, n * groups)
@@ -41,7 +60,8 @@ def geometry(kernel, *, n=0, c=0, groups=1, hw=0, channels_last=False):
         chunk = -(-count // chunks)
         return (rows, -(-count // chunk), 1), block, (chunk,)
     if kernel in ("groupnorm_channel_stats", "groupnorm_backward_sums"):
-        return (n * (-(-c // LANES) if channels_last else c), 1, 1), block, ()
+        parts, span = splits(n, c, hw, channels_last)
+        return (n * (-(-c // LANES) if channels_last else c), parts, 1), block, (span,)
     warps = kernels.BLOCK // 32
     if kernel == "groupnorm_group_stats":
         return (-(-(n * groups) // warps), 1, 1), block, ()
@@ -92,11 +112,12 @@ def groupnorm_forward_kernel(x, num_groups, weight, bias, eps, *, target):
     mean, rstd = xp.empty((n, num_groups), cd), xp.empty((n, num_groups), cd)
     shape = dict(n=n, c=c, groups=num_groups, hw=h * w, channels_last=cl)
     dims = (np.int32(c), np.int32(h * w), np.int32(num_groups))
-    channel_sum, channel_m2 = xp.empty((n, c), cd), xp.empty((n, c), cd)
+    parts, span = splits(n, c, h * w, cl)
+    channel_sum, channel_m2 = xp.empty((n, c, parts), cd), xp.empty((n, c, parts), cd)
     _launch("groupnorm_channel_stats", x.dtype, target, (x, channel_sum, channel_m2, np.int32(c), np.int32(h * w)),
             device, **shape)
     _launch("groupnorm_group_stats", x.dtype, target, (channel_sum, channel_m2, mean, rstd, np.int32(n)) + dims
-            + (np.float64(eps),), device, cl=False, **shape)
+            + (np.int32(span), np.float64(eps)), device, cl=False, **shape)
     y = layout.empty(xp, x.shape, x.dtype, cl)
     _launch("groupnorm_normalize", x.dtype, target, (x, mean, rstd, wt, b, y) + dims, device, **shape)
     return y, GroupNormCache(x, mean, rstd, weight, bias, num_groups, tuple(x.shape))
@@ -116,13 +137,15 @@ def groupnorm_backward_kernel(dy, cache, *, target):
     wt, _ = _params(xp, weight, None, c, cd)
     shape = dict(n=n, c=c, groups=g, hw=h * w, channels_last=cl)
     dims = (np.int32(c), np.int32(h * w), np.int32(g))
-    sum_dy, sum_dy_xhat = xp.empty((n, c), cd), xp.empty((n, c), cd)
+    parts, _ = splits(n, c, h * w, cl)
+    sum_dy, sum_dy_xhat = xp.empty((n, c, parts), cd), xp.empty((n, c, parts), cd)
     _launch("groupnorm_backward_sums", dy.dtype, target, (dy, x, mean, rstd, sum_dy, sum_dy_xhat) + dims, device,
             **shape)
     dweight, dbias = xp.empty(c, cd), xp.empty(c, cd)
     group_dy, group_dy_xhat = xp.empty((n, g), cd), xp.empty((n, g), cd)
     _launch("groupnorm_backward_reduce", dy.dtype, target, (sum_dy, sum_dy_xhat, wt, dweight, dbias, group_dy,
-                                                            group_dy_xhat, np.int32(n), np.int32(c), np.int32(g)),
+                                                            group_dy_xhat, np.int32(n), np.int32(c), np.int32(g),
+                                                            np.int32(parts)),
             device, cl=False, **shape)
     dx = layout.empty(xp, dy.shape, dy.dtype, cl)
     _launch("groupnorm_backward_dx", dy.dtype, target, (dy, x, mean, rstd, wt, group_dy, group_dy_xhat, dx) + dims,

@@ -20,8 +20,8 @@ gradient for it (None).
 
 The variance is two-pass: the mean first, then the mean of the squared deviations from it (never
 E[x^2] - mean^2, which cancels when the mean is large against the spread); the kernels take two
-passes per (sample, channel) and combine the channels' squared deviations about the group's mean
-(kernels/groupnorm.cu), the same value up to rounding.
+passes per (sample, channel, span of pixels) and combine the spans' squared deviations about the
+group's mean (kernels/groupnorm.cu), the same value up to rounding.
 
 Cache (shared with the kernel launchers, see ``_dispatch``): ``GroupNormCache(x, mean, rstd,
 weight, bias, num_groups, shape, dtype)``: x as 4-D (its own dtype and layout), the mean and
