@@ -612,10 +612,11 @@ def groupnorm(run, rng):
     5043 positions (two chunks of the elementwise kernels, the last partial); no weight and bias;
     a sample's pixels split over several blocks of the per-channel sums (a small batch, the last
     split shorter); 40 samples of 72 channels in one group (the warp sums' lanes take two or
-    three terms each, then shuffle)."""
+    three terms each, then shuffle); 1 x 1 maps of 40 channels (read as channels_last, a partial
+    32-channel block)."""
     import ml_dtypes
     for shape, groups in (((3, 37, 5, 3), 37), ((2, 6, 5, 7), 3), ((2, 3, 41, 41), 1), ((2, 4, 3, 1), 2),
-                          ((1, 2, 47, 47), 1), ((40, 72, 1, 2), 1)):
+                          ((1, 2, 47, 47), 1), ((40, 72, 1, 2), 1), ((33, 40, 1, 1), 4)):
         for dtype in (np.float32, ml_dtypes.bfloat16):
             for cl in (False, True):
                 x = (rng.standard_normal(shape) * 2 + 1).astype(dtype)

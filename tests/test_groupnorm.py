@@ -227,6 +227,24 @@ def test_a_small_batch_spreads_its_sums_over_the_gpu():
         assert grid[1] == 1 and span == 56 * 56
 
 
+@pytest.mark.parametrize("shape", [(256, 64), (256, 64, 1, 1)])
+def test_features_without_pixels_take_a_block_per_32_channels(shape):
+    """(N, C) features and 1 x 1 maps (the same memory in either layout) have one value per
+    (sample, channel): the per-channel sums take 32 channels a block, lane = channel (a block per
+    (sample, channel) had 255 of its 256 threads idle, N * C blocks), and give the same values."""
+    x, w, b, dy = make(shape, np.float32, False, seed=11)
+    with gpuconv.default_device("sim"), kernels.launch_log() as log:
+        y, cache = groupnorm_forward(x, 8, w, b)
+        dx, dw, db = groupnorm_backward(dy, cache)
+    grids = {r.name: r.grid for r in log if r.name in ("groupnorm_channel_stats", "groupnorm_backward_sums")}
+    assert grids == {k: (256 * 2, 1, 1) for k in ("groupnorm_channel_stats", "groupnorm_backward_sums")}, grids
+    y64, dx64, dw64, db64 = formula(x, 8, w, b, dy)
+    close(y, y64, np.float32, 8)
+    close(dx, dx64, np.float32, 8)
+    close(dw, dw64, np.float32, 8 * 256)
+    assert y.shape == dx.shape == shape and not layout.is_channels_last(y.reshape(256, 64, 1, 1))
+
+
 def test_launches_and_dispatch():
     x, w, b, dy = make((2, 4, 3, 3), np.float32, False, seed=7)
     with gpuconv.default_device("sim"), kernels.launch_log() as log:

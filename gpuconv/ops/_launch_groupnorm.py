@@ -76,11 +76,13 @@ def _fits(n, c, groups, hw):
 
 
 def _layout(*arrays, was_channels_last=False):
-    """(arrays in one layout, channels_last?), as the batch-norm launchers decide it."""
+    """(arrays in one layout, channels_last?), as the batch-norm launchers decide it; 1 x 1 maps
+    ((N, C) features among them), whose two layouts are the same memory, as channels_last: the
+    per-channel sums then take 32 channels a block, not a block of 256 threads per value."""
     if layout.run_channels_last(*arrays) or (was_channels_last and all(map(layout.nhwc_memory, arrays))):
         return arrays, True
     xp = get_array_module(*arrays)
-    return tuple([xp.ascontiguousarray(a) for a in arrays]), False
+    return tuple([xp.ascontiguousarray(a) for a in arrays]), arrays[0].shape[2] * arrays[0].shape[3] == 1
 
 
 def _launch(kernel, dtype, target, args, device, cl=True, **shape):
