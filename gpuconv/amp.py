@@ -14,7 +14,8 @@ A training precision is one of:
   copies (ops multiply and add in float32 and round once, see :mod:`gpuconv.precision`).
   Gradients come back in the low precision and are accumulated in float32
   (:meth:`gpuconv.layers.Parameter.accumulate`); the optimizer applies them in float32. Batch
-  norm keeps float32 parameters and statistics; the loss is computed in float32.
+  norm keeps float32 parameters and statistics, group norm float32 parameters; the loss is
+  computed in float32.
 
 fp16's range is narrow (largest 65504, smallest normal 6.1e-5), so small gradients would flush
 to zero: fp16 training scales the loss by ``S`` before the backward (:class:`LossScaler`), and
