@@ -824,6 +824,19 @@ class Layer:
 Module = Layer
 
 
+def _convolution_backward(layer, backward, dy, need_dx):
+    """Conv2d's and ConvTranspose2d's backward: ``backward`` (their op's) of the layer's cache. Frozen
+    filters: no dw. Otherwise dw comes in the master's dtype (a bf16/fp16 dw widened as the kernel
+    writes it: no cast to accumulate it)."""
+    dx, dw, db = backward(dy, layer._take_cache(), need_dx=need_dx, need_dw=layer.weight.requires_grad,
+                          dw_dtype=layer.weight.data.dtype)
+    if dw is not None:
+        layer.weight.accumulate(dw)
+    if layer.bias is not None:
+        layer.bias.accumulate(db)
+    return dx
+
+
 class Conv2d(Layer):
     """2-D convolution over NCHW input with OIHW weights (``gpuconv.ops.conv2d_forward``).
 
@@ -889,15 +902,7 @@ class Conv2d(Layer):
         return ("weight",) if self.groups != 1 or self.dilation != (1, 1) else ()
 
     def backward(self, dy, need_dx=True):
-        # Frozen filters: no dw. Otherwise dw comes in the master's dtype (a bf16/fp16 dw widened
-        # as the kernel writes it: no cast to accumulate it).
-        dx, dw, db = ops.conv2d_backward(dy, self._take_cache(), need_dx=need_dx,
-                                         need_dw=self.weight.requires_grad, dw_dtype=self.weight.data.dtype)
-        if dw is not None:
-            self.weight.accumulate(dw)
-        if self.bias is not None:
-            self.bias.accumulate(db)
-        return dx
+        return _convolution_backward(self, ops.conv2d_backward, dy, need_dx)
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
@@ -991,13 +996,7 @@ class ConvTranspose2d(Layer):
         return tuple(pads)
 
     def backward(self, dy, need_dx=True):
-        dx, dw, db = ops.conv_transpose2d_backward(dy, self._take_cache(), need_dx=need_dx,
-                                                   need_dw=self.weight.requires_grad, dw_dtype=self.weight.data.dtype)
-        if dw is not None:
-            self.weight.accumulate(dw)
-        if self.bias is not None:
-            self.bias.accumulate(db)
-        return dx
+        return _convolution_backward(self, ops.conv_transpose2d_backward, dy, need_dx)
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "

@@ -578,20 +578,30 @@ def test_fast_net_with_label_smoothing_and_augmentation(tmp_path, capsys):
     assert "a seeded 0.05 of the training images" in err
 
 
-def test_resnet18_model_and_recipe_train_and_the_checkpoint_loads(tmp_path, capsys):
-    """gpuconv train --recipe resnet18 end to end, scaled down (width 4, 64 images, 2 steps): the
-    recipe's network, SGD without Nesterov and cosine schedule without warmup are what the run
-    records; the loss is finite; load_model rebuilds the network from the checkpoint and predicts."""
+# kuangliu/pytorch-cifar's networks, scaled down where they can be: (--width, --limit and --batch-size,
+# the constructor's kwargs the checkpoint records, the --model default's width)
+_KUANGLIU_RUNS = {"resnet18": (["--width", "4"], ["--limit", "64", "--batch-size", "32"], {"seed": 0, "width": 4}, 64),
+                  "mobilenetv2": (["--width", "4"], ["--limit", "16", "--batch-size", "16"], {"seed": 0}, None)}
+
+
+@pytest.mark.parametrize("name", sorted(_KUANGLIU_RUNS))
+def test_kuangliu_model_and_recipe_train_and_the_checkpoint_loads(name, tmp_path, capsys):
+    """gpuconv train --recipe NAME end to end, scaled down (resnet18: width 4, 64 images, 2 steps;
+    mobilenetv2 has no width to scale down: --width warns that it is ignored, one step of 16 images,
+    about 6 s on a 2-core CPU): the recipe's network, SGD without Nesterov and cosine schedule
+    without warmup are what the run records; the loss is finite; load_model rebuilds the network
+    from the checkpoint (models.from_config) and predicts; --model NAME takes the recipe of its name."""
     import gpuconv
     from gpuconv import models
-    rc, _, err = run(["train", "--recipe", "resnet18", "--width", "4", "--epochs", "1", "--limit", "64",
-                      "--batch-size", "32", "--val-split", "none", "--device", "cpu", "--data", SUBSET,
-                      "--out", tmp_path, "--no-progress"], capsys)
+    width, sizes, kwargs, default_width = _KUANGLIU_RUNS[name]
+    rc, _, err = run(["train", "--recipe", name, *width, "--epochs", "1", *sizes, "--val-split", "none",
+                      "--device", "cpu", "--data", SUBSET, "--out", tmp_path, "--no-progress"], capsys)
     assert rc == 0, err
-    assert "training resnet18 (recipe resnet18)" in err and "cosine" in err
+    assert f"training {name} (recipe {name})" in err and "cosine" in err
+    assert (f"the {name} model ignores it" in err) == ("width" not in kwargs)
     config = ckpt.read_config(ckpt.load_checkpoint(tmp_path))
-    assert config["model"] == "resnet18" and config["constructor"] == "resnet18"
-    assert config["kwargs"] == {"seed": 0, "width": 4}
+    assert config["model"] == name and config["constructor"] == name
+    assert config["kwargs"] == kwargs
     args = config["train_args"]
     assert (args["lr"], args["momentum"], args["nesterov"], args["weight_decay"]) == (0.1, 0.9, False, 5e-4)
     assert args["schedule_kwargs"] == {"warmup_fraction": 0.0} and args["augment"] is True
@@ -599,13 +609,13 @@ def test_resnet18_model_and_recipe_train_and_the_checkpoint_loads(tmp_path, caps
               if json.loads(x)["kind"] == "epoch"]
     assert len(losses) == 1 and np.isfinite(losses[0]), losses
     model = gpuconv.load_model(tmp_path / "checkpoint.npz")
-    assert model.net.num_parameters() == models.resnet18(width=4).num_parameters()
+    built = getattr(models, name)(**{k: v for k, v in kwargs.items() if k != "seed"})
+    assert model.net.num_parameters() == built.num_parameters()
     probs = model.predict(np.random.default_rng(0).integers(0, 256, (3, 3, 32, 32), dtype=np.uint8))
     assert probs.shape == (3, 10) and np.all(np.isfinite(probs))
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
-    # --model resnet18 takes the recipe of its name
-    s = cli._settings(cli.build_parser().parse_args(["train", "--model", "resnet18"]))
-    assert (s["recipe"], s["epochs"], s["batch_size"], s["width"]) == ("resnet18", 200, 128, 64)
+    s = cli._settings(cli.build_parser().parse_args(["train", "--model", name]))
+    assert (s["recipe"], s["epochs"], s["batch_size"], s.get("width")) == (name, 200, 128, default_width)
 
 
 def test_summary_of_the_resnet18_model(capsys):
@@ -617,38 +627,6 @@ def test_summary_of_the_resnet18_model(capsys):
     assert {len(line) for line in table} == {len(table[0])}, "the columns do not line up"
     rc, out, err = run(["summary", "--recipe", "resnet18", "--width", "4"], capsys)
     assert rc == 0 and f"{models.resnet18(width=4).num_parameters():,}" in out and "ignores it" not in err
-
-
-def test_mobilenetv2_model_and_recipe_train_and_the_checkpoint_loads(tmp_path, capsys):
-    """gpuconv train --recipe mobilenetv2 end to end: the published net (it has no width to scale
-    down: --width warns that it is ignored), one step of 16 images (about 6 s on a 2-core CPU); the
-    recipe's SGD without Nesterov and cosine without warmup are what the run records; the loss is
-    finite; load_model rebuilds the network from the checkpoint (models.from_config) and predicts."""
-    import gpuconv
-    from gpuconv import models
-    rc, _, err = run(["train", "--recipe", "mobilenetv2", "--width", "4", "--epochs", "1", "--limit", "16",
-                      "--batch-size", "16", "--val-split", "none", "--device", "cpu", "--data", SUBSET,
-                      "--out", tmp_path, "--no-progress"], capsys)
-    assert rc == 0, err
-    assert "training mobilenetv2 (recipe mobilenetv2)" in err and "cosine" in err
-    assert "the mobilenetv2 model ignores it" in err
-    config = ckpt.read_config(ckpt.load_checkpoint(tmp_path))
-    assert config["model"] == "mobilenetv2" and config["constructor"] == "mobilenetv2"
-    assert config["kwargs"] == {"seed": 0}
-    args = config["train_args"]
-    assert (args["lr"], args["momentum"], args["nesterov"], args["weight_decay"]) == (0.1, 0.9, False, 5e-4)
-    assert args["schedule_kwargs"] == {"warmup_fraction": 0.0} and args["augment"] is True
-    losses = [json.loads(x)["train_loss"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()
-              if json.loads(x)["kind"] == "epoch"]
-    assert len(losses) == 1 and np.isfinite(losses[0]), losses
-    model = gpuconv.load_model(tmp_path / "checkpoint.npz")
-    assert model.net.num_parameters() == models.mobilenetv2().num_parameters() == 2_296_922
-    probs = model.predict(np.random.default_rng(0).integers(0, 256, (3, 3, 32, 32), dtype=np.uint8))
-    assert probs.shape == (3, 10) and np.all(np.isfinite(probs))
-    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
-    # --model mobilenetv2 takes the recipe of its name
-    s = cli._settings(cli.build_parser().parse_args(["train", "--model", "mobilenetv2"]))
-    assert (s["recipe"], s["epochs"], s["batch_size"]) == ("mobilenetv2", 200, 128) and s.get("width") is None
 
 
 def test_mobilenetv2_on_a_small_subset_gets_the_batch_size_note(tmp_path, capsys, monkeypatch):
