@@ -13,6 +13,7 @@ from gpuconv import kernels, layout
 from gpuconv.gradcheck import numerical_gradient_array, relative_error
 from gpuconv.layers import Conv2d, Sequential
 from gpuconv.ops import conv2d_backward, conv2d_forward
+from gpuconv.ops import _conv2d_depthwise as D
 from gpuconv.ops import conv2d_grouped as G
 
 CASES = {  # x shape, K, (FH, FW), stride, padding, dilation, groups (all with floor=True)
@@ -181,6 +182,49 @@ def test_empty_batch(backend):
     assert y.shape == (0, 6, 4, 5)
     dx, dw, db = conv2d_backward(backend.asarray(np.zeros(y.shape)), cache)
     assert dx.shape == (0, 16, 4, 5) and not backend.asnumpy(dw).any() and not backend.asnumpy(db).any()
+
+
+# ---------------------------------------------------------------- the depthwise direct form
+DEPTHWISE = {  # x shape, K, (FH, FW), stride, padding, dilation; one input channel per filter (groups = C)
+    "small": ((3, 4, 5, 5), 4, (3, 3), 1, 1, 1),  # OH*OW <= 64: channels-last, both directions
+    "small_x2_s2_d2": ((2, 3, 9, 8), 6, (3, 2), 2, (2, 1), (2, 1)),  # channel multiplier 2
+    "large": ((3, 3, 10, 9), 3, (3, 3), 1, 1, 1),  # OH*OW > 64: N, C, H, W backward, im2col forward
+    "large_x3_s2_d2": ((2, 2, 19, 18), 6, (2, 3), (2, 1), (0, 1), (1, 2)),
+}
+NEEDS = ((True, True), (False, True), (True, False))  # need_dx, need_dw
+
+
+@pytest.mark.parametrize("chunk_bytes", [None, 1], ids=["chunks", "image_by_image"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("name", list(DEPTHWISE))
+def test_depthwise_direct_form_is_taken_and_agrees_with_im2col(monkeypatch, name, dtype, chunk_bytes):
+    """Depthwise shapes run the direct form (the forward on small images only), whose results are
+    im2col's up to the order of the sums, with and without each gradient, a batch chunk at a time."""
+    xs, k, filt, stride, padding, dilation = DEPTHWISE[name]
+    rng = np.random.default_rng(10)
+    x, w = rng.standard_normal(xs).astype(dtype), rng.standard_normal((k, 1) + filt).astype(dtype)
+    b = rng.standard_normal(k).astype(dtype)
+    st, pad, dil = _hw(stride), _hw(padding), _hw(dilation)
+    if chunk_bytes:
+        monkeypatch.setattr(D, "CHUNK_BYTES", chunk_bytes)
+    ran = []
+    for fn in ("forward", "backward"):
+        monkeypatch.setattr(D, fn, lambda *a, _f=getattr(D, fn), _n=fn: ran.append(_n) or _f(*a))
+    with gpuconv.default_device("cpu"):
+        y, cache = conv2d_forward(x, w, b, stride, padding, dilation=dilation, groups=xs[1], floor=True)
+        dy = rng.standard_normal(y.shape).astype(dtype)
+        got = [(y,) + conv2d_backward(dy, cache, need_dx=nx, need_dw=nw) for nx, nw in NEEDS]
+    oh, ow = y.shape[2:]
+    assert ran == ["forward"] * (oh * ow <= D.CHANNELS_LAST_PIXELS) + ["backward"] * 3
+    want = (G._im2col_forward(x, w, b, st, pad, dil, xs[1], oh, ow),
+            *G._im2col_backward(dy, x, w, st, pad, dil, xs[1], True, True), dy.sum(axis=(0, 2, 3)))
+    rtol = 1e-12 if dtype == np.float64 else 1e-5
+    for out, (nx, nw) in zip(got, NEEDS):
+        assert (out[1] is None) == (not nx) and (out[2] is None) == (not nw)
+        for a, r in zip(out, want):
+            if a is not None:
+                assert a.dtype == dtype and a.shape == r.shape and a.flags.c_contiguous
+                np.testing.assert_allclose(a, r, rtol=rtol, atol=rtol * 10)
 
 
 # ---------------------------------------------------------------- PyTorch (optional)
