@@ -2,7 +2,7 @@
 
 Cases (batch ``--batch``, CIFAR-10 sizes, float32):
   conv2d forward + backward (dx, dw, db) at the convolutions of seed_net, three_layer_convnet
-      and ResNet-9 (fast_net at width 64);
+      and ResNet-9 (fast_net at width 64), and depthwise 3x3 layers of MobileNetV2 (groups = C);
   max pooling forward + backward (2x2 and the overlapping 3x3 stride 2);
   one full training step (forward, softmax cross-entropy, backward, SGD with Nesterov momentum)
       of three_layer_convnet, a narrow fast_net (``--width``) and airbench94's network
@@ -64,7 +64,7 @@ from gpuconv import layers as L  # noqa: E402
 from gpuconv import models, ops  # noqa: E402
 from gpuconv.optim import SGD  # noqa: E402
 
-# (name, in channels, out channels, image size, filter, padding)
+# (name, in channels, out channels, image size, filter, padding[, stride, groups])
 CONV_CASES = [
     ("seed_net conv 3->12 3x3", 3, 12, 32, 3, 1),
     ("three_layer conv 3->32 7x7", 3, 32, 32, 7, 3),
@@ -74,6 +74,11 @@ CONV_CASES = [
     ("resnet9 layer2 128->256 3x3", 128, 256, 16, 3, 1),
     ("resnet9 layer3 256->512 3x3", 256, 512, 8, 3, 1),
     ("resnet9 res3 512->512 3x3", 512, 512, 4, 3, 1),
+    ("mobilenetv2 dw 144ch@32 3x3", 144, 144, 32, 3, 1, 1, 144),
+    ("mobilenetv2 dw 144ch@32 3x3 s2", 144, 144, 32, 3, 1, 2, 144),
+    ("mobilenetv2 dw 192ch@16 3x3", 192, 192, 16, 3, 1, 1, 192),
+    ("mobilenetv2 dw 384ch@8 3x3", 384, 384, 8, 3, 1, 1, 384),
+    ("mobilenetv2 dw 960ch@4 3x3", 960, 960, 4, 3, 1, 1, 960),
 ]
 # (name, channels, image size, kernel, stride)
 POOL_CASES = [
@@ -81,7 +86,7 @@ POOL_CASES = [
     ("maxpool 3x3 s2 64ch @33", 64, 33, 3, 2),
 ]
 TRAIN_MODELS = ("three_layer_convnet", "fast_net", "airbench94")
-QUICK_CONV = {"three_layer conv 3->32 7x7", "resnet9 res1 128->128 3x3"}
+QUICK_CONV = {"three_layer conv 3->32 7x7", "resnet9 res1 128->128 3x3", "mobilenetv2 dw 384ch@8 3x3"}
 QUICK_POOL = {"maxpool 2x2 128ch @32"}
 
 
@@ -109,24 +114,27 @@ def time_row(row, ours, theirs, args):
 
 
 # ----------------------------------------------------------------------------- float64 references
-def conv_reference(x, w, b, pad, dy):
-    """Direct convolution, one tensordot per filter tap, in float64: y, dx, dw, db."""
+def conv_reference(x, w, b, pad, dy, stride=1, groups=1):
+    """Direct convolution, one tensordot per filter tap (per group), in float64: y, dx, dw, db."""
     x, w, b, dy = (a.astype(np.float64) for a in (x, w, b, dy))
     n, c, h, wd = x.shape
-    k, _, fh, fw = w.shape
-    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-    oh, ow = h + 2 * pad - fh + 1, wd + 2 * pad - fw + 1
-    y = np.zeros((n, k, oh, ow))
+    k, cg, fh, fw = w.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad))).reshape(n, groups, cg, h + 2 * pad, wd + 2 * pad)
+    oh, ow = dy.shape[2:]
+    wg, dyg = w.reshape(groups, k // groups, cg, fh, fw), dy.reshape(n, groups, k // groups, oh, ow)
+    y = np.zeros((n, groups, k // groups, oh, ow))
     dxp = np.zeros_like(xp)
-    dw = np.zeros_like(w)
+    dw = np.zeros_like(wg)
     for i in range(fh):
         for j in range(fw):
-            patch = xp[:, :, i:i + oh, j:j + ow]
-            y += np.einsum("kc,nchw->nkhw", w[:, :, i, j], patch, optimize=True)
-            dw[:, :, i, j] = np.einsum("nkhw,nchw->kc", dy, patch, optimize=True)
-            dxp[:, :, i:i + oh, j:j + ow] += np.einsum("kc,nkhw->nchw", w[:, :, i, j], dy, optimize=True)
-    y += b[None, :, None, None]
-    return y, dxp[:, :, pad:pad + h, pad:pad + wd], dw, dy.sum(axis=(0, 2, 3))
+            taps = (slice(i, i + stride * (oh - 1) + 1, stride), slice(j, j + stride * (ow - 1) + 1, stride))
+            patch = xp[(Ellipsis,) + taps]
+            y += np.einsum("gkc,ngchw->ngkhw", wg[..., i, j], patch, optimize=True)
+            dw[..., i, j] = np.einsum("ngkhw,ngchw->gkc", dyg, patch, optimize=True)
+            dxp[(Ellipsis,) + taps] += np.einsum("gkc,ngkhw->ngchw", wg[..., i, j], dyg, optimize=True)
+    y = y.reshape(n, k, oh, ow) + b[None, :, None, None]
+    dx = dxp.reshape(n, c, h + 2 * pad, wd + 2 * pad)[:, :, pad:pad + h, pad:pad + wd]
+    return y, dx, dw.reshape(w.shape), dy.sum(axis=(0, 2, 3))
 
 
 def max_pool_reference(x, k, s, dy):
@@ -215,36 +223,38 @@ def _batchnorm_mirror(torch, activation):
 
 
 # ----------------------------------------------------------------------------- cases
-def conv_case(name, c, k, hw, f, pad, args, torch):
+def conv_case(name, c, k, hw, f, pad, stride=1, groups=1, *, args, torch):
     rng = np.random.default_rng(0)
-    n = args.batch
+    n, cg = args.batch, c // groups
     x = rng.standard_normal((n, c, hw, hw)).astype(np.float32)
-    bound = 1 / np.sqrt(c * f * f)
-    w = rng.uniform(-bound, bound, (k, c, f, f)).astype(np.float32)
+    bound = 1 / np.sqrt(cg * f * f)
+    w = rng.uniform(-bound, bound, (k, cg, f, f)).astype(np.float32)
     b = rng.uniform(-bound, bound, k).astype(np.float32)
-    dy = rng.standard_normal((n, k, hw + 2 * pad - f + 1, hw + 2 * pad - f + 1)).astype(np.float32)
+    o = (hw + 2 * pad - f) // stride + 1
+    dy = rng.standard_normal((n, k, o, o)).astype(np.float32)
 
     def ours():
-        y, cache = ops.conv2d_forward(x, w, b, stride=1, padding=pad)
+        y, cache = ops.conv2d_forward(x, w, b, stride=stride, padding=pad, floor=True, groups=groups)
         return (y,) + tuple(ops.conv2d_backward(dy, cache))
 
     got = ours()
     if torch is not None:
         xt, wt, bt = (torch.from_numpy(a).requires_grad_() for a in (x, w, b))
-        yt = torch.nn.functional.conv2d(xt, wt, bt, padding=pad)
+        yt = torch.nn.functional.conv2d(xt, wt, bt, stride, pad, 1, groups)
         yt.backward(torch.from_numpy(dy))
         want, check = (yt.detach().numpy(), xt.grad.numpy(), wt.grad.numpy(), bt.grad.numpy()), "torch"
     else:
-        want, check = conv_reference(x, w, b, pad, dy), "float64"
+        want, check = conv_reference(x, w, b, pad, dy, stride, groups), "float64"
     err = max(rel_err(g, r) for g, r in zip(got, want))
-    flops = 3 * 2.0 * n * k * c * f * f * dy.shape[2] * dy.shape[3]
-    row = {"case": name, "kind": "conv2d fwd+bwd", "shape": f"{n}x{c}x{hw}x{hw} * {k}x{c}x{f}x{f}",
+    flops = 3 * 2.0 * n * k * cg * f * f * dy.shape[2] * dy.shape[3]
+    more = (f" s{stride}" if stride > 1 else "") + (f" groups {groups}" if groups > 1 else "")
+    row = {"case": name, "kind": "conv2d fwd+bwd", "shape": f"{n}x{c}x{hw}x{hw} * {k}x{cg}x{f}x{f}{more}",
            "flops": flops, "check": check, "max_rel_err": err, "ok": err < 1e-4}
     theirs = None
     if torch is not None:
         def theirs():
             xt.grad = wt.grad = bt.grad = None
-            torch.nn.functional.conv2d(xt, wt, bt, padding=pad).backward(torch.from_numpy(dy))
+            torch.nn.functional.conv2d(xt, wt, bt, stride, pad, 1, groups).backward(torch.from_numpy(dy))
     return time_row(row, ours, theirs, args)
 
 
