@@ -188,8 +188,9 @@ def test_empty_batch(backend):
 DEPTHWISE = {  # x shape, K, (FH, FW), stride, padding, dilation; one input channel per filter (groups = C)
     "small": ((3, 4, 5, 5), 4, (3, 3), 1, 1, 1),  # OH*OW <= 64: channels-last, both directions
     "small_x2_s2_d2": ((2, 3, 9, 8), 6, (3, 2), 2, (2, 1), (2, 1)),  # channel multiplier 2
-    "large": ((3, 3, 10, 9), 3, (3, 3), 1, 1, 1),  # OH*OW > 64: N, C, H, W backward, im2col forward
-    "large_x3_s2_d2": ((2, 2, 19, 18), 6, (2, 3), (2, 1), (0, 1), (1, 2)),
+    "large": ((3, 3, 10, 9), 3, (3, 3), 1, 1, 1),  # OH*OW > 64: N, C, H, W dw, im2col forward and dx
+    "large_x3_s2_d2": ((2, 2, 19, 18), 6, (2, 3), (2, 1), (0, 1), (1, 2)),  # dx scattered here
+    "wide_rows": ((2, 2, 3, 34), 2, (3, 3), 1, 1, 1),  # OW >= LONG_ROWS: the stride-1 dx scattered here
 }
 NEEDS = ((True, True), (False, True), (True, False))  # need_dx, need_dw
 

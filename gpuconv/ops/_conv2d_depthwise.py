@@ -16,9 +16,8 @@ Two layouts, chosen by measurement (kuangliu's CIFAR MobileNetV2 layers, float32
 images of at most :data:`CHANNELS_LAST_PIXELS` output pixels run channels-last, (N, H, W, C),
 where a tap's pass runs along OW*C contiguous values (an 8x8 or 4x4 image in N, C, H, W would
 give NumPy inner loops of 8 or 4); larger ones run N, C, H, W as the arrays come (no transposing
-copies), and there only the weight gradient (and a strided convolution's input gradient) runs
-here: their forward, and the stride-1 input gradient (a "full" forward), stay on the im2col
-path, whose 2-thread GEMM measured as fast or faster on those long rows.
+copies), and there the forward, and the stride-1 input gradient (a "full" forward) on rows
+shorter than :data:`LONG_ROWS`, stay on the im2col path, whose 2-thread GEMM measured faster.
 Work goes a batch chunk at a time, :data:`CHUNK_BYTES` of output per chunk, so a tap's
 product and the running sum stay in cache. The sums run tap by tap: the results equal the
 im2col reference's up to the rounding order. Arrays are float32 or float64 (the caller upcasts
@@ -33,6 +32,10 @@ from ..backend import get_array_module
 # 8x8 384ch forward 13 / 14, backward 37 / 24 / 40; 16x16 192ch forward 15 / 20, backward
 # 48 / 51 / 45; 32x32 144ch forward 36 / 49, backward 99 / 90 / 74.
 CHANNELS_LAST_PIXELS = 64
+# Larger images: the stride-1 input gradient runs here from this output width up (rows long enough
+# for NumPy's inner loops; batch 32, 144ch@32: 44 ms against 59 of im2col's full convolution), and as
+# im2col's full convolution below it (192ch@16: 22 ms against 17).
+LONG_ROWS = 32
 # Output bytes per batch chunk (at least one image): 64 KB measured best at 4x4 to 32x32.
 CHUNK_BYTES = 64 << 10
 
@@ -64,21 +67,25 @@ def _taps(fh, fw, oh, ow, stride, dilation, last):
             yield i, j, (slice(None), rows, cols) if last else (slice(None), slice(None), rows, cols)
 
 
-def _padded_shape(shape, padding, last):
-    n, c, h, w = shape
-    hw = (h + 2 * padding[0], w + 2 * padding[1])
-    return (n,) + hw + (c,) if last else (n, c) + hw
+class _Padded:
+    """A chunk-sized zero-padded buffer, (step, H', W', C) if ``last`` else (step, C, H', W'), reused
+    for every batch chunk: its border stays zero, :meth:`fill` overwrites the interior with images
+    (N, C, H, W) and :meth:`interior` reads it back. Nothing image-sized is padded or allocated."""
 
+    def __init__(self, xp, step, shape, padding, dtype, last):
+        (self.ph, self.pw), (self.h, self.w), self.last = padding, shape[2:], last
+        hw = (self.h + 2 * self.ph, self.w + 2 * self.pw)
+        self.buf = xp.zeros((step,) + hw + (shape[1],) if last else (step, shape[1]) + hw, dtype=dtype)
 
-def _padded(xp, a, padding, last):
-    """``a`` (N, C, H, W) zero-padded, as (N, H', W', C) if ``last`` else (N, C, H', W')."""
-    (ph, pw), (h, w) = padding, a.shape[2:]
-    out = xp.zeros(_padded_shape(a.shape, padding, last), dtype=a.dtype)
-    if last:
-        out[:, ph:ph + h, pw:pw + w] = a.transpose(0, 2, 3, 1)
-    else:
-        out[:, :, ph:ph + h, pw:pw + w] = a
-    return out
+    def interior(self, m):
+        rows, cols = slice(self.ph, self.ph + self.h), slice(self.pw, self.pw + self.w)
+        if self.last:
+            return self.buf[:m, rows, cols].transpose(0, 3, 1, 2)  # as (m, C, H, W)
+        return self.buf[:m, :, rows, cols]
+
+    def fill(self, a):
+        self.interior(len(a))[...] = a
+        return self.buf[:len(a)]
 
 
 def _spread(xp, wij, ow):
@@ -93,67 +100,70 @@ def forward(x, w, b, stride, padding, dilation, oh, ow):
     n, c = x.shape[:2]
     k, _, fh, fw = w.shape
     m = k // c
-    xpad = _padded(xp, x, padding, True)
-    wt = w.reshape(c, m, fh, fw)
-    y = xp.empty((n, oh, ow, c, m), dtype=x.dtype)
     chunks = _chunks(n, k * oh * ow * x.itemsize)
-    tmp = xp.empty((chunks[0][1],) + y.shape[1:], dtype=x.dtype)
-    for lo, hi in chunks:
-        yc, tc = y[lo:hi], tmp[:hi - lo]
-        for t, (i, j, index) in enumerate(_taps(fh, fw, oh, ow, stride, dilation, True)):
-            xv = xpad[lo:hi][index][..., None]  # (n, OH, OW, C, 1): broadcast over M
-            xp.multiply(xv, _spread(xp, wt[:, :, i, j], ow), out=yc if t == 0 else tc)
+    xpad = _Padded(xp, chunks[0][1], x.shape, padding, x.dtype, True)
+    wts = [(index, _spread(xp, w.reshape(c, m, fh, fw)[:, :, i, j], ow))
+           for i, j, index in _taps(fh, fw, oh, ow, stride, dilation, True)]
+    ybuf, tmp = (xp.empty((chunks[0][1], oh, ow, c, m), dtype=x.dtype) for _ in range(2))
+    out = xp.empty((n, k, oh, ow), dtype=x.dtype)
+    for lo, hi in chunks:  # a chunk's (n, OH, OW, C, M) sums, then one transposing copy into out
+        xc, yc, tc = xpad.fill(x[lo:hi]), ybuf[:hi - lo], tmp[:hi - lo]
+        for t, (index, wij) in enumerate(wts):
+            xp.multiply(xc[index][..., None], wij, out=yc if t == 0 else tc)  # x broadcast over M
             if t:
                 yc += tc
-    out = xp.empty((n, k, oh, ow), dtype=x.dtype)
-    yt = y.reshape(n, oh, ow, k).transpose(0, 3, 1, 2)
-    if b is None:
-        out[...] = yt
-    else:
-        xp.add(yt, b.reshape(1, k, 1, 1), out=out)
+        yt = yc.reshape(hi - lo, oh, ow, k).transpose(0, 3, 1, 2)
+        if b is None:
+            out[lo:hi] = yt
+        else:
+            xp.add(yt, b.reshape(1, k, 1, 1), out=out[lo:hi])
     return out
 
 
 def backward(dy, x, w, stride, padding, dilation, need_dx, need_dw):
     """dx (N, C, H, W) and dw (K, 1, FH, FW), each None unless asked, in dy's dtype."""
     xp = get_array_module(dy, x, w)
-    n, c, h, wd = x.shape
+    n, c = x.shape[:2]
     k, _, fh, fw = w.shape
-    m, (oh, ow), (ph, pw) = k // c, dy.shape[2:], padding
+    m, (oh, ow) = k // c, dy.shape[2:]
     last = channels_last(oh, ow)
     wt = w.reshape(c, m, fh, fw)
-    dw = xp.zeros((fh, fw, c, m), dtype=dy.dtype) if need_dw else None
-    xpad = _padded(xp, x, padding, last) if need_dw else None
-    dxpad = xp.zeros(_padded_shape(x.shape, padding, last), dtype=dy.dtype) if need_dx else None
-    if last:  # dy as (N, OH, OW, C, M); a tap view (n, OH, OW, C) takes a trailing axis for M
-        g = xp.ascontiguousarray(dy.reshape(n, c, m, oh, ow).transpose(0, 3, 4, 1, 2))
-    else:  # dy as (N, C, M, OH, OW), as it comes; a tap view (n, C, OH, OW) takes an axis 2 for M
-        g = dy.reshape(n, c, m, oh, ow)
     chunks = _chunks(n, k * oh * ow * dy.itemsize)
-    tmp = xp.empty((chunks[0][1],) + g.shape[1:], dtype=dy.dtype) if need_dx else None
-    taps = list(_taps(fh, fw, oh, ow, stride, dilation, last))
+    step = chunks[0][1]
+    dw = xp.zeros((fh, fw, c, m), dtype=dy.dtype) if need_dw else None
+    xpad = _Padded(xp, step, x.shape, padding, dy.dtype, last) if need_dw else None
+    dxpad = _Padded(xp, step, x.shape, padding, dy.dtype, last) if need_dx else None
+    dx = xp.empty(x.shape, dtype=dy.dtype) if need_dx else None
+    # dy as (n, OH, OW, C, M) channels-last (a chunk's transposing copy), else (n, C, M, OH, OW) as it
+    # comes; a tap view, (n, OH, OW, C) or (n, C, OH, OW), takes an axis for M beside C.
+    gbuf = xp.empty((step, oh, ow, c, m), dtype=dy.dtype) if last else None
+    tmp = xp.empty((step, oh, ow, c, m) if last else (step, c, m, oh, ow), dtype=dy.dtype)
+    mx = -1 if last else 2
+    taps = [(i, j, index, _spread(xp, wt[:, :, i, j], ow) if last else wt[:, :, i, j, None, None])
+            for i, j, index in _taps(fh, fw, oh, ow, stride, dilation, last)]
     for lo, hi in chunks:
-        gc, tc = g[lo:hi], None if tmp is None else tmp[:hi - lo]
-        for i, j, index in taps:
-            if last:
-                if need_dx:
-                    xp.multiply(gc, _spread(xp, wt[:, :, i, j], ow), out=tc)
-                    dxpad[lo:hi][index] += tc[..., 0] if m == 1 else tc.sum(axis=-1)
-                if need_dw:
-                    tw = xp.multiply(xpad[lo:hi][index][..., None], gc)
-                    dw[i, j] += tw.reshape(-1, c * m).sum(axis=0).reshape(c, m)
-            else:
-                if need_dx:
-                    xp.multiply(gc, wt[:, :, i, j, None, None], out=tc)
-                    dxpad[lo:hi][index] += tc[:, :, 0] if m == 1 else tc.sum(axis=2)
-                if need_dw:
-                    xv = xpad[lo:hi][index]
-                    dw[i, j] += (xp.einsum("nchw,nchw->c", xv, gc[:, :, 0])[:, None] if m == 1
-                                 else xp.einsum("nchw,ncmhw->cm", xv, gc))
-    dx = None
-    if need_dx:
-        crop = dxpad[:, ph:ph + h, pw:pw + wd].transpose(0, 3, 1, 2) if last else dxpad[:, :, ph:ph + h, pw:pw + wd]
-        dx = xp.ascontiguousarray(crop)
+        g = dy[lo:hi].reshape(hi - lo, c, m, oh, ow)
+        if last:
+            g = gbuf[:hi - lo]
+            g[...] = dy[lo:hi].reshape(hi - lo, c, m, oh, ow).transpose(0, 3, 4, 1, 2)
+        tc = tmp[:hi - lo]
+        if need_dx:
+            dxc = dxpad.buf[:hi - lo]
+            dxc[...] = 0
+        xc = xpad.fill(x[lo:hi]) if need_dw else None
+        for i, j, index, wij in taps:
+            if need_dx:
+                xp.multiply(g, wij, out=tc)
+                dxc[index] += tc[..., 0] if last and m == 1 else tc[:, :, 0] if m == 1 else tc.sum(axis=mx)
+            if need_dw and last:
+                xp.multiply(xp.expand_dims(xc[index], -1), g, out=tc)
+                dw[i, j] += tc.reshape(-1, c * m).sum(axis=0).reshape(c, m)
+            elif need_dw:
+                xv = xc[index]
+                dw[i, j] += (xp.einsum("nchw,nchw->c", xv, g[:, :, 0])[:, None] if m == 1
+                             else xp.einsum("nchw,ncmhw->cm", xv, g))
+        if need_dx:
+            dx[lo:hi] = dxpad.interior(hi - lo)
     if need_dw:  # (FH, FW, C, M) -> (K, 1, FH, FW)
         dw = xp.ascontiguousarray(dw.reshape(fh, fw, k).transpose(2, 0, 1)).reshape(k, 1, fh, fw)
     return dx, dw
