@@ -155,13 +155,13 @@ def backward(dy, x, w, stride, padding, dilation, need_dx, need_dw):
             if need_dx:
                 xp.multiply(g, wij, out=tc)
                 dxc[index] += tc[..., 0] if last and m == 1 else tc[:, :, 0] if m == 1 else tc.sum(axis=mx)
-            if need_dw and last:
-                xp.multiply(xp.expand_dims(xc[index], -1), g, out=tc)
-                dw[i, j] += tc.reshape(-1, c * m).sum(axis=0).reshape(c, m)
-            elif need_dw:
+            if need_dw:  # one fused multiply-sum per tap (einsum: 2x a product and a sum)
                 xv = xc[index]
-                dw[i, j] += (xp.einsum("nchw,nchw->c", xv, g[:, :, 0])[:, None] if m == 1
-                             else xp.einsum("nchw,ncmhw->cm", xv, g))
+                if m == 1:
+                    dw[i, j, :, 0] += (xp.einsum("nhwc,nhwc->c", xv, g[..., 0]) if last
+                                       else xp.einsum("nchw,nchw->c", xv, g[:, :, 0]))
+                else:
+                    dw[i, j] += xp.einsum("nhwc,nhwcm->cm" if last else "nchw,ncmhw->cm", xv, g)
         if need_dx:
             dx[lo:hi] = dxpad.interior(hi - lo)
     if need_dw:  # (FH, FW, C, M) -> (K, 1, FH, FW)
