@@ -186,11 +186,13 @@ def test_empty_batch(backend):
 
 # ---------------------------------------------------------------- the depthwise direct form
 DEPTHWISE = {  # x shape, K, (FH, FW), stride, padding, dilation; one input channel per filter (groups = C)
-    "small": ((3, 4, 5, 5), 4, (3, 3), 1, 1, 1),  # OH*OW <= 64: channels-last, both directions
+    "small": ((3, 4, 5, 5), 4, (3, 3), 1, 1, 1),  # channels-last, both directions
     "small_x2_s2_d2": ((2, 3, 9, 8), 6, (3, 2), 2, (2, 1), (2, 1)),  # channel multiplier 2
-    "large": ((3, 3, 10, 9), 3, (3, 3), 1, 1, 1),  # OH*OW > 64: N, C, H, W dw, im2col forward and dx
-    "large_x3_s2_d2": ((2, 2, 19, 18), 6, (2, 3), (2, 1), (0, 1), (1, 2)),  # dx scattered here
-    "wide_rows": ((2, 2, 3, 34), 2, (3, 3), 1, 1, 1),  # OW >= LONG_ROWS: the stride-1 dx scattered here
+    "mid_s1": ((2, 3, 12, 12), 3, (3, 3), 1, 1, 1),  # channels-last up to 256 pixels at stride 1
+    # N, C, H, W: the direct dw, im2col's forward and (rows shorter than LONG_ROWS) full-convolution dx
+    "large": ((2, 3, 17, 17), 3, (3, 3), 1, 1, 1),
+    "large_x3_s2_d2": ((2, 2, 19, 18), 6, (2, 3), (1, 2), (0, 1), (1, 2)),  # a strided dx scattered here
+    "wide_rows": ((2, 2, 9, 34), 2, (3, 3), 1, 1, 1),  # OW >= LONG_ROWS: the stride-1 dx scattered here
 }
 NEEDS = ((True, True), (False, True), (True, False))  # need_dx, need_dw
 
@@ -216,7 +218,7 @@ def test_depthwise_direct_form_is_taken_and_agrees_with_im2col(monkeypatch, name
         dy = rng.standard_normal(y.shape).astype(dtype)
         got = [(y,) + conv2d_backward(dy, cache, need_dx=nx, need_dw=nw) for nx, nw in NEEDS]
     oh, ow = y.shape[2:]
-    assert ran == ["forward"] * (oh * ow <= D.CHANNELS_LAST_PIXELS) + ["backward"] * 3
+    assert ran == ["forward"] * D.channels_last(oh, ow, st) + ["backward"] * 3
     want = (G._im2col_forward(x, w, b, st, pad, dil, xs[1], oh, ow),
             *G._im2col_backward(dy, x, w, st, pad, dil, xs[1], True, True), dy.sum(axis=(0, 2, 3)))
     rtol = 1e-12 if dtype == np.float64 else 1e-5

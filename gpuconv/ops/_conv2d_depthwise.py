@@ -12,12 +12,12 @@ strided tap view of the padded input (element [n, c, p, q] = xpad[n, c, p*S + i*
   distinct outputs hit distinct pixels, so a strided += is exact), cropped at the end;
 - weight gradient: dw[:, tap] = the sum over n, p, q of view(x, tap) * dy.
 
-Two layouts, chosen by measurement (kuangliu's CIFAR MobileNetV2 layers, float32, 2 cores):
-images of at most :data:`CHANNELS_LAST_PIXELS` output pixels run channels-last, (N, H, W, C),
-where a tap's pass runs along OW*C contiguous values (an 8x8 or 4x4 image in N, C, H, W would
-give NumPy inner loops of 8 or 4); larger ones run N, C, H, W as the arrays come (no transposing
-copies), and there the forward, and the stride-1 input gradient (a "full" forward) on rows
-shorter than :data:`LONG_ROWS`, stay on the im2col path, whose 2-thread GEMM measured faster.
+Two layouts, chosen by measurement (kuangliu's CIFAR MobileNetV2 layers, float32, 2 cores): small
+images (:func:`channels_last`: at most 64 output pixels, 256 at stride 1 along W) run channels-last,
+(N, H, W, C), where a tap's pass runs along OW*C contiguous values (an 8x8 or 4x4 image in N, C, H,
+W would give NumPy inner loops of 8 or 4); larger ones run N, C, H, W as the arrays come (no
+transposing copies), and there the forward, and the stride-1 input gradient (a "full" forward) on
+rows shorter than :data:`LONG_ROWS`, stay on the im2col path, whose 2-thread GEMM measured faster.
 Work goes a batch chunk at a time, :data:`CHUNK_BYTES` of output per chunk, so a tap's
 product and the running sum stay in cache. The sums run tap by tap: the results equal the
 im2col reference's up to the rounding order. Arrays are float32 or float64 (the caller upcasts
@@ -27,11 +27,14 @@ from __future__ import annotations
 
 from ..backend import get_array_module
 
-# Output pixels (OH*OW) up to which the channels-last form runs. MobileNetV2 at batch 32, min of 7
+# Output pixels (OH*OW) up to which the channels-last form runs, and up to which it runs at
+# stride 1 along W (there a tap's view keeps OW and C one run). MobileNetV2 at batch 32, min of 7
 # (ms, im2col / channels-last / N, C, H, W direct): 4x4 960ch forward 18 / 5.5, backward 34 / 17 / 51;
-# 8x8 384ch forward 13 / 14, backward 37 / 24 / 40; 16x16 192ch forward 15 / 20, backward
-# 48 / 51 / 45; 32x32 144ch forward 36 / 49, backward 99 / 90 / 74.
+# 8x8 384ch forward 13 / 14, backward 37 / 24 / 40; 16x16 192ch (stride 1, the later forms) forward
+# 9.7 / 8.6, backward 26 / 20 (144ch from 32x32 at stride 2: 11 / 23 and 31 / 38); 32x32 144ch
+# forward 36 / 49, backward 99 / 90 / 74.
 CHANNELS_LAST_PIXELS = 64
+CHANNELS_LAST_PIXELS_STRIDE1 = 256
 # Larger images: the stride-1 input gradient runs here from this output width up (rows long enough
 # for NumPy's inner loops; batch 32, 144ch@32: 44 ms against 59 of im2col's full convolution), and as
 # im2col's full convolution below it (192ch@16: 22 ms against 17).
@@ -45,10 +48,10 @@ def applies(w_shape, n) -> bool:
     return w_shape[1] == 1 and n > 0 and w_shape[0] > 0
 
 
-def channels_last(oh, ow) -> bool:
+def channels_last(oh, ow, stride) -> bool:
     """Whether an image of OH*OW output pixels runs channels-last (and its forward here, not on the
     im2col path)."""
-    return oh * ow <= CHANNELS_LAST_PIXELS
+    return oh * ow <= (CHANNELS_LAST_PIXELS_STRIDE1 if stride[1] == 1 else CHANNELS_LAST_PIXELS)
 
 
 def _chunks(n, bytes_per_image):
@@ -126,7 +129,7 @@ def backward(dy, x, w, stride, padding, dilation, need_dx, need_dw):
     n, c = x.shape[:2]
     k, _, fh, fw = w.shape
     m, (oh, ow) = k // c, dy.shape[2:]
-    last = channels_last(oh, ow)
+    last = channels_last(oh, ow, stride)
     wt = w.reshape(c, m, fh, fw)
     chunks = _chunks(n, k * oh * ow * dy.itemsize)
     step = chunks[0][1]

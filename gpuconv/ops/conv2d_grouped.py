@@ -111,7 +111,7 @@ def _forward(x, w, b, stride, padding, dilation, groups):
     oh, ow = output_hw(x.shape, extent((fh, fw), dilation), stride, padding, floor=True)
     if n == 0:
         return xp.zeros((0, k, oh, ow), dtype=x.dtype)
-    if depthwise.applies(w.shape, n) and depthwise.channels_last(oh, ow):
+    if depthwise.applies(w.shape, n) and depthwise.channels_last(oh, ow, stride):
         return depthwise.forward(x, w, b, stride, padding, dilation, oh, ow)
     return _im2col_forward(x, w, b, stride, padding, dilation, groups, oh, ow)
 
@@ -160,7 +160,7 @@ def _backward(dy, x, w, stride, padding, dilation, groups, need_dx, need_dw):
     """dx and dw (each None unless asked) in dy's dtype (float32 or float64)."""
     if depthwise.applies(w.shape, x.shape[0]):
         oh, ow = dy.shape[2:]  # mid-sized images at stride 1: dx as im2col's full convolution
-        full = (need_dx and not depthwise.channels_last(oh, ow) and ow < depthwise.LONG_ROWS
+        full = (need_dx and not depthwise.channels_last(oh, ow, stride) and ow < depthwise.LONG_ROWS
                 and _full(stride, padding, dilation, w.shape))
         dx, dw = depthwise.backward(dy, x, w, stride, padding, dilation, need_dx and not full, need_dw)
         return (_full_dx(dy, w, x.shape, padding, dilation, groups) if full else dx), dw
