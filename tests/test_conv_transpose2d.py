@@ -343,14 +343,21 @@ def test_layer_shapes_init_and_state_dict_keys_are_pytorchs():
     assert y.shape == (2, 8, 8, 8)  # DCGAN's doubling: (4 - 1) * 2 - 2 + 4
 
 
-def test_layer_matches_torch_and_loads_its_state_dict():
+@pytest.mark.parametrize("kwargs, x_shape, output_size", [
+    (dict(stride=2, padding=1, output_padding=1), (2, 4, 5, 5), (9, 10)),
+    (dict(stride=2, padding=1, output_padding=1, groups=2, dilation=2), (2, 4, 3, 4), (8, 9)),
+], ids=["plain", "grouped_dilated"])
+def test_layer_matches_torch_and_loads_its_state_dict(kwargs, x_shape, output_size):
+    """y, dx, dw, db of the layer given torch's state dict, and forward(x, output_size=), equal
+    torch's in float64; the fan-in torch's init uses is weight dim 1 (out_channels // groups) * kH * kW."""
     torch = pytest.importorskip("torch", reason="PyTorch (optional) is the reference of this comparison")
     from gpuconv import nn
-    theirs = torch.nn.ConvTranspose2d(4, 3, 3, stride=2, padding=1, output_padding=1).double()
-    assert torch.nn.init._calculate_fan_in_and_fan_out(theirs.weight)[0] == 3 * 3 * 3  # the fan-in the init uses
-    ours = nn.ConvTranspose2d(4, 3, 3, stride=2, padding=1, output_padding=1, dtype=np.float64)
+    c_out = 3 * kwargs.get("groups", 1)
+    theirs = torch.nn.ConvTranspose2d(4, c_out, 3, **kwargs).double()
+    assert torch.nn.init._calculate_fan_in_and_fan_out(theirs.weight)[0] == 3 * 3 * 3
+    ours = nn.ConvTranspose2d(4, c_out, 3, **kwargs, dtype=np.float64)
     ours.load_state_dict(theirs.state_dict())
-    x = np.random.default_rng(8).standard_normal((2, 4, 5, 5))
+    x = np.random.default_rng(8).standard_normal(x_shape)
     tx = torch.tensor(x, requires_grad=True)
     ty = theirs(tx)
     y = ours(x)
@@ -360,8 +367,13 @@ def test_layer_matches_torch_and_loads_its_state_dict():
     pairs = ((y, ty), (dx, tx.grad), (ours.weight.grad, theirs.weight.grad), (ours.bias.grad, theirs.bias.grad))
     for got, want in pairs:
         np.testing.assert_allclose(got, want.detach().numpy(), rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(ours(x, output_size=(9, 10)), theirs(tx, output_size=(9, 10)).detach().numpy(),
+    np.testing.assert_allclose(ours(x, output_size=output_size), theirs(tx, output_size=output_size).detach().numpy(),
                                rtol=1e-12, atol=1e-12)
+
+
+def test_unflatten_matches_torch():
+    torch = pytest.importorskip("torch", reason="PyTorch (optional) is the reference of this comparison")
+    from gpuconv import nn
     np.testing.assert_array_equal(nn.Unflatten(1, (2, 3))(np.arange(12.).reshape(2, 6)),
                                   torch.nn.Unflatten(1, (2, 3))(torch.arange(12.).reshape(2, 6)).numpy())
 
@@ -376,27 +388,6 @@ def test_grouped_dilated_layer_init_repr_and_torchs_state_dict():
     assert repr(layer) == ("ConvTranspose2d(8, 6, kernel_size=(3, 3), stride=(2, 2), padding=(1, 1), "
                            "output_padding=(1, 1), dilation=(2, 2), groups=2, bias=True)")
     assert layer(np.zeros((1, 8, 4, 4), np.float32)).shape == (1, 6, 10, 10)  # 3 * 2 - 2 + 2 * 2 + 1 + 1
-
-
-def test_grouped_dilated_layer_matches_torch_and_loads_its_state_dict():
-    torch = pytest.importorskip("torch", reason="PyTorch (optional) is the reference of this comparison")
-    from gpuconv import nn
-    theirs = torch.nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1, groups=2, dilation=2).double()
-    assert torch.nn.init._calculate_fan_in_and_fan_out(theirs.weight)[0] == 3 * 3 * 3  # what the init uses
-    ours = nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1, groups=2, dilation=2, dtype=np.float64)
-    ours.load_state_dict(theirs.state_dict())
-    x = np.random.default_rng(14).standard_normal((2, 4, 3, 4))
-    tx = torch.tensor(x, requires_grad=True)
-    ty = theirs(tx)
-    y = ours(x)
-    dy = np.random.default_rng(15).standard_normal(y.shape)
-    ty.backward(torch.tensor(dy))
-    dx = ours.backward(dy)
-    pairs = ((y, ty), (dx, tx.grad), (ours.weight.grad, theirs.weight.grad), (ours.bias.grad, theirs.bias.grad))
-    for got, want in pairs:
-        np.testing.assert_allclose(got, want.detach().numpy(), rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(ours(x, output_size=(8, 9)), theirs(tx, output_size=(8, 9)).detach().numpy(),
-                               rtol=1e-12, atol=1e-12)
 
 
 def test_layer_output_size_and_errors():
