@@ -22,6 +22,7 @@ from .groupnorm import GroupNormCache, groupnorm_backward, groupnorm_forward
 from .linear import LinearCache, linear_backward, linear_forward
 from .loss import check_labels, softmax_cross_entropy
 from .lp_pool2d import LPPool2dCache, lp_pool2d_backward, lp_pool2d_forward
+from .pad import PadCache, pad_backward, pad_forward
 from .pool2d import (AvgPool2dCache, MaxPool2dCache, avg_pool2d_backward, avg_pool2d_forward,
                      max_pool2d_backward, max_pool2d_forward)
 from .relu import ReluCache, relu_backward, relu_forward
@@ -40,6 +41,7 @@ __all__ = [
     "sigmoid_forward", "sigmoid_backward", "SigmoidCache",
     "tanh_forward", "tanh_backward", "TanhCache", "silu_forward", "silu_backward", "SiluCache",
     "scale_forward", "scale_backward", "ScaleCache",
+    "pad_forward", "pad_backward", "PadCache",
     "linear_forward", "linear_backward",
     "softmax_cross_entropy",
     "check_labels",
