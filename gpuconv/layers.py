@@ -44,7 +44,8 @@ from .backend import (Device, array_device_context, copy_like, device_id, device
                       get_default_device, host_copy, is_cupy_array, to_device)
 from .counter_rng import check_seed
 from .graphs import REPLAYED_WAY_OUT
-from .ops._checks import check_array, check_bool, check_float, check_floor, conv_padding, whole_float_hint
+from .ops._checks import (check_array, check_bool, check_float, check_floor, conv_padding, same_padding_sides,
+                          whole_float_hint)
 from .ops._checks import only_defaults as _only
 from .ops.activations import check_negative_slope
 from .ops.scale import check_factor
@@ -855,7 +856,12 @@ class Conv2d(Layer):
     F's place in the size rule and in 'same'); ``groups`` splits the channels into groups that see
     only their own filters, as in PyTorch: ``groups=in_channels`` is a depthwise convolution
     (MobileNet), ``groups=32`` a ResNeXt block's. ``weight`` is then (out_channels,
-    in_channels // groups, kh, kw), PyTorch's shape, initialized with fan_in = in_channels // groups * kh * kw."""
+    in_channels // groups, kh, kw), PyTorch's shape, initialized with fan_in = in_channels // groups * kh * kw.
+
+    ``padding_mode`` is PyTorch's: 'zeros' (the default), or 'reflect', 'replicate' or 'circular',
+    with which the input is first padded by ``padding`` in that mode (``gpuconv.ops.pad_forward``,
+    F.pad's) and then convolved without padding, as PyTorch does ('same' included); reflect
+    padding must be smaller than the input's height and width, circular at most them."""
 
     _registers_attributes = False
     _param_names = ("weight", "bias")
@@ -866,7 +872,11 @@ class Conv2d(Layer):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=True,
                  padding_mode="zeros", device=None, dtype=None, *, floor=False, seed=None):
         super().__init__()
-        _only("Conv2d", padding_mode=(padding_mode, "zeros"))
+        if padding_mode not in _PADDING_MODES:
+            raise ValueError(f"Conv2d: padding_mode must be one of {_PADDING_MODES}, but got padding_mode="
+                             f"{padding_mode!r} (PyTorch's modes; 'zeros' pads zeros, the others pad with F.pad's "
+                             "mode of that name)")
+        self.padding_mode = padding_mode
         self.floor = check_floor(floor)
         self.in_channels = _int("in_channels", in_channels, 1)
         self.out_channels = _int("out_channels", out_channels, 1)
@@ -889,11 +899,25 @@ class Conv2d(Layer):
         _factory(self, device, dtype)
 
     def forward(self, x):
+        padding, pad_cache = self.padding, None
+        if self.padding_mode != "zeros":  # padded first in the mode, then convolved without padding
+            x, pad_cache = ops.pad_forward(x, self._reversed_padding_repeated_twice, self.padding_mode)
+            padding = 0
         y, cache = ops.conv2d_forward(x, self.weight.value, None if self.bias is None else self.bias.value,
-                                      stride=self.stride, padding=self.padding, floor=self.floor,
+                                      stride=self.stride, padding=padding, floor=self.floor,
                                       dilation=self.dilation, groups=self.groups)
-        self._keep(cache)
+        self._keep(cache if pad_cache is None else (cache, pad_cache))
         return y
+
+    @property
+    def _reversed_padding_repeated_twice(self):
+        """The padding as F.pad takes it, (left, right, top, bottom), PyTorch's attribute: 'same' (of
+        an even extent d*(k - 1) + 1) puts (e - 1) // 2 before and the rest after."""
+        if isinstance(self.padding, str):
+            extent = tuple(d * (k - 1) + 1 for k, d in zip(self.kernel_size, self.dilation))
+            (top, bottom), (left, right) = same_padding_sides(extent)
+            return (left, right, top, bottom)
+        return (self.padding[1], self.padding[1], self.padding[0], self.padding[0])
 
     @property
     def _filters_read_unpacked(self):
@@ -902,13 +926,27 @@ class Conv2d(Layer):
         return ("weight",) if self.groups != 1 or self.dilation != (1, 1) else ()
 
     def backward(self, dy, need_dx=True):
-        return _convolution_backward(self, ops.conv2d_backward, dy, need_dx)
+        if self.padding_mode == "zeros":
+            return _convolution_backward(self, ops.conv2d_backward, dy, need_dx)
+        pad_cache = []
+
+        def backward(dy, caches, **kwargs):  # the convolution's backward, then the padding's
+            pad_cache.append(caches[1])
+            return ops.conv2d_backward(dy, caches[0], **kwargs)
+
+        dx = _convolution_backward(self, backward, dy, need_dx)
+        return None if dx is None else ops.pad_backward(dx, pad_cache[0])
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"padding={self.padding!r}" + (f", dilation={self.dilation}" if self.dilation != (1, 1) else "")
                 + (f", groups={self.groups}" if self.groups != 1 else "")
-                + f", bias={self.bias is not None}" + (", floor=True" if self.floor else ""))
+                + f", bias={self.bias is not None}"
+                + (f", padding_mode={self.padding_mode}" if self.padding_mode != "zeros" else "")
+                + (", floor=True" if self.floor else ""))
+
+
+_PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
 
 class ConvTranspose2d(Layer):
