@@ -97,3 +97,9 @@ def test_backward_checks_its_gradient():
         pad_backward(np.zeros(y.shape), cache)
     with pytest.raises(TypeError, match="PadCache"):
         pad_backward(y, None)
+
+
+def test_an_empty_axis_padded_along_the_other():
+    """Only a padded axis must be large enough: an empty height, padded along the width only."""
+    y, cache = pad_forward(np.zeros((1, 1, 0, 3)), (1, 2, 0, 0), "reflect")
+    assert y.shape == (1, 1, 0, 6) and pad_backward(y, cache).shape == (1, 1, 0, 3)

@@ -28,7 +28,6 @@ from ._checks import cache_type, check_cache, check_dy_dtype, check_float
 PadCache = cache_type("PadCache", "pad mode shape dtype", __name__)
 
 MODES = ("constant", "reflect", "replicate", "circular")
-_NUMPY_MODES = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 
 
 def check_pad(pad, mode, shape):
@@ -45,22 +44,28 @@ def check_pad(pad, mode, shape):
     pad = tuple(int(p) for p in pad)
     for (before, after), axis, name in ((pad[2:], 2, "height"), (pad[:2], 3, "width")):
         n = shape[axis]
-        if mode == "reflect" and max(before, after) >= n:
+        if mode == "reflect" and max(before, after) >= n and before + after:
             raise ValueError(f"pad: reflect padding ({before}, {after}) of the {name} must be smaller than the input's "
                              f"{name} {n} (as in PyTorch: the mirror does not repeat the edge row): use a smaller "
                              "padding or mode 'replicate'")
         if mode == "circular" and max(before, after) > n:
             raise ValueError(f"pad: circular padding ({before}, {after}) of the {name} must be at most the input's "
                              f"{name} {n} (as in PyTorch: it would wrap around more than once): use a smaller padding")
-        if mode == "replicate" and n == 0 and before + after:
+        if mode == "replicate" and n == 0:
             raise ValueError(f"pad: replicate padding of the {name} needs a non-empty input, got {name} 0")
     return pad
 
 
-def _source(n, before, after, mode):
+def _source(xp, n, before, after, mode):
     """The index array of padded positions 0 .. before + n + after - 1 along an axis of size ``n``:
-    which input position each copies (host NumPy, int64)."""
-    return np.pad(np.arange(n, dtype=np.int64), (before, after), mode=_NUMPY_MODES[mode])
+    which input position each copies, computed where the array lives (no host-to-device copy,
+    which a captured CUDA graph could not replay)."""
+    i = xp.arange(-before, n + after)
+    if mode == "reflect":  # (before and after < n: one reflection at each end)
+        return (n - 1) - xp.abs((n - 1) - xp.abs(i))
+    if mode == "replicate":
+        return xp.clip(i, 0, n - 1)
+    return i % n  # circular
 
 
 def pad_forward(x, pad, mode="constant"):
@@ -77,8 +82,7 @@ def pad_forward(x, pad, mode="constant"):
     xp = get_array_module(x)
     _, _, h, w = x.shape
     with array_device_context((x,)):
-        rows = xp.asarray(_source(h, top, bottom, mode))
-        cols = xp.asarray(_source(w, left, right, mode))
+        rows, cols = _source(xp, h, top, bottom, mode), _source(xp, w, left, right, mode)
         y = x[:, :, rows[:, None], cols[None, :]]
         return like(x, y if is_channels_last(x) else xp.ascontiguousarray(y)), cache
 
