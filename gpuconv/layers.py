@@ -825,6 +825,22 @@ class Layer:
 Module = Layer
 
 
+def _convolution_geometry(layer, in_channels, out_channels, kernel_size, stride, dilation, groups):
+    """Conv2d's and ConvTranspose2d's channel counts, kernel size, stride, dilation and groups, checked
+    and set on ``layer``: groups must divide both channel counts."""
+    layer.in_channels = _int("in_channels", in_channels, 1)
+    layer.out_channels = _int("out_channels", out_channels, 1)
+    layer.kernel_size = _pair("kernel_size", kernel_size, 1)
+    layer.stride = _pair("stride", stride, 1)
+    layer.dilation = _pair("dilation", dilation, 1)
+    layer.groups = _int("groups", groups, 1)
+    for name, channels in (("in_channels", layer.in_channels), ("out_channels", layer.out_channels)):
+        if channels % layer.groups:
+            raise ValueError(f"{type(layer).__name__}: groups={layer.groups} must divide {name}={channels} (each "
+                             f"group takes {name} // groups channels): choose groups among the divisors of both "
+                             "channel counts")
+
+
 def _convolution_backward(layer, backward, dy, need_dx):
     """Conv2d's and ConvTranspose2d's backward: ``backward`` (their op's) of the layer's cache. Frozen
     filters: no dw. Otherwise dw comes in the master's dtype (a bf16/fp16 dw widened as the kernel
@@ -878,16 +894,7 @@ class Conv2d(Layer):
                              "mode of that name)")
         self.padding_mode = padding_mode
         self.floor = check_floor(floor)
-        self.in_channels = _int("in_channels", in_channels, 1)
-        self.out_channels = _int("out_channels", out_channels, 1)
-        self.kernel_size = _pair("kernel_size", kernel_size, 1)
-        self.stride = _pair("stride", stride, 1)
-        self.dilation = _pair("dilation", dilation, 1)
-        self.groups = _int("groups", groups, 1)
-        for name, channels in (("in_channels", self.in_channels), ("out_channels", self.out_channels)):
-            if channels % self.groups:
-                raise ValueError(f"Conv2d: groups={self.groups} must divide {name}={channels} (each group takes "
-                                 f"{name} // groups channels): choose groups among the divisors of both channel counts")
+        _convolution_geometry(self, in_channels, out_channels, kernel_size, stride, dilation, groups)
         padding = conv_padding(padding, self.kernel_size, self.stride, self.dilation)
         self.padding = padding if isinstance(padding, str) else _pair("padding", padding, 0)  # (str: 'same', even k)
         fan_in = self.in_channels // self.groups * self.kernel_size[0] * self.kernel_size[1]
@@ -972,17 +979,7 @@ class ConvTranspose2d(Layer):
                  bias=True, dilation=1, padding_mode="zeros", device=None, dtype=None, *, seed=None):
         super().__init__()
         _only("ConvTranspose2d", padding_mode=(padding_mode, "zeros"))
-        self.in_channels = _int("in_channels", in_channels, 1)
-        self.out_channels = _int("out_channels", out_channels, 1)
-        self.kernel_size = _pair("kernel_size", kernel_size, 1)
-        self.stride = _pair("stride", stride, 1)
-        self.dilation = _pair("dilation", dilation, 1)
-        self.groups = _int("groups", groups, 1)
-        for name, channels in (("in_channels", self.in_channels), ("out_channels", self.out_channels)):
-            if channels % self.groups:
-                raise ValueError(f"ConvTranspose2d: groups={self.groups} must divide {name}={channels} (each group "
-                                 f"takes {name} // groups channels): choose groups among the divisors of both "
-                                 "channel counts")
+        _convolution_geometry(self, in_channels, out_channels, kernel_size, stride, dilation, groups)
         if isinstance(padding, str):
             raise ValueError(f"ConvTranspose2d(padding={padding!r}): an int or an (h, w) pair, as in PyTorch (no "
                              "'same' or 'valid' for a transposed convolution)")
