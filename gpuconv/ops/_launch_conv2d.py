@@ -186,13 +186,16 @@ def _forward_plan(x_shape, w_shape, stride, padding, has_bias, relu, target, dev
 def conv2d_backward_kernel(dy, cache, need_dx=True, tf32=False, need_dw=True, dw_dtype=None, *, target):
     x, w, has_bias, stride, padding = cache[:5]  # (the op crops dx: see Conv2dCache)
     dx = conv2d_backward_data_kernel(dy, w, x.shape, stride, padding, tf32, target=target, like=x) if need_dx else None
-    dw = None
-    if need_dw:
-        dw = conv2d_backward_weight_kernel(dy, x, w.shape, stride, padding, tf32, target=target, dw_dtype=dw_dtype)
-        if dw_dtype is not None and dw.dtype != dw_dtype:  # a kernel that rounds into dy's dtype only
-            dw = dw.astype(dw_dtype)
+    dw = weight_gradient(dy, x, w.shape, stride, padding, tf32, dw_dtype, target=target) if need_dw else None
     db = conv2d_backward_bias_kernel(dy, target=target) if has_bias else None
     return dx, dw, db
+
+
+def weight_gradient(dy, x, w_shape, stride, padding, tf32, dw_dtype, *, target):
+    """dw of ``dy`` and ``x`` in ``dw_dtype`` (None: dy's), widened here where a kernel rounds into
+    dy's dtype only."""
+    dw = conv2d_backward_weight_kernel(dy, x, w_shape, stride, padding, tf32, target=target, dw_dtype=dw_dtype)
+    return dw.astype(dw_dtype) if dw_dtype is not None and dw.dtype != dw_dtype else dw
 
 
 def conv2d_backward_data_kernel(dy, w, x_shape, stride, padding, tf32=False, *, target, like=None):

@@ -19,8 +19,8 @@ from .. import layout
 from ..backend import get_array_module
 from ..precision import LOW_PRECISION, round_once, upcast
 from ._dispatch import register_launcher
-from ._launch_conv2d import (conv2d_backward_bias_kernel, conv2d_backward_data_kernel, conv2d_backward_weight_kernel,
-                             conv2d_forward_kernel)
+from ._launch_conv2d import (conv2d_backward_bias_kernel, conv2d_backward_data_kernel, conv2d_forward_kernel,
+                             weight_gradient)
 from ._launch_conv2d_grouped import conv2d_grouped_backward_kernel, conv2d_grouped_forward_kernel
 from .conv2d import Conv2dCache
 from .conv2d_grouped import grouped
@@ -62,11 +62,8 @@ def conv_transpose2d_backward_kernel(dy, cache, need_dx=True, tf32=False, need_d
     if grouped(dilation, groups):
         return _backward_grouped(dy, cache, need_dx, tf32, need_dw, dw_dtype, target)
     dx = conv2d_forward_kernel(dy, w, None, stride, padding, tf32, target=target)[0] if need_dx else None
-    dw = None
-    if need_dw:
-        dw = conv2d_backward_weight_kernel(x, dy, w.shape, stride, padding, tf32, target=target, dw_dtype=dw_dtype)
-        if dw_dtype is not None and dw.dtype != dw_dtype:  # a kernel that rounds into dy's dtype only
-            dw = dw.astype(dw_dtype)
+    # the convolution's weight gradient with x as its dy and dy as its x
+    dw = weight_gradient(x, dy, w.shape, stride, padding, tf32, dw_dtype, target=target) if need_dw else None
     db = conv2d_backward_bias_kernel(dy, target=target) if has_bias else None
     return dx, dw, db
 
