@@ -841,11 +841,12 @@ def _convolution_geometry(layer, in_channels, out_channels, kernel_size, stride,
                              "channel counts")
 
 
-def _convolution_backward(layer, backward, dy, need_dx):
-    """Conv2d's and ConvTranspose2d's backward: ``backward`` (their op's) of the layer's cache. Frozen
-    filters: no dw. Otherwise dw comes in the master's dtype (a bf16/fp16 dw widened as the kernel
-    writes it: no cast to accumulate it)."""
-    dx, dw, db = backward(dy, layer._take_cache(), need_dx=need_dx, need_dw=layer.weight.requires_grad,
+def _convolution_backward(layer, backward, dy, need_dx, cache=None):
+    """Conv2d's and ConvTranspose2d's backward: ``backward`` (their op's) of ``cache`` (None: the
+    layer's). Frozen filters: no dw. Otherwise dw comes in the master's dtype (a bf16/fp16 dw
+    widened as the kernel writes it: no cast to accumulate it)."""
+    cache = layer._take_cache() if cache is None else cache
+    dx, dw, db = backward(dy, cache, need_dx=need_dx, need_dw=layer.weight.requires_grad,
                           dw_dtype=layer.weight.data.dtype)
     if dw is not None:
         layer.weight.accumulate(dw)
@@ -935,14 +936,9 @@ class Conv2d(Layer):
     def backward(self, dy, need_dx=True):
         if self.padding_mode == "zeros":
             return _convolution_backward(self, ops.conv2d_backward, dy, need_dx)
-        pad_cache = []
-
-        def backward(dy, caches, **kwargs):  # the convolution's backward, then the padding's
-            pad_cache.append(caches[1])
-            return ops.conv2d_backward(dy, caches[0], **kwargs)
-
-        dx = _convolution_backward(self, backward, dy, need_dx)
-        return None if dx is None else ops.pad_backward(dx, pad_cache[0])
+        conv_cache, pad_cache = self._take_cache()  # the convolution's backward, then the padding's
+        dx = _convolution_backward(self, ops.conv2d_backward, dy, need_dx, cache=conv_cache)
+        return None if dx is None else ops.pad_backward(dx, pad_cache)
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
