@@ -235,40 +235,37 @@ def test_groups_and_dilation_numerical_gradients(case):
     assert relative_error(db, numerical_gradient_array(lambda a: f(x, w, a)[0], b, dy)) < 1e-7
 
 
-@pytest.mark.parametrize("case", sorted(GROUPED) + ["dilation3_stride2"])
-def test_groups_and_dilation_match_torch_float64(case):
-    """F.conv_transpose2d's positional order: ..., output_padding, groups, dilation."""
-    torch = pytest.importorskip("torch", reason="PyTorch (optional) is the reference of this comparison")
-    F = torch.nn.functional
-    cin, cout, k, stride, padding, output_padding, dilation, groups = GROUPED.get(
-        case, (6, 3, (3, 3), (2, 2), (2, 1), (2, 1), (3, 3), 3))  # output_padding 2: >= stride, < dilation
-    rng = np.random.default_rng(13)
-    x, w, b = _data(rng, 2, cin, cout, 4, 3, k, groups=groups)
+def _equals_torch(torch, rng, x, w, b, stride, padding, output_padding, groups=1, dilation=1):
+    """y and dx, dw, db (for a random dy) equal F.conv_transpose2d's in float64, called in its
+    positional order: ..., output_padding, groups, dilation."""
     y, cache = conv_transpose2d_forward(x, w, b, stride, padding, output_padding, groups=groups, dilation=dilation)
     tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
-    ty = F.conv_transpose2d(tx, tw, tb, stride, padding, output_padding, groups, dilation)
+    ty = torch.nn.functional.conv_transpose2d(tx, tw, tb, stride, padding, output_padding, groups, dilation)
     dy = rng.standard_normal(tuple(ty.shape))
     ty.backward(torch.tensor(dy))
     assert y.shape == tuple(ty.shape)
     for got, want in zip((y,) + conv_transpose2d_backward(dy, cache), (ty, tx.grad, tw.grad, tb.grad)):
         np.testing.assert_allclose(got, want.detach().numpy(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", sorted(GROUPED) + ["dilation3_stride2"])
+def test_groups_and_dilation_match_torch_float64(case):
+    """F.conv_transpose2d's positional order: ..., output_padding, groups, dilation."""
+    torch = pytest.importorskip("torch", reason="PyTorch (optional) is the reference of this comparison")
+    cin, cout, k, stride, padding, output_padding, dilation, groups = GROUPED.get(
+        case, (6, 3, (3, 3), (2, 2), (2, 1), (2, 1), (3, 3), 3))  # output_padding 2: >= stride, < dilation
+    rng = np.random.default_rng(13)
+    x, w, b = _data(rng, 2, cin, cout, 4, 3, k, groups=groups)
+    _equals_torch(torch, rng, x, w, b, stride, padding, output_padding, groups, dilation)
 
 
 @pytest.mark.parametrize("stride, padding, output_padding, k", [
     (s, p, op, k) for s, p, op, k in itertools.product((1, 2), (0, 1), (0, 1), (2, 3, 4)) if op < s])
 def test_matches_torch_float64(stride, padding, output_padding, k):
     torch = pytest.importorskip("torch", reason="PyTorch (optional) is the reference of this comparison")
-    F = torch.nn.functional
     rng = np.random.default_rng(7)
     x, w, b = _data(rng, 2, 3, 5, 4, 3, (k, k))
-    y, cache = conv_transpose2d_forward(x, w, b, stride, padding, output_padding)
-    tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
-    ty = F.conv_transpose2d(tx, tw, tb, stride, padding, output_padding)
-    dy = rng.standard_normal(tuple(ty.shape))
-    ty.backward(torch.tensor(dy))
-    assert y.shape == tuple(ty.shape)
-    for got, want in zip((y,) + conv_transpose2d_backward(dy, cache), (ty, tx.grad, tw.grad, tb.grad)):
-        np.testing.assert_allclose(got, want.detach().numpy(), rtol=1e-12, atol=1e-12)
+    _equals_torch(torch, rng, x, w, b, stride, padding, output_padding)
 
 
 # ---------------------------------------------------------------- errors

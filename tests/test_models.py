@@ -57,6 +57,15 @@ def test_resnet18_parameter_count_follows_the_architecture():
     assert count(models.resnet18(width=4, num_classes=7, in_channels=1)) == _resnet18_parameters(4, 7, 1)
 
 
+def _through_stages(net, x, stages):
+    """x run through ``net``'s named layers in turn, each output of the (C, H, W) shape listed."""
+    n = x.shape[0]
+    for name, shape in stages:
+        x = net[name](x)
+        assert x.shape == (n, *shape), name
+    return x
+
+
 def test_resnet18_structure_and_shapes():
     """kuangliu's layout: stem, four stages of two BasicBlocks, stride 2 and a 1x1 conv + BN
     projection at the first block of stages 2-4 only, a ReLU after each residual sum (the block's
@@ -79,11 +88,9 @@ def test_resnet18_structure_and_shapes():
                 assert norm.activation is None
     assert "layer2.0.res.shortcut.1.running_var" in dict(net.named_buffers())
     x = _images(2)
-    for name, shape in [("conv1", (4, 32, 32)), ("bn1", (4, 32, 32)), ("layer1", (4, 32, 32)),
-                        ("layer2", (8, 16, 16)), ("layer3", (16, 8, 8)), ("layer4", (32, 4, 4)), ("pool", (32, 1, 1)),
-                        ("flatten", (32,)), ("linear", (10,))]:
-        x = net[name](x)
-        assert x.shape == (2, *shape), name
+    _through_stages(net, x, [("conv1", (4, 32, 32)), ("bn1", (4, 32, 32)), ("layer1", (4, 32, 32)),
+                             ("layer2", (8, 16, 16)), ("layer3", (16, 8, 8)), ("layer4", (32, 4, 4)),
+                             ("pool", (32, 1, 1)), ("flatten", (32,)), ("linear", (10,))])
     assert models.resnet18(width=2, num_classes=5, in_channels=1)(_images(2)[:, :1]).shape == (2, 5)
     with pytest.raises(ValueError, match="resnet18: width must be a positive int"):
         models.resnet18(width=0)
@@ -287,10 +294,8 @@ def test_mobilenetv2_structure_and_shapes():
         hw = 32 // 2 ** sum(s == 2 for *_, s in expected[:i + 1])
         assert x.shape == (2, expected[i][1], hw, hw), i
     assert x.shape == (2, 320, 4, 4)
-    for name, shape in [("conv2", (1280, 4, 4)), ("bn2", (1280, 4, 4)), ("pool", (1280, 1, 1)), ("flatten", (1280,)),
-                        ("linear", (10,))]:
-        x = net[name](x)
-        assert x.shape == (2, *shape), name
+    _through_stages(net, x, [("conv2", (1280, 4, 4)), ("bn2", (1280, 4, 4)), ("pool", (1280, 1, 1)),
+                             ("flatten", (1280,)), ("linear", (10,))])
     assert models.mobilenetv2(num_classes=5, in_channels=1)(_images(2)[:, :1]).shape == (2, 5)
     with pytest.raises(ValueError, match="mobilenetv2: in_channels must be a positive int"):
         models.mobilenetv2(in_channels=0)
