@@ -56,3 +56,33 @@ def test_the_sanitizer_catches_an_out_of_bounds_write():
     res = hostsim.run_sanitized(code)
     assert not res.ok
     assert "past_end" in res.stderr
+
+
+def test_the_compiler_runs_without_the_sanitizer_runtimes(tmp_path, monkeypatch):
+    """A sanitized run's python preloads libasan and libubsan; g++ started from it must not inherit
+    them (cc1plus under ASan's allocator compiles up to twice as slowly). Other preloads stay."""
+    from gpuconv.hostsim import _build
+    monkeypatch.setenv("LD_PRELOAD", "/x/libasan.so.8 /opt/libkeep.so:/y/libubsan.so.1")
+    assert _build.compiler_env()["LD_PRELOAD"] == "/opt/libkeep.so"
+    monkeypatch.setenv("LD_PRELOAD", "/x/libasan.so")
+    assert "LD_PRELOAD" not in _build.compiler_env()
+    monkeypatch.delenv("LD_PRELOAD")
+    if not hostsim.sanitizers_available():
+        pytest.skip("g++ or its ASan/UBSan runtimes are not installed")
+    log, cxx = tmp_path / "preloads.log", tmp_path / "cxx"
+    cxx.write_text(f'#!/bin/sh\necho "preload=$LD_PRELOAD" >> {log}\nexec g++ "$@"\n')
+    cxx.chmod(0o755)
+    monkeypatch.setenv("GPUCONV_SIM_CXX", str(cxx))
+    monkeypatch.setenv("GPUCONV_SIM_CACHE", str(tmp_path / "cache"))
+    code = textwrap.dedent("""
+        import numpy as np
+        from gpuconv import hostsim
+        src = 'extern "C" __global__ void fill(float* y) { y[threadIdx.x] = 2.0f; }'
+        y = np.zeros(4, np.float32)
+        hostsim.compile(src, "preloadtest").get_function("fill")((1,), (4,), (y,))
+        assert (y == 2).all()
+    """)
+    res = hostsim.run_sanitized(code)
+    assert res.ok, res.stderr[-3000:]  # the ASan-built library loaded: the python had the runtimes
+    calls = log.read_text().splitlines()
+    assert len(calls) >= 2 and all(line == "preload=" for line in calls), calls
