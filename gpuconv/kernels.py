@@ -946,11 +946,13 @@ def clear_cache():
 
 
 # ----------------------------------------------------------------------------- NVRTC
-def nvrtc_compile(src: str, op_file: str, dtype, arch: str, where: str = "", tf32: bool = False) -> bytes:
+def nvrtc_compile(src: str, op_file: str, dtype, arch: str, where: str = "", tf32: bool = False,
+                  with_ptx: bool = False) -> bytes | tuple[bytes, str]:
     """Compile the translation unit ``src`` (``kernels/<op_file>.cu`` built for ``dtype``, TF32 build when ``tf32``) with
     NVRTC and :data:`NVRTC_OPTIONS` alone, for ``arch``: ``'sm_XX'`` gives a CUBIN,
     ``'compute_XX'`` PTX. No GPU needed. The one compile behind :func:`nvrtc_check` and the GPU
-    path; ``where`` (e.g. ', device 0') completes the error message.
+    path; ``where`` (e.g. ', device 0') completes the error message. ``with_ptx``: (output, PTX)
+    from the one compile (an 'sm_XX' compile's PTX is the text its 'compute_XX' gives).
 
     Raises :class:`KernelCompileError` with the compiler log (file(line): message) on failure,
     and ImportError when the NVRTC binding (cupy_backends, the nvidia-cuda-nvrtc wheel) is absent."""
@@ -963,9 +965,13 @@ def nvrtc_compile(src: str, op_file: str, dtype, arch: str, where: str = "", tf3
             raise KernelCompileError(f"kernels/{op_file}.cu ({_label(dtype, tf32)}, {arch}{where}) failed to compile "
                                      f"with NVRTC {_nvrtc_version(nvrtc)} ({exc}):\n{nvrtc.getProgramLog(prog)}") from None
         out = _cubin(nvrtc, prog) if arch.startswith("sm_") else nvrtc.getPTX(prog)
+        out = out if isinstance(out, bytes) else out.encode()
+        if with_ptx:
+            ptx = nvrtc.getPTX(prog)
+            return out, ptx.decode() if isinstance(ptx, bytes) else ptx
     finally:
         nvrtc.destroyProgram(prog)
-    return out if isinstance(out, bytes) else out.encode()
+    return out
 
 
 def nvrtc_binding():

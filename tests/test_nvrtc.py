@@ -11,6 +11,8 @@ on disk in $GPUCONV_CUDA_CACHE, and reports compile and load errors with file an
 from __future__ import annotations
 
 import functools
+import hashlib
+import os
 import pathlib
 import re
 import shutil
@@ -79,6 +81,50 @@ TUNED = ["conv2d_forward_v2", "conv2d_backward_data_v2", "conv2d_backward_weight
          "conv2d_forward_v3", "conv2d_backward_data_v3", "conv2d_backward_weight_v3"]
 
 
+# The directory of this test run that holds what NVRTC built (set per run by _nvrtc_outputs_dir).
+_OUTPUTS: dict = {}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _nvrtc_outputs_dir(tmp_path_factory):
+    base = tmp_path_factory.getbasetemp()
+    # pytest-xdist gives each worker a directory under the run's own: the run's is the shared one
+    _OUTPUTS["dir"] = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "nvrtc-outputs"
+    _OUTPUTS["dir"].mkdir(exist_ok=True)
+
+
+def _keep(path: pathlib.Path, data: bytes):
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)  # a worker reading it meanwhile sees all of it or none
+
+
+def compiled(op_file, arch, dtype=np.float32, tf32=False):
+    """(PTX, CUBIN or None) of kernels/<op_file>.cu for ``arch``, as kernels.nvrtc_check and
+    kernels.nvrtc_compile give them, each compiled once per test run: a real arch's compile hands
+    over its PTX too (the text of its virtual arch), and the pytest-xdist workers share what one
+    of them compiled through the run's temporary directory, keyed by the translation unit, the arch,
+    the options and NVRTC's release. (conv2d_tc's 16-bit builds take NVRTC 10-25 s each.)"""
+    src = kernels.build_source(op_file, dtype, tf32)
+    virtual = "compute_" + arch.split("_", 1)[1]
+    key = hashlib.sha256("\0".join([src, virtual, *kernels.NVRTC_OPTIONS, str(nvrtc.getVersion())]).encode())
+    out = _OUTPUTS["dir"] / f"{op_file}-{key.hexdigest()[:24]}"
+    ptx_file, cubin_file = out.with_suffix(".ptx"), out.with_suffix(f".{arch}.cubin")
+    if arch == virtual:
+        if not ptx_file.exists():
+            _keep(ptx_file, kernels.nvrtc_check(op_file, arch, dtype, tf32).encode())
+        return ptx_file.read_text(), None
+    if not (cubin_file.exists() and ptx_file.exists()):
+        image, ptx = kernels.nvrtc_compile(src, op_file, dtype, arch, tf32=tf32, with_ptx=True)
+        _keep(ptx_file, ptx.encode())
+        _keep(cubin_file, image)
+    return ptx_file.read_text(), cubin_file.read_bytes()
+
+
+def ptx_of(op_file, arch, dtype=np.float32, tf32=False) -> str:
+    return compiled(op_file, arch, dtype, tf32)[0]
+
+
 FLUSHED = re.compile(r"\b(?:setp|set|add|sub|mul|fma|mad|max|min|div|sqrt|abs|neg|cvt)\.[\w.]*ftz")
 
 
@@ -92,7 +138,7 @@ def test_entry_table_covers_every_kernel_file():
 @pytest.mark.parametrize("op_file", kernels.KERNEL_FILES)
 def test_compiles_with_nvrtc(op_file, arch, build):
     dtype, tf32 = BUILDS[build]
-    ptx = kernels.nvrtc_check(op_file, arch, dtype, tf32)
+    ptx = ptx_of(op_file, arch, dtype, tf32)
     assert f".target sm_{arch[-2:]}" in ptx
     entries = set(re.findall(r"\.entry\s+(\w+)", ptx))
     assert entries == set(ENTRIES[op_file]), f"{op_file}.cu exports {sorted(entries)}"
@@ -115,7 +161,7 @@ def test_every_other_file_builds_for_gpus_without_tensor_cores(build):
     for op_file in kernels.KERNEL_FILES:
         if op_file in kernels.TENSOR_CORE_FILES or (tf32 and op_file not in kernels.TF32_FILES):
             continue
-        ptx = kernels.nvrtc_check(op_file, "compute_75", dtype, tf32)
+        ptx = ptx_of(op_file, "compute_75", dtype, tf32)
         # no instruction sm_75 lacks (the driver's JIT of this PTX would refuse it at load)
         assert ".target sm_75" in ptx and ".tf32" not in ptx, op_file
 
@@ -139,7 +185,7 @@ TF32_CLEARED = r"and\.b32\s+%r\d+, %r\d+, -8192;"  # the 13 low bits cleared (0x
 @needs_nvrtc
 @pytest.mark.parametrize("arch", ["compute_80", "compute_90"])
 def test_conv2d_tf32_build_rounds_its_operands_with_cvt_rna(arch):
-    ptx = kernels.nvrtc_check("conv2d", arch, np.float32, tf32=True)
+    ptx = ptx_of("conv2d", arch, np.float32, tf32=True)
     entries = set(re.findall(r"\.entry\s+(\w+)", ptx))
     assert entries == set(ENTRIES["conv2d"])
     assert "cvt.rna.tf32.f32" in ptx and ".f64" not in ptx
@@ -157,7 +203,7 @@ TC_MMA = {"bf16": "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32",
 @pytest.mark.parametrize("build", list(BUILDS))
 @pytest.mark.parametrize("op_file", ["gemm_tc", "conv2d_tc"])
 def test_tensor_core_files_run_on_tensor_cores(op_file, arch, build):
-    ptx = kernels.nvrtc_check(op_file, arch, *BUILDS[build])
+    ptx = ptx_of(op_file, arch, *BUILDS[build])
     assert set(re.findall(r"\.entry\s+(\w+)", ptx)) == set(ENTRIES[op_file])
     if build not in TC_MMA:  # float64, strict float32: no tensor-core format, the kernels trap
         assert "mma.sync" not in ptx and "cp.async" not in ptx and "trap" in ptx
@@ -185,7 +231,7 @@ def test_tensor_core_files_build_for_sm_75_on_its_float16_mma(op_file, build):
     of them), reads fragments with ldmatrix (.trans too) and copies its stages with plain loads and
     stores (no cp.async before sm_80); the wgmma tiles and the builds without a tensor-core format
     trap."""
-    ptx = kernels.nvrtc_check(op_file, "compute_75", *BUILDS[build])
+    ptx = ptx_of(op_file, "compute_75", *BUILDS[build])
     assert ".target sm_75" in ptx and set(re.findall(r"\.entry\s+(\w+)", ptx)) == set(ENTRIES[op_file])
     assert "cp.async" not in ptx and "wgmma" not in ptx.replace("_tcwg", "") and ".tf32" not in ptx
     if build != "f16":
@@ -215,7 +261,7 @@ def test_tensor_core_files_name_the_rule_where_sm_75_lacks_the_format(build):
 @pytest.mark.parametrize("op_file", ["gemm_tc", "conv2d_tc"])
 def test_tensor_core_files_build_an_sm_90_cubin(op_file, build):
     dtype, tf32 = BUILDS[build]
-    image = kernels.nvrtc_compile(kernels.build_source(op_file, dtype, tf32), op_file, dtype, "sm_90", tf32=tf32)
+    image = compiled(op_file, "sm_90", dtype, tf32)[1]
     assert image[:4] == b"\x7fELF" and kernels.elf_image_end(image) <= len(image)
 
 
@@ -232,8 +278,10 @@ def test_the_warpgroup_convolutions_run_on_wgmma_in_the_sm_90a_build(build):
     publish their stages to the async proxy, and trap in every other build; the mma.sync kernels
     beside them are unchanged."""
     dtype, tf32 = BUILDS[build]
-    ptx = kernels.nvrtc_check("conv2d_tc", "compute_90a", dtype, tf32)
-    assert set(re.findall(r"\.entry\s+(\w+)", ptx)) == set(ENTRIES["conv2d_tc"])
+    # the sm_90a build the GPU path compiles: its CUBIN, and its PTX (compute_90a's text)
+    ptx, image = compiled("conv2d_tc", "sm_90a", dtype, tf32) if build in WGMMA else (
+        ptx_of("conv2d_tc", "compute_90a", dtype, tf32), None)
+    assert ".target sm_90a" in ptx and set(re.findall(r"\.entry\s+(\w+)", ptx)) == set(ENTRIES["conv2d_tc"])
     if build in WGMMA:
         assert all(WGMMA[build].format(n=n) in ptx for n in (64, 128, 256))
         assert "fence.proxy.async.shared::cta" in ptx and "wgmma.wait_group.sync.aligned 1" in ptx
@@ -243,9 +291,7 @@ def test_the_warpgroup_convolutions_run_on_wgmma_in_the_sm_90a_build(build):
             # left to wgmma's truncation (only the mma.sync tiles' roundings clear them)
             assert re.search(r"p, 1, 1;", ptx) and TF32_OPERAND in ptx
             assert len(re.findall(TF32_CLEARED, ptx)) < ptx.count(TF32_OPERAND)
-        image = kernels.nvrtc_compile(kernels.build_source("conv2d_tc", dtype, tf32), "conv2d_tc", dtype, "sm_90a",
-                                      tf32=tf32)
-        assert image[:4] == b"\x7fELF"
+        assert image[:4] == b"\x7fELF" and kernels.elf_image_end(image) <= len(image)
         # the dynamic stages rounded up to a 1024-byte boundary at run time (CUDA promises the
         # extern array 16 bytes): a compiler told more would fold the rounding away (tcwgm64's
         # stages fit in static arrays, laid out at their __align__ by the compiler)
@@ -255,7 +301,7 @@ def test_the_warpgroup_convolutions_run_on_wgmma_in_the_sm_90a_build(build):
                 assert re.search(r"and\.b32\s+%r\d+, %r\d+, 1023;", body), name
     else:
         assert "wgmma" not in ptx.replace("_tcwg", "")
-    assert "wgmma" not in kernels.nvrtc_check("conv2d_tc", "compute_90", dtype, tf32).replace("_tcwg", "")
+    assert "wgmma" not in ptx_of("conv2d_tc", "compute_90", dtype, tf32).replace("_tcwg", "")
 
 
 def test_mma_header_goes_only_into_the_files_that_use_it():
@@ -793,6 +839,14 @@ def test_occupancy_asks_the_driver_about_the_kernel_with_its_shared_memory_allow
     assert n == 2 and asked == [(0xF00D, 256, 65536, 65536)]
     assert kernels.resident_blocks("conv2d_tc", "conv2d_backward_weight_tcwg", ml_dtypes.bfloat16, 256, "cuda", 0,
                                    shared_mem=65536) == 2 and len(asked) == 1  # memoized
+
+
+@needs_nvrtc
+def test_a_real_arch_compile_hands_over_the_ptx_of_its_virtual_arch():
+    """compiled() takes compute_XX's PTX from an sm_XX compile: one text, from one compile."""
+    image, ptx = kernels.nvrtc_compile(kernels.build_source("relu"), "relu", np.float32, "sm_90", with_ptx=True)
+    assert image[:4] == b"\x7fELF" and ptx == kernels.nvrtc_check("relu", "compute_90")
+    assert compiled("relu", "sm_90") == (ptx, image) and compiled("relu", "compute_90") == (ptx, None)
 
 
 @needs_nvrtc
