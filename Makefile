@@ -37,8 +37,10 @@ train: $(VENV)/.installed
 # environment wins; JOBS=0 (one process) leaves BLAS its default.
 ONE_THREAD := $(if $(filter 0,$(JOBS)),,$(foreach v,OPENBLAS_NUM_THREADS OMP_NUM_THREADS MKL_NUM_THREADS,$(v)=$${$(v):-1}))
 
+# worksteal: a worker out of tests takes the tail of the other's queue; with the slow tests first
+# (tests/conftest.py) the two workers end together instead of one running a long test alone.
 test: $(VENV)/.installed
-	$(ONE_THREAD) $(PY) -m pytest -q -n $(JOBS) $(ARGS)
+	$(ONE_THREAD) $(PY) -m pytest -q -n $(JOBS) --dist worksteal $(ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

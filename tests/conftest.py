@@ -169,6 +169,14 @@ def skip_without_tensor_cores(target, dtype, tf32=False, device=None):
                     f"{cc // 10}.{cc % 10} does)")
 
 
+def pytest_collection_modifyitems(config, items):
+    """The whole suite (no paths named) starts with the tests marked slow (10 s and more each): on
+    a 2-core machine a sanitizer build started last ran alone while the other worker idled. Named
+    paths keep their order (the GPU battery hands out its first hardware runs first)."""
+    if getattr(config, "args_source", None) == pytest.Config.ArgsSource.TESTPATHS:
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: else as collected
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield

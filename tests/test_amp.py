@@ -390,6 +390,7 @@ def test_fp16_overflow_skips_the_step_on_the_device_and_backs_off(images):
 
 # One simulator run covers the low-precision kernels; fp16 runs on the CPU.
 @pytest.mark.parametrize("device,precision", [("cpu", "bf16"), ("cpu", "fp16"), ("sim", "bf16")])
+@pytest.mark.slow
 def test_resume_in_low_precision_is_exact(images, tmp_path, device, precision):
     # the simulator's run (its kernels are the cost) on 2 batches an epoch, stopped and resumed
     # inside the second epoch as the CPU's 4-batch epochs are: 8 steps in all instead of 16

@@ -51,6 +51,7 @@ ENV_FIELDS = {"device", "device_kind", "date", "gpuconv", "cupy", "cuda_runtime"
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
+@pytest.mark.slow
 def test_sim_tiny_run_validates_and_saves_its_record(name, tmp_path):
     """One tiny run per script (each costs seconds on the simulator) checks both outputs: the table on
     stdout, and the record --save writes (common.finish's json.dumps, as --json's, which the
@@ -101,6 +102,7 @@ def test_cuda_without_a_gpu_exits_2_naming_the_simulator_command(name):
     assert proc.stdout == ""
 
 
+@pytest.mark.slow
 def test_profile_step_on_the_simulator_wraps_every_layer_and_changes_nothing():
     proc = run_script("profile_step", "--device", "sim", "--tiny", "--json", "--models", "fast_net", "airbench94",
                       "--host-top", "5")
@@ -131,6 +133,7 @@ def test_profile_step_on_the_simulator_wraps_every_layer_and_changes_nothing():
                                                   if m == "airbench94" and p == "bf16" and r["layers"]}
 
 
+@pytest.mark.slow
 def test_profile_step_stub_kernels_measures_the_host_work_alone():
     """--stub-kernels: after the validated steps, the step's host work with the simulator's
     kernels made no-ops: calls and ms per step, and the profile holds no simulator execution."""
@@ -491,6 +494,7 @@ def _fake_tools(tmp_path):
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="bash script")
+@pytest.mark.slow
 def test_gpu_battery_caps_every_stage_and_publishes_after_each(tmp_path):
     """The stage machinery with a stand-in interpreter and compute-sanitizer: stages run in order, a
     hung stage is cut at its cap, a stage the budget cannot fit is skipped, and $OUT holds the
@@ -742,6 +746,7 @@ DATA = SUBSET.parent  # the folder holding cifar-10-batches-py ($GPUCONV_TEST_DA
 
 
 @pytest.mark.skipif(not DATA.exists(), reason=f"the real CIFAR-10 subset is not at {DATA}")
+@pytest.mark.slow
 def test_parity_sim_tiny_trains_both_devices_on_real_images_and_records_the_curves(tmp_path):
     proc = run_script("parity", "--device", "sim", "--tiny", "--json", "--save", "--data", str(DATA),
                       env={"GPUCONV_BENCH_RESULTS": str(tmp_path)}, timeout=300)
@@ -813,6 +818,7 @@ def test_parity_checks_fail_when_the_device_drifts():
 
 
 # ----------------------------------------------------------------------------- the airbench94 recipe vs PyTorch
+@pytest.mark.slow
 def test_airbench_bench_without_torch_times_gpuconv_alone_and_says_so(tmp_path):
     proc = run_script("bench_airbench", "--device", "sim", "--tiny", "--no-torch", "--precisions", "fp32", "--json",
                       "--save", env={"GPUCONV_BENCH_RESULTS": str(tmp_path)}, timeout=300)

@@ -1424,6 +1424,7 @@ def test_airbench96_recipe_trains_on_real_images(tmp_path, capsys):
     assert ckpt.read_config(ckpt.load_checkpoint(tmp_path / "b"))["train_args"]["cutout"] == 0
 
 
+@pytest.mark.slow
 def test_airbench94_recipe_trains_on_real_images(tmp_path, capsys):
     """The recipe end to end on the real subset, scaled down (width 8, 600 images, 3 epochs): the
     whitening, GELU blocks, reflect translations, lookahead and TTA level 2 learn: the loss falls every

@@ -272,6 +272,7 @@ WGMMA = {"bf16": "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.bf16.bf16",
 
 @needs_nvrtc
 @pytest.mark.parametrize("build", list(BUILDS))
+@pytest.mark.slow
 def test_the_warpgroup_convolutions_run_on_wgmma_in_the_sm_90a_build(build):
     """conv2d_tc's tcwg kernels multiply with wgmma in the tensor-core sm_90a builds (bf16/fp16 with
     both transpose flags: the weight gradient's operands are M- and N-major; TF32 K-major only),
@@ -406,6 +407,7 @@ def test_every_kernel_header_states_ptxas_figures_of_one_release():
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH (ptxas resource report needs it)")
 @pytest.mark.parametrize("build", list(BUILDS))
+@pytest.mark.slow
 def test_ptxas_resource_usage(tmp_path, build, capsys):
     dtype, tf32 = BUILDS[build]
     lines, reports = [], {}

@@ -34,6 +34,7 @@ EXPECTED = {name for names in ENTRIES.values() for name in names}
 
 @pytest.mark.skipif(not hostsim.sanitizers_available(), reason="g++ or its ASan/UBSan runtimes are not installed")
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward-order", "reverse-order"])
+@pytest.mark.slow
 def test_every_kernel_is_clean_under_asan_ubsan(reverse):
     res = hostsim.run_sanitized(SNIPPET, reverse=reverse, timeout=900)
     assert res.ok, f"sanitized run failed ({res.location or 'no kernel location'}):\n{res.stderr[-6000:]}"
