@@ -57,6 +57,34 @@ def test_make_test_gives_each_worker_one_blas_thread():
     assert "NUM_THREADS" not in recipe(0)
 
 
+def test_make_test_starts_the_slow_tests_first_and_lets_workers_steal():
+    """On 2 cores a sanitizer build started near the end ran alone while the other worker idled:
+    make test schedules with work stealing, and the whole suite starts with the tests marked slow
+    (in collection order otherwise); named paths keep their order (the GPU battery's own)."""
+    import types
+
+    import pytest
+
+    import conftest
+    recipe = subprocess.run(["make", "-n", "-o", ".venv/.installed", "test", "JOBS=2"], cwd=REPO,
+                            capture_output=True, text=True, timeout=60).stdout
+    assert "-n 2 --dist worksteal" in recipe
+
+    class Item:
+        def __init__(self, name, slow):
+            self.name, self.slow = name, slow
+
+        def get_closest_marker(self, name):
+            return object() if name == "slow" and self.slow else None
+
+    def order(source):
+        items = [Item("a", False), Item("b", True), Item("c", False), Item("d", True)]
+        conftest.pytest_collection_modifyitems(types.SimpleNamespace(args_source=source), items)
+        return "".join(i.name for i in items)
+    assert order(pytest.Config.ArgsSource.TESTPATHS) == "bdac"
+    assert order(pytest.Config.ArgsSource.ARGS) == "abcd"
+
+
 def _readme_commands():
     """The README's command-line synopsis: each `gpuconv SUB ...` command, its continuation lines
     joined and its comment dropped."""
