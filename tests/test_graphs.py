@@ -952,7 +952,7 @@ def test_a_dropout_key_array_is_made_on_the_batchs_gpu(monkeypatch):
         on[id(a.base)] = current[0]
         return a
     monkeypatch.setattr(fake, "zeros", zeros, raising=False)
-    monkeypatch.setattr(gpuconv.layers, "device_id", B.device_id)  # (the fake's, as the layer imported it)
+    monkeypatch.setattr(gpuconv.layers.dropout, "device_id", B.device_id)  # (the fake's, as Dropout imported it)
     layer, twin = Dropout(0.5, seed=4), Dropout(0.5, seed=4)
     layer.write_key(fake)
     first = layer._key_at

@@ -323,7 +323,8 @@ def test_cross_entropy_loss_class_weights_are_a_buffer(monkeypatch):
     crit = CrossEntropyLoss(weight=w)
     assert [n for n, _ in crit.named_buffers()] == ["weight"] and list(crit.state_dict()) == ["weight"]
     moved = []
-    monkeypatch.setattr(gpuconv.layers, "to_device", lambda a, dev: (moved.append((a.shape, str(dev))), a.copy())[1])
+    monkeypatch.setattr(gpuconv.layers.module, "to_device",  # (as Layer.to imported it)
+                        lambda a, dev: (moved.append((a.shape, str(dev))), a.copy())[1])
     assert crit.to("cuda:1") is crit and moved == [((10,), "cuda:1")] and crit.weight is not w
     crit.load_state_dict({"weight": 2 * w})
     np.testing.assert_array_equal(crit.weight, 2 * w)
