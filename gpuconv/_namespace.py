@@ -1,8 +1,8 @@
-"""PyTorch's dotted namespaces (``torch.nn.utils``, ``torch.optim.lr_scheduler``) over names
-gpuconv defines elsewhere. ``gpuconv.nn`` and ``gpuconv.optim`` are modules, not packages: the
-namespace is a module object registered under its dotted name, so that ``from gpuconv.nn import
-utils``, ``import gpuconv.nn.utils`` and ``from gpuconv.nn.utils import clip_grad_norm_`` all
-work, as they do in PyTorch scripts."""
+"""PyTorch's dotted namespaces (``torch.nn.utils``) over names gpuconv defines elsewhere.
+``gpuconv.nn`` is a module, not a package: the namespace is a module object registered under its
+dotted name, so that ``from gpuconv.nn import utils``, ``import gpuconv.nn.utils`` and ``from
+gpuconv.nn.utils import clip_grad_norm_`` all work, as they do in PyTorch scripts. (A package,
+such as ``gpuconv.optim``, holds its namespace as a module file: ``gpuconv/optim/lr_scheduler.py``.)"""
 from __future__ import annotations
 
 import importlib.machinery
