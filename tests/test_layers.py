@@ -1341,10 +1341,10 @@ def test_clip_grad_value_clamps_every_gradient_in_place(backend, dtype):
 
 
 def test_pytorchs_dotted_namespaces_are_found_as_modules():
-    """gpuconv.nn.utils and gpuconv.optim.lr_scheduler (module objects registered under their dotted
-    names) had no __spec__: importlib.util.find_spec, which tools and optional-dependency checks
-    ask, raised "ValueError: gpuconv.nn.utils.__spec__ is None". They carry one, as gpuconv.nn.init
-    (gpuconv.init's) does."""
+    """gpuconv.nn.utils (a module object registered under its dotted name) had no __spec__:
+    importlib.util.find_spec, which tools and optional-dependency checks ask, raised "ValueError:
+    gpuconv.nn.utils.__spec__ is None". It carries one, as gpuconv.optim.lr_scheduler (a module
+    file) and gpuconv.nn.init (gpuconv.init's) do."""
     import importlib.util
     import sys
 
