@@ -1,15 +1,17 @@
-"""The layers that pass values through and change at most the shape: ``Identity``, ``Flatten``
-(to (N, features), from either memory layout) and ``Unflatten`` (one axis split into several)."""
+"""The layers that pass values through and change at most the shape or their order: ``Identity``,
+``Flatten`` (to (N, features), from either memory layout), ``Unflatten`` (one axis split into
+several) and ``ChannelShuffle`` (the channels interleaved by groups)."""
 from __future__ import annotations
 
 import contextlib
 
 import numpy as np
 
-from .. import layout
+from .. import layout, ops
 from ..backend import array_device_context
 from ..ops._checks import check_array
 from ..ops._checks import only_defaults as _only
+from ..ops.channel_shuffle import check_groups
 from .module import Layer
 
 
@@ -105,3 +107,27 @@ class Unflatten(Layer):
 
     def extra_repr(self):
         return f"dim={self.dim}, unflattened_size={self.unflattened_size}"
+
+
+class ChannelShuffle(Layer):
+    """PyTorch's ``nn.ChannelShuffle(groups)``: (N, C, H, W) viewed as (N, groups, C // groups, H, W),
+    those two axes swapped, read back as (N, C, H, W) (ShuffleNet's exchange of channels between
+    the groups of its grouped convolutions; :func:`gpuconv.ops.channel_shuffle_forward`). The
+    gradient is the inverse permutation; both keep the input's layout and dtype."""
+
+    _registers_attributes = False
+
+    def __init__(self, groups):
+        super().__init__()
+        self.groups = check_groups(groups, "ChannelShuffle(groups=...)")
+
+    def forward(self, x):
+        y, cache = ops.channel_shuffle_forward(x, self.groups)
+        self._keep(cache)
+        return y
+
+    def backward(self, dy, need_dx=True):
+        return ops.channel_shuffle_backward(dy, self._take_cache())
+
+    def extra_repr(self):
+        return f"groups={self.groups}"

@@ -13,6 +13,9 @@ from .activations import (LeakyReluCache, SigmoidCache, SiluCache, TanhCache, le
                           sigmoid_backward, sigmoid_forward, silu_backward, silu_forward, tanh_backward, tanh_forward)
 from .adaptive_pool2d import (AdaptivePool2dCache, adaptive_avg_pool2d_backward, adaptive_avg_pool2d_forward,
                               adaptive_max_pool2d_backward, adaptive_max_pool2d_forward)
+from .channel_gate import (ChannelGateCache, channel_gate_backward_data, channel_gate_backward_gate,
+                           channel_gate_forward)
+from .channel_shuffle import ChannelShuffleCache, channel_shuffle_backward, channel_shuffle_forward
 from .batchnorm import BatchNorm2dCache, batchnorm2d_backward, batchnorm2d_forward
 from .conv2d import Conv2dCache, conv2d_backward, conv2d_forward
 from .conv_transpose2d import ConvTranspose2dCache, conv_transpose2d_backward, conv_transpose2d_forward
@@ -42,6 +45,8 @@ __all__ = [
     "tanh_forward", "tanh_backward", "TanhCache", "silu_forward", "silu_backward", "SiluCache",
     "scale_forward", "scale_backward", "ScaleCache",
     "pad_forward", "pad_backward", "PadCache",
+    "channel_shuffle_forward", "channel_shuffle_backward", "ChannelShuffleCache",
+    "channel_gate_forward", "channel_gate_backward_gate", "channel_gate_backward_data", "ChannelGateCache",
     "linear_forward", "linear_backward",
     "softmax_cross_entropy",
     "check_labels",
