@@ -76,9 +76,16 @@ class SqueezeExcitation(Layer):
 
 
 def _build(name, make):
-    layer = make() if callable(make) and not isinstance(make, Layer) else make
+    """The layer ``make()`` builds (torchvision takes the class and calls it, ``activation()``)."""
+    fix = (f"{name} must be a gpuconv Layer class (or a function of no arguments returning a Layer), called once "
+           f"to build the layer, e.g. {name}=nn.SiLU, as torchvision takes torch.nn.SiLU")
+    if isinstance(make, Layer):
+        raise TypeError(f"SqueezeExcitation({name}={make!r}): {fix}; pass the class, not an instance")
+    try:
+        layer = make() if callable(make) else None
+    except TypeError as exc:
+        raise TypeError(f"SqueezeExcitation({name}={make!r}): calling it with no arguments failed ({exc}): "
+                        f"{fix}") from exc
     if not isinstance(layer, Layer):
-        raise TypeError(f"SqueezeExcitation({name}={make!r}): {name} must be a gpuconv Layer class (or a function "
-                        f"returning a Layer), called once to build the layer, e.g. {name}=nn.SiLU, as torchvision "
-                        "takes torch.nn.SiLU")
+        raise TypeError(f"SqueezeExcitation({name}={make!r}): {fix}")
     return layer
