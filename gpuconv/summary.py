@@ -51,8 +51,9 @@ def _flops(layer, x, y) -> int:
 def summarize(model, input_shape) -> list[dict]:
     """Rows ``{name, layer, shape, params, flops}`` in the order the forward pass calls them: every
     leaf layer (one without sub-layers), every residual addition, every concatenation (after
-    its branches' rows) and every squeeze-and-excitation product (after its gate's), whatever container holds them (Sequential, Residual, Concat, or a Layer
-    subclass with its own forward). A layer called twice gives two rows."""
+    its branches' rows) and every squeeze-and-excitation product (after its gate's), whatever
+    container holds them (Sequential, Residual, Concat, or a Layer subclass with its own forward).
+    A layer called twice gives two rows."""
     from . import layers as L
     input_shape = _one_input(input_shape)
     params = model.parameters()

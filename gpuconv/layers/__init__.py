@@ -28,10 +28,11 @@ DenseNet and Inception blocks). An error raised inside a ``Sequential``, ``Resid
 
 The package holds one concept a module: ``parameter`` (Parameter), ``module`` (Layer, alias Module,
 its state dicts and parameter names), ``conv``, ``linear``, ``norm``, ``pooling``, ``activation``
-(with Scale), ``shape`` (Identity, Flatten, Unflatten, ChannelShuffle), ``dropout``, ``sequential``, ``container``
-(ModuleList, ModuleDict), ``branch`` (Residual, Concat), ``squeeze_excitation`` (SqueezeExcitation), ``loss``, ``grad`` (zeroing and clipping
-gradients) and ``passes`` (eval mode, data inputs, errors located inside containers); ``_construct``
-holds what the constructors share. Import the names from ``gpuconv.layers`` (or ``gpuconv.nn``).
+(with Scale), ``shape`` (Identity, Flatten, Unflatten, ChannelShuffle), ``dropout``, ``sequential``,
+``container`` (ModuleList, ModuleDict), ``branch`` (Residual, Concat), ``squeeze_excitation``
+(SqueezeExcitation), ``loss``, ``grad`` (zeroing and clipping gradients) and ``passes`` (eval mode,
+data inputs, errors located inside containers); ``_construct`` holds what the constructors share.
+Import the names from ``gpuconv.layers`` (or ``gpuconv.nn``).
 """
 from __future__ import annotations
 
