@@ -172,6 +172,21 @@ def test_eval_keeps_no_cache_and_repr_names_the_sublayers():
     assert [p.name for p in se.parameters()] == ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"]
 
 
+def test_seed_gives_the_same_weights_and_unseeded_draws_follow_numpys_generator():
+    """``seed=`` (as every gpuconv layer's) fixes fc1's and fc2's initial weights; without it they come from NumPy's global generator, as an unseeded Conv2d's."""
+    def weights(se):
+        return [np.array(p.data) for p in se.parameters()]
+    a, b, c = (nn.SqueezeExcitation(16, 4, seed=s) for s in (5, 5, 6))
+    assert all(np.array_equal(u, v) for u, v in zip(weights(a), weights(b)))
+    assert not any(np.array_equal(u, v) for u, v in zip(weights(a), weights(c)))
+    np.random.seed(9)
+    first = weights(nn.SqueezeExcitation(16, 4))
+    np.random.seed(9)
+    assert all(np.array_equal(u, v) for u, v in zip(first, weights(nn.SqueezeExcitation(16, 4))))
+    with pytest.raises(ValueError, match=r"seed=-1 is out of range"):
+        nn.SqueezeExcitation(16, 4, seed=-1)
+
+
 def test_errors():
     for bad in (0, -1, 2.0, True):
         with pytest.raises(ValueError, match=rf"input_channels={bad!r} must be an int >= 1"):

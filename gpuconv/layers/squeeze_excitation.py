@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import ops
+from ..counter_rng import check_seed
 from ..ops._checks import check_float, check_rank
 from .activation import ReLU, Sigmoid
 from .conv import Conv2d
@@ -27,21 +28,26 @@ class SqueezeExcitation(Layer):
     Backward: ``dx = dy * scale`` plus the gate's input gradient for ``dscale``, the sum over H and W
     of ``dy * x`` per sample and channel (:mod:`gpuconv.ops.channel_gate`: added in float32 for
     bfloat16/float16, rounded once). The output keeps x's layout; under mixed precision the two
-    convolutions compute in the low precision, as every Conv2d does."""
+    convolutions compute in the low precision, as every Conv2d does.
+
+    ``seed`` (a keyword, as every gpuconv layer's) seeds ``fc1`` and ``fc2`` (two seeds derived from
+    it); without one they draw from NumPy's global generator, as an unseeded Conv2d does."""
 
     _registers_attributes = False
     _children = ("avgpool", "fc1", "fc2", "activation", "scale_activation")  # torchvision's (its state dict's) order
     _gate = ("avgpool", "fc1", "activation", "fc2", "scale_activation")  # the order the forward runs them
 
-    def __init__(self, input_channels, squeeze_channels, activation=ReLU, scale_activation=Sigmoid):
+    def __init__(self, input_channels, squeeze_channels, activation=ReLU, scale_activation=Sigmoid, *, seed=None):
         super().__init__()
         for name, v in (("input_channels", input_channels), ("squeeze_channels", squeeze_channels)):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
                 raise ValueError(f"SqueezeExcitation: {name}={v!r} must be an int >= 1 (a channel count), e.g. "
                                  "SqueezeExcitation(64, 16) for 64 channels squeezed to 16")
+        seeds = (None, None) if seed is None else \
+            [int(s) for s in np.random.SeedSequence(check_seed(seed)).generate_state(2)]
         self.avgpool = AdaptiveAvgPool2d(1)
-        self.fc1 = Conv2d(int(input_channels), int(squeeze_channels), 1)
-        self.fc2 = Conv2d(int(squeeze_channels), int(input_channels), 1)
+        self.fc1 = Conv2d(int(input_channels), int(squeeze_channels), 1, seed=seeds[0])
+        self.fc2 = Conv2d(int(squeeze_channels), int(input_channels), 1, seed=seeds[1])
         self.activation = _build("activation", activation)
         self.scale_activation = _build("scale_activation", scale_activation)
         _name_parameters(self)
