@@ -6,6 +6,8 @@
   the architecture that reaches 94% on CIFAR-10 in a few epochs.
 - ``resnet18``: the CIFAR ResNet-18 of kuangliu/pytorch-cifar, the common CIFAR-10 baseline of
   PyTorch tutorials and papers (four stages of two BasicBlocks, 11.2M parameters).
+- ``senet18``: the CIFAR SENet-18 of kuangliu/pytorch-cifar: resnet18 with a squeeze-and-excitation
+  gate in every block (11.3M parameters).
 - ``mobilenetv2``: the CIFAR MobileNetV2 of kuangliu/pytorch-cifar: 17 inverted-residual blocks
   (1x1 expansion, 3x3 depthwise, 1x1 projection), 2.3M parameters.
 - ``airbench94``: Keller Jordan's airbench94 network (arXiv 2404.00498): a frozen 2x2
@@ -27,10 +29,10 @@ import numpy as np
 from .backend import asnumpy, copy_like
 from .counter_rng import check_seed
 from .layers import (GELU, AvgPool2d, BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU, Residual, Scale,
-                     Sequential)
+                     Sequential, SqueezeExcitation)
 
-__all__ = ["seed_net", "three_layer_convnet", "fast_net", "resnet18", "mobilenetv2", "airbench94", "airbench96",
-           "init_whitening"]
+__all__ = ["seed_net", "three_layer_convnet", "fast_net", "resnet18", "senet18", "mobilenetv2", "airbench94",
+           "airbench96", "init_whitening"]
 
 
 def _seeds(seed, n):
@@ -149,22 +151,51 @@ def fast_net(width=64, num_classes=10, seed=0, output_scale=0.125, in_channels=3
     return Sequential(layers)
 
 
-def _basic_block(c_in, c_out, stride, seeds):
+def _basic_block(c_in, c_out, stride, seeds, squeeze_excitation=False):
     # BasicBlock: relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x)). bn1's ReLU is its fused
     # activation (the same bits as a ReLU layer); bn2's is not fused: the ReLU comes after the sum.
     # The shortcut is a 1x1 conv + BN projection where the block changes the shape, else the identity.
-    # floor=True: a stride-2 conv takes 32x32 to 16x16 as PyTorch's does.
-    inner = Sequential({
+    # floor=True: a stride-2 conv takes 32x32 to 16x16 as PyTorch's does. ``squeeze_excitation``
+    # (SENet's block) gates bn2's output by channel before the sum: c_out -> c_out // 16 -> c_out,
+    # seeded by the last of ``seeds`` (conv1, conv2, [the projection], [the gate]).
+    inner = {
         "conv1": Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False, floor=stride > 1, seed=seeds[0]),
         "bn1": BatchNorm2d(c_out, activation="relu"),
         "conv2": Conv2d(c_out, c_out, 3, padding=1, bias=False, seed=seeds[1]),
         "bn2": BatchNorm2d(c_out),
-    })
+    }
+    if squeeze_excitation:
+        inner["se"] = SqueezeExcitation(c_out, c_out // 16, seed=seeds[-1])
     shortcut = None
     if stride != 1 or c_in != c_out:
         shortcut = Sequential(Conv2d(c_in, c_out, 1, stride=stride, bias=False, floor=stride > 1, seed=seeds[2]),
                               BatchNorm2d(c_out))
-    return Sequential({"res": Residual(inner, shortcut=shortcut), "relu": ReLU()})
+    return Sequential({"res": Residual(Sequential(inner), shortcut=shortcut), "relu": ReLU()})
+
+
+def _kuangliu_resnet(name, w, num_classes, seed, in_channels, squeeze_excitation):
+    # kuangliu's ResNet(BasicBlock, [2, 2, 2, 2]) trunk, shared by ResNet18 and SENet18 (whose
+    # blocks add the gate). Seeds in the order the layers are built: the stem, each block's
+    # (conv1, conv2, [projection], [gate]), the linear layer.
+    per_block = 3 if squeeze_excitation else 2
+    s = _seeds(seed, 1 + 8 * per_block + 3 + 1)
+    layers = {
+        "conv1": Conv2d(_in_channels(name, in_channels), w, 3, padding=1, bias=False, seed=s[0]),
+        "bn1": BatchNorm2d(w, activation="relu"),
+    }
+    c_in, k = w, 1
+    for stage, c_out in enumerate((w, 2 * w, 4 * w, 8 * w), start=1):
+        blocks = []
+        for b in range(2):
+            stride = 2 if stage > 1 and b == 0 else 1
+            n = per_block + (stride != 1 or c_in != c_out)
+            blocks.append(_basic_block(c_in, c_out, stride, s[k:k + n], squeeze_excitation))
+            k += n
+            c_in = c_out
+        layers[f"layer{stage}"] = Sequential(*blocks)
+    layers.update(pool=AvgPool2d(4), flatten=Flatten(), linear=Linear(8 * w, num_classes, seed=s[k]))
+    assert k + 1 == len(s)
+    return Sequential(layers)
 
 
 def resnet18(width=64, num_classes=10, seed=0, in_channels=3):
@@ -194,24 +225,39 @@ def resnet18(width=64, num_classes=10, seed=0, in_channels=3):
     epochs, batch 128, random crop (pad 4) and flip (about 95% on CIFAR-10)."""
     if isinstance(width, bool) or not isinstance(width, (int, np.integer)) or width < 1:
         raise ValueError(f"resnet18: width must be a positive int (64 for the published net), got {width!r}")
-    w = int(width)
-    s = _seeds(seed, 21)  # the stem, 2 convs per block, 3 projections, the linear layer
-    layers = {
-        "conv1": Conv2d(_in_channels("resnet18", in_channels), w, 3, padding=1, bias=False, seed=s[0]),
-        "bn1": BatchNorm2d(w, activation="relu"),
-    }
-    c_in, k = w, 1
-    for stage, c_out in enumerate((w, 2 * w, 4 * w, 8 * w), start=1):
-        blocks = []
-        for b in range(2):
-            stride = 2 if stage > 1 and b == 0 else 1
-            blocks.append(_basic_block(c_in, c_out, stride, s[k:k + 3]))
-            k += 3 if stride != 1 or c_in != c_out else 2
-            c_in = c_out
-        layers[f"layer{stage}"] = Sequential(*blocks)
-    layers.update(pool=AvgPool2d(4), flatten=Flatten(), linear=Linear(8 * w, num_classes, seed=s[20]))
-    assert k == 20
-    return Sequential(layers)
+    return _kuangliu_resnet("resnet18", int(width), num_classes, seed, in_channels, squeeze_excitation=False)
+
+
+def senet18(num_classes=10, seed=0, in_channels=3):
+    """The CIFAR SENet-18 of kuangliu/pytorch-cifar (``SENet18()``, Hu et al.'s squeeze-and-excitation
+    on ResNet-18): :func:`resnet18`'s layout at width 64, each BasicBlock gating its residual branch
+    by channel before the sum:
+
+    ==============  ========================================================  ============
+    name            layers                                                    output
+    ==============  ========================================================  ============
+    conv1, bn1      conv3x3(64) - bn - relu                                   64 x 32 x 32
+    layer1          2 SE blocks(64)                                           64 x 32 x 32
+    layer2          2 SE blocks(128), the first stride 2 with a projection    128 x 16 x 16
+    layer3          2 SE blocks(256), the first stride 2 with a projection    256 x 8 x 8
+    layer4          2 SE blocks(512), the first stride 2 with a projection    512 x 4 x 4
+    pool, flatten   avgpool4 (global average pool over the 4x4 map)           512
+    linear          linear(512 -> num_classes, with bias)                     num_classes
+    ==============  ========================================================  ============
+
+    An SE BasicBlock of c channels is ``relu(se(bn(conv3x3(relu(bn(conv3x3(x)))))) + shortcut(x))``
+    with ``se(y) = y * sigmoid(fc2(relu(fc1(avgpool(y)))))``: ``SqueezeExcitation(c, c // 16)``,
+    fc1 and fc2 1x1 convolutions with bias (kuangliu's ``fc1``/``fc2``), the average over the whole
+    map. ``layerK.B`` is a ``Sequential`` of ``res`` (a ``Residual``: its ``inner`` conv1, bn1,
+    conv2, bn2 and ``se``, its ``shortcut``) and ``relu``; kuangliu's keys map as resnet18's, the
+    gate's one level down: his ``layerK.B.fc1.weight`` is ``layerK.B.res.inner.se.fc1.weight`` here,
+    ``layerK.B.conv1.weight`` is ``layerK.B.res.inner.conv1.weight`` and ``layerK.B.shortcut.0.weight``
+    is ``layerK.B.res.shortcut.0.weight``, the other keys the same. 11,263,042 parameters; there is no
+    width argument (kuangliu's net has none). Input must be ``in_channels`` x 32 x 32 (3: RGB). Its
+    recipe, ``RECIPES['senet18']``, is kuangliu's main.py, as resnet18's: SGD (momentum 0.9, weight
+    decay 5e-4) at lr 0.1 with cosine annealing over 200 epochs, batch 128, random crop (pad 4) and
+    flip."""
+    return _kuangliu_resnet("senet18", 64, num_classes, seed, in_channels, squeeze_excitation=True)
 
 
 # kuangliu's MobileNetV2.cfg: (expansion, out_planes, num_blocks, stride of the first block); the

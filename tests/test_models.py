@@ -7,7 +7,7 @@ import pytest
 from gpuconv import backend as B
 from gpuconv import models, ops
 from gpuconv.gradcheck import directional_derivative, relative_error
-from gpuconv.layers import BatchNorm2d, Residual, Scale, Sequential
+from gpuconv.layers import BatchNorm2d, ReLU, Residual, Scale, Sequential, Sigmoid, SqueezeExcitation
 from gpuconv.optim import SGD
 
 MODELS = {
@@ -15,6 +15,7 @@ MODELS = {
     "three_layer": lambda **kw: models.three_layer_convnet(num_filters=4, hidden_dim=10, **kw),
     "fast": lambda **kw: models.fast_net(width=2, **kw),
     "resnet18": lambda **kw: models.resnet18(width=2, **kw),
+    "senet18": lambda **kw: models.senet18(**kw),  # (no width: the published net)
     "mobilenetv2": lambda **kw: models.mobilenetv2(**kw),  # (no width: the published net)
 }
 
@@ -162,21 +163,19 @@ class _KuangliuResNet18:
 
 
 def _kuangliu_key(name):
-    """gpuconv's resnet18 state-dict key -> kuangliu's (the blocks' Residual and its inner block
-    are a level of names of their own here)."""
-    return name.replace(".res.inner.", ".").replace(".res.shortcut.", ".shortcut.")
+    """gpuconv's resnet18 or senet18 state-dict key -> kuangliu's (the blocks' Residual and its
+    inner block are a level of names of their own here, and so is senet18's gate, ``se``)."""
+    return name.replace(".res.inner.se.", ".").replace(".res.inner.", ".").replace(".res.shortcut.", ".shortcut.")
 
 
-def test_resnet18_matches_kuangliu_resnet18_in_torch():
-    """gpuconv's weights loaded into kuangliu's ResNet18() (torch, training mode), both in float64:
-    the same logits, loss, input gradient, every weight gradient and updated running statistic, to
-    float64 rounding. (In float32 the logits agree to 1e-4; the input gradient, through 18 layers
-    of batch-norm backward over 2 images, to 6e-4 of its largest value: each library's rounding.)"""
-    torch = pytest.importorskip("torch", reason="compares against kuangliu's ResNet18 written in torch")
-    ours = models.resnet18(seed=3)
+def _matches_kuangliu_in_torch(torch, ours, theirs, key):
+    """``ours``'s weights loaded into ``theirs`` (a torch model in training mode) through ``key``
+    (gpuconv's state-dict key -> kuangliu's), both in float64, one forward and backward of 2 images
+    on each: the same logits, loss, input gradient and updated running statistics, to float64
+    rounding. Returns each of ``ours``'s parameter gradients beside ``theirs``'s, by gpuconv's name."""
     ours.astype(np.float64)
-    theirs = _KuangliuResNet18.build(torch).double()
-    state = {_kuangliu_key(k): torch.from_numpy(np.array(v)) for k, v in ours.state_dict().items()}
+    theirs = theirs.double()
+    state = {key(k): torch.from_numpy(np.array(v)) for k, v in ours.state_dict().items()}
     missing, unexpected = theirs.load_state_dict(state, strict=False)
     assert [k for k in missing if not k.endswith("num_batches_tracked")] == [] and unexpected == []
     assert sum(p.numel() for p in theirs.parameters()) == ours.num_parameters()
@@ -192,14 +191,23 @@ def test_resnet18_matches_kuangliu_resnet18_in_torch():
     tol = dict(rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(logits, logits_t.detach().numpy(), **tol)
     np.testing.assert_allclose(float(loss), loss_t.item(), **tol)
-    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-8, atol=1e-12)
-    grads = dict(theirs.named_parameters())
-    for name, p in ours.named_parameters():
-        gt = grads[_kuangliu_key(name)].grad.numpy()
-        np.testing.assert_allclose(p.grad, gt, rtol=1e-8, atol=1e-10 * float(np.abs(gt).max()), err_msg=name)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-8, atol=1e-10 * float(np.abs(xt.grad.numpy()).max()))
     buffers = dict(theirs.named_buffers())
     for name, b in ours.named_buffers():
-        np.testing.assert_allclose(b, buffers[_kuangliu_key(name)].numpy(), **tol, err_msg=name)
+        np.testing.assert_allclose(b, buffers[key(name)].numpy(), **tol, err_msg=name)
+    grads = dict(theirs.named_parameters())
+    return {name: (p.grad, grads[key(name)].grad.numpy()) for name, p in ours.named_parameters()}
+
+
+def test_resnet18_matches_kuangliu_resnet18_in_torch():
+    """gpuconv's weights loaded into kuangliu's ResNet18() (torch, training mode), both in float64:
+    the same logits, loss, input gradient, every weight gradient and updated running statistic, to
+    float64 rounding. (In float32 the logits agree to 1e-4; the input gradient, through 18 layers
+    of batch-norm backward over 2 images, to 6e-4 of its largest value: each library's rounding.)"""
+    torch = pytest.importorskip("torch", reason="compares against kuangliu's ResNet18 written in torch")
+    grads = _matches_kuangliu_in_torch(torch, models.resnet18(seed=3), _KuangliuResNet18.build(torch), _kuangliu_key)
+    for name, (g, gt) in grads.items():
+        np.testing.assert_allclose(g, gt, rtol=1e-8, atol=1e-10 * float(np.abs(gt).max()), err_msg=name)
 
 
 def test_resnet18_end_to_end_directional_derivative_float64():
@@ -214,6 +222,145 @@ def test_resnet18_end_to_end_directional_derivative_float64():
     x = _images(3, seed=2).astype(np.float64)
     analytic, numeric = directional_derivative(net, x, np.array([1, 7, 4]), h=1e-7, seed=3)
     assert relative_error(np.array(analytic), np.array(numeric)) < 1e-6
+
+
+def _senet18_parameters(num_classes=10, in_channels=3):
+    """SENet-18's parameter count from its architecture: ResNet-18's at width 64, and in each
+    block of c channels the gate's two 1x1 convolutions with bias, c -> c // 16 -> c."""
+    gates = sum(2 * (c * (c // 16) + (c // 16) * c + c // 16 + c) for c in (64, 128, 256, 512))  # 2 blocks a stage
+    return _resnet18_parameters(64, num_classes, in_channels) + gates
+
+
+def test_senet18_parameter_count_follows_the_architecture():
+    count = lambda m: sum(p.size for p in m.parameters())  # noqa: E731
+    assert _senet18_parameters() == 11_263_042  # kuangliu's SENet18()
+    assert count(models.senet18()) == _senet18_parameters()
+    assert f"{_senet18_parameters():,} parameters" in models.senet18.__doc__
+    assert count(models.senet18(num_classes=7, in_channels=1)) == _senet18_parameters(7, 1)
+
+
+def test_senet18_structure_shapes_and_kuanglius_keys():
+    """resnet18's layout at width 64 with a SqueezeExcitation(c, c // 16) (ReLU, Sigmoid) after each
+    block's bn2, inside the residual branch; each stage's output shape; without torch, the keys of
+    kuangliu's SENet18() (his block's fc1/fc2 beside conv1 ... bn2 and shortcut) through the mapping."""
+    net = models.senet18()
+    assert list(net._layers) == ["conv1", "bn1", "layer1", "layer2", "layer3", "layer4", "pool", "flatten", "linear"]
+    assert net["conv1"].weight.shape == (64, 3, 3, 3) and net["conv1"].bias is None and net["linear"].bias is not None
+    want = {"conv1.weight", "bn1.weight", "bn1.bias", "bn1.running_mean", "bn1.running_var", "linear.weight",
+            "linear.bias"}
+    c_in = 64
+    for stage, c in enumerate((64, 128, 256, 512), start=1):
+        for b in range(2):
+            block = net[f"layer{stage}"][b]
+            assert list(block._layers) == ["res", "relu"] and isinstance(block["res"], Residual)
+            inner = block["res"].inner
+            assert list(inner._layers) == ["conv1", "bn1", "conv2", "bn2", "se"]
+            assert (inner["bn1"].activation, inner["bn2"].activation) == ("relu", None)
+            assert inner["conv1"].stride == ((2, 2) if stage > 1 and b == 0 else (1, 1))
+            se = inner["se"]
+            assert isinstance(se, SqueezeExcitation) and se.fc1.weight.shape == (c // 16, c, 1, 1)
+            assert se.fc2.weight.shape == (c, c // 16, 1, 1) and se.fc1.bias is not None and se.fc2.bias is not None
+            assert isinstance(se.activation, ReLU) and isinstance(se.scale_activation, Sigmoid)
+            assert (block["res"].shortcut is not None) == (c_in != c)
+            p = f"layer{stage}.{b}"
+            want |= {f"{p}.conv{i}.weight" for i in (1, 2)} | {f"{p}.fc{i}.{k}" for i in (1, 2) for k in ("weight", "bias")}
+            want |= {f"{p}.bn{i}.{k}" for i in (1, 2) for k in ("weight", "bias", "running_mean", "running_var")}
+            if c_in != c:
+                want |= {f"{p}.shortcut.0.weight"} | {f"{p}.shortcut.1.{k}" for k in ("weight", "bias", "running_mean",
+                                                                                    "running_var")}
+            c_in = c
+    keys = [_kuangliu_key(k) for k in net.state_dict()]
+    assert len(keys) == len(set(keys)) and set(keys) == want
+    x = _images(2)
+    _through_stages(net, x, [("conv1", (64, 32, 32)), ("bn1", (64, 32, 32)), ("layer1", (64, 32, 32)),
+                             ("layer2", (128, 16, 16)), ("layer3", (256, 8, 8)), ("layer4", (512, 4, 4)),
+                             ("pool", (512, 1, 1)), ("flatten", (512,)), ("linear", (10,))])
+    assert models.senet18(num_classes=5, in_channels=1)(_images(2)[:, :1]).shape == (2, 5)
+    with pytest.raises(ValueError, match="senet18: in_channels must be a positive int"):
+        models.senet18(in_channels=0)
+
+
+class _KuangliuSENet18:
+    """kuangliu/pytorch-cifar's models/senet.py (BasicBlock, SENet, SENet18), as published."""
+
+    @staticmethod
+    def build(torch):
+        nn, F = torch.nn, torch.nn.functional
+
+        class BasicBlock(nn.Module):
+            def __init__(self, in_planes, planes, stride=1):
+                super().__init__()
+                self.conv1 = nn.Conv2d(in_planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
+                self.bn1 = nn.BatchNorm2d(planes)
+                self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=1, padding=1, bias=False)
+                self.bn2 = nn.BatchNorm2d(planes)
+                self.shortcut = nn.Sequential()
+                if stride != 1 or in_planes != planes:
+                    self.shortcut = nn.Sequential(
+                        nn.Conv2d(in_planes, planes, kernel_size=1, stride=stride, bias=False),
+                        nn.BatchNorm2d(planes))
+                # SE layers
+                self.fc1 = nn.Conv2d(planes, planes // 16, kernel_size=1)  # Use nn.Conv2d instead of nn.Linear
+                self.fc2 = nn.Conv2d(planes // 16, planes, kernel_size=1)
+
+            def forward(self, x):
+                out = F.relu(self.bn1(self.conv1(x)))
+                out = self.bn2(self.conv2(out))
+                # Squeeze
+                w = F.avg_pool2d(out, out.size(2))
+                w = F.relu(self.fc1(w))
+                w = torch.sigmoid(self.fc2(w))
+                # Excitation
+                out = out * w
+                out += self.shortcut(x)
+                out = F.relu(out)
+                return out
+
+        class SENet(nn.Module):
+            def __init__(self, block, num_blocks, num_classes=10):
+                super().__init__()
+                self.in_planes = 64
+                self.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+                self.bn1 = nn.BatchNorm2d(64)
+                self.layer1 = self._make_layer(block, 64, num_blocks[0], stride=1)
+                self.layer2 = self._make_layer(block, 128, num_blocks[1], stride=2)
+                self.layer3 = self._make_layer(block, 256, num_blocks[2], stride=2)
+                self.layer4 = self._make_layer(block, 512, num_blocks[3], stride=2)
+                self.linear = nn.Linear(512, num_classes)
+
+            def _make_layer(self, block, planes, num_blocks, stride):
+                strides = [stride] + [1] * (num_blocks - 1)
+                layers = []
+                for stride in strides:
+                    layers.append(block(self.in_planes, planes, stride))
+                    self.in_planes = planes
+                return nn.Sequential(*layers)
+
+            def forward(self, x):
+                out = F.relu(self.bn1(self.conv1(x)))
+                out = self.layer1(out)
+                out = self.layer2(out)
+                out = self.layer3(out)
+                out = self.layer4(out)
+                out = F.avg_pool2d(out, 4)
+                out = out.view(out.size(0), -1)
+                out = self.linear(out)
+                return out
+
+        return SENet(BasicBlock, [2, 2, 2, 2])
+
+
+def test_senet18_matches_kuangliu_senet18_in_torch():
+    """gpuconv's weights loaded into kuangliu's SENet18() (torch, training mode) through the key
+    mapping, both in float64: the same logits, loss, input gradient, every weight gradient (the 16
+    gates' fc1 and fc2 included) and updated running statistic, to float64 rounding."""
+    torch = pytest.importorskip("torch", reason="compares against kuangliu's SENet18 written in torch")
+    ours = models.senet18(seed=3)
+    assert ours.num_parameters() == 11_263_042
+    grads = _matches_kuangliu_in_torch(torch, ours, _KuangliuSENet18.build(torch), _kuangliu_key)
+    assert sum(".se.fc" in name for name in grads) == 8 * 4
+    for name, (g, gt) in grads.items():
+        np.testing.assert_allclose(g, gt, rtol=1e-8, atol=1e-10 * float(np.abs(gt).max()), err_msg=name)
 
 
 # kuangliu's MobileNetV2.cfg, as published: (expansion, out_planes, num_blocks, stride)
@@ -396,38 +543,16 @@ def test_mobilenetv2_matches_kuangliu_mobilenetv2_in_torch():
     convolutions' included) and updated running statistic, to float64 rounding."""
     torch = pytest.importorskip("torch", reason="compares against kuangliu's MobileNetV2 written in torch")
     ours = models.mobilenetv2(seed=3)
-    ours.astype(np.float64)
-    theirs = _KuangliuMobileNetV2.build(torch).double()
-    state = {_kuangliu_mobilenetv2_key(k): torch.from_numpy(np.array(v)) for k, v in ours.state_dict().items()}
-    missing, unexpected = theirs.load_state_dict(state, strict=False)
-    assert [k for k in missing if not k.endswith("num_batches_tracked")] == [] and unexpected == []
-    assert sum(p.numel() for p in theirs.parameters()) == ours.num_parameters() == 2_296_922
-    rng = np.random.default_rng(7)
-    x, labels = _images(2, seed=8).astype(np.float64), rng.integers(0, 10, 2)
-    xt = torch.tensor(x, requires_grad=True)
-    logits_t = theirs(xt)
-    loss_t = torch.nn.functional.cross_entropy(logits_t, torch.from_numpy(labels))
-    loss_t.backward()
-    logits = ours(x)
-    loss, dlogits = ops.softmax_cross_entropy(logits, labels)
-    dx = ours.backward(dlogits)
-    tol = dict(rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(logits, logits_t.detach().numpy(), **tol)
-    np.testing.assert_allclose(float(loss), loss_t.item(), **tol)
-    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-8, atol=1e-10 * float(np.abs(xt.grad.numpy()).max()))
-    grads = {k: p.grad.numpy() for k, p in theirs.named_parameters()}
+    assert ours.num_parameters() == 2_296_922
+    grads = _matches_kuangliu_in_torch(torch, ours, _KuangliuMobileNetV2.build(torch), _kuangliu_mobilenetv2_key)
     # A bn3 bias whose block output reaches the loss only through batch norms (a stride-2 block or
     # a projection next: layers.0.bn3's, layers.2.bn3's, ...) shifts every image's channel alike,
     # which the next BN subtracts: its gradient is 0, rounding noise of 1e-16 in both libraries.
-    scale = max(float(np.abs(g).max()) for g in grads.values())
-    zero = [k for k, g in grads.items() if float(np.abs(g).max()) < 1e-12 * scale]
+    scale = max(float(np.abs(gt).max()) for _, gt in grads.values())
+    zero = [k for k, (_, gt) in grads.items() if float(np.abs(gt).max()) < 1e-12 * scale]
     assert zero and all(k.endswith(("bn3.bias", "shortcut.1.bias")) for k in zero), zero
-    for name, p in ours.named_parameters():
-        gt = grads[_kuangliu_mobilenetv2_key(name)]
-        np.testing.assert_allclose(p.grad, gt, rtol=1e-8, atol=1e-12 * scale, err_msg=name)
-    buffers = dict(theirs.named_buffers())
-    for name, b in ours.named_buffers():
-        np.testing.assert_allclose(b, buffers[_kuangliu_mobilenetv2_key(name)].numpy(), **tol, err_msg=name)
+    for name, (g, gt) in grads.items():
+        np.testing.assert_allclose(g, gt, rtol=1e-8, atol=1e-12 * scale, err_msg=name)
 
 
 def test_mobilenetv2_end_to_end_directional_derivative_float64():
@@ -453,35 +578,64 @@ def test_mobilenetv2_blocks_on_the_backend(backend, channels_last):
     net on the simulator takes 20 s), NCHW and channels_last (the layout the trainer feeds the
     tensor-core precisions): the same output, input and weight gradients as NCHW on NumPy, the
     depthwise convolutions through their own kernels."""
-    from gpuconv import layout
     x = np.random.default_rng(4).standard_normal((2, 16, 8, 8))
     dy = np.random.default_rng(5).standard_normal((2, 32, 4, 4))
-    results = []
-    for device in ("cpu", backend.device):
-        blocks = [models.mobilenetv2(seed=1)["layers"][i].to(device).astype(np.float64) for i in (1, 2, 3)]
-        y, d = (x, dy) if device == "cpu" else (backend.asarray(x), backend.asarray(dy))
-        if device != "cpu" and channels_last:
-            y, d = layout.to_channels_last(y), layout.to_channels_last(d)
-        for block in blocks:
-            y = block(y)
-        assert layout.is_channels_last(y) == (channels_last and device != "cpu")
-        for block in blocks[::-1]:
-            d = block.backward(d)
-        grads = {f"{i}.{k}": backend.asnumpy(p.grad) for i, b in enumerate(blocks) for k, p in b.named_parameters()}
-        results.append((backend.asnumpy(y), backend.asnumpy(d), grads))
-    (y0, dx0, g0), (y1, dx1, g1) = results
-    assert y1.shape == (2, 32, 4, 4) and dx1.shape == x.shape
-    assert len(g1) == 3 * 9 + 3  # 3 blocks of 3 convs and 3 BNs (weight, bias), layers.1's projection
-    tol = dict(rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(y1, y0, **tol)
-    np.testing.assert_allclose(dx1, dx0, **tol)
-    # the bn3 and projection-BN biases' gradients are 0 (rounding noise): compared at the largest gradient's scale
-    scale = max(float(np.abs(g).max()) for g in g0.values())
-    for k in g0:
-        np.testing.assert_allclose(g1[k], g0[k], rtol=1e-10, atol=1e-12 * scale, err_msg=k)
+    net = models.mobilenetv2(seed=1)
+    y, dx, grads = _blocks_match_numpy_on_the_backend([net["layers"][i] for i in (1, 2, 3)], x, dy, backend,
+                                                      channels_last)
+    assert y.shape == (2, 32, 4, 4) and dx.shape == x.shape
+    assert len(grads) == 3 * 9 + 3  # 3 blocks of 3 convs and 3 BNs (weight, bias), layers.1's projection
     if backend.name != "numpy":
         backend.assert_kernels_ran("conv2d_grouped_forward", "conv2d_grouped_backward_data",
                                    "conv2d_grouped_backward_weight")
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_senet18_blocks_on_the_backend(backend, channels_last):
+    """Two of the published net's blocks (layer2.0: stride 2 with a projection, layer2.1: the
+    identity), each with its squeeze-excitation gate, forward and backward on the backend in float64
+    on a 4x4 input, NCHW and channels_last: the same output, input and weight gradients (the gates'
+    included) as NCHW on NumPy, the gate's pooling and sigmoid through their kernels."""
+    x = np.random.default_rng(4).standard_normal((2, 64, 4, 4))
+    dy = np.random.default_rng(5).standard_normal((2, 128, 2, 2))
+    y, dx, grads = _blocks_match_numpy_on_the_backend(list(models.senet18(seed=1)["layer2"]), x, dy, backend,
+                                                      channels_last)
+    assert y.shape == (2, 128, 2, 2) and dx.shape == x.shape
+    assert len(grads) == 2 * (2 + 4 + 4) + 3  # 2 blocks: 2 convs, 2 BNs, the gate's 2 convs + biases; the projection
+    if backend.name != "numpy":
+        backend.assert_kernels_ran("conv2d_forward", "avg_pool2d_forward", "sigmoid_forward", "sigmoid_backward")
+
+
+def _blocks_match_numpy_on_the_backend(blocks, x, dy, backend, channels_last):
+    """``blocks`` (a model's, in turn) forward on ``x`` and backward from ``dy`` in float64, on NumPy
+    (NCHW) and on the backend (channels_last if asked, which the output keeps): the same output,
+    input gradient and parameter gradients (a bias's that is 0, rounding noise, compared at the
+    largest gradient's scale). Returns the backend's output, input gradient and gradients by name."""
+    import copy
+
+    from gpuconv import layout
+    results = []
+    for device in ("cpu", backend.device):
+        copies = [copy.deepcopy(b).to(device).astype(np.float64) for b in blocks]
+        y, d = (x, dy) if device == "cpu" else (backend.asarray(x), backend.asarray(dy))
+        if device != "cpu" and channels_last:
+            y, d = layout.to_channels_last(y), layout.to_channels_last(d)
+        for block in copies:
+            y = block(y)
+        assert layout.is_channels_last(y) == (channels_last and device != "cpu")
+        for block in copies[::-1]:
+            d = block.backward(d)
+        grads = {f"{i}.{k}": backend.asnumpy(p.grad) for i, b in enumerate(copies) for k, p in b.named_parameters()}
+        results.append((backend.asnumpy(y), backend.asnumpy(d), grads))
+    (y0, dx0, g0), (y1, dx1, g1) = results
+    tol = dict(rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(y1, y0, **tol)
+    np.testing.assert_allclose(dx1, dx0, **tol)
+    scale = max(float(np.abs(g).max()) for g in g0.values())
+    for k in g0:
+        np.testing.assert_allclose(g1[k], g0[k], rtol=1e-10, atol=1e-12 * scale, err_msg=k)
+    return y1, dx1, g1
+
 
 def test_fast_net_structure():
     net = models.fast_net(width=8)
@@ -528,7 +682,7 @@ def test_end_to_end_directional_derivative_float64(name):
     assert relative_error(np.array(analytic), np.array(numeric)) < 1e-6
 
 
-@pytest.mark.parametrize("name", ["seed", "three_layer", "fast", "resnet18", "mobilenetv2"])
+@pytest.mark.parametrize("name", ["seed", "three_layer", "fast", "resnet18", "senet18", "mobilenetv2"])
 def test_seeding(name):
     a, b, c = MODELS[name](seed=0), MODELS[name](seed=0), MODELS[name](seed=1)
     sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
