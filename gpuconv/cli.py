@@ -37,10 +37,12 @@ from .recipes import DEFAULTS, RECIPES, get_recipe
 
 # name -> (constructor in gpuconv.models, its extra keyword arguments).
 MODELS = {"seed": ("seed_net", {}), "three_layer": ("three_layer_convnet", {}), "fast": ("fast_net", {}),
-          "resnet18": ("resnet18", {}), "mobilenetv2": ("mobilenetv2", {}), "airbench94": ("airbench94", {}),
-          "airbench96": ("airbench96", {})}
+          "resnet18": ("resnet18", {}), "senet18": ("senet18", {}), "mobilenetv2": ("mobilenetv2", {}),
+          "airbench94": ("airbench94", {}), "airbench96": ("airbench96", {})}
 AIRBENCH_MODELS = ("airbench94", "airbench96")  # the networks of three widths that --width scales
 WIDTH_MODELS = ("fast", "resnet18")  # the networks of one width (their recipe's) that --width sets
+# kuangliu/pytorch-cifar's networks, trained by his main.py's recipe (SGD without Nesterov, cosine without warmup)
+KUANGLIU_MODELS = ("resnet18", "senet18", "mobilenetv2")
 
 # Each model's recipe (gpuconv.recipes.RECIPES) gives its defaults.
 MODEL_DEFAULTS = {name: get_recipe(name) for name in MODELS}
@@ -64,7 +66,7 @@ PRECISION_HELP = ("fp32 (strict float32), tf32 (float32 with TF32 convolutions),
                   "float32 master weights, low-precision compute; fp16 with loss scaling), or auto (bf16 on a GPU "
                   "with bfloat16 tensor cores, compute capability >= 8.0; fp16 on 7.5, a T4; else fp32). Default: "
                   "the recipe's "
-                  "(auto for fast, resnet18, mobilenetv2 and the airbench recipes; fp32 for the others)")
+                  "(auto for fast, resnet18, senet18, mobilenetv2 and the airbench recipes; fp32 for the others)")
 
 
 def _say(*parts):
@@ -221,12 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
                         f"decoupled from the lr, airbench94_muon's per example "
                         f"(default per recipe: {_defaults('weight_decay')})")
     t.add_argument("--momentum", type=_momentum, default=None,
-                   help=f"momentum, Nesterov when > 0, except in the resnet18 and mobilenetv2 recipes (plain "
+                   help=f"momentum, Nesterov when > 0, except in the resnet18, senet18 and mobilenetv2 recipes (plain "
                         f"momentum, as kuangliu's) (SGD's; airbench94_muon's is Muon's, its SGD groups "
                         f"keeping the recipe's 0.85) (default per recipe: {_defaults('momentum')})")
     t.add_argument("--schedule", choices=("onecycle", "cosine", "triangular", "linear", "constant"), default=None,
                    help=f"learning-rate schedule; cosine warms up over the first 5%% of the steps, except in the resnet18 "
-                        f"and mobilenetv2 recipes (default per recipe: {_defaults('schedule')})")
+                        f", senet18 and mobilenetv2 recipes (default per recipe: {_defaults('schedule')})")
     t.add_argument("--label-smoothing", type=_smoothing, default=None,
                    help=f"label smoothing of the loss's targets (default per recipe: {_defaults('label_smoothing')})")
     t.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
@@ -706,7 +708,7 @@ def _train(args) -> int:
         _say(f"warning: --batch-size {s['batch_size']} is larger than the {len(train)} training images: each epoch is "
              f"one step of {len(train)} images")
     suggest = 1 << max(4, (max(1, len(train) // 8)).bit_length() - 1)  # a power of two giving >= 8 steps
-    if s["model"] in (*WIDTH_MODELS, "mobilenetv2") and s["batch_size"] > len(train) // 8 and suggest < s["batch_size"]:
+    if s["model"] in (*WIDTH_MODELS, *KUANGLIU_MODELS) and s["batch_size"] > len(train) // 8 and suggest < s["batch_size"]:
         _say(f"note: batch size {s['batch_size']} gives only {math.ceil(len(train) / s['batch_size'])} steps per "
              f"epoch on {len(train)} images; --batch-size {suggest} suits a subset this small better")
     epochs = f"{s['epochs']} epoch{'' if s['epochs'] == 1 else 's'}"

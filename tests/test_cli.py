@@ -581,14 +581,15 @@ def test_fast_net_with_label_smoothing_and_augmentation(tmp_path, capsys):
 # kuangliu/pytorch-cifar's networks, scaled down where they can be: (--width, --limit and --batch-size,
 # the constructor's kwargs the checkpoint records, the --model default's width)
 _KUANGLIU_RUNS = {"resnet18": (["--width", "4"], ["--limit", "64", "--batch-size", "32"], {"seed": 0, "width": 4}, 64),
-                  "mobilenetv2": (["--width", "4"], ["--limit", "16", "--batch-size", "16"], {"seed": 0}, None)}
+                  "mobilenetv2": (["--width", "4"], ["--limit", "16", "--batch-size", "16"], {"seed": 0}, None),
+                  "senet18": (["--width", "4"], ["--limit", "16", "--batch-size", "16"], {"seed": 0}, None)}
 
 
 @pytest.mark.parametrize("name", sorted(_KUANGLIU_RUNS))
 def test_kuangliu_model_and_recipe_train_and_the_checkpoint_loads(name, tmp_path, capsys):
     """gpuconv train --recipe NAME end to end, scaled down (resnet18: width 4, 64 images, 2 steps;
-    mobilenetv2 has no width to scale down: --width warns that it is ignored, one step of 16 images,
-    about 6 s on a 2-core CPU): the recipe's network, SGD without Nesterov and cosine schedule
+    mobilenetv2 and senet18 have no width to scale down: --width warns that it is ignored, one step
+    of 16 images, about 6 s on a 2-core CPU): the recipe's network, SGD without Nesterov and cosine schedule
     without warmup are what the run records; the loss is finite; load_model rebuilds the network
     from the checkpoint (models.from_config) and predicts; --model NAME takes the recipe of its name."""
     import gpuconv
@@ -629,13 +630,14 @@ def test_summary_of_the_resnet18_model(capsys):
     assert rc == 0 and f"{models.resnet18(width=4).num_parameters():,}" in out and "ignores it" not in err
 
 
-def test_mobilenetv2_on_a_small_subset_gets_the_batch_size_note(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("name", ["mobilenetv2", "senet18"])
+def test_kuangliu_models_on_a_small_subset_get_the_batch_size_note(name, tmp_path, capsys, monkeypatch):
     """The note that a recipe's batch leaves too few steps on a small subset, as resnet18's: batch
     128 on 64 images. (Checked before the model is built: the training itself is stubbed out.)"""
     def stop(*args, **kwargs):
         raise ValueError("stopped before building the model")
     monkeypatch.setattr(cli, "build_model", stop)
-    rc, _, err = run(["train", "--model", "mobilenetv2", "--epochs", "1", "--limit", "64", "--val-split", "none",
+    rc, _, err = run(["train", "--model", name, "--epochs", "1", "--limit", "64", "--val-split", "none",
                       "--device", "cpu", "--data", SUBSET, "--out", tmp_path, "--no-progress"], capsys)
     assert rc == 1 and "stopped before building the model" in err
     assert "note: batch size 128 gives only" in err and "--batch-size 16 suits a subset this small better" in err
@@ -652,6 +654,22 @@ def test_summary_of_the_mobilenetv2_model(capsys):
     assert {len(line) for line in table} == {len(table[0])}, "the columns do not line up"
     rc, out, err = run(["summary", "--recipe", "mobilenetv2", "--width", "4"], capsys)
     assert rc == 0 and f"{2_296_922:,}" in out and "the mobilenetv2 model ignores it" in err
+
+def test_summary_of_the_senet18_model(capsys):
+    """Each block's squeeze-excitation gate a row of its own (its pooling, 1x1 convolutions and
+    activations under it), inside the residual branch; the total is the model's."""
+    from gpuconv import models
+    rc, out, err = run(["summary", "--model", "senet18"], capsys)
+    assert rc == 0 and f"{models.senet18().num_parameters():,}" in out.splitlines()[-2]  # the total line
+    gates = [line for line in out.splitlines() if line.split()[1:2] and line.split()[1] == "SqueezeExcitation"]
+    assert len(gates) == 8 and gates[-1].startswith("layer4.1.res.inner.se ") and "512x4x4" in gates[-1]
+    fc1 = next(line for line in out.splitlines() if line.startswith("layer4.1.res.inner.se.fc1 "))
+    assert "32x1x1" in fc1 and f"{512 * 32 + 32:,}" in fc1
+    table = out.splitlines()[:-1]  # (the last line, a note)
+    assert {len(line) for line in table} == {len(table[0])}, "the columns do not line up"
+    rc, out, err = run(["summary", "--recipe", "senet18", "--width", "4"], capsys)
+    assert rc == 0 and f"{11_263_042:,}" in out and "the senet18 model ignores it" in err
+
 
 def test_default_settings_are_a_sensible_main_job():
     args = cli.build_parser().parse_args(["train"])

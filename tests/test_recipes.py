@@ -96,25 +96,27 @@ def test_resnet18_recipe_is_kuanglius():
         cli._schedule("cosine", opt, 0.1, 100, {"warmup_fraction": 1.5})
 
 
-def test_mobilenetv2_recipe_is_kuanglius():
-    """kuangliu/pytorch-cifar's main.py trains MobileNetV2 as it trains ResNet-18: SGD lr 0.1,
-    momentum 0.9 without Nesterov, weight decay 5e-4, batch 128, cosine annealing from 0.1 to 0 over
-    200 epochs without warmup, random crop (4 zero pixels) and flip; no width (his net has none)."""
-    s = _settings("--recipe", "mobilenetv2")
-    assert s == _settings("--model", "mobilenetv2")
+@pytest.mark.parametrize("name", ["mobilenetv2", "senet18"])
+def test_kuangliu_recipes_are_resnet18s(name):
+    """kuangliu/pytorch-cifar's main.py trains MobileNetV2 and SENet18 as it trains ResNet-18: SGD lr
+    0.1, momentum 0.9 without Nesterov, weight decay 5e-4 (every parameter, SENet's gates included),
+    batch 128, cosine annealing from 0.1 to 0 over 200 epochs without warmup, random crop (4 zero
+    pixels) and flip; no width (his nets have none)."""
+    s = _settings("--recipe", name)
+    assert s == _settings("--model", name)
     assert (s["model"], s["epochs"], s["batch_size"], s["lr"], s["weight_decay"], s["momentum"]) == \
-        ("mobilenetv2", 200, 128, 0.1, 5e-4, 0.9)
+        (name, 200, 128, 0.1, 5e-4, 0.9)
     assert s["optimizer"] == "sgd" and s["nesterov"] is False and s["schedule"] == "cosine"
     assert s["schedule_kwargs"] == {"warmup_fraction": 0.0}
     assert (s["augment"], s["padding"], s["padding_mode"], s["flip"], s["cutout"]) == (True, 4, "zeros", "random", 0)
     assert (s["label_smoothing"], s["lookahead"], s["tta"]) == (0.0, None, 0)
-    assert RECIPES["mobilenetv2"]["precision"] == "auto"  # (bf16 on a GPU with bfloat16 tensor cores; fp32 here)
-    assert "width" not in RECIPES["mobilenetv2"] and s.get("width") is None
+    assert RECIPES[name]["precision"] == "auto"  # (bf16 on a GPU with bfloat16 tensor cores; fp32 here)
+    assert "width" not in RECIPES[name] and s.get("width") is None
     resnet = _settings("--recipe", "resnet18")
     same = ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "momentum", "nesterov", "schedule",
             "schedule_kwargs", "augment", "padding", "padding_mode", "flip", "label_smoothing", "drop_last")
     assert {k: s[k] for k in same} == {k: resnet[k] for k in same}
-    net = models.mobilenetv2()
+    net = getattr(models, name)()
     opt, sched, _ = cli._recipe_setup(s, net, None, steps_per_epoch=10)
     assert opt.param_groups[0]["nesterov"] is False and opt.param_groups[0]["momentum"] == 0.9
     assert opt.param_groups[0]["weight_decay"] == 5e-4
@@ -155,7 +157,7 @@ def test_precision_auto_is_bf16_on_a_gpu_with_bfloat16_tensor_cores(monkeypatch,
         amp.resolve_precision("bf32", cuda)
     args = lambda *argv: cli.build_parser().parse_args(["train", *argv])  # noqa: E731
     # the speed recipes say auto; the small nets train in fp32 everywhere; a flag overrides either
-    for recipe in ("airbench94", "airbench94_muon", "airbench95", "airbench96", "fast", "mobilenetv2"):
+    for recipe in ("airbench94", "airbench94_muon", "airbench95", "airbench96", "fast", "mobilenetv2", "senet18"):
         assert RECIPES[recipe]["precision"] == "auto"
         assert cli._settings(args("--recipe", recipe), cuda)["precision"] == want
         assert cli._settings(args("--recipe", recipe), backend.Device("cpu"))["precision"] == "fp32"
