@@ -100,10 +100,12 @@ def test_resnet18_structure_and_shapes():
 
 
 class _KuangliuResNet18:
-    """kuangliu/pytorch-cifar's models/resnet.py (BasicBlock, ResNet, ResNet18), as published."""
+    """kuangliu/pytorch-cifar's models/resnet.py (BasicBlock, ResNet, ResNet18), as published;
+    ``squeeze_excitation``: models/senet.py's SENet18, whose SENet class is ResNet's (the same
+    layers and names) and whose BasicBlock adds the gate, written as a subclass of ResNet's."""
 
     @staticmethod
-    def build(torch):
+    def build(torch, squeeze_excitation=False):
         nn, F = torch.nn, torch.nn.functional
 
         class BasicBlock(nn.Module):
@@ -124,6 +126,26 @@ class _KuangliuResNet18:
             def forward(self, x):
                 out = F.relu(self.bn1(self.conv1(x)))
                 out = self.bn2(self.conv2(out))
+                out += self.shortcut(x)
+                out = F.relu(out)
+                return out
+
+        class SEBasicBlock(BasicBlock):  # senet.py's BasicBlock: resnet.py's layers, then fc1 and fc2
+            def __init__(self, in_planes, planes, stride=1):
+                super().__init__(in_planes, planes, stride)
+                # SE layers
+                self.fc1 = nn.Conv2d(planes, planes // 16, kernel_size=1)  # Use nn.Conv2d instead of nn.Linear
+                self.fc2 = nn.Conv2d(planes // 16, planes, kernel_size=1)
+
+            def forward(self, x):
+                out = F.relu(self.bn1(self.conv1(x)))
+                out = self.bn2(self.conv2(out))
+                # Squeeze
+                w = F.avg_pool2d(out, out.size(2))
+                w = F.relu(self.fc1(w))
+                w = torch.sigmoid(self.fc2(w))
+                # Excitation
+                out = out * w
                 out += self.shortcut(x)
                 out = F.relu(out)
                 return out
@@ -159,7 +181,7 @@ class _KuangliuResNet18:
                 out = self.linear(out)
                 return out
 
-        return ResNet(BasicBlock, [2, 2, 2, 2])
+        return ResNet(SEBasicBlock if squeeze_excitation else BasicBlock, [2, 2, 2, 2])
 
 
 def _kuangliu_key(name):
@@ -231,14 +253,6 @@ def _senet18_parameters(num_classes=10, in_channels=3):
     return _resnet18_parameters(64, num_classes, in_channels) + gates
 
 
-def test_senet18_parameter_count_follows_the_architecture():
-    count = lambda m: sum(p.size for p in m.parameters())  # noqa: E731
-    assert _senet18_parameters() == 11_263_042  # kuangliu's SENet18()
-    assert count(models.senet18()) == _senet18_parameters()
-    assert f"{_senet18_parameters():,} parameters" in models.senet18.__doc__
-    assert count(models.senet18(num_classes=7, in_channels=1)) == _senet18_parameters(7, 1)
-
-
 def test_senet18_structure_shapes_and_kuanglius_keys():
     """resnet18's layout at width 64 with a SqueezeExcitation(c, c // 16) (ReLU, Sigmoid) after each
     block's bn2, inside the residual branch; each stage's output shape; without torch, the keys of
@@ -280,76 +294,6 @@ def test_senet18_structure_shapes_and_kuanglius_keys():
         models.senet18(in_channels=0)
 
 
-class _KuangliuSENet18:
-    """kuangliu/pytorch-cifar's models/senet.py (BasicBlock, SENet, SENet18), as published."""
-
-    @staticmethod
-    def build(torch):
-        nn, F = torch.nn, torch.nn.functional
-
-        class BasicBlock(nn.Module):
-            def __init__(self, in_planes, planes, stride=1):
-                super().__init__()
-                self.conv1 = nn.Conv2d(in_planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
-                self.bn1 = nn.BatchNorm2d(planes)
-                self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=1, padding=1, bias=False)
-                self.bn2 = nn.BatchNorm2d(planes)
-                self.shortcut = nn.Sequential()
-                if stride != 1 or in_planes != planes:
-                    self.shortcut = nn.Sequential(
-                        nn.Conv2d(in_planes, planes, kernel_size=1, stride=stride, bias=False),
-                        nn.BatchNorm2d(planes))
-                # SE layers
-                self.fc1 = nn.Conv2d(planes, planes // 16, kernel_size=1)  # Use nn.Conv2d instead of nn.Linear
-                self.fc2 = nn.Conv2d(planes // 16, planes, kernel_size=1)
-
-            def forward(self, x):
-                out = F.relu(self.bn1(self.conv1(x)))
-                out = self.bn2(self.conv2(out))
-                # Squeeze
-                w = F.avg_pool2d(out, out.size(2))
-                w = F.relu(self.fc1(w))
-                w = torch.sigmoid(self.fc2(w))
-                # Excitation
-                out = out * w
-                out += self.shortcut(x)
-                out = F.relu(out)
-                return out
-
-        class SENet(nn.Module):
-            def __init__(self, block, num_blocks, num_classes=10):
-                super().__init__()
-                self.in_planes = 64
-                self.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
-                self.bn1 = nn.BatchNorm2d(64)
-                self.layer1 = self._make_layer(block, 64, num_blocks[0], stride=1)
-                self.layer2 = self._make_layer(block, 128, num_blocks[1], stride=2)
-                self.layer3 = self._make_layer(block, 256, num_blocks[2], stride=2)
-                self.layer4 = self._make_layer(block, 512, num_blocks[3], stride=2)
-                self.linear = nn.Linear(512, num_classes)
-
-            def _make_layer(self, block, planes, num_blocks, stride):
-                strides = [stride] + [1] * (num_blocks - 1)
-                layers = []
-                for stride in strides:
-                    layers.append(block(self.in_planes, planes, stride))
-                    self.in_planes = planes
-                return nn.Sequential(*layers)
-
-            def forward(self, x):
-                out = F.relu(self.bn1(self.conv1(x)))
-                out = self.layer1(out)
-                out = self.layer2(out)
-                out = self.layer3(out)
-                out = self.layer4(out)
-                out = F.avg_pool2d(out, 4)
-                out = out.view(out.size(0), -1)
-                out = self.linear(out)
-                return out
-
-        return SENet(BasicBlock, [2, 2, 2, 2])
-
-
 def test_senet18_matches_kuangliu_senet18_in_torch():
     """gpuconv's weights loaded into kuangliu's SENet18() (torch, training mode) through the key
     mapping, both in float64: the same logits, loss, input gradient, every weight gradient (the 16
@@ -357,7 +301,7 @@ def test_senet18_matches_kuangliu_senet18_in_torch():
     torch = pytest.importorskip("torch", reason="compares against kuangliu's SENet18 written in torch")
     ours = models.senet18(seed=3)
     assert ours.num_parameters() == 11_263_042
-    grads = _matches_kuangliu_in_torch(torch, ours, _KuangliuSENet18.build(torch), _kuangliu_key)
+    grads = _matches_kuangliu_in_torch(torch, ours, _KuangliuResNet18.build(torch, squeeze_excitation=True), _kuangliu_key)
     assert sum(".se.fc" in name for name in grads) == 8 * 4
     for name, (g, gt) in grads.items():
         np.testing.assert_allclose(g, gt, rtol=1e-8, atol=1e-10 * float(np.abs(gt).max()), err_msg=name)
@@ -393,12 +337,17 @@ def _mobilenetv2_parameters(num_classes=10, in_channels=3):
     return total + conv(320, 1280) + bn(1280) + 1280 * num_classes + num_classes
 
 
-def test_mobilenetv2_parameter_count_follows_the_architecture():
+# kuangliu's networks without a width: the count derived from the architecture, kuangliu's own
+# model's (SENet18(), MobileNetV2()), the one the docstring gives, and with other heads and inputs
+@pytest.mark.parametrize("name,derived,published", [("senet18", _senet18_parameters, 11_263_042),
+                                                    ("mobilenetv2", _mobilenetv2_parameters, 2_296_922)])
+def test_kuangliu_parameter_count_follows_the_architecture(name, derived, published):
     count = lambda m: sum(p.size for p in m.parameters())  # noqa: E731
-    assert _mobilenetv2_parameters() == 2_296_922  # kuangliu's MobileNetV2()
-    assert count(models.mobilenetv2()) == _mobilenetv2_parameters()
-    assert f"{_mobilenetv2_parameters():,} parameters" in models.mobilenetv2.__doc__
-    assert count(models.mobilenetv2(num_classes=7, in_channels=1)) == _mobilenetv2_parameters(7, 1)
+    build = getattr(models, name)
+    assert derived() == published
+    assert count(build()) == derived()
+    assert f"{derived():,} parameters" in build.__doc__
+    assert count(build(num_classes=7, in_channels=1)) == derived(7, 1)
 
 
 def test_mobilenetv2_structure_and_shapes():
