@@ -307,6 +307,20 @@ def test_senet18_matches_kuangliu_senet18_in_torch():
         np.testing.assert_allclose(g, gt, rtol=1e-8, atol=1e-10 * float(np.abs(gt).max()), err_msg=name)
 
 
+def test_senet18_end_to_end_directional_derivative_float64():
+    """senet18 (the published net: it has no width to shrink) as the other models, in float64, at
+    batch 2: resnet18's layers and the 8 squeeze-excitation gates (pool, 1x1 convs with bias, ReLU,
+    sigmoid, the product). Along a direction of unit-variance steps in all 11.3M weights, kinks lie
+    about 1e-8 apart. This input and direction were checked smooth over [-1e-8, 1e-8] (central
+    differences at h = 3e-10 ... 1e-8 agree to 2e-8; at 3e-8 a kink shows): a kink within h would
+    show here as an error far above 1e-6."""
+    net = models.senet18()
+    net.astype(np.float64)
+    x = _images(2, seed=3).astype(np.float64)
+    analytic, numeric = directional_derivative(net, x, np.array([1, 7]), h=3e-9, seed=3)
+    assert relative_error(np.array(analytic), np.array(numeric)) < 1e-6
+
+
 # kuangliu's MobileNetV2.cfg, as published: (expansion, out_planes, num_blocks, stride)
 _KUANGLIU_MOBILENETV2_CFG = [(1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
                              (6, 160, 3, 2), (6, 320, 1, 1)]
