@@ -110,3 +110,16 @@ def test_exported_and_summarized():
     net = nn.Sequential(nn.Conv2d(3, 4, 1, seed=0), nn.ChannelShuffle(2))
     rows = gpuconv.summary.summarize(net, (3, 4, 4))
     assert rows[-1]["layer"] == "ChannelShuffle" and rows[-1]["shape"] == (4, 4, 4) and rows[-1]["flops"] == 0
+
+
+def test_groups_is_a_number_a_captured_step_replays():
+    """The shuffle's order is computed from groups at each forward: a CUDA graph replays its
+    capture's gather, so a change while a captured step holds the layer is refused (and free
+    otherwise), as Conv2d's groups is."""
+    layer = nn.ChannelShuffle(2)
+    layer.groups = 3
+    layer._held_by_graph = True
+    layer.groups = 3  # the same value: nothing changes
+    with pytest.raises(RuntimeError, match="ChannelShuffle: groups cannot change while a captured training step"):
+        layer.groups = 2
+    assert layer.groups == 3

@@ -12,6 +12,7 @@ from ..backend import array_device_context
 from ..ops._checks import check_array
 from ..ops._checks import only_defaults as _only
 from ..ops.channel_shuffle import check_groups
+from ._construct import _Replayed
 from .module import Layer
 
 
@@ -116,6 +117,7 @@ class ChannelShuffle(Layer):
     gradient is the inverse permutation; both keep the input's layout and dtype."""
 
     _registers_attributes = False
+    groups = _Replayed()  # the gather's order: a CUDA graph replays its capture's
 
     def __init__(self, groups):
         super().__init__()
