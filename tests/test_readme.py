@@ -85,6 +85,20 @@ def test_make_test_starts_the_slow_tests_first_and_lets_workers_steal():
     assert order(pytest.Config.ArgsSource.ARGS) == "abcd"
 
 
+def test_the_dev_extra_asks_for_the_test_tools_make_test_uses():
+    """make test's --dist worksteal is pytest-xdist 3.2's (3.2.1 fixed a hang in it; an older one
+    rejects the option), and conftest's ordering reads pytest.Config.ArgsSource, pytest 7.2's: the
+    dev extra admits no release without them (an environment holding an older one would be
+    upgraded by the install)."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    dev = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["dev"]
+    spec = {r.name: r.specifier for r in map(Requirement, dev)}
+    for name, too_old, enough in (("pytest-xdist", "3.2.0", "3.2.1"), ("pytest", "7.1.3", "7.2.0")):
+        assert too_old not in spec[name] and enough in spec[name], (name, str(spec[name]))
+
+
 def _readme_commands():
     """The README's command-line synopsis: each `gpuconv SUB ...` command, its continuation lines
     joined and its comment dropped."""
