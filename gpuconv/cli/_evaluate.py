@@ -54,9 +54,9 @@ def cmd_evaluate(args) -> int:
         _, val, _, split_name = _splits.resolve_split(cifar, "auto")
         images, labels, held_out = val.images, val.labels, None
         split_desc = f"{_split_name(split_name)} ({len(val)} images)"
-        _output._say(f"warning: {cifar.root} has no test_batch, and this checkpoint (written by Trainer.fit, not `gpuconv "
-                     f"train`) does not record which training images it held out: evaluating on {split_desc}, a held-out "
-                     "score only if the run kept those images out of its training")
+        _output._say(f"warning: {cifar.root} has no test_batch, and this checkpoint (written by Trainer.fit, not "
+                     f"`gpuconv train`) does not record which training images it held out: evaluating on {split_desc}, "
+                     "a held-out score only if the run kept those images out of its training")
     else:
         spec = config.get("train_args", {}).get("val_split", "auto")
         # Trained on every training image (--val-split none), or with test_batch as validation: no
@@ -77,8 +77,8 @@ def cmd_evaluate(args) -> int:
                    f"--val-split {spec}): evaluating on {split_desc}, some of which it TRAINED on" if sampled else
                    f"trained on every training image ({past}--val-split {spec}): evaluating on {split_desc}, which it "
                    "TRAINED on")
-            _output._say(f"warning: {cifar.root} has no test_batch, and this checkpoint {how}. This is not a held-out score; "
-                         "evaluate on a directory with test_batch for one")
+            _output._say(f"warning: {cifar.root} has no test_batch, and this checkpoint {how}. This is not a held-out "
+                         "score; evaluate on a directory with test_batch for one")
     with backend.default_device(device):
         precision = amp.resolve_precision(args.precision or config.get("train_args", {}).get("precision", "fp32"),
                                           device)

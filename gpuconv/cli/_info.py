@@ -92,8 +92,8 @@ def precompile_for(device: int, precision_name: str):
         records = kernels.precompile(device, dtypes=(amp.compute_dtype(precision_name), np.float32),
                                      tf32=precision_name == "tf32")
     except Exception as exc:  # noqa: BLE001  (a build the run may never launch: its first use will say)
-        _output._say(f"note: compiling the kernels ahead failed ({type(exc).__name__}: {str(exc)[:300]}); each compiles "
-                     "at its first use instead")
+        _output._say(f"note: compiling the kernels ahead failed ({type(exc).__name__}: {str(exc)[:300]}); each "
+                     "compiles at its first use instead")
         return
     built = sum(not r["cached"] for r in records)
     if built:
@@ -104,18 +104,19 @@ def precompile_for(device: int, precision_name: str):
 def cmd_precompile(args) -> int:
     from .. import backend, kernels
     if args.arch is None and not backend.cuda_available():
-        _output._say(f"gpuconv precompile: no GPU to compile for ({backend.cuda_status()}); name its target with --arch "
-                     "(sm_90 for an H100/H200, sm_80 for an A100)")
+        _output._say(f"gpuconv precompile: no GPU to compile for ({backend.cuda_status()}); name its target with "
+                     "--arch (sm_90 for an H100/H200, sm_80 for an A100)")
         return 1
     # (a first run compiles for minutes and lists the builds at the end: said now, it is not taken for a hang)
-    _output._say(f"compiling the kernel builds for {args.arch or f'GPU {args.device or 0}'}, {args.jobs or os.cpu_count() or 1} "
-                 "at a time (minutes the first time, seconds once they are cached); each is listed when all are done")
+    _output._say(f"compiling the kernel builds for {args.arch or f'GPU {args.device or 0}'}, "
+                 f"{args.jobs or os.cpu_count() or 1} at a time (minutes the first time, seconds once they are "
+                 "cached); each is listed when all are done")
     start = time.perf_counter()
     try:
         records = kernels.precompile(args.device, arch=args.arch, jobs=args.jobs)
     except ImportError as exc:  # --arch without a GPU: NVRTC's binding comes with CuPy
-        _output._say(f"gpuconv precompile: NVRTC could not be imported ({exc}); install CuPy and NVRTC: from a checkout "
-                     "`make install EXTRAS=dev,nvrtc`, or pip install cupy-cuda13x nvidia-cuda-nvrtc")
+        _output._say(f"gpuconv precompile: NVRTC could not be imported ({exc}); install CuPy and NVRTC: from a "
+                     "checkout `make install EXTRAS=dev,nvrtc`, or pip install cupy-cuda13x nvidia-cuda-nvrtc")
         return 1
     for r in records:
         print(f"{r['file']:12s} {r['build']:11s} {r['arch']:8s} "

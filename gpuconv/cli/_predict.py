@@ -22,7 +22,8 @@ def cmd_predict(args) -> int:
         # (each source as load_images names it: '~/x.npy' is the home directory's)
         named = {s for s, _ in sources}
         for empty in dict.fromkeys(p for p in args.inputs if str(Path(p).expanduser()) not in named):
-            _output._say(f"note: {empty} holds an array of 0 images: nothing to predict for it")  # (else: no line, no word)
+            # (else: no line, no word)
+            _output._say(f"note: {empty} holds an array of 0 images: nothing to predict for it")
         probs = model.predict(images, precision=precision, tta=args.tta)
         labels = probs.argmax(axis=1)
     k = min(args.top, probs.shape[1])
@@ -43,8 +44,8 @@ def cmd_predict(args) -> int:
 
 def _warn_unused_width(model, width):
     if width is not None and model not in (*_models.WIDTH_MODELS, *_models.AIRBENCH_MODELS):
-        _output._say(f"warning: --width sets fast_net's, resnet18's and the airbench networks' channel widths; the {model} model "
-                     "ignores it")
+        _output._say("warning: --width sets fast_net's, resnet18's and the airbench networks' channel widths; the "
+                     f"{model} model ignores it")
 
 
 def cmd_summary(args) -> int:
@@ -52,6 +53,7 @@ def cmd_summary(args) -> int:
     name = args.model or recipe["model"]
     _warn_unused_width(name, args.width)
     # the recipe's constructor arguments are for its own network, as in train
-    model, _ = _models.build_model(name, width=args.width, model_kwargs=recipe["model_kwargs"] if name == recipe["model"] else None)
+    model, _ = _models.build_model(name, width=args.width,
+                                   model_kwargs=recipe["model_kwargs"] if name == recipe["model"] else None)
     print(model.summary((3, 32, 32)))
     return 0

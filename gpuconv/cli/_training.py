@@ -115,8 +115,9 @@ def _check_resume_flags(given, stored, ckpt_path):
             old = widths[0]  # the first block's width, as --width gives it
         if key == "autotune":
             if old is not None and value != old:
-                _output._say(f"note: {ckpt_path} was trained with --autotune {old}; continuing with --autotune {value}, "
-                             "whose convolution variants may sum in other orders (close to, not bit for bit as, the run)")
+                _output._say(f"note: {ckpt_path} was trained with --autotune {old}; continuing with --autotune "
+                             f"{value}, whose convolution variants may sum in other orders (close to, not bit for bit "
+                             "as, the run)")
             continue
         if old is not None and value != old:
             flag = "--" + key.replace("_", "-")
@@ -142,7 +143,8 @@ def _note_autotune_off_gpu(autotune, device):
         return
     why = ("the simulator's timings say nothing about a GPU's, so its convolutions run the default rule's variants"
            if device.kind == "sim" else "the NumPy path has no kernel variants to choose from")
-    _output._say(f"note: --autotune on times the convolutions' kernel variants on a GPU; on {device} it does nothing: {why}")
+    _output._say(f"note: --autotune on times the convolutions' kernel variants on a GPU; on {device} it does nothing: "
+                 f"{why}")
 
 
 def cmd_train(args) -> int:
@@ -180,8 +182,9 @@ def _train(args) -> int:
         from .._hostmem import keep_freed_memory
         keep_freed_memory()
     if device.kind == "sim":
-        _output._say("note: --device sim runs the CUDA kernels on the host simulator, one fiber per GPU thread: tens of "
-                     "images/s, meant for checking the kernels (--device cpu trains with NumPy, a hundred times faster)")
+        _output._say("note: --device sim runs the CUDA kernels on the host simulator, one fiber per GPU thread: tens "
+                     "of images/s, meant for checking the kernels (--device cpu trains with NumPy, a hundred times "
+                     "faster)")
     if args.cuda_graph and not device.is_cuda:
         _output._say(f"note: --cuda-graph replays steps on a GPU; on {device} each step runs as it is")
     _note_autotune_off_gpu(s["autotune"], device)
@@ -196,8 +199,8 @@ def _train(args) -> int:
     if cifar.test is None and val is not None:
         _output._say(f"{cifar.root} has no test_batch: validating on {val_desc}")
     if s["limit"] is not None and s["limit"] > len(train):
-        _output._say(f"note: --limit {s['limit']} is more than the {len(train)} training images there are: training on all "
-                     f"{len(train)}")
+        _output._say(f"note: --limit {s['limit']} is more than the {len(train)} training images there are: training on "
+                     f"all {len(train)}")
     train = _splits._limit(train, s["limit"], s["seed"])
     trained_on = {"path": str(Path(cifar.root).resolve()), "train_images": len(train),
                   "fingerprint": train.fingerprint()}
@@ -211,22 +214,26 @@ def _train(args) -> int:
                      f"{s['batch_size']}")
     _predict._warn_unused_width(s["model"], getattr(args, "width", None))
     if s["cutout"] and not s["augment"]:
-        _output._say(f"warning: --cutout {s['cutout']} applies with augmentation only, which this run has off (--augment)")
+        _output._say(f"warning: --cutout {s['cutout']} applies with augmentation only, which this run has off "
+                     "(--augment)")
     if s["batch_size"] > len(train):
-        _output._say(f"warning: --batch-size {s['batch_size']} is larger than the {len(train)} training images: each epoch is "
-                     f"one step of {len(train)} images")
+        _output._say(f"warning: --batch-size {s['batch_size']} is larger than the {len(train)} training images: each "
+                     f"epoch is one step of {len(train)} images")
     suggest = 1 << max(4, (max(1, len(train) // 8)).bit_length() - 1)  # a power of two giving >= 8 steps
-    if s["model"] in (*_models.WIDTH_MODELS, *_models.KUANGLIU_MODELS) and s["batch_size"] > len(train) // 8 and suggest < s["batch_size"]:
-        _output._say(f"note: batch size {s['batch_size']} gives only {math.ceil(len(train) / s['batch_size'])} steps per "
-                     f"epoch on {len(train)} images; --batch-size {suggest} suits a subset this small better")
+    if (s["model"] in (*_models.WIDTH_MODELS, *_models.KUANGLIU_MODELS) and s["batch_size"] > len(train) // 8
+            and suggest < s["batch_size"]):
+        _output._say(f"note: batch size {s['batch_size']} gives only {math.ceil(len(train) / s['batch_size'])} steps "
+                     f"per epoch on {len(train)} images; --batch-size {suggest} suits a subset this small better")
     epochs = f"{s['epochs']} epoch{'' if s['epochs'] == 1 else 's'}"
-    _output._say(f"training {s['model']} (recipe {s['recipe']}) on {device} ({len(train)} images, {epochs}, batch {s['batch_size']}, "
-                 f"lr {s['lr']}, {s['schedule']}, {s['precision']}); validation: {val_desc}; output: {args.out}")
+    _output._say(f"training {s['model']} (recipe {s['recipe']}) on {device} ({len(train)} images, {epochs}, batch "
+                 f"{s['batch_size']}, lr {s['lr']}, {s['schedule']}, {s['precision']}); validation: {val_desc}; "
+                 f"output: {args.out}")
 
     if device.is_cuda:
         _info.precompile_for(device.index, s["precision"])
     with backend.default_device(device):
-        model, config = _models.build_model(s["model"], seed=s["seed"], width=s.get("width"), model_kwargs=s["model_kwargs"])
+        model, config = _models.build_model(s["model"], seed=s["seed"], width=s.get("width"),
+                                            model_kwargs=s["model_kwargs"])
         config["train_args"] = s
         config["data"] = trained_on
         config["classes"] = list(cifar.classes)
@@ -255,7 +262,8 @@ def _train(args) -> int:
                 kept = trainer.checkpoint_path.exists()
                 _output._say(f"\nerror: {exc.message}" + (f"\nResume with: {resume_cmd}" if kept else ""))
                 return EXIT_STOPPED_UNSAVED
-            _output._say(f"\n{exc.message.split(';')[0]}; checkpoint saved to {exc.checkpoint}.\nResume with: {resume_cmd}")
+            _output._say(f"\n{exc.message.split(';')[0]}; checkpoint saved to {exc.checkpoint}.\nResume with: "
+                         f"{resume_cmd}")
             return 128 + int(exc.signal)  # 130 after Ctrl-C, 143 after SIGTERM, as the shell reports them
         except (TrainingDiverged, GPUOutOfMemory) as exc:
             _output._say(f"error: {exc}")
@@ -266,7 +274,8 @@ def _train(args) -> int:
             result = trainer.last_validation
             if s["tta"] or result is None:  # (None: a resumed run with nothing left to train)
                 result = trainer.evaluate(val_loader, tta=s["tta"])
-            _output._say(f"final validation ({val_desc}, test-time augmentation level {s['tta']}): loss {result['loss']:.4f}")
+            _output._say(f"final validation ({val_desc}, test-time augmentation level {s['tta']}): loss "
+                         f"{result['loss']:.4f}")
             print(f"accuracy {result['accuracy']:.4f}")  # the one accuracy line, on stdout for scripts
         elif trainer.history:
             print(f"train accuracy {trainer.history[-1]['train_acc']:.4f}")
