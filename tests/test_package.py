@@ -1,0 +1,124 @@
+"""gpuconv._package: a package that holds its modules' names as one namespace, where an
+assignment through the package (a test's monkeypatch) reaches the module that uses the name."""
+import ast
+import importlib
+import pathlib
+import sys
+import textwrap
+import types
+
+import pytest
+
+from gpuconv import _package
+
+# The packages that were single modules and hold their modules' names (gpuconv._package.gather).
+GATHERED = ("gpuconv.trainer",)
+
+
+@pytest.fixture
+def toy(tmp_path, monkeypatch):
+    """A package ``toypkg`` over two modules: ``_a`` defines ``f`` and state, ``_b`` imports ``f``
+    and calls it from ``g``."""
+    root = tmp_path / "toypkg"
+    root.mkdir()
+    (root / "_a.py").write_text(textwrap.dedent("""
+        LIMIT = 3
+        def f():
+            return "a.f"
+        def limit():
+            return LIMIT
+    """))
+    (root / "_b.py").write_text(textwrap.dedent("""
+        from ._a import f
+        def g():
+            return "g:" + f()
+    """))
+    (root / "__init__.py").write_text("from gpuconv import _package\nfrom . import _a, _b\n"
+                                      "_package.gather(__name__, _a, _b)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield importlib.import_module("toypkg")
+    for name in [n for n in sys.modules if n == "toypkg" or n.startswith("toypkg.")]:
+        del sys.modules[name]
+
+
+def test_a_patch_through_the_package_reaches_every_module_that_holds_the_name(toy, monkeypatch):
+    assert toy.g() == "g:a.f"
+    monkeypatch.setattr(toy, "f", lambda: "fake")
+    assert toy.g() == "g:fake"  # _b's own binding (a from-import) was patched too
+    assert toy._a.f() == "fake" and toy.f() == "fake"
+    monkeypatch.setattr(toy, "LIMIT", 7)
+    assert toy.limit() == 7  # a constant the defining module reads
+    monkeypatch.undo()
+    assert toy.g() == "g:a.f" and toy._a.f() == "a.f" and toy.limit() == 3
+
+
+def test_a_name_new_to_the_package_stays_in_the_package_and_deletion_reaches_the_holders(toy, monkeypatch):
+    monkeypatch.setattr(toy, "EXTRA", 1, raising=False)
+    assert toy.EXTRA == 1 and not hasattr(toy._a, "EXTRA") and not hasattr(toy._b, "EXTRA")
+    monkeypatch.undo()
+    assert not hasattr(toy, "EXTRA")
+    del toy.f
+    assert not hasattr(toy._a, "f") and not hasattr(toy._b, "f")
+
+
+def test_one_name_for_two_objects_is_refused_at_import(tmp_path, monkeypatch):
+    root = tmp_path / "clashpkg"
+    root.mkdir()
+    (root / "_a.py").write_text("def helper():\n    return 1\n")
+    (root / "_b.py").write_text("def helper():\n    return 2\n")
+    (root / "__init__.py").write_text("from gpuconv import _package\nfrom . import _a, _b\n"
+                                      "_package.gather(__name__, _a, _b)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        with pytest.raises(ImportError, match=r"clashpkg\._b\.helper and clashpkg\._a\.helper are different objects"):
+            importlib.import_module("clashpkg")
+    finally:
+        for name in [n for n in sys.modules if n.startswith("clashpkg")]:
+            del sys.modules[name]
+
+
+def test_gather_takes_only_the_package_s_own_modules(toy):
+    with pytest.raises(ImportError, match="not one of its submodules"):
+        _package.gather("toypkg", types)
+
+
+def _modules(package):
+    return [m for m in vars(package).values()
+            if isinstance(m, types.ModuleType) and m.__name__.startswith(package.__name__ + ".")]
+
+
+@pytest.mark.parametrize("name", GATHERED)
+def test_gpuconv_s_gathered_packages_hold_each_module_s_names(name):
+    package = importlib.import_module(name)
+    assert isinstance(package, _package.Namespace)
+    modules = _modules(package)
+    on_disk = {p.stem for p in pathlib.Path(package.__file__).parent.glob("*.py")} - {"__init__"}
+    assert {m.__name__.rsplit(".", 1)[1] for m in modules} == on_disk  # every module gathered
+    for module in modules:
+        for key, value in vars(module).items():
+            if not (key.startswith("__") and key.endswith("__")):
+                assert getattr(package, key) is value, f"{module.__name__}.{key}"
+
+
+@pytest.mark.parametrize("name", GATHERED)
+def test_no_module_of_a_gathered_package_rebinds_a_global(name):
+    # The package holds a copy of each binding: a global rebound at run time (``global x; x = ...``)
+    # would leave the package's copy, and what a reader of ``package.x`` sees, behind.
+    package = importlib.import_module(name)
+    found = []
+    for path in pathlib.Path(package.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Global):
+                found.append(f"{path.name}:{node.lineno} global {', '.join(node.names)}")
+    assert not found, "keep such state in a mutable object: " + "; ".join(found)
+
+
+def test_a_trainer_patch_reaches_the_module_that_calls_it(monkeypatch):
+    # The trainer's progress bar asks _is_terminal (imported into the fit module from _console).
+    import gpuconv.trainer as trainer
+    fake = lambda stream: True  # noqa: E731
+    monkeypatch.setattr(trainer, "_is_terminal", fake)
+    assert trainer._fit._is_terminal is fake
+    monkeypatch.undo()
+    from gpuconv._console import _is_terminal
+    assert trainer._fit._is_terminal is _is_terminal and trainer._is_terminal is _is_terminal
