@@ -29,7 +29,7 @@ optimizers other than SGD, Muon, Adam and AdamW (and a Chain of them; Adam's ste
 incremented in place by the step); and while the graph holds the optimizer and the model (from its first call until
 :meth:`StepGraph.release`), a change to a number a kernel takes by value (a hyperparameter, batch
 norm's momentum and eps, Conv2d's and ConvTranspose2d's geometry (stride, padding, dilation,
-groups, output_padding), ChannelShuffle's groups, Scale's factor, LPPool2d's norm_type, LeakyReLU's
+groups, output_padding), ChannelShuffle's groups, Narrow's slice, Scale's factor, LPPool2d's norm_type, LeakyReLU's
 negative_slope, dropout's rate, the Trainer's label smoothing), to which parameters train (``requires_grad``), to the layers themselves (one appended,
 replaced or set as an attribute) or the optimizer's groups (``add_param_group``),
 or a state loaded into them (``load_state_dict``, the Trainer's ``load_checkpoint``) or the model

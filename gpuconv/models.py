@@ -10,6 +10,9 @@
   gate in every block (11.3M parameters).
 - ``mobilenetv2``: the CIFAR MobileNetV2 of kuangliu/pytorch-cifar: 17 inverted-residual blocks
   (1x1 expansion, 3x3 depthwise, 1x1 projection), 2.3M parameters.
+- ``shufflenetv2``: the CIFAR ShuffleNetV2 of kuangliu/pytorch-cifar: blocks that split the
+  channels in two, transform one half (1x1, 3x3 depthwise, 1x1) and shuffle the halves together;
+  1.3M parameters at ``net_size=1``.
 - ``airbench94``: Keller Jordan's airbench94 network (arXiv 2404.00498): a frozen 2x2
   patch-whitening convolution (:func:`init_whitening`), three conv-pool-BN-GELU blocks with
   identity-initialized convolutions, and a 1/9-scaled linear head; its training recipe is
@@ -28,11 +31,11 @@ import numpy as np
 
 from .backend import asnumpy, copy_like
 from .counter_rng import check_seed
-from .layers import (GELU, AvgPool2d, BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU, Residual, Scale,
-                     Sequential, SqueezeExcitation)
+from .layers import (GELU, AvgPool2d, BatchNorm2d, ChannelShuffle, Concat, Conv2d, Flatten, Linear, MaxPool2d,
+                     Narrow, ReLU, Residual, Scale, Sequential, SqueezeExcitation)
 
-__all__ = ["seed_net", "three_layer_convnet", "fast_net", "resnet18", "senet18", "mobilenetv2", "airbench94",
-           "airbench96", "init_whitening"]
+__all__ = ["seed_net", "three_layer_convnet", "fast_net", "resnet18", "senet18", "mobilenetv2", "shufflenetv2",
+           "airbench94", "airbench96", "init_whitening"]
 
 
 def _seeds(seed, n):
@@ -341,6 +344,111 @@ def mobilenetv2(num_classes=10, seed=0, in_channels=3):
     layers["layers"] = Sequential(*stack)
     layers.update(conv2=Conv2d(320, 1280, 1, bias=False, seed=s[k]), bn2=BatchNorm2d(1280, activation="relu"),
                   pool=AvgPool2d(4), flatten=Flatten(), linear=Linear(1280, num_classes, seed=s[k + 1]))
+    assert k + 2 == len(s)
+    return Sequential(layers)
+
+
+# kuangliu's ShuffleNetV2 configs: net_size -> the output channels of the three stages and of the
+# last 1x1 convolution; every size has (3, 7, 3) basic blocks after each stage's down block.
+SHUFFLENETV2_CHANNELS = {0.5: (48, 96, 192, 1024), 1: (116, 232, 464, 1024), 1.5: (176, 352, 704, 1024),
+                         2: (224, 488, 976, 2048)}
+SHUFFLENETV2_BLOCKS = (3, 7, 3)
+
+
+def _shuffle_basic_block(c, seeds):
+    # kuangliu's BasicBlock: the first c/2 channels (x1) pass as they are, the other c/2 (x2) go
+    # through conv1x1 - bn - relu - depthwise conv3x3 - bn - conv1x1 - bn - relu; cat([x1, out])
+    # then the channel shuffle in 2 groups. The ReLUs are the batch norms' fused activations.
+    half = c // 2
+    x2 = Sequential({
+        "split": Narrow(1, half, half),
+        "conv1": Conv2d(half, half, 1, bias=False, seed=seeds[0]),
+        "bn1": BatchNorm2d(half, activation="relu"),
+        "conv2": Conv2d(half, half, 3, padding=1, groups=half, bias=False, seed=seeds[1]),
+        "bn2": BatchNorm2d(half),
+        "conv3": Conv2d(half, half, 1, bias=False, seed=seeds[2]),
+        "bn3": BatchNorm2d(half, activation="relu"),
+    })
+    return Sequential({"cat": Concat({"x1": Narrow(1, 0, half), "x2": x2}), "shuffle": ChannelShuffle(2)})
+
+
+def _shuffle_down_block(c_in, c_out, seeds):
+    # kuangliu's DownBlock: two stride-2 branches of c_out/2 channels each on the whole input, the
+    # left depthwise conv3x3 - bn - conv1x1 - bn - relu, the right conv1x1 - bn - relu - depthwise
+    # conv3x3 - bn - conv1x1 - bn - relu; cat([left, right]) then the shuffle. floor=True: the
+    # stride-2 convolutions halve an even size as PyTorch's do (32 -> 16).
+    mid = c_out // 2
+    left = Sequential({
+        "conv1": Conv2d(c_in, c_in, 3, stride=2, padding=1, groups=c_in, bias=False, floor=True, seed=seeds[0]),
+        "bn1": BatchNorm2d(c_in),
+        "conv2": Conv2d(c_in, mid, 1, bias=False, seed=seeds[1]),
+        "bn2": BatchNorm2d(mid, activation="relu"),
+    })
+    right = Sequential({
+        "conv3": Conv2d(c_in, mid, 1, bias=False, seed=seeds[2]),
+        "bn3": BatchNorm2d(mid, activation="relu"),
+        "conv4": Conv2d(mid, mid, 3, stride=2, padding=1, groups=mid, bias=False, floor=True, seed=seeds[3]),
+        "bn4": BatchNorm2d(mid),
+        "conv5": Conv2d(mid, mid, 1, bias=False, seed=seeds[4]),
+        "bn5": BatchNorm2d(mid, activation="relu"),
+    })
+    return Sequential({"cat": Concat({"left": left, "right": right}), "shuffle": ChannelShuffle(2)})
+
+
+def shufflenetv2(net_size=1, num_classes=10, seed=0, in_channels=3):
+    """The CIFAR ShuffleNetV2 of kuangliu/pytorch-cifar (``ShuffleNetV2(net_size)``, Ma et al. 2018
+    without the stem's max pool, for 32x32 input), with (c1, c2, c3, c4) =
+    ``SHUFFLENETV2_CHANNELS[net_size]`` ((116, 232, 464, 1024) at ``net_size=1``):
+
+    ==============  ========================================================  ============
+    name            layers                                                    output
+    ==============  ========================================================  ============
+    conv1, bn1      conv3x3(24) - bn - relu                                   24 x 32 x 32
+    layer1          a down block (stride 2) and 3 basic blocks(c1)            c1 x 16 x 16
+    layer2          a down block (stride 2) and 7 basic blocks(c2)            c2 x 8 x 8
+    layer3          a down block (stride 2) and 3 basic blocks(c3)            c3 x 4 x 4
+    conv2, bn2      conv1x1(c4) - bn - relu                                   c4 x 4 x 4
+    pool, flatten   avgpool4 (global average pool over the 4x4 map)           c4
+    linear          linear(c4 -> num_classes, with bias)                      num_classes
+    ==============  ========================================================  ============
+
+    A basic block of c channels keeps its first c/2 channels and transforms the other c/2 (conv1x1
+    - bn - relu - depthwise conv3x3 - bn - conv1x1 - bn - relu), joins the two halves and shuffles
+    them (``ChannelShuffle(2)``): ``Sequential`` ``cat`` (a ``Concat`` of ``x1``, a ``Narrow`` of the
+    first half, and ``x2``: a ``Narrow`` of the second half, ``split``, then conv1 ... bn3) and
+    ``shuffle``. A down block from c to c' channels runs two branches of c'/2 channels on its whole
+    input, both halving the size: ``left`` (depthwise conv3x3 stride 2 - bn - conv1x1 - bn - relu:
+    conv1 ... bn2) and ``right`` (conv1x1 - bn - relu - depthwise conv3x3 stride 2 - bn - conv1x1 -
+    bn - relu: conv3 ... bn5), joined in ``cat`` and shuffled. Convolutions are bias-free.
+    kuangliu's ``layerK.B.conv1.weight`` is ``layerK.B.cat.x2.conv1.weight`` here in a basic block
+    and ``layerK.0.cat.left.conv1.weight`` (conv3 to bn5: ``cat.right``) in a down block, the other
+    keys the same. 1,263,854 parameters at ``net_size=1`` (0.5: 352,042; 1.5: 2,488,874; 2:
+    5,338,026). Input must be ``in_channels`` x 32 x 32 (3: RGB). Its recipe,
+    ``RECIPES['shufflenetv2']``, is kuangliu's main.py, as resnet18's: SGD (momentum 0.9, weight decay
+    5e-4) at lr 0.1 with cosine annealing over 200 epochs, batch 128, random crop (pad 4) and flip."""
+    if isinstance(net_size, bool) or net_size not in SHUFFLENETV2_CHANNELS:
+        raise ValueError(f"shufflenetv2: net_size must be one of kuangliu's sizes 0.5, 1, 1.5 or 2 (1 in his main.py), "
+                         f"got {net_size!r}")
+    c = _in_channels("shufflenetv2", in_channels)
+    *stages, last = SHUFFLENETV2_CHANNELS[net_size]
+    # Seeds in the order kuangliu builds the convolutions: the stem, each stage's down block (5)
+    # and basic blocks (3 each), conv2, the linear layer.
+    s = _seeds(seed, 1 + sum(5 + 3 * n for n in SHUFFLENETV2_BLOCKS) + 2)
+    layers = {
+        "conv1": Conv2d(c, 24, 3, padding=1, bias=False, seed=s[0]),
+        "bn1": BatchNorm2d(24, activation="relu"),
+    }
+    k, c_in = 1, 24
+    for stage, (c_out, n) in enumerate(zip(stages, SHUFFLENETV2_BLOCKS), start=1):
+        blocks = [_shuffle_down_block(c_in, c_out, s[k:k + 5])]
+        k += 5
+        for _ in range(n):
+            blocks.append(_shuffle_basic_block(c_out, s[k:k + 3]))
+            k += 3
+        layers[f"layer{stage}"] = Sequential(*blocks)
+        c_in = c_out
+    layers.update(conv2=Conv2d(c_in, last, 1, bias=False, seed=s[k]), bn2=BatchNorm2d(last, activation="relu"),
+                  pool=AvgPool2d(4), flatten=Flatten(), linear=Linear(last, num_classes, seed=s[k + 1]))
     assert k + 2 == len(s)
     return Sequential(layers)
 

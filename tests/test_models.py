@@ -17,6 +17,7 @@ MODELS = {
     "resnet18": lambda **kw: models.resnet18(width=2, **kw),
     "senet18": lambda **kw: models.senet18(**kw),  # (no width: the published net)
     "mobilenetv2": lambda **kw: models.mobilenetv2(**kw),  # (no width: the published net)
+    "shufflenetv2": lambda **kw: models.shufflenetv2(net_size=0.5, **kw),  # (its smallest published size)
 }
 
 
@@ -553,6 +554,254 @@ def test_mobilenetv2_blocks_on_the_backend(backend, channels_last):
                                    "conv2d_grouped_backward_weight")
 
 
+# kuangliu's ShuffleNetV2 configs (models/shufflenetv2.py), as published
+_KUANGLIU_SHUFFLENETV2_CONFIGS = {
+    0.5: {"out_channels": (48, 96, 192, 1024), "num_blocks": (3, 7, 3)},
+    1: {"out_channels": (116, 232, 464, 1024), "num_blocks": (3, 7, 3)},
+    1.5: {"out_channels": (176, 352, 704, 1024), "num_blocks": (3, 7, 3)},
+    2: {"out_channels": (224, 488, 976, 2048), "num_blocks": (3, 7, 3)},
+}
+
+
+def _shufflenetv2_parameters(net_size, num_classes=10, in_channels=3):
+    """ShuffleNetV2's parameter count from its architecture: bias-free convs (a depthwise 3x3 has
+    one 3x3 filter per channel), BN (weight and bias per channel), a linear head with bias."""
+    conv = lambda c_in, c_out, k=1, groups=1: c_out * (c_in // groups) * k * k  # noqa: E731
+    bn = lambda c: 2 * c  # noqa: E731
+    cfg = _KUANGLIU_SHUFFLENETV2_CONFIGS[net_size]
+    total, c_in = conv(in_channels, 24, 3) + bn(24), 24
+    for c_out, n in zip(cfg["out_channels"][:3], cfg["num_blocks"]):
+        mid = c_out // 2  # the down block: left (dw 3x3, 1x1 to mid), right (1x1 to mid, dw 3x3, 1x1)
+        total += conv(c_in, c_in, 3, groups=c_in) + bn(c_in) + conv(c_in, mid) + bn(mid)
+        total += conv(c_in, mid) + bn(mid) + conv(mid, mid, 3, groups=mid) + bn(mid) + conv(mid, mid) + bn(mid)
+        half = c_out // 2  # each basic block transforms half the channels: 1x1, dw 3x3, 1x1
+        total += n * (conv(half, half) + bn(half) + conv(half, half, 3, groups=half) + bn(half) + conv(half, half)
+                      + bn(half))
+        c_in = c_out
+    last = cfg["out_channels"][3]
+    return total + conv(c_in, last) + bn(last) + last * num_classes + num_classes
+
+
+@pytest.mark.parametrize("net_size", [0.5, 1, 1.5, 2])
+def test_shufflenetv2_parameter_count_follows_the_architecture(net_size):
+    count = lambda m: sum(p.size for p in m.parameters())  # noqa: E731
+    assert count(models.shufflenetv2(net_size)) == _shufflenetv2_parameters(net_size)
+    assert f"{_shufflenetv2_parameters(net_size):,}" in " ".join(models.shufflenetv2.__doc__.split())
+    assert count(models.shufflenetv2(net_size, num_classes=7, in_channels=1)) == _shufflenetv2_parameters(net_size, 7, 1)
+    assert models.SHUFFLENETV2_CHANNELS[net_size] == _KUANGLIU_SHUFFLENETV2_CONFIGS[net_size]["out_channels"]
+
+
+def test_shufflenetv2_structure_and_shapes():
+    """kuangliu's layout at net_size 1: stem conv3x3(24) - BN+ReLU; three stages of a down block
+    (two stride-2 branches of c/2 channels each, joined and shuffled) and 3, 7, 3 basic blocks (the
+    first half of the channels kept, the second through 1x1 - BN+ReLU - depthwise 3x3 - BN - 1x1 -
+    BN+ReLU, joined and shuffled in 2 groups); conv2 1x1 - BN+ReLU, avg_pool2d 4, a linear head."""
+    net = models.shufflenetv2()
+    assert list(net._layers) == ["conv1", "bn1", "layer1", "layer2", "layer3", "conv2", "bn2", "pool", "flatten",
+                                 "linear"]
+    assert net["conv1"].weight.shape == (24, 3, 3, 3) and net["conv1"].bias is None and net["bn1"].activation == "relu"
+    x = net["bn1"](net["conv1"](_images(2)))
+    c_in, hw = 24, 32
+    for stage, (c, n) in enumerate(zip((116, 232, 464), (3, 7, 3)), start=1):
+        blocks = list(net[f"layer{stage}"])
+        assert len(blocks) == n + 1
+        down, mid = blocks[0], c // 2
+        assert list(down._layers) == ["cat", "shuffle"] and down["shuffle"].groups == 2
+        left, right = down["cat"]["left"], down["cat"]["right"]
+        assert list(left._layers) == ["conv1", "bn1", "conv2", "bn2"]
+        assert list(right._layers) == ["conv3", "bn3", "conv4", "bn4", "conv5", "bn5"]
+        assert left["conv1"].groups == c_in and left["conv1"].stride == (2, 2) and left["conv1"].weight.shape == \
+            (c_in, 1, 3, 3)
+        assert right["conv4"].groups == mid and right["conv4"].stride == (2, 2)
+        assert [left[b].activation for b in ("bn1", "bn2")] == [None, "relu"]
+        assert [right[b].activation for b in ("bn3", "bn4", "bn5")] == ["relu", None, "relu"]
+        hw //= 2
+        x = down(x)
+        assert x.shape == (2, c, hw, hw)
+        for block in blocks[1:]:
+            keep, x2 = block["cat"]["x1"], block["cat"]["x2"]
+            assert (keep.dim, keep.start, keep.length) == (1, 0, c // 2)
+            assert list(x2._layers) == ["split", "conv1", "bn1", "conv2", "bn2", "conv3", "bn3"]
+            assert (x2["split"].start, x2["split"].length) == (c // 2, c // 2) and x2["conv2"].groups == c // 2
+            assert [x2[b].activation for b in ("bn1", "bn2", "bn3")] == ["relu", None, "relu"]
+            x = block(x)
+            assert x.shape == (2, c, hw, hw)
+        c_in = c
+    _through_stages(net, x, [("conv2", (1024, 4, 4)), ("bn2", (1024, 4, 4)), ("pool", (1024, 1, 1)),
+                             ("flatten", (1024,)), ("linear", (10,))])
+    assert all(conv.bias is None for name, conv in net.named_modules() if type(conv).__name__ == "Conv2d")
+    assert models.shufflenetv2(0.5, num_classes=5, in_channels=1)(_images(2)[:, :1]).shape == (2, 5)
+    for bad in (0.75, 3, True, "1"):
+        with pytest.raises(ValueError, match=rf"shufflenetv2: net_size must be one of kuangliu's sizes .* got {bad!r}"):
+            models.shufflenetv2(bad)
+    with pytest.raises(ValueError, match="shufflenetv2: in_channels must be a positive int"):
+        models.shufflenetv2(in_channels=0)
+
+
+class _KuangliuShuffleNetV2:
+    """kuangliu/pytorch-cifar's models/shufflenetv2.py (ShuffleBlock, SplitBlock, BasicBlock,
+    DownBlock, ShuffleNetV2), as published."""
+
+    @staticmethod
+    def build(torch, net_size):
+        nn, F = torch.nn, torch.nn.functional
+
+        class ShuffleBlock(nn.Module):
+            def __init__(self, groups=2):
+                super().__init__()
+                self.groups = groups
+
+            def forward(self, x):
+                N, C, H, W = x.size()
+                g = self.groups
+                return x.view(N, g, C // g, H, W).permute(0, 2, 1, 3, 4).reshape(N, C, H, W)
+
+        class SplitBlock(nn.Module):
+            def __init__(self, ratio):
+                super().__init__()
+                self.ratio = ratio
+
+            def forward(self, x):
+                c = int(x.size(1) * self.ratio)
+                return x[:, :c, :, :], x[:, c:, :, :]
+
+        class BasicBlock(nn.Module):
+            def __init__(self, in_channels, split_ratio=0.5):
+                super().__init__()
+                self.split = SplitBlock(split_ratio)
+                in_channels = int(in_channels * split_ratio)
+                self.conv1 = nn.Conv2d(in_channels, in_channels, kernel_size=1, bias=False)
+                self.bn1 = nn.BatchNorm2d(in_channels)
+                self.conv2 = nn.Conv2d(in_channels, in_channels, kernel_size=3, stride=1, padding=1,
+                                       groups=in_channels, bias=False)
+                self.bn2 = nn.BatchNorm2d(in_channels)
+                self.conv3 = nn.Conv2d(in_channels, in_channels, kernel_size=1, bias=False)
+                self.bn3 = nn.BatchNorm2d(in_channels)
+                self.shuffle = ShuffleBlock()
+
+            def forward(self, x):
+                x1, x2 = self.split(x)
+                out = F.relu(self.bn1(self.conv1(x2)))
+                out = self.bn2(self.conv2(out))
+                out = F.relu(self.bn3(self.conv3(out)))
+                out = torch.cat([x1, out], 1)
+                out = self.shuffle(out)
+                return out
+
+        class DownBlock(nn.Module):
+            def __init__(self, in_channels, out_channels):
+                super().__init__()
+                mid_channels = out_channels // 2
+                self.conv1 = nn.Conv2d(in_channels, in_channels, kernel_size=3, stride=2, padding=1,
+                                       groups=in_channels, bias=False)
+                self.bn1 = nn.BatchNorm2d(in_channels)
+                self.conv2 = nn.Conv2d(in_channels, mid_channels, kernel_size=1, bias=False)
+                self.bn2 = nn.BatchNorm2d(mid_channels)
+                self.conv3 = nn.Conv2d(in_channels, mid_channels, kernel_size=1, bias=False)
+                self.bn3 = nn.BatchNorm2d(mid_channels)
+                self.conv4 = nn.Conv2d(mid_channels, mid_channels, kernel_size=3, stride=2, padding=1,
+                                       groups=mid_channels, bias=False)
+                self.bn4 = nn.BatchNorm2d(mid_channels)
+                self.conv5 = nn.Conv2d(mid_channels, mid_channels, kernel_size=1, bias=False)
+                self.bn5 = nn.BatchNorm2d(mid_channels)
+                self.shuffle = ShuffleBlock()
+
+            def forward(self, x):
+                out1 = self.bn1(self.conv1(x))
+                out1 = F.relu(self.bn2(self.conv2(out1)))
+                out2 = F.relu(self.bn3(self.conv3(x)))
+                out2 = self.bn4(self.conv4(out2))
+                out2 = F.relu(self.bn5(self.conv5(out2)))
+                out = torch.cat([out1, out2], 1)
+                out = self.shuffle(out)
+                return out
+
+        class ShuffleNetV2(nn.Module):
+            def __init__(self, net_size):
+                super().__init__()
+                out_channels = _KUANGLIU_SHUFFLENETV2_CONFIGS[net_size]["out_channels"]
+                num_blocks = _KUANGLIU_SHUFFLENETV2_CONFIGS[net_size]["num_blocks"]
+                self.conv1 = nn.Conv2d(3, 24, kernel_size=3, stride=1, padding=1, bias=False)
+                self.bn1 = nn.BatchNorm2d(24)
+                self.in_channels = 24
+                self.layer1 = self._make_layer(out_channels[0], num_blocks[0])
+                self.layer2 = self._make_layer(out_channels[1], num_blocks[1])
+                self.layer3 = self._make_layer(out_channels[2], num_blocks[2])
+                self.conv2 = nn.Conv2d(out_channels[2], out_channels[3], kernel_size=1, stride=1, padding=0,
+                                       bias=False)
+                self.bn2 = nn.BatchNorm2d(out_channels[3])
+                self.linear = nn.Linear(out_channels[3], 10)
+
+            def _make_layer(self, out_channels, num_blocks):
+                layers = [DownBlock(self.in_channels, out_channels)]
+                for i in range(num_blocks):
+                    layers.append(BasicBlock(out_channels))
+                    self.in_channels = out_channels
+                return nn.Sequential(*layers)
+
+            def forward(self, x):
+                out = F.relu(self.bn1(self.conv1(x)))
+                out = self.layer1(out)
+                out = self.layer2(out)
+                out = self.layer3(out)
+                out = F.relu(self.bn2(self.conv2(out)))
+                out = F.avg_pool2d(out, 4)
+                out = out.view(out.size(0), -1)
+                out = self.linear(out)
+                return out
+
+        return ShuffleNetV2(net_size)
+
+
+def _kuangliu_shufflenetv2_key(name):
+    """gpuconv's shufflenetv2 state-dict key -> kuangliu's (a block's branches are a Concat's
+    ``cat.left``/``cat.right`` or ``cat.x2`` here, his block's own attributes there)."""
+    return name.replace(".cat.left.", ".").replace(".cat.right.", ".").replace(".cat.x2.", ".")
+
+
+@pytest.mark.parametrize("net_size", [0.5, 1])
+def test_shufflenetv2_matches_kuangliu_shufflenetv2_in_torch(net_size):
+    """gpuconv's weights loaded into kuangliu's ShuffleNetV2(net_size) (torch, training mode), both
+    in float64: the same logits, loss, input gradient, every weight gradient (the depthwise
+    convolutions' included) and updated running statistic, to float64 rounding: the channel split,
+    the joins and the shuffles in kuangliu's order."""
+    torch = pytest.importorskip("torch", reason="compares against kuangliu's ShuffleNetV2 written in torch")
+    ours = models.shufflenetv2(net_size, seed=3)
+    grads = _matches_kuangliu_in_torch(torch, ours, _KuangliuShuffleNetV2.build(torch, net_size),
+                                       _kuangliu_shufflenetv2_key)
+    scale = max(float(np.abs(gt).max()) for _, gt in grads.values())
+    for name, (g, gt) in grads.items():
+        np.testing.assert_allclose(g, gt, rtol=1e-8, atol=1e-12 * scale, err_msg=name)
+
+
+def test_shufflenetv2_end_to_end_directional_derivative_float64():
+    """shufflenetv2 at net_size 0.5 in float64, at batch 2: its convolutions (the depthwise ones
+    stride 1 and 2), batch norms, the channel splits, joins and shuffles, average pool and linear
+    head, along one direction over every weight and the input."""
+    net = models.shufflenetv2(0.5)
+    net.astype(np.float64)
+    x = _images(2, seed=3).astype(np.float64)
+    analytic, numeric = directional_derivative(net, x, np.array([1, 7]), h=1e-9, seed=3)
+    assert relative_error(np.array(analytic), np.array(numeric)) < 1e-6
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_shufflenetv2_blocks_on_the_backend(backend, channels_last):
+    """A down block and a basic block of the net_size 0.5 net (layer2.0 and layer2.1: 48 -> 96
+    channels, 8x8 -> 4x4) forward and backward on the backend in float64, NCHW and channels_last:
+    the same output, input and weight gradients as NCHW on NumPy, the split and the shuffle keeping
+    the layout."""
+    x = np.random.default_rng(4).standard_normal((2, 48, 8, 8))
+    dy = np.random.default_rng(5).standard_normal((2, 96, 4, 4))
+    blocks = list(models.shufflenetv2(0.5, seed=1)["layer2"])[:2]
+    y, dx, grads = _blocks_match_numpy_on_the_backend(blocks, x, dy, backend, channels_last)
+    assert y.shape == (2, 96, 4, 4) and dx.shape == x.shape
+    assert len(grads) == (5 + 5 * 2) + (3 + 3 * 2)  # the down block's 5 convs and 5 BNs, the basic block's 3 and 3
+    if backend.name != "numpy":
+        backend.assert_kernels_ran("conv2d_grouped_forward", "conv2d_grouped_backward_data",
+                                   "conv2d_grouped_backward_weight")
+
+
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 def test_senet18_blocks_on_the_backend(backend, channels_last):
     """Two of the published net's blocks (layer2.0: stride 2 with a projection, layer2.1: the
@@ -645,7 +894,7 @@ def test_end_to_end_directional_derivative_float64(name):
     assert relative_error(np.array(analytic), np.array(numeric)) < 1e-6
 
 
-@pytest.mark.parametrize("name", ["seed", "three_layer", "fast", "resnet18", "senet18", "mobilenetv2"])
+@pytest.mark.parametrize("name", ["seed", "three_layer", "fast", "resnet18", "senet18", "mobilenetv2", "shufflenetv2"])
 def test_seeding(name):
     a, b, c = MODELS[name](seed=0), MODELS[name](seed=0), MODELS[name](seed=1)
     sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()

@@ -28,7 +28,7 @@ DenseNet and Inception blocks). An error raised inside a ``Sequential``, ``Resid
 
 The package holds one concept a module: ``parameter`` (Parameter), ``module`` (Layer, alias Module,
 its state dicts and parameter names), ``conv``, ``linear``, ``norm``, ``pooling``, ``activation``
-(with Scale), ``shape`` (Identity, Flatten, Unflatten, ChannelShuffle), ``dropout``, ``sequential``,
+(with Scale), ``shape`` (Identity, Flatten, Unflatten, ChannelShuffle, Narrow), ``dropout``, ``sequential``,
 ``container`` (ModuleList, ModuleDict), ``branch`` (Residual, Concat), ``squeeze_excitation``
 (SqueezeExcitation), ``loss``, ``grad`` (zeroing and clipping gradients) and ``passes`` (eval mode,
 data inputs, errors located inside containers); ``_construct`` holds what the constructors share.
@@ -54,11 +54,11 @@ from .passes import call_backward, eval_mode, input_is_data, switch_to_eval
 from .pooling import (AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, LPPool2d, MaxPool2d, _AdaptivePool2d,
                       _Pool2d)
 from .sequential import Sequential
-from .shape import ChannelShuffle, Flatten, Identity, Unflatten
+from .shape import ChannelShuffle, Flatten, Identity, Narrow, Unflatten
 from .squeeze_excitation import SqueezeExcitation
 
 __all__ = ["Parameter", "Layer", "Module", "Identity", "Conv2d", "ConvTranspose2d", "MaxPool2d", "AvgPool2d",
            "LPPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "ReLU", "GELU", "LeakyReLU", "SiLU", "Sigmoid", "Tanh",
-           "Flatten", "Unflatten", "ChannelShuffle", "Linear", "BatchNorm2d", "GroupNorm", "Dropout", "Scale",
+           "Flatten", "Unflatten", "ChannelShuffle", "Narrow", "Linear", "BatchNorm2d", "GroupNorm", "Dropout", "Scale",
            "Sequential", "ModuleList", "ModuleDict", "Residual", "Concat", "SqueezeExcitation", "CrossEntropyLoss",
            "LoadResult", "StateDictKeyError", "clip_grad_norm_", "clip_grad_value_", "eval_mode", "input_is_data"]

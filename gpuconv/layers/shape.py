@@ -1,6 +1,7 @@
 """The layers that pass values through and change at most the shape or their order: ``Identity``,
 ``Flatten`` (to (N, features), from either memory layout), ``Unflatten`` (one axis split into
-several) and ``ChannelShuffle`` (the channels interleaved by groups)."""
+several), ``ChannelShuffle`` (the channels interleaved by groups) and ``Narrow`` (a slice of one axis,
+the channel split of ShuffleNetV2's blocks)."""
 from __future__ import annotations
 
 import contextlib
@@ -12,6 +13,7 @@ from ..backend import array_device_context
 from ..ops._checks import check_array
 from ..ops._checks import only_defaults as _only
 from ..ops.channel_shuffle import check_groups
+from ..ops.narrow import check_narrow
 from ._construct import _Replayed
 from .module import Layer
 
@@ -133,3 +135,31 @@ class ChannelShuffle(Layer):
 
     def extra_repr(self):
         return f"groups={self.groups}"
+
+
+class Narrow(Layer):
+    """``torch.narrow(x, dim, start, length)`` as a layer (Torch7's ``nn.Narrow``): entries ``start``
+    to ``start + length - 1`` of axis ``dim`` (1: the channels) of the (N, C, H, W) input, a new array
+    in its layout and dtype (:func:`gpuconv.ops.narrow_forward`); the gradient is zeros with dy in
+    the slice. With :class:`Concat`, the channel split of ShuffleNetV2:
+    ``Concat(Narrow(1, 0, c), Sequential(Narrow(1, c, c), ...))`` keeps the first c channels and
+    transforms the other c."""
+
+    _registers_attributes = False
+    # The slice a forward copies: a CUDA graph replays its capture's.
+    dim, start, length = _Replayed(), _Replayed(), _Replayed()
+
+    def __init__(self, dim, start, length):
+        super().__init__()
+        self.dim, self.start, self.length = check_narrow(dim, start, length, "Narrow(dim, start, length)")
+
+    def forward(self, x):
+        y, cache = ops.narrow_forward(x, self.dim, self.start, self.length)
+        self._keep(cache)
+        return y
+
+    def backward(self, dy, need_dx=True):
+        return ops.narrow_backward(dy, self._take_cache())
+
+    def extra_repr(self):
+        return f"dim={self.dim}, start={self.start}, length={self.length}"

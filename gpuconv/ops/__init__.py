@@ -25,6 +25,7 @@ from .groupnorm import GroupNormCache, groupnorm_backward, groupnorm_forward
 from .linear import LinearCache, linear_backward, linear_forward
 from .loss import check_labels, softmax_cross_entropy
 from .lp_pool2d import LPPool2dCache, lp_pool2d_backward, lp_pool2d_forward
+from .narrow import NarrowCache, narrow_backward, narrow_forward
 from .pad import PadCache, pad_backward, pad_forward
 from .pool2d import (AvgPool2dCache, MaxPool2dCache, avg_pool2d_backward, avg_pool2d_forward,
                      max_pool2d_backward, max_pool2d_forward)
@@ -46,6 +47,7 @@ __all__ = [
     "scale_forward", "scale_backward", "ScaleCache",
     "pad_forward", "pad_backward", "PadCache",
     "channel_shuffle_forward", "channel_shuffle_backward", "ChannelShuffleCache",
+    "narrow_forward", "narrow_backward", "NarrowCache",
     "channel_gate_forward", "channel_gate_backward_gate", "channel_gate_backward_data", "ChannelGateCache",
     "linear_forward", "linear_backward",
     "softmax_cross_entropy",
