@@ -13,6 +13,9 @@
 - ``shufflenetv2``: the CIFAR ShuffleNetV2 of kuangliu/pytorch-cifar: blocks that split the
   channels in two, transform one half (1x1, 3x3 depthwise, 1x1) and shuffle the halves together;
   1.3M parameters at ``net_size=1``.
+- ``efficientnetb0``: the CIFAR EfficientNet-B0 of kuangliu/pytorch-cifar: 16 inverted-residual
+  blocks (3x3 and 5x5 depthwise convolutions) with SiLU and a squeeze-excitation gate each, dropout
+  before the head; 3.6M parameters.
 - ``airbench94``: Keller Jordan's airbench94 network (arXiv 2404.00498): a frozen 2x2
   patch-whitening convolution (:func:`init_whitening`), three conv-pool-BN-GELU blocks with
   identity-initialized convolutions, and a 1/9-scaled linear head; its training recipe is
@@ -31,11 +34,11 @@ import numpy as np
 
 from .backend import asnumpy, copy_like
 from .counter_rng import check_seed
-from .layers import (GELU, AvgPool2d, BatchNorm2d, ChannelShuffle, Concat, Conv2d, Flatten, Linear, MaxPool2d,
-                     Narrow, ReLU, Residual, Scale, Sequential, SqueezeExcitation)
+from .layers import (GELU, AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, ChannelShuffle, Concat, Conv2d, Dropout,
+                     Flatten, Linear, MaxPool2d, Narrow, ReLU, Residual, Scale, Sequential, SiLU, SqueezeExcitation)
 
 __all__ = ["seed_net", "three_layer_convnet", "fast_net", "resnet18", "senet18", "mobilenetv2", "shufflenetv2",
-           "airbench94", "airbench96", "init_whitening"]
+           "efficientnetb0", "airbench94", "airbench96", "init_whitening"]
 
 
 def _seeds(seed, n):
@@ -450,6 +453,86 @@ def shufflenetv2(net_size=1, num_classes=10, seed=0, in_channels=3):
     layers.update(conv2=Conv2d(c_in, last, 1, bias=False, seed=s[k]), bn2=BatchNorm2d(last, activation="relu"),
                   pool=AvgPool2d(4), flatten=Flatten(), linear=Linear(last, num_classes, seed=s[k + 1]))
     assert k + 2 == len(s)
+    return Sequential(layers)
+
+
+# kuangliu's EfficientNetB0 cfg, a row per stage: (expansion, out_channels, num_blocks, kernel_size,
+# stride of the first block); the stem's stride and the second stage's are 1 for 32x32 input.
+EFFICIENTNETB0_CFG = ((1, 16, 1, 3, 1), (6, 24, 2, 3, 2), (6, 40, 2, 5, 2), (6, 80, 3, 3, 2), (6, 112, 3, 5, 1),
+                      (6, 192, 4, 5, 2), (6, 320, 1, 3, 1))
+
+
+def _mbconv_block(c_in, c_out, kernel, stride, expansion, seeds):
+    # kuangliu's EfficientNet Block: [conv1x1(t c) - bn - silu] (not at expansion 1) - depthwise
+    # conv kxk (the block's stride, pad (k - 1) / 2) - bn - silu - squeeze-excitation (c_in / 4
+    # channels, SiLU inside) - conv1x1(c') - bn; the input added where the shape stays (stride 1,
+    # c == c'). floor=True: a stride-2 depthwise conv halves an even size as PyTorch's does.
+    channels = expansion * c_in
+    inner = {}
+    if expansion != 1:
+        inner.update(conv1=Conv2d(c_in, channels, 1, bias=False, seed=seeds[0]), bn1=BatchNorm2d(channels),
+                     act1=SiLU())
+    inner.update(conv2=Conv2d(channels, channels, kernel, stride=stride, padding=(kernel - 1) // 2, groups=channels,
+                              bias=False, floor=stride > 1, seed=seeds[1]),
+                 bn2=BatchNorm2d(channels), act2=SiLU(),
+                 se=SqueezeExcitation(channels, int(c_in * 0.25), activation=SiLU, seed=seeds[2]),
+                 conv3=Conv2d(channels, c_out, 1, bias=False, seed=seeds[3]), bn3=BatchNorm2d(c_out))
+    inner = Sequential(inner)
+    return Residual(inner) if stride == 1 and c_in == c_out else inner
+
+
+def efficientnetb0(num_classes=10, seed=0, in_channels=3):
+    """The CIFAR EfficientNet-B0 of kuangliu/pytorch-cifar (``EfficientNetB0()``, Tan and Le 2019
+    with the stem's stride 1 for 32x32 input and no last 1x1 convolution before the head):
+
+    ==============  ========================================================  ============
+    name            layers                                                    output
+    ==============  ========================================================  ============
+    conv1, bn1, act conv3x3(32) - bn - silu                                   32 x 32 x 32
+    layers.0        1 block (expansion 1, 3x3, 16 channels)                   16 x 32 x 32
+    layers.1-2      2 blocks (expansion 6, 3x3, 24), the first stride 2       24 x 16 x 16
+    layers.3-4      2 blocks (expansion 6, 5x5, 40), the first stride 2       40 x 8 x 8
+    layers.5-7      3 blocks (expansion 6, 3x3, 80), the first stride 2       80 x 4 x 4
+    layers.8-10     3 blocks (expansion 6, 5x5, 112)                          112 x 4 x 4
+    layers.11-14    4 blocks (expansion 6, 5x5, 192), the first stride 2      192 x 2 x 2
+    layers.15       1 block (expansion 6, 3x3, 320)                           320 x 2 x 2
+    pool, flatten   adaptive average pool to 1x1                              320
+    dropout         dropout(0.2) (training only)                              320
+    linear          linear(320 -> num_classes, with bias)                     num_classes
+    ==============  ========================================================  ============
+
+    A block of expansion t and kernel k from c to c' channels (an inverted residual with a
+    squeeze-excitation gate) is conv1x1(t c) - bn - silu (left out at t = 1) - depthwise convkxk
+    (``groups`` = t c, the block's stride, pad (k - 1) / 2) - bn - silu -
+    ``SqueezeExcitation(t c, c // 4, activation=SiLU)`` - conv1x1(c') - bn; a block whose stride is 1
+    and whose channels stay is a ``Residual`` (its ``inner``) adding its input, the others the
+    ``Sequential`` conv1 ... bn3 alone. The stages are ``EFFICIENTNETB0_CFG`` (kuangliu's cfg).
+    Convolutions are bias-free but for the gates'. kuangliu's drop-connect rate is 0 in every block
+    (his loop never advances the block index it scales by), so these blocks have none. His
+    ``layers.N.conv1.weight`` is ``layers.N.inner.conv1.weight`` here for a residual block and his
+    gate's ``se1``/``se2`` are ``fc1``/``fc2`` (``layers.N.se.se1.weight``: ``layers.N.se.fc1.weight``),
+    the other keys the same; his ``layers.0.conv1`` and ``layers.0.bn1``, built but never run at
+    expansion 1, are not here. 3,598,598 parameters (his model holds 1,088 more in those two).
+    Input must be ``in_channels`` x 32 x 32 (3: RGB). Its recipe, ``RECIPES['efficientnetb0']``, is
+    kuangliu's main.py, as resnet18's: SGD (momentum 0.9, weight decay 5e-4) at lr 0.1 with cosine
+    annealing over 200 epochs, batch 128, random crop (pad 4) and flip."""
+    c = _in_channels("efficientnetb0", in_channels)
+    blocks, c_in = [], 32  # (in, out, kernel, stride, expansion) of each block, as kuangliu lays them out
+    for t, c_out, n, k, stride in EFFICIENTNETB0_CFG:
+        for b in range(n):
+            blocks.append((c_in, c_out, k, stride if b == 0 else 1, t))
+            c_in = c_out
+    s = _seeds(seed, 3 + 4 * len(blocks))  # stem, 4 per block (conv1, conv2, the gate, conv3), linear, dropout
+    layers = {
+        "conv1": Conv2d(c, 32, 3, padding=1, bias=False, seed=s[0]),
+        "bn1": BatchNorm2d(32),
+        "act": SiLU(),
+        "layers": Sequential(*[_mbconv_block(*block, s[1 + 4 * i:5 + 4 * i]) for i, block in enumerate(blocks)]),
+        "pool": AdaptiveAvgPool2d(1),
+        "flatten": Flatten(),
+        "dropout": Dropout(0.2, seed=s[-1]),
+        "linear": Linear(320, num_classes, seed=s[-2]),
+    }
     return Sequential(layers)
 
 

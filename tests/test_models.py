@@ -18,6 +18,7 @@ MODELS = {
     "senet18": lambda **kw: models.senet18(**kw),  # (no width: the published net)
     "mobilenetv2": lambda **kw: models.mobilenetv2(**kw),  # (no width: the published net)
     "shufflenetv2": lambda **kw: models.shufflenetv2(net_size=0.5, **kw),  # (its smallest published size)
+    "efficientnetb0": lambda **kw: models.efficientnetb0(**kw),  # (no width: the published net)
 }
 
 
@@ -802,6 +803,244 @@ def test_shufflenetv2_blocks_on_the_backend(backend, channels_last):
                                    "conv2d_grouped_backward_weight")
 
 
+# kuangliu's EfficientNetB0() cfg (models/efficientnet.py), as published
+_KUANGLIU_EFFICIENTNETB0_CFG = {
+    "num_blocks": [1, 2, 2, 3, 3, 4, 1],
+    "expansion": [1, 6, 6, 6, 6, 6, 6],
+    "out_channels": [16, 24, 40, 80, 112, 192, 320],
+    "kernel_size": [3, 3, 5, 3, 5, 5, 3],
+    "stride": [1, 2, 2, 2, 1, 2, 1],
+    "dropout_rate": 0.2,
+    "drop_connect_rate": 0.2,
+}
+
+
+def _efficientnetb0_blocks():
+    """(in, out, kernel, stride, expansion) of each of the 16 blocks, as kuangliu's _make_layers lays them out."""
+    cfg, blocks, c_in = _KUANGLIU_EFFICIENTNETB0_CFG, [], 32
+    for t, c_out, n, k, stride in zip(*(cfg[key] for key in ("expansion", "out_channels", "num_blocks",
+                                                             "kernel_size", "stride"))):
+        for s in [stride] + [1] * (n - 1):
+            blocks.append((c_in, c_out, k, s, t))
+            c_in = c_out
+    return blocks
+
+
+def _efficientnetb0_parameters(num_classes=10, in_channels=3):
+    """EfficientNet-B0's parameter count from its architecture: bias-free convs but the gates' 1x1s
+    (with biases), a depthwise kxk one kxk filter per channel, BN (weight and bias per channel), a
+    linear head with bias; no expansion conv in a block of expansion 1 (kuangliu builds one and
+    never runs it)."""
+    conv = lambda c_in, c_out, k=1, groups=1: c_out * (c_in // groups) * k * k  # noqa: E731
+    bn = lambda c: 2 * c  # noqa: E731
+    total = conv(in_channels, 32, 3) + bn(32)
+    for c_in, c_out, k, _, t in _efficientnetb0_blocks():
+        ch, squeeze = t * c_in, int(c_in * 0.25)
+        total += (conv(c_in, ch) + bn(ch) if t != 1 else 0) + conv(ch, ch, k, groups=ch) + bn(ch)
+        total += conv(ch, squeeze) + squeeze + conv(squeeze, ch) + ch  # the gate's fc1, fc2 and their biases
+        total += conv(ch, c_out) + bn(c_out)
+    return total + 320 * num_classes + num_classes
+
+
+def test_efficientnetb0_parameter_count_follows_the_architecture():
+    count = lambda m: sum(p.size for p in m.parameters())  # noqa: E731
+    assert count(models.efficientnetb0()) == _efficientnetb0_parameters() == 3_598_598
+    assert f"{_efficientnetb0_parameters():,} parameters" in " ".join(models.efficientnetb0.__doc__.split())
+    assert count(models.efficientnetb0(num_classes=7, in_channels=1)) == _efficientnetb0_parameters(7, 1)
+
+
+def test_efficientnetb0_structure_and_shapes():
+    """kuangliu's layout: stem conv3x3(32) - BN - SiLU; 16 blocks of [1x1 expansion - BN - SiLU] -
+    kxk depthwise (groups = its channels, the block's stride, pad (k - 1) / 2) - BN - SiLU - a
+    squeeze-excitation gate (c_in / 4, SiLU) - 1x1 projection - BN, a Residual where stride 1 keeps
+    the channels; adaptive average pool, dropout 0.2, a linear head; each block's output shape."""
+    from gpuconv.layers import Dropout, SiLU
+    net = models.efficientnetb0()
+    assert list(net._layers) == ["conv1", "bn1", "act", "layers", "pool", "flatten", "dropout", "linear"]
+    assert models.EFFICIENTNETB0_CFG == tuple(zip(*(_KUANGLIU_EFFICIENTNETB0_CFG[k] for k in (
+        "expansion", "out_channels", "num_blocks", "kernel_size", "stride"))))
+    assert isinstance(net["act"], SiLU) and net["bn1"].activation is None and net["conv1"].bias is None
+    assert isinstance(net["dropout"], Dropout) and net["dropout"].p == 0.2
+    expected = _efficientnetb0_blocks()
+    assert len(net["layers"]) == len(expected) == 16
+    x = net["act"](net["bn1"](net["conv1"](_images(2))))
+    hw = 32
+    for i, (block, (c_in, c_out, k, stride, t)) in enumerate(zip(net["layers"], expected)):
+        residual = stride == 1 and c_in == c_out
+        assert isinstance(block, Residual) == residual and (not residual or block.shortcut is None)
+        inner = block.inner if residual else block
+        names = (["conv1", "bn1", "act1"] if t != 1 else []) + ["conv2", "bn2", "act2", "se", "conv3", "bn3"]
+        assert list(inner._layers) == names, i
+        conv2, se = inner["conv2"], inner["se"]
+        assert conv2.groups == t * c_in and conv2.kernel_size == (k, k) and conv2.padding == ((k - 1) // 2,) * 2
+        assert conv2.stride == (stride, stride) and conv2.bias is None and inner["conv3"].bias is None
+        assert se.fc1.weight.shape == (int(c_in * 0.25), t * c_in, 1, 1) and isinstance(se.activation, SiLU)
+        assert all(inner[b].activation is None for b in names if b.startswith("bn"))
+        hw //= stride
+        x = block(x)
+        assert x.shape == (2, c_out, hw, hw), i
+    assert x.shape == (2, 320, 2, 2)
+    _through_stages(net, x, [("pool", (320, 1, 1)), ("flatten", (320,)), ("dropout", (320,)), ("linear", (10,))])
+    assert models.efficientnetb0(num_classes=5, in_channels=1)(_images(2)[:, :1]).shape == (2, 5)
+    with pytest.raises(ValueError, match="efficientnetb0: in_channels must be a positive int"):
+        models.efficientnetb0(in_channels=0)
+
+
+class _KuangliuEfficientNet:
+    """kuangliu/pytorch-cifar's models/efficientnet.py (swish, drop_connect, SE, Block, EfficientNet),
+    as published."""
+
+    @staticmethod
+    def build(torch, cfg):
+        nn, F = torch.nn, torch.nn.functional
+
+        def swish(x):
+            return x * x.sigmoid()
+
+        def drop_connect(x, drop_ratio):
+            keep_ratio = 1.0 - drop_ratio
+            mask = torch.empty([x.shape[0], 1, 1, 1], dtype=x.dtype, device=x.device)
+            mask.bernoulli_(keep_ratio)
+            x.div_(keep_ratio)
+            x.mul_(mask)
+            return x
+
+        class SE(nn.Module):
+            def __init__(self, in_channels, se_channels):
+                super().__init__()
+                self.se1 = nn.Conv2d(in_channels, se_channels, kernel_size=1, bias=True)
+                self.se2 = nn.Conv2d(se_channels, in_channels, kernel_size=1, bias=True)
+
+            def forward(self, x):
+                out = F.adaptive_avg_pool2d(x, (1, 1))
+                out = swish(self.se1(out))
+                out = self.se2(out).sigmoid()
+                out = x * out
+                return out
+
+        class Block(nn.Module):
+            def __init__(self, in_channels, out_channels, kernel_size, stride, expand_ratio=1, se_ratio=0.,
+                         drop_rate=0.):
+                super().__init__()
+                self.stride = stride
+                self.drop_rate = drop_rate
+                self.expand_ratio = expand_ratio
+                channels = expand_ratio * in_channels
+                self.conv1 = nn.Conv2d(in_channels, channels, kernel_size=1, stride=1, padding=0, bias=False)
+                self.bn1 = nn.BatchNorm2d(channels)
+                self.conv2 = nn.Conv2d(channels, channels, kernel_size=kernel_size, stride=stride,
+                                       padding=(1 if kernel_size == 3 else 2), groups=channels, bias=False)
+                self.bn2 = nn.BatchNorm2d(channels)
+                se_channels = int(in_channels * se_ratio)
+                self.se = SE(channels, se_channels)
+                self.conv3 = nn.Conv2d(channels, out_channels, kernel_size=1, stride=1, padding=0, bias=False)
+                self.bn3 = nn.BatchNorm2d(out_channels)
+                self.has_skip = (stride == 1) and (in_channels == out_channels)
+
+            def forward(self, x):
+                out = x if self.expand_ratio == 1 else swish(self.bn1(self.conv1(x)))
+                out = swish(self.bn2(self.conv2(out)))
+                out = self.se(out)
+                out = self.bn3(self.conv3(out))
+                if self.has_skip:
+                    if self.training and self.drop_rate > 0:
+                        out = drop_connect(out, self.drop_rate)
+                    out = out + x
+                return out
+
+        class EfficientNet(nn.Module):
+            def __init__(self, cfg, num_classes=10):
+                super().__init__()
+                self.cfg = cfg
+                self.conv1 = nn.Conv2d(3, 32, kernel_size=3, stride=1, padding=1, bias=False)
+                self.bn1 = nn.BatchNorm2d(32)
+                self.layers = self._make_layers(in_channels=32)
+                self.linear = nn.Linear(cfg['out_channels'][-1], num_classes)
+
+            def _make_layers(self, in_channels):
+                layers = []
+                cfg = [self.cfg[k] for k in ['expansion', 'out_channels', 'num_blocks', 'kernel_size', 'stride']]
+                b = 0
+                blocks = sum(self.cfg['num_blocks'])
+                for expansion, out_channels, num_blocks, kernel_size, stride in zip(*cfg):
+                    strides = [stride] + [1] * (num_blocks - 1)
+                    for stride in strides:
+                        drop_rate = self.cfg['drop_connect_rate'] * b / blocks
+                        layers.append(Block(in_channels, out_channels, kernel_size, stride, expansion, se_ratio=0.25,
+                                            drop_rate=drop_rate))
+                        in_channels = out_channels
+                return nn.Sequential(*layers)
+
+            def forward(self, x):
+                out = swish(self.bn1(self.conv1(x)))
+                out = self.layers(out)
+                out = F.adaptive_avg_pool2d(out, 1)
+                out = out.view(out.size(0), -1)
+                dropout_rate = self.cfg['dropout_rate']
+                if self.training and dropout_rate > 0:
+                    out = F.dropout(out, p=dropout_rate)
+                out = self.linear(out)
+                return out
+
+        return EfficientNet(cfg)
+
+
+def _kuangliu_efficientnetb0_key(name):
+    """gpuconv's efficientnetb0 state-dict key -> kuangliu's (a residual block's layers under
+    ``inner``; the gate's fc1/fc2, torchvision's names, are his se1/se2)."""
+    return name.replace(".inner.", ".").replace(".se.fc1.", ".se.se1.").replace(".se.fc2.", ".se.se2.")
+
+
+def test_efficientnetb0_matches_kuangliu_efficientnetb0_in_torch():
+    """gpuconv's weights loaded into kuangliu's EfficientNet (torch, training mode), both in float64:
+    the same logits, loss, input gradient, every weight gradient (depthwise 3x3 and 5x5, the gates')
+    and updated running statistic, to float64 rounding. Both dropouts at 0 (their masks come from
+    different generators); his first block's expansion conv and BN, never run, taken out; and his
+    drop-connect is 0 in every block as published (the check below), so none is left out."""
+    torch = pytest.importorskip("torch", reason="compares against kuangliu's EfficientNetB0 written in torch")
+    theirs = _KuangliuEfficientNet.build(torch, dict(_KUANGLIU_EFFICIENTNETB0_CFG, dropout_rate=0.0))
+    assert all(block.drop_rate == 0 for block in theirs.layers)  # his b never advances: no drop-connect anywhere
+    assert sum(p.numel() for p in theirs.parameters()) == 3_598_598 + 32 * 32 + 2 * 32
+    del theirs.layers[0].conv1, theirs.layers[0].bn1  # (expansion 1: built, never run)
+    ours = models.efficientnetb0(seed=3)
+    ours["dropout"].p = 0.0
+    grads = _matches_kuangliu_in_torch(torch, ours, theirs, _kuangliu_efficientnetb0_key)
+    scale = max(float(np.abs(gt).max()) for _, gt in grads.values())
+    for name, (g, gt) in grads.items():
+        np.testing.assert_allclose(g, gt, rtol=1e-8, atol=1e-12 * scale, err_msg=name)
+
+
+def test_efficientnetb0_end_to_end_directional_derivative_float64():
+    """efficientnetb0 in float64 at batch 2 (dropout at 0: a mask drawn per forward would differ
+    between the evaluations): its convolutions (depthwise 3x3 and 5x5, stride 1 and 2), batch norms,
+    SiLUs, gates, residual sums, average pool and linear head along one direction over every weight
+    and the input. SiLU is smooth, with no kinks to step over as in the ReLU networks: the central
+    difference's error falls as h^2 (4e-6 relative at h = 1e-6, 4e-8 at 1e-7) down to rounding
+    (7e-9 at 3e-8)."""
+    net = models.efficientnetb0()
+    net["dropout"].p = 0.0
+    net.astype(np.float64)
+    x = _images(2, seed=3).astype(np.float64)
+    analytic, numeric = directional_derivative(net, x, np.array([1, 7]), h=3e-8, seed=3)
+    assert relative_error(np.array(analytic), np.array(numeric)) < 1e-6
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_efficientnetb0_blocks_on_the_backend(backend, channels_last):
+    """Two of the published net's blocks (layers.3: 5x5 depthwise stride 2, 24 -> 40 channels;
+    layers.4: its residual twin) forward and backward on the backend in float64 on an 8x8 input,
+    NCHW and channels_last: the same output, input and weight gradients as NCHW on NumPy."""
+    x = np.random.default_rng(4).standard_normal((2, 24, 8, 8))
+    dy = np.random.default_rng(5).standard_normal((2, 40, 4, 4))
+    blocks = [models.efficientnetb0(seed=1)["layers"][i] for i in (3, 4)]
+    y, dx, grads = _blocks_match_numpy_on_the_backend(blocks, x, dy, backend, channels_last)
+    assert y.shape == (2, 40, 4, 4) and dx.shape == x.shape
+    assert len(grads) == 2 * (3 + 3 * 2 + 4)  # 2 blocks: 3 convs, 3 BNs (weight, bias), the gate's 2 convs + biases
+    if backend.name != "numpy":
+        backend.assert_kernels_ran("conv2d_grouped_forward", "conv2d_grouped_backward_weight", "silu_forward",
+                                   "silu_backward", "sigmoid_forward")
+
+
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 def test_senet18_blocks_on_the_backend(backend, channels_last):
     """Two of the published net's blocks (layer2.0: stride 2 with a projection, layer2.1: the
@@ -894,7 +1133,8 @@ def test_end_to_end_directional_derivative_float64(name):
     assert relative_error(np.array(analytic), np.array(numeric)) < 1e-6
 
 
-@pytest.mark.parametrize("name", ["seed", "three_layer", "fast", "resnet18", "senet18", "mobilenetv2", "shufflenetv2"])
+@pytest.mark.parametrize("name", ["seed", "three_layer", "fast", "resnet18", "senet18", "mobilenetv2", "shufflenetv2",
+                                  "efficientnetb0"])
 def test_seeding(name):
     a, b, c = MODELS[name](seed=0), MODELS[name](seed=0), MODELS[name](seed=1)
     sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
