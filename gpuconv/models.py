@@ -16,6 +16,9 @@
 - ``efficientnetb0``: the CIFAR EfficientNet-B0 of kuangliu/pytorch-cifar: 16 inverted-residual
   blocks (3x3 and 5x5 depthwise convolutions) with SiLU and a squeeze-excitation gate each, dropout
   before the head; 3.6M parameters.
+- ``simpledla``: the simplified Deep Layer Aggregation of kuangliu/pytorch-cifar (the network his
+  main.py trains): trees of ResNet BasicBlocks whose outputs a 1x1 convolution aggregates; 15.1M
+  parameters.
 - ``airbench94``: Keller Jordan's airbench94 network (arXiv 2404.00498): a frozen 2x2
   patch-whitening convolution (:func:`init_whitening`), three conv-pool-BN-GELU blocks with
   identity-initialized convolutions, and a 1/9-scaled linear head; its training recipe is
@@ -35,10 +38,11 @@ import numpy as np
 from .backend import asnumpy, copy_like
 from .counter_rng import check_seed
 from .layers import (GELU, AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, ChannelShuffle, Concat, Conv2d, Dropout,
-                     Flatten, Linear, MaxPool2d, Narrow, ReLU, Residual, Scale, Sequential, SiLU, SqueezeExcitation)
+                     Flatten, Identity, Linear, MaxPool2d, Narrow, ReLU, Residual, Scale, Sequential, SiLU,
+                     SqueezeExcitation)
 
 __all__ = ["seed_net", "three_layer_convnet", "fast_net", "resnet18", "senet18", "mobilenetv2", "shufflenetv2",
-           "efficientnetb0", "airbench94", "airbench96", "init_whitening"]
+           "efficientnetb0", "simpledla", "airbench94", "airbench96", "init_whitening"]
 
 
 def _seeds(seed, n):
@@ -533,6 +537,68 @@ def efficientnetb0(num_classes=10, seed=0, in_channels=3):
         "dropout": Dropout(0.2, seed=s[-1]),
         "linear": Linear(320, num_classes, seed=s[-2]),
     }
+    return Sequential(layers)
+
+
+def _dla_tree(c_in, c_out, level, stride, seeds):
+    # kuangliu's Tree: out1 = left_tree(x), out2 = right_tree(out1), root(cat([out1, out2])) with
+    # root conv1x1(2 c_out -> c_out) - bn - relu; a level-1 tree's subtrees are BasicBlocks (the
+    # left one with the tree's stride), a deeper one's are trees a level lower. ``seeds`` is an
+    # iterator, drawn in the order kuangliu builds the convolutions: root, left, right.
+    root = Sequential({"conv": Conv2d(2 * c_out, c_out, 1, bias=False, seed=next(seeds)),
+                       "bn": BatchNorm2d(c_out, activation="relu")})
+    if level == 1:
+        def block(a, b, s):
+            return _basic_block(a, b, s, [next(seeds) for _ in range(2 + (s != 1 or a != b))])
+    else:
+        def block(a, b, s):
+            return _dla_tree(a, b, level - 1, s, seeds)
+    left = block(c_in, c_out, stride)
+    right = block(c_out, c_out, 1)
+    return Sequential({"left_tree": left, "join": Concat({"out1": Identity(), "right_tree": right}), "root": root})
+
+
+def simpledla(num_classes=10, seed=0, in_channels=3):
+    """The simplified Deep Layer Aggregation of kuangliu/pytorch-cifar (``SimpleDLA()``, after Yu et
+    al. 2018; the network his main.py trains):
+
+    ==============  ========================================================  ============
+    name            layers                                                    output
+    ==============  ========================================================  ============
+    base            conv3x3(16) - bn - relu                                   16 x 32 x 32
+    layer1          conv3x3(16) - bn - relu                                   16 x 32 x 32
+    layer2          conv3x3(32) - bn - relu                                   32 x 32 x 32
+    layer3          a tree of level 1 (64)                                    64 x 32 x 32
+    layer4          a tree of level 2 (128), stride 2                         128 x 16 x 16
+    layer5          a tree of level 2 (256), stride 2                         256 x 8 x 8
+    layer6          a tree of level 1 (512), stride 2                         512 x 4 x 4
+    pool, flatten   avgpool4 (global average pool over the 4x4 map)           512
+    linear          linear(512 -> num_classes, with bias)                     num_classes
+    ==============  ========================================================  ============
+
+    A tree of c channels runs its left subtree on x (with the tree's stride), its right subtree on
+    that output, and joins both outputs in its root: conv1x1(2c -> c) - bn - relu. The subtrees of
+    a level-1 tree are :func:`resnet18`'s BasicBlocks (a 1x1 conv + BN projection where the shape
+    changes), those of a level-2 tree level-1 trees. A tree is the ``Sequential`` ``left_tree``,
+    ``join`` (a ``Concat`` of ``out1``, an ``Identity``, and ``right_tree``) and ``root``; kuangliu's
+    ``layer4.left_tree.right_tree.conv1.weight`` is ``layer4.left_tree.join.right_tree.res.inner.conv1.weight``
+    here (his trees' ``right_tree`` one level down, in ``join``; the blocks' keys as resnet18's),
+    ``base.0.weight``, ``layer1.1.running_mean`` and the roots' ``layer3.root.conv.weight`` the same.
+    Convolutions are bias-free. 15,142,970 parameters; no width argument (kuangliu's net has none).
+    Input must be ``in_channels`` x 32 x 32 (3: RGB). Its recipe, ``RECIPES['simpledla']``, is
+    kuangliu's main.py, as resnet18's: SGD (momentum 0.9, weight decay 5e-4) at lr 0.1 with cosine
+    annealing over 200 epochs, batch 128, random crop (pad 4) and flip."""
+    c = _in_channels("simpledla", in_channels)
+    seeds = iter(_seeds(seed, 40))  # the 39 convolutions, then the linear layer
+
+    def conv_bn(a, b):
+        return Sequential(Conv2d(a, b, 3, padding=1, bias=False, seed=next(seeds)), BatchNorm2d(b, activation="relu"))
+
+    layers = {"base": conv_bn(c, 16), "layer1": conv_bn(16, 16), "layer2": conv_bn(16, 32)}
+    for name, (a, b, level, stride) in zip(("layer3", "layer4", "layer5", "layer6"),
+                                           ((32, 64, 1, 1), (64, 128, 2, 2), (128, 256, 2, 2), (256, 512, 1, 2))):
+        layers[name] = _dla_tree(a, b, level, stride, seeds)
+    layers.update(pool=AvgPool2d(4), flatten=Flatten(), linear=Linear(512, num_classes, seed=next(seeds)))
     return Sequential(layers)
 
 

@@ -19,6 +19,7 @@ MODELS = {
     "mobilenetv2": lambda **kw: models.mobilenetv2(**kw),  # (no width: the published net)
     "shufflenetv2": lambda **kw: models.shufflenetv2(net_size=0.5, **kw),  # (its smallest published size)
     "efficientnetb0": lambda **kw: models.efficientnetb0(**kw),  # (no width: the published net)
+    "simpledla": lambda **kw: models.simpledla(**kw),  # (no width: the published net)
 }
 
 
@@ -1041,6 +1042,197 @@ def test_efficientnetb0_blocks_on_the_backend(backend, channels_last):
                                    "silu_backward", "sigmoid_forward")
 
 
+def _simpledla_parameters(num_classes=10, in_channels=3):
+    """SimpleDLA's parameter count from its architecture: bias-free convs, BN (weight and bias per
+    channel), a linear head with bias; a tree's root a 1x1 conv from 2c to c channels."""
+    conv = lambda c_in, c_out, k=3: c_in * c_out * k * k  # noqa: E731
+    bn = lambda c: 2 * c  # noqa: E731
+
+    def block(a, b):  # a BasicBlock, with a projection where the channels change (or the stride)
+        return conv(a, b) + bn(b) + conv(b, b) + bn(b) + (conv(a, b, 1) + bn(b) if a != b else 0)
+
+    def tree(a, b, level):
+        sub = (lambda x, y: block(x, y)) if level == 1 else (lambda x, y: tree(x, y, level - 1))
+        return sub(a, b) + sub(b, b) + conv(2 * b, b, 1) + bn(b)
+
+    total = conv(in_channels, 16) + bn(16) + conv(16, 16) + bn(16) + conv(16, 32) + bn(32)
+    total += tree(32, 64, 1) + tree(64, 128, 2) + tree(128, 256, 2) + tree(256, 512, 1)
+    return total + 512 * num_classes + num_classes
+
+
+def test_simpledla_parameter_count_follows_the_architecture():
+    count = lambda m: sum(p.size for p in m.parameters())  # noqa: E731
+    assert count(models.simpledla()) == _simpledla_parameters() == 15_142_970
+    assert f"{_simpledla_parameters():,} parameters" in " ".join(models.simpledla.__doc__.split())
+    assert count(models.simpledla(num_classes=7, in_channels=1)) == _simpledla_parameters(7, 1)
+
+
+def test_simpledla_structure_and_shapes():
+    """kuangliu's layout: base, layer1, layer2 conv3x3 - BN+ReLU (16, 16, 32); trees of level 1, 2, 2,
+    1 (64, 128, 256, 512 channels; the last three stride 2), each left subtree -> right subtree ->
+    root conv1x1(2c -> c) - BN+ReLU over both outputs joined; avg_pool2d 4, a linear head."""
+    from gpuconv.layers import Concat, Identity
+    net = models.simpledla()
+    assert list(net._layers) == ["base", "layer1", "layer2", "layer3", "layer4", "layer5", "layer6", "pool",
+                                 "flatten", "linear"]
+    x = _images(2)
+    for name, c in (("base", 16), ("layer1", 16), ("layer2", 32)):
+        conv, norm = net[name]
+        assert conv.kernel_size == (3, 3) and conv.bias is None and norm.activation == "relu"
+        x = net[name](x)
+        assert x.shape == (2, c, 32, 32)
+
+    def check_tree(tree, c_in, c, level, stride):
+        assert list(tree._layers) == ["left_tree", "join", "root"]
+        join, root = tree["join"], tree["root"]
+        assert isinstance(join, Concat) and list(join._branches) == ["out1", "right_tree"]
+        assert isinstance(join["out1"], Identity)
+        assert root["conv"].weight.shape == (c, 2 * c, 1, 1) and root["bn"].activation == "relu"
+        if level == 1:
+            for block, (a, s) in ((tree["left_tree"], (c_in, stride)), (join["right_tree"], (c, 1))):
+                inner = block["res"].inner
+                assert inner["conv1"].stride == (s, s) and inner["conv1"].weight.shape == (c, a, 3, 3)
+                assert (block["res"].shortcut is not None) == (s != 1 or a != c)
+        else:
+            check_tree(tree["left_tree"], c_in, c, level - 1, stride)
+            check_tree(join["right_tree"], c, c, level - 1, 1)
+
+    hw = 32
+    for name, (c_in, c, level, stride) in zip(("layer3", "layer4", "layer5", "layer6"),
+                                              ((32, 64, 1, 1), (64, 128, 2, 2), (128, 256, 2, 2), (256, 512, 1, 2))):
+        check_tree(net[name], c_in, c, level, stride)
+        hw //= stride
+        x = net[name](x)
+        assert x.shape == (2, c, hw, hw), name
+    _through_stages(net, x, [("pool", (512, 1, 1)), ("flatten", (512,)), ("linear", (10,))])
+    assert models.simpledla(num_classes=5, in_channels=1)(_images(2)[:, :1]).shape == (2, 5)
+    with pytest.raises(ValueError, match="simpledla: in_channels must be a positive int"):
+        models.simpledla(in_channels=0)
+
+
+class _KuangliuSimpleDLA:
+    """kuangliu/pytorch-cifar's models/dla_simple.py (BasicBlock, Root, Tree, SimpleDLA), as published."""
+
+    @staticmethod
+    def build(torch):
+        nn, F = torch.nn, torch.nn.functional
+
+        class BasicBlock(nn.Module):
+            expansion = 1
+
+            def __init__(self, in_planes, planes, stride=1):
+                super().__init__()
+                self.conv1 = nn.Conv2d(in_planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
+                self.bn1 = nn.BatchNorm2d(planes)
+                self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=1, padding=1, bias=False)
+                self.bn2 = nn.BatchNorm2d(planes)
+                self.shortcut = nn.Sequential()
+                if stride != 1 or in_planes != self.expansion * planes:
+                    self.shortcut = nn.Sequential(
+                        nn.Conv2d(in_planes, self.expansion * planes, kernel_size=1, stride=stride, bias=False),
+                        nn.BatchNorm2d(self.expansion * planes))
+
+            def forward(self, x):
+                out = F.relu(self.bn1(self.conv1(x)))
+                out = self.bn2(self.conv2(out))
+                out += self.shortcut(x)
+                out = F.relu(out)
+                return out
+
+        class Root(nn.Module):
+            def __init__(self, in_channels, out_channels, kernel_size=1):
+                super().__init__()
+                self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=1,
+                                      padding=(kernel_size - 1) // 2, bias=False)
+                self.bn = nn.BatchNorm2d(out_channels)
+
+            def forward(self, xs):
+                x = torch.cat(xs, 1)
+                out = F.relu(self.bn(self.conv(x)))
+                return out
+
+        class Tree(nn.Module):
+            def __init__(self, block, in_channels, out_channels, level=1, stride=1):
+                super().__init__()
+                self.root = Root(2 * out_channels, out_channels)
+                if level == 1:
+                    self.left_tree = block(in_channels, out_channels, stride=stride)
+                    self.right_tree = block(out_channels, out_channels, stride=1)
+                else:
+                    self.left_tree = Tree(block, in_channels, out_channels, level=level - 1, stride=stride)
+                    self.right_tree = Tree(block, out_channels, out_channels, level=level - 1, stride=1)
+
+            def forward(self, x):
+                out1 = self.left_tree(x)
+                out2 = self.right_tree(out1)
+                out = self.root([out1, out2])
+                return out
+
+        class SimpleDLA(nn.Module):
+            def __init__(self, block=BasicBlock, num_classes=10):
+                super().__init__()
+                self.base = nn.Sequential(nn.Conv2d(3, 16, kernel_size=3, stride=1, padding=1, bias=False),
+                                          nn.BatchNorm2d(16), nn.ReLU(True))
+                self.layer1 = nn.Sequential(nn.Conv2d(16, 16, kernel_size=3, stride=1, padding=1, bias=False),
+                                            nn.BatchNorm2d(16), nn.ReLU(True))
+                self.layer2 = nn.Sequential(nn.Conv2d(16, 32, kernel_size=3, stride=1, padding=1, bias=False),
+                                            nn.BatchNorm2d(32), nn.ReLU(True))
+                self.layer3 = Tree(block, 32, 64, level=1, stride=1)
+                self.layer4 = Tree(block, 64, 128, level=2, stride=2)
+                self.layer5 = Tree(block, 128, 256, level=2, stride=2)
+                self.layer6 = Tree(block, 256, 512, level=1, stride=2)
+                self.linear = nn.Linear(512, num_classes)
+
+            def forward(self, x):
+                out = self.base(x)
+                out = self.layer1(out)
+                out = self.layer2(out)
+                out = self.layer3(out)
+                out = self.layer4(out)
+                out = self.layer5(out)
+                out = self.layer6(out)
+                out = F.avg_pool2d(out, 4)
+                out = out.view(out.size(0), -1)
+                out = self.linear(out)
+                return out
+
+        return SimpleDLA()
+
+
+def _kuangliu_simpledla_key(name):
+    """gpuconv's simpledla state-dict key -> kuangliu's (a tree's right subtree one level down, in
+    ``join``; the BasicBlocks' keys as resnet18's)."""
+    return _kuangliu_key(name.replace(".join.", "."))
+
+
+def test_simpledla_matches_kuangliu_simpledla_in_torch():
+    """gpuconv's weights loaded into kuangliu's SimpleDLA() (torch, training mode), both in float64:
+    the same logits, loss, input gradient, every weight gradient and updated running statistic, to
+    float64 rounding: the trees' order of subtrees and the roots' joins as his."""
+    torch = pytest.importorskip("torch", reason="compares against kuangliu's SimpleDLA written in torch")
+    grads = _matches_kuangliu_in_torch(torch, models.simpledla(seed=3), _KuangliuSimpleDLA.build(torch),
+                                       _kuangliu_simpledla_key)
+    scale = max(float(np.abs(gt).max()) for _, gt in grads.values())
+    for name, (g, gt) in grads.items():
+        np.testing.assert_allclose(g, gt, rtol=1e-8, atol=1e-12 * scale, err_msg=name)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_simpledla_tree_on_the_backend(backend, channels_last):
+    """A level-2 tree of simpledla's builder, narrowed to 4 -> 8 channels with stride 2 (its four
+    BasicBlocks, the first with a projection, and three roots joining their subtrees' outputs),
+    forward and backward on the backend in float64 on an 8x8 input, NCHW and channels_last: the same
+    output, input and weight gradients as NCHW on NumPy."""
+    x = np.random.default_rng(4).standard_normal((2, 4, 8, 8))
+    dy = np.random.default_rng(5).standard_normal((2, 8, 4, 4))
+    tree = models._dla_tree(4, 8, 2, 2, iter(range(1, 100)))
+    y, dx, grads = _blocks_match_numpy_on_the_backend([tree], x, dy, backend, channels_last)
+    assert y.shape == (2, 8, 4, 4) and dx.shape == x.shape
+    assert len(grads) == 4 * 6 + 3 + 3 * 3  # 4 blocks' 2 convs and 2 BNs, a projection, 3 roots' conv and BN
+    if backend.name != "numpy":
+        backend.assert_kernels_ran("conv2d_forward", "conv2d_backward_data", "conv2d_backward_weight")
+
+
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 def test_senet18_blocks_on_the_backend(backend, channels_last):
     """Two of the published net's blocks (layer2.0: stride 2 with a projection, layer2.1: the
@@ -1134,7 +1326,7 @@ def test_end_to_end_directional_derivative_float64(name):
 
 
 @pytest.mark.parametrize("name", ["seed", "three_layer", "fast", "resnet18", "senet18", "mobilenetv2", "shufflenetv2",
-                                  "efficientnetb0"])
+                                  "efficientnetb0", "simpledla"])
 def test_seeding(name):
     a, b, c = MODELS[name](seed=0), MODELS[name](seed=0), MODELS[name](seed=1)
     sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
