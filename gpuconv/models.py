@@ -19,6 +19,13 @@
 - ``simpledla``: the simplified Deep Layer Aggregation of kuangliu/pytorch-cifar (the network his
   main.py trains): trees of ResNet BasicBlocks whose outputs a 1x1 convolution aggregates; 15.1M
   parameters.
+- ``vgg``: kuangliu/pytorch-cifar's VGG11/13/16/19 (``vgg_name``), conv3x3 - BN - ReLU stacks between
+  max pools; 20.0M parameters at VGG19.
+- ``preact_resnet18``: kuangliu/pytorch-cifar's PreActResNet18 (He et al.'s identity mappings: BN and
+  ReLU before each convolution); 11.2M parameters.
+- ``mobilenet``: kuangliu/pytorch-cifar's MobileNet (v1): 13 depthwise-separable blocks; 3.2M parameters.
+- ``resnext29``: kuangliu/pytorch-cifar's ResNeXt29 (``cardinality`` x ``bottleneck_width``, 2x64d by
+  default): bottleneck blocks around a grouped 3x3 convolution; 9.1M parameters at 2x64d.
 - ``airbench94``: Keller Jordan's airbench94 network (arXiv 2404.00498): a frozen 2x2
   patch-whitening convolution (:func:`init_whitening`), three conv-pool-BN-GELU blocks with
   identity-initialized convolutions, and a 1/9-scaled linear head; its training recipe is
@@ -42,7 +49,7 @@ from .layers import (GELU, AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, ChannelShu
                      SqueezeExcitation)
 
 __all__ = ["seed_net", "three_layer_convnet", "fast_net", "resnet18", "senet18", "mobilenetv2", "shufflenetv2",
-           "efficientnetb0", "simpledla", "airbench94", "airbench96", "init_whitening"]
+           "efficientnetb0", "simpledla", "vgg", "preact_resnet18", "mobilenet", "resnext29", "airbench94", "airbench96", "init_whitening"]
 
 
 def _seeds(seed, n):
@@ -599,6 +606,174 @@ def simpledla(num_classes=10, seed=0, in_channels=3):
                                            ((32, 64, 1, 1), (64, 128, 2, 2), (128, 256, 2, 2), (256, 512, 1, 2))):
         layers[name] = _dla_tree(a, b, level, stride, seeds)
     layers.update(pool=AvgPool2d(4), flatten=Flatten(), linear=Linear(512, num_classes, seed=next(seeds)))
+    return Sequential(layers)
+
+
+# kuangliu's VGG cfg: output channels of each conv3x3 - BN - ReLU, 'M' a 2x2 max pool.
+VGG_CFG = {
+    "VGG11": (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
+    "VGG13": (64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
+    "VGG16": (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"),
+    "VGG19": (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512,
+              "M"),
+}
+
+
+def vgg(vgg_name="VGG19", num_classes=10, seed=0, in_channels=3):
+    """kuangliu/pytorch-cifar's CIFAR VGG (``VGG(vgg_name)``, Simonyan and Zisserman with batch norm):
+    ``features``, the ``VGG_CFG[vgg_name]`` stack of conv3x3 (pad 1, with bias) - BN - ReLU, a 2x2
+    max pool at each 'M' (five: 32x32 down to 1x1), then ``flatten`` and ``classifier``, a linear
+    layer from 512 to ``num_classes``. The ReLUs and pools are layers of their own in ``features``
+    so its indices, hence every state-dict key (``features.0.weight``, ``features.1.running_mean``,
+    ``classifier.weight``), are kuangliu's; his last layer of ``features``, an ``AvgPool2d(1, 1)``
+    (an identity), is left out. 20,040,522 parameters at VGG19 (VGG11: 9,231,114; VGG13:
+    9,416,010; VGG16: 14,728,266). Input must be ``in_channels`` x 32 x 32 (3: RGB). Its recipe,
+    ``RECIPES['vgg19']``, is kuangliu's main.py, as resnet18's."""
+    if vgg_name not in VGG_CFG:
+        raise ValueError(f"vgg: vgg_name must be one of {', '.join(VGG_CFG)} (kuangliu's), got {vgg_name!r}")
+    c = _in_channels("vgg", in_channels)
+    cfg = VGG_CFG[vgg_name]
+    s = _seeds(seed, sum(x != "M" for x in cfg) + 1)
+    features, k = [], 0
+    for x in cfg:
+        if x == "M":
+            features.append(MaxPool2d(2, 2))
+            continue
+        features += [Conv2d(c, x, 3, padding=1, seed=s[k]), BatchNorm2d(x), ReLU()]
+        c, k = x, k + 1
+    return Sequential({"features": Sequential(*features), "flatten": Flatten(),
+                       "classifier": Linear(512, num_classes, seed=s[k])})
+
+
+def _preact_block(c_in, c_out, stride, seeds):
+    # kuangliu's PreActBlock: o = relu(bn1(x)); conv2(relu(bn2(conv1(o)))) + shortcut, the shortcut
+    # x itself, or a bias-free 1x1 conv (the block's stride) of o where the shape changes: the
+    # identity block is a Residual over bn1 ... conv2; the projecting one bn1 then a Residual whose
+    # shortcut convolves bn1's output. floor=True: a stride-2 conv halves 32x32 as PyTorch's does.
+    def tail():
+        return {"conv1": Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False, floor=stride > 1, seed=seeds[0]),
+                "bn2": BatchNorm2d(c_out, activation="relu"),
+                "conv2": Conv2d(c_out, c_out, 3, padding=1, bias=False, seed=seeds[1])}
+    if stride == 1 and c_in == c_out:
+        return Residual(Sequential({"bn1": BatchNorm2d(c_in, activation="relu"), **tail()}))
+    shortcut = Sequential(Conv2d(c_in, c_out, 1, stride=stride, bias=False, floor=stride > 1, seed=seeds[2]))
+    return Sequential({"bn1": BatchNorm2d(c_in, activation="relu"), "res": Residual(Sequential(tail()), shortcut)})
+
+
+def preact_resnet18(num_classes=10, seed=0, in_channels=3):
+    """kuangliu/pytorch-cifar's PreActResNet18 (He et al. 2016, "Identity Mappings in Deep Residual
+    Networks"): ``conv1`` conv3x3(64) (no BN after it), four stages ``layer1``-``layer4`` of two
+    pre-activation blocks (64, 128, 256, 512 channels; the first block of stages 2-4 stride 2 with a
+    1x1 projection), then avgpool4 and a linear head, with no BN or ReLU between the last block and
+    the pool (as his). A block is ``x + conv3x3(relu(bn(conv3x3(relu(bn(x))))))``; a projecting
+    block adds a 1x1 convolution of ``relu(bn1(x))`` instead of x. An identity block is a
+    ``Residual`` (its ``inner``: bn1, conv1, bn2, conv2), a projecting one the ``Sequential`` bn1,
+    ``res`` (a ``Residual``: its ``inner`` conv1, bn2, conv2 and its ``shortcut``): kuangliu's
+    ``layer1.0.conv1.weight`` is ``layer1.0.inner.conv1.weight`` here, ``layer2.0.conv1.weight``
+    ``layer2.0.res.inner.conv1.weight`` and ``layer2.0.shortcut.0.weight``
+    ``layer2.0.res.shortcut.0.weight``, the other keys the same. Convolutions are bias-free; the BN
+    ReLUs fused. 11,171,146 parameters. Input must be ``in_channels`` x 32 x 32 (3: RGB). Its
+    recipe, ``RECIPES['preact_resnet18']``, is kuangliu's main.py, as resnet18's."""
+    c = _in_channels("preact_resnet18", in_channels)
+    s = _seeds(seed, 1 + 8 * 2 + 3 + 1)  # stem, each block's 2 convs and 3 projections, linear
+    layers, c_in, k = {"conv1": Conv2d(c, 64, 3, padding=1, bias=False, seed=s[0])}, 64, 1
+    for stage, c_out in enumerate((64, 128, 256, 512), start=1):
+        blocks = []
+        for b in range(2):
+            stride = 2 if stage > 1 and b == 0 else 1
+            n = 2 + (stride != 1 or c_in != c_out)
+            blocks.append(_preact_block(c_in, c_out, stride, s[k:k + n]))
+            k, c_in = k + n, c_out
+        layers[f"layer{stage}"] = Sequential(*blocks)
+    layers.update(pool=AvgPool2d(4), flatten=Flatten(), linear=Linear(512, num_classes, seed=s[k]))
+    return Sequential(layers)
+
+
+# kuangliu's MobileNet.cfg: each block's output channels, (channels, 2) for a stride-2 block.
+MOBILENET_CFG = (64, (128, 2), 128, (256, 2), 256, (512, 2), 512, 512, 512, 512, 512, (1024, 2), 1024)
+
+
+def mobilenet(num_classes=10, seed=0, in_channels=3):
+    """kuangliu/pytorch-cifar's CIFAR MobileNet (``MobileNet()``, Howard et al. 2017, v1):
+    ``conv1`` conv3x3(32) - ``bn1`` - relu, 13 ``layers`` of depthwise conv3x3 (the block's
+    stride, pad 1) - BN - relu - conv1x1 - BN - relu (``MOBILENET_CFG``: 32x32 down to 2x2 in four
+    stride-2 blocks), then avgpool2 and a linear layer from 1024 to ``num_classes``. A block is
+    the ``Sequential`` conv1, bn1, conv2, bn2, as kuangliu's keys (``layers.3.conv1.weight``); the
+    convolutions bias-free, the ReLUs the batch norms' fused ones. 3,217,226 parameters. Input must
+    be ``in_channels`` x 32 x 32 (3: RGB). Its recipe, ``RECIPES['mobilenet']``, is kuangliu's
+    main.py, as resnet18's."""
+    c = _in_channels("mobilenet", in_channels)
+    s = _seeds(seed, 2 + 2 * len(MOBILENET_CFG))
+    layers = {"conv1": Conv2d(c, 32, 3, padding=1, bias=False, seed=s[0]), "bn1": BatchNorm2d(32, activation="relu")}
+    blocks, c_in = [], 32
+    for i, x in enumerate(MOBILENET_CFG):
+        c_out, stride = (x, 1) if isinstance(x, int) else x
+        blocks.append(Sequential({
+            "conv1": Conv2d(c_in, c_in, 3, stride=stride, padding=1, groups=c_in, bias=False, floor=stride > 1,
+                            seed=s[1 + 2 * i]),
+            "bn1": BatchNorm2d(c_in, activation="relu"),
+            "conv2": Conv2d(c_in, c_out, 1, bias=False, seed=s[2 + 2 * i]),
+            "bn2": BatchNorm2d(c_out, activation="relu"),
+        }))
+        c_in = c_out
+    layers.update(layers=Sequential(*blocks), pool=AvgPool2d(2), flatten=Flatten(),
+                  linear=Linear(1024, num_classes, seed=s[-1]))
+    return Sequential(layers)
+
+
+def _resnext_block(c_in, group_width, cardinality, stride, seeds):
+    # kuangliu's ResNeXt Block: relu(bn3(conv3(relu(bn2(conv2(relu(bn1(conv1(x)))))))) + shortcut(x))
+    # with conv2 a 3x3 of ``cardinality`` groups (the block's stride) and conv3 to twice the group
+    # width; the shortcut a 1x1 conv + BN where the shape changes. floor=True as resnet18's.
+    c_out = 2 * group_width
+    inner = Sequential({
+        "conv1": Conv2d(c_in, group_width, 1, bias=False, seed=seeds[0]),
+        "bn1": BatchNorm2d(group_width, activation="relu"),
+        "conv2": Conv2d(group_width, group_width, 3, stride=stride, padding=1, groups=cardinality, bias=False,
+                        floor=stride > 1, seed=seeds[1]),
+        "bn2": BatchNorm2d(group_width, activation="relu"),
+        "conv3": Conv2d(group_width, c_out, 1, bias=False, seed=seeds[2]),
+        "bn3": BatchNorm2d(c_out),
+    })
+    shortcut = None
+    if stride != 1 or c_in != c_out:
+        shortcut = Sequential(Conv2d(c_in, c_out, 1, stride=stride, bias=False, floor=stride > 1, seed=seeds[3]),
+                              BatchNorm2d(c_out))
+    return Sequential({"res": Residual(inner, shortcut=shortcut), "relu": ReLU()})
+
+
+def resnext29(cardinality=2, bottleneck_width=64, num_classes=10, seed=0, in_channels=3):
+    """kuangliu/pytorch-cifar's CIFAR ResNeXt29 (``ResNeXt29_2x64d()``; Xie et al. 2017), ``cardinality``
+    x ``bottleneck_width`` (his 2x64d, 4x64d, 8x64d and 32x4d are (2, 64), (4, 64), (8, 64), (32, 4)):
+    ``conv1`` conv1x1(64) - ``bn1`` - relu, three stages ``layer1``-``layer3`` of three blocks whose
+    group width is cardinality x width, the width doubling each stage (the first block of stages 2
+    and 3 stride 2), then avgpool8 and a linear layer from 8 x cardinality x width. A block is
+    ``relu(bn(conv1x1(relu(bn(grouped conv3x3(relu(bn(conv1x1(x)))))))) + shortcut(x))``, out to
+    twice its group width, its shortcut the identity or a 1x1 conv + BN where the shape changes:
+    ``layerK.B`` the ``Sequential`` ``res`` (a ``Residual``: its ``inner`` conv1 ... bn3 and its
+    ``shortcut``) and ``relu``, kuangliu's keys mapped as resnet18's (``layer1.0.conv2.weight`` is
+    ``layer1.0.res.inner.conv2.weight``). Convolutions bias-free. 9,128,778 parameters at 2x64d.
+    Input must be ``in_channels`` x 32 x 32 (3: RGB). Its recipe, ``RECIPES['resnext29']``, is
+    kuangliu's main.py, as resnet18's."""
+    for name, value in (("cardinality", cardinality), ("bottleneck_width", bottleneck_width)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"resnext29: {name} must be a positive int (his 2x64d: cardinality 2, bottleneck_width "
+                             f"64), got {value!r}")
+    c = _in_channels("resnext29", in_channels)
+    s = _seeds(seed, 1 + 9 * 3 + 3 + 1)  # stem, each block's 3 convs, the 3 projections, linear
+    layers = {"conv1": Conv2d(c, 64, 1, bias=False, seed=s[0]), "bn1": BatchNorm2d(64, activation="relu")}
+    c_in, width, k = 64, int(bottleneck_width), 1
+    for stage in (1, 2, 3):
+        blocks = []
+        for b in range(3):
+            stride = 2 if stage > 1 and b == 0 else 1
+            group_width = cardinality * width
+            n = 3 + (stride != 1 or c_in != 2 * group_width)
+            blocks.append(_resnext_block(c_in, group_width, int(cardinality), stride, s[k:k + n]))
+            k, c_in = k + n, 2 * group_width
+        layers[f"layer{stage}"] = Sequential(*blocks)
+        width *= 2
+    layers.update(pool=AvgPool2d(8), flatten=Flatten(), linear=Linear(c_in, num_classes, seed=s[k]))
     return Sequential(layers)
 
 

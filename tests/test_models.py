@@ -20,6 +20,10 @@ MODELS = {
     "shufflenetv2": lambda **kw: models.shufflenetv2(net_size=0.5, **kw),  # (its smallest published size)
     "efficientnetb0": lambda **kw: models.efficientnetb0(**kw),  # (no width: the published net)
     "simpledla": lambda **kw: models.simpledla(**kw),  # (no width: the published net)
+    "vgg": lambda **kw: models.vgg("VGG11", **kw),  # (the smallest of kuangliu's four)
+    "preact_resnet18": lambda **kw: models.preact_resnet18(**kw),
+    "mobilenet": lambda **kw: models.mobilenet(**kw),
+    "resnext29": lambda **kw: models.resnext29(cardinality=2, bottleneck_width=4, **kw),  # (narrowed)
 }
 
 
@@ -1233,6 +1237,359 @@ def test_simpledla_tree_on_the_backend(backend, channels_last):
         backend.assert_kernels_ran("conv2d_forward", "conv2d_backward_data", "conv2d_backward_weight")
 
 
+_KUANGLIU_VGG_CFG = {
+    'VGG11': [64, 'M', 128, 'M', 256, 256, 'M', 512, 512, 'M', 512, 512, 'M'],
+    'VGG13': [64, 64, 'M', 128, 128, 'M', 256, 256, 'M', 512, 512, 'M', 512, 512, 'M'],
+    'VGG16': [64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M', 512, 512, 512, 'M', 512, 512, 512, 'M'],
+    'VGG19': [64, 64, 'M', 128, 128, 'M', 256, 256, 256, 256, 'M', 512, 512, 512, 512, 'M', 512, 512, 512, 512, 'M'],
+}
+_KUANGLIU_MOBILENET_CFG = [64, (128, 2), 128, (256, 2), 256, (512, 2), 512, 512, 512, 512, 512, (1024, 2), 1024]
+
+
+def _vgg_parameters(name, num_classes=10, in_channels=3):
+    """conv3x3 with bias and BN (weight, bias) per entry of the cfg, a linear head from 512."""
+    total, c = 0, in_channels
+    for x in _KUANGLIU_VGG_CFG[name]:
+        if x != "M":
+            total, c = total + c * x * 9 + x + 2 * x, x
+    return total + 512 * num_classes + num_classes
+
+
+def _preact_resnet18_parameters(num_classes=10, in_channels=3):
+    """The stem conv3x3(64) alone; per block BN(c_in), conv3x3, BN, conv3x3, and a 1x1 projection
+    where the shape changes (no BN on it); a linear head."""
+    total, c_in = in_channels * 64 * 9, 64
+    for c in (64, 128, 256, 512):
+        for _ in range(2):
+            total += 2 * c_in + c_in * c * 9 + 2 * c + c * c * 9 + (c_in * c if c_in != c else 0)
+            c_in = c
+    return total + 512 * num_classes + num_classes
+
+
+def _mobilenet_parameters(num_classes=10, in_channels=3):
+    """The stem conv3x3(32) + BN; per block a depthwise 3x3 + BN and a 1x1 + BN; a linear head."""
+    total, c_in = in_channels * 32 * 9 + 64, 32
+    for x in _KUANGLIU_MOBILENET_CFG:
+        c = x if isinstance(x, int) else x[0]
+        total, c_in = total + c_in * 9 + 2 * c_in + c_in * c + 2 * c, c
+    return total + 1024 * num_classes + num_classes
+
+
+def _resnext29_parameters(cardinality=2, width=64, num_classes=10, in_channels=3):
+    """The stem conv1x1(64) + BN; per block conv1x1 to the group width g + BN, a grouped 3x3 + BN, a
+    conv1x1 to 2g + BN, a 1x1 + BN projection where the shape changes; the width doubling each stage."""
+    total, c_in = in_channels * 64 + 128, 64
+    for _ in range(3):
+        g = cardinality * width
+        for _ in range(3):
+            total += c_in * g + 2 * g + g * (g // cardinality) * 9 + 2 * g + g * 2 * g + 4 * g
+            total += c_in * 2 * g + 4 * g if c_in != 2 * g else 0
+            c_in = 2 * g
+        width *= 2
+    return total + c_in * num_classes + num_classes
+
+
+@pytest.mark.parametrize("build,derived,published", [
+    (lambda **kw: models.vgg("VGG19", **kw), lambda **kw: _vgg_parameters("VGG19", **kw), 20_040_522),
+    (lambda **kw: models.vgg("VGG11", **kw), lambda **kw: _vgg_parameters("VGG11", **kw), 9_231_114),
+    (lambda **kw: models.vgg("VGG13", **kw), lambda **kw: _vgg_parameters("VGG13", **kw), 9_416_010),
+    (lambda **kw: models.vgg("VGG16", **kw), lambda **kw: _vgg_parameters("VGG16", **kw), 14_728_266),
+    (models.preact_resnet18, _preact_resnet18_parameters, 11_171_146),
+    (models.mobilenet, _mobilenet_parameters, 3_217_226),
+    (models.resnext29, _resnext29_parameters, 9_128_778)], ids=["vgg19", "vgg11", "vgg13", "vgg16", "preact", "mobilenet",
+                                                                "resnext29"])
+def test_more_kuangliu_parameter_counts_follow_the_architectures(build, derived, published):
+    count = lambda m: sum(p.size for p in m.parameters())  # noqa: E731
+    net = build()
+    assert count(net) == derived() == published
+    assert count(build(num_classes=7, in_channels=1)) == derived(num_classes=7, in_channels=1)
+
+
+def test_more_kuangliu_docstrings_give_the_counts():
+    for build, counts in ((models.vgg, [_vgg_parameters(n) for n in ("VGG11", "VGG13", "VGG16", "VGG19")]),
+                          (models.preact_resnet18, [_preact_resnet18_parameters()]),
+                          (models.mobilenet, [_mobilenet_parameters()]), (models.resnext29, [_resnext29_parameters()])):
+        doc = " ".join(build.__doc__.split())
+        assert all(f"{n:,}" in doc for n in counts), build.__name__
+
+
+def test_more_kuangliu_structures_and_shapes():
+    """Each stage's output shape, and the layouts the keys rest on: VGG's features indexed as his
+    (conv, BN, ReLU, ..., MaxPool), PreActResNet's stem without BN and its two block forms,
+    MobileNet's depthwise blocks, ResNeXt's grouped 3x3 at the doubling group width."""
+    from gpuconv.layers import Conv2d, MaxPool2d
+    x = _images(2)
+    net = models.vgg("VGG11")
+    feats = list(net["features"])
+    assert [type(f).__name__ for f in feats[:4]] == ["Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d"]
+    assert sum(isinstance(f, MaxPool2d) for f in feats) == 5 and feats[0].bias is not None
+    assert net(x).shape == (2, 10) and net["features"](x).shape == (2, 512, 1, 1)
+    net = models.preact_resnet18()
+    assert list(net._layers) == ["conv1", "layer1", "layer2", "layer3", "layer4", "pool", "flatten", "linear"]
+    assert isinstance(net["layer1"][0], Residual) and list(net["layer1"][0].inner._layers) == ["bn1", "conv1", "bn2",
+                                                                                             "conv2"]
+    proj = net["layer2"][0]
+    assert list(proj._layers) == ["bn1", "res"] and list(proj["res"].inner._layers) == ["conv1", "bn2", "conv2"]
+    assert len(proj["res"].shortcut) == 1 and proj["res"].shortcut[0].weight.shape == (128, 64, 1, 1)
+    _through_stages(net, x, [("conv1", (64, 32, 32)), ("layer1", (64, 32, 32)), ("layer2", (128, 16, 16)),
+                             ("layer3", (256, 8, 8)), ("layer4", (512, 4, 4)), ("pool", (512, 1, 1))])
+    net = models.mobilenet()
+    assert len(net["layers"]) == 13
+    y = _through_stages(net, x, [("conv1", (32, 32, 32)), ("bn1", (32, 32, 32))])
+    for block, cfg in zip(net["layers"], _KUANGLIU_MOBILENET_CFG):
+        c, stride = (cfg, 1) if isinstance(cfg, int) else cfg
+        assert block["conv1"].groups == y.shape[1] and block["conv1"].stride == (stride, stride)
+        y = block(y)
+        assert y.shape[1] == c
+    assert y.shape == (2, 1024, 2, 2)
+    net = models.resnext29()
+    y = _through_stages(net, x, [("conv1", (64, 32, 32)), ("bn1", (64, 32, 32)), ("layer1", (256, 32, 32)),
+                                 ("layer2", (512, 16, 16)), ("layer3", (1024, 8, 8)), ("pool", (1024, 1, 1))])
+    convs = [m for _, m in net.named_modules() if isinstance(m, Conv2d) and m.kernel_size == (3, 3)]
+    assert [(m.groups, m.in_channels) for m in convs[::3]] == [(2, 128), (2, 256), (2, 512)]
+    for bad in ((lambda: models.vgg("VGG12")), (lambda: models.resnext29(cardinality=0)),
+                (lambda: models.resnext29(bottleneck_width=True))):
+        with pytest.raises(ValueError, match="vgg_name must be one of VGG11, VGG13, VGG16, VGG19|must be a positive int"):
+            bad()
+    for build in (models.vgg, models.preact_resnet18, models.mobilenet, models.resnext29):
+        with pytest.raises(ValueError, match=f"{build.__name__}: in_channels must be a positive int"):
+            build(in_channels=0)
+
+
+class _KuangliuMore:
+    """kuangliu/pytorch-cifar's models/vgg.py, preact_resnet.py (PreActBlock), mobilenet.py and
+    resnext.py, as published."""
+
+    @staticmethod
+    def vgg(torch, vgg_name):
+        nn = torch.nn
+
+        class VGG(nn.Module):
+            def __init__(self, vgg_name):
+                super().__init__()
+                self.features = self._make_layers(_KUANGLIU_VGG_CFG[vgg_name])
+                self.classifier = nn.Linear(512, 10)
+
+            def forward(self, x):
+                out = self.features(x)
+                out = out.view(out.size(0), -1)
+                out = self.classifier(out)
+                return out
+
+            def _make_layers(self, cfg):
+                layers = []
+                in_channels = 3
+                for x in cfg:
+                    if x == 'M':
+                        layers += [nn.MaxPool2d(kernel_size=2, stride=2)]
+                    else:
+                        layers += [nn.Conv2d(in_channels, x, kernel_size=3, padding=1), nn.BatchNorm2d(x),
+                                   nn.ReLU(inplace=True)]
+                        in_channels = x
+                layers += [nn.AvgPool2d(kernel_size=1, stride=1)]
+                return nn.Sequential(*layers)
+
+        return VGG(vgg_name)
+
+    @staticmethod
+    def preact_resnet18(torch):
+        nn, F = torch.nn, torch.nn.functional
+
+        class PreActBlock(nn.Module):
+            expansion = 1
+
+            def __init__(self, in_planes, planes, stride=1):
+                super().__init__()
+                self.bn1 = nn.BatchNorm2d(in_planes)
+                self.conv1 = nn.Conv2d(in_planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
+                self.bn2 = nn.BatchNorm2d(planes)
+                self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=1, padding=1, bias=False)
+                if stride != 1 or in_planes != self.expansion * planes:
+                    self.shortcut = nn.Sequential(
+                        nn.Conv2d(in_planes, self.expansion * planes, kernel_size=1, stride=stride, bias=False))
+
+            def forward(self, x):
+                out = F.relu(self.bn1(x))
+                shortcut = self.shortcut(out) if hasattr(self, 'shortcut') else x
+                out = self.conv1(out)
+                out = self.conv2(F.relu(self.bn2(out)))
+                out += shortcut
+                return out
+
+        class PreActResNet(nn.Module):
+            def __init__(self, block, num_blocks, num_classes=10):
+                super().__init__()
+                self.in_planes = 64
+                self.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+                self.layer1 = self._make_layer(block, 64, num_blocks[0], stride=1)
+                self.layer2 = self._make_layer(block, 128, num_blocks[1], stride=2)
+                self.layer3 = self._make_layer(block, 256, num_blocks[2], stride=2)
+                self.layer4 = self._make_layer(block, 512, num_blocks[3], stride=2)
+                self.linear = nn.Linear(512 * block.expansion, num_classes)
+
+            def _make_layer(self, block, planes, num_blocks, stride):
+                strides = [stride] + [1] * (num_blocks - 1)
+                layers = []
+                for stride in strides:
+                    layers.append(block(self.in_planes, planes, stride))
+                    self.in_planes = planes * block.expansion
+                return nn.Sequential(*layers)
+
+            def forward(self, x):
+                out = self.conv1(x)
+                out = self.layer1(out)
+                out = self.layer2(out)
+                out = self.layer3(out)
+                out = self.layer4(out)
+                out = F.avg_pool2d(out, 4)
+                out = out.view(out.size(0), -1)
+                out = self.linear(out)
+                return out
+
+        return PreActResNet(PreActBlock, [2, 2, 2, 2])
+
+    @staticmethod
+    def mobilenet(torch):
+        nn, F = torch.nn, torch.nn.functional
+
+        class Block(nn.Module):
+            def __init__(self, in_planes, out_planes, stride=1):
+                super().__init__()
+                self.conv1 = nn.Conv2d(in_planes, in_planes, kernel_size=3, stride=stride, padding=1, groups=in_planes,
+                                       bias=False)
+                self.bn1 = nn.BatchNorm2d(in_planes)
+                self.conv2 = nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=1, padding=0, bias=False)
+                self.bn2 = nn.BatchNorm2d(out_planes)
+
+            def forward(self, x):
+                out = F.relu(self.bn1(self.conv1(x)))
+                out = F.relu(self.bn2(self.conv2(out)))
+                return out
+
+        class MobileNet(nn.Module):
+            cfg = _KUANGLIU_MOBILENET_CFG
+
+            def __init__(self, num_classes=10):
+                super().__init__()
+                self.conv1 = nn.Conv2d(3, 32, kernel_size=3, stride=1, padding=1, bias=False)
+                self.bn1 = nn.BatchNorm2d(32)
+                self.layers = self._make_layers(in_planes=32)
+                self.linear = nn.Linear(1024, num_classes)
+
+            def _make_layers(self, in_planes):
+                layers = []
+                for x in self.cfg:
+                    out_planes = x if isinstance(x, int) else x[0]
+                    stride = 1 if isinstance(x, int) else x[1]
+                    layers.append(Block(in_planes, out_planes, stride))
+                    in_planes = out_planes
+                return nn.Sequential(*layers)
+
+            def forward(self, x):
+                out = F.relu(self.bn1(self.conv1(x)))
+                out = self.layers(out)
+                out = F.avg_pool2d(out, 2)
+                out = out.view(out.size(0), -1)
+                out = self.linear(out)
+                return out
+
+        return MobileNet()
+
+    @staticmethod
+    def resnext29(torch, cardinality, bottleneck_width):
+        nn, F = torch.nn, torch.nn.functional
+
+        class Block(nn.Module):
+            expansion = 2
+
+            def __init__(self, in_planes, cardinality=32, bottleneck_width=4, stride=1):
+                super().__init__()
+                group_width = cardinality * bottleneck_width
+                self.conv1 = nn.Conv2d(in_planes, group_width, kernel_size=1, bias=False)
+                self.bn1 = nn.BatchNorm2d(group_width)
+                self.conv2 = nn.Conv2d(group_width, group_width, kernel_size=3, stride=stride, padding=1,
+                                       groups=cardinality, bias=False)
+                self.bn2 = nn.BatchNorm2d(group_width)
+                self.conv3 = nn.Conv2d(group_width, self.expansion * group_width, kernel_size=1, bias=False)
+                self.bn3 = nn.BatchNorm2d(self.expansion * group_width)
+                self.shortcut = nn.Sequential()
+                if stride != 1 or in_planes != self.expansion * group_width:
+                    self.shortcut = nn.Sequential(
+                        nn.Conv2d(in_planes, self.expansion * group_width, kernel_size=1, stride=stride, bias=False),
+                        nn.BatchNorm2d(self.expansion * group_width))
+
+            def forward(self, x):
+                out = F.relu(self.bn1(self.conv1(x)))
+                out = F.relu(self.bn2(self.conv2(out)))
+                out = self.bn3(self.conv3(out))
+                out += self.shortcut(x)
+                out = F.relu(out)
+                return out
+
+        class ResNeXt(nn.Module):
+            def __init__(self, num_blocks, cardinality, bottleneck_width, num_classes=10):
+                super().__init__()
+                self.cardinality = cardinality
+                self.bottleneck_width = bottleneck_width
+                self.in_planes = 64
+                self.conv1 = nn.Conv2d(3, 64, kernel_size=1, bias=False)
+                self.bn1 = nn.BatchNorm2d(64)
+                self.layer1 = self._make_layer(num_blocks[0], 1)
+                self.layer2 = self._make_layer(num_blocks[1], 2)
+                self.layer3 = self._make_layer(num_blocks[2], 2)
+                self.linear = nn.Linear(cardinality * bottleneck_width * 8, num_classes)
+
+            def _make_layer(self, num_blocks, stride):
+                strides = [stride] + [1] * (num_blocks - 1)
+                layers = []
+                for stride in strides:
+                    layers.append(Block(self.in_planes, self.cardinality, self.bottleneck_width, stride))
+                    self.in_planes = Block.expansion * self.cardinality * self.bottleneck_width
+                self.bottleneck_width *= 2
+                return nn.Sequential(*layers)
+
+            def forward(self, x):
+                out = F.relu(self.bn1(self.conv1(x)))
+                out = self.layer1(out)
+                out = self.layer2(out)
+                out = self.layer3(out)
+                out = F.avg_pool2d(out, 8)
+                out = out.view(out.size(0), -1)
+                out = self.linear(out)
+                return out
+
+        return ResNeXt(num_blocks=[3, 3, 3], cardinality=cardinality, bottleneck_width=bottleneck_width)
+
+
+def _kuangliu_preact_key(name):
+    """gpuconv's preact_resnet18 key -> kuangliu's (a projecting block's Residual ``res``, an identity
+    block's ``inner``)."""
+    return name.replace(".res.inner.", ".").replace(".res.shortcut.", ".shortcut.").replace(".inner.", ".")
+
+
+@pytest.mark.parametrize("which", ["vgg19", "vgg11", "preact_resnet18", "mobilenet", "resnext29_2x64d",
+                                   "resnext29_32x4d"])
+def test_more_kuangliu_models_match_his_in_torch(which):
+    """gpuconv's weights loaded into kuangliu's model (torch, training mode), both in float64: the
+    same logits, loss, input gradient, every weight gradient and updated running statistic, to
+    float64 rounding."""
+    torch = pytest.importorskip("torch", reason="compares against kuangliu's models written in torch")
+    if which.startswith("vgg"):
+        name = which.upper()
+        ours, theirs, key = models.vgg(name, seed=3), _KuangliuMore.vgg(torch, name), lambda k: k
+    elif which == "preact_resnet18":
+        ours, theirs, key = models.preact_resnet18(seed=3), _KuangliuMore.preact_resnet18(torch), _kuangliu_preact_key
+    elif which == "mobilenet":
+        ours, theirs, key = models.mobilenet(seed=3), _KuangliuMore.mobilenet(torch), lambda k: k
+    else:
+        c, w = (2, 64) if which.endswith("2x64d") else (32, 4)
+        ours, theirs, key = models.resnext29(c, w, seed=3), _KuangliuMore.resnext29(torch, c, w), _kuangliu_key
+    grads = _matches_kuangliu_in_torch(torch, ours, theirs, key)
+    scale = max(float(np.abs(gt).max()) for _, gt in grads.values())
+    for name, (g, gt) in grads.items():
+        np.testing.assert_allclose(g, gt, rtol=1e-8, atol=1e-12 * scale, err_msg=name)
+
+
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 def test_senet18_blocks_on_the_backend(backend, channels_last):
     """Two of the published net's blocks (layer2.0: stride 2 with a projection, layer2.1: the
@@ -1326,7 +1683,8 @@ def test_end_to_end_directional_derivative_float64(name):
 
 
 @pytest.mark.parametrize("name", ["seed", "three_layer", "fast", "resnet18", "senet18", "mobilenetv2", "shufflenetv2",
-                                  "efficientnetb0", "simpledla"])
+                                  "efficientnetb0", "simpledla", "vgg", "preact_resnet18", "mobilenet",
+                                  "resnext29"])
 def test_seeding(name):
     a, b, c = MODELS[name](seed=0), MODELS[name](seed=0), MODELS[name](seed=1)
     sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
