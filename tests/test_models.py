@@ -593,7 +593,8 @@ def test_shufflenetv2_parameter_count_follows_the_architecture(net_size):
     count = lambda m: sum(p.size for p in m.parameters())  # noqa: E731
     assert count(models.shufflenetv2(net_size)) == _shufflenetv2_parameters(net_size)
     assert f"{_shufflenetv2_parameters(net_size):,}" in " ".join(models.shufflenetv2.__doc__.split())
-    assert count(models.shufflenetv2(net_size, num_classes=7, in_channels=1)) == _shufflenetv2_parameters(net_size, 7, 1)
+    assert count(models.shufflenetv2(net_size, num_classes=7, in_channels=1)) == \
+        _shufflenetv2_parameters(net_size, 7, 1)
     assert models.SHUFFLENETV2_CHANNELS[net_size] == _KUANGLIU_SHUFFLENETV2_CONFIGS[net_size]["out_channels"]
 
 
@@ -1296,8 +1297,8 @@ def _resnext29_parameters(cardinality=2, width=64, num_classes=10, in_channels=3
     (lambda **kw: models.vgg("VGG16", **kw), lambda **kw: _vgg_parameters("VGG16", **kw), 14_728_266),
     (models.preact_resnet18, _preact_resnet18_parameters, 11_171_146),
     (models.mobilenet, _mobilenet_parameters, 3_217_226),
-    (models.resnext29, _resnext29_parameters, 9_128_778)], ids=["vgg19", "vgg11", "vgg13", "vgg16", "preact", "mobilenet",
-                                                                "resnext29"])
+    (models.resnext29, _resnext29_parameters, 9_128_778)],
+    ids=["vgg19", "vgg11", "vgg13", "vgg16", "preact", "mobilenet", "resnext29"])
 def test_more_kuangliu_parameter_counts_follow_the_architectures(build, derived, published):
     count = lambda m: sum(p.size for p in m.parameters())  # noqa: E731
     net = build()
@@ -1349,7 +1350,7 @@ def test_more_kuangliu_structures_and_shapes():
     assert [(m.groups, m.in_channels) for m in convs[::3]] == [(2, 128), (2, 256), (2, 512)]
     for bad in ((lambda: models.vgg("VGG12")), (lambda: models.resnext29(cardinality=0)),
                 (lambda: models.resnext29(bottleneck_width=True))):
-        with pytest.raises(ValueError, match="vgg_name must be one of VGG11, VGG13, VGG16, VGG19|must be a positive int"):
+        with pytest.raises(ValueError, match="vgg_name must be one of VGG11, VGG13, VGG16, VGG19|a positive int"):
             bad()
     for build in (models.vgg, models.preact_resnet18, models.mobilenet, models.resnext29):
         with pytest.raises(ValueError, match=f"{build.__name__}: in_channels must be a positive int"):

@@ -1,0 +1,75 @@
+"""Reference networks for 32x32 RGB images (CIFAR-10), all built as ``Sequential`` layers.
+
+- ``seed_net``: the smallest convnet of the CS231n notes, INPUT-CONV-RELU-POOL-FC.
+- ``three_layer_convnet``: CS231n assignment 2's conv - relu - 2x2 max pool - affine - relu - affine.
+- ``fast_net``: a ResNet-9 in the style of "How to train your ResNet" (Myrtle.ai) and airbench,
+  the architecture that reaches 94% on CIFAR-10 in a few epochs.
+- ``resnet18``: the CIFAR ResNet-18 of kuangliu/pytorch-cifar, the common CIFAR-10 baseline of
+  PyTorch tutorials and papers (four stages of two BasicBlocks, 11.2M parameters).
+- ``senet18``: the CIFAR SENet-18 of kuangliu/pytorch-cifar: resnet18 with a squeeze-and-excitation
+  gate in every block (11.3M parameters).
+- ``mobilenetv2``: the CIFAR MobileNetV2 of kuangliu/pytorch-cifar: 17 inverted-residual blocks
+  (1x1 expansion, 3x3 depthwise, 1x1 projection), 2.3M parameters.
+- ``shufflenetv2``: the CIFAR ShuffleNetV2 of kuangliu/pytorch-cifar: blocks that split the
+  channels in two, transform one half (1x1, 3x3 depthwise, 1x1) and shuffle the halves together;
+  1.3M parameters at ``net_size=1``.
+- ``efficientnetb0``: the CIFAR EfficientNet-B0 of kuangliu/pytorch-cifar: 16 inverted-residual
+  blocks (3x3 and 5x5 depthwise convolutions) with SiLU and a squeeze-excitation gate each, dropout
+  before the head; 3.6M parameters.
+- ``simpledla``: the simplified Deep Layer Aggregation of kuangliu/pytorch-cifar (the network his
+  main.py trains): trees of ResNet BasicBlocks whose outputs a 1x1 convolution aggregates; 15.1M
+  parameters.
+- ``vgg``: kuangliu/pytorch-cifar's VGG11/13/16/19 (``vgg_name``), conv3x3 - BN - ReLU stacks between
+  max pools; 20.0M parameters at VGG19.
+- ``preact_resnet18``: kuangliu/pytorch-cifar's PreActResNet18 (He et al.'s identity mappings: BN and
+  ReLU before each convolution); 11.2M parameters.
+- ``mobilenet``: kuangliu/pytorch-cifar's MobileNet (v1): 13 depthwise-separable blocks; 3.2M parameters.
+- ``resnext29``: kuangliu/pytorch-cifar's ResNeXt29 (``cardinality`` x ``bottleneck_width``, 2x64d by
+  default): bottleneck blocks around a grouped 3x3 convolution; 9.1M parameters at 2x64d.
+- ``airbench94``: Keller Jordan's airbench94 network (arXiv 2404.00498): a frozen 2x2
+  patch-whitening convolution (:func:`init_whitening`), three conv-pool-BN-GELU blocks with
+  identity-initialized convolutions, and a 1/9-scaled linear head; its training recipe is
+  ``gpuconv.recipes.RECIPES['airbench94']`` (wider, ``RECIPES['airbench95']``).
+- ``airbench96``: airbench96's network: the same, wider (128/384/512), each block with a third
+  convolution and a residual connection over its last two.
+
+Every model takes a ``seed``: the per-layer seeds derive from it (``numpy.random.SeedSequence``),
+so a seed gives bit-identical initial weights on every device.
+
+The package holds a family a module: ``_cs231n`` (seed_net, three_layer_convnet), ``_fast``
+(fast_net), ``_resnets`` (resnet18, senet18, preact_resnet18, resnext29, simpledla), ``_mobile``
+(mobilenet, mobilenetv2, shufflenetv2, efficientnetb0), ``_vgg`` (vgg), ``_airbench_nets`` (airbench94,
+airbench96, init_whitening) and ``_build`` (the seeds and the input checks they share). Import the
+names from ``gpuconv.models``: it holds every one of its modules' names, and an assignment to one
+of them reaches the module that uses it (:mod:`gpuconv._package`).
+"""
+from __future__ import annotations
+
+import inspect
+
+from .. import _package
+from . import _airbench_nets, _build, _cs231n, _fast, _mobile, _resnets, _vgg
+
+_package.gather(__name__, _build, _cs231n, _fast, _resnets, _mobile, _vgg, _airbench_nets)
+
+__all__ = ["seed_net", "three_layer_convnet", "fast_net", "resnet18", "senet18", "mobilenetv2", "shufflenetv2",
+           "efficientnetb0", "simpledla", "vgg", "preact_resnet18", "mobilenet", "resnext29", "airbench94",
+           "airbench96", "init_whitening"]
+
+
+def from_config(config):
+    """The model a checkpoint's ``meta/config`` describes: ``config['constructor']`` (a function of
+    this module) called with ``config['kwargs']``, as ``gpuconv train`` records them."""
+    name = config.get("constructor")
+    fn = globals().get(name) if isinstance(name, str) and not name.startswith("_") else None
+    if not callable(fn):
+        raise ValueError(f"model config names constructor {name!r}, which gpuconv.models does not have: "
+                         "the checkpoint comes from another gpuconv version or was edited")
+    kwargs = config.get("kwargs", {})
+    params = inspect.signature(fn).parameters
+    unknown = sorted(k for k in kwargs if k not in params)
+    if unknown and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        raise ValueError(f"model config gives {name}() the argument(s) {', '.join(unknown)}, which this gpuconv's "
+                         f"{name}() does not take: the checkpoint was written by a newer gpuconv (upgrade gpuconv to "
+                         "read it) or was edited")
+    return fn(**kwargs)

@@ -1,0 +1,280 @@
+"""kuangliu/pytorch-cifar's residual networks: ResNet-18, SENet-18, PreActResNet-18, ResNeXt29 and
+SimpleDLA (whose trees are ResNet blocks)."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..layers import (AvgPool2d, BatchNorm2d, Concat, Conv2d, Flatten, Identity, Linear, ReLU, Residual, Sequential,
+                      SqueezeExcitation)
+from ._build import _in_channels, _seeds
+
+
+def _basic_block(c_in, c_out, stride, seeds, squeeze_excitation=False):
+    # BasicBlock: relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x)). bn1's ReLU is its fused
+    # activation (the same bits as a ReLU layer); bn2's is not fused: the ReLU comes after the sum.
+    # The shortcut is a 1x1 conv + BN projection where the block changes the shape, else the identity.
+    # floor=True: a stride-2 conv takes 32x32 to 16x16 as PyTorch's does. ``squeeze_excitation``
+    # (SENet's block) gates bn2's output by channel before the sum: c_out -> c_out // 16 -> c_out,
+    # seeded by the last of ``seeds`` (conv1, conv2, [the projection], [the gate]).
+    inner = {
+        "conv1": Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False, floor=stride > 1, seed=seeds[0]),
+        "bn1": BatchNorm2d(c_out, activation="relu"),
+        "conv2": Conv2d(c_out, c_out, 3, padding=1, bias=False, seed=seeds[1]),
+        "bn2": BatchNorm2d(c_out),
+    }
+    if squeeze_excitation:
+        inner["se"] = SqueezeExcitation(c_out, c_out // 16, seed=seeds[-1])
+    shortcut = None
+    if stride != 1 or c_in != c_out:
+        shortcut = Sequential(Conv2d(c_in, c_out, 1, stride=stride, bias=False, floor=stride > 1, seed=seeds[2]),
+                              BatchNorm2d(c_out))
+    return Sequential({"res": Residual(Sequential(inner), shortcut=shortcut), "relu": ReLU()})
+
+
+def _kuangliu_resnet(name, w, num_classes, seed, in_channels, squeeze_excitation):
+    # kuangliu's ResNet(BasicBlock, [2, 2, 2, 2]) trunk, shared by ResNet18 and SENet18 (whose
+    # blocks add the gate). Seeds in the order the layers are built: the stem, each block's
+    # (conv1, conv2, [projection], [gate]), the linear layer.
+    per_block = 3 if squeeze_excitation else 2
+    s = _seeds(seed, 1 + 8 * per_block + 3 + 1)
+    layers = {
+        "conv1": Conv2d(_in_channels(name, in_channels), w, 3, padding=1, bias=False, seed=s[0]),
+        "bn1": BatchNorm2d(w, activation="relu"),
+    }
+    c_in, k = w, 1
+    for stage, c_out in enumerate((w, 2 * w, 4 * w, 8 * w), start=1):
+        blocks = []
+        for b in range(2):
+            stride = 2 if stage > 1 and b == 0 else 1
+            n = per_block + (stride != 1 or c_in != c_out)
+            blocks.append(_basic_block(c_in, c_out, stride, s[k:k + n], squeeze_excitation))
+            k += n
+            c_in = c_out
+        layers[f"layer{stage}"] = Sequential(*blocks)
+    layers.update(pool=AvgPool2d(4), flatten=Flatten(), linear=Linear(8 * w, num_classes, seed=s[k]))
+    assert k + 1 == len(s)
+    return Sequential(layers)
+
+
+def resnet18(width=64, num_classes=10, seed=0, in_channels=3):
+    """The CIFAR ResNet-18 of kuangliu/pytorch-cifar (``ResNet18()``), with ``width`` = w:
+
+    ==============  ========================================================  ============
+    name            layers                                                    output
+    ==============  ========================================================  ============
+    conv1, bn1      conv3x3(w) - bn - relu                                    w x 32 x 32
+    layer1          2 BasicBlocks(w)                                          w x 32 x 32
+    layer2          2 BasicBlocks(2w), the first stride 2 with a projection   2w x 16 x 16
+    layer3          2 BasicBlocks(4w), the first stride 2 with a projection   4w x 8 x 8
+    layer4          2 BasicBlocks(8w), the first stride 2 with a projection   8w x 4 x 4
+    pool, flatten   avgpool4 (global average pool over the 4x4 map)           8w
+    linear          linear(8w -> num_classes, with bias)                      num_classes
+    ==============  ========================================================  ============
+
+    A BasicBlock is ``relu(bn(conv3x3(relu(bn(conv3x3(x))))) + shortcut(x))``: convolutions 3x3,
+    pad 1, bias-free; the shortcut the identity, or a bias-free 1x1 conv (stride 2) + BN where the
+    block halves the size and doubles the channels. ``layerK.B`` is block B of stage K: a
+    ``Sequential`` of ``res`` (a ``Residual``, its ``inner`` conv1, bn1, conv2, bn2 and its
+    ``shortcut``) and ``relu``; kuangliu's ``layerK.B.conv1.weight`` is ``layerK.B.res.inner.conv1.weight``
+    here and ``layerK.B.shortcut.0.weight`` is ``layerK.B.res.shortcut.0.weight``, the other keys
+    the same. ``width=64`` is the published net (11,173,962 parameters); tests use ``width=4``.
+    Input must be ``in_channels`` x 32 x 32 (3: RGB). Its recipe, ``RECIPES['resnet18']``
+    (kuangliu's): SGD (momentum 0.9, weight decay 5e-4) at lr 0.1 with cosine annealing over 200
+    epochs, batch 128, random crop (pad 4) and flip (about 95% on CIFAR-10)."""
+    if isinstance(width, bool) or not isinstance(width, (int, np.integer)) or width < 1:
+        raise ValueError(f"resnet18: width must be a positive int (64 for the published net), got {width!r}")
+    return _kuangliu_resnet("resnet18", int(width), num_classes, seed, in_channels, squeeze_excitation=False)
+
+
+def senet18(num_classes=10, seed=0, in_channels=3):
+    """The CIFAR SENet-18 of kuangliu/pytorch-cifar (``SENet18()``, Hu et al.'s squeeze-and-excitation
+    on ResNet-18): :func:`resnet18`'s layout at width 64, each BasicBlock gating its residual branch
+    by channel before the sum:
+
+    ==============  ========================================================  ============
+    name            layers                                                    output
+    ==============  ========================================================  ============
+    conv1, bn1      conv3x3(64) - bn - relu                                   64 x 32 x 32
+    layer1          2 SE blocks(64)                                           64 x 32 x 32
+    layer2          2 SE blocks(128), the first stride 2 with a projection    128 x 16 x 16
+    layer3          2 SE blocks(256), the first stride 2 with a projection    256 x 8 x 8
+    layer4          2 SE blocks(512), the first stride 2 with a projection    512 x 4 x 4
+    pool, flatten   avgpool4 (global average pool over the 4x4 map)           512
+    linear          linear(512 -> num_classes, with bias)                     num_classes
+    ==============  ========================================================  ============
+
+    An SE BasicBlock of c channels is ``relu(se(bn(conv3x3(relu(bn(conv3x3(x)))))) + shortcut(x))``
+    with ``se(y) = y * sigmoid(fc2(relu(fc1(avgpool(y)))))``: ``SqueezeExcitation(c, c // 16)``,
+    fc1 and fc2 1x1 convolutions with bias (kuangliu's ``fc1``/``fc2``), the average over the whole
+    map. ``layerK.B`` is a ``Sequential`` of ``res`` (a ``Residual``: its ``inner`` conv1, bn1,
+    conv2, bn2 and ``se``, its ``shortcut``) and ``relu``; kuangliu's keys map as resnet18's, the
+    gate's one level down: his ``layerK.B.fc1.weight`` is ``layerK.B.res.inner.se.fc1.weight`` here,
+    ``layerK.B.conv1.weight`` is ``layerK.B.res.inner.conv1.weight`` and ``layerK.B.shortcut.0.weight``
+    is ``layerK.B.res.shortcut.0.weight``, the other keys the same. 11,263,042 parameters; there is no
+    width argument (kuangliu's net has none). Input must be ``in_channels`` x 32 x 32 (3: RGB). Its
+    recipe, ``RECIPES['senet18']``, is kuangliu's main.py, as resnet18's: SGD (momentum 0.9, weight
+    decay 5e-4) at lr 0.1 with cosine annealing over 200 epochs, batch 128, random crop (pad 4) and
+    flip."""
+    return _kuangliu_resnet("senet18", 64, num_classes, seed, in_channels, squeeze_excitation=True)
+
+
+def _preact_block(c_in, c_out, stride, seeds):
+    # kuangliu's PreActBlock: o = relu(bn1(x)); conv2(relu(bn2(conv1(o)))) + shortcut, the shortcut
+    # x itself, or a bias-free 1x1 conv (the block's stride) of o where the shape changes: the
+    # identity block is a Residual over bn1 ... conv2; the projecting one bn1 then a Residual whose
+    # shortcut convolves bn1's output. floor=True: a stride-2 conv halves 32x32 as PyTorch's does.
+    def tail():
+        return {"conv1": Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False, floor=stride > 1, seed=seeds[0]),
+                "bn2": BatchNorm2d(c_out, activation="relu"),
+                "conv2": Conv2d(c_out, c_out, 3, padding=1, bias=False, seed=seeds[1])}
+    if stride == 1 and c_in == c_out:
+        return Residual(Sequential({"bn1": BatchNorm2d(c_in, activation="relu"), **tail()}))
+    shortcut = Sequential(Conv2d(c_in, c_out, 1, stride=stride, bias=False, floor=stride > 1, seed=seeds[2]))
+    return Sequential({"bn1": BatchNorm2d(c_in, activation="relu"), "res": Residual(Sequential(tail()), shortcut)})
+
+
+def preact_resnet18(num_classes=10, seed=0, in_channels=3):
+    """kuangliu/pytorch-cifar's PreActResNet18 (He et al. 2016, "Identity Mappings in Deep Residual
+    Networks"): ``conv1`` conv3x3(64) (no BN after it), four stages ``layer1``-``layer4`` of two
+    pre-activation blocks (64, 128, 256, 512 channels; the first block of stages 2-4 stride 2 with a
+    1x1 projection), then avgpool4 and a linear head, with no BN or ReLU between the last block and
+    the pool (as his). A block is ``x + conv3x3(relu(bn(conv3x3(relu(bn(x))))))``; a projecting
+    block adds a 1x1 convolution of ``relu(bn1(x))`` instead of x. An identity block is a
+    ``Residual`` (its ``inner``: bn1, conv1, bn2, conv2), a projecting one the ``Sequential`` bn1,
+    ``res`` (a ``Residual``: its ``inner`` conv1, bn2, conv2 and its ``shortcut``): kuangliu's
+    ``layer1.0.conv1.weight`` is ``layer1.0.inner.conv1.weight`` here, ``layer2.0.conv1.weight``
+    ``layer2.0.res.inner.conv1.weight`` and ``layer2.0.shortcut.0.weight``
+    ``layer2.0.res.shortcut.0.weight``, the other keys the same. Convolutions are bias-free; the BN
+    ReLUs fused. 11,171,146 parameters. Input must be ``in_channels`` x 32 x 32 (3: RGB). Its
+    recipe, ``RECIPES['preact_resnet18']``, is kuangliu's main.py, as resnet18's."""
+    c = _in_channels("preact_resnet18", in_channels)
+    s = _seeds(seed, 1 + 8 * 2 + 3 + 1)  # stem, each block's 2 convs and 3 projections, linear
+    layers, c_in, k = {"conv1": Conv2d(c, 64, 3, padding=1, bias=False, seed=s[0])}, 64, 1
+    for stage, c_out in enumerate((64, 128, 256, 512), start=1):
+        blocks = []
+        for b in range(2):
+            stride = 2 if stage > 1 and b == 0 else 1
+            n = 2 + (stride != 1 or c_in != c_out)
+            blocks.append(_preact_block(c_in, c_out, stride, s[k:k + n]))
+            k, c_in = k + n, c_out
+        layers[f"layer{stage}"] = Sequential(*blocks)
+    layers.update(pool=AvgPool2d(4), flatten=Flatten(), linear=Linear(512, num_classes, seed=s[k]))
+    return Sequential(layers)
+
+
+def _resnext_block(c_in, group_width, cardinality, stride, seeds):
+    # kuangliu's ResNeXt Block: relu(bn3(conv3(relu(bn2(conv2(relu(bn1(conv1(x)))))))) + shortcut(x))
+    # with conv2 a 3x3 of ``cardinality`` groups (the block's stride) and conv3 to twice the group
+    # width; the shortcut a 1x1 conv + BN where the shape changes. floor=True as resnet18's.
+    c_out = 2 * group_width
+    inner = Sequential({
+        "conv1": Conv2d(c_in, group_width, 1, bias=False, seed=seeds[0]),
+        "bn1": BatchNorm2d(group_width, activation="relu"),
+        "conv2": Conv2d(group_width, group_width, 3, stride=stride, padding=1, groups=cardinality, bias=False,
+                        floor=stride > 1, seed=seeds[1]),
+        "bn2": BatchNorm2d(group_width, activation="relu"),
+        "conv3": Conv2d(group_width, c_out, 1, bias=False, seed=seeds[2]),
+        "bn3": BatchNorm2d(c_out),
+    })
+    shortcut = None
+    if stride != 1 or c_in != c_out:
+        shortcut = Sequential(Conv2d(c_in, c_out, 1, stride=stride, bias=False, floor=stride > 1, seed=seeds[3]),
+                              BatchNorm2d(c_out))
+    return Sequential({"res": Residual(inner, shortcut=shortcut), "relu": ReLU()})
+
+
+def resnext29(cardinality=2, bottleneck_width=64, num_classes=10, seed=0, in_channels=3):
+    """kuangliu/pytorch-cifar's CIFAR ResNeXt29 (``ResNeXt29_2x64d()``; Xie et al. 2017), ``cardinality``
+    x ``bottleneck_width`` (his 2x64d, 4x64d, 8x64d and 32x4d are (2, 64), (4, 64), (8, 64), (32, 4)):
+    ``conv1`` conv1x1(64) - ``bn1`` - relu, three stages ``layer1``-``layer3`` of three blocks whose
+    group width is cardinality x width, the width doubling each stage (the first block of stages 2
+    and 3 stride 2), then avgpool8 and a linear layer from 8 x cardinality x width. A block is
+    ``relu(bn(conv1x1(relu(bn(grouped conv3x3(relu(bn(conv1x1(x)))))))) + shortcut(x))``, out to
+    twice its group width, its shortcut the identity or a 1x1 conv + BN where the shape changes:
+    ``layerK.B`` the ``Sequential`` ``res`` (a ``Residual``: its ``inner`` conv1 ... bn3 and its
+    ``shortcut``) and ``relu``, kuangliu's keys mapped as resnet18's (``layer1.0.conv2.weight`` is
+    ``layer1.0.res.inner.conv2.weight``). Convolutions bias-free. 9,128,778 parameters at 2x64d.
+    Input must be ``in_channels`` x 32 x 32 (3: RGB). Its recipe, ``RECIPES['resnext29']``, is
+    kuangliu's main.py, as resnet18's."""
+    for name, value in (("cardinality", cardinality), ("bottleneck_width", bottleneck_width)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"resnext29: {name} must be a positive int (his 2x64d: cardinality 2, bottleneck_width "
+                             f"64), got {value!r}")
+    c = _in_channels("resnext29", in_channels)
+    s = _seeds(seed, 1 + 9 * 3 + 3 + 1)  # stem, each block's 3 convs, the 3 projections, linear
+    layers = {"conv1": Conv2d(c, 64, 1, bias=False, seed=s[0]), "bn1": BatchNorm2d(64, activation="relu")}
+    c_in, width, k = 64, int(bottleneck_width), 1
+    for stage in (1, 2, 3):
+        blocks = []
+        for b in range(3):
+            stride = 2 if stage > 1 and b == 0 else 1
+            group_width = cardinality * width
+            n = 3 + (stride != 1 or c_in != 2 * group_width)
+            blocks.append(_resnext_block(c_in, group_width, int(cardinality), stride, s[k:k + n]))
+            k, c_in = k + n, 2 * group_width
+        layers[f"layer{stage}"] = Sequential(*blocks)
+        width *= 2
+    layers.update(pool=AvgPool2d(8), flatten=Flatten(), linear=Linear(c_in, num_classes, seed=s[k]))
+    return Sequential(layers)
+
+
+def _dla_tree(c_in, c_out, level, stride, seeds):
+    # kuangliu's Tree: out1 = left_tree(x), out2 = right_tree(out1), root(cat([out1, out2])) with
+    # root conv1x1(2 c_out -> c_out) - bn - relu; a level-1 tree's subtrees are BasicBlocks (the
+    # left one with the tree's stride), a deeper one's are trees a level lower. ``seeds`` is an
+    # iterator, drawn in the order kuangliu builds the convolutions: root, left, right.
+    root = Sequential({"conv": Conv2d(2 * c_out, c_out, 1, bias=False, seed=next(seeds)),
+                       "bn": BatchNorm2d(c_out, activation="relu")})
+    if level == 1:
+        def block(a, b, s):
+            return _basic_block(a, b, s, [next(seeds) for _ in range(2 + (s != 1 or a != b))])
+    else:
+        def block(a, b, s):
+            return _dla_tree(a, b, level - 1, s, seeds)
+    left = block(c_in, c_out, stride)
+    right = block(c_out, c_out, 1)
+    return Sequential({"left_tree": left, "join": Concat({"out1": Identity(), "right_tree": right}), "root": root})
+
+
+def simpledla(num_classes=10, seed=0, in_channels=3):
+    """The simplified Deep Layer Aggregation of kuangliu/pytorch-cifar (``SimpleDLA()``, after Yu et
+    al. 2018; the network his main.py trains):
+
+    ==============  ========================================================  ============
+    name            layers                                                    output
+    ==============  ========================================================  ============
+    base            conv3x3(16) - bn - relu                                   16 x 32 x 32
+    layer1          conv3x3(16) - bn - relu                                   16 x 32 x 32
+    layer2          conv3x3(32) - bn - relu                                   32 x 32 x 32
+    layer3          a tree of level 1 (64)                                    64 x 32 x 32
+    layer4          a tree of level 2 (128), stride 2                         128 x 16 x 16
+    layer5          a tree of level 2 (256), stride 2                         256 x 8 x 8
+    layer6          a tree of level 1 (512), stride 2                         512 x 4 x 4
+    pool, flatten   avgpool4 (global average pool over the 4x4 map)           512
+    linear          linear(512 -> num_classes, with bias)                     num_classes
+    ==============  ========================================================  ============
+
+    A tree of c channels runs its left subtree on x (with the tree's stride), its right subtree on
+    that output, and joins both outputs in its root: conv1x1(2c -> c) - bn - relu. The subtrees of
+    a level-1 tree are :func:`resnet18`'s BasicBlocks (a 1x1 conv + BN projection where the shape
+    changes), those of a level-2 tree level-1 trees. A tree is the ``Sequential`` ``left_tree``,
+    ``join`` (a ``Concat`` of ``out1``, an ``Identity``, and ``right_tree``) and ``root``; kuangliu's
+    ``layer4.left_tree.right_tree.conv1.weight`` is ``layer4.left_tree.join.right_tree.res.inner.conv1.weight``
+    here (his trees' ``right_tree`` one level down, in ``join``; the blocks' keys as resnet18's),
+    ``base.0.weight``, ``layer1.1.running_mean`` and the roots' ``layer3.root.conv.weight`` the same.
+    Convolutions are bias-free. 15,142,970 parameters; no width argument (kuangliu's net has none).
+    Input must be ``in_channels`` x 32 x 32 (3: RGB). Its recipe, ``RECIPES['simpledla']``, is
+    kuangliu's main.py, as resnet18's: SGD (momentum 0.9, weight decay 5e-4) at lr 0.1 with cosine
+    annealing over 200 epochs, batch 128, random crop (pad 4) and flip."""
+    c = _in_channels("simpledla", in_channels)
+    seeds = iter(_seeds(seed, 40))  # the 39 convolutions, then the linear layer
+
+    def conv_bn(a, b):
+        return Sequential(Conv2d(a, b, 3, padding=1, bias=False, seed=next(seeds)), BatchNorm2d(b, activation="relu"))
+
+    layers = {"base": conv_bn(c, 16), "layer1": conv_bn(16, 16), "layer2": conv_bn(16, 32)}
+    for name, (a, b, level, stride) in zip(("layer3", "layer4", "layer5", "layer6"),
+                                           ((32, 64, 1, 1), (64, 128, 2, 2), (128, 256, 2, 2), (256, 512, 1, 2))):
+        layers[name] = _dla_tree(a, b, level, stride, seeds)
+    layers.update(pool=AvgPool2d(4), flatten=Flatten(), linear=Linear(512, num_classes, seed=next(seeds)))
+    return Sequential(layers)
