@@ -1,21 +1,25 @@
 """One namespace over a package's modules, for a module that grew into a package.
 
-``gpuconv.kernels``, ``gpuconv.trainer`` and ``gpuconv.cli`` were single modules, and code (tests
-above all, with ``monkeypatch.setattr(kernels, "_compute_capability", fake)``) sets their attributes
-to change what their functions see. Once the code lives in submodules, such an assignment to the
-package alone would change nothing the submodules call: each looks names up in its own globals,
-and the patched test would pass for the wrong reason. :func:`gather` makes the package hold every
-top-level name of its submodules, and its class a :class:`Namespace`, whose assignments (and
-deletions) reach every submodule that holds the name's current object, as a definition or as an
-import. A name has one meaning across the package: two submodules binding it to different
-objects is an ImportError, so an assignment can never reach the wrong one.
+``gpuconv.kernels``, ``gpuconv.cli``, ``gpuconv.trainer`` and ``gpuconv.models`` were single modules,
+and code (tests above all, with ``monkeypatch.setattr(kernels, "_compute_capability", fake)``) sets
+their attributes to change what their functions see. Once the code lives in submodules, such an
+assignment to the package alone would change nothing the submodules call: each looks names up in
+its own globals, and the patched test would pass for the wrong reason.
 
-Reading stays a plain attribute lookup (a launcher's ``kernels.launch`` costs what it did). A
-submodule that rebinds one of its globals at run time (``global x; x = ...``) would leave the
-package's copy behind: such state lives in a mutable object instead.
+:func:`gather` makes the package hold every top-level name of its modules (what they import too,
+as the single module did) and its class a :class:`Namespace`, whose assignments and deletions reach
+every module that held the name when the package was gathered (so a deletion and the restore after
+it reach the same modules), or every module for a builtin none of them defines (a test shadowing
+``open``). A name has one meaning across the package: two modules binding it to different objects
+is an ImportError, so an assignment can never reach the wrong one.
+
+Reading stays a plain attribute lookup (a launcher's ``kernels.launch`` costs what it did), but for
+the ``rebound`` names: the globals a module's own functions rebind (``global x; x = ...``), which a
+copy in the package would leave behind; the package reads and writes those in their module.
 """
 from __future__ import annotations
 
+import builtins
 import sys
 import types
 
@@ -23,43 +27,77 @@ _MISSING = object()
 
 
 class Namespace(types.ModuleType):
-    """A package whose attribute assignments reach the submodules holding the same object."""
+    """A package whose attribute assignments reach the modules holding the name (:func:`gather`)."""
 
-    def _holders(self, name):
-        current = self.__dict__.get(name, _MISSING)
-        if current is _MISSING or (name.startswith("__") and name.endswith("__")):
-            return []
-        prefix = self.__name__ + "."
-        return [module for key, module in list(sys.modules.items())
-                if key.startswith(prefix) and module is not None and vars(module).get(name, _MISSING) is current]
+    _holders: dict = {}   # name -> the modules that held it when gathered
+    _modules: tuple = ()  # every gathered module
+    _rebound: dict = {}   # name -> its module, for the globals read through
+
+    def _homes(self, name):
+        if name.startswith("__") and name.endswith("__"):
+            return ()
+        homes = type(self)._holders.get(name)
+        if homes is None:
+            return type(self)._modules if hasattr(builtins, name) else ()
+        return homes
 
     def __setattr__(self, name, value):
-        for module in self._holders(name):
+        for module in self._homes(name):
             setattr(module, name, value)
         super().__setattr__(name, value)
 
     def __delattr__(self, name):
-        for module in self._holders(name):
-            delattr(module, name)
-        super().__delattr__(name)
+        homes = self._homes(name)
+        if name not in vars(self) and not any(name in vars(m) for m in homes):
+            raise AttributeError(f"module {self.__name__!r} has no attribute {name!r}")
+        for module in homes:
+            vars(module).pop(name, None)
+        vars(self).pop(name, None)
+
+    def __dir__(self):
+        return sorted(set(vars(self)) | set(type(self)._rebound))
 
 
-def gather(package_name: str, *modules: types.ModuleType) -> None:
+def _read_through(name, module):
+    # A data descriptor on the package's class: it wins over the package's __dict__, and
+    # monkeypatch's undo sets back the value it read.
+    return property(lambda self: getattr(module, name), lambda self, value: setattr(module, name, value),
+                    lambda self: delattr(module, name), doc=f"{module.__name__}.{name}")
+
+
+def gather(package_name: str, *modules: types.ModuleType, rebound=()) -> None:
     """Give the package ``package_name`` every top-level name of ``modules`` (its submodules) and
-    make it a :class:`Namespace`; an ImportError where two of them bind a name to different objects."""
+    make its class a :class:`Namespace` over them; ``rebound``: the names their functions rebind
+    with ``global``, each held by one module and read through to it. An ImportError where two
+    modules bind a name to different objects."""
     package = sys.modules[package_name]
-    owners = {}
+    holders, seen = {}, {}
     for module in modules:
         if not module.__name__.startswith(package_name + "."):
             raise ImportError(f"gather({package_name!r}): {module.__name__} is not one of its submodules")
         for name, value in vars(module).items():
             if name.startswith("__") and name.endswith("__"):
                 continue
+            holders.setdefault(name, []).append(module)
+            if name in rebound:
+                continue
+            first = seen.setdefault(name, (module, value))
             mine = vars(package).get(name, _MISSING)
-            if mine is not _MISSING and mine is not value and not (
-                    isinstance(value, types.ModuleType) and value.__name__ == f"{package_name}.{name}"):
-                raise ImportError(f"{package_name}: {module.__name__}.{name} and {owners.get(name, package_name)}"
-                                  f".{name} are different objects under one name; rename one of them")
-            owners.setdefault(name, module.__name__)
-            setattr(package, name, value)
-    package.__class__ = Namespace
+            if first[1] is not value or (mine is not _MISSING and mine is not value):
+                other = first[0].__name__ if first[1] is not value else package_name
+                raise ImportError(f"{package_name}: {module.__name__}.{name} and {other}.{name} are different "
+                                  "objects under one name; rename one of them (the package is one namespace)")
+    properties = {}
+    for name in rebound:
+        homes = holders.get(name, [])
+        if len(homes) != 1:
+            raise ImportError(f"gather({package_name!r}): rebound name {name!r} must be a global of exactly one "
+                              f"module, not of {[m.__name__ for m in homes]}")
+        properties[name] = _read_through(name, homes[0])
+    for name, (_, value) in seen.items():
+        vars(package)[name] = value
+    namespace = type("Namespace", (Namespace,), {
+        "_holders": {name: tuple(homes) for name, homes in holders.items() if name not in rebound},
+        "_modules": tuple(modules), "_rebound": {name: holders[name][0] for name in rebound}, **properties,
+        "__module__": __name__, "__doc__": f"The module type of {package_name} (gpuconv._package)."})
+    package.__class__ = namespace

@@ -30,11 +30,17 @@ def toy(tmp_path, monkeypatch):
     """))
     (root / "_b.py").write_text(textwrap.dedent("""
         from ._a import f
+        COUNT = 0
         def g():
             return "g:" + f()
+        def bump():
+            global COUNT
+            COUNT += 1
+        def reads():
+            return open
     """))
     (root / "__init__.py").write_text("from gpuconv import _package\nfrom . import _a, _b\n"
-                                      "_package.gather(__name__, _a, _b)\n")
+                                      "_package.gather(__name__, _a, _b, rebound=('COUNT',))\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     yield importlib.import_module("toypkg")
     for name in [n for n in sys.modules if n == "toypkg" or n.startswith("toypkg.")]:
@@ -59,6 +65,34 @@ def test_a_name_new_to_the_package_stays_in_the_package_and_deletion_reaches_the
     assert not hasattr(toy, "EXTRA")
     del toy.f
     assert not hasattr(toy._a, "f") and not hasattr(toy._b, "f")
+
+
+def test_a_deletion_and_its_restore_reach_the_same_modules(toy, monkeypatch):
+    monkeypatch.delattr(toy, "f")
+    assert not hasattr(toy, "f") and not hasattr(toy._a, "f") and not hasattr(toy._b, "f")
+    with pytest.raises(AttributeError, match="has no attribute 'f'"):
+        del toy.f
+    monkeypatch.undo()
+    assert toy.g() == "g:a.f" and toy._a.f is toy.f
+
+
+def test_a_builtin_shadowed_through_the_package_reaches_every_module(toy, monkeypatch):
+    fake = object()
+    monkeypatch.setattr(toy, "open", fake, raising=False)
+    assert toy.reads() is fake and toy._a.open is fake
+    monkeypatch.undo()
+    assert toy.reads() is open and "open" not in vars(toy._a) and "open" not in vars(toy)
+
+
+def test_a_rebound_global_is_read_and_written_in_its_module(toy, monkeypatch):
+    toy.bump()
+    toy.bump()
+    assert toy.COUNT == toy._b.COUNT == 2  # not a copy made at import
+    monkeypatch.setattr(toy, "COUNT", 10)
+    toy.bump()
+    assert toy._b.COUNT == 11 == toy.COUNT
+    monkeypatch.undo()
+    assert toy.COUNT == toy._b.COUNT == 2 and "COUNT" in dir(toy)
 
 
 def test_one_name_for_two_objects_is_refused_at_import(tmp_path, monkeypatch):
@@ -101,16 +135,20 @@ def test_gpuconv_s_gathered_packages_hold_each_module_s_names(name):
 
 
 @pytest.mark.parametrize("name", GATHERED)
-def test_no_module_of_a_gathered_package_rebinds_a_global(name):
+def test_every_global_a_module_rebinds_is_read_through(name):
     # The package holds a copy of each binding: a global rebound at run time (``global x; x = ...``)
-    # would leave the package's copy, and what a reader of ``package.x`` sees, behind.
+    # would leave the package's copy, and what a reader of ``package.x`` sees, behind, unless the
+    # package reads it in its module (gather's ``rebound``).
     package = importlib.import_module(name)
-    found = []
-    for path in pathlib.Path(package.__file__).parent.glob("*.py"):
+    rebound = type(package)._rebound
+    for path in pathlib.Path(package.__file__).parent.glob("_*.py"):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Global):
-                found.append(f"{path.name}:{node.lineno} global {', '.join(node.names)}")
-    assert not found, "keep such state in a mutable object: " + "; ".join(found)
+                for global_name in node.names:
+                    assert global_name in rebound, f"{path.name}:{node.lineno}: global {global_name} not in rebound"
+                    assert rebound[global_name].__name__ == f"{name}.{path.stem}"
+                    module = rebound[global_name]
+                    assert getattr(package, global_name) is vars(module)[global_name]
 
 
 def test_a_trainer_patch_reaches_the_module_that_calls_it(monkeypatch):
