@@ -582,14 +582,20 @@ def test_fast_net_with_label_smoothing_and_augmentation(tmp_path, capsys):
 # the constructor's kwargs the checkpoint records, the --model default's width)
 _KUANGLIU_RUNS = {"resnet18": (["--width", "4"], ["--limit", "64", "--batch-size", "32"], {"seed": 0, "width": 4}, 64),
                   "mobilenetv2": (["--width", "4"], ["--limit", "16", "--batch-size", "16"], {"seed": 0}, None),
-                  "senet18": (["--width", "4"], ["--limit", "16", "--batch-size", "16"], {"seed": 0}, None)}
+                  "senet18": (["--width", "4"], ["--limit", "16", "--batch-size", "16"], {"seed": 0}, None),
+                  **{name: (["--width", "4"], ["--limit", "16", "--batch-size", "16"], {"seed": 0}, None)
+                     for name in ("shufflenetv2", "efficientnetb0", "simpledla", "preact_resnet18", "mobilenet",
+                                  "resnext29")},
+                  "vgg19": (["--width", "4"], ["--limit", "16", "--batch-size", "16"], {"seed": 0, "vgg_name": "VGG19"},
+                            None)}
 
 
-@pytest.mark.parametrize("name", sorted(_KUANGLIU_RUNS))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "resnext29" else n  # (11 s)
+                                  for n in sorted(_KUANGLIU_RUNS)])
 def test_kuangliu_model_and_recipe_train_and_the_checkpoint_loads(name, tmp_path, capsys):
     """gpuconv train --recipe NAME end to end, scaled down (resnet18: width 4, 64 images, 2 steps;
-    mobilenetv2 and senet18 have no width to scale down: --width warns that it is ignored, one step
-    of 16 images, about 6 s on a 2-core CPU): the recipe's network, SGD without Nesterov and cosine schedule
+    the others have no width to scale down: --width warns that it is ignored, one step of 16 images,
+    2-10 s each on a 2-core CPU): the recipe's network, SGD without Nesterov and cosine schedule
     without warmup are what the run records; the loss is finite; load_model rebuilds the network
     from the checkpoint (models.from_config) and predicts; --model NAME takes the recipe of its name."""
     import gpuconv
@@ -601,7 +607,8 @@ def test_kuangliu_model_and_recipe_train_and_the_checkpoint_loads(name, tmp_path
     assert f"training {name} (recipe {name})" in err and "cosine" in err
     assert (f"the {name} model ignores it" in err) == ("width" not in kwargs)
     config = ckpt.read_config(ckpt.load_checkpoint(tmp_path))
-    assert config["model"] == name and config["constructor"] == name
+    constructor = cli.MODELS[name][0]  # (vgg19's is vgg, with vgg_name='VGG19')
+    assert config["model"] == name and config["constructor"] == constructor
     assert config["kwargs"] == kwargs
     args = config["train_args"]
     assert (args["lr"], args["momentum"], args["nesterov"], args["weight_decay"]) == (0.1, 0.9, False, 5e-4)
@@ -610,7 +617,7 @@ def test_kuangliu_model_and_recipe_train_and_the_checkpoint_loads(name, tmp_path
               if json.loads(x)["kind"] == "epoch"]
     assert len(losses) == 1 and np.isfinite(losses[0]), losses
     model = gpuconv.load_model(tmp_path / "checkpoint.npz")
-    built = getattr(models, name)(**{k: v for k, v in kwargs.items() if k != "seed"})
+    built = getattr(models, constructor)(**{k: v for k, v in kwargs.items() if k != "seed"})
     assert model.net.num_parameters() == built.num_parameters()
     probs = model.predict(np.random.default_rng(0).integers(0, 256, (3, 3, 32, 32), dtype=np.uint8))
     assert probs.shape == (3, 10) and np.all(np.isfinite(probs))

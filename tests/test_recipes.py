@@ -30,7 +30,7 @@ def test_recipe_settings_and_overrides():
     assert fast["recipe"] == "fast" and fast["batch_size"] == 512 and fast["padding_mode"] == "zeros"
     assert all(r["model"] in cli.MODELS for r in RECIPES.values()) and set(cli.MODELS) <= set(RECIPES)
     with pytest.raises(ValueError, match="recipe .nope. is not known: use one of airbench94, airbench94_muon, "
-                                         "airbench95, airbench96, fast"):
+                                         "airbench95, airbench96, efficientnetb0, fast"):
         get_recipe("nope")
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["train", "--tta", "3"])

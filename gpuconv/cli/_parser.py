@@ -24,7 +24,8 @@ PRECISION_HELP = ("fp32 (strict float32), tf32 (float32 with TF32 convolutions),
                   "float32 master weights, low-precision compute; fp16 with loss scaling), or auto (bf16 on a GPU "
                   "with bfloat16 tensor cores, compute capability >= 8.0; fp16 on 7.5, a T4; else fp32). Default: "
                   "the recipe's "
-                  "(auto for fast, resnet18, senet18, mobilenetv2 and the airbench recipes; fp32 for the others)")
+                  f"(auto for fast, the airbench recipes and kuangliu's ({', '.join(_models.KUANGLIU_MODELS)}); "
+                  "fp32 for the others)")
 
 
 def _int_from(low, what, high=None):
@@ -154,12 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
                         f"decoupled from the lr, airbench94_muon's per example "
                         f"(default per recipe: {_defaults('weight_decay')})")
     t.add_argument("--momentum", type=_momentum, default=None,
-                   help=f"momentum, Nesterov when > 0, except in the resnet18, senet18 and mobilenetv2 recipes (plain "
-                        f"momentum, as kuangliu's) (SGD's; airbench94_muon's is Muon's, its SGD groups "
-                        f"keeping the recipe's 0.85) (default per recipe: {_defaults('momentum')})")
+                   help=f"momentum, Nesterov when > 0, except in kuangliu's recipes "
+                        f"({', '.join(_models.KUANGLIU_MODELS)}: plain momentum, as his) (SGD's; airbench94_muon's "
+                        f"is Muon's, its SGD groups keeping the recipe's 0.85) "
+                        f"(default per recipe: {_defaults('momentum')})")
     t.add_argument("--schedule", choices=("onecycle", "cosine", "triangular", "linear", "constant"), default=None,
-                   help=f"learning-rate schedule; cosine warms up over the first 5%% of the steps, except in the resnet18 "
-                        f", senet18 and mobilenetv2 recipes (default per recipe: {_defaults('schedule')})")
+                   help=f"learning-rate schedule; cosine warms up over the first 5%% of the steps, except in "
+                        f"kuangliu's recipes (default per recipe: {_defaults('schedule')})")
     t.add_argument("--label-smoothing", type=_smoothing, default=None,
                    help=f"label smoothing of the loss's targets (default per recipe: {_defaults('label_smoothing')})")
     t.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
