@@ -12,7 +12,7 @@ import pytest
 from gpuconv import _package
 
 # The packages that were single modules and hold their modules' names (gpuconv._package.gather).
-GATHERED = ("gpuconv.trainer", "gpuconv.models")
+GATHERED = ("gpuconv.cli", "gpuconv.trainer", "gpuconv.models")
 
 
 @pytest.fixture
@@ -126,7 +126,7 @@ def test_gpuconv_s_gathered_packages_hold_each_module_s_names(name):
     package = importlib.import_module(name)
     assert isinstance(package, _package.Namespace)
     modules = _modules(package)
-    on_disk = {p.stem for p in pathlib.Path(package.__file__).parent.glob("*.py")} - {"__init__"}
+    on_disk = {p.stem for p in pathlib.Path(package.__file__).parent.glob("*.py")} - {"__init__", "__main__"}
     assert {m.__name__.rsplit(".", 1)[1] for m in modules} == on_disk  # every module gathered
     for module in modules:
         for key, value in vars(module).items():

@@ -26,39 +26,23 @@ name such a setting would not reach.
 from __future__ import annotations
 
 import sys
-import types
 import warnings
 
-from .. import _env
+from .. import _env, _package
 from .._console import silence
 from . import _bench, _evaluate, _info, _models, _output, _parser, _predict, _splits, _training
-from ._bench import benchmarks_dir, cmd_bench
-from ._evaluate import _json, _runs_data, _split_name, _val_split_flag, cmd_evaluate
-from ._info import _version, cmd_info, cmd_precompile, info_lines, precompile_for
-from ._models import (AIRBENCH_MODELS, KUANGLIU_MODELS, MODELS, MODEL_DEFAULTS, WIDTH_MODELS, _recipe_setup,
-                      _schedule, airbench_widths, build_model, drop_last, model_from_config)
-from ._output import _program, _say
-from ._parser import (EXIT_STATUSES, PRECISIONS, PRECISION_HELP, WIDTH_HELP, _arch, _default_device, _defaults,
-                      _device, _int_from, _learning_rate, _momentum, _nonneg, _nonneg_int, _number, _positive_int,
-                      _seed, _smoothing, _tta, _val_split, build_parser)
-from ._predict import _warn_unused_width, cmd_predict, cmd_summary
-from ._splits import _limit, _load_data, parse_val_split, resolve_split
-from ._training import (EXIT_STOPPED_UNSAVED, RESUMABLE, _best_instead, _check_resume_flags, _note_autotune_off_gpu,
-                        _record_tta, _settings, _stored_config, _train, cmd_train)
+from ._bench import cmd_bench
+from ._evaluate import cmd_evaluate
+from ._info import cmd_info, cmd_precompile
+from ._output import _say
+from ._parser import build_parser
+from ._predict import cmd_predict, cmd_summary
+from ._training import cmd_train
 
 _PARTS = (_output, _parser, _splits, _models, _training, _evaluate, _predict, _info, _bench)
-
 # The names the parts import (cli.np, cli.get_recipe, cli.CONSOLE) are the package's too, as they were the one
-# module's. _HOLDERS: name -> the parts holding it, where setting it on the package sets it (read once: a
-# monkeypatch that deletes a name and puts it back must put it back in its parts too).
-_HOLDERS = {}
-for _part in _PARTS:
-    for _name, _value in vars(_part).items():
-        if not _name.startswith("__"):  # (each module's own: __doc__, __file__)
-            globals().setdefault(_name, _value)
-            _HOLDERS.setdefault(_name, []).append(_part)
-del _part, _name, _value
-
+# module's; a name set on the package is set in the parts holding it (gpuconv._package).
+_package.gather(__name__, *_PARTS)
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "summary": cmd_summary,
             "info": cmd_info, "precompile": cmd_precompile, "bench": cmd_bench}
@@ -97,20 +81,3 @@ def main(argv=None) -> int:
     finally:
         warnings.formatwarning = formatwarning
 
-
-class _Namespace(types.ModuleType):
-    """The type of ``gpuconv.cli``: a name set or deleted on the package is set or deleted in the
-    parts that hold it as well (see the module's docstring)."""
-
-    def __setattr__(self, name, value):
-        for part in _HOLDERS.get(name, ()):
-            setattr(part, name, value)
-        super().__setattr__(name, value)
-
-    def __delattr__(self, name):
-        super().__delattr__(name)  # (an AttributeError before any part is touched)
-        for part in _HOLDERS.get(name, ()):
-            vars(part).pop(name, None)
-
-
-sys.modules[__name__].__class__ = _Namespace
