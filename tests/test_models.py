@@ -106,6 +106,36 @@ def test_resnet18_structure_and_shapes():
         models.resnet18(in_channels=0)
 
 
+def _kuangliu_basic_block(torch):
+    """kuangliu/pytorch-cifar's BasicBlock, as published in models/resnet.py (and, the same, in
+    models/dla_simple.py)."""
+    nn, F = torch.nn, torch.nn.functional
+
+    class BasicBlock(nn.Module):
+        expansion = 1
+
+        def __init__(self, in_planes, planes, stride=1):
+            super().__init__()
+            self.conv1 = nn.Conv2d(in_planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
+            self.bn1 = nn.BatchNorm2d(planes)
+            self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=1, padding=1, bias=False)
+            self.bn2 = nn.BatchNorm2d(planes)
+            self.shortcut = nn.Sequential()
+            if stride != 1 or in_planes != self.expansion * planes:
+                self.shortcut = nn.Sequential(
+                    nn.Conv2d(in_planes, self.expansion * planes, kernel_size=1, stride=stride, bias=False),
+                    nn.BatchNorm2d(self.expansion * planes))
+
+        def forward(self, x):
+            out = F.relu(self.bn1(self.conv1(x)))
+            out = self.bn2(self.conv2(out))
+            out += self.shortcut(x)
+            out = F.relu(out)
+            return out
+
+    return BasicBlock
+
+
 class _KuangliuResNet18:
     """kuangliu/pytorch-cifar's models/resnet.py (BasicBlock, ResNet, ResNet18), as published;
     ``squeeze_excitation``: models/senet.py's SENet18, whose SENet class is ResNet's (the same
@@ -115,27 +145,7 @@ class _KuangliuResNet18:
     def build(torch, squeeze_excitation=False):
         nn, F = torch.nn, torch.nn.functional
 
-        class BasicBlock(nn.Module):
-            expansion = 1
-
-            def __init__(self, in_planes, planes, stride=1):
-                super().__init__()
-                self.conv1 = nn.Conv2d(in_planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
-                self.bn1 = nn.BatchNorm2d(planes)
-                self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=1, padding=1, bias=False)
-                self.bn2 = nn.BatchNorm2d(planes)
-                self.shortcut = nn.Sequential()
-                if stride != 1 or in_planes != self.expansion * planes:
-                    self.shortcut = nn.Sequential(
-                        nn.Conv2d(in_planes, self.expansion * planes, kernel_size=1, stride=stride, bias=False),
-                        nn.BatchNorm2d(self.expansion * planes))
-
-            def forward(self, x):
-                out = F.relu(self.bn1(self.conv1(x)))
-                out = self.bn2(self.conv2(out))
-                out += self.shortcut(x)
-                out = F.relu(out)
-                return out
+        BasicBlock = _kuangliu_basic_block(torch)
 
         class SEBasicBlock(BasicBlock):  # senet.py's BasicBlock: resnet.py's layers, then fc1 and fc2
             def __init__(self, in_planes, planes, stride=1):
@@ -1122,27 +1132,7 @@ class _KuangliuSimpleDLA:
     def build(torch):
         nn, F = torch.nn, torch.nn.functional
 
-        class BasicBlock(nn.Module):
-            expansion = 1
-
-            def __init__(self, in_planes, planes, stride=1):
-                super().__init__()
-                self.conv1 = nn.Conv2d(in_planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
-                self.bn1 = nn.BatchNorm2d(planes)
-                self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=1, padding=1, bias=False)
-                self.bn2 = nn.BatchNorm2d(planes)
-                self.shortcut = nn.Sequential()
-                if stride != 1 or in_planes != self.expansion * planes:
-                    self.shortcut = nn.Sequential(
-                        nn.Conv2d(in_planes, self.expansion * planes, kernel_size=1, stride=stride, bias=False),
-                        nn.BatchNorm2d(self.expansion * planes))
-
-            def forward(self, x):
-                out = F.relu(self.bn1(self.conv1(x)))
-                out = self.bn2(self.conv2(out))
-                out += self.shortcut(x)
-                out = F.relu(out)
-                return out
+        BasicBlock = _kuangliu_basic_block(torch)
 
         class Root(nn.Module):
             def __init__(self, in_channels, out_channels, kernel_size=1):
