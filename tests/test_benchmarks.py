@@ -146,7 +146,7 @@ def test_profile_step_stub_kernels_measures_the_host_work_alone():
     assert host["calls_per_step"] > host["python_calls_per_step"] > 0 and host["ms_per_step"] > 0
     assert host["cpu_ms_per_step"] > 0
     functions = [t["function"] for t in rec["host_functions"]["airbench94 bf16"]]
-    assert any(f.startswith("kernels.py") and f.endswith("(launch)") for f in functions)
+    assert any(f.startswith("_launching.py") and f.endswith("(launch)") for f in functions)
     assert not any(f.startswith("_launch.py") and "_pack" in f for f in functions)  # no argument was packed
     proc = run_script("profile_step", "--stub-kernels")
     assert proc.returncode == 2 and "--stub-kernels stubs the host simulator's kernels" in proc.stderr
