@@ -27,7 +27,7 @@ on a GPU, whose tensor cores truncate), then timed with CUDA events over --repea
 on, so it picks its best algorithm) when it is importable. Printed: ms per call, TFLOP/s
 (2*N*K*C*FH*FW*OH*OW per direction) and the ratio to cuDNN, and per precision and direction
 which variant was fastest on each layer (the evidence for changing a default in
-gpuconv/kernels.py). v1 is timed over at most 3 calls after 1 warm-up: one call takes tens of
+gpuconv/kernels/_families.py). v1 is timed over at most 3 calls after 1 warm-up: one call takes tens of
 milliseconds at batch 512. ``--layers fast_net`` runs every distinct conv of fast_net (a superset
 of the four CIFAR layers), ``--layers airbench94`` (``airbench96``) those of that recipe's network.
 Results go to benchmarks/results/conv2d-<gpu>-<date>-<HHMM>.json with the device, the date and the
