@@ -12,7 +12,7 @@ import pytest
 from gpuconv import _package
 
 # The packages that were single modules and hold their modules' names (gpuconv._package.gather).
-GATHERED = ("gpuconv.cli", "gpuconv.trainer", "gpuconv.models")
+GATHERED = ("gpuconv.kernels", "gpuconv.cli", "gpuconv.trainer", "gpuconv.models")
 
 
 @pytest.fixture

@@ -93,79 +93,12 @@ such an assignment would not reach).
 """
 from __future__ import annotations
 
-import builtins
-import sys
-import types
+from .. import _package
 
 # _sources first: the others read its constants when they are imported.
 from . import _sources
 from . import _capability, _cuda, _families, _launching, _log, _nvrtc, _registry, _sim, _tuning
 
 _MODULES = (_sources, _families, _tuning, _sim, _registry, _nvrtc, _capability, _cuda, _log, _launching)
-_MODULE_NAMES = frozenset(m.__name__.rpartition(".")[2] for m in _MODULES)
-# The globals their own module's functions rebind (``global``): a copy in the package would go stale,
-# so the package reads and writes them in their module (properties of _Namespace).
-_REBOUND = {"_table_changes": _tuning, "_cache_lock": _registry, "_cache_dir_warned": _cuda, "_cache_warned": _cuda}
-
-
-def _gather() -> dict:
-    """Every global of the modules (what they import too, as the single module had), checked to
-    name one object wherever two modules hold the same name."""
-    names = {}
-    for module in _MODULES:
-        for name, value in vars(module).items():
-            if (name.startswith("__") and name.endswith("__")) or name in _REBOUND:
-                continue
-            if names.setdefault(name, value) is not value or globals().get(name, value) is not value:
-                raise ImportError(f"gpuconv.kernels: {module.__name__}.{name} is not the object the package's "
-                                  f"{name} is: rename one of them (the package is one namespace)")
-    return names
-
-
-def _homes(name: str) -> tuple:
-    """The modules whose globals an assignment of ``name`` to the package also rebinds: those that
-    hold it; every one for a builtin that none defines (a test shadowing ``open``, as it could in
-    the single module)."""
-    if (name.startswith("__") and name.endswith("__")) or name in _MODULE_NAMES or name in _REBOUND:
-        return ()
-    homes = tuple(m for m in _MODULES if name in vars(m))
-    if not homes and hasattr(builtins, name):
-        return _MODULES
-    return homes
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_REBOUND))
-
-
-def _read_through(name: str, module) -> property:
-    # A data descriptor, so that monkeypatch's undo sets the value it read back (it would delete a
-    # name that the package's __dict__ lacks).
-    return property(lambda self: getattr(module, name), lambda self, value: setattr(module, name, value),
-                    lambda self: delattr(module, name), doc=f"{module.__name__}.{name}")
-
-
-class _Namespace(types.ModuleType):
-    """The package's module type: an assignment (or deletion) of a name reaches the modules that
-    hold it as well as the package. Reads stay plain module lookups (no Python code per access:
-    the launchers read the package's names at every launch), but for the _REBOUND names."""
-
-    def __setattr__(self, name, value):
-        for module in _homes(name):
-            setattr(module, name, value)
-        super().__setattr__(name, value)
-
-    def __delattr__(self, name):
-        homes = _homes(name)
-        for module in homes:
-            if name in vars(module):
-                delattr(module, name)
-        if name in vars(self) or not homes:
-            super().__delattr__(name)
-
-
-for _name, _module in _REBOUND.items():
-    setattr(_Namespace, _name, _read_through(_name, _module))
-del _name, _module
-globals().update(_gather())
-sys.modules[__name__].__class__ = _Namespace
+# The globals their own module's functions rebind (``global``): read and written in their module.
+_package.gather(__name__, *_MODULES, rebound=("_table_changes", "_cache_lock", "_cache_dir_warned", "_cache_warned"))
