@@ -1,6 +1,6 @@
 // common.cuh: helpers shared by every kernel file.
 //
-// The registry (gpuconv/kernels.py) builds each translation unit as
+// The registry (gpuconv/kernels/) builds each translation unit as
 //     #define GPUCONV_STORAGE bf16_t   // the arrays' element type: double, float, bf16_t or half_t
 //     #define GPUCONV_ACC float        // what products and sums are computed in
 //     #define GPUCONV_TF32 0           // 1: GEMM operands rounded to TF32 (float32 builds only)
