@@ -585,12 +585,13 @@ _KUANGLIU_RUNS = {"resnet18": (["--width", "4"], ["--limit", "64", "--batch-size
                   "senet18": (["--width", "4"], ["--limit", "16", "--batch-size", "16"], {"seed": 0}, None),
                   **{name: (["--width", "4"], ["--limit", "16", "--batch-size", "16"], {"seed": 0}, None)
                      for name in ("shufflenetv2", "efficientnetb0", "simpledla", "preact_resnet18", "mobilenet",
-                                  "resnext29")},
+                                  "resnext29", "googlenet", "densenet121")},
                   "vgg19": (["--width", "4"], ["--limit", "16", "--batch-size", "16"], {"seed": 0, "vgg_name": "VGG19"},
                             None)}
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "resnext29" else n  # (11 s)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow)  # (11-15 s on 2 cores)
+                                  if n in ("resnext29", "googlenet", "densenet121") else n
                                   for n in sorted(_KUANGLIU_RUNS)])
 def test_kuangliu_model_and_recipe_train_and_the_checkpoint_loads(name, tmp_path, capsys):
     """gpuconv train --recipe NAME end to end, scaled down (resnet18: width 4, 64 images, 2 steps;

@@ -24,6 +24,8 @@ MODELS = {
     "preact_resnet18": lambda **kw: models.preact_resnet18(**kw),
     "mobilenet": lambda **kw: models.mobilenet(**kw),
     "resnext29": lambda **kw: models.resnext29(cardinality=2, bottleneck_width=4, **kw),  # (narrowed)
+    "googlenet": lambda **kw: models.googlenet(**kw),
+    "densenet121": lambda **kw: models.densenet121(growth_rate=4, **kw),  # (narrowed)
 }
 
 
@@ -1581,6 +1583,247 @@ def test_more_kuangliu_models_match_his_in_torch(which):
         np.testing.assert_allclose(g, gt, rtol=1e-8, atol=1e-12 * scale, err_msg=name)
 
 
+_KUANGLIU_INCEPTIONS = [("a3", 192, 64, 96, 128, 16, 32, 32), ("b3", 256, 128, 128, 192, 32, 96, 64),
+                        ("a4", 480, 192, 96, 208, 16, 48, 64), ("b4", 512, 160, 112, 224, 24, 64, 64),
+                        ("c4", 512, 128, 128, 256, 24, 64, 64), ("d4", 512, 112, 144, 288, 32, 64, 64),
+                        ("e4", 528, 256, 160, 320, 32, 128, 128), ("a5", 832, 256, 160, 320, 32, 128, 128),
+                        ("b5", 832, 384, 192, 384, 48, 128, 128)]
+
+
+def _googlenet_parameters(num_classes=10, in_channels=3):
+    """Convolutions with bias and BN (weight, bias) everywhere: the stem's 3x3 to 192, each Inception
+    block's 1x1, 1x1 + 3x3, 1x1 + 3x3 + 3x3 and pool + 1x1 branches; a linear head from 1024."""
+    cbn = lambda a, b, k: a * b * k * k + b + 2 * b  # noqa: E731
+    total = cbn(in_channels, 192, 3)
+    for _, c, n1, r3, n3, r5, n5, pp in _KUANGLIU_INCEPTIONS:
+        total += cbn(c, n1, 1) + cbn(c, r3, 1) + cbn(r3, n3, 3) + cbn(c, r5, 1) + cbn(r5, n5, 3) + cbn(n5, n5, 3)
+        total += cbn(c, pp, 1)
+    return total + 1024 * num_classes + num_classes
+
+
+def _densenet121_parameters(growth=32, num_classes=10, in_channels=3):
+    """Bias-free convs, BN (weight, bias): the stem 3x3 to 2k; each dense layer BN, 1x1 to 4k, BN, 3x3
+    to k; each transition BN and a 1x1 to half (floored); the last BN; a linear head."""
+    total, planes = in_channels * 2 * growth * 9, 2 * growth
+    for i, n in enumerate((6, 12, 24, 16)):
+        for _ in range(n):
+            total += 2 * planes + planes * 4 * growth + 2 * 4 * growth + 4 * growth * growth * 9
+            planes += growth
+        if i < 3:
+            total += 2 * planes + planes * (planes // 2)
+            planes //= 2
+    return total + 2 * planes + planes * num_classes + num_classes
+
+
+@pytest.mark.parametrize("build,derived,published", [
+    (models.googlenet, _googlenet_parameters, 6_166_250), (models.densenet121, _densenet121_parameters, 6_956_298),
+    (lambda **kw: models.densenet121(growth_rate=12, **kw), lambda **kw: _densenet121_parameters(12, **kw),
+     1_000_618)], ids=["googlenet", "densenet121", "densenet_cifar"])
+def test_branching_kuangliu_parameter_counts_follow_the_architectures(build, derived, published):
+    count = lambda m: sum(p.size for p in m.parameters())  # noqa: E731
+    assert count(build()) == derived() == published
+    assert count(build(num_classes=7, in_channels=1)) == derived(num_classes=7, in_channels=1)
+    if published != 1_000_618:  # (densenet_cifar's count is not in the docstring)
+        assert f"{published:,} parameters" in " ".join(build.__doc__.split())
+
+
+def test_googlenet_and_densenet121_structures_and_shapes():
+    """GoogLeNet: his key layout (ReLUs their own layers in each branch), each block's output
+    channels (the four branches' sum) and size (32, 16 after maxpool, 8 after maxpool2);
+    DenseNet-121: each dense layer adds the growth rate, each transition halves channels and size."""
+    from gpuconv.layers import Concat, Identity
+    net = models.googlenet()
+    x = net["pre_layers"](_images(2))
+    assert x.shape == (2, 192, 32, 32)
+    for name, c, n1, r3, n3, r5, n5, pp in _KUANGLIU_INCEPTIONS:
+        if name in ("a4", "a5"):
+            x = net["maxpool" if name == "a4" else "maxpool2"](x)
+        block = net[name]
+        assert isinstance(block, Concat) and list(block._branches) == ["b1", "b2", "b3", "b4"]
+        assert [type(m).__name__ for m in block["b4"]] == ["MaxPool2d", "Conv2d", "BatchNorm2d", "ReLU"]
+        assert block["b3"][6].weight.shape == (n5, n5, 3, 3) and block["b2"][3].bias is not None
+        x = block(x)
+        hw = 32 if name.endswith("3") else 16 if name.endswith("4") else 8
+        assert x.shape == (2, n1 + n3 + n5 + pp, hw, hw), name
+    _through_stages(net, x, [("avgpool", (1024, 1, 1)), ("flatten", (1024,)), ("linear", (10,))])
+    net = models.densenet121(growth_rate=12)
+    x = net["conv1"](_images(2))
+    planes, hw = 24, 32
+    for i, n in enumerate((6, 12, 24, 16), start=1):
+        for layer in net[f"dense{i}"]:
+            assert isinstance(layer, Concat) and isinstance(layer["x"], Identity)
+            assert list(layer["out"]._layers) == ["bn1", "conv1", "bn2", "conv2"]
+            x = layer(x)
+            planes += 12
+            assert x.shape == (2, planes, hw, hw)
+        if i < 4:
+            x = net[f"trans{i}"](x)
+            planes, hw = planes // 2, hw // 2
+            assert x.shape == (2, planes, hw, hw)
+    assert planes == (((24 + 6 * 12) // 2 + 12 * 12) // 2 + 24 * 12) // 2 + 16 * 12 == 384
+    _through_stages(net, x, [("bn", (384, 4, 4)), ("pool", (384, 1, 1)), ("flatten", (384,)), ("linear", (10,))])
+    for build in (models.googlenet, models.densenet121):
+        with pytest.raises(ValueError, match=f"{build.__name__}: in_channels must be a positive int"):
+            build(in_channels=0)
+    with pytest.raises(ValueError, match="densenet121: growth_rate must be a positive int"):
+        models.densenet121(growth_rate=0)
+
+
+class _KuangliuBranching:
+    """kuangliu/pytorch-cifar's models/googlenet.py and densenet.py, as published."""
+
+    @staticmethod
+    def googlenet(torch):
+        nn = torch.nn
+
+        class Inception(nn.Module):
+            def __init__(self, in_planes, n1x1, n3x3red, n3x3, n5x5red, n5x5, pool_planes):
+                super().__init__()
+                self.b1 = nn.Sequential(nn.Conv2d(in_planes, n1x1, kernel_size=1), nn.BatchNorm2d(n1x1), nn.ReLU(True))
+                self.b2 = nn.Sequential(
+                    nn.Conv2d(in_planes, n3x3red, kernel_size=1), nn.BatchNorm2d(n3x3red), nn.ReLU(True),
+                    nn.Conv2d(n3x3red, n3x3, kernel_size=3, padding=1), nn.BatchNorm2d(n3x3), nn.ReLU(True))
+                self.b3 = nn.Sequential(
+                    nn.Conv2d(in_planes, n5x5red, kernel_size=1), nn.BatchNorm2d(n5x5red), nn.ReLU(True),
+                    nn.Conv2d(n5x5red, n5x5, kernel_size=3, padding=1), nn.BatchNorm2d(n5x5), nn.ReLU(True),
+                    nn.Conv2d(n5x5, n5x5, kernel_size=3, padding=1), nn.BatchNorm2d(n5x5), nn.ReLU(True))
+                self.b4 = nn.Sequential(
+                    nn.MaxPool2d(3, stride=1, padding=1), nn.Conv2d(in_planes, pool_planes, kernel_size=1),
+                    nn.BatchNorm2d(pool_planes), nn.ReLU(True))
+
+            def forward(self, x):
+                y1 = self.b1(x)
+                y2 = self.b2(x)
+                y3 = self.b3(x)
+                y4 = self.b4(x)
+                return torch.cat([y1, y2, y3, y4], 1)
+
+        class GoogLeNet(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.pre_layers = nn.Sequential(nn.Conv2d(3, 192, kernel_size=3, padding=1), nn.BatchNorm2d(192),
+                                                nn.ReLU(True))
+                for name, *cfg in _KUANGLIU_INCEPTIONS:
+                    setattr(self, name, Inception(*cfg))
+                self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+                self.avgpool = nn.AvgPool2d(8, stride=1)
+                self.linear = nn.Linear(1024, 10)
+
+            def forward(self, x):
+                out = self.pre_layers(x)
+                out = self.a3(out)
+                out = self.b3(out)
+                out = self.maxpool(out)
+                out = self.a4(out)
+                out = self.b4(out)
+                out = self.c4(out)
+                out = self.d4(out)
+                out = self.e4(out)
+                out = self.maxpool(out)
+                out = self.a5(out)
+                out = self.b5(out)
+                out = self.avgpool(out)
+                out = out.view(out.size(0), -1)
+                out = self.linear(out)
+                return out
+
+        return GoogLeNet()
+
+    @staticmethod
+    def densenet121(torch, growth_rate):
+        import math
+        nn, F = torch.nn, torch.nn.functional
+
+        class Bottleneck(nn.Module):
+            def __init__(self, in_planes, growth_rate):
+                super().__init__()
+                self.bn1 = nn.BatchNorm2d(in_planes)
+                self.conv1 = nn.Conv2d(in_planes, 4 * growth_rate, kernel_size=1, bias=False)
+                self.bn2 = nn.BatchNorm2d(4 * growth_rate)
+                self.conv2 = nn.Conv2d(4 * growth_rate, growth_rate, kernel_size=3, padding=1, bias=False)
+
+            def forward(self, x):
+                out = self.conv1(F.relu(self.bn1(x)))
+                out = self.conv2(F.relu(self.bn2(out)))
+                out = torch.cat([out, x], 1)
+                return out
+
+        class Transition(nn.Module):
+            def __init__(self, in_planes, out_planes):
+                super().__init__()
+                self.bn = nn.BatchNorm2d(in_planes)
+                self.conv = nn.Conv2d(in_planes, out_planes, kernel_size=1, bias=False)
+
+            def forward(self, x):
+                out = self.conv(F.relu(self.bn(x)))
+                out = F.avg_pool2d(out, 2)
+                return out
+
+        class DenseNet(nn.Module):
+            def __init__(self, block, nblocks, growth_rate=12, reduction=0.5, num_classes=10):
+                super().__init__()
+                self.growth_rate = growth_rate
+                num_planes = 2 * growth_rate
+                self.conv1 = nn.Conv2d(3, num_planes, kernel_size=3, padding=1, bias=False)
+                self.dense1 = self._make_dense_layers(block, num_planes, nblocks[0])
+                num_planes += nblocks[0] * growth_rate
+                out_planes = int(math.floor(num_planes * reduction))
+                self.trans1 = Transition(num_planes, out_planes)
+                num_planes = out_planes
+                self.dense2 = self._make_dense_layers(block, num_planes, nblocks[1])
+                num_planes += nblocks[1] * growth_rate
+                out_planes = int(math.floor(num_planes * reduction))
+                self.trans2 = Transition(num_planes, out_planes)
+                num_planes = out_planes
+                self.dense3 = self._make_dense_layers(block, num_planes, nblocks[2])
+                num_planes += nblocks[2] * growth_rate
+                out_planes = int(math.floor(num_planes * reduction))
+                self.trans3 = Transition(num_planes, out_planes)
+                num_planes = out_planes
+                self.dense4 = self._make_dense_layers(block, num_planes, nblocks[3])
+                num_planes += nblocks[3] * growth_rate
+                self.bn = nn.BatchNorm2d(num_planes)
+                self.linear = nn.Linear(num_planes, num_classes)
+
+            def _make_dense_layers(self, block, in_planes, nblock):
+                layers = []
+                for i in range(nblock):
+                    layers.append(block(in_planes, self.growth_rate))
+                    in_planes += self.growth_rate
+                return nn.Sequential(*layers)
+
+            def forward(self, x):
+                out = self.conv1(x)
+                out = self.trans1(self.dense1(out))
+                out = self.trans2(self.dense2(out))
+                out = self.trans3(self.dense3(out))
+                out = self.dense4(out)
+                out = F.avg_pool2d(F.relu(self.bn(out)), 4)
+                out = out.view(out.size(0), -1)
+                out = self.linear(out)
+                return out
+
+        return DenseNet(Bottleneck, [6, 12, 24, 16], growth_rate=growth_rate)
+
+
+@pytest.mark.parametrize("which", ["googlenet", "densenet121", "densenet_cifar"])
+def test_branching_kuangliu_models_match_his_in_torch(which):
+    """gpuconv's weights loaded into kuangliu's GoogLeNet() or DenseNet121() / densenet_cifar() (torch,
+    training mode), both in float64: the same logits, loss, input gradient, every weight gradient
+    and updated running statistic, to float64 rounding: the branches joined in his order."""
+    torch = pytest.importorskip("torch", reason="compares against kuangliu's models written in torch")
+    if which == "googlenet":
+        ours, theirs, key = models.googlenet(seed=3), _KuangliuBranching.googlenet(torch), lambda k: k
+    else:
+        growth = 32 if which == "densenet121" else 12
+        ours, theirs = models.densenet121(growth, seed=3), _KuangliuBranching.densenet121(torch, growth)
+        key = lambda k: k.replace(".out.", ".")  # noqa: E731
+    grads = _matches_kuangliu_in_torch(torch, ours, theirs, key)
+    scale = max(float(np.abs(gt).max()) for _, gt in grads.values())
+    for name, (g, gt) in grads.items():
+        np.testing.assert_allclose(g, gt, rtol=1e-8, atol=1e-12 * scale, err_msg=name)
+
+
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 def test_senet18_blocks_on_the_backend(backend, channels_last):
     """Two of the published net's blocks (layer2.0: stride 2 with a projection, layer2.1: the
@@ -1675,7 +1918,7 @@ def test_end_to_end_directional_derivative_float64(name):
 
 @pytest.mark.parametrize("name", ["seed", "three_layer", "fast", "resnet18", "senet18", "mobilenetv2", "shufflenetv2",
                                   "efficientnetb0", "simpledla", "vgg", "preact_resnet18", "mobilenet",
-                                  "resnext29"])
+                                  "resnext29", "googlenet", "densenet121"])
 def test_seeding(name):
     a, b, c = MODELS[name](seed=0), MODELS[name](seed=0), MODELS[name](seed=1)
     sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()

@@ -26,6 +26,10 @@
 - ``mobilenet``: kuangliu/pytorch-cifar's MobileNet (v1): 13 depthwise-separable blocks; 3.2M parameters.
 - ``resnext29``: kuangliu/pytorch-cifar's ResNeXt29 (``cardinality`` x ``bottleneck_width``, 2x64d by
   default): bottleneck blocks around a grouped 3x3 convolution; 9.1M parameters at 2x64d.
+- ``googlenet``: kuangliu/pytorch-cifar's GoogLeNet: Inception blocks of four branches joined along
+  the channels; 6.2M parameters.
+- ``densenet121``: kuangliu/pytorch-cifar's DenseNet-121: dense blocks whose layers join their new
+  features to their input; 7.0M parameters.
 - ``airbench94``: Keller Jordan's airbench94 network (arXiv 2404.00498): a frozen 2x2
   patch-whitening convolution (:func:`init_whitening`), three conv-pool-BN-GELU blocks with
   identity-initialized convolutions, and a 1/9-scaled linear head; its training recipe is
@@ -38,7 +42,8 @@ so a seed gives bit-identical initial weights on every device.
 
 The package holds a family a module: ``_cs231n`` (seed_net, three_layer_convnet), ``_fast``
 (fast_net), ``_resnets`` (resnet18, senet18, preact_resnet18, resnext29, simpledla), ``_mobile``
-(mobilenet, mobilenetv2, shufflenetv2, efficientnetb0), ``_vgg`` (vgg), ``_airbench_nets`` (airbench94,
+(mobilenet, mobilenetv2, shufflenetv2, efficientnetb0), ``_vgg`` (vgg), ``_branches`` (googlenet,
+densenet121), ``_airbench_nets`` (airbench94,
 airbench96, init_whitening) and ``_build`` (the seeds and the input checks they share). Import the
 names from ``gpuconv.models``: it holds every one of its modules' names, and an assignment to one
 of them reaches the module that uses it (:mod:`gpuconv._package`).
@@ -48,13 +53,13 @@ from __future__ import annotations
 import inspect
 
 from .. import _package
-from . import _airbench_nets, _build, _cs231n, _fast, _mobile, _resnets, _vgg
+from . import _airbench_nets, _branches, _build, _cs231n, _fast, _mobile, _resnets, _vgg
 
-_package.gather(__name__, _build, _cs231n, _fast, _resnets, _mobile, _vgg, _airbench_nets)
+_package.gather(__name__, _build, _cs231n, _fast, _resnets, _mobile, _vgg, _branches, _airbench_nets)
 
 __all__ = ["seed_net", "three_layer_convnet", "fast_net", "resnet18", "senet18", "mobilenetv2", "shufflenetv2",
-           "efficientnetb0", "simpledla", "vgg", "preact_resnet18", "mobilenet", "resnext29", "airbench94",
-           "airbench96", "init_whitening"]
+           "efficientnetb0", "simpledla", "vgg", "preact_resnet18", "mobilenet", "resnext29", "googlenet",
+           "densenet121", "airbench94", "airbench96", "init_whitening"]
 
 
 def from_config(config):
