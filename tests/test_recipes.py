@@ -31,8 +31,8 @@ def test_recipe_settings_and_overrides():
     fast = _settings("--model", "fast")
     assert fast["recipe"] == "fast" and fast["batch_size"] == 512 and fast["padding_mode"] == "zeros"
     assert all(r["model"] in cli.MODELS for r in RECIPES.values()) and set(cli.MODELS) <= set(RECIPES)
-    with pytest.raises(ValueError, match="recipe .nope. is not known: use one of " + re.escape(", ".join(sorted(RECIPES)))
-                       + "$"):
+    known = re.escape(", ".join(sorted(RECIPES)))
+    with pytest.raises(ValueError, match=f"recipe .nope. is not known: use one of {known}$"):
         get_recipe("nope")
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["train", "--tta", "3"])
