@@ -1825,6 +1825,26 @@ def test_branching_kuangliu_models_match_his_in_torch(which):
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_inception_and_dense_blocks_on_the_backend(backend, channels_last):
+    """An Inception block and two dense layers of the builders googlenet and densenet121 use, narrowed
+    (16 -> 4 + 8 + 4 + 4 channels; growth 4 on 8 channels), forward and backward on the backend in
+    float64 on an 8x8 input, NCHW and channels_last: the same output, input and weight gradients as
+    NCHW on NumPy; the pool branch's 3x3 max pool (stride 1, pad 1) and the joins through kernels."""
+    from gpuconv.models import _branches
+    x = np.random.default_rng(4).standard_normal((2, 16, 8, 8))
+    dy = np.random.default_rng(5).standard_normal((2, 20, 8, 8))
+    block = _branches._inception(16, 4, 4, 8, 2, 4, 4, list(range(1, 8)))
+    y, dx, grads = _blocks_match_numpy_on_the_backend([block], x, dy, backend, channels_last)
+    assert y.shape == (2, 20, 8, 8) and len(grads) == 7 * 4  # 7 convs (weight, bias), 7 BNs
+    dense = [_branches._dense_layer(8, 4, [1, 2]), _branches._dense_layer(12, 4, [3, 4])]
+    dy = np.random.default_rng(6).standard_normal((2, 16, 8, 8))
+    y, dx, grads = _blocks_match_numpy_on_the_backend(dense, x[:, :8], dy, backend, channels_last)
+    assert y.shape == (2, 16, 8, 8) and dx.shape == (2, 8, 8, 8) and len(grads) == 2 * 6
+    if backend.name != "numpy":
+        backend.assert_kernels_ran("conv2d_forward", "max_pool2d_forward", "max_pool2d_backward")
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 def test_senet18_blocks_on_the_backend(backend, channels_last):
     """Two of the published net's blocks (layer2.0: stride 2 with a projection, layer2.1: the
     identity), each with its squeeze-excitation gate, forward and backward on the backend in float64
