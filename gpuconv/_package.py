@@ -47,6 +47,8 @@ class Namespace(types.ModuleType):
         super().__setattr__(name, value)
 
     def __delattr__(self, name):
+        if name in type(self)._rebound:  # its property deletes it in its module (monkeypatch.delattr)
+            return super().__delattr__(name)
         homes = self._homes(name)
         if name not in vars(self) and not any(name in vars(m) for m in homes):
             raise AttributeError(f"module {self.__name__!r} has no attribute {name!r}")

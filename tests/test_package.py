@@ -6,6 +6,7 @@ import pathlib
 import sys
 import textwrap
 import types
+from unittest import mock
 
 import pytest
 
@@ -93,6 +94,16 @@ def test_a_rebound_global_is_read_and_written_in_its_module(toy, monkeypatch):
     assert toy._b.COUNT == 11 == toy.COUNT
     monkeypatch.undo()
     assert toy.COUNT == toy._b.COUNT == 2 and "COUNT" in dir(toy)
+
+
+def test_a_rebound_global_is_deleted_in_its_module_and_restored(toy, monkeypatch):
+    monkeypatch.delattr(toy, "COUNT")
+    assert not hasattr(toy._b, "COUNT") and not hasattr(toy, "COUNT")
+    monkeypatch.undo()
+    assert toy.COUNT == toy._b.COUNT == 0
+    with mock.patch.object(toy, "COUNT", 5):  # not in the package's dict: its exit deletes, then sets back
+        assert toy._b.COUNT == 5
+    assert toy.COUNT == toy._b.COUNT == 0
 
 
 def test_one_name_for_two_objects_is_refused_at_import(tmp_path, monkeypatch):
