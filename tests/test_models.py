@@ -2086,3 +2086,23 @@ def test_a_config_with_arguments_the_constructor_does_not_take_says_a_newer_gpuc
     with pytest.raises(ValueError, match=r"seed_net\(\) the argument\(s\) head_std, whiten_bias.*newer gpuconv"):
         models.from_config(config)
     assert isinstance(models.from_config({"constructor": "seed_net", "kwargs": {"seed": 0}}), Sequential)
+
+
+def test_the_state_dict_keys_the_readme_names_are_the_models():
+    """README's gpuconv.models entry names, for each of kuangliu's networks, keys of our state dict
+    beside his (``ours`` for kuangliu's ``his``): each of ours is a key of that model's state dict."""
+    import pathlib
+    import re
+    text = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
+    entry = text[text.index("- `gpuconv.models`:"):text.index("- `gpuconv.data`:")]
+    names = ("resnet18", "mobilenetv2", "senet18", "shufflenetv2", "efficientnetb0", "simpledla", "preact_resnet18")
+    starts = sorted((entry.index(f"`{name}("), name) for name in names)
+    checked = 0
+    for (start, name), (end, _) in zip(starts, [*starts[1:], (len(entry), None)]):
+        ours = [k for part in entry[start:end].split("for kuangliu's")[:-1]
+                for k in re.findall(r"`([\w.]+\.weight)`", part)]
+        keys = set(getattr(models, name)().state_dict())
+        for key in ours:
+            assert key in keys, f"README names {key} as a key of {name}(), which has no such key"
+            checked += 1
+    assert checked >= 10
