@@ -108,3 +108,14 @@ def test_python_dash_m_runs_the_command():
         proc = subprocess.run([sys.executable, "-m", module, "--version"], cwd=REPO, capture_output=True, text=True,
                               timeout=120)
         assert proc.returncode == 0 and proc.stdout.startswith("gpuconv "), (module, proc.stderr)
+
+
+def test_a_command_printed_under_python_dash_m_gpuconv_cli_runs_again(monkeypatch, tmp_path):
+    """Started as ``python -m gpuconv.cli``, a printed command (the resume hint) is ``python -m
+    gpuconv ...``, as under ``python -m gpuconv``: not a bare ``gpuconv`` that PATH may not hold."""
+    import types
+    monkeypatch.setenv("PATH", str(tmp_path))  # neither gpuconv nor this python on PATH
+    monkeypatch.setitem(sys.modules, "__main__",
+                        types.SimpleNamespace(__spec__=types.SimpleNamespace(name="gpuconv.cli.__main__")))
+    monkeypatch.setattr(sys, "argv", [str(REPO / "gpuconv" / "cli" / "__main__.py"), "train"])
+    assert cli._program() == [sys.executable, "-m", "gpuconv"]

@@ -19,7 +19,7 @@ def _program():
     the shell finds this very script by that name; else the path it was started by (``make train``
     runs ``.venv/bin/gpuconv``, which no activated environment has put on PATH: a bare ``gpuconv``
     would not be found, or would be another install's); ``python -m gpuconv`` with this interpreter
-    when it was started so. Called from Python (``main(argv)``): ``gpuconv``."""
+    when it was started so (or as ``python -m gpuconv.cli``). Called from Python (``main(argv)``): ``gpuconv``."""
     def found_as(path):  # (abspath, not realpath: a venv's python links to the one outside it)
         on_path = shutil.which(Path(path).name)
         same = on_path and os.path.normcase(os.path.abspath(on_path)) in {
@@ -27,7 +27,7 @@ def _program():
         return Path(path).name if same else str(path)
 
     spec = getattr(sys.modules.get("__main__"), "__spec__", None)
-    if spec is not None and spec.name == "gpuconv.__main__" and sys.executable:
+    if spec is not None and spec.name in ("gpuconv.__main__", "gpuconv.cli.__main__") and sys.executable:
         return [found_as(sys.executable), "-m", "gpuconv"]
     script = sys.argv[0] if sys.argv else ""
     # (pip's Windows launcher, gpuconv.exe, gives its path without '.exe': the shells run it so)
