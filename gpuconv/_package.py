@@ -71,8 +71,10 @@ def gather(package_name: str, *modules: types.ModuleType, rebound=()) -> None:
     """Give the package ``package_name`` every top-level name of ``modules`` (its submodules) and
     make its class a :class:`Namespace` over them; ``rebound``: the names their functions rebind
     with ``global``, each held by one module and read through to it. An ImportError where two
-    modules bind a name to different objects."""
+    modules bind a name to different objects. Gathering again (``importlib.reload`` of the package,
+    after reloading its modules) takes the modules' new objects in place of the last gathering's."""
     package = sys.modules[package_name]
+    gathered = type(package)._holders if isinstance(package, Namespace) else {}
     holders, seen = {}, {}
     for module in modules:
         if not module.__name__.startswith(package_name + "."):
@@ -85,10 +87,11 @@ def gather(package_name: str, *modules: types.ModuleType, rebound=()) -> None:
                 continue
             first = seen.setdefault(name, (module, value))
             mine = vars(package).get(name, _MISSING)
-            if first[1] is not value or (mine is not _MISSING and mine is not value):
+            if first[1] is not value or (mine is not _MISSING and mine is not value and name not in gathered):
                 other = first[0].__name__ if first[1] is not value else package_name
                 raise ImportError(f"{package_name}: {module.__name__}.{name} and {other}.{name} are different "
-                                  "objects under one name; rename one of them (the package is one namespace)")
+                                  "objects under one name; rename one of them (the package is one namespace), or, "
+                                  "after importlib.reload of a module, reload the modules that import from it too")
     properties = {}
     for name in rebound:
         homes = holders.get(name, [])

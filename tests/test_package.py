@@ -106,6 +106,17 @@ def test_a_rebound_global_is_deleted_in_its_module_and_restored(toy, monkeypatch
     assert toy.COUNT == toy._b.COUNT == 0
 
 
+def test_reloading_the_modules_then_the_package_takes_the_new_objects(toy):
+    old = toy.f
+    importlib.reload(toy._a)
+    with pytest.raises(ImportError, match=r"toypkg\._b\.f and toypkg\._a\.f are different objects.*reload the "
+                                          r"modules that import from it too"):
+        importlib.reload(toy)  # _b still holds the f it copied from the old _a
+    importlib.reload(toy._b)
+    importlib.reload(toy)
+    assert toy.f is toy._a.f is toy._b.f is not old and toy.g() == "g:a.f"
+
+
 def test_one_name_for_two_objects_is_refused_at_import(tmp_path, monkeypatch):
     root = tmp_path / "clashpkg"
     root.mkdir()
