@@ -586,6 +586,8 @@ _KUANGLIU_RUNS = {"resnet18": (["--width", "4"], ["--limit", "64", "--batch-size
                   **{name: (["--width", "4"], ["--limit", "16", "--batch-size", "16"], {"seed": 0}, None)
                      for name in ("shufflenetv2", "efficientnetb0", "simpledla", "preact_resnet18", "mobilenet",
                                   "resnext29", "googlenet", "densenet121")},
+                  "regnetx_200mf": (["--width", "4"], ["--limit", "16", "--batch-size", "16"],
+                                    {"seed": 0, "regnet_name": "RegNetX_200MF"}, None),
                   "vgg19": (["--width", "4"], ["--limit", "16", "--batch-size", "16"], {"seed": 0, "vgg_name": "VGG19"},
                             None)}
 

@@ -25,6 +25,7 @@ MODELS = {
     "mobilenet": lambda **kw: models.mobilenet(**kw),
     "resnext29": lambda **kw: models.resnext29(cardinality=2, bottleneck_width=4, **kw),  # (narrowed)
     "googlenet": lambda **kw: models.googlenet(**kw),
+    "regnet": lambda **kw: models.regnet("RegNetY_400MF", **kw),  # (the one with gates)
     "densenet121": lambda **kw: models.densenet121(growth_rate=4, **kw),  # (narrowed)
 }
 
@@ -1844,6 +1845,178 @@ def test_inception_and_dense_blocks_on_the_backend(backend, channels_last):
         backend.assert_kernels_ran("conv2d_forward", "max_pool2d_forward", "max_pool2d_backward")
 
 
+_KUANGLIU_REGNET_CFG = {
+    "RegNetX_200MF": {'depths': [1, 1, 4, 7], 'widths': [24, 56, 152, 368], 'strides': [1, 1, 2, 2],
+                      'group_width': 8, 'bottleneck_ratio': 1, 'se_ratio': 0},
+    "RegNetX_400MF": {'depths': [1, 2, 7, 12], 'widths': [32, 64, 160, 384], 'strides': [1, 1, 2, 2],
+                      'group_width': 16, 'bottleneck_ratio': 1, 'se_ratio': 0},
+    "RegNetY_400MF": {'depths': [1, 2, 7, 12], 'widths': [32, 64, 160, 384], 'strides': [1, 1, 2, 2],
+                      'group_width': 16, 'bottleneck_ratio': 1, 'se_ratio': 0.25},
+}
+
+
+def _regnet_parameters(name, num_classes=10, in_channels=3):
+    """The stem conv3x3(64) + BN; per block a 1x1 to w + BN, a grouped 3x3 (groups of the group
+    width) + BN, [a gate: 1x1s to round(w_in * ratio) and back, with biases], a 1x1 + BN, a 1x1 + BN
+    projection where the shape changes; a linear head."""
+    cfg = _KUANGLIU_REGNET_CFG[name]
+    total, w_in = in_channels * 64 * 9 + 128, 64
+    for depth, w, stride in zip(cfg["depths"], cfg["widths"], cfg["strides"]):
+        for i in range(depth):
+            s = stride if i == 0 else 1
+            total += w_in * w + 2 * w + w * cfg["group_width"] * 9 + 2 * w + w * w + 2 * w
+            if cfg["se_ratio"]:
+                squeeze = int(round(w_in * cfg["se_ratio"]))
+                total += w * squeeze + squeeze + squeeze * w + w
+            if s != 1 or w_in != w:
+                total += w_in * w + 2 * w
+            w_in = w
+    return total + w_in * num_classes + num_classes
+
+
+@pytest.mark.parametrize("name,published", [("RegNetX_200MF", 2_321_946), ("RegNetX_400MF", 4_779_338),
+                                            ("RegNetY_400MF", 5_714_362)])
+def test_regnet_parameter_counts_follow_the_architecture(name, published):
+    count = lambda m: sum(p.size for p in m.parameters())  # noqa: E731
+    assert count(models.regnet(name)) == _regnet_parameters(name) == published
+    assert f"{published:,}" in " ".join(models.regnet.__doc__.split())
+    assert count(models.regnet(name, num_classes=7, in_channels=1)) == _regnet_parameters(name, 7, 1)
+    assert {k: tuple(v) if isinstance(v, list) else v for k, v in _KUANGLIU_REGNET_CFG[name].items()} == \
+        models.REGNET_CFG[name]
+    with pytest.raises(ValueError, match="regnet: regnet_name must be one of RegNetX_200MF, RegNetX_400MF"):
+        models.regnet("RegNetX_800MF")
+
+
+def test_regnet_structure_and_shapes():
+    """Each stage's output shape (32, 32, 16, 8), the grouped 3x3s (w / group width groups), the
+    gate only in RegNetY, the projection only where the shape changes."""
+    from gpuconv.layers import SqueezeExcitation
+    for name in ("RegNetX_200MF", "RegNetY_400MF"):
+        net = models.regnet(name)
+        cfg = _KUANGLIU_REGNET_CFG[name]
+        x = net["bn1"](net["conv1"](_images(2)))
+        hw, w_in = 32, 64
+        for k, (depth, w, stride) in enumerate(zip(cfg["depths"], cfg["widths"], cfg["strides"]), start=1):
+            for i, block in enumerate(net[f"layer{k}"]):
+                inner = block["res"].inner
+                assert inner["conv2"].groups == w // cfg["group_width"]
+                assert isinstance(inner._layers.get("se"), SqueezeExcitation) == (cfg["se_ratio"] > 0)
+                assert (block["res"].shortcut is not None) == ((stride if i == 0 else 1) != 1 or w_in != w)
+                w_in = w
+            hw //= stride
+            x = net[f"layer{k}"](x)
+            assert x.shape == (2, w, hw, hw)
+        _through_stages(net, x, [("pool", (w_in, 1, 1)), ("flatten", (w_in,)), ("linear", (10,))])
+
+
+class _KuangliuRegNet:
+    """kuangliu/pytorch-cifar's models/regnet.py (SE, Block, RegNet), as published."""
+
+    @staticmethod
+    def build(torch, cfg):
+        nn, F = torch.nn, torch.nn.functional
+
+        class SE(nn.Module):
+            def __init__(self, in_planes, se_planes):
+                super().__init__()
+                self.se1 = nn.Conv2d(in_planes, se_planes, kernel_size=1, bias=True)
+                self.se2 = nn.Conv2d(se_planes, in_planes, kernel_size=1, bias=True)
+
+            def forward(self, x):
+                out = F.adaptive_avg_pool2d(x, (1, 1))
+                out = F.relu(self.se1(out))
+                out = self.se2(out).sigmoid()
+                out = x * out
+                return out
+
+        class Block(nn.Module):
+            def __init__(self, w_in, w_out, stride, group_width, bottleneck_ratio, se_ratio):
+                super().__init__()
+                w_b = int(round(w_out * bottleneck_ratio))
+                self.conv1 = nn.Conv2d(w_in, w_b, kernel_size=1, bias=False)
+                self.bn1 = nn.BatchNorm2d(w_b)
+                num_groups = w_b // group_width
+                self.conv2 = nn.Conv2d(w_b, w_b, kernel_size=3, stride=stride, padding=1, groups=num_groups,
+                                       bias=False)
+                self.bn2 = nn.BatchNorm2d(w_b)
+                self.with_se = se_ratio > 0
+                if self.with_se:
+                    w_se = int(round(w_in * se_ratio))
+                    self.se = SE(w_b, w_se)
+                self.conv3 = nn.Conv2d(w_b, w_out, kernel_size=1, bias=False)
+                self.bn3 = nn.BatchNorm2d(w_out)
+                self.shortcut = nn.Sequential()
+                if stride != 1 or w_in != w_out:
+                    self.shortcut = nn.Sequential(nn.Conv2d(w_in, w_out, kernel_size=1, stride=stride, bias=False),
+                                                  nn.BatchNorm2d(w_out))
+
+            def forward(self, x):
+                out = F.relu(self.bn1(self.conv1(x)))
+                out = F.relu(self.bn2(self.conv2(out)))
+                if self.with_se:
+                    out = self.se(out)
+                out = self.bn3(self.conv3(out))
+                out += self.shortcut(x)
+                out = F.relu(out)
+                return out
+
+        class RegNet(nn.Module):
+            def __init__(self, cfg, num_classes=10):
+                super().__init__()
+                self.cfg = cfg
+                self.in_planes = 64
+                self.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+                self.bn1 = nn.BatchNorm2d(64)
+                self.layer1 = self._make_layer(0)
+                self.layer2 = self._make_layer(1)
+                self.layer3 = self._make_layer(2)
+                self.layer4 = self._make_layer(3)
+                self.linear = nn.Linear(self.cfg['widths'][-1], num_classes)
+
+            def _make_layer(self, idx):
+                depth = self.cfg['depths'][idx]
+                width = self.cfg['widths'][idx]
+                stride = self.cfg['strides'][idx]
+                group_width = self.cfg['group_width']
+                bottleneck_ratio = self.cfg['bottleneck_ratio']
+                se_ratio = self.cfg['se_ratio']
+                layers = []
+                for i in range(depth):
+                    s = stride if i == 0 else 1
+                    layers.append(Block(self.in_planes, width, s, group_width, bottleneck_ratio, se_ratio))
+                    self.in_planes = width
+                return nn.Sequential(*layers)
+
+            def forward(self, x):
+                out = F.relu(self.bn1(self.conv1(x)))
+                out = self.layer1(out)
+                out = self.layer2(out)
+                out = self.layer3(out)
+                out = self.layer4(out)
+                out = F.adaptive_avg_pool2d(out, (1, 1))
+                out = out.view(out.size(0), -1)
+                out = self.linear(out)
+                return out
+
+        return RegNet(cfg)
+
+
+@pytest.mark.parametrize("name", ["RegNetX_200MF", "RegNetY_400MF"])
+def test_regnet_matches_kuanglius_in_torch(name):
+    """gpuconv's weights loaded into kuangliu's RegNet (torch, training mode), both in float64: the
+    same logits, loss, input gradient, every weight gradient (the grouped 3x3s', RegNetY's gates')
+    and updated running statistic, to float64 rounding."""
+    torch = pytest.importorskip("torch", reason="compares against kuangliu's RegNet written in torch")
+    def key(k):  # resnet18's mapping, the gate kept as his ``se`` (SENet18's has none of its own)
+        k = k.replace(".res.inner.", ".").replace(".res.shortcut.", ".shortcut.")
+        return k.replace(".se.fc1.", ".se.se1.").replace(".se.fc2.", ".se.se2.")
+    grads = _matches_kuangliu_in_torch(torch, models.regnet(name, seed=3),
+                                       _KuangliuRegNet.build(torch, _KUANGLIU_REGNET_CFG[name]), key)
+    scale = max(float(np.abs(gt).max()) for _, gt in grads.values())
+    for k, (g, gt) in grads.items():
+        np.testing.assert_allclose(g, gt, rtol=1e-8, atol=1e-12 * scale, err_msg=k)
+
+
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 def test_senet18_blocks_on_the_backend(backend, channels_last):
     """Two of the published net's blocks (layer2.0: stride 2 with a projection, layer2.1: the
@@ -1938,7 +2111,7 @@ def test_end_to_end_directional_derivative_float64(name):
 
 @pytest.mark.parametrize("name", ["seed", "three_layer", "fast", "resnet18", "senet18", "mobilenetv2", "shufflenetv2",
                                   "efficientnetb0", "simpledla", "vgg", "preact_resnet18", "mobilenet",
-                                  "resnext29", "googlenet", "densenet121"])
+                                  "resnext29", "googlenet", "densenet121", "regnet"])
 def test_seeding(name):
     a, b, c = MODELS[name](seed=0), MODELS[name](seed=0), MODELS[name](seed=1)
     sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
@@ -2096,7 +2269,7 @@ def test_the_state_dict_keys_the_readme_names_are_the_models():
     text = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
     entry = text[text.index("- `gpuconv.models`:"):text.index("- `gpuconv.data`:")]
     names = ("resnet18", "mobilenetv2", "senet18", "shufflenetv2", "efficientnetb0", "simpledla", "vgg",
-             "preact_resnet18", "mobilenet", "resnext29", "googlenet", "densenet121")
+             "preact_resnet18", "mobilenet", "resnext29", "googlenet", "densenet121", "regnet")
     starts = sorted((entry.index(f"`{name}("), name) for name in names)
     checked = 0
     for (start, name), (end, _) in zip(starts, [*starts[1:], (len(entry), None)]):

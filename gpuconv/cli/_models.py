@@ -16,13 +16,13 @@ MODELS = {"seed": ("seed_net", {}), "three_layer": ("three_layer_convnet", {}), 
           "simpledla": ("simpledla", {}),
           "vgg19": ("vgg", {"vgg_name": "VGG19"}), "preact_resnet18": ("preact_resnet18", {}),
           "mobilenet": ("mobilenet", {}), "resnext29": ("resnext29", {}), "googlenet": ("googlenet", {}),
-          "densenet121": ("densenet121", {}),
+          "densenet121": ("densenet121", {}), "regnetx_200mf": ("regnet", {"regnet_name": "RegNetX_200MF"}),
           "airbench94": ("airbench94", {}), "airbench96": ("airbench96", {})}
 AIRBENCH_MODELS = ("airbench94", "airbench96")  # the networks of three widths that --width scales
 WIDTH_MODELS = ("fast", "resnet18")  # the networks of one width (their recipe's) that --width sets
 # kuangliu/pytorch-cifar's networks, trained by his main.py's recipe (SGD without Nesterov, cosine without warmup)
 KUANGLIU_MODELS = ("resnet18", "senet18", "mobilenetv2", "shufflenetv2", "efficientnetb0", "simpledla", "vgg19",
-                   "preact_resnet18", "mobilenet", "resnext29", "googlenet", "densenet121")
+                   "preact_resnet18", "mobilenet", "resnext29", "googlenet", "densenet121", "regnetx_200mf")
 
 # Each model's recipe (gpuconv.recipes.RECIPES) gives its defaults.
 MODEL_DEFAULTS = {name: get_recipe(name) for name in MODELS}

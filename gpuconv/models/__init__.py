@@ -26,6 +26,9 @@
 - ``mobilenet``: kuangliu/pytorch-cifar's MobileNet (v1): 13 depthwise-separable blocks; 3.2M parameters.
 - ``resnext29``: kuangliu/pytorch-cifar's ResNeXt29 (``cardinality`` x ``bottleneck_width``, 2x64d by
   default): bottleneck blocks around a grouped 3x3 convolution; 9.1M parameters at 2x64d.
+- ``regnet``: kuangliu/pytorch-cifar's RegNetX_200MF, RegNetX_400MF and RegNetY_400MF
+  (``regnet_name``): bottleneck blocks around grouped 3x3 convolutions, RegNetY with a gate; 2.3M
+  parameters at RegNetX_200MF.
 - ``googlenet``: kuangliu/pytorch-cifar's GoogLeNet: Inception blocks of four branches joined along
   the channels; 6.2M parameters.
 - ``densenet121``: kuangliu/pytorch-cifar's DenseNet-121: dense blocks whose layers join their new
@@ -41,7 +44,7 @@ Every model takes a ``seed``: the per-layer seeds derive from it (``numpy.random
 so a seed gives bit-identical initial weights on every device.
 
 The package holds a family a module: ``_cs231n`` (seed_net, three_layer_convnet), ``_fast``
-(fast_net), ``_resnets`` (resnet18, senet18, preact_resnet18, resnext29, simpledla), ``_mobile``
+(fast_net), ``_resnets`` (resnet18, senet18, preact_resnet18, resnext29, regnet, simpledla), ``_mobile``
 (mobilenet, mobilenetv2, shufflenetv2, efficientnetb0), ``_vgg`` (vgg), ``_branches`` (googlenet,
 densenet121), ``_airbench_nets`` (airbench94,
 airbench96, init_whitening) and ``_build`` (the seeds and the input checks they share). Import the
@@ -58,7 +61,7 @@ from . import _airbench_nets, _branches, _build, _cs231n, _fast, _mobile, _resne
 _package.gather(__name__, _build, _cs231n, _fast, _resnets, _mobile, _vgg, _branches, _airbench_nets)
 
 __all__ = ["seed_net", "three_layer_convnet", "fast_net", "resnet18", "senet18", "mobilenetv2", "shufflenetv2",
-           "efficientnetb0", "simpledla", "vgg", "preact_resnet18", "mobilenet", "resnext29", "googlenet",
+           "efficientnetb0", "simpledla", "vgg", "preact_resnet18", "mobilenet", "resnext29", "regnet", "googlenet",
            "densenet121", "airbench94", "airbench96", "init_whitening"]
 
 

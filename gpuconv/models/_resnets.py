@@ -1,11 +1,11 @@
-"""kuangliu/pytorch-cifar's residual networks: ResNet-18, SENet-18, PreActResNet-18, ResNeXt29 and
-SimpleDLA (whose trees are ResNet blocks)."""
+"""kuangliu/pytorch-cifar's residual networks: ResNet-18, SENet-18, PreActResNet-18, ResNeXt29,
+RegNet and SimpleDLA (whose trees are ResNet blocks)."""
 from __future__ import annotations
 
 import numpy as np
 
-from ..layers import (AvgPool2d, BatchNorm2d, Concat, Conv2d, Flatten, Identity, Linear, ReLU, Residual, Sequential,
-                      SqueezeExcitation)
+from ..layers import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Concat, Conv2d, Flatten, Identity, Linear, ReLU,
+                      Residual, Sequential, SqueezeExcitation)
 from ._build import _in_channels, _seeds
 
 
@@ -277,4 +277,75 @@ def simpledla(num_classes=10, seed=0, in_channels=3):
                                            ((32, 64, 1, 1), (64, 128, 2, 2), (128, 256, 2, 2), (256, 512, 1, 2))):
         layers[name] = _dla_tree(a, b, level, stride, seeds)
     layers.update(pool=AvgPool2d(4), flatten=Flatten(), linear=Linear(512, num_classes, seed=next(seeds)))
+    return Sequential(layers)
+
+
+# kuangliu's RegNet configs (RegNetX_200MF(), RegNetX_400MF(), RegNetY_400MF()): the four stages'
+# depths, widths and first strides, the group width of the 3x3s, the bottleneck ratio and the
+# squeeze-excitation ratio (0: none).
+REGNET_CFG = {
+    "RegNetX_200MF": dict(depths=(1, 1, 4, 7), widths=(24, 56, 152, 368), strides=(1, 1, 2, 2), group_width=8,
+                          bottleneck_ratio=1, se_ratio=0),
+    "RegNetX_400MF": dict(depths=(1, 2, 7, 12), widths=(32, 64, 160, 384), strides=(1, 1, 2, 2), group_width=16,
+                          bottleneck_ratio=1, se_ratio=0),
+    "RegNetY_400MF": dict(depths=(1, 2, 7, 12), widths=(32, 64, 160, 384), strides=(1, 1, 2, 2), group_width=16,
+                          bottleneck_ratio=1, se_ratio=0.25),
+}
+
+
+def _regnet_block(w_in, w_out, stride, group_width, bottleneck_ratio, se_ratio, seeds):
+    # kuangliu's RegNet Block: relu(bn3(conv3([se](relu(bn2(conv2(relu(bn1(conv1(x))))))))) + shortcut(x))
+    # with conv2 a 3x3 of w_b / group_width groups (the block's stride), the gate (ReLU inside)
+    # squeezing to round(w_in * se_ratio) channels, the shortcut a 1x1 conv + BN where the shape
+    # changes. floor=True as resnet18's.
+    w_b = int(round(w_out * bottleneck_ratio))
+    inner = {
+        "conv1": Conv2d(w_in, w_b, 1, bias=False, seed=seeds[0]),
+        "bn1": BatchNorm2d(w_b, activation="relu"),
+        "conv2": Conv2d(w_b, w_b, 3, stride=stride, padding=1, groups=w_b // group_width, bias=False,
+                        floor=stride > 1, seed=seeds[1]),
+        "bn2": BatchNorm2d(w_b, activation="relu"),
+    }
+    if se_ratio > 0:
+        inner["se"] = SqueezeExcitation(w_b, int(round(w_in * se_ratio)), seed=seeds[4])
+    inner.update(conv3=Conv2d(w_b, w_out, 1, bias=False, seed=seeds[2]), bn3=BatchNorm2d(w_out))
+    shortcut = None
+    if stride != 1 or w_in != w_out:
+        shortcut = Sequential(Conv2d(w_in, w_out, 1, stride=stride, bias=False, floor=stride > 1, seed=seeds[3]),
+                              BatchNorm2d(w_out))
+    return Sequential({"res": Residual(Sequential(inner), shortcut=shortcut), "relu": ReLU()})
+
+
+def regnet(regnet_name="RegNetX_200MF", num_classes=10, seed=0, in_channels=3):
+    """kuangliu/pytorch-cifar's CIFAR RegNet (``RegNetX_200MF()``, ``RegNetX_400MF()``,
+    ``RegNetY_400MF()``; Radosavovic et al. 2020): ``conv1`` conv3x3(64) - ``bn1`` - relu, four
+    stages ``layer1``-``layer4`` of ``REGNET_CFG[regnet_name]``'s depths and widths (the first
+    block of a stage its stride: 32x32 down to 8x8), an adaptive average pool and a linear layer
+    from the last width. A block is ``relu(bn(conv1x1(relu(bn(grouped conv3x3(relu(bn(conv1x1(x)))))))) +
+    shortcut(x))``, the 3x3 in groups of the config's group width; RegNetY gates the 3x3's output
+    (``SqueezeExcitation``, ReLU inside, to round(w_in / 4) channels) before the last 1x1. ``layerK.B``
+    is the ``Sequential`` ``res`` (a ``Residual``: its ``inner`` conv1, bn1, conv2, bn2, [se], conv3,
+    bn3 and its ``shortcut``) and ``relu``, kuangliu's keys mapped as resnet18's and his gate's
+    ``se1``/``se2`` being ``se.fc1``/``se.fc2`` (``layer1.0.se.se1.weight`` is
+    ``layer1.0.res.inner.se.fc1.weight``). Convolutions bias-free but the gates'. 2,321,946
+    parameters for RegNetX_200MF (RegNetX_400MF: 4,779,338; RegNetY_400MF: 5,714,362). Input must be
+    ``in_channels`` x 32 x 32 (3: RGB). Its recipe, ``RECIPES['regnetx_200mf']``, is kuangliu's
+    main.py, as resnet18's."""
+    if regnet_name not in REGNET_CFG:
+        raise ValueError(f"regnet: regnet_name must be one of {', '.join(REGNET_CFG)} (kuangliu's), got "
+                         f"{regnet_name!r}")
+    c = _in_channels("regnet", in_channels)
+    cfg = REGNET_CFG[regnet_name]
+    seeds = iter(_seeds(seed, 2 + 5 * sum(cfg["depths"])))  # stem, 5 per block (3 convs, projection, gate), linear
+    layers = {"conv1": Conv2d(c, 64, 3, padding=1, bias=False, seed=next(seeds)),
+              "bn1": BatchNorm2d(64, activation="relu")}
+    w_in = 64
+    for k, (depth, width, stride) in enumerate(zip(cfg["depths"], cfg["widths"], cfg["strides"]), start=1):
+        blocks = []
+        for i in range(depth):
+            blocks.append(_regnet_block(w_in, width, stride if i == 0 else 1, cfg["group_width"],
+                                        cfg["bottleneck_ratio"], cfg["se_ratio"], [next(seeds) for _ in range(5)]))
+            w_in = width
+        layers[f"layer{k}"] = Sequential(*blocks)
+    layers.update(pool=AdaptiveAvgPool2d(1), flatten=Flatten(), linear=Linear(w_in, num_classes, seed=next(seeds)))
     return Sequential(layers)
