@@ -2001,6 +2001,24 @@ class _KuangliuRegNet:
         return RegNet(cfg)
 
 
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_regnet_blocks_on_the_backend(backend, channels_last):
+    """Two RegNetY blocks of regnet's builder, narrowed (16 -> 24 channels, stride 2 with a projection,
+    then 24 -> 24; 3x3s in groups of 8 channels, gates to round(w_in / 4)), forward and backward on the
+    backend in float64 on an 8x8 input, NCHW and channels_last: the same output, input and weight
+    gradients as NCHW on NumPy, the grouped 3x3s through their kernels."""
+    from gpuconv.models import _resnets
+    x = np.random.default_rng(4).standard_normal((2, 16, 8, 8))
+    dy = np.random.default_rng(5).standard_normal((2, 24, 4, 4))
+    blocks = [_resnets._regnet_block(16, 24, 2, 8, 1, 0.25, [1, 2, 3, 4, 5]),
+              _resnets._regnet_block(24, 24, 1, 8, 1, 0.25, [6, 7, 8, 9, 10])]
+    y, dx, grads = _blocks_match_numpy_on_the_backend(blocks, x, dy, backend, channels_last)
+    assert y.shape == (2, 24, 4, 4) and dx.shape == x.shape
+    assert len(grads) == 2 * (3 + 3 * 2 + 4) + 3  # 2 blocks: 3 convs, 3 BNs, the gate's 2 convs + biases; a projection
+    if backend.name != "numpy":
+        backend.assert_kernels_ran("conv2d_grouped_forward", "conv2d_grouped_backward_weight", "sigmoid_forward")
+
+
 @pytest.mark.parametrize("name", ["RegNetX_200MF", "RegNetY_400MF"])
 def test_regnet_matches_kuanglius_in_torch(name):
     """gpuconv's weights loaded into kuangliu's RegNet (torch, training mode), both in float64: the
