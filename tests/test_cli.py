@@ -14,6 +14,7 @@ import pytest
 
 from gpuconv import checkpoint as ckpt
 from gpuconv import cli
+from gpuconv.recipes import get_recipe
 
 from conftest import REPO, SUBSET
 
@@ -525,7 +526,7 @@ def test_flags_that_do_nothing_warn(tmp_path, capsys):
                      capsys)
     assert rc == 0, err
     assert "--cutout 4 applies with augmentation only, which this run has off" in err
-    assert "--width sets fast_net's, resnet18's and the airbench networks' channel widths; the seed model ignores it" in err
+    assert "--width sets fast_net's, the ResNets' and the airbench networks' channel widths; the seed model ignores it" in err
     assert "--batch-size 64 is larger than the 40 training images" in err
     rc, _, err = run(["train", "--model", "seed", "--epochs", "1", "--limit", "40", "--cuda-graph", "--device", "cpu",
                       "--data", SUBSET, "--out", tmp_path / "g", "--no-progress"], capsys)
@@ -584,8 +585,10 @@ _KUANGLIU_RUNS = {"resnet18": (["--width", "4"], ["--limit", "64", "--batch-size
                   "mobilenetv2": (["--width", "4"], ["--limit", "16", "--batch-size", "16"], {"seed": 0}, None),
                   "senet18": (["--width", "4"], ["--limit", "16", "--batch-size", "16"], {"seed": 0}, None),
                   **{name: (["--width", "4"], ["--limit", "16", "--batch-size", "16"], {"seed": 0}, None)
-                     for name in ("shufflenetv2", "efficientnetb0", "simpledla", "preact_resnet18", "mobilenet",
-                                  "resnext29", "googlenet", "densenet121")},
+                     for name in ("shufflenetv2", "efficientnetb0", "simpledla", "mobilenet", "resnext29",
+                                  "googlenet", "densenet121")},
+                  **{name: (["--width", "4"], ["--limit", "16", "--batch-size", "16"], {"seed": 0, "width": 4}, 64)
+                     for name in ("resnet34", "resnet50", "preact_resnet18", "preact_resnet50")},
                   "regnetx_200mf": (["--width", "4"], ["--limit", "16", "--batch-size", "16"],
                                     {"seed": 0, "regnet_name": "RegNetX_200MF"}, None),
                   "vgg19": (["--width", "4"], ["--limit", "16", "--batch-size", "16"], {"seed": 0, "vgg_name": "VGG19"},
@@ -597,8 +600,8 @@ _KUANGLIU_RUNS = {"resnet18": (["--width", "4"], ["--limit", "64", "--batch-size
                                   for n in sorted(_KUANGLIU_RUNS)])
 def test_kuangliu_model_and_recipe_train_and_the_checkpoint_loads(name, tmp_path, capsys):
     """gpuconv train --recipe NAME end to end, scaled down (resnet18: width 4, 64 images, 2 steps;
-    the others have no width to scale down: --width warns that it is ignored, one step of 16 images,
-    2-10 s each on a 2-core CPU): the recipe's network, SGD without Nesterov and cosine schedule
+    the other ResNets width 4, one step of 16 images; the others have no width to scale down: --width
+    warns that it is ignored, one step of 16 images, 2-10 s each on a 2-core CPU): the recipe's network, SGD without Nesterov and cosine schedule
     without warmup are what the run records; the loss is finite; load_model rebuilds the network
     from the checkpoint (models.from_config) and predicts; --model NAME takes the recipe of its name."""
     import gpuconv
@@ -627,6 +630,22 @@ def test_kuangliu_model_and_recipe_train_and_the_checkpoint_loads(name, tmp_path
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
     s = cli._settings(cli.build_parser().parse_args(["train", "--model", name]))
     assert (s["recipe"], s["epochs"], s["batch_size"], s.get("width")) == (name, 200, 128, default_width)
+
+
+@pytest.mark.parametrize("name", ["resnet101", "resnet152", "preact_resnet34", "preact_resnet101",
+                                  "preact_resnet152"])
+def test_the_deeper_resnets_have_kuanglius_recipe_and_a_width(name):
+    """The ResNets the run above leaves out (the same code at more blocks): --model NAME takes
+    kuangliu's recipe at width 64, --width narrows the network it builds, the config rebuilds it."""
+    from gpuconv import models
+    s = cli._settings(cli.build_parser().parse_args(["train", "--model", name]))
+    assert (s["recipe"], s["epochs"], s["batch_size"], s["lr"], s["width"]) == (name, 200, 128, 0.1, 64)
+    assert (s["optimizer"], s["nesterov"], s["schedule"]) == ("sgd", False, "cosine")
+    assert get_recipe(name)["precision"] == "auto"  # (bf16 on a GPU; the settings resolve it on this machine)
+    net, config = cli.build_model(name, seed=2, width=2)
+    assert config == {"model": name, "constructor": name, "kwargs": {"seed": 2, "width": 2}}
+    assert net.num_parameters() == getattr(models, name)(width=2).num_parameters()
+    assert models.from_config(config).state_dict().keys() == net.state_dict().keys()
 
 
 def test_summary_of_the_resnet18_model(capsys):

@@ -140,15 +140,46 @@ def _kuangliu_basic_block(torch):
 
 
 class _KuangliuResNet18:
-    """kuangliu/pytorch-cifar's models/resnet.py (BasicBlock, ResNet, ResNet18), as published;
+    """kuangliu/pytorch-cifar's models/resnet.py (BasicBlock, Bottleneck, ResNet; ResNet18 by
+    default, ``num_blocks`` and ``bottleneck`` for his other depths), as published;
     ``squeeze_excitation``: models/senet.py's SENet18, whose SENet class is ResNet's (the same
     layers and names) and whose BasicBlock adds the gate, written as a subclass of ResNet's."""
 
     @staticmethod
-    def build(torch, squeeze_excitation=False):
+    def build(torch, squeeze_excitation=False, num_blocks=(2, 2, 2, 2), bottleneck=False):
         nn, F = torch.nn, torch.nn.functional
 
         BasicBlock = _kuangliu_basic_block(torch)
+
+        class Bottleneck(nn.Module):
+            expansion = 4
+
+            def __init__(self, in_planes, planes, stride=1):
+                super(Bottleneck, self).__init__()
+                self.conv1 = nn.Conv2d(in_planes, planes, kernel_size=1, bias=False)
+                self.bn1 = nn.BatchNorm2d(planes)
+                self.conv2 = nn.Conv2d(planes, planes, kernel_size=3,
+                                       stride=stride, padding=1, bias=False)
+                self.bn2 = nn.BatchNorm2d(planes)
+                self.conv3 = nn.Conv2d(planes, self.expansion *
+                                       planes, kernel_size=1, bias=False)
+                self.bn3 = nn.BatchNorm2d(self.expansion*planes)
+
+                self.shortcut = nn.Sequential()
+                if stride != 1 or in_planes != self.expansion*planes:
+                    self.shortcut = nn.Sequential(
+                        nn.Conv2d(in_planes, self.expansion*planes,
+                                  kernel_size=1, stride=stride, bias=False),
+                        nn.BatchNorm2d(self.expansion*planes)
+                    )
+
+            def forward(self, x):
+                out = F.relu(self.bn1(self.conv1(x)))
+                out = F.relu(self.bn2(self.conv2(out)))
+                out = self.bn3(self.conv3(out))
+                out += self.shortcut(x)
+                out = F.relu(out)
+                return out
 
         class SEBasicBlock(BasicBlock):  # senet.py's BasicBlock: resnet.py's layers, then fc1 and fc2
             def __init__(self, in_planes, planes, stride=1):
@@ -201,7 +232,8 @@ class _KuangliuResNet18:
                 out = self.linear(out)
                 return out
 
-        return ResNet(SEBasicBlock if squeeze_excitation else BasicBlock, [2, 2, 2, 2])
+        block = Bottleneck if bottleneck else SEBasicBlock if squeeze_excitation else BasicBlock
+        return ResNet(block, list(num_blocks))
 
 
 def _kuangliu_key(name):
@@ -1353,8 +1385,8 @@ def test_more_kuangliu_structures_and_shapes():
 
 
 class _KuangliuMore:
-    """kuangliu/pytorch-cifar's models/vgg.py, preact_resnet.py (PreActBlock), mobilenet.py and
-    resnext.py, as published."""
+    """kuangliu/pytorch-cifar's models/vgg.py, preact_resnet.py, mobilenet.py and resnext.py, as
+    published."""
 
     @staticmethod
     def vgg(torch, vgg_name):
@@ -1388,8 +1420,36 @@ class _KuangliuMore:
         return VGG(vgg_name)
 
     @staticmethod
-    def preact_resnet18(torch):
+    def preact_resnet18(torch, num_blocks=(2, 2, 2, 2), bottleneck=False):
+        """PreActResNet18; ``num_blocks`` and ``bottleneck`` (PreActBottleneck) his other depths."""
         nn, F = torch.nn, torch.nn.functional
+
+        class PreActBottleneck(nn.Module):
+            '''Pre-activation version of the original Bottleneck module.'''
+            expansion = 4
+
+            def __init__(self, in_planes, planes, stride=1):
+                super(PreActBottleneck, self).__init__()
+                self.bn1 = nn.BatchNorm2d(in_planes)
+                self.conv1 = nn.Conv2d(in_planes, planes, kernel_size=1, bias=False)
+                self.bn2 = nn.BatchNorm2d(planes)
+                self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
+                self.bn3 = nn.BatchNorm2d(planes)
+                self.conv3 = nn.Conv2d(planes, self.expansion*planes, kernel_size=1, bias=False)
+
+                if stride != 1 or in_planes != self.expansion*planes:
+                    self.shortcut = nn.Sequential(
+                        nn.Conv2d(in_planes, self.expansion*planes, kernel_size=1, stride=stride, bias=False)
+                    )
+
+            def forward(self, x):
+                out = F.relu(self.bn1(x))
+                shortcut = self.shortcut(out) if hasattr(self, 'shortcut') else x
+                out = self.conv1(out)
+                out = self.conv2(F.relu(self.bn2(out)))
+                out = self.conv3(F.relu(self.bn3(out)))
+                out += shortcut
+                return out
 
         class PreActBlock(nn.Module):
             expansion = 1
@@ -1442,7 +1502,7 @@ class _KuangliuMore:
                 out = self.linear(out)
                 return out
 
-        return PreActResNet(PreActBlock, [2, 2, 2, 2])
+        return PreActResNet(PreActBottleneck if bottleneck else PreActBlock, list(num_blocks))
 
     @staticmethod
     def mobilenet(torch):

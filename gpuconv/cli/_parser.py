@@ -17,7 +17,8 @@ EXIT_STATUSES = ("Exit status: 0 when the run is done; 130 (Ctrl-C) or 143 (SIGT
                  "saving); 74 when it was stopped but that checkpoint could not be "
                  "written (a full disk: the steps since the checkpoint on disk are lost); 1 on an error; 2 on a bad "
                  "command line.")
-WIDTH_HELP = ("channel width of fast_net or of resnet18's first stage (default 64; resnet18's stages W, 2W, 4W, 8W), "
+WIDTH_HELP = ("channel width of fast_net or of a ResNet's first stage (default 64; resnet18-152 and "
+              "preact_resnet18-152: stages of W, 2W, 4W, 8W planes), "
               "or of an airbench network's first block, the others "
               "in the recipe's ratio (airbench94: W, 4W, 4W; airbench95: W, 3W, 3W; airbench96: W, 3W, 4W)")
 PRECISION_HELP = ("fp32 (strict float32), tf32 (float32 with TF32 convolutions), bf16 or fp16 (mixed precision: "

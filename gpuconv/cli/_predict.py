@@ -44,7 +44,7 @@ def cmd_predict(args) -> int:
 
 def _warn_unused_width(model, width):
     if width is not None and model not in (*_models.WIDTH_MODELS, *_models.AIRBENCH_MODELS):
-        _output._say("warning: --width sets fast_net's, resnet18's and the airbench networks' channel widths; the "
+        _output._say("warning: --width sets fast_net's, the ResNets' and the airbench networks' channel widths; the "
                      f"{model} model ignores it")
 
 

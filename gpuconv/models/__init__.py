@@ -5,7 +5,8 @@
 - ``fast_net``: a ResNet-9 in the style of "How to train your ResNet" (Myrtle.ai) and airbench,
   the architecture that reaches 94% on CIFAR-10 in a few epochs.
 - ``resnet18``: the CIFAR ResNet-18 of kuangliu/pytorch-cifar, the common CIFAR-10 baseline of
-  PyTorch tutorials and papers (four stages of two BasicBlocks, 11.2M parameters).
+  PyTorch tutorials and papers (four stages of two BasicBlocks, 11.2M parameters); ``resnet34``
+  (21.3M), and ``resnet50``, ``resnet101``, ``resnet152`` of Bottleneck blocks (23.5M, 42.5M, 58.2M).
 - ``senet18``: the CIFAR SENet-18 of kuangliu/pytorch-cifar: resnet18 with a squeeze-and-excitation
   gate in every block (11.3M parameters).
 - ``mobilenetv2``: the CIFAR MobileNetV2 of kuangliu/pytorch-cifar: 17 inverted-residual blocks
@@ -22,7 +23,8 @@
 - ``vgg``: kuangliu/pytorch-cifar's VGG11/13/16/19 (``vgg_name``), conv3x3 - BN - ReLU stacks between
   max pools; 20.0M parameters at VGG19.
 - ``preact_resnet18``: kuangliu/pytorch-cifar's PreActResNet18 (He et al.'s identity mappings: BN and
-  ReLU before each convolution); 11.2M parameters.
+  ReLU before each convolution); 11.2M parameters; and at his other depths, ``preact_resnet34``,
+  ``preact_resnet50``, ``preact_resnet101``, ``preact_resnet152``.
 - ``mobilenet``: kuangliu/pytorch-cifar's MobileNet (v1): 13 depthwise-separable blocks; 3.2M parameters.
 - ``resnext29``: kuangliu/pytorch-cifar's ResNeXt29 (``cardinality`` x ``bottleneck_width``, 2x64d by
   default): bottleneck blocks around a grouped 3x3 convolution; 9.1M parameters at 2x64d.
@@ -44,7 +46,7 @@ Every model takes a ``seed``: the per-layer seeds derive from it (``numpy.random
 so a seed gives bit-identical initial weights on every device.
 
 The package holds a family a module: ``_cs231n`` (seed_net, three_layer_convnet), ``_fast``
-(fast_net), ``_resnets`` (resnet18, senet18, preact_resnet18, resnext29, regnet, simpledla), ``_mobile``
+(fast_net), ``_resnets`` (resnet18-152, senet18, preact_resnet18-152, resnext29, regnet, simpledla), ``_mobile``
 (mobilenet, mobilenetv2, shufflenetv2, efficientnetb0), ``_vgg`` (vgg), ``_branches`` (googlenet,
 densenet121), ``_airbench_nets`` (airbench94,
 airbench96, init_whitening) and ``_build`` (the seeds and the input checks they share). Import the
@@ -60,9 +62,11 @@ from . import _airbench_nets, _branches, _build, _cs231n, _fast, _mobile, _resne
 
 _package.gather(__name__, _build, _cs231n, _fast, _resnets, _mobile, _vgg, _branches, _airbench_nets)
 
-__all__ = ["seed_net", "three_layer_convnet", "fast_net", "resnet18", "senet18", "mobilenetv2", "shufflenetv2",
-           "efficientnetb0", "simpledla", "vgg", "preact_resnet18", "mobilenet", "resnext29", "regnet", "googlenet",
-           "densenet121", "airbench94", "airbench96", "init_whitening"]
+__all__ = ["seed_net", "three_layer_convnet", "fast_net", "resnet18", "resnet34", "resnet50", "resnet101",
+           "resnet152", "senet18", "mobilenetv2", "shufflenetv2", "efficientnetb0", "simpledla", "vgg",
+           "preact_resnet18", "preact_resnet34", "preact_resnet50", "preact_resnet101", "preact_resnet152",
+           "mobilenet", "resnext29", "regnet", "googlenet", "densenet121", "airbench94", "airbench96",
+           "init_whitening"]
 
 
 def from_config(config):

@@ -1,5 +1,5 @@
-"""kuangliu/pytorch-cifar's residual networks: ResNet-18, SENet-18, PreActResNet-18, ResNeXt29,
-RegNet and SimpleDLA (whose trees are ResNet blocks)."""
+"""kuangliu/pytorch-cifar's residual networks: ResNet-18/34/50/101/152, SENet-18,
+PreActResNet-18/34/50/101/152, ResNeXt29, RegNet and SimpleDLA (whose trees are ResNet blocks)."""
 from __future__ import annotations
 
 import numpy as np
@@ -31,27 +31,71 @@ def _basic_block(c_in, c_out, stride, seeds, squeeze_excitation=False):
     return Sequential({"res": Residual(Sequential(inner), shortcut=shortcut), "relu": ReLU()})
 
 
-def _kuangliu_resnet(name, w, num_classes, seed, in_channels, squeeze_excitation):
-    # kuangliu's ResNet(BasicBlock, [2, 2, 2, 2]) trunk, shared by ResNet18 and SENet18 (whose
-    # blocks add the gate). Seeds in the order the layers are built: the stem, each block's
-    # (conv1, conv2, [projection], [gate]), the linear layer.
-    per_block = 3 if squeeze_excitation else 2
-    s = _seeds(seed, 1 + 8 * per_block + 3 + 1)
-    layers = {
-        "conv1": Conv2d(_in_channels(name, in_channels), w, 3, padding=1, bias=False, seed=s[0]),
-        "bn1": BatchNorm2d(w, activation="relu"),
+def _bottleneck_block(c_in, planes, stride, seeds):
+    # kuangliu's Bottleneck: relu(bn3(conv3(relu(bn2(conv2(relu(bn1(conv1(x))))))) + shortcut(x)):
+    # conv1 1x1 c_in -> planes, conv2 3x3 (the block's stride) planes -> planes, conv3 1x1 planes ->
+    # 4 planes, all bias-free; the shortcut a bias-free 1x1 conv + BN where the shape changes, else
+    # the identity. Seeds: conv1, conv2, conv3, [the projection].
+    c_out = 4 * planes
+    inner = {
+        "conv1": Conv2d(c_in, planes, 1, bias=False, seed=seeds[0]),
+        "bn1": BatchNorm2d(planes, activation="relu"),
+        "conv2": Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False, floor=stride > 1, seed=seeds[1]),
+        "bn2": BatchNorm2d(planes, activation="relu"),
+        "conv3": Conv2d(planes, c_out, 1, bias=False, seed=seeds[2]),
+        "bn3": BatchNorm2d(c_out),
     }
-    c_in, k = w, 1
-    for stage, c_out in enumerate((w, 2 * w, 4 * w, 8 * w), start=1):
-        blocks = []
-        for b in range(2):
+    shortcut = None
+    if stride != 1 or c_in != c_out:
+        shortcut = Sequential(Conv2d(c_in, c_out, 1, stride=stride, bias=False, floor=stride > 1, seed=seeds[3]),
+                              BatchNorm2d(c_out))
+    return Sequential({"res": Residual(Sequential(inner), shortcut=shortcut), "relu": ReLU()})
+
+
+# kuangliu's ResNet and PreActResNet depths: (blocks per stage, bottleneck blocks).
+_RESNET_DEPTHS = {18: ((2, 2, 2, 2), False), 34: ((3, 4, 6, 3), False), 50: ((3, 4, 6, 3), True),
+                  101: ((3, 4, 23, 3), True), 152: ((3, 8, 36, 3), True)}
+
+
+def _check_width(name, width):
+    if isinstance(width, bool) or not isinstance(width, (int, np.integer)) or width < 1:
+        raise ValueError(f"{name}: width must be a positive int (64 for the published net), got {width!r}")
+    return int(width)
+
+
+def _kuangliu_resnet(name, w, num_classes, seed, in_channels, squeeze_excitation=False, depth=18, preact=False):
+    # kuangliu's ResNet(block, num_blocks) and PreActResNet(block, num_blocks) trunks: a 3x3 stem
+    # (with BN and ReLU unless pre-activation), four stages of planes w, 2w, 4w, 8w (a block's
+    # output 4x that where it is a bottleneck), the first block of stages 2-4 stride 2, avgpool4 and
+    # a linear head. SENet18 is ResNet18 with gated blocks. Seeds in the order the layers are
+    # built: the stem, each block's convolutions ([projection], [gate] after them), the linear
+    # layer; so a net's seeds do not depend on its depth's block count beyond its own.
+    num_blocks, bottleneck = _RESNET_DEPTHS[depth]
+    expansion = 4 if bottleneck else 1
+    convs = 3 if bottleneck else 2
+    plan, c_in = [], w
+    for stage, planes in enumerate((w, 2 * w, 4 * w, 8 * w), start=1):
+        for b in range(num_blocks[stage - 1]):
             stride = 2 if stage > 1 and b == 0 else 1
-            n = per_block + (stride != 1 or c_in != c_out)
-            blocks.append(_basic_block(c_in, c_out, stride, s[k:k + n], squeeze_excitation))
-            k += n
-            c_in = c_out
-        layers[f"layer{stage}"] = Sequential(*blocks)
-    layers.update(pool=AvgPool2d(4), flatten=Flatten(), linear=Linear(8 * w, num_classes, seed=s[k]))
+            projects = stride != 1 or c_in != expansion * planes
+            plan.append((stage, c_in, planes, stride, convs + projects + squeeze_excitation))
+            c_in = expansion * planes
+    s = _seeds(seed, 1 + sum(p[-1] for p in plan) + 1)
+    layers = {"conv1": Conv2d(_in_channels(name, in_channels), w, 3, padding=1, bias=False, seed=s[0])}
+    if not preact:
+        layers["bn1"] = BatchNorm2d(w, activation="relu")
+    stages, k = {}, 1
+    for stage, c_in, planes, stride, n in plan:
+        if preact:
+            block = (_preact_bottleneck if bottleneck else _preact_block)(c_in, planes, stride, s[k:k + n])
+        elif bottleneck:
+            block = _bottleneck_block(c_in, planes, stride, s[k:k + n])
+        else:
+            block = _basic_block(c_in, planes, stride, s[k:k + n], squeeze_excitation)
+        stages.setdefault(stage, []).append(block)
+        k += n
+    layers.update({f"layer{stage}": Sequential(*blocks) for stage, blocks in stages.items()})
+    layers.update(pool=AvgPool2d(4), flatten=Flatten(), linear=Linear(c_in, num_classes, seed=s[k]))
     assert k + 1 == len(s)
     return Sequential(layers)
 
@@ -81,9 +125,7 @@ def resnet18(width=64, num_classes=10, seed=0, in_channels=3):
     Input must be ``in_channels`` x 32 x 32 (3: RGB). Its recipe, ``RECIPES['resnet18']``
     (kuangliu's): SGD (momentum 0.9, weight decay 5e-4) at lr 0.1 with cosine annealing over 200
     epochs, batch 128, random crop (pad 4) and flip (about 95% on CIFAR-10)."""
-    if isinstance(width, bool) or not isinstance(width, (int, np.integer)) or width < 1:
-        raise ValueError(f"resnet18: width must be a positive int (64 for the published net), got {width!r}")
-    return _kuangliu_resnet("resnet18", int(width), num_classes, seed, in_channels, squeeze_excitation=False)
+    return _kuangliu_resnet("resnet18", _check_width("resnet18", width), num_classes, seed, in_channels)
 
 
 def senet18(num_classes=10, seed=0, in_channels=3):
@@ -123,17 +165,36 @@ def _preact_block(c_in, c_out, stride, seeds):
     # x itself, or a bias-free 1x1 conv (the block's stride) of o where the shape changes: the
     # identity block is a Residual over bn1 ... conv2; the projecting one bn1 then a Residual whose
     # shortcut convolves bn1's output. floor=True: a stride-2 conv halves 32x32 as PyTorch's does.
-    def tail():
-        return {"conv1": Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False, floor=stride > 1, seed=seeds[0]),
-                "bn2": BatchNorm2d(c_out, activation="relu"),
-                "conv2": Conv2d(c_out, c_out, 3, padding=1, bias=False, seed=seeds[1])}
+    # Seeds: conv1, conv2, [the projection].
+    tail = {"conv1": Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False, floor=stride > 1, seed=seeds[0]),
+            "bn2": BatchNorm2d(c_out, activation="relu"),
+            "conv2": Conv2d(c_out, c_out, 3, padding=1, bias=False, seed=seeds[1])}
+    return _preact(c_in, c_out, stride, tail, seeds[-1])
+
+
+def _preact_bottleneck(c_in, planes, stride, seeds):
+    # kuangliu's PreActBottleneck: o = relu(bn1(x)); conv3(relu(bn3(conv2(relu(bn2(conv1(o))))))) +
+    # shortcut: conv1 1x1 c_in -> planes, conv2 3x3 (the block's stride), conv3 1x1 planes -> 4 planes;
+    # the shortcut as a PreActBlock's. Seeds: conv1, conv2, conv3, [the projection].
+    c_out = 4 * planes
+    tail = {"conv1": Conv2d(c_in, planes, 1, bias=False, seed=seeds[0]),
+            "bn2": BatchNorm2d(planes, activation="relu"),
+            "conv2": Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False, floor=stride > 1, seed=seeds[1]),
+            "bn3": BatchNorm2d(planes, activation="relu"),
+            "conv3": Conv2d(planes, c_out, 1, bias=False, seed=seeds[2])}
+    return _preact(c_in, c_out, stride, tail, seeds[-1])
+
+
+def _preact(c_in, c_out, stride, tail, projection_seed):
+    # A pre-activation block of bn1 and then ``tail``: a Residual over all of it where the shape
+    # stays, else bn1 and a Residual whose shortcut is a 1x1 conv of bn1's output.
     if stride == 1 and c_in == c_out:
-        return Residual(Sequential({"bn1": BatchNorm2d(c_in, activation="relu"), **tail()}))
-    shortcut = Sequential(Conv2d(c_in, c_out, 1, stride=stride, bias=False, floor=stride > 1, seed=seeds[2]))
-    return Sequential({"bn1": BatchNorm2d(c_in, activation="relu"), "res": Residual(Sequential(tail()), shortcut)})
+        return Residual(Sequential({"bn1": BatchNorm2d(c_in, activation="relu"), **tail}))
+    shortcut = Sequential(Conv2d(c_in, c_out, 1, stride=stride, bias=False, floor=stride > 1, seed=projection_seed))
+    return Sequential({"bn1": BatchNorm2d(c_in, activation="relu"), "res": Residual(Sequential(tail), shortcut)})
 
 
-def preact_resnet18(num_classes=10, seed=0, in_channels=3):
+def preact_resnet18(width=64, num_classes=10, seed=0, in_channels=3):
     """kuangliu/pytorch-cifar's PreActResNet18 (He et al. 2016, "Identity Mappings in Deep Residual
     Networks"): ``conv1`` conv3x3(64) (no BN after it), four stages ``layer1``-``layer4`` of two
     pre-activation blocks (64, 128, 256, 512 channels; the first block of stages 2-4 stride 2 with a
@@ -145,21 +206,88 @@ def preact_resnet18(num_classes=10, seed=0, in_channels=3):
     ``layer1.0.conv1.weight`` is ``layer1.0.inner.conv1.weight`` here, ``layer2.0.conv1.weight``
     ``layer2.0.res.inner.conv1.weight`` and ``layer2.0.shortcut.0.weight``
     ``layer2.0.res.shortcut.0.weight``, the other keys the same. Convolutions are bias-free; the BN
-    ReLUs fused. 11,171,146 parameters. Input must be ``in_channels`` x 32 x 32 (3: RGB). Its
-    recipe, ``RECIPES['preact_resnet18']``, is kuangliu's main.py, as resnet18's."""
-    c = _in_channels("preact_resnet18", in_channels)
-    s = _seeds(seed, 1 + 8 * 2 + 3 + 1)  # stem, each block's 2 convs and 3 projections, linear
-    layers, c_in, k = {"conv1": Conv2d(c, 64, 3, padding=1, bias=False, seed=s[0])}, 64, 1
-    for stage, c_out in enumerate((64, 128, 256, 512), start=1):
-        blocks = []
-        for b in range(2):
-            stride = 2 if stage > 1 and b == 0 else 1
-            n = 2 + (stride != 1 or c_in != c_out)
-            blocks.append(_preact_block(c_in, c_out, stride, s[k:k + n]))
-            k, c_in = k + n, c_out
-        layers[f"layer{stage}"] = Sequential(*blocks)
-    layers.update(pool=AvgPool2d(4), flatten=Flatten(), linear=Linear(512, num_classes, seed=s[k]))
-    return Sequential(layers)
+    ReLUs fused. ``width`` scales the stages (w, 2w, 4w, 8w planes); ``width=64`` is his net
+    (11,171,146 parameters). Input must be ``in_channels`` x 32 x 32 (3: RGB). Its recipe, ``RECIPES['preact_resnet18']``, is
+    kuangliu's main.py, as resnet18's."""
+    return _kuangliu_resnet("preact_resnet18", _check_width("preact_resnet18", width), num_classes, seed,
+                            in_channels, preact=True)
+
+
+def resnet34(width=64, num_classes=10, seed=0, in_channels=3):
+    """kuangliu/pytorch-cifar's ``ResNet34()``: :func:`resnet18` (its stem, head and state dict keys)
+    with 3, 4, 6 and 3 BasicBlocks in ``layer1``-``layer4``. ``width=64`` is his net (21,282,122
+    parameters). Its recipe, ``RECIPES['resnet34']``, is kuangliu's main.py, as resnet18's."""
+    return _kuangliu_resnet("resnet34", _check_width("resnet34", width), num_classes, seed, in_channels, depth=34)
+
+
+def resnet50(width=64, num_classes=10, seed=0, in_channels=3):
+    """kuangliu/pytorch-cifar's ``ResNet50()``: :func:`resnet18`'s stem and head with 3, 4, 6 and 3
+    Bottleneck blocks in ``layer1``-``layer4`` (planes w, 2w, 4w, 8w; the first block of stages 2-4
+    stride 2). A Bottleneck of planes p is
+    ``relu(bn3(conv3(relu(bn2(conv2(relu(bn1(conv1(x)))))))) + shortcut(x))``: conv1 1x1 to p, conv2
+    3x3 at the block's stride, conv3 1x1 to 4p, all bias-free; the shortcut the identity, or a 1x1
+    conv + BN projection where the shape changes (the first block of every stage: the stages give 4w,
+    8w, 16w and 32w channels, the head takes 32w). Keys as resnet18's: his
+    ``layer1.0.conv3.weight`` is ``layer1.0.res.inner.conv3.weight`` here, ``layer1.0.shortcut.0.weight``
+    ``layer1.0.res.shortcut.0.weight``. ``width=64`` is his net (23,520,842 parameters). Input must be
+    ``in_channels`` x 32 x 32 (3: RGB). Its recipe, ``RECIPES['resnet50']``, is kuangliu's main.py, as
+    resnet18's."""
+    return _kuangliu_resnet("resnet50", _check_width("resnet50", width), num_classes, seed, in_channels, depth=50)
+
+
+def resnet101(width=64, num_classes=10, seed=0, in_channels=3):
+    """kuangliu/pytorch-cifar's ``ResNet101()``: :func:`resnet50` with 3, 4, 23 and 3 Bottleneck blocks.
+    ``width=64`` is his net (42,512,970 parameters). Its recipe, ``RECIPES['resnet101']``, is
+    kuangliu's main.py, as resnet18's."""
+    return _kuangliu_resnet("resnet101", _check_width("resnet101", width), num_classes, seed, in_channels, depth=101)
+
+
+def resnet152(width=64, num_classes=10, seed=0, in_channels=3):
+    """kuangliu/pytorch-cifar's ``ResNet152()``: :func:`resnet50` with 3, 8, 36 and 3 Bottleneck blocks.
+    ``width=64`` is his net (58,156,618 parameters). Its recipe, ``RECIPES['resnet152']``, is
+    kuangliu's main.py, as resnet18's."""
+    return _kuangliu_resnet("resnet152", _check_width("resnet152", width), num_classes, seed, in_channels, depth=152)
+
+
+def preact_resnet34(width=64, num_classes=10, seed=0, in_channels=3):
+    """kuangliu/pytorch-cifar's ``PreActResNet34()``: :func:`preact_resnet18` (its stem, head and state
+    dict keys) with 3, 4, 6 and 3 pre-activation blocks in ``layer1``-``layer4``. ``width=64`` is his
+    net (21,279,306 parameters). Its recipe, ``RECIPES['preact_resnet34']``, is kuangliu's main.py, as
+    resnet18's."""
+    return _kuangliu_resnet("preact_resnet34", _check_width("preact_resnet34", width), num_classes, seed,
+                            in_channels, depth=34, preact=True)
+
+
+def preact_resnet50(width=64, num_classes=10, seed=0, in_channels=3):
+    """kuangliu/pytorch-cifar's ``PreActResNet50()``: :func:`preact_resnet18`'s stem and head with 3, 4,
+    6 and 3 PreActBottleneck blocks in ``layer1``-``layer4`` (planes w, 2w, 4w, 8w; the first block of
+    stages 2-4 stride 2). A block of planes p is
+    ``conv3(relu(bn3(conv2(relu(bn2(conv1(relu(bn1(x))))))))) + shortcut``: conv1 1x1 to p, conv2 3x3
+    at the block's stride, conv3 1x1 to 4p, all bias-free; the shortcut x, or a 1x1 conv of
+    ``relu(bn1(x))`` where the shape changes (the first block of every stage: the stages give 4w, 8w,
+    16w and 32w channels, the head takes 32w). Keys as preact_resnet18's: an identity block's
+    ``inner`` holds bn1, conv1, bn2, conv2, bn3, conv3; a projecting block is bn1 and ``res`` (its
+    ``inner`` conv1 ... conv3, its ``shortcut``). ``width=64`` is his net (23,509,066 parameters).
+    Input must be ``in_channels`` x 32 x 32 (3: RGB). Its recipe, ``RECIPES['preact_resnet50']``, is
+    kuangliu's main.py, as resnet18's."""
+    return _kuangliu_resnet("preact_resnet50", _check_width("preact_resnet50", width), num_classes, seed,
+                            in_channels, depth=50, preact=True)
+
+
+def preact_resnet101(width=64, num_classes=10, seed=0, in_channels=3):
+    """kuangliu/pytorch-cifar's ``PreActResNet101()``: :func:`preact_resnet50` with 3, 4, 23 and 3
+    blocks. ``width=64`` is his net (42,501,194 parameters). Its recipe,
+    ``RECIPES['preact_resnet101']``, is kuangliu's main.py, as resnet18's."""
+    return _kuangliu_resnet("preact_resnet101", _check_width("preact_resnet101", width), num_classes, seed,
+                            in_channels, depth=101, preact=True)
+
+
+def preact_resnet152(width=64, num_classes=10, seed=0, in_channels=3):
+    """kuangliu/pytorch-cifar's ``PreActResNet152()``: :func:`preact_resnet50` with 3, 8, 36 and 3
+    blocks. ``width=64`` is his net (58,144,842 parameters). Its recipe,
+    ``RECIPES['preact_resnet152']``, is kuangliu's main.py, as resnet18's."""
+    return _kuangliu_resnet("preact_resnet152", _check_width("preact_resnet152", width), num_classes, seed,
+                            in_channels, depth=152, preact=True)
 
 
 def _resnext_block(c_in, group_width, cardinality, stride, seeds):
