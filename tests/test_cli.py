@@ -589,6 +589,8 @@ _KUANGLIU_RUNS = {"resnet18": (["--width", "4"], ["--limit", "64", "--batch-size
                                   "googlenet", "densenet121")},
                   **{name: (["--width", "4"], ["--limit", "16", "--batch-size", "16"], {"seed": 0, "width": 4}, 64)
                      for name in ("resnet34", "resnet50", "preact_resnet18", "preact_resnet50")},
+                  "shufflenetg2": (["--width", "4"], ["--limit", "16", "--batch-size", "16"], {"seed": 0, "groups": 2},
+                                   None),
                   "regnetx_200mf": (["--width", "4"], ["--limit", "16", "--batch-size", "16"],
                                     {"seed": 0, "regnet_name": "RegNetX_200MF"}, None),
                   "vgg19": (["--width", "4"], ["--limit", "16", "--batch-size", "16"], {"seed": 0, "vgg_name": "VGG19"},
@@ -633,18 +635,23 @@ def test_kuangliu_model_and_recipe_train_and_the_checkpoint_loads(name, tmp_path
 
 
 @pytest.mark.parametrize("name", ["resnet101", "resnet152", "preact_resnet34", "preact_resnet101",
-                                  "preact_resnet152"])
-def test_the_deeper_resnets_have_kuanglius_recipe_and_a_width(name):
-    """The ResNets the run above leaves out (the same code at more blocks): --model NAME takes
-    kuangliu's recipe at width 64, --width narrows the network it builds, the config rebuilds it."""
+                                  "preact_resnet152", "shufflenetg3"])
+def test_the_other_kuangliu_models_have_his_recipe(name):
+    """The networks the run above leaves out (its code at more blocks, or another group count):
+    --model NAME takes kuangliu's recipe (at width 64 for a ResNet, whose --width narrows the network
+    it builds), and the config rebuilds the network."""
     from gpuconv import models
     s = cli._settings(cli.build_parser().parse_args(["train", "--model", name]))
-    assert (s["recipe"], s["epochs"], s["batch_size"], s["lr"], s["width"]) == (name, 200, 128, 0.1, 64)
+    resnet = "resnet" in name
+    assert (s["recipe"], s["epochs"], s["batch_size"], s["lr"], s.get("width")) == \
+        (name, 200, 128, 0.1, 64 if resnet else None)
     assert (s["optimizer"], s["nesterov"], s["schedule"]) == ("sgd", False, "cosine")
     assert get_recipe(name)["precision"] == "auto"  # (bf16 on a GPU; the settings resolve it on this machine)
     net, config = cli.build_model(name, seed=2, width=2)
-    assert config == {"model": name, "constructor": name, "kwargs": {"seed": 2, "width": 2}}
-    assert net.num_parameters() == getattr(models, name)(width=2).num_parameters()
+    constructor, kwargs = (name, {"seed": 2, "width": 2}) if resnet else ("shufflenet", {"groups": 3, "seed": 2})
+    assert config == {"model": name, "constructor": constructor, "kwargs": kwargs}
+    assert net.num_parameters() == getattr(models, constructor)(**{k: v for k, v in kwargs.items()
+                                                                  if k != "seed"}).num_parameters()
     assert models.from_config(config).state_dict().keys() == net.state_dict().keys()
 
 

@@ -11,6 +11,8 @@
   gate in every block (11.3M parameters).
 - ``mobilenetv2``: the CIFAR MobileNetV2 of kuangliu/pytorch-cifar: 17 inverted-residual blocks
   (1x1 expansion, 3x3 depthwise, 1x1 projection), 2.3M parameters.
+- ``shufflenet``: kuangliu/pytorch-cifar's ShuffleNetG2 and ShuffleNetG3 (``groups``): grouped 1x1
+  convolutions with a channel shuffle between them around a 3x3 depthwise one; 0.9M parameters.
 - ``shufflenetv2``: the CIFAR ShuffleNetV2 of kuangliu/pytorch-cifar: blocks that split the
   channels in two, transform one half (1x1, 3x3 depthwise, 1x1) and shuffle the halves together;
   1.3M parameters at ``net_size=1``.
@@ -47,7 +49,7 @@ so a seed gives bit-identical initial weights on every device.
 
 The package holds a family a module: ``_cs231n`` (seed_net, three_layer_convnet), ``_fast``
 (fast_net), ``_resnets`` (resnet18-152, senet18, preact_resnet18-152, resnext29, regnet, simpledla), ``_mobile``
-(mobilenet, mobilenetv2, shufflenetv2, efficientnetb0), ``_vgg`` (vgg), ``_branches`` (googlenet,
+(mobilenet, mobilenetv2, shufflenet, shufflenetv2, efficientnetb0), ``_vgg`` (vgg), ``_branches`` (googlenet,
 densenet121), ``_airbench_nets`` (airbench94,
 airbench96, init_whitening) and ``_build`` (the seeds and the input checks they share). Import the
 names from ``gpuconv.models``: it holds every one of its modules' names, and an assignment to one
@@ -63,7 +65,7 @@ from . import _airbench_nets, _branches, _build, _cs231n, _fast, _mobile, _resne
 _package.gather(__name__, _build, _cs231n, _fast, _resnets, _mobile, _vgg, _branches, _airbench_nets)
 
 __all__ = ["seed_net", "three_layer_convnet", "fast_net", "resnet18", "resnet34", "resnet50", "resnet101",
-           "resnet152", "senet18", "mobilenetv2", "shufflenetv2", "efficientnetb0", "simpledla", "vgg",
+           "resnet152", "senet18", "mobilenetv2", "shufflenet", "shufflenetv2", "efficientnetb0", "simpledla", "vgg",
            "preact_resnet18", "preact_resnet34", "preact_resnet50", "preact_resnet101", "preact_resnet152",
            "mobilenet", "resnext29", "regnet", "googlenet", "densenet121", "airbench94", "airbench96",
            "init_whitening"]

@@ -1,9 +1,9 @@
 """kuangliu/pytorch-cifar's networks built on depthwise convolutions: MobileNet, MobileNetV2,
-ShuffleNetV2 and EfficientNet-B0."""
+ShuffleNet, ShuffleNetV2 and EfficientNet-B0."""
 from __future__ import annotations
 
 from ..layers import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, ChannelShuffle, Concat, Conv2d, Dropout, Flatten,
-                      Linear, Narrow, Residual, Sequential, SiLU, SqueezeExcitation)
+                      Linear, Narrow, ReLU, Residual, Sequential, SiLU, SqueezeExcitation)
 from ._build import _in_channels, _seeds
 
 
@@ -121,6 +121,85 @@ def mobilenetv2(num_classes=10, seed=0, in_channels=3):
     layers.update(conv2=Conv2d(320, 1280, 1, bias=False, seed=s[k]), bn2=BatchNorm2d(1280, activation="relu"),
                   pool=AvgPool2d(4), flatten=Flatten(), linear=Linear(1280, num_classes, seed=s[k + 1]))
     assert k + 2 == len(s)
+    return Sequential(layers)
+
+
+# kuangliu's ShuffleNetG2 and ShuffleNetG3: groups -> each stage's output channels; every stage has
+# (4, 8, 4) blocks, the first stride 2.
+SHUFFLENET_CHANNELS = {2: (200, 400, 800), 3: (240, 480, 960)}
+SHUFFLENET_BLOCKS = (4, 8, 4)
+
+
+def _shuffle_unit(c_in, c_out, stride, groups, seeds):
+    # kuangliu's ShuffleNet Bottleneck: conv1x1 in g groups (g = 1 on the 24-channel stem's output,
+    # else ``groups``) - bn - relu - shuffle in g groups - depthwise conv3x3 (the block's stride) -
+    # bn - relu - conv1x1 in ``groups`` groups - bn; then relu(cat([out, avgpool3x3(x)])) at stride 2
+    # (the pool keeps the input's channels: c_out counts only the convolutions'), relu(out + x) at
+    # stride 1. Its bottleneck width is c_out / 4, which his file computes with a float division
+    # (``out_planes/4``) that PyTorch's Conv2d refuses; the integer is meant, and taken.
+    mid, g = c_out // 4, 1 if c_in == 24 else groups
+    branch = Sequential({
+        "conv1": Conv2d(c_in, mid, 1, groups=g, bias=False, seed=seeds[0]),
+        "bn1": BatchNorm2d(mid, activation="relu"),
+        "shuffle1": ChannelShuffle(g),
+        "conv2": Conv2d(mid, mid, 3, stride=stride, padding=1, groups=mid, bias=False, floor=stride > 1,
+                        seed=seeds[1]),
+        "bn2": BatchNorm2d(mid, activation="relu"),
+        "conv3": Conv2d(mid, c_out, 1, groups=groups, bias=False, seed=seeds[2]),
+        "bn3": BatchNorm2d(c_out),
+    })
+    if stride == 2:
+        join = Concat({"out": branch, "shortcut": AvgPool2d(3, stride=2, padding=1, floor=True)})
+        return Sequential({"cat": join, "relu": ReLU()})
+    return Sequential({"res": Residual(branch), "relu": ReLU()})
+
+
+def shufflenet(groups=2, num_classes=10, seed=0, in_channels=3):
+    """kuangliu/pytorch-cifar's ShuffleNet (``ShuffleNetG2()``, ``ShuffleNetG3()``: Zhang et al. 2018,
+    for 32x32 input), ``groups`` 2 or 3, with (c1, c2, c3) = ``SHUFFLENET_CHANNELS[groups]``
+    ((200, 400, 800) for 2, (240, 480, 960) for 3):
+
+    ==============  ========================================================  ============
+    name            layers                                                    output
+    ==============  ========================================================  ============
+    conv1, bn1      conv1x1(24) - bn - relu                                   24 x 32 x 32
+    layer1          4 units(c1), the first stride 2                           c1 x 16 x 16
+    layer2          8 units(c2), the first stride 2                           c2 x 8 x 8
+    layer3          4 units(c3), the first stride 2                           c3 x 4 x 4
+    pool, flatten   avgpool4 (global average pool over the 4x4 map)           c3
+    linear          linear(c3 -> num_classes, with bias)                      num_classes
+    ==============  ========================================================  ============
+
+    A unit's branch is conv1x1 in groups - bn - relu - channel shuffle - depthwise conv3x3 - bn -
+    relu - conv1x1 in groups - bn, of a quarter of its output channels inside (``conv1``, ``bn1``,
+    ``shuffle1``, ``conv2`` ... ``bn3``; the first unit's conv1, on the stem's 24 channels, in one
+    group). A stride-2 unit joins its branch to a 3x3 average pool (stride 2, pad 1) of its input
+    and applies a ReLU (``cat``: a ``Concat`` of ``out`` and ``shortcut``; ``relu``), the branch giving
+    the stage's channels less the input's; a stride-1 unit adds its input (``res``, a ``Residual``;
+    ``relu``). kuangliu's ``layer1.0.conv1.weight`` is ``layer1.0.cat.out.conv1.weight`` here and
+    ``layer1.1.conv1.weight`` ``layer1.1.res.inner.conv1.weight``, the other keys the same.
+    Convolutions are bias-free. His file computes the bottleneck width as ``out_planes/4``, a float
+    PyTorch's Conv2d refuses, so it does not run as published; this is it with the integer
+    ``out_planes // 4``. 887,582 parameters at groups 2, 862,768 at 3. Input must be
+    ``in_channels`` x 32 x 32 (3: RGB). Its recipe, ``RECIPES['shufflenetg2']`` (``'shufflenetg3'``),
+    is kuangliu's main.py, as resnet18's."""
+    if isinstance(groups, bool) or groups not in SHUFFLENET_CHANNELS:
+        raise ValueError(f"shufflenet: groups must be 2 or 3 (kuangliu's ShuffleNetG2 and ShuffleNetG3), "
+                         f"got {groups!r}")
+    c = _in_channels("shufflenet", in_channels)
+    # Seeds in the order kuangliu builds the convolutions: the stem, each unit's three, the linear layer.
+    s = _seeds(seed, 1 + 3 * sum(SHUFFLENET_BLOCKS) + 1)
+    layers = {"conv1": Conv2d(c, 24, 1, bias=False, seed=s[0]), "bn1": BatchNorm2d(24, activation="relu")}
+    k, c_in = 1, 24
+    for stage, (c_out, n) in enumerate(zip(SHUFFLENET_CHANNELS[groups], SHUFFLENET_BLOCKS), start=1):
+        units = []
+        for i in range(n):
+            stride = 2 if i == 0 else 1
+            units.append(_shuffle_unit(c_in, c_out - (c_in if stride == 2 else 0), stride, groups, s[k:k + 3]))
+            k, c_in = k + 3, c_out
+        layers[f"layer{stage}"] = Sequential(*units)
+    layers.update(pool=AvgPool2d(4), flatten=Flatten(), linear=Linear(c_in, num_classes, seed=s[k]))
+    assert k + 1 == len(s)
     return Sequential(layers)
 
 
