@@ -22,8 +22,12 @@
 - ``simpledla``: the simplified Deep Layer Aggregation of kuangliu/pytorch-cifar (the network his
   main.py trains): trees of ResNet BasicBlocks whose outputs a 1x1 convolution aggregates; 15.1M
   parameters.
+- ``dla``: kuangliu/pytorch-cifar's full Deep Layer Aggregation: simpledla's stages with trees whose
+  roots aggregate every node's output; 16.3M parameters.
 - ``vgg``: kuangliu/pytorch-cifar's VGG11/13/16/19 (``vgg_name``), conv3x3 - BN - ReLU stacks between
   max pools; 20.0M parameters at VGG19.
+- ``lenet``: kuangliu/pytorch-cifar's LeNet: two 5x5 conv - relu - max pool stages and three linear
+  layers; 62k parameters.
 - ``preact_resnet18``: kuangliu/pytorch-cifar's PreActResNet18 (He et al.'s identity mappings: BN and
   ReLU before each convolution); 11.2M parameters; and at his other depths, ``preact_resnet34``,
   ``preact_resnet50``, ``preact_resnet101``, ``preact_resnet152``.
@@ -48,8 +52,8 @@ Every model takes a ``seed``: the per-layer seeds derive from it (``numpy.random
 so a seed gives bit-identical initial weights on every device.
 
 The package holds a family a module: ``_cs231n`` (seed_net, three_layer_convnet), ``_fast``
-(fast_net), ``_resnets`` (resnet18-152, senet18, preact_resnet18-152, resnext29, regnet, simpledla), ``_mobile``
-(mobilenet, mobilenetv2, shufflenet, shufflenetv2, efficientnetb0), ``_vgg`` (vgg), ``_branches`` (googlenet,
+(fast_net), ``_resnets`` (resnet18-152, senet18, preact_resnet18-152, resnext29, regnet, simpledla, dla), ``_mobile``
+(mobilenet, mobilenetv2, shufflenet, shufflenetv2, efficientnetb0), ``_vgg`` (vgg, lenet), ``_branches`` (googlenet,
 densenet121), ``_airbench_nets`` (airbench94,
 airbench96, init_whitening) and ``_build`` (the seeds and the input checks they share). Import the
 names from ``gpuconv.models``: it holds every one of its modules' names, and an assignment to one
@@ -65,7 +69,7 @@ from . import _airbench_nets, _branches, _build, _cs231n, _fast, _mobile, _resne
 _package.gather(__name__, _build, _cs231n, _fast, _resnets, _mobile, _vgg, _branches, _airbench_nets)
 
 __all__ = ["seed_net", "three_layer_convnet", "fast_net", "resnet18", "resnet34", "resnet50", "resnet101",
-           "resnet152", "senet18", "mobilenetv2", "shufflenet", "shufflenetv2", "efficientnetb0", "simpledla", "vgg",
+           "resnet152", "senet18", "mobilenetv2", "shufflenet", "shufflenetv2", "efficientnetb0", "simpledla", "dla", "vgg", "lenet",
            "preact_resnet18", "preact_resnet34", "preact_resnet50", "preact_resnet101", "preact_resnet152",
            "mobilenet", "resnext29", "regnet", "googlenet", "densenet121", "airbench94", "airbench96",
            "init_whitening"]

@@ -1,5 +1,5 @@
 """kuangliu/pytorch-cifar's residual networks: ResNet-18/34/50/101/152, SENet-18,
-PreActResNet-18/34/50/101/152, ResNeXt29, RegNet and SimpleDLA (whose trees are ResNet blocks)."""
+PreActResNet-18/34/50/101/152, ResNeXt29, RegNet, SimpleDLA and DLA (whose trees are ResNet blocks)."""
 from __future__ import annotations
 
 import numpy as np
@@ -404,6 +404,83 @@ def simpledla(num_classes=10, seed=0, in_channels=3):
     for name, (a, b, level, stride) in zip(("layer3", "layer4", "layer5", "layer6"),
                                            ((32, 64, 1, 1), (64, 128, 2, 2), (128, 256, 2, 2), (256, 512, 1, 2))):
         layers[name] = _dla_tree(a, b, level, stride, seeds)
+    layers.update(pool=AvgPool2d(4), flatten=Flatten(), linear=Linear(512, num_classes, seed=next(seeds)))
+    return Sequential(layers)
+
+
+def _tapped(nodes):
+    # ``nodes`` ((name, layer), ...) run one after another, every one's output kept: the outputs joined
+    # along the channels, first to last. A Sequential of the first node and a ``join``: a Concat of
+    # ``out`` (its output as it is) and the rest of the chain run on it (the last node itself, or
+    # ``rest``, the same again).
+    (name, first), *rest = nodes
+    tail = rest[0] if len(rest) == 1 else ("rest", _tapped(rest))
+    return Sequential({name: first, "join": Concat({"out": Identity(), tail[0]: tail[1]})})
+
+
+def _dla_full_tree(c_in, c_out, level, stride, seeds):
+    # kuangliu's dla.py Tree: at level 1, root(cat([l, r])) with l = left_node(x) (the tree's stride)
+    # and r = right_node(l); at level 2, root(cat([prev_root(x), t, l, r])) with t = level_1(x) (a
+    # level-1 tree, the tree's stride), l = left_node(t) and r = right_node(l). The nodes are
+    # BasicBlocks, the root conv1x1 - bn - relu. ``seeds`` is an iterator, drawn in the order his
+    # Tree builds the convolutions: root, the level-1 subtree, prev_root, left_node, right_node.
+    if level not in (1, 2):
+        raise ValueError(f"dla: a tree's level is 1 or 2 (his DLA's), got {level!r}")
+    root = Sequential({"conv": Conv2d((2 if level == 1 else level + 2) * c_out, c_out, 1, bias=False,
+                                      seed=next(seeds)),
+                       "bn": BatchNorm2d(c_out, activation="relu")})
+
+    def node(a, s):
+        return _basic_block(a, c_out, s, [next(seeds) for _ in range(2 + (s != 1 or a != c_out))])
+    if level == 1:
+        left = node(c_in, stride)
+        return Sequential({**_tapped([("left_node", left), ("right_node", node(c_out, 1))])._layers, "root": root})
+    subtree = _dla_full_tree(c_in, c_out, 1, stride, seeds)
+    prev_root = node(c_in, stride)
+    chain = _tapped([("level_1", subtree), ("left_node", node(c_out, 1)), ("right_node", node(c_out, 1))])
+    return Sequential({"join": Concat({"prev_root": prev_root, "rest": chain}), "root": root})
+
+
+def dla(num_classes=10, seed=0, in_channels=3):
+    """kuangliu/pytorch-cifar's Deep Layer Aggregation (``DLA()``, Yu et al. 2018): :func:`simpledla`'s
+    stem, stages, pool and head, with his full trees:
+
+    ==============  ========================================================  ============
+    name            layers                                                    output
+    ==============  ========================================================  ============
+    base            conv3x3(16) - bn - relu                                   16 x 32 x 32
+    layer1          conv3x3(16) - bn - relu                                   16 x 32 x 32
+    layer2          conv3x3(32) - bn - relu                                   32 x 32 x 32
+    layer3          a tree of level 1 (64)                                    64 x 32 x 32
+    layer4          a tree of level 2 (128), stride 2                         128 x 16 x 16
+    layer5          a tree of level 2 (256), stride 2                         256 x 8 x 8
+    layer6          a tree of level 1 (512), stride 2                         512 x 4 x 4
+    pool, flatten   avgpool4 (global average pool over the 4x4 map)           512
+    linear          linear(512 -> num_classes, with bias)                     num_classes
+    ==============  ========================================================  ============
+
+    A tree of c channels aggregates every node's output in its root, conv1x1 - bn - relu: at level
+    1, ``root(cat([l, r]))`` with ``l = left_node(x)`` (at the tree's stride) and
+    ``r = right_node(l)``; at level 2, ``root(cat([prev_root(x), t, l, r]))`` with ``t = level_1(x)``
+    (a level-1 tree at the tree's stride), ``l = left_node(t)``, ``r = right_node(l)``. The nodes are
+    :func:`resnet18`'s BasicBlocks. Each kept output is a ``Concat`` of ``out`` (an ``Identity``) and
+    what runs after it, in ``join`` (and ``rest`` where more than one node follows); kuangliu's keys
+    are ours without ``join`` and ``rest`` and with the blocks' keys as resnet18's: his
+    ``layer4.level_1.left_node.conv1.weight`` is ``layer4.join.rest.level_1.left_node.res.inner.conv1.weight``
+    here, ``layer4.right_node.bn2.bias`` ``layer4.join.rest.join.rest.join.right_node.res.inner.bn2.bias``
+    and ``layer3.root.conv.weight`` the same. Convolutions are bias-free. 16,291,386 parameters; no
+    width argument (his net has none). Input must be ``in_channels`` x 32 x 32 (3: RGB). Its recipe,
+    ``RECIPES['dla']``, is kuangliu's main.py, as resnet18's."""
+    c = _in_channels("dla", in_channels)
+    seeds = iter(_seeds(seed, 44))  # the 43 convolutions, then the linear layer
+
+    def conv_bn(a, b):
+        return Sequential(Conv2d(a, b, 3, padding=1, bias=False, seed=next(seeds)), BatchNorm2d(b, activation="relu"))
+
+    layers = {"base": conv_bn(c, 16), "layer1": conv_bn(16, 16), "layer2": conv_bn(16, 32)}
+    for name, (a, b, level, stride) in zip(("layer3", "layer4", "layer5", "layer6"),
+                                           ((32, 64, 1, 1), (64, 128, 2, 2), (128, 256, 2, 2), (256, 512, 1, 2))):
+        layers[name] = _dla_full_tree(a, b, level, stride, seeds)
     layers.update(pool=AvgPool2d(4), flatten=Flatten(), linear=Linear(512, num_classes, seed=next(seeds)))
     return Sequential(layers)
 

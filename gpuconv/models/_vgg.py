@@ -1,4 +1,4 @@
-"""kuangliu/pytorch-cifar's VGG11/13/16/19 with batch norm."""
+"""kuangliu/pytorch-cifar's plain convolution stacks: VGG11/13/16/19 with batch norm, and LeNet."""
 from __future__ import annotations
 
 from ..layers import BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential
@@ -39,3 +39,32 @@ def vgg(vgg_name="VGG19", num_classes=10, seed=0, in_channels=3):
         c, k = x, k + 1
     return Sequential({"features": Sequential(*features), "flatten": Flatten(),
                        "classifier": Linear(512, num_classes, seed=s[k])})
+
+
+def lenet(num_classes=10, seed=0, in_channels=3):
+    """kuangliu/pytorch-cifar's LeNet (``LeNet()``, LeCun et al.'s LeNet-5 for 32x32 RGB input):
+
+    ==============  ========================================================  ============
+    name            layers                                                    output
+    ==============  ========================================================  ============
+    conv1 ... pool1 conv5x5(6, with bias) - relu - 2x2 max pool               6 x 14 x 14
+    conv2 ... pool2 conv5x5(16, with bias) - relu - 2x2 max pool              16 x 5 x 5
+    flatten                                                                   400
+    fc1, fc2, fc3   linear(400 -> 120) - relu - linear(120 -> 84) - relu -    num_classes
+                    linear(84 -> num_classes), each with bias
+    ==============  ========================================================  ============
+
+    No padding, no batch norm. His keys as they are (``conv1.weight`` ... ``fc3.bias``; the ReLUs and
+    pools, ``relu1`` ... ``relu4``, ``pool1``, ``pool2``, hold no parameters). 62,006 parameters.
+    Input must be ``in_channels`` x 32 x 32 (3: RGB). Its recipe, ``RECIPES['lenet']``, is kuangliu's
+    main.py, as resnet18's."""
+    c = _in_channels("lenet", in_channels)
+    s = _seeds(seed, 5)
+    return Sequential({
+        "conv1": Conv2d(c, 6, 5, seed=s[0]), "relu1": ReLU(), "pool1": MaxPool2d(2),
+        "conv2": Conv2d(6, 16, 5, seed=s[1]), "relu2": ReLU(), "pool2": MaxPool2d(2),
+        "flatten": Flatten(),
+        "fc1": Linear(16 * 5 * 5, 120, seed=s[2]), "relu3": ReLU(),
+        "fc2": Linear(120, 84, seed=s[3]), "relu4": ReLU(),
+        "fc3": Linear(84, num_classes, seed=s[4]),
+    })
