@@ -592,6 +592,8 @@ _KUANGLIU_RUNS = {"resnet18": (["--width", "4"], ["--limit", "64", "--batch-size
                   "shufflenetg2": (["--width", "4"], ["--limit", "16", "--batch-size", "16"], {"seed": 0, "groups": 2},
                                    None),
                   "lenet": (["--width", "4"], ["--limit", "16", "--batch-size", "16"], {"seed": 0}, None),
+                  "pnasneta": (["--width", "4"], ["--limit", "16", "--batch-size", "16"], {"seed": 0, "cell_type": "A"},
+                               None),
                   "regnetx_200mf": (["--width", "4"], ["--limit", "16", "--batch-size", "16"],
                                     {"seed": 0, "regnet_name": "RegNetX_200MF"}, None),
                   "vgg19": (["--width", "4"], ["--limit", "16", "--batch-size", "16"], {"seed": 0, "vgg_name": "VGG19"},
@@ -636,7 +638,7 @@ def test_kuangliu_model_and_recipe_train_and_the_checkpoint_loads(name, tmp_path
 
 
 @pytest.mark.parametrize("name", ["resnet101", "resnet152", "preact_resnet34", "preact_resnet101",
-                                  "preact_resnet152", "shufflenetg3", "dla"])
+                                  "preact_resnet152", "shufflenetg3", "dla", "pnasnetb"])
 def test_the_other_kuangliu_models_have_his_recipe(name):
     """The networks the run above leaves out (its code at more blocks, or another group count):
     --model NAME takes kuangliu's recipe (at width 64 for a ResNet, whose --width narrows the network
@@ -649,8 +651,8 @@ def test_the_other_kuangliu_models_have_his_recipe(name):
     assert (s["optimizer"], s["nesterov"], s["schedule"]) == ("sgd", False, "cosine")
     assert get_recipe(name)["precision"] == "auto"  # (bf16 on a GPU; the settings resolve it on this machine)
     net, config = cli.build_model(name, seed=2, width=2)
-    constructor, kwargs = ((name, {"seed": 2, "width": 2}) if resnet else (name, {"seed": 2}) if name == "dla"
-                           else ("shufflenet", {"groups": 3, "seed": 2}))
+    constructor, extra = cli.MODELS[name]
+    kwargs = {**extra, "seed": 2, **({"width": 2} if resnet else {})}
     assert config == {"model": name, "constructor": constructor, "kwargs": kwargs}
     assert net.num_parameters() == getattr(models, constructor)(**{k: v for k, v in kwargs.items()
                                                                   if k != "seed"}).num_parameters()

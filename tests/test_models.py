@@ -2344,7 +2344,7 @@ def test_the_state_dict_keys_the_readme_names_are_the_models():
     entry = text[text.index("- `gpuconv.models`:"):text.index("- `gpuconv.data`:")]
     names = ("resnet18", "mobilenetv2", "senet18", "shufflenetv2", "efficientnetb0", "simpledla", "vgg",
              "preact_resnet18", "mobilenet", "resnext29", "googlenet", "densenet121", "regnet", "shufflenet",
-             "dla")
+             "dla", "pnasnet")
     starts = sorted((entry.index(f"`{name}("), name) for name in names)
     checked = 0
     for (start, name), (end, _) in zip(starts, [*starts[1:], (len(entry), None)]):

@@ -18,7 +18,8 @@ MODELS = {"seed": ("seed_net", {}), "three_layer": ("three_layer_convnet", {}), 
           "mobilenet": ("mobilenet", {}), "resnext29": ("resnext29", {}), "googlenet": ("googlenet", {}),
           "densenet121": ("densenet121", {}), "regnetx_200mf": ("regnet", {"regnet_name": "RegNetX_200MF"}),
           "shufflenetg2": ("shufflenet", {"groups": 2}), "shufflenetg3": ("shufflenet", {"groups": 3}),
-          "lenet": ("lenet", {}), "dla": ("dla", {}),
+          "lenet": ("lenet", {}), "dla": ("dla", {}), "pnasneta": ("pnasnet", {"cell_type": "A"}),
+          "pnasnetb": ("pnasnet", {"cell_type": "B"}),
           **{name: (name, {}) for name in ("resnet34", "resnet50", "resnet101", "resnet152", "preact_resnet34",
                                            "preact_resnet50", "preact_resnet101", "preact_resnet152")},
           "airbench94": ("airbench94", {}), "airbench96": ("airbench96", {})}
@@ -30,7 +31,8 @@ WIDTH_MODELS = ("fast", "resnet18", "resnet34", "resnet50", "resnet101", "resnet
 KUANGLIU_MODELS = ("resnet18", "senet18", "mobilenetv2", "shufflenetv2", "efficientnetb0", "simpledla", "vgg19",
                    "preact_resnet18", "mobilenet", "resnext29", "googlenet", "densenet121", "regnetx_200mf",
                    "resnet34", "resnet50", "resnet101", "resnet152", "preact_resnet34", "preact_resnet50",
-                   "preact_resnet101", "preact_resnet152", "shufflenetg2", "shufflenetg3", "lenet", "dla")
+                   "preact_resnet101", "preact_resnet152", "shufflenetg2", "shufflenetg3", "lenet", "dla", "pnasneta",
+                   "pnasnetb")
 
 # Each model's recipe (gpuconv.recipes.RECIPES) gives its defaults.
 MODEL_DEFAULTS = {name: get_recipe(name) for name in MODELS}

@@ -24,6 +24,8 @@
   parameters.
 - ``dla``: kuangliu/pytorch-cifar's full Deep Layer Aggregation: simpledla's stages with trees whose
   roots aggregate every node's output; 16.3M parameters.
+- ``pnasnet``: kuangliu/pytorch-cifar's PNASNetA and PNASNetB (``cell_type``): cells of separable
+  convolutions and max pools summed and joined; 0.13M and 0.45M parameters.
 - ``vgg``: kuangliu/pytorch-cifar's VGG11/13/16/19 (``vgg_name``), conv3x3 - BN - ReLU stacks between
   max pools; 20.0M parameters at VGG19.
 - ``lenet``: kuangliu/pytorch-cifar's LeNet: two 5x5 conv - relu - max pool stages and three linear
@@ -53,7 +55,7 @@ so a seed gives bit-identical initial weights on every device.
 
 The package holds a family a module: ``_cs231n`` (seed_net, three_layer_convnet), ``_fast``
 (fast_net), ``_resnets`` (resnet18-152, senet18, preact_resnet18-152, resnext29, regnet, simpledla, dla), ``_mobile``
-(mobilenet, mobilenetv2, shufflenet, shufflenetv2, efficientnetb0), ``_vgg`` (vgg, lenet), ``_branches`` (googlenet,
+(mobilenet, mobilenetv2, shufflenet, shufflenetv2, efficientnetb0, pnasnet), ``_vgg`` (vgg, lenet), ``_branches`` (googlenet,
 densenet121), ``_airbench_nets`` (airbench94,
 airbench96, init_whitening) and ``_build`` (the seeds and the input checks they share). Import the
 names from ``gpuconv.models``: it holds every one of its modules' names, and an assignment to one
@@ -69,7 +71,7 @@ from . import _airbench_nets, _branches, _build, _cs231n, _fast, _mobile, _resne
 _package.gather(__name__, _build, _cs231n, _fast, _resnets, _mobile, _vgg, _branches, _airbench_nets)
 
 __all__ = ["seed_net", "three_layer_convnet", "fast_net", "resnet18", "resnet34", "resnet50", "resnet101",
-           "resnet152", "senet18", "mobilenetv2", "shufflenet", "shufflenetv2", "efficientnetb0", "simpledla", "dla", "vgg", "lenet",
+           "resnet152", "senet18", "mobilenetv2", "shufflenet", "shufflenetv2", "pnasnet", "efficientnetb0", "simpledla", "dla", "vgg", "lenet",
            "preact_resnet18", "preact_resnet34", "preact_resnet50", "preact_resnet101", "preact_resnet152",
            "mobilenet", "resnext29", "regnet", "googlenet", "densenet121", "airbench94", "airbench96",
            "init_whitening"]

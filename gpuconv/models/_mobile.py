@@ -1,9 +1,9 @@
 """kuangliu/pytorch-cifar's networks built on depthwise convolutions: MobileNet, MobileNetV2,
-ShuffleNet, ShuffleNetV2 and EfficientNet-B0."""
+ShuffleNet, ShuffleNetV2, EfficientNet-B0 and PNASNet."""
 from __future__ import annotations
 
 from ..layers import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, ChannelShuffle, Concat, Conv2d, Dropout, Flatten,
-                      Linear, Narrow, ReLU, Residual, Sequential, SiLU, SqueezeExcitation)
+                      Linear, MaxPool2d, Narrow, ReLU, Residual, Sequential, SiLU, SqueezeExcitation)
 from ._build import _in_channels, _seeds
 
 
@@ -385,4 +385,94 @@ def efficientnetb0(num_classes=10, seed=0, in_channels=3):
         "dropout": Dropout(0.2, seed=s[-1]),
         "linear": Linear(320, num_classes, seed=s[-2]),
     }
+    return Sequential(layers)
+
+
+# kuangliu's PNASNetA and PNASNetB: the cell and the stem's width (the stages' planes w, 2w, 4w).
+PNASNET_CFG = {"A": 44, "B": 32}
+
+
+def _sep_conv(c_in, c_out, kernel, stride, seed):
+    # kuangliu's SepConv: a bias-free kxk convolution in c_in groups (each input channel to c_out /
+    # c_in outputs), pad (k - 1) / 2, the cell's stride, then BN (no pointwise convolution).
+    return Sequential({"conv1": Conv2d(c_in, c_out, kernel, stride=stride, padding=(kernel - 1) // 2, groups=c_in,
+                                       bias=False, floor=stride > 1, seed=seed),
+                       "bn1": BatchNorm2d(c_out)})
+
+
+def _pooled(c_in, c_out, stride, seed):
+    # A cell's max-pool branch: a 3x3 max pool (pad 1, the cell's stride), at stride 2 then a
+    # bias-free 1x1 conv to c_out and BN (his ``conv1``, ``bn1``).
+    layers = {"pool": MaxPool2d(3, stride=stride, padding=1, floor=stride > 1)}
+    if stride == 2:
+        layers.update(conv1=Conv2d(c_in, c_out, 1, bias=False, seed=seed), bn1=BatchNorm2d(c_out))
+    return Sequential(layers)
+
+
+def _summed(a, b):
+    # relu(a(x) + b(x)): a Residual whose shortcut is b, then the ReLU.
+    return Sequential({"sum": Residual(a, shortcut=b), "relu": ReLU()})
+
+
+def _pnasnet_cell(cell, c_in, c_out, stride, seeds):
+    # kuangliu's CellA: relu(sep_conv1_7x7(x) + pooled(x)). His CellB: b1 = relu(sep_conv1_7x7(x) +
+    # sep_conv2_3x3(x)), b2 = relu(pooled(x) + sep_conv3_5x5(x)), relu(bn2(conv2_1x1(cat([b1, b2])))).
+    # Seeds in the order his cell builds its convolutions: the separable ones, conv1, [conv2].
+    if cell == "A":
+        return _summed(Sequential({"sep_conv1": _sep_conv(c_in, c_out, 7, stride, seeds[0])}),
+                       _pooled(c_in, c_out, stride, seeds[1]))
+    b1 = _summed(Sequential({"sep_conv1": _sep_conv(c_in, c_out, 7, stride, seeds[0])}),
+                 Sequential({"sep_conv2": _sep_conv(c_in, c_out, 3, stride, seeds[1])}))
+    b2 = _summed(Sequential({"sep_conv3": _sep_conv(c_in, c_out, 5, stride, seeds[2])}),
+                 _pooled(c_in, c_out, stride, seeds[3]))
+    return Sequential({"cat": Concat({"b1": b1, "b2": b2}),
+                       "conv2": Conv2d(2 * c_out, c_out, 1, bias=False, seed=seeds[4]),
+                       "bn2": BatchNorm2d(c_out, activation="relu")})
+
+
+def pnasnet(cell_type="A", num_classes=10, seed=0, in_channels=3):
+    """kuangliu/pytorch-cifar's PNASNet (``PNASNetA()``, ``PNASNetB()``: cells after Liu et al.'s
+    Progressive Neural Architecture Search), ``cell_type`` 'A' (w = 44) or 'B' (w = 32):
+
+    ==============  ========================================================  ============
+    name            layers                                                    output
+    ==============  ========================================================  ============
+    conv1, bn1      conv3x3(w) - bn - relu                                    w x 32 x 32
+    layer1          6 cells(w)                                                w x 32 x 32
+    layer2          a cell(2w), stride 2                                      2w x 16 x 16
+    layer3          6 cells(2w)                                               2w x 16 x 16
+    layer4          a cell(4w), stride 2                                      4w x 8 x 8
+    layer5          6 cells(4w)                                               4w x 8 x 8
+    pool, flatten   avgpool8 (global average pool over the 8x8 map)           4w
+    linear          linear(4w -> num_classes, with bias)                      num_classes
+    ==============  ========================================================  ============
+
+    A separable convolution (his SepConv) is a kxk convolution in as many groups as input channels,
+    then BN. The pooled branch is a 3x3 max pool (pad 1), at stride 2 followed by a 1x1 conv + BN
+    to the cell's width. Cell A: ``relu(sep7x7(x) + pooled(x))``; cell B:
+    ``relu(bn(conv1x1(cat([relu(sep7x7(x) + sep3x3(x)), relu(pooled(x) + sep5x5(x))]))))``. A sum is
+    the ``Sequential`` ``sum`` (a ``Residual``: ``inner`` and ``shortcut``), ``relu``; cell B's join is
+    ``cat`` (a ``Concat`` of ``b1`` and ``b2``). kuangliu's keys are ours without ``sum``, ``inner``,
+    ``shortcut``, ``cat``, ``b1`` and ``b2``: his ``layer1.0.sep_conv1.conv1.weight`` is
+    ``layer1.0.sum.inner.sep_conv1.conv1.weight`` here (cell A) and
+    ``layer1.0.cat.b1.sum.inner.sep_conv1.conv1.weight`` (cell B), his ``layer2.conv1.weight`` (a
+    stride-2 cell's 1x1) ``layer2.sum.shortcut.conv1.weight`` (A). Convolutions are bias-free.
+    130,646 parameters (A), 451,626 (B). Input must be ``in_channels`` x 32 x 32 (3: RGB). Its recipe,
+    ``RECIPES['pnasneta']`` (``'pnasnetb'``), is kuangliu's main.py, as resnet18's."""
+    if cell_type not in PNASNET_CFG:
+        raise ValueError(f"pnasnet: cell_type must be 'A' or 'B' (kuangliu's PNASNetA and PNASNetB), got {cell_type!r}")
+    c, w = _in_channels("pnasnet", in_channels), PNASNET_CFG[cell_type]
+    per_cell = 2 if cell_type == "A" else 5  # the convolutions a cell seeds (A: sep_conv1, conv1)
+    s = _seeds(seed, 1 + 20 * per_cell + 1)
+    layers = {"conv1": Conv2d(c, w, 3, padding=1, bias=False, seed=s[0]), "bn1": BatchNorm2d(w, activation="relu")}
+    k, c_in = 1, w
+    for stage, (planes, cells, stride) in enumerate(((w, 6, 1), (2 * w, 1, 2), (2 * w, 6, 1), (4 * w, 1, 2),
+                                                      (4 * w, 6, 1)), start=1):
+        made = []
+        for _ in range(cells):
+            made.append(_pnasnet_cell(cell_type, c_in, planes, stride, s[k:k + per_cell]))
+            k, c_in = k + per_cell, planes
+        layers[f"layer{stage}"] = made[0] if cells == 1 else Sequential(*made)
+    layers.update(pool=AvgPool2d(8), flatten=Flatten(), linear=Linear(c_in, num_classes, seed=s[k]))
+    assert k + 1 == len(s)
     return Sequential(layers)
