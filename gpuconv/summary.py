@@ -10,7 +10,8 @@ linear layer 2 * in_features per output, batch norm in eval mode 2 per element (
 shift), group norm 6 per element (its statistics, computed in every mode: an addition for the
 mean, a subtraction and a multiply-add for the variance, 4; then a scale and a shift, 2), pooling
 one comparison or addition per window element, ReLU, LeakyReLU and Scale one per element, a
-residual addition and a squeeze-and-excitation block's gating product one per element; reshaping
+residual addition and a squeeze-and-excitation block's gating product one per element, a dual-path
+join one per added element (and one per output element for its ReLU); reshaping
 layers, a channel shuffle, dropout, a concatenation (a copy) and the smooth activations (GELU,
 SiLU, Sigmoid, Tanh: an erf, exp or tanh, no multiply-add) count none.
 """
@@ -50,9 +51,9 @@ def _flops(layer, x, y) -> int:
 
 def summarize(model, input_shape) -> list[dict]:
     """Rows ``{name, layer, shape, params, flops}`` in the order the forward pass calls them: every
-    leaf layer (one without sub-layers), every residual addition, every concatenation (after
-    its branches' rows) and every squeeze-and-excitation product (after its gate's), whatever
-    container holds them (Sequential, Residual, Concat, or a Layer subclass with its own forward).
+    leaf layer (one without sub-layers), every residual addition, every concatenation and
+    dual-path join (after its branches' rows) and every squeeze-and-excitation product (after its gate's), whatever
+    container holds them (Sequential, Residual, Concat, DualPath, or a Layer subclass with its own forward).
     A layer called twice gives two rows."""
     from . import layers as L
     input_shape = _one_input(input_shape)
@@ -73,6 +74,12 @@ def summarize(model, input_shape) -> list[dict]:
             elif isinstance(layer, L.SqueezeExcitation):  # (its gate's rows came first; then the product)
                 rows.append({"name": name or "(squeeze-excitation)", "layer": "SqueezeExcitation (scale * x)",
                              "shape": tuple(y.shape[1:]), "params": 0, "flops": int(np.prod(y.shape[1:]))})
+            elif isinstance(layer, L.DualPath):  # (its paths' rows came first; then the sum, the copies, the ReLU)
+                hw = int(np.prod(y.shape[2:]))
+                flops = layer.split * hw + (int(np.prod(y.shape[1:])) if layer.activation == "relu" else 0)
+                added = f"split {layer.split}" + (", relu" if layer.activation == "relu" else "")
+                rows.append({"name": name or "(dual path)", "layer": f"DualPath ({added})",
+                             "shape": tuple(y.shape[1:]), "params": 0, "flops": flops})
             elif isinstance(layer, L.Concat):  # (its branches' rows came first; the join is a copy)
                 rows.append({"name": name or "(concat)", "layer": f"Concat ({len(layer)} branches)",
                              "shape": tuple(y.shape[1:]), "params": 0, "flops": 0})
@@ -85,7 +92,7 @@ def summarize(model, input_shape) -> list[dict]:
         object.__setattr__(layer, "forward", recorded)  # this instance only, undone below
 
     for name, layer in model.named_modules():
-        if isinstance(layer, (L.Residual, L.Concat, L.SqueezeExcitation)) or not layer.named_children():
+        if isinstance(layer, (L.Residual, L.Concat, L.DualPath, L.SqueezeExcitation)) or not layer.named_children():
             watch(name, layer)
     # (in the parameters' dtype: a float64 model, a gradient check's, takes a float64 image)
     dtype = params[0].data.dtype if params and params[0].data.dtype in (np.float32, np.float64) else np.float32

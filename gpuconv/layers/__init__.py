@@ -22,14 +22,15 @@ Beyond the PyTorch-like API: ``Layer.astype(dtype)`` converts parameters, gradie
 buffers (float64 copies for gradient checks), ``Layer.num_parameters()`` counts them,
 ``Scale(factor)`` multiplies by a constant (the output scaling of fast ResNet-style nets), and
 ``Concat(*branches)`` joins the branches' outputs along the channels (``torch.cat``'s place in
-DenseNet and Inception blocks). An error raised inside a ``Sequential``, ``Residual`` or
-``Concat`` names the layer it came from by its dotted path
-(``in layer 'layer1.conv' (Conv2d(8, 16, ...))``), with the op's message after it.
+DenseNet and Inception blocks), ``DualPath(residual, shortcut, split)`` adds the leading ``split``
+channels of two paths and joins the rest (a Dual Path Network's block). An error raised inside a
+``Sequential``, ``Residual``, ``Concat`` or ``DualPath`` names the layer it came from by its
+dotted path (``in layer 'layer1.conv' (Conv2d(8, 16, ...))``), with the op's message after it.
 
 The package holds one concept a module: ``parameter`` (Parameter), ``module`` (Layer, alias Module,
 its state dicts and parameter names), ``conv``, ``linear``, ``norm``, ``pooling``, ``activation``
 (with Scale), ``shape`` (Identity, Flatten, Unflatten, ChannelShuffle, Narrow), ``dropout``, ``sequential``,
-``container`` (ModuleList, ModuleDict), ``branch`` (Residual, Concat), ``squeeze_excitation``
+``container`` (ModuleList, ModuleDict), ``branch`` (Residual, Concat, DualPath), ``squeeze_excitation``
 (SqueezeExcitation), ``loss``, ``grad`` (zeroing and clipping gradients) and ``passes`` (eval mode,
 data inputs, errors located inside containers); ``_construct`` holds what the constructors share.
 Import the names from ``gpuconv.layers`` (or ``gpuconv.nn``).
@@ -40,7 +41,7 @@ from __future__ import annotations
 # switch_to_eval (trainer), call_backward (amp), _Pool2d and _AdaptivePool2d (summary).
 from ..ops._checks import only_defaults as _only
 from .activation import GELU, LeakyReLU, ReLU, Scale, Sigmoid, SiLU, Tanh
-from .branch import Concat, Residual
+from .branch import Concat, DualPath, Residual
 from .container import ModuleDict, ModuleList
 from .conv import Conv2d, ConvTranspose2d
 from .dropout import Dropout
@@ -60,5 +61,5 @@ from .squeeze_excitation import SqueezeExcitation
 __all__ = ["Parameter", "Layer", "Module", "Identity", "Conv2d", "ConvTranspose2d", "MaxPool2d", "AvgPool2d",
            "LPPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "ReLU", "GELU", "LeakyReLU", "SiLU", "Sigmoid", "Tanh",
            "Flatten", "Unflatten", "ChannelShuffle", "Narrow", "Linear", "BatchNorm2d", "GroupNorm", "Dropout", "Scale",
-           "Sequential", "ModuleList", "ModuleDict", "Residual", "Concat", "SqueezeExcitation", "CrossEntropyLoss",
-           "LoadResult", "StateDictKeyError", "clip_grad_norm_", "clip_grad_value_", "eval_mode", "input_is_data"]
+           "Sequential", "ModuleList", "ModuleDict", "Residual", "Concat", "DualPath", "SqueezeExcitation",
+           "CrossEntropyLoss", "LoadResult", "StateDictKeyError", "clip_grad_norm_", "clip_grad_value_", "eval_mode", "input_is_data"]

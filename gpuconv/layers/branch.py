@@ -1,6 +1,8 @@
 """The blocks whose branches run on one input: ``Residual`` (the branches' outputs added: a
-ResNet's identity or projection shortcut) and ``Concat`` (joined along the channels: Inception's
-and DenseNet's blocks), with the join and the split of the gradient ``Concat`` uses."""
+ResNet's identity or projection shortcut), ``Concat`` (joined along the channels: Inception's
+and DenseNet's blocks) and ``DualPath`` (both at once: a Dual Path Network's block adds the
+leading channels of its two paths and joins the rest), with the joins and the splits of the
+gradient they use."""
 from __future__ import annotations
 
 import contextlib
@@ -8,7 +10,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .. import layout
+from .. import layout, ops
 from ..backend import array_device_context, get_array_module
 from ..graphs import REPLAYED_WAY_OUT
 from .module import Layer, _name_parameters, _path, _Walk
@@ -255,3 +257,181 @@ def _dense_part(dy, start, stop):
     if layout.is_channels_last(dy):
         return layout.nhwc_memory_of(part)
     return get_array_module(dy).ascontiguousarray(part)
+
+
+class DualPath(Layer):
+    """Dual Path Networks' join (Chen et al. 2017; kuangliu's DPN ``Bottleneck``): a residual path
+    and a densely connected path in one block. With ``s = shortcut(x)`` (``x`` itself without a
+    shortcut), ``r = residual(x)`` and ``d = split``,
+
+        ``y = concatenate([s[:, :d] + r[:, :d], s[:, d:], r[:, d:]], axis=1)``
+
+    (then ``activation``, ``'relu'``, applied to all of it, as his block's ``F.relu`` after the
+    ``torch.cat``): the first ``d`` channels of both are added (the residual path, a ResNet's sum),
+    the rest of ``s`` kept and the rest of ``r`` joined after it (the dense path, a DenseNet's
+    concatenation). ``s`` and ``r`` share dtype, batch size, height and width; each has at least
+    ``d`` channels, and ``y`` has ``C_s + C_r - d``. Backward: ``s`` takes ``dy[:, :C_s]``, ``r``
+    ``dy[:, :d]`` and ``dy[:, C_s:]`` joined, and ``dx`` is the sum of the two paths' input
+    gradients (with ``need_dx=False``, None: the parameter gradients are still made, and a path
+    that trains nothing is not run backward at all).
+
+    ``residual`` is a Layer (named ``residual``), or a mapping of names to layers run in order,
+    named at this block's own level as a PyTorch module holding them as attributes names them:
+    ``DualPath({'conv1': ..., 'bn1': ..., ..., 'bn3': ...}, Sequential(conv, bn), split=256,
+    activation='relu')`` has kuangliu's keys ``conv1.weight`` ... ``bn3.running_var`` and
+    ``shortcut.0.weight``, so his block's state dict loads as it is. ``block['conv1']`` (any child
+    by name) and ``block.shortcut`` read them. A 4-D output is channels_last when the input or a
+    path's output is; arrays stay on the input's device and module (NumPy, CuPy), in any dtype."""
+
+    _registers_attributes = False
+
+    def __init__(self, residual, shortcut=None, split=None, activation=None):
+        super().__init__()
+        if isinstance(residual, Mapping):
+            items = list(residual.items())
+            if not items:
+                raise ValueError("DualPath: the residual mapping is empty; give it the layers of the residual path "
+                                 "in order, e.g. {'conv1': ..., 'bn1': ..., 'conv2': ...}")
+            for name, layer in items:
+                if not isinstance(name, str) or not name or "." in name or name == "shortcut":
+                    raise ValueError(f"DualPath: residual layer name {name!r} must be a non-empty str without '.', "
+                                     "other than 'shortcut' (the shortcut's name)")
+            from .sequential import Sequential  # (sequential.py imports passes.py, as this module does)
+            self._chain = Sequential(dict(items))  # (its layers are this block's children, by their names)
+            self._residual = None
+        else:
+            if not isinstance(residual, Layer):
+                raise TypeError(f"DualPath(residual): residual must be a gpuconv Layer or a mapping of names to "
+                                f"Layers, got {type(residual).__name__}")
+            self._chain, self._residual = None, residual
+        if shortcut is not None and not isinstance(shortcut, Layer):
+            raise TypeError(f"DualPath(shortcut): shortcut must be a gpuconv Layer or None (the identity), got "
+                            f"{type(shortcut).__name__}")
+        if isinstance(split, bool) or not isinstance(split, (int, np.integer)) or split < 0:
+            raise ValueError(f"DualPath(split={split!r}): split must be an int >= 0, the number of leading channels "
+                             "of the shortcut and the residual path that are added (kuangliu's out_planes, d)")
+        if activation not in (None, "relu"):
+            raise ValueError(f"DualPath(activation={activation!r}): the join applies None (no activation) or 'relu' "
+                             "(kuangliu's F.relu after the torch.cat)")
+        self.shortcut, self.split, self.activation = shortcut, int(split), activation
+        _name_parameters(self)
+
+    def _path_items(self):
+        return list(self._chain.named_children()) if self._chain is not None else [("residual", self._residual)]
+
+    def named_children(self):
+        return _Walk(self._path_items() + ([("shortcut", self.shortcut)] if self.shortcut is not None else []))
+
+    @property
+    def residual(self):
+        """The residual path's Layer (given as one; a mapping's layers are read by name: ``block['conv1']``)."""
+        if self._residual is None:
+            raise AttributeError("DualPath.residual: this block's residual path was given as a mapping, its layers "
+                                 "children of the block itself: read them by name, block['conv1']")
+        return self._residual
+
+    def __getitem__(self, name):
+        children = dict(self.named_children())
+        if name not in children:
+            raise KeyError(f"DualPath has no child named {name!r}; its children are named "
+                           f"{', '.join(map(repr, children))}")
+        return children[name]
+
+    def extra_repr(self):
+        return f"split={self.split}" + ("" if self.activation is None else f", activation={self.activation!r}")
+
+    def forward(self, x):
+        data = _data_input(self)  # then each path's input is data too (backward(need_dx=False) tells them)
+        residual = self._chain if self._chain is not None else self._residual
+        try:
+            with input_is_data(residual) if data else contextlib.nullcontext():
+                r = residual(x)
+        except (ValueError, TypeError) as exc:
+            if self._chain is None:  # (a mapping's Sequential has named the layer already)
+                _locate_error(exc, "residual", residual)
+            raise
+        s = x
+        if self.shortcut is not None:
+            try:
+                with input_is_data(self.shortcut) if data else contextlib.nullcontext():
+                    s = self.shortcut(x)
+            except (ValueError, TypeError) as exc:
+                _locate_error(exc, "shortcut", self.shortcut)
+                raise
+        for layer in (residual, self.shortcut):
+            if data and layer is not None and not _trains(layer):  # (no backward will run: no caches kept)
+                _drop_caches(layer)
+        y = _dual_join(s, r, self.split, x)
+        act = None
+        if self.activation == "relu":
+            y, act = ops.relu_forward(y)
+        self._keep((int(s.shape[1]), int(r.shape[1]), act))
+        return y
+
+    def backward(self, dy, need_dx=True):
+        c_s, c_r, act = self._take_cache()
+        d = self.split
+        if getattr(dy, "ndim", 0) < 2 or dy.shape[1] != c_s + c_r - d:
+            raise ValueError(f"DualPath.backward: dy has shape {tuple(getattr(dy, 'shape', ()))}, but the forward "
+                             f"gave {c_s + c_r - d} channels ({c_s} of the shortcut + {c_r} of the residual path - "
+                             f"{d} added): pass the gradient of this DualPath's output")
+        if act is not None:
+            dy = ops.relu_backward(dy, act)
+        residual = self._chain if self._chain is not None else self._residual
+        xp = get_array_module(dy)
+        with array_device_context((dy,)):  # (CuPy copies and adds on its current device, not the arrays')
+            dx_r = None
+            if need_dx or _trains(residual):
+                nhwc = dy.ndim == 4 and layout.is_channels_last(dy)
+                shape = (dy.shape[0], c_r, *dy.shape[2:])
+                dr = layout.empty(xp, shape, dy.dtype, nhwc) if dy.ndim == 4 else xp.empty(shape, dtype=dy.dtype)
+                dr[:, :d] = dy[:, :d]
+                dr[:, d:] = dy[:, c_s:]
+                dx_r = call_backward(residual, dr, need_dx)
+            else:
+                _drop_caches(residual)
+            if self.shortcut is None:
+                dx_s = dy[:, :c_s]  # (a view of dy: added into a new array below, never returned)
+            elif need_dx or _trains(self.shortcut):
+                dx_s = call_backward(self.shortcut, _dense_part(dy, 0, c_s), need_dx)
+            else:
+                _drop_caches(self.shortcut)
+                dx_s = None
+            if not need_dx:
+                return None
+            return dx_s + dx_r
+
+
+def _dual_join(s, r, d, x):
+    """``concatenate([s[:, :d] + r[:, :d], s[:, d:], r[:, d:]], 1)`` into a new array (channels_last
+    when ``x``, ``s`` or ``r`` is), shapes and dtypes checked."""
+    for name, out in (("shortcut", s), ("residual path", r)):
+        if getattr(out, "ndim", 0) < 2:
+            raise TypeError(f"DualPath: the {name} gave {type(out).__name__} of shape "
+                            f"{tuple(getattr(out, 'shape', ()))}; both paths must give (N, C, ...) arrays to join "
+                            "along the channels")
+    if s.ndim != r.ndim or s.shape[0] != r.shape[0] or s.shape[2:] != r.shape[2:]:
+        raise ValueError(f"DualPath: the shortcut gives shape {tuple(s.shape)} and the residual path "
+                         f"{tuple(r.shape)}; joining them needs the same batch size, height and width: give the "
+                         "shortcut the residual path's stride (a 1x1 convolution of that stride, as a DPN block's "
+                         "first), and the convolutions padding that keeps the size")
+    if d > s.shape[1] or d > r.shape[1]:
+        raise ValueError(f"DualPath: split={d} channels are added, but the shortcut gives {s.shape[1]} and the "
+                         f"residual path {r.shape[1]}; each must give at least split channels (kuangliu's block: "
+                         "out_planes + dense_depth from its last 1x1 convolution, split = out_planes)")
+    if s.dtype != r.dtype:
+        raise TypeError(f"DualPath: the shortcut gives dtype {s.dtype} and the residual path {r.dtype}; their "
+                        "outputs are joined into one array, so both must give one dtype")
+    xp = get_array_module(r)
+    c_s = int(s.shape[1])
+    shape = (r.shape[0], c_s + int(r.shape[1]) - d, *r.shape[2:])
+    with array_device_context((r,)):  # CuPy allocates, adds and copies on its current device
+        if r.ndim == 4:
+            nhwc = any(layout.is_channels_last(a) for a in (x, s, r))
+            y = layout.empty(xp, shape, r.dtype, nhwc)
+        else:
+            y = xp.empty(shape, dtype=r.dtype)
+        y[:, :d] = s[:, :d] + r[:, :d]
+        y[:, d:c_s] = s[:, d:]
+        y[:, c_s:] = r[:, d:]
+    return y
