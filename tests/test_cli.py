@@ -596,17 +596,21 @@ _KUANGLIU_RUNS = {"resnet18": (["--width", "4"], ["--limit", "64", "--batch-size
                                None),
                   "regnetx_200mf": (["--width", "4"], ["--limit", "16", "--batch-size", "16"],
                                     {"seed": 0, "regnet_name": "RegNetX_200MF"}, None),
+                  # (the DPNs on 4 images: 6 s for dpn26's step, 12 s for dpn92's 34.2M parameters)
+                  **{name: (["--width", "4"], ["--limit", "4", "--batch-size", "4"], {"seed": 0}, None)
+                     for name in ("dpn26", "dpn92")},
                   "vgg19": (["--width", "4"], ["--limit", "16", "--batch-size", "16"], {"seed": 0, "vgg_name": "VGG19"},
                             None)}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow)  # (11-15 s on 2 cores)
-                                  if n in ("resnext29", "googlenet", "densenet121") else n
+                                  if n in ("resnext29", "googlenet", "densenet121", "dpn92") else n
                                   for n in sorted(_KUANGLIU_RUNS)])
 def test_kuangliu_model_and_recipe_train_and_the_checkpoint_loads(name, tmp_path, capsys):
     """gpuconv train --recipe NAME end to end, scaled down (resnet18: width 4, 64 images, 2 steps;
     the other ResNets width 4, one step of 16 images; the others have no width to scale down: --width
-    warns that it is ignored, one step of 16 images, 2-10 s each on a 2-core CPU): the recipe's network, SGD without Nesterov and cosine schedule
+    warns that it is ignored, one step of 16 images (the DPNs 4), 2-10 s each on a 2-core CPU): the
+    recipe's network, SGD without Nesterov and cosine schedule
     without warmup are what the run records; the loss is finite; load_model rebuilds the network
     from the checkpoint (models.from_config) and predicts; --model NAME takes the recipe of its name."""
     import gpuconv

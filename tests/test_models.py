@@ -27,6 +27,7 @@ MODELS = {
     "googlenet": lambda **kw: models.googlenet(**kw),
     "regnet": lambda **kw: models.regnet("RegNetY_400MF", **kw),  # (the one with gates)
     "densenet121": lambda **kw: models.densenet121(growth_rate=4, **kw),  # (narrowed)
+    "dpn26": lambda **kw: models.dpn26(**kw),  # (no width: the published net)
 }
 
 
@@ -2091,6 +2092,186 @@ def test_regnet_matches_kuanglius_in_torch(name):
     _assert_gradients_match(grads)
 
 
+_KUANGLIU_DPN_CFG = {  # (his DPN26() and DPN92() configs, as published)
+    "DPN26": {'in_planes': (96, 192, 384, 768), 'out_planes': (256, 512, 1024, 2048), 'num_blocks': (2, 2, 2, 2),
+              'dense_depth': (16, 32, 24, 128)},
+    "DPN92": {'in_planes': (96, 192, 384, 768), 'out_planes': (256, 512, 1024, 2048), 'num_blocks': (3, 4, 20, 3),
+              'dense_depth': (16, 32, 24, 128)},
+}
+
+
+def _dpn_parameters(cfg, num_classes=10, in_channels=3):
+    """The stem conv3x3(64) + BN; per block a 1x1 to in_planes + BN, a 3x3 in 32 groups + BN, a 1x1 to
+    out_planes + dense_depth + BN, and in a stage's first block a 1x1 projection to as many + BN; the
+    channels after block i of a stage out_planes + (i + 2) dense_depth; a linear head."""
+    total, last = in_channels * 64 * 9 + 2 * 64, 64
+    for w, out, n, dense in zip(cfg["in_planes"], cfg["out_planes"], cfg["num_blocks"], cfg["dense_depth"]):
+        for i in range(n):
+            total += last * w + 2 * w + w * (w // 32) * 9 + 2 * w + w * (out + dense) + 2 * (out + dense)
+            if i == 0:
+                total += last * (out + dense) + 2 * (out + dense)
+            last = out + (i + 2) * dense
+    return total + last * num_classes + num_classes
+
+
+@pytest.mark.parametrize("name,published", [("dpn26", 11_574_842), ("dpn92", 34_236_634)])
+def test_dpn_parameter_counts_follow_the_architecture(name, published):
+    count = lambda m: sum(p.size for p in m.parameters())  # noqa: E731
+    build, cfg = getattr(models, name), _KUANGLIU_DPN_CFG[name.upper()]
+    assert count(build()) == _dpn_parameters(cfg) == published
+    assert f"{published:,} parameters" in " ".join(build.__doc__.split())
+    assert count(build(num_classes=7, in_channels=1)) == _dpn_parameters(cfg, 7, 1)
+    assert models.DPN_CFG[name.upper()] == cfg
+
+
+def test_dpn26_structure_and_shapes():
+    """Each stage's output (out_planes + (blocks + 1) dense_depth channels at 32, 16, 8, 4), each
+    block a DualPath adding its first out_planes channels, the projection only in a stage's first
+    block, the 3x3s in 32 groups, the head from 2048 + 3 x 128 features."""
+    from gpuconv.layers import DualPath
+    net = models.dpn26()
+    cfg = _KUANGLIU_DPN_CFG["DPN26"]
+    x = net["bn1"](net["conv1"](_images(2)))
+    hw = 32
+    for k in range(4):
+        out, dense = cfg["out_planes"][k], cfg["dense_depth"][k]
+        for i, block in enumerate(net[f"layer{k + 1}"]):
+            assert isinstance(block, DualPath) and block.split == out and block.activation == "relu"
+            assert (block.shortcut is not None) == (i == 0) and block["conv2"].groups == 32
+            assert [n for n, _ in block.named_children()] == ["conv1", "bn1", "conv2", "bn2", "conv3", "bn3"] + \
+                (["shortcut"] if i == 0 else [])
+        hw //= 1 if k == 0 else 2
+        x = net[f"layer{k + 1}"](x)
+        assert x.shape == (2, out + (cfg["num_blocks"][k] + 1) * dense, hw, hw)
+    _through_stages(net, x, [("pool", (2432, 1, 1)), ("flatten", (2432,)), ("linear", (10,))])
+    for build in (models.dpn26, models.dpn92):
+        with pytest.raises(ValueError, match=f"{build.__name__}: in_channels must be a positive int"):
+            build(in_channels=0)
+
+
+class _KuangliuDPN:
+    """kuangliu/pytorch-cifar's models/dpn.py (Bottleneck, DPN), as published."""
+
+    @staticmethod
+    def build(torch, cfg):
+        nn, F = torch.nn, torch.nn.functional
+
+        class Bottleneck(nn.Module):
+            def __init__(self, last_planes, in_planes, out_planes, dense_depth, stride, first_layer):
+                super(Bottleneck, self).__init__()
+                self.out_planes = out_planes
+                self.dense_depth = dense_depth
+
+                self.conv1 = nn.Conv2d(last_planes, in_planes, kernel_size=1, bias=False)
+                self.bn1 = nn.BatchNorm2d(in_planes)
+                self.conv2 = nn.Conv2d(in_planes, in_planes, kernel_size=3, stride=stride, padding=1, groups=32,
+                                       bias=False)
+                self.bn2 = nn.BatchNorm2d(in_planes)
+                self.conv3 = nn.Conv2d(in_planes, out_planes + dense_depth, kernel_size=1, bias=False)
+                self.bn3 = nn.BatchNorm2d(out_planes + dense_depth)
+
+                self.shortcut = nn.Sequential()
+                if first_layer:
+                    self.shortcut = nn.Sequential(
+                        nn.Conv2d(last_planes, out_planes + dense_depth, kernel_size=1, stride=stride, bias=False),
+                        nn.BatchNorm2d(out_planes + dense_depth)
+                    )
+
+            def forward(self, x):
+                out = F.relu(self.bn1(self.conv1(x)))
+                out = F.relu(self.bn2(self.conv2(out)))
+                out = self.bn3(self.conv3(out))
+                x = self.shortcut(x)
+                d = self.out_planes
+                out = torch.cat([x[:, :d, :, :] + out[:, :d, :, :], x[:, d:, :, :], out[:, d:, :, :]], 1)
+                out = F.relu(out)
+                return out
+
+        class DPN(nn.Module):
+            def __init__(self, cfg):
+                super(DPN, self).__init__()
+                in_planes, out_planes = cfg['in_planes'], cfg['out_planes']
+                num_blocks, dense_depth = cfg['num_blocks'], cfg['dense_depth']
+
+                self.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+                self.bn1 = nn.BatchNorm2d(64)
+                self.last_planes = 64
+                self.layer1 = self._make_layer(in_planes[0], out_planes[0], num_blocks[0], dense_depth[0], stride=1)
+                self.layer2 = self._make_layer(in_planes[1], out_planes[1], num_blocks[1], dense_depth[1], stride=2)
+                self.layer3 = self._make_layer(in_planes[2], out_planes[2], num_blocks[2], dense_depth[2], stride=2)
+                self.layer4 = self._make_layer(in_planes[3], out_planes[3], num_blocks[3], dense_depth[3], stride=2)
+                self.linear = nn.Linear(out_planes[3] + (num_blocks[3] + 1) * dense_depth[3], 10)
+
+            def _make_layer(self, in_planes, out_planes, num_blocks, dense_depth, stride):
+                strides = [stride] + [1] * (num_blocks - 1)
+                layers = []
+                for i, stride in enumerate(strides):
+                    layers.append(Bottleneck(self.last_planes, in_planes, out_planes, dense_depth, stride, i == 0))
+                    self.last_planes = out_planes + (i + 2) * dense_depth
+                return nn.Sequential(*layers)
+
+            def forward(self, x):
+                out = F.relu(self.bn1(self.conv1(x)))
+                out = self.layer1(out)
+                out = self.layer2(out)
+                out = self.layer3(out)
+                out = self.layer4(out)
+                out = F.avg_pool2d(out, 4)
+                out = out.view(out.size(0), -1)
+                out = self.linear(out)
+                return out
+
+        return DPN(cfg)
+
+
+@pytest.mark.parametrize("name", ["dpn26", "dpn92"])
+def test_dpn_state_dicts_are_kuanglius(name):
+    """His DPN26() and DPN92() in torch hold our parameters, key for key and shape for shape (his
+    state dict loads into ours as it is, and ours into his), 11.6M and 34.2M of them."""
+    torch = pytest.importorskip("torch", reason="compares against kuangliu's DPN written in torch")
+    theirs = _KuangliuDPN.build(torch, _KUANGLIU_DPN_CFG[name.upper()])
+    ours = getattr(models, name)()
+    assert sum(p.numel() for p in theirs.parameters()) == ours.num_parameters() == _dpn_parameters(
+        _KUANGLIU_DPN_CFG[name.upper()])
+    state = {k: tuple(v.shape) for k, v in theirs.state_dict().items() if not k.endswith("num_batches_tracked")}
+    assert state == {k: v.shape for k, v in ours.state_dict().items()}
+    assert list(state) == list(ours.state_dict())  # (in his order too)
+
+
+def test_a_narrowed_dpn_matches_kuanglius_in_torch():
+    """gpuconv's DPN builder on a narrowed config (every stage's 3x3 in 32 groups of one channel,
+    two blocks in the first and last stages) and his DPN(cfg) in torch (training mode), both in
+    float64: the same logits, loss, input gradient, every weight gradient and updated running
+    statistic, to float64 rounding: the residual sums and dense joins in his order."""
+    torch = pytest.importorskip("torch", reason="compares against kuangliu's DPN written in torch")
+    from gpuconv.models import _branches
+    cfg = {"in_planes": (32, 32, 32, 32), "out_planes": (8, 8, 16, 16), "num_blocks": (2, 1, 1, 2),
+           "dense_depth": (4, 4, 8, 8)}
+    grads = _matches_kuangliu_in_torch(torch, _branches._dpn("dpn", cfg, 10, 3, 3), _KuangliuDPN.build(torch, cfg),
+                                       lambda k: k)
+    _assert_gradients_match(grads)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_dpn_blocks_on_the_backend(backend, channels_last):
+    """A stage's first two DPN blocks of dpn26's builder, narrowed (16 -> 8 + 2 x 4 channels: a
+    projection of stride 2, then the identity; 3x3s in 32 groups of one channel), forward and
+    backward on the backend in float64 on an 8x8 input, NCHW and channels_last: the same output,
+    input and weight gradients as NCHW on NumPy; the grouped 3x3s and the ReLUs after the joins
+    through their kernels."""
+    from gpuconv.models import _branches
+    x = np.random.default_rng(4).standard_normal((2, 16, 8, 8))
+    dy = np.random.default_rng(5).standard_normal((2, 20, 4, 4))
+    blocks = [_branches._dpn_block(16, 32, 8, 4, 2, True, [1, 2, 3, 4]),
+              _branches._dpn_block(16, 32, 8, 4, 1, False, [5, 6, 7, 8])]
+    y, dx, grads = _blocks_match_numpy_on_the_backend(blocks, x, dy, backend, channels_last)
+    assert y.shape == (2, 20, 4, 4) and dx.shape == x.shape
+    assert len(grads) == 2 * (3 + 3 * 2) + 3  # 2 blocks: 3 convs, 3 BNs; the first's projection conv + BN
+    if backend.name != "numpy":
+        backend.assert_kernels_ran("conv2d_grouped_forward", "conv2d_grouped_backward_weight", "relu_forward",
+                                   "relu_backward")
+
+
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 def test_senet18_blocks_on_the_backend(backend, channels_last):
     """Two of the published net's blocks (layer2.0: stride 2 with a projection, layer2.1: the
@@ -2185,7 +2366,7 @@ def test_end_to_end_directional_derivative_float64(name):
 
 @pytest.mark.parametrize("name", ["seed", "three_layer", "fast", "resnet18", "senet18", "mobilenetv2", "shufflenetv2",
                                   "efficientnetb0", "simpledla", "vgg", "preact_resnet18", "mobilenet",
-                                  "resnext29", "googlenet", "densenet121", "regnet"])
+                                  "resnext29", "googlenet", "densenet121", "regnet", "dpn26"])
 def test_seeding(name):
     a, b, c = MODELS[name](seed=0), MODELS[name](seed=0), MODELS[name](seed=1)
     sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
@@ -2344,7 +2525,7 @@ def test_the_state_dict_keys_the_readme_names_are_the_models():
     entry = text[text.index("- `gpuconv.models`:"):text.index("- `gpuconv.data`:")]
     names = ("resnet18", "mobilenetv2", "senet18", "shufflenetv2", "efficientnetb0", "simpledla", "vgg",
              "preact_resnet18", "mobilenet", "resnext29", "googlenet", "densenet121", "regnet", "shufflenet",
-             "dla", "pnasnet")
+             "dla", "pnasnet", "dpn26", "dpn92")
     starts = sorted((entry.index(f"`{name}("), name) for name in names)
     checked = 0
     for (start, name), (end, _) in zip(starts, [*starts[1:], (len(entry), None)]):

@@ -22,6 +22,7 @@ MODELS = {"seed": ("seed_net", {}), "three_layer": ("three_layer_convnet", {}), 
           "pnasnetb": ("pnasnet", {"cell_type": "B"}),
           **{name: (name, {}) for name in ("resnet34", "resnet50", "resnet101", "resnet152", "preact_resnet34",
                                            "preact_resnet50", "preact_resnet101", "preact_resnet152")},
+          "dpn26": ("dpn26", {}), "dpn92": ("dpn92", {}),
           "airbench94": ("airbench94", {}), "airbench96": ("airbench96", {})}
 AIRBENCH_MODELS = ("airbench94", "airbench96")  # the networks of three widths that --width scales
 # the networks of one width (their recipe's) that --width sets
@@ -32,7 +33,7 @@ KUANGLIU_MODELS = ("resnet18", "senet18", "mobilenetv2", "shufflenetv2", "effici
                    "preact_resnet18", "mobilenet", "resnext29", "googlenet", "densenet121", "regnetx_200mf",
                    "resnet34", "resnet50", "resnet101", "resnet152", "preact_resnet34", "preact_resnet50",
                    "preact_resnet101", "preact_resnet152", "shufflenetg2", "shufflenetg3", "lenet", "dla", "pnasneta",
-                   "pnasnetb")
+                   "pnasnetb", "dpn26", "dpn92")
 
 # Each model's recipe (gpuconv.recipes.RECIPES) gives its defaults.
 MODEL_DEFAULTS = {name: get_recipe(name) for name in MODELS}

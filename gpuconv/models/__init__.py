@@ -43,6 +43,9 @@
   the channels; 6.2M parameters.
 - ``densenet121``: kuangliu/pytorch-cifar's DenseNet-121: dense blocks whose layers join their new
   features to their input; 7.0M parameters.
+- ``dpn26``, ``dpn92``: kuangliu/pytorch-cifar's Dual Path Networks: bottleneck blocks around a
+  grouped 3x3 whose outputs are partly added to the shortcut (a residual path) and partly joined
+  after it (a dense path); 11.6M and 34.2M parameters.
 - ``airbench94``: Keller Jordan's airbench94 network (arXiv 2404.00498): a frozen 2x2
   patch-whitening convolution (:func:`init_whitening`), three conv-pool-BN-GELU blocks with
   identity-initialized convolutions, and a 1/9-scaled linear head; its training recipe is
@@ -54,9 +57,9 @@ Every model takes a ``seed``: the per-layer seeds derive from it (``numpy.random
 so a seed gives bit-identical initial weights on every device.
 
 The package holds a family a module: ``_cs231n`` (seed_net, three_layer_convnet), ``_fast``
-(fast_net), ``_resnets`` (resnet18-152, senet18, preact_resnet18-152, resnext29, regnet, simpledla, dla), ``_mobile``
-(mobilenet, mobilenetv2, shufflenet, shufflenetv2, efficientnetb0, pnasnet), ``_vgg`` (vgg, lenet), ``_branches`` (googlenet,
-densenet121), ``_airbench_nets`` (airbench94,
+(fast_net), ``_resnets`` (resnet18-152, senet18, preact_resnet18-152, resnext29, regnet, simpledla, dla),
+``_mobile`` (mobilenet, mobilenetv2, shufflenet, shufflenetv2, efficientnetb0, pnasnet), ``_vgg`` (vgg,
+lenet), ``_branches`` (googlenet, densenet121, dpn26, dpn92), ``_airbench_nets`` (airbench94,
 airbench96, init_whitening) and ``_build`` (the seeds and the input checks they share). Import the
 names from ``gpuconv.models``: it holds every one of its modules' names, and an assignment to one
 of them reaches the module that uses it (:mod:`gpuconv._package`).
@@ -71,10 +74,10 @@ from . import _airbench_nets, _branches, _build, _cs231n, _fast, _mobile, _resne
 _package.gather(__name__, _build, _cs231n, _fast, _resnets, _mobile, _vgg, _branches, _airbench_nets)
 
 __all__ = ["seed_net", "three_layer_convnet", "fast_net", "resnet18", "resnet34", "resnet50", "resnet101",
-           "resnet152", "senet18", "mobilenetv2", "shufflenet", "shufflenetv2", "pnasnet", "efficientnetb0", "simpledla", "dla", "vgg", "lenet",
-           "preact_resnet18", "preact_resnet34", "preact_resnet50", "preact_resnet101", "preact_resnet152",
-           "mobilenet", "resnext29", "regnet", "googlenet", "densenet121", "airbench94", "airbench96",
-           "init_whitening"]
+           "resnet152", "senet18", "mobilenetv2", "shufflenet", "shufflenetv2", "pnasnet", "efficientnetb0",
+           "simpledla", "dla", "vgg", "lenet", "preact_resnet18", "preact_resnet34", "preact_resnet50",
+           "preact_resnet101", "preact_resnet152", "mobilenet", "resnext29", "regnet", "googlenet", "densenet121",
+           "dpn26", "dpn92", "airbench94", "airbench96", "init_whitening"]
 
 
 def from_config(config):

@@ -1,10 +1,12 @@
-"""kuangliu/pytorch-cifar's networks of joined branches: GoogLeNet (Inception blocks) and DenseNet
-(each layer's features joined to its input's)."""
+"""kuangliu/pytorch-cifar's networks of joined branches: GoogLeNet (Inception blocks), DenseNet
+(each layer's features joined to its input's) and the Dual Path Networks DPN26 and DPN92 (a
+residual sum and a dense join in every block)."""
 from __future__ import annotations
 
 import math
 
-from ..layers import AvgPool2d, BatchNorm2d, Concat, Conv2d, Flatten, Identity, Linear, MaxPool2d, ReLU, Sequential
+from ..layers import (AvgPool2d, BatchNorm2d, Concat, Conv2d, DualPath, Flatten, Identity, Linear, MaxPool2d, ReLU,
+                      Sequential)
 from ._build import _in_channels, _seeds
 
 
@@ -105,3 +107,87 @@ def densenet121(growth_rate=32, num_classes=10, seed=0, in_channels=3):
     layers.update(bn=BatchNorm2d(planes, activation="relu"), pool=AvgPool2d(4), flatten=Flatten(),
                   linear=Linear(planes, num_classes, seed=next(seeds)))
     return Sequential(layers)
+
+
+# kuangliu's DPN configs (DPN26(), DPN92()): each stage's bottleneck width (in_planes), residual
+# channels (out_planes), blocks and dense channels added per block (dense_depth).
+DPN_CFG = {
+    "DPN26": dict(in_planes=(96, 192, 384, 768), out_planes=(256, 512, 1024, 2048), num_blocks=(2, 2, 2, 2),
+                  dense_depth=(16, 32, 24, 128)),
+    "DPN92": dict(in_planes=(96, 192, 384, 768), out_planes=(256, 512, 1024, 2048), num_blocks=(3, 4, 20, 3),
+                  dense_depth=(16, 32, 24, 128)),
+}
+
+
+def _dpn_block(last_planes, in_planes, out_planes, dense_depth, stride, first_layer, seeds):
+    # kuangliu's DPN Bottleneck: out = bn3(conv3(relu(bn2(conv2(relu(bn1(conv1(x)))))))) with conv2 a
+    # 3x3 in 32 groups (the block's stride), conv3 to out_planes + dense_depth; the shortcut a 1x1
+    # conv + BN of the stride in a stage's first block, else x; the join relu(cat([x[:, :d] +
+    # out[:, :d], x[:, d:], out[:, d:]])) for d = out_planes: a DualPath whose residual path is
+    # named at the block's level, as his attributes are. floor=True: stride 2 halves 32x32 as his does.
+    path = {
+        "conv1": Conv2d(last_planes, in_planes, 1, bias=False, seed=seeds[0]),
+        "bn1": BatchNorm2d(in_planes, activation="relu"),
+        "conv2": Conv2d(in_planes, in_planes, 3, stride=stride, padding=1, groups=32, bias=False, floor=stride > 1,
+                        seed=seeds[1]),
+        "bn2": BatchNorm2d(in_planes, activation="relu"),
+        "conv3": Conv2d(in_planes, out_planes + dense_depth, 1, bias=False, seed=seeds[2]),
+        "bn3": BatchNorm2d(out_planes + dense_depth),
+    }
+    shortcut = None
+    if first_layer:
+        shortcut = Sequential(Conv2d(last_planes, out_planes + dense_depth, 1, stride=stride, bias=False,
+                                     floor=stride > 1, seed=seeds[3]),
+                              BatchNorm2d(out_planes + dense_depth))
+    return DualPath(path, shortcut, split=out_planes, activation="relu")
+
+
+def _dpn(name, cfg, num_classes, seed, in_channels):
+    # kuangliu's DPN(cfg): the stem conv3x3(64) - BN - ReLU, four stages (strides 1, 2, 2, 2), avgpool4
+    # and a linear layer. Seeds in the order the layers are built: the stem, each block's (conv1,
+    # conv2, conv3, shortcut: drawn for every block, used by a stage's first), the linear layer.
+    c = _in_channels(name, in_channels)
+    seeds = iter(_seeds(seed, 2 + 4 * sum(cfg["num_blocks"])))
+    layers = {"conv1": Conv2d(c, 64, 3, padding=1, bias=False, seed=next(seeds)),
+              "bn1": BatchNorm2d(64, activation="relu")}
+    last_planes = 64
+    for k, stride in enumerate((1, 2, 2, 2)):
+        out_planes, dense_depth = cfg["out_planes"][k], cfg["dense_depth"][k]
+        blocks = []
+        for i in range(cfg["num_blocks"][k]):
+            blocks.append(_dpn_block(last_planes, cfg["in_planes"][k], out_planes, dense_depth,
+                                     stride if i == 0 else 1, i == 0, [next(seeds) for _ in range(4)]))
+            last_planes = out_planes + (i + 2) * dense_depth
+        layers[f"layer{k + 1}"] = Sequential(*blocks)
+    layers.update(pool=AvgPool2d(4), flatten=Flatten(), linear=Linear(last_planes, num_classes, seed=next(seeds)))
+    return Sequential(layers)
+
+
+_DPN_DOC = """kuangliu/pytorch-cifar's CIFAR {his} (Chen et al. 2017, Dual Path Networks): ``conv1``
+    conv3x3(64) - ``bn1`` - relu, four stages ``layer1``-``layer4`` of {blocks} blocks (the first of
+    stages 2-4 stride 2: 32x32 down to 4x4), avgpool4 and a linear layer from {features} features.
+    Stage k's block runs a bottleneck: a 1x1 convolution to ``in_planes`` (96, 192, 384, 768), BN,
+    ReLU, a 3x3 in 32 groups, BN, ReLU, a 1x1 to ``out_planes`` + ``dense_depth`` ((256, 512, 1024,
+    2048) + (16, 32, 24, 128)) and BN; its shortcut is a 1x1 convolution + BN (the stage's stride)
+    in the first block, the input itself after; the first ``out_planes`` channels of both are added
+    (the residual path) and the rest of each joined after them (the dense path: every block adds
+    ``dense_depth`` channels), then a ReLU: ``DPN_CFG['{his}']`` (his config). ``layerK.B`` is a
+    ``DualPath`` whose layers are named as his block's attributes, so every state-dict key is his
+    (``layer1.0.conv2.weight``, ``layer1.0.shortcut.0.weight``, ``linear.weight``). Convolutions
+    bias-free; the BN ReLUs before the join fused. {params} parameters. Input must be
+    ``in_channels`` x 32 x 32 (3: RGB). Its recipe, ``RECIPES['{recipe}']``, is kuangliu's main.py, as
+    resnet18's."""
+
+
+def dpn26(num_classes=10, seed=0, in_channels=3):
+    return _dpn("dpn26", DPN_CFG["DPN26"], num_classes, seed, in_channels)
+
+
+def dpn92(num_classes=10, seed=0, in_channels=3):
+    return _dpn("dpn92", DPN_CFG["DPN92"], num_classes, seed, in_channels)
+
+
+dpn26.__doc__ = _DPN_DOC.format(his="DPN26", blocks="2, 2, 2 and 2", features="2048 + 3 x 128 = 2,432",
+                                params="11,574,842", recipe="dpn26")
+dpn92.__doc__ = _DPN_DOC.format(his="DPN92", blocks="3, 4, 20 and 3", features="2048 + 4 x 128 = 2,560",
+                                params="34,236,634", recipe="dpn92")
