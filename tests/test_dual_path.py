@@ -212,6 +212,10 @@ def test_paths_that_disagree_or_bad_arguments_are_refused_by_name():
     with pytest.raises(ValueError, match=r"in layer 'blk' \(DualPath\): DualPath: split=4 channels are added, but "
                                          r"the shortcut gives 3 and the residual path 5; each must give at least"):
         Sequential({"blk": DualPath(Conv2d(3, 5, 1), split=4)})(x)
+    late = DualPath(Conv2d(3, 5, 1), split=1)
+    late.split = -1  # (set after construction: checked where the join runs)
+    with pytest.raises(ValueError, match=r"split=-1 channels are added, but the shortcut gives 3"):
+        late(x)
     with pytest.raises(ValueError, match=r"the shortcut gives shape \(2, 3, 6, 6\) and the residual path "
                                          r"\(2, 5, 3, 3\); joining them needs the same batch size, height and width"):
         DualPath(Conv2d(3, 5, 1, stride=2, floor=True), split=2)(x)
@@ -277,7 +281,14 @@ def test_a_captured_step_holds_the_blocks_and_a_dpn_trains_on_it():
     assert net["layer1"][0]._held() and net["layer1"][0]["conv2"]._held()
     with pytest.raises(RuntimeError, match="load_state_dict: the state cannot be replaced while"):
         net["layer1"][0].load_state_dict(net["layer1"][0].state_dict())
+    for attr, value in (("split", 2), ("activation", None)):
+        with pytest.raises(RuntimeError, match=f"DualPath: {attr} cannot change while a captured training step"):
+            setattr(net["layer1"][1], attr, value)
+    net["layer1"][1].split = 3  # (the value it has: no change)
     step.release()
+    net["layer1"][1].split = 2
+    assert net["layer1"][1](np.zeros((1, 7, 2, 2), np.float32)).shape == (1, 7 + 5 - 2, 2, 2)
+    net["layer1"][1].split = 3
     assert not net["layer1"][0]._held()
     rng = np.random.default_rng(6)
     x, y = rng.standard_normal((8, 3, 8, 8)).astype(np.float32), rng.integers(0, 10, 8)

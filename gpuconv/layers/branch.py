@@ -13,6 +13,7 @@ import numpy as np
 from .. import layout, ops
 from ..backend import array_device_context, get_array_module
 from ..graphs import REPLAYED_WAY_OUT
+from ._construct import _Replayed
 from .module import Layer, _name_parameters, _path, _Walk
 from .passes import _data_input, _drop_caches, _locate_error, _trains, call_backward, input_is_data
 
@@ -281,9 +282,13 @@ class DualPath(Layer):
     activation='relu')`` has kuangliu's keys ``conv1.weight`` ... ``bn3.running_var`` and
     ``shortcut.0.weight``, so his block's state dict loads as it is. ``block['conv1']`` (any child
     by name) and ``block.shortcut`` read them. A 4-D output is channels_last when the input or a
-    path's output is; arrays stay on the input's device and module (NumPy, CuPy), in any dtype."""
+    path's output is; arrays stay on the input's device and module (NumPy, CuPy), in any dtype.
+    ``split`` and ``activation`` cannot change while a captured training step holds the block
+    (:mod:`gpuconv.graphs`)."""
 
     _registers_attributes = False
+    split = _Replayed()
+    activation = _Replayed()
 
     def __init__(self, residual, shortcut=None, split=None, activation=None):
         super().__init__()
@@ -415,7 +420,7 @@ def _dual_join(s, r, d, x):
                          f"{tuple(r.shape)}; joining them needs the same batch size, height and width: give the "
                          "shortcut the residual path's stride (a 1x1 convolution of that stride, as a DPN block's "
                          "first), and the convolutions padding that keeps the size")
-    if d > s.shape[1] or d > r.shape[1]:
+    if not 0 <= d <= min(s.shape[1], r.shape[1]):
         raise ValueError(f"DualPath: split={d} channels are added, but the shortcut gives {s.shape[1]} and the "
                          f"residual path {r.shape[1]}; each must give at least split channels (kuangliu's block: "
                          "out_planes + dense_depth from its last 1x1 convolution, split = out_planes)")
