@@ -2226,8 +2226,8 @@ class _KuangliuDPN:
 
 @pytest.mark.parametrize("name", ["dpn26", "dpn92"])
 def test_dpn_state_dicts_are_kuanglius(name):
-    """His DPN26() and DPN92() in torch hold our parameters, key for key and shape for shape (his
-    state dict loads into ours as it is, and ours into his), 11.6M and 34.2M of them."""
+    """His DPN26() and DPN92() in torch hold our parameters, key for key and shape for shape, 11.6M
+    and 34.2M of them: his state dict loads into ours as it is."""
     torch = pytest.importorskip("torch", reason="compares against kuangliu's DPN written in torch")
     theirs = _KuangliuDPN.build(torch, _KUANGLIU_DPN_CFG[name.upper()])
     ours = getattr(models, name)()
@@ -2236,6 +2236,9 @@ def test_dpn_state_dicts_are_kuanglius(name):
     state = {k: tuple(v.shape) for k, v in theirs.state_dict().items() if not k.endswith("num_batches_tracked")}
     assert state == {k: v.shape for k, v in ours.state_dict().items()}
     assert list(state) == list(ours.state_dict())  # (in his order too)
+    assert ours.load_state_dict(theirs.state_dict()) == ([], [])
+    his = theirs.layer3[1].conv2.weight.detach().numpy()
+    np.testing.assert_array_equal(ours["layer3"][1]["conv2"].weight.data, his)
 
 
 def test_a_narrowed_dpn_matches_kuanglius_in_torch():
