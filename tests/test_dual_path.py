@@ -285,7 +285,14 @@ def test_a_captured_step_holds_the_blocks_and_a_dpn_trains_on_it():
         with pytest.raises(RuntimeError, match=f"DualPath: {attr} cannot change while a captured training step"):
             setattr(net["layer1"][1], attr, value)
     net["layer1"][1].split = 3  # (the value it has: no change)
+    with pytest.raises(RuntimeError, match="DualPath.shortcut = ...: the shortcut cannot change while a captured"):
+        net["layer1"][0].shortcut = None
+    net["layer1"][0].shortcut = net["layer1"][0].shortcut
     step.release()
+    net["layer1"][1].shortcut = Conv2d(7, 7, 1, seed=3)
+    assert net["layer1"][1].shortcut.weight.name == "layer1.1.shortcut.weight"
+    assert "layer1.1.shortcut.bias" in net.state_dict()
+    net["layer1"][1].shortcut = None
     net["layer1"][1].split = 2
     assert net["layer1"][1](np.zeros((1, 7, 2, 2), np.float32)).shape == (1, 7 + 5 - 2, 2, 2)
     net["layer1"][1].split = 3

@@ -16,6 +16,7 @@ from ..graphs import REPLAYED_WAY_OUT
 from ._construct import _Replayed
 from .module import Layer, _name_parameters, _path, _Walk
 from .passes import _data_input, _drop_caches, _locate_error, _trains, call_backward, input_is_data
+from .sequential import Sequential
 
 
 class Residual(Layer):
@@ -301,7 +302,6 @@ class DualPath(Layer):
                 if not isinstance(name, str) or not name or "." in name or name == "shortcut":
                     raise ValueError(f"DualPath: residual layer name {name!r} must be a non-empty str without '.', "
                                      "other than 'shortcut' (the shortcut's name)")
-            from .sequential import Sequential  # (sequential.py imports passes.py, as this module does)
             self._chain = Sequential(dict(items))  # (its layers are this block's children, by their names)
             self._residual = None
         else:
@@ -309,16 +309,14 @@ class DualPath(Layer):
                 raise TypeError(f"DualPath(residual): residual must be a gpuconv Layer or a mapping of names to "
                                 f"Layers, got {type(residual).__name__}")
             self._chain, self._residual = None, residual
-        if shortcut is not None and not isinstance(shortcut, Layer):
-            raise TypeError(f"DualPath(shortcut): shortcut must be a gpuconv Layer or None (the identity), got "
-                            f"{type(shortcut).__name__}")
+        self.shortcut = shortcut
         if isinstance(split, bool) or not isinstance(split, (int, np.integer)) or split < 0:
             raise ValueError(f"DualPath(split={split!r}): split must be an int >= 0, the number of leading channels "
                              "of the shortcut and the residual path that are added (kuangliu's out_planes, d)")
         if activation not in (None, "relu"):
             raise ValueError(f"DualPath(activation={activation!r}): the join applies None (no activation) or 'relu' "
                              "(kuangliu's F.relu after the torch.cat)")
-        self.shortcut, self.split, self.activation = shortcut, int(split), activation
+        self.split, self.activation = int(split), activation
         _name_parameters(self)
 
     def _path_items(self):
@@ -326,6 +324,23 @@ class DualPath(Layer):
 
     def named_children(self):
         return _Walk(self._path_items() + ([("shortcut", self.shortcut)] if self.shortcut is not None else []))
+
+    @property
+    def shortcut(self):
+        """The shortcut's Layer (None: the identity). Set to another (or None), it is named ``shortcut``
+        under this block; refused while a captured training step holds the block."""
+        return self._shortcut
+
+    @shortcut.setter
+    def shortcut(self, layer):
+        if layer is not None and not isinstance(layer, Layer):
+            raise TypeError(f"DualPath(shortcut): shortcut must be a gpuconv Layer or None (the identity), got "
+                            f"{type(layer).__name__}")
+        if "_shortcut" in self.__dict__ and layer is not self._shortcut and self._held():
+            raise RuntimeError("DualPath.shortcut = ...: the shortcut cannot change while " + REPLAYED_WAY_OUT)
+        self._shortcut = layer
+        if layer is not None:
+            _name_parameters(layer, _path(self, "shortcut"))
 
     @property
     def residual(self):
