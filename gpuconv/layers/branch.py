@@ -385,12 +385,11 @@ class DualPath(Layer):
         act = None
         if self.activation == "relu":
             y, act = ops.relu_forward(y)
-        self._keep((int(s.shape[1]), int(r.shape[1]), act))
+        self._keep((int(s.shape[1]), int(r.shape[1]), self.split, act))  # (the split of this forward's join)
         return y
 
     def backward(self, dy, need_dx=True):
-        c_s, c_r, act = self._take_cache()
-        d = self.split
+        c_s, c_r, d, act = self._take_cache()
         if getattr(dy, "ndim", 0) < 2 or dy.shape[1] != c_s + c_r - d:
             raise ValueError(f"DualPath.backward: dy has shape {tuple(getattr(dy, 'shape', ()))}, but the forward "
                              f"gave {c_s + c_r - d} channels ({c_s} of the shortcut + {c_r} of the residual path - "
