@@ -191,6 +191,8 @@ def test_state_dict_keys_parameter_names_repr_and_indexing():
         block["conv4"]
     with pytest.raises(AttributeError, match=r"given as a mapping.*block\['conv1'\]"):
         block.residual
+    from gpuconv import nn
+    assert "DualPath" in nn.__all__ and nn.DualPath is DualPath
     # eval mode, moves and casts reach the path's layers (the block's children)
     net.eval()
     assert not block["bn3"].training
