@@ -111,7 +111,8 @@ RECIPES = {
     # 0.1, momentum 0.9 without Nesterov, weight decay 5e-4 on every parameter, cosine to 0 over 200
     # epochs without warmup, batch 128, crop (pad 4) + flip): VGG('VGG19'), MobileNet(),
     # ResNeXt29_2x64d(), GoogLeNet(), DenseNet121(), RegNetX_200MF(), ShuffleNetG2(), ShuffleNetG3(),
-    # LeNet(), DLA(), PNASNetA(), PNASNetB(), DPN26() and DPN92(), which have no width; his
+    # LeNet(), DLA(), PNASNetA(), PNASNetB(), DPN26(), DPN92() and DenseNet169/201/161(), which have
+    # no width; his
     # ResNet34-152 and PreActResNet18-152, whose width (64, his) --width sets as resnet18's.
     **{name: dict(model=name, epochs=200, batch_size=128, optimizer="sgd", lr=0.1, weight_decay=5e-4, momentum=0.9,
                   nesterov=False, schedule="cosine", schedule_kwargs=dict(warmup_fraction=0.0), label_smoothing=0.0,
@@ -119,6 +120,7 @@ RECIPES = {
                   precision="auto", **({"width": 64} if "resnet" in name else {}))
        for name in ("vgg19", "mobilenet", "resnext29", "googlenet", "densenet121", "regnetx_200mf",
                     "shufflenetg2", "shufflenetg3", "lenet", "dla", "pnasneta", "pnasnetb", "dpn26", "dpn92",
+                    "densenet169", "densenet201", "densenet161",
                     "resnet34", "resnet50", "resnet101", "resnet152", "preact_resnet18", "preact_resnet34",
                     "preact_resnet50", "preact_resnet101", "preact_resnet152")},
     # Keller Jordan's airbench94 (arXiv 2404.00498; 94.01% mean on CIFAR-10 in 3.83 s on an A100).

@@ -642,7 +642,8 @@ def test_kuangliu_model_and_recipe_train_and_the_checkpoint_loads(name, tmp_path
 
 
 @pytest.mark.parametrize("name", ["resnet101", "resnet152", "preact_resnet34", "preact_resnet101",
-                                  "preact_resnet152", "shufflenetg3", "dla", "pnasnetb"])
+                                  "preact_resnet152", "shufflenetg3", "dla", "pnasnetb", "densenet169", "densenet201",
+                                  "densenet161"])
 def test_the_other_kuangliu_models_have_his_recipe(name):
     """The networks the run above leaves out (its code at more blocks, or another group count):
     --model NAME takes kuangliu's recipe (at width 64 for a ResNet, whose --width narrows the network

@@ -1663,11 +1663,11 @@ def _googlenet_parameters(num_classes=10, in_channels=3):
     return total + 1024 * num_classes + num_classes
 
 
-def _densenet121_parameters(growth=32, num_classes=10, in_channels=3):
+def _densenet121_parameters(growth=32, num_classes=10, in_channels=3, blocks=(6, 12, 24, 16)):
     """Bias-free convs, BN (weight, bias): the stem 3x3 to 2k; each dense layer BN, 1x1 to 4k, BN, 3x3
     to k; each transition BN and a 1x1 to half (floored); the last BN; a linear head."""
     total, planes = in_channels * 2 * growth * 9, 2 * growth
-    for i, n in enumerate((6, 12, 24, 16)):
+    for i, n in enumerate(blocks):
         for _ in range(n):
             total += 2 * planes + planes * 4 * growth + 2 * 4 * growth + 4 * growth * growth * 9
             planes += growth
@@ -1680,7 +1680,11 @@ def _densenet121_parameters(growth=32, num_classes=10, in_channels=3):
 @pytest.mark.parametrize("build,derived,published", [
     (models.googlenet, _googlenet_parameters, 6_166_250), (models.densenet121, _densenet121_parameters, 6_956_298),
     (lambda **kw: models.densenet121(growth_rate=12, **kw), lambda **kw: _densenet121_parameters(12, **kw),
-     1_000_618)], ids=["googlenet", "densenet121", "densenet_cifar"])
+     1_000_618),
+    (models.densenet169, lambda **kw: _densenet121_parameters(blocks=(6, 12, 32, 32), **kw), 12_493_322),
+    (models.densenet201, lambda **kw: _densenet121_parameters(blocks=(6, 12, 48, 32), **kw), 18_104_330),
+    (models.densenet161, lambda **kw: _densenet121_parameters(48, blocks=(6, 12, 36, 24), **kw), 26_482_378)],
+    ids=["googlenet", "densenet121", "densenet_cifar", "densenet169", "densenet201", "densenet161"])
 def test_branching_kuangliu_parameter_counts_follow_the_architectures(build, derived, published):
     count = lambda m: sum(p.size for p in m.parameters())  # noqa: E731
     assert count(build()) == derived() == published
@@ -1729,6 +1733,11 @@ def test_googlenet_and_densenet121_structures_and_shapes():
             build(in_channels=0)
     with pytest.raises(ValueError, match="densenet121: growth_rate must be a positive int"):
         models.densenet121(growth_rate=0)
+    for build in (models.densenet169, models.densenet201, models.densenet161):
+        with pytest.raises(ValueError, match=f"{build.__name__}: growth_rate must be a positive int"):
+            build(growth_rate=True)
+        with pytest.raises(ValueError, match=f"{build.__name__}: in_channels must be a positive int"):
+            build(in_channels=0)
 
 
 class _KuangliuBranching:
@@ -1792,7 +1801,8 @@ class _KuangliuBranching:
         return GoogLeNet()
 
     @staticmethod
-    def densenet121(torch, growth_rate):
+    def densenet121(torch, growth_rate, nblocks=(6, 12, 24, 16)):
+        """DenseNet121(), densenet_cifar() (growth rate 12), or with ``nblocks`` his deeper ones."""
         import math
         nn, F = torch.nn, torch.nn.functional
 
@@ -1865,21 +1875,31 @@ class _KuangliuBranching:
                 out = self.linear(out)
                 return out
 
-        return DenseNet(Bottleneck, [6, 12, 24, 16], growth_rate=growth_rate)
+        return DenseNet(Bottleneck, list(nblocks), growth_rate=growth_rate)
 
 
-@pytest.mark.parametrize("which", ["googlenet", "densenet121", "densenet_cifar"])
+@pytest.mark.parametrize("which", ["googlenet", "densenet121", "densenet_cifar", "densenet169", "densenet201",
+                                   "densenet161"])
 def test_branching_kuangliu_models_match_his_in_torch(which):
     """gpuconv's weights loaded into kuangliu's GoogLeNet() or DenseNet121() / densenet_cifar() (torch,
     training mode), both in float64: the same logits, loss, input gradient, every weight gradient
-    and updated running statistic, to float64 rounding: the branches joined in his order."""
+    and updated running statistic, to float64 rounding: the branches joined in his order. His deeper
+    DenseNets at growth rate 8 (the layout is the depth's; the growth rate only widens it), with his
+    parameter count at the published growth rate."""
     torch = pytest.importorskip("torch", reason="compares against kuangliu's models written in torch")
     if which == "googlenet":
         ours, theirs, key = models.googlenet(seed=3), _KuangliuBranching.googlenet(torch), lambda k: k
     else:
-        growth = 32 if which == "densenet121" else 12
-        ours, theirs = models.densenet121(growth, seed=3), _KuangliuBranching.densenet121(torch, growth)
         key = lambda k: k.replace(".out.", ".")  # noqa: E731
+        if which in ("densenet121", "densenet_cifar"):
+            growth = 32 if which == "densenet121" else 12
+            ours, theirs = models.densenet121(growth, seed=3), _KuangliuBranching.densenet121(torch, growth)
+        else:
+            blocks, growth = {"densenet169": ((6, 12, 32, 32), 32), "densenet201": ((6, 12, 48, 32), 32),
+                              "densenet161": ((6, 12, 36, 24), 48)}[which]
+            full = _KuangliuBranching.densenet121(torch, growth, blocks)
+            assert sum(p.numel() for p in full.parameters()) == getattr(models, which)().num_parameters()
+            ours, theirs = getattr(models, which)(8, seed=3), _KuangliuBranching.densenet121(torch, 8, blocks)
     grads = _matches_kuangliu_in_torch(torch, ours, theirs, key)
     _assert_gradients_match(grads)
 

@@ -22,7 +22,8 @@ MODELS = {"seed": ("seed_net", {}), "three_layer": ("three_layer_convnet", {}), 
           "pnasnetb": ("pnasnet", {"cell_type": "B"}),
           **{name: (name, {}) for name in ("resnet34", "resnet50", "resnet101", "resnet152", "preact_resnet34",
                                            "preact_resnet50", "preact_resnet101", "preact_resnet152")},
-          "dpn26": ("dpn26", {}), "dpn92": ("dpn92", {}),
+          "dpn26": ("dpn26", {}), "dpn92": ("dpn92", {}), "densenet169": ("densenet169", {}),
+          "densenet201": ("densenet201", {}), "densenet161": ("densenet161", {}),
           "airbench94": ("airbench94", {}), "airbench96": ("airbench96", {})}
 AIRBENCH_MODELS = ("airbench94", "airbench96")  # the networks of three widths that --width scales
 # the networks of one width (their recipe's) that --width sets
@@ -33,7 +34,7 @@ KUANGLIU_MODELS = ("resnet18", "senet18", "mobilenetv2", "shufflenetv2", "effici
                    "preact_resnet18", "mobilenet", "resnext29", "googlenet", "densenet121", "regnetx_200mf",
                    "resnet34", "resnet50", "resnet101", "resnet152", "preact_resnet34", "preact_resnet50",
                    "preact_resnet101", "preact_resnet152", "shufflenetg2", "shufflenetg3", "lenet", "dla", "pnasneta",
-                   "pnasnetb", "dpn26", "dpn92")
+                   "pnasnetb", "dpn26", "dpn92", "densenet169", "densenet201", "densenet161")
 
 # Each model's recipe (gpuconv.recipes.RECIPES) gives its defaults.
 MODEL_DEFAULTS = {name: get_recipe(name) for name in MODELS}

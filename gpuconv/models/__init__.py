@@ -42,7 +42,8 @@
 - ``googlenet``: kuangliu/pytorch-cifar's GoogLeNet: Inception blocks of four branches joined along
   the channels; 6.2M parameters.
 - ``densenet121``: kuangliu/pytorch-cifar's DenseNet-121: dense blocks whose layers join their new
-  features to their input; 7.0M parameters.
+  features to their input; 7.0M parameters. ``densenet169``, ``densenet201`` and ``densenet161``: his deeper
+  DenseNets (12.5M, 18.1M, 26.5M).
 - ``dpn26``, ``dpn92``: kuangliu/pytorch-cifar's Dual Path Networks: bottleneck blocks around a
   grouped 3x3 whose outputs are partly added to the shortcut (a residual path) and partly joined
   after it (a dense path); 11.6M and 34.2M parameters.
@@ -59,7 +60,7 @@ so a seed gives bit-identical initial weights on every device.
 The package holds a family a module: ``_cs231n`` (seed_net, three_layer_convnet), ``_fast``
 (fast_net), ``_resnets`` (resnet18-152, senet18, preact_resnet18-152, resnext29, regnet, simpledla, dla),
 ``_mobile`` (mobilenet, mobilenetv2, shufflenet, shufflenetv2, efficientnetb0, pnasnet), ``_vgg`` (vgg,
-lenet), ``_branches`` (googlenet, densenet121, dpn26, dpn92), ``_airbench_nets`` (airbench94,
+lenet), ``_branches`` (googlenet, densenet121-201, dpn26, dpn92), ``_airbench_nets`` (airbench94,
 airbench96, init_whitening) and ``_build`` (the seeds and the input checks they share). Import the
 names from ``gpuconv.models``: it holds every one of its modules' names, and an assignment to one
 of them reaches the module that uses it (:mod:`gpuconv._package`).
@@ -77,6 +78,7 @@ __all__ = ["seed_net", "three_layer_convnet", "fast_net", "resnet18", "resnet34"
            "resnet152", "senet18", "mobilenetv2", "shufflenet", "shufflenetv2", "pnasnet", "efficientnetb0",
            "simpledla", "dla", "vgg", "lenet", "preact_resnet18", "preact_resnet34", "preact_resnet50",
            "preact_resnet101", "preact_resnet152", "mobilenet", "resnext29", "regnet", "googlenet", "densenet121",
+           "densenet169", "densenet201", "densenet161",
            "dpn26", "dpn92", "airbench94", "airbench96", "init_whitening"]
 
 

@@ -73,6 +73,11 @@ def _dense_layer(c_in, growth, seeds):
     return Concat({"out": out, "x": Identity()})
 
 
+# kuangliu's DenseNet121/169/201/161: dense layers per block and the growth rate.
+DENSENET_CFG = {"densenet121": ((6, 12, 24, 16), 32), "densenet169": ((6, 12, 32, 32), 32),
+                "densenet201": ((6, 12, 48, 32), 32), "densenet161": ((6, 12, 36, 24), 48)}
+
+
 def densenet121(growth_rate=32, num_classes=10, seed=0, in_channels=3):
     """kuangliu/pytorch-cifar's CIFAR DenseNet-121 (``DenseNet121()``, Huang et al. 2017, with
     ``growth_rate`` 32; his ``densenet_cifar()`` is ``growth_rate=12``): ``conv1`` conv3x3(2k) for
@@ -84,12 +89,41 @@ def densenet121(growth_rate=32, num_classes=10, seed=0, in_channels=3):
     ``dense1.0.out.conv1.weight`` here, the other keys his. Convolutions bias-free; the BN ReLUs
     fused. 6,956,298 parameters at growth rate 32. Input must be ``in_channels`` x 32 x 32 (3: RGB).
     Its recipe, ``RECIPES['densenet121']``, is kuangliu's main.py, as resnet18's."""
+    return _densenet("densenet121", growth_rate, num_classes, seed, in_channels)
+
+
+def densenet169(growth_rate=32, num_classes=10, seed=0, in_channels=3):
+    """kuangliu/pytorch-cifar's ``DenseNet169()``: :func:`densenet121` (its keys too) with 6, 12, 32 and
+    32 dense layers. 12,493,322 parameters at growth rate 32. Its recipe, ``RECIPES['densenet169']``,
+    is kuangliu's main.py, as resnet18's."""
+    return _densenet("densenet169", growth_rate, num_classes, seed, in_channels)
+
+
+def densenet201(growth_rate=32, num_classes=10, seed=0, in_channels=3):
+    """kuangliu/pytorch-cifar's ``DenseNet201()``: :func:`densenet121` (its keys too) with 6, 12, 48 and
+    32 dense layers. 18,104,330 parameters at growth rate 32. Its recipe, ``RECIPES['densenet201']``,
+    is kuangliu's main.py, as resnet18's."""
+    return _densenet("densenet201", growth_rate, num_classes, seed, in_channels)
+
+
+def densenet161(growth_rate=48, num_classes=10, seed=0, in_channels=3):
+    """kuangliu/pytorch-cifar's ``DenseNet161()``: :func:`densenet121` (its keys too) with 6, 12, 36 and
+    24 dense layers at growth rate 48. 26,482,378 parameters. Its recipe, ``RECIPES['densenet161']``,
+    is kuangliu's main.py, as resnet18's."""
+    return _densenet("densenet161", growth_rate, num_classes, seed, in_channels)
+
+
+def _densenet(name, growth_rate, num_classes, seed, in_channels):
+    # kuangliu's DenseNet(Bottleneck, nblocks, growth_rate): the stem, dense blocks and transitions
+    # (reduction 0.5) of ``DENSENET_CFG[name]``'s layer counts. Seeds: conv1, 2 per dense layer, 3
+    # transitions, the linear layer.
     if isinstance(growth_rate, bool) or not isinstance(growth_rate, int) or growth_rate < 1:
-        raise ValueError(f"densenet121: growth_rate must be a positive int (32, his DenseNet121; 12, his "
-                         f"densenet_cifar), got {growth_rate!r}")
-    c = _in_channels("densenet121", in_channels)
-    blocks = (6, 12, 24, 16)
-    seeds = iter(_seeds(seed, 2 + 2 * sum(blocks) + 3))  # conv1, 2 per dense layer, 3 transitions, linear
+        raise ValueError(f"{name}: growth_rate must be a positive int ({DENSENET_CFG[name][1]}, his "
+                         f"{name.replace('densenet', 'DenseNet')}; 12 at 121 layers, his densenet_cifar), got "
+                         f"{growth_rate!r}")
+    c = _in_channels(name, in_channels)
+    blocks = DENSENET_CFG[name][0]
+    seeds = iter(_seeds(seed, 2 + 2 * sum(blocks) + 3))
     planes = 2 * growth_rate
     layers = {"conv1": Conv2d(c, planes, 3, padding=1, bias=False, seed=next(seeds))}
     for i, n in enumerate(blocks, start=1):
