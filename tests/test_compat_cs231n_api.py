@@ -342,6 +342,93 @@ def test_redirect_serves_modules_the_package_lacks(tmp_path, monkeypatch):
             del sys.modules[k]
 
 
+def _package(tmp_path, monkeypatch, name, files):
+    pkg = tmp_path / name
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    for fname, text in files.items():
+        (pkg / fname).write_text(text)
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+
+def _forget(name):
+    import sys
+    for k in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
+        del sys.modules[k]
+
+
+# A fast_layers.py as students have it: the starter's guarded import of the Cython extension (here
+# never built) with its build instructions, its strategies, and a helper the student added.
+STUDENT_FAST_LAYERS = """\
+import numpy as np
+try:
+    from {pkg}.im2col_cython import col2im_cython, im2col_cython
+except ImportError:
+    print('run the following from the {pkg} directory and try again:')
+    print('python setup.py build_ext --inplace')
+
+
+def conv_forward_strides(x, w, b, conv_param):
+    raise AssertionError("the student's own strided convolution ran")
+
+
+conv_forward_fast = conv_forward_strides
+
+
+def conv_forward_same(x, w, b):
+    \"\"\"A student's addition: a stride-1 convolution keeping the size, through conv_forward_fast.\"\"\"
+    return conv_forward_fast(x, w, b, {{'stride': 1, 'pad': (w.shape[2] - 1) // 2}})
+"""
+STUDENT_LAYER_UTILS = """\
+from {pkg}.fast_layers import *
+
+
+def conv_same_relu_forward(x, w, b):
+    out, conv_cache = conv_forward_same(x, w, b)
+    return np.maximum(out, 0), conv_cache
+"""
+
+
+def test_redirect_keeps_what_a_student_added_to_fast_layers(tmp_path, monkeypatch, capsys):
+    _package(tmp_path, monkeypatch, "fl_pkg", {"fast_layers.py": STUDENT_FAST_LAYERS.format(pkg="fl_pkg"),
+                                               "layer_utils.py": STUDENT_LAYER_UTILS.format(pkg="fl_pkg")})
+    hook = C.redirect("fl_pkg")
+    try:
+        import fl_pkg.fast_layers as fl
+        import fl_pkg.layer_utils as lu
+        # no instructions to build an extension gpuconv does not need
+        assert "build_ext" not in capsys.readouterr().out
+        assert fl.conv_forward_fast is C.conv_forward_fast and fl.conv_forward_strides is C.conv_forward_strides
+        r = np.random.RandomState(0)
+        x, w, b = r.randn(2, 3, 6, 6), r.randn(4, 3, 3, 3), r.randn(4)
+        want, _ = C.conv_forward_naive(x, w, b, {"stride": 1, "pad": 1})
+        out, cache = fl.conv_forward_same(x, w, b)
+        np.testing.assert_allclose(out, want, rtol=1e-12, atol=1e-12)
+        assert len(cache) == 5                         # gpuconv's conv_forward_fast cache
+        out, _ = lu.conv_same_relu_forward(x, w, b)
+        np.testing.assert_allclose(out, np.maximum(want, 0), rtol=1e-12, atol=1e-12)
+        assert lu.conv_relu_forward is C.conv_relu_forward
+    finally:
+        hook.remove()
+        _forget("fl_pkg")
+
+
+@pytest.mark.parametrize("broken", [
+    "print 'run the following from the cs231n directory and try again:'\n",     # the 2016 starter's
+    "def conv_forward_half_done(x):\n    return x\n\nimport a_package_nobody_installed\n",
+])
+def test_redirect_serves_gpuconvs_fast_layers_where_the_students_file_cannot_run(tmp_path, monkeypatch, broken):
+    _package(tmp_path, monkeypatch, "fl_broken_pkg", {"fast_layers.py": broken})
+    hook = C.redirect("fl_broken_pkg", edition=2016)
+    try:
+        import fl_broken_pkg.fast_layers as fl
+        assert fl.conv_forward_fast is C.conv_forward_fast
+        assert not hasattr(fl, "conv_forward_half_done")    # nothing of a file that failed half-way
+    finally:
+        hook.remove()
+        _forget("fl_broken_pkg")
+
+
 def test_bench_cs231n_validates_on_the_simulator(tmp_path):
     import json
     import os

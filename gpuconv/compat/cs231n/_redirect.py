@@ -8,15 +8,20 @@ An import hook (a ``sys.meta_path`` finder) serves ``cs231n.layers``, ``cs231n.f
 ``cs231n.layer_utils`` and ``cs231n.optim``: each student file still runs (so helpers the student
 added, say an ``affine_bn_relu_forward`` in layer_utils.py, stay), then the starter functions in it
 are replaced by gpuconv's, so everything that imports them, or calls them through the module's
-globals, gets gpuconv's. ``fast_layers`` is served without running the student's file (it only
-wraps a Cython extension that need not be built). A module the package lacks is served from
-gpuconv alone. Everything else (``solver``, ``gradient_check``, ``data_utils``, ``classifiers``)
-is the student's own.
+globals, gets gpuconv's. ``fast_layers.py`` wraps the assignment's Cython extension, which need
+not be built: it runs too, for what a student added to it, with what it prints dropped (the
+starter's import prints how to build the extension when it is missing, which gpuconv does not
+need); where it cannot run (the 2016 starter's Python 2 ``print`` statement, a package it imports
+that is not installed), gpuconv's fast layers are served alone. A module the package lacks is
+served from gpuconv alone. Everything else (``solver``, ``gradient_check``, ``data_utils``,
+``classifiers``) is the student's own.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.abc
+import io
 import importlib.machinery
 import sys
 
@@ -39,12 +44,10 @@ class _Finder(importlib.abc.MetaPathFinder):
         ours = self.modules.get(fullname)
         if ours is None:
             return None
-        spec = None
-        if not fullname.endswith(".fast_layers"):
-            spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
         if spec is None or spec.loader is None:
             return importlib.machinery.ModuleSpec(fullname, _Overlay(None, ours), origin=ours.__file__)
-        spec.loader = _Overlay(spec.loader, ours)
+        spec.loader = _Overlay(spec.loader, ours, optional=fullname.endswith(".fast_layers"))
         return spec
 
     def remove(self):
@@ -54,18 +57,31 @@ class _Finder(importlib.abc.MetaPathFinder):
 
 
 class _Overlay(importlib.abc.Loader):
-    def __init__(self, inner, ours):
-        self.inner, self.ours = inner, ours
+    def __init__(self, inner, ours, optional=False):
+        self.inner, self.ours, self.optional = inner, ours, optional
 
     def create_module(self, spec):
         return self.inner.create_module(spec) if self.inner is not None else None
 
     def exec_module(self, module):
-        if self.inner is not None:
+        if self.inner is not None and self.optional:
+            _exec_optional(self.inner, module)
+        elif self.inner is not None:
             self.inner.exec_module(module)
         for name in self.ours.__all__:
             setattr(module, name, getattr(self.ours, name))
         setattr(module, _MARK, self.ours.__name__)
+
+
+def _exec_optional(loader, module):
+    """Run the student's file into ``module``, its output dropped; if it fails, undo what it set."""
+    before = dict(module.__dict__)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            loader.exec_module(module)
+    except Exception:
+        module.__dict__.clear()
+        module.__dict__.update(before)
 
 
 def redirect(package="cs231n", edition=None):
