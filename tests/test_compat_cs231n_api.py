@@ -429,6 +429,68 @@ def test_redirect_serves_gpuconvs_fast_layers_where_the_students_file_cannot_run
         _forget("fl_broken_pkg")
 
 
+# An optim.py as students write it: RMSProp with epsilon inside the square root, an Adam without
+# bias correction (both train; neither is the starter's formula, which gpuconv's rules follow).
+STUDENT_OPTIM = """\
+import numpy as np
+
+
+def rmsprop(w, dw, config=None):
+    if config is None: config = {}
+    config.setdefault('learning_rate', 1e-2)
+    config.setdefault('decay_rate', 0.99)
+    config.setdefault('epsilon', 1e-8)
+    config.setdefault('cache', np.zeros_like(w))
+    config['cache'] = config['decay_rate'] * config['cache'] + (1 - config['decay_rate']) * dw ** 2
+    return w - config['learning_rate'] * dw / np.sqrt(config['cache'] + config['epsilon']), config
+
+
+def adam(w, dw, config=None):
+    if config is None: config = {}
+    config.setdefault('learning_rate', 1e-3)
+    config.setdefault('m', np.zeros_like(w))
+    config.setdefault('v', np.zeros_like(w))
+    config['m'] = 0.9 * config['m'] + 0.1 * dw
+    config['v'] = 0.999 * config['v'] + 0.001 * dw ** 2
+    return w - config['learning_rate'] * config['m'] / (np.sqrt(config['v']) + 1e-8), config
+"""
+
+
+def test_redirect_keeps_the_students_own_update_rules(tmp_path, monkeypatch):
+    """The rules run on the model's host parameters either way: a student's variant trains as without
+    gpuconv (its numbers are not the starter formula's), and the layers are still gpuconv's."""
+    _package(tmp_path, monkeypatch, "own_optim_pkg", {"optim.py": STUDENT_OPTIM, "layers.py": ""})
+    hook = C.redirect("own_optim_pkg", edition=2019)
+    try:
+        import own_optim_pkg.layers
+        import own_optim_pkg.optim as optim
+        assert own_optim_pkg.layers.affine_forward is C.affine_forward
+        w = np.linspace(-0.4, 0.6, num=20).reshape(4, 5)
+        dw = np.linspace(-0.6, 0.4, num=20).reshape(4, 5)
+        next_w, config = getattr(optim, "rmsprop")(w, dw, {"learning_rate": 1e-2})   # as the Solver calls it
+        np.testing.assert_allclose(next_w, w - 1e-2 * dw / np.sqrt(0.01 * dw ** 2 + 1e-8), rtol=1e-12)
+        starter, _ = C.rmsprop(w, dw, {"learning_rate": 1e-2})
+        assert np.abs(next_w - starter).max() > 1e-6            # the two formulas do differ here
+        next_w, config = optim.adam(w, dw)
+        np.testing.assert_allclose(next_w, w - 1e-3 * (0.1 * dw) / (np.sqrt(0.001 * dw ** 2) + 1e-8), rtol=1e-12)
+        assert "t" not in config
+    finally:
+        hook.remove()
+        _forget("own_optim_pkg")
+
+
+def test_redirect_does_not_mind_an_optim_imported_first(tmp_path, monkeypatch):
+    _package(tmp_path, monkeypatch, "early_optim_pkg", {"optim.py": STUDENT_OPTIM})
+    import early_optim_pkg.optim  # noqa: F401
+    hook = C.redirect("early_optim_pkg")
+    try:
+        import early_optim_pkg.layers
+        assert early_optim_pkg.layers.affine_forward is C.affine_forward
+    finally:
+        hook.remove()
+        _forget("early_optim_pkg")
+
+
 def test_bench_cs231n_validates_on_the_simulator(tmp_path):
     import json
     import os

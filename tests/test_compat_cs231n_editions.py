@@ -106,6 +106,8 @@ def test_edition_solutions_run_unchanged_on_gpuconv(year, tmp_path, cifar):
         assert cs231n.layer_utils.conv_bn_relu_forward.__module__.startswith(
             "cs231n.layer_utils" if year == 2016 else "gpuconv.compat.cs231n")
         assert cs231n.solver.Solver.__module__ == "cs231n.solver"
+        import cs231n.optim                # the student's update rules too (they run on the host either way)
+        assert cs231n.optim.adam.__module__ == "cs231n.optim"
         assert cs231n.layer_utils.affine_norm_relu_forward.__module__ == "cs231n.layer_utils"
         ours = _run(checks, cifar)
 

@@ -6,8 +6,8 @@
     from gpuconv.compat.cs231n.layers import *     # .fast_layers, .layer_utils, .optim likewise
 
 or leave the student's code untouched and redirect its package's layer modules, in one line
-before anything imports them (the student's Solver, gradient checks, data loader and
-classifiers stay theirs)::
+before anything imports them (the student's update rules, Solver, gradient checks, data loader
+and classifiers stay theirs)::
 
     import gpuconv.compat.cs231n as g; g.redirect("cs231n", edition=2019)
 

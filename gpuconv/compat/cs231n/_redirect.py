@@ -4,8 +4,8 @@
     from cs231n.classifiers.cnn import ThreeLayerConvNet        # the student's own, unchanged
     from cs231n.solver import Solver                            # the student's own, unchanged
 
-An import hook (a ``sys.meta_path`` finder) serves ``cs231n.layers``, ``cs231n.fast_layers``,
-``cs231n.layer_utils`` and ``cs231n.optim``: each student file still runs (so helpers the student
+An import hook (a ``sys.meta_path`` finder) serves ``cs231n.layers``, ``cs231n.fast_layers`` and
+``cs231n.layer_utils``: each student file still runs (so helpers the student
 added, say an ``affine_bn_relu_forward`` in layer_utils.py, stay), then the starter functions in it
 are replaced by gpuconv's, so everything that imports them, or calls them through the module's
 globals, gets gpuconv's. ``fast_layers.py`` wraps the assignment's Cython extension, which need
@@ -13,8 +13,11 @@ not be built: it runs too, for what a student added to it, with what it prints d
 starter's import prints how to build the extension when it is missing, which gpuconv does not
 need); where it cannot run (the 2016 starter's Python 2 ``print`` statement, a package it imports
 that is not installed), gpuconv's fast layers are served alone. A module the package lacks is
-served from gpuconv alone. Everything else (``solver``, ``gradient_check``, ``data_utils``,
-``classifiers``) is the student's own.
+served from gpuconv alone, ``cs231n.optim`` included (the edition's update rules). Everything else
+(``optim``, ``solver``, ``gradient_check``, ``data_utils``, ``classifiers``) is the student's own:
+the update rules too, which run on the model's NumPy parameters on the host either way, so a
+student's own variant (epsilon inside RMSProp's square root, an Adam without bias correction)
+trains as it does without gpuconv.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ import importlib.machinery
 import sys
 
 MODULES = ("layers", "fast_layers", "layer_utils", "optim")
+OWN_IF_PRESENT = ("optim",)        # served only to a package without the file
 _MARK = "__gpuconv_redirect__"
 
 
@@ -47,6 +51,8 @@ class _Finder(importlib.abc.MetaPathFinder):
         spec = importlib.machinery.PathFinder.find_spec(fullname, path)
         if spec is None or spec.loader is None:
             return importlib.machinery.ModuleSpec(fullname, _Overlay(None, ours), origin=ours.__file__)
+        if fullname.rpartition(".")[2] in OWN_IF_PRESENT:
+            return None                # the student's own file, imported as without the hook
         spec.loader = _Overlay(spec.loader, ours, optional=fullname.endswith(".fast_layers"))
         return spec
 
@@ -85,12 +91,12 @@ def _exec_optional(loader, module):
 
 
 def redirect(package="cs231n", edition=None):
-    """Serve ``<package>.layers``, ``.fast_layers``, ``.layer_utils`` and ``.optim`` from gpuconv
-    (``edition``: the assignment's year, default the latest). Call it before anything imports
-    those modules; returns the hook (``.remove()`` uninstalls it)."""
+    """Serve ``<package>.layers``, ``.fast_layers`` and ``.layer_utils`` from gpuconv, and ``.optim``
+    where the package has none (``edition``: the assignment's year, default the latest). Call it
+    before anything imports those modules; returns the hook (``.remove()`` uninstalls it)."""
     from ._editions import LATEST
-    stale = [f"{package}.{m}" for m in MODULES
-             if f"{package}.{m}" in sys.modules and not hasattr(sys.modules[f"{package}.{m}"], _MARK)]
+    stale = [f"{package}.{m}" for m in MODULES if m not in OWN_IF_PRESENT
+             and f"{package}.{m}" in sys.modules and not hasattr(sys.modules[f"{package}.{m}"], _MARK)]
     if stale:
         raise RuntimeError(f"redirect({package!r}) must run before {package}'s layer modules are imported, but "
                            f"{', '.join(stale)} already are: put it first (in a notebook, restart the kernel and "
