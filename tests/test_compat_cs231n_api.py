@@ -491,6 +491,72 @@ def test_redirect_does_not_mind_an_optim_imported_first(tmp_path, monkeypatch):
         _forget("early_optim_pkg")
 
 
+def _student_dropout(says):
+    """A layers.py whose dropout_forward carries the starter's docstring of its year (students keep
+    it): 'drop' in 2016-2017, 'keep' from 2018."""
+    return f"""\
+import numpy as np
+
+
+def dropout_forward(x, dropout_param):
+    \"\"\"
+    Performs the forward pass for (inverted) dropout.
+
+    Inputs:
+    - x: Input data, of any shape
+    - dropout_param: A dictionary with the following keys:
+      - p: Dropout parameter. We {says} each neuron output with probability p.
+      - mode: 'test' or 'train'.
+    \"\"\"
+    raise AssertionError("the student's own dropout ran")
+"""
+
+
+def _zeros_dropped(layers, p):
+    np.random.seed(0)
+    out, _ = layers.dropout_forward(np.ones((200, 200)), {"mode": "train", "p": p})
+    return float((out == 0).mean())
+
+
+def test_redirect_follows_a_2017_files_dropout_when_no_edition_is_given(tmp_path, monkeypatch):
+    _package(tmp_path, monkeypatch, "drop_pkg", {"layers.py": _student_dropout("drop")})
+    hook = C.redirect("drop_pkg")
+    try:
+        import drop_pkg.layers as layers
+        assert layers.dropout_forward is C.e2017.dropout_forward
+        assert abs(_zeros_dropped(layers, 0.25) - 0.25) < 0.01        # p drops a unit, as the file says
+        assert layers.affine_forward is C.affine_forward
+    finally:
+        hook.remove()
+        _forget("drop_pkg")
+
+
+def test_redirect_keeps_the_latest_dropout_for_a_file_that_says_p_keeps(tmp_path, monkeypatch):
+    _package(tmp_path, monkeypatch, "keep_pkg", {"layers.py": _student_dropout("keep")})
+    hook = C.redirect("keep_pkg")
+    try:
+        import keep_pkg.layers as layers
+        assert layers.dropout_forward is C.dropout_forward and abs(_zeros_dropped(layers, 0.25) - 0.75) < 0.01
+    finally:
+        hook.remove()
+        _forget("keep_pkg")
+
+
+@pytest.mark.parametrize("says, edition", [("drop", 2019), ("keep", 2017)])
+def test_redirect_warns_where_the_edition_given_contradicts_the_files_dropout(tmp_path, monkeypatch, says, edition):
+    _package(tmp_path, monkeypatch, "clash_pkg", {"layers.py": _student_dropout(says)})
+    hook = C.redirect("clash_pkg", edition=edition)
+    try:
+        with pytest.warns(UserWarning, match=rf"'We {says} each neuron output with probability p'.*"
+                                             rf"edition={edition}.*p drops a unit in 2016 and 2017"):
+            import clash_pkg.layers as layers
+        # the edition given is what is served
+        assert layers.dropout_forward is C.edition(edition).dropout_forward
+    finally:
+        hook.remove()
+        _forget("clash_pkg")
+
+
 def test_bench_cs231n_validates_on_the_simulator(tmp_path):
     import json
     import os

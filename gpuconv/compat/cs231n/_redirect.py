@@ -39,9 +39,22 @@ def edition_modules(year):
     return {name: importlib.import_module(f"{pkg.__name__}.{name}") for name in MODULES}
 
 
+# What the starter's dropout_forward docstring says ``p`` is: the one line that tells a student's
+# layers.py of 2016-2017 (p drops a unit) from one of 2018 on (p keeps it).
+_DROPOUT_DOCS = {"We drop each neuron output with probability p": True,
+                 "We keep each neuron output with probability p": False}
+
+
+def _says_p_drops(module):
+    """True / False where the student's dropout_forward docstring says p drops / keeps a unit, else None."""
+    doc = " ".join((getattr(module.__dict__.get("dropout_forward"), "__doc__", None) or "").split())
+    found = [drops for text, drops in _DROPOUT_DOCS.items() if text in doc]
+    return found[0] if len(found) == 1 else None
+
+
 class _Finder(importlib.abc.MetaPathFinder):
-    def __init__(self, package, modules):
-        self.package = package
+    def __init__(self, package, modules, edition=None):
+        self.package, self.edition = package, edition
         self.modules = {f"{package}.{name}": mod for name, mod in modules.items()}
 
     def find_spec(self, fullname, path, target=None):
@@ -53,8 +66,28 @@ class _Finder(importlib.abc.MetaPathFinder):
             return importlib.machinery.ModuleSpec(fullname, _Overlay(None, ours), origin=ours.__file__)
         if fullname.rpartition(".")[2] in OWN_IF_PRESENT:
             return None                # the student's own file, imported as without the hook
-        spec.loader = _Overlay(spec.loader, ours, optional=fullname.endswith(".fast_layers"))
+        spec.loader = _Overlay(spec.loader, ours, optional=fullname.endswith(".fast_layers"),
+                               pick=self._layers_for if fullname.endswith(".layers") else None)
         return spec
+
+    def _layers_for(self, module, ours):
+        """The layers to serve for the student's layers.py just run: the edition's, but where the
+        file's dropout says the opposite of what the edition's p means, the file's semantics when
+        no edition was given (2016's layers are 2017's), and a warning when one was."""
+        from ._norm import dropout_forward_2017
+        drops = _says_p_drops(module)
+        ours_drops = ours.dropout_forward is dropout_forward_2017
+        if drops is None or drops == ours_drops:
+            return ours
+        if self.edition is None:               # the default's p keeps a unit; the file's drops it
+            return edition_modules(2017)["layers"]
+        import warnings
+        said = "drop" if drops else "keep"
+        warnings.warn(f"{module.__name__}'s dropout_forward says 'We {said} each neuron output with probability p', "
+                      f"but redirect(edition={self.edition}) serves layers whose p {'drops' if ours_drops else 'keeps'} "
+                      f"a unit: pass the edition of the assignment's starter code (p drops a unit in 2016 and 2017, "
+                      f"keeps it from 2018), or leave edition out to follow the file", stacklevel=2)
+        return ours
 
     def remove(self):
         """Uninstall the hook (modules imported through it stay as they are)."""
@@ -63,8 +96,8 @@ class _Finder(importlib.abc.MetaPathFinder):
 
 
 class _Overlay(importlib.abc.Loader):
-    def __init__(self, inner, ours, optional=False):
-        self.inner, self.ours, self.optional = inner, ours, optional
+    def __init__(self, inner, ours, optional=False, pick=None):
+        self.inner, self.ours, self.optional, self.pick = inner, ours, optional, pick
 
     def create_module(self, spec):
         return self.inner.create_module(spec) if self.inner is not None else None
@@ -74,9 +107,10 @@ class _Overlay(importlib.abc.Loader):
             _exec_optional(self.inner, module)
         elif self.inner is not None:
             self.inner.exec_module(module)
-        for name in self.ours.__all__:
-            setattr(module, name, getattr(self.ours, name))
-        setattr(module, _MARK, self.ours.__name__)
+        ours = self.pick(module, self.ours) if self.pick is not None and self.inner is not None else self.ours
+        for name in ours.__all__:
+            setattr(module, name, getattr(ours, name))
+        setattr(module, _MARK, ours.__name__)
 
 
 def _exec_optional(loader, module):
@@ -92,8 +126,11 @@ def _exec_optional(loader, module):
 
 def redirect(package="cs231n", edition=None):
     """Serve ``<package>.layers``, ``.fast_layers`` and ``.layer_utils`` from gpuconv, and ``.optim``
-    where the package has none (``edition``: the assignment's year, default the latest). Call it
-    before anything imports those modules; returns the hook (``.remove()`` uninstalls it)."""
+    where the package has none (``edition``: the assignment's year, default the latest, but the
+    2016-2017 dropout where the student's ``dropout_forward`` docstring is the starter's of those
+    years, "We drop each neuron output with probability p"; a given edition whose ``p`` means the
+    opposite of that docstring's is kept, with a warning). Call it before anything imports those
+    modules; returns the hook (``.remove()`` uninstalls it)."""
     from ._editions import LATEST
     stale = [f"{package}.{m}" for m in MODULES if m not in OWN_IF_PRESENT
              and f"{package}.{m}" in sys.modules and not hasattr(sys.modules[f"{package}.{m}"], _MARK)]
@@ -103,6 +140,6 @@ def redirect(package="cs231n", edition=None):
                            f"run it in the first cell)")
     for finder in [f for f in sys.meta_path if isinstance(f, _Finder) and f.package == package]:
         finder.remove()
-    finder = _Finder(package, edition_modules(LATEST if edition is None else edition))
+    finder = _Finder(package, edition_modules(LATEST if edition is None else edition), edition)
     sys.meta_path.insert(0, finder)
     return finder
