@@ -371,6 +371,37 @@ def test_batchnorm_gradients(spatial):
                     (3 * randn(*shape) + 1, randn(d), randn(d)), tol=1e-6)
 
 
+@pytest.mark.parametrize("kind", ["batchnorm", "spatial_batchnorm", "layernorm"])
+def test_norm_takes_gamma_and_beta_as_students_create_them(kind):
+    """Students create gamma and beta as (1, D) (spatial: (1, C, 1, 1)) as often as (D,), e.g.
+    ``self.params['gamma1'] = np.ones((1, hidden_dims[0]))``: NumPy broadcasts both alike, so the
+    numbers are the (D,) ones, and the gradients come back in the parameters' own shape."""
+    spatial = kind == "spatial_batchnorm"
+    shape = (4, 3, 2, 2) if spatial else (6, 4)
+    d = shape[1]
+    wide = (1, d, 1, 1) if spatial else (1, d)
+    fwd, bwd = getattr(C, f"{kind}_forward"), getattr(C, f"{kind}_backward")
+    x, gamma, beta, dout = 3 * randn(*shape) + 1, randn(d), randn(d), randn(*shape)
+    param = {"mode": "train"}
+    want, cache = fwd(x, gamma, beta, dict(param))
+    want_grads = bwd(dout, cache)
+    out, cache = fwd(x, gamma.reshape(wide), beta.reshape(wide), dict(param))
+    np.testing.assert_array_equal(out, want)
+    dx, dgamma, dbeta = bwd(dout, cache)
+    assert dgamma.shape == dbeta.shape == wide
+    np.testing.assert_array_equal(dx, want_grads[0])
+    np.testing.assert_array_equal(dgamma.reshape(d), want_grads[1])
+    np.testing.assert_array_equal(dbeta.reshape(d), want_grads[2])
+    _check_backward(lambda x, g, b: fwd(x, g, b, dict(param)), bwd,
+                    (x, gamma.reshape(wide), beta.reshape(wide)), tol=1e-6)
+    if kind != "layernorm":   # a shape NumPy would broadcast across the batch instead
+        with pytest.raises(ValueError, match=r"gamma must hold one value per (feature|channel) of x, shape"):
+            fwd(x, gamma.reshape(d, *([1] * (len(wide) - 1))), beta, dict(param))
+    if spatial:               # a 1-D gamma of the wrong length: the op's message, which names channels-last x
+        with pytest.raises(ValueError, match=r"gamma must have shape \(2,\).*x looks laid out N, H, W, C"):
+            fwd(x.transpose(0, 2, 3, 1), gamma, beta, dict(param))
+
+
 def test_dropout_gradient_with_a_seed():
     param = {"mode": "train", "p": 0.6, "seed": 123}
     _check_backward(lambda x: C.dropout_forward(x, param), C.dropout_backward, (randn(10, 10),))

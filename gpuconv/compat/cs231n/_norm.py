@@ -30,13 +30,15 @@ from ._device import download
 
 # ----------------------------------------------------------------------------- batch norm
 def batchnorm_forward(x, gamma, beta, bn_param):
-    """Batch normalization of x (N, D) per feature; ``bn_param``: ``'mode'`` ('train'|'test'),
+    """Batch normalization of x (N, D) per feature; gamma, beta (D,) or (1, D) (as NumPy broadcasts
+    them alike; the gradients come back in their shape); ``bn_param``: ``'mode'`` ('train'|'test'),
     ``'eps'`` (1e-5), ``'momentum'`` (0.9), ``'running_mean'`` / ``'running_var'`` (D,) (zeros at
     first; updated in the dict in train mode). Returns ``out, cache``."""
     if getattr(x, "ndim", None) != 2:
         raise ValueError(f"x must be 2-D (N, D) for batchnorm_forward, got shape {getattr(x, 'shape', None)}: "
                          f"use spatial_batchnorm_forward for (N, C, H, W) inputs")
     n, d = x.shape
+    _check_per_channel(gamma, beta, d, ((d,), (1, d)), "feature", "D")
     with Call(x, gamma, beta) as c:
         out, oc = _batchnorm(c, c.arg(x).reshape(n, d, 1, 1), gamma, beta, bn_param)
         return c.out(out.reshape(n, d)), c.cache((x, gamma, beta), oc)
@@ -48,7 +50,7 @@ def batchnorm_backward(dout, cache):
     c, oc = _bn_backward_call(dout, cache, "batchnorm_forward")
     with c:
         dx, dgamma, dbeta = ops.batchnorm2d_backward(c.arg(dout).reshape(n, d, 1, 1), oc)
-        return c.out(dx.reshape(n, d)), c.out(dgamma), c.out(dbeta)
+        return c.out(dx.reshape(n, d)), *_in_shapes_of(c, cache, dgamma, dbeta)
 
 
 # The assignment asks for a second, simplified derivation; the op has one (already simplified).
@@ -56,7 +58,11 @@ batchnorm_backward_alt = batchnorm_backward
 
 
 def spatial_batchnorm_forward(x, gamma, beta, bn_param):
-    """Batch normalization of x (N, C, H, W) per channel, with ``bn_param`` as in batchnorm_forward."""
+    """Batch normalization of x (N, C, H, W) per channel, gamma and beta (C,) or (1, C, 1, 1) (the
+    gradients come back in their shape), with ``bn_param`` as in batchnorm_forward."""
+    if getattr(x, "ndim", None) == 4:
+        ch = x.shape[1]
+        _check_per_channel(gamma, beta, ch, ((ch,), (1, ch, 1, 1)), "channel", "C")
     with Call(x, gamma, beta) as c:
         out, oc = _batchnorm(c, c.arg(x), gamma, beta, bn_param)
         return c.out(out), c.cache((x, gamma, beta), oc)
@@ -67,7 +73,27 @@ def spatial_batchnorm_backward(dout, cache):
     c, oc = _bn_backward_call(dout, cache, "spatial_batchnorm_forward")
     with c:
         dx, dgamma, dbeta = ops.batchnorm2d_backward(c.arg(dout), oc)
-        return c.out(dx), c.out(dgamma), c.out(dbeta)
+        return c.out(dx), *_in_shapes_of(c, cache, dgamma, dbeta)
+
+
+def _check_per_channel(gamma, beta, channels, shapes, what, letter):
+    """gamma and beta hold one value per feature (channel), in a shape NumPy broadcasts per feature:
+    students create them as (D,) or as (1, D) (spatial: (C,) or (1, C, 1, 1)), and either works
+    in their own code."""
+    for name, a in (("gamma", gamma), ("beta", beta)):
+        shape = tuple(getattr(a, "shape", ()))
+        if len(shape) == 1:
+            continue                   # the op checks those (and names a channels-last x)
+        if shape not in shapes:
+            raise ValueError(f"{name} must hold one value per {what} of x, shape "
+                             f"{' or '.join(str(s) for s in shapes)} ({letter}={channels}), got {shape}")
+
+
+def _in_shapes_of(c, cache, dgamma, dbeta):
+    """dgamma and dbeta as the caller gets them, in the shapes of the forward's gamma and beta."""
+    gamma, beta = cache[1], cache[2]
+    return (c.out(dgamma.reshape(getattr(gamma, "shape", dgamma.shape))),
+            c.out(dbeta.reshape(getattr(beta, "shape", dbeta.shape))))
 
 
 def _bn_backward_call(dout, cache, forward_name):
@@ -104,7 +130,7 @@ def _batchnorm(c, x4, gamma, beta, bn_param):
     host = np if on_host else xp
     running_mean = bn_param.get("running_mean", host.zeros(channels, dtype=c.dtype))
     running_var = bn_param.get("running_var", host.zeros(channels, dtype=c.dtype))
-    g, b = c.param(gamma), c.param(beta)
+    g, b = (a if a.ndim == 1 else a.reshape(channels) for a in (c.param(gamma), c.param(beta)))
     if mode == "test":
         # the assignment stores the statistics it used, zeros when there were none
         bn_param["running_mean"], bn_param["running_var"] = running_mean, running_var
@@ -160,7 +186,9 @@ def layernorm_backward(dout, cache):
         xhat, inv, g = cache.ops
         d = c.arg(dout)
         dx = _normalize_rows_backward(d * g, xhat, inv)
-        return c.out(dx), c.out((d * xhat).sum(axis=0)), c.out(d.sum(axis=0))
+        gamma, beta = cache[1], cache[2]
+        return (c.out(dx), c.out((d * xhat).sum(axis=0).reshape(gamma.shape)),
+                c.out(d.sum(axis=0).reshape(beta.shape)))
 
 
 def spatial_groupnorm_forward(x, gamma, beta, G, gn_param):
