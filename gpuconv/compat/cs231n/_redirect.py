@@ -24,8 +24,8 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.abc
-import io
 import importlib.machinery
+import io
 import sys
 
 MODULES = ("layers", "fast_layers", "layer_utils", "optim")
