@@ -5,6 +5,7 @@ the channel split of ShuffleNetV2's blocks)."""
 from __future__ import annotations
 
 import contextlib
+import math
 
 import numpy as np
 
@@ -52,12 +53,12 @@ class Flatten(Layer):
         self._keep((x.shape, channels_last))
         # (channels_last: a gathering copy, made on x's GPU)
         with array_device_context((x,)) if channels_last else contextlib.nullcontext():
-            return x.reshape(x.shape[0], int(np.prod(x.shape[1:])))  # -1 fails for N = 0
+            return x.reshape(x.shape[0], math.prod(x.shape[1:]))  # -1 fails for N = 0
 
     def backward(self, dy, need_dx=True):
         shape, channels_last = self._take_cache()
         check_array("dy", dy)
-        flat = (shape[0], int(np.prod(shape[1:])))
+        flat = (shape[0], math.prod(shape[1:]))
         if tuple(dy.shape) != flat:  # a reshape would take any dy of as many values (a transposed one too)
             raise ValueError(f"Flatten.backward: dy must have the forward output's shape {flat} (x {tuple(shape)} "
                              f"flattened), got {tuple(dy.shape)}")

@@ -17,8 +17,7 @@ Cache (shared with the kernel launchers, see ``_dispatch``): ``LinearCache(x, w,
 """
 from __future__ import annotations
 
-
-import numpy as np
+import math
 
 from .. import backend, layout
 from ..backend import get_array_module
@@ -73,7 +72,7 @@ def linear_backward(dy, cache, precision=None):
 def _linear_forward_reference(x, w, b, tf32=False):
     xc, wc = multiplicands(tf32, x, w)
     xp = get_array_module(xc, wc, b)
-    y = xp.matmul(xc.reshape(x.shape[0], int(np.prod(x.shape[1:]))), wc.T)
+    y = xp.matmul(xc.reshape(x.shape[0], math.prod(x.shape[1:])), wc.T)
     if b is not None:
         y += upcast(b)
     return round_once(y, x.dtype), LinearCache(x, w, b is not None)
@@ -84,7 +83,7 @@ def _linear_backward_reference(dy, cache, tf32=False):
     dyc, xc, wc = multiplicands(tf32, dy, x, w)
     xp = get_array_module(dyc, xc, wc)
     dx = xp.matmul(dyc, wc).reshape(x.shape)
-    dw = xp.matmul(dyc.T, xc.reshape(x.shape[0], int(np.prod(x.shape[1:]))))
+    dw = xp.matmul(dyc.T, xc.reshape(x.shape[0], math.prod(x.shape[1:])))
     db = upcast(dy).sum(axis=0) if has_bias else None  # a sum: never TF32-rounded
     return round_once(dx, x.dtype), round_once(dw, w.dtype), round_once(db, dy.dtype)
 

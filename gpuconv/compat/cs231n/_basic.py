@@ -10,6 +10,8 @@ A backward given a plain tuple built by hand rebuilds the ops cache by running t
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ... import ops
@@ -53,7 +55,7 @@ def _check_affine(x, w, b=None):
     if getattr(w, "ndim", None) != 2:
         raise ValueError(f"w must be 2-D (D, M) as in CS231n's affine_forward, got shape "
                          f"{getattr(w, 'shape', type(w).__name__)}")
-    d = int(np.prod(x.shape[1:])) if getattr(x, "ndim", 0) >= 1 else None
+    d = math.prod(x.shape[1:]) if getattr(x, "ndim", 0) >= 1 else None
     if d is not None and d != w.shape[0]:
         raise ValueError(f"x of shape {tuple(x.shape)} flattens to D={d} features per example but w has "
                          f"shape {tuple(w.shape)} = (D, M) with D={w.shape[0]}: make w.shape[0] == {d}")
