@@ -69,7 +69,7 @@ def _kuangliu_resnet(name, w, num_classes, seed, in_channels, squeeze_excitation
     # output 4x that where it is a bottleneck), the first block of stages 2-4 stride 2, avgpool4 and
     # a linear head. SENet18 is ResNet18 with gated blocks. Seeds in the order the layers are
     # built: the stem, each block's convolutions ([projection], [gate] after them), the linear
-    # layer; so a net's seeds do not depend on its depth's block count beyond its own.
+    # layer.
     num_blocks, bottleneck = _RESNET_DEPTHS[depth]
     expansion = 4 if bottleneck else 1
     convs = 3 if bottleneck else 2
