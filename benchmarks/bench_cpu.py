@@ -58,8 +58,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/common.py
 
 import gpuconv  # noqa: E402
-from airbench_torch import torch_layers  # noqa: E402
-from common import description, rel_err  # noqa: E402  (max |got - want| / max |want|)
+from common import description, rel_err, torch_mirror  # noqa: E402  (rel_err: max |got - want| / max |want|)
 from gpuconv import layers as L  # noqa: E402
 from gpuconv import models, ops  # noqa: E402
 from gpuconv.optim import SGD  # noqa: E402
@@ -162,64 +161,6 @@ def load_torch(enabled, threads=None):
     if threads:
         torch.set_num_threads(threads)
     return torch
-
-
-def torch_mirror(torch, layer):
-    """A torch.nn module with the same structure and the same weights as a gpuconv layer."""
-    nn = torch.nn
-
-    def t(a):
-        return torch.from_numpy(np.array(gpuconv.asnumpy(a), dtype=np.float32))
-
-    Scale, Residual = torch_layers(torch)
-    if isinstance(layer, L.Sequential):
-        from collections import OrderedDict
-        return nn.Sequential(OrderedDict((name, torch_mirror(torch, child)) for name, child in layer.named_children()))
-    if isinstance(layer, L.Residual):
-        return Residual(torch_mirror(torch, layer.inner))
-    if isinstance(layer, L.Scale):
-        return Scale(layer.factor)
-    if isinstance(layer, L.ReLU):
-        return nn.ReLU()
-    if isinstance(layer, L.GELU):
-        return nn.GELU()
-    if isinstance(layer, L.Flatten):
-        return nn.Flatten()
-    if isinstance(layer, L.AvgPool2d):
-        return nn.AvgPool2d(layer.kernel_size, layer.stride)
-    if isinstance(layer, L.MaxPool2d):
-        return nn.MaxPool2d(layer.kernel_size, layer.stride)
-    if isinstance(layer, L.Conv2d):
-        m = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
-                      bias=layer.bias is not None)
-    elif isinstance(layer, L.Linear):
-        m = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
-    elif isinstance(layer, L.BatchNorm2d):
-        m = _batchnorm_mirror(torch, layer.activation)(layer.num_features, eps=layer.eps, momentum=layer.momentum)
-        m.running_mean.copy_(t(layer.running_mean))
-        m.running_var.copy_(t(layer.running_var))
-    else:
-        raise TypeError(f"no torch counterpart for {type(layer).__name__}")
-    with torch.no_grad():
-        m.weight.copy_(t(layer.weight.data))
-        if layer.bias is not None:
-            m.bias.copy_(t(layer.bias.data))
-    for name, p in m.named_parameters(recurse=False):  # frozen stays frozen (airbench's whitening, BN scales)
-        p.requires_grad_(getattr(layer, name).requires_grad)
-    return m
-
-
-def _batchnorm_mirror(torch, activation):
-    """nn.BatchNorm2d, followed by the layer's fused activation where it has one (the same
-    parameter names: the module is the batch norm)."""
-    if activation is None:
-        return torch.nn.BatchNorm2d
-    act = {"relu": torch.nn.functional.relu, "gelu": torch.nn.functional.gelu}[activation]
-
-    class BatchNormAct(torch.nn.BatchNorm2d):
-        def forward(self, x):
-            return act(super().forward(x))
-    return BatchNormAct
 
 
 # ----------------------------------------------------------------------------- cases

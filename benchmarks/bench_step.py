@@ -68,9 +68,8 @@ def make_step(model, opt, precision="fp32"):
 
 
 def torch_mirror(torch, model, device="cuda"):
-    """The identical torch.nn network with the same weights on ``device`` (bench_cpu builds it)."""
-    from bench_cpu import torch_mirror as mirror  # noqa: PLC0415  (only with torch present)
-    return mirror(torch, model).to(device)
+    """The identical torch.nn network with the same weights on ``device`` (common.torch_mirror)."""
+    return common.torch_mirror(torch, model).to(device)
 
 
 def validate_step(name, factory, x, y, args, checks, torch=None):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import datetime
 import json
 import os
@@ -29,6 +30,8 @@ import re
 import subprocess
 import statistics
 import sys
+import types
+from collections import OrderedDict
 
 HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -40,6 +43,7 @@ import numpy as np  # noqa: E402
 import gpuconv  # noqa: E402
 from gpuconv import backend as B  # noqa: E402
 from gpuconv import kernels  # noqa: E402
+from gpuconv import layers as L  # noqa: E402
 
 RESULTS = HERE / "results"
 NO_GPU_EXIT = 2
@@ -52,9 +56,12 @@ def description(doc: str) -> str:
     return doc.split("\n\n")[0]
 
 
-def add_arguments(p: argparse.ArgumentParser, warmup=3, repeat=20):
-    p.add_argument("--device", choices=("cuda", "sim"), default="cuda",
-                   help="cuda: validate and time on the GPU; sim: validate on the host simulator (needs --tiny)")
+def add_arguments(p: argparse.ArgumentParser, warmup=3, repeat=20, cpu=False):
+    """The options every benchmark takes; ``cpu``: ``--device cpu`` too (gpuconv's NumPy path, timed
+    by the wall clock, for a script that compares it with PyTorch CPU)."""
+    p.add_argument("--device", choices=("cuda", "sim", "cpu") if cpu else ("cuda", "sim"), default="cuda",
+                   help="cuda: validate and time on the GPU; sim: validate on the host simulator (needs --tiny)"
+                   + ("; cpu: validate and time gpuconv's NumPy path on the CPU" if cpu else ""))
     p.add_argument("--tiny", action="store_true", help="tiny sizes and few steps: a validation run, no timing claims")
     p.add_argument("--warmup", type=int, default=warmup, help="untimed runs before timing")
     p.add_argument("--repeat", type=int, default=repeat,
@@ -246,6 +253,181 @@ def torch_tf32_settings(torch):
         except Exception as exc:  # noqa: BLE001  (recorded, not raised)
             out[key] = f"unreadable: {type(exc).__name__}: {exc}"
     return out
+
+
+# ----------------------------------------------------------------------------- the torch mirror
+def torch_mirror(torch, layer, same_dropout=False):
+    """A torch.nn module with the same structure and the same weights (float32) as the gpuconv
+    layer or network ``layer``, its parameters and buffers named by gpuconv's state dict keys (so
+    gradients compare by name), frozen parameters frozen. Every layer the ``gpuconv train --model``
+    networks use has a counterpart: containers (Sequential, Residual with or without a shortcut,
+    Concat, SqueezeExcitation), convolutions (groups, dilation, 'same', padding modes; gpuconv's
+    ``floor`` is PyTorch's only rule), pools (padding, count_include_pad, adaptive, LP), batch norm
+    with its fused activation, group norm, the activations, Dropout, and the shape layers.
+
+    ``same_dropout``: each Dropout draws gpuconv's masks (the next keys of a copy of the layer's
+    generator, hashed as gpuconv.ops.dropout does, on the host), so one training step of the two
+    networks from the same weights is the same computation; else ``nn.Dropout`` (for timing)."""
+    nn, M = torch.nn, _mirror_modules(torch)
+    if isinstance(layer, L.Sequential):
+        return nn.Sequential(OrderedDict((name, torch_mirror(torch, child, same_dropout))
+                                         for name, child in layer.named_children()))
+    if isinstance(layer, L.Residual):
+        return M.Residual(torch_mirror(torch, layer.inner, same_dropout),
+                          None if layer.shortcut is None else torch_mirror(torch, layer.shortcut, same_dropout))
+    if isinstance(layer, L.Concat):
+        return M.Concat(OrderedDict((name, torch_mirror(torch, child, same_dropout))
+                                    for name, child in layer.named_children()))
+    if isinstance(layer, L.SqueezeExcitation):
+        return M.SqueezeExcitation(OrderedDict((name, torch_mirror(torch, child, same_dropout))
+                                               for name, child in layer.named_children()), layer._gate)
+    simple = {L.Identity: lambda: nn.Identity(), L.ReLU: lambda: nn.ReLU(), L.GELU: lambda: nn.GELU(),
+              L.SiLU: lambda: nn.SiLU(), L.Sigmoid: lambda: nn.Sigmoid(), L.Tanh: lambda: nn.Tanh(),
+              L.Flatten: lambda: nn.Flatten(),
+              L.LeakyReLU: lambda: nn.LeakyReLU(layer.negative_slope),
+              L.Scale: lambda: M.Scale(layer.factor),
+              L.Unflatten: lambda: nn.Unflatten(layer.dim, layer.unflattened_size),
+              L.ChannelShuffle: lambda: M.ChannelShuffle(layer.groups),
+              L.Narrow: lambda: M.Narrow(layer.dim, layer.start, layer.length),
+              L.MaxPool2d: lambda: nn.MaxPool2d(layer.kernel_size, layer.stride, layer.padding),
+              L.AvgPool2d: lambda: nn.AvgPool2d(layer.kernel_size, layer.stride, layer.padding,
+                                                count_include_pad=layer.count_include_pad),
+              L.LPPool2d: lambda: nn.LPPool2d(layer.norm_type, layer.kernel_size, layer.stride),
+              L.AdaptiveAvgPool2d: lambda: nn.AdaptiveAvgPool2d(layer.output_size),
+              L.AdaptiveMaxPool2d: lambda: nn.AdaptiveMaxPool2d(layer.output_size)}
+    if type(layer) in simple:
+        return simple[type(layer)]()
+    if isinstance(layer, L.Dropout):
+        return M.SameMaskDropout(layer) if same_dropout else nn.Dropout(layer.p)
+    if isinstance(layer, L.Conv2d):
+        m = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
+                      layer.dilation, layer.groups, bias=layer.bias is not None, padding_mode=layer.padding_mode)
+    elif isinstance(layer, L.ConvTranspose2d):
+        m = nn.ConvTranspose2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
+                               layer.output_padding, layer.groups, bias=layer.bias is not None,
+                               dilation=layer.dilation)
+    elif isinstance(layer, L.Linear):
+        m = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
+    elif isinstance(layer, L.BatchNorm2d):
+        m = M.BatchNorm2d(layer.num_features, eps=layer.eps, momentum=layer.momentum)
+        if layer.activation not in M.ACTIVATIONS:
+            raise TypeError(f"torch_mirror: no torch counterpart for batch norm's fused activation {layer.activation!r}")
+        m.activation = M.ACTIVATIONS[layer.activation]
+        with torch.no_grad():
+            m.running_mean.copy_(_torch_array(torch, layer.running_mean))
+            m.running_var.copy_(_torch_array(torch, layer.running_var))
+    elif isinstance(layer, L.GroupNorm):
+        m = nn.GroupNorm(layer.num_groups, layer.num_channels, eps=layer.eps, affine=layer.affine)
+        if layer.affine and layer.bias is None:  # GroupNorm(..., bias=False): a weight alone
+            m.bias = None
+    else:
+        raise TypeError(f"torch_mirror: no torch counterpart for {type(layer).__name__}; add one to "
+                        "benchmarks/common.py (torch_mirror)")
+    with torch.no_grad():
+        for name, p in m.named_parameters(recurse=False):  # frozen stays frozen (airbench's whitening, BN scales)
+            src = getattr(layer, name)
+            p.copy_(_torch_array(torch, src.data))
+            p.requires_grad_(src.requires_grad)
+    return m
+
+
+def _torch_array(torch, a):
+    return torch.from_numpy(np.array(gpuconv.asnumpy(a), dtype=np.float32))
+
+
+_MIRROR_MODULES = {}
+
+
+def _mirror_modules(torch):
+    """The torch modules of gpuconv layers that torch.nn lacks (made once per torch module)."""
+    if id(torch) in _MIRROR_MODULES:
+        return _MIRROR_MODULES[id(torch)]
+    nn, F = torch.nn, torch.nn.functional
+
+    class Scale(nn.Module):
+        def __init__(self, factor):
+            super().__init__()
+            self.factor = factor
+
+        def forward(self, x):
+            return x * self.factor
+
+    class Residual(nn.Module):  # shortcut(x) + inner(x), the identity without a shortcut
+        def __init__(self, inner, shortcut=None):
+            super().__init__()
+            self.inner = inner
+            self.shortcut = shortcut
+
+        def forward(self, x):
+            return (x if self.shortcut is None else self.shortcut(x)) + self.inner(x)
+
+    class Concat(nn.Module):  # the branches' outputs joined along the channels, named as gpuconv's
+        def __init__(self, branches):
+            super().__init__()
+            for name, m in branches.items():
+                self.add_module(name, m)
+
+        def forward(self, x):
+            return torch.cat([m(x) for m in self.children()], 1)
+
+    class SqueezeExcitation(nn.Module):  # torchvision's: x * scale_activation(fc2(activation(fc1(avgpool(x)))))
+        def __init__(self, children, gate):
+            super().__init__()
+            for name, m in children.items():
+                self.add_module(name, m)
+            self.gate = tuple(gate)
+
+        def forward(self, x):
+            s = x
+            for name in self.gate:
+                s = getattr(self, name)(s)
+            return x * s
+
+    class ChannelShuffle(nn.Module):
+        def __init__(self, groups):
+            super().__init__()
+            self.groups = groups
+
+        def forward(self, x):
+            n, c, h, w = x.shape
+            return x.reshape(n, self.groups, c // self.groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+    class Narrow(nn.Module):
+        def __init__(self, dim, start, length):
+            super().__init__()
+            self.dim, self.start, self.length = dim, start, length
+
+        def forward(self, x):
+            return x.narrow(self.dim, self.start, self.length)
+
+    class BatchNorm2d(nn.BatchNorm2d):  # with gpuconv's fused activation after it (same parameter names)
+        activation = None
+
+        def forward(self, x):
+            y = super().forward(x)
+            return y if self.activation is None else self.activation(y)
+
+    class SameMaskDropout(nn.Module):
+        """gpuconv's Dropout masks: the keys a copy of the layer's generator draws next, hashed on the host."""
+
+        def __init__(self, layer):
+            super().__init__()
+            self.p, self.rng = layer.p, copy.deepcopy(layer._rng())
+
+        def forward(self, x):
+            if not self.training or self.p == 0:
+                return x
+            from gpuconv.ops.dropout import draw_key, keep_bits, keep_scale
+            keep = keep_bits(draw_key(self.rng), self.p, tuple(x.shape))
+            mask = keep.astype(np.float64) * float(keep_scale(self.p, np.float64))
+            return x * torch.from_numpy(mask).to(device=x.device, dtype=x.dtype)
+
+    mods = types.SimpleNamespace(Scale=Scale, Residual=Residual, Concat=Concat, SqueezeExcitation=SqueezeExcitation,
+                                 ChannelShuffle=ChannelShuffle, Narrow=Narrow, BatchNorm2d=BatchNorm2d,
+                                 SameMaskDropout=SameMaskDropout,
+                                 ACTIVATIONS={None: None, "relu": F.relu, "gelu": F.gelu})
+    _MIRROR_MODULES[id(torch)] = mods
+    return mods
 
 
 # ----------------------------------------------------------------------------- validation

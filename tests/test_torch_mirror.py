@@ -1,0 +1,81 @@
+"""benchmarks/common.torch_mirror: every network ``gpuconv train --model`` offers, as a torch.nn
+module with the same weights, computes the same training step. In float64 (the mirror
+``.double()``), in training mode, the logits, the loss and every parameter gradient (compared by
+gpuconv's state dict names) agree with gpuconv's NumPy path to rounding; benchmarks/bench_models.py
+times the two against each other, so a mismatch would make its ratios meaningless."""
+from __future__ import annotations
+
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+
+from gpuconv import layers as L
+from gpuconv import ops
+from gpuconv.cli._models import AIRBENCH_MODELS, MODELS, WIDTH_MODELS, build_model
+
+BENCH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
+# The narrower versions the constructors offer, for speed (the published widths otherwise).
+NARROW = {"densenet121": {"growth_rate": 4}, "resnext29": {"cardinality": 2, "bottleneck_width": 4},
+          "shufflenetv2": {"net_size": 0.5}}
+TOL = 1e-9
+
+
+def _common():
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    import common
+    return common
+
+
+def small_model(name):
+    width = 4 if name in WIDTH_MODELS or name in AIRBENCH_MODELS else None
+    model, _ = build_model(name, seed=3, width=width, model_kwargs=NARROW.get(name))
+    return model
+
+
+def _rel(got, want, floor=1e-4):
+    """max |got - want| / max |want|, the scale at least ``floor`` (a gradient that is zero but for
+    rounding, a bias before a batch norm's, compares at that scale)."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    assert got.shape == want.shape
+    return float(np.max(np.abs(got - want)) / max(float(np.max(np.abs(want))), floor))
+
+
+@pytest.fixture
+def torch():
+    """torch on one thread: its float64 CPU kernels spin 10-100x slower on a busy 2-core machine."""
+    torch = pytest.importorskip("torch")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield torch
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_mirror_computes_the_same_training_step(name, torch):
+    common = _common()
+    model = small_model(name).astype(np.float64)  # float32 weights: exact in the float32 copy the mirror makes
+    mirror = common.torch_mirror(torch, model, same_dropout=True).double()
+    mirror.train()
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 3, 32, 32))
+    y = np.array([3, 7])
+    logits = model(x)
+    loss, dlogits = ops.softmax_cross_entropy(logits, y)
+    model.backward(dlogits)
+    t_logits = mirror(torch.from_numpy(x))
+    t_loss = torch.nn.functional.cross_entropy(t_logits, torch.from_numpy(y))
+    t_loss.backward()
+    assert _rel(logits, t_logits.detach().numpy()) < TOL
+    assert abs(float(loss) - t_loss.item()) < TOL * abs(t_loss.item())
+    ours = dict(model.named_parameters())
+    theirs = dict(mirror.named_parameters())
+    assert sorted(ours) == sorted(theirs)  # gpuconv's names, every one
+    assert set(model.state_dict()) <= set(mirror.state_dict())  # the buffers too (torch adds num_batches_tracked)
+    for pname, p in ours.items():
+        t = theirs[pname]
+        assert t.requires_grad == p.requires_grad, pname
+        if p.requires_grad:
+            assert _rel(p.grad, t.grad.numpy()) < TOL, pname
