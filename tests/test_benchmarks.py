@@ -94,7 +94,7 @@ def test_sim_tiny_run_validates_and_saves_its_record(name, tmp_path):
 
 
 @no_gpu
-@pytest.mark.parametrize("name", SCRIPTS + ["sanitize_gpu"])
+@pytest.mark.parametrize("name", SCRIPTS + ["sanitize_gpu", "bench_models"])
 def test_cuda_without_a_gpu_exits_2_naming_the_simulator_command(name):
     proc = run_script(name)
     assert proc.returncode == 2
@@ -1188,3 +1188,51 @@ def test_the_readmes_commands_take_the_arguments_it_shows(monkeypatch):
         except SystemExit as exc:
             pytest.fail(f"benchmarks/README.md's `python benchmarks/{name}.py{args}` is refused (exit {exc.code})")
         pytest.fail(f"benchmarks/{name}.py returned without parsing its arguments")
+
+
+@pytest.mark.slow
+def test_bench_models_validates_on_the_simulator_and_saves_its_record(tmp_path):
+    """bench_models --device sim --tiny: the model-zoo step of fast and resnet18 (narrow) in fp32 and
+    bf16 validated against float64 (PyTorch's mirror where torch is installed, gpuconv's NumPy path
+    otherwise) and run, no time claimed; the record names every row."""
+    proc = run_script("bench_models", "--device", "sim", "--tiny", "--models", "fast", "resnet18", "--save",
+                      env={"GPUCONV_BENCH_RESULTS": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "validation only" in proc.stdout
+    (saved,) = tmp_path.glob("*.json")
+    assert saved.name.endswith("-host-simulator-gpuconv-hostsim-bench_models.json")
+    rec = json.loads(saved.read_text())
+    assert rec["benchmark"] == "bench_models" and rec["timed"] is False and rec["validation"]["passed"]
+    names = [c["name"] for c in rec["validation"]["checks"]]
+    for model in ("fast", "resnet18"):
+        assert f"{model} fp32: loss vs float64" in names and f"{model} bf16: loss vs float64" in names
+        assert any(n.startswith(f"{model} fp32: gradients vs float64 (worst parameter: ") for n in names)
+    assert [(r["model"], r["precision"], r["batch"]) for r in rec["results"]] == [
+        ("fast", "fp32", 2), ("fast", "bf16", 2), ("resnet18", "fp32", 2), ("resnet18", "bf16", 2)]
+    assert all(r["ms"] is None and np.isfinite(r["final_loss"]) for r in rec["results"])
+
+
+def test_bench_models_on_the_cpu_times_the_numpy_path_and_refuses_bf16():
+    proc = run_script("bench_models", "--device", "cpu", "--tiny", "--models", "fast", "--no-torch", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rec = json.loads(proc.stdout)
+    assert rec["timed"] is True and rec["validation"]["passed"]
+    (row,) = rec["results"]
+    assert row["precision"] == "fp32" and row["ms"] > 0 and row["images_per_s"] > 0 and row["torch_ms"] is None
+    proc = run_script("bench_models", "--device", "cpu", "--tiny", "--precisions", "bf16")
+    assert proc.returncode == 2 and "fp32 only" in proc.stderr
+
+
+def test_bench_models_validation_catches_a_wrong_gradient(monkeypatch):
+    """A gradient gpuconv got wrong (one parameter's scaled by 1.01) fails the validation: nothing timed."""
+    bench = load("bench_models")
+    real = bench.amp.training_step
+
+    def wrong(model, *a, **kw):
+        out = real(model, *a, **kw)
+        p = model.parameters()[0]
+        p.grad = p.grad * 1.01
+        return out
+    monkeypatch.setattr(bench.amp, "training_step", wrong)
+    monkeypatch.setattr(bench.common, "torch_module", lambda *a, **kw: None)
+    assert bench.main(["--device", "sim", "--tiny", "--models", "fast", "--precisions", "fp32"]) == 1
