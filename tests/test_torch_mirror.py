@@ -79,3 +79,47 @@ def test_mirror_computes_the_same_training_step(name, torch):
         assert t.requires_grad == p.requires_grad, pname
         if p.requires_grad:
             assert _rel(p.grad, t.grad.numpy()) < TOL, pname
+
+
+def test_mirror_of_the_layers_no_model_uses(torch):
+    """The layers beyond the zoo's: dilation and padding modes, 'same' of an even kernel, a
+    transposed convolution, group norm (and its weight without bias), LP and adaptive max pooling,
+    average pooling without the padding in the divisor, the other activations, Unflatten, Dropout's
+    masks, a Concat of named branches and a Residual with a shortcut."""
+    common = _common()
+    net = L.Sequential(
+        L.Conv2d(3, 4, 3, padding=2, dilation=2, padding_mode="reflect", seed=1), L.LeakyReLU(0.2),
+        L.Conv2d(4, 4, 2, padding="same", padding_mode="circular", groups=2, seed=2), L.Tanh(),
+        L.GroupNorm(2, 4), L.ConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1, seed=3),
+        L.GroupNorm(3, 6, bias=False), L.SiLU(),
+        L.Concat({"a": L.AvgPool2d(3, 2, padding=1, count_include_pad=False, floor=True),
+                  "b": L.Sequential(L.LPPool2d(2, 2), L.Sigmoid())}),
+        L.Residual(L.Sequential(L.Conv2d(12, 8, 1, seed=4), L.BatchNorm2d(8, activation="gelu")),
+                   shortcut=L.Conv2d(12, 8, 1, bias=False, seed=5)),
+        L.AdaptiveMaxPool2d((3, 2)), L.Flatten(), L.Unflatten(1, (8, 6)), L.Flatten(), L.Dropout(0.3, seed=6),
+        L.Linear(48, 10, seed=7)).astype(np.float64)
+    mirror = common.torch_mirror(torch, net, same_dropout=True).double()
+    x = np.random.default_rng(2).standard_normal((2, 3, 9, 9))
+    y = np.array([1, 4])
+    for _ in range(2):  # two steps: Dropout's second mask too
+        net.zero_grad()
+        mirror.zero_grad()
+        logits = net(x)
+        loss, dlogits = ops.softmax_cross_entropy(logits, y)
+        net.backward(dlogits)
+        t_logits = mirror(torch.from_numpy(x))
+        torch.nn.functional.cross_entropy(t_logits, torch.from_numpy(y)).backward()
+        assert _rel(logits, t_logits.detach().numpy()) < TOL
+        theirs = dict(mirror.named_parameters())
+        assert sorted(theirs) == sorted(n for n, _ in net.named_parameters())
+        for pname, p in net.named_parameters():
+            assert _rel(p.grad, theirs[pname].grad.numpy()) < TOL, pname
+
+
+def test_mirror_names_a_layer_it_has_no_counterpart_for(torch):
+    class Custom(L.Layer):
+        def forward(self, x):
+            return x
+
+    with pytest.raises(TypeError, match="no torch counterpart for Custom"):
+        _common().torch_mirror(torch, L.Sequential(L.ReLU(), Custom()))
