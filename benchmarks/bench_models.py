@@ -223,7 +223,7 @@ def table(rec):
         ("model", "model", ""), ("precision", "precision", ""), ("batch", "batch", "d"),
         ("parameters", "params", "d"), ("ms", "ms/step", ".2f"), ("images_per_s", "img/s", ".0f"),
         ("torch_ms", "torch ms", ".2f"), ("torch_images_per_s", "torch img/s", ".0f"),
-        ("speed_vs_torch", "vs torch", ".2f")])
+        ("speed_vs_torch", "vs torch", ".2f"), ("validated", "validated", "")])
     print("vs torch = PyTorch's time / gpuconv's (above 1: gpuconv is faster)")
 
 
@@ -259,31 +259,38 @@ def main(argv=None):
             t.set_num_threads(args.threads)
     checks = common.Checks()
     rows = []
+    rec = common.record(NAME, args, checks, rows, hyperparameters=HYPER, validate_batch=args.validate_batch,
+                        torch_version=None if vtorch is None else vtorch.__version__,
+                        torch_threads=None if torch is None or args.device == "cuda" else torch.get_num_threads(),
+                        complete=False)
+    rec["timed"] = args.device in ("cuda", "cpu")  # the CPU by the wall clock
+    x, y = batch_data(args.batch, seed=2)
     with common.device_context(args):
-        for name in args.models:
-            for precision in precisions:
-                validate(name, factory(name, args.tiny), precision, args, checks, vtorch)
-        if not checks.passed:
-            return common.failed_validation(NAME, checks, args)
-        x, y = batch_data(args.batch, seed=2)
-        for name in args.models:
+        for name in args.models:  # each model validated, then timed; the record saved after each
             make = factory(name, args.tiny)
+            first = len(checks.items)
+            for precision in precisions:
+                validate(name, make, precision, args, checks, vtorch)
+            if not all(c["ok"] for c in checks.items[first:]):  # not timed; the others still are
+                rows.extend({"model": name, "precision": precision, "batch": args.batch, "validated": False}
+                            for precision in precisions)
+                print(f"{name}: validation failed; not timed", file=sys.stderr)
+                continue
             params = int(sum(q.data.size for q in make().parameters()))
             for precision in precisions:
                 ms, loss = run_gpuconv(make, x, y, args, precision)
                 t_ms, t_loss = run_torch(torch, make, x, y, args, precision) if torch is not None else (None, None)
                 checks.add(f"{name} {precision}: loss finite after {args.warmup + args.repeat} steps",
                            np.isfinite(loss), detail=f"loss {loss}")
-                rows.append({"model": name, "precision": precision, "batch": args.batch, "parameters": params,
-                             "ms": ms, "images_per_s": args.batch * 1000 / ms if ms else None,
+                rows.append({"model": name, "precision": precision, "batch": args.batch, "validated": True,
+                             "parameters": params, "ms": ms, "images_per_s": args.batch * 1000 / ms if ms else None,
                              "torch_ms": t_ms, "torch_images_per_s": args.batch * 1000 / t_ms if t_ms else None,
                              "speed_vs_torch": common.ratio(t_ms, ms), "final_loss": loss, "torch_final_loss": t_loss})
-    rec = common.record(NAME, args, checks, rows, hyperparameters=HYPER, validate_batch=args.validate_batch,
-                        torch_version=None if vtorch is None else vtorch.__version__,
-                        torch_threads=None if torch is None or args.device == "cuda" else torch.get_num_threads())
-    if args.device == "cpu":
-        rec["timed"] = True  # by the wall clock
-    return common.finish(rec, args, table, checks)
+            if args.save and name != args.models[-1]:  # a run cut short keeps the models it finished
+                rec["validation"] = checks.as_dict()
+                common.save_record(rec, NAME)
+    rec["validation"], rec["complete"] = checks.as_dict(), True
+    return common.finish(rec, args, table, checks)  # exit 1 when a check failed; the record stands
 
 
 if __name__ == "__main__":

@@ -58,6 +58,10 @@
 #             bench_airbench --recipe airbench94_muon: two bf16 epochs of 20,000 images, eager, as
 #             a CUDA graph (Muon's lrs on the device, its Newton-Schulz GEMMs on gpuconv's kernels)
 #             and PyTorch's
+#   [step]    bench_models: the training step of a few `gpuconv train --model` networks (ResNet18,
+#             MobileNetV2, ShuffleNetV2, DenseNet121) at batch 128, bf16 and fp32, against the same
+#             network in PyTorch eager, each validated against float64 first (the record saved after
+#             each network)
 #   [caches]  CuPy's and gpuconv's kernel caches, tarred for the next run
 # STAGES="tests conv" (say) runs the smoke stage and those groups; default: all of them.
 #
@@ -417,6 +421,12 @@ if want airbench; then
         --precisions bf16 --save
     stage bench_airbench_muon 45 "$PY" benchmarks/bench_airbench.py --recipe airbench94_muon --epochs 2 \
         --images 20000 --precisions bf16 --save
+fi
+
+# ---------------------------------------------------------------- the model zoo's step, in what time is left
+if want step; then
+    stage bench_models 60 "$PY" benchmarks/bench_models.py --models resnet18 mobilenetv2 shufflenetv2 densenet121 \
+        --batch 128 --precisions bf16 fp32 --warmup 2 --repeat 5 --save
 fi
 
 # ---------------------------------------------------------------- kernel caches for the next run

@@ -508,11 +508,11 @@ def test_gpu_battery_caps_every_stage_and_publishes_after_each(tmp_path):
     assert names == ["precompile", "wgmma_probe", "smoke", "tests", "bench_conv2d", "bench_airbench", "airbench",
                      "airbench_graph", "bench_conv2d_airbench", "bench_conv2d_grouped", "bench_step", "bench_step_autotune", "sanitizer_memcheck",
                      "sanitizer_racecheck", "profile_step", "bench_ops", "bench_cs231n", "bench_epoch", "parity", "ncu",
-                     "bench_airbench96", "bench_airbench_muon"], summary
+                     "bench_airbench96", "bench_airbench_muon", "bench_models"], summary
     status = [line.split()[0] for line in summary]
     # bench_ops is cut at its 40 s cap, though it would hang for 60; then the 56 s budget, less the
     # 10 s kept for the caches, leaves under 15 s: every later stage is skipped, none is run short.
-    assert status == ["ok"] * 15 + ["TIMEOUT"] + ["SKIPPED"] * 6, summary
+    assert status == ["ok"] * 15 + ["TIMEOUT"] + ["SKIPPED"] * 7, summary
     assert summary[15].endswith("last output: fake python: timing max pool")  # where the cut stage was
     assert all(re.search(r"\d+s of the budget left$", line) for line in summary[16:])
     assert all(len(line.split()) == 3 for line in summary[:15])
@@ -1203,6 +1203,7 @@ def test_bench_models_validates_on_the_simulator_and_saves_its_record(tmp_path):
     assert saved.name.endswith("-host-simulator-gpuconv-hostsim-bench_models.json")
     rec = json.loads(saved.read_text())
     assert rec["benchmark"] == "bench_models" and rec["timed"] is False and rec["validation"]["passed"]
+    assert rec["complete"] is True  # (the record saved after the first model, then overwritten: one file)
     names = [c["name"] for c in rec["validation"]["checks"]]
     for model in ("fast", "resnet18"):
         assert f"{model} fp32: loss vs float64" in names and f"{model} bf16: loss vs float64" in names
