@@ -87,7 +87,7 @@ def _worst(grads, ref):
     parameter's scale, max |ref|, but at least 1e-3 of the largest gradient in the network (a
     gradient that is zero but for rounding, a batch norm's bias before another batch norm, has no
     scale of its own: relative to itself any precision's error is of order 1e9)."""
-    ref = {n: np.asarray(common.host(r), np.float64) for n, r in ref.items()}
+    ref = {n: np.asarray(common.host(ref[n]), np.float64) for n in grads}  # (a frozen parameter has none)
     floor = 1e-3 * max(float(np.max(np.abs(r))) if r.size else 0.0 for r in ref.values())
 
     def err(g, r):
