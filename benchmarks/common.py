@@ -261,7 +261,7 @@ def torch_mirror(torch, layer, same_dropout=False):
     layer or network ``layer``, its parameters and buffers named by gpuconv's state dict keys (so
     gradients compare by name), frozen parameters frozen. Every layer the ``gpuconv train --model``
     networks use has a counterpart: containers (Sequential, Residual with or without a shortcut,
-    Concat, SqueezeExcitation), convolutions (groups, dilation, 'same', padding modes; gpuconv's
+    Concat, DualPath, SqueezeExcitation), convolutions (groups, dilation, 'same', padding modes; gpuconv's
     ``floor`` is PyTorch's only rule), pools (padding, count_include_pad, adaptive, LP), batch norm
     with its fused activation, group norm, the activations, Dropout, and the shape layers.
 
@@ -278,6 +278,10 @@ def torch_mirror(torch, layer, same_dropout=False):
     if isinstance(layer, L.Concat):
         return M.Concat(OrderedDict((name, torch_mirror(torch, child, same_dropout))
                                     for name, child in layer.named_children()))
+    if isinstance(layer, L.DualPath):  # its residual path's layers (or ``residual``) and ``shortcut``, by name
+        children = OrderedDict((name, torch_mirror(torch, child, same_dropout))
+                               for name, child in layer.named_children())
+        return M.DualPath(children, layer.shortcut is not None, layer.split, layer.activation)
     if isinstance(layer, L.SqueezeExcitation):
         return M.SqueezeExcitation(OrderedDict((name, torch_mirror(torch, child, same_dropout))
                                                for name, child in layer.named_children()), layer._gate)
@@ -370,6 +374,22 @@ def _mirror_modules(torch):
         def forward(self, x):
             return torch.cat([m(x) for m in self.children()], 1)
 
+    class DualPath(nn.Module):  # cat([s[:, :d] + r[:, :d], s[:, d:], r[:, d:]], 1), s = shortcut(x) or x
+        def __init__(self, children, has_shortcut, split, activation):
+            super().__init__()
+            for name, m in children.items():
+                self.add_module(name, m)
+            self.path = [name for name in children if not (has_shortcut and name == "shortcut")]
+            self.has_shortcut, self.split, self.activation = has_shortcut, split, activation
+
+        def forward(self, x):
+            r = x
+            for name in self.path:
+                r = getattr(self, name)(r)
+            s, d = (self.shortcut(x) if self.has_shortcut else x), self.split
+            y = torch.cat([s[:, :d] + r[:, :d], s[:, d:], r[:, d:]], 1)
+            return F.relu(y) if self.activation == "relu" else y
+
     class SqueezeExcitation(nn.Module):  # torchvision's: x * scale_activation(fc2(activation(fc1(avgpool(x)))))
         def __init__(self, children, gate):
             super().__init__()
@@ -422,7 +442,8 @@ def _mirror_modules(torch):
             mask = keep.astype(np.float64) * float(keep_scale(self.p, np.float64))
             return x * torch.from_numpy(mask).to(device=x.device, dtype=x.dtype)
 
-    mods = types.SimpleNamespace(Scale=Scale, Residual=Residual, Concat=Concat, SqueezeExcitation=SqueezeExcitation,
+    mods = types.SimpleNamespace(Scale=Scale, Residual=Residual, Concat=Concat, DualPath=DualPath,
+                                 SqueezeExcitation=SqueezeExcitation,
                                  ChannelShuffle=ChannelShuffle, Narrow=Narrow, BatchNorm2d=BatchNorm2d,
                                  SameMaskDropout=SameMaskDropout,
                                  ACTIVATIONS={None: None, "relu": F.relu, "gelu": F.gelu})

@@ -17,8 +17,8 @@ from gpuconv.cli._models import AIRBENCH_MODELS, MODELS, WIDTH_MODELS, build_mod
 
 BENCH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
 # The narrower versions the constructors offer, for speed (the published widths otherwise).
-NARROW = {"densenet121": {"growth_rate": 4}, "resnext29": {"cardinality": 2, "bottleneck_width": 4},
-          "shufflenetv2": {"net_size": 0.5}}
+NARROW = {**{name: {"growth_rate": 4} for name in ("densenet121", "densenet169", "densenet201", "densenet161")},
+          "resnext29": {"cardinality": 2, "bottleneck_width": 4}, "shufflenetv2": {"net_size": 0.5}}
 TOL = 1e-9
 
 
