@@ -12,7 +12,9 @@ from gpuconv import amp
 from gpuconv.graphs import StepGraph
 from gpuconv.layers import AdaptiveAvgPool2d, BatchNorm2d, Conv2d, DualPath, Flatten, Identity, Linear, Sequential
 from gpuconv.optim import SGD
+from test_concat import assert_bf16_step_matches_fp32
 from test_layers import check_layer_gradients
+from test_models import _kuangliu_dpn_bottleneck
 
 
 def dpn_block(c_in, width, out, dense, stride=1, first=True, groups=2, seed=0):
@@ -150,22 +152,9 @@ def test_a_mixed_precision_step_on_the_simulator_trains_in_bf16():
     """amp's bf16 step through DPN blocks on the simulator, channels_last as the trainer feeds
     bf16: the paths join in bf16, the float32 gradients agree with a float32 step's to bf16's
     precision."""
-    rng = np.random.default_rng(4)
-    x = gpuconv.to_channels_last(rng.standard_normal((4, 3, 8, 8)).astype(np.float32))
-    y = rng.integers(0, 10, 4)
-    grads = {}
-    for precision in ("bf16", "fp32"):
-        with gpuconv.default_device("sim"):
-            net = Sequential(dpn_block(3, 4, 3, 2, stride=2, seed=5), dpn_block(7, 4, 3, 2, first=False, seed=9),
-                             AdaptiveAvgPool2d(1), Flatten(), Linear(9, 10, seed=6))
-            opt = SGD(net.parameters(), lr=0.0)
-            loss, logits = amp.training_step(net, opt, x, y, precision)
-        assert logits.dtype == (gpuconv.bfloat16 if precision == "bf16" else np.float32) and np.isfinite(loss)
-        grads[precision] = {n: p.grad for n, p in net.named_parameters()}
-        assert all(g.dtype == np.float32 for g in grads[precision].values())
-    for name, g in grads["fp32"].items():
-        err = np.linalg.norm(grads["bf16"][name] - g) / np.linalg.norm(g)
-        assert err < 0.1, f"{name}: {err}"
+    assert_bf16_step_matches_fp32(lambda: Sequential(dpn_block(3, 4, 3, 2, stride=2, seed=5),
+                                                     dpn_block(7, 4, 3, 2, first=False, seed=9),
+                                                     AdaptiveAvgPool2d(1), Flatten(), Linear(9, 10, seed=6)))
 
 
 def test_state_dict_keys_parameter_names_repr_and_indexing():
@@ -328,35 +317,7 @@ def test_a_dpn_block_matches_kuanglius_bottleneck_in_torch():
     dict loaded as it is: the same y, dx, weight gradients and running statistics in float64, for a
     stage's first block (a projection, stride 2) and a later one (the identity)."""
     torch = pytest.importorskip("torch")
-    nn, F = torch.nn, torch.nn.functional
-
-    class Bottleneck(nn.Module):  # (his, as published)
-        def __init__(self, last_planes, in_planes, out_planes, dense_depth, stride, first_layer):
-            super().__init__()
-            self.out_planes = out_planes
-            self.dense_depth = dense_depth
-            self.conv1 = nn.Conv2d(last_planes, in_planes, kernel_size=1, bias=False)
-            self.bn1 = nn.BatchNorm2d(in_planes)
-            self.conv2 = nn.Conv2d(in_planes, in_planes, kernel_size=3, stride=stride, padding=1, groups=32,
-                                   bias=False)
-            self.bn2 = nn.BatchNorm2d(in_planes)
-            self.conv3 = nn.Conv2d(in_planes, out_planes + dense_depth, kernel_size=1, bias=False)
-            self.bn3 = nn.BatchNorm2d(out_planes + dense_depth)
-            self.shortcut = nn.Sequential()
-            if first_layer:
-                self.shortcut = nn.Sequential(
-                    nn.Conv2d(last_planes, out_planes + dense_depth, kernel_size=1, stride=stride, bias=False),
-                    nn.BatchNorm2d(out_planes + dense_depth))
-
-        def forward(self, x):
-            out = F.relu(self.bn1(self.conv1(x)))
-            out = F.relu(self.bn2(self.conv2(out)))
-            out = self.bn3(self.conv3(out))
-            x = self.shortcut(x)
-            d = self.out_planes
-            out = torch.cat([x[:, :d, :, :] + out[:, :d, :, :], x[:, d:, :, :], out[:, d:, :, :]], 1)
-            out = F.relu(out)
-            return out
+    Bottleneck = _kuangliu_dpn_bottleneck(torch)
 
     torch.manual_seed(0)
     rng = np.random.default_rng(8)

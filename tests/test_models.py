@@ -2169,6 +2169,44 @@ def test_dpn26_structure_and_shapes():
             build(in_channels=0)
 
 
+def _kuangliu_dpn_bottleneck(torch):
+    """kuangliu/pytorch-cifar's DPN Bottleneck, as published in models/dpn.py."""
+    nn, F = torch.nn, torch.nn.functional
+
+    class Bottleneck(nn.Module):
+        def __init__(self, last_planes, in_planes, out_planes, dense_depth, stride, first_layer):
+            super(Bottleneck, self).__init__()
+            self.out_planes = out_planes
+            self.dense_depth = dense_depth
+
+            self.conv1 = nn.Conv2d(last_planes, in_planes, kernel_size=1, bias=False)
+            self.bn1 = nn.BatchNorm2d(in_planes)
+            self.conv2 = nn.Conv2d(in_planes, in_planes, kernel_size=3, stride=stride, padding=1, groups=32,
+                                   bias=False)
+            self.bn2 = nn.BatchNorm2d(in_planes)
+            self.conv3 = nn.Conv2d(in_planes, out_planes + dense_depth, kernel_size=1, bias=False)
+            self.bn3 = nn.BatchNorm2d(out_planes + dense_depth)
+
+            self.shortcut = nn.Sequential()
+            if first_layer:
+                self.shortcut = nn.Sequential(
+                    nn.Conv2d(last_planes, out_planes + dense_depth, kernel_size=1, stride=stride, bias=False),
+                    nn.BatchNorm2d(out_planes + dense_depth)
+                )
+
+        def forward(self, x):
+            out = F.relu(self.bn1(self.conv1(x)))
+            out = F.relu(self.bn2(self.conv2(out)))
+            out = self.bn3(self.conv3(out))
+            x = self.shortcut(x)
+            d = self.out_planes
+            out = torch.cat([x[:, :d, :, :] + out[:, :d, :, :], x[:, d:, :, :], out[:, d:, :, :]], 1)
+            out = F.relu(out)
+            return out
+
+    return Bottleneck
+
+
 class _KuangliuDPN:
     """kuangliu/pytorch-cifar's models/dpn.py (Bottleneck, DPN), as published."""
 
@@ -2176,36 +2214,7 @@ class _KuangliuDPN:
     def build(torch, cfg):
         nn, F = torch.nn, torch.nn.functional
 
-        class Bottleneck(nn.Module):
-            def __init__(self, last_planes, in_planes, out_planes, dense_depth, stride, first_layer):
-                super(Bottleneck, self).__init__()
-                self.out_planes = out_planes
-                self.dense_depth = dense_depth
-
-                self.conv1 = nn.Conv2d(last_planes, in_planes, kernel_size=1, bias=False)
-                self.bn1 = nn.BatchNorm2d(in_planes)
-                self.conv2 = nn.Conv2d(in_planes, in_planes, kernel_size=3, stride=stride, padding=1, groups=32,
-                                       bias=False)
-                self.bn2 = nn.BatchNorm2d(in_planes)
-                self.conv3 = nn.Conv2d(in_planes, out_planes + dense_depth, kernel_size=1, bias=False)
-                self.bn3 = nn.BatchNorm2d(out_planes + dense_depth)
-
-                self.shortcut = nn.Sequential()
-                if first_layer:
-                    self.shortcut = nn.Sequential(
-                        nn.Conv2d(last_planes, out_planes + dense_depth, kernel_size=1, stride=stride, bias=False),
-                        nn.BatchNorm2d(out_planes + dense_depth)
-                    )
-
-            def forward(self, x):
-                out = F.relu(self.bn1(self.conv1(x)))
-                out = F.relu(self.bn2(self.conv2(out)))
-                out = self.bn3(self.conv3(out))
-                x = self.shortcut(x)
-                d = self.out_planes
-                out = torch.cat([x[:, :d, :, :] + out[:, :d, :, :], x[:, d:, :, :], out[:, d:, :, :]], 1)
-                out = F.relu(out)
-                return out
+        Bottleneck = _kuangliu_dpn_bottleneck(torch)
 
         class DPN(nn.Module):
             def __init__(self, cfg):

@@ -394,16 +394,24 @@ def simpledla(num_classes=10, seed=0, in_channels=3):
     Input must be ``in_channels`` x 32 x 32 (3: RGB). Its recipe, ``RECIPES['simpledla']``, is
     kuangliu's main.py, as resnet18's: SGD (momentum 0.9, weight decay 5e-4) at lr 0.1 with cosine
     annealing over 200 epochs, batch 128, random crop (pad 4) and flip."""
-    c = _in_channels("simpledla", in_channels)
-    seeds = iter(_seeds(seed, 40))  # the 39 convolutions, then the linear layer
+    return _dla_net("simpledla", _dla_tree, 40, num_classes, seed, in_channels)  # 39 convolutions, the linear
+
+
+def _dla_net(name, tree, n_seeds, num_classes, seed, in_channels):
+    # kuangliu's DLA and SimpleDLA around their trees (``tree(c_in, c_out, level, stride, seeds)``):
+    # three conv3x3 - bn - relu stages (16, 16, 32), trees of levels 1, 2, 2, 1 (64, 128, 256, 512; the
+    # last three stride 2), avgpool4 and a linear head. ``n_seeds``: the convolutions and the linear
+    # layer, drawn in the order they are built.
+    c = _in_channels(name, in_channels)
+    seeds = iter(_seeds(seed, n_seeds))
 
     def conv_bn(a, b):
         return Sequential(Conv2d(a, b, 3, padding=1, bias=False, seed=next(seeds)), BatchNorm2d(b, activation="relu"))
 
     layers = {"base": conv_bn(c, 16), "layer1": conv_bn(16, 16), "layer2": conv_bn(16, 32)}
-    for name, (a, b, level, stride) in zip(("layer3", "layer4", "layer5", "layer6"),
-                                           ((32, 64, 1, 1), (64, 128, 2, 2), (128, 256, 2, 2), (256, 512, 1, 2))):
-        layers[name] = _dla_tree(a, b, level, stride, seeds)
+    for stage, (a, b, level, stride) in zip(("layer3", "layer4", "layer5", "layer6"),
+                                            ((32, 64, 1, 1), (64, 128, 2, 2), (128, 256, 2, 2), (256, 512, 1, 2))):
+        layers[stage] = tree(a, b, level, stride, seeds)
     layers.update(pool=AvgPool2d(4), flatten=Flatten(), linear=Linear(512, num_classes, seed=next(seeds)))
     return Sequential(layers)
 
@@ -443,21 +451,8 @@ def _dla_full_tree(c_in, c_out, level, stride, seeds):
 
 def dla(num_classes=10, seed=0, in_channels=3):
     """kuangliu/pytorch-cifar's Deep Layer Aggregation (``DLA()``, Yu et al. 2018): :func:`simpledla`'s
-    stem, stages, pool and head, with his full trees:
-
-    ==============  ========================================================  ============
-    name            layers                                                    output
-    ==============  ========================================================  ============
-    base            conv3x3(16) - bn - relu                                   16 x 32 x 32
-    layer1          conv3x3(16) - bn - relu                                   16 x 32 x 32
-    layer2          conv3x3(32) - bn - relu                                   32 x 32 x 32
-    layer3          a tree of level 1 (64)                                    64 x 32 x 32
-    layer4          a tree of level 2 (128), stride 2                         128 x 16 x 16
-    layer5          a tree of level 2 (256), stride 2                         256 x 8 x 8
-    layer6          a tree of level 1 (512), stride 2                         512 x 4 x 4
-    pool, flatten   avgpool4 (global average pool over the 4x4 map)           512
-    linear          linear(512 -> num_classes, with bias)                     num_classes
-    ==============  ========================================================  ============
+    stem, stages, pool and head (its table: 16, 16 and 32 channels at 32x32, trees of 64 at 32x32,
+    128 at 16x16, 256 at 8x8 and 512 at 4x4), with his full trees.
 
     A tree of c channels aggregates every node's output in its root, conv1x1 - bn - relu: at level
     1, ``root(cat([l, r]))`` with ``l = left_node(x)`` (at the tree's stride) and
@@ -471,18 +466,7 @@ def dla(num_classes=10, seed=0, in_channels=3):
     and ``layer3.root.conv.weight`` the same. Convolutions are bias-free. 16,291,386 parameters; no
     width argument (his net has none). Input must be ``in_channels`` x 32 x 32 (3: RGB). Its recipe,
     ``RECIPES['dla']``, is kuangliu's main.py, as resnet18's."""
-    c = _in_channels("dla", in_channels)
-    seeds = iter(_seeds(seed, 44))  # the 43 convolutions, then the linear layer
-
-    def conv_bn(a, b):
-        return Sequential(Conv2d(a, b, 3, padding=1, bias=False, seed=next(seeds)), BatchNorm2d(b, activation="relu"))
-
-    layers = {"base": conv_bn(c, 16), "layer1": conv_bn(16, 16), "layer2": conv_bn(16, 32)}
-    for name, (a, b, level, stride) in zip(("layer3", "layer4", "layer5", "layer6"),
-                                           ((32, 64, 1, 1), (64, 128, 2, 2), (128, 256, 2, 2), (256, 512, 1, 2))):
-        layers[name] = _dla_full_tree(a, b, level, stride, seeds)
-    layers.update(pool=AvgPool2d(4), flatten=Flatten(), linear=Linear(512, num_classes, seed=next(seeds)))
-    return Sequential(layers)
+    return _dla_net("dla", _dla_full_tree, 44, num_classes, seed, in_channels)  # 43 convolutions, the linear
 
 
 # kuangliu's RegNet configs (RegNetX_200MF(), RegNetX_400MF(), RegNetY_400MF()): the four stages'
