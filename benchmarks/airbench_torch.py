@@ -71,7 +71,8 @@ RECIPES = {
 
 def torch_layers(torch):
     """(Scale, Residual): the modules of gpuconv's layers that torch.nn lacks, ``x * factor`` and
-    ``x + inner(x)`` (benchmarks/bench_cpu.py mirrors gpuconv networks with them too)."""
+    ``x + inner(x)`` (``shortcut(x) + inner(x)`` with a shortcut; benchmarks/common.py's torch mirror
+    of gpuconv networks builds with them too)."""
     nn = torch.nn
 
     class Scale(nn.Module):
@@ -83,12 +84,13 @@ def torch_layers(torch):
             return x * self.factor
 
     class Residual(nn.Module):
-        def __init__(self, inner):
+        def __init__(self, inner, shortcut=None):
             super().__init__()
             self.inner = inner
+            self.shortcut = shortcut
 
         def forward(self, x):
-            return x + self.inner(x)
+            return (x if self.shortcut is None else self.shortcut(x)) + self.inner(x)
 
     return Scale, Residual
 

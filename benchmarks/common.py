@@ -347,23 +347,8 @@ def _mirror_modules(torch):
     if id(torch) in _MIRROR_MODULES:
         return _MIRROR_MODULES[id(torch)]
     nn, F = torch.nn, torch.nn.functional
-
-    class Scale(nn.Module):
-        def __init__(self, factor):
-            super().__init__()
-            self.factor = factor
-
-        def forward(self, x):
-            return x * self.factor
-
-    class Residual(nn.Module):  # shortcut(x) + inner(x), the identity without a shortcut
-        def __init__(self, inner, shortcut=None):
-            super().__init__()
-            self.inner = inner
-            self.shortcut = shortcut
-
-        def forward(self, x):
-            return (x if self.shortcut is None else self.shortcut(x)) + self.inner(x)
+    from airbench_torch import torch_layers  # noqa: PLC0415  (the PyTorch airbench baseline's, in this folder)
+    Scale, Residual = torch_layers(torch)  # x * factor; shortcut(x) + inner(x), the identity without a shortcut
 
     class Concat(nn.Module):  # the branches' outputs joined along the channels, named as gpuconv's
         def __init__(self, branches):
