@@ -24,32 +24,37 @@ def _basic_block(c_in, c_out, stride, seeds, squeeze_excitation=False):
     }
     if squeeze_excitation:
         inner["se"] = SqueezeExcitation(c_out, c_out // 16, seed=seeds[-1])
+    return _post_activation(inner, c_in, c_out, stride, seeds[2:3])
+
+
+def _post_activation(inner, c_in, c_out, stride, projection_seeds):
+    # A ResNet block's sum and ReLU: relu(inner(x) + shortcut(x)), ``inner`` a dict of its layers,
+    # the shortcut a bias-free 1x1 conv (seeded by ``projection_seeds[0]``, there only for a block
+    # that projects; floor=True) + BN where the block changes the shape, else the identity: the
+    # Sequential ``res`` (a Residual), ``relu``.
     shortcut = None
     if stride != 1 or c_in != c_out:
-        shortcut = Sequential(Conv2d(c_in, c_out, 1, stride=stride, bias=False, floor=stride > 1, seed=seeds[2]),
-                              BatchNorm2d(c_out))
+        shortcut = Sequential(Conv2d(c_in, c_out, 1, stride=stride, bias=False, floor=stride > 1,
+                                     seed=projection_seeds[0]), BatchNorm2d(c_out))
     return Sequential({"res": Residual(Sequential(inner), shortcut=shortcut), "relu": ReLU()})
 
 
-def _bottleneck_block(c_in, planes, stride, seeds):
+def _bottleneck_block(c_in, planes, stride, seeds, groups=1, expansion=4):
     # kuangliu's Bottleneck: relu(bn3(conv3(relu(bn2(conv2(relu(bn1(conv1(x))))))) + shortcut(x)):
-    # conv1 1x1 c_in -> planes, conv2 3x3 (the block's stride) planes -> planes, conv3 1x1 planes ->
-    # 4 planes, all bias-free; the shortcut a bias-free 1x1 conv + BN where the shape changes, else
-    # the identity. Seeds: conv1, conv2, conv3, [the projection].
-    c_out = 4 * planes
+    # conv1 1x1 c_in -> planes, conv2 3x3 (the block's stride, in ``groups`` groups: ResNeXt's)
+    # planes -> planes, conv3 1x1 planes -> ``expansion`` planes, all bias-free; the shortcut as
+    # :func:`_post_activation`'s. Seeds: conv1, conv2, conv3, [the projection].
+    c_out = expansion * planes
     inner = {
         "conv1": Conv2d(c_in, planes, 1, bias=False, seed=seeds[0]),
         "bn1": BatchNorm2d(planes, activation="relu"),
-        "conv2": Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False, floor=stride > 1, seed=seeds[1]),
+        "conv2": Conv2d(planes, planes, 3, stride=stride, padding=1, groups=groups, bias=False, floor=stride > 1,
+                        seed=seeds[1]),
         "bn2": BatchNorm2d(planes, activation="relu"),
         "conv3": Conv2d(planes, c_out, 1, bias=False, seed=seeds[2]),
         "bn3": BatchNorm2d(c_out),
     }
-    shortcut = None
-    if stride != 1 or c_in != c_out:
-        shortcut = Sequential(Conv2d(c_in, c_out, 1, stride=stride, bias=False, floor=stride > 1, seed=seeds[3]),
-                              BatchNorm2d(c_out))
-    return Sequential({"res": Residual(Sequential(inner), shortcut=shortcut), "relu": ReLU()})
+    return _post_activation(inner, c_in, c_out, stride, seeds[3:4])
 
 
 # kuangliu's ResNet and PreActResNet depths: (blocks per stage, bottleneck blocks).
@@ -291,24 +296,9 @@ def preact_resnet152(width=64, num_classes=10, seed=0, in_channels=3):
 
 
 def _resnext_block(c_in, group_width, cardinality, stride, seeds):
-    # kuangliu's ResNeXt Block: relu(bn3(conv3(relu(bn2(conv2(relu(bn1(conv1(x)))))))) + shortcut(x))
-    # with conv2 a 3x3 of ``cardinality`` groups (the block's stride) and conv3 to twice the group
-    # width; the shortcut a 1x1 conv + BN where the shape changes. floor=True as resnet18's.
-    c_out = 2 * group_width
-    inner = Sequential({
-        "conv1": Conv2d(c_in, group_width, 1, bias=False, seed=seeds[0]),
-        "bn1": BatchNorm2d(group_width, activation="relu"),
-        "conv2": Conv2d(group_width, group_width, 3, stride=stride, padding=1, groups=cardinality, bias=False,
-                        floor=stride > 1, seed=seeds[1]),
-        "bn2": BatchNorm2d(group_width, activation="relu"),
-        "conv3": Conv2d(group_width, c_out, 1, bias=False, seed=seeds[2]),
-        "bn3": BatchNorm2d(c_out),
-    })
-    shortcut = None
-    if stride != 1 or c_in != c_out:
-        shortcut = Sequential(Conv2d(c_in, c_out, 1, stride=stride, bias=False, floor=stride > 1, seed=seeds[3]),
-                              BatchNorm2d(c_out))
-    return Sequential({"res": Residual(inner, shortcut=shortcut), "relu": ReLU()})
+    # kuangliu's ResNeXt Block: a Bottleneck whose 3x3 is in ``cardinality`` groups (the block's
+    # stride) and whose conv3 goes to twice the group width.
+    return _bottleneck_block(c_in, group_width, stride, seeds, groups=cardinality, expansion=2)
 
 
 def resnext29(cardinality=2, bottleneck_width=64, num_classes=10, seed=0, in_channels=3):
@@ -498,11 +488,7 @@ def _regnet_block(w_in, w_out, stride, group_width, bottleneck_ratio, se_ratio, 
     if se_ratio > 0:
         inner["se"] = SqueezeExcitation(w_b, int(round(w_in * se_ratio)), seed=seeds[4])
     inner.update(conv3=Conv2d(w_b, w_out, 1, bias=False, seed=seeds[2]), bn3=BatchNorm2d(w_out))
-    shortcut = None
-    if stride != 1 or w_in != w_out:
-        shortcut = Sequential(Conv2d(w_in, w_out, 1, stride=stride, bias=False, floor=stride > 1, seed=seeds[3]),
-                              BatchNorm2d(w_out))
-    return Sequential({"res": Residual(Sequential(inner), shortcut=shortcut), "relu": ReLU()})
+    return _post_activation(inner, w_in, w_out, stride, seeds[3:4])
 
 
 def regnet(regnet_name="RegNetX_200MF", num_classes=10, seed=0, in_channels=3):
