@@ -120,8 +120,10 @@ def _recipe_setup(s, model, images, steps_per_epoch):
         from ..data import normalize
         init_whitening(whiten, normalize(images[:5000], CIFAR10_MEAN, CIFAR10_STD, np.float32))
     if s["optimizer"] == "airbench":
+        # with data selection the loss is the mean over the selected images, summed in airbench's form
+        mean_over = selection_count(s, len(images)) if s.get("select") else None
         groups, lr = airbench_param_groups(model, s["lr"], s["weight_decay"], s["momentum"], s["batch_size"],
-                                           s["bias_scaler"])
+                                           s["bias_scaler"], mean_over=mean_over)
         opt = SGD(groups, lr=lr, momentum=s["momentum"], nesterov=True)
     elif s["optimizer"] == "muon":
         opt = muon_optimizer(model, s["lr"], s["momentum"], s["bias_lr"], s["head_lr"], s["sgd_momentum"],
@@ -147,3 +149,67 @@ def _recipe_setup(s, model, images, steps_per_epoch):
             whiten.bias.requires_grad = epoch < epochs
         extras["epoch_start"] = epoch_start
     return opt, sched, extras
+
+
+SELECT_KEYS = ("keep", "train_every", "widths", "batchnorm_momentum", "scaling_factor")
+
+
+def _check_select(s):
+    if s.get("optimizer") != "airbench":
+        raise ValueError(f"select (data selection by a proxy) trains the proxy with airbench's optimizer: the recipe's "
+                         f"optimizer is {s.get('optimizer')!r}, use 'airbench'")
+    select = s["select"]
+    if not isinstance(select, dict) or set(select) != set(SELECT_KEYS):
+        raise ValueError(f"select must be a dict of {', '.join(SELECT_KEYS)}, got {select!r}")
+    return select
+
+
+def selection_count(s, n):
+    """The images of each batch (of ``n`` training images) the main network trains on."""
+    from ..selection import selected_count
+    return selected_count(min(s["batch_size"], n), _check_select(s)["keep"])
+
+
+def proxy_widths(s, width=None):
+    """The proxy's three widths: the recipe's, scaled as --width scales the main network (its first
+    block's width over the recipe's)."""
+    select = _check_select(s)
+    if not width:
+        return [int(w) for w in select["widths"]]
+    base = airbench_widths(s["model"], None, s.get("model_kwargs"))[0]
+    return [max(1, int(w) * int(width) // base) for w in select["widths"]]
+
+
+def build_proxy(s, seed=0, width=None):
+    """The recipe's proxy network (an airbench94 network, its whitening bias frozen): its own seed,
+    drawn from the run's, so the two networks start apart."""
+    from ..models import airbench94
+    select = _check_select(s)
+    proxy_seed = int(np.random.SeedSequence([int(seed)], spawn_key=(1,)).generate_state(1, np.uint64)[0])
+    net = airbench94(widths=proxy_widths(s, width), seed=proxy_seed,
+                     batchnorm_momentum=select["batchnorm_momentum"], scaling_factor=select["scaling_factor"])
+    net["whiten"].bias.requires_grad = False
+    return net
+
+
+def selection_loader(s, loader, images, width=None, precision="fp32", report=None, proxy=None):
+    """``loader`` wrapped in a :class:`gpuconv.selection.SelectedLoader` for the recipe's ``select``: the
+    proxy (``build_proxy``, on the default device, or ``proxy`` as given) whitened from ``images``,
+    with the recipe's optimizer (the loss summed over the selected images at the lr per 1024
+    examples), its schedule over the run's steps, its label smoothing, in ``precision``."""
+    from ..data import normalize
+    from ..models import init_whitening
+    from ..optim import SGD
+    from ..recipes import airbench_param_groups
+    from ..selection import Proxy, SelectedLoader
+    select = _check_select(s)
+    net = build_proxy(s, s.get("seed", 0), width) if proxy is None else proxy
+    init_whitening(net["whiten"], normalize(images[:5000], CIFAR10_MEAN, CIFAR10_STD, np.float32))
+    k = selection_count(s, len(images))
+    groups, lr = airbench_param_groups(net, s["lr"], s["weight_decay"], s["momentum"], s["batch_size"],
+                                       s["bias_scaler"], mean_over=k)
+    opt = SGD(groups, lr=lr, momentum=s["momentum"], nesterov=True)
+    sched = _schedule(s["schedule"], opt, opt.lr, s["epochs"] * len(loader), s["schedule_kwargs"])
+    proxy = Proxy(net, opt, sched, keep=select["keep"], train_every=int(select["train_every"]),
+                  label_smoothing=s["label_smoothing"], precision=precision)
+    return SelectedLoader(loader, proxy, s["epochs"], report=report)

@@ -225,6 +225,10 @@ def _train(args) -> int:
         _output._say(f"note: batch size {s['batch_size']} gives only {math.ceil(len(train) / s['batch_size'])} steps "
                      f"per epoch on {len(train)} images; --batch-size {suggest} suits a subset this small better")
     epochs = f"{s['epochs']} epoch{'' if s['epochs'] == 1 else 's'}"
+    if s.get("select"):
+        _output._say(f"data selection: each step trains on the {_models.selection_count(s, len(train))} of its "
+                     f"{min(s['batch_size'], len(train))} images of the highest loss under a proxy network (widths "
+                     f"{_models.proxy_widths(s, s.get('width'))}), which runs over the whole run first")
     _output._say(f"training {s['model']} (recipe {s['recipe']}) on {device} ({len(train)} images, {epochs}, batch "
                  f"{s['batch_size']}, lr {s['lr']}, {s['schedule']}, {s['precision']}); validation: {val_desc}; "
                  f"output: {args.out}")
@@ -247,6 +251,11 @@ def _train(args) -> int:
                                     drop_last=_models.drop_last(s, len(train)))
         val_loader = (DeviceLoader(val.images, val.labels, 500, shuffle=False, augment=False, device=device,
                                    channels_last=nhwc) if val is not None else None)
+        if s.get("select"):  # each step trains on the images a proxy network selects (gpuconv.selection)
+            train_loader = _models.selection_loader(s, train_loader, train.images, width=s.get("width"),
+                                                    precision=s["precision"],
+                                                    report=lambda records, seconds: _proxy_report(trainer, records,
+                                                                                                  seconds))
         opt, sched, extras = _models._recipe_setup(s, model, train.images, len(train_loader))
         trainer = Trainer(model, opt, sched, out_dir=args.out, label_smoothing=s["label_smoothing"],
                           log_every=args.log_every, seed=s["seed"], progress="epoch" if args.no_progress else True,
@@ -285,6 +294,20 @@ def _train(args) -> int:
                     _record_tta(path, s["tta"])
         _output._say(f"checkpoint: {trainer.checkpoint_path}; metrics: {trainer.metrics_path}")
     return 0
+
+
+def _proxy_report(trainer, records, seconds):
+    """The proxy phase of a run with data selection: a record per epoch in metrics.jsonl (kind
+    'proxy'), a line in the log."""
+    for record in records:
+        trainer._write_metrics(record)
+    first, last = records[0], records[-1]
+    steps = sum(r["proxy_steps"] for r in records)
+    trained = sum(r["proxy_trained_steps"] for r in records)
+    _output._say(f"data selection: the proxy ran {steps} steps ({trained} of them trained it) in {seconds:.1f}s; its "
+                 f"loss per image {first['proxy_loss']:.4f} -> {last['proxy_loss']:.4f} over the epochs, "
+                 f"{first['proxy_selected_loss']:.4f} -> {last['proxy_selected_loss']:.4f} on the {last['selected']} "
+                 f"of each {last['batch']} selected")
 
 
 def _record_tta(path, tta):
