@@ -67,6 +67,13 @@ RECIPES = {
                             whiten_bias="uniform", whiten_bias_decay=True, scale=None, head_std=1.0,
                             warmup_fraction=0.0, lr_end=0.0),
 }
+# airbench96_faster's recipe, for the reference of its data selection (proxy_step, select_hardest;
+# train() has no selection, so it is not among RECIPES): airbench96's, 45 epochs, each step trained
+# on keep_fraction of its batch, the images a proxy network (airbench94's blocks at proxy_widths,
+# PyTorch's default BN momentum, its whitening bias frozen) finds hardest; the proxy trains at
+# every proxy_train_every-th step.
+AIRBENCH96_FASTER = dict(RECIPES["airbench96"], epochs=45, keep_fraction=0.5, proxy_widths=(32, 64, 64),
+                         proxy_train_every=4)
 
 
 def torch_layers(torch):
@@ -383,6 +390,47 @@ def train(torch, images_u8, labels, device="cuda", precision="fp32", epochs=None
     if batches is not None:
         return model, seconds, float(loss_sum) / sum(len(y) for _, y in batches[-1])
     return model, seconds, float(loss_sum) / (len(loader) * batch_size if loader.drop_last else len(labels))
+
+
+def proxy_recipe(h):
+    """The proxy network's recipe of ``h`` (airbench96_faster): airbench94's blocks (no residual
+    connection) at ``h['proxy_widths']``, PyTorch's default BN momentum, the rest as ``h``."""
+    return dict(h, widths=tuple(h["proxy_widths"]), residual=False, bn_momentum=0.1)
+
+
+def build_proxy(torch, widths=None, h=None):
+    """The proxy network of ``h``, its whitening bias frozen from the start (it is in no optimizer
+    step: no gradient reaches it)."""
+    model = build(torch, widths, h=proxy_recipe(h))
+    model.whiten.bias.requires_grad = False
+    return model
+
+
+def select_hardest(torch, losses, k):
+    """The positions of the ``k`` highest ``losses``, ascending; equal losses go to the lower
+    position (a stable sort of the negated losses). The published script takes
+    ``losses.argsort()[-k:]`` as a boolean mask, the same set where no two losses tie."""
+    return torch.sort(torch.sort(-losses, stable=True).indices[:k]).values
+
+
+def proxy_step(torch, model, opts, x, y, step, total, h, k):
+    """The proxy's step ``step`` of ``total`` on the batch (x, y), as airbench96_faster's proxy run:
+    the forward in training mode (BN statistics move), each image's label-smoothed loss, the ``k``
+    highest selected; at the steps ``step % proxy_train_every == 0`` the SUMMED loss of those trains
+    it (airbench's SGD, :func:`optimizer` over the whole batch's size), the lr at the schedule's
+    ``step``. Returns (selected positions, every image's loss)."""
+    set_lrs(opts, step, total, 1, h)
+    trains = step % h["proxy_train_every"] == 0
+    with torch.set_grad_enabled(trains):
+        losses = torch.nn.functional.cross_entropy(model(x), y, label_smoothing=h["label_smoothing"],
+                                                   reduction="none")
+    rows = select_hardest(torch, losses.detach(), k)
+    if trains:
+        model.zero_grad(set_to_none=True)
+        losses[rows].sum().backward()
+        for o in opts:
+            o.step()
+    return rows, losses.detach()
 
 
 def tta_logits(torch, model, x, level):

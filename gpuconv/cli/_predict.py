@@ -56,4 +56,7 @@ def cmd_summary(args) -> int:
     model, _ = _models.build_model(name, width=args.width,
                                    model_kwargs=recipe["model_kwargs"] if name == recipe["model"] else None)
     print(model.summary((3, 32, 32)))
+    if recipe.get("select") and name == recipe["model"]:  # the network that selects its images
+        print("\nproxy (data selection: each step trains on the images of the highest loss under it)")
+        print(_models.build_proxy(recipe, width=args.width).summary((3, 32, 32)))
     return 0

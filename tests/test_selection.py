@@ -1,0 +1,282 @@
+"""Data selection by a proxy network (gpuconv.selection, the airbench96_faster recipe): the choice of
+the hardest images and its ties, the proxy's steps against the PyTorch reference in float64, the
+main network's lr on the selected images, the selection kept in the checkpoint (an exact resume),
+and the recipe end to end on the real subset."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+
+import numpy as np
+import pytest
+
+import gpuconv
+from gpuconv import checkpoint as ckpt
+from gpuconv import cli
+from gpuconv.cli import _models
+from gpuconv.data import DeviceLoader
+from gpuconv.recipes import airbench_param_groups, get_recipe
+from gpuconv.selection import SelectedLoader, select_hardest, selected_count, take_rows
+from gpuconv.trainer import Trainer
+
+from conftest import REPO, SUBSET
+
+
+def _airbench_torch():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("_bench_airbench_torch", REPO / "benchmarks" / "airbench_torch.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _data(n=48, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, n)
+
+
+def _recipe(proxy_widths=(4, 8, 8), **kw):
+    s = dict(get_recipe("airbench96_faster"), **kw)
+    s["select"] = dict(s["select"], widths=list(proxy_widths))
+    return s
+
+
+def test_recipe_entry():
+    s = cli._settings(cli.build_parser().parse_args(["train", "--recipe", "airbench96_faster"]))
+    assert (s["model"], s["epochs"], s["batch_size"], s["lr"], s["weight_decay"]) == ("airbench96", 45, 1024, 9.0,
+                                                                                     0.012)
+    assert s["select"] == {"keep": 0.5, "train_every": 4, "widths": [32, 64, 64], "batchnorm_momentum": 0.9,
+                           "scaling_factor": pytest.approx(1 / 9)}
+    assert selected_count(1024, 0.5) == 512 and _models.selection_count(s, 50_000) == 512
+    assert _models.proxy_widths(s) == [32, 64, 64] and _models.proxy_widths(s, 8) == [2, 4, 4]
+    assert get_recipe("airbench96")["select"] is None
+    with pytest.raises(ValueError, match=r"select keep=0 must be the share of each batch"):
+        selected_count(1024, 0)
+
+
+def test_select_hardest_ties_and_nan(backend):
+    """The k largest losses, positions ascending; equal losses go to the lower position and a NaN
+    counts as the largest: the same choice on every backend (a stable sort)."""
+    losses = np.array([0.5, 2.0, 1.0, 2.0, np.nan, 1.0, 0.5, 2.0, 1.0], np.float32)
+    # NaN, the three 2.0s, then the first of the 1.0s
+    np.testing.assert_array_equal(backend.asnumpy(select_hardest(backend.asarray(losses), 5)), [1, 2, 3, 4, 7])
+    ties = backend.asarray(np.ones(8, np.float64))
+    np.testing.assert_array_equal(backend.asnumpy(select_hardest(ties, 3)), [0, 1, 2])
+    with pytest.raises(ValueError, match=r"k=9 must be in 1..8"):
+        select_hardest(ties, 9)
+
+
+def test_proxy_step_on_every_backend(backend):
+    """A proxy step that trains and one that does not, on the backend's kernels: the same rows as
+    the NumPy reference's, the losses and the trained weights close to them."""
+    images, labels = _data(8)
+    s = _recipe(proxy_widths=(2, 4, 4), batch_size=8, epochs=1)
+    results = {}
+    for name in ("numpy", backend.name):
+        with gpuconv.default_device({"numpy": "cpu", "sim": "sim", "cupy": "cuda"}[name]):
+            loader = DeviceLoader(images, labels, 8, augment=True, padding=4, padding_mode="reflect",
+                                  flip="alternate", drop_last=True)
+            proxy = _models.selection_loader(s, loader, images).proxy
+            out = []
+            for step in (0, 1):
+                x, y = next(iter(loader))
+                rows, losses = proxy.step(x, y, step)
+                out.append((backend.asnumpy(rows), backend.asnumpy(losses)))
+            results[name] = (out, backend.asnumpy(proxy.model["fc"].weight.data))
+    (want, w_want), (got, w_got) = results["numpy"], results[backend.name]
+    for (r0, l0), (r1, l1) in zip(want, got):
+        np.testing.assert_array_equal(r1, r0)
+        np.testing.assert_allclose(l1, l0, rtol=1e-5)
+    np.testing.assert_allclose(w_got, w_want, rtol=1e-4, atol=1e-6)
+    if backend.name != "numpy":
+        backend.assert_kernels_ran("softmax_cross_entropy", "conv2d_forward", "conv2d_backward")
+
+
+def test_select_hardest_is_the_references_choice():
+    torch = pytest.importorskip("torch")
+    ab = _airbench_torch()
+    rng = np.random.default_rng(3)
+    losses = rng.integers(0, 4, 64).astype(np.float64)  # many ties
+    for k in (1, 7, 32, 64):
+        want = ab.select_hardest(torch, torch.as_tensor(losses), k).numpy()
+        np.testing.assert_array_equal(select_hardest(losses, k), want)
+
+
+def test_take_rows_keeps_the_layout():
+    from gpuconv import layout
+    x = np.arange(4 * 3 * 2 * 2, dtype=np.float32).reshape(4, 3, 2, 2)
+    nhwc = layout.to_channels_last(x)
+    rows = np.array([1, 3])
+    out = take_rows(nhwc, rows)
+    assert layout.is_channels_last(out)
+    np.testing.assert_array_equal(out, x[rows])
+    np.testing.assert_array_equal(take_rows(x, rows), x[rows])
+
+
+def _copy_to_torch(torch, model, tmodel):
+    state = tmodel.state_dict()
+    for name, arr in [(n, p.data) for n, p in model.named_parameters()] + list(model.named_buffers()):
+        state[name].copy_(torch.as_tensor(np.ascontiguousarray(arr), dtype=state[name].dtype))
+
+
+def test_proxy_steps_match_the_pytorch_reference_in_float64():
+    """Six proxy steps (the first and the fifth train it) on the loader's augmented batches, in
+    float64 from the same weights: every image's loss, the selected positions, and then the proxy's
+    parameters and batch-norm statistics agree with airbench_torch.proxy_step (its summed loss at
+    airbench's lr per 1024 examples; gpuconv's mean over the selected at that lr times their count)."""
+    torch = pytest.importorskip("torch")
+    ab = _airbench_torch()
+    images, labels = _data()
+    s = _recipe(batch_size=16, epochs=2)
+    loader = DeviceLoader(images, labels, 16, augment=True, padding=4, padding_mode="reflect", flip="alternate",
+                          cutout=12, drop_last=True, device="cpu")
+    net = _models.build_proxy(s, seed=1)
+    net.astype(np.float64)
+    selected = _models.selection_loader(s, loader, images, proxy=net, precision=None)
+    proxy = selected.proxy
+    assert not net["whiten"].bias.requires_grad and not net["whiten"].weight.requires_grad
+    h = dict(ab.AIRBENCH96_FASTER, proxy_widths=(4, 8, 8))
+    tmodel = ab.build_proxy(torch, h=h).double()
+    _copy_to_torch(torch, net, tmodel)
+    topts = ab.optimizer(torch, tmodel, 16, ab.proxy_recipe(h))
+    total = 2 * len(loader)
+    k = selected.keep
+    assert k == 8 and total == 6
+    tmodel.train()
+    step = 0
+    for epoch in range(2):
+        loader.set_epoch(epoch)
+        for x, y in loader:
+            x64 = x.astype(np.float64)
+            rows, losses = proxy.step(x64, y, step)
+            trows, tlosses = ab.proxy_step(torch, tmodel, topts, torch.as_tensor(x64), torch.as_tensor(y), step,
+                                           total, ab.proxy_recipe(h), k)
+            np.testing.assert_allclose(losses, tlosses.numpy(), rtol=1e-10, err_msg=f"step {step}")
+            np.testing.assert_array_equal(rows, trows.numpy(), err_msg=f"step {step}")
+            step += 1
+    state = tmodel.state_dict()
+    for name, arr in [(n, p.data) for n, p in net.named_parameters()] + list(net.named_buffers()):
+        np.testing.assert_allclose(arr, state[name].numpy(), rtol=1e-9, atol=1e-12, err_msg=name)
+    w0 = _models.build_proxy(s, seed=1)["block1"]["conv1"].weight.data
+    assert not np.allclose(net["block1"]["conv1"].weight.data, w0)  # it trained
+
+
+def test_main_lr_is_for_the_summed_selected_loss():
+    """airbench's lr per 1024 examples on a loss SUMMED over the selected images: with gpuconv's
+    mean over them, the step lr is lr / kilostep times their count; the weight decay stays per
+    batch."""
+    from gpuconv import models
+    net = models.airbench96(widths=(4, 12, 16))
+    kilostep = 1024 * (1 + 1 / (1 - 0.85))
+    groups, lr = airbench_param_groups(net, 9.0, 0.012, 0.85, 1024, 64.0, mean_over=512)
+    assert lr == pytest.approx(9.0 / kilostep * 512) and groups[1]["lr"] == lr
+    assert [g["lr"] * g["weight_decay"] for g in groups] == [pytest.approx(0.012 * 1024 / kilostep)] * 2
+    _, whole = airbench_param_groups(net, 9.0, 0.012, 0.85, 1024, 64.0)
+    assert whole == pytest.approx(2 * lr)
+
+
+def _build(s, images, labels, out, **trainer_kw):
+    net, _ = cli.build_model(s["model"], width=4, model_kwargs=s["model_kwargs"])
+    loader = DeviceLoader(images, labels, s["batch_size"], augment=True, padding=4, padding_mode="reflect",
+                          flip="alternate", cutout=12, drop_last=True, device="cpu")
+    selected = _models.selection_loader(s, loader, images, width=4)
+    opt, sched, extras = _models._recipe_setup(s, net, images, len(selected))
+    return net, selected, Trainer(net, opt, sched, out_dir=out, label_smoothing=0.2, progress=False, **extras,
+                                  **trainer_kw)
+
+
+def test_selection_is_checkpointed_and_a_resume_is_bit_identical(tmp_path):
+    """3 epochs in one go == 2 epochs and a resume, and == a run stopped mid-epoch and resumed: the
+    selection comes back from the checkpoint (the resumed run's proxy never runs), every batch the
+    main network trains on is the selected half of the loader's batch."""
+    images, labels = _data(32)
+    s = _recipe(batch_size=16, epochs=3)
+    net1, sel1, t1 = _build(s, images, labels, tmp_path / "a")
+    t1.fit(sel1, 3)
+    assert sel1.rows.shape == (6, 8)
+    table = ckpt.unflatten_tree("loader", ckpt.load_checkpoint(tmp_path / "a"))["selected"]
+    np.testing.assert_array_equal(table, sel1.rows)
+    assert table.dtype == np.uint16 and (np.diff(table.astype(int), axis=1) > 0).all()
+
+    # epochs 1-2, then a fresh process resumes for the third
+    _, sel2, t2 = _build(s, images, labels, tmp_path / "b")
+    with pytest.warns(UserWarning, match="lookahead: total_steps=6"):
+        t2.fit(sel2, 2)
+    net3, sel3, t3 = _build(s, images, labels, tmp_path / "b")
+    sel3.proxy.step = None  # the selection must come from the checkpoint: calling the proxy fails
+    t3.fit(sel3, 3, resume=True)
+    np.testing.assert_array_equal(sel3.rows, sel1.rows)
+    for (k, a), b in zip(net1.state_dict().items(), net3.state_dict().values()):
+        np.testing.assert_array_equal(a, b, err_msg=k)
+
+    # stopped after step 4 (epoch 2, batch 2), its last checkpoint at step 3 (epoch 2, batch 1), resumed
+    _, sel4, t4 = _build(s, images, labels, tmp_path / "c", checkpoint_every=3)
+    step = t4.train_step
+
+    def failing_step(x, y):
+        if t4.step == 4:
+            raise RuntimeError("stop")
+        step(x, y)
+    t4.train_step = failing_step
+    with pytest.raises(RuntimeError, match="stop"):
+        t4.fit(sel4, 3)
+    net5, sel5, t5 = _build(s, images, labels, tmp_path / "c")
+    sel5.proxy.step = None
+    t5.fit(sel5, 3, resume=True)
+    assert t5.step == 6
+    for (k, a), b in zip(net1.state_dict().items(), net5.state_dict().values()):
+        np.testing.assert_array_equal(a, b, err_msg=k)
+
+    # the batches trained on are the loader's, cut to the selected rows
+    plain = DeviceLoader(images, labels, 16, augment=True, padding=4, padding_mode="reflect", flip="alternate",
+                         cutout=12, drop_last=True, device="cpu")
+    for epoch in range(3):
+        sel1.set_epoch(epoch)
+        plain.set_epoch(epoch)
+        for b, ((x, y), (xf, yf)) in enumerate(zip(sel1, plain)):
+            rows = sel1.rows[2 * epoch + b]
+            np.testing.assert_array_equal(x, xf[rows])
+            np.testing.assert_array_equal(y, yf[rows])
+
+
+def test_a_selection_of_another_run_is_refused():
+    images, labels = _data()
+    s = _recipe(batch_size=16, epochs=2)
+    _, sel, _ = _build(s, images, labels, None)
+    state = sel.inner.state_dict()
+    with pytest.raises(ValueError, match=r"selects 8 of 16 images at each of 6 steps"):
+        sel.load_state_dict({"loader": state, "selected": np.zeros((9, 8), np.uint16), "keep": 8})
+    with pytest.raises(KeyError, match="not 'loader' and 'selected'"):
+        sel.load_state_dict(state)
+    loader = DeviceLoader(images[:40], labels[:40], 16, device="cpu")
+    with pytest.raises(ValueError, match="last batch holds 8 of 16 images"):
+        SelectedLoader(loader, sel.proxy, 2)
+
+
+def test_airbench96_faster_on_real_images(tmp_path, capsys):
+    """The recipe end to end on the real subset, scaled down (width 8: 8/24/32 channels and a proxy
+    of 2/4/4; 200 images, 2 epochs of 5 batches of 40): the proxy phase runs first and is reported
+    (a 'proxy' record per epoch in metrics.jsonl, a line in the log), each step trains on 20
+    images, the checkpoint holds the selection; `gpuconv summary` shows the recipe's network."""
+    argv = ["train", "--recipe", "airbench96_faster", "--width", "8", "--epochs", "2", "--limit", "200",
+            "--batch-size", "40", "--device", "cpu", "--data", SUBSET, "--val-split", "none", "--no-progress",
+            "--out", tmp_path]
+    rc = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "each step trains on the 20 of its 40 images" in err and "the proxy ran 10 steps (3 of them trained it)" \
+        in err, err
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    proxy = [r for r in records if r["kind"] == "proxy"]
+    assert [(r["epoch"], r["proxy_steps"], r["proxy_trained_steps"], r["selected"]) for r in proxy] == \
+        [(1, 5, 2, 20), (2, 5, 1, 20)]
+    assert all(np.isfinite(r["proxy_loss"]) and r["proxy_selected_loss"] >= r["proxy_loss"] for r in proxy)
+    arrays = ckpt.load_checkpoint(tmp_path)
+    config = ckpt.read_config(arrays)
+    assert config["train_args"]["select"]["widths"] == [32, 64, 64] and config["kwargs"]["widths"] == [8, 24, 32]
+    assert ckpt.unflatten_tree("loader", arrays)["selected"].shape == (10, 20)
+    assert "train accuracy" in out
+    assert cli.main(["summary", "--recipe", "airbench96_faster", "--width", "8"]) == 0
+    summary = capsys.readouterr().out
+    assert "block3" in summary and "proxy" in summary
