@@ -51,6 +51,12 @@ def test_recipe_entry():
     assert selected_count(1024, 0.5) == 512 and _models.selection_count(s, 50_000) == 512
     assert _models.proxy_widths(s) == [32, 64, 64] and _models.proxy_widths(s, 8) == [2, 4, 4]
     assert get_recipe("airbench96")["select"] is None
+    # the main network's lr: for its loss summed over the selected 512 at airbench's lr per 1024 examples
+    from gpuconv import models
+    net = models.airbench96(widths=(4, 12, 16))
+    images, _ = _data(8)
+    opt, _, _ = _models._recipe_setup(dict(s, batch_size=8), net, images, 1)
+    assert opt.lr == pytest.approx(0.2 * 9.0 / (1024 * (1 + 1 / 0.15)) * 4)  # (the triangle starts at 0.2)
     with pytest.raises(ValueError, match=r"select keep=0 must be the share of each batch"):
         selected_count(1024, 0)
 
@@ -277,6 +283,10 @@ def test_airbench96_faster_on_real_images(tmp_path, capsys):
     assert config["train_args"]["select"]["widths"] == [32, 64, 64] and config["kwargs"]["widths"] == [8, 24, 32]
     assert ckpt.unflatten_tree("loader", arrays)["selected"].shape == (10, 20)
     assert "train accuracy" in out
+    # --resume of the finished run: the selection comes back with the checkpoint, the proxy does not run
+    rc = cli.main([str(a) for a in argv + ["--resume"]])
+    out, err = capsys.readouterr()
+    assert rc == 0 and "nothing to do" in err and "the proxy ran" not in err, err
     assert cli.main(["summary", "--recipe", "airbench96_faster", "--width", "8"]) == 0
     summary = capsys.readouterr().out
     assert "block3" in summary and "proxy" in summary
