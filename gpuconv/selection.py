@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from . import amp, backend, layout
+from . import amp, backend, layout, precision
 from .backend import get_array_module
 
 
@@ -48,10 +48,14 @@ def select_hardest(losses, k):
 
 
 def take_rows(x, rows):
-    """``x[rows]`` along the batch axis, keeping ``x``'s memory layout (an NHWC batch stays NHWC)."""
-    if layout.is_channels_last(x):
-        return x.transpose(layout.NHWC)[rows].transpose(layout.NCHW)
-    return x[rows]
+    """``x[rows]`` along the batch axis, keeping ``x``'s memory layout (an NHWC batch stays NHWC).
+    A bfloat16 batch is gathered as its 16-bit patterns (a copy: the same bits, through CuPy's
+    integer indexing rather than its experimental bfloat16 support)."""
+    bits = x.dtype == precision.bfloat16
+    if bits:
+        x = x.view(np.uint16)
+    out = x.transpose(layout.NHWC)[rows].transpose(layout.NCHW) if layout.is_channels_last(x) else x[rows]
+    return out.view(precision.bfloat16) if bits else out
 
 
 class Proxy:
@@ -89,11 +93,12 @@ class Proxy:
                     logits = self.model(amp.cast_input(x, dt))
                 losses, _ = softmax_cross_entropy(logits, y, label_smoothing=self.label_smoothing, reduction="none")
                 rows = select_hardest(losses, k)
-                if trains:  # the mean loss of the selected rows: their gradients / k, zero elsewhere
-                    _, dsel = softmax_cross_entropy(logits[rows], y[rows], label_smoothing=self.label_smoothing)
-                    xp = get_array_module(logits)
-                    dlogits = xp.zeros(logits.shape, logits.dtype)
-                    dlogits[rows] = dsel
+                if trains:  # the mean loss of the selected rows: the others' labels ignored (gradient 0, not counted)
+                    xp = get_array_module(y)
+                    chosen = xp.zeros(y.shape, bool)
+                    chosen[rows] = True
+                    _, dlogits = softmax_cross_entropy(logits, xp.where(chosen, y, -1), ignore_index=-1,
+                                                       label_smoothing=self.label_smoothing)
                     call_backward(self.model, dlogits, need_dx=False)
                 else:
                     _drop_caches(self.model)  # a forward alone: nothing waits for a backward

@@ -118,6 +118,10 @@ def test_take_rows_keeps_the_layout():
     assert layout.is_channels_last(out)
     np.testing.assert_array_equal(out, x[rows])
     np.testing.assert_array_equal(take_rows(x, rows), x[rows])
+    low = nhwc.astype(gpuconv.precision.bfloat16)
+    out = take_rows(low, rows)
+    assert out.dtype == low.dtype and layout.is_channels_last(out)
+    np.testing.assert_array_equal(out.astype(np.float32), x[rows])
 
 
 def _copy_to_torch(torch, model, tmodel):
