@@ -186,6 +186,54 @@ def test_main_lr_is_for_the_summed_selected_loss():
     assert whole == pytest.approx(2 * lr)
 
 
+def test_main_steps_on_the_selection_match_the_pytorch_reference_in_float64():
+    """Three steps of the main network (airbench96's, width 4) on the selected rows of the loader's
+    batches, in float64 from the same weights, with the optimizer and schedule `gpuconv train` builds
+    for the recipe: the parameters agree with PyTorch's airbench SGD on the loss SUMMED over those
+    rows at the lr per 1024 examples (airbench_torch.optimizer over the whole batch's size)."""
+    torch = pytest.importorskip("torch")
+    from gpuconv.layers import call_backward
+    from gpuconv.ops import softmax_cross_entropy
+    ab = _airbench_torch()
+    images, labels = _data(32)
+    s = _recipe(batch_size=16, epochs=2)
+    net, _ = cli.build_model(s["model"], width=4, model_kwargs=s["model_kwargs"])
+    loader = DeviceLoader(images, labels, 16, augment=True, padding=4, padding_mode="reflect", flip="alternate",
+                          cutout=12, drop_last=True, device="cpu")
+    selected = _models.selection_loader(s, loader, images, width=4)
+    opt, sched, _ = _models._recipe_setup(s, net, images, len(selected))
+    net.astype(np.float64)
+    for p in opt.params:  # (the optimizer's state follows the parameters' dtype)
+        assert p.data.dtype == np.float64
+    h = ab.RECIPES["airbench96"]
+    tmodel = ab.build(torch, (4, 12, 16), h=h).double()
+    _copy_to_torch(torch, net, tmodel)
+    topts = ab.optimizer(torch, tmodel, 16, h)
+    total = 2 * len(selected)
+    selected.set_epoch(0)
+    net.train()
+    for step, (x, y) in zip(range(3), selected):
+        assert len(y) == 8
+        x64 = x.astype(np.float64)
+        opt.zero_grad()
+        _, dlogits = softmax_cross_entropy(net(x64), y, label_smoothing=0.2)
+        call_backward(net, dlogits, need_dx=False)
+        opt.step()
+        sched.step()
+        ab.set_lrs(topts, step, total, 3 * len(selected), h)
+        loss = ab.loss_of(torch, tmodel, torch.as_tensor(x64), torch.as_tensor(y), "fp32")
+        tmodel.zero_grad(set_to_none=True)
+        loss.backward()
+        for o in topts:
+            o.step()
+    state = tmodel.state_dict()
+    # (1e-5: the two networks differ by up to about 1e-7 of a batch-norm bias after one step on a whole batch,
+    # without selection, and the whitening bias's small values sum large gradients; the lr of a loss
+    # averaged over the wrong count would be off by a factor)
+    for name, p in net.named_parameters():
+        np.testing.assert_allclose(p.data, state[name].detach().numpy(), rtol=1e-5, atol=1e-10, err_msg=name)
+
+
 def _build(s, images, labels, out, **trainer_kw):
     net, _ = cli.build_model(s["model"], width=4, model_kwargs=s["model_kwargs"])
     loader = DeviceLoader(images, labels, s["batch_size"], augment=True, padding=4, padding_mode="reflect",

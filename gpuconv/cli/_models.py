@@ -174,7 +174,7 @@ def proxy_widths(s, width=None):
     """The proxy's three widths: the recipe's, scaled as --width scales the main network (its first
     block's width over the recipe's)."""
     select = _check_select(s)
-    if not width:
+    if not width or s["model"] not in AIRBENCH_MODELS:  # (another network's --width is its own)
         return [int(w) for w in select["widths"]]
     base = airbench_widths(s["model"], None, s.get("model_kwargs"))[0]
     return [max(1, int(w) * int(width) // base) for w in select["widths"]]
