@@ -26,6 +26,9 @@ over conv - BN - GELU - conv - BN, then GELU; widths 128/384/512; PyTorch's defa
 0, 4-pixel translations and a 12-pixel cutout (a square of each augmented image zeroed).
 ``--recipe airbench94_muon``: airbench94's network with the muon script's head and whitening bias,
 8 epochs of batch 2000, Muon on the filters and SGD on the rest, linear decays, no lookahead.
+airbench96_faster's data selection (``AIRBENCH96_FASTER``; the tests' reference, not a training
+run here): :func:`proxy_step`, the proxy network's step (every image's loss, the hardest selected
+by :func:`select_hardest`, every 4th step a step of SGD on their summed loss).
 
 Precision: 'fp32' (TF32 left as the caller set it) or 'bf16' (autocast, channels_last; BN in
 float32, as under gpuconv's mixed precision). Standalone use, on synthetic images:
