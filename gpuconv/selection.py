@@ -11,9 +11,10 @@ on the mean loss of those images; the schedule steps at every step.
 :class:`SelectedLoader` wraps the run's loader: before the first epoch it runs the proxy over every
 step of the run (the proxy phase) and keeps the selection, a ``(steps, keep)`` table of batch
 positions, on the device; then each batch it yields is the loader's batch at those positions. The
-table is part of the loader's state (``state_dict``), so a checkpoint holds it and a resumed run
-trains on the same images without running the proxy again. Nothing is read back during the proxy
-phase except its losses, once, at its end (the report, and a NaN named by step).
+table is part of the loader's state (``state_dict``, one bit per image of each step), so a
+checkpoint holds it and a resumed run trains on the same images without running the proxy again.
+Nothing is read back during the proxy phase except its losses, once, at its end (the report, and a
+NaN named by step).
 """
 from __future__ import annotations
 
@@ -134,7 +135,7 @@ class SelectedLoader:
         self.batch = min(bs, n)
         self.keep = selected_count(self.batch, proxy.keep)
         self.rows = None          # (steps, keep) on the device, once selected
-        self._host_rows = None    # its host copy, for the checkpoints
+        self._host_bits = None    # its host copy, for the checkpoints (state_dict)
         self.records = []         # the proxy phase's, per epoch
 
     # what the trainer and the CLI read from a loader
@@ -167,29 +168,37 @@ class SelectedLoader:
         self.inner.set_epoch(epoch, start_batch)
 
     def state_dict(self) -> dict:
-        """The loader's state and the selection (host, the smallest unsigned dtype that holds a position;
-        None before the proxy phase)."""
-        if self.rows is not None and self._host_rows is None:
-            dtype = np.uint16 if self.batch <= 1 << 16 else np.uint32
-            self._host_rows = backend.asnumpy(self.rows).astype(dtype)
-        return {"loader": self.inner.state_dict(), "selected": self._host_rows, "keep": self.keep}
+        """The loader's state and the selection, host arrays: each step's selected positions as a
+        bitmask over its batch (``numpy.packbits`` of a (steps, batch) mask, little bit order; one bit
+        an image: 128 bytes a step of 1024), None before the proxy phase."""
+        if self.rows is not None and self._host_bits is None:
+            mask = np.zeros((self.steps, self.batch), bool)
+            np.put_along_axis(mask, backend.asnumpy(self.rows), True, axis=1)
+            self._host_bits = np.packbits(mask, axis=1, bitorder="little")
+        return {"loader": self.inner.state_dict(), "selected": self._host_bits, "batch": self.batch,
+                "keep": self.keep}
 
     def load_state_dict(self, state: dict):
         if "loader" not in state or "selected" not in state:
             raise KeyError(f"SelectedLoader.load_state_dict: the state has {sorted(state)}, not 'loader' and "
                            "'selected': pass the dict SelectedLoader.state_dict() returned (a checkpoint of a run "
                            "trained with data selection)")
-        rows = state["selected"]
-        if rows is not None:
-            rows = np.asarray(rows)
-            if rows.shape != (self.steps, self.keep) or (rows.size and int(rows.max()) >= self.batch):
-                raise ValueError(f"SelectedLoader.load_state_dict: the selection has shape {rows.shape}, but this run "
-                                 f"selects {self.keep} of {self.batch} images at each of {self.steps} steps "
-                                 f"({self.epochs} epochs of {len(self.inner)}): resume with the same data, batch size "
-                                 "and epochs as the run that wrote it")
+        bits, rows = state["selected"], None
+        if bits is not None:
+            bits = np.asarray(bits, np.uint8)
+            mask = np.unpackbits(bits, axis=1, count=self.batch, bitorder="little").astype(bool) \
+                if bits.ndim == 2 and bits.shape[1] == -(-self.batch // 8) else None
+            if (mask is None or state.get("batch") != self.batch or mask.shape[0] != self.steps
+                    or not (mask.sum(axis=1) == self.keep).all()):
+                raise ValueError(f"SelectedLoader.load_state_dict: the selection is of {state.get('keep')} of "
+                                 f"{state.get('batch')} images at each of {len(bits)} steps, but this run selects "
+                                 f"{self.keep} of {self.batch} at each of {self.steps} steps ({self.epochs} epochs of "
+                                 f"{len(self.inner)}): resume with the same data, batch size and epochs as the run "
+                                 "that wrote it")
+            rows = np.nonzero(mask)[1].reshape(self.steps, self.keep)  # (ascending in each row)
         self.inner.load_state_dict(state["loader"])
-        self.rows = None if rows is None else backend.to_device(rows.astype(np.int64), self.inner.device)
-        self._host_rows = None if rows is None else rows
+        self.rows = None if rows is None else backend.to_device(rows, self.inner.device)
+        self._host_bits = bits
 
     def select(self):
         """The proxy phase: the proxy's step on every batch of the run, in order; keeps the selection.
@@ -219,7 +228,7 @@ class SelectedLoader:
                                    f"{int(bad[0]) + 1}: it selects nothing meaningful from there; lower the "
                                    "learning rate (--lr)", step=int(bad[0]) + 1)
         self.rows = xp.stack(picked).astype(np.int64)
-        self._host_rows = None
+        self._host_bits = None
         seconds = time.perf_counter() - t0
         self.records = []
         for epoch in range(self.epochs):
@@ -228,7 +237,7 @@ class SelectedLoader:
             self.records.append({"kind": "proxy", "epoch": epoch + 1, "proxy_steps": per_epoch,
                                  "proxy_trained_steps": sum(s % self.proxy.train_every == 0 for s in steps),
                                  "proxy_loss": float(part[:, 0].mean()), "proxy_selected_loss": float(part[:, 1].mean()),
-                                 "selected": self.keep, "batch": self.batch})
+                                 "selected": self.keep, "batch": self.batch, "proxy_elapsed_s": round(seconds, 3)})
         if self.report is not None:
             self.report(self.records, seconds)
 

@@ -253,9 +253,11 @@ def test_selection_is_checkpointed_and_a_resume_is_bit_identical(tmp_path):
     net1, sel1, t1 = _build(s, images, labels, tmp_path / "a")
     t1.fit(sel1, 3)
     assert sel1.rows.shape == (6, 8)
-    table = ckpt.unflatten_tree("loader", ckpt.load_checkpoint(tmp_path / "a"))["selected"]
-    np.testing.assert_array_equal(table, sel1.rows)
-    assert table.dtype == np.uint16 and (np.diff(table.astype(int), axis=1) > 0).all()
+    bits = ckpt.unflatten_tree("loader", ckpt.load_checkpoint(tmp_path / "a"))["selected"]
+    assert bits.dtype == np.uint8 and bits.shape == (6, 2)  # one bit per image: 16 a step
+    mask = np.unpackbits(bits, axis=1, bitorder="little").astype(bool)
+    np.testing.assert_array_equal(np.nonzero(mask)[1].reshape(6, 8), sel1.rows)
+    assert (np.diff(sel1.rows, axis=1) > 0).all()  # positions ascending: the batch's order kept
 
     # epochs 1-2, then a fresh process resumes for the third
     _, sel2, t2 = _build(s, images, labels, tmp_path / "b")
@@ -303,8 +305,13 @@ def test_a_selection_of_another_run_is_refused():
     s = _recipe(batch_size=16, epochs=2)
     _, sel, _ = _build(s, images, labels, None)
     state = sel.inner.state_dict()
-    with pytest.raises(ValueError, match=r"selects 8 of 16 images at each of 6 steps"):
-        sel.load_state_dict({"loader": state, "selected": np.zeros((9, 8), np.uint16), "keep": 8})
+    bits = np.packbits(np.arange(16) < 8, bitorder="little")
+    for wrong in (dict(selected=np.tile(bits, (9, 1))), dict(selected=np.tile(bits, (6, 1)), batch=32),
+                  dict(selected=np.zeros((6, 2), np.uint8))):
+        with pytest.raises(ValueError, match=r"this run selects 8 of 16 at each of 6 steps"):
+            sel.load_state_dict({"loader": state, "batch": 16, "keep": 8, **wrong})
+    sel.load_state_dict({"loader": state, "batch": 16, "keep": 8, "selected": np.tile(bits, (6, 1))})
+    np.testing.assert_array_equal(sel.rows, np.tile(np.arange(8), (6, 1)))
     with pytest.raises(KeyError, match="not 'loader' and 'selected'"):
         sel.load_state_dict(state)
     loader = DeviceLoader(images[:40], labels[:40], 16, device="cpu")
@@ -333,7 +340,8 @@ def test_airbench96_faster_on_real_images(tmp_path, capsys):
     arrays = ckpt.load_checkpoint(tmp_path)
     config = ckpt.read_config(arrays)
     assert config["train_args"]["select"]["widths"] == [32, 64, 64] and config["kwargs"]["widths"] == [8, 24, 32]
-    assert ckpt.unflatten_tree("loader", arrays)["selected"].shape == (10, 20)
+    assert ckpt.unflatten_tree("loader", arrays)["selected"].shape == (10, 5)  # 40 bits a step
+    assert all(r["proxy_elapsed_s"] > 0 for r in proxy)
     assert "train accuracy" in out
     # --resume of the finished run: the selection comes back with the checkpoint, the proxy does not run
     rc = cli.main([str(a) for a in argv + ["--resume"]])
