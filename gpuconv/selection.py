@@ -74,7 +74,8 @@ class Proxy:
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.keep, self.train_every, self.label_smoothing = keep, train_every, float(label_smoothing)
         # (None: the model runs on the batch as given, e.g. a float64 model in a check)
-        self.precision = None if precision is None else "fp32" if precision == "fp16" else amp.check_precision(precision)
+        self.precision = (None if precision is None else "fp32" if precision == "fp16"
+                          else amp.check_precision(precision))
 
     def step(self, x, y, step):
         """The proxy's step ``step`` (0-based) on the batch ``(x, y)``: returns ``(rows, losses)``,
@@ -236,7 +237,8 @@ class SelectedLoader:
             steps = range(epoch * per_epoch, (epoch + 1) * per_epoch)
             self.records.append({"kind": "proxy", "epoch": epoch + 1, "proxy_steps": per_epoch,
                                  "proxy_trained_steps": sum(s % self.proxy.train_every == 0 for s in steps),
-                                 "proxy_loss": float(part[:, 0].mean()), "proxy_selected_loss": float(part[:, 1].mean()),
+                                 "proxy_loss": float(part[:, 0].mean()),
+                                 "proxy_selected_loss": float(part[:, 1].mean()),
                                  "selected": self.keep, "batch": self.batch, "proxy_elapsed_s": round(seconds, 3)})
         if self.report is not None:
             self.report(self.records, seconds)

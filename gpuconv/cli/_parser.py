@@ -20,7 +20,8 @@ EXIT_STATUSES = ("Exit status: 0 when the run is done; 130 (Ctrl-C) or 143 (SIGT
 WIDTH_HELP = ("channel width of fast_net or of a ResNet's first stage (default 64; resnet18-152 and "
               "preact_resnet18-152: stages of W, 2W, 4W, 8W planes), "
               "or of an airbench network's first block, the others "
-              "in the recipe's ratio (airbench94: W, 4W, 4W; airbench95: W, 3W, 3W; airbench96 and airbench96_faster: W, 3W, 4W, its proxy W/4, W/2, W/2)")
+              "in the recipe's ratio (airbench94: W, 4W, 4W; airbench95: W, 3W, 3W; airbench96 and "
+              "airbench96_faster: W, 3W, 4W, the latter's proxy W/4, W/2, W/2)")
 PRECISION_HELP = ("fp32 (strict float32), tf32 (float32 with TF32 convolutions), bf16 or fp16 (mixed precision: "
                   "float32 master weights, low-precision compute; fp16 with loss scaling), or auto (bf16 on a GPU "
                   "with bfloat16 tensor cores, compute capability >= 8.0; fp16 on 7.5, a T4; else fp32). Default: "
