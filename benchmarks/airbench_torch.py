@@ -26,9 +26,9 @@ over conv - BN - GELU - conv - BN, then GELU; widths 128/384/512; PyTorch's defa
 0, 4-pixel translations and a 12-pixel cutout (a square of each augmented image zeroed).
 ``--recipe airbench94_muon``: airbench94's network with the muon script's head and whitening bias,
 8 epochs of batch 2000, Muon on the filters and SGD on the rest, linear decays, no lookahead.
-airbench96_faster's data selection (``AIRBENCH96_FASTER``; the tests' reference, not a training
-run here): :func:`proxy_step`, the proxy network's step (every image's loss, the hardest selected
-by :func:`select_hardest`, every 4th step a step of SGD on their summed loss).
+``--recipe airbench96_faster``: airbench96's for 45 epochs, each step on the half of its batch
+that a proxy network selects (:func:`proxy_step`: every image's loss, the hardest by
+:func:`select_hardest`, every 4th step a step of SGD on their summed loss).
 
 Precision: 'fp32' (TF32 left as the caller set it) or 'bf16' (autocast, channels_last; BN in
 float32, as under gpuconv's mixed precision). Standalone use, on synthetic images:
@@ -70,13 +70,12 @@ RECIPES = {
                             whiten_bias="uniform", whiten_bias_decay=True, scale=None, head_std=1.0,
                             warmup_fraction=0.0, lr_end=0.0),
 }
-# airbench96_faster's recipe, for the reference of its data selection (proxy_step, select_hardest;
-# train() has no selection, so it is not among RECIPES): airbench96's, 45 epochs, each step trained
-# on keep_fraction of its batch, the images a proxy network (airbench94's blocks at proxy_widths,
-# PyTorch's default BN momentum, its whitening bias frozen) finds hardest; the proxy trains at
-# every proxy_train_every-th step.
-AIRBENCH96_FASTER = dict(RECIPES["airbench96"], epochs=45, keep_fraction=0.5, proxy_widths=(32, 64, 64),
-                         proxy_train_every=4)
+# airbench96_faster: airbench96's, 45 epochs, each step trained on keep_fraction of its batch, the
+# images a proxy network (airbench94's blocks at proxy_widths, PyTorch's default BN momentum, its
+# whitening bias frozen) finds hardest; the proxy trains at every proxy_train_every-th step
+# (proxy_step, select_hardest).
+AIRBENCH96_FASTER = RECIPES["airbench96_faster"] = dict(RECIPES["airbench96"], epochs=45, keep_fraction=0.5,
+                                                        proxy_widths=(32, 64, 64), proxy_train_every=4)
 
 
 def torch_layers(torch):
@@ -344,13 +343,18 @@ def loss_of(torch, model, x, y, precision, smoothing=0.2):
 
 
 def train(torch, images_u8, labels, device="cuda", precision="fp32", epochs=None, batch_size=None, widths=None, seed=0,
-          model=None, drop_last=True, batches=None, h=None):
+          model=None, drop_last=True, batches=None, h=None, proxy=None):
     """The whole recipe from uploaded images to the trained model: (model, seconds, the last
     epoch's mean loss). The seconds run from the upload to the last step, synchronized (whitening
     init included); the loss is summed on the device and read once, at the end. ``batches``:
     per epoch, the (x, y) tensors to train on instead of this loader's (a check feeds it another
     loader's augmented batches). ``h``: the recipe (``RECIPES``; airbench94's by default), whose
-    epochs, batch size and widths the others default to."""
+    epochs, batch size and widths the others default to. A recipe with data selection
+    (``AIRBENCH96_FASTER``) runs its proxy (``proxy``: a network of :func:`build_proxy`, else one
+    built and whitened here) on each batch and trains the model on the rows it selects, with the
+    same summed loss and lr per 1024 examples (the published script runs the proxy over the whole
+    run first; it sees the same batches either way). The mean loss returned is over the images
+    trained on."""
     h = HYPER if h is None else h
     epochs = h["epochs"] if epochs is None else epochs
     batch_size = h["batch_size"] if batch_size is None else batch_size
@@ -367,6 +371,15 @@ def train(torch, images_u8, labels, device="cuda", precision="fp32", epochs=None
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     opts = optimizer(torch, model, batch_size, h)
+    selecting = "keep_fraction" in h
+    if selecting:
+        if proxy is None:
+            proxy = build_proxy(torch, h=h).to(device)
+            init_whitening(torch, proxy.whiten, loader.images)
+        if channels_last:
+            proxy = proxy.to(memory_format=torch.channels_last)
+        proxy_opts = optimizer(torch, proxy, batch_size, proxy_recipe(h))
+        proxy.train()
     per_epoch = len(loader) if batches is None else len(batches[0])
     total = epochs * len(loader) if batches is None else sum(len(b) for b in batches)
     average = Lookahead(torch, model) if h["lookahead_every"] else None
@@ -374,8 +387,13 @@ def train(torch, images_u8, labels, device="cuda", precision="fp32", epochs=None
     model.train()
     for epoch in range(epochs):
         model.whiten.bias.requires_grad = epoch < h["whiten_bias_epochs"]
-        loss_sum = torch.zeros((), device=device)
+        loss_sum, trained = torch.zeros((), device=device), 0
         for x, y in (loader if batches is None else batches[epoch]):
+            if selecting:
+                k = max(1, int(round(len(y) * h["keep_fraction"])))
+                rows, _ = proxy_step(torch, proxy, proxy_opts, x, y, step, total, proxy_recipe(h), k, precision)
+                x, y = x[rows], y[rows]
+            trained += len(y)
             set_lrs(opts, step, total, h["whiten_bias_epochs"] * per_epoch, h)
             loss = loss_of(torch, model, x, y, precision)
             model.zero_grad(set_to_none=True)
@@ -390,9 +408,7 @@ def train(torch, images_u8, labels, device="cuda", precision="fp32", epochs=None
         average.update(1.0)
     sync()
     seconds = time.perf_counter() - t0
-    if batches is not None:
-        return model, seconds, float(loss_sum) / sum(len(y) for _, y in batches[-1])
-    return model, seconds, float(loss_sum) / (len(loader) * batch_size if loader.drop_last else len(labels))
+    return model, seconds, float(loss_sum) / trained
 
 
 def proxy_recipe(h):
@@ -416,16 +432,19 @@ def select_hardest(torch, losses, k):
     return torch.sort(torch.sort(-losses, stable=True).indices[:k]).values
 
 
-def proxy_step(torch, model, opts, x, y, step, total, h, k):
+def proxy_step(torch, model, opts, x, y, step, total, h, k, precision="fp32"):
     """The proxy's step ``step`` of ``total`` on the batch (x, y), as airbench96_faster's proxy run:
     the forward in training mode (BN statistics move), each image's label-smoothed loss, the ``k``
     highest selected; at the steps ``step % proxy_train_every == 0`` the SUMMED loss of those trains
     it (airbench's SGD, :func:`optimizer` over the whole batch's size), the lr at the schedule's
-    ``step``. Returns (selected positions, every image's loss)."""
+    ``step``; under autocast for bf16. Returns (selected positions, every image's loss)."""
     set_lrs(opts, step, total, 1, h)
     trains = step % h["proxy_train_every"] == 0
     with torch.set_grad_enabled(trains):
-        losses = torch.nn.functional.cross_entropy(model(x), y, label_smoothing=h["label_smoothing"],
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            logits = model(x)
+        logits = logits.float() if precision == "bf16" else logits  # (a float64 check stays float64)
+        losses = torch.nn.functional.cross_entropy(logits, y, label_smoothing=h["label_smoothing"],
                                                    reduction="none")
     rows = select_hardest(torch, losses.detach(), k)
     if trains:

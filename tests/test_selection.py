@@ -234,6 +234,38 @@ def test_main_steps_on_the_selection_match_the_pytorch_reference_in_float64():
         np.testing.assert_allclose(p.data, state[name].detach().numpy(), rtol=1e-5, atol=1e-10, err_msg=name)
 
 
+def test_recipe_over_epochs_matches_the_pytorch_baseline():
+    """gpuconv's Trainer on the SelectedLoader (2 epochs of 3 steps: the lookahead at step 5 and the
+    last pull, the whitening bias frozen after the first epoch, the proxy trained at steps 0 and 4)
+    against airbench_torch.train on the same augmented batches from the same weights (both networks
+    copied across before the fit): the main network's parameters agree to float32's rounding."""
+    torch = pytest.importorskip("torch")
+    ab = _airbench_torch()
+    images, labels = _data()
+    s = _recipe(proxy_widths=(32, 64, 64), batch_size=16, epochs=2, whiten_bias_epochs=1)  # (the recipe's, at width 4)
+    net, sel, trainer = _build(s, images, labels, None)
+    h = dict(ab.AIRBENCH96_FASTER, proxy_widths=(1, 2, 2), whiten_bias_epochs=1)
+    assert _models.proxy_widths(s, 4) == [1, 2, 2]
+    tmodel = ab.build(torch, (4, 12, 16), h=h)
+    tproxy = ab.build_proxy(torch, h=h)
+    _copy_to_torch(torch, net, tmodel)
+    _copy_to_torch(torch, sel.proxy.model, tproxy)
+    plain = DeviceLoader(images, labels, 16, augment=True, padding=4, padding_mode="reflect", flip="alternate",
+                         cutout=12, drop_last=True, device="cpu")
+    batches = []
+    for epoch in range(2):
+        plain.set_epoch(epoch)
+        batches.append([(torch.as_tensor(x), torch.as_tensor(y)) for x, y in plain])
+    trainer.fit(sel, 2)
+    tmodel, _, _ = ab.train(torch, images, labels, "cpu", "fp32", epochs=2, batch_size=16, model=tmodel,
+                            batches=batches, h=h, proxy=tproxy)
+    state = tmodel.state_dict()
+    for name, p in net.named_parameters():
+        np.testing.assert_allclose(p.data, state[name].detach().numpy(), rtol=2e-3, atol=2e-5, err_msg=name)
+    assert not np.allclose(net["block1"]["conv1"].weight.data, _build(s, images, labels, None)[0]["block1"]["conv1"]
+                           .weight.data)
+
+
 def _build(s, images, labels, out, **trainer_kw):
     net, _ = cli.build_model(s["model"], width=4, model_kwargs=s["model_kwargs"])
     loader = DeviceLoader(images, labels, s["batch_size"], augment=True, padding=4, padding_mode="reflect",
