@@ -510,6 +510,8 @@ def main(argv=None):
     args.epochs = h["epochs"] if args.epochs is None else args.epochs
     args.batch_size = h["batch_size"] if args.batch_size is None else args.batch_size
     widths = h["widths"] if args.width is None else tuple(args.width * w // h["widths"][0] for w in h["widths"])
+    if args.width is not None and "proxy_widths" in h:  # the proxy scaled alike, as gpuconv's --width scales it
+        h = dict(h, proxy_widths=tuple(max(1, args.width * w // h["widths"][0]) for w in h["proxy_widths"]))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.backends.cudnn.benchmark = True
     if args.data:  # gpuconv's own reader and split, so that both sides train and score on the same images
