@@ -239,6 +239,11 @@ def get_array_module(*arrays, names=None):
     :class:`DeviceMismatchError` (a TypeError) naming both: by ``names`` (one per array, as the
     caller knows them, e.g. ``("x", "w", "b")``), else by position ('argument 0'). (Every op calls
     this, several times: NumPy arrays and a machine without CuPy are answered first.)"""
+    for a in arrays:
+        if type(a) is not np.ndarray and a is not None:
+            break
+    else:  # only NumPy arrays (and None): NumPy's, without the CuPy lookup
+        return np
     cp = cupy_module()
     if cp is None:  # no CuPy: whatever was passed, the arrays are NumPy's
         return np
@@ -304,9 +309,11 @@ def kernel_target(*arrays, names=None) -> str | None:
     """How an op on these arrays runs: 'cuda' (CuPy kernels), 'sim' (the kernels on the host
     simulator: NumPy arrays while the default device is 'sim') or None (the NumPy reference).
     ``names``: as :func:`get_array_module`'s, for its error."""
-    xp = get_array_module(*arrays, names=names)
-    if xp is not np:
-        return "cuda"
+    for a in arrays:
+        if type(a) is not np.ndarray and a is not None:  # (NumPy arrays skip the module lookup)
+            if get_array_module(*arrays, names=names) is not np:
+                return "cuda"
+            break
     dev = _default_device.get()  # get_default_device()'s answer, read without a call once it is set
     return "sim" if (dev if dev is not None else get_default_device()).kind == "sim" else None
 

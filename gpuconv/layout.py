@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
+
 from .backend import array_device_context, get_array_module
 
 NHWC = (0, 2, 3, 1)   # NCHW axes in NHWC order
@@ -59,7 +61,10 @@ def _dense(shape, strides, itemsize, order) -> bool:
 def is_channels_last(x) -> bool:
     """Whether the 4-D array ``x`` is stored NHWC: its (N, H, W, C) transpose is C-contiguous and
     it is not also plain C-contiguous (a tensor with C == 1 or H == W == 1 is both: NCHW wins)."""
-    if getattr(x, "ndim", None) != 4:
+    if type(x) is np.ndarray:  # NumPy's own flag answers the common case (NCHW) without the memo
+        if x.ndim != 4 or x.flags.c_contiguous:
+            return False
+    elif getattr(x, "ndim", None) != 4:
         return False
     nchw, nhwc_ = _orders_by_strides(x.shape, x.strides, x.itemsize)
     return nhwc_ and not nchw
@@ -175,7 +180,7 @@ def empty_like(x):
 def memory_order(x):
     """A C-contiguous view over ``x``'s memory: the NHWC view of a channels_last array, ``x``
     itself otherwise (what a kernel that walks flat memory is given)."""
-    if getattr(x, "ndim", None) != 4:
+    if getattr(x, "ndim", None) != 4 or (type(x) is np.ndarray and x.flags.c_contiguous):
         return x
     nchw, nhwc_ = _orders_by_strides(x.shape, x.strides, x.itemsize)
     return x.transpose(NHWC) if nhwc_ and not nchw else x

@@ -114,6 +114,22 @@ def test_get_array_module_numpy_and_ignored_arguments():
     assert B.get_array_module() is np
 
 
+def test_numpy_arrays_are_answered_without_the_cupy_lookup(monkeypatch):
+    """Every op asks get_array_module / kernel_target several times a call: NumPy arrays (and None)
+    need no CuPy import nor isinstance check against cupy.ndarray; anything else still asks."""
+    def no_lookup():
+        raise AssertionError("cupy_module() asked for NumPy arrays")
+    monkeypatch.setattr(B, "cupy_module", no_lookup)
+    x = np.ones((2, 3))
+    assert B.get_array_module(x, None, x.T, names=("x", "b", "w")) is np
+    with gpuconv.default_device("cpu"):
+        assert B.kernel_target(x, None, x) is None
+    with gpuconv.default_device("sim"):
+        assert B.kernel_target(x, None) == "sim"
+    with pytest.raises(AssertionError, match="cupy_module"):  # a scalar among them: the full check
+        B.get_array_module(x, 3)
+
+
 class _FakeCupyArray:
     def __init__(self, gpu=0):
         self.data = type("FakeMemoryPointer", (), {"device_id": gpu})()  # what cupy's a.device.id reads

@@ -9,6 +9,7 @@ import pytest
 
 import gpuconv
 from gpuconv import kernels, layout, nn
+from gpuconv.ops import _dispatch
 from gpuconv.ops import (avg_pool2d_backward, avg_pool2d_forward, batchnorm2d_backward, batchnorm2d_forward,
                          conv2d_backward, conv2d_forward, dropout_backward, dropout_forward, max_pool2d_backward,
                          max_pool2d_forward, relu_backward, relu_forward)
@@ -61,6 +62,20 @@ def test_layout_checks_read_the_flags_of_the_transposes_they_skip():
         assert not layout.is_channels_last(other) and not layout.nhwc_memory(other)
         assert layout.memory_order(other) is other and layout.nhwc_memory_of(other) is other
 
+
+
+def test_numpy_nchw_arrays_are_answered_by_their_flag(monkeypatch):
+    """A C-contiguous NumPy array (what nearly every op gets) is NCHW by NumPy's own flag: the ops'
+    layout questions skip the shape-and-strides memo for it; the rest still ask the memo."""
+    asked = []
+    real = layout._orders_by_strides
+    monkeypatch.setattr(layout, "_orders_by_strides", lambda *a: asked.append(a) or real(*a))
+    x = np.zeros((2, 3, 4, 5), np.float32)
+    assert not layout.is_channels_last(x) and layout.memory_order(x) is x
+    assert _dispatch._keep_layout((x,), x) is x
+    assert asked == []
+    cl = layout.to_channels_last(x)
+    assert layout.is_channels_last(cl) and layout.memory_order(cl).flags.c_contiguous and asked
 
 
 def test_run_channels_last_is_every_array_nhwc_and_one_channels_last():

@@ -112,6 +112,8 @@ _INT_MAX = 2**31 - 1
 
 def pair(name, v, minimum=0):
     """An int or an (h, w) pair of ints, each >= ``minimum``, as a tuple ``(h, w)``."""
+    if type(v) is int and minimum <= v <= _INT_MAX:  # a plain int (a CS231n conv_param's), answered first
+        return (v, v)
     if (type(v) is tuple and len(v) == 2 and type(v[0]) is int and type(v[1]) is int and min(v) >= minimum
             and max(v) <= _INT_MAX):
         return v  # a layer's own pair, checked at every call: answered without the abstract-class checks

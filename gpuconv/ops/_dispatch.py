@@ -37,6 +37,8 @@ not switched by ``Device('cuda:1')`` alone).
 """
 from __future__ import annotations
 
+import numpy as np
+
 from .. import kernels, layout
 from ..backend import array_device_context, kernel_target
 from ._checks import cached, check_float, check_same_dtype
@@ -126,8 +128,8 @@ def _keep_layout(args, out):
             break
     else:
         return out
-    if not layout.is_channels_last(ref):
-        return out
+    if (type(ref) is np.ndarray and ref.flags.c_contiguous) or not layout.is_channels_last(ref):
+        return out  # (NumPy's C-contiguous flag: NCHW, answered without a call)
     if type(out) is tuple:
         return (layout.nhwc_memory_of(out[0]),) + out[1:]
     return layout.nhwc_memory_of(out)
