@@ -582,3 +582,36 @@ def test_stride_and_padding_pairs_take_ints_only(value, minimum, want):
     else:
         got = pair("stride", value, minimum)
         assert got == want and type(got) is tuple and all(type(v) is int for v in got)
+
+
+def test_checks_passed_are_memoized_by_signature_and_errors_never(monkeypatch):
+    """The forward's argument checks run once per signature (arrays' type, shape and dtype, the
+    other arguments' values): a second call of the same geometry skips them, while every call that
+    breaks a rule is refused again with its own message, values equal to a passing one included
+    (1.0 and True equal 1, floor=1 equals True), and another dtype or shape is checked anew."""
+    rng = np.random.default_rng(3)
+    x, w, b = (rng.standard_normal(s) for s in ((2, 3, 5, 5), (4, 3, 3, 3), (4,)))
+    conv_mod._CHECKED.clear()
+    runs = []
+    real = conv_mod._check_conv_args
+    monkeypatch.setattr(conv_mod, "_check_conv_args", lambda *a: runs.append(a) or real(*a))
+    y1, _ = conv2d_forward(x, w, b, stride=1, padding=1, floor=True)
+    y2, c2 = conv2d_forward(x, w, b, stride=1, padding=1, floor=True)
+    assert len(runs) == 1 and np.array_equal(y1, y2) and c2.stride == (1, 1) and c2.padding == (1, 1)
+    for kwargs, error, match in [({"stride": 1.0}, TypeError, r"stride must be an int .* got 1\.0"),
+                                 ({"stride": True}, TypeError, "stride must be an int"),
+                                 ({"padding": (1.0, 1)}, TypeError, "padding must be an int"),
+                                 ({"floor": 1}, TypeError, "floor"),
+                                 ({"groups": True}, TypeError, "groups must be an int")]:
+        for _ in range(2):
+            with pytest.raises(error, match=match):
+                conv2d_forward(x, w, b, **{"stride": 1, "padding": 1, "floor": True, **kwargs})
+    with pytest.raises(TypeError, match="w has dtype float32 but x has dtype float64"):
+        conv2d_forward(x, w.astype(np.float32), b, stride=1, padding=1, floor=True)
+    with pytest.raises(ValueError, match="channel mismatch"):
+        conv2d_forward(x, w[:, :2], b, stride=1, padding=1, floor=True)
+    with pytest.raises(ValueError, match="not an integer"):  # 6 - 3 + 2 = 5, not divisible by 2
+        conv2d_forward(x[:, :, :4, :4], w, b, stride=2, padding=1)
+    with pytest.raises(ValueError, match="not an integer"):
+        conv2d_forward(x[:, :, :4, :4], w, b, stride=2, padding=1)
+    assert conv2d_forward(x, w, b, stride=(1, 1), padding="same")[0].shape == (2, 4, 5, 5)

@@ -270,6 +270,7 @@ def check_floor(floor) -> bool:
     return check_bool("floor", floor)
 
 
+@functools.lru_cache(maxsize=None)  # (backwards name their cached arrays at every call, for an error they rarely raise)
 def cached(name: str) -> str:
     """How an error names an array a backward takes from its forward's cache (a device check's
     names: :func:`gpuconv.backend.kernel_target`)."""
@@ -298,6 +299,39 @@ def cache_repr(cache) -> str:
         return f"array(shape={tuple(v.shape)}, dtype={v.dtype})" if hasattr(v, "shape") and hasattr(v, "dtype") \
             else repr(v)
     return f"{type(cache).__name__}(" + ", ".join(f"{k}={show(v)}" for k, v in zip(cache._fields, cache)) + ")"
+
+
+class Unkeyed(Exception):
+    """An argument that no memo key stands for (its checks run at every call): see :func:`plain`."""
+
+
+def plain(v):
+    """``v`` as part of a memo key of checks passed, where its value alone decides them: None, an
+    int, a str or an (h, w) pair of ints, of exactly those types (1.0, True and np.int64(1) equal 1
+    and hash alike, but 1.0 and True are refused where 1 passes); anything else raises
+    :class:`Unkeyed`."""
+    t = type(v)
+    if v is None or t is int or t is str or (t is tuple and len(v) == 2 and type(v[0]) is int and type(v[1]) is int):
+        return v
+    raise Unkeyed
+
+
+def signature(a):
+    """What an array's checks read of it, as a memo key: type, shape and dtype (None for None);
+    an AttributeError for an object that is not an array (whose checks then run, and fail)."""
+    return None if a is None else (type(a), a.shape, a.dtype)
+
+
+_MEMO_SIZE = 1024
+
+
+def remember(memo: dict, key, value):
+    """``memo[key] = value`` (a memo of checks passed, by signature: errors are never kept, so a
+    bad call is checked, and refused, every time), the memo emptied when it holds ``_MEMO_SIZE``."""
+    if len(memo) >= _MEMO_SIZE:
+        memo.clear()
+    memo[key] = value
+    return value
 
 
 def check_bias(b, w, per):

@@ -83,6 +83,8 @@ def batchnorm2d_forward(x, gamma, beta, running_mean, running_var, training=True
     for name, a in (("gamma", gamma), ("beta", beta), ("running_mean", running_mean), ("running_var", running_var)):
         if a is not None:
             check_float(name, a)
+            if tuple(a.shape) == (c,):  # (the message below is built for a wrong shape only)
+                continue
             why = f"one value per channel of x {tuple(x.shape)}, laid out N, C, H, W"
             if tuple(a.shape) == (x.shape[3],) != (c,):  # images given as N, H, W, C
                 why += (f"; x looks laid out N, H, W, C (its last axis has {x.shape[3]} values, as {name} does): pass "

@@ -34,8 +34,9 @@ from .. import backend, layout
 from ..backend import get_array_module
 from ..precision import channel_sum, multiplicands, round_once, upcast, use_tf32
 from . import _dispatch
-from ._checks import (cache_type, cached, check_bias, check_bool, check_cache, check_float, check_floor, check_rank,
-                      check_same_dtype, conv_padding, output_hw, pair, same_padding_sides, torch_positions)
+from ._checks import (Unkeyed, cache_type, cached, check_bias, check_bool, check_cache, check_float, check_floor,
+                      check_rank, check_same_dtype, conv_padding, output_hw, pair, plain, remember, same_padding_sides,
+                      signature, torch_positions)
 
 
 # printed without its arrays' values; crop: see the module's docstring
@@ -62,8 +63,7 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, precision=None, floor=Fals
     'fp32' or 'tf32' applies to float32 arrays (None: ``gpuconv.get_precision()``)."""
     if not (precision is None or type(precision) is str) or type(floor) is not bool:  # (F.conv2d's order?)
         torch_positions("conv2d_forward", "F.conv2d", precision=(precision, "dilation", 1), floor=(floor, "groups", 1))
-    dilation, groups = conv2d_grouped.check_dilation_groups(dilation, groups)
-    stride, padding = _check_conv_args(x, w, b, stride, padding, floor, dilation, groups)
+    dilation, groups, stride, padding = _checked_args(x, w, b, stride, padding, floor, dilation, groups)
     tf32 = use_tf32(precision, x.dtype)
     target = backend.kernel_target(x, w, b, names=("x", "w", "b"))
     op, ref, more = conv2d_grouped.route("forward", dilation, groups, _conv2d_forward_reference)
@@ -90,7 +90,8 @@ def conv2d_backward(dy, cache, need_dx=True, precision=None, need_dw=True, dw_dt
     x, w = cache.x, cache.w
     check_float("dy", dy)
     check_rank("dy", dy, 4, "NKHW")
-    oh, ow = output_hw(x.shape, conv2d_grouped.extent(w.shape[2:], cache.dilation), cache.stride, cache.padding, True)
+    ext = w.shape[2:] if cache.dilation == (1, 1) else conv2d_grouped.extent(w.shape[2:], cache.dilation)
+    oh, ow = output_hw(x.shape, ext, cache.stride, cache.padding, True)
     expected = (x.shape[0], w.shape[0], oh, ow)
     if tuple(dy.shape) != expected:
         raise ValueError(f"dy must have the forward output's shape {expected}, got {tuple(dy.shape)}")
@@ -107,6 +108,31 @@ def conv2d_backward(dy, cache, need_dx=True, precision=None, need_dw=True, dw_dt
     if cache.crop is not None and dx is not None:  # the gradient of the zeros the forward added goes nowhere
         dx = layout.crop(dx, cache.crop)
     return dx, dw, db
+
+
+# (dilation, groups, stride, padding) of the forward's checks passed, by the arguments' signature
+_CHECKED: dict = {}
+
+
+def _checked_args(x, w, b, stride, padding, floor, dilation, groups):
+    """``(dilation, groups, stride, padding)`` checked and normalized, memoized by what the checks
+    read (x's, w's and b's type, shape and dtype, the other arguments' values): a network, or a
+    gradient check, convolves the same few geometries at every call. Errors are not memoized."""
+    try:
+        if type(floor) is not bool:  # (1 == True: a key would let floor=1 pass)
+            raise Unkeyed
+        key = (signature(x), signature(w), signature(b), plain(stride), plain(padding), plain(dilation),
+               plain(groups), floor)
+        hit = _CHECKED.get(key)
+    except (AttributeError, TypeError, Unkeyed):  # not an array, an unhashable shape, a value no key stands for
+        key = hit = None
+    if hit is not None:
+        return hit
+    dilation, groups = conv2d_grouped.check_dilation_groups(dilation, groups)
+    stride, padding = _check_conv_args(x, w, b, stride, padding, floor, dilation, groups)
+    if key is not None:
+        remember(_CHECKED, key, (dilation, groups, stride, padding))
+    return dilation, groups, stride, padding
 
 
 def _check_conv_args(x, w, b, stride, padding, floor=False, dilation=(1, 1), groups=1):

@@ -26,6 +26,17 @@ _CURRENT = object()
 def promote(*items):
     """NumPy's result dtype of the arrays (and dtypes) given, as a floating type in the machine's
     byte order (as NumPy's arithmetic gives it: a '>f8' array read from a big-endian file computes)."""
+    dt = None
+    for a in items:  # the common case first: NumPy arrays (and dtypes) of one native float dtype
+        if a is None:
+            continue
+        d = a.dtype if type(a) is np.ndarray else a if isinstance(a, np.dtype) else None
+        if d is None or (dt is not None and d is not dt):
+            break
+        dt = d
+    else:
+        if dt is not None and dt.kind == "f" and dt.isnative:
+            return dt
     dtypes = [np.dtype(a) if isinstance(a, (np.dtype, type)) else a.dtype for a in items
               if a is not None and not isinstance(a, (int, float, bool))]
     if all(d == dtypes[0] for d in dtypes) and dtypes[0].kind not in "biucOSUM":
