@@ -57,16 +57,16 @@ class Call:
     ``device`` pins where a backward runs (its forward's device, from the cache); ``dtype`` is a
     floor for the promotion."""
 
+    __slots__ = ("dtype", "device", "host_io", "inner", "_ctx", "_token")
+
     def __init__(self, *arrays, dtype=None, device=_CURRENT):
-        present = [a for a in arrays if a is not None]
-        self.dtype = promote(*present, *([dtype] if dtype is not None else []))
+        self.dtype = promote(*arrays) if dtype is None else promote(*arrays, dtype)  # (None is skipped)
         inner = _inner.get()
-        primary = present[0]
         if inner is not None:
             self.device, self.host_io, self.inner = inner, False, True
         else:
-            mode = _device.current_device() if device is _CURRENT else device
-            self.host_io = mode is not None and isinstance(primary, np.ndarray)
+            mode = _device._mode if device is _CURRENT else device  # (current_device(), without the call)
+            self.host_io = mode is not None and isinstance(next(a for a in arrays if a is not None), np.ndarray)
             self.device = mode if self.host_io else None
             self.inner = False
         self._ctx = self._token = None
