@@ -61,10 +61,9 @@ def _dense(shape, strides, itemsize, order) -> bool:
 def is_channels_last(x) -> bool:
     """Whether the 4-D array ``x`` is stored NHWC: its (N, H, W, C) transpose is C-contiguous and
     it is not also plain C-contiguous (a tensor with C == 1 or H == W == 1 is both: NCHW wins)."""
-    if type(x) is np.ndarray:  # NumPy's own flag answers the common case (NCHW) without the memo
-        if x.ndim != 4 or x.flags.c_contiguous:
-            return False
-    elif getattr(x, "ndim", None) != 4:
+    if type(x) is np.ndarray:  # NumPy's own flags answer, without the memo: NCHW, else its NHWC view's
+        return x.ndim == 4 and not x.flags.c_contiguous and x.transpose(NHWC).flags.c_contiguous
+    if getattr(x, "ndim", None) != 4:
         return False
     nchw, nhwc_ = _orders_by_strides(x.shape, x.strides, x.itemsize)
     return nhwc_ and not nchw
@@ -99,6 +98,10 @@ def to_channels_last(x):
 def nhwc_memory_of(y):
     """A 4-D ``y`` with NHWC memory (itself when it has it; else a copy), anything else as it is:
     :func:`to_channels_last` without its argument check, for the ops' own results."""
+    if type(y) is np.ndarray:  # (NumPy's flags, as is_channels_last reads them)
+        if y.ndim != 4 or y.transpose(NHWC).flags.c_contiguous:
+            return y
+        return np.ascontiguousarray(y.transpose(NHWC)).transpose(NCHW)
     if getattr(y, "ndim", None) != 4:
         return y
     if _orders_by_strides(y.shape, y.strides, y.itemsize)[1]:
@@ -180,7 +183,12 @@ def empty_like(x):
 def memory_order(x):
     """A C-contiguous view over ``x``'s memory: the NHWC view of a channels_last array, ``x``
     itself otherwise (what a kernel that walks flat memory is given)."""
-    if getattr(x, "ndim", None) != 4 or (type(x) is np.ndarray and x.flags.c_contiguous):
+    if type(x) is np.ndarray:  # (as is_channels_last: NumPy's flags, and the view returned)
+        if x.ndim != 4 or x.flags.c_contiguous:
+            return x
+        view = x.transpose(NHWC)
+        return view if view.flags.c_contiguous else x
+    if getattr(x, "ndim", None) != 4:
         return x
     nchw, nhwc_ = _orders_by_strides(x.shape, x.strides, x.itemsize)
     return x.transpose(NHWC) if nhwc_ and not nchw else x

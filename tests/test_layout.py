@@ -64,18 +64,21 @@ def test_layout_checks_read_the_flags_of_the_transposes_they_skip():
 
 
 
-def test_numpy_nchw_arrays_are_answered_by_their_flag(monkeypatch):
-    """A C-contiguous NumPy array (what nearly every op gets) is NCHW by NumPy's own flag: the ops'
-    layout questions skip the shape-and-strides memo for it; the rest still ask the memo."""
+def test_numpy_arrays_are_answered_by_their_flags(monkeypatch):
+    """A NumPy array's layout is read off NumPy's own flags (C-contiguous: NCHW; else whether its
+    NHWC view is): is_channels_last, memory_order and the ops' _keep_layout skip the
+    shape-and-strides memo for it (test_layout_checks_read_the_flags_of_the_transposes_they_skip
+    checks the answers)."""
+    x = np.zeros((2, 3, 4, 5), np.float32)
+    cl = layout.to_channels_last(x)
     asked = []
     real = layout._orders_by_strides
     monkeypatch.setattr(layout, "_orders_by_strides", lambda *a: asked.append(a) or real(*a))
-    x = np.zeros((2, 3, 4, 5), np.float32)
     assert not layout.is_channels_last(x) and layout.memory_order(x) is x
     assert _dispatch._keep_layout((x,), x) is x
+    assert layout.is_channels_last(cl) and layout.memory_order(cl).flags.c_contiguous
+    assert _dispatch._keep_layout((cl,), cl) is cl
     assert asked == []
-    cl = layout.to_channels_last(x)
-    assert layout.is_channels_last(cl) and layout.memory_order(cl).flags.c_contiguous and asked
 
 
 def test_run_channels_last_is_every_array_nhwc_and_one_channels_last():
