@@ -306,3 +306,34 @@ def test_fused_activation_gradients_float64(backend, training, activation, chann
     assert relative_error(dx, num) < 1e-6
     assert relative_error(dgamma, numerical_gradient_array(lambda a: f(x, a, beta), gamma, dy)) < 1e-6
     assert relative_error(dbeta, numerical_gradient_array(lambda a: f(x, gamma, a), beta, dy)) < 1e-6
+
+
+def test_checks_passed_are_memoized_by_signature_and_errors_never(monkeypatch):
+    """The forward's argument checks run once per signature (the arrays' type, shape and dtype, the
+    other arguments' values); a call that breaks a rule is refused every time, a value equal to a
+    passing one included (training=1 equals True), and the running statistics' write access, which
+    no signature holds, is checked at every call."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((4, 3, 2, 2))
+    g, b = np.ones(3), np.zeros(3)
+    bn_mod._CHECKED.clear()
+    runs = []
+    real = bn_mod._check_args
+    monkeypatch.setattr(bn_mod, "_check_args", lambda *a: runs.append(a) or real(*a))
+    rm, rv = np.zeros(3), np.ones(3)
+    y1, _ = batchnorm2d_forward(x, g, b, rm, rv)
+    y2, _ = batchnorm2d_forward(x, g, b, rm.copy(), rv.copy())
+    assert len(runs) == 1 and np.array_equal(y1, y2)
+    frozen = np.broadcast_to(np.zeros(3), (3,))
+    for _ in range(2):
+        with pytest.raises(ValueError, match="running_mean is read-only"):
+            batchnorm2d_forward(x, g, b, frozen, np.ones(3))
+        with pytest.raises(TypeError, match="training must be True or False"):
+            batchnorm2d_forward(x, g, b, np.zeros(3), np.ones(3), training=1)
+        with pytest.raises(ValueError, match="momentum must be a number in"):
+            batchnorm2d_forward(x, g, b, np.zeros(3), np.ones(3), momentum=1.5)
+        with pytest.raises(TypeError, match="gamma has dtype float32"):
+            batchnorm2d_forward(x, g.astype(np.float32), b, np.zeros(3), np.ones(3))
+        with pytest.raises(ValueError, match="needs more than 1 value per channel"):
+            batchnorm2d_forward(x[:1, :, :1, :1], g, b, np.zeros(3), np.ones(3))
+    assert batchnorm2d_forward(x, g, b, frozen, np.ones(3), training=False)[0].shape == x.shape  # eval: no update

@@ -42,8 +42,8 @@ from .. import backend, layout
 from ..backend import get_array_module
 from ..precision import channel_sum, compute_dtype, round_once, upcast
 from . import _dispatch
-from ._checks import (cache_type, cached, check_bool, check_cache, check_compute_dtype, check_dy_dtype, check_float,
-                      check_rank, check_shape)
+from ._checks import (Unkeyed, cache_type, cached, check_bool, check_cache, check_compute_dtype, check_dy_dtype,
+                      check_float, check_rank, check_shape, plain, remember, signature)
 from .gelu import GeluCache, _gelu_backward_reference, _gelu_forward_reference
 from .relu import ReluCache, _relu_backward_reference, _relu_forward_reference
 
@@ -75,6 +75,55 @@ def batchnorm2d_forward(x, gamma, beta, running_mean, running_var, training=True
     ``running_mean``/``running_var`` (C,) are updated in place when ``training``; they may be
     None in training (no running statistics kept) but are required in eval mode. An empty batch
     gives an empty ``y`` and leaves them unchanged, as in PyTorch."""
+    training = _checked_args(x, gamma, beta, running_mean, running_var, training, momentum, eps, activation)
+    count = x.shape[0] * x.shape[2] * x.shape[3]
+    if training and count == 0:
+        y, cache = _empty_batch(x, gamma, beta, activation)
+        return y, cache._replace(dtype=y.dtype)
+    # No channels: nothing to launch (a grid of 0 blocks is no launch at all); the reference's empty result
+    target = backend.kernel_target(x, gamma, beta, running_mean, running_var,
+                                   names=("x", "gamma", "beta", "running_mean", "running_var")) if x.shape[1] else None
+    y, cache = _dispatch.call("batchnorm2d_forward", target, _batchnorm2d_forward_reference,
+                              x, gamma, beta, running_mean, running_var, bool(training), float(momentum), float(eps),
+                              activation)
+    return y, cache._replace(dtype=y.dtype)
+
+
+# signatures of batchnorm2d_forward's arguments whose checks passed (the running statistics' write
+# access is not in a signature: it is checked at every call)
+_CHECKED: dict = {}
+
+
+def _checked_args(x, gamma, beta, running_mean, running_var, training, momentum, eps, activation) -> bool:
+    """``training`` as a bool, every argument checked; memoized by what the checks read (the arrays'
+    type, shape and dtype, the other arguments' values; errors are not memoized): a network
+    normalizes the same few geometries at every step."""
+    try:
+        if type(training) is not bool or type(momentum) not in (float, int) or type(eps) not in (float, int):
+            raise Unkeyed
+        key = (signature(x), signature(gamma), signature(beta), signature(running_mean), signature(running_var),
+               training, momentum, eps, plain(activation))
+        hit = key in _CHECKED
+    except (AttributeError, TypeError, Unkeyed):  # not arrays, an unhashable shape, a value no key stands for
+        key, hit = None, False
+    if hit:
+        if training:
+            _check_writeable(running_mean, running_var)
+        return training
+    training = _check_args(x, gamma, beta, running_mean, running_var, training, momentum, eps, activation)
+    if key is not None:
+        remember(_CHECKED, key, True)
+    return training
+
+
+def _check_writeable(running_mean, running_var):
+    for name, a in (("running_mean", running_mean), ("running_var", running_var)):
+        if a is not None and not getattr(a.flags, "writeable", True):  # (CuPy arrays are)
+            raise ValueError(f"{name} is read-only, but training updates the running statistics in place: pass a "
+                             f"writeable array ({name}.copy()), or training=False to normalize with them unchanged")
+
+
+def _check_args(x, gamma, beta, running_mean, running_var, training, momentum, eps, activation) -> bool:
     check_activation(activation)
     training = check_bool("training", training)
     check_float("x", x)
@@ -99,10 +148,8 @@ def batchnorm2d_forward(x, gamma, beta, running_mean, running_var, training=True
                          "None: pass the running statistics, or use training=True")
     if (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var go together: pass both or neither")
-    for name, a in (("running_mean", running_mean), ("running_var", running_var)):
-        if training and a is not None and not getattr(a.flags, "writeable", True):  # (CuPy arrays are)
-            raise ValueError(f"{name} is read-only, but training updates the running statistics in place: pass a "
-                             f"writeable array ({name}.copy()), or training=False to normalize with them unchanged")
+    if training:
+        _check_writeable(running_mean, running_var)
     # (a float, the layers' own, first: the abstract-class check costs Python calls per layer per step)
     if not ((type(momentum) is float or isinstance(momentum, numbers.Real)) and 0.0 <= momentum <= 1.0):
         raise ValueError(f"momentum must be a number in [0, 1] (weight of the new batch statistic), got {momentum!r}")
@@ -112,16 +159,7 @@ def batchnorm2d_forward(x, gamma, beta, running_mean, running_var, training=True
     if training and count == 1:
         raise ValueError(f"training batch norm needs more than 1 value per channel to estimate a variance, got "
                          f"x of shape {tuple(x.shape)} (N*H*W = 1); use a larger batch or training=False")
-    if training and count == 0:
-        y, cache = _empty_batch(x, gamma, beta, activation)
-        return y, cache._replace(dtype=y.dtype)
-    # No channels: nothing to launch (a grid of 0 blocks is no launch at all); the reference's empty result
-    target = backend.kernel_target(x, gamma, beta, running_mean, running_var,
-                                   names=("x", "gamma", "beta", "running_mean", "running_var")) if c else None
-    y, cache = _dispatch.call("batchnorm2d_forward", target, _batchnorm2d_forward_reference,
-                              x, gamma, beta, running_mean, running_var, bool(training), float(momentum), float(eps),
-                              activation)
-    return y, cache._replace(dtype=y.dtype)
+    return training
 
 
 def batchnorm2d_backward(dy, cache):
