@@ -333,13 +333,16 @@ class Loader:
 
 
 def loss_of(torch, model, x, y, precision, smoothing=0.2):
-    """The SUMMED label-smoothed cross entropy (airbench's form), under autocast for bf16."""
+    """The SUMMED label-smoothed cross entropy (airbench's form) in float32 (float64 for a float64
+    model), under autocast for bf16."""
     if precision == "bf16":
         with torch.autocast(x.device.type, dtype=torch.bfloat16):
             logits = model(x)
     else:
         logits = model(x)
-    return torch.nn.functional.cross_entropy(logits.float(), y, label_smoothing=smoothing, reduction="sum")
+    if logits.dtype != torch.float64:  # (a float64 model, a check's, keeps its precision)
+        logits = logits.float()
+    return torch.nn.functional.cross_entropy(logits, y, label_smoothing=smoothing, reduction="sum")
 
 
 def train(torch, images_u8, labels, device="cuda", precision="fp32", epochs=None, batch_size=None, widths=None, seed=0,
