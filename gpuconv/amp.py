@@ -113,7 +113,7 @@ class _Parameters(list):
 def _low_precision_parameters(model) -> list:
     """The parameters :func:`cast_parameters` gives compute copies, in the model's order."""
     out, forward_packed, unpacked = _Parameters(), set(), set()
-    for m in model.modules():
+    for m in _modules(model):
         for name in getattr(m, "_low_precision_params", ()):
             p = getattr(m, name, None)
             if p is not None:
@@ -129,6 +129,28 @@ def _low_precision_parameters(model) -> list:
     return out
 
 
+def _modules(model) -> list:
+    """``model.modules()`` (every layer once, depth first, in order), walked without the dotted
+    names :meth:`named_modules` makes (a step asks for them once): a model whose class has a
+    walk of its own is asked for it."""
+    from .layers import Layer  # noqa: PLC0415  (layers imports this module)
+    kind = type(model)
+    if kind.modules is not Layer.modules or kind.named_modules is not Layer.named_modules:
+        return model.modules()
+    out, seen = [], set()
+    stack = [model]
+    while stack:
+        layer = stack.pop()
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        out.append(layer)
+        children = [child for _, child in layer.named_children()]
+        children.reverse()
+        stack += children
+    return out
+
+
 def _cast_each(params, dtype, backward: bool = True):
     """:func:`cast_parameters` over the list ``params`` (:func:`_low_precision_parameters`'s): a
     step casts and clears the same parameters, from one walk of the model."""
@@ -138,26 +160,36 @@ def _cast_each(params, dtype, backward: bool = True):
     for p in params:
         if p.compute is not None:
             tc.forget_packed(p.compute)
-        if dt is None or dt == p.data.dtype:
+        data = p.data
+        if dt is None or dt == data.dtype:
             p.compute = None
-        elif _castable(p.data, dt):
-            xp = backend.get_array_module(p.data)
-            with backend.array_device_context((p.data,)):  # CuPy allocates on the current device
-                p.compute = layout.empty(xp, p.data.shape, dt, channels_last=True) if p.data.ndim == 4 \
-                    else xp.empty(p.data.shape, dt)
-                packed = (_data_gradient_filters(xp, p.data, dt) if (backward or id(p) in forward_packed)
-                          and id(p) not in unpacked and _tensor_cores(p.data, dt) else None)
-            batch.append((p.data, p.compute, 0))
-            if packed is not None:
-                tc.pack_for_data_gradient(p.compute, packed)
-                batch.append((p.data, packed, p.data.shape[0]))
-            while len(batch) >= CAST_TENSORS:
-                _launch_cast(batch[:CAST_TENSORS])
-                batch = batch[CAST_TENSORS:]
+            continue
+        target = _castable(data, dt)
+        if not target:
+            p.compute = data.astype(dt)
+            continue
+        pack = (backward or id(p) in forward_packed) and id(p) not in unpacked
+        if target == "cuda":
+            with backend.array_device_context((data,)):  # CuPy allocates on the current device
+                p.compute, packed = _copies(backend.get_array_module(data), data, dt, pack)
         else:
-            p.compute = p.data.astype(dt)
+            p.compute, packed = _copies(np, data, dt, pack)
+        batch.append((data, p.compute, 0))
+        if packed is not None:
+            tc.pack_for_data_gradient(p.compute, packed)
+            batch.append((data, packed, data.shape[0]))
+        while len(batch) >= CAST_TENSORS:
+            _launch_cast(batch[:CAST_TENSORS])
+            batch = batch[CAST_TENSORS:]
     if batch:
         _launch_cast(batch)
+
+
+def _copies(xp, data, dt, pack):
+    """The new (empty) compute copy of ``data`` in ``dt`` (channels_last for 4-D filters) and, with
+    ``pack`` and where the tensor cores read it, its data gradient's packing (else None)."""
+    compute = layout.empty(xp, data.shape, dt, channels_last=True) if data.ndim == 4 else xp.empty(data.shape, dt)
+    return compute, _data_gradient_filters(xp, data, dt) if pack and _tensor_cores(data, dt) else None
 
 
 def _tensor_cores(data, dtype) -> bool:
@@ -167,9 +199,12 @@ def _tensor_cores(data, dtype) -> bool:
     return kernels.tensor_cores_for(backend.kernel_target(data), lambda: kernels.array_device([data]), dtype)
 
 
-def _castable(data, dt) -> bool:
-    return (dt in (precision.bfloat16, precision.float16) and data.dtype == np.float32 and data.flags.c_contiguous
-            and backend.kernel_target(data) is not None)
+def _castable(data, dt):
+    """The kernel target ('cuda', 'sim') that casts ``data`` to ``dt`` (cast_parameters), or None:
+    ``astype`` does."""
+    if dt in (precision.bfloat16, precision.float16) and data.dtype == np.float32 and data.flags.c_contiguous:
+        return backend.kernel_target(data)
+    return None
 
 
 def _data_gradient_filters(xp, w, dt):

@@ -181,8 +181,14 @@ def vec_lanes(arrays, channels: int, channels_last: bool) -> int:
     lanes = VEC_BYTES // arrays[0].itemsize
     if not channels_last or channels % lanes:
         return 1
+    # (the addresses of NumPy's and CuPy's own arrays read here, as address() reads them: no call per
+    # array at every launch of these kernels)
+    gpu_array = getattr(backend.cupy_module(), "ndarray", None)
     for a in arrays:
-        if address(a) % VEC_BYTES:
+        kind = type(a)
+        at = (a.__array_interface__["data"][0] if kind is np.ndarray else a.data.ptr if kind is gpu_array
+              else address(a))
+        if at % VEC_BYTES:
             return 1
     return lanes
 
@@ -236,7 +242,8 @@ def launch(op_file: str, kernel: str, dtype, target: str, grid, block, args, sha
         device = array_device(args)
     with backend.cupy_module().cuda.Device(device):  # the module is loaded on the current device
         fn = _registry.get_function(op_file, kernel, dtype, target, device, tf32)
-        _allow_dynamic_shared(fn, shared_mem)
+        if shared_mem > DEFAULT_DYNAMIC_SHARED:
+            _allow_dynamic_shared(fn, shared_mem)
         fn(tuple(grid), tuple(block), tuple(args), shared_mem=shared_mem)
 
 

@@ -66,31 +66,69 @@ def _launch(kernel, dtype, target, grid, block, args, device, cl=True):
     kernels.launch("batchnorm", kernel, dtype, target, grid, block, args, device=device)
 
 
-def _reduce(kernel, dtype, target, inputs, outputs, acc_dtype, c, hw, count, cl, device, *scalars):
+# ----------------------------------------------------------------------------- launch plans
+# What a reduction's or an elementwise launch derives from the geometry (the grids, the split of
+# the sums, the size arguments as NumPy scalars), made once per geometry and reused: a network
+# normalizes the same few shapes every step. A key holds all that decides its plan (the kernel,
+# sizes, layout, element size, target and device); the arguments a call passes (the arrays, the
+# hyperparameters and flags) are not in it, nor the arrays' addresses: the ``_vec`` form's
+# alignment (:func:`kernels.vec_lanes`) is asked per call, and the plan holds both forms.
+_PLANS: dict = {}
+_PLANS_MAX = 1024  # a network has a few dozen geometries; past it the memo starts over
+
+
+def _plan(key, make, *args):
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = make(*args)
+        if len(_PLANS) >= _PLANS_MAX:
+            _PLANS.clear()
+        _PLANS[key] = plan
+    return plan
+
+
+def _reduce_plan(kernel, c, hw, count, cl):
+    """(grid, block, partial elements, tickets, (S, C, HW, count, chunk) as int32, cl as int32) of a
+    reduction launch (see :func:`_reduce`)."""
+    grid, block, (splits, chunk) = geometry(kernel, None, c=c, count=count, channels_last=cl)
+    return (grid, block, 2 * splits * c, -(-c // LANES),
+            (np.int32(splits), np.int32(c), np.int32(hw), np.int32(count), np.int32(chunk)), (np.int32(cl),))
+
+
+def _elementwise_plan(kernel, total, c, hw, cl, itemsize, target, device):
+    """{lanes: (kernel name, grid, block, size arguments, arguments after the scalars)} of an
+    elementwise launch: its ``_vec`` form where ``c`` and the layout allow one (its arrays'
+    alignment is asked per call), and its element form (see :func:`_elementwise`)."""
+    forms = {}
+    lanes = kernels.VEC_BYTES // itemsize
+    if cl and c % lanes == 0:
+        grid, block = kernels.grid_1d(total // lanes, kernels.BLOCK, target, device)
+        forms[lanes] = (kernel + "_vec", grid, block, (np.int64(total // lanes), np.int32(c)), ())
+    grid, block, _ = geometry(kernel, target, total=total, device=device)
+    forms[1] = (kernel, grid, block, (np.int64(total), np.int32(c), np.int32(hw)), (np.int32(cl),))
+    return forms
+
+
+def _reduce(kernel, dtype, target, inputs, outputs, acc_dtype, c, hw, count, cl, device, *scalars, xp=None):
     """A reduction launch: ``kernel(*inputs, partial, *outputs, tickets, S, C, HW, count, chunk,
     *scalars, cl)``, pass 1 into a new 2 x S x C partial array, pass 2 into ``outputs`` (one
     ticket per 32-channel group)."""
-    grid, block, (splits, chunk) = geometry(kernel, target, c=c, count=count, channels_last=cl)
-    partial = get_array_module(inputs[0]).empty(2 * splits * c, acc_dtype)
-    tickets = kernels.tickets(inputs[0], -(-c // LANES))
-    _launch(kernel, dtype, target, grid, block,
-            inputs + (partial,) + outputs + (tickets, np.int32(splits), np.int32(c), np.int32(hw), np.int32(count),
-                                             np.int32(chunk)) + scalars + (np.int32(cl),), device, cl)
+    grid, block, size, groups, sizes, last = _plan((kernel, c, hw, count, cl), _reduce_plan, kernel, c, hw, count, cl)
+    partial = (xp or get_array_module(inputs[0])).empty(size, acc_dtype)
+    tickets = kernels.tickets(inputs[0], groups)
+    _launch(kernel, dtype, target, grid, block, inputs + (partial,) + outputs + (tickets,) + sizes + scalars + last,
+            device, cl)
 
 
 def _elementwise(kernel, dtype, target, arrays, scalars, c, hw, cl, device):
     """An elementwise kernel over ``arrays[0]``'s elements: its ``_vec`` form where it applies
     (:func:`gpuconv.kernels.vec_lanes`), else the element kernel, which walks NCHW or NHWC memory."""
     total = int(arrays[0].size)
-    lanes = kernels.vec_lanes(arrays, c, cl)
-    if lanes > 1:
-        grid, block = kernels.grid_1d(total // lanes, kernels.BLOCK, target, device)
-        _launch(kernel + "_vec", dtype, target, grid, block,
-                arrays + (np.int64(total // lanes), np.int32(c)) + scalars, device, cl)
-    else:
-        grid, block, _ = geometry(kernel, target, total=total, device=device)
-        _launch(kernel, dtype, target, grid, block,
-                arrays + (np.int64(total), np.int32(c), np.int32(hw)) + scalars + (np.int32(cl),), device, cl)
+    itemsize = arrays[0].itemsize
+    forms = _plan((kernel, total, c, hw, cl, itemsize, target, device), _elementwise_plan, kernel, total, c, hw, cl,
+                  itemsize, target, device)
+    name, grid, block, sizes, last = forms[kernels.vec_lanes(arrays, c, cl) if len(forms) > 1 else 1]
+    _launch(name, dtype, target, grid, block, arrays + sizes + scalars + last, device, cl)
 
 
 @register_launcher("batchnorm2d_forward")
@@ -115,7 +153,7 @@ def batchnorm2d_forward_kernel(x, gamma, beta, running_mean, running_var, traini
         mean = xp.empty(c, cd)
         _reduce("batchnorm2d_stats", dtype, target, (x,), (mean, inv_std, rm, rv), cd, c, hw, count, cl, device,
                 np.float64(eps), np.float64(1.0 - momentum), np.float64(momentum),
-                np.float64(momentum * count / (count - 1)), np.int32(has_running))
+                np.float64(momentum * count / (count - 1)), np.int32(has_running), xp=xp)
         if has_running and rm is not running_mean:
             running_mean[...] = rm
         if has_running and rv is not running_var:
@@ -153,7 +191,7 @@ def batchnorm2d_backward_kernel(dy, cache, *, target):
     dtype = dy.dtype
     if count:
         _reduce("batchnorm2d_backward_sums", dtype, target, (dy, x, mean, inv_std, gamma, beta), (dgamma, dbeta), cd, c,
-                hw, count, cl, device, act)
+                hw, count, cl, device, act, xp=xp)
     else:
         dgamma[...] = 0
         dbeta[...] = 0

@@ -91,8 +91,9 @@ def _repacked(w, axes, channels, padded):
 # The data gradient's filters as mixed precision casts them (gpuconv.amp.cast_parameters writes
 # each conv filter's compute copy and this (C, FH, FW, K padded) copy in the same launches, once a
 # step), keyed by the compute copy's id. An entry holds a weak reference to that copy (so an entry
-# is never taken for another array) and lives as long as it does: a finalizer drops it when the
-# copy is freed, whatever freed it.
+# is never taken for another array) and lives as long as it does: the reference's callback drops
+# it when the copy is freed, whatever freed it (a weakref.finalize would too, at some Python calls
+# more per filter and step).
 _PACKED: dict = {}
 
 
@@ -100,8 +101,12 @@ def pack_for_data_gradient(w, wt):
     """Register ``wt``, the (C, FH, FW, Kp) packing of the filters ``w``, for the data gradient,
     for as long as ``w`` lives (or until :func:`forget_packed`)."""
     key = id(w)
-    _PACKED[key] = (weakref.ref(w), wt)
-    weakref.finalize(w, _PACKED.pop, key, None)
+
+    def freed(ref):  # (an entry made since for another array of this id stays)
+        if _PACKED.get(key, (None,))[0] is ref:
+            del _PACKED[key]
+
+    _PACKED[key] = (weakref.ref(w, freed), wt)
 
 
 def forget_packed(w):
