@@ -1,6 +1,7 @@
 """Settings read from environment variables: yes/no flags and sizes, one reading rule for each kind."""
 from __future__ import annotations
 
+import functools
 import os
 
 _ON = ("1", "true", "yes", "on")
@@ -24,6 +25,19 @@ def get(name: str) -> str | None:
         key = _keys[name] = _encode(name)
     raw = _data.get(key)
     return None if raw is None else _decode(raw)
+
+
+def reader(name: str):
+    """A function of no arguments that answers, at each call, a value equal to its earlier answers
+    exactly while ``$name`` keeps its value (the variable's stored bytes, or its value): what a memo
+    that must follow a change of the variable keys by, read at every kernel launch. Where ``os.environ``
+    is CPython's own, a call is a single dictionary look-up with no Python frame; the caller checks
+    ``os.environ is _environ`` first (a mapping that replaced os.environ is read with :func:`get`)."""
+    if not isinstance(_data, dict) or _encode is None:
+        return lambda: get(name)
+    return functools.partial(_data.get, _encode(name))
+
+
 _OFF = ("", "0", "false", "no", "off")
 
 

@@ -114,13 +114,20 @@ def _low_precision_parameters(model) -> list:
     """The parameters :func:`cast_parameters` gives compute copies, in the model's order."""
     out, forward_packed, unpacked = _Parameters(), set(), set()
     for m in _modules(model):
-        for name in getattr(m, "_low_precision_params", ()):
+        names = getattr(m, "_low_precision_params", ())
+        if not names:
+            continue
+        packs = unpacks = None  # (each layer's lists asked once, where it has such a parameter)
+        for name in names:
             p = getattr(m, name, None)
             if p is not None:
                 out.append(p)
-                if name in getattr(m, "_forward_reads_data_gradient_filters", ()):
+                if packs is None:
+                    packs = getattr(m, "_forward_reads_data_gradient_filters", ())
+                    unpacks = getattr(m, "_filters_read_unpacked", ())
+                if name in packs:
                     forward_packed.add(id(p))
-                if name in getattr(m, "_filters_read_unpacked", ()):
+                if name in unpacks:
                     unpacked.add(id(p))
     if forward_packed:
         out.forward_packed = frozenset(forward_packed)
@@ -145,9 +152,11 @@ def _modules(model) -> list:
             continue
         seen.add(id(layer))
         out.append(layer)
-        children = [child for _, child in layer.named_children()]
-        children.reverse()
-        stack += children
+        children = layer.named_children()
+        if children:  # (a leaf's walk is empty; a walk, a list, is read as one: no iterator call)
+            children = [child for _, child in (list.copy(children) if isinstance(children, list) else children)]
+            children.reverse()
+            stack += children
     return out
 
 
@@ -227,14 +236,23 @@ def _launch_cast(batch):
     for (device, dt), items in groups.items():
         slots = []
         for src, dst, rows in items:
-            inner, taps = (src.shape[1], src.shape[2] * src.shape[3]) if src.ndim == 4 else (1, 1)
-            slots.append((src, layout.memory_order(dst), np.int64(dst.size), np.int32(inner), np.int32(taps),
-                          np.int32(rows)))
+            key = (src.shape, dst.size, rows)
+            sizes = _CAST_SIZES.get(key)
+            if sizes is None:  # (the size arguments as NumPy scalars, made once per parameter shape)
+                inner, taps = (src.shape[1], src.shape[2] * src.shape[3]) if src.ndim == 4 else (1, 1)
+                sizes = (np.int64(dst.size), np.int32(inner), np.int32(taps), np.int32(rows))
+                if len(_CAST_SIZES) >= 4096:
+                    _CAST_SIZES.clear()
+                _CAST_SIZES[key] = sizes
+            slots.append((src, layout.memory_order(dst)) + sizes)
         src0, dst0, _ = items[0]
         kernels.launch_slots("amp", "cast_parameters", dt, backend.kernel_target(src0), slots,
                              [dst.size for _, dst, _ in items], CAST_TENSORS,
-                             (src0, layout.memory_order(dst0), np.int64(0), np.int32(1), np.int32(1), np.int32(0)),
-                             device=device)
+                             (src0, layout.memory_order(dst0)) + _IDLE_SIZES, device=device)
+
+
+_CAST_SIZES: dict = {}  # (src shape, dst size, rows) -> a cast slot's size arguments
+_IDLE_SIZES = (np.int64(0), np.int32(1), np.int32(1), np.int32(0))  # an unused slot's
 
 
 @contextlib.contextmanager

@@ -3,12 +3,13 @@ and the variant that launches where the one asked for does not run."""
 from __future__ import annotations
 
 import functools
+import os
 import re
 
 import numpy as np
 
 from .. import _env, backend  # backend: read at each call (tests fake CuPy by patching it)
-from . import _families, _nvrtc, _sim, _sources
+from . import _families, _nvrtc, _registry, _sim, _sources
 
 
 def wgmma_available(target: str, device: int | None = None) -> bool:
@@ -37,8 +38,11 @@ def launch_setting(target: str, occupancy: bool = False):
     apart: the launch's own.)"""
     if target == "sim":
         return _sim._sim_arch.get()
-    wgmma = _env.get("GPUCONV_WGMMA")
-    return (wgmma, _env.get("GPUCONV_KERNELS_DIR")) if occupancy else wgmma
+    if os.environ is not _env._environ:
+        wgmma = _env.get("GPUCONV_WGMMA")
+        return (wgmma, _env.get("GPUCONV_KERNELS_DIR")) if occupancy else wgmma
+    wgmma = _registry._WGMMA()  # (the variables' raw values: no Python call per convolution)
+    return (wgmma, _registry._KERNELS_DIR()) if occupancy else wgmma
 
 
 # Files whose kernels are mma.sync/ldmatrix/cp.async (kernels/mma.cuh): they build for sm_75 and

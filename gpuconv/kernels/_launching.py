@@ -74,6 +74,8 @@ def _function_handle(fn) -> int:
 def grid_1d(n: int, block: int = _sources.BLOCK, target: str = "sim", device: int | None = None):
     """(grid, block) for the grid-stride elementwise kernels: one thread per element up to
     32 blocks per SM (beyond that the loop strides; more blocks only add scheduling)."""
+    if target != "cuda":  # (sm_count's answer, without its call: every elementwise launch asks)
+        return _grid_1d(int(n), block, NOMINAL_SMS)
     return _grid_1d(int(n), block, sm_count(target, device))
 
 
@@ -199,7 +201,7 @@ _tickets: dict = {}
 _tickets_kept: list = []
 
 
-def tickets(like, count: int):
+def tickets(like, count: int, device=False):
     """A uint32 array of at least ``count`` zeros on ``like``'s device (NumPy on the simulator): the
     tickets of the kernels whose last block to arrive finishes a reduction (softmax_cross_entropy,
     batch norm's sums), one per group of blocks. Each such launch counts from 0 and leaves its
@@ -207,8 +209,9 @@ def tickets(like, count: int):
     That is gpuconv's model: one stream per device at a time (the current one; a CUDA graph
     replays on it). Two threads running these ops concurrently on two streams of one device would
     share the tickets. 4096 entries (batch norm over 131072 channels) are made at the first use,
-    which is eager (StepGraph captures the second step), so no capture allocates them."""
-    key = (backend.is_cupy_array(like), array_device([like]))
+    which is eager (StepGraph captures the second step), so no capture allocates them. ``device``:
+    ``like``'s (:func:`array_device`), where the caller has it."""
+    key = (backend.is_cupy_array(like), array_device([like]) if device is False else device)
     t = _tickets.get(key)
     if t is None or t.size < count:
         t = _tickets[key] = backend.get_array_module(like).zeros(max(int(count), 4096), dtype=np.uint32)

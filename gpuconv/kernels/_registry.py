@@ -80,26 +80,32 @@ def _build_switch(op_file, target):
 
 
 _functions: dict = {}
+# The variables a build depends on, read raw at each launch (gpuconv._env.reader): a change between
+# two launches takes effect at the second.
+_KERNELS_DIR, _WGMMA = _env.reader("GPUCONV_KERNELS_DIR"), _env.reader("GPUCONV_WGMMA")
 
 
 def get_function(op_file: str, name: str, dtype, target: str, device: int | None = None, tf32: bool = False):
     """``get_module(op_file, dtype, target, device, tf32).get_function(name)``, memoized: the
     launchers call this once per launch. The memo is looked up first by the arguments as given
-    (``dtype`` as passed, the raw ``GPUCONV_WGMMA`` of a GPU's :data:`ARCH_SPECIFIC` file): one
-    dictionary look-up per launch; a miss makes the build's own key (:func:`_build_switch`, the
-    dtype normalized), whose function both keys then hold."""
+    (``dtype`` as passed) and the raw values of GPUCONV_KERNELS_DIR and (a GPU's
+    :data:`ARCH_SPECIFIC` files) GPUCONV_WGMMA: one dictionary look-up per launch; a miss makes the
+    build's own key (:func:`_build_switch`, the dtype normalized), whose function both keys then hold."""
     where = device if target == "cuda" else _sim._sim_arch.get()
-    kdir = _env.get("GPUCONV_KERNELS_DIR")
-    fast = (op_file, name, dtype, tf32, target, where, kdir,
-            _env.get("GPUCONV_WGMMA") if target == "cuda" and op_file in _sources.ARCH_SPECIFIC else None)
-    fn = _functions.get(fast)
-    if fn is not None:
-        return fn
-    key = (op_file, name, np.dtype(dtype), bool(tf32), target, where, kdir, _build_switch(op_file, target))
+    fast = None
+    if os.environ is _env._environ:
+        fast = (op_file, name, dtype, tf32, target, where, _KERNELS_DIR(),
+                _WGMMA() if target == "cuda" and op_file in _sources.ARCH_SPECIFIC else None)
+        fn = _functions.get(fast)
+        if fn is not None:
+            return fn
+    key = (op_file, name, np.dtype(dtype), bool(tf32), target, where, _env.get("GPUCONV_KERNELS_DIR"),
+           _build_switch(op_file, target))
     fn = _functions.get(key)
     if fn is None:  # (threads asking at once all get the one kept: limits raised on it stay with it)
         fn = _functions.setdefault(key, get_module(op_file, dtype, target, device, tf32).get_function(name))
-    _functions[fast] = fn
+    if fast is not None:
+        _functions[fast] = fn
     return fn
 
 

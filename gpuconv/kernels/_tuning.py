@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import os
 import threading
 import time
 import warnings
@@ -65,8 +66,17 @@ def autotune_enabled(default: bool = False) -> bool:
     :func:`autotuning` block's word, else $GPUCONV_AUTOTUNE's, else ``default``."""
     on = _autotune.get()
     if on is None:
-        return _env.flag("GPUCONV_AUTOTUNE", default)
+        if os.environ is not _env._environ:
+            return _env.flag("GPUCONV_AUTOTUNE", default)
+        key = (_AUTOTUNE_RAW(), default)  # (asked at every convolution on a GPU: the parse is memoized)
+        on = _autotune_env.get(key)
+        if on is None:
+            on = _autotune_env[key] = _env.flag("GPUCONV_AUTOTUNE", default)
     return on
+
+
+_AUTOTUNE_RAW = _env.reader("GPUCONV_AUTOTUNE")
+_autotune_env: dict = {}  # ($GPUCONV_AUTOTUNE's raw value, default) -> its reading
 
 
 def autotunes(target: str | None) -> bool:

@@ -96,13 +96,15 @@ class Conv2d(Layer):
         _factory(self, device, dtype)
 
     def forward(self, x):
-        padding, pad_cache = self.padding, None
+        state = self.__dict__  # (the _Replayed numbers read as their descriptor does: no call each, every step)
+        padding, pad_cache = state["padding"], None
         if self.padding_mode != "zeros":  # padded first in the mode, then convolved without padding
             x, pad_cache = ops.pad_forward(x, self._reversed_padding_repeated_twice, self.padding_mode)
             padding = 0
-        y, cache = ops.conv2d_forward(x, self.weight.value, None if self.bias is None else self.bias.value,
-                                      stride=self.stride, padding=padding, floor=self.floor,
-                                      dilation=self.dilation, groups=self.groups)
+        bias = self.bias
+        y, cache = ops.conv2d_forward(x, self.weight.value, None if bias is None else bias.value,
+                                      stride=state["stride"], padding=padding, floor=self.floor,
+                                      dilation=state["dilation"], groups=state["groups"])
         self._keep(cache if pad_cache is None else (cache, pad_cache))
         return y
 

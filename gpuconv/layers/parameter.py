@@ -110,7 +110,7 @@ class Parameter:
     def accumulate(self, grad):
         """Set ``.grad`` on the first call, add in place afterwards (until ``zero_grad``); a
         frozen parameter (``requires_grad=False``) drops ``grad``."""
-        if not self.requires_grad:
+        if not self._requires_grad:  # (the property's value, read without its call)
             return
         if grad.shape != self.data.shape:
             raise ValueError(f"gradient for parameter {self.name!r} has shape {grad.shape}, "

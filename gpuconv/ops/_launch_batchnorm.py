@@ -115,7 +115,7 @@ def _reduce(kernel, dtype, target, inputs, outputs, acc_dtype, c, hw, count, cl,
     ticket per 32-channel group)."""
     grid, block, size, groups, sizes, last = _plan((kernel, c, hw, count, cl), _reduce_plan, kernel, c, hw, count, cl)
     partial = (xp or get_array_module(inputs[0])).empty(size, acc_dtype)
-    tickets = kernels.tickets(inputs[0], groups)
+    tickets = kernels.tickets(inputs[0], groups, device)
     _launch(kernel, dtype, target, grid, block, inputs + (partial,) + outputs + (tickets,) + sizes + scalars + last,
             device, cl)
 
@@ -138,7 +138,7 @@ def batchnorm2d_forward_kernel(x, gamma, beta, running_mean, running_var, traini
     count, hw = n * h * w, h * w
     if count > _MAX_COUNT:
         return NotImplemented  # the kernels index a channel's positions in 32 bits
-    xp = get_array_module(x)
+    xp = np if target == "sim" else get_array_module(x)  # (the simulator's arrays are NumPy's)
     cd = compute_dtype(x.dtype)
     (x,), cl = _layout(x)
     device = kernels.array_device((x,))
@@ -179,7 +179,7 @@ def batchnorm2d_backward_kernel(dy, cache, *, target):
     count, hw = n * h * w, h * w
     if count > _MAX_COUNT:
         return NotImplemented
-    xp = get_array_module(dy, x)
+    xp = np if target == "sim" else get_array_module(dy, x)
     cd = compute_dtype(dy.dtype)
     (dy, x), cl = _layout(dy, x, was_channels_last=layout.is_channels_last(x))
     device = kernels.array_device((dy,))

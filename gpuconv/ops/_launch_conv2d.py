@@ -123,7 +123,7 @@ def _variant(family, dtype, tf32, channels, target, device, geometry, run):
     gives the launch's tuning geometry and ``run()`` the function that runs it in a variant, asked
     only when autotuning decides."""
     asked = kernels.variant(family, dtype, tf32)
-    if asked == "auto" and kernels.autotunes(target):
+    if asked == "auto" and target in kernels._TUNED_TARGETS and kernels.autotune_enabled():  # (autotunes(target))
         return kernels.resolve(family, dtype, tf32, channels, target, run=run(), launch=lambda: (device, geometry()))
     key = (family, asked, dtype, tf32, channels, target, device,
            kernels.current_sim_arch() if target == "sim" else None)
@@ -212,7 +212,7 @@ def conv2d_backward_data_kernel(dy, w, x_shape, stride, padding, tf32=False, *, 
 
 def _backward_data(dy, w, x_shape, stride, padding, tf32, like, target, var, device):
     if var in tc.SHAPES and dy.size:
-        dx = tc.backward_data(dy, w, x_shape, stride, padding, tf32, like, target=target, variant=var)
+        dx = tc.backward_data(dy, w, x_shape, stride, padding, tf32, like, target=target, variant=var, device=device)
         if dx is not None:
             return dx
     if var in tc.SHAPES:
@@ -261,7 +261,8 @@ def conv2d_backward_weight_kernel(dy, x, w_shape, stride, padding, tf32=False, *
 
 def _backward_weight(dy, x, w_shape, stride, padding, tf32, target, dw_dtype, var, device):
     if var in tc.SHAPES:
-        dw = tc.backward_weight(dy, x, w_shape, stride, padding, tf32, target=target, variant=var, dw_dtype=dw_dtype)
+        dw = tc.backward_weight(dy, x, w_shape, stride, padding, tf32, target=target, variant=var, dw_dtype=dw_dtype,
+                                device=device)
         if dw is not None:
             return dw
         var = "v2"  # no tensor-core format for this dtype

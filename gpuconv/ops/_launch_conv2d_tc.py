@@ -74,11 +74,12 @@ def _nhwc_padded(x, cp=None):
     return out
 
 
-def _repacked(w, axes, channels, padded):
+def _repacked(w, axes, channels, padded, xp=None):
     """The filters transposed to ``axes`` with their last axis (``channels`` long) zero-padded
     to ``padded``: KRSC (forward) or CRSK (data gradient), starting on a 16-byte boundary (the
-    loaders' cp.async pieces; a view of the caller's array need not)."""
-    xp = get_array_module(w)
+    loaders' cp.async pieces; a view of the caller's array need not). ``xp``: w's module, where
+    the caller has it."""
+    xp = xp or get_array_module(w)
     t = w.transpose(axes)
     if padded == channels:
         t = xp.ascontiguousarray(t)
@@ -123,10 +124,20 @@ def _packed(w, shape, dtype):
     return None
 
 
-def _back(y_nhwc, like):
-    """An NHWC result as a logically NCHW array in the layout of ``like``."""
+def _back(y_nhwc, like, xp=None):
+    """An NHWC result as a logically NCHW array in the layout of ``like`` (``xp``: y's module, where
+    the caller has it)."""
     y = y_nhwc.transpose(layout.NCHW)
-    return y if layout.is_channels_last(like) else get_array_module(y).ascontiguousarray(y)
+    return y if layout.is_channels_last(like) else (xp or get_array_module(y)).ascontiguousarray(y)
+
+
+_UNKNOWN = object()  # (a device argument not given: None is the simulator's)
+
+
+def _module(target, *arrays):
+    """numpy or cupy for a launch's arrays on ``target``: NumPy's on the simulator (the op's
+    kernel_target said so), else asked (:func:`gpuconv.backend.get_array_module`)."""
+    return np if target == "sim" else get_array_module(*arrays)
 
 
 def engine(variant, dtype, tf32, target, device):
@@ -183,11 +194,6 @@ def _launch_plan(name, variant, dtype, target, rows, cols, tf32, device, splits=
     return plan
 
 
-def _run(plan, dtype, target, args, tf32, device):
-    kernels.launch("conv2d_tc", plan.kernel, dtype, target, plan.grid, plan.block, args + plan.i32, device=device,
-                   tf32=tf32, shared_mem=plan.shared)
-
-
 def forward(x, w, b, stride, padding, tf32, relu, *, target, variant="tc"):
     """y = conv2d(x, w) + b (ReLU when ``relu``) on tensor cores, or None (see the module doc);
     ``variant`` 'tc' (64x64 tiles), 'tc128' (128x128, 8 warps), 'tc128w' (128x128, 4 warps), 'tcwg'
@@ -201,13 +207,15 @@ def forward(x, w, b, stride, padding, tf32, relu, *, target, variant="tc"):
                  variant)
     if plan is None:
         return None
-    xp = get_array_module(x, w, b)
+    xp = _module(target, x, w, b)
     xh = _nhwc_padded(x, plan.padded)
-    wk = _repacked(w, (0, 2, 3, 1), x.shape[1], plan.padded)
+    wk = _repacked(w, (0, 2, 3, 1), x.shape[1], plan.padded, xp)
     y = xp.empty(plan.shape, dtype=x.dtype)
     if plan.grid is not None:
-        _run(plan, x.dtype, target, (xh, wk, wk if b is None else xp.ascontiguousarray(b), y), tf32, device)
-    return _back(y, x)
+        kernels.launch("conv2d_tc", plan.kernel, x.dtype, target, plan.grid, plan.block,
+                       (xh, wk, wk if b is None else xp.ascontiguousarray(b), y) + plan.i32, device=device, tf32=tf32,
+                       shared_mem=plan.shared)
+    return _back(y, x, xp)
 
 
 def _forward_plan(x_shape, w_shape, dtype, tf32, stride, padding, has_bias, relu, target, device, variant):
@@ -231,9 +239,11 @@ def _forward_plan(x_shape, w_shape, dtype, tf32, stride, padding, has_bias, relu
     return plan
 
 
-def backward_data(dy, w, x_shape, stride, padding, tf32, like, *, target, variant="tc"):
-    """dx of shape ``x_shape`` (in the layout of ``like``) on tensor cores, or None."""
-    device = kernels.array_device([dy])
+def backward_data(dy, w, x_shape, stride, padding, tf32, like, *, target, variant="tc", device=_UNKNOWN):
+    """dx of shape ``x_shape`` (in the layout of ``like``) on tensor cores, or None (``device``:
+    dy's, :func:`gpuconv.kernels.array_device`, where the caller has it)."""
+    if device is _UNKNOWN:
+        device = kernels.array_device([dy])
     x_shape = tuple(x_shape)
     plan = _plan(("backward_data", variant, dy.shape, w.shape, x_shape, dy.dtype, tf32, stride, padding, target,
                   device, kernels.launch_setting(target)),
@@ -241,17 +251,18 @@ def backward_data(dy, w, x_shape, stride, padding, tf32, like, *, target, varian
                  variant)
     if plan is None:
         return None
-    xp = get_array_module(dy, w)
+    xp = _module(target, dy, w)
     dyh = _nhwc_padded(dy, plan.padded)
     n, c, h, wd = x_shape
     k, _, fh, fw = w.shape
     wt = _packed(w, (c, fh, fw, plan.padded), dy.dtype)  # cast so by mixed precision, else repacked here
     if wt is None:
-        wt = _repacked(w, (1, 2, 3, 0), k, plan.padded)
+        wt = _repacked(w, (1, 2, 3, 0), k, plan.padded, xp)
     dx = xp.empty(plan.shape, dtype=dy.dtype)
     if plan.grid is not None:
-        _run(plan, dy.dtype, target, (dyh, wt, dx), tf32, device)
-    return _back(dx, like)
+        kernels.launch("conv2d_tc", plan.kernel, dy.dtype, target, plan.grid, plan.block, (dyh, wt, dx) + plan.i32,
+                       device=device, tf32=tf32, shared_mem=plan.shared)
+    return _back(dx, like, xp)
 
 
 def _backward_data_plan(dy_shape, w_shape, x_shape, dtype, tf32, stride, padding, target, device, variant):
@@ -273,11 +284,13 @@ def _backward_data_plan(dy_shape, w_shape, x_shape, dtype, tf32, stride, padding
     return plan
 
 
-def backward_weight(dy, x, w_shape, stride, padding, tf32, *, target, variant="tc", dw_dtype=None):
+def backward_weight(dy, x, w_shape, stride, padding, tf32, *, target, variant="tc", dw_dtype=None, device=_UNKNOWN):
     """dw (OIHW, shape ``w_shape``) on tensor cores, or None: split-K float32 partial sums, then
     conv2d_tc_weight_reduce adds them in a fixed order and rounds once to dy's dtype; with
-    ``dw_dtype`` float32 (a bf16/fp16 dy) it delivers that rounded value widened to float32."""
-    device = kernels.array_device([dy])
+    ``dw_dtype`` float32 (a bf16/fp16 dy) it delivers that rounded value widened to float32.
+    ``device``: dy's, where the caller has it."""
+    if device is _UNKNOWN:
+        device = kernels.array_device([dy])
     w_shape = tuple(w_shape)
     split = _split_rule()
     plan = _plan(("backward_weight", variant, dy.shape, x.shape, w_shape, dy.dtype, tf32, stride, padding, dw_dtype,
@@ -286,7 +299,7 @@ def backward_weight(dy, x, w_shape, stride, padding, tf32, *, target, variant="t
                  device, variant)
     if plan is None:
         return None
-    xp = get_array_module(dy, x)
+    xp = _module(target, dy, x)
     dw = xp.empty(w_shape, dtype=plan.dw_dtype)
     if plan.grid is None:
         return dw
@@ -297,8 +310,11 @@ def backward_weight(dy, x, w_shape, stride, padding, tf32, *, target, variant="t
         at = kernels.address(dyh)
     xh = _nhwc_padded(x, plan.padded)
     ws = xp.empty(plan.ws, dtype=np.float32)
-    vec_dy = next(v for v in plan.vecs if at % v == 0)
-    _run(plan, dy.dtype, target, (dyh, xh, ws) + plan.vecs[vec_dy], tf32, device)
+    for vec_dy in plan.vecs:  # the widest dy's address allows (16-byte aligned here: the first)
+        if at % vec_dy == 0:
+            break
+    kernels.launch("conv2d_tc", plan.kernel, dy.dtype, target, plan.grid, plan.block,
+                   (dyh, xh, ws) + plan.vecs[vec_dy] + plan.i32, device=device, tf32=tf32, shared_mem=plan.shared)
     grid, block, i32 = plan.reduce
     kernels.launch("conv2d_tc", "conv2d_tc_weight_reduce", dy.dtype, target, grid, block,
                    (ws, None if plan.widen else dw, dw if plan.widen else None) + i32,

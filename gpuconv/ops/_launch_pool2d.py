@@ -31,27 +31,58 @@ def _inputs(*arrays, was_channels_last=False):
     return tuple(xp.ascontiguousarray(a) for a in arrays), False
 
 
+_DIMS: dict = {}  # (x_shape, kernel_size, stride, floor, padding) -> _dims' answer: a network's few geometries
+_RUNS: dict = {}  # (kernel, elements, dims, layout, element size, vec, target, device) -> _run's launch forms
+_MEMO_MAX = 1024  # entries each memo keeps (a network has a few dozen); past it, it starts over
+
+
 def _dims(x_shape, kernel_size, stride, floor=False, padding=(0, 0)):
     """The output's shape and the kernels' size arguments. Rows and columns past the last window
     (``floor``) are in H and W, and the kernels never read them; the backward's are zeros."""
-    n, c, h, w = x_shape
-    oh, ow = pooled_hw(x_shape, kernel_size, stride, floor, padding)
-    dims = kernels.int32_args((n, c, h, w, oh, ow, *kernel_size, *stride, *padding))  # made once per geometry
-    return (n, c, oh, ow), dims
+    key = (tuple(x_shape), tuple(kernel_size), tuple(stride), floor, tuple(padding))
+    got = _DIMS.get(key)
+    if got is None:
+        n, c, h, w = x_shape
+        oh, ow = pooled_hw(x_shape, kernel_size, stride, floor, padding)
+        got = (n, c, oh, ow), kernels.int32_args((n, c, h, w, oh, ow, *kernel_size, *stride, *padding))
+        if len(_DIMS) >= _MEMO_MAX:
+            _DIMS.clear()
+        _DIMS[key] = got
+    return got
+
+
+def _run_forms(kernel, elements, dims, channels_last, itemsize, vec, target, device):
+    """{lanes: (kernel name, grid, block, arguments after the arrays' and the scalars)} of :func:`_run`:
+    the ``_vec`` form where the channels and layout allow one (the arrays' alignment is asked per
+    call), and the element form."""
+    forms = {}
+    lanes = kernels.VEC_BYTES // itemsize
+    if vec and channels_last and int(dims[1]) % lanes == 0:
+        forms[lanes] = (kernel + "_vec", *kernels.grid_1d(elements // lanes, kernels.BLOCK, target, device))
+    forms[1] = (kernel, *kernels.grid_1d(elements, kernels.BLOCK, target, device))
+    tail = dims + (np.int32(channels_last),)
+    return {k: v + (tail,) for k, v in forms.items()}
 
 
 def _run(kernel, elements, target, arrays, dims, channels_last, scalars=(), vec=True):
     """One thread per element (outputs forward, inputs backward), or per VEC16 channels of a
     pixel in the ``_vec`` form where it applies (:func:`gpuconv.kernels.vec_lanes`; ``vec`` False
     for a kernel without one), grid-stride beyond the cap; ``arrays[0]`` (x or dy) gives the dtype
-    and the device. Arrays go as their memory."""
+    and the device. Arrays go as their memory. The grids are made once per geometry."""
     if elements:
         device = kernels.array_device(arrays[:1])
-        lanes = kernels.vec_lanes(arrays, int(dims[1]), channels_last) if vec else 1
-        grid, block = kernels.grid_1d(elements // lanes, kernels.BLOCK, target, device)
-        args = tuple(layout.memory_order(a) for a in arrays) + tuple(scalars) + dims + (np.int32(channels_last),)
-        kernels.launch("pool2d", kernel + ("_vec" if lanes > 1 else ""), arrays[0].dtype, target, grid, block, args,
-                       device=device)
+        itemsize = arrays[0].itemsize
+        key = (kernel, elements, dims, channels_last, itemsize, vec, target, device)
+        forms = _RUNS.get(key)
+        if forms is None:
+            forms = _run_forms(kernel, elements, dims, channels_last, itemsize, vec, target, device)
+            if len(_RUNS) >= _MEMO_MAX:
+                _RUNS.clear()
+            _RUNS[key] = forms
+        name, grid, block, tail = forms[kernels.vec_lanes(arrays, int(dims[1]), channels_last) if len(forms) > 1
+                                        else 1]
+        args = tuple([layout.memory_order(a) for a in arrays]) + tuple(scalars) + tail
+        kernels.launch("pool2d", name, arrays[0].dtype, target, grid, block, args, device=device)
 
 
 def _run_backward(kernel, cache, dx, target, arrays, dims, channels_last):
@@ -69,7 +100,7 @@ def _run_backward(kernel, cache, dx, target, arrays, dims, channels_last):
 
 @register_launcher("max_pool2d_forward")
 def max_pool2d_forward_kernel(x, kernel_size, stride, floor=False, padding=(0, 0), *, target):
-    xp = get_array_module(x)
+    xp = np if target == "sim" else get_array_module(x)  # (the simulator's arrays are NumPy's)
     (x,), cl = _inputs(x)
     out_shape, dims = _dims(x.shape, kernel_size, stride, floor, padding)
     y, argmax = layout.empty(xp, out_shape, x.dtype, cl), layout.empty(xp, out_shape, np.int32, cl)
@@ -79,7 +110,7 @@ def max_pool2d_forward_kernel(x, kernel_size, stride, floor=False, padding=(0, 0
 
 @register_launcher("max_pool2d_backward")
 def max_pool2d_backward_kernel(dy, cache, *, target):
-    xp = get_array_module(dy, cache.argmax)
+    xp = np if target == "sim" else get_array_module(dy, cache.argmax)
     (dy, argmax), cl = _inputs(dy, cache.argmax.astype(np.int32, copy=False), was_channels_last=cache.channels_last)
     _, dims = _dims(cache.x_shape, cache.kernel_size, cache.stride, True, cache.padding)  # dy's shape was checked
     dx = layout.empty(xp, cache.x_shape, dy.dtype, cl)

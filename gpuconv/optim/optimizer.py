@@ -499,8 +499,10 @@ class Optimizer:
                     xp.copyto(state[name], old if old is not None else xp.zeros((), state[name].dtype), where=skip)
 
     def _with_grads(self):
-        """``(index, parameter, state)`` of each parameter a step updates: one with a gradient, not
-        frozen. A gradient of another shape (set by hand) is refused: it would broadcast."""
+        """``[(index, parameter, state)]`` of each parameter a step updates: one with a gradient, not
+        frozen. A gradient of another shape (set by hand) is refused: it would broadcast. (A list,
+        made before any update: a wrong gradient stops the step before it changes anything.)"""
+        out = []
         for i, (p, state) in enumerate(zip(self.params, self.state)):
             if p.grad is None or not p.requires_grad:
                 continue
@@ -508,7 +510,8 @@ class Optimizer:
                 raise ValueError(f"{type(self).__name__}.step: parameter {i} ({getattr(p, 'name', '')!r}) has shape "
                                  f"{tuple(p.data.shape)} but its .grad has shape {tuple(p.grad.shape)}: give it a "
                                  "gradient of the parameter's shape")
-            yield i, p, state
+            out.append((i, p, state))
+        return out
 
     def _update(self, p, state, h):
         """One parameter's update with its hyperparameters ``h`` (:meth:`hyper`)."""

@@ -47,21 +47,28 @@ class SGD(Optimizer):
         hypers = {}  # per parameter group: hyper(i) is the group's for each of its parameters
         if not hasattr(self, "_groups"):
             self._finish_groups()
+        targets = {}  # array type -> kernel target: a step's NumPy arrays all have the default device's
         for i, p, state in self._with_grads():
             h = hypers.get(self._group_of[i])
             if h is None:
                 h = hypers[self._group_of[i]] = self.hyper(i)
-            item = _fused_sgd_operands(p, state, h)
+            kind = type(p.data)
+            target = targets.get(kind, False)
+            if target is False:
+                target = targets[kind] = kernel_target(p.data)
+            item = _fused_sgd_operands(p, state, h, target)
             if item is None:
                 self._update(p, state, h)
                 continue
             lr = self._lr_of[id(p)]
             key = (id(lr), h["momentum"], h["weight_decay"], bool(h["nesterov"]), p.data.dtype,
-                   kernels.array_device([p.data]))
+                   None if kind is np.ndarray else kernels.array_device([p.data]))
             batches.setdefault(key, (lr, h, []))[2].append(item)
         for lr, h, items in batches.values():
-            # Launches of similar sizes: the grid is sized for a launch's largest parameter.
-            items.sort(key=lambda item: item[0].size)
+            # Launches of similar sizes: the grid is sized for a launch's largest parameter (a stable
+            # sort by size, keyed without a Python call per parameter).
+            sizes = [item[0].size for item in items]
+            items[:] = [items[i] for i in sorted(range(len(items)), key=sizes.__getitem__)]
             for k in range(0, len(items), SGD_TENSORS):
                 _launch_sgd(items[k:k + SGD_TENSORS], h, lr)
 
@@ -104,12 +111,13 @@ def _fused_sgd(p, state, h, lr) -> bool:
     return True
 
 
-def _fused_sgd_operands(p, state, h):
+def _fused_sgd_operands(p, state, h, target=False):
     """``(data, grad, buffer, first)`` for the fused update of ``p``: it lives on a kernel target
-    ('cuda', 'sim') in float32 or float64 with a contiguous gradient of its dtype (None
-    otherwise). With momentum, a first step allocates the buffer, which the kernel writes."""
+    ('cuda', 'sim'; ``target``, when the caller knows it) in float32 or float64 with a contiguous
+    gradient of its dtype (None otherwise). With momentum, a first step allocates the buffer, which
+    the kernel writes."""
     data, grad = p.data, p.grad
-    if kernel_target(data) is None or data.dtype not in (np.float32, np.float64) or grad.dtype != data.dtype \
+    if (kernel_target(data) if target is False else target) is None or data.dtype not in (np.float32, np.float64) or grad.dtype != data.dtype \
             or tuple(grad.shape) != tuple(data.shape) or not (data.flags.c_contiguous and grad.flags.c_contiguous):
         return None
     first, buf = 0, data  # the buffer argument is untouched without momentum
