@@ -50,17 +50,10 @@ def geometry(kernel, target, *, c=0, count=0, channels_last=False, total=0, devi
     return grid, block, ()
 
 
-def _layout(*arrays, was_channels_last=False):
-    """(arrays in one layout, channels_last?), as the pooling launchers decide it."""
-    if layout.run_channels_last(*arrays) or (was_channels_last and all(map(layout.nhwc_memory, arrays))):
-        return arrays, True
-    xp = get_array_module(*arrays)
-    return tuple([xp.ascontiguousarray(a) for a in arrays]), False
-
-
 def _launch(kernel, dtype, target, grid, block, args, device, cl=True):
     """A launch with the 4-D arrays among ``args`` as their memory order (NHWC views of
-    channels_last ones); ``cl`` False: the arrays are C-contiguous, passed as they are."""
+    channels_last ones); ``cl`` False: the arrays are C-contiguous or given as their memory order,
+    passed as they are."""
     if cl:  # (every argument is an array or a NumPy scalar: each has ndim)
         args = tuple([layout.memory_order(a) if a.ndim == 4 else a for a in args])
     kernels.launch("batchnorm", kernel, dtype, target, grid, block, args, device=device)
@@ -109,26 +102,60 @@ def _elementwise_plan(kernel, total, c, hw, cl, itemsize, target, device):
     return forms
 
 
-def _reduce(kernel, dtype, target, inputs, outputs, acc_dtype, c, hw, count, cl, device, *scalars, xp=None):
+def _reduce(kernel, dtype, target, inputs, outputs, acc_dtype, c, hw, count, cl, device, *scalars, xp=None,
+            memory=False):
     """A reduction launch: ``kernel(*inputs, partial, *outputs, tickets, S, C, HW, count, chunk,
     *scalars, cl)``, pass 1 into a new 2 x S x C partial array, pass 2 into ``outputs`` (one
-    ticket per 32-channel group)."""
+    ticket per 32-channel group). ``memory``: the 4-D arrays are given as their memory order already."""
     grid, block, size, groups, sizes, last = _plan((kernel, c, hw, count, cl), _reduce_plan, kernel, c, hw, count, cl)
     partial = (xp or get_array_module(inputs[0])).empty(size, acc_dtype)
     tickets = kernels.tickets(inputs[0], groups, device)
     _launch(kernel, dtype, target, grid, block, inputs + (partial,) + outputs + (tickets,) + sizes + scalars + last,
-            device, cl)
+            device, cl and not memory)
 
 
-def _elementwise(kernel, dtype, target, arrays, scalars, c, hw, cl, device):
+def _elementwise(kernel, dtype, target, arrays, scalars, c, hw, cl, device, memory=False):
     """An elementwise kernel over ``arrays[0]``'s elements: its ``_vec`` form where it applies
-    (:func:`gpuconv.kernels.vec_lanes`), else the element kernel, which walks NCHW or NHWC memory."""
+    (:func:`gpuconv.kernels.vec_lanes`), else the element kernel, which walks NCHW or NHWC memory.
+    ``memory``: the 4-D arrays are given as their memory order already."""
     total = int(arrays[0].size)
     itemsize = arrays[0].itemsize
     forms = _plan((kernel, total, c, hw, cl, itemsize, target, device), _elementwise_plan, kernel, total, c, hw, cl,
                   itemsize, target, device)
     name, grid, block, sizes, last = forms[kernels.vec_lanes(arrays, c, cl) if len(forms) > 1 else 1]
-    _launch(name, dtype, target, grid, block, arrays + sizes + scalars + last, device, cl)
+    _launch(name, dtype, target, grid, block, arrays + sizes + scalars + last, device, cl and not memory)
+
+
+# The layout the launchers run their 4-D arrays in and their memory orders (layout.memory_order),
+# a function of their shapes, strides and dtypes, memoized by those (the launchers ask at every
+# call): (the compute dtype, channels_last, per array whether its memory order is its NHWC view,
+# whether a new channels_last output's is its NHWC buffer). Channels_last where every array is in NHWC order and
+# one is channels_last, or the forward's input was (as the pooling launchers decide it); otherwise
+# the arrays are made C-contiguous, their own memory order.
+_LAYOUTS: dict = {}
+
+
+def _layout_plan(key, arrays, was_channels_last=False):
+    cl = layout.run_channels_last(*arrays) or (was_channels_last and all(map(layout.nhwc_memory, arrays)))
+    n, c, h, w = arrays[0].shape
+    out = np.lib.stride_tricks.as_strided(np.empty(1, np.uint8), (n, c, h, w), (h * w * c, 1, w * c, c))  # its strides
+    plan = (compute_dtype(arrays[0].dtype), cl, tuple(cl and layout.is_channels_last(a) for a in arrays),
+            cl and layout.is_channels_last(out))
+    if len(_LAYOUTS) >= _PLANS_MAX:
+        _LAYOUTS.clear()
+    _LAYOUTS[key] = plan
+    return plan
+
+
+def _output(xp, shape, dtype, cl, view):
+    """A new (N, C, H, W) output in the layout ``cl`` (as layout.empty) and its memory order."""
+    if not cl:
+        y = xp.empty(shape, dtype=dtype)
+        return y, y
+    n, c, h, w = shape
+    buffer = xp.empty((n, h, w, c), dtype=dtype)
+    y = buffer.transpose(layout.NCHW)
+    return y, buffer if view else y
 
 
 @register_launcher("batchnorm2d_forward")
@@ -139,8 +166,12 @@ def batchnorm2d_forward_kernel(x, gamma, beta, running_mean, running_var, traini
     if count > _MAX_COUNT:
         return NotImplemented  # the kernels index a channel's positions in 32 bits
     xp = np if target == "sim" else get_array_module(x)  # (the simulator's arrays are NumPy's)
-    cd = compute_dtype(x.dtype)
-    (x,), cl = _layout(x)
+    key = (x.shape, x.strides, x.dtype)
+    known = _LAYOUTS.get(key) or _layout_plan(key, (x,))
+    cd, cl, (x_view,), y_view = known
+    if not cl:
+        x = xp.ascontiguousarray(x)
+    xm = x.transpose(layout.NHWC) if x_view else x  # its memory order
     device = kernels.array_device((x,))
     gamma, beta = xp.ascontiguousarray(gamma, dtype=cd), xp.ascontiguousarray(beta, dtype=cd)
     inv_std = xp.empty(c, cd)
@@ -151,9 +182,9 @@ def batchnorm2d_forward_kernel(x, gamma, beta, running_mean, running_var, traini
     dtype = x.dtype
     if training:
         mean = xp.empty(c, cd)
-        _reduce("batchnorm2d_stats", dtype, target, (x,), (mean, inv_std, rm, rv), cd, c, hw, count, cl, device,
+        _reduce("batchnorm2d_stats", dtype, target, (xm,), (mean, inv_std, rm, rv), cd, c, hw, count, cl, device,
                 np.float64(eps), np.float64(1.0 - momentum), np.float64(momentum),
-                np.float64(momentum * count / (count - 1)), np.int32(has_running), xp=xp)
+                np.float64(momentum * count / (count - 1)), np.int32(has_running), xp=xp, memory=True)
         if has_running and rm is not running_mean:
             running_mean[...] = rm
         if has_running and rv is not running_var:
@@ -163,10 +194,10 @@ def batchnorm2d_forward_kernel(x, gamma, beta, running_mean, running_var, traini
         grid, block, _ = geometry("batchnorm2d_eval_inv_std", target, c=c)
         _launch("batchnorm2d_eval_inv_std", dtype, target, grid, block, (rv, inv_std, np.int32(c), np.float64(eps)),
                 device)
-    y = layout.empty(xp, x.shape, dtype, cl)
+    y, ym = _output(xp, x.shape, dtype, cl, y_view)
     if x.size:
-        _elementwise("batchnorm2d_normalize", dtype, target, (x, mean, inv_std, gamma, beta, y),
-                     (np.int32(ACTIVATIONS.index(activation)),), c, hw, cl, device)
+        _elementwise("batchnorm2d_normalize", dtype, target, (xm, mean, inv_std, gamma, beta, ym),
+                     (np.int32(ACTIVATIONS.index(activation)),), c, hw, cl, device, memory=True)
     if activation is None:
         return y, BatchNorm2dCache(x, mean, gamma, inv_std, training)
     return y, BatchNorm2dCache(x, mean, gamma, inv_std, training, beta, activation)
@@ -180,8 +211,13 @@ def batchnorm2d_backward_kernel(dy, cache, *, target):
     if count > _MAX_COUNT:
         return NotImplemented
     xp = np if target == "sim" else get_array_module(dy, x)
-    cd = compute_dtype(dy.dtype)
-    (dy, x), cl = _layout(dy, x, was_channels_last=layout.is_channels_last(x))
+    key = (dy.shape, dy.strides, x.strides, dy.dtype, x.dtype)
+    known = _LAYOUTS.get(key) or _layout_plan(key, (dy, x), was_channels_last=layout.is_channels_last(x))
+    cd, cl, (dy_view, x_view), dx_view = known
+    if not cl:
+        dy, x = xp.ascontiguousarray(dy), xp.ascontiguousarray(x)
+    dym = dy.transpose(layout.NHWC) if dy_view else dy  # their memory order
+    xm = x.transpose(layout.NHWC) if x_view else x
     device = kernels.array_device((dy,))
     mean, gamma = xp.ascontiguousarray(mean, dtype=cd), xp.ascontiguousarray(gamma, dtype=cd)
     inv_std = xp.ascontiguousarray(inv_std, dtype=cd)
@@ -190,13 +226,14 @@ def batchnorm2d_backward_kernel(dy, cache, *, target):
     dgamma, dbeta = xp.empty(c, cd), xp.empty(c, cd)
     dtype = dy.dtype
     if count:
-        _reduce("batchnorm2d_backward_sums", dtype, target, (dy, x, mean, inv_std, gamma, beta), (dgamma, dbeta), cd, c,
-                hw, count, cl, device, act, xp=xp)
+        _reduce("batchnorm2d_backward_sums", dtype, target, (dym, xm, mean, inv_std, gamma, beta), (dgamma, dbeta), cd,
+                c, hw, count, cl, device, act, xp=xp, memory=True)
     else:
         dgamma[...] = 0
         dbeta[...] = 0
-    dx = layout.empty(xp, dy.shape, dtype, cl)
+    dx, dxm = _output(xp, dy.shape, dtype, cl, dx_view)
     if dy.size:
-        _elementwise("batchnorm2d_backward_dx", dtype, target, (dy, x, mean, gamma, beta, inv_std, dgamma, dbeta, dx),
-                     (np.int32(count), np.int32(bool(training)), act), c, hw, cl, device)
+        _elementwise("batchnorm2d_backward_dx", dtype, target,
+                     (dym, xm, mean, gamma, beta, inv_std, dgamma, dbeta, dxm),
+                     (np.int32(count), np.int32(bool(training)), act), c, hw, cl, device, memory=True)
     return dx, dgamma, dbeta

@@ -124,11 +124,37 @@ def _packed(w, shape, dtype):
     return None
 
 
+# (shape, strides, itemsize) -> (NHWC memory order, channels_last) of a 4-D array, layout's answers
+# (layout.nhwc_memory, layout.is_channels_last), memoized: every launch asks them of its operands.
+_ORDERS: dict = {}
+
+
+def _orders_of(a):
+    key = (a.shape, a.strides, a.itemsize)
+    got = _ORDERS.get(key)
+    if got is None:
+        if len(_ORDERS) >= _PLANS_MAX:
+            _ORDERS.clear()
+        got = _ORDERS[key] = (layout.nhwc_memory(a), layout.is_channels_last(a))
+    return got
+
+
+def _operand(x, padded):
+    """:func:`_nhwc_padded` of ``x``, a view taken here where that is all it is (NHWC memory, no
+    channels to pad, a 16-byte aligned start): no call but the address's."""
+    if (_ORDERS.get((x.shape, x.strides, x.itemsize)) or _orders_of(x))[0] and padded == x.shape[1] \
+            and kernels.address(x) % PIECE == 0:  # (x's first element is its view's)
+        return x.transpose(layout.NHWC)
+    return _nhwc_padded(x, padded)
+
+
 def _back(y_nhwc, like, xp=None):
     """An NHWC result as a logically NCHW array in the layout of ``like`` (``xp``: y's module, where
     the caller has it)."""
     y = y_nhwc.transpose(layout.NCHW)
-    return y if layout.is_channels_last(like) else (xp or get_array_module(y)).ascontiguousarray(y)
+    if (_ORDERS.get((like.shape, like.strides, like.itemsize)) or _orders_of(like))[1]:  # like is channels_last
+        return y
+    return (xp or get_array_module(y)).ascontiguousarray(y)
 
 
 _UNKNOWN = object()  # (a device argument not given: None is the simulator's)
@@ -208,7 +234,7 @@ def forward(x, w, b, stride, padding, tf32, relu, *, target, variant="tc"):
     if plan is None:
         return None
     xp = _module(target, x, w, b)
-    xh = _nhwc_padded(x, plan.padded)
+    xh = _operand(x, plan.padded)
     wk = _repacked(w, (0, 2, 3, 1), x.shape[1], plan.padded, xp)
     y = xp.empty(plan.shape, dtype=x.dtype)
     if plan.grid is not None:
@@ -252,7 +278,7 @@ def backward_data(dy, w, x_shape, stride, padding, tf32, like, *, target, varian
     if plan is None:
         return None
     xp = _module(target, dy, w)
-    dyh = _nhwc_padded(dy, plan.padded)
+    dyh = _operand(dy, plan.padded)
     n, c, h, wd = x_shape
     k, _, fh, fw = w.shape
     wt = _packed(w, (c, fh, fw, plan.padded), dy.dtype)  # cast so by mixed precision, else repacked here
@@ -303,12 +329,13 @@ def backward_weight(dy, x, w_shape, stride, padding, tf32, *, target, variant="t
     dw = xp.empty(w_shape, dtype=plan.dw_dtype)
     if plan.grid is None:
         return dw
-    dyh = layout.nhwc(dy)
+    nhwc_order = (_ORDERS.get((dy.shape, dy.strides, dy.itemsize)) or _orders_of(dy))[0]
+    dyh = dy.transpose(layout.NHWC) if nhwc_order else layout.nhwc(dy)  # (layout.nhwc's view, without its call)
     at = kernels.address(dyh)
     if at % PIECE:
         dyh = dyh.copy()
         at = kernels.address(dyh)
-    xh = _nhwc_padded(x, plan.padded)
+    xh = _operand(x, plan.padded)
     ws = xp.empty(plan.ws, dtype=np.float32)
     for vec_dy in plan.vecs:  # the widest dy's address allows (16-byte aligned here: the first)
         if at % vec_dy == 0:
