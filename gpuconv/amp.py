@@ -136,24 +136,34 @@ def _low_precision_parameters(model) -> list:
     return out
 
 
+_LAYER = _NAMED_CHILDREN = None  # Layer, Layer.named_children (set at the first walk: layers imports this module)
+
+
 def _modules(model) -> list:
     """``model.modules()`` (every layer once, depth first, in order), walked without the dotted
     names :meth:`named_modules` makes (a step asks for them once): a model whose class has a
     walk of its own is asked for it."""
-    from .layers import Layer  # noqa: PLC0415  (layers imports this module)
+    global _LAYER, _NAMED_CHILDREN
+    if _LAYER is None:
+        from .layers import Layer  # noqa: PLC0415  (layers imports this module)
+        _LAYER, _NAMED_CHILDREN = Layer, Layer.named_children
     kind = type(model)
-    if kind.modules is not Layer.modules or kind.named_modules is not Layer.named_modules:
+    if kind.modules is not _LAYER.modules or kind.named_modules is not _LAYER.named_modules:
         return model.modules()
     out, seen = [], set()
     stack = [model]
     while stack:
         layer = stack.pop()
-        if id(layer) in seen:
+        key = id(layer)
+        if key in seen:
             continue
-        seen.add(id(layer))
+        seen.add(key)
         out.append(layer)
+        # (a layer that registers no attributes and walks as Layer does has no children: not asked)
+        if not layer._registers_attributes and type(layer).named_children is _NAMED_CHILDREN:
+            continue
         children = layer.named_children()
-        if children:  # (a leaf's walk is empty; a walk, a list, is read as one: no iterator call)
+        if children:  # (a walk, a list, is read as one: no iterator call)
             children = [child for _, child in (list.copy(children) if isinstance(children, list) else children)]
             children.reverse()
             stack += children

@@ -14,6 +14,8 @@ switches and the gradients come back channels_last; anything else is made C-cont
 """
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 
 from .. import kernels, layout
@@ -34,6 +36,7 @@ def _inputs(*arrays, was_channels_last=False):
 _DIMS: dict = {}  # (x_shape, kernel_size, stride, floor, padding) -> _dims' answer: a network's few geometries
 _RUNS: dict = {}  # (kernel, elements, dims, layout, element size, vec, target, device) -> _run's launch forms
 _MEMO_MAX = 1024  # entries each memo keeps (a network has a few dozen); past it, it starts over
+_GEOMETRY = operator.attrgetter("shape", "strides", "itemsize")  # what an array's memory order depends on
 
 
 def _dims(x_shape, kernel_size, stride, floor=False, padding=(0, 0)):
@@ -54,7 +57,7 @@ def _dims(x_shape, kernel_size, stride, floor=False, padding=(0, 0)):
 def _run_forms(kernel, elements, dims, channels_last, itemsize, vec, target, device):
     """{lanes: (kernel name, grid, block, arguments after the arrays' and the scalars)} of :func:`_run`:
     the ``_vec`` form where the channels and layout allow one (the arrays' alignment is asked per
-    call), and the element form."""
+    call), and the element form (and :func:`_run` adds ``"views"``)."""
     forms = {}
     lanes = kernels.VEC_BYTES // itemsize
     if vec and channels_last and int(dims[1]) % lanes == 0:
@@ -72,17 +75,21 @@ def _run(kernel, elements, target, arrays, dims, channels_last, scalars=(), vec=
     if elements:
         device = kernels.array_device(arrays[:1])
         itemsize = arrays[0].itemsize
-        key = (kernel, elements, dims, channels_last, itemsize, vec, target, device)
+        # (the arrays' geometries in the key: which of them go as their NHWC views is in the plan)
+        key = (kernel, elements, dims, channels_last, itemsize, vec, target, device, tuple(map(_GEOMETRY, arrays)))
         forms = _RUNS.get(key)
         if forms is None:
             forms = _run_forms(kernel, elements, dims, channels_last, itemsize, vec, target, device)
+            forms["views"] = tuple([getattr(a, "ndim", None) == 4 and layout.is_channels_last(a) for a in arrays])
             if len(_RUNS) >= _MEMO_MAX:
                 _RUNS.clear()
             _RUNS[key] = forms
-        name, grid, block, tail = forms[kernels.vec_lanes(arrays, int(dims[1]), channels_last) if len(forms) > 1
+        name, grid, block, tail = forms[kernels.vec_lanes(arrays, int(dims[1]), channels_last) if len(forms) > 2
                                         else 1]
-        args = tuple([layout.memory_order(a) for a in arrays]) + tuple(scalars) + tail
-        kernels.launch("pool2d", name, arrays[0].dtype, target, grid, block, args, device=device)
+        # each array as its memory order (layout.memory_order: the NHWC view of a channels_last one)
+        args = tuple([a.transpose(layout.NHWC) if view else a for a, view in zip(arrays, forms["views"])])
+        kernels.launch("pool2d", name, arrays[0].dtype, target, grid, block, args + tuple(scalars) + tail,
+                       device=device)
 
 
 def _run_backward(kernel, cache, dx, target, arrays, dims, channels_last):
