@@ -175,7 +175,7 @@ def _cast_each(params, dtype, backward: bool = True):
     step casts and clears the same parameters, from one walk of the model."""
     dt = None if dtype is None else np.dtype(dtype)
     forward_packed, unpacked = getattr(params, "forward_packed", ()), getattr(params, "unpacked", ())
-    batch = []
+    batch, cores = [], {}
     for p in params:
         if p.compute is not None:
             tc.forget_packed(p.compute)
@@ -187,7 +187,12 @@ def _cast_each(params, dtype, backward: bool = True):
         if not target:
             p.compute = data.astype(dt)
             continue
-        pack = (backward or id(p) in forward_packed) and id(p) not in unpacked
+        pack = (backward or id(p) in forward_packed) and id(p) not in unpacked and data.ndim == 4
+        if pack:  # where the tensor cores read the packing: asked once per device in a call
+            where = (type(data), None if type(data) is np.ndarray else kernels.array_device([data]))
+            pack = cores.get(where)
+            if pack is None:
+                pack = cores[where] = bool(_tensor_cores(data, dt))
         if target == "cuda":
             with backend.array_device_context((data,)):  # CuPy allocates on the current device
                 p.compute, packed = _copies(backend.get_array_module(data), data, dt, pack)
@@ -206,9 +211,9 @@ def _cast_each(params, dtype, backward: bool = True):
 
 def _copies(xp, data, dt, pack):
     """The new (empty) compute copy of ``data`` in ``dt`` (channels_last for 4-D filters) and, with
-    ``pack`` and where the tensor cores read it, its data gradient's packing (else None)."""
+    ``pack`` (4-D filters the tensor cores read), its data gradient's packing (else None)."""
     compute = layout.empty(xp, data.shape, dt, channels_last=True) if data.ndim == 4 else xp.empty(data.shape, dt)
-    return compute, _data_gradient_filters(xp, data, dt) if pack and _tensor_cores(data, dt) else None
+    return compute, _data_gradient_filters(xp, data, dt) if pack else None
 
 
 def _tensor_cores(data, dtype) -> bool:

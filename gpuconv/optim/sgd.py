@@ -70,7 +70,7 @@ class SGD(Optimizer):
             sizes = [item[0].size for item in items]
             items[:] = [items[i] for i in sorted(range(len(items)), key=sizes.__getitem__)]
             for k in range(0, len(items), SGD_TENSORS):
-                _launch_sgd(items[k:k + SGD_TENSORS], h, lr)
+                _launch_sgd(items[k:k + SGD_TENSORS], h, lr, targets[type(items[0][0])])
 
     def _update(self, p, state, h):
         lr = h["lr"]
@@ -131,11 +131,12 @@ def _fused_sgd_operands(p, state, h, target=False):
     return data, grad, buf, first
 
 
-def _launch_sgd(items, h, lr):
+def _launch_sgd(items, h, lr, target=None):
     """One launch of sgd_update over up to SGD_TENSORS ``(data, grad, buffer, first)`` of one group
-    (the same ``lr`` array and hyperparameters ``h``), :func:`gpuconv.kernels.launch_slots`."""
+    (the same ``lr`` array and hyperparameters ``h``), :func:`gpuconv.kernels.launch_slots`
+    (``target``: the parameters', where the caller knows it)."""
     data0, grad0, buf0, _ = items[0]
-    kernels.launch_slots("optim", "sgd_update", data0.dtype, kernel_target(data0),
+    kernels.launch_slots("optim", "sgd_update", data0.dtype, target or kernel_target(data0),
                          [(d, g, b, np.int64(d.size), np.int32(first)) for d, g, b, first in items],
                          [d.size for d, _, _, _ in items], SGD_TENSORS,
                          (data0, grad0, buf0, np.int64(0), np.int32(0)),
