@@ -69,8 +69,12 @@ def _nhwc_padded(x, cp=None):
     a = layout.nhwc(x)
     if cp == c and kernels.address(a) % PIECE == 0:
         return a
-    out = get_array_module(x).zeros((n, h, w, cp), dtype=x.dtype)
-    out[..., :c] = a
+    xp = get_array_module(x)
+    out = xp.zeros((n, h, w, cp), dtype=x.dtype)
+    if xp is np and x.dtype == precision.bfloat16:  # (NumPy copies ml_dtypes' bfloat16 element by element: as bits)
+        out.view(np.uint16)[..., :c] = a.view(np.uint16)
+    else:
+        out[..., :c] = a
     return out
 
 
