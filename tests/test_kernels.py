@@ -1053,6 +1053,50 @@ def test_the_environment_reader_follows_every_change_of_the_environment(monkeypa
     assert _env.get(name) == "3"
 
 
+def test_the_raw_environment_reader_follows_every_change_of_its_variable(monkeypatch):
+    """_env.reader's function (what the launch memos key GPUCONV_KERNELS_DIR, GPUCONV_WGMMA and
+    GPUCONV_AUTOTUNE by, at every launch) answers alike exactly while the variable keeps its value."""
+    import os
+    from gpuconv import _env
+    name = "GPUCONV_TEST_RAW_READER"
+    monkeypatch.delenv(name, raising=False)
+    read = _env.reader(name)
+    assert read() is None
+    answers = []
+    for value in ("one", "two", "dé/ü", "", "one"):
+        monkeypatch.setenv(name, value)
+        answers.append(read())
+    assert answers[0] == answers[4] and len({answers[i] for i in range(4)}) == 4
+    os.environ.update({name: "two"})
+    assert read() == answers[1]
+    del os.environ[name]
+    assert read() is None
+
+
+def test_a_launch_follows_the_kernels_directory_set_between_two_launches(tmp_path, monkeypatch):
+    """A launch's function is memoized, looked up by the raw value of GPUCONV_KERNELS_DIR: setting it
+    to another directory between two launches runs the other directory's kernel at the second, and
+    a mapping put in os.environ's place is read too."""
+    import os
+    src = kernels.kernel_dir()
+    dirs = []
+    for value in (1, 2):
+        d = tmp_path / f"k{value}"
+        d.mkdir()
+        (d / "common.cuh").write_text((src / "common.cuh").read_text())
+        (d / "probe_dir.cu").write_text(f'extern "C" __global__ void probe(storage_t* y) {{ y[0] = {value}; }}\n')
+        dirs.append(str(d))
+    y = np.zeros(1, np.float32)
+    got = []
+    for d in dirs + dirs[:1]:
+        monkeypatch.setenv("GPUCONV_KERNELS_DIR", d)
+        kernels.launch("probe_dir", "probe", np.float32, "sim", (1, 1, 1), (1, 1, 1), (y,))
+        got.append(float(y[0]))
+    monkeypatch.setattr(os, "environ", {**os.environ, "GPUCONV_KERNELS_DIR": dirs[1]})
+    kernels.launch("probe_dir", "probe", np.float32, "sim", (1, 1, 1), (1, 1, 1), (y,))
+    assert got + [float(y[0])] == [1.0, 2.0, 1.0, 2.0]
+
+
 def test_the_current_gpus_capability_is_asked_at_each_call(monkeypatch):
     """``_compute_capability(None)`` and ``wgmma_available('cuda')`` mean the current GPU: a process
     that moves from a Hopper to an A100 (``cupy.cuda.Device(1).use()``) gets the A100's answers, not

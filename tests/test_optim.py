@@ -331,6 +331,13 @@ def test_step_keeps_dtype_device_and_identity_and_skips_missing_grads(backend, m
     with pytest.raises(ValueError, match=r"parameter 0 \('a'\) has shape \(3, 2\) but its .grad has shape \(2,\)"):
         opt.step()
     np.testing.assert_array_equal(backend.asnumpy(a.data), stepped)
+    # a wrong gradient after a right one: refused before any parameter changes
+    a.grad, b.grad = backend.asarray(np.full((3, 2), 0.5, np.float32)), backend.asarray(np.ones(2, np.float32))
+    before = [backend.asnumpy(p.data).copy() for p in (a, b)]
+    with pytest.raises(ValueError, match=r"parameter 1 \('b'\) has shape \(4,\) but its .grad has shape \(2,\)"):
+        opt.step()
+    for p, was in zip((a, b), before):
+        np.testing.assert_array_equal(backend.asnumpy(p.data), was)
 
 
 

@@ -10,6 +10,8 @@ from .container import _insert_position
 from .module import Layer, _name_parameters, _path, _Walk
 from .passes import _data_input, _drop_caches, _first_trained, _locate_error, call_backward, input_is_data
 
+_LAYER_CALL = Layer.__call__
+
 
 class Sequential(Layer):
     """Layers applied in order; backward runs them in reverse.
@@ -213,6 +215,8 @@ class Sequential(Layer):
                 if i == first:
                     with input_is_data(layer):
                         x = layer(x)
+                elif type(layer).__call__ is _LAYER_CALL:  # layer(x), without Layer.__call__'s frame
+                    x = layer.forward(x)
                 else:
                     x = layer(x)
             except (ValueError, TypeError) as exc:
@@ -229,7 +233,10 @@ class Sequential(Layer):
         # leaves out what requires no grad), e.g. airbench94's whitening once its bias is frozen.
         first = 0 if need_dx else _first_trained(self)
         for i in range(len(layers) - 1, first - 1, -1):
-            dy = call_backward(layers[i], dy, need_dx or i > first)
+            if need_dx or i > first:  # (call_backward's first case, without its frame)
+                dy = layers[i].backward(dy)
+            else:
+                dy = call_backward(layers[i], dy, False)
         for layer in layers[:first]:  # their forward caches (activations) are released as a backward would
             _drop_caches(layer)
         return dy if first == 0 else None
