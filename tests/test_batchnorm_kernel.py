@@ -322,3 +322,21 @@ def test_the_launcher_takes_the_vec_kernels_where_they_apply(c, vec):
         np.testing.assert_allclose(f64(y), f64(ry), rtol=2 ** -7, atol=2 ** -7)
         np.testing.assert_allclose(f64(dx), f64(bn._batchnorm2d_backward_reference(dys, rc)[0]), rtol=2 ** -6,
                                    atol=2 ** -6)
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 3, 5), (2, 1, 3, 5), (3, 8, 1, 1)])
+def test_one_shape_in_every_layout_in_turn_keeps_the_reference_results(shape):
+    """The launchers remember per shapes, strides and dtypes how they lay out their arrays: one shape
+    given channels_last, NCHW, then the backward of an NCHW forward with a channels_last dy (and the
+    other way round), in turn, each time agrees with the reference and comes back in the layout of
+    the forward's input (shapes with one channel or 1x1 images are both layouts at once)."""
+    x, gamma, beta, rm, rv, dy = make(shape, np.float32, True, seed=4)
+    nchw = np.ascontiguousarray
+    for xs, dys in ((x, dy), (nchw(x), nchw(dy)), (nchw(x), dy), (x, nchw(dy)), (x, dy)):
+        y, cache, _, _ = run_forward("sim", xs, gamma, beta, rm, rv, True)
+        dx, dg, db = LB.batchnorm2d_backward_kernel(dys, cache, target="sim")
+        ry, rc = bn._batchnorm2d_forward_reference(xs, gamma, beta, rm.copy(), rv.copy(), True, MOMENTUM, EPS)
+        rdx, rdg, rdb = bn._batchnorm2d_backward_reference(dys, rc)
+        for got, want in ((y, ry), (dx, rdx), (dg, rdg), (db, rdb)):
+            np.testing.assert_allclose(f64(got), f64(want), rtol=1e-4, atol=1e-4)
+        assert layout.is_channels_last(y) == layout.is_channels_last(xs)
