@@ -117,7 +117,9 @@ def _fused_sgd_operands(p, state, h, target=False):
     gradient of its dtype (None otherwise). With momentum, a first step allocates the buffer, which
     the kernel writes."""
     data, grad = p.data, p.grad
-    if (kernel_target(data) if target is False else target) is None or data.dtype not in (np.float32, np.float64) or grad.dtype != data.dtype \
+    if target is False:
+        target = kernel_target(data)
+    if target is None or data.dtype not in (np.float32, np.float64) or grad.dtype != data.dtype \
             or tuple(grad.shape) != tuple(data.shape) or not (data.flags.c_contiguous and grad.flags.c_contiguous):
         return None
     first, buf = 0, data  # the buffer argument is untouched without momentum
