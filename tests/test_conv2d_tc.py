@@ -798,3 +798,21 @@ def test_a_launch_plan_follows_every_change_of_what_decides_it(monkeypatch, chan
               "MIN_SPLIT_CHUNK fp32": ("conv2d_backward_weight_v2", "conv2d_reduce_splits"),
               "device T4 tf32": ("conv2d_forward_tc", "conv2d_forward_v2")}[change]
     assert (expect[0] in names(first), expect[1] in names(second)) == (True, True), (names(first), names(second))
+
+
+@pytest.mark.parametrize("dtype", [BF16, np.dtype(np.float16), np.dtype(np.float32)])
+def test_the_channel_padding_copy_keeps_every_bit(dtype):
+    """The operands' zero-padded NHWC copy (NumPy's: a pixel's few channels copied as one integer
+    where they fill one, bfloat16 as its bits) holds x's bits, -0.0 and NaNs included, and zeros
+    after them, for every channel count, layout and a misaligned view."""
+    rng = np.random.default_rng(3)
+    for c in range(1, 10):
+        x = rng.standard_normal((2, c, 3, 4)).astype(dtype)
+        x.flat[::5] = -0.0
+        x.flat[1::7] = np.nan
+        for arr in (x, gpuconv.to_channels_last(x), gpuconv.to_channels_last(np.concatenate([x, x]))[1:3]):
+            cp = TC.padded_channels(c, dtype)
+            got = TC._nhwc_padded(arr)
+            want = np.zeros((2, 3, 4, cp), dtype)
+            want[..., :c] = np.ascontiguousarray(arr.transpose(0, 2, 3, 1))
+            assert got.shape == want.shape and got.dtype == dtype and got.tobytes() == want.tobytes(), (c, arr.strides)

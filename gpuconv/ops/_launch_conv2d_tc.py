@@ -71,11 +71,19 @@ def _nhwc_padded(x, cp=None):
         return a
     xp = get_array_module(x)
     out = xp.zeros((n, h, w, cp), dtype=x.dtype)
-    if xp is np and x.dtype == precision.bfloat16:  # (NumPy copies ml_dtypes' bfloat16 element by element: as bits)
-        out.view(np.uint16)[..., :c] = a.view(np.uint16)
-    else:
-        out[..., :c] = a
+    if xp is np:  # a NumPy copy as bits: a pixel's channels as one integer where they fill one, else each
+        wide = _WIDE.get(c * x.dtype.itemsize) if a.strides[3] == x.dtype.itemsize else None
+        if wide is not None:  # (one strided loop over the pixels: the channels are few, 1 to 4)
+            out.view(wide)[..., :1] = a.view(wide)
+            return out
+        if x.dtype == precision.bfloat16:  # (NumPy copies ml_dtypes' bfloat16 element by element)
+            out.view(np.uint16)[..., :c] = a.view(np.uint16)
+            return out
+    out[..., :c] = a
     return out
+
+
+_WIDE = {2: np.uint16, 4: np.uint32, 8: np.uint64}  # bytes -> the unsigned integer of that size
 
 
 def _repacked(w, axes, channels, padded, xp=None):
