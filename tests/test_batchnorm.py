@@ -337,3 +337,44 @@ def test_checks_passed_are_memoized_by_signature_and_errors_never(monkeypatch):
         with pytest.raises(ValueError, match="needs more than 1 value per channel"):
             batchnorm2d_forward(x[:1, :, :1, :1], g, b, np.zeros(3), np.ones(3))
     assert batchnorm2d_forward(x, g, b, frozen, np.ones(3), training=False)[0].shape == x.shape  # eval: no update
+
+
+@pytest.mark.parametrize("block_bytes", [200, 2000], ids=["channel-blocks", "image-blocks"])
+@pytest.mark.parametrize("activation", [None, "relu"])
+@pytest.mark.parametrize("training", [True, False])
+def test_the_blocked_numpy_path_across_blocks(monkeypatch, block_bytes, activation, training):
+    """The NumPy path's blocks (gpuconv/ops/_batchnorm_blocked.py) cover the batch whole: blocks of
+    a few channels of one image, or of whole images, the last one short; y, dx, dgamma, dbeta and
+    the running statistics against the formulas in float64, and the float32 step within rounding."""
+    from gpuconv.ops import _batchnorm_blocked
+    monkeypatch.setattr(_batchnorm_blocked, "BLOCK_BYTES", block_bytes)
+    ran = []
+    for name in ("forward", "backward"):  # (the reference runs this path for these arrays)
+        fn = getattr(_batchnorm_blocked, name)
+        monkeypatch.setattr(_batchnorm_blocked, name, lambda *a, _fn=fn, _name=name: ran.append(_name) or _fn(*a))
+    rng = np.random.default_rng(12)
+    shape, c = (5, 7, 3, 4), 7  # float64: 200 bytes, 2 channels a block (4 an image); 2000, 2 images (3 blocks)
+    x, dy = rng.standard_normal(shape) * 2 + 1, rng.standard_normal(shape)
+    gamma, beta = rng.uniform(0.5, 2, c), rng.standard_normal(c)
+    rm, rv = rng.standard_normal(c), rng.uniform(0.5, 2, c)
+    assert len(_batchnorm_blocked._blocks((5, c, 12), 8)) == (20 if block_bytes == 200 else 3)
+    per = lambda v: v.reshape(1, -1, 1, 1)  # noqa: E731
+    mean, var = (x.mean((0, 2, 3)), x.var((0, 2, 3))) if training else (rm, rv)
+    xhat = (x - per(mean)) / np.sqrt(per(var) + 1e-5)
+    z = xhat * per(gamma) + per(beta)
+    g = dy * (z > 0) if activation else dy
+    db, dg = g.sum((0, 2, 3)), (g * xhat).sum((0, 2, 3))
+    dxhat = g * per(gamma) / np.sqrt(per(var) + 1e-5)
+    dx = dxhat - per(db * gamma / np.sqrt(var + 1e-5) / 60) - xhat * per(dg * gamma / np.sqrt(var + 1e-5) / 60) \
+        if training else dxhat
+    for dt, tol in ((np.float64, 1e-12), (np.float32, 1e-5)):
+        stats = [rm.astype(dt), rv.astype(dt)]
+        y, cache = bn_mod._batchnorm2d_forward_reference(x.astype(dt), gamma.astype(dt), beta.astype(dt), *stats,
+                                                         training, 0.1, 1e-5, activation)
+        got = (y, *bn_mod._batchnorm2d_backward_reference(dy.astype(dt), cache), *stats)
+        want = (np.maximum(z, 0) if activation else z, dx, dg, db,
+                0.9 * rm + 0.1 * mean if training else rm, 0.9 * rv + 0.1 * var * 60 / 59 if training else rv)
+        for a, b in zip(got, want):
+            assert a.dtype == dt and a.shape == b.shape
+            np.testing.assert_allclose(a, b, rtol=tol, atol=tol * np.max(np.abs(b)))
+    assert ran == ["forward", "backward"] * 2

@@ -38,10 +38,12 @@ from __future__ import annotations
 
 import numbers
 
+import numpy as np
+
 from .. import backend, layout
 from ..backend import get_array_module
 from ..precision import channel_sum, compute_dtype, round_once, upcast
-from . import _dispatch
+from . import _batchnorm_blocked, _dispatch
 from ._checks import (Unkeyed, cache_type, cached, check_bool, check_cache, check_compute_dtype, check_dy_dtype,
                       check_float, check_rank, check_shape, plain, remember, signature)
 from .gelu import GeluCache, _gelu_backward_reference, _gelu_forward_reference
@@ -197,6 +199,18 @@ def _batchnorm2d_forward_reference(x, gamma, beta, running_mean, running_var, tr
     x_in, dtype, x = x, x.dtype, upcast(x)
     xp = get_array_module(x, gamma, beta, running_mean, running_var)
     dt = x.dtype.type
+    if xp is np and _batchnorm_blocked.applies(x):  # the CPU: in cache, a block at a time
+        relu = activation == "relu" and x.dtype == dtype  # (after a rounding to dtype: the ReLU op's)
+        stats = (None, None) if training else (running_mean.copy(), running_var)
+        y, mean, var, inv_std = _batchnorm_blocked.forward(x, *stats, eps, gamma, beta, relu)
+        if training and running_mean is not None:
+            _update_running(running_mean, running_var, mean, var, x.shape, momentum)
+        y, act = round_once(y, dtype), None
+        if activation is not None and not relu:
+            y, act = _ACT_REFERENCE[activation][0](y)
+        if activation is None:
+            return y, BatchNorm2dCache(x_in, mean, gamma, inv_std, training)
+        return y, BatchNorm2dCache(x_in, mean, gamma, inv_std, training, beta, activation, getattr(act, "cdf", None))
     # Large temporaries are reused in place (out=): each fresh N*C*H*W array costs page faults
     # on top of its pass over memory. The arithmetic is unchanged, operation for operation.
     if training:
@@ -205,12 +219,7 @@ def _batchnorm2d_forward_reference(x, gamma, beta, running_mean, running_var, tr
         work = xp.multiply(centered, centered)
         var = channel_sum(work, mean=True)
         if running_mean is not None:
-            count = x.shape[0] * x.shape[2] * x.shape[3]
-            # In place, so a layer's buffers (and a caller's references to them) see the update.
-            running_mean *= dt(1.0 - momentum)
-            running_mean += dt(momentum) * mean
-            running_var *= dt(1.0 - momentum)
-            running_var += dt(momentum * count / (count - 1)) * var
+            _update_running(running_mean, running_var, mean, var, x.shape, momentum)
     else:
         mean = running_mean.copy()  # the backward's; the running statistics may change before it
         centered = x - _per_channel(mean)
@@ -225,6 +234,15 @@ def _batchnorm2d_forward_reference(x, gamma, beta, running_mean, running_var, tr
     y, act = _ACT_REFERENCE[activation][0](z)
     # z is recomputed in the backward; GELU's Phi(z) is kept (recomputing it is an erfc)
     return y, BatchNorm2dCache(x_in, mean, gamma, inv_std, training, beta, activation, getattr(act, "cdf", None))
+
+
+def _update_running(running_mean, running_var, mean, var, shape, momentum):
+    """In place, so a layer's buffers (and a caller's references to them) see the update."""
+    count, dt = shape[0] * shape[2] * shape[3], mean.dtype.type
+    running_mean *= dt(1.0 - momentum)
+    running_mean += dt(momentum) * mean
+    running_var *= dt(1.0 - momentum)
+    running_var += dt(momentum * count / (count - 1)) * var
 
 
 def normalized(cache):
@@ -245,12 +263,18 @@ def _output(xhat, gamma, beta, dtype, out=None):
 
 def _batchnorm2d_backward_reference(dy, cache):
     gamma, inv_std, training, beta, activation, cdf = cache[2:8]
-    xhat = normalized(cache)
-    if activation is not None:  # dy through the activation at the recomputed output, as its op returns it
+    x = upcast(cache.x)
+    relu = activation == "relu" and _batchnorm_blocked.applies(x, dy)  # (fused in the blocked backward)
+    xhat = normalized(cache) if activation is not None and not relu else None
+    if activation is not None and not relu:  # dy through the activation at the recomputed output, as its op returns it
         forward, backward, act_cache = _ACT_REFERENCE[activation]
         z = _output(xhat, gamma, beta, dy.dtype)
         dy = backward(dy, act_cache(z) if cdf is None else act_cache(z, cdf))
     dtype, dy = dy.dtype, upcast(dy)
+    if get_array_module(dy) is np and _batchnorm_blocked.applies(x, dy):  # the CPU: in cache, a block at a time
+        dx, dgamma, dbeta = _batchnorm_blocked.backward(dy, x, cache.mean, inv_std, gamma, beta, relu, training)
+        return round_once(dx, dtype), dgamma, dbeta
+    xhat = normalized(cache) if xhat is None else xhat
     xp = get_array_module(dy, xhat)
     dbeta = channel_sum(dy)
     work = dy * xhat
