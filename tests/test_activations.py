@@ -345,3 +345,28 @@ def test_leaky_relu_of_slope_zero_gives_torchs_nan_at_infinities_without_a_numpy
         dx = ops.leaky_relu_backward(backend.asarray(np.array([1.0, np.inf, -np.inf, np.inf], np.float32)), cache)
     np.testing.assert_array_equal(backend.asnumpy(y), np.float32([np.nan, -0.0, 0.0, 2.0]))
     np.testing.assert_array_equal(backend.asnumpy(dx), np.float32([0.0, np.nan, np.nan, np.inf]))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sigmoid_and_silu_blocks_give_the_whole_array_bits(monkeypatch, dtype):
+    """The NumPy path runs C-contiguous arrays a block at a time (the last one short): the same bits
+    as the whole-array computation (a transposed view runs whole), specials included, and the
+    sigmoid below 0 is e / (1 + e), above 1 / (1 + e), with e = exp(-|x|)."""
+    monkeypatch.setattr(A, "BLOCK", 64)
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((3, 5, 7, 2)) * 20).astype(dtype)
+    x.flat[:7] = [np.nan, np.inf, -np.inf, 0.0, -0.0, -100.0, 1e-30]
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    whole = x.transpose(3, 2, 1, 0)  # not C-contiguous: no blocks
+    assert A._blocked(np.empty_like(x), x) is not None and A._blocked(np.empty_like(whole), whole) is None
+    e = np.exp(-np.abs(x))
+    with np.errstate(invalid="ignore"):
+        want = np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+        for name, ref in (("sigmoid", want), ("silu", x * want)):
+            fwd, bwd = getattr(A, f"_{name}_forward_reference"), getattr(A, f"_{name}_backward_reference")
+            y, cache = fwd(x)
+            y_whole, cache_whole = fwd(whole)
+            assert y.tobytes() == ref.tobytes() == np.ascontiguousarray(y_whole.transpose(3, 2, 1, 0)).tobytes()
+            dx = bwd(dy, cache)
+            dx_whole = bwd(dy.transpose(3, 2, 1, 0), cache_whole)
+            assert dx.tobytes() == np.ascontiguousarray(dx_whole.transpose(3, 2, 1, 0)).tobytes()

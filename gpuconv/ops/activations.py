@@ -98,15 +98,41 @@ def silu_backward(dy, cache):
 def sigmoid(xc):
     """``1 / (1 + exp(-x))`` of a float32 or float64 array, in its dtype and layout, without overflow."""
     xp = get_array_module(xc)
+    return _sigmoid_into(xc, xp.empty_like(xc), xp.empty_like(xc), xp.empty_like(xc, dtype=bool))
+
+
+def _sigmoid_into(xc, s, e, nonneg):
+    """:func:`sigmoid` written into ``s``, with ``e`` and ``nonneg`` (bool) as scratch of xc's shape."""
+    xp = get_array_module(xc)
     f = xc.dtype.type
-    e = xp.absolute(xc, out=xp.empty_like(xc))
+    xp.absolute(xc, out=e)
     xp.negative(e, out=e)
     xp.exp(e, out=e)  # exp(-|x|), in (0, 1]
-    s = xp.ones_like(xc)
-    xp.copyto(s, e, where=~(xc >= 0))  # e / (1 + e) below 0 (and at a NaN, which e is)
+    # 1 where x >= 0, else e (below 0, and at a NaN, which e is): max(e, x >= 0), as e <= 1 and a
+    # NaN wins a maximum; 10x faster than copyto(ones, e, where=~(x >= 0)), a branch per value
+    xp.greater_equal(xc, f(0), out=nonneg)
+    xp.maximum(e, nonneg, out=s)
     e += f(1)
     xp.divide(s, e, out=s)
     return s
+
+
+# Values per block of the NumPy path's blocked passes (:func:`_blocked`): a block's arrays stay in
+# the L1/L2 cache through the sigmoid's operations. EfficientNet-B0's SiLU (CIFAR, batch 32,
+# float32, 96ch 32x32, one core; with the maximum above): forward 30 -> 10 ms, backward 36 -> 14.
+BLOCK = 1 << 13
+
+
+def _blocked(out, *arrays):
+    """(out's block, each array's block, scratch (e, nonneg, t)) per block of C-contiguous NumPy
+    arrays of one shape, viewed flat; None where they are not (the whole-array path runs)."""
+    if not all(type(a) is np.ndarray and a.flags.c_contiguous and a.shape == out.shape for a in (out,) + arrays):
+        return None
+    flat = [a.reshape(-1) for a in (out,) + arrays]
+    n = min(out.size, BLOCK)
+    scratch = (np.empty(n, out.dtype), np.empty(n, bool), np.empty(n, out.dtype))
+    return [tuple(a[lo:lo + BLOCK] for a in flat) + tuple(b[:min(BLOCK, out.size - lo)] for b in scratch)
+            for lo in range(0, out.size, BLOCK)]
 
 
 def _leaky_relu_forward_reference(x, negative_slope):
@@ -128,7 +154,14 @@ def _leaky_relu_backward_reference(dy, cache):
 
 
 def _sigmoid_forward_reference(x):
-    y = round_once(sigmoid(upcast(x)), x.dtype)
+    xc = upcast(x)
+    y = get_array_module(xc).empty_like(xc)
+    blocks = _blocked(y, xc)
+    if blocks is None:
+        y = sigmoid(xc)
+    for yb, xb, e, nonneg, _ in blocks or ():
+        _sigmoid_into(xb, yb, e, nonneg)
+    y = round_once(y, x.dtype)
     return y, SigmoidCache(y)
 
 
@@ -160,24 +193,30 @@ def _tanh_backward_reference(dy, cache):
 def _silu_forward_reference(x):
     xc = upcast(x)
     xp = get_array_module(xc)
-    s = sigmoid(xc)
+    y = xp.empty_like(xc)
+    blocks = _blocked(y, xc) or [(y, xc, None, None, None)]
     with np.errstate(invalid="ignore"):  # -inf * 0: NaN, as PyTorch's
-        xp.multiply(xc, s, out=s)
-    return round_once(s, x.dtype), SiluCache(x)
+        for yb, xb, e, nonneg, _ in blocks:
+            s = sigmoid(xb) if e is None else _sigmoid_into(xb, yb, e, nonneg)
+            xp.multiply(xb, s, out=yb)
+    return round_once(y, x.dtype), SiluCache(x)
 
 
 def _silu_backward_reference(dy, cache):
     xc, g = upcast(cache.x, dy)
     xp = get_array_module(g)
     f = g.dtype.type
-    s = sigmoid(xc)
-    t = xp.subtract(f(1), s, out=xp.empty_like(g))
+    dx = xp.empty_like(g)
+    blocks = _blocked(dx, xc, g) or [(dx, xc, g, None, None, None)]
     with np.errstate(invalid="ignore"):  # +-inf * 0: NaN, as PyTorch's
-        xp.multiply(xc, t, out=t)
-        t += f(1)
-        xp.multiply(g, s, out=s)
-        xp.multiply(s, t, out=t)
-    return round_once(t, dy.dtype)
+        for t, xb, gb, e, nonneg, sb in blocks:
+            s = sigmoid(xb) if e is None else _sigmoid_into(xb, sb, e, nonneg)
+            xp.subtract(f(1), s, out=t)
+            xp.multiply(xb, t, out=t)
+            t += f(1)
+            xp.multiply(gb, s, out=s)
+            xp.multiply(s, t, out=t)
+    return round_once(dx, dy.dtype)
 
 
 # This family's CUDA kernel launchers, for the 'cuda' and 'sim' targets; last, as they import the names above.
