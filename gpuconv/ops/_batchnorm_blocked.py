@@ -9,9 +9,9 @@ fifteen. Here each direction runs a block of images (or of one image's channels)
 :data:`BLOCK_BYTES` per block, so a block's operations run in cache on two reused buffers:
 
 - forward: the mean over the images first (NumPy's inner loops C*H*W long, not H*W: 2x2 images
-  add 20x faster); the variance as a fused multiply-sum (einsum) of each block's centred values,
-  which stay in y for the output's pass;
-- backward: the ReLU's mask and the two parameter sums (dbeta, dgamma as a multiply-sum) in one
+  add 20x faster); the variance from each block's centred values, which stay in y for the
+  output's pass;
+- backward: the ReLU's mask and the two parameter sums (dbeta, dgamma) in one
   pass, the input gradient in a second, writing into dx (the masked dy lives there between the
   two), xhat recomputed in each.
 
@@ -20,8 +20,9 @@ Every elementwise value is computed with the reference's operations in its order
 but for xhat * dgamma/n in dx, (x - mean) * (inv_std * dgamma/n) (one pass less): so given the
 same statistics y and the ReLU's mask have the reference's bits (eval mode: y and dx); the sums
 add in another order, which, as that product, moves them within float rounding.
-CIFAR networks' shapes (batch 32, float32, ReLU, one core; ms, reference / here): 144ch 32x32 forward
-29 / 16, backward 51 / 26; 576ch 8x8 4.8 / 3.5 and 9.9 / 8.1; 1152ch 2x2 2.1 / 0.8 and 2.7 / 1.8.
+CIFAR networks' shapes (batch 32, float32, ReLU, one core, a busy machine; ms, reference / here):
+144ch 32x32 forward 30 / 19, backward 53 / 27; 192ch 16x16 6.2 / 5.5 and 12.4 / 8.8; 576ch 8x8
+4.9 / 5.3 and 9.7 / 8.7; 1152ch 2x2 2.3 / 0.9 and 2.9 / 1.6.
 """
 from __future__ import annotations
 
@@ -64,14 +65,17 @@ class _Work:
 
 
 def _sum(a):
-    """Per channel of an (n, C, L) block. Summing along L first runs NumPy's inner loops L values
-    long: at L = 4 (2x2 images) 4.6 ns a value against 0.24 over the images first."""
-    return np.einsum("ncl->c", a) if a.shape[2] >= 256 else a.sum(axis=0).sum(axis=1)
+    """Per channel of an (n, C, L) block: NumPy's pairwise sum along L, then over the images (the
+    accuracy of the reference's a.sum((0, 2, 3))); short rows (L < 256) over the images first: at
+    L = 4 (2x2 images) summing along L takes 4.6 ns a value against 0.24."""
+    return a.sum(axis=2).sum(axis=0) if a.shape[2] >= 256 else a.sum(axis=0).sum(axis=1)
 
 
-def _dot(a, b):
-    """sum(a * b) per channel of (n, C, L) blocks, one fused pass (einsum; short rows by position first)."""
-    return np.einsum("ncl,ncl->c", a, b) if a.shape[2] >= 64 else np.einsum("ncl,ncl->cl", a, b).sum(axis=1)
+def _dot(a, b, out):
+    """sum(a * b) per channel of (n, C, L) blocks, the products in ``out`` then :func:`_sum` (an
+    einsum adds each row's products one after another: a float32 batch norm's variance over 8192
+    values came out ~10x further from float64, enough to flip ReLU masks of ShuffleNetV2)."""
+    return _sum(np.multiply(a, b, out=out))
 
 
 def _xhat(xb, mean, inv_std, out):
@@ -93,7 +97,7 @@ def _variance(x3, mean, out3):
     total = np.zeros(x3.shape[1], x3.dtype)
     for ni, ci in work.blocks:
         cen = np.subtract(x3[ni, ci], work.cols[0][ci], out=out3[ni, ci])
-        total[ci] += _dot(cen, cen)
+        total[ci] += _dot(cen, cen, work.buf(0, cen.shape))
     return total / x3.dtype.type(x3.shape[0] * x3.shape[2])
 
 
@@ -145,7 +149,7 @@ def backward(dy, x, mean, inv_std, gamma, beta, relu, training):
             np.bitwise_and(mask, gb.view(bits), out=mask)
             gb = dx3[ni, ci]
         dbeta[ci] += _sum(gb)
-        dgamma[ci] += _dot(gb, xh)
+        dgamma[ci] += _dot(gb, xh, xh)
     scale = (gamma * inv_std).reshape(-1, 1)
     if training:
         count = x3.shape[0] * x3.shape[2]
