@@ -13,6 +13,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import _env, precision
+from .._memo import remember
 from . import _capability, _sources, _tuning
 
 
@@ -206,10 +207,8 @@ def variant(family: str, dtype=None, tf32: bool = False) -> str:
     else:
         defaults = VARIANTS[family].defaults
         var = defaults.get(_dtype_name("tf32" if tf32 else dtype), defaults["*"])
-    if len(_variant_memo) >= 1024:
-        _variant_memo.clear()
     # holds ``current``, so its id stays its own; and the family's table the answer came from
-    _variant_memo[(family, dtype, tf32, id(current))] = (current, VARIANTS[family], var)
+    remember(_variant_memo, (family, dtype, tf32, id(current)), (current, VARIANTS[family], var))
     return var
 
 

@@ -11,6 +11,7 @@ import numbers
 
 import numpy as np
 
+from .._memo import remember  # noqa: F401  (the ops import it from here)
 from ..precision import DTYPE_NAMES, DTYPES, compute_dtype
 
 
@@ -322,16 +323,8 @@ def signature(a):
     return None if a is None else (type(a), a.shape, a.dtype)
 
 
-_MEMO_SIZE = 1024
-
-
-def remember(memo: dict, key, value):
-    """``memo[key] = value`` (a memo of checks passed, by signature: errors are never kept, so a
-    bad call is checked, and refused, every time), the memo emptied when it holds ``_MEMO_SIZE``."""
-    if len(memo) >= _MEMO_SIZE:
-        memo.clear()
-    memo[key] = value
-    return value
+# A memo of checks passed holds them by signature (remember, from gpuconv._memo). Errors are never
+# kept, so a bad call is checked, and refused, every time.
 
 
 def check_bias(b, w, per):

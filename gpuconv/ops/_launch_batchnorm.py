@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import kernels, layout
+from .._memo import remember
 from ..backend import get_array_module
 from ..precision import compute_dtype
 from ._dispatch import register_launcher
@@ -67,17 +68,11 @@ def _launch(kernel, dtype, target, grid, block, args, device, cl=True):
 # hyperparameters and flags) are not in it, nor the arrays' addresses: the ``_vec`` form's
 # alignment (:func:`kernels.vec_lanes`) is asked per call, and the plan holds both forms.
 _PLANS: dict = {}
-_PLANS_MAX = 1024  # a network has a few dozen geometries; past it the memo starts over
 
 
 def _plan(key, make, *args):
     plan = _PLANS.get(key)
-    if plan is None:
-        plan = make(*args)
-        if len(_PLANS) >= _PLANS_MAX:
-            _PLANS.clear()
-        _PLANS[key] = plan
-    return plan
+    return remember(_PLANS, key, make(*args)) if plan is None else plan
 
 
 def _reduce_plan(kernel, c, hw, count, cl):
@@ -141,10 +136,7 @@ def _layout_plan(key, arrays, was_channels_last=False):
     out = np.lib.stride_tricks.as_strided(np.empty(1, np.uint8), (n, c, h, w), (h * w * c, 1, w * c, c))  # its strides
     plan = (compute_dtype(arrays[0].dtype), cl, tuple(cl and layout.is_channels_last(a) for a in arrays),
             cl and layout.is_channels_last(out))
-    if len(_LAYOUTS) >= _PLANS_MAX:
-        _LAYOUTS.clear()
-    _LAYOUTS[key] = plan
-    return plan
+    return remember(_LAYOUTS, key, plan)
 
 
 def _output(xp, shape, dtype, cl, view):

@@ -19,6 +19,7 @@ import weakref
 import numpy as np
 
 from .. import kernels, layout, precision
+from .._memo import remember
 from ..backend import get_array_module
 from ._checks import output_hw
 
@@ -144,11 +145,7 @@ _ORDERS: dict = {}
 def _orders_of(a):
     key = (a.shape, a.strides, a.itemsize)
     got = _ORDERS.get(key)
-    if got is None:
-        if len(_ORDERS) >= _PLANS_MAX:
-            _ORDERS.clear()
-        got = _ORDERS[key] = (layout.nhwc_memory(a), layout.is_channels_last(a))
-    return got
+    return remember(_ORDERS, key, (layout.nhwc_memory(a), layout.is_channels_last(a))) if got is None else got
 
 
 def _operand(x, padded):
@@ -214,12 +211,7 @@ class _Plan:
 
 def _plan(key, make, *args):
     plan = _PLANS.get(key, _NO_PLAN)
-    if plan is _NO_PLAN:
-        plan = make(*args)
-        if len(_PLANS) >= _PLANS_MAX:
-            _PLANS.clear()
-        _PLANS[key] = plan
-    return plan
+    return remember(_PLANS, key, make(*args), _PLANS_MAX) if plan is _NO_PLAN else plan
 
 
 def _launch_plan(name, variant, dtype, target, rows, cols, tf32, device, splits=1) -> _Plan:

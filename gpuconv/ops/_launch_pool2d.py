@@ -19,6 +19,7 @@ import operator
 import numpy as np
 
 from .. import kernels, layout
+from .._memo import remember
 from ..backend import get_array_module
 from ._dispatch import register_launcher
 from .pool2d import AvgPool2dCache, MaxPool2dCache, pooled_hw
@@ -35,7 +36,6 @@ def _inputs(*arrays, was_channels_last=False):
 
 _DIMS: dict = {}  # (x_shape, kernel_size, stride, floor, padding) -> _dims' answer: a network's few geometries
 _RUNS: dict = {}  # (kernel, elements, dims, layout, element size, vec, target, device) -> _run's launch forms
-_MEMO_MAX = 1024  # entries each memo keeps (a network has a few dozen); past it, it starts over
 _GEOMETRY = operator.attrgetter("shape", "strides", "itemsize")  # what an array's memory order depends on
 
 
@@ -48,9 +48,7 @@ def _dims(x_shape, kernel_size, stride, floor=False, padding=(0, 0)):
         n, c, h, w = x_shape
         oh, ow = pooled_hw(x_shape, kernel_size, stride, floor, padding)
         got = (n, c, oh, ow), kernels.int32_args((n, c, h, w, oh, ow, *kernel_size, *stride, *padding))
-        if len(_DIMS) >= _MEMO_MAX:
-            _DIMS.clear()
-        _DIMS[key] = got
+        remember(_DIMS, key, got)
     return got
 
 
@@ -81,9 +79,7 @@ def _run(kernel, elements, target, arrays, dims, channels_last, scalars=(), vec=
         if forms is None:
             forms = _run_forms(kernel, elements, dims, channels_last, itemsize, vec, target, device)
             forms["views"] = tuple([getattr(a, "ndim", None) == 4 and layout.is_channels_last(a) for a in arrays])
-            if len(_RUNS) >= _MEMO_MAX:
-                _RUNS.clear()
-            _RUNS[key] = forms
+            remember(_RUNS, key, forms)
         name, grid, block, tail = forms[kernels.vec_lanes(arrays, int(dims[1]), channels_last) if len(forms) > 2
                                         else 1]
         # each array as its memory order (layout.memory_order: the NHWC view of a channels_last one)
