@@ -3,12 +3,11 @@ arguments' checks and the launch itself."""
 from __future__ import annotations
 
 import functools
-import os
 
 import numpy as np
 
 from .. import _env, backend, layout  # backend: read at each call (tests fake CuPy by patching it)
-from . import _log, _registry, _sim, _sources
+from . import _log, _registry, _sources
 
 
 # Streaming multiprocessors the launch geometry plans for. On 'cuda' the device's own count; the
@@ -238,24 +237,14 @@ def launch(op_file: str, kernel: str, dtype, target: str, grid, block, args, sha
     array in ``args``), made current for the launch."""
     if _log._launch_logs.get():
         _log._log_launch(kernel, grid, block, target, dtype, tf32)
-    # The function memo looked up here first, by get_function's own first key (see there), where
-    # neither it nor os.environ was replaced: a launch of a function made before costs no call more.
-    fast = os.environ is _env._environ and _registry.get_function is _GET_FUNCTION
     if target != "cuda":
-        fn = _registry._functions.get((op_file, kernel, dtype, tf32, target, _sim._sim_arch.get(),
-                                       _registry._KERNELS_DIR(), None)) if fast else None
-        if fn is None:
-            fn = _registry.get_function(op_file, kernel, dtype, target, tf32=tf32)
+        fn = _registry.get_function(op_file, kernel, dtype, target, tf32=tf32)
         fn(tuple(grid), tuple(block), tuple(args), shared_mem=shared_mem)
         return
     if device is None:
         device = array_device(args)
     with backend.cupy_module().cuda.Device(device):  # the module is loaded on the current device
-        fn = _registry._functions.get((op_file, kernel, dtype, tf32, target, device, _registry._KERNELS_DIR(),
-                                       _registry._WGMMA() if op_file in _sources.ARCH_SPECIFIC else None)) \
-            if fast else None
-        if fn is None:
-            fn = _registry.get_function(op_file, kernel, dtype, target, device, tf32)
+        fn = _registry.get_function(op_file, kernel, dtype, target, device, tf32)
         if shared_mem > DEFAULT_DYNAMIC_SHARED:
             _allow_dynamic_shared(fn, shared_mem)
         fn(tuple(grid), tuple(block), tuple(args), shared_mem=shared_mem)
@@ -268,10 +257,6 @@ def _allow_dynamic_shared(fn, shared_mem: int):
         fn.max_dynamic_shared_size_bytes = int(shared_mem)
         _dynamic_limit[id(fn)] = int(shared_mem)
 
-
-# _registry.get_function as defined (set there): one a test put in its place is called instead of
-# launch's own look-up
-_GET_FUNCTION = None
 
 # Dynamic shared memory a kernel may take without opting in (cudaFuncAttributeMaxDynamicSharedMemorySize),
 # and the limits raised so far, per memoized function.

@@ -92,7 +92,7 @@ def get_function(op_file: str, name: str, dtype, target: str, device: int | None
     :data:`ARCH_SPECIFIC` files) GPUCONV_WGMMA: one dictionary look-up per launch; a miss makes the
     build's own key (:func:`_build_switch`, the dtype normalized), whose function both keys then hold."""
     where = device if target == "cuda" else _sim._sim_arch.get()
-    fast = None  # (_launching.launch looks this key up itself first: the two spell it alike)
+    fast = None
     if os.environ is _env._environ:
         fast = (op_file, name, dtype, tf32, target, where, _KERNELS_DIR(),
                 _WGMMA() if target == "cuda" and op_file in _sources.ARCH_SPECIFIC else None)
@@ -108,8 +108,6 @@ def get_function(op_file: str, name: str, dtype, target: str, device: int | None
         _functions[fast] = fn
     return fn
 
-
-_launching._GET_FUNCTION = get_function
 
 
 def clear_cache():
