@@ -113,7 +113,7 @@ class _Parameters(list):
 def _low_precision_parameters(model) -> list:
     """The parameters :func:`cast_parameters` gives compute copies, in the model's order."""
     out, forward_packed, unpacked = _Parameters(), set(), set()
-    for m in _modules(model):
+    for m in model.modules():
         names = getattr(m, "_low_precision_params", ())
         if not names:
             continue
@@ -133,40 +133,6 @@ def _low_precision_parameters(model) -> list:
         out.forward_packed = frozenset(forward_packed)
     if unpacked:
         out.unpacked = frozenset(unpacked)
-    return out
-
-
-_LAYER = _NAMED_CHILDREN = None  # Layer, Layer.named_children (set at the first walk: layers imports this module)
-
-
-def _modules(model) -> list:
-    """``model.modules()`` (every layer once, depth first, in order), walked without the dotted
-    names :meth:`named_modules` makes (a step asks for them once): a model whose class has a
-    walk of its own is asked for it."""
-    global _LAYER, _NAMED_CHILDREN
-    if _LAYER is None:
-        from .layers import Layer  # noqa: PLC0415  (layers imports this module)
-        _LAYER, _NAMED_CHILDREN = Layer, Layer.named_children
-    kind = type(model)
-    if kind.modules is not _LAYER.modules or kind.named_modules is not _LAYER.named_modules:
-        return model.modules()
-    out, seen = [], set()
-    stack = [model]
-    while stack:
-        layer = stack.pop()
-        key = id(layer)
-        if key in seen:
-            continue
-        seen.add(key)
-        out.append(layer)
-        # (a layer that registers no attributes and walks as Layer does has no children: not asked)
-        if not layer._registers_attributes and type(layer).named_children is _NAMED_CHILDREN:
-            continue
-        children = layer.named_children()
-        if children:  # (a walk, a list, is read as one: no iterator call)
-            children = [child for _, child in (list.copy(children) if isinstance(children, list) else children)]
-            children.reverse()
-            stack += children
     return out
 
 

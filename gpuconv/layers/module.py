@@ -157,7 +157,23 @@ class Layer:
         return _Walk(out)
 
     def modules(self):
-        return _Walk(m for _, m in self.named_modules())
+        """Every layer of :meth:`named_modules`, in its order, walked without the dotted names (a
+        training step asks for them)."""
+        if type(self).named_modules is not Layer.named_modules:  # (a walk of the class's own)
+            return _Walk(m for _, m in self.named_modules())
+        out, seen, stack = [], set(), [self]
+        while stack:  # depth first, each layer once, as named_modules' visit
+            layer = stack.pop()
+            if id(layer) in seen:
+                continue
+            seen.add(id(layer))
+            out.append(layer)
+            children = layer.named_children()
+            if children:
+                children = [child for _, child in (list.copy(children) if isinstance(children, list) else children)]
+                children.reverse()
+                stack += children
+        return _Walk(out)
 
     def get_submodule(self, target):
         """The sub-layer at the dotted path ``target`` (``'layer1.0.conv'``; ``''``: this layer), as
