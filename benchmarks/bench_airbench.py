@@ -1,5 +1,5 @@
 """An airbench recipe end to end: seconds for gpuconv's ``--recipe airbench94`` (or ``--recipe
-airbench95``, ``airbench96``, ``airbench94_muon``) to train on 50,000 synthetic CIFAR-shaped
+airbench95``, ``airbench96``, ``airbench94_muon``, ``airbench96_faster``) to train on 50,000 synthetic CIFAR-shaped
 images, against the same recipe in PyTorch eager (benchmarks/airbench_torch.py) on the same GPU,
 in the same precision.
 
@@ -45,7 +45,7 @@ from gpuconv.recipes import get_recipe  # noqa: E402
 from gpuconv.trainer import Trainer  # noqa: E402
 
 NAME = "bench_airbench"
-RECIPES = ("airbench94", "airbench95", "airbench96", "airbench94_muon")
+RECIPES = ("airbench94", "airbench95", "airbench96", "airbench94_muon", "airbench96_faster")
 FULL = {"images": 50_000, "width": None}  # the published widths
 TINY = {"images": 40, "width": 2, "batch": 16, "epochs": 2}
 
@@ -69,6 +69,18 @@ def torch_recipe(r):
     return airbench_torch.RECIPES[r["name"]]
 
 
+def mean_over(r, n):
+    """The images of a batch (of ``n`` training images) the recipe's lr is per: its batch, or the
+    images a proxy selects from it (gpuconv's mean loss over them is the baseline's sum times
+    lr / that count)."""
+    return cli.selection_count(r, n) if r.get("select") else r["batch_size"]
+
+
+def unselected(h):
+    """The baseline's recipe ``h`` without data selection: for batches already selected."""
+    return {k: v for k, v in h.items() if k not in ("keep_fraction", "proxy_widths", "proxy_train_every")}
+
+
 def gpuconv_setup(images, labels, r, precision, device, width, cuda_graph=False):
     """model, loader, optimizer, schedule, Trainer: what ``gpuconv train --recipe`` builds
     (``--cuda-graph`` with ``cuda_graph``)."""
@@ -77,6 +89,8 @@ def gpuconv_setup(images, labels, r, precision, device, width, cuda_graph=False)
                           channels_last=amp.channels_last_for(precision), dtype=amp.compute_dtype(precision),
                           padding=r["padding"], padding_mode=r["padding_mode"], flip=r["flip"], cutout=r["cutout"],
                           drop_last=cli.drop_last(r, len(images)))
+    if r.get("select"):  # each step on the images a proxy network selects: the proxy's run is timed too
+        loader = cli.selection_loader(r, loader, images, width=width, precision=precision)
     opt, sched, extras = cli._recipe_setup(r, model, images, len(loader))
     trainer = Trainer(model, opt, sched, label_smoothing=r["label_smoothing"], progress=False, monitor=False,
                       precision=precision, cuda_graph=cuda_graph, **extras)
@@ -188,7 +202,7 @@ def validate(images, labels, r, args, checks, torch, width):
         for step in range(3):
             trainer.train_step(xd, yd)
             airbench_torch.set_lrs(topts, step, total, r["whiten_bias_epochs"] * len(loader), torch_recipe(r))
-            loss = airbench_torch.loss_of(torch, tmodel, tx, ty, "fp32") * (r["batch_size"] / n)
+            loss = airbench_torch.loss_of(torch, tmodel, tx, ty, "fp32") * (mean_over(r, len(images)) / n)
             tmodel.zero_grad(set_to_none=True)
             loss.backward()
             for o in topts:
@@ -209,7 +223,9 @@ def validate_epochs(images, labels, r, args, steps, torch, width, epochs=4):
     """The two recipes over whole epochs on the same batches: gpuconv's Trainer.fit (the epoch
     callbacks' whitening-bias freeze, the lookahead, the schedule across epochs), its loader's
     augmented batches recorded and fed to the baseline's training loop from the same weights.
-    The last epoch's mean loss and the parameters must agree (float32 rounding apart)."""
+    The last epoch's mean loss and the parameters must agree (float32 rounding apart). With data
+    selection the batches recorded are the rows the proxy chose, which the baseline trains on as
+    they are (the proxies' own agreement is tests/test_selection.py's)."""
     n = min(len(images), 4 * r["batch_size"])
     rr = dict(r, epochs=epochs)
     recorded = []
@@ -242,7 +258,8 @@ def validate_epochs(images, labels, r, args, steps, torch, width, epochs=4):
     dev = torch_device(args)
     batches = [[(torch.as_tensor(x, device=dev), torch.as_tensor(y, device=dev)) for x, y in e] for e in recorded]
     _, _, theirs = airbench_torch.train(torch, images[:n], labels[:n], dev, "fp32", epochs, r["batch_size"],
-                                        widths_of(r, width), model=tmodel, batches=batches, h=torch_recipe(r))
+                                        widths_of(r, width), model=tmodel, batches=batches,
+                                        h=unselected(torch_recipe(r)))
     tstate = tmodel.state_dict()
     worst, where = max((common.rel_err(common.host(p.data), tstate[name].detach().cpu().numpy()), name)
                        for name, p in model.named_parameters())

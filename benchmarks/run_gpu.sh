@@ -58,6 +58,8 @@
 #             bench_airbench --recipe airbench94_muon: two bf16 epochs of 20,000 images, eager, as
 #             a CUDA graph (Muon's lrs on the device, its Newton-Schulz GEMMs on gpuconv's kernels)
 #             and PyTorch's
+#             bench_airbench --recipe airbench96_faster: one bf16 epoch of 25,000 images, the proxy's
+#             pass over them and the main network on the half it selects, against PyTorch's
 #   [step]    bench_models: the training step of a few `gpuconv train --model` networks (ResNet18,
 #             MobileNetV2, ShuffleNetV2, DenseNet121) at batch 128, bf16 and fp32, against the same
 #             network in PyTorch eager, each validated against float64 first (the record saved after
@@ -415,12 +417,14 @@ if want ncu; then
     fi
 fi
 
-# ---------------------------------------------------------------- airbench96 and airbench94_muon, in what time is left
+# ---------------------------------------------------------------- airbench96, airbench94_muon, airbench96_faster, in what time is left
 if want airbench; then
     stage bench_airbench96 60 "$PY" benchmarks/bench_airbench.py --recipe airbench96 --epochs 1 --images 25000 \
         --precisions bf16 --save
     stage bench_airbench_muon 45 "$PY" benchmarks/bench_airbench.py --recipe airbench94_muon --epochs 2 \
         --images 20000 --precisions bf16 --save
+    stage bench_airbench96_faster 60 "$PY" benchmarks/bench_airbench.py --recipe airbench96_faster --epochs 1 \
+        --images 25000 --precisions bf16 --save
 fi
 
 # ---------------------------------------------------------------- the model zoo's step, in what time is left

@@ -508,11 +508,11 @@ def test_gpu_battery_caps_every_stage_and_publishes_after_each(tmp_path):
     assert names == ["precompile", "wgmma_probe", "smoke", "tests", "bench_conv2d", "bench_airbench", "airbench",
                      "airbench_graph", "bench_conv2d_airbench", "bench_conv2d_grouped", "bench_step", "bench_step_autotune", "sanitizer_memcheck",
                      "sanitizer_racecheck", "profile_step", "bench_ops", "bench_cs231n", "bench_epoch", "parity", "ncu",
-                     "bench_airbench96", "bench_airbench_muon", "bench_models"], summary
+                     "bench_airbench96", "bench_airbench_muon", "bench_airbench96_faster", "bench_models"], summary
     status = [line.split()[0] for line in summary]
     # bench_ops is cut at its 40 s cap, though it would hang for 60; then the 56 s budget, less the
     # 10 s kept for the caches, leaves under 15 s: every later stage is skipped, none is run short.
-    assert status == ["ok"] * 15 + ["TIMEOUT"] + ["SKIPPED"] * 7, summary
+    assert status == ["ok"] * 15 + ["TIMEOUT"] + ["SKIPPED"] * 8, summary
     assert summary[15].endswith("last output: fake python: timing max pool")  # where the cut stage was
     assert all(re.search(r"\d+s of the budget left$", line) for line in summary[16:])
     assert all(len(line.split()) == 3 for line in summary[:15])
@@ -921,6 +921,42 @@ def test_airbench_baseline_of_the_other_recipes_takes_their_steps(name):
             m.setitem(bench.airbench_torch.RECIPES, name, dict(bench.airbench_torch.RECIPES[name], **wrong[name]))
             steps = bench.validate(images, labels, r, args, bench.common.Checks(), torch, 2)
         assert [f for f in steps.failures() if f.startswith("4 epochs on the same batches")]
+
+
+def test_airbench_bench_of_the_selection_recipe_trains_on_what_the_proxy_selects():
+    """airbench96_faster in the benchmark: gpuconv's run trains through the selection loader (the
+    proxy's run timed with it) on the recipe's lr per selected image, and its CUDA-graph row is
+    checked against the eager run; no torch needed."""
+    bench = load("bench_airbench")
+    args = bench.common.parse(bench.parser(), ["--device", "sim", "--tiny", "--recipe", "airbench96_faster"])
+    images, labels = bench.synthetic(bench.TINY["images"])
+    r = bench.recipe(args)
+    from gpuconv.selection import SelectedLoader
+    with bench.common.device_context(args):
+        _, loader, _ = bench.gpuconv_setup(images, labels, r, "fp32", "sim", 2)
+    assert isinstance(loader, SelectedLoader) and bench.mean_over(r, len(images)) == 8 == r["batch_size"] // 2
+    assert bench.mean_over(bench.recipe(bench.common.parse(bench.parser(), ["--tiny"])), len(images)) == 16
+    checks = bench.validate_graph(images, labels, r, args, ["fp32"], 2)
+    assert checks.passed, checks.failures()
+
+
+def test_airbench_baseline_of_the_selection_recipe_takes_its_steps(monkeypatch):
+    """airbench96_faster against its PyTorch baseline: the same three steps when the baseline's
+    summed loss is scaled to the selected images the recipe's lr is per, and the same four epochs
+    when the baseline trains on the recorded (selected) batches as they are; at the whole batch's
+    count, or with the baseline selecting again from the selected rows, the checks fail."""
+    torch = pytest.importorskip("torch")
+    bench = load("bench_airbench")
+    args = bench.common.parse(bench.parser(), ["--device", "sim", "--tiny", "--recipe", "airbench96_faster"])
+    images, labels = bench.synthetic(bench.TINY["images"])
+    r = bench.recipe(args)
+    checks = bench.common.Checks()
+    steps = bench.validate(images, labels, r, args, checks, torch, 2)
+    assert checks.passed and steps.passed and len(steps.as_dict()["checks"]) == 3, checks.failures() + steps.failures()
+    monkeypatch.setattr(bench, "mean_over", lambda r, n: r["batch_size"])
+    monkeypatch.setattr(bench, "unselected", lambda h: h)
+    failed = bench.validate(images, labels, r, args, bench.common.Checks(), torch, 2).failures()
+    assert [f for f in failed if "3 recipe steps" in f] and [f for f in failed if f.startswith("4 epochs")]
 
 
 def test_airbench_torch_help_needs_no_torch_and_its_absence_is_named(tmp_path):
