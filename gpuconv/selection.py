@@ -168,6 +168,14 @@ class SelectedLoader:
             self.select()
         self.inner.set_epoch(epoch, start_batch)
 
+    def prepare(self, stop=None):
+        """The proxy phase (:meth:`select`) unless the selection is made. ``stop``: asked after each
+        of the proxy's steps; when it answers true the phase ends there with nothing selected (it
+        runs again from the start at the next ``prepare``, ``set_epoch`` or iteration): how the
+        Trainer stops a run at a Ctrl-C or SIGTERM in this phase without waiting for its end."""
+        if self.rows is None:
+            self.select(stop)
+
     def state_dict(self) -> dict:
         """The loader's state and the selection, host arrays: each step's selected positions as a
         bitmask over its batch (``numpy.packbits`` of a (steps, batch) mask, little bit order; one bit
@@ -201,9 +209,9 @@ class SelectedLoader:
         self.rows = None if rows is None else backend.to_device(rows, self.inner.device)
         self._host_bits = bits
 
-    def select(self):
+    def select(self, stop=None):
         """The proxy phase: the proxy's step on every batch of the run, in order; keeps the selection.
-        The loader's own state is left as it was."""
+        The loader's own state is left as it was. ``stop``: as :meth:`prepare`'s."""
         from .trainer import TrainingDiverged
         saved = self.inner.state_dict()
         t0 = time.perf_counter()
@@ -216,6 +224,8 @@ class SelectedLoader:
                     rows, losses = self.proxy.step(x, y, epoch * per_epoch + b)
                     picked.append(rows)
                     stats.append(get_array_module(losses).stack([losses.mean(), losses[rows].mean()]))
+                    if stop is not None and stop():
+                        return
                 if b + 1 != per_epoch:
                     raise RuntimeError(f"SelectedLoader: epoch {epoch + 1} of the loader gave {b + 1} batches, not "
                                        f"its length {per_epoch}")

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import signal
 import sys
 
 import numpy as np
@@ -18,7 +20,7 @@ from gpuconv.cli import _models
 from gpuconv.data import DeviceLoader
 from gpuconv.recipes import airbench_param_groups, get_recipe
 from gpuconv.selection import SelectedLoader, select_hardest, selected_count, take_rows
-from gpuconv.trainer import Trainer
+from gpuconv.trainer import Trainer, TrainingInterrupted
 
 from conftest import REPO, SUBSET
 
@@ -328,6 +330,44 @@ def test_selection_is_checkpointed_and_a_resume_is_bit_identical(tmp_path):
             rows = sel1.rows[2 * epoch + b]
             np.testing.assert_array_equal(x, xf[rows])
             np.testing.assert_array_equal(y, yf[rows])
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_stop_in_the_proxy_phase_ends_it_at_once_and_the_resume_is_exact(tmp_path, capsys, sig):
+    """Ctrl-C or SIGTERM while the proxy runs over the run's batches (minutes on a CPU) stops it
+    after the proxy's current step, not at the phase's end: nothing is selected, the checkpoint is
+    written as at a stop between steps, and the resume runs the phase again and trains as a run
+    never stopped."""
+    images, labels = _data(32)
+    s = _recipe(batch_size=16, epochs=3)
+    net1, sel1, t1 = _build(s, images, labels, tmp_path / "a")
+    t1.fit(sel1, 3)
+
+    _, sel2, t2 = _build(s, images, labels, tmp_path / "b")
+    proxy_step, calls = sel2.proxy.step, []
+
+    def signalled_step(x, y, step):
+        calls.append(step)
+        if step == 1:
+            os.kill(os.getpid(), sig)
+        return proxy_step(x, y, step)
+    sel2.proxy.step = signalled_step
+    old = signal.getsignal(sig)
+    with pytest.raises(TrainingInterrupted) as info:
+        t2.fit(sel2, 3)
+    assert calls == [0, 1] and sel2.rows is None and t2.step == 0  # of the phase's 6 steps, 2 ran
+    assert signal.getsignal(sig) is old and info.value.signal == sig
+    assert info.value.checkpoint == tmp_path / "b" / "checkpoint.npz" and "resume" in str(info.value)
+    assert "finishing the loader's preparation (a data-selection proxy's pass) at its current step" in \
+        capsys.readouterr().err
+    saved = ckpt.load_checkpoint(info.value.checkpoint)
+    assert int(saved["meta/step"]) == 0 and not any(k.startswith("loader/") for k in saved)  # nothing selected
+
+    net3, sel3, t3 = _build(s, images, labels, tmp_path / "b")
+    t3.fit(sel3, 3, resume=True)
+    np.testing.assert_array_equal(sel3.rows, sel1.rows)
+    for (k, a), b in zip(net1.state_dict().items(), net3.state_dict().values()):
+        np.testing.assert_array_equal(a, b, err_msg=k)
 
 
 def test_a_selection_of_another_run_is_refused():

@@ -51,7 +51,9 @@ class _Fit:
             raise KeyboardInterrupt(f"stopped at once; the last checkpoint on disk is {kept}" if kept else
                                     "stopped at once; no checkpoint was written")
         self._stop_requested = signum
-        now = "the validation pass" if getattr(self, "_validating", False) else "the current step"
+        now = ("the validation pass" if getattr(self, "_validating", False) else
+               "the loader's preparation (a data-selection proxy's pass) at its current step"
+               if getattr(self, "_preparing", False) else "the current step")
         # In a notebook SIGINT is the kernel's interrupt (its stop button, or I, I); Ctrl-C there copies text
         notebook = _in_notebook()
         if signum == signal.SIGINT:
@@ -247,6 +249,7 @@ class _Fit:
         if self._graph is not None:
             self._check_graphable()
             self._graph.reset()  # the callback may have changed the step (a parameter frozen): capture anew
+        self._prepare(loader)
         if skip == 0 or self._loader_state is None:
             if hasattr(loader, "set_epoch"):
                 loader.set_epoch(self.epoch)
@@ -290,6 +293,21 @@ class _Fit:
         finally:
             if bar is not None:
                 bar.close()
+
+    def _prepare(self, loader):
+        """A loader's work before its first batch (``prepare(stop)``: a SelectedLoader's proxy
+        phase, minutes on a CPU), stopped at its next step by a Ctrl-C or SIGTERM, which then
+        saves the checkpoint as a stop between steps does (the phase runs again on resume)."""
+        prepare = getattr(loader, "prepare", None)
+        if not callable(prepare):
+            return
+        self._preparing = True
+        try:
+            prepare(stop=lambda: bool(self._stop_requested))
+        finally:
+            self._preparing = False
+        if self._stop_requested:
+            self._interrupt()
 
     def _log_interval(self, bar, t_last):
         stats = self._flush()
