@@ -168,13 +168,15 @@ class SelectedLoader:
             self.select()
         self.inner.set_epoch(epoch, start_batch)
 
-    def prepare(self, stop=None):
+    def prepare(self, stop=None, progress=None):
         """The proxy phase (:meth:`select`) unless the selection is made. ``stop``: asked after each
         of the proxy's steps; when it answers true the phase ends there with nothing selected (it
         runs again from the start at the next ``prepare``, ``set_epoch`` or iteration): how the
-        Trainer stops a run at a Ctrl-C or SIGTERM in this phase without waiting for its end."""
+        Trainer stops a run at a Ctrl-C or SIGTERM in this phase without waiting for its end.
+        ``progress``: called after each of the proxy's steps (the Trainer's progress bar), of
+        :attr:`steps`."""
         if self.rows is None:
-            self.select(stop)
+            self.select(stop, progress)
 
     def state_dict(self) -> dict:
         """The loader's state and the selection, host arrays: each step's selected positions as a
@@ -209,9 +211,9 @@ class SelectedLoader:
         self.rows = None if rows is None else backend.to_device(rows, self.inner.device)
         self._host_bits = bits
 
-    def select(self, stop=None):
+    def select(self, stop=None, progress=None):
         """The proxy phase: the proxy's step on every batch of the run, in order; keeps the selection.
-        The loader's own state is left as it was. ``stop``: as :meth:`prepare`'s."""
+        The loader's own state is left as it was. ``stop``, ``progress``: as :meth:`prepare`'s."""
         from .trainer import TrainingDiverged
         saved = self.inner.state_dict()
         t0 = time.perf_counter()
@@ -224,6 +226,8 @@ class SelectedLoader:
                     rows, losses = self.proxy.step(x, y, epoch * per_epoch + b)
                     picked.append(rows)
                     stats.append(get_array_module(losses).stack([losses.mean(), losses[rows].mean()]))
+                    if progress is not None:
+                        progress()
                     if stop is not None and stop():
                         return
                 if b + 1 != per_epoch:

@@ -370,6 +370,29 @@ def test_a_stop_in_the_proxy_phase_ends_it_at_once_and_the_resume_is_exact(tmp_p
         np.testing.assert_array_equal(a, b, err_msg=k)
 
 
+def test_the_proxy_phase_has_a_progress_bar_of_its_steps(monkeypatch, capsys):
+    """The proxy's pass (minutes on a CPU) shows a progress bar of its own, over the run's proxy
+    steps, before the first epoch's; ``prepare`` reports each step, and nothing once selected."""
+    import gpuconv.trainer as trainer_module
+    images, labels = _data(32)
+    s = _recipe(batch_size=16, epochs=3)
+    _, sel, trainer = _build(s, images, labels, None)
+    done = []
+    sel.prepare(progress=lambda: done.append(1))
+    assert len(done) == sel.steps == 6 and sel.rows is not None
+    sel.prepare(progress=lambda: done.append(1))
+    assert len(done) == 6
+
+    _, sel, trainer = _build(s, images, labels, None)
+    trainer.progress = True
+    monkeypatch.setattr(trainer_module, "_is_terminal", lambda stream: True)
+    trainer.fit(sel, 2)
+    err = capsys.readouterr().err
+    assert "data selection (proxy): 100%" in err and "6/6" in err and "epoch 1/2" in err, err[-2000:]
+    assert err.index("data selection (proxy)") < err.index("epoch 1/2")
+    assert err.count("data selection (proxy):   0%") == 1  # not again at the second epoch: nothing to do
+
+
 def test_a_selection_of_another_run_is_refused():
     images, labels = _data()
     s = _recipe(batch_size=16, epochs=2)

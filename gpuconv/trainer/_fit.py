@@ -301,11 +301,23 @@ class _Fit:
         prepare = getattr(loader, "prepare", None)
         if not callable(prepare):
             return
+        bars = []  # made at the first step reported: a loader already prepared shows none
+
+        def progress():
+            if not bars:
+                bars.append(self._bar(getattr(loader, "steps", None), 0, None, desc="data selection (proxy)",
+                                      unit="step"))
+            if bars[0] is not None:
+                bars[0].update(1)
+                if bars[0].total is not None and bars[0].n >= bars[0].total:
+                    bars[0].close()  # before the loader's report of the phase
         self._preparing = True
         try:
-            prepare(stop=lambda: bool(self._stop_requested))
+            prepare(stop=lambda: bool(self._stop_requested), progress=progress)
         finally:
             self._preparing = False
+            if bars and bars[0] is not None:
+                bars[0].close()
         if self._stop_requested:
             self._interrupt()
 
@@ -350,11 +362,11 @@ class _Fit:
         plain line per log interval instead of progress-bar frames."""
         return self.progress is True and not (_is_terminal(sys.stderr) or _in_notebook())
 
-    def _bar(self, total, initial, epochs):
+    def _bar(self, total, initial, epochs, desc=None, unit="batch"):
         if not self.progress or self.progress == "epoch" or self._plain_intervals():
             return None
         from tqdm.auto import tqdm
-        return tqdm(total=total, initial=initial, desc=f"epoch {self.epoch + 1}/{epochs}", unit="batch",
+        return tqdm(total=total, initial=initial, desc=desc or f"epoch {self.epoch + 1}/{epochs}", unit=unit,
                     dynamic_ncols=True, leave=True, file=CONSOLE)
 
     def _say(self, text):
