@@ -173,6 +173,36 @@ def crop(x, sides):
         return get_array_module(x).ascontiguousarray(inner)
 
 
+def _strides_allow(a, order) -> bool:
+    """Whether ``a``'s strides are non-increasing along the 4-D ``order`` (its axes of length 1,
+    whose strides are arbitrary, left out): the order NumPy's ufuncs may give a result of it."""
+    last = 0
+    for axis in reversed(order):
+        if a.shape[axis] > 1:
+            stride = abs(a.strides[axis])
+            if stride < last:
+                return False
+            last = stride
+    return True
+
+
+def add(a, b):
+    """``a + b`` of two 4-D arrays of one shape and dtype, in the layout NumPy gives the sum on
+    every backend: channels_last when both operands' strides allow the NHWC order and not both
+    the NCHW one (NumPy's ufuncs keep the operands' common memory order, ``order='K'``).
+    CuPy's ufuncs make C-contiguous results whatever their operands' layout (CuPy's documented
+    difference from NumPy, "Contiguity / Strides"), so on a GPU a residual sum of channels_last
+    activations would come out NCHW and every layer after it convert it back: there the sum is
+    written into a channels_last array instead. NumPy arrays (and any other case): ``a + b``."""
+    xp = get_array_module(a, b)
+    if (xp is np or getattr(a, "ndim", None) != 4 or getattr(b, "ndim", None) != 4 or a.shape != b.shape
+            or a.dtype != b.dtype or not all(_strides_allow(v, NHWC) for v in (a, b))
+            or all(_strides_allow(v, (0, 1, 2, 3)) for v in (a, b))):
+        return a + b
+    with array_device_context((a,)):  # (CuPy allocates and adds on its current device)
+        return xp.add(a, b, out=empty(xp, a.shape, a.dtype, True))
+
+
 def empty_like(x):
     """An uninitialized array of ``x``'s shape and dtype, in ``x``'s layout."""
     if is_channels_last(x):

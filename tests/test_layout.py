@@ -226,3 +226,68 @@ def test_nhwc_switches_the_gpu_only_to_copy(fake_second_gpu, monkeypatch):
     assert entered == [1] and gpu.calls == [("ascontiguousarray", 1)] and gpu.current == [0]
     for a in (view, copy):
         assert a.flags.c_contiguous and np.array_equal(np.asarray(a), np.asarray(x).transpose(0, 2, 3, 1))
+
+
+def _cupy_ufunc_results(gpu, monkeypatch):
+    """The fake GPU arrays' ufuncs as CuPy's: a result made by the ufunc is C-contiguous whatever
+    the operands' layout (cupy/_core/_kernel.pyx allocates it C-ordered: CuPy's user guide,
+    "Contiguity / Strides"), a given ``out`` is written in place."""
+    def array_ufunc(self, ufunc, method, *inputs, out=None, **kwargs):
+        args = [np.asarray(a) for a in inputs]
+        if out is not None:
+            getattr(ufunc, method)(*args, out=tuple(np.asarray(o) for o in out), **kwargs)
+            return out[0] if len(out) == 1 else out
+        if method == "__call__":
+            kwargs["order"] = "C"
+        return np.asarray(getattr(ufunc, method)(*args, **kwargs)).view(gpu.OnGpu)
+    monkeypatch.setattr(gpu.OnGpu, "__array_ufunc__", array_ufunc, raising=False)
+
+
+def test_add_gives_numpys_layout_where_cupys_ufuncs_give_c_order(fake_second_gpu, monkeypatch):
+    """layout.add is ``a + b`` in NumPy's layout: on NumPy exactly ``a + b``, on the (faked) GPU,
+    whose ufuncs give C-contiguous results, a sum of channels_last operands (a channel slice of one
+    included) is channels_last as NumPy's is, a sum of an NCHW and a channels_last one NCHW."""
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((2, 5, 3, 4)).astype(np.float32)
+    nchw, nhwc = base[:, :3].copy(), gpuconv.to_channels_last(base[:, :3])
+    nhwc_part = gpuconv.to_channels_last(base)[:, 1:4]  # a channel slice of a channels_last array
+    pairs = [(nchw, nchw), (nhwc, nhwc), (nchw, nhwc), (nhwc, nchw), (nhwc_part, nhwc), (nhwc_part, nhwc_part)]
+    for a, b in pairs:  # NumPy: a + b itself
+        got, want = layout.add(a, b), a + b
+        assert got.strides == want.strides and np.array_equal(got, want)
+    gpu = fake_second_gpu
+    _cupy_ufunc_results(gpu, monkeypatch)
+    assert not layout.is_channels_last(gpu.on(nhwc) + gpu.on(nhwc))  # (the fake's ufuncs are CuPy's)
+    for a, b in pairs:
+        got = layout.add(gpu.on(a), gpu.on(b))
+        assert isinstance(got, gpu.OnGpu) and layout.is_channels_last(got) == layout.is_channels_last(a + b)
+        np.testing.assert_array_equal(np.asarray(got), a + b)
+    assert gpu.current == [0] and ("add", 1) in gpu.calls  # added on the arrays' GPU
+
+
+@pytest.mark.parametrize("block", ["residual", "dual_path"])
+def test_branch_sums_stay_channels_last_with_cupys_ufuncs(block, fake_second_gpu, monkeypatch):
+    """Residual's sum and the input gradients Residual and DualPath add up keep a channels_last
+    input's layout on a GPU as on NumPy: with CuPy's ufuncs a bare ``a + b`` gave NCHW there (a
+    bf16 airbench96 or ResNet-9 step turning NCHW at every residual block, the layers after it
+    converting back)."""
+    gpu = fake_second_gpu
+    _cupy_ufunc_results(gpu, monkeypatch)
+    rng = np.random.default_rng(1)
+    x_host = rng.standard_normal((2, 4, 3, 3)).astype(np.float32)
+    x = gpuconv.to_channels_last(gpu.on(x_host))
+    if block == "residual":
+        layer, dy_shape = nn.Residual(nn.Identity()), (2, 4, 3, 3)
+    else:  # the shortcut's gradient a view of dy, the residual path's a copy
+        layer, dy_shape = nn.DualPath(nn.Identity(), None, split=3), (2, 5, 3, 3)
+    y = layer(x)
+    assert layout.is_channels_last(y)
+    dy_host = rng.standard_normal(dy_shape).astype(np.float32)
+    dx = layer.backward(gpuconv.to_channels_last(gpu.on(dy_host)))
+    assert layout.is_channels_last(dx), f"{block}: dx came back NCHW"
+    if block == "residual":
+        np.testing.assert_array_equal(np.asarray(y), 2 * x_host)
+        np.testing.assert_array_equal(np.asarray(dx), 2 * dy_host)
+    else:
+        np.testing.assert_array_equal(np.asarray(dx), np.concatenate([2 * dy_host[:, :3], dy_host[:, 3:4] +
+                                                                      dy_host[:, 4:]], 1))

@@ -60,7 +60,8 @@ class Residual(Layer):
                              "y = shortcut(x) + inner(x) needs equal shapes (the same channels and strides)")
         self._keep(True)
         with array_device_context((y,)):  # (CuPy makes the sum on its current device, not the arrays')
-            return skip + y  # a new array: inner's output may sit in a cache of its last layer
+            # a new array (inner's output may sit in a cache of its last layer), in NumPy's layout on CuPy too
+            return layout.add(skip, y)
 
     def backward(self, dy, need_dx=True):
         self._take_cache()
@@ -69,7 +70,7 @@ class Residual(Layer):
         if not need_dx:
             return None
         with array_device_context((dy,)):
-            return dx_skip + dx_inner
+            return layout.add(dx_skip, dx_inner)
 
 
 class Concat(Layer):
@@ -418,7 +419,7 @@ class DualPath(Layer):
                 dx_s = None
             if not need_dx:
                 return None
-            return dx_s + dx_r
+            return layout.add(dx_s, dx_r)  # (channels_last when dy is, on CuPy too)
 
 
 def _dual_join(s, r, d, x):
