@@ -95,5 +95,7 @@ def test_every_cupy_extra_brings_nvrtc_and_the_cuda_runtime_headers():
         suffix = "-cu12" if major == "12" else ""  # (CUDA 13's wheels dropped the suffix)
         names = {re.split(r"[<>=!~\[; ]", r)[0] for r in reqs}
         assert {f"nvidia-cuda-nvrtc{suffix}", f"nvidia-cuda-runtime{suffix}"} <= names, (name, reqs)
+        # CuPy holds ml_dtypes' bfloat16 arrays only with NumPy >= 2.1.2 (cupy/_util.pyx): bf16 on the GPU
+        assert "numpy>=2.1.2" in reqs, (name, reqs)
         checked += 1
     assert checked == 3  # cuda12, cuda13, nvrtc
