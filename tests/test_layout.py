@@ -291,3 +291,76 @@ def test_branch_sums_stay_channels_last_with_cupys_ufuncs(block, fake_second_gpu
     else:
         np.testing.assert_array_equal(np.asarray(dx), np.concatenate([2 * dy_host[:, :3], dy_host[:, 3:4] +
                                                                       dy_host[:, 4:]], 1))
+
+
+def _fake_gpu_kernels_on_the_simulator(gpu, monkeypatch):
+    """The fake GPU's arrays (CuPy's ufunc semantics, :func:`_cupy_ufunc_results`) with every
+    kernel the 'cuda' path launches run on the simulator instead, planned as for an H100 with
+    tensor cores: the GPU's Python path (its branches on 'cuda', CuPy's array semantics) on a CPU."""
+    from gpuconv.kernels import _capability, _launching
+    from gpuconv.ops import _launch_batchnorm, _launch_pool2d
+    _cupy_ufunc_results(gpu, monkeypatch)
+    monkeypatch.setattr(gpu.OnGpu, "data", property(  # what the launchers read of a CuPy array's memory
+        lambda a: type("MemoryPointer", (), {"ptr": a.__array_interface__["data"][0], "device_id": 1})()),
+        raising=False)
+    real_launch, real_resident = _launching.launch, _launching.resident_blocks
+
+    def launch(op_file, kernel, dtype, target, grid, block, args, shared_mem=0, device=None, tf32=False):
+        real_launch(op_file, kernel, dtype, "sim", grid, block, args, shared_mem=shared_mem, tf32=tf32)
+
+    def resident_blocks(op_file, name, dtype, threads, target, device=None, tf32=False, shared_mem=0):
+        return real_resident(op_file, name, dtype, threads, "sim")
+
+    for module in (_launching, kernels):
+        monkeypatch.setattr(module, "launch", launch)
+        monkeypatch.setattr(module, "resident_blocks", resident_blocks)
+    monkeypatch.setattr(_launching, "_device_sms", lambda device: _launching.NOMINAL_SMS)
+    monkeypatch.setattr(_capability, "_compute_capability_of", lambda device: 90)
+    monkeypatch.setattr(_capability, "_every_gpu_has_tensor_cores", lambda min_cc: True)
+    monkeypatch.setattr(_capability, "_arch_specific_build", lambda device: False)
+    # memos keyed by the fake GPU's device go with the test
+    monkeypatch.setattr(_launching, "_tickets", {})
+    monkeypatch.setattr(_launch_pool2d, "_RUNS", {})
+    monkeypatch.setattr(_launch_batchnorm, "_PLANS", {})
+
+
+@pytest.mark.parametrize("model", ["fast_net", "airbench96"])
+def test_a_channels_last_step_converts_nothing_with_cupys_ufuncs(model, fake_second_gpu, monkeypatch):
+    """As test_a_channels_last_training_step_converts_nothing, on the GPU's path: the arrays CuPy's
+    (their ufuncs make C-contiguous results), the kernels on the simulator. Every activation and
+    gradient stays NHWC through the residual blocks (their sums came out NCHW on a GPU, and the
+    convolutions after each converted them back: 19 copies in fast_net's step, 27 in airbench96's)."""
+    from gpuconv import amp, models
+    from gpuconv.optim import SGD
+    gpu = fake_second_gpu
+    _fake_gpu_kernels_on_the_simulator(gpu, monkeypatch)
+    conversions = []
+    real_last, real_nhwc = layout.to_channels_last, layout.nhwc
+
+    def to_last(x):
+        if not layout.nhwc_memory(x):
+            conversions.append(("to_channels_last", tuple(x.shape)))
+        return real_last(x)
+
+    def nhwc(x):
+        if not layout.nhwc_memory(x):
+            conversions.append(("nhwc", tuple(x.shape)))
+        return real_nhwc(x)
+
+    rng = np.random.default_rng(2)
+    x = gpu.on(gpuconv.to_channels_last(rng.standard_normal((2, 3, 32, 32)).astype(np.float32)))
+    y = gpu.on(rng.integers(0, 10, 2))
+    net = models.fast_net(width=8, seed=1) if model == "fast_net" else models.airbench96(widths=(4, 8, 8), seed=1)
+    for p in net.parameters():
+        p.data = gpu.on(p.data)
+    for layer in net.modules():  # (batch norm's running statistics)
+        for name, value in list(vars(layer).items()):
+            if type(value) is np.ndarray:
+                setattr(layer, name, gpu.on(value))
+    opt = SGD(net.parameters(), lr=0.01)
+    monkeypatch.setattr(layout, "to_channels_last", to_last)
+    monkeypatch.setattr(layout, "nhwc", nhwc)
+    with kernels.autotuning(False):
+        loss, _ = amp.training_step(net, opt, x, y, "bf16")
+    assert isinstance(loss, gpu.OnGpu) and np.isfinite(float(np.asarray(loss)))
+    assert conversions == [], conversions
