@@ -77,6 +77,12 @@ class Proxy:
         self.precision = (None if precision is None else "fp32" if precision == "fp16"
                           else amp.check_precision(precision))
 
+    def device_context(self):
+        """The proxy's GPU current, as a context (a no-op on the host): CuPy allocates and launches on
+        its current device, whatever the arrays' (:func:`gpuconv.backend.parameters_device_context`)."""
+        first = self.optimizer.params[:1] if hasattr(self.optimizer, "params") else self.model.parameters()[:1]
+        return backend.parameters_device_context(first)
+
     def step(self, x, y, step):
         """The proxy's step ``step`` (0-based) on the batch ``(x, y)``: returns ``(rows, losses)``,
         the selected positions (ascending) and every image's loss, on the device. Reads nothing back."""
@@ -85,8 +91,7 @@ class Proxy:
         from .ops import softmax_cross_entropy
         trains = step % self.train_every == 0
         k = selected_count(int(x.shape[0]), self.keep)
-        first = self.optimizer.params[:1] if hasattr(self.optimizer, "params") else self.model.parameters()[:1]
-        with backend.parameters_device_context(first):
+        with self.device_context():
             if trains:
                 self.optimizer.zero_grad()
             with (amp.autocast(self.model, self.precision, backward=trains) if self.precision is not None
@@ -218,31 +223,35 @@ class SelectedLoader:
         saved = self.inner.state_dict()
         t0 = time.perf_counter()
         per_epoch, picked, stats = len(self.inner), [], []
-        try:
-            for epoch in range(self.epochs):
-                self.inner.set_epoch(epoch)
-                b = -1
-                for b, (x, y) in enumerate(self.inner):
-                    rows, losses = self.proxy.step(x, y, epoch * per_epoch + b)
-                    picked.append(rows)
-                    stats.append(get_array_module(losses).stack([losses.mean(), losses[rows].mean()]))
-                    if progress is not None:
-                        progress()
-                    if stop is not None and stop():
-                        return
-                if b + 1 != per_epoch:
-                    raise RuntimeError(f"SelectedLoader: epoch {epoch + 1} of the loader gave {b + 1} batches, not "
-                                       f"its length {per_epoch}")
-        finally:
-            self.inner.load_state_dict(saved)
-        xp = get_array_module(picked[0])
-        values = backend.asnumpy(xp.stack(stats)).astype(np.float64)  # the phase's one readback
+        # the proxy's GPU current throughout (the statistics and the tables are made on it, not on the
+        # current device, when the proxy is on another: a phase run outside Trainer.fit, say)
+        with self.proxy.device_context():
+            try:
+                for epoch in range(self.epochs):
+                    self.inner.set_epoch(epoch)
+                    b = -1
+                    for b, (x, y) in enumerate(self.inner):
+                        rows, losses = self.proxy.step(x, y, epoch * per_epoch + b)
+                        picked.append(rows)
+                        stats.append(get_array_module(losses).stack([losses.mean(), losses[rows].mean()]))
+                        if progress is not None:
+                            progress()
+                        if stop is not None and stop():
+                            return
+                    if b + 1 != per_epoch:
+                        raise RuntimeError(f"SelectedLoader: epoch {epoch + 1} of the loader gave {b + 1} batches, "
+                                           f"not its length {per_epoch}")
+            finally:
+                self.inner.load_state_dict(saved)
+            xp = get_array_module(picked[0])
+            values = backend.asnumpy(xp.stack(stats)).astype(np.float64)  # the phase's one readback
+            rows = xp.stack(picked).astype(np.int64)
         bad = np.flatnonzero(~np.isfinite(values).all(axis=1))
         if bad.size:
             raise TrainingDiverged(f"the data-selection proxy's loss became {values[bad[0], 0]} at its step "
                                    f"{int(bad[0]) + 1}: it selects nothing meaningful from there; lower the "
                                    "learning rate (--lr)", step=int(bad[0]) + 1)
-        self.rows = xp.stack(picked).astype(np.int64)
+        self.rows = rows
         self._host_bits = None
         seconds = time.perf_counter() - t0
         self.records = []
@@ -266,8 +275,10 @@ class SelectedLoader:
                              "covers: train for at most that many (the proxy selected for the run's length)")
         per_epoch = len(self.inner)
         for b, (x, y) in enumerate(self.inner, start=start):
-            rows = self.rows[epoch * per_epoch + b]
-            yield take_rows(x, rows), y[rows]
+            with backend.array_device_context((x,)):  # (the gathers on the batch's GPU, not the current one)
+                rows = self.rows[epoch * per_epoch + b]
+                batch = take_rows(x, rows), y[rows]
+            yield batch
 
     def __repr__(self):
         return f"SelectedLoader({self.inner!r}, {self.keep} of each {self.batch}, {self.epochs} epochs)"

@@ -412,6 +412,73 @@ def test_a_selection_of_another_run_is_refused():
         SelectedLoader(loader, sel.proxy, 2)
 
 
+class _FakeGpuLoader:
+    """A DeviceLoader's interface over fixed batches of the fake second GPU's arrays."""
+
+    def __init__(self, batches):
+        self.batches, self.epoch, self.start_batch = batches, 0, 0
+        self.num_samples, self.batch_size, self.drop_last = sum(len(b[1]) for b in batches), len(batches[0][1]), True
+
+    def set_epoch(self, epoch, start_batch=0):
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def state_dict(self):
+        return {"epoch": self.epoch, "start_batch": self.start_batch}
+
+    def load_state_dict(self, state):
+        self.epoch, self.start_batch = state["epoch"], state["start_batch"]
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __iter__(self):
+        return iter(self.batches[self.start_batch:])
+
+
+def test_the_proxy_phase_and_the_gathers_run_on_the_proxys_gpu(fake_second_gpu, monkeypatch):
+    """CuPy allocates and launches on its current device: with the proxy and the batches on cuda:1
+    and cuda:0 current (the phase run outside Trainer.fit, which makes the model's GPU current), the
+    phase's statistics and selection table, and each batch's gathers, are made on cuda:1. CuPy is
+    faked (conftest.FakeSecondGpu; a gather by an index array recorded as CuPy's take kernel)."""
+    from types import SimpleNamespace
+
+    from gpuconv.selection import Proxy
+    gpu = fake_second_gpu
+    real_getitem = np.ndarray.__getitem__
+
+    def getitem(a, index):
+        if any(isinstance(i, np.ndarray) for i in (index if isinstance(index, tuple) else (index,))):
+            gpu.calls.append(("take", gpu.current[0]))
+        return real_getitem(a, index)
+
+    monkeypatch.setattr(gpu.OnGpu, "__getitem__", getitem, raising=False)
+    monkeypatch.setattr(gpu.OnGpu, "get", lambda a: np.array(a), raising=False)  # (the readback, cupy's a.get())
+
+    class LossOfTheMean(Proxy):  # a proxy step that sets the proxy's GPU as the real one does
+        def step(self, x, y, step):
+            with gpuconv.backend.parameters_device_context(self.model.parameters()[:1]):
+                losses = x.reshape(x.shape[0], -1).mean(axis=1)
+                return select_hardest(losses, selected_count(x.shape[0], self.keep)), losses
+
+    rng = np.random.default_rng(0)
+    batches = [(gpu.on(rng.standard_normal((4, 3, 2, 2)).astype(np.float32)), gpu.on(rng.integers(0, 10, 4)))
+               for _ in range(3)]
+    model = SimpleNamespace(parameters=lambda: [SimpleNamespace(data=gpu.on(np.zeros(1, np.float32)))])
+    sel = SelectedLoader(_FakeGpuLoader(batches), LossOfTheMean(model, SimpleNamespace(), precision=None), 1)
+    del gpu.calls[:]
+    sel.select()
+    assert gpu.current == [0] and ("stack", 1) in gpu.calls
+    assert {on for _, on in gpu.calls} == {1}, gpu.calls
+    del gpu.calls[:]
+    got = list(sel)
+    assert ("take", 1) in gpu.calls and {on for _, on in gpu.calls} == {1}, gpu.calls
+    for (x, y), (xs, ys), rows in zip(batches, got, np.asarray(sel.rows)):
+        want = np.sort(np.argsort(-np.asarray(x).reshape(4, -1).mean(axis=1), kind="stable")[:2])
+        np.testing.assert_array_equal(rows, want)
+        np.testing.assert_array_equal(np.asarray(xs), np.asarray(x)[rows])
+        np.testing.assert_array_equal(np.asarray(ys), np.asarray(y)[rows])
+
+
 def test_airbench96_faster_on_real_images(tmp_path, capsys):
     """The recipe end to end on the real subset, scaled down (width 8: 8/24/32 channels and a proxy
     of 2/4/4; 200 images, 2 epochs of 5 batches of 40): the proxy phase runs first and is reported
