@@ -194,13 +194,24 @@ def add(a, b):
     difference from NumPy, "Contiguity / Strides"), so on a GPU a residual sum of channels_last
     activations would come out NCHW and every layer after it convert it back: there the sum is
     written into a channels_last array instead. NumPy arrays (and any other case): ``a + b``."""
-    xp = get_array_module(a, b)
-    if (xp is np or getattr(a, "ndim", None) != 4 or getattr(b, "ndim", None) != 4 or a.shape != b.shape
+    if (getattr(a, "ndim", None) != 4 or getattr(b, "ndim", None) != 4 or a.shape != b.shape
             or a.dtype != b.dtype or not all(_strides_allow(v, NHWC) for v in (a, b))
             or all(_strides_allow(v, (0, 1, 2, 3)) for v in (a, b))):
         return a + b
-    with array_device_context((a,)):  # (CuPy allocates and adds on its current device)
-        return xp.add(a, b, out=empty(xp, a.shape, a.dtype, True))
+    return binary("add", a, b, True)
+
+
+def binary(ufunc: str, a, b, channels_last: bool):
+    """The ufunc named ``ufunc`` ('add', 'multiply') of the 4-D ``a`` and ``b`` (``b`` broadcast
+    to ``a``'s shape), channels_last when ``channels_last`` on CuPy, whose ufuncs would make it
+    C-contiguous (then converted at the next channels_last consumer, a pass over memory more): the
+    result is written into a channels_last array there. On NumPy ``np.<ufunc>(a, b)`` as it is."""
+    xp = get_array_module(a, b)
+    if xp is np or not channels_last:
+        return getattr(xp, ufunc)(a, b)
+    with array_device_context((a,)):  # (CuPy allocates and computes on its current device)
+        out = empty(xp, a.shape, np.result_type(a.dtype, b.dtype), True)
+        return getattr(xp, ufunc)(a, b, out=out)
 
 
 def empty_like(x):

@@ -364,3 +364,44 @@ def test_a_channels_last_step_converts_nothing_with_cupys_ufuncs(model, fake_sec
         loss, _ = amp.training_step(net, opt, x, y, "bf16")
     assert isinstance(loss, gpu.OnGpu) and np.isfinite(float(np.asarray(loss)))
     assert conversions == [], conversions
+
+
+def test_channel_gate_and_a_low_precision_transposed_bias_copy_nothing_with_cupys_ufuncs(fake_second_gpu,
+                                                                                       monkeypatch):
+    """channel_gate's products and a bf16 transposed convolution's bias sum are made in the input's
+    layout on the GPU's path (CuPy's ufuncs, kernels on the simulator), not C-contiguous and then
+    copied to channels_last: no transposing copy, and the values NumPy's."""
+    from gpuconv import ops
+    gpu = fake_second_gpu
+    rng = np.random.default_rng(3)
+    host = {name: rng.standard_normal(shape).astype(np.float32) for name, shape in
+            (("x", (2, 4, 3, 3)), ("gate", (2, 4, 1, 1)), ("dy", (2, 4, 3, 3)), ("add", (2, 4, 3, 3)),
+             ("w", (4, 8, 2, 2)), ("b", (8,)))}
+    cases = []
+    for dtype in (np.dtype(np.float32), BF16):
+        arrays = {k: gpu.on(gpuconv.to_channels_last(v) if v.ndim == 4 and v.shape[2] > 1 else v).astype(dtype)
+                  for k, v in host.items()}
+        cases.append((dtype, arrays))
+    _fake_gpu_kernels_on_the_simulator(gpu, monkeypatch)
+    copies, real = [], layout.nhwc_memory_of
+
+    def nhwc_memory_of(y):
+        if getattr(y, "ndim", None) == 4 and not layout.nhwc_memory(y):
+            copies.append(tuple(y.shape))
+        return real(y)
+
+    monkeypatch.setattr(layout, "nhwc_memory_of", nhwc_memory_of)
+    for dtype, a in cases:
+        y, cache = ops.channel_gate_forward(a["x"], a["gate"])
+        dx = ops.channel_gate_backward_data(a["dy"], cache, add=a["add"])
+        assert layout.is_channels_last(y) and layout.is_channels_last(dx) and y.dtype == dx.dtype == dtype
+        xs, gs, dys, adds = (np.asarray(a[k]).astype(np.float32) for k in ("x", "gate", "dy", "add"))
+        np.testing.assert_array_equal(np.asarray(y), (xs * gs).astype(dtype))
+        np.testing.assert_array_equal(np.asarray(dx), (dys * gs + adds).astype(dtype))
+    _, a = cases[1]  # bf16: the bias added in float32 to the rounded data gradient, rounded once
+    with kernels.autotuning(False):
+        y, _ = ops.conv_transpose2d_forward(a["x"], a["w"], a["b"], stride=2)
+    assert layout.is_channels_last(y) and y.dtype == BF16 and y.shape == (2, 8, 6, 6)
+    assert copies == [], copies
+    want, _ = ops.conv_transpose2d_forward(*(np.asarray(a[k]).view(np.ndarray) for k in ("x", "w", "b")), stride=2)
+    np.testing.assert_array_equal(np.asarray(y).astype(np.float32), want.astype(np.float32))  # (NumPy's reference)

@@ -49,8 +49,9 @@ def conv_transpose2d_forward_kernel(x, w, b, stride, padding, output_padding, ou
     else:
         y = conv2d_backward_data_kernel(x, w, shape, stride, padding, tf32, target=target, like=x)
     if b is not None:
-        if y.dtype in LOW_PRECISION:
-            y = round_once(upcast(y) + upcast(b).reshape(1, -1, 1, 1), y.dtype)
+        if y.dtype in LOW_PRECISION:  # (the sum in y's layout on CuPy too: no transposing copy after it)
+            y = round_once(layout.binary("add", upcast(y), upcast(b).reshape(1, -1, 1, 1), layout.is_channels_last(y)),
+                           y.dtype)
         else:
             y += b.reshape(1, -1, 1, 1)
     return y, ConvTranspose2dCache(x, w, b is not None, stride, padding, output_padding, dilation, groups)

@@ -15,7 +15,7 @@ Cache: ``ChannelGateCache(x, gate)``, the forward's inputs.
 from __future__ import annotations
 
 from ..backend import array_device_context
-from ..layout import like
+from ..layout import binary, is_channels_last, like
 from ..precision import round_once, upcast
 from ._checks import cache_type, check_cache, check_dy_dtype, check_float, check_same_dtype
 
@@ -29,8 +29,9 @@ def channel_gate_forward(x, gate):
     if x.ndim != 4 or tuple(gate.shape) != (*x.shape[:2], 1, 1):
         raise ValueError(f"channel_gate_forward: x must be (N, C, H, W) and gate (N, C, 1, 1), one value per sample "
                          f"and channel, got x {tuple(x.shape)} and gate {tuple(gate.shape)}")
-    with array_device_context((x,)):
-        return like(x, round_once(upcast(x) * upcast(gate), x.dtype)), ChannelGateCache(x, gate)
+    with array_device_context((x,)):  # (the product in x's layout on CuPy too: no transposing copy after it)
+        y = binary("multiply", upcast(x), upcast(gate), is_channels_last(x))
+        return like(x, round_once(y, x.dtype)), ChannelGateCache(x, gate)
 
 
 def channel_gate_backward_gate(dy, cache):
@@ -50,7 +51,7 @@ def channel_gate_backward_data(dy, cache, add=None):
         if tuple(add.shape) != tuple(x.shape):
             raise ValueError(f"add must have x's shape {tuple(x.shape)}, got {tuple(add.shape)}")
     with array_device_context((dy,)):
-        dx = upcast(dy) * upcast(gate)
+        dx = binary("multiply", upcast(dy), upcast(gate), is_channels_last(dy))
         if add is not None:
             dx += upcast(add)
         return like(dy, round_once(dx, dy.dtype))
