@@ -68,14 +68,36 @@ def resolve_precision(precision, device=None) -> str:
     :class:`LossScaler`); else ``'fp32'``: NumPy and the simulator compute the low precisions in
     software, and older GPUs have no tensor cores for them (:func:`gpuconv.kernels.tensor_cores_available`)."""
     if precision != "auto":
-        return check_precision(precision)
+        check_precision(precision)
+        if precision == "bf16":
+            _check_cupy_bfloat16(device)
+        return precision
     device = backend.get_default_device() if device is None else backend.Device(device)
     if not device.is_cuda:
         return "fp32"
     cc = int(backend.require_cupy().cuda.Device(device.index).compute_capability)
     if cc >= kernels.TENSOR_CORE_MIN_CC["bfloat16"]:
+        _check_cupy_bfloat16(device, auto=True)
         return "bf16"
     return "fp16" if cc >= kernels.TENSOR_CORE_MIN_CC["float16"] else "fp32"
+
+
+CUPY_BFLOAT16_NUMPY = (2, 1, 2)  # CuPy holds ml_dtypes' bfloat16 arrays only with this NumPy or newer
+
+
+def _check_cupy_bfloat16(device, auto=False):
+    """bf16 on a CUDA device needs NumPy >= 2.1.2: CuPy registers ml_dtypes' bfloat16 only from that
+    NumPy on, and before it refuses every bf16 array ("Unsupported dtype bfloat16") at the first
+    upload. Said here, with the fix, instead."""
+    device = backend.get_default_device() if device is None else backend.Device(device)
+    if not device.is_cuda:
+        return
+    have = tuple(int(p) if p.isdigit() else 0 for p in np.__version__.split(".")[:3])
+    if have < CUPY_BFLOAT16_NUMPY:
+        raise RuntimeError(f"precision bf16{' (what auto chooses on this GPU)' if auto else ''} on {device} needs "
+                           f"NumPy >= 2.1.2, whose bfloat16 CuPy can hold; this is NumPy {np.__version__}: "
+                           "pip install -U 'numpy>=2.1.2' (the gpuconv[cuda12]/[cuda13] extras require it), or "
+                           "train with --precision fp16 or fp32")
 
 
 def check_precision(precision, where="precision"):

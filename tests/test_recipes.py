@@ -145,6 +145,25 @@ class _FakeCupy:
         self.cuda = type("cuda", (), {"Device": lambda _, i=0: type("D", (), {"compute_capability": cc})()})()
 
 
+def test_bf16_on_a_gpu_with_a_numpy_cupy_cannot_hold_it_in_is_refused_with_the_fix(monkeypatch):
+    """CuPy takes ml_dtypes' bfloat16 only with NumPy >= 2.1.2: before it, bf16 on a GPU (named, or
+    auto's choice) is refused up front, naming the upgrade and the other precisions; off the GPU,
+    and in fp16, nothing changes."""
+    from gpuconv import amp, backend
+    monkeypatch.setattr(backend, "require_cupy", lambda: _FakeCupy("90"))
+    cuda = backend.Device("cuda")
+    monkeypatch.setattr(np, "__version__", "2.1.1")
+    for precision, auto in (("bf16", ""), ("auto", r" \(what auto chooses on this GPU\)")):
+        with pytest.raises(RuntimeError, match=rf"precision bf16{auto} on cuda(:0)? needs NumPy >= 2.1.2.*this is NumPy "
+                                               r"2.1.1: pip install -U 'numpy>=2.1.2'.*--precision fp16 or fp32"):
+            amp.resolve_precision(precision, cuda)
+    assert amp.resolve_precision("bf16", "cpu") == amp.resolve_precision("bf16", "sim") == "bf16"
+    assert amp.resolve_precision("fp16", cuda) == "fp16"
+    for version in ("2.1.2", "2.3.0rc1", "3.0.0"):
+        monkeypatch.setattr(np, "__version__", version)
+        assert amp.resolve_precision("bf16", cuda) == amp.resolve_precision("auto", cuda) == "bf16"
+
+
 @pytest.mark.parametrize("cc, want", [("90", "bf16"), ("80", "bf16"), ("75", "fp16"), ("70", "fp32")])
 def test_precision_auto_is_bf16_on_a_gpu_with_bfloat16_tensor_cores(monkeypatch, cc, want):
     """'auto' is bf16 from compute capability 8.0, fp16 on 7.5 (a T4: float16 tensor cores only),
