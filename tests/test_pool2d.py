@@ -587,3 +587,98 @@ def test_the_caches_keep_pool2ds_name_and_the_reference_never_imports_the_ops():
     tree = ast.parse(open(pool_ref.__file__, encoding="utf-8").read())
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert not any(name and name.split(".")[-1] == "pool2d" for name in imported), imported
+
+
+# ----------------------------------------------------------------------------- the NumPy fast paths
+# (shape, kernel, stride, padding, floor): windows that tile the input, which the NumPy reference
+# pools without its loop over taps, and one overlapping geometry that keeps the loop.
+TILED = [((2, 3, 8, 8), 2, 2, 0, False), ((3, 2, 6, 9), 3, 3, 0, False), ((2, 3, 7, 9), 2, 2, 0, True),
+         ((2, 4, 5, 7), (5, 7), (5, 7), 0, False), ((1, 1, 9, 9), 9, 9, 0, False), ((1, 1, 3, 3), 3, 3, 0, False),
+         ((2, 2, 16, 16), 16, 16, 0, False), ((2, 2, 4, 16), (2, 8), (2, 8), 0, False),
+         ((2, 3, 6, 6), 2, 2, 1, False), ((2, 2, 7, 5), (2, 3), (2, 3), (1, 1), True), ((2, 2, 7, 7), 3, 2, 1, True)]
+
+
+def _special_values(shape, dt, seed):
+    """Normals, half of them rounded to halves (ties; the others make sums round), the first
+    window of the first plane all -0.0, and in the first plane of several -0.0, +0.0, NaN and
+    +-inf sprinkled in (the other planes' sums stay finite, where their order shows)."""
+    import ml_dtypes
+    dt = np.dtype(ml_dtypes.bfloat16 if dt == "bfloat16" else dt)
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal(shape)
+    a = np.where(rng.random(shape) < 0.5, np.round(a * 2) / 2, a)
+    if shape[0] * shape[1] > 1:
+        flat = a[0, 0].reshape(-1)
+        where = rng.choice(flat.size, size=min(flat.size, 10), replace=False)
+        flat[where] = np.array([-0.0, 0.0, np.nan, np.inf, -np.inf, -0.0, np.nan, 0.0, -0.0, np.inf])[:where.size]
+        a[0, 0] = flat.reshape(shape[2:])
+    a[0, 0, :3, :3] = -0.0
+    return a.astype(dt)
+
+
+def _pool_everything(kind, x, k, s, p, floor, dy_seed):
+    """(y, dx, the max pool's switches or None) of ``kind`` on x, dy drawn like x (inf - inf and
+    inf * 0 make NaNs, quietly)."""
+    from gpuconv.ops import lp_pool2d_backward, lp_pool2d_forward
+    with np.errstate(invalid="ignore"):
+        if kind.startswith("lp"):
+            y, cache = lp_pool2d_forward(x, int(kind[2:]), k, s, floor=floor)
+            return y, lp_pool2d_backward(_special_values(y.shape, y.dtype, dy_seed), cache), None
+        fwd, bwd = OPS[kind[:3]]
+        kwargs = {} if kind == "max" else {"count_include_pad": kind == "avg"}
+        y, cache = fwd(x, k, s, floor=floor, padding=p, **kwargs)
+        return y, bwd(_special_values(y.shape, y.dtype, dy_seed), cache), getattr(cache, "argmax", None)
+
+
+@pytest.mark.parametrize("kind, case", [(kind, c) for kind in ("max", "avg", "avg-excl", "lp1", "lp2") for c in TILED
+                                        if c[3] == 0 or not kind.startswith("lp")],  # LP pooling has no padding
+                         ids=lambda v: v if isinstance(v, str) else f"{v[0]}-k{v[1]}-s{v[2]}-p{v[3]}{'-floor' * v[4]}")
+def test_numpy_tiled_paths_give_the_tap_loops_bits(monkeypatch, kind, case):
+    """The NumPy reference's paths for windows that tile the input (a window's sum reduced over
+    its tap planes, the gradient spread in one pass, a few windows' max by argmax) against the
+    same reference with them off, the loop over taps that defines the bits: every dtype, both
+    layouts, ties, NaN, inf, -0.0 (an all -0.0 window averages to +0.0), padding, floor, several
+    batch chunks, and global windows up to 256 taps (a pairwise sum would change their bits)."""
+    import gpuconv
+    shape, k, s, p, floor = case
+    for dt in (np.float64, np.float32, "bfloat16", np.float16):
+        for channels_last in (False, True):
+            x = _special_values(shape, dt, 3)
+            x = gpuconv.to_channels_last(x) if channels_last else x
+            with monkeypatch.context() as m:
+                m.setattr(pool_ref, "_tiles", lambda *args: False)
+                want = _pool_everything(kind, x, k, s, p, floor, 4)
+            for few, chunk in ((10 ** 9, 1 << 20), (0, 64)):  # the max pool's argmax path; the loop, chunked
+                with monkeypatch.context() as m:
+                    m.setattr(pool_ref, "_FEW_OUTPUTS", few)
+                    m.setattr(pool_ref, "_CHUNK_BYTES", chunk)
+                    got = _pool_everything(kind, x, k, s, p, floor, 4)
+                for name, g, w in zip(("y", "dx", "argmax"), got, want):
+                    assert (g is None) == (w is None)
+                    if w is not None:
+                        assert g.dtype == w.dtype and g.shape == w.shape, (name, dt, channels_last)
+                        assert np.ascontiguousarray(g).tobytes() == np.ascontiguousarray(w).tobytes(), \
+                            (name, dt, channels_last, few)
+
+
+def test_numpy_tiled_pools_never_loop_over_taps(monkeypatch):
+    """A global average pool (a squeeze-excitation gate's AdaptiveAvgPool2d(1) over a 32x32 map is
+    1024 taps), a 2x2 max pool, large and small, and an L2 pool run on NumPy without a pass per
+    tap, forward and backward."""
+    from gpuconv.ops import (adaptive_avg_pool2d_backward, adaptive_avg_pool2d_forward, lp_pool2d_backward,
+                             lp_pool2d_forward)
+    from gpuconv.ops import lp_pool2d as lp_mod
+
+    def no_taps(*args):
+        raise AssertionError("a pass per tap")
+    monkeypatch.setattr(pool_ref, "_taps", no_taps)
+    monkeypatch.setattr(lp_mod, "_taps", no_taps)
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    y, cache = adaptive_avg_pool2d_forward(x, 1)
+    np.testing.assert_allclose(y[..., 0, 0], x.mean(axis=(2, 3)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(adaptive_avg_pool2d_backward(np.ones_like(y), cache), np.full_like(x, 1 / 1024))
+    for shape in ((2, 3, 32, 32), (2, 3, 8, 8)):
+        y, cache = max_pool2d_forward(x[:, :, :shape[2], :shape[3]], 2)
+        assert max_pool2d_backward(y, cache).shape == shape
+    y, cache = lp_pool2d_forward(x, 2, 4)
+    assert lp_pool2d_backward(y, cache).shape == x.shape

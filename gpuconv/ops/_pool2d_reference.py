@@ -11,7 +11,14 @@ a contiguous plane, a batch chunk at a time (one transposing copy when the windo
 input), so the comparisons run on contiguous, cached data. Within one tap, distinct output
 positions read distinct input pixels, so the backward's ``dx[tap slice] += ...`` is an exact
 scatter-add even when windows overlap (3x3 stride 2), without ``np.add.at``. LP pooling's
-reference (lp_pool2d.py) walks the same :func:`_taps`.
+reference (lp_pool2d.py) walks the same taps (:func:`_window_sums`, :func:`_spread`).
+
+Where the windows tile the input (stride = kernel, the global and adaptive pools of models
+among them) the NumPy arrays skip the Python loop over taps, with the loop's bits: a window's
+sum is a reduction of its tap planes along their leading axis, which NumPy adds element by
+element in tap order (no pairwise regrouping: that happens only along the innermost axis
+reduced), and each input's gradient is the one term its window gives it. A max pool of a few
+outputs takes ``max``/``argmax`` over its tap planes instead of the tap loop's three passes a tap.
 """
 from __future__ import annotations
 
@@ -30,6 +37,10 @@ AvgPool2dCache = cache_type("AvgPool2dCache", "x_shape kernel_size stride channe
 # Tap planes per batch chunk: the reference works a chunk at a time so that its contiguous
 # per-tap copies are still in cache when compared (a 2x2 pool of 64x128x32x32: 40 -> ~12 ms).
 _CHUNK_BYTES = 1 << 20
+# Up to this many outputs a max pool whose windows tile the input takes max/argmax over its tap
+# planes (fewer NumPy calls: a 2x2 pool of 2x3x8x8, forward and backward, 71 -> ~30 us); past it the
+# tap loop's SIMD passes win (argmax along a short axis is a call per window).
+_FEW_OUTPUTS = 256
 
 
 def _used(x, kernel_size, stride):
@@ -115,6 +126,14 @@ def _max_forward(x, kernel_size, stride):
     argmax = xp.zeros(y.shape, dtype=np.int32)
     if y.size == 0:  # an empty batch (or no channel): nothing to pool
         return y, argmax
+    if xp is np and y.size <= _FEW_OUTPUTS and _tiles(x.shape, kernel_size, stride):
+        # A few windows: the per-call cost is the NumPy calls, three a tap in the loop below. The
+        # same rules from whole-array calls: argmax gives the first maximum in tap order or the
+        # first NaN, and the maximum is the value there (the loop's np.maximum keeps its first NaN).
+        planes = _tap_planes(np, x, kernel_size, stride, out_hw)
+        argmax[...] = planes.argmax(axis=0)
+        np.add(np.take_along_axis(planes, argmax[None], axis=0)[0], y.dtype.type(0), out=y)  # +0.0: see below
+        return y, argmax
     moved = None
     per_item = kernel_size[0] * kernel_size[1] * y[0].size * x.itemsize
     for b in _batch_chunks(x.shape[0], per_item):
@@ -164,7 +183,14 @@ def _max_backward(dy, cache, out=None):
         return xp.zeros(cache.x_shape, dtype=dy.dtype)
     n, c, oh, ow = dy.shape
     used = (n, c, oh * kh, ow * kw)
-    if tuple(cache.stride) == (kh, kw) and used != tuple(cache.x_shape):
+    if xp is np and dy.size <= _FEW_OUTPUTS and out is None and used == tuple(cache.x_shape) \
+            and _tiles(used, cache.kernel_size, cache.stride):
+        # A few windows (see _FEW_OUTPUTS): dy where the switch is the tap, +0 elsewhere, in dx's
+        # layout in one select; adding 0 as below.
+        tap = np.arange(taps, dtype=np.int32).reshape(kh, 1, kw)
+        dx = np.where(cache.argmax[:, :, :, None, :, None] == tap, dy[:, :, :, None, :, None], dy.dtype.type(0))
+        return np.add(dx, dy.dtype.type(0), out=dx).reshape(cache.x_shape)
+    if used != tuple(cache.x_shape) and _tiles(used, cache.kernel_size, cache.stride):
         # Floor pooling with rows or columns past the last window: the tiled part written in place
         # (a separate array of it would be a second dx at the backward's peak), then zeros.
         dx = xp.empty(cache.x_shape, dtype=dy.dtype)
@@ -226,12 +252,64 @@ def _avg_pool2d_forward_reference(x, kernel_size, stride, floor=False, padding=(
     xc = _used(xc, kernel_size, stride) if floor else xc
     xp = get_array_module(xc)
     out_hw = output_hw(xc.shape, kernel_size, stride)
-    y = xp.zeros(x.shape[:2] + out_hw, dtype=xc.dtype)
-    for _, sl in _taps(kernel_size, stride, out_hw):
-        y += xc[sl]
+    y = _window_sums(xp, xc, kernel_size, stride, out_hw)
     y *= _avg_scale(xp, xc.dtype, x.shape[2:], kernel_size, stride, padding, count_include_pad, out_hw)
     return round_once(y, x.dtype), AvgPool2dCache(tuple(x.shape), kernel_size, stride, layout.is_channels_last(x),
                                                   x.dtype, padding, count_include_pad)
+
+
+def _window_sums(xp, x, kernel_size, stride, out_hw, term=None):
+    """Each window's sum of its taps (of ``term(taps)``, an elementwise function, where given), added
+    tap by tap in row-major order onto +0.0: ``s = 0; for each tap: s += x[tap]``, bit for bit.
+
+    Windows that tile a NumPy input reduce their tap planes along the tap axis instead, a batch chunk
+    at a time: NumPy reduces an outer axis elementwise, in index order, which is the loop's
+    order (pairwise summation regroups only a reduction along the innermost axis). A global pool
+    of a 32x32 map is then one transposing copy and one reduction, not 1024 strided passes.
+    Adding +0.0 last makes a sum of -0.0s +0.0, as the loop's (the reduction may start from its
+    first term, where the loop starts from +0.0; nothing else differs)."""
+    s = xp.zeros(x.shape[:2] + out_hw, dtype=x.dtype)
+    if xp is not np or s.size == 0 or not _tiles(x.shape, kernel_size, stride):
+        for _, sl in _taps(kernel_size, stride, out_hw):
+            s += x[sl] if term is None else term(x[sl])
+        return s
+    per_item = x[0].size * x.itemsize * (1 if term is None else 2)
+    for b in _batch_chunks(x.shape[0], per_item):
+        planes = _tap_planes(xp, x[b], kernel_size, stride, out_hw)
+        planes = planes if term is None else term(planes)
+        if planes[0].size > 1:
+            np.add.reduce(planes, axis=0, out=s[b])
+        else:  # one window: a reduction along the only axis left would add pairwise; accumulate never does
+            s[b] = np.add.accumulate(planes.reshape(-1))[-1]
+    return np.add(s, s.dtype.type(0), out=s)
+
+
+def _spread(xp, g, x_shape, kernel_size, stride):
+    """``dx = 0; for each tap: dx[tap slice] += g``: each window's ``g`` (N, C, OH, OW) added to every
+    input it covers, taps in row-major order. Windows that tile (the rows and columns past the last
+    window aside, left 0) give each input one term, ``0 + g``, written without the loop: a broadcast
+    where a window row is long or the window the whole plane (a global pool), else ``np.repeat``
+    along both axes (a broadcast into 2-wide window rows runs NumPy's inner loop 2 elements at a
+    time: 4.2 ms against the loop's 3.4 and repeat's 2.5 for a 2x2 pool of 32x64x32x32)."""
+    (kh, kw), (n, c, oh, ow) = kernel_size, g.shape
+    if xp is not np or g.size == 0 or not _tiles((n, c, oh * kh, ow * kw), kernel_size, stride):
+        dx = xp.zeros(x_shape, dtype=g.dtype)
+        for _, sl in _taps(kernel_size, stride, (oh, ow)):
+            dx[sl] += g
+        return dx
+    h, w = oh * kh, ow * kw
+    whole, zero = (h, w) == tuple(x_shape[2:]), g.dtype.type(0)
+    if oh * ow == 1 or kw >= 8:
+        dx = np.empty(x_shape, dtype=g.dtype) if whole else np.zeros(x_shape, dtype=g.dtype)
+        windows = dx.reshape(n, c, oh, kh, ow, kw) if whole else _window_axes(np, dx[:, :, :h, :w], kh, kw)
+        np.add(g[:, :, :, None, :, None], zero, out=windows)
+        return dx
+    spread = g.repeat(kh, axis=2).repeat(kw, axis=3)
+    if whole:
+        return np.add(spread, zero, out=spread)
+    dx = np.zeros(x_shape, dtype=g.dtype)
+    np.add(spread, zero, out=dx[:, :, :h, :w])
+    return dx
 
 
 def _avg_scale(xp, dtype, hw, kernel_size, stride, padding, count_include_pad, out_hw):
@@ -251,9 +329,7 @@ def _avg_pool2d_backward_reference(dy, cache):
     dyc = upcast(dy)
     xp = get_array_module(dyc)
     padded, inside = _padded_cache(cache)
-    dx = xp.zeros(padded.x_shape, dtype=dyc.dtype)
     share = dyc * _avg_scale(xp, dyc.dtype, cache.x_shape[2:], cache.kernel_size, cache.stride, cache.padding,
                              cache.count_include_pad, dy.shape[2:])
-    for _, sl in _taps(cache.kernel_size, cache.stride, dy.shape[2:]):
-        dx[sl] += share
-    return round_once(xp.ascontiguousarray(dx[inside]), dy.dtype)
+    dx = _spread(xp, share, padded.x_shape, cache.kernel_size, cache.stride)
+    return round_once(dx if tuple(cache.padding) == (0, 0) else xp.ascontiguousarray(dx[inside]), dy.dtype)

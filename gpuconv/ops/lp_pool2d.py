@@ -25,7 +25,7 @@ from ..backend import get_array_module
 from ..precision import round_once, upcast
 from . import _dispatch
 from ._checks import cache_type, cached, check_cache, check_dy_dtype, check_float, check_shape, only_defaults, output_hw
-from ._pool2d_reference import _taps
+from ._pool2d_reference import _spread, _taps, _window_sums
 from .pool2d import _check_pool_args
 
 LPPool2dCache = cache_type("LPPool2dCache", "x y kernel_size stride norm_type", __name__)
@@ -70,9 +70,12 @@ def _lp_pool2d_forward_reference(x, p, kernel_size, stride):
     xc = upcast(x)
     xp = get_array_module(xc)
     out_hw = output_hw(x.shape, kernel_size, stride, floor=True)  # the entry checked the exact rule if asked
-    s = xp.zeros(x.shape[:2] + out_hw, dtype=xc.dtype)
-    for _, sl in _taps(kernel_size, stride, out_hw):
-        s += _powers(xp, xc[sl], p)
+    if p in (1, 2):  # x * x and x are exact wherever they run: the tap planes' fast path
+        s = _window_sums(xp, xc, kernel_size, stride, out_hw, None if p == 1 else lambda a: a * a)
+    else:  # np.power may round differently on contiguous and strided data (SIMD or libm): the tap loop's
+        s = xp.zeros(x.shape[:2] + out_hw, dtype=xc.dtype)
+        for _, sl in _taps(kernel_size, stride, out_hw):
+            s += _powers(xp, xc[sl], p)
     y = xp.sqrt(s) if p == 2 else s if p == 1 else xp.power(s, s.dtype.type(1.0 / p))
     y = round_once(y, x.dtype)
     return y, LPPool2dCache(x, y, kernel_size, stride, p)
@@ -86,9 +89,7 @@ def _lp_pool2d_backward_reference(dy, cache):
     safe = xp.where(zero, yc.dtype.type(1), yc)
     scale = 1 / safe if p == 2 else xp.ones_like(safe) if p == 1 else xp.power(safe, safe.dtype.type(1 - p))
     g = xp.where(zero, dyc.dtype.type(0), dyc * scale)
-    dx = xp.zeros(xc.shape, dtype=dyc.dtype)
-    for _, sl in _taps(cache.kernel_size, cache.stride, dy.shape[2:]):
-        dx[sl] += g  # taps in order = covering windows from the last: the kernel's order
+    dx = _spread(xp, g, xc.shape, cache.kernel_size, cache.stride)  # taps in order = covering windows from the last
     xpow = xc if p == 2 else xp.ones_like(xc) if p == 1 else xp.power(xc, xc.dtype.type(p - 1))
     return round_once(dx * xpow, dy.dtype)
 
