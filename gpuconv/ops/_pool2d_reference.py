@@ -267,9 +267,11 @@ def _window_sums(xp, x, kernel_size, stride, out_hw, term=None):
     order (pairwise summation regroups only a reduction along the innermost axis). A global pool
     of a 32x32 map is then one transposing copy and one reduction, not 1024 strided passes.
     Adding +0.0 last makes a sum of -0.0s +0.0, as the loop's (the reduction may start from its
-    first term, where the loop starts from +0.0; nothing else differs)."""
+    first term, where the loop starts from +0.0; nothing else differs). Up to 4 taps the loop
+    stays: its passes read the input once, where the planes copy it first (a 2x2 pool of
+    32x512x8x8: 2.8 ms looped, 3.8 by planes; 32x1024x4x4 to 1x1, 16 taps: 2.6 against 0.6)."""
     s = xp.zeros(x.shape[:2] + out_hw, dtype=x.dtype)
-    if xp is not np or s.size == 0 or not _tiles(x.shape, kernel_size, stride):
+    if xp is not np or s.size == 0 or kernel_size[0] * kernel_size[1] <= 4 or not _tiles(x.shape, kernel_size, stride):
         for _, sl in _taps(kernel_size, stride, out_hw):
             s += x[sl] if term is None else term(x[sl])
         return s
