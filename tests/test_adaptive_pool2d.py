@@ -163,3 +163,34 @@ def test_errors(backend):
         ops.adaptive_avg_pool2d_backward(backend.asarray(np.ones((1, 2, 3, 3))), cache)
     with pytest.raises(TypeError, match="pass it to adaptive_avg_pool2d_backward"):
         ops.adaptive_max_pool2d_backward(backend.asarray(np.ones((1, 2, 3, 3), np.float32)), cache)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, ml_dtypes.bfloat16])
+@pytest.mark.parametrize("shape, out", [((2, 3, 9, 5), (2, 3)), ((2, 2, 7, 10), (3, 4)), ((1, 1, 12, 14), (2, 2))])
+def test_avg_reference_adds_each_windows_taps_in_row_major_order(dtype, shape, out):
+    """The NumPy average of uneven windows (each window's taps reduced at once) has the bits of
+    the definition the kernels follow: float32 (float64) sums onto +0.0, tap by tap in row-major
+    order, times the rounded reciprocal; an all -0.0 window averages to +0.0."""
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal(shape)
+    x[0, 0, :-(-shape[2] // out[0]), :-(-shape[3] // out[1])] = -0.0  # the first window
+    if shape[1] > 1:
+        x[-1, 1, 1, :3] = [np.nan, np.inf, -0.0]
+    x = x.astype(dtype)
+    xc = x.astype(np.float64 if x.dtype == np.float64 else np.float32)
+    want = np.empty(shape[:2] + out, xc.dtype)
+    h, w = shape[2:]
+    for i in range(out[0]):
+        for j in range(out[1]):
+            rows = range(i * h // out[0], -(-(i + 1) * h // out[0]))
+            cols = range(j * w // out[1], -(-(j + 1) * w // out[1]))
+            s = np.zeros(shape[:2], xc.dtype)
+            for ih in rows:
+                for iw in cols:
+                    s += xc[:, :, ih, iw]
+            want[:, :, i, j] = s * xc.dtype.type(1.0 / (len(rows) * len(cols)))
+    want = want.astype(dtype)
+    for xs in (x, gpuconv.to_channels_last(x)):
+        y = _avg_forward_reference(xs, out)[0]
+        assert y.dtype == want.dtype and bits(y).tobytes() == bits(want).tobytes()
+    assert not np.signbit(y[0, 0, 0, 0])

@@ -35,6 +35,7 @@ from ..backend import get_array_module
 from ..precision import round_once, upcast
 from . import _dispatch
 from ._checks import cache_type, cached, check_cache, check_dy_dtype, check_float, check_rank, only_defaults
+from ._pool2d_reference import _window_sums
 from .pool2d import (AvgPool2dCache, MaxPool2dCache, avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward,
                      max_pool2d_forward)
 
@@ -143,11 +144,11 @@ def _avg_forward_reference(x, out_hw):
     xp, dt = get_array_module(xc), xc.dtype.type
     y = xp.empty(x.shape[:2] + out_hw, dtype=xc.dtype)
     for i, j, rows, cols in _cells(x.shape, out_hw):
-        s = xp.zeros(x.shape[:2], dtype=xc.dtype)
-        for ih in range(rows.start, rows.stop):  # taps one at a time, in row-major order (the kernel's)
-            for iw in range(cols.start, cols.stop):
-                s += xc[:, :, ih, iw]
-        y[:, :, i, j] = s * dt(1.0 / ((rows.stop - rows.start) * (cols.stop - cols.start)))
+        # the window's taps added one at a time onto +0.0, in row-major order (the kernel's): a
+        # fixed window's sum over the window alone
+        size = (rows.stop - rows.start, cols.stop - cols.start)
+        s = _window_sums(xp, xc[:, :, rows, cols], size, size, (1, 1))
+        y[:, :, i, j] = s[:, :, 0, 0] * dt(1.0 / (size[0] * size[1]))
     return round_once(y, x.dtype), AdaptivePool2dCache(tuple(x.shape), out_hw, None, layout.is_channels_last(x),
                                                        x.dtype)
 
