@@ -14,11 +14,11 @@ scatter-add even when windows overlap (3x3 stride 2), without ``np.add.at``. LP 
 reference (lp_pool2d.py) walks the same taps (:func:`_window_sums`, :func:`_spread`).
 
 Where the windows tile the input (stride = kernel, the global and adaptive pools of models
-among them) the NumPy arrays skip the Python loop over taps, with the loop's bits: a window's
-sum is a reduction of its tap planes along their leading axis, which NumPy adds element by
-element in tap order (no pairwise regrouping: that happens only along the innermost axis
-reduced), and each input's gradient is the one term its window gives it. A max pool of a few
-outputs takes ``max``/``argmax`` over its tap planes instead of the tap loop's three passes a tap.
+among them) NumPy arrays skip the Python loop over taps, with the loop's bits: a window's sum
+(of more than 4 taps) is a reduction of its tap planes along their leading axis, which NumPy
+adds element by element in tap order (no pairwise regrouping: that happens only along the
+innermost axis reduced), and each input's gradient is the one term its window gives it. A max
+pool of a few outputs takes ``argmax`` over its tap planes instead of the loop's passes per tap.
 """
 from __future__ import annotations
 
@@ -37,9 +37,9 @@ AvgPool2dCache = cache_type("AvgPool2dCache", "x_shape kernel_size stride channe
 # Tap planes per batch chunk: the reference works a chunk at a time so that its contiguous
 # per-tap copies are still in cache when compared (a 2x2 pool of 64x128x32x32: 40 -> ~12 ms).
 _CHUNK_BYTES = 1 << 20
-# Up to this many outputs a max pool whose windows tile the input takes max/argmax over its tap
-# planes (fewer NumPy calls: a 2x2 pool of 2x3x8x8, forward and backward, 71 -> ~30 us); past it the
-# tap loop's SIMD passes win (argmax along a short axis is a call per window).
+# Up to this many outputs a max pool whose windows tile the input takes argmax over its tap planes
+# (fewer NumPy calls: a 2x2 pool of 2x3x8x8, forward and backward, ~70 -> ~32 us); past it the tap
+# loop's SIMD passes win (argmax along a short axis is a call per window).
 _FEW_OUTPUTS = 256
 
 
