@@ -38,7 +38,7 @@ AvgPool2dCache = cache_type("AvgPool2dCache", "x_shape kernel_size stride channe
 # per-tap copies are still in cache when compared (a 2x2 pool of 64x128x32x32: 40 -> ~12 ms).
 _CHUNK_BYTES = 1 << 20
 # Up to this many outputs a max pool whose windows tile the input takes argmax over its tap planes
-# (fewer NumPy calls: a 2x2 pool of 2x3x8x8, forward and backward, ~70 -> ~32 us); past it the tap
+# (fewer NumPy calls: a 2x2 pool of 2x3x8x8, forward and backward, 67 -> 32 us); past it the tap
 # loop's SIMD passes win (argmax along a short axis is a call per window).
 _FEW_OUTPUTS = 256
 
@@ -130,9 +130,10 @@ def _max_forward(x, kernel_size, stride):
         # A few windows: the per-call cost is the NumPy calls, three a tap in the loop below. The
         # same rules from whole-array calls: argmax gives the first maximum in tap order or the
         # first NaN, and the maximum is the value there (the loop's np.maximum keeps its first NaN).
-        planes = _tap_planes(np, x, kernel_size, stride, out_hw)
-        argmax[...] = planes.argmax(axis=0)
-        np.add(np.take_along_axis(planes, argmax[None], axis=0)[0], y.dtype.type(0), out=y)  # +0.0: see below
+        planes = _tap_planes(np, x, kernel_size, stride, out_hw).reshape(kernel_size[0] * kernel_size[1], -1)
+        at = planes.argmax(axis=0)
+        argmax[...] = at.reshape(y.shape)
+        np.add(planes[at, np.arange(y.size)].reshape(y.shape), y.dtype.type(0), out=y)  # +0.0: see below
         return y, argmax
     moved = None
     per_item = kernel_size[0] * kernel_size[1] * y[0].size * x.itemsize
