@@ -110,17 +110,22 @@ def smallest_subnormal(dtype) -> float:
 def upcast(*arrays):
     """``arrays`` with each bfloat16/float16 one converted to float32 (exact); the others, None
     included, as they are. One array in, one array out."""
-    out = tuple(_up(a) for a in arrays)
-    return out[0] if len(out) == 1 else out
+    if len(arrays) == 1:  # the common case, without the tuple
+        return _up(arrays[0])
+    return tuple(map(_up, arrays))
 
 
 def _up(a):
-    return a.astype(float32) if a is not None and a.dtype in LOW_PRECISION else a
+    # (both low precisions are 2 bytes wide: any other width, float64 and float32 among them, is
+    # answered by one attribute read, without comparing dtypes)
+    if a is None or a.dtype.itemsize != 2:
+        return a
+    return a.astype(float32) if a.dtype in LOW_PRECISION else a
 
 
 def round_once(a, dtype):
     """``a`` rounded to ``dtype`` (to nearest even; a no-op when it has that dtype already)."""
-    return a if a is None or a.dtype == np.dtype(dtype) else a.astype(dtype)
+    return a if a is None or a.dtype is dtype or a.dtype == np.dtype(dtype) else a.astype(dtype)
 
 
 def channel_sum(a, mean: bool = False):
@@ -155,7 +160,9 @@ def round_tf32(a):
 def multiplicands(tf32: bool, *arrays):
     """The GEMM operands of a reference: upcast (bfloat16/float16 -> float32), then rounded to
     TF32 when ``tf32``; None stays None. One array in, one array out."""
-    out = tuple(None if a is None else round_tf32(a) if tf32 else a for a in map(_up, arrays))
+    if not tf32:  # upcast alone (float64 and float32 arrays: themselves)
+        return upcast(*arrays)
+    out = tuple(None if a is None else round_tf32(a) for a in map(_up, arrays))
     return out[0] if len(out) == 1 else out
 
 
@@ -198,6 +205,7 @@ def precision_mode(value: str):
 def use_tf32(precision, dtype) -> bool:
     """Whether an op on ``dtype`` arrays called with ``precision`` (None: :func:`get_precision`)
     rounds its multiplicands to TF32: only float32 does; the other dtypes ignore the mode."""
-    mode = get_precision() if precision is None else _check_precision(precision)
-    return mode == "tf32" and np.dtype(dtype) == float32
+    if precision is None:  # (float64 arrays, a gradient check's, answered without reading the setting)
+        return dtype == float32 and get_precision() == "tf32"
+    return _check_precision(precision) == "tf32" and np.dtype(dtype) == float32
 

@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from .. import backend, layout
 from ..backend import get_array_module
 from ..precision import multiplicands, round_once, upcast, use_tf32
 from . import _dispatch
-from ._checks import cache_type, cached, check_bias, check_cache, check_float, check_rank, check_same_dtype
+from ._checks import (cache_type, cached, check_bias, check_cache, check_float, check_rank, check_same_dtype, remember,
+                      signature)
 
 LinearCache = cache_type("LinearCache", "x w has_bias", __name__)
 
@@ -31,6 +34,27 @@ LinearCache = cache_type("LinearCache", "x w has_bias", __name__)
 def linear_forward(x, w, b=None, precision=None):
     """``y, cache``: ``y`` of shape (N, out_features). ``precision`` 'fp32' or 'tf32' applies to
     float32 arrays (None: ``gpuconv.get_precision()``)."""
+    try:  # the checks below read the arrays' types, shapes and dtypes only: passed once, passed again
+        key = (signature(x), signature(w), signature(b))
+        checked = key in _CHECKED
+    except (AttributeError, TypeError):  # not an array (its checks then fail), an unhashable shape
+        key, checked = None, False
+    if not checked:
+        _check_forward(x, w, b)
+        if key is not None:
+            remember(_CHECKED, key, True)
+    tf32 = use_tf32(precision, x.dtype)
+    target = backend.kernel_target(x, w, b, names=("x", "w", "b"))
+    return _dispatch.call("linear_forward", target, _linear_forward_reference, x, w, b, tf32)
+
+
+# the forward's checks passed, by the arguments' signatures (a network, or a gradient check, calls
+# the same few shapes at every step); errors are not memoized
+_CHECKED: dict = {}
+_CHECKED_BACKWARD: dict = {}
+
+
+def _check_forward(x, w, b):
     check_float("x", x)
     check_float("w", w)
     check_rank("w", w, 2, "out_features, in_features")
@@ -46,22 +70,27 @@ def linear_forward(x, w, b=None, precision=None):
                          f"sample but w of shape {tuple(w.shape)} (out_features, in_features) expects "
                          f"in_features={w.shape[1]}; make w.shape[1] equal prod(x.shape[1:])")
     check_bias(b, w, "output feature")
-    tf32 = use_tf32(precision, x.dtype)
-    target = backend.kernel_target(x, w, b, names=("x", "w", "b"))
-    return _dispatch.call("linear_forward", target, _linear_forward_reference, x, w, b, tf32)
 
 
 def linear_backward(dy, cache, precision=None):
     """``dx, dw, db``; ``dx`` has ``x``'s shape, ``db`` is None when the forward had no bias.
     ``precision`` as in :func:`linear_forward`, chosen anew for the backward."""
     check_cache(cache, LinearCache, "linear_forward")
-    check_float("dy", dy)
-    check_rank("dy", dy, 2, "N, out_features")
     x, w = cache.x, cache.w
-    expected = (x.shape[0], w.shape[0])
-    if tuple(dy.shape) != expected:
-        raise ValueError(f"dy must have the forward output's shape {expected}, got {tuple(dy.shape)}")
-    check_same_dtype("x", x, dy=dy)
+    try:  # as the forward's, by signature: dy's and those of the arrays the cache holds
+        key = (signature(dy), signature(x), signature(w))
+        checked = key in _CHECKED_BACKWARD
+    except (AttributeError, TypeError):
+        key, checked = None, False
+    if not checked:
+        check_float("dy", dy)
+        check_rank("dy", dy, 2, "N, out_features")
+        expected = (x.shape[0], w.shape[0])
+        if tuple(dy.shape) != expected:
+            raise ValueError(f"dy must have the forward output's shape {expected}, got {tuple(dy.shape)}")
+        check_same_dtype("x", x, dy=dy)
+        if key is not None:
+            remember(_CHECKED_BACKWARD, key, True)
     tf32 = use_tf32(precision, dy.dtype)
     target = backend.kernel_target(dy, x, w, names=("dy", cached("x"), cached("w")))
     dx, dw, db = _dispatch.call("linear_backward", target, _linear_backward_reference, dy, cache, tf32)
@@ -69,10 +98,23 @@ def linear_backward(dy, cache, precision=None):
     return (layout.to_channels_last(dx) if layout.is_channels_last(x) else dx), dw, db
 
 
+def _flat(a):
+    """``a`` as (N, features): itself when 2-D already (a view of the same memory either way)."""
+    return a if a.ndim == 2 else a.reshape(a.shape[0], math.prod(a.shape[1:]))
+
+
+def _module(*arrays):
+    """NumPy for NumPy arrays (None among them), answered without a call; else get_array_module's."""
+    for a in arrays:
+        if a is not None and type(a) is not np.ndarray:
+            return get_array_module(*arrays)
+    return np
+
+
 def _linear_forward_reference(x, w, b, tf32=False):
     xc, wc = multiplicands(tf32, x, w)
-    xp = get_array_module(xc, wc, b)
-    y = xp.matmul(xc.reshape(x.shape[0], math.prod(x.shape[1:])), wc.T)
+    xp = _module(xc, wc, b)
+    y = xp.matmul(_flat(xc), wc.T)
     if b is not None:
         y += upcast(b)
     return round_once(y, x.dtype), LinearCache(x, w, b is not None)
@@ -81,10 +123,16 @@ def _linear_forward_reference(x, w, b, tf32=False):
 def _linear_backward_reference(dy, cache, tf32=False):
     x, w, has_bias = cache
     dyc, xc, wc = multiplicands(tf32, dy, x, w)
-    xp = get_array_module(dyc, xc, wc)
-    dx = xp.matmul(dyc, wc).reshape(x.shape)
-    dw = xp.matmul(dyc.T, xc.reshape(x.shape[0], math.prod(x.shape[1:])))
-    db = upcast(dy).sum(axis=0) if has_bias else None  # a sum: never TF32-rounded
+    xp = _module(dyc, xc, wc)
+    dx = xp.matmul(dyc, wc)
+    if x.ndim != 2:
+        dx = dx.reshape(x.shape)
+    dw = xp.matmul(dyc.T, _flat(xc))
+    db = None
+    if has_bias:  # a sum: never TF32-rounded
+        dys = upcast(dy) if tf32 else dyc
+        # (NumPy's add.reduce is what ndarray.sum calls, without its Python wrapper)
+        db = np.add.reduce(dys, axis=0) if xp is np else dys.sum(axis=0)
     return round_once(dx, x.dtype), round_once(dw, w.dtype), round_once(db, dy.dtype)
 
 
