@@ -27,7 +27,7 @@ from .. import backend
 from ..backend import get_array_module, is_cupy_array
 from ..precision import DTYPES, compute_dtype, round_once, upcast
 from . import _dispatch
-from ._checks import check_array, check_bool, check_float, check_rank
+from ._checks import check_array, check_bool, check_float, check_rank, remember, signature
 
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -60,8 +60,41 @@ def softmax_cross_entropy(logits, labels, label_smoothing=0.0, count_correct=Fal
     this label have loss 0 and gradient 0, are never counted as correct, and the mean leaves
     them out of its divisor (every row ignored: a NaN mean, as PyTorch's). ``None`` (the
     default here; PyTorch's module uses -100): every label must be a class."""
+    key = checked = None
+    if grad_scale is None and weight is None:  # the checks below then read types, shapes and plain values only
+        try:
+            key = (signature(logits), signature(labels), type(label_smoothing), label_smoothing,
+                   type(count_correct), count_correct, reduction, type(ignore_index), ignore_index)
+            checked = key in _CHECKED
+        except (AttributeError, TypeError):  # not an array (its checks then fail), an unhashable value
+            key = None
+    if not checked:
+        _check_args(logits, labels, label_smoothing, count_correct, reduction, ignore_index)
+        if key is not None:
+            remember(_CHECKED, key, True)
+    count_correct = bool(count_correct)
+    ignore_index = None if ignore_index is None else int(ignore_index)
+    if not is_cupy_array(labels):
+        check_labels(labels, logits.shape[1], ignore_index)
+    if grad_scale is not None:
+        grad_scale = _grad_scale(logits, grad_scale)
+    if weight is not None:
+        weight = _class_weights(logits, weight)
+    target = backend.kernel_target(logits, labels)
+    return _dispatch.call("softmax_cross_entropy", target, _softmax_cross_entropy_reference,
+                          logits, labels, float(label_smoothing), count_correct, grad_scale, reduction,
+                          weight, ignore_index)
+
+
+# the checks passed (of the arguments without class weights and loss scale), by the arrays'
+# signatures and the other arguments' values and types; errors are not memoized
+_CHECKED: dict = {}
+
+
+def _check_args(logits, labels, label_smoothing, count_correct, reduction, ignore_index):
+    """The checks of :func:`softmax_cross_entropy` that read no label's value, weight or scale."""
     check_float("logits", logits)
-    count_correct = check_bool("count_correct", count_correct)
+    check_bool("count_correct", count_correct)
     check_rank("logits", logits, 2, "N, C: batch, classes")
     check_array("labels", labels)
     get_array_module(logits, labels, names=("logits", "labels"))  # a TypeError when one is on the GPU, one not
@@ -91,16 +124,6 @@ def softmax_cross_entropy(logits, labels, label_smoothing=0.0, count_correct=Fal
     if ignore_index is not None and not -2**63 <= ignore_index < 2**63:  # the kernels compare it as an int64
         raise ValueError(f"ignore_index={ignore_index} is not an int64 label and matches no row: pass the label of the "
                          "rows to leave out (e.g. -100, PyTorch's), or None")
-    if not is_cupy_array(labels):
-        check_labels(labels, c, ignore_index)
-    if grad_scale is not None:
-        grad_scale = _grad_scale(logits, grad_scale)
-    if weight is not None:
-        weight = _class_weights(logits, weight)
-    target = backend.kernel_target(logits, labels)
-    return _dispatch.call("softmax_cross_entropy", target, _softmax_cross_entropy_reference,
-                          logits, labels, float(label_smoothing), bool(count_correct), grad_scale, reduction,
-                          weight, ignore_index)
 
 
 def _class_weights(logits, weight):
@@ -144,6 +167,9 @@ def _grad_scale(logits, grad_scale):
     return grad_scale if grad_scale.dtype == acc else grad_scale.astype(acc)
 
 
+_FEW = 64  # labels read as a list (a gradient check's handful); more are reduced by NumPy
+
+
 def check_labels(labels, classes: int, ignore_index: int | None = None):
     """Raise ValueError unless every label is a class index in 0..classes-1 (or ``ignore_index``).
     On a GPU this reads two numbers back (a sync): :func:`softmax_cross_entropy` skips it there
@@ -151,7 +177,11 @@ def check_labels(labels, classes: int, ignore_index: int | None = None):
     if ignore_index is not None:
         labels = labels[labels != ignore_index]
     if labels.size:
-        lo, hi = int(labels.min()), int(labels.max())
+        if labels.size <= _FEW and type(labels) is np.ndarray:  # a few: as Python ints, without two reductions
+            values = labels.tolist()
+            lo, hi = min(values), max(values)
+        else:
+            lo, hi = int(labels.min()), int(labels.max())
         if lo < 0 or hi >= classes:
             bad = lo if lo < 0 else hi
             ignoring = "" if ignore_index is None else f" or the ignored label {ignore_index}"
@@ -162,6 +192,10 @@ def check_labels(labels, classes: int, ignore_index: int | None = None):
 def _softmax_cross_entropy_reference(logits, labels, eps, count_correct=False, grad_scale=None, reduction="mean",
                                      weight=None, ignore_index=None):
     dtype, logits = logits.dtype, upcast(logits)
+    if weight is None and ignore_index is None and type(logits) is np.ndarray and type(labels) is np.ndarray:
+        got = _host_reference(logits, labels, eps, count_correct, grad_scale, reduction)
+        if got is not None:
+            return (got[0], round_once(got[1], dtype)) + got[2:]
     xp = get_array_module(logits, labels)
     n, c = logits.shape
     dt = logits.dtype.type
@@ -214,6 +248,51 @@ def _softmax_cross_entropy_reference(logits, labels, eps, count_correct=False, g
         correct = xp.asarray(((xp.argmax(logits, axis=1) == labels) & ~ignored).sum(), dtype=np.int32)
         return loss, round_once(dlogits, dtype), correct
     return loss, round_once(dlogits, dtype)
+
+
+
+def _host_reference(logits, labels, eps, count_correct, grad_scale, reduction):
+    """The reference's own operations, in its order, for NumPy arrays (logits upcast already)
+    without class weights or an ignored label, when every label is a class (None otherwise: the
+    general code marks the bad rows NaN): what the general code computes, without the masks that
+    then select every row (a gradient check calls this on a few rows, thousands of times)."""
+    n, c = logits.shape
+    if n:
+        if n <= _FEW:
+            values = labels.tolist()
+            lo, hi = min(values), max(values)
+        else:
+            lo, hi = np.minimum.reduce(labels), np.maximum.reduce(labels)
+        if lo < 0 or hi >= c:
+            return None
+    dt = logits.dtype.type
+    # (the ufuncs' reduce methods are what ndarray.max and .sum call, without their Python wrappers)
+    shifted = logits - np.maximum.reduce(logits, axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    sums = np.add.reduce(exp, axis=1, keepdims=True)
+    log_probs = shifted - np.log(sums)
+    probs = exp / sums
+    rows, idx = np.arange(n), labels.astype(np.int64, copy=False)
+    keep, eps_c = dt(1.0 - eps), dt(eps / c)
+    per_row = -keep * log_probs[rows, idx]
+    if eps:
+        per_row = per_row - eps_c * np.add.reduce(log_probs, axis=1)
+    if reduction == "none":
+        loss = per_row
+    else:
+        total = np.add.reduce(per_row)
+        loss = np.asarray(total / dt(n) if reduction == "mean" else total, dtype=logits.dtype)
+    dlogits = probs
+    if eps:
+        dlogits = dlogits - eps_c
+    dlogits[rows, idx] -= keep
+    if reduction == "mean":
+        dlogits *= dt(1.0 / n)
+    if grad_scale is not None:
+        dlogits *= grad_scale
+    if count_correct:
+        return loss, dlogits, np.asarray(np.add.reduce(np.argmax(logits, axis=1) == labels), dtype=np.int32)
+    return loss, dlogits
 
 
 from . import _launch_loss  # noqa: E402,F401  (registration)
