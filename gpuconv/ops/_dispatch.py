@@ -79,6 +79,8 @@ def get_launcher(op_name, target):
 def call(op_name, target, reference, *args):
     """Run ``op_name``: its launcher when one is registered for ``target``, else ``reference``
     (on 'cuda', with the arrays' device current)."""
+    if target is None:  # the NumPy reference (no launcher is looked for: there is no kernel target)
+        return _keep_layout(args, reference(*args))
     if target == "cuda":
         with array_device_context(args):
             return _run(op_name, target, reference, args)
