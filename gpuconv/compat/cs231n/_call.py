@@ -127,6 +127,36 @@ class Cache(tuple):
         return self
 
 
+def plain_dtype(*arrays):
+    """The dtype of ``arrays`` (None skipped) where a :class:`Call` on them would change nothing,
+    else None. That is a host call (no device set, not inside another call) on NumPy arrays of
+    one native float dtype, the notebook's float64 gradient checks: each array passes as it is,
+    each result comes back as it is, and the cache, ``Cache(items, ops_cache, dtype)``, has no
+    device. A layer then calls the op without opening the call (a few microseconds of a layer
+    that computes on a few numbers)."""
+    if _device._mode is not None or _inner.get() is not None:
+        return None
+    dt = None
+    for a in arrays:
+        if a is None:
+            continue
+        if type(a) is not np.ndarray or (dt is not None and a.dtype is not dt):
+            return None
+        dt = a.dtype
+    return dt if dt is not None and dt.kind == "f" and dt.isnative else None
+
+
+def plain_backward(dout, cache):
+    """The forward's ops cache where :func:`backward_call` would open a :class:`Call` that changes
+    nothing, else None: ``cache`` is a forward's own Cache of host arrays (it has no device), and
+    ``dout`` a NumPy array of its very dtype, not inside another call."""
+    ops_cache = getattr(cache, "ops", None)
+    if (ops_cache is None or cache.device is not None or type(dout) is not np.ndarray
+            or dout.dtype is not cache.dtype or _inner.get() is not None):
+        return None
+    return ops_cache
+
+
 def backward_call(dout, cache, rebuild, *more):
     """``(call, ops_cache)`` for a backward: on the forward's device and dtype when ``cache`` is
     a forward's own cache and ``dout`` promotes to its dtype; otherwise the forward is run again
