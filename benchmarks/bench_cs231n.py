@@ -12,12 +12,31 @@ iteration on the device against the CPU (loss and every gradient within 1e-9 rel
 in float64), and a second forward with unchanged weights reusing every parameter's device copy
 (no parameter upload). Times are wall-clock per iteration (host work, transfers and kernels: what
 a student waits for), CPU against device; on the simulator nothing is timed.
+
+``--gradcheck`` times the other thing a student waits for, on the CPU (no device; ``--device`` is
+not used): a notebook's float64 gradient checks (``eval_numerical_gradient`` over every parameter,
+two forwards per entry, thousands of calls on a few numbers each) of the assignment's tiny
+FullyConnectedNet (plain, with reg 0 and 3.14, and with batch norm) and ThreeLayerConvNet, written
+as a student does (the 2019 edition's solution, tests/cs231n_editions), run once on the student's
+own NumPy layers and once on the same package after ``redirect()``. Validation: both runs' losses
+and analytic gradients agree to 1e-9 relative (a bias before batch norm, whose gradient is 0 up
+to rounding, to 1e-12 absolute) and every check's relative error on gpuconv is under the 1e-2 the
+notebooks accept for whole networks. Times: the median of ``--repeat`` runs of each check after
+``--warmup``, in the process's CPU seconds (single-threaded work on a few numbers, steadier than
+the wall clock on a shared machine; the wall clock's are in the record too); ``overhead``:
+redirected / NumPy (1 would cost nothing). ``--tiny``: the fully connected nets, once each.
+
+    python benchmarks/bench_cs231n.py --gradcheck --json --save
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import pathlib
+import shutil
+import statistics
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -103,9 +122,140 @@ def validate(sizes, X, y, args, checks):
                detail=f"{cs.device_stats.param_uploads} uploads, {cs.device_stats.param_hits} reuses")
 
 
+# ----------------------------------------------------------------------------- --gradcheck
+EDITIONS = common.REPO / "tests" / "cs231n_editions"
+GRADCHECK_EDITION = 2019
+# The notebooks' models, tiny as there: (name, constructor keywords, input shape, classes, h)
+GRADCHECK_MODELS = (
+    ("fc", {"hidden_dims": [7, 8], "input_dim": 6, "num_classes": 4, "weight_scale": 5e-2}, (2, 6), 4, 1e-5),
+    ("fc_batchnorm", {"hidden_dims": [7, 8], "input_dim": 6, "num_classes": 4, "weight_scale": 5e-2,
+                      "normalization": "batchnorm"}, (2, 6), 4, 1e-5),
+    ("cnn", {"input_dim": (3, 8, 8), "num_filters": 3, "filter_size": 3, "hidden_dim": 7, "weight_scale": 1e-2},
+     (2, 3, 8, 8), 10, 1e-6),
+)
+
+
+@contextlib.contextmanager
+def student_package(root, redirect):
+    """The edition's student ``cs231n`` package importable (from a copy under ``root``), its layer
+    modules redirected to gpuconv or not; the imports undone on exit."""
+    pkg = root / ("gpuconv" if redirect else "numpy")
+    shutil.copytree(EDITIONS / "common", pkg)
+    shutil.copytree(EDITIONS / str(GRADCHECK_EDITION), pkg, dirs_exist_ok=True)
+
+    def drop():
+        for k in [k for k in sys.modules if k == "cs231n" or k.startswith("cs231n.")]:
+            del sys.modules[k]
+    drop()
+    sys.path.insert(0, str(pkg))
+    hook = cs.redirect("cs231n", edition=GRADCHECK_EDITION) if redirect else None
+    try:
+        import cs231n.classifiers.cnn
+        import cs231n.classifiers.fc_net
+        import cs231n.gradient_check
+        yield cs231n
+    finally:
+        if hook is not None:
+            hook.remove()
+        sys.path.remove(str(pkg))
+        drop()
+
+
+def gradient_check(pkg, name, kwargs, x_shape, classes, h, reg):
+    """The notebook's check of one model: ``loss, grads, errors`` (rel_error per parameter)."""
+    rng = np.random.default_rng(231)
+    X, y = rng.standard_normal(x_shape), rng.integers(0, classes, x_shape[0])
+    np.random.seed(231)  # the student's constructors draw from NumPy's global generator
+    if name == "cnn":
+        model = pkg.classifiers.cnn.ThreeLayerConvNet(reg=reg, dtype=np.float64, **kwargs)
+    else:
+        model = pkg.classifiers.fc_net.FullyConnectedNet(reg=reg, dtype=np.float64, **kwargs)
+    loss, grads = model.loss(X, y)
+    errors = {}
+    for k in sorted(grads):
+        num = pkg.gradient_check.eval_numerical_gradient(lambda _: model.loss(X, y)[0], model.params[k],
+                                                         verbose=False, h=h)
+        errors[k] = float(np.max(np.abs(num - grads[k]) / np.maximum(1e-8, np.abs(num) + np.abs(grads[k]))))
+    return float(loss), grads, errors
+
+
+def gradcheck_runs(args):
+    """Each check's result and times, ``{(model, reg): {"numpy": ..., "gpuconv": ...}}``."""
+    cases = [(m, reg) for m in GRADCHECK_MODELS for reg in ((0.0, 3.14) if m[0] == "fc" else (0.0,))]
+    if args.tiny:  # the fully connected nets once each: seconds, for a validation run
+        cases = [(m, reg) for m, reg in cases if m[0] != "cnn" and reg == 0.0]
+    out = {(m[0], reg): {} for m, reg in cases}
+    with tempfile.TemporaryDirectory() as tmp:
+        for side in ("numpy", "gpuconv"):
+            with student_package(pathlib.Path(tmp), redirect=side == "gpuconv") as pkg:
+                for m, reg in cases:
+                    wall, cpu = [], []
+                    for i in range(args.warmup + args.repeat):
+                        t0, c0 = time.perf_counter(), time.process_time()
+                        result = gradient_check(pkg, *m, reg)
+                        if i >= args.warmup:
+                            wall.append(time.perf_counter() - t0)
+                            cpu.append(time.process_time() - c0)
+                    out[(m[0], reg)][side] = (result, wall, cpu)
+    return out
+
+
+def _noise(model, param):
+    """A hidden layer's bias before batch norm: its gradient is 0 (the mean takes the bias away) up
+    to rounding, so a relative error of it compares noise with noise (the notebooks skip it too)."""
+    return model == "fc_batchnorm" and param in ("b1", "b2")
+
+
+def gradcheck_main(args):
+    args.device = "cpu"  # (the record's environment: NumPy on the host, both sides)
+    checks = common.Checks()
+    runs = gradcheck_runs(args)
+    rows = []
+    for (model, reg), sides in runs.items():
+        (loss_n, grads_n, err_n), t_n, cpu_n = sides["numpy"]
+        (loss_g, grads_g, err_g), t_g, cpu_g = sides["gpuconv"]
+        what = f"{model} reg={reg}"
+        checks.close(f"{what}: loss vs the student's NumPy", np.float64(loss_g), np.float64(loss_n), rtol=1e-9)
+        for k in grads_n:
+            if _noise(model, k):  # both rounding noise about 0: compared absolutely
+                err = float(np.max(np.abs(grads_g[k] - grads_n[k])))
+                checks.add(f"{what}: d{k} vs the student's NumPy (absolute: a bias before batch norm)", err <= 1e-12,
+                           err, 1e-12)
+            else:
+                checks.close(f"{what}: d{k} vs the student's NumPy", grads_g[k], grads_n[k], rtol=1e-9)
+        worst = max(e for k, e in err_g.items() if not _noise(model, k))
+        checks.add(f"{what}: every gradient check passes on gpuconv (rel_error < 1e-2)", worst < 1e-2, worst, 1e-2)
+        med = statistics.median
+        rows.append({"model": model, "reg": reg, "calls_of_loss": 1 + 2 * sum(g.size for g in grads_n.values()),
+                     "numpy_s": med(t_n), "gpuconv_s": med(t_g), "numpy_cpu_s": med(cpu_n), "gpuconv_cpu_s": med(cpu_g),
+                     "worst_rel_error": worst})
+    if not checks.passed:
+        return common.failed_validation(NAME, checks, args)
+    keys = ("calls_of_loss", "numpy_s", "gpuconv_s", "numpy_cpu_s", "gpuconv_cpu_s")
+    rows.append({"model": "all", "reg": None, **{k: sum(r[k] for r in rows) for k in keys}})
+    for r in rows:
+        r["overhead"] = common.ratio(r["gpuconv_cpu_s"], r["numpy_cpu_s"])
+        r["overhead_wall"] = common.ratio(r["gpuconv_s"], r["numpy_s"])
+    rec = common.record(NAME, args, checks, rows, mode="gradcheck", edition=GRADCHECK_EDITION)
+    rec["timed"] = True  # by the wall clock, on the host
+
+    def table(r):
+        common.print_table(r["results"], [("model", "model", "s"), ("reg", "reg", "g"),
+                                          ("calls_of_loss", "loss calls", "d"), ("numpy_cpu_s", "NumPy s", ".4f"),
+                                          ("gpuconv_cpu_s", "redirected s", ".4f"),
+                                          ("overhead", "redirected/NumPy", ".2f"), ("overhead_wall", "(wall)", ".2f")],
+                           title="CS231n float64 gradient checks on the CPU: the student's NumPy layers vs redirect()")
+    return common.finish(rec, args, table)
+
+
 def main(argv=None):
     p = common.add_arguments(argparse.ArgumentParser(description=common.description(__doc__)), warmup=2, repeat=5)
+    p.add_argument("--gradcheck", action="store_true",
+                   help="time a notebook's float64 gradient checks on the CPU, the student's NumPy layers against "
+                        "redirect() (--device is not used)")
     args = common.parse(p, argv)
+    if args.gradcheck:
+        return gradcheck_main(args)
     rc = common.require_device(NAME, args)
     if rc is not None:
         return rc

@@ -1274,3 +1274,33 @@ def test_bench_models_validation_catches_a_wrong_gradient(monkeypatch):
     monkeypatch.setattr(bench.amp, "training_step", wrong)
     monkeypatch.setattr(bench.common, "torch_module", lambda *a, **kw: None)
     assert bench.main(["--device", "sim", "--tiny", "--models", "fast", "--precisions", "fp32"]) == 1
+
+
+def test_cs231n_gradcheck_times_the_students_numpy_layers_against_redirect():
+    proc = run_script("bench_cs231n", "--gradcheck", "--tiny", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rec = json.loads(proc.stdout)
+    assert rec["timed"] is True and rec["mode"] == "gradcheck" and rec["validation"]["passed"]
+    assert rec["environment"]["device_kind"] == "cpu"
+    names = [c["name"] for c in rec["validation"]["checks"]]
+    assert "fc reg=0.0: dW1 vs the student's NumPy" in names
+    assert "fc_batchnorm reg=0.0: dgamma1 vs the student's NumPy" in names
+    rows = {r["model"]: r for r in rec["results"]}
+    assert set(rows) == {"fc", "fc_batchnorm", "all"}
+    assert rows["fc"]["calls_of_loss"] == 1 + 2 * (6 * 7 + 7 + 7 * 8 + 8 + 8 * 4 + 4)  # two losses per entry
+    assert all(r["numpy_cpu_s"] > 0 and r["gpuconv_cpu_s"] > 0 and r["overhead"] > 0 for r in rows.values())
+
+
+def test_cs231n_gradcheck_validation_catches_a_wrong_gradient(monkeypatch, capsys):
+    """A weight gradient redirect() got wrong (scaled by 1.5) fails the validation: nothing timed."""
+    bench = load("bench_cs231n")
+    real = bench.gradient_check
+
+    def wrong(pkg, *args):
+        loss, grads, errors = real(pkg, *args)
+        if pkg.layers.affine_backward.__module__.startswith("gpuconv"):
+            grads["W2"] = grads["W2"] * 1.5
+        return loss, grads, errors
+    monkeypatch.setattr(bench, "gradient_check", wrong)
+    assert bench.main(["--gradcheck", "--tiny"]) == 1
+    assert "fc reg=0.0: dW2 vs the student's NumPy" in capsys.readouterr().err
