@@ -128,6 +128,10 @@ def conv_forward_naive(x, w, b, conv_param):
     not whole, the last rows (columns) of the padded input that no window reaches are left out."""
     stride = param(conv_param, "stride", "conv_param", _CONV_EXAMPLE)
     pad = param(conv_param, "pad", "conv_param", _CONV_EXAMPLE)
+    dt = plain_dtype(x, w, b)
+    if dt is not None:
+        out, oc = ops.conv2d_forward(x, w, b, stride=stride, padding=pad, floor=True)
+        return out, Cache((x, w, b, conv_param), oc, dt)
     with Call(x, w, b) as c:
         out, oc = ops.conv2d_forward(c.arg(x), c.param(w), c.param(b), stride=stride, padding=pad, floor=True)
         return c.out(out), c.cache((x, w, b, conv_param), oc)
@@ -139,6 +143,9 @@ def conv_backward_naive(dout, cache):
 
 
 def conv_backward(dout, cache, need_dx=True):
+    oc = plain_backward(dout, cache)
+    if oc is not None:
+        return ops.conv2d_backward(dout, oc, need_dx=need_dx)
     x, w, b, conv_param = cache[:4]
     c, oc = backward_call(dout, cache, lambda dt: conv_forward_naive(*cast_all(dt, x, w, b), conv_param)[1])
     with c:
@@ -155,6 +162,10 @@ def max_pool_forward_naive(x, pool_param):
     if x.dtype.kind in "biu":   # NumPy keeps integers; the maximum of integers is exact in float64
         out, cache = max_pool_forward_naive(x.astype(np.float64), pool_param)
         return out.astype(x.dtype), cache
+    dt = plain_dtype(x)
+    if dt is not None:
+        out, oc = ops.max_pool2d_forward(x, kernel_size=(ph, pw), stride=stride, floor=True)
+        return out, Cache((x, pool_param), oc, dt)
     with Call(x) as c:  # floored output sizes, as the convolutions' (conv_forward_naive)
         out, oc = ops.max_pool2d_forward(c.arg(x), kernel_size=(ph, pw), stride=stride, floor=True)
         return c.out(out), c.cache((x, pool_param), oc)
@@ -162,6 +173,9 @@ def max_pool_forward_naive(x, pool_param):
 
 def max_pool_backward_naive(dout, cache):
     """``dx`` for ``max_pool_forward_naive``: each gradient goes to its window's max."""
+    oc = plain_backward(dout, cache)
+    if oc is not None:
+        return ops.max_pool2d_backward(dout, oc)
     x, pool_param = cache[:2]
     c, oc = backward_call(dout, cache, lambda dt: max_pool_forward_naive(x.astype(dt, copy=False), pool_param)[1])
     with c:

@@ -10,7 +10,7 @@ comes back; hand these caches to the backward functions here.
 from __future__ import annotations
 
 from ._basic import affine_backward, affine_forward, relu_backward, relu_forward, conv_backward
-from ._call import Call
+from ._call import Call, plain_dtype
 from ._norm import spatial_batchnorm_backward, spatial_batchnorm_forward
 from .fast_layers import conv_backward_fast, conv_forward_fast, max_pool_backward_fast, max_pool_forward_fast
 
@@ -29,8 +29,20 @@ def _lazy_of(cache):
     return (cache._lazy,) if hasattr(cache, "_lazy") else ()
 
 
+def _plain(dout, first_cache):
+    """Whether a sandwich's backward would open a Call that changes nothing (a host float ``dout``,
+    its forward on the host). Then, as where its forward took :func:`plain_dtype`'s path, the
+    layers are called directly: their own calls hold the caller's arrays already, with no device
+    copies to keep apart (the sub-caches a Call's path rebuilds around the caller's arrays)."""
+    return getattr(first_cache, "device", None) is None and plain_dtype(dout) is not None
+
+
 def affine_relu_forward(x, w, b):
     """Affine then ReLU; cache ``(fc_cache, relu_cache)``."""
+    if plain_dtype(x, w, b) is not None:  # the layers called directly (see _plain)
+        a, fc_cache = affine_forward(x, w, b)
+        out, relu_cache = relu_forward(a)
+        return out, (fc_cache, relu_cache)
     with Call(x, w, b) as c:
         a, fc_cache = affine_forward(c.arg(x), c.param(w), c.param(b))
         out, relu_cache = relu_forward(a)
@@ -40,6 +52,8 @@ def affine_relu_forward(x, w, b):
 def affine_relu_backward(dout, cache):
     """``dx, dw, db`` for ``affine_relu_forward``."""
     fc_cache, relu_cache = cache
+    if _plain(dout, fc_cache):
+        return affine_backward(relu_backward(dout, relu_cache), fc_cache)
     with Call(dout, device=getattr(fc_cache, "device", None)) as c:
         dx, dw, db = affine_backward(relu_backward(c.arg(dout), relu_cache), fc_cache)
         return c.out(dx), c.out(dw), c.out(db)
@@ -47,6 +61,10 @@ def affine_relu_backward(dout, cache):
 
 def conv_relu_forward(x, w, b, conv_param):
     """Convolution then ReLU; cache ``(conv_cache, relu_cache)``."""
+    if plain_dtype(x, w, b) is not None:
+        a, conv_cache = conv_forward_fast(x, w, b, conv_param)
+        out, relu_cache = relu_forward(a)
+        return out, (conv_cache, relu_cache)
     with Call(x, w, b) as c:
         a, conv_cache = conv_forward_fast(c.arg(x), c.param(w), c.param(b), conv_param)
         out, relu_cache = relu_forward(a)
@@ -56,6 +74,8 @@ def conv_relu_forward(x, w, b, conv_param):
 def conv_relu_backward(dout, cache):
     """``dx, dw, db`` for ``conv_relu_forward``."""
     conv_cache, relu_cache = cache
+    if _plain(dout, conv_cache):
+        return conv_backward_fast(relu_backward(dout, relu_cache), conv_cache)
     with Call(dout, device=getattr(conv_cache, "device", None)) as c:
         dx, dw, db = conv_backward_fast(relu_backward(c.arg(dout), relu_cache), conv_cache)
         return c.out(dx), c.out(dw), c.out(db)
@@ -83,6 +103,11 @@ def conv_bn_relu_backward(dout, cache):
 
 def conv_relu_pool_forward(x, w, b, conv_param, pool_param):
     """Convolution, ReLU, max pooling; cache ``(conv_cache, relu_cache, pool_cache)``."""
+    if plain_dtype(x, w, b) is not None:
+        a, conv_cache = conv_forward_fast(x, w, b, conv_param)
+        s, relu_cache = relu_forward(a)
+        out, pool_cache = max_pool_forward_fast(s, pool_param)
+        return out, (conv_cache, relu_cache, pool_cache)
     with Call(x, w, b) as c:
         a, conv_cache = conv_forward_fast(c.arg(x), c.param(w), c.param(b), conv_param)
         s, relu_cache = relu_forward(a)
@@ -98,6 +123,9 @@ def conv_relu_pool_backward(dout, cache):
 def conv_relu_pool_backward_to(dout, cache, need_dx):
     """As conv_relu_pool_backward; ``need_dx=False`` skips the input gradient (dx is None)."""
     conv_cache, relu_cache, pool_cache = cache
+    if _plain(dout, conv_cache):
+        ds = max_pool_backward_fast(dout, pool_cache)
+        return conv_backward(relu_backward(ds, relu_cache), conv_cache, need_dx=need_dx)
     with Call(dout, device=getattr(conv_cache, "device", None)) as c:
         ds = max_pool_backward_fast(c.arg(dout), pool_cache)
         dx, dw, db = conv_backward(relu_backward(ds, relu_cache), conv_cache, need_dx=need_dx)
