@@ -67,7 +67,7 @@ _AFFINE_CHECKED: dict = {}
 
 def _check_affine(x, w, b=None):
     try:
-        key = (signature(x), signature(w), signature(b))
+        key = (type(x), x.shape, type(w), w.shape, signature(b))  # (the shapes are all the checks read)
         if key in _AFFINE_CHECKED:
             return
     except (AttributeError, TypeError):  # not an array (the checks below then say so), an unhashable shape

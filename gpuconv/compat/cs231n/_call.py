@@ -122,8 +122,8 @@ class Cache(tuple):
     dtype it was computed in and the device it lives on (None: the arrays' own)."""
 
     def __new__(cls, items, ops_cache=None, dtype=None, device=None):
-        self = super().__new__(cls, items)
-        self.ops, self.dtype, self.device = ops_cache, dtype, device
+        self = tuple.__new__(cls, items)
+        self.__dict__ = {"ops": ops_cache, "dtype": dtype, "device": device}  # (one dict, not three stores)
         return self
 
 
