@@ -836,3 +836,60 @@ def test_loading_in_a_thread_leaves_the_warnings_machinery_as_it_was(subset_dir,
         loader.join()
     assert warnings._showwarnmsg_impl is show and warnings.filters == filters
     assert len(got) == 1 and got[0][0].shape == (5170, 32, 32, 3)
+
+
+def _same(a, b, where="result"):
+    """``a`` and ``b`` the same bits: arrays by dtype, shape and bytes; caches by type, items, ops
+    cache, dtype and device; tuples and dicts item by item; anything else by value and type."""
+    assert type(a) is type(b), (where, type(a), type(b))
+    if isinstance(a, np.ndarray):
+        assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes(), where
+    elif isinstance(a, C._call.Cache):
+        assert repr(a.dtype) == repr(b.dtype) and a.device == b.device, where  # (a dtype equals None: float64)
+        _same(tuple(a), tuple(b), where + " items")
+        _same(a.ops, b.ops, where + ".ops")
+    elif isinstance(a, (tuple, list)):
+        assert len(a) == len(b), where
+        for i, (u, v) in enumerate(zip(a, b)):
+            _same(u, v, f"{where}[{i}]")
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            _same(a[k], b[k], f"{where}[{k!r}]")
+    else:
+        assert a == b, where
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_host_calls_of_one_dtype_skip_the_call_with_its_results_bit_for_bit(monkeypatch, dtype):
+    """Host arrays of one float dtype (a gradient check's) call the ops without opening a Call,
+    which would pass them and their results as they are: every layer's and sandwich's output,
+    cache (items, ops cache, dtype, device) and gradients are the Call path's, bit for bit."""
+    from gpuconv.compat.cs231n import _basic, layer_utils
+    cp, pp = {"stride": 1, "pad": 1}, {"pool_height": 2, "pool_width": 2, "stride": 2}
+
+    def run():
+        rng = np.random.default_rng(8)
+        x2, w2, b2 = (rng.standard_normal(s).astype(dtype) for s in ((3, 2, 4), (8, 5), (1, 5)))
+        x4, w4, b4 = (rng.standard_normal(s).astype(dtype) for s in ((2, 3, 6, 6), (4, 3, 3, 3), (4,)))
+        results = []
+        for fwd, bwd, args in [(C.affine_forward, C.affine_backward, (x2, w2, b2)),
+                               (C.relu_forward, C.relu_backward, (x4,)),
+                               (C.conv_forward_naive, C.conv_backward_naive, (x4, w4, b4, cp)),
+                               (C.conv_forward_fast, C.conv_backward_fast, (x4, w4, b4, cp)),
+                               (C.max_pool_forward_naive, C.max_pool_backward_naive, (x4, pp)),
+                               (C.max_pool_forward_fast, C.max_pool_backward_fast, (x4, pp)),
+                               (C.affine_relu_forward, C.affine_relu_backward, (x2, w2, b2.reshape(-1))),
+                               (C.conv_relu_forward, C.conv_relu_backward, (x4, w4, b4, cp)),
+                               (C.conv_relu_pool_forward, C.conv_relu_pool_backward, (x4, w4, b4, cp, pp))]:
+            y, cache = fwd(*args)
+            results.append((y, cache, bwd(rng.standard_normal(y.shape).astype(dtype), cache)))
+        results.append(C.softmax_loss(rng.standard_normal((4, 5)).astype(dtype), np.array([0, 4, 2, 2])))
+        return results
+
+    shortcut = run()
+    monkeypatch.setattr(_basic, "plain_dtype", lambda *a: None)
+    monkeypatch.setattr(_basic, "plain_backward", lambda *a: None)
+    monkeypatch.setattr(layer_utils, "plain_dtype", lambda *a: None)
+    _same(shortcut, run())
+    assert C._call.plain_dtype(np.zeros(2, dtype)) == dtype  # (the shortcut was there to take)

@@ -187,3 +187,61 @@ def test_low_precision_empty_batch(target):
         dx, dw, db = linear_backward(dy, cache)
     assert y.shape == (0, 4) and dx.shape == (0, 2, 3) and dw.shape == (4, 6) and db.shape == (4,)
     assert not host(dw).astype(np.float32).any() and not host(db).astype(np.float32).any()
+
+
+def test_checks_passed_are_memoized_by_signature_and_errors_never(monkeypatch):
+    """The forward's checks run once per signature (the arrays' type, shape and dtype), the
+    backward's likewise; every call that breaks a rule is refused again with its own message."""
+    rng = np.random.default_rng(4)
+    x, w, b, dy = rng.standard_normal((3, 2, 5)), rng.standard_normal((4, 10)), rng.standard_normal(4), \
+        rng.standard_normal((3, 4))
+    linear_mod._CHECKED.clear()
+    linear_mod._CHECKED_BACKWARD.clear()
+    runs = []
+    real = linear_mod._check_forward
+    monkeypatch.setattr(linear_mod, "_check_forward", lambda *a: runs.append(a) or real(*a))
+    y1, c1 = linear_forward(x, w, b)
+    y2, _ = linear_forward(x, w, b)
+    assert len(runs) == 1 and np.array_equal(y1, y2)
+    for _ in range(2):
+        with pytest.raises(TypeError, match="b has dtype float32 but x has dtype float64"):
+            linear_forward(x, w, b.astype(np.float32))
+        with pytest.raises(ValueError, match="feature mismatch"):
+            linear_forward(x, w[:, :9], b)
+        with pytest.raises(ValueError, match=r"b must have shape \(4,\)"):
+            linear_forward(x, w, b[:3])
+        with pytest.raises(TypeError, match="x must be a numpy or cupy array, got list"):
+            linear_forward(x.tolist(), w, b)
+    assert len(runs) == 1 + 8
+    dx1 = linear_backward(dy, c1)[0]
+    assert np.array_equal(dx1, linear_backward(dy, c1)[0]) and len(linear_mod._CHECKED_BACKWARD) == 1
+    for _ in range(2):
+        with pytest.raises(ValueError, match=r"dy must have the forward output's shape \(3, 4\)"):
+            linear_backward(dy[:2], c1)
+        with pytest.raises(TypeError, match="dy has dtype float32 but x has dtype float64"):
+            linear_backward(dy.astype(np.float32), c1)
+
+
+class _Sub(np.ndarray):
+    """A NumPy array of another type: the references take their general path for it."""
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("x_shape", [(3, 10), (3, 2, 5)])
+def test_numpy_float_path_of_the_reference_is_the_general_codes_bit_for_bit(dtype, x_shape):
+    """float64 and float32 NumPy arrays skip the upcast and rounding helpers (identities there):
+    the same products as the general code, the same bits."""
+    rng = np.random.default_rng(5)
+    x, w, b, dy = (rng.standard_normal(s).astype(dtype) for s in (x_shape, (4, 10), (4,), (3, 4)))
+    for bias in (b, None):
+        y, cache = linear_mod._linear_forward_reference(x, w, bias)
+        y_gen, cache_gen = linear_mod._linear_forward_reference(x.view(_Sub), w.view(_Sub),
+                                                                None if bias is None else bias.view(_Sub))
+        assert type(y) is np.ndarray and type(y_gen) is _Sub
+        assert y.dtype == y_gen.dtype == dtype and y.tobytes() == np.asarray(y_gen).tobytes()
+        got = linear_mod._linear_backward_reference(dy, cache)
+        want = linear_mod._linear_backward_reference(dy.view(_Sub), cache_gen)
+        assert (got[2] is None) == (want[2] is None) == (bias is None)
+        for g, e in zip(got, want):
+            if g is not None:
+                assert g.shape == e.shape and g.dtype == e.dtype and g.tobytes() == np.asarray(e).tobytes()

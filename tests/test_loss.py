@@ -502,3 +502,48 @@ def test_a_minus_inf_logit_off_the_label_gives_a_finite_loss_without_smoothing(b
     want_loss, want_d = reference(np.where(np.isinf(logits), -1e30, logits), labels, 0.0)
     np.testing.assert_allclose(float(backend.asnumpy(loss)), want_loss, rtol=1e-6)
     np.testing.assert_allclose(backend.asnumpy(d), want_d, rtol=1e-6, atol=1e-7)
+
+
+def test_checks_passed_are_memoized_by_signature_and_errors_never(monkeypatch):
+    """The checks that read no label's value run once per signature and argument values (types
+    included: 0 and 0.0, True and 1 are told apart); the labels' range is checked at every call, and
+    every bad call is refused again with its own message."""
+    from gpuconv.ops import loss as loss_mod
+    rng = np.random.default_rng(6)
+    logits, labels = rng.standard_normal((4, 3)), np.array([0, 2, 1, 2])
+    loss_mod._CHECKED.clear()
+    runs = []
+    real = loss_mod._check_args
+    monkeypatch.setattr(loss_mod, "_check_args", lambda *a: runs.append(a) or real(*a))
+    first = softmax_cross_entropy(logits, labels)
+    second = softmax_cross_entropy(logits, labels)
+    assert len(runs) == 1 and all(a.tobytes() == b.tobytes() for a, b in zip(first, second))
+    for _ in range(2):
+        with pytest.raises(ValueError, match="labels must be class indices in 0..2"):
+            softmax_cross_entropy(logits, np.array([0, 3, 1, 2]))
+        with pytest.raises(ValueError, match="reduction must be one of"):
+            softmax_cross_entropy(logits, labels, reduction="avg")
+        with pytest.raises(ValueError, match="label_smoothing must be a number in"):
+            softmax_cross_entropy(logits, labels, label_smoothing=True)
+        with pytest.raises(TypeError, match="count_correct must be True or False"):
+            softmax_cross_entropy(logits, labels, count_correct=1)
+        with pytest.raises(TypeError, match="labels has dtype float64"):
+            softmax_cross_entropy(logits, labels.astype(np.float64))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, ml_dtypes.bfloat16])
+@pytest.mark.parametrize("kwargs", [{}, {"label_smoothing": 0.1}, {"reduction": "sum"}, {"reduction": "none"},
+                                    {"count_correct": True}, {"grad_scale": 8.0}])
+def test_host_path_of_the_reference_is_the_general_codes_bit_for_bit(monkeypatch, dtype, kwargs):
+    """NumPy logits without class weights or an ignored label, every label a class, take the
+    reference's host path (the general code without the masks that then select every row): the
+    same loss, dlogits and count as the general code, bit for bit."""
+    from gpuconv.ops import loss as loss_mod
+    rng = np.random.default_rng(7)
+    logits, labels = (3 * rng.standard_normal((5, 4))).astype(dtype), rng.integers(0, 4, 5)
+    fast = softmax_cross_entropy(logits, labels, **kwargs)
+    monkeypatch.setattr(loss_mod, "_host_reference", lambda *a: None)
+    general = softmax_cross_entropy(logits, labels, **kwargs)
+    assert len(fast) == len(general)
+    for a, b in zip(fast, general):
+        assert a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()

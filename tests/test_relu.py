@@ -74,3 +74,21 @@ def test_errors(backend):
         relu_backward(backend.asarray(np.ones((3, 2), np.float32)), cache)
     with pytest.raises(TypeError, match=r"dy has dtype float64 but x has dtype float32"):
         relu_backward(backend.asarray(np.ones((2, 3))), cache)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
+def test_few_values_select_the_same_bits_as_the_mask(monkeypatch, dtype):
+    """A small dy (a gradient check's layer) is answered by one select, a large one by the mask of
+    all ones or zeros: the same bits either way, specials included (dy's own NaN, inf and -0 where
+    x > 0; +0 elsewhere, x a NaN included)."""
+    from gpuconv.ops import relu as relu_mod
+    vals = np.array([0.0, -0.0, 1.5, -2.5, np.inf, -np.inf, np.nan, -np.nan, np.finfo(dtype).smallest_subnormal],
+                    dtype)
+    x, dy = np.repeat(vals, vals.size).reshape(vals.size, -1), np.tile(vals, vals.size).reshape(vals.size, -1)
+    cache = relu_mod.ReluCache(x)
+    small = relu_mod._relu_backward_reference(dy, cache)
+    monkeypatch.setattr(relu_mod, "_SMALL", -1)
+    masked = relu_mod._relu_backward_reference(dy, cache)
+    assert small.dtype == masked.dtype == dtype and small.flags.c_contiguous
+    assert small.tobytes() == masked.tobytes()
+    assert np.signbit(small[~(x > 0)]).sum() == 0 and np.array_equal(small[x > 0], dy[x > 0], equal_nan=True)
