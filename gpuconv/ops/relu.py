@@ -46,10 +46,12 @@ def _relu_backward_reference(dy, cache):
     # PyTorch give; a multiply by the mask gave -0 and NaN there): dy's bits ANDed with a mask of
     # all ones or zeros, nearly as fast as that multiply (14 ms against 12 on a 128x64x32x32 float32
     # batch; xp.where takes 45).
-    if type(dy) is np.ndarray and dy.size <= _SMALL and dy.flags.c_contiguous and dy.dtype.kind == "f":
+    x = cache.x
+    if (type(dy) is np.ndarray and dy.size <= _SMALL and dy.dtype.kind == "f" and dy.flags.c_contiguous
+            and type(x) is np.ndarray and x.flags.c_contiguous):
         # a few values (a gradient check's layer): one select, the same bits (dy's own where x > 0,
-        # else +0), fewer calls than the mask's four; C-contiguous, as the mask path gives it
-        return np.where(cache.x > 0, dy, dy.dtype.type(0))
+        # else +0), fewer calls than the mask's four; in C order, dy's (both arrays are)
+        return np.where(x > 0, dy, dy.dtype.type(0))
     xp = np if type(dy) is np.ndarray else get_array_module(dy)
     bits = _BITS[dy.dtype.itemsize]
     mask = xp.empty_like(dy, dtype=bits)  # dx in dy's layout, as the kernels return it
