@@ -24,7 +24,7 @@ to rounding, to 1e-12 absolute) and every check's relative error on gpuconv is u
 notebooks accept for whole networks. Times: the median of ``--repeat`` runs of each check after
 ``--warmup``, in the process's CPU seconds (single-threaded work on a few numbers, steadier than
 the wall clock on a shared machine; the wall clock's are in the record too); ``overhead``:
-redirected / NumPy (1 would cost nothing). ``--tiny``: the fully connected nets, once each.
+redirected / NumPy (1 would cost nothing). ``--tiny``: the fully connected nets, each run once.
 
     python benchmarks/bench_cs231n.py --gradcheck --json --save
 """
@@ -208,6 +208,8 @@ def _noise(model, param):
 
 def gradcheck_main(args):
     args.device = "cpu"  # (the record's environment: NumPy on the host, both sides)
+    if args.tiny:
+        args.warmup, args.repeat = 0, 1
     checks = common.Checks()
     runs = gradcheck_runs(args)
     rows = []
