@@ -114,7 +114,9 @@ def cast_parameters(model, dtype, backward: bool = True):
     On a kernel target ('cuda', 'sim') float32 masters are cast to bfloat16/float16 by
     kernels/amp.cu, several per launch (the bits of ``astype``), and the copies of 4-D filters are
     channels_last (OHWI memory, gpuconv.layout), the order the tensor-core convolutions read
-    them in, so the forward takes them without a repacking copy; the same launches write each
+    them in, so the forward takes them without a repacking copy (a grouped or dilated Conv2d's
+    filters: OIHW, as kernels/conv2d_grouped.cu reads them, which would otherwise repack an OHWI
+    copy in the forward and again in the backward of every step); the same launches write each
     filter also as the tensor-core data gradient reads it (CRSK, K padded to the kernels' 16-byte
     piece; ``_launch_conv2d_tc.pack_for_data_gradient``), which it would otherwise repack per
     call (``backward=False``, for evaluation, a GPU without tensor cores, or a grouped or dilated
@@ -181,11 +183,12 @@ def _cast_each(params, dtype, backward: bool = True):
             pack = cores.get(where)
             if pack is None:
                 pack = cores[where] = bool(_tensor_cores(data, dt))
+        nhwc = id(p) not in unpacked
         if target == "cuda":
             with backend.array_device_context((data,)):  # CuPy allocates on the current device
-                p.compute, packed = _copies(backend.get_array_module(data), data, dt, pack)
+                p.compute, packed = _copies(backend.get_array_module(data), data, dt, pack, nhwc)
         else:
-            p.compute, packed = _copies(np, data, dt, pack)
+            p.compute, packed = _copies(np, data, dt, pack, nhwc)
         batch.append((data, p.compute, 0))
         if packed is not None:
             tc.pack_for_data_gradient(p.compute, packed)
@@ -197,10 +200,11 @@ def _cast_each(params, dtype, backward: bool = True):
         _launch_cast(batch)
 
 
-def _copies(xp, data, dt, pack):
-    """The new (empty) compute copy of ``data`` in ``dt`` (channels_last for 4-D filters) and, with
-    ``pack`` (4-D filters the tensor cores read), its data gradient's packing (else None)."""
-    compute = layout.empty(xp, data.shape, dt, channels_last=True) if data.ndim == 4 else xp.empty(data.shape, dt)
+def _copies(xp, data, dt, pack, nhwc=True):
+    """The new (empty) compute copy of ``data`` in ``dt`` (channels_last for 4-D filters, unless
+    ``nhwc`` is False: OIHW) and, with ``pack`` (4-D filters the tensor cores read), its data
+    gradient's packing (else None)."""
+    compute = layout.empty(xp, data.shape, dt, channels_last=nhwc) if data.ndim == 4 else xp.empty(data.shape, dt)
     return compute, _data_gradient_filters(xp, data, dt) if pack else None
 
 
@@ -231,18 +235,21 @@ def _data_gradient_filters(xp, w, dt):
 def _launch_cast(batch):
     """cast_parameters over up to CAST_TENSORS ``(src, dst, rows)`` slots, a launch per device and
     dtype (:func:`gpuconv.kernels.launch_slots`). A 4-D ``dst`` is channels_last: written in its
-    NHWC memory order from the OIHW ``src``; with ``rows`` (the filters' count) ``dst`` is the data
-    gradient's (C, FH, FW, K padded) copy."""
+    NHWC memory order from the OIHW ``src`` (an OIHW ``dst`` in order); with ``rows`` (the filters'
+    count) ``dst`` is the data gradient's (C, FH, FW, K padded) copy."""
     groups = {}
     for src, dst, rows in batch:  # one launch per (device, dtype): a model is on one, in practice
         groups.setdefault((kernels.array_device([src]), dst.dtype), []).append((src, dst, rows))
     for (device, dt), items in groups.items():
         slots = []
         for src, dst, rows in items:
-            key = (src.shape, dst.size, rows)
+            # (a 4-D dst neither channels_last nor the packing, OIHW, is a copy in order: inner 1;
+            # one whose two layouts are one memory, either way)
+            transposed = src.ndim == 4 and (rows > 0 or layout.is_channels_last(dst))
+            key = (src.shape, dst.size, rows, transposed)
             sizes = _CAST_SIZES.get(key)
             if sizes is None:  # (the size arguments as NumPy scalars, made once per parameter shape)
-                inner, taps = (src.shape[1], src.shape[2] * src.shape[3]) if src.ndim == 4 else (1, 1)
+                inner, taps = (src.shape[1], src.shape[2] * src.shape[3]) if transposed else (1, 1)
                 sizes = (np.int64(dst.size), np.int32(inner), np.int32(taps), np.int32(rows))
                 if len(_CAST_SIZES) >= 4096:
                     _CAST_SIZES.clear()

@@ -816,3 +816,34 @@ def test_grouped_and_dilated_convolutions_get_no_packed_filters(monkeypatch):
         amp.cast_parameters(model, None)
         amp.training_step(model, SGD(model.parameters(), lr=0.0), x, y, "bf16")
     assert all(np.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_grouped_and_dilated_filters_are_cast_in_the_order_their_kernels_read(monkeypatch):
+    """kernels/conv2d_grouped.cu reads its filters OIHW: a grouped or dilated Conv2d's compute copy
+    is cast C-contiguous (astype's bits), so neither its forward nor its backward repacks it each
+    step, as they did an OHWI copy; the other filters' copies stay channels_last."""
+    monkeypatch.setattr(amp, "_tensor_cores", lambda data, dtype: True)
+    rng = np.random.default_rng(5)
+    convs = [Conv2d(8, 8, 3, padding=1, groups=2), Conv2d(8, 4, 3, padding=2, dilation=2), Conv2d(4, 6, 3),
+             Conv2d(6, 6, 3, groups=6)]
+    with gpuconv.default_device("sim"):
+        model = Sequential(*convs)
+        for conv in convs:
+            conv.weight.data = rng.standard_normal(conv.weight.shape).astype(np.float32)
+        filters, repacks, real = {c.weight.shape for c in convs}, [], np.ascontiguousarray
+        monkeypatch.setattr(np, "ascontiguousarray", lambda a, *args, **kw: (  # a filter copied into OIHW
+            repacks.append(a.shape) if getattr(a, "shape", None) in filters and not a.flags.c_contiguous else None,
+            real(a, *args, **kw))[1])
+        amp.cast_parameters(model, BF16)
+        for conv, nchw in zip(convs, (True, True, False, True)):
+            w = conv.weight.compute
+            assert w.flags.c_contiguous == nchw and gpuconv.layout.nhwc_memory(w) == (not nchw or w.shape[1] == 1)
+            assert np.array_equal(w.view(np.uint16), conv.weight.data.astype(BF16).view(np.uint16))
+        x = gpuconv.to_channels_last(rng.standard_normal((2, 8, 6, 6)).astype(BF16))
+        y, caches = x, []
+        for conv in convs[:2]:
+            y, cache = ops.conv2d_forward(y, conv.weight.compute, None, padding=conv.padding,
+                                          dilation=conv.dilation, groups=conv.groups)
+            caches.append(cache)
+        ops.conv2d_backward(gpuconv.to_channels_last(np.ones(y.shape, BF16)), caches[1])
+    assert repacks == []

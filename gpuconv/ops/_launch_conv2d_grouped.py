@@ -78,7 +78,7 @@ def conv2d_grouped_forward_kernel(x, w, b, stride, padding, tf32, dilation, grou
     (n, c, h, wd, k, fh, fw, oh, ow), dims = _dims(x.shape, w.shape, stride, padding, dilation, groups)
     y = layout.empty(xp, (n, k, oh, ow), x.dtype, cl)
     if y.size:
-        wc = xp.ascontiguousarray(w)  # (amp's compute copies are OHWI memory)
+        wc = xp.ascontiguousarray(w)  # (amp casts these filters OIHW: no copy; an OHWI w is repacked)
         bias = wc if b is None else xp.ascontiguousarray(b)  # the filters stand in for a missing bias (never read)
         args = (_memory(xp, x, cl), wc, bias, layout.memory_order(y)) + dims + \
             kernels.int32_args((b is not None, cl))
