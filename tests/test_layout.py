@@ -270,9 +270,18 @@ def test_branch_sums_stay_channels_last_with_cupys_ufuncs(block, fake_second_gpu
     """Residual's sum and the input gradients Residual and DualPath add up keep a channels_last
     input's layout on a GPU as on NumPy: with CuPy's ufuncs a bare ``a + b`` gave NCHW there (a
     bf16 airbench96 or ResNet-9 step turning NCHW at every residual block, the layers after it
-    converting back)."""
+    converting back). DualPath's join adds its shared channels into the channels_last output in
+    place (a C-contiguous sum copied in was a transposing pass more)."""
     gpu = fake_second_gpu
     _cupy_ufunc_results(gpu, monkeypatch)
+    made, ufunc = [], gpu.OnGpu.__array_ufunc__
+
+    def array_ufunc(self, uf, method, *inputs, out=None, **kwargs):
+        if out is None:  # a result of CuPy's allocation: C-contiguous (then copied into place if 4-D)
+            made.append((uf.__name__, tuple(np.shape(inputs[0]))))
+        return ufunc(self, uf, method, *inputs, out=out, **kwargs)
+
+    monkeypatch.setattr(gpu.OnGpu, "__array_ufunc__", array_ufunc)
     rng = np.random.default_rng(1)
     x_host = rng.standard_normal((2, 4, 3, 3)).astype(np.float32)
     x = gpuconv.to_channels_last(gpu.on(x_host))
@@ -285,6 +294,9 @@ def test_branch_sums_stay_channels_last_with_cupys_ufuncs(block, fake_second_gpu
     dy_host = rng.standard_normal(dy_shape).astype(np.float32)
     dx = layer.backward(gpuconv.to_channels_last(gpu.on(dy_host)))
     assert layout.is_channels_last(dx), f"{block}: dx came back NCHW"
+    # every sum written straight into its channels_last array: none made C-contiguous and then copied
+    # in (the dual path's join added its first channels into a temporary)
+    assert made == [], made
     if block == "residual":
         np.testing.assert_array_equal(np.asarray(y), 2 * x_host)
         np.testing.assert_array_equal(np.asarray(dx), 2 * dy_host)

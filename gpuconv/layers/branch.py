@@ -451,7 +451,9 @@ def _dual_join(s, r, d, x):
             y = layout.empty(xp, shape, r.dtype, nhwc)
         else:
             y = xp.empty(shape, dtype=r.dtype)
-        y[:, :d] = s[:, :d] + r[:, :d]
+        # added straight into y: CuPy's ufuncs make a C-contiguous result, so a sum made first and
+        # then copied into a channels_last y would be one transposing pass more on a GPU
+        xp.add(s[:, :d], r[:, :d], out=y[:, :d])
         y[:, d:c_s] = s[:, d:]
         y[:, c_s:] = r[:, d:]
     return y
