@@ -265,13 +265,15 @@ def test_add_gives_numpys_layout_where_cupys_ufuncs_give_c_order(fake_second_gpu
     assert gpu.current == [0] and ("add", 1) in gpu.calls  # added on the arrays' GPU
 
 
-@pytest.mark.parametrize("block", ["residual", "dual_path"])
+@pytest.mark.parametrize("block", ["residual", "dual_path", "concat"])
 def test_branch_sums_stay_channels_last_with_cupys_ufuncs(block, fake_second_gpu, monkeypatch):
     """Residual's sum and the input gradients Residual and DualPath add up keep a channels_last
     input's layout on a GPU as on NumPy: with CuPy's ufuncs a bare ``a + b`` gave NCHW there (a
     bf16 airbench96 or ResNet-9 step turning NCHW at every residual block, the layers after it
     converting back). DualPath's join adds its shared channels into the channels_last output in
-    place (a C-contiguous sum copied in was a transposing pass more)."""
+    place (a C-contiguous sum copied in was a transposing pass more). Concat adds an Identity
+    branch's slice of dy where it lies, not copied dense first (a DenseNet layer copied all of its
+    input's channels so), its sum of views channels_last too."""
     gpu = fake_second_gpu
     _cupy_ufunc_results(gpu, monkeypatch)
     made, ufunc = [], gpu.OnGpu.__array_ufunc__
@@ -282,27 +284,38 @@ def test_branch_sums_stay_channels_last_with_cupys_ufuncs(block, fake_second_gpu
         return ufunc(self, uf, method, *inputs, out=out, **kwargs)
 
     monkeypatch.setattr(gpu.OnGpu, "__array_ufunc__", array_ufunc)
+    copies, real_copy = [], layout.nhwc_memory_of
+    monkeypatch.setattr(layout, "nhwc_memory_of", lambda a: (
+        copies.append(tuple(a.shape)) if a.ndim == 4 and not layout.nhwc_memory(a) else None, real_copy(a))[1])
     rng = np.random.default_rng(1)
     x_host = rng.standard_normal((2, 4, 3, 3)).astype(np.float32)
     x = gpuconv.to_channels_last(gpu.on(x_host))
     if block == "residual":
         layer, dy_shape = nn.Residual(nn.Identity()), (2, 4, 3, 3)
-    else:  # the shortcut's gradient a view of dy, the residual path's a copy
+    elif block == "dual_path":  # the shortcut's gradient a view of dy, the residual path's a copy
         layer, dy_shape = nn.DualPath(nn.Identity(), None, split=3), (2, 5, 3, 3)
+    else:  # both gradients views of dy
+        layer, dy_shape = nn.Concat(nn.Identity(), nn.Identity()), (2, 8, 3, 3)
+    dy_host = rng.standard_normal(dy_shape).astype(np.float32)
+    dy = gpuconv.to_channels_last(gpu.on(dy_host))
+    copies.clear()  # (the inputs' conversions)
     y = layer(x)
     assert layout.is_channels_last(y)
-    dy_host = rng.standard_normal(dy_shape).astype(np.float32)
-    dx = layer.backward(gpuconv.to_channels_last(gpu.on(dy_host)))
+    dx = layer.backward(dy)
     assert layout.is_channels_last(dx), f"{block}: dx came back NCHW"
     # every sum written straight into its channels_last array: none made C-contiguous and then copied
     # in (the dual path's join added its first channels into a temporary)
     assert made == [], made
+    assert copies == [], copies
     if block == "residual":
         np.testing.assert_array_equal(np.asarray(y), 2 * x_host)
         np.testing.assert_array_equal(np.asarray(dx), 2 * dy_host)
-    else:
+    elif block == "dual_path":
         np.testing.assert_array_equal(np.asarray(dx), np.concatenate([2 * dy_host[:, :3], dy_host[:, 3:4] +
                                                                       dy_host[:, 4:]], 1))
+    else:
+        np.testing.assert_array_equal(np.asarray(y), np.concatenate([x_host, x_host], 1))
+        np.testing.assert_array_equal(np.asarray(dx), dy_host[:, :4] + dy_host[:, 4:])
 
 
 def _fake_gpu_kernels_on_the_simulator(gpu, monkeypatch):

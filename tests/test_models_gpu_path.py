@@ -105,14 +105,16 @@ def _count_conversions(monkeypatch):
 
 
 def _watch_layouts(net, channels_last):
-    """The list of the layers whose forward output or backward dx is a 4-D array not in the step's
-    layout (which the next layer would convert, or run on in the other), filled as ``net`` runs."""
+    """The list of the layers whose forward output or backward dx is a 4-D array whose strides do not
+    follow the step's layout (which the next layer would convert, or run on in the other), filled as
+    ``net`` runs."""
     nchw = []
     for layer in net.modules():
         for method in ("forward", "backward"):
             def watched(*args, _run=getattr(layer, method), _where=f"{type(layer).__name__}.{method}", **kwargs):
                 out = _run(*args, **kwargs)
-                if getattr(out, "ndim", None) == 4 and (not layout.nhwc_memory(out) if channels_last
+                # (a channel slice of an array in the step's layout passes: a Concat's Identity's gradient)
+                if getattr(out, "ndim", None) == 4 and (not layout._strides_allow(out, layout.NHWC) if channels_last
                                                         else layout.is_channels_last(out)):
                     nchw.append((_where, tuple(out.shape)))
                 return out

@@ -17,6 +17,7 @@ from ._construct import _Replayed
 from .module import Layer, _name_parameters, _path, _Walk
 from .passes import _data_input, _drop_caches, _locate_error, _trains, call_backward, input_is_data
 from .sequential import Sequential
+from .shape import Identity
 
 
 class Residual(Layer):
@@ -199,17 +200,24 @@ class Concat(Layer):
                 if not need_dx and not _trains(layer):
                     _drop_caches(layer)  # no gradient wanted of it: not run backward at all
                     continue
-                part = call_backward(layer, _dense_part(dy, ends[i] - channels[i], ends[i]), need_dx)
+                start = ends[i] - channels[i]
+                # an Identity's gradient is its slice of dy as it is: read where it is added, not
+                # first copied dense (DenseNet's layers copied all their input's channels so)
+                part = call_backward(layer, dy[:, start:ends[i]] if type(layer) is Identity else
+                                     _dense_part(dy, start, ends[i]), need_dx)
                 if not need_dx:
                     continue
                 if dx is None:
                     # the first gradient taken as it is, unless it is dy's memory (an Identity's
-                    # part, a view of dy where the slice is already dense): never added into
+                    # part, a view of dy): never added into
                     dx, owned = part, not get_array_module(part).may_share_memory(part, dy)
+                    first = (start, ends[i])
                 elif owned:
                     dx += part
-                else:
-                    dx, owned = dx + part, True
+                else:  # (in the layout NumPy gives the sum: on CuPy too)
+                    dx, owned = layout.add(dx, part), True
+            if dx is not None and not owned:  # an Identity's part alone: dense, as the other branches' are
+                dx = _dense_part(dy, *first)
         return dx
 
 
