@@ -349,6 +349,17 @@ def _fake_gpu_kernels_on_the_simulator(gpu, monkeypatch):
     monkeypatch.setattr(_launch_batchnorm, "_PLANS", {})
 
 
+def _onto(gpu, net):
+    """``net`` with its parameters and batch norm's running statistics on the fake GPU."""
+    for p in net.parameters():
+        p.data = gpu.on(p.data)
+    for layer in net.modules():
+        for name, value in list(vars(layer).items()):
+            if type(value) is np.ndarray:
+                setattr(layer, name, gpu.on(value))
+    return net
+
+
 @pytest.mark.parametrize("model", ["fast_net", "airbench96"])
 def test_a_channels_last_step_converts_nothing_with_cupys_ufuncs(model, fake_second_gpu, monkeypatch):
     """As test_a_channels_last_training_step_converts_nothing, on the GPU's path: the arrays CuPy's
@@ -375,13 +386,8 @@ def test_a_channels_last_step_converts_nothing_with_cupys_ufuncs(model, fake_sec
     rng = np.random.default_rng(2)
     x = gpu.on(gpuconv.to_channels_last(rng.standard_normal((2, 3, 32, 32)).astype(np.float32)))
     y = gpu.on(rng.integers(0, 10, 2))
-    net = models.fast_net(width=8, seed=1) if model == "fast_net" else models.airbench96(widths=(4, 8, 8), seed=1)
-    for p in net.parameters():
-        p.data = gpu.on(p.data)
-    for layer in net.modules():  # (batch norm's running statistics)
-        for name, value in list(vars(layer).items()):
-            if type(value) is np.ndarray:
-                setattr(layer, name, gpu.on(value))
+    net = _onto(gpu, models.fast_net(width=8, seed=1) if model == "fast_net" else
+                models.airbench96(widths=(4, 8, 8), seed=1))
     opt = SGD(net.parameters(), lr=0.01)
     monkeypatch.setattr(layout, "to_channels_last", to_last)
     monkeypatch.setattr(layout, "nhwc", nhwc)

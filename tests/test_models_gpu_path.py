@@ -27,7 +27,7 @@ from gpuconv.layers import (AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Dropout, Fla
                             Sequential)
 from gpuconv.models import _branches, _mobile, _resnets
 from gpuconv.optim import SGD
-from test_layout import _fake_gpu_kernels_on_the_simulator
+from test_layout import _fake_gpu_kernels_on_the_simulator, _onto
 
 _DPN_CFG = {"in_planes": (32, 32, 32, 32), "out_planes": (8, 8, 16, 16), "num_blocks": (2, 1, 1, 1),
             "dense_depth": (4, 4, 8, 8)}  # (test_models.py's narrowed DPN: 3x3s in 32 groups of one channel)
@@ -136,13 +136,7 @@ def test_a_training_step_on_the_gpu_path_converts_nothing_and_gives_the_sims_bit
         want = _step(NETWORKS[name](), x_host, y_host, precision)
     gpu = fake_second_gpu
     _fake_gpu_kernels_on_the_simulator(gpu, monkeypatch)
-    net = NETWORKS[name]()
-    for p in net.parameters():
-        p.data = gpu.on(p.data)
-    for layer in net.modules():  # (batch norm's running statistics)
-        for attr, value in list(vars(layer).items()):
-            if type(value) is np.ndarray:
-                setattr(layer, attr, gpu.on(value))
+    net = _onto(gpu, NETWORKS[name]())
     copies, other_layout = _count_conversions(monkeypatch), _watch_layouts(net, channels_last)
     got = _step(net, gpu.on(x_host), gpu.on(y_host), precision)
     assert isinstance(net.parameters()[0].data, gpu.OnGpu)
