@@ -1196,6 +1196,24 @@ def test_clip_grad_norm_and_summary_run_with_the_parameters_gpu_current(fake_sec
     assert [row["shape"] for row in summarize(net, (3,))] == [(3,)]
     assert gpu.calls == [("zeros", 1)] and seen == [("OnGpu", 1)] and gpu.current == [0]
 
+def test_gradients_accumulate_on_the_parameters_gpu(fake_second_gpu):
+    """A backward called directly (not through Trainer.fit, which makes the model's GPU current) on a
+    model on cuda:1 while cuda:0 is current: its parameters' gradients were converted and added on
+    GPU 0 (CuPy works on its current device). They are added with the parameter's GPU current now;
+    a first gradient of the parameter's dtype is kept as it is, with no launch. CuPy is faked."""
+    import ml_dtypes
+    from gpuconv.layers import Parameter
+    gpu = fake_second_gpu
+    p = Parameter(gpu.on(np.zeros(3, np.float32)), "w")
+    p.accumulate(gpu.on(np.ones(3, np.float32)))
+    assert gpu.calls == [] and gpu.current == [0]
+    p.accumulate(gpu.on(np.full(3, 2.0, np.float32)))
+    p.accumulate(gpu.on(np.full(3, 0.5, ml_dtypes.bfloat16)))  # a low-precision step's gradient
+    assert gpu.calls == [("add", 1), ("add", 1)] and gpu.current == [0]
+    np.testing.assert_array_equal(np.asarray(p.grad), 3.5)
+    assert isinstance(p.grad, gpu.OnGpu) and p.grad.dtype == np.float32
+
+
 def test_zeroed_gradients_and_a_lookahead_without_its_kernel_run_on_the_arrays_gpu(fake_second_gpu, monkeypatch):
     """CuPy fills and computes on its current device: zero_grad(set_to_none=False) of a model on
     cuda:1 while cuda:0 was current filled its gradients from GPU 0, and a Lookahead over float16

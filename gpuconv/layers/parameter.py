@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import device_of, is_cupy_array
+from ..backend import array_device_context, device_of, is_cupy_array
 from ..graphs import REPLAYED_WAY_OUT
 from ..ops._checks import check_bool, check_float
 
@@ -115,6 +115,15 @@ class Parameter:
         if grad.shape != self.data.shape:
             raise ValueError(f"gradient for parameter {self.name!r} has shape {grad.shape}, "
                              f"the parameter has {self.data.shape}: the op's backward and the layer disagree")
+        if grad.dtype == self.data.dtype and self.grad is None:
+            self.grad = grad
+        elif type(grad) is np.ndarray:
+            self._add(grad)
+        else:  # CuPy converts and adds on its current device: the parameter's made current
+            with array_device_context((self.data,)):
+                self._add(grad)
+
+    def _add(self, grad):
         if grad.dtype != self.data.dtype:  # a low-precision gradient of the float32 master
             grad = grad.astype(self.data.dtype)
         if self.grad is None:
