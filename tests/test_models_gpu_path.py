@@ -16,8 +16,6 @@ blocks in ``blocks`` and by a narrowed DPN.
 """
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pytest
 
@@ -27,7 +25,7 @@ from gpuconv.layers import (AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Dropout, Fla
                             Sequential)
 from gpuconv.models import _branches, _mobile, _resnets
 from gpuconv.optim import SGD
-from test_layout import _fake_gpu_kernels_on_the_simulator, _onto
+from test_layout import _count_conversions, _fake_gpu_kernels_on_the_simulator, _onto
 
 _DPN_CFG = {"in_planes": (32, 32, 32, 32), "out_planes": (8, 8, 16, 16), "num_blocks": (2, 1, 1, 1),
             "dense_depth": (4, 4, 8, 8)}  # (test_models.py's narrowed DPN: 3x3s in 32 groups of one channel)
@@ -76,32 +74,6 @@ def _step(model, x, y, precision):
     with kernels.autotuning(False):
         loss, logits = amp.training_step(model, SGD(model.parameters(), lr=0.01, momentum=0.9), x, y, precision)
     return _state(model, loss, logits)
-
-
-def _count_conversions(monkeypatch):
-    """The list of the step's transposing copies (``to_channels_last``, ``nhwc``, ``nhwc_memory_of`` of a
-    4-D array whose strides do not follow NHWC order: not a channel slice of a channels_last array,
-    which is copied dense, not transposed), wherever an op module imported them."""
-    copies, depth = [], [0]
-
-    def counted(fn):
-        def f(x, *args, **kwargs):
-            if not depth[0] and getattr(x, "ndim", None) == 4 and not layout._strides_allow(x, layout.NHWC):
-                copies.append((fn.__name__, tuple(x.shape)))
-            depth[0] += 1  # (to_channels_last calls nhwc_memory_of: one copy)
-            try:
-                return fn(x, *args, **kwargs)
-            finally:
-                depth[0] -= 1
-        return f
-
-    wrappers = {id(fn): (fn, counted(fn)) for fn in (layout.to_channels_last, layout.nhwc, layout.nhwc_memory_of)}
-    for name, module in list(sys.modules.items()):
-        if name == "gpuconv" or name.startswith("gpuconv."):
-            for attr, value in list(vars(module).items()):
-                if id(value) in wrappers and wrappers[id(value)][0] is value:
-                    monkeypatch.setattr(module, attr, wrappers[id(value)][1])
-    return copies
 
 
 def _watch_layouts(net, channels_last):
