@@ -189,13 +189,19 @@ def check_labels(labels, classes: int, ignore_index: int | None = None):
                              f"columns), found {bad}; check the labels or the number of classes")
 
 
+def _all_classes(labels, classes):
+    """Whether every one of these host labels is a class index in 0..classes-1."""
+    if not labels.size:
+        return True
+    if labels.size <= _FEW:
+        values = labels.tolist()
+        return min(values) >= 0 and max(values) < classes
+    return np.minimum.reduce(labels) >= 0 and np.maximum.reduce(labels) < classes
+
+
 def _softmax_cross_entropy_reference(logits, labels, eps, count_correct=False, grad_scale=None, reduction="mean",
                                      weight=None, ignore_index=None):
     dtype, logits = logits.dtype, upcast(logits)
-    if weight is None and ignore_index is None and type(logits) is np.ndarray and type(labels) is np.ndarray:
-        got = _host_reference(logits, labels, eps, count_correct, grad_scale, reduction)
-        if got is not None:
-            return (got[0], round_once(got[1], dtype)) + got[2:]
     xp = get_array_module(logits, labels)
     n, c = logits.shape
     dt = logits.dtype.type
@@ -204,9 +210,16 @@ def _softmax_cross_entropy_reference(logits, labels, eps, count_correct=False, g
     sums = exp.sum(axis=1, keepdims=True)
     log_probs = shifted - xp.log(sums)
     probs = exp / sums
-    ignored = labels == ignore_index if ignore_index is not None else xp.zeros(labels.shape, bool)
-    valid = ignored | ((labels >= 0) & (labels < c))
-    idx = xp.where(valid & ~ignored, labels, 0).astype(xp.int64, copy=False)
+    # Every row kept and every label a class (host labels: read without a sync): no masks, which would
+    # select every row (a gradient check calls this on a few rows, thousands of times).
+    plain = ignore_index is None and type(labels) is np.ndarray and _all_classes(labels, c)
+    if plain:
+        ignored = valid = None
+        idx = labels.astype(np.int64, copy=False)
+    else:
+        ignored = labels == ignore_index if ignore_index is not None else xp.zeros(labels.shape, bool)
+        valid = ignored | ((labels >= 0) & (labels < c))
+        idx = xp.where(valid & ~ignored, labels, 0).astype(xp.int64, copy=False)
     picked = xp.take_along_axis(log_probs, idx[:, None], axis=1)[:, 0]
     stats = weight_stats(labels, weight, ignore_index, logits.dtype)
     keep, eps_c = dt(1.0 - eps), dt(eps / c)
@@ -219,7 +232,8 @@ def _softmax_cross_entropy_reference(logits, labels, eps, count_correct=False, g
         smooth = (log_probs * weight).sum(axis=1)
     if eps:
         per_row = per_row - eps_c * smooth
-    per_row = xp.where(ignored, dt(0), xp.where(valid, per_row, dt(np.nan)))
+    if not plain:
+        per_row = xp.where(ignored, dt(0), xp.where(valid, per_row, dt(np.nan)))
     divisor = dt(n) if stats is None else stats[1]
     # xp.asarray keeps a 0-d array (NumPy's sum would give a scalar); on CuPy it stays on the GPU.
     if reduction == "none":
@@ -243,56 +257,15 @@ def _softmax_cross_entropy_reference(logits, labels, eps, count_correct=False, g
         dlogits *= dt(1.0 / n) if stats is None else dt(1) / stats[1]
     if grad_scale is not None:
         dlogits *= grad_scale
-    dlogits = xp.where(ignored[:, None], dt(0), xp.where(valid[:, None], dlogits, dt(np.nan)))
+    if not plain:
+        dlogits = xp.where(ignored[:, None], dt(0), xp.where(valid[:, None], dlogits, dt(np.nan)))
     if count_correct:
-        correct = xp.asarray(((xp.argmax(logits, axis=1) == labels) & ~ignored).sum(), dtype=np.int32)
+        hits = xp.argmax(logits, axis=1) == labels
+        correct = xp.asarray((hits if plain else hits & ~ignored).sum(), dtype=np.int32)
         return loss, round_once(dlogits, dtype), correct
     return loss, round_once(dlogits, dtype)
 
 
-
-def _host_reference(logits, labels, eps, count_correct, grad_scale, reduction):
-    """The reference's own operations, in its order, for NumPy arrays (logits upcast already)
-    without class weights or an ignored label, when every label is a class (None otherwise: the
-    general code marks the bad rows NaN): what the general code computes, without the masks that
-    then select every row (a gradient check calls this on a few rows, thousands of times)."""
-    n, c = logits.shape
-    if n:
-        if n <= _FEW:
-            values = labels.tolist()
-            lo, hi = min(values), max(values)
-        else:
-            lo, hi = np.minimum.reduce(labels), np.maximum.reduce(labels)
-        if lo < 0 or hi >= c:
-            return None
-    dt = logits.dtype.type
-    # (the ufuncs' reduce methods are what ndarray.max and .sum call, without their Python wrappers)
-    shifted = logits - np.maximum.reduce(logits, axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    sums = np.add.reduce(exp, axis=1, keepdims=True)
-    log_probs = shifted - np.log(sums)
-    probs = exp / sums
-    rows, idx = np.arange(n), labels.astype(np.int64, copy=False)
-    keep, eps_c = dt(1.0 - eps), dt(eps / c)
-    per_row = -keep * log_probs[rows, idx]
-    if eps:
-        per_row = per_row - eps_c * np.add.reduce(log_probs, axis=1)
-    if reduction == "none":
-        loss = per_row
-    else:
-        total = np.add.reduce(per_row)
-        loss = np.asarray(total / dt(n) if reduction == "mean" else total, dtype=logits.dtype)
-    dlogits = probs
-    if eps:
-        dlogits = dlogits - eps_c
-    dlogits[rows, idx] -= keep
-    if reduction == "mean":
-        dlogits *= dt(1.0 / n)
-    if grad_scale is not None:
-        dlogits *= grad_scale
-    if count_correct:
-        return loss, dlogits, np.asarray(np.add.reduce(np.argmax(logits, axis=1) == labels), dtype=np.int32)
-    return loss, dlogits
 
 
 from . import _launch_loss  # noqa: E402,F401  (registration)
