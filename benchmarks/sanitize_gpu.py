@@ -403,6 +403,34 @@ def scale(run, rng):
         run.exact(f"scale_forward 1000 {np.dtype(dtype).name}", got, S._scale_forward_reference(x, 1 / 9)[0])
 
 
+def channel_gate(run, rng):
+    """The channel gate's three kernels in each build and both layouts against the reference, bit for
+    bit: 37 channels (a partial 32-channel group channels_last), 63 pixels (a partial round of the 32
+    running sums), 1x1 maps, more planes than a block's 8 (NCHW); dx with no add, a full-size add
+    and a pooled gradient."""
+    import ml_dtypes
+    from gpuconv.ops import _launch_channel_gate as LCGATE  # noqa: PLC0415
+    from gpuconv.ops import channel_gate as CGATE  # noqa: PLC0415
+    for shape in ((3, 37, 5, 3), (2, 9, 7, 9), (2, 40, 1, 1)):
+        for dtype in (np.float32, np.float64, ml_dtypes.bfloat16, np.float16):
+            for cl in (False, True):
+                x, dy, add = (rng.standard_normal(shape).astype(dtype) for _ in range(3))
+                gate = rng.uniform(0, 1, shape[:2] + (1, 1)).astype(dtype)
+                pooled = rng.standard_normal(gate.shape).astype(dtype)
+                put = (lambda a: gpuconv.to_channels_last(run.dev(a))) if cl else run.dev
+                tag = f"channel_gate {shape} {np.dtype(dtype).name}{' channels_last' if cl else ''}"
+                y, cache = LCGATE.channel_gate_forward_kernel(put(x), run.dev(gate), target=run.target)
+                ry, rc = CGATE._channel_gate_forward_reference(x, gate)
+                run.exact(f"{tag} forward", y, ry)
+                dgate = LCGATE.channel_gate_backward_gate_kernel(put(dy), cache, target=run.target)
+                run.exact(f"{tag} backward gate", dgate, CGATE._channel_gate_backward_gate_reference(dy, rc))
+                for name, kw, rkw in (("", {}, {}), (" + add", {"add": put(add)}, {"add": add}),
+                                      (" + pooled", {"pooled": run.dev(pooled)}, {"pooled": pooled})):
+                    dx = LCGATE.channel_gate_backward_data_kernel(put(dy), cache, target=run.target, **kw)
+                    run.exact(f"{tag} backward data{name}", dx,
+                              CGATE._channel_gate_backward_data_reference(dy, rc, **rkw))
+
+
 def optim(run, rng):
     """SGD's fused update against the array form (NumPy): every setting, the first step (buffer
     written, not read) and a later one, bit for bit; one parameter per launch, and ten (two
@@ -674,8 +702,8 @@ def stream_hold(run, rng):
     run.add("stream_hold: released at once, no time-out", int(timed_out[0]) == 0)
 
 
-FAMILIES = (conv, conv_grouped, conv_tc, gemm, pool, relu, gelu, activations, scale, loss, optim, amp_cast, dropout,
-            augment, batchnorm, groupnorm, stream_hold)
+FAMILIES = (conv, conv_grouped, conv_tc, gemm, pool, relu, gelu, activations, scale, channel_gate, loss, optim,
+            amp_cast, dropout, augment, batchnorm, groupnorm, stream_hold)
 
 
 def main(argv=None):

@@ -27,7 +27,8 @@ class SqueezeExcitation(Layer):
 
     Backward: ``dx = dy * scale`` plus the gate's input gradient for ``dscale``, the sum over H and W
     of ``dy * x`` per sample and channel (:mod:`gpuconv.ops.channel_gate`: added in float32 for
-    bfloat16/float16, rounded once). The output keeps x's layout; under mixed precision the two
+    bfloat16/float16, rounded once); the global pool's backward is added by the data gradient's
+    pass (``pooled=``), without a full-size array of it. The output keeps x's layout; under mixed precision the two
     convolutions compute in the low precision, as every Conv2d does.
 
     ``seed`` (a keyword, as every gpuconv layer's) seeds ``fc1`` and ``fc2`` (two seeds derived from
@@ -78,6 +79,12 @@ class SqueezeExcitation(Layer):
         if not need_dx:
             _drop_caches(self.avgpool)
             return None
+        if type(self.avgpool) is AdaptiveAvgPool2d and self.avgpool.output_size == (1, 1):
+            # the global pool's backward, each plane's one value spread over H and W, added by the
+            # gate's data gradient in the same pass (the bits of the pool's own backward, no
+            # full-size array)
+            self.avgpool._take_cache()
+            return ops.channel_gate_backward_data(dy, cache, pooled=ds)
         return ops.channel_gate_backward_data(dy, cache, add=call_backward(self.avgpool, ds, True))
 
 
