@@ -20,7 +20,11 @@ kernels read x three times in the forward and dy and x twice in the backward: vs
 the two-pass reductions cost); group norm likewise (at the same shapes and cases, 32 groups or
 as many as the channels allow, gcd(32, C): GroupNorm(32, C) of small-batch ResNets; its kernels
 read x three times in the forward and dy and x twice in the backward), against PyTorch's
-native_group_norm and its backward on the same GPU. The copy
+native_group_norm and its backward on the same GPU; the channel gate of a squeeze-and-excitation
+block (y = gate * x, one gate value per (n, c); at the same shapes and cases) forward reads x and
+writes y, its gate gradient reads dy and x, its data gradient (the pool's gradient added per
+plane, ``pooled=``) reads dy and writes dx, against PyTorch's ``x * gate``, ``(dy * x).sum((2, 3))``
+and ``dy * gate``. The copy
 baseline is ``cudaMemcpyAsync`` device-to-device moving the same bytes (half read, half written);
 the issue's target is >= 80% of it. The loss (softmax cross-entropy, airbench94's logits) is
 timed as one launch, as the array form it replaced and as PyTorch's forward + backward: at 10
@@ -46,11 +50,13 @@ import gpuconv  # noqa: E402
 from gpuconv import models  # noqa: E402
 from gpuconv import layers as L  # noqa: E402
 from gpuconv.ops import _launch_batchnorm as LB  # noqa: E402
+from gpuconv.ops import _launch_channel_gate as LCGATE  # noqa: E402
 from gpuconv.ops import _launch_groupnorm as LGN  # noqa: E402
 from gpuconv.ops import _launch_lp_pool2d as LPL  # noqa: E402
 from gpuconv.ops import _launch_pool2d as LP  # noqa: E402
 from gpuconv.ops import _launch_relu as LR  # noqa: E402
 from gpuconv.ops import batchnorm as BN  # noqa: E402
+from gpuconv.ops import channel_gate as CGATE  # noqa: E402
 from gpuconv.ops import groupnorm as GN  # noqa: E402
 from gpuconv.ops import lp_pool2d as LPP  # noqa: E402
 from gpuconv.ops import _pool2d_reference as P  # noqa: E402
@@ -187,6 +193,21 @@ def validate(args, relu_shapes, pool_shapes, conv_layers, checks):
             rdx, rdw, rdb = GN._groupnorm_backward_reference(dy, rcache)
             checks.close(f"{tag} backward dx {shape}", dx, rdx, 10 * rtol)
             checks.close(f"{tag} backward dweight {shape}", dw, rdw, 1e-4)
+    for shape in relu_shapes:  # the channel gate at the same shapes and cases: the reference's bits
+        for dtype, cl in BN_CASES:
+            x, dy = (rng.standard_normal((batch, *shape)).astype(dtype) for _ in range(2))
+            gate, pooled = (rng.uniform(0, 1, (batch, shape[0], 1, 1)).astype(dtype) for _ in range(2))
+            X, DY = (gpuconv.to_channels_last(common.to_dev(a, args)) if cl else common.to_dev(a, args)
+                     for a in (x, dy))
+            tag = f"channel_gate {np.dtype(dtype).name}{' channels_last' if cl else ''}"
+            y, cache = LCGATE.channel_gate_forward_kernel(X, common.to_dev(gate, args), target=target)
+            ry, rcache = CGATE._channel_gate_forward_reference(x, gate)
+            checks.exact(f"{tag} forward {shape}", y, ry)
+            checks.exact(f"{tag} gate gradient {shape}", LCGATE.channel_gate_backward_gate_kernel(DY, cache, target=target),
+                         CGATE._channel_gate_backward_gate_reference(dy, rcache))
+            dx = LCGATE.channel_gate_backward_data_kernel(DY, cache, None, common.to_dev(pooled, args), target=target)
+            checks.exact(f"{tag} data gradient {shape}", dx,
+                         CGATE._channel_gate_backward_data_reference(dy, rcache, None, pooled))
     failures = bench_conv2d.validate(conv_layers, batch, target)
     checks.add(f"conv2d every variant and direction on {len(conv_layers)} layers (bench_conv2d.validate)",
                not failures, detail="; ".join(failures) or None)
@@ -364,6 +385,38 @@ def groupnorm_rows(args, relu_shapes, batch, torch):
     return rows
 
 
+def channel_gate_rows(args, relu_shapes, batch, torch):
+    """The channel gate's three kernels at the ReLU shapes (a squeeze-and-excitation block's gate
+    on every activation), against PyTorch's array forms (float32). Bytes: two activation-sized
+    arrays each (the (N, C) gates negligible)."""
+    rng = np.random.default_rng(4)
+    rows, target = [], args.device
+    for shape in relu_shapes:
+        full = (batch, *shape)
+        for dtype, cl in BN_CASES:
+            x, dy = (common.to_dev(rng.standard_normal(full).astype(dtype), args) for _ in range(2))
+            if cl:
+                x, dy = gpuconv.to_channels_last(x), gpuconv.to_channels_last(dy)
+            gate, pooled = (common.to_dev(rng.uniform(0, 1, (batch, shape[0], 1, 1)).astype(dtype), args)
+                            for _ in range(2))
+            fwd = lambda: LCGATE.channel_gate_forward_kernel(x, gate, target=target)  # noqa: E731
+            _, cache = fwd()
+            calls = {"forward": fwd,
+                     "gate gradient": lambda: LCGATE.channel_gate_backward_gate_kernel(dy, cache, target=target),
+                     "data gradient": lambda: LCGATE.channel_gate_backward_data_kernel(dy, cache, None, pooled,
+                                                                                       target=target)}
+            tcalls = {}
+            if torch is not None and dtype == np.float32:
+                tx, tdy, tg = (torch.from_dlpack(a) for a in (x, dy, gate))
+                tcalls = {"forward": lambda: tx * tg, "gate gradient": lambda: (tdy * tx).sum((2, 3)),
+                          "data gradient": lambda: tdy * tg}
+            name = f"channel_gate {'bf16 cl' if cl else 'fp32'} {{}}"
+            nbytes = 2 * int(np.prod(full)) * np.dtype(dtype).itemsize
+            for direction, fn in calls.items():
+                rows.append(_memory_row(name.format(direction), full, nbytes, fn, tcalls.get(direction), args))
+    return rows
+
+
 def _memory_row(op, shape, nbytes, fn, tfn, args):
     ms = common.timed(fn, args)
     host_ms = common.host_submit_ms(fn, args)
@@ -453,6 +506,7 @@ def main(argv=None):
         memory = memory_rows(args, relu_shapes, pool_shapes, batch, torch)
         memory += batchnorm_rows(args, relu_shapes, batch, torch)
         memory += groupnorm_rows(args, relu_shapes, batch, torch)
+        memory += channel_gate_rows(args, relu_shapes, batch, torch)
         conv = conv_rows(args, conv_layers, batch, torch)
     results = {"memory": memory, "conv2d": conv, "conv2d_layers": conv_layer_summary(conv)}
     rec = common.record(NAME, args, checks, results, width=width, batch=batch,
