@@ -17,10 +17,10 @@
 // kernel, where the array form made float32 copies of x, the gate and the product first.
 //
 // Kernels, launch shapes (gpuconv/ops/_launch_channel_gate.py):
-//   forward, backward_data   1-D grid-stride grids of GPUCONV_BLOCK threads, one element per
-//                            thread and step, in memory order (x's layout): the element's
-//                            (n, c) from its flat index, by 32-bit divisions below 2^31
-//                            (divmod_index).
+//   forward, backward_data   grids of GPUCONV_BLOCK threads, (x, y) = (a stride over an image's
+//                            C * H * W elements, one per thread and step, in memory order: x's
+//                            layout; the images), about 32 blocks per SM in all; the element's
+//                            channel by one 32-bit division.
 //   backward_gate            one fixed order of the H * W products per (n, c), the same in both
 //                            layouts (so the same bits): lane l of 32 adds the products of pixels
 //                            l, l + 32, l + 64, ... in order onto +0.0, then an xor-shuffle tree
@@ -32,34 +32,35 @@
 //                            runs over those 32 sums in shared memory, one thread per channel.
 //                            Deterministic (no atomics); the NumPy reference
 //                            (gpuconv/ops/channel_gate.py, _gate_sums) adds in this order too.
-// Flat indices are 64-bit; C, H * W and N * C are int (the launcher declines more).
+// Memory indices are 64-bit; C * H * W and N * C are int (the launcher declines more).
 //
 // Resources per kernel and build (ptxas of CUDA 13.0 for sm_90, the registry's NVRTC options;
 // tests/test_nvrtc.py holds every figure to ptxas's report): registers / static shared memory
 // in bytes / bytes spilled (stores + loads); "-": no such build (TF32: conv2d, conv2d_tc, gemm_tc).
 //   ptxas 13.0                  f32          f64          bf16         f16          tf32
-//   channel_gate_forward        32/0/0       32/0/0       32/0/0       28/0/0       -
+//   channel_gate_forward        24/0/0       25/0/0       22/0/0       19/0/0       -
 //   channel_gate_backward_gate  48/4096/0    48/8192/0    48/4096/0    32/4096/0    -
-//   channel_gate_backward_data  32/0/0       32/0/0       32/0/0       32/0/0       -
+//   channel_gate_backward_data  28/0/0       28/0/0       28/0/0       26/0/0       -
 
 #define CG_LANES 32                        // the lanes of a sum (a warp), and NHWC's channels per block
 #define CG_WARPS (GPUCONV_BLOCK / CG_LANES)
 #define CG_FULL_MASK 0xffffffffu
 
-// The (n, c) plane of the element at flat memory index i: NCHW i / HW; NHWC (i / C / HW) * C +
-// i % C.
-__device__ inline index_t cg_plane(index_t i, int C, int HW, int cl) {
-    int rest;
-    if (!cl) return divmod_index(i, HW, &rest);
-    int c;
-    const index_t pixel = divmod_index(i, C, &c);  // n * HW + p
-    return divmod_index(pixel, HW, &rest) * C + c;
-}
+// The elementwise kernels' walk: image n = blockIdx.y, blockIdx.y + gridDim.y, ... (more images
+// than grid y's 65535 loop), and within it a grid-stride loop over its C * H * W elements j in
+// memory order; the gate index of element j of image n is n * C + c, c = j / HW (NCHW) or j % C
+// (NHWC): one 32-bit division per element (j < 2^31: the launcher declines larger images).
+__device__ inline int cg_channel(int j, int C, int HW, int cl) { return cl ? j % C : j / HW; }
 
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
-channel_gate_forward(const storage_t* x, const storage_t* gate, storage_t* y, long long n, int C, int HW, int cl) {
-    for (index_t i = global_thread_index(); i < n; i += global_thread_count())
-        y[i] = from_acc(mul_rn(to_acc(x[i]), to_acc(gate[cg_plane(i, C, HW, cl)])));
+channel_gate_forward(const storage_t* x, const storage_t* gate, storage_t* y, int N, int C, int HW, int cl) {
+    const int chw = C * HW;
+    for (int n = blockIdx.y; n < N; n += gridDim.y) {
+        const index_t image = (index_t)n * chw;
+        const storage_t* g = gate + (index_t)n * C;
+        for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < chw; j += gridDim.x * blockDim.x)
+            y[image + j] = from_acc(mul_rn(to_acc(x[image + j]), to_acc(g[cg_channel(j, C, HW, cl)])));
+    }
 }
 
 // add's value for plane nc in mode 2: the average pool's backward of pooled[nc], rounded to
@@ -71,14 +72,18 @@ __device__ inline acc_t cg_pooled_share(const storage_t* pooled, index_t nc, acc
 
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
 channel_gate_backward_data(const storage_t* dy, const storage_t* gate, const storage_t* add, storage_t* dx,
-                           long long n, int C, int HW, int cl, int add_mode, double spread) {
+                           int N, int C, int HW, int cl, int add_mode, double spread) {
     const acc_t s = (acc_t)spread;
-    for (index_t i = global_thread_index(); i < n; i += global_thread_count()) {
-        const index_t nc = cg_plane(i, C, HW, cl);
-        acc_t v = mul_rn(to_acc(dy[i]), to_acc(gate[nc]));
-        if (add_mode == 1) v += to_acc(add[i]);
-        else if (add_mode == 2) v += cg_pooled_share(add, nc, s);
-        dx[i] = from_acc(v);
+    const int chw = C * HW;
+    for (int n = blockIdx.y; n < N; n += gridDim.y) {
+        const index_t image = (index_t)n * chw;
+        for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < chw; j += gridDim.x * blockDim.x) {
+            const index_t nc = (index_t)n * C + cg_channel(j, C, HW, cl);
+            acc_t v = mul_rn(to_acc(dy[image + j]), to_acc(gate[nc]));
+            if (add_mode == 1) v += to_acc(add[image + j]);
+            else if (add_mode == 2) v += cg_pooled_share(add, nc, s);
+            dx[image + j] = from_acc(v);
+        }
     }
 }
 

@@ -207,3 +207,23 @@ def test_errors(backend):
         ops.channel_gate_backward_data(dy, cache, add=add, pooled=pooled)
     with pytest.raises(TypeError, match=r"cache must be the ChannelGateCache that channel_gate_forward returned"):
         ops.channel_gate_backward_gate(dy, (x, gate))
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_the_elementwise_grids_loop_over_images_and_elements(monkeypatch, channels_last):
+    """One block along each image and 2 images at a time (as grid y's limit would make it past
+    65535 images): each thread walks several elements of an image and the blocks several images;
+    the reference's bits."""
+    from gpuconv.ops import _launch_channel_gate as launcher
+    monkeypatch.setattr(launcher, "MAX_BLOCKS_X", 1)
+    monkeypatch.setattr(kernels, "GRID_Y_MAX", 2)
+    x, dy, add, gate, _ = arrays((5, 3, 11, 13), np.float32, seed=8)
+    if channels_last:
+        x, dy, add = (layout.to_channels_last(a) for a in (x, dy, add))
+    with gpuconv.default_device("sim"), kernels.launch_log() as log:
+        y, cache = ops.channel_gate_forward(x, gate)
+        dx = ops.channel_gate_backward_data(dy, cache, add=add)
+    assert [(rec.name, rec.grid) for rec in log] == [("channel_gate_forward", (1, 2, 1)),
+                                                    ("channel_gate_backward_data", (1, 2, 1))]
+    ry, rc = ops.channel_gate_forward(x, gate)
+    assert bits(y) == bits(ry) and bits(dx) == bits(ops.channel_gate_backward_data(dy, rc, add=add))

@@ -34,9 +34,33 @@ def _sizes(shape):
     return n, c, h * w
 
 
+# The elementwise grids: at most this many blocks along an image (their grid stride, times
+# BLOCK threads, is the int headroom the kernels' element index keeps past C * H * W).
+MAX_BLOCKS_X = 8192
+
+
 def _fits(shape):
     n, c, hw = _sizes(shape)
-    return kernels.int_indexable(n * c, hw, c)
+    return kernels.int_indexable(n * c, c * hw, spare=MAX_BLOCKS_X * kernels.BLOCK)
+
+
+def _grid(n, chw, target, device):
+    """(blocks along an image, images at once): about 32 blocks per SM in all (as grid_1d's),
+    at least one per image up to grid y's limit (the kernels loop over the images past it)."""
+    images = max(1, min(n, kernels.GRID_Y_MAX))
+    along = max(1, min(-(-chw // kernels.BLOCK), 32 * kernels.sm_count(target, device) // images, MAX_BLOCKS_X))
+    return along, images, 1
+
+
+def _launch_elementwise(kernel, target, arrays, shape, scalars):
+    """``kernel(*arrays, N, C, HW, *scalars)`` over the (N, C, H, W) ``shape``; nothing when empty."""
+    n, c, hw = _sizes(shape)
+    if n * c * hw == 0:
+        return
+    device = kernels.array_device(arrays[:1])
+    kernels.launch("channel_gate", kernel, arrays[0].dtype, target, _grid(n, c * hw, target, device),
+                   (kernels.BLOCK, 1, 1), tuple([layout.memory_order(a) for a in arrays])
+                   + kernels.int32_args((n, c, hw)) + tuple(scalars), device=device)
 
 
 @register_launcher("channel_gate_forward")
@@ -44,9 +68,8 @@ def channel_gate_forward_kernel(x, gate, *, target):
     if not _fits(x.shape):
         return NotImplemented
     x, y = kernels.contiguous_like(x, keep_channels_last=True)
-    _, c, hw = _sizes(x.shape)
-    kernels.launch_1d("channel_gate", "channel_gate_forward", target, (x, _dense(gate), y),
-                      kernels.int32_args((c, hw, layout.is_channels_last(x))))
+    _launch_elementwise("channel_gate_forward", target, (x, _dense(gate), y), x.shape,
+                        kernels.int32_args((layout.is_channels_last(x),)))
     return y, ChannelGateCache(x, gate)
 
 
@@ -77,13 +100,13 @@ def channel_gate_backward_data_kernel(dy, cache, add=None, pooled=None, *, targe
     dy = _in_layout(dy, cl)
     dx = layout.empty_like(dy)
     gate = _dense(cache.gate)
-    n, c, hw = _sizes(dy.shape)
+    hw = dy.shape[2] * dy.shape[3]
     if add is not None:
         extra, mode, spread = _in_layout(add, cl), ADD_ARRAY, 0.0
     elif pooled is not None:
         extra, mode, spread = _dense(pooled), ADD_POOLED, 1.0 / hw if hw else 0.0
     else:
         extra, mode, spread = gate, ADD_NONE, 0.0  # (not read)
-    kernels.launch_1d("channel_gate", "channel_gate_backward_data", target, (dy, gate, extra, dx),
-                      kernels.int32_args((c, hw, cl, mode)) + (np.float64(spread),))
+    _launch_elementwise("channel_gate_backward_data", target, (dy, gate, extra, dx), dy.shape,
+                        kernels.int32_args((cl, mode)) + (np.float64(spread),))
     return dx
