@@ -203,8 +203,8 @@ def validate(args, relu_shapes, pool_shapes, conv_layers, checks):
             y, cache = LCGATE.channel_gate_forward_kernel(X, common.to_dev(gate, args), target=target)
             ry, rcache = CGATE._channel_gate_forward_reference(x, gate)
             checks.exact(f"{tag} forward {shape}", y, ry)
-            checks.exact(f"{tag} gate gradient {shape}", LCGATE.channel_gate_backward_gate_kernel(DY, cache, target=target),
-                         CGATE._channel_gate_backward_gate_reference(dy, rcache))
+            dgate = LCGATE.channel_gate_backward_gate_kernel(DY, cache, target=target)
+            checks.exact(f"{tag} gate gradient {shape}", dgate, CGATE._channel_gate_backward_gate_reference(dy, rcache))
             dx = LCGATE.channel_gate_backward_data_kernel(DY, cache, None, common.to_dev(pooled, args), target=target)
             checks.exact(f"{tag} data gradient {shape}", dx,
                          CGATE._channel_gate_backward_data_reference(dy, rcache, None, pooled))

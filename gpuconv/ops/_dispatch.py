@@ -18,7 +18,7 @@ calls it a fallback (which the backend tests fail on 'sim').
 
 Which ops have kernels. conv2d (grouped and dilated ones too: conv2d_grouped_*; and conv_transpose2d,
 on conv2d's kernels, grouped or dilated on conv2d_grouped's), max/avg/LP pooling, ReLU, GELU,
-LeakyReLU, Sigmoid, Tanh, SiLU, the scaling, dropout, batchnorm2d, groupnorm, softmax_cross_entropy
+LeakyReLU, Sigmoid, Tanh, SiLU, the scaling, the channel gate, dropout, batchnorm2d, groupnorm, softmax_cross_entropy
 and linear (bfloat16/float16 on the tensor-core GEMM, float32 and float64 as 1x1 convolutions) have
 launchers (kernels/*.cu), on 'cuda' and on 'sim'. So on 'sim' every ``kernels/*.cu`` kernel runs on
 the simulator, and the rest of a training step (the few array operations between the ops) is plain
