@@ -30,6 +30,7 @@ def arrays(shape, dtype, seed):
     x, dy, add = ((rng.standard_normal(shape) * 3).astype(dtype) for _ in range(3))
     gate = rng.uniform(0, 1, shape[:2] + (1, 1)).astype(dtype)
     pooled = rng.standard_normal(gate.shape).astype(dtype)
+    dy[0, 0] = -0.0  # a plane of -0.0 products: dgate +0.0 on every path
     return x, dy, add, gate, pooled
 
 
@@ -53,16 +54,18 @@ def gate_sums_loop(p):
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
-@pytest.mark.parametrize("shape", [(1, 2, 1, 1), (2, 3, 5, 7), (1, 2, 8, 4), (2, 2, 11, 3)])
+@pytest.mark.parametrize("shape", [(1, 2, 1, 1), (2, 3, 5, 7), (1, 2, 8, 4), (2, 2, 11, 3), (2, 3, 16, 16),
+                                   (1, 2, 17, 19)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_the_references_gate_sum_is_its_written_order(dtype, shape, channels_last):
-    """31, 32 and 33 pixels (a last round of one term), 1, 35: the reference's vectorized sum is the
-    order written out term by term, in either layout, and within H * W float32 roundings of the
-    float64 sum."""
+    """1, 35, 32 and 33 pixels (a last round of one term), 256 and 323 (8 and 10 whole rounds, which
+    NumPy reduces along their axis): the reference's vectorized sum is the order written out term
+    by term, in either layout, and within H * W roundings of the float64 sum."""
     rng = np.random.default_rng(1)
     p = (rng.standard_normal(shape) * 10).astype(dtype)
+    p[0, 0] = -0.0  # a plane of -0.0 products sums to +0.0 (onto +0.0), as the kernel's
     got = CG._gate_sums(layout.to_channels_last(p) if channels_last else p)
-    assert bits(got) == bits(gate_sums_loop(p))
+    assert bits(got) == bits(gate_sums_loop(p)) and not np.signbit(got[0, 0, 0, 0])
     exact = p.astype(np.float64).sum(axis=(2, 3), keepdims=True)
     bound = shape[2] * shape[3] * unit_roundoff(dtype) * np.abs(p.astype(np.float64)).sum(axis=(2, 3), keepdims=True)
     assert np.all(np.abs(got - exact) <= bound)
