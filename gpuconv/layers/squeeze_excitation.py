@@ -28,8 +28,8 @@ class SqueezeExcitation(Layer):
     Backward: ``dx = dy * scale`` plus the gate's input gradient for ``dscale``, the sum over H and W
     of ``dy * x`` per sample and channel (:mod:`gpuconv.ops.channel_gate`: added in float32 for
     bfloat16/float16, rounded once); the global pool's backward is added by the data gradient's
-    pass (``pooled=``), without a full-size array of it. The output keeps x's layout; under mixed precision the two
-    convolutions compute in the low precision, as every Conv2d does.
+    pass (``pooled=``), without a full-size array of it. The output keeps x's layout; under mixed
+    precision the two convolutions compute in the low precision, as every Conv2d does.
 
     ``seed`` (a keyword, as every gpuconv layer's) seeds ``fc1`` and ``fc2`` (two seeds derived from
     it); without one they draw from NumPy's global generator, as an unseeded Conv2d does."""

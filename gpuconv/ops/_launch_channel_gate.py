@@ -5,7 +5,8 @@ Same arguments, results and caches (``ChannelGateCache(x, gate)``) as the refere
 (dx) comes back channels_last without a transposing copy; anything else is made C-contiguous
 (NCHW). An array of the other layout than the one the launch reads (dgate's x, dx's add) is
 brought to it. The gate, dgate and ``pooled`` are (N, C, 1, 1): the same memory in both layouts.
-Sizes past int (C, H * W, N * C) decline to the reference.
+Sizes past int (an image's C * H * W, with the grid stride's headroom; N * C) decline to the
+reference.
 """
 from __future__ import annotations
 
