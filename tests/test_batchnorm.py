@@ -378,3 +378,34 @@ def test_the_blocked_numpy_path_across_blocks(monkeypatch, block_bytes, activati
             assert a.dtype == dt and a.shape == b.shape
             np.testing.assert_allclose(a, b, rtol=tol, atol=tol * np.max(np.abs(b)))
     assert ran == ["forward", "backward"] * 2
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape", [(2, 7, 1, 1), (3, 4, 2, 3), (2, 1, 5, 5)])
+def test_a_batch_of_one_block_runs_whole_with_the_blocks_bits(dtype, shape):
+    """A batch within BLOCK_BYTES runs the one-block functions (the whole arrays, no blocks' bookkeeping):
+    bit for bit the blocked loops' results (forward with the batch's statistics and with given ones, ReLU or
+    none; backward in training and eval), signed zeros of dy and a constant channel included."""
+    from gpuconv.ops import _batchnorm_blocked as blk
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal(shape) * 2 + 1).astype(dtype)
+    x[:, 0] = 1.5  # a channel without variance
+    dy = rng.standard_normal(shape).astype(dtype)
+    dy[:, -1] = -0.0  # its sums are -0 before the blocks' zeros take them
+    c = shape[1]
+    gamma, beta = rng.uniform(0.5, 2, c).astype(dtype), rng.standard_normal(c).astype(dtype)
+    rm, rv = rng.standard_normal(c).astype(dtype), rng.uniform(0.5, 2, c).astype(dtype)
+    assert x.nbytes <= blk.BLOCK_BYTES and len(blk._blocks((shape[0], c, shape[2] * shape[3]), x.itemsize)) == 1
+
+    def same(a, b):
+        assert len(a) == len(b)
+        for u, v in zip(a, b):
+            assert u.dtype == v.dtype and u.shape == v.shape and u.tobytes() == v.tobytes()
+    for relu in (False, True):
+        for stats in ((None, None), (rm, rv)):
+            fwd = blk._forward_whole(x, *stats, 1e-5, gamma, beta, relu)
+            same(fwd, blk._forward_blocks(x, *stats, 1e-5, gamma, beta, relu))
+            _, mean, _, inv_std = fwd
+            for training in (True, False):
+                args = (dy, x, mean, inv_std, gamma, beta, relu, training)
+                same(blk._backward_whole(*args), blk._backward_blocks(*args))

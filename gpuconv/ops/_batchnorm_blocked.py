@@ -104,6 +104,10 @@ def _variance(x3, mean, out3):
 def forward(x, mean, var, eps, gamma, beta, relu):
     """(y, mean, var, inv_std): y = z = xhat * gamma + beta (``relu``: max(z, 0)) in x's dtype and shape,
     normalized with the batch's statistics when ``mean`` and ``var`` are None, else with these."""
+    return (_forward_whole if x.nbytes <= BLOCK_BYTES else _forward_blocks)(x, mean, var, eps, gamma, beta, relu)
+
+
+def _forward_blocks(x, mean, var, eps, gamma, beta, relu):
     n, c = x.shape[:2]
     x3 = x.reshape(n, c, -1)
     y = np.empty_like(x)
@@ -129,6 +133,11 @@ def forward(x, mean, var, eps, gamma, beta, relu):
 
 def backward(dy, x, mean, inv_std, gamma, beta, relu, training):
     """dx, dgamma, dbeta (see the module's docstring); ``beta`` is read only with ``relu``."""
+    return (_backward_whole if x.nbytes <= BLOCK_BYTES else _backward_blocks)(dy, x, mean, inv_std, gamma, beta,
+                                                                              relu, training)
+
+
+def _backward_blocks(dy, x, mean, inv_std, gamma, beta, relu, training):
     n, c = x.shape[:2]
     x3, dy3 = x.reshape(n, c, -1), dy.reshape(n, c, -1)
     dx = np.empty_like(dy)
@@ -165,4 +174,68 @@ def backward(dy, x, mean, inv_std, gamma, beta, relu, training):
         np.subtract(gb, mean_dy[ci], out=db)
         db -= proj
         db *= scale[ci]
+    return dx, dgamma, dbeta
+
+
+# ----------------------------------------------------------------------------- one block
+# A batch within BLOCK_BYTES is one block: the loops above would run once, on (n, C, L) views of
+# the whole arrays, after building the blocks' buffers and slices. These run the same operations
+# on the whole arrays without that bookkeeping (a gradient check's batch of a few values: about
+# half of batch norm's time on it), so they give the loops' bits.
+
+def _forward_whole(x, mean, var, eps, gamma, beta, relu):
+    n, c = x.shape[:2]
+    x3 = x.reshape(n, c, -1)
+    y = np.empty_like(x)
+    y3 = y.reshape(x3.shape)
+    dt, centred = x.dtype.type, mean is None
+    if centred:
+        count = dt(n * x3.shape[2])
+        mean = x3.sum(axis=0).sum(axis=1) / count
+        cen = np.subtract(x3, mean.reshape(-1, 1), out=y3)
+        # (_variance adds this sum to zeros: a sum of squares is never -0, so that changes no bit)
+        var = _sum(np.multiply(cen, cen)) / count
+    inv_std = dt(1.0) / np.sqrt(var + dt(eps))
+    if centred:
+        y3 *= inv_std.reshape(-1, 1)
+    else:
+        _xhat(x3, mean.reshape(-1, 1), inv_std.reshape(-1, 1), y3)
+    _z(y3, gamma.reshape(-1, 1), beta.reshape(-1, 1), y3)
+    if relu:
+        np.maximum(y3, dt(0), out=y3)
+    return y, mean, var, inv_std
+
+
+def _backward_whole(dy, x, mean, inv_std, gamma, beta, relu, training):
+    n, c = x.shape[:2]
+    x3, dy3 = x.reshape(n, c, -1), dy.reshape(n, c, -1)
+    dx = np.empty_like(dy)
+    dx3 = dx.reshape(x3.shape)
+    dt = dy.dtype.type
+    m, s = mean.reshape(-1, 1), inv_std.reshape(-1, 1)
+    xh = _xhat(x3, m, s, np.empty_like(x3))
+    gb = dy3
+    if relu:  # as in _backward_blocks
+        z = _z(xh, gamma.reshape(-1, 1), beta.reshape(-1, 1), np.empty_like(x3))
+        bits = np.dtype(f"i{dy.itemsize}")
+        mask = dx3.view(bits)
+        np.greater(z, dt(0), out=mask, casting="unsafe")
+        np.negative(mask, out=mask)
+        np.bitwise_and(mask, dy3.view(bits), out=mask)
+        gb = dx3
+    dbeta, dgamma = np.zeros(c, dy.dtype), np.zeros(c, dy.dtype)  # (zeros plus the sums: a sum of -0 is +0 there)
+    dbeta += _sum(gb)
+    dgamma += _dot(gb, xh, xh)
+    scale = (gamma * inv_std).reshape(-1, 1)
+    if not training:
+        np.multiply(gb, scale, out=dx3)
+        return dx, dgamma, dbeta
+    count = x3.shape[0] * x3.shape[2]
+    mean_dy = (dbeta * dt(1.0 / count)).reshape(-1, 1)
+    xhat_dyx = s * (dgamma * dt(1.0 / count)).reshape(-1, 1)
+    proj = np.subtract(x3, m, out=xh)
+    proj *= xhat_dyx
+    np.subtract(gb, mean_dy, out=dx3)
+    dx3 -= proj
+    dx3 *= scale
     return dx, dgamma, dbeta
