@@ -893,3 +893,42 @@ def test_host_calls_of_one_dtype_skip_the_call_with_its_results_bit_for_bit(monk
     monkeypatch.setattr(layer_utils, "plain_dtype", lambda *a: None)
     _same(shortcut, run())
     assert C._call.plain_dtype(np.zeros(2, dtype)) == dtype  # (the shortcut was there to take)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_host_norm_layers_of_one_dtype_open_no_call_with_its_results_bit_for_bit(monkeypatch, dtype):
+    """The normalization layers on host arrays of one float dtype run on a shared PlainCall, not a
+    Call: batch norm (train, test, (D,) and (1, D) parameters, running statistics of another dtype),
+    spatial batch norm, layer and group norm give the Call path's outputs, caches, gradients and
+    running statistics bit for bit, and open no Call."""
+    from gpuconv.compat.cs231n import _call
+
+    def run():
+        rng = np.random.default_rng(9)
+        x2, d2 = (rng.standard_normal((3, 5)).astype(dtype) for _ in range(2))
+        x4, d4 = (rng.standard_normal((2, 4, 3, 3)).astype(dtype) for _ in range(2))
+        g2, b2 = rng.standard_normal(5).astype(dtype), rng.standard_normal(5).astype(dtype)
+        g4, b4 = rng.standard_normal(4).astype(dtype), rng.standard_normal(4).astype(dtype)
+        test = {"mode": "test", "running_mean": rng.standard_normal(5), "running_var": rng.uniform(1, 2, 5)}
+        results, params = [], [{"mode": "train", "momentum": 0.7}, test, {"mode": "train"}, {"mode": "train"}]
+        for p in params[:3]:
+            for g, b in ((g2, b2), (g2.reshape(1, 5), b2.reshape(1, 5))):
+                y, cache = C.batchnorm_forward(x2, g, b, p)
+                results.append((y, cache, C.batchnorm_backward(d2, cache), C.batchnorm_backward_alt(d2, cache)))
+        y, cache = C.spatial_batchnorm_forward(x4, g4, b4, params[3])
+        results.append((y, cache, C.spatial_batchnorm_backward(d4, cache)))
+        y, cache = C.layernorm_forward(x2, g2, b2, {"eps": 1e-4})
+        results.append((y, cache, C.layernorm_backward(d2, cache)))
+        y, cache = C.spatial_groupnorm_forward(x4, g4, b4, 2, {})
+        results.append((y, cache, C.spatial_groupnorm_backward(d4, cache)))
+        return results, params
+
+    calls = []
+    init = _call.Call.__init__
+    monkeypatch.setattr(_call.Call, "__init__", lambda self, *a, **k: calls.append(1) or init(self, *a, **k))
+    shortcut = run()
+    assert not calls
+    monkeypatch.setattr(_call, "plain_dtype", lambda *a: None)
+    monkeypatch.setattr(_call, "plain_backward", lambda *a: None)
+    _same(shortcut, run())
+    assert len(calls) == 24  # (each forward and backward opened one)

@@ -24,7 +24,7 @@ from ... import ops
 from ...backend import device_of, get_array_module, is_cupy_array, to_device
 from ...ops.dropout import keep_bits
 from ._basic import param
-from ._call import Call, Cache, backward_call
+from ._call import Cache, backward_call, open_backward, open_call
 from ._device import download
 
 
@@ -39,7 +39,7 @@ def batchnorm_forward(x, gamma, beta, bn_param):
                          f"use spatial_batchnorm_forward for (N, C, H, W) inputs")
     n, d = x.shape
     _check_per_channel(gamma, beta, d, ((d,), (1, d)), "feature", "D")
-    with Call(x, gamma, beta) as c:
+    with open_call(x, gamma, beta) as c:
         out, oc = _batchnorm(c, c.arg(x).reshape(n, d, 1, 1), gamma, beta, bn_param)
         return c.out(out.reshape(n, d)), c.cache((x, gamma, beta), oc)
 
@@ -63,7 +63,7 @@ def spatial_batchnorm_forward(x, gamma, beta, bn_param):
     if getattr(x, "ndim", None) == 4:
         ch = x.shape[1]
         _check_per_channel(gamma, beta, ch, ((ch,), (1, ch, 1, 1)), "channel", "C")
-    with Call(x, gamma, beta) as c:
+    with open_call(x, gamma, beta) as c:
         out, oc = _batchnorm(c, c.arg(x), gamma, beta, bn_param)
         return c.out(out), c.cache((x, gamma, beta), oc)
 
@@ -128,8 +128,9 @@ def _batchnorm(c, x4, gamma, beta, bn_param):
     # call took NumPy arrays (also inside a layer_utils sandwich, whose caller did).
     on_host = c.host_io or c.inner
     host = np if on_host else xp
-    running_mean = bn_param.get("running_mean", host.zeros(channels, dtype=c.dtype))
-    running_var = bn_param.get("running_var", host.zeros(channels, dtype=c.dtype))
+    # (zeros made only where the dict has none: bn_param.get(key, zeros) makes them at every call)
+    running_mean = bn_param["running_mean"] if "running_mean" in bn_param else host.zeros(channels, dtype=c.dtype)
+    running_var = bn_param["running_var"] if "running_var" in bn_param else host.zeros(channels, dtype=c.dtype)
     g, b = (a if a.ndim == 1 else a.reshape(channels) for a in (c.param(gamma), c.param(beta)))
     if mode == "test":
         # the assignment stores the statistics it used, zeros when there were none
@@ -173,7 +174,7 @@ def layernorm_forward(x, gamma, beta, ln_param):
     if getattr(x, "ndim", None) != 2:
         raise ValueError(f"x must be 2-D (N, D) for layernorm_forward, got shape {getattr(x, 'shape', None)}")
     eps = ln_param.get("eps", 1e-5) if isinstance(ln_param, dict) else 1e-5
-    with Call(x, gamma, beta) as c:
+    with open_call(x, gamma, beta) as c:
         g, b = c.param(gamma), c.param(beta)
         xhat, inv = _normalize_rows(c.arg(x), eps)
         return c.out(xhat * g + b), c.cache((x, gamma, beta, ln_param), (xhat, inv, g))
@@ -182,7 +183,7 @@ def layernorm_forward(x, gamma, beta, ln_param):
 def layernorm_backward(dout, cache):
     """``dx, dgamma, dbeta`` for ``layernorm_forward``."""
     _forward_cache(cache, "layernorm_forward")
-    with Call(dout, dtype=cache.dtype, device=cache.device) as c:
+    with open_backward(dout, cache) as c:
         xhat, inv, g = cache.ops
         d = c.arg(dout)
         dx = _normalize_rows_backward(d * g, xhat, inv)
@@ -207,7 +208,7 @@ def spatial_groupnorm_forward(x, gamma, beta, G, gn_param):
             raise ValueError(f"{name} must hold one value per channel, shape (C,) or (1, C, 1, 1) with C={ch}; "
                              f"got shape {getattr(a, 'shape', None)}")
     eps = gn_param.get("eps", 1e-5) if isinstance(gn_param, dict) else 1e-5
-    with Call(x, gamma, beta) as c:
+    with open_call(x, gamma, beta) as c:
         g, b = c.param(gamma).reshape(1, ch, 1, 1), c.param(beta).reshape(1, ch, 1, 1)
         xhat, inv = _normalize_rows(c.arg(x).reshape(n * G, -1), eps)
         xhat = xhat.reshape(n, ch, h, w)
@@ -219,7 +220,7 @@ def spatial_groupnorm_backward(dout, cache):
     _forward_cache(cache, "spatial_groupnorm_forward")
     x, gamma, beta, G = cache[:4]
     n, ch, h, w = x.shape
-    with Call(dout, dtype=cache.dtype, device=cache.device) as c:
+    with open_backward(dout, cache) as c:
         xhat, inv, g = cache.ops
         d = c.arg(dout)
         dx = _normalize_rows_backward((d * g).reshape(n * G, -1), xhat.reshape(n * G, -1), inv)
