@@ -76,6 +76,8 @@ def _sum(a):
     accuracy of the reference's a.sum((0, 2, 3))); short rows (L < 256) over the images first: at
     L = 4 (2x2 images) summing along L takes 4.6 ns a value against 0.24."""
     add = np.add.reduce  # (what ndarray.sum calls, without its Python wrapper: a few values' sums are mostly that)
+    if a.ndim == 2:  # (n, C): L = 1 (see _whole)
+        return add(a, 0)
     return add(add(a, 2), 0) if a.shape[2] >= 256 else add(add(a, 0), 1)
 
 
@@ -189,58 +191,71 @@ def _backward_blocks(dy, x, mean, inv_std, gamma, beta, relu, training):
 # A batch within BLOCK_BYTES is one block: the loops above would run once, on (n, C, L) views of
 # the whole arrays, after building the blocks' buffers and slices. These run the same operations
 # on the whole arrays without that bookkeeping (a gradient check's batch of a few values: about
-# half of batch norm's time on it), so they give the loops' bits.
+# half of batch norm's time on it), so they give the loops' bits. With L = 1 (a fully connected
+# layer's batch norm) they run on (n, C) views, the per-channel vectors as they are: the same
+# values (a sum over L = 1 is its one value), one axis less to broadcast and reduce.
+
+def _whole(a):
+    """a's (n, C, L) view, or (n, C) where L = 1."""
+    n, c, h, w = a.shape
+    return a.reshape(n, c) if h * w == 1 else a.reshape(n, c, h * w)
+
+
+def _col(v, a):
+    """A per-channel vector against a view of :func:`_whole`: as a (C, 1) column for (n, C, L)."""
+    return v if a.ndim == 2 else v.reshape(-1, 1)
+
 
 def _forward_whole(x, mean, var, eps, gamma, beta, relu):
-    n, c = x.shape[:2]
-    x3 = x.reshape(n, c, -1)
+    x3 = _whole(x)
     y = np.empty_like(x)
     y3 = y.reshape(x3.shape)
     dt, centred = x.dtype.type, mean is None
     if centred:
-        count = dt(n * x3.shape[2])
-        mean = np.add.reduce(np.add.reduce(x3, 0), 1) / count  # (x3.sum(axis=0).sum(axis=1), as _forward_blocks)
-        cen = np.subtract(x3, mean.reshape(-1, 1), out=y3)
+        count = dt(x3.size // x3.shape[1])
+        mean = np.add.reduce(x3, 0)  # (x3.sum(axis=0).sum(axis=1), as _forward_blocks)
+        mean = (mean if x3.ndim == 2 else np.add.reduce(mean, 1)) / count
+        cen = np.subtract(x3, _col(mean, x3), out=y3)
         # (_variance adds this sum to zeros: a sum of squares is never -0, so that changes no bit)
         var = _sum(np.multiply(cen, cen)) / count
     inv_std = dt(1.0) / np.sqrt(var + dt(eps))
     if centred:
-        y3 *= inv_std.reshape(-1, 1)
+        y3 *= _col(inv_std, x3)
     else:
-        _xhat(x3, mean.reshape(-1, 1), inv_std.reshape(-1, 1), y3)
-    _z(y3, gamma.reshape(-1, 1), beta.reshape(-1, 1), y3)
+        _xhat(x3, _col(mean, x3), _col(inv_std, x3), y3)
+    _z(y3, _col(gamma, x3), _col(beta, x3), y3)
     if relu:
         np.maximum(y3, dt(0), out=y3)
     return y, mean, var, inv_std
 
 
 def _backward_whole(dy, x, mean, inv_std, gamma, beta, relu, training):
-    n, c = x.shape[:2]
-    x3, dy3 = x.reshape(n, c, -1), dy.reshape(n, c, -1)
+    x3, dy3 = _whole(x), _whole(dy)
     dx = np.empty_like(dy)
     dx3 = dx.reshape(x3.shape)
     dt = dy.dtype.type
-    m, s = mean.reshape(-1, 1), inv_std.reshape(-1, 1)
+    m, s = _col(mean, x3), _col(inv_std, x3)
     xh = _xhat(x3, m, s, np.empty_like(x3))
     gb = dy3
     if relu:  # as in _backward_blocks
-        z = _z(xh, gamma.reshape(-1, 1), beta.reshape(-1, 1), np.empty_like(x3))
+        z = _z(xh, _col(gamma, x3), _col(beta, x3), np.empty_like(x3))
         bits = np.dtype(f"i{dy.itemsize}")
         mask = dx3.view(bits)
         np.greater(z, dt(0), out=mask, casting="unsafe")
         np.negative(mask, out=mask)
         np.bitwise_and(mask, dy3.view(bits), out=mask)
         gb = dx3
+    c = x3.shape[1]
     dbeta, dgamma = np.zeros(c, dy.dtype), np.zeros(c, dy.dtype)  # (zeros plus the sums: a sum of -0 is +0 there)
     dbeta += _sum(gb)
     dgamma += _dot(gb, xh, xh)
-    scale = (gamma * inv_std).reshape(-1, 1)
+    scale = _col(gamma * inv_std, x3)
     if not training:
         np.multiply(gb, scale, out=dx3)
         return dx, dgamma, dbeta
-    count = x3.shape[0] * x3.shape[2]
-    mean_dy = (dbeta * dt(1.0 / count)).reshape(-1, 1)
-    xhat_dyx = s * (dgamma * dt(1.0 / count)).reshape(-1, 1)
+    per = dt(1.0 / (x3.size // c))
+    mean_dy = _col(dbeta * per, x3)
+    xhat_dyx = s * _col(dgamma * per, x3)
     proj = np.subtract(x3, m, out=xh)
     proj *= xhat_dyx
     np.subtract(gb, mean_dy, out=dx3)
