@@ -220,17 +220,17 @@ def _softmax_cross_entropy_reference(logits, labels, eps, count_correct=False, g
         ignored = labels == ignore_index if ignore_index is not None else xp.zeros(labels.shape, bool)
         valid = ignored | ((labels >= 0) & (labels < c))
         idx = xp.where(valid & ~ignored, labels, 0).astype(xp.int64, copy=False)
-    picked = xp.take_along_axis(log_probs, idx[:, None], axis=1)[:, 0]
+    rows = xp.arange(n)
+    picked = log_probs[rows, idx]  # (each row's label's column: take_along_axis's values, without its index arrays)
     stats = weight_stats(labels, weight, ignore_index, logits.dtype)
     keep, eps_c = dt(1.0 - eps), dt(eps / c)
     if weight is None:
         per_row = -keep * picked
-        smooth = log_probs.sum(axis=1)
     else:
         w_label = weight[idx]
         per_row = -keep * (w_label * picked)
-        smooth = (log_probs * weight).sum(axis=1)
-    if eps:
+    if eps:  # the smoothing term, which only a smoothing reads
+        smooth = log_probs.sum(axis=1) if weight is None else (log_probs * weight).sum(axis=1)
         per_row = per_row - eps_c * smooth
     if not plain:
         per_row = xp.where(ignored, dt(0), xp.where(valid, per_row, dt(np.nan)))
@@ -245,14 +245,14 @@ def _softmax_cross_entropy_reference(logits, labels, eps, count_correct=False, g
         dlogits = probs
         if eps:
             dlogits = dlogits - eps_c
-        dlogits[xp.arange(n), idx] -= keep
+        dlogits[rows, idx] -= keep
     else:  # p (1 - eps) w_label + p (eps / C) W - (eps / C) w_j - [j == label] (1 - eps) w_label
         keep_w = keep * w_label
         coef = keep_w + eps_c * stats[0] if eps else keep_w
         dlogits = probs * coef[:, None]
         if eps:
             dlogits = dlogits - eps_c * weight
-        dlogits[xp.arange(n), idx] -= keep_w
+        dlogits[rows, idx] -= keep_w
     if reduction == "mean":
         dlogits *= dt(1.0 / n) if stats is None else dt(1) / stats[1]
     if grad_scale is not None:
