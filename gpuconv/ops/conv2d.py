@@ -170,6 +170,11 @@ def _windows(xp, xpad, fh, fw, oh, ow, stride, dilation=(1, 1)):
     sn, sc, sh, sw = xpad.strides
     shape = xpad.shape[:2] + (fh, fw, oh, ow)
     strides = (sn, sc, sh * dilation[0], sw * dilation[1], sh * stride[0], sw * stride[1])
+    if type(xpad) is np.ndarray and xpad.flags.c_contiguous:
+        # the same view over xpad's memory (the constructor checks that it stays inside), without
+        # as_strided's Python wrapper (a few microseconds a call: a gradient check's convolutions
+        # on a few pixels make three a step)
+        return np.ndarray(shape, xpad.dtype, xpad, 0, strides)
     return xp.lib.stride_tricks.as_strided(xpad, shape=shape, strides=strides)
 
 
