@@ -900,8 +900,8 @@ def test_host_norm_layers_of_one_dtype_open_no_call_with_its_results_bit_for_bit
     """The normalization layers on host arrays of one float dtype run on a shared PlainCall, not a
     Call: batch norm (train, test, (D,) and (1, D) parameters, running statistics of another dtype),
     spatial batch norm, layer and group norm give the Call path's outputs, caches, gradients and
-    running statistics bit for bit, and open no Call."""
-    from gpuconv.compat.cs231n import _call
+    running statistics bit for bit, and open no Call; so does the conv-batch norm-ReLU sandwich."""
+    from gpuconv.compat.cs231n import _call, layer_utils
 
     def run():
         rng = np.random.default_rng(9)
@@ -910,7 +910,8 @@ def test_host_norm_layers_of_one_dtype_open_no_call_with_its_results_bit_for_bit
         g2, b2 = rng.standard_normal(5).astype(dtype), rng.standard_normal(5).astype(dtype)
         g4, b4 = rng.standard_normal(4).astype(dtype), rng.standard_normal(4).astype(dtype)
         test = {"mode": "test", "running_mean": rng.standard_normal(5), "running_var": rng.uniform(1, 2, 5)}
-        results, params = [], [{"mode": "train", "momentum": 0.7}, test, {"mode": "train"}, {"mode": "train"}]
+        results, params = [], [{"mode": "train", "momentum": 0.7}, test, {"mode": "train"}, {"mode": "train"},
+                               {"mode": "train"}]
         for p in params[:3]:
             for g, b in ((g2, b2), (g2.reshape(1, 5), b2.reshape(1, 5))):
                 y, cache = C.batchnorm_forward(x2, g, b, p)
@@ -921,6 +922,9 @@ def test_host_norm_layers_of_one_dtype_open_no_call_with_its_results_bit_for_bit
         results.append((y, cache, C.layernorm_backward(d2, cache)))
         y, cache = C.spatial_groupnorm_forward(x4, g4, b4, 2, {})
         results.append((y, cache, C.spatial_groupnorm_backward(d4, cache)))
+        w4, bias4 = rng.standard_normal((4, 4, 3, 3)).astype(dtype), rng.standard_normal(4).astype(dtype)
+        y, cache = C.conv_bn_relu_forward(x4, w4, bias4, g4, b4, {"stride": 1, "pad": 1}, params[4])
+        results.append((y, cache, C.conv_bn_relu_backward(d4, cache)))
         return results, params
 
     calls = []
@@ -930,5 +934,6 @@ def test_host_norm_layers_of_one_dtype_open_no_call_with_its_results_bit_for_bit
     assert not calls
     monkeypatch.setattr(_call, "plain_dtype", lambda *a: None)
     monkeypatch.setattr(_call, "plain_backward", lambda *a: None)
+    monkeypatch.setattr(layer_utils, "plain_dtype", lambda *a: None)
     _same(shortcut, run())
-    assert len(calls) == 24  # (each forward and backward opened one)
+    assert len(calls) == 28  # (each forward and backward opened one; the sandwich, its own and its batch norm's)

@@ -83,6 +83,11 @@ def conv_relu_backward(dout, cache):
 
 def conv_bn_relu_forward(x, w, b, gamma, beta, conv_param, bn_param):
     """Convolution, spatial batch norm, ReLU; cache ``(conv_cache, bn_cache, relu_cache)``."""
+    if plain_dtype(x, w, b, gamma, beta) is not None:  # the layers called directly (see _plain)
+        a, conv_cache = conv_forward_fast(x, w, b, conv_param)
+        an, bn_cache = spatial_batchnorm_forward(a, gamma, beta, bn_param)
+        out, relu_cache = relu_forward(an)
+        return out, (conv_cache, bn_cache, relu_cache)
     with Call(x, w, b, gamma, beta) as c:
         a, conv_cache = conv_forward_fast(c.arg(x), c.param(w), c.param(b), conv_param)
         an, bn_cache = spatial_batchnorm_forward(a, c.param(gamma), c.param(beta), bn_param)
@@ -94,6 +99,9 @@ def conv_bn_relu_forward(x, w, b, gamma, beta, conv_param, bn_param):
 def conv_bn_relu_backward(dout, cache):
     """``dx, dw, db, dgamma, dbeta`` for ``conv_bn_relu_forward``."""
     conv_cache, bn_cache, relu_cache = cache
+    if _plain(dout, conv_cache):
+        da, dgamma, dbeta = spatial_batchnorm_backward(relu_backward(dout, relu_cache), bn_cache)
+        return (*conv_backward_fast(da, conv_cache), dgamma, dbeta)
     with Call(dout, device=getattr(conv_cache, "device", None)) as c:
         dan = relu_backward(c.arg(dout), relu_cache)
         da, dgamma, dbeta = spatial_batchnorm_backward(dan, bn_cache)
