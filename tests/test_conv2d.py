@@ -615,3 +615,31 @@ def test_checks_passed_are_memoized_by_signature_and_errors_never(monkeypatch):
     with pytest.raises(ValueError, match="not an integer"):
         conv2d_forward(x[:, :, :4, :4], w, b, stride=2, padding=1)
     assert conv2d_forward(x, w, b, stride=(1, 1), padding="same")[0].shape == (2, 4, 5, 5)
+
+
+def test_backward_checks_passed_are_memoized_by_signature_and_errors_never(monkeypatch):
+    """The backward's checks run once per signature (dy's and the cached arrays' type, shape and
+    dtype, the cache's geometry, the switches): a second backward of the same geometry skips them,
+    while a wrong dy shape or dtype, or a switch that is not a bool, is refused at every call."""
+    rng = np.random.default_rng(5)
+    x, w, b = (rng.standard_normal(s) for s in ((2, 3, 5, 5), (4, 3, 3, 3), (4,)))
+    y, cache = conv2d_forward(x, w, b, stride=1, padding=1)
+    dy = rng.standard_normal(y.shape)
+    conv_mod._CHECKED_BACKWARD.clear()
+    runs = []
+    real = conv_mod._check_backward
+    monkeypatch.setattr(conv_mod, "_check_backward", lambda *a: runs.append(a) or real(*a))
+    first = conv2d_backward(dy, cache)
+    second = conv2d_backward(dy, cache)
+    assert len(runs) == 1 and all(np.array_equal(u, v) for u, v in zip(first, second))
+    assert conv2d_backward(dy, cache, need_dx=False)[0] is None and len(runs) == 2  # (another switch: checked)
+    for _ in range(2):
+        with pytest.raises(ValueError, match=r"dy must have the forward output's shape \(2, 4, 5, 5\)"):
+            conv2d_backward(dy[:, :, :4], cache)
+        with pytest.raises(TypeError, match="dy has dtype float32 but x has dtype float64"):
+            conv2d_backward(dy.astype(np.float32), cache)
+        with pytest.raises(TypeError, match="need_dx must be True or False"):
+            conv2d_backward(dy, cache, need_dx=1)
+        with pytest.raises(TypeError, match="cache must be the Conv2dCache"):
+            conv2d_backward(dy, tuple(cache))
+    assert len(runs) == 2 + 6

@@ -86,16 +86,19 @@ def conv2d_backward(dy, cache, need_dx=True, precision=None, need_dw=True, dw_dt
     tensor-core kernels do as they write it (a float32 master accumulates it without a cast).
     ``precision`` as in :func:`conv2d_forward`, chosen anew for the backward."""
     check_cache(cache, Conv2dCache, "conv2d_forward")
-    need_dx, need_dw = check_bool("need_dx", need_dx), check_bool("need_dw", need_dw)
     x, w = cache.x, cache.w
-    check_float("dy", dy)
-    check_rank("dy", dy, 4, "NKHW")
-    ext = w.shape[2:] if cache.dilation == (1, 1) else conv2d_grouped.extent(w.shape[2:], cache.dilation)
-    oh, ow = output_hw(x.shape, ext, cache.stride, cache.padding, True)
-    expected = (x.shape[0], w.shape[0], oh, ow)
-    if tuple(dy.shape) != expected:
-        raise ValueError(f"dy must have the forward output's shape {expected}, got {tuple(dy.shape)}")
-    check_same_dtype("x", x, dy=dy)
+    try:  # the checks below read types, shapes, dtypes and the cache's geometry only: passed once, passed again
+        if type(need_dx) is not bool or type(need_dw) is not bool:  # (1 == True: a key would let 1 pass)
+            raise Unkeyed
+        key = (signature(dy), signature(x), signature(w), cache.stride, cache.padding, cache.dilation, need_dx,
+               need_dw)
+        checked = key in _CHECKED_BACKWARD
+    except (AttributeError, TypeError, Unkeyed):  # not an array, an unhashable value, a value no key stands for
+        key, checked = None, False
+    if not checked:
+        need_dx, need_dw = _check_backward(dy, x, w, cache, need_dx, need_dw)
+        if key is not None:
+            remember(_CHECKED_BACKWARD, key, True)
     tf32 = use_tf32(precision, dy.dtype)
     target = backend.kernel_target(dy, x, w, names=("dy", cached("x"), cached("w")))
     if dw_dtype is not None:
@@ -110,8 +113,23 @@ def conv2d_backward(dy, cache, need_dx=True, precision=None, need_dw=True, dw_dt
     return dx, dw, db
 
 
+def _check_backward(dy, x, w, cache, need_dx, need_dw):
+    need_dx, need_dw = check_bool("need_dx", need_dx), check_bool("need_dw", need_dw)
+    check_float("dy", dy)
+    check_rank("dy", dy, 4, "NKHW")
+    ext = w.shape[2:] if cache.dilation == (1, 1) else conv2d_grouped.extent(w.shape[2:], cache.dilation)
+    oh, ow = output_hw(x.shape, ext, cache.stride, cache.padding, True)
+    expected = (x.shape[0], w.shape[0], oh, ow)
+    if tuple(dy.shape) != expected:
+        raise ValueError(f"dy must have the forward output's shape {expected}, got {tuple(dy.shape)}")
+    check_same_dtype("x", x, dy=dy)
+    return need_dx, need_dw
+
+
 # (dilation, groups, stride, padding) of the forward's checks passed, by the arguments' signature
 _CHECKED: dict = {}
+# the backward's checks passed, by the signatures of dy and the cache's arrays and the cache's geometry
+_CHECKED_BACKWARD: dict = {}
 
 
 def _checked_args(x, w, b, stride, padding, floor, dilation, groups):
