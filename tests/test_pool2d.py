@@ -182,6 +182,32 @@ def test_backward_rejects_wrong_dy(backend, kind):
             bwd(backend.asarray(np.ones((1, 1, 2, 2), dt)), cache)
 
 
+def test_argument_checks_passed_are_memoized_by_signature_and_errors_never(monkeypatch):
+    """The pools' argument checks run once per signature (x's type, shape and dtype, the other
+    arguments' values of exactly int, (int, int), None or bool): a second call of the same geometry
+    skips them and gets their answer; every call that breaks a rule is refused again with its own
+    message, values equal to a passing one included (floor=1 equals True, 2.0 equals 2)."""
+    x = np.random.default_rng(6).standard_normal((2, 3, 8, 8))
+    pool_mod._CHECKED.clear()
+    runs = []
+    real = pool_mod._checked_pool_args
+    monkeypatch.setattr(pool_mod, "_checked_pool_args", lambda *a: runs.append(a) or real(*a))
+    y1, c1 = max_pool2d_forward(x, 2, floor=True)
+    y2, c2 = max_pool2d_forward(x, 2, floor=True)
+    assert len(runs) == 1 and np.array_equal(y1, y2) and c2.kernel_size == c2.stride == (2, 2)
+    assert avg_pool2d_forward(x, 2, floor=True)[0].shape == (2, 3, 4, 4) and len(runs) == 1  # (the same checks)
+    for _ in range(2):
+        with pytest.raises(TypeError, match="floor must be True or False"):
+            pool_mod._check_pool_args(x, 2, None, 1)  # (the ops refuse a number there before these checks)
+        with pytest.raises(TypeError, match="kernel_size must be an int"):
+            max_pool2d_forward(x, 2.0, floor=True)
+        with pytest.raises(ValueError, match=r"input size H=7, window F=2, stride S=2"):
+            max_pool2d_forward(x[:, :, :7], 2)
+        with pytest.raises(TypeError, match="x has dtype int64"):
+            max_pool2d_forward(x.astype(np.int64), 2, floor=True)
+    assert len(runs) == 1 + 8
+
+
 def test_pool_size_error_without_padding_names_no_p_and_offers_padding(backend):
     x = backend.asarray(np.zeros((1, 1, 7, 8), np.float32))
     with pytest.raises(ValueError, match=r"along the height: input size H=7, window F=2, stride S=2 give "
