@@ -90,8 +90,8 @@ def conv2d_backward(dy, cache, need_dx=True, precision=None, need_dw=True, dw_dt
     try:  # the checks below read types, shapes, dtypes and the cache's geometry only: passed once, passed again
         if type(need_dx) is not bool or type(need_dw) is not bool:  # (1 == True: a key would let 1 pass)
             raise Unkeyed
-        key = (signature(dy), signature(x), signature(w), cache.stride, cache.padding, cache.dilation, need_dx,
-               need_dw)
+        key = (signature(dy), signature(x), signature(w), plain(cache.stride), plain(cache.padding),
+               plain(cache.dilation), need_dx, need_dw)
         checked = key in _CHECKED_BACKWARD
     except (AttributeError, TypeError, Unkeyed):  # not an array, an unhashable value, a value no key stands for
         key, checked = None, False
