@@ -235,7 +235,8 @@ def _backward_whole(dy, x, mean, inv_std, gamma, beta, relu, training):
     dx3 = dx.reshape(x3.shape)
     dt = dy.dtype.type
     m, s = _col(mean, x3), _col(inv_std, x3)
-    xh = _xhat(x3, m, s, np.empty_like(x3))
+    cen = np.subtract(x3, m)  # (kept for the input gradient, where _backward_blocks computes it again)
+    xh = np.multiply(cen, s)
     gb = dy3
     if relu:  # as in _backward_blocks
         z = _z(xh, _col(gamma, x3), _col(beta, x3), np.empty_like(x3))
@@ -256,8 +257,7 @@ def _backward_whole(dy, x, mean, inv_std, gamma, beta, relu, training):
     per = dt(1.0 / (x3.size // c))
     mean_dy = _col(dbeta * per, x3)
     xhat_dyx = s * _col(dgamma * per, x3)
-    proj = np.subtract(x3, m, out=xh)
-    proj *= xhat_dyx
+    proj = np.multiply(cen, xhat_dyx, out=cen)
     np.subtract(gb, mean_dy, out=dx3)
     dx3 -= proj
     dx3 *= scale

@@ -131,7 +131,8 @@ def _batchnorm(c, x4, gamma, beta, bn_param):
     # (zeros made only where the dict has none: bn_param.get(key, zeros) makes them at every call)
     running_mean = bn_param["running_mean"] if "running_mean" in bn_param else host.zeros(channels, dtype=c.dtype)
     running_var = bn_param["running_var"] if "running_var" in bn_param else host.zeros(channels, dtype=c.dtype)
-    g, b = (a if a.ndim == 1 else a.reshape(channels) for a in (c.param(gamma), c.param(beta)))
+    g, b = c.param(gamma), c.param(beta)
+    g, b = (g if g.ndim == 1 else g.reshape(channels)), (b if b.ndim == 1 else b.reshape(channels))
     if mode == "test":
         # the assignment stores the statistics it used, zeros when there were none
         bn_param["running_mean"], bn_param["running_var"] = running_mean, running_var
