@@ -554,6 +554,56 @@ def test_batchnorm_running_stats_follow_cs231n_momentum(spatial):
 
 
 @pytest.mark.parametrize("spatial", [False, True])
+@pytest.mark.parametrize("low", ["float16", "bfloat16"])
+def test_batchnorm_on_low_precision_arrays_follows_the_precision_rule(spatial, low):
+    """A student's bfloat16/float16 arrays throughout: the op computes in float32 (its gamma, beta
+    and statistics float32), and everything the caller gets back, out, dx, dgamma, dbeta and
+    bn_param's running statistics, is in the arrays' dtype, each the float32 result rounded once."""
+    import ml_dtypes
+    dt = np.dtype(ml_dtypes.bfloat16 if low == "bfloat16" else np.float16)
+    shape, axes = ((8, 3, 2, 2), (0, 2, 3)) if spatial else ((8, 3), 0)
+    fwd, bwd = ((C.spatial_batchnorm_forward, C.spatial_batchnorm_backward) if spatial
+                else (C.batchnorm_forward, C.batchnorm_backward))
+    x, dout = (2 * randn(*shape) + 1).astype(dt), randn(*shape).astype(dt)
+    gamma, beta = (randn(3) + 1).astype(dt), randn(3).astype(dt)
+    bn_param = {"mode": "train", "momentum": 0.5}
+    out, cache = fwd(x, gamma, beta, bn_param)
+    dx, dgamma, dbeta = bwd(dout, cache)
+    x4 = x.reshape(8, 3, 1, 1) if not spatial else x
+    f32 = np.float32
+    want, oc = ops.batchnorm2d_forward(x4, gamma.astype(f32), beta.astype(f32), np.zeros(3, f32), np.zeros(3, f32),
+                                       training=True, momentum=1.0)
+    wdx, wdg, wdb = ops.batchnorm2d_backward(dout.reshape(x4.shape), oc)
+    assert all(a.dtype == dt for a in (out, dx, dgamma, dbeta, bn_param["running_mean"], bn_param["running_var"]))
+    np.testing.assert_array_equal(out, want.reshape(shape))
+    np.testing.assert_array_equal(dx, wdx.reshape(shape))
+    np.testing.assert_array_equal(dgamma, wdg.astype(dt))
+    np.testing.assert_array_equal(dbeta, wdb.astype(dt))
+    x64 = x.astype(np.float64)  # the running statistics: within a few roundings of float64's blend
+    tol = 8 * float(np.finfo(f32).eps) + 4 * float(2.0 ** -(8 if low == "bfloat16" else 11))
+    assert np.allclose(bn_param["running_mean"].astype(np.float64), 0.5 * x64.mean(axis=axes), rtol=tol, atol=tol)
+    assert np.allclose(bn_param["running_var"].astype(np.float64), 0.5 * x64.var(axis=axes), rtol=tol, atol=tol)
+    bn_param["mode"] = "test"
+    out_test, _ = fwd(x, gamma, beta, bn_param)
+    assert out_test.dtype == dt and np.isfinite(out_test.astype(np.float64)).all()
+
+
+@pytest.mark.parametrize("spatial", [False, True])
+@pytest.mark.parametrize("mode", ["train", "test"])
+def test_batchnorm_running_statistics_of_another_width_are_named(spatial, mode):
+    """bn_param carried over from a layer of another width: a clear error naming the key and the
+    shape it needs, not NumPy's broadcasting error from inside the running update."""
+    x = randn(4, 5, 2, 2) if spatial else randn(4, 5)
+    fwd = C.spatial_batchnorm_forward if spatial else C.batchnorm_forward
+    for key in ("running_mean", "running_var"):
+        bn_param = {"mode": mode, "running_mean": np.zeros(5), "running_var": np.ones(5)}
+        bn_param[key] = np.zeros(3)
+        with pytest.raises(ValueError, match=rf"bn_param\['{key}'\] must hold one value per channel of x, "
+                                             r"shape \(5,\), got ndarray of shape \(3,\)"):
+            fwd(x, np.ones(5), np.zeros(5), bn_param)
+
+
+@pytest.mark.parametrize("spatial", [False, True])
 def test_batchnorm_of_an_empty_batch_leaves_the_running_statistics(spatial):
     """An empty training batch: an empty out, bn_param's running statistics as they were (the
     assignment's formulas would make them NaN; the op, as PyTorch, leaves its own unchanged), an

@@ -23,6 +23,7 @@ import numpy as np
 from ... import ops
 from ...backend import device_of, get_array_module, is_cupy_array, to_device
 from ...ops.dropout import keep_bits
+from ...precision import compute_dtype, round_once
 from ._basic import param
 from ._call import Cache, backward_call, open_backward, open_call
 from ._device import download
@@ -90,10 +91,11 @@ def _check_per_channel(gamma, beta, channels, shapes, what, letter):
 
 
 def _in_shapes_of(c, cache, dgamma, dbeta):
-    """dgamma and dbeta as the caller gets them, in the shapes of the forward's gamma and beta."""
+    """dgamma and dbeta as the caller gets them, in the shapes of the forward's gamma and beta and
+    the call's dtype (the op keeps them in its compute dtype: float32 for bfloat16/float16)."""
     gamma, beta = cache[1], cache[2]
-    return (c.out(dgamma.reshape(getattr(gamma, "shape", dgamma.shape))),
-            c.out(dbeta.reshape(getattr(beta, "shape", dbeta.shape))))
+    return (c.out(round_once(dgamma, c.dtype).reshape(getattr(gamma, "shape", dgamma.shape))),
+            c.out(round_once(dbeta, c.dtype).reshape(getattr(beta, "shape", dbeta.shape))))
 
 
 def _bn_backward_call(dout, cache, forward_name):
@@ -131,12 +133,20 @@ def _batchnorm(c, x4, gamma, beta, bn_param):
     # (zeros made only where the dict has none: bn_param.get(key, zeros) makes them at every call)
     running_mean = bn_param["running_mean"] if "running_mean" in bn_param else host.zeros(channels, dtype=c.dtype)
     running_var = bn_param["running_var"] if "running_var" in bn_param else host.zeros(channels, dtype=c.dtype)
-    g, b = c.param(gamma), c.param(beta)
-    g, b = (g if g.ndim == 1 else g.reshape(channels)), (b if b.ndim == 1 else b.reshape(channels))
+    for key, v in (("running_mean", running_mean), ("running_var", running_var)):
+        if getattr(v, "size", None) != channels or getattr(v, "ndim", 0) < 1:
+            raise ValueError(f"bn_param[{key!r}] must hold one value per channel of x, shape ({channels},), got "
+                             f"{type(v).__name__} of shape {getattr(v, 'shape', None)}: it was made for another "
+                             f"layer or width; start from a fresh bn_param (or delete the key)")
+    # The op keeps gamma, beta and the statistics in x's compute dtype (float32 for bfloat16/float16
+    # arrays); what the caller gets back is in the call's dtype, as NumPy's arithmetic would give it.
+    pd = compute_dtype(c.dtype)
+    g, b = _per_channel(c.param(gamma), channels, pd), _per_channel(c.param(beta), channels, pd)
     if mode == "test":
         # the assignment stores the statistics it used, zeros when there were none
         bn_param["running_mean"], bn_param["running_var"] = running_mean, running_var
-        return ops.batchnorm2d_forward(x4, g, b, c.arg(running_mean), c.arg(running_var), training=False,
+        return ops.batchnorm2d_forward(x4, g, b, _per_channel(c.arg(running_mean), channels, pd),
+                                       _per_channel(c.arg(running_var), channels, pd), training=False,
                                        momentum=0.0, eps=eps)
     count = x4.shape[0] * x4.shape[2] * x4.shape[3]
     if count == 0:
@@ -149,22 +159,28 @@ def _batchnorm(c, x4, gamma, beta, bn_param):
         # out = beta and a zero input gradient, where the op (as PyTorch) refuses to estimate a
         # variance. The op's eval mode on those statistics computes it; its cache, marked as a
         # training one, gives the training backward (xhat = 0: dx = 0, dgamma = 0, dbeta = dout).
-        batch_mean = x4.reshape(channels).astype(c.dtype)
-        biased = xp.zeros(channels, dtype=c.dtype)
+        batch_mean = x4.reshape(channels).astype(pd)
+        biased = xp.zeros(channels, dtype=pd)
         out, oc = ops.batchnorm2d_forward(x4, g, b, batch_mean, biased, training=False, momentum=0.0, eps=eps)
         oc = oc._replace(training=True)
     else:
         # The op keeps PyTorch's running statistics; with momentum 1 into fresh buffers it hands back
         # exactly this batch's mean and unbiased variance, from which CS231n's update follows.
-        batch_mean = xp.zeros(channels, dtype=c.dtype)
-        batch_var = xp.zeros(channels, dtype=c.dtype)
+        batch_mean = xp.zeros(channels, dtype=pd)
+        batch_var = xp.zeros(channels, dtype=pd)
         out, oc = ops.batchnorm2d_forward(x4, g, b, batch_mean, batch_var, training=True, momentum=1.0, eps=eps)
         biased = batch_var * ((count - 1) / count)
+    batch_mean, biased = round_once(batch_mean, c.dtype), round_once(biased, c.dtype)
     if on_host:
         batch_mean, biased = download(batch_mean), download(biased)
     bn_param["running_mean"] = momentum * running_mean + (1 - momentum) * batch_mean
     bn_param["running_var"] = momentum * running_var + (1 - momentum) * biased
     return out, oc
+
+
+def _per_channel(a, channels, dtype):
+    """A per-channel array as the op takes it: (channels,) in ``dtype``."""
+    return round_once(a if a.ndim == 1 else a.reshape(channels), dtype)
 
 
 # ----------------------------------------------------------------------------- layer and group norm
