@@ -86,6 +86,9 @@ def is_cupy_array(x) -> bool:
     return cp is not None and isinstance(x, cp.ndarray)
 
 
+_IS_CUPY_ARRAY = is_cupy_array  # (get_array_module asks its isinstance itself while it is this one)
+
+
 # ----------------------------------------------------------------------------- devices
 @dataclass(frozen=True)
 class Device:
@@ -247,17 +250,23 @@ def get_array_module(*arrays, names=None):
     cp = cupy_module()
     if cp is None:  # no CuPy: whatever was passed, the arrays are NumPy's
         return np
-    first_np = first_cp = None
+    # is_cupy_array's answer, its isinstance asked here (with ``cp``, the module it would look up
+    # again) where it is this module's own (tests stand a predicate of their own in for it)
+    gpu_array = cp.ndarray if is_cupy_array is _IS_CUPY_ARRAY else None
+    first_np = first_cp = here = None
     for i, a in enumerate(arrays):
         if type(a) is np.ndarray:
             first_np = i if first_np is None else first_np
         elif a is None or isinstance(a, (int, float, bool, np.generic)):
             continue
-        elif is_cupy_array(a):
+        elif isinstance(a, gpu_array) if gpu_array is not None else is_cupy_array(a):
             if first_cp is None:
                 first_cp = i
-            elif device_id(a) != device_id(arrays[first_cp]):
-                here, there = device_id(arrays[first_cp]), device_id(a)
+                continue
+            if here is None:  # (the first one's GPU, read once)
+                here = device_id(arrays[first_cp])
+            if device_id(a) != here:
+                there = device_id(a)
                 raise DeviceMismatchError(
                     f"{_arg_name(names, first_cp)} is on cuda:{here} and {_arg_name(names, i)} on cuda:{there}: put "
                     f"both on one GPU first, e.g. gpuconv.to_device(x, 'cuda:{here}')")
@@ -285,8 +294,11 @@ def array_device_context(arrays):
     allocates on, and launches to, the current device); a no-op context when there is none. When
     the arrays already sit on the current device (the common case) CuPy skips cudaSetDevice."""
     for a in arrays:
-        if is_cupy_array(a):
-            return cupy_module().cuda.Device(device_id(a))
+        if type(a) is np.ndarray:  # (NumPy's answered without a call)
+            continue
+        cp = cupy_module()  # (is_cupy_array's test, made here with the module the context needs)
+        if cp is not None and (isinstance(a, cp.ndarray) if is_cupy_array is _IS_CUPY_ARRAY else is_cupy_array(a)):
+            return cp.cuda.Device(device_id(a))
     return contextlib.nullcontext()
 
 

@@ -3,11 +3,12 @@ arguments' checks and the launch itself."""
 from __future__ import annotations
 
 import functools
+import os
 
 import numpy as np
 
 from .. import _env, backend, layout  # backend: read at each call (tests fake CuPy by patching it)
-from . import _log, _registry, _sources
+from . import _log, _registry, _sim, _sources
 
 
 # Streaming multiprocessors the launch geometry plans for. On 'cuda' the device's own count; the
@@ -169,6 +170,8 @@ def address(a) -> int:
     """The address of a NumPy or CuPy array's first element (what alignment rules are about)."""
     if type(a) is np.ndarray:  # read off the array interface: no ctypes object made per launch
         return a.__array_interface__["data"][0]
+    if type(a) is getattr(backend.cupy_module(), "ndarray", None):  # CuPy's own (as vec_lanes reads it)
+        return a.data.ptr
     return a.data.ptr if backend.is_cupy_array(a) else a.ctypes.data
 
 
@@ -221,12 +224,17 @@ def tickets(like, count: int, device=False):
 
 def array_device(arrays) -> int | None:
     """The CUDA device id of the first CuPy array in ``arrays`` (None when there is none)."""
-    cp = backend.cupy_module()
-    if cp is not None:
-        ndarray = cp.ndarray  # looked up once: this runs on every launch
-        for a in arrays:
-            if type(a) is not np.ndarray and isinstance(a, ndarray):  # (NumPy's: the simulator's)
-                return backend.device_id(a)
+    ndarray = None
+    for a in arrays:
+        if type(a) is np.ndarray or a is None:  # (NumPy's, the simulator's: no CuPy looked up for them)
+            continue
+        if ndarray is None:  # looked up once, at the first other argument: this runs on every launch
+            cp = backend.cupy_module()
+            if cp is None:
+                return None
+            ndarray = cp.ndarray
+        if isinstance(a, ndarray):
+            return backend.device_id(a)
     return None
 
 
@@ -237,14 +245,24 @@ def launch(op_file: str, kernel: str, dtype, target: str, grid, block, args, sha
     array in ``args``), made current for the launch."""
     if _log._launch_logs.get():
         _log._log_launch(kernel, grid, block, target, dtype, tf32)
+    # The function is :func:`get_function`'s, read here off its memo by the key it keeps it under
+    # (the arguments as given and the variables' raw values: the same look-up, without its call
+    # at every launch); a miss, or a get_function replaced (tests fake one), asks get_function.
+    fast = os.environ is _env._environ and _registry.get_function is _registry._GET_FUNCTION
     if target != "cuda":
-        fn = _registry.get_function(op_file, kernel, dtype, target, tf32=tf32)
+        fn = _registry._functions.get((op_file, kernel, dtype, tf32, target, _sim._sim_arch.get(),
+                                       _registry._KERNELS_DIR(), None)) if fast else None
+        if fn is None:
+            fn = _registry.get_function(op_file, kernel, dtype, target, tf32=tf32)
         fn(tuple(grid), tuple(block), tuple(args), shared_mem=shared_mem)
         return
     if device is None:
         device = array_device(args)
     with backend.cupy_module().cuda.Device(device):  # the module is loaded on the current device
-        fn = _registry.get_function(op_file, kernel, dtype, target, device, tf32)
+        fn = _registry._functions.get((op_file, kernel, dtype, tf32, target, device, _registry._KERNELS_DIR(),
+                                       _registry._WGMMA() if op_file in _sources.ARCH_SPECIFIC else None)) if fast else None
+        if fn is None:
+            fn = _registry.get_function(op_file, kernel, dtype, target, device, tf32)
         if shared_mem > DEFAULT_DYNAMIC_SHARED:
             _allow_dynamic_shared(fn, shared_mem)
         fn(tuple(grid), tuple(block), tuple(args), shared_mem=shared_mem)

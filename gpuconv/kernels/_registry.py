@@ -109,6 +109,8 @@ def get_function(op_file: str, name: str, dtype, target: str, device: int | None
     return fn
 
 
+_GET_FUNCTION = get_function  # kernels.launch reads the memo itself only while this is the get_function
+
 
 def clear_cache():
     """Forget compiled modules (the on-disk caches, :func:`cuda_cache_dir` and the simulator's, stay)."""
