@@ -40,6 +40,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import kernels, layout
+from ..kernels._log import _launch_logs
 from ..backend import array_device_context, kernel_target
 from ._checks import cached, check_float, check_same_dtype
 
@@ -109,16 +110,17 @@ def call_elementwise_backward(op_name, reference, dy, cache, saved="x"):
 
 
 def _run(op_name, target, reference, args):
-    launcher = None if target is None else _LAUNCHERS.get((op_name, target))  # get_launcher(op_name, target)
+    """``op_name`` on the kernel target ``target`` (not None): its launcher, else ``reference``."""
+    launcher = _LAUNCHERS.get((op_name, target))  # get_launcher(op_name, target)
     if launcher is not None:
         out = launcher(*args, target=target)
         if out is not NotImplemented:
-            if target is not None:
+            if _launch_logs.get():  # (log_dispatch's loop, asked only where a launch log is open)
                 kernels.log_dispatch(op_name, target, "kernel")
             return _keep_layout(args, out)
-    if target is not None:  # the launch log tells a kernel op that fell back from one that has none
-        path = ("declined" if launcher is not None else "no-launcher" if has_kernels(op_name) else "reference")
-        kernels.log_dispatch(op_name, target, path)
+    # the launch log tells a kernel op that fell back from one that has none
+    path = ("declined" if launcher is not None else "no-launcher" if has_kernels(op_name) else "reference")
+    kernels.log_dispatch(op_name, target, path)
     return _keep_layout(args, reference(*args))
 
 
@@ -126,6 +128,15 @@ def _keep_layout(args, out):
     """``out`` with its activation (the result itself, or the first of a tuple: y of (y, cache),
     dx of (dx, dw, db)) channels_last when the first 4-D array among ``args`` is. Parameter
     gradients keep the parameters' own layout."""
+    # An activation in NHWC memory already is what a channels_last ``args`` asks for, and any other
+    # is left as it is: answered without looking at ``args`` (layout.nhwc_memory_of's test, read
+    # off NumPy's flags for a NumPy array, off the shape-and-strides memo for another).
+    y = out[0] if type(out) is tuple else out
+    if type(y) is np.ndarray:
+        if y.ndim != 4 or (not y.flags.c_contiguous and y.transpose(layout.NHWC).flags.c_contiguous):
+            return out
+    elif getattr(y, "ndim", None) != 4 or layout._orders_by_strides(y.shape, y.strides, y.itemsize)[1]:
+        return out
     for ref in args:  # the first 4-D array
         if getattr(ref, "ndim", None) == 4:
             break
