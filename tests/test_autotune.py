@@ -404,8 +404,8 @@ def test_a_candidate_with_wrong_results_is_left_out_however_fast(fake_timer, mon
     from gpuconv.ops import _launch_conv2d_tc as tc
     real = tc.forward
 
-    def off_by_a_bit(x, w, b, stride, padding, tf32, relu, *, target, variant="tc"):
-        y = real(x, w, b, stride, padding, tf32, relu, target=target, variant=variant)
+    def off_by_a_bit(x, w, b, stride, padding, tf32, relu, *, target, variant="tc", **kwargs):
+        y = real(x, w, b, stride, padding, tf32, relu, target=target, variant=variant, **kwargs)
         if variant == "tcwg":
             y[0, 0, 0, 0] += 1.0  # one output of a few hundred, wrong
         return y

@@ -105,8 +105,11 @@ def _reduce(kernel, dtype, target, inputs, outputs, acc_dtype, c, hw, count, cl,
     grid, block, size, groups, sizes, last = _plan((kernel, c, hw, count, cl), _reduce_plan, kernel, c, hw, count, cl)
     partial = (xp or get_array_module(inputs[0])).empty(size, acc_dtype)
     tickets = kernels.tickets(inputs[0], groups, device)
-    _launch(kernel, dtype, target, grid, block, inputs + (partial,) + outputs + (tickets,) + sizes + scalars + last,
-            device, cl and not memory)
+    args = inputs + (partial,) + outputs + (tickets,) + sizes + scalars + last
+    if memory:  # (the arrays as given: no _launch, whose only work would be the memory orders)
+        kernels.launch("batchnorm", kernel, dtype, target, grid, block, args, device=device)
+    else:
+        _launch(kernel, dtype, target, grid, block, args, device, cl)
 
 
 def _elementwise(kernel, dtype, target, arrays, scalars, c, hw, cl, device, memory=False):
@@ -118,7 +121,10 @@ def _elementwise(kernel, dtype, target, arrays, scalars, c, hw, cl, device, memo
     forms = _plan((kernel, total, c, hw, cl, itemsize, target, device), _elementwise_plan, kernel, total, c, hw, cl,
                   itemsize, target, device)
     name, grid, block, sizes, last = forms[kernels.vec_lanes(arrays, c, cl) if len(forms) > 1 else 1]
-    _launch(name, dtype, target, grid, block, arrays + sizes + scalars + last, device, cl and not memory)
+    if memory:
+        kernels.launch("batchnorm", name, dtype, target, grid, block, arrays + sizes + scalars + last, device=device)
+    else:
+        _launch(name, dtype, target, grid, block, arrays + sizes + scalars + last, device, cl)
 
 
 # The layout the launchers run their 4-D arrays in and their memory orders (layout.memory_order),

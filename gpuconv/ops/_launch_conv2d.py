@@ -149,7 +149,7 @@ def conv2d_forward_kernel(x, w, b, stride, padding, tf32=False, *, target, relu=
 def _forward(x, w, b, stride, padding, tf32, relu, target, var, device):
     """y of variant ``var`` (a tensor-core one falls back to v2 where it does not compute)."""
     if var in tc.SHAPES:
-        y = tc.forward(x, w, b, stride, padding, tf32, relu, target=target, variant=var)
+        y = tc.forward(x, w, b, stride, padding, tf32, relu, target=target, variant=var, device=device)
         if y is not None:
             return y
         var = "v2"  # no tensor-core format for this dtype

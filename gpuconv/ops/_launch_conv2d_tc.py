@@ -224,12 +224,13 @@ def _launch_plan(name, variant, dtype, target, rows, cols, tf32, device, splits=
     return plan
 
 
-def forward(x, w, b, stride, padding, tf32, relu, *, target, variant="tc"):
+def forward(x, w, b, stride, padding, tf32, relu, *, target, variant="tc", device=_UNKNOWN):
     """y = conv2d(x, w) + b (ReLU when ``relu``) on tensor cores, or None (see the module doc);
     ``variant`` 'tc' (64x64 tiles), 'tc128' (128x128, 8 warps), 'tc128w' (128x128, 4 warps), 'tcwg'
     (128x128, 2 warpgroups on wgmma), 'tcwg256' (128x256, the same), 'tcwgn64' (256x64, the same) or
-    'tcwgm64' (64x128, one warpgroup)."""
-    device = kernels.array_device([x])
+    'tcwgm64' (64x128, one warpgroup). ``device``: x's, where the caller has it."""
+    if device is _UNKNOWN:
+        device = kernels.array_device([x])
     has_bias = b is not None
     plan = _plan(("forward", variant, x.shape, w.shape, x.dtype, tf32, stride, padding, has_bias, relu, target, device,
                   kernels.launch_setting(target)),
