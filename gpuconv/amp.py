@@ -177,22 +177,25 @@ def _cast_each(params, dtype, backward: bool = True):
         if not target:
             p.compute = data.astype(dt)
             continue
+        # data's GPU (kernels.array_device's answer: on 'cuda' data is a CuPy array), None on the simulator
+        device = backend.device_id(data) if target == "cuda" else None
         pack = (backward or id(p) in forward_packed) and id(p) not in unpacked and data.ndim == 4
         if pack:  # where the tensor cores read the packing: asked once per device in a call
-            where = (type(data), None if type(data) is np.ndarray else kernels.array_device([data]))
+            where = (type(data), device)
             pack = cores.get(where)
             if pack is None:
                 pack = cores[where] = bool(_tensor_cores(data, dt))
         nhwc = id(p) not in unpacked
         if target == "cuda":
-            with backend.array_device_context((data,)):  # CuPy allocates on the current device
-                p.compute, packed = _copies(backend.get_array_module(data), data, dt, pack, nhwc)
+            cp = backend.cupy_module()
+            with cp.cuda.Device(device):  # CuPy allocates on the current device
+                p.compute, packed = _copies(cp, data, dt, pack, nhwc)
         else:
             p.compute, packed = _copies(np, data, dt, pack, nhwc)
-        batch.append((data, p.compute, 0))
+        batch.append((data, p.compute, 0, device))
         if packed is not None:
             tc.pack_for_data_gradient(p.compute, packed)
-            batch.append((data, packed, data.shape[0]))
+            batch.append((data, packed, data.shape[0], device))
         while len(batch) >= CAST_TENSORS:
             _launch_cast(batch[:CAST_TENSORS])
             batch = batch[CAST_TENSORS:]
@@ -233,13 +236,14 @@ def _data_gradient_filters(xp, w, dt):
 
 
 def _launch_cast(batch):
-    """cast_parameters over up to CAST_TENSORS ``(src, dst, rows)`` slots, a launch per device and
-    dtype (:func:`gpuconv.kernels.launch_slots`). A 4-D ``dst`` is channels_last: written in its
-    NHWC memory order from the OIHW ``src`` (an OIHW ``dst`` in order); with ``rows`` (the filters'
-    count) ``dst`` is the data gradient's (C, FH, FW, K padded) copy."""
+    """cast_parameters over up to CAST_TENSORS ``(src, dst, rows, device)`` slots, a launch per
+    device (src's: :func:`gpuconv.kernels.array_device`) and dtype (:func:`gpuconv.kernels.launch_slots`).
+    A 4-D ``dst`` is channels_last: written in its NHWC memory order from the OIHW ``src`` (an OIHW
+    ``dst`` in order); with ``rows`` (the filters' count) ``dst`` is the data gradient's (C, FH, FW,
+    K padded) copy."""
     groups = {}
-    for src, dst, rows in batch:  # one launch per (device, dtype): a model is on one, in practice
-        groups.setdefault((kernels.array_device([src]), dst.dtype), []).append((src, dst, rows))
+    for src, dst, rows, device in batch:  # one launch per (device, dtype): a model is on one, in practice
+        groups.setdefault((device, dst.dtype), []).append((src, dst, rows))
     for (device, dt), items in groups.items():
         slots = []
         for src, dst, rows in items:

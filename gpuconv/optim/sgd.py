@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import kernels
+from .. import backend, kernels
 from ..backend import get_array_module, kernel_target
 from ..layers import _only
 from ..ops._checks import check_bool
@@ -61,8 +61,9 @@ class SGD(Optimizer):
                 self._update(p, state, h)
                 continue
             lr = self._lr_of[id(p)]
+            # (p.data's GPU, kernels.array_device's answer: a CuPy array on 'cuda'; None elsewhere)
             key = (id(lr), h["momentum"], h["weight_decay"], bool(h["nesterov"]), p.data.dtype,
-                   None if kind is np.ndarray else kernels.array_device([p.data]))
+                   backend.device_id(p.data) if target == "cuda" else None)
             batches.setdefault(key, (lr, h, []))[2].append(item)
         for lr, h, items in batches.values():
             # Launches of similar sizes: the grid is sized for a launch's largest parameter (a stable
