@@ -97,6 +97,28 @@ def test_a_geometry_is_timed_once_and_a_new_one_again(fake_timer):
     assert set(kernels.tuning_times()[next(iter(kernels.tuned_variants()))]) == set(kernels.TC_VARIANTS)
 
 
+def test_a_tuned_geometry_runs_its_choice_without_resolving_it_again(fake_timer, monkeypatch):
+    """Once a geometry is tuned its launches take the table's choice from the per-launch memo
+    (kernels.resolve, and the run function it is handed, not asked again), with the bits of the
+    tuning step; a table loaded over it is followed at the next launch."""
+    x, w = _conv_case()
+    real, asked = kernels.resolve, []
+    with gpuconv.default_device("sim"), kernels.autotuning():
+        first = _forward_backward(x, w)
+        _forward_backward(x, w)  # (the table's per-launch memo is filled at the first launch after the tuning)
+        monkeypatch.setattr(kernels, "resolve", lambda *a, **k: asked.append(a[0]) or real(*a, **k))
+        again = _forward_backward(x, w)
+        assert asked == []
+        kernels.load_tuned_variants({k: "tc" for k in kernels.tuned_variants()})
+        with kernels.launch_log() as log:
+            _forward_backward(x, w)
+    assert sorted(asked) == sorted(FAMILIES)
+    for a, b in zip(first, again):
+        assert np.array_equal(np.asarray(a).view(np.uint16), np.asarray(b).view(np.uint16))
+    convs = [n for n in log.names if n.startswith(FAMILIES)]
+    assert convs and all(n.endswith("_tc") for n in convs), convs
+
+
 def test_float32_tunes_the_cuda_core_variants(fake_timer):
     x, w = _conv_case(np.float32, channels_last=False)
     fake_timer.times.update(v1=0.5)  # v1 fastest, but it is a candidate only for a data gradient into few channels

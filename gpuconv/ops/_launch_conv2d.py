@@ -124,7 +124,14 @@ def _variant(family, dtype, tf32, channels, target, device, geometry, run):
     only when autotuning decides."""
     asked = kernels.variant(family, dtype, tf32)
     if asked == "auto" and target in kernels._TUNED_TARGETS and kernels.autotune_enabled():  # (autotunes(target))
-        return kernels.resolve(family, dtype, tf32, channels, target, run=run(), launch=lambda: (device, geometry()))
+        shape = geometry()
+        # a geometry tuned already: the table's choice, as kernels.resolve answers it (its memo read
+        # here, tuned_variant's fast look-up, without the calls and the run function)
+        var = kernels._tuned_fast.get((family, dtype, tf32, target, device, shape))
+        if var is not None and (var not in kernels.TC_VARIANTS
+                                or kernels.tensor_cores_for(target, lambda: device, dtype, tf32)):
+            return var
+        return kernels.resolve(family, dtype, tf32, channels, target, run=run(), launch=lambda: (device, shape))
     key = (family, asked, dtype, tf32, channels, target, device,
            kernels.current_sim_arch() if target == "sim" else None)
     var = _CHOSEN.get(key)
@@ -207,14 +214,20 @@ def conv2d_backward_data_kernel(dy, w, x_shape, stride, padding, tf32=False, *, 
                    lambda: (tuple(x_shape), w.shape, stride, padding, layout.is_channels_last(like)),
                    lambda: functools.partial(_backward_data, dy, w, x_shape, stride, padding, tf32, like, target,
                                              device=device))
-    return layout.like(like, _backward_data(dy, w, x_shape, stride, padding, tf32, like, target, var, device))
+    return _backward_data(dy, w, x_shape, stride, padding, tf32, like, target, var, device)
 
 
 def _backward_data(dy, w, x_shape, stride, padding, tf32, like, target, var, device):
+    """dx of variant ``var`` in the layout of ``like`` (the tensor-core kernels write it so; the
+    CUDA-core ones write NCHW, converted here)."""
     if var in tc.SHAPES and dy.size:
         dx = tc.backward_data(dy, w, x_shape, stride, padding, tf32, like, target=target, variant=var, device=device)
         if dx is not None:
             return dx
+    return layout.like(like, _backward_data_cuda_cores(dy, w, x_shape, stride, padding, tf32, target, var, device))
+
+
+def _backward_data_cuda_cores(dy, w, x_shape, stride, padding, tf32, target, var, device):
     if var in tc.SHAPES:
         var = "v2"
     xp = get_array_module(dy, w)
