@@ -148,6 +148,30 @@ def test_mixing_numpy_and_cupy_is_a_type_error(monkeypatch):
         B.get_array_module(_FakeCupyArray(0), _FakeCupyArray(1))
 
 
+def test_cupy_arrays_are_told_with_one_module_lookup_and_their_gpus_read_once(monkeypatch):
+    """get_array_module over several CuPy arrays looks the module up once (not again per array
+    through is_cupy_array) and reads each array's GPU once; array_device_context too (its Device from
+    the module looked up). A predicate a test stands in for is_cupy_array is still the one asked."""
+    class FakeArray:
+        def __init__(self, gpu=0):
+            self.gpu = gpu
+
+    made = []
+    fake = types.SimpleNamespace(ndarray=FakeArray, cuda=types.SimpleNamespace(Device=lambda i: made.append(i) or i))
+    lookups, ids = [], []
+    monkeypatch.setattr(B, "cupy_module", lambda: lookups.append(1) or fake)
+    monkeypatch.setattr(B, "device_id", lambda a: ids.append(a) or a.gpu)
+    arrays = [FakeArray(), FakeArray(), FakeArray()]
+    assert B.get_array_module(*arrays, None, 2.0) is fake
+    assert len(lookups) == 1 and len(ids) == len(arrays)
+    with pytest.raises(gpuconv.DeviceMismatchError, match="argument 0 is on cuda:0 and argument 1 on cuda:1"):
+        B.get_array_module(FakeArray(0), FakeArray(1))
+    lookups.clear()
+    assert B.array_device_context((np.zeros(1), FakeArray(1))) == 1 and made == [1] and len(lookups) == 1
+    monkeypatch.setattr(B, "is_cupy_array", lambda a: False)  # a test's own predicate decides
+    assert B.get_array_module(*arrays) is np
+
+
 class _OnGpu(np.ndarray):
     """A NumPy array the backend takes for a CuPy one (with is_cupy_array patched): one argument of
     an op 'on the GPU' while the others stay on the host."""

@@ -773,6 +773,40 @@ def test_cuda_launch_runs_on_the_arrays_or_the_given_device(monkeypatch):
     assert kernels.array_device([np.zeros(1), FakeArray()]) == 2 and kernels.array_device([np.zeros(1)]) is None
 
 
+def test_launch_reads_get_functions_memo_and_follows_the_kernels_directory(monkeypatch):
+    """kernels.launch takes a kernel function from get_function's memo itself (a launch per kernel
+    of a step asked it at every call): get_function is asked once per kernel, and again where
+    GPUCONV_KERNELS_DIR's raw value changed (read at every launch, as get_function reads it); a
+    get_function replaced (a test's fake) is asked at every launch."""
+    from gpuconv.kernels import _registry, _sources
+    asked = []
+    real = _registry.get_function
+
+    def counting(*args, **kwargs):
+        asked.append(args[1])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_registry, "get_function", counting)
+    monkeypatch.setattr(_registry, "_GET_FUNCTION", counting)  # (launch reads the memo for this one)
+    monkeypatch.delenv("GPUCONV_KERNELS_DIR", raising=False)
+    x = np.linspace(-1, 1, 8, dtype=np.float32)
+    for _ in range(3):
+        y = np.empty_like(x)
+        kernels.launch_1d("relu", "relu_forward_v1", "sim", (x, y))
+        np.testing.assert_array_equal(y, np.maximum(x, 0))
+    assert len(asked) <= 1  # (none where an earlier test left the function in the memo)
+    asked.clear()
+    monkeypatch.setenv("GPUCONV_KERNELS_DIR", str(_sources._shipped_kernel_dir()) + "/")  # the same files, another value
+    kernels.launch_1d("relu", "relu_forward_v1", "sim", (x, np.empty_like(x)))
+    kernels.launch_1d("relu", "relu_forward_v1", "sim", (x, np.empty_like(x)))
+    assert asked == ["relu_forward_v1"]
+    asked.clear()
+    monkeypatch.setattr(_registry, "_GET_FUNCTION", real)  # get_function replaced: asked at every launch
+    kernels.launch_1d("relu", "relu_forward_v1", "sim", (x, np.empty_like(x)))
+    kernels.launch_1d("relu", "relu_forward_v1", "sim", (x, np.empty_like(x)))
+    assert asked == ["relu_forward_v1"] * 2
+
+
 # ----------------------------------------------------------------------------- the fused loader kernel
 # Here rather than in test_augment_kernel.py, which must import without hypothesis (the GPU image).
 @settings(max_examples=20, deadline=None)

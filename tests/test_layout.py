@@ -83,6 +83,28 @@ def test_numpy_arrays_are_answered_by_their_flags(monkeypatch):
     assert asked == []
 
 
+def test_an_op_result_in_nhwc_memory_is_kept_without_asking_the_arguments_layout(monkeypatch):
+    """_keep_layout answers a result whose activation is in NHWC memory already (or is not 4-D)
+    without reading its arguments' layout (nothing would change whatever it is), on NumPy's flags or,
+    for another array, the shape-and-strides memo; an NCHW result of a channels_last call is still
+    converted."""
+    class Gpu(np.ndarray):  # an array NumPy's flags do not answer for (as CuPy's)
+        pass
+
+    x = np.zeros((2, 3, 4, 5), np.float32)
+    cl = layout.to_channels_last(x)
+    monkeypatch.setattr(layout, "is_channels_last", lambda a: pytest.fail("the arguments' layout was asked"))
+    for ref in (x, cl, cl.view(Gpu)):
+        assert _dispatch._keep_layout((ref,), cl) is cl
+        assert _dispatch._keep_layout((ref,), cl.view(Gpu)).strides == cl.strides
+        out = (cl, None, np.zeros(3))
+        assert _dispatch._keep_layout((ref, 1), out) is out
+        assert _dispatch._keep_layout((ref,), (None, x)) == (None, x)
+    monkeypatch.undo()
+    got = _dispatch._keep_layout((cl,), (x.copy(), 1))
+    assert layout.is_channels_last(got[0]) and got[1] == 1 and np.array_equal(got[0], x)
+
+
 def test_run_channels_last_is_every_array_nhwc_and_one_channels_last():
     """run_channels_last over arrays of every memory order (and non-4-D ones) answers what the
     flags of their NHWC transposes say: every one of them NHWC memory, at least one channels_last."""
