@@ -773,6 +773,21 @@ def test_cuda_launch_runs_on_the_arrays_or_the_given_device(monkeypatch):
     assert kernels.array_device([np.zeros(1), FakeArray()]) == 2 and kernels.array_device([np.zeros(1)]) is None
 
 
+def test_the_simulators_sanitize_default_follows_its_variable_at_every_launch(monkeypatch):
+    """$GPUCONV_SIM_SANITIZE is read at every simulator launch (its reading memoized by its raw
+    value): a change takes effect at the next launch, and a bad value is refused every time."""
+    from gpuconv.kernels import _sim
+    for value, want in (("1", True), ("0", False), ("yes", True), ("", False)):
+        monkeypatch.setenv("GPUCONV_SIM_SANITIZE", value)
+        assert _sim._sanitize_default() is want
+    monkeypatch.delenv("GPUCONV_SIM_SANITIZE")
+    assert _sim._sanitize_default() is False
+    monkeypatch.setenv("GPUCONV_SIM_SANITIZE", "maybe")
+    for _ in range(2):
+        with pytest.raises(ValueError, match="GPUCONV_SIM_SANITIZE='maybe'"):
+            _sim._sanitize_default()
+
+
 def test_launch_reads_get_functions_memo_and_follows_the_kernels_directory(monkeypatch):
     """kernels.launch takes a kernel function from get_function's memo itself (a launch per kernel
     of a step asked it at every call): get_function is asked once per kernel, and again where

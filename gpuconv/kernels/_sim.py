@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import os
 import threading
 
 from .. import _env
@@ -64,7 +65,7 @@ class _SimModuleHandle:
 
     def _module(self, sanitize):
         if sanitize is None:
-            sanitize = _env.flag("GPUCONV_SIM_SANITIZE")
+            sanitize = _sanitize_default()
         mod = self._mods.get(sanitize)  # every launch asks: no lock (a fork could find it held)
         if mod is not None:
             return mod
@@ -80,12 +81,38 @@ class _SimModuleHandle:
             return mod
 
     def get_function(self, name: str):
+        kernels = {}  # resolved sanitize flag -> the kernel of that module (each module's own, made once)
+
         def launch(grid, block, args, shared_mem=0):
-            opts = _sim_options()
-            fn = self._module(opts["sanitize"]).get_function(name)
-            return fn(tuple(grid), tuple(block), tuple(args), shared_mem=shared_mem, reverse=opts["reverse"])
+            opts = _sim_opts.get()  # (_sim_options, read without its call and its default's dict per launch)
+            sanitize, reverse = (None, None) if opts is None else (opts["sanitize"], opts["reverse"])
+            if sanitize is None:
+                sanitize = _sanitize_default()
+            fn = kernels.get(sanitize)
+            if fn is None:
+                fn = kernels[sanitize] = self._module(sanitize).get_function(name)
+            return fn(tuple(grid), tuple(block), tuple(args), shared_mem=shared_mem, reverse=reverse)
         launch.__name__ = name
         return launch
+
+
+# $GPUCONV_SIM_SANITIZE, read at every launch: its raw value -> its reading (env.flag's, parsed once)
+_SANITIZE_RAW = _env.reader("GPUCONV_SIM_SANITIZE")
+_sanitize_flags: dict = {}
+
+
+def _sanitize_default() -> bool:
+    """$GPUCONV_SIM_SANITIZE as a yes/no setting (:func:`gpuconv._env.flag`), at each call."""
+    if os.environ is not _env._environ:
+        return _env.flag("GPUCONV_SIM_SANITIZE")
+    raw = _SANITIZE_RAW()
+    flag = _sanitize_flags.get(raw)
+    if flag is None:  # (a bad value raises here, every time: never kept)
+        flag = _env.flag("GPUCONV_SIM_SANITIZE")
+        if len(_sanitize_flags) >= 64:
+            _sanitize_flags.clear()
+        _sanitize_flags[raw] = flag
+    return flag
 
 
 def current_sim_arch() -> int | None:
