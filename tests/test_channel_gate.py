@@ -230,3 +230,13 @@ def test_the_elementwise_grids_loop_over_images_and_elements(monkeypatch, channe
                                                     ("channel_gate_backward_data", (1, 2, 1))]
     ry, rc = ops.channel_gate_forward(x, gate)
     assert bits(y) == bits(ry) and bits(dx) == bits(ops.channel_gate_backward_data(dy, rc, add=add))
+
+
+def test_pooled_on_maps_without_pixels_gives_an_empty_dx(backend):
+    """H = 0: no pixel takes a share of the pooled gradient, on the reference as in the kernel (whose
+    launch has nothing to do): an empty dx, not a division of 1 by the H * W = 0 pixels."""
+    x = np.ones((2, 3, 0, 4), np.float32)
+    gate = np.full((2, 3, 1, 1), 0.5, np.float32)
+    _, cache = ops.channel_gate_forward(backend.asarray(x), backend.asarray(gate))
+    dx = ops.channel_gate_backward_data(backend.asarray(x), cache, pooled=backend.asarray(gate))
+    assert dx.shape == x.shape and dx.dtype == x.dtype

@@ -152,7 +152,7 @@ def _channel_gate_backward_data_reference(dy, cache, add=None, pooled=None):
         dx = binary("multiply", upcast(dy), upcast(cache.gate), is_channels_last(dy))
         if add is not None:
             dx += upcast(add)
-        if pooled is not None:
+        if pooled is not None and dx.size:  # (no pixels: no share, and no 1 / (H * W) to form)
             dx += upcast(pooled_share(pooled, tuple(dy.shape[2:])))
         return like(dy, round_once(dx, dy.dtype))
 
