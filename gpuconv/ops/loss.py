@@ -199,6 +199,13 @@ def _all_classes(labels, classes):
     return np.minimum.reduce(labels) >= 0 and np.maximum.reduce(labels) < classes
 
 
+def _divide(a, b):
+    """``a / b`` for a mean's divisor that is 0 where every row is ignored (or weighs 0): the mean is
+    NaN and its gradient's rows are masked, as in PyTorch, without NumPy's divide warnings."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return a / b
+
+
 def _softmax_cross_entropy_reference(logits, labels, eps, count_correct=False, grad_scale=None, reduction="mean",
                                      weight=None, ignore_index=None):
     dtype, logits = logits.dtype, upcast(logits)
@@ -239,7 +246,7 @@ def _softmax_cross_entropy_reference(logits, labels, eps, count_correct=False, g
     if reduction == "none":
         loss = per_row
     else:
-        loss = xp.asarray(per_row.sum() / divisor if reduction == "mean" else per_row.sum(), dtype=logits.dtype)
+        loss = xp.asarray(_divide(per_row.sum(), divisor) if reduction == "mean" else per_row.sum(), dtype=logits.dtype)
 
     if weight is None:
         dlogits = probs
@@ -254,7 +261,7 @@ def _softmax_cross_entropy_reference(logits, labels, eps, count_correct=False, g
             dlogits = dlogits - eps_c * weight
         dlogits[rows, idx] -= keep_w
     if reduction == "mean":
-        dlogits *= dt(1.0 / n) if stats is None else dt(1) / stats[1]
+        dlogits *= dt(1.0 / n) if stats is None else _divide(dt(1), stats[1])
     if grad_scale is not None:
         dlogits *= grad_scale
     if not plain:
