@@ -245,8 +245,11 @@ def _softmax_cross_entropy_reference(logits, labels, eps, count_correct=False, g
     # xp.asarray keeps a 0-d array (NumPy's sum would give a scalar); on CuPy it stays on the GPU.
     if reduction == "none":
         loss = per_row
-    else:
-        loss = xp.asarray(_divide(per_row.sum(), divisor) if reduction == "mean" else per_row.sum(), dtype=logits.dtype)
+    elif reduction == "sum":
+        loss = xp.asarray(per_row.sum(), dtype=logits.dtype)
+    else:  # (errstate only where the divisor can be 0: entering it costs a few microseconds a call)
+        loss = xp.asarray(per_row.sum() / divisor if stats is None else _divide(per_row.sum(), divisor),
+                          dtype=logits.dtype)
 
     if weight is None:
         dlogits = probs
