@@ -472,3 +472,29 @@ def test_channel_gate_and_a_low_precision_transposed_bias_copy_nothing_with_cupy
     assert copies == [], copies
     want, _ = ops.conv_transpose2d_forward(*(np.asarray(a[k]).view(np.ndarray) for k in ("x", "w", "b")), stride=2)
     np.testing.assert_array_equal(np.asarray(y).astype(np.float32), want.astype(np.float32))  # (NumPy's reference)
+
+
+def test_batch_norm_passes_its_float32_vectors_on_the_gpu_without_converting_them(fake_second_gpu, monkeypatch):
+    """Batch norm's launchers take parameters and statistics that are contiguous float32 already as
+    they are, on the GPU's path (CuPy's module, kernels on the simulator): no ascontiguousarray call
+    for them; a strided running statistic is still made contiguous, and updated in place through
+    its copy, to the same values."""
+    gpu = fake_second_gpu
+    _fake_gpu_kernels_on_the_simulator(gpu, monkeypatch)
+    rng = np.random.default_rng(4)
+    x = gpu.on(gpuconv.to_channels_last(rng.standard_normal((2, 8, 4, 4)).astype(ml_dtypes.bfloat16)))
+    dy = gpu.on(gpuconv.to_channels_last(rng.standard_normal((2, 8, 4, 4)).astype(ml_dtypes.bfloat16)))
+    gamma, beta = gpu.on(rng.standard_normal(8).astype(np.float32)), gpu.on(rng.standard_normal(8).astype(np.float32))
+    results = []
+    for strided in (False, True):
+        rm = gpu.on(np.zeros(16 if strided else 8, np.float32))[::2 if strided else 1]
+        rv = gpu.on(np.ones(8, np.float32))
+        gpu.calls.clear()
+        y, cache = batchnorm2d_forward(x, gamma, beta, rm, rv, training=True)
+        dx, dgamma, dbeta = batchnorm2d_backward(dy, cache)
+        converted = [name for name, _ in gpu.calls if name == "ascontiguousarray"]
+        assert converted == (["ascontiguousarray"] if strided else []), converted
+        results.append([np.asarray(a).copy() for a in (y, dx, dgamma, dbeta, rm, rv)])
+    assert not np.all(results[0][4] == 0)  # (the running mean moved)
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)

@@ -145,6 +145,15 @@ def _layout_plan(key, arrays, was_channels_last=False):
     return remember(_LAYOUTS, key, plan)
 
 
+def _compute(xp, cd, *vectors):
+    """``vectors`` (per-channel parameters and statistics; None kept) as contiguous ``cd`` arrays: each
+    one that already is, itself (what ``xp.ascontiguousarray`` returns for it), without the call."""
+    out = []
+    for v in vectors:
+        out.append(v if v is None or (v.dtype is cd and v.flags.c_contiguous) else xp.ascontiguousarray(v, dtype=cd))
+    return out
+
+
 def _output(xp, shape, dtype, cl, view):
     """A new (N, C, H, W) output in the layout ``cl`` (as layout.empty) and its memory order."""
     if not cl:
@@ -171,12 +180,12 @@ def batchnorm2d_forward_kernel(x, gamma, beta, running_mean, running_var, traini
         x = xp.ascontiguousarray(x)
     xm = x.transpose(layout.NHWC) if x_view else x  # its memory order
     device = kernels.array_device((x,))
-    gamma, beta = xp.ascontiguousarray(gamma, dtype=cd), xp.ascontiguousarray(beta, dtype=cd)
+    # The running statistics are updated in place: a non-contiguous one is updated through a copy.
+    gamma, beta, rm, rv = _compute(xp, cd, gamma, beta, running_mean, running_var)
     inv_std = xp.empty(c, cd)
     has_running = running_mean is not None
-    # The running statistics are updated in place: a non-contiguous one is updated through a copy.
-    rm = xp.ascontiguousarray(running_mean, dtype=cd) if has_running else inv_std
-    rv = xp.ascontiguousarray(running_var, dtype=cd) if has_running else inv_std
+    if not has_running:
+        rm = rv = inv_std
     dtype = x.dtype
     if training:
         mean = xp.empty(c, cd)
@@ -217,9 +226,8 @@ def batchnorm2d_backward_kernel(dy, cache, *, target):
     dym = dy.transpose(layout.NHWC) if dy_view else dy  # their memory order
     xm = x.transpose(layout.NHWC) if x_view else x
     device = kernels.array_device((dy,))
-    mean, gamma = xp.ascontiguousarray(mean, dtype=cd), xp.ascontiguousarray(gamma, dtype=cd)
-    inv_std = xp.ascontiguousarray(inv_std, dtype=cd)
-    beta = gamma if beta is None else xp.ascontiguousarray(beta, dtype=cd)  # read only under a fused activation
+    mean, gamma, inv_std, beta = _compute(xp, cd, mean, gamma, inv_std, beta)
+    beta = gamma if beta is None else beta  # read only under a fused activation
     act = np.int32(ACTIVATIONS.index(activation))
     dgamma, dbeta = xp.empty(c, cd), xp.empty(c, cd)
     dtype = dy.dtype
