@@ -39,8 +39,9 @@ ONE_THREAD := $(if $(filter 0,$(JOBS)),,$(foreach v,OPENBLAS_NUM_THREADS OMP_NUM
 
 # worksteal: a worker out of tests takes the tail of the other's queue; with the slow tests first
 # (tests/conftest.py) the two workers end together instead of one running a long test alone.
+# --durations: the slowest tests named in every run's log, to keep the suite's time in view.
 test: $(VENV)/.installed
-	$(ONE_THREAD) $(PY) -m pytest -q -n $(JOBS) --dist worksteal $(ARGS)
+	$(ONE_THREAD) $(PY) -m pytest -q -n $(JOBS) --dist worksteal --durations=20 $(ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info
