@@ -130,15 +130,20 @@ def _forward_blocks(x, mean, var, eps, gamma, beta, relu):
     work = _Work(x3, mean, inv_std, gamma, beta)
     m, s, g, b = work.cols
     for ni, ci in work.blocks:
-        yb = y3[ni, ci]
-        if centred:  # (by the variance's pass)
-            yb *= s[ci]
-        else:
-            _xhat(x3[ni, ci], m[ci], s[ci], yb)
-        _z(yb, g[ci], b[ci], yb)
-        if relu:
-            np.maximum(yb, dt(0), out=yb)
+        _normalize(x3[ni, ci], y3[ni, ci], m[ci], s[ci], g[ci], b[ci], centred, relu)
     return y, mean, var, inv_std
+
+
+def _normalize(xb, yb, m, s, g, b, centred, relu):
+    """y of one block into ``yb``: xhat * gamma + beta (``relu``: max(z, 0)); ``centred``: ``yb``
+    holds x - mean already (the variance's pass left it there)."""
+    if centred:
+        yb *= s
+    else:
+        _xhat(xb, m, s, yb)
+    _z(yb, g, b, yb)
+    if relu:
+        np.maximum(yb, yb.dtype.type(0), out=yb)
 
 
 def backward(dy, x, mean, inv_std, gamma, beta, relu, training):
@@ -152,46 +157,68 @@ def _backward_blocks(dy, x, mean, inv_std, gamma, beta, relu, training):
     x3, dy3 = x.reshape(n, c, -1), dy.reshape(n, c, -1)
     dx = np.empty_like(dy)
     dx3 = dx.reshape(x3.shape)
-    dt = dy.dtype.type
     work = _Work(x3, mean, inv_std, gamma, beta)
     m, s, g, b = work.cols
-    bits = np.dtype(f"i{dy.itemsize}")
     dbeta, dgamma = np.zeros(c, dy.dtype), np.zeros(c, dy.dtype)
     for ni, ci in work.blocks:  # pass 1: dy through the ReLU (into dx), the parameter gradients
-        xb, gb = x3[ni, ci], dy3[ni, ci]
-        xh = _xhat(xb, m[ci], s[ci], work.buf(0, xb.shape))
-        if relu:  # dy where z > 0, else +0: dy's bits ANDed with an all-ones or all-zeros mask, as relu.py
-            z = _z(xh, g[ci], b[ci], work.buf(1, xb.shape))
-            mask = dx3[ni, ci].view(bits)
-            np.greater(z, dt(0), out=mask, casting="unsafe")
-            np.negative(mask, out=mask)
-            np.bitwise_and(mask, gb.view(bits), out=mask)
-            gb = dx3[ni, ci]
-        dbeta[ci] += _sum(gb)
-        dgamma[ci] += _dot(gb, xh, xh)
-    scale = (gamma * inv_std).reshape(-1, 1)
-    if training:
-        count = x3.shape[0] * x3.shape[2]
-        mean_dy, mean_dyx = (v.reshape(-1, 1) for v in (dbeta * dt(1.0 / count), dgamma * dt(1.0 / count)))
-        xhat_dyx = s * mean_dyx  # xhat * mean(dy * xhat) as (x - mean) * (inv_std * mean(dy * xhat)): one pass less
+        xb = x3[ni, ci]
+        sums = _parameter_sums(xb, dy3[ni, ci], dx3[ni, ci], m[ci], s[ci], g[ci], b[ci] if relu else None, relu,
+                               work.buf(0, xb.shape), work.buf(1, xb.shape))
+        dbeta[ci] += sums[0]
+        dgamma[ci] += sums[1]
+    scale, mean_dy, xhat_dyx = (v if v is None else v.reshape(-1, 1)
+                                for v in _input_vectors(dbeta, dgamma, inv_std, gamma, training, x3.size // c))
     for ni, ci in work.blocks:  # pass 2: the input gradient
-        gb, db = (dx3 if relu else dy3)[ni, ci], dx3[ni, ci]
-        if not training:
-            np.multiply(gb, scale[ci], out=db)
-            continue
-        proj = np.subtract(x3[ni, ci], m[ci], out=work.buf(0, db.shape))
-        proj *= xhat_dyx[ci]
-        np.subtract(gb, mean_dy[ci], out=db)
-        db -= proj
-        db *= scale[ci]
+        _input_gradient(x3[ni, ci], (dx3 if relu else dy3)[ni, ci], dx3[ni, ci], m[ci], scale[ci],
+                        None if mean_dy is None else mean_dy[ci], None if xhat_dyx is None else xhat_dyx[ci],
+                        work.buf(0, dx3[ni, ci].shape))
     return dx, dgamma, dbeta
+
+
+def _parameter_sums(xb, gb, db, m, s, g, b, relu, buf0, buf1):
+    """Pass 1 on one block: dy through the ReLU (into ``db``: dy where z > 0, else +0, dy's bits
+    ANDed with an all-ones or all-zeros mask, as relu.py), and its per-channel sums for dbeta and
+    dgamma, (sum dy, sum dy * xhat); ``buf0`` and ``buf1`` are scratch of the block's shape."""
+    xh = _xhat(xb, m, s, buf0)
+    if relu:
+        z = _z(xh, g, b, buf1)
+        bits = np.dtype(f"i{gb.itemsize}")
+        mask = db.view(bits)
+        np.greater(z, z.dtype.type(0), out=mask, casting="unsafe")
+        np.negative(mask, out=mask)
+        np.bitwise_and(mask, gb.view(bits), out=mask)
+        gb = db
+    return _sum(gb), _dot(gb, xh, xh)
+
+
+def _input_vectors(dbeta, dgamma, inv_std, gamma, training, count):
+    """Pass 2's per-channel vectors: scale = gamma * inv_std, and in training mean(dy) and
+    inv_std * mean(dy * xhat) (xhat * mean(dy * xhat) as (x - mean) * that: one pass less), else None."""
+    scale = gamma * inv_std
+    if not training:
+        return scale, None, None
+    per = dbeta.dtype.type(1.0 / count)
+    return scale, dbeta * per, inv_std * (dgamma * per)
+
+
+def _input_gradient(xb, gb, db, m, scale, mean_dy, xhat_dyx, buf):
+    """Pass 2 on one block: dx into ``db`` from the masked dy ``gb`` (``buf``: scratch)."""
+    if mean_dy is None:  # (eval mode)
+        np.multiply(gb, scale, out=db)
+        return
+    proj = np.subtract(xb, m, out=buf)
+    proj *= xhat_dyx
+    np.subtract(gb, mean_dy, out=db)
+    db -= proj
+    db *= scale
 
 
 # ----------------------------------------------------------------------------- one block
 # A batch within BLOCK_BYTES is one block: the loops above would run once, on (n, C, L) views of
-# the whole arrays, after building the blocks' buffers and slices. These run the same operations
-# on the whole arrays without that bookkeeping (a gradient check's batch of a few values: about
-# half of batch norm's time on it), so they give the loops' bits. With L = 1 (a fully connected
+# the whole arrays, after building the blocks' buffers and slices. These call the loops' bodies
+# (_normalize, _parameter_sums, _input_gradient) once on the whole arrays without that bookkeeping
+# (a gradient check's batch of a few values: about half of batch norm's time on it), so they give
+# the loops' bits. With L = 1 (a fully connected
 # layer's batch norm) they run on (n, C) views, the per-channel vectors as they are: the same
 # values (a sum over L = 1 is its one value), one axis less to broadcast and reduce.
 
@@ -219,13 +246,7 @@ def _forward_whole(x, mean, var, eps, gamma, beta, relu):
         # (_variance adds this sum to zeros: a sum of squares is never -0, so that changes no bit)
         var = _sum(np.multiply(cen, cen)) / count
     inv_std = dt(1.0) / np.sqrt(var + dt(eps))
-    if centred:
-        y3 *= _col(inv_std, x3)
-    else:
-        _xhat(x3, _col(mean, x3), _col(inv_std, x3), y3)
-    _z(y3, _col(gamma, x3), _col(beta, x3), y3)
-    if relu:
-        np.maximum(y3, dt(0), out=y3)
+    _normalize(x3, y3, *(_col(v, x3) for v in (mean, inv_std, gamma, beta)), centred, relu)
     return y, mean, var, inv_std
 
 
@@ -233,32 +254,15 @@ def _backward_whole(dy, x, mean, inv_std, gamma, beta, relu, training):
     x3, dy3 = _whole(x), _whole(dy)
     dx = np.empty_like(dy)
     dx3 = dx.reshape(x3.shape)
-    dt = dy.dtype.type
-    m, s = _col(mean, x3), _col(inv_std, x3)
-    cen = np.subtract(x3, m)  # (kept for the input gradient, where _backward_blocks computes it again)
-    xh = np.multiply(cen, s)
-    gb = dy3
-    if relu:  # as in _backward_blocks
-        z = _z(xh, _col(gamma, x3), _col(beta, x3), np.empty_like(x3))
-        bits = np.dtype(f"i{dy.itemsize}")
-        mask = dx3.view(bits)
-        np.greater(z, dt(0), out=mask, casting="unsafe")
-        np.negative(mask, out=mask)
-        np.bitwise_and(mask, dy3.view(bits), out=mask)
-        gb = dx3
     c = x3.shape[1]
+    m, s, g = (_col(v, x3) for v in (mean, inv_std, gamma))
+    b = _col(beta, x3) if relu else None
+    buf = np.empty_like(x3)
+    sums = _parameter_sums(x3, dy3, dx3, m, s, g, b, relu, buf, np.empty_like(x3) if relu else None)
     dbeta, dgamma = np.zeros(c, dy.dtype), np.zeros(c, dy.dtype)  # (zeros plus the sums: a sum of -0 is +0 there)
-    dbeta += _sum(gb)
-    dgamma += _dot(gb, xh, xh)
-    scale = _col(gamma * inv_std, x3)
-    if not training:
-        np.multiply(gb, scale, out=dx3)
-        return dx, dgamma, dbeta
-    per = dt(1.0 / (x3.size // c))
-    mean_dy = _col(dbeta * per, x3)
-    xhat_dyx = s * _col(dgamma * per, x3)
-    proj = np.multiply(cen, xhat_dyx, out=cen)
-    np.subtract(gb, mean_dy, out=dx3)
-    dx3 -= proj
-    dx3 *= scale
+    dbeta += sums[0]
+    dgamma += sums[1]
+    scale, mean_dy, xhat_dyx = (v if v is None else _col(v, x3)
+                                for v in _input_vectors(dbeta, dgamma, inv_std, gamma, training, x3.size // c))
+    _input_gradient(x3, dx3 if relu else dy3, dx3, m, scale, mean_dy, xhat_dyx, buf)
     return dx, dgamma, dbeta
