@@ -325,6 +325,31 @@ def signature(a):
 
 # A memo of checks passed holds them by signature (remember, from gpuconv._memo). Errors are never
 # kept, so a bad call is checked, and refused, every time.
+_MISSING = object()
+
+
+def checked_once(memo: dict, make_key, check):
+    """``check()``'s answer, kept in ``memo`` under ``make_key()`` once it has passed, for checks that
+    read only what the key holds (:func:`signature`, :func:`plain`): a network, or a gradient check,
+    calls an op with the same few geometries over and over. A key that cannot be made (AttributeError:
+    not an array; TypeError: an unhashable value; :class:`Unkeyed`: a value no key stands for) runs
+    ``check`` at every call; an error is never kept."""
+    try:
+        key = make_key()
+        hit = memo.get(key, _MISSING)
+    except (AttributeError, TypeError, Unkeyed):
+        return check()
+    if hit is not _MISSING:
+        return hit
+    return remember(memo, key, check())
+
+
+def exactly_bool(*values):
+    """``values``, for a memo key, where each is exactly a bool (1 == True: a key would let 1 pass);
+    else :class:`Unkeyed`."""
+    if any(type(v) is not bool for v in values):
+        raise Unkeyed
+    return values
 
 
 def check_bias(b, w, per):

@@ -45,7 +45,7 @@ from ..backend import get_array_module
 from ..precision import channel_sum, compute_dtype, round_once, upcast
 from . import _batchnorm_blocked, _dispatch
 from ._checks import (Unkeyed, cache_type, cached, check_bool, check_cache, check_compute_dtype, check_dy_dtype,
-                      check_float, check_rank, check_shape, plain, remember, signature)
+                      check_float, check_rank, check_shape, checked_once, exactly_bool, plain, signature)
 from .gelu import GeluCache, _gelu_backward_reference, _gelu_forward_reference
 from .relu import ReluCache, _relu_backward_reference, _relu_forward_reference
 
@@ -100,21 +100,15 @@ def _checked_args(x, gamma, beta, running_mean, running_var, training, momentum,
     """``training`` as a bool, every argument checked; memoized by what the checks read (the arrays'
     type, shape and dtype, the other arguments' values; errors are not memoized): a network
     normalizes the same few geometries at every step."""
-    try:
-        if type(training) is not bool or type(momentum) not in (float, int) or type(eps) not in (float, int):
+    def key():
+        if type(momentum) not in (float, int) or type(eps) not in (float, int):
             raise Unkeyed
-        key = (signature(x), signature(gamma), signature(beta), signature(running_mean), signature(running_var),
-               training, momentum, eps, plain(activation))
-        hit = key in _CHECKED
-    except (AttributeError, TypeError, Unkeyed):  # not arrays, an unhashable shape, a value no key stands for
-        key, hit = None, False
-    if hit:
-        if training:
-            _check_writeable(running_mean, running_var)
-        return training
-    training = _check_args(x, gamma, beta, running_mean, running_var, training, momentum, eps, activation)
-    if key is not None:
-        remember(_CHECKED, key, True)
+        return (signature(x), signature(gamma), signature(beta), signature(running_mean), signature(running_var),
+                exactly_bool(training), momentum, eps, plain(activation))
+    training = checked_once(_CHECKED, key, lambda: _check_args(x, gamma, beta, running_mean, running_var, training,
+                                                               momentum, eps, activation))
+    if training:  # (a buffer's flags can change between calls: not in the key)
+        _check_writeable(running_mean, running_var)
     return training
 
 

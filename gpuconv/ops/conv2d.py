@@ -34,9 +34,9 @@ from .. import backend, layout
 from ..backend import get_array_module
 from ..precision import channel_sum, multiplicands, round_once, upcast, use_tf32
 from . import _dispatch
-from ._checks import (Unkeyed, cache_type, cached, check_bias, check_bool, check_cache, check_float, check_floor,
-                      check_rank, check_same_dtype, conv_padding, output_hw, pair, plain, remember, same_padding_sides,
-                      signature, torch_positions)
+from ._checks import (cache_type, cached, check_bias, check_bool, check_cache, check_float, check_floor, check_rank,
+                      check_same_dtype, checked_once, conv_padding, exactly_bool, output_hw, pair, plain,
+                      same_padding_sides, signature, torch_positions)
 
 
 # printed without its arrays' values; crop: see the module's docstring
@@ -87,18 +87,12 @@ def conv2d_backward(dy, cache, need_dx=True, precision=None, need_dw=True, dw_dt
     ``precision`` as in :func:`conv2d_forward`, chosen anew for the backward."""
     check_cache(cache, Conv2dCache, "conv2d_forward")
     x, w = cache.x, cache.w
-    try:  # the checks below read types, shapes, dtypes and the cache's geometry only: passed once, passed again
-        if type(need_dx) is not bool or type(need_dw) is not bool:  # (1 == True: a key would let 1 pass)
-            raise Unkeyed
-        key = (signature(dy), signature(x), signature(w), plain(cache.stride), plain(cache.padding),
-               plain(cache.dilation), need_dx, need_dw)
-        checked = key in _CHECKED_BACKWARD
-    except (AttributeError, TypeError, Unkeyed):  # not an array, an unhashable value, a value no key stands for
-        key, checked = None, False
-    if not checked:
-        need_dx, need_dw = _check_backward(dy, x, w, cache, need_dx, need_dw)
-        if key is not None:
-            remember(_CHECKED_BACKWARD, key, True)
+    # (the checks read types, shapes, dtypes and the cache's geometry only: passed once, passed again)
+    need_dx, need_dw = checked_once(
+        _CHECKED_BACKWARD,
+        lambda: (signature(dy), signature(x), signature(w), plain(cache.stride), plain(cache.padding),
+                 plain(cache.dilation), exactly_bool(need_dx, need_dw)),
+        lambda: _check_backward(dy, x, w, cache, need_dx, need_dw))
     tf32 = use_tf32(precision, dy.dtype)
     target = backend.kernel_target(dy, x, w, names=("dy", cached("x"), cached("w")))
     if dw_dtype is not None:
@@ -136,21 +130,11 @@ def _checked_args(x, w, b, stride, padding, floor, dilation, groups):
     """``(dilation, groups, stride, padding)`` checked and normalized, memoized by what the checks
     read (x's, w's and b's type, shape and dtype, the other arguments' values): a network, or a
     gradient check, convolves the same few geometries at every call. Errors are not memoized."""
-    try:
-        if type(floor) is not bool:  # (1 == True: a key would let floor=1 pass)
-            raise Unkeyed
-        key = (signature(x), signature(w), signature(b), plain(stride), plain(padding), plain(dilation),
-               plain(groups), floor)
-        hit = _CHECKED.get(key)
-    except (AttributeError, TypeError, Unkeyed):  # not an array, an unhashable shape, a value no key stands for
-        key = hit = None
-    if hit is not None:
-        return hit
-    dilation, groups = conv2d_grouped.check_dilation_groups(dilation, groups)
-    stride, padding = _check_conv_args(x, w, b, stride, padding, floor, dilation, groups)
-    if key is not None:
-        remember(_CHECKED, key, (dilation, groups, stride, padding))
-    return dilation, groups, stride, padding
+    def check():
+        dilation_, groups_ = conv2d_grouped.check_dilation_groups(dilation, groups)
+        return (dilation_, groups_) + tuple(_check_conv_args(x, w, b, stride, padding, floor, dilation_, groups_))
+    return checked_once(_CHECKED, lambda: (signature(x), signature(w), signature(b), plain(stride), plain(padding),
+                                           plain(dilation), plain(groups), exactly_bool(floor)), check)
 
 
 def _check_conv_args(x, w, b, stride, padding, floor=False, dilation=(1, 1), groups=1):

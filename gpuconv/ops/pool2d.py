@@ -26,8 +26,8 @@ from __future__ import annotations
 
 from .. import backend, layout
 from . import _dispatch
-from ._checks import (Unkeyed, cached, check_bool, check_cache, check_dy_dtype, check_float, check_floor, check_rank,
-                      only_defaults, output_hw, pair, plain, remember, signature, torch_positions)
+from ._checks import (cached, check_bool, check_cache, check_dy_dtype, check_float, check_floor, check_rank,
+                      checked_once, exactly_bool, only_defaults, output_hw, pair, plain, signature, torch_positions)
 from ._pool2d_reference import (AvgPool2dCache, MaxPool2dCache, _avg_pool2d_backward_reference,
                                 _avg_pool2d_forward_reference, _max_pool2d_backward_reference,
                                 _max_pool2d_forward_reference)
@@ -102,19 +102,9 @@ _CHECKED: dict = {}
 def _check_pool_args(x, kernel_size, stride, floor=False, padding=None):
     """(kernel_size, stride), and the padding as a checked (h, w) pair after them where one is given;
     memoized (a network, or a gradient check, pools the same few geometries at every call)."""
-    try:
-        if type(floor) is not bool:  # (1 == True: a key would let floor=1 pass)
-            raise Unkeyed
-        key = (signature(x), plain(kernel_size), plain(stride), floor, plain(padding))
-        hit = _CHECKED.get(key)
-    except (AttributeError, TypeError, Unkeyed):  # not an array, an unhashable shape, a value no key stands for
-        key = hit = None
-    if hit is not None:
-        return hit
-    checked = _checked_pool_args(x, kernel_size, stride, floor, padding)
-    if key is not None:
-        remember(_CHECKED, key, checked)
-    return checked
+    return checked_once(_CHECKED,
+                        lambda: (signature(x), plain(kernel_size), plain(stride), exactly_bool(floor), plain(padding)),
+                        lambda: _checked_pool_args(x, kernel_size, stride, floor, padding))
 
 
 def _checked_pool_args(x, kernel_size, stride, floor, padding):
