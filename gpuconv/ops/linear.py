@@ -25,8 +25,8 @@ from .. import backend, layout
 from ..backend import get_array_module
 from ..precision import multiplicands, round_once, upcast, use_tf32
 from . import _dispatch
-from ._checks import (cache_type, cached, check_bias, check_cache, check_float, check_rank, check_same_dtype, remember,
-                      signature)
+from ._checks import (cache_type, cached, check_bias, check_cache, check_float, check_rank, check_same_dtype,
+                      checked_once, signature)
 
 LinearCache = cache_type("LinearCache", "x w has_bias", __name__)
 
@@ -34,15 +34,9 @@ LinearCache = cache_type("LinearCache", "x w has_bias", __name__)
 def linear_forward(x, w, b=None, precision=None):
     """``y, cache``: ``y`` of shape (N, out_features). ``precision`` 'fp32' or 'tf32' applies to
     float32 arrays (None: ``gpuconv.get_precision()``)."""
-    try:  # the checks below read the arrays' types, shapes and dtypes only: passed once, passed again
-        key = (type(x), x.shape, x.dtype, type(w), w.shape, w.dtype, signature(b))  # (signature's, flat)
-        checked = key in _CHECKED
-    except (AttributeError, TypeError):  # not an array (its checks then fail), an unhashable shape
-        key, checked = None, False
-    if not checked:
-        _check_forward(x, w, b)
-        if key is not None:
-            remember(_CHECKED, key, True)
+    # the checks read the arrays' types, shapes and dtypes only: passed once, passed again
+    checked_once(_CHECKED, lambda: (type(x), x.shape, x.dtype, type(w), w.shape, w.dtype, signature(b)),
+                 lambda: _check_forward(x, w, b))
     tf32 = use_tf32(precision, x.dtype)
     target = backend.kernel_target(x, w, b, names=("x", "w", "b"))
     return _dispatch.call("linear_forward", target, _linear_forward_reference, x, w, b, tf32)
@@ -72,25 +66,24 @@ def _check_forward(x, w, b):
     check_bias(b, w, "output feature")
 
 
+def _check_backward(dy, x, w):
+    check_float("dy", dy)
+    check_rank("dy", dy, 2, "N, out_features")
+    expected = (x.shape[0], w.shape[0])
+    if tuple(dy.shape) != expected:
+        raise ValueError(f"dy must have the forward output's shape {expected}, got {tuple(dy.shape)}")
+    check_same_dtype("x", x, dy=dy)
+
+
 def linear_backward(dy, cache, precision=None):
     """``dx, dw, db``; ``dx`` has ``x``'s shape, ``db`` is None when the forward had no bias.
     ``precision`` as in :func:`linear_forward`, chosen anew for the backward."""
     check_cache(cache, LinearCache, "linear_forward")
     x, w = cache.x, cache.w
-    try:  # as the forward's, by signature: dy's and those of the arrays the cache holds
-        key = (type(dy), dy.shape, dy.dtype, type(x), x.shape, x.dtype, type(w), w.shape, w.dtype)
-        checked = key in _CHECKED_BACKWARD
-    except (AttributeError, TypeError):
-        key, checked = None, False
-    if not checked:
-        check_float("dy", dy)
-        check_rank("dy", dy, 2, "N, out_features")
-        expected = (x.shape[0], w.shape[0])
-        if tuple(dy.shape) != expected:
-            raise ValueError(f"dy must have the forward output's shape {expected}, got {tuple(dy.shape)}")
-        check_same_dtype("x", x, dy=dy)
-        if key is not None:
-            remember(_CHECKED_BACKWARD, key, True)
+    # as the forward's, by signature: dy's and those of the arrays the cache holds
+    checked_once(_CHECKED_BACKWARD, lambda: (type(dy), dy.shape, dy.dtype, type(x), x.shape, x.dtype, type(w),
+                                             w.shape, w.dtype),
+                 lambda: _check_backward(dy, x, w))
     tf32 = use_tf32(precision, dy.dtype)
     target = backend.kernel_target(dy, x, w, names=("dy", cached("x"), cached("w")))
     dx, dw, db = _dispatch.call("linear_backward", target, _linear_backward_reference, dy, cache, tf32)

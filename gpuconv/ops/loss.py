@@ -27,7 +27,7 @@ from .. import backend
 from ..backend import get_array_module, is_cupy_array
 from ..precision import DTYPES, compute_dtype, round_once, upcast
 from . import _dispatch
-from ._checks import check_array, check_bool, check_float, check_rank, remember, signature
+from ._checks import check_array, check_bool, check_float, check_rank, checked_once, signature
 
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -60,18 +60,15 @@ def softmax_cross_entropy(logits, labels, label_smoothing=0.0, count_correct=Fal
     this label have loss 0 and gradient 0, are never counted as correct, and the mean leaves
     them out of its divisor (every row ignored: a NaN mean, as PyTorch's). ``None`` (the
     default here; PyTorch's module uses -100): every label must be a class."""
-    key = checked = None
-    if grad_scale is None and weight is None:  # the checks below then read types, shapes and plain values only
-        try:
-            key = (signature(logits), signature(labels), type(label_smoothing), label_smoothing,
-                   type(count_correct), count_correct, reduction, type(ignore_index), ignore_index)
-            checked = key in _CHECKED
-        except (AttributeError, TypeError):  # not an array (its checks then fail), an unhashable value
-            key = None
-    if not checked:
+    def check():
         _check_args(logits, labels, label_smoothing, count_correct, reduction, ignore_index)
-        if key is not None:
-            remember(_CHECKED, key, True)
+
+    if grad_scale is None and weight is None:  # the checks then read types, shapes and plain values only
+        checked_once(_CHECKED, lambda: (signature(logits), signature(labels), type(label_smoothing), label_smoothing,
+                                        type(count_correct), count_correct, reduction, type(ignore_index),
+                                        ignore_index), check)
+    else:
+        check()
     count_correct = bool(count_correct)
     ignore_index = None if ignore_index is None else int(ignore_index)
     if not is_cupy_array(labels):
