@@ -79,7 +79,8 @@
 # GPU_RUN_BUDGET_S, GPUCONV_BENCH_RESULTS (default benchmarks/results), STAGES, GPU_RUN_CACHES (the
 # compiled kernels to unpack into $HOME first, default .gpu-cache/caches.tar.gz); GPUCONV_WGMMA=0
 # runs everything without the wgmma tiles (tcwg, tcwg256, tcwgn64, tcwgm64), as the battery itself
-# does when they fail their probe.
+# does when they fail their probe; GPU_RUN_CAPS="NAME=SECONDS ..." sets those stages' caps for this
+# run (a cap a GPU showed too short, e.g. GPU_RUN_CAPS="bench_models=120", without editing the script).
 set -u
 cd "$(dirname "$0")/.."
 export PYTHONPATH="${PYTHONPATH:-.}" PYTHONUNBUFFERED=1 GPUCONV_REQUIRE_GPU=1
@@ -98,6 +99,15 @@ if [ -f "$CACHES" ]; then  # no NVRTC time here for what it holds
 fi
 PY="${PYTHON:-python3}"
 STAGES="${STAGES:-all}"
+CAPS="${GPU_RUN_CAPS:-}"
+for c in $CAPS; do  # checked before anything runs: a typo would otherwise leave a cap as it was, silently
+    [[ "$c" =~ ^[a-z0-9_]+=[0-9]+$ ]] || {
+        echo "run_gpu.sh: GPU_RUN_CAPS holds '$c', not NAME=SECONDS (a stage's name as summary.txt shows it, e.g." \
+             "GPU_RUN_CAPS=\"bench_models=120 tests=200\")" >&2
+        exit 2
+    }
+done
+CAPPED=" "  # the stages GPU_RUN_CAPS named that ran, to name the ones it named in vain at the end
 BUDGET="${GPU_RUN_BUDGET_S:-480}"
 KEEP_FOR_CACHES=10
 EVERY="${GPU_RUN_PUBLISH_EVERY_S:-10}"  # seconds between copies of a running stage's output into $OUT
@@ -153,7 +163,10 @@ save_caches() {
 stage() {
     local name="$1" cap="$2"
     shift 2
-    local limit rc t0=$SECONDS status="ok"
+    local limit rc t0=$SECONDS status="ok" c
+    for c in $CAPS; do
+        [ "${c%%=*}" = "$name" ] && cap="${c#*=}" && CAPPED+="$name "
+    done
     limit=$(left)
     [ "$cap" -lt "$limit" ] && limit=$cap
     if [ "$limit" -lt 15 ]; then
@@ -436,6 +449,9 @@ fi
 # ---------------------------------------------------------------- kernel caches for the next run
 save_caches
 
+for c in $CAPS; do
+    case "$CAPPED" in *" ${c%%=*} "*) ;; *) log "GPU_RUN_CAPS named ${c%%=*}, which is no stage that ran: its cap set nothing" ;; esac
+done
 log "done in $((SECONDS - START))s; summary:"
 tee -a "$LOGS/run_gpu.log" <"$SUMMARY"
 publish

@@ -498,8 +498,10 @@ def _fake_tools(tmp_path):
 def test_gpu_battery_caps_every_stage_and_publishes_after_each(tmp_path):
     """The stage machinery with a stand-in interpreter and compute-sanitizer: stages run in order, a
     hung stage is cut at its cap, a stage the budget cannot fit is skipped, and $OUT holds the
-    summary, the log and the records after every stage (at most 8 files, 2 folders deep)."""
-    proc, out, seconds = run_battery(tmp_path, GPU_RUN_BUDGET_S="56", **_fake_tools(tmp_path))
+    summary, the log and the records after every stage (at most 8 files, 2 folders deep). A cap set
+    by GPU_RUN_CAPS replaces the script's (bench_ops' 40 s cut to the least a stage gets, 15 s)."""
+    proc, out, seconds = run_battery(tmp_path, GPU_RUN_BUDGET_S="38", GPU_RUN_CAPS="bench_ops=15 bench_opz=20",
+                                     **_fake_tools(tmp_path))
     summary = (out / "summary.txt").read_text().splitlines()
     names = [line.split()[1] for line in summary]
     assert proc.returncode == 1 and seconds < 120, proc.stdout[-3000:]
@@ -510,13 +512,15 @@ def test_gpu_battery_caps_every_stage_and_publishes_after_each(tmp_path):
                      "sanitizer_racecheck", "profile_step", "bench_ops", "bench_cs231n", "bench_epoch", "parity", "ncu",
                      "bench_airbench96", "bench_airbench_muon", "bench_airbench96_faster", "bench_models"], summary
     status = [line.split()[0] for line in summary]
-    # bench_ops is cut at its 40 s cap, though it would hang for 60; then the 56 s budget, less the
+    # bench_ops is cut at its 15 s cap, though it would hang for 60; then the 38 s budget, less the
     # 10 s kept for the caches, leaves under 15 s: every later stage is skipped, none is run short.
     assert status == ["ok"] * 15 + ["TIMEOUT"] + ["SKIPPED"] * 8, summary
+    assert "START bench_ops (limit 15s)" in (out / "run_gpu.log").read_text()
     assert summary[15].endswith("last output: fake python: timing max pool")  # where the cut stage was
     assert all(re.search(r"\d+s of the budget left$", line) for line in summary[16:])
     assert all(len(line.split()) == 3 for line in summary[:15])
     log = (out / "run_gpu.log").read_text()
+    assert "GPU_RUN_CAPS named bench_opz, which is no stage that ran" in log  # a typo named, not ignored
     assert "GPUCONV_WGMMA=unset" in log  # the probe passed: the tiles stay on
     # every GPU test reported (no --maxfail), named as it ends, a hung one ended by a thread; the
     # first hardware runs (the CUDA-graph capture, the wgmma tiles, autotuning) handed out first
@@ -542,6 +546,15 @@ def test_gpu_battery_caps_every_stage_and_publishes_after_each(tmp_path):
         members = tar.getnames()
     assert "./conv2d-fake-gpu.json" in members and any(m.endswith("/bench_ops.log") for m in members)
     assert all(m.count("/") <= 3 for m in members)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="bash script")
+@pytest.mark.parametrize("caps", ["bench_ops", "bench_ops=1m", "bench_ops=15,tests=9", "=15"])
+def test_gpu_battery_refuses_a_cap_it_cannot_read_before_any_stage(tmp_path, caps):
+    proc, out, seconds = run_battery(tmp_path, GPU_RUN_CAPS=f"tests=200 {caps}", **_fake_tools(tmp_path))
+    assert proc.returncode == 2 and seconds < 10, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert f"GPU_RUN_CAPS holds '{caps}', not NAME=SECONDS" in proc.stderr
+    assert not out.exists()  # nothing ran, nothing was published
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="bash script")
