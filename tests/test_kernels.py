@@ -788,6 +788,35 @@ def test_the_simulators_sanitize_default_follows_its_variable_at_every_launch(mo
             _sim._sanitize_default()
 
 
+def test_a_gpu_function_asked_without_a_device_is_the_current_gpus(monkeypatch):
+    """get_function on 'cuda' without a device, and a launch with no CuPy array among its arguments
+    and no device, take the current GPU's function: the memo keys name that GPU, so a function
+    loaded on one GPU (its cubin, its raised shared-memory limit) is never handed out for another."""
+    from conftest import fake_cupy_second_gpu
+    from gpuconv.kernels import _registry
+    cupy, current = fake_cupy_second_gpu(monkeypatch)
+    monkeypatch.setattr(B, "require_cupy", lambda: cupy)
+    monkeypatch.setattr(_registry, "_functions", {})
+    ran = []
+
+    class Module:  # get_module's for one GPU: its functions record the GPU they were built for
+        def __init__(self, device):
+            self.device = device
+
+        def get_function(self, name):
+            return lambda grid, block, args, shared_mem=0, built=self.device: ran.append((built, current[0]))
+
+    monkeypatch.setattr(_registry, "get_module", lambda op_file, dtype, target, device, tf32: Module(device))
+    fns = {}
+    for gpu in (0, 1, 0):
+        with cupy.cuda.Device(gpu):
+            fns.setdefault(gpu, kernels.get_function("relu", "relu_forward_v1", np.float32, "cuda"))
+            assert kernels.get_function("relu", "relu_forward_v1", np.float32, "cuda") is fns[gpu]
+            kernels.launch("relu", "relu_forward_v1", np.float32, "cuda", (1, 1, 1), (32, 1, 1), (np.int64(0),))
+    assert fns[0] is not fns[1] and fns[1] is kernels.get_function("relu", "relu_forward_v1", np.float32, "cuda", 1)
+    assert ran == [(0, 0), (1, 1), (0, 0)]  # (built for, current at the launch)
+
+
 def test_launch_reads_get_functions_memo_and_follows_the_kernels_directory(monkeypatch):
     """kernels.launch takes a kernel function from get_function's memo itself (a launch per kernel
     of a step asked it at every call): get_function is asked once per kernel, and again where

@@ -256,9 +256,12 @@ def launch(op_file: str, kernel: str, dtype, target: str, grid, block, args, sha
             fn = _registry.get_function(op_file, kernel, dtype, target, tf32=tf32)
         fn(tuple(grid), tuple(block), tuple(args), shared_mem=shared_mem)
         return
+    cp = backend.cupy_module()
     if device is None:
         device = array_device(args)
-    with backend.cupy_module().cuda.Device(device):  # the module is loaded on the current device
+        if device is None:  # no CuPy array among the arguments: the current GPU, as the memo keys name it
+            device = cp.cuda.Device().id
+    with cp.cuda.Device(device):  # the module is loaded on the current device
         fn = _registry._functions.get((op_file, kernel, dtype, tf32, target, device, _registry._KERNELS_DIR(),
                                        _registry._WGMMA() if op_file in _sources.ARCH_SPECIFIC else None)) if fast else None
         if fn is None:

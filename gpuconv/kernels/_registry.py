@@ -90,7 +90,10 @@ def get_function(op_file: str, name: str, dtype, target: str, device: int | None
     launchers call this once per launch. The memo is looked up first by the arguments as given
     (``dtype`` as passed) and the raw values of GPUCONV_KERNELS_DIR and (a GPU's
     :data:`ARCH_SPECIFIC` files) GPUCONV_WGMMA: one dictionary look-up per launch; a miss makes the
-    build's own key (:func:`_build_switch`, the dtype normalized), whose function both keys then hold."""
+    build's own key (:func:`_build_switch`, the dtype normalized), whose function both keys then hold.
+    On 'cuda' ``device`` None is the current GPU, named in the keys: a function is loaded on one GPU."""
+    if target == "cuda" and device is None:
+        device = backend.require_cupy().cuda.Device().id
     where = device if target == "cuda" else _sim._sim_arch.get()
     fast = None
     if os.environ is _env._environ:
