@@ -53,21 +53,22 @@
 // GEMM row/column indices are int (the launchers check M, N, L < 2^31 and fall back to v1, whose
 // indices are 64-bit, beyond); element offsets into x, y, dy, dx are index_t (64-bit).
 // Registers on sm_90 (ptxas 13, float32, see tests/test_nvrtc.py; the bf16/fp16 builds stage
-// float32 tiles and use the same shared memory): v2 forward 168, backward-data
-// 167, backward-weight 204, 4352 B of shared memory per block (at 168 registers the register
-// file holds 12 warps = 6 blocks per SM); v3 forward and backward-data 127 registers, 16896 B
-// (2 blocks = 16 warps per SM), backward-weight 130 (1 block = 8 warps per SM). No spills.
+// float32 tiles and use the same shared memory): v2 forward and backward-data 129, backward-weight
+// 204, 4352 B of shared memory per block; v3 forward and backward-data 127 registers, 16896 B
+// (2 blocks = 16 warps per SM), backward-weight 130 (1 block = 8 warps per SM). No spills. (v2's
+// forward and backward-data took 168 and 167 before their loaders became the templates v3 shares;
+// the H200 timed them at those.)
 //
 // Resources per kernel and build (ptxas of CUDA 13.0 for sm_90, the registry's NVRTC options;
 // tests/test_nvrtc.py holds every figure to ptxas's report): registers / static shared memory
 // in bytes / bytes spilled (stores + loads).
 //   ptxas 13.0                 f32          f64          bf16         f16          tf32
 //   conv2d_forward_v1          48/0/0       48/0/0       46/0/0       44/0/0       48/0/0
-//   conv2d_forward_v2          168/4352/0   244/8704/0   168/4352/0   130/4352/0   150/4352/0
-//   conv2d_forward_v3          127/16896/0  228/33792/0  123/16896/0  123/16896/0  127/16896/0
+//   conv2d_forward_v2          129/4352/0   240/8704/0   164/4352/0   130/4352/0   152/4352/0
+//   conv2d_forward_v3          127/16896/0  226/33792/0  122/16896/0  122/16896/0  127/16896/0
 //   conv2d_backward_data_v1    48/0/0       48/0/0       48/0/0       46/0/0       48/0/0
-//   conv2d_backward_data_v2    167/4352/0   242/8704/0   156/4352/0   130/4352/0   167/4352/0
-//   conv2d_backward_data_v3    127/16896/0  230/33792/0  126/16896/0  130/16896/0  130/16896/0
+//   conv2d_backward_data_v2    129/4352/0   244/8704/0   129/4352/0   130/4352/0   167/4352/0
+//   conv2d_backward_data_v3    127/16896/0  226/33792/0  128/16896/0  128/16896/0  128/16896/0
 //   conv2d_backward_weight_v1  47/0/0       48/0/0       46/0/0       39/0/0       38/0/0
 //   conv2d_backward_weight_v2  204/4352/0   254/8704/0   202/4352/0   167/4352/0   168/4352/0
 //   conv2d_backward_weight_v3  130/16896/0  248/33792/0  143/16896/0  147/16896/0  139/16896/0
@@ -126,42 +127,57 @@ __device__ void conv_gemm_mainloop(LoaderA& la, LoaderB& lb, int lbegin, int len
     }
 }
 
-// A loader's staging registers and their store into a shared-memory tile, by layout. RowStaging:
-// thread t writes tile row t of each of the N reduction steps. LFastStaging: thread t writes
-// reduction step t % BK of the columns t / BK + STEP * q (v2: STEP 8, v3: STEP 32).
+// A loader's staging registers and their store into a shared-memory tile (any row length: v2's
+// acc_t[CONV_SROW] rows, v3's conv3_tile_t). SlotStaging: this thread's N registers are
+// reduction steps lq0 .. lq0 + N - 1 of tile row or column `slot`, both set by the loader.
+// LFastStaging: thread t writes reduction step t % BK of the columns t / BK + STEP * q (v2: STEP
+// 8, v3: STEP 32).
 template <int N>
-struct RowStaging {
+struct SlotStaging {
     acc_t reg[N];
-    __device__ void store(acc_t (*S)[CONV_SROW]) {
+    int slot, lq0;
+    template <typename Tile>
+    __device__ void store(Tile S) {
 #pragma unroll
-        for (int q = 0; q < N; ++q) S[q][threadIdx.x] = reg[q];
+        for (int q = 0; q < N; ++q) S[lq0 + q][slot] = reg[q];
     }
 };
 
-template <int N, int BK, int STEP, typename Tile>
+template <int N, int BK, int STEP>
 struct LFastStaging {
     acc_t reg[N];
+    template <typename Tile>
     __device__ void store(Tile S) {
 #pragma unroll
         for (int q = 0; q < N; ++q) S[threadIdx.x % BK][threadIdx.x / BK + STEP * q] = reg[q];
     }
 };
 
-// "m-fast" loaders: thread t owns tile row t (of 64) for all 8 reduction steps, so one warp
-// reads 32 consecutive output positions (consecutive iw for stride 1): coalesced, and the
-// row decode (n, oh, ow) happens once per thread.
+// Row loaders (A operand, "m-fast"): thread t stages tile row slot = t % BM and reduction
+// steps lq0 = N * (t / BM) .. + N - 1 of each round (v2: 64 threads, BM 64, N 8: row t, every
+// step; v3: 256 threads, BM 128, N 4), so one warp reads 32 consecutive output positions
+// (consecutive iw for stride 1): coalesced, and the row decode (n, oh, ow) happens once per thread.
+template <int N, int BM>
+struct RowSlot : SlotStaging<N> {
+    __device__ RowSlot() {
+        this->slot = (int)(threadIdx.x % BM);
+        this->lq0 = N * (int)(threadIdx.x / BM);
+    }
+};
 
 // Patch matrix of the forward pass: P[m, r] = x[n, c, oh*sh-ph+fh, ow*sw-pw+fw] (0 if padded).
-struct PatchRowLoader : RowStaging<CONV_BK> {
+template <int N, int BM>
+struct PatchRowLoader : RowSlot<N, BM> {
     const storage_t* img;  // x + n*C*H*W
     int valid, ih0, iw0, H, W, FH, FW;
-    __device__ PatchRowLoader(const storage_t* x, int m, int M, int C, int H_, int W_, int FH_, int FW_,
+    __device__ PatchRowLoader(const storage_t* x, int row0, int M, int C, int H_, int W_, int FH_, int FW_,
                               int OH, int OW, int sh, int sw, int ph, int pw)
         : H(H_), W(W_), FH(FH_), FW(FW_) {
+        const int m = row0 + this->slot;
         valid = m < M;
-        int mm = valid ? m : 0;
-        int n = mm / (OH * OW), p = mm - n * (OH * OW);
-        int oh = p / OW, ow = p - oh * OW;
+        const int mm = valid ? m : 0;
+        const int n = mm / (OH * OW), p = mm - n * (OH * OW);
+        const int oh = p / OW, ow = p - oh * OW;
         img = x + (index_t)n * C * H * W;
         ih0 = oh * sh - ph;
         iw0 = ow * sw - pw;
@@ -169,15 +185,16 @@ struct PatchRowLoader : RowStaging<CONV_BK> {
     __device__ void load(int l0, int lend) {
         // Decode r = (c, fh, fw) once per round and step it: integer division by a runtime
         // value costs ~20 instructions, 16 of them per round would rival the 512 FMAs.
-        int c = l0 / (FH * FW), f = l0 - c * (FH * FW);
+        const int l = l0 + this->lq0;
+        int c = l / (FH * FW), f = l - c * (FH * FW);
         int fh = f / FW, fw = f - fh * FW;
 #pragma unroll
-        for (int q = 0; q < CONV_BK; ++q) {
+        for (int q = 0; q < N; ++q) {
             acc_t v = 0;
-            int ih = ih0 + fh, iw = iw0 + fw;
-            if (valid && l0 + q < lend && ih >= 0 && ih < H && iw >= 0 && iw < W)
+            const int ih = ih0 + fh, iw = iw0 + fw;
+            if (valid && l + q < lend && ih >= 0 && ih < H && iw >= 0 && iw < W)
                 v = gemm_operand(img[((index_t)c * H + ih) * W + iw]);
-            reg[q] = v;
+            this->reg[q] = v;
             if (++fw == FW) {
                 fw = 0;
                 if (++fh == FH) {
@@ -193,33 +210,36 @@ struct PatchRowLoader : RowStaging<CONV_BK> {
 // is dy[n, k, oh, ow] when ih + ph - fh = oh*sh and iw + pw - fw = ow*sw exactly, else 0.
 // The quotients and remainders by the strides are stepped along with (fh, fw) instead of
 // divided afresh per element (4 divisions per round instead of ~80 at stride 2).
-struct GradGatherRowLoader : RowStaging<CONV_BK> {
+template <int N, int BM>
+struct GradGatherRowLoader : RowSlot<N, BM> {
     const storage_t* img;  // dy + n*K*OH*OW
     int valid, ihp, iwp, FH, FW, OH, OW, sh, sw;
-    __device__ GradGatherRowLoader(const storage_t* dy, int m, int M, int H, int W, int K, int FH_, int FW_,
+    __device__ GradGatherRowLoader(const storage_t* dy, int row0, int M, int H, int W, int K, int FH_, int FW_,
                                    int OH_, int OW_, int sh_, int sw_, int ph, int pw)
         : FH(FH_), FW(FW_), OH(OH_), OW(OW_), sh(sh_), sw(sw_) {
+        const int m = row0 + this->slot;
         valid = m < M;
-        int mm = valid ? m : 0;
-        int n = mm / (H * W), p = mm - n * (H * W);
-        int ih = p / W, iw = p - ih * W;
+        const int mm = valid ? m : 0;
+        const int n = mm / (H * W), p = mm - n * (H * W);
+        const int ih = p / W, iw = p - ih * W;
         img = dy + (index_t)n * K * OH * OW;
         ihp = ih + ph;
         iwp = iw + pw;
     }
     __device__ void load(int l0, int lend) {
-        int k = l0 / (FH * FW), f = l0 - k * (FH * FW);
+        const int l = l0 + this->lq0;
+        int k = l / (FH * FW), f = l - k * (FH * FW);
         int fh = f / FW, fw = f - fh * FW;
         // oh = (ihp - fh) / sh exactly when ohr == 0; floor division keeps ohr in [0, sh).
         int ohq = floor_div(ihp - fh, sh), ohr = ihp - fh - ohq * sh;
         int owq = floor_div(iwp - fw, sw), owr = iwp - fw - owq * sw;
         const int owq0 = iwp / sw, owr0 = iwp - owq0 * sw;  // fw = 0 (iwp >= 0)
 #pragma unroll
-        for (int q = 0; q < CONV_BK; ++q) {
+        for (int q = 0; q < N; ++q) {
             acc_t v = 0;
-            if (valid && l0 + q < lend && ohr == 0 && owr == 0 && ohq >= 0 && ohq < OH && owq >= 0 && owq < OW)
+            if (valid && l + q < lend && ohr == 0 && owr == 0 && ohq >= 0 && ohq < OH && owq >= 0 && owq < OW)
                 v = gemm_operand(img[((index_t)k * OH + ohq) * OW + owq]);
-            reg[q] = v;
+            this->reg[q] = v;
             if (++fw == FW) {  // iw + pw - fw restarts at iwp
                 fw = 0;
                 owq = owq0;
@@ -246,7 +266,7 @@ struct GradGatherRowLoader : RowStaging<CONV_BK> {
 // these operands), and the reduction index is decoded once per round, not per element.
 
 // Forward filters as W^T[r, k] = w[k, r] (w is K x C*FH*FW, row-major).
-struct FilterColLoader : LFastStaging<CONV_TN, CONV_BK, 8, acc_t (*)[CONV_SROW]> {
+struct FilterColLoader : LFastStaging<CONV_TN, CONV_BK, 8> {
     const storage_t* w;
     int col0, ncols, R;
     __device__ FilterColLoader(const storage_t* w_, int col0_, int ncols_, int R_) : w(w_), col0(col0_), ncols(ncols_), R(R_) {}
@@ -261,7 +281,7 @@ struct FilterColLoader : LFastStaging<CONV_TN, CONV_BK, 8, acc_t (*)[CONV_SROW]>
 };
 
 // Backward-data filters as W'[l, c] = w[k, c, fh, fw] with l = (k, fh, fw).
-struct FilterBwdColLoader : LFastStaging<CONV_TN, CONV_BK, 8, acc_t (*)[CONV_SROW]> {
+struct FilterBwdColLoader : LFastStaging<CONV_TN, CONV_BK, 8> {
     const storage_t* w;
     int col0, C, FHW;
     __device__ FilterBwdColLoader(const storage_t* w_, int col0_, int C_, int FHW_) : w(w_), col0(col0_), C(C_), FHW(FHW_) {}
@@ -277,52 +297,60 @@ struct FilterBwdColLoader : LFastStaging<CONV_TN, CONV_BK, 8, acc_t (*)[CONV_SRO
     }
 };
 
-// Backward-weight patches as P^T staged [l][r]: l = (n, oh, ow) is the reduction, r = (c, fh, fw).
-// A thread's 8 rows r never change, so their decode is done once, in the constructor.
-struct PatchColLoader : LFastStaging<CONV_TM, CONV_BK, 8, acc_t (*)[CONV_SROW]> {
+// Backward-weight column loaders (both operands l-fast): thread t reads reduction step
+// kk = t % 8 of tile columns t / 8 + STEP * q, q in [0, N) (v2: N 8, STEP 8; v3: N 4, STEP 32):
+// 8 neighbouring threads read 8 consecutive l = (n, oh, ow), contiguous in x (stride 1) and in
+// dy, and l is decoded once per round. In v3 the stores S[kk][t/8 + 32q] of a warp (kk 0..7,
+// four columns) fall in 32 distinct banks.
+
+// Patches P^T staged [l][r], r = (c, fh, fw): a thread's N rows never change, so their decode
+// is done once, in the constructor.
+template <int N, int STEP>
+struct PatchColLoader : LFastStaging<N, CONV_BK, STEP> {
     const storage_t* x;
     int CHW, H, W, OH, OW, sh, sw, ph, pw;
-    int off[CONV_TM];  // c*H*W + fh*W + fw of each row; -1 for rows past C*FH*FW
-    int tap[CONV_TM];  // fh << 16 | fw (the launcher keeps filters under 65536 wide)
+    int off[N];  // c*H*W + fh*W + fw of each row; -1 for rows past C*FH*FW
+    int tap[N];  // fh << 16 | fw (the launcher keeps filters under 32768 wide)
     __device__ PatchColLoader(const storage_t* x_, int row0, int C, int H_, int W_, int FH, int FW,
                               int OH_, int OW_, int sh_, int sw_, int ph_, int pw_)
         : x(x_), CHW(C * H_ * W_), H(H_), W(W_), OH(OH_), OW(OW_), sh(sh_), sw(sw_), ph(ph_), pw(pw_) {
 #pragma unroll
-        for (int q = 0; q < CONV_TM; ++q) {
-            int r = row0 + (int)threadIdx.x / CONV_BK + 8 * q;
-            int c = r / (FH * FW), f = r - c * (FH * FW);
-            int fh = f / FW, fw = f - fh * FW;
+        for (int q = 0; q < N; ++q) {
+            const int r = row0 + (int)threadIdx.x / CONV_BK + STEP * q;
+            const int c = r / (FH * FW), f = r - c * (FH * FW);
+            const int fh = f / FW, fw = f - fh * FW;
             off[q] = r < C * FH * FW ? (c * H + fh) * W + fw : -1;
             tap[q] = (fh << 16) | fw;
         }
     }
     __device__ void load(int l0, int lend) {
-        int l = l0 + (int)threadIdx.x % CONV_BK;
-        int n = l / (OH * OW), p = l - n * (OH * OW);
-        int oh = p / OW, ow = p - oh * OW;
-        int ih0 = oh * sh - ph, iw0 = ow * sw - pw;
+        const int l = l0 + (int)threadIdx.x % CONV_BK;
+        const int n = l / (OH * OW), p = l - n * (OH * OW);
+        const int oh = p / OW, ow = p - oh * OW;
+        const int ih0 = oh * sh - ph, iw0 = ow * sw - pw;
         const index_t base = (index_t)n * CHW + ih0 * W + iw0;
 #pragma unroll
-        for (int q = 0; q < CONV_TM; ++q) {
-            int ih = ih0 + (tap[q] >> 16), iw = iw0 + (tap[q] & 0xffff);
-            reg[q] = (l < lend && off[q] >= 0 && ih >= 0 && ih < H && iw >= 0 && iw < W) ? gemm_operand(x[base + off[q]])
-                                                                                         : (acc_t)0;
+        for (int q = 0; q < N; ++q) {
+            const int ih = ih0 + (tap[q] >> 16), iw = iw0 + (tap[q] & 0xffff);
+            this->reg[q] = (l < lend && off[q] >= 0 && ih >= 0 && ih < H && iw >= 0 && iw < W)
+                               ? gemm_operand(x[base + off[q]]) : (acc_t)0;
         }
     }
 };
 
-// Backward-weight output gradients staged [l][k] = dy[n, k, oh, ow], l = (n, oh, ow).
-struct GradColLoader : LFastStaging<CONV_TN, CONV_BK, 8, acc_t (*)[CONV_SROW]> {
+// Output gradients staged [l][k] = dy[n, k, oh, ow], l = (n, oh, ow).
+template <int N, int STEP>
+struct GradColLoader : LFastStaging<N, CONV_BK, STEP> {
     const storage_t* dy;
     int col0, K, OHW;
     __device__ GradColLoader(const storage_t* dy_, int col0_, int K_, int OHW_) : dy(dy_), col0(col0_), K(K_), OHW(OHW_) {}
     __device__ void load(int l0, int lend) {
-        int l = l0 + (int)threadIdx.x % CONV_BK;
-        int n = l / OHW, p = l - n * OHW;
+        const int l = l0 + (int)threadIdx.x % CONV_BK;
+        const int n = l / OHW, p = l - n * OHW;
 #pragma unroll
-        for (int q = 0; q < CONV_TN; ++q) {
-            int k = col0 + (int)threadIdx.x / CONV_BK + 8 * q;
-            reg[q] = (l < lend && k < K) ? gemm_operand(dy[((index_t)n * K + k) * OHW + p]) : (acc_t)0;
+        for (int q = 0; q < N; ++q) {
+            const int k = col0 + (int)threadIdx.x / CONV_BK + STEP * q;
+            this->reg[q] = (l < lend && k < K) ? gemm_operand(dy[((index_t)n * K + k) * OHW + p]) : (acc_t)0;
         }
     }
 };
@@ -334,26 +362,51 @@ __device__ inline void conv_zero(acc_t acc[CONV_TM][CONV_TN]) {
         for (int j = 0; j < CONV_TN; ++j) acc[i][j] = 0;
 }
 
+// Where accumulator acc[i][j] of this thread sits in its tile: row Map::row(i), column
+// Map::col(j). v2: rows tx + 8i and columns ty + 8j, (tx, ty) = (t % 8, t / 8), as its main loop
+// reads them; v3's map (Conv3Map) is with its main loop, below.
+struct Conv2Map {
+    __device__ static int row(int i) { return (int)(threadIdx.x % 8) + 8 * i; }
+    __device__ static int col(int j) { return (int)(threadIdx.x / 8) + 8 * j; }
+};
+
 // Epilogue of the forward and backward-data GEMMs: acc[i][j] is the output (m, col), m = (n, p)
 // with p a position in a plane of P elements and col one of `cols` channels, stored to
-// out[n, col, p] after the bias (null: none) and ReLU (forward only). Rows tx + 8i put a
-// warp's stores for one (i, j) on consecutive p.
+// out[n, col, p] after the bias (null: none) and ReLU (forward only). A warp's stores for one
+// (i, j) land on consecutive p (v2: rows tx + 8i), or 4 apart with the four i of a thread filling
+// the gaps (v3: L2 merges the partial sectors).
+template <class Map>
 __device__ inline void conv_store_nchw(acc_t acc[CONV_TM][CONV_TN], storage_t* out, int row0, int col0, int M,
                                        int cols, int P, const storage_t* bias, int relu) {
-    const int tx = threadIdx.x % 8, ty = threadIdx.x / 8;
 #pragma unroll
     for (int i = 0; i < CONV_TM; ++i) {
-        const int m = row0 + tx + 8 * i;
+        const int m = row0 + Map::row(i);
         if (m >= M) continue;
         const int n = m / P, p = m - n * P;
         storage_t* on = out + (index_t)n * cols * P + p;
 #pragma unroll
         for (int j = 0; j < CONV_TN; ++j) {
-            const int c = col0 + ty + 8 * j;
+            const int c = col0 + Map::col(j);
             if (c >= cols) continue;
             acc_t v = acc[i][j];
             if (bias) v += to_acc(bias[c]);
             on[(index_t)c * P] = from_acc(relu ? relu_value(v) : v);
+        }
+    }
+}
+
+// Epilogue of the weight gradient: acc[i][j] is dW^T[r, k], stored as this split's slice
+// out[k * R + r] of the workspace (or dw itself, with one split).
+template <class Map>
+__device__ inline void conv_store_weight(acc_t acc[CONV_TM][CONV_TN], acc_t* out, int row0, int col0, int R, int K) {
+#pragma unroll
+    for (int i = 0; i < CONV_TM; ++i) {
+        const int r = row0 + Map::row(i);
+        if (r >= R) continue;
+#pragma unroll
+        for (int j = 0; j < CONV_TN; ++j) {
+            const int k = col0 + Map::col(j);
+            if (k < K) out[(index_t)k * R + r] = acc[i][j];
         }
     }
 }
@@ -396,12 +449,12 @@ conv2d_forward_v2(const storage_t* x, const storage_t* w, const storage_t* b, st
     __shared__ acc_t Bs[CONV_BK][CONV_SROW];
     const int M = N * OH * OW, R = C * FH * FW;
     const int row0 = blockIdx.x * CONV_BM, col0 = blockIdx.y * CONV_BN;
-    PatchRowLoader la(x, row0 + threadIdx.x, M, C, H, W, FH, FW, OH, OW, sh, sw, ph, pw);
+    PatchRowLoader<CONV_BK, CONV_BM> la(x, row0, M, C, H, W, FH, FW, OH, OW, sh, sw, ph, pw);
     FilterColLoader lb(w, col0, K, R);
     acc_t acc[CONV_TM][CONV_TN];
     conv_zero(acc);
     conv_gemm_mainloop(la, lb, 0, R, As, Bs, acc);
-    conv_store_nchw(acc, y, row0, col0, M, K, OH * OW, has_bias ? b : nullptr, relu);
+    conv_store_nchw<Conv2Map>(acc, y, row0, col0, M, K, OH * OW, has_bias ? b : nullptr, relu);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -441,12 +494,12 @@ conv2d_backward_data_v2(const storage_t* dy, const storage_t* w, storage_t* dx,
     __shared__ acc_t Bs[CONV_BK][CONV_SROW];
     const int M = N * H * W, L = K * FH * FW;
     const int row0 = blockIdx.x * CONV_BM, col0 = blockIdx.y * CONV_BN;
-    GradGatherRowLoader la(dy, row0 + threadIdx.x, M, H, W, K, FH, FW, OH, OW, sh, sw, ph, pw);
+    GradGatherRowLoader<CONV_BK, CONV_BM> la(dy, row0, M, H, W, K, FH, FW, OH, OW, sh, sw, ph, pw);
     FilterBwdColLoader lb(w, col0, C, FH * FW);
     acc_t acc[CONV_TM][CONV_TN];
     conv_zero(acc);
     conv_gemm_mainloop(la, lb, 0, L, As, Bs, acc);
-    conv_store_nchw(acc, dx, row0, col0, M, C, H * W, nullptr, 0);
+    conv_store_nchw<Conv2Map>(acc, dx, row0, col0, M, C, H * W, nullptr, 0);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -490,24 +543,12 @@ conv2d_backward_weight_v2(const storage_t* dy, const storage_t* x, acc_t* ws,
     const int row0 = blockIdx.x * CONV_BM, col0 = blockIdx.y * CONV_BN;
     const int lbegin = blockIdx.z * chunk;
     const int lend = imin(L, lbegin + chunk);
-    PatchColLoader la(x, row0, C, H, W, FH, FW, OH, OW, sh, sw, ph, pw);
-    GradColLoader lb(dy, col0, K, OH * OW);
+    PatchColLoader<CONV_TM, 8> la(x, row0, C, H, W, FH, FW, OH, OW, sh, sw, ph, pw);
+    GradColLoader<CONV_TN, 8> lb(dy, col0, K, OH * OW);
     acc_t acc[CONV_TM][CONV_TN];
     conv_zero(acc);
     conv_gemm_mainloop(la, lb, lbegin, lend, As, Bs, acc);
-
-    const int tx = threadIdx.x % 8, ty = threadIdx.x / 8;
-    acc_t* out = ws + (index_t)blockIdx.z * K * R;
-#pragma unroll
-    for (int i = 0; i < CONV_TM; ++i) {
-        int r = row0 + tx + 8 * i;
-        if (r >= R) continue;
-#pragma unroll
-        for (int j = 0; j < CONV_TN; ++j) {
-            int k = col0 + ty + 8 * j;
-            if (k < K) out[(index_t)k * R + r] = acc[i][j];
-        }
-    }
+    conv_store_weight<Conv2Map>(acc, ws + (index_t)blockIdx.z * K * R, row0, col0, R, K);
 }
 
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
@@ -561,7 +602,9 @@ conv2d_backward_bias(const storage_t* dy, storage_t* db, int N, int K, int OHW, 
 // {ty*4 + j, 64 + ty*4 + j}, i, j in [0, 4): the rows of one thread are two runs of four, so
 // they come out of shared memory as two acc4 loads; a quarter-warp (8 threads) reads 128
 // consecutive bytes (no bank conflict), and the two ty of a warp read the same B words
-// (broadcast).
+// (broadcast). The patch and gradient loaders and the epilogues are v2's templates, instantiated
+// for this tiling (PatchRowLoader<4, 128>, PatchColLoader<4, 32>, conv_store_nchw<Conv3Map>, ...);
+// only the filter loaders below have a mapping of their own.
 
 #define CONV3_BM 128
 #define CONV3_BN 128
@@ -577,17 +620,6 @@ conv2d_backward_bias(const storage_t* dy, storage_t* db, int N, int K, int OHW, 
 // once, when staged, not at every one of the 128 reads of each staged value).
 typedef acc_t (*conv3_tile_t)[CONV3_SROW];
 #define CONV3_TILE(arr, buf) ((conv3_tile_t)(arr)[buf])
-
-// The v3 row and column loaders' staging: 4 registers for reduction steps lq0 .. lq0 + 3 of
-// this thread's tile row (A) or column (B), slot.
-struct QuadStaging {
-    acc_t reg[4];
-    int slot, lq0;
-    __device__ void store(conv3_tile_t S) {
-#pragma unroll
-        for (int q = 0; q < 4; ++q) S[lq0 + q][slot] = reg[q];
-    }
-};
 
 // acc[4*i2 + i][4*j2 + j] += sum_l A(row0 + 64*i2 + 4*tx + i, l) * B(l, col0 + 64*j2 + 4*ty + j).
 template <class LoaderA, class LoaderB>
@@ -629,133 +661,21 @@ __device__ void conv3_mainloop(LoaderA& la, LoaderB& lb, int lbegin, int lend,
 }
 
 // Tile row (0..127) of accumulator row i of this thread, and column likewise.
-__device__ inline int conv3_row(int i) { return (i >> 2) * 64 + (int)(threadIdx.x % 16) * 4 + (i & 3); }
-__device__ inline int conv3_col(int j) { return (j >> 2) * 64 + (int)(threadIdx.x / 16) * 4 + (j & 3); }
-
-// The v2 epilogue (conv_store_nchw) on the v3 thread mapping. A warp's stores for one (i, j)
-// cover 16 rows 4 apart; the four i of a thread fill the gaps, and L2 merges the partial sectors.
-__device__ inline void conv3_store_nchw(acc_t acc[8][8], storage_t* out, int row0, int col0, int M, int cols,
-                                        int P, const storage_t* bias, int relu) {
-#pragma unroll
-    for (int i = 0; i < 8; ++i) {
-        const int m = row0 + conv3_row(i);
-        if (m >= M) continue;
-        const int n = m / P, p = m - n * P;
-        storage_t* on = out + (index_t)n * cols * P + p;
-#pragma unroll
-        for (int j = 0; j < 8; ++j) {
-            const int c = col0 + conv3_col(j);
-            if (c >= cols) continue;
-            acc_t v = acc[i][j];
-            if (bias) v += to_acc(bias[c]);
-            on[(index_t)c * P] = from_acc(relu ? relu_value(v) : v);
-        }
-    }
-}
-
-// Row loaders (A operand, m-fast): thread t owns tile row t % 128 and reduction steps
-// 4 * (t / 128) .. + 3 of each round, so a warp reads 32 consecutive output positions per step.
-
-// Forward patches P[m, r] = x[n, c, oh*sh-ph+fh, ow*sw-pw+fw] (0 in the padding).
-struct PatchRowLoader3 : QuadStaging {
-    const storage_t* img;
-    int valid, ih0, iw0, H, W, FH, FW;
-    __device__ PatchRowLoader3(const storage_t* x, int row0, int M, int C, int H_, int W_, int FH_, int FW_,
-                               int OH, int OW, int sh, int sw, int ph, int pw)
-        : H(H_), W(W_), FH(FH_), FW(FW_) {
-        slot = (int)threadIdx.x % CONV3_BM;
-        lq0 = 4 * ((int)threadIdx.x / CONV3_BM);
-        const int m = row0 + slot;
-        valid = m < M;
-        const int mm = valid ? m : 0;
-        const int n = mm / (OH * OW), p = mm - n * (OH * OW);
-        const int oh = p / OW, ow = p - oh * OW;
-        img = x + (index_t)n * C * H * W;
-        ih0 = oh * sh - ph;
-        iw0 = ow * sw - pw;
-    }
-    __device__ void load(int l0, int lend) {
-        const int l = l0 + lq0;  // decoded once per round, then stepped (divisions are costly)
-        int c = l / (FH * FW), f = l - c * (FH * FW);
-        int fh = f / FW, fw = f - fh * FW;
-#pragma unroll
-        for (int q = 0; q < 4; ++q) {
-            acc_t v = 0;
-            const int ih = ih0 + fh, iw = iw0 + fw;
-            if (valid && l + q < lend && ih >= 0 && ih < H && iw >= 0 && iw < W)
-                v = gemm_operand(img[((index_t)c * H + ih) * W + iw]);
-            reg[q] = v;
-            if (++fw == FW) {
-                fw = 0;
-                if (++fh == FH) {
-                    fh = 0;
-                    ++c;
-                }
-            }
-        }
-    }
+struct Conv3Map {
+    __device__ static int row(int i) { return (i >> 2) * 64 + (int)(threadIdx.x % 16) * 4 + (i & 3); }
+    __device__ static int col(int j) { return (j >> 2) * 64 + (int)(threadIdx.x / 16) * 4 + (j & 3); }
 };
 
-// Backward-data gather G[m, l] (m = (n, ih, iw), l = (k, fh, fw)): dy[n, k, oh, ow] where
-// ih + ph - fh = oh*sh and iw + pw - fw = ow*sw exactly, else 0. As GradGatherRowLoader, the
-// quotients and remainders by the strides are stepped with (fh, fw), not divided per element.
-struct GradGatherRowLoader3 : QuadStaging {
-    const storage_t* img;
-    int valid, ihp, iwp, FH, FW, OH, OW, sh, sw;
-    __device__ GradGatherRowLoader3(const storage_t* dy, int row0, int M, int H, int W, int K, int FH_, int FW_,
-                                    int OH_, int OW_, int sh_, int sw_, int ph, int pw)
-        : FH(FH_), FW(FW_), OH(OH_), OW(OW_), sh(sh_), sw(sw_) {
-        slot = (int)threadIdx.x % CONV3_BM;
-        lq0 = 4 * ((int)threadIdx.x / CONV3_BM);
-        const int m = row0 + slot;
-        valid = m < M;
-        const int mm = valid ? m : 0;
-        const int n = mm / (H * W), p = mm - n * (H * W);
-        const int ih = p / W, iw = p - ih * W;
-        img = dy + (index_t)n * K * OH * OW;
-        ihp = ih + ph;
-        iwp = iw + pw;
-    }
-    __device__ void load(int l0, int lend) {
-        const int l = l0 + lq0;
-        int k = l / (FH * FW), f = l - k * (FH * FW);
-        int fh = f / FW, fw = f - fh * FW;
-        int ohq = floor_div(ihp - fh, sh), ohr = ihp - fh - ohq * sh;  // ohr in [0, sh)
-        int owq = floor_div(iwp - fw, sw), owr = iwp - fw - owq * sw;
-        const int owq0 = iwp / sw, owr0 = iwp - owq0 * sw;  // fw = 0 (iwp >= 0)
-#pragma unroll
-        for (int q = 0; q < 4; ++q) {
-            acc_t v = 0;
-            if (valid && l + q < lend && ohr == 0 && owr == 0 && ohq >= 0 && ohq < OH && owq >= 0 && owq < OW)
-                v = gemm_operand(img[((index_t)k * OH + ohq) * OW + owq]);
-            reg[q] = v;
-            if (++fw == FW) {
-                fw = 0;
-                owq = owq0;
-                owr = owr0;
-                if (++fh == FH) {
-                    fh = 0;
-                    ++k;
-                    ohq = ihp / sh;
-                    ohr = ihp - ohq * sh;
-                } else if (--ohr < 0) {
-                    ohr += sh;
-                    --ohq;
-                }
-            } else if (--owr < 0) {
-                owr += sw;
-                --owq;
-            }
-        }
-    }
-};
+// The row loaders (A operand) are v2's PatchRowLoader and GradGatherRowLoader with 4 steps of
+// 128 rows: thread t stages tile row t % 128 and reduction steps 4 * (t / 128) .. + 3 of each
+// round, so a warp reads 32 consecutive output positions per step.
 
 // Column loaders (B operand, l-fast): thread t owns tile column t / 2 and reduction steps
 // 4 * (t % 2) .. + 3, which are contiguous in memory for the filters: the two threads of a
 // column read one 32-byte sector together.
 
 // Forward filters W^T[r, k] = w[k, r] (w is K x R row-major, R = C*FH*FW).
-struct FilterColLoader3 : QuadStaging {
+struct FilterColLoader3 : SlotStaging<4> {
     const storage_t* wk;  // w + k*R of this thread's column (or w when the column is past K)
     int validk, R;
     __device__ FilterColLoader3(const storage_t* w, int col0, int K, int R_) : R(R_) {
@@ -774,7 +694,7 @@ struct FilterColLoader3 : QuadStaging {
 };
 
 // Backward-data filters W'[l, c] = w[k, c, fh, fw], l = (k, fh, fw): contiguous in f = (fh, fw).
-struct FilterBwdColLoader3 : QuadStaging {
+struct FilterBwdColLoader3 : SlotStaging<4> {
     const storage_t* wc;  // w + c*FHW of this thread's column
     int validc, C, FHW;
     __device__ FilterBwdColLoader3(const storage_t* w, int col0, int C_, int FHW_) : C(C_), FHW(FHW_) {
@@ -807,12 +727,12 @@ conv2d_forward_v3(const storage_t* x, const storage_t* w, const storage_t* b, st
     __shared__ acc4 Bs[2][CONV3_BK][CONV3_SROW / 4];
     const int M = N * OH * OW, R = C * FH * FW;
     const int row0 = blockIdx.x * CONV3_BM, col0 = blockIdx.y * CONV3_BN;
-    PatchRowLoader3 la(x, row0, M, C, H, W, FH, FW, OH, OW, sh, sw, ph, pw);
+    PatchRowLoader<4, CONV3_BM> la(x, row0, M, C, H, W, FH, FW, OH, OW, sh, sw, ph, pw);
     FilterColLoader3 lb(w, col0, K, R);
     acc_t acc[8][8];
     conv_zero(acc);  // v3 threads also hold 8x8 (CONV_TM x CONV_TN) outputs
     conv3_mainloop(la, lb, 0, R, As, Bs, acc);
-    conv3_store_nchw(acc, y, row0, col0, M, K, OH * OW, has_bias ? b : nullptr, relu);
+    conv_store_nchw<Conv3Map>(acc, y, row0, col0, M, K, OH * OW, has_bias ? b : nullptr, relu);
 }
 
 // Same signature and semantics as conv2d_backward_data_v1/v2. Block = CONV3_THREADS (256),
@@ -825,67 +745,13 @@ conv2d_backward_data_v3(const storage_t* dy, const storage_t* w, storage_t* dx,
     __shared__ acc4 Bs[2][CONV3_BK][CONV3_SROW / 4];
     const int M = N * H * W, L = K * FH * FW;
     const int row0 = blockIdx.x * CONV3_BM, col0 = blockIdx.y * CONV3_BN;
-    GradGatherRowLoader3 la(dy, row0, M, H, W, K, FH, FW, OH, OW, sh, sw, ph, pw);
+    GradGatherRowLoader<4, CONV3_BM> la(dy, row0, M, H, W, K, FH, FW, OH, OW, sh, sw, ph, pw);
     FilterBwdColLoader3 lb(w, col0, C, FH * FW);
     acc_t acc[8][8];
     conv_zero(acc);
     conv3_mainloop(la, lb, 0, L, As, Bs, acc);
-    conv3_store_nchw(acc, dx, row0, col0, M, C, H * W, nullptr, 0);
+    conv_store_nchw<Conv3Map>(acc, dx, row0, col0, M, C, H * W, nullptr, 0);
 }
-
-// Backward-weight column loaders (both operands l-fast, as in v2): thread t reads reduction step
-// kk = t % 8 of tile columns t / 8 + 32q, q in [0, 4): 8 neighbouring threads read 8 consecutive
-// l = (n, oh, ow), contiguous in x (stride 1) and in dy, and l is decoded once per round. The
-// stores S[kk][t/8 + 32q] of a warp (kk 0..7, four columns) fall in 32 distinct banks.
-
-// Patches P^T staged [l][r], r = (c, fh, fw): a thread's 4 rows are fixed, decoded once.
-struct PatchColLoader3 : LFastStaging<4, CONV3_BK, 32, conv3_tile_t> {
-    const storage_t* x;
-    int CHW, H, W, OH, OW, sh, sw, ph, pw;
-    int off[4];  // c*H*W + fh*W + fw of each row; -1 for rows past C*FH*FW
-    int tap[4];  // fh << 16 | fw (the launcher keeps filters under 32768 wide)
-    __device__ PatchColLoader3(const storage_t* x_, int row0, int C, int H_, int W_, int FH, int FW,
-                               int OH_, int OW_, int sh_, int sw_, int ph_, int pw_)
-        : x(x_), CHW(C * H_ * W_), H(H_), W(W_), OH(OH_), OW(OW_), sh(sh_), sw(sw_), ph(ph_), pw(pw_) {
-#pragma unroll
-        for (int q = 0; q < 4; ++q) {
-            const int r = row0 + (int)threadIdx.x / CONV3_BK + 32 * q;
-            const int c = r / (FH * FW), f = r - c * (FH * FW);
-            const int fh = f / FW, fw = f - fh * FW;
-            off[q] = r < C * FH * FW ? (c * H + fh) * W + fw : -1;
-            tap[q] = (fh << 16) | fw;
-        }
-    }
-    __device__ void load(int l0, int lend) {
-        const int l = l0 + (int)threadIdx.x % CONV3_BK;
-        const int n = l / (OH * OW), p = l - n * (OH * OW);
-        const int oh = p / OW, ow = p - oh * OW;
-        const int ih0 = oh * sh - ph, iw0 = ow * sw - pw;
-        const index_t base = (index_t)n * CHW + ih0 * W + iw0;
-#pragma unroll
-        for (int q = 0; q < 4; ++q) {
-            const int ih = ih0 + (tap[q] >> 16), iw = iw0 + (tap[q] & 0xffff);
-            reg[q] = (l < lend && off[q] >= 0 && ih >= 0 && ih < H && iw >= 0 && iw < W) ? gemm_operand(x[base + off[q]])
-                                                                                         : (acc_t)0;
-        }
-    }
-};
-
-// Output gradients staged [l][k] = dy[n, k, oh, ow], l = (n, oh, ow).
-struct GradColLoader3 : LFastStaging<4, CONV3_BK, 32, conv3_tile_t> {
-    const storage_t* dy;
-    int col0, K, OHW;
-    __device__ GradColLoader3(const storage_t* dy_, int col0_, int K_, int OHW_) : dy(dy_), col0(col0_), K(K_), OHW(OHW_) {}
-    __device__ void load(int l0, int lend) {
-        const int l = l0 + (int)threadIdx.x % CONV3_BK;
-        const int n = l / OHW, p = l - n * OHW;
-#pragma unroll
-        for (int q = 0; q < 4; ++q) {
-            const int k = col0 + (int)threadIdx.x / CONV3_BK + 32 * q;
-            reg[q] = (l < lend && k < K) ? gemm_operand(dy[((index_t)n * K + k) * OHW + p]) : (acc_t)0;
-        }
-    }
-};
 
 // Same signature and semantics as conv2d_backward_weight_v2 (split z reduces l in
 // [z*chunk, min((z+1)*chunk, N*OH*OW)) into ws[z*K*R + k*R + r]). Block = CONV3_THREADS (256),
@@ -902,21 +768,10 @@ conv2d_backward_weight_v3(const storage_t* dy, const storage_t* x, acc_t* ws,
     const int row0 = blockIdx.x * CONV3_BM, col0 = blockIdx.y * CONV3_BN;
     const int lbegin = blockIdx.z * chunk;
     const int lend = imin(L, lbegin + chunk);
-    PatchColLoader3 la(x, row0, C, H, W, FH, FW, OH, OW, sh, sw, ph, pw);
-    GradColLoader3 lb(dy, col0, K, OH * OW);
+    PatchColLoader<4, 32> la(x, row0, C, H, W, FH, FW, OH, OW, sh, sw, ph, pw);
+    GradColLoader<4, 32> lb(dy, col0, K, OH * OW);
     acc_t acc[8][8];
     conv_zero(acc);
     conv3_mainloop(la, lb, lbegin, lend, As, Bs, acc);
-
-    acc_t* out = ws + (index_t)blockIdx.z * K * R;
-#pragma unroll
-    for (int i = 0; i < 8; ++i) {
-        const int r = row0 + conv3_row(i);
-        if (r >= R) continue;
-#pragma unroll
-        for (int j = 0; j < 8; ++j) {
-            const int k = col0 + conv3_col(j);
-            if (k < K) out[(index_t)k * R + r] = acc[i][j];
-        }
-    }
+    conv_store_weight<Conv3Map>(acc, ws + (index_t)blockIdx.z * K * R, row0, col0, R, K);
 }
