@@ -842,6 +842,11 @@ def test_occupancy_asks_the_driver_about_the_kernel_with_its_shared_memory_allow
     assert n == 2 and asked == [(0xF00D, 256, 65536, 65536)]
     assert kernels.resident_blocks("conv2d_tc", "conv2d_backward_weight_tcwg", ml_dtypes.bfloat16, 256, "cuda", 0,
                                    shared_mem=65536) == 2 and len(asked) == 1  # memoized
+    # another build of the file (the wgmma tiles switched off) is another kernel: asked anew
+    monkeypatch.setenv("GPUCONV_WGMMA", "0")
+    kernels.resident_blocks("conv2d_tc", "conv2d_backward_weight_tcwg", ml_dtypes.bfloat16, 256, "cuda", 0,
+                            shared_mem=65536)
+    assert len(asked) == 2
 
 
 @needs_nvrtc

@@ -49,7 +49,7 @@ def resident_blocks(op_file: str, name: str, dtype, threads: int, target: str, d
     if device is None:
         device = backend.require_cupy().cuda.Device().id
     key = (op_file, name, np.dtype(dtype), bool(tf32), device, int(threads), int(shared_mem),
-           _env.get("GPUCONV_KERNELS_DIR"))
+           _env.get("GPUCONV_KERNELS_DIR"), _registry._WGMMA() if op_file in _sources.ARCH_SPECIFIC else None)
     n = _resident.get(key)
     if n is None:
         with backend.cupy_module().cuda.Device(device):
