@@ -255,9 +255,10 @@ def test_nhwc_switches_the_gpu_only_to_copy(fake_second_gpu, monkeypatch):
 def _cupy_ufunc_results(gpu, monkeypatch):
     """The fake GPU arrays' ufuncs as CuPy's: a result made by the ufunc is C-contiguous whatever
     the operands' layout (cupy/_core/_kernel.pyx allocates it C-ordered: CuPy's user guide,
-    "Contiguity / Strides"), a given ``out`` is written in place."""
+    "Contiguity / Strides"), a given ``out`` is written in place; a Python scalar operand stays one
+    (weakly typed, as in CuPy's ufuncs: ``bf16_array * 0`` stays bfloat16)."""
     def array_ufunc(self, ufunc, method, *inputs, out=None, **kwargs):
-        args = [np.asarray(a) for a in inputs]
+        args = [np.asarray(a) if isinstance(a, np.ndarray) else a for a in inputs]
         if out is not None:
             getattr(ufunc, method)(*args, out=tuple(np.asarray(o) for o in out), **kwargs)
             return out[0] if len(out) == 1 else out

@@ -82,10 +82,11 @@ def test_the_channel_split_of_a_shufflenet_block_float64(backend):
                           nn.ChannelShuffle(2))
     block.astype(np.float64)
     x = np.random.default_rng(3).standard_normal((2, 4, 5, 5))
-    y = block(x)
+    y = block(backend.asarray(x))  # (the block's parameters are on the backend's device: x goes there too)
     conv = block[0]["x2"][1]
-    f = ops.conv2d_forward(x[:, 2:], conv.weight.data, conv.bias.data, 1, 1)[0]
-    np.testing.assert_allclose(y, ops.channel_shuffle_forward(np.concatenate([x[:, :2], f], axis=1), 2)[0],
+    f = ops.conv2d_forward(x[:, 2:], backend.asnumpy(conv.weight.data), backend.asnumpy(conv.bias.data), 1, 1)[0]
+    np.testing.assert_allclose(backend.asnumpy(y),
+                               ops.channel_shuffle_forward(np.concatenate([x[:, :2], f], axis=1), 2)[0],
                                rtol=1e-13, atol=1e-13)
     check_layer_gradients(block, x, backend)
 
