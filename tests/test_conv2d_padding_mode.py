@@ -13,11 +13,12 @@ NUMPY_MODES = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 
 
 def _reference(layer, x):
-    """The layer's output from np.pad and a zero-padding Conv2d of the same weights (float64)."""
+    """The layer's output from np.pad and a zero-padding Conv2d of the same weights (float64), on the
+    host (made under the backend's default device, whose parameters would be on its GPU on 'cupy')."""
     left, right, top, bottom = layer._reversed_padding_repeated_twice
     xp = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), mode=NUMPY_MODES[layer.padding_mode])
     plain = Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, 0, layer.dilation,
-                   layer.groups, layer.bias is not None, floor=layer.floor).astype(np.float64)
+                   layer.groups, layer.bias is not None, floor=layer.floor).astype(np.float64).to("cpu")
     plain.load_state_dict(layer.state_dict())
     return plain(xp)
 
