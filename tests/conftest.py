@@ -149,6 +149,17 @@ REQUIRE_GPU = _env.flag("GPUCONV_REQUIRE_GPU")
 # skipped by skip_without_tensor_cores with this reason: a launch of it would not build (or trap).
 NOT_ON_THIS_GPU = "not on this GPU: "
 
+# GPUCONV_FAKE_CUPY=1: a CPU stand-in for the 'cupy' cases, NOT a GPU run. The 'cupy' backend's
+# cases (shown as 'cupy-fake', without the gpu mark), and the GPU cases of a test's own 'cuda'
+# parameter, run with CuPy faked (tests/fake_cupy.py, kernels on the simulator): to
+# find a test's own faults, and those of the ops' Python path on 'cuda', before a GPU runs them.
+# Never the default; refused together with GPUCONV_REQUIRE_GPU. Run e.g.
+#   GPUCONV_FAKE_CUPY=1 python -m pytest -n 0 tests/test_pool2d.py -k cupy
+FAKE_CUPY = _env.flag("GPUCONV_FAKE_CUPY")
+if FAKE_CUPY and REQUIRE_GPU:
+    raise pytest.UsageError("GPUCONV_FAKE_CUPY=1 fakes CuPy on the CPU: it is no GPU run, unset it with "
+                            "GPUCONV_REQUIRE_GPU=1")
+
 
 def nvrtc_or_skip():
     """Skips a test that compiles with NVRTC where CuPy's binding or the NVRTC library is missing
@@ -172,9 +183,35 @@ def skip_without_tensor_cores(target, dtype, tf32=False, device=None):
 def pytest_collection_modifyitems(config, items):
     """The whole suite (no paths named) starts with the tests marked slow (10 s and more each): on
     a 2-core machine a sanitizer build started last ran alone while the other worker idled. Named
-    paths keep their order (the GPU battery hands out its first hardware runs first)."""
+    paths keep their order (the GPU battery hands out its first hardware runs first).
+    GPUCONV_FAKE_CUPY=1: a GPU case of a test's own parameter ('cuda', not the backend fixture's)
+    runs on the fake too, its gpu mark and no-GPU skip taken off."""
+    if FAKE_CUPY:
+        for item in items:
+            params = getattr(getattr(item, "callspec", None), "params", {})
+            if item.get_closest_marker("gpu") is not None and "cuda" in params.values():
+                item.own_markers = [m for m in item.own_markers if m.name != "gpu" and not (
+                    m.name == "skipif" and str(m.kwargs.get("reason", "")).startswith("no GPU"))]
+                item.stash[_FAKE_CUPY_CASE] = True
     if getattr(config, "args_source", None) == pytest.Config.ArgsSource.TESTPATHS:
         items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: else as collected
+
+
+_FAKE_CUPY_CASE = pytest.StashKey[bool]()
+
+
+def pytest_report_header(config):
+    if FAKE_CUPY:
+        return ("GPUCONV_FAKE_CUPY=1: the 'cupy' backend's cases ('cupy-fake') and the GPU cases of a 'cuda' "
+                "parameter run with CuPy faked on the CPU (kernels on the simulator): NOT a GPU run")
+
+
+@pytest.fixture(autouse=True)
+def _fake_cupy_for_a_cuda_parameter(request):
+    """GPUCONV_FAKE_CUPY=1: CuPy faked for a 'cuda' case of a test's own parameter."""
+    if request.node.stash.get(_FAKE_CUPY_CASE, False):
+        from fake_cupy import install_fake_cupy
+        install_fake_cupy(request.getfixturevalue("monkeypatch"))
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -218,10 +255,11 @@ class Backend:
 
 
 def _backend_params():
-    return [pytest.param("numpy"), pytest.param("sim"),
-            pytest.param("cupy", marks=[pytest.mark.gpu,
-                                        pytest.mark.skipif(not B.cuda_available(),
-                                                           reason=f"no GPU: {B.cuda_status()}")])]
+    cupy = pytest.param("cupy", marks=[pytest.mark.gpu, pytest.mark.skipif(not B.cuda_available(),
+                                                                           reason=f"no GPU: {B.cuda_status()}")])
+    if FAKE_CUPY:  # (the CPU stand-in: no gpu mark, its own id)
+        cupy = pytest.param("cupy", id="cupy-fake")
+    return [pytest.param("numpy"), pytest.param("sim"), cupy]
 
 
 @pytest.fixture(params=_backend_params())
@@ -229,6 +267,9 @@ def backend(request):
     """The backend, its default device set, every launch of the test in ``backend.launches``.
     On 'sim' and 'cupy' an op that has kernels must run them: a test in which such an op fell
     back to its NumPy/CuPy reference fails, whatever it compared."""
+    if request.param == "cupy" and FAKE_CUPY:
+        from fake_cupy import install_fake_cupy
+        install_fake_cupy(request.getfixturevalue("monkeypatch"))
     be = Backend(request.param)
     with gpuconv.default_device(be.device), kernels.launch_log() as log:
         be.launches = log
