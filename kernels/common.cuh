@@ -91,6 +91,22 @@ __device__ inline index_t divmod_index(index_t a, int b, int* rest) {
     return q;
 }
 
+// Division by a divisor d (1 <= d < 2^31) known on the host: n / d for 0 <= n < 2^31 as a
+// multiply-high, an add and a shift (Granlund and Montgomery's round-up method), where a 32-bit
+// division by a value known only at run time is some 20 instructions. With s = ceil(log2 d) and
+// m = floor(2^32 * (2^s - d) / d) + 1 (below 2^32; 1 for a power of two, d = 1 included), n / d
+// = (mulhi(n, m) + n) >> s exactly: (m + 2^32) / 2^(32+s) exceeds 1/d by less than 2^-(32+s),
+// which n < 2^31 turns into less than 1/d. The launcher computes (m, s)
+// (gpuconv.kernels.fast_divisor) and passes them as kernel arguments, which the loops read from
+// the constant bank: no register held.
+struct FastDiv {
+    unsigned m, s;
+    __device__ int div(int n) const {
+        const unsigned hi = (unsigned)(((unsigned long long)(unsigned)n * m) >> 32);
+        return (int)((hi + (unsigned)n) >> s);
+    }
+};
+
 // Splits the flat index i of a row-major [...][H][W] array into its two fastest coordinates
 // (h, w) and returns the index of the plane above them (i may pass 2^31: see divmod_index).
 __device__ inline index_t split_hw(index_t i, int H, int W, int* h, int* w) {

@@ -51,26 +51,38 @@
 //                              dy NCHW or channels_last (NHWC memory), summed in the same order.
 //
 // GEMM row/column indices are int (the launchers check M, N, L < 2^31 and fall back to v1, whose
-// indices are 64-bit, beyond); element offsets into x, y, dy, dx are index_t (64-bit).
+// indices are 64-bit, beyond); element offsets into x, y, dy, dx are index_t (64-bit), but for the
+// gathers' offsets within one image, int (the launchers check an image's C*H*W and K*OH*OW too).
+//
+// Index decoding in the main loops: each round decodes a loader's reduction or position index
+// (r = (c, fh, fw), l = (k, fh, fw) or (n, oh, ow)) with FastDiv (common.cuh): a multiply-high,
+// an add and a shift per digit, where an integer division by a run-time value is some 20
+// instructions in loops of 512 FMAs a round. The tiled kernels take the (m, s) pairs as their
+// last arguments (gpuconv.kernels.fast_divisor): FH*FW and FW for the forward and the data
+// gradient, OH*OW and OW for the weight gradient. The data gradient's loops come in two instances,
+// picked at run time: unit stride (oh = ih + ph - fh as it is) and any stride (quotients by the
+// stride stepped along). sm_90 SASS, float32, instructions per round of the main loop (512 FFMAs;
+// a static count): forward v3 769 -> 708, v2 1079 -> 938; data gradient at unit stride v3
+// 1085 -> 765, v2 1491 -> 970 (strided 961, 1251); weight gradient v3 783 -> 740, v2 1003 -> 958.
 // Registers on sm_90 (ptxas 13, float32, see tests/test_nvrtc.py; the bf16/fp16 builds stage
-// float32 tiles and use the same shared memory): v2 forward and backward-data 129, backward-weight
-// 204, 4352 B of shared memory per block; v3 forward and backward-data 127 registers, 16896 B
-// (2 blocks = 16 warps per SM), backward-weight 130 (1 block = 8 warps per SM). No spills. (v2's
-// forward and backward-data took 168 and 167 before their loaders became the templates v3 shares;
-// the H200 timed them at those.)
+// float32 tiles and use the same shared memory): v2 forward 158, backward-data 166, backward-weight
+// 168, 4352 B of shared memory per block (6 blocks of 2 warps per SM); v3 forward and backward-data
+// 127 registers, 16896 B (2 blocks = 16 warps per SM), backward-weight 130 (1 block = 8 warps per
+// SM). No spills. (The H200 timed v2's forward and backward-data at 168 and 167 registers and v3
+// at these figures, before FastDiv replaced their divisions.)
 //
 // Resources per kernel and build (ptxas of CUDA 13.0 for sm_90, the registry's NVRTC options;
 // tests/test_nvrtc.py holds every figure to ptxas's report): registers / static shared memory
 // in bytes / bytes spilled (stores + loads).
 //   ptxas 13.0                 f32          f64          bf16         f16          tf32
 //   conv2d_forward_v1          48/0/0       48/0/0       46/0/0       44/0/0       48/0/0
-//   conv2d_forward_v2          129/4352/0   240/8704/0   164/4352/0   130/4352/0   152/4352/0
-//   conv2d_forward_v3          127/16896/0  226/33792/0  122/16896/0  122/16896/0  127/16896/0
+//   conv2d_forward_v2          158/4352/0   244/8704/0   157/4352/0   155/4352/0   157/4352/0
+//   conv2d_forward_v3          127/16896/0  226/33792/0  127/16896/0  122/16896/0  127/16896/0
 //   conv2d_backward_data_v1    48/0/0       48/0/0       48/0/0       46/0/0       48/0/0
-//   conv2d_backward_data_v2    129/4352/0   244/8704/0   129/4352/0   130/4352/0   167/4352/0
-//   conv2d_backward_data_v3    127/16896/0  226/33792/0  128/16896/0  128/16896/0  128/16896/0
+//   conv2d_backward_data_v2    166/4352/0   246/8704/0   135/4352/0   130/4352/0   134/4352/0
+//   conv2d_backward_data_v3    127/16896/0  228/33792/0  128/16896/0  128/16896/0  128/16896/0
 //   conv2d_backward_weight_v1  47/0/0       48/0/0       46/0/0       39/0/0       38/0/0
-//   conv2d_backward_weight_v2  204/4352/0   254/8704/0   202/4352/0   167/4352/0   168/4352/0
+//   conv2d_backward_weight_v2  168/4352/0   254/8704/0   196/4352/0   166/4352/0   168/4352/0
 //   conv2d_backward_weight_v3  130/16896/0  248/33792/0  143/16896/0  147/16896/0  139/16896/0
 //   conv2d_reduce_splits       32/0/0       32/0/0       32/0/0       32/0/0       32/0/0
 //   conv2d_backward_bias       32/1024/0    40/2048/0    32/1024/0    32/1024/0    32/1024/0
@@ -170,9 +182,10 @@ template <int N, int BM>
 struct PatchRowLoader : RowSlot<N, BM> {
     const storage_t* img;  // x + n*C*H*W
     int valid, ih0, iw0, H, W, FH, FW;
+    FastDiv taps, fws;  // by FH * FW and by FW
     __device__ PatchRowLoader(const storage_t* x, int row0, int M, int C, int H_, int W_, int FH_, int FW_,
-                              int OH, int OW, int sh, int sw, int ph, int pw)
-        : H(H_), W(W_), FH(FH_), FW(FW_) {
+                              int OH, int OW, int sh, int sw, int ph, int pw, FastDiv taps_, FastDiv fws_)
+        : H(H_), W(W_), FH(FH_), FW(FW_), taps(taps_), fws(fws_) {
         const int m = row0 + this->slot;
         valid = m < M;
         const int mm = valid ? m : 0;
@@ -183,17 +196,17 @@ struct PatchRowLoader : RowSlot<N, BM> {
         iw0 = ow * sw - pw;
     }
     __device__ void load(int l0, int lend) {
-        // Decode r = (c, fh, fw) once per round and step it: integer division by a runtime
-        // value costs ~20 instructions, 16 of them per round would rival the 512 FMAs.
+        // Decode r = (c, fh, fw) once per round (by FastDiv: an integer division by a run-time
+        // value costs ~20 instructions) and step it along the round's elements.
         const int l = l0 + this->lq0;
-        int c = l / (FH * FW), f = l - c * (FH * FW);
-        int fh = f / FW, fw = f - fh * FW;
+        int c = taps.div(l), f = l - c * (FH * FW);
+        int fh = fws.div(f), fw = f - fh * FW;
 #pragma unroll
         for (int q = 0; q < N; ++q) {
             acc_t v = 0;
             const int ih = ih0 + fh, iw = iw0 + fw;
             if (valid && l + q < lend && ih >= 0 && ih < H && iw >= 0 && iw < W)
-                v = gemm_operand(img[((index_t)c * H + ih) * W + iw]);
+                v = gemm_operand(img[(c * H + ih) * W + iw]);  // (an image's C*H*W is an int: the launcher)
             this->reg[q] = v;
             if (++fw == FW) {
                 fw = 0;
@@ -208,15 +221,19 @@ struct PatchRowLoader : RowSlot<N, BM> {
 
 // Output-gradient gather of the backward-data pass: G[m, l] with m = (n, ih, iw), l = (k, fh, fw)
 // is dy[n, k, oh, ow] when ih + ph - fh = oh*sh and iw + pw - fw = ow*sw exactly, else 0.
-// The quotients and remainders by the strides are stepped along with (fh, fw) instead of
-// divided afresh per element (4 divisions per round instead of ~80 at stride 2).
-template <int N, int BM>
+// UNIT (sh = sw = 1, most layers; the kernels pick the instance at run time) reads oh = ih + ph -
+// fh and ow = iw + pw - fw as they are, stepped down with fh and fw. Otherwise the quotients and
+// remainders by the strides are stepped along with (fh, fw) instead of divided afresh per element
+// (2 divisions per round instead of ~80 at stride 2).
+template <int N, int BM, bool UNIT>
 struct GradGatherRowLoader : RowSlot<N, BM> {
     const storage_t* img;  // dy + n*K*OH*OW
     int valid, ihp, iwp, FH, FW, OH, OW, sh, sw;
+    int ohq0, ohr0, owq0, owr0;  // ihp / sh, ihp % sh, iwp / sw, iwp % sw: fh = 0, fw = 0 (strided only)
+    FastDiv taps, fws;  // by FH * FW and by FW
     __device__ GradGatherRowLoader(const storage_t* dy, int row0, int M, int H, int W, int K, int FH_, int FW_,
-                                   int OH_, int OW_, int sh_, int sw_, int ph, int pw)
-        : FH(FH_), FW(FW_), OH(OH_), OW(OW_), sh(sh_), sw(sw_) {
+                                   int OH_, int OW_, int sh_, int sw_, int ph, int pw, FastDiv taps_, FastDiv fws_)
+        : FH(FH_), FW(FW_), OH(OH_), OW(OW_), sh(sh_), sw(sw_), taps(taps_), fws(fws_) {
         const int m = row0 + this->slot;
         valid = m < M;
         const int mm = valid ? m : 0;
@@ -225,20 +242,49 @@ struct GradGatherRowLoader : RowSlot<N, BM> {
         img = dy + (index_t)n * K * OH * OW;
         ihp = ih + ph;
         iwp = iw + pw;
+        if (!UNIT) {
+            ohq0 = ihp / sh;
+            ohr0 = ihp - ohq0 * sh;
+            owq0 = iwp / sw;
+            owr0 = iwp - owq0 * sw;
+        }
     }
     __device__ void load(int l0, int lend) {
         const int l = l0 + this->lq0;
-        int k = l / (FH * FW), f = l - k * (FH * FW);
-        int fh = f / FW, fw = f - fh * FW;
+        int k = taps.div(l), f = l - k * (FH * FW);
+        int fh = fws.div(f), fw = f - fh * FW;
+        if (UNIT) {
+            int oh = ihp - fh, ow = iwp - fw;
+#pragma unroll
+            for (int q = 0; q < N; ++q) {
+                acc_t v = 0;
+                if (valid && l + q < lend && (unsigned)oh < (unsigned)OH && (unsigned)ow < (unsigned)OW)
+                    v = gemm_operand(img[(k * OH + oh) * OW + ow]);  // (K*OH*OW is an int: the launcher)
+                this->reg[q] = v;
+                if (++fw == FW) {  // iw + pw - fw restarts at iwp
+                    fw = 0;
+                    ow = iwp;
+                    if (++fh == FH) {  // next filter: ih + ph - fh restarts at ihp
+                        fh = 0;
+                        ++k;
+                        oh = ihp;
+                    } else {
+                        --oh;
+                    }
+                } else {
+                    --ow;
+                }
+            }
+            return;
+        }
         // oh = (ihp - fh) / sh exactly when ohr == 0; floor division keeps ohr in [0, sh).
         int ohq = floor_div(ihp - fh, sh), ohr = ihp - fh - ohq * sh;
         int owq = floor_div(iwp - fw, sw), owr = iwp - fw - owq * sw;
-        const int owq0 = iwp / sw, owr0 = iwp - owq0 * sw;  // fw = 0 (iwp >= 0)
 #pragma unroll
         for (int q = 0; q < N; ++q) {
             acc_t v = 0;
             if (valid && l + q < lend && ohr == 0 && owr == 0 && ohq >= 0 && ohq < OH && owq >= 0 && owq < OW)
-                v = gemm_operand(img[((index_t)k * OH + ohq) * OW + owq]);
+                v = gemm_operand(img[(k * OH + ohq) * OW + owq]);
             this->reg[q] = v;
             if (++fw == FW) {  // iw + pw - fw restarts at iwp
                 fw = 0;
@@ -247,8 +293,8 @@ struct GradGatherRowLoader : RowSlot<N, BM> {
                 if (++fh == FH) {  // next filter: ih + ph - fh restarts at ihp
                     fh = 0;
                     ++k;
-                    ohq = ihp / sh;
-                    ohr = ihp - ohq * sh;
+                    ohq = ohq0;
+                    ohr = ohr0;
                 } else if (--ohr < 0) {
                     ohr += sh;
                     --ohq;
@@ -284,10 +330,12 @@ struct FilterColLoader : LFastStaging<CONV_TN, CONV_BK, 8> {
 struct FilterBwdColLoader : LFastStaging<CONV_TN, CONV_BK, 8> {
     const storage_t* w;
     int col0, C, FHW;
-    __device__ FilterBwdColLoader(const storage_t* w_, int col0_, int C_, int FHW_) : w(w_), col0(col0_), C(C_), FHW(FHW_) {}
+    FastDiv taps;  // by FHW
+    __device__ FilterBwdColLoader(const storage_t* w_, int col0_, int C_, int FHW_, FastDiv taps_)
+        : w(w_), col0(col0_), C(C_), FHW(FHW_), taps(taps_) {}
     __device__ void load(int l0, int lend) {
         int l = l0 + (int)threadIdx.x % CONV_BK;
-        int k = l / FHW, f = l - k * FHW;
+        int k = taps.div(l), f = l - k * FHW;
         const storage_t* base = w + (index_t)k * C * FHW + f;
 #pragma unroll
         for (int q = 0; q < CONV_TN; ++q) {
@@ -311,9 +359,11 @@ struct PatchColLoader : LFastStaging<N, CONV_BK, STEP> {
     int CHW, H, W, OH, OW, sh, sw, ph, pw;
     int off[N];  // c*H*W + fh*W + fw of each row; -1 for rows past C*FH*FW
     int tap[N];  // fh << 16 | fw (the launcher keeps filters under 32768 wide)
+    FastDiv planes, ows;  // by OH * OW and by OW
     __device__ PatchColLoader(const storage_t* x_, int row0, int C, int H_, int W_, int FH, int FW,
-                              int OH_, int OW_, int sh_, int sw_, int ph_, int pw_)
-        : x(x_), CHW(C * H_ * W_), H(H_), W(W_), OH(OH_), OW(OW_), sh(sh_), sw(sw_), ph(ph_), pw(pw_) {
+                              int OH_, int OW_, int sh_, int sw_, int ph_, int pw_, FastDiv planes_, FastDiv ows_)
+        : x(x_), CHW(C * H_ * W_), H(H_), W(W_), OH(OH_), OW(OW_), sh(sh_), sw(sw_), ph(ph_), pw(pw_),
+          planes(planes_), ows(ows_) {
 #pragma unroll
         for (int q = 0; q < N; ++q) {
             const int r = row0 + (int)threadIdx.x / CONV_BK + STEP * q;
@@ -325,8 +375,8 @@ struct PatchColLoader : LFastStaging<N, CONV_BK, STEP> {
     }
     __device__ void load(int l0, int lend) {
         const int l = l0 + (int)threadIdx.x % CONV_BK;
-        const int n = l / (OH * OW), p = l - n * (OH * OW);
-        const int oh = p / OW, ow = p - oh * OW;
+        const int n = planes.div(l), p = l - n * (OH * OW);
+        const int oh = ows.div(p), ow = p - oh * OW;
         const int ih0 = oh * sh - ph, iw0 = ow * sw - pw;
         const index_t base = (index_t)n * CHW + ih0 * W + iw0;
 #pragma unroll
@@ -343,10 +393,12 @@ template <int N, int STEP>
 struct GradColLoader : LFastStaging<N, CONV_BK, STEP> {
     const storage_t* dy;
     int col0, K, OHW;
-    __device__ GradColLoader(const storage_t* dy_, int col0_, int K_, int OHW_) : dy(dy_), col0(col0_), K(K_), OHW(OHW_) {}
+    FastDiv planes;  // by OHW
+    __device__ GradColLoader(const storage_t* dy_, int col0_, int K_, int OHW_, FastDiv planes_)
+        : dy(dy_), col0(col0_), K(K_), OHW(OHW_), planes(planes_) {}
     __device__ void load(int l0, int lend) {
         const int l = l0 + (int)threadIdx.x % CONV_BK;
-        const int n = l / OHW, p = l - n * OHW;
+        const int n = planes.div(l), p = l - n * OHW;
 #pragma unroll
         for (int q = 0; q < N; ++q) {
             const int k = col0 + (int)threadIdx.x / CONV_BK + STEP * q;
@@ -444,12 +496,14 @@ conv2d_forward_v1(const storage_t* x, const storage_t* w, const storage_t* b, st
 extern "C" __global__ void __launch_bounds__(CONV_THREADS)
 conv2d_forward_v2(const storage_t* x, const storage_t* w, const storage_t* b, storage_t* y,
                   int N, int C, int H, int W, int K, int FH, int FW, int OH, int OW,
-                  int sh, int sw, int ph, int pw, int has_bias, int relu) {
+                  int sh, int sw, int ph, int pw, int has_bias, int relu, unsigned taps_m, unsigned taps_s,
+                  unsigned fw_m, unsigned fw_s) {
     __shared__ acc_t As[CONV_BK][CONV_SROW];
     __shared__ acc_t Bs[CONV_BK][CONV_SROW];
     const int M = N * OH * OW, R = C * FH * FW;
     const int row0 = blockIdx.x * CONV_BM, col0 = blockIdx.y * CONV_BN;
-    PatchRowLoader<CONV_BK, CONV_BM> la(x, row0, M, C, H, W, FH, FW, OH, OW, sh, sw, ph, pw);
+    PatchRowLoader<CONV_BK, CONV_BM> la(x, row0, M, C, H, W, FH, FW, OH, OW, sh, sw, ph, pw, FastDiv{taps_m, taps_s},
+                                        FastDiv{fw_m, fw_s});
     FilterColLoader lb(w, col0, K, R);
     acc_t acc[CONV_TM][CONV_TN];
     conv_zero(acc);
@@ -486,20 +540,35 @@ conv2d_backward_data_v1(const storage_t* dy, const storage_t* w, storage_t* dx,
     }
 }
 
-extern "C" __global__ void __launch_bounds__(CONV_THREADS)
-conv2d_backward_data_v2(const storage_t* dy, const storage_t* w, storage_t* dx,
-                        int N, int C, int H, int W, int K, int FH, int FW, int OH, int OW,
-                        int sh, int sw, int ph, int pw) {
-    __shared__ acc_t As[CONV_BK][CONV_SROW];
-    __shared__ acc_t Bs[CONV_BK][CONV_SROW];
+// UNIT: the unit-stride instance of the gather (the kernel picks it at run time).
+template <bool UNIT>
+__device__ void conv2d_backward_data_v2_body(const storage_t* dy, const storage_t* w, storage_t* dx, int N, int C,
+                                             int H, int W, int K, int FH, int FW, int OH, int OW, int sh, int sw,
+                                             int ph, int pw, FastDiv taps, FastDiv fws, acc_t (*As)[CONV_SROW],
+                                             acc_t (*Bs)[CONV_SROW]) {
     const int M = N * H * W, L = K * FH * FW;
     const int row0 = blockIdx.x * CONV_BM, col0 = blockIdx.y * CONV_BN;
-    GradGatherRowLoader<CONV_BK, CONV_BM> la(dy, row0, M, H, W, K, FH, FW, OH, OW, sh, sw, ph, pw);
-    FilterBwdColLoader lb(w, col0, C, FH * FW);
+    GradGatherRowLoader<CONV_BK, CONV_BM, UNIT> la(dy, row0, M, H, W, K, FH, FW, OH, OW, sh, sw, ph, pw, taps, fws);
+    FilterBwdColLoader lb(w, col0, C, FH * FW, taps);
     acc_t acc[CONV_TM][CONV_TN];
     conv_zero(acc);
     conv_gemm_mainloop(la, lb, 0, L, As, Bs, acc);
     conv_store_nchw<Conv2Map>(acc, dx, row0, col0, M, C, H * W, nullptr, 0);
+}
+
+extern "C" __global__ void __launch_bounds__(CONV_THREADS)
+conv2d_backward_data_v2(const storage_t* dy, const storage_t* w, storage_t* dx,
+                        int N, int C, int H, int W, int K, int FH, int FW, int OH, int OW,
+                        int sh, int sw, int ph, int pw, unsigned taps_m, unsigned taps_s, unsigned fw_m,
+                        unsigned fw_s) {
+    __shared__ acc_t As[CONV_BK][CONV_SROW];
+    __shared__ acc_t Bs[CONV_BK][CONV_SROW];
+    const FastDiv taps{taps_m, taps_s}, fws{fw_m, fw_s};
+    if (sh == 1 && sw == 1)
+        conv2d_backward_data_v2_body<true>(dy, w, dx, N, C, H, W, K, FH, FW, OH, OW, sh, sw, ph, pw, taps, fws, As, Bs);
+    else
+        conv2d_backward_data_v2_body<false>(dy, w, dx, N, C, H, W, K, FH, FW, OH, OW, sh, sw, ph, pw, taps, fws, As,
+                                            Bs);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -536,15 +605,17 @@ conv2d_backward_weight_v1(const storage_t* dy, const storage_t* x, storage_t* dw
 extern "C" __global__ void __launch_bounds__(CONV_THREADS)
 conv2d_backward_weight_v2(const storage_t* dy, const storage_t* x, acc_t* ws,
                           int N, int C, int H, int W, int K, int FH, int FW, int OH, int OW,
-                          int sh, int sw, int ph, int pw, int chunk) {
+                          int sh, int sw, int ph, int pw, int chunk, unsigned planes_m, unsigned planes_s,
+                          unsigned ow_m, unsigned ow_s) {
     __shared__ acc_t As[CONV_BK][CONV_SROW];
     __shared__ acc_t Bs[CONV_BK][CONV_SROW];
     const int R = C * FH * FW, L = N * OH * OW;
     const int row0 = blockIdx.x * CONV_BM, col0 = blockIdx.y * CONV_BN;
     const int lbegin = blockIdx.z * chunk;
     const int lend = imin(L, lbegin + chunk);
-    PatchColLoader<CONV_TM, 8> la(x, row0, C, H, W, FH, FW, OH, OW, sh, sw, ph, pw);
-    GradColLoader<CONV_TN, 8> lb(dy, col0, K, OH * OW);
+    const FastDiv planes{planes_m, planes_s};
+    PatchColLoader<CONV_TM, 8> la(x, row0, C, H, W, FH, FW, OH, OW, sh, sw, ph, pw, planes, FastDiv{ow_m, ow_s});
+    GradColLoader<CONV_TN, 8> lb(dy, col0, K, OH * OW, planes);
     acc_t acc[CONV_TM][CONV_TN];
     conv_zero(acc);
     conv_gemm_mainloop(la, lb, lbegin, lend, As, Bs, acc);
@@ -697,7 +768,9 @@ struct FilterColLoader3 : SlotStaging<4> {
 struct FilterBwdColLoader3 : SlotStaging<4> {
     const storage_t* wc;  // w + c*FHW of this thread's column
     int validc, C, FHW;
-    __device__ FilterBwdColLoader3(const storage_t* w, int col0, int C_, int FHW_) : C(C_), FHW(FHW_) {
+    FastDiv taps;  // by FHW
+    __device__ FilterBwdColLoader3(const storage_t* w, int col0, int C_, int FHW_, FastDiv taps_)
+        : C(C_), FHW(FHW_), taps(taps_) {
         slot = (int)threadIdx.x / 2;
         lq0 = 4 * ((int)threadIdx.x % 2);
         validc = col0 + slot < C;
@@ -705,7 +778,7 @@ struct FilterBwdColLoader3 : SlotStaging<4> {
     }
     __device__ void load(int l0, int lend) {
         const int l = l0 + lq0;
-        int k = l / FHW, f = l - k * FHW;
+        int k = taps.div(l), f = l - k * FHW;
 #pragma unroll
         for (int q = 0; q < 4; ++q) {
             reg[q] = (validc && l + q < lend) ? gemm_operand(wc[(index_t)k * C * FHW + f]) : (acc_t)0;
@@ -722,12 +795,14 @@ struct FilterBwdColLoader3 : SlotStaging<4> {
 extern "C" __global__ void __launch_bounds__(CONV3_THREADS)
 conv2d_forward_v3(const storage_t* x, const storage_t* w, const storage_t* b, storage_t* y,
                   int N, int C, int H, int W, int K, int FH, int FW, int OH, int OW,
-                  int sh, int sw, int ph, int pw, int has_bias, int relu) {
+                  int sh, int sw, int ph, int pw, int has_bias, int relu, unsigned taps_m, unsigned taps_s,
+                  unsigned fw_m, unsigned fw_s) {
     __shared__ acc4 As[2][CONV3_BK][CONV3_SROW / 4];
     __shared__ acc4 Bs[2][CONV3_BK][CONV3_SROW / 4];
     const int M = N * OH * OW, R = C * FH * FW;
     const int row0 = blockIdx.x * CONV3_BM, col0 = blockIdx.y * CONV3_BN;
-    PatchRowLoader<4, CONV3_BM> la(x, row0, M, C, H, W, FH, FW, OH, OW, sh, sw, ph, pw);
+    PatchRowLoader<4, CONV3_BM> la(x, row0, M, C, H, W, FH, FW, OH, OW, sh, sw, ph, pw, FastDiv{taps_m, taps_s},
+                                   FastDiv{fw_m, fw_s});
     FilterColLoader3 lb(w, col0, K, R);
     acc_t acc[8][8];
     conv_zero(acc);  // v3 threads also hold 8x8 (CONV_TM x CONV_TN) outputs
@@ -737,20 +812,35 @@ conv2d_forward_v3(const storage_t* x, const storage_t* w, const storage_t* b, st
 
 // Same signature and semantics as conv2d_backward_data_v1/v2. Block = CONV3_THREADS (256),
 // grid = (ceil(N*H*W / 128), ceil(C / 128)).
-extern "C" __global__ void __launch_bounds__(CONV3_THREADS)
-conv2d_backward_data_v3(const storage_t* dy, const storage_t* w, storage_t* dx,
-                        int N, int C, int H, int W, int K, int FH, int FW, int OH, int OW,
-                        int sh, int sw, int ph, int pw) {
-    __shared__ acc4 As[2][CONV3_BK][CONV3_SROW / 4];
-    __shared__ acc4 Bs[2][CONV3_BK][CONV3_SROW / 4];
+template <bool UNIT>
+__device__ void conv2d_backward_data_v3_body(const storage_t* dy, const storage_t* w, storage_t* dx, int N, int C,
+                                             int H, int W, int K, int FH, int FW, int OH, int OW, int sh, int sw,
+                                             int ph, int pw, FastDiv taps, FastDiv fws,
+                                             acc4 (*As)[CONV3_BK][CONV3_SROW / 4],
+                                             acc4 (*Bs)[CONV3_BK][CONV3_SROW / 4]) {
     const int M = N * H * W, L = K * FH * FW;
     const int row0 = blockIdx.x * CONV3_BM, col0 = blockIdx.y * CONV3_BN;
-    GradGatherRowLoader<4, CONV3_BM> la(dy, row0, M, H, W, K, FH, FW, OH, OW, sh, sw, ph, pw);
-    FilterBwdColLoader3 lb(w, col0, C, FH * FW);
+    GradGatherRowLoader<4, CONV3_BM, UNIT> la(dy, row0, M, H, W, K, FH, FW, OH, OW, sh, sw, ph, pw, taps, fws);
+    FilterBwdColLoader3 lb(w, col0, C, FH * FW, taps);
     acc_t acc[8][8];
     conv_zero(acc);
     conv3_mainloop(la, lb, 0, L, As, Bs, acc);
     conv_store_nchw<Conv3Map>(acc, dx, row0, col0, M, C, H * W, nullptr, 0);
+}
+
+extern "C" __global__ void __launch_bounds__(CONV3_THREADS)
+conv2d_backward_data_v3(const storage_t* dy, const storage_t* w, storage_t* dx,
+                        int N, int C, int H, int W, int K, int FH, int FW, int OH, int OW,
+                        int sh, int sw, int ph, int pw, unsigned taps_m, unsigned taps_s, unsigned fw_m,
+                        unsigned fw_s) {
+    __shared__ acc4 As[2][CONV3_BK][CONV3_SROW / 4];
+    __shared__ acc4 Bs[2][CONV3_BK][CONV3_SROW / 4];
+    const FastDiv taps{taps_m, taps_s}, fws{fw_m, fw_s};
+    if (sh == 1 && sw == 1)
+        conv2d_backward_data_v3_body<true>(dy, w, dx, N, C, H, W, K, FH, FW, OH, OW, sh, sw, ph, pw, taps, fws, As, Bs);
+    else
+        conv2d_backward_data_v3_body<false>(dy, w, dx, N, C, H, W, K, FH, FW, OH, OW, sh, sw, ph, pw, taps, fws, As,
+                                            Bs);
 }
 
 // Same signature and semantics as conv2d_backward_weight_v2 (split z reduces l in
@@ -761,15 +851,17 @@ conv2d_backward_data_v3(const storage_t* dy, const storage_t* w, storage_t* dx,
 extern "C" __global__ void __launch_bounds__(CONV3_THREADS)
 conv2d_backward_weight_v3(const storage_t* dy, const storage_t* x, acc_t* ws,
                           int N, int C, int H, int W, int K, int FH, int FW, int OH, int OW,
-                          int sh, int sw, int ph, int pw, int chunk) {
+                          int sh, int sw, int ph, int pw, int chunk, unsigned planes_m, unsigned planes_s,
+                          unsigned ow_m, unsigned ow_s) {
     __shared__ acc4 As[2][CONV3_BK][CONV3_SROW / 4];
     __shared__ acc4 Bs[2][CONV3_BK][CONV3_SROW / 4];
     const int R = C * FH * FW, L = N * OH * OW;
     const int row0 = blockIdx.x * CONV3_BM, col0 = blockIdx.y * CONV3_BN;
     const int lbegin = blockIdx.z * chunk;
     const int lend = imin(L, lbegin + chunk);
-    PatchColLoader<4, 32> la(x, row0, C, H, W, FH, FW, OH, OW, sh, sw, ph, pw);
-    GradColLoader<4, 32> lb(dy, col0, K, OH * OW);
+    const FastDiv planes{planes_m, planes_s};
+    PatchColLoader<4, 32> la(x, row0, C, H, W, FH, FW, OH, OW, sh, sw, ph, pw, planes, FastDiv{ow_m, ow_s});
+    GradColLoader<4, 32> lb(dy, col0, K, OH * OW, planes);
     acc_t acc[8][8];
     conv_zero(acc);
     conv3_mainloop(la, lb, lbegin, lend, As, Bs, acc);

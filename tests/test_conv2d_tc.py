@@ -559,6 +559,31 @@ def test_more_column_tiles_than_grid_y_holds_run_untiled(target, variant, monkey
         assert ok, f"{name}: tiled and untiled differ by {worst:.3g} x the derived bound"
 
 
+@pytest.mark.parametrize("variant", ["v2", "v3"])
+def test_an_image_past_int_elements_runs_untiled(target, variant, monkeypatch):
+    """The CUDA-core tiles index within an image (x's C*H*W, dy's K*OH*OW) in int: an image past
+    2^31 - 1 elements runs on v1, whose indices are 64-bit. Shown with the limit cut below these
+    images (and nothing else: the GEMM's rows and reductions still fit), v1's results within the
+    derived bound of the tiled kernels'."""
+    rng = np.random.default_rng(37)
+    x, w, b = (rng.standard_normal(s).astype(np.float32) for s in ((2, 6, 9, 8), (5, 6, 3, 3), (5,)))
+    dy = rng.standard_normal((2, 5, 9, 8)).astype(np.float32)
+    tiled, log = run_conv(target, x, w, b, dy, (1, 1), (1, 1), False, variant=variant)
+    assert log.names[:2] == [f"conv2d_forward_{variant}", f"conv2d_backward_data_{variant}"]
+    images = {6 * 9 * 8, 5 * 9 * 8}  # x's and dy's elements per image
+    fits = LC._fits_int
+    monkeypatch.setattr(LC, "_fits_int", lambda *sizes: fits(*sizes) and not images & set(sizes))
+    _forget_plans()
+    untiled, log = run_conv(target, x, w, b, dy, (1, 1), (1, 1), False, variant=variant)
+    _forget_plans()
+    assert log.names[:3] == ["conv2d_forward_v1", "conv2d_backward_data_v1", "conv2d_backward_weight_v1"]
+    _, mags = exact(x, w, b, dy, (1, 1), (1, 1), False)
+    for name, a, b_, mag, length in zip(("y", "dx", "dw"), tiled, untiled, mags, (6 * 9 + 1, 5 * 9, 2 * 9 * 8)):
+        a, b_ = host(a).astype(np.float64), host(b_).astype(np.float64)
+        ok, worst = within_tolerance(a, b_, reduction_tolerance(mag, b_, length, np.float32))
+        assert ok, f"{name}: tiled and untiled differ by {worst:.3g} x the derived bound"
+
+
 def test_tile_grid_names_what_does_not_fit():
     assert kernels.tile_grid(100, 300, 64, 64, 4) == (2, 5, 4)
     assert kernels.tile_grid_fits(70, 65535 * 64, 64, 64) and not kernels.tile_grid_fits(70, 65535 * 64 + 1, 64, 64)

@@ -193,3 +193,46 @@ def test_index_divmod_on_both_sides_of_2_31(run):
     q, r = run("index_divmod", a, b, outputs=(np.int64, np.int32))
     np.testing.assert_array_equal(q, a // b)
     np.testing.assert_array_equal(r, a % b)
+
+
+def fast_div_cases():
+    """(n, d) pairs for FastDiv: every divisor's edges (0, d - 1, d, d + 1, the largest n, multiples
+    around the top), divisors 1-300, powers of two and their neighbours up to 2^31 - 1, random ones."""
+    rng = np.random.default_rng(11)
+    top = 2**31 - 1
+    ds = set(range(1, 301)) | {2**k + e for k in range(1, 31) for e in (-1, 0, 1)} | {top, top - 1, 3 * 2**29}
+    ds |= set(int(v) for v in rng.integers(1, top, 200))
+    ds = sorted(d for d in ds if 1 <= d <= top)
+    n, d = [], []
+    for div in ds:
+        k = top // div
+        cand = {0, 1, div - 1, div, div + 1, top, top - 1, k * div, k * div - 1, (k - 1) * div + div - 1}
+        cand |= set(int(v) for v in rng.integers(0, top, 8))
+        for v in sorted(c for c in cand if 0 <= c <= top):
+            n.append(v)
+            d.append(div)
+    return np.array(n, dtype=np.int64), np.array(d, dtype=np.int64)
+
+
+def test_fast_divisor_divides_every_numerator_below_2_31_exactly():
+    """gpuconv.kernels.fast_divisor's (m, s) give n // d for every edge case of every kind of divisor, by
+    the formula common.cuh's FastDiv evaluates (in Python's integers here), and the divisors past the
+    range are refused by name."""
+    n, d = fast_div_cases()
+    m = np.array([int(kernels.fast_divisor(int(v))[0]) for v in d], dtype=object)
+    s = np.array([int(kernels.fast_divisor(int(v))[1]) for v in d], dtype=object)
+    got = (((n.astype(object) * m) >> 32) + n.astype(object)) >> s
+    np.testing.assert_array_equal(got.astype(np.int64), n // d)
+    assert all(0 <= int(kernels.fast_divisor(int(v))[0]) < 2**32 for v in (1, 2, 3, 2**30 + 1, 2**31 - 1))
+    for bad in (0, -3, 2**31):
+        with pytest.raises(ValueError, match=rf"divisor {bad} is outside \[1, 2\^31 - 1\]"):
+            kernels.fast_divisor(bad)
+
+
+def test_fast_div_on_the_device_divides_exactly(run):
+    """common.cuh's FastDiv on the simulator (and a GPU when present): n / d for the edge cases of
+    every kind of divisor, with the launcher's (m, s)."""
+    n, d = fast_div_cases()
+    ms = np.array([kernels.fast_divisor(int(v)) for v in d], dtype=np.uint32)
+    q = run("fast_div", n.astype(np.int32), ms[:, 0].copy(), ms[:, 1].copy(), outputs=(np.int32,))
+    np.testing.assert_array_equal(q, n // d)

@@ -166,6 +166,18 @@ def int32_args(values: tuple) -> tuple:
     return tuple(np.int32(v) for v in values)
 
 
+@functools.lru_cache(maxsize=1024)
+def fast_divisor(d: int) -> tuple:
+    """The (m, s) kernel arguments (np.uint32) of common.cuh's FastDiv for a divisor 1 <= d < 2^31:
+    for every 0 <= n < 2^31, n // d == (((n * m) >> 32) + n) >> s, with s = ceil(log2 d) and
+    m = 2^32 * (2^s - d) // d + 1."""
+    d = int(d)
+    if not 1 <= d <= INT_MAX:
+        raise ValueError(f"fast_divisor: divisor {d} is outside [1, 2^31 - 1]")
+    s = (d - 1).bit_length()
+    return np.uint32((((1 << 32) * ((1 << s) - d)) // d) + 1), np.uint32(s)
+
+
 def address(a) -> int:
     """The address of a NumPy or CuPy array's first element (what alignment rules are about)."""
     if type(a) is np.ndarray:  # read off the array interface: no ctypes object made per launch

@@ -49,6 +49,11 @@ def _i32(*values):
     return kernels.int32_args(values)
 
 
+def _divisors(*divisors):
+    """The FastDiv arguments (m, s) of the tiled kernels' divisors, in order."""
+    return tuple(v for d in divisors for v in kernels.fast_divisor(d))
+
+
 def _fits_int(*sizes):
     """The tiled kernels index GEMM rows/columns with int, a tile's overhang included."""
     return kernels.int_indexable(*sizes, spare=TILE3)
@@ -182,8 +187,10 @@ def _forward_plan(x_shape, w_shape, stride, padding, has_bias, relu, target, dev
     if not n * k * oh * ow:
         return (n, k, oh, ow), None
     dims = _i32(n, c, h, wd, k, fh, fw, oh, ow, *stride, *padding, has_bias, relu)
-    if var == "v1" or not _tiles_fit(var, n * oh * ow, k, c * fh * fw):
-        var = "v1"  # the tiled kernels index GEMM rows in int; v1's indices are 64-bit
+    if var == "v1" or not _tiles_fit(var, n * oh * ow, k, c * fh * fw) or not _fits_int(c * h * wd):
+        var = "v1"  # the tiled kernels index GEMM rows and an image's elements in int; v1's indices are 64-bit
+    else:
+        dims += _divisors(fh * fw, fw)  # the patch loader's (c, fh, fw) of a reduction index
     name = f"conv2d_forward_{var}"
     return (n, k, oh, ow), (name, *geometry(name, target, device, rows=n * oh * ow, cols=k, elements=n * k * oh * ow),
                             dims)
@@ -247,11 +254,13 @@ def _backward_data_cuda_cores(dy, w, x_shape, stride, padding, tf32, target, var
 
 def _backward_data_plan(x_shape, w_shape, stride, padding, target, device, var):
     n, c, h, wd, k, fh, fw, oh, ow = _dims(x_shape, w_shape, stride, padding)
-    if var == "v1" or not _tiles_fit(var, n * h * wd, c, k * fh * fw):
-        var = "v1"
+    dims = _i32(n, c, h, wd, k, fh, fw, oh, ow, *stride, *padding)
+    if var == "v1" or not _tiles_fit(var, n * h * wd, c, k * fh * fw) or not _fits_int(k * oh * ow):
+        var = "v1"  # (as the forward: GEMM rows and an image of dy in int)
+    else:
+        dims += _divisors(fh * fw, fw)  # the loaders' (k, fh, fw) of a reduction index
     name = f"conv2d_backward_data_{var}"
-    return (name, *geometry(name, target, device, rows=n * h * wd, cols=c, elements=n * c * h * wd),
-            _i32(n, c, h, wd, k, fh, fw, oh, ow, *stride, *padding))
+    return (name, *geometry(name, target, device, rows=n * h * wd, cols=c, elements=n * c * h * wd), dims)
 
 
 def conv2d_backward_weight_kernel(dy, x, w_shape, stride, padding, tf32=False, *, target, dw_dtype=None):
@@ -311,7 +320,8 @@ def _backward_weight_plan(x_shape, w_shape, dtype, tf32, stride, padding, target
         splits, chunk = weight_splits(l_total, -(-rows // tile) * -(-k // tile), target, device, per_sm=per_sm)
     if splits is not None and kernels.int_indexable(splits * chunk):  # the kernels' end of the last split
         direct = splits == 1 and compute_dtype(dtype) == dtype
-        run = (name, *geometry(name, target, device, rows=rows, cols=k, splits=splits), dims + (np.int32(chunk),))
+        run = (name, *geometry(name, target, device, rows=rows, cols=k, splits=splits),
+               dims + (np.int32(chunk),) + _divisors(oh * ow, ow))  # the loaders' (n, oh, ow) of a position
         if direct:
             return run, None, None
         reduce = (*geometry("conv2d_reduce_splits", target, device, elements=size), (np.int32(splits), np.int64(size)))

@@ -45,3 +45,9 @@ extern "C" __global__ void storage_round_trip(const storage_t* x, acc_t* wide, s
 extern "C" __global__ void index_divmod(const long long* a, const int* b, long long* q, int* r, long long n) {
     for (index_t i = global_thread_index(); i < n; i += global_thread_count()) q[i] = divmod_index(a[i], b[i], &r[i]);
 }
+
+// common.cuh's FastDiv: q = n / d by the multiply-high, add and shift of (m, s) (the launcher's
+// gpuconv.kernels.fast_divisor), one (n, d) pair per element.
+extern "C" __global__ void fast_div(const int* n, const unsigned* m, const unsigned* s, int* q, long long count) {
+    for (index_t i = global_thread_index(); i < count; i += global_thread_count()) q[i] = FastDiv{m[i], s[i]}.div(n[i]);
+}
