@@ -62,7 +62,7 @@
 // gradient, OH*OW and OW for the weight gradient. The data gradient's loops come in two instances,
 // picked at run time: unit stride (oh = ih + ph - fh as it is) and any stride (quotients by the
 // stride stepped along). sm_90 SASS, float32, instructions per round of the main loop (512 FFMAs;
-// a static count): forward v3 769 -> 708, v2 1079 -> 938; data gradient at unit stride v3
+// a static count, benchmarks/sass_loop.py --build f32): forward v3 769 -> 708, v2 1079 -> 938; data gradient at unit stride v3
 // 1085 -> 765, v2 1491 -> 970 (strided 961, 1251); weight gradient v3 783 -> 740, v2 1003 -> 958.
 // Registers on sm_90 (ptxas 13, float32, see tests/test_nvrtc.py; the bf16/fp16 builds stage
 // float32 tiles and use the same shared memory): v2 forward 158, backward-data 166, backward-weight
@@ -846,8 +846,9 @@ conv2d_backward_data_v3(const storage_t* dy, const storage_t* w, storage_t* dx,
 // Same signature and semantics as conv2d_backward_weight_v2 (split z reduces l in
 // [z*chunk, min((z+1)*chunk, N*OH*OW)) into ws[z*K*R + k*R + r]). Block = CONV3_THREADS (256),
 // grid = (ceil(C*FH*FW / 128), ceil(K / 128), splits). ptxas uses 130 registers here, so one
-// block (8 warps) fits per SM; a minimum-blocks hint of 2 would cap it at 128 but spills (16 B in
-// float32, 2 KB in float64): left for the GPU measurement to judge.
+// block (8 warps) fits per SM; a minimum-blocks hint of 2 would cap it at 128 but spills (32 B in
+// float32, 40-64 B in the 16-bit and TF32 builds, 4 KB in float64, with the FastDiv loaders):
+// left for the GPU measurement to judge.
 extern "C" __global__ void __launch_bounds__(CONV3_THREADS)
 conv2d_backward_weight_v3(const storage_t* dy, const storage_t* x, acc_t* ws,
                           int N, int C, int H, int W, int K, int FH, int FW, int OH, int OW,

@@ -1079,17 +1079,41 @@ def test_sass_loop_without_its_tools_exits_2_naming_them(tmp_path):
 def test_sass_loop_finds_each_tensor_core_kernels_k_tile():
     """One pass of the main loop holds exactly one k-tile's MMAs (2 mma steps x the warp tile's
     16x8 tiles: 64 in the 64x64 warp tiles of tc128w, 32 in the 64x32 of tc128, 16 in the 32x32
-    of the 64x64 shape) and its ldmatrix reads."""
+    of the 64x64 shape) and its ldmatrix reads; a wgmma tile's, its warpgroup's 2 k-steps of 16
+    (tcwgn64: 2 for each of a warpgroup's two 64-row tiles), read from shared memory by descriptor (no
+    ldmatrix)."""
     proc = run_script("sass_loop", "--json", timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {r["kernel"]: r for r in json.loads(proc.stdout)}
     assert {"conv2d_forward_tc128", "conv2d_backward_data_tc", "conv2d_backward_weight_tc128", "gemm_tc_nt"} <= set(rows)
     # the data gradient's unit-stride loop and the 16-byte-copy loops are second instances
     assert {"conv2d_backward_data_tc128#2", "conv2d_backward_weight_tc128#2", "gemm_tc_nt#2"} <= set(rows)
+    assert {"conv2d_forward_tcwg", "conv2d_backward_weight_tcwgm64", "conv2d_backward_data_tcwgn64"} <= set(rows)
     for name, r in rows.items():
         base = name.split("#")[0]
+        if "_tcwg" in base:
+            assert r["mma"] == (4 if base.endswith("n64") else 2) and "ldmatrix" not in r, (name, r)
+            continue
         assert r["mma"] == (64 if base.endswith("128w") else 32 if base.endswith("128") else 16), (name, r)
         assert r["ldmatrix"] >= 4 and r["instructions"] > r["mma"] + r["ldmatrix"], (name, r)
+
+
+@pytest.mark.skipif(_cuobjdump() is None or __import__("shutil").which("nvcc") is None,
+                    reason="needs nvcc and cuobjdump (or $CUOBJDUMP)")
+def test_sass_loop_finds_each_cuda_core_convolutions_round():
+    """--build f32: one pass of a tiled conv2d.cu kernel's main loop is one shared-memory round of
+    8 reduction steps x 8 x 8 outputs per thread = 512 FFMAs, v2 reading them as 128 scalar loads,
+    v3 as 32 16-byte ones; the data gradient's two instances (unit stride, any stride) both found."""
+    proc = run_script("sass_loop", "--build", "f32", "--json", timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {r["kernel"]: r for r in json.loads(proc.stdout)}
+    want = {f"conv2d_{d}_{v}" for d in ("forward", "backward_data", "backward_weight") for v in ("v2", "v3")}
+    assert set(rows) == want | {"conv2d_backward_data_v2#2", "conv2d_backward_data_v3#2"}, sorted(rows)
+    for name, r in rows.items():
+        assert r["fma"] == 512 and r["top"][0] == ["FFMA", 512], (name, r)
+        loads = dict(r["top"]).get("LDS", 0) if "LDS" in dict(r["top"]) else None
+        assert loads in (None, 128 if "_v2" in name else 32), (name, r)
+        assert r["instructions"] > r["fma"], (name, r)
 
 
 def test_airbench_torch_scores_as_gpuconv_does():
