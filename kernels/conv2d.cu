@@ -847,7 +847,8 @@ conv2d_backward_data_v3(const storage_t* dy, const storage_t* w, storage_t* dx,
 // [z*chunk, min((z+1)*chunk, N*OH*OW)) into ws[z*K*R + k*R + r]). Block = CONV3_THREADS (256),
 // grid = (ceil(C*FH*FW / 128), ceil(K / 128), splits). ptxas uses 130 registers here, so one
 // block (8 warps) fits per SM; a minimum-blocks hint of 2 would cap it at 128 but spills (32 B in
-// float32, 40-64 B in the 16-bit and TF32 builds, 4 KB in float64, with the FastDiv loaders):
+// float32, 40-64 B in the 16-bit and TF32 builds, 4 KB in float64, with the FastDiv loaders; in
+// float32 four loop-invariant values, stored before the main loop and reloaded by 4 LDLs a round):
 // left for the GPU measurement to judge.
 extern "C" __global__ void __launch_bounds__(CONV3_THREADS)
 conv2d_backward_weight_v3(const storage_t* dy, const storage_t* x, acc_t* ws,
