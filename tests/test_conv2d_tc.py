@@ -584,6 +584,21 @@ def test_an_image_past_int_elements_runs_untiled(target, variant, monkeypatch):
         assert ok, f"{name}: tiled and untiled differ by {worst:.3g} x the derived bound"
 
 
+@pytest.mark.parametrize("variant", ["v2", "v3"])
+def test_no_input_channels_under_a_filter_past_int_taps_gives_the_bias(target, variant):
+    """A convolution of a zero-channel input (x and w hold no elements) gives the bias (ReLU'd),
+    however large its filter: one of 50000 x 50000 taps, past the int of the tiled kernels' tap
+    decoding (FH*FW), runs on v1 and answers (max(b, 0) in every output) rather than refusing."""
+    x, w = np.ones((2, 0, 50000, 50000), np.float32), np.ones((3, 0, 50000, 50000), np.float32)
+    b = np.array([-1.5, 0.0, 2.25], np.float32)
+    x, w, b = on(target, x, w, b)
+    with kernels.launch_log() as log, kernels.use_variant(conv2d_forward=variant):
+        y, _ = LC.conv2d_forward_kernel(x, w, b, (1, 1), (0, 0), False, target=target, relu=True)
+    assert log.names == ["conv2d_forward_v1"]
+    np.testing.assert_array_equal(host(y), np.broadcast_to(np.array([0.0, 0.0, 2.25], np.float32)[None, :, None, None],
+                                                           (2, 3, 1, 1)))
+
+
 def test_tile_grid_names_what_does_not_fit():
     assert kernels.tile_grid(100, 300, 64, 64, 4) == (2, 5, 4)
     assert kernels.tile_grid_fits(70, 65535 * 64, 64, 64) and not kernels.tile_grid_fits(70, 65535 * 64 + 1, 64, 64)

@@ -187,8 +187,10 @@ def _forward_plan(x_shape, w_shape, stride, padding, has_bias, relu, target, dev
     if not n * k * oh * ow:
         return (n, k, oh, ow), None
     dims = _i32(n, c, h, wd, k, fh, fw, oh, ow, *stride, *padding, has_bias, relu)
-    if var == "v1" or not _tiles_fit(var, n * oh * ow, k, c * fh * fw) or not _fits_int(c * h * wd):
-        var = "v1"  # the tiled kernels index GEMM rows and an image's elements in int; v1's indices are 64-bit
+    if var == "v1" or not _tiles_fit(var, n * oh * ow, k, c * fh * fw) or not _fits_int(c * h * wd, fh * fw):
+        # the tiled kernels index GEMM rows and an image's elements in int, and decode taps by an int
+        # FH*FW (past one only with C = 0, where the reduction is empty); v1's indices are 64-bit
+        var = "v1"
     else:
         dims += _divisors(fh * fw, fw)  # the patch loader's (c, fh, fw) of a reduction index
     name = f"conv2d_forward_{var}"
