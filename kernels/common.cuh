@@ -95,10 +95,10 @@ __device__ inline index_t divmod_index(index_t a, int b, int* rest) {
 // multiply-high, an add and a shift (Granlund and Montgomery's round-up method), where a 32-bit
 // division by a value known only at run time is some 20 instructions. With s = ceil(log2 d) and
 // m = floor(2^32 * (2^s - d) / d) + 1 (below 2^32; 1 for a power of two, d = 1 included), n / d
-// = (mulhi(n, m) + n) >> s exactly: (m + 2^32) / 2^(32+s) exceeds 1/d by less than 2^-(32+s),
+// = (mulhi(n, m) + n) >> s exactly: (m + 2^32) / 2^(32+s) exceeds 1/d by at most 2^-(32+s),
 // which n < 2^31 turns into less than 1/d. The launcher computes (m, s)
-// (gpuconv.kernels.fast_divisor) and passes them as kernel arguments, which the loops read from
-// the constant bank: no register held.
+// (gpuconv.kernels.fast_divisor) and passes them as kernel arguments, which the loops keep in
+// uniform registers (sm_90 SASS: IMAD.WIDE.U32 and SHF on UR operands): no per-thread register.
 struct FastDiv {
     unsigned m, s;
     __device__ int div(int n) const {
