@@ -62,24 +62,26 @@
 // gradient, OH*OW and OW for the weight gradient. The data gradient's loops come in two instances,
 // picked at run time: unit stride (oh = ih + ph - fh as it is) and any stride (quotients by the
 // stride stepped along). sm_90 SASS, float32, instructions per round of the main loop (512 FFMAs;
-// a static count, benchmarks/sass_loop.py --build f32): forward v3 769 -> 708, v2 1079 -> 938; data gradient at unit stride v3
-// 1085 -> 765, v2 1491 -> 970 (strided 961, 1251); weight gradient v3 783 -> 740, v2 1003 -> 958.
+// a static count, benchmarks/sass_loop.py --build f32): forward v3 769 -> 708, v2 1079 -> 953;
+// data gradient at unit stride v3 1085 -> 765, v2 1491 -> 975 (strided 961, 1255); weight
+// gradient v3 783 -> 740, v2 1003 -> 958.
 // Registers on sm_90 (ptxas 13, float32, see tests/test_nvrtc.py; the bf16/fp16 builds stage
-// float32 tiles and use the same shared memory): v2 forward 158, backward-data 166, backward-weight
-// 168, 4352 B of shared memory per block (6 blocks of 2 warps per SM); v3 forward and backward-data
-// 127 registers, 16896 B (2 blocks = 16 warps per SM), backward-weight 130 (1 block = 8 warps per
-// SM). No spills. (The H200 timed v2's forward and backward-data at 168 and 167 registers and v3
-// at these figures, before FastDiv replaced their divisions.)
+// float32 tiles and use the same shared memory): v2 forward and backward-data 128 (CONV2_MIN_BLOCKS:
+// 8 blocks of 2 warps per SM), backward-weight 168 (6 blocks), 4352 B of shared memory per block;
+// v3 forward and backward-data 127 registers, 16896 B (2 blocks = 16 warps per SM),
+// backward-weight 130 (1 block = 8 warps per SM). No spills. (The H200 timed v2's forward and
+// backward-data at 168 and 167 registers and v3 at these figures, before FastDiv replaced their
+// divisions.)
 //
 // Resources per kernel and build (ptxas of CUDA 13.0 for sm_90, the registry's NVRTC options;
 // tests/test_nvrtc.py holds every figure to ptxas's report): registers / static shared memory
 // in bytes / bytes spilled (stores + loads).
 //   ptxas 13.0                 f32          f64          bf16         f16          tf32
 //   conv2d_forward_v1          48/0/0       48/0/0       46/0/0       44/0/0       48/0/0
-//   conv2d_forward_v2          158/4352/0   244/8704/0   157/4352/0   155/4352/0   157/4352/0
+//   conv2d_forward_v2          128/4352/0   244/8704/0   128/4352/0   128/4352/0   128/4352/0
 //   conv2d_forward_v3          127/16896/0  226/33792/0  127/16896/0  122/16896/0  127/16896/0
 //   conv2d_backward_data_v1    48/0/0       48/0/0       48/0/0       46/0/0       48/0/0
-//   conv2d_backward_data_v2    166/4352/0   246/8704/0   135/4352/0   130/4352/0   134/4352/0
+//   conv2d_backward_data_v2    127/4352/0   246/8704/0   127/4352/0   128/4352/0   128/4352/0
 //   conv2d_backward_data_v3    127/16896/0  228/33792/0  128/16896/0  128/16896/0  128/16896/0
 //   conv2d_backward_weight_v1  47/0/0       48/0/0       46/0/0       39/0/0       38/0/0
 //   conv2d_backward_weight_v2  168/4352/0   254/8704/0   196/4352/0   166/4352/0   168/4352/0
@@ -93,6 +95,11 @@
 #define CONV_TM 8         // rows per thread
 #define CONV_TN 8         // columns per thread
 #define CONV_THREADS 64   // (BM/TM) * (BN/TN)
+// Blocks per SM the forward and data-gradient kernels are built for: 8 (128 registers) where they
+// fit without a spill (ptxas 13.0, every 4-byte-accumulator build: 158-166 registers, 6 blocks,
+// without the hint, at 0.5-1.6% more instructions a round with it); float64's 8x8 double tiles
+// do not (4-9 KB of spills), nor does the weight gradient in any build (232-256 B).
+#define CONV2_MIN_BLOCKS (sizeof(acc_t) == 8 ? 1 : 8)
 // Row padding of the shared tiles: with 68 floats per row the column-major stores of the
 // "l-fast" loaders (8 threads down a column, 4 columns per warp) hit 32 distinct banks.
 #define CONV_SROW (CONV_BM + 4)
@@ -493,7 +500,7 @@ conv2d_forward_v1(const storage_t* x, const storage_t* w, const storage_t* b, st
     }
 }
 
-extern "C" __global__ void __launch_bounds__(CONV_THREADS)
+extern "C" __global__ void __launch_bounds__(CONV_THREADS, CONV2_MIN_BLOCKS)
 conv2d_forward_v2(const storage_t* x, const storage_t* w, const storage_t* b, storage_t* y,
                   int N, int C, int H, int W, int K, int FH, int FW, int OH, int OW,
                   int sh, int sw, int ph, int pw, int has_bias, int relu, unsigned taps_m, unsigned taps_s,
@@ -556,7 +563,7 @@ __device__ void conv2d_backward_data_v2_body(const storage_t* dy, const storage_
     conv_store_nchw<Conv2Map>(acc, dx, row0, col0, M, C, H * W, nullptr, 0);
 }
 
-extern "C" __global__ void __launch_bounds__(CONV_THREADS)
+extern "C" __global__ void __launch_bounds__(CONV_THREADS, CONV2_MIN_BLOCKS)
 conv2d_backward_data_v2(const storage_t* dy, const storage_t* w, storage_t* dx,
                         int N, int C, int H, int W, int K, int FH, int FW, int OH, int OW,
                         int sh, int sw, int ph, int pw, unsigned taps_m, unsigned taps_s, unsigned fw_m,
