@@ -547,21 +547,32 @@ conv2d_backward_data_v1(const storage_t* dy, const storage_t* w, storage_t* dx,
     }
 }
 
-// UNIT: the unit-stride instance of the gather (the kernel picks it at run time).
-template <bool UNIT>
-__device__ void conv2d_backward_data_v2_body(const storage_t* dy, const storage_t* w, storage_t* dx, int N, int C,
-                                             int H, int W, int K, int FH, int FW, int OH, int OW, int sh, int sw,
-                                             int ph, int pw, FastDiv taps, FastDiv fws, acc_t (*As)[CONV_SROW],
-                                             acc_t (*Bs)[CONV_SROW]) {
-    const int M = N * H * W, L = K * FH * FW;
-    const int row0 = blockIdx.x * CONV_BM, col0 = blockIdx.y * CONV_BN;
-    GradGatherRowLoader<CONV_BK, CONV_BM, UNIT> la(dy, row0, M, H, W, K, FH, FW, OH, OW, sh, sw, ph, pw, taps, fws);
-    FilterBwdColLoader lb(w, col0, C, FH * FW, taps);
-    acc_t acc[CONV_TM][CONV_TN];
-    conv_zero(acc);
-    conv_gemm_mainloop(la, lb, 0, L, As, Bs, acc);
-    conv_store_nchw<Conv2Map>(acc, dx, row0, col0, M, C, H * W, nullptr, 0);
+// The data gradient's two instances, UNIT (sh = sw = 1) and any stride, picked at run time by the
+// stride: Body<UNIT>::run(args...).
+template <template <bool> class Body, class... Args>
+__device__ inline void by_stride(int sh, int sw, Args... args) {
+    if (sh == 1 && sw == 1)
+        Body<true>::run(args...);
+    else
+        Body<false>::run(args...);
 }
+
+template <bool UNIT>
+struct BackwardDataV2 {
+    __device__ static void run(const storage_t* dy, const storage_t* w, storage_t* dx, int N, int C, int H, int W,
+                               int K, int FH, int FW, int OH, int OW, int sh, int sw, int ph, int pw, FastDiv taps,
+                               FastDiv fws, acc_t (*As)[CONV_SROW], acc_t (*Bs)[CONV_SROW]) {
+        const int M = N * H * W, L = K * FH * FW;
+        const int row0 = blockIdx.x * CONV_BM, col0 = blockIdx.y * CONV_BN;
+        GradGatherRowLoader<CONV_BK, CONV_BM, UNIT> la(dy, row0, M, H, W, K, FH, FW, OH, OW, sh, sw, ph, pw, taps,
+                                                       fws);
+        FilterBwdColLoader lb(w, col0, C, FH * FW, taps);
+        acc_t acc[CONV_TM][CONV_TN];
+        conv_zero(acc);
+        conv_gemm_mainloop(la, lb, 0, L, As, Bs, acc);
+        conv_store_nchw<Conv2Map>(acc, dx, row0, col0, M, C, H * W, nullptr, 0);
+    }
+};
 
 extern "C" __global__ void __launch_bounds__(CONV_THREADS, CONV2_MIN_BLOCKS)
 conv2d_backward_data_v2(const storage_t* dy, const storage_t* w, storage_t* dx,
@@ -570,12 +581,8 @@ conv2d_backward_data_v2(const storage_t* dy, const storage_t* w, storage_t* dx,
                         unsigned fw_s) {
     __shared__ acc_t As[CONV_BK][CONV_SROW];
     __shared__ acc_t Bs[CONV_BK][CONV_SROW];
-    const FastDiv taps{taps_m, taps_s}, fws{fw_m, fw_s};
-    if (sh == 1 && sw == 1)
-        conv2d_backward_data_v2_body<true>(dy, w, dx, N, C, H, W, K, FH, FW, OH, OW, sh, sw, ph, pw, taps, fws, As, Bs);
-    else
-        conv2d_backward_data_v2_body<false>(dy, w, dx, N, C, H, W, K, FH, FW, OH, OW, sh, sw, ph, pw, taps, fws, As,
-                                            Bs);
+    by_stride<BackwardDataV2>(sh, sw, dy, w, dx, N, C, H, W, K, FH, FW, OH, OW, sh, sw, ph, pw,
+                              FastDiv{taps_m, taps_s}, FastDiv{fw_m, fw_s}, As, Bs);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -820,20 +827,21 @@ conv2d_forward_v3(const storage_t* x, const storage_t* w, const storage_t* b, st
 // Same signature and semantics as conv2d_backward_data_v1/v2. Block = CONV3_THREADS (256),
 // grid = (ceil(N*H*W / 128), ceil(C / 128)).
 template <bool UNIT>
-__device__ void conv2d_backward_data_v3_body(const storage_t* dy, const storage_t* w, storage_t* dx, int N, int C,
-                                             int H, int W, int K, int FH, int FW, int OH, int OW, int sh, int sw,
-                                             int ph, int pw, FastDiv taps, FastDiv fws,
-                                             acc4 (*As)[CONV3_BK][CONV3_SROW / 4],
-                                             acc4 (*Bs)[CONV3_BK][CONV3_SROW / 4]) {
-    const int M = N * H * W, L = K * FH * FW;
-    const int row0 = blockIdx.x * CONV3_BM, col0 = blockIdx.y * CONV3_BN;
-    GradGatherRowLoader<4, CONV3_BM, UNIT> la(dy, row0, M, H, W, K, FH, FW, OH, OW, sh, sw, ph, pw, taps, fws);
-    FilterBwdColLoader3 lb(w, col0, C, FH * FW, taps);
-    acc_t acc[8][8];
-    conv_zero(acc);
-    conv3_mainloop(la, lb, 0, L, As, Bs, acc);
-    conv_store_nchw<Conv3Map>(acc, dx, row0, col0, M, C, H * W, nullptr, 0);
-}
+struct BackwardDataV3 {
+    __device__ static void run(const storage_t* dy, const storage_t* w, storage_t* dx, int N, int C, int H, int W,
+                               int K, int FH, int FW, int OH, int OW, int sh, int sw, int ph, int pw, FastDiv taps,
+                               FastDiv fws, acc4 (*As)[CONV3_BK][CONV3_SROW / 4],
+                               acc4 (*Bs)[CONV3_BK][CONV3_SROW / 4]) {
+        const int M = N * H * W, L = K * FH * FW;
+        const int row0 = blockIdx.x * CONV3_BM, col0 = blockIdx.y * CONV3_BN;
+        GradGatherRowLoader<4, CONV3_BM, UNIT> la(dy, row0, M, H, W, K, FH, FW, OH, OW, sh, sw, ph, pw, taps, fws);
+        FilterBwdColLoader3 lb(w, col0, C, FH * FW, taps);
+        acc_t acc[8][8];
+        conv_zero(acc);
+        conv3_mainloop(la, lb, 0, L, As, Bs, acc);
+        conv_store_nchw<Conv3Map>(acc, dx, row0, col0, M, C, H * W, nullptr, 0);
+    }
+};
 
 extern "C" __global__ void __launch_bounds__(CONV3_THREADS)
 conv2d_backward_data_v3(const storage_t* dy, const storage_t* w, storage_t* dx,
@@ -842,12 +850,8 @@ conv2d_backward_data_v3(const storage_t* dy, const storage_t* w, storage_t* dx,
                         unsigned fw_s) {
     __shared__ acc4 As[2][CONV3_BK][CONV3_SROW / 4];
     __shared__ acc4 Bs[2][CONV3_BK][CONV3_SROW / 4];
-    const FastDiv taps{taps_m, taps_s}, fws{fw_m, fw_s};
-    if (sh == 1 && sw == 1)
-        conv2d_backward_data_v3_body<true>(dy, w, dx, N, C, H, W, K, FH, FW, OH, OW, sh, sw, ph, pw, taps, fws, As, Bs);
-    else
-        conv2d_backward_data_v3_body<false>(dy, w, dx, N, C, H, W, K, FH, FW, OH, OW, sh, sw, ph, pw, taps, fws, As,
-                                            Bs);
+    by_stride<BackwardDataV3>(sh, sw, dy, w, dx, N, C, H, W, K, FH, FW, OH, OW, sh, sw, ph, pw,
+                              FastDiv{taps_m, taps_s}, FastDiv{fw_m, fw_s}, As, Bs);
 }
 
 // Same signature and semantics as conv2d_backward_weight_v2 (split z reduces l in
