@@ -64,14 +64,15 @@
 // stride stepped along). sm_90 SASS, float32, instructions per round of the main loop (512 FFMAs;
 // a static count, benchmarks/sass_loop.py --build f32): forward v3 769 -> 708, v2 1079 -> 953;
 // data gradient at unit stride v3 1085 -> 765, v2 1491 -> 975 (strided 961, 1255); weight
-// gradient v3 783 -> 740, v2 1003 -> 958.
+// gradient v3 783 -> 750 (740 without its minimum-blocks hint), v2 1003 -> 958.
 // Registers on sm_90 (ptxas 13, float32, see tests/test_nvrtc.py; the bf16/fp16 builds stage
 // float32 tiles and use the same shared memory): v2 forward and backward-data 128 (CONV2_MIN_BLOCKS:
 // 8 blocks of 2 warps per SM), backward-weight 168 (6 blocks), 4352 B of shared memory per block;
 // v3 forward and backward-data 127 registers, 16896 B (2 blocks = 16 warps per SM),
-// backward-weight 130 (1 block = 8 warps per SM). No spills. (The H200 timed v2's forward and
-// backward-data at 168 and 167 registers and v3 at these figures, before FastDiv replaced their
-// divisions.)
+// backward-weight 128 (CONV3_WEIGHT_MIN_BLOCKS: 2 blocks, where 130 registers held it to one, as
+// the H200 timed it). No spills but v3's weight gradient's 32 B (40-64 B in the 16-bit and TF32
+// builds; see the kernel). (The H200 timed v2's forward and backward-data at 168 and 167
+// registers, before FastDiv replaced their divisions.)
 //
 // Resources per kernel and build (ptxas of CUDA 13.0 for sm_90, the registry's NVRTC options;
 // tests/test_nvrtc.py holds every figure to ptxas's report): registers / static shared memory
@@ -85,7 +86,7 @@
 //   conv2d_backward_data_v3    127/16896/0  228/33792/0  128/16896/0  128/16896/0  128/16896/0
 //   conv2d_backward_weight_v1  47/0/0       48/0/0       46/0/0       39/0/0       38/0/0
 //   conv2d_backward_weight_v2  168/4352/0   254/8704/0   196/4352/0   166/4352/0   168/4352/0
-//   conv2d_backward_weight_v3  130/16896/0  248/33792/0  143/16896/0  147/16896/0  139/16896/0
+//   conv2d_backward_weight_v3  128/16896/32 246/33792/0  128/16896/40 128/16896/48 128/16896/64
 //   conv2d_reduce_splits       32/0/0       32/0/0       32/0/0       32/0/0       32/0/0
 //   conv2d_backward_bias       32/1024/0    40/2048/0    32/1024/0    32/1024/0    32/1024/0
 
@@ -856,12 +857,14 @@ conv2d_backward_data_v3(const storage_t* dy, const storage_t* w, storage_t* dx,
 
 // Same signature and semantics as conv2d_backward_weight_v2 (split z reduces l in
 // [z*chunk, min((z+1)*chunk, N*OH*OW)) into ws[z*K*R + k*R + r]). Block = CONV3_THREADS (256),
-// grid = (ceil(C*FH*FW / 128), ceil(K / 128), splits). ptxas uses 130 registers here, so one
-// block (8 warps) fits per SM; a minimum-blocks hint of 2 would cap it at 128 but spills (32 B in
-// float32, 40-64 B in the 16-bit and TF32 builds, 4 KB in float64, with the FastDiv loaders; in
-// float32 four loop-invariant values, stored before the main loop and reloaded by 4 LDLs a round):
-// left for the GPU measurement to judge.
-extern "C" __global__ void __launch_bounds__(CONV3_THREADS)
+// grid = (ceil(C*FH*FW / 128), ceil(K / 128), splits). Built for 2 blocks (16 warps) per SM, as
+// the forward and the data gradient run: without the hint ptxas takes 130 registers (float32), so
+// one block of 8 warps fits, and each round's barrier drains the SM. With it, 128 registers and a
+// spill of four loop-invariant values (float32: 32 B, stored before the main loop and reloaded by
+// 4 LDLs a round, L1 hits; the round 740 -> 750 instructions; 40-64 B in the 16-bit and TF32
+// builds). float64 keeps one block (the hint would spill 4 KB).
+#define CONV3_WEIGHT_MIN_BLOCKS (sizeof(acc_t) == 8 ? 1 : 2)
+extern "C" __global__ void __launch_bounds__(CONV3_THREADS, CONV3_WEIGHT_MIN_BLOCKS)
 conv2d_backward_weight_v3(const storage_t* dy, const storage_t* x, acc_t* ws,
                           int N, int C, int H, int W, int K, int FH, int FW, int OH, int OW,
                           int sh, int sw, int ph, int pw, int chunk, unsigned planes_m, unsigned planes_s,

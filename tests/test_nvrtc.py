@@ -429,21 +429,29 @@ def test_ptxas_resource_usage(tmp_path, build, capsys):
         print("\n" + "\n".join(lines))
         if not stated:
             print(f"(no kernel header states ptxas figures of this nvcc's release {nvcc_release()}: not compared)")
-    # No kernel spills to local memory in any build, but for two written down in their headers: the
-    # float32 build of amp's cast_parameters (never launched: the launcher runs bf16 and fp16) and
-    # the float64 batch-norm _vec kernels (gradient checks only; see below).
+    # No kernel spills to local memory in any build, but for three written down in their headers: the
+    # float32 build of amp's cast_parameters (never launched: the launcher runs bf16 and fp16), the
+    # float64 batch-norm _vec kernels (gradient checks only; see below) and conv2d's v3 weight
+    # gradient, built for 2 blocks a SM in the 4-byte-accumulator builds (a few loop-invariant
+    # values, at most 64 bytes; float64 takes no such hint and must not spill).
+    hinted = ("conv2d", "conv2d_backward_weight_v3")
     for op_file, report in reports.items():
         for name in ENTRIES[op_file]:
             excused = (op_file, name, build) == ("amp", "cast_parameters", "f32") or (
                 op_file == "batchnorm" and build == "f64" and name.endswith("_vec"))
+            if (op_file, name) == hinted and build != "f64":
+                assert report[name]["spill"] <= 64 and report[name]["registers"] <= 128, (name, build, report[name])
+                continue
             assert excused or report[name]["spill"] == 0, \
                 f"kernels/{op_file}.cu {name} ({build}) spills {report[name]['spill']} bytes to local memory"
     # float64 doubles the register tiles; the builds that accumulate in float32 must not spill
-    # (bf16/fp16 stage float32 tiles: the same registers and shared memory as float32).
+    # (bf16/fp16 stage float32 tiles: the same registers and shared memory as float32), but for the
+    # hinted kernel above.
     if build != "f64":
         report = reports["conv2d"]
         for name in ENTRIES["conv2d"]:
-            assert report[name]["spill"] == 0, f"{name} ({build}) spills {report[name]['spill']} bytes to local memory"
+            assert report[name]["spill"] == 0 or ("conv2d", name) == hinted, \
+                f"{name} ({build}) spills {report[name]['spill']} bytes to local memory"
         for name in TUNED:  # float32 tiles in shared memory, whatever the storage
             assert report[name]["smem"] == (4352 if name.endswith("_v2") else 16896), (name, report[name])
     # Batch norm: streaming reductions and elementwise passes, no register tiles; a few dozen
