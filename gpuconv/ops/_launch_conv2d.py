@@ -180,8 +180,9 @@ def _forward(x, w, b, stride, padding, tf32, relu, target, var, device):
 
 
 # The CUDA-core launches' plans, as the tensor-core ones (_launch_conv2d_tc's launch plans, in its
-# memo): the output's shape, and (kernel, grid, block, int32 arguments), None when there is nothing
-# to launch; the weight gradient's also the workspace and the reduction of its splits.
+# memo): the output's shape, and (kernel, grid, block, scalar arguments: int32 sizes, then the tiled
+# kernels' FastDiv pairs as uint32), None when there is nothing to launch; the weight gradient's also
+# the workspace and the reduction of its splits.
 def _forward_plan(x_shape, w_shape, stride, padding, has_bias, relu, target, device, var):
     n, c, h, wd, k, fh, fw, oh, ow = _dims(x_shape, w_shape, stride, padding)
     if not n * k * oh * ow:
@@ -308,7 +309,7 @@ def _backward_weight(dy, x, w_shape, stride, padding, tf32, target, dw_dtype, va
 
 
 def _backward_weight_plan(x_shape, w_shape, dtype, tf32, stride, padding, target, device, var):
-    """(kernel, grid, block, int32 arguments), the split-K workspace's shape (None: the kernel writes
+    """(kernel, grid, block, scalar arguments), the split-K workspace's shape (None: the kernel writes
     dw) and the reduction's (grid, block, arguments after ws and dw) or None."""
     n, c, h, wd, k, fh, fw, oh, ow = _dims(x_shape, w_shape, stride, padding)
     dims = _i32(n, c, h, wd, k, fh, fw, oh, ow, *stride, *padding)
