@@ -1111,9 +1111,7 @@ def test_sass_loop_finds_each_cuda_core_convolutions_round():
     assert set(rows) == want | {"conv2d_backward_data_v2#2", "conv2d_backward_data_v3#2"}, sorted(rows)
     for name, r in rows.items():
         assert r["fma"] == 512 and r["top"][0] == ["FFMA", 512], (name, r)
-        loads = dict(r["top"]).get("LDS", 0) if "LDS" in dict(r["top"]) else None
-        assert loads in (None, 128 if "_v2" in name else 32), (name, r)
-        assert r["instructions"] > r["fma"], (name, r)
+        assert r["copy"] >= (128 if "_v2" in name else 32) and r["instructions"] > r["fma"] + r["copy"], (name, r)
 
 
 def test_airbench_torch_scores_as_gpuconv_does():
