@@ -97,9 +97,9 @@
 #define CONV_TN 8         // columns per thread
 #define CONV_THREADS 64   // (BM/TM) * (BN/TN)
 // Blocks per SM the forward and data-gradient kernels are built for: 8 (128 registers) where they
-// fit without a spill (ptxas 13.0, every 4-byte-accumulator build: 158-166 registers, 6 blocks,
-// without the hint, at 0.5-1.6% more instructions a round with it); float64's 8x8 double tiles
-// do not (4-9 KB of spills), nor does the weight gradient in any build (232-256 B).
+// fit without a spill (ptxas 13.0, every 4-byte-accumulator build: 130-166 registers, 6 or 7
+// blocks, without the hint; 0.5-1.6% more instructions a round with it, float32); float64's 8x8
+// double tiles do not (4-9 KB of spills), nor does the weight gradient in any build (232-256 B).
 #define CONV2_MIN_BLOCKS (sizeof(acc_t) == 8 ? 1 : 8)
 // Row padding of the shared tiles: with 68 floats per row the column-major stores of the
 // "l-fast" loaders (8 threads down a column, 4 columns per warp) hit 32 distinct banks.
