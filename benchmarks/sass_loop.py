@@ -40,7 +40,6 @@ BUILDS = {"bf16": (precision.bfloat16, False), "f16": (precision.float16, False)
           "f32": (precision.float32, False), "f64": (precision.float64, False)}
 FILES = ("conv2d_tc", "gemm_tc")
 CUDA_CORE_FILES = ("conv2d",)  # the f32 and f64 builds' files: their loops' math is FFMA/DFMA
-MATH = {"mma": ("HMMA", "HGMMA"), "fma": ("FFMA", "DFMA")}
 # Instruction classes (the SASS opcode's first word).
 CLASSES = {
     "mma": ("HMMA", "HGMMA"),
@@ -91,7 +90,7 @@ def loops(sass, math="mma", least=1):
     for chunk in re.split(r"\n\s*Function : ", sass)[1:]:
         name = chunk.split("\n", 1)[0].strip()
         ins = [(int(a, 16), text.strip()) for a, text in re.findall(r"/\*([0-9a-f]{4,})\*/\s+(.*?);", chunk)]
-        mma = [a for a, text in ins if opcode(text) in MATH[math]]
+        mma = [a for a, text in ins if opcode(text) in CLASSES[math]]
         if not mma:
             continue
         spans = []  # (start, end) of every backward branch's loop
