@@ -23,8 +23,7 @@
 // warpgroup, 48 KiB static: GEMMs of 64 rows or fewer); the wgmma shapes compute in the bf16,
 // fp16 and TF32 builds for sm_90a and the simulator only, trapping elsewhere (the launcher runs
 // the mma.sync tile of their width instead: tc128, or tc for tcwgn64 and tcwgm64; TF32 operands
-// are rounded in shared memory, K-major, m64nNk8); below, T is the tile side (BM x BN for the
-// wgmma shapes but tcwg).
+// are K-major, m64nNk8); below, T is the tile side (BM x BN for the wgmma shapes but tcwg).
 //   conv2d_forward_tc[128]          Y[m, k] = P[m, r] W[k, r]^T, m = (n, oh, ow), r = (fh, fw, c):
 //                                   the patch rows P gathered from x by PatchRows (cp.async, zero
 //                                   fill for padding), W dense; bias, ReLU and the cast fused in
@@ -49,17 +48,21 @@
 //                                   float32 dw32 instead (what a float32 master's gradient
 //                                   accumulates: one cast fewer). 1-D grid-stride over the
 //                                   K*C*FH*FW filter elements.
+//   conv2d_tc_round_tf32            the TF32 forward's and data gradient's operands rounded before
+//                                   their launch, two arrays a launch (at the end of this file).
 //
 // Precision (common.cuh, gpuconv/precision.py): storage_t operands, products exact and sums in
-// float32 on the tensor cores (TF32 operands rounded in shared memory, once per k-tile, by the
-// threads that copied them: StageRounded, tf32_operand), each output rounded once. The kernels
+// float32 on the tensor cores, each output rounded once. TF32 operands are rounded by
+// tf32_operand: the forward's and the data gradient's once per launch, before it
+// (conv2d_tc_round_tf32; their loops round nothing: Prerounded, which the simulator checks), the
+// weight gradient's as they are staged (StageRounded). The kernels
 // compute only in the builds with a tensor-core format (GPUCONV_TENSOR_CORES); elsewhere they
 // trap, and the launcher never sends them there.
 // GEMM rows and columns are int (the launcher checks the sizes); element offsets are index_t.
 //
 // Resources on sm_90a (ptxas 13.0; tests/test_nvrtc.py checks the bounds, the absence of spills and
 // the table below).
-// TcTile64: forward 80 registers, backward-data 96, backward-weight 94 (TF32: 128, its loads
+// TcTile64: forward 80 registers (TF32 85), backward-data 96, backward-weight 94 (TF32: 128, its loads
 // held in registers across the mmas); 24576 B of static shared memory; at 96 registers the register
 // file holds 5 blocks of 4 warps per SM, at 128 four. TcTile128 (warp tiles of 64x32: 64
 // accumulators per thread): 124-128 registers in every build (the weight gradient bounded to it),
@@ -68,7 +71,9 @@
 // thread): 234-246 registers, 49152 B; 2 blocks of 4 warps per SM. TcTileWg (sm_90a): 112-128
 // registers, 65536 B of dynamic stages (and 1 KiB to align them), 2 blocks of 8 warps per SM; its
 // bf16 loops issue 112-124 instructions a k-tile per warp around 2 HGMMAs (tc128: 150-170 around 32
-// HMMAs and 12 ldmatrix, the same multiply-adds; TF32 236-274, its operands rounded in the stages).
+// HMMAs and 12 ldmatrix, the same multiply-adds; TF32 150-151 forward and data gradient at unit
+// stride, 268-274 weight gradient, whose operands are rounded as they are staged; tcwg's TF32 112-119
+// and 206-220).
 // TcTileWg256: 176-218 registers, 98304 B, one block per SM; 126-196 instructions a k-tile for
 // twice the work. TcTileWgN64: 120-128 registers, 81920 B of dynamic stages, 2 blocks per SM;
 // 125-139 instructions a k-tile around 4 HGMMAs of 64 columns (tcwg's multiply-adds). TcTileWgM64:
@@ -88,28 +93,29 @@
 // tests/test_nvrtc.py holds every figure to ptxas's report): registers / static shared memory
 // in bytes / bytes spilled (stores + loads); the tile kernels trap in float32 and float64.
 //   ptxas 13.0                      f32          f64          bf16         f16          tf32
-//   conv2d_forward_tc               4/0/0        4/0/0        80/24576/0   80/24576/0   80/24576/0
+//   conv2d_forward_tc               4/0/0        4/0/0        80/24576/0   80/24576/0   85/24576/0
 //   conv2d_backward_data_tc         4/0/0        4/0/0        96/24576/0   96/24576/0   96/24576/0
 //   conv2d_backward_weight_tc       4/0/0        4/0/0        94/24576/0   94/24576/0   128/24576/0
-//   conv2d_forward_tc128            4/0/0        4/0/0        128/49152/0  128/49152/0  127/49152/0
+//   conv2d_forward_tc128            4/0/0        4/0/0        128/49152/0  128/49152/0  128/49152/0
 //   conv2d_backward_data_tc128      4/0/0        4/0/0        124/49152/0  124/49152/0  124/49152/0
 //   conv2d_backward_weight_tc128    4/0/0        4/0/0        126/49152/0  126/49152/0  128/49152/0
-//   conv2d_forward_tc128w           4/0/0        4/0/0        238/49152/0  238/49152/0  237/49152/0
+//   conv2d_forward_tc128w           4/0/0        4/0/0        238/49152/0  238/49152/0  238/49152/0
 //   conv2d_backward_data_tc128w     4/0/0        4/0/0        234/49152/0  234/49152/0  234/49152/0
 //   conv2d_backward_weight_tc128w   4/0/0        4/0/0        238/49152/0  238/49152/0  246/49152/0
-//   conv2d_forward_tcwg             4/0/0        4/0/0        112/0/0      112/0/0      116/0/0
-//   conv2d_backward_data_tcwg       4/0/0        4/0/0        115/0/0      115/0/0      116/0/0
+//   conv2d_forward_tcwg             4/0/0        4/0/0        112/0/0      112/0/0      112/0/0
+//   conv2d_backward_data_tcwg       4/0/0        4/0/0        115/0/0      115/0/0      115/0/0
 //   conv2d_backward_weight_tcwg     4/0/0        4/0/0        120/0/0      120/0/0      128/0/0
 //   conv2d_forward_tcwg256          4/0/0        4/0/0        176/0/0      176/0/0      176/0/0
-//   conv2d_backward_data_tcwg256    4/0/0        4/0/0        184/0/0      184/0/0      189/0/0
+//   conv2d_backward_data_tcwg256    4/0/0        4/0/0        184/0/0      184/0/0      184/0/0
 //   conv2d_backward_weight_tcwg256  4/0/0        4/0/0        193/0/0      193/0/0      218/0/0
-//   conv2d_forward_tcwgn64          4/0/0        4/0/0        124/0/0      124/0/0      128/0/0
-//   conv2d_backward_data_tcwgn64    4/0/0        4/0/0        127/0/0      127/0/0      128/0/0
+//   conv2d_forward_tcwgn64          4/0/0        4/0/0        124/0/0      124/0/0      124/0/0
+//   conv2d_backward_data_tcwgn64    4/0/0        4/0/0        127/0/0      127/0/0      127/0/0
 //   conv2d_backward_weight_tcwgn64  4/0/0        4/0/0        120/0/0      120/0/0      128/0/0
-//   conv2d_forward_tcwgm64          4/0/0        4/0/0        116/49152/0  116/49152/0  128/49152/0
-//   conv2d_backward_data_tcwgm64    4/0/0        4/0/0        119/49152/0  119/49152/0  128/49152/0
+//   conv2d_forward_tcwgm64          4/0/0        4/0/0        116/49152/0  116/49152/0  116/49152/0
+//   conv2d_backward_data_tcwgm64    4/0/0        4/0/0        119/49152/0  119/49152/0  119/49152/0
 //   conv2d_backward_weight_tcwgm64  4/0/0        4/0/0        120/49152/0  120/49152/0  158/49152/0
 //   conv2d_tc_weight_reduce         32/0/0       32/0/0       32/0/0       32/0/0       32/0/0
+//   conv2d_tc_round_tf32            4/0/0        4/0/0        4/0/0        4/0/0        14/0/0
 //
 // The sm_75 build (a T4: float16 alone, each m16n8k16 two m16n8k8, cp.async synchronous copies;
 // the wgmma tiles trap), ptxas 13.0 for sm_75, checked by tests/test_nvrtc.py as the table above.
@@ -138,6 +144,7 @@
 //   conv2d_backward_data_tcwgm64    4/0/0
 //   conv2d_backward_weight_tcwgm64  4/0/0
 //   conv2d_tc_weight_reduce         47/0/0
+//   conv2d_tc_round_tf32            4/0/0
 
 // ------------------------------------------------------------------------------------------
 // Operand loaders of the implicit GEMMs. Each moves 16-byte pieces (cp.async.cg): an mk stage of
@@ -201,12 +208,12 @@ __device__ inline int tc_piece_row(int i) {
     return (int)threadIdx.x / 4 + S::THREADS / 4 * i;
 }
 
-// Rounds this thread's pieces of a landed mk stage to TF32, in place: the TF32 build's wgmma reads
-// shared memory as it is, and so do the mma.sync tiles of the convolutions (StageRounded).
-template <class S, bool TRUNCATED>
+// Rounds this thread's pieces of a landed mk stage to TF32 in place, or checks them (Tf32Pass): the
+// TF32 build's wgmma reads shared memory as it is, and so do the mma.sync tiles.
+template <class S, Tf32Pass PASS>
 __device__ inline void round_pieces_tf32(unsigned char* stage, const PieceOffsets<TC_KBYTES, S::THREADS / 4>& pieces) {
 #pragma unroll
-    for (int i = 0; i < tc_pieces<S>(); ++i) round_piece_tf32<TRUNCATED>(stage + pieces(i));
+    for (int i = 0; i < tc_pieces<S>(); ++i) round_piece_tf32<PASS>(stage + pieces(i));
 }
 
 // Forward A: row m = (n, oh, ow) of the patch matrix of an NHWC input with Cp channels. A row's
@@ -245,8 +252,8 @@ struct PatchRows : AsyncLoader {
             cp_async_cg(stage + pieces(i), ok ? row_at[i] + off : x, ok ? 16 : 0);
         }
     }
-    template <bool TRUNCATED>
-    __device__ void round_tf32(unsigned char* stage) const { round_pieces_tf32<S, TRUNCATED>(stage, pieces); }
+    template <Tf32Pass PASS>
+    __device__ void round_tf32(unsigned char* stage) const { round_pieces_tf32<S, PASS>(stage, pieces); }
 };
 
 // Backward-data A: row m = (n, ih, iw) of the gathered output gradient, dy NHWC with Kp channels.
@@ -299,8 +306,8 @@ struct GradRows : AsyncLoader {
             cp_async_cg(stage + pieces(i), src, ok ? 16 : 0);
         }
     }
-    template <bool TRUNCATED>
-    __device__ void round_tf32(unsigned char* stage) const { round_pieces_tf32<S, TRUNCATED>(stage, pieces); }
+    template <Tf32Pass PASS>
+    __device__ void round_tf32(unsigned char* stage) const { round_pieces_tf32<S, PASS>(stage, pieces); }
 };
 
 // An output position l = (n, oh, ow) walked forward by a fixed step of positions (a k-tile's)
@@ -459,7 +466,7 @@ struct ColumnPieces {
 #pragma unroll
         for (int i = 0; i < P; ++i) cols.store(stage, i, v[i]);
     }
-    template <bool TRUNCATED>
+    template <Tf32Pass>
     __device__ void round_tf32(unsigned char*) const {}  // stored rounded (ColumnOffsets::store)
 };
 
@@ -560,9 +567,12 @@ struct TransposedPatchRows : ColumnPieces<S, S::BN * 4 / S::THREADS> {
 };
 
 // ------------------------------------------------------------------------------------------
-// The kernels' bodies, per tile shape. Every loader of a convolution copies 16-byte pieces of its
-// own (or stores its operand rounded), so a TF32 k-tile is rounded in the stage, once, not in
-// every warp's fragments (StageRounded).
+// The kernels' bodies, per tile shape. In the TF32 build the forward and the data gradient take
+// operands the launcher rounded (conv2d_tc_round_tf32 below): their loops round nothing
+// (Prerounded). The weight gradient's loaders store their operands rounded, or copy 16-byte pieces
+// of their own, so its k-tile is rounded in the stage, once, not in every warp's fragments
+// (StageRounded).
+typedef Prerounded<TensorCoreOp<storage_t> > ConvInputOp;
 typedef StageRounded<TensorCoreOp<storage_t> > ConvOp;
 template <class S>
 __device__ void conv2d_forward_tc_body(const storage_t* x, const storage_t* w, const storage_t* b, storage_t* y, int N,
@@ -577,7 +587,7 @@ __device__ void conv2d_forward_tc_body(const storage_t* x, const storage_t* w, c
                                                      rbytes);
     float acc[S::MI][S::NI][4] = {};
     const int ktiles = (rbytes + TC_KBYTES - 1) / TC_KBYTES;
-    tc_gemm_mainloop<S, ConvOp, FragA<S>, FragB_nt<S>>(la, lb, ktiles, 16, 16, As, Bs, acc);
+    tc_gemm_mainloop<S, ConvInputOp, FragA<S>, FragB_nt<S>>(la, lb, ktiles, 16, 16, As, Bs, acc);
     tc_gemm_epilogue<S>(RowMajorStore<storage_t>{y, has_bias ? b : nullptr, M, K, relu}, m0, n0, acc);  // y, NHWC
 }
 
@@ -595,10 +605,10 @@ __device__ void conv2d_backward_data_tc_body(const storage_t* dy, const storage_
     const int ktiles = (lbytes + TC_KBYTES - 1) / TC_KBYTES;
     if (sh == 1 && sw == 1) {
         GradRows<S, true> la(dy, m0, M, H, W, Kp, FH, FW, OH, OW, sh, sw, ph, pw);
-        tc_gemm_mainloop<S, ConvOp, FragA<S>, FragB_nt<S>>(la, lb, ktiles, 16, 16, As, Bs, acc);
+        tc_gemm_mainloop<S, ConvInputOp, FragA<S>, FragB_nt<S>>(la, lb, ktiles, 16, 16, As, Bs, acc);
     } else {
         GradRows<S, false> la(dy, m0, M, H, W, Kp, FH, FW, OH, OW, sh, sw, ph, pw);
-        tc_gemm_mainloop<S, ConvOp, FragA<S>, FragB_nt<S>>(la, lb, ktiles, 16, 16, As, Bs, acc);
+        tc_gemm_mainloop<S, ConvInputOp, FragA<S>, FragB_nt<S>>(la, lb, ktiles, 16, 16, As, Bs, acc);
     }
     tc_gemm_epilogue<S>(RowMajorStore<storage_t>{dx, nullptr, M, C, 0}, m0, n0, acc);  // dx, NHWC
 }
@@ -835,3 +845,36 @@ conv2d_tc_weight_reduce(const float* ws, storage_t* dw, float* dw32, int widen, 
     }
 }
 
+
+// dst = src rounded to TF32 (tf32_operand: to nearest, ties away from zero, a NaN kept a NaN, the
+// 13 low bits cleared), over up to two arrays a launch: the operands of a TF32 forward or data
+// gradient (the NHWC activations or output gradient, and the packed filters), which those tiles
+// read as they are (Prerounded). n0, n1: elements (multiples of 4 from the launcher, whose NHWC
+// operands and packed filters have their channels padded to whole pieces), the arrays 16-byte
+// aligned; dst may be src (in place). Grid (blocks, 2): blockIdx.y picks the array, grid-stride
+// over its float4s (and a tail of up to 3 elements). Traps in the builds other than TF32, which
+// have nothing to round.
+__device__ void round_tf32_one(const storage_t* src, storage_t* dst, long long n) {
+    const index_t quads = (index_t)(n / 4);
+    for (index_t e = global_thread_index(); e < quads; e += global_thread_count()) {
+        float4 v = ((const float4*)src)[e];
+        v.x = tf32_operand(v.x), v.y = tf32_operand(v.y), v.z = tf32_operand(v.z), v.w = tf32_operand(v.w);
+        ((float4*)dst)[e] = v;
+    }
+    const index_t e = 4 * quads + global_thread_index();
+    if (e < n) dst[e] = from_acc(tf32_operand(to_acc(src[e])));
+}
+
+extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
+conv2d_tc_round_tf32(const storage_t* s0, storage_t* d0, long long n0, const storage_t* s1, storage_t* d1,
+                     long long n1) {
+#if GPUCONV_TF32
+    if (blockIdx.y == 0)
+        round_tf32_one(s0, d0, n0);
+    else
+        round_tf32_one(s1, d1, n1);
+#else
+    (void)s0, (void)d0, (void)n0, (void)s1, (void)d1, (void)n1;
+    __trap();
+#endif
+}

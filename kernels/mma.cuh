@@ -437,7 +437,9 @@ __device__ inline int swizzle_offset(int row, int byte) {
 // Every shape takes 32 bytes of K per mma, A fragments of 4 and B fragments of 2 registers, and
 // accumulates float32. prepare() turns fragment registers loaded from storage into the
 // instruction's operand format (TF32: rounded with cvt.rna, the precision rule's rounding);
-// ROUNDS_FRAGMENTS says whether it does anything.
+// ROUNDS_FRAGMENTS says whether it does anything. ROUNDS_STAGES and PREROUNDED (false here) say
+// where else a TF32 operand is rounded: in shared memory (StageRounded), or before the launch
+// (Prerounded).
 template <class T> struct TensorCoreOp {
     static_assert(sizeof(T) == 0, "no tensor-core multiply for this storage type in this build: the sm_75 build "
                   "(compute capability 7.5) multiplies float16 only; bfloat16 and TF32 need compute capability 8.0 "
@@ -447,7 +449,7 @@ template <class T> struct TensorCoreOp {
 #if !GPUCONV_MMA_SM75
 template <> struct TensorCoreOp<bf16_t> {
     typedef bf16_t storage;
-    static constexpr bool ROUNDS_FRAGMENTS = false;
+    static constexpr bool ROUNDS_FRAGMENTS = false, ROUNDS_STAGES = false, PREROUNDED = false;
     __device__ static void prepare(unsigned*, int) {}
     __device__ static void mma(float acc[4], const unsigned a[4], const unsigned b[2] GPUCONV_SITE) {
         mma_m16n8k16_bf16(acc, a, b, acc GPUCONV_SITE_FWD);
@@ -458,7 +460,7 @@ template <> struct TensorCoreOp<bf16_t> {
 
 template <> struct TensorCoreOp<half_t> {
     typedef half_t storage;
-    static constexpr bool ROUNDS_FRAGMENTS = false;
+    static constexpr bool ROUNDS_FRAGMENTS = false, ROUNDS_STAGES = false, PREROUNDED = false;
     __device__ static void prepare(unsigned*, int) {}
     __device__ static void mma(float acc[4], const unsigned a[4], const unsigned b[2] GPUCONV_SITE) {
         mma_m16n8k16_f16(acc, a, b, acc GPUCONV_SITE_FWD);
@@ -468,7 +470,7 @@ template <> struct TensorCoreOp<half_t> {
 #if !GPUCONV_MMA_SM75
 template <> struct TensorCoreOp<float> {
     typedef float storage;
-    static constexpr bool ROUNDS_FRAGMENTS = true;
+    static constexpr bool ROUNDS_FRAGMENTS = true, ROUNDS_STAGES = false, PREROUNDED = false;
     __device__ static void prepare(unsigned* r, int n) {
         for (int i = 0; i < n; ++i) r[i] = __float_as_uint(tf32_operand(__uint_as_float(r[i])));
     }
@@ -487,6 +489,19 @@ template <> struct TensorCoreOp<float> {
 // (round_tf32 rounds those): the pieces of another thread's copies may not have landed yet.
 template <class Op>
 struct StageRounded : Op {
-    static constexpr bool ROUNDS_FRAGMENTS = false;
+    static constexpr bool ROUNDS_FRAGMENTS = false, ROUNDS_STAGES = true, PREROUNDED = false;
+    __device__ static void prepare(unsigned*, int) {}
+};
+
+// Op with operands the launcher rounded to TF32 before the launch (gpuconv/ops/_launch_conv2d_tc.py:
+// the convolutions' forward and data gradient, conv2d_tc_round_tf32), so neither the stages nor
+// the fragments are rounded: in a 128x128 tile's k-tile that is a third of the loop's
+// instructions (sm_90, forward: 236 -> 150). Every element is rounded once by that pass where a
+// stage rounding rounded it once per tile that read it. The simulator checks the promise: a
+// stage piece that is not a TF32 value ends the launch with an error (tc_prepare_stages). In the
+// 16-bit builds it is Op as it is.
+template <class Op>
+struct Prerounded : Op {
+    static constexpr bool ROUNDS_FRAGMENTS = false, ROUNDS_STAGES = false, PREROUNDED = GPUCONV_TF32 != 0;
     __device__ static void prepare(unsigned*, int) {}
 };

@@ -120,10 +120,28 @@ __device__ inline int stage_offset(int row, int byte) {
 }
 
 // ------------------------------------------------------------------------------------------
-// Four floats of a stage rounded in place for the tensor cores (tf32_operand: the precision
-// rule's rounding, as they read it; TRUNCATED for wgmma).
-template <bool TRUNCATED>
+// What a TF32 build does to this thread's pieces of a landed stage (tc_prepare_stages): ROUND
+// them in place for the tensor cores (tf32_operand: the precision rule's rounding, as they read
+// it), TRUNCATE (the same with the low bits left, for wgmma, which drops them), or CHECK that they
+// hold TF32 values already (operands the launcher rounded: Prerounded). CHECK is the simulator's
+// alone: a value with any of its 13 low bits set ends the launch with an error; on a GPU it is
+// nothing.
+enum class Tf32Pass { ROUND, TRUNCATE, CHECK };
+
+template <Tf32Pass PASS>
 __device__ inline void round_piece_tf32(unsigned char* p) {
+    if (PASS == Tf32Pass::CHECK) {
+#ifndef __CUDA_ARCH__
+        const unsigned* u = (const unsigned*)p;
+        for (int i = 0; i < 4; ++i)
+            if (u[i] & 0x1fffu)
+                gpuconv_sim::thread_error("multiplies the float32 0x%08x as a TF32 operand the launcher rounded, "
+                                          "but its 13 low bits are set: a tile that skips the rounding was given "
+                                          "an operand no rounding pass wrote (conv2d_tc_round_tf32)", u[i]);
+#endif
+        return;
+    }
+    constexpr bool TRUNCATED = PASS == Tf32Pass::TRUNCATE;
     float4 v = *(float4*)p;
     v.x = tf32_operand<TRUNCATED>(v.x), v.y = tf32_operand<TRUNCATED>(v.y);
     v.z = tf32_operand<TRUNCATED>(v.z), v.w = tf32_operand<TRUNCATED>(v.w);
@@ -218,13 +236,14 @@ struct DenseTileLoader : AsyncLoader {
         }
     }
 
-    // This thread's 16-byte pieces of a landed stage rounded to TF32 in place (the TF32 build's
-    // wgmma and StageRounded mma.sync; 16-byte copies only, each piece a thread's own).
-    template <bool TRUNCATED>
+    // This thread's 16-byte pieces of a landed stage rounded to TF32 in place, or checked (the TF32
+    // build's wgmma and StageRounded or Prerounded mma.sync; 16-byte copies only, each piece a
+    // thread's own).
+    template <Tf32Pass PASS>
     __device__ void round_tf32(unsigned char* stage) const {
         const PieceOffsets<ROW_BYTES, ROW_STEP> at((int)threadIdx.x / PER_ROW, (int)threadIdx.x % PER_ROW * 16);
 #pragma unroll
-        for (int q = 0; q < COUNT; ++q) round_piece_tf32<TRUNCATED>(stage + at(q));
+        for (int q = 0; q < COUNT; ++q) round_piece_tf32<PASS>(stage + at(q));
     }
 
     // The 16-byte copies, those of every convolution operand and of aligned GEMMs: one address,
@@ -429,16 +448,21 @@ struct FragB_nn {
     }
 };
 
-// A landed k-tile's operands rounded to TF32 in shared memory, each thread its own copies, in the
-// TF32 build where ROUND (an op without fragment rounding: StageRounded; wgmma, for which they
-// are TRUNCATED: tf32_operand); the barrier after it publishes them. Nothing in the 16-bit builds.
-template <bool ROUND, bool TRUNCATED, class LA, class LB>
-__device__ inline void tc_round_stages(const LA& la, const LB& lb, unsigned char* A, unsigned char* B) {
+// A landed k-tile's operands in the TF32 build, as Op takes them (the barrier after this
+// publishes what it wrote): rounded to TF32 in shared memory, each thread its own copies, where
+// Op::ROUNDS_STAGES (StageRounded; TRUNCATED for wgmma: tf32_operand); checked on the simulator
+// where Op::PREROUNDED (the launcher rounded them); nothing else. Nothing in the 16-bit builds.
+template <class Op, bool TRUNCATED, class LA, class LB>
+__device__ inline void tc_prepare_stages(const LA& la, const LB& lb, unsigned char* A, unsigned char* B) {
 #if GPUCONV_TF32
-    if (ROUND) {
-        la.template round_tf32<TRUNCATED>(A);
-        lb.template round_tf32<TRUNCATED>(B);
-    }
+    constexpr Tf32Pass PASS = Op::PREROUNDED ? Tf32Pass::CHECK : TRUNCATED ? Tf32Pass::TRUNCATE : Tf32Pass::ROUND;
+#ifdef __CUDA_ARCH__
+    if (!Op::ROUNDS_STAGES) return;
+#else
+    if (!Op::ROUNDS_STAGES && !Op::PREROUNDED) return;
+#endif
+    la.template round_tf32<PASS>(A);
+    lb.template round_tf32<PASS>(B);
 #else
     (void)la, (void)lb, (void)A, (void)B;
 #endif
@@ -462,7 +486,7 @@ struct TcMultiply {
         : As(As_), Bs(Bs_), lane_a(FragA::lane_offset()), lane_b(FragB::lane_offset()) {}
     template <class LA, class LB>
     __device__ static void prepare(const LA& la, const LB& lb, unsigned char* A, unsigned char* B) {
-        tc_round_stages<!Op::ROUNDS_FRAGMENTS, false>(la, lb, A, B);
+        tc_prepare_stages<Op, false>(la, lb, A, B);
     }
     __device__ static void publish() {}
     __device__ static void finish(float (*)[S::NI][4]) {}
@@ -493,11 +517,12 @@ struct TcMultiply<S, Op, FragA, FragB, true> {
     // by the next round's wgmmas, which the hardware orders), so the stage they read stays busy
     // one round longer: the pipeline keeps a stage for it.
     static constexpr int IN_FLIGHT = 1;
-    // wgmma reads shared memory as it is: the stages are always rounded (before the proxy fence and
-    // the barrier publish them).
+    // wgmma reads shared memory as it is: the stages are rounded (before the proxy fence and the
+    // barrier publish them) unless the launcher rounded the operands (Prerounded).
+    static_assert(!Op::ROUNDS_FRAGMENTS, "wgmma reads its operands from shared memory: no fragments to round");
     template <class LA, class LB>
     __device__ static void prepare(const LA& la, const LB& lb, unsigned char* A, unsigned char* B) {
-        tc_round_stages<true, true>(la, lb, A, B);
+        tc_prepare_stages<Op, true>(la, lb, A, B);
     }
     __device__ static void publish() { fence_proxy_async(); }
     // Block i's accumulators as the wgmma's list (each block's mma tiles are its column blocks).

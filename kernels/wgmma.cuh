@@ -16,8 +16,8 @@
 //
 // - A warpgroup is 4 consecutive warps (warp index / 4). wgmma.mma_async.sync.aligned
 //   .m64nNk16.f32.{bf16,f16} computes D[64][N] (+)= A[64][16] B[16][N] (.m64nNk8.f32.tf32: K = 8,
-//   the same 32 bytes of K; both operands K-major, and the kernel rounds them to TF32 first, since
-//   the instruction reads only their TF32 bits): warp w % 4 of the group holds
+//   the same 32 bytes of K; both operands K-major, and rounded to TF32 first, by the launcher or in
+//   the stages, since the instruction reads only their TF32 bits): warp w % 4 of the group holds
 //   rows 16 (w % 4) .. +15 of D, and lane l (g = l >> 2, t = l % 4) holds, for each 8-column block
 //   j, d[4j] = D[g][8j+2t], d[4j+1] = D[g][8j+2t+1], d[4j+2] = D[g+8][8j+2t], d[4j+3] =
 //   D[g+8][8j+2t+1] of the warp's 16 rows: mma.m16n8's C fragment, once per block j.

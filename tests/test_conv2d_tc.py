@@ -28,7 +28,7 @@ from gpuconv.gradcheck import reduction_tolerance, within_tolerance
 from gpuconv.ops import _launch_conv2d as LC
 from gpuconv.ops import _launch_conv2d_tc as TC
 from gpuconv.ops import conv2d as conv_mod
-from gpuconv.precision import multiplicands
+from gpuconv.precision import multiplicands, round_tf32
 from test_gemm_tc import GPU_FACTOR, host, on, target  # noqa: F401  (target: the sim/cuda fixture)
 
 from conftest import skip_without_tensor_cores
@@ -104,11 +104,15 @@ def test_tensor_core_conv_within_the_derived_bound(target, build, case, channels
     dy = rng.standard_normal((x.shape[0], k, oh, ow)).astype(dtype)
     (y, dx, dw), log = run_conv(target, x, w, b, dy, stride, pad, tf32, channels_last, variant)
     variant = TC.engine(variant, dtype, tf32, target, 0)
-    assert log.names[:4] == [f"conv2d_forward_{variant}", f"conv2d_backward_data_{variant}",
-                             f"conv2d_backward_weight_{variant}", "conv2d_tc_weight_reduce"]
+    # TF32: the forward's and the data gradient's operands rounded first, one launch each (their
+    # tiles round nothing); the weight gradient rounds as it stages
+    rounding = ["conv2d_tc_round_tf32"] if tf32 else []
+    assert log.names[:4 + 2 * tf32] == rounding + [f"conv2d_forward_{variant}"] + rounding + [
+        f"conv2d_backward_data_{variant}", f"conv2d_backward_weight_{variant}", "conv2d_tc_weight_reduce"]
+    forward = log[len(rounding)]
     bm, bn, threads = TC.SHAPES[variant]
-    assert log[0].block == (threads, 1, 1) and log[0].grid[:2] == (-(-y.shape[0] * y.shape[2] * y.shape[3] // bm),
-                                                                  -(-k // bn))
+    assert forward.block == (threads, 1, 1) and forward.grid[:2] == (-(-y.shape[0] * y.shape[2] * y.shape[3] // bm),
+                                                                    -(-k // bn))
     # every GEMM in the operands' build (the bias gradient, a plain sum, has no TF32 build)
     assert {r.build for r in log if r.name != "conv2d_backward_bias"} == {"float+tf32" if tf32 else dtype.name}
     for a in (y, dx):
@@ -256,6 +260,84 @@ def test_tf32_operands_round_by_the_rule_special_values_included(target, variant
             got, _ = run_conv(target, x, w, zeros, dy, (1, 1), (0, 0), True, variant=variant)
             for name, g, want in zip(("y", "dx", "dw"), got, reference(x, w, dy)):
                 np.testing.assert_array_equal(host(g), want, err_msg=f"{name} ({variant})")
+
+
+@pytest.mark.parametrize("variant", ["tc", "tcwg"])
+def test_tf32_rounding_before_the_launch_leaves_the_callers_arrays_as_they_were(target, variant):
+    """The TF32 forward and data gradient round their operands in one pass before the launch: in
+    place only in the copies the launcher made (an NCHW input's NHWC copy, the repacked filters),
+    into new arrays where it was handed views of the caller's (a channels_last input or output
+    gradient, filters whose memory is already the packing): those keep their bits. The results
+    are those of the rounded operands, bit for bit, whichever way the operands came."""
+    skip_without_tensor_cores(target, np.float32, True)
+    rng = np.random.default_rng(17)
+    x, w, b = operands(((2, 8, 6, 5), (12, 3, 3), (1, 1), (1, 1)), np.float32, rng)
+    dy = rng.standard_normal((2, 12, 6, 5)).astype(np.float32)
+    for a in (x, w, dy):
+        a.view(np.uint32)[...] |= 0x0AAB  # low bits the rounding drops
+    # filters in KRSC memory: the forward's packing is a view of them
+    w_krsc = np.ascontiguousarray(w.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    results = []
+    for channels_last, filters in ((False, w), (True, w_krsc)):
+        X, W, Bb, DY = on(target, x, filters, b, dy)
+        if channels_last:
+            X, DY = gpuconv.to_channels_last(X), gpuconv.to_channels_last(DY)
+        before = [host(a).copy() for a in (X, W, DY)]
+        families = {f: variant for f in ("conv2d_forward", "conv2d_backward_data", "conv2d_backward_weight")}
+        with kernels.use_variant("tf32", **families):
+            y, cache = LC.conv2d_forward_kernel(X, W, Bb, (1, 1), (1, 1), True, target=target)
+            dx, dw, _ = LC.conv2d_backward_kernel(DY, cache, True, True, target=target)
+        for name, a, was in zip(("x", "w", "dy"), (X, W, DY), before):
+            np.testing.assert_array_equal(host(a).view(np.uint32), was.view(np.uint32), err_msg=name)
+        results.append([np.ascontiguousarray(host(a)) for a in (y, dx, dw)])
+    for name, first, second in zip(("y", "dx", "dw"), *results):
+        np.testing.assert_array_equal(first, second, err_msg=name)
+    # and the launch rounded them as round_tf32 does: 1x1 products with identity filters
+    # (test_tf32_operands_round_by_the_rule_special_values_included) check the values themselves
+
+
+def test_the_tf32_rounding_pass_rounds_by_the_rule_in_place_or_into_a_copy(target):
+    """conv2d_tc_round_tf32, the pass before a TF32 forward or data gradient: each value as
+    round_tf32 gives it (to nearest, ties away from zero, the low 13 bits cleared; a NaN stays a
+    NaN, its payload in those bits or not), the special values, lengths with a tail past the last
+    float4 and an empty one included; in place where told, else into a new array, the source kept."""
+    skip_without_tensor_cores(target, np.float32, True)
+    rng = np.random.default_rng(3)
+    for n0, n1 in ((len(TF32_SPECIALS), 1031), (4096, 0), (7, 5)):
+        a = rng.standard_normal(n0).astype(np.float32)
+        a.view(np.uint32)[:min(n0, len(TF32_SPECIALS))] = TF32_SPECIALS[:n0]
+        b = (rng.standard_normal(n1) * 1e30).astype(np.float32)
+        want = [np.asarray(round_tf32(v)) for v in (a, b)]
+        A, Bv = on(target, a, b)
+        out = TC._rounded_tf32(target, kernels.array_device([A]), (A, False), (Bv, True))
+        assert out[0] is not A and out[1] is Bv  # a copy for the caller's array, in place for the fresh one
+        np.testing.assert_array_equal(host(A).view(np.uint32), a.view(np.uint32))  # the source kept
+        for got, w in zip(out, want):
+            got = host(got)
+            nan = np.isnan(w)
+            assert np.array_equal(np.isnan(got), nan) and not (got.view(np.uint32) & 0x1FFF).any()
+            np.testing.assert_array_equal(got[~nan].view(np.uint32), w[~nan].view(np.uint32))
+
+
+def test_the_simulator_refuses_a_tf32_operand_no_rounding_pass_wrote():
+    """The TF32 forward's tile rounds nothing (its launcher rounded its operands): handed a float32
+    input whose low bits are set, straight to the kernel, the simulator ends the launch naming the
+    value and the rounding pass it lacks, instead of multiplying bits the tensor cores would drop."""
+    skip_without_tensor_cores("sim", np.float32, True)
+    n, c, h, w_, k = 1, 4, 4, 4, 8
+    x = np.full((n, h, w_, c), 1.0, np.float32)
+    x.view(np.uint32)[0, 1, 2, 3] |= 1  # one value off the TF32 grid
+    wk = np.ones((k, 1, 1, c), np.float32)
+    y = np.empty((n, h, w_, k), np.float32)
+    bm, bn, threads = TC.SHAPES["tc"]
+    args = (x, wk, wk, y) + kernels.int32_args((n, c, h, w_, k, 1, 1, h, w_, 1, 1, 0, 0, 0, 0))
+    with pytest.raises(hostsim.SimulatorError, match=r"conv2d_forward_tc.*0x3f800001 as a TF32 operand the launcher "
+                                                     r"rounded, but its 13 low bits are set.*conv2d_tc_round_tf32"):
+        kernels.launch("conv2d_tc", "conv2d_forward_tc", np.float32, "sim", (1, 1, 1), (threads, 1, 1), args,
+                       tf32=True)
+    x.view(np.uint32)[0, 1, 2, 3] &= ~np.uint32(1)  # rounded: the same launch runs
+    kernels.launch("conv2d_tc", "conv2d_forward_tc", np.float32, "sim", (1, 1, 1), (threads, 1, 1), args, tf32=True)
+    np.testing.assert_array_equal(y, np.full_like(y, c))
 
 
 @pytest.mark.parametrize("build", ["bf16", "f16", "tf32"])

@@ -121,15 +121,16 @@ def launch_1d(op_file: str, kernel: str, target: str, arrays, scalars=(), per_th
 
 
 def launch_slots(op_file: str, kernel: str, dtype, target: str, slots, sizes, width: int, idle, extra=(),
-                 device: int | None = None):
+                 device: int | None = None, tf32: bool = False):
     """One launch of a kernel that takes ``width`` parameter slots written out as arguments (SGD's
-    update, the mixed-precision casts): ``slots`` are the used slots' argument tuples, ``sizes``
-    their element counts, ``idle`` the tuple that fills each unused slot (arrays of the first,
-    no elements), ``extra`` the arguments after the slots. Grid y picks the slot, x strides over
-    its elements (:func:`grid_1d` for the largest)."""
+    update, the mixed-precision casts, the TF32 rounding of a convolution's operands): ``slots``
+    are the used slots' argument tuples, ``sizes`` their element counts (the units each thread
+    takes), ``idle`` the tuple that fills each unused slot (arrays of the first, no elements),
+    ``extra`` the arguments after the slots, ``tf32`` as :func:`launch`'s. Grid y picks the slot,
+    x strides over its elements (:func:`grid_1d` for the largest)."""
     args = tuple([a for slot in slots for a in slot]) + tuple(idle) * (width - len(slots)) + tuple(extra)
     grid, block = grid_1d(max([int(n) for n in sizes]), _sources.BLOCK, target, device)
-    launch(op_file, kernel, dtype, target, (grid[0], len(slots), 1), block, args, device=device)
+    launch(op_file, kernel, dtype, target, (grid[0], len(slots), 1), block, args, device=device, tf32=tf32)
 
 
 def contiguous_like(*arrays, outputs: int = 1, keep_channels_last: bool = False):

@@ -8,6 +8,8 @@ cores do not read). Channel counts that are not a multiple of the kernels' 16-by
 bf16/fp16 or 4 float elements) are padded with zeros in a copy (the first layer's 3 channels);
 the filters are repacked per call, K-contiguous (a small copy), unless mixed precision's cast
 already wrote them so (the forward's OHWI copy, the data gradient's CRSK one: pack_for_data_gradient).
+In TF32 the forward's and the data gradient's operands are rounded to TF32 in one launch before
+theirs (:func:`_rounded_tf32`), so that their loops round nothing; the caller's arrays keep their bits.
 
 Each function returns None for a case the kernels do not take (a dtype without a tensor-core
 format, sizes past int indexing); the caller then runs the CUDA-core kernels.
@@ -206,7 +208,7 @@ class _Plan:
     channel stride of the operand :func:`_nhwc_padded` makes; for the weight gradient also the
     workspace's shape, the reduction's launch and the int32 arguments per dy vector width."""
     __slots__ = ("kernel", "grid", "block", "shared", "i32", "shape", "padded", "ws", "reduce", "vecs",
-                 "dw_dtype", "widen")
+                 "dw_dtype", "widen", "rounds")
 
 
 def _plan(key, make, *args):
@@ -221,7 +223,36 @@ def _launch_plan(name, variant, dtype, target, rows, cols, tf32, device, splits=
     plan = _Plan()
     plan.kernel, plan.block, plan.shared = f"{name}_{variant}", (threads, 1, 1), DYNAMIC_SHARED[variant]
     plan.grid = kernels.tile_grid(rows, cols, bm, bn, splits)
+    plan.rounds = rounds_operands(dtype, tf32)
     return plan
+
+
+def rounds_operands(dtype, tf32) -> bool:
+    """Whether the forward and the data gradient round their operands to TF32 before the launch
+    (:func:`_rounded_tf32`): float32 in TF32 mode, whose tiles then round nothing in their loops."""
+    return bool(tf32) and np.dtype(dtype) == precision.float32
+
+
+def _rounded_tf32(target, device, *operands):
+    """The operands of a TF32 forward or data gradient (the NHWC activations or output gradient,
+    the packed filters) rounded to TF32 by conv2d_tc_round_tf32, one launch for both: the tiles read
+    them as they are and round nothing (kernels/mma.cuh, Prerounded; on the simulator they check).
+    Each ``(a, fresh)``: ``a`` float32, C-contiguous and 16-byte aligned (as the tiles read it),
+    rounded in place where ``fresh`` (a copy this call made), else into a new array, the caller's
+    own arrays untouched. Returns the rounded arrays."""
+    xp = _module(target, *(a for a, _ in operands))
+    out = tuple(a if fresh else xp.empty_like(a) for a, fresh in operands)
+    slots = [(a, o, np.int64(a.size)) for (a, _), o in zip(operands, out) if a.size]
+    if slots:
+        kernels.launch_slots("conv2d_tc", "conv2d_tc_round_tf32", precision.float32, target, slots,
+                             [-(-int(n) // 4) for _, _, n in slots], 2, slots[0][:2] + (np.int64(0),), device=device,
+                             tf32=True)
+    return out
+
+
+def _fresh(a) -> bool:
+    """Whether ``a`` owns its memory (a copy made in this module: no view of the caller's array)."""
+    return a.base is None
 
 
 def forward(x, w, b, stride, padding, tf32, relu, *, target, variant="tc", device=_UNKNOWN):
@@ -243,6 +274,8 @@ def forward(x, w, b, stride, padding, tf32, relu, *, target, variant="tc", devic
     wk = _repacked(w, (0, 2, 3, 1), x.shape[1], plan.padded, xp)
     y = xp.empty(plan.shape, dtype=x.dtype)
     if plan.grid is not None:
+        if plan.rounds:
+            xh, wk = _rounded_tf32(target, device, (xh, _fresh(xh)), (wk, _fresh(wk)))
         kernels.launch("conv2d_tc", plan.kernel, x.dtype, target, plan.grid, plan.block,
                        (xh, wk, wk if b is None else xp.ascontiguousarray(b), y) + plan.i32, device=device, tf32=tf32,
                        shared_mem=plan.shared)
@@ -287,10 +320,14 @@ def backward_data(dy, w, x_shape, stride, padding, tf32, like, *, target, varian
     n, c, h, wd = x_shape
     k, _, fh, fw = w.shape
     wt = _packed(w, (c, fh, fw, plan.padded), dy.dtype)  # cast so by mixed precision, else repacked here
+    fresh = False
     if wt is None:
         wt = _repacked(w, (1, 2, 3, 0), k, plan.padded, xp)
+        fresh = _fresh(wt)
     dx = xp.empty(plan.shape, dtype=dy.dtype)
     if plan.grid is not None:
+        if plan.rounds:
+            dyh, wt = _rounded_tf32(target, device, (dyh, _fresh(dyh)), (wt, fresh))
         kernels.launch("conv2d_tc", plan.kernel, dy.dtype, target, plan.grid, plan.block, (dyh, wt, dx) + plan.i32,
                        device=device, tf32=tf32, shared_mem=plan.shared)
     return _back(dx, like, xp)
