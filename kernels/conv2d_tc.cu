@@ -48,14 +48,13 @@
 //                                   float32 dw32 instead (what a float32 master's gradient
 //                                   accumulates: one cast fewer). 1-D grid-stride over the
 //                                   K*C*FH*FW filter elements.
-//   conv2d_tc_round_tf32            the TF32 forward's and data gradient's operands rounded before
-//                                   their launch, two arrays a launch (at the end of this file).
+//   conv2d_tc_round_tf32            a TF32 launch's two operands rounded before it, in one launch
+//                                   (at the end of this file).
 //
 // Precision (common.cuh, gpuconv/precision.py): storage_t operands, products exact and sums in
 // float32 on the tensor cores, each output rounded once. TF32 operands are rounded by
-// tf32_operand: the forward's and the data gradient's once per launch, before it
-// (conv2d_tc_round_tf32; their loops round nothing: Prerounded, which the simulator checks), the
-// weight gradient's as they are staged (StageRounded). The kernels
+// tf32_operand once per launch, before it (conv2d_tc_round_tf32): the loops round nothing
+// (Prerounded), and the simulator checks that every value they stage is a TF32 value. The kernels
 // compute only in the builds with a tensor-core format (GPUCONV_TENSOR_CORES); elsewhere they
 // trap, and the launcher never sends them there.
 // GEMM rows and columns are int (the launcher checks the sizes); element offsets are index_t.
@@ -72,9 +71,9 @@
 // registers, 65536 B of dynamic stages (and 1 KiB to align them), 2 blocks of 8 warps per SM; its
 // bf16 loops issue 112-124 instructions a k-tile per warp around 2 HGMMAs (tc128: 150-170 around 32
 // HMMAs and 12 ldmatrix, the same multiply-adds; TF32 150-151 forward and data gradient at unit
-// stride, 268-274 weight gradient, whose operands are rounded as they are staged; tcwg's TF32 112-119
-// and 206-220).
-// TcTileWg256: 176-218 registers, 98304 B, one block per SM; 126-196 instructions a k-tile for
+// stride, 172-178 weight gradient, which transposes its operands through registers; tcwg's TF32
+// 112-140).
+// TcTileWg256: 176-216 registers, 98304 B, one block per SM; 126-196 instructions a k-tile for
 // twice the work. TcTileWgN64: 120-128 registers, 81920 B of dynamic stages, 2 blocks per SM;
 // 125-139 instructions a k-tile around 4 HGMMAs of 64 columns (tcwg's multiply-adds). TcTileWgM64:
 // 116-128 registers (TF32 weight gradient 158: 3 blocks), 49152 B static, 4 blocks of 4 warps per
@@ -107,7 +106,7 @@
 //   conv2d_backward_weight_tcwg     4/0/0        4/0/0        120/0/0      120/0/0      128/0/0
 //   conv2d_forward_tcwg256          4/0/0        4/0/0        176/0/0      176/0/0      176/0/0
 //   conv2d_backward_data_tcwg256    4/0/0        4/0/0        184/0/0      184/0/0      184/0/0
-//   conv2d_backward_weight_tcwg256  4/0/0        4/0/0        193/0/0      193/0/0      218/0/0
+//   conv2d_backward_weight_tcwg256  4/0/0        4/0/0        193/0/0      193/0/0      216/0/0
 //   conv2d_forward_tcwgn64          4/0/0        4/0/0        124/0/0      124/0/0      124/0/0
 //   conv2d_backward_data_tcwgn64    4/0/0        4/0/0        127/0/0      127/0/0      127/0/0
 //   conv2d_backward_weight_tcwgn64  4/0/0        4/0/0        120/0/0      120/0/0      128/0/0
@@ -115,7 +114,7 @@
 //   conv2d_backward_data_tcwgm64    4/0/0        4/0/0        119/49152/0  119/49152/0  119/49152/0
 //   conv2d_backward_weight_tcwgm64  4/0/0        4/0/0        120/49152/0  120/49152/0  158/49152/0
 //   conv2d_tc_weight_reduce         32/0/0       32/0/0       32/0/0       32/0/0       32/0/0
-//   conv2d_tc_round_tf32            4/0/0        4/0/0        4/0/0        4/0/0        14/0/0
+//   conv2d_tc_round_tf32            4/0/0        4/0/0        4/0/0        4/0/0        20/0/0
 //
 // The sm_75 build (a T4: float16 alone, each m16n8k16 two m16n8k8, cp.async synchronous copies;
 // the wgmma tiles trap), ptxas 13.0 for sm_75, checked by tests/test_nvrtc.py as the table above.
@@ -432,8 +431,8 @@ __device__ inline int tc_column_row(int i) {
 }
 
 // Where a thread's 4 floats of piece i go: rows tc_column_row(i) + j (j < 4) of its column `pos`,
-// stored rounded to TF32 (the precision rule's rounding, which wgmma and the stage-rounded mma.sync
-// tiles read from shared memory as it is). The four rows' swizzled offsets are computed once; the
+// stored as they are: the launcher rounded dy and x to TF32 (Prerounded; on the simulator each
+// value stored is checked to be one). The four rows' swizzled offsets are computed once; the
 // pieces lie THREADS / 4 rows apart, a multiple of 8, so in the same swizzle phase (checked on the
 // simulator against stage_offset).
 template <class S>
@@ -450,7 +449,10 @@ struct ColumnOffsets {
 #ifndef __CUDA_ARCH__
             if (off != stage_offset<TC_KBYTES>(tc_column_row<S>(i) + j, 4 * pos)) __trap();
 #endif
-            *(float*)(stage + off) = tf32_operand<S::WG>(v[j]);  // wgmma truncates itself
+#ifndef __CUDA_ARCH__
+            check_tf32(v[j]);
+#endif
+            *(float*)(stage + off) = v[j];
         }
     }
 };
@@ -467,7 +469,7 @@ struct ColumnPieces {
         for (int i = 0; i < P; ++i) cols.store(stage, i, v[i]);
     }
     template <Tf32Pass>
-    __device__ void round_tf32(unsigned char*) const {}  // stored rounded (ColumnOffsets::store)
+    __device__ void round_tf32(unsigned char*) const {}  // checked as stored (ColumnOffsets::store)
 };
 
 // A = dY^T: rows m are the output channels k, read from dy NHWC [L][K] at this thread's position
@@ -567,13 +569,9 @@ struct TransposedPatchRows : ColumnPieces<S, S::BN * 4 / S::THREADS> {
 };
 
 // ------------------------------------------------------------------------------------------
-// The kernels' bodies, per tile shape. In the TF32 build the forward and the data gradient take
-// operands the launcher rounded (conv2d_tc_round_tf32 below): their loops round nothing
-// (Prerounded). The weight gradient's loaders store their operands rounded, or copy 16-byte pieces
-// of their own, so its k-tile is rounded in the stage, once, not in every warp's fragments
-// (StageRounded).
-typedef Prerounded<TensorCoreOp<storage_t> > ConvInputOp;
-typedef StageRounded<TensorCoreOp<storage_t> > ConvOp;
+// The kernels' bodies, per tile shape. In the TF32 build every direction takes operands the
+// launcher rounded (conv2d_tc_round_tf32 below): their loops round nothing (Prerounded).
+typedef Prerounded<TensorCoreOp<storage_t> > ConvOp;
 template <class S>
 __device__ void conv2d_forward_tc_body(const storage_t* x, const storage_t* w, const storage_t* b, storage_t* y, int N,
                                        int Cp, int H, int W, int K, int FH, int FW, int OH, int OW, int sh, int sw,
@@ -587,7 +585,7 @@ __device__ void conv2d_forward_tc_body(const storage_t* x, const storage_t* w, c
                                                      rbytes);
     float acc[S::MI][S::NI][4] = {};
     const int ktiles = (rbytes + TC_KBYTES - 1) / TC_KBYTES;
-    tc_gemm_mainloop<S, ConvInputOp, FragA<S>, FragB_nt<S>>(la, lb, ktiles, 16, 16, As, Bs, acc);
+    tc_gemm_mainloop<S, ConvOp, FragA<S>, FragB_nt<S>>(la, lb, ktiles, 16, 16, As, Bs, acc);
     tc_gemm_epilogue<S>(RowMajorStore<storage_t>{y, has_bias ? b : nullptr, M, K, relu}, m0, n0, acc);  // y, NHWC
 }
 
@@ -605,10 +603,10 @@ __device__ void conv2d_backward_data_tc_body(const storage_t* dy, const storage_
     const int ktiles = (lbytes + TC_KBYTES - 1) / TC_KBYTES;
     if (sh == 1 && sw == 1) {
         GradRows<S, true> la(dy, m0, M, H, W, Kp, FH, FW, OH, OW, sh, sw, ph, pw);
-        tc_gemm_mainloop<S, ConvInputOp, FragA<S>, FragB_nt<S>>(la, lb, ktiles, 16, 16, As, Bs, acc);
+        tc_gemm_mainloop<S, ConvOp, FragA<S>, FragB_nt<S>>(la, lb, ktiles, 16, 16, As, Bs, acc);
     } else {
         GradRows<S, false> la(dy, m0, M, H, W, Kp, FH, FW, OH, OW, sh, sw, ph, pw);
-        tc_gemm_mainloop<S, ConvInputOp, FragA<S>, FragB_nt<S>>(la, lb, ktiles, 16, 16, As, Bs, acc);
+        tc_gemm_mainloop<S, ConvOp, FragA<S>, FragB_nt<S>>(la, lb, ktiles, 16, 16, As, Bs, acc);
     }
     tc_gemm_epilogue<S>(RowMajorStore<storage_t>{dx, nullptr, M, C, 0}, m0, n0, acc);  // dx, NHWC
 }
@@ -847,9 +845,9 @@ conv2d_tc_weight_reduce(const float* ws, storage_t* dw, float* dw32, int widen, 
 
 
 // dst = src rounded to TF32 (tf32_operand: to nearest, ties away from zero, a NaN kept a NaN, the
-// 13 low bits cleared), over up to two arrays a launch: the operands of a TF32 forward or data
-// gradient (the NHWC activations or output gradient, and the packed filters), which those tiles
-// read as they are (Prerounded). n0, n1: elements (multiples of 4 from the launcher, whose NHWC
+// 13 low bits cleared), over up to two arrays a launch: the two operands of a TF32 launch (the
+// NHWC activations or output gradient and the packed filters; the weight gradient's output
+// gradient and activations), which the tiles read as they are (Prerounded). n0, n1: elements (multiples of 4 from the launcher, whose NHWC
 // operands and packed filters have their channels padded to whole pieces), the arrays 16-byte
 // aligned; dst may be src (in place). Grid (blocks, 2): blockIdx.y picks the array, grid-stride
 // over its float4s (and a tail of up to 3 elements). Traps in the builds other than TF32, which

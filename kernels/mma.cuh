@@ -494,12 +494,13 @@ struct StageRounded : Op {
 };
 
 // Op with operands the launcher rounded to TF32 before the launch (gpuconv/ops/_launch_conv2d_tc.py:
-// the convolutions' forward and data gradient, conv2d_tc_round_tf32), so neither the stages nor
-// the fragments are rounded: in a 128x128 tile's k-tile that is a third of the loop's
-// instructions (sm_90, forward: 236 -> 150). Every element is rounded once by that pass where a
-// stage rounding rounded it once per tile that read it. The simulator checks the promise: a
-// stage piece that is not a TF32 value ends the launch with an error (tc_prepare_stages). In the
-// 16-bit builds it is Op as it is.
+// the convolutions, every direction, conv2d_tc_round_tf32), so neither the stages nor the
+// fragments are rounded: in a 128x128 tile's k-tile that is a third of the loop's instructions
+// (sm_90: forward 236 -> 150, weight gradient 274 -> 178). Every element is rounded once by that
+// pass where a stage rounding rounded it once per tile that read it. The simulator checks the
+// promise: a staged value that is not a TF32 value ends the launch with an error
+// (tc_prepare_stages, and the loaders that store through registers). In the 16-bit builds it is
+// Op as it is.
 template <class Op>
 struct Prerounded : Op {
     static constexpr bool ROUNDS_FRAGMENTS = false, ROUNDS_STAGES = false, PREROUNDED = GPUCONV_TF32 != 0;

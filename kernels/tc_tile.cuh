@@ -128,16 +128,21 @@ __device__ inline int stage_offset(int row, int byte) {
 // nothing.
 enum class Tf32Pass { ROUND, TRUNCATE, CHECK };
 
+#ifndef __CUDA_ARCH__
+inline void check_tf32(float v) {
+    const unsigned u = __float_as_uint(v);
+    if (u & 0x1fffu)
+        gpuconv_sim::thread_error("multiplies the float32 0x%08x as a TF32 operand the launcher rounded, but its "
+                                  "13 low bits are set: a tile that skips the rounding was given an operand no "
+                                  "rounding pass wrote (conv2d_tc_round_tf32)", u);
+}
+#endif
+
 template <Tf32Pass PASS>
 __device__ inline void round_piece_tf32(unsigned char* p) {
     if (PASS == Tf32Pass::CHECK) {
 #ifndef __CUDA_ARCH__
-        const unsigned* u = (const unsigned*)p;
-        for (int i = 0; i < 4; ++i)
-            if (u[i] & 0x1fffu)
-                gpuconv_sim::thread_error("multiplies the float32 0x%08x as a TF32 operand the launcher rounded, "
-                                          "but its 13 low bits are set: a tile that skips the rounding was given "
-                                          "an operand no rounding pass wrote (conv2d_tc_round_tf32)", u[i]);
+        for (int i = 0; i < 4; ++i) check_tf32(((const float*)p)[i]);
 #endif
         return;
     }

@@ -104,11 +104,10 @@ def test_tensor_core_conv_within_the_derived_bound(target, build, case, channels
     dy = rng.standard_normal((x.shape[0], k, oh, ow)).astype(dtype)
     (y, dx, dw), log = run_conv(target, x, w, b, dy, stride, pad, tf32, channels_last, variant)
     variant = TC.engine(variant, dtype, tf32, target, 0)
-    # TF32: the forward's and the data gradient's operands rounded first, one launch each (their
-    # tiles round nothing); the weight gradient rounds as it stages
+    # TF32: each direction's two operands rounded first, in one launch (the tiles round nothing)
     rounding = ["conv2d_tc_round_tf32"] if tf32 else []
-    assert log.names[:4 + 2 * tf32] == rounding + [f"conv2d_forward_{variant}"] + rounding + [
-        f"conv2d_backward_data_{variant}", f"conv2d_backward_weight_{variant}", "conv2d_tc_weight_reduce"]
+    assert log.names[:4 + 3 * tf32] == rounding + [f"conv2d_forward_{variant}"] + rounding + [
+        f"conv2d_backward_data_{variant}"] + rounding + [f"conv2d_backward_weight_{variant}", "conv2d_tc_weight_reduce"]
     forward = log[len(rounding)]
     bm, bn, threads = TC.SHAPES[variant]
     assert forward.block == (threads, 1, 1) and forward.grid[:2] == (-(-y.shape[0] * y.shape[2] * y.shape[3] // bm),
@@ -264,11 +263,11 @@ def test_tf32_operands_round_by_the_rule_special_values_included(target, variant
 
 @pytest.mark.parametrize("variant", ["tc", "tcwg"])
 def test_tf32_rounding_before_the_launch_leaves_the_callers_arrays_as_they_were(target, variant):
-    """The TF32 forward and data gradient round their operands in one pass before the launch: in
-    place only in the copies the launcher made (an NCHW input's NHWC copy, the repacked filters),
-    into new arrays where it was handed views of the caller's (a channels_last input or output
-    gradient, filters whose memory is already the packing): those keep their bits. The results
-    are those of the rounded operands, bit for bit, whichever way the operands came."""
+    """Each TF32 direction rounds its two operands in one pass before its launch: in place only in
+    the copies the launcher made (an NCHW input's or output gradient's NHWC copy, the repacked
+    filters), into new arrays where it was handed views of the caller's (a channels_last input or
+    output gradient, filters whose memory is already the packing): those keep their bits. The
+    results are those of the rounded operands, bit for bit, whichever way the operands came."""
     skip_without_tensor_cores(target, np.float32, True)
     rng = np.random.default_rng(17)
     x, w, b = operands(((2, 8, 6, 5), (12, 3, 3), (1, 1), (1, 1)), np.float32, rng)
@@ -320,9 +319,10 @@ def test_the_tf32_rounding_pass_rounds_by_the_rule_in_place_or_into_a_copy(targe
 
 
 def test_the_simulator_refuses_a_tf32_operand_no_rounding_pass_wrote():
-    """The TF32 forward's tile rounds nothing (its launcher rounded its operands): handed a float32
-    input whose low bits are set, straight to the kernel, the simulator ends the launch naming the
-    value and the rounding pass it lacks, instead of multiplying bits the tensor cores would drop."""
+    """The TF32 tiles round nothing (their launcher rounded their operands): handed a float32 input
+    whose low bits are set, straight to the kernel (the forward's, staged by cp.async; the weight
+    gradient's, stored from registers), the simulator ends the launch naming the value and the
+    rounding pass it lacks, instead of multiplying bits the tensor cores would drop."""
     skip_without_tensor_cores("sim", np.float32, True)
     n, c, h, w_, k = 1, 4, 4, 4, 8
     x = np.full((n, h, w_, c), 1.0, np.float32)
@@ -335,9 +335,19 @@ def test_the_simulator_refuses_a_tf32_operand_no_rounding_pass_wrote():
                                                      r"rounded, but its 13 low bits are set.*conv2d_tc_round_tf32"):
         kernels.launch("conv2d_tc", "conv2d_forward_tc", np.float32, "sim", (1, 1, 1), (threads, 1, 1), args,
                        tf32=True)
-    x.view(np.uint32)[0, 1, 2, 3] &= ~np.uint32(1)  # rounded: the same launch runs
+    # the weight gradient's, whose TF32 operands are transposed through registers on the way in
+    dy = np.ones((n, h, w_, k), np.float32)
+    ws = np.empty((1, k, c), np.float32)
+    wargs = (dy, x, ws) + kernels.int32_args((n, c, h, w_, k, 1, 1, h, w_, 1, 1, 0, 0, n * h * w_, 16))
+    with pytest.raises(hostsim.SimulatorError, match=r"conv2d_backward_weight_tc.*0x3f800001 as a TF32 operand"):
+        kernels.launch("conv2d_tc", "conv2d_backward_weight_tc", np.float32, "sim", (1, 1, 1), (threads, 1, 1),
+                       wargs, tf32=True)
+    x.view(np.uint32)[0, 1, 2, 3] &= ~np.uint32(1)  # rounded: the same launches run
     kernels.launch("conv2d_tc", "conv2d_forward_tc", np.float32, "sim", (1, 1, 1), (threads, 1, 1), args, tf32=True)
     np.testing.assert_array_equal(y, np.full_like(y, c))
+    kernels.launch("conv2d_tc", "conv2d_backward_weight_tc", np.float32, "sim", (1, 1, 1), (threads, 1, 1), wargs,
+                   tf32=True)
+    np.testing.assert_array_equal(ws, np.full_like(ws, n * h * w_))
 
 
 @pytest.mark.parametrize("build", ["bf16", "f16", "tf32"])

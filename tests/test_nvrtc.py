@@ -219,6 +219,16 @@ def test_tensor_core_files_run_on_tensor_cores(op_file, arch, build):
     assert (TF32_OPERAND in ptx) == (build == "tf32")  # TF32 operands rounded as the rule says
     if build == "tf32":  # and their low bits cleared: mma.sync is not documented to truncate them
         assert len(re.findall(TF32_CLEARED, ptx)) >= ptx.count(TF32_OPERAND) > 0
+        if op_file == "conv2d_tc":
+            assert_only_the_rounding_pass_rounds(ptx)
+
+
+def assert_only_the_rounding_pass_rounds(ptx):
+    """conv2d_tc's TF32 tiles take operands rounded before their launch (Prerounded): tf32_operand's
+    rounding appears in conv2d_tc_round_tf32's body alone."""
+    for name in ENTRIES["conv2d_tc"]:
+        body = ptx.split(f".entry {name}(")[1].split(".entry ")[0]
+        assert (TF32_OPERAND in body) == (name == "conv2d_tc_round_tf32"), name
 
 
 SM75_MMA = "mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32"
@@ -290,10 +300,9 @@ def test_the_warpgroup_convolutions_run_on_wgmma_in_the_sm_90a_build(build):
         assert "fence.proxy.async.shared::cta" in ptx and "wgmma.wait_group.sync.aligned 1" in ptx
         if build != "tf32":  # K-major forward and data gradient, M- and N-major weight gradient
             assert re.search(r"p, 1, 1, 0, 0;", ptx) and re.search(r"p, 1, 1, 1, 1;", ptx)
-        else:  # tf32 takes K-major operands only, rounded to TF32 in shared memory, the low bits
-            # left to wgmma's truncation (only the mma.sync tiles' roundings clear them)
-            assert re.search(r"p, 1, 1;", ptx) and TF32_OPERAND in ptx
-            assert len(re.findall(TF32_CLEARED, ptx)) < ptx.count(TF32_OPERAND)
+        else:  # tf32 takes K-major operands only, which the launcher rounded: no tile rounds
+            assert re.search(r"p, 1, 1;", ptx)
+            assert_only_the_rounding_pass_rounds(ptx)
         assert image[:4] == b"\x7fELF" and kernels.elf_image_end(image) <= len(image)
         # the dynamic stages rounded up to a 1024-byte boundary at run time (CUDA promises the
         # extern array 16 bytes): a compiler told more would fold the rounding away (tcwgm64's

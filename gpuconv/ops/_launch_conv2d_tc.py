@@ -8,8 +8,8 @@ cores do not read). Channel counts that are not a multiple of the kernels' 16-by
 bf16/fp16 or 4 float elements) are padded with zeros in a copy (the first layer's 3 channels);
 the filters are repacked per call, K-contiguous (a small copy), unless mixed precision's cast
 already wrote them so (the forward's OHWI copy, the data gradient's CRSK one: pack_for_data_gradient).
-In TF32 the forward's and the data gradient's operands are rounded to TF32 in one launch before
-theirs (:func:`_rounded_tf32`), so that their loops round nothing; the caller's arrays keep their bits.
+In TF32 each launch's two operands are rounded to TF32 in one launch before it
+(:func:`_rounded_tf32`), so that the tiles' loops round nothing; the caller's arrays keep their bits.
 
 Each function returns None for a case the kernels do not take (a dtype without a tensor-core
 format, sizes past int indexing); the caller then runs the CUDA-core kernels.
@@ -228,15 +228,16 @@ def _launch_plan(name, variant, dtype, target, rows, cols, tf32, device, splits=
 
 
 def rounds_operands(dtype, tf32) -> bool:
-    """Whether the forward and the data gradient round their operands to TF32 before the launch
-    (:func:`_rounded_tf32`): float32 in TF32 mode, whose tiles then round nothing in their loops."""
+    """Whether a launch's operands are rounded to TF32 before it (:func:`_rounded_tf32`): float32
+    in TF32 mode, whose tiles then round nothing in their loops."""
     return bool(tf32) and np.dtype(dtype) == precision.float32
 
 
 def _rounded_tf32(target, device, *operands):
-    """The operands of a TF32 forward or data gradient (the NHWC activations or output gradient,
-    the packed filters) rounded to TF32 by conv2d_tc_round_tf32, one launch for both: the tiles read
-    them as they are and round nothing (kernels/mma.cuh, Prerounded; on the simulator they check).
+    """The two operands of a TF32 launch (the NHWC activations or output gradient and the packed
+    filters; the weight gradient's output gradient and activations) rounded to TF32 by
+    conv2d_tc_round_tf32, one launch for both: the tiles read them as they are and round nothing
+    (kernels/mma.cuh, Prerounded; on the simulator they check).
     Each ``(a, fresh)``: ``a`` float32, C-contiguous and 16-byte aligned (as the tiles read it),
     rounded in place where ``fresh`` (a copy this call made), else into a new array, the caller's
     own arrays untouched. Returns the rounded arrays."""
@@ -378,6 +379,9 @@ def backward_weight(dy, x, w_shape, stride, padding, tf32, *, target, variant="t
         dyh = dyh.copy()
         at = kernels.address(dyh)
     xh = _operand(x, plan.padded)
+    if plan.rounds:
+        dyh, xh = _rounded_tf32(target, device, (dyh, _fresh(dyh)), (xh, _fresh(xh)))
+        at = kernels.address(dyh)
     ws = xp.empty(plan.ws, dtype=np.float32)
     for vec_dy in plan.vecs:  # the widest dy's address allows (16-byte aligned here: the first)
         if at % vec_dy == 0:
