@@ -16,6 +16,8 @@ format, sizes past int indexing); the caller then runs the CUDA-core kernels.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import weakref
 
 import numpy as np
@@ -251,6 +253,38 @@ def _rounded_tf32(target, device, *operands):
     return out
 
 
+# Inside rounding_shared(dy): [dy, its NHWC rounding or None], the data gradient's rounding of dy
+# kept for the weight gradient's launch that follows it.
+_SHARED_DY = contextvars.ContextVar("gpuconv TF32 dy rounding", default=None)
+
+
+@contextlib.contextmanager
+def rounding_shared(dy):
+    """Within the block, the TF32 data gradient's rounded NHWC copy of ``dy`` (this array, not an
+    equal one) serves the weight gradient's launch too, which would otherwise round dy again (a
+    pass over dy a layer fewer); dropped at the block's end. Where dy's channels are padded for the
+    data gradient (a count not a multiple of 4), each rounds its own."""
+    token = _SHARED_DY.set([dy, None])
+    try:
+        yield
+    finally:
+        _SHARED_DY.reset(token)
+
+
+def _shared_rounding(dy):
+    """The rounded NHWC dy :func:`rounding_shared` holds for ``dy``, or None."""
+    slot = _SHARED_DY.get()
+    return slot[1] if slot is not None and slot[0] is dy else None
+
+
+def _share_rounding(dy, dyh):
+    """Keep ``dyh``, ``dy``'s rounded NHWC copy, for the weight gradient inside
+    :func:`rounding_shared`, where it is dy's unpadded NHWC shape (the weight gradient's)."""
+    slot = _SHARED_DY.get()
+    if slot is not None and slot[0] is dy and dyh.shape[3] == dy.shape[1]:
+        slot[1] = dyh
+
+
 def _fresh(a) -> bool:
     """Whether ``a`` owns its memory (a copy made in this module: no view of the caller's array)."""
     return a.base is None
@@ -329,6 +363,7 @@ def backward_data(dy, w, x_shape, stride, padding, tf32, like, *, target, varian
     if plan.grid is not None:
         if plan.rounds:
             dyh, wt = _rounded_tf32(target, device, (dyh, _fresh(dyh)), (wt, fresh))
+            _share_rounding(dy, dyh)
         kernels.launch("conv2d_tc", plan.kernel, dy.dtype, target, plan.grid, plan.block, (dyh, wt, dx) + plan.i32,
                        device=device, tf32=tf32, shared_mem=plan.shared)
     return _back(dx, like, xp)
@@ -380,7 +415,11 @@ def backward_weight(dy, x, w_shape, stride, padding, tf32, *, target, variant="t
         at = kernels.address(dyh)
     xh = _operand(x, plan.padded)
     if plan.rounds:
-        dyh, xh = _rounded_tf32(target, device, (dyh, _fresh(dyh)), (xh, _fresh(xh)))
+        shared = _shared_rounding(dy)
+        if shared is not None:  # the data gradient's, just made
+            dyh, (xh,) = shared, _rounded_tf32(target, device, (xh, _fresh(xh)))
+        else:
+            dyh, xh = _rounded_tf32(target, device, (dyh, _fresh(dyh)), (xh, _fresh(xh)))
         at = kernels.address(dyh)
     ws = xp.empty(plan.ws, dtype=np.float32)
     for vec_dy in plan.vecs:  # the widest dy's address allows (16-byte aligned here: the first)
