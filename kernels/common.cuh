@@ -238,10 +238,9 @@ __device__ inline float tf32_round(float x) {
 // then the 13 low bits cleared: to nearest, ties away from zero, a carry into the next binade
 // and past the largest finite to inf, as cvt.rna; an infinity passes; a NaN gets its quiet bit
 // first, so one whose payload lay in the cleared bits stays a NaN (its payload is not kept:
-// only a tensor core reads it, whose NaN results carry none). TRUNCATED: the low bits are left
-// as they fall, for wgmma, which is documented to truncate them (one instruction fewer); for
-// mma.sync, whose handling of them is not documented, they are cleared.
-template <bool TRUNCATED = false>
+// only a tensor core reads it, whose NaN results carry none). The low bits are cleared: mma.sync's
+// handling of them is not documented (wgmma is documented to truncate them), and the simulator
+// checks that the operands the launcher rounded hold none.
 __device__ inline float tf32_operand(float x) {
 #ifdef __CUDA_ARCH__
     // Predicated, so ptxas keeps it at two tests and two predicated operations (written in C, it
@@ -255,7 +254,7 @@ __device__ inline float tf32_operand(float x) {
         "@finite add.u32 %0, %0, 0x1000;\n\t"
         "@nan or.b32 %0, %0, 0x00400000;\n\t}"
         : "=r"(u) : "f"(x));
-    return __uint_as_float(TRUNCATED ? u : u & 0xffffe000u);
+    return __uint_as_float(u & 0xffffe000u);
 #else
     unsigned u = __float_as_uint(x);
     const unsigned a = u & 0x7fffffffu;
@@ -264,7 +263,7 @@ __device__ inline float tf32_operand(float x) {
     } else if (a > 0x7f800000u) {  // NaN
         u |= 0x00400000u;
     }
-    return __uint_as_float(TRUNCATED ? u : u & 0xffffe000u);
+    return __uint_as_float(u & 0xffffe000u);
 #endif
 }
 

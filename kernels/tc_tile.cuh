@@ -122,11 +122,10 @@ __device__ inline int stage_offset(int row, int byte) {
 // ------------------------------------------------------------------------------------------
 // What a TF32 build does to this thread's pieces of a landed stage (tc_prepare_stages): ROUND
 // them in place for the tensor cores (tf32_operand: the precision rule's rounding, as they read
-// it), TRUNCATE (the same with the low bits left, for wgmma, which drops them), or CHECK that they
-// hold TF32 values already (operands the launcher rounded: Prerounded). CHECK is the simulator's
-// alone: a value with any of its 13 low bits set ends the launch with an error; on a GPU it is
-// nothing.
-enum class Tf32Pass { ROUND, TRUNCATE, CHECK };
+// it), or CHECK that they hold TF32 values already (operands the launcher rounded: Prerounded).
+// CHECK is the simulator's alone: a value with any of its 13 low bits set ends the launch with an
+// error; on a GPU it is nothing.
+enum class Tf32Pass { ROUND, CHECK };
 
 #ifndef __CUDA_ARCH__
 inline void check_tf32(float v) {
@@ -146,10 +145,8 @@ __device__ inline void round_piece_tf32(unsigned char* p) {
 #endif
         return;
     }
-    constexpr bool TRUNCATED = PASS == Tf32Pass::TRUNCATE;
     float4 v = *(float4*)p;
-    v.x = tf32_operand<TRUNCATED>(v.x), v.y = tf32_operand<TRUNCATED>(v.y);
-    v.z = tf32_operand<TRUNCATED>(v.z), v.w = tf32_operand<TRUNCATED>(v.w);
+    v.x = tf32_operand(v.x), v.y = tf32_operand(v.y), v.z = tf32_operand(v.z), v.w = tf32_operand(v.w);
     *(float4*)p = v;
 }
 
@@ -455,12 +452,12 @@ struct FragB_nn {
 
 // A landed k-tile's operands in the TF32 build, as Op takes them (the barrier after this
 // publishes what it wrote): rounded to TF32 in shared memory, each thread its own copies, where
-// Op::ROUNDS_STAGES (StageRounded; TRUNCATED for wgmma: tf32_operand); checked on the simulator
-// where Op::PREROUNDED (the launcher rounded them); nothing else. Nothing in the 16-bit builds.
-template <class Op, bool TRUNCATED, class LA, class LB>
+// Op::ROUNDS_STAGES (StageRounded: tf32_operand); checked on the simulator where Op::PREROUNDED
+// (the launcher rounded them); nothing else. Nothing in the 16-bit builds.
+template <class Op, class LA, class LB>
 __device__ inline void tc_prepare_stages(const LA& la, const LB& lb, unsigned char* A, unsigned char* B) {
 #if GPUCONV_TF32
-    constexpr Tf32Pass PASS = Op::PREROUNDED ? Tf32Pass::CHECK : TRUNCATED ? Tf32Pass::TRUNCATE : Tf32Pass::ROUND;
+    constexpr Tf32Pass PASS = Op::PREROUNDED ? Tf32Pass::CHECK : Tf32Pass::ROUND;
 #ifdef __CUDA_ARCH__
     if (!Op::ROUNDS_STAGES) return;
 #else
@@ -491,7 +488,7 @@ struct TcMultiply {
         : As(As_), Bs(Bs_), lane_a(FragA::lane_offset()), lane_b(FragB::lane_offset()) {}
     template <class LA, class LB>
     __device__ static void prepare(const LA& la, const LB& lb, unsigned char* A, unsigned char* B) {
-        tc_prepare_stages<Op, false>(la, lb, A, B);
+        tc_prepare_stages<Op>(la, lb, A, B);
     }
     __device__ static void publish() {}
     __device__ static void finish(float (*)[S::NI][4]) {}
@@ -527,7 +524,7 @@ struct TcMultiply<S, Op, FragA, FragB, true> {
     static_assert(!Op::ROUNDS_FRAGMENTS, "wgmma reads its operands from shared memory: no fragments to round");
     template <class LA, class LB>
     __device__ static void prepare(const LA& la, const LB& lb, unsigned char* A, unsigned char* B) {
-        tc_prepare_stages<Op, true>(la, lb, A, B);
+        tc_prepare_stages<Op>(la, lb, A, B);
     }
     __device__ static void publish() { fence_proxy_async(); }
     // Block i's accumulators as the wgmma's list (each block's mma tiles are its column blocks).
