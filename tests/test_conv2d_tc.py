@@ -298,6 +298,44 @@ def test_tf32_rounding_before_the_launch_leaves_the_callers_arrays_as_they_were(
     # (test_tf32_operands_round_by_the_rule_special_values_included) check the values themselves
 
 
+@pytest.mark.parametrize("k", [12, 10], ids=["k12", "k10"])
+def test_a_tf32_weight_gradient_rounding_its_own_dy_leaves_the_callers_as_it_was(target, k):
+    """Where the weight gradient rounds dy itself (no data gradient before it: need_dx False, or
+    dy's channels padded for the data gradient, 10 of them, or a transposed convolution, whose
+    weight gradient takes its input as dy), a channels_last dy is a view of the caller's array:
+    rounded into a new one, the caller's keeping its bits; dw is that of the shared rounding, bit
+    for bit, and the transposed convolution's is the convolution's with x and dy swapped."""
+    skip_without_tensor_cores(target, np.float32, True)
+    from gpuconv.ops import _launch_conv_transpose2d as LT
+    from gpuconv.ops.conv_transpose2d import ConvTranspose2dCache
+    rng = np.random.default_rng(23)
+    x, w, b = operands(((2, 8, 6, 5), (k, 3, 3), (1, 1), (1, 1)), np.float32, rng)
+    dy = rng.standard_normal((2, k, 6, 5)).astype(np.float32)
+    for a in (x, dy):
+        a.view(np.uint32)[...] |= 0x0AAB  # low bits the rounding drops
+    X, W, Bb, DY = on(target, x, w, b, dy)
+    X, DY = gpuconv.to_channels_last(X), gpuconv.to_channels_last(DY)
+    before = [host(a).copy() for a in (X, DY)]
+    families = {f: "tc" for f in ("conv2d_forward", "conv2d_backward_data", "conv2d_backward_weight")}
+    got = {}
+    with kernels.use_variant("tf32", **families), kernels.launch_log() as log:
+        _, cache = LC.conv2d_forward_kernel(X, W, Bb, (1, 1), (1, 1), True, target=target)
+        for need_dx in (True, False):
+            start = len(log.names)
+            got[need_dx] = LC.conv2d_backward_kernel(DY, cache, need_dx, True, target=target)[1]
+            rounds = [r.grid[1] for r in list(log)[start:] if r.name == "conv2d_tc_round_tf32"]
+            # the weight gradient's pass rounds dy and x, or x alone where the data gradient's dy serves it
+            assert rounds[-1] == (1 if need_dx and k % 4 == 0 else 2), (need_dx, rounds)
+        # a transposed convolution of DY back to X's shape: its weight gradient's dy is DY, its x is X
+        t_cache = ConvTranspose2dCache(DY, W, False, (1, 1), (1, 1), (0, 0), (1, 1), 1)
+        got["transposed"] = LT.conv_transpose2d_backward_kernel(X, t_cache, False, True, target=target)[1]
+    for name, a, was in zip(("x", "dy"), (X, DY), before):
+        np.testing.assert_array_equal(host(a).view(np.uint32), was.view(np.uint32), err_msg=name)
+    for name in (False, "transposed"):
+        np.testing.assert_array_equal(host(got[name]).view(np.uint32), host(got[True]).view(np.uint32),
+                                      err_msg=str(name))
+
+
 def test_the_tf32_rounding_pass_rounds_by_the_rule_in_place_or_into_a_copy(target):
     """conv2d_tc_round_tf32, the pass before a TF32 forward or data gradient: each value as
     round_tf32 gives it (to nearest, ties away from zero, the low 13 bits cleared; a NaN stays a
