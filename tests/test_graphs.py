@@ -316,6 +316,7 @@ def test_a_held_dropout_layer_in_eval_mode_is_the_identity_and_draws_nothing():
 
 @pytest.mark.parametrize("precision,optimizer,dropout", [("fp32", "sgd", False), ("bf16", "muon", False),
                                                          ("fp32", "sgd", True), ("fp16", "sgd", False),
+                                                         ("tf32", "sgd", False),
                                                          ("fp32", "adam", False), ("bf16", "adamw", False),
                                                          ("fp16", "adam", False)])
 def test_each_replay_launches_what_its_capture_launched(monkeypatch, precision, optimizer, dropout):
@@ -392,6 +393,8 @@ def test_each_replay_launches_what_its_capture_launched(monkeypatch, precision, 
     captured = next(launches for phase, launches in steps if phase == "capture")
     assert dropout == any(kernel == "dropout_forward" for kernel, *_ in captured)
     assert optimizer.startswith("adam") == any(kernel == "sqrt.__call__" for kernel, *_ in captured)
+    # TF32: the tensor-core convolutions' operands rounded by their pass, captured with them
+    assert (precision == "tf32") == any(kernel == "conv2d_tc_round_tf32" for kernel, *_ in captured)
     for phase, launches in steps:
         if phase != "replay":
             continue
