@@ -336,6 +336,26 @@ def test_a_tf32_weight_gradient_rounding_its_own_dy_leaves_the_callers_as_it_was
                                       err_msg=str(name))
 
 
+def test_a_tf32_backward_copies_an_nchw_dy_to_nhwc_once_for_both_directions(target, monkeypatch):
+    """Where the data gradient's rounded NHWC dy serves the weight gradient (dy's channels a
+    multiple of 4), the weight gradient makes no NHWC copy of its own: dy is transposed once."""
+    skip_without_tensor_cores(target, np.float32, True)
+    rng = np.random.default_rng(29)
+    x, w, b = operands(((2, 8, 6, 5), (12, 3, 3), (1, 1), (1, 1)), np.float32, rng)
+    dy = rng.standard_normal((2, 12, 6, 5)).astype(np.float32)
+    X, W, Bb, DY = on(target, x, w, b, dy)
+    copies, nhwc = [], layout.nhwc
+    monkeypatch.setattr(layout, "nhwc", lambda a: (copies.append(a is DY), nhwc(a))[1])
+    families = {f: "tc" for f in ("conv2d_forward", "conv2d_backward_data", "conv2d_backward_weight")}
+    with kernels.use_variant("tf32", **families):
+        _, cache = LC.conv2d_forward_kernel(X, W, Bb, (1, 1), (1, 1), True, target=target)
+        dx, dw, _ = LC.conv2d_backward_kernel(DY, cache, True, True, target=target)
+    assert copies.count(True) == 1, copies
+    (_, want_dx, want_dw), _ = run_conv(target, x, w, b, dy, (1, 1), (1, 1), True)  # the same, by the same path
+    np.testing.assert_array_equal(host(dx), host(want_dx))
+    np.testing.assert_array_equal(host(dw), host(want_dw))
+
+
 def test_the_tf32_rounding_pass_rounds_by_the_rule_in_place_or_into_a_copy(target):
     """conv2d_tc_round_tf32, the pass before a TF32 forward or data gradient: each value as
     round_tf32 gives it (to nearest, ties away from zero, the low 13 bits cleared; a NaN stays a

@@ -407,20 +407,19 @@ def backward_weight(dy, x, w_shape, stride, padding, tf32, *, target, variant="t
     dw = xp.empty(w_shape, dtype=plan.dw_dtype)
     if plan.grid is None:
         return dw
-    nhwc_order = (_ORDERS.get((dy.shape, dy.strides, dy.itemsize)) or _orders_of(dy))[0]
-    dyh = dy.transpose(layout.NHWC) if nhwc_order else layout.nhwc(dy)  # (layout.nhwc's view, without its call)
-    at = kernels.address(dyh)
-    if at % PIECE:
-        dyh = dyh.copy()
-        at = kernels.address(dyh)
     xh = _operand(x, plan.padded)
-    if plan.rounds:
-        shared = _shared_rounding(dy)
-        if shared is not None:  # the data gradient's, just made
-            dyh, (xh,) = shared, _rounded_tf32(target, device, (xh, _fresh(xh)))
-        else:
+    # TF32 inside rounding_shared: the data gradient's rounded NHWC dy, just made (no copy of dy here)
+    dyh = _shared_rounding(dy) if plan.rounds else None
+    if dyh is not None:
+        xh, = _rounded_tf32(target, device, (xh, _fresh(xh)))
+    else:
+        nhwc_order = (_ORDERS.get((dy.shape, dy.strides, dy.itemsize)) or _orders_of(dy))[0]
+        dyh = dy.transpose(layout.NHWC) if nhwc_order else layout.nhwc(dy)  # (layout.nhwc's view, without its call)
+        if kernels.address(dyh) % PIECE:
+            dyh = dyh.copy()
+        if plan.rounds:
             dyh, xh = _rounded_tf32(target, device, (dyh, _fresh(dyh)), (xh, _fresh(xh)))
-        at = kernels.address(dyh)
+    at = kernels.address(dyh)
     ws = xp.empty(plan.ws, dtype=np.float32)
     for vec_dy in plan.vecs:  # the widest dy's address allows (16-byte aligned here: the first)
         if at % vec_dy == 0:
