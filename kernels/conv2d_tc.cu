@@ -847,11 +847,11 @@ conv2d_tc_weight_reduce(const float* ws, storage_t* dw, float* dw32, int widen, 
 // dst = src rounded to TF32 (tf32_operand: to nearest, ties away from zero, a NaN kept a NaN, the
 // 13 low bits cleared), over up to two arrays a launch: the two operands of a TF32 launch (the
 // NHWC activations or output gradient and the packed filters; the weight gradient's output
-// gradient and activations), which the tiles read as they are (Prerounded). n0, n1: elements (multiples of 4 from the launcher, whose NHWC
-// operands and packed filters have their channels padded to whole pieces), the arrays 16-byte
-// aligned; dst may be src (in place). Grid (blocks, 2): blockIdx.y picks the array, grid-stride
-// over its float4s (and a tail of up to 3 elements). Traps in the builds other than TF32, which
-// have nothing to round.
+// gradient and activations), which the tiles read as they are (Prerounded). n0, n1: elements
+// (multiples of 4 where the channels are padded to whole pieces; the weight gradient's dy is not,
+// K channels of any count: the tail), the arrays 16-byte aligned; dst may be src (in place). Grid
+// (blocks, 1 or 2): blockIdx.y picks the array, grid-stride over its float4s (and a tail of up to
+// 3 elements). Traps in the builds other than TF32, which have nothing to round.
 __device__ void round_tf32_one(const storage_t* src, storage_t* dst, long long n) {
     const index_t quads = (index_t)(n / 4);
     for (index_t e = global_thread_index(); e < quads; e += global_thread_count()) {
