@@ -336,6 +336,73 @@ def test_a_tf32_weight_gradient_rounding_its_own_dy_leaves_the_callers_as_it_was
                                       err_msg=str(name))
 
 
+def _round_launches(log, start=0):
+    """The arrays each conv2d_tc_round_tf32 launch after ``start`` rounded (its grid's y: one slot an
+    array), in launch order."""
+    return [r.grid[1] for r in list(log)[start:] if r.name == "conv2d_tc_round_tf32"]
+
+
+@pytest.mark.parametrize("out", [12, 10], ids=["out12", "out10"])
+def test_a_tf32_linear_backward_rounds_dy_once_for_both_gradients(target, out):
+    """A linear layer's TF32 backward (a 1x1 convolution of (N, features, 1, 1) images) rounds dy
+    once: the data gradient's rounding serves the weight gradient, whose pass then rounds x alone,
+    where dy's features need no padding (12; 10 are padded to 12 for the data gradient, and the
+    weight gradient rounds its own); the gradients are those of each direction run alone, bit for
+    bit, and the caller's dy keeps its bits."""
+    skip_without_tensor_cores(target, np.float32, True)
+    from gpuconv.ops import _launch_linear as LL
+    rng = np.random.default_rng(31)
+    x, w, b, dy = (rng.standard_normal(s).astype(np.float32) for s in ((6, 8), (out, 8), (out,), (6, out)))
+    for a in (x, dy):
+        a.view(np.uint32)[...] |= 0x0AAB  # low bits the rounding drops
+    X, W, Bb, DY = on(target, x, w, b, dy)
+    families = {f: "tc" for f in ("conv2d_forward", "conv2d_backward_data", "conv2d_backward_weight")}
+    with kernels.use_variant("tf32", **families), kernels.launch_log() as log:
+        _, cache = LL.linear_forward_kernel(X, W, Bb, True, target=target)
+        start = len(log.names)
+        dx, dw, _ = LL.linear_backward_kernel(DY, cache, True, target=target)
+        rounds = _round_launches(log, start)
+        d4, x4, w4 = DY.reshape(6, out, 1, 1), X.reshape(6, 8, 1, 1), W.reshape(out, 8, 1, 1)
+        alone_dx = LC.conv2d_backward_data_kernel(d4, w4, x4.shape, (1, 1), (0, 0), True, target=target, like=x4)
+        alone_dw = LC.conv2d_backward_weight_kernel(d4, x4, w4.shape, (1, 1), (0, 0), True, target=target)
+    assert rounds == [2, 1 if out % 4 == 0 else 2], rounds
+    np.testing.assert_array_equal(host(DY).view(np.uint32), dy.view(np.uint32))
+    np.testing.assert_array_equal(host(dx).view(np.uint32), host(alone_dx).reshape(dx.shape).view(np.uint32))
+    np.testing.assert_array_equal(host(dw).view(np.uint32), host(alone_dw).reshape(dw.shape).view(np.uint32))
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+def test_a_tf32_transposed_convolution_rounds_dy_once_for_both_gradients(target, channels_last):
+    """A transposed convolution's backward reads its dy as the input of the convolution's forward
+    (its dx) and of the convolution's weight gradient (its dw): in TF32 the forward's rounding of
+    dy serves the weight gradient, whose pass rounds x alone; both gradients are those of each
+    direction run alone, bit for bit, and the caller's dy keeps its bits."""
+    skip_without_tensor_cores(target, np.float32, True)
+    from gpuconv.ops import _launch_conv_transpose2d as LT
+    from gpuconv.ops.conv_transpose2d import ConvTranspose2dCache
+    rng = np.random.default_rng(37)
+    x = rng.standard_normal((2, 12, 6, 5)).astype(np.float32)  # the transposed convolution's input
+    w = rng.standard_normal((12, 8, 3, 3)).astype(np.float32)  # (x's channels, dy's, 3, 3)
+    dy = rng.standard_normal((2, 8, 6, 5)).astype(np.float32)
+    for a in (x, dy):
+        a.view(np.uint32)[...] |= 0x0AAB
+    X, W, DY = on(target, x, w, dy)
+    if channels_last:
+        X, DY = gpuconv.to_channels_last(X), gpuconv.to_channels_last(DY)
+    before = host(DY).copy()
+    cache = ConvTranspose2dCache(X, W, False, (1, 1), (1, 1), (0, 0), (1, 1), 1)
+    families = {f: "tc" for f in ("conv2d_forward", "conv2d_backward_data", "conv2d_backward_weight")}
+    with kernels.use_variant("tf32", **families), kernels.launch_log() as log:
+        dx, dw, _ = LT.conv_transpose2d_backward_kernel(DY, cache, True, True, target=target)
+        rounds = _round_launches(log)
+        alone_dx = LT.conv_transpose2d_backward_kernel(DY, cache, True, True, False, target=target)[0]
+        alone_dw = LT.conv_transpose2d_backward_kernel(DY, cache, False, True, True, target=target)[1]
+    assert rounds == [2, 1], rounds  # the forward's dy and filters; the weight gradient's x alone
+    np.testing.assert_array_equal(host(DY).view(np.uint32), before.view(np.uint32))
+    np.testing.assert_array_equal(host(dx).view(np.uint32), host(alone_dx).view(np.uint32))
+    np.testing.assert_array_equal(host(dw).view(np.uint32), host(alone_dw).view(np.uint32))
+
+
 def test_a_tf32_backward_copies_an_nchw_dy_to_nhwc_once_for_both_directions(target, monkeypatch):
     """Where the data gradient's rounded NHWC dy serves the weight gradient (dy's channels a
     multiple of 4), the weight gradient makes no NHWC copy of its own: dy is transposed once."""

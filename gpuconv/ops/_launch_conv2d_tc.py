@@ -253,36 +253,44 @@ def _rounded_tf32(target, device, *operands):
     return out
 
 
-# Inside rounding_shared(dy): [dy, its NHWC rounding or None], the data gradient's rounding of dy
-# kept for the weight gradient's launch that follows it.
-_SHARED_DY = contextvars.ContextVar("gpuconv TF32 dy rounding", default=None)
+# Inside rounding_shared(a): [a, its rounded NHWC copy or None], the first TF32 launch's rounding of
+# ``a`` kept for the launches that follow it in the block.
+_SHARED = contextvars.ContextVar("gpuconv TF32 operand rounding", default=None)
 
 
 @contextlib.contextmanager
-def rounding_shared(dy):
-    """Within the block, the TF32 data gradient's rounded NHWC copy of ``dy`` (this array, not an
-    equal one) serves the weight gradient's launch too, which would otherwise round dy again (a
-    pass over dy a layer fewer); dropped at the block's end. Where dy's channels are padded for the
-    data gradient (a count not a multiple of 4), each rounds its own."""
-    token = _SHARED_DY.set([dy, None])
+def rounding_shared(a, when=True):
+    """Where ``when`` (else nothing: a block of one direction, or not in TF32), within the block, the first TF32 launch that rounds an NHWC copy of ``a`` (this array, not an
+    equal one) keeps it for the next that reads ``a`` with as many channels, which would otherwise
+    round it again (a pass over ``a`` a launch fewer); dropped at the block's end. In a
+    convolution's backward ``a`` is dy: the data gradient's rounding serves the weight gradient; in
+    a transposed convolution's, its dy is the input of both the convolution's forward and its weight
+    gradient. Where the first pads ``a``'s channels (a count not a multiple of 4) and the next reads
+    them unpadded (the weight gradient's dy), each rounds its own."""
+    if not when:
+        yield
+        return
+    token = _SHARED.set([a, None])
     try:
         yield
     finally:
-        _SHARED_DY.reset(token)
+        _SHARED.reset(token)
 
 
-def _shared_rounding(dy):
-    """The rounded NHWC dy :func:`rounding_shared` holds for ``dy``, or None."""
-    slot = _SHARED_DY.get()
-    return slot[1] if slot is not None and slot[0] is dy else None
+def _shared_rounding(a, channels):
+    """The rounded NHWC copy of ``a`` with ``channels`` channels :func:`rounding_shared` holds, or None."""
+    slot = _SHARED.get()
+    if slot is None or slot[0] is not a or slot[1] is None:
+        return None
+    return slot[1] if slot[1].shape[3] == channels else None
 
 
-def _share_rounding(dy, dyh):
-    """Keep ``dyh``, ``dy``'s rounded NHWC copy, for the weight gradient inside
-    :func:`rounding_shared`, where it is dy's unpadded NHWC shape (the weight gradient's)."""
-    slot = _SHARED_DY.get()
-    if slot is not None and slot[0] is dy and dyh.shape[3] == dy.shape[1]:
-        slot[1] = dyh
+def _share_rounding(a, ah):
+    """Keep ``ah``, ``a``'s rounded NHWC copy, for the launches after this one inside
+    :func:`rounding_shared` (a first copy only)."""
+    slot = _SHARED.get()
+    if slot is not None and slot[0] is a and slot[1] is None:
+        slot[1] = ah
 
 
 def _fresh(a) -> bool:
@@ -305,12 +313,19 @@ def forward(x, w, b, stride, padding, tf32, relu, *, target, variant="tc", devic
     if plan is None:
         return None
     xp = _module(target, x, w, b)
-    xh = _operand(x, plan.padded)
+    # TF32 inside rounding_shared(x): x rounded by an earlier launch of the block, or by this one for later ones
+    xh = _shared_rounding(x, plan.padded) if plan.rounds else None
+    shared = xh is not None
+    if not shared:
+        xh = _operand(x, plan.padded)
     wk = _repacked(w, (0, 2, 3, 1), x.shape[1], plan.padded, xp)
     y = xp.empty(plan.shape, dtype=x.dtype)
     if plan.grid is not None:
-        if plan.rounds:
+        if shared:
+            wk, = _rounded_tf32(target, device, (wk, _fresh(wk)))
+        elif plan.rounds:
             xh, wk = _rounded_tf32(target, device, (xh, _fresh(xh)), (wk, _fresh(wk)))
+            _share_rounding(x, xh)
         kernels.launch("conv2d_tc", plan.kernel, x.dtype, target, plan.grid, plan.block,
                        (xh, wk, wk if b is None else xp.ascontiguousarray(b), y) + plan.i32, device=device, tf32=tf32,
                        shared_mem=plan.shared)
@@ -407,18 +422,22 @@ def backward_weight(dy, x, w_shape, stride, padding, tf32, *, target, variant="t
     dw = xp.empty(w_shape, dtype=plan.dw_dtype)
     if plan.grid is None:
         return dw
-    xh = _operand(x, plan.padded)
-    # TF32 inside rounding_shared: the data gradient's rounded NHWC dy, just made (no copy of dy here)
-    dyh = _shared_rounding(dy) if plan.rounds else None
-    if dyh is not None:
-        xh, = _rounded_tf32(target, device, (xh, _fresh(xh)))
-    else:
+    # TF32 inside rounding_shared: dy (a convolution's, its data gradient's rounding) or x (a transposed
+    # convolution's dy, its forward's rounding) rounded by an earlier launch of the block: no copy of it here
+    dyh = _shared_rounding(dy, dy.shape[1]) if plan.rounds else None
+    xh = _shared_rounding(x, plan.padded) if plan.rounds else None
+    own_dy, own_x = dyh is None, xh is None
+    if own_dy:
         nhwc_order = (_ORDERS.get((dy.shape, dy.strides, dy.itemsize)) or _orders_of(dy))[0]
         dyh = dy.transpose(layout.NHWC) if nhwc_order else layout.nhwc(dy)  # (layout.nhwc's view, without its call)
         if kernels.address(dyh) % PIECE:
             dyh = dyh.copy()
-        if plan.rounds:
-            dyh, xh = _rounded_tf32(target, device, (dyh, _fresh(dyh)), (xh, _fresh(xh)))
+    if own_x:
+        xh = _operand(x, plan.padded)
+    if plan.rounds and (own_dy or own_x):
+        got = list(_rounded_tf32(target, device, *((a, _fresh(a)) for a, own in ((dyh, own_dy), (xh, own_x)) if own)))
+        dyh = got.pop(0) if own_dy else dyh
+        xh = got.pop(0) if own_x else xh
     at = kernels.address(dyh)
     ws = xp.empty(plan.ws, dtype=np.float32)
     for vec_dy in plan.vecs:  # the widest dy's address allows (16-byte aligned here: the first)

@@ -18,6 +18,7 @@ from __future__ import annotations
 from .. import layout
 from ..backend import get_array_module
 from ..precision import LOW_PRECISION, round_once, upcast
+from . import _launch_conv2d_tc as tc
 from ._dispatch import register_launcher
 from ._launch_conv2d import (conv2d_backward_bias_kernel, conv2d_backward_data_kernel, conv2d_forward_kernel,
                              weight_gradient)
@@ -62,9 +63,11 @@ def conv_transpose2d_backward_kernel(dy, cache, need_dx=True, tf32=False, need_d
     x, w, has_bias, stride, padding, output_padding, dilation, groups = cache
     if grouped(dilation, groups):
         return _backward_grouped(dy, cache, need_dx, tf32, need_dw, dw_dtype, target)
-    dx = conv2d_forward_kernel(dy, w, None, stride, padding, tf32, target=target)[0] if need_dx else None
-    # the convolution's weight gradient with x as its dy and dy as its x
-    dw = weight_gradient(x, dy, w.shape, stride, padding, tf32, dw_dtype, target=target) if need_dw else None
+    # dy is the input of both: in TF32 on tensor cores, rounded once for both (tc.rounding_shared)
+    with tc.rounding_shared(dy, tf32 and need_dx and need_dw):
+        dx = conv2d_forward_kernel(dy, w, None, stride, padding, tf32, target=target)[0] if need_dx else None
+        # the convolution's weight gradient with x as its dy and dy as its x
+        dw = weight_gradient(x, dy, w.shape, stride, padding, tf32, dw_dtype, target=target) if need_dw else None
     db = conv2d_backward_bias_kernel(dy, target=target) if has_bias else None
     return dx, dw, db
 

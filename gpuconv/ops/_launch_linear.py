@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from .. import kernels, precision
 from ..backend import get_array_module
+from . import _launch_conv2d_tc as tc
 from ._dispatch import register_launcher
 from ._launch_conv2d import (conv2d_backward_bias_kernel, conv2d_backward_data_kernel, conv2d_backward_weight_kernel,
                              conv2d_forward_kernel)
@@ -77,9 +78,10 @@ def linear_backward_kernel(dy, cache, tf32=False, *, target):
         dx = gemm_tc(dy, w, b_layout="nn", target=target).reshape(x.shape)   # (N, out) @ (out, in)
         dw = gemm_tc(xp.ascontiguousarray(dy.T), _rows(x, w), b_layout="nn", target=target)  # (out, N) @ (N, in)
     else:
-        x4, w4 = _image(_rows(x, w)), _image(xp.ascontiguousarray(w))
-        dx = conv2d_backward_data_kernel(_image(dy), w4, x4.shape, _ONE, _NONE, tf32, target=target,
-                                         like=x4).reshape(x.shape)
-        dw = conv2d_backward_weight_kernel(_image(dy), x4, w4.shape, _ONE, _NONE, tf32, target=target).reshape(w.shape)
+        x4, w4, dy4 = _image(_rows(x, w)), _image(xp.ascontiguousarray(w)), _image(dy)
+        with tc.rounding_shared(dy4, tf32):  # TF32: dy rounded once for both
+            dx = conv2d_backward_data_kernel(dy4, w4, x4.shape, _ONE, _NONE, tf32, target=target,
+                                             like=x4).reshape(x.shape)
+            dw = conv2d_backward_weight_kernel(dy4, x4, w4.shape, _ONE, _NONE, tf32, target=target).reshape(w.shape)
     db = conv2d_backward_bias_kernel(_image(dy), target=target) if has_bias else None
     return dx, dw, db
