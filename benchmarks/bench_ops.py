@@ -208,6 +208,13 @@ def validate(args, relu_shapes, pool_shapes, conv_layers, checks):
             dx = LCGATE.channel_gate_backward_data_kernel(DY, cache, None, common.to_dev(pooled, args), target=target)
             checks.exact(f"{tag} data gradient {shape}", dx,
                          CGATE._channel_gate_backward_data_reference(dy, rcache, None, pooled))
+    for shape in relu_shapes:  # the layout conversions (kernels/layout.cu on a GPU): values as bits
+        for dtype in (np.float32, ml_dtypes.bfloat16):
+            x = rng.standard_normal((4, *shape)).astype(dtype)
+            last = gpuconv.to_channels_last(common.to_dev(x, args))
+            bits = [np.ascontiguousarray(common.host(a)).view(np.uint8) for a in (last, gpuconv.to_contiguous(last))]
+            same = all(np.array_equal(b, x.view(np.uint8)) for b in bits)
+            checks.add(f"layout {np.dtype(dtype).name} {(4, *shape)} both ways", same and gpuconv.layout.nhwc_memory(last))
     failures = bench_conv2d.validate(conv_layers, batch, target)
     checks.add(f"conv2d every variant and direction on {len(conv_layers)} layers (bench_conv2d.validate)",
                not failures, detail="; ".join(failures) or None)
@@ -417,6 +424,36 @@ def channel_gate_rows(args, relu_shapes, batch, torch):
     return rows
 
 
+def layout_rows(args, relu_shapes, batch, torch):
+    """The memory-layout conversions at the first three ReLU shapes (an NCHW activation fed to the tensor-core
+    convolutions, their output returned to NCHW), float32 and bfloat16: to_channels_last and
+    to_contiguous (kernels/layout.cu on a GPU) against CuPy's transposing copy (what ran before the
+    kernel) and PyTorch's ``contiguous(memory_format=...)``. Bytes: the array read and written."""
+    rng = np.random.default_rng(5)
+    rows, xp = [], common.xp_of(args)
+    for shape in relu_shapes[:3]:  # (the largest maps: the rows' time is the battery's)
+        full = (batch, *shape)
+        for dtype in (np.float32, ml_dtypes.bfloat16):
+            x = common.to_dev(rng.standard_normal(full).astype(dtype), args)
+            last = gpuconv.to_channels_last(x)
+            name = f"layout {np.dtype(dtype).name} {{}}"
+            tx = tlast = None
+            if torch is not None:
+                tx = torch.from_dlpack(common.to_dev(common.host(x).astype(np.float32), args))
+                tx = tx.to(torch.bfloat16) if dtype != np.float32 else tx
+                tlast = tx.contiguous(memory_format=torch.channels_last)
+            nbytes = 2 * int(x.nbytes)
+            rows.append(_memory_row(name.format("to channels_last"), full, nbytes,
+                                    lambda: gpuconv.to_channels_last(x),
+                                    (lambda: tx.contiguous(memory_format=torch.channels_last)) if tx is not None
+                                    else None, args))
+            rows.append(_memory_row(name.format("to channels_last (CuPy's copy)"), full, nbytes,
+                                    lambda: xp.ascontiguousarray(x.transpose(0, 2, 3, 1)), None, args))
+            rows.append(_memory_row(name.format("to NCHW"), full, nbytes, lambda: gpuconv.to_contiguous(last),
+                                    (lambda: tlast.contiguous()) if tlast is not None else None, args))
+    return rows
+
+
 def _memory_row(op, shape, nbytes, fn, tfn, args):
     ms = common.timed(fn, args)
     host_ms = common.host_submit_ms(fn, args)
@@ -507,6 +544,7 @@ def main(argv=None):
         memory += batchnorm_rows(args, relu_shapes, batch, torch)
         memory += groupnorm_rows(args, relu_shapes, batch, torch)
         memory += channel_gate_rows(args, relu_shapes, batch, torch)
+        memory += layout_rows(args, relu_shapes, batch, torch)
         conv = conv_rows(args, conv_layers, batch, torch)
     results = {"memory": memory, "conv2d": conv, "conv2d_layers": conv_layer_summary(conv)}
     rec = common.record(NAME, args, checks, results, width=width, batch=batch,

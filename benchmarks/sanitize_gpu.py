@@ -403,6 +403,31 @@ def scale(run, rng):
         run.exact(f"scale_forward 1000 {np.dtype(dtype).name}", got, S._scale_forward_reference(x, 1 / 9)[0])
 
 
+def layout(run, rng):
+    """The layout conversion both ways in each build, bit for bit against NumPy's transpose: partial
+    32 x 32 tiles, padded channels (zero), 1x1 maps; float32 rounded to TF32 as it is written, against
+    round_tf32."""
+    import ml_dtypes
+    from gpuconv.ops import _launch_layout as LL  # noqa: PLC0415
+    from gpuconv.precision import round_tf32  # noqa: PLC0415
+    for shape, padded in (((3, 5, 7, 9), 8), ((2, 40, 3, 11), 40), ((3, 70, 1, 1), 72)):
+        n, c, h, w = shape
+        for dtype in (np.float32, np.float64, ml_dtypes.bfloat16, np.float16):
+            x = rng.standard_normal(shape).astype(dtype)
+            tag = f"layout {shape} {np.dtype(dtype).name}"
+            want = np.zeros((n, h, w, padded), dtype)
+            want[..., :c] = x.transpose(0, 2, 3, 1)
+            run.exact(f"{tag} to NHWC, {padded} channels", LL.nchw_to_nhwc(run.dev(x), padded, target=run.target),
+                      want)
+            nhwc = gpuconv.to_channels_last(run.dev(x))
+            run.exact(f"{tag} to NCHW", LL.nhwc_to_nchw(nhwc, target=run.target), x)
+        x = rng.standard_normal(shape).astype(np.float32)
+        want = np.zeros((n, h, w, padded), np.float32)
+        want[..., :c] = round_tf32(x).transpose(0, 2, 3, 1)
+        run.exact(f"layout {shape} float32 to NHWC rounded to TF32",
+                  LL.nchw_to_nhwc(run.dev(x), padded, target=run.target, tf32=True), want)
+
+
 def channel_gate(run, rng):
     """The channel gate's three kernels in each build and both layouts against the reference, bit for
     bit: 37 channels (a partial 32-channel group channels_last), 63 pixels (a partial round of the 32
@@ -702,8 +727,8 @@ def stream_hold(run, rng):
     run.add("stream_hold: released at once, no time-out", int(timed_out[0]) == 0)
 
 
-FAMILIES = (conv, conv_grouped, conv_tc, gemm, pool, relu, gelu, activations, scale, channel_gate, loss, optim,
-            amp_cast, dropout, augment, batchnorm, groupnorm, stream_hold)
+FAMILIES = (conv, conv_grouped, conv_tc, gemm, pool, relu, gelu, activations, scale, channel_gate, layout, loss,
+            optim, amp_cast, dropout, augment, batchnorm, groupnorm, stream_hold)
 
 
 def main(argv=None):

@@ -104,16 +104,27 @@ def nhwc_memory_of(y):
         return np.ascontiguousarray(y.transpose(NHWC)).transpose(NCHW)
     if getattr(y, "ndim", None) != 4:
         return y
-    if _orders_by_strides(y.shape, y.strides, y.itemsize)[1]:
+    nchw, nhwc_ = _orders_by_strides(y.shape, y.strides, y.itemsize)
+    if nhwc_:
         return y
     with array_device_context((y,)):  # CuPy copies onto its current device, not the array's
-        return get_array_module(y).ascontiguousarray(y.transpose(NHWC)).transpose(NCHW)
+        out = _transposed(y, True) if nchw else None
+        if out is None:
+            out = get_array_module(y).ascontiguousarray(y.transpose(NHWC))
+        return out.transpose(NCHW)
 
 
 def to_contiguous(x):
     """``x`` with plain C-contiguous (NCHW) memory."""
+    xp = get_array_module(x)
+    if xp is np or getattr(x, "ndim", None) != 4:
+        return xp.ascontiguousarray(x)
+    nchw, nhwc_ = _orders_by_strides(x.shape, x.strides, x.itemsize)
+    if nchw:
+        return x
     with array_device_context((x,)):  # (a copy, for a channels_last x: on x's GPU)
-        return get_array_module(x).ascontiguousarray(x)
+        out = _transposed(x, False) if nhwc_ else None
+        return xp.ascontiguousarray(x) if out is None else out
 
 
 def nhwc(x):
@@ -126,7 +137,28 @@ def nhwc(x):
         # ask for the NHWC view of every input and gradient, four times per layer a step).
         return x.transpose(NHWC)
     with array_device_context((x,)):  # (a copy, for an NCHW x: on x's GPU)
-        return get_array_module(x).ascontiguousarray(x.transpose(NHWC))
+        out = _transposed(x, True) if type(x) is not np.ndarray else None
+        return get_array_module(x).ascontiguousarray(x.transpose(NHWC)) if out is None else out
+
+
+_layout_kernel = None
+
+
+def _transposed(x, to_nhwc: bool):
+    """A CuPy ``x``'s values in the other memory order by kernels/layout.cu (one pass, both sides
+    coalesced, where CuPy's transposing copy reads one side strided): the (N, H, W, C)
+    C-contiguous copy of a C-contiguous NCHW ``x`` (``to_nhwc``), else the NCHW copy of an
+    NHWC-memory ``x``; None where the kernel does not take ``x`` (its dtype, its sizes, an ``x``
+    not dense in that order), for CuPy's copy. NumPy arrays: None (NumPy copies)."""
+    global _layout_kernel
+    if type(x) is np.ndarray or getattr(x, "ndim", None) != 4:
+        return None
+    if _layout_kernel is None:
+        from .ops import _launch_layout  # (imported at the first use: the ops import this module)
+        _layout_kernel = _launch_layout
+    if to_nhwc:
+        return _layout_kernel.nchw_to_nhwc(x, target="cuda")
+    return _layout_kernel.nhwc_to_nchw(x, target="cuda")
 
 
 def like(ref, y):

@@ -87,7 +87,8 @@ class FakeSecondGpu:
     subclass) live on cuda:1, GPU 0 is current (``current[0]``) until a ``cuda.Device`` context
     changes it, and ``calls`` records ``(name, current GPU)`` for every function taken from the fake
     module (an ``xp.empty``, an ``xp.isfinite``), every ufunc on its arrays (``a + b``: 'add') and
-    reshape, so a test sees on which GPU CuPy would have allocated and launched."""
+    reshape, and ``(kernel, GPU)`` for every gpuconv kernel launched on 'cuda' (run on the simulator
+    instead), so a test sees on which GPU CuPy would have allocated and launched.""" 
 
     def __init__(self, monkeypatch):
         import types
@@ -117,6 +118,21 @@ class FakeSecondGpu:
 
         module = Module(**vars(cupy))
         monkeypatch.setattr(B, "_import_cupy", lambda: (module, None))
+
+        # gpuconv's kernels launched on 'cuda' run on the simulator, recorded as (kernel, the GPU the
+        # launch makes current: its device argument, else its first array's)
+        from gpuconv import kernels
+        from gpuconv.kernels import _launching
+        real_launch = _launching.launch
+
+        def launch(op_file, kernel, dtype, target, grid, block, args, shared_mem=0, device=None, tf32=False):
+            if target == "cuda":
+                calls.append((kernel, _launching.array_device(args) if device is None else device))
+                target = "sim"
+            real_launch(op_file, kernel, dtype, target, grid, block, args, shared_mem=shared_mem, tf32=tf32)
+
+        for launching in (_launching, kernels):
+            monkeypatch.setattr(launching, "launch", launch)
 
     def on(self, a):
         return np.asarray(a).view(self.OnGpu)

@@ -403,6 +403,49 @@ def test_a_tf32_transposed_convolution_rounds_dy_once_for_both_gradients(target,
     np.testing.assert_array_equal(host(dw).view(np.uint32), host(alone_dw).view(np.uint32))
 
 
+@pytest.mark.parametrize("build", ["tf32", "bf16"])
+def test_a_gpus_nchw_operands_are_converted_padded_and_rounded_in_one_pass(build, fake_second_gpu, monkeypatch):
+    """On a GPU's path (CuPy faked, the kernels on the simulator), an NCHW operand is converted to
+    NHWC by kernels/layout.cu in one pass: its channels padded there (bf16's 3 input channels to 8,
+    no zero-filled array first), and in TF32 rounded there, so that the rounding launches round the
+    filters alone (the forward's and the data gradient's) and the weight gradient's none (dy the
+    data gradient's, x converted rounded); the outputs go back to NCHW by the same kernel; y, dx and
+    dw are those of the simulator's NumPy path bit for bit."""
+    from test_layout import _fake_gpu_kernels_on_the_simulator
+    dtype, tf32 = BUILDS[build]
+    rng = np.random.default_rng(41)
+    c = 8 if tf32 else 3
+    x, w, b = operands(((2, c, 6, 5), (12, 3, 3), (1, 1), (1, 1)), dtype, rng)
+    dy = rng.standard_normal((2, 12, 6, 5)).astype(dtype)
+    if tf32:
+        for a in (x, dy):
+            a.view(np.uint32)[...] |= 0x0AAB  # low bits the rounding drops
+    families = {f: "tc" for f in ("conv2d_forward", "conv2d_backward_data", "conv2d_backward_weight")}
+
+    def step(target, arrays):
+        X, W, Bb, DY = arrays
+        with kernels.use_variant("tf32" if tf32 else dtype, **families), kernels.launch_log() as log:
+            y, cache = LC.conv2d_forward_kernel(X, W, Bb, (1, 1), (1, 1), tf32, target=target)
+            dx, dw, _ = LC.conv2d_backward_kernel(DY, cache, True, tf32, target=target)
+        return [np.ascontiguousarray(np.asarray(a)) for a in (y, dx, dw)], log
+
+    want, _ = step("sim", (x, w, b, dy))
+    gpu = fake_second_gpu
+    _fake_gpu_kernels_on_the_simulator(gpu, monkeypatch)
+    got, log = step("cuda", [gpu.on(a) for a in (x, w, b, dy)])
+    names = [r.name for r in log]
+    # x in (the forward's, the weight gradient's), dy in (in bf16 twice: padded to 16 channels for the
+    # data gradient, its 12 for the weight gradient; TF32's 12 serve both), y and dx out
+    assert names.count("layout_transpose") == (5 if tf32 else 6), names
+    assert [r.grid[1] for r in log if r.name == "conv2d_tc_round_tf32"] == ([1, 1] if tf32 else [])
+    # zero-filled arrays: the filters' packings alone in bf16 (3 input channels padded to 8 for the
+    # forward, 12 filters to 16 for the data gradient), none for an activation
+    assert [call[0] for call in gpu.calls].count("zeros") == (0 if tf32 else 2), gpu.calls
+    for name, g, v in zip(("y", "dx", "dw"), got, want):
+        assert layout.is_channels_last(g) is False
+        np.testing.assert_array_equal(g.view(np.uint8), v.view(np.uint8), err_msg=name)
+
+
 def test_a_tf32_backward_copies_an_nchw_dy_to_nhwc_once_for_both_directions(target, monkeypatch):
     """Where the data gradient's rounded NHWC dy serves the weight gradient (dy's channels a
     multiple of 4), the weight gradient makes no NHWC copy of its own: dy is transposed once."""

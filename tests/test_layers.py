@@ -1265,7 +1265,9 @@ def test_a_residual_sum_and_a_layout_copy_are_made_on_their_arrays_gpu(fake_seco
     nhwc = gpuconv.to_channels_last(x)
     assert gpuconv.is_channels_last(nhwc) and not gpuconv.is_channels_last(gpuconv.to_contiguous(nhwc))
     assert nn.Flatten()(nhwc).shape == (1, 18)  # (channels_last: a gathering copy)
-    assert gpu.calls == [("add", 1), ("add", 1), ("ascontiguousarray", 1), ("ascontiguousarray", 1), ("reshape", 1)]
+    # (each layout copy: its array allocated and kernels/layout.cu launched, on the array's GPU)
+    assert gpu.calls == [("add", 1), ("add", 1), ("empty", 1), ("layout_transpose", 1), ("empty", 1),
+                         ("layout_transpose", 1), ("reshape", 1)]
     assert gpu.current == [0]
 
 @pytest.mark.parametrize("norm_type", [2.0, 1.0, 3.0, float("inf")])

@@ -237,7 +237,8 @@ def test_a_channels_last_training_step_converts_nothing(monkeypatch, launches):
 def test_nhwc_switches_the_gpu_only_to_copy(fake_second_gpu, monkeypatch):
     """The NHWC view of a channels_last array allocates nothing: it is answered without making the
     array's GPU current (the tensor-core convolutions ask for it four times per layer a step); an
-    NCHW array's transposing copy is made on its own GPU. CuPy is faked (conftest.FakeSecondGpu)."""
+    NCHW array's transposing copy (kernels/layout.cu) is made on its own GPU. CuPy is faked
+    (conftest.FakeSecondGpu)."""
     gpu, entered = fake_second_gpu, []
     real = layout.array_device_context
     monkeypatch.setattr(layout, "array_device_context", lambda arrays: entered.append(len(arrays)) or real(arrays))
@@ -247,7 +248,7 @@ def test_nhwc_switches_the_gpu_only_to_copy(fake_second_gpu, monkeypatch):
     view = layout.nhwc(last)
     assert entered == [] and gpu.calls == [] and np.shares_memory(view, last)
     copy = layout.nhwc(x)
-    assert entered == [1] and gpu.calls == [("ascontiguousarray", 1)] and gpu.current == [0]
+    assert entered == [1] and gpu.calls == [("empty", 1), ("layout_transpose", 1)] and gpu.current == [0]
     for a in (view, copy):
         assert a.flags.c_contiguous and np.array_equal(np.asarray(a), np.asarray(x).transpose(0, 2, 3, 1))
 
@@ -499,3 +500,85 @@ def test_batch_norm_passes_its_float32_vectors_on_the_gpu_without_converting_the
     assert not np.all(results[0][4] == 0)  # (the running mean moved)
     for a, b in zip(*results):
         np.testing.assert_array_equal(a, b)
+
+
+# ----------------------------------------------------------------------------- kernels/layout.cu
+LAYOUT_DTYPES = [np.dtype(np.float32), np.dtype(np.float64), BF16, np.dtype(np.float16)]
+
+
+def _with_nans(a):
+    """``a`` (float) with a few NaNs whose payloads a copy as bits keeps and one as values may not."""
+    flat = a.reshape(-1)
+    bits = {2: np.uint16, 4: np.uint32, 8: np.uint64}[a.itemsize]
+    exponent = {2: 0x7C00 if a.dtype == np.float16 else 0x7F80, 4: 0x7F800000, 8: 0x7FF0000000000000}[a.itemsize]
+    flat.view(bits)[::7] = np.asarray(exponent | 0x5, bits)  # a signalling NaN's pattern, payload 5
+    return a
+
+
+@pytest.mark.parametrize("dtype", LAYOUT_DTYPES, ids=lambda d: d.name)
+@pytest.mark.parametrize("shape, padded", [((3, 5, 7, 9), 8), ((2, 40, 3, 11), 40), ((2, 1, 33, 2), 1),
+                                           ((3, 70, 1, 1), 72), ((1, 33, 6, 6), 36)],
+                         ids=["c5p8", "c40", "c1", "1x1p72", "c33p36"])
+def test_the_layout_kernel_moves_each_value_as_bits_both_ways(dtype, shape, padded, monkeypatch):
+    """layout_transpose on the simulator, NCHW -> NHWC (channels padded with zeros) and NHWC ->
+    NCHW: every value where NumPy's transpose puts it, bit for bit (NaN payloads included), across
+    partial 32 x 32 tiles and, with the grid's image rows cut to 2, blocks striding over the images."""
+    from gpuconv.ops import _launch_layout as LL
+    monkeypatch.setattr(LL, "_IMAGES_MAX", 2)
+    rng = np.random.default_rng(3)
+    x = _with_nans(rng.standard_normal(shape).astype(dtype))
+    bits = {2: np.uint16, 4: np.uint32, 8: np.uint64}[x.itemsize]
+    with kernels.launch_log() as log:
+        nhwc = LL.nchw_to_nhwc(x, padded, target="sim")
+        back = LL.nhwc_to_nchw(np.ascontiguousarray(x.transpose(layout.NHWC)).transpose(layout.NCHW), target="sim")
+    assert [r.grid[1] for r in log] == [min(shape[0], 2)] * 2
+    n, c, h, w = shape
+    want = np.zeros((n, h, w, padded), dtype)
+    want[..., :c] = x.transpose(layout.NHWC)
+    assert nhwc.shape == want.shape and nhwc.flags.c_contiguous
+    np.testing.assert_array_equal(nhwc.view(bits), want.view(bits))
+    assert back.shape == shape and back.flags.c_contiguous
+    np.testing.assert_array_equal(back.view(bits), x.view(bits))
+
+
+def test_the_layout_kernel_rounds_to_tf32_as_it_writes_where_asked():
+    """With tf32 (float32 only) each value is written rounded as round_tf32 rounds it, the special
+    values included, the padded channels zero; a bfloat16 array asked for it is refused (None)."""
+    from gpuconv.ops import _launch_layout as LL
+    from gpuconv.precision import round_tf32
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 6, 5, 7)).astype(np.float32)
+    x.view(np.uint32)[...] |= 0x0FFF  # low bits the rounding drops, half of them ties or above
+    special = np.array([np.inf, -np.inf, np.nan, 0.0, -0.0, 3.4028235e38, 1e-45, -1.17549435e-38], np.float32)
+    x.reshape(-1)[:special.size] = special
+    got = LL.nchw_to_nhwc(x, 8, target="sim", tf32=True)
+    want = np.zeros((2, 5, 7, 8), np.float32)
+    want[..., :6] = round_tf32(x).transpose(layout.NHWC)
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+    assert LL.nchw_to_nhwc(x.astype(BF16), 8, target="sim", tf32=True) is None
+
+
+def test_layout_copies_of_gpu_arrays_run_the_layout_kernel(fake_second_gpu):
+    """On a GPU, to_channels_last, nhwc and to_contiguous of a dense array copy it by
+    kernels/layout.cu (one launch on the array's GPU, the values NumPy's transpose gives); an array
+    not dense in the order the kernel reads (a slice) or of a dtype it has no build for (int8)
+    keeps CuPy's transposing copy. CuPy is faked (conftest.FakeSecondGpu)."""
+    gpu = fake_second_gpu
+    rng = np.random.default_rng(5)
+    host = rng.standard_normal((2, 6, 5, 4)).astype(np.float32)
+    x = gpu.on(host)
+    last = layout.to_channels_last(x)
+    assert layout.is_channels_last(last) and np.array_equal(np.asarray(last), host)
+    view = layout.nhwc(x)
+    assert view.flags.c_contiguous and np.array_equal(np.asarray(view), host.transpose(layout.NHWC))
+    back = layout.to_contiguous(last)
+    assert back.flags.c_contiguous and np.array_equal(np.asarray(back), host)
+    assert [c for c in gpu.calls if c[0] == "layout_transpose"] == [("layout_transpose", 1)] * 3
+    del gpu.calls[:]
+    small = gpu.on(host.astype(np.int8))
+    for a, a_last in ((x[:, :, 1:], last[:, :, 1:]), (small, layout.to_channels_last(small))):  # CuPy's copies
+        got = layout.to_channels_last(a)
+        assert layout.is_channels_last(got) and np.array_equal(np.asarray(got), np.asarray(a))
+        got = layout.to_contiguous(a_last)
+        assert got.flags.c_contiguous and np.array_equal(np.asarray(got), np.asarray(a))
+    assert not any(c[0] == "layout_transpose" for c in gpu.calls), gpu.calls

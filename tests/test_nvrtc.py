@@ -62,6 +62,7 @@ ENTRIES = {
     "activations": [f"{a}_{d}" for a in ("leaky_relu", "sigmoid", "tanh", "silu") for d in ("forward", "backward")],
     "scale": ["scale_forward"],
     "channel_gate": ["channel_gate_forward", "channel_gate_backward_gate", "channel_gate_backward_data"],
+    "layout": ["layout_transpose"],
     "optim": ["sgd_update", "lookahead_update"],
     "loss": ["softmax_cross_entropy"],
     "amp": ["cast_parameters"],

@@ -14,7 +14,8 @@ from .. import _env, precision
 
 
 KERNEL_FILES = ("conv2d", "conv2d_grouped", "conv2d_tc", "pool2d", "relu", "gelu", "activations", "dropout", "augment",
-                "stream_hold", "gemm_tc", "batchnorm", "groupnorm", "optim", "loss", "amp", "scale", "channel_gate")
+                "stream_hold", "gemm_tc", "batchnorm", "groupnorm", "optim", "loss", "amp", "scale", "channel_gate",
+                "layout")
 # The headers a file's translation unit gets after common.cuh, in order (see build_source).
 _TC_HEADERS = ("mma.cuh", "wgmma.cuh", "tc_tile.cuh")
 UNIT_HEADERS = {"gemm_tc": _TC_HEADERS, "conv2d_tc": _TC_HEADERS, "relu": ("activation.cuh",),

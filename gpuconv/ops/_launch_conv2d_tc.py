@@ -4,7 +4,8 @@ conv2d kernel families.
 The kernels are implicit GEMMs over NHWC memory. A channels_last input (gpuconv.layout) is read
 as it is and the outputs come back channels_last; an NCHW input is converted on the way in and
 its outputs on the way out (two transposing copies per call, the price of a layout the tensor
-cores do not read). Channel counts that are not a multiple of the kernels' 16-byte piece (8
+cores do not read; on a GPU each one pass of kernels/layout.cu, which also pads the channels and,
+in TF32, rounds). Channel counts that are not a multiple of the kernels' 16-byte piece (8
 bf16/fp16 or 4 float elements) are padded with zeros in a copy (the first layer's 3 channels);
 the filters are repacked per call, K-contiguous (a small copy), unless mixed precision's cast
 already wrote them so (the forward's OHWI copy, the data gradient's CRSK one: pack_for_data_gradient).
@@ -25,6 +26,7 @@ import numpy as np
 from .. import kernels, layout, precision
 from .._memo import remember
 from ..backend import get_array_module
+from . import _launch_layout
 from ._checks import output_hw
 
 # variant -> its TcShape typedef in kernels/tc_tile.cuh (the tile its launches are sized by), which
@@ -67,14 +69,19 @@ def padded_channels(channels, dtype) -> int:
 def _nhwc_padded(x, cp=None):
     """``x`` (logically NCHW) as a C-contiguous NHWC array whose channel count is padded with
     zeros to :func:`padded_channels` (``cp``, when the caller has it), starting on a 16-byte
-    boundary; a view when ``x`` is channels_last with aligned channels already."""
+    boundary; a view when ``x`` is channels_last with aligned channels already. A GPU's NCHW ``x``
+    is converted and padded in one pass (kernels/layout.cu)."""
     n, c, h, w = x.shape
     if cp is None:
         cp = padded_channels(c, x.dtype)
+    xp = get_array_module(x)
+    if xp is not np and not (_ORDERS.get((x.shape, x.strides, x.itemsize)) or _orders_of(x))[0]:
+        out = _launch_layout.nchw_to_nhwc(x, cp, target="cuda")
+        if out is not None:
+            return out
     a = layout.nhwc(x)
     if cp == c and kernels.address(a) % PIECE == 0:
         return a
-    xp = get_array_module(x)
     out = xp.zeros((n, h, w, cp), dtype=x.dtype)
     if xp is np:  # a NumPy copy as bits: a pixel's channels as one integer where they fill one, else each
         wide = _WIDE.get(c * x.dtype.itemsize) if a.strides[3] == x.dtype.itemsize else None
@@ -152,22 +159,28 @@ def _orders_of(a):
     return remember(_ORDERS, key, (layout.nhwc_memory(a), layout.is_channels_last(a))) if got is None else got
 
 
-def _operand(x, padded):
-    """:func:`_nhwc_padded` of ``x``, a view taken here where that is all it is (NHWC memory, no
-    channels to pad, a 16-byte aligned start): no call but the address's."""
-    if (_ORDERS.get((x.shape, x.strides, x.itemsize)) or _orders_of(x))[0] and padded == x.shape[1] \
-            and kernels.address(x) % PIECE == 0:  # (x's first element is its view's)
-        return x.transpose(layout.NHWC)
-    return _nhwc_padded(x, padded)
+def _operand(x, padded, rounds=False):
+    """``(xh, rounded)``: :func:`_nhwc_padded` of ``x``, a view taken here where that is all it is
+    (NHWC memory, no channels to pad, a 16-byte aligned start: no call but the address's);
+    ``rounded`` where the copy is rounded to TF32 as well, as ``rounds`` asks: a GPU's NCHW ``x``,
+    converted, padded and rounded in one pass (kernels/layout.cu). Otherwise the caller rounds."""
+    nhwc_order = (_ORDERS.get((x.shape, x.strides, x.itemsize)) or _orders_of(x))[0]
+    if nhwc_order and padded == x.shape[1] and kernels.address(x) % PIECE == 0:  # (x's first element is its view's)
+        return x.transpose(layout.NHWC), False
+    if rounds and not nhwc_order and type(x) is not np.ndarray:
+        out = _launch_layout.nchw_to_nhwc(x, padded, target="cuda", tf32=True)
+        if out is not None:
+            return out, True
+    return _nhwc_padded(x, padded), False
 
 
 def _back(y_nhwc, like, xp=None):
-    """An NHWC result as a logically NCHW array in the layout of ``like`` (``xp``: y's module, where
-    the caller has it)."""
+    """An NHWC result as a logically NCHW array in the layout of ``like``: NCHW memory by
+    layout.to_contiguous (on a GPU, kernels/layout.cu) where ``like`` is not channels_last."""
     y = y_nhwc.transpose(layout.NCHW)
     if (_ORDERS.get((like.shape, like.strides, like.itemsize)) or _orders_of(like))[1]:  # like is channels_last
         return y
-    return (xp or get_array_module(y)).ascontiguousarray(y)
+    return layout.to_contiguous(y)
 
 
 _UNKNOWN = object()  # (a device argument not given: None is the simulator's)
@@ -315,16 +328,17 @@ def forward(x, w, b, stride, padding, tf32, relu, *, target, variant="tc", devic
     xp = _module(target, x, w, b)
     # TF32 inside rounding_shared(x): x rounded by an earlier launch of the block, or by this one for later ones
     xh = _shared_rounding(x, plan.padded) if plan.rounds else None
-    shared = xh is not None
-    if not shared:
-        xh = _operand(x, plan.padded)
+    ready = xh is not None  # x's NHWC operand rounded already: by an earlier launch or its conversion
+    if not ready:
+        xh, ready = _operand(x, plan.padded, plan.rounds)
     wk = _repacked(w, (0, 2, 3, 1), x.shape[1], plan.padded, xp)
     y = xp.empty(plan.shape, dtype=x.dtype)
     if plan.grid is not None:
-        if shared:
-            wk, = _rounded_tf32(target, device, (wk, _fresh(wk)))
-        elif plan.rounds:
-            xh, wk = _rounded_tf32(target, device, (xh, _fresh(xh)), (wk, _fresh(wk)))
+        if plan.rounds:
+            if ready:
+                wk, = _rounded_tf32(target, device, (wk, _fresh(wk)))
+            else:
+                xh, wk = _rounded_tf32(target, device, (xh, _fresh(xh)), (wk, _fresh(wk)))
             _share_rounding(x, xh)
         kernels.launch("conv2d_tc", plan.kernel, x.dtype, target, plan.grid, plan.block,
                        (xh, wk, wk if b is None else xp.ascontiguousarray(b), y) + plan.i32, device=device, tf32=tf32,
@@ -348,7 +362,7 @@ def _forward_plan(x_shape, w_shape, dtype, tf32, stride, padding, has_bias, relu
         plan.i32 = _i32(n, cp, h, wd, k, fh, fw, oh, ow, *stride, *padding, has_bias, relu)
     else:  # an empty output: nothing to launch
         plan = _Plan()
-        plan.grid = None
+        plan.grid, plan.rounds = None, False  # (nothing launched: no operand rounded)
     plan.shape, plan.padded = (n, oh, ow, k), cp
     return plan
 
@@ -366,7 +380,7 @@ def backward_data(dy, w, x_shape, stride, padding, tf32, like, *, target, varian
     if plan is None:
         return None
     xp = _module(target, dy, w)
-    dyh = _operand(dy, plan.padded)
+    dyh, ready = _operand(dy, plan.padded, plan.rounds)
     n, c, h, wd = x_shape
     k, _, fh, fw = w.shape
     wt = _packed(w, (c, fh, fw, plan.padded), dy.dtype)  # cast so by mixed precision, else repacked here
@@ -377,7 +391,10 @@ def backward_data(dy, w, x_shape, stride, padding, tf32, like, *, target, varian
     dx = xp.empty(plan.shape, dtype=dy.dtype)
     if plan.grid is not None:
         if plan.rounds:
-            dyh, wt = _rounded_tf32(target, device, (dyh, _fresh(dyh)), (wt, fresh))
+            if ready:
+                wt, = _rounded_tf32(target, device, (wt, fresh))
+            else:
+                dyh, wt = _rounded_tf32(target, device, (dyh, _fresh(dyh)), (wt, fresh))
             _share_rounding(dy, dyh)
         kernels.launch("conv2d_tc", plan.kernel, dy.dtype, target, plan.grid, plan.block, (dyh, wt, dx) + plan.i32,
                        device=device, tf32=tf32, shared_mem=plan.shared)
@@ -398,7 +415,7 @@ def _backward_data_plan(dy_shape, w_shape, x_shape, dtype, tf32, stride, padding
         plan.i32 = _i32(n, c, h, wd, kp, fh, fw, oh, ow, *stride, *padding)
     else:
         plan = _Plan()
-        plan.grid = None
+        plan.grid, plan.rounds = None, False  # (nothing launched: no operand rounded)
     plan.shape, plan.padded = (n, h, wd, c), kp
     return plan
 
@@ -426,14 +443,13 @@ def backward_weight(dy, x, w_shape, stride, padding, tf32, *, target, variant="t
     # convolution's dy, its forward's rounding) rounded by an earlier launch of the block: no copy of it here
     dyh = _shared_rounding(dy, dy.shape[1]) if plan.rounds else None
     xh = _shared_rounding(x, plan.padded) if plan.rounds else None
-    own_dy, own_x = dyh is None, xh is None
+    own_dy, own_x = dyh is None, xh is None  # (whether this launch rounds them: not where it converted them so)
     if own_dy:
-        nhwc_order = (_ORDERS.get((dy.shape, dy.strides, dy.itemsize)) or _orders_of(dy))[0]
-        dyh = dy.transpose(layout.NHWC) if nhwc_order else layout.nhwc(dy)  # (layout.nhwc's view, without its call)
-        if kernels.address(dyh) % PIECE:
-            dyh = dyh.copy()
+        dyh, rounded = _operand(dy, dy.shape[1], plan.rounds)  # unpadded: the tiles read dy's K channels
+        own_dy = not rounded
     if own_x:
-        xh = _operand(x, plan.padded)
+        xh, rounded = _operand(x, plan.padded, plan.rounds)
+        own_x = not rounded
     if plan.rounds and (own_dy or own_x):
         got = list(_rounded_tf32(target, device, *((a, _fresh(a)) for a, own in ((dyh, own_dy), (xh, own_x)) if own)))
         dyh = got.pop(0) if own_dy else dyh
