@@ -18,6 +18,11 @@ Precisions (``--precisions``, default fp32, tf32 and bf16):
   fp16  float16 arrays, the same variants as bf16 (m16n8k16 .f16; on a Turing GPU such as the T4,
         the only tensor-core type it has, each as two m16n8k8); cuDNN in float16; channels_last.
         Not in the default list: ``--precisions fp16`` (the GPU to run it on is a T4).
+  bf16_nchw, tf32_nchw  the tensor-core tiles fed NCHW arrays, as a user who never calls
+        to_channels_last runs them: each call converts x or dy to NHWC (kernels/layout.cu: the
+        channels padded and, in TF32, rounded in the same pass) and its output back, inside the
+        timed call; cuDNN in NCHW. Not in the default list (the battery runs them at the CIFAR
+        layers, tc128 and tcwg: ``--precisions bf16_nchw tf32_nchw``); the record's name ends in -nchw.
 Each variant of each direction (forward, backward-data, backward-weight), as listed in
 ``gpuconv.kernels.VARIANTS``, is first checked against the float64 convolution of its operands as
 the precision takes them on a 4-image slice of the layer (full channel counts, so every tile edge
@@ -101,7 +106,10 @@ VARIANTS = tuple(dict.fromkeys(v for f in DIRECTIONS.values() for v in kernels.V
 PRECISIONS = {"fp32": (np.float32, False, False, ("v1", "v2", "v3")),
               "tf32": (np.float32, True, True, ("v2", "v3") + kernels.TC_VARIANTS),
               "bf16": (precision.bfloat16, False, True, ("v2", "v3") + kernels.TC_VARIANTS),
-              "fp16": (np.float16, False, True, ("v2", "v3") + kernels.TC_VARIANTS)}
+              "fp16": (np.float16, False, True, ("v2", "v3") + kernels.TC_VARIANTS),
+              # the tensor-core tiles fed NCHW arrays: each call converts its operands and its output
+              "bf16_nchw": (precision.bfloat16, False, False, kernels.TC_VARIANTS),
+              "tf32_nchw": (np.float32, True, False, kernels.TC_VARIANTS)}
 DEFAULT_PRECISIONS = ("fp32", "tf32", "bf16")
 
 
@@ -226,9 +234,9 @@ def _validate(layers, batch, target, variants, precisions):
 def torch_calls(torch, x, w, b, dy, prec="fp32"):
     """cuDNN through PyTorch in ``prec``: TF32 allowed only for 'tf32'; bfloat16 tensors for
     'bf16', float16 for 'fp16'; channels_last memory (input, weight and gradient) where the precision runs it."""
-    torch.backends.cudnn.allow_tf32 = prec == "tf32"
-    torch.backends.cuda.matmul.allow_tf32 = prec == "tf32"
-    if prec == "bf16":  # DLPack has no bfloat16 in every version: hand the bits over
+    torch.backends.cudnn.allow_tf32 = PRECISIONS[prec][1]
+    torch.backends.cuda.matmul.allow_tf32 = PRECISIONS[prec][1]
+    if PRECISIONS[prec][0] == precision.bfloat16:  # DLPack has no bfloat16 in every version: hand the bits over
         tx, tw, tb, tdy = (torch.from_dlpack(a.view(np.uint16)).view(torch.bfloat16) for a in (x, w, b, dy))
     else:
         tx, tw, tb, tdy = (torch.from_dlpack(a) for a in (x, w, b, dy))
@@ -326,8 +334,8 @@ def main(argv=None):
     p.add_argument("--variants", nargs="+", choices=VARIANTS, default=None,
                    help="variants to validate and time (default: every variant of every direction)")
     p.add_argument("--precisions", nargs="+", choices=tuple(PRECISIONS), default=list(DEFAULT_PRECISIONS),
-                   help="fp32 (strict, NCHW), tf32 (TF32 multiplicands, channels_last), bf16, fp16 (channels_last); "
-                        "default: fp32 tf32 bf16")
+                   help="fp32 (strict, NCHW), tf32 (TF32 multiplicands, channels_last), bf16, fp16 (channels_last), "
+                        "bf16_nchw, tf32_nchw (the tensor-core tiles on NCHW arrays); default: fp32 tf32 bf16")
     p.add_argument("--validate-only", action="store_true", help="check every variant against NumPy, time nothing")
     p.add_argument("--target", choices=("cuda", "sim"), default="cuda",
                    help="where --validate-only runs ('sim': tiny layers on the host simulator, no GPU needed)")
@@ -379,6 +387,7 @@ def main(argv=None):
         # conv2d-<gpu>-<date>-<HHMM>.json: the name notebooks/04_kernels.ipynb looks for (the
         # airbench networks' layers' runs of the same minute beside it, -airbench94, -airbench96)
         tag = f"-{args.layers}" if args.layers.startswith("airbench") else ""
+        tag += "-nchw" if all(p.endswith("_nchw") for p in args.precisions) else ""
         name = f"conv2d-{common.slug(record['environment']['device'])}-{common.stamp(record['environment'])}{tag}.json"
         print(f"wrote {common.save_record(record, 'conv2d', filename=name)}", file=sys.stderr)
     return 1 if failures else 0

@@ -45,7 +45,9 @@
 #   then what was measured before, in what time is left:
 #   [step]    profile_step: the step's milliseconds per layer kind, forward and backward (CUDA
 #             events), of fast_net and of the airbench94 network
-#   [conv]    bench_ops --skip-conv (pooling, ReLU: GB/s against a device-to-device copy)
+#   [conv]    bench_ops --skip-conv (pooling, ReLU, batch and group norm, the channel gate, the layout
+#             conversions: GB/s against a device-to-device copy); bench_conv2d --precisions bf16_nchw
+#             tf32_nchw: the tensor-core tiles on NCHW arrays (conversions included) vs cuDNN in NCHW
 #   [step]    bench_cs231n: seconds per iteration of a student-style CS231n ThreeLayerConvNet, CPU
 #             vs use_device('cuda'), NumPy in and out
 #   [epoch]   bench_epoch: one device-resident epoch of 50,000 synthetic CIFAR-shaped images
@@ -397,6 +399,9 @@ if want step; then
 fi
 if want conv; then
     stage bench_ops 40 "$PY" benchmarks/bench_ops.py --save --skip-conv --warmup 3 --repeat 20  # conv: above
+    # the tensor-core tiles fed NCHW arrays (each call converting its operands and output) vs cuDNN in NCHW
+    stage bench_conv2d_nchw 40 "$PY" benchmarks/bench_conv2d.py --layers cifar --precisions bf16_nchw tf32_nchw \
+        --variants tc128 tcwg --warmup 2 --repeat 10
 fi
 if want step; then
     stage bench_cs231n 30 "$PY" benchmarks/bench_cs231n.py --save --warmup 2 --repeat 5

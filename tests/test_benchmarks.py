@@ -509,12 +509,12 @@ def test_gpu_battery_caps_every_stage_and_publishes_after_each(tmp_path):
     # recipe eager, graphed and in PyTorch), what was measured before last
     assert names == ["precompile", "wgmma_probe", "smoke", "tests", "bench_conv2d", "bench_airbench", "airbench",
                      "airbench_graph", "bench_conv2d_airbench", "bench_conv2d_grouped", "bench_step", "bench_step_autotune", "sanitizer_memcheck",
-                     "sanitizer_racecheck", "profile_step", "bench_ops", "bench_cs231n", "bench_epoch", "parity", "ncu",
+                     "sanitizer_racecheck", "profile_step", "bench_ops", "bench_conv2d_nchw", "bench_cs231n", "bench_epoch", "parity", "ncu",
                      "bench_airbench96", "bench_airbench_muon", "bench_airbench96_faster", "bench_models"], summary
     status = [line.split()[0] for line in summary]
     # bench_ops is cut at its 15 s cap, though it would hang for 60; then the 38 s budget, less the
     # 10 s kept for the caches, leaves under 15 s: every later stage is skipped, none is run short.
-    assert status == ["ok"] * 15 + ["TIMEOUT"] + ["SKIPPED"] * 8, summary
+    assert status == ["ok"] * 15 + ["TIMEOUT"] + ["SKIPPED"] * 9, summary
     assert "START bench_ops (limit 15s)" in (out / "run_gpu.log").read_text()
     assert summary[15].endswith("last output: fake python: timing max pool")  # where the cut stage was
     assert all(re.search(r"\d+s of the budget left$", line) for line in summary[16:])
