@@ -202,7 +202,11 @@ def _forward_plan(x_shape, w_shape, stride, padding, has_bias, relu, target, dev
 @register_launcher("conv2d_backward")
 def conv2d_backward_kernel(dy, cache, need_dx=True, tf32=False, need_dw=True, dw_dtype=None, *, target):
     x, w, has_bias, stride, padding = cache[:5]  # (the op crops dx: see Conv2dCache)
-    with tc.rounding_shared(dy, tf32 and need_dx and need_dw):  # TF32 on tensor cores: dy rounded once for both
+    if tf32 and need_dx and need_dw:  # both directions round dy to TF32 on tensor cores: once
+        with tc.rounding_shared(dy):
+            dx = conv2d_backward_data_kernel(dy, w, x.shape, stride, padding, tf32, target=target, like=x)
+            dw = weight_gradient(dy, x, w.shape, stride, padding, tf32, dw_dtype, target=target)
+    else:  # (no context entered: a bf16 step's backward is host-bound, six Python calls a layer fewer)
         dx = conv2d_backward_data_kernel(dy, w, x.shape, stride, padding, tf32, target=target, like=x) if need_dx \
             else None
         dw = weight_gradient(dy, x, w.shape, stride, padding, tf32, dw_dtype, target=target) if need_dw else None
