@@ -117,12 +117,14 @@ def nhwc_memory_of(y):
 def to_contiguous(x):
     """``x`` with plain C-contiguous (NCHW) memory."""
     xp = get_array_module(x)
-    if xp is np or getattr(x, "ndim", None) != 4:
-        return xp.ascontiguousarray(x)
-    nchw, nhwc_ = _orders_by_strides(x.shape, x.strides, x.itemsize)
-    if nchw:
-        return x
-    with array_device_context((x,)):  # (a copy, for a channels_last x: on x's GPU)
+    if xp is np:
+        return np.ascontiguousarray(x)
+    nhwc_ = False
+    if getattr(x, "ndim", None) == 4:
+        nchw, nhwc_ = _orders_by_strides(x.shape, x.strides, x.itemsize)
+        if nchw:
+            return x
+    with array_device_context((x,)):  # (a copy, of a channels_last x or any other: on x's GPU)
         out = _transposed(x, False) if nhwc_ else None
         return xp.ascontiguousarray(x) if out is None else out
 
@@ -149,9 +151,10 @@ def _transposed(x, to_nhwc: bool):
     coalesced, where CuPy's transposing copy reads one side strided): the (N, H, W, C)
     C-contiguous copy of a C-contiguous NCHW ``x`` (``to_nhwc``), else the NCHW copy of an
     NHWC-memory ``x``; None where the kernel does not take ``x`` (its dtype, its sizes, an ``x``
-    not dense in that order), for CuPy's copy. NumPy arrays: None (NumPy copies)."""
+    not dense in that order), for CuPy's copy. NumPy arrays, a subclass's too (a memmap): None
+    (NumPy copies)."""
     global _layout_kernel
-    if type(x) is np.ndarray or getattr(x, "ndim", None) != 4:
+    if type(x) is np.ndarray or getattr(x, "ndim", None) != 4 or get_array_module(x) is np:
         return None
     if _layout_kernel is None:
         from .ops import _launch_layout  # (imported at the first use: the ops import this module)

@@ -582,3 +582,36 @@ def test_layout_copies_of_gpu_arrays_run_the_layout_kernel(fake_second_gpu):
         got = layout.to_contiguous(a_last)
         assert got.flags.c_contiguous and np.array_equal(np.asarray(got), np.asarray(a))
     assert not any(c[0] == "layout_transpose" for c in gpu.calls), gpu.calls
+
+
+def test_layout_copies_of_a_numpy_subclass_stay_numpys(tmp_path):
+    """A NumPy subclass (a memmap of a saved .npy: np.load(..., mmap_mode='r')) is NumPy's array:
+    to_channels_last, nhwc and to_contiguous copy it with NumPy (no GPU kernel asked for), and a
+    TF32 tensor-core convolution on the simulator converts it as NumPy's."""
+    rng = np.random.default_rng(6)
+    host = rng.standard_normal((2, 8, 6, 5)).astype(np.float32)
+    np.save(tmp_path / "x.npy", host)
+    x = np.load(tmp_path / "x.npy", mmap_mode="r")
+    assert type(x) is np.memmap
+    last = gpuconv.to_channels_last(x)
+    assert layout.is_channels_last(last) and np.array_equal(last, host)
+    assert np.array_equal(layout.nhwc(x), host.transpose(layout.NHWC))
+    back = gpuconv.to_contiguous(last)
+    assert back.flags.c_contiguous and np.array_equal(back, host)
+    from gpuconv.ops import _launch_conv2d as LC
+    w = rng.standard_normal((12, 8, 3, 3)).astype(np.float32)
+    families = {f: "tc" for f in ("conv2d_forward", "conv2d_backward_data", "conv2d_backward_weight")}
+    with kernels.use_variant("tf32", **families):
+        got, _ = LC.conv2d_forward_kernel(x, w, None, (1, 1), (1, 1), True, target="sim")
+        want, _ = LC.conv2d_forward_kernel(host, w, None, (1, 1), (1, 1), True, target="sim")
+    np.testing.assert_array_equal(np.asarray(got), want)
+
+
+def test_to_contiguous_copies_an_array_of_any_rank_on_its_gpu(fake_second_gpu):
+    """to_contiguous of a CuPy array that is not 4-D (a transposed matrix) copies it on the array's
+    own GPU, not the current one (CuPy allocates on the current device). CuPy is faked."""
+    gpu = fake_second_gpu
+    a = gpu.on(np.arange(12, dtype=np.float32).reshape(3, 4)).T
+    got = layout.to_contiguous(a)
+    assert got.flags.c_contiguous and np.array_equal(np.asarray(got), np.arange(12).reshape(3, 4).T)
+    assert gpu.calls == [("ascontiguousarray", 1)] and gpu.current == [0]

@@ -167,7 +167,7 @@ def _operand(x, padded, rounds=False):
     nhwc_order = (_ORDERS.get((x.shape, x.strides, x.itemsize)) or _orders_of(x))[0]
     if nhwc_order and padded == x.shape[1] and kernels.address(x) % PIECE == 0:  # (x's first element is its view's)
         return x.transpose(layout.NHWC), False
-    if rounds and not nhwc_order and type(x) is not np.ndarray:
+    if rounds and not nhwc_order and type(x) is not np.ndarray and get_array_module(x) is not np:  # (a memmap: NumPy's)
         out = _launch_layout.nchw_to_nhwc(x, padded, target="cuda", tf32=True)
         if out is not None:
             return out, True
