@@ -615,3 +615,15 @@ def test_to_contiguous_copies_an_array_of_any_rank_on_its_gpu(fake_second_gpu):
     got = layout.to_contiguous(a)
     assert got.flags.c_contiguous and np.array_equal(np.asarray(got), np.arange(12).reshape(3, 4).T)
     assert gpu.calls == [("ascontiguousarray", 1)] and gpu.current == [0]
+
+
+def test_the_layout_kernel_refuses_sizes_its_int_tile_coordinates_would_overflow():
+    """A partial tile's threads compute their row and column (int) up to 31 past the matrix's last:
+    a side within 31 of 2^31 - 1 is refused (None: CuPy's copy), one of 2^31 - 1 - 32 taken."""
+    from gpuconv.ops import _launch_layout as LL
+    limit = 2**31 - 1
+    src = np.empty((0, 1, 1, 1), np.float32)
+    for side in (limit, limit - 5):
+        assert LL.transpose(src, 0, 1, side, 1, (0, 1, 1, 1), target="sim") is None  # cols: S
+        assert LL.transpose(src, 0, 1, 1, side, (0, 1, 1, 1), target="sim") is None  # padded: Rp
+    assert LL.transpose(src, 0, 1, limit - LL.TILE, 1, (0, 1, 1, 1), target="sim") is not None

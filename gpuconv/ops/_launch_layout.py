@@ -29,7 +29,8 @@ def transpose(src, images, rows, cols, padded, shape, *, target, tf32=False, dev
     if np.dtype(src.dtype) not in DTYPES or (tf32 and np.dtype(src.dtype) != precision.float32):
         return None
     s_tiles, r_tiles = -(-cols // TILE), -(-padded // TILE)
-    if not kernels.int_indexable(rows, cols, padded, s_tiles * r_tiles):
+    # (spare: a partial tile's threads compute r and s up to TILE - 1 past the last, in int)
+    if not kernels.int_indexable(rows, cols, padded, s_tiles * r_tiles, spare=TILE):
         return None
     xp = np if target == "sim" else get_array_module(src)
     dst = xp.empty(shape, dtype=src.dtype)
