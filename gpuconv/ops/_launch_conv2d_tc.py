@@ -174,7 +174,7 @@ def _operand(x, padded, rounds=False):
     return _nhwc_padded(x, padded), False
 
 
-def _back(y_nhwc, like, xp=None):
+def _back(y_nhwc, like):
     """An NHWC result as a logically NCHW array in the layout of ``like``: NCHW memory by
     layout.to_contiguous (on a GPU, kernels/layout.cu) where ``like`` is not channels_last."""
     y = y_nhwc.transpose(layout.NCHW)
@@ -343,7 +343,7 @@ def forward(x, w, b, stride, padding, tf32, relu, *, target, variant="tc", devic
         kernels.launch("conv2d_tc", plan.kernel, x.dtype, target, plan.grid, plan.block,
                        (xh, wk, wk if b is None else xp.ascontiguousarray(b), y) + plan.i32, device=device, tf32=tf32,
                        shared_mem=plan.shared)
-    return _back(y, x, xp)
+    return _back(y, x)
 
 
 def _forward_plan(x_shape, w_shape, dtype, tf32, stride, padding, has_bias, relu, target, device, variant):
@@ -398,7 +398,7 @@ def backward_data(dy, w, x_shape, stride, padding, tf32, like, *, target, varian
             _share_rounding(dy, dyh)
         kernels.launch("conv2d_tc", plan.kernel, dy.dtype, target, plan.grid, plan.block, (dyh, wt, dx) + plan.i32,
                        device=device, tf32=tf32, shared_mem=plan.shared)
-    return _back(dx, like, xp)
+    return _back(dx, like)
 
 
 def _backward_data_plan(dy_shape, w_shape, x_shape, dtype, tf32, stride, padding, target, device, variant):
