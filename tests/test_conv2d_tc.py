@@ -83,6 +83,18 @@ def run_conv(target, x, w, b, dy, stride, pad, tf32, channels_last=False, varian
     return (y, dx, dw), log
 
 
+def conv_launches(log):
+    """The launch log's records but the layout conversions (a GPU's NCHW operands and outputs go
+    through kernels/layout.cu: tests/test_layout.py)."""
+    return [r for r in log if r.name != "layout_transpose"]
+
+
+def converts_operands(target, channels_last):
+    """Whether the launcher converts NCHW operands with kernels/layout.cu (a GPU; the simulator's
+    NumPy arrays are copied by NumPy), rounding a TF32 operand in that pass."""
+    return target == "cuda" and not channels_last
+
+
 def assert_bound(name, got, want, mag, length, dtype, factor):
     tol = factor * reduction_tolerance(mag, want, length, dtype, reference_rounded=False)
     ok, worst = within_tolerance(host(got).astype(np.float64), want, tol)
@@ -104,19 +116,26 @@ def test_tensor_core_conv_within_the_derived_bound(target, build, case, channels
     dy = rng.standard_normal((x.shape[0], k, oh, ow)).astype(dtype)
     (y, dx, dw), log = run_conv(target, x, w, b, dy, stride, pad, tf32, channels_last, variant)
     variant = TC.engine(variant, dtype, tf32, target, 0)
-    # TF32: each direction's two operands rounded first, in one launch (the tiles round nothing)
+    recs = conv_launches(log)
+    # TF32: each direction's two operands rounded first, in one launch (the tiles round nothing); a
+    # GPU's NCHW operands are rounded as they are converted, so the passes round the filters alone
+    # and the weight gradient's has nothing left to round
+    converted = converts_operands(target, channels_last)
     rounding = ["conv2d_tc_round_tf32"] if tf32 else []
-    assert log.names[:4 + 3 * tf32] == rounding + [f"conv2d_forward_{variant}"] + rounding + [
-        f"conv2d_backward_data_{variant}"] + rounding + [f"conv2d_backward_weight_{variant}", "conv2d_tc_weight_reduce"]
-    if tf32:  # the weight gradient rounds x alone where dy's rounding for the data gradient serves it
-        # too (dy's channels unpadded: a multiple of 4); both arrays, each its own rounding, else
-        assert log[4].grid[1] == (1 if k % 4 == 0 else 2)
-    forward = log[len(rounding)]
+    expected = rounding + [f"conv2d_forward_{variant}"] + rounding + [f"conv2d_backward_data_{variant}"] + (
+        [] if converted else rounding) + [f"conv2d_backward_weight_{variant}", "conv2d_tc_weight_reduce"]
+    assert [r.name for r in recs[:len(expected)]] == expected
+    if tf32:
+        assert [r.grid[1] for r in recs[:len(expected)] if r.name == "conv2d_tc_round_tf32"] == (
+            # the weight gradient rounds x alone where dy's rounding for the data gradient serves it
+            # too (dy's channels unpadded: a multiple of 4); both arrays, each its own rounding, else
+            [1, 1] if converted else [2, 2, 1 if k % 4 == 0 else 2])
+    forward = recs[len(rounding)]
     bm, bn, threads = TC.SHAPES[variant]
     assert forward.block == (threads, 1, 1) and forward.grid[:2] == (-(-y.shape[0] * y.shape[2] * y.shape[3] // bm),
                                                                     -(-k // bn))
     # every GEMM in the operands' build (the bias gradient, a plain sum, has no TF32 build)
-    assert {r.build for r in log if r.name != "conv2d_backward_bias"} == {"float+tf32" if tf32 else dtype.name}
+    assert {r.build for r in recs if r.name != "conv2d_backward_bias"} == {"float+tf32" if tf32 else dtype.name}
     for a in (y, dx):
         assert a.dtype == dtype and layout.is_channels_last(a) == channels_last
         assert channels_last or a.flags.c_contiguous
@@ -150,7 +169,8 @@ def test_tensor_core_tiles_take_pytorchs_floored_sizes(target, case, channels_la
         y, cache = LC.conv2d_forward_kernel(X, W, Bb, stride, pad, False, target=target)
         dx, dw, _ = LC.conv2d_backward_kernel(DY, cache, True, False, target=target)
     variant = TC.engine(variant, BF16, False, target, 0)
-    assert log.names[:3] == [f"conv2d_{d}_{variant}" for d in ("forward", "backward_data", "backward_weight")]
+    assert [r.name for r in conv_launches(log)][:3] == [f"conv2d_{d}_{variant}"
+                                                        for d in ("forward", "backward_data", "backward_weight")]
     f64 = [np.asarray(a, np.float64) for a in (x, w, b, dy)]
     ey, ecache = conv_mod._conv2d_forward_reference(*f64[:3], stride, pad)
     edx, edw, _ = conv_mod._conv2d_backward_reference(f64[3], ecache)
@@ -397,7 +417,9 @@ def test_a_tf32_transposed_convolution_rounds_dy_once_for_both_gradients(target,
         rounds = _round_launches(log)
         alone_dx = LT.conv_transpose2d_backward_kernel(DY, cache, True, True, False, target=target)[0]
         alone_dw = LT.conv_transpose2d_backward_kernel(DY, cache, False, True, True, target=target)[1]
-    assert rounds == [2, 1], rounds  # the forward's dy and filters; the weight gradient's x alone
+    # the forward's dy and filters, the weight gradient's x alone; on a GPU's NCHW path dy and x are
+    # rounded as they are converted (kernels/layout.cu), the forward's pass rounding the filters alone
+    assert rounds == ([1] if converts_operands(target, channels_last) else [2, 1]), rounds
     np.testing.assert_array_equal(host(DY).view(np.uint32), before.view(np.uint32))
     np.testing.assert_array_equal(host(dx).view(np.uint32), host(alone_dx).view(np.uint32))
     np.testing.assert_array_equal(host(dw).view(np.uint32), host(alone_dw).view(np.uint32))
@@ -454,8 +476,10 @@ def test_a_tf32_backward_copies_an_nchw_dy_to_nhwc_once_for_both_directions(targ
     x, w, b = operands(((2, 8, 6, 5), (12, 3, 3), (1, 1), (1, 1)), np.float32, rng)
     dy = rng.standard_normal((2, 12, 6, 5)).astype(np.float32)
     X, W, Bb, DY = on(target, x, w, b, dy)
-    copies, nhwc = [], layout.nhwc
-    monkeypatch.setattr(layout, "nhwc", lambda a: (copies.append(a is DY), nhwc(a))[1])
+    copies, nhwc, converted = [], layout.nhwc, TC._launch_layout.nchw_to_nhwc
+    monkeypatch.setattr(layout, "nhwc", lambda a: (copies.append(a is DY), nhwc(a))[1])  # NumPy's copy
+    monkeypatch.setattr(TC._launch_layout, "nchw_to_nhwc",  # a GPU's (kernels/layout.cu)
+                        lambda a, *args, **kw: (copies.append(a is DY), converted(a, *args, **kw))[1])
     families = {f: "tc" for f in ("conv2d_forward", "conv2d_backward_data", "conv2d_backward_weight")}
     with kernels.use_variant("tf32", **families):
         _, cache = LC.conv2d_forward_kernel(X, W, Bb, (1, 1), (1, 1), True, target=target)
