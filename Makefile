@@ -1,6 +1,7 @@
 # The two quickstart commands (README) and what they need. Both build .venv on first use.
 #   make train [DATA=path/to/cifar-10-batches-py or its parent] [ARGS="--epochs 5 ..."]
 #   make test [JOBS=n: pytest workers, default one per core up to 8; JOBS=0 runs in one process]
+#   (make test-gpu-path: the GPU's test cases with CuPy faked on the CPU; see below)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -9,7 +10,7 @@ PY := $(VENV)/bin/python
 EXTRAS ?= dev,nvrtc
 JOBS ?= $(shell $(PYTHON) -c 'import os; print(min(8, os.cpu_count() or 1))')
 
-.PHONY: install train test clean gpu-data gpu-cache
+.PHONY: install train test test-gpu-path clean gpu-data gpu-cache
 
 # The stamp holds the extras installed. A changed pyproject.toml installs those again; `make install`
 # with other extras (EXTRAS=dev,cuda12 after a first `make train` installed nvrtc's CUDA 13 CuPy)
@@ -42,6 +43,12 @@ ONE_THREAD := $(if $(filter 0,$(JOBS)),,$(foreach v,OPENBLAS_NUM_THREADS OMP_NUM
 # --durations: the slowest tests named in every run's log, to keep the suite's time in view.
 test: $(VENV)/.installed
 	$(ONE_THREAD) $(PY) -m pytest -q -n $(JOBS) --dist worksteal --durations=20 $(ARGS)
+
+# The GPU's test cases ('cupy' and 'cuda') on a CPU stand-in for CuPy (tests/fake_cupy.py, the kernels
+# on the simulator): what a GPU's test stage would fail on in gpuconv's Python path or a test's own,
+# found before a GPU runs it. No GPU run; the cases that need what the stand-in lacks skip, saying so.
+test-gpu-path: $(VENV)/.installed
+	GPUCONV_FAKE_CUPY=1 $(ONE_THREAD) $(PY) -m pytest -q -n $(JOBS) --dist worksteal -k "cupy or cuda" $(ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

@@ -209,6 +209,10 @@ def pytest_collection_modifyitems(config, items):
                 item.own_markers = [m for m in item.own_markers if m.name != "gpu" and not (
                     m.name == "skipif" and str(m.kwargs.get("reason", "")).startswith("no GPU"))]
                 item.stash[_FAKE_CUPY_CASE] = True
+            lacks = item.get_closest_marker("real_cupy")
+            if lacks is not None and (item.stash.get(_FAKE_CUPY_CASE, False) or params.get("backend") == "cupy"):
+                item.add_marker(pytest.mark.skip(reason=f"needs CuPy's {lacks.args[0]}, which the CPU stand-in "
+                                                        "(GPUCONV_FAKE_CUPY=1) lacks: a GPU runs it"))
     if getattr(config, "args_source", None) == pytest.Config.ArgsSource.TESTPATHS:
         items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: else as collected
 

@@ -340,6 +340,7 @@ def test_layer_draws_one_key_per_training_forward(backend):
     assert layer(x) is x and layer._rng().bit_generator.state == state  # eval draws nothing
 
 
+@pytest.mark.real_cupy("ndarray type (isinstance of a NumPy array is false for a CuPy array)")
 def test_a_layer_reading_its_key_from_the_device_makes_the_masks_it_would_draw(backend):
     """key_on_device (a captured step holds the layer): write_key draws the next key from the layer's
     generator and fills the device array the training forward reads, so the masks are those the

@@ -29,6 +29,9 @@ from gpuconv.optim import SGD, Adam, AdamW, Chain, Muon, OneCycleLR
 from gpuconv.trainer import Trainer, TrainingInterrupted
 from test_trainer import SigintAt, assert_same_state
 
+# the GPU cases capture and replay on CuPy's streams, graphs and memory pools: not with CuPy faked
+pytestmark = pytest.mark.real_cupy("streams, CUDA graphs, memory pools and device properties")
+
 DEVICES = [pytest.param("sim"),
            pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not B.cuda_available(),
                                                                            reason=f"no GPU: {B.cuda_status()}")])]
