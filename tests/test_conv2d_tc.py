@@ -1143,3 +1143,4 @@ def test_the_channel_padding_copy_keeps_every_bit(dtype):
             want = np.zeros((2, 3, 4, cp), dtype)
             want[..., :c] = np.ascontiguousarray(arr.transpose(0, 2, 3, 1))
             assert got.shape == want.shape and got.dtype == dtype and got.tobytes() == want.tobytes(), (c, arr.strides)
+            assert got.flags.c_contiguous and kernels.address(got) % 16 == 0  # (cp.async's 16-byte pieces)

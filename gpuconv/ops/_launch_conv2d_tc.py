@@ -80,8 +80,8 @@ def _nhwc_padded(x, cp=None):
         if out is not None:
             return out
     a = layout.nhwc(x)
-    if cp == c and kernels.address(a) % PIECE == 0:
-        return a
+    if cp == c:  # (a view off a 16-byte boundary: copied to the allocator's aligned start)
+        return a if kernels.address(a) % PIECE == 0 else a.copy()
     out = xp.zeros((n, h, w, cp), dtype=x.dtype)
     if xp is np:  # a NumPy copy as bits: a pixel's channels as one integer where they fill one, else each
         wide = _WIDE.get(c * x.dtype.itemsize) if a.strides[3] == x.dtype.itemsize else None
@@ -273,9 +273,10 @@ _SHARED = contextvars.ContextVar("gpuconv TF32 operand rounding", default=None)
 
 @contextlib.contextmanager
 def rounding_shared(a, when=True):
-    """Where ``when`` (else nothing: a block of one direction, or not in TF32), within the block, the first TF32 launch that rounds an NHWC copy of ``a`` (this array, not an
-    equal one) keeps it for the next that reads ``a`` with as many channels, which would otherwise
-    round it again (a pass over ``a`` a launch fewer); dropped at the block's end. In a
+    """Within the block (where ``when``; else nothing: a block of one direction, or not in TF32),
+    the first TF32 launch that rounds an NHWC copy of ``a`` (this array, not an equal one) keeps it
+    for the next that reads ``a`` with as many channels, which would otherwise round it again (a
+    pass over ``a`` a launch fewer); dropped at the block's end. In a
     convolution's backward ``a`` is dy: the data gradient's rounding serves the weight gradient; in
     a transposed convolution's, its dy is the input of both the convolution's forward and its weight
     gradient. Where the first pads ``a``'s channels (a count not a multiple of 4) and the next reads
