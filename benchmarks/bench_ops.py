@@ -451,6 +451,8 @@ def layout_rows(args, relu_shapes, batch, torch):
                                     lambda: xp.ascontiguousarray(x.transpose(0, 2, 3, 1)), None, args))
             rows.append(_memory_row(name.format("to NCHW"), full, nbytes, lambda: gpuconv.to_contiguous(last),
                                     (lambda: tlast.contiguous()) if tlast is not None else None, args))
+            rows.append(_memory_row(name.format("to NCHW (CuPy's copy)"), full, nbytes,
+                                    lambda: xp.ascontiguousarray(last), None, args))
     return rows
 
 
