@@ -259,8 +259,9 @@ def pool(run, rng):
                  for s in (hw, P.pooled_hw((1, 1) + hw, ks, st, floor, pad)))
         for channels_last in (False, True):
             _pool_checks(run, x, dy, ks, st, channels_last, floor, padding=pad)
+    # (6, 8) by 2x2 windows: NCHW, the _pairs kernels (two outputs a thread)
     for hw, ks, st in [((7, 9), (3, 3), (2, 2)), ((7, 9), (2, 3), (1, 3)), ((7, 9), (7, 9), (1, 1)),
-                       ((6, 9), (2, 3), (2, 3)), ((6, 9), (3, 3), (3, 3))]:
+                       ((6, 9), (2, 3), (2, 3)), ((6, 9), (3, 3), (3, 3)), ((6, 8), (2, 2), (2, 2))]:
         out_hw = P.pooled_hw((1, 1) + hw, ks, st)
         x, dy = (rng.standard_normal((2, 3) + s).astype(np.float32) for s in (hw, out_hw))
         for channels_last in (False, True):

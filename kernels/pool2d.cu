@@ -52,6 +52,14 @@
 //   lp_pool2d_backward    one thread per input element: sum over the covering windows of
 //                         dy * x^(p-1) * y^(1-p), and 0 from a window whose norm y is 0 (where
 //                         the gradient of the norm is undefined; PyTorch's choice as well).
+//   max_pool2d_forward_pairs, max_pool2d_backward_disjoint_pairs
+//                         NCHW, windows 2 wide at stride 2 (kh rows at stride kh), no padding, W
+//                         a multiple of 4 and no row past the last window (the CIFAR nets' 2x2):
+//                         one thread per two adjacent outputs of a row, each window row one
+//                         storage4 (16 bytes in float32) loaded or stored, where one output a
+//                         thread moved 8 bytes a row and reached under half a copy's bandwidth on
+//                         an H200 (float32, 512x128x32x32). The same taps in the same order as
+//                         the element kernels (max_take, max_value): the same bits.
 //   <name>_vec            (max and average pooling) the same kernel with VEC16 adjacent
 //                         channels per thread, 16 bytes per load and store (8 bfloat16/float16
 //                         values, 4 float32, 2 float64): channels_last only, with C a multiple of
@@ -74,8 +82,8 @@
 // tests/test_nvrtc.py holds every figure to ptxas's report): registers / static shared memory
 // in bytes / bytes spilled (stores + loads); "-": no such build (TF32: conv2d, conv2d_tc, gemm_tc).
 //   ptxas 13.0                        f32          f64          bf16         f16          tf32
-//   max_pool2d_forward                48/0/0       47/0/0       48/0/0       40/0/0       -
-//   max_pool2d_forward_vec            40/0/0       40/0/0       48/0/0       48/0/0       -
+//   max_pool2d_forward                46/0/0       48/0/0       46/0/0       38/0/0       -
+//   max_pool2d_forward_vec            40/0/0       40/0/0       48/0/0       52/0/0       -
 //   max_pool2d_backward               32/0/0       28/0/0       31/0/0       28/0/0       -
 //   max_pool2d_backward_vec           44/0/0       48/0/0       62/0/0       44/0/0       -
 //   max_pool2d_backward_disjoint      40/0/0       40/0/0       40/0/0       48/0/0       -
@@ -94,6 +102,8 @@
 //   adaptive_avg_pool2d_backward      47/0/0       48/0/0       48/0/0       35/0/0       -
 //   adaptive_max_pool2d_forward       32/0/0       32/0/0       32/0/0       32/0/0       -
 //   adaptive_max_pool2d_backward      40/0/0       40/0/0       40/0/0       40/0/0       -
+//   max_pool2d_forward_pairs          32/0/0       32/0/0       32/0/0       32/0/0       -
+//   max_pool2d_backward_disjoint_pairs 32/0/0      32/0/0       30/0/0       28/0/0       -
 
 
 // An N x C x H x W activation, NCHW or channels_last: memory index <-> (n, c, h, w).
@@ -207,6 +217,23 @@ __device__ inline index_t split_group(index_t g, int C, int H, int W, int cl, in
     return n;
 }
 
+// One tap of a max window, in row-major tap order: the first sets the maximum and the switch; after
+// it, strict > keeps the first of equal maxima, and the first NaN takes the switch (!(v <= best) is
+// v > best or v a NaN) and keeps it (best is NaN from then on: np.maximum's NaN on either side stays).
+__device__ inline void max_take(acc_t v, int tap, bool first, acc_t& best, int& best_at) {
+    if (first) {
+        best = v;
+        best_at = tap;
+    } else {
+        if (!(v <= best) && best == best) best_at = tap;
+        if (v > best || v != v) best = v;
+    }
+}
+
+// A window's maximum as stored: -0.0 -> +0.0 as the reference; a NaN is copied, never added (a GPU's
+// float add returns its canonical NaN, where the reference and the simulator's x86 keep the payload).
+__device__ inline storage_t max_value(acc_t m) { return from_acc(m != m ? m : m + (acc_t)0); }
+
 template <int V>
 __device__ inline void max_forward(const storage_t* x, storage_t* y, int* argmax, int N, int C, int H, int W, int OH,
                                    int OW, int kh, int kw, int sh, int sw, int ph, int pw, int cl) {
@@ -226,28 +253,14 @@ __device__ inline void max_forward(const storage_t* x, storage_t* y, int* argmax
                 if (iw < 0 || iw >= W) continue;
                 const Lanes<storage_t, V> xv = *(const Lanes<storage_t, V>*)(x + in.at(n, c, ih, iw));
 #pragma unroll
-                for (int l = 0; l < V; ++l) {
-                    const acc_t v = to_acc(xv.v[l]);
-                    if (first) {
-                        best[l] = v;
-                        best_at.v[l] = fh * kw + fw;
-                    } else {
-                        // Strict > keeps the first of equal maxima; the first NaN takes the switch
-                        // (!(v <= best) is v > best or v a NaN) and keeps it (best is NaN from then on).
-                        if (!(v <= best[l]) && best[l] == best[l]) best_at.v[l] = fh * kw + fw;
-                        if (v > best[l] || v != v) best[l] = v;  // np.maximum: a NaN on either side stays
-                    }
-                }
+                for (int l = 0; l < V; ++l) max_take(to_acc(xv.v[l]), fh * kw + fw, first, best[l], best_at.v[l]);
                 first = false;
             }
         }
         Lanes<storage_t, V> out;
 #pragma unroll
         for (int l = 0; l < V; ++l) {
-            // -0.0 -> +0.0 as the reference; a NaN is copied, never added: a GPU's float add returns
-            // its canonical NaN, where the reference (and the simulator's x86) keeps the payload.
-            const acc_t m = best[l];
-            out.v[l] = from_acc(first ? (acc_t)0 : m != m ? m : m + (acc_t)0);
+            out.v[l] = first ? from_acc((acc_t)0) : max_value(best[l]);
             if (first) best_at.v[l] = -1;
         }
         *(Lanes<storage_t, V>*)(y + g * V) = out;
@@ -383,6 +396,60 @@ extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
 max_pool2d_backward_disjoint_vec(const storage_t* dy, const int* argmax, storage_t* dx,
     int N, int C, int H, int W, int OH, int OW, int kh, int kw, int sh, int sw, int ph, int pw, int cl) {
     disjoint_backward<VEC16>(dx, N, C, H, W, OH, OW, kh, kw, cl, MaxRoute<VEC16>{dy, argmax});
+}
+
+// NCHW windows 2 wide at stride 2 (kh rows at stride kh), no padding, W % 4 == 0 and H == OH * kh,
+// every array aligned to its loads (the launcher checks): one thread per two adjacent outputs of a
+// row, each window row one storage4 of the four inputs under them, lanes 0 and 1 its halves. The
+// same taps in the same order as max_pool2d_forward and max_pool2d_backward_disjoint: the same bits.
+extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
+max_pool2d_forward_pairs(const storage_t* x, storage_t* y, int* argmax,
+    int N, int C, int H, int W, int OH, int OW, int kh, int kw, int sh, int sw, int ph, int pw, int cl) {
+    const int half = OW / 2;
+    const index_t total = (index_t)N * C * OH * half;
+    for (index_t g = global_thread_index(); g < total; g += global_thread_count()) {
+        int oh, q;
+        const index_t plane = split_hw(g, OH, half, &oh, &q);
+        const storage_t* row = x + (plane * H + (index_t)oh * kh) * W + 4 * q;
+        acc_t best[2];
+        Lanes<int, 2> at;
+        for (int fh = 0; fh < kh; ++fh) {
+            const storage4 v = *(const storage4*)(row + (index_t)fh * W);
+            const acc_t tap[4] = {to_acc(v.x), to_acc(v.y), to_acc(v.z), to_acc(v.w)};
+#pragma unroll
+            for (int l = 0; l < 2; ++l)
+#pragma unroll
+                for (int fw = 0; fw < 2; ++fw) max_take(tap[2 * l + fw], fh * 2 + fw, fh == 0 && fw == 0, best[l], at.v[l]);
+        }
+        Lanes<storage_t, 2> out;
+#pragma unroll
+        for (int l = 0; l < 2; ++l) out.v[l] = max_value(best[l]);
+        *(Lanes<storage_t, 2>*)(y + 2 * g) = out;
+        *(Lanes<int, 2>*)(argmax + 2 * g) = at;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
+max_pool2d_backward_disjoint_pairs(const storage_t* dy, const int* argmax, storage_t* dx,
+    int N, int C, int H, int W, int OH, int OW, int kh, int kw, int sh, int sw, int ph, int pw, int cl) {
+    const int half = OW / 2;
+    const index_t total = (index_t)N * C * OH * half;
+    for (index_t g = global_thread_index(); g < total; g += global_thread_count()) {
+        int oh, q;
+        const index_t plane = split_hw(g, OH, half, &oh, &q);
+        const Lanes<storage_t, 2> d = *(const Lanes<storage_t, 2>*)(dy + 2 * g);
+        const Lanes<int, 2> a = *(const Lanes<int, 2>*)(argmax + 2 * g);
+        const acc_t d0 = to_acc(d.v[0]), d1 = to_acc(d.v[1]);
+        storage_t* row = dx + (plane * H + (index_t)oh * kh) * W + 4 * q;
+        for (int fh = 0; fh < kh; ++fh) {  // each value 0 + its term, as disjoint_backward's
+            storage4 v;
+            v.x = from_acc((acc_t)0 + (a.v[0] == fh * 2 ? d0 : (acc_t)0));
+            v.y = from_acc((acc_t)0 + (a.v[0] == fh * 2 + 1 ? d0 : (acc_t)0));
+            v.z = from_acc((acc_t)0 + (a.v[1] == fh * 2 ? d1 : (acc_t)0));
+            v.w = from_acc((acc_t)0 + (a.v[1] == fh * 2 + 1 ? d1 : (acc_t)0));
+            *(storage4*)(row + (index_t)fh * W) = v;
+        }
+    }
 }
 
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)

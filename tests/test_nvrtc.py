@@ -55,7 +55,8 @@ ENTRIES = {
                                    "avg_pool2d_forward", "avg_pool2d_backward", "avg_pool2d_backward_disjoint")
                for v in ("", "_vec")] + ["avg_pool2d_forward_exclude_pad", "avg_pool2d_backward_exclude_pad",
                                          "lp_pool2d_forward", "lp_pool2d_backward"]
-              + [f"adaptive_{k}_pool2d_{d}" for k in ("avg", "max") for d in ("forward", "backward")],
+              + [f"adaptive_{k}_pool2d_{d}" for k in ("avg", "max") for d in ("forward", "backward")]
+              + ["max_pool2d_forward_pairs", "max_pool2d_backward_disjoint_pairs"],
     "augment": ["augment_batch"],
     "relu": ["relu_forward_v1", "relu_forward_v2", "relu_backward_v1", "relu_backward_v2"],
     "gelu": ["gelu_forward", "gelu_backward"],

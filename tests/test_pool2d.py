@@ -243,10 +243,66 @@ def test_disjoint_windows_take_the_scatter_kernel_and_keep_the_reference_bits(ki
         xs, dys = (gpuconv.to_channels_last(a) if channels_last else a for a in (x, dy))
         y, cache = fwd(xs, (3, 2))
         got = bwd(dys, cache)
-    assert f"{kind}_pool2d_backward_disjoint" in log.names and f"{kind}_pool2d_backward" not in log.names
+    disjoint = f"{kind}_pool2d_backward_disjoint"  # (or NCHW max pooling's _pairs form, where the alignment allows)
+    assert disjoint in log.names or (kind == "max" and not channels_last and disjoint + "_pairs" in log.names)
+    assert f"{kind}_pool2d_backward" not in log.names
     assert gpuconv.is_channels_last(got) == channels_last
     got = np.ascontiguousarray(got)
     assert got.dtype == want.dtype and got.tobytes() == np.ascontiguousarray(want).tobytes()
+
+
+# (float64 too has a _pairs build, whose 32-byte loads want 32-byte aligned x and dx: NumPy aligns
+# its arrays to 16 bytes, CuPy to 256; the sanitizer runs it where the alignment holds)
+@pytest.mark.parametrize("dtype", [np.float32, "bfloat16", np.float16])
+def test_nchw_max_pooling_of_2_wide_windows_runs_two_outputs_a_thread_with_the_same_bits(dtype, monkeypatch):
+    """NCHW max pooling, windows 2 wide at stride 2 (2x2 and 3x2), no padding, W a multiple of 4 and
+    no row past the last window: the _pairs kernels (two outputs a thread, 16-byte loads and stores)
+    give the element kernels' y, switches and dx bit for bit, -0.0, NaNs, infinities and ties
+    included; a geometry or an alignment they do not take (W = 10, a row past the last window, an x
+    view off its 4-element boundary: its forward, channels_last) runs the element kernels.""" 
+    import ml_dtypes
+
+    import gpuconv
+    from gpuconv import kernels
+    from gpuconv.ops import _launch_pool2d as LP
+    dt = np.dtype(ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype)
+    rng = np.random.default_rng(8)
+
+    def run(x, k, pairs):
+        if not pairs:  # the element kernels: no _pairs form
+            monkeypatch.setattr(LP, "_PAIRS", ())
+        monkeypatch.setattr(LP, "_RUNS", {})
+        with gpuconv.default_device("sim"), kernels.launch_log() as log:
+            y, cache = max_pool2d_forward(x, k, k, floor=True)
+            dy = (np.round(rng.standard_normal(y.shape) * 2) / 2).astype(dt)
+            dy.reshape(-1)[:3] = np.array([-0.0, np.nan, np.inf]).astype(dt)
+            dx = max_pool2d_backward(gpuconv.to_channels_last(dy) if gpuconv.is_channels_last(x) else dy, cache)
+        monkeypatch.undo()
+        return [np.ascontiguousarray(a) for a in (y, cache.argmax, dx)], log.names
+
+    buf = np.zeros(2 * 3 * 6 * 8 + 8, dt)
+    for shape, k, takes in [((2, 3, 6, 8), (2, 2), True), ((2, 3, 9, 12), (3, 2), True), ((1, 2, 4, 4), (2, 2), True),
+                            ((2, 3, 6, 10), (2, 2), False), ((2, 3, 7, 8), (2, 2), False),
+                            ((2, 3, 6, 8), (2, 2), "misaligned"), ((2, 3, 6, 8), (2, 2), "channels_last")]:
+        x = (np.round(rng.standard_normal(shape) * 2) / 2).astype(dt)
+        x.reshape(-1)[:6] = np.array([-0.0, np.nan, 0.0, -0.0, np.inf, -np.inf]).astype(dt)
+        if takes == "misaligned":  # x's data one element past the allocation's (aligned) start
+            start = (-(buf.__array_interface__["data"][0] // dt.itemsize) % 4) + 1
+            view = buf[start:start + x.size].reshape(shape)
+            view[...] = x
+            x = view
+        elif takes == "channels_last":
+            x = gpuconv.to_channels_last(x)
+        rng_state = rng.bit_generator.state
+        got, names = run(x, k, True)
+        rng.bit_generator.state = rng_state  # (the same dy)
+        want, plain = run(x, k, False)
+        assert not any(n.endswith("_pairs") for n in plain)
+        expected = {True: ["max_pool2d_forward_pairs", "max_pool2d_backward_disjoint_pairs"],
+                    "misaligned": ["max_pool2d_backward_disjoint_pairs"]}.get(takes, [])  # (dy, dx: new arrays)
+        assert [n for n in names if n.endswith("_pairs")] == expected, (shape, k, takes, names)
+        for name, g, w in zip(("y", "switches", "dx"), got, want):
+            assert g.dtype == w.dtype and g.tobytes() == w.tobytes(), (shape, k, takes, name)
 
 
 @pytest.mark.parametrize("k, s", [(2, 2), (3, 2)], ids=["disjoint", "overlapping"])

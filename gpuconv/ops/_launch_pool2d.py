@@ -5,9 +5,11 @@ Same arguments, results and caches as the NumPy references in ``_pool2d_referenc
 switches are int32 window-local taps ``fh * KW + fw`` of the output's shape, so a forward on
 one path and a backward on the other agree.
 
-Padding: a padded pooling runs the element-per-thread kernels only (``_disjoint`` and ``_vec`` are
-for padding 0, whose launches are unchanged), an average with ``count_include_pad=False`` the
-``_exclude_pad`` pair, which divide each window by its in-bounds taps.
+Padding: a padded pooling runs the element-per-thread kernels only (``_disjoint``, ``_vec`` and
+``_pairs`` are for padding 0, whose launches are unchanged), an average with
+``count_include_pad=False`` the ``_exclude_pad`` pair, which divide each window by its in-bounds
+taps. NCHW max pooling with 2-wide windows at stride 2 (the CIFAR nets' 2x2) runs the ``_pairs``
+kernels where the sizes and alignment allow: two outputs a thread, 16-byte loads and stores.
 
 Layouts: channels_last inputs (gpuconv.layout) are pooled as they lie, and the outputs, the
 switches and the gradients come back channels_last; anything else is made C-contiguous (NCHW).
@@ -52,14 +54,30 @@ def _dims(x_shape, kernel_size, stride, floor=False, padding=(0, 0)):
     return got
 
 
+# The kernels with a _pairs form: NCHW, windows 2 wide at stride 2 (any height kh at stride kh), no
+# padding, W % 4 == 0 and H == OH * kh (no row past the last window): one thread per two outputs,
+# each window row one 16-byte (float32) load or store of the four inputs under them.
+_PAIRS = ("max_pool2d_forward", "max_pool2d_backward_disjoint")
+
+
+def _pairs_apply(kernel, dims, channels_last) -> bool:
+    if kernel not in _PAIRS or channels_last:  # (the other kernels' dims differ: LP and adaptive pooling's)
+        return False
+    n, c, h, w, oh, ow, kh, kw, sh, sw, ph, pw = map(int, dims)
+    return kw == sw == 2 and kh == sh and ph == pw == 0 and w % 4 == 0 and h == oh * kh
+
+
 def _run_forms(kernel, elements, dims, channels_last, itemsize, vec, target, device):
     """{lanes: (kernel name, grid, block, arguments after the arrays' and the scalars)} of :func:`_run`:
-    the ``_vec`` form where the channels and layout allow one (the arrays' alignment is asked per
-    call), and the element form (and :func:`_run` adds ``"views"``)."""
+    the ``_vec`` form where the channels and layout allow one, the ``_pairs`` form (key "pairs")
+    where the geometry does (the arrays' alignment is asked per call), and the element form (and
+    :func:`_run` adds ``"views"``)."""
     forms = {}
     lanes = kernels.VEC_BYTES // itemsize
     if vec and channels_last and int(dims[1]) % lanes == 0:
         forms[lanes] = (kernel + "_vec", *kernels.grid_1d(elements // lanes, kernels.BLOCK, target, device))
+    if _pairs_apply(kernel, dims, channels_last):
+        forms["pairs"] = (kernel + "_pairs", *kernels.grid_1d(elements // 2, kernels.BLOCK, target, device))
     forms[1] = (kernel, *kernels.grid_1d(elements, kernels.BLOCK, target, device))
     tail = dims + (np.int32(channels_last),)
     return {k: v + (tail,) for k, v in forms.items()}
@@ -80,8 +98,14 @@ def _run(kernel, elements, target, arrays, dims, channels_last, scalars=(), vec=
             forms = _run_forms(kernel, elements, dims, channels_last, itemsize, vec, target, device)
             forms["views"] = tuple([getattr(a, "ndim", None) == 4 and layout.is_channels_last(a) for a in arrays])
             remember(_RUNS, key, forms)
-        name, grid, block, tail = forms[kernels.vec_lanes(arrays, int(dims[1]), channels_last) if len(forms) > 2
-                                        else 1]
+        pairs = forms.get("pairs")
+        # (x and dx aligned to four of their elements, y, dy and the switches to two: the loads)
+        if pairs is not None and all(kernels.address(a) % ((4 if a.size > elements else 2) * a.itemsize) == 0
+                                     for a in arrays):
+            name, grid, block, tail = pairs
+        else:
+            vec = len(forms) - (pairs is not None) > 2  # (a _vec form besides the element form and "views")
+            name, grid, block, tail = forms[kernels.vec_lanes(arrays, int(dims[1]), channels_last) if vec else 1]
         # each array as its memory order (layout.memory_order: the NHWC view of a channels_last one)
         args = tuple([a.transpose(layout.NHWC) if view else a for a, view in zip(arrays, forms["views"])])
         kernels.launch("pool2d", name, arrays[0].dtype, target, grid, block, args + tuple(scalars) + tail,
