@@ -103,7 +103,7 @@
 //   adaptive_max_pool2d_forward       32/0/0       32/0/0       32/0/0       32/0/0       -
 //   adaptive_max_pool2d_backward      40/0/0       40/0/0       40/0/0       40/0/0       -
 //   max_pool2d_forward_pairs          32/0/0       32/0/0       32/0/0       32/0/0       -
-//   max_pool2d_backward_disjoint_pairs 32/0/0      32/0/0       30/0/0       28/0/0       -
+//   max_pool2d_backward_disjoint_pairs 30/0/0      32/0/0       32/0/0       32/0/0       -
 
 
 // An N x C x H x W activation, NCHW or channels_last: memory index <-> (n, c, h, w).
@@ -402,15 +402,20 @@ max_pool2d_backward_disjoint_vec(const storage_t* dy, const int* argmax, storage
 // every array aligned to its loads (the launcher checks): one thread per two adjacent outputs of a
 // row, each window row one storage4 of the four inputs under them, lanes 0 and 1 its halves. The
 // same taps in the same order as max_pool2d_forward and max_pool2d_backward_disjoint: the same bits.
+// Thread g of a _pairs kernel takes outputs 2g and 2g + 1 (a row's ow = 2q and 2q + 1: OW is even);
+// the first row of their windows starts at this input element (rows of W, kh of them).
+__device__ inline index_t pair_start(index_t g, int H, int W, int OH, int OW, int kh) {
+    int oh, q;
+    const index_t plane = split_hw(g, OH, OW / 2, &oh, &q);
+    return (plane * H + (index_t)oh * kh) * W + 4 * q;
+}
+
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
 max_pool2d_forward_pairs(const storage_t* x, storage_t* y, int* argmax,
     int N, int C, int H, int W, int OH, int OW, int kh, int kw, int sh, int sw, int ph, int pw, int cl) {
-    const int half = OW / 2;
-    const index_t total = (index_t)N * C * OH * half;
+    const index_t total = (index_t)N * C * OH * (OW / 2);
     for (index_t g = global_thread_index(); g < total; g += global_thread_count()) {
-        int oh, q;
-        const index_t plane = split_hw(g, OH, half, &oh, &q);
-        const storage_t* row = x + (plane * H + (index_t)oh * kh) * W + 4 * q;
+        const storage_t* row = x + pair_start(g, H, W, OH, OW, kh);
         acc_t best[2];
         Lanes<int, 2> at;
         for (int fh = 0; fh < kh; ++fh) {
@@ -432,15 +437,12 @@ max_pool2d_forward_pairs(const storage_t* x, storage_t* y, int* argmax,
 extern "C" __global__ void __launch_bounds__(GPUCONV_BLOCK)
 max_pool2d_backward_disjoint_pairs(const storage_t* dy, const int* argmax, storage_t* dx,
     int N, int C, int H, int W, int OH, int OW, int kh, int kw, int sh, int sw, int ph, int pw, int cl) {
-    const int half = OW / 2;
-    const index_t total = (index_t)N * C * OH * half;
+    const index_t total = (index_t)N * C * OH * (OW / 2);
     for (index_t g = global_thread_index(); g < total; g += global_thread_count()) {
-        int oh, q;
-        const index_t plane = split_hw(g, OH, half, &oh, &q);
         const Lanes<storage_t, 2> d = *(const Lanes<storage_t, 2>*)(dy + 2 * g);
         const Lanes<int, 2> a = *(const Lanes<int, 2>*)(argmax + 2 * g);
         const acc_t d0 = to_acc(d.v[0]), d1 = to_acc(d.v[1]);
-        storage_t* row = dx + (plane * H + (index_t)oh * kh) * W + 4 * q;
+        storage_t* row = dx + pair_start(g, H, W, OH, OW, kh);
         for (int fh = 0; fh < kh; ++fh) {  // each value 0 + its term, as disjoint_backward's
             storage4 v;
             v.x = from_acc((acc_t)0 + (a.v[0] == fh * 2 ? d0 : (acc_t)0));
