@@ -88,7 +88,7 @@ class FakeSecondGpu:
     changes it, and ``calls`` records ``(name, current GPU)`` for every function taken from the fake
     module (an ``xp.empty``, an ``xp.isfinite``), every ufunc on its arrays (``a + b``: 'add') and
     reshape, and ``(kernel, GPU)`` for every gpuconv kernel launched on 'cuda' (run on the simulator
-    instead), so a test sees on which GPU CuPy would have allocated and launched.""" 
+    instead), so a test sees on which GPU CuPy would have allocated and launched."""
 
     def __init__(self, monkeypatch):
         import types

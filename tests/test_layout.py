@@ -346,24 +346,21 @@ def test_branch_sums_stay_channels_last_with_cupys_ufuncs(block, fake_second_gpu
 
 def _fake_gpu_kernels_on_the_simulator(gpu, monkeypatch):
     """The fake GPU's arrays (CuPy's ufunc semantics, :func:`_cupy_ufunc_results`) with every
-    kernel the 'cuda' path launches run on the simulator instead, planned as for an H100 with
-    tensor cores: the GPU's Python path (its branches on 'cuda', CuPy's array semantics) on a CPU."""
+    kernel the 'cuda' path launches run on the simulator instead (conftest.FakeSecondGpu reroutes
+    the launches), planned as for an H100 with tensor cores: the GPU's Python path (its branches on
+    'cuda', CuPy's array semantics) on a CPU."""
     from gpuconv.kernels import _capability, _launching
     from gpuconv.ops import _launch_batchnorm, _launch_pool2d
     _cupy_ufunc_results(gpu, monkeypatch)
     monkeypatch.setattr(gpu.OnGpu, "data", property(  # what the launchers read of a CuPy array's memory
         lambda a: type("MemoryPointer", (), {"ptr": a.__array_interface__["data"][0], "device_id": 1})()),
         raising=False)
-    real_launch, real_resident = _launching.launch, _launching.resident_blocks
-
-    def launch(op_file, kernel, dtype, target, grid, block, args, shared_mem=0, device=None, tf32=False):
-        real_launch(op_file, kernel, dtype, "sim", grid, block, args, shared_mem=shared_mem, tf32=tf32)
+    real_resident = _launching.resident_blocks
 
     def resident_blocks(op_file, name, dtype, threads, target, device=None, tf32=False, shared_mem=0):
         return real_resident(op_file, name, dtype, threads, "sim")
 
     for module in (_launching, kernels):
-        monkeypatch.setattr(module, "launch", launch)
         monkeypatch.setattr(module, "resident_blocks", resident_blocks)
     monkeypatch.setattr(_launching, "_device_sms", lambda device: _launching.NOMINAL_SMS)
     monkeypatch.setattr(_capability, "_compute_capability_of", lambda device: 90)

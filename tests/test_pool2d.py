@@ -259,7 +259,7 @@ def test_nchw_max_pooling_of_2_wide_windows_runs_two_outputs_a_thread_with_the_s
     no row past the last window: the _pairs kernels (two outputs a thread, 16-byte loads and stores)
     give the element kernels' y, switches and dx bit for bit, -0.0, NaNs, infinities and ties
     included; a geometry or an alignment they do not take (W = 10, a row past the last window, an x
-    view off its 4-element boundary: its forward, channels_last) runs the element kernels.""" 
+    view off its 4-element boundary: its forward, channels_last) runs the element kernels."""
     import ml_dtypes
 
     import gpuconv
