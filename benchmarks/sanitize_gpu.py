@@ -186,7 +186,8 @@ TC_VARIANTS = ("tc", "tc128", "tc128w", "tcwg", "tcwg256", "tcwgn64", "tcwgm64")
 
 def conv_tc(run, rng, variants=TC_VARIANTS):
     """The tensor-core convolutions in each build, NCHW and channels_last, on shapes with partial
-    64-row and 64-column tiles, padded channels (3, 12), a strided gather, several weight splits;
+    64-row and 64-column tiles, padded channels (3, 12), strided gathers (the data gradient's phases
+    of the strides, a filter gathered into their order), several weight splits;
     ``variants``: the tiles to run (tc also in NCHW)."""
     import ml_dtypes
     LC.MIN_SPLIT_CHUNK = 32
@@ -195,7 +196,8 @@ def conv_tc(run, rng, variants=TC_VARIANTS):
         for xs, ws, stride, pad, floor in [((2, 12, 7, 9), (130, 12, 3, 3), (1, 1), (1, 1), False),
                                            ((1, 3, 8, 7), (5, 3, 2, 3), (2, 1), (2, 0), False),
                                            ((1, 40, 9, 9), (8, 40, 1, 1), (1, 1), (0, 0), False),
-                                           ((1, 8, 8, 8), (8, 8, 1, 1), (2, 2), (0, 0), True)]:  # floored
+                                           ((1, 8, 8, 8), (8, 8, 1, 1), (2, 2), (0, 0), True),  # floored
+                                           ((2, 16, 9, 8), (24, 16, 3, 3), (2, 2), (1, 1), True)]:  # phases of 4, 2, 1 taps
             x, w, b = (rng.standard_normal(s).astype(dtype) for s in (xs, ws, ws[:1]))
             ry, rc = C._conv2d_forward_reference(x, w, b, stride, pad, tf32)
             dy = rng.standard_normal(ry.shape).astype(dtype)

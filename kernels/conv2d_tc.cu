@@ -30,8 +30,13 @@
 //                                   the epilogue, y NHWC. grid = (ceil(N*OH*OW / T), ceil(K / T)).
 //   conv2d_backward_data_tc[128]    dX[m, c] = G[m, l] W'[c, l]^T, m = (n, ih, iw), l = (fh, fw, k),
 //                                   G[m, l] = dy[n, (ih+ph-fh)/sh, (iw+pw-fw)/sw, k] where the
-//                                   division is exact and in range, else 0 (GradRows). dx NHWC.
-//                                   grid = (ceil(N*H*W / T), ceil(C / T)).
+//                                   division is exact and in range, else 0, computed per phase of
+//                                   the strides (TapPhase): a block of phase z = blockIdx.z takes
+//                                   its rows ih = r_h + sh i, iw = r_w + sw j and the taps that
+//                                   reach them, where every division is exact (GradRows), from W'
+//                                   in phase order (CRSK with the taps ordered by fh % sh, fw % sw,
+//                                   fh / sh, fw / sw; at unit stride plain CRSK). dx NHWC.
+//                                   grid = (ceil(N*ceil(H/sh)*ceil(W/sw) / T), ceil(C / T), sh*sw).
 //   conv2d_backward_weight_tc[128]  dW[k, r] = dY^T[k, l] P[l, r], l = (n, oh, ow): both operands
 //                                   are read along l, which is strided in NHWC, so bf16/fp16 stage
 //                                   them K-strided (cp.async) and read them with ldmatrix.trans,
@@ -67,7 +72,7 @@
 // accumulators per thread): 124-128 registers in every build (the weight gradient bounded to it),
 // 49152 B of static shared memory; 2 blocks of 8 warps per SM (registers and shared memory both
 // allow 2; 4 would need at most 64 registers). TcTile128w (64x64 warp tiles, 128 accumulators per
-// thread): 234-246 registers, 49152 B; 2 blocks of 4 warps per SM. TcTileWg (sm_90a): 112-128
+// thread): 238-246 registers, 49152 B; 2 blocks of 4 warps per SM. TcTileWg (sm_90a): 112-128
 // registers, 65536 B of dynamic stages (and 1 KiB to align them), 2 blocks of 8 warps per SM; its
 // bf16 loops issue 112-124 instructions a k-tile per warp around 2 HGMMAs (tc128: 150-170 around 32
 // HMMAs and 12 ldmatrix, the same multiply-adds; TF32 150-151 forward and data gradient at unit
@@ -84,9 +89,8 @@
 // from k-tile to k-tile, and the fragment readers one swizzled lane address per operand
 // (tc_tile.cuh): registers spent to keep address arithmetic out of the k-loop, whose issue slots
 // the tensor cores need (benchmarks/sass_loop.py counts them per k-tile).
-// Two bodies pick between two instances of their loop at run time: the data gradient's
-// unit-stride rows (no division by the stride), and the weight gradient's 16-byte dY copies
-// (channel counts that are multiples of 8).
+// The weight gradient's body picks between two instances of its loop at run time: 16-byte dY
+// copies (channel counts that are multiples of 8) or narrower ones.
 //
 // Resources per kernel and build (ptxas of CUDA 13.0 for sm_90a, the registry's NVRTC options;
 // tests/test_nvrtc.py holds every figure to ptxas's report): registers / static shared memory
@@ -96,22 +100,22 @@
 //   conv2d_backward_data_tc         4/0/0        4/0/0        96/24576/0   96/24576/0   96/24576/0
 //   conv2d_backward_weight_tc       4/0/0        4/0/0        94/24576/0   94/24576/0   128/24576/0
 //   conv2d_forward_tc128            4/0/0        4/0/0        128/49152/0  128/49152/0  128/49152/0
-//   conv2d_backward_data_tc128      4/0/0        4/0/0        124/49152/0  124/49152/0  124/49152/0
+//   conv2d_backward_data_tc128      4/0/0        4/0/0        128/49152/0  128/49152/0  128/49152/0
 //   conv2d_backward_weight_tc128    4/0/0        4/0/0        126/49152/0  126/49152/0  128/49152/0
 //   conv2d_forward_tc128w           4/0/0        4/0/0        238/49152/0  238/49152/0  238/49152/0
-//   conv2d_backward_data_tc128w     4/0/0        4/0/0        234/49152/0  234/49152/0  234/49152/0
+//   conv2d_backward_data_tc128w     4/0/0        4/0/0        239/49152/0  239/49152/0  239/49152/0
 //   conv2d_backward_weight_tc128w   4/0/0        4/0/0        238/49152/0  238/49152/0  246/49152/0
 //   conv2d_forward_tcwg             4/0/0        4/0/0        112/0/0      112/0/0      112/0/0
-//   conv2d_backward_data_tcwg       4/0/0        4/0/0        115/0/0      115/0/0      115/0/0
+//   conv2d_backward_data_tcwg       4/0/0        4/0/0        116/0/0      116/0/0      114/0/0
 //   conv2d_backward_weight_tcwg     4/0/0        4/0/0        120/0/0      120/0/0      128/0/0
 //   conv2d_forward_tcwg256          4/0/0        4/0/0        176/0/0      176/0/0      176/0/0
-//   conv2d_backward_data_tcwg256    4/0/0        4/0/0        184/0/0      184/0/0      184/0/0
+//   conv2d_backward_data_tcwg256    4/0/0        4/0/0        178/0/0      176/0/0      176/0/0
 //   conv2d_backward_weight_tcwg256  4/0/0        4/0/0        193/0/0      193/0/0      216/0/0
 //   conv2d_forward_tcwgn64          4/0/0        4/0/0        124/0/0      124/0/0      124/0/0
-//   conv2d_backward_data_tcwgn64    4/0/0        4/0/0        127/0/0      127/0/0      127/0/0
+//   conv2d_backward_data_tcwgn64    4/0/0        4/0/0        128/0/0      128/0/0      128/0/0
 //   conv2d_backward_weight_tcwgn64  4/0/0        4/0/0        120/0/0      120/0/0      128/0/0
 //   conv2d_forward_tcwgm64          4/0/0        4/0/0        116/49152/0  116/49152/0  116/49152/0
-//   conv2d_backward_data_tcwgm64    4/0/0        4/0/0        119/49152/0  119/49152/0  119/49152/0
+//   conv2d_backward_data_tcwgm64    4/0/0        4/0/0        116/49152/0  116/49152/0  116/49152/0
 //   conv2d_backward_weight_tcwgm64  4/0/0        4/0/0        120/49152/0  120/49152/0  158/49152/0
 //   conv2d_tc_weight_reduce         32/0/0       32/0/0       32/0/0       32/0/0       32/0/0
 //   conv2d_tc_round_tf32            4/0/0        4/0/0        4/0/0        4/0/0        20/0/0
@@ -122,13 +126,13 @@
 // block of 8 warps, TcTile64 two of 4 warps (shared memory the limit).
 //   ptxas 13.0 sm_75                f16
 //   conv2d_forward_tc               106/24576/0
-//   conv2d_backward_data_tc         102/24576/0
+//   conv2d_backward_data_tc         109/24576/0
 //   conv2d_backward_weight_tc       115/24576/0
 //   conv2d_forward_tc128            148/49152/0
-//   conv2d_backward_data_tc128      146/49152/0
+//   conv2d_backward_data_tc128      156/49152/0
 //   conv2d_backward_weight_tc128    158/49152/0
 //   conv2d_forward_tc128w           230/49152/0
-//   conv2d_backward_data_tc128w     228/49152/0
+//   conv2d_backward_data_tc128w     238/49152/0
 //   conv2d_backward_weight_tc128w   234/49152/0
 //   conv2d_forward_tcwg             4/0/0
 //   conv2d_backward_data_tcwg       4/0/0
@@ -255,54 +259,79 @@ struct PatchRows : AsyncLoader {
     __device__ void round_tf32(unsigned char* stage) const { round_pieces_tf32<S, PASS>(stage, pieces); }
 };
 
-// Backward-data A: row m = (n, ih, iw) of the gathered output gradient, dy NHWC with Kp channels.
-// UNIT_STRIDE (sh = sw = 1, every layer of the CIFAR networks) drops the two divisions by the
-// stride a k-tile would otherwise cost each row (the body picks the instance at run time), and
-// reads as PatchRows does: at row_at (the row's (oh, ow) = (ih + ph, iw + pw)) plus the walk's
-// offset, which steps back OW * Kp per fh and Kp per fw.
-template <class S, bool UNIT_STRIDE>
+// The data gradient's phases. With strides (sh, sw), dx[ih] receives dy[oh] * w[fh] only where
+// ih + ph - fh = oh * sh: the input rows of one phase r (ih = r + sh * i) meet the taps of one
+// residue f0 = (r + ph) % sh alone (fh = f0 + sh * j), each at oh = i + q - j with q = (r + ph - f0) / sh.
+// So the data gradient splits into sh * sw dense unit-stride problems, one per blockIdx.z, each a
+// GEMM over the taps that reach its rows: none of the (sh * sw - 1) / (sh * sw) of a strided
+// gather's products that are structurally zero is computed, and nothing is divided by the stride
+// in the loop. The launcher orders the filter's taps by phase (by fh % sh, fw % sw, then fh / sh,
+// fw / sw), so that a phase's taps are one contiguous run of each filter row. TapPhase is one
+// dimension of a phase; at unit stride it is the whole problem (size = extent, taps = F, q = p).
+struct TapPhase {
+    int r;      // the phase: input rows r, r + s, ...
+    int size;   // how many (possibly 0: an extent shorter than the stride)
+    int taps;   // the taps that reach them (0 where the stride passes over the filter: dx is 0 there)
+    int q;      // oh = i + q - j for input row r + s * i and tap f0 + s * j
+    int first;  // the taps of the phases before this one, in the phase-ordered filter
+    __device__ TapPhase(int r_, int extent, int F, int s, int p) : r(r_) {
+        const int f0 = (r_ + p) % s;
+        size = (extent - r_ + s - 1) / s;  // (0 <= numerator for r < s)
+        taps = (F - f0 + s - 1) / s;       // (0 where f0 >= F: 1 - s <= F - f0 <= 0)
+        q = (r_ + p - f0) / s;
+        first = 0;
+        for (int a = 0; a < f0; ++a) first += (F - a + s - 1) / s;
+    }
+};
+
+// A phase's GEMM row m = (n, i, j) as the row of dx it computes: the input pixel
+// (r_h + sh i, r_w + sw j) of image n (the epilogue's row map, RowMajorStore).
+struct PhaseRows {
+    int per_image, size_w, H, W, sh, sw, rh, rw;
+    __device__ index_t operator()(int m) const {
+        const int n = m / per_image, p = m - n * per_image, i = p / size_w, j = p - i * size_w;
+        return ((index_t)n * H + rh + sh * i) * W + rw + sw * j;
+    }
+};
+
+// Backward-data A, one phase's row m = (n, i, j) of the gathered output gradient (the input pixel
+// (r_h + sh i, r_w + sw j); with (I, J) = (i + q_h, j + q_w), the tap (fh', fw') of the phase reads
+// dy[n, I - fh', J - fw'] where that exists), dy NHWC with Kp channels. Reads as PatchRows does:
+// at row_at (dy at (I, J)) plus the walk's offset, which steps back OW * Kp per tap row and Kp per
+// tap column.
+template <class S>
 struct GradRows : AsyncLoader {
     const storage_t* dy;
-    int OH, OW, Kp, FH, sh, sw;
+    int OH, OW, FH;  // FH: the phase's tap rows
     static constexpr int P = tc_pieces<S>();
     PieceOffsets<TC_KBYTES, S::THREADS / 4> pieces;  // this thread's pieces in a stage
-    index_t pixel0[P];      // n * OH * OW
-    const storage_t* row_at[P];  // dy + (pixel0 + (ih + ph) * OW + iw + pw) * Kp (dy for rows past M)
-    int ihp[P], iwp[P];     // ih + ph, iw + pw (a huge negative value for rows past M)
-    mutable ReductionWalk walk;  // (fh, fw, k) of the next k-tile's piece
+    const storage_t* row_at[P];  // dy + (n * OH * OW + I * OW + J) * Kp (dy for rows past M)
+    int ihp[P], iwp[P];     // I, J (a huge negative value for rows past M)
+    mutable ReductionWalk walk;  // (fh', fw', k) of the next k-tile's piece
 
-    __device__ GradRows(const storage_t* dy_, int m0, int M, int H, int W, int Kp_, int FH_, int FW, int OH_, int OW_,
-                        int sh_, int sw_, int ph, int pw)
-        : dy(dy_), OH(OH_), OW(OW_), Kp(Kp_), FH(FH_), sh(sh_), sw(sw_),
+    // H, W: the phase's rows and columns (TapPhase::size); FH, FW its taps; qh, qw: TapPhase::q.
+    __device__ GradRows(const storage_t* dy_, int m0, int M, int H, int W, int Kp, int FH_, int FW, int OH_, int OW_,
+                        int qh, int qw)
+        : dy(dy_), OH(OH_), OW(OW_), FH(FH_),
           pieces(tc_piece_row<S>(0), 16 * (threadIdx.x % 4)),
-          walk(16 * (threadIdx.x % 4), Kp_, FW, -Kp_, -OW_ * Kp_) {
+          walk(16 * (threadIdx.x % 4), Kp, FW, -Kp, -OW_ * Kp) {
         for (int i = 0; i < P; ++i) {
             const int m = m0 + tc_piece_row<S>(i);
             const int n = m / (H * W), p = m - n * (H * W), ih = p / W, iw = p - ih * W;
-            pixel0[i] = (index_t)n * OH * OW;
-            ihp[i] = m < M ? ih + ph : -(1 << 30);
-            iwp[i] = iw + pw;
-            row_at[i] = m < M ? dy_ + (pixel0[i] + (index_t)ihp[i] * OW + iwp[i]) * Kp : dy_;
+            ihp[i] = m < M ? ih + qh : -(1 << 30);
+            iwp[i] = iw + qw;
+            row_at[i] = m < M ? dy_ + ((index_t)n * OH * OW + (index_t)ihp[i] * OW + iwp[i]) * Kp : dy_;
         }
     }
 
     __device__ void load(unsigned char* stage, int kt, int) const {
-        const int fh = walk.fh, fw = walk.fw, k = walk.c, off = walk.off;
+        const int fh = walk.fh, fw = walk.fw, off = walk.off;
         walk.step(kt);
 #pragma unroll
         for (int i = 0; i < P; ++i) {
-            const int oh_s = ihp[i] - fh, ow_s = iwp[i] - fw;  // oh * sh, ow * sw when they exist
-            bool ok;
-            const storage_t* src;
-            if (UNIT_STRIDE) {
-                ok = fh < FH && (unsigned)oh_s < (unsigned)OH && (unsigned)ow_s < (unsigned)OW;
-                src = ok ? row_at[i] + off : dy;
-            } else {
-                const int oh = oh_s / sh, ow = ow_s / sw;
-                ok = fh < FH && oh_s >= 0 && ow_s >= 0 && oh * sh == oh_s && ow * sw == ow_s && oh < OH && ow < OW;
-                src = ok ? dy + ((pixel0[i] + (index_t)oh * OW + ow) * Kp + k) : dy;
-            }
-            cp_async_cg(stage + pieces(i), src, ok ? 16 : 0);
+            const int oh = ihp[i] - fh, ow = iwp[i] - fw;
+            const bool ok = fh < FH && (unsigned)oh < (unsigned)OH && (unsigned)ow < (unsigned)OW;
+            cp_async_cg(stage + pieces(i), ok ? row_at[i] + off : dy, ok ? 16 : 0);
         }
     }
     template <Tf32Pass PASS>
@@ -594,21 +623,27 @@ __device__ void conv2d_backward_data_tc_body(const storage_t* dy, const storage_
                                              int H, int W, int Kp, int FH, int FW, int OH, int OW, int sh, int sw,
                                              int ph, int pw) {
     TC_DECLARE_STAGES(S, As, Bs);
-    const int M = N * H * W, L = FH * FW * Kp;
+    const TapPhase rows(blockIdx.z / sw, H, FH, sh, ph), cols(blockIdx.z % sw, W, FW, sw, pw);
+    const int M = N * rows.size * cols.size, L = rows.taps * cols.taps * Kp;
     const int m0 = blockIdx.x * S::BM, n0 = blockIdx.y * S::BN;
-    const int lbytes = L * (int)sizeof(storage_t);
-    DenseTileLoader<S::BN, TC_KBYTES, S::THREADS> lb((const unsigned char*)(wt + (index_t)n0 * L), lbytes, C - n0,
-                                                     lbytes);
+    if (m0 >= M) return;  // (the grid's rows are the largest phase's)
     float acc[S::MI][S::NI][4] = {};
-    const int ktiles = (lbytes + TC_KBYTES - 1) / TC_KBYTES;
-    if (sh == 1 && sw == 1) {
-        GradRows<S, true> la(dy, m0, M, H, W, Kp, FH, FW, OH, OW, sh, sw, ph, pw);
-        tc_gemm_mainloop<S, ConvOp, FragA<S>, FragB_nt<S>>(la, lb, ktiles, 16, 16, As, Bs, acc);
-    } else {
-        GradRows<S, false> la(dy, m0, M, H, W, Kp, FH, FW, OH, OW, sh, sw, ph, pw);
-        tc_gemm_mainloop<S, ConvOp, FragA<S>, FragB_nt<S>>(la, lb, ktiles, 16, 16, As, Bs, acc);
+    if (L > 0) {  // (else no tap reaches the phase: its dx is 0)
+        const int es = (int)sizeof(storage_t), lbytes = L * es, filter = FH * FW * Kp;
+        DenseTileLoader<S::BN, TC_KBYTES, S::THREADS> lb(
+            (const unsigned char*)(wt + (index_t)n0 * filter + (rows.first * FW + rows.taps * cols.first) * Kp),
+            (long long)filter * es, C - n0, lbytes);
+        GradRows<S> la(dy, m0, M, rows.size, cols.size, Kp, rows.taps, cols.taps, OH, OW, rows.q, cols.q);
+        tc_gemm_mainloop<S, ConvOp, FragA<S>, FragB_nt<S>>(la, lb, (lbytes + TC_KBYTES - 1) / TC_KBYTES, 16, 16, As,
+                                                            Bs, acc);
     }
-    tc_gemm_epilogue<S>(RowMajorStore<storage_t>{dx, nullptr, M, C, 0}, m0, n0, acc);  // dx, NHWC
+    if (sh == 1 && sw == 1)
+        tc_gemm_epilogue<S>(RowMajorStore<storage_t>{dx, nullptr, M, C, 0}, m0, n0, acc);  // dx, NHWC
+    else  // the phase's rows, (rows.r + sh i, cols.r + sw j) of each image
+        tc_gemm_epilogue<S>(RowMajorStore<storage_t, PhaseRows>{dx, nullptr, M, C, 0,
+                                                                PhaseRows{rows.size * cols.size, cols.size, H, W, sh,
+                                                                          sw, rows.r, cols.r}},
+                            m0, n0, acc);
 }
 
 template <class S>

@@ -672,14 +672,22 @@ __device__ inline void store_pair(T* out, index_t at, bool both, T v0, T v1) {
     }
 }
 
+// Where GEMM row m lies in a row-major output: row m itself (DenseRows), or another mapping with
+// the same operator (conv2d_tc.cu's PhaseRows: the data gradient's strided phases).
+struct DenseRows {
+    __device__ index_t operator()(int row) const { return row; }
+};
+
 // The epilogue of a row-major [rows][cols] output of T (storage_t: each value rounded once; float:
-// the sums as they are, split-K partials): the bias (when not null, one per column) added in
-// float32, then ReLU (when relu); elements outside rows x cols not written.
-template <class T>
+// the sums as they are, split-K partials), GEMM row m at output row at(m): the bias (when not
+// null, one per column) added in float32, then ReLU (when relu); elements outside rows x cols not
+// written.
+template <class T, class Rows = DenseRows>
 struct RowMajorStore {
     T* out;
     const storage_t* bias;
     int rows, cols, relu;
+    Rows at;
     __device__ T value(int col, float v) const {
         if (bias) v += to_acc(bias[col]);
         return storage_from(relu ? relu_value(v) : v, (T*)0);
@@ -687,6 +695,6 @@ struct RowMajorStore {
     __device__ void operator()(int row, int col, float v0, float v1) const {
         if (row >= rows || col >= cols) return;
         const bool both = col + 1 < cols;
-        store_pair(out, (index_t)row * cols + col, both, value(col, v0), both ? value(col + 1, v1) : T());
+        store_pair(out, at(row) * cols + col, both, value(col, v0), both ? value(col + 1, v1) : T());
     }
 };

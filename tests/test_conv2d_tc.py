@@ -189,20 +189,78 @@ def assert_rounded_once(name, got, want, dtype):
     assert np.array_equal(got[finite], want[finite].astype(dtype).astype(np.float64)), name
 
 
-@pytest.mark.parametrize("stride", [(1, 2), (2, 1)], ids=["s12", "s21"])
-def test_data_gradient_with_one_unit_stride_takes_the_strided_rows(target, stride):
-    """The data gradient's unit-stride loader (no division by the stride) is for sh = sw = 1 alone:
-    a stride of 1 in one direction only takes the strided one, whichever direction it is."""
-    case = ((2, 8, 7, 7), (8, 3, 3), stride, (1, 1))
-    rng = np.random.default_rng(11)
+# (x's H x W, (FH, FW), stride, padding): the data gradient's phases of the strides, each of its
+# own rows and taps (kernels/conv2d_tc.cu's TapPhase)
+PHASE_CASES = [((7, 7), (3, 3), (1, 2), (1, 1)),   # a unit stride in one direction only
+               ((7, 7), (3, 3), (2, 1), (1, 1)),
+               ((8, 8), (3, 3), (2, 2), (1, 1)),   # ResNet's downsampling 3x3 (floored: a padding row unread)
+               ((9, 7), (3, 3), (2, 2), (0, 1)),   # odd sizes: the first phase a row longer than the second
+               ((8, 8), (1, 1), (2, 2), (0, 0)),   # its 1x1 shortcut: three phases no tap reaches (dx 0)
+               ((9, 10), (2, 3), (3, 2), (1, 2)),  # padding wider than the stride, rectangular everything
+               ((10, 11), (5, 4), (3, 3), (2, 1)),  # phases of 2, 2 and 1 taps a side
+               ((11, 9), (4, 4), (2, 3), (3, 0)),
+               ((2, 2), (3, 3), (3, 3), (1, 1)),   # an extent shorter than the stride: empty phases
+               ((1, 5), (1, 3), (2, 2), (0, 1))]
+PHASE_IDS = ["s12", "s21", "3x3s2", "odd", "1x1s2", "2x3s32p12", "5x4s3", "4x4s23", "short", "h1"]
+
+
+@pytest.mark.parametrize("variant", ["tc", "tc128", "tcwg", "tcwgm64"])
+@pytest.mark.parametrize("case", PHASE_CASES, ids=PHASE_IDS)
+def test_strided_data_gradient_phases_give_every_input_pixel_its_taps(target, case, variant):
+    """Split by the strides' phases, the data gradient gives every input pixel exactly the products
+    of the taps that reach it (small integers: every partial sum exact, so exact results), rows and
+    columns no tap reaches 0, and the forward and weight gradient alongside unchanged; on every
+    tile shape and with the floored sizes PyTorch takes."""
+    (h, wd), (fh, fw), stride, pad = case
     skip_without_tensor_cores(target, BF16)
-    x, w, b = operands(case, BF16, rng, integers=True)
-    oh, ow = conv_mod.output_hw(x.shape, (3, 3), stride, (1, 1))
-    dy = rng.integers(-3, 4, (2, 8, oh, ow)).astype(BF16)
-    (y, dx, dw), log = run_conv(target, x, w, b, dy, stride, (1, 1), False)
-    assert "conv2d_backward_data_tc" in log.names
-    for name, got, want in zip(("y", "dx", "dw"), (y, dx, dw), exact(x, w, b, dy, stride, (1, 1), False)[0]):
+    rng = np.random.default_rng(PHASE_CASES.index(case))
+    xs = (2, 8, h, wd)
+    x, w, b = operands((xs, (12, fh, fw), stride, pad), BF16, rng, integers=True)
+    oh, ow = conv_mod.output_hw(xs, (fh, fw), stride, pad, floor=True)
+    dy = rng.integers(-3, 4, (2, 12, oh, ow)).astype(BF16)
+    (y, dx, dw), log = run_conv(target, x, w, b, dy, stride, pad, False, variant=variant)
+    data = [r for r in log if r.name.startswith("conv2d_backward_data_tc")]
+    assert len(data) == 1 and data[0].grid[2] == stride[0] * stride[1]
+    for name, got, want in zip(("y", "dx", "dw"), (y, dx, dw), exact(x, w, b, dy, stride, pad, False)[0]):
         assert_rounded_once(name, got, want, BF16)
+
+
+@pytest.mark.parametrize("case", [((8, 8), (3, 3), (2, 2), (1, 1)), ((8, 8), (1, 1), (2, 2), (0, 0))],
+                         ids=["3x3s2", "1x1s2"])
+def test_a_strided_data_gradient_multiplies_no_tap_by_a_pixel_it_does_not_reach(target, case):
+    """A tap meets only the input pixels of its phase: an infinite tap makes NaN or infinity there
+    alone, as in the float64 convolution. (A gather of dy over every tap would multiply the
+    infinity by the zeros it fills for the other phases' pixels: NaN everywhere.)"""
+    (h, wd), (fh, fw), stride, pad = case
+    skip_without_tensor_cores(target, BF16)
+    rng = np.random.default_rng(13)
+    xs = (1, 8, h, wd)
+    x, w, b = operands((xs, (8, fh, fw), stride, pad), BF16, rng, integers=True)
+    w[:, :, fh // 2, fw // 2] = np.inf  # the centre tap: even rows and columns (padding fh // 2)
+    oh, ow = conv_mod.output_hw(xs, (fh, fw), stride, pad, floor=True)
+    dy = rng.integers(1, 4, (1, 8, oh, ow)).astype(BF16)
+    with np.errstate(invalid="ignore", over="ignore"):
+        (_, dx, _), _ = run_conv(target, x, w, b, dy, stride, pad, False)
+        want = exact(x, w, b, dy, stride, pad, False)[0][1]
+    assert np.isinf(want[:, :, ::2, ::2]).all() and np.isfinite(want[:, :, 1::2]).all()
+    assert_rounded_once("dx", dx, want, BF16)
+
+
+def test_phase_order_runs_each_phases_taps_together():
+    """The filter's taps as the data gradient reads them: phase by phase (fh % sh, fw % sw), each
+    phase's taps in row-major order; the filter's own order where that is it."""
+    fh, fw, sh, sw = 3, 5, 2, 3
+    order = TC.phase_order(fh, fw, sh, sw)
+    taps = [divmod(int(t), fw) for t in order]
+    assert sorted(order.tolist()) == list(range(fh * fw))
+    phases = [(a % sh, b % sw) for a, b in taps]
+    assert phases == sorted(phases)  # each phase one run, the phases in order
+    for p in set(phases):
+        run = [t for t, q in zip(taps, phases) if q == p]
+        assert run == sorted(run) and len(run) == len(range(p[0], fh, sh)) * len(range(p[1], fw, sw))
+    assert TC.phase_order(3, 3, 1, 1) is None and TC.phase_order(1, 1, 2, 2) is None
+    assert TC.phase_order(2, 3, 2, 3) is None  # a tap per phase at most
+    assert TC.phase_order(3, 1, 2, 1).tolist() == [0, 2, 1]
 
 
 @pytest.mark.parametrize("build", ["bf16", "tf32"])

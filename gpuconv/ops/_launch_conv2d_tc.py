@@ -8,7 +8,9 @@ cores do not read; on a GPU each one pass of kernels/layout.cu, which also pads 
 in TF32, rounds). Channel counts that are not a multiple of the kernels' 16-byte piece (8
 bf16/fp16 or 4 float elements) are padded with zeros in a copy (the first layer's 3 channels);
 the filters are repacked per call, K-contiguous (a small copy), unless mixed precision's cast
-already wrote them so (the forward's OHWI copy, the data gradient's CRSK one: pack_for_data_gradient).
+already wrote them so (the forward's OHWI copy, the data gradient's CRSK one: pack_for_data_gradient);
+a strided data gradient, which runs as one GEMM per phase of the strides over the taps that reach
+its pixels, gathers them into phase order (:func:`phase_order`, one more small copy).
 In TF32 each launch's two operands are rounded to TF32 in one launch before it
 (:func:`_rounded_tf32`), so that the tiles' loops round nothing; the caller's arrays keep their bits.
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import weakref
 
 import numpy as np
@@ -221,9 +224,11 @@ class _Plan:
     """One launch's precomputed part: ``kernel`` its name, ``grid``/``block``/``shared`` its
     geometry, ``i32`` its int32 arguments, ``shape`` the NHWC output's (or dw's), ``padded`` the
     channel stride of the operand :func:`_nhwc_padded` makes; for the weight gradient also the
-    workspace's shape, the reduction's launch and the int32 arguments per dy vector width."""
+    workspace's shape, the reduction's launch and the int32 arguments per dy vector width; for the
+    data gradient ``taps``, (FH, FW, sh, sw) where its filters are gathered into the strides'
+    phase order (:func:`phase_order`), else None."""
     __slots__ = ("kernel", "grid", "block", "shared", "i32", "shape", "padded", "ws", "reduce", "vecs",
-                 "dw_dtype", "widen", "rounds")
+                 "dw_dtype", "widen", "rounds", "taps")
 
 
 def _plan(key, make, *args):
@@ -389,6 +394,8 @@ def backward_data(dy, w, x_shape, stride, padding, tf32, like, *, target, varian
     if wt is None:
         wt = _repacked(w, (1, 2, 3, 0), k, plan.padded, xp)
         fresh = _fresh(wt)
+    if plan.taps is not None:  # the taps in the strides' phase order (a gather, a fresh array)
+        wt, fresh = xp.take(wt.reshape(c, fh * fw, plan.padded), _tap_order(plan.taps, xp, device), axis=1), True
     dx = xp.empty(plan.shape, dtype=dy.dtype)
     if plan.grid is not None:
         if plan.rounds:
@@ -411,14 +418,38 @@ def _backward_data_plan(dy_shape, w_shape, x_shape, dtype, tf32, stride, padding
                                               (n * h * wd, c)):
         return None
     kp = padded_channels(k, dtype)
-    if n * h * wd * c:
-        plan = _launch_plan("conv2d_backward_data", variant, dtype, target, n * h * wd, c, tf32, device)
+    sh, sw = stride
+    if n * h * wd * c:  # a block per tile of the largest phase's rows (the first's), a phase per grid.z
+        plan = _launch_plan("conv2d_backward_data", variant, dtype, target, n * -(-h // sh) * -(-wd // sw), c, tf32,
+                            device, splits=sh * sw)
         plan.i32 = _i32(n, c, h, wd, kp, fh, fw, oh, ow, *stride, *padding)
     else:
         plan = _Plan()
         plan.grid, plan.rounds = None, False  # (nothing launched: no operand rounded)
     plan.shape, plan.padded = (n, h, wd, c), kp
+    plan.taps = (fh, fw, sh, sw) if plan.grid is not None and phase_order(fh, fw, sh, sw) is not None else None
     return plan
+
+
+@functools.lru_cache(maxsize=256)
+def phase_order(fh, fw, sh, sw):
+    """The data gradient's filter taps (index ``fh * FW + fw``) in the order its kernels read them
+    (kernels/conv2d_tc.cu's TapPhase): by the strides' phase (``fh % sh``, ``fw % sw``), then
+    ``fh // sh``, ``fw // sw``, so that each phase's taps are one run; None where that is their
+    own order (a unit stride, or a filter no larger than the stride: a tap per phase at most)."""
+    order = sorted(range(fh * fw), key=lambda t: (t // fw % sh, t % fw % sw, t // fw // sh, t % fw // sw))
+    return None if order == list(range(fh * fw)) else np.asarray(order, dtype=np.int64)
+
+
+# (FH, FW, sh, sw, array module, device) -> phase_order's indices as an array there: made once,
+# by the first (eager) step, then read by every call, a CUDA graph's capture included
+_TAP_ORDERS: dict = {}
+
+
+def _tap_order(taps, xp, device):
+    key = (*taps, xp.__name__, device)
+    got = _TAP_ORDERS.get(key)
+    return remember(_TAP_ORDERS, key, xp.asarray(phase_order(*taps))) if got is None else got
 
 
 def backward_weight(dy, x, w_shape, stride, padding, tf32, *, target, variant="tc", dw_dtype=None, device=_UNKNOWN):
