@@ -7,8 +7,9 @@ networks, batch 128), against PyTorch/cuDNN on the same GPU.
     python benchmarks/bench_conv2d_grouped.py --device sim --tiny   # no GPU: validation on the host simulator
 
 Layers: every distinct depthwise 3x3 (groups = channels, padding 1, stride 1 or 2) of MobileNetV2
-on 32x32 images, ResNeXt29_32x4d's grouped 3x3s (32 groups of 4, 8 and 16 channels) and one
-dilated 3x3 (dilation 2, padding 2). Each layer and direction (forward with its bias, backward-data,
+on 32x32 images, ResNeXt29_32x4d's grouped 3x3s (32 groups of 4, 8 and 16 channels), one
+dilated 3x3 (dilation 2, padding 2), and ResNet-18's three stride-2 3x3s (dense, groups 1: their data
+gradient is the tensor-core tiles' strided one, one GEMM per phase of the stride). Each layer and direction (forward with its bias, backward-data,
 backward-weight) is first checked on a 2-image slice against the float64 NumPy reference of the
 same operands (the precision's rounding of the inputs included), then timed with CUDA events (the
 median of five groups of calls) beside cuDNN in the same precision and layout (F.conv2d and
@@ -41,9 +42,13 @@ MOBILENETV2 = [(f"mbv2 dw{c}@{h}{'/2' if s == 2 else ''}", c, c, h, s, c, 1)
                                (384, 8, 1), (576, 8, 1), (576, 8, 2), (960, 4, 1)]]
 RESNEXT29 = [(f"resnext g32 {c}@{h}", c, c, h, 1, 32, 1) for c, h in [(128, 32), (256, 16), (512, 8)]]
 DILATED = [("dilated d2 64@16", 64, 64, 16, 1, 1, 2)]
-LAYERS = MOBILENETV2 + RESNEXT29 + DILATED
+# ResNet-18's downsampling 3x3s (groups 1: the dense convolutions, whose data gradient runs per
+# phase of the stride on the tensor cores)
+RESNET18_STRIDED = [(f"resnet18 {c}->{k}@{h}/2", c, k, h, 2, 1, 1) for c, k, h in [(64, 128, 32), (128, 256, 16),
+                                                                                  (256, 512, 8)]]
+LAYERS = MOBILENETV2 + RESNEXT29 + DILATED + RESNET18_STRIDED
 TINY_LAYERS = [("dw8@6", 8, 8, 6, 1, 8, 1), ("dw8@7/2", 8, 8, 7, 2, 8, 1), ("x2 dw4@5", 4, 8, 5, 1, 4, 1),
-               ("g4 16@4", 16, 8, 4, 1, 4, 1), ("d2 4@6", 4, 4, 6, 1, 1, 2)]
+               ("g4 16@4", 16, 8, 4, 1, 4, 1), ("d2 4@6", 4, 4, 6, 1, 1, 2), ("s2 8->16@7/2", 8, 16, 7, 2, 1, 1)]
 FULL_BATCH, TINY_BATCH, CHECK_BATCH = 128, 2, 2
 # precision: (dtype, channels_last, validation tolerance relative to the output's scale)
 PRECISIONS = {"fp32": (np.float32, False, 1e-5), "bf16": (ml_dtypes.bfloat16, True, 1e-2)}

@@ -34,8 +34,9 @@
 #             the accuracy; then the same with --cuda-graph
 #   [conv]    the airbench94 network's layers as bench_conv2d's above, in bf16 at its batch 1024,
 #             and compare_conv on them; then bench_conv2d_grouped: the grouped/dilated kernels at
-#             MobileNetV2's depthwise and ResNeXt29's grouped 3x3s (batch 128, fp32 NCHW and bf16
-#             channels_last) against cuDNN, GB/s and TFLOP/s
+#             MobileNetV2's depthwise and ResNeXt29's grouped 3x3s, and ResNet-18's stride-2 3x3s (the
+#             dense tiles' strided data gradient; batch 128, fp32 NCHW and bf16 channels_last) against
+#             cuDNN, GB/s and TFLOP/s
 #   [step]    bench_step: images/s of a training step vs PyTorch eager, eager and replayed as a
 #             CUDA graph (checked bit for bit against eager steps first); no host transfer, no sync
 #             (syncguard), the memory pool stops growing; the fast_net bf16 step again with its
@@ -364,7 +365,7 @@ if want conv; then
     stage bench_conv2d_airbench 45 "$PY" benchmarks/bench_conv2d.py --layers airbench94 --batch 1024 --precisions bf16 \
         --variants tc tc128 tc128w tcwg tcwg256 tcwgn64 tcwgm64 --warmup 2 --repeat 10
     compare_conv airbench94
-    stage bench_conv2d_grouped 45 "$PY" benchmarks/bench_conv2d_grouped.py --save --warmup 3 --repeat 20
+    stage bench_conv2d_grouped 50 "$PY" benchmarks/bench_conv2d_grouped.py --save --warmup 3 --repeat 20
 fi
 if want step; then
     stage bench_step 70 "$PY" benchmarks/bench_step.py --save --warmup 5 --repeat 20
