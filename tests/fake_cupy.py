@@ -151,6 +151,10 @@ def install_fake_cupy(monkeypatch):
         def __exit__(self, *exc):
             current[0] = self.prev
 
+    # device arrays a launcher keeps from call to call start empty: one test's fake arrays (its own
+    # class) would be plain NumPy arrays to the next test's
+    from gpuconv.ops import _launch_conv2d_tc
+    monkeypatch.setattr(_launch_conv2d_tc, "_TAP_ORDERS", {})
     module = B._import_cupy()[0]
     module.cuda = types.SimpleNamespace(Device=Device, runtime=types.SimpleNamespace(getDeviceCount=lambda: 1))
     module.__version__ = "fake"
