@@ -74,11 +74,10 @@
 // allow 2; 4 would need at most 64 registers). TcTile128w (64x64 warp tiles, 128 accumulators per
 // thread): 238-246 registers, 49152 B; 2 blocks of 4 warps per SM. TcTileWg (sm_90a): 112-128
 // registers, 65536 B of dynamic stages (and 1 KiB to align them), 2 blocks of 8 warps per SM; its
-// bf16 loops issue 112-124 instructions a k-tile per warp around 2 HGMMAs (tc128: 150-170 around 32
-// HMMAs and 12 ldmatrix, the same multiply-adds; TF32 150-151 forward and data gradient at unit
-// stride, 172-178 weight gradient, which transposes its operands through registers; tcwg's TF32
-// 112-140).
-// TcTileWg256: 176-216 registers, 98304 B, one block per SM; 126-196 instructions a k-tile for
+// bf16 loops issue 107-124 instructions a k-tile per warp around 2 HGMMAs (tc128: 139-170 around 32
+// HMMAs and 12 ldmatrix, the same multiply-adds; TF32 150 forward, 139 data gradient, 172-178
+// weight gradient, which transposes its operands through registers; tcwg's TF32 107-140).
+// TcTileWg256: 176-216 registers, 98304 B, one block per SM; 118-196 instructions a k-tile for
 // twice the work. TcTileWgN64: 120-128 registers, 81920 B of dynamic stages, 2 blocks per SM;
 // 125-139 instructions a k-tile around 4 HGMMAs of 64 columns (tcwg's multiply-adds). TcTileWgM64:
 // 116-128 registers (TF32 weight gradient 158: 3 blocks), 49152 B static, 4 blocks of 4 warps per
@@ -298,7 +297,8 @@ struct PhaseRows {
 // (r_h + sh i, r_w + sw j); with (I, J) = (i + q_h, j + q_w), the tap (fh', fw') of the phase reads
 // dy[n, I - fh', J - fw'] where that exists), dy NHWC with Kp channels. Reads as PatchRows does:
 // at row_at (dy at (I, J)) plus the walk's offset, which steps back OW * Kp per tap row and Kp per
-// tap column.
+// tap column. (PatchRows with the walk's direction reversed; one template of the two, the direction
+// a parameter, cost tc128's data gradient a 12-byte spill at its 128 registers, ptxas 13.0.)
 template <class S>
 struct GradRows : AsyncLoader {
     const storage_t* dy;
