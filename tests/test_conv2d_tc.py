@@ -263,6 +263,65 @@ def test_phase_order_runs_each_phases_taps_together():
     assert TC.phase_order(3, 1, 2, 1).tolist() == [0, 2, 1]
 
 
+def _dx_reference(dy, w, hw, stride, pad):
+    """float64 dx of the convolution with filters ``w`` over an input of ``hw``, straight from the
+    definition: each tap adds dy at the input pixels its windows put it on, rows past the last
+    window (PyTorch's floor) none."""
+    (n, _, oh, ow), (_, c, fh, fw), (sh, sw), (ph, pw) = dy.shape, w.shape, stride, pad
+    big = np.zeros((n, c, max((oh - 1) * sh + fh, ph + hw[0]), max((ow - 1) * sw + fw, pw + hw[1])))
+    for i in range(fh):
+        for j in range(fw):
+            big[:, :, i:i + (oh - 1) * sh + 1:sh, j:j + (ow - 1) * sw + 1:sw] += np.einsum("nkab,kc->ncab", dy,
+                                                                                           w[:, :, i, j])
+    return big[:, :, ph:ph + hw[0], pw:pw + hw[1]]
+
+
+# every (extent, filter size, stride, padding) with extents to 7, filters to 5, strides to 4 and
+# paddings to one past the filter that has an output: extents shorter than the stride, paddings
+# past the stride and the filter, floored output sizes
+_AXES = [(e, f, s, p) for e in range(1, 8) for f in range(1, 6) for s in range(1, 5) for p in range(f + 2)
+         if e + 2 * p >= f]
+
+
+def test_every_small_geometry_gives_every_input_pixel_exactly_its_taps(target):
+    """Each of _AXES's geometries as the rows, paired with another as the columns (asymmetric
+    strides, filters and paddings): the data gradient's phases (TapPhase) and the filter's phase
+    order (phase_order) give the float64 definition's dx rounded once (small integers: every partial
+    sum exact), one launch of a phase per grid.z. (The phases are the tiles' common part:
+    test_strided_data_gradient_phases_give_every_input_pixel_its_taps runs each tile.)"""
+    skip_without_tensor_cores(target, BF16)
+    rng = np.random.default_rng(43)
+    with kernels.launch_log() as log:
+        for a, (h, fh, sh, ph) in enumerate(_AXES):
+            wd, fw, sw, pw = _AXES[(a * 7 + 3) % len(_AXES)]
+            oh, ow = (h + 2 * ph - fh) // sh + 1, (wd + 2 * pw - fw) // sw + 1
+            w = rng.integers(-3, 4, (5, 3, fh, fw)).astype(BF16)
+            dy = rng.integers(-3, 4, (2, 5, oh, ow)).astype(BF16)
+            DY, W, like = on(target, dy, w, np.empty((2, 3, h, wd), BF16))
+            start = len(log)
+            dx = TC.backward_data(DY, W, (2, 3, h, wd), (sh, sw), (ph, pw), False, like, target=target)
+            grids = [r.grid for r in log[start:] if r.name.startswith("conv2d_backward_data_")]
+            assert len(grids) == 1 and grids[0][2] == sh * sw, ((h, fh, sh, ph), (wd, fw, sw, pw), grids)
+            want = _dx_reference(dy.astype(np.float64), w.astype(np.float64), (h, wd), (sh, sw), (ph, pw))
+            assert_rounded_once(f"dx of {(h, fh, sh, ph)} x {(wd, fw, sw, pw)}", dx, want, BF16)
+
+
+def test_more_phases_than_grid_z_holds_run_on_the_cuda_cores(target):
+    """A phase per grid.z: strides of more than 65535 phases (256 x 257) send the data gradient to
+    the CUDA-core kernels, not to a launch CUDA refuses, with the definition's dx (the one pixel its
+    1x1 taps reach, zeros elsewhere)."""
+    skip_without_tensor_cores(target, BF16)
+    rng = np.random.default_rng(47)
+    w = rng.integers(-3, 4, (6, 4, 1, 1)).astype(BF16)
+    dy = rng.integers(-3, 4, (2, 6, 1, 1)).astype(BF16)
+    DY, W, like = on(target, dy, w, np.empty((2, 4, 3, 2), BF16))
+    with kernels.launch_log() as log, kernels.use_variant(conv2d_backward_data="tc"):
+        dx = LC.conv2d_backward_data_kernel(DY, W, (2, 4, 3, 2), (256, 257), (0, 0), False, target=target, like=like)
+    assert not [r for r in log if r.name.startswith("conv2d_backward_data_tc")], log.names
+    assert_rounded_once("dx", dx, _dx_reference(dy.astype(np.float64), w.astype(np.float64), (3, 2), (256, 257),
+                                                (0, 0)), BF16)
+
+
 @pytest.mark.parametrize("build", ["bf16", "tf32"])
 def test_taps_past_the_filter_are_not_read(target, build):
     """3x3 taps of 8 channels are 72 reduction elements; the last k-tile runs on to 96 (16-bit) or

@@ -414,11 +414,13 @@ def _backward_data_plan(dy_shape, w_shape, x_shape, dtype, tf32, stride, padding
     k, _, fh, fw = w_shape
     oh, ow = dy_shape[2:]
     itemsize = np.dtype(dtype).itemsize
+    sh, sw = stride
     if not supports(dtype, tf32) or not _fits(itemsize, n * h * wd, c, fh * fw * (k + 8), oh * ow * (k + 8),
                                               (n * h * wd, c)):
         return None
+    if not kernels.tile_grid_fits(1, 1, 64, 64, sh * sw):  # a phase per grid.z: past 65535 the CUDA-core kernels
+        return None
     kp = padded_channels(k, dtype)
-    sh, sw = stride
     if n * h * wd * c:  # a block per tile of the largest phase's rows (the first's), a phase per grid.z
         plan = _launch_plan("conv2d_backward_data", variant, dtype, target, n * -(-h // sh) * -(-wd // sw), c, tf32,
                             device, splits=sh * sw)
