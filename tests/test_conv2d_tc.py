@@ -306,6 +306,37 @@ def test_every_small_geometry_gives_every_input_pixel_exactly_its_taps(target):
             assert_rounded_once(f"dx of {(h, fh, sh, ph)} x {(wd, fw, sw, pw)}", dx, want, BF16)
 
 
+@pytest.mark.parametrize("build", ["bf16", "tf32"])
+def test_a_strided_data_gradient_gathers_mixed_precisions_pack_leaving_it_as_it_was(target, build):
+    """Where mixed precision registered the filters' CRSK copy (pack_for_data_gradient), a strided
+    data gradient reads that copy's taps in phase order from a gathered copy: dx is the pack's
+    (here differing from w's, so that a repack of w shows), and the pack keeps its bits (TF32: its
+    gathered copy rounded, not the pack)."""
+    dtype, tf32 = BUILDS[build]
+    skip_without_tensor_cores(target, dtype)
+    rng = np.random.default_rng(53)
+    (h, wd), (fh, fw), stride, pad = (9, 8), (3, 4), (2, 3), (1, 2)
+    w = rng.integers(-3, 4, (6, 5, fh, fw)).astype(dtype)
+    oh, ow = conv_mod.output_hw((2, 5, h, wd), (fh, fw), stride, pad, floor=True)
+    dy = rng.integers(-3, 4, (2, 6, oh, ow)).astype(dtype)
+    kp = TC.padded_channels(6, dtype)
+    taps = rng.integers(-3, 4, (5, fh, fw, 6)).astype(np.float64)
+    if tf32:  # values TF32 rounds (to the integers), in the pack's own bits
+        taps += np.sign(taps) * 2.0 ** -14
+    pack = np.zeros((5, fh, fw, kp), dtype)
+    pack[..., :6] = taps
+    bits = pack.tobytes()
+    DY, W, PACK, like = on(target, dy, w, pack, np.empty((2, 5, h, wd), dtype))
+    TC.pack_for_data_gradient(W, PACK)
+    try:
+        dx = TC.backward_data(DY, W, (2, 5, h, wd), stride, pad, tf32, like, target=target)
+    finally:
+        TC.forget_packed(W)
+    assert host(PACK).tobytes() == bits
+    want = _dx_reference(dy.astype(np.float64), np.rint(taps).transpose(3, 0, 1, 2), (h, wd), stride, pad)
+    assert_rounded_once("dx", dx, want, dtype)
+
+
 def test_more_phases_than_grid_z_holds_run_on_the_cuda_cores(target):
     """A phase per grid.z: strides of more than 65535 phases (256 x 257) send the data gradient to
     the CUDA-core kernels, not to a launch CUDA refuses, with the definition's dx (the one pixel its
