@@ -440,7 +440,11 @@ def phase_order(fh, fw, sh, sw):
     ``fh // sh``, ``fw // sw``, so that each phase's taps are one run; None where that is their
     own order (a unit stride, or a filter no larger than the stride: a tap per phase at most)."""
     order = sorted(range(fh * fw), key=lambda t: (t // fw % sh, t % fw % sw, t // fw // sh, t % fw // sw))
-    return None if order == list(range(fh * fw)) else np.asarray(order, dtype=np.int64)
+    if order == list(range(fh * fw)):
+        return None
+    order = np.asarray(order, dtype=np.int64)
+    order.flags.writeable = False  # (one array for every caller: the memo's)
+    return order
 
 
 # (FH, FW, sh, sw, array module, device) -> phase_order's indices as an array there: made once,
