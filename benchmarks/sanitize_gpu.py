@@ -108,7 +108,9 @@ def conv(run, rng):
                                        ((1, 2, 3, 3), (1, 2, 3, 3), (1, 1), (0, 0), False),
                                        ((2, 3, 9, 9), (130, 3, 3, 3), (1, 1), (1, 1), False),  # M, K > 128: v3 tile edges
                                        ((1, 16, 5, 5), (130, 16, 3, 3), (1, 1), (1, 1), False),  # C*FH*FW = 144 > 128
-                                       ((2, 3, 8, 9), (5, 3, 3, 3), (2, 2), (1, 1), True)]:  # PyTorch's floored sizes
+                                       ((2, 3, 8, 9), (5, 3, 3, 3), (2, 2), (1, 1), True),  # PyTorch's floored sizes
+                                       ((2, 3, 8, 8), (4, 3, 1, 1), (2, 2), (0, 0), False),  # phases no tap reaches
+                                       ((1, 2, 2, 2), (3, 2, 3, 3), (3, 3), (1, 1), True)]:  # phases without pixels
         x, w = rng.standard_normal(xs).astype(np.float32), rng.standard_normal(ws).astype(np.float32)
         b = rng.standard_normal(ws[0]).astype(np.float32)
         ry, rc = C._conv2d_forward_reference(x, w, b, stride, pad)

@@ -84,8 +84,8 @@ def opcode(text):
 def loops(sass, math="mma", least=1):
     """{kernel: Counter of opcodes in its main loop} for every kernel with HMMAs (HGMMAs: wgmma), or with
     ``math="fma"`` FFMAs/DFMAs, ``least`` of them in one loop at the least. A kernel that picks one of
-    several instances of its loop at run time (the weight gradient's 16-byte dY copies) has a loop per
-    instance: the second and later are named "kernel#2", ... in code order."""
+    several instances of its loop at run time (the tensor-core weight gradient's 16-byte dY copies)
+    has a loop per instance: the second and later are named "kernel#2", ... in code order."""
     out = {}
     for chunk in re.split(r"\n\s*Function : ", sass)[1:]:
         name = chunk.split("\n", 1)[0].strip()

@@ -31,9 +31,14 @@
 //                              window covers it (stride/padding handled by divisibility tests).
 //   conv2d_backward_data_v2    implicit GEMM  dX[m, c] = G[m, l] W'[l, c]  with m = (n, ih, iw),
 //                              l = (k, fh, fw), G[m, l] = dy[n, k, (ih+ph-fh)/sh, (iw+pw-fw)/sw]
-//                              where that division is exact and in range, else 0. Same tiling
-//                              as the forward; grid = (ceil(N*H*W/64), ceil(C/64)).
-//   conv2d_backward_data_v3    the v2 GEMM on the v3 tiling; grid = (ceil(N*H*W/128), ceil(C/128)).
+//                              where that division is exact and in range, else 0, computed per
+//                              phase of the strides (DataPhase): a block of phase z = blockIdx.z
+//                              takes its rows ih = r_h + sh i, iw = r_w + sw j and the taps that
+//                              reach them, where every division is exact, from w with its taps
+//                              in phase order (at unit stride w itself). Same tiling as the
+//                              forward; grid = (ceil(N*ceil(H/sh)*ceil(W/sw)/64), ceil(C/64), sh*sw).
+//   conv2d_backward_data_v3    the v2 GEMM on the v3 tiling;
+//                              grid = (ceil(N*ceil(H/sh)*ceil(W/sw)/128), ceil(C/128), sh*sw).
 //   conv2d_backward_weight_v1  one thread per filter element, reducing over n, oh, ow.
 //   conv2d_backward_weight_v2  implicit GEMM  dW^T[r, k] = P^T[r, l] dY[l, k], l = (n, oh, ow):
 //                              the long reduction (N*OH*OW) is split over gridDim.z blocks, each
@@ -58,17 +63,19 @@
 // (r = (c, fh, fw), l = (k, fh, fw) or (n, oh, ow)) with FastDiv (common.cuh): a multiply-high,
 // an add and a shift per digit, where an integer division by a run-time value is some 20
 // instructions in loops of 512 FMAs a round. The tiled kernels take the (m, s) pairs as their
-// last arguments (gpuconv.kernels.fast_divisor): FH*FW and FW for the forward and the data
-// gradient, OH*OW and OW for the weight gradient. The data gradient's loops come in two instances,
-// picked at run time: unit stride (oh = ih + ph - fh as it is) and any stride (quotients by the
-// stride stepped along). sm_90 SASS, float32, instructions per round of the main loop (512 FFMAs;
-// a static count, benchmarks/sass_loop.py --build f32): forward v3 769 -> 708, v2 1079 -> 953;
-// data gradient at unit stride v3 1085 -> 765, v2 1491 -> 975 (strided 961, 1255); weight
-// gradient v3 783 -> 750 (740 without its minimum-blocks hint), v2 1003 -> 958.
+// last arguments (gpuconv.kernels.fast_divisor): FH*FW and FW for the forward, OH*OW and OW for
+// the weight gradient, and for the data gradient a phase's FH'*FW' and FW' (DataDivisors: a side
+// has one of two tap counts, so the product one of four). The data gradient's phases are unit-stride
+// problems (oh = i + q - fh' as it is), whatever the stride. sm_90 SASS, float32, instructions per
+// round of the main loop (512 FFMAs; a static count, benchmarks/sass_loop.py --build f32): forward
+// v3 769 -> 708, v2 1079 -> 953; data gradient v3 1085 -> 769, v2 1491 -> 992 at any stride (before
+// its phases: 765 and 975 at unit stride, 961 and 1255 strided, where at stride 2 three rounds
+// in four multiplied zeros); weight gradient v3 783 -> 750 (740 without its minimum-blocks
+// hint), v2 1003 -> 958.
 // Registers on sm_90 (ptxas 13, float32, see tests/test_nvrtc.py; the bf16/fp16 builds stage
 // float32 tiles and use the same shared memory): v2 forward and backward-data 128 (CONV2_MIN_BLOCKS:
 // 8 blocks of 2 warps per SM), backward-weight 168 (6 blocks), 4352 B of shared memory per block;
-// v3 forward and backward-data 127 registers, 16896 B (2 blocks = 16 warps per SM),
+// v3 forward 127 registers and backward-data 128, 16896 B (2 blocks = 16 warps per SM),
 // backward-weight 128 (CONV3_WEIGHT_MIN_BLOCKS: 2 blocks, where 130 registers held it to one, as
 // the H200 timed it). No spills but v3's weight gradient's 32 B (40-64 B in the 16-bit and TF32
 // builds; see the kernel). (The H200 timed v2's forward and backward-data at 168 and 167
@@ -82,8 +89,8 @@
 //   conv2d_forward_v2          128/4352/0   244/8704/0   128/4352/0   128/4352/0   128/4352/0
 //   conv2d_forward_v3          127/16896/0  226/33792/0  127/16896/0  122/16896/0  127/16896/0
 //   conv2d_backward_data_v1    48/0/0       48/0/0       48/0/0       46/0/0       48/0/0
-//   conv2d_backward_data_v2    127/4352/0   246/8704/0   127/4352/0   128/4352/0   128/4352/0
-//   conv2d_backward_data_v3    127/16896/0  228/33792/0  128/16896/0  128/16896/0  128/16896/0
+//   conv2d_backward_data_v2    126/4352/0   244/8704/0   128/4352/0   126/4352/0   128/4352/0
+//   conv2d_backward_data_v3    128/16896/0  236/33792/0  128/16896/0  127/16896/0  128/16896/0
 //   conv2d_backward_weight_v1  47/0/0       48/0/0       46/0/0       39/0/0       38/0/0
 //   conv2d_backward_weight_v2  168/4352/0   254/8704/0   196/4352/0   166/4352/0   168/4352/0
 //   conv2d_backward_weight_v3  128/16896/32 246/33792/0  128/16896/40 128/16896/48 128/16896/64
@@ -227,91 +234,99 @@ struct PatchRowLoader : RowSlot<N, BM> {
     }
 };
 
-// Output-gradient gather of the backward-data pass: G[m, l] with m = (n, ih, iw), l = (k, fh, fw)
-// is dy[n, k, oh, ow] when ih + ph - fh = oh*sh and iw + pw - fw = ow*sw exactly, else 0.
-// UNIT (sh = sw = 1, most layers; the kernels pick the instance at run time) reads oh = ih + ph -
-// fh and ow = iw + pw - fw as they are, stepped down with fh and fw. Otherwise the quotients and
-// remainders by the strides are stepped along with (fh, fw) instead of divided afresh per element
-// (2 divisions per round instead of ~80 at stride 2).
-template <int N, int BM, bool UNIT>
+// The data gradient's phases (as kernels/conv2d_tc.cu's TapPhase). With strides (sh, sw),
+// dx[ih] receives dy[oh] * w[fh] only where ih + ph - fh = oh * sh: the input rows of one phase r
+// (ih = r + sh * i) meet the taps of one residue f0 = (r + ph) % sh alone (fh = f0 + sh * j), each
+// at oh = i + q - j with q = (r + ph - f0) / sh. So the data gradient splits into sh * sw dense
+// unit-stride GEMMs, one per blockIdx.z, each over the taps that reach its rows: no product of a
+// tap and a pixel it does not reach (a strided gather's zeros, (sh * sw - 1) / (sh * sw) of its
+// products) and no division by the stride. The launcher orders the filter's taps by phase (by
+// fh % sh, fw % sw, then fh / sh, fw / sw: _launch_conv2d_tc.phase_order), so that a phase's taps
+// are one run of each filter row. DataPhase is one dimension of a phase; at unit stride it is the
+// whole problem (size = extent, taps = F, q = p, first = 0).
+struct DataPhase {
+    int r;      // the phase: input rows r, r + s, ...
+    int size;   // how many (possibly 0: an extent shorter than the stride)
+    int taps;   // the taps that reach them: ceil(F / s) or floor(F / s), 0 where the stride passes
+                // over the filter (dx is 0 there)
+    int q;      // oh = i + q - j for input row r + s * i and tap f0 + s * j
+    int first;  // the taps of the phases before this one, in the phase-ordered filter
+    __device__ DataPhase(int r_, int extent, int F, int s, int p) : r(r_) {
+        const int f0 = (r_ + p) % s;
+        size = (extent - r_ + s - 1) / s;  // (0 <= numerator for r < s)
+        taps = (F - f0 + s - 1) / s;       // (0 where f0 >= F: 1 - s <= F - f0 <= 0)
+        q = (r_ + p - f0) / s;
+        first = f0 * (F / s) + imin(f0, F % s);  // (the residues below F % s have one tap more)
+    }
+};
+
+// Output-gradient gather of one phase of the backward-data pass: G[m, l] with m = (n, i, j), the
+// input pixel (r_h + sh i, r_w + sw j), and l = (k, fh', fw'), the phase's tap (f0_h + sh fh',
+// f0_w + sw fw'), is dy[n, k, oh, ow] at (oh, ow) = (i + q_h - fh', j + q_w - fw') where that is in
+// range, else 0: unit-stride indices, stepped down with fh' and fw'. l is decoded once per round,
+// by the phase's tap counts (FastDiv by FH * FW, then by FW).
+template <int N, int BM>
 struct GradGatherRowLoader : RowSlot<N, BM> {
     const storage_t* img;  // dy + n*K*OH*OW
-    int valid, ihp, iwp, FH, FW, OH, OW, sh, sw;
-    int ohq0, ohr0, owq0, owr0;  // ihp / sh, ihp % sh, iwp / sw, iwp % sw: fh = 0, fw = 0 (strided only)
+    int valid, ihp, iwp, FH, FW, OH, OW;  // ihp, iwp: i + q_h, j + q_w; FH, FW: the phase's taps
     FastDiv taps, fws;  // by FH * FW and by FW
+    // H, W: the phase's rows and columns (DataPhase::size), FH, FW its taps, qh, qw DataPhase::q.
     __device__ GradGatherRowLoader(const storage_t* dy, int row0, int M, int H, int W, int K, int FH_, int FW_,
-                                   int OH_, int OW_, int sh_, int sw_, int ph, int pw, FastDiv taps_, FastDiv fws_)
-        : FH(FH_), FW(FW_), OH(OH_), OW(OW_), sh(sh_), sw(sw_), taps(taps_), fws(fws_) {
+                                   int OH_, int OW_, int qh, int qw, FastDiv taps_, FastDiv fws_)
+        : FH(FH_), FW(FW_), OH(OH_), OW(OW_), taps(taps_), fws(fws_) {
         const int m = row0 + this->slot;
         valid = m < M;
         const int mm = valid ? m : 0;
         const int n = mm / (H * W), p = mm - n * (H * W);
-        const int ih = p / W, iw = p - ih * W;
+        const int i = p / W, j = p - i * W;
         img = dy + (index_t)n * K * OH * OW;
-        ihp = ih + ph;
-        iwp = iw + pw;
-        if (!UNIT) {
-            ohq0 = ihp / sh;
-            ohr0 = ihp - ohq0 * sh;
-            owq0 = iwp / sw;
-            owr0 = iwp - owq0 * sw;
-        }
+        ihp = i + qh;
+        iwp = j + qw;
     }
     __device__ void load(int l0, int lend) {
         const int l = l0 + this->lq0;
         int k = taps.div(l), f = l - k * (FH * FW);
         int fh = fws.div(f), fw = f - fh * FW;
-        if (UNIT) {
-            int oh = ihp - fh, ow = iwp - fw;
-#pragma unroll
-            for (int q = 0; q < N; ++q) {
-                acc_t v = 0;
-                if (valid && l + q < lend && (unsigned)oh < (unsigned)OH && (unsigned)ow < (unsigned)OW)
-                    v = gemm_operand(img[(k * OH + oh) * OW + ow]);  // (K*OH*OW is an int: the launcher)
-                this->reg[q] = v;
-                if (++fw == FW) {  // iw + pw - fw restarts at iwp
-                    fw = 0;
-                    ow = iwp;
-                    if (++fh == FH) {  // next filter: ih + ph - fh restarts at ihp
-                        fh = 0;
-                        ++k;
-                        oh = ihp;
-                    } else {
-                        --oh;
-                    }
-                } else {
-                    --ow;
-                }
-            }
-            return;
-        }
-        // oh = (ihp - fh) / sh exactly when ohr == 0; floor division keeps ohr in [0, sh).
-        int ohq = floor_div(ihp - fh, sh), ohr = ihp - fh - ohq * sh;
-        int owq = floor_div(iwp - fw, sw), owr = iwp - fw - owq * sw;
+        int oh = ihp - fh, ow = iwp - fw;
 #pragma unroll
         for (int q = 0; q < N; ++q) {
             acc_t v = 0;
-            if (valid && l + q < lend && ohr == 0 && owr == 0 && ohq >= 0 && ohq < OH && owq >= 0 && owq < OW)
-                v = gemm_operand(img[(k * OH + ohq) * OW + owq]);
+            if (valid && l + q < lend && (unsigned)oh < (unsigned)OH && (unsigned)ow < (unsigned)OW)
+                v = gemm_operand(img[(k * OH + oh) * OW + ow]);  // (K*OH*OW is an int: the launcher)
             this->reg[q] = v;
-            if (++fw == FW) {  // iw + pw - fw restarts at iwp
+            if (++fw == FW) {  // j + q_w - fw' restarts at iwp
                 fw = 0;
-                owq = owq0;
-                owr = owr0;
-                if (++fh == FH) {  // next filter: ih + ph - fh restarts at ihp
+                ow = iwp;
+                if (++fh == FH) {  // next filter: i + q_h - fh' restarts at ihp
                     fh = 0;
                     ++k;
-                    ohq = ohq0;
-                    ohr = ohr0;
-                } else if (--ohr < 0) {
-                    ohr += sh;
-                    --ohq;
+                    oh = ihp;
+                } else {
+                    --oh;
                 }
-            } else if (--owr < 0) {
-                owr += sw;
-                --owq;
+            } else {
+                --ow;
             }
         }
+    }
+};
+
+// Where GEMM row m of the data gradient lies in its NCHW plane: image n and pixel p. DensePixels:
+// the rows are the planes' pixels in order (unit stride); PhasePixels: a phase's rows (n, i, j),
+// the pixel (r_h + sh i, r_w + sw j).
+struct DensePixels {
+    __device__ int operator()(int m, int P, int* n) const {
+        *n = m / P;
+        return m - *n * P;
+    }
+};
+
+struct PhasePixels {
+    int per_image, size_w, W, sh, sw, rh, rw;
+    __device__ int operator()(int m, int, int* n) const {
+        *n = m / per_image;
+        const int p = m - *n * per_image, i = p / size_w, j = p - i * size_w;
+        return (rh + sh * i) * W + rw + sw * j;
     }
 };
 
@@ -334,16 +349,17 @@ struct FilterColLoader : LFastStaging<CONV_TN, CONV_BK, 8> {
     }
 };
 
-// Backward-data filters as W'[l, c] = w[k, c, fh, fw] with l = (k, fh, fw).
+// Backward-data filters of a phase as W'[l, c] = w'[k, c, first + f], l = (k, f) with f the
+// phase's tap (fh', fw') of T = FH' * FW', from the phase-ordered filter w' (DataPhase).
 struct FilterBwdColLoader : LFastStaging<CONV_TN, CONV_BK, 8> {
-    const storage_t* w;
-    int col0, C, FHW;
-    FastDiv taps;  // by FHW
-    __device__ FilterBwdColLoader(const storage_t* w_, int col0_, int C_, int FHW_, FastDiv taps_)
-        : w(w_), col0(col0_), C(C_), FHW(FHW_), taps(taps_) {}
+    const storage_t* w;  // w' + the phase's first tap
+    int col0, C, FHW, T;
+    FastDiv taps;  // by T
+    __device__ FilterBwdColLoader(const storage_t* w_, int col0_, int C_, int FHW_, int T_, FastDiv taps_)
+        : w(w_), col0(col0_), C(C_), FHW(FHW_), T(T_), taps(taps_) {}
     __device__ void load(int l0, int lend) {
         int l = l0 + (int)threadIdx.x % CONV_BK;
-        int k = taps.div(l), f = l - k * FHW;
+        int k = taps.div(l), f = l - k * T;
         const storage_t* base = w + (index_t)k * C * FHW + f;
 #pragma unroll
         for (int q = 0; q < CONV_TN; ++q) {
@@ -430,19 +446,21 @@ struct Conv2Map {
     __device__ static int col(int j) { return (int)(threadIdx.x / 8) + 8 * j; }
 };
 
-// Epilogue of the forward and backward-data GEMMs: acc[i][j] is the output (m, col), m = (n, p)
-// with p a position in a plane of P elements and col one of `cols` channels, stored to
-// out[n, col, p] after the bias (null: none) and ReLU (forward only). A warp's stores for one
-// (i, j) land on consecutive p (v2: rows tx + 8i), or 4 apart with the four i of a thread filling
-// the gaps (v3: L2 merges the partial sectors).
-template <class Map>
+// Epilogue of the forward and backward-data GEMMs: acc[i][j] is the output (m, col), m at (n, p)
+// (Pixels: p a position in a plane of P elements; a strided data gradient's phase maps its rows
+// there) and col one of `cols` channels, stored to out[n, col, p] after the bias (null: none) and
+// ReLU (forward only). A warp's stores for one (i, j) land on consecutive p (v2: rows tx + 8i; a
+// phase's, sw apart), or 4 apart with the four i of a thread filling the gaps (v3: L2 merges the
+// partial sectors).
+template <class Map, class Pixels = DensePixels>
 __device__ inline void conv_store_nchw(acc_t acc[CONV_TM][CONV_TN], storage_t* out, int row0, int col0, int M,
-                                       int cols, int P, const storage_t* bias, int relu) {
+                                       int cols, int P, const storage_t* bias, int relu, Pixels at = Pixels{}) {
 #pragma unroll
     for (int i = 0; i < CONV_TM; ++i) {
         const int m = row0 + Map::row(i);
         if (m >= M) continue;
-        const int n = m / P, p = m - n * P;
+        int n;
+        const int p = at(m, P, &n);
         storage_t* on = out + (index_t)n * cols * P + p;
 #pragma unroll
         for (int j = 0; j < CONV_TN; ++j) {
@@ -548,42 +566,65 @@ conv2d_backward_data_v1(const storage_t* dy, const storage_t* w, storage_t* dx,
     }
 }
 
-// The data gradient's two instances, UNIT (sh = sw = 1) and any stride, picked at run time by the
-// stride: Body<UNIT>::run(args...).
-template <template <bool> class Body, class... Args>
-__device__ inline void by_stride(int sh, int sw, Args... args) {
-    if (sh == 1 && sw == 1)
-        Body<true>::run(args...);
-    else
-        Body<false>::run(args...);
-}
+// The data gradient's FastDiv pairs (the tiled kernels' last arguments): by a phase's tap count
+// T = FH' * FW' for (FH', FW') = (hi, hi), (hi, lo), (lo, hi), (lo, lo), where a side has ceil(F / s)
+// taps (hi) or floor(F / s) (lo), then by FW' = hi and lo (a count of 0: by 1, never divided by).
+struct DataDivisors {
+    unsigned hh_m, hh_s, hl_m, hl_s, lh_m, lh_s, ll_m, ll_s, w_m, w_s, wl_m, wl_s;
+};
 
-template <bool UNIT>
-struct BackwardDataV2 {
-    __device__ static void run(const storage_t* dy, const storage_t* w, storage_t* dx, int N, int C, int H, int W,
-                               int K, int FH, int FW, int OH, int OW, int sh, int sw, int ph, int pw, FastDiv taps,
-                               FastDiv fws, acc_t (*As)[CONV_SROW], acc_t (*Bs)[CONV_SROW]) {
-        const int M = N * H * W, L = K * FH * FW;
-        const int row0 = blockIdx.x * CONV_BM, col0 = blockIdx.y * CONV_BN;
-        GradGatherRowLoader<CONV_BK, CONV_BM, UNIT> la(dy, row0, M, H, W, K, FH, FW, OH, OW, sh, sw, ph, pw, taps,
-                                                       fws);
-        FilterBwdColLoader lb(w, col0, C, FH * FW, taps);
-        acc_t acc[CONV_TM][CONV_TN];
-        conv_zero(acc);
-        conv_gemm_mainloop(la, lb, 0, L, As, Bs, acc);
-        conv_store_nchw<Conv2Map>(acc, dx, row0, col0, M, C, H * W, nullptr, 0);
+// A data-gradient block's phase of the strides, blockIdx.z = r_h * sw + r_w (DataPhase), and the
+// FastDivs by its T and FW'.
+struct DataGradPhase {
+    DataPhase rows, cols;
+    FastDiv taps, fws;  // by T and by FW'
+    __device__ DataGradPhase(int H, int W, int FH, int FW, int sh, int sw, int ph, int pw, const DataDivisors& d)
+        : rows((int)blockIdx.z / sw, H, FH, sh, ph), cols((int)blockIdx.z % sw, W, FW, sw, pw) {
+        const bool lo_h = rows.taps != (FH + sh - 1) / sh, lo_w = cols.taps != (FW + sw - 1) / sw;
+        taps = lo_h ? (lo_w ? FastDiv{d.ll_m, d.ll_s} : FastDiv{d.lh_m, d.lh_s})
+                    : (lo_w ? FastDiv{d.hl_m, d.hl_s} : FastDiv{d.hh_m, d.hh_s});
+        fws = lo_w ? FastDiv{d.wl_m, d.wl_s} : FastDiv{d.w_m, d.w_s};
+    }
+    __device__ int pixels() const { return rows.size * cols.size; }
+    __device__ int taps_count() const { return rows.taps * cols.taps; }  // T
+    // The phase's first tap in the phase-ordered filter (a filter row FW taps long).
+    __device__ int first(int FW) const { return rows.first * FW + rows.taps * cols.first; }
+    // The epilogue of the phase's rows into dx (NCHW): at unit stride the rows are dx's own.
+    template <class Map>
+    __device__ void store(acc_t acc[CONV_TM][CONV_TN], storage_t* dx, int row0, int col0, int M, int C, int H, int W,
+                          int sh, int sw) const {
+        if (sh == 1 && sw == 1)
+            conv_store_nchw<Map>(acc, dx, row0, col0, M, C, H * W, nullptr, 0);
+        else
+            conv_store_nchw<Map>(acc, dx, row0, col0, M, C, H * W, nullptr, 0,
+                                 PhasePixels{pixels(), cols.size, W, sh, sw, rows.r, cols.r});
     }
 };
 
+// grid = (ceil(N * ceil(H / sh) * ceil(W / sw) / 64), ceil(C / 64), sh * sw): the rows of the
+// largest phase (the first), a phase per blockIdx.z; w in phase order (DataPhase), the last
+// arguments DataDivisors.
 extern "C" __global__ void __launch_bounds__(CONV_THREADS, CONV2_MIN_BLOCKS)
 conv2d_backward_data_v2(const storage_t* dy, const storage_t* w, storage_t* dx,
                         int N, int C, int H, int W, int K, int FH, int FW, int OH, int OW,
-                        int sh, int sw, int ph, int pw, unsigned taps_m, unsigned taps_s, unsigned fw_m,
-                        unsigned fw_s) {
+                        int sh, int sw, int ph, int pw, unsigned hh_m, unsigned hh_s, unsigned hl_m, unsigned hl_s,
+                        unsigned lh_m, unsigned lh_s, unsigned ll_m, unsigned ll_s, unsigned fw_m, unsigned fw_s,
+                        unsigned fwl_m, unsigned fwl_s) {
     __shared__ acc_t As[CONV_BK][CONV_SROW];
     __shared__ acc_t Bs[CONV_BK][CONV_SROW];
-    by_stride<BackwardDataV2>(sh, sw, dy, w, dx, N, C, H, W, K, FH, FW, OH, OW, sh, sw, ph, pw,
-                              FastDiv{taps_m, taps_s}, FastDiv{fw_m, fw_s}, As, Bs);
+    const DataGradPhase phase(H, W, FH, FW, sh, sw, ph, pw,
+                              DataDivisors{hh_m, hh_s, hl_m, hl_s, lh_m, lh_s, ll_m, ll_s, fw_m, fw_s, fwl_m, fwl_s});
+    const DataPhase &rows = phase.rows, &cols = phase.cols;
+    const int M = N * phase.pixels();
+    const int row0 = blockIdx.x * CONV_BM, col0 = blockIdx.y * CONV_BN;
+    if (row0 >= M) return;  // (a block-uniform exit before any barrier)
+    GradGatherRowLoader<CONV_BK, CONV_BM> la(dy, row0, M, rows.size, cols.size, K, rows.taps, cols.taps, OH, OW,
+                                             rows.q, cols.q, phase.taps, phase.fws);
+    FilterBwdColLoader lb(w + phase.first(FW), col0, C, FH * FW, phase.taps_count(), phase.taps);
+    acc_t acc[CONV_TM][CONV_TN];
+    conv_zero(acc);
+    conv_gemm_mainloop(la, lb, 0, K * phase.taps_count(), As, Bs, acc);  // (no round where no tap reaches the phase)
+    phase.store<Conv2Map>(acc, dx, row0, col0, M, C, H, W, sh, sw);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -779,13 +820,14 @@ struct FilterColLoader3 : SlotStaging<4> {
     }
 };
 
-// Backward-data filters W'[l, c] = w[k, c, fh, fw], l = (k, fh, fw): contiguous in f = (fh, fw).
+// Backward-data filters of a phase, W'[l, c] = w'[k, c, first + f], l = (k, f) (v2's
+// FilterBwdColLoader): a run of T taps of each filter row.
 struct FilterBwdColLoader3 : SlotStaging<4> {
-    const storage_t* wc;  // w + c*FHW of this thread's column
-    int validc, C, FHW;
-    FastDiv taps;  // by FHW
-    __device__ FilterBwdColLoader3(const storage_t* w, int col0, int C_, int FHW_, FastDiv taps_)
-        : C(C_), FHW(FHW_), taps(taps_) {
+    const storage_t* wc;  // w' + c*FHW + the phase's first tap, of this thread's column
+    int validc, C, FHW, T;
+    FastDiv taps;  // by T
+    __device__ FilterBwdColLoader3(const storage_t* w, int col0, int C_, int FHW_, int T_, FastDiv taps_)
+        : C(C_), FHW(FHW_), T(T_), taps(taps_) {
         slot = (int)threadIdx.x / 2;
         lq0 = 4 * ((int)threadIdx.x % 2);
         validc = col0 + slot < C;
@@ -793,11 +835,11 @@ struct FilterBwdColLoader3 : SlotStaging<4> {
     }
     __device__ void load(int l0, int lend) {
         const int l = l0 + lq0;
-        int k = taps.div(l), f = l - k * FHW;
+        int k = taps.div(l), f = l - k * T;
 #pragma unroll
         for (int q = 0; q < 4; ++q) {
             reg[q] = (validc && l + q < lend) ? gemm_operand(wc[(index_t)k * C * FHW + f]) : (acc_t)0;
-            if (++f == FHW) {
+            if (++f == T) {
                 f = 0;
                 ++k;
             }
@@ -825,34 +867,29 @@ conv2d_forward_v3(const storage_t* x, const storage_t* w, const storage_t* b, st
     conv_store_nchw<Conv3Map>(acc, y, row0, col0, M, K, OH * OW, has_bias ? b : nullptr, relu);
 }
 
-// Same signature and semantics as conv2d_backward_data_v1/v2. Block = CONV3_THREADS (256),
-// grid = (ceil(N*H*W / 128), ceil(C / 128)).
-template <bool UNIT>
-struct BackwardDataV3 {
-    __device__ static void run(const storage_t* dy, const storage_t* w, storage_t* dx, int N, int C, int H, int W,
-                               int K, int FH, int FW, int OH, int OW, int sh, int sw, int ph, int pw, FastDiv taps,
-                               FastDiv fws, acc4 (*As)[CONV3_BK][CONV3_SROW / 4],
-                               acc4 (*Bs)[CONV3_BK][CONV3_SROW / 4]) {
-        const int M = N * H * W, L = K * FH * FW;
-        const int row0 = blockIdx.x * CONV3_BM, col0 = blockIdx.y * CONV3_BN;
-        GradGatherRowLoader<4, CONV3_BM, UNIT> la(dy, row0, M, H, W, K, FH, FW, OH, OW, sh, sw, ph, pw, taps, fws);
-        FilterBwdColLoader3 lb(w, col0, C, FH * FW, taps);
-        acc_t acc[8][8];
-        conv_zero(acc);
-        conv3_mainloop(la, lb, 0, L, As, Bs, acc);
-        conv_store_nchw<Conv3Map>(acc, dx, row0, col0, M, C, H * W, nullptr, 0);
-    }
-};
-
+// Same signature and semantics as conv2d_backward_data_v2. Block = CONV3_THREADS (256),
+// grid = (ceil(N * ceil(H / sh) * ceil(W / sw) / 128), ceil(C / 128), sh * sw).
 extern "C" __global__ void __launch_bounds__(CONV3_THREADS)
 conv2d_backward_data_v3(const storage_t* dy, const storage_t* w, storage_t* dx,
                         int N, int C, int H, int W, int K, int FH, int FW, int OH, int OW,
-                        int sh, int sw, int ph, int pw, unsigned taps_m, unsigned taps_s, unsigned fw_m,
-                        unsigned fw_s) {
+                        int sh, int sw, int ph, int pw, unsigned hh_m, unsigned hh_s, unsigned hl_m, unsigned hl_s,
+                        unsigned lh_m, unsigned lh_s, unsigned ll_m, unsigned ll_s, unsigned fw_m, unsigned fw_s,
+                        unsigned fwl_m, unsigned fwl_s) {
     __shared__ acc4 As[2][CONV3_BK][CONV3_SROW / 4];
     __shared__ acc4 Bs[2][CONV3_BK][CONV3_SROW / 4];
-    by_stride<BackwardDataV3>(sh, sw, dy, w, dx, N, C, H, W, K, FH, FW, OH, OW, sh, sw, ph, pw,
-                              FastDiv{taps_m, taps_s}, FastDiv{fw_m, fw_s}, As, Bs);
+    const DataGradPhase phase(H, W, FH, FW, sh, sw, ph, pw,
+                              DataDivisors{hh_m, hh_s, hl_m, hl_s, lh_m, lh_s, ll_m, ll_s, fw_m, fw_s, fwl_m, fwl_s});
+    const DataPhase &rows = phase.rows, &cols = phase.cols;
+    const int M = N * phase.pixels();
+    const int row0 = blockIdx.x * CONV3_BM, col0 = blockIdx.y * CONV3_BN;
+    if (row0 >= M) return;  // (a block-uniform exit before any barrier)
+    GradGatherRowLoader<4, CONV3_BM> la(dy, row0, M, rows.size, cols.size, K, rows.taps, cols.taps, OH, OW, rows.q,
+                                        cols.q, phase.taps, phase.fws);
+    FilterBwdColLoader3 lb(w + phase.first(FW), col0, C, FH * FW, phase.taps_count(), phase.taps);
+    acc_t acc[8][8];
+    conv_zero(acc);
+    conv3_mainloop(la, lb, 0, K * phase.taps_count(), As, Bs, acc);
+    phase.store<Conv3Map>(acc, dx, row0, col0, M, C, H, W, sh, sw);
 }
 
 // Same signature and semantics as conv2d_backward_weight_v2 (split z reduces l in

@@ -24,6 +24,7 @@ from gpuconv.data import crop_flip, normalize
 from gpuconv.data._launch_augment import augment_batch_kernel
 from gpuconv.gradcheck import numerical_gradient_array, relative_error
 from gpuconv.ops import _dispatch
+from gpuconv.ops import conv2d as conv_mod
 from gpuconv.ops import _launch_conv2d as LC
 from gpuconv.ops import _launch_pool2d as LP
 from gpuconv.ops import _launch_relu as LR
@@ -152,6 +153,79 @@ def test_conv2d_forward_no_bias_and_fused_relu(variant):
     np.testing.assert_allclose(y0, ref_conv(x, w, None, stride, pad), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(y1, np.maximum(ref_conv(x, w, b, stride, pad), 0), rtol=1e-4, atol=1e-4)
     assert (y1 >= 0).all() and (y1 == 0).any()
+
+
+# (N, C, H, W), (K, FH, FW), stride, padding: the tiled data gradient's phases of the strides
+# (kernels/conv2d.cu's DataPhase), each of its own rows and taps; sizes floored as PyTorch floors them
+PHASE_CASES = [
+    ((2, 3, 8, 8), (5, 3, 3), (2, 2), (1, 1)),      # ResNet's downsampling 3x3 (a padding row unread)
+    ((1, 3, 9, 7), (4, 3, 3), (2, 2), (0, 1)),      # odd sizes: the first phase a row longer than the second
+    ((2, 3, 8, 8), (4, 1, 1), (2, 2), (0, 0)),      # its 1x1 shortcut: three phases no tap reaches (dx 0)
+    ((1, 2, 9, 10), (3, 2, 3), (3, 2), (1, 2)),     # padding wider than the stride, rectangular everything
+    ((1, 2, 10, 11), (3, 5, 4), (3, 3), (2, 1)),    # phases of 2, 2 and 1 taps a side
+    ((1, 2, 11, 9), (3, 4, 4), (2, 3), (3, 0)),
+    ((2, 2, 7, 7), (3, 3, 3), (1, 2), (1, 1)),      # a unit stride one way
+    ((1, 2, 2, 2), (3, 3, 3), (3, 3), (1, 1)),      # extents shorter than the stride: empty phases
+    ((1, 2, 1, 5), (3, 1, 3), (2, 2), (0, 1)),
+    ((2, 66, 18, 17), (3, 3, 3), (2, 2), (1, 1)),   # phase rows (162) and channels (66) across tiles
+]
+PHASE_IDS = ["3x3s2", "odd", "1x1s2", "2x3s32p12", "5x4s3", "4x4s23", "s12", "short", "h1", "tiles"]
+
+
+def phase_operands(case, dtype, seed, low=-3):
+    """x, w and dy of small integers (every sum exact in float32), dy of the floored output's size."""
+    xs, (k, fh, fw), stride, pad = case
+    rng = np.random.default_rng(seed)
+    oh, ow = conv_mod.output_hw(xs, (fh, fw), stride, pad, floor=True)
+    return tuple(rng.integers(low, 4, s).astype(dtype) for s in (xs, (k, xs[1], fh, fw), (xs[0], k, oh, ow)))
+
+
+def reference_dx(dy, x, w, stride, pad):
+    """float64 dx of the floored convolution (a padding row or column the windows never reach: 0)."""
+    f64 = [a.astype(np.float64) for a in (dy, x, w)]
+    return conv_mod._conv2d_backward_reference(f64[0], conv_mod.Conv2dCache(f64[1], f64[2], False, stride, pad))[0]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, ml_dtypes.bfloat16], ids=["f32", "f64", "bf16"])
+@pytest.mark.parametrize("variant", ["v2", "v3"])
+@pytest.mark.parametrize("case", PHASE_CASES, ids=PHASE_IDS)
+def test_strided_data_gradient_runs_a_gemm_per_phase(case, variant, dtype, target, launches):
+    """The tiled data gradient runs one unit-stride GEMM per phase of the strides (grid.z, over the
+    rows of the largest phase), each input pixel given exactly the products of the taps that reach
+    it (exact integers, below 256: exact in bfloat16 too), pixels no tap reaches 0; the caller's
+    filters untouched (their taps are gathered into the phases' order in a copy)."""
+    xs, (k, fh, fw), (sh, sw), pad = case
+    x, w, dy = phase_operands(case, dtype, PHASE_CASES.index(case))
+    w0 = w.copy()
+    with kernels.use_variant(conv2d_backward_data=variant):
+        dx = LC.conv2d_backward_data_kernel(to(target, dy), to(target, w), xs, (sh, sw), pad, target=target)
+    tile, threads = (128, 256) if variant == "v3" else (64, 64)
+    rows = xs[0] * -(-xs[2] // sh) * -(-xs[3] // sw)
+    assert [r[:3] for r in launches if r.name.startswith("conv2d_")] == [
+        (f"conv2d_backward_data_{variant}", (-(-rows // tile), -(-xs[1] // tile), sh * sw), (threads, 1, 1))]
+    want = reference_dx(dy, x, w, (sh, sw), pad)
+    np.testing.assert_array_equal(host(dx), want.astype(dtype))
+    assert np.array_equal(host(w), w0)
+
+
+@pytest.mark.parametrize("variant", ["v2", "v3"])
+@pytest.mark.parametrize("f", [3, 1], ids=["3x3s2", "1x1s2"])
+def test_a_strided_data_gradient_multiplies_no_tap_by_a_pixel_it_does_not_reach(f, variant):
+    """A tap meets only the input pixels of its phase: an infinite one makes infinities there alone,
+    as in the float64 convolution. (A gather of dy over every tap would multiply the infinity by the
+    zeros it fills in for the other phases' pixels: NaN at every pixel.)"""
+    case = ((1, 4, 8, 8), (4, f, f), (2, 2), (f // 2, f // 2))
+    x, w, dy = phase_operands(case, np.float32, 13, low=1)
+    w[:, :, f // 2, f // 2] = np.inf  # the centre tap: the even rows and columns (padding f // 2)
+    with kernels.use_variant(conv2d_backward_data=variant):
+        dx = LC.conv2d_backward_data_kernel(dy, w, case[0], case[2], case[3], target="sim")
+    with np.errstate(invalid="ignore", over="ignore"):
+        want = reference_dx(dy, x, w, case[2], case[3])
+    even = np.zeros(want.shape, bool)
+    even[:, :, ::2, ::2] = True
+    assert np.isposinf(want[even]).all() and np.isfinite(want[~even]).all()
+    np.testing.assert_array_equal(dx, want.astype(np.float32))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, ml_dtypes.bfloat16, np.float16],

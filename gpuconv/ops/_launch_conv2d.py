@@ -8,6 +8,10 @@ go as np.int32 / np.int64 exactly as the kernel signatures declare them (the sim
 Precision: each launch runs the kernels' build for the arrays' dtype (float64, float32,
 bfloat16, float16: float32 accumulation for the last two), and the TF32 build of float32 when
 the op resolved ``tf32`` (gpuconv.precision). Variants are chosen per (family, dtype).
+
+The tiled data gradients run one GEMM per phase of the strides (a grid.z each) over the taps that
+reach its pixels; a strided one gathers the filters' taps into the phases' order first (as the
+tensor-core launcher does: ``_launch_conv2d_tc.phase_order``, one small copy).
 """
 from __future__ import annotations
 
@@ -59,11 +63,12 @@ def _fits_int(*sizes):
     return kernels.int_indexable(*sizes, spare=TILE3)
 
 
-def _tiles_fit(var, rows, cols, reduction):
-    """Whether tiled variant ``var`` takes a rows x cols GEMM over ``reduction``: int indices and
-    a grid within CUDA's limits (else v1, whose indices are 64-bit and whose grid strides)."""
+def _tiles_fit(var, rows, cols, reduction, splits=1):
+    """Whether tiled variant ``var`` takes a rows x cols GEMM over ``reduction`` (in ``splits``
+    along z): int indices and a grid within CUDA's limits (else v1, whose indices are 64-bit and
+    whose grid strides)."""
     tile = TILE3 if var == "v3" else TILE
-    return _fits_int(rows, reduction) and kernels.tile_grid_fits(rows, cols, tile, tile)
+    return _fits_int(rows, reduction) and kernels.tile_grid_fits(rows, cols, tile, tile, splits)
 
 
 def geometry(kernel, target, device=None, *, rows=0, cols=0, splits=1, elements=0):
@@ -254,22 +259,33 @@ def _backward_data_cuda_cores(dy, w, x_shape, stride, padding, tf32, target, var
     if dy.size == 0:  # K = 0 filters: nothing flows back
         dx[...] = 0
         return dx
-    name, grid, block, dims = tc._plan(("cuda-core backward_data", var, dx.shape, w.shape, stride, padding, target,
-                                        device), _backward_data_plan, dx.shape, w.shape, stride, padding, target,
-                                       device, var)
+    name, grid, block, dims, taps = tc._plan(("cuda-core backward_data", var, dx.shape, w.shape, stride, padding,
+                                              target, device), _backward_data_plan, dx.shape, w.shape, stride,
+                                             padding, target, device, var)
+    if taps is not None:  # a strided data gradient's filter, its taps gathered into phase order (a small copy)
+        w = xp.take(w.reshape(w.shape[0], w.shape[1], -1), tc._tap_order(taps, xp, device), axis=2)
     kernels.launch("conv2d", name, dy.dtype, target, grid, block, (dy, w, dx) + dims, device=device, tf32=tf32)
     return dx
 
 
 def _backward_data_plan(x_shape, w_shape, stride, padding, target, device, var):
+    """The tiled kernels run a GEMM per phase of the strides (kernels/conv2d.cu's DataPhase): a
+    grid.z per phase, the rows of the largest (the first: ceil(H / sh) x ceil(W / sw) pixels an
+    image), and the FastDiv pairs by a phase's tap counts, ceil(F / s) and floor(F / s) a side."""
     n, c, h, wd, k, fh, fw, oh, ow = _dims(x_shape, w_shape, stride, padding)
+    (sh, sw), rows = stride, n * -(-h // stride[0]) * -(-wd // stride[1])
     dims = _i32(n, c, h, wd, k, fh, fw, oh, ow, *stride, *padding)
-    if var == "v1" or not _tiles_fit(var, n * h * wd, c, k * fh * fw) or not _fits_int(k * oh * ow):
-        var = "v1"  # (as the forward: GEMM rows and an image of dy in int)
-    else:
-        dims += _divisors(fh * fw, fw)  # the loaders' (k, fh, fw) of a reduction index
+    if (var == "v1" or not _tiles_fit(var, n * h * wd, c, k * fh * fw, splits=sh * sw)
+            or not _fits_int(k * oh * ow)):
+        var = "v1"  # (as the forward: GEMM rows and an image of dy in int; a phase per grid.z)
+    else:  # the loaders' (k, fh', fw') of a reduction index, by a phase's taps (DataDivisors; 0 taps: by 1)
+        hi_h, lo_h, hi_w, lo_w = -(-fh // sh), fh // sh, -(-fw // sw), fw // sw
+        dims += _divisors(*(max(1, t) for t in (hi_h * hi_w, hi_h * lo_w, lo_h * hi_w, lo_h * lo_w, hi_w, lo_w)))
     name = f"conv2d_backward_data_{var}"
-    return (name, *geometry(name, target, device, rows=n * h * wd, cols=c, elements=n * c * h * wd), dims)
+    # the filter's taps in the phases' order where that is not their own (tiled kernels only)
+    taps = (fh, fw, sh, sw) if var != "v1" and tc.phase_order(fh, fw, sh, sw) is not None else None
+    return (name, *geometry(name, target, device, rows=rows, cols=c, splits=sh * sw, elements=n * c * h * wd),
+            dims, taps)
 
 
 def conv2d_backward_weight_kernel(dy, x, w_shape, stride, padding, tf32=False, *, target, dw_dtype=None):
