@@ -209,6 +209,16 @@ def test_strided_data_gradient_runs_a_gemm_per_phase(case, variant, dtype, targe
     assert np.array_equal(host(w), w0)
 
 
+def test_a_data_gradient_of_more_phases_than_a_grid_takes_runs_on_v1(launches):
+    """sh * sw phases are grid.z blocks, at most 65535: beyond, the untiled v1 (its grid strides)."""
+    xs, ws = (1, 2, 257, 258), (3, 2, 1, 1)
+    x, w, dy = phase_operands((xs, ws[:1] + ws[2:], (256, 257), (0, 0)), np.float32, 5)
+    with kernels.use_variant(conv2d_backward_data="v2"):
+        dx = LC.conv2d_backward_data_kernel(dy, w, xs, (256, 257), (0, 0), target="sim")
+    assert launches.names == ["conv2d_backward_data_v1"]
+    np.testing.assert_array_equal(dx, reference_dx(dy, x, w, (256, 257), (0, 0)).astype(np.float32))
+
+
 @pytest.mark.parametrize("variant", ["v2", "v3"])
 @pytest.mark.parametrize("f", [3, 1], ids=["3x3s2", "1x1s2"])
 def test_a_strided_data_gradient_multiplies_no_tap_by_a_pixel_it_does_not_reach(f, variant):
