@@ -107,6 +107,43 @@ struct FastDiv {
     }
 };
 
+// A strided data gradient's phases (kernels/conv2d.cu, conv2d_tc.cu). With strides (sh, sw),
+// dx[ih] receives dy[oh] * w[fh] only where ih + ph - fh = oh * sh: the input rows of one phase r
+// (ih = r + sh * i) meet the taps of one residue f0 = (r + ph) % sh alone (fh = f0 + sh * j), each
+// at oh = i + q - j with q = (r + ph - f0) / sh. So the data gradient splits into sh * sw dense
+// unit-stride GEMMs, one per blockIdx.z, each over the taps that reach its rows: no product of a
+// tap and a pixel it does not reach (a strided gather's zeros, (sh * sw - 1) / (sh * sw) of its
+// products) and no division by the stride. The launchers order the filter's taps by phase (by
+// fh % sh, fw % sw, then fh / sh, fw / sw: gpuconv/ops/_launch_conv2d_tc.py's phase_order), so that
+// a phase's taps are one run of each filter row. StridePhase is one dimension of a phase; at unit
+// stride it is the whole problem (size = extent, taps = F, q = p, first = 0).
+struct StridePhase {
+    int r;      // the phase: input rows r, r + s, ...
+    int size;   // how many (possibly 0: an extent shorter than the stride)
+    int taps;   // the taps that reach them: ceil(F / s) or floor(F / s), 0 where the stride passes
+                // over the filter (dx is 0 there)
+    int q;      // oh = i + q - j for input row r + s * i and tap f0 + s * j
+    int first;  // the taps of the phases before this one, in the phase-ordered filter
+    __device__ StridePhase(int r_, int extent, int F, int s, int p) : r(r_) {
+        const int f0 = (r_ + p) % s;
+        size = (extent - r_ + s - 1) / s;  // (0 <= numerator for r < s)
+        taps = (F - f0 + s - 1) / s;       // (0 where f0 >= F: 1 - s <= F - f0 <= 0)
+        q = (r_ + p - f0) / s;
+        first = f0 * (F / s) + (f0 < F % s ? f0 : F % s);  // (the residues below F % s have one tap more)
+    }
+};
+
+// A phase's GEMM row m = (n, i, j) (per_image = its rows' and columns' sizes' product, size_w the
+// columns') as image n and the input pixel (r_h + sh i, r_w + sw j) of a W-wide plane.
+struct PhasePixel {
+    int per_image, size_w, W, sh, sw, rh, rw;
+    __device__ int operator()(int m, int* n) const {
+        *n = m / per_image;
+        const int p = m - *n * per_image, i = p / size_w, j = p - i * size_w;
+        return (rh + sh * i) * W + rw + sw * j;
+    }
+};
+
 // Splits the flat index i of a row-major [...][H][W] array into its two fastest coordinates
 // (h, w) and returns the index of the plane above them (i may pass 2^31: see divmod_index).
 __device__ inline index_t split_hw(index_t i, int H, int W, int* h, int* w) {

@@ -32,7 +32,7 @@
 //   conv2d_backward_data_v2    implicit GEMM  dX[m, c] = G[m, l] W'[l, c]  with m = (n, ih, iw),
 //                              l = (k, fh, fw), G[m, l] = dy[n, k, (ih+ph-fh)/sh, (iw+pw-fw)/sw]
 //                              where that division is exact and in range, else 0, computed per
-//                              phase of the strides (DataPhase): a block of phase z = blockIdx.z
+//                              phase of the strides (StridePhase): a block of phase z = blockIdx.z
 //                              takes its rows ih = r_h + sh i, iw = r_w + sw j and the taps that
 //                              reach them, where every division is exact, from w with its taps
 //                              in phase order (at unit stride w itself). Same tiling as the
@@ -234,32 +234,6 @@ struct PatchRowLoader : RowSlot<N, BM> {
     }
 };
 
-// The data gradient's phases (as kernels/conv2d_tc.cu's TapPhase). With strides (sh, sw),
-// dx[ih] receives dy[oh] * w[fh] only where ih + ph - fh = oh * sh: the input rows of one phase r
-// (ih = r + sh * i) meet the taps of one residue f0 = (r + ph) % sh alone (fh = f0 + sh * j), each
-// at oh = i + q - j with q = (r + ph - f0) / sh. So the data gradient splits into sh * sw dense
-// unit-stride GEMMs, one per blockIdx.z, each over the taps that reach its rows: no product of a
-// tap and a pixel it does not reach (a strided gather's zeros, (sh * sw - 1) / (sh * sw) of its
-// products) and no division by the stride. The launcher orders the filter's taps by phase (by
-// fh % sh, fw % sw, then fh / sh, fw / sw: _launch_conv2d_tc.phase_order), so that a phase's taps
-// are one run of each filter row. DataPhase is one dimension of a phase; at unit stride it is the
-// whole problem (size = extent, taps = F, q = p, first = 0).
-struct DataPhase {
-    int r;      // the phase: input rows r, r + s, ...
-    int size;   // how many (possibly 0: an extent shorter than the stride)
-    int taps;   // the taps that reach them: ceil(F / s) or floor(F / s), 0 where the stride passes
-                // over the filter (dx is 0 there)
-    int q;      // oh = i + q - j for input row r + s * i and tap f0 + s * j
-    int first;  // the taps of the phases before this one, in the phase-ordered filter
-    __device__ DataPhase(int r_, int extent, int F, int s, int p) : r(r_) {
-        const int f0 = (r_ + p) % s;
-        size = (extent - r_ + s - 1) / s;  // (0 <= numerator for r < s)
-        taps = (F - f0 + s - 1) / s;       // (0 where f0 >= F: 1 - s <= F - f0 <= 0)
-        q = (r_ + p - f0) / s;
-        first = f0 * (F / s) + imin(f0, F % s);  // (the residues below F % s have one tap more)
-    }
-};
-
 // Output-gradient gather of one phase of the backward-data pass: G[m, l] with m = (n, i, j), the
 // input pixel (r_h + sh i, r_w + sw j), and l = (k, fh', fw'), the phase's tap (f0_h + sh fh',
 // f0_w + sw fw'), is dy[n, k, oh, ow] at (oh, ow) = (i + q_h - fh', j + q_w - fw') where that is in
@@ -270,7 +244,7 @@ struct GradGatherRowLoader : RowSlot<N, BM> {
     const storage_t* img;  // dy + n*K*OH*OW
     int valid, ihp, iwp, FH, FW, OH, OW;  // ihp, iwp: i + q_h, j + q_w; FH, FW: the phase's taps
     FastDiv taps, fws;  // by FH * FW and by FW
-    // H, W: the phase's rows and columns (DataPhase::size), FH, FW its taps, qh, qw DataPhase::q.
+    // H, W: the phase's rows and columns (StridePhase::size), FH, FW its taps, qh, qw StridePhase::q.
     __device__ GradGatherRowLoader(const storage_t* dy, int row0, int M, int H, int W, int K, int FH_, int FW_,
                                    int OH_, int OW_, int qh, int qw, FastDiv taps_, FastDiv fws_)
         : FH(FH_), FW(FW_), OH(OH_), OW(OW_), taps(taps_), fws(fws_) {
@@ -322,12 +296,8 @@ struct DensePixels {
 };
 
 struct PhasePixels {
-    int per_image, size_w, W, sh, sw, rh, rw;
-    __device__ int operator()(int m, int, int* n) const {
-        *n = m / per_image;
-        const int p = m - *n * per_image, i = p / size_w, j = p - i * size_w;
-        return (rh + sh * i) * W + rw + sw * j;
-    }
+    PhasePixel at;
+    __device__ int operator()(int m, int, int* n) const { return at(m, n); }
 };
 
 // "l-fast" loaders: thread t reads reduction step kk = t % 8 of tile columns t/8 + 8q, so 8
@@ -350,7 +320,7 @@ struct FilterColLoader : LFastStaging<CONV_TN, CONV_BK, 8> {
 };
 
 // Backward-data filters of a phase as W'[l, c] = w'[k, c, first + f], l = (k, f) with f the
-// phase's tap (fh', fw') of T = FH' * FW', from the phase-ordered filter w' (DataPhase).
+// phase's tap (fh', fw') of T = FH' * FW', from the phase-ordered filter w' (StridePhase).
 struct FilterBwdColLoader : LFastStaging<CONV_TN, CONV_BK, 8> {
     const storage_t* w;  // w' + the phase's first tap
     int col0, C, FHW, T;
@@ -573,10 +543,10 @@ struct DataDivisors {
     unsigned hh_m, hh_s, hl_m, hl_s, lh_m, lh_s, ll_m, ll_s, w_m, w_s, wl_m, wl_s;
 };
 
-// A data-gradient block's phase of the strides, blockIdx.z = r_h * sw + r_w (DataPhase), and the
+// A data-gradient block's phase of the strides, blockIdx.z = r_h * sw + r_w (StridePhase), and the
 // FastDivs by its T and FW'.
 struct DataGradPhase {
-    DataPhase rows, cols;
+    StridePhase rows, cols;
     FastDiv taps, fws;  // by T and by FW'
     __device__ DataGradPhase(int H, int W, int FH, int FW, int sh, int sw, int ph, int pw, const DataDivisors& d)
         : rows((int)blockIdx.z / sw, H, FH, sh, ph), cols((int)blockIdx.z % sw, W, FW, sw, pw) {
@@ -597,12 +567,12 @@ struct DataGradPhase {
             conv_store_nchw<Map>(acc, dx, row0, col0, M, C, H * W, nullptr, 0);
         else
             conv_store_nchw<Map>(acc, dx, row0, col0, M, C, H * W, nullptr, 0,
-                                 PhasePixels{pixels(), cols.size, W, sh, sw, rows.r, cols.r});
+                                 PhasePixels{PhasePixel{pixels(), cols.size, W, sh, sw, rows.r, cols.r}});
     }
 };
 
 // grid = (ceil(N * ceil(H / sh) * ceil(W / sw) / 64), ceil(C / 64), sh * sw): the rows of the
-// largest phase (the first), a phase per blockIdx.z; w in phase order (DataPhase), the last
+// largest phase (the first), a phase per blockIdx.z; w in phase order (StridePhase), the last
 // arguments DataDivisors.
 extern "C" __global__ void __launch_bounds__(CONV_THREADS, CONV2_MIN_BLOCKS)
 conv2d_backward_data_v2(const storage_t* dy, const storage_t* w, storage_t* dx,
@@ -614,7 +584,7 @@ conv2d_backward_data_v2(const storage_t* dy, const storage_t* w, storage_t* dx,
     __shared__ acc_t Bs[CONV_BK][CONV_SROW];
     const DataGradPhase phase(H, W, FH, FW, sh, sw, ph, pw,
                               DataDivisors{hh_m, hh_s, hl_m, hl_s, lh_m, lh_s, ll_m, ll_s, fw_m, fw_s, fwl_m, fwl_s});
-    const DataPhase &rows = phase.rows, &cols = phase.cols;
+    const StridePhase &rows = phase.rows, &cols = phase.cols;
     const int M = N * phase.pixels();
     const int row0 = blockIdx.x * CONV_BM, col0 = blockIdx.y * CONV_BN;
     if (row0 >= M) return;  // (a block-uniform exit before any barrier)
@@ -879,7 +849,7 @@ conv2d_backward_data_v3(const storage_t* dy, const storage_t* w, storage_t* dx,
     __shared__ acc4 Bs[2][CONV3_BK][CONV3_SROW / 4];
     const DataGradPhase phase(H, W, FH, FW, sh, sw, ph, pw,
                               DataDivisors{hh_m, hh_s, hl_m, hl_s, lh_m, lh_s, ll_m, ll_s, fw_m, fw_s, fwl_m, fwl_s});
-    const DataPhase &rows = phase.rows, &cols = phase.cols;
+    const StridePhase &rows = phase.rows, &cols = phase.cols;
     const int M = N * phase.pixels();
     const int row0 = blockIdx.x * CONV3_BM, col0 = blockIdx.y * CONV3_BN;
     if (row0 >= M) return;  // (a block-uniform exit before any barrier)

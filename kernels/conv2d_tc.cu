@@ -31,7 +31,7 @@
 //   conv2d_backward_data_tc[128]    dX[m, c] = G[m, l] W'[c, l]^T, m = (n, ih, iw), l = (fh, fw, k),
 //                                   G[m, l] = dy[n, (ih+ph-fh)/sh, (iw+pw-fw)/sw, k] where the
 //                                   division is exact and in range, else 0, computed per phase of
-//                                   the strides (TapPhase): a block of phase z = blockIdx.z takes
+//                                   the strides (StridePhase): a block of phase z = blockIdx.z takes
 //                                   its rows ih = r_h + sh i, iw = r_w + sw j and the taps that
 //                                   reach them, where every division is exact (GradRows), from W'
 //                                   in phase order (CRSK with the taps ordered by fh % sh, fw % sw,
@@ -77,7 +77,7 @@
 // bf16 loops issue 107-124 instructions a k-tile per warp around 2 HGMMAs (tc128: 139-170 around 32
 // HMMAs and 12 ldmatrix, the same multiply-adds; TF32 150 forward, 139 data gradient, 172-178
 // weight gradient, which transposes its operands through registers; tcwg's TF32 107-140).
-// TcTileWg256: 176-216 registers, 98304 B, one block per SM; 118-196 instructions a k-tile for
+// TcTileWg256: 176-216 registers, 98304 B, one block per SM; 119-196 instructions a k-tile for
 // twice the work. TcTileWgN64: 120-128 registers, 81920 B of dynamic stages, 2 blocks per SM;
 // 125-139 instructions a k-tile around 4 HGMMAs of 64 columns (tcwg's multiply-adds). TcTileWgM64:
 // 116-128 registers (TF32 weight gradient 158: 3 blocks), 49152 B static, 4 blocks of 4 warps per
@@ -96,25 +96,25 @@
 // in bytes / bytes spilled (stores + loads); the tile kernels trap in float32 and float64.
 //   ptxas 13.0                      f32          f64          bf16         f16          tf32
 //   conv2d_forward_tc               4/0/0        4/0/0        80/24576/0   80/24576/0   85/24576/0
-//   conv2d_backward_data_tc         4/0/0        4/0/0        96/24576/0   96/24576/0   96/24576/0
+//   conv2d_backward_data_tc         4/0/0        4/0/0        96/24576/0   96/24576/0   95/24576/0
 //   conv2d_backward_weight_tc       4/0/0        4/0/0        94/24576/0   94/24576/0   128/24576/0
 //   conv2d_forward_tc128            4/0/0        4/0/0        128/49152/0  128/49152/0  128/49152/0
 //   conv2d_backward_data_tc128      4/0/0        4/0/0        128/49152/0  128/49152/0  128/49152/0
 //   conv2d_backward_weight_tc128    4/0/0        4/0/0        126/49152/0  126/49152/0  128/49152/0
 //   conv2d_forward_tc128w           4/0/0        4/0/0        238/49152/0  238/49152/0  238/49152/0
-//   conv2d_backward_data_tc128w     4/0/0        4/0/0        239/49152/0  239/49152/0  239/49152/0
+//   conv2d_backward_data_tc128w     4/0/0        4/0/0        238/49152/0  238/49152/0  238/49152/0
 //   conv2d_backward_weight_tc128w   4/0/0        4/0/0        238/49152/0  238/49152/0  246/49152/0
 //   conv2d_forward_tcwg             4/0/0        4/0/0        112/0/0      112/0/0      112/0/0
-//   conv2d_backward_data_tcwg       4/0/0        4/0/0        116/0/0      116/0/0      114/0/0
+//   conv2d_backward_data_tcwg       4/0/0        4/0/0        114/0/0      114/0/0      114/0/0
 //   conv2d_backward_weight_tcwg     4/0/0        4/0/0        120/0/0      120/0/0      128/0/0
 //   conv2d_forward_tcwg256          4/0/0        4/0/0        176/0/0      176/0/0      176/0/0
-//   conv2d_backward_data_tcwg256    4/0/0        4/0/0        178/0/0      176/0/0      176/0/0
+//   conv2d_backward_data_tcwg256    4/0/0        4/0/0        176/0/0      176/0/0      176/0/0
 //   conv2d_backward_weight_tcwg256  4/0/0        4/0/0        193/0/0      193/0/0      216/0/0
 //   conv2d_forward_tcwgn64          4/0/0        4/0/0        124/0/0      124/0/0      124/0/0
 //   conv2d_backward_data_tcwgn64    4/0/0        4/0/0        128/0/0      128/0/0      128/0/0
 //   conv2d_backward_weight_tcwgn64  4/0/0        4/0/0        120/0/0      120/0/0      128/0/0
 //   conv2d_forward_tcwgm64          4/0/0        4/0/0        116/49152/0  116/49152/0  116/49152/0
-//   conv2d_backward_data_tcwgm64    4/0/0        4/0/0        116/49152/0  116/49152/0  116/49152/0
+//   conv2d_backward_data_tcwgm64    4/0/0        4/0/0        118/49152/0  118/49152/0  118/49152/0
 //   conv2d_backward_weight_tcwgm64  4/0/0        4/0/0        120/49152/0  120/49152/0  158/49152/0
 //   conv2d_tc_weight_reduce         32/0/0       32/0/0       32/0/0       32/0/0       32/0/0
 //   conv2d_tc_round_tf32            4/0/0        4/0/0        4/0/0        4/0/0        20/0/0
@@ -128,10 +128,10 @@
 //   conv2d_backward_data_tc         109/24576/0
 //   conv2d_backward_weight_tc       115/24576/0
 //   conv2d_forward_tc128            148/49152/0
-//   conv2d_backward_data_tc128      156/49152/0
+//   conv2d_backward_data_tc128      154/49152/0
 //   conv2d_backward_weight_tc128    158/49152/0
 //   conv2d_forward_tc128w           230/49152/0
-//   conv2d_backward_data_tc128w     238/49152/0
+//   conv2d_backward_data_tc128w     236/49152/0
 //   conv2d_backward_weight_tc128w   234/49152/0
 //   conv2d_forward_tcwg             4/0/0
 //   conv2d_backward_data_tcwg       4/0/0
@@ -147,7 +147,6 @@
 //   conv2d_backward_weight_tcwgm64  4/0/0
 //   conv2d_tc_weight_reduce         47/0/0
 //   conv2d_tc_round_tf32            4/0/0
-
 // ------------------------------------------------------------------------------------------
 // Operand loaders of the implicit GEMMs. Each moves 16-byte pieces (cp.async.cg): an mk stage of
 // BM rows x 64 bytes is 4 * BM pieces, P = 4 * BM / THREADS per thread (2 in TcTile64 and
@@ -258,38 +257,15 @@ struct PatchRows : AsyncLoader {
     __device__ void round_tf32(unsigned char* stage) const { round_pieces_tf32<S, PASS>(stage, pieces); }
 };
 
-// The data gradient's phases. With strides (sh, sw), dx[ih] receives dy[oh] * w[fh] only where
-// ih + ph - fh = oh * sh: the input rows of one phase r (ih = r + sh * i) meet the taps of one
-// residue f0 = (r + ph) % sh alone (fh = f0 + sh * j), each at oh = i + q - j with q = (r + ph - f0) / sh.
-// So the data gradient splits into sh * sw dense unit-stride problems, one per blockIdx.z, each a
-// GEMM over the taps that reach its rows: none of the (sh * sw - 1) / (sh * sw) of a strided
-// gather's products that are structurally zero is computed, and nothing is divided by the stride
-// in the loop. The launcher orders the filter's taps by phase (by fh % sh, fw % sw, then fh / sh,
-// fw / sw), so that a phase's taps are one contiguous run of each filter row. TapPhase is one
-// dimension of a phase; at unit stride it is the whole problem (size = extent, taps = F, q = p).
-struct TapPhase {
-    int r;      // the phase: input rows r, r + s, ...
-    int size;   // how many (possibly 0: an extent shorter than the stride)
-    int taps;   // the taps that reach them (0 where the stride passes over the filter: dx is 0 there)
-    int q;      // oh = i + q - j for input row r + s * i and tap f0 + s * j
-    int first;  // the taps of the phases before this one, in the phase-ordered filter
-    __device__ TapPhase(int r_, int extent, int F, int s, int p) : r(r_) {
-        const int f0 = (r_ + p) % s;
-        size = (extent - r_ + s - 1) / s;  // (0 <= numerator for r < s)
-        taps = (F - f0 + s - 1) / s;       // (0 where f0 >= F: 1 - s <= F - f0 <= 0)
-        q = (r_ + p - f0) / s;
-        first = 0;
-        for (int a = 0; a < f0; ++a) first += (F - a + s - 1) / s;
-    }
-};
-
 // A phase's GEMM row m = (n, i, j) as the row of dx it computes: the input pixel
 // (r_h + sh i, r_w + sw j) of image n (the epilogue's row map, RowMajorStore).
 struct PhaseRows {
-    int per_image, size_w, H, W, sh, sw, rh, rw;
+    PhasePixel at;
+    int H;
     __device__ index_t operator()(int m) const {
-        const int n = m / per_image, p = m - n * per_image, i = p / size_w, j = p - i * size_w;
-        return ((index_t)n * H + rh + sh * i) * W + rw + sw * j;
+        int n;
+        const int p = at(m, &n);
+        return (index_t)n * H * at.W + p;
     }
 };
 
@@ -309,7 +285,7 @@ struct GradRows : AsyncLoader {
     int ihp[P], iwp[P];     // I, J (a huge negative value for rows past M)
     mutable ReductionWalk walk;  // (fh', fw', k) of the next k-tile's piece
 
-    // H, W: the phase's rows and columns (TapPhase::size); FH, FW its taps; qh, qw: TapPhase::q.
+    // H, W: the phase's rows and columns (StridePhase::size); FH, FW its taps; qh, qw: StridePhase::q.
     __device__ GradRows(const storage_t* dy_, int m0, int M, int H, int W, int Kp, int FH_, int FW, int OH_, int OW_,
                         int qh, int qw)
         : dy(dy_), OH(OH_), OW(OW_), FH(FH_),
@@ -623,7 +599,7 @@ __device__ void conv2d_backward_data_tc_body(const storage_t* dy, const storage_
                                              int H, int W, int Kp, int FH, int FW, int OH, int OW, int sh, int sw,
                                              int ph, int pw) {
     TC_DECLARE_STAGES(S, As, Bs);
-    const TapPhase rows(blockIdx.z / sw, H, FH, sh, ph), cols(blockIdx.z % sw, W, FW, sw, pw);
+    const StridePhase rows(blockIdx.z / sw, H, FH, sh, ph), cols(blockIdx.z % sw, W, FW, sw, pw);
     const int M = N * rows.size * cols.size, L = rows.taps * cols.taps * Kp;
     const int m0 = blockIdx.x * S::BM, n0 = blockIdx.y * S::BN;
     if (m0 >= M) return;  // (the grid's rows are the largest phase's)
@@ -641,8 +617,8 @@ __device__ void conv2d_backward_data_tc_body(const storage_t* dy, const storage_
         tc_gemm_epilogue<S>(RowMajorStore<storage_t>{dx, nullptr, M, C, 0}, m0, n0, acc);  // dx, NHWC
     else  // the phase's rows, (rows.r + sh i, cols.r + sw j) of each image
         tc_gemm_epilogue<S>(RowMajorStore<storage_t, PhaseRows>{dx, nullptr, M, C, 0,
-                                                                PhaseRows{rows.size * cols.size, cols.size, H, W, sh,
-                                                                          sw, rows.r, cols.r}},
+                                                                PhaseRows{PhasePixel{rows.size * cols.size, cols.size, W,
+                                                                                     sh, sw, rows.r, cols.r}, H}},
                             m0, n0, acc);
 }
 
