@@ -31,13 +31,13 @@
 // tests/test_nvrtc.py holds every figure to ptxas's report): registers / static shared memory
 // in bytes / bytes spilled (stores + loads); the GEMMs trap in float32 and float64 (gemm_tc_nn in TF32 too).
 //   ptxas 13.0  f32          f64          bf16         f16          tf32
-//   gemm_tc_nt  4/0/0        4/0/0        72/24576/0   77/24576/0   78/24576/0
-//   gemm_tc_nn  4/0/0        4/0/0        80/24576/0   80/24576/0   4/0/0
+//   gemm_tc_nt  4/0/0        4/0/0        72/24576/0   80/24576/0   79/24576/0
+//   gemm_tc_nn  4/0/0        4/0/0        72/24576/0   72/24576/0   4/0/0
 //
 // The sm_75 build (a T4: float16 alone, each m16n8k16 two m16n8k8, cp.async synchronous copies):
 //   ptxas 13.0 sm_75  f16
-//   gemm_tc_nt        97/24576/0
-//   gemm_tc_nn        99/24576/0
+//   gemm_tc_nt        98/24576/0
+//   gemm_tc_nn        98/24576/0
 
 // The kernel body on the 64x64 tile: LoaderB and FragB fix B's layout.
 typedef TcTile64 GemmTile;
@@ -60,8 +60,10 @@ __device__ void gemm_tc_body(const storage_t* A, const storage_t* B, const stora
                             : LoaderB((const unsigned char*)(B + (index_t)n0 * K), kbytes, N - n0, kbytes);
     float acc[S::MI][S::NI][4] = {};
     const int ktiles = (kbytes + TC_KBYTES - 1) / TC_KBYTES;
-    // aligned operands: the loop with only 16-byte copies (TF32 rounded in the stage)
-    if (vec_a == 16 && vec_b == 16)
+    // aligned operands: the loop with only 16-byte copies (TF32 rounded in the stage). (K = 0: no
+    // loop. The guard also keeps the loops' invariants out of them, as in conv2d_tc.cu's forward.)
+    if (ktiles <= 0) {
+    } else if (vec_a == 16 && vec_b == 16)
         tc_gemm_mainloop<S, StageRounded<TensorCoreOp<storage_t> >, FragA<S>, FragB>(la, lb, ktiles, 16, 16, As, Bs,
                                                                                       acc);
     else  // narrower copies are not whole pieces of one thread's: TF32 rounded in the fragments
