@@ -190,7 +190,7 @@ def assert_rounded_once(name, got, want, dtype):
 
 
 # (x's H x W, (FH, FW), stride, padding): the data gradient's phases of the strides, each of its
-# own rows and taps (kernels/conv2d_tc.cu's TapPhase)
+# own rows and taps (kernels/common.cuh's StridePhase)
 PHASE_CASES = [((7, 7), (3, 3), (1, 2), (1, 1)),   # a unit stride in one direction only
                ((7, 7), (3, 3), (2, 1), (1, 1)),
                ((8, 8), (3, 3), (2, 2), (1, 1)),   # ResNet's downsampling 3x3 (floored: a padding row unread)
@@ -285,7 +285,7 @@ _AXES = [(e, f, s, p) for e in range(1, 8) for f in range(1, 6) for s in range(1
 
 def test_every_small_geometry_gives_every_input_pixel_exactly_its_taps(target):
     """Each of _AXES's geometries as the rows, paired with another as the columns (asymmetric
-    strides, filters and paddings): the data gradient's phases (TapPhase) and the filter's phase
+    strides, filters and paddings): the data gradient's phases (StridePhase) and the filter's phase
     order (phase_order) give the float64 definition's dx rounded once (small integers: every partial
     sum exact), one launch of a phase per grid.z. (The phases are the tiles' common part:
     test_strided_data_gradient_phases_give_every_input_pixel_its_taps runs each tile.)"""

@@ -156,7 +156,7 @@ def test_conv2d_forward_no_bias_and_fused_relu(variant):
 
 
 # (N, C, H, W), (K, FH, FW), stride, padding: the tiled data gradient's phases of the strides
-# (kernels/conv2d.cu's DataPhase), each of its own rows and taps; sizes floored as PyTorch floors them
+# (kernels/common.cuh's StridePhase), each of its own rows and taps; sizes floored as PyTorch floors them
 PHASE_CASES = [
     ((2, 3, 8, 8), (5, 3, 3), (2, 2), (1, 1)),      # ResNet's downsampling 3x3 (a padding row unread)
     ((1, 3, 9, 7), (4, 3, 3), (2, 2), (0, 1)),      # odd sizes: the first phase a row longer than the second

@@ -269,7 +269,7 @@ def _backward_data_cuda_cores(dy, w, x_shape, stride, padding, tf32, target, var
 
 
 def _backward_data_plan(x_shape, w_shape, stride, padding, target, device, var):
-    """The tiled kernels run a GEMM per phase of the strides (kernels/conv2d.cu's DataPhase): a
+    """The tiled kernels run a GEMM per phase of the strides (kernels/common.cuh's StridePhase): a
     grid.z per phase, the rows of the largest (the first: ceil(H / sh) x ceil(W / sw) pixels an
     image), and the FastDiv pairs by a phase's tap counts, ceil(F / s) and floor(F / s) a side."""
     n, c, h, wd, k, fh, fw, oh, ow = _dims(x_shape, w_shape, stride, padding)

@@ -436,7 +436,7 @@ def _backward_data_plan(dy_shape, w_shape, x_shape, dtype, tf32, stride, padding
 @functools.lru_cache(maxsize=256)
 def phase_order(fh, fw, sh, sw):
     """The data gradient's filter taps (index ``fh * FW + fw``) in the order its kernels read them
-    (kernels/conv2d_tc.cu's TapPhase): by the strides' phase (``fh % sh``, ``fw % sw``), then
+    (kernels/common.cuh's StridePhase): by the strides' phase (``fh % sh``, ``fw % sw``), then
     ``fh // sh``, ``fw // sw``, so that each phase's taps are one run; None where that is their
     own order (a unit stride, or a filter no larger than the stride: a tap per phase at most)."""
     order = sorted(range(fh * fw), key=lambda t: (t // fw % sh, t % fw % sw, t // fw // sh, t % fw // sw))
