@@ -155,7 +155,7 @@ def require_cupy():
 
 
 def _device_from_env() -> Device:
-    spec = os.environ.get("GPUCONV_DEVICE", "cpu")
+    spec = os.environ.get("GPUCONV_DEVICE") or "cpu"  # (set but empty reads as unset, as gpuconv's command reads it)
     try:
         return Device(spec)
     except ValueError as exc:
@@ -173,6 +173,10 @@ def get_default_device() -> Device:
     dev = _default_device.get()
     if dev is None:
         dev = _device_from_env()
+        if dev.is_cuda and not cuda_available():  # the variable is what to change, not a device= argument
+            raise RuntimeError(f"environment variable GPUCONV_DEVICE={os.environ.get('GPUCONV_DEVICE')} makes "
+                               f"{dev} the default device, but {cuda_status()}. Set GPUCONV_DEVICE=cpu (NumPy) or "
+                               "GPUCONV_DEVICE=sim (kernels on the host simulator), or unset it")
         _make_current(dev)
         _default_device.set(dev)
     return dev

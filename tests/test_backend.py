@@ -299,7 +299,7 @@ def test_default_device_restored_after_an_exception():
     assert B.get_default_device() == before
 
 
-@pytest.mark.parametrize("env, kind", [(None, "cpu"), ("sim", "sim"), ("cpu", "cpu")])
+@pytest.mark.parametrize("env, kind", [(None, "cpu"), ("", "cpu"), ("sim", "sim"), ("cpu", "cpu")])
 def test_default_device_from_environment(monkeypatch, env, kind):
     if env is None:
         monkeypatch.delenv("GPUCONV_DEVICE", raising=False)
@@ -311,6 +311,17 @@ def test_default_device_from_environment(monkeypatch, env, kind):
 def test_bad_environment_variable_is_named(monkeypatch):
     monkeypatch.setenv("GPUCONV_DEVICE", "gpu0")
     with pytest.raises(ValueError, match=r"environment variable GPUCONV_DEVICE: device 'gpu0' is not understood"):
+        fresh(B.get_default_device)
+
+
+def test_a_gpu_named_by_the_environment_without_one_names_the_variable(monkeypatch):
+    """GPUCONV_DEVICE=cuda on a machine without a usable GPU: the error says to change the variable
+    (no device= argument was given that could be changed)."""
+    monkeypatch.setattr(B, "cuda_available", lambda: False)
+    monkeypatch.setattr(B, "cuda_status", lambda: "no NVIDIA GPU driver found")
+    monkeypatch.setenv("GPUCONV_DEVICE", "cuda:1")
+    with pytest.raises(RuntimeError, match=r"GPUCONV_DEVICE=cuda:1 makes cuda:1 the default device, but no NVIDIA "
+                                           r"GPU driver found\. Set GPUCONV_DEVICE=cpu .* or unset it"):
         fresh(B.get_default_device)
 
 
