@@ -1044,6 +1044,20 @@ def test_info_reports_versions_cuda_and_telemetry(capsys):
     assert "'auto' means" in out
 
 
+def test_info_works_when_gpuconv_device_names_no_usable_device(capsys, monkeypatch):
+    """`gpuconv info`, the command that says why CUDA is not usable, failed with that reason when
+    $GPUCONV_DEVICE asked for a GPU (or named no device): it reports the variable instead."""
+    import contextvars
+
+    from gpuconv import backend
+    monkeypatch.setattr(backend, "cuda_available", lambda: False)
+    for value, says in (("cuda", "GPUCONV_DEVICE=cuda makes cuda:0 the default device, but"),
+                        ("tpu", "GPUCONV_DEVICE: device 'tpu' is not understood")):
+        monkeypatch.setenv("GPUCONV_DEVICE", value)
+        rc, out, err = contextvars.Context().run(run, ["info"], capsys)  # (the default device unset, as in a new process)
+        assert rc == 0 and f"; no default: environment variable {says}" in out, (out, err)
+
+
 def test_info_names_where_it_looked_for_the_data(capsys, monkeypatch, tmp_path):
     """With $GPUCONV_DATA set to a place without the data, info said "none found yet ...; set
     GPUCONV_DATA", as if it were not set; it names the place searched."""

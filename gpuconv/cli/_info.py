@@ -50,8 +50,11 @@ def info_lines() -> list[str]:
     except CompileError as exc:
         cxx, sim = None, f"not usable - {exc}"
     lines.append(f"sim (CUDA kernels on the host simulator): {sim}")
-    lines.append(f"devices: cpu{', sim' if cxx else ''}{', cuda' if backend.cuda_available() else ''}; default "
-                 f"{backend.get_default_device()} (GPUCONV_DEVICE={os.environ.get('GPUCONV_DEVICE', 'unset')}); "
+    try:
+        default = f"default {backend.get_default_device()} (GPUCONV_DEVICE={os.environ.get('GPUCONV_DEVICE', 'unset')})"
+    except (RuntimeError, ValueError) as exc:  # $GPUCONV_DEVICE names no device usable here: info says why, not fails
+        default = f"no default: {exc}"
+    lines.append(f"devices: cpu{', sim' if cxx else ''}{', cuda' if backend.cuda_available() else ''}; {default}; "
                  f"'auto' means {backend.Device('auto')}")
     from ..amp import resolve_precision
     lines.append(f"precision 'auto' (the speed recipes' default) means {resolve_precision('auto', 'auto')} on "
