@@ -761,7 +761,10 @@ def test_bad_values_get_clear_errors(tmp_path, capsys):
     from gpuconv import backend
     if not backend.cuda_available():
         rc, _, err = run(["train", "--device", "cuda", "--data", SUBSET, "--out", tmp_path], capsys)
-        assert rc == 1 and "CUDA" in err and "device='cpu'" in err
+        # (in the command line's words: --device cpu, not the API's device='cpu')
+        assert rc == 1 and "--device cuda asks for a GPU, but" in err and "Use --device cpu (NumPy), --device sim" in err
+        rc, _, err = run(["predict", "--device", "cuda:1", "--checkpoint", tmp_path / "nope.npz", "x.png"], capsys)
+        assert rc == 1 and "--device cuda:1 asks for a GPU, but" in err and "Use --device cpu" in err
         if backend.cupy_module() is None:  # installed without a CUDA extra: that is the reason given
             assert "cupy is not importable" in err
         elif not backend._driver_installed():

@@ -89,6 +89,19 @@ def _device(text):
     return text
 
 
+def command_device(text):
+    """``--device``'s value as a Device; a GPU asked for where none is usable is a RuntimeError in the
+    command line's words (``--device cpu``, not the API's ``device='cpu'``)."""
+    from .. import backend
+    device = backend.Device(text)
+    if device.is_cuda and not backend.cuda_available():
+        where = " (from $GPUCONV_DEVICE, the default of --device)" if text == os.environ.get("GPUCONV_DEVICE") else ""
+        raise RuntimeError(f"--device {text}{where} asks for a GPU, but {backend.cuda_status()}. Use --device cpu "
+                           "(NumPy), --device sim (the CUDA kernels on the host simulator) or --device auto (a GPU "
+                           "when one is usable, else the CPU)")
+    return device
+
+
 def _arch(text):
     """An argparse type: an NVRTC target, sm_NN or compute_NN (sm_90a: Hopper's arch-specific one)."""
     from .. import kernels

@@ -7,14 +7,14 @@ from pathlib import Path
 import numpy as np
 
 from ..recipes import get_recipe
-from . import _evaluate, _models, _output
+from . import _evaluate, _models, _output, _parser
 
 
 def cmd_predict(args) -> int:
     from .. import backend
     from ..amp import resolve_precision
     from ..inference import load_images, load_model
-    device = backend.Device(args.device)
+    device = _parser.command_device(args.device)
     precision = None if args.precision is None else resolve_precision(args.precision, device)
     with backend.default_device(device):
         model = load_model(args.checkpoint)

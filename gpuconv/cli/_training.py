@@ -9,7 +9,7 @@ from .._console import command_line
 from .._files import directory_lock
 from ..data.augment import CIFAR10_MEAN, CIFAR10_STD
 from ..recipes import DEFAULTS, get_recipe
-from . import _evaluate, _info, _models, _output, _predict, _splits
+from . import _evaluate, _info, _models, _output, _parser, _predict, _splits
 
 
 # Settings a resumed run takes from its checkpoint unless given again on the command line.
@@ -172,12 +172,10 @@ def _train(args) -> int:
     from ..data import DeviceLoader
     from ..trainer import Trainer, TrainingDiverged, TrainingInterrupted, GPUOutOfMemory
 
-    device = backend.Device(args.device)
+    device = _parser.command_device(args.device)
     stored = _stored_config(args)
     s = _settings(args, device, stored)
     kernels.check_environment(autotune=s["autotune"] == "auto")  # a typo there fails now, not after the data loads
-    if device.is_cuda:
-        backend.require_cupy()
     if device.kind == "cpu":  # the NumPy path: freed arrays' memory kept for the next step (gpuconv._hostmem)
         from .._hostmem import keep_freed_memory
         keep_freed_memory()
