@@ -755,6 +755,11 @@ def test_bad_values_get_clear_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main(["train", "--device", "tpu", "--data", str(SUBSET), "--out", str(tmp_path)])
     assert "device 'tpu' is not understood" in capsys.readouterr().err
+    for argv, says in ((["train", "--model", "ResNet-18"], "--model: invalid choice: 'ResNet-18'; did you mean 'resnet18'?"),
+                       (["trian"], "invalid choice: 'trian'; did you mean 'train'?")):
+        with pytest.raises(SystemExit):  # a misspelt name: the one it was probably meant as, then all of them
+            cli.main(argv)
+        assert says in capsys.readouterr().err
     with pytest.raises(SystemExit):  # the README's [--resume|--resume-if-exists]: both silently started anew
         cli.main(["train", "--resume", "--resume-if-exists", "--data", str(SUBSET), "--out", str(tmp_path)])
     assert "--resume-if-exists: not allowed with argument --resume" in capsys.readouterr().err

@@ -3,6 +3,7 @@ data loads, naming the value and the rule."""
 from __future__ import annotations
 
 import argparse
+import difflib
 import math
 import os
 
@@ -141,9 +142,24 @@ def _val_split(text):
     return text
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, whose 'invalid choice' error names the choice a typo was probably meant
+    as (``--model resnet-18``, ``--model ResNet18``: 'resnet18'; ``gpuconv trian``: 'train') before the
+    list of all of them. Its subcommands' parsers are of this class too."""
+
+    def _check_value(self, action, value):
+        if action.choices is not None and value not in action.choices and isinstance(value, str):
+            names = [str(c) for c in action.choices]
+            close = difflib.get_close_matches(value.lower(), names, n=1, cutoff=0.6)
+            if close:
+                raise argparse.ArgumentError(action, f"invalid choice: {value!r}; did you mean {close[0]!r}? "
+                                                     f"(choose from {', '.join(map(repr, names))})")
+        super()._check_value(action, value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
-    p = argparse.ArgumentParser(prog="gpuconv", description="Convolutional networks on NumPy and CuPy.")
+    p = _Parser(prog="gpuconv", description="Convolutional networks on NumPy and CuPy.")
     p.add_argument("--version", action="version", version=f"gpuconv {__version__}")
     sub = p.add_subparsers(dest="command", metavar="{train,evaluate,predict,summary,info,precompile,bench}")
     sub.required = True
