@@ -1166,6 +1166,8 @@ def test_bench_dispatches_to_a_checkout_script(tmp_path, monkeypatch, capsys):
     if not backend.cuda_available():
         rc, _, _ = run(["bench"], capsys)  # the default without a GPU: bench_cpu, no arguments
         assert rc == 0 and json.loads((bench / "argv.json").read_text()) == []
+        rc, _, _ = run(["bench", "--quick", "--only", "conv"], capsys)  # the default's options, its name left out
+        assert rc == 0 and json.loads((bench / "argv.json").read_text()) == ["--quick", "--only", "conv"]
     rc, _, err = run(["bench", "nope"], capsys)
     assert rc == 2 and "available: cpu" in err
     monkeypatch.setattr(cli, "benchmarks_dir", lambda: None)

@@ -292,7 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="run a benchmark script of a source checkout (benchmarks/)")
     b.add_argument("name", nargs="?", default=None, help="bench_<name>.py (default: cpu, or conv2d on a GPU)")
-    b.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the script")
+    b.add_argument("args", nargs=argparse.REMAINDER,
+                   help="arguments passed to the script (`gpuconv bench --quick`: to the default one)")
     for command in sub._choices_actions:  # a command's own --help says what it does, as `gpuconv --help` does
         parser = sub.choices[command.dest]
         if parser.description is None:
