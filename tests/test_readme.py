@@ -135,6 +135,11 @@ def test_readme_synopsis_shows_the_flags_and_choices_the_command_line_has():
     for name in full:
         flags = {s for a in subparsers[name]._actions for s in a.option_strings if s.startswith("--")} - {"--help"}
         assert flags <= shown[name], f"the README's synopsis of `gpuconv {name}` lacks {sorted(flags - shown[name])}"
+    # `[--recipe NAME]` lists no names: the section names each recipe that is not a model's (airbench94_muon, ...)
+    section = (REPO / "README.md").read_text().split("## The command line", 1)[1].split("\n## ", 1)[0]
+    choices = {a.dest: a.choices for a in subparsers["train"]._actions}
+    untold = [r for r in choices["recipe"] if r not in choices["model"] and not re.search(rf"`(--recipe )?{r}`", section)]
+    assert not untold, f"the README's command-line section does not name the recipes {untold}"
 
 
 def test_make_install_with_other_extras_replaces_the_installed_ones(tmp_path):
