@@ -832,6 +832,52 @@ def test_bad_inputs_raise_the_ops_errors():
         C.Solver(model, {k: v for k, v in data.items() if k != "X_val"})
 
 
+
+def test_bad_arguments_are_named_before_any_work():
+    """A list, a scalar or an array of the wrong rank where a layer takes an array, a gamma or a
+    dout of another layer's shape, a string where a parameter dict holds a number, and a cache of
+    another layer are TypeErrors or ValueErrors naming the argument and the fix, raised before any
+    shape or dtype of it is read (not an IndexError, an AttributeError or NumPy's broadcast error
+    from inside the arithmetic)."""
+    x, w, b = randn(2, 3, 4, 4), randn(2, 3, 3, 3), randn(2)
+    pool, conv = {"pool_height": 2, "pool_width": 2, "stride": 2}, {"stride": 1, "pad": 1}
+    list_x = r"x must be a NumPy \(or CuPy\) array, got list: wrap it first, e.g. np.asarray\(x, dtype=np.float64\)"
+    for call in (lambda: C.relu_forward(x.tolist()), lambda: C.max_pool_forward_fast(x.tolist(), pool),
+                 lambda: C.affine_forward(x.tolist(), randn(48, 2), b), lambda: C.dropout_forward(
+                     x.tolist(), {"p": 0.5, "mode": "train"}), lambda: C.layernorm_forward([[1.0]], np.ones(1),
+                                                                                        np.zeros(1), {})):
+        with pytest.raises(TypeError, match=list_x):
+            call()
+    with pytest.raises(TypeError, match=r"^the CS231n functions take NumPy \(or CuPy\) arrays, got list"):
+        C.conv_forward_naive(x, w.tolist(), b, conv)
+    for pool_forward in (C.max_pool_forward_fast, C.max_pool_forward_reshape):
+        with pytest.raises(ValueError, match=r"x must have 4 dimensions \(N, C, H, W\), got shape \(3, 4, 4\)"):
+            pool_forward(x[0], pool)
+    with pytest.raises(ValueError, match=r"x must be 4-D \(N, C, H, W\) for spatial_batchnorm_forward, got shape "
+                                         r"\(2, 3\): use batchnorm_forward"):
+        C.spatial_batchnorm_forward(randn(2, 3), np.ones(3), np.zeros(3), {"mode": "train"})
+    with pytest.raises(ValueError, match=r"beta must hold one value per feature of x, shape \(3,\) or \(1, 3\)"):
+        C.layernorm_forward(randn(2, 3), np.ones(3), np.zeros(2), {})
+    _, ln_cache = C.layernorm_forward(randn(2, 3), np.ones(3), np.zeros(3), {})
+    with pytest.raises(ValueError, match=r"dout must have shape \(2, 3\) \(the forward output's\), got \(2, 2\)"):
+        C.layernorm_backward(randn(2, 2), ln_cache)
+    _, drop_cache = C.dropout_forward(x, {"p": 0.5, "mode": "train", "seed": 0})
+    with pytest.raises(ValueError, match=r"dout must have shape \(2, 3, 4, 4\) \(the forward output's\)"):
+        C.dropout_backward(x[:, :2], drop_cache)
+    with pytest.raises(TypeError, match=r"bn_param\['momentum'\] must be a number, got '0.9'"):
+        C.batchnorm_forward(randn(4, 3), np.ones(3), np.zeros(3), {"mode": "train", "momentum": "0.9"})
+    with pytest.raises(TypeError, match=r"dropout_param\['p'\] must be a number, got '0.5'"):
+        C.dropout_forward(x, {"p": "0.5", "mode": "train"})
+    with pytest.raises(TypeError, match=r"cache must be what conv_forward_naive returned as its second value, "
+                                        r"\(x, w, b, conv_param\), got a 2-tuple"):
+        C.conv_backward_naive(randn(2, 2, 4, 4), (x, w))
+    with pytest.raises(TypeError, match=r"cache must be what max_pool_forward_fast returned .*, got NoneType"):
+        C.max_pool_backward_fast(randn(2, 3, 2, 2), None)
+    with pytest.raises(TypeError, match=r"cache must be what relu_forward returned .* its input x \(an array\)"):
+        C.relu_backward(x, (x,))
+    with pytest.raises(ValueError, match=r"x has no rows \(N = 0\)"):
+        C.svm_loss(randn(0, 4), np.zeros(0, int))
+
 def _tiny_model_and_data():
     model = C.ThreeLayerConvNet(input_dim=(3, 8, 8), num_filters=2, filter_size=3, hidden_dim=4)
     return model, {"X_train": randn(4, 3, 8, 8), "y_train": np.zeros(4, int), "X_val": randn(2, 3, 8, 8),

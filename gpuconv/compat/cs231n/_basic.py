@@ -17,7 +17,8 @@ import numpy as np
 from ... import ops
 from ...backend import get_array_module
 from ...ops._checks import remember, signature
-from ._call import Cache, Call, backward_call, cast_all, plain_backward, plain_dtype
+from ._call import (Cache, Call, backward_call, cache_items, cast_all, check_arrays, is_array, plain_backward,
+                    plain_dtype)
 
 
 def param(params, key, dict_name, example):
@@ -54,7 +55,7 @@ def affine_backward(dout, cache):
     if oc is not None:
         dx, dw_t, db = ops.linear_backward(dout, oc)
         return dx, dw_t.T, db
-    x, w, b = cache[:3]
+    x, w, b = cache_items(cache, "affine_forward", "x, w, b")[:3]
     c, oc = backward_call(dout, cache, lambda dt: affine_forward(*cast_all(dt, x, w, b))[1])
     with c:
         dx, dw_t, db = ops.linear_backward(c.arg(dout), oc)
@@ -78,6 +79,7 @@ def _check_affine(x, w, b=None):
 
 
 def _check_affine_shapes(x, w, b):
+    check_arrays(x=x, w=w, b=b)
     if getattr(w, "ndim", None) != 2:
         raise ValueError(f"w must be 2-D (D, M) as in CS231n's affine_forward, got shape "
                          f"{getattr(w, 'shape', type(w).__name__)}")
@@ -93,6 +95,8 @@ def _check_affine_shapes(x, w, b):
 
 def relu_forward(x):
     """``out = max(x, 0)``; cache ``x``. Integer arrays stay integer, as in NumPy."""
+    if type(x) is not np.ndarray:
+        check_arrays(x=x)
     if x.dtype.kind in "biu":
         return get_array_module(x).maximum(x, 0), x
     if plain_dtype(x) is not None:
@@ -105,6 +109,11 @@ def relu_forward(x):
 def relu_backward(dout, cache):
     """``dx = dout * (x > 0)`` with ``cache = x``."""
     x = cache.x if isinstance(cache, ops.ReluCache) else cache
+    if type(dout) is not np.ndarray or type(x) is not np.ndarray:
+        check_arrays(dout=dout)
+        if not is_array(x):  # (relu_forward's cache is its x)
+            raise TypeError(f"cache must be what relu_forward returned as its second value, its input x (an array), "
+                            f"got {type(x).__name__}: call out, cache = relu_forward(x) and pass that cache")
     if dout.dtype.kind in "biu" or x.dtype.kind in "biu":
         return dout * (x > 0)
     if plain_dtype(dout, x) is not None:
@@ -146,7 +155,7 @@ def conv_backward(dout, cache, need_dx=True):
     oc = plain_backward(dout, cache)
     if oc is not None:
         return ops.conv2d_backward(dout, oc, need_dx=need_dx)
-    x, w, b, conv_param = cache[:4]
+    x, w, b, conv_param = cache_items(cache, "conv_forward_naive", "x, w, b, conv_param")[:4]
     c, oc = backward_call(dout, cache, lambda dt: conv_forward_naive(*cast_all(dt, x, w, b), conv_param)[1])
     with c:
         dx, dw, db = ops.conv2d_backward(c.arg(dout), oc, need_dx=need_dx)
@@ -159,6 +168,8 @@ def max_pool_forward_naive(x, pool_param):
     ph = param(pool_param, "pool_height", "pool_param", _POOL_EXAMPLE)
     pw = param(pool_param, "pool_width", "pool_param", _POOL_EXAMPLE)
     stride = param(pool_param, "stride", "pool_param", _POOL_EXAMPLE)
+    if type(x) is not np.ndarray:
+        check_arrays(x=x)
     if x.dtype.kind in "biu":   # NumPy keeps integers; the maximum of integers is exact in float64
         out, cache = max_pool_forward_naive(x.astype(np.float64), pool_param)
         return out.astype(x.dtype), cache
@@ -176,7 +187,7 @@ def max_pool_backward_naive(dout, cache):
     oc = plain_backward(dout, cache)
     if oc is not None:
         return ops.max_pool2d_backward(dout, oc)
-    x, pool_param = cache[:2]
+    x, pool_param = cache_items(cache, "max_pool_forward_naive", "x, pool_param")[:2]
     c, oc = backward_call(dout, cache, lambda dt: max_pool_forward_naive(x.astype(dt, copy=False), pool_param)[1])
     with c:
         return c.out(ops.max_pool2d_backward(c.arg(dout), oc))
@@ -235,6 +246,8 @@ def _check_labels(x, y):
         raise ValueError(f"y must be a 1-D integer array of {x.shape[0]} labels (one per row of x), got "
                          f"{getattr(y, 'dtype', type(y).__name__)} of shape {getattr(y, 'shape', None)}: "
                          f"use y.astype(np.int64)")
+    if x.shape[0] == 0:  # (ops.softmax_cross_entropy's rule, for the SVM loss too)
+        raise ValueError("x has no rows (N = 0): the mean loss over an empty batch is undefined; skip the empty batch")
     if isinstance(y, np.ndarray) and y.size:
         if y.size <= 64:  # a few labels (a gradient check's): as Python ints, without two reductions
             values = y.tolist()

@@ -37,6 +37,10 @@ def promote(*items):
     else:
         if dt is not None and dt.kind == "f" and dt.isnative:
             return dt
+    for a in items:
+        if not (a is None or isinstance(a, (int, float, bool, np.dtype, type))
+                or isinstance(getattr(a, "dtype", None), np.dtype)):
+            not_an_array(a)
     dtypes = [np.dtype(a) if isinstance(a, (np.dtype, type)) else a.dtype for a in items
               if a is not None and not isinstance(a, (int, float, bool))]
     if all(d == dtypes[0] for d in dtypes) and dtypes[0].kind not in "biucOSUM":
@@ -49,6 +53,44 @@ def promote(*items):
         raise TypeError(f"the CS231n functions compute on real numbers; got arrays of dtypes "
                         f"{sorted({str(d) for d in dtypes})}: cast them with .astype(np.float64)")
     return dt
+
+
+def is_array(a) -> bool:
+    """Whether ``a`` is a NumPy or CuPy array (anything with a NumPy dtype and a shape)."""
+    return type(a) is np.ndarray or (isinstance(getattr(a, "dtype", None), np.dtype) and hasattr(a, "shape")
+                                     and not isinstance(a, np.generic))
+
+
+def check_arrays(**named):
+    """Each of ``named`` (None skipped) is an array: a list of numbers, a Python or NumPy scalar or a
+    PyTorch tensor is a TypeError naming it, before a shape or dtype of it is read."""
+    for name, a in named.items():
+        if a is not None and not is_array(a):
+            not_an_array(a, name)
+
+
+def not_an_array(a, name=None):
+    """A TypeError for ``a``, given where the CS231n functions take an array (a list of numbers, a
+    scalar, a PyTorch tensor), naming ``name`` where the caller knows it."""
+    what = f"{name} must be a NumPy (or CuPy) array" if name else "the CS231n functions take NumPy (or CuPy) arrays"
+    if hasattr(a, "detach") and hasattr(a, "cpu"):  # a torch.Tensor
+        fix = f"convert it first, e.g. {name or 'x'}.detach().cpu().numpy()"
+    else:
+        fix = f"wrap it first, e.g. np.asarray({name or 'x'}, dtype=np.float64)"
+    kind = type(a).__name__ if type(a).__module__ == "builtins" else f"{type(a).__module__}.{type(a).__name__}"
+    raise TypeError(f"{what}, got {kind}: {fix}")
+
+
+def cache_items(cache, forward, items):
+    """``cache`` (what ``forward`` returned as its second value: a tuple of ``items``, names joined
+    by ', ') as a tuple of at least that many items; else a TypeError naming what it should be (a
+    backward given another layer's cache, or None, would fail inside, unpacking it)."""
+    n = items.count(",") + 1
+    if not isinstance(cache, tuple) or len(cache) < n:
+        got = f"a {len(cache)}-tuple" if isinstance(cache, tuple) else type(cache).__name__
+        raise TypeError(f"cache must be what {forward} returned as its second value, ({items}), got {got}: "
+                        f"call out, cache = {forward}(...) and pass that cache")
+    return cache
 
 
 class Call:

@@ -18,6 +18,8 @@ a unit (2018 on) or of DROPPING it (2016 and 2017); see :func:`dropout_forward` 
 """
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from ... import ops
@@ -25,7 +27,8 @@ from ...backend import device_of, get_array_module, is_cupy_array, to_device
 from ...ops.dropout import keep_bits
 from ...precision import compute_dtype, round_once
 from ._basic import param
-from ._call import Cache, backward_call, open_backward, open_call
+from ...ops._checks import check_shape
+from ._call import Cache, backward_call, cache_items, check_arrays, is_array, open_backward, open_call
 from ._device import download
 
 
@@ -35,7 +38,8 @@ def batchnorm_forward(x, gamma, beta, bn_param):
     them alike; the gradients come back in their shape); ``bn_param``: ``'mode'`` ('train'|'test'),
     ``'eps'`` (1e-5), ``'momentum'`` (0.9), ``'running_mean'`` / ``'running_var'`` (D,) (zeros at
     first; updated in the dict in train mode). Returns ``out, cache``."""
-    if getattr(x, "ndim", None) != 2:
+    check_arrays(x=x, gamma=gamma, beta=beta)
+    if x.ndim != 2:
         raise ValueError(f"x must be 2-D (N, D) for batchnorm_forward, got shape {getattr(x, 'shape', None)}: "
                          f"use spatial_batchnorm_forward for (N, C, H, W) inputs")
     n, d = x.shape
@@ -61,9 +65,12 @@ batchnorm_backward_alt = batchnorm_backward
 def spatial_batchnorm_forward(x, gamma, beta, bn_param):
     """Batch normalization of x (N, C, H, W) per channel, gamma and beta (C,) or (1, C, 1, 1) (the
     gradients come back in their shape), with ``bn_param`` as in batchnorm_forward."""
-    if getattr(x, "ndim", None) == 4:
-        ch = x.shape[1]
-        _check_per_channel(gamma, beta, ch, ((ch,), (1, ch, 1, 1)), "channel", "C")
+    check_arrays(x=x, gamma=gamma, beta=beta)
+    if x.ndim != 4:
+        raise ValueError(f"x must be 4-D (N, C, H, W) for spatial_batchnorm_forward, got shape {tuple(x.shape)}"
+                         + (": use batchnorm_forward for (N, D) inputs" if x.ndim == 2 else ""))
+    ch = x.shape[1]
+    _check_per_channel(gamma, beta, ch, ((ch,), (1, ch, 1, 1)), "channel", "C")
     with open_call(x, gamma, beta) as c:
         out, oc = _batchnorm(c, c.arg(x), gamma, beta, bn_param)
         return c.out(out), c.cache((x, gamma, beta), oc)
@@ -122,8 +129,8 @@ def _batchnorm(c, x4, gamma, beta, bn_param):
     mode = param(bn_param, "mode", "bn_param", "{'mode': 'train'}")
     if mode not in ("train", "test"):
         raise ValueError(f"bn_param['mode'] must be 'train' or 'test', got {mode!r}")
-    eps = bn_param.get("eps", 1e-5)
-    momentum = bn_param.get("momentum", 0.9)
+    eps = _number(bn_param, "eps", 1e-5, "bn_param")
+    momentum = _number(bn_param, "momentum", 0.9, "bn_param")
     channels = x4.shape[1]
     xp = get_array_module(x4)
     # bn_param's running statistics stay where the caller's arrays are: on the host whenever the
@@ -178,6 +185,23 @@ def _batchnorm(c, x4, gamma, beta, bn_param):
     return out, oc
 
 
+def _number(params, key, default, dict_name):
+    """``params[key]`` (``default`` where it has none; None: the key is required), a real number:
+    a string read from a config would fail later inside the arithmetic."""
+    v = param(params, key, dict_name, "{'p': 0.5, 'mode': 'train'}") if default is None else params.get(key, default)
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{dict_name}[{key!r}] must be a number, got {v!r}"
+                        + (f" (the default is {default})" if default is not None else ""))
+    return v
+
+
+def _check_dout(dout, like):
+    """``dout`` has the shape of the forward's output (that of ``like``, the forward's input or
+    mask): a gradient of another layer's output would broadcast, or fail deep in the arithmetic."""
+    check_arrays(dout=dout)
+    check_shape("dout", dout, like.shape, "the forward output's")
+
+
 def _per_channel(a, channels, dtype):
     """A per-channel array as the op takes it: (channels,) in ``dtype``."""
     return round_once(a if a.ndim == 1 else a.reshape(channels), dtype)
@@ -188,9 +212,15 @@ def layernorm_forward(x, gamma, beta, ln_param):
     """Layer normalization of x (N, D) per example: ``gamma * (x - mean) / sqrt(var + eps) + beta``
     with each row's mean and (biased) variance; gamma, beta (D,); ``ln_param['eps']`` (1e-5).
     Returns ``out, cache``; train and test mode are the same computation."""
-    if getattr(x, "ndim", None) != 2:
-        raise ValueError(f"x must be 2-D (N, D) for layernorm_forward, got shape {getattr(x, 'shape', None)}")
-    eps = ln_param.get("eps", 1e-5) if isinstance(ln_param, dict) else 1e-5
+    check_arrays(x=x, gamma=gamma, beta=beta)
+    if x.ndim != 2:
+        raise ValueError(f"x must be 2-D (N, D) for layernorm_forward, got shape {tuple(x.shape)}")
+    d = x.shape[1]
+    for name, a in (("gamma", gamma), ("beta", beta)):
+        if tuple(a.shape) not in ((d,), (1, d)):
+            raise ValueError(f"{name} must hold one value per feature of x, shape ({d},) or (1, {d}) (D={d}), got "
+                             f"{tuple(a.shape)}")
+    eps = _number(ln_param, "eps", 1e-5, "ln_param") if isinstance(ln_param, dict) else 1e-5
     with open_call(x, gamma, beta) as c:
         g, b = c.param(gamma), c.param(beta)
         xhat, inv = _normalize_rows(c.arg(x), eps)
@@ -200,6 +230,7 @@ def layernorm_forward(x, gamma, beta, ln_param):
 def layernorm_backward(dout, cache):
     """``dx, dgamma, dbeta`` for ``layernorm_forward``."""
     _forward_cache(cache, "layernorm_forward")
+    _check_dout(dout, cache[0])
     with open_backward(dout, cache) as c:
         xhat, inv, g = cache.ops
         d = c.arg(dout)
@@ -214,7 +245,8 @@ def spatial_groupnorm_forward(x, gamma, beta, G, gn_param):
     each group normalized over its channels and pixels, then ``gamma * xhat + beta`` per channel.
     gamma, beta of shape (C,) or (1, C, 1, 1) (gradients come back in the same shape);
     ``gn_param['eps']`` (1e-5). Returns ``out, cache``."""
-    if getattr(x, "ndim", None) != 4:
+    check_arrays(x=x, gamma=gamma, beta=beta)
+    if x.ndim != 4:
         raise ValueError(f"x must be 4-D (N, C, H, W) for spatial_groupnorm_forward, got shape "
                          f"{getattr(x, 'shape', None)}")
     n, ch, h, w = x.shape
@@ -224,7 +256,7 @@ def spatial_groupnorm_forward(x, gamma, beta, G, gn_param):
         if getattr(a, "size", None) != ch:
             raise ValueError(f"{name} must hold one value per channel, shape (C,) or (1, C, 1, 1) with C={ch}; "
                              f"got shape {getattr(a, 'shape', None)}")
-    eps = gn_param.get("eps", 1e-5) if isinstance(gn_param, dict) else 1e-5
+    eps = _number(gn_param, "eps", 1e-5, "gn_param") if isinstance(gn_param, dict) else 1e-5
     with open_call(x, gamma, beta) as c:
         g, b = c.param(gamma).reshape(1, ch, 1, 1), c.param(beta).reshape(1, ch, 1, 1)
         xhat, inv = _normalize_rows(c.arg(x).reshape(n * G, -1), eps)
@@ -236,6 +268,7 @@ def spatial_groupnorm_backward(dout, cache):
     """``dx, dgamma, dbeta`` for ``spatial_groupnorm_forward``; dgamma, dbeta in gamma's shape."""
     _forward_cache(cache, "spatial_groupnorm_forward")
     x, gamma, beta, G = cache[:4]
+    _check_dout(dout, x)
     n, ch, h, w = x.shape
     with open_backward(dout, cache) as c:
         xhat, inv, g = cache.ops
@@ -278,8 +311,9 @@ def dropout_forward_2017(x, dropout_param):
 
 def _dropout(x, dropout_param, drop):
     example = "{'p': 0.5, 'mode': 'train'}"
-    p = param(dropout_param, "p", "dropout_param", example)
+    p = _number(dropout_param, "p", None, "dropout_param")
     mode = param(dropout_param, "mode", "dropout_param", example)
+    check_arrays(x=x)
     if mode == "test":
         return x, Cache((dropout_param, None))
     if mode != "train":
@@ -308,9 +342,13 @@ def _dropout(x, dropout_param, drop):
 def dropout_backward(dout, cache):
     """``dx`` for ``dropout_forward`` (the mask decides, not ``dropout_param['mode']``: models flip
     the mode in the same dict later)."""
-    mask = cache[1]
+    mask = cache_items(cache, "dropout_forward", "dropout_param, mask")[1]
     if mask is None:
         return dout
+    if not is_array(mask):
+        raise TypeError(f"cache must be what dropout_forward returned as its second value, (dropout_param, mask), "
+                        f"with mask an array or None, got a mask of type {type(mask).__name__}")
+    _check_dout(dout, mask)
     if isinstance(mask, np.ndarray) and not isinstance(dout, np.ndarray):
         mask = to_device(mask, device_of(dout))
     return dout * mask

@@ -16,11 +16,13 @@ cache reads them). Any backward here accepts any of these caches, ours or built 
 """
 from __future__ import annotations
 
+import numpy as np
+
 from ...backend import get_array_module
-from ...ops._checks import conv_padding, pair, same_padding_sides
+from ...ops._checks import check_rank, conv_padding, pair, same_padding_sides
 from ._basic import (_POOL_EXAMPLE, conv_backward, conv_forward_naive, max_pool_backward_naive,
                      max_pool_forward_naive, param)
-from ._call import Cache, LazyCache
+from ._call import Cache, LazyCache, cache_items, check_arrays
 
 __all__ = [
     "conv_forward_im2col", "conv_forward_strides", "conv_backward_strides", "conv_backward_im2col",
@@ -73,7 +75,7 @@ def conv_forward_im2col(x, w, b, conv_param):
 
 def conv_backward_strides(dout, cache):
     """``dx, dw, db`` for any of the convolution forwards."""
-    return conv_backward(dout, cache)
+    return conv_backward(dout, cache_items(cache, "conv_forward_fast", "x, w, b, conv_param"))
 
 
 conv_backward_im2col = conv_backward_strides
@@ -82,13 +84,21 @@ conv_backward_fast = conv_backward_strides
 
 
 def _pool_sizes(pool_param):
+    """``(pool_height, pool_width, stride)`` of ``pool_param``."""
     return tuple(param(pool_param, key, "pool_param", _POOL_EXAMPLE) for key in ("pool_height", "pool_width", "stride"))
+
+
+def _nchw(x):
+    """``x``, checked to be an (N, C, H, W) array before its sizes choose a strategy."""
+    if type(x) is not np.ndarray:
+        check_arrays(x=x)
+    return check_rank("x", x, 4, "N, C, H, W")
 
 
 def max_pool_forward_reshape(x, pool_param):
     """Max pooling with windows as wide as the stride that tile x; cache ``(x, x_reshaped, out)``."""
     ph, pw, s = _pool_sizes(pool_param)
-    n, ch, h, w = x.shape
+    n, ch, h, w = _nchw(x).shape
     if not (ph == pw == s and h % ph == 0 and w % pw == 0):
         raise ValueError(f"max_pool_forward_reshape needs square windows as wide as the stride that tile the input; "
                          f"got pool_param={pool_param} for x of shape {tuple(x.shape)}: use max_pool_forward_fast")
@@ -115,7 +125,7 @@ def _pool_cols(x, pool_param):
 
 def max_pool_backward_reshape(dout, cache):
     """``dx`` for ``max_pool_forward_reshape``."""
-    x, x_reshaped = cache[0], cache[1]
+    x, x_reshaped = cache_items(cache, "max_pool_forward_reshape", "x, x_reshaped, out")[:2]
     size = x_reshaped.shape[3]
     return max_pool_backward_naive(dout, _as_naive(cache, x, {"pool_height": size, "pool_width": size,
                                                             "stride": size}))
@@ -123,6 +133,7 @@ def max_pool_backward_reshape(dout, cache):
 
 def max_pool_backward_im2col(dout, cache):
     """``dx`` for ``max_pool_forward_im2col``."""
+    cache_items(cache, "max_pool_forward_im2col", "x, x_cols, x_cols_argmax, pool_param")
     return max_pool_backward_naive(dout, _as_naive(cache, cache[0], cache[3]))
 
 
@@ -134,7 +145,7 @@ def _as_naive(cache, x, pool_param):
 def max_pool_forward_fast(x, pool_param):
     """Max pooling, cached as ``('reshape', cache)`` or ``('im2col', cache)`` like the assignment's."""
     ph, pw, s = _pool_sizes(pool_param)
-    if ph == pw == s and x.shape[2] % ph == 0 and x.shape[3] % pw == 0:
+    if ph == pw == s and _nchw(x).shape[2] % ph == 0 and x.shape[3] % pw == 0:
         out, cache = max_pool_forward_reshape(x, pool_param)
         return out, Cache(("reshape", cache), cache.ops, cache.dtype, cache.device)
     out, cache = max_pool_forward_im2col(x, pool_param)
@@ -143,7 +154,7 @@ def max_pool_forward_fast(x, pool_param):
 
 def max_pool_backward_fast(dout, cache):
     """``dx`` for ``max_pool_forward_fast``."""
-    method, real_cache = cache
+    method, real_cache = cache_items(cache, "max_pool_forward_fast", "method, cache")[:2]
     if method == "reshape":
         return max_pool_backward_reshape(dout, real_cache)
     if method == "im2col":
