@@ -2546,6 +2546,9 @@ def test_a_config_with_arguments_the_constructor_does_not_take_says_a_newer_gpuc
     with pytest.raises(ValueError, match=r"seed_net\(\) the argument\(s\) head_std, whiten_bias.*newer gpuconv"):
         models.from_config(config)
     assert isinstance(models.from_config({"constructor": "seed_net", "kwargs": {"seed": 0}}), Sequential)
+    # a network's name where the config belongs: named, with the call that builds it
+    with pytest.raises(TypeError, match=r"config must be a dict .*got str 'seed_net'; .*gpuconv\.models\.seed_net\(\)"):
+        models.from_config("seed_net")
 
 
 def test_the_state_dict_keys_the_readme_names_are_the_models():

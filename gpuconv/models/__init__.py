@@ -85,6 +85,11 @@ __all__ = ["seed_net", "three_layer_convnet", "fast_net", "resnet18", "resnet34"
 def from_config(config):
     """The model a checkpoint's ``meta/config`` describes: ``config['constructor']`` (a function of
     this module) called with ``config['kwargs']``, as ``gpuconv train`` records them."""
+    if not isinstance(config, dict):
+        fix = (f"; to build a network by name, call its constructor, e.g. gpuconv.models.{config}()"
+               if isinstance(config, str) and not config.startswith("_") and callable(globals().get(config)) else "")
+        raise TypeError(f"config must be a dict {{'constructor': name, 'kwargs': {{...}}}}, as a checkpoint's "
+                        f"meta/config records it, got {type(config).__name__} {config!r}{fix}")
     name = config.get("constructor")
     fn = globals().get(name) if isinstance(name, str) and not name.startswith("_") else None
     if not callable(fn):
