@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import math
+import pathlib
 import pickle
 import re
 
@@ -933,6 +934,22 @@ def test_load_state_dict_errors_leave_the_model_unchanged():
     np.testing.assert_array_equal(net.state_dict()["0.weight"], other["0.weight"])
     with pytest.raises(TypeError, match="mapping"):
         net.load_state_dict([1, 2])
+
+
+def test_load_state_dict_names_a_checkpoint_given_for_a_state_dict():
+    """A checkpoint's path, a whole checkpoint's arrays (the model's under 'model/') or a state dict
+    whose keys carry a prefix (a DataParallel model's 'module.') are not another architecture: the
+    error says what was given and how to take the model's keys out of it."""
+    net = _small_net()
+    with pytest.raises(TypeError, match=r"got PosixPath \(a checkpoint file's path: gpuconv\.load_model\(path\)\.net"):
+        net.load_state_dict(pathlib.Path("run/checkpoint.npz"))
+    whole = {f"model/{k}": v for k, v in net.state_dict().items()} | {"meta/step": np.array(3)}
+    with pytest.raises(StateDictKeyError, match=r"prefix 'model/' \(the arrays of a whole gpuconv checkpoint: .*\): "
+                                                 r"pass \{k\[6:\]: v for k, v in state.items\(\) if k.startswith"):
+        net.load_state_dict(whole)
+    with pytest.raises(StateDictKeyError, match=r"prefix 'module\.': pass \{k\[7:\]: v for k, v in state.items"):
+        net.load_state_dict({f"module.{k}": v for k, v in net.state_dict().items()})
+    assert net.load_state_dict({k[6:]: v for k, v in whole.items() if k.startswith("model/")}).missing_keys == []
 
 
 def test_custom_layer_plugs_in():

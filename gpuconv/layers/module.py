@@ -5,6 +5,7 @@ as a model is put together (``_naming_setattr``, ``_name_parameters``, ``_path``
 from __future__ import annotations
 
 from collections.abc import Mapping
+from os import PathLike
 from typing import NamedTuple
 
 import numpy as np
@@ -58,6 +59,23 @@ class _Walk(list):
 
     def __reduce_ex__(self, protocol):  # a copy (copy, pickle) is a plain list
         return list, (list(self),)
+
+
+def _prefix_fix(missing, state) -> str:
+    """Where every missing key is in ``state`` under one prefix ('model/' in a whole gpuconv
+    checkpoint's arrays, 'module.' in a DataParallel model's state dict): that prefix and how to
+    take the model's keys out; else ''."""
+    first = missing[0] if missing else None
+    for key in state:
+        if first is None or not isinstance(key, str) or key == first or not key.endswith(first):
+            continue
+        prefix = key[:-len(first)]
+        if all(prefix + k in state for k in missing):
+            whole = (" (the arrays of a whole gpuconv checkpoint: gpuconv.load_model(path).net is its trained "
+                     "network)") if prefix == "model/" else ""
+            return (f"The state's keys carry the prefix {prefix!r}{whole}: pass "
+                    f"{{k[{len(prefix)}:]: v for k, v in state.items() if k.startswith({prefix!r})}}")
+    return ""
 
 
 class Layer:
@@ -468,8 +486,11 @@ class Layer:
         With ``strict`` every key must match both ways; shapes must always match. Nothing is
         changed unless every check passes. Returns ``LoadResult(missing_keys, unexpected_keys)``."""
         if not isinstance(state, Mapping):
+            path = (" (a checkpoint file's path: gpuconv.load_model(path).net is its trained network, and "
+                    "gpuconv.checkpoint.load_checkpoint(path) reads its arrays)" if isinstance(state, (str, PathLike))
+                    else "")
             raise TypeError(f"load_state_dict: state must be a mapping of names to arrays (as returned by "
-                            f"state_dict()), got {type(state).__name__}")
+                            f"state_dict()), got {type(state).__name__}{path}")
         if self._held():
             # a captured step computes with the arrays of its capture: new ones would go unread by
             # every replay (and unchanged by its updates)
@@ -489,8 +510,9 @@ class Layer:
             if unexpected:
                 parts.append(f"unexpected key(s) {unexpected}")
             raise StateDictKeyError(
-                f"load_state_dict(strict=True): {' and '.join(parts)}. The state dict comes from a different "
-                f"architecture (or is partial); build the same model, or pass strict=False to load the keys that match")
+                f"load_state_dict(strict=True): {' and '.join(parts)}. " + (_prefix_fix(missing, state) or
+                "The state dict comes from a different architecture (or is partial); build the same model, or pass "
+                "strict=False to load the keys that match"))
         loads = []
         for name, (current, setter) in slots.items():
             if name not in state:
