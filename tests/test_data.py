@@ -232,6 +232,8 @@ def test_truncated_batch_names_the_file(subset_dir, isolated):
     # fractional labels were truncated to integers (7.7 read as class 7) without a word
     ("float_labels", r"data_batch_3: 'labels' is not a list of integers \(it holds float64 values such as \[0.0, 1.5"),
     ("str_labels", r"data_batch_3: 'labels' is not a list of integers \(it holds <U1 values"),
+    # a batch of no images (as an empty binary batch is refused): a loader over it failed later, naming no file
+    ("no_images", r"data_batch_3: holds no images"),
 ])
 def test_damaged_batches(isolated, case, match):
     d = tiny_dir(isolated)
@@ -252,6 +254,8 @@ def test_damaged_batches(isolated, case, match):
         p.write_bytes(pickle.dumps({b"data": imgs, b"labels": ["0", "1", "2", "3"]}, protocol=2))
     elif case == "not_dict":
         p.write_bytes(pickle.dumps([imgs], protocol=2))
+    elif case == "no_images":  # (protocol 2 pickles no pixel bytes as a bytes() call, which is refused)
+        p.write_bytes(pickle.dumps({b"data": imgs[:0], b"labels": []}, protocol=4))
     elif case == "channels_last":  # re-pickled as (N, H, W, C): refused, not read as scrambled pixels
         p.write_bytes(pickle.dumps({b"data": imgs.reshape(4, 32, 32, 3), b"labels": [0] * 4}, protocol=2))
     else:

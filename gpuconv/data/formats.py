@@ -185,6 +185,9 @@ def parse_python_batch(data: bytes, where: str) -> tuple[np.ndarray, np.ndarray]
     if labels.shape[0] != images.shape[0]:
         raise CorruptDataError(f"{where}: {images.shape[0]} images but {labels.shape[0]} labels; the "
                                f"file is corrupt. {_REFETCH_SENTENCE}")
+    if images.shape[0] == 0:  # (as an empty binary batch: a release's batches hold 10000 images each)
+        raise CorruptDataError(f"{where}: holds no images (each batch of the release holds 10000); the file is "
+                               f"corrupt or was written from an empty array. {_REFETCH_SENTENCE}")
     return np.ascontiguousarray(images.reshape((-1,) + IMAGE_SHAPE)), _check_labels(labels, where)
 
 
