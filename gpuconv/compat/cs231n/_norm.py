@@ -24,10 +24,10 @@ import numpy as np
 
 from ... import ops
 from ...backend import device_of, get_array_module, is_cupy_array, to_device
+from ...ops._checks import check_shape
 from ...ops.dropout import keep_bits
 from ...precision import compute_dtype, round_once
 from ._basic import param
-from ...ops._checks import check_shape
 from ._call import Cache, backward_call, cache_items, check_arrays, is_array, open_backward, open_call
 from ._device import download
 
@@ -185,10 +185,10 @@ def _batchnorm(c, x4, gamma, beta, bn_param):
     return out, oc
 
 
-def _number(params, key, default, dict_name):
-    """``params[key]`` (``default`` where it has none; None: the key is required), a real number:
-    a string read from a config would fail later inside the arithmetic."""
-    v = param(params, key, dict_name, "{'p': 0.5, 'mode': 'train'}") if default is None else params.get(key, default)
+def _number(params, key, default, dict_name, example=None):
+    """``params[key]`` (``default`` where it has none; None: the key is required, ``example`` shows
+    the dict), a real number: a string read from a config would fail later inside the arithmetic."""
+    v = param(params, key, dict_name, example) if default is None else params.get(key, default)
     if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
         raise TypeError(f"{dict_name}[{key!r}] must be a number, got {v!r}"
                         + (f" (the default is {default})" if default is not None else ""))
@@ -311,7 +311,7 @@ def dropout_forward_2017(x, dropout_param):
 
 def _dropout(x, dropout_param, drop):
     example = "{'p': 0.5, 'mode': 'train'}"
-    p = _number(dropout_param, "p", None, "dropout_param")
+    p = _number(dropout_param, "p", None, "dropout_param", example)
     mode = param(dropout_param, "mode", "dropout_param", example)
     check_arrays(x=x)
     if mode == "test":

@@ -145,7 +145,8 @@ def _as_naive(cache, x, pool_param):
 def max_pool_forward_fast(x, pool_param):
     """Max pooling, cached as ``('reshape', cache)`` or ``('im2col', cache)`` like the assignment's."""
     ph, pw, s = _pool_sizes(pool_param)
-    if ph == pw == s and _nchw(x).shape[2] % ph == 0 and x.shape[3] % pw == 0:
+    _nchw(x)
+    if ph == pw == s and x.shape[2] % ph == 0 and x.shape[3] % pw == 0:
         out, cache = max_pool_forward_reshape(x, pool_param)
         return out, Cache(("reshape", cache), cache.ops, cache.dtype, cache.device)
     out, cache = max_pool_forward_im2col(x, pool_param)
