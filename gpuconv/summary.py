@@ -56,6 +56,10 @@ def summarize(model, input_shape) -> list[dict]:
     container holds them (Sequential, Residual, Concat, DualPath, or a Layer subclass with its own forward).
     A layer called twice gives two rows."""
     from . import layers as L
+    if not isinstance(model, L.Layer):  # (a constructor, not the network it builds; another library's module)
+        call = f": call it first, e.g. summarize({model.__name__}(), ...)" if callable(model) and hasattr(
+            model, "__name__") else ""
+        raise TypeError(f"model must be a gpuconv Layer (a network), got {type(model).__name__}{call}")
     input_shape = _one_input(input_shape)
     params = model.parameters()
     xp = backend.get_array_module(params[0].data) if params else np

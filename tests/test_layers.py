@@ -1131,6 +1131,11 @@ def test_summary_says_its_input_shape_is_one_inputs_without_the_batch_axis():
         net.summary(32)
     assert net.summary([3, 8, 8]) == net.summary((3, 8, 8)) == net.summary(np.array([3, 8, 8]))
     assert "Linear" in Sequential(Linear(5, 2, seed=0)).summary((5,))
+    from gpuconv import models
+    from gpuconv.summary import summarize
+    with pytest.raises(TypeError, match=r"model must be a gpuconv Layer .*got function: call it first, e\.g\. "
+                                        r"summarize\(seed_net\(\), \.\.\.\)"):
+        summarize(models.seed_net, (3, 32, 32))  # (the constructor, not the network)
 
 
 def test_a_subclass_names_its_parameters_and_summarizes_its_own_forward():
