@@ -252,7 +252,16 @@ def load_images(paths, input_dim=(3, *INPUT_HW)):
                 if head != b"\x93NUMPY":
                     raise ValueError(f"{'the file is empty' if not head else 'not a NumPy .npy file'}: give arrays "
                                      "saved with np.save(path, images), or image files")
-                arr = as_nchw(np.load(p, allow_pickle=False), input_dim)
+                try:
+                    arr = np.load(p, allow_pickle=False)
+                except ValueError as exc:  # (NumPy's own words say to load it unsafely, allow_pickle=True)
+                    if "allow_pickle" not in str(exc):
+                        raise
+                    raise TypeError("it holds an array of Python objects (images of several sizes saved as one "
+                                    "list?), which is not unpickled (that can run code): give the image files "
+                                    "(they are resized), or save images of one size as one uint8 array, "
+                                    "np.save(path, np.stack(images).astype(np.uint8))") from None
+                arr = as_nchw(arr, input_dim)
             except (TypeError, ValueError, OSError) as exc:  # (which of several files, as for an image file)
                 raise (TypeError if isinstance(exc, TypeError) else ValueError)(f"{p}: {exc}") from None
             out.append(arr)

@@ -1407,6 +1407,12 @@ def test_a_bad_npy_file_is_named_among_several(tmp_path):
     (tmp_path / "text.npy").write_bytes(b"label,path\n")
     with pytest.raises(ValueError, match=r"text\.npy: not a NumPy \.npy file: give arrays saved with np\.save"):
         load_images([good, tmp_path / "text.npy"])
+    # images of two sizes saved as one object array: NumPy's error said to load it with allow_pickle=True
+    np.save(tmp_path / "ragged.npy", np.array([np.zeros((32, 32, 3), np.uint8), np.zeros((8, 8, 3), np.uint8)],
+                                              dtype=object), allow_pickle=True)
+    with pytest.raises(TypeError, match=r"ragged\.npy: it holds an array of Python objects .*not unpickled .*"
+                                        r"give the image files"):
+        load_images([good, tmp_path / "ragged.npy"])
 
 
 
