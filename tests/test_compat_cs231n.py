@@ -884,6 +884,28 @@ def _tiny_model_and_data():
                    "y_val": np.zeros(2, int)}
 
 
+def test_solver_and_update_rules_name_bad_data_and_settings_before_training():
+    """A y_train shorter than X_train (an IndexError mid-epoch), an empty X_train (NumPy's sampler's
+    own words), batch_size=0 (a ZeroDivisionError), a 2-tuple input_dim (an unpacking error), a
+    gradient of another parameter's shape (broadcast into next_w, or NumPy's error) and a learning
+    rate read as a string (a ufunc error) are refused by name, before any step."""
+    model, data = _tiny_model_and_data()
+    with pytest.raises(ValueError, match=r"data\['y_train'\] of shape \(3,\) must hold one label per example of "
+                                         r"data\['X_train'\] \(shape \(4, 3, 8, 8\)\)"):
+        C.Solver(model, {**data, "y_train": data["y_train"][:3]})
+    with pytest.raises(ValueError, match=r"data\['X_train'\] holds no examples"):
+        C.Solver(model, {**data, "X_train": data["X_train"][:0], "y_train": data["y_train"][:0]})
+    with pytest.raises(ValueError, match=r"batch_size must be an int >= 1 .*got 0"):
+        C.Solver(model, data, batch_size=0)
+    with pytest.raises(ValueError, match=r"input_dim must be \(channels, height, width\) .*got \(8, 8\)"):
+        C.ThreeLayerConvNet(input_dim=(8, 8), num_filters=2, filter_size=3, hidden_dim=4)
+    for rule in (C.sgd, C.sgd_momentum, C.rmsprop, C.adam):
+        with pytest.raises(ValueError, match=r"dw has shape \(1, 3\) but w has shape \(3,\): an update rule takes a "
+                                             r"parameter and its own gradient"):
+            rule(randn(3), randn(1, 3))
+    with pytest.raises(TypeError, match=r"config\['learning_rate'\] must be a number, got '1e-3'"):
+        C.sgd(randn(3), randn(3), {"learning_rate": "1e-3"})
+
 def test_solver_refuses_unknown_arguments_as_the_assignment():
     model, data = _tiny_model_and_data()
     with pytest.raises(ValueError, match=r'^Unrecognized arguments "learning_rate", "momentum": .*optim_config'):

@@ -23,11 +23,19 @@ _RMSPROP = {"learning_rate": 1e-2, "decay_rate": 0.99, "epsilon": 1e-8}
 _ADAM = {"learning_rate": 1e-3, "beta1": 0.9, "beta2": 0.999, "epsilon": 1e-8}
 
 
-def _config(config, defaults, **more):
-    """The rule's ``config`` (a new dict for None), the defaults set for the keys it lacks."""
+def _config(w, dw, config, defaults, **more):
+    """The rule's ``config`` (a new dict for None), the defaults set for the keys it lacks, after
+    the checks that the arithmetic would not make: ``dw`` is ``w``'s gradient, of its shape (NumPy
+    would broadcast a (1, M) gradient of an (M,) bias into a (1, M) ``next_w``, or fail inside),
+    and the hyperparameters are numbers (a string read from a config fails inside, in a ufunc)."""
+    if getattr(dw, "shape", None) != getattr(w, "shape", None):
+        raise ValueError(f"dw has shape {getattr(dw, 'shape', type(dw).__name__)} but w has shape "
+                         f"{getattr(w, 'shape', type(w).__name__)}: an update rule takes a parameter and its own "
+                         "gradient, e.g. (model.params[k], grads[k]) for one key k")
     config = {} if config is None else config
     for key, value in {**defaults, **more}.items():
-        config.setdefault(key, value)
+        if config.setdefault(key, value) is None or isinstance(config[key], (str, bytes)):
+            raise TypeError(f"config[{key!r}] must be a number, got {config[key]!r} (the default is {value!r})")
     return config
 
 
@@ -39,21 +47,21 @@ def _slot(config, key, w):
 
 def sgd(w, dw, config=None):
     """Vanilla SGD, in place. config: learning_rate (1e-2)."""
-    config = _config(config, {"learning_rate": 1e-2})
+    config = _config(w, dw, config, {"learning_rate": 1e-2})
     w -= config["learning_rate"] * dw
     return w, config
 
 
 def sgd_momentum(w, dw, config=None):
     """SGD with momentum. config: learning_rate (1e-2), momentum (0.9), velocity (zeros)."""
-    config = _config(config, _MOMENTUM)
+    config = _config(w, dw, config, _MOMENTUM)
     v = config["momentum"] * _slot(config, "velocity", w) - config["learning_rate"] * dw
     config["velocity"] = v
     return w + v, config
 
 
 def _rmsprop(w, dw, config):
-    config = _config(config, _RMSPROP)
+    config = _config(w, dw, config, _RMSPROP)
     xp = get_array_module(w, dw)
     cache = config["decay_rate"] * _slot(config, "cache", w) + (1 - config["decay_rate"]) * dw * dw
     config["cache"] = cache
@@ -61,7 +69,7 @@ def _rmsprop(w, dw, config):
 
 
 def _adam(w, dw, config, t0):
-    config = _config(config, _ADAM, t=t0)
+    config = _config(w, dw, config, _ADAM, t=t0)
     xp = get_array_module(w, dw)
     m, v = _slot(config, "m", w), _slot(config, "v", w)
     b1, b2 = config["beta1"], config["beta2"]
@@ -112,7 +120,7 @@ def adam_2016(x, dx, config=None):
 
 def sgd_momentum_2025(w, dw, config=None):
     """SGD with momentum, in place (w and the velocity are updated where they are)."""
-    config = _config(config, _MOMENTUM)
+    config = _config(w, dw, config, _MOMENTUM)
     v = _slot(config, "velocity", w)
     v *= config["momentum"]
     v -= config["learning_rate"] * dw
@@ -123,7 +131,7 @@ def sgd_momentum_2025(w, dw, config=None):
 
 def rmsprop_2025(w, dw, config=None):
     """RMSProp, in place (w and the cache are updated where they are)."""
-    config = _config(config, _RMSPROP)
+    config = _config(w, dw, config, _RMSPROP)
     xp = get_array_module(w, dw)
     config["cache"] = _slot(config, "cache", w)
     rho = config["decay_rate"]
@@ -136,7 +144,7 @@ def rmsprop_2025(w, dw, config=None):
 def adam_2025(w, dw, config=None):
     """Adam, w updated in place, the bias corrections folded into the step size; ``t`` from 0,
     incremented before use."""
-    config = _config(config, _ADAM, t=0)
+    config = _config(w, dw, config, _ADAM, t=0)
     xp = get_array_module(w, dw)
     m, v = _slot(config, "m", w), _slot(config, "v", w)
     b1, b2 = config["beta1"], config["beta2"]

@@ -18,7 +18,9 @@ import types
 import numpy as np
 
 from ...backend import Device, device_of, get_array_module, get_default_device, is_cupy_array, to_device
+from ...models._build import _input_dim
 from ._basic import affine_backward, affine_forward, softmax_loss
+from ._call import check_arrays
 from . import optim
 from ._optim import adam, rmsprop, sgd, sgd_momentum
 from .layer_utils import affine_relu_backward, affine_relu_forward, conv_relu_pool_backward_to, conv_relu_pool_forward
@@ -41,7 +43,7 @@ class ThreeLayerConvNet:
         if filter_size % 2 != 1:
             raise ValueError(f"filter_size must be odd so that padding (filter_size - 1) // 2 keeps the "
                              f"spatial size, got {filter_size}")
-        c, h, w = input_dim
+        c, h, w = _input_dim(input_dim)
         self.reg = reg
         self.dtype = dtype
         self.device = Device(device) if device is not None else get_default_device()
@@ -92,6 +94,21 @@ def _choice(n, size, like):
 
 
 # ----------------------------------------------------------------------------- the solver
+def _check_data(data):
+    """The arrays of ``data`` sampled by index together: one label per example, a training example
+    at least (a minibatch indexes past the end of a shorter y_train, and NumPy's sampler refuses an
+    empty X_train in its own words)."""
+    for key in ("X_train", "y_train", "X_val", "y_val"):
+        check_arrays(**{f"data[{key!r}]": data[key]})
+    for split in ("train", "val"):
+        x, y = data[f"X_{split}"], data[f"y_{split}"]
+        if y.ndim != 1 or x.ndim < 1 or y.shape[0] != x.shape[0]:
+            raise ValueError(f"data['y_{split}'] of shape {tuple(y.shape)} must hold one label per example of "
+                             f"data['X_{split}'] (shape {tuple(x.shape)}): a 1-D array of {len(x) if x.ndim else 0}")
+    if data["X_train"].shape[0] == 0:
+        raise ValueError("data['X_train'] holds no examples: the Solver samples its minibatches from it")
+
+
 class Solver:
     """Minibatch training of a CS231n-style model (``model.params`` dict, ``model.loss(X, y)``).
 
@@ -116,6 +133,9 @@ class Solver:
         missing = [k for k in ("X_train", "y_train", "X_val", "y_val") if k not in data]
         if missing:
             raise KeyError(f"data is missing {missing}: pass a dict with X_train, y_train, X_val and y_val")
+        _check_data(data)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1 (examples per minibatch), got {batch_size!r}")
         if kwargs:  # the assignment's error, for the assignment's **kwargs
             raise ValueError("Unrecognized arguments " + ", ".join(f'"{k}"' for k in kwargs) + ": the Solver takes "
                              "update_rule, optim_config, lr_decay, batch_size, num_epochs, num_train_samples, "
