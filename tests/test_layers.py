@@ -14,7 +14,7 @@ import gpuconv
 from gpuconv import backend as B
 from gpuconv import ops
 from gpuconv.gradcheck import numerical_gradient_array, relative_error
-from gpuconv.layers import (GELU, AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, BatchNorm2d, Conv2d,
+from gpuconv.layers import (GELU, AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, BatchNorm2d, Conv2d, ConvTranspose2d,
                             CrossEntropyLoss, Dropout, Flatten, Layer, LeakyReLU, Linear, LPPool2d, MaxPool2d,
                             Parameter, ReLU, Residual, Scale, Sequential, Sigmoid, SiLU, StateDictKeyError, Tanh)
 
@@ -675,6 +675,11 @@ def test_batchnorm_init_and_buffers():
     (lambda: MaxPool2d(0), ValueError, "kernel_size"),
     (lambda: Scale(float("inf")), ValueError, "finite"),
     (lambda: Sequential(ReLU(), lambda x: x), TypeError, "not a gpuconv Layer"),
+    (lambda: Sequential([ReLU(), ReLU()]), TypeError, r"child '0' is a list, .*unpack .*Sequential\(\*layers\)"),
+    # a switch read from a config as a string is true whatever it says: it made a bias without a word
+    (lambda: Conv2d(3, 3, 3, bias="False"), TypeError, r"bias must be True or False, got 'False'"),
+    (lambda: ConvTranspose2d(3, 3, 3, bias="False"), TypeError, r"bias must be True or False, got 'False'"),
+    (lambda: Linear(3, 3, bias="False"), TypeError, r"bias must be True or False, got 'False'"),
     (lambda: Residual(np.zeros(3)), TypeError, "must be a gpuconv Layer"),
 ])
 def test_constructor_errors(call, exc, match):

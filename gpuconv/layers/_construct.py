@@ -12,7 +12,7 @@ import numpy as np
 from ..backend import get_default_device, to_device
 from ..counter_rng import check_seed
 from ..graphs import REPLAYED_WAY_OUT
-from ..ops._checks import whole_float_hint
+from ..ops._checks import check_bool, whole_float_hint
 from ..precision import DTYPES
 
 
@@ -44,6 +44,12 @@ def _check_inplace(layer, inplace):
     if not isinstance(inplace, (bool, np.bool_)):
         raise TypeError(f"{layer}(inplace={inplace!r}): inplace is True or False, as in PyTorch (it changes nothing "
                         f"here){'; the seed is a keyword: Dropout(p, seed=...)' if layer == 'Dropout' else ''}")
+
+
+def _with_bias(bias) -> bool:
+    """A layer's ``bias`` switch: True or False only (``bias='False'`` read from a config file
+    would have made a bias without a word)."""
+    return check_bool("bias", bias, " (False: no bias)")
 
 
 def _kaiming_uniform(rng, shape, fan_in):

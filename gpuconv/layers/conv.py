@@ -9,7 +9,7 @@ from .. import ops
 from ..ops._checks import check_array, check_floor, conv_padding, same_padding_sides, whole_float_hint
 from ..ops._checks import only_defaults as _only
 from ._construct import (_Replayed, _bias_uniform, _factory, _int, _kaiming_uniform, _layer_rng, _on_default_device,
-                         _pair)
+                         _pair, _with_bias)
 from .module import Layer
 from .parameter import Parameter
 
@@ -92,7 +92,8 @@ class Conv2d(Layer):
         shape = (self.out_channels, self.in_channels // self.groups) + self.kernel_size
         w = _kaiming_uniform(rng, shape, fan_in)
         self.weight = Parameter(_on_default_device(w), "weight")
-        self.bias = Parameter(_on_default_device(_bias_uniform(rng, self.out_channels, fan_in)), "bias") if bias else None
+        self.bias = (Parameter(_on_default_device(_bias_uniform(rng, self.out_channels, fan_in)), "bias")
+                     if _with_bias(bias) else None)
         _factory(self, device, dtype)
 
     def forward(self, x):
@@ -182,7 +183,7 @@ class ConvTranspose2d(Layer):
         w = _kaiming_uniform(rng, (self.in_channels, cout) + self.kernel_size, fan_in)
         self.weight = Parameter(_on_default_device(w), "weight")
         self.bias = (Parameter(_on_default_device(_bias_uniform(rng, self.out_channels, fan_in)), "bias")
-                     if bias else None)
+                     if _with_bias(bias) else None)
         _factory(self, device, dtype)
 
     def forward(self, x, output_size=None):

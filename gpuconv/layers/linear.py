@@ -3,7 +3,7 @@ PyTorch's."""
 from __future__ import annotations
 
 from .. import ops
-from ._construct import _bias_uniform, _factory, _int, _kaiming_uniform, _layer_rng, _on_default_device
+from ._construct import _bias_uniform, _factory, _int, _kaiming_uniform, _layer_rng, _on_default_device, _with_bias
 from .module import Layer
 from .parameter import Parameter
 
@@ -23,7 +23,7 @@ class Linear(Layer):
         w = _kaiming_uniform(rng, (self.out_features, self.in_features), self.in_features)
         self.weight = Parameter(_on_default_device(w), "weight")
         self.bias = (Parameter(_on_default_device(_bias_uniform(rng, self.out_features, self.in_features)), "bias")
-                     if bias else None)
+                     if _with_bias(bias) else None)
         _factory(self, device, dtype)
 
     def forward(self, x):

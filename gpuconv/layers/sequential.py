@@ -35,8 +35,11 @@ class Sequential(Layer):
             if not isinstance(name, str) or not name or "." in name:
                 raise ValueError(f"Sequential: child name {name!r} must be a non-empty str without '.'")
             if not isinstance(layer, Layer):
+                listed = (isinstance(layer, (list, tuple)) and len(items) == 1 and layer
+                          and all(isinstance(v, Layer) for v in layer))
                 raise TypeError(f"Sequential: child {name!r} is a {type(layer).__name__}, not a gpuconv Layer; "
-                                "wrap it in a Layer subclass with forward and backward")
+                                + ("unpack a list of layers, as in PyTorch: Sequential(*layers)" if listed
+                                   else "wrap it in a Layer subclass with forward and backward"))
         self._layers = dict(items)
         _name_parameters(self)
 
