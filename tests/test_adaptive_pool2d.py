@@ -154,6 +154,8 @@ def test_errors(backend):
         ops.adaptive_avg_pool2d_forward(x, (0, 3))
     with pytest.raises(ValueError, match="output_size must be an int or an \\(h, w\\) pair"):
         ops.adaptive_max_pool2d_forward(x, (1, 2, 3))
+    with pytest.raises(ValueError, match=r"output would be 2147483648 along the height, past 2\*\*31 - 1"):
+        ops.adaptive_avg_pool2d_forward(x, 2**31)
     with pytest.raises(ValueError, match="needs H and W >= 1"):
         ops.adaptive_avg_pool2d_forward(backend.asarray(np.ones((1, 2, 0, 5), np.float32)), 3)
     y, cache = ops.adaptive_avg_pool2d_forward(x, 3)

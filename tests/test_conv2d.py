@@ -384,6 +384,9 @@ ERRORS = [
     (dict(stride=1.5), TypeError, r"stride must be an int or an \(h, w\) pair"),
     (dict(padding=-1), ValueError, r"padding must be >= 0"),
     (dict(stride=2**31, floor=True), ValueError, r"stride must be at most 2\*\*31 - 1 .*got 2147483648"),  # sim: int32
+    # an output past int sizes: the launch's OverflowError (sim), NumPy's 'array is too big' (numpy)
+    (dict(w=np.ones((1, 1, 1, 1), np.float32), padding=2**30), ValueError,
+     r"the output would be 2147483653 along the height, past 2\*\*31 - 1 .*use less padding or a larger stride"),
     (dict(padding=(1, 2, 3)), TypeError, r"padding must be an int or an \(h, w\) pair"),
     (dict(w=np.ones((1, 1, 7, 3), np.float32)), ValueError, r"height: input size H=5, filter F=7.*< 1"),
     (dict(w=np.ones((1, 1, 0, 3), np.float32)), ValueError, r"w has an empty filter: .*FH=0, FW=3"),  # the sim: SIGFPE

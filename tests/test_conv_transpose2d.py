@@ -293,6 +293,8 @@ def test_matches_torch_float64(stride, padding, output_padding, k):
     (dict(x=np.ones((1, 3, 0, 2))), ValueError, r"x has an empty image: shape \(1, 3, 0, 2\) \(N, C_in, H, W\) "
                                                 r"has H=0, W=2; .* at least 1x1 \(an empty batch, N=0, is fine\)"),
     (dict(x=np.ones((1, 3, 2, 0)), stride=2), ValueError, r"x has an empty image: .* has H=2, W=0"),
+    (dict(stride=2**30, output_padding=2**30 - 1), ValueError, r"the output would be 2147483650 along the height, "
+                                                               r"past 2\*\*31 - 1"),
 ])
 def test_errors_name_the_problem(kwargs, err, match):
     args = dict(x=np.ones((1, 3, 2, 2)), w=np.ones((3, 2, 3, 3)), b=None)

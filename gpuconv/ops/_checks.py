@@ -242,7 +242,17 @@ def _conv_output_size(in_size, filt, stride, pad, axis_name, padded, floor=None)
             quotient = f"{span}/{stride} + 1"
         raise ValueError(f"the sizes do not fit along the {axis_name}: {sizes} give {rule} = {values} = "
                          f"{quotient}, not an integer; {fix}")
-    return span // stride + 1
+    return check_output_extent(span // stride + 1, axis_name, "use less padding or a larger stride")
+
+
+def check_output_extent(size, axis_name, fix):
+    """``size``, an output's size along one axis (the height or width), which the kernels take as an
+    int: at most 2**31 - 1, refused before a launch would fail to pass it (or the reference try to
+    allocate an array of that many rows); ``fix`` says what brings it down."""
+    if size > _INT_MAX:
+        raise ValueError(f"the output would be {size} along the {axis_name}, past 2**31 - 1 (the kernels take sizes "
+                         f"as int): {fix}")
+    return size
 
 
 def output_hw(x_shape, filt_hw, stride, padding=None, floor=None):

@@ -34,7 +34,8 @@ from .. import backend, layout
 from ..backend import get_array_module
 from ..precision import round_once, upcast
 from . import _dispatch
-from ._checks import cache_type, cached, check_cache, check_dy_dtype, check_float, check_rank, only_defaults
+from ._checks import (cache_type, cached, check_cache, check_dy_dtype, check_float, check_output_extent, check_rank,
+                      only_defaults)
 from ._pool2d_reference import _window_sums
 from .pool2d import (AvgPool2dCache, MaxPool2dCache, avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward,
                      max_pool2d_forward)
@@ -49,12 +50,12 @@ def adaptive_output_size(x_shape, output_size) -> tuple[int, int]:
     if len(pair) != 2:
         raise ValueError(f"output_size must be an int or an (h, w) pair, got {output_size!r}")
     out = []
-    for v, size in zip(pair, x_shape[2:]):
+    for v, size, axis in zip(pair, x_shape[2:], ("height", "width")):
         if v is None:
             v = size
         if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
             raise ValueError(f"output_size must hold integers >= 1 (or None: the input's size), got {output_size!r}")
-        out.append(int(v))
+        out.append(check_output_extent(int(v), axis, "ask for a smaller output_size"))
     return tuple(out)
 
 

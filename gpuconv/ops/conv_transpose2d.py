@@ -52,8 +52,8 @@ from ..precision import channel_sum, multiplicands, round_once, upcast, use_tf32
 from . import _dispatch
 from . import conv2d as _conv
 from . import conv2d_grouped as _grouped
-from ._checks import (cache_type, cached, check_bool, check_cache, check_float, check_rank, check_same_dtype, pair,
-                      torch_positions)
+from ._checks import (cache_type, cached, check_bool, check_cache, check_float, check_output_extent, check_rank,
+                      check_same_dtype, pair, torch_positions)
 
 ConvTranspose2dCache = cache_type("ConvTranspose2dCache", "x w has_bias stride padding output_padding dilation groups",
                                   __name__)
@@ -72,7 +72,7 @@ def conv_transpose2d_output_hw(in_hw, kernel_size, stride, padding, output_paddi
             raise ValueError(f"the transposed convolution's output is empty along the {axis}: input size {a}={h}, "
                              f"filter F={f}, stride S={s}, padding P={p}, output_padding={op} give ({a} - 1)S - 2P "
                              f"+ F + output_padding = {size} < 1 (F: {f_is}); use less padding")
-        out.append(size)
+        out.append(check_output_extent(size, axis, "use a smaller stride, dilation or output_padding"))
     return tuple(out)
 
 
