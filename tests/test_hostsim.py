@@ -265,6 +265,34 @@ def test_build_cache_hit_without_recompile(tmp_path, monkeypatch):
     np.testing.assert_array_equal(y, 7.0)
 
 
+def test_a_checkout_elsewhere_finds_the_builds_of_the_same_code(tmp_path, monkeypatch):
+    """The build cache keys on the simulator headers' text, not on where the package lives: a second
+    checkout of the same code (a CI's fresh clone) loads the builds the first one made; a header
+    whose text differs builds anew."""
+    from gpuconv.hostsim import _build
+    monkeypatch.setenv("GPUCONV_SIM_CACHE", str(tmp_path / "cache"))
+    source = 'extern "C" __global__ void fill(float* y) { y[threadIdx.x] = 5.0f; }\n// checkout test\n'
+    hostsim._modules.clear()
+    before = hostsim.stats["compiles"]
+    first = hostsim.compile(source, name="checkouttest")
+    elsewhere = tmp_path / "clone" / "gpuconv" / "hostsim"
+    elsewhere.mkdir(parents=True)
+    for header in (_build.HEADER, _build.RUNTIME):
+        shutil.copy(header, elsewhere / header.name)
+    monkeypatch.setattr(_build, "HEADER", elsewhere / _build.HEADER.name)
+    monkeypatch.setattr(_build, "RUNTIME", elsewhere / _build.RUNTIME.name)
+    hostsim._modules.clear()
+    second = hostsim.compile(source, name="checkouttest")
+    assert second.cached and second.path == first.path and hostsim.stats["compiles"] == before + 1
+    y = np.zeros(2, np.float32)
+    second.get_function("fill")(1, 2, (y,))
+    np.testing.assert_array_equal(y, 5.0)
+    _build.RUNTIME.write_text(_build.RUNTIME.read_text() + "\n// another version\n")
+    hostsim._modules.clear()
+    third = hostsim.compile(source, name="checkouttest")
+    assert not third.cached and third.path != first.path and hostsim.stats["compiles"] == before + 2
+
+
 def test_build_cache_keeps_under_its_limit_deleting_the_least_recently_used(tmp_path, monkeypatch):
     """A developer's edits leave one build per version of each kernel file: past
     $GPUCONV_CACHE_LIMIT_MB the builds used longest ago go, down to three quarters of the limit;

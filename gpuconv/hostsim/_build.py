@@ -118,8 +118,9 @@ def compiler_env() -> dict:
     return env
 
 
-def flags(sanitize: bool, options=()) -> list[str]:
-    return [*(SANITIZE_FLAGS if sanitize else BASE_FLAGS), *options, "-include", str(HEADER)]
+def flags(sanitize: bool, options=(), header=None) -> list[str]:
+    """g++'s flags; ``header``: what -include names instead of the simulator header's path."""
+    return [*(SANITIZE_FLAGS if sanitize else BASE_FLAGS), *options, "-include", str(HEADER if header is None else header)]
 
 
 def build(text: str, name: str, sanitize: bool, options=(), rebuild: bool = False) -> tuple[pathlib.Path, bool]:
@@ -129,8 +130,12 @@ def build(text: str, name: str, sanitize: bool, options=(), rebuild: bool = Fals
     cxx = compiler()
     limit = _files.cache_limit()  # (a bad $GPUCONV_CACHE_LIMIT_MB is an error before the compile, not after)
     opts = [str(o) for o in options]
+    # The key holds the headers' text, not their path: every checkout of the same code (a CI's
+    # fresh clone, a second working copy) finds the builds another one made, instead of compiling
+    # every kernel file again (minutes of g++ for the test suite).
     key = hashlib.sha256("\0".join([
-        "gpuconv-hostsim-1", _compiler_id(cxx), *flags(sanitize, opts), HEADER.read_text(), RUNTIME.read_text(), text,
+        "gpuconv-hostsim-1", _compiler_id(cxx), *flags(sanitize, opts, HEADER.name), HEADER.read_text(),
+        RUNTIME.read_text(), text,
     ]).encode()).hexdigest()[:20]
     stem = re.sub(r"[^\w.-]", "_", name)[:60] + ("-asan" if sanitize else "") + "-" + key
     root = cache_dir()
