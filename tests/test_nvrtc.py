@@ -10,6 +10,7 @@ builds a CUBIN for the device's arch (PTX where NVRTC lacks it) without flush-to
 on disk in $GPUCONV_CUDA_CACHE, and reports compile and load errors with file and line."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -110,18 +111,42 @@ def compiled(op_file, arch, dtype=np.float32, tf32=False):
     the options and NVRTC's release. (conv2d_tc's 16-bit builds take NVRTC 10-25 s each.)"""
     src = kernels.build_source(op_file, dtype, tf32)
     virtual = "compute_" + arch.split("_", 1)[1]
+    if arch == virtual and (op_file, arch, np.dtype(dtype).name, tf32) in CUBIN_TOO:
+        # a test takes this build's CUBIN too: one compile gives both, not a second front end for the PTX
+        return compiled(op_file, "sm_" + arch.split("_", 1)[1], dtype, tf32)[0], None
     key = hashlib.sha256("\0".join([src, virtual, *kernels.NVRTC_OPTIONS, str(nvrtc.getVersion())]).encode())
     out = _OUTPUTS["dir"] / f"{op_file}-{key.hexdigest()[:24]}"
     ptx_file, cubin_file = out.with_suffix(".ptx"), out.with_suffix(f".{arch}.cubin")
-    if arch == virtual:
-        if not ptx_file.exists():
-            _keep(ptx_file, kernels.nvrtc_check(op_file, arch, dtype, tf32).encode())
-        return ptx_file.read_text(), None
-    if not (cubin_file.exists() and ptx_file.exists()):
-        image, ptx = kernels.nvrtc_compile(src, op_file, dtype, arch, tf32=tf32, with_ptx=True)
-        _keep(ptx_file, ptx.encode())
-        _keep(cubin_file, image)
-    return ptx_file.read_text(), cubin_file.read_bytes()
+    with _compiling(out):
+        if arch == virtual:
+            if not ptx_file.exists():
+                _keep(ptx_file, kernels.nvrtc_check(op_file, arch, dtype, tf32).encode())
+            return ptx_file.read_text(), None
+        if not (cubin_file.exists() and ptx_file.exists()):
+            image, ptx = kernels.nvrtc_compile(src, op_file, dtype, arch, tf32=tf32, with_ptx=True)
+            _keep(ptx_file, ptx.encode())
+            _keep(cubin_file, image)
+        return ptx_file.read_text(), cubin_file.read_bytes()
+
+
+# (op_file, virtual arch, dtype, tf32) of the PTX whose real arch's CUBIN a test builds as well
+# (test_tensor_core_files_build_an_sm_90_cubin): compiled() takes the PTX from that compile.
+CUBIN_TOO = {(op_file, "compute_90", np.dtype(dtype).name, tf32) for op_file in ("gemm_tc", "conv2d_tc")
+             for dtype, tf32 in (BUILDS["bf16"], BUILDS["tf32"])}
+
+
+@contextlib.contextmanager
+def _compiling(out: pathlib.Path):
+    """One pytest-xdist worker compiles a key at a time: another that wants it meanwhile waits for
+    it, then reads its files (no lock where there is no fcntl: then both may compile)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(out.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def ptx_of(op_file, arch, dtype=np.float32, tf32=False) -> str:
