@@ -293,6 +293,30 @@ def test_a_checkout_elsewhere_finds_the_builds_of_the_same_code(tmp_path, monkey
     assert not third.cached and third.path != first.path and hostsim.stats["compiles"] == before + 2
 
 
+def test_processes_that_need_one_build_at_once_compile_it_once(tmp_path, monkeypatch):
+    """Two builds of one source at once (pytest-xdist workers starting alike) run one compile: the
+    second waits on the build's lock, then loads what the first built; no lock file stays."""
+    import threading
+    from gpuconv.hostsim import _build
+    log = tmp_path / "compiles.log"
+    cxx = tmp_path / "cxx"
+    cxx.write_text(f'#!/bin/sh\ncase "$*" in *--version*) exec g++ "$@";; esac\n'
+                   f'echo compile >> {log}\nsleep 1\nexec g++ "$@"\n')
+    cxx.chmod(0o755)
+    monkeypatch.setenv("GPUCONV_SIM_CXX", str(cxx))
+    monkeypatch.setenv("GPUCONV_SIM_CACHE", str(tmp_path / "cache"))
+    text = hostsim._source.rewrite('extern "C" __global__ void k(float* y) { y[0] = 1.0f; }\n// lock test\n')
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(_build.build(text, "locktest", False))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert log.read_text().splitlines() == ["compile"]
+    assert sorted(cached for _, cached in got) == [False, True] and got[0][0] == got[1][0]
+    assert [f.name for f in (tmp_path / "cache").iterdir() if ".lock" in f.name] == []
+
+
 def test_build_cache_keeps_under_its_limit_deleting_the_least_recently_used(tmp_path, monkeypatch):
     """A developer's edits leave one build per version of each kernel file: past
     $GPUCONV_CACHE_LIMIT_MB the builds used longest ago go, down to three quarters of the limit;

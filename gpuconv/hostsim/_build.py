@@ -1,6 +1,7 @@
 """g++ invocation and the on-disk build cache (one shared object per source hash)."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import hashlib
@@ -13,7 +14,7 @@ import sys
 import tempfile
 
 from .. import _files
-from .._files import (WRITE_FIXES, make_dirs, new_file_mode, private_temp_dir, restated, trusted_binary,
+from .._files import (NOFOLLOW, WRITE_FIXES, make_dirs, new_file_mode, private_temp_dir, restated, trusted_binary,
                       untrusted_cache_dir, write_atomic)
 from ._errors import CompileError
 
@@ -146,7 +147,12 @@ def build(text: str, name: str, sanitize: bool, options=(), rebuild: bool = Fals
             _files.mark_used(so)
             return so, True
     try:
-        return _build_in(root, stem, text, name, [cxx, *flags(sanitize, opts)], limit, rebuild)
+        with _building(root, stem):
+            if not rebuild and trusted_binary(root / f"{stem}.so"):  # built by another process meanwhile
+                stats["disk_hits"] += 1
+                _files.mark_used(root / f"{stem}.so")
+                return root / f"{stem}.so", True
+            return _build_in(root, stem, text, name, [cxx, *flags(sanitize, opts)], limit, rebuild)
     except OSError as exc:  # a cache that looked writable and is not (a full disk): the spare one, once
         why = exc.strerror or str(exc)
         if root != private_temp_dir(_SPARE):
@@ -157,6 +163,30 @@ def build(text: str, name: str, sanitize: bool, options=(), rebuild: bool = Fals
         raise restated(exc, f"the host simulator could not write its build of {name!r} into "
                             f"{tried[-1] if tried else root} ({why})" + (f", nor into {root}" if tried else "")
                             + f": {fix}, or set GPUCONV_SIM_CACHE to a directory with room") from exc
+
+
+@contextlib.contextmanager
+def _building(root: pathlib.Path, stem: str):
+    """Holds the build's lock (``flock`` on a file beside it) for the block: processes that need the
+    same build at once (pytest-xdist workers, a benchmark's subprocess) compile it once, the others
+    waiting for it and then loading it. Where the lock cannot be had (no fcntl, another user's lock
+    file, a file system without locks), the block runs without it: at worst two processes compile
+    the same build."""
+    lock = root / f".{stem}.so.lock.tmp"  # (a name CACHE_FILES matches: a killed build's is pruned)
+    try:
+        import fcntl
+        fd = os.open(lock, os.O_CREAT | os.O_RDWR | NOFOLLOW, 0o600)
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        with contextlib.suppress(OSError):  # (a file system without locks: built without one)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lock)  # a waiter holding it finds the library built; a later process, the library
+        os.close(fd)
 
 
 def _build_in(root: pathlib.Path, stem: str, text: str, name: str, cmd: list, limit,
