@@ -458,6 +458,22 @@ def test_resume_keeps_the_runs_autotune_setting(tmp_path, capsys):
     assert cli._settings(cli.build_parser().parse_args(["train", "--model", "seed"]))["autotune"] == "auto"
 
 
+def test_resume_keeps_the_runs_device(tmp_path, capsys, monkeypatch):
+    """A run on --device cpu resumed by its printed command (no --device) went on on $GPUCONV_DEVICE's
+    device, or auto's (a GPU), whose sums differ: the device asked for is recorded and taken back
+    ('auto' stays 'auto'); a --device given on the resume wins, with a note."""
+    out = tmp_path / "run"
+    rc, _, err = run(["train", "--model", "seed", "--epochs", "1", "--limit", "20", "--batch-size", "10", "--val-split",
+                      "none", "--device", "cpu", "--data", SUBSET, "--out", out, "--no-progress"], capsys)
+    assert rc == 0, err
+    assert ckpt.read_config(ckpt.load_checkpoint(out))["train_args"]["device"] == "cpu"
+    monkeypatch.setenv("GPUCONV_DEVICE", "sim")  # the default of --device now
+    rc, _, err = run(["train", "--out", out, "--resume", "--no-progress"], capsys)
+    assert rc == 0 and " on cpu (" in err and "note: the run" not in err, err
+    rc, _, err = run(["train", "--out", out, "--resume", "--no-progress", "--device", "sim"], capsys)
+    assert rc == 0 and " on sim (" in err and "trained with --device cpu; continuing on --device sim" in err, err
+
+
 def test_resume_continues_on_the_runs_own_data_or_refuses(trained, tmp_path, capsys, monkeypatch):
     """The run records its training data (path, count, fingerprint): --resume without --data goes back
     to it, whatever $GPUCONV_DATA says, and other images are refused, not trained on."""

@@ -113,6 +113,15 @@ def _arch(text):
     return text
 
 
+class _Given(argparse.Action):
+    """Stores the flag's value and that it was given (``<dest>_given``): a resumed run keeps its own
+    value of a setting whose flag has a default of its own ($GPUCONV_DEVICE's) unless it is given."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        setattr(namespace, f"{self.dest}_given", True)
+
+
 def _default_device():
     """$GPUCONV_DEVICE, as the API honours it, else 'auto' (a GPU when one is usable)."""
     return os.environ.get("GPUCONV_DEVICE") or "auto"
@@ -208,8 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{_defaults('tta')}; a resumed run's own, or the one given, which its checkpoint records)")
     t.add_argument("--width", type=_positive_int, default=None,
                    help=WIDTH_HELP)
-    t.add_argument("--device", type=_device, default=_default_device(),
-                   help="cpu | cuda | cuda:N | sim | auto (default: $GPUCONV_DEVICE, else auto = a GPU if usable)")
+    t.add_argument("--device", type=_device, default=_default_device(), action=_Given,
+                   help="cpu | cuda | cuda:N | sim | auto (default: a resumed run's own, else $GPUCONV_DEVICE, else "
+                        "auto = a GPU if usable)")
     t.add_argument("--data", default=None, help="CIFAR-10 directory or tarball (a resumed run: else the data it "
                    "trained on, where it still is; else $GPUCONV_DATA when set, else ~/.cache/gpuconv; downloaded "
                    "there when absent)")

@@ -136,6 +136,25 @@ def _check_resume_flags(given, stored, ckpt_path):
                              f"given; drop {flag} to continue that run, or train into a new --out")
 
 
+def _resumed_device(args, stored) -> bool:
+    """A resumed run trains on the device its run asked for (``--device``, or $GPUCONV_DEVICE then),
+    which its checkpoint records, unless ``--device`` is given: its resume command (which names no
+    device) continues it on the same one, not on another that sums in other orders (a run on the CPU
+    of a GPU machine went on on the GPU, one on cuda:1 on cuda:0). Sets ``args.device``; returns
+    whether the device is the recorded one."""
+    recorded = stored.get("train_args", {}).get("device")
+    if recorded is None:  # a run of a version that recorded no device, or no resume
+        return False
+    if not getattr(args, "device_given", False):
+        args.device = recorded
+        return True
+    if args.device != recorded:
+        _output._say(f"note: the run in {args.out} trained with --device {recorded}; continuing on --device "
+                     f"{args.device}: the same batches, with sums in other orders (close to, not bit for bit as, "
+                     "the run)")
+    return False
+
+
 def _note_autotune_off_gpu(autotune, device):
     """--autotune on (given, or the resumed run's) times kernel variants on a GPU alone: elsewhere it
     would change nothing without a word."""
@@ -172,9 +191,18 @@ def _train(args) -> int:
     from ..data import DeviceLoader
     from ..trainer import Trainer, TrainingDiverged, TrainingInterrupted, GPUOutOfMemory
 
-    device = _parser.command_device(args.device)
     stored = _stored_config(args)
+    recorded_device = _resumed_device(args, stored)
+    try:
+        device = _parser.command_device(args.device)
+    except RuntimeError as exc:
+        if not recorded_device:
+            raise
+        raise RuntimeError(f"{exc} (--device {args.device} is the device the run trained on, which its checkpoint "
+                           "records: give --device cpu or sim to continue it here, close to, not bit for bit as, "
+                           "the run)") from None
     s = _settings(args, device, stored)
+    s["device"] = args.device  # as asked for ('auto' stays 'auto'): a resume without --device runs there again
     kernels.check_environment(autotune=s["autotune"] == "auto")  # a typo there fails now, not after the data loads
     if device.kind == "cpu":  # the NumPy path: freed arrays' memory kept for the next step (gpuconv._hostmem)
         from .._hostmem import keep_freed_memory
