@@ -778,6 +778,30 @@ def test_a_resume_repairs_best_npz_a_kill_left_behind(cifar, tmp_path):
     assert (tmp_path / "best.npz").read_bytes() == (tmp_path / "checkpoint.npz").read_bytes()
 
 
+def test_a_fit_removes_the_partial_files_a_kill_mid_write_left(cifar, tmp_path):
+    """A kill -9 while a checkpoint was written (the OOM killer, a scheduler past its grace time, a
+    power cut) keeps the previous checkpoint and leaves the write's temporary file beside it: a
+    checkpoint's size, hidden, kept run after run until the disk fills. The next fit into the
+    directory, holding its lock, removes those, and nothing else."""
+    import tempfile
+    model, trainer, loader, val_loader = _one_epoch_run(cifar, tmp_path)
+    partial = []
+    for name in ("checkpoint.npz", "best.npz", "metrics.jsonl", "curves.png"):  # as write_atomic names them
+        fd, path = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=tmp_path)
+        os.write(fd, b"PK\x03\x04" + b"\0" * 100)
+        os.close(fd)
+        partial.append(path)
+    kept = [tmp_path / n for n in (".checkpoint.npz.tmp", "notes.tmp", ".best.npz.abcdefgh.tmp.old", ".x.abcdefgh.tmp")]
+    for path in kept:
+        path.write_bytes(b"mine")
+    (tmp_path / ".checkpoint.npz.dir12345.tmp").mkdir()
+    model = small_net()
+    resumed = Trainer(model, SGD(model.parameters(), lr=0.01), out_dir=tmp_path, progress=False)
+    resumed.fit(loader, 1, val=val_loader, resume=True)  # nothing left to train
+    assert not any(os.path.exists(p) for p in partial)
+    assert all(p.read_bytes() == b"mine" for p in kept) and (tmp_path / ".checkpoint.npz.dir12345.tmp").is_dir()
+
+
 def test_stop_signal_messages_say_what_is_finished_and_what_is_kept(cifar, tmp_path, capsys):
     model, trainer, _, _ = _one_epoch_run(cifar, tmp_path)
     trainer._validating = True

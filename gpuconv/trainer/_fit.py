@@ -122,6 +122,8 @@ class _Fit:
                 self._lock = None
 
     def _fit(self, train_loader, epochs, val, resume):
+        if self.out_dir is not None:
+            self._remove_partial_writes()
         if resume:
             if self.checkpoint_path.exists():
                 self.load_checkpoint(loader=train_loader)

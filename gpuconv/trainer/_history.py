@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 
 import numpy as np
@@ -86,6 +87,25 @@ class _History:
         if best != self.epoch:
             with self._writing(self.best_path):
                 ckpt.copy_checkpoint(self.checkpoint_path, self.best_path)
+
+    # The run's files (write_atomic's temporaries of them: '.<name>.' + mkstemp's 8 characters + '.tmp')
+    RUN_FILES = ("checkpoint.npz", "best.npz", "metrics.jsonl", "curves.png")
+    _PARTIAL = re.compile(r"^\.(%s)\.[a-z0-9_]{8}\.tmp$" % "|".join(map(re.escape, RUN_FILES)))
+
+    def _remove_partial_writes(self):
+        """The temporary files of writes a run killed mid-write left in out_dir (SIGKILL, the OOM killer,
+        a power cut: a checkpoint's size each, hidden, kept forever and filling the disk run after run),
+        removed while this fit holds the directory's lock (no other run writes there)."""
+        try:
+            entries = list(os.scandir(self.out_dir))
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            if self._PARTIAL.match(entry.name) and not entry.is_dir(follow_symlinks=False):
+                try:
+                    os.unlink(entry.path)  # (a link is removed, never followed)
+                except FileNotFoundError:
+                    pass
 
     def _set_aside_previous_run(self):
         """A fresh run into a directory that holds another run's files: they move together into
