@@ -1068,6 +1068,16 @@ def test_info_reports_versions_cuda_and_telemetry(capsys):
     assert "'auto' means" in out
 
 
+def test_a_device_error_names_gpuconv_device_only_where_the_device_came_from_it(tmp_path, capsys, monkeypatch):
+    """--device cuda given with $GPUCONV_DEVICE=cuda set was said to come from the variable."""
+    from gpuconv import backend
+    monkeypatch.setattr(backend, "cuda_available", lambda: False)
+    monkeypatch.setenv("GPUCONV_DEVICE", "cuda")
+    for given, says in ((["--device", "cuda"], False), ([], True)):
+        rc, _, err = run(["predict", *given, "--checkpoint", tmp_path / "nope.npz", "x.png"], capsys)
+        assert rc == 1 and "asks for a GPU, but" in err and ("--device cuda (from $GPUCONV_DEVICE" in err) == says, err
+
+
 def test_info_works_when_gpuconv_device_names_no_usable_device(capsys, monkeypatch):
     """`gpuconv info`, the command that says why CUDA is not usable, failed with that reason when
     $GPUCONV_DEVICE asked for a GPU (or named no device): it reports the variable instead."""

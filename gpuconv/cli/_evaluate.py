@@ -42,7 +42,7 @@ def cmd_evaluate(args) -> int:
                          "mean=model.mean, std=model.std)) with model = gpuconv.load_model(checkpoint)")
     preprocess = config.get("preprocess", {})  # (a Trainer.fit run's own normalization, else CIFAR-10's)
     mean, std = preprocess.get("mean", CIFAR10_MEAN), preprocess.get("std", CIFAR10_STD)
-    device = _parser.command_device(args.device)
+    device = _parser.command_device(args.device, getattr(args, "device_given", False))
     with backend.default_device(device):  # the weights are checked against the model before any data loads
         model = _models.model_from_config(config)
         model.load_state_dict(section(arrays, "model"))

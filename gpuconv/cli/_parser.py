@@ -90,13 +90,15 @@ def _device(text):
     return text
 
 
-def command_device(text):
+def command_device(text, given=False):
     """``--device``'s value as a Device; a GPU asked for where none is usable is a RuntimeError in the
-    command line's words (``--device cpu``, not the API's ``device='cpu'``)."""
+    command line's words (``--device cpu``, not the API's ``device='cpu'``). ``given``: the value is
+    not $GPUCONV_DEVICE's default (``--device`` was given, or a resumed run's checkpoint named it)."""
     from .. import backend
     device = backend.Device(text)
     if device.is_cuda and not backend.cuda_available():
-        where = " (from $GPUCONV_DEVICE, the default of --device)" if text == os.environ.get("GPUCONV_DEVICE") else ""
+        from_env = not given and text == os.environ.get("GPUCONV_DEVICE")
+        where = " (from $GPUCONV_DEVICE, the default of --device)" if from_env else ""
         raise RuntimeError(f"--device {text}{where} asks for a GPU, but {backend.cuda_status()}. Use --device cpu "
                            "(NumPy), --device sim (the CUDA kernels on the host simulator) or --device auto (a GPU "
                            "when one is usable, else the CPU)")
@@ -115,7 +117,8 @@ def _arch(text):
 
 class _Given(argparse.Action):
     """Stores the flag's value and that it was given (``<dest>_given``): a resumed run keeps its own
-    value of a setting whose flag has a default of its own ($GPUCONV_DEVICE's) unless it is given."""
+    value of a setting whose flag has a default of its own ($GPUCONV_DEVICE's) unless it is given, and
+    an error names $GPUCONV_DEVICE only where the value came from it."""
 
     def __call__(self, parser, namespace, values, option_string=None):
         setattr(namespace, self.dest, values)
@@ -253,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", default=None, help="CIFAR-10 directory or tarball (else the data the run trained "
                    "on, where it still is; else $GPUCONV_DATA when set, else ~/.cache/gpuconv; downloaded there "
                    "when absent); without test_batch, the split held out in training")
-    e.add_argument("--device", type=_device, default=_default_device(),
+    e.add_argument("--device", type=_device, default=_default_device(), action=_Given,
                    help="cpu | cuda | cuda:N | sim | auto (default: $GPUCONV_DEVICE, else auto)")
     e.add_argument("--batch-size", type=_positive_int, default=500, help="images per forward pass (default 500)")
     e.add_argument("--tta", type=_tta, nargs="?", const=1, default=None,
@@ -274,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--checkpoint", required=True, help="a checkpoint.npz written by `gpuconv train`")
     pr.add_argument("--top", type=_positive_int, default=1, help="the K most likely classes per image (default 1)")
     pr.add_argument("--json", action="store_true", help="print one JSON object")
-    pr.add_argument("--device", type=_device, default=_default_device(),
+    pr.add_argument("--device", type=_device, default=_default_device(), action=_Given,
                     help="cpu | cuda | cuda:N | sim | auto (default: $GPUCONV_DEVICE, else auto)")
     pr.add_argument("--precision", choices=PRECISIONS, default=None,
                     help="compute precision (default: the one the checkpoint was trained in; auto: bf16 on a GPU "

@@ -14,7 +14,7 @@ def cmd_predict(args) -> int:
     from .. import backend
     from ..amp import resolve_precision
     from ..inference import load_images, load_model
-    device = _parser.command_device(args.device)
+    device = _parser.command_device(args.device, getattr(args, "device_given", False))
     precision = None if args.precision is None else resolve_precision(args.precision, device)
     with backend.default_device(device):
         model = load_model(args.checkpoint)

@@ -194,7 +194,7 @@ def _train(args) -> int:
     stored = _stored_config(args)
     recorded_device = _resumed_device(args, stored)
     try:
-        device = _parser.command_device(args.device)
+        device = _parser.command_device(args.device, recorded_device or getattr(args, "device_given", False))
     except RuntimeError as exc:
         if not recorded_device:
             raise
