@@ -317,6 +317,17 @@ def test_processes_that_need_one_build_at_once_compile_it_once(tmp_path, monkeyp
     assert [f.name for f in (tmp_path / "cache").iterdir() if ".lock" in f.name] == []
 
 
+def test_a_build_without_its_lock_fails_in_its_own_words(tmp_path, monkeypatch):
+    """Where the build's lock cannot be had (no fcntl, an unwritable lock file), a compile error in
+    the block was told as raised while handling that failure (its traceback led with it)."""
+    from gpuconv.hostsim import _build
+    monkeypatch.setitem(sys.modules, "fcntl", None)  # (an ImportError, as where there is no fcntl)
+    with pytest.raises(hostsim.CompileError) as info:
+        with _build._building(tmp_path, "nolock"):
+            raise hostsim.CompileError("the compile's own error")
+    assert info.value.__context__ is None
+
+
 def test_build_cache_keeps_under_its_limit_deleting_the_least_recently_used(tmp_path, monkeypatch):
     """A developer's edits leave one build per version of each kernel file: past
     $GPUCONV_CACHE_LIMIT_MB the builds used longest ago go, down to three quarters of the limit;

@@ -177,6 +177,8 @@ def _building(root: pathlib.Path, stem: str):
         import fcntl
         fd = os.open(lock, os.O_CREAT | os.O_RDWR | NOFOLLOW, 0o600)
     except (ImportError, OSError):
+        fd = None
+    if fd is None:  # (the block runs outside the except: its errors are not told as raised while handling this one)
         yield
         return
     try:
