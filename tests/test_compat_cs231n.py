@@ -868,6 +868,9 @@ def test_bad_arguments_are_named_before_any_work():
         C.batchnorm_forward(randn(4, 3), np.ones(3), np.zeros(3), {"mode": "train", "momentum": "0.9"})
     with pytest.raises(TypeError, match=r"dropout_param\['p'\] must be a number, got '0.5'"):
         C.dropout_forward(x, {"p": "0.5", "mode": "train"})
+    # a number as a 0-d array (np.array(0.5)) is a number: used as it is
+    out_0d, _ = C.dropout_forward(x, {"p": np.array(0.5), "mode": "train", "seed": 0})
+    np.testing.assert_array_equal(out_0d, C.dropout_forward(x, {"p": 0.5, "mode": "train", "seed": 0})[0])
     with pytest.raises(TypeError, match=r"cache must be what conv_forward_naive returned as its second value, "
                                         r"\(x, w, b, conv_param\), got a 2-tuple"):
         C.conv_backward_naive(randn(2, 2, 4, 4), (x, w))

@@ -189,6 +189,8 @@ def _number(params, key, default, dict_name, example=None):
     """``params[key]`` (``default`` where it has none; None: the key is required, ``example`` shows
     the dict), a real number: a string read from a config would fail later inside the arithmetic."""
     v = param(params, key, dict_name, example) if default is None else params.get(key, default)
+    if isinstance(v, np.ndarray) and v.ndim == 0 and v.dtype.kind in "fiu":
+        return v  # a 0-d array of a number (np.array(0.5)), used as it is, as before these checks
     if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
         raise TypeError(f"{dict_name}[{key!r}] must be a number, got {v!r}"
                         + (f" (the default is {default})" if default is not None else ""))
