@@ -240,3 +240,30 @@ def test_pooled_on_maps_without_pixels_gives_an_empty_dx(backend):
     _, cache = ops.channel_gate_forward(backend.asarray(x), backend.asarray(gate))
     dx = ops.channel_gate_backward_data(backend.asarray(x), cache, pooled=backend.asarray(gate))
     assert dx.shape == x.shape and dx.dtype == x.dtype
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_gradients_float64(backend, channels_last):
+    """dx and dgate against central differences in float64, x perturbed where it lies (its NHWC
+    memory channels_last); and pooled=: dx of <gate * x, dy> + <avgpool(x), pooled>, the SE
+    block's gradient through its global pool."""
+    from gpuconv.gradcheck import numerical_gradient, numerical_gradient_array, relative_error
+    rng = np.random.default_rng(7)
+    x, dy = rng.standard_normal((2, 3, 2, 3)), rng.standard_normal((2, 3, 2, 3))
+    gate, pooled = rng.uniform(0.2, 1.0, (2, 3, 1, 1)), rng.standard_normal((2, 3, 1, 1))
+    x, dy, gate, pooled = map(backend.asarray, (x, dy, gate, pooled))
+    if channels_last:
+        x, dy = layout.to_channels_last(x), layout.to_channels_last(dy)
+    _, cache = ops.channel_gate_forward(x, gate)
+    dx = ops.channel_gate_backward_data(dy, cache)
+    dgate = ops.channel_gate_backward_gate(dy, cache)
+    with_pool = ops.channel_gate_backward_data(dy, cache, pooled=pooled)
+    assert layout.is_channels_last(dx) == channels_last
+    backend.assert_kernels_ran("channel_gate_forward", "channel_gate_backward_gate", "channel_gate_backward_data")
+    num_dx = numerical_gradient_array(lambda a: ops.channel_gate_forward(a, gate)[0], x, dy)
+    num_dgate = numerical_gradient_array(lambda g: ops.channel_gate_forward(x, g)[0], gate, dy)
+    num_pool = numerical_gradient(lambda a: (ops.channel_gate_forward(a, gate)[0] * dy).sum()
+                                  + (ops.adaptive_avg_pool2d_forward(a, 1)[0] * pooled).sum(), x)
+    for name, got, want in (("dx", dx, num_dx), ("dgate", dgate, num_dgate), ("dx with pooled", with_pool, num_pool)):
+        err = relative_error(backend.asnumpy(got), backend.asnumpy(want))
+        assert err < 1e-6, f"{name}: relative error {err:.2e}"
