@@ -1,7 +1,7 @@
 """The channel gate's kernels (ops.channel_gate_*, kernels/channel_gate.cu): the NumPy reference's bits
 on every backend in every dtype and layout (dgate's sum in its one written order, the same in both
-layouts), the pooled gradient added as the pool's own backward adds it, the SE block taking that
-path, the simulator's schedules, errors."""
+layouts), the pooled gradient added as the pool's own backward adds it, the gradients against
+central differences in float64, the SE block taking that path, the simulator's schedules, errors."""
 from __future__ import annotations
 
 import contextlib
