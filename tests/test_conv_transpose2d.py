@@ -370,6 +370,29 @@ def test_layer_matches_torch_and_loads_its_state_dict(kwargs, x_shape, output_si
                                rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("kwargs", [dict(stride=2, padding=1, output_padding=1),
+                                    dict(stride=(2, 1), padding=(1, 0), output_padding=(1, 1), groups=2,
+                                         dilation=(1, 2), bias=False)], ids=["plain", "grouped_dilated_nobias"])
+def test_layer_gradients_float64(backend, kwargs, channels_last):
+    """The layer's dx, weight and bias gradients against central differences in float64 (the
+    PyTorch comparison above is optional; this one always runs)."""
+    from gpuconv import nn
+    from test_layers import check_layer_gradients
+    with gpuconv.default_device(backend.device):
+        layer = nn.ConvTranspose2d(4, 2, (2, 3), **kwargs, seed=3)
+    check_layer_gradients(layer, np.random.default_rng(12).standard_normal((1, 4, 2, 3)), backend,
+                          channels_last=channels_last)
+    kind = "conv2d_grouped_" if "groups" in kwargs else "conv2d_"
+    backend.assert_kernels_ran(kind + "forward", kind + "backward_data", kind + "backward_weight")
+
+
+def test_unflatten_gradients_float64(backend):
+    from gpuconv import nn
+    from test_layers import check_layer_gradients
+    check_layer_gradients(nn.Unflatten(1, (2, 3)), np.random.default_rng(13).standard_normal((2, 6, 2)), backend)
+
+
 def test_unflatten_matches_torch():
     torch = pytest.importorskip("torch", reason="PyTorch (optional) is the reference of this comparison")
     from gpuconv import nn
