@@ -139,6 +139,40 @@ def test_gradients_float64(backend, groups, cl):
     assert relative_error(db, numerical_gradient_array(lambda a: f(x, w, a), b.copy(), dy)) < 1e-6
 
 
+@pytest.mark.parametrize("shape, groups, weighted, biased", [((2, 4, 5), 2, True, False), ((3, 6), 1, False, True),
+                                                             ((2, 6, 2, 2), 3, False, False)],
+                         ids=["3d-weight-only", "2d-bias-only", "4d-neither"])
+def test_gradients_float64_without_weight_or_bias_and_other_ranks(backend, shape, groups, weighted, biased):
+    """weight or bias None (the layer's bias=False and affine=False) on (N, C, L) and (N, C) inputs:
+    dx and the gradient that is there against central differences, and None for the one that is not."""
+    rng = np.random.default_rng(5)
+    x, dy = (backend.asarray(rng.standard_normal(shape) * 2 + 1) for _ in range(2))
+    w = backend.asarray(rng.standard_normal(shape[1])) if weighted else None
+    b = backend.asarray(rng.standard_normal(shape[1])) if biased else None
+    _, cache = groupnorm_forward(x, groups, w, b)
+    dx, dw, db = groupnorm_backward(dy, cache)
+    assert (dw is None) != weighted and (db is None) != biased
+    backend.assert_kernels_ran("groupnorm_group_stats", "groupnorm_backward_dx")
+    checks = [("dx", dx, numerical_gradient_array(lambda a: groupnorm_forward(a, groups, w, b)[0], x, dy))]
+    if weighted:
+        checks.append(("dweight", dw, numerical_gradient_array(lambda a: groupnorm_forward(x, groups, a, b)[0], w, dy)))
+    if biased:
+        checks.append(("dbias", db, numerical_gradient_array(lambda a: groupnorm_forward(x, groups, w, a)[0], b, dy)))
+    for name, got, want in checks:
+        err = relative_error(f64(got), f64(want))
+        assert err < 1e-6, f"{name}: relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("cl", LAYOUTS)
+def test_layer_gradients_float64(backend, cl):
+    """The layer's dx and weight gradient (bias=False) against central differences in float64."""
+    from test_layers import check_layer_gradients
+    with gpuconv.default_device(backend.device):
+        layer = nn.GroupNorm(2, 4, bias=False)
+    layer.weight.data[...] = backend.asarray(np.array([0.5, -1.0, 2.0, 1.5], np.float32))
+    check_layer_gradients(layer, np.random.default_rng(6).standard_normal((2, 4, 2, 3)), backend, channels_last=cl)
+
+
 @pytest.mark.parametrize("shape, groups, affine", [((2, 6, 5, 3), 3, True), ((3, 4, 2, 2), 1, True),
                                                    ((3, 4, 2, 2), 4, True), ((2, 8, 7), 2, True),
                                                    ((2, 4), 2, False), ((2, 6, 4, 4), 2, False)])
