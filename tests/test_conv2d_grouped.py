@@ -7,6 +7,8 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import gpuconv
 from gpuconv import kernels, layout
@@ -112,6 +114,36 @@ def test_adjoint_identity(backend, name):
     lhs = float(np.sum(backend.asnumpy(y) * g))
     assert np.isclose(lhs, float(np.sum(x * backend.asnumpy(dx))), rtol=1e-12)
     assert np.isclose(lhs, float(np.sum(w * backend.asnumpy(dw))), rtol=1e-12)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(groups=st.integers(1, 3), cg=st.integers(1, 2), kg=st.integers(1, 2), f=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+       s=st.tuples(st.integers(1, 2), st.integers(1, 2)), p=st.tuples(st.integers(0, 2), st.integers(0, 2)),
+       d=st.tuples(st.integers(1, 3), st.integers(1, 3)), hw=st.tuples(st.integers(1, 6), st.integers(1, 6)),
+       seed=st.integers(0, 2**16))
+def test_properties_over_groups_dilations_strides_paddings(backend, groups, cg, kg, f, s, p, d, hw, seed):
+    """The output size rule, linearity in x, and the adjoint identity <conv(x), g> = <x, dX(g)> =
+    <w, dW(g)> in float64, for any groups, dilation, stride and padding (a grouped or dilated case
+    runs the grouped kernels on 'sim')."""
+    if groups == 1 and d == (1, 1):
+        d = (2, 1)  # the plain convolution's properties are test_conv2d's
+    ext = [di * (fi - 1) + 1 for fi, di in zip(f, d)]
+    h, wd = (max(v, e - 2 * pi) for v, e, pi in zip(hw, ext, p))  # the dilated filter fits the padded input
+    rng = np.random.default_rng(seed)
+    x1, x2 = rng.standard_normal((2, 2, groups * cg, h, wd))
+    w = rng.standard_normal((groups * kg, cg, *f))
+    kw = dict(stride=s, padding=p, dilation=d, groups=groups, floor=True)
+    y1, cache = conv2d_forward(backend.asarray(x1), backend.asarray(w), **kw)
+    assert y1.shape == (2, groups * kg) + tuple((n + 2 * pi - e) // si + 1 for n, pi, e, si in zip((h, wd), p, ext, s))
+    y2, _ = conv2d_forward(backend.asarray(x2), backend.asarray(w), **kw)
+    y12, _ = conv2d_forward(backend.asarray(3.0 * x1 - x2), backend.asarray(w), **kw)
+    y1, y2 = backend.asnumpy(y1), backend.asnumpy(y2)
+    np.testing.assert_allclose(backend.asnumpy(y12), 3.0 * y1 - y2, rtol=1e-10, atol=1e-10)
+    g = rng.standard_normal(y1.shape)
+    dx, dw, _ = conv2d_backward(backend.asarray(g), cache)
+    lhs = float(np.sum(y1 * g))
+    assert lhs == pytest.approx(float(np.sum(x1 * backend.asnumpy(dx))), rel=1e-9, abs=1e-9)
+    assert lhs == pytest.approx(float(np.sum(w * backend.asnumpy(dw))), rel=1e-9, abs=1e-9)
 
 
 # ---------------------------------------------------------------- every dtype and layout vs the reference

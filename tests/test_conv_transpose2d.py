@@ -6,6 +6,8 @@ import itertools
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import gpuconv
 from gpuconv import layout
@@ -206,6 +208,39 @@ def test_adjoint_of_conv2d(stride, padding, output_padding, k):
     cg, _ = conv2d_forward(g, w, None, stride, padding, floor=True)
     assert cg.shape == x.shape
     np.testing.assert_allclose((y * g).sum(), (x * cg).sum(), rtol=1e-12)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(groups=st.integers(1, 3), cg=st.integers(1, 2), og=st.integers(1, 2), f=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+       s=st.tuples(st.integers(1, 3), st.integers(1, 3)), p=st.tuples(st.integers(0, 2), st.integers(0, 2)),
+       d=st.tuples(st.integers(1, 2), st.integers(1, 2)), op=st.tuples(st.integers(0, 2), st.integers(0, 2)),
+       hw=st.tuples(st.integers(1, 4), st.integers(1, 4)), seed=st.integers(0, 2**16))
+def test_properties_over_groups_dilations_strides_paddings(backend, groups, cg, og, f, s, p, d, op, hw, seed):
+    """The output size rule, linearity in x, and the adjoint identities <convT(x), g> = <x, dX(g)> =
+    <w, dW(g)> = <x, conv(g)> in float64, for any groups, dilation, stride, padding, output_padding."""
+    op = tuple(min(o, max(si, di) - 1) for o, si, di in zip(op, s, d))  # < stride or < dilation
+    ext = [di * (fi - 1) + 1 for fi, di in zip(f, d)]
+    # grow the input until the output has at least one row and column
+    h, wd = (max(n, -(-(2 * pi - e - o + 1) // si) + 1) for n, pi, e, o, si in zip(hw, p, ext, op, s))
+    rng = np.random.default_rng(seed)
+    x1, x2 = rng.standard_normal((2, 2, groups * cg, h, wd))
+    w = rng.standard_normal((groups * cg, og, *f))
+    kw = dict(stride=s, padding=p, output_padding=op, dilation=d, groups=groups)
+    y1, cache = conv_transpose2d_forward(backend.asarray(x1), backend.asarray(w), **kw)
+    assert y1.shape == (2, groups * og) + tuple((n - 1) * si - 2 * pi + e + o
+                                                for n, si, pi, e, o in zip((h, wd), s, p, ext, op))
+    y2, _ = conv_transpose2d_forward(backend.asarray(x2), backend.asarray(w), **kw)
+    y12, _ = conv_transpose2d_forward(backend.asarray(3.0 * x1 - x2), backend.asarray(w), **kw)
+    y1, y2 = backend.asnumpy(y1), backend.asnumpy(y2)
+    np.testing.assert_allclose(backend.asnumpy(y12), 3.0 * y1 - y2, rtol=1e-10, atol=1e-10)
+    g = rng.standard_normal(y1.shape)
+    dx, dw, _ = conv_transpose2d_backward(backend.asarray(g), cache)
+    lhs = float(np.sum(y1 * g))
+    assert lhs == pytest.approx(float(np.sum(x1 * backend.asnumpy(dx))), rel=1e-9, abs=1e-9)
+    assert lhs == pytest.approx(float(np.sum(w * backend.asnumpy(dw))), rel=1e-9, abs=1e-9)
+    with gpuconv.default_device("cpu"):  # the convolution with the same filters, on the NumPy reference
+        cg_, _ = conv2d_forward(g, w, None, s, p, floor=True, dilation=d, groups=groups)
+    assert lhs == pytest.approx(float(np.sum(x1 * cg_[:, :, :h, :wd])), rel=1e-9, abs=1e-9)
 
 
 def test_output_padding_adds_rows_and_columns_of_bias_past_every_window():
