@@ -251,27 +251,41 @@ def test_disjoint_windows_take_the_scatter_kernel_and_keep_the_reference_bits(ki
     assert got.dtype == want.dtype and got.tobytes() == np.ascontiguousarray(want).tobytes()
 
 
-# (float64 too has a _pairs build, whose 32-byte loads want 32-byte aligned x and dx: NumPy aligns
-# its arrays to 16 bytes, CuPy to 256; the sanitizer runs it where the alignment holds)
-@pytest.mark.parametrize("dtype", [np.float32, "bfloat16", np.float16])
+def _aligned(shape, dtype, align=64):
+    """A zero-filled C-contiguous NumPy array whose data starts on an ``align``-byte boundary (NumPy
+    aligns to 16 bytes, CuPy to 256: float64's _pairs loads want x and dx on 32)."""
+    dtype = np.dtype(dtype)
+    buf = np.zeros(int(np.prod(shape)) * dtype.itemsize + align, np.uint8)
+    start = -buf.__array_interface__["data"][0] % align
+    return buf[start:start + int(np.prod(shape)) * dtype.itemsize].view(dtype).reshape(shape)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, "bfloat16", np.float16])
 def test_nchw_max_pooling_of_2_wide_windows_runs_two_outputs_a_thread_with_the_same_bits(dtype, monkeypatch):
     """NCHW max pooling, windows 2 wide at stride 2 (2x2 and 3x2), no padding, W a multiple of 4 and
     no row past the last window: the _pairs kernels (two outputs a thread, 16-byte loads and stores)
     give the element kernels' y, switches and dx bit for bit, -0.0, NaNs, infinities and ties
     included; a geometry or an alignment they do not take (W = 10, a row past the last window, an x
-    view off its 4-element boundary: its forward, channels_last) runs the element kernels."""
+    view off its 4-element boundary: its forward, channels_last) runs the element kernels. x and
+    the launchers' NCHW outputs start on 64-byte boundaries here, as CuPy's do, so that float64's
+    32-byte loads run on the simulator too."""
     import ml_dtypes
 
     import gpuconv
-    from gpuconv import kernels
+    from gpuconv import kernels, layout
     from gpuconv.ops import _launch_pool2d as LP
     dt = np.dtype(ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype)
     rng = np.random.default_rng(8)
+    empty = layout.empty
+
+    def aligned_empty(xp, shape, dtype, channels_last=False):
+        return empty(xp, shape, dtype, True) if channels_last else _aligned(shape, dtype)
 
     def run(x, k, pairs):
         if not pairs:  # the element kernels: no _pairs form
             monkeypatch.setattr(LP, "_PAIRS", ())
         monkeypatch.setattr(LP, "_RUNS", {})
+        monkeypatch.setattr(layout, "empty", aligned_empty)
         with gpuconv.default_device("sim"), kernels.launch_log() as log:
             y, cache = max_pool2d_forward(x, k, k, floor=True)
             dy = (np.round(rng.standard_normal(y.shape) * 2) / 2).astype(dt)
@@ -284,7 +298,8 @@ def test_nchw_max_pooling_of_2_wide_windows_runs_two_outputs_a_thread_with_the_s
     for shape, k, takes in [((2, 3, 6, 8), (2, 2), True), ((2, 3, 9, 12), (3, 2), True), ((1, 2, 4, 4), (2, 2), True),
                             ((2, 3, 6, 10), (2, 2), False), ((2, 3, 7, 8), (2, 2), False),
                             ((2, 3, 6, 8), (2, 2), "misaligned"), ((2, 3, 6, 8), (2, 2), "channels_last")]:
-        x = (np.round(rng.standard_normal(shape) * 2) / 2).astype(dt)
+        x = _aligned(shape, dt)
+        x[...] = (np.round(rng.standard_normal(shape) * 2) / 2).astype(dt)
         x.reshape(-1)[:6] = np.array([-0.0, np.nan, 0.0, -0.0, np.inf, -np.inf]).astype(dt)
         if takes == "misaligned":  # x's data one element past the allocation's (aligned) start
             start = (-(buf.__array_interface__["data"][0] // dt.itemsize) % 4) + 1
