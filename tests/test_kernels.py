@@ -529,6 +529,31 @@ def test_relu_bit_exact(n, dtype, variant, target):
     np.testing.assert_array_equal(host(dx), relu_ref._relu_backward_reference(dy, rcache))
 
 
+@pytest.mark.parametrize("n", [1, 9, 1030])
+def test_relu_v2_float64_entry_points_on_32_byte_aligned_arrays(n, launches):
+    """float64's v2 kernels load four elements (32 bytes) at a time: NumPy aligns its arrays to 16
+    bytes only, so the launchers take v1 on the simulator for most float64 arrays (CuPy's are
+    256-byte aligned: a GPU runs v2). Launched here on arrays aligned as on a GPU, bit for bit."""
+    def aligned(a):
+        buf = np.zeros(a.nbytes + 64, np.uint8)
+        start = -buf.__array_interface__["data"][0] % 64
+        out = buf[start:start + a.nbytes].view(a.dtype)
+        out[...] = a
+        return out
+
+    rng = np.random.default_rng(n)
+    x = np.resize(np.concatenate([SPECIAL, rng.standard_normal(n)]).astype(np.float64), n)
+    rng.shuffle(x)
+    x, dy, y, dx = aligned(x), aligned(rng.standard_normal(n)), aligned(np.full(n, 7.0)), aligned(np.full(n, 7.0))
+    assert LR._pick("relu_forward", (x, y)) == LR._pick("relu_backward", (dy, x, dx)) == "v2"
+    kernels.launch_1d("relu", "relu_forward_v2", "sim", (x, y), per_thread=4)
+    kernels.launch_1d("relu", "relu_backward_v2", "sim", (dy, x, dx), per_thread=4)
+    assert launches.names == ["relu_forward_v2", "relu_backward_v2"] and {r.build for r in launches} == {"double"}
+    ry, rcache = relu_ref._relu_forward_reference(x)
+    assert y.tobytes() == ry.tobytes()
+    assert dx.tobytes() == relu_ref._relu_backward_reference(dy, rcache).tobytes()
+
+
 def test_relu_misaligned_views_fall_back_to_v1(launches):
     base = np.random.default_rng(11).standard_normal(41).astype(np.float32)
     x = base[1:].reshape(4, 10)  # 4-byte offset: not 16-byte aligned
