@@ -6,6 +6,8 @@ import math
 import ml_dtypes
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import gpuconv
 from gpuconv import nn, ops
@@ -60,6 +62,32 @@ def test_gradients_float64(backend, kind, hw, out):
     dy = backend.asarray(np.random.default_rng(2).standard_normal(y.shape))
     num = numerical_gradient_array(lambda a: fwd(kind)(a, out)[0], x, dy)  # distinct values: no ties
     assert relative_error(bwd(kind)(dy, cache), num) < 1e-8
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(hw=st.tuples(st.integers(1, 9), st.integers(1, 9)), out=st.tuples(st.integers(1, 9), st.integers(1, 9)),
+       seed=st.integers(0, 2**16))
+def test_properties_over_input_and_output_sizes(backend, hw, out, seed):
+    """Any input and output sizes, in float64: the output size is the one asked for; the max is the
+    definition's bit for bit and routes each dy to one input; the average is linear, its gradient
+    its adjoint (<avg(x), g> = <x, dX(g)>), and sum(dx) == sum(dy) (each window's dy spread over it)."""
+    rng = np.random.default_rng(seed)
+    x1, x2 = rng.standard_normal((2, 2, 3) + hw)
+    ym, cm = fwd("max")(backend.asarray(x1), out)
+    assert ym.shape == (2, 3) + out
+    assert backend.asnumpy(ym).tobytes() == direct(x1, out, "max").tobytes()
+    g = rng.standard_normal(ym.shape)
+    dxm = backend.asnumpy(bwd("max")(backend.asarray(g), cm))
+    assert dxm.sum() == pytest.approx(g.sum(), rel=1e-12, abs=1e-12)
+    y1, ca = fwd("avg")(backend.asarray(x1), out)
+    y2, _ = fwd("avg")(backend.asarray(x2), out)
+    y12, _ = fwd("avg")(backend.asarray(3.0 * x1 - x2), out)
+    y1, y2 = backend.asnumpy(y1), backend.asnumpy(y2)
+    assert y1.shape == (2, 3) + out
+    np.testing.assert_allclose(backend.asnumpy(y12), 3.0 * y1 - y2, rtol=1e-12, atol=1e-12)
+    dx = backend.asnumpy(bwd("avg")(backend.asarray(g), ca))
+    assert float(np.sum(y1 * g)) == pytest.approx(float(np.sum(x1 * dx)), rel=1e-12, abs=1e-12)
+    assert dx.sum() == pytest.approx(g.sum(), rel=1e-12, abs=1e-12)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, ml_dtypes.bfloat16, np.float16])
