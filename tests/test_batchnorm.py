@@ -4,6 +4,8 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import gpuconv
 from gpuconv.gradcheck import numerical_gradient_array, relative_error
@@ -410,3 +412,31 @@ def test_a_batch_of_one_block_runs_whole_with_the_blocks_bits(dtype, shape):
             for training in (True, False):
                 args = (dy, x, mean, inv_std, gamma, beta, relu, training)
                 same(blk._backward_whole(*args), blk._backward_blocks(*args))
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(shape=st.tuples(st.integers(2, 3), st.integers(1, 4), st.integers(1, 4), st.integers(1, 4)),
+       seed=st.integers(0, 2**16))
+def test_training_properties_over_shapes(backend, shape, seed):
+    """Training mode, float64, any shape: y has each channel's mean beta (a shift of x per channel
+    leaves y as it is), dbeta = sum(dy), dgamma = <dy, x_hat>, and dx sums to 0 over each channel."""
+    rng = np.random.default_rng(seed)
+    n, c, h, w = shape
+    x = rng.standard_normal(shape)
+    gamma, beta = rng.uniform(0.5, 2.0, c), rng.standard_normal(c)
+
+    def forward(x_):
+        stats = [backend.asarray(np.zeros(c)), backend.asarray(np.ones(c))]
+        return batchnorm2d_forward(backend.asarray(x_), backend.asarray(gamma), backend.asarray(beta), *stats)
+
+    y, cache = forward(x)
+    y = backend.asnumpy(y)
+    shifted, _ = forward(x + 5.0 * rng.standard_normal(c)[None, :, None, None])
+    np.testing.assert_allclose(backend.asnumpy(shifted), y, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(y.mean(axis=(0, 2, 3)), beta, rtol=1e-9, atol=1e-9)
+    dy = rng.standard_normal(shape)
+    dx, dgamma, dbeta = (backend.asnumpy(a) for a in batchnorm2d_backward(backend.asarray(dy), cache))
+    xhat = (y - beta[None, :, None, None]) / gamma[None, :, None, None]
+    np.testing.assert_allclose(dbeta, dy.sum(axis=(0, 2, 3)), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(dgamma, (dy * xhat).sum(axis=(0, 2, 3)), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(dx.sum(axis=(0, 2, 3)), 0.0, atol=1e-9 * (1 + np.abs(dy).sum()))
