@@ -8,6 +8,8 @@ import inspect
 import ml_dtypes
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import gpuconv
 from gpuconv import kernels, layout, nn
@@ -448,3 +450,28 @@ def test_a_torch_group_norm_state_dict_loads_and_gives_its_output():
         assert list(m.state_dict()) == list(t.state_dict()) and (repr(m) == repr(t) or not newer)
         x = np.random.default_rng(11).standard_normal((2, 8, 3, 5))
         np.testing.assert_allclose(m(x), t(torch.tensor(x)).detach().numpy(), rtol=1e-12, atol=1e-12)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(n=st.integers(1, 3), groups=st.integers(1, 3), cg=st.integers(1, 2), hw=st.tuples(st.integers(1, 4), st.integers(1, 4)),
+       seed=st.integers(0, 2**16))
+def test_properties_over_shapes_and_groups(backend, n, groups, cg, hw, seed):
+    """float64, any shape and grouping, no weight or bias: each (sample, group) of y has mean 0 (a
+    shift of x per (sample, group) leaves y as it is), and dx sums to 0 over each (sample, group)
+    (the gradient of a normalization loses the shift)."""
+    rng = np.random.default_rng(seed)
+    shape = (n, groups * cg) + (hw if cg * hw[0] * hw[1] > 1 else (2, 1))  # (several values a group)
+    x = rng.standard_normal(shape) * 3.0
+    y, cache = groupnorm_forward(backend.asarray(x), groups, eps=1e-10)
+    y = backend.asnumpy(y)
+    shift = np.repeat(rng.standard_normal((n, groups)) * 5.0, cg, axis=1)[:, :, None, None]
+    np.testing.assert_allclose(backend.asnumpy(groupnorm_forward(backend.asarray(x + shift), groups, eps=1e-10)[0]), y,
+                               rtol=1e-8, atol=1e-8)
+    per_group = (lambda a: a.reshape(n, groups, -1))
+    np.testing.assert_allclose(per_group(y).mean(2), 0.0, atol=1e-9)
+    dy = rng.standard_normal(shape)
+    dx, dw, db = groupnorm_backward(backend.asarray(dy), cache)
+    assert dw is None and db is None
+    dx = backend.asnumpy(dx)
+    scale = 1e-8 * (1 + np.abs(per_group(dy)).sum(2))
+    assert np.all(np.abs(per_group(dx).sum(2)) <= scale)
