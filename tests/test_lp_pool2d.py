@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gpuconv import nn
 from gpuconv.gradcheck import numerical_gradient_array, relative_error
@@ -160,3 +162,24 @@ def test_floor_takes_pytorchs_rule(backend, p, shape, k, s):
     layer = nn.LPPool2d(p, k, s, floor=True)
     assert repr(layer).endswith("floor=True)")
     np.testing.assert_array_equal(backend.asnumpy(layer(backend.asarray(x))), backend.asnumpy(y))
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(p=st.sampled_from([1, 2, 3, 2.5]), k=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+       s=st.tuples(st.integers(1, 3), st.integers(1, 3)), extra=st.tuples(st.integers(0, 4), st.integers(0, 4)),
+       seed=st.integers(0, 2**16))
+def test_properties_over_shapes_norms_and_strides(backend, p, k, s, extra, seed):
+    """float64, positive x, floor mode: the output size rule, y = |a| y(x) for x scaled by a > 0,
+    and, the norm being homogeneous of degree 1, Euler's identity <y, g> = <x, dX(g)>."""
+    rng = np.random.default_rng(seed)
+    h, w = k[0] + extra[0], k[1] + extra[1]
+    x = rng.uniform(0.1, 2.0, (2, 2, h, w))
+    y, cache = lp_pool2d_forward(backend.asarray(x), p, k, s, floor=True)
+    assert y.shape == (2, 2, (h - k[0]) // s[0] + 1, (w - k[1]) // s[1] + 1)
+    y = backend.asnumpy(y)
+    np.testing.assert_allclose(y, direct(x, p, k, s), rtol=1e-12)
+    np.testing.assert_allclose(backend.asnumpy(lp_pool2d_forward(backend.asarray(2.5 * x), p, k, s, floor=True)[0]),
+                               2.5 * y, rtol=1e-12)
+    g = rng.standard_normal(y.shape)
+    dx = backend.asnumpy(lp_pool2d_backward(backend.asarray(g), cache))
+    assert float(np.sum(y * g)) == pytest.approx(float(np.sum(x * dx)), rel=1e-10, abs=1e-10)
