@@ -177,6 +177,25 @@ if FAKE_CUPY and REQUIRE_GPU:
                             "GPUCONV_REQUIRE_GPU=1")
 
 
+def check_linear_and_adjoint(backend, forward, backward, x1, x2, w, rng):
+    """A convolution-like op's linearity in x and its adjoint identity <y, g> = <x, dX(g)> =
+    <w, dW(g)> in float64: ``forward(x, w)`` gives (y, cache) on ``backend``, ``backward(g, cache)``
+    (dx, dw, ...). Returns y for x1 (NumPy), g and <y, g>, for a test's further identities."""
+    import numpy as np
+    import pytest
+    y1, cache = forward(backend.asarray(x1), backend.asarray(w))
+    y2, _ = forward(backend.asarray(x2), backend.asarray(w))
+    y12, _ = forward(backend.asarray(3.0 * x1 - x2), backend.asarray(w))
+    y1, y2 = backend.asnumpy(y1), backend.asnumpy(y2)
+    np.testing.assert_allclose(backend.asnumpy(y12), 3.0 * y1 - y2, rtol=1e-10, atol=1e-10)
+    g = rng.standard_normal(y1.shape)
+    dx, dw = backward(backend.asarray(g), cache)[:2]
+    lhs = float(np.sum(y1 * g))
+    assert lhs == pytest.approx(float(np.sum(x1 * backend.asnumpy(dx))), rel=1e-9, abs=1e-9)
+    assert lhs == pytest.approx(float(np.sum(w * backend.asnumpy(dw))), rel=1e-9, abs=1e-9)
+    return y1, g, lhs
+
+
 def nvrtc_or_skip():
     """Skips a test that compiles with NVRTC where CuPy's binding or the NVRTC library is missing
     (CuPy 14 imports the binding without the library: kernels.nvrtc_binding loads it)."""
